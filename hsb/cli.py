@@ -1,0 +1,50 @@
+"""Small pieces shared by the four command-line entry points."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TypeVar
+
+import click
+from pydantic import BaseModel
+
+from hsb import logs
+from hsb.config import ConfigError, load
+
+M = TypeVar("M", bound=BaseModel)
+
+# Exit statuses shared by the daemons (systemd units refer to them).
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 78  # EX_CONFIG
+EXIT_FENCED = 75  # distinct, and RestartPreventExitStatus in the unit
+
+
+log_level_option = click.option(
+    "--log-level",
+    type=click.Choice(logs.LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="Lowest log level written to stderr.",
+)
+
+
+def die(msg: str, code: int = EXIT_FAILED) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(code)
+
+
+def load_or_exit(path: str | Path, model: type[M], check_only: bool) -> M:
+    """Load a config; print every error (one line each) and exit 1 if it is bad."""
+    try:
+        cfg = load(path, model)
+    except ConfigError as exc:
+        for line in exc.lines():
+            click.echo(f"config error: {line}", err=True)
+        sys.exit(EXIT_FAILED if check_only else EXIT_CONFIG)
+    if check_only:
+        click.echo(f"{path}: config OK")
+        sys.exit(EXIT_OK)
+    return cfg

@@ -1,0 +1,109 @@
+"""Shared config machinery: TOML loading and one declarative schema per daemon.
+
+Each daemon defines its schema as pydantic models with `extra="forbid"` (so a
+typo is an error); `load()` reports every error at once, each with its key path.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    """Base for config sections: unknown keys are errors, values are not coerced from strings."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=False)
+
+
+class ConfigError(Exception):
+    """A config file could not be used; `errors` lists every problem, one line each."""
+
+    def __init__(self, path: str, errors: list[str]) -> None:
+        self.path = path
+        self.errors = errors
+        super().__init__(f"{path}: " + "; ".join(errors))
+
+    def lines(self) -> list[str]:
+        return [f"{self.path}: {e}" for e in self.errors]
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for p in loc:
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        else:
+            parts.append(("." if parts else "") + str(p))
+    return "".join(parts) or "(top level)"
+
+
+def format_validation(exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if p not in ("function-after",))
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            out.append(f"{_loc(loc)}: unknown key (typo?); remove it or check the config reference")
+        elif kind == "missing":
+            out.append(f"{_loc(loc)}: required key is missing")
+        else:
+            msg = err["msg"]
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, ") :]
+            out.append(f"{_loc(loc)}: {msg}")
+    return out
+
+
+def load(path: str | Path, model: type[M], *, overrides: dict[str, Any] | None = None) -> M:
+    """Read TOML at `path` and check it against `model`; raise ConfigError with every problem."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(str(p), ["file not found; pass an existing file with --config"]) from None
+    except IsADirectoryError:
+        raise ConfigError(str(p), ["is a directory, not a config file"]) from None
+    except OSError as exc:
+        raise ConfigError(str(p), [f"cannot read: {exc.strerror}"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(str(p), ["not UTF-8 text"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(p), [f"TOML syntax error: {exc}"]) from None
+    if overrides:
+        data.update(overrides)
+    return validate(data, model, str(p), base=p.parent)
+
+
+def validate(data: dict[str, Any], model: type[M], source: str = "<config>", base: Path | None = None) -> M:
+    try:
+        return model.model_validate(data, context={"base": base or Path.cwd()})
+    except ValidationError as exc:
+        raise ConfigError(source, format_validation(exc)) from None
+
+
+def resolve_path(value: str, info: Any) -> str:
+    """Resolve a relative path in a config against the config file's folder."""
+    base = (info.context or {}).get("base") if info is not None else None
+    p = Path(value)
+    if not p.is_absolute() and base is not None:
+        p = Path(base) / p
+    return str(p)
+
+
+def parse_addr(value: str) -> tuple[str, int]:
+    """'host:port' → (host, port); '[::1]:7000' works too."""
+    if value.startswith("["):
+        host, _, port = value[1:].partition("]:")
+    else:
+        host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not (0 <= int(port) <= 65535):
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    return host, int(port)

@@ -1,0 +1,65 @@
+"""hsbcpd settings: the declarative schema of the CP's TOML config (see README, config reference)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+
+from hsb.config import Strict, parse_addr, resolve_path
+from hsb.terminals import TerminalDef, TerminalGroup, expand_all
+from hsb.wire.framing import DEFAULT_MAX_FRAME
+
+
+class CPSection(Strict):
+    name: str = "cp"
+    terminal_listen: str = "127.0.0.1:7000"
+    host_listen: str = "127.0.0.1:7001"
+    admin_listen: str = "127.0.0.1:7002"
+    http_listen: str = ""
+    secret_file: str
+    held_bound: int = Field(default=256, ge=1, le=1_000_000)
+    host_timeout: float = Field(default=0.5, gt=0, le=3600)
+    auth_timeout: float = Field(default=5.0, gt=0, le=3600)
+    terminal_idle_timeout: float = Field(default=0.0, ge=0, le=86400)
+    max_frame: int = Field(default=DEFAULT_MAX_FRAME, ge=64, le=64 * 1024 * 1024)
+
+    @field_validator("terminal_listen", "host_listen", "admin_listen")
+    @classmethod
+    def _addr(cls, v: str) -> str:
+        parse_addr(v)
+        return v
+
+    @field_validator("http_listen")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if v:
+            parse_addr(v)
+        return v
+
+    @field_validator("secret_file")
+    @classmethod
+    def _secret(cls, v: str, info: ValidationInfo) -> str:
+        return resolve_path(v, info)
+
+
+class CPConfig(Strict):
+    cp: CPSection
+    terminals: list[TerminalDef] = Field(default_factory=list)
+    terminal_groups: list[TerminalGroup] = Field(default_factory=list)
+    _defs: dict[str, TerminalDef] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _terms(self) -> "CPConfig":
+        defs = expand_all(self.terminals, self.terminal_groups)
+        if not defs:
+            raise ValueError("no terminals defined; add [[terminals]] or [[terminal_groups]]")
+        self._defs = defs
+        return self
+
+    @property
+    def terminal_table(self) -> dict[str, TerminalDef]:
+        return self._defs
+
+    def summary(self) -> dict[str, Any]:
+        return {"terminals": len(self.terminal_table), "terminal_listen": self.cp.terminal_listen}

@@ -1,0 +1,94 @@
+"""hsbd settings: the declarative schema of a host's TOML config (see README, config reference)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+
+from hsb.config import Strict, parse_addr, resolve_path
+from hsb.terminals import TerminalDef, TerminalGroup, expand_all
+from hsb.wire.framing import DEFAULT_MAX_FRAME
+
+
+class HostSection(Strict):
+    name: str = Field(min_length=1, max_length=64)
+    peer: str
+    peer_listen: str
+    cp: str
+    admin_listen: str
+    http_listen: str = ""
+    secret_file: str
+    fast_switch: bool = True
+    heartbeat_interval: float = Field(default=0.1, gt=0, le=60)
+    heartbeat_timeout: float = Field(default=0.5, gt=0, le=600)
+    ring_poll_interval: float = Field(default=0.05, gt=0, le=60)
+    service: str = "echo"
+    max_frame: int = Field(default=DEFAULT_MAX_FRAME, ge=64, le=64 * 1024 * 1024)
+
+    @field_validator("peer", "peer_listen", "cp", "admin_listen")
+    @classmethod
+    def _addr(cls, v: str) -> str:
+        parse_addr(v)
+        return v
+
+    @field_validator("http_listen")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if v:
+            parse_addr(v)
+        return v
+
+    @field_validator("secret_file")
+    @classmethod
+    def _secret(cls, v: str, info: ValidationInfo) -> str:
+        return resolve_path(v, info)
+
+    @model_validator(mode="after")
+    def _timing(self) -> "HostSection":
+        if self.heartbeat_timeout <= 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"heartbeat_timeout ({self.heartbeat_timeout}s) must be greater than two heartbeat intervals "
+                f"({2 * self.heartbeat_interval}s), or one late heartbeat looks like a dead peer"
+            )
+        return self
+
+
+class TakeoverSection(Strict):
+    path: str
+    records: int = Field(ge=4)
+    record_size: int = Field(default=4096, ge=512, le=1 << 20)
+    storage_timeout: float = Field(default=2.0, gt=0, le=600)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str, info: ValidationInfo) -> str:
+        return resolve_path(v, info)
+
+    @field_validator("record_size")
+    @classmethod
+    def _rs(cls, v: int) -> int:
+        if v % 512:
+            raise ValueError("record_size must be a multiple of 512 (whole, aligned records)")
+        return v
+
+
+class HostConfig(Strict):
+    host: HostSection
+    takeover: TakeoverSection
+    service_options: dict[str, Any] = Field(default_factory=dict)
+    terminals: list[TerminalDef] = Field(default_factory=list)
+    terminal_groups: list[TerminalGroup] = Field(default_factory=list)
+    _defs: dict[str, TerminalDef] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _terms(self) -> "HostConfig":
+        self._defs = expand_all(self.terminals, self.terminal_groups)
+        if self.host.peer == self.host.peer_listen:
+            raise ValueError("host.peer must be the other host's peer_listen, not this host's own")
+        return self
+
+    @property
+    def terminal_table(self) -> dict[str, TerminalDef]:
+        """This host's terminal definitions (attrs = this host's session attributes)."""
+        return self._defs

@@ -1,0 +1,53 @@
+"""structlog set-up, done once per process: JSON lines off a TTY, colours on one."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+_configured = False
+
+
+def _drop_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key in list(event):
+        if "secret" in key and key != "secret_file":
+            event[key] = "***"
+    return event
+
+
+def setup(level: str = "info", *, process: str | None = None, force_json: bool | None = None) -> None:
+    """Configure structlog for this process; safe to call more than once."""
+    global _configured
+    lvl = getattr(logging, level.upper())
+    as_json = force_json if force_json is not None else not sys.stderr.isatty()
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _drop_secrets,
+    ]
+    if process:
+        processors.insert(0, _bind_process(process))
+    if as_json:
+        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    else:
+        processors += [structlog.dev.ConsoleRenderer(colors=True)]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    _configured = True
+
+
+def _bind_process(name: str) -> Any:
+    def proc(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+        event.setdefault("proc", name)
+        return event
+
+    return proc

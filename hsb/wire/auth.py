@@ -1,0 +1,48 @@
+"""Shared-secret challenge-response for the host, peer and admin links.
+
+The server sends a fresh random nonce; the client answers
+HMAC-SHA256(secret, nonce || role || name). A nonce is used once, so a replayed
+answer is refused. The secret never goes on the wire or into a log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import stat
+from pathlib import Path
+
+NONCE_BYTES = 32
+
+
+class SecretFileError(Exception):
+    """The secret file is missing, empty, or readable by others."""
+
+
+def load_secret(path: str | os.PathLike[str]) -> bytes:
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise SecretFileError(f"secret file {p} does not exist; create it with 'head -c 32 /dev/urandom | base64 > {p}; chmod 600 {p}'") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SecretFileError(f"secret file {p} is not a regular file")
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SecretFileError(f"secret file {p} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):o}); run 'chmod 600 {p}'")
+    data = p.read_bytes().strip()
+    if not data:
+        raise SecretFileError(f"secret file {p} is empty; put a random secret in it")
+    return data
+
+
+def new_nonce() -> bytes:
+    return os.urandom(NONCE_BYTES)
+
+
+def answer(secret: bytes, nonce: bytes, role: str, name: str) -> bytes:
+    return hmac.new(secret, nonce + role.encode() + b"\0" + name.encode(), hashlib.sha256).digest()
+
+
+def verify(secret: bytes, nonce: bytes, role: str, name: str, mac: bytes) -> bool:
+    return hmac.compare_digest(answer(secret, nonce, role, name), mac)

@@ -1,0 +1,178 @@
+"""A thin asyncio.Protocol around the sans-IO `Decoder`.
+
+`FramedProtocol` owns one connection: it decodes frames, dispatches each to the
+handler named in the subclass's table, and turns a protocol error into an
+error frame, a log line and a close of *this* connection only (SPEC §6.1).
+It also enforces the idle timeout (a peer that sends a partial frame and
+stalls, or never authenticates, is dropped) and write-side back-pressure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Collection
+from typing import Any, ClassVar
+
+import structlog
+
+from hsb.wire.framing import DEFAULT_MAX_FRAME, Decoder, ProtocolError, encode
+
+log = structlog.get_logger("hsb.wire")
+
+Handler = Callable[[Any, dict[str, Any]], None]
+
+
+class FramedProtocol(asyncio.Protocol):
+    """Base class: subclasses set `link` and fill `dispatch` with {type: method name}."""
+
+    link: ClassVar[str] = "link"
+    dispatch: ClassVar[dict[str, str]] = {}
+
+    def __init__(
+        self,
+        *,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        idle_timeout: float | None = None,
+        known_types: Collection[str] | None = None,
+    ) -> None:
+        types = known_types if known_types is not None else self.dispatch.keys()
+        self.decoder = Decoder(max_frame, types)
+        self.transport: asyncio.Transport | None = None
+        self.peer: str = "?"
+        self.closed = False
+        self.idle_timeout = idle_timeout
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_event_loop()
+        self._table: dict[str, Handler] = {t: getattr(self, name) for t, name in self.dispatch.items()}
+
+    # -- asyncio.Protocol -------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        pn = transport.get_extra_info("peername")
+        if isinstance(pn, tuple) and len(pn) >= 2:
+            self.peer = f"{pn[0]}:{pn[1]}"
+        self._arm_idle()
+        self.on_open()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self._arm_idle()
+        try:
+            msgs = self.decoder.feed(data)
+        except ProtocolError as exc:
+            for m in exc.before:
+                self._handle(m)
+                if self.closed:
+                    return
+            self.protocol_error(exc)
+            return
+        for m in msgs:
+            self._handle(m)
+            if self.closed:
+                return
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+        self.on_lost(exc)
+
+    def pause_writing(self) -> None:  # pragma: no cover - depends on slow peers
+        self.write_paused = True
+
+    def resume_writing(self) -> None:  # pragma: no cover
+        self.write_paused = False
+
+    write_paused = False
+
+    # -- helpers for subclasses -------------------------------------------
+    def _handle(self, msg: dict[str, Any]) -> None:
+        handler = self._table.get(msg["t"])
+        if handler is None:
+            self.protocol_error(ProtocolError("unknown_type", f"unknown message type {str(msg['t'])[:40]!r}"))
+            return
+        try:
+            handler(msg)
+        except ProtocolError as exc:
+            self.protocol_error(exc)
+        except (KeyError, TypeError, ValueError) as exc:
+            self.protocol_error(ProtocolError("bad_fields", f"{msg['t']}: {type(exc).__name__}: {exc}"[:200]))
+
+    def send(self, msg: dict[str, Any]) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(encode(msg))
+
+    def send_raw(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def protocol_error(self, exc: ProtocolError) -> None:
+        log.warning("protocol_error", link=self.link, peer=self.peer, code=exc.code, msg=exc.msg)
+        self.on_protocol_error(exc)
+        self.close_with_error(exc.code, exc.msg)
+
+    def close_with_error(self, code: str, msg: str) -> None:
+        self.send({"t": "error", "code": code, "msg": msg})
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.closed = True
+            self.transport.abort()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def set_idle_timeout(self, seconds: float | None) -> None:
+        self.idle_timeout = seconds
+        self._arm_idle()
+
+    def _arm_idle(self) -> None:
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+        if self.idle_timeout is not None and not self.closed:
+            self._idle_handle = self._loop.call_later(self.idle_timeout, self._idle_expired)
+
+    def _idle_expired(self) -> None:
+        self._idle_handle = None
+        if self.closed:
+            return
+        log.warning("idle_timeout", link=self.link, peer=self.peer, seconds=self.idle_timeout)
+        self.close_with_error("idle_timeout", f"nothing received for {self.idle_timeout}s")
+
+    # -- hooks --------------------------------------------------------------
+    def on_open(self) -> None:
+        pass
+
+    def on_lost(self, exc: Exception | None) -> None:
+        pass
+
+    def on_protocol_error(self, exc: ProtocolError) -> None:
+        pass
+
+
+def require(msg: dict[str, Any], key: str, typ: type | tuple[type, ...]) -> Any:
+    """Field `key` of `msg`, checked against `typ`; a bad field is a protocol error."""
+    if key not in msg:
+        raise ProtocolError("bad_fields", f"{msg.get('t')}: missing field {key!r}")
+    val = msg[key]
+    if typ is int and isinstance(val, bool):
+        raise ProtocolError("bad_fields", f"{msg.get('t')}: field {key!r} must be int")
+    if not isinstance(val, typ):
+        name = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
+        raise ProtocolError("bad_fields", f"{msg.get('t')}: field {key!r} must be {name}")
+    return val

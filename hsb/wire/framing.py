@@ -1,0 +1,123 @@
+"""Sans-IO framing of SPEC §6.1: a 4-byte big-endian length, then a MessagePack map.
+
+`Decoder.feed()` takes raw bytes and returns the complete messages in them, or
+raises one `ProtocolError` whose `code` names which §6.1 case was violated.
+After an error the decoder is poisoned: the connection must be closed.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Collection
+from typing import Any
+
+import msgpack
+
+DEFAULT_MAX_FRAME = 1024 * 1024
+_LEN = struct.Struct(">I")
+
+# Error codes, one per case of SPEC §6.1 (sent back in {"t": "error", "code": ...}).
+EMPTY_FRAME = "empty_frame"
+FRAME_TOO_LARGE = "frame_too_large"
+BAD_MSGPACK = "bad_msgpack"
+NOT_A_MAP = "not_a_map"
+BAD_KEYS = "bad_keys"
+MISSING_TYPE = "missing_type"
+UNKNOWN_TYPE = "unknown_type"
+
+ERROR_CODES = (EMPTY_FRAME, FRAME_TOO_LARGE, BAD_MSGPACK, NOT_A_MAP, BAD_KEYS, MISSING_TYPE, UNKNOWN_TYPE)
+
+
+class ProtocolError(Exception):
+    """A frame broke SPEC §6.1; `code` says which rule, `msg` says it for a human."""
+
+    def __init__(self, code: str, msg: str) -> None:
+        super().__init__(f"{code}: {msg}")
+        self.code = code
+        self.msg = msg
+        # Whole, valid frames that preceded the bad one in the same feed().
+        self.before: list[dict[str, Any]] = []
+
+    def frame(self) -> dict[str, Any]:
+        return {"t": "error", "code": self.code, "msg": self.msg}
+
+
+def encode(msg: dict[str, Any]) -> bytes:
+    """One frame for `msg` (a map with a string "t")."""
+    body = msgpack.packb(msg, use_bin_type=True)
+    return _LEN.pack(len(body)) + body
+
+
+def encode_many(msgs: Collection[dict[str, Any]]) -> bytes:
+    return b"".join(encode(m) for m in msgs)
+
+
+class Decoder:
+    """Accumulates bytes and yields decoded frames.
+
+    `known_types`, when given, is the set of "t" values this link accepts;
+    anything else is `unknown_type`.
+    """
+
+    __slots__ = ("max_frame", "known_types", "_buf", "_failed")
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, known_types: Collection[str] | None = None) -> None:
+        if max_frame < 1:
+            raise ValueError("max_frame must be positive")
+        self.max_frame = max_frame
+        self.known_types = frozenset(known_types) if known_types is not None else None
+        self._buf = bytearray()
+        self._failed: ProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held that do not yet form a whole frame."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        if self._failed is not None:
+            raise self._failed
+        buf = self._buf
+        buf += data
+        out: list[dict[str, Any]] = []
+        pos = 0
+        n = len(buf)
+        try:
+            while n - pos >= 4:
+                (length,) = _LEN.unpack_from(buf, pos)
+                if length == 0:
+                    raise ProtocolError(EMPTY_FRAME, "frame of length 0")
+                if length > self.max_frame:
+                    raise ProtocolError(
+                        FRAME_TOO_LARGE, f"frame of {length} bytes exceeds the maximum of {self.max_frame}"
+                    )
+                if n - pos - 4 < length:
+                    break
+                body = bytes(buf[pos + 4 : pos + 4 + length])
+                pos += 4 + length
+                out.append(self._decode(body))
+        except ProtocolError as exc:
+            self._failed = exc
+            self._buf = bytearray()
+            exc.before = out
+            raise
+        if pos:
+            del buf[:pos]
+        return out
+
+    def _decode(self, body: bytes) -> dict[str, Any]:
+        try:
+            msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        except Exception as exc:  # msgpack raises many types (ExtraData, StackError, ValueError, ...)
+            raise ProtocolError(BAD_MSGPACK, f"undecodable MessagePack ({type(exc).__name__})") from None
+        if not isinstance(msg, dict):
+            raise ProtocolError(NOT_A_MAP, f"frame is a {type(msg).__name__}, not a map")
+        for key in msg:
+            if not isinstance(key, str):
+                raise ProtocolError(BAD_KEYS, "map keys must be strings")
+        t = msg.get("t")
+        if not isinstance(t, str):
+            raise ProtocolError(MISSING_TYPE, 'map has no string "t" naming the message type')
+        if self.known_types is not None and t not in self.known_types:
+            raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {t[:40]!r}")
+        return msg

@@ -1,0 +1,137 @@
+"""SPEC §6.1 framing: raw bytes in, messages or one typed ProtocolError out."""
+
+from __future__ import annotations
+
+import struct
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hsb.wire.framing import (
+    BAD_KEYS,
+    BAD_MSGPACK,
+    EMPTY_FRAME,
+    FRAME_TOO_LARGE,
+    MISSING_TYPE,
+    NOT_A_MAP,
+    UNKNOWN_TYPE,
+    Decoder,
+    ProtocolError,
+    encode,
+)
+
+
+def frame(body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + body
+
+
+def test_round_trip_and_split_anywhere() -> None:
+    msgs = [{"t": "msg", "id": i, "data": b"x" * i} for i in range(20)]
+    stream = b"".join(encode(m) for m in msgs)
+    for cut in range(1, len(stream), 7):
+        d = Decoder()
+        got = d.feed(stream[:cut]) + d.feed(stream[cut:])
+        assert got == msgs
+        assert d.buffered == 0
+
+
+def test_byte_at_a_time() -> None:
+    d = Decoder()
+    out = []
+    for b in encode({"t": "hello", "terminal": "T1"}):
+        out += d.feed(bytes([b]))
+    assert out == [{"t": "hello", "terminal": "T1"}]
+
+
+@pytest.mark.parametrize(
+    "raw, code",
+    [
+        (struct.pack(">I", 0), EMPTY_FRAME),
+        (struct.pack(">I", 2_000_000), FRAME_TOO_LARGE),
+        (frame(b"\xc1"), BAD_MSGPACK),  # 0xc1 is never used in MessagePack
+        (frame(msgpack.packb({"t": "x"}) + b"\x00"), BAD_MSGPACK),  # trailing bytes
+        (frame(b"\xa2\xff\xfe"), BAD_MSGPACK),  # str with invalid UTF-8
+        (frame(msgpack.packb([1, 2])), NOT_A_MAP),
+        (frame(msgpack.packb(7)), NOT_A_MAP),
+        (frame(msgpack.packb({1: "a", "t": "msg"})), BAD_KEYS),
+        (frame(msgpack.packb({"id": 1})), MISSING_TYPE),
+        (frame(msgpack.packb({"t": 5})), MISSING_TYPE),
+        (frame(msgpack.packb({"t": "nope"})), UNKNOWN_TYPE),
+    ],
+)
+def test_each_error_case_has_its_code(raw: bytes, code: str) -> None:
+    d = Decoder(known_types={"msg", "hello"})
+    with pytest.raises(ProtocolError) as ei:
+        d.feed(raw)
+    assert ei.value.code == code
+    assert ei.value.frame()["t"] == "error"
+    # the decoder stays failed: the connection must be closed
+    with pytest.raises(ProtocolError):
+        d.feed(encode({"t": "msg"}))
+
+
+def test_max_frame_is_configurable() -> None:
+    big = encode({"t": "msg", "data": b"y" * 100})
+    assert Decoder(max_frame=200).feed(big)[0]["data"] == b"y" * 100
+    with pytest.raises(ProtocolError) as ei:
+        Decoder(max_frame=50).feed(big)
+    assert ei.value.code == FRAME_TOO_LARGE
+
+
+def test_length_limit_is_checked_before_the_body_arrives() -> None:
+    d = Decoder(max_frame=1024)
+    with pytest.raises(ProtocolError) as ei:
+        d.feed(struct.pack(">I", 1025))  # header only: must not wait for 1 KiB
+    assert ei.value.code == FRAME_TOO_LARGE
+
+
+def test_valid_frames_before_a_bad_one_are_kept() -> None:
+    d = Decoder()
+    with pytest.raises(ProtocolError) as ei:
+        d.feed(encode({"t": "a"}) + encode({"t": "b"}) + struct.pack(">I", 0))
+    assert [m["t"] for m in ei.value.before] == ["a", "b"]
+
+
+def test_deep_nesting_is_a_protocol_error_not_a_crash() -> None:
+    body = b"\x91" * 5000 + b"\xc0"  # 5000 nested one-element arrays
+    with pytest.raises(ProtocolError) as ei:
+        Decoder().feed(frame(body))
+    assert ei.value.code in (BAD_MSGPACK, NOT_A_MAP)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=600), cuts=st.lists(st.integers(min_value=0, max_value=600), max_size=8))
+def test_arbitrary_bytes_yield_messages_or_the_typed_error(data: bytes, cuts: list[int]) -> None:
+    d = Decoder(max_frame=4096, known_types={"msg"})
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    for a, b in zip(points, points[1:]):
+        try:
+            for m in d.feed(data[a:b]):
+                assert isinstance(m, dict) and m["t"] == "msg"
+                assert all(isinstance(k, str) for k in m)
+        except ProtocolError as exc:
+            assert exc.code in {EMPTY_FRAME, FRAME_TOO_LARGE, BAD_MSGPACK, NOT_A_MAP, BAD_KEYS, MISSING_TYPE, UNKNOWN_TYPE}
+            return
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    msgs=st.lists(
+        st.fixed_dictionaries(
+            {"t": st.sampled_from(["msg", "hello"])},
+            optional={"id": st.integers(min_value=-(2**63), max_value=2**64 - 1), "data": st.binary(max_size=300) | st.text(max_size=100)},
+        ),
+        max_size=10,
+    ),
+    cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=6),
+)
+def test_valid_streams_split_anywhere_decode_exactly(msgs: list[dict], cuts: list[int]) -> None:
+    stream = b"".join(encode(m) for m in msgs)
+    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    d = Decoder(known_types={"msg", "hello"})
+    got = []
+    for a, b in zip(points, points[1:]):
+        got += d.feed(stream[a:b])
+    assert got == msgs
