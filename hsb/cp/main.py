@@ -6,8 +6,10 @@ import sys
 
 import click
 
-from hsb.cli import load_or_exit, log_level_option
+from hsb import logs
+from hsb.cli import EXIT_CONFIG, die, load_or_exit, log_level_option
 from hsb.cp.config import CPConfig
+from hsb.wire.auth import SecretFileError, load_secret
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,6 +18,20 @@ from hsb.cp.config import CPConfig
 @log_level_option
 def main(config_path: str, check_config: bool, log_level: str) -> None:
     """Run the communications processor (SPEC §5.5)."""
-    load_or_exit(config_path, CPConfig, check_config)
-    click.echo("hsbcpd: not implemented yet", err=True)
-    sys.exit(2)
+    cfg = load_or_exit(config_path, CPConfig, check_config)
+    try:
+        secret = load_secret(cfg.cp.secret_file)
+    except SecretFileError as exc:
+        die(str(exc), EXIT_CONFIG)
+    logs.setup(log_level, process=f"hsbcpd:{cfg.cp.name}")
+    from hsb import loop
+    from hsb.cp.server import CPServer
+
+    async def run() -> int:
+        server = CPServer(cfg, secret)
+        try:
+            return await server.serve()
+        except OSError as exc:
+            die(f"cannot listen: {exc.strerror or exc} (is another hsbcpd running on these ports?)")
+
+    sys.exit(loop.run(run()))

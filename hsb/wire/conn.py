@@ -10,6 +10,7 @@ stalls, or never authenticates, is dropped) and write-side back-pressure.
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Callable, Collection
 from typing import Any, ClassVar
 
@@ -42,13 +43,14 @@ class FramedProtocol(asyncio.Protocol):
         self.closed = False
         self.idle_timeout = idle_timeout
         self._idle_handle: asyncio.TimerHandle | None = None
+        self.reading_paused = False
+        self._backlog: collections.deque[dict[str, Any]] = collections.deque()
         self._loop = asyncio.get_event_loop()
         self._table: dict[str, Handler] = {t: getattr(self, name) for t, name in self.dispatch.items()}
 
     # -- asyncio.Protocol -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
         pn = transport.get_extra_info("peername")
         if isinstance(pn, tuple) and len(pn) >= 2:
             self.peer = f"{pn[0]}:{pn[1]}"
@@ -62,16 +64,28 @@ class FramedProtocol(asyncio.Protocol):
         try:
             msgs = self.decoder.feed(data)
         except ProtocolError as exc:
-            for m in exc.before:
-                self._handle(m)
-                if self.closed:
-                    return
-            self.protocol_error(exc)
+            self._backlog.extend(exc.before)
+            self._drain_backlog()
+            if not self.closed:
+                self.protocol_error(exc)
             return
-        for m in msgs:
+        if self._backlog or self.reading_paused:
+            self._backlog.extend(msgs)
+            self._drain_backlog()
+            return
+        for i, m in enumerate(msgs):
             self._handle(m)
             if self.closed:
                 return
+            if self.reading_paused:
+                # Frames already read stay unprocessed until reading resumes (back-pressure is exact).
+                self._backlog.extend(msgs[i + 1 :])
+                return
+
+    def _drain_backlog(self) -> None:
+        bl = self._backlog
+        while bl and not self.reading_paused and not self.closed:
+            self._handle(bl.popleft())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -129,12 +143,16 @@ class FramedProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self.reading_paused:
+            self.reading_paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and self.reading_paused:
+            self.reading_paused = False
             self.transport.resume_reading()
+            if self._backlog:
+                self._loop.call_soon(self._drain_backlog)
 
     def set_idle_timeout(self, seconds: float | None) -> None:
         self.idle_timeout = seconds

@@ -1,0 +1,5 @@
+"""python -m entry point."""
+
+from hsb.cp.main import main
+
+main()

@@ -1,0 +1,438 @@
+"""The CP's one place that decides (SPEC §5.4, §5.5): dual sessions, holding,
+delivery, arbitration of switchover, fencing.
+
+The link protocols (terminal_link, host_link, admin) parse and validate frames
+and call into `CP`; only `CP` changes state. Every state change is a named
+structlog event.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from hsb import faults
+from hsb.cp.config import CPConfig
+from hsb.cp.state import Held, Session, Term
+
+if TYPE_CHECKING:
+    from hsb.cp.host_link import HostProtocol
+    from hsb.cp.terminal_link import TerminalProtocol
+
+log = structlog.get_logger("hsb.cp")
+
+OUTBOX_MAX = 100_000  # replies kept for a disconnected terminal (bounded by held_bound in practice)
+
+
+class CP:
+    def __init__(self, cfg: CPConfig) -> None:
+        self.cfg = cfg
+        self.name = cfg.cp.name
+        self.held_bound = cfg.cp.held_bound
+        self.host_timeout = cfg.cp.host_timeout
+        self.terms: dict[str, Term] = {n: Term(d) for n, d in cfg.terminal_table.items()}
+        self.epoch = 0
+        self.active: HostProtocol | None = None
+        self.standby: HostProtocol | None = None
+        self.active_lost_since: float | None = None
+        self.active_lost_notified = False
+        self.active_stopped_normally: str | None = None
+        self.switchovers: list[dict[str, Any]] = []
+        self.counters = {"delivered": 0, "redelivered": 0, "replies": 0, "acks": 0, "reacks": 0, "classic_closed": 0}
+        self.protocol_errors: dict[tuple[str, str], int] = {}
+        self.started = time.time()
+        self.connected = 0
+
+    # ------------------------------------------------------------------ terminals
+    def terminal_hello(self, proto: "TerminalProtocol", name: str) -> None:
+        term = self.terms.get(name)
+        if term is None:
+            log.warning("terminal_refused", terminal=name[:64], peer=proto.peer, reason="unknown_terminal")
+            proto.close_with_error("unknown_terminal", f"terminal {name[:64]!r} is not in the CP's terminal table")
+            return
+        if term.conn is not None and not term.conn.closed:
+            log.warning("terminal_refused", terminal=name, peer=proto.peer, reason="already_connected")
+            proto.close_with_error("already_connected", f"terminal {name!r} is already connected from {term.conn.peer}")
+            return
+        term.conn = proto
+        term.leaving = False
+        proto.term = term
+        self.connected += 1
+        proto.send({"t": "welcome", "terminal": name})
+        log.debug("terminal_connected", terminal=name, peer=proto.peer)
+        if term.outbox:
+            for m in term.outbox:
+                proto.send(m)
+            term.outbox = None
+        if term.held and len(term.held) >= self.held_bound:
+            self._pause(term)
+        if self.active is not None and self.active.usable:
+            self.active.send({"t": "session_request", "terminal": name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
+
+    def terminal_msg(self, term: Term, mid: int, data: Any) -> None:
+        if mid <= term.last_acked:
+            self.counters["reacks"] += 1
+            term.conn.send({"t": "ack", "id": mid})  # type: ignore[union-attr]
+            return
+        term.last_acked = mid
+        held = Held(mid, data)
+        term.held[mid] = held
+        self.counters["acks"] += 1
+        term.conn.send({"t": "ack", "id": mid})  # type: ignore[union-attr]
+        s = term.active
+        if s is not None and s.host is self.active and self.active.usable:
+            self._deliver(term, held, s.host)
+        if len(term.held) >= self.held_bound:
+            self._pause(term)
+
+    def terminal_bye(self, term: Term) -> None:
+        log.debug("terminal_logoff", terminal=term.name)
+        term.leaving = True
+        self._close_active_session(term, "logoff")
+        if not term.held and term.conn is not None:
+            term.conn.close()
+
+    def terminal_lost(self, term: Term) -> None:
+        if term.conn is None:
+            return
+        term.conn = None
+        term.paused = False
+        self.connected -= 1
+        log.debug("terminal_disconnected", terminal=term.name, held=len(term.held))
+        self._close_active_session(term, "logoff" if term.leaving else "disconnect")
+
+    def _close_active_session(self, term: Term, reason: str) -> None:
+        s = term.active
+        term.active = None
+        if s is not None and s.host is self.active and s.host.usable:
+            s.host.send({"t": "session_closed", "terminal": term.name, "reason": reason})
+
+    def _pause(self, term: Term) -> None:
+        if not term.paused and term.conn is not None:
+            term.paused = True
+            term.conn.pause_reading()
+            log.info("terminal_backpressure", terminal=term.name, held=len(term.held))
+
+    def _deliver(self, term: Term, held: Held, host: "HostProtocol") -> None:
+        redelivered = held.delivered_epoch != 0
+        held.delivered_epoch = self.epoch
+        self.counters["redelivered" if redelivered else "delivered"] += 1
+        host.send({"t": "deliver", "terminal": term.name, "id": held.id, "data": held.data, "redelivered": redelivered})
+
+    def _deliver_pending(self, term: Term, host: "HostProtocol") -> None:
+        for held in list(term.held.values()):
+            if held.delivered_epoch != self.epoch:
+                self._deliver(term, held, host)
+                faults.point("cp.mid_redelivery")
+
+    def _to_terminal(self, term: Term, msg: dict[str, Any]) -> None:
+        if term.conn is not None and not term.conn.closed:
+            term.conn.send(msg)
+        elif msg["t"] == "reply":
+            if term.outbox is None:
+                from collections import deque
+
+                term.outbox = deque(maxlen=OUTBOX_MAX)
+            term.outbox.append(msg)
+
+    # ------------------------------------------------------------------ hosts
+    def host_register(self, host: "HostProtocol", role: str, startup_id: int) -> None:
+        if role == "active":
+            if self.active is not None and not self.active.closed:
+                host.close_with_error(
+                    "active_exists",
+                    f"{self.active.name} is already the active host (epoch {self.epoch}); start {host.name} with --role standby",
+                )
+                return
+            if self.standby is host:
+                self.standby = None
+            self._become_active(host, reason="registered")
+        elif role == "standby":
+            if self.standby is not None and not self.standby.closed and self.standby is not host:
+                host.close_with_error("standby_exists", f"{self.standby.name} is already the standby host")
+                return
+            if self.active is host:
+                host.close_with_error("bad_role", "the active host cannot re-register as standby on the same link")
+                return
+            self.standby = host
+            host.role = "standby"
+            log.info("host_registered", host=host.name, role="standby", startup_id=startup_id, epoch=self.epoch)
+            host.send({"t": "registered", "role": "standby", "epoch": self.epoch, "active": self._active_name(), "standby": host.name})
+            if self.active is None or not self.active.usable:
+                why = "stopping" if self.active_stopped_normally else "eof"
+                host.send({"t": "active_lost", "host": self.active_stopped_normally or "", "why": why})
+        else:
+            host.close_with_error("bad_role", f"role must be 'active' or 'standby', not {role[:20]!r}")
+
+    def _active_name(self) -> str | None:
+        return self.active.name if self.active is not None and not self.active.closed else None
+
+    def _become_active(self, host: "HostProtocol", reason: str) -> None:
+        self.epoch += 1
+        self.active = host
+        host.role = "active"
+        host.epoch = self.epoch
+        self.active_lost_since = None
+        self.active_lost_notified = False
+        self.active_stopped_normally = None
+        log.info("host_registered", host=host.name, role="active", epoch=self.epoch, reason=reason)
+        host.send({"t": "registered", "role": "active", "epoch": self.epoch, "active": host.name, "standby": self.standby.name if self.standby else None})
+        for term in self.terms.values():
+            if term.active is not None and term.active.host is not host:
+                term.active = None
+            if term.conn is not None and term.active is None and not term.leaving:
+                host.send({"t": "session_request", "terminal": term.name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
+
+    def host_open(self, host: "HostProtocol", name: str, kind: str, attrs: dict[str, Any]) -> None:
+        term = self.terms.get(name)
+        if term is None:
+            host.send({"t": "open_failed", "terminal": name, "kind": kind, "reason": f"terminal {name!r} is not defined at the CP"})
+            return
+        if kind == "active":
+            if host is not self.active:
+                host.send({"t": "open_failed", "terminal": name, "kind": kind, "reason": "this host is not the active host"})
+                return
+            if term.conn is None or term.leaving:
+                host.send({"t": "session_closed", "terminal": name, "reason": "disconnect"})
+                return
+            term.active = Session(host, "active", attrs, self.epoch)
+            term.conn.send({"t": "session", "state": "open", "epoch": self.epoch})
+            host.send({"t": "opened", "terminal": name, "kind": "active"})
+            self._deliver_pending(term, host)
+        elif kind == "standby":
+            if host is not self.standby:
+                host.send({"t": "open_failed", "terminal": name, "kind": kind, "reason": "this host is not the registered standby"})
+                return
+            if not term.defn.standby_capable:
+                host.send({"t": "open_failed", "terminal": name, "kind": kind, "reason": f"terminal {name!r} is not standby-capable at the CP"})
+                return
+            term.standby = Session(host, "standby", attrs, self.epoch)
+            host.send({"t": "opened", "terminal": name, "kind": "standby"})
+        else:
+            host.close_with_error("bad_fields", f"open: kind must be 'active' or 'standby', not {kind[:20]!r}")
+
+    def host_refuse(self, host: "HostProtocol", name: str, reason: str) -> None:
+        term = self.terms.get(name)
+        if term is None or host is not self.active:
+            return
+        term.active = None
+        log.warning("session_refused", terminal=name, host=host.name, reason=reason)
+        if term.conn is not None:
+            term.conn.send({"t": "session", "state": "closed", "epoch": self.epoch, "reason": reason[:200]})
+
+    def host_close(self, host: "HostProtocol", name: str, kind: str) -> None:
+        term = self.terms.get(name)
+        if term is None:
+            return
+        if kind == "standby":
+            if term.standby is not None and term.standby.host is host:
+                term.standby = None
+        elif kind == "active":
+            if term.active is not None and term.active.host is host:
+                term.active = None
+                if term.conn is not None:
+                    term.conn.send({"t": "session", "state": "closed", "epoch": self.epoch, "reason": "closed by the host"})
+
+    def host_reply(self, host: "HostProtocol", name: str, mid: int, data: Any) -> None:
+        """Reply and discard in one frame (SPEC §5.5)."""
+        term = self.terms.get(name)
+        if term is None:
+            return
+        held = term.held.pop(mid, None)
+        if held is None:
+            return  # already discarded: never a second reply
+        self.counters["replies"] += 1
+        self._to_terminal(term, {"t": "reply", "id": mid, "data": data})
+        if term.paused and len(term.held) < self.held_bound and term.conn is not None:
+            term.paused = False
+            term.conn.resume_reading()
+        if term.leaving and not term.held and term.conn is not None:
+            term.conn.close()
+
+    def host_stopping(self, host: "HostProtocol") -> None:
+        """Normal termination of the active (SPEC §5.3): close its sessions, keep held, no switch."""
+        if host is not self.active:
+            return
+        log.info("active_stopped_normally", host=host.name, epoch=self.epoch)
+        self.active_stopped_normally = host.name
+        self.active = None
+        host.role = "stopped"
+        n = 0
+        for term in self.terms.values():
+            if term.active is not None and term.active.host is host:
+                term.active = None
+                n += 1
+                if term.conn is not None:
+                    term.conn.send({"t": "session", "state": "closed", "epoch": self.epoch, "reason": "active host stopped normally"})
+        log.info("active_sessions_closed", host=host.name, sessions=n)
+        if self.standby is not None and self.standby.usable:
+            self.standby.send({"t": "active_lost", "host": host.name, "why": "stopping"})
+
+    def host_lost(self, host: "HostProtocol") -> None:
+        if host is self.active:
+            log.warning("active_host_link_lost", host=host.name, epoch=self.epoch)
+            self.active_lost_since = time.monotonic()
+            self._notify_active_lost(host.name, "eof")
+            if self.standby is None or self.standby.closed:
+                self._sessions_lost_without_standby()
+        elif host is self.standby:
+            log.warning("standby_host_link_lost", host=host.name)
+            self.standby = None
+            for term in self.terms.values():
+                if term.standby is not None and term.standby.host is host:
+                    term.standby = None
+
+    def _notify_active_lost(self, name: str, why: str) -> None:
+        if self.active_lost_notified:
+            return
+        self.active_lost_notified = True
+        if self.standby is not None and self.standby.usable:
+            self.standby.send({"t": "active_lost", "host": name, "why": why})
+
+    def _sessions_lost_without_standby(self) -> None:
+        for term in self.terms.values():
+            if term.active is not None:
+                term.active = None
+                if term.conn is not None:
+                    term.conn.send({"t": "session", "state": "closed", "epoch": self.epoch, "reason": "active host lost, no standby"})
+
+    def active_silent_for(self) -> float:
+        """Seconds the active's host link has been closed or silent (0 if healthy)."""
+        a = self.active
+        if a is None:
+            return float("inf")
+        if a.closed:
+            return time.monotonic() - (self.active_lost_since or a.last_rx)
+        return max(0.0, time.monotonic() - a.last_rx)
+
+    def tick(self) -> None:
+        """Periodic: detect a silent active and tell the standby at once."""
+        a = self.active
+        if a is not None and not a.closed and time.monotonic() - a.last_rx > self.host_timeout and not self.active_lost_notified:
+            log.warning("active_host_link_silent", host=a.name, silent_s=round(time.monotonic() - a.last_rx, 3))
+            self._notify_active_lost(a.name, "silent")
+
+    # ------------------------------------------------------------------ arbitration
+    def host_switchover(self, host: "HostProtocol", reason: str, planned: bool) -> None:
+        if host is not self.standby:
+            host.send({"t": "switch_refused", "reason": "only the registered standby host may ask for a switchover"})
+            return
+        a = self.active
+        if a is None or a.closed:
+            why = "promote after normal stop" if a is None and self.active_stopped_normally else "active host link closed"
+        elif time.monotonic() - a.last_rx > self.host_timeout:
+            why = f"active host link silent for {time.monotonic() - a.last_rx:.3f}s"
+        elif planned and a.released:
+            why = "planned switchover released by the active"
+        else:
+            age_ms = (time.monotonic() - a.last_rx) * 1000
+            host.send({"t": "switch_refused", "reason": f"active host {a.name} is alive on its host link (heard {age_ms:.0f} ms ago)"})
+            log.info("switchover_refused", requester=host.name, active=a.name, reason=reason)
+            return
+        self._grant(host, reason, why)
+
+    def _grant(self, host: "HostProtocol", reason: str, why: str) -> None:
+        t0 = time.monotonic()
+        old = self.active
+        self.epoch += 1
+        self.active = host
+        self.standby = None
+        host.role = "active"
+        host.epoch = self.epoch
+        self.active_lost_since = None
+        self.active_lost_notified = False
+        self.active_stopped_normally = None
+        log.info("switchover_granted", host=host.name, old=old.name if old else None, epoch=self.epoch, reason=reason, why=why)
+        host.send({"t": "switch_granted", "epoch": self.epoch})
+        faults.point("cp.after_grant")
+        switched = classic = requested = 0
+        for term in self.terms.values():
+            sb = term.standby
+            if sb is not None and sb.host is host:
+                term.standby = None
+                if term.conn is not None and not term.leaving:
+                    term.active = Session(host, "active", sb.attrs, self.epoch)
+                    term.conn.send({"t": "switched", "epoch": self.epoch})
+                    self._deliver_pending(term, host)
+                    switched += 1
+                    faults.point("cp.mid_switch")
+                    continue
+                term.active = None
+                host.send({"t": "session_closed", "terminal": term.name, "reason": "disconnect"})
+                continue
+            if term.conn is not None and term.active is not None:
+                # Classic path of [0002]: no standby session; the terminal reconnects.
+                term.active = None
+                term.conn.close()
+                classic += 1
+            elif term.conn is not None and term.active is None and not term.leaving:
+                host.send({"t": "session_request", "terminal": term.name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
+                requested += 1
+        self.counters["classic_closed"] += classic
+        if old is not None and not old.closed:
+            old.send({"t": "fenced", "epoch": self.epoch, "msg": f"host {host.name} was made active at epoch {self.epoch}"})
+            old.fenced = True
+            old.close()
+        duration = time.monotonic() - t0
+        rec = {
+            "epoch": self.epoch,
+            "from": old.name if old else None,
+            "to": host.name,
+            "reason": reason,
+            "why": why,
+            "at": time.time(),
+            "switch_ms": round(duration * 1000, 3),
+            "switched": switched,
+            "classic": classic,
+            "requested": requested,
+        }
+        self.switchovers.append(rec)
+        del self.switchovers[:-50]
+        log.info("switchover_complete", **rec)
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        active_s = standby_s = held = paused = 0
+        for t in self.terms.values():
+            if t.active is not None:
+                active_s += 1
+            if t.standby is not None:
+                standby_s += 1
+            held += len(t.held)
+            paused += t.paused
+        def host_info(h: "HostProtocol | None") -> dict[str, Any] | None:
+            if h is None:
+                return None
+            return {"name": h.name, "role": h.role, "peer": h.peer, "connected": not h.closed, "heard_ms_ago": round((time.monotonic() - h.last_rx) * 1000, 1)}
+        return {
+            "name": self.name,
+            "role": "cp",
+            "state": "serving" if self.active is not None and self.active.usable else "no_active",
+            "epoch": self.epoch,
+            "terminals": {"defined": len(self.terms), "connected": self.connected, "active_sessions": active_s, "standby_sessions": standby_s, "backpressured": paused},
+            "held_messages": held,
+            "active": host_info(self.active),
+            "standby": host_info(self.standby),
+            "active_stopped_normally": self.active_stopped_normally,
+            "switchovers": len(self.switchovers),
+            "last_switchover": self.switchovers[-1] if self.switchovers else None,
+            "counters": dict(self.counters),
+            "protocol_errors": [{"link": k[0], "code": k[1], "count": v} for k, v in sorted(self.protocol_errors.items())],
+            "uptime_s": round(time.time() - self.started, 1),
+        }
+
+    def sessions(self) -> dict[str, Any]:
+        """Per-terminal session view (for tests and `hsbctl status --sessions`)."""
+        out: dict[str, Any] = {}
+        for t in self.terms.values():
+            if t.active is None and t.standby is None and t.conn is None and not t.held:
+                continue
+            out[t.name] = {
+                "connected": t.conn is not None,
+                "active": {"host": t.active.host.name, "attrs": t.active.attrs} if t.active else None,
+                "standby": {"host": t.standby.host.name, "attrs": t.standby.attrs} if t.standby else None,
+                "held": len(t.held),
+            }
+        return out

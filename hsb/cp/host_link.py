@@ -1,0 +1,107 @@
+"""The host link (docs/protocol.md §3): authenticated hsbd connections to the CP."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from hsb.wire.authlink import AuthServerProtocol
+from hsb.wire.conn import require
+from hsb.wire.framing import ProtocolError
+
+if TYPE_CHECKING:
+    from hsb.cp.core import CP
+
+log = structlog.get_logger("hsb.cp")
+
+# Frames only the active host may send; each carries the epoch it believes in.
+_EPOCHED = frozenset({"reply", "refuse", "stopping", "release"})
+
+
+class HostProtocol(AuthServerProtocol):
+    link = "host"
+    dispatch = {
+        "register": "on_register",
+        "hb": "on_hb",
+        "open": "on_open_session",
+        "refuse": "on_refuse",
+        "close": "on_close_session",
+        "reply": "on_reply",
+        "stopping": "on_stopping",
+        "release": "on_release",
+        "switchover": "on_switchover",
+    }
+
+    def __init__(self, cp: "CP", **kw: Any) -> None:
+        super().__init__(**kw)
+        self.cp = cp
+        self.role: str | None = None
+        self.epoch = 0
+        self.fenced = False
+        self.released = False
+        self.server_name = cp.name
+
+    @property
+    def usable(self) -> bool:
+        return self.authed and not self.closed and not self.fenced
+
+    def _handle(self, msg: dict[str, Any]) -> None:
+        if self.authed and msg["t"] not in ("register", "hb") and self.role is None:
+            self.protocol_error(ProtocolError("not_registered", "send register before anything else"))
+            return
+        if self.authed and self.role == "active" and msg["t"] in _EPOCHED | {"open", "close"}:
+            if msg.get("t") == "open" and msg.get("kind") == "standby":
+                pass
+            elif "epoch" in msg and msg.get("epoch") != self.cp.epoch:
+                self.close_with_error("fenced", f"epoch {msg.get('epoch')!r} is not the current epoch {self.cp.epoch}")
+                return
+        super()._handle(msg)
+
+    def on_register(self, msg: dict[str, Any]) -> None:
+        if self.role is not None:
+            raise ProtocolError("bad_role", "already registered on this link")
+        role = require(msg, "role", str)
+        sid = msg.get("startup_id", 0)
+        self.cp.host_register(self, role, sid if isinstance(sid, int) else 0)
+
+    def on_hb(self, msg: dict[str, Any]) -> None:
+        pass  # last_rx is refreshed on every byte received
+
+    def on_open_session(self, msg: dict[str, Any]) -> None:
+        attrs = msg.get("attrs", {})
+        if not isinstance(attrs, dict):
+            raise ProtocolError("bad_fields", "open: attrs must be a map")
+        self.cp.host_open(self, require(msg, "terminal", str), require(msg, "kind", str), attrs)
+
+    def on_refuse(self, msg: dict[str, Any]) -> None:
+        self.cp.host_refuse(self, require(msg, "terminal", str), str(msg.get("reason", "refused by the host")))
+
+    def on_close_session(self, msg: dict[str, Any]) -> None:
+        self.cp.host_close(self, require(msg, "terminal", str), require(msg, "kind", str))
+
+    def on_reply(self, msg: dict[str, Any]) -> None:
+        if self is not self.cp.active:
+            raise ProtocolError("not_active", "only the active host may reply")
+        data = require(msg, "data", (bytes, str))
+        self.cp.host_reply(self, require(msg, "terminal", str), require(msg, "id", int), data)
+
+    def on_stopping(self, msg: dict[str, Any]) -> None:
+        self.cp.host_stopping(self)
+
+    def on_release(self, msg: dict[str, Any]) -> None:
+        if self is self.cp.active:
+            self.released = True
+            log.info("active_released", host=self.name)
+
+    def on_switchover(self, msg: dict[str, Any]) -> None:
+        self.cp.host_switchover(self, str(msg.get("reason", ""))[:200], bool(msg.get("planned", False)))
+
+    def on_protocol_error(self, exc: ProtocolError) -> None:
+        key = ("host", exc.code)
+        self.cp.protocol_errors[key] = self.cp.protocol_errors.get(key, 0) + 1
+
+    def on_lost(self, exc: Exception | None) -> None:
+        if self.authed:
+            log.info("host_link_closed", host=self.name, role=self.role, peer=self.peer)
+            self.cp.host_lost(self)

@@ -1,0 +1,68 @@
+"""The terminal link (SPEC §6.2): a thin asyncio.Protocol that checks frames and calls the CP."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from hsb.cp.state import Term
+from hsb.wire.conn import FramedProtocol, require
+from hsb.wire.framing import ProtocolError
+
+if TYPE_CHECKING:
+    from hsb.cp.core import CP
+
+log = structlog.get_logger("hsb.cp")
+
+TERMINAL_TYPES = ("hello", "msg", "bye")
+ID_MAX = 2**63 - 1
+
+
+class TerminalProtocol(FramedProtocol):
+    link = "terminal"
+    dispatch = {"hello": "on_hello", "msg": "on_msg", "bye": "on_bye"}
+
+    def __init__(self, cp: "CP", *, hello_timeout: float, idle_after_hello: float | None, **kw: Any) -> None:
+        super().__init__(idle_timeout=hello_timeout, **kw)
+        self.cp = cp
+        self.term: Term | None = None
+        self._idle_after = idle_after_hello
+
+    def on_hello(self, msg: dict[str, Any]) -> None:
+        if self.term is not None:
+            raise ProtocolError("bad_hello", "hello sent twice")
+        name = msg.get("terminal")
+        if not isinstance(name, str) or not name:
+            raise ProtocolError("bad_hello", "hello needs a non-empty string 'terminal'")
+        self.cp.terminal_hello(self, name)
+        if self.term is not None:
+            self.set_idle_timeout(self._idle_after)
+
+    def on_msg(self, msg: dict[str, Any]) -> None:
+        if self.term is None:
+            raise ProtocolError("bad_hello", "the first frame must be hello")
+        mid = require(msg, "id", int)
+        data = require(msg, "data", (bytes, str))
+        if not 0 < mid <= ID_MAX:
+            raise ProtocolError("bad_fields", f"msg: id must be 1..{ID_MAX}")
+        self.cp.terminal_msg(self.term, mid, data)
+
+    def on_bye(self, msg: dict[str, Any]) -> None:
+        if self.term is None:
+            raise ProtocolError("bad_hello", "the first frame must be hello")
+        self.cp.terminal_bye(self.term)
+
+    def _handle(self, msg: dict[str, Any]) -> None:
+        if self.term is None and msg["t"] != "hello":
+            self.protocol_error(ProtocolError("bad_hello", "the first frame must be hello"))
+            return
+        super()._handle(msg)
+
+    def on_protocol_error(self, exc: ProtocolError) -> None:
+        key = ("terminal", exc.code)
+        self.cp.protocol_errors[key] = self.cp.protocol_errors.get(key, 0) + 1
+
+    def on_lost(self, exc: Exception | None) -> None:
+        if self.term is not None and self.term.conn is self:
+            self.cp.terminal_lost(self.term)

@@ -1,0 +1,5 @@
+"""python -m entry point."""
+
+from hsb.ctl.main import main
+
+main()

@@ -1,0 +1,5 @@
+"""python -m entry point."""
+
+from hsb.host.main import main
+
+main()

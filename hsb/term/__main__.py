@@ -1,0 +1,5 @@
+"""python -m entry point."""
+
+from hsb.term.main import main
+
+main()

@@ -1,0 +1,76 @@
+"""Server side of the challenge-response handshake (docs/protocol.md §2).
+
+`AuthServerProtocol` sends the challenge when the connection opens and accepts
+nothing but `auth` until the answer checks out; then it dispatches through the
+subclass's table. Unauthenticated connections are dropped after `auth_timeout`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+import structlog
+
+from hsb.wire import auth
+from hsb.wire.conn import FramedProtocol, require
+from hsb.wire.framing import ProtocolError
+
+log = structlog.get_logger("hsb.wire")
+
+
+class AuthServerProtocol(FramedProtocol):
+    """Subclasses set `link` ("host", "peer", "admin"), `dispatch`, and implement `authenticated()`."""
+
+    server_name: ClassVar[str] = "hsb"
+
+    def __init__(self, *, secret: bytes, auth_timeout: float, idle_timeout: float | None = None, **kw: Any) -> None:
+        super().__init__(known_types={*self.dispatch, "auth"}, idle_timeout=auth_timeout, **kw)
+        self._secret = secret
+        self._nonce = auth.new_nonce()
+        self._after_auth_idle = idle_timeout
+        self.authed = False
+        self.name = "?"
+        self.last_rx = time.monotonic()
+
+    def on_open(self) -> None:
+        self.send({"t": "challenge", "nonce": self._nonce, "server": self.server_name})
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = time.monotonic()
+        super().data_received(data)
+
+    def _handle(self, msg: dict[str, Any]) -> None:
+        if self.authed:
+            super()._handle(msg)
+            return
+        if msg["t"] != "auth":
+            self.auth_failed("auth_required", "authenticate first: the only frame accepted now is 'auth'")
+            return
+        try:
+            name = require(msg, "name", str)
+            link = require(msg, "link", str)
+            mac = require(msg, "mac", bytes)
+        except ProtocolError as exc:
+            self.auth_failed("auth_failed", exc.msg)
+            return
+        if link != self.link:
+            self.auth_failed("auth_failed", f"this port serves the {self.link} link, not {link!r}")
+            return
+        if not auth.verify(self._secret, self._nonce, link, name, mac):
+            self.auth_failed("auth_failed", "wrong answer to the challenge (secret differs?)")
+            return
+        self._nonce = b""  # used once
+        self.authed = True
+        self.name = name[:64]
+        self.set_idle_timeout(self._after_auth_idle)
+        self.send({"t": "auth_ok", "server": self.server_name})
+        log.info("link_authenticated", link=self.link, peer=self.peer, name=self.name)
+        self.authenticated()
+
+    def auth_failed(self, code: str, why: str) -> None:
+        log.warning("auth_failed", link=self.link, peer=self.peer, reason=why)
+        self.close_with_error(code, why)
+
+    def authenticated(self) -> None:
+        pass

@@ -1,0 +1,94 @@
+"""Client side of a framed, authenticated link on asyncio streams.
+
+Used by hsbd (host link to the CP, peer link), hsbctl (admin links) and tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from hsb.wire import auth
+from hsb.wire.framing import DEFAULT_MAX_FRAME, Decoder, ProtocolError, encode
+
+
+class LinkClosed(ConnectionError):
+    """The other side closed the link (or sent an error frame, kept in `error`)."""
+
+    def __init__(self, msg: str, error: dict[str, Any] | None = None) -> None:
+        super().__init__(msg)
+        self.error = error
+
+
+class FrameStream:
+    """Send and receive frames over one TCP connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_frame: int = DEFAULT_MAX_FRAME):
+        self.reader = reader
+        self.writer = writer
+        self.decoder = Decoder(max_frame)
+        self._pending: list[dict[str, Any]] = []
+
+    @classmethod
+    async def connect(cls, host: str, port: int, *, timeout: float = 5.0, max_frame: int = DEFAULT_MAX_FRAME) -> "FrameStream":
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        return cls(reader, writer, max_frame)
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self.writer.write(encode(msg))
+
+    def send_raw(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+
+    async def recv(self, timeout: float | None = None) -> dict[str, Any]:
+        """Next frame; raises LinkClosed on EOF, ProtocolError on a bad frame."""
+        while not self._pending:
+            if timeout is None:
+                data = await self.reader.read(65536)
+            else:
+                data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            if not data:
+                raise LinkClosed("connection closed by the other side")
+            self._pending.extend(self.decoder.feed(data))
+        return self._pending.pop(0)
+
+    async def authenticate(self, secret: bytes, link: str, name: str, timeout: float = 5.0) -> str:
+        """Answer the server's challenge; return the server's name."""
+        ch = await self.recv(timeout)
+        if ch.get("t") == "error":
+            raise LinkClosed(f"{ch.get('code')}: {ch.get('msg')}", ch)
+        if ch.get("t") != "challenge" or not isinstance(ch.get("nonce"), bytes):
+            raise ProtocolError("auth_failed", f"expected a challenge, got {ch.get('t')!r}")
+        self.send({"t": "auth", "name": name, "link": link, "mac": auth.answer(secret, ch["nonce"], link, name)})
+        ok = await self.recv(timeout)
+        if ok.get("t") == "error":
+            raise LinkClosed(f"{ok.get('code')}: {ok.get('msg')}", ok)
+        if ok.get("t") != "auth_ok":
+            raise ProtocolError("auth_failed", f"expected auth_ok, got {ok.get('t')!r}")
+        return str(ok.get("server", "?"))
+
+    def close(self) -> None:
+        if not self.writer.is_closing():
+            self.writer.close()
+
+    async def aclose(self) -> None:
+        self.close()
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass
+
+
+async def request(host: str, port: int, secret: bytes, msg: dict[str, Any], *, link: str = "admin", name: str = "hsbctl", timeout: float = 3.0) -> dict[str, Any]:
+    """One admin request/answer round trip on a fresh connection."""
+    fs = await FrameStream.connect(host, port, timeout=timeout)
+    try:
+        await fs.authenticate(secret, link, name, timeout)
+        fs.send(msg)
+        await fs.drain()
+        return await fs.recv(timeout)
+    finally:
+        await fs.aclose()

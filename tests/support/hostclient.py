@@ -1,0 +1,166 @@
+"""A small real host-link client for driving hsbcpd from tests (docs/protocol.md §3)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from hsb.wire.client import FrameStream, LinkClosed
+from tests.support.procs import SECRET, addr
+
+
+class FakeHost:
+    """One host link. `inbox` collects every frame; helpers wait for specific ones."""
+
+    def __init__(self, fs: FrameStream, name: str) -> None:
+        self.fs = fs
+        self.name = name
+        self.inbox: list[dict[str, Any]] = []
+        self.closed = False
+        self.epoch = 0
+        self._new = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+        self._hb: asyncio.Task[None] | None = None
+        self.auto_open: dict[str, Any] | None = None  # attrs: answer session_request with open
+        self.auto_reply = False
+
+    @classmethod
+    async def connect(cls, host_addr: str, name: str, role: str | None = None, secret: bytes = SECRET, heartbeat: float | None = 0.05) -> "FakeHost":
+        h, p = addr(host_addr)
+        fs = await FrameStream.connect(h, p)
+        await fs.authenticate(secret, "host", name)
+        self = cls(fs, name)
+        if heartbeat:
+            self._hb = asyncio.create_task(self._beat(heartbeat))
+        if role:
+            await self.register(role)
+        return self
+
+    async def _beat(self, every: float) -> None:
+        while not self.closed:
+            self.fs.send({"t": "hb"})
+            await asyncio.sleep(every)
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                m = await self.fs.recv()
+                if m["t"] == "hb":
+                    continue
+                self.inbox.append(m)
+                if m["t"] == "switch_granted":
+                    self.epoch = m["epoch"]
+                if self.auto_open is not None and m["t"] == "session_request":
+                    self.send({"t": "open", "terminal": m["terminal"], "kind": "active", "attrs": self.auto_open, "epoch": self.epoch})
+                if self.auto_reply and m["t"] == "deliver":
+                    self.send({"t": "reply", "terminal": m["terminal"], "id": m["id"], "data": m["data"], "epoch": self.epoch})
+                self._new.set()
+        except (LinkClosed, ConnectionError, OSError):
+            pass
+        finally:
+            self.closed = True
+            self._new.set()
+
+    def send(self, m: dict[str, Any]) -> None:
+        if not self.closed:
+            self.fs.send(m)
+
+    async def register(self, role: str, startup_id: int = 1) -> dict[str, Any]:
+        self.send({"t": "register", "role": role, "startup_id": startup_id})
+        m = await self.wait(lambda m: m["t"] in ("registered", "error"))
+        if m["t"] == "registered":
+            self.epoch = m["epoch"]
+        return m
+
+    async def wait(self, pred: Any, timeout: float = 10.0, start: int = 0) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        seen = start
+        while True:
+            for m in self.inbox[seen:]:
+                if pred(m):
+                    return m
+            seen = len(self.inbox)
+            if self.closed:
+                raise LinkClosed(f"{self.name}: link closed; inbox tail {self.inbox[-3:]}")
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise TimeoutError(f"{self.name}: no matching frame; inbox tail {self.inbox[-5:]}")
+            self._new.clear()
+            try:
+                await asyncio.wait_for(self._new.wait(), left)
+            except TimeoutError:
+                pass
+
+    async def wait_count(self, pred: Any, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            got = [m for m in self.inbox if pred(m)]
+            if len(got) >= n:
+                return got
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{self.name}: {len(got)}/{n} frames; tail {self.inbox[-5:]}")
+            self._new.clear()
+            try:
+                await asyncio.wait_for(self._new.wait(), 0.2)
+            except TimeoutError:
+                pass
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._hb:
+            self._hb.cancel()
+        self._reader.cancel()
+        await self.fs.aclose()
+
+
+class FakeTerminal:
+    """A minimal terminal-link client (the full simulator is hsb.term)."""
+
+    def __init__(self, fs: FrameStream, name: str) -> None:
+        self.fs = fs
+        self.name = name
+        self.inbox: list[dict[str, Any]] = []
+        self.closed = False
+        self._new = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def connect(cls, term_addr: str, name: str, hello: bool = True) -> "FakeTerminal":
+        h, p = addr(term_addr)
+        fs = await FrameStream.connect(h, p)
+        self = cls(fs, name)
+        if hello:
+            self.send({"t": "hello", "terminal": name})
+        return self
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                self.inbox.append(await self.fs.recv())
+                self._new.set()
+        except (LinkClosed, ConnectionError, OSError, Exception):
+            pass
+        finally:
+            self.closed = True
+            self._new.set()
+
+    def send(self, m: dict[str, Any]) -> None:
+        self.fs.send(m)
+
+    wait = FakeHost.wait
+    wait_count = FakeHost.wait_count
+
+    async def wait_closed(self, timeout: float = 10.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self.closed:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{self.name}: still connected")
+            self._new.clear()
+            try:
+                await asyncio.wait_for(self._new.wait(), 0.2)
+            except TimeoutError:
+                pass
+
+    async def close(self) -> None:
+        self._reader.cancel()
+        await self.fs.aclose()

@@ -1,0 +1,142 @@
+"""Start real daemons for tests: generated configs, free ports, logs in tmp, kill in teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SECRET = b"test-secret-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_secret(d: Path, secret: bytes = SECRET) -> Path:
+    p = d / "secret"
+    p.write_bytes(secret)
+    p.chmod(0o600)
+    return p
+
+
+def wait_for(cond: Any, timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def log_events(path: Path) -> list[dict[str, Any]]:
+    out = []
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return out
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out
+
+
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    log: Path
+    popen: subprocess.Popen[bytes]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        evs = log_events(self.log)
+        return [e for e in evs if name is None or e.get("event") == name]
+
+    def wait_event(self, name: str, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
+        def find() -> dict[str, Any] | None:
+            for e in self.events(name):
+                if all(e.get(k) == v for k, v in match.items()):
+                    return e
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.popen.returncode} before {name}; log:\n{self.log.read_text()[-3000:]}")
+            return None
+
+        return wait_for(find, timeout, what=f"{self.name} event {name} {match or ''}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+        try:
+            self.popen.wait(5)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            pass
+
+
+def spawn(name: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> Proc:
+    fh = open(log, "ab")
+    e = dict(os.environ)
+    e.update(env or {})
+    p = subprocess.Popen(argv, stdout=fh, stderr=fh, stdin=subprocess.DEVNULL, env=e)
+    fh.close()
+    return Proc(name, argv, log, p)
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    raise TypeError(type(v))
+
+
+def cp_config(d: Path, *, terminals: int = 10, prefix: str = "T", extra_terms: list[dict[str, Any]] | None = None, **cp: Any) -> Path:
+    write_secret(d)
+    base = {"name": "cp", "terminal_listen": "127.0.0.1:0", "host_listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0", "secret_file": "secret"}
+    base.update(cp)
+    lines = ["[cp]"] + [f"{k} = {toml_value(v)}" for k, v in base.items()]
+    if terminals:
+        lines += ["", "[[terminal_groups]]", f'prefix = "{prefix}"', f"count = {terminals}", 'attrs = { kind = "till" }']
+    for t in extra_terms or []:
+        lines += ["", "[[terminals]]"] + [f"{k} = {toml_value(v)}" for k, v in t.items()]
+    p = d / "cp.toml"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def start_cp(d: Path, **kw: Any) -> Proc:
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = cp_config(d, **kw)
+    proc = spawn("hsbcpd", [sys.executable, "-m", "hsb.cp", "--config", str(cfg)], d / "cp.log")
+    ev = proc.wait_event("cp_started", timeout=15)
+    proc.info = {k[: -len("_listen")]: v for k, v in ev.items() if k.endswith("_listen")}
+    return proc
+
+
+def addr(s: str) -> tuple[str, int]:
+    h, _, p = s.rpartition(":")
+    return h, int(p)

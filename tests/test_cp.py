@@ -1,0 +1,313 @@
+"""hsbcpd as a real process on real sockets, driven by a test host-link client (issue 3)."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hsb.wire.client import FrameStream, LinkClosed, request
+from hsb.wire.framing import encode
+from tests.support.hostclient import FakeHost, FakeTerminal
+from tests.support.procs import SECRET, Proc, addr, start_cp
+
+ATTRS = {"protocol": "hsb1", "codepage": "utf-8"}
+
+
+@pytest.fixture
+def cp(tmp_path):  # type: ignore[no-untyped-def]
+    proc = start_cp(tmp_path / "cp", terminals=20, extra_terms=[{"name": "NOSB", "standby_capable": False}], host_timeout=0.5, held_bound=8)
+    yield proc
+    proc.stop()
+
+
+async def pair(cp: Proc) -> tuple[FakeHost, FakeHost]:
+    a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+    a.auto_open = ATTRS
+    b = await FakeHost.connect(cp.info["host"], "host-b", "standby")
+    return a, b
+
+
+async def logon(cp: Proc, name: str) -> FakeTerminal:
+    t = await FakeTerminal.connect(cp.info["terminal"], name)
+    await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+    return t
+
+
+async def status(cp: Proc) -> dict:
+    h, p = addr(cp.info["admin"])
+    return (await request(h, p, SECRET, {"t": "status"}))["data"]
+
+
+async def sessions(cp: Proc) -> dict:
+    h, p = addr(cp.info["admin"])
+    return (await request(h, p, SECRET, {"t": "sessions"}))["data"]
+
+
+async def test_active_and_standby_sessions_traffic_only_on_active(cp: Proc) -> None:
+    a, b = await pair(cp)
+    t = await logon(cp, "T00001")
+    b.send({"t": "open", "terminal": "T00001", "kind": "standby", "attrs": ATTRS})
+    await b.wait(lambda m: m["t"] == "opened" and m["terminal"] == "T00001")
+    s = (await sessions(cp))["T00001"]
+    assert s["active"]["host"] == "host-a" and s["standby"]["host"] == "host-b"
+    assert s["standby"]["attrs"] == ATTRS
+    for i in range(1, 4):
+        t.send({"t": "msg", "id": i, "data": f"m{i}"})
+    delivered = await a.wait_count(lambda m: m["t"] == "deliver", 3)
+    assert [m["id"] for m in delivered] == [1, 2, 3]
+    assert all(m["redelivered"] is False for m in delivered)
+    await t.wait_count(lambda m: m["t"] == "ack", 3)
+    assert not [m for m in b.inbox if m["t"] == "deliver"], "the standby session must carry no traffic"
+    st_ = await status(cp)
+    assert st_["terminals"]["active_sessions"] == 1 and st_["terminals"]["standby_sessions"] == 1
+    assert st_["held_messages"] == 3
+    # a repeat of an acknowledged id is re-acknowledged, not delivered again
+    t.send({"t": "msg", "id": 2, "data": "again"})
+    await t.wait_count(lambda m: m["t"] == "ack" and m["id"] == 2, 2)
+    assert len([m for m in a.inbox if m["t"] == "deliver"]) == 3
+
+
+async def test_switchover_refused_while_active_alive_then_redelivers_in_order(cp: Proc) -> None:
+    a, b = await pair(cp)
+    t = await logon(cp, "T00002")
+    b.send({"t": "open", "terminal": "T00002", "kind": "standby", "attrs": ATTRS})
+    await b.wait(lambda m: m["t"] == "opened")
+    for i in range(1, 6):
+        t.send({"t": "msg", "id": i, "data": f"m{i}"})
+    await a.wait_count(lambda m: m["t"] == "deliver", 5)
+    # the active answers 1 and 2: their replies reach the terminal
+    for i in (1, 2):
+        a.send({"t": "reply", "terminal": "T00002", "id": i, "data": f"r{i}", "epoch": a.epoch})
+    await t.wait_count(lambda m: m["t"] == "reply", 2)
+
+    b.send({"t": "switchover", "reason": "test", "planned": False})
+    refused = await b.wait(lambda m: m["t"] in ("switch_refused", "switch_granted"))
+    assert refused["t"] == "switch_refused" and "alive" in refused["reason"]
+
+    old_epoch = a.epoch
+    await a.close()  # the active's host link closes (process died)
+    await b.wait(lambda m: m["t"] == "active_lost")
+    mark = len(b.inbox)
+    b.send({"t": "switchover", "reason": "test", "planned": False})
+    granted = await b.wait(lambda m: m["t"] in ("switch_refused", "switch_granted"), start=mark)
+    assert granted["t"] == "switch_granted" and granted["epoch"] == old_epoch + 1
+    red = await b.wait_count(lambda m: m["t"] == "deliver", 3)
+    assert [m["id"] for m in red] == [3, 4, 5], "held messages in order; 1 and 2 were answered, never again"
+    assert all(m["redelivered"] for m in red)
+    sw = await t.wait(lambda m: m["t"] == "switched")
+    assert sw["epoch"] == granted["epoch"]
+    assert not t.closed
+    for m in red:
+        b.send({"t": "reply", "terminal": "T00002", "id": m["id"], "data": "r", "epoch": granted["epoch"]})
+    replies = await t.wait_count(lambda m: m["t"] == "reply", 5)
+    assert sorted(m["id"] for m in replies) == [1, 2, 3, 4, 5]
+    st_ = await status(cp)
+    assert st_["epoch"] == granted["epoch"] and st_["active"]["name"] == "host-b"
+    assert st_["last_switchover"]["switched"] == 1 and st_["last_switchover"]["switch_ms"] >= 0
+
+
+async def test_silent_active_is_fenced_and_its_frames_refused(cp: Proc) -> None:
+    a = await FakeHost.connect(cp.info["host"], "host-a", "active", heartbeat=None)
+    a.auto_open = ATTRS
+    b = await FakeHost.connect(cp.info["host"], "host-b", "standby")
+    t = await logon(cp, "T00003")
+    b.send({"t": "open", "terminal": "T00003", "kind": "standby", "attrs": ATTRS})
+    await b.wait(lambda m: m["t"] == "opened")
+    t.send({"t": "msg", "id": 1, "data": "x"})
+    await a.wait(lambda m: m["t"] == "deliver")
+    lost = await b.wait(lambda m: m["t"] == "active_lost", timeout=5)
+    assert lost["why"] == "silent"
+    b.send({"t": "switchover", "reason": "silent", "planned": False})
+    g = await b.wait(lambda m: m["t"] in ("switch_granted", "switch_refused"))
+    assert g["t"] == "switch_granted"
+    fenced = await a.wait(lambda m: m["t"] == "fenced")
+    assert fenced["epoch"] == g["epoch"]
+    # the old active's late reply never reaches the terminal; the new one's does
+    a.send({"t": "reply", "terminal": "T00003", "id": 1, "data": "stale", "epoch": a.epoch})
+    d = await b.wait(lambda m: m["t"] == "deliver")
+    assert d["redelivered"] is True
+    b.send({"t": "reply", "terminal": "T00003", "id": 1, "data": "fresh", "epoch": g["epoch"]})
+    r = await t.wait(lambda m: m["t"] == "reply")
+    assert r["data"] == "fresh"
+    # a fenced host that comes back claiming active is refused
+    a2 = await FakeHost.connect(cp.info["host"], "host-a", None)
+    res = await a2.register("active")
+    assert res["t"] == "error" and res["code"] == "active_exists" and "standby" in res["msg"]
+
+
+async def test_stale_epoch_frame_is_refused(cp: Proc) -> None:
+    a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+    a.auto_open = ATTRS
+    t = await logon(cp, "T00004")
+    t.send({"t": "msg", "id": 1, "data": "x"})
+    await a.wait(lambda m: m["t"] == "deliver")
+    a.send({"t": "reply", "terminal": "T00004", "id": 1, "data": "old", "epoch": a.epoch - 1})
+    err = await a.wait(lambda m: m["t"] == "error")
+    assert err["code"] == "fenced"
+    await asyncio.sleep(0)  # let the reader see EOF
+    assert not [m for m in t.inbox if m["t"] == "reply"]
+
+
+async def test_terminal_without_standby_session_takes_the_classic_path(cp: Proc) -> None:
+    a, b = await pair(cp)
+    t = await logon(cp, "NOSB")
+    t.send({"t": "msg", "id": 1, "data": "keep me"})
+    await t.wait(lambda m: m["t"] == "ack")
+    await a.wait(lambda m: m["t"] == "deliver")
+    await a.close()
+    await b.wait(lambda m: m["t"] == "active_lost")
+    b.auto_open = ATTRS
+    b.send({"t": "switchover", "reason": "test", "planned": False})
+    g = await b.wait(lambda m: m["t"] == "switch_granted")
+    b.epoch = g["epoch"]
+    await t.wait_closed()
+    t2 = await logon(cp, "NOSB")
+    d = await b.wait(lambda m: m["t"] == "deliver" and m["terminal"] == "NOSB")
+    assert d["id"] == 1 and d["redelivered"] is True and d["data"] == "keep me"
+    b.send({"t": "reply", "terminal": "NOSB", "id": 1, "data": "done", "epoch": g["epoch"]})
+    r = await t2.wait(lambda m: m["t"] == "reply")
+    assert r["id"] == 1 and r["data"] == "done"
+
+
+async def test_backpressure_at_held_bound_drops_nothing(cp: Proc) -> None:
+    a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+    a.auto_open = ATTRS
+    t = await logon(cp, "T00005")
+    for i in range(1, 31):  # bound is 8
+        t.send({"t": "msg", "id": i, "data": "x" * 100})
+    await t.fs.drain()
+    await a.wait_count(lambda m: m["t"] == "deliver", 8)
+    await asyncio.sleep(0.3)  # give the CP every chance to read more than it should
+    assert len([m for m in a.inbox if m["t"] == "deliver"]) == 8
+    assert len([m for m in t.inbox if m["t"] == "ack"]) == 8
+    assert (await status(cp))["terminals"]["backpressured"] == 1
+    a.auto_reply = True
+    for m in [m for m in a.inbox if m["t"] == "deliver"]:
+        a.send({"t": "reply", "terminal": "T00005", "id": m["id"], "data": "ok", "epoch": a.epoch})
+    replies = await t.wait_count(lambda m: m["t"] == "reply", 30)
+    assert sorted(m["id"] for m in replies) == list(range(1, 31))
+    assert (await status(cp))["held_messages"] == 0
+
+
+async def test_terminal_errors_unknown_duplicate_bad_first_frame(cp: Proc) -> None:
+    u = await FakeTerminal.connect(cp.info["terminal"], "NOPE")
+    e = await u.wait(lambda m: m["t"] == "error")
+    assert e["code"] == "unknown_terminal"
+    await u.wait_closed()
+    t1 = await FakeTerminal.connect(cp.info["terminal"], "T00006")
+    await t1.wait(lambda m: m["t"] == "welcome")
+    t2 = await FakeTerminal.connect(cp.info["terminal"], "T00006")
+    e = await t2.wait(lambda m: m["t"] == "error")
+    assert e["code"] == "already_connected"
+    t3 = await FakeTerminal.connect(cp.info["terminal"], "T00007", hello=False)
+    t3.send({"t": "msg", "id": 1, "data": "x"})
+    e = await t3.wait(lambda m: m["t"] == "error")
+    assert e["code"] == "bad_hello"
+    assert not t1.closed
+
+
+@pytest.mark.parametrize("port", ["host", "admin"])
+async def test_wrong_secret_and_no_auth_are_refused(cp: Proc, port: str) -> None:
+    h, p = addr(cp.info[port])
+    fs = await FrameStream.connect(h, p)
+    with pytest.raises(LinkClosed) as ei:
+        await fs.authenticate(b"wrong", port, "intruder")
+    assert ei.value.error and ei.value.error["code"] == "auth_failed"
+    fs = await FrameStream.connect(h, p)
+    await fs.recv()  # challenge
+    fs.send({"t": "register", "role": "active"} if port == "host" else {"t": "status"})
+    e = await fs.recv()
+    assert e["t"] == "error" and e["code"] == "auth_required"
+    with pytest.raises(LinkClosed):
+        await fs.recv(timeout=5)
+    # a replayed authentication answer is refused (fresh nonce per connection)
+    fs1 = await FrameStream.connect(h, p)
+    ch = await fs1.recv()
+    from hsb.wire import auth as _auth
+
+    mac = _auth.answer(SECRET, ch["nonce"], port, "x")
+    fs2 = await FrameStream.connect(h, p)
+    await fs2.recv()
+    fs2.send({"t": "auth", "name": "x", "link": port, "mac": mac})
+    e = await fs2.recv()
+    assert e["t"] == "error" and e["code"] == "auth_failed"
+    assert "secret" not in (await status(cp))
+
+
+async def test_second_active_is_refused(cp: Proc) -> None:
+    await FakeHost.connect(cp.info["host"], "host-a", "active")
+    b = await FakeHost.connect(cp.info["host"], "host-b", None)
+    r = await b.register("active")
+    assert r["t"] == "error" and r["code"] == "active_exists"
+    assert "host-a" in r["msg"] and "--role standby" in r["msg"]
+
+
+RAW = st.one_of(
+    st.binary(min_size=1, max_size=200),
+    st.just(struct.pack(">I", 0)),
+    st.just(struct.pack(">I", 50_000_000)),
+    st.builds(lambda b: struct.pack(">I", len(b)) + b, st.binary(min_size=1, max_size=100)),
+    st.builds(lambda o: encode(o) if isinstance(o, dict) else struct.pack(">I", len(msgpack.packb(o))) + msgpack.packb(o),
+              st.recursive(st.none() | st.integers() | st.text(max_size=10) | st.binary(max_size=10),
+                           lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3), max_leaves=8)),
+    st.builds(lambda t, v: encode({"t": t, "id": v, "data": v, "terminal": v}),
+              st.sampled_from(["hello", "msg", "bye", "auth", "register", "reply", "x"]),
+              st.one_of(st.integers(min_value=-(2**63), max_value=2**64 - 1), st.text(max_size=5), st.none(), st.lists(st.integers(), max_size=2))),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(junk=RAW, port=st.sampled_from(["terminal", "host", "admin"]))
+def test_hostile_frames_close_only_that_connection(cp: Proc, junk: bytes, port: str) -> None:
+    async def run() -> None:
+        a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+        a.auto_open = ATTRS
+        a.auto_reply = True
+        h, p = addr(cp.info[port])
+        r, w = await asyncio.open_connection(h, p)
+        w.write(junk)
+        await w.drain()
+        # the CP answers with an error and/or closes, or waits for more bytes; either way it lives on
+        try:
+            await asyncio.wait_for(r.read(65536), 0.2)
+        except TimeoutError:
+            pass
+        w.close()
+        _state["id"] = _state.get("id", 0) + 1
+        good = await logon(cp, "T00010")
+        good.send({"t": "msg", "id": _state["id"], "data": "still there?"})
+        rep = await good.wait(lambda m: m["t"] == "reply")
+        assert rep["data"] == "still there?"
+        good.send({"t": "bye"})
+        await good.wait_closed()
+        await a.close()
+        assert cp.popen.poll() is None
+
+    asyncio.run(run())
+
+
+_state: dict = {}
+
+
+async def test_ten_thousand_terminals_get_sessions_and_replies(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.support.massterm import run_terminals
+
+    cp = start_cp(tmp_path / "cp", terminals=10_000, held_bound=16)
+    try:
+        a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+        a.auto_open = ATTRS
+        a.auto_reply = True
+        res = await run_terminals(cp.info["terminal"], [f"T{i:05d}" for i in range(1, 10_001)], timeout=90)
+        assert res["sessions"] == 10_000
+        assert res["replies"] == 10_000
+        st_ = await status(cp)
+        assert st_["terminals"]["connected"] == 10_000 and st_["terminals"]["active_sessions"] == 10_000
+        assert st_["held_messages"] == 0
+        await res["close"]()
+    finally:
+        cp.stop()
