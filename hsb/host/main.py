@@ -6,8 +6,10 @@ import sys
 
 import click
 
-from hsb.cli import load_or_exit, log_level_option
+from hsb import logs
+from hsb.cli import EXIT_CONFIG, die, load_or_exit, log_level_option
 from hsb.host.config import HostConfig
+from hsb.wire.auth import SecretFileError, load_secret
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,8 +19,36 @@ from hsb.host.config import HostConfig
 @log_level_option
 def main(role: str | None, config_path: str, check_config: bool, log_level: str) -> None:
     """Run one host of the hot-standby pair (SPEC §5.1-§5.4)."""
-    load_or_exit(config_path, HostConfig, check_config)
+    cfg = load_or_exit(config_path, HostConfig, check_config)
     if role is None:
         raise click.UsageError("--role active|standby is required")
-    click.echo("hsbd: not implemented yet", err=True)
-    sys.exit(2)
+    try:
+        secret = load_secret(cfg.host.secret_file)
+    except SecretFileError as exc:
+        die(str(exc), EXIT_CONFIG)
+    logs.setup(log_level, process=f"hsbd:{cfg.host.name}")
+    from hsb import loop
+    from hsb.host.service import ServiceError, load_service
+    from hsb.takeover.errors import TakeoverError
+
+    async def run() -> int:
+        from hsb.host.server import HostServer
+
+        try:
+            service = load_service(cfg.host.service, cfg.host.name, dict(cfg.service_options))
+        except ServiceError as exc:
+            die(str(exc), EXIT_CONFIG)
+        server = HostServer(cfg, role, secret, service)
+        try:
+            code = await server.serve()
+        except TakeoverError as exc:
+            await server.close()
+            die(str(exc))
+        except OSError as exc:
+            await server.close()
+            die(f"cannot start: {exc.strerror or exc} (is another hsbd using these ports?)")
+        if code:
+            click.echo(f"error: {server.exit_msg}", err=True)
+        return code
+
+    sys.exit(loop.run(run()))

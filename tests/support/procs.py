@@ -140,3 +140,59 @@ def start_cp(d: Path, **kw: Any) -> Proc:
 def addr(s: str) -> tuple[str, int]:
     h, _, p = s.rpartition(":")
     return h, int(p)
+
+
+def host_config(
+    d: Path,
+    name: str,
+    *,
+    cp: str,
+    peer_listen: str,
+    peer: str,
+    takeover: Path,
+    records: int,
+    terminals: int = 10,
+    prefix: str = "T",
+    attrs: dict[str, Any] | None = None,
+    extra_terms: list[dict[str, Any]] | None = None,
+    service: str = "echo",
+    service_options: dict[str, Any] | None = None,
+    record_size: int = 4096,
+    **host: Any,
+) -> Path:
+    write_secret(d)
+    base = {
+        "name": name,
+        "peer": peer,
+        "peer_listen": peer_listen,
+        "cp": cp,
+        "admin_listen": "127.0.0.1:0",
+        "secret_file": "secret",
+        "service": service,
+    }
+    base.update(host)
+    lines = ["[host]"] + [f"{k} = {toml_value(v)}" for k, v in base.items()]
+    lines += ["", "[takeover]", f"path = {toml_value(str(takeover))}", f"records = {records}", f"record_size = {record_size}"]
+    if service_options:
+        lines += ["", "[service_options]"] + [f"{k} = {toml_value(v)}" for k, v in service_options.items()]
+    if terminals:
+        lines += ["", "[[terminal_groups]]", f'prefix = "{prefix}"', f"count = {terminals}", f"attrs = {toml_value(attrs if attrs is not None else {'protocol': 'hsb1', 'codepage': 'utf-8'})}"]
+    for t in extra_terms or []:
+        lines += ["", "[[terminals]]"] + [f"{k} = {toml_value(v)}" for k, v in t.items()]
+    p = d / f"{name}.toml"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def start_host(d: Path, name: str, role: str, cfg: Path, env: dict[str, str] | None = None, wait: bool = True) -> Proc:
+    proc = spawn(name, [sys.executable, "-m", "hsb.host", "--role", role, "--config", str(cfg)], d / f"{name}.log", env)
+    if wait:
+        ev = proc.wait_event("host_started", timeout=15)
+        proc.info = {"admin": ev["admin_listen"], "peer": ev["peer_listen"], "config": str(cfg)}
+    return proc
+
+
+def create_takeover_file(path: Path, records: int, record_size: int = 4096) -> None:
+    r = subprocess.run([sys.executable, "-m", "hsb.ctl", "file", "create", str(path), "--records", str(records), "--record-size", str(record_size)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"hsbctl file create failed: {r.stderr}")

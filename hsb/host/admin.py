@@ -1,0 +1,31 @@
+"""hsbd's admin link: status, and operator intents (promote) that wake the HA loop."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from hsb.wire.authlink import AuthServerProtocol
+
+if TYPE_CHECKING:
+    from hsb.host.server import HostServer
+
+
+class HostAdminProtocol(AuthServerProtocol):
+    link = "admin"
+    dispatch = {"status": "on_status", "promote": "on_promote"}
+
+    def __init__(self, srv: "HostServer", **kw: Any) -> None:
+        super().__init__(**kw)
+        self.srv = srv
+        self.server_name = srv.cfg.host.name
+
+    def on_status(self, msg: dict[str, Any]) -> None:
+        self.send({"t": "status", "data": self.srv.status()})
+
+    def on_promote(self, msg: dict[str, Any]) -> None:
+        ha = self.srv.ha
+        if ha.role != "standby":
+            self.send({"t": "result", "ok": False, "msg": f"{ha.name} is {ha.role}, not a standby"})
+            return
+        ha.post("promote")  # record the intent; only the HA loop acts
+        self.send({"t": "result", "ok": True, "msg": f"promotion of {ha.name} requested"})

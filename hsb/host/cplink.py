@@ -1,0 +1,138 @@
+"""The host link from hsbd to the CP: connect, authenticate, heartbeats, reconnect.
+
+Frames from the CP are handed to the HA loop's callback in arrival order; the
+HA loop decides what to do with them. Reconnects with a short backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from hsb.config import parse_addr
+from hsb.wire.client import FrameStream, LinkClosed
+from hsb.wire.framing import ProtocolError
+
+log = structlog.get_logger("hsb.host")
+
+
+class CPLink:
+    def __init__(
+        self,
+        *,
+        name: str,
+        addr: str,
+        secret: bytes,
+        interval: float,
+        timeout: float,
+        max_frame: int,
+        on_up: Callable[[], None],
+        on_frame: Callable[[dict[str, Any]], None],
+        on_down: Callable[[str], None],
+    ) -> None:
+        self.name = name
+        self.addr = addr
+        self.secret = secret
+        self.interval = interval
+        self.timeout = timeout
+        self.max_frame = max_frame
+        self.on_up = on_up
+        self.on_frame = on_frame
+        self.on_down = on_down
+        self.fs: FrameStream | None = None
+        self.last_rx: float | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.stopped = False
+        self.connects = 0
+
+    @property
+    def up(self) -> bool:
+        return self.fs is not None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        fs = self.fs
+        if fs is None:
+            return False
+        try:
+            fs.send(msg)
+            return True
+        except (ConnectionError, OSError, RuntimeError):
+            return False
+
+    async def drain(self) -> None:
+        if self.fs is not None:
+            try:
+                await self.fs.drain()
+            except (ConnectionError, OSError):
+                pass
+
+    async def _run(self) -> None:
+        h, p = parse_addr(self.addr)
+        backoff = 0.05
+        while not self.stopped:
+            try:
+                fs = await FrameStream.connect(h, p, timeout=2.0, max_frame=self.max_frame)
+                try:
+                    await fs.authenticate(self.secret, "host", self.name, timeout=2.0)
+                except BaseException:
+                    await fs.aclose()
+                    raise
+            except (OSError, LinkClosed, ProtocolError, TimeoutError) as exc:
+                if isinstance(exc, LinkClosed) and exc.error:
+                    log.error("cp_link_refused", cp=self.addr, code=exc.error.get("code"), msg=exc.error.get("msg"))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            backoff = 0.05
+            self.fs = fs
+            self.connects += 1
+            self.last_rx = time.monotonic()
+            log.info("cp_link_up", cp=self.addr)
+            hb = asyncio.get_running_loop().create_task(self._beat(fs))
+            why = "eof"
+            try:
+                self.on_up()
+                while True:
+                    msg = await fs.recv(timeout=self.timeout)
+                    self.last_rx = time.monotonic()
+                    if msg["t"] != "hb":
+                        self.on_frame(msg)
+            except TimeoutError:
+                why = f"CP silent for {self.timeout}s"
+            except LinkClosed:
+                why = "eof"
+            except ProtocolError as exc:
+                why = f"protocol error from CP: {exc}"
+            except (ConnectionError, OSError) as exc:
+                why = f"{type(exc).__name__}"
+            finally:
+                hb.cancel()
+                self.fs = None
+                await fs.aclose()
+            if self.stopped:
+                return
+            log.warning("cp_link_down", cp=self.addr, reason=why)
+            self.on_down(why)
+
+    async def _beat(self, fs: FrameStream) -> None:
+        try:
+            while True:
+                fs.send({"t": "hb"})
+                await asyncio.wait_for(fs.drain(), self.timeout)
+                await asyncio.sleep(self.interval)
+        except (ConnectionError, OSError, TimeoutError, RuntimeError):
+            fs.close()
+
+    async def close(self) -> None:
+        self.stopped = True
+        if self.fs is not None:
+            await self.fs.aclose()
+        if self.task is not None:
+            self.task.cancel()

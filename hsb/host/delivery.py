@@ -1,0 +1,85 @@
+"""The active host's message path: deliver → service handler → reply+discard.
+
+Messages of one terminal are processed in the order the CP delivered them;
+different terminals run concurrently. The reply and the discard of the held
+message travel in one frame (SPEC §5.5), sent only after the handler returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from hsb import faults
+from hsb.host.service import Service
+
+log = structlog.get_logger("hsb.host")
+
+
+class Delivery:
+    def __init__(self, service: Service, send: Callable[[dict[str, Any]], bool], epoch: Callable[[], int]) -> None:
+        self.service = service
+        self.send = send
+        self.epoch = epoch
+        self.queues: dict[str, deque[tuple[int, Any, bool]]] = {}
+        self.workers: dict[str, asyncio.Task[None]] = {}
+        self.in_flight = 0
+        self.accepting = True
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.counters = {"processed": 0, "redelivered": 0, "errors": 0}
+
+    def deliver(self, terminal: str, mid: int, data: Any, redelivered: bool) -> None:
+        q = self.queues.get(terminal)
+        if q is None:
+            q = self.queues[terminal] = deque()
+        q.append((mid, data, redelivered))
+        self.in_flight += 1
+        self.idle.clear()
+        if terminal not in self.workers:
+            self.workers[terminal] = asyncio.get_running_loop().create_task(self._work(terminal, q))
+
+    async def _work(self, terminal: str, q: deque[tuple[int, Any, bool]]) -> None:
+        try:
+            while q:
+                mid, data, redelivered = q.popleft()
+                try:
+                    reply = await self.service.handle(terminal, mid, data, redelivered)
+                    if not isinstance(reply, (bytes, str)):
+                        reply = str(reply)
+                except Exception as exc:  # the application's error becomes the reply
+                    self.counters["errors"] += 1
+                    log.error("service_error", terminal=terminal, id=mid, error=f"{type(exc).__name__}: {exc}")
+                    reply = f"error: {type(exc).__name__}"
+                self.counters["processed"] += 1
+                if redelivered:
+                    self.counters["redelivered"] += 1
+                faults.point("host.before_reply")
+                self.send({"t": "reply", "terminal": terminal, "id": mid, "data": reply, "epoch": self.epoch()})
+                self.in_flight -= 1
+        finally:
+            self.workers.pop(terminal, None)
+            if not q:
+                self.queues.pop(terminal, None)
+            if self.in_flight <= 0:
+                self.in_flight = 0
+                self.idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait for the messages in progress to be answered; False if the timeout passed."""
+        try:
+            await asyncio.wait_for(self.idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    def cancel(self) -> None:
+        for t in list(self.workers.values()):
+            t.cancel()
+        self.queues.clear()
+        self.in_flight = 0
+        self.idle.set()

@@ -1,0 +1,496 @@
+"""The one place that decides: the active/standby state machine of hsbd (SPEC §5).
+
+Links (peer link, host link to the CP, admin link) only *record* what they saw
+as events and wake the loop; `run_cycle()` takes the events in order, carries
+out the patent's procedures, and returns one human-readable sentence that is
+logged (and asserted in tests). Every role/state change is one `state_change`
+event with the previous state, the new one and the reason.
+
+Session traffic (session requests, deliveries) does not wait for this loop:
+`hsb.host.sessions_ctl` handles it directly, since it must never be held up by
+a batch write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from hsb import faults
+from hsb.host.sessions import ACTIVE, CLOSED, STANDBY
+from hsb.takeover.startup_id import startup_id as new_startup_id
+
+if TYPE_CHECKING:
+    from hsb.host.server import HostServer
+
+log = structlog.get_logger("hsb.host")
+
+# States, per role.
+STARTING = "starting"
+SERVING = "serving"  # active without an established standby
+BATCH_WRITING = "batch_writing"
+ESTABLISHED = "established"
+WAITING = "waiting_for_active"  # standby: no active to follow yet
+AWAITING_BATCH = "awaiting_batch"  # standby: STANDBY STARTUP sent
+BATCH_READING = "batch_reading"
+ACTIVE_STOPPED = "active_stopped"  # standby: the active ended normally (§5.3)
+TAKING_OVER = "taking_over"
+STOPPING = "stopping"
+FENCED = "fenced"
+
+
+class Exit(Exception):
+    """Leave the daemon with this status and message."""
+
+    def __init__(self, code: int, msg: str) -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+
+
+class HA:
+    def __init__(self, server: "HostServer", role: str) -> None:
+        self.srv = server
+        self.name = server.cfg.host.name
+        self.role = role
+        self.started_role = role
+        self.state = STARTING
+        self.state_since = time.time()
+        self.instance = secrets.token_hex(8)
+        self.events: deque[tuple[str, dict[str, Any]]] = deque()
+        self.wake = asyncio.Event()
+        self.epoch = 0
+        self.registered = False
+        self.established_since: float | None = None
+        self.own_startup_id: int | None = None  # standby: the id sent in STANDBY STARTUP
+        self.partner_startup_id: int | None = None  # active: the standby's id (311)
+        self.partner_instance: str | None = None  # standby: the active process it follows
+        self.partner_batch_records: int | None = None  # standby: B read from the file (522)
+        self.generation: int | None = None
+        self.file_mismatch: str | None = None
+        self.last_error: str | None = None
+        self.last_sentence = ""
+        self.takeover: dict[str, Any] | None = None
+        self.exit: Exit | None = None
+        self.next_poll = 0.0
+        self.switch_requested_at: float | None = None
+        self.active_stopped_by: str | None = None
+        self.batch_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ plumbing
+    def post(self, kind: str, **data: Any) -> None:
+        """Record an event (from a link or the API) and wake the loop; only the loop acts."""
+        self.events.append((kind, data))
+        self.wake.set()
+
+    def set_state(self, state: str, reason: str, role: str | None = None) -> None:
+        prev_role, prev = self.role, self.state
+        if role is not None:
+            self.role = role
+        if state == prev and self.role == prev_role:
+            return
+        self.state = state
+        self.state_since = time.time()
+        log.info("state_change", prev_role=prev_role, prev=prev, role=self.role, state=state, reason=reason)
+        self.srv.on_state_change()
+
+    async def run(self) -> None:
+        while self.exit is None:
+            timeout = 0.2
+            if self.role == "standby" and self.state == ESTABLISHED:
+                timeout = max(0.0, self.next_poll - time.monotonic())
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            except TimeoutError:
+                pass
+            self.wake.clear()
+            sentence = await self.run_cycle()
+            if sentence != self.last_sentence:
+                self.last_sentence = sentence
+                log.info("ha_cycle", sentence=sentence)
+
+    async def run_cycle(self) -> str:
+        while self.events and self.exit is None:
+            kind, data = self.events.popleft()
+            handler = getattr(self, f"ev_{kind}")
+            await handler(**data)
+        if self.exit is not None:
+            return f"exiting: {self.exit.msg}"
+        if self.role == "standby" and self.state == ESTABLISHED and time.monotonic() >= self.next_poll:
+            await self.ring_poll()
+        return self.describe()
+
+    def describe(self) -> str:
+        peer = self.srv.peer
+        pn = peer.peer_name or "peer"
+        if self.role == "active":
+            if self.state == ESTABLISHED:
+                return f"active at epoch {self.epoch}: hot standby established with {pn}"
+            if self.state == BATCH_WRITING:
+                return f"active at epoch {self.epoch}: batch writing for {pn}"
+            if self.state == SERVING:
+                why = "peer link down" if not peer.up else "no standby established"
+                return f"active at epoch {self.epoch}: serving without a standby ({why})"
+            return f"active: {self.state}"
+        if self.state == ESTABLISHED:
+            return f"standby: hot standby established, following {pn}'s ring"
+        if self.state == ACTIVE_STOPPED:
+            return f"standby: the active ({self.active_stopped_by}) stopped normally; not taking over"
+        if self.state == WAITING:
+            return "standby: waiting for an active host"
+        return f"standby: {self.state}"
+
+    def fail(self, code: int, msg: str, event: str) -> None:
+        log.error(event, msg=msg)
+        self.last_error = msg
+        self.exit = Exit(code, msg)
+        self.srv.request_exit(code, msg)
+
+    # ------------------------------------------------------------------ CP link events
+    async def ev_cp_up(self) -> None:
+        role = self.role if self.role in ("active", "standby") else self.started_role
+        self.srv.cp.send({"t": "register", "role": role, "startup_id": self.own_startup_id or 0})
+
+    async def ev_cp_down(self, why: str) -> None:
+        self.registered = False
+        self.srv.sessions_ctl.cp_lost()
+        if self.role == "standby" and self.state == ESTABLISHED:
+            # the standby sessions were dropped at the CP with the link; reopen on reconnect
+            self.last_error = f"host link to the CP lost: {why}"
+
+    async def ev_cp_frame(self, msg: dict[str, Any]) -> None:
+        t = msg["t"]
+        if t == "registered":
+            self.registered = True
+            self.epoch = int(msg.get("epoch", 0))
+            log.info("registered_at_cp", role=msg.get("role"), epoch=self.epoch, active=msg.get("active"))
+            if self.role == "active":
+                if self.state == STARTING:
+                    self.set_state(SERVING, "registered at the CP as active")
+                    self.send_active_startup()
+            else:
+                if self.state == STARTING:
+                    self.set_state(WAITING, "registered at the CP as standby")
+                    self.maybe_standby_startup()
+                elif self.state == ESTABLISHED:
+                    self.srv.sessions_ctl.reopen_standby_sessions()
+        elif t == "error":
+            code, text = msg.get("code"), msg.get("msg", "")
+            if code == "active_exists":
+                if self.started_role == "active" and self.epoch == 0:
+                    self.fail(1, f"refused by the CP: {text}", "start_refused")
+                else:
+                    self.fenced(f"another host is active at the CP: {text}")
+            elif code == "fenced":
+                self.fenced(text)
+            else:
+                self.last_error = f"CP error {code}: {text}"
+                log.error("cp_error", code=code, msg=text)
+        elif t == "fenced":
+            self.fenced(str(msg.get("msg", f"fenced at epoch {msg.get('epoch')}")))
+        elif t == "active_lost":
+            await self.on_active_lost(str(msg.get("host", "")), str(msg.get("why", "")), via="cp")
+        elif t == "switch_granted":
+            await self.on_switch_granted(int(msg["epoch"]))
+        elif t == "switch_refused":
+            self.switch_requested_at = None
+            log.warning("switchover_refused", reason=msg.get("reason"))
+            self.last_error = f"switchover refused by the CP: {msg.get('reason')}"
+
+    def fenced(self, why: str) -> None:
+        self.set_state(FENCED, why)
+        self.srv.delivery.cancel()
+        from hsb.cli import EXIT_FENCED
+
+        self.fail(EXIT_FENCED, f"this host was fenced by the CP and must stop serving: {why}", "fenced")
+
+    # ------------------------------------------------------------------ peer link events
+    def hello(self) -> dict[str, Any]:
+        return {
+            "t": "peer_hello",
+            "name": self.name,
+            "role": self.role,
+            "state": self.state,
+            "instance": self.instance,
+            "partner": self.partner_instance,
+            "startup_id": self.own_startup_id if self.role == "standby" else self.partner_startup_id,
+        }
+
+    async def ev_peer_up(self) -> None:
+        pass  # the peer's hello arrives as a frame
+
+    async def ev_peer_down(self, why: str) -> None:
+        if self.role == "active":
+            if self.state in (ESTABLISHED, BATCH_WRITING):
+                self.set_state(SERVING, f"peer link down ({why}); the ring is still written for the standby")
+            return
+        if self.state in (ESTABLISHED, AWAITING_BATCH, BATCH_READING, TAKING_OVER):
+            await self.request_switchover(f"peer link lost: {why}")
+
+    async def ev_peer_frame(self, msg: dict[str, Any]) -> None:
+        t = msg["t"]
+        if t == "hb":
+            return
+        handler = getattr(self, f"peer_{t}", None)
+        if handler is not None:
+            await handler(msg)
+
+    async def peer_peer_hello(self, msg: dict[str, Any]) -> None:
+        prole, inst = msg.get("role"), msg.get("instance")
+        if self.role == "standby" and prole == "active":
+            # The hello carries what ACTIVE STARTUP says, so a lost notice is not fatal [0056].
+            if inst != self.partner_instance:
+                await self.peer_active_startup({"instance": inst, "name": msg.get("name")})
+            elif self.state == ESTABLISHED:
+                log.info("peer_link_restored", peer=msg.get("name"))
+                self.srv.peer.send({"t": "standby_ready", "startup_id": self.own_startup_id, "instance": self.instance})
+        elif self.role == "active" and prole == "standby":
+            if msg.get("partner") == self.instance and msg.get("state") == ESTABLISHED and msg.get("startup_id") == self.partner_startup_id:
+                if self.state == SERVING:
+                    self.set_state(ESTABLISHED, "peer link restored; the standby kept following the ring")
+        elif self.role == "active" and prole == "active":
+            self.last_error = f"the peer {msg.get('name')} also claims to be active"
+            log.error("two_actives_claimed", peer=msg.get("name"))
+
+    # --- active side (§5.1)
+    def send_active_startup(self) -> None:
+        log.info("active_startup_sent", peer_up=self.srv.peer.up)
+        self.srv.peer.send({"t": "active_startup", "name": self.name, "instance": self.instance})
+
+    async def peer_standby_startup(self, msg: dict[str, Any]) -> None:
+        if self.role != "active":
+            return
+        sid = int(msg["startup_id"])
+        self.partner_startup_id = sid
+        log.info("standby_startup_received", startup_id=sid, peer=self.srv.peer.peer_name)
+        await self.batch_write(reason="standby startup")
+
+    async def peer_resync_request(self, msg: dict[str, Any]) -> None:
+        if self.role != "active":
+            return
+        if msg.get("startup_id") != self.partner_startup_id:
+            return
+        log.warning("resync_requested", reason=msg.get("reason"))
+        await self.batch_write(reason=f"resync: {msg.get('reason')}")
+
+    async def batch_write(self, reason: str) -> None:
+        """S205-S208: header, batch write of the fast-switch link, durable, BATCH WRITE COMPLETE."""
+        assert self.partner_startup_id is not None
+        self.set_state(BATCH_WRITING, reason)
+        tio = self.srv.takeover
+        entries = self.srv.sessions.link_entries()
+        tio.stop_ring_writer()
+        tio.buffer_ring_changes()  # changes from now on go to the ring after the batch
+        t0 = time.monotonic()
+        try:
+            gen = await tio.batch_write(self.partner_startup_id, entries)
+        except Exception as exc:
+            msg = f"batch write failed: {exc}"
+            log.error("batch_write_failed", error=str(exc))
+            self.last_error = msg
+            tio.discard_ring_buffer()
+            self.set_state(SERVING, msg)
+            return
+        faults.point("host.between_batch_and_notice")
+        self.generation = gen
+        tio.start_ring_writer(gen)
+        log.info("batch_write_complete", generation=gen, entries=len(entries), ms=round((time.monotonic() - t0) * 1000, 1))
+        self.srv.peer.send({"t": "batch_write_complete", "startup_id": self.partner_startup_id, "generation": gen})
+        log.info("service_start_notice", monitor="local")
+
+    async def peer_standby_ready(self, msg: dict[str, Any]) -> None:
+        if self.role != "active" or msg.get("startup_id") != self.partner_startup_id:
+            return
+        self.established_since = time.time()
+        self.set_state(ESTABLISHED, "standby ready")
+        log.info("hot_standby_established", peer=self.srv.peer.peer_name, startup_id=self.partner_startup_id)
+
+    async def peer_file_mismatch(self, msg: dict[str, Any]) -> None:
+        self.file_mismatch = (
+            f"{self.name} writes {self.srv.cfg.takeover.path} but {self.srv.peer.peer_name} read startup id "
+            f"{msg.get('found')} instead of {msg.get('startup_id')} in {msg.get('path')}: the two hosts name different takeover files"
+        )
+        log.error("takeover_file_mismatch", msg=self.file_mismatch)
+        self.srv.takeover.stop_ring_writer()
+        if self.state in (ESTABLISHED, BATCH_WRITING):
+            self.set_state(SERVING, "standby reported a takeover file mismatch")
+
+    # --- standby side (§5.2, §5.3)
+    async def peer_active_startup(self, msg: dict[str, Any]) -> None:
+        if self.role != "standby":
+            if self.role == "active":
+                log.error("two_actives_claimed", peer=msg.get("name"))
+            return
+        if self.partner_instance is not None and msg.get("instance") != self.partner_instance:
+            # Fig. 3: the active restarted; drop every standby session by walking the link.
+            n = self.srv.sessions_ctl.close_all_standby()
+            self.srv.takeover.stop_following()
+            log.info("active_restarted", peer=msg.get("name"), standby_sessions_closed=n)
+        self.partner_instance = msg.get("instance")
+        self.active_stopped_by = None
+        self.established_since = None
+        self.set_state(WAITING, "ACTIVE STARTUP received")
+        self.maybe_standby_startup()
+
+    def maybe_standby_startup(self) -> None:
+        """S222-S224: a new startup identifier, then STANDBY STARTUP."""
+        if self.role != "standby" or self.state != WAITING or not self.registered:
+            return
+        hello = self.srv.peer.peer_hello
+        if not self.srv.peer.up or hello is None or hello.get("role") != "active":
+            return
+        self.partner_instance = hello.get("instance")
+        self.own_startup_id = new_startup_id(after=self.own_startup_id or 0)
+        if self.srv.peer.send({"t": "standby_startup", "startup_id": self.own_startup_id, "name": self.name}):
+            log.info("standby_startup_sent", startup_id=self.own_startup_id)
+            self.set_state(AWAITING_BATCH, "STANDBY STARTUP sent")
+
+    async def peer_batch_write_complete(self, msg: dict[str, Any]) -> None:
+        if self.role != "standby" or self.state not in (AWAITING_BATCH, ESTABLISHED, BATCH_READING):
+            return
+        if msg.get("startup_id") != self.own_startup_id:
+            return  # for an earlier attempt
+        await self.batch_read()
+
+    async def batch_read(self) -> None:
+        """S225-S227: compare the startup id, take B from the file, open standby sessions."""
+        from hsb.takeover.reader import StartupIdMismatch
+
+        self.set_state(BATCH_READING, "BATCH WRITE COMPLETE received")
+        tio = self.srv.takeover
+        t0 = time.monotonic()
+        try:
+            gen, b, entries = await tio.batch_read(self.own_startup_id)
+        except StartupIdMismatch as exc:
+            found = getattr(exc, "found", None)
+            self.srv.peer.send({"t": "file_mismatch", "startup_id": self.own_startup_id, "found": found, "path": self.srv.cfg.takeover.path})
+            await self.srv.peer_drain()
+            self.fail(1, f"takeover file mismatch: {exc}", "takeover_file_mismatch")
+            return
+        except Exception as exc:
+            self.last_error = f"batch read failed: {exc}"
+            log.error("batch_read_failed", error=str(exc))
+            self.set_state(WAITING, self.last_error)
+            self.srv.peer.send({"t": "resync_request", "startup_id": self.own_startup_id, "reason": str(exc)[:200]})
+            self.set_state(AWAITING_BATCH, "asked the active for a new batch")
+            return
+        self.generation = gen
+        self.partner_batch_records = b
+        log.info("batch_read_complete", generation=gen, partner_batch_records=b, entries=len(entries), ms=round((time.monotonic() - t0) * 1000, 1))
+        await self.srv.sessions_ctl.apply_batch(entries)
+        tio.follow(gen, b)
+        self.established_since = time.time()
+        self.set_state(ESTABLISHED, "batch read done and standby sessions open")
+        log.info("hot_standby_established", peer=self.srv.peer.peer_name, startup_id=self.own_startup_id)
+        self.srv.peer.send({"t": "standby_ready", "startup_id": self.own_startup_id, "instance": self.instance})
+        self.next_poll = 0.0  # S228: read the ring at once
+
+    async def ring_poll(self) -> None:
+        tio = self.srv.takeover
+        self.next_poll = time.monotonic() + self.srv.cfg.host.ring_poll_interval
+        try:
+            status, entries, detail = await tio.ring_poll()
+        except Exception as exc:
+            self.last_error = f"ring read failed: {exc}"
+            log.error("ring_read_failed", error=str(exc))
+            return
+        if entries:
+            self.srv.sessions_ctl.apply_ring(entries)
+        if status in ("lapped", "new_generation"):
+            log.warning("ring_resync_needed", status=status, detail=detail)
+            tio.stop_following()
+            self.srv.peer.send({"t": "resync_request", "startup_id": self.own_startup_id, "reason": status})
+            self.set_state(AWAITING_BATCH, f"ring {status}: asked the active for a new batch takeover")
+        elif status in ("torn", "corrupt"):
+            self.last_error = f"takeover ring record {detail}: {status}"
+        elif status == "new":
+            self.next_poll = 0.0  # more may be waiting
+
+    async def peer_active_stopping(self, msg: dict[str, Any]) -> None:
+        await self.on_active_lost(str(msg.get("name", "")), "stopping", via="peer")
+
+    # ------------------------------------------------------------------ failover (§5.4)
+    async def on_active_lost(self, host: str, why: str, via: str) -> None:
+        if self.role != "standby":
+            return
+        if why == "stopping":
+            if self.state != ACTIVE_STOPPED:
+                self.active_stopped_by = host or self.srv.peer.peer_name
+                self.set_state(ACTIVE_STOPPED, f"the active {host} stopped normally (told by the {via})")
+            return
+        if self.state == ACTIVE_STOPPED:
+            return
+        await self.request_switchover(f"active lost ({why}, told by the {via})")
+
+    async def request_switchover(self, reason: str, planned: bool = False) -> None:
+        if not self.registered:
+            self.last_error = f"cannot ask for a switchover ({reason}): not registered at the CP"
+            return
+        if self.switch_requested_at is not None and time.monotonic() - self.switch_requested_at < 1.0:
+            return
+        self.switch_requested_at = time.monotonic()
+        self.takeover = {"reason": reason, "requested_at": time.time(), "established": self.state == ESTABLISHED}
+        log.info("switchover_requested", reason=reason, established=self.state == ESTABLISHED)
+        self.srv.cp.send({"t": "switchover", "reason": reason, "planned": planned})
+
+    async def ev_promote(self) -> None:
+        await self.request_switchover("promote (operator)")
+
+    async def on_switch_granted(self, epoch: int) -> None:
+        """Become the active exactly as one that started active (B from own count) [0051]."""
+        self.switch_requested_at = None
+        self.epoch = epoch
+        self.srv.takeover.stop_following()
+        n = self.srv.sessions_ctl.promote_standby_sessions()
+        self.partner_instance = None
+        self.partner_startup_id = None
+        self.own_startup_id = None
+        self.established_since = None
+        self.generation = None
+        self.set_state(SERVING, f"switchover granted at epoch {epoch}", role="active")
+        if self.takeover is not None:
+            self.takeover["granted_at"] = time.time()
+            self.takeover["epoch"] = epoch
+            self.takeover["sessions_switched"] = n
+        log.info("switchover_complete", epoch=epoch, sessions=n, reason=(self.takeover or {}).get("reason"))
+        self.srv.takeover.become_writer()
+        self.send_active_startup()
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        peer = self.srv.peer
+        age = peer.heartbeat_age()
+        return {
+            "name": self.name,
+            "role": self.role,
+            "state": self.state,
+            "state_since": self.state_since,
+            "sentence": self.describe(),
+            "epoch": self.epoch,
+            "pid": os.getpid(),
+            "instance": self.instance,
+            "established": self.state == ESTABLISHED,
+            "established_since": self.established_since,
+            "registered_at_cp": self.registered,
+            "cp_link": "up" if self.srv.cp.up else "down",
+            "peer_link": {"up": peer.up, "peer": peer.peer_name, "heartbeat_age_ms": None if age is None else round(age * 1000, 1), "notices_lost": peer.lost_notices},
+            "startup_id": {"own": self.own_startup_id, "partner": self.partner_startup_id},
+            "batch_records": {"own": self.srv.takeover.own_batch_records, "partner": self.partner_batch_records},
+            "generation": self.generation,
+            "takeover_file": self.srv.takeover.status(),
+            "terminals": self.srv.sessions.counts(),
+            "file_mismatch": self.file_mismatch,
+            "active_stopped_by": self.active_stopped_by,
+            "last_takeover": self.takeover,
+            "last_error": self.last_error,
+            "delivery": dict(self.srv.delivery.counters),
+        }
+
+
+__all__ = ["HA", "Exit", "ACTIVE", "CLOSED", "STANDBY"]

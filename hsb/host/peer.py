@@ -1,0 +1,228 @@
+"""The peer link between the two hosts: inter-system communication and monitoring
+(101/102/201/401, 202/402; fault detection 103).
+
+Both daemons listen and connect. Each side *sends* on the connection it opened
+and *receives* on the one it accepted, so the link is symmetric and either
+host may start first. Heartbeats flow every `heartbeat_interval`; the peer is
+declared lost after `heartbeat_timeout` of silence on the receiving connection,
+or at once on EOF. A notice sent while the sending connection is down is lost,
+as in the patent [0056]: nothing is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from hsb.config import parse_addr
+from hsb.wire.authlink import AuthServerProtocol
+from hsb.wire.client import FrameStream, LinkClosed
+from hsb.wire.framing import ProtocolError
+
+log = structlog.get_logger("hsb.host")
+
+PEER_TYPES = (
+    "peer_hello",
+    "hb",
+    "active_startup",
+    "standby_startup",
+    "batch_write_complete",
+    "file_mismatch",
+    "standby_ready",
+    "resync_request",
+    "active_stopping",
+)
+
+
+class PeerInbound(AuthServerProtocol):
+    link = "peer"
+    dispatch = {t: "on_frame" for t in PEER_TYPES}
+
+    def __init__(self, owner: "PeerLink", **kw: Any) -> None:
+        super().__init__(**kw)
+        self.owner = owner
+        self.server_name = owner.name
+
+    def authenticated(self) -> None:
+        self.owner._inbound_up(self)
+
+    def on_frame(self, msg: dict[str, Any]) -> None:
+        self.owner._frame(self, msg)
+
+    def on_lost(self, exc: Exception | None) -> None:
+        if self.authed:
+            self.owner._inbound_lost(self)
+
+
+class PeerLink:
+    """Owns both directions of the peer link and reports to the HA loop through callbacks."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        listen: str,
+        peer: str,
+        secret: bytes,
+        interval: float,
+        timeout: float,
+        max_frame: int,
+        on_frame: Callable[[dict[str, Any]], None],
+        on_down: Callable[[str], None],
+        on_up: Callable[[], None],
+        hello: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.name = name
+        self.listen = listen
+        self.peer_addr = peer
+        self.secret = secret
+        self.interval = interval
+        self.timeout = timeout
+        self.max_frame = max_frame
+        self.on_frame = on_frame
+        self.on_down = on_down
+        self.on_up = on_up
+        self.hello = hello
+        self.inbound: PeerInbound | None = None
+        self.outbound: FrameStream | None = None
+        self.last_rx: float | None = None
+        self.peer_name: str | None = None
+        self.peer_hello: dict[str, Any] | None = None
+        self.up = False
+        self.server: asyncio.base_events.Server | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+        self.bound = ""
+        self.sent = 0
+        self.lost_notices = 0
+
+    async def start(self) -> None:
+        h, p = parse_addr(self.listen)
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: PeerInbound(self, secret=self.secret, auth_timeout=max(self.timeout * 4, 2.0), max_frame=self.max_frame),
+            h,
+            p,
+            reuse_address=True,
+        )
+        s = self.server.sockets[0].getsockname()
+        self.bound = f"{s[0]}:{s[1]}"
+        self.tasks.append(loop.create_task(self._connect_loop()))
+        self.tasks.append(loop.create_task(self._monitor()))
+
+    # -- sending side -------------------------------------------------------
+    def send(self, msg: dict[str, Any]) -> bool:
+        """Send a notice now if the sending connection is up; otherwise it is lost."""
+        fs = self.outbound
+        if fs is None:
+            if msg.get("t") != "hb":
+                self.lost_notices += 1
+                log.info("peer_notice_lost", notice=msg.get("t"), reason="peer link down")
+            return False
+        try:
+            fs.send(msg)
+            self.sent += 1
+            return True
+        except (ConnectionError, OSError, RuntimeError):
+            return False
+
+    async def _connect_loop(self) -> None:
+        h, p = parse_addr(self.peer_addr)
+        backoff = 0.05
+        while True:
+            try:
+                fs = await FrameStream.connect(h, p, timeout=2.0, max_frame=self.max_frame)
+                try:
+                    await fs.authenticate(self.secret, "peer", self.name, timeout=2.0)
+                except BaseException:
+                    await fs.aclose()
+                    raise
+            except (OSError, LinkClosed, ProtocolError, TimeoutError) as exc:
+                if isinstance(exc, LinkClosed) and exc.error and exc.error.get("code") == "auth_failed":
+                    log.error("peer_auth_failed", peer=self.peer_addr, reason=exc.error.get("msg"))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            backoff = 0.05
+            self.outbound = fs
+            log.debug("peer_sending_link_up", peer=self.peer_addr)
+            fs.send(self.hello())
+            try:
+                while True:
+                    fs.send({"t": "hb", **self.hello_brief()})
+                    await asyncio.wait_for(fs.drain(), self.timeout)
+                    # the peer sends us nothing on this connection; reading detects EOF
+                    try:
+                        data = await asyncio.wait_for(fs.reader.read(4096), self.interval)
+                        if not data:
+                            break
+                    except TimeoutError:
+                        pass
+            except (ConnectionError, OSError, TimeoutError):
+                pass
+            finally:
+                self.outbound = None
+                await fs.aclose()
+                log.debug("peer_sending_link_down", peer=self.peer_addr)
+
+    def hello_brief(self) -> dict[str, Any]:
+        h = self.hello()
+        return {k: h[k] for k in ("role", "state", "instance") if k in h}
+
+    # -- receiving side -----------------------------------------------------
+    def _inbound_up(self, proto: PeerInbound) -> None:
+        old = self.inbound
+        self.inbound = proto
+        if old is not None and old is not proto:
+            old.close()
+        self.last_rx = time.monotonic()
+        self.peer_name = proto.name
+
+    def _frame(self, proto: PeerInbound, msg: dict[str, Any]) -> None:
+        if proto is not self.inbound:
+            return
+        self.last_rx = time.monotonic()
+        if msg["t"] == "peer_hello":
+            self.peer_hello = msg
+        if not self.up and msg["t"] in ("peer_hello", "hb"):
+            self.up = True
+            log.info("peer_link_up", peer=self.peer_name)
+            self.on_up()
+        self.on_frame(msg)
+
+    def _inbound_lost(self, proto: PeerInbound) -> None:
+        if proto is self.inbound:
+            self.inbound = None
+            self._down("eof")
+
+    def _down(self, why: str) -> None:
+        if self.up:
+            self.up = False
+            log.warning("peer_link_down", peer=self.peer_name, reason=why)
+            self.on_down(why)
+
+    async def _monitor(self) -> None:
+        tick = min(self.interval, self.timeout / 5)
+        while True:
+            await asyncio.sleep(tick)
+            if self.up and self.last_rx is not None and time.monotonic() - self.last_rx > self.timeout:
+                if self.inbound is not None:
+                    self.inbound.close()
+                    self.inbound = None
+                self._down(f"no heartbeat for {time.monotonic() - self.last_rx:.3f}s")
+
+    def heartbeat_age(self) -> float | None:
+        return None if self.last_rx is None else time.monotonic() - self.last_rx
+
+    async def close(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        if self.outbound is not None:
+            await self.outbound.aclose()
+        if self.inbound is not None:
+            self.inbound.close()
+        if self.server is not None:
+            self.server.close()

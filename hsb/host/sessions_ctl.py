@@ -1,0 +1,194 @@
+"""Session handling of one host: CP session requests on the active (S204),
+standby sessions on the standby (S225, S228), and the fast-switch link.
+
+These run straight from the host link, not through the HA loop, so a batch
+write never holds up a logon. On the active, every open/close of a linked
+terminal is handed to the ring writer (S210).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from hsb.host.sessions import ACTIVE, CLOSED, STANDBY
+
+if TYPE_CHECKING:
+    from hsb.host.server import HostServer
+
+log = structlog.get_logger("hsb.host")
+
+
+class SessionsCtl:
+    def __init__(self, server: "HostServer") -> None:
+        self.srv = server
+        self.sessions = server.sessions
+        self.pending_standby: dict[str, float] = {}  # standby opens not yet answered by the CP
+        self.answered = asyncio.Event()
+        self.refused: dict[str, str] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+
+    # ------------------------------------------------------------------ from the CP
+    def on_cp_frame(self, msg: dict[str, Any]) -> bool:
+        """Handle a session/traffic frame; False if it is for the HA loop."""
+        t = msg["t"]
+        if t == "deliver":
+            if self.srv.ha.role == "active":
+                self.srv.delivery.deliver(msg["terminal"], msg["id"], msg["data"], bool(msg.get("redelivered")))
+            return True
+        if t == "session_request":
+            self._spawn(self.session_request(msg["terminal"], bool(msg.get("standby_capable")), msg.get("attrs") or {}))
+            return True
+        if t == "session_closed":
+            self.active_closed(msg["terminal"], str(msg.get("reason", "")))
+            return True
+        if t == "opened":
+            if msg.get("kind") == "standby":
+                self._answered(msg["terminal"])
+            return True
+        if t == "open_failed":
+            name, reason = msg["terminal"], str(msg.get("reason", ""))
+            ts = self.sessions.get(name)
+            if msg.get("kind") == "standby":
+                if ts is not None and ts.state == STANDBY:
+                    ts.state = CLOSED
+                self.refused[name] = reason
+                log.error("standby_session_refused", terminal=name, reason=f"CP: {reason}")
+                self._answered(name)
+            else:
+                log.error("active_session_open_failed", terminal=name, reason=reason)
+            return True
+        return False
+
+    def _answered(self, name: str) -> None:
+        if self.pending_standby.pop(name, None) is not None and not self.pending_standby:
+            self.answered.set()
+
+    # ------------------------------------------------------------------ active side
+    async def session_request(self, name: str, standby_capable: bool, cp_attrs: dict[str, Any]) -> None:
+        cp = self.srv.cp
+        ha = self.srv.ha
+        if ha.role != "active":
+            return
+        ts = self.sessions.get(name)
+        if ts is None:
+            reason = f"terminal {name!r} is not defined on host {ha.name}; add it to [[terminals]] there"
+            log.error("session_refused", terminal=name, reason=reason)
+            cp.send({"t": "refuse", "terminal": name, "reason": reason, "epoch": ha.epoch})
+            return
+        await self.srv.service.open_session(name, ts.attrs, False)
+        if ha.role != "active":
+            return
+        ts.state = ACTIVE
+        ts.standby_capable = standby_capable
+        if standby_capable:
+            self.sessions.join_link(ts)
+        cp.send({"t": "open", "terminal": name, "kind": "active", "attrs": ts.attrs, "epoch": ha.epoch})
+        if name in self.sessions.link:
+            self.srv.takeover.ring_change(name, ts.attrs, True)
+
+    def active_closed(self, name: str, reason: str) -> None:
+        ts = self.sessions.get(name)
+        if ts is None or ts.state != ACTIVE:
+            return
+        ts.state = CLOSED
+        if name in self.sessions.link:
+            self.srv.takeover.ring_change(name, ts.attrs, False)
+        self._spawn(self.srv.service.close_session(name))
+
+    def cp_lost(self) -> None:
+        self.pending_standby.clear()
+        self.answered.set()
+
+    # ------------------------------------------------------------------ standby side
+    def _check(self, name: str, attrs: dict[str, Any]) -> str | None:
+        ts = self.sessions.get(name)
+        if ts is None:
+            return f"terminal {name!r} is open on the active but not defined on this host"
+        if ts.attrs != attrs:
+            return f"terminal {name!r}: this host's session attributes {ts.attrs} differ from the active's {attrs}"
+        return None
+
+    def _open_standby(self, name: str, active_attrs: dict[str, Any]) -> bool:
+        why = self._check(name, active_attrs)
+        if why is not None:
+            self.refused[name] = why
+            log.error("standby_session_refused", terminal=name, reason=why)
+            return False
+        ts = self.sessions.table[name]
+        if ts.state == STANDBY:
+            self.srv.cp.send({"t": "close", "terminal": name, "kind": "standby"})
+        self.sessions.join_link(ts)
+        ts.state = STANDBY
+        ts.standby_capable = True
+        self.refused.pop(name, None)
+        self.pending_standby[name] = time.monotonic()
+        self.answered.clear()
+        self.srv.cp.send({"t": "open", "terminal": name, "kind": "standby", "attrs": ts.attrs})
+        self._spawn(self.srv.service.open_session(name, ts.attrs, True))
+        return True
+
+    def _close_standby(self, name: str) -> bool:
+        ts = self.sessions.get(name)
+        if ts is None or ts.state != STANDBY:
+            return False
+        ts.state = CLOSED
+        self.srv.cp.send({"t": "close", "terminal": name, "kind": "standby"})
+        self._spawn(self.srv.service.close_session(name))
+        return True
+
+    async def apply_batch(self, entries: list[Any], timeout: float = 30.0) -> None:
+        """Open a standby session for each session open on the active [0077]; close the rest."""
+        want_open: dict[str, dict[str, Any]] = {}
+        for e in entries:
+            if e.open:
+                want_open[e.terminal] = e.attrs
+        for ts in self.sessions.in_state(STANDBY):
+            if ts.name not in want_open:
+                self._close_standby(ts.name)
+        self.answered.set()
+        for name, attrs in want_open.items():
+            self._open_standby(name, attrs)
+        await self.srv.cp.drain()
+        if self.pending_standby:
+            try:
+                await asyncio.wait_for(self.answered.wait(), timeout)
+            except TimeoutError:
+                log.warning("standby_opens_unanswered", count=len(self.pending_standby))
+
+    def apply_ring(self, entries: list[Any]) -> None:
+        """S228: an open entry (re)opens the standby session, a close entry closes it."""
+        for e in entries:
+            if e.open:
+                self._open_standby(e.terminal, e.attrs)
+            else:
+                self._close_standby(e.terminal)
+
+    def close_all_standby(self) -> int:
+        """Fig. 3: walk the fast-switch link and close every standby session."""
+        n = 0
+        for name in self.sessions.link:
+            n += self._close_standby(name)
+        return n
+
+    def reopen_standby_sessions(self) -> None:
+        for ts in self.sessions.in_state(STANDBY):
+            self.srv.cp.send({"t": "open", "terminal": ts.name, "kind": "standby", "attrs": ts.attrs})
+
+    def promote_standby_sessions(self) -> int:
+        n = 0
+        for ts in self.sessions.in_state(STANDBY):
+            ts.state = ACTIVE
+            n += 1
+        return n
+
+    def standby_names(self) -> list[str]:
+        return [ts.name for ts in self.sessions.in_state(STANDBY)]

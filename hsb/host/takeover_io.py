@@ -1,0 +1,167 @@
+"""hsbd's use of the session takeover file: the sequential writer with group
+commit on the active, the ring follower on the standby, and status.
+
+All file I/O goes through `TakeoverStore` (off the event loop, with a
+deadline). Before any standby has started the active writes nothing [0092]:
+the ring writer only runs after a batch write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+
+from hsb.host.config import TakeoverSection
+from hsb.takeover.layout import batch_records_for
+from hsb.takeover.reader import PollStatus, StartupIdMismatch
+from hsb.takeover.records import SessionEntry
+from hsb.takeover.store import TakeoverStore
+
+log = structlog.get_logger("hsb.host")
+
+OFF, BUFFERING, WRITING = "off", "buffering", "writing"
+
+
+class TakeoverIO:
+    def __init__(self, cfg: TakeoverSection, own_total: int, host_name: str) -> None:
+        self.cfg = cfg
+        self.own_total = own_total
+        self.own_batch_records = batch_records_for(own_total, cfg.record_size)
+        self.store = TakeoverStore(
+            cfg.path,
+            terminals=own_total,
+            record_size=cfg.record_size,
+            records=cfg.records,
+            host_name=host_name,
+            timeout=cfg.storage_timeout,
+        )
+        self.mode = OFF
+        self.pending: list[SessionEntry] = []
+        self.wake = asyncio.Event()
+        self.flusher: asyncio.Task[None] | None = None
+        self.following = False
+        self.last_error: str | None = None
+        self.ring_written = 0
+        self.ring_read = 0
+
+    async def size_check(self) -> None:
+        """S201/S221: raises TakeoverFileError (too small, wrong file) before serving."""
+        await self.store.check()
+
+    # ------------------------------------------------------------------ active
+    async def batch_write(self, partner_startup_id: int, entries: list[tuple[str, dict[str, Any], bool]]) -> int:
+        hdr = await self.store.batch_write(partner_startup_id, [SessionEntry(n, a, o) for n, a, o in entries])
+        self.last_error = None
+        return int(hdr.generation)
+
+    def buffer_ring_changes(self) -> None:
+        self.mode = BUFFERING
+        self.pending = []
+
+    def discard_ring_buffer(self) -> None:
+        self.mode = OFF
+        self.pending = []
+
+    def start_ring_writer(self, generation: int) -> None:
+        """S210: from now on every open/close of a linked terminal goes to the ring."""
+        self.mode = WRITING
+        if self.flusher is None or self.flusher.done():
+            self.flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+        self.wake.set()
+
+    def stop_ring_writer(self) -> None:
+        self.mode = OFF
+        self.pending = []
+
+    def ring_change(self, name: str, attrs: dict[str, Any], is_open: bool) -> None:
+        if self.mode == OFF:
+            return  # no standby has started: write nothing to the file [0092]
+        self.pending.append(SessionEntry(name, attrs, is_open))
+        if self.mode == WRITING:
+            self.wake.set()
+
+    async def _flush_loop(self) -> None:
+        backoff = 0.05
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.mode == WRITING and self.pending:
+                group, self.pending = self.pending, []
+                try:
+                    await self.store.append(group)  # group commit: one sync per group
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if self.mode == WRITING:
+                        self.pending = group + self.pending  # keep them: nothing may be skipped
+                    self.last_error = str(exc)
+                    log.error("ring_write_failed", error=str(exc), pending=len(self.pending))
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 1.0)
+                    continue
+                backoff = 0.05
+                self.last_error = None
+                self.ring_written += len(group)
+
+    def become_writer(self) -> None:
+        self.stop_following()
+        self.mode = OFF
+
+    # ------------------------------------------------------------------ standby
+    async def batch_read(self, expected: int | None) -> tuple[int, int, list[SessionEntry]]:
+        try:
+            snap = await self.store.batch_read(expected)
+        except StartupIdMismatch as exc:
+            try:
+                exc.found = (await self.store.read_header()).startup_id  # type: ignore[attr-defined]
+            except Exception:
+                exc.found = None  # type: ignore[attr-defined]
+            raise
+        self.last_error = None
+        return int(snap.header.generation), int(snap.header.batch_records), list(snap.entries)
+
+    def follow(self, generation: int, batch_records: int) -> None:
+        self.following = True
+
+    def stop_following(self) -> None:
+        self.following = False
+
+    async def ring_poll(self) -> tuple[str, list[SessionEntry], str]:
+        if not self.following:
+            return "nothing_new", [], ""
+        try:
+            res = await self.store.poll()
+        except Exception as exc:
+            self.last_error = str(exc)
+            raise
+        status = res.status.value if isinstance(res.status, PollStatus) else str(res.status)
+        self.ring_read += len(res.entries)
+        self.last_error = None if status not in ("torn", "corrupt") else f"record {res.record}: {res.reason}"
+        detail = f"record {res.record}: {res.reason}" if res.record is not None else res.reason
+        return status, list(res.entries), detail
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        wp = self.store.write_position
+        rp = self.store.read_position if self.following else None
+        return {
+            "path": self.cfg.path,
+            "records": self.cfg.records,
+            "record_size": self.cfg.record_size,
+            "batch_records_own": self.own_batch_records,
+            "ring_writer": self.mode,
+            "ring_write": {"generation": wp[0], "last_seq": wp[1]} if wp else None,
+            "ring_read": {"generation": rp[0], "next_seq": rp[1]} if rp else None,
+            "ring_pending": len(self.pending),
+            "responding": self.store.responding,
+            "storage": "ok" if self.store.responding and not self.last_error else (
+                "takeover storage not responding" if not self.store.responding else self.last_error
+            ),
+        }
+
+    async def close(self) -> None:
+        if self.flusher is not None:
+            self.flusher.cancel()
+        await self.store.close()
