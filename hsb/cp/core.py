@@ -159,10 +159,9 @@ class CP:
             self.standby = host
             host.role = "standby"
             log.info("host_registered", host=host.name, role="standby", startup_id=startup_id, epoch=self.epoch)
+            # A standby that finds no active waits: it takes over only on evidence of
+            # an abnormal loss (or an operator's promote), never just by arriving first.
             host.send({"t": "registered", "role": "standby", "epoch": self.epoch, "active": self._active_name(), "standby": host.name})
-            if self.active is None or not self.active.usable:
-                why = "stopping" if self.active_stopped_normally else "eof"
-                host.send({"t": "active_lost", "host": self.active_stopped_normally or "", "why": why})
         else:
             host.close_with_error("bad_role", f"role must be 'active' or 'standby', not {role[:20]!r}")
 

@@ -54,6 +54,7 @@ class HostProtocol(AuthServerProtocol):
             if msg.get("t") == "open" and msg.get("kind") == "standby":
                 pass
             elif "epoch" in msg and msg.get("epoch") != self.cp.epoch:
+                log.warning("stale_epoch_refused", host=self.name, frame=msg["t"], epoch=msg.get("epoch"), current=self.cp.epoch)
                 self.close_with_error("fenced", f"epoch {msg.get('epoch')!r} is not the current epoch {self.cp.epoch}")
                 return
         super()._handle(msg)

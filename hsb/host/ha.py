@@ -82,6 +82,10 @@ class HA:
         self.switch_requested_at: float | None = None
         self.active_stopped_by: str | None = None
         self.batch_task: asyncio.Task[None] | None = None
+        self.serving = False  # set in link order: deliveries are processed only while True
+        self.switched_sessions = 0
+        # how long a standby waits for BATCH WRITE COMPLETE before it starts again
+        self.batch_wait_s = max(5.0, 3 * server.cfg.takeover.storage_timeout)
 
     # ------------------------------------------------------------------ plumbing
     def post(self, kind: str, **data: Any) -> None:
@@ -124,6 +128,9 @@ class HA:
             return f"exiting: {self.exit.msg}"
         if self.role == "standby" and self.state == ESTABLISHED and time.monotonic() >= self.next_poll:
             await self.ring_poll()
+        if self.role == "standby" and self.state == AWAITING_BATCH and time.time() - self.state_since > self.batch_wait_s:
+            self.set_state(WAITING, f"no BATCH WRITE COMPLETE within {self.batch_wait_s:.0f}s; starting again")
+            self.maybe_standby_startup()
         return self.describe()
 
     def describe(self) -> str:
@@ -153,6 +160,20 @@ class HA:
         self.srv.request_exit(code, msg)
 
     # ------------------------------------------------------------------ CP link events
+    def link_event(self, msg: dict[str, Any]) -> None:
+        """The synchronous part of registered / switch_granted / fenced (see HostServer._cp_frame)."""
+        t = msg["t"]
+        if t == "registered":
+            self.epoch = int(msg.get("epoch", 0))
+            self.serving = msg.get("role") == "active"
+        elif t == "switch_granted":
+            self.epoch = int(msg["epoch"])
+            self.serving = True
+            self.switched_sessions = self.srv.sessions_ctl.promote_standby_sessions()
+        else:
+            self.serving = False
+            self.srv.delivery.cancel()
+
     async def ev_cp_up(self) -> None:
         role = self.role if self.role in ("active", "standby") else self.started_role
         self.srv.cp.send({"t": "register", "role": role, "startup_id": self.own_startup_id or 0})
@@ -223,7 +244,7 @@ class HA:
         }
 
     async def ev_peer_up(self) -> None:
-        pass  # the peer's hello arrives as a frame
+        self.maybe_standby_startup()  # the sending side may have come up after the peer's hello
 
     async def ev_peer_down(self, why: str) -> None:
         if self.role == "active":
@@ -343,7 +364,7 @@ class HA:
         if self.role != "standby" or self.state != WAITING or not self.registered:
             return
         hello = self.srv.peer.peer_hello
-        if not self.srv.peer.up or hello is None or hello.get("role") != "active":
+        if not self.srv.peer.up or self.srv.peer.outbound is None or hello is None or hello.get("role") != "active":
             return
         self.partner_instance = hello.get("instance")
         self.own_startup_id = new_startup_id(after=self.own_startup_id or 0)
@@ -447,7 +468,7 @@ class HA:
         self.switch_requested_at = None
         self.epoch = epoch
         self.srv.takeover.stop_following()
-        n = self.srv.sessions_ctl.promote_standby_sessions()
+        n = self.switched_sessions
         self.partner_instance = None
         self.partner_startup_id = None
         self.own_startup_id = None

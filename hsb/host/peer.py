@@ -144,12 +144,13 @@ class PeerLink:
                 if isinstance(exc, LinkClosed) and exc.error and exc.error.get("code") == "auth_failed":
                     log.error("peer_auth_failed", peer=self.peer_addr, reason=exc.error.get("msg"))
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
+                backoff = min(backoff * 2, 0.5)
                 continue
             backoff = 0.05
             self.outbound = fs
             log.debug("peer_sending_link_up", peer=self.peer_addr)
             fs.send(self.hello())
+            self.on_up()
             try:
                 while True:
                     fs.send({"t": "hb", **self.hello_brief()})

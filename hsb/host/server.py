@@ -70,6 +70,12 @@ class HostServer:
         self.state_listeners: list[Any] = []
 
     def _cp_frame(self, msg: dict[str, Any]) -> None:
+        # Frames that change who serves take effect at once, in link order, so the
+        # session requests and deliveries right behind them are handled under the
+        # new epoch; the HA loop then does the rest of the procedure.
+        t = msg["t"]
+        if t in ("registered", "switch_granted", "fenced") or (t == "error" and msg.get("code") in ("fenced", "active_exists")):
+            self.ha.link_event(msg)
         if not self.sessions_ctl.on_cp_frame(msg):
             self.ha.post("cp_frame", msg=msg)
 

@@ -41,7 +41,7 @@ class SessionsCtl:
         """Handle a session/traffic frame; False if it is for the HA loop."""
         t = msg["t"]
         if t == "deliver":
-            if self.srv.ha.role == "active":
+            if self.srv.ha.serving:
                 self.srv.delivery.deliver(msg["terminal"], msg["id"], msg["data"], bool(msg.get("redelivered")))
             return True
         if t == "session_request":
@@ -76,7 +76,7 @@ class SessionsCtl:
     async def session_request(self, name: str, standby_capable: bool, cp_attrs: dict[str, Any]) -> None:
         cp = self.srv.cp
         ha = self.srv.ha
-        if ha.role != "active":
+        if not ha.serving:
             return
         ts = self.sessions.get(name)
         if ts is None:
@@ -85,7 +85,7 @@ class SessionsCtl:
             cp.send({"t": "refuse", "terminal": name, "reason": reason, "epoch": ha.epoch})
             return
         await self.srv.service.open_session(name, ts.attrs, False)
-        if ha.role != "active":
+        if not ha.serving:
             return
         ts.state = ACTIVE
         ts.standby_capable = standby_capable

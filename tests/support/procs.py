@@ -185,7 +185,12 @@ def host_config(
 
 
 def start_host(d: Path, name: str, role: str, cfg: Path, env: dict[str, str] | None = None, wait: bool = True) -> Proc:
-    proc = spawn(name, [sys.executable, "-m", "hsb.host", "--role", role, "--config", str(cfg)], d / f"{name}.log", env)
+    log = d / f"{name}.log"
+    k = 1
+    while log.exists():  # a restart gets a log of its own
+        log = d / f"{name}.{k}.log"
+        k += 1
+    proc = spawn(name, [sys.executable, "-m", "hsb.host", "--role", role, "--config", str(cfg)], log, env)
     if wait:
         ev = proc.wait_event("host_started", timeout=15)
         proc.info = {"admin": ev["admin_listen"], "peer": ev["peer_listen"], "config": str(cfg)}

@@ -1,0 +1,206 @@
+"""hsbd pair procedures (issue 4): real hsbd and hsbcpd processes and a real takeover file."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.support.hostclient import FakeTerminal
+from tests.support.pair import Pair, make_pair
+from tests.support.procs import wait_for
+
+ATTRS = {"protocol": "hsb1", "codepage": "utf-8"}
+
+
+@pytest.fixture
+def pairs():  # type: ignore[no-untyped-def]
+    made: list[Pair] = []
+    yield made
+    for p in made:
+        p.stop()
+
+
+async def logon(pair: Pair, name: str) -> FakeTerminal:
+    t = await FakeTerminal.connect(pair.cp.info["terminal"], name)
+    await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+    return t
+
+
+async def converged(pair: Pair, timeout: float = 15.0) -> dict:
+    """Wait until the CP's standby sessions equal its standby-capable active sessions, attrs included."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        s = await pair.cp_sessions()
+        active = {n: v["active"]["attrs"] for n, v in s.items() if v["active"] and not n.startswith("NOSB")}
+        standby = {n: v["standby"]["attrs"] for n, v in s.items() if v["standby"]}
+        if active == standby:
+            return s
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not converged: only active {sorted(set(active) - set(standby))[:10]}, only standby {sorted(set(standby) - set(active))[:10]}")
+        await asyncio.sleep(0.05)
+
+
+async def test_fig2_active_first_then_standby_then_ring(tmp_path: Path, pairs: list[Pair]) -> None:
+    pair = make_pair(tmp_path)
+    pairs.append(pair)
+    pair.start("host-a", "active")
+    await pair.wait_state("host-a", "serving")
+    terms = [await logon(pair, f"T{i:05d}") for i in range(1, 6)]
+    # nothing is written before a standby starts [0092]
+    st = await pair.status("host-a")
+    assert st["takeover_file"]["ring_writer"] == "off" and st["generation"] is None
+    pair.start("host-b", "standby")
+    b = await pair.wait_state("host-b", "established")
+    a = await pair.wait_state("host-a", "established")
+    assert b["startup_id"]["own"] == a["startup_id"]["partner"]
+    assert pair.hosts["host-a"].events("hot_standby_established") and pair.hosts["host-b"].events("hot_standby_established")
+    s = await converged(pair)
+    assert {n for n, v in s.items() if v["standby"]} == {f"T{i:05d}" for i in range(1, 6)}
+    assert s["T00001"]["standby"]["attrs"] == ATTRS
+    # later logons and logoffs reach the standby through the ring
+    more = [await logon(pair, f"T{i:05d}") for i in range(6, 9)]
+    terms[0].send({"t": "bye"})
+    await terms[0].wait_closed()
+    s = await converged(pair)
+    assert s.get("T00001", {}).get("standby") is None
+    assert all(s[f"T{i:05d}"]["standby"] for i in range(6, 9))
+    st = await pair.status("host-a")
+    assert st["takeover_file"]["ring_write"]["last_seq"] >= 1
+    more[0].send({"t": "msg", "id": 1, "data": "x"})
+    assert (await more[0].wait(lambda m: m["t"] == "reply"))["data"] == "x"
+
+
+async def test_fig3_normal_stop_no_takeover_then_active_restarts(tmp_path: Path, pairs: list[Pair]) -> None:
+    pair = make_pair(tmp_path)
+    pairs.append(pair)
+    pair.start("host-a", "active")
+    pair.start("host-b", "standby")
+    await pair.wait_state("host-b", "established")
+    terms = [await logon(pair, f"T{i:05d}") for i in range(1, 5)]
+    await converged(pair)
+    b1 = await pair.status("host-b")
+    # SIGTERM: normal termination, no takeover
+    pair.hosts["host-a"].kill(signal.SIGTERM)
+    assert pair.hosts["host-a"].popen.wait(10) == 0
+    for t in terms:
+        m = await t.wait(lambda m: m["t"] == "session" and m["state"] == "closed")
+        assert "normally" in m.get("reason", "")
+    b = await pair.wait_state("host-b", "active_stopped", role="standby")
+    assert b["active_stopped_by"] == "host-a"
+    await asyncio.sleep(1.0)  # well past the heartbeat timeout: still no takeover
+    assert (await pair.status("host-b"))["role"] == "standby"
+    assert all(not t.closed for t in terms)
+    # the active starts again: sessions come back; the standby rebuilds under a new identifier
+    pair.start("host-a", "active")
+    for t in terms:
+        await t.wait_count(lambda m: m["t"] == "session" and m["state"] == "open", 2)
+    b2 = await pair.wait_state("host-b", "established")
+    assert b2["startup_id"]["own"] != b1["startup_id"]["own"]
+    assert pair.hosts["host-b"].events("active_restarted")
+    await converged(pair)
+    terms[1].send({"t": "msg", "id": 1, "data": "after"})
+    assert (await terms[1].wait(lambda m: m["t"] == "reply"))["data"] == "after"
+
+
+async def test_standby_first_then_active_and_standby_restarts(tmp_path: Path, pairs: list[Pair]) -> None:
+    pair = make_pair(tmp_path)
+    pairs.append(pair)
+    pair.start("host-b", "standby")
+    await pair.wait_state("host-b", "waiting_for_active")
+    pair.start("host-a", "active")
+    await pair.wait_state("host-b", "established")
+    terms = [await logon(pair, f"T{i:05d}") for i in range(1, 4)]
+    await converged(pair)
+    ids = set()
+    for _ in range(4):
+        pair.hosts["host-b"].kill(signal.SIGKILL)
+        pair.hosts["host-b"].popen.wait(5)
+        pair.start("host-b", "standby")
+        st = await pair.wait_state("host-b", "established")
+        ids.add(st["startup_id"]["own"])
+        await converged(pair)
+        assert (await pair.status("host-a"))["role"] == "active"
+    assert len(ids) == 4
+    terms[0].send({"t": "msg", "id": 1, "data": "ok"})
+    assert (await terms[0].wait(lambda m: m["t"] == "reply"))["data"] == "ok"
+
+
+async def test_hosts_naming_different_files(tmp_path: Path, pairs: list[Pair]) -> None:
+    pair = make_pair(tmp_path, separate_files=True)
+    pairs.append(pair)
+    pair.start("host-a", "active")
+    t = await logon(pair, "T00001")
+    b = pair.start("host-b", "standby")
+    rc = await asyncio.get_running_loop().run_in_executor(None, b.popen.wait, 15)
+    assert rc != 0
+    log = b.log.read_text()
+    assert "takeover_file_mismatch" in log and str(tmp_path / "takeover-b.dat") in log
+    pair.hosts["host-a"].wait_event("takeover_file_mismatch")
+    a = await pair.status("host-a")
+    assert a["role"] == "active" and a["file_mismatch"] and "different takeover files" in a["file_mismatch"]
+    t.send({"t": "msg", "id": 1, "data": "still served"})
+    assert (await t.wait(lambda m: m["t"] == "reply"))["data"] == "still served"
+
+
+@pytest.mark.parametrize("who", ["host-a", "host-b"])
+async def test_too_small_file_is_refused_at_start(tmp_path: Path, pairs: list[Pair], who: str) -> None:
+    # 20 terminals need B = 2 records (E = 15 at 4096 bytes), so N must be >= 7; give 6
+    small = {"terminals": 20}
+    pair = make_pair(tmp_path, records=6, host_a=small, host_b=small)
+    pairs.append(pair)
+    p = pair.start(who, "active" if who == "host-a" else "standby", wait=False)
+    rc = await asyncio.get_running_loop().run_in_executor(None, p.popen.wait, 15)
+    assert rc != 0
+    err = p.log.read_text().strip().splitlines()[-1]
+    assert err.startswith("error:") and "6 records" in err and "at least 7" in err
+
+
+async def test_different_terminal_counts_standby_uses_active_B(tmp_path: Path, pairs: list[Pair]) -> None:
+    pair = make_pair(tmp_path, cp_terminals=600, records=128, host_a={"terminals": 20}, host_b={"terminals": 600})
+    pairs.append(pair)
+    pair.start("host-a", "active")
+    [await logon(pair, f"T{i:05d}") for i in range(1, 4)]
+    pair.start("host-b", "standby")
+    b = await pair.wait_state("host-b", "established")
+    assert b["batch_records"]["own"] == 40 and b["batch_records"]["partner"] == 2
+    await converged(pair)
+
+
+async def test_one_terminal_with_different_attrs_is_refused_rest_established(tmp_path: Path, pairs: list[Pair]) -> None:
+    b_terms = [{"name": f"T{i:05d}", "attrs": ATTRS if i != 2 else {"protocol": "hsb2", "codepage": "utf-8"}} for i in range(1, 11)]
+    pair = make_pair(tmp_path, host_b={"terminals": 0, "extra_terms": b_terms})
+    pairs.append(pair)
+    pair.start("host-a", "active")
+    [await logon(pair, f"T{i:05d}") for i in range(1, 4)]
+    pair.start("host-b", "standby")
+    await pair.wait_state("host-b", "established")
+    ev = pair.hosts["host-b"].wait_event("standby_session_refused", terminal="T00002")
+    assert "differ" in ev["reason"]
+    s = await pair.cp_sessions()
+    assert s["T00001"]["standby"] and s["T00003"]["standby"] and s["T00002"]["standby"] is None
+
+
+async def test_ring_lap_ends_in_resync_and_consistent_sessions(tmp_path: Path, pairs: list[Pair]) -> None:
+    # 20 terminals: B = 2, N = 7 → a ring of 4 records; the standby polls rarely
+    opts = {"terminals": 20}
+    pair = make_pair(tmp_path, records=7, host_a=opts, host_b={**opts, "ring_poll_interval": 1.5})
+    pairs.append(pair)
+    pair.start("host-a", "active")
+    pair.start("host-b", "standby")
+    await pair.wait_state("host-b", "established")
+    # a burst of separate groups: each logon is one ring record, far more than 4
+    terms = []
+    for i in range(1, 21):
+        terms.append(await logon(pair, f"T{i:05d}"))
+        await asyncio.sleep(0.01)
+    for t in terms[:10]:
+        t.send({"t": "bye"})
+    for t in terms[:10]:
+        await t.wait_closed()
+    pair.hosts["host-b"].wait_event("ring_resync_needed", timeout=10)
+    await pair.wait_state("host-b", "established")
+    s = await converged(pair, timeout=20)
+    assert sorted(n for n, v in s.items() if v["standby"]) == [f"T{i:05d}" for i in range(11, 21)]
