@@ -204,3 +204,49 @@ async def test_ring_lap_ends_in_resync_and_consistent_sessions(tmp_path: Path, p
     await pair.wait_state("host-b", "established")
     s = await converged(pair, timeout=20)
     assert sorted(n for n, v in s.items() if v["standby"]) == [f"T{i:05d}" for i in range(11, 21)]
+
+
+async def test_property_standby_follows_random_logons_and_logoffs(tmp_path: Path, pairs: list[Pair]) -> None:
+    """1,000 terminals log on and off at random; at every quiet point the CP's standby
+    sessions equal the active's standby-capable sessions, attributes included."""
+    import random
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from tests.support.massterm import Fleet
+
+    n = 1000
+    pair = make_pair(tmp_path, cp_terminals=n, records=512, host_a={"terminals": n}, host_b={"terminals": n})
+    pairs.append(pair)
+    pair.start("host-a", "active")
+    fleet = Fleet(pair.cp.info["terminal"])
+    names = [f"T{i:05d}" for i in range(1, n + 1)]
+    await fleet.logon(names[:400])
+    pair.start("host-b", "standby")
+    await pair.wait_state("host-b", "established", timeout=30)
+    await converged(pair, timeout=30)
+    loop = asyncio.get_running_loop()
+    rounds = {"n": 0}
+
+    @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(seed=st.integers(0, 2**32 - 1), steps=st.integers(1, 4))
+    def prop(seed: int, steps: int) -> None:
+        rng = random.Random(seed)
+
+        async def run() -> None:
+            for _ in range(steps):
+                off = [x for x in names if x in fleet.on and rng.random() < 0.3]
+                on = [x for x in names if x not in fleet.on and rng.random() < 0.3]
+                await asyncio.gather(fleet.logoff(off), fleet.logon(on))
+            s = await converged(pair, timeout=30)
+            assert {x for x, v in s.items() if v["active"]} == set(fleet.on)
+            rounds["n"] += 1
+
+        asyncio.run_coroutine_threadsafe(run(), loop).result(120)
+
+    await loop.run_in_executor(None, prop)
+    assert rounds["n"] >= 6
+    b = await pair.status("host-b")
+    assert b["state"] == "established" and b["role"] == "standby"
+    await fleet.close()

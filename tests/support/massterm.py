@@ -72,3 +72,60 @@ async def run_terminals(term_addr: str, names: list[str], timeout: float = 60.0,
 
     state["close"] = close
     return state
+
+
+class _F(asyncio.Protocol):
+    __slots__ = ("name", "dec", "tr", "opened", "closed", "inbox")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.dec = Decoder()
+        self.tr: asyncio.Transport | None = None
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+
+    def connection_made(self, tr: asyncio.BaseTransport) -> None:
+        self.tr = tr  # type: ignore[assignment]
+        tr.write(encode({"t": "hello", "terminal": self.name}))  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        for m in self.dec.feed(data):
+            if m["t"] == "session" and m["state"] == "open" and not self.opened.done():
+                self.opened.set_result(None)
+            elif m["t"] == "error" and not self.opened.done():
+                self.opened.set_exception(RuntimeError(f"{self.name}: {m}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class Fleet:
+    """Terminals that log on and off on command (for session-following tests)."""
+
+    def __init__(self, term_addr: str) -> None:
+        self.h, self.p = addr(term_addr)
+        self.on: dict[str, _F] = {}
+
+    async def logon(self, names: list[str], timeout: float = 30.0) -> None:
+        loop = asyncio.get_running_loop()
+
+        async def one(n: str) -> None:
+            _, pr = await loop.create_connection(lambda: _F(n), self.h, self.p)
+            self.on[n] = pr
+            await pr.opened
+
+        await asyncio.wait_for(asyncio.gather(*(one(n) for n in names)), timeout)
+
+    async def logoff(self, names: list[str], timeout: float = 30.0) -> None:
+        prs = [self.on.pop(n) for n in names]
+        for pr in prs:
+            pr.tr.write(encode({"t": "bye"}))  # type: ignore[union-attr]
+        await asyncio.wait_for(asyncio.gather(*(pr.closed for pr in prs)), timeout)
+
+    async def close(self) -> None:
+        for pr in self.on.values():
+            if pr.tr is not None:
+                pr.tr.close()
+        self.on.clear()

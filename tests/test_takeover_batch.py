@@ -1,0 +1,262 @@
+"""Batch write / batch read (113), file-level checks, and crash ordering."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import hsb.takeover.fileio as fileio
+from hsb.takeover import (
+    BatchReadError,
+    SessionEntry,
+    StartupIdMismatch,
+    TakeoverFileError,
+    TakeoverFileTooSmall,
+    TakeoverWriter,
+    batch_read,
+    batch_records_for,
+    check_file,
+    create_file,
+    entries_per_record,
+)
+from hsb.takeover.errors import (
+    BadMagic,
+    FileMissing,
+    FileTruncated,
+    HeaderCorrupt,
+    NotRegularFile,
+    RecordCountMismatch,
+    RecordSizeMismatch,
+)
+from hsb.takeover.layout import KIND_BATCH, size_check
+from hsb.takeover.records import encode_entry, encode_payload, pack_record
+
+
+def make(tmp_path: Path, records: int, record_size: int = 4096, name: str = "takeover.dat") -> str:
+    path = str(tmp_path / name)
+    create_file(path, records, record_size, host="test")
+    return path
+
+
+def entries(n: int, prefix: str = "T") -> list[SessionEntry]:
+    return [SessionEntry(f"{prefix}{i:06d}", {"proto": "lu2", "page": 932, "i": i}, i % 3 != 0) for i in range(n)]
+
+
+def flip(path: str, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("record_size", [512, 4096])
+@pytest.mark.parametrize("which", ["0", "1", "E", "E+1"])
+def test_batch_round_trip(tmp_path: Path, record_size: int, which: str) -> None:
+    e = entries_per_record(record_size)
+    count = {"0": 0, "1": 1, "E": e, "E+1": e + 1}[which]
+    b = batch_records_for(count, record_size)
+    path = make(tmp_path, max(4, 3 * b + 1), record_size)
+    with TakeoverWriter(path, terminals=count, host_name="host-a") as w:
+        h = w.batch_write(0xABCDEF, entries(count))
+    assert (h.batch_records, h.batch_entries, h.generation) == (b, count, 1)
+    snap = batch_read(path, record_size=record_size, expected_startup_id=0xABCDEF)
+    assert snap.entries == entries(count)
+    assert snap.header.batch_records == b and snap.header.writer_host == "host-a"
+
+
+def test_batch_round_trip_100k(tmp_path: Path) -> None:
+    n = 100_000
+    b = batch_records_for(n)
+    path = make(tmp_path, 3 * b + 1)
+    data = entries(n)
+    with TakeoverWriter(path, terminals=n) as w:
+        w.batch_write(1, data)
+    snap = batch_read(path)
+    assert snap.header.batch_records == b == 6667
+    assert snap.entries == data
+
+
+@pytest.mark.parametrize(("writer_terms", "reader_terms"), [(1000, 10), (10, 1000), (45, 0)])
+def test_reader_takes_b_from_the_header(tmp_path: Path, writer_terms: int, reader_terms: int) -> None:
+    """Claim 3: the two hosts define different terminal counts; the reader uses the writer's B."""
+    n = 3 * batch_records_for(max(writer_terms, reader_terms)) + 1
+    path = make(tmp_path, n)
+    size_check(n, reader_terms, path=path)  # the reader's own check passes with its own count
+    linked = entries(min(writer_terms, 40))
+    with TakeoverWriter(path, terminals=writer_terms) as w:
+        h = w.batch_write(7, linked)
+    assert h.batch_records == batch_records_for(writer_terms)
+    assert h.batch_records != batch_records_for(reader_terms)
+    snap = batch_read(path)
+    assert snap.entries == linked
+    assert snap.layout.batch_records == batch_records_for(writer_terms)
+    assert snap.layout.ring_first == batch_records_for(writer_terms) + 1
+
+
+def test_writer_refuses_at_open_when_too_small(tmp_path: Path) -> None:
+    path = make(tmp_path, 21)
+    with pytest.raises(TakeoverFileTooSmall, match="has 21 records; 100 terminals need B=7 .* at least 22"):
+        TakeoverWriter(path, terminals=100)
+    TakeoverWriter(path, terminals=90).close()  # B=6: 19 records are enough
+
+
+def test_batch_larger_than_own_b_is_refused(tmp_path: Path) -> None:
+    path = make(tmp_path, 10)
+    with TakeoverWriter(path, terminals=15) as w, pytest.raises(ValueError, match="do not fit B=1"):
+        w.batch_write(1, entries(16))
+
+
+def test_generation_grows_across_batches_and_writer_restarts(tmp_path: Path) -> None:
+    path = make(tmp_path, 10)
+    with TakeoverWriter(path, terminals=15) as w:
+        assert w.batch_write(1, entries(3)).generation == 1
+        assert w.batch_write(2, entries(4)).generation == 2
+    with TakeoverWriter(path, terminals=15) as w:
+        assert w.generation == 2
+        assert w.batch_write(3, entries(5)).generation == 3
+    snap = batch_read(path)
+    assert snap.header.generation == 3 and snap.entries == entries(5) and snap.header.startup_id == 3
+
+
+def test_startup_id_mismatch(tmp_path: Path) -> None:
+    path = make(tmp_path, 10)
+    with TakeoverWriter(path, terminals=15) as w:
+        w.batch_write(1111, entries(2))
+    with pytest.raises(StartupIdMismatch, match="holds startup id 1111, not 2222 .* different takeover files"):
+        batch_read(path, expected_startup_id=2222)
+
+
+# -- a batch read never returns partial or corrupt data ------------------------
+
+
+def _written(tmp_path: Path, n: int = 40) -> str:
+    path = make(tmp_path, 10)
+    with TakeoverWriter(path, terminals=45) as w:
+        w.batch_write(5, entries(n))
+    return path
+
+
+def test_flipped_byte_in_a_batch_record(tmp_path: Path) -> None:
+    path = _written(tmp_path)
+    flip(path, 2 * 4096 + 100)
+    with pytest.raises(BatchReadError) as ei:
+        batch_read(path)
+    assert ei.value.record == 2 and "checksum" in ei.value.reason
+
+
+def test_crash_between_batch_records_and_header(tmp_path: Path) -> None:
+    """The writer died after rewriting record 1 for generation 2, before the header."""
+    path = _written(tmp_path)
+    with fileio.RecordWriter(path, 4096) as io:
+        payload = encode_payload([encode_entry(e) for e in entries(15, "X")])
+        io.write(1, pack_record(KIND_BATCH, 2, 1, payload, 4096, 15))
+    with pytest.raises(BatchReadError) as ei:
+        batch_read(path)
+    assert ei.value.record == 1 and "generation 2, header says 1" in ei.value.reason
+
+
+def test_header_ahead_of_batch_records_is_refused(tmp_path: Path) -> None:
+    """If record 0 were written first and the batch records then lost, the reader must not use them."""
+    path = _written(tmp_path)
+    h = check_file(path)
+    from dataclasses import replace
+
+    from hsb.takeover.records import encode_header
+
+    with fileio.RecordWriter(path, 4096) as io:
+        io.write(0, encode_header(replace(h, generation=h.generation + 1)))
+    with pytest.raises(BatchReadError, match="record 1: generation 1, header says 2"):
+        batch_read(path)
+
+
+def test_never_written_batch_record(tmp_path: Path) -> None:
+    path = _written(tmp_path)
+    with fileio.RecordWriter(path, 4096) as io:
+        io.write(3, bytes(4096))
+    with pytest.raises(BatchReadError, match="record 3: never written"):
+        batch_read(path)
+
+
+def test_entry_count_mismatch_with_header(tmp_path: Path) -> None:
+    path = _written(tmp_path, 40)
+    with fileio.RecordWriter(path, 4096) as io:  # record 3 now holds 5 entries instead of 10
+        io.write(3, pack_record(KIND_BATCH, 1, 3, encode_payload([encode_entry(e) for e in entries(5)]), 4096, 5))
+    with pytest.raises(BatchReadError, match="record 0: header says 40 batch entries, the batch area holds 35"):
+        batch_read(path)
+
+
+def test_corrupted_read_via_fault_hook(tmp_path: Path) -> None:
+    from hsb.takeover import Faults
+
+    path = _written(tmp_path)
+    with pytest.raises(BatchReadError, match="record 1: checksum"):
+        batch_read(path, faults=Faults(corrupt_reads=1))
+    assert len(batch_read(path, faults=Faults()).entries) == 40
+
+
+# -- file-level checks ----------------------------------------------------------
+
+
+def test_file_checks(tmp_path: Path) -> None:
+    with pytest.raises(FileMissing, match="does not exist; create it with `hsbctl file create"):
+        check_file(str(tmp_path / "nope"))
+    with pytest.raises(NotRegularFile, match="is a directory"):
+        check_file(str(tmp_path))
+    junk = tmp_path / "junk"
+    junk.write_bytes(os.urandom(8192))
+    with pytest.raises(BadMagic, match="not an hsb takeover file"):
+        check_file(str(junk))
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    with pytest.raises(BadMagic):
+        check_file(str(empty))
+    path = make(tmp_path, 50)
+    with pytest.raises(RecordSizeMismatch, match="4096-byte records but the config says record_size = 8192"):
+        check_file(path, 8192)
+    with pytest.raises(RecordCountMismatch, match="50 records but the config says records = 60"):
+        check_file(path, 4096, 60)
+    assert check_file(path, 4096, 50).records == 50
+    os.truncate(path, 40 * 4096)
+    with pytest.raises(FileTruncated, match="header says 50 records"):
+        check_file(path)
+    os.truncate(path, 100)
+    with pytest.raises(FileTruncated):
+        check_file(path)
+    for exc in (FileMissing, NotRegularFile, BadMagic, FileTruncated, RecordSizeMismatch):
+        assert issubclass(exc, TakeoverFileError)
+
+
+def test_corrupt_header_is_refused_by_readers_and_recovered_by_the_writer(tmp_path: Path) -> None:
+    path = _written(tmp_path)
+    with TakeoverWriter(path, terminals=45) as w:
+        w.batch_write(6, entries(3))  # generation 2
+    flip(path, 300)
+    with pytest.raises(HeaderCorrupt, match="record 0 .* checksum"):
+        batch_read(path)
+    with pytest.raises(HeaderCorrupt):
+        TakeoverWriter(path, terminals=45)  # without the config's record size there is nothing to trust
+    with TakeoverWriter(path, terminals=45, record_size=4096) as w:
+        assert w.generation == 2  # from the batch records
+        assert w.batch_write(7, entries(4)).generation == 3
+    assert batch_read(path).entries == entries(4)
+
+
+def test_create_file(tmp_path: Path) -> None:
+    path = make(tmp_path, 8, 512)
+    assert os.path.getsize(path) == 8 * 512
+    h = check_file(path)
+    assert (h.records, h.record_size, h.batch_records, h.generation, h.startup_id) == (8, 512, 0, 0, 0)
+    with pytest.raises(TakeoverFileError, match="already exists; add --force"):
+        create_file(path, 8, 512)
+    create_file(path, 9, 512, force=True)
+    assert check_file(path).records == 9
+    with pytest.raises(TakeoverFileError, match="needs 4"):
+        create_file(str(tmp_path / "x"), 3, 512)
+    with pytest.raises(TakeoverFileError, match="multiple of 512"):
+        create_file(str(tmp_path / "x"), 10, 700)
+    with pytest.raises(FileMissing, match="directory .* does not exist"):
+        create_file(str(tmp_path / "no" / "x"), 10, 512)
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]

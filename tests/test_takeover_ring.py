@@ -1,0 +1,378 @@
+"""The sequential area (114) as a ring: group commit, wrap, lapped, torn, generations."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+import hsb.takeover.fileio as fileio
+from hsb.takeover import (
+    NoBatchWritten,
+    PollStatus,
+    RingReader,
+    SessionEntry,
+    TakeoverWriter,
+    batch_read,
+    create_file,
+    entries_per_record,
+)
+from hsb.takeover.layout import KIND_RING
+from hsb.takeover.records import encode_entry, encode_payload, pack_record
+
+R = 1024  # E = 3 entries per record: groups span several records without huge counts
+E = entries_per_record(R)
+
+
+def make(tmp_path: Path, records: int, record_size: int = R) -> str:
+    path = str(tmp_path / "takeover.dat")
+    create_file(path, records, record_size, host="test")
+    return path
+
+
+class Changes:
+    """Distinct, checkable session changes."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def take(self, k: int) -> list[SessionEntry]:
+        out = [SessionEntry(f"T{(self.n + i) % 500:05d}", {"n": self.n + i}, (self.n + i) % 2 == 0) for i in range(k)]
+        self.n += k
+        return out
+
+
+def setup_pair(path: str, terminals: int = 6) -> tuple[TakeoverWriter, RingReader]:
+    w = TakeoverWriter(path, terminals=terminals)
+    w.batch_write(1, [])
+    snap = batch_read(path)
+    return w, RingReader(path, snap.header, max_records=1000)
+
+
+def drain(reader: RingReader) -> list[SessionEntry]:
+    got: list[SessionEntry] = []
+    while True:
+        res = reader.poll()
+        if res.status is PollStatus.NOTHING_NEW:
+            return got
+        assert res.status is PollStatus.NEW, res
+        got += res.entries
+
+
+def test_append_before_batch_is_refused(tmp_path: Path) -> None:
+    path = make(tmp_path, 12)
+    with TakeoverWriter(path, terminals=6) as w, pytest.raises(NoBatchWritten):
+        w.append_group([SessionEntry("T1", {}, True)])
+
+
+def test_group_commit_packs_records_and_syncs_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = make(tmp_path, 400, 4096)
+    syncs: list[int] = []
+    real = fileio.sync
+    monkeypatch.setattr(fileio, "sync", lambda fd: (syncs.append(fd), real(fd)))
+    w, r = setup_pair(path, terminals=15)
+    assert len(syncs) == 2  # batch write: batch records, then header
+    syncs.clear()
+    ch = Changes()
+    group = ch.take(1000)
+    first, last = w.append_group(group)
+    assert (first, last) == (1, -(-1000 // 15))  # 67 records for 1,000 changes
+    assert len(syncs) == 1
+    assert drain(r) == group
+    assert w.append_group([]) == (68, 67) and len(syncs) == 1
+
+
+def test_ring_wraps_many_times_reader_sees_every_change_once_in_order(tmp_path: Path) -> None:
+    path = make(tmp_path, 12)  # B=2, K=9
+    w, r = setup_pair(path)
+    k = w.layout.ring_slots if w.layout else 0
+    assert k == 9
+    ch, rng = Changes(), random.Random(7)
+    written: list[SessionEntry] = []
+    seen: list[SessionEntry] = []
+    while w.last_seq < 60 * k:
+        group = ch.take(rng.randint(1, 3 * E))  # 1..3 records per group
+        w.append_group(group)
+        written += group
+        if rng.random() < 0.5 or w.last_seq - (r.next_seq - 1) > k - 3 * 1:
+            seen += drain(r)
+    seen += drain(r)
+    assert seen == written
+    assert r.next_seq == w.next_seq
+
+
+def test_reader_exactly_one_ring_behind_is_not_lapped(tmp_path: Path) -> None:
+    path = make(tmp_path, 12)
+    w, r = setup_pair(path)
+    k = 9
+    ch = Changes()
+    for _ in range(5):  # several laps
+        batch = ch.take(k * E)  # exactly K records: fills the ring once
+        w.append_group(batch)
+        res = r.poll()
+        assert res.status is PollStatus.NEW and res.entries == batch and (res.last_seq - res.first_seq + 1) == k
+    w.append_group(ch.take(k * E + 1))  # K+1 records: the oldest one unread is overwritten
+    res = r.poll()
+    assert res.status is PollStatus.LAPPED
+    assert res.record == w.layout.ring_record(r.next_seq) if w.layout else False
+    assert "overtook" in res.reason and not res.entries and res.needs_resync
+    assert r.poll().status is PollStatus.LAPPED  # the cursor did not move
+
+
+def test_lapped_reader_resyncs_through_a_new_batch(tmp_path: Path) -> None:
+    path = make(tmp_path, 12)
+    w, r = setup_pair(path)
+    ch = Changes()
+    w.append_group(ch.take(20 * E))
+    assert r.poll().status is PollStatus.LAPPED
+    state = ch.take(6)
+    w.batch_write(2, state)
+    assert r.poll().status is PollStatus.NEW_GENERATION
+    snap = batch_read(path, expected_startup_id=2)
+    assert snap.entries == state
+    r2 = RingReader(path, snap.header)
+    assert r2.poll().status is PollStatus.NOTHING_NEW  # old-generation records are not "new"
+    more = ch.take(4)
+    w.append_group(more)
+    assert drain(r2) == more
+
+
+def test_flipped_byte_is_torn_and_never_applied(tmp_path: Path) -> None:
+    path = make(tmp_path, 12)
+    w, r = setup_pair(path)
+    ch = Changes()
+    a, b = ch.take(E), ch.take(E)
+    w.append_group(a)
+    w.append_group(b)
+    assert w.layout is not None
+    rec2 = w.layout.ring_record(2)
+    with open(path, "r+b") as f:
+        f.seek(rec2 * R + 40)
+        orig = f.read(1)
+        f.seek(rec2 * R + 40)
+        f.write(bytes([orig[0] ^ 1]))
+    res = r.poll()
+    assert res.status is PollStatus.NEW and res.entries == a  # the good record before the torn one
+    for _ in range(3):
+        res = r.poll()
+        assert res.status is PollStatus.TORN and res.record == rec2 and "checksum" in res.reason
+        assert not res.entries and not res.needs_resync
+    with open(path, "r+b") as f:  # the write completes
+        f.seek(rec2 * R + 40)
+        f.write(orig)
+    assert drain(r) == b
+
+
+def test_short_write_is_torn_until_complete(tmp_path: Path) -> None:
+    path = make(tmp_path, 12)
+    w, r = setup_pair(path)
+    ch = Changes()
+    for _ in range(9):  # fill the ring once: every slot holds an older record
+        w.append_group(ch.take(E))
+    drain(r)
+    assert w.layout is not None
+    seq = w.next_seq
+    recno = w.layout.ring_record(seq)
+    group = ch.take(E)
+    full = pack_record(KIND_RING, w.generation, seq, encode_payload([encode_entry(e) for e in group]), R, E)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, full[:40], recno * R)  # only the first 40 bytes landed
+        res = r.poll()
+        assert res.status is PollStatus.TORN and res.record == recno
+        os.pwrite(fd, full, recno * R)
+    finally:
+        os.close(fd)
+    res = r.poll()
+    assert res.status is PollStatus.NEW and res.entries == group and res.first_seq == seq
+
+
+def test_truncated_file_reads_as_torn(tmp_path: Path) -> None:
+    path = make(tmp_path, 12)
+    w, r = setup_pair(path)
+    w.append_group(Changes().take(E))
+    assert w.layout is not None
+    os.truncate(path, w.layout.ring_record(1) * R + 100)
+    res = r.poll()
+    assert res.status is PollStatus.TORN and "short read" in res.reason
+
+
+def test_consistent_but_misplaced_record_is_corrupt(tmp_path: Path) -> None:
+    path = make(tmp_path, 12)
+    w, r = setup_pair(path)
+    assert w.layout is not None
+    payload = encode_payload([encode_entry(SessionEntry("X", {}, True))])
+    with fileio.RecordWriter(path, R) as io:  # seq 5 in the slot of seq 1
+        io.write(w.layout.ring_record(1), pack_record(KIND_RING, w.generation, 5, payload, R, 1))
+    res = r.poll()
+    assert res.status is PollStatus.CORRUPT and "does not belong" in res.reason and res.needs_resync
+
+
+def test_new_generation_seen_in_the_ring_without_header_checks(tmp_path: Path) -> None:
+    path = make(tmp_path, 40)
+    w, _ = setup_pair(path, terminals=6)  # B=2
+    snap = batch_read(path)
+    r = RingReader(path, snap.header, check_header=False)
+    w.close()
+    ch = Changes()
+    # A new active with more terminals: B=5, so its batch records cover our old ring slots.
+    with TakeoverWriter(path, terminals=15) as w2:
+        w2.batch_write(9, ch.take(15))
+        res = r.poll()
+        assert res.status is PollStatus.NEW_GENERATION and res.generation == 2
+        assert res.record == snap.layout.ring_first
+
+
+def test_stale_generation_in_slot_is_nothing_new(tmp_path: Path) -> None:
+    path = make(tmp_path, 12)
+    w, r = setup_pair(path)
+    ch = Changes()
+    w.append_group(ch.take(9 * E))  # every slot holds a generation-1 record
+    w.batch_write(2, [])
+    r2 = RingReader(path, batch_read(path).header, check_header=False)
+    assert r2.poll().status is PollStatus.NOTHING_NEW
+    g = ch.take(2)
+    w.append_group(g)
+    assert drain(r2) == g
+
+
+def test_group_bigger_than_the_ring(tmp_path: Path) -> None:
+    path = make(tmp_path, 12)
+    w, r = setup_pair(path)
+    first, last = w.append_group(Changes().take(25 * E))
+    assert (first, last) == (1, 25)
+    assert r.poll().status is PollStatus.LAPPED
+    r2 = RingReader(path, batch_read(path).header, next_seq=17)  # the 9 newest are intact
+    res = r2.poll()
+    assert res.status is PollStatus.NEW and (res.first_seq, res.last_seq) == (17, 25)
+
+
+def test_max_records_bounds_one_poll(tmp_path: Path) -> None:
+    path = make(tmp_path, 40)
+    w, _ = setup_pair(path)
+    r = RingReader(path, batch_read(path).header, max_records=4)
+    ch = Changes()
+    written = ch.take(30 * E)
+    w.append_group(written)
+    res = r.poll()
+    assert res.status is PollStatus.NEW and (res.first_seq, res.last_seq) == (1, 4)
+    assert res.entries + drain(r) == written
+
+
+# -- random interleavings against a model ---------------------------------------------
+
+
+class RingModel(RuleBasedStateMachine):
+    """Writer groups, reader polls, new batches, torn records and resyncs, in any order.
+
+    Model: the records of the current generation by seq, the reader's cursor and
+    what it has been handed since its last resync.
+    """
+
+    K = 9
+    TERMINALS = 6  # R=1024: E=3, B=2, N=12 -> K=9
+
+    @initialize()
+    def start(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="hsb-ring-")
+        self.path = os.path.join(self.dir, "tk")
+        create_file(self.path, 12, R, host="model")
+        self.w = TakeoverWriter(self.path, terminals=self.TERMINALS)
+        self.ch = Changes()
+        self.gen = 0
+        self.new_batch(n=2)
+        self.resync()
+
+    def teardown(self) -> None:
+        if hasattr(self, "w"):
+            self.w.close()
+            self.r.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    # writer
+    @rule(n=st.integers(1, 6))
+    def new_batch(self, n: int) -> None:
+        state = self.ch.take(n)
+        self.w.batch_write(self.gen + 1, state)
+        self.gen += 1
+        self.batch = state
+        self.records: dict[int, list[SessionEntry]] = {}
+
+    @rule(sizes=st.lists(st.integers(1, 4 * E), min_size=1, max_size=4))
+    def write_groups(self, sizes: list[int]) -> None:
+        for k in sizes:
+            group = self.ch.take(k)
+            first, last = self.w.append_group(group)
+            for i, seq in enumerate(range(first, last + 1)):
+                self.records[seq] = group[i * E : (i + 1) * E]
+
+    # reader
+    @rule()
+    def resync(self) -> None:
+        snap = batch_read(self.path, expected_startup_id=self.gen)
+        assert snap.entries == self.batch
+        if hasattr(self, "r"):
+            self.r.close()
+        self.r = RingReader(self.path, snap.header)
+        self.r_gen = self.gen
+        self.handed: list[SessionEntry] = []
+
+    @rule(max_records=st.integers(1, 12))
+    def poll(self, max_records: int) -> None:
+        self.r.max_records = max_records
+        nxt, last = self.r.next_seq, self.w.last_seq
+        res = self.r.poll()
+        if self.r_gen != self.gen:
+            assert res.status is PollStatus.NEW_GENERATION, res
+        elif last >= nxt + self.K:
+            assert res.status is PollStatus.LAPPED, res
+        elif last < nxt:
+            assert res.status is PollStatus.NOTHING_NEW, res
+        else:
+            end = min(last, nxt + max_records - 1)
+            assert res.status is PollStatus.NEW and (res.first_seq, res.last_seq) == (nxt, end), res
+            assert res.entries == [e for s in range(nxt, end + 1) for e in self.records[s]]
+            self.handed += res.entries
+        if res.status is not PollStatus.NEW:
+            assert not res.entries
+        if res.needs_resync:  # what the standby does: ask for and read a new batch
+            if self.r_gen == self.gen:
+                self.new_batch(n=len(self.batch))
+            self.resync()
+
+    @precondition(lambda self: self.w.last_seq >= self.r.next_seq)
+    @rule(offset=st.integers(0, R - 1))
+    def torn_next_record(self, offset: int) -> None:
+        """The record the reader wants next is being written (or is damaged)."""
+        recno = self.r.layout.ring_record(self.r.next_seq)
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            orig = os.pread(fd, 1, recno * R + offset)
+            os.pwrite(fd, bytes([orig[0] ^ 0x5A]), recno * R + offset)
+            res = self.r.poll()
+            if self.r_gen == self.gen:
+                assert res.status is PollStatus.TORN and res.record == recno, res
+            else:
+                assert res.status is PollStatus.NEW_GENERATION
+            assert not res.entries
+            os.pwrite(fd, orig, recno * R + offset)  # the write completes
+        finally:
+            os.close(fd)
+
+    @invariant()
+    def handed_is_a_prefix_of_the_ring(self) -> None:
+        if not hasattr(self, "r") or self.r_gen != self.gen:
+            return
+        expect = [e for s in range(1, self.r.next_seq) for e in self.records[s]]
+        assert self.handed == expect
+
+
+RingModel.TestCase.settings = settings(max_examples=80, stateful_step_count=50, deadline=None)
+TestRingModel = RingModel.TestCase

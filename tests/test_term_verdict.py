@@ -1,0 +1,124 @@
+"""Pure parts of hsbterm: the loss/duplicate verdict, latency percentiles, the service gap, names."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hsb.term.client import parse_hostport
+from hsb.term.load import terminal_names
+from hsb.term.report import LoadReport, format_table
+from hsb.term.stats import GapTracker, LatencyHistogram
+from hsb.term.verdict import ACKED, REPLY_MAX, REPLY_ONE, SENT, Verdict, judge, judge_marks
+
+
+def test_judge_definitions() -> None:
+    v = judge(
+        sent=[1, 2, 3, 4, 5, 6],
+        acked=[1, 2, 3, 4, 99],  # 99 was never sent: ignored
+        replies={1: 1, 2: 3, 5: 1, 42: 2},  # 2 answered thrice, 5 answered without an ack, 42 never sent
+        name="T1",
+    )
+    assert (v.sent, v.acked, v.replied) == (6, 4, 3)
+    assert v.lost == 2 and v.lost_ids == ["T1:3", "T1:4"]
+    assert v.duplicates == 2 and v.duplicate_ids == ["T1:2"]
+    assert v.unexpected == 2
+    assert v.unacked == 1  # 6: sent, never acked, never answered
+    assert not v.ok
+
+
+def test_judge_clean() -> None:
+    v = judge(range(1, 101), range(1, 101), {i: 1 for i in range(1, 101)})
+    assert v.ok and v.replied == 100 and v.lost == v.duplicates == v.unexpected == v.unacked == 0
+
+
+def _marks(sent: int, acked: set[int], replies: dict[int, int]) -> bytearray:
+    out = bytearray()
+    for k in range(sent):
+        b = SENT | (ACKED if k in acked else 0)
+        b += min(replies.get(k, 0), REPLY_MAX) * REPLY_ONE
+        out.append(b)
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sent=st.integers(0, 60),
+    acked=st.sets(st.integers(0, 59)),
+    replies=st.dictionaries(st.integers(0, 59), st.integers(0, 5)),
+    base=st.integers(0, 10**15),
+)
+def test_marks_agree_with_reference(sent: int, acked: set[int], replies: dict[int, int], base: int) -> None:
+    acked = {k for k in acked if k < sent}
+    in_range = {k: n for k, n in replies.items() if k < sent}
+    outside = sum(n for k, n in replies.items() if k >= sent)
+    fast = judge_marks(_marks(sent, acked, in_range), base=base, unexpected=outside, name="X")
+    ref = judge(
+        [base + k for k in range(sent)],
+        [base + k for k in acked],
+        {base + k: n for k, n in replies.items()},
+        name="X",
+    )
+    assert fast == ref
+
+
+def test_verdict_add_caps_samples() -> None:
+    total = Verdict()
+    for t in range(30):
+        total.add(judge([1], [1], {}, name=f"T{t}"))
+    assert total.lost == 30 and len(total.lost_ids) == 20 and total.lost_ids[0] == "T0:1"
+
+
+def test_latency_percentiles() -> None:
+    h = LatencyHistogram()
+    assert h.percentile(50) is None and h.summary_ms()["p50"] is None
+    for ms in range(1, 1001):  # 1..1000 ms, uniform
+        h.add(ms / 1000.0)
+    s = h.summary_ms()
+    assert s["p50"] == pytest.approx(500, rel=0.02)
+    assert s["p99"] == pytest.approx(990, rel=0.02)
+    assert s["max"] == 1000.0
+    assert s["mean"] == pytest.approx(500.5, rel=1e-6)
+    h2 = LatencyHistogram()
+    h2.add(5.0)
+    h.merge(h2)
+    assert h.count == 1001 and h.summary_ms()["max"] == 5000.0
+    tiny = LatencyHistogram()
+    tiny.add(0.0)
+    assert tiny.percentile(50) == 0.0
+
+
+def test_gap_tracker() -> None:
+    g = GapTracker()
+    g.sent(10.0)
+    g.sent(10.1)
+    g.replied(10.2)  # stretch 10.0 → 10.2
+    g.replied(11.2)  # stretch 10.2 → 11.2: the longest
+    assert g.outstanding == 0
+    g.sent(20.0)  # nothing outstanding in between: 11.2 → 20.0 is no gap
+    g.replied(20.5)
+    assert (g.longest.seconds, g.longest.start, g.longest.end) == pytest.approx((1.0, 10.2, 11.2))
+    g.sent(30.0)
+    g.finish(32.5)  # never answered: counts up to the end
+    assert (g.longest.seconds, g.longest.start, g.longest.end) == pytest.approx((2.5, 30.0, 32.5))
+
+
+def test_names_and_addresses() -> None:
+    assert terminal_names(3) == ["T00001", "T00002", "T00003"]
+    assert terminal_names(2, "K", 9, 2) == ["K09", "K10"]
+    assert parse_hostport("127.0.0.1:7000") == ("127.0.0.1", 7000)
+    assert parse_hostport("[::1]:7000") == ("::1", 7000)
+    for bad in ("nonsense", ":7000", "h:0", "h:99999", "h:x"):
+        with pytest.raises(ValueError):
+            parse_hostport(bad)
+
+
+def test_report_forms() -> None:
+    r = LoadReport(terminals=2, sent=10, acked=10, replied=9, lost=1, lost_ids=["T1:5"],
+                   latency_ms={"p50": 1.0, "p99": 2.0, "max": 3.0},
+                   service_gap={"ms": 0.0, "start": None, "end": None})
+    assert not r.ok and r.exit_status == 1
+    assert r.to_dict()["ok"] is False
+    text = format_table(r)
+    assert "FAILED" in text and "T1:5" in text
