@@ -253,11 +253,11 @@ RAW = st.one_of(
     st.just(struct.pack(">I", 50_000_000)),
     st.builds(lambda b: struct.pack(">I", len(b)) + b, st.binary(min_size=1, max_size=100)),
     st.builds(lambda o: encode(o) if isinstance(o, dict) else struct.pack(">I", len(msgpack.packb(o))) + msgpack.packb(o),
-              st.recursive(st.none() | st.integers() | st.text(max_size=10) | st.binary(max_size=10),
+              st.recursive(st.none() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.text(max_size=10) | st.binary(max_size=10),
                            lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3), max_leaves=8)),
     st.builds(lambda t, v: encode({"t": t, "id": v, "data": v, "terminal": v}),
               st.sampled_from(["hello", "msg", "bye", "auth", "register", "reply", "x"]),
-              st.one_of(st.integers(min_value=-(2**63), max_value=2**64 - 1), st.text(max_size=5), st.none(), st.lists(st.integers(), max_size=2))),
+              st.one_of(st.integers(min_value=-(2**63), max_value=2**64 - 1), st.text(max_size=5), st.none(), st.lists(st.integers(min_value=-(2**63), max_value=2**63), max_size=2))),
 )
 
 

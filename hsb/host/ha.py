@@ -196,7 +196,7 @@ class HA:
                     self.set_state(SERVING, "registered at the CP as active")
                     self.send_active_startup()
             else:
-                if self.state == STARTING:
+                if self.state in (STARTING, WAITING):
                     self.set_state(WAITING, "registered at the CP as standby")
                     self.maybe_standby_startup()
                 elif self.state == ESTABLISHED:

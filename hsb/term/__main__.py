@@ -1,5 +1,5 @@
-"""python -m entry point."""
+"""`python -m hsb.term`: the same as the `hsbterm` console script."""
 
 from hsb.term.main import main
 
-main()
+main(prog_name="hsbterm")

@@ -1,10 +1,32 @@
-"""`hsbterm`: the terminal simulator's command line."""
+"""`hsbterm`: the terminal simulator's command line (interactive terminal and load generator)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import signal
 import sys
+from typing import Any
 
 import click
+
+from hsb import loop as hsb_loop
+from hsb.term.client import parse_hostport
+from hsb.term.interactive import interactive
+from hsb.term.load import run_load
+from hsb.term.report import LoadReport, format_table
+
+
+def _cp(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
+    try:
+        return parse_hostport(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+cp_option = click.option(
+    "--cp", required=True, metavar="HOST:PORT", callback=_cp, help="The CP's terminal listen address."
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,14 +35,98 @@ def main() -> None:
 
 
 @main.command()
-def connect() -> None:
-    """Interactive terminal (not implemented yet)."""
-    click.echo("hsbterm connect: not implemented yet", err=True)
-    sys.exit(2)
+@click.argument("name")
+@cp_option
+@click.option("--id-base", type=click.IntRange(min=1), default=None, help="First message id (default: clock in µs).")
+@click.option(
+    "--linger",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="At end of input, wait this long for outstanding replies before bye.",
+)
+def connect(name: str, cp: tuple[str, int], id_base: int | None, linger: float) -> None:
+    """Interactive terminal NAME: each stdin line is a message; events are printed. Ctrl-D logs off."""
+    try:
+        status = hsb_loop.run(interactive(name, cp[0], cp[1], id_base=id_base, linger=linger))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(status)
+
+
+def _progress_line(snap: dict[str, Any]) -> None:
+    line = (
+        f"[{snap['elapsed']:6.1f}s {snap['phase']:<7}] welcomed {snap['welcomed']}/{snap['terminals']}"
+        f" sessions {snap['sessions']} sent {snap['sent']} acked {snap['acked']} replied {snap['replied']}"
+        f" outstanding {snap['outstanding']} disc {snap['disconnects']} switched {snap['switched']}"
+    )
+    sys.stderr.write("\r" + line + "\x1b[K")
+    if snap["phase"] == "done":
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+async def _load_main(cp: tuple[str, int], **kw: Any) -> LoadReport:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGINT, stop.set)  # Ctrl-C ends the current phase early
+    except (NotImplementedError, RuntimeError):  # pragma: no cover - not on the main thread
+        pass
+    return await run_load(cp, stop=stop, **kw)
 
 
 @main.command()
-def load() -> None:
-    """Load generator (not implemented yet)."""
-    click.echo("hsbterm load: not implemented yet", err=True)
-    sys.exit(2)
+@cp_option
+@click.option("--terminals", "-n", type=click.IntRange(min=1), required=True, help="How many terminals.")
+@click.option("--rate", type=click.FloatRange(min=0), required=True, help="Total messages per second, all terminals.")
+@click.option("--duration", type=click.FloatRange(min=0), required=True, help="Seconds of sending.")
+@click.option("--prefix", default="T", show_default=True, help="Terminal name prefix.")
+@click.option("--start", type=click.IntRange(min=0), default=1, show_default=True, help="First terminal number.")
+@click.option("--width", type=click.IntRange(1, 12), default=5, show_default=True, help="Digits in a terminal name.")
+@click.option(
+    "--window", type=click.IntRange(min=0), default=8, show_default=True, help="Max outstanding per terminal (0: none)."
+)
+@click.option(
+    "--settle", type=click.FloatRange(min=0), default=10.0, show_default=True, help="Seconds to wait for late replies."
+)
+@click.option(
+    "--connect-concurrency",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="TCP connects in flight at once (keeps 10,000 terminals within the CP's listen backlog).",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Give up waiting for all terminals to log on after this long and start sending anyway.",
+)
+@click.option(
+    "--wait-session/--no-wait-session",
+    default=True,
+    show_default=True,
+    help="Start sending only once every terminal has an open session (else once all are welcomed).",
+)
+@click.option("--size", "payload_size", type=click.IntRange(min=0), default=0, help="Pad each message by this many bytes.")
+@click.option("--id-base", type=click.IntRange(min=1), default=None, help="First message id (default: clock in µs).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def load(cp: tuple[str, int], as_json: bool, **kw: Any) -> None:
+    """Run N terminals at a total rate; report loss, duplicates, latency and the service gap.
+
+    Exit status 1 if an acknowledged message got no reply or a reply came twice.
+    Ctrl-C ends the current phase (connect, send, settle) early.
+    """
+    progress = _progress_line if sys.stderr.isatty() else None
+    try:
+        report = hsb_loop.run(_load_main(cp, progress=progress, **kw))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    else:
+        click.echo(f"hsbterm load against {cp[0]}:{cp[1]}")
+        click.echo(format_table(report))
+    sys.exit(report.exit_status)

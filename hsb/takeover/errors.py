@@ -1,0 +1,97 @@
+"""The takeover file's exceptions: one class per thing that can go wrong.
+
+Messages are one line, name the file or record, and say what to do about it:
+daemons print them as-is when they refuse to start, `hsbctl file` as `error: ...`.
+"""
+
+from __future__ import annotations
+
+
+class TakeoverError(Exception):
+    """Base of every takeover-file error."""
+
+
+class TakeoverFileError(TakeoverError):
+    """The file as a whole cannot be used (missing, wrong kind, bad header, too small...)."""
+
+
+class FileMissing(TakeoverFileError):
+    pass
+
+
+class NotRegularFile(TakeoverFileError):
+    pass
+
+
+class BadMagic(TakeoverFileError):
+    pass
+
+
+class UnsupportedVersion(TakeoverFileError):
+    pass
+
+
+class FileTruncated(TakeoverFileError):
+    pass
+
+
+class HeaderCorrupt(TakeoverFileError):
+    pass
+
+
+class RecordSizeMismatch(TakeoverFileError):
+    pass
+
+
+class RecordCountMismatch(TakeoverFileError):
+    pass
+
+
+class StartupIdMismatch(TakeoverFileError):
+    """Record 0 holds another standby's startup identifier: the hosts name different files."""
+
+    def __init__(self, message: str, *, expected: int | None = None, found: int | None = None) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.found = found
+
+
+class TakeoverFileTooSmall(TakeoverFileError):
+    """Size check (331/531): N < 3·B + 1."""
+
+    def __init__(self, message: str, *, records: int, batch_records: int, needed: int) -> None:
+        super().__init__(message)
+        self.records = records
+        self.batch_records = batch_records
+        self.needed = needed
+
+
+class RecordError(TakeoverError):
+    """One record is unusable; `record` is its number in the file, `reason` says why."""
+
+    def __init__(self, record: int, reason: str, *, path: str | None = None) -> None:
+        where = f"{path}: " if path else ""
+        super().__init__(f"{where}record {record}: {reason}")
+        self.record = record
+        self.reason = reason
+
+
+class BatchReadError(RecordError):
+    """A batch record was never written, torn, corrupt or from another generation."""
+
+
+class EntryTooLarge(ValueError):
+    """A session information entry does not fit the fixed entry size."""
+
+
+class NoBatchWritten(TakeoverError):
+    """Ring writes are only meaningful after a batch write (SPEC §5.1 steps 5 and 8)."""
+
+
+class StorageNotResponding(TakeoverError):
+    """A file operation missed its deadline (a hung NFS mount, a dead disk)."""
+
+    def __init__(self, op: str, timeout: float) -> None:
+        super().__init__(f"takeover storage not responding: {op} took longer than {timeout:g}s")
+        self.op = op
+        self.timeout = timeout

@@ -1,0 +1,314 @@
+"""File access under the NFS discipline of SPEC §4, and the file-level checks.
+
+- Writes: whole records with `pwrite` at record-aligned offsets on a plain
+  O_RDWR descriptor (no O_APPEND, no mmap, no locks), made durable with
+  fdatasync (the file is pre-allocated and never changes size, so the data
+  sync is a full sync for our purposes; on NFS it sends COMMIT).
+- Reads: every read session opens the file afresh (NFS close-to-open
+  consistency revalidates the client cache) with O_DIRECT when the filesystem
+  takes it, into a page-aligned anonymous buffer; O_DIRECT is dropped silently
+  where it is refused with EINVAL (tmpfs, some FUSE mounts). Nothing read is
+  trusted before its checksum is verified (records.parse_record).
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import socket
+import stat
+import time
+from types import TracebackType
+
+import structlog
+
+from hsb.takeover.errors import (
+    BadMagic,
+    FileMissing,
+    FileTruncated,
+    HeaderCorrupt,
+    NotRegularFile,
+    RecordCountMismatch,
+    RecordSizeMismatch,
+    TakeoverFileError,
+    UnsupportedVersion,
+)
+from hsb.takeover.faults import Faults
+from hsb.takeover.layout import (
+    MAGIC,
+    MAX_RECORD_SIZE,
+    MAX_RECORDS,
+    MIN_RECORD_SIZE,
+    MIN_RECORDS,
+    RECORD_ALIGN,
+    RECORD_HEADER,
+    VERSION,
+    check_record_size,
+)
+from hsb.takeover.records import BadRecord, Header, encode_header, decode_header, parse_record
+
+log = structlog.get_logger("hsb.takeover")
+
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+_no_direct: set[str] = set()  # paths whose filesystem refused O_DIRECT (fall back silently)
+
+sync = os.fdatasync if hasattr(os, "fdatasync") else os.fsync
+
+
+class AlignedBuffer:
+    """A page-aligned read buffer (anonymous mmap, not a mapping of the file), grown on demand."""
+
+    def __init__(self, size: int = 1 << 16) -> None:
+        self._map = mmap.mmap(-1, _round_up(size, mmap.PAGESIZE))
+
+    def view(self, size: int) -> memoryview:
+        if size > len(self._map):
+            self.close()
+            self._map = mmap.mmap(-1, _round_up(size, mmap.PAGESIZE))
+        return memoryview(self._map)[:size]
+
+    def close(self) -> None:
+        try:
+            self._map.close()
+        except BufferError:  # a caller still holds a view; the map goes when it does
+            pass
+
+
+def _round_up(n: int, to: int) -> int:
+    return -(-n // to) * to
+
+
+class FreshReader:
+    """One read session: opens the file anew, reads whole records, closes."""
+
+    def __init__(self, path: str, record_size: int, buf: AlignedBuffer | None = None, faults: Faults | None = None) -> None:
+        self.path = path
+        self.record_size = record_size
+        self._own_buf = buf is None
+        self.buf = buf if buf is not None else AlignedBuffer(record_size)
+        self.faults = faults
+        self.fd = -1
+        self.direct = False
+
+    def __enter__(self) -> "FreshReader":
+        self.fd, self.direct = _open_read(self.path)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self._own_buf:
+            self.buf.close()
+
+    def read(self, first_record: int, count: int) -> memoryview:
+        """Records first_record..first_record+count-1; shorter if the file ends early.
+
+        The view points into the shared buffer and is valid until the next read.
+        """
+        r = self.record_size
+        view = self.buf.view(count * r)
+        got = self._preadv(view, first_record * r)
+        got -= got % r
+        out = view[:got]
+        if self.faults is not None and got:
+            self.faults.after_read(first_record, out, r)
+        return out
+
+    def _preadv(self, view: memoryview, offset: int) -> int:
+        total = 0
+        while total < len(view):
+            try:
+                n = os.preadv(self.fd, [view[total:]], offset + total)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL or not self.direct:
+                    raise
+                # The device wants larger alignment than our records: read through the cache.
+                _no_direct.add(self.path)
+                os.close(self.fd)
+                self.fd, self.direct = _open_read(self.path)
+                continue
+            if n == 0:
+                break
+            total += n
+        return total
+
+
+def _open_read(path: str) -> tuple[int, bool]:
+    if _O_DIRECT and path not in _no_direct:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC | _O_DIRECT), True
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            _no_direct.add(path)
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC), False
+
+
+class RecordWriter:
+    """The writer's descriptor: whole-record pwrites and syncs, nothing else."""
+
+    def __init__(self, path: str, record_size: int) -> None:
+        self.path = path
+        self.record_size = record_size
+        self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+
+    def write(self, first_record: int, data: bytes | bytearray | memoryview) -> None:
+        if len(data) % self.record_size:
+            raise ValueError("only whole records are written")
+        view = memoryview(data)
+        off = first_record * self.record_size
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self.fd, view[done:], off + done)
+
+    def sync(self) -> None:
+        sync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "RecordWriter":
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _stat_regular(path: str) -> os.stat_result:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileMissing(
+            f"takeover file {path} does not exist; create it with `hsbctl file create {path} --records N`"
+        ) from None
+    except NotADirectoryError:
+        raise FileMissing(f"takeover file {path} does not exist (a parent is not a directory); check the path") from None
+    if not stat.S_ISREG(st.st_mode):
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise NotRegularFile(
+            f"takeover file {path} is {what}; point the path at a file made by `hsbctl file create`"
+        )
+    return st
+
+
+def check_file(path: str, record_size: int | None = None, records: int | None = None) -> Header:
+    """Every file-level check, in order; returns the header or raises a TakeoverFileError.
+
+    `record_size`/`records`: what the caller's config says; a mismatch with the
+    header is an error naming both values.
+    """
+    path = os.fspath(path)
+    st = _stat_regular(path)
+    recreate = f"recreate it with `hsbctl file create {path} --records N --force`"
+    if st.st_size < MIN_RECORD_SIZE:
+        if st.st_size == 0 or not _starts_with_magic(path):
+            raise BadMagic(f"{path} is not an hsb takeover file ({st.st_size} bytes, no header); check the path or {recreate}")
+        raise FileTruncated(f"takeover file {path} is only {st.st_size} bytes, too short for its header record; {recreate}")
+    with FreshReader(path, MIN_RECORD_SIZE) as f:
+        first = bytes(f.read(0, 1))
+        if first[:4] != MAGIC:
+            raise BadMagic(f"{path} is not an hsb takeover file (bad magic {first[:4]!r} in record 0); check the path or {recreate}")
+        _, _, version, *_ = RECORD_HEADER.unpack_from(first)
+        if version != VERSION:
+            raise UnsupportedVersion(f"takeover file {path} has format version {version}; this hsb reads version {VERSION}; {recreate}")
+        rs = int.from_bytes(first[32:36], "little")
+        if rs % RECORD_ALIGN or not MIN_RECORD_SIZE <= rs <= MAX_RECORD_SIZE:
+            raise HeaderCorrupt(f"record 0 of takeover file {path} is corrupt (record size {rs}); {recreate}")
+        if st.st_size < rs:
+            raise FileTruncated(f"takeover file {path} is {st.st_size} bytes, shorter than its {rs}-byte header record; {recreate}")
+        f.record_size = rs
+        try:
+            rec = parse_record(f.read(0, 1))
+            if rec is None:
+                raise BadRecord("never written", torn=False)
+            h = decode_header(rec)
+        except (BadRecord, ValueError) as exc:
+            raise HeaderCorrupt(f"record 0 (header) of takeover file {path} is corrupt: {exc}; {recreate}") from None
+    if h.record_size != rs:
+        raise HeaderCorrupt(f"record 0 (header) of takeover file {path} is corrupt: record size fields disagree; {recreate}")
+    if st.st_size < h.records * h.record_size:
+        raise FileTruncated(
+            f"takeover file {path} is {st.st_size} bytes, but its header says {h.records} records of "
+            f"{h.record_size} bytes ({h.records * h.record_size} bytes): it was truncated; recreate it with "
+            f"`hsbctl file create {path} --records {h.records} --record-size {h.record_size} --force`"
+        )
+    if record_size is not None and record_size != h.record_size:
+        raise RecordSizeMismatch(
+            f"takeover file {path} has {h.record_size}-byte records but the config says record_size = {record_size}; "
+            f"set record_size = {h.record_size} or {recreate}"
+        )
+    if records is not None and records != h.records:
+        raise RecordCountMismatch(
+            f"takeover file {path} has {h.records} records but the config says records = {records}; "
+            f"set records = {h.records} or recreate it with `hsbctl file create {path} --records {records} --force`"
+        )
+    return h
+
+
+def _starts_with_magic(path: str) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(4) == MAGIC
+
+
+def create_file(path: str, records: int, record_size: int, *, force: bool = False, host: str | None = None) -> Header:
+    """Pre-allocate N records of R bytes: a header (startup id 0, generation 0, B 0), zeros elsewhere.
+
+    Zeros are written, not left as holes, so that later writes never allocate
+    (and an NFS server has the space up front). The file and its directory are
+    synced before returning.
+    """
+    path = os.fspath(path)
+    try:
+        check_record_size(record_size)
+    except ValueError as exc:
+        raise TakeoverFileError(f"{exc}; choose e.g. --record-size 4096") from None
+    if not MIN_RECORDS <= records <= MAX_RECORDS:
+        raise TakeoverFileError(f"a takeover file needs {MIN_RECORDS}..{MAX_RECORDS} records, not {records}")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileMissing(f"directory {parent} does not exist; create it first or choose another path for {path}")
+    if os.path.lexists(path) and not force:
+        raise TakeoverFileError(f"{path} already exists; add --force to overwrite it (its contents are lost)")
+    if force and os.path.lexists(path) and not os.path.isfile(path):
+        raise NotRegularFile(f"{path} exists and is not a regular file; remove it or choose another path")
+    header = Header(
+        record_size=record_size,
+        records=records,
+        batch_records=0,
+        generation=0,
+        startup_id=0,
+        batch_entries=0,
+        written_at_ms=int(time.time() * 1000),
+        writer_host=host if host is not None else socket.gethostname(),
+    )
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.pwrite(fd, encode_header(header), 0)
+        chunk = bytes(min(1 << 20, (records - 1) * record_size) // record_size * record_size or record_size)
+        off, end = record_size, records * record_size
+        while off < end:
+            n = min(len(chunk), end - off)
+            os.pwrite(fd, memoryview(chunk)[:n], off)
+            off += n
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)  # never a half-made file under the real name
+    dfd = os.open(parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    log.info("takeover_file_created", path=path, records=records, record_size=record_size)
+    return header

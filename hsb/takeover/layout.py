@@ -1,0 +1,128 @@
+"""Geometry of the session takeover file (110) and its size check (331/531).
+
+Owns the constants of the byte layout (docs/takeover-file.md), the `Layout`
+of one file (N records of R bytes: header, batch area of B records,
+sequential area used as a ring of K slots) and `size_check`, which refuses a
+file with N < 3·B + 1.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from hsb.takeover.errors import TakeoverFileTooSmall
+
+MAGIC = b"HSBT"
+VERSION = 1
+
+KIND_EMPTY = 0  # an all-zero record: never written
+KIND_HEADER = 1
+KIND_BATCH = 2
+KIND_RING = 3
+KIND_NAMES = {KIND_EMPTY: "empty", KIND_HEADER: "header", KIND_BATCH: "batch", KIND_RING: "ring"}
+
+# Every record starts with this: magic, kind, version, entry count, generation,
+# payload length, seq, reserved, crc32. The crc field is the last 4 bytes.
+RECORD_HEADER = struct.Struct("<4sBBHIIQII")
+RECORD_HEADER_SIZE = RECORD_HEADER.size  # 32
+CRC_OFFSET = RECORD_HEADER_SIZE - 4
+
+ENTRY_SIZE = 256  # fixed maximum encoded size of one session information entry
+PAYLOAD_PREFIX = 3  # MessagePack array16 marker + u16 count in front of the entries
+
+DEFAULT_RECORD_SIZE = 4096
+RECORD_ALIGN = 512
+MIN_RECORD_SIZE = 512
+MAX_RECORD_SIZE = 1 << 20
+MIN_RECORDS = 4  # header, one batch record, two ring slots: the smallest useful file
+MAX_RECORDS = 0xFFFF_FFFF
+
+
+def entries_per_record(record_size: int, entry_size: int = ENTRY_SIZE) -> int:
+    """E: how many entries of at most `entry_size` bytes always fit one record."""
+    return (record_size - RECORD_HEADER_SIZE - PAYLOAD_PREFIX) // entry_size
+
+
+def batch_records_for(terminals: int, record_size: int = DEFAULT_RECORD_SIZE, entry_size: int = ENTRY_SIZE) -> int:
+    """B = ceil(terminals / E); 0 terminals need no batch records."""
+    if terminals < 0:
+        raise ValueError(f"terminal count must be >= 0, not {terminals}")
+    e = entries_per_record(record_size, entry_size)
+    return -(-terminals // e)
+
+
+def check_record_size(record_size: int) -> None:
+    if record_size % RECORD_ALIGN or not MIN_RECORD_SIZE <= record_size <= MAX_RECORD_SIZE:
+        raise ValueError(
+            f"record size {record_size} is not a multiple of {RECORD_ALIGN} between "
+            f"{MIN_RECORD_SIZE} and {MAX_RECORD_SIZE} bytes"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where everything lives in one file once B is known."""
+
+    record_size: int
+    records: int
+    batch_records: int
+    entry_size: int = ENTRY_SIZE
+
+    @property
+    def entries_per_record(self) -> int:
+        return entries_per_record(self.record_size, self.entry_size)
+
+    @property
+    def ring_first(self) -> int:
+        return self.batch_records + 1
+
+    @property
+    def ring_slots(self) -> int:
+        """K = N - 1 - B."""
+        return self.records - 1 - self.batch_records
+
+    def ring_record(self, seq: int) -> int:
+        """Record number that holds ring sequence number `seq` (seq >= 1)."""
+        return self.batch_records + 1 + (seq - 1) % self.ring_slots
+
+    def offset(self, record: int) -> int:
+        return record * self.record_size
+
+
+def size_check(
+    records: int,
+    terminals: int,
+    record_size: int = DEFAULT_RECORD_SIZE,
+    *,
+    path: str | None = None,
+    entry_size: int = ENTRY_SIZE,
+) -> Layout:
+    """Size check (331/531, [0037], [0054]): N must be at least 3·B + 1.
+
+    B for the batch area, 2·B for the ring so that all terminals changing at
+    once fill only half of it, 1 for the header. Returns the layout for this
+    terminal count, or raises `TakeoverFileTooSmall` giving N, B and the N needed.
+    """
+    check_record_size(record_size)
+    b = batch_records_for(terminals, record_size, entry_size)
+    needed = max(3 * b + 1, MIN_RECORDS)
+    if records < needed:
+        name = path or "the takeover file"
+        e = entries_per_record(record_size, entry_size)
+        fix = f"hsbctl file create {path} --records {needed} --record-size {record_size} --force" if path else None
+        msg = (
+            f"takeover file {name} has {records} records; {terminals} terminals need B={b} batch records "
+            f"({e} entries per {record_size}-byte record), so N must be at least {needed} (3·B+1)"
+        )
+        if b == 0:
+            msg = f"takeover file {name} has {records} records; the smallest usable file has {needed}"
+        if fix:
+            msg += f"; recreate it with `{fix}`"
+        raise TakeoverFileTooSmall(msg, records=records, batch_records=b, needed=needed)
+    return Layout(record_size=record_size, records=records, batch_records=b, entry_size=entry_size)
+
+
+def max_terminals(records: int, record_size: int = DEFAULT_RECORD_SIZE, entry_size: int = ENTRY_SIZE) -> int:
+    """The largest terminal count that passes the size check for N records."""
+    return max(0, (records - 1) // 3) * entries_per_record(record_size, entry_size)

@@ -1,0 +1,275 @@
+"""The standby's side of the takeover file: batch read (S225) and the ring cursor (S228).
+
+`batch_read` takes B from the header (partner batch area size 522, [0075]),
+never from the reader's own terminal count, verifies every batch record
+(checksum, kind, generation, record number) and returns all entries or
+raises `BatchReadError` naming the record: it never returns partial data.
+
+`RingReader` follows the sequential area from a cursor (generation, next_seq).
+Each poll opens the file afresh, checks record 0 for a newer generation, then
+reads the record that must hold `next_seq` (and, while they are new, the ones
+after it). Per record, against the cursor:
+
+    all zeros, older generation, or seq < next_seq   -> NOTHING_NEW
+    same generation and seq == next_seq              -> NEW (applied, cursor +1)
+    same generation and seq > next_seq               -> LAPPED (writer overtook us)
+    newer generation (here or in record 0)           -> NEW_GENERATION
+    bad checksum, short read                         -> TORN (retry later)
+    checksum fine but inconsistent                   -> CORRUPT
+
+A poll that found new records returns NEW with them and reports whatever
+stopped it on the next poll, so entries are never stale, reordered or skipped.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from dataclasses import dataclass, field
+
+import structlog
+
+from hsb.takeover.errors import BatchReadError, StartupIdMismatch
+from hsb.takeover.faults import Faults
+from hsb.takeover.fileio import AlignedBuffer, FreshReader, check_file
+from hsb.takeover.layout import KIND_BATCH, KIND_HEADER, KIND_RING, Layout
+from hsb.takeover.records import BadRecord, Header, SessionEntry, decode_header, decode_payload, gc_paused, kind_name, parse_record
+
+log = structlog.get_logger("hsb.takeover")
+
+_CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSnapshot:
+    header: Header
+    entries: list[SessionEntry]
+
+    @property
+    def layout(self) -> Layout:
+        return self.header.layout
+
+
+def read_header(path: str, record_size: int | None = None) -> Header:
+    """Record 0, checked (file-level errors are TakeoverFileError)."""
+    return check_file(os.fspath(path), record_size)
+
+
+def batch_read(
+    path: str,
+    *,
+    record_size: int | None = None,
+    expected_startup_id: int | None = None,
+    faults: Faults | None = None,
+) -> BatchSnapshot:
+    """Batch read (S225): header, then records 1..B with B from the header."""
+    path = os.fspath(path)
+    t0 = time.perf_counter()
+    h = check_file(path, record_size)
+    if expected_startup_id is not None and h.startup_id != expected_startup_id:
+        raise StartupIdMismatch(
+            f"takeover file {path} holds startup id {h.startup_id}, not {expected_startup_id} sent by this standby: "
+            f"the two hosts name different takeover files; point both [takeover] paths at the same shared file",
+            expected=expected_startup_id,
+            found=h.startup_id,
+        )
+    r, b, e = h.record_size, h.batch_records, h.entries_per_record
+    entries: list[SessionEntry] = []
+    per = max(1, _CHUNK_BYTES // r)
+    with FreshReader(path, r, AlignedBuffer(min(b, per) * r or r), faults) as f, gc_paused():
+        for first in range(1, b + 1, per):
+            count = min(per, b + 1 - first)
+            view = f.read(first, count)
+            for i in range(count):
+                recno = first + i
+                if (i + 1) * r > len(view):
+                    raise BatchReadError(recno, "short read: the file ends inside the batch area", path=path)
+                entries.extend(_batch_record(view[i * r : (i + 1) * r], recno, h, e, path))
+    if len(entries) != h.batch_entries:
+        raise BatchReadError(
+            0, f"header says {h.batch_entries} batch entries, the batch area holds {len(entries)}", path=path
+        )
+    log.info(
+        "takeover_batch_read",
+        path=path,
+        generation=h.generation,
+        batch_records=b,
+        entries=len(entries),
+        ms=round((time.perf_counter() - t0) * 1000, 1),
+    )
+    return BatchSnapshot(h, entries)
+
+
+def _batch_record(view: memoryview, recno: int, h: Header, e: int, path: str) -> list[SessionEntry]:
+    try:
+        rec = parse_record(view)
+    except BadRecord as exc:
+        raise BatchReadError(recno, exc.reason, path=path) from None
+    if rec is None:
+        raise BatchReadError(recno, "never written", path=path)
+    if rec.kind != KIND_BATCH:
+        raise BatchReadError(recno, f"holds a {kind_name(rec.kind)} record, expected batch", path=path)
+    if rec.generation != h.generation:
+        raise BatchReadError(
+            recno, f"generation {rec.generation}, header says {h.generation} (stale or unfinished batch write)", path=path
+        )
+    if rec.seq != recno:
+        raise BatchReadError(recno, f"says it is record {rec.seq}", path=path)
+    if rec.count > e:
+        raise BatchReadError(recno, f"{rec.count} entries, at most {e} fit", path=path)
+    try:
+        return decode_payload(rec.payload, rec.count)
+    except ValueError as exc:
+        raise BatchReadError(recno, str(exc), path=path) from None
+
+
+class PollStatus(enum.Enum):
+    NOTHING_NEW = "nothing_new"
+    NEW = "new"
+    LAPPED = "lapped"
+    NEW_GENERATION = "new_generation"
+    TORN = "torn"
+    CORRUPT = "corrupt"
+
+
+@dataclass(slots=True)
+class PollResult:
+    status: PollStatus
+    entries: list[SessionEntry] = field(default_factory=list)
+    first_seq: int = 0  # NEW: sequence numbers of the records delivered
+    last_seq: int = 0
+    record: int | None = None  # the record that stopped the poll (TORN, CORRUPT, LAPPED...)
+    reason: str = ""
+    generation: int = 0  # the generation this poll saw, when it differs from the cursor's
+
+    @property
+    def needs_resync(self) -> bool:
+        """LAPPED, NEW_GENERATION, CORRUPT: only a new batch read can continue."""
+        return self.status in (PollStatus.LAPPED, PollStatus.NEW_GENERATION, PollStatus.CORRUPT)
+
+
+class RingReader:
+    """Cursor over the sequential area of one generation; one per batch read."""
+
+    def __init__(
+        self,
+        path: str,
+        header: Header,
+        *,
+        next_seq: int = 1,
+        max_records: int = 256,
+        check_header: bool = True,
+        faults: Faults | None = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.layout = header.layout
+        self.generation = header.generation
+        self.e = header.entries_per_record
+        self.next_seq = next_seq
+        self.max_records = max(1, max_records)
+        self.check_header = check_header
+        self.faults = faults
+        self._buf = AlignedBuffer(self.layout.record_size * min(self.max_records, 64))
+
+    def close(self) -> None:
+        self._buf.close()
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return self.generation, self.next_seq
+
+    def poll(self) -> PollResult:
+        lay, r = self.layout, self.layout.record_size
+        k = lay.ring_slots
+        got: list[SessionEntry] = []
+        first = self.next_seq
+        stop: PollResult | None = None
+        with FreshReader(self.path, r, self._buf, self.faults) as f:
+            if self.check_header:
+                stop = self._check_header(f.read(0, 1))
+            chunk = 1
+            while stop is None and self.next_seq - first < self.max_records:
+                slot = (self.next_seq - 1) % k
+                n = min(chunk, self.max_records - (self.next_seq - first), k - slot)
+                view = f.read(lay.ring_first + slot, n)
+                for i in range(n):
+                    recno = lay.ring_first + slot + i
+                    if (i + 1) * r > len(view):
+                        stop = PollResult(PollStatus.TORN, record=recno, reason="short read: the file ends inside the ring")
+                        break
+                    stop = self._classify(view[i * r : (i + 1) * r], recno, got)
+                    if stop is not None:
+                        break
+                    self.next_seq += 1
+                chunk = min(chunk * 2, 64)
+        if self.next_seq > first:
+            return PollResult(PollStatus.NEW, got, first, self.next_seq - 1, generation=self.generation)
+        assert stop is not None
+        if stop.status is not PollStatus.NOTHING_NEW:
+            log.warning(
+                "takeover_ring_" + stop.status.value,
+                path=self.path,
+                record=stop.record,
+                reason=stop.reason,
+                generation=self.generation,
+                next_seq=self.next_seq,
+            )
+        return stop
+
+    def _check_header(self, view: memoryview) -> PollResult | None:
+        if len(view) < self.layout.record_size:
+            return PollResult(PollStatus.TORN, record=0, reason="short read of the header")
+        try:
+            rec = parse_record(view)
+        except BadRecord as exc:
+            return PollResult(PollStatus.TORN if exc.torn else PollStatus.CORRUPT, record=0, reason=exc.reason)
+        if rec is None or rec.kind != KIND_HEADER:
+            return PollResult(PollStatus.CORRUPT, record=0, reason="record 0 is no longer a header")
+        if rec.generation != self.generation:
+            return PollResult(
+                PollStatus.NEW_GENERATION,
+                record=0,
+                generation=rec.generation,
+                reason=f"header generation {rec.generation}, cursor generation {self.generation}",
+            )
+        try:
+            decode_header(rec)
+        except ValueError as exc:
+            return PollResult(PollStatus.CORRUPT, record=0, reason=str(exc))
+        return None
+
+    def _classify(self, view: memoryview, recno: int, got: list[SessionEntry]) -> PollResult | None:
+        """None: the record is the next one and its entries were appended to `got`."""
+        want, gen = self.next_seq, self.generation
+        try:
+            rec = parse_record(view)
+        except BadRecord as exc:
+            return PollResult(PollStatus.TORN if exc.torn else PollStatus.CORRUPT, record=recno, reason=exc.reason)
+        if rec is None or rec.generation < gen:
+            return PollResult(PollStatus.NOTHING_NEW)
+        if rec.generation > gen:
+            return PollResult(
+                PollStatus.NEW_GENERATION,
+                record=recno,
+                generation=rec.generation,
+                reason=f"record of generation {rec.generation}, cursor generation {gen}",
+            )
+        if rec.kind != KIND_RING:
+            return PollResult(PollStatus.CORRUPT, record=recno, reason=f"a {kind_name(rec.kind)} record of this generation in the ring")
+        k = self.layout.ring_slots
+        if rec.seq < 1 or (rec.seq - want) % k:
+            return PollResult(PollStatus.CORRUPT, record=recno, reason=f"seq {rec.seq} does not belong in this record")
+        if rec.seq < want:
+            return PollResult(PollStatus.NOTHING_NEW)
+        if rec.seq > want:
+            return PollResult(
+                PollStatus.LAPPED, record=recno, reason=f"expected seq {want}, found {rec.seq}: the writer overtook this reader"
+            )
+        if rec.count > self.e:
+            return PollResult(PollStatus.CORRUPT, record=recno, reason=f"{rec.count} entries, at most {self.e} fit")
+        try:
+            got.extend(decode_payload(rec.payload, rec.count))
+        except ValueError as exc:
+            return PollResult(PollStatus.CORRUPT, record=recno, reason=str(exc))
+        return None

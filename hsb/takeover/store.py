@@ -1,0 +1,230 @@
+"""`TakeoverStore`: the daemons' asyncio facade over the takeover file.
+
+Every file operation runs on one dedicated storage thread (so operations keep
+their order and the writer needs no locks) with a deadline. A missed deadline
+raises `StorageNotResponding` ("takeover storage not responding: <op> took
+longer than <s>s") instead of hanging the event loop; while that operation is
+still stuck on its thread, new calls fail at once with the same error instead
+of queueing behind it. An operation still waiting in the queue when its
+deadline passes is cancelled and never runs.
+
+`append` is the group-commit entry point: concurrent callers' entries are
+gathered while the previous group is being written and go out together, one
+sync per group, each caller resumed once its entries are durable.
+
+A daemon uses one store in either role and may switch role (a standby that
+takes over becomes the writer): `open_writer` / `batch_write` / `append` for
+the active, `batch_read` / `poll` for the standby.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import structlog
+
+from hsb.takeover.errors import NoBatchWritten, StorageNotResponding
+from hsb.takeover.faults import Faults
+from hsb.takeover.fileio import check_file
+from hsb.takeover.layout import DEFAULT_RECORD_SIZE, Layout, size_check
+from hsb.takeover.reader import BatchSnapshot, PollResult, RingReader, batch_read, read_header
+from hsb.takeover.records import Header, SessionEntry
+from hsb.takeover.writer import TakeoverWriter
+
+log = structlog.get_logger("hsb.takeover")
+T = TypeVar("T")
+
+
+class TakeoverStore:
+    def __init__(
+        self,
+        path: str,
+        *,
+        terminals: int,
+        record_size: int = DEFAULT_RECORD_SIZE,
+        records: int | None = None,
+        host_name: str | None = None,
+        timeout: float = 2.0,
+        faults: Faults | None = None,
+    ) -> None:
+        """`terminals`: this host's own total terminal count (321/521); `timeout`:
+        the deadline of each operation ([takeover] storage_timeout)."""
+        self.path = os.fspath(path)
+        self.terminals = terminals
+        self.record_size = record_size
+        self.records = records
+        self.host_name = host_name
+        self.timeout = timeout
+        self.faults = faults
+        self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsb-takeover")
+        self._stuck: list[tuple[str, cf.Future[Any]]] = []
+        self._writer: TakeoverWriter | None = None
+        self._reader: RingReader | None = None
+        self._pending: list[tuple[list[SessionEntry], asyncio.Future[tuple[int, int]]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.last_group = 0  # entries in the last group committed
+
+    # -- plumbing ----------------------------------------------------------
+
+    async def _run(self, op: str, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+        self._stuck = [(name, f) for name, f in self._stuck if not f.done()]
+        limit = self.timeout if timeout is None else timeout
+        if self._stuck:
+            raise StorageNotResponding(self._stuck[0][0], limit)
+        faults = self.faults
+
+        def call() -> T:
+            if faults is not None:
+                faults.before(op)
+            return fn(*args)
+
+        fut = self._pool.submit(call)
+        afut = asyncio.wrap_future(fut)
+        afut.add_done_callback(_consume)  # a late failure after a timeout is not "never retrieved"
+        try:
+            return await asyncio.wait_for(asyncio.shield(afut), limit)
+        except TimeoutError:
+            if not fut.cancel():  # already running: it is stuck on the storage thread
+                self._stuck.append((op, fut))
+            log.error("takeover_storage_not_responding", path=self.path, op=op, timeout=limit)
+            raise StorageNotResponding(op, limit) from None
+
+    @property
+    def responding(self) -> bool:
+        """False while an operation that missed its deadline is still running."""
+        return not any(not f.done() for _, f in self._stuck)
+
+    async def close(self) -> None:
+        """Close the file; does not wait for an operation stuck on dead storage."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+        for _, fut in self._pending:
+            fut.cancel()
+        self._pending = []
+        writer, reader = self._writer, self._reader
+        self._writer = self._reader = None
+
+        def shut() -> None:
+            if writer is not None:
+                writer.close()
+            if reader is not None:
+                reader.close()
+
+        if self.responding:
+            try:
+                await self._run("close", shut)
+            except StorageNotResponding:
+                pass
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- both roles ----------------------------------------------------------
+
+    async def check(self) -> Layout:
+        """Size check at start (S201/S221) against the real file: file-level
+        errors (TakeoverFileError) or TakeoverFileTooSmall; returns own layout."""
+
+        def do() -> Layout:
+            h = check_file(self.path, self.record_size, self.records)
+            return size_check(h.records, self.terminals, h.record_size, path=self.path)
+
+        return await self._run("size check", do)
+
+    async def read_header(self) -> Header:
+        return await self._run("header read", read_header, self.path, self.record_size)
+
+    # -- active --------------------------------------------------------------
+
+    async def open_writer(self) -> None:
+        """Open the file for writing (size check included); idempotent."""
+        if self._writer is None:
+            self._writer = await self._run(
+                "open for writing",
+                lambda: TakeoverWriter(
+                    self.path,
+                    terminals=self.terminals,
+                    record_size=self.record_size,
+                    records=self.records,
+                    host_name=self.host_name,
+                ),
+            )
+
+    async def batch_write(self, startup_id: int, entries: Sequence[SessionEntry]) -> Header:
+        """S205-S206: durable when this returns; then send BATCH WRITE COMPLETE."""
+        await self.open_writer()
+        assert self._writer is not None
+        snapshot = list(entries)  # later changes go to the ring, not into this batch
+        return await self._run("batch write", self._writer.batch_write, startup_id, snapshot)
+
+    async def append(self, entries: Sequence[SessionEntry]) -> tuple[int, int]:
+        """S210 with group commit: returns (first_seq, last_seq) of the group that made
+        these entries durable. NoBatchWritten before the first batch write."""
+        if self._writer is None or self._writer.layout is None:
+            raise NoBatchWritten("no batch has been written to the takeover file yet; ring writes start after it")
+        fut: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+        self._pending.append((list(entries), fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="takeover-group-commit")
+        return await fut
+
+    async def _flush(self) -> None:
+        while self._pending:
+            group, self._pending = self._pending, []
+            entries = [e for part, _ in group for e in part]
+            t0 = time.perf_counter()
+            try:
+                assert self._writer is not None
+                res = await self._run("ring write", self._writer.append_group, entries)
+            except BaseException as exc:
+                for _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            self.last_group = len(entries)
+            log.debug("takeover_group_commit", callers=len(group), entries=len(entries), ms=round((time.perf_counter() - t0) * 1000, 2))
+            for _, fut in group:
+                if not fut.done():
+                    fut.set_result(res)
+
+    @property
+    def write_position(self) -> tuple[int, int] | None:
+        """(generation, last ring seq written) once a batch was written."""
+        w = self._writer
+        return None if w is None or w.layout is None else (w.generation, w.last_seq)
+
+    # -- standby -------------------------------------------------------------
+
+    async def batch_read(self, expected_startup_id: int | None = None) -> BatchSnapshot:
+        """S225: read record 0 and the batch area (B from the header); the ring cursor
+        starts after it. StartupIdMismatch if record 0 holds another standby's id."""
+
+        def do() -> BatchSnapshot:
+            snap = batch_read(self.path, record_size=self.record_size, expected_startup_id=expected_startup_id, faults=self.faults)
+            if self._reader is not None:
+                self._reader.close()
+            self._reader = RingReader(self.path, snap.header, faults=self.faults)
+            return snap
+
+        return await self._run("batch read", do)
+
+    async def poll(self) -> PollResult:
+        """S228: one look at the ring (see RingReader.poll)."""
+        if self._reader is None:
+            raise NoBatchWritten("poll before batch_read: the ring cursor starts after a batch read")
+        return await self._run("ring read", self._reader.poll)
+
+    @property
+    def read_position(self) -> tuple[int, int] | None:
+        """(generation, next seq to read) after a batch read."""
+        return None if self._reader is None else self._reader.position
+
+
+def _consume(f: asyncio.Future[Any]) -> None:
+    if not f.cancelled():
+        f.exception()

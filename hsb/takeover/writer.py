@@ -1,0 +1,199 @@
+"""The active's side of the takeover file: batch write (113) and the ring (114).
+
+`TakeoverWriter` is synchronous and single-threaded; daemons reach it through
+`hsb.takeover.store.TakeoverStore`, which runs it off the event loop.
+
+Batch write, in this order (why: docs/takeover-file.md, "Crash safety"):
+1. records 1..B, each tagged with the new generation, then fdatasync;
+2. record 0 (startup id, B, the new generation), then fdatasync;
+only then may the caller send BATCH WRITE COMPLETE.
+
+Ring with group commit: `append_group` packs the entries of one group into as
+few records as possible (E per record), writes them as one or two runs of
+whole records (two when the run wraps from N-1 back to B+1) and syncs once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Sequence
+
+import structlog
+
+from hsb.takeover.errors import HeaderCorrupt, NoBatchWritten
+from hsb.takeover.fileio import FreshReader, RecordWriter, check_file
+from hsb.takeover.layout import (
+    ENTRY_SIZE,
+    KIND_BATCH,
+    KIND_RING,
+    Layout,
+    batch_records_for,
+    entries_per_record,
+    size_check,
+)
+from hsb.takeover.records import BadRecord, Header, parse_record, SessionEntry, encode_entries, encode_header, encode_payload, pack_record
+
+log = structlog.get_logger("hsb.takeover")
+
+GEN_MAX = 0xFFFF_FFFF
+_CHUNK_BYTES = 1 << 20  # batch records are written in runs of about this size
+
+
+class TakeoverWriter:
+    """Writes one takeover file. Open it at start (the size check runs then)."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        terminals: int | None = None,
+        record_size: int | None = None,
+        records: int | None = None,
+        host_name: str | None = None,
+    ) -> None:
+        """`terminals`: this host's own total terminal count; fixes B and runs the
+        size check (TakeoverFileTooSmall). None: B is sized to each batch (tools, tests).
+        `record_size`/`records`: the config's values, checked against the file."""
+        self.path = os.fspath(path)
+        self.host_name = host_name if host_name is not None else socket.gethostname()
+        try:
+            header = check_file(self.path, record_size, records)
+            self.record_size, self.records, self.generation = header.record_size, header.records, header.generation
+        except HeaderCorrupt:
+            # A crash while record 0 was being rewritten: recover rather than refuse to serve.
+            if record_size is None:
+                raise
+            self.record_size = record_size
+            self.records = os.stat(self.path).st_size // record_size
+            if records is not None and self.records < records:
+                raise
+            self.generation = self._scan_max_generation()
+            log.warning("takeover_header_recovered", path=self.path, generation=self.generation)
+        self.terminals = terminals
+        self.entry_size = ENTRY_SIZE
+        self.e = entries_per_record(self.record_size, self.entry_size)
+        self.own_batch_records: int | None = None
+        if terminals is not None:
+            self.own_batch_records = size_check(self.records, terminals, self.record_size, path=self.path).batch_records
+        self.layout: Layout | None = None  # set by the first batch write
+        self.next_seq = 0  # 0: no batch written by this writer yet
+        self._io = RecordWriter(self.path, self.record_size)
+
+    def close(self) -> None:
+        self._io.close()
+
+    def __enter__(self) -> "TakeoverWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the last ring record written (0: none in this generation)."""
+        return max(0, self.next_seq - 1)
+
+    def _scan_max_generation(self) -> int:
+        """Highest generation in any record (header recovery; reads the whole file once)."""
+        best, r, per = 0, self.record_size, max(1, _CHUNK_BYTES // self.record_size)
+        with FreshReader(self.path, r) as f:
+            for first in range(0, self.records, per):
+                view = f.read(first, min(per, self.records - first))
+                for i in range(len(view) // r):
+                    try:
+                        rec = parse_record(view[i * r : (i + 1) * r])
+                    except BadRecord:
+                        continue  # only checksummed generations count
+                    if rec is not None:
+                        best = max(best, rec.generation)
+        return best
+
+    def batch_write(self, startup_id: int, entries: Sequence[SessionEntry]) -> Header:
+        """Batch takeover (S205-S206): the whole fast-switch link into records 1..B, durably.
+
+        Returns the header written; BATCH WRITE COMPLETE may be sent once it returns.
+        """
+        t0 = time.perf_counter()
+        r = self.record_size
+        encoded = encode_entries(entries, self.entry_size)
+        needed = batch_records_for(len(encoded), r, self.entry_size)
+        b = self.own_batch_records if self.own_batch_records is not None else needed
+        if needed > b:
+            raise ValueError(
+                f"{len(encoded)} session entries do not fit B={b} batch records of {self.e} entries "
+                f"(this writer was opened for {self.terminals} terminals)"
+            )
+        if self.own_batch_records is None:
+            size_check(self.records, len(encoded), r, path=self.path)
+        gen = self.generation + 1 if self.generation < GEN_MAX else 1
+        per_chunk = max(1, _CHUNK_BYTES // r)
+        for first in range(1, b + 1, per_chunk):
+            count = min(per_chunk, b + 1 - first)
+            buf = bytearray(count * r)
+            for i in range(count):
+                rec = first + i
+                part = encoded[(rec - 1) * self.e : rec * self.e]
+                pack_record(KIND_BATCH, gen, rec, encode_payload(part), r, len(part), into=buf, at=i * r)
+            self._io.write(first, buf)
+        if b:
+            self._io.sync()  # the batch is durable before any header points at it
+        header = Header(
+            record_size=r,
+            records=self.records,
+            batch_records=b,
+            generation=gen,
+            startup_id=startup_id,
+            batch_entries=len(encoded),
+            entry_size=self.entry_size,
+            written_at_ms=int(time.time() * 1000),
+            writer_host=self.host_name,
+        )
+        self._io.write(0, encode_header(header))
+        self._io.sync()
+        self.generation = gen
+        self.layout = header.layout
+        self.next_seq = 1
+        log.info(
+            "takeover_batch_written",
+            path=self.path,
+            generation=gen,
+            batch_records=b,
+            entries=len(encoded),
+            startup_id=startup_id,
+            ms=round((time.perf_counter() - t0) * 1000, 1),
+        )
+        return header
+
+    def append_group(self, entries: Sequence[SessionEntry]) -> tuple[int, int]:
+        """Sequential takeover (S210) with group commit: one sync for the whole group.
+
+        Returns (first_seq, last_seq) of the ring records written; (n, n-1) for
+        an empty group. Raises NoBatchWritten before the first batch write.
+        """
+        if self.layout is None:
+            raise NoBatchWritten("no batch has been written to the takeover file yet; ring writes start after it")
+        first_seq = self.next_seq
+        if not entries:
+            return first_seq, first_seq - 1
+        lay, r, e = self.layout, self.record_size, self.e
+        encoded = encode_entries(entries, self.entry_size)
+        nrec = -(-len(encoded) // e)
+        k = lay.ring_slots
+        done = 0
+        while done < nrec:
+            seq = first_seq + done
+            slot = (seq - 1) % k
+            run = min(nrec - done, k - slot, max(1, _CHUNK_BYTES // r))
+            buf = bytearray(run * r)
+            for i in range(run):
+                part = encoded[(done + i) * e : (done + i + 1) * e]
+                pack_record(KIND_RING, self.generation, seq + i, encode_payload(part), r, len(part), into=buf, at=i * r)
+            self._io.write(lay.ring_first + slot, buf)
+            done += run
+        self._io.sync()
+        self.next_seq = first_seq + nrec
+        log.debug("takeover_ring_group", first_seq=first_seq, last_seq=first_seq + nrec - 1, entries=len(encoded))
+        return first_seq, first_seq + nrec - 1
+

@@ -1,0 +1,454 @@
+"""One simulated terminal speaking the terminal link (docs/protocol.md §1).
+
+`TerminalClient` is both the per-terminal state and the `asyncio.Protocol` of
+its current connection (the same object serves every reconnection), so a
+terminal costs one small slotted object, a dict of at most `window`
+outstanding ids and one byte per message sent (the marks array of
+`hsb.term.verdict`). It never blocks and never owns a task.
+
+A terminal keeps a `Listener` informed of everything that happens (the load
+generator counts, the interactive terminal prints). When its connection drops
+it asks its `Connector` to reconnect it after a short jittered backoff; on the
+next `welcome` it re-sends, with the same ids, every message it sent that was
+not acknowledged, and keeps waiting for replies to what was.
+
+Message ids are `base + n` for the n-th message (n from 0). The base defaults
+to the wall clock in microseconds so that a terminal started again later never
+reuses an id the CP has already acknowledged (the CP re-acknowledges such an id
+without delivering it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from typing import Any, cast
+
+from hsb.wire.framing import DEFAULT_MAX_FRAME, Decoder, ProtocolError, encode
+from hsb.term.verdict import ACKED, REPLY_MAX, REPLY_ONE, REPLY_SHIFT, SENT
+
+CP_TYPES = frozenset({"welcome", "error", "session", "ack", "reply", "switched"})
+
+# Connection states.
+DOWN = 0  # not connected, maybe waiting for a reconnect
+CONNECTING = 1  # TCP connect in progress
+HELLO = 2  # connected, hello sent, no welcome yet
+WELCOMED = 3  # logged on: may send
+
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 2.0
+
+_BYE = encode({"t": "bye"})
+
+
+def new_id_base() -> int:
+    """A fresh id base: the wall clock in microseconds (ids above anything sent before)."""
+    return time.time_ns() // 1000
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """'HOST:PORT' or '[v6]:PORT' → (host, port); ValueError if malformed."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+class Listener:
+    """Receives a terminal's events; every method is a no-op here."""
+
+    def on_sent(self, c: TerminalClient, msg_id: int, now: float) -> None:
+        """A new message (not a resend) was recorded as outstanding."""
+
+    def on_resent(self, c: TerminalClient, count: int) -> None:
+        """`count` unacknowledged messages were sent again after a welcome."""
+
+    def on_welcome(self, c: TerminalClient, first: bool) -> None:
+        """Logged on; `first` is True for this terminal's first welcome ever."""
+
+    def on_session(self, c: TerminalClient, state: str, epoch: int, reason: str | None, first_open: bool) -> None:
+        """A session event; `first_open` is True for this terminal's first open session."""
+
+    def on_ack(self, c: TerminalClient, msg_id: int, first: bool) -> None:
+        """`first` is False for a re-acknowledgement (after a resend) or an ack of an unknown id."""
+
+    def on_reply(self, c: TerminalClient, msg_id: int, data: Any, latency: float | None, kind: str) -> None:
+        """`kind` is "first", "duplicate" or "unexpected"; `latency` (s) is set for "first"."""
+
+    def on_switched(self, c: TerminalClient, epoch: int) -> None:
+        pass
+
+    def on_error(self, c: TerminalClient, code: str, msg: str) -> None:
+        """The CP sent an error frame (it closes the connection next)."""
+
+    def on_protocol_error(self, c: TerminalClient, exc: ProtocolError) -> None:
+        """The CP sent something that breaks the protocol; the terminal drops the connection."""
+
+    def on_disconnect(self, c: TerminalClient, exc: Exception | None, retry_in: float, welcomed: bool) -> None:
+        """A connection dropped (`welcomed`: after logging on, else a refusal or a drop before
+        the welcome); a reconnect follows in `retry_in` seconds."""
+
+    def on_connect_failed(self, c: TerminalClient, exc: BaseException, retry_in: float) -> None:
+        pass
+
+
+class TerminalClient(asyncio.Protocol):
+    """State of one terminal plus the protocol of its current connection."""
+
+    __slots__ = (
+        "name",
+        "listener",
+        "connector",
+        "base",
+        "marks",
+        "outstanding",
+        "payloads",
+        "pad",
+        "window",
+        "state",
+        "transport",
+        "decoder",
+        "session_open",
+        "epoch",
+        "welcomed_at",
+        "session_at",
+        "disconnects",
+        "unexpected",
+        "backoff",
+        "stopping",
+        "closed",
+        "last_error",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        listener: Listener,
+        *,
+        base: int | None = None,
+        window: int = 0,
+        keep_payloads: bool = False,
+        pad: str = "",
+    ) -> None:
+        self.name = name
+        self.listener = listener
+        self.connector: Connector | None = None
+        self.base = new_id_base() if base is None else base
+        self.marks = bytearray()  # one byte per id sent: SENT | ACKED | reply count
+        self.outstanding: dict[int, float] = {}  # id -> first send time, until the first reply
+        self.payloads: dict[int, Any] | None = {} if keep_payloads else None
+        self.pad = pad
+        self.window = window  # max outstanding; 0 = unlimited
+        self.state = DOWN
+        self.transport: asyncio.Transport | None = None
+        self.decoder: Decoder | None = None
+        self.session_open = False
+        self.epoch: int | None = None
+        self.welcomed_at: float | None = None  # first welcome (monotonic)
+        self.session_at: float | None = None  # first session open (monotonic)
+        self.disconnects = 0
+        self.unexpected = 0  # replies to ids never sent
+        self.backoff = BACKOFF_MIN
+        self.stopping = False
+        self.closed: asyncio.Future[None] | None = None
+        self.last_error: str | None = None
+
+    # -- sending ---------------------------------------------------------
+    @property
+    def sent(self) -> int:
+        return len(self.marks)
+
+    @property
+    def can_send(self) -> bool:
+        """Welcomed, not stopping, and below the outstanding window."""
+        return (
+            self.state == WELCOMED
+            and not self.stopping
+            and (self.window <= 0 or len(self.outstanding) < self.window)
+        )
+
+    def payload(self, msg_id: int) -> Any:
+        if self.payloads is not None:
+            return self.payloads[msg_id]
+        return f"{self.name}:{msg_id - self.base}{self.pad}"
+
+    def submit(self, data: Any = None) -> int:
+        """Record a new message and send it now if logged on (else on the next welcome)."""
+        msg_id = self.base + len(self.marks)
+        self.marks.append(SENT)
+        now = time.monotonic()
+        self.outstanding[msg_id] = now
+        if self.payloads is not None:
+            self.payloads[msg_id] = "" if data is None else data
+        self.listener.on_sent(self, msg_id, now)
+        if self.state == WELCOMED and self.transport is not None:
+            self.transport.write(encode({"t": "msg", "id": msg_id, "data": self.payload(msg_id)}))
+        return msg_id
+
+    def unacked_ids(self) -> list[int]:
+        """Outstanding ids the CP has not acknowledged, in id order."""
+        marks, base = self.marks, self.base
+        return [i for i in self.outstanding if not marks[i - base] & ACKED]
+
+    def bye(self) -> None:
+        """Log off: send bye, stop reconnecting; the CP closes the connection."""
+        self.stopping = True
+        if self.transport is not None and self.state >= HELLO:
+            self.transport.write(_BYE)
+        elif self.transport is not None:
+            self.transport.close()
+
+    def close(self, abort: bool = False) -> None:
+        """Stop for good: close the connection without logging off."""
+        self.stopping = True
+        if self.transport is not None:
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
+
+    # -- asyncio.Protocol -------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
+        self.transport = transport
+        self.decoder = Decoder(DEFAULT_MAX_FRAME, CP_TYPES)
+        self.state = HELLO
+        if self.stopping:
+            transport.close()
+            return
+        transport.write(encode({"t": "hello", "terminal": self.name}))
+
+    def data_received(self, data: bytes) -> None:
+        assert self.decoder is not None
+        try:
+            msgs = self.decoder.feed(data)
+        except ProtocolError as exc:
+            for m in exc.before:
+                self._handle(m)
+            self._protocol_error(exc)
+            return
+        for m in msgs:
+            self._handle(m)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was = self.state
+        self.state = DOWN
+        self.transport = None
+        self.decoder = None
+        self.session_open = False
+        if self.stopping:
+            if self.closed is not None and not self.closed.done():
+                self.closed.set_result(None)
+            return
+        retry = self._next_backoff()
+        if was == WELCOMED:
+            self.disconnects += 1
+        if was >= HELLO:
+            self.listener.on_disconnect(self, exc, retry, was == WELCOMED)
+        if self.connector is not None:
+            self.connector.schedule(self, retry)
+
+    def connect_failed(self, exc: BaseException) -> None:
+        """Called by the connector when a TCP connect attempt failed."""
+        self.state = DOWN
+        if self.stopping:
+            if self.closed is not None and not self.closed.done():
+                self.closed.set_result(None)
+            return
+        retry = self._next_backoff()
+        self.listener.on_connect_failed(self, exc, retry)
+        if self.connector is not None:
+            self.connector.schedule(self, retry)
+
+    def _next_backoff(self) -> float:
+        delay = self.backoff * (0.5 + random.random())
+        self.backoff = min(self.backoff * 2.0, BACKOFF_MAX)
+        return delay
+
+    # -- frames from the CP -------------------------------------------------
+    def _protocol_error(self, exc: ProtocolError) -> None:
+        self.listener.on_protocol_error(self, exc)
+        if self.transport is not None:
+            self.transport.write(encode(exc.frame()))
+            self.transport.close()
+
+    def _handle(self, msg: dict[str, Any]) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        try:
+            t = msg["t"]
+            if t == "reply":
+                self._on_reply(_int(msg, "id"), msg.get("data"))
+            elif t == "ack":
+                self._on_ack(_int(msg, "id"))
+            elif t == "welcome":
+                self._on_welcome()
+            elif t == "session":
+                self._on_session(msg)
+            elif t == "switched":
+                self.epoch = _int(msg, "epoch")
+                self.listener.on_switched(self, self.epoch)
+            elif t == "error":
+                code, text = str(msg.get("code", "")), str(msg.get("msg", ""))
+                self.last_error = code
+                if code == "unknown_terminal":
+                    self.backoff = BACKOFF_MAX
+                self.listener.on_error(self, code, text)
+                self.transport.close()
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+
+    def _on_welcome(self) -> None:
+        self.state = WELCOMED
+        self.backoff = BACKOFF_MIN
+        self.last_error = None
+        first = self.welcomed_at is None
+        if first:
+            self.welcomed_at = time.monotonic()
+        self.listener.on_welcome(self, first)
+        resend = self.unacked_ids()
+        if resend and self.transport is not None:
+            self.transport.write(
+                b"".join(encode({"t": "msg", "id": i, "data": self.payload(i)}) for i in resend)
+            )
+            self.listener.on_resent(self, len(resend))
+
+    def _on_session(self, msg: dict[str, Any]) -> None:
+        state = msg.get("state")
+        if state not in ("open", "closed"):
+            raise ProtocolError("bad_fields", "session: state must be open or closed")
+        epoch = _int(msg, "epoch")
+        self.epoch = epoch
+        self.session_open = state == "open"
+        first_open = self.session_open and self.session_at is None
+        if first_open:
+            self.session_at = time.monotonic()
+        reason = msg.get("reason")
+        self.listener.on_session(self, state, epoch, None if reason is None else str(reason), first_open)
+
+    def _on_ack(self, msg_id: int) -> None:
+        k = msg_id - self.base
+        marks = self.marks
+        if 0 <= k < len(marks) and not marks[k] & ACKED:
+            marks[k] |= ACKED
+            self.listener.on_ack(self, msg_id, True)
+        else:
+            self.listener.on_ack(self, msg_id, False)
+
+    def _on_reply(self, msg_id: int, data: Any) -> None:
+        k = msg_id - self.base
+        marks = self.marks
+        if not 0 <= k < len(marks):
+            self.unexpected += 1
+            self.listener.on_reply(self, msg_id, data, None, "unexpected")
+            return
+        m = marks[k]
+        count = m >> REPLY_SHIFT
+        if count < REPLY_MAX:
+            marks[k] = m + REPLY_ONE
+        if count:
+            self.listener.on_reply(self, msg_id, data, None, "duplicate")
+            return
+        t0 = self.outstanding.pop(msg_id, None)
+        if self.payloads is not None:
+            self.payloads.pop(msg_id, None)
+        latency = time.monotonic() - t0 if t0 is not None else None
+        self.listener.on_reply(self, msg_id, data, latency, "first")
+
+
+def _int(msg: dict[str, Any], key: str) -> int:
+    v = msg.get(key)
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ProtocolError("bad_fields", f"{msg.get('t')}: field {key!r} must be int")
+    return v
+
+
+class Connector:
+    """Connects terminals to the CP with at most `concurrency` TCP connects in flight.
+
+    Terminals are queued (`schedule`) and a fixed pool of workers connects
+    them in turn, so 10,000 terminals starting at once, or reconnecting after a
+    mass disconnect, do not overflow the CP's listen backlog. A failed connect
+    goes back to the terminal, which re-schedules itself after its backoff.
+    """
+
+    def __init__(self, host: str, port: int, *, concurrency: int = 256, connect_timeout: float = 5.0) -> None:
+        self.host = host
+        self.port = port
+        self.concurrency = max(1, concurrency)
+        self.connect_timeout = connect_timeout
+        self._queue: deque[TerminalClient] = deque()
+        self._wake: asyncio.Event | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._closed = False
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._workers = [loop.create_task(self._worker()) for _ in range(self.concurrency)]
+
+    def attach(self, c: TerminalClient) -> None:
+        c.connector = self
+
+    def schedule(self, c: TerminalClient, delay: float = 0.0) -> None:
+        """Connect `c` after `delay` seconds (queued behind other pending connects)."""
+        if self._closed:
+            return
+        if delay <= 0:
+            self._enqueue(c)
+            return
+        loop = asyncio.get_running_loop()
+        handle: asyncio.TimerHandle
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            self._enqueue(c)
+
+        handle = loop.call_later(delay, fire)
+        self._timers.add(handle)
+
+    def _enqueue(self, c: TerminalClient) -> None:
+        if self._closed or c.stopping:
+            return
+        self._queue.append(c)
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._wake is not None
+        while not self._closed:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            c = self._queue.popleft()
+            if c.stopping or c.state != DOWN:
+                continue
+            c.state = CONNECTING
+            try:
+                await asyncio.wait_for(
+                    loop.create_connection(lambda c=c: c, self.host, self.port), self.connect_timeout
+                )
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncio.TimeoutError) as exc:
+                c.connect_failed(exc)
+
+    async def close(self) -> None:
+        """Stop connecting (terminals already connected are not touched)."""
+        self._closed = True
+        for h in self._timers:
+            h.cancel()
+        self._timers.clear()
+        self._queue.clear()
+        for w in self._workers:
+            w.cancel()
+        if self._workers:
+            await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []

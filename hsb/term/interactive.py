@@ -1,0 +1,174 @@
+"""`hsbterm connect`: one interactive terminal on stdin/stdout.
+
+Each line read from stdin is sent as a `msg` (blank lines are skipped); every
+event from the CP is printed as one readable line on stdout. The terminal
+reconnects and logs on again when its connection drops, re-sending what was
+not acknowledged. End of input (Ctrl-D) waits up to `linger` seconds for the
+replies still outstanding, then sends `bye` and exits.
+
+stdin is read by a daemon thread, so a regular file, a pipe and a TTY all
+work and a blocked read never holds up the exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from typing import Any, TextIO
+
+from hsb.term.client import WELCOMED, Connector, Listener, TerminalClient
+from hsb.wire.framing import ProtocolError
+
+# Errors after which retrying is pointless for a person at the keyboard.
+FATAL_ERRORS = frozenset({"unknown_terminal", "bad_hello"})
+BYE_WAIT = 2.0
+
+
+def show(data: Any) -> str:
+    """A reply's data as printable text."""
+    if isinstance(data, (bytes, bytearray)):
+        try:
+            return bytes(data).decode("utf-8")
+        except UnicodeDecodeError:
+            return repr(bytes(data))
+    return str(data)
+
+
+class Printer(Listener):
+    """Prints each event as one line; tracks when nothing is outstanding any more."""
+
+    def __init__(self, out: TextIO, target: str) -> None:
+        self.out = out
+        self.target = target
+        self.drained = asyncio.Event()
+        self.fatal: asyncio.Event = asyncio.Event()
+        self.fatal_code: str | None = None
+
+    def say(self, line: str) -> None:
+        self.out.write(line + "\n")
+        self.out.flush()
+
+    def on_sent(self, c: TerminalClient, msg_id: int, now: float) -> None:
+        self.drained.clear()
+        self.say(f"sent id={msg_id}" + ("" if c.state == WELCOMED else " (queued until logged on)"))
+
+    def on_resent(self, c: TerminalClient, count: int) -> None:
+        self.say(f"resent {count} unacknowledged message(s)")
+
+    def on_welcome(self, c: TerminalClient, first: bool) -> None:
+        self.say(f"welcome {c.name}" + ("" if first else " (logged on again)"))
+
+    def on_session(self, c: TerminalClient, state: str, epoch: int, reason: str | None, first_open: bool) -> None:
+        self.say(f"session {state} epoch={epoch}" + (f" reason={reason}" if reason else ""))
+
+    def on_ack(self, c: TerminalClient, msg_id: int, first: bool) -> None:
+        self.say(f"ack id={msg_id}" + ("" if first else " (again)"))
+
+    def on_reply(self, c: TerminalClient, msg_id: int, data: Any, latency: float | None, kind: str) -> None:
+        if kind == "first":
+            lat = f" ({latency * 1000:.1f} ms)" if latency is not None else ""
+            self.say(f"reply id={msg_id}: {show(data)}{lat}")
+        else:
+            self.say(f"reply id={msg_id}: {show(data)} ({kind.upper()})")
+        if not c.outstanding:
+            self.drained.set()
+
+    def on_switched(self, c: TerminalClient, epoch: int) -> None:
+        self.say(f"switched epoch={epoch} (failover; session kept)")
+
+    def on_error(self, c: TerminalClient, code: str, msg: str) -> None:
+        self.say(f"error {code}: {msg}")
+        if code in FATAL_ERRORS:
+            self.fatal_code = code
+            self.fatal.set()
+
+    def on_protocol_error(self, c: TerminalClient, exc: ProtocolError) -> None:
+        self.say(f"protocol error from the CP: {exc.code}: {exc.msg}")
+
+    def on_disconnect(self, c: TerminalClient, exc: Exception | None, retry_in: float, welcomed: bool) -> None:
+        why = f" ({type(exc).__name__})" if exc is not None else ""
+        what = "disconnected" if welcomed else "connection closed before logon"
+        self.say(f"{what}{why}; reconnecting in {retry_in:.2f} s")
+
+    def on_connect_failed(self, c: TerminalClient, exc: BaseException, retry_in: float) -> None:
+        self.say(f"cannot connect to {self.target}: {type(exc).__name__}; retrying in {retry_in:.2f} s")
+
+
+def _read_lines(stream: TextIO, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]) -> None:
+    try:
+        for line in iter(stream.readline, ""):
+            loop.call_soon_threadsafe(queue.put_nowait, line)
+    except (OSError, ValueError):
+        pass
+    finally:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, None)
+        except RuntimeError:  # loop already closed
+            pass
+
+
+async def interactive(
+    name: str,
+    host: str,
+    port: int,
+    *,
+    id_base: int | None = None,
+    linger: float = 5.0,
+    inp: TextIO | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """Run the interactive terminal until end of input; the exit status."""
+    loop = asyncio.get_running_loop()
+    out = out if out is not None else sys.stdout
+    printer = Printer(out, f"{host}:{port}")
+    client = TerminalClient(name, printer, base=id_base, keep_payloads=True)
+    connector = Connector(host, port, concurrency=1)
+    connector.attach(client)
+    connector.start()
+    connector.schedule(client)
+
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+    reader = threading.Thread(
+        target=_read_lines, args=(inp if inp is not None else sys.stdin, loop, lines), daemon=True
+    )
+    reader.start()
+    status = 0
+    fatal_wait = asyncio.ensure_future(printer.fatal.wait())
+    try:
+        while True:
+            get = asyncio.ensure_future(lines.get())
+            done, _ = await asyncio.wait({get, fatal_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if fatal_wait in done:
+                get.cancel()
+                printer.say(f"giving up: the CP refused this terminal ({printer.fatal_code})")
+                status = 1
+                break
+            line = get.result()
+            if line is None:
+                break
+            text = line.rstrip("\r\n")
+            if text.strip():
+                client.submit(text)
+        if status == 0 and client.outstanding and linger > 0:
+            printer.say(f"end of input: waiting up to {linger:g} s for {len(client.outstanding)} outstanding reply(ies)")
+            printer.drained.clear()
+            if client.outstanding:
+                try:
+                    await asyncio.wait_for(printer.drained.wait(), linger)
+                except asyncio.TimeoutError:
+                    printer.say(f"{len(client.outstanding)} message(s) still without a reply")
+    finally:
+        fatal_wait.cancel()
+        await connector.close()
+        if client.transport is not None:
+            client.closed = loop.create_future()
+            client.bye()
+            try:
+                await asyncio.wait_for(asyncio.shield(client.closed), BYE_WAIT)
+            except asyncio.TimeoutError:
+                client.close(abort=True)
+        else:
+            client.close()
+    printer.say("bye")
+    return status

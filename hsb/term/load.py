@@ -1,0 +1,377 @@
+"""The load generator behind `hsbterm load`: N terminals in one process, loss checked.
+
+`run_load()` connects every terminal (through a `Connector` that bounds the
+TCP connects in flight), waits until all are welcomed (and, by default, all
+have an open session), then sends at a total rate R spread round-robin over
+the terminals from one scheduler tick, for S seconds. Each terminal keeps at
+most `window` messages outstanding. Sending then stops and the run waits up
+to `settle` seconds for outstanding replies, logs every terminal off, and
+returns a `LoadReport` whose loss and duplicate counts come from the
+per-terminal marks (`hsb.term.verdict`).
+
+Designed to be called in-process by tests and benchmarks:
+
+    report = await run_load(("127.0.0.1", 7000), terminals=1000, rate=5000, duration=10)
+    assert report.ok
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from hsb.term.client import Connector, Listener, TerminalClient, new_id_base, parse_hostport
+from hsb.term.report import LoadReport, iso
+from hsb.term.stats import GapTracker, LatencyHistogram
+from hsb.term.verdict import Verdict, judge_marks
+from hsb.wire.framing import ProtocolError
+
+Progress = Callable[[dict[str, Any]], None]
+
+SHUTDOWN_WAIT = 2.0  # seconds to wait for the CP to close connections after bye
+BACKLOG_S = 1.0  # sends deferred by full windows are caught up to this many seconds' worth
+
+
+def terminal_names(count: int, prefix: str = "T", start: int = 1, width: int = 5) -> list[str]:
+    """Names as `[[terminal_groups]]` expands them: prefix + zero-padded number."""
+    return [f"{prefix}{i:0{width}d}" for i in range(start, start + count)]
+
+
+class LoadStats(Listener):
+    """Counts the events of every terminal of a run (one shared listener)."""
+
+    def __init__(self, terminals: int) -> None:
+        self.terminals = terminals
+        self.sent = 0
+        self.acked = 0
+        self.replied = 0
+        self.duplicates = 0
+        self.unexpected = 0
+        self.resent = 0
+        self.disconnects = 0
+        self.connect_failures = 0
+        self.session_closed = 0
+        self.switched = 0
+        self.welcomed = 0
+        self.sessions = 0
+        self.protocol_errors = 0
+        self.errors: Counter[str] = Counter()
+        self.latency = LatencyHistogram()
+        self.gap = GapTracker()
+        self.counting = True  # off once the run logs its terminals off
+        self.all_welcomed = asyncio.Event()
+        self.all_sessions = asyncio.Event()
+        self.drained = asyncio.Event()
+        if terminals == 0:
+            self.all_welcomed.set()
+            self.all_sessions.set()
+
+    def on_sent(self, c: TerminalClient, msg_id: int, now: float) -> None:
+        self.sent += 1
+        self.gap.sent(now)
+
+    def on_resent(self, c: TerminalClient, count: int) -> None:
+        self.resent += count
+
+    def on_welcome(self, c: TerminalClient, first: bool) -> None:
+        if first:
+            self.welcomed += 1
+            if self.welcomed >= self.terminals:
+                self.all_welcomed.set()
+
+    def on_session(self, c: TerminalClient, state: str, epoch: int, reason: str | None, first_open: bool) -> None:
+        if first_open:
+            self.sessions += 1
+            if self.sessions >= self.terminals:
+                self.all_sessions.set()
+        elif state == "closed" and self.counting and not c.stopping:
+            self.session_closed += 1
+
+    def on_ack(self, c: TerminalClient, msg_id: int, first: bool) -> None:
+        if first:
+            self.acked += 1
+
+    def on_reply(self, c: TerminalClient, msg_id: int, data: Any, latency: float | None, kind: str) -> None:
+        if kind == "first":
+            self.replied += 1
+            if latency is not None:
+                self.latency.add(latency)
+            gap = self.gap
+            gap.replied(time.monotonic())
+            if gap.outstanding == 0:
+                self.drained.set()
+        elif kind == "duplicate":
+            self.duplicates += 1
+        else:
+            self.unexpected += 1
+
+    def on_switched(self, c: TerminalClient, epoch: int) -> None:
+        if self.counting:
+            self.switched += 1
+
+    def on_error(self, c: TerminalClient, code: str, msg: str) -> None:
+        if self.counting:
+            self.errors[code] += 1
+
+    def on_protocol_error(self, c: TerminalClient, exc: ProtocolError) -> None:
+        self.protocol_errors += 1
+
+    def on_disconnect(self, c: TerminalClient, exc: Exception | None, retry_in: float, welcomed: bool) -> None:
+        if self.counting and welcomed:
+            self.disconnects += 1
+
+    def on_connect_failed(self, c: TerminalClient, exc: BaseException, retry_in: float) -> None:
+        if self.counting:
+            self.connect_failures += 1
+
+    def snapshot(self, phase: str, elapsed: float) -> dict[str, Any]:
+        return {
+            "phase": phase,
+            "elapsed": elapsed,
+            "terminals": self.terminals,
+            "welcomed": self.welcomed,
+            "sessions": self.sessions,
+            "sent": self.sent,
+            "acked": self.acked,
+            "replied": self.replied,
+            "outstanding": self.gap.outstanding,
+            "duplicates": self.duplicates,
+            "disconnects": self.disconnects,
+            "connect_failures": self.connect_failures,
+            "switched": self.switched,
+        }
+
+
+def _raise_nofile(need: int) -> None:
+    """Raise the open-files soft limit towards `need` (as far as the hard limit allows)."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < need:
+            new = need if hard == resource.RLIM_INFINITY else min(need, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    except (ValueError, OSError):  # pragma: no cover - platform dependent
+        pass
+
+
+async def _wait(event: asyncio.Event, timeout: float, stop: asyncio.Event | None) -> None:
+    """Until `event` is set, `stop` is set, or `timeout` passes."""
+    if event.is_set() or (stop is not None and stop.is_set()) or timeout <= 0:
+        return
+    waits = [asyncio.ensure_future(event.wait())]
+    if stop is not None:
+        waits.append(asyncio.ensure_future(stop.wait()))
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+async def _schedule(clients: Sequence[TerminalClient], rate: float, tick: float) -> None:
+    """Send `rate` messages per second over all terminals, round-robin, from one periodic tick."""
+    n = len(clients)
+    if n == 0 or rate <= 0:
+        return
+    scan_extra = min(n, 1024)
+    cap = max(rate * BACKLOG_S, 1.0)
+    idx = 0
+    credit = 0.0
+    last = time.monotonic()
+    while True:
+        await asyncio.sleep(tick)
+        now = time.monotonic()
+        credit = min(credit + rate * (now - last), cap)
+        last = now
+        want = int(credit)
+        if want <= 0:
+            continue
+        sent = 0
+        limit = want + scan_extra
+        scanned = 0
+        while sent < want and scanned < limit:
+            c = clients[idx]
+            idx += 1
+            if idx == n:
+                idx = 0
+            scanned += 1
+            if c.can_send:
+                c.submit()
+                sent += 1
+        credit -= sent
+
+
+async def _progress_loop(stats: LoadStats, phase: list[str], t0: float, cb: Progress, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        cb(stats.snapshot(phase[0], time.monotonic() - t0))
+
+
+async def _shutdown(clients: Sequence[TerminalClient], connector: Connector) -> None:
+    """Log every terminal off, wait briefly for the CP to close, then drop what is left."""
+    await connector.close()
+    loop = asyncio.get_running_loop()
+    waits: list[asyncio.Future[None]] = []
+    for c in clients:
+        if c.transport is not None:
+            c.closed = loop.create_future()
+            waits.append(c.closed)
+            c.bye()
+        else:
+            c.close()
+    if waits:
+        await asyncio.wait(waits, timeout=SHUTDOWN_WAIT)
+    for c in clients:
+        if c.transport is not None:
+            c.close(abort=True)
+    await asyncio.sleep(0)  # let connection_lost callbacks run
+
+
+async def run_load(
+    cp: str | tuple[str, int],
+    *,
+    terminals: int,
+    rate: float,
+    duration: float,
+    prefix: str = "T",
+    start: int = 1,
+    width: int = 5,
+    names: Sequence[str] | None = None,
+    window: int = 8,
+    settle: float = 10.0,
+    connect_concurrency: int = 256,
+    connect_timeout: float = 60.0,
+    wait_session: bool = True,
+    payload_size: int = 0,
+    id_base: int | None = None,
+    tick: float = 0.01,
+    progress: Progress | None = None,
+    progress_interval: float = 1.0,
+    stop: asyncio.Event | None = None,
+    sending: asyncio.Event | None = None,
+) -> LoadReport:
+    """Run `terminals` simulated terminals against the CP at `cp` and report.
+
+    `names` overrides prefix/start/width. `stop`, when set, ends the current
+    phase early (connect wait, sending, settle); it is cleared between phases
+    so it can be set again. `sending` is set when the sending phase starts
+    (useful to inject a failover at the right moment). `progress` is called
+    every `progress_interval` seconds with a snapshot dict.
+    """
+    host, port = parse_hostport(cp) if isinstance(cp, str) else cp
+    names = list(names) if names is not None else terminal_names(terminals, prefix, start, width)
+    _raise_nofile(len(names) + 256)
+    base = new_id_base() if id_base is None else id_base
+    pad = "x" * max(0, payload_size)
+    stats = LoadStats(len(names))
+    clients = [TerminalClient(nm, stats, base=base, window=window, pad=pad) for nm in names]
+    connector = Connector(host, port, concurrency=connect_concurrency)
+    phase = ["connect"]
+    t0 = time.monotonic()
+    wall_offset = time.time() - t0
+    ticker = (
+        asyncio.ensure_future(_progress_loop(stats, phase, t0, progress, progress_interval))
+        if progress is not None
+        else None
+    )
+    sched: asyncio.Task[None] | None = None
+    send_start = send_end = settle_end = t0
+    try:
+        connector.start()
+        for c in clients:
+            connector.attach(c)
+            connector.schedule(c)
+        await _wait(stats.all_sessions if wait_session else stats.all_welcomed, connect_timeout, stop)
+        if stop is not None:
+            stop.clear()
+
+        phase[0] = "send"
+        send_start = time.monotonic()
+        if sending is not None:
+            sending.set()
+        sched = asyncio.ensure_future(_schedule(clients, rate, tick))
+        await _wait(asyncio.Event(), duration, stop)
+        sched.cancel()
+        send_end = time.monotonic()
+        if stop is not None:
+            stop.clear()
+
+        phase[0] = "settle"
+        if stats.gap.outstanding > 0:
+            stats.drained.clear()
+            await _wait(stats.drained, settle, stop)
+        settle_end = time.monotonic()
+        stats.gap.finish(settle_end)
+    finally:
+        stats.counting = False
+        if sched is not None:
+            sched.cancel()
+        if ticker is not None:
+            ticker.cancel()
+        await _shutdown(clients, connector)
+    if progress is not None:
+        progress(stats.snapshot("done", time.monotonic() - t0))
+    return _report(clients, stats, rate, send_start, send_end, settle_end, t0, wall_offset)
+
+
+def _report(
+    clients: Sequence[TerminalClient],
+    stats: LoadStats,
+    rate: float,
+    send_start: float,
+    send_end: float,
+    settle_end: float,
+    t0: float,
+    wall_offset: float,
+) -> LoadReport:
+    total = Verdict()
+    for c in clients:
+        total.add(judge_marks(c.marks, base=c.base, unexpected=c.unexpected, name=c.name))
+    welcomed = [c.welcomed_at for c in clients if c.welcomed_at is not None]
+    opened = [c.session_at for c in clients if c.session_at is not None]
+    gap = stats.gap.longest
+    sending = max(send_end - send_start, 0.0)
+
+    def wall(t: float | None) -> float | None:
+        return None if t is None else round(t + wall_offset, 6)
+
+    return LoadReport(
+        terminals=len(clients),
+        rate=rate,
+        duration_s=round(sending, 3),
+        settle_s=round(max(settle_end - send_end, 0.0), 3),
+        sent=total.sent,
+        acked=total.acked,
+        replied=total.replied,
+        lost=total.lost,
+        duplicates=total.duplicates,
+        unexpected=total.unexpected,
+        unacked=total.unacked,
+        resent=stats.resent,
+        disconnects=stats.disconnects,
+        connect_failures=stats.connect_failures,
+        session_closed=stats.session_closed,
+        switched=stats.switched,
+        errors=dict(stats.errors),
+        protocol_errors=stats.protocol_errors,
+        latency_ms=stats.latency.summary_ms(),
+        service_gap={
+            "ms": round(gap.seconds * 1000.0, 3),
+            "start": wall(gap.start),
+            "end": wall(gap.end),
+            "start_iso": iso(wall(gap.start)),
+            "end_iso": iso(wall(gap.end)),
+        },
+        connect_s=round(max(welcomed) - t0, 3) if clients and len(welcomed) == len(clients) else None,
+        session_open_s=round(max(opened) - t0, 3) if clients and len(opened) == len(clients) else None,
+        welcomed=len(welcomed),
+        sessions_opened=len(opened),
+        achieved_rate=round(total.sent / sending, 1) if sending > 0 else 0.0,
+        started_at=round(send_start + wall_offset, 6),
+        lost_ids=total.lost_ids,
+        duplicate_ids=total.duplicate_ids,
+        per_terminal_disconnects={c.name: c.disconnects for c in clients if c.disconnects},
+    )

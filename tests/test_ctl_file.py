@@ -1,0 +1,151 @@
+"""`hsbctl file create|inspect`: output forms, and one-line errors on every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hsb.ctl.main import main
+from hsb.takeover import SessionEntry, TakeoverWriter, startup_id
+
+HSBCTL = Path(sys.executable).with_name("hsbctl")
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    res = CliRunner().invoke(main, ["file", *args])
+    return res.exit_code, res.stdout, res.stderr
+
+
+def assert_one_line_error(code: int, out: str, err: str, *fragments: str) -> None:
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    assert "Traceback" not in err + out
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+@pytest.fixture
+def populated(tmp_path: Path) -> str:
+    path = str(tmp_path / "tk")
+    code, out, err = run("create", path, "--records", "40", "--terminals", "100")
+    assert code == 0, err
+    with TakeoverWriter(path, terminals=100, host_name="host-a") as w:
+        w.batch_write(startup_id(datetime(2024, 12, 31, 23, 59, 59, 999_000)), [
+            SessionEntry(f"T{i:03d}", {"proto": "lu2", "raw": b"\x01"}, i % 4 != 0) for i in range(30)
+        ])
+        for g in range(5):
+            w.append_group([SessionEntry(f"T{g:03d}", {"proto": "lu2"}, g % 2 == 0)] * (g + 1))
+    return path
+
+
+def test_create_then_inspect_empty(tmp_path: Path) -> None:
+    path = str(tmp_path / "tk")
+    code, out, err = run("create", path, "--records", "64", "--record-size", "512")
+    assert code == 0, err
+    assert out.startswith(f"created {path}: 64 records of 512 bytes")
+    assert os.path.getsize(path) == 64 * 512
+    code, out, err = run("inspect", path, "--json")
+    assert code == 0, err
+    rep = json.loads(out)
+    assert (rep["record_size"], rep["records"], rep["startup_id"], rep["batch_records"], rep["generation"]) == (512, 64, 0, 0, 0)
+    assert rep["ring"]["count"] == 0 and rep["ring"]["first_seq"] is None and rep["batch"] == [] and rep["errors"] == []
+
+
+def test_inspect_json(populated: str) -> None:
+    code, out, err = run("inspect", populated, "--json")
+    assert code == 0, err
+    rep = json.loads(out)
+    for key in ("record_size", "records", "startup_id", "batch_records", "generation", "ring", "batch", "errors"):
+        assert key in rep
+    assert rep["record_size"] == 4096 and rep["records"] == 40 and rep["batch_records"] == 7
+    assert rep["startup_id"] == (24 * 366 + 366) << 32 | 86_399_999
+    assert rep["generation"] == 1 and rep["writer_host"] == "host-a"
+    assert (rep["ring"]["first_seq"], rep["ring"]["last_seq"], rep["ring"]["count"]) == (1, 5, 5)
+    assert rep["ring"]["entries"] == 15
+    assert len(rep["batch"]) == 30
+    assert rep["batch"][1] == {"terminal": "T001", "attrs": {"proto": "lu2", "raw": {"base64": "AQ=="}}, "open": True}
+    assert rep["batch"][0]["open"] is False
+    assert rep["errors"] == []
+
+
+def test_inspect_human(populated: str) -> None:
+    code, out, err = run("inspect", populated, "--limit", "3")
+    assert code == 0, err
+    assert "2024-12-31 23:59:59.999 local" in out
+    assert "records 1..7 (B=7): 30 entries, 22 open, 8 closed" in out
+    assert "seq 1..5 in 5 records, 15 entries" in out
+    assert "errors       none" in out
+    assert "batch entries (3 of 30):" in out and "ring records (last 3 of 5):" in out
+    assert "{'" not in out  # a summary, not a dict dump
+
+
+def test_inspect_reports_bad_records(populated: str) -> None:
+    with open(populated, "r+b") as f:
+        f.seek(3 * 4096 + 77)
+        b = f.read(1)
+        f.seek(3 * 4096 + 77)
+        f.write(bytes([b[0] ^ 0xFF]))
+    code, out, err = run("inspect", populated, "--json")
+    assert code == 1
+    rep = json.loads(out)
+    assert rep["errors"] == [{"record": 3, "reason": "checksum mismatch (torn write or corruption)"}]
+    code, out, _ = run("inspect", populated)
+    assert code == 1 and "record 3: checksum mismatch" in out
+
+
+def test_bad_inputs_of_inspect(tmp_path: Path, populated: str) -> None:
+    assert_one_line_error(*run("inspect", str(tmp_path / "missing")), "does not exist", "hsbctl file create")
+    assert_one_line_error(*run("inspect", str(tmp_path)), "is a directory")
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"\x7fELF" + bytes(8188))
+    assert_one_line_error(*run("inspect", str(junk)), "not an hsb takeover file", "bad magic")
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert_one_line_error(*run("inspect", str(empty)), "not an hsb takeover file")
+    short = tmp_path / "short"
+    short.write_bytes(Path(populated).read_bytes()[: 10 * 4096])
+    assert_one_line_error(*run("inspect", str(short)), "its header says 40 records", "truncated", "--records 40")
+    tiny = tmp_path / "tiny"
+    tiny.write_bytes(Path(populated).read_bytes()[:100])
+    assert_one_line_error(*run("inspect", str(tiny)), "too short")
+    assert_one_line_error(*run("inspect", populated, "--terminals", "1000"), "has 40 records; 1000 terminals need B=67", "at least 202")
+    assert_one_line_error(*run("inspect", populated, "--terminals", "many"), "--terminals must be a whole number")
+
+
+def test_bad_inputs_of_create(tmp_path: Path, populated: str) -> None:
+    new = str(tmp_path / "new")
+    assert_one_line_error(*run("create", populated, "--records", "40"), "already exists", "--force")
+    assert_one_line_error(*run("create", str(tmp_path), "--records", "40", "--force"), "not a regular file")
+    assert_one_line_error(*run("create", str(tmp_path / "no" / "dir" / "tk"), "--records", "40"), "does not exist")
+    assert_one_line_error(*run("create", new, "--records", "3"), "needs 4")
+    assert_one_line_error(*run("create", new, "--records", "ten"), "--records must be a whole number")
+    assert_one_line_error(*run("create", new, "--records", "100", "--record-size", "1000"), "multiple of 512")
+    assert_one_line_error(
+        *run("create", new, "--records", "21", "--terminals", "100"),
+        "--records 21 is too small: 100 terminals need B=7",
+        "at least 22 (3·B+1)",
+    )
+    assert not os.path.exists(new)
+    assert run("create", new, "--records", "22", "--terminals", "100")[0] == 0
+
+
+def test_the_installed_command(tmp_path: Path) -> None:
+    """The real console script: exit status and a one-line message, no traceback."""
+    if not HSBCTL.exists():
+        pytest.skip("hsbctl console script not installed next to this python")
+    missing = str(tmp_path / "missing")
+    p = subprocess.run([str(HSBCTL), "file", "inspect", missing], capture_output=True, text=True, timeout=60)
+    assert_one_line_error(p.returncode, p.stdout, p.stderr, "does not exist")
+    p = subprocess.run([str(HSBCTL), "file", "create", missing, "--records", "8"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stderr == ""
+    p = subprocess.run([str(HSBCTL), "file", "inspect", missing], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "8 records x 4096 bytes" in p.stdout and p.stderr == ""

@@ -1,0 +1,207 @@
+"""The daemons' asyncio facade: deadlines, fail-fast while stuck, group commit, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import hsb.takeover.fileio as fileio
+from hsb.takeover import (
+    Faults,
+    NoBatchWritten,
+    PollStatus,
+    SessionEntry,
+    StartupIdMismatch,
+    StorageNotResponding,
+    TakeoverFileTooSmall,
+    TakeoverStore,
+    create_file,
+)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> str:
+    p = str(tmp_path / "takeover.dat")
+    create_file(p, 200, 4096, host="test")
+    return p
+
+
+@pytest.fixture
+async def faults() -> AsyncIterator[Faults]:
+    f = Faults()
+    yield f
+    f.release()  # never leave a storage thread parked after a test
+
+
+async def wait_until(cond: object, timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        assert time.monotonic() < end, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+async def test_active_and_standby_end_to_end(path: str) -> None:
+    active = TakeoverStore(path, terminals=300, host_name="host-a", records=200)
+    standby = TakeoverStore(path, terminals=40, host_name="host-b")
+    try:
+        assert (await active.check()).batch_records == 20
+        assert (await standby.check()).batch_records == 3
+        with pytest.raises(NoBatchWritten):
+            await active.append([SessionEntry("T1", {}, True)])
+        linked = [SessionEntry(f"T{i}", {"p": i}, True) for i in range(50)]
+        h = await active.batch_write(777, linked)
+        assert h.batch_records == 20 and h.generation == 1
+        with pytest.raises(StartupIdMismatch) as ei:
+            await standby.batch_read(expected_startup_id=778)
+        assert (ei.value.expected, ei.value.found) == (778, 777)
+        snap = await standby.batch_read(expected_startup_id=777)
+        assert snap.entries == linked and snap.header.batch_records == 20  # B from the file
+        assert (await standby.poll()).status is PollStatus.NOTHING_NEW
+        change = [SessionEntry("T3", {"p": 3}, False)]
+        assert await active.append(change) == (1, 1)
+        res = await standby.poll()
+        assert res.status is PollStatus.NEW and res.entries == change
+        assert active.write_position == (1, 1) and standby.read_position == (1, 2)
+    finally:
+        await active.close()
+        await standby.close()
+
+
+async def test_check_refuses_a_small_file(path: str) -> None:
+    store = TakeoverStore(path, terminals=5000)
+    with pytest.raises(TakeoverFileTooSmall, match="has 200 records; 5000 terminals need B=334"):
+        await store.check()
+    await store.close()
+
+
+async def test_stalled_storage_times_out_and_the_loop_stays_responsive(path: str, faults: Faults) -> None:
+    store = TakeoverStore(path, terminals=10, timeout=0.3, faults=faults)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    t = asyncio.create_task(ticker())
+    try:
+        faults.hold()  # the NFS server stops answering
+        t0 = time.monotonic()
+        with pytest.raises(StorageNotResponding) as ei:
+            await store.read_header()
+        took = time.monotonic() - t0
+        assert str(ei.value) == "takeover storage not responding: header read took longer than 0.3s"
+        assert 0.25 <= took < 2.0
+        assert ticks >= 5  # the event loop kept running while the storage thread was stuck
+        assert not store.responding
+        t1 = time.monotonic()
+        with pytest.raises(StorageNotResponding, match="header read took longer"):
+            await store.batch_write(1, [])  # fails at once instead of queueing behind the stuck op
+        assert time.monotonic() - t1 < 0.1
+        faults.release()
+        await wait_until(lambda: store.responding)
+        h = await store.batch_write(1, [SessionEntry("T1", {}, True)])
+        assert h.generation == 1
+    finally:
+        t.cancel()
+        await store.close()
+
+
+async def test_slow_storage_within_the_deadline_is_fine(path: str, faults: Faults) -> None:
+    faults.delay = 0.05
+    store = TakeoverStore(path, terminals=10, timeout=1.0, faults=faults)
+    try:
+        assert (await store.read_header()).records == 200
+    finally:
+        await store.close()
+
+
+async def test_io_error_is_raised_not_hidden(path: str, faults: Faults) -> None:
+    faults.eio()
+    faults.ops = frozenset({"ring read"})
+    store = TakeoverStore(path, terminals=10, faults=faults)
+    try:
+        await store.batch_write(1, [])
+        await store.batch_read()
+        with pytest.raises(OSError) as ei:
+            await store.poll()
+        assert ei.value.errno == errno.EIO
+        faults.error = None
+        assert (await store.poll()).status is PollStatus.NOTHING_NEW
+    finally:
+        await store.close()
+
+
+async def test_corrupted_read_is_torn_then_recovers(path: str, faults: Faults) -> None:
+    store = TakeoverStore(path, terminals=10, faults=faults)
+    try:
+        await store.batch_write(1, [])
+        await store.batch_read()
+        await store.append([SessionEntry("T1", {}, True)])
+        faults.corrupt_reads = 1  # the header read of the next poll
+        res = await store.poll()
+        assert res.status is PollStatus.TORN and res.record == 0
+        res = await store.poll()
+        assert res.status is PollStatus.NEW and res.entries == [SessionEntry("T1", {}, True)]
+    finally:
+        await store.close()
+
+
+async def test_group_commit_gathers_concurrent_callers(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    syncs = 0
+    real = fileio.sync
+
+    def counting(fd: int) -> None:
+        nonlocal syncs
+        syncs += 1
+        time.sleep(0.002)  # a disk that takes a moment: callers pile up meanwhile
+        real(fd)
+
+    monkeypatch.setattr(fileio, "sync", counting)
+    active = TakeoverStore(path, terminals=300)
+    standby = TakeoverStore(path, terminals=300)
+    try:
+        await active.batch_write(1, [])
+        await standby.batch_read()
+        syncs = 0
+        changes = [SessionEntry(f"T{i % 300}", {"i": i}, i % 2 == 0) for i in range(2000)]
+        results = await asyncio.gather(*(active.append([c]) for c in changes))
+        assert len(results) == 2000
+        assert syncs < 200  # far fewer than one sync per change
+        assert all(first <= last for first, last in results)
+        got: list[SessionEntry] = []
+        while True:
+            res = await standby.poll()
+            if res.status is PollStatus.NOTHING_NEW:
+                break
+            assert res.status is PollStatus.NEW
+            got += res.entries
+        assert got == changes  # in call order
+    finally:
+        await active.close()
+        await standby.close()
+
+
+async def test_a_queued_op_past_its_deadline_never_runs(path: str, faults: Faults) -> None:
+    faults.ops = frozenset({"header read"})
+    store = TakeoverStore(path, terminals=10, timeout=0.2, faults=faults)
+    try:
+        await store.open_writer()
+        faults.hold()
+        stuck = asyncio.create_task(store.read_header())
+        await asyncio.sleep(0)
+        with pytest.raises(StorageNotResponding, match="batch write"):
+            await store.batch_write(1, [])  # queued behind the stuck read, then cancelled
+        with pytest.raises(StorageNotResponding):
+            await stuck
+        faults.release()
+        await wait_until(lambda: store.responding)
+        assert (await store.read_header()).generation == 0  # the cancelled batch write did not happen
+    finally:
+        await store.close()
