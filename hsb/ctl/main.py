@@ -3,14 +3,126 @@ admin links and never imports daemon internals (hsb.cp / hsb.host)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
+from pathlib import Path
+
 import click
 
 from hsb.ctl.file_cmd import file_group
+from hsb.ctl.target import Target, TargetError, load_target
+
+
+class Ctx:
+    def __init__(self, config: str | None, cp: str | None, hosts: tuple[str, ...], secret_file: str | None) -> None:
+        self.args = (config, cp, hosts, secret_file)
+
+    def target(self) -> Target:
+        try:
+            return load_target(*self.args)
+        except TargetError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+@click.option("--config", "-c", envvar="HSBCTL_CONFIG", type=click.Path(dir_okay=False), help="ctl TOML naming the daemons' admin addresses (sandbox up prints one).")
+@click.option("--cp", help="Admin address of hsbcpd, HOST:PORT.")
+@click.option("--host", "hosts", multiple=True, help="Admin address of an hsbd, HOST:PORT (twice for the pair).")
+@click.option("--secret-file", type=click.Path(dir_okay=False), help="The shared secret (mode 600).")
+@click.pass_context
+def main(ctx: click.Context, config: str | None, cp: str | None, hosts: tuple[str, ...], secret_file: str | None) -> None:
     """Operate an hsb hot-standby pair."""
+    from hsb import logs
+
+    logs.setup("warning")  # library events go to stderr; stdout stays clean for --json
+    ctx.obj = Ctx(config, cp, hosts, secret_file)
 
 
 main.add_command(file_group)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.option("--watch", is_flag=True, help="Redraw whenever something changes.")
+@click.pass_obj
+def status(obj: Ctx, as_json: bool, watch: bool) -> None:
+    """Status of the CP and both hosts; exit 0 established, 1 serving without a standby, 2 not serving."""
+    from hsb.ctl.status import run_status
+
+    sys.exit(run_status(obj.target(), as_json, watch))
+
+
+@main.command()
+@click.pass_obj
+def promote(obj: Ctx) -> None:
+    """Make the standby the active after a normal stop of the active."""
+    from hsb.ctl.gather import ask, status_all
+    from hsb.wire.auth import load_secret
+
+    t = obj.target()
+    st = asyncio.run(status_all(t.cp, t.hosts, t.secret_file))  # type: ignore[arg-type]
+    sb = [h for h in st["hosts"] if h.get("reachable") and h.get("role") == "standby"]
+    if not sb:
+        click.echo("error: no reachable standby host to promote", err=True)
+        sys.exit(1)
+    ans = asyncio.run(ask(sb[0]["addr"], load_secret(t.secret_file), {"t": "promote"}))  # type: ignore[arg-type]
+    click.echo(ans.get("msg", ans.get("error")))
+    sys.exit(0 if ans.get("ok") else 1)
+
+
+@main.group()
+def sandbox() -> None:
+    """A complete system on loopback (CP, host A active, host B standby)."""
+
+
+@sandbox.command("up")
+@click.option("--dir", "dir_", required=True, type=click.Path(file_okay=False), help="Folder for configs, secret, takeover file and logs.")
+@click.option("--terminals", default=200, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--service", type=click.Choice(["echo", "journal"]), default="echo", show_default=True)
+@click.option("--conventional", is_flag=True, help="fast_switch = false: no standby sessions (the classic hot standby).")
+@click.option("--logon-ms", default=0.0, show_default=True, help="Simulated logon work per session open.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for hot standby.")
+def sandbox_up(dir_: str, terminals: int, service: str, conventional: bool, logon_ms: float, timeout: float) -> None:
+    """Start the sandbox and wait for hot standby; print one JSON object."""
+    from hsb.ctl.sandbox import SandboxError, up
+
+    try:
+        info = up(Path(dir_), terminals=terminals, service=service, conventional=conventional, timeout=timeout, logon_ms=logon_ms)
+    except SandboxError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(info))
+
+
+@sandbox.command("down")
+@click.option("--dir", "dir_", required=True, type=click.Path(file_okay=False))
+def sandbox_down(dir_: str) -> None:
+    """Stop every process the sandbox started (removes nothing)."""
+    from hsb.ctl.sandbox import SandboxError, down
+
+    try:
+        stopped = down(Path(dir_))
+    except SandboxError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps({"stopped": stopped}))
+
+
+@sandbox.command("start-host")
+@click.option("--dir", "dir_", required=True, type=click.Path(file_okay=False))
+@click.argument("name", type=click.Choice(["host-a", "host-b"]))
+@click.option("--role", type=click.Choice(["active", "standby"]), required=True)
+def sandbox_start_host(dir_: str, name: str, role: str) -> None:
+    """(Re)start one host of the sandbox, e.g. the old active as standby after a failover."""
+    from hsb.ctl.sandbox import SandboxError, start_host
+
+    try:
+        pid = start_host(Path(dir_), name, role)
+    except SandboxError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps({"name": name, "role": role, "pid": pid}))
+
+

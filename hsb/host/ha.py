@@ -329,6 +329,7 @@ class HA:
         if self.role != "active" or msg.get("startup_id") != self.partner_startup_id:
             return
         self.established_since = time.time()
+        self.last_error = None
         self.set_state(ESTABLISHED, "standby ready")
         log.info("hot_standby_established", peer=self.srv.peer.peer_name, startup_id=self.partner_startup_id)
 
@@ -474,6 +475,8 @@ class HA:
         self.own_startup_id = None
         self.established_since = None
         self.generation = None
+        self.partner_batch_records = None
+        self.last_error = None
         self.set_state(SERVING, f"switchover granted at epoch {epoch}", role="active")
         if self.takeover is not None:
             self.takeover["granted_at"] = time.time()

@@ -87,5 +87,6 @@ def make_pair(
         opts = dict(common)
         opts.update(extra)
         opts.setdefault("records", records)
-        cfg[name] = host_config(d, name, cp=cp.info["host"], peer_listen=mine, peer=theirs, takeover=files[name], **opts)
+        peer = opts.pop("peer", theirs)
+        cfg[name] = host_config(d, name, cp=cp.info["host"], peer_listen=mine, peer=peer, takeover=files[name], **opts)
     return Pair(d, cp, cfg, {"host-a": pa, "host-b": pb}, takeover=files["host-a"])

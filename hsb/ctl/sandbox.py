@@ -1,0 +1,272 @@
+"""`hsbctl sandbox up|down|restart`: a complete system on loopback for trying it out,
+for tests, benchmarks and the demo.
+
+`up` writes a secret, configs for hsbcpd and two hosts (free ports), a takeover
+file sized for the terminals, starts hsbcpd, host A as active and host B as
+standby (each in its own session, logs in DIR), waits for hot standby, and
+prints one JSON object. `down` stops what `up` (and `restart`) started and
+removes nothing. The daemons run as separate processes: hsbctl talks to them
+only over their admin links.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hsb.ctl.gather import status_all
+from hsb.takeover.fileio import create_file
+from hsb.takeover.layout import batch_records_for
+
+STATE = "sandbox.json"
+HOSTS = ("host-a", "host-b")
+
+
+class SandboxError(Exception):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(x)}" for k, x in v.items()) + " }"
+    raise TypeError(type(v))
+
+
+def _section(name: str, values: dict[str, Any]) -> list[str]:
+    return [f"[{name}]"] + [f"{k} = {_toml(v)}" for k, v in values.items()] + [""]
+
+
+def records_for(terminals: int, record_size: int = 4096) -> int:
+    """A comfortable file: header, batch, and a ring of 3·B + 64 records (size check needs 2·B)."""
+    b = batch_records_for(terminals, record_size)
+    return 1 + b + 3 * b + 64
+
+
+def write_configs(d: Path, *, terminals: int, service: str, conventional: bool, prefix: str = "T", host_timeout: float = 0.5, heartbeat_interval: float = 0.1, heartbeat_timeout: float = 0.5, logon_ms: float = 0) -> dict[str, Any]:
+    d.mkdir(parents=True, exist_ok=True)
+    secret = d / "secret"
+    if not secret.exists():
+        secret.write_text(secrets.token_urlsafe(32) + "\n")
+    secret.chmod(0o600)
+    ports = {k: f"127.0.0.1:{free_port()}" for k in ("terminal", "host", "admin", "a_peer", "a_admin", "b_peer", "b_admin")}
+    group = {"prefix": prefix, "count": terminals, "width": 5}
+    attrs = {"protocol": "hsb1", "codepage": "utf-8", "max_msg": 4096, "profile": "default"}
+    cp = _section("cp", {
+        "name": "cp",
+        "terminal_listen": ports["terminal"],
+        "host_listen": ports["host"],
+        "admin_listen": ports["admin"],
+        "secret_file": "secret",
+        "held_bound": 256,
+        "host_timeout": host_timeout,
+    }) + _section("[terminal_groups]", {**group, "standby_capable": True, "attrs": {"kind": "till"}})
+    (d / "cp.toml").write_text("\n".join(cp))
+    takeover = d / "takeover.dat"
+    records = records_for(terminals)
+    cfgs = {}
+    for name, me, other in (("host-a", "a", "b"), ("host-b", "b", "a")):
+        opts: dict[str, Any] = {"logon_ms": logon_ms}
+        if service == "journal":
+            opts["journal"] = str(d / f"journal-{name}.log")
+        text = _section("host", {
+            "name": name,
+            "peer_listen": ports[f"{me}_peer"],
+            "peer": ports[f"{other}_peer"],
+            "cp": ports["host"],
+            "admin_listen": ports[f"{me}_admin"],
+            "secret_file": "secret",
+            "service": service,
+            "fast_switch": not conventional,
+            "heartbeat_interval": heartbeat_interval,
+            "heartbeat_timeout": heartbeat_timeout,
+        }) + _section("takeover", {"path": str(takeover), "records": records, "record_size": 4096}) + _section(
+            "service_options", opts
+        ) + _section("[terminal_groups]", {**group, "attrs": attrs})
+        p = d / f"{name}.toml"
+        p.write_text("\n".join(text))
+        cfgs[name] = str(p.resolve())
+    (d / "ctl.toml").write_text(f'cp = "{ports["admin"]}"\nhosts = ["{ports["a_admin"]}", "{ports["b_admin"]}"]\nsecret_file = "secret"\n')
+    return {"ports": ports, "configs": cfgs, "takeover": str(takeover), "records": records}
+
+
+def _spawn(d: Path, name: str, argv: list[str]) -> int:
+    log = open(d / f"{name}.log", "ab")
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=d)
+    log.close()
+    return p.pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of this process is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def load_state(d: Path) -> dict[str, Any]:
+    try:
+        return json.loads((d / STATE).read_text())
+    except FileNotFoundError:
+        raise SandboxError(f"{d} holds no sandbox ({STATE} missing); start one with 'hsbctl sandbox up --dir {d}'") from None
+
+
+def save_state(d: Path, st: dict[str, Any]) -> None:
+    tmp = d / (STATE + ".tmp")
+    tmp.write_text(json.dumps(st, indent=2))
+    tmp.replace(d / STATE)
+
+
+def start_host(d: Path, name: str, role: str, env_extra: dict[str, str] | None = None) -> int:
+    """(Re)start one host of the sandbox with `role`; returns its pid."""
+    st = load_state(d)
+    h = st["hosts"][name]
+    if _alive(h["pid"]):
+        raise SandboxError(f"{name} is still running (pid {h['pid']}); stop it first")
+    argv = [sys.executable, "-m", "hsb.host", "--role", role, "--config", h["config"]]
+    if env_extra:
+        old = dict(os.environ)
+        os.environ.update(env_extra)
+        try:
+            pid = _spawn(d, name, argv)
+        finally:
+            os.environ.clear()
+            os.environ.update(old)
+    else:
+        pid = _spawn(d, name, argv)
+    h["pid"] = pid
+    h["role"] = role
+    h.setdefault("pids", []).append(pid)
+    save_state(d, st)
+    return pid
+
+
+async def wait_established(d: Path, timeout: float) -> dict[str, Any]:
+    st = load_state(d)
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] = {}
+    while True:
+        for name, h in [("hsbcpd", st["cp"]), *st["hosts"].items()]:
+            if not _alive(h["pid"]):
+                tail = (d / f"{name if name != 'hsbcpd' else 'cp'}.log").read_text(errors="replace")[-1500:]
+                raise SandboxError(f"{name} (pid {h['pid']}) exited; log {d}/{name if name != 'hsbcpd' else 'cp'}.log ends:\n{tail}")
+        last = await status_all(st["cp"]["admin"], [st["hosts"][n]["admin"] for n in HOSTS], str(d / "secret"), timeout=1.0)
+        if last["established"]:
+            return last
+        if time.monotonic() > deadline:
+            hosts = ", ".join(f"{h['name']}: {h.get('role')}/{h.get('state')} {h.get('last_error') or h.get('error') or ''}".strip() for h in last["hosts"])
+            raise SandboxError(f"hot standby not established within {timeout:.0f}s ({hosts}); logs: {d}/cp.log {d}/host-a.log {d}/host-b.log")
+        await asyncio.sleep(0.1)
+
+
+def up(d: Path, *, terminals: int = 200, service: str = "echo", conventional: bool = False, timeout: float = 60.0, logon_ms: float = 0, host_timeout: float = 0.5) -> dict[str, Any]:
+    d = d.resolve()
+    if (d / STATE).exists():
+        old = load_state(d)
+        if any(_alive(p["pid"]) for p in [old["cp"], *old["hosts"].values()]):
+            raise SandboxError(f"a sandbox is already running in {d}; 'hsbctl sandbox down --dir {d}' first")
+    plan = write_configs(d, terminals=terminals, service=service, conventional=conventional, logon_ms=logon_ms, host_timeout=host_timeout)
+    create_file(plan["takeover"], plan["records"], 4096, force=True)
+    ports = plan["ports"]
+    cp_pid = _spawn(d, "cp", [sys.executable, "-m", "hsb.cp", "--config", str(d / "cp.toml")])
+    st: dict[str, Any] = {
+        "dir": str(d),
+        "cp": {"pid": cp_pid, "pids": [cp_pid], "terminal": ports["terminal"], "host": ports["host"], "admin": ports["admin"], "config": str(d / "cp.toml")},
+        "hosts": {
+            "host-a": {"name": "host-a", "role": "active", "pid": 0, "config": plan["configs"]["host-a"], "admin": ports["a_admin"], "peer": ports["a_peer"]},
+            "host-b": {"name": "host-b", "role": "standby", "pid": 0, "config": plan["configs"]["host-b"], "admin": ports["b_admin"], "peer": ports["b_peer"]},
+        },
+        "service": service,
+        "conventional": conventional,
+        "terminal_count": terminals,
+        "takeover": plan["takeover"],
+        "journals": [str(d / f"journal-{n}.log") for n in HOSTS] if service == "journal" else [],
+    }
+    save_state(d, st)
+    _wait_port(ports["host"], 15.0, d)
+    start_host(d, "host-a", "active")
+    start_host(d, "host-b", "standby")
+    try:
+        asyncio.run(wait_established(d, timeout))
+    except SandboxError:
+        down(d)
+        raise
+    return describe(d)
+
+
+def _wait_port(addr: str, timeout: float, d: Path) -> None:
+    h, _, p = addr.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((h, int(p)), 0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SandboxError(f"hsbcpd did not listen on {addr} within {timeout:.0f}s; see {d}/cp.log") from None
+            time.sleep(0.05)
+
+
+def describe(d: Path) -> dict[str, Any]:
+    st = load_state(d)
+    prefix_n = st["terminal_count"]
+    return {
+        "dir": st["dir"],
+        "cp": {k: st["cp"][k] for k in ("pid", "terminal", "admin", "host", "config")},
+        "hosts": [{k: h[k] for k in ("name", "role", "pid", "config", "admin")} for h in st["hosts"].values()],
+        "terminals": [f"T{i:05d}" for i in range(1, prefix_n + 1)],
+        "ctl": ["--config", str(Path(st["dir"]) / "ctl.toml")],
+        "service": st["service"],
+        "conventional": st["conventional"],
+        "journals": st["journals"],
+        "takeover": st["takeover"],
+        "secret_file": str(Path(st["dir"]) / "secret"),
+    }
+
+
+def down(d: Path, timeout: float = 5.0) -> list[int]:
+    st = load_state(d.resolve())
+    pids = [p for proc in [st["cp"], *st["hosts"].values()] for p in proc.get("pids", [proc["pid"]]) if p]
+    live = [p for p in pids if _alive(p)]
+    for p in live:
+        try:
+            os.kill(p, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in live) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for p in live:
+        if _alive(p):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return live

@@ -1,0 +1,123 @@
+"""`hsbctl status [--json] [--watch]`: one view of the CP and both hosts.
+
+Exit status: 0 hot standby established, 1 serving without a standby,
+2 not serving or unreachable (Pacemaker-style, for scripts and monitors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+import click
+
+from hsb.ctl.gather import status_all
+from hsb.ctl.target import Target
+
+
+def _age(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    s = time.time() - ts
+    if s < 120:
+        return f"{s:.0f}s ago"
+    if s < 7200:
+        return f"{s / 60:.0f}m ago"
+    return f"{s / 3600:.1f}h ago"
+
+
+def render(st: dict[str, Any]) -> str:
+    out: list[str] = []
+    verdict = "ESTABLISHED (hot standby ready)" if st["established"] else "SERVING WITHOUT A STANDBY" if st["serving"] else "NOT SERVING"
+    out.append(f"hsb: {verdict}")
+    cp = st["cp"]
+    if not cp.get("reachable"):
+        out.append(f"  CP        unreachable ({cp.get('addr', '-')}: {cp.get('error')})")
+    else:
+        t = cp["terminals"]
+        out.append(
+            f"  CP {cp['name']:<7}epoch {cp['epoch']}  terminals {t['connected']}/{t['defined']} connected  "
+            f"sessions {t['active_sessions']} active / {t['standby_sessions']} standby  held {cp['held_messages']}"
+            + (f"  back-pressured {t['backpressured']}" if t.get("backpressured") else "")
+        )
+        ls = cp.get("last_switchover")
+        if ls:
+            out.append(
+                f"            last failover: {ls['from']} -> {ls['to']} at epoch {ls['epoch']}, {_age(ls['at'])}, "
+                f"switch {ls['switch_ms']:.1f} ms, {ls['switched']} sessions switched, {ls['classic']} reconnected ({ls['reason']})"
+            )
+        if cp.get("active_stopped_normally"):
+            out.append(f"            active {cp['active_stopped_normally']} stopped normally; 'hsbctl promote' moves the service to the standby")
+    for h in st["hosts"]:
+        if not h.get("reachable"):
+            out.append(f"  host      unreachable ({h.get('addr', '-')}: {h.get('error')})")
+            continue
+        peer = h["peer_link"]
+        hb = f"{peer['heartbeat_age_ms']:.0f} ms" if peer.get("heartbeat_age_ms") is not None else "-"
+        out.append(f"  {h['name']:<9} {h['role'].upper():<8} {h['state']:<19} epoch {h['epoch']}  pid {h['pid']}")
+        out.append(f"            {h['sentence']}")
+        out.append(f"            peer link {'up' if peer['up'] else 'DOWN'} (heartbeat {hb})  CP link {h['cp_link']}  established since {_age(h.get('established_since'))}")
+        tf = h["takeover_file"]
+        ring = ""
+        if tf.get("ring_write"):
+            ring = f"ring write gen {tf['ring_write']['generation']} seq {tf['ring_write']['last_seq']}"
+        if tf.get("ring_read"):
+            ring = f"ring read gen {tf['ring_read']['generation']} next {tf['ring_read']['next_seq']}" + (f" lag {h['ring_lag']}" if "ring_lag" in h else "")
+        sid = h["startup_id"]
+        out.append(
+            f"            takeover file {tf['path']} N={tf['records']} B={h['batch_records']['own']}"
+            + (f" (partner B={h['batch_records']['partner']})" if h["batch_records"].get("partner") is not None else "")
+            + f"  {ring}  storage {tf['storage']}"
+        )
+        out.append(f"            startup id own {sid['own'] or '-'} partner {sid['partner'] or '-'}")
+        t = h["terminals"]
+        out.append(f"            terminals defined {t['defined']} linked {t['linked']}  sessions {t['active_sessions']} active / {t['standby_sessions']} standby")
+        if h.get("file_mismatch"):
+            out.append(f"            ERROR {h['file_mismatch']}")
+        if h.get("last_error"):
+            out.append(f"            last error: {h['last_error']}")
+    return "\n".join(out)
+
+
+def run_status(target: Target, as_json: bool, watch: bool, interval: float = 0.5) -> int:
+    assert target.secret_file is not None
+
+    def once() -> dict[str, Any]:
+        return asyncio.run(status_all(target.cp, target.hosts, target.secret_file))  # type: ignore[arg-type]
+
+    if not watch:
+        st = once()
+        click.echo(json.dumps(st, indent=2, default=str) if as_json else render(st))
+        return int(st["exit_status"])
+    last = None
+    try:
+        while True:
+            st = once()
+            text = json.dumps(st, default=str) if as_json else render(st)
+            key = json.dumps({k: v for k, v in st.items()}, default=str, sort_keys=True)
+            # ignore fields that change every poll (ages, timestamps) when deciding to redraw
+            key = _stable(st)
+            if key != last:
+                last = key
+                if sys.stdout.isatty() and not as_json:
+                    click.echo("\x1b[H\x1b[2J", nl=False)
+                click.echo(text)
+                if not as_json:
+                    click.echo(f"-- {time.strftime('%H:%M:%S')} (watching; Ctrl-C to stop)")
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _stable(st: dict[str, Any]) -> str:
+    def strip(o: Any) -> Any:
+        if isinstance(o, dict):
+            return {k: strip(v) for k, v in o.items() if k not in ("heartbeat_age_ms", "heard_ms_ago", "uptime_s", "sentence_at")}
+        if isinstance(o, list):
+            return [strip(v) for v in o]
+        return o
+
+    return json.dumps(strip(st), sort_keys=True, default=str)

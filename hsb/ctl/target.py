@@ -1,0 +1,66 @@
+"""Where hsbctl finds the daemons: a small TOML file (or flags) naming the admin
+addresses of the CP and both hosts and the secret file.
+
+    cp = "127.0.0.1:7002"
+    hosts = ["127.0.0.1:7103", "127.0.0.1:7203"]
+    secret_file = "secret"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hsb.config import parse_addr
+
+
+class TargetError(Exception):
+    pass
+
+
+@dataclass
+class Target:
+    cp: str | None = None
+    hosts: list[str] = field(default_factory=list)
+    secret_file: str | None = None
+
+    def validate(self) -> None:
+        if not self.cp and not self.hosts:
+            raise TargetError("no daemons named: pass --config CTL.toml (hsbctl sandbox up prints one) or --cp/--host")
+        for a in [self.cp, *self.hosts]:
+            if a:
+                try:
+                    parse_addr(a)
+                except ValueError as exc:
+                    raise TargetError(str(exc)) from None
+        if not self.secret_file:
+            raise TargetError("no secret file: pass --secret-file or set secret_file in the ctl config")
+
+
+def load_target(config: str | None, cp: str | None, hosts: tuple[str, ...], secret_file: str | None) -> Target:
+    t = Target()
+    if config:
+        p = Path(config)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise TargetError(f"ctl config {p} not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise TargetError(f"ctl config {p}: {exc}") from None
+        unknown = set(data) - {"cp", "hosts", "secret_file"}
+        if unknown:
+            raise TargetError(f"ctl config {p}: unknown keys {sorted(unknown)}")
+        t.cp = data.get("cp")
+        t.hosts = list(data.get("hosts", []))
+        sf = data.get("secret_file")
+        if sf:
+            t.secret_file = str(sf if Path(sf).is_absolute() else p.parent / sf)
+    if cp:
+        t.cp = cp
+    if hosts:
+        t.hosts = list(hosts)
+    if secret_file:
+        t.secret_file = secret_file
+    t.validate()
+    return t
