@@ -186,8 +186,8 @@ def test_record_round_trip() -> None:
     buf = _ring_record()
     rec = parse_record(memoryview(buf))
     assert rec is not None
-    assert (rec.kind, rec.generation, rec.seq, rec.count) == (KIND_RING, 7, 42, 1)
-    assert decode_payload(rec.payload, rec.count) == [SessionEntry("T1", {"a": 1}, True)]
+    assert (rec.kind, rec.generation, rec.seq, rec.n_entries) == (KIND_RING, 7, 42, 1)
+    assert decode_payload(rec.payload, rec.n_entries) == [SessionEntry("T1", {"a": 1}, True)]
 
 
 def test_all_zero_record_is_never_written_not_corrupt() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -266,6 +267,81 @@ def test_max_records_bounds_one_poll(tmp_path: Path) -> None:
     assert res.entries + drain(r) == written
 
 
+def test_io_error_halfway_through_a_poll_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = make(tmp_path, 40)
+    w, r = setup_pair(path)
+    written = Changes().take(10 * E)
+    w.append_group(written)
+    calls = 0
+    real = fileio.FreshReader.read
+
+    def flaky(self: fileio.FreshReader, first: int, count: int) -> memoryview:
+        nonlocal calls
+        calls += 1
+        if calls == 3:  # header, first ring record, then the storage fails
+            raise OSError(errno.EIO, "Input/output error")
+        return real(self, first, count)
+
+    monkeypatch.setattr(fileio.FreshReader, "read", flaky)
+    with pytest.raises(OSError):
+        r.poll()
+    assert r.next_seq == 1
+    monkeypatch.undo()
+    assert drain(r) == written
+
+
+def _failing_once(real: object, exc: BaseException) -> object:
+    state = {"armed": True}
+
+    def fn(*args: object) -> object:
+        if state["armed"]:
+            state["armed"] = False
+            raise exc
+        return real(*args)  # type: ignore[operator]
+
+    return fn
+
+
+@pytest.mark.parametrize("fails", ["sync", "write"])
+def test_failed_group_keeps_its_seqs_and_is_rewritten_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: str) -> None:
+    path = make(tmp_path, 40)
+    w, r = setup_pair(path)
+    ch = Changes()
+    a, b, c = ch.take(2 * E), ch.take(2 * E + 1), ch.take(E)
+    w.append_group(a)
+    eio = OSError(errno.EIO, "Input/output error")
+    if fails == "sync":  # the records reached the file (a reader may see them), the sync failed
+        monkeypatch.setattr(fileio, "sync", _failing_once(fileio.sync, eio))
+    else:  # nothing reached the file
+        monkeypatch.setattr(fileio.RecordWriter, "write", _failing_once(fileio.RecordWriter.write, eio))
+    with pytest.raises(OSError):
+        w.append_group(b)
+    assert w.owed_records == 3 and w.next_seq == 6  # seqs 3..5 stay used
+    seen = drain(r)
+    assert seen == (a + b if fails == "sync" else a)
+    first, last = w.append_group(b + c)  # the caller resends what failed
+    assert (first, last) == (6, 9) and w.owed_records == 0
+    seen += drain(r)
+    assert seen == a + b + b + c  # the failed group, then the resend: in order, nothing lost
+    fresh = RingReader(path, batch_read(path).header)
+    assert drain(fresh) == a + b + b + c
+
+
+def test_failed_batch_write_burns_its_generation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = make(tmp_path, 40)
+    w, _ = setup_pair(path)
+    monkeypatch.setattr(fileio, "sync", _failing_once(fileio.sync, OSError(errno.EIO, "Input/output error")))
+    with pytest.raises(OSError):
+        w.batch_write(2, Changes().take(4))
+    assert w.generation == 2
+    with pytest.raises(NoBatchWritten):
+        w.append_group(Changes().take(1))
+    state = Changes().take(5)
+    assert w.batch_write(3, state).generation == 3
+    snap = batch_read(path, expected_startup_id=3)
+    assert snap.entries == state and snap.header.generation == 3
+
+
 # -- random interleavings against a model ---------------------------------------------
 
 
@@ -308,6 +384,7 @@ class RingModel(RuleBasedStateMachine):
         self.gen += 1
         self.batch = state
         self.records: dict[int, list[SessionEntry]] = {}
+        self.visible = 0  # last seq whose record is in the file
 
     @rule(sizes=st.lists(st.integers(1, 4 * E), min_size=1, max_size=4))
     def write_groups(self, sizes: list[int]) -> None:
@@ -316,6 +393,33 @@ class RingModel(RuleBasedStateMachine):
             first, last = self.w.append_group(group)
             for i, seq in enumerate(range(first, last + 1)):
                 self.records[seq] = group[i * E : (i + 1) * E]
+            self.visible = last  # owed records of a failed group were rewritten first
+
+    @rule(k=st.integers(1, 2 * E), where=st.sampled_from(["write", "sync"]))
+    def failed_group(self, k: int, where: str) -> None:
+        """The storage fails: before any record landed, or at the sync after all did."""
+        group = self.ch.take(k)
+        first = self.w.next_seq
+
+        def eio(*_: object) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+        real_write, real_sync = fileio.RecordWriter.write, fileio.sync
+        if where == "write":
+            fileio.RecordWriter.write = eio  # type: ignore[method-assign,assignment]
+        else:
+            fileio.sync = eio
+        try:
+            self.w.append_group(group)
+            raise AssertionError("append_group did not fail")
+        except OSError:
+            pass
+        finally:
+            fileio.RecordWriter.write, fileio.sync = real_write, real_sync  # type: ignore[method-assign]
+        for i, seq in enumerate(range(first, self.w.next_seq)):
+            self.records[seq] = group[i * E : (i + 1) * E]  # owed: these seqs keep this content
+        if where == "sync":
+            self.visible = self.w.last_seq
 
     # reader
     @rule()
@@ -331,7 +435,7 @@ class RingModel(RuleBasedStateMachine):
     @rule(max_records=st.integers(1, 12))
     def poll(self, max_records: int) -> None:
         self.r.max_records = max_records
-        nxt, last = self.r.next_seq, self.w.last_seq
+        nxt, last = self.r.next_seq, self.visible
         res = self.r.poll()
         if self.r_gen != self.gen:
             assert res.status is PollStatus.NEW_GENERATION, res

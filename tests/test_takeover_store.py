@@ -205,3 +205,27 @@ async def test_a_queued_op_past_its_deadline_never_runs(path: str, faults: Fault
         assert (await store.read_header()).generation == 0  # the cancelled batch write did not happen
     finally:
         await store.close()
+
+
+def test_a_hung_storage_thread_does_not_block_process_exit(path: str) -> None:
+    import subprocess
+    import sys
+
+    script = f"""
+import asyncio, sys
+from hsb.takeover import Faults, StorageNotResponding, TakeoverStore
+async def main():
+    f = Faults(); f.hold()  # never released: the mount stays hung
+    store = TakeoverStore({path!r}, terminals=10, timeout=0.2, faults=f)
+    try:
+        await store.read_header()
+    except StorageNotResponding as exc:
+        print(exc)
+    await store.close()
+asyncio.run(main())
+"""
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "takeover storage not responding: header read took longer than 0.2s" in p.stdout
+    assert time.monotonic() - t0 < 30

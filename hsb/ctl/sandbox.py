@@ -186,7 +186,12 @@ async def wait_established(d: Path, timeout: float) -> dict[str, Any]:
         await asyncio.sleep(0.1)
 
 
-def up(d: Path, *, terminals: int = 200, service: str = "echo", conventional: bool = False, timeout: float = 60.0, logon_ms: float = 0, host_timeout: float = 0.5) -> dict[str, Any]:
+def up(d: Path, **kw: Any) -> dict[str, Any]:
+    return asyncio.run(aup(d, **kw))
+
+
+async def aup(d: Path, *, terminals: int = 200, service: str = "echo", conventional: bool = False, timeout: float = 60.0, logon_ms: float = 0, host_timeout: float = 0.5) -> dict[str, Any]:
+    """Start the sandbox in `d` and wait for hot standby (see module docstring)."""
     d = d.resolve()
     if (d / STATE).exists():
         old = load_state(d)
@@ -214,7 +219,7 @@ def up(d: Path, *, terminals: int = 200, service: str = "echo", conventional: bo
     start_host(d, "host-a", "active")
     start_host(d, "host-b", "standby")
     try:
-        asyncio.run(wait_established(d, timeout))
+        await wait_established(d, timeout)
     except SandboxError:
         down(d)
         raise

@@ -124,6 +124,9 @@ class SessionsCtl:
             log.error("standby_session_refused", terminal=name, reason=why)
             return False
         ts = self.sessions.table[name]
+        self.sessions.join_link(ts)
+        if not self.srv.cfg.host.fast_switch:
+            return False  # conventional hot standby: no standby sessions at the CP [0002]
         if ts.state == STANDBY:
             self.srv.cp.send({"t": "close", "terminal": name, "kind": "standby"})
         self.sessions.join_link(ts)

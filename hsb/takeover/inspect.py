@@ -63,9 +63,9 @@ def inspect_file(path: str) -> dict[str, Any]:
                     errors.append({"record": recno, "reason": f"a {kind_name(rec.kind)} record where a {kind_name(want_kind)} record belongs"})
                     continue
                 try:
-                    if rec.count > e:
-                        raise ValueError(f"{rec.count} entries, at most {e} fit")
-                    items = decode_payload(rec.payload, rec.count)
+                    if rec.n_entries > e:
+                        raise ValueError(f"{rec.n_entries} entries, at most {e} fit")
+                    items = decode_payload(rec.payload, rec.n_entries)
                 except ValueError as exc:
                     errors.append({"record": recno, "reason": str(exc)})
                     continue

@@ -34,7 +34,16 @@ from hsb.takeover.errors import BatchReadError, StartupIdMismatch
 from hsb.takeover.faults import Faults
 from hsb.takeover.fileio import AlignedBuffer, FreshReader, check_file
 from hsb.takeover.layout import KIND_BATCH, KIND_HEADER, KIND_RING, Layout
-from hsb.takeover.records import BadRecord, Header, SessionEntry, decode_header, decode_payload, gc_paused, kind_name, parse_record
+from hsb.takeover.records import (
+    BadRecord,
+    Header,
+    SessionEntry,
+    decode_header,
+    decode_payload,
+    gc_paused,
+    kind_name,
+    parse_record,
+)
 
 log = structlog.get_logger("hsb.takeover")
 
@@ -116,10 +125,10 @@ def _batch_record(view: memoryview, recno: int, h: Header, e: int, path: str) ->
         )
     if rec.seq != recno:
         raise BatchReadError(recno, f"says it is record {rec.seq}", path=path)
-    if rec.count > e:
-        raise BatchReadError(recno, f"{rec.count} entries, at most {e} fit", path=path)
+    if rec.n_entries > e:
+        raise BatchReadError(recno, f"{rec.n_entries} entries, at most {e} fit", path=path)
     try:
-        return decode_payload(rec.payload, rec.count)
+        return decode_payload(rec.payload, rec.n_entries)
     except ValueError as exc:
         raise BatchReadError(recno, str(exc), path=path) from None
 
@@ -171,6 +180,7 @@ class RingReader:
         self.check_header = check_header
         self.faults = faults
         self._buf = AlignedBuffer(self.layout.record_size * min(self.max_records, 64))
+        self._last_stop: tuple[PollStatus, int | None] | None = None
 
     def close(self) -> None:
         self._buf.close()
@@ -180,41 +190,50 @@ class RingReader:
         return self.generation, self.next_seq
 
     def poll(self) -> PollResult:
+        """One look at the ring; see the module docstring for the outcomes.
+
+        The cursor moves only when the poll returns: an I/O error halfway
+        through a poll (raised to the caller) loses nothing.
+        """
         lay, r = self.layout, self.layout.record_size
         k = lay.ring_slots
         got: list[SessionEntry] = []
-        first = self.next_seq
+        first = nxt = self.next_seq
         stop: PollResult | None = None
         with FreshReader(self.path, r, self._buf, self.faults) as f:
             if self.check_header:
                 stop = self._check_header(f.read(0, 1))
             chunk = 1
-            while stop is None and self.next_seq - first < self.max_records:
-                slot = (self.next_seq - 1) % k
-                n = min(chunk, self.max_records - (self.next_seq - first), k - slot)
+            while stop is None and nxt - first < self.max_records:
+                slot = (nxt - 1) % k
+                n = min(chunk, self.max_records - (nxt - first), k - slot)
                 view = f.read(lay.ring_first + slot, n)
                 for i in range(n):
                     recno = lay.ring_first + slot + i
                     if (i + 1) * r > len(view):
                         stop = PollResult(PollStatus.TORN, record=recno, reason="short read: the file ends inside the ring")
                         break
-                    stop = self._classify(view[i * r : (i + 1) * r], recno, got)
+                    stop = self._classify(view[i * r : (i + 1) * r], recno, nxt, got)
                     if stop is not None:
                         break
-                    self.next_seq += 1
+                    nxt += 1
                 chunk = min(chunk * 2, 64)
-        if self.next_seq > first:
-            return PollResult(PollStatus.NEW, got, first, self.next_seq - 1, generation=self.generation)
+        self.next_seq = nxt
+        if nxt > first:
+            self._last_stop = None
+            return PollResult(PollStatus.NEW, got, first, nxt - 1, generation=self.generation)
         assert stop is not None
-        if stop.status is not PollStatus.NOTHING_NEW:
+        key = (stop.status, stop.record)
+        if stop.status is not PollStatus.NOTHING_NEW and key != self._last_stop:  # once per problem, not per poll
             log.warning(
                 "takeover_ring_" + stop.status.value,
                 path=self.path,
                 record=stop.record,
                 reason=stop.reason,
                 generation=self.generation,
-                next_seq=self.next_seq,
+                next_seq=nxt,
             )
+        self._last_stop = key
         return stop
 
     def _check_header(self, view: memoryview) -> PollResult | None:
@@ -239,9 +258,9 @@ class RingReader:
             return PollResult(PollStatus.CORRUPT, record=0, reason=str(exc))
         return None
 
-    def _classify(self, view: memoryview, recno: int, got: list[SessionEntry]) -> PollResult | None:
-        """None: the record is the next one and its entries were appended to `got`."""
-        want, gen = self.next_seq, self.generation
+    def _classify(self, view: memoryview, recno: int, want: int, got: list[SessionEntry]) -> PollResult | None:
+        """None: the record holds seq `want` and its entries were appended to `got`."""
+        gen = self.generation
         try:
             rec = parse_record(view)
         except BadRecord as exc:
@@ -266,10 +285,10 @@ class RingReader:
             return PollResult(
                 PollStatus.LAPPED, record=recno, reason=f"expected seq {want}, found {rec.seq}: the writer overtook this reader"
             )
-        if rec.count > self.e:
-            return PollResult(PollStatus.CORRUPT, record=recno, reason=f"{rec.count} entries, at most {self.e} fit")
+        if rec.n_entries > self.e:
+            return PollResult(PollStatus.CORRUPT, record=recno, reason=f"{rec.n_entries} entries, at most {self.e} fit")
         try:
-            got.extend(decode_payload(rec.payload, rec.count))
+            got.extend(decode_payload(rec.payload, rec.n_entries))
         except ValueError as exc:
             return PollResult(PollStatus.CORRUPT, record=recno, reason=str(exc))
         return None

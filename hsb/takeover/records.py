@@ -124,7 +124,7 @@ def gc_paused() -> Iterator[None]:
 class Record(NamedTuple):
     kind: int
     version: int
-    count: int
+    n_entries: int  # the record header's entry count
     generation: int
     seq: int
     payload: memoryview
@@ -170,20 +170,16 @@ def parse_record(view: memoryview) -> Record | None:
         return None
     magic, kind, version, count, gen, plen, seq, _res, crc = RECORD_HEADER.unpack_from(view)
     if crc != crc_of(view):
-        return _raise("checksum mismatch (torn write or corruption)", torn=True)
+        raise BadRecord("checksum mismatch (torn write or corruption)", torn=True)
     if magic != MAGIC:
-        return _raise(f"bad magic {bytes(magic)!r}", torn=False)
+        raise BadRecord(f"bad magic {bytes(magic)!r}", torn=False)
     if version != VERSION:
-        return _raise(f"format version {version}, this program reads {VERSION}", torn=False)
+        raise BadRecord(f"format version {version}, this program reads {VERSION}", torn=False)
     if kind not in (KIND_HEADER, KIND_BATCH, KIND_RING):
-        return _raise(f"unknown record kind {kind}", torn=False)
+        raise BadRecord(f"unknown record kind {kind}", torn=False)
     if plen > len(view) - RECORD_HEADER_SIZE:
-        return _raise(f"payload length {plen} exceeds the record", torn=False)
+        raise BadRecord(f"payload length {plen} exceeds the record", torn=False)
     return Record(kind, version, count, gen, seq, view[RECORD_HEADER_SIZE : RECORD_HEADER_SIZE + plen])
-
-
-def _raise(reason: str, torn: bool) -> None:
-    raise BadRecord(reason, torn)
 
 
 def kind_name(kind: int) -> str:

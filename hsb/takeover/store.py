@@ -1,7 +1,8 @@
 """`TakeoverStore`: the daemons' asyncio facade over the takeover file.
 
 Every file operation runs on one dedicated storage thread (so operations keep
-their order and the writer needs no locks) with a deadline. A missed deadline
+their order and the writer needs no locks; a daemon thread, so a hung mount
+cannot block process exit) with a deadline. A missed deadline
 raises `StorageNotResponding` ("takeover storage not responding: <op> took
 longer than <s>s") instead of hanging the event loop; while that operation is
 still stuck on its thread, new calls fail at once with the same error instead
@@ -22,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -61,7 +64,7 @@ class TakeoverStore:
         self.host_name = host_name
         self.timeout = timeout
         self.faults = faults
-        self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsb-takeover")
+        self._pool = _StorageThread("hsb-takeover")
         self._stuck: list[tuple[str, cf.Future[Any]]] = []
         self._writer: TakeoverWriter | None = None
         self._reader: RingReader | None = None
@@ -120,7 +123,7 @@ class TakeoverStore:
                 await self._run("close", shut)
             except StorageNotResponding:
                 pass
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
 
     # -- both roles ----------------------------------------------------------
 
@@ -217,12 +220,55 @@ class TakeoverStore:
         """S228: one look at the ring (see RingReader.poll)."""
         if self._reader is None:
             raise NoBatchWritten("poll before batch_read: the ring cursor starts after a batch read")
-        return await self._run("ring read", self._reader.poll)
+        return await self._run("ring read", lambda: self._require_reader().poll())
+
+    def _require_reader(self) -> RingReader:
+        if self._reader is None:
+            raise NoBatchWritten("the ring cursor was closed")
+        return self._reader
 
     @property
     def read_position(self) -> tuple[int, int] | None:
         """(generation, next seq to read) after a batch read."""
         return None if self._reader is None else self._reader.position
+
+
+class _StorageThread:
+    """One daemon thread running submitted calls in order. Not a ThreadPoolExecutor:
+    its threads are joined at interpreter exit, so a hung mount would hang the exit."""
+
+    def __init__(self, name: str) -> None:
+        self._q: queue.SimpleQueue[tuple[Callable[[], Any], cf.Future[Any]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], T]) -> cf.Future[T]:
+        fut: cf.Future[T] = cf.Future()
+        self._q.put((fn, fut))
+        return fut
+
+    def _work(self) -> None:
+        while (item := self._q.get()) is not None:
+            fn, fut = item
+            if not fut.set_running_or_notify_cancel():
+                continue  # cancelled while queued: never runs
+            try:
+                result = fn()
+            except BaseException as exc:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+
+    def shutdown(self) -> None:
+        """Cancel what is queued; the thread ends after the call it is running, if any."""
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[1].cancel()
+        self._q.put(None)
 
 
 def _consume(f: asyncio.Future[Any]) -> None:

@@ -33,7 +33,16 @@ from hsb.takeover.layout import (
     entries_per_record,
     size_check,
 )
-from hsb.takeover.records import BadRecord, Header, parse_record, SessionEntry, encode_entries, encode_header, encode_payload, pack_record
+from hsb.takeover.records import (
+    BadRecord,
+    Header,
+    SessionEntry,
+    encode_entries,
+    encode_header,
+    encode_payload,
+    pack_record,
+    parse_record,
+)
 
 log = structlog.get_logger("hsb.takeover")
 
@@ -79,6 +88,7 @@ class TakeoverWriter:
             self.own_batch_records = size_check(self.records, terminals, self.record_size, path=self.path).batch_records
         self.layout: Layout | None = None  # set by the first batch write
         self.next_seq = 0  # 0: no batch written by this writer yet
+        self._owed: list[tuple[int, bytes]] = []  # (seq, record) of a failed ring group
         self._io = RecordWriter(self.path, self.record_size)
 
     def close(self) -> None:
@@ -128,6 +138,10 @@ class TakeoverWriter:
         if self.own_batch_records is None:
             size_check(self.records, len(encoded), r, path=self.path)
         gen = self.generation + 1 if self.generation < GEN_MAX else 1
+        # From here on a failure leaves the file in an unknown state: burn the
+        # generation (a retry must not reuse it, or a reader could mix records of
+        # two attempts) and stop ring writes until a batch write succeeds.
+        self.generation, self.layout, self.next_seq, self._owed = gen, None, 0, []
         per_chunk = max(1, _CHUNK_BYTES // r)
         for first in range(1, b + 1, per_chunk):
             count = min(per_chunk, b + 1 - first)
@@ -152,7 +166,6 @@ class TakeoverWriter:
         )
         self._io.write(0, encode_header(header))
         self._io.sync()
-        self.generation = gen
         self.layout = header.layout
         self.next_seq = 1
         log.info(
@@ -170,30 +183,56 @@ class TakeoverWriter:
         """Sequential takeover (S210) with group commit: one sync for the whole group.
 
         Returns (first_seq, last_seq) of the ring records written; (n, n-1) for
-        an empty group. Raises NoBatchWritten before the first batch write.
+        an empty group. Raises NoBatchWritten before the first batch write (and
+        after a failed one).
+
+        If it raises an OSError, its sequence numbers stay used and its records
+        are owed: the next call writes exactly those bytes again before its own,
+        because a reader may already have seen some of them (so a seq never
+        changes content). Callers may resend the failed entries; a reader then
+        sees them twice, in order, which replays the same session states.
         """
         if self.layout is None:
             raise NoBatchWritten("no batch has been written to the takeover file yet; ring writes start after it")
-        first_seq = self.next_seq
-        if not entries:
-            return first_seq, first_seq - 1
         lay, r, e = self.layout, self.record_size, self.e
-        encoded = encode_entries(entries, self.entry_size)
+        encoded = encode_entries(entries, self.entry_size)  # a ValueError here changes nothing
+        first_seq = self.next_seq
         nrec = -(-len(encoded) // e)
-        k = lay.ring_slots
-        done = 0
-        while done < nrec:
-            seq = first_seq + done
-            slot = (seq - 1) % k
-            run = min(nrec - done, k - slot, max(1, _CHUNK_BYTES // r))
-            buf = bytearray(run * r)
-            for i in range(run):
-                part = encoded[(done + i) * e : (done + i + 1) * e]
-                pack_record(KIND_RING, self.generation, seq + i, encode_payload(part), r, len(part), into=buf, at=i * r)
-            self._io.write(lay.ring_first + slot, buf)
-            done += run
-        self._io.sync()
+        recs = list(self._owed)
+        for i in range(nrec):
+            part = encoded[i * e : (i + 1) * e]
+            recs.append((first_seq + i, bytes(pack_record(KIND_RING, self.generation, first_seq + i, encode_payload(part), r, len(part)))))
+        if not recs:
+            return first_seq, first_seq - 1
         self.next_seq = first_seq + nrec
+        try:
+            self._write_ring(recs, lay)
+            self._io.sync()
+        except BaseException:
+            self._owed = recs
+            raise
+        self._owed = []
         log.debug("takeover_ring_group", first_seq=first_seq, last_seq=first_seq + nrec - 1, entries=len(encoded))
         return first_seq, first_seq + nrec - 1
 
+    def _write_ring(self, recs: list[tuple[int, bytes]], lay: Layout) -> None:
+        """pwrite (seq, record) pairs, one call per run of adjacent slots."""
+        k, per = lay.ring_slots, max(1, _CHUNK_BYTES // self.record_size)
+        run: list[bytes] = []
+        start = prev = -1
+        for seq, data in recs:
+            slot = (seq - 1) % k
+            if run and (slot != prev + 1 or len(run) >= per):
+                self._io.write(lay.ring_first + start, b"".join(run))
+                run = []
+            if not run:
+                start = slot
+            run.append(data)
+            prev = slot
+        if run:
+            self._io.write(lay.ring_first + start, b"".join(run))
+
+    @property
+    def owed_records(self) -> int:
+        """Ring records of a failed group still to be rewritten by the next append."""
+        return len(self._owed)

@@ -122,6 +122,7 @@ class TerminalClient(asyncio.Protocol):
         "stopping",
         "closed",
         "last_error",
+        "cork",
     )
 
     def __init__(
@@ -156,6 +157,7 @@ class TerminalClient(asyncio.Protocol):
         self.stopping = False
         self.closed: asyncio.Future[None] | None = None
         self.last_error: str | None = None
+        self.cork: list[bytes] | None = None  # frames submitted while handling one read, written at once
 
     # -- sending ---------------------------------------------------------
     @property
@@ -186,7 +188,11 @@ class TerminalClient(asyncio.Protocol):
             self.payloads[msg_id] = "" if data is None else data
         self.listener.on_sent(self, msg_id, now)
         if self.state == WELCOMED and self.transport is not None:
-            self.transport.write(encode({"t": "msg", "id": msg_id, "data": self.payload(msg_id)}))
+            frame = encode({"t": "msg", "id": msg_id, "data": self.payload(msg_id)})
+            if self.cork is not None:
+                self.cork.append(frame)
+            else:
+                self.transport.write(frame)
         return msg_id
 
     def unacked_ids(self) -> list[int]:
@@ -224,15 +230,24 @@ class TerminalClient(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         assert self.decoder is not None
+        # Messages submitted while these frames are handled (a closed-loop load sends one per
+        # reply) go out in one write after the batch, not one write each.
+        self.cork = []
         try:
-            msgs = self.decoder.feed(data)
-        except ProtocolError as exc:
-            for m in exc.before:
+            try:
+                msgs = self.decoder.feed(data)
+            except ProtocolError as exc:
+                for m in exc.before:
+                    self._handle(m)
+                self._protocol_error(exc)
+                return
+            for m in msgs:
                 self._handle(m)
-            self._protocol_error(exc)
-            return
-        for m in msgs:
-            self._handle(m)
+        finally:
+            cork, self.cork = self.cork, None
+            tr = self.transport
+            if cork and tr is not None and not tr.is_closing():
+                tr.write(cork[0] if len(cork) == 1 else b"".join(cork))
 
     def connection_lost(self, exc: Exception | None) -> None:
         was = self.state

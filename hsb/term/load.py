@@ -9,6 +9,10 @@ to `settle` seconds for outstanding replies, logs every terminal off, and
 returns a `LoadReport` whose loss and duplicate counts come from the
 per-terminal marks (`hsb.term.verdict`).
 
+With `closed_loop=True` there is no rate: each terminal keeps `window`
+messages outstanding and sends its next one as soon as a reply arrives, so
+`report.reply_rate` is the capacity of whatever answers (benchmarks).
+
 Designed to be called in-process by tests and benchmarks:
 
     report = await run_load(("127.0.0.1", 7000), terminals=1000, rate=5000, duration=10)
@@ -27,7 +31,7 @@ from typing import Any
 from hsb.term.client import Connector, Listener, TerminalClient, new_id_base, parse_hostport
 from hsb.term.report import LoadReport, iso
 from hsb.term.stats import GapTracker, LatencyHistogram
-from hsb.term.verdict import Verdict, judge_marks
+from hsb.term.verdict import Verdict, id_ranges, judge_marks
 from hsb.wire.framing import ProtocolError
 
 Progress = Callable[[dict[str, Any]], None]
@@ -63,6 +67,9 @@ class LoadStats(Listener):
         self.latency = LatencyHistogram()
         self.gap = GapTracker()
         self.counting = True  # off once the run logs its terminals off
+        self.sending = False  # in the sending phase
+        self.refill = False  # closed loop: each first reply sends the terminal's next message
+        self.replied_sending = 0  # first replies that arrived in the sending phase
         self.all_welcomed = asyncio.Event()
         self.all_sessions = asyncio.Event()
         self.drained = asyncio.Event()
@@ -98,6 +105,10 @@ class LoadStats(Listener):
     def on_reply(self, c: TerminalClient, msg_id: int, data: Any, latency: float | None, kind: str) -> None:
         if kind == "first":
             self.replied += 1
+            if self.sending:
+                self.replied_sending += 1
+                if self.refill and c.can_send:
+                    c.submit()
             if latency is not None:
                 self.latency.add(latency)
             gap = self.gap
@@ -252,6 +263,8 @@ async def run_load(
     progress_interval: float = 1.0,
     stop: asyncio.Event | None = None,
     sending: asyncio.Event | None = None,
+    closed_loop: bool = False,
+    record_ids: bool = False,
 ) -> LoadReport:
     """Run `terminals` simulated terminals against the CP at `cp` and report.
 
@@ -260,7 +273,15 @@ async def run_load(
     so it can be set again. `sending` is set when the sending phase starts
     (useful to inject a failover at the right moment). `progress` is called
     every `progress_interval` seconds with a snapshot dict.
+
+    `closed_loop=True` ignores `rate`: when sending starts every terminal fills
+    its `window` (which must be >= 1) and each first reply sends that
+    terminal's next message at once, so the run measures capacity
+    (`report.reply_rate`) rather than keeping to a rate. `record_ids=True`
+    fills `report.ids` with each terminal's acknowledged and answered id ranges.
     """
+    if closed_loop and window < 1:
+        raise ValueError("closed_loop needs window >= 1 (the messages each terminal keeps outstanding)")
     host, port = parse_hostport(cp) if isinstance(cp, str) else cp
     names = list(names) if names is not None else terminal_names(terminals, prefix, start, width)
     _raise_nofile(len(names) + 256)
@@ -292,9 +313,18 @@ async def run_load(
         send_start = time.monotonic()
         if sending is not None:
             sending.set()
-        sched = asyncio.ensure_future(_schedule(clients, rate, tick))
+        stats.sending = True
+        if closed_loop:
+            stats.refill = True
+            for c in clients:
+                while c.can_send:
+                    c.submit()
+        else:
+            sched = asyncio.ensure_future(_schedule(clients, rate, tick))
         await _wait(asyncio.Event(), duration, stop)
-        sched.cancel()
+        if sched is not None:
+            sched.cancel()
+        stats.refill = stats.sending = False
         send_end = time.monotonic()
         if stop is not None:
             stop.clear()
@@ -306,7 +336,7 @@ async def run_load(
         settle_end = time.monotonic()
         stats.gap.finish(settle_end)
     finally:
-        stats.counting = False
+        stats.counting = stats.sending = stats.refill = False
         if sched is not None:
             sched.cancel()
         if ticker is not None:
@@ -314,7 +344,12 @@ async def run_load(
         await _shutdown(clients, connector)
     if progress is not None:
         progress(stats.snapshot("done", time.monotonic() - t0))
-    return _report(clients, stats, rate, send_start, send_end, settle_end, t0, wall_offset)
+    report = _report(clients, stats, 0.0 if closed_loop else rate, send_start, send_end, settle_end, t0, wall_offset)
+    report.closed_loop = closed_loop
+    report.window = window
+    if record_ids:
+        report.ids = {c.name: id_ranges(c.marks, base=c.base) for c in clients}
+    return report
 
 
 def _report(
@@ -370,6 +405,7 @@ def _report(
         welcomed=len(welcomed),
         sessions_opened=len(opened),
         achieved_rate=round(total.sent / sending, 1) if sending > 0 else 0.0,
+        reply_rate=round(stats.replied_sending / sending, 1) if sending > 0 else 0.0,
         started_at=round(send_start + wall_offset, 6),
         lost_ids=total.lost_ids,
         duplicate_ids=total.duplicate_ids,

@@ -79,7 +79,14 @@ async def _load_main(cp: tuple[str, int], **kw: Any) -> LoadReport:
 @main.command()
 @cp_option
 @click.option("--terminals", "-n", type=click.IntRange(min=1), required=True, help="How many terminals.")
-@click.option("--rate", type=click.FloatRange(min=0), required=True, help="Total messages per second, all terminals.")
+@click.option(
+    "--rate", type=click.FloatRange(min=0), default=None, help="Total messages per second, all terminals (required unless --closed-loop)."
+)
+@click.option(
+    "--closed-loop",
+    is_flag=True,
+    help="No rate: each terminal keeps --window messages outstanding and sends the next on each reply (capacity).",
+)
 @click.option("--duration", type=click.FloatRange(min=0), required=True, help="Seconds of sending.")
 @click.option("--prefix", default="T", show_default=True, help="Terminal name prefix.")
 @click.option("--start", type=click.IntRange(min=0), default=1, show_default=True, help="First terminal number.")
@@ -112,18 +119,37 @@ async def _load_main(cp: tuple[str, int], **kw: Any) -> LoadReport:
 )
 @click.option("--size", "payload_size", type=click.IntRange(min=0), default=0, help="Pad each message by this many bytes.")
 @click.option("--id-base", type=click.IntRange(min=1), default=None, help="First message id (default: clock in µs).")
+@click.option(
+    "--ids-out",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help='Write {terminal: {"acked": [[first, last], ...], "replied": [...]}} (id ranges) to this JSON file.',
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
-def load(cp: tuple[str, int], as_json: bool, **kw: Any) -> None:
+def load(cp: tuple[str, int], as_json: bool, ids_out: str | None, **kw: Any) -> None:
     """Run N terminals at a total rate; report loss, duplicates, latency and the service gap.
 
-    Exit status 1 if an acknowledged message got no reply or a reply came twice.
+    Exit status 1 if an acknowledged message got no reply or a reply came twice;
+    2 if no terminal was ever welcomed (nothing connected), or on a usage error.
     Ctrl-C ends the current phase (connect, send, settle) early.
     """
+    if kw["rate"] is None:
+        if not kw["closed_loop"]:
+            raise click.UsageError("--rate is required (or use --closed-loop)")
+        kw["rate"] = 0.0
+    if kw["closed_loop"] and kw["window"] < 1:
+        raise click.UsageError("--closed-loop needs --window 1 or more")
     progress = _progress_line if sys.stderr.isatty() else None
     try:
-        report = hsb_loop.run(_load_main(cp, progress=progress, **kw))
+        report = hsb_loop.run(_load_main(cp, progress=progress, record_ids=ids_out is not None, **kw))
     except KeyboardInterrupt:
         sys.exit(130)
+    if ids_out is not None:
+        with open(ids_out, "w") as fh:
+            json.dump(report.ids or {}, fh, separators=(",", ":"))
+            fh.write("\n")
+    if not report.connected:
+        click.echo(f"hsbterm: no terminal was ever welcomed by {cp[0]}:{cp[1]}", err=True)
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -42,24 +42,46 @@ class LoadReport:
     session_open_s: float | None = None  # start → every terminal had an open session
     welcomed: int = 0  # terminals welcomed at least once
     sessions_opened: int = 0  # terminals whose session opened at least once
-    achieved_rate: float = 0.0
+    achieved_rate: float = 0.0  # messages sent per second while sending
+    reply_rate: float = 0.0  # first replies received per second while sending (the capacity, closed loop)
+    closed_loop: bool = False  # each terminal kept `window` messages outstanding instead of a total rate
+    window: int = 0
     started_at: float = 0.0  # epoch s when sending began
     lost_ids: list[str] = field(default_factory=list)  # a sample, "NAME:ID"
     duplicate_ids: list[str] = field(default_factory=list)
     per_terminal_disconnects: dict[str, int] = field(default_factory=dict)  # only terminals with > 0
+    # With run_load(record_ids=True): {terminal: {"acked": [[first, last], ...], "replied": [...]}}.
+    # Left out of to_dict() unless asked for (it grows with the run).
+    ids: dict[str, dict[str, list[list[int]]]] | None = None
+
+    @property
+    def connected(self) -> bool:
+        """At least one terminal was welcomed by the CP (or the run had no terminals)."""
+        return self.terminals == 0 or self.welcomed > 0
 
     @property
     def ok(self) -> bool:
-        """No acknowledged message lost and no reply duplicated (the exit status)."""
-        return self.lost == 0 and self.duplicates == 0
+        """No acknowledged message lost, no reply duplicated, and the run reached a CP at all."""
+        return self.lost == 0 and self.duplicates == 0 and self.connected
 
     @property
     def exit_status(self) -> int:
-        return 0 if self.ok else 1
+        """1: something acknowledged was lost or a reply duplicated; 2: no terminal was ever
+        welcomed (a run that connected to nothing must not look green); else 0."""
+        if self.lost or self.duplicates:
+            return 1
+        if not self.connected:
+            return 2
+        return 0
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+    def to_dict(self, include_ids: bool = False) -> dict[str, Any]:
+        d = asdict(replace(self, ids=None))
+        if include_ids:
+            d["ids"] = self.ids
+        else:
+            del d["ids"]
         d["ok"] = self.ok
+        d["exit_status"] = self.exit_status
         return d
 
 
@@ -79,7 +101,13 @@ def format_table(r: LoadReport) -> str:
         ("connect", f"all welcomed: {sec(r.connect_s)}; all sessions open: {sec(r.session_open_s)}"),
         (
             "sending",
-            f"{r.duration_s:.1f} s at {r.achieved_rate:.1f} msg/s (target {r.rate:g}), then settled {r.settle_s:.1f} s",
+            (
+                f"{r.duration_s:.1f} s closed loop (window {r.window}): {r.reply_rate:.1f} replies/s,"
+                f" then settled {r.settle_s:.1f} s"
+                if r.closed_loop
+                else f"{r.duration_s:.1f} s at {r.achieved_rate:.1f} msg/s (target {r.rate:g}),"
+                f" then settled {r.settle_s:.1f} s"
+            ),
         ),
         ("sent", str(r.sent)),
         ("acknowledged", str(r.acked)),
@@ -103,7 +131,12 @@ def format_table(r: LoadReport) -> str:
         rows.append(("CP errors", ", ".join(f"{k} x{v}" for k, v in sorted(r.errors.items()))))
     if r.protocol_errors:
         rows.append(("protocol errors", str(r.protocol_errors)))
-    verdict = "OK: nothing acknowledged was lost, no duplicate replies" if r.ok else "FAILED"
+    if r.ok:
+        verdict = "OK: nothing acknowledged was lost, no duplicate replies"
+    elif r.exit_status == 2:
+        verdict = "FAILED: no terminal was ever welcomed (nothing connected to a CP)"
+    else:
+        verdict = "FAILED"
     rows.append(("verdict", verdict))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)

@@ -88,5 +88,6 @@ def make_pair(
         opts.update(extra)
         opts.setdefault("records", records)
         peer = opts.pop("peer", theirs)
+        mine = opts.pop("peer_listen", mine)
         cfg[name] = host_config(d, name, cp=cp.info["host"], peer_listen=mine, peer=peer, takeover=files[name], **opts)
     return Pair(d, cp, cfg, {"host-a": pa, "host-b": pb}, takeover=files["host-a"])

@@ -1,0 +1,282 @@
+"""Failover end to end (issue 5): real hsbcpd and hsbd processes from the sandbox,
+real terminals from hsb.term, SIGKILL/SIGSTOP of the active, journals as proof."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.ctl import sandbox
+from hsb.ctl.gather import status_all
+from hsb.term.load import run_load
+from tests.support.procs import wait_for
+
+
+@pytest.fixture
+def sb(tmp_path: Path):  # type: ignore[no-untyped-def]
+    dirs: list[Path] = []
+
+    async def make(**kw: Any) -> dict[str, Any]:
+        d = tmp_path / f"sb{len(dirs)}"
+        dirs.append(d)
+        return await sandbox.aup(d, **kw)
+
+    yield make
+    for d in dirs:
+        try:
+            sandbox.down(d, timeout=2.0)
+        except sandbox.SandboxError:
+            pass
+
+
+def pid_of(info: dict[str, Any], name: str) -> int:
+    st = sandbox.load_state(Path(info["dir"]))
+    return int(st["hosts"][name]["pid"])
+
+
+async def status(info: dict[str, Any]) -> dict[str, Any]:
+    st = sandbox.load_state(Path(info["dir"]))
+    return await status_all(st["cp"]["admin"], [h["admin"] for h in st["hosts"].values()], info["secret_file"], timeout=1.0)
+
+
+async def wait_status(info: dict[str, Any], pred: Any, timeout: float = 20.0, what: str = "status") -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    last: dict[str, Any] = {}
+    while True:
+        last = await status(info)
+        if pred(last):
+            return last
+        if asyncio.get_running_loop().time() > deadline:
+            brief = [(h.get("name"), h.get("role"), h.get("state"), h.get("last_error")) for h in last["hosts"]]
+            raise TimeoutError(f"timed out waiting for {what}; hosts {brief}")
+        await asyncio.sleep(0.05)
+
+
+def active_names(st: dict[str, Any]) -> list[str]:
+    return [h["name"] for h in st["hosts"] if h.get("reachable") and h.get("role") == "active"]
+
+
+def journals(info: dict[str, Any]) -> dict[str, dict[tuple[str, int], int]]:
+    """{host: {(terminal, id): redelivered}} from the journal files."""
+    out: dict[str, dict[tuple[str, int], int]] = {}
+    for path in info["journals"]:
+        p = Path(path)
+        host = p.stem.removeprefix("journal-")
+        entries: dict[tuple[str, int], int] = {}
+        if p.exists():
+            for line in p.read_text().splitlines():
+                h, term, mid, red = line.split()
+                assert h == host
+                entries[(term, int(mid))] = max(entries.get((term, int(mid)), 0), int(red))
+        out[host] = entries
+    return out
+
+
+def check_journals(info: dict[str, Any], report: Any, order: list[str]) -> None:
+    """Every acknowledged id is in a journal; an id in two journals is redelivered in the later one."""
+    j = journals(info)
+    acked: set[tuple[str, int]] = set()
+    for term, rec in report.ids.items():
+        for a, b in rec["acked"]:
+            acked.update((term, i) for i in range(a, b + 1))
+    assert acked, "the load acknowledged nothing"
+    seen = set().union(*(set(e) for e in j.values()))
+    missing = acked - seen
+    assert not missing, f"{len(missing)} acknowledged ids are in no journal, e.g. {sorted(missing)[:5]}"
+    for earlier, later in zip(order, order[1:]):
+        both = set(j.get(earlier, {})) & set(j.get(later, {}))
+        bad = [k for k in both if not j[later][k]]
+        assert not bad, f"ids processed by {earlier} and again by {later} without the redelivered mark: {bad[:5]}"
+
+
+def assert_clean(report: Any, *, disconnects_allowed: bool = False) -> None:
+    d = report.to_dict()
+    assert d["acked"] > 0 and d["lost"] == 0 and d["duplicates"] == 0 and d["unexpected"] == 0, d
+    assert d["replied"] == d["acked"], d
+    if not disconnects_allowed:
+        assert d["disconnects"] == 0 and d["session_closed"] == 0, d
+
+
+async def load_with(info: dict[str, Any], action: Any, *, terminals: int, rate: float, duration: float | None = None, settle: float = 20.0) -> Any:
+    """Run the load; call `action()` once sending has started; return the report.
+
+    With `duration=None` the load sends until `action()` returns (plus one second)."""
+    sending, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.ensure_future(
+        run_load(info["cp"]["terminal"], terminals=terminals, rate=rate, duration=duration or 3600, settle=settle, record_ids=True, sending=sending, stop=stop)
+    )
+    await asyncio.wait_for(sending.wait(), 60)
+    try:
+        await action()
+    except BaseException:
+        stop.set()
+        task.cancel()
+        raise
+    if duration is None:
+        await asyncio.sleep(1.0)
+        stop.set()
+    return await task
+
+
+async def test_sigkill_active_under_load_1000_terminals_journal(sb: Any) -> None:
+    info = await sb(terminals=1000, service="journal")
+    a_pid = pid_of(info, "host-a")
+
+    async def kill() -> None:
+        await wait_status(info, lambda s: s["cp"]["terminals"]["standby_sessions"] == 1000, what="all standby sessions")
+        await asyncio.sleep(0.5)  # load keeps running: kill with messages in flight
+        os.kill(a_pid, signal.SIGKILL)
+        st = await wait_status(info, lambda s: active_names(s) == ["host-b"], what="host-b active")
+        assert st["cp"]["last_switchover"]["switched"] == 1000
+
+    report = await load_with(info, kill, terminals=1000, rate=2000)
+    assert_clean(report)
+    assert report.to_dict()["switched"] == 1000
+    check_journals(info, report, ["host-a", "host-b"])
+
+
+async def test_sigstop_active_takes_over_after_timeout_and_old_one_is_fenced(sb: Any) -> None:
+    info = await sb(terminals=200, service="journal")
+    a_pid = pid_of(info, "host-a")
+
+    async def stop() -> None:
+        await wait_status(info, lambda s: s["cp"]["terminals"]["standby_sessions"] == 200, what="all standby sessions")
+        await asyncio.sleep(0.5)  # load keeps running: stop with messages in flight
+        os.kill(a_pid, signal.SIGSTOP)
+        await wait_status(info, lambda s: "host-b" in active_names(s), timeout=10, what="host-b active")
+
+    try:
+        report = await load_with(info, stop, terminals=200, rate=500)
+        assert_clean(report)
+        gap = report.to_dict()["service_gap"]["ms"]
+        assert gap >= 400, f"a SIGSTOP is detected by timeout (500 ms), so the gap cannot be {gap} ms"
+    finally:
+        os.kill(a_pid, signal.SIGCONT)
+    # woken up, the old active finds itself fenced and exits with the fenced status
+    def exited() -> bool:
+        return not sandbox._alive(a_pid)
+
+    wait_for(exited, 15, what="old active to exit")
+    log = (Path(info["dir"]) / "host-a.log").read_text()
+    assert '"event": "fenced"' in log
+    assert "fenced" in log.splitlines()[-1]
+    check_journals(info, report, ["host-a", "host-b"])
+
+
+async def test_only_the_peer_link_fails(tmp_path: Path) -> None:
+    from tests.support.pair import make_pair
+    from tests.support.procs import free_port
+    from tests.support.proxy import Proxy
+
+    # host-a -> proxy_a -> host-b's peer port; host-b -> proxy_b -> host-a's peer port
+    pa, pb = free_port(), free_port()
+    proxy_to_b, proxy_to_a = Proxy(f"127.0.0.1:{pb}"), Proxy(f"127.0.0.1:{pa}")
+    pair = make_pair(
+        tmp_path,
+        host_a={"peer_listen": f"127.0.0.1:{pa}", "peer": await proxy_to_b.start()},
+        host_b={"peer_listen": f"127.0.0.1:{pb}", "peer": await proxy_to_a.start()},
+    )
+    try:
+        pair.start("host-a", "active")
+        pair.start("host-b", "standby")
+        await pair.wait_state("host-b", "established")
+        from tests.support.hostclient import FakeTerminal
+
+        t = await FakeTerminal.connect(pair.cp.info["terminal"], "T00001")
+        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        proxy_to_b.set_cut(True)
+        proxy_to_a.set_cut(True)
+        b = await pair.wait_state("host-b", "established")  # still standby, following the ring
+        deadline = asyncio.get_running_loop().time() + 10
+        while (await pair.status("host-b"))["peer_link"]["up"]:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # two heartbeat timeouts: no switchover happens
+        a, b = await pair.status("host-a"), await pair.status("host-b")
+        assert a["role"] == "active" and b["role"] == "standby"
+        assert not a["peer_link"]["up"] and not b["peer_link"]["up"]
+        assert "refused" in (b["last_error"] or "")
+        assert (await pair.cp_status())["switchovers"] == 0
+        t.send({"t": "msg", "id": 1, "data": "during the cut"})
+        assert (await t.wait(lambda m: m["t"] == "reply"))["data"] == "during the cut"
+        proxy_to_b.set_cut(False)
+        proxy_to_a.set_cut(False)
+        await pair.wait_state("host-a", "established")
+        b = await pair.wait_state("host-b", "established")
+        assert b["peer_link"]["up"]
+        # a logon during the cut still reached the standby through the file
+        assert (await pair.cp_sessions())["T00001"]["standby"]
+    finally:
+        await proxy_to_a.close()
+        await proxy_to_b.close()
+        pair.stop()
+
+
+async def test_twenty_failovers_back_and_forth_under_load(sb: Any) -> None:
+    info = await sb(terminals=200, service="journal")
+    d = Path(info["dir"])
+    order = ["host-a"]
+    snapshots: list[dict[str, Any]] = []
+    rounds = 20
+
+    async def churn() -> None:
+        active = "host-a"
+        for i in range(rounds):
+            # kill at a quiet moment for the sessions: every logon has reached the standby
+            await wait_status(info, lambda s: s["cp"]["terminals"]["standby_sessions"] == 200, what=f"round {i}: standby sessions")
+            standby = "host-b" if active == "host-a" else "host-a"
+            os.kill(pid_of(info, active), signal.SIGKILL)
+            await wait_status(info, lambda s, sb_=standby: active_names(s) == [sb_], what=f"round {i}: {standby} active")
+            sandbox.start_host(d, active, "standby")
+            st = await wait_status(info, lambda s: s["established"], what=f"round {i}: established again")
+            assert len(active_names(st)) == 1
+            order.append(standby)
+            snapshots.append(st)
+            active = standby
+
+    report = await load_with(info, churn, terminals=200, rate=400)
+    assert_clean(report)
+    assert len(snapshots) == rounds
+    epochs = [s["cp"]["epoch"] for s in snapshots]
+    assert epochs == sorted(epochs) and len(set(epochs)) == rounds
+    # journals are per host, so check the delivery guarantee on the union and the mark on every repeat
+    j = journals(info)
+    acked = {(t, i) for t, rec in report.ids.items() for a, b in rec["acked"] for i in range(a, b + 1)}
+    assert acked <= set(j["host-a"]) | set(j["host-b"])
+
+
+async def test_conventional_mode_disconnects_but_loses_nothing(sb: Any) -> None:
+    info = await sb(terminals=200, service="journal", conventional=True)
+    a_pid = pid_of(info, "host-a")
+
+    async def kill() -> None:
+        await asyncio.sleep(0.5)  # load keeps running: kill with messages in flight
+        os.kill(a_pid, signal.SIGKILL)
+        await wait_status(info, lambda s: active_names(s) == ["host-b"], what="host-b active")
+
+    report = await load_with(info, kill, terminals=200, rate=500)
+    assert_clean(report, disconnects_allowed=True)
+    d = report.to_dict()
+    assert d["disconnects"] == 200 and d["switched"] == 0
+    st = await status(info)
+    assert st["cp"]["last_switchover"]["classic"] == 200 and st["cp"]["last_switchover"]["switched"] == 0
+    check_journals(info, report, ["host-a", "host-b"])
+
+
+async def test_active_restarted_as_active_while_other_is_active_is_refused(sb: Any) -> None:
+    info = await sb(terminals=10)
+    os.kill(pid_of(info, "host-a"), signal.SIGKILL)
+    await wait_status(info, lambda s: active_names(s) == ["host-b"], what="host-b active")
+    cfg = next(h["config"] for h in info["hosts"] if h["name"] == "host-a")
+    r = subprocess.run([sys.executable, "-m", "hsb.host", "--role", "active", "--config", cfg], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert "host-b is already the active host" in last and "--role standby" in last
+
