@@ -1,13 +1,194 @@
-"""The `scripts/demo` job (filled in as the issues land)."""
+"""`scripts/demo`: the main job. A sandbox (hsbcpd, host A active, host B standby)
+with 200 terminals under load; SIGKILL the active; restart it as standby; hot
+standby again; a readable report of the failover timeline, the service gap and
+the delivery verdict. Then the same failover in conventional mode (no standby
+sessions, the classic reconnect of [0002]) and both side by side.
+
+Exit status 1 if anything acknowledged was lost or duplicated.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
+import os
+import signal
 import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hsb.ctl import sandbox
+from hsb.ctl.gather import status_all
+from hsb.term.load import run_load
 
 
-def main() -> int:
-    print("demo: not implemented yet", file=sys.stderr)
-    return 2
+def _ts(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def _events(path: Path, name: str) -> list[dict[str, Any]]:
+    out = []
+    if not path.exists():
+        return out
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{") and f'"{name}"' in line:
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if e.get("event") == name:
+                out.append(e)
+    return out
+
+
+async def _status(d: Path) -> dict[str, Any]:
+    st = sandbox.load_state(d)
+    return await status_all(st["cp"]["admin"], [h["admin"] for h in st["hosts"].values()], str(d / "secret"), timeout=1.0)
+
+
+async def _until(d: Path, pred: Any, timeout: float, what: str) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        st = await _status(d)
+        if pred(st):
+            return st
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"demo: timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def _actives(st: dict[str, Any]) -> list[str]:
+    return [h["name"] for h in st["hosts"] if h.get("reachable") and h.get("role") == "active"]
+
+
+async def scenario(d: Path, *, conventional: bool, terminals: int, rate: float, say: Any) -> dict[str, Any]:
+    mode = "conventional" if conventional else "fast switch"
+    say(f"\n== {mode}: starting hsbcpd, host-a (active), host-b (standby), {terminals} terminals ==")
+    info = await sandbox.aup(d, terminals=terminals, service="journal", conventional=conventional, timeout=60)
+    try:
+        sending, stop = asyncio.Event(), asyncio.Event()
+        load = asyncio.ensure_future(
+            run_load(info["cp"]["terminal"], terminals=terminals, rate=rate, duration=3600, settle=20, sending=sending, stop=stop)
+        )
+        await asyncio.wait_for(sending.wait(), 60)
+        if not conventional:
+            await _until(d, lambda s: s["cp"]["terminals"]["standby_sessions"] == terminals, 30, "standby sessions")
+        say(f"   hot standby established; load running at {rate:.0f} msg/s")
+        await asyncio.sleep(1.5)
+        pid = sandbox.load_state(d)["hosts"]["host-a"]["pid"]
+        t_kill = time.time()
+        os.kill(pid, signal.SIGKILL)
+        say(f"   SIGKILL host-a (pid {pid})")
+        await _until(d, lambda s: _actives(s) == ["host-b"], 30, "host-b active")
+        say("   host-b is active; restarting host-a as standby")
+        sandbox.start_host(d, "host-a", "standby")
+        st = await _until(d, lambda s: s["established"], 60, "hot standby again")
+        t_est = time.time()
+        say("   hot standby established again, roles reversed")
+        await asyncio.sleep(1.0)
+        stop.set()
+        report = (await load).to_dict()
+    finally:
+        sandbox.down(d)
+    cp_log = d / "cp.log"
+    lost = _events(cp_log, "active_host_link_lost")
+    granted = _events(cp_log, "switchover_granted")
+    complete = _events(cp_log, "switchover_complete")
+    rec = st["cp"].get("last_switchover") or {}
+    t_grant = _ts(granted[-1]["timestamp"]) if granted else None
+
+    def rel(t: float | None) -> float | None:
+        return None if t is None else round((t - t_kill) * 1000, 1)
+
+    timeline = {
+        "killed": 0.0,
+        "loss_detected": rel(_ts(lost[-1]["timestamp"])) if lost else None,
+        "switch_granted": rel(t_grant),
+        "sessions_switched": rel(_ts(complete[-1]["timestamp"])) if complete else None,
+        "first_redelivered_answered": rel(t_grant + rec["first_redelivered_reply_ms"] / 1000) if t_grant and rec.get("first_redelivered_reply_ms") is not None else None,
+        "last_terminal_served": rel(t_grant + rec["all_served_ms"] / 1000) if t_grant and rec.get("all_served_ms") is not None else None,
+        "standby_again": rel(t_est),
+    }
+    return {
+        "mode": mode,
+        "terminals": terminals,
+        "timeline_ms": timeline,
+        "switched": rec.get("switched"),
+        "reconnected": rec.get("classic"),
+        "switch_ms": rec.get("switch_ms"),
+        "service_gap_ms": report["service_gap"]["ms"],
+        "verdict": {k: report[k] for k in ("sent", "acked", "replied", "lost", "duplicates", "disconnects", "switched")},
+        "latency_ms": report["latency_ms"],
+        "dir": str(d),
+    }
+
+
+def render(results: list[dict[str, Any]]) -> str:
+    rows = [
+        ("killed (SIGKILL host-a)", lambda r: r["timeline_ms"]["killed"]),
+        ("loss detected by the CP", lambda r: r["timeline_ms"]["loss_detected"]),
+        ("switch granted", lambda r: r["timeline_ms"]["switch_granted"]),
+        ("sessions switched", lambda r: r["timeline_ms"]["sessions_switched"]),
+        ("first re-delivered msg answered", lambda r: r["timeline_ms"]["first_redelivered_answered"]),
+        ("last terminal served again", lambda r: r["timeline_ms"]["last_terminal_served"]),
+        ("hot standby again (roles reversed)", lambda r: r["timeline_ms"]["standby_again"]),
+    ]
+    w = 36
+    head = f"{'':<{w}}" + "".join(f"{r['mode']:>18}" for r in results)
+    out = ["", "=" * len(head), "Failover report (times in ms after the kill)", "=" * len(head), head]
+
+    def fmt(v: Any) -> str:
+        return "-" if v is None else f"{v:,.1f}" if isinstance(v, float) else f"{v:,}"
+
+    for label, fn in rows:
+        out.append(f"{label:<{w}}" + "".join(f"{fmt(fn(r)):>18}" for r in results))
+    out.append("")
+    out.append(f"{'service gap (ms)':<{w}}" + "".join(f"{fmt(r['service_gap_ms']):>18}" for r in results))
+    out.append(f"{'sessions switched / reconnected':<{w}}" + "".join(f"{str(r['switched']) + ' / ' + str(r['reconnected']):>18}" for r in results))
+    for k in ("sent", "acked", "replied", "lost", "duplicates", "disconnects"):
+        out.append(f"{k:<{w}}" + "".join(f"{fmt(r['verdict'][k]):>18}" for r in results))
+    if len(results) == 2 and results[0]["service_gap_ms"]:
+        ratio = results[1]["service_gap_ms"] / results[0]["service_gap_ms"]
+        out.append("")
+        out.append(f"conventional / fast-switch service gap: {ratio:.1f}x")
+    ok = all(r["verdict"]["lost"] == 0 and r["verdict"]["duplicates"] == 0 for r in results)
+    out.append("")
+    out.append("VERDICT: " + ("nothing acknowledged was lost or duplicated" if ok else "LOSS OR DUPLICATION DETECTED"))
+    return "\n".join(out)
+
+
+async def amain(args: argparse.Namespace) -> int:
+    base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="hsb-demo-"))
+    say = (lambda s: print(s, file=sys.stderr)) if args.json else print
+    results = []
+    results.append(await scenario(base / "fast", conventional=False, terminals=args.terminals, rate=args.rate, say=say))
+    if not args.fast_only:
+        results.append(await scenario(base / "conventional", conventional=True, terminals=args.terminals, rate=args.rate, say=say))
+    ok = all(r["verdict"]["lost"] == 0 and r["verdict"]["duplicates"] == 0 for r in results)
+    if args.json:
+        print(json.dumps({"ok": ok, "results": results}, indent=2))
+    else:
+        print(render(results))
+        print(f"logs and configs: {base}")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="scripts/demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--terminals", type=int, default=200)
+    p.add_argument("--rate", type=float, default=1000.0, help="messages per second over all terminals")
+    p.add_argument("--dir", help="keep configs and logs here (default: a new temp folder)")
+    p.add_argument("--fast-only", action="store_true", help="skip the conventional-mode comparison")
+    args = p.parse_args(argv)
+    from hsb import logs, loop
+
+    logs.setup("warning")
+    return loop.run(amain(args))
 
 
 if __name__ == "__main__":

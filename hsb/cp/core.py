@@ -44,6 +44,8 @@ class CP:
         self.protocol_errors: dict[tuple[str, str], int] = {}
         self.started = time.time()
         self.connected = 0
+        # After a grant: which switched terminals have not had a reply yet (the failover timeline).
+        self.after_switch: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ terminals
     def terminal_hello(self, proto: "TerminalProtocol", name: str) -> None:
@@ -118,6 +120,7 @@ class CP:
     def _deliver(self, term: Term, held: Held, host: "HostProtocol") -> None:
         redelivered = held.delivered_epoch != 0
         held.delivered_epoch = self.epoch
+        held.redelivered = redelivered
         self.counters["redelivered" if redelivered else "delivered"] += 1
         host.send({"t": "deliver", "terminal": term.name, "id": held.id, "data": held.data, "redelivered": redelivered})
 
@@ -244,6 +247,8 @@ class CP:
             return  # already discarded: never a second reply
         self.counters["replies"] += 1
         self._to_terminal(term, {"t": "reply", "id": mid, "data": data})
+        if self.after_switch is not None:
+            self._served_after_switch(term.name, held.redelivered)
         if term.paused and len(term.held) < self.held_bound and term.conn is not None:
             term.paused = False
             term.conn.resume_reading()
@@ -347,6 +352,7 @@ class CP:
         host.send({"t": "switch_granted", "epoch": self.epoch})
         faults.point("cp.after_grant")
         switched = classic = requested = 0
+        had_session: set[str] = set()  # terminals to be served again (the failover timeline)
         for term in self.terms.values():
             sb = term.standby
             if sb is not None and sb.host is host:
@@ -356,6 +362,7 @@ class CP:
                     term.conn.send({"t": "switched", "epoch": self.epoch})
                     self._deliver_pending(term, host)
                     switched += 1
+                    had_session.add(term.name)
                     faults.point("cp.mid_switch")
                     continue
                 term.active = None
@@ -366,6 +373,7 @@ class CP:
                 term.active = None
                 term.conn.close()
                 classic += 1
+                had_session.add(term.name)
             elif term.conn is not None and term.active is None and not term.leaving:
                 host.send({"t": "session_request", "terminal": term.name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
                 requested += 1
@@ -390,6 +398,23 @@ class CP:
         self.switchovers.append(rec)
         del self.switchovers[:-50]
         log.info("switchover_complete", **rec)
+        self.after_switch = {"t0": t0, "pending": had_session, "rec": rec, "deadline": t0 + 60.0}
+        rec["first_redelivered_reply_ms"] = None
+        rec["all_served_ms"] = None
+
+    def _served_after_switch(self, name: str, redelivered: bool) -> None:
+        a = self.after_switch
+        assert a is not None
+        now = time.monotonic()
+        rec = a["rec"]
+        if redelivered and rec["first_redelivered_reply_ms"] is None:
+            rec["first_redelivered_reply_ms"] = round((now - a["t0"]) * 1000, 3)
+        a["pending"].discard(name)
+        if not a["pending"] or now > a["deadline"]:
+            if not a["pending"]:
+                rec["all_served_ms"] = round((now - a["t0"]) * 1000, 3)
+                log.info("switched_terminals_served", epoch=rec["epoch"], all_served_ms=rec["all_served_ms"], first_redelivered_reply_ms=rec["first_redelivered_reply_ms"])
+            self.after_switch = None
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:

@@ -35,12 +35,13 @@ class Held:
     so a message is re-delivered, marked so, to each new active exactly once.
     """
 
-    __slots__ = ("id", "data", "delivered_epoch")
+    __slots__ = ("id", "data", "delivered_epoch", "redelivered")
 
     def __init__(self, mid: int, data: Any) -> None:
         self.id = mid
         self.data = data
         self.delivered_epoch = 0
+        self.redelivered = False
 
 
 class Term:

@@ -44,6 +44,8 @@ T = TypeVar("T")
 
 
 class TakeoverStore:
+    """One daemon's access to one takeover file, in either role (see module docstring)."""
+
     def __init__(
         self,
         path: str,
