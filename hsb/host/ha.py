@@ -44,6 +44,8 @@ TAKING_OVER = "taking_over"
 STOPPING = "stopping"
 FENCED = "fenced"
 
+TORN_RETRIES = 5  # polls a torn ring record may stay torn (a write in progress) before it counts as damage
+
 
 class Exit(Exception):
     """Leave the daemon with this status and message."""
@@ -82,6 +84,7 @@ class HA:
         self.switch_requested_at: float | None = None
         self.active_stopped_by: str | None = None
         self.batch_task: asyncio.Task[None] | None = None
+        self.torn_polls = 0
         self.serving = False  # set in link order: deliveries are processed only while True
         self.switched_sessions = 0
         # how long a standby waits for BATCH WRITE COMPLETE before it starts again
@@ -424,13 +427,23 @@ class HA:
             return
         if entries:
             self.srv.sessions_ctl.apply_ring(entries)
-        if status in ("lapped", "new_generation"):
+        if status == "torn":
+            # maybe a write in progress: retry, but a record that stays torn is damage
+            self.torn_polls += 1
+            self.last_error = f"takeover ring {detail}: torn"
+            if self.torn_polls < TORN_RETRIES:
+                return
+            status = "corrupt"
+        else:
+            self.torn_polls = 0
+        if status in ("lapped", "new_generation", "corrupt"):
+            # never guess: ask the active for a new batch takeover (SPEC §5.2 step 8)
             log.warning("ring_resync_needed", status=status, detail=detail)
+            if status == "corrupt":
+                self.last_error = f"takeover ring {detail}: corrupt"
             tio.stop_following()
             self.srv.peer.send({"t": "resync_request", "startup_id": self.own_startup_id, "reason": status})
             self.set_state(AWAITING_BATCH, f"ring {status}: asked the active for a new batch takeover")
-        elif status in ("torn", "corrupt"):
-            self.last_error = f"takeover ring record {detail}: {status}"
         elif status == "new":
             self.next_poll = 0.0  # more may be waiting
 

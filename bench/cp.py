@@ -1,0 +1,440 @@
+"""Benchmark of the communications processor (hsbcpd), figures for BENCHMARKS.md.
+
+    .venv/bin/python bench/cp.py [--quick] [--json FILE] [--only throughput,switch,memory]
+
+Measures, against a real hsbcpd process on 127.0.0.1 (nothing else is contacted):
+
+1. **Round trips.** Closed-loop load (each terminal keeps `--window` messages outstanding and
+   sends the next one as soon as a reply comes) from `hsb.term.load.run_load` in a process of
+   its own, at 1, 100 and 1,000 terminals, through hsbcpd to a host (a separate process) that
+   answers each `deliver` at once, and beside it the same terminals talking straight to an
+   equally small uvloop echo server that speaks the terminal link (welcome, session open, ack
+   + reply per message). Replies per second while sending, reply latency p50/p99, the ratio
+   CP / direct from the same run (goal: >= 50 %), and the CPU each process used.
+2. **Switchover.** N terminals (1,000 and 10,000) connected with active sessions, a standby
+   host with a standby session for each; the active's host link closes, the standby asks for
+   the switchover and gets `switch_granted`. hsbcpd's own `last_switchover.switch_ms` (grant to
+   the last `switched` sent; goal: 10,000 in <= 50 ms), and from outside: the grant arriving
+   at the standby to the last `switched` arriving at a terminal (system-wide monotonic clock).
+3. **Memory.** hsbcpd's VmRSS with 10,000 terminals defined and none connected, then with all
+   10,000 connected with sessions (active, then also standby, then after one round trip
+   each); the difference divided by 10,000 (goal: <= 10 KiB per terminal).
+
+Hidden modes run the child processes: `_host`, `_echo`, `_load`, `_fleet`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    REPO,
+    BenchHost,
+    Child,
+    EchoProtocol,
+    Fleet,
+    cpu_sample,
+    emit,
+    machine,
+    machine_line,
+    rss_kib,
+    stdin_lines,
+)
+
+from hsb import loop as hsb_loop  # noqa: E402
+from hsb.term.load import run_load, terminal_names  # noqa: E402
+from hsb.wire.client import request  # noqa: E402
+from tests.support.procs import SECRET, addr, start_cp  # noqa: E402
+
+ATTRS = {"protocol": "hsb1"}
+THIS = str(Path(__file__).resolve())
+GOAL_RATIO = 0.5
+GOAL_SWITCH_MS = 50.0
+GOAL_KIB = 10.0
+
+
+def child_argv(mode: str, *args: str) -> list[str]:
+    return [sys.executable, THIS, mode, *args]
+
+
+# =========================================================================== child processes
+
+
+async def host_main(a: argparse.Namespace) -> None:
+    """_host: one active host that opens every requested session and answers at once."""
+    h = await BenchHost.connect(addr(a.addr), a.name, bytes.fromhex(a.secret_hex), "active", attrs=ATTRS)
+    emit({"ready": True, "epoch": h.epoch})
+    stdin = await stdin_lines()
+    await stdin.read()  # until EOF
+    emit({"counts": dict(h.counts)})
+    h.close()
+
+
+async def echo_main(a: argparse.Namespace) -> None:
+    """_echo: the direct baseline server."""
+    loop = asyncio.get_running_loop()
+    srv = await loop.create_server(EchoProtocol, "127.0.0.1", 0, backlog=4096)
+    emit({"port": srv.sockets[0].getsockname()[1]})
+    stdin = await stdin_lines()
+    await stdin.read()
+    srv.close()
+
+
+async def load_main(a: argparse.Namespace) -> None:
+    """_load: one closed-loop run; CPU of this and the watched processes while sending."""
+    watch: dict[str, int] = json.loads(a.watch)
+    watch["load"] = os.getpid()
+    sending = asyncio.Event()
+    task = asyncio.ensure_future(
+        run_load(
+            addr(a.cp), terminals=a.terminals, rate=0, duration=a.duration, window=a.window, closed_loop=True,
+            settle=15, connect_timeout=90, sending=sending,
+        )
+    )
+    waiter = asyncio.ensure_future(sending.wait())
+    await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    cpu = {}
+    if sending.is_set() and not task.done():
+        c0, t0 = cpu_sample(watch), time.monotonic()
+        await asyncio.sleep(a.duration)
+        c1, t1 = cpu_sample(watch), time.monotonic()
+        cpu = {k: round((c1[k] - c0[k]) / (t1 - t0), 3) for k in watch}
+    r = await task
+    emit({"report": r.to_dict(), "cpu": cpu})
+
+
+async def fleet_main(a: argparse.Namespace) -> None:
+    """_fleet: idle terminals driven by JSON commands on stdin."""
+    from hsb.term.load import _raise_nofile
+
+    names = terminal_names(a.terminals)
+    _raise_nofile(len(names) + 256)
+    fleet = Fleet(addr(a.cp), names)
+    stdin = await stdin_lines()
+    try:
+        while True:
+            line = await stdin.readline()
+            if not line:
+                break
+            cmd = json.loads(line)
+            c = cmd["cmd"]
+            if c == "connect":
+                emit({"connect_s": await fleet.connect()})
+            elif c == "arm":
+                fleet.arm()
+                emit({"ok": True})
+            elif c == "await_switched":
+                n = len(names)
+                ok = await fleet.until(lambda: fleet.switched >= n, cmd.get("timeout", 60))
+                emit({"ok": ok, "switched": fleet.switched, "first": fleet.first_switched,
+                      "last": fleet.last_switched, "disconnects": fleet.disconnects, "sessions": fleet.sessions})
+            elif c == "ping":
+                emit({"ping_s": await fleet.ping()})
+            elif c == "state":
+                emit({"sessions": fleet.sessions, "disconnects": fleet.disconnects, "replies": fleet.replies,
+                      "errors": dict(fleet.errors)})
+    finally:
+        fleet.close()
+
+
+# =========================================================================== measurements
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+async def bench_throughput(n: int, a: argparse.Namespace, work: Path, log: Any) -> dict[str, Any]:
+    d = work / f"rt-{n}"
+    d.mkdir()
+    cp = start_cp(d, terminals=n, host_timeout=5.0)
+    host = echo = None
+    runs: dict[str, list[dict[str, Any]]] = {"cp": [], "direct": []}
+    try:
+        host = await Child.start(child_argv("_host", "--addr", cp.info["host"], "--secret-hex", SECRET.hex()),
+                                 d / "host.log")
+        await host.read(30)
+        echo = await Child.start(child_argv("_echo"), d / "echo.log")
+        port = (await echo.read(30))["port"]
+        for rep in range(a.reps):
+            order = ["cp", "direct"] if rep % 2 == 0 else ["direct", "cp"]
+            for mode in order:
+                target = cp.info["terminal"] if mode == "cp" else f"127.0.0.1:{port}"
+                watch = {"hsbcpd": cp.popen.pid, "host": host.pid} if mode == "cp" else {"echo": echo.pid}
+                load = await Child.start(
+                    child_argv("_load", "--cp", target, "--terminals", str(n), "--window", str(a.window),
+                               "--duration", str(a.duration), "--watch", json.dumps(watch)),
+                    d / f"load-{mode}-{rep}.log",
+                )
+                try:
+                    out = await load.read(a.duration + 150)
+                finally:
+                    await load.stop()
+                r = out["report"]
+                if not r["ok"] or r["welcomed"] != n or r["sessions_opened"] != n:
+                    raise RuntimeError(f"{mode} run at {n} terminals failed: {json.dumps(r)[:2000]}")
+                run = {"rate": r["reply_rate"], "p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"],
+                       "replied": r["replied"], "duration_s": r["duration_s"], "cpu": out["cpu"]}
+                runs[mode].append(run)
+                log(f"  {n:>5} terminals  {mode:<6} rep {rep + 1}: {run['rate']:>9.0f} msg/s  "
+                    f"p50 {run['p50']:.2f} ms  p99 {run['p99']:.2f} ms  cpu {run['cpu']}")
+    finally:
+        for c in (host, echo):
+            if c is not None:
+                await c.stop()
+        cp.stop()
+
+    def summary(rs: list[dict[str, Any]]) -> dict[str, Any]:
+        cpu_keys = rs[0]["cpu"].keys() if rs else []
+        return {
+            "rate": round(median([r["rate"] for r in rs]), 1),
+            "p50": round(median([r["p50"] for r in rs]), 3),
+            "p99": round(median([r["p99"] for r in rs]), 3),
+            "cpu": {k: round(median([r["cpu"].get(k, float("nan")) for r in rs]), 2) for k in cpu_keys},
+            "runs": rs,
+        }
+
+    cps, direct = summary(runs["cp"]), summary(runs["direct"])
+    ratios = [c["rate"] / dr["rate"] for c, dr in zip(runs["cp"], runs["direct"]) if dr["rate"]]
+    return {"terminals": n, "window": a.window, "cp": cps, "direct": direct,
+            "ratio": round(cps["rate"] / direct["rate"], 3) if direct["rate"] else None,
+            "ratios": [round(x, 3) for x in ratios]}
+
+
+async def bench_switch(n: int, a: argparse.Namespace, work: Path, log: Any, memory: bool) -> dict[str, Any]:
+    d = work / f"switch-{n}"
+    d.mkdir()
+    cp = start_cp(d, terminals=n, host_timeout=5.0)
+    admin_h, admin_p = addr(cp.info["admin"])
+    hosts: list[BenchHost] = []
+    fleet: Child | None = None
+    names = terminal_names(n)
+    mem: dict[str, Any] = {}
+    rounds: list[dict[str, Any]] = []
+    try:
+        host_addr = addr(cp.info["host"])
+        active = await BenchHost.connect(host_addr, "host-a", SECRET, "active", attrs=ATTRS)
+        standby = await BenchHost.connect(host_addr, "host-b", SECRET, "standby", attrs=ATTRS)
+        hosts += [active, standby]
+        pid = cp.popen.pid
+        if memory:
+            mem["idle_kib"] = rss_kib(pid)
+        fleet = await Child.start(child_argv("_fleet", "--cp", cp.info["terminal"], "--terminals", str(n)),
+                                  d / "fleet.log")
+        conn = await fleet.ask({"cmd": "connect"}, 300)
+        log(f"  {n} terminals connected with active sessions in {conn['connect_s']:.2f} s")
+        if memory:
+            mem["active_kib"] = rss_kib(pid)
+        for rep in range(a.switch_reps):
+            base = standby.counts["opened:standby"]
+            standby.send_many([{"t": "open", "terminal": nm, "kind": "standby", "attrs": ATTRS} for nm in names])
+            sb = standby
+            await sb.until(lambda: sb.counts["opened:standby"] >= base + n, 120, "standby sessions opened")
+            if memory and rep == 0:
+                mem["standby_kib"] = rss_kib(pid)
+                ping = await fleet.ask({"cmd": "ping"}, 300)
+                mem["ping_s"] = ping["ping_s"]
+                mem["after_ping_kib"] = rss_kib(pid)
+            await fleet.ask({"cmd": "arm"})
+            lost = standby.counts["active_lost"]
+            active.close()
+            await sb.until(lambda: sb.counts["active_lost"] > lost, 30, "active_lost")
+            granted = sb.counts["switch_granted"]
+            t_req = time.monotonic()
+            sb.send({"t": "switchover", "reason": "bench", "planned": False})
+            await sb.until(lambda: sb.counts["switch_granted"] > granted or sb.counts["switch_refused"] > 0, 30,
+                           "switch_granted")
+            if sb.counts["switch_refused"]:
+                raise RuntimeError(f"switchover refused: {sb.last.get('switch_refused')}")
+            t_grant = sb.events["switch_granted"]
+            sw = await fleet.ask({"cmd": "await_switched", "timeout": 60}, 120)
+            st = (await request(admin_h, admin_p, SECRET, {"t": "status"}, timeout=10))["data"]
+            last = st["last_switchover"]
+            if not sw["ok"] or sw["disconnects"] or last["switched"] != n:
+                raise RuntimeError(f"switchover incomplete: fleet {sw}, cp {last}")
+            rnd = {
+                "switch_ms": last["switch_ms"],
+                "switched": last["switched"],
+                "grant_to_last_switched_ms": round((sw["last"] - t_grant) * 1000, 3),
+                "grant_to_first_switched_ms": round((sw["first"] - t_grant) * 1000, 3),
+                "request_to_last_switched_ms": round((sw["last"] - t_req) * 1000, 3),
+                "request_to_grant_ms": round((t_grant - t_req) * 1000, 3),
+            }
+            rounds.append(rnd)
+            log(f"  {n} sessions, round {rep + 1}: hsbcpd switch_ms {rnd['switch_ms']:.2f}; "
+                f"terminal side grant->last switched {rnd['grant_to_last_switched_ms']:.2f} ms "
+                f"(request->last {rnd['request_to_last_switched_ms']:.2f} ms)")
+            # Roles reversed: the new active keeps answering; a fresh standby joins for the next round.
+            name = "host-a" if sb.name == "host-b" else "host-b"
+            active = sb
+            standby = await BenchHost.connect(host_addr, name, SECRET, "standby", attrs=ATTRS)
+            hosts.append(standby)
+    finally:
+        if fleet is not None:
+            await fleet.stop()
+        for h in hosts:
+            h.close()
+        cp.stop()
+
+    out: dict[str, Any] = {
+        "terminals": n,
+        "rounds": rounds,
+        "switch_ms": round(median([r["switch_ms"] for r in rounds]), 3),
+        "switch_ms_max": max(r["switch_ms"] for r in rounds),
+        "grant_to_last_switched_ms": round(median([r["grant_to_last_switched_ms"] for r in rounds]), 3),
+        "request_to_last_switched_ms": round(median([r["request_to_last_switched_ms"] for r in rounds]), 3),
+    }
+    if memory:
+        idle = mem["idle_kib"]
+        for k in ("active", "standby", "after_ping"):
+            mem[f"{k}_per_terminal_kib"] = round((mem[f"{k}_kib"] - idle) / n, 2)
+        mem["terminals"] = n
+        out["memory"] = mem
+    return out
+
+
+# =========================================================================== report
+
+
+def markdown(res: dict[str, Any]) -> str:
+    L: list[str] = []
+    L.append(f"Command: `{res['command']}`  ")
+    L.append(f"Machine: {machine_line(res['machine'])}.  ")
+    L.append(f"Run: {res['when']}, {res['settings']}.")
+    L.append("")
+    if res.get("throughput"):
+        L.append("Round trips, closed loop (each terminal keeps "
+                 f"{res['throughput'][0]['window']} messages outstanding), host answers at once; "
+                 "median of the repetitions; CPU is the share of one core each process used while sending:")
+        L.append("")
+        L.append("| terminals | via hsbcpd msg/s | p50 ms | p99 ms | direct msg/s | p50 ms | p99 ms | CP / direct | goal >= 50 % | CPU via CP (load / hsbcpd / host) | CPU direct (load / echo) |")
+        L.append("|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---|---|")
+        for t in res["throughput"]:
+            c, dr = t["cp"], t["direct"]
+            cc, dc = c["cpu"], dr["cpu"]
+            ok = "met" if t["ratio"] is not None and t["ratio"] >= GOAL_RATIO else "**missed**"
+            L.append(
+                f"| {t['terminals']:,} | {c['rate']:,.0f} | {c['p50']:.2f} | {c['p99']:.2f} | {dr['rate']:,.0f} | "
+                f"{dr['p50']:.2f} | {dr['p99']:.2f} | {100 * t['ratio']:.0f} % | {ok} | "
+                f"{cc.get('load', 0):.0%} / {cc.get('hsbcpd', 0):.0%} / {cc.get('host', 0):.0%} | "
+                f"{dc.get('load', 0):.0%} / {dc.get('echo', 0):.0%} |"
+            )
+        L.append("")
+    if res.get("switch"):
+        L.append("Switchover of N sessions inside hsbcpd (active host link closed, standby asks, granted); "
+                 "median of the rounds:")
+        L.append("")
+        L.append("| sessions | hsbcpd `switch_ms` (grant → last `switched` sent) | max | goal | terminal side: grant received → last `switched` received | switchover request → last `switched` received |")
+        L.append("|---:|---:|---:|:---:|---:|---:|")
+        for s in res["switch"]:
+            goal = ("met" if s["switch_ms"] <= GOAL_SWITCH_MS else "**missed**") if s["terminals"] >= 10000 else "-"
+            L.append(f"| {s['terminals']:,} | {s['switch_ms']:.1f} ms | {s['switch_ms_max']:.1f} ms | {goal} | "
+                     f"{s['grant_to_last_switched_ms']:.1f} ms | {s['request_to_last_switched_ms']:.1f} ms |")
+        L.append("")
+    mem = next((s["memory"] for s in res.get("switch", []) if "memory" in s), None)
+    if mem:
+        n = mem["terminals"]
+        L.append(f"Resident memory of hsbcpd (VmRSS), {n:,} terminals defined:")
+        L.append("")
+        L.append("| state | VmRSS | per connected terminal | goal <= 10 KiB |")
+        L.append("|---|---:|---:|:---:|")
+        L.append(f"| none connected (active and standby hosts registered) | {mem['idle_kib'] / 1024:.1f} MiB | - | |")
+        for k, label in (("active", f"{n:,} connected, active sessions"),
+                         ("standby", "+ a standby session each"),
+                         ("after_ping", "+ one round trip each")):
+            per = mem[f"{k}_per_terminal_kib"]
+            ok = "met" if per <= GOAL_KIB else "**missed**"
+            L.append(f"| {label} | {mem[f'{k}_kib'] / 1024:.1f} MiB | {per:.2f} KiB | {ok} |")
+        L.append("")
+    return "\n".join(L)
+
+
+async def orchestrate(a: argparse.Namespace) -> dict[str, Any]:
+    def log(s: str) -> None:
+        print(s, file=sys.stderr, flush=True)
+
+    only = set(a.only.split(",")) if a.only else {"throughput", "switch", "memory"}
+    work = Path(tempfile.mkdtemp(prefix="hsb-bench-cp-"))
+    exe = os.path.relpath(sys.executable, REPO) if sys.executable.startswith(str(REPO)) else sys.executable
+    res: dict[str, Any] = {
+        "command": " ".join([exe, "bench/cp.py", *sys.argv[1:]]),
+        "machine": machine(),
+        "when": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "settings": f"{a.duration:g} s per load run x {a.reps}, window {a.window}, {a.switch_reps} switchover rounds",
+        "throughput": [],
+        "switch": [],
+    }
+    log(f"bench/cp.py: {machine_line(res['machine'])}; work dir {work}")
+    try:
+        if "throughput" in only:
+            for n in a.sizes:
+                res["throughput"].append(await bench_throughput(n, a, work, log))
+        if "switch" in only or "memory" in only:
+            sizes = a.switch_sizes if "switch" in only else [max(a.switch_sizes)]
+            for n in sizes:
+                res["switch"].append(await bench_switch(n, a, work, log, memory="memory" in only and n == max(sizes)))
+    finally:
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return res
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1].startswith("_"):
+        mode = sys.argv[1]
+        p = argparse.ArgumentParser(prog=f"cp.py {mode}")
+        p.add_argument("--addr")
+        p.add_argument("--name", default="host-a")
+        p.add_argument("--secret-hex")
+        p.add_argument("--cp")
+        p.add_argument("--terminals", type=int, default=1)
+        p.add_argument("--window", type=int, default=8)
+        p.add_argument("--duration", type=float, default=5.0)
+        p.add_argument("--watch", default="{}")
+        a = p.parse_args(sys.argv[2:])
+        fn = {"_host": host_main, "_echo": echo_main, "_load": load_main, "_fleet": fleet_main}[mode]
+        import logging
+
+        logging.disable(logging.CRITICAL)
+        hsb_loop.run(fn(a))
+        return
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="Shorter runs, one repetition (a smoke test of the bench).")
+    p.add_argument("--only", default="", help="Comma list of throughput, switch, memory (default: all).")
+    p.add_argument("--duration", type=float, default=None, help="Seconds of sending per load run (default 5; quick 2).")
+    p.add_argument("--reps", type=int, default=None, help="Load runs per size and mode (default 3; quick 1).")
+    p.add_argument("--switch-reps", type=int, default=None, help="Switchover rounds per size (default 5; quick 2).")
+    p.add_argument("--window", type=int, default=8, help="Messages each terminal keeps outstanding.")
+    p.add_argument("--sizes", default="1,100,1000", help="Terminal counts for the round-trip runs.")
+    p.add_argument("--switch-sizes", default="1000,10000", help="Session counts for the switchover runs.")
+    p.add_argument("--json", dest="json_out", default=None, help="Also write all results (every run) here.")
+    p.add_argument("--keep", action="store_true", help="Keep the work dir (configs, logs).")
+    a = p.parse_args()
+    a.duration = a.duration if a.duration is not None else (2.0 if a.quick else 5.0)
+    a.reps = a.reps if a.reps is not None else (1 if a.quick else 3)
+    a.switch_reps = a.switch_reps if a.switch_reps is not None else (2 if a.quick else 5)
+    a.sizes = [int(x) for x in a.sizes.split(",") if x]
+    a.switch_sizes = [int(x) for x in a.switch_sizes.split(",") if x]
+    res = hsb_loop.run(orchestrate(a))
+    if a.json_out:
+        Path(a.json_out).write_text(json.dumps(res, indent=2) + "\n")
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()
