@@ -46,6 +46,7 @@ class CP:
         self.connected = 0
         # After a grant: which switched terminals have not had a reply yet (the failover timeline).
         self.after_switch: dict[str, Any] | None = None
+        self.release_t0: float | None = None
 
     # ------------------------------------------------------------------ terminals
     def terminal_hello(self, proto: "TerminalProtocol", name: str) -> None:
@@ -84,7 +85,7 @@ class CP:
         self.counters["acks"] += 1
         term.conn.send({"t": "ack", "id": mid})  # type: ignore[union-attr]
         s = term.active
-        if s is not None and s.host is self.active and self.active.usable:
+        if s is not None and s.host is self.active and self.active.usable and not self.active.released:
             self._deliver(term, held, s.host)
         if len(term.held) >= self.held_bound:
             self._pause(term)
@@ -255,6 +256,30 @@ class CP:
         if term.leaving and not term.held and term.conn is not None:
             term.conn.close()
 
+    def host_release(self, host: "HostProtocol") -> None:
+        """Planned switchover, step 1: stop delivering to the active; it finishes what it has."""
+        if host is not self.active:
+            return
+        host.released = True
+        self.release_t0 = time.monotonic()
+        log.info("active_released", host=host.name, epoch=self.epoch)
+        host.send({"t": "released", "epoch": self.epoch})
+
+    def host_handover(self, host: "HostProtocol") -> None:
+        """Planned switchover, step 2: the released active has answered everything it had."""
+        sb = self.standby
+        if host is not self.active or not host.released:
+            host.send({"t": "handover_refused", "reason": "release first"})
+            return
+        if sb is None or not sb.usable:
+            host.released = False
+            host.send({"t": "handover_refused", "reason": "no standby host is registered at the CP"})
+            for term in self.terms.values():
+                if term.active is not None and term.active.host is host:
+                    self._deliver_pending(term, host)
+            return
+        self._grant(sb, "planned switchover", f"released by {host.name}", demote=host)
+
     def host_stopping(self, host: "HostProtocol") -> None:
         """Normal termination of the active (SPEC §5.3): close its sessions, keep held, no switch."""
         if host is not self.active:
@@ -337,8 +362,10 @@ class CP:
             return
         self._grant(host, reason, why)
 
-    def _grant(self, host: "HostProtocol", reason: str, why: str) -> None:
+    def _grant(self, host: "HostProtocol", reason: str, why: str, demote: "HostProtocol | None" = None) -> None:
         t0 = time.monotonic()
+        release_t0 = self.release_t0 if demote is not None else None
+        self.release_t0 = None
         old = self.active
         self.epoch += 1
         self.active = host
@@ -358,8 +385,10 @@ class CP:
             if sb is not None and sb.host is host:
                 term.standby = None
                 if term.conn is not None and not term.leaving:
+                    had = term.active is not None
                     term.active = Session(host, "active", sb.attrs, self.epoch)
-                    term.conn.send({"t": "switched", "epoch": self.epoch})
+                    # a session closed by a normal stop reopens; a live one is switched
+                    term.conn.send({"t": "switched", "epoch": self.epoch} if had else {"t": "session", "state": "open", "epoch": self.epoch})
                     self._deliver_pending(term, host)
                     switched += 1
                     had_session.add(term.name)
@@ -378,7 +407,14 @@ class CP:
                 host.send({"t": "session_request", "terminal": term.name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
                 requested += 1
         self.counters["classic_closed"] += classic
-        if old is not None and not old.closed:
+        if demote is not None and old is demote and not old.closed:
+            # planned: the old active becomes the standby on the same link
+            old.role = "standby"
+            old.released = False
+            self.standby = old
+            old.send({"t": "demoted", "epoch": self.epoch, "active": host.name})
+            log.info("host_demoted", host=old.name, epoch=self.epoch)
+        elif old is not None and not old.closed:
             old.send({"t": "fenced", "epoch": self.epoch, "msg": f"host {host.name} was made active at epoch {self.epoch}"})
             old.fenced = True
             old.close()
@@ -394,13 +430,17 @@ class CP:
             "switched": switched,
             "classic": classic,
             "requested": requested,
+            "planned": demote is not None,
+            "release_to_grant_ms": None if release_t0 is None else round((t0 - release_t0) * 1000, 3),
         }
         self.switchovers.append(rec)
         del self.switchovers[:-50]
         log.info("switchover_complete", **rec)
-        self.after_switch = {"t0": t0, "pending": had_session, "rec": rec, "deadline": t0 + 60.0}
+        self.after_switch = {"t0": t0, "pending": had_session, "rec": rec, "deadline": t0 + 60.0, "release_t0": release_t0}
         rec["first_redelivered_reply_ms"] = None
+        rec["first_reply_ms"] = None
         rec["all_served_ms"] = None
+        rec["service_gap_ms"] = None
 
     def _served_after_switch(self, name: str, redelivered: bool) -> None:
         a = self.after_switch
@@ -409,6 +449,10 @@ class CP:
         rec = a["rec"]
         if redelivered and rec["first_redelivered_reply_ms"] is None:
             rec["first_redelivered_reply_ms"] = round((now - a["t0"]) * 1000, 3)
+        if rec["first_reply_ms"] is None:
+            rec["first_reply_ms"] = round((now - a["t0"]) * 1000, 3)
+            if a["release_t0"] is not None:  # planned: no new work was started from release to here
+                rec["service_gap_ms"] = round((now - a["release_t0"]) * 1000, 3)
         a["pending"].discard(name)
         if not a["pending"] or now > a["deadline"]:
             if not a["pending"]:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("hsb.cp")
 
 # Frames only the active host may send; each carries the epoch it believes in.
-_EPOCHED = frozenset({"reply", "refuse", "stopping", "release"})
+_EPOCHED = frozenset({"reply", "refuse", "stopping", "release", "handover"})
 
 
 class HostProtocol(AuthServerProtocol):
@@ -30,6 +30,7 @@ class HostProtocol(AuthServerProtocol):
         "reply": "on_reply",
         "stopping": "on_stopping",
         "release": "on_release",
+        "handover": "on_handover",
         "switchover": "on_switchover",
     }
 
@@ -91,9 +92,10 @@ class HostProtocol(AuthServerProtocol):
         self.cp.host_stopping(self)
 
     def on_release(self, msg: dict[str, Any]) -> None:
-        if self is self.cp.active:
-            self.released = True
-            log.info("active_released", host=self.name)
+        self.cp.host_release(self)
+
+    def on_handover(self, msg: dict[str, Any]) -> None:
+        self.cp.host_handover(self)
 
     def on_switchover(self, msg: dict[str, Any]) -> None:
         self.cp.host_switchover(self, str(msg.get("reason", ""))[:200], bool(msg.get("planned", False)))

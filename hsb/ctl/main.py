@@ -72,6 +72,17 @@ def promote(obj: Ctx) -> None:
     sys.exit(0 if ans.get("ok") else 1)
 
 
+@main.command()
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for hot standby again.")
+@click.pass_obj
+def switchover(obj: Ctx, yes: bool, timeout: float) -> None:
+    """Planned role swap with no terminal disconnect (needs an established standby)."""
+    from hsb.ctl.switchover import run_switchover
+
+    sys.exit(run_switchover(obj.target(), yes, timeout))
+
+
 @main.group()
 def sandbox() -> None:
     """A complete system on loopback (CP, host A active, host B standby)."""

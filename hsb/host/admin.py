@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 class HostAdminProtocol(AuthServerProtocol):
     link = "admin"
-    dispatch = {"status": "on_status", "promote": "on_promote"}
+    dispatch = {"status": "on_status", "promote": "on_promote", "switchover": "on_switchover"}
 
     def __init__(self, srv: "HostServer", **kw: Any) -> None:
         super().__init__(**kw)
@@ -29,3 +29,12 @@ class HostAdminProtocol(AuthServerProtocol):
             return
         ha.post("promote")  # record the intent; only the HA loop acts
         self.send({"t": "result", "ok": True, "msg": f"promotion of {ha.name} requested"})
+
+    def on_switchover(self, msg: dict[str, Any]) -> None:
+        ha = self.srv.ha
+        why = ha.switchover_refusal()
+        if why is not None:
+            self.send({"t": "result", "ok": False, "msg": f"switchover refused: {why}"})
+            return
+        ha.post("switchover")  # record the intent; only the HA loop acts
+        self.send({"t": "result", "ok": True, "msg": f"planned switchover from {ha.name} started"})

@@ -42,6 +42,8 @@ BATCH_READING = "batch_reading"
 ACTIVE_STOPPED = "active_stopped"  # standby: the active ended normally (§5.3)
 TAKING_OVER = "taking_over"
 STOPPING = "stopping"
+RELEASING = "releasing"  # planned switchover: no new deliveries
+HANDING_OVER = "handing_over"
 FENCED = "fenced"
 
 TORN_RETRIES = 5  # polls a torn ring record may stay torn (a write in progress) before it counts as damage
@@ -173,6 +175,9 @@ class HA:
             self.epoch = int(msg["epoch"])
             self.serving = True
             self.switched_sessions = self.srv.sessions_ctl.promote_standby_sessions()
+        elif t == "demoted":
+            self.epoch = int(msg["epoch"])
+            self.serving = False
         else:
             self.serving = False
             self.srv.delivery.cancel()
@@ -222,6 +227,14 @@ class HA:
             await self.on_active_lost(str(msg.get("host", "")), str(msg.get("why", "")), via="cp")
         elif t == "switch_granted":
             await self.on_switch_granted(int(msg["epoch"]))
+        elif t == "released":
+            await self.on_released()
+        elif t == "handover_refused":
+            self.last_error = f"planned switchover refused by the CP: {msg.get('reason')}"
+            log.warning("switchover_refused", reason=msg.get("reason"))
+            self.set_state(ESTABLISHED if self.established_since else SERVING, self.last_error)
+        elif t == "demoted":
+            await self.on_demoted(str(msg.get("active", "")))
         elif t == "switch_refused":
             self.switch_requested_at = None
             log.warning("switchover_refused", reason=msg.get("reason"))
@@ -260,6 +273,8 @@ class HA:
     async def ev_peer_frame(self, msg: dict[str, Any]) -> None:
         t = msg["t"]
         if t == "hb":
+            if self.role == "standby" and self.state == WAITING and msg.get("role") == "active":
+                self.maybe_standby_startup()
             return
         handler = getattr(self, f"peer_{t}", None)
         if handler is not None:
@@ -498,6 +513,45 @@ class HA:
         log.info("switchover_complete", epoch=epoch, sessions=n, reason=(self.takeover or {}).get("reason"))
         self.srv.takeover.become_writer()
         self.send_active_startup()
+
+    # ------------------------------------------------------------------ planned switchover (§7)
+    def switchover_refusal(self) -> str | None:
+        """Why a planned switchover cannot start now, or None."""
+        if self.role != "active":
+            return f"{self.name} is the {self.role}, not the active; run it against the active host"
+        if self.state != ESTABLISHED:
+            return f"no established standby ({self.describe()}); a planned switchover needs hot standby"
+        return None
+
+    async def ev_switchover(self) -> None:
+        why = self.switchover_refusal()
+        if why is not None:
+            self.last_error = f"planned switchover refused: {why}"
+            log.warning("switchover_refused", reason=why)
+            return
+        self.set_state(RELEASING, "planned switchover: stop taking new deliveries")
+        self.srv.cp.send({"t": "release", "epoch": self.epoch})
+
+    async def on_released(self) -> None:
+        """Every delivery the CP will send us has arrived: finish them, then hand over."""
+        if self.state != RELEASING:
+            return
+        done = await self.srv.delivery.drain(10.0)
+        log.info("replies_finished", complete=done, for_="planned switchover")
+        self.set_state(HANDING_OVER, "replies finished; handing over to the standby")
+        self.srv.cp.send({"t": "handover", "epoch": self.epoch})
+
+    async def on_demoted(self, new_active: str) -> None:
+        """The old active of a planned switchover turns into the standby (new startup id, batch read)."""
+        n = self.srv.sessions_ctl.drop_active_sessions()
+        self.srv.takeover.stop_ring_writer()
+        self.partner_startup_id = None
+        self.partner_instance = None
+        self.established_since = None
+        self.generation = None
+        self.set_state(WAITING, f"planned switchover: {new_active} is active now", role="standby")
+        log.info("switchover_complete", epoch=self.epoch, new_active=new_active, sessions_handed_over=n, planned=True)
+        self.maybe_standby_startup()
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:

@@ -188,6 +188,8 @@ class PeerLink:
         self.last_rx = time.monotonic()
         if msg["t"] == "peer_hello":
             self.peer_hello = msg
+        elif msg["t"] == "hb" and self.peer_hello is not None:
+            self.peer_hello = {**self.peer_hello, **{k: msg[k] for k in ("role", "state", "instance") if k in msg}}
         if not self.up and msg["t"] in ("peer_hello", "hb"):
             self.up = True
             log.info("peer_link_up", peer=self.peer_name)

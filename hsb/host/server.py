@@ -74,7 +74,7 @@ class HostServer:
         # session requests and deliveries right behind them are handled under the
         # new epoch; the HA loop then does the rest of the procedure.
         t = msg["t"]
-        if t in ("registered", "switch_granted", "fenced") or (t == "error" and msg.get("code") in ("fenced", "active_exists")):
+        if t in ("registered", "switch_granted", "fenced", "demoted") or (t == "error" and msg.get("code") in ("fenced", "active_exists")):
             self.ha.link_event(msg)
         if not self.sessions_ctl.on_cp_frame(msg):
             self.ha.post("cp_frame", msg=msg)

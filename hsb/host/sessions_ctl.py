@@ -186,6 +186,15 @@ class SessionsCtl:
         for ts in self.sessions.in_state(STANDBY):
             self.srv.cp.send({"t": "open", "terminal": ts.name, "kind": "standby", "attrs": ts.attrs})
 
+    def drop_active_sessions(self) -> int:
+        """After a planned switchover: our active sessions now belong to the other host."""
+        n = 0
+        for ts in self.sessions.in_state(ACTIVE):
+            ts.state = CLOSED
+            self._spawn(self.srv.service.close_session(ts.name))
+            n += 1
+        return n
+
     def promote_standby_sessions(self) -> int:
         n = 0
         for ts in self.sessions.in_state(STANDBY):

@@ -1,0 +1,66 @@
+"""`hsbctl switchover`: a planned role swap, over the admin links only.
+
+The active is asked to hand over; it stops taking new deliveries (the CP holds
+what arrives), finishes what it has, and the CP switches every session to the
+standby without touching a terminal connection. The old active then runs the
+standby procedure until hot standby is established again. We report the
+service gap the CP measured: from the release to the first reply after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import click
+
+from hsb.ctl.gather import ask, status_all
+from hsb.ctl.target import Target
+from hsb.wire.auth import load_secret
+
+
+async def _switchover(t: Target, yes: bool, timeout: float) -> int:
+    assert t.secret_file is not None
+    st = await status_all(t.cp, t.hosts, t.secret_file)
+    actives = [h for h in st["hosts"] if h.get("reachable") and h.get("role") == "active"]
+    if not st["established"] or not actives:
+        states = ", ".join(f"{h['name']} {h.get('role')}/{h.get('state')}" for h in st["hosts"])
+        click.echo(f"error: switchover refused: no established standby ({states}); wait for hot standby or use 'hsbctl promote' after a normal stop", err=True)
+        return 1
+    old = actives[0]
+    new = next(h for h in st["hosts"] if h.get("reachable") and h.get("role") == "standby")
+    if not yes:
+        click.confirm(f"Move the service from {old['name']} to {new['name']}?", abort=True)
+    before_epoch = st["cp"]["epoch"]
+    ans = await ask(old["addr"], load_secret(t.secret_file), {"t": "switchover"})
+    if not ans.get("ok"):
+        click.echo(f"error: {ans.get('msg') or ans.get('error')}", err=True)
+        return 1
+    click.echo(ans["msg"])
+    deadline = time.monotonic() + timeout
+    switched_at: float | None = None
+    last: dict[str, Any] = st
+    while time.monotonic() < deadline:
+        last = await status_all(t.cp, t.hosts, t.secret_file)
+        roles = {h.get("name"): h.get("role") for h in last["hosts"]}
+        if switched_at is None and last["cp"].get("epoch", 0) > before_epoch and roles.get(new["name"]) == "active":
+            switched_at = time.monotonic()
+            click.echo(f"{new['name']} is active at epoch {last['cp']['epoch']}; {old['name']} is becoming the standby")
+        rec = (last["cp"].get("last_switchover") or {}) if switched_at else {}
+        gap_known = rec.get("service_gap_ms") is not None or (switched_at and time.monotonic() - switched_at > 3)
+        if switched_at and last["established"] and roles.get(old["name"]) == "standby" and gap_known:
+            gap = rec.get("service_gap_ms")
+            click.echo(
+                f"switchover complete: {rec.get('switched')} sessions switched, {rec.get('classic')} reconnected; "
+                + (f"service gap {gap:.1f} ms" if gap is not None else "service gap not measured (no traffic)")
+                + "; hot standby established again"
+            )
+            return 0
+        await asyncio.sleep(0.1)
+    click.echo(f"error: switchover did not complete within {timeout:.0f}s; see 'hsbctl status' (CP epoch {last['cp'].get('epoch')})", err=True)
+    return 1
+
+
+def run_switchover(t: Target, yes: bool, timeout: float) -> int:
+    return asyncio.run(_switchover(t, yes, timeout))
