@@ -16,6 +16,7 @@ import structlog
 from hsb import faults
 from hsb.cp.config import CPConfig
 from hsb.cp.state import Held, Session, Term
+from hsb.wire.conn import PROTOCOL_ERRORS
 
 if TYPE_CHECKING:
     from hsb.cp.host_link import HostProtocol
@@ -40,8 +41,7 @@ class CP:
         self.active_lost_notified = False
         self.active_stopped_normally: str | None = None
         self.switchovers: list[dict[str, Any]] = []
-        self.counters = {"delivered": 0, "redelivered": 0, "replies": 0, "acks": 0, "reacks": 0, "classic_closed": 0}
-        self.protocol_errors: dict[tuple[str, str], int] = {}
+        self.counters = {"delivered": 0, "redelivered": 0, "replies": 0, "acks": 0, "reacks": 0, "classic_closed": 0, "failovers": 0, "switchovers": 0}
         self.started = time.time()
         self.connected = 0
         # After a grant: which switched terminals have not had a reply yet (the failover timeline).
@@ -407,6 +407,7 @@ class CP:
                 host.send({"t": "session_request", "terminal": term.name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
                 requested += 1
         self.counters["classic_closed"] += classic
+        self.counters["switchovers" if demote is not None else "failovers"] += 1
         if demote is not None and old is demote and not old.closed:
             # planned: the old active becomes the standby on the same link
             old.role = "standby"
@@ -487,7 +488,7 @@ class CP:
             "switchovers": len(self.switchovers),
             "last_switchover": self.switchovers[-1] if self.switchovers else None,
             "counters": dict(self.counters),
-            "protocol_errors": [{"link": k[0], "code": k[1], "count": v} for k, v in sorted(self.protocol_errors.items())],
+            "protocol_errors": [{"link": k[0], "code": k[1], "count": v} for k, v in sorted(PROTOCOL_ERRORS.items())],
             "uptime_s": round(time.time() - self.started, 1),
         }
 

@@ -100,9 +100,6 @@ class HostProtocol(AuthServerProtocol):
     def on_switchover(self, msg: dict[str, Any]) -> None:
         self.cp.host_switchover(self, str(msg.get("reason", ""))[:200], bool(msg.get("planned", False)))
 
-    def on_protocol_error(self, exc: ProtocolError) -> None:
-        key = ("host", exc.code)
-        self.cp.protocol_errors[key] = self.cp.protocol_errors.get(key, 0) + 1
 
     def on_lost(self, exc: Exception | None) -> None:
         if self.authed:

@@ -28,7 +28,7 @@ def main(config_path: str, check_config: bool, log_level: str) -> None:
     from hsb.cp.server import CPServer
 
     async def run() -> int:
-        server = CPServer(cfg, secret)
+        server = CPServer(cfg, secret, config_path)
         try:
             return await server.serve()
         except OSError as exc:

@@ -17,6 +17,10 @@ from hsb.cp.config import CPConfig
 from hsb.cp.core import CP
 from hsb.cp.host_link import HostProtocol
 from hsb.cp.terminal_link import TerminalProtocol
+from hsb.ops.http import json_route, start_http
+from hsb.ops.metrics import CPCollector, registry_for
+from hsb.ops.metrics import render as render_metrics
+from hsb.ops.notify import notify
 from hsb.wire.framing import encode
 
 log = structlog.get_logger("hsb.cp")
@@ -25,8 +29,12 @@ _HB = encode({"t": "hb"})
 
 
 class CPServer:
-    def __init__(self, cfg: CPConfig, secret: bytes) -> None:
+    RELOADABLE = ("cp.held_bound", "cp.host_timeout", "cp.terminal_idle_timeout", "terminals", "terminal_groups")
+
+    def __init__(self, cfg: CPConfig, secret: bytes, config_path: str | None = None) -> None:
         self.cfg = cfg
+        self.config_path = config_path
+        self.reload_requested = False
         self.secret = secret
         self.cp = CP(cfg)
         self.should_exit = asyncio.Event()
@@ -65,14 +73,32 @@ class CPServer:
             self.servers.append(srv)
             sock = srv.sockets[0].getsockname()
             self.bound[key] = f"{sock[0]}:{sock[1]}"
+        if c.http_listen:
+            reg = registry_for(CPCollector(self.cp.status))
+            routes = {
+                "/health": json_route(lambda: (True, self.cp.status())),
+                "/active": json_route(lambda: (False, {"msg": "hsbcpd is the CP, not a host"})),
+                "/standby": json_route(lambda: (False, {"msg": "hsbcpd is the CP, not a host"})),
+                "/metrics": lambda: render_metrics(reg),
+            }
+            srv, self.bound["http"] = await start_http(c.http_listen, routes)
+            self.servers.append(srv)
         log.info("cp_started", name=cp.name, terminals=len(cp.terms), **{f"{k}_listen": v for k, v in self.bound.items()})
+        notify(READY=1, STATUS=f"serving {len(cp.terms)} terminals, epoch {cp.epoch}")
 
     async def tick_loop(self) -> None:
         interval = min(self.cfg.cp.host_timeout / 10, 0.05)
         hb_every = min(self.cfg.cp.host_timeout / 4, 0.1)
         last_hb = 0.0
+        last_state = ""
         while not self.should_exit.is_set():
             self.cp.tick()
+            if self.reload_requested:
+                self.reload()
+            st = f"{'active ' + self.cp.active.name if self.cp.active is not None and not self.cp.active.closed else 'no active host'}, epoch {self.cp.epoch}"
+            if st != last_state:
+                last_state = st
+                notify(STATUS=st)
             now = time.monotonic()
             if now - last_hb >= hb_every:
                 last_hb = now
@@ -90,6 +116,7 @@ class CPServer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.should_exit.set)
+        loop.add_signal_handler(signal.SIGHUP, self._sighup)
         await self.startup()
         try:
             await self.tick_loop()
@@ -97,7 +124,45 @@ class CPServer:
             await self.shutdown()
         return 0
 
+    def _sighup(self) -> None:
+        self.reload_requested = True  # the flag only; the tick loop reloads
+
+    def reload(self) -> None:
+        from hsb.config import ConfigError, load
+        from hsb.cp.state import Term
+        from hsb.ops.reload import changed_keys
+
+        self.reload_requested = False
+        if self.config_path is None:
+            return
+        try:
+            new = load(self.config_path, CPConfig)
+        except ConfigError as exc:
+            log.error("config_reload_failed", errors=exc.errors)
+            return
+        keys = changed_keys(self.cfg, new)
+        applied = [k for k in keys if k in self.RELOADABLE]
+        restart = [k for k in keys if k not in self.RELOADABLE]
+        cp = self.cp
+        cp.held_bound = self.cfg.cp.held_bound = new.cp.held_bound
+        cp.host_timeout = self.cfg.cp.host_timeout = new.cp.host_timeout
+        added = 0
+        for name, d in new.terminal_table.items():
+            t = cp.terms.get(name)
+            if t is None:
+                cp.terms[name] = Term(d)
+                added += 1
+            else:
+                t.defn = d  # standby_capable and attributes apply to the next session
+        removed = [n for n in cp.terms if n not in new.terminal_table and cp.terms[n].conn is None and not cp.terms[n].held]
+        for n in removed:
+            del cp.terms[n]
+        log.info("config_reloaded", applied=applied, terminals_added=added, terminals_removed=len(removed), needs_restart=restart)
+        if restart:
+            log.warning("config_reload_incomplete", msg=f"these settings change only on restart: {', '.join(restart)}")
+
     async def shutdown(self) -> None:
+        notify(STOPPING=1, STATUS="stopping")
         log.info("cp_stopping", held=sum(len(t.held) for t in self.cp.terms.values()))
         for srv in self.servers:
             srv.close()

@@ -59,9 +59,6 @@ class TerminalProtocol(FramedProtocol):
             return
         super()._handle(msg)
 
-    def on_protocol_error(self, exc: ProtocolError) -> None:
-        key = ("terminal", exc.code)
-        self.cp.protocol_errors[key] = self.cp.protocol_errors.get(key, 0) + 1
 
     def on_lost(self, exc: Exception | None) -> None:
         if self.term is not None and self.term.conn is self:

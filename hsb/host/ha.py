@@ -87,6 +87,8 @@ class HA:
         self.active_stopped_by: str | None = None
         self.batch_task: asyncio.Task[None] | None = None
         self.torn_polls = 0
+        self.counters = {"failovers": 0, "switchovers": 0, "resyncs": 0}
+        self.peer_ring_next: int | None = None  # the standby's read position, from its heartbeats
         self.serving = False  # set in link order: deliveries are processed only while True
         self.switched_sessions = 0
         # how long a standby waits for BATCH WRITE COMPLETE before it starts again
@@ -257,6 +259,7 @@ class HA:
             "instance": self.instance,
             "partner": self.partner_instance,
             "startup_id": self.own_startup_id if self.role == "standby" else self.partner_startup_id,
+            "ring_next": self.ring_next(),
         }
 
     async def ev_peer_up(self) -> None:
@@ -273,6 +276,8 @@ class HA:
     async def ev_peer_frame(self, msg: dict[str, Any]) -> None:
         t = msg["t"]
         if t == "hb":
+            rn = msg.get("ring_next")
+            self.peer_ring_next = rn if isinstance(rn, int) else None
             if self.role == "standby" and self.state == WAITING and msg.get("role") == "active":
                 self.maybe_standby_startup()
             return
@@ -457,6 +462,7 @@ class HA:
             if status == "corrupt":
                 self.last_error = f"takeover ring {detail}: corrupt"
             tio.stop_following()
+            self.counters["resyncs"] += 1
             self.srv.peer.send({"t": "resync_request", "startup_id": self.own_startup_id, "reason": status})
             self.set_state(AWAITING_BATCH, f"ring {status}: asked the active for a new batch takeover")
         elif status == "new":
@@ -485,15 +491,20 @@ class HA:
         if self.switch_requested_at is not None and time.monotonic() - self.switch_requested_at < 1.0:
             return
         self.switch_requested_at = time.monotonic()
-        self.takeover = {"reason": reason, "requested_at": time.time(), "established": self.state == ESTABLISHED}
+        self.takeover = {"reason": reason, "requested_at": time.time(), "established": self.state == ESTABLISHED, "planned": planned}
         log.info("switchover_requested", reason=reason, established=self.state == ESTABLISHED)
         self.srv.cp.send({"t": "switchover", "reason": reason, "planned": planned})
+
+    async def ev_reload(self) -> None:
+        self.srv.reload()
 
     async def ev_promote(self) -> None:
         await self.request_switchover("promote (operator)")
 
     async def on_switch_granted(self, epoch: int) -> None:
         """Become the active exactly as one that started active (B from own count) [0051]."""
+        if self.takeover is None or self.switch_requested_at is None:
+            self.takeover = {"reason": "planned switchover", "requested_at": time.time(), "established": self.state == ESTABLISHED, "planned": True}
         self.switch_requested_at = None
         self.epoch = epoch
         self.srv.takeover.stop_following()
@@ -506,8 +517,11 @@ class HA:
         self.partner_batch_records = None
         self.last_error = None
         self.set_state(SERVING, f"switchover granted at epoch {epoch}", role="active")
+        planned = bool(self.takeover and self.takeover.get("planned"))
+        self.counters["switchovers" if planned else "failovers"] += 1
         if self.takeover is not None:
             self.takeover["granted_at"] = time.time()
+            self.takeover["duration_s"] = round(self.takeover["granted_at"] - self.takeover["requested_at"], 6)
             self.takeover["epoch"] = epoch
             self.takeover["sessions_switched"] = n
         log.info("switchover_complete", epoch=epoch, sessions=n, reason=(self.takeover or {}).get("reason"))
@@ -550,6 +564,7 @@ class HA:
         self.established_since = None
         self.generation = None
         self.set_state(WAITING, f"planned switchover: {new_active} is active now", role="standby")
+        self.counters["switchovers"] += 1
         log.info("switchover_complete", epoch=self.epoch, new_active=new_active, sessions_handed_over=n, planned=True)
         self.maybe_standby_startup()
 
@@ -581,7 +596,20 @@ class HA:
             "last_takeover": self.takeover,
             "last_error": self.last_error,
             "delivery": dict(self.srv.delivery.counters),
+            "counters": dict(self.counters),
+            "ring_lag": self.ring_lag(),
         }
+
+    def ring_lag(self) -> int | None:
+        """On the active: ring records written that the standby has not read (from its heartbeats)."""
+        wp = self.srv.takeover.store.write_position
+        if self.role != "active" or wp is None or self.peer_ring_next is None or self.state != ESTABLISHED:
+            return None
+        return max(0, wp[1] - (self.peer_ring_next - 1))
+
+    def ring_next(self) -> int | None:
+        rp = self.srv.takeover.store.read_position if self.role == "standby" and self.state == ESTABLISHED else None
+        return None if rp is None else int(rp[1])
 
 
 __all__ = ["HA", "Exit", "ACTIVE", "CLOSED", "STANDBY"]

@@ -38,7 +38,7 @@ def main(role: str | None, config_path: str, check_config: bool, log_level: str)
             service = load_service(cfg.host.service, cfg.host.name, dict(cfg.service_options))
         except ServiceError as exc:
             die(str(exc), EXIT_CONFIG)
-        server = HostServer(cfg, role, secret, service)
+        server = HostServer(cfg, role, secret, service, config_path)
         try:
             code = await server.serve()
         except TakeoverError as exc:

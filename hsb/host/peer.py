@@ -171,7 +171,7 @@ class PeerLink:
 
     def hello_brief(self) -> dict[str, Any]:
         h = self.hello()
-        return {k: h[k] for k in ("role", "state", "instance") if k in h}
+        return {k: h[k] for k in ("role", "state", "instance", "ring_next") if k in h}
 
     # -- receiving side -----------------------------------------------------
     def _inbound_up(self, proto: PeerInbound) -> None:

@@ -23,13 +23,18 @@ from hsb.host.service import Service
 from hsb.host.sessions import SessionTable
 from hsb.host.sessions_ctl import SessionsCtl
 from hsb.host.takeover_io import TakeoverIO
+from hsb.ops.http import json_route, start_http
+from hsb.ops.metrics import HostCollector, registry_for
+from hsb.ops.metrics import render as render_metrics
+from hsb.ops.notify import notify
 
 log = structlog.get_logger("hsb.host")
 
 
 class HostServer:
-    def __init__(self, cfg: HostConfig, role: str, secret: bytes, service: Service) -> None:
+    def __init__(self, cfg: HostConfig, role: str, secret: bytes, service: Service, config_path: str | None = None) -> None:
         self.cfg = cfg
+        self.config_path = config_path
         self.secret = secret
         self.service = service
         self.sessions = SessionTable(cfg.terminal_table)
@@ -68,6 +73,9 @@ class HostServer:
         self.admin_server: asyncio.base_events.Server | None = None
         self.bound: dict[str, str] = {}
         self.state_listeners: list[Any] = []
+        self.ready_sent = False
+        self.http_server: asyncio.base_events.Server | None = None
+        self.reload_requested = False
 
     def _cp_frame(self, msg: dict[str, Any]) -> None:
         # Frames that change who serves take effect at once, in link order, so the
@@ -80,8 +88,28 @@ class HostServer:
             self.ha.post("cp_frame", msg=msg)
 
     def on_state_change(self) -> None:
+        ha = self.ha
+        notify(STATUS=ha.describe())
+        if not self.ready_sent and ((ha.role == "active" and ha.state in ("serving", "established")) or (ha.role == "standby" and ha.state == "established")):
+            self.ready_sent = notify(READY=1, STATUS=ha.describe()) or True
         for fn in self.state_listeners:
             fn()
+
+    # -- health (HTTP) ---------------------------------------------------------
+    def healthy(self) -> bool:
+        ha = self.ha
+        if ha.state in ("fenced", "stopping", "starting"):
+            return False
+        return (ha.role == "active" and ha.serving) or (ha.role == "standby" and ha.registered)
+
+    def routes(self) -> dict[str, Any]:
+        reg = registry_for(HostCollector(self.status))
+        return {
+            "/health": json_route(lambda: (self.healthy(), self.status())),
+            "/active": json_route(lambda: (self.ha.role == "active" and self.ha.serving and self.ha.state not in ("fenced", "stopping"), self.status())),
+            "/standby": json_route(lambda: (self.ha.role == "standby" and self.ha.state == "established", self.status())),
+            "/metrics": lambda: render_metrics(reg),
+        }
 
     def request_exit(self, code: int, msg: str) -> None:
         if self.exit_code is None:
@@ -118,18 +146,23 @@ class HostServer:
         self.bound["admin"] = f"{s[0]}:{s[1]}"
         await self.peer.start()
         self.bound["peer"] = self.peer.bound
-        log.info("host_started", name=h.name, role=self.ha.role, instance=self.ha.instance, admin_listen=self.bound["admin"], peer_listen=self.bound["peer"], terminals=self.sessions.own_total)
+        if h.http_listen:
+            self.http_server, self.bound["http"] = await start_http(h.http_listen, self.routes())
+        log.info("host_started", name=h.name, role=self.ha.role, instance=self.ha.instance, admin_listen=self.bound["admin"], peer_listen=self.bound["peer"], http_listen=self.bound.get("http"), terminals=self.sessions.own_total)
         self.cp.start()
 
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.should_exit.set)
         loop.add_signal_handler(signal.SIGINT, self.should_exit.set)
+        loop.add_signal_handler(signal.SIGHUP, self._sighup)
         await self.startup()
         ha_task = loop.create_task(self.ha.run())
         await self.should_exit.wait()
         if self.exit_code is None:
             await self.graceful_stop()
+        else:
+            notify(STOPPING=1, STATUS=self.exit_msg[:200])
         ha_task.cancel()
         await self.close()
         if self.exit_code:
@@ -138,8 +171,53 @@ class HostServer:
             log.info("host_stopped", role=self.ha.role)
         return self.exit_code or 0
 
+    RELOADABLE = ("host.heartbeat_interval", "host.heartbeat_timeout", "host.ring_poll_interval", "takeover.storage_timeout", "terminals", "terminal_groups")
+
+    def reload(self) -> None:
+        """Apply what can change while running; name what needs a restart."""
+        from hsb.config import ConfigError, load
+        from hsb.ops.reload import changed_keys
+
+        self.reload_requested = False
+        if self.config_path is None:
+            return
+        try:
+            new = load(self.config_path, HostConfig)
+        except ConfigError as exc:
+            log.error("config_reload_failed", errors=exc.errors)
+            return
+        keys = changed_keys(self.cfg, new)
+        applied = [k for k in keys if k in self.RELOADABLE]
+        restart = [k for k in keys if k not in self.RELOADABLE]
+        h = new.host
+        self.peer.interval = self.cp.interval = h.heartbeat_interval
+        self.peer.timeout = self.cp.timeout = h.heartbeat_timeout
+        self.takeover.store.timeout = new.takeover.storage_timeout
+        added = 0
+        for name, d in new.terminal_table.items():
+            ts = self.sessions.get(name)
+            if ts is None:
+                from hsb.host.sessions import TerminalState
+
+                self.sessions.table[name] = TerminalState(d)
+                added += 1
+            elif ts.state == "closed":
+                ts.attrs = d.attrs  # attributes of an open session change at its next open
+        self.cfg.host.heartbeat_interval = h.heartbeat_interval
+        self.cfg.host.heartbeat_timeout = h.heartbeat_timeout
+        self.cfg.host.ring_poll_interval = h.ring_poll_interval
+        self.cfg.takeover.storage_timeout = new.takeover.storage_timeout
+        log.info("config_reloaded", applied=applied, terminals_added=added, needs_restart=restart)
+        if restart:
+            log.warning("config_reload_incomplete", msg=f"these settings change only on restart: {', '.join(restart)}")
+
+    def _sighup(self) -> None:
+        self.reload_requested = True  # the flag only; the HA loop reloads
+        self.ha.post("reload")
+
     async def graceful_stop(self) -> None:
         """Normal termination (§5.3): finish replies, tell the CP and the peer."""
+        notify(STOPPING=1, STATUS="stopping")
         ha = self.ha
         ha.set_state("stopping", "SIGTERM: normal termination")
         if ha.role == "active":
@@ -156,6 +234,8 @@ class HostServer:
         await self.peer.close()
         if self.admin_server is not None:
             self.admin_server.close()
+        if self.http_server is not None:
+            self.http_server.close()
         await self.takeover.close()
         try:
             await self.service.close()

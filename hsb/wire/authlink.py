@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import structlog
 
 from hsb.wire import auth
-from hsb.wire.conn import FramedProtocol, require
+from hsb.wire.conn import PROTOCOL_ERRORS, FramedProtocol, require
 from hsb.wire.framing import ProtocolError
 
 log = structlog.get_logger("hsb.wire")
@@ -70,6 +70,7 @@ class AuthServerProtocol(FramedProtocol):
 
     def auth_failed(self, code: str, why: str) -> None:
         log.warning("auth_failed", link=self.link, peer=self.peer, reason=why)
+        PROTOCOL_ERRORS[(self.link, code)] += 1
         self.close_with_error(code, why)
 
     def authenticated(self) -> None:

@@ -20,6 +20,9 @@ from hsb.wire.framing import DEFAULT_MAX_FRAME, Decoder, ProtocolError, encode
 
 log = structlog.get_logger("hsb.wire")
 
+# Protocol errors seen by this process, by (link, code): status and /metrics read it.
+PROTOCOL_ERRORS: collections.Counter[tuple[str, str]] = collections.Counter()
+
 Handler = Callable[[Any, dict[str, Any]], None]
 
 
@@ -125,6 +128,7 @@ class FramedProtocol(asyncio.Protocol):
 
     def protocol_error(self, exc: ProtocolError) -> None:
         log.warning("protocol_error", link=self.link, peer=self.peer, code=exc.code, msg=exc.msg)
+        PROTOCOL_ERRORS[(self.link, exc.code)] += 1
         self.on_protocol_error(exc)
         self.close_with_error(exc.code, exc.msg)
 

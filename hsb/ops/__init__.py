@@ -1,0 +1,1 @@
+"""Operations plumbing shared by both daemons: HTTP health/metrics listener, systemd notify, config reload."""

@@ -1,0 +1,111 @@
+"""Prometheus metrics for both daemons, built at scrape time from their status.
+
+One custom collector per daemon reads the same status dict that `hsbctl status`
+shows, so the numbers can never disagree; counters are the daemons' own
+monotonic counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, StateSetMetricFamily
+
+from hsb.wire.conn import PROTOCOL_ERRORS
+
+HOST_STATES = (
+    "starting", "serving", "batch_writing", "established", "waiting_for_active", "awaiting_batch",
+    "batch_reading", "active_stopped", "releasing", "handing_over", "stopping", "fenced",
+)
+
+
+def _g(name: str, doc: str, value: float | None, labels: dict[str, str] | None = None) -> GaugeMetricFamily:
+    m = GaugeMetricFamily(name, doc, labels=list(labels or {}))
+    if value is not None:
+        m.add_metric(list((labels or {}).values()), float(value))
+    return m
+
+
+def _c(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=float(value))
+
+
+def _proto_errors() -> CounterMetricFamily:
+    m = CounterMetricFamily("hsb_protocol_errors", "Protocol errors by link and code.", labels=["link", "code"])
+    for (link, code), n in sorted(PROTOCOL_ERRORS.items()):
+        m.add_metric([link, code], float(n))
+    return m
+
+
+class HostCollector:
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.status()
+        yield StateSetMetricFamily("hsb_role", "Role of this host.", value={r: st["role"] == r for r in ("active", "standby")})
+        yield StateSetMetricFamily("hsb_state", "State of this host.", value={s: st["state"] == s for s in HOST_STATES})
+        yield _g("hsb_established", "1 when hot standby is established.", 1 if st["established"] else 0)
+        yield _g("hsb_epoch", "CP epoch this host last saw.", st["epoch"])
+        age = st["peer_link"]["heartbeat_age_ms"]
+        yield _g("hsb_peer_up", "1 while the peer link is up.", 1 if st["peer_link"]["up"] else 0)
+        yield _g("hsb_peer_heartbeat_age_seconds", "Seconds since the last frame from the peer.", None if age is None else age / 1000)
+        yield _g("hsb_ring_lag_records", "Ring records written by the active and not yet read by the standby.", st.get("ring_lag"))
+        tf = st["takeover_file"]
+        yield _g("hsb_takeover_storage_ok", "1 while takeover-file I/O answers in time.", 1 if tf["storage"] == "ok" else 0)
+        t = st["terminals"]
+        m = GaugeMetricFamily("hsb_sessions", "Sessions of this host by kind.", labels=["kind"])
+        m.add_metric(["active"], t["active_sessions"])
+        m.add_metric(["standby"], t["standby_sessions"])
+        yield m
+        yield _g("hsb_terminals_defined", "Own total terminal count.", t["defined"])
+        yield _g("hsb_terminals_linked", "Terminals on the fast-switch link.", t["linked"])
+        d = st["delivery"]
+        yield _c("hsb_messages_processed", "Messages processed by the service.", d["processed"])
+        yield _c("hsb_messages_redelivered", "Processed messages that were marked redelivered.", d["redelivered"])
+        c = st.get("counters", {})
+        yield _c("hsb_failovers", "Failovers this host took over in.", c.get("failovers", 0))
+        yield _c("hsb_switchovers", "Planned switchovers this host took part in.", c.get("switchovers", 0))
+        lt = st.get("last_takeover") or {}
+        yield _g("hsb_last_failover_duration_seconds", "Loss detected to switch granted, last takeover.", lt.get("duration_s"))
+        yield _proto_errors()
+
+
+class CPCollector:
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.status()
+        yield StateSetMetricFamily("hsb_role", "Role of this daemon.", value={"cp": True})
+        yield _g("hsb_epoch", "Current epoch.", st["epoch"])
+        yield _g("hsb_cp_active_connected", "1 while an active host is connected.", 1 if st["state"] == "serving" else 0)
+        t = st["terminals"]
+        yield _g("hsb_terminals_connected", "Terminals connected.", t["connected"])
+        m = GaugeMetricFamily("hsb_sessions", "Sessions by kind.", labels=["kind"])
+        m.add_metric(["active"], t["active_sessions"])
+        m.add_metric(["standby"], t["standby_sessions"])
+        yield m
+        yield _g("hsb_held_messages", "Messages acknowledged and not yet discarded.", st["held_messages"])
+        yield _g("hsb_terminals_backpressured", "Terminals not being read (held bound reached).", t["backpressured"])
+        c = st["counters"]
+        yield _c("hsb_messages_delivered", "First deliveries to an active host.", c["delivered"])
+        yield _c("hsb_messages_redelivered", "Deliveries marked redelivered.", c["redelivered"])
+        yield _c("hsb_replies", "Replies (with discard) forwarded to terminals.", c["replies"])
+        yield _c("hsb_failovers", "Unplanned switchovers granted.", c.get("failovers", 0))
+        yield _c("hsb_switchovers", "Planned switchovers.", c.get("switchovers", 0))
+        ls = st.get("last_switchover") or {}
+        yield _g("hsb_last_failover_duration_seconds", "Grant to last session switched, last switchover.", None if not ls else ls["switch_ms"] / 1000)
+        yield _proto_errors()
+
+
+def registry_for(collector: Any) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(collector)
+    return reg
+
+
+def render(reg: CollectorRegistry) -> tuple[int, str, bytes]:
+    return 200, "text/plain; version=0.0.4; charset=utf-8", generate_latest(reg)
