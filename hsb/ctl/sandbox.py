@@ -69,7 +69,7 @@ def write_configs(d: Path, *, terminals: int, service: str, conventional: bool, 
     if not secret.exists():
         secret.write_text(secrets.token_urlsafe(32) + "\n")
     secret.chmod(0o600)
-    ports = {k: f"127.0.0.1:{free_port()}" for k in ("terminal", "host", "admin", "a_peer", "a_admin", "b_peer", "b_admin")}
+    ports = {k: f"127.0.0.1:{free_port()}" for k in ("terminal", "host", "admin", "http", "a_peer", "a_admin", "a_http", "b_peer", "b_admin", "b_http")}
     group = {"prefix": prefix, "count": terminals, "width": 5}
     attrs = {"protocol": "hsb1", "codepage": "utf-8", "max_msg": 4096, "profile": "default"}
     cp = _section("cp", {
@@ -77,6 +77,7 @@ def write_configs(d: Path, *, terminals: int, service: str, conventional: bool, 
         "terminal_listen": ports["terminal"],
         "host_listen": ports["host"],
         "admin_listen": ports["admin"],
+        "http_listen": ports["http"],
         "secret_file": "secret",
         "held_bound": 256,
         "host_timeout": host_timeout,
@@ -95,6 +96,7 @@ def write_configs(d: Path, *, terminals: int, service: str, conventional: bool, 
             "peer": ports[f"{other}_peer"],
             "cp": ports["host"],
             "admin_listen": ports[f"{me}_admin"],
+            "http_listen": ports[f"{me}_http"],
             "secret_file": "secret",
             "service": service,
             "fast_switch": not conventional,
@@ -203,10 +205,10 @@ async def aup(d: Path, *, terminals: int = 200, service: str = "echo", conventio
     cp_pid = _spawn(d, "cp", [sys.executable, "-m", "hsb.cp", "--config", str(d / "cp.toml")])
     st: dict[str, Any] = {
         "dir": str(d),
-        "cp": {"pid": cp_pid, "pids": [cp_pid], "terminal": ports["terminal"], "host": ports["host"], "admin": ports["admin"], "config": str(d / "cp.toml")},
+        "cp": {"pid": cp_pid, "pids": [cp_pid], "terminal": ports["terminal"], "host": ports["host"], "admin": ports["admin"], "http": ports["http"], "config": str(d / "cp.toml")},
         "hosts": {
-            "host-a": {"name": "host-a", "role": "active", "pid": 0, "config": plan["configs"]["host-a"], "admin": ports["a_admin"], "peer": ports["a_peer"]},
-            "host-b": {"name": "host-b", "role": "standby", "pid": 0, "config": plan["configs"]["host-b"], "admin": ports["b_admin"], "peer": ports["b_peer"]},
+            "host-a": {"name": "host-a", "role": "active", "pid": 0, "config": plan["configs"]["host-a"], "admin": ports["a_admin"], "peer": ports["a_peer"], "http": ports["a_http"]},
+            "host-b": {"name": "host-b", "role": "standby", "pid": 0, "config": plan["configs"]["host-b"], "admin": ports["b_admin"], "peer": ports["b_peer"], "http": ports["b_http"]},
         },
         "service": service,
         "conventional": conventional,
@@ -244,8 +246,8 @@ def describe(d: Path) -> dict[str, Any]:
     prefix_n = st["terminal_count"]
     return {
         "dir": st["dir"],
-        "cp": {k: st["cp"][k] for k in ("pid", "terminal", "admin", "host", "config")},
-        "hosts": [{k: h[k] for k in ("name", "role", "pid", "config", "admin")} for h in st["hosts"].values()],
+        "cp": {k: st["cp"][k] for k in ("pid", "terminal", "admin", "host", "http", "config")},
+        "hosts": [{k: h[k] for k in ("name", "role", "pid", "config", "admin", "http")} for h in st["hosts"].values()],
         "terminals": [f"T{i:05d}" for i in range(1, prefix_n + 1)],
         "ctl": ["--config", str(Path(st["dir"]) / "ctl.toml")],
         "service": st["service"],

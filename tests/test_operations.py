@@ -1,0 +1,221 @@
+"""Running it in production (issue 6): planned switchover, health endpoints, metrics,
+systemd readiness, SIGTERM + promote. Real processes throughout."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from hsb.ctl import sandbox
+from tests.support.procs import wait_for
+from tests.test_failover import active_names, assert_clean, check_journals, load_with, pid_of, status, wait_status
+
+
+@pytest.fixture
+def sb(tmp_path: Path):  # type: ignore[no-untyped-def]
+    dirs: list[Path] = []
+
+    async def make(**kw: Any) -> dict[str, Any]:
+        d = tmp_path / f"sb{len(dirs)}"
+        dirs.append(d)
+        return await sandbox.aup(d, **kw)
+
+    yield make
+    for d in dirs:
+        try:
+            sandbox.down(d, timeout=2.0)
+        except sandbox.SandboxError:
+            pass
+
+
+def ctl(info: dict[str, Any], *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hsb.ctl", *info["ctl"], *args], capture_output=True, text=True, timeout=timeout)
+
+
+def http_get(addr: str, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://{addr}{path}", timeout=3) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except urllib.error.URLError:
+        return 0, ""  # not listening: the process is gone
+
+
+def http_of(info: dict[str, Any], name: str) -> str:
+    return next(h["http"] for h in info["hosts"] if h["name"] == name)
+
+
+async def active_http(info: dict[str, Any]) -> list[str]:
+    loop = asyncio.get_running_loop()
+    out = []
+    for h in info["hosts"]:
+        code, _ = await loop.run_in_executor(None, http_get, h["http"], "/active")
+        if code == 200:
+            out.append(h["name"])
+    return out
+
+
+async def test_planned_switchover_under_load_and_back(sb: Any) -> None:
+    info = await sb(terminals=1000, service="journal")
+    loop = asyncio.get_running_loop()
+    results: list[subprocess.CompletedProcess[str]] = []
+
+    async def swap_twice() -> None:
+        await wait_status(info, lambda s: s["cp"]["terminals"]["standby_sessions"] == 1000, what="standby sessions")
+        for _ in range(2):
+            r = await loop.run_in_executor(None, ctl, info, "switchover", "--yes")
+            results.append(r)
+            assert r.returncode == 0, r.stderr
+            await asyncio.sleep(0.5)  # traffic under the new roles
+
+    report = await load_with(info, swap_twice, terminals=1000, rate=2000)
+    assert_clean(report)  # zero lost, zero duplicates, zero disconnects, zero session closures
+    assert "service gap" in results[0].stdout and "hot standby established again" in results[0].stdout
+    st = await status(info)
+    assert st["established"] and active_names(st) == ["host-a"]
+    assert st["cp"]["counters"]["switchovers"] == 2 and st["cp"]["counters"]["failovers"] == 0
+    assert st["cp"]["last_switchover"]["planned"] is True
+    check_journals(info, report, ["host-a", "host-b"])
+
+
+async def test_switchover_refused_without_established_standby(sb: Any) -> None:
+    info = await sb(terminals=10)
+    os.kill(pid_of(info, "host-b"), signal.SIGKILL)
+    await wait_status(info, lambda s: not s["established"] and s["serving"], what="standby gone")
+    r = await asyncio.get_running_loop().run_in_executor(None, ctl, info, "switchover", "--yes")
+    assert r.returncode == 1
+    assert "refused" in r.stderr and "no established standby" in r.stderr
+    assert active_names(await status(info)) == ["host-a"]
+
+
+async def test_active_endpoint_on_exactly_one_host_and_metrics_move(sb: Any) -> None:
+    info = await sb(terminals=50)
+    loop = asyncio.get_running_loop()
+    assert await active_http(info) == ["host-a"]
+    code, body = await loop.run_in_executor(None, http_get, http_of(info, "host-b"), "/standby")
+    assert code == 200 and json.loads(body)["role"] == "standby"
+    code, _ = await loop.run_in_executor(None, http_get, http_of(info, "host-a"), "/standby")
+    assert code == 503
+
+    def metrics(addr: str) -> dict[str, float]:
+        _, text = http_get(addr, "/metrics")
+        out = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                key = s.name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}" if s.labels else "")
+                out[key] = s.value
+        return out
+
+    cp_http = info["cp"]["http"]
+    before = await loop.run_in_executor(None, metrics, cp_http)
+    assert before["hsb_failovers_total"] == 0
+    report = await load_with(info, lambda: asyncio.sleep(1.0), terminals=50, rate=200)
+    assert_clean(report)
+    after = await loop.run_in_executor(None, metrics, cp_http)
+    assert after["hsb_replies_total"] >= before["hsb_replies_total"] + report.to_dict()["replied"]
+    ma = await loop.run_in_executor(None, metrics, http_of(info, "host-a"))
+    assert ma["hsb_role{hsb_role=active}"] == 1 and ma["hsb_established"] == 1
+    assert ma["hsb_messages_processed_total"] >= report.to_dict()["replied"]
+    # failover: /active moves to host-b, counters move
+    os.kill(pid_of(info, "host-a"), signal.SIGKILL)
+    await wait_status(info, lambda s: active_names(s) == ["host-b"], what="host-b active")
+    assert await active_http(info) == ["host-b"]
+    m = await loop.run_in_executor(None, metrics, cp_http)
+    assert m["hsb_failovers_total"] == 1 and m["hsb_epoch"] == before["hsb_epoch"] + 1
+    mb = await loop.run_in_executor(None, metrics, http_of(info, "host-b"))
+    assert mb["hsb_failovers_total"] == 1 and mb["hsb_role{hsb_role=active}"] == 1
+    # switchover back: /active moves again
+    sandbox.start_host(Path(info["dir"]), "host-a", "standby")
+    await wait_status(info, lambda s: s["established"], what="established again")
+    r = await loop.run_in_executor(None, ctl, info, "switchover", "--yes")
+    assert r.returncode == 0, r.stderr
+    assert await active_http(info) == ["host-a"]
+    m2 = await loop.run_in_executor(None, metrics, cp_http)
+    assert m2["hsb_switchovers_total"] == 1
+    code, _ = await loop.run_in_executor(None, http_get, cp_http, "/nope")
+    assert code == 404
+
+
+def test_readiness_notifications_in_order(tmp_path: Path) -> None:
+    sock_path = str(tmp_path / "notify.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(sock_path)
+    srv.settimeout(0.2)
+    got: list[str] = []
+    plan = sandbox.write_configs(tmp_path / "sb", terminals=5, service="echo", conventional=False)
+    env = {**os.environ, "NOTIFY_SOCKET": sock_path}
+    procs = []
+    try:
+        from hsb.takeover.fileio import create_file
+
+        create_file(plan["takeover"], plan["records"], 4096)
+        procs.append(subprocess.Popen([sys.executable, "-m", "hsb.cp", "--config", str(tmp_path / "sb" / "cp.toml")], env=env, stderr=subprocess.DEVNULL))
+
+        def drain(until: Any) -> None:
+            def cond() -> bool:
+                try:
+                    got.append(srv.recv(4096).decode())
+                except TimeoutError:
+                    pass
+                return bool(until())
+
+            wait_for(cond, 20, what=f"notifications; got {got}")
+
+        drain(lambda: any("READY=1" in g for g in got))
+        assert "READY=1" in got[0]
+        got.clear()
+        procs.append(subprocess.Popen([sys.executable, "-m", "hsb.host", "--role", "active", "--config", plan["configs"]["host-a"]], env=env, stderr=subprocess.DEVNULL))
+        drain(lambda: any("READY=1" in g for g in got))
+        ready = next(i for i, g in enumerate(got) if "READY=1" in g)
+        assert all("STATUS=" in g for g in got[: ready + 1])
+        got.clear()
+        procs[1].send_signal(signal.SIGTERM)
+        drain(lambda: any("STOPPING=1" in g for g in got))
+        assert procs[1].wait(10) == 0
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        srv.close()
+
+
+async def test_sigterm_no_takeover_nothing_lost_then_promote(sb: Any) -> None:
+    info = await sb(terminals=200, service="journal")
+    loop = asyncio.get_running_loop()
+    a_pid = pid_of(info, "host-a")
+
+    async def stop_then_promote() -> None:
+        await wait_status(info, lambda s: s["cp"]["terminals"]["standby_sessions"] == 200, what="standby sessions")
+        await asyncio.sleep(0.5)
+        os.kill(a_pid, signal.SIGTERM)
+        st = await wait_status(info, lambda s: any(h.get("state") == "active_stopped" for h in s["hosts"]), what="standby sees the normal stop")
+        assert st["cp"]["active_stopped_normally"] == "host-a"
+        await asyncio.sleep(1.0)  # twice the heartbeat timeout: still no takeover
+        st = await status(info)
+        assert active_names(st) == [] and st["cp"]["switchovers"] == 0
+        assert st["cp"]["terminals"]["connected"] == 200
+        r = await loop.run_in_executor(None, ctl, info, "promote")
+        assert r.returncode == 0, r.stderr
+        await wait_status(info, lambda s: active_names(s) == ["host-b"], what="host-b promoted")
+        await asyncio.sleep(0.5)
+
+    report = await load_with(info, stop_then_promote, terminals=200, rate=400)
+    d = report.to_dict()
+    assert d["lost"] == 0 and d["duplicates"] == 0 and d["replied"] == d["acked"]
+    assert d["disconnects"] == 0, "terminals stay connected through a normal stop and a promote"
+    assert d["session_closed"] == 200  # told once that the session closed at the normal stop
+    wait_for(lambda: not sandbox._alive(a_pid), 10, what="host-a exit")
+    check_journals(info, report, ["host-a", "host-b"])
