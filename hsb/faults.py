@@ -1,9 +1,16 @@
 """Fault injection: named crash points, off unless the environment asks for them.
 
-HSB_CRASH_POINTS="cp.after_grant,host.mid_batch_write" names the points;
-HSB_CRASH_SEED and HSB_CRASH_PROB (default 1.0) make a seeded choice of whether
-each visit kills the process. HSB_CRASH_AFTER=N skips the first N visits.
-With the variable unset, `point()` is one set lookup.
+Two ways to arm points (both off by default; with neither, `point()` is one
+set lookup):
+- at start: HSB_CRASH_POINTS="host.mid_batch_write,cp.mid_switch", with
+  HSB_CRASH_SEED / HSB_CRASH_PROB (default 1.0) for a seeded choice of whether
+  a visit kills, and HSB_CRASH_AFTER=N to skip the first N visits;
+- at run time: HSB_CRASH_CONTROL=/path/file; on SIGUSR2 the process reads the
+  file ("POINT[,POINT...] [SKIP]", or empty to disarm) and arms those points.
+
+Points: host.mid_batch_write, host.between_batch_and_notice, host.mid_ring_group,
+host.before_reply, host.mid_redelivery, cp.after_grant, cp.mid_switch,
+cp.mid_redelivery, cp.between_reply_and_discard.
 """
 
 from __future__ import annotations
@@ -13,25 +20,56 @@ import random
 import signal
 import sys
 
-_POINTS = frozenset(p for p in os.environ.get("HSB_CRASH_POINTS", "").split(",") if p)
-_RNG = random.Random(int(os.environ.get("HSB_CRASH_SEED", "0") or 0))
-_PROB = float(os.environ.get("HSB_CRASH_PROB", "1.0") or 1.0)
+POINTS = (
+    "host.mid_batch_write",
+    "host.between_batch_and_notice",
+    "host.mid_ring_group",
+    "host.before_reply",
+    "host.mid_redelivery",
+    "cp.after_grant",
+    "cp.mid_switch",
+    "cp.mid_redelivery",
+    "cp.between_reply_and_discard",
+)
+
+_points = frozenset(p for p in os.environ.get("HSB_CRASH_POINTS", "").split(",") if p)
+_rng = random.Random(int(os.environ.get("HSB_CRASH_SEED", "0") or 0))
+_prob = float(os.environ.get("HSB_CRASH_PROB", "1.0") or 1.0)
 _skip = int(os.environ.get("HSB_CRASH_AFTER", "0") or 0)
+_control = os.environ.get("HSB_CRASH_CONTROL", "")
 
 
 def enabled() -> bool:
-    return bool(_POINTS)
+    return bool(_points)
 
 
 def point(name: str) -> None:
     """Kill this process here if `name` is an armed crash point."""
     global _skip
-    if name not in _POINTS:
+    if name not in _points:
         return
     if _skip > 0:
         _skip -= 1
         return
-    if _RNG.random() < _PROB:
+    if _rng.random() < _prob:
         sys.stderr.write(f'{{"event": "crash_point", "point": "{name}", "pid": {os.getpid()}}}\n')
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _rearm(*_: object) -> None:
+    """SIGUSR2: arm what the control file names (signal-safe: only rebinds module state)."""
+    global _points, _skip
+    try:
+        with open(_control) as f:
+            words = f.read().split()
+    except OSError:
+        return
+    _points = frozenset(p for p in (words[0].split(",") if words else []) if p in POINTS)
+    _skip = int(words[1]) if len(words) > 1 and words[1].isdigit() else 0
+
+
+def install() -> None:
+    """Enable run-time arming when HSB_CRASH_CONTROL is set (call once at daemon start)."""
+    if _control:
+        signal.signal(signal.SIGUSR2, _rearm)

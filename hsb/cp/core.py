@@ -243,11 +243,13 @@ class CP:
         term = self.terms.get(name)
         if term is None:
             return
-        held = term.held.pop(mid, None)
+        held = term.held.get(mid)
         if held is None:
             return  # already discarded: never a second reply
         self.counters["replies"] += 1
         self._to_terminal(term, {"t": "reply", "id": mid, "data": data})
+        faults.point("cp.between_reply_and_discard")
+        del term.held[mid]
         if self.after_switch is not None:
             self._served_after_switch(term.name, held.redelivered)
         if term.paused and len(term.held) < self.held_bound and term.conn is not None:

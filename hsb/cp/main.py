@@ -24,7 +24,9 @@ def main(config_path: str, check_config: bool, log_level: str) -> None:
     except SecretFileError as exc:
         die(str(exc), EXIT_CONFIG)
     logs.setup(log_level, process=f"hsbcpd:{cfg.cp.name}")
-    from hsb import loop
+    from hsb import faults, loop
+
+    faults.install()
     from hsb.cp.server import CPServer
 
     async def run() -> int:

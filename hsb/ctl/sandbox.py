@@ -192,7 +192,7 @@ def up(d: Path, **kw: Any) -> dict[str, Any]:
     return asyncio.run(aup(d, **kw))
 
 
-async def aup(d: Path, *, terminals: int = 200, service: str = "echo", conventional: bool = False, timeout: float = 60.0, logon_ms: float = 0, host_timeout: float = 0.5) -> dict[str, Any]:
+async def aup(d: Path, *, terminals: int = 200, service: str = "echo", conventional: bool = False, timeout: float = 60.0, logon_ms: float = 0, host_timeout: float = 0.5, host_env: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
     """Start the sandbox in `d` and wait for hot standby (see module docstring)."""
     d = d.resolve()
     if (d / STATE).exists():
@@ -218,8 +218,8 @@ async def aup(d: Path, *, terminals: int = 200, service: str = "echo", conventio
     }
     save_state(d, st)
     _wait_port(ports["host"], 15.0, d)
-    start_host(d, "host-a", "active")
-    start_host(d, "host-b", "standby")
+    start_host(d, "host-a", "active", (host_env or {}).get("host-a"))
+    start_host(d, "host-b", "standby", (host_env or {}).get("host-b"))
     try:
         await wait_established(d, timeout)
     except SandboxError:

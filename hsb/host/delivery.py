@@ -58,6 +58,8 @@ class Delivery:
                 self.counters["processed"] += 1
                 if redelivered:
                     self.counters["redelivered"] += 1
+                if redelivered:
+                    faults.point("host.mid_redelivery")
                 faults.point("host.before_reply")
                 self.send({"t": "reply", "terminal": terminal, "id": mid, "data": reply, "epoch": self.epoch()})
                 self.in_flight -= 1

@@ -27,7 +27,9 @@ def main(role: str | None, config_path: str, check_config: bool, log_level: str)
     except SecretFileError as exc:
         die(str(exc), EXIT_CONFIG)
     logs.setup(log_level, process=f"hsbd:{cfg.host.name}")
-    from hsb import loop
+    from hsb import faults, loop
+
+    faults.install()
     from hsb.host.service import ServiceError, load_service
     from hsb.takeover.errors import TakeoverError
 

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 import structlog
 
+from hsb import faults
+
 from hsb.takeover.errors import HeaderCorrupt, NoBatchWritten
 from hsb.takeover.fileio import FreshReader, RecordWriter, check_file
 from hsb.takeover.layout import (
@@ -151,6 +153,7 @@ class TakeoverWriter:
                 part = encoded[(rec - 1) * self.e : rec * self.e]
                 pack_record(KIND_BATCH, gen, rec, encode_payload(part), r, len(part), into=buf, at=i * r)
             self._io.write(first, buf)
+            faults.point("host.mid_batch_write")
         if b:
             self._io.sync()  # the batch is durable before any header points at it
         header = Header(
@@ -207,6 +210,7 @@ class TakeoverWriter:
         self.next_seq = first_seq + nrec
         try:
             self._write_ring(recs, lay)
+            faults.point("host.mid_ring_group")
             self._io.sync()
         except BaseException:
             self._owed = recs

@@ -1,0 +1,320 @@
+"""A seeded fault campaign against a real sandbox (issue 7 item 3).
+
+One sandbox, continuous load from `hsb.term`, a few churning terminals (so the
+active keeps writing ring groups), and N rounds. Each round, from its own seed,
+kills the active (SIGKILL, or an armed crash point), sometimes the standby, or
+the new active in the middle of its takeover; then recovers the pair the way an
+operator would (restart the dead host as standby; start one as active if both
+died) and checks the invariants:
+
+- never two hosts serving as active (sampled all through the round);
+- no duplicate or unexpected reply, ever;
+- no disconnect of a load terminal in a round whose kill came while hot standby
+  was established (those terminals all had standby sessions);
+- at the end: nothing acknowledged lost, every acknowledged id in a journal, and
+  no (terminal, id) processed twice without the redelivered mark.
+
+Replay one round: the printed seed is the campaign seed; the round's choices
+come from Random(f"{seed}:{round}").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hsb.ctl import sandbox
+from hsb.ctl.gather import status_all
+from hsb.term.load import run_load
+from tests.support.massterm import Fleet
+
+HOSTS = ("host-a", "host-b")
+# action -> (crash point armed in the active, or None), whether load terminals must stay connected
+ACTIONS: dict[str, tuple[str | None, bool]] = {
+    "kill_active": (None, True),
+    "crash_before_reply": ("host.before_reply", True),
+    "crash_mid_ring_group": ("host.mid_ring_group", True),
+    "crash_new_active_mid_redelivery": ("host.mid_redelivery", True),
+    "kill_standby": (None, True),
+    "crash_mid_batch_write": ("host.mid_batch_write", False),
+    "crash_between_batch_and_notice": ("host.between_batch_and_notice", False),
+}
+WEIGHTS = {"kill_active": 4, "crash_before_reply": 3, "crash_mid_ring_group": 2, "crash_new_active_mid_redelivery": 2, "kill_standby": 2, "crash_mid_batch_write": 1, "crash_between_batch_and_notice": 1}
+
+
+@dataclass
+class Round:
+    round: int
+    seed: str
+    action: str
+    victim: str = ""
+    epoch_before: int = 0
+    epoch_after: int = 0
+    disconnects: int = 0
+    recovered_by_operator: bool = False
+    two_actives: bool = False
+    duplicates: int = 0
+    ms: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+class CampaignError(AssertionError):
+    pass
+
+
+class Campaign:
+    def __init__(self, d: Path, *, seed: int, terminals: int = 100, rate: float = 300.0, churners: int = 8, say: Any = print) -> None:
+        self.d = d
+        self.seed = seed
+        self.n = terminals
+        self.rate = rate
+        self.churners = churners
+        self.say = say
+        self.rounds: list[Round] = []
+        self.snap: dict[str, Any] = {}
+        self.two_actives = False
+
+    # ------------------------------------------------------------------ plumbing
+    def state(self) -> dict[str, Any]:
+        return sandbox.load_state(self.d)
+
+    async def status(self) -> dict[str, Any]:
+        st = self.state()
+        s = await status_all(st["cp"]["admin"], [h["admin"] for h in st["hosts"].values()], str(self.d / "secret"), timeout=1.0)
+        serving = [h["name"] for h in s["hosts"] if h.get("reachable") and h.get("role") == "active" and h.get("state") not in ("fenced", "stopping", "starting")]
+        if len(serving) > 1:
+            self.two_actives = True
+        return s
+
+    async def until(self, pred: Any, timeout: float, what: str) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            s = await self.status()
+            if pred(s):
+                return s
+            if time.monotonic() > deadline:
+                brief = [(h.get("name"), h.get("role"), h.get("state")) for h in s["hosts"]]
+                raise TimeoutError(f"{what}: {brief}")
+            await asyncio.sleep(0.05)
+
+    def alive(self, name: str) -> bool:
+        return sandbox._alive(self.state()["hosts"][name]["pid"])
+
+    def env(self, name: str) -> dict[str, str]:
+        return {"HSB_CRASH_CONTROL": str(self.d / f"crash-{name}")}
+
+    def arm(self, name: str, point: str, skip: int = 0) -> None:
+        (self.d / f"crash-{name}").write_text(f"{point} {skip}\n")
+        os.kill(self.state()["hosts"][name]["pid"], signal.SIGUSR2)
+
+    def start(self, name: str, role: str) -> None:
+        (self.d / f"crash-{name}").write_text("")
+        sandbox.start_host(self.d, name, role, self.env(name))
+
+    @staticmethod
+    def actives(s: dict[str, Any]) -> list[str]:
+        return [h["name"] for h in s["hosts"] if h.get("reachable") and h.get("role") == "active"]
+
+    # ------------------------------------------------------------------ recovery
+    async def recover(self, r: Round) -> dict[str, Any]:
+        """Bring the pair back to hot standby as an operator would."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # a surviving standby takes over by itself
+            s = await self.status()
+            if self.actives(s) or not any(self.alive(h) for h in HOSTS):
+                break
+            await asyncio.sleep(0.05)
+        s = await self.status()
+        if not self.actives(s):
+            # nobody serves (both died): the operator starts one host as active
+            for h in HOSTS:
+                if self.alive(h):
+                    os.kill(self.state()["hosts"][h]["pid"], signal.SIGKILL)
+                    await self._wait_dead(h)
+            self.start("host-a", "active")
+            r.recovered_by_operator = True
+            await self.until(lambda s: self.actives(s) == ["host-a"], 20, "operator start of host-a")
+        for h in HOSTS:
+            if not self.alive(h):
+                self.start(h, "standby")
+        return await self.until(lambda s: s["established"], 40, f"round {r.round}: hot standby again")
+
+    async def _wait_dead(self, name: str) -> None:
+        deadline = time.monotonic() + 10
+        while self.alive(name):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} did not die")
+            await asyncio.sleep(0.02)
+
+    # ------------------------------------------------------------------ one round
+    async def round(self, i: int) -> Round:
+        rng = random.Random(f"{self.seed}:{i}")
+        action = rng.choices(list(WEIGHTS), weights=list(WEIGHTS.values()))[0]
+        r = Round(i, f"{self.seed}:{i}", action)
+        t0 = time.monotonic()
+        s = await self.until(lambda s: s["established"] and s["cp"]["terminals"]["standby_sessions"] >= self.n, 40, f"round {i}: quiet point")
+        await self.until_load_terminals_have_standby(i)
+        r.epoch_before = s["cp"]["epoch"]
+        active = self.actives(s)[0]
+        standby = next(h for h in HOSTS if h != active)
+        disc0, dup0 = self.snap.get("disconnects", 0), self.snap.get("duplicates", 0)
+        point, _ = ACTIONS[action]
+        if action == "kill_active":
+            await asyncio.sleep(rng.uniform(0, 0.3))
+            r.victim = active
+            os.kill(self.state()["hosts"][active]["pid"], signal.SIGKILL)
+        elif action == "kill_standby":
+            r.victim = standby
+            os.kill(self.state()["hosts"][standby]["pid"], signal.SIGKILL)
+        elif action in ("crash_before_reply", "crash_mid_ring_group"):
+            r.victim = active
+            self.arm(active, point, rng.randrange(0, 20) if action == "crash_before_reply" else rng.randrange(0, 3))  # type: ignore[arg-type]
+            await self._wait_dead_or_kill(active, 10, r)
+        elif action == "crash_new_active_mid_redelivery":
+            r.victim = f"{active}+{standby}"
+            self.arm(standby, point, 0)  # type: ignore[arg-type]
+            os.kill(self.state()["hosts"][active]["pid"], signal.SIGKILL)
+            await self._wait_dead_or_kill(standby, 10, r)
+        else:  # a crash of the active while it batch-writes for a restarting standby
+            r.victim = active
+            self.arm(active, point, 0)  # type: ignore[arg-type]
+            os.kill(self.state()["hosts"][standby]["pid"], signal.SIGKILL)
+            await self._wait_dead(standby)
+            self.start(standby, "standby")
+            await self._wait_dead_or_kill(active, 10, r)
+        for h in HOSTS:
+            if not self.alive(h):
+                await self._wait_dead(h)
+        s = await self.recover(r)
+        await asyncio.sleep(0.3)  # traffic under the recovered pair before judging
+        r.epoch_after = s["cp"]["epoch"]
+        r.disconnects = self.snap.get("disconnects", 0) - disc0
+        r.duplicates = self.snap.get("duplicates", 0) - dup0
+        r.two_actives = self.two_actives
+        r.ms = round((time.monotonic() - t0) * 1000, 1)
+        if r.two_actives:
+            raise CampaignError(f"seed {r.seed}: two hosts served as active")
+        if r.duplicates:
+            raise CampaignError(f"seed {r.seed}: {r.duplicates} duplicate replies")
+        if ACTIONS[action][1] and r.disconnects:
+            raise CampaignError(f"seed {r.seed} ({action}): {r.disconnects} load terminals were disconnected although all had standby sessions")
+        return r
+
+    async def until_load_terminals_have_standby(self, i: int, timeout: float = 30.0) -> None:
+        from hsb.config import parse_addr
+        from hsb.wire.auth import load_secret
+        from hsb.wire.client import request
+
+        h, p = parse_addr(self.state()["cp"]["admin"])
+        secret = load_secret(self.d / "secret")
+        want = [f"T{k:05d}" for k in range(1, self.n + 1)]
+        deadline = time.monotonic() + timeout
+        while True:
+            sessions = (await request(h, p, secret, {"t": "sessions"}))["data"]
+            if all(sessions.get(n, {}).get("standby") for n in want):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"round {i}: load terminals without a standby session: {[n for n in want if not sessions.get(n, {}).get('standby')][:5]}")
+            await asyncio.sleep(0.05)
+
+    async def _wait_dead_or_kill(self, name: str, timeout: float, r: Round) -> None:
+        """Wait for an armed crash point to fire; if the path was never taken, kill instead."""
+        deadline = time.monotonic() + timeout
+        while self.alive(name):
+            if time.monotonic() > deadline:
+                r.notes.append(f"{name}: crash point not reached in {timeout:.0f}s; SIGKILL instead")
+                os.kill(self.state()["hosts"][name]["pid"], signal.SIGKILL)
+                await self._wait_dead(name)
+                return
+            await asyncio.sleep(0.02)
+
+    # ------------------------------------------------------------------ churn
+    async def churn(self, stop: asyncio.Event) -> None:
+        st = self.state()
+        names = [f"T{i:05d}" for i in range(self.n + 1, self.n + 1 + self.churners)]
+        fleet = Fleet(st["cp"]["terminal"])
+        rng = random.Random(self.seed)
+        try:
+            while not stop.is_set():
+                on = [n for n in names if n not in fleet.on and rng.random() < 0.5]
+                off = [n for n in names if n in fleet.on and rng.random() < 0.5]
+                try:
+                    await asyncio.wait_for(asyncio.gather(fleet.logon(on, timeout=3), fleet.logoff(off, timeout=3), return_exceptions=True), 5)
+                except TimeoutError:
+                    pass
+                for n in list(fleet.on):  # connections cut by a failover are gone
+                    pr = fleet.on[n]
+                    if pr.closed.done():
+                        del fleet.on[n]
+                await asyncio.sleep(0.05)
+        finally:
+            await fleet.close()
+
+    # ------------------------------------------------------------------ the campaign
+    async def run(self, rounds: int) -> dict[str, Any]:
+        self.say(f"campaign seed {self.seed}: {rounds} rounds, {self.n} terminals at {self.rate:.0f} msg/s")
+        await sandbox.aup(self.d, terminals=self.n + self.churners, service="journal", host_env={h: self.env(h) for h in HOSTS}, timeout=60)
+        for h in HOSTS:
+            (self.d / f"crash-{h}").write_text("")
+        sending, stop, churn_stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        def progress(snap: dict[str, Any]) -> None:
+            self.snap = snap
+
+        load = asyncio.ensure_future(
+            run_load(self.state()["cp"]["terminal"], terminals=self.n, rate=self.rate, duration=86400, settle=30, record_ids=True, sending=sending, stop=stop, progress=progress, progress_interval=0.1)
+        )
+        churn = asyncio.ensure_future(self.churn(churn_stop))
+        try:
+            await asyncio.wait_for(sending.wait(), 60)
+            for i in range(rounds):
+                r = await self.round(i)
+                self.rounds.append(r)
+                self.say(f"  round {i:4d} seed {r.seed:>16} {r.action:<32} epoch {r.epoch_before}->{r.epoch_after} {r.ms:7.0f} ms" + (" (operator restart)" if r.recovered_by_operator else "") + ("; " + "; ".join(r.notes) if r.notes else ""))
+        finally:
+            churn_stop.set()
+            stop.set()
+            report = await load
+            await churn
+        d = report.to_dict()
+        journal_problems = self.check_journals(report)
+        summary = {
+            "seed": self.seed,
+            "rounds": len(self.rounds),
+            "acknowledged": d["acked"],
+            "lost": d["lost"],
+            "duplicates": d["duplicates"],
+            "processed_twice_without_redelivered_mark": journal_problems["unmarked_repeats"],
+            "acknowledged_not_in_any_journal": journal_problems["missing"],
+            "disconnects_in_quiet_rounds": sum(r.disconnects for r in self.rounds if ACTIONS[r.action][1]),
+            "disconnects_total": d["disconnects"],
+            "rounds_with_two_actives": sum(r.two_actives for r in self.rounds),
+            "operator_restarts": sum(r.recovered_by_operator for r in self.rounds),
+            "actions": {a: sum(r.action == a for r in self.rounds) for a in ACTIONS},
+            "rounds_detail": [asdict(r) for r in self.rounds],
+        }
+        return summary
+
+    def check_journals(self, report: Any) -> dict[str, int]:
+        unmarked: dict[tuple[str, int], int] = {}
+        seen: set[tuple[str, int]] = set()
+        for h in HOSTS:
+            p = self.d / f"journal-{h}.log"
+            if not p.exists():
+                continue
+            for line in p.read_text().splitlines():
+                parts = line.split()
+                if len(parts) != 4:
+                    continue
+                key = (parts[1], int(parts[2]))
+                seen.add(key)
+                if parts[3] == "0":
+                    unmarked[key] = unmarked.get(key, 0) + 1
+        acked = {(t, i) for t, rec in report.ids.items() for a, b in rec["acked"] for i in range(a, b + 1)}
+        return {"missing": len(acked - seen), "unmarked_repeats": sum(1 for v in unmarked.values() if v > 1)}

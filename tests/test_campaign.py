@@ -1,0 +1,33 @@
+"""The seeded fault campaign, 20 rounds (issue 7 item 3); `bench/campaign.py` runs 1,000."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from hsb.ctl import sandbox
+from tests.support.campaign import Campaign
+
+
+@pytest.mark.timeout(600)
+async def test_campaign_20_rounds(tmp_path: Path) -> None:
+    seed = int(os.environ.get("HSB_CAMPAIGN_SEED", "0") or 0) or int.from_bytes(os.urandom(4), "big")
+    print(f"campaign seed {seed} (replay: HSB_CAMPAIGN_SEED={seed})")
+    c = Campaign(tmp_path / "campaign", seed=seed, terminals=100, rate=300)
+    try:
+        summary = await c.run(20)
+    finally:
+        try:
+            sandbox.down(tmp_path / "campaign", timeout=2.0)
+        except sandbox.SandboxError:
+            pass
+    assert summary["rounds"] == 20
+    assert summary["acknowledged"] > 0
+    assert summary["lost"] == 0, summary
+    assert summary["duplicates"] == 0, summary
+    assert summary["processed_twice_without_redelivered_mark"] == 0, summary
+    assert summary["acknowledged_not_in_any_journal"] == 0, summary
+    assert summary["disconnects_in_quiet_rounds"] == 0, summary
+    assert summary["rounds_with_two_actives"] == 0, summary
