@@ -57,19 +57,62 @@ def point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+_storage = None  # hsb.takeover.faults.Faults, created by install() when control is on
+
+
+def storage_faults() -> object | None:
+    """The takeover-storage fault hook of this process (None unless HSB_CRASH_CONTROL is set)."""
+    return _storage
+
+
 def _rearm(*_: object) -> None:
-    """SIGUSR2: arm what the control file names (signal-safe: only rebinds module state)."""
+    """SIGUSR2: apply the control file.
+
+    A line "storage delay S | storage hold | storage eio | storage corrupt N | storage clear"
+    sets a takeover-storage fault; any other line is "POINT[,POINT...] [SKIP]" and
+    re-arms the crash points (an empty file disarms them).
+    """
     global _points, _skip
     try:
         with open(_control) as f:
-            words = f.read().split()
+            lines = [ln.split() for ln in f.read().splitlines() if ln.strip()]
     except OSError:
         return
-    _points = frozenset(p for p in (words[0].split(",") if words else []) if p in POINTS)
-    _skip = int(words[1]) if len(words) > 1 and words[1].isdigit() else 0
+    crash: list[str] = []
+    for words in lines:
+        if words[0] == "storage" and _storage is not None and len(words) > 1:
+            _storage_fault(words[1:])
+        else:
+            crash = words
+    if not any(w[0] == "storage" for w in lines):
+        _points = frozenset(p for p in (crash[0].split(",") if crash else []) if p in POINTS)
+        _skip = int(crash[1]) if len(crash) > 1 and crash[1].isdigit() else 0
+
+
+def _storage_fault(words: list[str]) -> None:
+    import errno
+
+    f = _storage
+    kind, arg = words[0], (words[1] if len(words) > 1 else "")
+    if kind == "delay":
+        f.delay = float(arg or 0)  # type: ignore[union-attr]
+    elif kind == "hold":
+        f.hold()  # type: ignore[union-attr]
+    elif kind == "eio":
+        f.error = errno.EIO  # type: ignore[union-attr]
+    elif kind == "corrupt":
+        f.corrupt_reads = int(arg or 1)  # type: ignore[union-attr]
+    elif kind == "clear":
+        f.error = None  # type: ignore[union-attr]
+        f.corrupt_reads = 0  # type: ignore[union-attr]
+        f.release()  # type: ignore[union-attr]
 
 
 def install() -> None:
     """Enable run-time arming when HSB_CRASH_CONTROL is set (call once at daemon start)."""
+    global _storage
     if _control:
+        from hsb.takeover.faults import Faults
+
+        _storage = Faults()
         signal.signal(signal.SIGUSR2, _rearm)

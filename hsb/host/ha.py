@@ -39,6 +39,7 @@ ESTABLISHED = "established"
 WAITING = "waiting_for_active"  # standby: no active to follow yet
 AWAITING_BATCH = "awaiting_batch"  # standby: STANDBY STARTUP sent
 BATCH_READING = "batch_reading"
+BATCH_RETRY = "batch_retry"  # standby: a batch read failed; asks again after a backoff
 ACTIVE_STOPPED = "active_stopped"  # standby: the active ended normally (§5.3)
 TAKING_OVER = "taking_over"
 STOPPING = "stopping"
@@ -87,6 +88,9 @@ class HA:
         self.active_stopped_by: str | None = None
         self.batch_task: asyncio.Task[None] | None = None
         self.torn_polls = 0
+        self.batch_failures = 0
+        self.resync_at = 0.0
+        self.resync_reason = ""
         self.counters = {"failovers": 0, "switchovers": 0, "resyncs": 0}
         self.peer_ring_next: int | None = None  # the standby's read position, from its heartbeats
         self.serving = False  # set in link order: deliveries are processed only while True
@@ -116,6 +120,8 @@ class HA:
             timeout = 0.2
             if self.role == "standby" and self.state == ESTABLISHED:
                 timeout = max(0.0, self.next_poll - time.monotonic())
+            elif self.state == BATCH_RETRY:
+                timeout = max(0.0, self.resync_at - time.monotonic())
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout)
             except TimeoutError:
@@ -135,6 +141,9 @@ class HA:
             return f"exiting: {self.exit.msg}"
         if self.role == "standby" and self.state == ESTABLISHED and time.monotonic() >= self.next_poll:
             await self.ring_poll()
+        if self.role == "standby" and self.state == BATCH_RETRY and time.monotonic() >= self.resync_at:
+            self.srv.peer.send({"t": "resync_request", "startup_id": self.own_startup_id, "reason": self.resync_reason})
+            self.set_state(AWAITING_BATCH, "asked the active for a new batch")
         if self.role == "standby" and self.state == AWAITING_BATCH and time.time() - self.state_since > self.batch_wait_s:
             self.set_state(WAITING, f"no BATCH WRITE COMPLETE within {self.batch_wait_s:.0f}s; starting again")
             self.maybe_standby_startup()
@@ -270,7 +279,7 @@ class HA:
             if self.state in (ESTABLISHED, BATCH_WRITING):
                 self.set_state(SERVING, f"peer link down ({why}); the ring is still written for the standby")
             return
-        if self.state in (ESTABLISHED, AWAITING_BATCH, BATCH_READING, TAKING_OVER):
+        if self.state in (ESTABLISHED, AWAITING_BATCH, BATCH_READING, BATCH_RETRY, TAKING_OVER):
             await self.request_switchover(f"peer link lost: {why}")
 
     async def ev_peer_frame(self, msg: dict[str, Any]) -> None:
@@ -397,7 +406,7 @@ class HA:
             self.set_state(AWAITING_BATCH, "STANDBY STARTUP sent")
 
     async def peer_batch_write_complete(self, msg: dict[str, Any]) -> None:
-        if self.role != "standby" or self.state not in (AWAITING_BATCH, ESTABLISHED, BATCH_READING):
+        if self.role != "standby" or self.state not in (AWAITING_BATCH, ESTABLISHED, BATCH_READING, BATCH_RETRY):
             return
         if msg.get("startup_id") != self.own_startup_id:
             return  # for an earlier attempt
@@ -419,12 +428,16 @@ class HA:
             self.fail(1, f"takeover file mismatch: {exc}", "takeover_file_mismatch")
             return
         except Exception as exc:
+            # never apply a bad batch; ask again, backing off so a damaged disk is not hammered
+            self.batch_failures += 1
+            delay = min(0.05 * 2 ** (self.batch_failures - 1), 2.0)
             self.last_error = f"batch read failed: {exc}"
-            log.error("batch_read_failed", error=str(exc))
-            self.set_state(WAITING, self.last_error)
-            self.srv.peer.send({"t": "resync_request", "startup_id": self.own_startup_id, "reason": str(exc)[:200]})
-            self.set_state(AWAITING_BATCH, "asked the active for a new batch")
+            log.error("batch_read_failed", error=str(exc), retry_in_s=delay, failures=self.batch_failures)
+            self.set_state(BATCH_RETRY, self.last_error)
+            self.resync_reason = str(exc)[:200]
+            self.resync_at = time.monotonic() + delay
             return
+        self.batch_failures = 0
         self.generation = gen
         self.partner_batch_records = b
         log.info("batch_read_complete", generation=gen, partner_batch_records=b, entries=len(entries), ms=round((time.monotonic() - t0) * 1000, 1))

@@ -13,6 +13,8 @@ from typing import Any
 
 import structlog
 
+from hsb import faults
+
 from hsb.host.config import TakeoverSection
 from hsb.takeover.layout import batch_records_for
 from hsb.takeover.reader import PollStatus, StartupIdMismatch
@@ -36,6 +38,7 @@ class TakeoverIO:
             records=cfg.records,
             host_name=host_name,
             timeout=cfg.storage_timeout,
+            faults=faults.storage_faults(),  # type: ignore[arg-type]  # None unless fault injection is on
         )
         self.mode = OFF
         self.pending: list[SessionEntry] = []

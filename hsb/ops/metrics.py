@@ -17,7 +17,7 @@ from hsb.wire.conn import PROTOCOL_ERRORS
 
 HOST_STATES = (
     "starting", "serving", "batch_writing", "established", "waiting_for_active", "awaiting_batch",
-    "batch_reading", "active_stopped", "releasing", "handing_over", "stopping", "fenced",
+    "batch_reading", "batch_retry", "active_stopped", "releasing", "handing_over", "stopping", "fenced",
 )
 
 

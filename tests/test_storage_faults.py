@@ -1,0 +1,156 @@
+"""Takeover-file faults while the pair runs (issue 7 item 4): stalls past the
+deadline, EIO, corrupt/torn records, and the file being replaced. Real processes;
+the faults are injected through the storage facade's hook (HSB_CRASH_CONTROL)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.ctl import sandbox
+from tests.support.hostclient import FakeTerminal
+from tests.support.procs import wait_for
+from tests.test_failover import active_names, status, wait_status
+
+HOSTS = ("host-a", "host-b")
+
+
+@pytest.fixture
+async def sbx(tmp_path: Path):  # type: ignore[no-untyped-def]
+    d = tmp_path / "sb"
+    env = {h: {"HSB_CRASH_CONTROL": str(d / f"ctl-{h}")} for h in HOSTS}
+    info = await sandbox.aup(d, terminals=20, host_env=env)
+    yield info
+    sandbox.down(d, timeout=2.0)
+
+
+def control(info: dict[str, Any], host: str, text: str) -> None:
+    d = Path(info["dir"])
+    (d / f"ctl-{host}").write_text(text + "\n")
+    os.kill(sandbox.load_state(d)["hosts"][host]["pid"], signal.SIGUSR2)
+
+
+def host(st: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(h for h in st["hosts"] if h.get("name") == name)
+
+
+async def logon(info: dict[str, Any], name: str) -> FakeTerminal:
+    t = await FakeTerminal.connect(info["cp"]["terminal"], name)
+    await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+    return t
+
+
+async def served(t: FakeTerminal, mid: int, timeout: float = 2.0) -> None:
+    mark = len(t.inbox)
+    t.send({"t": "msg", "id": mid, "data": f"m{mid}"})
+    r = await t.wait(lambda m: m["t"] == "reply" and m["id"] == mid, timeout=timeout, start=mark)
+    assert r["data"] == f"m{mid}"
+
+
+async def standby_has(info: dict[str, Any], name: str, timeout: float = 15.0) -> None:
+    from hsb.config import parse_addr
+    from hsb.wire.auth import load_secret
+    from hsb.wire.client import request
+
+    h, p = parse_addr(info["cp"]["admin"])
+    secret = load_secret(info["secret_file"])
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        s = (await request(h, p, secret, {"t": "sessions"}))["data"]
+        if s.get(name, {}).get("standby"):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            st = await status(info)
+            brief = [(h.get("name"), h.get("role"), h.get("state"), h.get("terminals"), h.get("last_error")) for h in st["hosts"]]
+            raise AssertionError(f"{name} has no standby session at the CP ({s.get(name)}); hosts {brief}")
+        await asyncio.sleep(0.05)
+
+
+async def test_stall_on_the_active_is_reported_and_service_goes_on(sbx: dict[str, Any]) -> None:
+    t1 = await logon(sbx, "T00001")
+    await standby_has(sbx, "T00001")
+    epoch = (await status(sbx))["cp"]["epoch"]
+    control(sbx, "host-a", "storage delay 6")  # the deadline is 2 s
+    t2 = await logon(sbx, "T00002")  # its ring write stalls
+    st = await wait_status(sbx, lambda s: host(s, "host-a").get("takeover_file", {}).get("storage") not in (None, "ok"), timeout=10, what="storage reported")
+    assert "takeover storage not responding" in host(st, "host-a")["takeover_file"]["storage"]
+    for i in range(1, 6):  # service is never interrupted by a takeover-file problem
+        await served(t1, i, timeout=1.0)
+    await served(t2, 1, timeout=1.0)
+    st = await status(sbx)
+    assert st["cp"]["epoch"] == epoch and active_names(st) == ["host-a"]
+    assert host(st, "host-a")["peer_link"]["up"] and host(st, "host-b")["peer_link"]["up"], "heartbeats kept flowing"
+    control(sbx, "host-a", "storage clear")
+    await standby_has(sbx, "T00002")  # the change was kept and written once storage answered
+    await wait_status(sbx, lambda s: host(s, "host-a")["takeover_file"]["storage"] == "ok", what="storage ok again")
+
+
+async def test_eio_on_the_active_is_reported_and_recovered(sbx: dict[str, Any]) -> None:
+    t1 = await logon(sbx, "T00001")
+    await standby_has(sbx, "T00001")
+    control(sbx, "host-a", "storage eio")
+    t3 = await logon(sbx, "T00003")  # noqa: F841  (keep a reference: a collected client logs off)
+    st = await wait_status(sbx, lambda s: "error" in str(host(s, "host-a")["takeover_file"]["storage"]).lower(), timeout=10, what="EIO reported")
+    assert "Input/output error" in host(st, "host-a")["takeover_file"]["storage"]
+    await served(t1, 1, timeout=1.0)
+    control(sbx, "host-a", "storage clear")
+    await standby_has(sbx, "T00003")
+
+
+async def test_corrupt_reads_on_the_standby_are_never_applied(sbx: dict[str, Any]) -> None:
+    t1 = await logon(sbx, "T00001")  # keep a reference: a collected client logs off
+    await standby_has(sbx, "T00001")
+    control(sbx, "host-b", "storage corrupt 40")  # the next 40 records it reads are damaged
+    t4 = await logon(sbx, "T00004")
+    # it notices, resyncs, and is not established again until a good batch is read
+    d = Path(sbx["dir"])
+    wait_for(lambda: "ring_resync_needed" in (d / "host-b.log").read_text(), 20, what="resync after corrupt records")
+    await wait_status(sbx, lambda s: s["established"], timeout=30, what="established after a good batch")
+    await standby_has(sbx, "T00004")
+    await standby_has(sbx, "T00001")
+    log = (d / "host-b.log").read_text()
+    assert "torn" in log or "corrupt" in log or "batch_read_failed" in log
+    await served(t4, 1)
+    await served(t1, 1)
+
+
+async def test_stalled_batch_keeps_the_standby_unestablished_until_storage_answers(sbx: dict[str, Any]) -> None:
+    t1 = await logon(sbx, "T00001")
+    d = Path(sbx["dir"])
+    control(sbx, "host-a", "storage hold")  # the active's next batch write hangs
+    os.kill(sandbox.load_state(d)["hosts"]["host-b"]["pid"], signal.SIGKILL)
+    wait_for(lambda: not sandbox._alive(sandbox.load_state(d)["hosts"]["host-b"]["pid"]), 10, what="host-b dead")
+    sandbox.start_host(d, "host-b", "standby", {"HSB_CRASH_CONTROL": str(d / "ctl-host-b")})
+    wait_for(lambda: "batch_write_failed" in (d / "host-a.log").read_text(), 15, what="batch write deadline")
+    st = await status(sbx)
+    assert not st["established"] and host(st, "host-b")["state"] != "established"
+    await served(t1, 1, timeout=1.0)  # the active serves throughout
+    control(sbx, "host-a", "storage clear")
+    st = await wait_status(sbx, lambda s: s["established"], timeout=30, what="established once storage answers")
+    await standby_has(sbx, "T00001")
+
+
+async def test_file_replaced_while_running_is_caught_by_the_startup_id(sbx: dict[str, Any]) -> None:
+    t1 = await logon(sbx, "T00001")
+    d = Path(sbx["dir"])
+    path = Path(sbx["takeover"])
+    other = d / "other.dat"
+    subprocess.run([sys.executable, "-m", "hsb.ctl", "file", "create", str(other), "--records", str(sandbox.records_for(20))], check=True, capture_output=True)
+    other.replace(path)  # someone puts another file in its place
+    b_pid = sandbox.load_state(d)["hosts"]["host-b"]["pid"]
+    os.kill(b_pid, signal.SIGKILL)
+    wait_for(lambda: not sandbox._alive(b_pid), 10, what="host-b dead")
+    pid = sandbox.start_host(d, "host-b", "standby")
+    wait_for(lambda: not sandbox._alive(pid), 20, what="standby to refuse the replaced file")
+    log = (d / "host-b.log").read_text()
+    assert "takeover_file_mismatch" in log
+    wait_for(lambda: "takeover_file_mismatch" in (d / "host-a.log").read_text(), 10, what="active logs the mismatch")
+    await served(t1, 1)
+    assert active_names(await status(sbx)) == ["host-a"]
