@@ -1,0 +1,89 @@
+"""Config checking (issue 2 item 4): every error at once with its key path; --check-config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("mod, cfg", [("hsb.cp", "cp.toml"), ("hsb.host", "host-a.toml"), ("hsb.host", "host-b.toml")])
+def test_example_configs_check_ok(mod: str, cfg: str) -> None:
+    r = run(mod, "--config", str(ROOT / "configs" / cfg), "--check-config")
+    assert r.returncode == 0, r.stderr
+    assert "config OK" in r.stdout
+
+
+def test_every_error_reported_at_once_with_key_paths(tmp_path: Path) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_text(
+        """
+[host]
+name = "a"
+peer = "nohostport"
+peer_listen = "127.0.0.1:1"
+cp = "127.0.0.1:2"
+admin_listen = "127.0.0.1:3"
+secret_file = "s"
+heartbaet_interval = 0.1
+
+[takeover]
+path = "f"
+records = 2
+
+[[terminals]]
+name = "has space"
+"""
+    )
+    r = run("hsb.host", "--config", str(p), "--check-config")
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert all(line.startswith("config error:") for line in lines)
+    text = r.stderr
+    assert "host.peer:" in text and "not HOST:PORT" in text
+    assert "host.heartbaet_interval: unknown key" in text
+    assert "takeover.records:" in text
+    assert "terminals[0].name:" in text
+    assert len(lines) >= 4
+
+
+def test_timing_that_cannot_work_is_rejected(tmp_path: Path) -> None:
+    base = (ROOT / "configs" / "host-a.toml").read_text()
+    p = tmp_path / "h.toml"
+    p.write_text(base.replace("heartbeat_timeout = 0.5", "heartbeat_timeout = 0.2"))
+    r = run("hsb.host", "--config", str(p), "--check-config")
+    assert r.returncode == 1
+    assert "heartbeat_timeout" in r.stderr and "two heartbeat intervals" in r.stderr
+
+
+def test_cp_config_errors_and_missing_file(tmp_path: Path) -> None:
+    p = tmp_path / "cp.toml"
+    p.write_text('[cp]\nsecret_file = "s"\nheld_bound = 0\ntypo = 1\n')
+    r = run("hsb.cp", "--config", str(p), "--check-config")
+    assert r.returncode == 1
+    assert "cp.held_bound" in r.stderr and "cp.typo: unknown key" in r.stderr
+    r = run("hsb.cp", "--config", str(tmp_path / "missing.toml"), "--check-config")
+    assert r.returncode == 1 and "file not found" in r.stderr
+    p.write_text("[cp\n")
+    r = run("hsb.cp", "--config", str(p), "--check-config")
+    assert r.returncode == 1 and "TOML syntax error" in r.stderr
+
+
+def test_daemon_refuses_a_secret_readable_by_others(tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copy(ROOT / "configs" / "cp.toml", tmp_path / "cp.toml")
+    (tmp_path / "secret").write_text("s3cret\n")
+    (tmp_path / "secret").chmod(0o644)
+    r = run("hsb.cp", "--config", str(tmp_path / "cp.toml"))
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert "secret" in last and "chmod 600" in last

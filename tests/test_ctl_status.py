@@ -1,0 +1,60 @@
+"""`hsbctl status` over the admin links (issue 5 item 4): exit statuses and unreachable daemons."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from hsb.ctl import sandbox
+from tests.support.procs import wait_for
+
+
+def ctl(info: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hsb.ctl", *info["ctl"], *args], capture_output=True, text=True, timeout=60)
+
+
+async def test_status_exit_codes_and_unreachable(tmp_path: Path) -> None:
+    d = tmp_path / "sb"
+    info = await sandbox.aup(d, terminals=10)
+    loop = asyncio.get_running_loop()
+    try:
+        r = await loop.run_in_executor(None, ctl, info, "status", "--json")
+        assert r.returncode == 0, r.stderr
+        st = json.loads(r.stdout)
+        assert st["established"] is True
+        assert {h["name"]: (h["role"], h["state"], h["reachable"]) for h in st["hosts"]} == {
+            "host-a": ("active", "established", True),
+            "host-b": ("standby", "established", True),
+        }
+        for key in ("epoch", "terminals", "held_messages", "last_switchover"):
+            assert key in st["cp"]
+        r = await loop.run_in_executor(None, ctl, info, "status")
+        assert r.returncode == 0 and "ESTABLISHED" in r.stdout and "host-b" in r.stdout
+        # standby gone: serving without a standby, exit 1, shown as unreachable, no traceback
+        b_pid = sandbox.load_state(d)["hosts"]["host-b"]["pid"]
+        os.kill(b_pid, signal.SIGKILL)
+        wait_for(lambda: not sandbox._alive(b_pid), 10, what="host-b dead")
+        r = await loop.run_in_executor(None, ctl, info, "status")
+        assert r.returncode == 1, r.stdout
+        assert "SERVING WITHOUT A STANDBY" in r.stdout and "unreachable" in r.stdout and "Traceback" not in r.stdout + r.stderr
+        # CP gone too: not serving, exit 2
+        os.kill(sandbox.load_state(d)["cp"]["pid"], signal.SIGKILL)
+        r = await loop.run_in_executor(None, ctl, info, "status", "--json")
+        assert r.returncode == 2
+        st = json.loads(r.stdout)
+        assert st["cp"]["reachable"] is False and st["established"] is False
+        assert "Traceback" not in r.stderr
+    finally:
+        sandbox.down(d, timeout=2.0)
+
+
+def test_status_without_a_target_is_a_one_line_error() -> None:
+    r = subprocess.run([sys.executable, "-m", "hsb.ctl", "status"], capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "HSBCTL_CONFIG"})
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
