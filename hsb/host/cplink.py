@@ -74,6 +74,17 @@ class CPLink:
                 pass
 
     async def _run(self) -> None:
+        while not self.stopped:  # this task must never die: without it the host never reconnects
+            try:
+                await self._run_inner()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("cp_link_error", error=repr(exc))
+                self.fs = None
+                await asyncio.sleep(0.1)
+
+    async def _run_inner(self) -> None:
         h, p = parse_addr(self.addr)
         backoff = 0.05
         while not self.stopped:
@@ -110,7 +121,7 @@ class CPLink:
                 why = "eof"
             except ProtocolError as exc:
                 why = f"protocol error from CP: {exc}"
-            except (ConnectionError, OSError) as exc:
+            except (ConnectionError, OSError, RuntimeError) as exc:
                 why = f"{type(exc).__name__}"
             finally:
                 hb.cancel()

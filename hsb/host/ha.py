@@ -127,7 +127,14 @@ class HA:
             except TimeoutError:
                 pass
             self.wake.clear()
-            sentence = await self.run_cycle()
+            try:
+                sentence = await self.run_cycle()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug in one procedure must not leave the daemon headless
+                log.exception("ha_cycle_error", error=repr(exc))
+                self.last_error = f"internal error: {exc!r}"
+                continue
             if sentence != self.last_sentence:
                 self.last_sentence = sentence
                 log.info("ha_cycle", sentence=sentence)

@@ -130,6 +130,17 @@ class PeerLink:
             return False
 
     async def _connect_loop(self) -> None:
+        while True:  # this task must never die: a dead sender would leave the peer link half up forever
+            try:
+                await self._connect_loop_inner()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("peer_sender_error", error=repr(exc))
+                self.outbound = None
+                await asyncio.sleep(0.1)
+
+    async def _connect_loop_inner(self) -> None:
         h, p = parse_addr(self.peer_addr)
         backoff = 0.05
         while True:
@@ -162,7 +173,7 @@ class PeerLink:
                             break
                     except TimeoutError:
                         pass
-            except (ConnectionError, OSError, TimeoutError):
+            except (ConnectionError, OSError, TimeoutError, RuntimeError):
                 pass
             finally:
                 self.outbound = None

@@ -35,10 +35,16 @@ class FrameStream:
         return cls(reader, writer, max_frame)
 
     def send(self, msg: dict[str, Any]) -> None:
-        self.writer.write(encode(msg))
+        self.send_raw(encode(msg))
 
     def send_raw(self, data: bytes) -> None:
-        self.writer.write(data)
+        # uvloop raises RuntimeError when writing to a closed transport; make it a connection error
+        if self.writer.is_closing():
+            raise ConnectionResetError("link closed")
+        try:
+            self.writer.write(data)
+        except RuntimeError as exc:
+            raise ConnectionResetError(str(exc)) from None
 
     async def drain(self) -> None:
         await self.writer.drain()
