@@ -77,6 +77,14 @@ def make_pair(
 ) -> Pair:
     d.mkdir(parents=True, exist_ok=True)
     cp = start_cp(d / "cp", terminals=cp_terminals, extra_terms=cp_extra, host_timeout=0.5)
+    try:
+        return _configure(d, cp, records, host_a, host_b, separate_files, create_file, common)
+    except BaseException:
+        cp.stop()  # never leave a daemon behind when the set-up itself fails
+        raise
+
+
+def _configure(d: Path, cp: Proc, records: int, host_a: dict[str, Any] | None, host_b: dict[str, Any] | None, separate_files: bool, create_file: bool, common: dict[str, Any]) -> Pair:
     pa, pb = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     files = {"host-a": d / "takeover.dat", "host-b": d / ("takeover-b.dat" if separate_files else "takeover.dat")}
     if create_file:
