@@ -1,0 +1,141 @@
+"""Planned switchover vs SIGKILL failover, side by side (issue 6 measure).
+
+    .venv/bin/python bench/switchover.py [--sizes 1000,10000] [--reps 3] [--rate R]
+
+For each size: one sandbox; per repetition, one load run (hsbterm load in its own
+process) with a planned `hsbctl switchover` in the middle, then one with a SIGKILL
+of the active (old active restarted as standby afterwards). Reports the service
+gap seen by the terminals (longest stretch with messages outstanding and no
+reply), the CP's own figure, lost, duplicates and disconnects, and the ratio
+failover gap / switchover gap from the same run. Goal: planned gap <= 50 ms,
+zero lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hsb.ctl import sandbox  # noqa: E402
+from hsb.ctl.gather import status_all  # noqa: E402
+
+
+async def status(d: Path) -> dict[str, Any]:
+    st = sandbox.load_state(d)
+    return await status_all(st["cp"]["admin"], [h["admin"] for h in st["hosts"].values()], str(d / "secret"), timeout=3.0)
+
+
+async def until(d: Path, pred: Any, timeout: float, what: str) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        s = await status(d)
+        if pred(s):
+            return s
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        await asyncio.sleep(0.1)
+
+
+def actives(s: dict[str, Any]) -> list[str]:
+    return [h["name"] for h in s["hosts"] if h.get("reachable") and h.get("role") == "active"]
+
+
+async def one(d: Path, info: dict[str, Any], n: int, rate: float, kind: str) -> dict[str, Any]:
+    await until(d, lambda s: s["established"] and s["cp"]["terminals"]["standby_sessions"] >= 0, 120, "established")
+    load = subprocess.Popen(
+        [sys.executable, "-m", "hsb.term", "load", "--cp", info["cp"]["terminal"], "--terminals", str(n), "--rate", str(rate), "--duration", "8", "--settle", "20", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    await until(d, lambda s: s["cp"]["terminals"]["standby_sessions"] == n, 120, "standby sessions")
+    await asyncio.sleep(2.0)
+    s = await status(d)
+    old = actives(s)[0]
+    new = "host-b" if old == "host-a" else "host-a"
+    if kind == "switchover":
+        r = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: subprocess.run([sys.executable, "-m", "hsb.ctl", *info["ctl"], "switchover", "--yes", "--timeout", "120"], capture_output=True, text=True)
+        )
+        if r.returncode != 0:
+            raise RuntimeError(f"switchover failed: {r.stderr}")
+    else:
+        os.kill(sandbox.load_state(d)["hosts"][old]["pid"], signal.SIGKILL)
+        await until(d, lambda s: actives(s) == [new], 30, "takeover")
+    out, _ = await asyncio.get_running_loop().run_in_executor(None, load.communicate)
+    rep = json.loads(out)
+    s = await status(d)
+    rec = s["cp"].get("last_switchover") or {}
+    if kind == "failover":
+        while sandbox._alive(sandbox.load_state(d)["hosts"][old]["pid"]):
+            await asyncio.sleep(0.05)
+        sandbox.start_host(d, old, "standby")
+        await until(d, lambda s: s["established"], 180, "established again")
+    return {
+        "kind": kind,
+        "terminals": n,
+        "gap_ms": rep["service_gap"]["ms"],
+        "cp_gap_ms": rec.get("service_gap_ms") if kind == "switchover" else rec.get("first_reply_ms"),
+        "switch_ms": rec.get("switch_ms"),
+        "lost": rep["lost"],
+        "duplicates": rep["duplicates"],
+        "disconnects": rep["disconnects"],
+        "acked": rep["acked"],
+    }
+
+
+async def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="1000,10000")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--rate", type=float, default=2000.0)
+    a = ap.parse_args()
+    rows: list[dict[str, Any]] = []
+    base = Path(tempfile.mkdtemp(prefix="hsb-bench-switchover-"))
+    for n in [int(x) for x in a.sizes.split(",")]:
+        d = base / f"n{n}"
+        info = await sandbox.aup(d, terminals=n, service="echo", timeout=180)
+        try:
+            for _ in range(a.reps):
+                for kind in ("switchover", "failover"):
+                    r = await one(d, info, n, a.rate, kind)
+                    rows.append(r)
+                    print(json.dumps(r), flush=True)
+        finally:
+            sandbox.down(d, timeout=3.0)
+    print(f"\ncommand: .venv/bin/python bench/switchover.py --sizes {a.sizes} --reps {a.reps} --rate {a.rate:.0f}; machine: {os.cpu_count()} cores, load generator and daemons on the same machine")
+    print("\n| terminals | planned gap ms (median / max) | SIGKILL gap ms (median / max) | ratio kill/planned | CP planned gap ms (median) | lost | dup | disconnects |")
+    print("|---|---|---|---|---|---|---|---|")
+    ok = True
+    for n in sorted({r["terminals"] for r in rows}):
+        sw = [r for r in rows if r["terminals"] == n and r["kind"] == "switchover"]
+        fo = [r for r in rows if r["terminals"] == n and r["kind"] == "failover"]
+        sg = [r["gap_ms"] for r in sw]
+        fg = [r["gap_ms"] for r in fo]
+        cpg = [r["cp_gap_ms"] for r in sw if r["cp_gap_ms"] is not None]
+        lost = sum(r["lost"] for r in sw + fo)
+        dup = sum(r["duplicates"] for r in sw + fo)
+        disc = sum(r["disconnects"] for r in sw + fo)
+        ok &= lost == 0 and dup == 0
+        print(
+            f"| {n:,} | {statistics.median(sg):.1f} / {max(sg):.1f} | {statistics.median(fg):.1f} / {max(fg):.1f} | "
+            f"{statistics.median(fg) / max(statistics.median(sg), 0.001):.2f} | {statistics.median(cpg) if cpg else float('nan'):.1f} | {lost} | {dup} | {disc} |"
+        )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    from hsb import logs
+
+    logs.setup("warning")
+    sys.exit(asyncio.run(main()))
