@@ -47,6 +47,7 @@ class CP:
         # After a grant: which switched terminals have not had a reply yet (the failover timeline).
         self.after_switch: dict[str, Any] | None = None
         self.release_t0: float | None = None
+        self.silent_since: float | None = None
 
     # ------------------------------------------------------------------ terminals
     def terminal_hello(self, proto: "TerminalProtocol", name: str) -> None:
@@ -343,6 +344,7 @@ class CP:
         a = self.active
         if a is not None and not a.closed and time.monotonic() - a.last_rx > self.host_timeout and not self.active_lost_notified:
             log.warning("active_host_link_silent", host=a.name, silent_s=round(time.monotonic() - a.last_rx, 3))
+            self.silent_since = a.last_rx  # silence began at the last frame heard
             self._notify_active_lost(a.name, "silent")
 
     # ------------------------------------------------------------------ arbitration
@@ -366,6 +368,7 @@ class CP:
 
     def _grant(self, host: "HostProtocol", reason: str, why: str, demote: "HostProtocol | None" = None) -> None:
         t0 = time.monotonic()
+        lost_at = self.active_lost_since if self.active_lost_since is not None else self.silent_since
         release_t0 = self.release_t0 if demote is not None else None
         self.release_t0 = None
         old = self.active
@@ -434,11 +437,13 @@ class CP:
             "classic": classic,
             "requested": requested,
             "planned": demote is not None,
+            "loss_to_grant_ms": None if lost_at is None or demote is not None else round((t0 - lost_at) * 1000, 3),
             "release_to_grant_ms": None if release_t0 is None else round((t0 - release_t0) * 1000, 3),
         }
         self.switchovers.append(rec)
         del self.switchovers[:-50]
         log.info("switchover_complete", **rec)
+        self.silent_since = None
         self.after_switch = {"t0": t0, "pending": had_session, "rec": rec, "deadline": t0 + 60.0, "release_t0": release_t0}
         rec["first_redelivered_reply_ms"] = None
         rec["first_reply_ms"] = None

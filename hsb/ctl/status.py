@@ -46,8 +46,10 @@ def render(st: dict[str, Any]) -> str:
         ls = cp.get("last_switchover")
         if ls:
             out.append(
-                f"            last failover: {ls['from']} -> {ls['to']} at epoch {ls['epoch']}, {_age(ls['at'])}, "
-                f"switch {ls['switch_ms']:.1f} ms, {ls['switched']} sessions switched, {ls['classic']} reconnected ({ls['reason']})"
+                f"            last {'switchover' if ls.get('planned') else 'failover'}: {ls['from']} -> {ls['to']} at epoch {ls['epoch']}, {_age(ls['at'])}, "
+                + (f"loss to grant {ls['loss_to_grant_ms']:.0f} ms, " if ls.get("loss_to_grant_ms") is not None else "")
+                + (f"service gap {ls['service_gap_ms']:.1f} ms, " if ls.get("service_gap_ms") is not None else "")
+                + f"switch {ls['switch_ms']:.1f} ms, {ls['switched']} sessions switched, {ls['classic']} reconnected ({ls['reason']})"
             )
         if cp.get("active_stopped_normally"):
             out.append(f"            active {cp['active_stopped_normally']} stopped normally; 'hsbctl promote' moves the service to the standby")
