@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -107,3 +107,22 @@ def parse_addr(value: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not (0 <= int(port) <= 65535):
         raise ValueError(f"{value!r} is not HOST:PORT")
     return host, int(port)
+
+
+def _addr(v: str) -> str:
+    parse_addr(v)
+    return v
+
+
+def _opt_addr(v: str) -> str:
+    return _addr(v) if v else v
+
+
+def _path(v: str, info: ValidationInfo) -> str:
+    return resolve_path(v, info)
+
+
+# Field types shared by the daemons' schemas.
+Addr = Annotated[str, AfterValidator(_addr)]  # "host:port"
+OptAddr = Annotated[str, AfterValidator(_opt_addr)]  # "host:port", or "" for off
+ConfigPath = Annotated[str, AfterValidator(_path)]  # relative to the config file's folder

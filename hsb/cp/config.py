@@ -4,43 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
-from hsb.config import Strict, parse_addr, resolve_path
+from hsb.config import Addr, ConfigPath, OptAddr, Strict
 from hsb.terminals import TerminalDef, TerminalGroup, expand_all
 from hsb.wire.framing import DEFAULT_MAX_FRAME
 
 
 class CPSection(Strict):
     name: str = "cp"
-    terminal_listen: str = "127.0.0.1:7000"
-    host_listen: str = "127.0.0.1:7001"
-    admin_listen: str = "127.0.0.1:7002"
-    http_listen: str = ""
-    secret_file: str
+    terminal_listen: Addr = "127.0.0.1:7000"
+    host_listen: Addr = "127.0.0.1:7001"
+    admin_listen: Addr = "127.0.0.1:7002"
+    http_listen: OptAddr = ""
+    secret_file: ConfigPath
     held_bound: int = Field(default=256, ge=1, le=1_000_000)
     host_timeout: float = Field(default=0.5, gt=0, le=3600)
     auth_timeout: float = Field(default=5.0, gt=0, le=3600)
     terminal_idle_timeout: float = Field(default=0.0, ge=0, le=86400)
     max_frame: int = Field(default=DEFAULT_MAX_FRAME, ge=64, le=64 * 1024 * 1024)
-
-    @field_validator("terminal_listen", "host_listen", "admin_listen")
-    @classmethod
-    def _addr(cls, v: str) -> str:
-        parse_addr(v)
-        return v
-
-    @field_validator("http_listen")
-    @classmethod
-    def _http(cls, v: str) -> str:
-        if v:
-            parse_addr(v)
-        return v
-
-    @field_validator("secret_file")
-    @classmethod
-    def _secret(cls, v: str, info: ValidationInfo) -> str:
-        return resolve_path(v, info)
 
 
 class CPConfig(Strict):

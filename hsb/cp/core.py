@@ -299,6 +299,9 @@ class CP:
                 if term.conn is not None:
                     term.conn.send({"t": "session", "state": "closed", "epoch": self.epoch, "reason": "active host stopped normally"})
         log.info("active_sessions_closed", host=host.name, sessions=n)
+        # the host waits for this before it closes: closing with our deliveries unread
+        # would reset the connection and could discard its stopping frame here
+        host.send({"t": "stopped", "epoch": self.epoch})
         if self.standby is not None and self.standby.usable:
             self.standby.send({"t": "active_lost", "host": host.name, "why": "stopping"})
 

@@ -4,45 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from hsb.config import Strict, parse_addr, resolve_path
+from hsb.config import Addr, ConfigPath, OptAddr, Strict
 from hsb.terminals import TerminalDef, TerminalGroup, expand_all
 from hsb.wire.framing import DEFAULT_MAX_FRAME
 
 
 class HostSection(Strict):
     name: str = Field(min_length=1, max_length=64)
-    peer: str
-    peer_listen: str
-    cp: str
-    admin_listen: str
-    http_listen: str = ""
-    secret_file: str
+    peer: Addr
+    peer_listen: Addr
+    cp: Addr
+    admin_listen: Addr
+    http_listen: OptAddr = ""
+    secret_file: ConfigPath
     fast_switch: bool = True
     heartbeat_interval: float = Field(default=0.1, gt=0, le=60)
     heartbeat_timeout: float = Field(default=0.5, gt=0, le=600)
     ring_poll_interval: float = Field(default=0.05, gt=0, le=60)
     service: str = "echo"
     max_frame: int = Field(default=DEFAULT_MAX_FRAME, ge=64, le=64 * 1024 * 1024)
-
-    @field_validator("peer", "peer_listen", "cp", "admin_listen")
-    @classmethod
-    def _addr(cls, v: str) -> str:
-        parse_addr(v)
-        return v
-
-    @field_validator("http_listen")
-    @classmethod
-    def _http(cls, v: str) -> str:
-        if v:
-            parse_addr(v)
-        return v
-
-    @field_validator("secret_file")
-    @classmethod
-    def _secret(cls, v: str, info: ValidationInfo) -> str:
-        return resolve_path(v, info)
 
     @model_validator(mode="after")
     def _timing(self) -> "HostSection":
@@ -55,15 +37,10 @@ class HostSection(Strict):
 
 
 class TakeoverSection(Strict):
-    path: str
+    path: ConfigPath
     records: int = Field(ge=4)
     record_size: int = Field(default=4096, ge=512, le=1 << 20)
     storage_timeout: float = Field(default=2.0, gt=0, le=600)
-
-    @field_validator("path")
-    @classmethod
-    def _path(cls, v: str, info: ValidationInfo) -> str:
-        return resolve_path(v, info)
 
     @field_validator("record_size")
     @classmethod

@@ -136,7 +136,8 @@ class CPLink:
         try:
             while True:
                 fs.send({"t": "hb"})
-                await asyncio.wait_for(fs.drain(), self.timeout)
+                # no deadline on drain: a CP slow to read is not a dead CP (the recv timeout judges that)
+                await fs.drain()
                 await asyncio.sleep(self.interval)
         except (ConnectionError, OSError, TimeoutError, RuntimeError):
             fs.close()

@@ -74,6 +74,7 @@ class HostServer:
         self.bound: dict[str, str] = {}
         self.state_listeners: list[Any] = []
         self.ready_sent = False
+        self.cp_stopped = asyncio.Event()
         self.http_server: asyncio.base_events.Server | None = None
         self.reload_requested = False
 
@@ -82,6 +83,9 @@ class HostServer:
         # session requests and deliveries right behind them are handled under the
         # new epoch; the HA loop then does the rest of the procedure.
         t = msg["t"]
+        if t == "stopped":
+            self.cp_stopped.set()
+            return
         if t in ("registered", "switch_granted", "fenced", "demoted") or (t == "error" and msg.get("code") in ("fenced", "active_exists")):
             self.ha.link_event(msg)
         if not self.sessions_ctl.on_cp_frame(msg):
@@ -223,7 +227,13 @@ class HostServer:
         if ha.role == "active":
             done = await self.delivery.drain(5.0)
             log.info("replies_finished", complete=done)
-            self.cp.send({"t": "stopping", "epoch": ha.epoch})
+            self.cp_stopped.clear()
+            sent = self.cp.send({"t": "stopping", "epoch": ha.epoch})
+            if sent:
+                try:  # keep reading until the CP has taken note; see CP.host_stopping
+                    await asyncio.wait_for(self.cp_stopped.wait(), 3.0)
+                except TimeoutError:
+                    log.warning("cp_did_not_confirm_stop")
             self.peer.send({"t": "active_stopping", "name": ha.name})
             await self.cp.drain()
             await self.peer_drain()
