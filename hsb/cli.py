@@ -20,6 +20,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CONFIG = 78  # EX_CONFIG
 EXIT_FENCED = 75  # distinct, and RestartPreventExitStatus in the unit
+EXIT_NOT_ACTIVE = 76  # started as active while another host is active: start it as standby
 
 
 log_level_option = click.option(
@@ -45,6 +46,23 @@ def load_or_exit(path: str | Path, model: type[M], check_only: bool) -> M:
             click.echo(f"config error: {line}", err=True)
         sys.exit(EXIT_FAILED if check_only else EXIT_CONFIG)
     if check_only:
+        secret = _secret_path(cfg)
+        if secret is not None:
+            from hsb.wire.auth import SecretFileError, load_secret
+
+            try:
+                load_secret(secret)
+            except SecretFileError as exc:
+                click.echo(f"config error: {exc}", err=True)
+                sys.exit(EXIT_FAILED)
         click.echo(f"{path}: config OK")
         sys.exit(EXIT_OK)
     return cfg
+
+
+def _secret_path(cfg: BaseModel) -> str | None:
+    for section in ("cp", "host"):
+        sec = getattr(cfg, section, None)
+        if sec is not None:
+            return str(sec.secret_file)
+    return None

@@ -16,8 +16,15 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("mod, cfg", [("hsb.cp", "cp.toml"), ("hsb.host", "host-a.toml"), ("hsb.host", "host-b.toml")])
-def test_example_configs_check_ok(mod: str, cfg: str) -> None:
-    r = run(mod, "--config", str(ROOT / "configs" / cfg), "--check-config")
+def test_example_configs_check_ok(tmp_path: Path, mod: str, cfg: str) -> None:
+    import shutil
+
+    shutil.copy(ROOT / "configs" / cfg, tmp_path / cfg)
+    r = run(mod, "--config", str(tmp_path / cfg), "--check-config")
+    assert r.returncode == 1 and "secret file" in r.stderr and "does not exist" in r.stderr  # the secret is checked too
+    (tmp_path / "secret").write_text("s3cret\n")
+    (tmp_path / "secret").chmod(0o600)
+    r = run(mod, "--config", str(tmp_path / cfg), "--check-config")
     assert r.returncode == 0, r.stderr
     assert "config OK" in r.stdout
 

@@ -29,7 +29,7 @@ _HB = encode({"t": "hb"})
 
 
 class CPServer:
-    RELOADABLE = ("cp.held_bound", "cp.host_timeout", "cp.terminal_idle_timeout", "terminals", "terminal_groups")
+    RELOADABLE = ("cp.held_bound", "cp.host_timeout", "terminals", "terminal_groups")
 
     def __init__(self, cfg: CPConfig, secret: bytes, config_path: str | None = None) -> None:
         self.cfg = cfg

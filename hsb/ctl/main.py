@@ -68,8 +68,26 @@ def promote(obj: Ctx) -> None:
         click.echo("error: no reachable standby host to promote", err=True)
         sys.exit(1)
     ans = asyncio.run(ask(sb[0]["addr"], load_secret(t.secret_file), {"t": "promote"}))  # type: ignore[arg-type]
-    click.echo(ans.get("msg", ans.get("error")))
-    sys.exit(0 if ans.get("ok") else 1)
+    if not ans.get("ok"):
+        click.echo(f"error: {ans.get('msg', ans.get('error'))}", err=True)
+        sys.exit(1)
+    click.echo(ans["msg"])
+    name = sb[0]["name"]
+
+    async def outcome() -> tuple[bool, str]:
+        for _ in range(100):  # the CP decides; wait up to 10 s for its answer
+            st = await status_all(t.cp, t.hosts, t.secret_file)  # type: ignore[arg-type]
+            h = next((x for x in st["hosts"] if x.get("name") == name), {})
+            if h.get("role") == "active":
+                return True, f"{name} is the active host now (epoch {h.get('epoch')})"
+            if "refused" in str(h.get("last_error") or ""):
+                return False, str(h["last_error"])
+            await asyncio.sleep(0.1)
+        return False, f"{name} did not become active within 10 s; see 'hsbctl status'"
+
+    ok, msg = asyncio.run(outcome())
+    click.echo(msg if ok else f"error: {msg}", err=not ok)
+    sys.exit(0 if ok else 1)
 
 
 @main.command()

@@ -1,4 +1,4 @@
-"""`hsbctl sandbox up|down|restart`: a complete system on loopback for trying it out,
+"""`hsbctl sandbox up|down|start-host`: a complete system on loopback for trying it out,
 for tests, benchmarks and the demo.
 
 `up` writes a secret, configs for hsbcpd and two hosts (free ports), a takeover

@@ -36,6 +36,12 @@ class Target:
                     raise TargetError(str(exc)) from None
         if not self.secret_file:
             raise TargetError("no secret file: pass --secret-file or set secret_file in the ctl config")
+        from hsb.wire.auth import SecretFileError, load_secret
+
+        try:
+            load_secret(self.secret_file)
+        except SecretFileError as exc:
+            raise TargetError(str(exc)) from None
 
 
 def load_target(config: str | None, cp: str | None, hosts: tuple[str, ...], secret_file: str | None) -> Target:

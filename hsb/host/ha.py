@@ -41,7 +41,6 @@ AWAITING_BATCH = "awaiting_batch"  # standby: STANDBY STARTUP sent
 BATCH_READING = "batch_reading"
 BATCH_RETRY = "batch_retry"  # standby: a batch read failed; asks again after a backoff
 ACTIVE_STOPPED = "active_stopped"  # standby: the active ended normally (§5.3)
-TAKING_OVER = "taking_over"
 STOPPING = "stopping"
 RELEASING = "releasing"  # planned switchover: no new deliveries
 HANDING_OVER = "handing_over"
@@ -110,6 +109,8 @@ class HA:
             self.role = role
         if state == prev and self.role == prev_role:
             return
+        if state != ESTABLISHED:
+            self.established_since = None
         self.state = state
         self.state_since = time.time()
         log.info("state_change", prev_role=prev_role, prev=prev, role=self.role, state=state, reason=reason)
@@ -231,7 +232,9 @@ class HA:
             code, text = msg.get("code"), msg.get("msg", "")
             if code == "active_exists":
                 if self.started_role == "active" and self.epoch == 0:
-                    self.fail(1, f"refused by the CP: {text}", "start_refused")
+                    from hsb.cli import EXIT_NOT_ACTIVE
+
+                    self.fail(EXIT_NOT_ACTIVE, f"refused by the CP: {text}", "start_refused")
                 else:
                     self.fenced(f"another host is active at the CP: {text}")
             elif code == "fenced":
@@ -286,7 +289,7 @@ class HA:
             if self.state in (ESTABLISHED, BATCH_WRITING):
                 self.set_state(SERVING, f"peer link down ({why}); the ring is still written for the standby")
             return
-        if self.state in (ESTABLISHED, AWAITING_BATCH, BATCH_READING, BATCH_RETRY, TAKING_OVER):
+        if self.state in (ESTABLISHED, AWAITING_BATCH, BATCH_READING, BATCH_RETRY):
             await self.request_switchover(f"peer link lost: {why}")
 
     async def ev_peer_frame(self, msg: dict[str, Any]) -> None:
@@ -314,6 +317,7 @@ class HA:
             if msg.get("partner") == self.instance and msg.get("state") == ESTABLISHED and msg.get("startup_id") == self.partner_startup_id:
                 if self.state == SERVING:
                     self.set_state(ESTABLISHED, "peer link restored; the standby kept following the ring")
+                    self.established_since = time.time()
         elif self.role == "active" and prole == "active":
             self.last_error = f"the peer {msg.get('name')} also claims to be active"
             log.error("two_actives_claimed", peer=msg.get("name"))
@@ -367,9 +371,10 @@ class HA:
     async def peer_standby_ready(self, msg: dict[str, Any]) -> None:
         if self.role != "active" or msg.get("startup_id") != self.partner_startup_id:
             return
-        self.established_since = time.time()
         self.last_error = None
+        self.file_mismatch = None
         self.set_state(ESTABLISHED, "standby ready")
+        self.established_since = time.time()
         log.info("hot_standby_established", peer=self.srv.peer.peer_name, startup_id=self.partner_startup_id)
 
     async def peer_file_mismatch(self, msg: dict[str, Any]) -> None:
@@ -450,8 +455,9 @@ class HA:
         log.info("batch_read_complete", generation=gen, partner_batch_records=b, entries=len(entries), ms=round((time.monotonic() - t0) * 1000, 1))
         await self.srv.sessions_ctl.apply_batch(entries)
         tio.follow(gen, b)
-        self.established_since = time.time()
+        self.last_error = None
         self.set_state(ESTABLISHED, "batch read done and standby sessions open")
+        self.established_since = time.time()
         log.info("hot_standby_established", peer=self.srv.peer.peer_name, startup_id=self.own_startup_id)
         self.srv.peer.send({"t": "standby_ready", "startup_id": self.own_startup_id, "instance": self.instance})
         self.next_poll = 0.0  # S228: read the ring at once

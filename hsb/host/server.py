@@ -198,7 +198,14 @@ class HostServer:
         self.peer.timeout = self.cp.timeout = h.heartbeat_timeout
         self.takeover.store.timeout = new.takeover.storage_timeout
         added = 0
-        for name, d in new.terminal_table.items():
+        capacity = self.takeover.own_batch_records * self.takeover.entries_per_record
+        if len(new.terminal_table) > capacity:
+            restart += ["terminals (the batch area B was sized at start)"]
+            applied = [k for k in applied if k not in ("terminals", "terminal_groups")]
+            new_defs = {}
+        else:
+            new_defs = new.terminal_table
+        for name, d in new_defs.items():
             ts = self.sessions.get(name)
             if ts is None:
                 from hsb.host.sessions import TerminalState

@@ -16,7 +16,7 @@ import structlog
 from hsb import faults
 
 from hsb.host.config import TakeoverSection
-from hsb.takeover.layout import batch_records_for
+from hsb.takeover.layout import batch_records_for, entries_per_record
 from hsb.takeover.reader import PollStatus, StartupIdMismatch
 from hsb.takeover.records import SessionEntry
 from hsb.takeover.store import TakeoverStore
@@ -31,6 +31,7 @@ class TakeoverIO:
         self.cfg = cfg
         self.own_total = own_total
         self.own_batch_records = batch_records_for(own_total, cfg.record_size)
+        self.entries_per_record = entries_per_record(cfg.record_size)
         self.store = TakeoverStore(
             cfg.path,
             terminals=own_total,
