@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hsb.ctl.gather import status_all
+from hsb.ports import free_port
 from hsb.takeover.fileio import create_file
 from hsb.takeover.layout import batch_records_for
 
@@ -33,12 +34,6 @@ HOSTS = ("host-a", "host-b")
 
 class SandboxError(Exception):
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _toml(v: Any) -> str:

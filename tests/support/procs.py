@@ -16,10 +16,7 @@ from typing import Any
 SECRET = b"test-secret-0123456789abcdef"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from hsb.ports import free_port  # noqa: E402  (re-exported for tests)
 
 
 def write_secret(d: Path, secret: bytes = SECRET) -> Path:
