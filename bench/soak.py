@@ -25,7 +25,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hsb.ctl import sandbox  # noqa: E402
-from hsb.ctl.gather import status_all  # noqa: E402
 
 
 def rss_kib(pid: int) -> int | None:
@@ -38,20 +37,8 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
-async def status(d: Path) -> dict[str, Any]:
-    st = sandbox.load_state(d)
-    return await status_all(st["cp"]["admin"], [h["admin"] for h in st["hosts"].values()], str(d / "secret"), timeout=2.0)
-
-
-async def until(d: Path, pred: Any, timeout: float, what: str) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        s = await status(d)
-        if pred(s):
-            return s
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        await asyncio.sleep(0.1)
+status = sandbox.status
+until = sandbox.until
 
 
 async def main() -> int:

@@ -29,27 +29,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hsb.ctl import sandbox  # noqa: E402
-from hsb.ctl.gather import status_all  # noqa: E402
 
 
-async def status(d: Path) -> dict[str, Any]:
-    st = sandbox.load_state(d)
-    return await status_all(st["cp"]["admin"], [h["admin"] for h in st["hosts"].values()], str(d / "secret"), timeout=3.0)
+status = sandbox.status
+until = sandbox.until
 
 
-async def until(d: Path, pred: Any, timeout: float, what: str) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        s = await status(d)
-        if pred(s):
-            return s
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        await asyncio.sleep(0.1)
-
-
-def actives(s: dict[str, Any]) -> list[str]:
-    return [h["name"] for h in s["hosts"] if h.get("reachable") and h.get("role") == "active"]
+actives = sandbox.actives
 
 
 async def one(d: Path, info: dict[str, Any], n: int, rate: float, kind: str) -> dict[str, Any]:

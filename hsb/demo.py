@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from hsb.ctl import sandbox
-from hsb.ctl.gather import status_all
 from hsb.term.load import run_load
 
 
@@ -45,24 +44,9 @@ def _events(path: Path, name: str) -> list[dict[str, Any]]:
     return out
 
 
-async def _status(d: Path) -> dict[str, Any]:
-    st = sandbox.load_state(d)
-    return await status_all(st["cp"]["admin"], [h["admin"] for h in st["hosts"].values()], str(d / "secret"), timeout=1.0)
-
-
-async def _until(d: Path, pred: Any, timeout: float, what: str) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        st = await _status(d)
-        if pred(st):
-            return st
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"demo: timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-def _actives(st: dict[str, Any]) -> list[str]:
-    return [h["name"] for h in st["hosts"] if h.get("reachable") and h.get("role") == "active"]
+_status = sandbox.status
+_until = sandbox.until
+_actives = sandbox.actives
 
 
 async def scenario(d: Path, *, conventional: bool, terminals: int, rate: float, say: Any) -> dict[str, Any]:

@@ -19,23 +19,6 @@ from hsb.term.load import run_load
 from tests.support.procs import wait_for
 
 
-@pytest.fixture
-def sb(tmp_path: Path):  # type: ignore[no-untyped-def]
-    dirs: list[Path] = []
-
-    async def make(**kw: Any) -> dict[str, Any]:
-        d = tmp_path / f"sb{len(dirs)}"
-        dirs.append(d)
-        return await sandbox.aup(d, **kw)
-
-    yield make
-    for d in dirs:
-        try:
-            sandbox.down(d, timeout=2.0)
-        except sandbox.SandboxError:
-            pass
-
-
 def pid_of(info: dict[str, Any], name: str) -> int:
     st = sandbox.load_state(Path(info["dir"]))
     return int(st["hosts"][name]["pid"])

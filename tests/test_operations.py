@@ -23,23 +23,6 @@ from tests.support.procs import wait_for
 from tests.test_failover import active_names, assert_clean, check_journals, load_with, pid_of, status, wait_status
 
 
-@pytest.fixture
-def sb(tmp_path: Path):  # type: ignore[no-untyped-def]
-    dirs: list[Path] = []
-
-    async def make(**kw: Any) -> dict[str, Any]:
-        d = tmp_path / f"sb{len(dirs)}"
-        dirs.append(d)
-        return await sandbox.aup(d, **kw)
-
-    yield make
-    for d in dirs:
-        try:
-            sandbox.down(d, timeout=2.0)
-        except sandbox.SandboxError:
-            pass
-
-
 def ctl(info: dict[str, Any], *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "hsb.ctl", *info["ctl"], *args], capture_output=True, text=True, timeout=timeout)
 

@@ -223,6 +223,30 @@ async def aup(d: Path, *, terminals: int = 200, service: str = "echo", conventio
     return describe(d)
 
 
+async def status(d: Path, timeout: float = 2.0) -> dict[str, Any]:
+    """The combined status of the sandbox in `d` (see hsb.ctl.gather)."""
+    st = load_state(d)
+    return await status_all(st["cp"]["admin"], [h["admin"] for h in st["hosts"].values()], str(d / "secret"), timeout=timeout)
+
+
+async def until(d: Path, pred: Any, timeout: float, what: str, every: float = 0.05) -> dict[str, Any]:
+    """Poll the sandbox's status until `pred(status)` holds; TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = await status(d)
+        if pred(s):
+            return s
+        if time.monotonic() > deadline:
+            brief = [(h.get("name"), h.get("role"), h.get("state")) for h in s["hosts"]]
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; hosts {brief}")
+        await asyncio.sleep(every)
+
+
+def actives(s: dict[str, Any]) -> list[str]:
+    """Names of the reachable hosts that report the active role."""
+    return [h["name"] for h in s["hosts"] if h.get("reachable") and h.get("role") == "active"]
+
+
 def _wait_port(addr: str, timeout: float, d: Path) -> None:
     h, _, p = addr.rpartition(":")
     deadline = time.monotonic() + timeout
