@@ -128,21 +128,14 @@ class CPServer:
         self.reload_requested = True  # the flag only; the tick loop reloads
 
     def reload(self) -> None:
-        from hsb.config import ConfigError, load
         from hsb.cp.state import Term
-        from hsb.ops.reload import changed_keys
+        from hsb.ops import reload
 
         self.reload_requested = False
-        if self.config_path is None:
+        planned = reload.plan(self.config_path, CPConfig, self.cfg, self.RELOADABLE)
+        if planned is None:
             return
-        try:
-            new = load(self.config_path, CPConfig)
-        except ConfigError as exc:
-            log.error("config_reload_failed", errors=exc.errors)
-            return
-        keys = changed_keys(self.cfg, new)
-        applied = [k for k in keys if k in self.RELOADABLE]
-        restart = [k for k in keys if k not in self.RELOADABLE]
+        new, applied, restart = planned
         cp = self.cp
         cp.held_bound = self.cfg.cp.held_bound = new.cp.held_bound
         cp.host_timeout = self.cfg.cp.host_timeout = new.cp.host_timeout
@@ -157,9 +150,7 @@ class CPServer:
         removed = [n for n in cp.terms if n not in new.terminal_table and cp.terms[n].conn is None and not cp.terms[n].held]
         for n in removed:
             del cp.terms[n]
-        log.info("config_reloaded", applied=applied, terminals_added=added, terminals_removed=len(removed), needs_restart=restart)
-        if restart:
-            log.warning("config_reload_incomplete", msg=f"these settings change only on restart: {', '.join(restart)}")
+        reload.report(applied, restart, terminals_added=added, terminals_removed=len(removed))
 
     async def shutdown(self) -> None:
         notify(STOPPING=1, STATUS="stopping")

@@ -179,20 +179,13 @@ class HostServer:
 
     def reload(self) -> None:
         """Apply what can change while running; name what needs a restart."""
-        from hsb.config import ConfigError, load
-        from hsb.ops.reload import changed_keys
+        from hsb.ops import reload
 
         self.reload_requested = False
-        if self.config_path is None:
+        planned = reload.plan(self.config_path, HostConfig, self.cfg, self.RELOADABLE)
+        if planned is None:
             return
-        try:
-            new = load(self.config_path, HostConfig)
-        except ConfigError as exc:
-            log.error("config_reload_failed", errors=exc.errors)
-            return
-        keys = changed_keys(self.cfg, new)
-        applied = [k for k in keys if k in self.RELOADABLE]
-        restart = [k for k in keys if k not in self.RELOADABLE]
+        new, applied, restart = planned
         h = new.host
         self.peer.interval = self.cp.interval = h.heartbeat_interval
         self.peer.timeout = self.cp.timeout = h.heartbeat_timeout
@@ -218,9 +211,7 @@ class HostServer:
         self.cfg.host.heartbeat_timeout = h.heartbeat_timeout
         self.cfg.host.ring_poll_interval = h.ring_poll_interval
         self.cfg.takeover.storage_timeout = new.takeover.storage_timeout
-        log.info("config_reloaded", applied=applied, terminals_added=added, needs_restart=restart)
-        if restart:
-            log.warning("config_reload_incomplete", msg=f"these settings change only on restart: {', '.join(restart)}")
+        reload.report(applied, restart, terminals_added=added)
 
     def _sighup(self) -> None:
         self.reload_requested = True  # the flag only; the HA loop reloads

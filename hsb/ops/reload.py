@@ -6,9 +6,16 @@ changed is reported as needing a restart, by name.
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
+import structlog
 from pydantic import BaseModel
+
+from hsb.config import ConfigError, load
+
+log = structlog.get_logger("hsb.ops")
+M = TypeVar("M", bound=BaseModel)
 
 
 def flatten(model: BaseModel) -> dict[str, Any]:
@@ -28,3 +35,22 @@ def flatten(model: BaseModel) -> dict[str, Any]:
 def changed_keys(old: BaseModel, new: BaseModel) -> list[str]:
     a, b = flatten(old), flatten(new)
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def plan(path: str | Path | None, model: type[M], current: M, reloadable: tuple[str, ...]) -> tuple[M, list[str], list[str]] | None:
+    """Read the config again: (new config, keys to apply, keys that need a restart), or None if it is bad."""
+    if path is None:
+        return None
+    try:
+        new = load(path, model)
+    except ConfigError as exc:
+        log.error("config_reload_failed", errors=exc.errors)
+        return None
+    keys = changed_keys(current, new)
+    return new, [k for k in keys if k in reloadable], [k for k in keys if k not in reloadable]
+
+
+def report(applied: list[str], restart: list[str], **counts: int) -> None:
+    log.info("config_reloaded", applied=applied, needs_restart=restart, **counts)
+    if restart:
+        log.warning("config_reload_incomplete", msg=f"these settings change only on restart: {', '.join(restart)}")
