@@ -24,10 +24,14 @@ class TerminalProtocol(FramedProtocol):
     dispatch = {"hello": "on_hello", "msg": "on_msg", "bye": "on_bye"}
 
     def __init__(self, cp: "CP", *, hello_timeout: float, idle_after_hello: float | None, **kw: Any) -> None:
-        super().__init__(idle_timeout=hello_timeout, **kw)
+        super().__init__(idle_timeout=hello_timeout, partial_timeout=hello_timeout, **kw)
         self.cp = cp
         self.term: Term | None = None
         self._idle_after = idle_after_hello
+        self._hello_timeout = hello_timeout
+
+    def on_open(self) -> None:
+        self.set_deadline(self._hello_timeout)  # hello within hello_timeout of the connect, however slowly bytes arrive
 
     def on_hello(self, msg: dict[str, Any]) -> None:
         if self.term is not None:
@@ -37,6 +41,7 @@ class TerminalProtocol(FramedProtocol):
             raise ProtocolError("bad_hello", "hello needs a non-empty string 'terminal'")
         self.cp.terminal_hello(self, name)
         if self.term is not None:
+            self.clear_deadline()
             self.set_idle_timeout(self._idle_after)
 
     def on_msg(self, msg: dict[str, Any]) -> None:
@@ -59,6 +64,17 @@ class TerminalProtocol(FramedProtocol):
             return
         super()._handle(msg)
 
+
+    def pause_writing(self) -> None:
+        # the terminal does not read what we send it: stop reading what it sends (write back-pressure)
+        self.write_paused = True
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.transport is not None and not self.closed and not self.reading_paused and not self._yielding:
+            self.transport.resume_reading()
 
     def on_lost(self, exc: Exception | None) -> None:
         if self.term is not None and self.term.conn is self:

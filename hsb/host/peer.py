@@ -21,6 +21,7 @@ import structlog
 from hsb.config import parse_addr
 from hsb.wire.authlink import AuthServerProtocol
 from hsb.wire.client import FrameStream, LinkClosed
+from hsb.wire.conn import require
 from hsb.wire.framing import ProtocolError
 
 log = structlog.get_logger("hsb.host")
@@ -38,6 +39,22 @@ PEER_TYPES = (
 )
 
 
+_NONE = type(None)
+# field -> (types, required), docs/protocol.md §5; a wrong type is a bad_fields protocol error
+PEER_FIELDS: dict[str, dict[str, tuple[Any, bool]]] = {
+    "peer_hello": {"name": (str, True), "role": (str, True), "state": (str, False), "instance": (str, True),
+                   "partner": ((str, _NONE), False), "startup_id": ((int, _NONE), False), "ring_next": ((int, _NONE), False)},
+    "hb": {"role": (str, False), "state": (str, False), "instance": (str, False), "ring_next": ((int, _NONE), False)},
+    "active_startup": {"name": (str, True), "instance": (str, True)},
+    "standby_startup": {"startup_id": (int, True), "name": (str, False)},
+    "batch_write_complete": {"startup_id": (int, True), "generation": (int, True)},
+    "file_mismatch": {"startup_id": (int, True), "found": ((int, _NONE), False), "path": (str, False)},
+    "standby_ready": {"startup_id": (int, True), "instance": (str, False)},
+    "resync_request": {"startup_id": (int, True), "reason": (str, False)},
+    "active_stopping": {"name": (str, True)},
+}
+
+
 class PeerInbound(AuthServerProtocol):
     link = "peer"
     dispatch = {t: "on_frame" for t in PEER_TYPES}
@@ -51,6 +68,9 @@ class PeerInbound(AuthServerProtocol):
         self.owner._inbound_up(self)
 
     def on_frame(self, msg: dict[str, Any]) -> None:
+        for key, (typ, required) in PEER_FIELDS[msg["t"]].items():
+            if required or key in msg:
+                require(msg, key, typ)  # ProtocolError bad_fields: error frame, close, nothing reaches the HA loop
         self.owner._frame(self, msg)
 
     def on_lost(self, exc: Exception | None) -> None:

@@ -53,7 +53,7 @@ class _HTTP(asyncio.Protocol):
             return
         self.buf += data
         end = self.buf.find(b"\r\n\r\n")
-        if end < 0:
+        if end < 0 or end > MAX_REQUEST:
             if len(self.buf) > MAX_REQUEST:
                 self._respond(431, "text/plain", b"request too large\n")
             return

@@ -29,11 +29,13 @@ class AuthServerProtocol(FramedProtocol):
         self._secret = secret
         self._nonce = auth.new_nonce()
         self._after_auth_idle = idle_timeout
+        self._auth_timeout = auth_timeout
         self.authed = False
         self.name = "?"
         self.last_rx = time.monotonic()
 
     def on_open(self) -> None:
+        self.set_deadline(self._auth_timeout)  # authenticated within auth_timeout of the connect, however slowly bytes arrive
         self.send({"t": "challenge", "nonce": self._nonce, "server": self.server_name})
 
     def data_received(self, data: bytes) -> None:
@@ -62,6 +64,7 @@ class AuthServerProtocol(FramedProtocol):
             return
         self._nonce = b""  # used once
         self.authed = True
+        self.clear_deadline()
         self.name = name[:64]
         self.set_idle_timeout(self._after_auth_idle)
         self.send({"t": "auth_ok", "server": self.server_name})

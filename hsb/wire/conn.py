@@ -23,6 +23,8 @@ log = structlog.get_logger("hsb.wire")
 # Protocol errors seen by this process, by (link, code): status and /metrics read it.
 PROTOCOL_ERRORS: collections.Counter[tuple[str, str]] = collections.Counter()
 
+FRAMES_PER_TURN = 256  # frames handled per loop iteration for one connection before it yields
+
 Handler = Callable[[Any, dict[str, Any]], None]
 
 
@@ -38,6 +40,7 @@ class FramedProtocol(asyncio.Protocol):
         max_frame: int = DEFAULT_MAX_FRAME,
         idle_timeout: float | None = None,
         known_types: Collection[str] | None = None,
+        partial_timeout: float | None = None,
     ) -> None:
         types = known_types if known_types is not None else self.dispatch.keys()
         self.decoder = Decoder(max_frame, types)
@@ -45,6 +48,9 @@ class FramedProtocol(asyncio.Protocol):
         self.peer: str = "?"
         self.closed = False
         self.idle_timeout = idle_timeout
+        self.partial_timeout = partial_timeout  # a frame begun and stalled, while idle_timeout is None
+        self._yielding = False
+        self._deadline_handle: asyncio.TimerHandle | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
         self.reading_paused = False
         self._backlog: collections.deque[dict[str, Any]] = collections.deque()
@@ -63,39 +69,53 @@ class FramedProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        self._arm_idle()
         try:
             msgs = self.decoder.feed(data)
         except ProtocolError as exc:
             self._backlog.extend(exc.before)
-            self._drain_backlog()
+            self._drain_backlog(limit=None)
             if not self.closed:
                 self.protocol_error(exc)
             return
-        if self._backlog or self.reading_paused:
-            self._backlog.extend(msgs)
-            self._drain_backlog()
-            return
-        for i, m in enumerate(msgs):
-            self._handle(m)
-            if self.closed:
-                return
-            if self.reading_paused:
-                # Frames already read stay unprocessed until reading resumes (back-pressure is exact).
-                self._backlog.extend(msgs[i + 1 :])
-                return
+        self._arm_idle()
+        self._backlog.extend(msgs)
+        self._drain_backlog()
 
-    def _drain_backlog(self) -> None:
+    def _drain_backlog(self, limit: int | None = FRAMES_PER_TURN) -> None:
+        """Handle frames already read, at most `limit` per loop iteration: with more waiting, stop
+        reading this connection and go on at the next iteration, so one busy peer cannot starve the
+        others (uvloop reads a busy socket up to 32 times per poll). Frames already read stay
+        unprocessed while reading is paused by back-pressure (back-pressure is exact)."""
         bl = self._backlog
+        n = 0
         while bl and not self.reading_paused and not self.closed:
+            if limit is not None and n >= limit:
+                if not self._yielding and self.transport is not None:
+                    self._yielding = True
+                    self.transport.pause_reading()
+                    self._loop.call_soon(self._next_turn)
+                return
             self._handle(bl.popleft())
+            n += 1
+
+    def _next_turn(self) -> None:
+        self._yielding = False
+        self._drain_backlog()
+        if not self._yielding and self.transport is not None and not self.closed and not self.reading_paused and not self.write_paused:
+            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.clear_deadline()
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
         self.on_lost(exc)
+        # _table holds bound methods of self: a reference cycle that only a full cyclic GC frees,
+        # keeping this connection's buffers (up to max_frame) alive long after the close
+        self._table = {}
+        self._backlog.clear()
+        self.decoder = Decoder(1)
 
     def pause_writing(self) -> None:  # pragma: no cover - depends on slow peers
         self.write_paused = True
@@ -154,9 +174,27 @@ class FramedProtocol(asyncio.Protocol):
     def resume_reading(self) -> None:
         if self.transport is not None and not self.closed and self.reading_paused:
             self.reading_paused = False
-            self.transport.resume_reading()
-            if self._backlog:
+            if not self.write_paused and not self._yielding:
+                self.transport.resume_reading()
+            if self._backlog and not self._yielding:
                 self._loop.call_soon(self._drain_backlog)
+
+    def set_deadline(self, seconds: float) -> None:
+        """Close with idle_timeout `seconds` from now unless clear_deadline() comes first
+        (authentication / hello: unlike the idle timer, arriving bytes do not extend it)."""
+        self.clear_deadline()
+        self._deadline_handle = self._loop.call_later(seconds, self._deadline_passed, seconds)
+
+    def clear_deadline(self) -> None:
+        if self._deadline_handle is not None:
+            self._deadline_handle.cancel()
+            self._deadline_handle = None
+
+    def _deadline_passed(self, seconds: float) -> None:
+        self._deadline_handle = None
+        if not self.closed:
+            log.warning("idle_timeout", link=self.link, peer=self.peer, seconds=seconds, reason="not logged on")
+            self.close_with_error("idle_timeout", f"not logged on within {seconds}s")
 
     def set_idle_timeout(self, seconds: float | None) -> None:
         self.idle_timeout = seconds
@@ -166,15 +204,18 @@ class FramedProtocol(asyncio.Protocol):
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
-        if self.idle_timeout is not None and not self.closed:
-            self._idle_handle = self._loop.call_later(self.idle_timeout, self._idle_expired)
+        t = self.idle_timeout
+        if t is None and self.partial_timeout is not None and self.decoder.buffered:
+            t = self.partial_timeout
+        if t is not None and not self.closed:
+            self._idle_handle = self._loop.call_later(t, self._idle_expired, t)
 
-    def _idle_expired(self) -> None:
+    def _idle_expired(self, seconds: float) -> None:
         self._idle_handle = None
         if self.closed:
             return
-        log.warning("idle_timeout", link=self.link, peer=self.peer, seconds=self.idle_timeout)
-        self.close_with_error("idle_timeout", f"nothing received for {self.idle_timeout}s")
+        log.warning("idle_timeout", link=self.link, peer=self.peer, seconds=seconds)
+        self.close_with_error("idle_timeout", f"nothing received for {seconds}s")
 
     # -- hooks --------------------------------------------------------------
     def on_open(self) -> None:
