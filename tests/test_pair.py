@@ -162,7 +162,7 @@ async def test_different_terminal_counts_standby_uses_active_B(tmp_path: Path, p
     pair = make_pair(tmp_path, cp_terminals=600, records=128, host_a={"terminals": 20}, host_b={"terminals": 600})
     pairs.append(pair)
     pair.start("host-a", "active")
-    [await logon(pair, f"T{i:05d}") for i in range(1, 4)]
+    terms = [await logon(pair, f"T{i:05d}") for i in range(1, 4)]  # noqa: F841  (kept: a collected client logs off)
     pair.start("host-b", "standby")
     b = await pair.wait_state("host-b", "established")
     assert b["batch_records"]["own"] == 40 and b["batch_records"]["partner"] == 2
@@ -174,7 +174,7 @@ async def test_one_terminal_with_different_attrs_is_refused_rest_established(tmp
     pair = make_pair(tmp_path, host_b={"terminals": 0, "extra_terms": b_terms})
     pairs.append(pair)
     pair.start("host-a", "active")
-    [await logon(pair, f"T{i:05d}") for i in range(1, 4)]
+    terms = [await logon(pair, f"T{i:05d}") for i in range(1, 4)]  # noqa: F841  (kept: a collected client logs off)
     pair.start("host-b", "standby")
     await pair.wait_state("host-b", "established")
     ev = pair.hosts["host-b"].wait_event("standby_session_refused", terminal="T00002")

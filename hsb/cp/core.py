@@ -8,6 +8,7 @@ structlog event.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from hsb import faults
 from hsb.cp.config import CPConfig
 from hsb.cp.state import Held, Session, Term
 from hsb.wire.conn import PROTOCOL_ERRORS
+from hsb.wire.framing import encode
 
 if TYPE_CHECKING:
     from hsb.cp.host_link import HostProtocol
@@ -388,6 +390,8 @@ class CP:
         faults.point("cp.after_grant")
         switched = classic = requested = 0
         had_session: set[str] = set()  # terminals to be served again (the failover timeline)
+        switched_frame = encode({"t": "switched", "epoch": self.epoch})  # one encoding for all
+        opened_frame = encode({"t": "session", "state": "open", "epoch": self.epoch})
         for term in self.terms.values():
             sb = term.standby
             if sb is not None and sb.host is host:
@@ -396,7 +400,7 @@ class CP:
                     had = term.active is not None
                     term.active = Session(host, "active", sb.attrs, self.epoch)
                     # a session closed by a normal stop reopens; a live one is switched
-                    term.conn.send({"t": "switched", "epoch": self.epoch} if had else {"t": "session", "state": "open", "epoch": self.epoch})
+                    term.conn.send_raw(switched_frame if had else opened_frame)
                     self._deliver_pending(term, host)
                     switched += 1
                     had_session.add(term.name)
@@ -447,11 +451,17 @@ class CP:
         del self.switchovers[:-50]
         log.info("switchover_complete", **rec)
         self.silent_since = None
+        # the notices are written by the connections' flushes, queued in order before this
+        asyncio.get_running_loop().call_soon(self._notices_sent, rec, t0)
         self.after_switch = {"t0": t0, "pending": had_session, "rec": rec, "deadline": t0 + 60.0, "release_t0": release_t0}
         rec["first_redelivered_reply_ms"] = None
         rec["first_reply_ms"] = None
         rec["all_served_ms"] = None
         rec["service_gap_ms"] = None
+
+    def _notices_sent(self, rec: dict[str, Any], t0: float) -> None:
+        rec["notices_sent_ms"] = round((time.monotonic() - t0) * 1000, 3)
+        log.info("switch_notices_sent", epoch=rec["epoch"], notices_sent_ms=rec["notices_sent_ms"], switched=rec["switched"])
 
     def _served_after_switch(self, name: str, redelivered: bool) -> None:
         a = self.after_switch

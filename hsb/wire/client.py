@@ -28,6 +28,8 @@ class FrameStream:
         self.writer = writer
         self.decoder = Decoder(max_frame)
         self._pending: list[dict[str, Any]] = []
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
 
     @classmethod
     async def connect(cls, host: str, port: int, *, timeout: float = 5.0, max_frame: int = DEFAULT_MAX_FRAME) -> "FrameStream":
@@ -38,15 +40,26 @@ class FrameStream:
         self.send_raw(encode(msg))
 
     def send_raw(self, data: bytes) -> None:
+        """Queue a frame; frames queued in one loop iteration go out in one write."""
         # uvloop raises RuntimeError when writing to a closed transport; make it a connection error
         if self.writer.is_closing():
             raise ConnectionResetError("link closed")
-        try:
-            self.writer.write(data)
-        except RuntimeError as exc:
-            raise ConnectionResetError(str(exc)) from None
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        if out and not self.writer.is_closing():
+            try:
+                self.writer.write(out[0] if len(out) == 1 else b"".join(out))
+            except RuntimeError:
+                pass  # closed meanwhile: the reader sees the end of the link
 
     async def drain(self) -> None:
+        self._flush()
         await self.writer.drain()
 
     async def recv(self, timeout: float | None = None) -> dict[str, Any]:
@@ -78,6 +91,7 @@ class FrameStream:
 
     def close(self) -> None:
         if not self.writer.is_closing():
+            self._flush()
             self.writer.close()
 
     async def aclose(self) -> None:

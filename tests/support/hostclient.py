@@ -113,6 +113,9 @@ class FakeHost:
         await self.fs.aclose()
 
 
+_LIVE: set["FakeTerminal"] = set()  # a client nobody holds must not be collected (that would log it off)
+
+
 class FakeTerminal:
     """A minimal terminal-link client (the full simulator is hsb.term)."""
 
@@ -129,6 +132,7 @@ class FakeTerminal:
         h, p = addr(term_addr)
         fs = await FrameStream.connect(h, p)
         self = cls(fs, name)
+        _LIVE.add(self)
         if hello:
             self.send({"t": "hello", "terminal": name})
         return self
@@ -143,6 +147,7 @@ class FakeTerminal:
         finally:
             self.closed = True
             self._new.set()
+            _LIVE.discard(self)
 
     def send(self, m: dict[str, Any]) -> None:
         self.fs.send(m)
