@@ -311,3 +311,31 @@ async def test_ten_thousand_terminals_get_sessions_and_replies(tmp_path) -> None
         await res["close"]()
     finally:
         cp.stop()
+
+
+async def test_standby_registering_after_an_abnormal_loss_is_told(cp: Proc) -> None:
+    a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+    a.auto_open = ATTRS
+    t = await logon(cp, "T00011")
+    t.send({"t": "msg", "id": 1, "data": "held"})
+    await a.wait(lambda m: m["t"] == "deliver")
+    await a.close()  # the active dies while no standby is connected
+    b = await FakeHost.connect(cp.info["host"], "host-b", "standby")
+    lost = await b.wait(lambda m: m["t"] == "active_lost")
+    assert lost["host"] == "host-a"
+    b.auto_open = ATTRS
+    b.send({"t": "switchover", "reason": "told late", "planned": False})
+    g = await b.wait(lambda m: m["t"] in ("switch_granted", "switch_refused"))
+    assert g["t"] == "switch_granted"
+    b.epoch = g["epoch"]
+    d = await b.wait(lambda m: m["t"] == "deliver" and m["terminal"] == "T00011")
+    assert d["redelivered"] is True
+
+
+async def test_standby_with_no_active_ever_is_not_told_of_a_loss(cp: Proc) -> None:
+    b = await FakeHost.connect(cp.info["host"], "host-b", "standby")
+    reg = next(m for m in b.inbox if m["t"] == "registered")
+    assert reg["active"] is None
+    await FakeHost.connect(cp.info["host"], "host-a", "active")
+    await asyncio.sleep(0.3)  # a window for a wrong notice to arrive
+    assert not [m for m in b.inbox if m["t"] == "active_lost"]

@@ -169,6 +169,10 @@ class CP:
             # A standby that finds no active waits: it takes over only on evidence of
             # an abnormal loss (or an operator's promote), never just by arriving first.
             host.send({"t": "registered", "role": "standby", "epoch": self.epoch, "active": self._active_name(), "standby": host.name})
+            a = self.active
+            if a is not None and (a.closed or self.silent_since is not None) and not self.active_stopped_normally:
+                # the active was lost abnormally while no standby was listening: say so now
+                self._notify_active_lost(a.name, "eof")
         else:
             host.close_with_error("bad_role", f"role must be 'active' or 'standby', not {role[:20]!r}")
 
@@ -324,8 +328,8 @@ class CP:
     def _notify_active_lost(self, name: str, why: str) -> None:
         if self.active_lost_notified:
             return
-        self.active_lost_notified = True
         if self.standby is not None and self.standby.usable:
+            self.active_lost_notified = True  # only once it reached a standby
             self.standby.send({"t": "active_lost", "host": name, "why": why})
 
     def _sessions_lost_without_standby(self) -> None:
@@ -347,10 +351,15 @@ class CP:
     def tick(self) -> None:
         """Periodic: detect a silent active and tell the standby at once."""
         a = self.active
-        if a is not None and not a.closed and time.monotonic() - a.last_rx > self.host_timeout and not self.active_lost_notified:
+        if a is None or a.closed:
+            return
+        if time.monotonic() - a.last_rx <= self.host_timeout:
+            self.silent_since = None
+            return
+        if self.silent_since is None:
             log.warning("active_host_link_silent", host=a.name, silent_s=round(time.monotonic() - a.last_rx, 3))
             self.silent_since = a.last_rx  # silence began at the last frame heard
-            self._notify_active_lost(a.name, "silent")
+        self._notify_active_lost(a.name, "silent")
 
     # ------------------------------------------------------------------ arbitration
     def host_switchover(self, host: "HostProtocol", reason: str, planned: bool) -> None:
@@ -392,6 +401,7 @@ class CP:
         had_session: set[str] = set()  # terminals to be served again (the failover timeline)
         switched_frame = encode({"t": "switched", "epoch": self.epoch})  # one encoding for all
         opened_frame = encode({"t": "session", "state": "open", "epoch": self.epoch})
+        later: list[tuple[Any, bytes]] = []
         for term in self.terms.values():
             sb = term.standby
             if sb is not None and sb.host is host:
@@ -399,9 +409,15 @@ class CP:
                 if term.conn is not None and not term.leaving:
                     had = term.active is not None
                     term.active = Session(host, "active", sb.attrs, self.epoch)
-                    # a session closed by a normal stop reopens; a live one is switched
-                    term.conn.send_raw(switched_frame if had else opened_frame)
-                    self._deliver_pending(term, host)
+                    # a session closed by a normal stop reopens; a live one is switched.
+                    # Terminals waiting for replies hear it now; the rest in slices after the
+                    # grant, so the new active's replies are read between slices.
+                    frame = switched_frame if had else opened_frame
+                    if term.held:
+                        term.conn.send_raw(frame)
+                        self._deliver_pending(term, host)
+                    else:
+                        later.append((term.conn, frame))
                     switched += 1
                     had_session.add(term.name)
                     faults.point("cp.mid_switch")
@@ -451,13 +467,26 @@ class CP:
         del self.switchovers[:-50]
         log.info("switchover_complete", **rec)
         self.silent_since = None
-        # the notices are written by the connections' flushes, queued in order before this
-        asyncio.get_running_loop().call_soon(self._notices_sent, rec, t0)
+        self._send_notices(later, 0, rec, t0)
         self.after_switch = {"t0": t0, "pending": had_session, "rec": rec, "deadline": t0 + 60.0, "release_t0": release_t0}
         rec["first_redelivered_reply_ms"] = None
         rec["first_reply_ms"] = None
         rec["all_served_ms"] = None
         rec["service_gap_ms"] = None
+
+    NOTICE_SLICE = 500  # switch notices written per loop iteration after a grant
+
+    def _send_notices(self, todo: list[tuple[Any, bytes]], start: int, rec: dict[str, Any], t0: float) -> None:
+        """Write the informational switch notices a slice at a time, reading replies in between."""
+        end = min(start + self.NOTICE_SLICE, len(todo))
+        for conn, frame in todo[start:end]:
+            conn.send_raw(frame)
+            conn.flush()
+        loop = asyncio.get_running_loop()
+        if end < len(todo):
+            loop.call_soon(self._send_notices, todo, end, rec, t0)
+        else:
+            loop.call_soon(self._notices_sent, rec, t0)
 
     def _notices_sent(self, rec: dict[str, Any], t0: float) -> None:
         rec["notices_sent_ms"] = round((time.monotonic() - t0) * 1000, 3)

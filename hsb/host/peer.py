@@ -118,6 +118,7 @@ class PeerLink:
         self.bound = ""
         self.sent = 0
         self.lost_notices = 0
+        self.wake_connect = asyncio.Event()
 
     async def start(self) -> None:
         h, p = parse_addr(self.listen)
@@ -174,7 +175,11 @@ class PeerLink:
             except (OSError, LinkClosed, ProtocolError, TimeoutError) as exc:
                 if isinstance(exc, LinkClosed) and exc.error and exc.error.get("code") == "auth_failed":
                     log.error("peer_auth_failed", peer=self.peer_addr, reason=exc.error.get("msg"))
-                await asyncio.sleep(backoff)
+                self.wake_connect.clear()
+                try:  # the peer connecting to us means it is up: try at once
+                    await asyncio.wait_for(self.wake_connect.wait(), backoff)
+                except TimeoutError:
+                    pass
                 backoff = min(backoff * 2, 0.5)
                 continue
             backoff = 0.05
@@ -212,6 +217,7 @@ class PeerLink:
             old.close()
         self.last_rx = time.monotonic()
         self.peer_name = proto.name
+        self.wake_connect.set()
 
     def _frame(self, proto: PeerInbound, msg: dict[str, Any]) -> None:
         if proto is not self.inbound:
