@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -30,6 +31,7 @@ if str(REPO) not in sys.path:
 
 from hsb.wire import auth  # noqa: E402
 from hsb.wire.framing import Decoder, encode  # noqa: E402
+from tests.support import procs  # noqa: E402
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -92,8 +94,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine so far, all cores (/proc/stat; busy excludes steal)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq) / _CLK_TCK, steal / _CLK_TCK
+
+
+async def background_cpu(seconds: float = 0.5) -> float:
+    """Cores' worth of CPU the machine used over `seconds` while this benchmark sat idle."""
+    b0, _ = machine_cpu()
+    t0 = time.monotonic()
+    await asyncio.sleep(seconds)
+    b1, _ = machine_cpu()
+    return round((b1 - b0) / (time.monotonic() - t0), 3)
+
+
 def cpu_sample(pids: dict[str, int]) -> dict[str, float]:
-    out = {}
+    """CPU seconds so far of each named process, plus "_busy" and "_steal" for the machine."""
+    busy, steal = machine_cpu()
+    out = {"_busy": busy, "_steal": steal}
     for name, pid in pids.items():
         try:
             out[name] = cpu_seconds(pid)
@@ -107,6 +127,38 @@ def pct(a: float, b: float) -> str:
 
 
 # --------------------------------------------------------------------------- child processes
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the child is killed when the benchmark dies, however it dies (PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except OSError:  # pragma: no cover - not glibc
+        pass
+
+
+def start_hsbcpd(d: Path, **kw: Any) -> procs.Proc:
+    """hsbcpd as tests.support.procs.start_cp starts it (config with free ports, log in `d`), but
+    tied to this process's life so an interrupted benchmark leaves no daemon behind."""
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = procs.cp_config(d, **kw)
+    log = d / "cp.log"
+    with open(log, "ab") as fh:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "hsb.cp", "--config", str(cfg)],
+            stdout=fh, stderr=fh, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
+        )
+    proc = procs.Proc("hsbcpd", list(map(str, p.args)), log, p)  # type: ignore[arg-type]
+    try:
+        ev = proc.wait_event("cp_started", timeout=30)
+    except BaseException:
+        proc.stop()
+        raise
+    proc.info = {k[: -len("_listen")]: v for k, v in ev.items() if k.endswith("_listen")}
+    return proc
 
 
 class Child:
@@ -126,7 +178,8 @@ class Child:
     async def start(cls, argv: list[str], log: Path) -> Child:
         fh = open(log, "ab")
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=fh, limit=1 << 24
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=fh, limit=1 << 24,
+            preexec_fn=die_with_parent,
         )
         return cls(proc, log, fh)
 

@@ -1,0 +1,641 @@
+"""Shared pieces of bench/hsbd.py and bench/failover.py: sandboxes, their logs and status,
+child processes speaking JSON lines, percentiles, and writing a section of BENCHMARKS.md.
+
+Everything here talks to 127.0.0.1 only (the sandbox binds loopback ports). Timestamps are
+wall-clock seconds (`time.time()`): the daemons' JSON logs carry ISO UTC timestamps with
+microseconds from the same clock, so times taken in different processes can be compared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from hsb.ctl import sandbox  # noqa: E402
+from hsb.ctl.gather import status_all  # noqa: E402
+from hsb.wire.auth import load_secret  # noqa: E402
+from hsb.wire.client import FrameStream  # noqa: E402
+
+BENCHMARKS = REPO / "BENCHMARKS.md"
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def machine() -> dict[str, Any]:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import uvloop
+
+        uv = uvloop.__version__
+    except Exception:  # pragma: no cover
+        uv = "?"
+    return {
+        "cores": len(os.sched_getaffinity(0)),
+        "cpu": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "uvloop": uv,
+        "loadavg": os.getloadavg(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "code": _code_version(),
+    }
+
+
+def _code_version() -> str:
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "hsb"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return f"{head}{' + uncommitted changes in hsb/' if dirty else ''}"
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    return (
+        f"{m['cores']} cores ({m['cpu']}), Linux {m['kernel']}, Python {m['python']}, uvloop {m['uvloop']}; "
+        f"load average at start {m['loadavg'][0]:.2f}; code {m.get('code', '?')}; {m['date']}"
+    )
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def pctl(values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile (p in 0..100); with few samples p99 is the maximum."""
+    v = sorted(x for x in values if x is not None)
+    if not v:
+        return None
+    k = max(1, math.ceil(len(v) * p / 100.0))
+    return v[k - 1]
+
+
+def median(values: list[float]) -> float | None:
+    v = sorted(x for x in values if x is not None)
+    if not v:
+        return None
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+def fmt_ms(v: float | None, digits: int = 0) -> str:
+    if v is None:
+        return "–"
+    return f"{v:,.{digits}f}"
+
+
+# --------------------------------------------------------------------------- logs
+
+
+def ts(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+class LogTail:
+    """The JSON-lines log of one daemon, read incrementally (the sandbox appends across restarts)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.events: list[dict[str, Any]] = []
+
+    def mark(self) -> int:
+        """Forget what was read; later `read()`s return only lines written from now on."""
+        self.offset = self.path.stat().st_size if self.path.exists() else 0
+        self.events = []
+        return self.offset
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return self.events
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read()
+        end = data.rfind(b"\n")
+        if end < 0:
+            return self.events
+        chunk, self.offset = data[: end + 1], self.offset + end + 1
+        for line in chunk.splitlines():
+            if not line.startswith(b"{"):
+                continue
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if "timestamp" in e:
+                e["_t"] = ts(e["timestamp"])
+            self.events.append(e)
+        return self.events
+
+    def find(self, name: str, after: float = 0.0, last: bool = False, **match: Any) -> dict[str, Any] | None:
+        hits = [
+            e
+            for e in self.read()
+            if e.get("event") == name and e.get("_t", 0) >= after and all(e.get(k) == v for k, v in match.items())
+        ]
+        if not hits:
+            return None
+        return hits[-1] if last else hits[0]
+
+
+class Logs:
+    def __init__(self, d: Path) -> None:
+        self.cp = LogTail(d / "cp.log")
+        self.hosts = {n: LogTail(d / f"{n}.log") for n in sandbox.HOSTS}
+
+    def __getitem__(self, name: str) -> LogTail:
+        return self.cp if name == "cp" else self.hosts[name]
+
+    def mark(self) -> None:
+        self.cp.mark()
+        for h in self.hosts.values():
+            h.mark()
+
+
+# --------------------------------------------------------------------------- status
+
+
+async def status(d: Path, timeout: float = 2.0) -> dict[str, Any]:
+    st = sandbox.load_state(d)
+    return await status_all(
+        st["cp"]["admin"], [h["admin"] for h in st["hosts"].values()], str(d / "secret"), timeout=timeout
+    )
+
+
+async def until(
+    probe: Callable[[], Any], pred: Callable[[Any], bool], timeout: float, what: str, interval: float = 0.05
+) -> Any:
+    """Call the async `probe()` until `pred(result)`; TimeoutError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = await probe()
+        if pred(last):
+            return last
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def host_by_role(st: dict[str, Any], role: str) -> str | None:
+    for h in st["hosts"]:
+        if h.get("reachable") and h.get("role") == role and h.get("state") not in ("fenced", "stopping"):
+            return str(h["name"])
+    return None
+
+
+class Admin:
+    """One authenticated admin connection kept open for many requests (cheap to poll)."""
+
+    def __init__(self, addr: str, secret_file: str) -> None:
+        h, _, p = addr.rpartition(":")
+        self.host, self.port = h, int(p)
+        self.secret = load_secret(secret_file)
+        self.fs: FrameStream | None = None
+
+    async def open(self) -> None:
+        self.fs = await FrameStream.connect(self.host, self.port, timeout=5.0, max_frame=64 << 20)
+        await self.fs.authenticate(self.secret, "admin", "bench", timeout=5.0)
+
+    async def ask(self, msg: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        if self.fs is None:
+            await self.open()
+        assert self.fs is not None
+        self.fs.send(msg)
+        await self.fs.drain()
+        return await self.fs.recv(timeout)
+
+    async def close(self) -> None:
+        if self.fs is not None:
+            await self.fs.aclose()
+            self.fs = None
+
+
+# --------------------------------------------------------------------------- processes
+
+
+_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_by_pid() -> dict[int, float]:
+    out: dict[int, float] = {}
+    for e in os.listdir("/proc"):
+        if not e.isdigit():
+            continue
+        try:
+            with open(f"/proc/{e}/stat", "rb") as fh:
+                raw = fh.read()
+        except OSError:
+            continue
+        f = raw[raw.rindex(b")") + 2 :].split()
+        out[int(e)] = (int(f[11]) + int(f[12])) / _TCK
+    return out
+
+
+def _ancestry(pid: int) -> list[int]:
+    chain = []
+    while pid > 1 and len(chain) < 64:
+        chain.append(pid)
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                raw = fh.read()
+            pid = int(raw[raw.rindex(b")") + 2 :].split()[1])
+        except (OSError, ValueError):
+            break
+    return chain
+
+
+async def others_cpu(window: float = 1.0) -> float:
+    """Cores used by processes that are not this benchmark or its descendants, over `window` s."""
+    me = os.getpid()
+    a = _cpu_by_pid()
+    await asyncio.sleep(window)
+    b = _cpu_by_pid()
+    used = 0.0
+    for pid, t in b.items():
+        if pid == me or me in _ancestry(pid):
+            continue
+        used += max(0.0, t - a.get(pid, t))
+    return used / window
+
+
+async def wait_quiet(max_other: float, max_wait: float, window: float = 1.0) -> float:
+    """Wait (up to `max_wait` s) until other processes use less than `max_other` cores; returns the last figure."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        o = await others_cpu(window)
+        if o <= max_other or time.monotonic() > deadline:
+            return o
+
+
+def alive(pid: int) -> bool:
+    return sandbox._alive(pid)
+
+
+async def wait_dead(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def reap(pids: list[int]) -> None:
+    """Collect these exited children (the sandbox spawns the daemons as our children);
+    only these pids, so the exit status of other children (asyncio subprocesses) is not stolen."""
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except (ChildProcessError, OSError):
+            pass
+
+
+def sandbox_down(d: Path) -> None:
+    """`sandbox.down`, then make sure that nothing it ever started is left (SIGKILL stragglers)."""
+    try:
+        st = sandbox.load_state(d)
+    except Exception:
+        return
+    pids = [p for proc in [st["cp"], *st["hosts"].values()] for p in proc.get("pids", [proc.get("pid")]) if p]
+    try:
+        for pid in pids:  # a SIGSTOPped daemon must be able to act on SIGTERM
+            if alive(pid):
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+        sandbox.down(d)
+    finally:
+        for pid in pids:
+            if alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        reap(pids)
+
+
+class Child:
+    """A child process of this benchmark speaking JSON lines (commands on stdin, events on stdout)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, log: Path, fh: Any) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.log = log
+        self._fh = fh
+
+    @classmethod
+    async def start(cls, argv: list[str], log: Path) -> Child:
+        fh = open(log, "ab")
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=fh,
+            limit=1 << 26,
+            start_new_session=True,
+        )
+        return cls(proc, log, fh)
+
+    async def read(self, timeout: float = 120.0) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        if not line:
+            await asyncio.wait_for(self.proc.wait(), 5)
+            raise RuntimeError(f"child {self.pid} exited ({self.proc.returncode}); log {self.log}:\n{self.log.read_text()[-3000:]}")
+        return json.loads(line)
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(msg) + "\n").encode())
+        await self.proc.stdin.drain()
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        if self.proc.returncode is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+                await asyncio.wait_for(self.proc.wait(), timeout)
+            except (TimeoutError, OSError):
+                pass
+        if self.proc.returncode is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            await self.proc.wait()
+        self._fh.close()
+
+
+def emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+async def stdin_reader() -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+# --------------------------------------------------------------------------- BENCHMARKS.md
+
+
+def write_section(title: str, body: str, path: Path = BENCHMARKS) -> None:
+    """Put `## title` + body into BENCHMARKS.md: replace our own earlier section of that title,
+    else append at the end. Other sections are left byte for byte as they are."""
+    head = f"## {title}"
+    text = path.read_text() if path.exists() else ""
+    section = f"{head}\n\n{body.strip()}\n"
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, ln in enumerate(lines) if ln.rstrip("\n") == head), None)
+    if start is None:
+        sep = "" if not text else ("\n" if text.endswith("\n") else "\n\n")
+        if text and not text.endswith("\n\n"):
+            sep = "\n" if text.endswith("\n") else "\n\n"
+        path.write_text(text + sep + section)
+        return
+    end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
+    tail = "".join(lines[end:])
+    path.write_text("".join(lines[:start]) + section + ("\n" + tail if tail else ""))
+
+
+def table(headers: list[str], rows: list[list[str]], align: str | None = None) -> str:
+    align = align or ("l" + "r" * (len(headers) - 1))
+    sep = ["---:" if a == "r" else "---" for a in align]
+    out = ["| " + " | ".join(headers) + " |", "| " + " | ".join(sep) + " |"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- the load child
+#
+# `python bench/_sandbox.py load --cp HOST:PORT --terminals N --rate R` runs
+# `hsb.term.load.run_load` in a process of its own (so that the benchmark's loop and 10,000
+# terminals do not starve each other) with a `LoadStats` that also records, on the wall clock:
+# when each terminal got `switched` or its session back after a failover, disconnects after it,
+# and per terminal the longest stretch without a reply while it had a message outstanding.
+#
+# stdout (JSON lines): {"ev": "sending"}, {"ev": "recovered", ...}, {"ev": "report", ...}.
+# stdin (JSON lines):  {"cmd": "kill_at", "t": WALL} before a failover; {"cmd": "stop"} to end
+# sending (then it settles, logs the terminals off and reports). EOF also stops it.
+
+
+def _load_stats_class() -> type:
+    import hsb.term.load as L
+
+    class FailoverStats(L.LoadStats):  # type: ignore[misc, valid-type]
+        def __init__(self, terminals: int) -> None:
+            super().__init__(terminals)
+            self.offset = time.time() - time.monotonic()
+            self.kill_at: float | None = None  # monotonic
+            self.since: dict[str, float] = {}
+            self.term_gap: dict[str, float] = {}  # longest stretch per terminal that ended after kill_at
+            self.steady_gap: dict[str, float] = {}  # the same before kill_at (steady state)
+            self.back: set[str] = set()  # switched, or session open again, after kill_at
+            self.first_back: float | None = None
+            self.last_back: float | None = None
+            self.switched_after = 0
+            self.reopened_after = 0
+            self.disc_after = 0
+            self.recovered_sent = False
+
+        def arm(self, wall: float) -> None:
+            self.kill_at = wall - self.offset
+            self.back.clear()
+            self.term_gap.clear()
+            self.first_back = self.last_back = None
+            self.switched_after = self.reopened_after = self.disc_after = 0
+            self.recovered_sent = False
+
+        def on_sent(self, c: Any, msg_id: int, now: float) -> None:
+            super().on_sent(c, msg_id, now)
+            if len(c.outstanding) == 1:
+                self.since[c.name] = now
+
+        def on_reply(self, c: Any, msg_id: int, data: Any, latency: float | None, kind: str) -> None:
+            super().on_reply(c, msg_id, data, latency, kind)
+            if kind != "first":
+                return
+            now = time.monotonic()
+            s = self.since.pop(c.name, None)
+            if s is not None:
+                g = now - s
+                book = self.term_gap if self.kill_at is not None and now >= self.kill_at else self.steady_gap
+                if g > book.get(c.name, 0.0):
+                    book[c.name] = g
+            if c.outstanding:
+                self.since[c.name] = now
+
+        def _back(self, c: Any) -> None:
+            if self.kill_at is None or c.name in self.back:
+                return
+            now = time.monotonic()
+            if now < self.kill_at:
+                return
+            self.back.add(c.name)
+            if self.first_back is None:
+                self.first_back = now
+            self.last_back = now
+            if not self.recovered_sent and len(self.back) >= self.terminals:
+                self.recovered_sent = True
+                emit({"ev": "recovered", "t": now + self.offset})
+
+        def on_switched(self, c: Any, epoch: int) -> None:
+            super().on_switched(c, epoch)
+            if self.kill_at is not None:
+                self.switched_after += 1
+            self._back(c)
+
+        def on_session(self, c: Any, state: str, epoch: int, reason: str | None, first_open: bool) -> None:
+            super().on_session(c, state, epoch, reason, first_open)
+            if state == "open" and self.kill_at is not None and time.monotonic() >= self.kill_at:
+                self.reopened_after += 1
+                self._back(c)
+
+        def on_disconnect(self, c: Any, exc: Exception | None, retry_in: float, welcomed: bool) -> None:
+            super().on_disconnect(c, exc, retry_in, welcomed)
+            if self.kill_at is not None and self.counting and welcomed:
+                self.disc_after += 1
+            # a disconnected terminal's outstanding stretch goes on: `since` is kept
+
+        def extras(self) -> dict[str, Any]:
+            def wall(t: float | None) -> float | None:
+                return None if t is None else t + self.offset
+
+            gaps = sorted(self.term_gap.values())
+            steady = sorted(self.steady_gap.values())
+
+            def summary(v: list[float]) -> dict[str, Any]:
+                return {
+                    "count": len(v),
+                    "p50_ms": None if not v else round(pctl(v, 50) * 1000, 3),  # type: ignore[operator]
+                    "p99_ms": None if not v else round(pctl(v, 99) * 1000, 3),  # type: ignore[operator]
+                    "max_ms": None if not v else round(v[-1] * 1000, 3),
+                }
+
+            return {
+                "kill_at": wall(self.kill_at),
+                "back": len(self.back),
+                "first_back": wall(self.first_back),
+                "last_back": wall(self.last_back),
+                "switched_after": self.switched_after,
+                "reopened_after": self.reopened_after,
+                "disconnects_after": self.disc_after,
+                "term_gap": summary(gaps),
+                "steady_term_gap": summary(steady),
+            }
+
+    return FailoverStats
+
+
+async def _load_child(a: Any) -> None:
+    import hsb.term.load as L
+
+    cls = _load_stats_class()
+    made: list[Any] = []
+
+    def factory(n: int) -> Any:
+        s = cls(n)
+        made.append(s)
+        return s
+
+    L.LoadStats = factory  # type: ignore[assignment, misc]
+    sending, stop = asyncio.Event(), asyncio.Event()
+    reader = await stdin_reader()
+
+    async def commands() -> None:
+        while True:
+            line = await reader.readline()
+            if not line:
+                stop.set()
+                return
+            try:
+                m = json.loads(line)
+            except ValueError:
+                continue
+            if m.get("cmd") == "kill_at" and made:
+                made[0].arm(float(m["t"]))
+                emit({"ev": "armed", "t": time.time()})
+            elif m.get("cmd") == "stop":
+                stop.set()
+
+    async def announce() -> None:
+        await sending.wait()
+        emit({"ev": "sending", "t": time.time()})
+
+    tasks = [asyncio.ensure_future(commands()), asyncio.ensure_future(announce())]
+    try:
+        rep = await L.run_load(
+            a.cp,
+            terminals=a.terminals,
+            rate=a.rate,
+            duration=a.duration,
+            settle=a.settle,
+            window=a.window,
+            connect_timeout=a.connect_timeout,
+            sending=sending,
+            stop=stop,
+        )
+    finally:
+        for t in tasks:
+            t.cancel()
+    out = rep.to_dict()
+    out["extras"] = made[0].extras() if made else {}
+    emit({"ev": "report", "report": out})
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="bench/_sandbox.py")
+    sub = p.add_subparsers(dest="mode", required=True)
+    lp = sub.add_parser("load", help="(child) run_load with failover bookkeeping; JSON lines on stdout")
+    lp.add_argument("--cp", required=True)
+    lp.add_argument("--terminals", type=int, required=True)
+    lp.add_argument("--rate", type=float, required=True)
+    lp.add_argument("--duration", type=float, default=3600.0)
+    lp.add_argument("--settle", type=float, default=20.0)
+    lp.add_argument("--window", type=int, default=8)
+    lp.add_argument("--connect-timeout", type=float, default=120.0)
+    a = p.parse_args(argv)
+    from hsb import loop
+
+    if a.mode == "load":
+        loop.run(_load_child(a))
+
+
+async def start_load(cp: str, terminals: int, rate: float, log: Path, **kw: Any) -> Child:
+    argv = [sys.executable, str(Path(__file__).resolve()), "load", "--cp", cp, "--terminals", str(terminals), "--rate", str(rate)]
+    for k, v in kw.items():
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    return await Child.start(argv, log)
+
+
+if __name__ == "__main__":
+    main()
