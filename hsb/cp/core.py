@@ -210,7 +210,8 @@ class CP:
             term.active = Session(host, "active", attrs, self.epoch)
             term.conn.send({"t": "session", "state": "open", "epoch": self.epoch})
             host.send({"t": "opened", "terminal": name, "kind": "active"})
-            self._deliver_pending(term, host)
+            if not host.released:  # a releasing active gets no new work
+                self._deliver_pending(term, host)
         elif kind == "standby":
             if host is not self.standby:
                 host.send({"t": "open_failed", "terminal": name, "kind": kind, "reason": "this host is not the registered standby"})
@@ -349,7 +350,12 @@ class CP:
         return max(0.0, time.monotonic() - a.last_rx)
 
     def tick(self) -> None:
-        """Periodic: detect a silent active and tell the standby at once."""
+        """Periodic: detect a silent active and tell the standby at once; drop a silent standby."""
+        s = self.standby
+        if s is not None and not s.closed and time.monotonic() - s.last_rx > self.host_timeout:
+            log.warning("standby_host_link_silent", host=s.name, silent_s=round(time.monotonic() - s.last_rx, 3))
+            s.abort()  # close() would wait to flush into a dead link
+            self.host_lost(s)
         a = self.active
         if a is None or a.closed:
             return

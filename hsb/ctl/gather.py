@@ -50,7 +50,7 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> dict[str, Any]
         h.setdefault("name", f"host{i + 1}")
         h.setdefault("role", "unknown")
         h.setdefault("state", "unreachable")
-    actives = [h for h in hosts if h.get("reachable") and h.get("role") == "active" and h.get("state") not in ("fenced", "stopping")]
+    actives = [h for h in hosts if h.get("reachable") and h.get("role") == "active" and h.get("state") not in ("fenced", "stopping") and h.get("serving", True)]
     standbys = [h for h in hosts if h.get("reachable") and h.get("role") == "standby"]
     cp_ok = bool(cp.get("reachable"))
     serving = cp_ok and cp.get("state") == "serving" and bool(actives)

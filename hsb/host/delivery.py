@@ -64,9 +64,11 @@ class Delivery:
                 self.send({"t": "reply", "terminal": terminal, "id": mid, "data": reply, "epoch": self.epoch()})
                 self.in_flight -= 1
         finally:
-            self.workers.pop(terminal, None)
-            if not q:
-                self.queues.pop(terminal, None)
+            me = asyncio.current_task()
+            if self.workers.get(terminal) is me:  # a cancel may already have replaced us
+                del self.workers[terminal]
+                if not q and self.queues.get(terminal) is q:
+                    del self.queues[terminal]
             if self.in_flight <= 0:
                 self.in_flight = 0
                 self.idle.set()
@@ -80,8 +82,10 @@ class Delivery:
             return False
 
     def cancel(self) -> None:
+        """Drop everything in progress: the CP re-delivers it (marked) to whoever serves next."""
         for t in list(self.workers.values()):
             t.cancel()
+        self.workers.clear()
         self.queues.clear()
         self.in_flight = 0
         self.idle.set()

@@ -93,6 +93,8 @@ class HA:
         self.counters = {"failovers": 0, "switchovers": 0, "resyncs": 0}
         self.peer_ring_next: int | None = None  # the standby's read position, from its heartbeats
         self.serving = False  # set in link order: deliveries are processed only while True
+        self.lost_serving = False
+        self.release_pending = False
         self.switched_sessions = 0
         # how long a standby waits for BATCH WRITE COMPLETE before it starts again
         self.batch_wait_s = max(5.0, 3 * server.cfg.takeover.storage_timeout)
@@ -161,6 +163,8 @@ class HA:
         peer = self.srv.peer
         pn = peer.peer_name or "peer"
         if self.role == "active":
+            if not self.serving and self.state not in (STARTING, STOPPING, FENCED):
+                return f"active at epoch {self.epoch}: not serving (host link to the CP down; waiting to register again)"
             if self.state == ESTABLISHED:
                 return f"active at epoch {self.epoch}: hot standby established with {pn}"
             if self.state == BATCH_WRITING:
@@ -197,6 +201,7 @@ class HA:
         elif t == "demoted":
             self.epoch = int(msg["epoch"])
             self.serving = False
+            self.srv.delivery.cancel()
         else:
             self.serving = False
             self.srv.delivery.cancel()
@@ -208,6 +213,13 @@ class HA:
     async def ev_cp_down(self, why: str) -> None:
         self.registered = False
         self.srv.sessions_ctl.cp_lost()
+        if self.role == "active" and self.lost_serving:
+            # cut off from the CP we serve nobody, and the CP may already have made the
+            # standby active: stop saying we are the active (/active, status) until registered again
+            self.lost_serving = False
+            self.last_error = f"host link to the CP lost ({why}); not serving until registered again"
+            log.warning("active_not_serving", reason=self.last_error)
+            self.srv.on_state_change()
         if self.role == "standby" and self.state == ESTABLISHED:
             # the standby sessions were dropped at the CP with the link; reopen on reconnect
             self.last_error = f"host link to the CP lost: {why}"
@@ -217,6 +229,8 @@ class HA:
         if t == "registered":
             self.registered = True
             self.epoch = int(msg.get("epoch", 0))
+            if self.last_error and self.last_error.startswith("host link to the CP lost"):
+                self.last_error = None
             log.info("registered_at_cp", role=msg.get("role"), epoch=self.epoch, active=msg.get("active"))
             if self.role == "active":
                 if self.state == STARTING:
@@ -569,13 +583,15 @@ class HA:
             self.last_error = f"planned switchover refused: {why}"
             log.warning("switchover_refused", reason=why)
             return
+        self.release_pending = True
         self.set_state(RELEASING, "planned switchover: stop taking new deliveries")
         self.srv.cp.send({"t": "release", "epoch": self.epoch})
 
     async def on_released(self) -> None:
         """Every delivery the CP will send us has arrived: finish them, then hand over."""
-        if self.state != RELEASING:
+        if not self.release_pending:  # the state may have moved (a resync); the intent has not
             return
+        self.release_pending = False
         done = await self.srv.delivery.drain(10.0)
         log.info("replies_finished", complete=done, for_="planned switchover")
         self.set_state(HANDING_OVER, "replies finished; handing over to the standby")
@@ -604,6 +620,7 @@ class HA:
             "state": self.state,
             "state_since": self.state_since,
             "sentence": self.describe(),
+            "serving": self.role == "active" and self.serving and self.state not in (FENCED, STOPPING),
             "epoch": self.epoch,
             "pid": os.getpid(),
             "instance": self.instance,

@@ -51,7 +51,7 @@ class HostServer:
             max_frame=h.max_frame,
             on_up=lambda: self.ha.post("cp_up"),
             on_frame=self._cp_frame,
-            on_down=lambda why: self.ha.post("cp_down", why=why),
+            on_down=self._cp_down,
         )
         self.peer = PeerLink(
             name=h.name,
@@ -77,6 +77,15 @@ class HostServer:
         self.cp_stopped = asyncio.Event()
         self.http_server: asyncio.base_events.Server | None = None
         self.reload_requested = False
+
+    def _cp_down(self, why: str) -> None:
+        # At once, before the link reconnects: work in progress would answer under an
+        # epoch the CP no longer has (and get this host fenced). The CP re-delivers it.
+        self.delivery.cancel()
+        if self.ha.serving:
+            self.ha.serving = False
+            self.ha.lost_serving = True
+        self.ha.post("cp_down", why=why)
 
     def _cp_frame(self, msg: dict[str, Any]) -> None:
         # Frames that change who serves take effect at once, in link order, so the

@@ -84,7 +84,13 @@ class SessionsCtl:
             log.error("session_refused", terminal=name, reason=reason)
             cp.send({"t": "refuse", "terminal": name, "reason": reason, "epoch": ha.epoch})
             return
-        await self.srv.service.open_session(name, ts.attrs, False)
+        try:
+            await self.srv.service.open_session(name, ts.attrs, False)
+        except Exception as exc:  # the application's logon failed: refuse, do not leave the terminal hanging
+            reason = f"logon of {name!r} failed on host {ha.name}: {type(exc).__name__}: {exc}"[:200]
+            log.error("session_refused", terminal=name, reason=reason)
+            cp.send({"t": "refuse", "terminal": name, "reason": reason, "epoch": ha.epoch})
+            return
         if not ha.serving:
             return
         ts.state = ACTIVE

@@ -125,6 +125,9 @@ class FramedProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:  # pragma: no cover
         self.write_paused = False
+        # a turn that yielded while writes were paused left reading off: turn it back on
+        if self.transport is not None and not self.closed and not self.reading_paused and not self._yielding:
+            self.transport.resume_reading()
 
     write_paused = False
 

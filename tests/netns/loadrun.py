@@ -1,0 +1,69 @@
+"""The terminals' side of a netns test: `hsb.term.load.run_load` in its own process,
+started inside the terminals' network namespace (`ip netns exec NS python -m tests.netns.loadrun`).
+
+stdio protocol with the test process:
+- prints `sending <wall time>` once every terminal has an open session and sending starts;
+- reads `stop` (or EOF: the test process went away) and ends the sending phase; the run
+  then waits up to `--settle` seconds for outstanding replies and logs every terminal off;
+- writes the report, with every terminal's acknowledged and answered id ranges, as one
+  JSON object to `--out` and prints `done`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+from hsb import loop as hsb_loop
+from hsb.term.load import run_load
+
+
+async def main(a: argparse.Namespace) -> int:
+    sending, stop = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+    fd = sys.stdin.fileno()
+
+    def on_stdin() -> None:
+        line = sys.stdin.readline()
+        if not line:  # EOF: stop for good
+            loop.remove_reader(fd)
+        stop.set()
+
+    loop.add_reader(fd, on_stdin)
+
+    async def announce() -> None:
+        await sending.wait()
+        print(f"sending {time.time():.6f}", flush=True)
+
+    ann = asyncio.ensure_future(announce())
+    report = await run_load(
+        a.cp,
+        terminals=a.terminals,
+        rate=a.rate,
+        duration=a.duration,
+        settle=a.settle,
+        connect_timeout=a.connect_timeout,
+        record_ids=True,
+        sending=sending,
+        stop=stop,
+    )
+    ann.cancel()
+    with open(a.out, "w") as fh:
+        json.dump(report.to_dict(include_ids=True), fh, separators=(",", ":"))
+    print("done", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cp", required=True)
+    p.add_argument("--terminals", type=int, required=True)
+    p.add_argument("--rate", type=float, required=True)
+    p.add_argument("--duration", type=float, default=3600.0)
+    p.add_argument("--settle", type=float, default=20.0)
+    p.add_argument("--connect-timeout", type=float, default=60.0)
+    p.add_argument("--out", required=True)
+    sys.exit(hsb_loop.run(main(p.parse_args())))
