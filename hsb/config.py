@@ -6,6 +6,7 @@ typo is an error); `load()` reports every error at once, each with its key path.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -126,3 +127,23 @@ def _path(v: str, info: ValidationInfo) -> str:
 Addr = Annotated[str, AfterValidator(_addr)]  # "host:port"
 OptAddr = Annotated[str, AfterValidator(_opt_addr)]  # "host:port", or "" for off
 ConfigPath = Annotated[str, AfterValidator(_path)]  # relative to the config file's folder
+
+
+def toml_value(v: Any) -> str:
+    """A Python value as a TOML value (for configs the tools generate)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    raise TypeError(f"no TOML for {type(v).__name__}")
+
+
+def toml_section(name: str, values: dict[str, Any]) -> list[str]:
+    """Lines of one TOML table ("[name]" or "[[name]]" when name is "[name]")."""
+    return [f"[{name}]"] + [f"{k} = {toml_value(v)}" for k, v in values.items()] + [""]

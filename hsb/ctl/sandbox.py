@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hsb.config import toml_section, toml_value
 from hsb.ctl.gather import status_all
 from hsb.ports import free_port
 from hsb.takeover.fileio import create_file
@@ -36,20 +37,8 @@ class SandboxError(Exception):
     pass
 
 
-def _toml(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(x)}" for k, x in v.items()) + " }"
-    raise TypeError(type(v))
-
-
-def _section(name: str, values: dict[str, Any]) -> list[str]:
-    return [f"[{name}]"] + [f"{k} = {_toml(v)}" for k, v in values.items()] + [""]
+_toml = toml_value
+_section = toml_section
 
 
 def records_for(terminals: int, record_size: int = 4096) -> int:

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hsb.config import toml_section, toml_value
 from hsb.ctl.gather import status_all
 from hsb.ctl.sandbox import records_for
 from hsb.takeover.fileio import create_file
@@ -147,20 +148,8 @@ def cleanup_stale() -> list[str]:
     return gone
 
 
-def _toml(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(x)}" for k, x in v.items()) + " }"
-    raise TypeError(type(v))
-
-
-def _section(name: str, values: dict[str, Any]) -> list[str]:
-    return [f"[{name}]"] + [f"{k} = {_toml(v)}" for k, v in values.items()] + [""]
+_toml = toml_value
+_section = toml_section
 
 
 @dataclass

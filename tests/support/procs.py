@@ -97,18 +97,7 @@ def spawn(name: str, argv: list[str], log: Path, env: dict[str, str] | None = No
     return Proc(name, argv, log, p)
 
 
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
-    if isinstance(v, list):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    raise TypeError(type(v))
+from hsb.config import toml_value  # noqa: E402  (one writer for generated configs)
 
 
 def cp_config(d: Path, *, terminals: int = 10, prefix: str = "T", extra_terms: list[dict[str, Any]] | None = None, **cp: Any) -> Path:
