@@ -12,7 +12,6 @@ import asyncio
 import json
 import math
 import os
-import platform
 import signal
 import sys
 import time
@@ -25,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench._common import machine as _common_machine  # noqa: E402
 from hsb.ctl import sandbox  # noqa: E402
 from hsb.ctl.gather import status_all  # noqa: E402
 from hsb.wire.auth import load_secret  # noqa: E402
@@ -37,26 +37,9 @@ BENCHMARKS = REPO / "BENCHMARKS.md"
 
 
 def machine() -> dict[str, Any]:
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import uvloop
-
-        uv = uvloop.__version__
-    except Exception:  # pragma: no cover
-        uv = "?"
+    """What the figures were measured on (bench/_common.py), plus load, date and code state."""
     return {
-        "cores": len(os.sched_getaffinity(0)),
-        "cpu": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "uvloop": uv,
+        **_common_machine(),
         "loadavg": os.getloadavg(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "code": _code_version(),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import click
 from pydantic import BaseModel
@@ -32,7 +32,7 @@ log_level_option = click.option(
 )
 
 
-def die(msg: str, code: int = EXIT_FAILED) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+def die(msg: str, code: int = EXIT_FAILED) -> NoReturn:
     click.echo(f"error: {msg}", err=True)
     sys.exit(code)
 

@@ -39,10 +39,6 @@ _skip = int(os.environ.get("HSB_CRASH_AFTER", "0") or 0)
 _control = os.environ.get("HSB_CRASH_CONTROL", "")
 
 
-def enabled() -> bool:
-    return bool(_points)
-
-
 def point(name: str) -> None:
     """Kill this process here if `name` is an armed crash point."""
     global _skip

@@ -42,8 +42,10 @@ class TerminalGroup(Strict):
     attrs: dict[str, Any] = Field(default_factory=dict)
 
     def expand(self) -> list[TerminalDef]:
+        # The group's fields are already validated; names are checked in expand_all.
+        # Validating 10,000 members again cost about a quarter of a second at start.
         return [
-            TerminalDef(
+            TerminalDef.model_construct(
                 name=f"{self.prefix}{i:0{self.width}d}", standby_capable=self.standby_capable, attrs=dict(self.attrs)
             )
             for i in range(self.start, self.start + self.count)

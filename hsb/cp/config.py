@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field, PrivateAttr, model_validator
 
 from hsb.config import Addr, ConfigPath, OptAddr, Strict
@@ -42,6 +40,3 @@ class CPConfig(Strict):
     @property
     def terminal_table(self) -> dict[str, TerminalDef]:
         return self._defs
-
-    def summary(self) -> dict[str, Any]:
-        return {"terminals": len(self.terminal_table), "terminal_listen": self.cp.terminal_listen}

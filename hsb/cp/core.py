@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -139,8 +140,6 @@ class CP:
             term.conn.send(msg)
         elif msg["t"] == "reply":
             if term.outbox is None:
-                from collections import deque
-
                 term.outbox = deque(maxlen=OUTBOX_MAX)
             term.outbox.append(msg)
 
@@ -339,15 +338,6 @@ class CP:
                 term.active = None
                 if term.conn is not None:
                     term.conn.send({"t": "session", "state": "closed", "epoch": self.epoch, "reason": "active host lost, no standby"})
-
-    def active_silent_for(self) -> float:
-        """Seconds the active's host link has been closed or silent (0 if healthy)."""
-        a = self.active
-        if a is None:
-            return float("inf")
-        if a.closed:
-            return time.monotonic() - (self.active_lost_since or a.last_rx)
-        return max(0.0, time.monotonic() - a.last_rx)
 
     def tick(self) -> None:
         """Periodic: detect a silent active and tell the standby at once; drop a silent standby."""

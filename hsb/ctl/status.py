@@ -99,9 +99,7 @@ def run_status(target: Target, as_json: bool, watch: bool, interval: float = 0.5
         while True:
             st = once()
             text = json.dumps(st, default=str) if as_json else render(st)
-            key = json.dumps({k: v for k, v in st.items()}, default=str, sort_keys=True)
-            # ignore fields that change every poll (ages, timestamps) when deciding to redraw
-            key = _stable(st)
+            key = _stable(st)  # ignores fields that change every poll (ages, timestamps)
             if key != last:
                 last = key
                 if sys.stdout.isatty() and not as_json:

@@ -85,7 +85,6 @@ class HA:
         self.next_poll = 0.0
         self.switch_requested_at: float | None = None
         self.active_stopped_by: str | None = None
-        self.batch_task: asyncio.Task[None] | None = None
         self.torn_polls = 0
         self.batch_failures = 0
         self.resync_at = 0.0

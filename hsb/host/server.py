@@ -72,7 +72,6 @@ class HostServer:
         self.should_exit = asyncio.Event()
         self.admin_server: asyncio.base_events.Server | None = None
         self.bound: dict[str, str] = {}
-        self.state_listeners: list[Any] = []
         self.ready_sent = False
         self.cp_stopped = asyncio.Event()
         self.http_server: asyncio.base_events.Server | None = None
@@ -104,9 +103,8 @@ class HostServer:
         ha = self.ha
         notify(STATUS=ha.describe())
         if not self.ready_sent and ((ha.role == "active" and ha.state in ("serving", "established")) or (ha.role == "standby" and ha.state == "established")):
-            self.ready_sent = notify(READY=1, STATUS=ha.describe()) or True
-        for fn in self.state_listeners:
-            fn()
+            notify(READY=1, STATUS=ha.describe())
+            self.ready_sent = True
 
     # -- health (HTTP) ---------------------------------------------------------
     def healthy(self) -> bool:

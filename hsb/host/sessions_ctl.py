@@ -207,6 +207,3 @@ class SessionsCtl:
             ts.state = ACTIVE
             n += 1
         return n
-
-    def standby_names(self) -> list[str]:
-        return [ts.name for ts in self.sessions.in_state(STANDBY)]

@@ -48,10 +48,6 @@ def encode(msg: dict[str, Any]) -> bytes:
     return _LEN.pack(len(body)) + body
 
 
-def encode_many(msgs: Collection[dict[str, Any]]) -> bytes:
-    return b"".join(encode(m) for m in msgs)
-
-
 class Decoder:
     """Accumulates bytes and yields decoded frames.
 
