@@ -539,6 +539,9 @@ def _load_stats_class() -> type:
 
 async def _load_child(a: Any) -> None:
     import hsb.term.load as L
+    from hsb import gcpolicy
+
+    gcpolicy.apply()  # as hsbterm load does
 
     cls = _load_stats_class()
     made: list[Any] = []

@@ -73,6 +73,12 @@ async def one(d: Path, info: dict[str, Any], n: int, rate: float, kind: str) -> 
         "gap_ms": rep["service_gap"]["ms"],
         "cp_gap_ms": rec.get("service_gap_ms") if kind == "switchover" else rec.get("first_reply_ms"),
         "switch_ms": rec.get("switch_ms"),
+        # where the terminals' longest gap lies, from the CP's grant (wall clock, same machine)
+        "gap_start_after_grant_ms": None if rec.get("at") is None or rep["service_gap"].get("start") is None else round((rep["service_gap"]["start"] - rec["at"]) * 1000, 1),
+        "gap_end_after_grant_ms": None if rec.get("at") is None or rep["service_gap"].get("end") is None else round((rep["service_gap"]["end"] - rec["at"]) * 1000, 1),
+        "cp_first_reply_ms": rec.get("first_reply_ms"),
+        "grant_at": rec.get("at"),
+        "release_to_grant_ms": rec.get("release_to_grant_ms"),
         "lost": rep["lost"],
         "duplicates": rep["duplicates"],
         "disconnects": rep["disconnects"],

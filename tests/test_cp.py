@@ -111,6 +111,40 @@ async def test_switchover_refused_while_active_alive_then_redelivers_in_order(cp
     assert st_["last_switchover"]["switched"] == 1 and st_["last_switchover"]["switch_ms"] >= 0
 
 
+async def test_switch_notice_precedes_the_new_actives_reply_and_reaches_each_terminal_once(cp: Proc) -> None:
+    """The notices are owed at the grant and written after service resumes; a terminal the
+    new active answers first still hears `switched` before that reply."""
+    a, b = await pair(cp)
+    names = ["T00004", "T00005", "T00006"]
+    ts = [await logon(cp, n) for n in names]
+    for n in names:
+        b.send({"t": "open", "terminal": n, "kind": "standby", "attrs": ATTRS})
+    await b.wait_count(lambda m: m["t"] == "opened", 3)
+    ts[0].send({"t": "msg", "id": 1, "data": "held"})
+    await a.wait(lambda m: m["t"] == "deliver")
+    await a.close()
+    await b.wait(lambda m: m["t"] == "active_lost")
+    b.send({"t": "switchover", "reason": "test", "planned": False})
+    g = await b.wait(lambda m: m["t"] in ("switch_granted", "switch_refused"))
+    assert g["t"] == "switch_granted"
+    red = await b.wait(lambda m: m["t"] == "deliver")
+    assert red["redelivered"] is True
+    b.send({"t": "reply", "terminal": "T00004", "id": 1, "data": "r", "epoch": g["epoch"]})
+    await ts[0].wait(lambda m: m["t"] == "reply")
+    kinds = [m["t"] for m in ts[0].inbox]
+    assert "switched" in kinds and kinds.index("switched") < kinds.index("reply"), kinds
+    for t in ts:
+        await t.wait(lambda m: m["t"] == "switched")
+    deadline = asyncio.get_running_loop().time() + 10
+    while (await status(cp))["last_switchover"].get("notices_sent_ms") is None:
+        assert asyncio.get_running_loop().time() < deadline, "notices never finished"
+        await asyncio.sleep(0.02)
+    for t in ts:
+        notices = [m for m in t.inbox if m["t"] == "switched"]
+        assert len(notices) == 1 and notices[0]["epoch"] == g["epoch"], (t.name, notices)
+        assert not t.closed
+
+
 async def test_silent_active_is_fenced_and_its_frames_refused(cp: Proc) -> None:
     a = await FakeHost.connect(cp.info["host"], "host-a", "active", heartbeat=None)
     a.auto_open = ATTRS

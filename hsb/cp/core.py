@@ -30,6 +30,19 @@ log = structlog.get_logger("hsb.cp")
 OUTBOX_MAX = 100_000  # replies kept for a disconnected terminal (bounded by held_bound in practice)
 
 
+class _Owed:
+    """The switch notices owed after one grant."""
+
+    __slots__ = ("terms", "rec", "t0", "timer", "started")
+
+    def __init__(self, terms: list[Term], rec: dict[str, Any], t0: float) -> None:
+        self.terms = terms
+        self.rec = rec
+        self.t0 = t0
+        self.timer: asyncio.TimerHandle | None = None
+        self.started = False
+
+
 class CP:
     def __init__(self, cfg: CPConfig) -> None:
         self.cfg = cfg
@@ -51,6 +64,7 @@ class CP:
         self.after_switch: dict[str, Any] | None = None
         self.release_t0: float | None = None
         self.silent_since: float | None = None
+        self._owed: _Owed | None = None  # switch notices not yet started (see _owe_notices)
 
     # ------------------------------------------------------------------ terminals
     def terminal_hello(self, proto: "TerminalProtocol", name: str) -> None:
@@ -81,13 +95,13 @@ class CP:
     def terminal_msg(self, term: Term, mid: int, data: Any) -> None:
         if mid <= term.last_acked:
             self.counters["reacks"] += 1
-            term.conn.send({"t": "ack", "id": mid})  # type: ignore[union-attr]
+            self._tell(term, {"t": "ack", "id": mid})
             return
         term.last_acked = mid
         held = Held(mid, data)
         term.held[mid] = held
         self.counters["acks"] += 1
-        term.conn.send({"t": "ack", "id": mid})  # type: ignore[union-attr]
+        self._tell(term, {"t": "ack", "id": mid})
         s = term.active
         if s is not None and s.host is self.active and self.active.usable and not self.active.released:
             self._deliver(term, held, s.host)
@@ -105,6 +119,7 @@ class CP:
         if term.conn is None:
             return
         term.conn = None
+        term.notice = None  # a new connection gets a new welcome and session state instead
         term.paused = False
         self.connected -= 1
         log.debug("terminal_disconnected", terminal=term.name, held=len(term.held))
@@ -135,9 +150,19 @@ class CP:
                 self._deliver(term, held, host)
                 faults.point("cp.mid_redelivery")
 
+    def _tell(self, term: Term, msg: dict[str, Any]) -> None:
+        """Send to the terminal's connection; a switch notice still owed to it goes first."""
+        conn = term.conn
+        if conn is None:
+            return
+        if term.notice is not None:
+            conn.send_raw(term.notice)
+            term.notice = None
+        conn.send(msg)
+
     def _to_terminal(self, term: Term, msg: dict[str, Any]) -> None:
         if term.conn is not None and not term.conn.closed:
-            term.conn.send(msg)
+            self._tell(term, msg)
         elif msg["t"] == "reply":
             if term.outbox is None:
                 term.outbox = deque(maxlen=OUTBOX_MAX)
@@ -207,7 +232,7 @@ class CP:
                 host.send({"t": "session_closed", "terminal": name, "reason": "disconnect"})
                 return
             term.active = Session(host, "active", attrs, self.epoch)
-            term.conn.send({"t": "session", "state": "open", "epoch": self.epoch})
+            self._tell(term, {"t": "session", "state": "open", "epoch": self.epoch})
             host.send({"t": "opened", "terminal": name, "kind": "active"})
             if not host.released:  # a releasing active gets no new work
                 self._deliver_pending(term, host)
@@ -230,7 +255,7 @@ class CP:
         term.active = None
         log.warning("session_refused", terminal=name, host=host.name, reason=reason)
         if term.conn is not None:
-            term.conn.send({"t": "session", "state": "closed", "epoch": self.epoch, "reason": reason[:200]})
+            self._tell(term, {"t": "session", "state": "closed", "epoch": self.epoch, "reason": reason[:200]})
 
     def host_close(self, host: "HostProtocol", name: str, kind: str) -> None:
         term = self.terms.get(name)
@@ -243,7 +268,7 @@ class CP:
             if term.active is not None and term.active.host is host:
                 term.active = None
                 if term.conn is not None:
-                    term.conn.send({"t": "session", "state": "closed", "epoch": self.epoch, "reason": "closed by the host"})
+                    self._tell(term, {"t": "session", "state": "closed", "epoch": self.epoch, "reason": "closed by the host"})
 
     def host_reply(self, host: "HostProtocol", name: str, mid: int, data: Any) -> None:
         """Reply and discard in one frame (SPEC §5.5)."""
@@ -303,7 +328,7 @@ class CP:
                 term.active = None
                 n += 1
                 if term.conn is not None:
-                    term.conn.send({"t": "session", "state": "closed", "epoch": self.epoch, "reason": "active host stopped normally"})
+                    self._tell(term, {"t": "session", "state": "closed", "epoch": self.epoch, "reason": "active host stopped normally"})
         log.info("active_sessions_closed", host=host.name, sessions=n)
         # the host waits for this before it closes: closing with our deliveries unread
         # would reset the connection and could discard its stopping frame here
@@ -337,7 +362,7 @@ class CP:
             if term.active is not None:
                 term.active = None
                 if term.conn is not None:
-                    term.conn.send({"t": "session", "state": "closed", "epoch": self.epoch, "reason": "active host lost, no standby"})
+                    self._tell(term, {"t": "session", "state": "closed", "epoch": self.epoch, "reason": "active host lost, no standby"})
 
     def tick(self) -> None:
         """Periodic: detect a silent active and tell the standby at once; drop a silent standby."""
@@ -392,28 +417,44 @@ class CP:
         self.active_stopped_normally = None
         log.info("switchover_granted", host=host.name, old=old.name if old else None, epoch=self.epoch, reason=reason, why=why)
         host.send({"t": "switch_granted", "epoch": self.epoch})
+        host.flush()  # written now: the new active gets ready while the sessions flip here
         faults.point("cp.after_grant")
+        # the old active hears it now too, not after the flip: the new active's
+        # ACTIVE STARTUP on the peer link should not find it still handing over
+        if demote is not None and old is demote and not old.closed:
+            # planned: the old active becomes the standby on the same link
+            old.role = "standby"
+            old.released = False
+            self.standby = old
+            old.send({"t": "demoted", "epoch": self.epoch, "active": host.name})
+            old.flush()
+            log.info("host_demoted", host=old.name, epoch=self.epoch)
+        elif old is not None and not old.closed:
+            old.send({"t": "fenced", "epoch": self.epoch, "msg": f"host {host.name} was made active at epoch {self.epoch}"})
+            old.fenced = True
+            old.close()
         switched = classic = requested = 0
         had_session: set[str] = set()  # terminals to be served again (the failover timeline)
         switched_frame = encode({"t": "switched", "epoch": self.epoch})  # one encoding for all
         opened_frame = encode({"t": "session", "state": "open", "epoch": self.epoch})
-        later: list[tuple[Any, bytes]] = []
+        epoch = self.epoch
+        owed: list[Term] = []
         for term in self.terms.values():
             sb = term.standby
             if sb is not None and sb.host is host:
                 term.standby = None
                 if term.conn is not None and not term.leaving:
-                    had = term.active is not None
-                    term.active = Session(host, "active", sb.attrs, self.epoch)
                     # a session closed by a normal stop reopens; a live one is switched.
-                    # Terminals waiting for replies hear it now; the rest in slices after the
-                    # grant, so the new active's replies are read between slices.
-                    frame = switched_frame if had else opened_frame
+                    # The notice is owed, not written: it goes out ahead of the next frame
+                    # to that terminal (a reply to a re-delivered message, say), or with
+                    # the rest once service has resumed (_start_notices).
+                    term.notice = switched_frame if term.active is not None else opened_frame
+                    sb.kind = "active"
+                    sb.epoch = epoch
+                    term.active = sb
+                    owed.append(term)
                     if term.held:
-                        term.conn.send_raw(frame)
                         self._deliver_pending(term, host)
-                    else:
-                        later.append((term.conn, frame))
                     switched += 1
                     had_session.add(term.name)
                     faults.point("cp.mid_switch")
@@ -432,17 +473,6 @@ class CP:
                 requested += 1
         self.counters["classic_closed"] += classic
         self.counters["switchovers" if demote is not None else "failovers"] += 1
-        if demote is not None and old is demote and not old.closed:
-            # planned: the old active becomes the standby on the same link
-            old.role = "standby"
-            old.released = False
-            self.standby = old
-            old.send({"t": "demoted", "epoch": self.epoch, "active": host.name})
-            log.info("host_demoted", host=old.name, epoch=self.epoch)
-        elif old is not None and not old.closed:
-            old.send({"t": "fenced", "epoch": self.epoch, "msg": f"host {host.name} was made active at epoch {self.epoch}"})
-            old.fenced = True
-            old.close()
         duration = time.monotonic() - t0
         rec = {
             "epoch": self.epoch,
@@ -463,26 +493,59 @@ class CP:
         del self.switchovers[:-50]
         log.info("switchover_complete", **rec)
         self.silent_since = None
-        self._send_notices(later, 0, rec, t0)
         self.after_switch = {"t0": t0, "pending": had_session, "rec": rec, "deadline": t0 + 60.0, "release_t0": release_t0}
+        self._owe_notices(owed, rec, t0)
         rec["first_redelivered_reply_ms"] = None
         rec["first_reply_ms"] = None
         rec["all_served_ms"] = None
         rec["service_gap_ms"] = None
 
-    NOTICE_SLICE = 500  # switch notices written per loop iteration after a grant
+    NOTICE_SLICE_S = 0.002  # seconds of notice writing at a time (a write costs 7-30 µs here)
+    NOTICE_PAUSE = 0.003  # seconds between slices: replies are relayed, the machine's other work runs
+    NOTICE_DEFER = 0.1  # seconds after a grant at most before the notices start without a reply
 
-    def _send_notices(self, todo: list[tuple[Any, bytes]], start: int, rec: dict[str, Any], t0: float) -> None:
-        """Write the informational switch notices a slice at a time, reading replies in between."""
-        end = min(start + self.NOTICE_SLICE, len(todo))
-        for conn, frame in todo[start:end]:
-            conn.send_raw(frame)
-            conn.flush()
-        loop = asyncio.get_running_loop()
-        if end < len(todo):
-            loop.call_soon(self._send_notices, todo, end, rec, t0)
+    def _owe_notices(self, owed: list[Term], rec: dict[str, Any], t0: float) -> None:
+        """Service first: the informational notices (one socket write per terminal, the bulk of a
+        switch's cost) start once the new active's first reply has gone out, or NOTICE_DEFER
+        after the grant if none comes, and then go a slice per loop iteration, replies read in
+        between. A terminal that is sent anything meanwhile gets its notice just before it."""
+        if self._owed is not None:  # a switch right after a switch: the older ones go now
+            self._start_notices(self._owed)
+        n = self._owed = _Owed(owed, rec, t0)
+        n.timer = asyncio.get_running_loop().call_later(self.NOTICE_DEFER, self._start_notices, n)
+
+    def _notices_now(self) -> None:
+        """The new active's first reply is queued: the owed notices can start (after its write)."""
+        if self._owed is not None:
+            asyncio.get_running_loop().call_soon(self._start_notices, self._owed)
+
+    def _start_notices(self, n: "_Owed") -> None:
+        if n.started:
+            return
+        n.started = True
+        if n.timer is not None:
+            n.timer.cancel()
+        if self._owed is n:
+            self._owed = None
+        self._send_notices(n.terms, 0, n.rec, n.t0)
+
+    def _send_notices(self, todo: list[Term], start: int, rec: dict[str, Any], t0: float) -> None:
+        i, n = start, len(todo)
+        until = time.perf_counter() + self.NOTICE_SLICE_S
+        while i < n:
+            term = todo[i]
+            i += 1
+            frame, conn = term.notice, term.conn
+            if frame is not None and conn is not None:
+                term.notice = None
+                conn.send_raw(frame)
+                conn.flush()
+            if not i & 31 and time.perf_counter() > until:
+                break
+        if i < n:
+            asyncio.get_running_loop().call_later(self.NOTICE_PAUSE, self._send_notices, todo, i, rec, t0)
         else:
-            loop.call_soon(self._notices_sent, rec, t0)
+            self._notices_sent(rec, t0)
 
     def _notices_sent(self, rec: dict[str, Any], t0: float) -> None:
         rec["notices_sent_ms"] = round((time.monotonic() - t0) * 1000, 3)
@@ -497,6 +560,7 @@ class CP:
             rec["first_redelivered_reply_ms"] = round((now - a["t0"]) * 1000, 3)
         if rec["first_reply_ms"] is None:
             rec["first_reply_ms"] = round((now - a["t0"]) * 1000, 3)
+            self._notices_now()
             if a["release_t0"] is not None:  # planned: no new work was started from release to here
                 rec["service_gap_ms"] = round((now - a["release_t0"]) * 1000, 3)
         a["pending"].discard(name)

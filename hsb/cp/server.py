@@ -11,6 +11,7 @@ import time
 
 import structlog
 
+from hsb import gcpolicy
 from hsb.config import parse_addr
 from hsb.cp.admin import CPAdminProtocol
 from hsb.cp.config import CPConfig
@@ -118,6 +119,7 @@ class CPServer:
             loop.add_signal_handler(sig, self.should_exit.set)
         loop.add_signal_handler(signal.SIGHUP, self._sighup)
         await self.startup()
+        gcpolicy.apply()
         try:
             await self.tick_loop()
         finally:

@@ -45,7 +45,7 @@ class Held:
 
 
 class Term:
-    __slots__ = ("name", "defn", "conn", "active", "standby", "held", "last_acked", "outbox", "paused", "leaving")
+    __slots__ = ("name", "defn", "conn", "active", "standby", "held", "last_acked", "outbox", "paused", "leaving", "notice")
 
     def __init__(self, defn: TerminalDef) -> None:
         self.name = defn.name
@@ -58,3 +58,4 @@ class Term:
         self.outbox: deque[dict[str, Any]] | None = None  # replies owed while disconnected
         self.paused = False
         self.leaving = False
+        self.notice: bytes | None = None  # a switch notice owed to the terminal (CP._grant)

@@ -64,8 +64,8 @@ class Delivery:
                 self.send({"t": "reply", "terminal": terminal, "id": mid, "data": reply, "epoch": self.epoch()})
                 self.in_flight -= 1
         finally:
-            me = asyncio.current_task()
-            if self.workers.get(terminal) is me:  # a cancel may already have replaced us
+            # no local holding the task: a cancelled task's traceback keeps this frame alive
+            if self.workers.get(terminal) is asyncio.current_task():  # a cancel may have replaced us
                 del self.workers[terminal]
                 if not q and self.queues.get(terminal) is q:
                     del self.queues[terminal]

@@ -331,7 +331,7 @@ class HA:
                 if self.state == SERVING:
                     self.set_state(ESTABLISHED, "peer link restored; the standby kept following the ring")
                     self.established_since = time.time()
-        elif self.role == "active" and prole == "active":
+        elif self.role == "active" and prole == "active" and self.state != HANDING_OVER:
             self.last_error = f"the peer {msg.get('name')} also claims to be active"
             log.error("two_actives_claimed", peer=msg.get("name"))
 
@@ -403,7 +403,9 @@ class HA:
     # --- standby side (§5.2, §5.3)
     async def peer_active_startup(self, msg: dict[str, Any]) -> None:
         if self.role != "standby":
-            if self.role == "active":
+            if self.state == HANDING_OVER:  # the CP's "demoted" is on its way
+                log.info("peer_took_over", peer=msg.get("name"))
+            elif self.role == "active":
                 log.error("two_actives_claimed", peer=msg.get("name"))
             return
         if self.partner_instance is not None and msg.get("instance") != self.partner_instance:

@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from hsb import gcpolicy
 from hsb.config import parse_addr
 from hsb.host.admin import HostAdminProtocol
 from hsb.host.config import HostConfig
@@ -168,6 +169,7 @@ class HostServer:
         loop.add_signal_handler(signal.SIGINT, self.should_exit.set)
         loop.add_signal_handler(signal.SIGHUP, self._sighup)
         await self.startup()
+        gcpolicy.apply()
         ha_task = loop.create_task(self.ha.run())
         await self.should_exit.wait()
         if self.exit_code is None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from hsb import gcpolicy
 from hsb import loop as hsb_loop
 from hsb.term.client import parse_hostport
 from hsb.term.interactive import interactive
@@ -140,6 +141,7 @@ def load(cp: tuple[str, int], as_json: bool, ids_out: str | None, **kw: Any) -> 
     if kw["closed_loop"] and kw["window"] < 1:
         raise click.UsageError("--closed-loop needs --window 1 or more")
     progress = _progress_line if sys.stderr.isatty() else None
+    gcpolicy.apply()  # a full collection with 10,000 terminals would show up as a service gap
     try:
         report = hsb_loop.run(_load_main(cp, progress=progress, record_ids=ids_out is not None, **kw))
     except KeyboardInterrupt:

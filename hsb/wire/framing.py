@@ -63,7 +63,7 @@ class Decoder:
         self.max_frame = max_frame
         self.known_types = frozenset(known_types) if known_types is not None else None
         self._buf = bytearray()
-        self._failed: ProtocolError | None = None
+        self._failed: tuple[str, str] | None = None  # (code, msg): no exception kept, so no traceback cycle
 
     @property
     def buffered(self) -> int:
@@ -72,7 +72,7 @@ class Decoder:
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         if self._failed is not None:
-            raise self._failed
+            raise ProtocolError(*self._failed)
         buf = self._buf
         buf += data
         out: list[dict[str, Any]] = []
@@ -93,7 +93,7 @@ class Decoder:
                 pos += 4 + length
                 out.append(self._decode(body))
         except ProtocolError as exc:
-            self._failed = exc
+            self._failed = (exc.code, exc.msg)
             self._buf = bytearray()
             exc.before = out
             raise
