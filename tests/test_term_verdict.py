@@ -102,6 +102,21 @@ def test_gap_tracker() -> None:
     g.sent(30.0)
     g.finish(32.5)  # never answered: counts up to the end
     assert (g.longest.seconds, g.longest.start, g.longest.end) == pytest.approx((2.5, 30.0, 32.5))
+    assert [round(x.seconds, 3) for x in g.top] == [2.5, 1.0, 0.5, 0.2]  # longest first
+
+
+def test_gap_tracker_keeps_the_longest_stretches() -> None:
+    g = GapTracker()
+    t = 0.0
+    for i in range(100):  # stretches of 1..100 ms, in a shuffled order
+        d = ((i * 37) % 100 + 1) / 1000
+        g.sent(t)
+        t += d
+        g.replied(t)
+        t += 1.0
+    assert len(g.top) == GapTracker.TOP
+    assert [round(x.seconds * 1000) for x in g.top] == list(range(100, 100 - GapTracker.TOP, -1))
+    assert g.longest is g.top[0]
 
 
 def test_names_and_addresses() -> None:

@@ -393,6 +393,7 @@ def _report(
         errors=dict(stats.errors),
         protocol_errors=stats.protocol_errors,
         latency_ms=stats.latency.summary_ms(),
+        gaps=[{"ms": round(g.seconds * 1000.0, 3), "start": wall(g.start), "end": wall(g.end)} for g in stats.gap.top],
         service_gap={
             "ms": round(gap.seconds * 1000.0, 3),
             "start": wall(gap.start),

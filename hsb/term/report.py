@@ -38,6 +38,7 @@ class LoadReport:
     protocol_errors: int = 0
     latency_ms: dict[str, float | None] = field(default_factory=dict)  # p50, p99, max, mean
     service_gap: dict[str, Any] = field(default_factory=dict)  # ms, start, end (epoch s), start_iso, end_iso
+    gaps: list[dict[str, Any]] = field(default_factory=list)  # the longest stretches: ms, start, end (epoch s)
     connect_s: float | None = None  # start → every terminal welcomed
     session_open_s: float | None = None  # start → every terminal had an open session
     welcomed: int = 0  # terminals welcomed at least once

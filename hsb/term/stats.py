@@ -96,14 +96,18 @@ class GapTracker:
 
     A stretch starts when a message becomes outstanding while none was, or at
     a reply after which some remain outstanding; it ends at the next reply.
+    `top` keeps the TOP longest stretches (longest first), so a benchmark can
+    tell the gap an operation caused from the run's other stretches.
     """
 
-    __slots__ = ("outstanding", "_since", "longest")
+    TOP = 64
+    __slots__ = ("outstanding", "_since", "longest", "top")
 
     def __init__(self) -> None:
         self.outstanding = 0
         self._since: float | None = None
         self.longest = Gap()
+        self.top: list[Gap] = []
 
     def sent(self, now: float) -> None:
         """A new message became outstanding at `now`."""
@@ -126,5 +130,14 @@ class GapTracker:
 
     def _close(self, now: float) -> None:
         since = self._since
-        if since is not None and now - since > self.longest.seconds:
-            self.longest = Gap(now - since, since, now)
+        if since is None:
+            return
+        d = now - since
+        top = self.top
+        if len(top) < self.TOP or d > top[-1].seconds:
+            g = Gap(d, since, now)
+            top.append(g)
+            top.sort(key=lambda x: -x.seconds)
+            del top[self.TOP :]
+            if d > self.longest.seconds:
+                self.longest = g

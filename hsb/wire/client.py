@@ -9,6 +9,7 @@ import asyncio
 from typing import Any
 
 from hsb.wire import auth
+from hsb.wire.conn import FLUSH_AT
 from hsb.wire.framing import DEFAULT_MAX_FRAME, Decoder, ProtocolError, encode
 
 
@@ -40,11 +41,15 @@ class FrameStream:
         self.send_raw(encode(msg))
 
     def send_raw(self, data: bytes) -> None:
-        """Queue a frame; frames queued in one loop iteration go out in one write."""
+        """Queue a frame; frames queued in one loop iteration go out in one write (or every
+        FLUSH_AT frames, see hsb.wire.conn)."""
         # uvloop raises RuntimeError when writing to a closed transport; make it a connection error
         if self.writer.is_closing():
             raise ConnectionResetError("link closed")
         self._out.append(data)
+        if len(self._out) >= FLUSH_AT:
+            self._flush()
+            return
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)

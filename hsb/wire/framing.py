@@ -8,6 +8,7 @@ After an error the decoder is poisoned: the connection must be closed.
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Collection
 from typing import Any
 
@@ -42,9 +43,18 @@ class ProtocolError(Exception):
         return {"t": "error", "code": self.code, "msg": self.msg}
 
 
+_local = threading.local()
+
+
 def encode(msg: dict[str, Any]) -> bytes:
     """One frame for `msg` (a map with a string "t")."""
-    body = msgpack.packb(msg, use_bin_type=True)
+    # a kept Packer per thread: msgpack.packb builds a new one per call, half the cost of
+    # encoding a small frame (0.98 vs 1.84 µs here), and the CP encodes three per message
+    try:
+        pack = _local.pack
+    except AttributeError:
+        pack = _local.pack = msgpack.Packer(use_bin_type=True).pack
+    body = pack(msg)
     return _LEN.pack(len(body)) + body
 
 
