@@ -373,3 +373,24 @@ async def test_standby_with_no_active_ever_is_not_told_of_a_loss(cp: Proc) -> No
     await FakeHost.connect(cp.info["host"], "host-a", "active")
     await asyncio.sleep(0.3)  # a window for a wrong notice to arrive
     assert not [m for m in b.inbox if m["t"] == "active_lost"]
+
+
+async def test_a_terminal_that_logs_off_while_its_notice_is_owed_is_not_sent_it(cp: Proc) -> None:
+    a, b = await pair(cp)
+    t = await logon(cp, "T00007")
+    b.send({"t": "open", "terminal": "T00007", "kind": "standby", "attrs": ATTRS})
+    await b.wait(lambda m: m["t"] == "opened")
+    t.send({"t": "msg", "id": 1, "data": "held"})
+    await a.wait(lambda m: m["t"] == "deliver")
+    await a.close()
+    await b.wait(lambda m: m["t"] == "active_lost")
+    b.send({"t": "switchover", "reason": "test", "planned": False})
+    g = await b.wait(lambda m: m["t"] in ("switch_granted", "switch_refused"))
+    assert g["t"] == "switch_granted"
+    await b.wait(lambda m: m["t"] == "deliver")
+    t.send({"t": "bye"})  # the session closes; the held message is still answered
+    await b.wait(lambda m: m["t"] == "session_closed" and m["terminal"] == "T00007")
+    b.send({"t": "reply", "terminal": "T00007", "id": 1, "data": "r", "epoch": g["epoch"]})
+    await t.wait(lambda m: m["t"] == "reply")
+    await t.wait_closed()
+    assert [m for m in t.inbox if m["t"] == "switched"] == [], [m["t"] for m in t.inbox]

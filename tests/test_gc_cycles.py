@@ -3,7 +3,7 @@
 The daemons turn CPython's full collections off (they paused service for 40–140 ms at
 10,000 terminals); a reference cycle that becomes garbage after it has grown old would
 then never be reclaimed. This runs the CP in this process on real loopback sockets
-through logons, traffic, a failover with re-delivery, a planned switchover, a bad
+through logons, traffic, a failover with re-delivery, a bad
 frame and disconnects, with the collector off, then looks for CP-side objects among
 everything the collector finds unreachable.
 """

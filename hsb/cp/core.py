@@ -79,6 +79,7 @@ class CP:
             return
         term.conn = proto
         term.leaving = False
+        term.notice = None  # owed to an older connection: this one gets welcome and session state
         proto.term = term
         self.connected += 1
         proto.send({"t": "welcome", "terminal": name})
@@ -111,6 +112,7 @@ class CP:
     def terminal_bye(self, term: Term) -> None:
         log.debug("terminal_logoff", terminal=term.name)
         term.leaving = True
+        term.notice = None  # logged off: no session news any more
         self._close_active_session(term, "logoff")
         if not term.held and term.conn is not None:
             term.conn.close()
@@ -448,6 +450,8 @@ class CP:
                     # The notice is owed, not written: it goes out ahead of the next frame
                     # to that terminal (a reply to a re-delivered message, say), or with
                     # the rest once service has resumed (_start_notices).
+                    if term.notice is not None:  # still owed from the grant before: it goes first
+                        term.conn.send_raw(term.notice)
                     term.notice = switched_frame if term.active is not None else opened_frame
                     sb.kind = "active"
                     sb.epoch = epoch

@@ -32,7 +32,9 @@ class SessionsCtl:
         self.answered = asyncio.Event()
         self.refused: dict[str, str] = {}
         self.tasks: set[asyncio.Task[None]] = set()
-        self.hooks: deque[tuple[Callable[..., Awaitable[None]], tuple[Any, ...]]] = deque()
+        # the service's session hooks, in order per terminal (see _hook)
+        self.hooks: dict[str, deque[tuple[Callable[..., Awaitable[None]], tuple[Any, ...], asyncio.Future[None] | None]]] = {}
+        self.hooks_ready: deque[str] = deque()  # terminals with hooks and no worker on them
         self.hook_workers = 0
 
     def _spawn(self, coro: Any) -> None:
@@ -40,32 +42,62 @@ class SessionsCtl:
         self.tasks.add(t)
         t.add_done_callback(self.tasks.discard)
 
-    # The service's open/close hooks of standby sessions and of sessions handed over run on a
-    # few workers, not one task each: 10,000 tasks at once (a batch read, a demotion) kept
-    # the loop busy for ~150 ms, and on a shared machine that is service time elsewhere.
-    HOOK_WORKERS = 16
+    # The service's open/close hooks run on a pool of workers, not one task each: 10,000 tasks
+    # at once (a batch read, a demotion) kept the loop busy for ~150 ms. The hooks of one
+    # terminal run one after the other in the order they were asked for (a close queued
+    # before an open never runs after it); different terminals run concurrently, up to
+    # HOOK_WORKERS at a time (hooks that wait, such as a slow logon, overlap that much).
+    HOOK_WORKERS = 256
     HOOKS_PER_TURN = 256
 
-    def _hook(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
-        self.hooks.append((fn, args))
-        if self.hook_workers < self.HOOK_WORKERS:
-            self.hook_workers += 1
-            self._spawn(self._hook_worker())
+    def _hook(self, fn: Callable[..., Awaitable[None]], name: str, *args: Any, done: asyncio.Future[None] | None = None) -> None:
+        q = self.hooks.get(name)
+        if q is None:
+            q = self.hooks[name] = deque()
+            self.hooks_ready.append(name)
+            if self.hook_workers < self.HOOK_WORKERS:  # every worker is busy with some terminal
+                self.hook_workers += 1
+                self._spawn(self._hook_worker())
+        q.append((fn, (name, *args), done))
 
     async def _hook_worker(self) -> None:
         n = 0
+        name: str | None = None
         try:
-            while self.hooks:
-                fn, args = self.hooks.popleft()
-                try:
-                    await fn(*args)
-                except Exception as exc:  # the application's hook failed: log it, go on
-                    log.error("session_hook_failed", hook=getattr(fn, "__name__", "?"), terminal=args[0] if args else None, error=f"{type(exc).__name__}: {exc}"[:200])
-                n += 1
-                if n % self.HOOKS_PER_TURN == 0:
-                    await asyncio.sleep(0)
+            while self.hooks_ready:
+                name = self.hooks_ready.popleft()
+                q = self.hooks[name]
+                while q:
+                    fn, args, done = q[0]  # stays queued while it runs: new hooks of `name` line up behind it
+                    try:
+                        await fn(*args)
+                    except Exception as exc:  # the application's hook failed
+                        if done is not None:
+                            if not done.done():
+                                done.set_exception(exc.with_traceback(None))
+                        else:
+                            log.error("session_hook_failed", hook=getattr(fn, "__name__", "?"), terminal=name, error=f"{type(exc).__name__}: {exc}"[:200])
+                    else:
+                        if done is not None and not done.done():
+                            done.set_result(None)
+                    q.popleft()
+                    n += 1
+                    if n % self.HOOKS_PER_TURN == 0:
+                        await asyncio.sleep(0)
+                del self.hooks[name]
+                name = None
+        except asyncio.CancelledError:
+            if name is not None and self.hooks.get(name):
+                self.hooks_ready.appendleft(name)  # another worker (or none, at shutdown) goes on
+            raise
         finally:
             self.hook_workers -= 1
+
+    async def run_hook(self, fn: Callable[..., Awaitable[None]], name: str, *args: Any) -> None:
+        """Run a hook of `name` in its turn and wait for it; its exception is raised here."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._hook(fn, name, *args, done=done)
+        await done
 
     # ------------------------------------------------------------------ from the CP
     def on_cp_frame(self, msg: dict[str, Any]) -> bool:
@@ -116,7 +148,7 @@ class SessionsCtl:
             cp.send({"t": "refuse", "terminal": name, "reason": reason, "epoch": ha.epoch})
             return
         try:
-            await self.srv.service.open_session(name, ts.attrs, False)
+            await self.run_hook(self.srv.service.open_session, name, ts.attrs, False)
         except Exception as exc:  # the application's logon failed: refuse, do not leave the terminal hanging
             reason = f"logon of {name!r} failed on host {ha.name}: {type(exc).__name__}: {exc}"[:200]
             log.error("session_refused", terminal=name, reason=reason)

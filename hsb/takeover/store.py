@@ -185,9 +185,13 @@ class TakeoverStore:
                 assert self._writer is not None
                 res = await self._run("ring write", self._writer.append_group, entries)
             except BaseException as exc:
+                # without this frame's traceback: it would hold this frame, `group` and the
+                # futures in a reference cycle, never collected (hsb/gcpolicy.py)
+                exc = exc.with_traceback(None)
                 for _, fut in group:
                     if not fut.done():
                         fut.set_exception(exc)
+                group = entries = []
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 continue
