@@ -38,6 +38,17 @@ async def logon(cp: Proc, name: str) -> FakeTerminal:
     return t
 
 
+async def fail_over(a: FakeHost, b: FakeHost) -> dict:
+    """The active's host link closes; the standby asks and is granted. Returns the grant."""
+    await a.close()
+    await b.wait(lambda m: m["t"] == "active_lost")
+    mark = len(b.inbox)
+    b.send({"t": "switchover", "reason": "test", "planned": False})
+    g = await b.wait(lambda m: m["t"] in ("switch_granted", "switch_refused"), start=mark)
+    assert g["t"] == "switch_granted", g
+    return g
+
+
 async def status(cp: Proc) -> dict:
     h, p = addr(cp.info["admin"])
     return (await request(h, p, SECRET, {"t": "status"}))["data"]
@@ -122,11 +133,7 @@ async def test_switch_notice_precedes_the_new_actives_reply_and_reaches_each_ter
     await b.wait_count(lambda m: m["t"] == "opened", 3)
     ts[0].send({"t": "msg", "id": 1, "data": "held"})
     await a.wait(lambda m: m["t"] == "deliver")
-    await a.close()
-    await b.wait(lambda m: m["t"] == "active_lost")
-    b.send({"t": "switchover", "reason": "test", "planned": False})
-    g = await b.wait(lambda m: m["t"] in ("switch_granted", "switch_refused"))
-    assert g["t"] == "switch_granted"
+    g = await fail_over(a, b)
     red = await b.wait(lambda m: m["t"] == "deliver")
     assert red["redelivered"] is True
     b.send({"t": "reply", "terminal": "T00004", "id": 1, "data": "r", "epoch": g["epoch"]})
@@ -382,11 +389,7 @@ async def test_a_terminal_that_logs_off_while_its_notice_is_owed_is_not_sent_it(
     await b.wait(lambda m: m["t"] == "opened")
     t.send({"t": "msg", "id": 1, "data": "held"})
     await a.wait(lambda m: m["t"] == "deliver")
-    await a.close()
-    await b.wait(lambda m: m["t"] == "active_lost")
-    b.send({"t": "switchover", "reason": "test", "planned": False})
-    g = await b.wait(lambda m: m["t"] in ("switch_granted", "switch_refused"))
-    assert g["t"] == "switch_granted"
+    g = await fail_over(a, b)
     await b.wait(lambda m: m["t"] == "deliver")
     t.send({"t": "bye"})  # the session closes; the held message is still answered
     await b.wait(lambda m: m["t"] == "session_closed" and m["terminal"] == "T00007")

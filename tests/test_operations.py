@@ -109,6 +109,7 @@ async def test_active_endpoint_on_exactly_one_host_and_metrics_move(sb: Any) -> 
     assert_clean(report)
     after = await loop.run_in_executor(None, metrics, cp_http)
     assert after["hsb_replies_total"] >= before["hsb_replies_total"] + report.to_dict()["replied"]
+    assert after["process_resident_memory_bytes"] > 10 * 2**20  # the process metrics are there too
     ma = await loop.run_in_executor(None, metrics, http_of(info, "host-a"))
     assert ma["hsb_role{hsb_role=active}"] == 1 and ma["hsb_established"] == 1
     assert ma["hsb_messages_processed_total"] >= report.to_dict()["replied"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, StateSetMetricFamily
 
 from hsb.wire.conn import PROTOCOL_ERRORS
@@ -102,8 +102,10 @@ class CPCollector:
 
 
 def registry_for(collector: Any) -> CollectorRegistry:
+    """The daemon's collector plus the standard process_* metrics (resident memory, CPU, fds)."""
     reg = CollectorRegistry(auto_describe=False)
     reg.register(collector)
+    ProcessCollector(registry=reg)
     return reg
 
 
