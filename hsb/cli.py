@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import faulthandler
+import os
 import sys
+import threading
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -32,8 +35,29 @@ log_level_option = click.option(
 )
 
 
+EXIT_GRACE = 5.0  # seconds the loop's teardown may take once a daemon has decided to exit
+
+
+def exit_watchdog(code: int, seconds: float = EXIT_GRACE) -> None:
+    """Make sure the process ends with `code` soon after it decided to: a fenced host must be
+    gone, not stuck in teardown (a task that outlives cancellation, an executor thread in a
+    blocked syscall). If the teardown takes longer than `seconds`, every thread's stack goes
+    to stderr (to find the culprit) and the process exits at once."""
+
+    def expire() -> None:
+        sys.stderr.write(f"exit: teardown took longer than {seconds}s; exiting with {code} now\n")
+        faulthandler.dump_traceback(all_threads=True)
+        sys.stderr.flush()
+        os._exit(code)
+
+    t = threading.Timer(seconds, expire)
+    t.daemon = True
+    t.start()
+
+
 def die(msg: str, code: int = EXIT_FAILED) -> NoReturn:
     click.echo(f"error: {msg}", err=True)
+    exit_watchdog(code)
     sys.exit(code)
 
 

@@ -7,7 +7,7 @@ import sys
 import click
 
 from hsb import logs
-from hsb.cli import EXIT_CONFIG, die, load_or_exit, log_level_option
+from hsb.cli import EXIT_CONFIG, die, exit_watchdog, load_or_exit, log_level_option
 from hsb.cp.config import CPConfig
 from hsb.wire.auth import SecretFileError, load_secret
 
@@ -32,7 +32,9 @@ def main(config_path: str, check_config: bool, log_level: str) -> None:
     async def run() -> int:
         server = CPServer(cfg, secret, config_path)
         try:
-            return await server.serve()
+            code = await server.serve()
+            exit_watchdog(code)
+            return code
         except OSError as exc:
             die(f"cannot listen: {exc.strerror or exc} (is another hsbcpd running on these ports?)")
 

@@ -7,7 +7,7 @@ import sys
 import click
 
 from hsb import logs
-from hsb.cli import EXIT_CONFIG, die, load_or_exit, log_level_option
+from hsb.cli import EXIT_CONFIG, die, exit_watchdog, load_or_exit, log_level_option
 from hsb.host.config import HostConfig
 from hsb.wire.auth import SecretFileError, load_secret
 
@@ -51,6 +51,7 @@ def main(role: str | None, config_path: str, check_config: bool, log_level: str)
             die(f"cannot start: {exc.strerror or exc} (is another hsbd using these ports?)")
         if code:
             click.echo(f"error: {server.exit_msg}", err=True)
+        exit_watchdog(code)
         return code
 
     sys.exit(loop.run(run()))
