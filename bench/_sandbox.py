@@ -408,6 +408,25 @@ def write_section(title: str, body: str, path: Path = BENCHMARKS) -> None:
     path.write_text("".join(lines[:start]) + section + ("\n" + tail if tail else ""))
 
 
+def run_or_render(a: Any, section: str, rerender: Callable[[dict[str, Any]], str], amain: Callable[[Any], Any]) -> int:
+    """A bench's entry: with `--render FILE`, print the report of a saved run (and with
+    `--write` put it into BENCHMARKS.md as `## section`) instead of measuring; else measure."""
+    if a.render:
+        saved = json.loads(Path(a.render).read_text())
+        a.machine = saved["machine"]
+        a.command = saved.get("command", a.command)
+        text = rerender(saved)
+        print(f"{a.command}\n\n{text}")
+        if a.write:
+            write_section(section, text)
+        return 0
+    print(a.command, flush=True)
+    from hsb import logs
+
+    logs.setup("warning")
+    return int(asyncio.run(amain(a)))
+
+
 def table(headers: list[str], rows: list[list[str]], align: str | None = None) -> str:
     align = align or ("l" + "r" * (len(headers) - 1))
     sep = ["---:" if a == "r" else "---" for a in align]

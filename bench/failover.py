@@ -62,6 +62,7 @@ from _sandbox import (  # noqa: E402
     table,
     until,
     wait_dead,
+    run_or_render,
     write_section,
 )
 
@@ -448,23 +449,13 @@ def main(argv: list[str] | None = None) -> int:
     a.modes = [m for m in a.modes.split(",") if m]
     a.machine = machine()
     a.incidents = []
-    if a.render:
-        saved = json.loads(Path(a.render).read_text())
-        a.machine = saved["machine"]
-        a.command = saved.get("command", a.command)
+
+    def rerender(saved: dict[str, Any]) -> str:
         a.rate = saved.get("rate", a.rate)
         a.incidents = saved.get("incidents", [])
-        text = render(saved["results"], a)
-        print(f"{a.command}\n\n{text}")
-        if a.write:
-            write_section("Failover (issue 5)", text)
-        return 0
-    print(a.command, flush=True)
-    from hsb import logs
+        return render(saved["results"], a)
 
-    logs.setup("warning")
-    return asyncio.run(amain(a))
-
+    return run_or_render(a, "Failover (issue 5)", rerender, amain)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -67,6 +67,7 @@ from _sandbox import (  # noqa: E402
     table,
     until,
     wait_dead,
+    run_or_render,
     write_section,
 )
 
@@ -570,21 +571,12 @@ def main(argv: list[str] | None = None) -> int:
     a.poll_intervals = [float(x) for x in (a.poll_intervals or "0.05,0.01").split(",") if x]
     a.parts = [x for x in a.parts.split(",") if x]
     a.machine = machine()
-    if a.render:
-        saved = json.loads(Path(a.render).read_text())
-        a.machine, a.command = saved["machine"], saved.get("command", a.command)
+
+    def rerender(saved: dict[str, Any]) -> str:
         a.load_rate = saved.get("load_rate", a.load_rate)
-        text = render(saved["standby_start"], saved["seq_lag"], a)
-        print(f"{a.command}\n\n{text}")
-        if a.write:
-            write_section("hsbd pair (issue 4)", text)
-        return 0
-    print(a.command, flush=True)
-    from hsb import logs
+        return render(saved["standby_start"], saved["seq_lag"], a)
 
-    logs.setup("warning")
-    return asyncio.run(amain(a))
-
+    return run_or_render(a, "hsbd pair (issue 4)", rerender, amain)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -127,14 +127,18 @@ def _up(d: Path, **kw: Any) -> SB:
         raise
 
 
-@pytest.fixture(scope="module")
-def sb(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    d = tmp_path_factory.mktemp("hostile") / "sb"
+def _module_sb(tmp_path_factory: pytest.TempPathFactory, name: str):  # type: ignore[no-untyped-def]
+    d = tmp_path_factory.mktemp(name) / "sb"
     s = _up(d)
     try:
         yield s
     finally:
         sandbox.down(d, timeout=2.0)
+
+
+@pytest.fixture(scope="module")
+def sb(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    yield from _module_sb(tmp_path_factory, "hostile")
 
 
 @pytest.fixture
@@ -811,12 +815,7 @@ WRONG_PEER = {  # one frame per peer type, one field of the wrong type
 @pytest.fixture(scope="module")
 def peer_sb(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """One sandbox for the tests that take over the peer links with the secret (they heal; the roles never change)."""
-    d = tmp_path_factory.mktemp("peer") / "sb"
-    s = _up(d)
-    try:
-        yield s
-    finally:
-        sandbox.down(d, timeout=2.0)
+    yield from _module_sb(tmp_path_factory, "peer")
 
 
 def _peer_send(s: SB, host: str, frames: list[dict[str, Any]]) -> Conn:

@@ -54,11 +54,15 @@ class SessionsCtl:
         q = self.hooks.get(name)
         if q is None:
             q = self.hooks[name] = deque()
-            self.hooks_ready.append(name)
-            if self.hook_workers < self.HOOK_WORKERS:  # every worker is busy with some terminal
-                self.hook_workers += 1
-                self._spawn(self._hook_worker())
+            self._ready(name)
         q.append((fn, (name, *args), done))
+
+    def _ready(self, name: str) -> None:
+        """`name` has hooks waiting and nobody on them: queue it, with a worker if one is free."""
+        self.hooks_ready.append(name)
+        if self.hook_workers < self.HOOK_WORKERS:  # every worker is busy with some terminal
+            self.hook_workers += 1
+            self._spawn(self._hook_worker())
 
     async def _hook_worker(self) -> None:
         n = 0
@@ -95,6 +99,17 @@ class SessionsCtl:
 
     async def run_hook(self, fn: Callable[..., Awaitable[None]], name: str, *args: Any) -> None:
         """Run a hook of `name` in its turn and wait for it; its exception is raised here."""
+        if name not in self.hooks:  # nothing of this terminal queued or running: run it in this task
+            q = self.hooks[name] = deque([(fn, (name, *args), None)])  # holds the terminal's turn
+            try:
+                await fn(name, *args)
+            finally:
+                q.popleft()
+                if q:  # hooks of the terminal asked for meanwhile go on in a worker
+                    self._ready(name)
+                else:
+                    del self.hooks[name]
+            return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._hook(fn, name, *args, done=done)
         await done
