@@ -116,7 +116,9 @@ async def test_sigkill_active_under_load_1000_terminals_journal(sb: Any) -> None
         await wait_status(info, lambda s: s["cp"]["terminals"]["standby_sessions"] == 1000, what="all standby sessions")
         await asyncio.sleep(0.5)  # load keeps running: kill with messages in flight
         os.kill(a_pid, signal.SIGKILL)
-        st = await wait_status(info, lambda s: active_names(s) == ["host-b"], what="host-b active")
+        # the CP's and the hosts' answers in one status are taken at slightly different moments:
+        # wait for the CP's record of the grant too, not only for host-b's role
+        st = await wait_status(info, lambda s: active_names(s) == ["host-b"] and s["cp"]["last_switchover"] is not None, what="host-b active")
         assert st["cp"]["last_switchover"]["switched"] == 1000
 
     report = await load_with(info, kill, terminals=1000, rate=2000)
