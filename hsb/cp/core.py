@@ -8,7 +8,6 @@ structlog event.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ import structlog
 
 from hsb import faults
 from hsb.cp.config import CPConfig
+from hsb.cp.notices import Notices
 from hsb.cp.state import Held, Session, Term
 from hsb.wire.conn import PROTOCOL_ERRORS
 from hsb.wire.framing import encode
@@ -28,19 +28,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("hsb.cp")
 
 OUTBOX_MAX = 100_000  # replies kept for a disconnected terminal (bounded by held_bound in practice)
-
-
-class _Owed:
-    """The switch notices owed after one grant."""
-
-    __slots__ = ("terms", "rec", "t0", "timer", "started")
-
-    def __init__(self, terms: list[Term], rec: dict[str, Any], t0: float) -> None:
-        self.terms = terms
-        self.rec = rec
-        self.t0 = t0
-        self.timer: asyncio.TimerHandle | None = None
-        self.started = False
 
 
 class CP:
@@ -64,7 +51,7 @@ class CP:
         self.after_switch: dict[str, Any] | None = None
         self.release_t0: float | None = None
         self.silent_since: float | None = None
-        self._owed: _Owed | None = None  # switch notices not yet started (see _owe_notices)
+        self.notices = Notices()  # switch notices owed after a grant and their writers
 
     # ------------------------------------------------------------------ terminals
     def terminal_hello(self, proto: "TerminalProtocol", name: str) -> None:
@@ -449,7 +436,7 @@ class CP:
                     # a session closed by a normal stop reopens; a live one is switched.
                     # The notice is owed, not written: it goes out ahead of the next frame
                     # to that terminal (a reply to a re-delivered message, say), or with
-                    # the rest once service has resumed (_start_notices).
+                    # the rest once service has resumed (hsb.cp.notices).
                     if term.notice is not None:  # still owed from the grant before: it goes first
                         term.conn.send_raw(term.notice)
                     term.notice = switched_frame if term.active is not None else opened_frame
@@ -499,61 +486,11 @@ class CP:
         log.info("switchover_complete", **rec)
         self.silent_since = None
         self.after_switch = {"t0": t0, "pending": had_session, "rec": rec, "deadline": t0 + 60.0, "release_t0": release_t0}
-        self._owe_notices(owed, rec, t0, wait_for_reply=waiting > 0)
+        self.notices.owe(owed, rec, t0, wait_for_reply=waiting > 0)
         rec["first_redelivered_reply_ms"] = None
         rec["first_reply_ms"] = None
         rec["all_served_ms"] = None
         rec["service_gap_ms"] = None
-
-    NOTICE_SLICE_S = 0.002  # seconds of notice writing per loop turn (a write costs 4-30 µs here)
-    NOTICE_DEFER = 0.1  # seconds after a grant at most before the notices start without a reply
-
-    def _owe_notices(self, owed: list[Term], rec: dict[str, Any], t0: float, wait_for_reply: bool) -> None:
-        """Service first: the informational notices (one socket write per terminal, the bulk of a
-        switch's cost) start once the new active's first reply has gone out (or NOTICE_DEFER
-        after the grant if none comes; at once if nothing was waiting to be served), then go
-        out a slice at a time (NOTICE_SLICE_S) with replies relayed in between. A terminal that is sent
-        anything meanwhile gets its notice just before it."""
-        if self._owed is not None:  # a switch right after a switch: the older ones go now
-            self._start_notices(self._owed)
-        n = self._owed = _Owed(owed, rec, t0)
-        n.timer = asyncio.get_running_loop().call_later(self.NOTICE_DEFER if wait_for_reply else 0.0, self._start_notices, n)
-
-    def _notices_now(self) -> None:
-        """The new active's first reply is queued: the owed notices can start (after its write)."""
-        if self._owed is not None:
-            asyncio.get_running_loop().call_soon(self._start_notices, self._owed)
-
-    def _start_notices(self, n: "_Owed") -> None:
-        if n.started:
-            return
-        n.started = True
-        if n.timer is not None:
-            n.timer.cancel()
-        if self._owed is n:
-            self._owed = None
-        self._send_notices(n.terms, 0, n.rec, n.t0)
-
-    def _send_notices(self, todo: list[Term], start: int, rec: dict[str, Any], t0: float) -> None:
-        i, n = start, len(todo)
-        until = time.perf_counter() + self.NOTICE_SLICE_S
-        while i < n:
-            term = todo[i]
-            i += 1
-            frame, conn = term.notice, term.conn
-            if frame is not None and conn is not None:
-                term.notice = None
-                conn.write_now(frame)
-            if not i & 31 and time.perf_counter() > until:
-                break
-        if i < n:  # the next slice after a turn of the loop: replies are relayed in between
-            asyncio.get_running_loop().call_soon(self._send_notices, todo, i, rec, t0)
-        else:
-            self._notices_sent(rec, t0)
-
-    def _notices_sent(self, rec: dict[str, Any], t0: float) -> None:
-        rec["notices_sent_ms"] = round((time.monotonic() - t0) * 1000, 3)
-        log.info("switch_notices_sent", epoch=rec["epoch"], notices_sent_ms=rec["notices_sent_ms"], switched=rec["switched"])
 
     def _served_after_switch(self, name: str, redelivered: bool) -> None:
         a = self.after_switch
@@ -564,7 +501,7 @@ class CP:
             rec["first_redelivered_reply_ms"] = round((now - a["t0"]) * 1000, 3)
         if rec["first_reply_ms"] is None:
             rec["first_reply_ms"] = round((now - a["t0"]) * 1000, 3)
-            self._notices_now()
+            self.notices.first_reply()
             if a["release_t0"] is not None:  # planned: no new work was started from release to here
                 rec["service_gap_ms"] = round((now - a["release_t0"]) * 1000, 3)
         a["pending"].discard(name)
