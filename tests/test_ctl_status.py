@@ -58,3 +58,31 @@ def test_status_without_a_target_is_a_one_line_error() -> None:
     r = subprocess.run([sys.executable, "-m", "hsb.ctl", "status"], capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "HSBCTL_CONFIG"})
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+
+
+async def test_a_grant_a_host_reports_is_in_the_cps_part_too(tmp_path: Path, monkeypatch: Any) -> None:
+    """The answers of one status are taken at slightly different moments: a host that
+    reports a newer epoch than the CP's answer makes the CP be asked again."""
+    from hsb.ctl import gather
+
+    secret = tmp_path / "secret"
+    secret.write_text("x" * 64)
+    secret.chmod(0o600)
+    cp_epochs = [3, 4]
+    asked: list[str] = []
+
+    async def ask(addr: str, secret: bytes, msg: dict[str, Any], timeout: float = 2.0) -> dict[str, Any]:
+        asked.append(addr)
+        if addr == "cp:1":
+            return {"data": {"role": "cp", "state": "serving", "epoch": cp_epochs.pop(0)}}
+        epoch = 4 if addr == "b:1" else 3
+        return {"data": {"name": addr, "role": "active" if addr == "b:1" else "standby", "state": "established", "epoch": epoch}}
+
+    monkeypatch.setattr(gather, "ask", ask)
+    st = await gather.status_all("cp:1", ["a:1", "b:1"], str(secret))
+    assert st["cp"]["epoch"] == 4 and asked.count("cp:1") == 2
+    # the same epoch everywhere: asked once
+    cp_epochs[:] = [4]
+    asked.clear()
+    st = await gather.status_all("cp:1", ["b:1"], str(secret))
+    assert st["cp"]["epoch"] == 4 and asked.count("cp:1") == 1

@@ -2,6 +2,11 @@
 
 An unreachable daemon is reported as `{"reachable": false, "error": ...}`,
 never as a traceback.
+
+All three are asked at once, so their answers are taken at slightly different moments.
+When a host reports a newer epoch than the CP's answer (it heard of a grant the CP had not
+yet made when it answered), the CP is asked again: the CP records a switchover in the same
+step in which it grants it, so its second answer holds the grant the host reports.
 """
 
 from __future__ import annotations
@@ -42,7 +47,18 @@ async def status_all(cp: str | None, hosts: list[str], secret_file: str, timeout
     results = await asyncio.gather(*(one(a) for a in ([cp] if cp else []) + hosts))
     cps = results[0] if cp else {"reachable": False, "error": "not configured"}
     hs = results[1:] if cp else results
+    if cp and cps.get("reachable") and _newest_epoch(hs) > _epoch(cps):
+        cps = await one(cp)
     return summarize(cps, list(hs))
+
+
+def _epoch(part: dict[str, Any]) -> int:
+    e = part.get("epoch")
+    return e if isinstance(e, int) else 0
+
+
+def _newest_epoch(hosts: list[dict[str, Any]]) -> int:
+    return max((_epoch(h) for h in hosts if h.get("reachable")), default=0)
 
 
 def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> dict[str, Any]:

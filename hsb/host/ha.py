@@ -469,7 +469,7 @@ class HA:
         self.partner_batch_records = b
         log.info("batch_read_complete", generation=gen, partner_batch_records=b, entries=len(entries), ms=round((time.monotonic() - t0) * 1000, 1))
         await self.srv.sessions_ctl.apply_batch(entries)
-        tio.follow(gen, b)
+        tio.follow()
         self.last_error = None
         self.set_state(ESTABLISHED, "batch read done and standby sessions open")
         self.established_since = time.time()

@@ -126,7 +126,8 @@ class TakeoverIO:
         self.last_error = None
         return int(snap.header.generation), int(snap.header.batch_records), list(snap.entries)
 
-    def follow(self, generation: int, batch_records: int) -> None:
+    def follow(self) -> None:
+        """Read the sequential area from here on (the batch read left the ring cursor at its end)."""
         self.following = True
 
     def stop_following(self) -> None:

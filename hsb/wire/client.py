@@ -9,8 +9,7 @@ import asyncio
 from typing import Any
 
 from hsb.wire import auth
-from hsb.wire.conn import FLUSH_AT
-from hsb.wire.framing import DEFAULT_MAX_FRAME, Decoder, ProtocolError, encode
+from hsb.wire.framing import DEFAULT_MAX_FRAME, FLUSH_AT, Decoder, ProtocolError, encode
 
 
 class LinkClosed(ConnectionError):
@@ -42,7 +41,7 @@ class FrameStream:
 
     def send_raw(self, data: bytes) -> None:
         """Queue a frame; frames queued in one loop iteration go out in one write (or every
-        FLUSH_AT frames, see hsb.wire.conn)."""
+        FLUSH_AT frames, see hsb.wire.framing)."""
         # uvloop raises RuntimeError when writing to a closed transport; make it a connection error
         if self.writer.is_closing():
             raise ConnectionResetError("link closed")

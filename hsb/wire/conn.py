@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import structlog
 
-from hsb.wire.framing import DEFAULT_MAX_FRAME, Decoder, ProtocolError, encode
+from hsb.wire.framing import DEFAULT_MAX_FRAME, FLUSH_AT, Decoder, ProtocolError, encode
 
 log = structlog.get_logger("hsb.wire")
 
@@ -24,12 +24,6 @@ log = structlog.get_logger("hsb.wire")
 PROTOCOL_ERRORS: collections.Counter[tuple[str, str]] = collections.Counter()
 
 FRAMES_PER_TURN = 256  # frames handled per loop iteration for one connection before it yields
-# Frames queued on one connection that are written at once, not at the end of the turn: with
-# one busy terminal a whole turn's deliveries went out as one write, the host answered them as
-# one batch, and the three processes took turns (a convoy, ~1 core busy of 2); writing every
-# 32 frames keeps the next hop working meanwhile (1 terminal, 64 in flight: 40-46 % -> 57-60 %
-# of direct in bench/cp.py).
-FLUSH_AT = 32
 
 Handler = Callable[[Any, dict[str, Any]], None]
 
