@@ -56,10 +56,7 @@ class HostCollector:
         tf = st["takeover_file"]
         yield _g("hsb_takeover_storage_ok", "1 while takeover-file I/O answers in time.", 1 if tf["storage"] == "ok" else 0)
         t = st["terminals"]
-        m = GaugeMetricFamily("hsb_sessions", "Sessions of this host by kind.", labels=["kind"])
-        m.add_metric(["active"], t["active_sessions"])
-        m.add_metric(["standby"], t["standby_sessions"])
-        yield m
+        yield _sessions("Sessions of this host by kind.", t)
         yield _g("hsb_terminals_defined", "Own total terminal count.", t["defined"])
         yield _g("hsb_terminals_linked", "Terminals on the fast-switch link.", t["linked"])
         d = st["delivery"]
@@ -73,6 +70,13 @@ class HostCollector:
         yield _proto_errors()
 
 
+def _sessions(doc: str, t: dict[str, Any]) -> Metric:
+    m = GaugeMetricFamily("hsb_sessions", doc, labels=["kind"])
+    m.add_metric(["active"], t["active_sessions"])
+    m.add_metric(["standby"], t["standby_sessions"])
+    return m
+
+
 class CPCollector:
     def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
         self.status = status
@@ -84,10 +88,7 @@ class CPCollector:
         yield _g("hsb_cp_active_connected", "1 while an active host is connected.", 1 if st["state"] == "serving" else 0)
         t = st["terminals"]
         yield _g("hsb_terminals_connected", "Terminals connected.", t["connected"])
-        m = GaugeMetricFamily("hsb_sessions", "Sessions by kind.", labels=["kind"])
-        m.add_metric(["active"], t["active_sessions"])
-        m.add_metric(["standby"], t["standby_sessions"])
-        yield m
+        yield _sessions("Sessions by kind.", t)
         yield _g("hsb_held_messages", "Messages acknowledged and not yet discarded.", st["held_messages"])
         yield _g("hsb_terminals_backpressured", "Terminals not being read (held bound reached).", t["backpressured"])
         c = st["counters"]
