@@ -33,7 +33,12 @@ class FrameStream:
 
     @classmethod
     async def connect(cls, host: str, port: int, *, timeout: float = 5.0, max_frame: int = DEFAULT_MAX_FRAME) -> "FrameStream":
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        # asyncio.timeout, not wait_for: on 3.11 a failed connect under wait_for is a reference cycle
+        # (task -> its exception -> traceback -> wait_for's frame -> task), and hsbd retries a peer
+        # or CP that is down every 0.05-1 s, holding the exception across the backoff wait: long
+        # enough to reach the old generation, which hsb/gcpolicy.py never collects
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
         return cls(reader, writer, max_frame)
 
     def send(self, msg: dict[str, Any]) -> None:
@@ -98,10 +103,15 @@ class FrameStream:
             self._flush()
             self.writer.close()
 
-    async def aclose(self) -> None:
+    async def aclose(self, timeout: float = 1.0) -> None:
+        """Close, letting queued frames go out for up to `timeout` seconds, then drop them:
+        a close waits for the send buffer to drain, which a cut link or a peer that has
+        stopped reading never lets happen (a daemon's teardown would hang there)."""
         self.close()
         try:
-            await self.writer.wait_closed()
+            await asyncio.wait_for(self.writer.wait_closed(), timeout)
+        except TimeoutError:
+            self.writer.transport.abort()
         except (ConnectionError, OSError):
             pass
 
