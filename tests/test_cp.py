@@ -397,3 +397,42 @@ async def test_a_terminal_that_logs_off_while_its_notice_is_owed_is_not_sent_it(
     await t.wait(lambda m: m["t"] == "reply")
     await t.wait_closed()
     assert [m for m in t.inbox if m["t"] == "switched"] == [], [m["t"] for m in t.inbox]
+
+
+async def test_a_closed_terminal_that_reads_nothing_does_not_linger(cp: Proc) -> None:
+    """The CP closes a terminal's connection (here: the classic path at a failover) while
+    megabytes of replies are still queued to it and the terminal reads nothing. A close
+    waits for those bytes to go out; after CLOSE_LINGER_S the connection is dropped
+    instead. The terminal logging on again meanwhile is one terminal, not two."""
+    import socket
+
+    a, b = await pair(cp)
+    h, p = addr(cp.info["terminal"])
+    sock = socket.create_connection((h, p))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # reads nothing, buffers little
+    try:
+        sock.sendall(encode({"t": "hello", "terminal": "NOSB"}))
+        for i in range(1, 9):
+            sock.sendall(encode({"t": "msg", "id": i, "data": "x"}))
+        await a.wait_count(lambda m: m["t"] == "deliver" and m["terminal"] == "NOSB", 8)
+        big = "r" * 900_000
+        for i in range(1, 9):  # 7.2 MB of replies: more than the kernel buffers between us
+            a.send({"t": "reply", "terminal": "NOSB", "id": i, "data": big, "epoch": a.epoch})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while (st := await status(cp))["held_messages"]:  # every reply taken from the host
+            assert loop.time() < deadline, st
+            await asyncio.sleep(0.05)
+        assert st["terminals"]["connected"] == 1
+        await fail_over(a, b)  # NOSB has no standby session: its connection is closed
+        b.auto_open = ATTRS
+        t2 = await logon(cp, "NOSB")  # at once, while the old connection still sends
+        assert (await status(cp))["terminals"]["connected"] == 1
+        ev = await loop.run_in_executor(None, lambda: cp.wait_event("connection_dropped", timeout=15, link="terminal"))
+        assert ev["unsent_bytes"] > 0
+        st = await status(cp)
+        assert st["terminals"]["connected"] == 1 and st["terminals"]["active_sessions"] == 1, st["terminals"]
+        t2.send({"t": "msg", "id": 9, "data": "after"})
+        await t2.wait(lambda m: m["t"] == "ack" and m["id"] == 9)
+    finally:
+        sock.close()

@@ -64,6 +64,8 @@ class CP:
             log.warning("terminal_refused", terminal=name, peer=proto.peer, reason="already_connected")
             proto.close_with_error("already_connected", f"terminal {name!r} is already connected from {term.conn.peer}")
             return
+        if term.conn is not None:  # closed here and not gone yet (its queued bytes still going out)
+            self.terminal_lost(term)
         term.conn = proto
         term.leaving = False
         term.notice = None  # owed to an older connection: this one gets welcome and session state

@@ -23,6 +23,7 @@ log = structlog.get_logger("hsb.wire")
 # Protocol errors seen by this process, by (link, code): status and /metrics read it.
 PROTOCOL_ERRORS: collections.Counter[tuple[str, str]] = collections.Counter()
 
+CLOSE_LINGER_S = 5.0  # seconds a closed connection may take to send what is queued to it
 FRAMES_PER_TURN = 256  # frames handled per loop iteration for one connection before it yields
 
 Handler = Callable[[Any, dict[str, Any]], None]
@@ -193,6 +194,17 @@ class FramedProtocol(asyncio.Protocol):
             self.flush()
             self.closed = True
             self.transport.close()
+            if self.transport.get_write_buffer_size():
+                # a close waits for the queued bytes to go out, which a peer that stopped
+                # reading never allows: the connection (and its buffer) would stay for good
+                self._loop.call_later(CLOSE_LINGER_S, self._drop_lingering)
+
+    def _drop_lingering(self) -> None:
+        tr = self.transport
+        if tr is not None and self._table:  # connection_lost empties _table: not gone yet
+            log.warning("connection_dropped", link=self.link, peer=self.peer, unsent_bytes=tr.get_write_buffer_size(),
+                        reason=f"closed and not reading for {CLOSE_LINGER_S:g}s")
+            tr.abort()
 
     def abort(self) -> None:
         if self.transport is not None:
