@@ -64,6 +64,13 @@ class PeerInbound(AuthServerProtocol):
         self.owner = owner
         self.server_name = owner.name
 
+    def on_open(self) -> None:
+        if self.owner.closed:
+            self.close()
+            return
+        self.owner.accepted.add(self)
+        super().on_open()
+
     def authenticated(self) -> None:
         self.owner._inbound_up(self)
 
@@ -74,6 +81,7 @@ class PeerInbound(AuthServerProtocol):
         self.owner._frame(self, msg)
 
     def on_lost(self, exc: Exception | None) -> None:
+        self.owner.accepted.discard(self)
         if self.authed:
             self.owner._inbound_lost(self)
 
@@ -119,6 +127,8 @@ class PeerLink:
         self.sent = 0
         self.lost_notices = 0
         self.wake_connect = asyncio.Event()
+        self.closed = False
+        self.accepted: set[PeerInbound] = set()  # inbound connections, authenticated or not yet
 
     async def start(self) -> None:
         h, p = parse_addr(self.listen)
@@ -190,10 +200,12 @@ class PeerLink:
             try:
                 while True:
                     fs.send({"t": "hb", **self.hello_brief()})
-                    await asyncio.wait_for(fs.drain(), self.timeout)
+                    async with asyncio.timeout(self.timeout):  # not wait_for (FrameStream.connect says why)
+                        await fs.drain()
                     # the peer sends us nothing on this connection; reading detects EOF
                     try:
-                        data = await asyncio.wait_for(fs.reader.read(4096), self.interval)
+                        async with asyncio.timeout(self.interval):
+                            data = await fs.reader.read(4096)
                         if not data:
                             break
                     except TimeoutError:
@@ -258,11 +270,12 @@ class PeerLink:
         return None if self.last_rx is None else time.monotonic() - self.last_rx
 
     async def close(self) -> None:
-        for t in self.tasks:
-            t.cancel()
-        if self.outbound is not None:
-            await self.outbound.aclose()
-        if self.inbound is not None:
-            self.inbound.close()
+        self.closed = True
         if self.server is not None:
             self.server.close()
+        for t in self.tasks:
+            t.cancel()
+        for proto in list(self.accepted):  # the inbound link and any still authenticating
+            proto.close()
+        if self.outbound is not None:
+            await self.outbound.aclose()

@@ -133,7 +133,8 @@ class HostServer:
         fs = self.peer.outbound
         if fs is not None:
             try:
-                await asyncio.wait_for(fs.drain(), 1.0)
+                async with asyncio.timeout(1.0):  # not wait_for (FrameStream.connect says why)
+                    await fs.drain()
             except (TimeoutError, ConnectionError, OSError):
                 pass
 

@@ -92,12 +92,18 @@ class TakeoverStore:
         afut = asyncio.wrap_future(fut)
         afut.add_done_callback(_consume)  # a late failure after a timeout is not "never retrieved"
         try:
-            return await asyncio.wait_for(asyncio.shield(afut), limit)
+            # not wait_for: on 3.11 a failure under it is a reference cycle
+            async with asyncio.timeout(limit):
+                return await asyncio.shield(afut)
         except TimeoutError:
             if not fut.cancel():  # already running: it is stuck on the storage thread
                 self._stuck.append((op, fut))
             log.error("takeover_storage_not_responding", path=self.path, op=op, timeout=limit)
             raise StorageNotResponding(op, limit) from None
+        finally:
+            # a failure's traceback holds this frame, whose futures hold the failure: a cycle
+            # per failed operation while storage fails, never collected (hsb/gcpolicy.py)
+            del fut, afut
 
     @property
     def responding(self) -> bool:

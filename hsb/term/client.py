@@ -447,9 +447,8 @@ class Connector:
                 continue
             c.state = CONNECTING
             try:
-                await asyncio.wait_for(
-                    loop.create_connection(lambda c=c: c, self.host, self.port), self.connect_timeout
-                )
+                async with asyncio.timeout(self.connect_timeout):  # not wait_for: a cycle per failure
+                    await loop.create_connection(lambda c=c: c, self.host, self.port)
             except asyncio.CancelledError:
                 raise
             except (OSError, asyncio.TimeoutError) as exc:

@@ -77,7 +77,8 @@ class FrameStream:
             if timeout is None:
                 data = await self.reader.read(65536)
             else:
-                data = await asyncio.wait_for(self.reader.read(65536), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: see connect
+                    data = await self.reader.read(65536)
             if not data:
                 raise LinkClosed("connection closed by the other side")
             self._pending.extend(self.decoder.feed(data))
@@ -109,7 +110,8 @@ class FrameStream:
         stopped reading never lets happen (a daemon's teardown would hang there)."""
         self.close()
         try:
-            await asyncio.wait_for(self.writer.wait_closed(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: see connect
+                await self.writer.wait_closed()
         except TimeoutError:
             self.writer.transport.abort()
         except (ConnectionError, OSError):
