@@ -16,7 +16,7 @@ import pytest
 from hsb.ctl import sandbox
 from hsb.ctl.gather import status_all
 from hsb.term.load import run_load
-from tests.support.procs import wait_for
+from tests.support.procs import log_events, wait_for
 
 
 def pid_of(info: dict[str, Any], name: str) -> int:
@@ -151,7 +151,10 @@ async def test_sigstop_active_takes_over_after_timeout_and_old_one_is_fenced(sb:
     wait_for(exited, 15, what="old active to exit")
     log = (Path(info["dir"]) / "host-a.log").read_text()
     assert '"event": "fenced"' in log
-    assert "fenced" in log.splitlines()[-1]
+    exits = [e for e in log_events(Path(info["dir"]) / "host-a.log") if e.get("event") == "host_exit"]
+    assert len(exits) == 1 and exits[0]["code"] == 75 and "fenced" in exits[0]["msg"], exits
+    after = log[log.index('"event": "host_exit"'):].splitlines()[1:]
+    assert not any('"event": "peer_link_up"' in line or '"event": "link_authenticated"' in line for line in after), after
     check_journals(info, report, ["host-a", "host-b"])
 
 
