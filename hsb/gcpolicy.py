@@ -12,8 +12,8 @@ usual, so short-lived cycles are reclaimed within milliseconds.
 Objects that live long are still freed by reference counting; only a reference
 cycle that turns into garbage after it has grown old is never reclaimed. That is
 why connections break their own cycles when they close (`FramedProtocol`), and
-tests/test_gc_cycles.py checks that serving, switching and closing leave no
-cyclic garbage behind.
+tests/test_gc_cycles.py (the CP) and tests/test_gc_cycles_host.py (hsbd) check that
+serving, switching, failing over and closing leave no cyclic garbage behind.
 """
 
 from __future__ import annotations

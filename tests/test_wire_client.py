@@ -25,7 +25,7 @@ async def test_aclose_does_not_wait_for_a_peer_that_stopped_reading() -> None:
     try:
         big = {"t": "x", "data": b"\0" * 65536}
         deadline = time.monotonic() + 10
-        while fs.writer.transport.get_write_buffer_size() == 0:  # fill both kernels' buffers
+        while fs.writer.transport.get_write_buffer_size() < 8 << 20:  # past both kernels' buffers
             assert time.monotonic() < deadline, "the send buffer never filled"
             for _ in range(64):
                 fs.send(big)
@@ -41,3 +41,48 @@ async def test_aclose_does_not_wait_for_a_peer_that_stopped_reading() -> None:
             w.transport.abort()
         srv.close()
         await srv.wait_closed()
+
+
+@pytest.mark.timeout(30)
+def test_a_reset_link_leaves_no_cyclic_garbage() -> None:
+    """hsbd's links are FrameStreams on uvloop and full collections are off (hsb/gcpolicy.py):
+    a link reset by its peer must be freed by reference counting alone."""
+    import gc
+    import socket
+    import struct
+
+    import uvloop
+
+    from hsb.wire.client import LinkClosed
+
+    async def scenario() -> None:
+        async def reset(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            w.transport.abort()
+
+        srv = await asyncio.start_server(reset, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        try:
+            for _ in range(5):
+                fs = await FrameStream.connect("127.0.0.1", port)
+                with pytest.raises((LinkClosed, ConnectionError)):
+                    await fs.recv(5.0)
+                await fs.aclose()
+            del fs
+        finally:
+            srv.close()
+            await srv.wait_closed()
+
+    gc.collect()
+    gc.disable()
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(scenario())
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            kinds = sorted({type(o).__name__ for o in gc.garbage})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert not kinds, f"cyclic garbage after reset links: {kinds}"

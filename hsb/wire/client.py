@@ -116,6 +116,9 @@ class FrameStream:
             self.writer.transport.abort()
         except (ConnectionError, OSError):
             pass
+        exc = self.reader.exception()
+        if exc is not None:  # a reset link: reader -> error -> traceback -> frames -> reader,
+            exc.__traceback__ = None  # a cycle per reset that full collections would be needed for
 
 
 async def request(host: str, port: int, secret: bytes, msg: dict[str, Any], *, link: str = "admin", name: str = "hsbctl", timeout: float = 3.0) -> dict[str, Any]:
