@@ -315,8 +315,9 @@ def render(results: list[dict[str, Any]], a: argparse.Namespace) -> str:
         rows,
         "rlrrrrrrrrrrrrrr",
     ))
-    lines += ["", "¹ `switch_notices_sent` (grant → the last `switched` notice written), logged only by a CP that"
-              " queues its writes and flushes them after the grant loop; there `switch_ms` is the grant loop alone."]
+    lines += ["", "¹ `switch_notices_sent`: grant → the last `switched` notice written. The notices are owed from the"
+              " grant and written once the new active's first reply has gone out (hsb/cp/notices.py); `switch_ms` is"
+              " the flip of the sessions and the re-delivery alone."]
     # comparison
     crow = []
     for n in sizes:
