@@ -399,13 +399,20 @@ async def test_a_terminal_that_logs_off_while_its_notice_is_owed_is_not_sent_it(
     assert [m for m in t.inbox if m["t"] == "switched"] == [], [m["t"] for m in t.inbox]
 
 
-async def test_a_closed_terminal_that_reads_nothing_does_not_linger(cp: Proc) -> None:
+async def test_a_closed_terminal_that_reads_nothing_does_not_linger(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The CP closes a terminal's connection (here: the classic path at a failover) while
     megabytes of replies are still queued to it and the terminal reads nothing. A close
     waits for those bytes to go out; after CLOSE_LINGER_S the connection is dropped
     instead. The terminal logging on again meanwhile is one terminal, not two."""
     import socket
+    from pathlib import Path
 
+    # more than the kernels can hold between us (the CP's send buffer grows up to tcp_wmem's
+    # maximum; this end reads nothing and keeps a tiny receive buffer): 8 replies of `size`
+    wmem_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    size = max(900_000, wmem_max // 4)
+    cp = start_cp(tmp_path / "cp", terminals=1, extra_terms=[{"name": "NOSB", "standby_capable": False}],
+                  host_timeout=0.5, held_bound=8, max_frame=size + 4096)
     a, b = await pair(cp)
     h, p = addr(cp.info["terminal"])
     sock = socket.create_connection((h, p))
@@ -415,8 +422,8 @@ async def test_a_closed_terminal_that_reads_nothing_does_not_linger(cp: Proc) ->
         for i in range(1, 9):
             sock.sendall(encode({"t": "msg", "id": i, "data": "x"}))
         await a.wait_count(lambda m: m["t"] == "deliver" and m["terminal"] == "NOSB", 8)
-        big = "r" * 900_000
-        for i in range(1, 9):  # 7.2 MB of replies: more than the kernel buffers between us
+        big = "r" * size
+        for i in range(1, 9):
             a.send({"t": "reply", "terminal": "NOSB", "id": i, "data": big, "epoch": a.epoch})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10
@@ -436,3 +443,4 @@ async def test_a_closed_terminal_that_reads_nothing_does_not_linger(cp: Proc) ->
         await t2.wait(lambda m: m["t"] == "ack" and m["id"] == 9)
     finally:
         sock.close()
+        cp.stop()

@@ -67,6 +67,7 @@ def test_a_reset_link_leaves_no_cyclic_garbage() -> None:
                 fs = await FrameStream.connect("127.0.0.1", port)
                 with pytest.raises((LinkClosed, ConnectionError)):
                     await fs.recv(5.0)
+                assert isinstance(fs.reader.exception(), ConnectionResetError)  # a reset, not an EOF
                 await fs.aclose()
             del fs
         finally:
@@ -86,3 +87,58 @@ def test_a_reset_link_leaves_no_cyclic_garbage() -> None:
         gc.garbage.clear()
         gc.enable()
     assert not kinds, f"cyclic garbage after reset links: {kinds}"
+
+
+class _SlowPeer:
+    """A transport whose peer takes `taken` queued bytes per check (0: it reads nothing)."""
+
+    def __init__(self, queued: int, taken: int) -> None:
+        self.queued, self.taken, self.aborted, self.closing = queued, taken, False, False
+
+    def get_extra_info(self, key: str, default: object = None) -> object:
+        return default
+
+    def get_write_buffer_size(self) -> int:
+        size = self.queued
+        self.queued = max(0, self.queued - self.taken)
+        return size
+
+    def write(self, data: bytes) -> None:
+        self.queued += len(data)
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+class _Timers:
+    """Stands in for the loop's call_later: the test fires the timers itself."""
+
+    def __init__(self) -> None:
+        self.due: list[tuple[object, tuple[object, ...]]] = []
+
+    def call_later(self, delay: float, fn: object, *args: object) -> asyncio.TimerHandle:
+        self.due.append((fn, args))
+        return asyncio.TimerHandle(0.0, lambda: None, (), asyncio.get_running_loop())
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("taken, dropped", [(0, True), (1000, False)])
+async def test_a_closed_connection_is_dropped_only_when_its_peer_reads_nothing(taken: int, dropped: bool) -> None:
+    from hsb.wire.conn import FramedProtocol
+
+    proto = FramedProtocol()
+    tr = _SlowPeer(queued=100_000, taken=taken)
+    proto.connection_made(tr)  # type: ignore[arg-type]
+    timers = proto._loop = _Timers()  # type: ignore[assignment]
+    proto.close()
+    checks = 0
+    while timers.due:  # each check after CLOSE_LINGER_S
+        fn, args = timers.due.pop()
+        fn(*args)  # type: ignore[operator]
+        checks += 1
+    # one that reads nothing is dropped at the first check; one that keeps reading keeps its
+    # connection until everything went out (100 checks here), and is not dropped after that
+    assert tr.aborted is dropped and checks == (1 if dropped else 100), (tr.aborted, checks, tr.queued)

@@ -48,7 +48,9 @@ async def status_all(cp: str | None, hosts: list[str], secret_file: str, timeout
     cps = results[0] if cp else {"reachable": False, "error": "not configured"}
     hs = results[1:] if cp else results
     if cp and cps.get("reachable") and _newest_epoch(hs) > _epoch(cps):
-        cps = await one(cp)
+        again = await one(cp)
+        if again.get("reachable"):  # else keep the first answer rather than call the CP down
+            cps = again
     return summarize(cps, list(hs))
 
 

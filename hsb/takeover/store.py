@@ -93,9 +93,13 @@ class TakeoverStore:
         afut.add_done_callback(_consume)  # a late failure after a timeout is not "never retrieved"
         try:
             # not wait_for: on 3.11 a failure under it is a reference cycle
-            async with asyncio.timeout(limit):
+            async with asyncio.timeout(limit) as deadline:
                 return await asyncio.shield(afut)
         except TimeoutError:
+            if not deadline.expired():
+                raise  # the operation's own error (an OSError with errno ETIMEDOUT, say)
+            if afut.done() and not afut.cancelled():
+                return afut.result()  # finished in the same turn as the deadline: it happened
             if not fut.cancel():  # already running: it is stuck on the storage thread
                 self._stuck.append((op, fut))
             log.error("takeover_storage_not_responding", path=self.path, op=op, timeout=limit)

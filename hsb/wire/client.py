@@ -116,6 +116,11 @@ class FrameStream:
             self.writer.transport.abort()
         except (ConnectionError, OSError):
             pass
+        except asyncio.CancelledError:
+            # a concurrent aclose that timed out cancelled the close future we share
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise
         exc = self.reader.exception()
         if exc is not None:  # a reset link: reader -> error -> traceback -> frames -> reader,
             exc.__traceback__ = None  # a cycle per reset that full collections would be needed for

@@ -55,6 +55,7 @@ class FramedProtocol(asyncio.Protocol):
         self._flush_scheduled = False
         self._deadline_handle: asyncio.TimerHandle | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
+        self._linger_handle: asyncio.TimerHandle | None = None
         self.reading_paused = False
         self._backlog: collections.deque[dict[str, Any]] = collections.deque()
         self._loop = asyncio.get_event_loop()
@@ -110,6 +111,9 @@ class FramedProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.clear_deadline()
+        if self._linger_handle is not None:
+            self._linger_handle.cancel()
+            self._linger_handle = None
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
@@ -194,17 +198,28 @@ class FramedProtocol(asyncio.Protocol):
             self.flush()
             self.closed = True
             self.transport.close()
-            if self.transport.get_write_buffer_size():
+            left = self.transport.get_write_buffer_size()
+            if left:
                 # a close waits for the queued bytes to go out, which a peer that stopped
                 # reading never allows: the connection (and its buffer) would stay for good
-                self._loop.call_later(CLOSE_LINGER_S, self._drop_lingering)
+                self._linger_handle = self._loop.call_later(CLOSE_LINGER_S, self._linger_check, left)
 
-    def _drop_lingering(self) -> None:
+    def _linger_check(self, before: int) -> None:
+        """Closed with bytes queued: drop the connection once the peer has taken none of them
+        for CLOSE_LINGER_S (a slow reader that is still reading keeps it)."""
+        self._linger_handle = None
         tr = self.transport
-        if tr is not None and self._table:  # connection_lost empties _table: not gone yet
-            log.warning("connection_dropped", link=self.link, peer=self.peer, unsent_bytes=tr.get_write_buffer_size(),
-                        reason=f"closed and not reading for {CLOSE_LINGER_S:g}s")
-            tr.abort()
+        if tr is None:
+            return
+        left = tr.get_write_buffer_size()
+        if not left:
+            return  # all sent: the transport closes by itself
+        if left < before:
+            self._linger_handle = self._loop.call_later(CLOSE_LINGER_S, self._linger_check, left)
+            return
+        log.warning("connection_dropped", link=self.link, peer=self.peer, unsent_bytes=left,
+                    reason=f"closed, and nothing it was sent was read for {CLOSE_LINGER_S:g}s")
+        tr.abort()
 
     def abort(self) -> None:
         if self.transport is not None:
