@@ -229,3 +229,20 @@ asyncio.run(main())
     assert p.returncode == 0, p.stderr
     assert "takeover storage not responding: header read took longer than 0.2s" in p.stdout
     assert time.monotonic() - t0 < 30
+
+
+async def test_an_operations_own_timeout_error_is_not_a_storage_timeout(path: str) -> None:
+    """ETIMEDOUT from the file system (an NFS mount, say) is an OSError that Python makes a
+    TimeoutError; it is reported as itself, not as the store's own deadline having passed."""
+    store = TakeoverStore(path, terminals=10, timeout=5.0)
+
+    def nfs_timed_out() -> None:
+        raise OSError(errno.ETIMEDOUT, "Connection timed out")
+
+    try:
+        with pytest.raises(TimeoutError) as info:
+            await store._run("read", nfs_timed_out)
+        assert not isinstance(info.value, StorageNotResponding) and info.value.errno == errno.ETIMEDOUT
+        assert store.responding
+    finally:
+        await store.close()
