@@ -127,8 +127,9 @@ class _Timers:
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("taken, dropped", [(0, True), (1000, False)])
 async def test_a_closed_connection_is_dropped_only_when_its_peer_reads_nothing(taken: int, dropped: bool) -> None:
-    from hsb.wire.conn import FramedProtocol
+    from hsb.wire.conn import CONNECTIONS_DROPPED, FramedProtocol
 
+    counted = CONNECTIONS_DROPPED["link"]
     proto = FramedProtocol()
     tr = _SlowPeer(queued=100_000, taken=taken)
     proto.connection_made(tr)  # type: ignore[arg-type]
@@ -142,3 +143,4 @@ async def test_a_closed_connection_is_dropped_only_when_its_peer_reads_nothing(t
     # one that reads nothing is dropped at the first check; one that keeps reading keeps its
     # connection until everything went out (100 checks here), and is not dropped after that
     assert tr.aborted is dropped and checks == (1 if dropped else 100), (tr.aborted, checks, tr.queued)
+    assert CONNECTIONS_DROPPED["link"] == counted + dropped  # hsb_connections_dropped_total

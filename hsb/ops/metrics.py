@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, StateSetMetricFamily
 
-from hsb.wire.conn import PROTOCOL_ERRORS
+from hsb.wire.conn import CONNECTIONS_DROPPED, PROTOCOL_ERRORS
 
 HOST_STATES = (
     "starting", "serving", "batch_writing", "established", "waiting_for_active", "awaiting_batch",
@@ -32,11 +32,15 @@ def _c(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=float(value))
 
 
-def _proto_errors() -> CounterMetricFamily:
+def _proto_errors() -> Iterator[CounterMetricFamily]:
     m = CounterMetricFamily("hsb_protocol_errors", "Protocol errors by link and code.", labels=["link", "code"])
     for (link, code), n in sorted(PROTOCOL_ERRORS.items()):
         m.add_metric([link, code], float(n))
-    return m
+    yield m
+    d = CounterMetricFamily("hsb_connections_dropped", "Closed connections dropped with bytes unsent (peer not reading).", labels=["link"])
+    for link, n in sorted(CONNECTIONS_DROPPED.items()):
+        d.add_metric([link], float(n))
+    yield d
 
 
 class HostCollector:
@@ -67,7 +71,7 @@ class HostCollector:
         yield _c("hsb_switchovers", "Planned switchovers this host took part in.", c.get("switchovers", 0))
         lt = st.get("last_takeover") or {}
         yield _g("hsb_last_failover_duration_seconds", "Loss detected to switch granted, last takeover.", lt.get("duration_s"))
-        yield _proto_errors()
+        yield from _proto_errors()
 
 
 def _sessions(doc: str, t: dict[str, Any]) -> Metric:
@@ -99,7 +103,7 @@ class CPCollector:
         yield _c("hsb_switchovers", "Planned switchovers.", c.get("switchovers", 0))
         ls = st.get("last_switchover") or {}
         yield _g("hsb_last_failover_duration_seconds", "Grant to last session switched, last switchover.", None if not ls else ls["switch_ms"] / 1000)
-        yield _proto_errors()
+        yield from _proto_errors()
 
 
 def registry_for(collector: Any) -> CollectorRegistry:

@@ -22,6 +22,8 @@ log = structlog.get_logger("hsb.wire")
 
 # Protocol errors seen by this process, by (link, code): status and /metrics read it.
 PROTOCOL_ERRORS: collections.Counter[tuple[str, str]] = collections.Counter()
+# Closed connections dropped with bytes unsent (their peer read nothing for CLOSE_LINGER_S), by link.
+CONNECTIONS_DROPPED: collections.Counter[str] = collections.Counter()
 
 CLOSE_LINGER_S = 5.0  # seconds a closed connection may take to send what is queued to it
 FRAMES_PER_TURN = 256  # frames handled per loop iteration for one connection before it yields
@@ -217,6 +219,7 @@ class FramedProtocol(asyncio.Protocol):
         if left < before:
             self._linger_handle = self._loop.call_later(CLOSE_LINGER_S, self._linger_check, left)
             return
+        CONNECTIONS_DROPPED[self.link] += 1
         log.warning("connection_dropped", link=self.link, peer=self.peer, unsent_bytes=left,
                     reason=f"closed, and nothing it was sent was read for {CLOSE_LINGER_S:g}s")
         tr.abort()
