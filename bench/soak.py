@@ -1,9 +1,11 @@
-"""Soak: `.venv/bin/python bench/soak.py [--minutes 30] [--terminals 1000] [--every 60]`.
+"""Soak: `.venv/bin/python bench/soak.py [--minutes 30] [--terminals 1000] [--every 60] [--action kill|switchover]`.
 
 A sandbox with the journal service, N terminals under steady load (hsbterm load
-in its own process), a SIGKILL failover of the active every `--every` seconds
-(the old active restarted as standby each time), and the resident memory of
-every daemon sampled every 10 s. Prints a table and a JSON summary; with --plot,
+in its own process), every `--every` seconds a SIGKILL failover of the active
+(the old active restarted as standby each time) or, with `--action switchover`,
+a planned `hsbctl switchover` (both hosts then live through the whole soak, so
+their own memory over time shows), and the resident memory of every daemon
+sampled every 10 s. Prints a table and a JSON summary; with --plot,
 writes docs/soak-memory.png. Exit 1 if anything acknowledged was lost or
 duplicated.
 """
@@ -47,6 +49,8 @@ async def main() -> int:
     ap.add_argument("--terminals", type=int, default=1000)
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--every", type=float, default=60.0, help="seconds between failovers")
+    ap.add_argument("--action", choices=("kill", "switchover"), default="kill",
+                    help="kill: SIGKILL the active, restart it as standby; switchover: planned, no process restarts")
     ap.add_argument("--dir", default="")
     ap.add_argument("--plot", action="store_true")
     ap.add_argument("--out", default="")
@@ -77,7 +81,17 @@ async def main() -> int:
             if now >= next_fail and now - t0 < duration - 20:
                 s = await status(d)
                 active = [h["name"] for h in s["hosts"] if h.get("reachable") and h.get("role") == "active"]
-                if s["established"] and active:
+                if s["established"] and active and a.action == "switchover":
+                    victim = active[0]
+                    other = "host-b" if victim == "host-a" else "host-a"
+                    tk = time.monotonic()
+                    r = await asyncio.get_running_loop().run_in_executor(None, lambda: subprocess.run(
+                        [sys.executable, "-m", "hsb.ctl", *info["ctl"], "switchover", "--yes", "--timeout", "120"], capture_output=True, text=True))
+                    if r.returncode:
+                        raise RuntimeError(f"switchover failed: {r.stderr.strip()}")
+                    failovers.append({"t_s": round(tk - t0, 1), "from": victim, "to": other, "planned": True, "took_s": round(time.monotonic() - tk, 3)})
+                    print(json.dumps({"switchover": failovers[-1]}), flush=True)
+                elif s["established"] and active:
                     victim = active[0]
                     other = "host-b" if victim == "host-a" else "host-a"
                     tk = time.monotonic()
@@ -101,6 +115,7 @@ async def main() -> int:
     first, last = samples[0], samples[-1]
     summary = {
         "minutes": a.minutes,
+        "action": a.action,
         "terminals": a.terminals,
         "rate": a.rate,
         "failovers": len(failovers),
