@@ -444,3 +444,44 @@ async def test_a_closed_terminal_that_reads_nothing_does_not_linger(tmp_path) ->
     finally:
         sock.close()
         cp.stop()
+
+
+async def test_a_planned_handover_waits_for_the_standby_sessions_still_owed(cp: Proc) -> None:
+    """A terminal that logged on just before a planned switchover may not have its standby
+    session yet (the standby follows the ring): the grant waits for it instead of sending
+    that terminal down the classic path (a disconnect in a switchover the operator chose)."""
+    a, b = await pair(cp)
+    terms = [await logon(cp, f"T{i:05d}") for i in (1, 2, 3)]
+    for t in terms[:2]:
+        b.send({"t": "open", "terminal": t.name, "kind": "standby", "attrs": ATTRS})
+    await b.wait_count(lambda m: m["t"] == "opened", 2)
+    a.send({"t": "release", "epoch": a.epoch})
+    await a.wait(lambda m: m["t"] == "released")
+    a.send({"t": "handover", "epoch": a.epoch})
+    ev = await asyncio.get_running_loop().run_in_executor(None, lambda: cp.wait_event("handover_waits_for_standby_sessions"))
+    assert ev["owed"] == 1
+    b.send({"t": "open", "terminal": "T00003", "kind": "standby", "attrs": ATTRS})  # the standby catches up
+    g = await b.wait(lambda m: m["t"] == "switch_granted")
+    rec = (await status(cp))["last_switchover"]
+    assert rec["epoch"] == g["epoch"] and rec["switched"] == 3 and rec["classic"] == 0, rec
+    for t in terms:
+        await t.wait(lambda m: m["t"] == "switched")
+        assert not t.closed
+
+
+async def test_a_planned_handover_waits_two_seconds_at_most(cp: Proc) -> None:
+    """A standby that never opens the owed session does not hold the switchover up for good."""
+    a, b = await pair(cp)
+    t1, t2 = await logon(cp, "T00001"), await logon(cp, "T00002")
+    b.send({"t": "open", "terminal": "T00001", "kind": "standby", "attrs": ATTRS})
+    await b.wait(lambda m: m["t"] == "opened")
+    a.send({"t": "release", "epoch": a.epoch})
+    await a.wait(lambda m: m["t"] == "released")
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    a.send({"t": "handover", "epoch": a.epoch})
+    await b.wait(lambda m: m["t"] == "switch_granted")
+    assert 1.5 < loop.time() - t0 < 6.0
+    rec = (await status(cp))["last_switchover"]
+    assert rec["switched"] == 1 and rec["classic"] == 1, rec
+    await t2.wait_closed()

@@ -8,6 +8,7 @@ structlog event.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,11 @@ if TYPE_CHECKING:
     from hsb.cp.terminal_link import TerminalProtocol
 
 log = structlog.get_logger("hsb.cp")
+
+# A planned switchover waits at most this long for the standby to open the standby sessions it
+# still owes (terminals that logged on just before, not yet followed on the ring); the rest
+# would take the classic path, a disconnect in a switchover the operator chose.
+HANDOVER_WAIT_S = 2.0
 
 OUTBOX_MAX = 100_000  # replies kept for a disconnected terminal (bounded by held_bound in practice)
 
@@ -52,6 +58,8 @@ class CP:
         self.release_t0: float | None = None
         self.silent_since: float | None = None
         self.notices = Notices()  # switch notices owed after a grant and their writers
+        # a handover waiting for standby sessions: (active, standby, terminals owed, timer)
+        self._handover: tuple[HostProtocol, HostProtocol, set[str], asyncio.TimerHandle] | None = None
 
     # ------------------------------------------------------------------ terminals
     def terminal_hello(self, proto: "TerminalProtocol", name: str) -> None:
@@ -111,6 +119,8 @@ class CP:
             return
         term.conn = None
         term.notice = None  # a new connection gets a new welcome and session state instead
+        if self._handover is not None and term.name in self._handover[2]:
+            self._owed_standby(term.name)
         term.paused = False
         self.connected -= 1
         log.debug("terminal_disconnected", terminal=term.name, held=len(term.held))
@@ -236,6 +246,8 @@ class CP:
                 return
             term.standby = Session(host, "standby", attrs, self.epoch)
             host.send({"t": "opened", "terminal": name, "kind": "standby"})
+            if self._handover is not None and host is self._handover[1]:
+                self._owed_standby(name)
         else:
             host.close_with_error("bad_fields", f"open: kind must be 'active' or 'standby', not {kind[:20]!r}")
 
@@ -290,8 +302,13 @@ class CP:
         log.info("active_released", host=host.name, epoch=self.epoch)
         host.send({"t": "released", "epoch": self.epoch})
 
-    def host_handover(self, host: "HostProtocol") -> None:
-        """Planned switchover, step 2: the released active has answered everything it had."""
+    def host_handover(self, host: "HostProtocol", wait: bool = True) -> None:
+        """Planned switchover, step 2: the released active has answered everything it had.
+        Granted once the standby holds a standby session for every terminal that can have one
+        (at most HANDOVER_WAIT_S later), so that no terminal is disconnected."""
+        if self._handover is not None:
+            self._handover[3].cancel()
+            self._handover = None
         sb = self.standby
         if host is not self.active or not host.released:
             host.send({"t": "handover_refused", "reason": "release first"})
@@ -303,7 +320,26 @@ class CP:
                 if term.active is not None and term.active.host is host:
                     self._deliver_pending(term, host)
             return
+        if wait:
+            owed = {
+                t.name for t in self.terms.values()
+                if t.active is not None and t.active.host is host and t.conn is not None and not t.leaving
+                and t.defn.standby_capable and (t.standby is None or t.standby.host is not sb)
+            }
+            if owed:
+                log.info("handover_waits_for_standby_sessions", active=host.name, standby=sb.name, owed=len(owed), at_most_s=HANDOVER_WAIT_S)
+                timer = asyncio.get_running_loop().call_later(HANDOVER_WAIT_S, self.host_handover, host, False)
+                self._handover = (host, sb, owed, timer)
+                return
         self._grant(sb, "planned switchover", f"released by {host.name}", demote=host)
+
+    def _owed_standby(self, name: str) -> None:
+        """A standby session owed to a waiting handover is open (or no longer needed)."""
+        assert self._handover is not None
+        host, _sb, owed, _timer = self._handover
+        owed.discard(name)
+        if not owed:
+            self.host_handover(host, wait=False)
 
     def host_stopping(self, host: "HostProtocol") -> None:
         """Normal termination of the active (SPEC §5.3): close its sessions, keep held, no switch."""
@@ -340,6 +376,12 @@ class CP:
             for term in self.terms.values():
                 if term.standby is not None and term.standby.host is host:
                     term.standby = None
+        if self._handover is not None and host in self._handover[:2]:
+            active = self._handover[0]
+            self._handover[3].cancel()
+            self._handover = None
+            if host is not active and active is self.active:
+                self.host_handover(active, wait=False)  # no standby any more: refused, the active serves on
 
     def _notify_active_lost(self, name: str, why: str) -> None:
         if self.active_lost_notified:
