@@ -36,6 +36,18 @@ HANDOVER_WAIT_S = 2.0
 OUTBOX_MAX = 100_000  # replies kept for a disconnected terminal (bounded by held_bound in practice)
 
 
+class _Handover:
+    """A planned handover waiting for the standby sessions still owed to it."""
+
+    __slots__ = ("active", "standby", "owed", "timer")
+
+    def __init__(self, active: "HostProtocol", standby: "HostProtocol", owed: set[str], timer: asyncio.TimerHandle) -> None:
+        self.active = active
+        self.standby = standby
+        self.owed = owed  # terminal names
+        self.timer = timer
+
+
 class CP:
     def __init__(self, cfg: CPConfig) -> None:
         self.cfg = cfg
@@ -58,8 +70,7 @@ class CP:
         self.release_t0: float | None = None
         self.silent_since: float | None = None
         self.notices = Notices()  # switch notices owed after a grant and their writers
-        # a handover waiting for standby sessions: (active, standby, terminals owed, timer)
-        self._handover: tuple[HostProtocol, HostProtocol, set[str], asyncio.TimerHandle] | None = None
+        self._handover: _Handover | None = None  # a planned handover waiting for standby sessions
 
     # ------------------------------------------------------------------ terminals
     def terminal_hello(self, proto: "TerminalProtocol", name: str) -> None:
@@ -76,7 +87,6 @@ class CP:
             self.terminal_lost(term)
         term.conn = proto
         term.leaving = False
-        term.notice = None  # owed to an older connection: this one gets welcome and session state
         proto.term = term
         self.connected += 1
         proto.send({"t": "welcome", "terminal": name})
@@ -119,7 +129,7 @@ class CP:
             return
         term.conn = None
         term.notice = None  # a new connection gets a new welcome and session state instead
-        if self._handover is not None and term.name in self._handover[2]:
+        if self._handover is not None and term.name in self._handover.owed:
             self._owed_standby(term.name)
         term.paused = False
         self.connected -= 1
@@ -156,10 +166,14 @@ class CP:
         conn = term.conn
         if conn is None:
             return
-        if term.notice is not None:
-            conn.send_raw(term.notice)
-            term.notice = None
+        self._send_owed_notice(term)
         conn.send(msg)
+
+    @staticmethod
+    def _send_owed_notice(term: Term) -> None:
+        if term.notice is not None and term.conn is not None:
+            term.conn.send_raw(term.notice)
+            term.notice = None
 
     def _to_terminal(self, term: Term, msg: dict[str, Any]) -> None:
         if term.conn is not None and not term.conn.closed:
@@ -246,7 +260,7 @@ class CP:
                 return
             term.standby = Session(host, "standby", attrs, self.epoch)
             host.send({"t": "opened", "terminal": name, "kind": "standby"})
-            if self._handover is not None and host is self._handover[1]:
+            if self._handover is not None and host is self._handover.standby:
                 self._owed_standby(name)
         else:
             host.close_with_error("bad_fields", f"open: kind must be 'active' or 'standby', not {kind[:20]!r}")
@@ -307,7 +321,7 @@ class CP:
         Granted once the standby holds a standby session for every terminal that can have one
         (at most HANDOVER_WAIT_S later), so that no terminal is disconnected."""
         if self._handover is not None:
-            self._handover[3].cancel()
+            self._handover.timer.cancel()
             self._handover = None
         sb = self.standby
         if host is not self.active or not host.released:
@@ -329,17 +343,17 @@ class CP:
             if owed:
                 log.info("handover_waits_for_standby_sessions", active=host.name, standby=sb.name, owed=len(owed), at_most_s=HANDOVER_WAIT_S)
                 timer = asyncio.get_running_loop().call_later(HANDOVER_WAIT_S, self.host_handover, host, False)
-                self._handover = (host, sb, owed, timer)
+                self._handover = _Handover(host, sb, owed, timer)
                 return
         self._grant(sb, "planned switchover", f"released by {host.name}", demote=host)
 
     def _owed_standby(self, name: str) -> None:
         """A standby session owed to a waiting handover is open (or no longer needed)."""
-        assert self._handover is not None
-        host, _sb, owed, _timer = self._handover
-        owed.discard(name)
-        if not owed:
-            self.host_handover(host, wait=False)
+        h = self._handover
+        assert h is not None
+        h.owed.discard(name)
+        if not h.owed:
+            self.host_handover(h.active, wait=False)
 
     def host_stopping(self, host: "HostProtocol") -> None:
         """Normal termination of the active (SPEC §5.3): close its sessions, keep held, no switch."""
@@ -376,9 +390,10 @@ class CP:
             for term in self.terms.values():
                 if term.standby is not None and term.standby.host is host:
                     term.standby = None
-        if self._handover is not None and host in self._handover[:2]:
-            active = self._handover[0]
-            self._handover[3].cancel()
+        h = self._handover
+        if h is not None and host in (h.active, h.standby):
+            active = h.active
+            h.timer.cancel()
             self._handover = None
             if host is not active and active is self.active:
                 self.host_handover(active, wait=False)  # no standby any more: refused, the active serves on
@@ -481,8 +496,7 @@ class CP:
                     # The notice is owed, not written: it goes out ahead of the next frame
                     # to that terminal (a reply to a re-delivered message, say), or with
                     # the rest once service has resumed (hsb.cp.notices).
-                    if term.notice is not None:  # still owed from the grant before: it goes first
-                        term.conn.send_raw(term.notice)
+                    self._send_owed_notice(term)  # still owed from the grant before: it goes first
                     term.notice = switched_frame if term.active is not None else opened_frame
                     sb.kind = "active"
                     sb.epoch = epoch
