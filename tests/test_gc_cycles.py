@@ -11,7 +11,6 @@ everything the collector finds unreachable.
 from __future__ import annotations
 
 import asyncio
-import gc
 import struct
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 from hsb.config import load
 from hsb.cp.config import CPConfig
 from hsb.cp.server import CPServer
+from tests.support.cycles import collector_off
 from tests.support.hostclient import FakeHost, FakeTerminal
 from tests.support.procs import SECRET, cp_config
 
@@ -89,18 +89,10 @@ async def scenario(tmp_path: Path) -> CPServer:
 
 @pytest.mark.timeout(60)
 async def test_serving_switching_and_closing_leave_no_cp_cycles(tmp_path: Path) -> None:
-    gc.collect()
-    gc.disable()
-    try:
+    with collector_off() as garbage:
         srv = await scenario(tmp_path)
         await asyncio.sleep(0.05)  # transports' connection_lost callbacks
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()
-        leaked = [o for o in gc.garbage if cp_side(o)]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
+        leaked = [o for o in garbage() if cp_side(o)]
     assert srv.cp.counters["redelivered"] == 5 and srv.cp.counters["failovers"] == 1
     kinds = sorted({type(o).__qualname__ for o in leaked})
     assert not leaked, f"cyclic garbage from the CP: {kinds}"

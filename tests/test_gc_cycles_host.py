@@ -13,7 +13,6 @@ checked for hsbd's own, while the surviving host still runs.
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 import types
 from pathlib import Path
@@ -30,6 +29,7 @@ from hsb.host.server import HostServer
 from hsb.host.service import EchoService
 from hsb.takeover.fileio import create_file
 from hsb.wire.client import FrameStream, request
+from tests.support.cycles import collector_off
 from tests.support.hostclient import FakeTerminal
 from tests.support.procs import SECRET, addr, cp_config, free_port, host_config
 
@@ -138,17 +138,12 @@ async def test_serving_switching_and_failing_over_leave_no_host_cycles(tmp_path:
     cp = CPServer(load(cp_config(tmp_path, terminals=10, host_timeout=0.5), CPConfig), SECRET)
     hosts: dict[str, HostServer] = {}
     tasks: list[asyncio.Task[Any]] = []
-    gc.collect()
-    gc.disable()
     try:
-        await scenario(tmp_path, cp, hosts, tasks)
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()  # host-a still runs, dead host-b is still held: only what they dropped counts
-        leaked = sorted({k for k in map(host_side, gc.garbage) if k})
+        with collector_off() as garbage:
+            await scenario(tmp_path, cp, hosts, tasks)
+            # host-a still runs, dead host-b is still held: only what they dropped counts
+            leaked = sorted({k for k in map(host_side, garbage()) if k})
     finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
         for t in tasks[1:]:
             t.cancel()
         await asyncio.gather(*tasks[1:], return_exceptions=True)
@@ -172,18 +167,12 @@ async def test_failing_storage_operations_leave_no_cycles(tmp_path: Path) -> Non
     from hsb.takeover.store import TakeoverStore
 
     store = TakeoverStore(str(tmp_path / "missing" / "takeover.dat"), terminals=10)
-    gc.collect()
-    gc.disable()
     try:
-        for _ in range(5):
-            with pytest.raises(FileMissing):
-                await store.read_header()  # the file's folder does not exist: every read fails
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()
-        leaked = sorted({k for k in map(host_side, gc.garbage) if k})
+        with collector_off() as garbage:
+            for _ in range(5):
+                with pytest.raises(FileMissing):
+                    await store.read_header()  # the file's folder does not exist: every read fails
+            leaked = sorted({k for k in map(host_side, garbage()) if k})
     finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
         await store.close()
     assert not leaked, f"cyclic garbage from a failed storage operation: {leaked}"

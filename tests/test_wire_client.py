@@ -49,13 +49,13 @@ async def test_aclose_does_not_wait_for_a_peer_that_stopped_reading() -> None:
 def test_a_reset_link_leaves_no_cyclic_garbage() -> None:
     """hsbd's links are FrameStreams on uvloop and full collections are off (hsb/gcpolicy.py):
     a link reset by its peer must be freed by reference counting alone."""
-    import gc
     import socket
     import struct
 
     import uvloop
 
     from hsb.wire.client import LinkClosed
+    from tests.support.cycles import collector_off
 
     async def scenario() -> None:
         async def reset(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -76,18 +76,9 @@ def test_a_reset_link_leaves_no_cyclic_garbage() -> None:
             srv.close()
             await srv.wait_closed()
 
-    gc.collect()
-    gc.disable()
-    try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(scenario())
-            gc.set_debug(gc.DEBUG_SAVEALL)
-            gc.collect()
-            kinds = sorted({type(o).__name__ for o in gc.garbage})
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
+    with collector_off() as garbage, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
+        kinds = sorted({type(o).__name__ for o in garbage()})
     assert not kinds, f"cyclic garbage after reset links: {kinds}"
 
 
