@@ -28,13 +28,12 @@ from hsb import gcpolicy, logs  # noqa: E402
 from hsb.config import load  # noqa: E402
 from hsb.cp.config import CPConfig  # noqa: E402
 from hsb.cp.server import CPServer  # noqa: E402
-from hsb.host.config import HostConfig  # noqa: E402
 from hsb.host.server import HostServer  # noqa: E402
 from hsb.host.service import EchoService  # noqa: E402
-from hsb.takeover.fileio import create_file  # noqa: E402
 from hsb.wire.client import request  # noqa: E402
 from tests.support.hostclient import FakeTerminal  # noqa: E402
-from tests.support.procs import SECRET, addr, cp_config, free_port, host_config  # noqa: E402
+from tests.support.inproc import start_pair  # noqa: E402
+from tests.support.procs import SECRET, addr, cp_config  # noqa: E402
 
 
 async def until(cond: Any, what: str, timeout: float = 30.0) -> None:
@@ -48,16 +47,9 @@ async def until(cond: Any, what: str, timeout: float = 30.0) -> None:
 async def main(rounds: int, n: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="hsb-hostmem-"))
     cp = CPServer(load(cp_config(tmp, terminals=n, host_timeout=0.5), CPConfig), SECRET)
-    await cp.startup()
-    keep = [asyncio.ensure_future(cp.tick_loop())]
-    create_file(str(tmp / "takeover.dat"), 256, 4096)
-    ports = {"host-a": f"127.0.0.1:{free_port()}", "host-b": f"127.0.0.1:{free_port()}"}
     hosts: dict[str, HostServer] = {}
-    for name, role, other in (("host-a", "active", "host-b"), ("host-b", "standby", "host-a")):
-        p = host_config(tmp, name, cp=cp.bound["host"], peer_listen=ports[name], peer=ports[other], takeover=tmp / "takeover.dat", records=256, terminals=n)
-        h = hosts[name] = HostServer(load(p, HostConfig), role, SECRET, EchoService(name))
-        await h.startup()
-        keep.append(asyncio.ensure_future(h.ha.run()))
+    keep: list[asyncio.Task[Any]] = []
+    await start_pair(tmp, cp, hosts, keep, records=256, service=EchoService, terminals=n)
 
     def established(since: float = 0.0) -> bool:
         return all(h.ha.state == "established" and (h.ha.established_since or 0) > since for h in hosts.values())

@@ -24,14 +24,13 @@ from hsb.config import load
 from hsb.cp.config import CPConfig
 from hsb.cp.server import CPServer
 from hsb.host import cplink, peer
-from hsb.host.config import HostConfig
 from hsb.host.server import HostServer
 from hsb.host.service import EchoService
-from hsb.takeover.fileio import create_file
 from hsb.wire.client import FrameStream, request
 from tests.support.cycles import collector_off
 from tests.support.hostclient import FakeTerminal
-from tests.support.procs import SECRET, addr, cp_config, free_port, host_config
+from tests.support.inproc import start_pair
+from tests.support.procs import SECRET, addr, cp_config
 
 
 class HostFrameStream(FrameStream):
@@ -77,15 +76,7 @@ def established(*hosts: HostServer, since: float = 0.0) -> bool:
 
 
 async def scenario(tmp_path: Path, cp: CPServer, hosts: dict[str, HostServer], tasks: list[asyncio.Task[Any]]) -> None:
-    await cp.startup()
-    tasks.append(asyncio.ensure_future(cp.tick_loop()))
-    create_file(str(tmp_path / "takeover.dat"), 64, 4096)
-    ports = {"host-a": f"127.0.0.1:{free_port()}", "host-b": f"127.0.0.1:{free_port()}"}
-    for name, role, other in (("host-a", "active", "host-b"), ("host-b", "standby", "host-a")):
-        p = host_config(tmp_path, name, cp=cp.bound["host"], peer_listen=ports[name], peer=ports[other], takeover=tmp_path / "takeover.dat", records=64)
-        h = hosts[name] = HostServer(load(p, HostConfig), role, SECRET, HoldService(name))
-        await h.startup()
-        tasks.append(asyncio.ensure_future(h.ha.run()))
+    await start_pair(tmp_path, cp, hosts, tasks, records=64, service=HoldService)
     a, b = hosts["host-a"], hosts["host-b"]
     await until(lambda: established(a, b), "hot standby")
     terms = []
