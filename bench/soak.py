@@ -81,20 +81,17 @@ async def main() -> int:
             if now >= next_fail and now - t0 < duration - 20:
                 s = await status(d)
                 active = [h["name"] for h in s["hosts"] if h.get("reachable") and h.get("role") == "active"]
-                if s["established"] and active and a.action == "switchover":
-                    victim = active[0]
-                    other = "host-b" if victim == "host-a" else "host-a"
-                    tk = time.monotonic()
+                victim = active[0] if s["established"] and active else None
+                other = "host-b" if victim == "host-a" else "host-a"
+                tk = time.monotonic()
+                if victim is not None and a.action == "switchover":
                     r = await asyncio.get_running_loop().run_in_executor(None, lambda: subprocess.run(
                         [sys.executable, "-m", "hsb.ctl", *info["ctl"], "switchover", "--yes", "--timeout", "120"], capture_output=True, text=True))
                     if r.returncode:
                         raise RuntimeError(f"switchover failed: {r.stderr.strip()}")
                     failovers.append({"t_s": round(tk - t0, 1), "from": victim, "to": other, "planned": True, "took_s": round(time.monotonic() - tk, 3)})
                     print(json.dumps({"switchover": failovers[-1]}), flush=True)
-                elif s["established"] and active:
-                    victim = active[0]
-                    other = "host-b" if victim == "host-a" else "host-a"
-                    tk = time.monotonic()
+                elif victim is not None:
                     os.kill(sandbox.load_state(d)["hosts"][victim]["pid"], signal.SIGKILL)
                     await until(d, lambda s: [h["name"] for h in s["hosts"] if h.get("reachable") and h.get("role") == "active"] == [other], 30, "takeover")
                     took = time.monotonic() - tk
