@@ -13,7 +13,7 @@ import pytest
 
 from hsb.term.load import run_load, terminal_names
 from hsb.term.report import LoadReport, format_table
-from hsb.term.verdict import ACKED, REPLY_ONE, SENT, count_ranges, id_ranges, ranges_of
+from hsb.term.verdict import ACKED, REPLY_ONE, SENT, count_ranges, id_ranges, ids, ranges_of
 from tests.support.hostclient import FakeHost
 from tests.support.procs import Proc, addr, start_cp
 from tests.test_term import FakeCP, FakeConn, _reap, _spawn, free_port
@@ -21,11 +21,11 @@ from tests.test_term import FakeCP, FakeConn, _reap, _spawn, free_port
 pytestmark = pytest.mark.timeout(60)
 
 
-def to_ranges(ids: list[int]) -> list[list[int]]:
-    """Reference: sorted distinct ids -> merged inclusive ranges."""
+def to_ranges(ids: list[int], step: int = 1) -> list[list[int]]:
+    """Reference: sorted distinct ids -> merged inclusive ranges of ids `step` apart."""
     out: list[list[int]] = []
     for i in sorted(set(ids)):
-        if out and out[-1][1] == i - 1:
+        if out and out[-1][1] == i - step:
             out[-1][1] = i
         else:
             out.append([i, i])
@@ -47,9 +47,13 @@ def test_id_ranges_from_marks() -> None:
     A, R = SENT | ACKED, SENT | ACKED | REPLY_ONE
     marks = bytearray([R, R, A, R, SENT, SENT, R, R, R | REPLY_ONE, A])
     got = id_ranges(marks, base=100)
-    assert got == {"acked": [[100, 103], [106, 109]], "replied": [[100, 101], [103, 103], [106, 108]]}
-    assert count_ranges(got["acked"]) == 8 and count_ranges(got["replied"]) == 6
-    assert id_ranges(b"", base=5) == {"acked": [], "replied": []}
+    assert got == {"acked": [[100, 103], [106, 109]], "replied": [[100, 101], [103, 103], [106, 108]], "step": 1}
+    # a terminal of a load run: its ids are `step` apart (its own sequence among the run's terminals)
+    got = id_ranges(marks, base=100, step=7)
+    assert got["acked"] == [[100, 121], [142, 163]] and got["step"] == 7
+    assert list(ids(got["replied"], 7)) == [100, 107, 121, 142, 149, 156]
+    assert count_ranges(got["acked"], 7) == 8 and count_ranges(got["replied"], 7) == 6
+    assert id_ranges(b"", base=5) == {"acked": [], "replied": [], "step": 1}
     assert ranges_of(b"\x01" * 5, 1) == [[1, 5]]
     assert to_ranges([7, 3, 4, 5, 9, 8]) == [[3, 5], [7, 9]]
 
@@ -89,15 +93,16 @@ async def test_record_ids_match_the_cp_journal(fake: FakeCP) -> None:
     assert set(r.ids) == set(terminal_names(4))
     acked_journal = journal(fake)
     for name, rng in r.ids.items():
-        assert rng["acked"] == to_ranges(acked_journal[name]), name
+        assert rng["step"] == 4  # each of the 4 terminals has its own ids
+        assert rng["acked"] == to_ranges(acked_journal[name], 4), name
         # The fake acks every id it gets, and ids are consecutive: one range per terminal.
         assert len(rng["acked"]) == 1
     t2 = r.ids["T00002"]
     first = t2["acked"][0][0]
-    lost = {first + 2, first + 3, first + 7}
-    assert t2["replied"] == to_ranges([i for i in acked_journal["T00002"] if i not in lost])
-    assert sum(count_ranges(v["replied"]) for v in r.ids.values()) == r.replied
-    assert sum(count_ranges(v["acked"]) for v in r.ids.values()) == r.acked
+    lost = {first + 2 * 4, first + 3 * 4, first + 7 * 4}
+    assert t2["replied"] == to_ranges([i for i in acked_journal["T00002"] if i not in lost], 4)
+    assert sum(count_ranges(v["replied"], 4) for v in r.ids.values()) == r.replied
+    assert sum(count_ranges(v["acked"], 4) for v in r.ids.values()) == r.acked
     assert "ids" not in r.to_dict()
     json.dumps(r.to_dict(include_ids=True))
 
@@ -112,8 +117,7 @@ async def test_unacked_ids_are_not_in_acked_ranges() -> None:
         """Acknowledges (and answers) only a terminal's first 3 messages; the rest are ignored."""
 
         def handle(self, conn: FakeConn, m: dict[str, Any]) -> None:
-            if m["t"] == "msg" and conn.term is not None and conn.term.first_id is not None \
-                    and m["id"] - conn.term.first_id >= 3:
+            if m["t"] == "msg" and conn.term is not None and self.seq(conn.term, m["id"]) >= 3:
                 return
             super().handle(conn, m)
 
@@ -124,10 +128,11 @@ async def test_unacked_ids_are_not_in_acked_ranges() -> None:
                            record_ids=True)
     finally:
         await cp.stop()
-    assert r.ok and r.unacked > 0 and r.ids is not None
+    assert r.unacked > 0 and r.ids is not None
+    assert not r.ok and r.exit_status == 1  # never acknowledged: a broken promise
     for name, rng in r.ids.items():
-        assert rng["acked"] == rng["replied"] == to_ranges(journal(cp)[name])
-        assert count_ranges(rng["acked"]) == 3
+        assert rng["acked"] == rng["replied"] == to_ranges(journal(cp)[name], 2)
+        assert count_ranges(rng["acked"], 2) == 3
 
 
 async def test_run_that_reaches_nothing_exits_2() -> None:
@@ -180,13 +185,13 @@ async def test_cli_ids_out(fake: FakeCP, tmp_path: Path) -> None:
     assert proc.returncode == 1, err.decode()  # the lost message still fails the run
     d = json.loads(out)
     assert "ids" not in d and d["lost"] == 1
-    ids = json.loads(out_file.read_text())
-    assert set(ids) == set(terminal_names(3))
+    got = json.loads(out_file.read_text())
+    assert set(got) == set(terminal_names(3))
     jr = journal(fake)
-    for name, rng in ids.items():
-        assert rng["acked"] == to_ranges(jr[name])
-    first = ids["T00001"]["acked"][0][0]
-    assert ids["T00001"]["replied"] == to_ranges([i for i in jr["T00001"] if i != first + 1])
+    for name, rng in got.items():
+        assert rng["acked"] == to_ranges(jr[name], 3)
+    first = got["T00001"]["acked"][0][0]
+    assert got["T00001"]["replied"] == to_ranges([i for i in jr["T00001"] if i != first + 3], 3)
 
 
 async def test_cli_exits_2_when_nothing_connects(tmp_path: Path) -> None:
@@ -203,7 +208,7 @@ async def test_cli_exits_2_when_nothing_connects(tmp_path: Path) -> None:
     assert d["welcomed"] == 0 and d["ok"] is False and d["exit_status"] == 2
     assert b"no terminal was ever welcomed" in err
     assert json.loads(out_file.read_text()) == {
-        n: {"acked": [], "replied": []} for n in terminal_names(2)
+        n: {"acked": [], "replied": [], "step": 2} for n in terminal_names(2)
     }
 
 
@@ -263,4 +268,4 @@ async def test_ids_match_what_the_host_was_delivered(cp: Proc) -> None:
         if m["t"] == "deliver":
             delivered[m["terminal"]].append(m["id"])
     for name, rng in r.ids.items():
-        assert rng["acked"] == rng["replied"] == to_ranges(delivered[name]), name
+        assert rng["acked"] == rng["replied"] == to_ranges(delivered[name], 6), name

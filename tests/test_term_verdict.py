@@ -48,16 +48,17 @@ def _marks(sent: int, acked: set[int], replies: dict[int, int]) -> bytearray:
     acked=st.sets(st.integers(0, 59)),
     replies=st.dictionaries(st.integers(0, 59), st.integers(0, 5)),
     base=st.integers(0, 10**15),
+    stride=st.integers(1, 10_000),
 )
-def test_marks_agree_with_reference(sent: int, acked: set[int], replies: dict[int, int], base: int) -> None:
+def test_marks_agree_with_reference(sent: int, acked: set[int], replies: dict[int, int], base: int, stride: int) -> None:
     acked = {k for k in acked if k < sent}
     in_range = {k: n for k, n in replies.items() if k < sent}
     outside = sum(n for k, n in replies.items() if k >= sent)
-    fast = judge_marks(_marks(sent, acked, in_range), base=base, unexpected=outside, name="X")
+    fast = judge_marks(_marks(sent, acked, in_range), base=base, stride=stride, unexpected=outside, name="X")
     ref = judge(
-        [base + k for k in range(sent)],
-        [base + k for k in acked],
-        {base + k: n for k, n in replies.items()},
+        [base + k * stride for k in range(sent)],
+        [base + k * stride for k in acked],
+        {base + k * stride: n for k, n in replies.items()},
         name="X",
     )
     assert fast == ref
@@ -130,10 +131,38 @@ def test_names_and_addresses() -> None:
 
 
 def test_report_forms() -> None:
-    r = LoadReport(terminals=2, sent=10, acked=10, replied=9, lost=1, lost_ids=["T1:5"],
+    r = LoadReport(terminals=2, welcomed=2, sent=10, acked=10, replied=9, lost=1, lost_ids=["T1:5"],
                    latency_ms={"p50": 1.0, "p99": 2.0, "max": 3.0},
                    service_gap={"ms": 0.0, "start": None, "end": None})
     assert not r.ok and r.exit_status == 1
-    assert r.to_dict()["ok"] is False
+    assert r.to_dict()["ok"] is False and r.to_dict()["failures"] == r.failures
     text = format_table(r)
     assert "FAILED" in text and "T1:5" in text
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"lost": 1}, "lost: 1 "),
+        ({"duplicates": 1}, "duplicates: 1 "),
+        ({"unexpected": 1}, "unexpected: 1 "),
+        ({"bad_data": 1}, "bad data: 1 "),
+        ({"unacked": 1}, "unacknowledged: 1 "),
+        ({"welcomed": 1}, "not logged on: 1 of 2"),
+        ({"disconnects": 2, "disconnects_standby_capable": 2}, "disconnects: 2 "),
+        ({"session_closed": 1, "session_closed_standby_capable": 1}, "session closed: 1 "),
+        ({"errors": {"already_connected": 1}}, "CP errors: already_connected x1"),
+        ({"protocol_errors": 1}, "protocol errors: 1 "),
+    ],
+)
+def test_every_broken_promise_fails_the_report(fields: dict[str, object], reason: str) -> None:
+    r = LoadReport(**{"terminals": 2, "welcomed": 2, "sent": 10, "acked": 10, "replied": 10, **fields})  # type: ignore[arg-type]
+    assert not r.ok and r.exit_status == 1
+    assert len(r.failures) == 1 and r.failures[0].startswith(reason), r.failures
+    assert "FAILED: " + r.failures[0] in format_table(r)
+
+
+def test_expected_disconnects_pass() -> None:
+    r = LoadReport(terminals=2, welcomed=2, sent=10, acked=10, replied=10, disconnects=5,
+                   disconnects_standby_capable=5, expect_disconnects=True)
+    assert r.ok and r.exit_status == 0 and r.failures == []

@@ -12,10 +12,20 @@ it asks its `Connector` to reconnect it after a short jittered backoff; on the
 next `welcome` it re-sends, with the same ids, every message it sent that was
 not acknowledged, and keeps waiting for replies to what was.
 
-Message ids are `base + n` for the n-th message (n from 0). The base defaults
-to the wall clock in microseconds so that a terminal started again later never
-reuses an id the CP has already acknowledged (the CP re-acknowledges such an id
-without delivering it).
+Message ids are `base + n * stride` for the n-th message (n from 0). The base
+defaults to the wall clock in microseconds so that a terminal started again
+later never reuses an id the CP has already acknowledged (the CP
+re-acknowledges such an id without delivering it). A load run gives terminal
+number i the base `run base + i` and the stride N (the number of terminals),
+so no two terminals of a run ever use the same id and a reply delivered to the
+wrong terminal is caught; the ids still grow faster than the clock only above
+a million messages a second.
+
+A terminal is strict about what comes back (the verdict of `hsb.term.report`):
+a reply to an id it never sent, or to one the CP had not yet acknowledged, is
+*unexpected*; with `check_data`, a first reply whose data is not what was sent
+(the `echo` and `journal` services answer with the message's own data) is
+*bad data*.
 """
 
 from __future__ import annotations
@@ -77,7 +87,8 @@ class Listener:
         """`first` is False for a re-acknowledgement (after a resend) or an ack of an unknown id."""
 
     def on_reply(self, c: TerminalClient, msg_id: int, data: Any, latency: float | None, kind: str) -> None:
-        """`kind` is "first", "duplicate" or "unexpected"; `latency` (s) is set for "first"."""
+        """`kind` is "first", "early" (a first reply that came before the message's ack),
+        "duplicate" or "unexpected" (an id never sent); `latency` (s) is set for the first reply."""
 
     def on_switched(self, c: TerminalClient, epoch: int) -> None:
         pass
@@ -123,6 +134,13 @@ class TerminalClient(asyncio.Protocol):
         "closed",
         "last_error",
         "cork",
+        "idx",
+        "stride",
+        "early",
+        "bad_data",
+        "bad_data_ids",
+        "check_data",
+        "session_closed",
     )
 
     def __init__(
@@ -134,6 +152,9 @@ class TerminalClient(asyncio.Protocol):
         window: int = 0,
         keep_payloads: bool = False,
         pad: str = "",
+        stride: int = 1,
+        idx: int = 0,
+        check_data: bool = False,
     ) -> None:
         self.name = name
         self.listener = listener
@@ -158,6 +179,13 @@ class TerminalClient(asyncio.Protocol):
         self.closed: asyncio.Future[None] | None = None
         self.last_error: str | None = None
         self.cork: list[bytes] | None = None  # frames submitted while handling one read, written at once
+        self.idx = idx  # this terminal's number in its run (load runs)
+        self.stride = max(1, stride)  # ids grow by this much per message
+        self.early = 0  # first replies that came before the message's ack
+        self.bad_data = 0  # first replies whose data was not what was sent (check_data)
+        self.bad_data_ids: list[int] = []
+        self.check_data = check_data
+        self.session_closed = 0  # session closed notices while not logging off
 
     # -- sending ---------------------------------------------------------
     @property
@@ -173,14 +201,19 @@ class TerminalClient(asyncio.Protocol):
             and (self.window <= 0 or len(self.outstanding) < self.window)
         )
 
+    def index(self, msg_id: int) -> int:
+        """Position of `msg_id` in the marks array, or -1 if this terminal never sent it."""
+        k, rem = divmod(msg_id - self.base, self.stride)
+        return k if not rem and 0 <= k < len(self.marks) else -1
+
     def payload(self, msg_id: int) -> Any:
         if self.payloads is not None:
             return self.payloads[msg_id]
-        return f"{self.name}:{msg_id - self.base}{self.pad}"
+        return f"{self.name}:{(msg_id - self.base) // self.stride}{self.pad}"
 
     def submit(self, data: Any = None) -> int:
         """Record a new message and send it now if logged on (else on the next welcome)."""
-        msg_id = self.base + len(self.marks)
+        msg_id = self.base + len(self.marks) * self.stride
         self.marks.append(SENT)
         now = time.monotonic()
         self.outstanding[msg_id] = now
@@ -197,8 +230,8 @@ class TerminalClient(asyncio.Protocol):
 
     def unacked_ids(self) -> list[int]:
         """Outstanding ids the CP has not acknowledged, in id order."""
-        marks, base = self.marks, self.base
-        return [i for i in self.outstanding if not marks[i - base] & ACKED]
+        marks, base, stride = self.marks, self.base, self.stride
+        return [i for i in self.outstanding if not marks[(i - base) // stride] & ACKED]
 
     def bye(self) -> None:
         """Log off: send bye, stop reconnecting; the CP closes the connection."""
@@ -301,7 +334,7 @@ class TerminalClient(asyncio.Protocol):
             elif t == "ack":
                 self._on_ack(_int(msg, "id"))
             elif t == "welcome":
-                self._on_welcome()
+                self._on_welcome(msg)
             elif t == "session":
                 self._on_session(msg)
             elif t == "switched":
@@ -317,7 +350,7 @@ class TerminalClient(asyncio.Protocol):
         except ProtocolError as exc:
             self._protocol_error(exc)
 
-    def _on_welcome(self) -> None:
+    def _on_welcome(self, msg: dict[str, Any]) -> None:
         self.state = WELCOMED
         self.backoff = BACKOFF_MIN
         self.last_error = None
@@ -325,6 +358,12 @@ class TerminalClient(asyncio.Protocol):
         if first:
             self.welcomed_at = time.monotonic()
         self.listener.on_welcome(self, first)
+        last_acked = msg.get("last_acked")
+        if isinstance(last_acked, int) and not isinstance(last_acked, bool):
+            # the CP holds everything up to last_acked: an ack lost with the old connection
+            for i in self.unacked_ids():
+                if i <= last_acked:
+                    self._on_ack(i)
         resend = self.unacked_ids()
         if resend and self.transport is not None:
             self.transport.write(
@@ -339,6 +378,8 @@ class TerminalClient(asyncio.Protocol):
         epoch = _int(msg, "epoch")
         self.epoch = epoch
         self.session_open = state == "open"
+        if state == "closed" and not self.stopping:
+            self.session_closed += 1
         first_open = self.session_open and self.session_at is None
         if first_open:
             self.session_at = time.monotonic()
@@ -346,18 +387,18 @@ class TerminalClient(asyncio.Protocol):
         self.listener.on_session(self, state, epoch, None if reason is None else str(reason), first_open)
 
     def _on_ack(self, msg_id: int) -> None:
-        k = msg_id - self.base
+        k = self.index(msg_id)
         marks = self.marks
-        if 0 <= k < len(marks) and not marks[k] & ACKED:
+        if k >= 0 and not marks[k] & ACKED:
             marks[k] |= ACKED
             self.listener.on_ack(self, msg_id, True)
         else:
             self.listener.on_ack(self, msg_id, False)
 
     def _on_reply(self, msg_id: int, data: Any) -> None:
-        k = msg_id - self.base
+        k = self.index(msg_id)
         marks = self.marks
-        if not 0 <= k < len(marks):
+        if k < 0:
             self.unexpected += 1
             self.listener.on_reply(self, msg_id, data, None, "unexpected")
             return
@@ -368,11 +409,18 @@ class TerminalClient(asyncio.Protocol):
         if count:
             self.listener.on_reply(self, msg_id, data, None, "duplicate")
             return
+        if self.check_data and data != self.payload(msg_id):
+            self.bad_data += 1
+            if len(self.bad_data_ids) < 5:
+                self.bad_data_ids.append(msg_id)
+        early = not m & ACKED
+        if early:
+            self.early += 1
         t0 = self.outstanding.pop(msg_id, None)
         if self.payloads is not None:
             self.payloads.pop(msg_id, None)
         latency = time.monotonic() - t0 if t0 is not None else None
-        self.listener.on_reply(self, msg_id, data, latency, "first")
+        self.listener.on_reply(self, msg_id, data, latency, "early" if early else "first")
 
 
 def _int(msg: dict[str, Any], key: str) -> int:

@@ -1,13 +1,19 @@
-"""The load generator behind `hsbterm load`: N terminals in one process, loss checked.
+"""The load generator behind `hsbterm load`: N terminals in one process, every promise checked.
 
 `run_load()` connects every terminal (through a `Connector` that bounds the
 TCP connects in flight), waits until all are welcomed (and, by default, all
-have an open session), then sends at a total rate R spread round-robin over
-the terminals from one scheduler tick, for S seconds. Each terminal keeps at
-most `window` messages outstanding. Sending then stops and the run waits up
-to `settle` seconds for outstanding replies, logs every terminal off, and
-returns a `LoadReport` whose loss and duplicate counts come from the
-per-terminal marks (`hsb.term.verdict`).
+have an open session), then sends at a total rate R for S seconds. Each
+terminal sends on its own schedule: R/N messages a second at a random phase
+of its own, so the load is smooth, not bursts across all terminals. A
+terminal whose `window` of outstanding messages is full when its turn comes
+sends the message as soon as a reply makes room. Sending then stops and the
+run waits up to `settle` seconds for outstanding replies, logs every terminal
+off, and returns a `LoadReport` with the strict verdict (`hsb.term.report`).
+
+`marks`, a list the caller appends `(label, time.time())` to during the run
+(a failover, a switchover), gets each operation's pause measured after the run
+(`hsb.term.timeline`): the worst reply latency of the messages in flight at it
+or sent just after it, and when every terminal was served again.
 
 With `closed_loop=True` there is no rate: each terminal keeps `window`
 messages outstanding and sends its next one as soon as a reply arrives, so
@@ -16,28 +22,32 @@ messages outstanding and sends its next one as soon as a reply arrives, so
 Designed to be called in-process by tests and benchmarks:
 
     report = await run_load(("127.0.0.1", 7000), terminals=1000, rate=5000, duration=10)
-    assert report.ok
+    assert report.ok, report.failures
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import random
 import resource
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from hsb.term.client import Connector, Listener, TerminalClient, new_id_base, parse_hostport
 from hsb.term.report import LoadReport, iso
 from hsb.term.stats import GapTracker, LatencyHistogram
+from hsb.term.timeline import Timeline
 from hsb.term.verdict import Verdict, id_ranges, judge_marks
 from hsb.wire.framing import ProtocolError
 
 Progress = Callable[[dict[str, Any]], None]
 
 SHUTDOWN_WAIT = 2.0  # seconds to wait for the CP to close connections after bye
-BACKLOG_S = 1.0  # sends deferred by full windows are caught up to this many seconds' worth
+TICK = 0.001  # the scheduler's resolution: sends are due at most this late
+MAX_DEFERRED = 64  # sends a terminal owes (its window was full when they were due) at most
 
 
 def terminal_names(count: int, prefix: str = "T", start: int = 1, width: int = 5) -> list[str]:
@@ -70,6 +80,8 @@ class LoadStats(Listener):
         self.sending = False  # in the sending phase
         self.refill = False  # closed loop: each first reply sends the terminal's next message
         self.replied_sending = 0  # first replies that arrived in the sending phase
+        self.timeline = Timeline()  # send and reply time of every answered message
+        self.deferred: dict[TerminalClient, int] = {}  # sends owed by terminals whose window was full
         self.all_welcomed = asyncio.Event()
         self.all_sessions = asyncio.Event()
         self.drained = asyncio.Event()
@@ -89,6 +101,9 @@ class LoadStats(Listener):
             self.welcomed += 1
             if self.welcomed >= self.terminals:
                 self.all_welcomed.set()
+        elif self.sending and c in self.deferred:
+            # logged on again: what it owes goes out after the resends (next turn of the loop)
+            asyncio.get_running_loop().call_soon(self.on_welcome_hook, c)
 
     def on_session(self, c: TerminalClient, state: str, epoch: int, reason: str | None, first_open: bool) -> None:
         if first_open:
@@ -103,22 +118,43 @@ class LoadStats(Listener):
             self.acked += 1
 
     def on_reply(self, c: TerminalClient, msg_id: int, data: Any, latency: float | None, kind: str) -> None:
-        if kind == "first":
+        if kind in ("first", "early"):
+            now = time.monotonic()
             self.replied += 1
+            if kind == "early":
+                self.unexpected += 1
             if self.sending:
                 self.replied_sending += 1
                 if self.refill and c.can_send:
                     c.submit()
+                elif c in self.deferred and c.can_send:
+                    self._owed_send(c)
             if latency is not None:
                 self.latency.add(latency)
+                self.timeline.add(now - latency, now, c.idx)
             gap = self.gap
-            gap.replied(time.monotonic())
+            gap.replied(now)
             if gap.outstanding == 0:
                 self.drained.set()
         elif kind == "duplicate":
             self.duplicates += 1
         else:
             self.unexpected += 1
+
+    def _owed_send(self, c: TerminalClient) -> None:
+        n = self.deferred.pop(c)
+        c.submit()
+        if n > 1:
+            self.deferred[c] = n - 1
+
+    def defer(self, c: TerminalClient) -> None:
+        """`c`'s turn came with its window full: it sends as soon as a reply makes room."""
+        self.deferred[c] = min(self.deferred.get(c, 0) + 1, MAX_DEFERRED)
+
+    def on_welcome_hook(self, c: TerminalClient) -> None:
+        if self.sending and c in self.deferred:
+            while c in self.deferred and c.can_send:
+                self._owed_send(c)
 
     def on_switched(self, c: TerminalClient, epoch: int) -> None:
         if self.counting:
@@ -151,6 +187,7 @@ class LoadStats(Listener):
             "replied": self.replied,
             "outstanding": self.gap.outstanding,
             "duplicates": self.duplicates,
+            "unexpected": self.unexpected,
             "disconnects": self.disconnects,
             "connect_failures": self.connect_failures,
             "switched": self.switched,
@@ -182,37 +219,34 @@ async def _wait(event: asyncio.Event, timeout: float, stop: asyncio.Event | None
             w.cancel()
 
 
-async def _schedule(clients: Sequence[TerminalClient], rate: float, tick: float) -> None:
-    """Send `rate` messages per second over all terminals, round-robin, from one periodic tick."""
+async def _schedule(clients: Sequence[TerminalClient], rate: float, stats: LoadStats, rng: random.Random) -> None:
+    """Each terminal sends `rate / N` messages a second at a random phase of its own.
+
+    A heap holds each terminal's next due time; every TICK the due ones send
+    (or, with a full window, owe the send until a reply makes room). A loop
+    that fell behind catches up on at most one period of each terminal.
+    """
     n = len(clients)
     if n == 0 or rate <= 0:
         return
-    scan_extra = min(n, 1024)
-    cap = max(rate * BACKLOG_S, 1.0)
-    idx = 0
-    credit = 0.0
-    last = time.monotonic()
+    period = n / rate
+    t0 = time.monotonic()
+    heap = [(t0 + rng.random() * period, i) for i in range(n)]
+    heapq.heapify(heap)
     while True:
-        await asyncio.sleep(tick)
         now = time.monotonic()
-        credit = min(credit + rate * (now - last), cap)
-        last = now
-        want = int(credit)
-        if want <= 0:
-            continue
-        sent = 0
-        limit = want + scan_extra
-        scanned = 0
-        while sent < want and scanned < limit:
-            c = clients[idx]
-            idx += 1
-            if idx == n:
-                idx = 0
-            scanned += 1
+        while heap[0][0] <= now:
+            due, i = heap[0]
+            c = clients[i]
             if c.can_send:
                 c.submit()
-                sent += 1
-        credit -= sent
+            else:  # window full, or not logged on right now: owed
+                stats.defer(c)
+            nxt = due + period
+            if nxt < now - period:  # the loop was held up: skip what is more than a period late
+                nxt = now + rng.random() * period
+            heapq.heapreplace(heap, (nxt, i))
+        await asyncio.sleep(max(0.0, min(TICK, heap[0][0] - time.monotonic())))
 
 
 async def _progress_loop(stats: LoadStats, phase: list[str], t0: float, cb: Progress, interval: float) -> None:
@@ -258,13 +292,18 @@ async def run_load(
     wait_session: bool = True,
     payload_size: int = 0,
     id_base: int | None = None,
-    tick: float = 0.01,
     progress: Progress | None = None,
     progress_interval: float = 1.0,
     stop: asyncio.Event | None = None,
     sending: asyncio.Event | None = None,
     closed_loop: bool = False,
     record_ids: bool = False,
+    check_data: bool = True,
+    expect_disconnects: bool = False,
+    classic: Collection[str] = (),
+    marks: list[tuple[str, float]] | None = None,
+    after_s: float = 1.0,
+    seed: int | None = None,
 ) -> LoadReport:
     """Run `terminals` simulated terminals against the CP at `cp` and report.
 
@@ -279,6 +318,14 @@ async def run_load(
     terminal's next message at once, so the run measures capacity
     (`report.reply_rate`) rather than keeping to a rate. `record_ids=True`
     fills `report.ids` with each terminal's acknowledged and answered id ranges.
+
+    The verdict (`report.failures`) is strict: see `hsb.term.report`. `check_data`
+    compares each reply's data with what was sent (right for `echo` and
+    `journal`). Disconnects and session closures fail the run unless
+    `expect_disconnects` (conventional mode, a CP restart) or the terminal is
+    in `classic` (terminals without a standby session, which a failover
+    disconnects by design). `marks` (label, wall time) get the pause of each
+    operation measured over messages in flight at it or sent within `after_s`.
     """
     if closed_loop and window < 1:
         raise ValueError("closed_loop needs window >= 1 (the messages each terminal keeps outstanding)")
@@ -288,7 +335,12 @@ async def run_load(
     base = new_id_base() if id_base is None else id_base
     pad = "x" * max(0, payload_size)
     stats = LoadStats(len(names))
-    clients = [TerminalClient(nm, stats, base=base, window=window, pad=pad) for nm in names]
+    stride = max(1, len(names))
+    clients = [
+        TerminalClient(nm, stats, base=base + i, stride=stride, idx=i, window=window, pad=pad, check_data=check_data)
+        for i, nm in enumerate(names)
+    ]
+    rng = random.Random(seed)
     connector = Connector(host, port, concurrency=connect_concurrency)
     phase = ["connect"]
     t0 = time.monotonic()
@@ -320,7 +372,7 @@ async def run_load(
                 while c.can_send:
                     c.submit()
         else:
-            sched = asyncio.ensure_future(_schedule(clients, rate, tick))
+            sched = asyncio.ensure_future(_schedule(clients, rate, stats, rng))
         await _wait(asyncio.Event(), duration, stop)
         if sched is not None:
             sched.cancel()
@@ -335,6 +387,9 @@ async def run_load(
             await _wait(stats.drained, settle, stop)
         settle_end = time.monotonic()
         stats.gap.finish(settle_end)
+        for c in clients:
+            for t_sent in c.outstanding.values():
+                stats.timeline.unanswered(t_sent, c.idx)
     finally:
         stats.counting = stats.sending = stats.refill = False
         if sched is not None:
@@ -347,8 +402,19 @@ async def run_load(
     report = _report(clients, stats, 0.0 if closed_loop else rate, send_start, send_end, settle_end, t0, wall_offset)
     report.closed_loop = closed_loop
     report.window = window
+    report.check_data = check_data
+    report.expect_disconnects = expect_disconnects
+    classic_set = frozenset(classic)
+    report.classic = len(classic_set & set(names))
+    report.disconnects_standby_capable = sum(c.disconnects for c in clients if c.name not in classic_set)
+    report.session_closed_standby_capable = sum(c.session_closed for c in clients if c.name not in classic_set)
+    report.operations = [
+        {"label": label, "at": round(at, 6), "at_iso": iso(at), **stats.timeline.window(at - wall_offset, after_s)}
+        for label, at in (marks or [])
+    ]
+    report.after_s = after_s
     if record_ids:
-        report.ids = {c.name: id_ranges(c.marks, base=c.base) for c in clients}
+        report.ids = {c.name: id_ranges(c.marks, base=c.base, step=c.stride) for c in clients}
     return report
 
 
@@ -364,7 +430,7 @@ def _report(
 ) -> LoadReport:
     total = Verdict()
     for c in clients:
-        total.add(judge_marks(c.marks, base=c.base, unexpected=c.unexpected, name=c.name))
+        total.add(judge_marks(c.marks, base=c.base, stride=c.stride, unexpected=c.unexpected + c.early, name=c.name))
     welcomed = [c.welcomed_at for c in clients if c.welcomed_at is not None]
     opened = [c.session_at for c in clients if c.session_at is not None]
     gap = stats.gap.longest
@@ -411,4 +477,8 @@ def _report(
         lost_ids=total.lost_ids,
         duplicate_ids=total.duplicate_ids,
         per_terminal_disconnects={c.name: c.disconnects for c in clients if c.disconnects},
+        unexpected_early=sum(c.early for c in clients),
+        bad_data=sum(c.bad_data for c in clients),
+        bad_data_ids=[f"{c.name}:{i}" for c in clients for i in c.bad_data_ids][:20],
+        unacked_ids=total.unacked_ids,
     )

@@ -126,14 +126,37 @@ async def _load_main(cp: tuple[str, int], **kw: Any) -> LoadReport:
     default=None,
     help='Write {terminal: {"acked": [[first, last], ...], "replied": [...]}} (id ranges) to this JSON file.',
 )
+@click.option(
+    "--check-data/--no-check-data",
+    default=True,
+    show_default=True,
+    help="Fail on a reply whose data is not the data sent (right for the echo and journal services).",
+)
+@click.option(
+    "--expect-disconnects",
+    is_flag=True,
+    help="Disconnects and session closures are expected (conventional mode, a CP restart): do not fail on them.",
+)
+@click.option(
+    "--classic",
+    "classic",
+    default="",
+    metavar="NAMES",
+    help="Comma-separated terminals without a standby session: a failover may disconnect them.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
-def load(cp: tuple[str, int], as_json: bool, ids_out: str | None, **kw: Any) -> None:
-    """Run N terminals at a total rate; report loss, duplicates, latency and the service gap.
+def load(cp: tuple[str, int], as_json: bool, ids_out: str | None, classic: str, **kw: Any) -> None:
+    """Run N terminals at a total rate; check every promise; report latency and pauses.
 
-    Exit status 1 if an acknowledged message got no reply or a reply came twice;
-    2 if no terminal was ever welcomed (nothing connected), or on a usage error.
-    Ctrl-C ends the current phase (connect, send, settle) early.
+    Exit status 1 if any promise was broken: an acknowledged message lost, a
+    reply duplicated, unexpected (an id never sent, or before its ack) or with
+    the wrong data, a message never acknowledged, a terminal never logged on,
+    or a disconnect or session closure (unless --expect-disconnects, or the
+    terminal is named in --classic); each reason is printed. 2 if no terminal
+    was ever welcomed (nothing connected), or on a usage error. Ctrl-C ends the
+    current phase (connect, send, settle) early.
     """
+    kw["classic"] = [n for n in classic.split(",") if n]
     if kw["rate"] is None:
         if not kw["closed_loop"]:
             raise click.UsageError("--rate is required (or use --closed-loop)")

@@ -1,4 +1,34 @@
-"""The load generator's final report: a dataclass, its JSON form and a readable table."""
+"""The load generator's final report: the strict verdict, a dataclass, its JSON form and a table.
+
+The verdict (`LoadReport.failures`) fails the run on every broken promise of
+SPEC §5.6 and the terminal link, each with its reason:
+
+- **lost**: acknowledged, never answered;
+- **duplicates**: a second reply to one id;
+- **unexpected**: a reply to an id the terminal never sent, or one that came
+  before the message's ack (the CP acknowledges what it holds before anything
+  else can answer it);
+- **bad data**: a reply whose data is not what the service must answer (for
+  `echo` and `journal`, the data sent; each terminal's data names it and the
+  message, so a reply delivered to the wrong terminal is caught too). Off with
+  `check_data=False` for services that answer otherwise;
+- **unacknowledged**: sent and never acknowledged by the end of the settle
+  time (a CP that silently ignores a message breaks its promise as surely as
+  one that loses it);
+- **not logged on**: terminals that were never welcomed;
+- **disconnects / session closures** of standby-capable terminals (a
+  fast-switch failover must not disconnect them); allowed with
+  `expect_disconnects` (conventional mode, a CP restart) and always for the
+  terminals named `classic` (no standby session: the failover closes them by
+  design);
+- **CP errors and protocol errors** (an error frame is a refusal).
+
+The headline of an operation (failover, switchover) is the worst pause a
+terminal saw (`operations`, see `hsb.term.timeline`); `service_gap` is an
+older, aggregated figure kept for comparison: the longest stretch in which no
+terminal at all got a reply while at least one message was outstanding. It
+under-reports pauses that hit only some terminals.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +58,16 @@ class LoadReport:
     lost: int = 0
     duplicates: int = 0
     unexpected: int = 0
-    unacked: int = 0  # sent, never acknowledged, never answered (not lost)
+    unacked: int = 0  # sent, never acknowledged, never answered (a failure, not a loss)
+    unexpected_early: int = 0  # of `unexpected`: first replies that came before the message's ack
+    bad_data: int = 0  # replies whose data was not what the service must answer
+    check_data: bool = True
+    expect_disconnects: bool = False
+    classic: int = 0  # terminals of the run without a standby session (their disconnects are allowed)
+    disconnects_standby_capable: int = 0
+    session_closed_standby_capable: int = 0
+    operations: list[dict[str, Any]] = field(default_factory=list)  # the pause of each marked operation
+    after_s: float = 1.0  # an operation's window: messages in flight at it or sent this long after it
     resent: int = 0
     disconnects: int = 0
     connect_failures: int = 0
@@ -50,6 +89,8 @@ class LoadReport:
     started_at: float = 0.0  # epoch s when sending began
     lost_ids: list[str] = field(default_factory=list)  # a sample, "NAME:ID"
     duplicate_ids: list[str] = field(default_factory=list)
+    unacked_ids: list[str] = field(default_factory=list)
+    bad_data_ids: list[str] = field(default_factory=list)
     per_terminal_disconnects: dict[str, int] = field(default_factory=dict)  # only terminals with > 0
     # With run_load(record_ids=True): {terminal: {"acked": [[first, last], ...], "replied": [...]}}.
     # Left out of to_dict() unless asked for (it grows with the run).
@@ -61,19 +102,65 @@ class LoadReport:
         return self.terminals == 0 or self.welcomed > 0
 
     @property
+    def failures(self) -> list[str]:
+        """Every broken promise of the run, one readable reason each (empty: the run is OK)."""
+        out: list[str] = []
+
+        def eg(ids: list[str]) -> str:
+            return f" (e.g. {', '.join(ids[:5])})" if ids else ""
+
+        if self.lost:
+            out.append(f"lost: {self.lost} acknowledged messages never answered{eg(self.lost_ids)}")
+        if self.duplicates:
+            out.append(f"duplicates: {self.duplicates} replies beyond the first{eg(self.duplicate_ids)}")
+        if self.unexpected:
+            out.append(
+                f"unexpected: {self.unexpected} replies to ids never sent or not yet acknowledged"
+                f" ({self.unexpected_early} before their ack)"
+            )
+        if self.bad_data:
+            out.append(
+                f"bad data: {self.bad_data} replies whose data is not what was sent{eg(self.bad_data_ids)}"
+                " (for a service that answers otherwise, turn the check off: --no-check-data)"
+            )
+        if self.unacked:
+            out.append(
+                f"unacknowledged: {self.unacked} messages sent and never acknowledged by the end of"
+                f" the {self.settle_s:.1f} s settle time{eg(self.unacked_ids)}"
+            )
+        if self.welcomed < self.terminals:
+            out.append(f"not logged on: {self.terminals - self.welcomed} of {self.terminals} terminals were never welcomed")
+        if not self.expect_disconnects:
+            if self.disconnects_standby_capable:
+                out.append(
+                    f"disconnects: {self.disconnects_standby_capable} of terminals that should have kept their"
+                    " connection (pass --expect-disconnects for conventional mode or a CP restart)"
+                )
+            if self.session_closed_standby_capable:
+                out.append(f"session closed: {self.session_closed_standby_capable} session closures of standby-capable terminals")
+            if self.errors:
+                out.append("CP errors: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.errors.items())))
+        if self.protocol_errors:
+            out.append(f"protocol errors: {self.protocol_errors} frames from the CP broke the protocol")
+        return out
+
+    @property
     def ok(self) -> bool:
-        """No acknowledged message lost, no reply duplicated, and the run reached a CP at all."""
-        return self.lost == 0 and self.duplicates == 0 and self.connected
+        """No promise broken, and the run reached a CP at all."""
+        return self.connected and not self.failures
 
     @property
     def exit_status(self) -> int:
-        """1: something acknowledged was lost or a reply duplicated; 2: no terminal was ever
-        welcomed (a run that connected to nothing must not look green); else 0."""
-        if self.lost or self.duplicates:
-            return 1
+        """2: no terminal was ever welcomed (a run that connected to nothing must not look green);
+        1: any promise broken (`failures`); else 0."""
         if not self.connected:
             return 2
-        return 0
+        return 1 if self.failures else 0
+
+    @property
+    def pause(self) -> dict[str, Any] | None:
+        """The headline: the first marked operation's pause, or None without one."""
+        return self.operations[0] if self.operations else None
 
     def to_dict(self, include_ids: bool = False) -> dict[str, Any]:
         d = asdict(replace(self, ids=None))
@@ -83,6 +170,7 @@ class LoadReport:
             del d["ids"]
         d["ok"] = self.ok
         d["exit_status"] = self.exit_status
+        d["failures"] = self.failures
         return d
 
 
@@ -115,29 +203,46 @@ def format_table(r: LoadReport) -> str:
         ("replied", str(r.replied)),
         ("lost", str(r.lost) + (f"  e.g. {', '.join(r.lost_ids[:5])}" if r.lost_ids else "")),
         ("duplicates", str(r.duplicates) + (f"  e.g. {', '.join(r.duplicate_ids[:5])}" if r.duplicate_ids else "")),
-        ("unexpected", str(r.unexpected)),
-        ("unacknowledged", f"{r.unacked} (never acknowledged; not lost)"),
+        ("unexpected", f"{r.unexpected} ({r.unexpected_early} before their ack)"),
+        ("bad data", str(r.bad_data) if r.check_data else "not checked (--no-check-data)"),
+        ("unacknowledged", str(r.unacked)),
         ("resent", str(r.resent)),
-        ("disconnects", f"{r.disconnects} (failed connects {r.connect_failures})"),
+        (
+            "disconnects",
+            f"{r.disconnects} (failed connects {r.connect_failures})"
+            + ("; expected" if r.expect_disconnects else f"; of standby-capable terminals {r.disconnects_standby_capable}"),
+        ),
         ("session closed", str(r.session_closed)),
         ("switched", str(r.switched)),
         ("latency ms", f"p50 {ms(lat.get('p50'))}  p99 {ms(lat.get('p99'))}  max {ms(lat.get('max'))}"),
+    ]
+    for op in r.operations:
+        rows.append(
+            (
+                f"pause: {op['label']}",
+                f"worst {ms(op['worst_ms'])} ms, p99 {ms(op['p99_ms'])} ms over {op['messages']} messages"
+                f" ({op['in_flight']} in flight at it, the rest sent in the {r.after_s:g} s after);"
+                f" every terminal served again after {ms(op['all_served_ms'])} ms"
+                f" ({op['terminals_stalled']} terminals kept waiting longer than {ms(op['stall_ms'])} ms)",
+            )
+        )
+    rows.append(
         (
             "service gap",
-            f"{gap.get('ms', 0.0):.1f} ms"
+            f"{gap.get('ms', 0.0):.1f} ms (aggregated: longest stretch with no reply to any terminal)"
             + (f"  from {gap.get('start_iso')} to {gap.get('end_iso')}" if gap.get("start") is not None else ""),
-        ),
-    ]
+        )
+    )
     if r.errors:
         rows.append(("CP errors", ", ".join(f"{k} x{v}" for k, v in sorted(r.errors.items()))))
     if r.protocol_errors:
         rows.append(("protocol errors", str(r.protocol_errors)))
     if r.ok:
-        verdict = "OK: nothing acknowledged was lost, no duplicate replies"
+        verdict = "OK: every message acknowledged and answered exactly once, with the right data"
     elif r.exit_status == 2:
         verdict = "FAILED: no terminal was ever welcomed (nothing connected to a CP)"
     else:
-        verdict = "FAILED"
+        verdict = "FAILED: " + "; ".join(r.failures)
     rows.append(("verdict", verdict))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)

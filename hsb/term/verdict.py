@@ -9,9 +9,13 @@ Definitions (per terminal; totals are sums):
   guarantee;
 - **duplicates**: replies beyond the first for an id (an id answered three
   times adds 2) — a broken guarantee;
-- **unexpected**: replies to ids the terminal never sent;
-- **unacked**: sent ids never acknowledged and never answered (the CP never
-  took responsibility for them, so they are not lost).
+- **unexpected**: replies to ids the terminal never sent (counted by the
+  client; replies that came before their message's ack are added by the
+  report);
+- **unacked**: sent ids never acknowledged and never answered by the end of
+  the run. The CP never took responsibility for them, so they are not *lost*,
+  but a CP that silently neither acknowledges nor refuses a message breaks its
+  promise too: the report fails on them.
 
 `judge()` takes plain collections and is the reference; `judge_marks()` reads
 the compact per-id byte array a `TerminalClient` keeps (see `hsb.term.client`)
@@ -22,8 +26,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 # Layout of one byte of a terminal's marks array (index = id - id base).
 SENT = 0x01
@@ -46,11 +51,13 @@ class Verdict:
     unacked: int = 0
     lost_ids: list[str] = field(default_factory=list)
     duplicate_ids: list[str] = field(default_factory=list)
+    unacked_ids: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """True when no acknowledged message was lost and no reply was duplicated."""
-        return self.lost == 0 and self.duplicates == 0
+        """Nothing lost, duplicated, unexpected or left unacknowledged (terminal-level checks,
+        such as disconnects and reply data, are the report's)."""
+        return not (self.lost or self.duplicates or self.unexpected or self.unacked)
 
     def add(self, other: Verdict) -> None:
         """Fold another terminal's verdict into this total."""
@@ -63,6 +70,7 @@ class Verdict:
         self.unacked += other.unacked
         self.lost_ids.extend(other.lost_ids[: max(0, SAMPLE - len(self.lost_ids))])
         self.duplicate_ids.extend(other.duplicate_ids[: max(0, SAMPLE - len(self.duplicate_ids))])
+        self.unacked_ids.extend(other.unacked_ids[: max(0, SAMPLE - len(self.unacked_ids))])
 
 
 def judge(sent: Iterable[int], acked: Iterable[int], replies: Mapping[int, int], *, name: str = "") -> Verdict:
@@ -84,12 +92,16 @@ def judge(sent: Iterable[int], acked: Iterable[int], replies: Mapping[int, int],
                 v.lost_ids.append(f"{name}:{i}")
         else:
             v.unacked += 1
+            if len(v.unacked_ids) < SAMPLE:
+                v.unacked_ids.append(f"{name}:{i}")
     v.unexpected = sum(n for i, n in replies.items() if i not in sent_set and n > 0)
     return v
 
 
-def judge_marks(marks: bytes | bytearray, *, base: int = 0, unexpected: int = 0, name: str = "") -> Verdict:
-    """Verdict from a marks array: byte k describes id `base + k` (SENT, ACKED, reply count).
+def judge_marks(
+    marks: bytes | bytearray, *, base: int = 0, stride: int = 1, unexpected: int = 0, name: str = ""
+) -> Verdict:
+    """Verdict from a marks array: byte k describes id `base + k * stride` (SENT, ACKED, reply count).
 
     Replies to ids outside the array are not in it; pass their number as `unexpected`.
     """
@@ -110,17 +122,19 @@ def judge_marks(marks: bytes | bytearray, *, base: int = 0, unexpected: int = 0,
         else:
             v.unacked += n
     if v.lost:
-        v.lost_ids = _sample(marks, lambda b: b & SENT and b & ACKED and not b >> REPLY_SHIFT, base, name)
+        v.lost_ids = _sample(marks, lambda b: b & SENT and b & ACKED and not b >> REPLY_SHIFT, base, stride, name)
     if v.duplicates:
-        v.duplicate_ids = _sample(marks, lambda b: b & SENT and b >> REPLY_SHIFT > 1, base, name)
+        v.duplicate_ids = _sample(marks, lambda b: b & SENT and b >> REPLY_SHIFT > 1, base, stride, name)
+    if v.unacked:
+        v.unacked_ids = _sample(marks, lambda b: b == SENT, base, stride, name)
     return v
 
 
-def _sample(marks: bytes | bytearray, pred: Callable[[int], object], base: int, name: str) -> list[str]:
+def _sample(marks: bytes | bytearray, pred: Callable[[int], object], base: int, stride: int, name: str) -> list[str]:
     out: list[str] = []
     for k, b in enumerate(marks):
         if pred(b):
-            out.append(f"{name}:{base + k}")
+            out.append(f"{name}:{base + k * stride}")
             if len(out) >= SAMPLE:
                 break
     return out
@@ -132,23 +146,32 @@ _REPLIED_TABLE = bytes(1 if b & SENT and b >> REPLY_SHIFT else 0 for b in range(
 _RUN = re.compile(rb"\x01+")
 
 
-def ranges_of(mask: bytes, base: int = 0) -> list[list[int]]:
-    """Runs of 1-bytes in `mask` as inclusive id ranges [[first, last], ...] (byte k is id base + k)."""
-    return [[base + m.start(), base + m.end() - 1] for m in _RUN.finditer(mask)]
+def ranges_of(mask: bytes, base: int = 0, step: int = 1) -> list[list[int]]:
+    """Runs of 1-bytes in `mask` as inclusive id ranges [[first, last], ...] (byte k is id
+    base + k * step; a range holds every step-th id from first to last)."""
+    return [[base + m.start() * step, base + (m.end() - 1) * step] for m in _RUN.finditer(mask)]
 
 
-def id_ranges(marks: bytes | bytearray, *, base: int = 0) -> dict[str, list[list[int]]]:
+def id_ranges(marks: bytes | bytearray, *, base: int = 0, step: int = 1) -> dict[str, Any]:
     """The ids a terminal had acknowledged and answered, as merged inclusive ranges.
 
-    `{"acked": [[first, last], ...], "replied": [[first, last], ...]}`, in id order; contiguous
-    ids form one range. Works at C speed (translate + regex) on the marks array.
+    `{"acked": [[first, last], ...], "replied": [[first, last], ...], "step": S}`, in id order;
+    consecutive ids of the terminal (S apart) form one range: `ids()` expands them. Works at C
+    speed (translate + regex) on the marks array.
     """
     return {
-        "acked": ranges_of(bytes(marks).translate(_ACKED_TABLE), base),
-        "replied": ranges_of(bytes(marks).translate(_REPLIED_TABLE), base),
+        "acked": ranges_of(bytes(marks).translate(_ACKED_TABLE), base, step),
+        "replied": ranges_of(bytes(marks).translate(_REPLIED_TABLE), base, step),
+        "step": step,
     }
 
 
-def count_ranges(ranges: Iterable[Iterable[int]]) -> int:
+def ids(ranges: Iterable[Iterable[int]], step: int = 1) -> Iterator[int]:
+    """Every id of a list of inclusive ranges whose ids are `step` apart."""
+    for first, last in ranges:
+        yield from range(first, last + 1, step)
+
+
+def count_ranges(ranges: Iterable[Iterable[int]], step: int = 1) -> int:
     """How many ids a list of inclusive ranges covers."""
-    return sum(last - first + 1 for first, last in ranges)
+    return sum((last - first) // step + 1 for first, last in ranges)

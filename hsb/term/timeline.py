@@ -1,0 +1,101 @@
+"""When each message of a load run was sent and answered, and the pause an operation caused.
+
+`Timeline` keeps one entry per answered message (send time, first-reply time,
+terminal index) in compact arrays (20 bytes a message), so that after the run
+the pause around any moment can be measured exactly:
+
+- **in flight at the operation**: messages sent before it and answered after it
+  (or never);
+- **worst pause**: the reply latency of every message in flight at the
+  operation or sent within `after_s` after it — the maximum and the 99th
+  percentile over those messages. This is the headline of a failover or a
+  switchover: the longest any one terminal waited for an answer;
+- **every terminal served again**: from the operation to the last reply to a
+  *stalled* message: one in flight at the operation, or sent in the window
+  after it and kept waiting longer than `stall_ms` (three times the steady
+  p99 latency of the seconds before the operation, at least 5 ms). That is
+  the moment the last terminal that the operation kept waiting got its
+  answer; `None` if one never came.
+
+Times are on the monotonic clock of the process; `wall_offset` turns them into
+wall-clock seconds for reports.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from typing import Any
+
+NEVER = math.inf
+
+
+class Timeline:
+    __slots__ = ("sent", "replied", "term")
+
+    def __init__(self) -> None:
+        self.sent = array("d")
+        self.replied = array("d")
+        self.term = array("I")
+
+    def __len__(self) -> int:
+        return len(self.sent)
+
+    def add(self, sent: float, replied: float, term: int) -> None:
+        self.sent.append(sent)
+        self.replied.append(replied)
+        self.term.append(term)
+
+    def unanswered(self, sent: float, term: int) -> None:
+        """A message that never got a reply (it fails the verdict; here it never ends its pause)."""
+        self.add(sent, NEVER, term)
+
+    def steady_p99(self, t_op: float, before_s: float = 5.0) -> float | None:
+        """p99 latency of the messages sent and answered in the `before_s` seconds before `t_op`."""
+        lat = sorted(r - s for s, r in zip(self.sent, self.replied) if t_op - before_s <= s and r <= t_op)
+        return lat[max(0, math.ceil(len(lat) * 0.99) - 1)] if lat else None
+
+    def window(self, t_op: float, after_s: float = 1.0) -> dict[str, Any]:
+        """The pause around `t_op` (same clock as the entries); see the module docstring."""
+        steady = self.steady_p99(t_op)
+        stall = max(0.005, 3 * steady) if steady is not None else 0.005
+        waits: list[float] = []
+        in_flight = 0
+        terms: set[int] = set()
+        stalled_terms: set[int] = set()
+        last_reply = t_op
+        unanswered = 0
+        horizon = t_op + after_s
+        for s, r, k in zip(self.sent, self.replied, self.term):
+            if s <= t_op < r:
+                in_flight += 1
+                terms.add(k)
+            elif not t_op <= s <= horizon:
+                continue
+            if s <= t_op < r or r - s > stall:
+                stalled_terms.add(k)
+                if r > last_reply:
+                    last_reply = r
+            if r == NEVER:
+                unanswered += 1
+            else:
+                waits.append(r - s)
+        waits.sort()
+        worst = None if unanswered else (waits[-1] if waits else None)
+        p99 = waits[max(0, math.ceil(len(waits) * 0.99) - 1)] if waits and not unanswered else None
+        return {
+            "messages": len(waits) + unanswered,
+            "in_flight": in_flight,
+            "terminals_in_flight": len(terms),
+            "terminals_stalled": len(stalled_terms),
+            "stall_ms": _ms(stall),
+            "steady_p99_ms": _ms(steady),
+            "unanswered": unanswered,
+            "worst_ms": _ms(worst),
+            "p99_ms": _ms(p99),
+            "all_served_ms": None if last_reply == NEVER else _ms(last_reply - t_op),
+        }
+
+
+def _ms(v: float | None) -> float | None:
+    return None if v is None else round(v * 1000.0, 3)
