@@ -19,17 +19,23 @@ def _ephemeral_floor() -> int:
         return 32768
 
 
+_given: set[int] = set()  # handed out by this process: not free just because nothing is bound yet
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that is free now and outside the ephemeral range."""
+    """A port that is free now, outside the ephemeral range, and not handed out before here."""
     top = min(_ephemeral_floor(), 65536) - 1
     low = 10000 if top > 12000 else 1024
     for _ in range(200):
         port = random.randint(low, top)
+        if port in _given:
+            continue
         with socket.socket() as s:
             try:
                 s.bind((host, port))
             except OSError:
                 continue
+            _given.add(port)
             return port
     with socket.socket() as s:  # fall back to whatever the OS gives
         s.bind((host, 0))

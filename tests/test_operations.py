@@ -66,7 +66,7 @@ async def test_planned_switchover_under_load_and_back(sb: Any) -> None:
 
     report = await load_with(info, swap_twice, terminals=1000, rate=2000)
     assert_clean(report)  # zero lost, zero duplicates, zero disconnects, zero session closures
-    assert "service gap" in results[0].stdout and "hot standby established again" in results[0].stdout
+    assert ("worst pause" in results[0].stdout or "nothing was in flight" in results[0].stdout) and "hot standby established again" in results[0].stdout
     st = await status(info)
     assert st["established"] and active_names(st) == ["host-a"]
     assert st["cp"]["counters"]["switchovers"] == 2 and st["cp"]["counters"]["failovers"] == 0

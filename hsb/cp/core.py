@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -19,6 +19,7 @@ from hsb import faults
 from hsb.cp.config import CPConfig
 from hsb.cp.notices import Notices
 from hsb.cp.state import Held, Session, Term
+from hsb.cp.switchrec import AfterSwitch
 from hsb.wire.conn import PROTOCOL_ERRORS
 from hsb.wire.framing import encode
 
@@ -64,9 +65,11 @@ class CP:
         self.switchovers: list[dict[str, Any]] = []
         self.counters = {"delivered": 0, "redelivered": 0, "replies": 0, "acks": 0, "reacks": 0, "classic_closed": 0, "failovers": 0, "switchovers": 0}
         self.started = time.time()
+        # reply frames taken from each host (acted on, or found already answered): a fenced host has none
+        self.replies_by_host: Counter[str] = Counter()
         self.connected = 0
-        # After a grant: which switched terminals have not had a reply yet (the failover timeline).
-        self.after_switch: dict[str, Any] | None = None
+        # After a grant: the replies to what the switch kept waiting (hsb.cp.switchrec).
+        self.after_switch: AfterSwitch | None = None
         self.release_t0: float | None = None
         self.silent_since: float | None = None
         self.notices = Notices()  # switch notices owed after a grant and their writers
@@ -89,7 +92,7 @@ class CP:
         term.leaving = False
         proto.term = term
         self.connected += 1
-        proto.send({"t": "welcome", "terminal": name})
+        proto.send({"t": "welcome", "terminal": name, "last_acked": term.last_acked})
         log.debug("terminal_connected", terminal=name, peer=proto.peer)
         if term.outbox:
             for m in term.outbox:
@@ -106,7 +109,7 @@ class CP:
             self._tell(term, {"t": "ack", "id": mid})
             return
         term.last_acked = mid
-        held = Held(mid, data)
+        held = Held(mid, data, time.monotonic())
         term.held[mid] = held
         self.counters["acks"] += 1
         self._tell(term, {"t": "ack", "id": mid})
@@ -187,6 +190,7 @@ class CP:
     def host_register(self, host: "HostProtocol", role: str, startup_id: int) -> None:
         if role == "active":
             if self.active is not None and not self.active.closed:
+                log.warning("registration_refused", host=host.name, role=role, active=self.active.name, epoch=self.epoch)
                 host.close_with_error(
                     "active_exists",
                     f"{self.active.name} is already the active host (epoch {self.epoch}); start {host.name} with --role standby",
@@ -289,6 +293,7 @@ class CP:
 
     def host_reply(self, host: "HostProtocol", name: str, mid: int, data: Any) -> None:
         """Reply and discard in one frame (SPEC §5.5)."""
+        self.replies_by_host[host.name] += 1
         term = self.terms.get(name)
         if term is None:
             return
@@ -300,7 +305,7 @@ class CP:
         faults.point("cp.between_reply_and_discard")
         del term.held[mid]
         if self.after_switch is not None:
-            self._served_after_switch(term.name, held.redelivered)
+            self._served_after_switch(term, held)
         if term.paused and len(term.held) < self.held_bound and term.conn is not None:
             term.paused = False
             term.conn.resume_reading()
@@ -482,7 +487,7 @@ class CP:
             old.fenced = True
             old.close()
         switched = classic = requested = waiting = 0
-        had_session: set[str] = set()  # terminals to be served again (the failover timeline)
+        in_flight: dict[str, int] = {}  # terminals the switch keeps waiting: messages held now
         switched_frame = encode({"t": "switched", "epoch": self.epoch})  # one encoding for all
         opened_frame = encode({"t": "session", "state": "open", "epoch": self.epoch})
         epoch = self.epoch
@@ -503,10 +508,10 @@ class CP:
                     term.active = sb
                     owed.append(term)
                     if term.held:
+                        in_flight[term.name] = len(term.held)
                         self._deliver_pending(term, host)
                         waiting += 1
                     switched += 1
-                    had_session.add(term.name)
                     faults.point("cp.mid_switch")
                     continue
                 term.active = None
@@ -517,7 +522,8 @@ class CP:
                 term.active = None
                 term.conn.close()
                 classic += 1
-                had_session.add(term.name)
+                if term.held:
+                    in_flight[term.name] = len(term.held)
             elif term.conn is not None and term.active is None and not term.leaving:
                 host.send({"t": "session_request", "terminal": term.name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
                 requested += 1
@@ -543,30 +549,22 @@ class CP:
         del self.switchovers[:-50]
         log.info("switchover_complete", **rec)
         self.silent_since = None
-        self.after_switch = {"t0": t0, "pending": had_session, "rec": rec, "deadline": t0 + 60.0, "release_t0": release_t0}
+        if self.after_switch is not None:  # a switch right after a switch: the older record ends
+            self.after_switch.finish(None)
+        self.after_switch = AfterSwitch(t0, rec, in_flight)
+        if not in_flight:
+            self.after_switch.finish(t0)
+            self.after_switch = None
         self.notices.owe(owed, rec, t0, wait_for_reply=waiting > 0)
-        rec["first_redelivered_reply_ms"] = None
-        rec["first_reply_ms"] = None
-        rec["all_served_ms"] = None
-        rec["service_gap_ms"] = None
 
-    def _served_after_switch(self, name: str, redelivered: bool) -> None:
+    def _served_after_switch(self, term: Term, held: Held) -> None:
         a = self.after_switch
         assert a is not None
         now = time.monotonic()
-        rec = a["rec"]
-        if redelivered and rec["first_redelivered_reply_ms"] is None:
-            rec["first_redelivered_reply_ms"] = round((now - a["t0"]) * 1000, 3)
-        if rec["first_reply_ms"] is None:
-            rec["first_reply_ms"] = round((now - a["t0"]) * 1000, 3)
+        if a.rec["first_reply_ms"] is None:
+            a.rec["first_reply_ms"] = round((now - a.t0) * 1000, 3)
             self.notices.first_reply()
-            if a["release_t0"] is not None:  # planned: no new work was started from release to here
-                rec["service_gap_ms"] = round((now - a["release_t0"]) * 1000, 3)
-        a["pending"].discard(name)
-        if not a["pending"] or now > a["deadline"]:
-            if not a["pending"]:
-                rec["all_served_ms"] = round((now - a["t0"]) * 1000, 3)
-                log.info("switched_terminals_served", epoch=rec["epoch"], all_served_ms=rec["all_served_ms"], first_redelivered_reply_ms=rec["first_redelivered_reply_ms"])
+        if a.reply(term.name, held.t, held.redelivered, now):
             self.after_switch = None
 
     # ------------------------------------------------------------------ status
@@ -596,6 +594,7 @@ class CP:
             "switchovers": len(self.switchovers),
             "last_switchover": self.switchovers[-1] if self.switchovers else None,
             "counters": dict(self.counters),
+            "replies_by_host": dict(self.replies_by_host),
             "protocol_errors": [{"link": k[0], "code": k[1], "count": v} for k, v in sorted(PROTOCOL_ERRORS.items())],
             "uptime_s": round(time.time() - self.started, 1),
         }

@@ -32,16 +32,18 @@ class Held:
     """A terminal message acknowledged to the terminal and not yet discarded by the active.
 
     `delivered_epoch` is the epoch of the active it was last delivered to (0: never),
-    so a message is re-delivered, marked so, to each new active exactly once.
+    so a message is re-delivered, marked so, to each new active exactly once. `t` is
+    when it was acknowledged (monotonic): a switch's worst pause is measured from it.
     """
 
-    __slots__ = ("id", "data", "delivered_epoch", "redelivered")
+    __slots__ = ("id", "data", "delivered_epoch", "redelivered", "t")
 
-    def __init__(self, mid: int, data: Any) -> None:
+    def __init__(self, mid: int, data: Any, t: float) -> None:
         self.id = mid
         self.data = data
         self.delivered_epoch = 0
         self.redelivered = False
+        self.t = t
 
 
 class Term:

@@ -29,6 +29,18 @@ def _age(ts: float | None) -> str:
     return f"{s / 3600:.1f}h ago"
 
 
+def _pause(ls: dict[str, Any]) -> str:
+    """The worst pause of a switch, measured only over traffic that was in flight (hsb.cp.switchrec)."""
+    if ls.get("worst_pause_ms") is not None:
+        return (
+            f"worst pause {ls['worst_pause_ms']:.1f} ms (p99 {ls['p99_pause_ms']:.1f}) over"
+            f" {ls.get('in_flight_terminals', 0)} terminals in flight, all served after {ls['all_served_ms']:.1f} ms, "
+        )
+    if ls.get("in_flight_terminals") == 0:
+        return "nothing in flight (no pause to measure), "
+    return "worst pause not measured yet, "
+
+
 def render(st: dict[str, Any]) -> str:
     out: list[str] = []
     verdict = "ESTABLISHED (hot standby ready)" if st["established"] else "SERVING WITHOUT A STANDBY" if st["serving"] else "NOT SERVING"
@@ -48,7 +60,7 @@ def render(st: dict[str, Any]) -> str:
             out.append(
                 f"            last {'switchover' if ls.get('planned') else 'failover'}: {ls['from']} -> {ls['to']} at epoch {ls['epoch']}, {_age(ls['at'])}, "
                 + (f"loss to grant {ls['loss_to_grant_ms']:.0f} ms, " if ls.get("loss_to_grant_ms") is not None else "")
-                + (f"service gap {ls['service_gap_ms']:.1f} ms, " if ls.get("service_gap_ms") is not None else "")
+                + _pause(ls)
                 + f"switch {ls['switch_ms']:.1f} ms, {ls['switched']} sessions switched, {ls['classic']} reconnected ({ls['reason']})"
             )
         if cp.get("active_stopped_normally"):

@@ -4,7 +4,8 @@ The active is asked to hand over; it stops taking new deliveries (the CP holds
 what arrives), finishes what it has, and the CP switches every session to the
 standby without touching a terminal connection. The old active then runs the
 standby procedure until hot standby is established again. We report the
-service gap the CP measured: from the release to the first reply after it.
+worst pause the CP measured over the traffic the switch kept waiting (from
+each message's ack to its reply; hsb.cp.switchrec).
 """
 
 from __future__ import annotations
@@ -48,12 +49,17 @@ async def _switchover(t: Target, yes: bool, timeout: float) -> int:
             switched_at = time.monotonic()
             click.echo(f"{new['name']} is active at epoch {last['cp']['epoch']}; {old['name']} is becoming the standby")
         rec = (last["cp"].get("last_switchover") or {}) if switched_at else {}
-        gap_known = rec.get("service_gap_ms") is not None or (switched_at and time.monotonic() - switched_at > 3)
-        if switched_at and last["established"] and roles.get(old["name"]) == "standby" and gap_known:
-            gap = rec.get("service_gap_ms")
+        known = rec.get("all_served_ms") is not None or (switched_at and time.monotonic() - switched_at > 3)
+        if switched_at and last["established"] and roles.get(old["name"]) == "standby" and known:
+            worst = rec.get("worst_pause_ms")
             click.echo(
                 f"switchover complete: {rec.get('switched')} sessions switched, {rec.get('classic')} reconnected; "
-                + (f"service gap {gap:.1f} ms" if gap is not None else "service gap not measured (no traffic)")
+                + (
+                    f"worst pause {worst:.1f} ms (p99 {rec.get('p99_pause_ms'):.1f} ms) over"
+                    f" {rec.get('in_flight_terminals')} terminals with messages in flight"
+                    if worst is not None
+                    else "no pause to measure (nothing was in flight)"
+                )
                 + "; hot standby established again"
             )
             return 0

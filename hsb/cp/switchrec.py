@@ -1,0 +1,100 @@
+"""The CP's record of one switch (failover, planned switchover, promote): what happened at the
+grant, and the pause the terminals saw after it.
+
+At the grant, the terminals that hold acknowledged, unanswered messages are *in flight*:
+the switch kept them waiting. `AfterSwitch` follows the replies after the grant until every
+one of those messages is answered (or `DEADLINE_S` passes) and fills in the record:
+
+- `first_reply_ms`, `first_redelivered_reply_ms`: grant → the first reply (to a re-delivered
+  message);
+- `all_served_ms`: grant → the moment the last terminal that had something in flight got the
+  reply to the last message it had in flight at the grant (0 when nothing was in flight);
+- `worst_pause_ms`, `p99_pause_ms`: the longest (99th percentile) time from the CP's ack to its
+  reply, over every message answered from the grant until all were served: the messages in
+  flight at the grant and those that arrived meanwhile. Idle time is not a pause: with nothing
+  in flight the figures are None.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("hsb.cp")
+
+DEADLINE_S = 60.0  # stop following a switch's replies after this long
+MAX_WAITS = 200_000  # waits kept for the percentile; beyond, only the maximum is exact
+
+
+class AfterSwitch:
+    """Follows the replies after one grant (see the module docstring)."""
+
+    __slots__ = ("t0", "rec", "pending", "deadline", "waits", "worst")
+
+    def __init__(self, t0: float, rec: dict[str, Any], in_flight: dict[str, int]) -> None:
+        self.t0 = t0
+        self.rec = rec
+        self.pending = in_flight  # terminal -> messages it still has in flight from the grant
+        self.deadline = t0 + DEADLINE_S
+        self.waits: list[float] = []
+        self.worst = 0.0
+        rec.update(
+            in_flight_terminals=len(in_flight),
+            in_flight_messages=sum(in_flight.values()),
+            first_reply_ms=None,
+            first_redelivered_reply_ms=None,
+            all_served_ms=None,
+            worst_pause_ms=None,
+            p99_pause_ms=None,
+        )
+
+    def reply(self, name: str, acked_at: float, redelivered: bool, now: float) -> bool:
+        """A reply went out for a message acknowledged at `acked_at`; True once the record is done."""
+        rec = self.rec
+        if redelivered and rec["first_redelivered_reply_ms"] is None:
+            rec["first_redelivered_reply_ms"] = _ms(now - self.t0)
+        wait = now - acked_at
+        if wait > self.worst:
+            self.worst = wait
+        if len(self.waits) < MAX_WAITS:
+            self.waits.append(wait)
+        if acked_at <= self.t0:
+            left = self.pending.get(name)
+            if left is not None:
+                if left <= 1:
+                    del self.pending[name]
+                else:
+                    self.pending[name] = left - 1
+        if not self.pending:
+            self.finish(now)
+            return True
+        if now > self.deadline:
+            log.warning("switched_terminals_not_served", epoch=rec["epoch"], waiting=len(self.pending))
+            self.finish(None)
+            return True
+        return False
+
+    def finish(self, now: float | None) -> None:
+        rec = self.rec
+        if now is not None:
+            rec["all_served_ms"] = 0.0 if not rec["in_flight_terminals"] else _ms(now - self.t0)
+        if self.waits:
+            w = sorted(self.waits)
+            rec["worst_pause_ms"] = _ms(self.worst)
+            rec["p99_pause_ms"] = _ms(w[max(0, math.ceil(len(w) * 0.99) - 1)])
+        self.waits = []
+        log.info(
+            "switched_terminals_served",
+            epoch=rec["epoch"],
+            all_served_ms=rec["all_served_ms"],
+            worst_pause_ms=rec["worst_pause_ms"],
+            p99_pause_ms=rec["p99_pause_ms"],
+            in_flight_terminals=rec["in_flight_terminals"],
+            first_redelivered_reply_ms=rec["first_redelivered_reply_ms"],
+        )
+
+
+def _ms(s: float) -> float:
+    return round(s * 1000.0, 3)
