@@ -38,6 +38,11 @@ _prob = float(os.environ.get("HSB_CRASH_PROB", "1.0") or 1.0)
 _skip = int(os.environ.get("HSB_CRASH_AFTER", "0") or 0)
 _control = os.environ.get("HSB_CRASH_CONTROL", "")
 
+# Test only: HSB_TEST_DISABLE_SELF_FENCING=1 makes an hsbd ignore every reason to stop serving
+# on its own (a fenced frame, a refusal by the CP, a lost CP link, a lapsed lease), so a test
+# can show that the CP alone keeps an old active from getting anything accepted.
+SELF_FENCING = os.environ.get("HSB_TEST_DISABLE_SELF_FENCING", "") != "1"
+
 
 def point(name: str) -> None:
     """Kill this process here if `name` is an armed crash point."""

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ import pytest
 from hsb.ctl import sandbox
 from hsb.ctl.gather import status_all
 from hsb.term.load import run_load
-from tests.support.procs import log_events, wait_for
+from hsb.term.verdict import ids
+from tests.support.procs import log_events, until, wait_for
 
 
 def pid_of(info: dict[str, Any], name: str) -> int:
@@ -65,10 +67,7 @@ def journals(info: dict[str, Any]) -> dict[str, dict[tuple[str, int], int]]:
 def check_journals(info: dict[str, Any], report: Any, order: list[str]) -> None:
     """Every acknowledged id is in a journal; an id in two journals is redelivered in the later one."""
     j = journals(info)
-    acked: set[tuple[str, int]] = set()
-    for term, rec in report.ids.items():
-        for a, b in rec["acked"]:
-            acked.update((term, i) for i in range(a, b + 1))
+    acked = acked_ids(report)
     assert acked, "the load acknowledged nothing"
     seen = set().union(*(set(e) for e in j.values()))
     missing = acked - seen
@@ -79,21 +78,32 @@ def check_journals(info: dict[str, Any], report: Any, order: list[str]) -> None:
         assert not bad, f"ids processed by {earlier} and again by {later} without the redelivered mark: {bad[:5]}"
 
 
+def acked_ids(report: Any) -> set[tuple[str, int]]:
+    return {(t, i) for t, rec in report.ids.items() for i in ids(rec["acked"], rec["step"])}
+
+
 def assert_clean(report: Any, *, disconnects_allowed: bool = False) -> None:
+    """The strict verdict, and the counts it rests on spelled out."""
     d = report.to_dict()
+    assert report.ok, report.failures
     assert d["acked"] > 0 and d["lost"] == 0 and d["duplicates"] == 0 and d["unexpected"] == 0, d
-    assert d["replied"] == d["acked"], d
+    assert d["unacked"] == 0 and d["bad_data"] == 0, d
+    assert d["replied"] == d["acked"] == d["sent"], d
     if not disconnects_allowed:
         assert d["disconnects"] == 0 and d["session_closed"] == 0, d
 
 
-async def load_with(info: dict[str, Any], action: Any, *, terminals: int, rate: float, duration: float | None = None, settle: float = 20.0) -> Any:
+async def load_with(
+    info: dict[str, Any], action: Any, *, terminals: int, rate: float, duration: float | None = None,
+    settle: float = 20.0, expect_disconnects: bool = False, marks: list[tuple[str, float]] | None = None,
+) -> Any:
     """Run the load; call `action()` once sending has started; return the report.
 
     With `duration=None` the load sends until `action()` returns (plus one second)."""
     sending, stop = asyncio.Event(), asyncio.Event()
     task = asyncio.ensure_future(
-        run_load(info["cp"]["terminal"], terminals=terminals, rate=rate, duration=duration or 3600, settle=settle, record_ids=True, sending=sending, stop=stop)
+        run_load(info["cp"]["terminal"], terminals=terminals, rate=rate, duration=duration or 3600, settle=settle,
+                 record_ids=True, sending=sending, stop=stop, expect_disconnects=expect_disconnects, marks=marks)
     )
     await asyncio.wait_for(sending.wait(), 60)
     try:
@@ -131,17 +141,20 @@ async def test_sigstop_active_takes_over_after_timeout_and_old_one_is_fenced(sb:
     info = await sb(terminals=200, service="journal")
     a_pid = pid_of(info, "host-a")
 
+    marks: list[tuple[str, float]] = []
+
     async def stop() -> None:
         await wait_status(info, lambda s: s["cp"]["terminals"]["standby_sessions"] == 200, what="all standby sessions")
         await asyncio.sleep(0.5)  # load keeps running: stop with messages in flight
+        marks.append(("SIGSTOP", time.time()))
         os.kill(a_pid, signal.SIGSTOP)
         await wait_status(info, lambda s: "host-b" in active_names(s), timeout=10, what="host-b active")
 
     try:
-        report = await load_with(info, stop, terminals=200, rate=500)
+        report = await load_with(info, stop, terminals=200, rate=500, marks=marks)
         assert_clean(report)
-        gap = report.to_dict()["service_gap"]["ms"]
-        assert gap >= 400, f"a SIGSTOP is detected by timeout (500 ms), so the gap cannot be {gap} ms"
+        worst = report.pause["worst_ms"]
+        assert worst >= 400, f"a SIGSTOP is detected by timeout (500 ms), so the worst pause cannot be {worst} ms"
     finally:
         os.kill(a_pid, signal.SIGCONT)
     # woken up, the old active finds itself fenced and exits with the fenced status
@@ -236,8 +249,7 @@ async def test_twenty_failovers_back_and_forth_under_load(sb: Any) -> None:
     assert epochs == sorted(epochs) and len(set(epochs)) == rounds
     # journals are per host, so check the delivery guarantee on the union and the mark on every repeat
     j = journals(info)
-    acked = {(t, i) for t, rec in report.ids.items() for a, b in rec["acked"] for i in range(a, b + 1)}
-    assert acked <= set(j["host-a"]) | set(j["host-b"])
+    assert acked_ids(report) <= set(j["host-a"]) | set(j["host-b"])
 
 
 async def test_conventional_mode_disconnects_but_loses_nothing(sb: Any) -> None:
@@ -249,7 +261,7 @@ async def test_conventional_mode_disconnects_but_loses_nothing(sb: Any) -> None:
         os.kill(a_pid, signal.SIGKILL)
         await wait_status(info, lambda s: active_names(s) == ["host-b"], what="host-b active")
 
-    report = await load_with(info, kill, terminals=200, rate=500)
+    report = await load_with(info, kill, terminals=200, rate=500, expect_disconnects=True)
     assert_clean(report, disconnects_allowed=True)
     d = report.to_dict()
     assert d["disconnects"] == 200 and d["switched"] == 0
@@ -268,3 +280,52 @@ async def test_active_restarted_as_active_while_other_is_active_is_refused(sb: A
     last = r.stderr.strip().splitlines()[-1]
     assert "host-b is already the active host" in last and "--role standby" in last
 
+
+
+async def test_cp_alone_fences_an_old_active_that_does_not_fence_itself(sb: Any) -> None:
+    """The CP's fencing, end to end: host-a is started with self-fencing disabled (a test-only
+    switch: it ignores the fenced frame, refusals and the loss of its CP link and keeps serving at
+    its old epoch). Stopped, failed over, then woken up, it still cannot get one frame accepted:
+    the CP closed its link at the grant and refuses it as active on every new one."""
+    info = await sb(terminals=50, service="journal", host_env={"host-a": {"HSB_TEST_DISABLE_SELF_FENCING": "1"}})
+    a_pid = pid_of(info, "host-a")
+    d = Path(info["dir"])
+    journal_a = next(Path(p) for p in info["journals"] if Path(p).stem == "journal-host-a")
+    seen: dict[str, Any] = {}
+
+    def refusals() -> int:
+        return sum(1 for e in log_events(d / "cp.log") if e.get("event") == "registration_refused" and e.get("host") == "host-a")
+
+    async def stop_grant_wake() -> None:
+        await wait_status(info, lambda s: s["cp"]["terminals"]["standby_sessions"] == 50, what="all standby sessions")
+        await asyncio.sleep(0.5)  # load keeps running: host-a is given messages it will not answer in time
+        os.kill(a_pid, signal.SIGSTOP)
+        try:
+            st = await wait_status(info, lambda s: s["cp"]["epoch"] >= 2 and s["cp"]["last_switchover"] is not None, timeout=10, what="grant to host-b")
+            seen["replies_at_grant"] = st["cp"]["replies_by_host"].get("host-a", 0)
+            seen["journal_at_grant"] = journal_a.stat().st_size
+        finally:
+            os.kill(a_pid, signal.SIGCONT)
+        # awake, host-a processes what it had been given and tries to answer it at epoch 1...
+        await until(lambda: journal_a.stat().st_size > seen["journal_at_grant"], 10, what="host-a to process after waking")
+        # ...then, its link closed by the CP, tries to register as the active again
+        try:
+            await until(lambda: refusals() >= 2, 10, what="two refused registrations of host-a")
+        except TimeoutError:
+            pass  # judged below, after what matters most
+
+    try:
+        report = await load_with(info, stop_grant_wake, terminals=50, rate=300)
+        st = await status(info)
+    finally:
+        os.kill(a_pid, signal.SIGCONT)
+    assert_clean(report)
+    a = next(h for h in st["hosts"] if h["name"] == "host-a")
+    assert sandbox._alive(a_pid) and a.get("role") == "active", a  # it really did not fence itself
+    assert any(e.get("event") == "fence_ignored" for e in log_events(d / "host-a.log"))
+    assert active_names(st) == ["host-a", "host-b"] or active_names(st) == ["host-b", "host-a"]
+    # ...and yet the CP accepted no reply from it after the grant, and host-b serves
+    assert st["cp"]["replies_by_host"].get("host-a", 0) == seen["replies_at_grant"], st["cp"]["replies_by_host"]
+    assert st["cp"]["active"]["name"] == "host-b"
+    assert refusals() >= 2  # every new link it opened as "active" was refused
+    check_journals(info, report, ["host-a", "host-b"])

@@ -5,6 +5,7 @@ with nothing lost or duplicated."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -45,17 +46,23 @@ async def test_failover_mid_run_loses_nothing(cp: Proc) -> None:
     a.auto_open, a.auto_reply = ATTRS, True
     b = await FakeHost.connect(cp.info["host"], "host-b", "standby")
     b.auto_open, b.auto_reply = ATTRS, True  # once active: reopen NOSB's session, answer (re)deliveries
+    marks: list[tuple[str, float]] = []
     try:
         sending = asyncio.Event()
         task = asyncio.ensure_future(
             run_load(addr(cp.info["terminal"]), terminals=len(names), names=names, rate=300, duration=2.0,
-                     settle=10, sending=sending)
+                     settle=10, sending=sending, classic=["NOSB"], marks=marks)
         )
         await asyncio.wait_for(sending.wait(), 15)
         for n in terminal_names(N):
             b.send({"t": "open", "terminal": n, "kind": "standby", "attrs": ATTRS})
         await b.wait_count(lambda m: m["t"] == "opened" and m.get("kind") == "standby", N)
         await a.wait_count(lambda m: m["t"] == "deliver", 100)
+        a.auto_reply = False  # the active stops answering: what it is given from now on stays in flight
+        start = len(a.inbox)
+        await a.wait_count(lambda m: m["t"] == "deliver", 100 + 30)
+        in_flight = {(m["terminal"], m["id"]) for m in a.inbox[start:] if m["t"] == "deliver"} - a.replied
+        marks.append(("active dies", time.time()))
         await a.close()  # the active dies with messages in flight
         await b.wait(lambda m: m["t"] == "active_lost")
         b.send({"t": "switchover", "reason": "test", "planned": False})
@@ -64,9 +71,18 @@ async def test_failover_mid_run_loses_nothing(cp: Proc) -> None:
         r = await asyncio.wait_for(task, 40)
     finally:
         await b.close()
-    assert r.ok, r.to_dict()
-    assert r.lost == 0 and r.duplicates == 0 and r.unacked == 0
+    assert r.ok, r.failures
+    assert r.lost == 0 and r.duplicates == 0 and r.unacked == 0 and r.unexpected == 0 and r.bad_data == 0
     assert r.replied == r.sent == r.acked
     assert r.switched == N  # every standby-capable terminal kept its session
     assert r.per_terminal_disconnects.get("NOSB", 0) >= 1  # the classic path: reconnected
-    assert r.service_gap["ms"] > 0
+    assert r.disconnects_standby_capable == 0
+    # every message the dead active had been given and never answered went to host-b, marked
+    assert len(in_flight) >= 30
+    redelivered = {(m["terminal"], m["id"]) for m in b.inbox if m["t"] == "deliver" and m.get("redelivered")}
+    first_time = {(m["terminal"], m["id"]) for m in b.inbox if m["t"] == "deliver" and not m.get("redelivered")}
+    assert in_flight <= redelivered, sorted(in_flight - redelivered)[:5]
+    assert not in_flight & first_time
+    assert redelivered <= {(m["terminal"], m["id"]) for m in a.inbox if m["t"] == "deliver"}
+    # the pause the terminals saw: the messages in flight waited for the switchover
+    assert r.pause is not None and r.pause["worst_ms"] is not None and r.pause["worst_ms"] > 0

@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 
+from hsb import faults
 from hsb.config import parse_addr
 from hsb.wire.client import FrameStream, LinkClosed
 from hsb.wire.framing import ProtocolError
@@ -111,7 +112,9 @@ class CPLink:
             try:
                 self.on_up()
                 while True:
-                    msg = await fs.recv(timeout=self.timeout)
+                    # a CP silent past the timeout is dropped: this host stops serving on its own
+                    # (unless a test switched self-fencing off, hsb.faults)
+                    msg = await fs.recv(timeout=self.timeout if faults.SELF_FENCING else None)
                     self.last_rx = time.monotonic()
                     if msg["t"] != "hb":
                         self.on_frame(msg)

@@ -190,12 +190,17 @@ class HA:
     def link_event(self, msg: dict[str, Any]) -> None:
         """The synchronous part of registered / switch_granted / fenced (see HostServer._cp_frame)."""
         t = msg["t"]
+        if not faults.SELF_FENCING and t in ("fenced", "error"):
+            return
         if t == "registered":
             self.epoch = int(msg.get("epoch", 0))
             self.serving = msg.get("role") == "active"
+            if self.serving:
+                log.info("serving_as_active", epoch=self.epoch, how="registered")
         elif t == "switch_granted":
             self.epoch = int(msg["epoch"])
             self.serving = True
+            log.info("serving_as_active", epoch=self.epoch, how="switch granted")
             self.switched_sessions = self.srv.sessions_ctl.promote_standby_sessions()
         elif t == "demoted":
             self.epoch = int(msg["epoch"])
@@ -244,7 +249,7 @@ class HA:
         elif t == "error":
             code, text = msg.get("code"), msg.get("msg", "")
             if code == "active_exists":
-                if self.started_role == "active" and self.epoch == 0:
+                if self.started_role == "active" and self.epoch == 0 and faults.SELF_FENCING:
                     from hsb.cli import EXIT_NOT_ACTIVE
 
                     self.fail(EXIT_NOT_ACTIVE, f"refused by the CP: {text}", "start_refused")
@@ -275,6 +280,9 @@ class HA:
             self.last_error = f"switchover refused by the CP: {msg.get('reason')}"
 
     def fenced(self, why: str) -> None:
+        if not faults.SELF_FENCING:
+            log.warning("fence_ignored", why=why, msg="self-fencing disabled (test only)")
+            return
         self.set_state(FENCED, why)
         self.srv.delivery.cancel()
         from hsb.cli import EXIT_FENCED

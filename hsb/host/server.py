@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from hsb import gcpolicy
+from hsb import faults, gcpolicy
 from hsb.config import parse_addr
 from hsb.host.admin import HostAdminProtocol
 from hsb.host.config import HostConfig
@@ -81,6 +81,9 @@ class HostServer:
     def _cp_down(self, why: str) -> None:
         # At once, before the link reconnects: work in progress would answer under an
         # epoch the CP no longer has (and get this host fenced). The CP re-delivers it.
+        if not faults.SELF_FENCING:
+            self.ha.post("cp_down", why=why)
+            return
         self.delivery.cancel()
         if self.ha.serving:
             self.ha.serving = False
@@ -145,6 +148,8 @@ class HostServer:
 
     async def startup(self) -> None:
         h = self.cfg.host
+        if not faults.SELF_FENCING:
+            log.warning("self_fencing_disabled", msg="HSB_TEST_DISABLE_SELF_FENCING=1: for tests only; this host never stops serving on its own")
         await self.takeover.size_check()
         log.info("size_check_ok", path=self.cfg.takeover.path, records=self.cfg.takeover.records, own_terminals=self.sessions.own_total, batch_records=self.takeover.own_batch_records)
         loop = asyncio.get_running_loop()

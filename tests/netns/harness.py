@@ -37,6 +37,7 @@ hsb.cp|hsb.host ...` and log JSON lines to `<dir>/<name>.log`.
 
 from __future__ import annotations
 
+
 import asyncio
 import json
 import os
@@ -56,6 +57,7 @@ from hsb.config import toml_section, toml_value
 from hsb.ctl.gather import status_all
 from hsb.ctl.sandbox import records_for
 from hsb.takeover.fileio import create_file
+from hsb.term.verdict import ids
 
 REPO = Path(__file__).resolve().parents[2]
 PORT = {"terminal": 7000, "host": 7001, "admin": 7002, "http": 7003, "peer": 7100}
@@ -408,7 +410,8 @@ class Lab:
             stdout=subprocess.PIPE,
         )
         self.retired.append(dm)
-        return Load(dm, out)
+        self.loadrun = Load(dm, out)
+        return self.loadrun
 
     def down(self) -> None:
         """Stop every process this lab started, then delete its namespaces and veths."""
@@ -525,6 +528,12 @@ class Load:
         self.started_at = float(text.split()[1])
         return self.started_at
 
+    def mark(self, label: str, at: float) -> None:
+        """An operation (a cut) happened at wall time `at`: the report measures its pause."""
+        assert self.dm.proc.stdin is not None
+        self.dm.proc.stdin.write(f"mark {label} {at:.6f}\n".encode())
+        self.dm.proc.stdin.flush()
+
     async def finish(self, timeout: float = 60.0) -> dict[str, Any]:
         """End the sending phase, wait for the settle phase; returns the report (with ids)."""
         assert self.dm.proc.stdin is not None
@@ -542,7 +551,7 @@ class Load:
 
 # ---------------------------------------------------------------------- the checks
 def acked_ids(report: dict[str, Any]) -> set[tuple[str, int]]:
-    return {(t, i) for t, rec in (report.get("ids") or {}).items() for a, b in rec["acked"] for i in range(a, b + 1)}
+    return {(t, i) for t, rec in (report.get("ids") or {}).items() for i in ids(rec["acked"], rec["step"])}
 
 
 def read_journal(path: Path) -> dict[tuple[str, int], list[int]]:
@@ -569,6 +578,7 @@ def check_delivery(lab: Lab, report: dict[str, Any], order: list[str]) -> dict[s
     lost, no duplicate reply, every acknowledged id in some journal, and an id processed by
     one host and again by the next (in `order`) marked redelivered there."""
     assert report["acked"] > 0, "the load acknowledged nothing"
+    assert report["ok"], report["failures"]  # the strict verdict of hsb.term
     assert report["lost"] == 0, f"{report['lost']} acknowledged messages got no reply, e.g. {report['lost_ids'][:5]}"
     assert report["duplicates"] == 0, f"{report['duplicates']} duplicate replies, e.g. {report['duplicate_ids'][:5]}"
     assert report["unexpected"] == 0, report

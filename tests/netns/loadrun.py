@@ -26,10 +26,16 @@ async def main(a: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     fd = sys.stdin.fileno()
 
+    marks: list[tuple[str, float]] = []
+
     def on_stdin() -> None:
         line = sys.stdin.readline()
         if not line:  # EOF: stop for good
             loop.remove_reader(fd)
+        elif line.startswith("mark "):  # "mark LABEL WALL": an operation to measure the pause of
+            _, label, at = line.split()
+            marks.append((label, float(at)))
+            return
         stop.set()
 
     loop.add_reader(fd, on_stdin)
@@ -49,6 +55,7 @@ async def main(a: argparse.Namespace) -> int:
         record_ids=True,
         sending=sending,
         stop=stop,
+        marks=marks,
     )
     ann.cancel()
     with open(a.out, "w") as fh:

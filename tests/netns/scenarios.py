@@ -100,6 +100,9 @@ async def run(name: str, d: Path, *, terminals: int = 200, rate: float = 400.0, 
         if out.get("t_cut") and st["cp"].get("last_switchover"):
             _takeover_times(out, st, out["t_cut"])
         out["service_gap_ms"] = report["service_gap"]["ms"]
+        pause = (report.get("operations") or [{}])[0]
+        out["worst_pause_ms"] = pause.get("worst_ms")
+        out["all_served_ms"] = pause.get("all_served_ms")
         out["acked"] = report["acked"]
         # the checks every scenario shares
         out.update(check_delivery(lab, report, order))
@@ -153,6 +156,7 @@ async def _a_loses(lab: Lab, watch: Watch, out: dict[str, Any], hold: float, lin
     """Shared by the two scenarios in which host A loses the switch to host B."""
     epoch = (await lab.status())["cp"]["epoch"]
     t_cut = lab.cut(*links)
+    lab.loadrun.mark("cut", t_cut)
     out["t_cut"] = t_cut
     st = await lab.wait(lambda s: _active(s) == "host-b" and _host(s, "b").get("role") == "active", 10, "host-b granted the switch")
     out["journal_at_grant"] = _lines(lab.journal("a"))

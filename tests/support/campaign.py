@@ -7,12 +7,21 @@ the new active in the middle of its takeover; then recovers the pair the way an
 operator would (restart the dead host as standby; start one as active if both
 died) and checks the invariants:
 
-- never two hosts serving as active (sampled all through the round);
-- no duplicate or unexpected reply, ever;
+- never two hosts serving as active: sampled all through the round, and from
+  the records themselves: the CP's log of grants (one host per epoch, epochs
+  only rising) and each host's `serving_as_active` events (a host serves only
+  at an epoch the CP granted to it);
+- no duplicate, unexpected or wrong reply and nothing left unacknowledged,
+  ever (the strict verdict of hsb.term, disconnects judged per round);
 - no disconnect of a load terminal in a round whose kill came while hot standby
   was established (those terminals all had standby sessions);
 - at the end: nothing acknowledged lost, every acknowledged id in a journal, and
   no (terminal, id) processed twice without the redelivered mark.
+
+A round armed at a crash point counts under that point only if the point was
+reached (its `crash_point` line is in the victim's log); when the path was
+never taken and the host was killed instead, the round is a *fallback*,
+reported apart.
 
 Replay one round: the printed seed is the campaign seed; the round's choices
 come from Random(f"{seed}:{round}").
@@ -32,6 +41,7 @@ from typing import Any
 from hsb.ctl import sandbox
 from hsb.ctl.gather import status_all
 from hsb.term.load import run_load
+from hsb.term.verdict import ids
 from tests.support.massterm import Fleet
 
 HOSTS = ("host-a", "host-b")
@@ -60,6 +70,9 @@ class Round:
     recovered_by_operator: bool = False
     two_actives: bool = False
     duplicates: int = 0
+    unexpected: int = 0
+    point_reached: bool | None = None  # armed rounds: did the crash point fire?
+    fallback: bool = False  # armed, never reached, SIGKILLed instead
     ms: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -163,8 +176,9 @@ class Campaign:
         r.epoch_before = s["cp"]["epoch"]
         active = self.actives(s)[0]
         standby = next(h for h in HOSTS if h != active)
-        disc0, dup0 = self.snap.get("disconnects", 0), self.snap.get("duplicates", 0)
+        disc0, dup0, unx0 = self.snap.get("disconnects", 0), self.snap.get("duplicates", 0), self.snap.get("unexpected", 0)
         point, _ = ACTIONS[action]
+        victim_pid = 0
         if action == "kill_active":
             await asyncio.sleep(rng.uniform(0, 0.3))
             r.victim = active
@@ -174,10 +188,12 @@ class Campaign:
             os.kill(self.state()["hosts"][standby]["pid"], signal.SIGKILL)
         elif action in ("crash_before_reply", "crash_mid_ring_group"):
             r.victim = active
+            victim_pid = self.state()["hosts"][active]["pid"]
             self.arm(active, point, rng.randrange(0, 20) if action == "crash_before_reply" else rng.randrange(0, 3))  # type: ignore[arg-type]
             await self._wait_dead_or_kill(active, 10, r)
         elif action == "crash_new_active_mid_redelivery":
             r.victim = f"{active}+{standby}"
+            victim_pid = self.state()["hosts"][standby]["pid"]
             self.arm(standby, point, 0)  # type: ignore[arg-type]
             os.kill(self.state()["hosts"][active]["pid"], signal.SIGKILL)
             await self._wait_dead_or_kill(standby, 10, r)
@@ -187,7 +203,12 @@ class Campaign:
             os.kill(self.state()["hosts"][standby]["pid"], signal.SIGKILL)
             await self._wait_dead(standby)
             self.start(standby, "standby")
+            victim_pid = self.state()["hosts"][active]["pid"]
             await self._wait_dead_or_kill(active, 10, r)
+        if point is not None:
+            r.point_reached = self.point_reached(point, victim_pid)
+            if not r.point_reached and not r.fallback:
+                raise CampaignError(f"seed {r.seed}: {r.victim} died at no crash point and was not killed by the campaign")
         for h in HOSTS:
             if not self.alive(h):
                 await self._wait_dead(h)
@@ -196,12 +217,15 @@ class Campaign:
         r.epoch_after = s["cp"]["epoch"]
         r.disconnects = self.snap.get("disconnects", 0) - disc0
         r.duplicates = self.snap.get("duplicates", 0) - dup0
-        r.two_actives = self.two_actives
+        r.unexpected = self.snap.get("unexpected", 0) - unx0
+        r.two_actives = self.two_actives or bool(self.epoch_violations())
         r.ms = round((time.monotonic() - t0) * 1000, 1)
         if r.two_actives:
-            raise CampaignError(f"seed {r.seed}: two hosts served as active")
+            raise CampaignError(f"seed {r.seed}: two hosts served as active: {self.epoch_violations() or 'seen in a status poll'}")
         if r.duplicates:
             raise CampaignError(f"seed {r.seed}: {r.duplicates} duplicate replies")
+        if r.unexpected:
+            raise CampaignError(f"seed {r.seed}: {r.unexpected} unexpected replies")
         if ACTIONS[action][1] and r.disconnects:
             raise CampaignError(f"seed {r.seed} ({action}): {r.disconnects} load terminals were disconnected although all had standby sessions")
         return r
@@ -223,11 +247,48 @@ class Campaign:
                 raise TimeoutError(f"round {i}: load terminals without a standby session: {[n for n in want if not sessions.get(n, {}).get('standby')][:5]}")
             await asyncio.sleep(0.05)
 
+    def point_reached(self, point: str, pid: int) -> bool:
+        """The victim (pid) logged that it died at `point` (hsb.faults writes the line to stderr)."""
+        for h in HOSTS:
+            p = self.d / f"{h}.log"
+            if p.exists():
+                for line in p.read_text(errors="replace").splitlines():
+                    if '"crash_point"' in line and f'"{point}"' in line and f'"pid": {pid}}}' in line:
+                        return True
+        return False
+
+    def epoch_violations(self) -> list[str]:
+        """Two actives from the records: the CP's grants (epoch -> host) against every host's
+        `serving_as_active` events. Empty when each epoch has one host and each host served only
+        at epochs granted to it."""
+        from tests.support.procs import log_events
+
+        out: list[str] = []
+        granted: dict[int, str] = {}
+        last = 0
+        for e in log_events(self.d / "cp.log"):
+            if (e.get("event") == "host_registered" and e.get("role") == "active") or e.get("event") == "switchover_granted":
+                ep, host = int(e["epoch"]), str(e["host"])
+                if ep in granted and granted[ep] != host:
+                    out.append(f"CP granted epoch {ep} to {granted[ep]} and {host}")
+                if ep <= last and not (ep in granted and granted[ep] == host):
+                    out.append(f"CP epoch went from {last} to {ep}")
+                granted[ep] = host
+                last = max(last, ep)
+        for h in HOSTS:
+            for e in log_events(self.d / f"{h}.log"):
+                if e.get("event") == "serving_as_active":
+                    ep = int(e["epoch"])
+                    if granted.get(ep) != h:
+                        out.append(f"{h} served as active at epoch {ep}, which the CP granted to {granted.get(ep)}")
+        return out
+
     async def _wait_dead_or_kill(self, name: str, timeout: float, r: Round) -> None:
         """Wait for an armed crash point to fire; if the path was never taken, kill instead."""
         deadline = time.monotonic() + timeout
         while self.alive(name):
             if time.monotonic() > deadline:
+                r.fallback = True
                 r.notes.append(f"{name}: crash point not reached in {timeout:.0f}s; SIGKILL instead")
                 os.kill(self.state()["hosts"][name]["pid"], signal.SIGKILL)
                 await self._wait_dead(name)
@@ -268,7 +329,8 @@ class Campaign:
             self.snap = snap
 
         load = asyncio.ensure_future(
-            run_load(self.state()["cp"]["terminal"], terminals=self.n, rate=self.rate, duration=86400, settle=30, record_ids=True, sending=sending, stop=stop, progress=progress, progress_interval=0.1)
+            # disconnects are judged per round (allowed only where a terminal could lack a standby session)
+            run_load(self.state()["cp"]["terminal"], terminals=self.n, rate=self.rate, duration=86400, settle=30, record_ids=True, sending=sending, stop=stop, progress=progress, progress_interval=0.1, expect_disconnects=True)
         )
         churn = asyncio.ensure_future(self.churn(churn_stop))
         try:
@@ -290,13 +352,20 @@ class Campaign:
             "acknowledged": d["acked"],
             "lost": d["lost"],
             "duplicates": d["duplicates"],
+            "unexpected": d["unexpected"],
+            "unacked": d["unacked"],
+            "bad_data": d["bad_data"],
+            "failures": d["failures"],
             "processed_twice_without_redelivered_mark": journal_problems["unmarked_repeats"],
             "acknowledged_not_in_any_journal": journal_problems["missing"],
             "disconnects_in_quiet_rounds": sum(r.disconnects for r in self.rounds if ACTIONS[r.action][1]),
             "disconnects_total": d["disconnects"],
             "rounds_with_two_actives": sum(r.two_actives for r in self.rounds),
+            "epoch_violations": self.epoch_violations(),
             "operator_restarts": sum(r.recovered_by_operator for r in self.rounds),
-            "actions": {a: sum(r.action == a for r in self.rounds) for a in ACTIONS},
+            # an armed round counts under its action only if its crash point was reached
+            "actions": {a: sum(r.action == a and not r.fallback for r in self.rounds) for a in ACTIONS},
+            "fallbacks": {a: n for a in ACTIONS if (n := sum(r.action == a and r.fallback for r in self.rounds))},
             "rounds_detail": [asdict(r) for r in self.rounds],
         }
         return summary
@@ -316,5 +385,5 @@ class Campaign:
                 seen.add(key)
                 if parts[3] == "0":
                     unmarked[key] = unmarked.get(key, 0) + 1
-        acked = {(t, i) for t, rec in report.ids.items() for a, b in rec["acked"] for i in range(a, b + 1)}
+        acked = {(t, i) for t, rec in report.ids.items() for i in ids(rec["acked"], rec["step"])}
         return {"missing": len(acked - seen), "unmarked_repeats": sum(1 for v in unmarked.values() if v > 1)}

@@ -23,6 +23,7 @@ class FakeHost:
         self._hb: asyncio.Task[None] | None = None
         self.auto_open: dict[str, Any] | None = None  # attrs: answer session_request with open
         self.auto_reply = False
+        self.replied: set[tuple[str, int]] = set()  # (terminal, id) this host answered
 
     @classmethod
     async def connect(cls, host_addr: str, name: str, role: str | None = None, secret: bytes = SECRET, heartbeat: float | None = 0.05) -> "FakeHost":
@@ -54,6 +55,7 @@ class FakeHost:
                     self.send({"t": "open", "terminal": m["terminal"], "kind": "active", "attrs": self.auto_open, "epoch": self.epoch})
                 if self.auto_reply and m["t"] == "deliver":
                     self.send({"t": "reply", "terminal": m["terminal"], "id": m["id"], "data": m["data"], "epoch": self.epoch})
+                    self.replied.add((m["terminal"], m["id"]))
                 self._new.set()
         except (LinkClosed, ConnectionError, OSError):
             pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import asyncio
 import os
 import signal
 import socket
@@ -35,6 +36,18 @@ def wait_for(cond: Any, timeout: float = 10.0, interval: float = 0.02, what: str
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+async def until(cond: Any, timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
+    """`wait_for` for async tests: polls on the event loop instead of blocking it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
 
 
 def log_events(path: Path) -> list[dict[str, Any]]:
