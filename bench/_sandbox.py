@@ -439,27 +439,30 @@ def table(headers: list[str], rows: list[list[str]], align: str | None = None) -
 #
 # `python bench/_sandbox.py load --cp HOST:PORT --terminals N --rate R` runs
 # `hsb.term.load.run_load` in a process of its own (so that the benchmark's loop and 10,000
-# terminals do not starve each other) with a `LoadStats` that also records, on the wall clock:
-# when each terminal got `switched` or its session back after a failover, disconnects after it,
-# and per terminal the longest stretch without a reply while it had a message outstanding.
+# terminals do not starve each other), with the strict verdict. A `mark` command records an
+# operation (a kill, a switchover) on the load's own clock: the report then carries, per mark,
+# the worst pause a terminal saw (hsb.term.timeline). It also tells, on the wall clock, when
+# every terminal had its `switched` notice or its session back after the mark.
 #
-# stdout (JSON lines): {"ev": "sending"}, {"ev": "recovered", ...}, {"ev": "report", ...}.
-# stdin (JSON lines):  {"cmd": "kill_at", "t": WALL} before a failover; {"cmd": "stop"} to end
-# sending (then it settles, logs the terminals off and reports). EOF also stops it.
+# stdout (JSON lines): {"ev": "sending"}, {"ev": "armed"}, {"ev": "marked"}, {"ev": "recovered", ...},
+# {"ev": "report", ...}.
+# stdin (JSON lines):  {"cmd": "arm"} just before an operation (from here on, terminals coming
+# back are counted); {"cmd": "mark", "label": L, "t": WALL} right after it, with the wall-clock
+# time the operation was carried out (the child's clock if "t" is left out); {"cmd": "stop"} to
+# end sending (then it settles, logs the terminals off and reports). EOF also stops it.
 
 
 def _load_stats_class() -> type:
     import hsb.term.load as L
 
     class FailoverStats(L.LoadStats):  # type: ignore[misc, valid-type]
+        """LoadStats that also tells when every terminal is back after the last mark."""
+
         def __init__(self, terminals: int) -> None:
             super().__init__(terminals)
             self.offset = time.time() - time.monotonic()
-            self.kill_at: float | None = None  # monotonic
-            self.since: dict[str, float] = {}
-            self.term_gap: dict[str, float] = {}  # longest stretch per terminal that ended after kill_at
-            self.steady_gap: dict[str, float] = {}  # the same before kill_at (steady state)
-            self.back: set[str] = set()  # switched, or session open again, after kill_at
+            self.mark_at: float | None = None  # monotonic
+            self.back: set[str] = set()  # switched, or session open again, after the mark
             self.first_back: float | None = None
             self.last_back: float | None = None
             self.switched_after = 0
@@ -467,39 +470,18 @@ def _load_stats_class() -> type:
             self.disc_after = 0
             self.recovered_sent = False
 
-        def arm(self, wall: float) -> None:
-            self.kill_at = wall - self.offset
+        def arm(self) -> float:
+            self.mark_at = time.monotonic()
             self.back.clear()
-            self.term_gap.clear()
             self.first_back = self.last_back = None
             self.switched_after = self.reopened_after = self.disc_after = 0
             self.recovered_sent = False
-
-        def on_sent(self, c: Any, msg_id: int, now: float) -> None:
-            super().on_sent(c, msg_id, now)
-            if len(c.outstanding) == 1:
-                self.since[c.name] = now
-
-        def on_reply(self, c: Any, msg_id: int, data: Any, latency: float | None, kind: str) -> None:
-            super().on_reply(c, msg_id, data, latency, kind)
-            if kind != "first":
-                return
-            now = time.monotonic()
-            s = self.since.pop(c.name, None)
-            if s is not None:
-                g = now - s
-                book = self.term_gap if self.kill_at is not None and now >= self.kill_at else self.steady_gap
-                if g > book.get(c.name, 0.0):
-                    book[c.name] = g
-            if c.outstanding:
-                self.since[c.name] = now
+            return self.mark_at + self.offset
 
         def _back(self, c: Any) -> None:
-            if self.kill_at is None or c.name in self.back:
+            if self.mark_at is None or c.name in self.back:
                 return
             now = time.monotonic()
-            if now < self.kill_at:
-                return
             self.back.add(c.name)
             if self.first_back is None:
                 self.first_back = now
@@ -510,47 +492,33 @@ def _load_stats_class() -> type:
 
         def on_switched(self, c: Any, epoch: int) -> None:
             super().on_switched(c, epoch)
-            if self.kill_at is not None:
+            if self.mark_at is not None:
                 self.switched_after += 1
             self._back(c)
 
         def on_session(self, c: Any, state: str, epoch: int, reason: str | None, first_open: bool) -> None:
             super().on_session(c, state, epoch, reason, first_open)
-            if state == "open" and self.kill_at is not None and time.monotonic() >= self.kill_at:
+            if state == "open" and self.mark_at is not None:
                 self.reopened_after += 1
                 self._back(c)
 
         def on_disconnect(self, c: Any, exc: Exception | None, retry_in: float, welcomed: bool) -> None:
             super().on_disconnect(c, exc, retry_in, welcomed)
-            if self.kill_at is not None and self.counting and welcomed:
+            if self.mark_at is not None and self.counting and welcomed:
                 self.disc_after += 1
-            # a disconnected terminal's outstanding stretch goes on: `since` is kept
 
         def extras(self) -> dict[str, Any]:
             def wall(t: float | None) -> float | None:
                 return None if t is None else t + self.offset
 
-            gaps = sorted(self.term_gap.values())
-            steady = sorted(self.steady_gap.values())
-
-            def summary(v: list[float]) -> dict[str, Any]:
-                return {
-                    "count": len(v),
-                    "p50_ms": None if not v else round(pctl(v, 50) * 1000, 3),  # type: ignore[operator]
-                    "p99_ms": None if not v else round(pctl(v, 99) * 1000, 3),  # type: ignore[operator]
-                    "max_ms": None if not v else round(v[-1] * 1000, 3),
-                }
-
             return {
-                "kill_at": wall(self.kill_at),
+                "mark_at": wall(self.mark_at),
                 "back": len(self.back),
                 "first_back": wall(self.first_back),
                 "last_back": wall(self.last_back),
                 "switched_after": self.switched_after,
                 "reopened_after": self.reopened_after,
                 "disconnects_after": self.disc_after,
-                "term_gap": summary(gaps),
-                "steady_term_gap": summary(steady),
             }
 
     return FailoverStats
@@ -572,6 +540,7 @@ async def _load_child(a: Any) -> None:
 
     L.LoadStats = factory  # type: ignore[assignment, misc]
     sending, stop = asyncio.Event(), asyncio.Event()
+    marks: list[tuple[str, float]] = []
     reader = await stdin_reader()
 
     async def commands() -> None:
@@ -584,9 +553,14 @@ async def _load_child(a: Any) -> None:
                 m = json.loads(line)
             except ValueError:
                 continue
-            if m.get("cmd") == "kill_at" and made:
-                made[0].arm(float(m["t"]))
-                emit({"ev": "armed", "t": time.time()})
+            if m.get("cmd") == "arm" and made:
+                emit({"ev": "armed", "t": made[0].arm()})
+            elif m.get("cmd") == "mark" and made:
+                t = float(m["t"]) if m.get("t") is not None else time.time()
+                if made[0].mark_at is None:
+                    made[0].arm()
+                marks.append((str(m.get("label", "operation")), t))
+                emit({"ev": "marked", "t": t})
             elif m.get("cmd") == "stop":
                 stop.set()
 
@@ -606,6 +580,9 @@ async def _load_child(a: Any) -> None:
             connect_timeout=a.connect_timeout,
             sending=sending,
             stop=stop,
+            marks=marks,
+            after_s=a.after_s,
+            expect_disconnects=a.expect_disconnects,
         )
     finally:
         for t in tasks:
@@ -628,6 +605,8 @@ def main(argv: list[str] | None = None) -> None:
     lp.add_argument("--settle", type=float, default=20.0)
     lp.add_argument("--window", type=int, default=8)
     lp.add_argument("--connect-timeout", type=float, default=120.0)
+    lp.add_argument("--after-s", type=float, default=1.0, help="a mark's window: messages sent this long after it count")
+    lp.add_argument("--expect-disconnects", action="store_true", help="conventional mode: disconnects do not fail the verdict")
     a = p.parse_args(argv)
     from hsb import loop
 
@@ -638,7 +617,10 @@ def main(argv: list[str] | None = None) -> None:
 async def start_load(cp: str, terminals: int, rate: float, log: Path, **kw: Any) -> Child:
     argv = [sys.executable, str(Path(__file__).resolve()), "load", "--cp", cp, "--terminals", str(terminals), "--rate", str(rate)]
     for k, v in kw.items():
-        argv += [f"--{k.replace('_', '-')}", str(v)]
+        if v is True:
+            argv.append(f"--{k.replace('_', '-')}")
+        elif v is not False and v is not None:
+            argv += [f"--{k.replace('_', '-')}", str(v)]
     return await Child.start(argv, log)
 
 

@@ -1,18 +1,17 @@
-"""Planned switchover vs SIGKILL failover, side by side (issue 6 measure).
+"""Planned switchover beside SIGKILL failover, same run, with the worst pause a terminal saw.
 
-    .venv/bin/python bench/switchover.py [--sizes 1000,10000] [--reps 3] [--rate R]
+    .venv/bin/python bench/switchover.py [--sizes 1000,10000] [--reps 3] [--rate 2000]
+                                         [--json FILE] [--no-write] [--render FILE]
 
-For each size: one sandbox; per repetition, one load run (hsbterm load in its own
-process) with a planned `hsbctl switchover` in the middle, then one with a SIGKILL
-of the active (old active restarted as standby afterwards). Reports the service
-gap seen by the terminals that the operation caused (the longest stretch with
-messages outstanding and no reply that overlaps the operation's window: for a
-switchover from `hsbctl switchover` until it returns with hot standby
-established again, for a SIGKILL from the kill until the new active is seen,
-+0.5 s each), the longest stretch of the whole run beside it, the CP's own
-figure, lost, duplicates and disconnects, and the ratio failover gap /
-switchover gap from the same run. Goal: planned gap <= 50 ms,
-zero lost.
+For each size: one sandbox (echo service, default timing); per repetition, interleaved: one load
+run (the load child of bench/_sandbox.py, its own process, strict verdict) with a planned
+`hsbctl switchover` in the middle, then one with a SIGKILL of the active (the old active restarted
+as standby afterwards). The child marks each operation; the headline is the **worst pause**: the
+reply latency of every message in flight at the operation or sent in the second after it (max and
+p99 over those messages), and **all served**, the operation → the last reply to a message it kept
+waiting (hsb.term.timeline). Beside it the CP's own record (hsb.cp.switchrec: worst time from its
+ack to the reply over the traffic in flight at the grant). Goal: planned worst pause ≤ 50 ms at
+10,000 terminals, 0 lost, 0 disconnects. Raw results: bench/results/switchover.json.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import asyncio
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,124 +28,193 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hsb.ctl import sandbox  # noqa: E402
+from _sandbox import (  # noqa: E402
+    fmt_ms,
+    host_by_role,
+    machine,
+    machine_line,
+    median,
+    run_or_render,
+    sandbox,
+    sandbox_down,
+    start_load,
+    status,
+    table,
+    until,
+    wait_dead,
+)
+
+COMMAND = ".venv/bin/python bench/switchover.py"
+RESULTS = Path(__file__).resolve().parent / "results" / "switchover.json"
+SECTION = "Planned switchover beside SIGKILL failover (`bench/switchover.py`)"
 
 
-status = sandbox.status
-until = sandbox.until
+def say(*a: Any) -> None:
+    print(*a, file=sys.stderr, flush=True)
 
 
-actives = sandbox.actives
-
-
-async def one(d: Path, info: dict[str, Any], n: int, rate: float, kind: str) -> dict[str, Any]:
-    await until(d, lambda s: s["established"] and s["cp"]["terminals"]["standby_sessions"] >= 0, 120, "established")
-    load = subprocess.Popen(
-        [sys.executable, "-m", "hsb.term", "load", "--cp", info["cp"]["terminal"], "--terminals", str(n), "--rate", str(rate), "--duration", "8", "--settle", "20", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-    )
-    await until(d, lambda s: s["cp"]["terminals"]["standby_sessions"] == n, 120, "standby sessions")
-    await asyncio.sleep(2.0)
-    s = await status(d)
-    old = actives(s)[0]
-    new = "host-b" if old == "host-a" else "host-a"
-    op_start = time.time()
-    if kind == "switchover":
-        r = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: subprocess.run([sys.executable, "-m", "hsb.ctl", *info["ctl"], "switchover", "--yes", "--timeout", "120"], capture_output=True, text=True)
-        )
-        if r.returncode != 0:
-            raise RuntimeError(f"switchover failed: {r.stderr}")
-    else:
-        os.kill(sandbox.load_state(d)["hosts"][old]["pid"], signal.SIGKILL)
-        await until(d, lambda s: actives(s) == [new], 30, "takeover")
-    # switchover: hsbctl returns once hot standby is established again, so the window holds
-    # the re-establishment too; failover: the old active is restarted after the load run
-    op_end = time.time() + 0.5
-    out, _ = await asyncio.get_running_loop().run_in_executor(None, load.communicate)
-    rep = json.loads(out)
+async def one(d: Path, info: dict[str, Any], n: int, a: argparse.Namespace, kind: str, rep: int) -> dict[str, Any]:
+    await until(lambda: status(d), lambda s: s["established"], 180, "established", 0.2)
+    load = await start_load(info["cp"]["terminal"], n, a.rate, d / f"load-{kind}-{rep}.log", settle=20)
+    try:
+        ev = await load.read(timeout=180)
+        assert ev["ev"] == "sending", ev
+        await until(lambda: status(d), lambda s: s["cp"]["terminals"]["standby_sessions"] == n, 120, "standby sessions", 0.2)
+        await asyncio.sleep(a.steady)
+        s = await status(d)
+        old = host_by_role(s, "active")
+        assert old is not None
+        new = "host-b" if old == "host-a" else "host-a"
+        await load.send({"cmd": "arm"})
+        assert (await load.read(timeout=30))["ev"] == "armed"
+        t_op = time.time()
+        if kind == "switchover":
+            r = await asyncio.get_running_loop().run_in_executor(
+                None,
+                lambda: subprocess.run([sys.executable, "-m", "hsb.ctl", *info["ctl"], "switchover", "--yes", "--timeout", "120"],
+                                       capture_output=True, text=True),
+            )
+            if r.returncode != 0:
+                raise RuntimeError(f"switchover failed: {r.stderr}")
+        else:
+            old_pid = sandbox.load_state(d)["hosts"][old]["pid"]
+            os.kill(old_pid, signal.SIGKILL)
+            await load.send({"cmd": "mark", "label": kind, "t": t_op})
+            await until(lambda: status(d), lambda s: host_by_role(s, "active") == new, 30, "takeover", 0.05)
+        if kind == "switchover":  # hsbctl returned; the operation began when it was started
+            await load.send({"cmd": "mark", "label": kind, "t": t_op})
+        await asyncio.sleep(a.after)
+        await load.send({"cmd": "stop"})
+        rep_ev = await load.read(timeout=120)
+        while rep_ev.get("ev") != "report":
+            rep_ev = await load.read(timeout=120)
+        report = rep_ev["report"]
+    finally:
+        await load.stop()
     s = await status(d)
     rec = s["cp"].get("last_switchover") or {}
     if kind == "failover":
-        while sandbox._alive(sandbox.load_state(d)["hosts"][old]["pid"]):
-            await asyncio.sleep(0.05)
+        await wait_dead(old_pid, 10)
         sandbox.start_host(d, old, "standby")
-        await until(d, lambda s: s["established"], 180, "established again")
-    # the longest stretch without replies that overlaps the operation's window (the run's
-    # longest may lie elsewhere: the 10,000 logons at its start, say)
-    in_op = [g["ms"] for g in rep.get("gaps", []) if g["start"] is not None and g["end"] is not None
-             and g["end"] >= op_start and g["start"] <= op_end]
+    op = (report.get("operations") or [{}])[0]
     return {
         "kind": kind,
         "terminals": n,
-        "op_gap_ms": max(in_op) if in_op else None,
-        "op_window_s": round(op_end - op_start, 3),
-        "gap_ms": rep["service_gap"]["ms"],
-        "cp_gap_ms": rec.get("service_gap_ms") if kind == "switchover" else rec.get("first_reply_ms"),
-        "switch_ms": rec.get("switch_ms"),
-        # where the terminals' longest gap lies, from the CP's grant (wall clock, same machine)
-        "gap_start_after_grant_ms": None if rec.get("at") is None or rep["service_gap"].get("start") is None else round((rep["service_gap"]["start"] - rec["at"]) * 1000, 1),
-        "gap_end_after_grant_ms": None if rec.get("at") is None or rep["service_gap"].get("end") is None else round((rep["service_gap"]["end"] - rec["at"]) * 1000, 1),
-        "cp_first_reply_ms": rec.get("first_reply_ms"),
-        "grant_at": rec.get("at"),
+        "rep": rep,
+        "worst_ms": op.get("worst_ms"),
+        "p99_ms": op.get("p99_ms"),
+        "all_served_ms": op.get("all_served_ms"),
+        "window_messages": op.get("messages"),
+        "steady_p99_ms": op.get("steady_p99_ms"),
+        "cp_worst_pause_ms": rec.get("worst_pause_ms"),
+        "cp_p99_pause_ms": rec.get("p99_pause_ms"),
+        "cp_all_served_ms": rec.get("all_served_ms"),
         "release_to_grant_ms": rec.get("release_to_grant_ms"),
-        "lost": rep["lost"],
-        "duplicates": rep["duplicates"],
-        "disconnects": rep["disconnects"],
-        "acked": rep["acked"],
+        "switch_ms": rec.get("switch_ms"),
+        "gap_ms": report["service_gap"]["ms"],
+        "sent": report["sent"],
+        "acked": report["acked"],
+        "lost": report["lost"],
+        "duplicates": report["duplicates"],
+        "unexpected": report["unexpected"],
+        "disconnects": report["disconnects"],
+        "ok": report["ok"],
+        "failures": report["failures"],
     }
 
 
-async def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="1000,10000")
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--rate", type=float, default=2000.0)
-    a = ap.parse_args()
-    rows: list[dict[str, Any]] = []
-    base = Path(tempfile.mkdtemp(prefix="hsb-bench-switchover-"))
-    for n in [int(x) for x in a.sizes.split(",")]:
-        d = base / f"n{n}"
-        info = await sandbox.aup(d, terminals=n, service="echo", timeout=180)
-        try:
-            for _ in range(a.reps):
-                for kind in ("switchover", "failover"):
-                    r = await one(d, info, n, a.rate, kind)
-                    rows.append(r)
-                    print(json.dumps(r), flush=True)
-        finally:
-            sandbox.down(d, timeout=3.0)
-    print(f"\ncommand: .venv/bin/python bench/switchover.py --sizes {a.sizes} --reps {a.reps} --rate {a.rate:.0f}; machine: {os.cpu_count()} cores, load generator and daemons on the same machine")
-    print("\n| terminals | runs | planned: gap in its window ms (median / max) | SIGKILL: gap in its window ms (median / max) | ratio kill/planned | longest gap of the whole run, planned / SIGKILL (median) | CP planned gap ms (median) | lost | dup | disconnects |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    ok = True
-
-    def med_max(xs: list[float]) -> str:
-        return f"{statistics.median(xs):.1f} / {max(xs):.1f}" if xs else "-"
-
+def render(rows: list[dict[str, Any]], a: argparse.Namespace) -> str:
+    out = [
+        f"Command: `{a.command}`",
+        f"Raw results: `bench/results/{Path(getattr(a, 'json', RESULTS)).name}` (`--render` rebuilds this table).",
+        "",
+        f"Machine: {machine_line(a.machine)}; hsbcpd, both hosts, the load generator and the benchmark share the 2 cores.",
+        f"Load: {a.rate:,.0f} messages/s in total, each terminal on its own schedule, echo service. Planned"
+        " switchover and SIGKILL failover alternate in one sandbox; worst pause = max (p99) reply latency over the"
+        " messages in flight at the operation or sent in the second after it; medians over the runs, worst run"
+        " in brackets.",
+        "",
+    ]
+    body = []
     for n in sorted({r["terminals"] for r in rows}):
         sw = [r for r in rows if r["terminals"] == n and r["kind"] == "switchover"]
         fo = [r for r in rows if r["terminals"] == n and r["kind"] == "failover"]
-        sg = [r["op_gap_ms"] for r in sw if r["op_gap_ms"] is not None]
-        fg = [r["op_gap_ms"] for r in fo if r["op_gap_ms"] is not None]
-        cpg = [r["cp_gap_ms"] for r in sw if r["cp_gap_ms"] is not None]
-        lost = sum(r["lost"] for r in sw + fo)
-        dup = sum(r["duplicates"] for r in sw + fo)
-        disc = sum(r["disconnects"] for r in sw + fo)
-        ok &= lost == 0 and dup == 0
-        ratio = f"{statistics.median(fg) / max(statistics.median(sg), 0.001):.2f}" if sg and fg else "-"
-        whole = f"{statistics.median([r['gap_ms'] for r in sw]):.1f} / {statistics.median([r['gap_ms'] for r in fo]):.1f}"
-        print(
-            f"| {n:,} | {len(sw)} + {len(fo)} | {med_max(sg)} | {med_max(fg)} | {ratio} | {whole} | "
-            f"{statistics.median(cpg) if cpg else float('nan'):.1f} | {lost} | {dup} | {disc} |"
-        )
-    return 0 if ok else 1
+
+        def mm(rs: list[dict[str, Any]], k: str) -> str:
+            v = [r[k] for r in rs if r.get(k) is not None]
+            return f"{fmt_ms(median(v), 1)} ({fmt_ms(max(v), 1)})" if v else "–"
+
+        sm, fm = median([r["worst_ms"] for r in sw if r.get("worst_ms")]), median([r["worst_ms"] for r in fo if r.get("worst_ms")])
+        body.append([
+            f"{n:,}", f"{len(sw)} + {len(fo)}", mm(sw, "worst_ms"), mm(sw, "p99_ms"), mm(sw, "all_served_ms"), mm(sw, "cp_worst_pause_ms"),
+            mm(fo, "worst_ms"), mm(fo, "p99_ms"), "–" if not sm or not fm else f"{fm / sm:.1f}×",
+            str(sum(r["lost"] for r in sw + fo)), str(sum(r["disconnects"] for r in sw + fo)),
+            "all OK" if all(r["ok"] for r in sw + fo) else "**FAILED**",
+        ])
+    out.append(table(
+        ["terminals", "runs", "planned: worst pause", "planned: p99", "planned: all served", "planned: CP's worst pause",
+         "SIGKILL: worst pause", "SIGKILL: p99", "SIGKILL / planned", "lost", "disconnects", "verdict"],
+        body,
+        "rrrrrrrrrrrl",
+    ))
+    big = max((r["terminals"] for r in rows), default=0)
+    sw = [r["worst_ms"] for r in rows if r["terminals"] == big and r["kind"] == "switchover" and r.get("worst_ms") is not None]
+    if sw:
+        out += ["", f"Goal: planned switchover at {big:,} terminals, worst pause ≤ 50 ms: worst run {max(sw):.1f} ms,"
+                f" median {median(sw):.1f} ms (**{'met' if max(sw) <= 50 else 'missed'}**)."]
+    return "\n".join(out)
+
+
+async def amain(a: argparse.Namespace) -> int:
+    base = Path(tempfile.mkdtemp(prefix="hsb-bench-switchover-"))
+    rows: list[dict[str, Any]] = []
+    for n in a.sizes:
+        d = base / f"n{n}"
+        info = await sandbox.aup(d, terminals=n, service="echo", timeout=180)
+        try:
+            for rep in range(1, a.reps + 1):
+                for kind in ("switchover", "failover"):
+                    r = await one(d, info, n, a, kind, rep)
+                    rows.append(r)
+                    say(f"   {kind:<10} N={n} #{rep}: worst pause {fmt_ms(r['worst_ms'], 1)} ms (p99 {fmt_ms(r['p99_ms'], 1)}),"
+                        f" all served {fmt_ms(r['all_served_ms'], 1)} ms, CP's {fmt_ms(r['cp_worst_pause_ms'], 1)} ms;"
+                        f" {'OK' if r['ok'] else 'FAILED: ' + '; '.join(r['failures'])}")
+                    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+                    Path(a.json).write_text(json.dumps({"machine": a.machine, "command": a.command, "rate": a.rate, "results": rows}, indent=1))
+        finally:
+            sandbox_down(d)
+    text = render(rows, a)
+    print(text)
+    if a.write:
+        from _sandbox import write_section
+
+        write_section(SECTION, text)
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench/switchover.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="1000,10000")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--rate", type=float, default=2000.0)
+    p.add_argument("--steady", type=float, default=2.0, help="seconds of load before the operation")
+    p.add_argument("--after", type=float, default=2.0, help="seconds of load after it")
+    p.add_argument("--json", default=str(RESULTS))
+    p.add_argument("--render", metavar="JSON", help="do not measure: render saved results")
+    p.add_argument("--no-write", dest="write", action="store_false", help="do not update BENCHMARKS.md")
+    a = p.parse_args(argv)
+    a.command = COMMAND + (" " + " ".join(argv if argv is not None else sys.argv[1:]) if (argv or sys.argv[1:]) else "")
+    a.sizes = [int(x) for x in a.sizes.split(",") if x]
+    a.machine = machine()
+
+    def rerender(saved: dict[str, Any]) -> str:
+        a.rate = saved.get("rate", a.rate)
+        return render(saved["results"], a)
+
+    return run_or_render(a, SECTION, rerender, amain)
 
 
 if __name__ == "__main__":
-    from hsb import logs
-
-    logs.setup("warning")
-    sys.exit(asyncio.run(main()))
+    sys.exit(main())
