@@ -27,7 +27,9 @@ async def test_campaign_20_rounds(tmp_path: Path) -> None:
     assert summary["acknowledged"] > 0
     assert summary["lost"] == 0, summary
     assert summary["duplicates"] == 0, summary
+    assert summary["failures"] == [], summary  # the strict verdict: unexpected, unacked, bad data, ...
     assert summary["processed_twice_without_redelivered_mark"] == 0, summary
     assert summary["acknowledged_not_in_any_journal"] == 0, summary
     assert summary["disconnects_in_quiet_rounds"] == 0, summary
     assert summary["rounds_with_two_actives"] == 0, summary
+    assert summary["epoch_violations"] == [], summary
