@@ -2,57 +2,203 @@
 
 Same rounds and invariants as tests/test_campaign.py (tests/support/campaign.py),
 run 1,000 times against one sandbox; prints every round with its seed and a
-summary JSON; exits 1 on the first broken invariant (with the seed to replay).
+summary JSON; exits 1 on the first broken invariant (with the seed to replay), and
+when the load's strict verdict (hsb.term: nothing lost, duplicated, unexpected, wrong
+or unacknowledged) or any invariant failed at the end.
+
+The raw results (the summary, without the per-round detail) go to
+`bench/results/campaign.json` (`--json FILE` elsewhere; `--out FILE` also writes the
+full summary with every round); the section "Fault campaign (`bench/campaign.py`)" of
+BENCHMARKS.md is written from them (not with `--no-write`), and `--render FILE`
+rebuilds it from such a file alone, without measuring.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _sandbox import machine, machine_line, run_or_render, table, write_section  # noqa: E402
 
 from hsb.ctl import sandbox  # noqa: E402
-from tests.support.campaign import Campaign, CampaignError  # noqa: E402
+from tests.support.campaign import ACTIONS, Campaign, CampaignError  # noqa: E402
+
+COMMAND = ".venv/bin/python bench/campaign.py"
+RESULTS = Path(__file__).resolve().parent / "results" / "campaign.json"
+SECTION = "Fault campaign (`bench/campaign.py`)"
+
+# what each action does, for the table
+ACTION_LABELS = {
+    "kill_active": "SIGKILL active",
+    "crash_before_reply": "crash before reply",
+    "crash_mid_ring_group": "crash mid ring group",
+    "crash_new_active_mid_redelivery": "new active crashed mid re-delivery (operator restart)",
+    "kill_standby": "SIGKILL standby",
+    "crash_mid_batch_write": "crash mid batch write",
+    "crash_between_batch_and_notice": "crash between batch write and its notice",
+}
 
 
-async def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--terminals", type=int, default=100)
-    ap.add_argument("--rate", type=float, default=300.0)
-    ap.add_argument("--dir", default="")
-    ap.add_argument("--out", default="", help="write the summary JSON here too")
-    a = ap.parse_args()
+def problems(s: dict[str, Any]) -> list[str]:
+    """Every broken promise in a campaign summary (empty: the campaign passed)."""
+    out = [f"load: {f}" for f in s.get("failures") or []]
+    for key, what in (
+        ("lost", "acknowledged messages lost"),
+        ("duplicates", "duplicate replies"),
+        ("unexpected", "unexpected replies"),
+        ("processed_twice_without_redelivered_mark", "processed twice without the redelivered mark"),
+        ("acknowledged_not_in_any_journal", "acknowledged but in no journal"),
+        ("disconnects_in_quiet_rounds", "disconnects of terminals that had a standby session"),
+        ("rounds_with_two_actives", "rounds with two actives serving"),
+    ):
+        if s.get(key):
+            out.append(f"{s[key]:,} {what}")
+    if s.get("epoch_violations"):
+        out.append(f"epoch records: {'; '.join(s['epoch_violations'][:5])}")
+    return out
+
+
+def compact(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary for the JSON file: per-action round times instead of every round."""
+    detail = summary.get("rounds_detail") or []
+    res = {k: v for k, v in summary.items() if k != "rounds_detail"}
+    by: dict[str, list[float]] = {}
+    for r in detail:
+        by.setdefault(r["action"], []).append(r["ms"])
+    res["round_ms"] = {a: {"rounds": len(v), "median": round(statistics.median(v), 1), "max": max(v)} for a, v in by.items()}
+    res["notes"] = [f"round {i} ({r['action']}): {'; '.join(r['notes'])}" for i, r in enumerate(detail) if r.get("notes")][:50]
+    return res
+
+
+def render(saved: dict[str, Any], a: argparse.Namespace) -> str:
+    """The BENCHMARKS.md section, from the raw results alone (the whole saved JSON)."""
+    s = saved["results"]
+    st = saved.get("settings") or {}
+    out = [
+        f"Command: `{a.command}`",
+        f"Raw results: `bench/results/{RESULTS.name}` (`--render` rebuilds this table).",
+        "",
+        f"Machine: {machine_line(a.machine)}.",
+        "",
+        f"One sandbox, {st.get('terminals', 0):,} load terminals at {st.get('rate', 0):,.0f} msg/s with the `journal`"
+        " service and the strict verdict of hsb.term (disconnects judged per round), 8 terminals logging on and off"
+        f" all the time (so the active keeps writing ring groups), and {st.get('rounds', 0):,} seeded rounds; each round"
+        " kills the active (SIGKILL or an armed crash point), sometimes the standby, or the new active in the middle"
+        " of its takeover, then recovers the pair as an operator would and checks every invariant."
+        " `tests/test_campaign.py` runs the same for 20 rounds.",
+        "",
+    ]
+    if s.get("error"):
+        out += [
+            f"**INVARIANT BROKEN** in round {s.get('rounds_done', 0) + 1} of {st.get('rounds', 0):,} (seed {s['seed']};"
+            f" a round replays from `Random(\"{s['seed']}:<round>\")`): {s['error']}",
+        ]
+        return "\n".join(out)
+    bad = problems(s)
+
+    def b(key: str) -> str:
+        return f"**{s.get(key, 0):,}**"
+
+    acts = ", ".join(f"{ACTION_LABELS.get(k, k)} {v:,}" for k, v in sorted(s["actions"].items(), key=lambda kv: -kv[1]) if v)
+    fb = s.get("fallbacks") or {}
+    if fb:
+        acts += "; armed but the crash point never reached (SIGKILLed instead): " + ", ".join(
+            f"{ACTION_LABELS.get(k, k)} {v:,}" for k, v in fb.items())
+    classic = [k for k, (_, has_standby) in ACTIONS.items() if not has_standby]
+    rows = [
+        ["rounds", f"{s['rounds']:,} (seed {s['seed']}; a round replays from `Random(\"{s['seed']}:<round>\")`)"],
+        ["messages acknowledged", f"{s['acknowledged']:,}"],
+        ["lost", b("lost")],
+        ["duplicated replies", b("duplicates")],
+        ["unexpected replies", b("unexpected")],
+        ["unacknowledged / wrong data", f"**{s.get('unacked', 0):,} / {s.get('bad_data', 0):,}**"],
+        ["processed twice without the redelivered mark", b("processed_twice_without_redelivered_mark")],
+        ["acknowledged but in no journal", b("acknowledged_not_in_any_journal")],
+        ["disconnects of terminals that had a standby session (quiet rounds)", b("disconnects_in_quiet_rounds")],
+        ["rounds with two actives serving", b("rounds_with_two_actives")
+         + (f" ({len(s['epoch_violations'])} epoch-record violations)" if s.get("epoch_violations") else "")],
+        ["rounds by action", acts],
+        ["operator restarts", f"{s.get('operator_restarts', 0):,}"],
+        ["disconnects in all rounds", f"{s.get('disconnects_total', 0):,} (allowed only in the rounds where the active died"
+         f" before the standby was established: {', '.join(ACTION_LABELS.get(k, k) for k in classic)}; there the terminals"
+         " have no standby session yet and take the classic path)"],
+        ["verdict", "all OK" if not bad else f"**FAILED**: {'; '.join(bad)}"],
+    ]
+    out.append(table(["total", "value"], rows, "ll"))
+    rm = s.get("round_ms") or {}
+    if rm:
+        out += ["", "Round time (kill → pair recovered and checked), ms, median (max): " + ", ".join(
+            f"{ACTION_LABELS.get(k, k)} {v['median']:,.0f} ({v['max']:,.0f})" for k, v in rm.items()) + "."]
+    return "\n".join(out)
+
+
+async def amain(a: argparse.Namespace) -> int:
     seed = a.seed or int.from_bytes(os.urandom(4), "big")
     d = Path(a.dir or tempfile.mkdtemp(prefix="hsb-campaign-")) / "sb"
     c = Campaign(d, seed=seed, terminals=a.terminals, rate=a.rate, say=lambda s: print(s, flush=True))
+    settings = {"rounds": a.rounds, "seed": seed, "terminals": a.terminals, "rate": a.rate}
+    broken: str | None = None
+    summary: dict[str, Any] = {}
     try:
         summary = await c.run(a.rounds)
     except CampaignError as exc:
         print(f"INVARIANT BROKEN: {exc}", flush=True)
-        return 1
+        broken = str(exc)
     finally:
         try:
             sandbox.down(d, timeout=3.0)
         except sandbox.SandboxError:
             pass
-    brief = {k: v for k, v in summary.items() if k != "rounds_detail"}
-    print(json.dumps(brief, indent=2))
-    if a.out:
-        Path(a.out).write_text(json.dumps(summary, indent=2))
-    bad = summary["lost"] or summary["duplicates"] or summary["processed_twice_without_redelivered_mark"] or summary["acknowledged_not_in_any_journal"] or summary["disconnects_in_quiet_rounds"] or summary["rounds_with_two_actives"]
-    return 1 if bad else 0
+    if broken is not None:
+        res: dict[str, Any] = {"seed": seed, "rounds_done": len(c.rounds), "error": broken, "ok": False}
+    else:
+        res = compact(summary)
+        res["problems"] = problems(summary)
+        res["ok"] = not res["problems"]
+        print(json.dumps({k: v for k, v in res.items() if k not in ("notes",)}, indent=2))
+        if a.out:
+            Path(a.out).write_text(json.dumps(summary, indent=2))
+    path = Path(a.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    saved = {"machine": a.machine, "command": a.command, "settings": settings, "results": res}
+    path.write_text(json.dumps(saved, indent=1) + "\n")
+    text = render(saved, a)
+    print()
+    print(text)
+    print(f"raw results: {a.json}", file=sys.stderr)
+    if a.write:
+        write_section(SECTION, text)
+        print("written to BENCHMARKS.md", file=sys.stderr)
+    return 0 if res["ok"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench/campaign.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--terminals", type=int, default=100)
+    ap.add_argument("--rate", type=float, default=300.0)
+    ap.add_argument("--dir", default="")
+    ap.add_argument("--out", default="", help="also write the full summary JSON (every round's detail) here")
+    ap.add_argument("--json", default=str(RESULTS), help="write the raw results to this file (default: %(default)s)")
+    ap.add_argument("--render", metavar="JSON", help="do not measure: render the results saved with --json")
+    ap.add_argument("--no-write", dest="write", action="store_false", help="do not update BENCHMARKS.md")
+    ap.add_argument("--write", dest="write", action="store_true", help="update BENCHMARKS.md (the default)")
+    argv = sys.argv[1:] if argv is None else argv
+    a = ap.parse_args(argv)
+    a.command = COMMAND + (" " + " ".join(argv) if argv else "")
+    a.machine = machine()
+    return run_or_render(a, SECTION, lambda saved: render(saved, a), amain)
 
 
 if __name__ == "__main__":
-    from hsb import logs
-
-    logs.setup("warning")
-    sys.exit(asyncio.run(main()))
+    sys.exit(main())

@@ -6,6 +6,11 @@ hosts live through every round. With full collections off (hsb/gcpolicy.py, as i
 daemons), tracemalloc compares the memory allocated by hsb code between the round 40 before
 the end and the last one: what grows per switchover shows at the top. Bounded histories (the
 CP keeps its last 50 switchovers) fill during the first rounds, hence the late baseline.
+
+The raw results (traced memory, queue sizes, what a full collection finds, the top growth) go
+to `bench/results/hostmem.json` (`--json FILE` elsewhere); the section "Host memory over planned
+switchovers (`bench/hostmem.py`)" of BENCHMARKS.md is written from them (not with `--no-write`),
+and `--render FILE` rebuilds it from such a file alone, without measuring.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import os
 import sys
 import tempfile
@@ -23,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _sandbox import machine, machine_line, run_or_render, table, write_section  # noqa: E402
 
 from hsb import gcpolicy, logs  # noqa: E402
 from hsb.config import load  # noqa: E402
@@ -35,6 +44,10 @@ from tests.support.hostclient import FakeTerminal  # noqa: E402
 from tests.support.inproc import start_pair  # noqa: E402
 from tests.support.procs import SECRET, addr, cp_config  # noqa: E402
 
+COMMAND = ".venv/bin/python bench/hostmem.py"
+RESULTS = Path(__file__).resolve().parent / "results" / "hostmem.json"
+SECTION = "Host memory over planned switchovers (`bench/hostmem.py`)"
+
 
 async def until(cond: Any, what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
@@ -44,8 +57,9 @@ async def until(cond: Any, what: str, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def main(rounds: int, n: int) -> None:
+async def measure(rounds: int, n: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="hsb-hostmem-"))
+    res: dict[str, Any] = {"rounds": rounds, "terminals": n, "traced_kib": {}}
     cp = CPServer(load(cp_config(tmp, terminals=n, host_timeout=0.5), CPConfig), SECRET)
     hosts: dict[str, HostServer] = {}
     keep: list[asyncio.Task[Any]] = []
@@ -89,7 +103,8 @@ async def main(rounds: int, n: int) -> None:
         if r in (base, rounds - 1):
             gc.collect(1)
             snaps[r] = tracemalloc.take_snapshot()
-            print(f"round {r + 1}: {tracemalloc.get_traced_memory()[0] // 1024} KiB traced", flush=True)
+            res["traced_kib"][str(r + 1)] = kib = tracemalloc.get_traced_memory()[0] // 1024
+            print(f"round {r + 1}: {kib} KiB traced", flush=True)
     def sizes() -> dict[str, int]:
         out = {"inboxes": sum(len(t.inbox) for t in terms), "term_pending": sum(len(t.fs._pending) for t in terms)}
         for name, h in hosts.items():
@@ -103,7 +118,8 @@ async def main(rounds: int, n: int) -> None:
         out["cp.held"] = sum(len(t.held) for t in cp.cp.terms.values())
         out["cp.switchovers"] = len(cp.cp.switchovers)
         return out
-    print("queues and tables (all bounded by the terminal count or a history length):", sizes())
+    res["sizes"] = sizes()
+    print("queues and tables (all bounded by the terminal count or a history length):", res["sizes"])
     before = tracemalloc.get_traced_memory()[0]
     gc.set_debug(gc.DEBUG_SAVEALL)
     found = gc.collect()
@@ -111,22 +127,98 @@ async def main(rounds: int, n: int) -> None:
     gc.set_debug(0)
     gc.garbage.clear()
     gc.collect()
-    print(f"a full collection finds {found} unreachable objects, frees {(before - tracemalloc.get_traced_memory()[0]) // 1024} KiB: {kinds.most_common(12)}")
+    freed = (before - tracemalloc.get_traced_memory()[0]) // 1024
+    res["full_collection"] = {"found": found, "freed_kib": freed, "kinds": kinds.most_common(12)}
+    print(f"a full collection finds {found} unreachable objects, frees {freed} KiB: {kinds.most_common(12)}")
     for t in keep:
         t.cancel()
     only_hsb = [tracemalloc.Filter(True, "*/hsb/*")]
+    res["base_round"] = base + 1
+    res["hsb_traced_kib"] = {str(r + 1): sum(st.size for st in snaps[r].filter_traces(only_hsb).statistics("filename")) // 1024
+                             for r in sorted(snaps)}
+    res["growth"] = []
     print(f"\nhsb code, round {base + 1} -> {rounds} (top 12 by growth):")
     for st in snaps[rounds - 1].filter_traces(only_hsb).compare_to(snaps[base].filter_traces(only_hsb), "lineno")[:12]:
         print(" ", st)
+        fr = st.traceback[0]
+        where = fr.filename[fr.filename.rfind("/hsb/") + 1:] if "/hsb/" in fr.filename else fr.filename
+        res["growth"].append({"where": f"{where}:{fr.lineno}", "size_diff_b": st.size_diff, "size_b": st.size,
+                              "count_diff": st.count_diff, "count": st.count})
+    return res
+
+
+def render(saved: dict[str, Any], a: argparse.Namespace) -> str:
+    """The BENCHMARKS.md section, from the raw results alone (the whole saved JSON)."""
+    r = saved["results"]
+    base, last = str(r["base_round"]), str(r["rounds"])
+    hsb_kib = r.get("hsb_traced_kib") or {}
+    fc = r["full_collection"]
+    out = [
+        f"Command: `{a.command}`",
+        f"Raw results: `bench/results/{RESULTS.name}` (`--render` rebuilds this table).",
+        "",
+        f"Machine: {machine_line(a.machine)}.",
+        "",
+        f"hsbcpd and both hosts in one process (as tests/test_gc_cycles_host.py runs them), {r['terminals']:,} terminals"
+        f" sending all the time, {r['rounds']:,} planned switchovers (one per round, so both hosts live through every"
+        " round), full collections off (hsb/gcpolicy.py, as in the daemons). tracemalloc compares what hsb code had"
+        f" allocated at round {base}" + (" (late, so that bounded histories such as the CP's last 50 switchovers are"
+        " full)" if int(base) > 1 else "") + f" with round {last}.",
+        "",
+    ]
+    if base in hsb_kib and last in hsb_kib:
+        d = hsb_kib[last] - hsb_kib[base]
+        out.append(f"Memory allocated by hsb code: {hsb_kib[base]:,} KiB at round {base}, {hsb_kib[last]:,} KiB at round"
+                   f" {last} (**{d:+,} KiB** over {int(last) - int(base)} switchovers); all traced memory"
+                   f" {r['traced_kib'].get(base, 0):,} → {r['traced_kib'].get(last, 0):,} KiB.")
+    kinds = ", ".join(f"{k} ×{v}" for k, v in fc["kinds"]) or "none"
+    out.append(f"A full collection at the end finds **{fc['found']:,} unreachable objects** and frees {fc['freed_kib']:,} KiB"
+               f" ({kinds}).")
+    out += ["", f"Top growth of hsb code, round {base} → {last}:", ""]
+    rows = [[f"`{g['where']}`", f"{g['size_diff_b'] / 1024:+,.1f}", f"{g['size_b'] / 1024:,.1f}", f"{g['count_diff']:+,}"]
+            for g in r["growth"]]
+    out.append(table(["where", "KiB grown", "KiB now", "blocks grown"], rows))
+    out += ["", "Queues and tables at the end (all bounded by the terminal count or a history length): "
+            + ", ".join(f"{k} {v:,}" for k, v in r["sizes"].items()) + "."]
+    return "\n".join(out)
+
+
+async def amain(a: argparse.Namespace) -> int:
+    logs.setup(os.environ.get("HOSTMEM_LOG", "error"))
+    tracemalloc.start(1)
+    res = await measure(a.rounds, a.terminals)
+    saved = {"machine": a.machine, "command": a.command, "results": res}
+    path = Path(a.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(saved, indent=1) + "\n")
+    text = render(saved, a)
+    print()
+    print(text)
+    print(f"raw results: {a.json}", file=sys.stderr)
+    if a.write:
+        write_section(SECTION, text)
+        print("written to BENCHMARKS.md", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench/hostmem.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=110)
+    ap.add_argument("--terminals", type=int, default=100)
+    ap.add_argument("--json", default=str(RESULTS), help="write the raw results to this file (default: %(default)s)")
+    ap.add_argument("--render", metavar="JSON", help="do not measure: render the results saved with --json")
+    ap.add_argument("--no-write", dest="write", action="store_false", help="do not update BENCHMARKS.md")
+    ap.add_argument("--write", dest="write", action="store_true", help="update BENCHMARKS.md (the default)")
+    argv = sys.argv[1:] if argv is None else argv
+    a = ap.parse_args(argv)
+    a.command = COMMAND + (" " + " ".join(argv) if argv else "")
+    a.machine = machine()
+    if not a.render:  # the daemons run in this process: on uvloop, as they always do
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return run_or_render(a, SECTION, lambda saved: render(saved, a), amain)
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=110)
-    ap.add_argument("--terminals", type=int, default=100)
-    a = ap.parse_args()
-    logs.setup(os.environ.get("HOSTMEM_LOG", "error"))
-    tracemalloc.start(1)
-    import uvloop
-
-    uvloop.run(main(a.rounds, a.terminals))
+    sys.exit(main())

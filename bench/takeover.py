@@ -1,6 +1,7 @@
 """Benchmark of the session takeover file (SPEC §4), figures for BENCHMARKS.md.
 
-    .venv/bin/python bench/takeover.py [--dir /var/tmp] [--repeat 5] [--json]
+    .venv/bin/python bench/takeover.py [--dir /var/tmp] [--repeat 5] [--json FILE]
+                                       [--no-write] [--render FILE [--write]]
 
 Measures, on a real disk path (default: a temp dir under /var/tmp; not tmpfs):
 - batch write + batch read of 10,000 and 100,000 terminals, syncs included
@@ -10,6 +11,10 @@ Measures, on a real disk path (default: a temp dir under /var/tmp; not tmpfs):
   the ratio of the two from the same run;
 - a standby reader draining the ring, and the asyncio facade's group commit
   with many concurrent callers.
+
+The raw results go to `bench/results/takeover.json` (`--json FILE` elsewhere); the section
+"Takeover file (`bench/takeover.py`)" of BENCHMARKS.md is written from them (not with
+`--no-write`), and `--render FILE` rebuilds it from such a file alone, without measuring.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import asyncio
 import json
 import logging
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -29,8 +33,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import structlog  # noqa: E402
+from _sandbox import machine, machine_line, run_or_render, table, write_section  # noqa: E402
 
 from hsb.takeover import (  # noqa: E402
     PollStatus,
@@ -42,6 +48,12 @@ from hsb.takeover import (  # noqa: E402
     batch_records_for,
     create_file,
 )
+
+COMMAND = ".venv/bin/python bench/takeover.py"
+RESULTS = Path(__file__).resolve().parent / "results" / "takeover.json"
+SECTION = "Takeover file (`bench/takeover.py`)"
+GOAL_BATCH_S = 1.0  # 100,000 terminals written and read back
+GOAL_RING_PER_S = 20_000.0  # durable session changes per second with group commit
 
 
 def entries(n: int) -> list[SessionEntry]:
@@ -148,31 +160,77 @@ async def bench_store(d: str, callers: int) -> dict[str, Any]:
     return {"callers": callers, "s": t, "per_s": callers / t}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dir", default="/var/tmp", help="directory on the disk to measure (default /var/tmp)")
-    ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+def render(res: dict[str, Any], a: argparse.Namespace) -> str:
+    """The BENCHMARKS.md section, from the raw results alone."""
+    out = [
+        f"Command: `{a.command}`",
+        f"Raw results: `bench/results/{RESULTS.name}` (`--render` rebuilds these tables).",
+        "",
+        f"Machine: {machine_line(a.machine)}. Disk: {res['filesystem']} (a temporary directory, `{res['dir']}`);"
+        " syncs are `fdatasync`.",
+        "",
+        f"Batch write + batch read, R = 4096 (E = 15), syncs included, median of {res['repeat']} run{'s' if res['repeat'] != 1 else ''}"
+        " (write = encode, pwrite records 1..B, sync, header, sync; read = fresh open, header, B records with"
+        " checksum/generation checks, decode):",
+        "",
+    ]
+    rows = []
+    for x in res["batch"]:
+        big = x["terminals"] >= 100_000
+        tot = f"{x['total_s'] * 1000:,.0f} ms"
+        rows.append([
+            f"{x['terminals']:,}", f"{x['batch_records']:,}", f"{x['bytes'] / 2**20:.1f} MiB",
+            f"{x['write_s'] * 1000:,.0f} ms", f"{x['read_s'] * 1000:,.0f} ms",
+            f"**{tot}**" if big else tot, f"{x['total_best_s'] * 1000:,.0f} ms",
+        ])
+    out.append(table(["terminals", "B", "data", "write", "read", "write + read (median)", "best"], rows, "rrrrrrr"))
+    big = [x for x in res["batch"] if x["terminals"] >= 100_000]
+    if big:
+        x = max(big, key=lambda x: x["terminals"])
+        met = x["total_s"] <= GOAL_BATCH_S
+        out += ["", f"Goal ({x['terminals']:,} in under {GOAL_BATCH_S:g} s): {x['total_s'] * 1000:,.0f} ms median"
+                f" (**{'met' if met else 'missed'}**)."]
+    ring = res["ring"]
+    o, rd, s = ring["one_sync_per_change"], ring["reader"], res["store"]
+    out += ["", "Ring (sequential area), durable session changes per second, same run:", ""]
+    rows = []
+    for g in sorted(ring["groups"], key=lambda g: -g["group_size"]):
+        rows.append([f"group commit, {g['group_size']:,} changes per group", f"{g['per_s']:,.0f}",
+                     f"{g['changes']:,} changes, {g['syncs']:,} syncs, {g['s']:.2f} s"])
+    rows.append(["one sync per change", f"{o['per_s']:,.0f}", f"{o['changes']:,} changes, {o['s']:.2f} s"])
+    rows.append([f"**ratio, group of {ring['group']['group_size']:,} / one sync per change**", f"**{ring['ratio']:.0f}×**", ""])
+    rows.append(["standby `RingReader` draining the ring (256 records per poll)", f"{rd['per_s']:,.0f}",
+                 f"{rd['changes']:,} changes, {rd['s']:.2f} s"])
+    rows.append([f"asyncio facade, {s['callers']:,} concurrent `await store.append([change])`", f"{s['per_s']:,.0f}",
+                 f"{s['s']:.2f} s, gathered into groups automatically"])
+    out.append(table(["workload", "changes/s", ""], rows, "lrl"))
+    worst = min(g["per_s"] for g in ring["groups"])
+    met = worst >= GOAL_RING_PER_S
+    out += ["", f"Goal (≥ {GOAL_RING_PER_S:,.0f} durable changes/s with group commit): **{'met' if met else 'missed'}**"
+            f" ({'with every group size measured' if met else 'not with every group size'}; the smallest group"
+            f" gave {worst:,.0f}/s)."]
+    return "\n".join(out)
+
+
+async def amain(a: argparse.Namespace) -> int:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    d = tempfile.mkdtemp(prefix="hsb-bench-", dir=args.dir)
+    d = tempfile.mkdtemp(prefix="hsb-bench-", dir=a.dir)
     try:
         res: dict[str, Any] = {
             "dir": d,
             "filesystem": fs_of(os.path.realpath(d)),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "batch": [bench_batch(d, n, args.repeat) for n in (10_000, 100_000)],
+            "repeat": a.repeat,
+            "batch": [bench_batch(d, n, a.repeat) for n in (10_000, 100_000)],
             "ring": bench_ring(d, changes=200_000, group=1_000, per_change=5_000),
-            "store": asyncio.run(bench_store(d, 20_000)),
+            "store": await bench_store(d, 20_000),
         }
     finally:
         shutil.rmtree(d, ignore_errors=True)
-    if args.json:
-        print(json.dumps(res, indent=2))
-        return 0
-    print(f"takeover file benchmark: {res['dir']} ({res['filesystem']}), {res['cpus']} CPUs, Python {res['python']}")
-    print("\nbatch write + read (record size 4096, E=15, fdatasync included; median of", args.repeat, "runs)")
+    path = Path(a.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": a.machine, "command": a.command, "results": res}, indent=1) + "\n")
+    print(f"takeover file benchmark: {res['dir']} ({res['filesystem']}), {a.machine['cores']} CPUs, Python {a.machine['python']}")
+    print("\nbatch write + read (record size 4096, E=15, fdatasync included; median of", a.repeat, "runs)")
     print(f"  {'terminals':>9}  {'B':>5}  {'MiB':>5}  {'write':>8}  {'read':>8}  {'total':>8}  {'best':>8}")
     for x in res["batch"]:
         print(
@@ -189,7 +247,29 @@ def main() -> int:
     print(f"  standby reader draining the ring:  {rd['per_s']:>10,.0f}/s  ({rd['changes']:,} changes, {rd['s']:.2f}s)")
     s = res["store"]
     print(f"  asyncio facade, {s['callers']:,} concurrent append() callers: {s['per_s']:,.0f}/s ({s['s']:.2f}s)")
+    text = render(res, a)
+    print()
+    print(text)
+    print(f"raw results: {a.json}", file=sys.stderr)
+    if a.write:
+        write_section(SECTION, text)
+        print("written to BENCHMARKS.md", file=sys.stderr)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench/takeover.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dir", default="/var/tmp", help="directory on the disk to measure (default /var/tmp)")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--json", default=str(RESULTS), help="write the raw results to this file (default: %(default)s)")
+    ap.add_argument("--render", metavar="JSON", help="do not measure: render the results saved with --json")
+    ap.add_argument("--no-write", dest="write", action="store_false", help="do not update BENCHMARKS.md")
+    ap.add_argument("--write", dest="write", action="store_true", help="update BENCHMARKS.md (the default)")
+    argv = sys.argv[1:] if argv is None else argv
+    a = ap.parse_args(argv)
+    a.command = COMMAND + (" " + " ".join(argv) if argv else "")
+    a.machine = machine()
+    return run_or_render(a, SECTION, lambda saved: render(saved["results"], a), amain)
 
 
 if __name__ == "__main__":
