@@ -172,7 +172,7 @@ async def one_failover(d: Path, n: int, mode: str, sig: str, rate: float, a: arg
         p99_ms=op.get("p99_ms"),
         all_served_ms=op.get("all_served_ms"),
         window_messages=op.get("messages"),
-        terminals_stalled=op.get("terminals_stalled"),
+        terminals_in_flight=op.get("terminals_in_flight"),
         steady_p99_ms=op.get("steady_p99_ms"),
         gap_ms=report["service_gap"]["ms"],
         latency_ms=report["latency_ms"],
@@ -295,7 +295,7 @@ def render(results: list[dict[str, Any]], a: argparse.Namespace) -> str:
         "Per N and repetition the two modes are interleaved (fresh sandbox each); in each, one SIGKILL and one"
         " SIGSTOP of the active. **Worst pause**: the reply latency of every message in flight at the kill or sent"
         " in the second after it, max and p99 over those messages (hsb.term.timeline). **All served**: kill → the"
-        " last reply to a message the failover kept waiting. Figures are medians over the runs, with the worst run"
+        " moment the last terminal that had a message in flight at the kill got its reply. Figures are medians over the runs, with the worst run"
         " in brackets; every run had the strict verdict (lost, duplicated, unexpected, wrong or unacknowledged"
         " replies, and in fast switch any disconnect, fail it).",
         "",

@@ -8,8 +8,8 @@ run (the load child of bench/_sandbox.py, its own process, strict verdict) with 
 `hsbctl switchover` in the middle, then one with a SIGKILL of the active (the old active restarted
 as standby afterwards). The child marks each operation; the headline is the **worst pause**: the
 reply latency of every message in flight at the operation or sent in the second after it (max and
-p99 over those messages), and **all served**, the operation → the last reply to a message it kept
-waiting (hsb.term.timeline). Beside it the CP's own record (hsb.cp.switchrec: worst time from its
+p99 over those messages), and **all served**, the operation → the moment the last terminal that had a message in
+flight at it got its reply (hsb.term.timeline). Beside it the CP's own record (hsb.cp.switchrec: worst time from its
 ack to the reply over the traffic in flight at the grant). Goal: planned worst pause ≤ 50 ms at
 10,000 terminals, 0 lost, 0 disconnects. Raw results: bench/results/switchover.json.
 """

@@ -84,6 +84,26 @@ def test_cp_config_errors_and_missing_file(tmp_path: Path) -> None:
     assert r.returncode == 1 and "TOML syntax error" in r.stderr
 
 
+@pytest.mark.parametrize(
+    ("timeout", "lease", "ok"),
+    [(0.5, 0.35, True), (0.5, 0.39, True), (0.5, 0.4, False), (0.5, 0.5, False), (0.5, 0.6, False), (2.0, 1.85, True)],
+)
+def test_the_lease_rule_is_checked(tmp_path: Path, timeout: float, lease: float, ok: bool) -> None:
+    """The CP grants the active role to another host only once the old active's lease has
+    surely run out: the check refuses a host_lease >= host_timeout - the margin (0.1 s)."""
+    (tmp_path / "s").write_text("s3cret\n")
+    (tmp_path / "s").chmod(0o600)
+    p = tmp_path / "cp.toml"
+    p.write_text(f'[cp]\nsecret_file = "s"\nhost_timeout = {timeout}\nhost_lease = {lease}\n[[terminals]]\nname = "T1"\n')
+    r = run("hsb.cp", "--config", str(p), "--check-config")
+    if ok:
+        assert r.returncode == 0, r.stderr
+    else:
+        assert r.returncode == 1, r.stdout
+        assert "host_lease" in r.stderr and "margin (0.1 s)" in r.stderr and "host_timeout" in r.stderr, r.stderr
+        assert f"below {timeout - 0.1:g}" in r.stderr, r.stderr
+
+
 def test_daemon_refuses_a_secret_readable_by_others(tmp_path: Path) -> None:
     import shutil
 

@@ -668,6 +668,7 @@ async def test_pause_of_half_the_terminals_is_the_headline(fake: FakeCP) -> None
     # replies withheld from half the terminals for 500 ms: the aggregated service gap barely
     # moves (the other half is answered), the worst pause a terminal saw is the 500 ms
     half = set(terminal_names(10)[::2])
+    fake.reply_delay = 0.02  # so that messages are in flight at the moment the replies are withheld
     marks: list[tuple[str, float]] = []
     sending = asyncio.Event()
     task = asyncio.ensure_future(
@@ -686,7 +687,7 @@ async def test_pause_of_half_the_terminals_is_the_headline(fake: FakeCP) -> None
     assert op is not None and op["label"] == "withhold"
     assert 480 <= op["worst_ms"] <= 900, op
     assert op["all_served_ms"] is not None and op["all_served_ms"] >= 450, op
-    assert op["terminals_stalled"] == len(half) and op["messages"] > 0
+    assert op["terminals_in_flight"] >= 1 and op["messages"] > op["in_flight"] > 0
     assert r.service_gap["ms"] < 400, r.service_gap  # why the aggregated figure is not the headline
 
 

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from pydantic import Field, PrivateAttr, model_validator
 
+# The CP grants the active role to another host only once the old active's lease has surely
+# run out: host_timeout must exceed host_lease by at least this much (scheduling delay between
+# a host checking its lease and acting on it, and clock rate; docs/design.md, the lease rule).
+LEASE_MARGIN = 0.1
+
 from hsb.config import Addr, ConfigPath, OptAddr, Strict
 from hsb.terminals import TerminalDef, TerminalGroup, expand_all
 from hsb.wire.framing import DEFAULT_MAX_FRAME
@@ -18,9 +23,21 @@ class CPSection(Strict):
     secret_file: ConfigPath
     held_bound: int = Field(default=256, ge=1, le=1_000_000)
     host_timeout: float = Field(default=0.5, gt=0, le=3600)
+    host_lease: float = Field(default=0.35, gt=0, le=3600)
     auth_timeout: float = Field(default=5.0, gt=0, le=3600)
     terminal_idle_timeout: float = Field(default=0.0, ge=0, le=86400)
     max_frame: int = Field(default=DEFAULT_MAX_FRAME, ge=64, le=64 * 1024 * 1024)
+
+    @model_validator(mode="after")
+    def _lease_rule(self) -> "CPSection":
+        if self.host_lease + LEASE_MARGIN >= self.host_timeout:
+            raise ValueError(
+                f"host_lease ({self.host_lease:g} s) + margin ({LEASE_MARGIN:g} s) must be less than host_timeout"
+                f" ({self.host_timeout:g} s): the old active's lease must surely run out before the CP gives its"
+                f" role to another host; lower cp.host_lease below {max(self.host_timeout - LEASE_MARGIN, 0):g}"
+                " or raise cp.host_timeout"
+            )
+        return self
 
 
 class CPConfig(Strict):

@@ -55,11 +55,13 @@ class CP:
         self.name = cfg.cp.name
         self.held_bound = cfg.cp.held_bound
         self.host_timeout = cfg.cp.host_timeout
+        self.host_lease = cfg.cp.host_lease  # the active role's lease, told to the hosts
         self.terms: dict[str, Term] = {n: Term(d) for n, d in cfg.terminal_table.items()}
         self.epoch = 0
         self.active: HostProtocol | None = None
         self.standby: HostProtocol | None = None
-        self.active_lost_since: float | None = None
+        # The active's loss as the CP saw it: (noticed at, last frame heard), monotonic.
+        self.loss: tuple[float, float] | None = None
         self.active_lost_notified = False
         self.active_stopped_normally: str | None = None
         self.switchovers: list[dict[str, Any]] = []
@@ -71,7 +73,6 @@ class CP:
         # After a grant: the replies to what the switch kept waiting (hsb.cp.switchrec).
         self.after_switch: AfterSwitch | None = None
         self.release_t0: float | None = None
-        self.silent_since: float | None = None
         self.notices = Notices()  # switch notices owed after a grant and their writers
         self._handover: _Handover | None = None  # a planned handover waiting for standby sessions
 
@@ -211,9 +212,9 @@ class CP:
             log.info("host_registered", host=host.name, role="standby", startup_id=startup_id, epoch=self.epoch)
             # A standby that finds no active waits: it takes over only on evidence of
             # an abnormal loss (or an operator's promote), never just by arriving first.
-            host.send({"t": "registered", "role": "standby", "epoch": self.epoch, "active": self._active_name(), "standby": host.name})
+            host.send({"t": "registered", "role": "standby", "epoch": self.epoch, "active": self._active_name(), "standby": host.name, "lease": self.host_lease})
             a = self.active
-            if a is not None and (a.closed or self.silent_since is not None) and not self.active_stopped_normally:
+            if a is not None and self.loss is not None and not self.active_stopped_normally:
                 # the active was lost abnormally while no standby was listening: say so now
                 self._notify_active_lost(a.name, "eof")
         else:
@@ -227,11 +228,11 @@ class CP:
         self.active = host
         host.role = "active"
         host.epoch = self.epoch
-        self.active_lost_since = None
+        self.loss = None
         self.active_lost_notified = False
         self.active_stopped_normally = None
         log.info("host_registered", host=host.name, role="active", epoch=self.epoch, reason=reason)
-        host.send({"t": "registered", "role": "active", "epoch": self.epoch, "active": host.name, "standby": self.standby.name if self.standby else None})
+        host.send({"t": "registered", "role": "active", "epoch": self.epoch, "active": host.name, "standby": self.standby.name if self.standby else None, "lease": self.host_lease})
         for term in self.terms.values():
             if term.active is not None and term.active.host is not host:
                 term.active = None
@@ -384,9 +385,14 @@ class CP:
 
     def host_lost(self, host: "HostProtocol") -> None:
         if host is self.active:
-            log.warning("active_host_link_lost", host=host.name, epoch=self.epoch)
-            self.active_lost_since = time.monotonic()
-            self._notify_active_lost(host.name, "eof")
+            if host.closed_here:
+                # closed by us (a protocol error, a stale epoch): the host may not know yet and
+                # holds its lease until it runs out; tick() reports the loss once it surely has
+                log.warning("active_host_link_closed_by_cp", host=host.name, epoch=self.epoch)
+            else:
+                log.warning("active_host_link_lost", host=host.name, epoch=self.epoch)
+                self.loss = (time.monotonic(), host.last_rx)
+                self._notify_active_lost(host.name, "eof")
             if self.standby is None or self.standby.closed:
                 self._sessions_lost_without_standby()
         elif host is self.standby:
@@ -425,14 +431,16 @@ class CP:
             s.abort()  # close() would wait to flush into a dead link
             self.host_lost(s)
         a = self.active
-        if a is None or a.closed:
+        if a is None or (a.closed and not a.closed_here):
             return
-        if time.monotonic() - a.last_rx <= self.host_timeout:
-            self.silent_since = None
+        now = time.monotonic()
+        if now - a.last_rx <= self.host_timeout:
+            if not a.closed:
+                self.loss = None
             return
-        if self.silent_since is None:
-            log.warning("active_host_link_silent", host=a.name, silent_s=round(time.monotonic() - a.last_rx, 3))
-            self.silent_since = a.last_rx  # silence began at the last frame heard
+        if self.loss is None:
+            log.warning("active_host_link_silent", host=a.name, silent_s=round(now - a.last_rx, 3))
+            self.loss = (now, a.last_rx)
         self._notify_active_lost(a.name, "silent")
 
     # ------------------------------------------------------------------ arbitration
@@ -441,22 +449,28 @@ class CP:
             host.send({"t": "switch_refused", "reason": "only the registered standby host may ask for a switchover"})
             return
         a = self.active
-        if a is None or a.closed:
-            why = "promote after normal stop" if a is None and self.active_stopped_normally else "active host link closed"
+        # The old active's lease (cp.host_lease, renewed only by heartbeats this CP answered)
+        # has surely run out once it has been silent for host_timeout; a link its host closed
+        # (its process died or dropped the link) means it stopped serving.
+        if a is None:
+            why = "promote after normal stop" if self.active_stopped_normally else "no active host"
+        elif a.closed and not a.closed_here:
+            why = "active host link closed"
         elif time.monotonic() - a.last_rx > self.host_timeout:
             why = f"active host link silent for {time.monotonic() - a.last_rx:.3f}s"
         elif planned and a.released:
             why = "planned switchover released by the active"
         else:
             age_ms = (time.monotonic() - a.last_rx) * 1000
-            host.send({"t": "switch_refused", "reason": f"active host {a.name} is alive on its host link (heard {age_ms:.0f} ms ago)"})
+            what = "its link was closed by the CP" if a.closed else "it is alive on its host link"
+            host.send({"t": "switch_refused", "reason": f"active host {a.name}: {what} (heard {age_ms:.0f} ms ago; its lease may still run)"})
             log.info("switchover_refused", requester=host.name, active=a.name, reason=reason)
             return
         self._grant(host, reason, why)
 
     def _grant(self, host: "HostProtocol", reason: str, why: str, demote: "HostProtocol | None" = None) -> None:
         t0 = time.monotonic()
-        lost_at = self.active_lost_since if self.active_lost_since is not None else self.silent_since
+        loss = self.loss
         release_t0 = self.release_t0 if demote is not None else None
         self.release_t0 = None
         old = self.active
@@ -465,11 +479,11 @@ class CP:
         self.standby = None
         host.role = "active"
         host.epoch = self.epoch
-        self.active_lost_since = None
+        self.loss = None
         self.active_lost_notified = False
         self.active_stopped_normally = None
         log.info("switchover_granted", host=host.name, old=old.name if old else None, epoch=self.epoch, reason=reason, why=why)
-        host.send({"t": "switch_granted", "epoch": self.epoch})
+        host.send({"t": "switch_granted", "epoch": self.epoch, "lease": self.host_lease})
         host.flush()  # written now: the new active gets ready while the sessions flip here
         faults.point("cp.after_grant")
         # the old active hears it now too, not after the flip: the new active's
@@ -542,13 +556,15 @@ class CP:
             "classic": classic,
             "requested": requested,
             "planned": demote is not None,
-            "loss_to_grant_ms": None if lost_at is None or demote is not None else round((t0 - lost_at) * 1000, 3),
+            # last frame heard from the old active -> the CP noticed its loss (EOF, or silence past
+            # host_timeout) -> the grant
+            "silence_to_loss_ms": None if loss is None or demote is not None else round((loss[0] - loss[1]) * 1000, 3),
+            "loss_to_grant_ms": None if loss is None or demote is not None else round((t0 - loss[0]) * 1000, 3),
             "release_to_grant_ms": None if release_t0 is None else round((t0 - release_t0) * 1000, 3),
         }
         self.switchovers.append(rec)
         del self.switchovers[:-50]
         log.info("switchover_complete", **rec)
-        self.silent_since = None
         if self.after_switch is not None:  # a switch right after a switch: the older record ends
             self.after_switch.finish(None)
         self.after_switch = AfterSwitch(t0, rec, in_flight)

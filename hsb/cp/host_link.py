@@ -68,7 +68,11 @@ class HostProtocol(AuthServerProtocol):
         self.cp.host_register(self, role, sid if isinstance(sid, int) else 0)
 
     def on_hb(self, msg: dict[str, Any]) -> None:
-        pass  # last_rx is refreshed on every byte received
+        # last_rx is refreshed on every byte received. The answer names the heartbeat: the host
+        # renews the active role's lease from the time it *sent* the heartbeat we answered.
+        n = msg.get("n")
+        if isinstance(n, int) and self.role is not None:
+            self.send({"t": "hb", "ack": n})
 
     def on_open_session(self, msg: dict[str, Any]) -> None:
         attrs = msg.get("attrs", {})

@@ -14,7 +14,7 @@ import structlog
 from hsb import gcpolicy
 from hsb.config import parse_addr
 from hsb.cp.admin import CPAdminProtocol
-from hsb.cp.config import CPConfig
+from hsb.cp.config import LEASE_MARGIN, CPConfig
 from hsb.cp.core import CP
 from hsb.cp.host_link import HostProtocol
 from hsb.cp.terminal_link import TerminalProtocol
@@ -140,7 +140,11 @@ class CPServer:
         new, applied, restart = planned
         cp = self.cp
         cp.held_bound = self.cfg.cp.held_bound = new.cp.held_bound
-        cp.host_timeout = self.cfg.cp.host_timeout = new.cp.host_timeout
+        if new.cp.host_timeout > cp.host_lease + LEASE_MARGIN:
+            cp.host_timeout = self.cfg.cp.host_timeout = new.cp.host_timeout
+        else:  # the hosts hold leases of the running host_lease: a shorter timeout would grant too early
+            applied = [k for k in applied if k != "cp.host_timeout"]
+            restart = [*restart, f"cp.host_timeout (below the running host_lease {cp.host_lease:g} s + margin)"]
         added = 0
         for name, d in new.terminal_table.items():
             t = cp.terms.get(name)

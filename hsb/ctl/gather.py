@@ -68,6 +68,7 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> dict[str, Any]
         h.setdefault("name", f"host{i + 1}")
         h.setdefault("role", "unknown")
         h.setdefault("state", "unreachable")
+    # a host counts as the active only while it serves: made active by the CP, its lease valid
     actives = [h for h in hosts if h.get("reachable") and h.get("role") == "active" and h.get("state") not in ("fenced", "stopping") and h.get("serving", True)]
     standbys = [h for h in hosts if h.get("reachable") and h.get("role") == "standby"]
     cp_ok = bool(cp.get("reachable"))
@@ -83,6 +84,8 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> dict[str, Any]
     return {
         "established": established,
         "serving": serving,
+        # two hosts both serving with a valid lease at once: must never happen
+        "two_actives": [h["name"] for h in actives] if len(actives) > 1 else [],
         "exit_status": 0 if established else 1 if serving else 2,
         "cp": cp,
         "hosts": hosts,

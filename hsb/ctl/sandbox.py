@@ -47,6 +47,12 @@ def records_for(terminals: int, record_size: int = 4096) -> int:
     return 1 + b + 3 * b + 64
 
 
+def lease_for(host_timeout: float) -> float:
+    """The active's lease for a CP host timeout: the default 0.35 s, shorter when the timeout is,
+    always below host_timeout - the margin (hsb.cp.config.LEASE_MARGIN)."""
+    return round(max(0.02, min(0.35, host_timeout * 0.7 - 0.1)), 3) if host_timeout < 0.5 else 0.35
+
+
 def write_configs(d: Path, *, terminals: int, service: str, conventional: bool, prefix: str = "T", host_timeout: float = 0.5, heartbeat_interval: float = 0.1, heartbeat_timeout: float = 0.5, logon_ms: float = 0) -> dict[str, Any]:
     d.mkdir(parents=True, exist_ok=True)
     secret = d / "secret"
@@ -65,6 +71,7 @@ def write_configs(d: Path, *, terminals: int, service: str, conventional: bool, 
         "secret_file": "secret",
         "held_bound": 256,
         "host_timeout": host_timeout,
+        "host_lease": lease_for(host_timeout),
     }) + _section("[terminal_groups]", {**group, "standby_capable": True, "attrs": {"kind": "till"}})
     (d / "cp.toml").write_text("\n".join(cp))
     takeover = d / "takeover.dat"

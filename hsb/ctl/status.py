@@ -29,6 +29,23 @@ def _age(ts: float | None) -> str:
     return f"{s / 3600:.1f}h ago"
 
 
+def _role_label(h: dict[str, Any]) -> str:
+    """ACTIVE only for a host that serves as the active now (CP-made, lease valid): a cut-off or
+    frozen old active is shown as what it is, so status never shows two actives for a handled
+    partition."""
+    role = str(h.get("role", "?"))
+    if role != "active":
+        return role.upper()
+    if h.get("serving", True):
+        return "ACTIVE"
+    if h.get("state") == "fenced":
+        return "FENCED"
+    lease = h.get("lease") or {}
+    if lease.get("lost_ms_ago") is not None:
+        return "LEASE-LOST"
+    return "NOT-SERVING"
+
+
 def _pause(ls: dict[str, Any]) -> str:
     """The worst pause of a switch, measured only over traffic that was in flight (hsb.cp.switchrec)."""
     if ls.get("worst_pause_ms") is not None:
@@ -45,6 +62,9 @@ def render(st: dict[str, Any]) -> str:
     out: list[str] = []
     verdict = "ESTABLISHED (hot standby ready)" if st["established"] else "SERVING WITHOUT A STANDBY" if st["serving"] else "NOT SERVING"
     out.append(f"hsb: {verdict}")
+    if st.get("two_actives"):
+        cp_active = (st["cp"].get("active") or {}).get("name", "-")
+        out.append(f"ERROR: two hosts serve as the active with a valid lease at once: {', '.join(st['two_actives'])} (the CP's active is {cp_active})")
     cp = st["cp"]
     if not cp.get("reachable"):
         out.append(f"  CP        unreachable ({cp.get('addr', '-')}: {cp.get('error')})")
@@ -59,7 +79,11 @@ def render(st: dict[str, Any]) -> str:
         if ls:
             out.append(
                 f"            last {'switchover' if ls.get('planned') else 'failover'}: {ls['from']} -> {ls['to']} at epoch {ls['epoch']}, {_age(ls['at'])}, "
-                + (f"loss to grant {ls['loss_to_grant_ms']:.0f} ms, " if ls.get("loss_to_grant_ms") is not None else "")
+                + (
+                    f"silent {ls['silence_to_loss_ms']:.0f} ms before the CP noticed, noticed to grant {ls['loss_to_grant_ms']:.1f} ms, "
+                    if ls.get("loss_to_grant_ms") is not None
+                    else ""
+                )
                 + _pause(ls)
                 + f"switch {ls['switch_ms']:.1f} ms, {ls['switched']} sessions switched, {ls['classic']} reconnected ({ls['reason']})"
             )
@@ -71,7 +95,7 @@ def render(st: dict[str, Any]) -> str:
             continue
         peer = h["peer_link"]
         hb = f"{peer['heartbeat_age_ms']:.0f} ms" if peer.get("heartbeat_age_ms") is not None else "-"
-        out.append(f"  {h['name']:<9} {h['role'].upper():<8} {h['state']:<19} epoch {h['epoch']}  pid {h['pid']}")
+        out.append(f"  {h['name']:<9} {_role_label(h):<11} {h['state']:<19} epoch {h['epoch']}  pid {h['pid']}")
         out.append(f"            {h['sentence']}")
         out.append(f"            peer link {'up' if peer['up'] else 'DOWN'} (heartbeat {hb})  CP link {h['cp_link']}  established since {_age(h.get('established_since'))}")
         tf = h["takeover_file"]

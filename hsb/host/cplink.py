@@ -2,6 +2,8 @@
 
 Frames from the CP are handed to the HA loop's callback in arrival order; the
 HA loop decides what to do with them. Reconnects with a short backoff.
+Heartbeats are numbered; the CP's answer to one renews the active's lease
+(hsb.host.lease) from the moment that heartbeat was sent.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import structlog
 
 from hsb import faults
 from hsb.config import parse_addr
+from hsb.host.lease import Lease
 from hsb.wire.client import FrameStream, LinkClosed
 from hsb.wire.framing import ProtocolError
 
@@ -34,6 +37,8 @@ class CPLink:
         on_up: Callable[[], None],
         on_frame: Callable[[dict[str, Any]], None],
         on_down: Callable[[str], None],
+        lease: Lease,
+        on_answer: Callable[[int], None],
     ) -> None:
         self.name = name
         self.addr = addr
@@ -44,6 +49,8 @@ class CPLink:
         self.on_up = on_up
         self.on_frame = on_frame
         self.on_down = on_down
+        self.lease = lease  # heartbeats are numbered; the CP's answers renew the active's lease
+        self.on_answer = on_answer
         self.fs: FrameStream | None = None
         self.last_rx: float | None = None
         self.task: asyncio.Task[None] | None = None
@@ -118,6 +125,8 @@ class CPLink:
                     self.last_rx = time.monotonic()
                     if msg["t"] != "hb":
                         self.on_frame(msg)
+                    elif isinstance(msg.get("ack"), int):
+                        self.on_answer(msg["ack"])
             except TimeoutError:
                 why = f"CP silent for {self.timeout}s"
             except LinkClosed:
@@ -138,10 +147,12 @@ class CPLink:
     async def _beat(self, fs: FrameStream) -> None:
         try:
             while True:
-                fs.send({"t": "hb"})
+                fs.send({"t": "hb", "n": self.lease.beat()})
                 # no deadline on drain: a CP slow to read is not a dead CP (the recv timeout judges that)
                 await fs.drain()
-                await asyncio.sleep(self.interval)
+                # at least three beats per lease, so one lost or late answer does not lapse it
+                lease = self.lease.duration
+                await asyncio.sleep(min(self.interval, lease / 3) if lease > 0 else self.interval)
         except (ConnectionError, OSError, TimeoutError, RuntimeError):
             fs.close()
 

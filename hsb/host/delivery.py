@@ -2,7 +2,10 @@
 
 Messages of one terminal are processed in the order the CP delivered them;
 different terminals run concurrently. The reply and the discard of the held
-message travel in one frame (SPEC §5.5), sent only after the handler returns.
+message travel in one frame (docs/design.md), sent only after the handler
+returns. No message is handed to the service while the active's lease is not
+valid: they wait, in order, until it is renewed (or the link is lost and the
+CP re-delivers them to whoever serves next).
 """
 
 from __future__ import annotations
@@ -21,10 +24,22 @@ log = structlog.get_logger("hsb.host")
 
 
 class Delivery:
-    def __init__(self, service: Service, send: Callable[[dict[str, Any]], bool], epoch: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        service: Service,
+        send: Callable[[dict[str, Any]], bool],
+        epoch: Callable[[], int],
+        may_handle: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.service = service
         self.send = send
         self.epoch = epoch
+        # Whether a message may be handed to the service now (the active's lease is valid):
+        # checked before each one; while it is not, deliveries wait here, in order.
+        self.may_handle = may_handle
+        self.open = asyncio.Event()
+        self.open.set()
+        self.gen = 0  # bumped by cancel(): waiters of an older generation give up
         self.queues: dict[str, deque[tuple[int, Any, bool]]] = {}
         self.workers: dict[str, asyncio.Task[None]] = {}
         self.in_flight = 0
@@ -46,6 +61,8 @@ class Delivery:
     async def _work(self, terminal: str, q: deque[tuple[int, Any, bool]]) -> None:
         try:
             while q:
+                if not self.may_handle() and not await self.wait_open():
+                    return
                 mid, data, redelivered = q.popleft()
                 try:
                     reply = await self.service.handle(terminal, mid, data, redelivered)
@@ -73,6 +90,20 @@ class Delivery:
                 self.in_flight = 0
                 self.idle.set()
 
+    async def wait_open(self) -> bool:
+        """Wait until messages may be handed to the service again; False if cancel() came first."""
+        gen = self.gen
+        while not self.may_handle():
+            self.open.clear()
+            await self.open.wait()
+            if self.gen != gen:
+                return False
+        return True
+
+    def reopen(self) -> None:
+        """The lease is valid again: what waited goes on, in order."""
+        self.open.set()
+
     async def drain(self, timeout: float) -> bool:
         """Wait for the messages in progress to be answered; False if the timeout passed."""
         try:
@@ -83,6 +114,8 @@ class Delivery:
 
     def cancel(self) -> None:
         """Drop everything in progress: the CP re-delivers it (marked) to whoever serves next."""
+        self.gen += 1
+        self.open.set()  # waiters wake, see the new generation and give up
         for t in list(self.workers.values()):
             t.cancel()
         self.workers.clear()

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hsb import faults
+from hsb.host.lease import Lease
 from hsb.host.sessions import ACTIVE, CLOSED, STANDBY
 from hsb.takeover.startup_id import startup_id as new_startup_id
 
@@ -91,12 +92,82 @@ class HA:
         self.resync_reason = ""
         self.counters = {"failovers": 0, "switchovers": 0, "resyncs": 0}
         self.peer_ring_next: int | None = None  # the standby's read position, from its heartbeats
-        self.serving = False  # set in link order: deliveries are processed only while True
+        # Made the active by the CP at this epoch (set in link order). Acting on it also needs a
+        # valid lease: see `serving`.
+        self.granted = False
+        self.lease = Lease()
+        self.register_sent_at = 0.0
+        self._lease_timer: asyncio.TimerHandle | None = None
         self.lost_serving = False
         self.release_pending = False
         self.switched_sessions = 0
         # how long a standby waits for BATCH WRITE COMPLETE before it starts again
         self.batch_wait_s = max(5.0, 3 * server.cfg.takeover.storage_timeout)
+
+    # ------------------------------------------------------------------ the lease (hsb.host.lease)
+    @property
+    def serving(self) -> bool:
+        """This host may act as the active now: the CP made it active and its lease is valid
+        (read from the clock at every use, so a frozen-then-woken process sees it lapsed)."""
+        if not self.granted:
+            return False
+        return self.lease.valid() or not faults.SELF_FENCING
+
+    @property
+    def lease_lost(self) -> bool:
+        return self.granted and self.role == "active" and not self.lease.valid() and faults.SELF_FENCING
+
+    def lease_answered(self, n: int) -> None:
+        """The CP answered heartbeat `n` (CPLink, in link order)."""
+        if self.lease.answered(n):
+            self._lease_renewed()
+
+    def _lease_renewed(self) -> None:
+        now = time.monotonic()
+        if self.lease.lapsed_at is not None and self.lease.valid(now):
+            log.info("lease_renewed", epoch=self.epoch, lost_ms=round((now - self.lease.lapsed_at) * 1000, 1))
+            self.lease.lapsed_at = None
+            self.srv.delivery.reopen()
+            self.srv.on_state_change()
+        self._arm_lease_timer()
+
+    def _arm_lease_timer(self) -> None:
+        if self._lease_timer is not None:
+            self._lease_timer.cancel()
+        # +1 ms: the loop's clock is coarser than the lease's (uvloop: milliseconds)
+        self._lease_timer = asyncio.get_running_loop().call_later(max(0.0, self.lease.remaining()) + 0.001, self._lease_check)
+
+    def _lease_check(self) -> None:
+        """The lease may have run out: say so at once (the service is gated by the clock itself)."""
+        self._lease_timer = None
+        if not self.granted or self.lease.lapsed_at is not None:
+            return
+        if self.lease.valid():  # the timer fired early
+            self._arm_lease_timer()
+            return
+        if not self.lease_lost:
+            return
+        now = time.monotonic()
+        self.lease.lapsed_at = now
+        expired_wall = time.time() - (now - self.lease.until)
+        log.warning(
+            "lease_lost",
+            epoch=self.epoch,
+            expired_at=expired_wall,
+            noticed_ms_late=round((now - self.lease.until) * 1000, 1),
+            msg=f"no heartbeat answered by the CP within the {self.lease.duration:g} s lease: not serving until it is renewed",
+        )
+        self.srv.on_state_change()
+
+    def lease_status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            # the active role's lease: held only while the CP has made this host active
+            "valid": self.granted and self.lease.valid(now),
+            "duration_s": self.lease.duration,
+            "remaining_ms": round(self.lease.remaining(now) * 1000, 1) if self.lease.until else None,
+            "lost_ms_ago": None if self.lease.lapsed_at is None else round((now - self.lease.lapsed_at) * 1000, 1),
+        }
 
     # ------------------------------------------------------------------ plumbing
     def post(self, kind: str, **data: Any) -> None:
@@ -162,6 +233,12 @@ class HA:
         peer = self.srv.peer
         pn = peer.peer_name or "peer"
         if self.role == "active":
+            if self.lease_lost:
+                ago = self.lease_status()["lost_ms_ago"]
+                return (
+                    f"active at epoch {self.epoch}: LEASE LOST{f' {ago / 1000:.1f} s ago' if ago is not None else ''}"
+                    f" (the CP answered no heartbeat within the {self.lease.duration:g} s lease); not serving"
+                )
             if not self.serving and self.state not in (STARTING, STOPPING, FENCED):
                 return f"active at epoch {self.epoch}: not serving (host link to the CP down; waiting to register again)"
             if self.state == ESTABLISHED:
@@ -194,24 +271,30 @@ class HA:
             return
         if t == "registered":
             self.epoch = int(msg.get("epoch", 0))
-            self.serving = msg.get("role") == "active"
-            if self.serving:
-                log.info("serving_as_active", epoch=self.epoch, how="registered")
+            self.lease.duration = float(msg.get("lease", 0.0))
+            self.granted = msg.get("role") == "active"
+            if self.granted:
+                self.lease.extend(self.register_sent_at)  # the CP answered the register sent then
+                log.info("serving_as_active", epoch=self.epoch, how="registered", lease_s=self.lease.duration)
+                self._lease_renewed()
         elif t == "switch_granted":
             self.epoch = int(msg["epoch"])
-            self.serving = True
-            log.info("serving_as_active", epoch=self.epoch, how="switch granted")
+            self.lease.duration = float(msg.get("lease", self.lease.duration))
+            self.granted = True
+            log.info("serving_as_active", epoch=self.epoch, how="switch granted", lease_valid=self.lease.valid())
+            self._lease_renewed()
             self.switched_sessions = self.srv.sessions_ctl.promote_standby_sessions()
         elif t == "demoted":
             self.epoch = int(msg["epoch"])
-            self.serving = False
+            self.granted = False
             self.srv.delivery.cancel()
         else:
-            self.serving = False
+            self.granted = False
             self.srv.delivery.cancel()
 
     async def ev_cp_up(self) -> None:
         role = self.role if self.role in ("active", "standby") else self.started_role
+        self.register_sent_at = time.monotonic()
         self.srv.cp.send({"t": "register", "role": role, "startup_id": self.own_startup_id or 0})
 
     async def ev_cp_down(self, why: str) -> None:
@@ -629,7 +712,8 @@ class HA:
             "state": self.state,
             "state_since": self.state_since,
             "sentence": self.describe(),
-            "serving": self.role == "active" and self.serving and self.state not in (FENCED, STOPPING),
+            "serving": self.srv.is_serving_active(),
+            "lease": self.lease_status(),
             "epoch": self.epoch,
             "pid": os.getpid(),
             "instance": self.instance,

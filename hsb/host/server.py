@@ -53,6 +53,8 @@ class HostServer:
             on_up=lambda: self.ha.post("cp_up"),
             on_frame=self._cp_frame,
             on_down=self._cp_down,
+            lease=self.ha.lease,
+            on_answer=lambda n: self.ha.lease_answered(n),
         )
         self.peer = PeerLink(
             name=h.name,
@@ -67,7 +69,7 @@ class HostServer:
             on_up=lambda: self.ha.post("peer_up"),
             hello=self.ha.hello,
         )
-        self.delivery = Delivery(service, self.cp.send, lambda: self.ha.epoch)
+        self.delivery = Delivery(service, self.cp.send, lambda: self.ha.epoch, lambda: self.ha.serving)
         self.exit_code: int | None = None
         self.exit_msg = ""
         self.should_exit = asyncio.Event()
@@ -85,8 +87,9 @@ class HostServer:
             self.ha.post("cp_down", why=why)
             return
         self.delivery.cancel()
-        if self.ha.serving:
-            self.ha.serving = False
+        self.ha.lease.reset()  # what the lost link answered no longer counts
+        if self.ha.granted:
+            self.ha.granted = False
             self.ha.lost_serving = True
         self.ha.post("cp_down", why=why)
 
@@ -115,13 +118,19 @@ class HostServer:
         ha = self.ha
         if ha.state in ("fenced", "stopping", "starting"):
             return False
-        return (ha.role == "active" and ha.serving) or (ha.role == "standby" and ha.registered)
+        return self.is_serving_active() or (ha.role == "standby" and ha.registered)
+
+    def is_serving_active(self) -> bool:
+        """The one test of "this host is the active now" (/active, status, metrics): the CP made it
+        active, its lease is valid, and it is not stopping, fenced or handing over."""
+        ha = self.ha
+        return ha.role == "active" and ha.serving and ha.state not in ("fenced", "stopping", "handing_over")
 
     def routes(self) -> dict[str, Any]:
         reg = registry_for(HostCollector(self.status))
         return {
             "/health": json_route(lambda: (self.healthy(), self.status())),
-            "/active": json_route(lambda: (self.ha.role == "active" and self.ha.serving and self.ha.state not in ("fenced", "stopping"), self.status())),
+            "/active": json_route(lambda: (self.is_serving_active(), self.status())),
             "/standby": json_route(lambda: (self.ha.role == "standby" and self.ha.state == "established", self.status())),
             "/metrics": lambda: render_metrics(reg),
         }

@@ -119,7 +119,7 @@ class SessionsCtl:
         """Handle a session/traffic frame; False if it is for the HA loop."""
         t = msg["t"]
         if t == "deliver":
-            if self.srv.ha.serving:
+            if self.srv.ha.granted:  # with the lease lapsed, it waits in Delivery
                 self.srv.delivery.deliver(msg["terminal"], msg["id"], msg["data"], bool(msg.get("redelivered")))
             return True
         if t == "session_request":
@@ -154,7 +154,7 @@ class SessionsCtl:
     async def session_request(self, name: str, standby_capable: bool, cp_attrs: dict[str, Any]) -> None:
         cp = self.srv.cp
         ha = self.srv.ha
-        if not ha.serving:
+        if not ha.granted or not await self.srv.delivery.wait_open():  # no logon work while the lease lapsed
             return
         ts = self.sessions.get(name)
         if ts is None:
@@ -169,7 +169,7 @@ class SessionsCtl:
             log.error("session_refused", terminal=name, reason=reason)
             cp.send({"t": "refuse", "terminal": name, "reason": reason, "epoch": ha.epoch})
             return
-        if not ha.serving:
+        if not ha.granted:
             return
         ts.state = ACTIVE
         ts.standby_capable = standby_capable

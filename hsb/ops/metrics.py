@@ -52,6 +52,13 @@ class HostCollector:
         yield StateSetMetricFamily("hsb_role", "Role of this host.", value={r: st["role"] == r for r in ("active", "standby")})
         yield StateSetMetricFamily("hsb_state", "State of this host.", value={s: st["state"] == s for s in HOST_STATES})
         yield _g("hsb_established", "1 when hot standby is established.", 1 if st["established"] else 0)
+        yield _g("hsb_serving", "1 while this host serves as the active (made active by the CP, lease valid).", 1 if st["serving"] else 0)
+        lease = st.get("lease") or {}
+        yield _g(
+            "hsb_active_lease_valid",
+            "1 while this host holds a valid lease for the active role (two at once would be two actives).",
+            1 if st["role"] == "active" and lease.get("valid") else 0,
+        )
         yield _g("hsb_epoch", "CP epoch this host last saw.", st["epoch"])
         age = st["peer_link"]["heartbeat_age_ms"]
         yield _g("hsb_peer_up", "1 while the peer link is up.", 1 if st["peer_link"]["up"] else 0)

@@ -222,8 +222,12 @@ def format_table(r: LoadReport) -> str:
                 f"pause: {op['label']}",
                 f"worst {ms(op['worst_ms'])} ms, p99 {ms(op['p99_ms'])} ms over {op['messages']} messages"
                 f" ({op['in_flight']} in flight at it, the rest sent in the {r.after_s:g} s after);"
-                f" every terminal served again after {ms(op['all_served_ms'])} ms"
-                f" ({op['terminals_stalled']} terminals kept waiting longer than {ms(op['stall_ms'])} ms)",
+                + (
+                    f" every terminal served again after {ms(op['all_served_ms'])} ms"
+                    f" ({op['terminals_in_flight']} terminals had something in flight)"
+                    if op["in_flight"]
+                    else " nothing was in flight at it"
+                ),
             )
         )
     rows.append(

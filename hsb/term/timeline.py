@@ -10,12 +10,10 @@ the pause around any moment can be measured exactly:
   operation or sent within `after_s` after it — the maximum and the 99th
   percentile over those messages. This is the headline of a failover or a
   switchover: the longest any one terminal waited for an answer;
-- **every terminal served again**: from the operation to the last reply to a
-  *stalled* message: one in flight at the operation, or sent in the window
-  after it and kept waiting longer than `stall_ms` (three times the steady
-  p99 latency of the seconds before the operation, at least 5 ms). That is
-  the moment the last terminal that the operation kept waiting got its
-  answer; `None` if one never came.
+- **every terminal served again**: from the operation to the moment the last
+  terminal that had something in flight at it got its reply (the last reply to
+  a message in flight at the operation); `None` if nothing was in flight, or a
+  reply never came (`unanswered` tells which).
 
 Times are on the monotonic clock of the process; `wall_offset` turns them into
 wall-clock seconds for reports.
@@ -57,12 +55,9 @@ class Timeline:
 
     def window(self, t_op: float, after_s: float = 1.0) -> dict[str, Any]:
         """The pause around `t_op` (same clock as the entries); see the module docstring."""
-        steady = self.steady_p99(t_op)
-        stall = max(0.005, 3 * steady) if steady is not None else 0.005
         waits: list[float] = []
         in_flight = 0
         terms: set[int] = set()
-        stalled_terms: set[int] = set()
         last_reply = t_op
         unanswered = 0
         horizon = t_op + after_s
@@ -70,12 +65,10 @@ class Timeline:
             if s <= t_op < r:
                 in_flight += 1
                 terms.add(k)
-            elif not t_op <= s <= horizon:
-                continue
-            if s <= t_op < r or r - s > stall:
-                stalled_terms.add(k)
                 if r > last_reply:
                     last_reply = r
+            elif not t_op <= s <= horizon:
+                continue
             if r == NEVER:
                 unanswered += 1
             else:
@@ -87,13 +80,11 @@ class Timeline:
             "messages": len(waits) + unanswered,
             "in_flight": in_flight,
             "terminals_in_flight": len(terms),
-            "terminals_stalled": len(stalled_terms),
-            "stall_ms": _ms(stall),
-            "steady_p99_ms": _ms(steady),
+            "steady_p99_ms": _ms(self.steady_p99(t_op)),
             "unanswered": unanswered,
             "worst_ms": _ms(worst),
             "p99_ms": _ms(p99),
-            "all_served_ms": None if last_reply == NEVER else _ms(last_reply - t_op),
+            "all_served_ms": None if not in_flight or last_reply == NEVER else _ms(last_reply - t_op),
         }
 
 

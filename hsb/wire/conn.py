@@ -50,6 +50,7 @@ class FramedProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: str = "?"
         self.closed = False
+        self.closed_here = False  # closed by this side (close/abort), not by the peer
         self.idle_timeout = idle_timeout
         self.partial_timeout = partial_timeout  # a frame begun and stalled, while idle_timeout is None
         self._yielding = False
@@ -199,6 +200,7 @@ class FramedProtocol(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.flush()
             self.closed = True
+            self.closed_here = True
             self.transport.close()
             left = self.transport.get_write_buffer_size()
             if left:
@@ -226,6 +228,7 @@ class FramedProtocol(asyncio.Protocol):
 
     def abort(self) -> None:
         if self.transport is not None:
+            self.closed_here = self.closed_here or not self.closed
             self.closed = True
             self.transport.abort()
 

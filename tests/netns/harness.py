@@ -55,7 +55,7 @@ from typing import Any
 
 from hsb.config import toml_section, toml_value
 from hsb.ctl.gather import status_all
-from hsb.ctl.sandbox import records_for
+from hsb.ctl.sandbox import lease_for, records_for
 from hsb.takeover.fileio import create_file
 from hsb.term.verdict import ids
 
@@ -85,6 +85,29 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 _skip: list[str | None] = []
+
+
+def tc_reason() -> str | None:
+    """Why one-way cuts (tc) cannot be made here, or None."""
+    if skip_reason() is not None:
+        return skip_reason()
+    if shutil.which("tc") is None:
+        return "needs tc (iproute2) for one-way cuts"
+    return None
+
+
+async def http_status(addr: str, path: str, timeout: float = 0.5) -> int | str:
+    """GET http://addr/path: the status code, or why there was none (never raises)."""
+    host, _, port = addr.rpartition(":")
+    try:
+        async with asyncio.timeout(timeout):
+            r, w = await asyncio.open_connection(host, int(port))
+            w.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            line = await r.readline()
+            w.close()
+        return int(line.split()[1])
+    except (OSError, TimeoutError, ValueError, IndexError) as exc:
+        return type(exc).__name__
 
 
 def skip_reason() -> str | None:
@@ -194,6 +217,7 @@ class Lab:
     namespaces: list[str] = field(default_factory=list)
     root_veth: str | None = None
     cut_links: set[str] = field(default_factory=set)
+    one_way: set[tuple[str, str]] = field(default_factory=set)  # (direction, link) cut one way
     events: list[tuple[float, str]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ names and addresses
@@ -327,6 +351,7 @@ class Lab:
             "secret_file": str(self.secret_file),
             "held_bound": 256,
             "host_timeout": self.host_timeout,
+            "host_lease": lease_for(self.host_timeout),
         }) + _section("[terminal_groups]", {**group, "standby_capable": True, "attrs": {"kind": "till"}})
         (d / "cp.toml").write_text("\n".join(cp))
         takeover = d / "takeover.dat"
@@ -474,6 +499,54 @@ class Lab:
         self.cut_links.difference_update(links)
         return t
 
+    # One direction only: a tc class whose queue holds zero packets drops everything sent to it,
+    # silently (no RST, no ICMP), so cutting one end of a veth cuts one direction. "out" is what
+    # the node sends (its own end), "in" what it receives (the switch's end of its leg).
+    LEGS = {"cp": ("cp", "eth0", "d-cp"), "a": ("a", "eth0", "d-a"), "b": ("b", "eth0", "d-b"),
+            "peer": ("a", "peer0", "p-a"), "peer-b": ("b", "peer0", "p-b")}
+
+    def _tc(self, ns: str, script: str) -> None:
+        r = subprocess.run(["tc", "-n", ns, "-batch", "-"], input=script, capture_output=True, text=True, timeout=15)
+        if r.returncode != 0:
+            raise NetnsError(f"tc -n {ns} -batch ({script.strip()!r}): {r.stderr.strip()}")
+
+    def cut_one_way(self, direction: str, *links: str) -> float:
+        """Drop what `links`' nodes send (`direction` "out") or receive ("in"); returns the wall time."""
+        assert direction in ("out", "in"), direction
+        by_ns: dict[str, list[str]] = {}
+        for link in links:
+            node, own, switch = self.LEGS[link]
+            ns, dev = (self.ns(node), own) if direction == "out" else (self.ns("sw"), switch)
+            by_ns.setdefault(ns, []).append(dev)
+        t0 = time.time()
+        for ns, devs in by_ns.items():
+            self._tc(ns, "".join(
+                f"qdisc add dev {d} root handle 1: htb default 10 r2q 100000\n"
+                f"class add dev {d} parent 1: classid 1:10 htb rate 10gbit\n"
+                f"qdisc add dev {d} parent 1:10 handle 10: pfifo limit 0\n" for d in devs))
+        self.events.append((t0, f"{'+'.join(links)} {direction} cut"))
+        self.one_way.update((direction, link) for link in links)
+        return t0
+
+    def heal_one_way(self) -> float:
+        """Remove every one-way cut."""
+        t0 = time.time()
+        for direction, link in sorted(self.one_way):
+            node, own, switch = self.LEGS[link]
+            ns, dev = (self.ns(node), own) if direction == "out" else (self.ns("sw"), switch)
+            subprocess.run(["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"], capture_output=True, timeout=15)
+        self.one_way.clear()
+        self.events.append((t0, "one-way cuts healed"))
+        return t0
+
+    def dropped(self, direction: str, link: str) -> int:
+        """Packets the one-way cut of `link` has dropped so far (proof that the cut took)."""
+        node, own, switch = self.LEGS[link]
+        ns, dev = (self.ns(node), own) if direction == "out" else (self.ns("sw"), switch)
+        r = subprocess.run(["tc", "-n", ns, "-s", "qdisc", "show", "dev", dev], capture_output=True, text=True, timeout=15)
+        m = re.search(r"pfifo 10:.*?dropped (\d+)", r.stdout, re.S)
+        return int(m.group(1)) if m else 0
+
     def isolate(self, node: str) -> float:
         """Cut a host off from everything: its data leg and the peer link."""
         return self.cut(node, "peer")
@@ -620,6 +693,11 @@ def claims_active(h: dict[str, Any]) -> bool:
     )
 
 
+def lease_active(h: dict[str, Any]) -> bool:
+    """The host says it is the active with a valid lease (what the lease rule allows one of)."""
+    return bool(h.get("reachable")) and h.get("role") == "active" and bool((h.get("lease") or {}).get("valid")) and bool(h.get("serving"))
+
+
 def serving_active(h: dict[str, Any]) -> bool:
     """...and it is registered at the CP over a live host link: it could be given work.
 
@@ -634,6 +712,7 @@ def serving_active(h: dict[str, Any]) -> bool:
 class Sample:
     t: float
     st: dict[str, Any]
+    active_200: list[str] = field(default_factory=list)  # hosts whose /active answered 200 (probe_active)
 
     def hosts(self, pred: Any) -> list[str]:
         return [h["name"] for h in self.st["hosts"] if pred(h)]
@@ -642,9 +721,10 @@ class Sample:
 class Watch:
     """Samples the status of all three daemons over the management net while a test runs."""
 
-    def __init__(self, lab: Lab, interval: float = 0.1) -> None:
+    def __init__(self, lab: Lab, interval: float = 0.1, probe_active: bool = False) -> None:
         self.lab = lab
         self.interval = interval
+        self.probe_active = probe_active  # also ask each host's /active, at the same moment
         self.samples: list[Sample] = []
         self.task: asyncio.Task[None] | None = None
 
@@ -661,11 +741,17 @@ class Watch:
                 pass
 
     async def _run(self) -> None:
+        nodes = ("a", "b")
         while True:
             t = time.time()
-            st = await self.lab.status(timeout=0.5)
-            self.samples.append(Sample(t, st))
-            await asyncio.sleep(self.interval)
+            if self.probe_active:
+                st, *codes = await asyncio.gather(
+                    self.lab.status(timeout=0.5), *(http_status(self.lab.mgmt(n, "http"), "/active") for n in nodes)
+                )
+                self.samples.append(Sample(t, st, [f"host-{n}" for n, c in zip(nodes, codes) if c == 200]))
+            else:
+                self.samples.append(Sample(t, await self.lab.status(timeout=0.5)))
+            await asyncio.sleep(max(0.0, self.interval - (time.time() - t)))
 
     def first(self, pred: Any, after: float = 0.0) -> Sample | None:
         return next((s for s in self.samples if s.t >= after and pred(s)), None)

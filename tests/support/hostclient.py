@@ -46,7 +46,7 @@ class FakeHost:
         try:
             while True:
                 m = await self.fs.recv()
-                if m["t"] == "hb":
+                if m["t"] == "hb" and "ack" not in m:
                     continue
                 self.inbox.append(m)
                 if m["t"] == "switch_granted":

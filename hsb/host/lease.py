@@ -1,0 +1,77 @@
+"""The active role's lease from the CP (docs/design.md, "One active: the lease").
+
+The CP makes a host active; the host may *act* as the active (hand messages to
+the service, answer `/active`, say "active" in status and metrics) only while
+its lease is valid. The lease is renewed by the CP's answers to this host's
+heartbeats, and it runs from the moment the answered heartbeat was *sent*:
+
+    valid until = (send time of the newest heartbeat the CP answered) + lease
+
+all on this host's monotonic clock. The CP heard that heartbeat, so it heard
+from this host no earlier than that send time, and it gives the role to
+another host only after `host_timeout` of silence. With `host_timeout` ≥
+`lease` + margin (the CP's config check), the old active's lease runs out,
+on its own clock, before the CP can grant: however the link fails (one
+direction first, a frozen process, a slow network), two hosts never both
+hold a valid lease. Registration starts a lease the same way, from the time
+`register` was sent.
+
+Sans-IO: the caller supplies the clock readings and sends the heartbeats.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+
+class Lease:
+    """Heartbeat bookkeeping and the lease's expiry (monotonic seconds)."""
+
+    __slots__ = ("duration", "until", "_n", "_sent", "lapsed_at")
+
+    KEEP = 256  # heartbeats remembered while unanswered (a lease is a few of them long)
+
+    def __init__(self) -> None:
+        self.duration = 0.0  # told by the CP (`lease` in registered / switch_granted)
+        self.until = 0.0
+        self._n = 0
+        self._sent: deque[tuple[int, float]] = deque()
+        self.lapsed_at: float | None = None  # expiry noticed (monotonic), until renewed
+
+    def beat(self, now: float | None = None) -> int:
+        """A heartbeat is being sent now: its number, to be answered by the CP."""
+        self._n += 1
+        self._sent.append((self._n, time.monotonic() if now is None else now))
+        if len(self._sent) > self.KEEP:
+            self._sent.popleft()
+        return self._n
+
+    def answered(self, n: int) -> bool:
+        """The CP answered heartbeat `n`: renew from its send time. True if that extended the lease."""
+        sent = self._sent
+        while sent and sent[0][0] < n:
+            sent.popleft()  # older ones can only give an earlier expiry
+        if not sent or sent[0][0] != n:
+            return False
+        _, t = sent.popleft()
+        return self.extend(t)
+
+    def extend(self, sent_at: float) -> bool:
+        """Renew from a frame sent at `sent_at` that the CP answered; True if the expiry moved."""
+        until = sent_at + self.duration
+        if until <= self.until:
+            return False
+        self.until = until
+        return True
+
+    def valid(self, now: float | None = None) -> bool:
+        return (time.monotonic() if now is None else now) < self.until
+
+    def remaining(self, now: float | None = None) -> float:
+        return self.until - (time.monotonic() if now is None else now)
+
+    def reset(self) -> None:
+        """The CP link is gone: whatever it answered no longer counts."""
+        self.until = 0.0
+        self._sent.clear()

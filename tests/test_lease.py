@@ -1,0 +1,98 @@
+"""The active's lease (hsb/host/lease.py) and the CP's side of it: heartbeats answered by number,
+the lease rule at the grant (tests/netns/test_lease.py proves it end to end)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hsb.host.lease import Lease
+from tests.support.hostclient import FakeHost
+from tests.support.procs import Proc, start_cp
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_lease_runs_from_the_send_time_of_the_answered_heartbeat() -> None:
+    lease = Lease()
+    lease.duration = 0.35
+    n1 = lease.beat(now=10.0)
+    n2 = lease.beat(now=10.1)
+    assert not lease.valid(now=10.0)  # nothing answered yet
+    assert lease.answered(n2)  # answered at any later time: valid from 10.1, not from the answer
+    assert lease.until == pytest.approx(10.45)
+    assert lease.valid(now=10.44) and not lease.valid(now=10.45)
+    assert not lease.answered(n1)  # an older heartbeat's answer, late: never moves the expiry back or on
+    assert lease.until == pytest.approx(10.45)
+    assert not lease.answered(999)  # never sent
+    lease.reset()
+    assert not lease.valid(now=10.2)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.001, 0.3), st.booleans()), min_size=1, max_size=40))
+def test_lease_never_outlives_the_last_answered_send_plus_duration(beats: list[tuple[float, bool]]) -> None:
+    """Whatever is answered, in whatever order, the lease ends `duration` after the send time of
+    the newest answered heartbeat: the rule that makes it run out before the CP can grant."""
+    lease = Lease()
+    lease.duration = 0.35
+    t = 0.0
+    sent: list[tuple[int, float]] = []
+    for gap, _ in beats:
+        t += gap
+        sent.append((lease.beat(now=t), t))
+    newest = None
+    for (n, at), (_, answer) in reversed(list(zip(sent, beats))):  # answers may come in any order
+        if answer:
+            lease.answered(n)
+            newest = at if newest is None else max(newest, at)
+    if newest is None:
+        assert lease.until == 0.0
+    else:
+        assert lease.until <= newest + 0.35 + 1e-9
+
+
+@pytest.fixture
+def cp(tmp_path):  # type: ignore[no-untyped-def]
+    proc = start_cp(tmp_path / "cp", terminals=4, host_timeout=0.5)
+    yield proc
+    proc.stop()
+
+
+async def test_cp_answers_heartbeats_by_number_and_tells_the_lease(cp: Proc) -> None:
+    a = await FakeHost.connect(cp.info["host"], "host-a", heartbeat=None)
+    try:
+        a.send({"t": "hb", "n": 1})  # not registered yet: no answer
+        reg = await a.register("active")
+        assert reg["t"] == "registered" and reg["lease"] == 0.35
+        a.send({"t": "hb", "n": 7})
+        # FakeHost drops plain heartbeats from its inbox; the answer carries "ack"
+        ans = await a.wait(lambda m: m["t"] == "hb" and m.get("ack") == 7, timeout=5)
+        assert ans.get("ack") == 7
+    finally:
+        await a.close()
+
+
+async def test_cp_does_not_grant_early_after_closing_the_actives_link_itself(cp: Proc) -> None:
+    """A link the CP closed (a protocol error of the active, say) tells the host nothing yet:
+    its lease may still run, so the CP grants only after host_timeout of silence."""
+    a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+    b = await FakeHost.connect(cp.info["host"], "host-b", "standby")
+    try:
+        a.send({"t": "open", "terminal": "T00001", "kind": "bogus"})  # the CP closes a's link
+        await asyncio.sleep(0)
+        await a.wait(lambda m: m["t"] == "error")
+        b.send({"t": "switchover", "reason": "test", "planned": False})
+        first = await b.wait(lambda m: m["t"] in ("switch_granted", "switch_refused"))
+        assert first["t"] == "switch_refused" and "lease" in first["reason"], first
+        lost = await b.wait(lambda m: m["t"] == "active_lost", timeout=5)  # after host_timeout of silence
+        assert lost["why"] == "silent"
+        b.send({"t": "switchover", "reason": "test", "planned": False})
+        granted = await b.wait(lambda m: m["t"] == "switch_granted", timeout=5)
+        assert granted["lease"] == 0.35
+    finally:
+        await a.close()
+        await b.close()
