@@ -198,20 +198,26 @@ def median(xs: list[float]) -> float:
 async def bench_throughput(n: int, window: int, a: argparse.Namespace, work: Path, log: Any) -> dict[str, Any]:
     d = work / f"rt-{n}-w{window}"
     d.mkdir()
-    cp = start_cp(d, terminals=n, host_timeout=5.0)
-    host = echo = None
-    runs: dict[str, list[dict[str, Any]]] = {"cp": [], "direct": []}
+    cp = start_cp(d, terminals=n, host_timeout=5.0)  # durability = "fsync", the default
+    cpmem = start_cp(d / "memory-only", terminals=n, host_timeout=5.0, durability="none")
+    host = hostmem = echo = None
+    runs: dict[str, list[dict[str, Any]]] = {"cp": [], "cpmem": [], "direct": []}
     try:
         host = await Child.start(child_argv("_host", "--addr", cp.info["host"], "--secret-hex", SECRET.hex()),
                                  d / "host.log")
         await host.read(30)
+        hostmem = await Child.start(child_argv("_host", "--addr", cpmem.info["host"], "--secret-hex", SECRET.hex()),
+                                    d / "host-memory-only.log")
+        await hostmem.read(30)
         echo = await Child.start(child_argv("_echo"), d / "echo.log")
         port = (await echo.read(30))["port"]
+        modes = ["cp", "cpmem", "direct"]
         for rep in range(a.reps):
-            order = ["cp", "direct"] if rep % 2 == 0 else ["direct", "cp"]
+            order = modes[rep % 3:] + modes[: rep % 3]  # each first in turn
             for mode in order:
-                target = cp.info["terminal"] if mode == "cp" else f"127.0.0.1:{port}"
-                watch = {"hsbcpd": cp.popen.pid, "host": host.pid} if mode == "cp" else {"echo": echo.pid}
+                target = {"cp": cp.info["terminal"], "cpmem": cpmem.info["terminal"]}.get(mode, f"127.0.0.1:{port}")
+                watch = ({"hsbcpd": cp.popen.pid, "host": host.pid} if mode == "cp"
+                         else {"hsbcpd": cpmem.popen.pid, "host": hostmem.pid} if mode == "cpmem" else {"echo": echo.pid})
                 for attempt in range(1 + max(0, getattr(a, "retries", 0))):
                     await await_quiet(a, log)
                     load = await Child.start(
@@ -230,6 +236,7 @@ async def bench_throughput(n: int, window: int, a: argparse.Namespace, work: Pat
                     if not r["ok"] and not failures:
                         failures.append("no terminal was ever welcomed")
                     run = {"rate": r["reply_rate"], "p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"],
+                           "ack_p50": (r.get("ack_latency_ms") or {}).get("p50"), "ack_p99": (r.get("ack_latency_ms") or {}).get("p99"),
                            "replied": r["replied"], "duration_s": r["duration_s"], "cpu": out["cpu"],
                            "lost": r["lost"], "duplicates": r["duplicates"], "unexpected": r["unexpected"],
                            "ok": bool(r["ok"]) and not failures, "failures": failures}
@@ -245,10 +252,11 @@ async def bench_throughput(n: int, window: int, a: argparse.Namespace, work: Pat
                     log(f"    other load {other:.2f} cores during the run; running it again")
                 runs[mode].append(run)
     finally:
-        for c in (host, echo):
+        for c in (host, hostmem, echo):
             if c is not None:
                 await c.stop()
         cp.stop()
+        cpmem.stop()
 
     def summary(rs: list[dict[str, Any]]) -> dict[str, Any]:
         cpu_keys = [k for k in (rs[0]["cpu"] if rs else {}) if k not in ("other", "steal")]
@@ -258,6 +266,8 @@ async def bench_throughput(n: int, window: int, a: argparse.Namespace, work: Pat
             "rate": round(median([r["rate"] for r in rs]), 1),
             "p50": round(median([r["p50"] for r in rs if r["p50"] is not None]), 3),  # None: a failed run with no reply
             "p99": round(median([r["p99"] for r in rs if r["p99"] is not None]), 3),
+            "ack_p50": round(median([r["ack_p50"] for r in rs if r.get("ack_p50") is not None]), 3),
+            "ack_p99": round(median([r["ack_p99"] for r in rs if r.get("ack_p99") is not None]), 3),
             "cpu": {k: round(median([r["cpu"].get(k, float("nan")) for r in rs]), 2)
                     for k in [*cpu_keys, "other", "steal"]},
             "us_per_msg": {k: round(median([r["us_per_msg"].get(k, float("nan")) for r in rs]), 2) for k in cpu_keys},
@@ -265,11 +275,14 @@ async def bench_throughput(n: int, window: int, a: argparse.Namespace, work: Pat
             "runs": rs,
         }
 
-    cps, direct = summary(runs["cp"]), summary(runs["direct"])
+    cps, mem, direct = summary(runs["cp"]), summary(runs["cpmem"]), summary(runs["direct"])
     ratios = [c["rate"] / dr["rate"] for c, dr in zip(runs["cp"], runs["direct"]) if dr["rate"]]
-    return {"terminals": n, "window": window, "cp": cps, "direct": direct,
+    durable = [c["rate"] / m["rate"] for c, m in zip(runs["cp"], runs["cpmem"]) if m["rate"]]
+    return {"terminals": n, "window": window, "cp": cps, "memory_only": mem, "direct": direct,
             "ratio": round(cps["rate"] / direct["rate"], 3) if direct["rate"] else None,
-            "ratios": [round(x, 3) for x in ratios]}
+            "ratios": [round(x, 3) for x in ratios],
+            "durable_ratio": round(cps["rate"] / mem["rate"], 3) if mem["rate"] else None,
+            "durable_ratios": [round(x, 3) for x in durable]}
 
 
 async def bench_switch(n: int, rounds_wanted: int, work: Path, log: Any, memory: bool,
@@ -485,6 +498,24 @@ def kernel_floor(n: int, rounds: int) -> dict[str, Any]:
 # =========================================================================== report
 
 
+def fdatasync_floor(work: Path, n: int = 500) -> dict[str, Any]:
+    """What one small append + fdatasync costs on this disk (the journal's floor)."""
+    path = work / "fdatasync.probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    lat = []
+    try:
+        for _ in range(n):
+            os.write(fd, b"x" * 200)
+            t0 = time.perf_counter()
+            os.fdatasync(fd)
+            lat.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        path.unlink()
+    lat.sort()
+    return {"n": n, "p50_ms": round(lat[n // 2] * 1000, 4), "p99_ms": round(lat[int(n * 0.99) - 1] * 1000, 4)}
+
+
 def verdict(runs: list[dict[str, Any]]) -> str:
     nf = sum(1 for r in runs if not r.get("ok", True))
     return "all OK" if not nf else f"**{nf} FAILED**"
@@ -547,6 +578,28 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
             L.append(f"| {n:,} | {bc['cp']['rate']:,.0f} ({bc['window']}) | {bd['direct']['rate']:,.0f} ({bd['window']}) | "
                      f"{100 * ratio:.0f} % | {ok} |")
         L.append("")
+        dur = [t for t in res["throughput"] if t.get("memory_only")]
+        if dur:
+            L.append('The journal\'s cost: the same CP with `durability = "fsync"` (the default: every ack and reply waits for'
+                     ' its record\'s group commit) beside `durability = "none"` (memory only), same terminals, interleaved in'
+                     ' one run; ack latency is send → ack at the terminal (goal: durable ≥ 80 % of memory-only msg/s, and'
+                     ' ≤ 2 ms more p99 ack latency):')
+            L.append("")
+            L.append("| terminals | window | fsync msg/s | none msg/s | fsync / none | ack p50 fsync / none ms | ack p99 fsync / none ms | p99 ack added | goals | verdict |")
+            L.append("|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---|")
+            for t in dur:
+                c, m = t["cp"], t["memory_only"]
+                added = c["ack_p99"] - m["ack_p99"]
+                ok = "met" if (t["durable_ratio"] or 0) >= 0.8 and added <= 2.0 else "**missed**"
+                L.append(f"| {t['terminals']:,} | {t['window']} | {c['rate']:,.0f} | {m['rate']:,.0f} | {100 * (t['durable_ratio'] or 0):.0f} % | "
+                         f"{c['ack_p50']:.2f} / {m['ack_p50']:.2f} | {c['ack_p99']:.2f} / {m['ack_p99']:.2f} | {added:+.2f} ms | {ok} | "
+                         f"{verdict(c['runs'] + m['runs'])} |")
+            fs = res.get("fdatasync")
+            if fs:
+                L.append("")
+                L.append(f"This machine's disk, measured in the same run: one 200-byte append + `fdatasync` takes p50 {fs['p50_ms']:.3f} ms,"
+                         f" p99 {fs['p99_ms']:.3f} ms ({fs['n']} calls in the benchmark's work directory).")
+            L.append("")
         if disturbed:
             L.append(f"{disturbed} of {total} load runs kept were disturbed by other load on the machine "
                      "(more than --max-other cores) even after retries.")
@@ -639,6 +692,8 @@ async def orchestrate(a: argparse.Namespace) -> dict[str, Any]:
     log(f"bench/cp.py: {machine_line(a.machine)}; work dir {work}")
     try:
         if "throughput" in only:
+            res["fdatasync"] = fdatasync_floor(work)
+            log(f"  fdatasync on this disk: {res['fdatasync']}")
             for n in a.sizes:
                 for w in a.windows:
                     await await_quiet(a, log)

@@ -270,8 +270,9 @@ def detected(r: dict[str, Any]) -> float | None:
 
 
 def worst(rs: list[dict[str, Any]], key: str) -> float | None:
-    """The worst run's figure; a failed run (no failover) counts as infinite."""
-    vals = [float("inf") if r.get("failed") or r.get(key) is None else r[key] for r in rs]
+    """The worst run's figure; a failed run (no failover) counts as infinite, a run without the
+    figure (nothing was in flight at the kill, say) does not count."""
+    vals = [float("inf") if r.get("failed") else r[key] for r in rs if r.get("failed") or r.get(key) is not None]
     return max(vals) if vals else None
 
 

@@ -6,6 +6,7 @@ import faulthandler
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -61,8 +62,9 @@ def die(msg: str, code: int = EXIT_FAILED) -> NoReturn:
     sys.exit(code)
 
 
-def load_or_exit(path: str | Path, model: type[M], check_only: bool) -> M:
-    """Load a config; print every error (one line each) and exit 1 if it is bad."""
+def load_or_exit(path: str | Path, model: type[M], check_only: bool, warnings: Callable[[M], list[str]] | None = None) -> M:
+    """Load a config; print every error (one line each) and exit 1 if it is bad; with
+    `check_only`, also every warning `warnings` finds."""
     try:
         cfg = load(path, model)
     except ConfigError as exc:
@@ -79,6 +81,8 @@ def load_or_exit(path: str | Path, model: type[M], check_only: bool) -> M:
             except SecretFileError as exc:
                 click.echo(f"config error: {exc}", err=True)
                 sys.exit(EXIT_FAILED)
+        for w in warnings(cfg) if warnings is not None else []:
+            click.echo(f"config warning: {w}", err=True)
         click.echo(f"{path}: config OK")
         sys.exit(EXIT_OK)
     return cfg

@@ -10,7 +10,11 @@ set lookup):
 
 Points: host.mid_batch_write, host.between_batch_and_notice, host.mid_ring_group,
 host.before_reply, host.mid_redelivery, cp.after_grant, cp.mid_switch,
-cp.mid_redelivery, cp.between_reply_and_discard.
+cp.mid_redelivery, cp.between_reply_and_discard, and the CP journal's: cp.after_journal_write
+(records durable, their acks not yet sent), cp.mid_journal_group (half a group commit's bytes
+written), cp.after_reply_sent (a reply written to the terminal, not yet confirmed),
+cp.mid_compaction (a settled segment about to be deleted), cp.mid_recovery (the journal read back,
+nothing yet written or accepted).
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ POINTS = (
     "cp.mid_switch",
     "cp.mid_redelivery",
     "cp.between_reply_and_discard",
+    "cp.after_journal_write",
+    "cp.mid_journal_group",
+    "cp.after_reply_sent",
+    "cp.mid_compaction",
+    "cp.mid_recovery",
 )
 
 _points = frozenset(p for p in os.environ.get("HSB_CRASH_POINTS", "").split(",") if p)
@@ -42,6 +51,11 @@ _control = os.environ.get("HSB_CRASH_CONTROL", "")
 # on its own (a fenced frame, a refusal by the CP, a lost CP link, a lapsed lease), so a test
 # can show that the CP alone keeps an old active from getting anything accepted.
 SELF_FENCING = os.environ.get("HSB_TEST_DISABLE_SELF_FENCING", "") != "1"
+
+
+def armed(name: str) -> bool:
+    """`name` is armed (a crash point that needs to prepare before it fires)."""
+    return name in _points
 
 
 def point(name: str) -> None:

@@ -34,12 +34,14 @@ class FakeTerm:
     seqs: dict[int, int] = field(default_factory=dict)  # id -> its number among this terminal's messages
     outbox: list[dict[str, Any]] = field(default_factory=list)  # replies for a disconnected terminal
     byes: int = 0
+    confirmed: int = 0  # the highest id the terminal confirmed holding every reply up to
+    hellos: list[dict[str, Any]] = field(default_factory=list)
 
 
 class FakeConn(asyncio.Protocol):
     def __init__(self, cp: FakeCP) -> None:
         self.cp = cp
-        self.dec = Decoder(known_types={"hello", "msg", "bye"})
+        self.dec = Decoder(known_types={"hello", "msg", "confirm", "bye"})
         self.tr: asyncio.Transport | None = None
         self.term: FakeTerm | None = None
 
@@ -157,6 +159,7 @@ class FakeCP:
                 conn.tr.close()  # type: ignore[union-attr]
                 return
             term = self.terms.setdefault(name, FakeTerm(name))
+            term.hellos.append(m)
             if term.conn is not None:
                 conn.send({"t": "error", "code": "already_connected", "msg": name})
                 conn.tr.close()  # type: ignore[union-attr]
@@ -200,6 +203,8 @@ class FakeCP:
                 return
             conn.send({"t": "ack", "id": mid})
             self._schedule_reply(term, mid)
+        elif t == "confirm":
+            term.confirmed = max(term.confirmed, m["id"])
         elif t == "bye":
             term.byes += 1
             conn.tr.close()  # type: ignore[union-attr]
@@ -668,7 +673,7 @@ async def test_pause_of_half_the_terminals_is_the_headline(fake: FakeCP) -> None
     # replies withheld from half the terminals for 500 ms: the aggregated service gap barely
     # moves (the other half is answered), the worst pause a terminal saw is the 500 ms
     half = set(terminal_names(10)[::2])
-    fake.reply_delay = 0.02  # so that messages are in flight at the moment the replies are withheld
+    fake.reply_delay = 0.1  # longer than a terminal's send period: every terminal has one in flight at the mark
     marks: list[tuple[str, float]] = []
     sending = asyncio.Event()
     task = asyncio.ensure_future(

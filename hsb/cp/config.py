@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, PrivateAttr, model_validator
 
 # The CP grants the active role to another host only once the old active's lease has surely
@@ -27,6 +29,11 @@ class CPSection(Strict):
     auth_timeout: float = Field(default=5.0, gt=0, le=3600)
     terminal_idle_timeout: float = Field(default=0.0, ge=0, le=86400)
     max_frame: int = Field(default=DEFAULT_MAX_FRAME, ge=64, le=64 * 1024 * 1024)
+    # the CP's journal (docs/cp-journal.md): what it accepted and what it owes, durable first
+    journal: ConfigPath = Field(default="cp-journal", validate_default=True)  # relative: to the config file
+    durability: Literal["fsync", "none"] = "fsync"
+    journal_timeout: float = Field(default=2.0, gt=0, le=600)
+    journal_segment_kib: int = Field(default=8192, ge=16, le=1024 * 1024)  # a segment is closed past this size
 
     @model_validator(mode="after")
     def _lease_rule(self) -> "CPSection":

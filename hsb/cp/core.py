@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, deque
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -18,8 +18,12 @@ import structlog
 from hsb import faults
 from hsb.cp.config import CPConfig
 from hsb.cp.notices import Notices
-from hsb.cp.state import Held, Session, Term
+from hsb.cp.journal import Journal, NullJournal, Recovered
+from hsb.cp.journal.recovery import ordered
+from hsb.cp.state import Held, Kept, Session, Term
 from hsb.cp.switchrec import AfterSwitch
+from hsb.cp.terminal_side import TerminalSide
+from hsb.terminals import TerminalDef
 from hsb.wire.conn import PROTOCOL_ERRORS
 from hsb.wire.framing import encode
 
@@ -34,7 +38,7 @@ log = structlog.get_logger("hsb.cp")
 # would take the classic path, a disconnect in a switchover the operator chose.
 HANDOVER_WAIT_S = 2.0
 
-OUTBOX_MAX = 100_000  # replies kept for a disconnected terminal (bounded by held_bound in practice)
+RECORDED_ACTIVE_WAIT_S = 3.0  # after a restart, the active of before has this long to register again
 
 
 class _Handover:
@@ -49,8 +53,8 @@ class _Handover:
         self.timer = timer
 
 
-class CP:
-    def __init__(self, cfg: CPConfig) -> None:
+class CP(TerminalSide):
+    def __init__(self, cfg: CPConfig, journal: Journal | None = None) -> None:
         self.cfg = cfg
         self.name = cfg.cp.name
         self.held_bound = cfg.cp.held_bound
@@ -65,7 +69,14 @@ class CP:
         self.active_lost_notified = False
         self.active_stopped_normally: str | None = None
         self.switchovers: list[dict[str, Any]] = []
-        self.counters = {"delivered": 0, "redelivered": 0, "replies": 0, "acks": 0, "reacks": 0, "classic_closed": 0, "failovers": 0, "switchovers": 0}
+        self.counters = {"delivered": 0, "redelivered": 0, "replies": 0, "acks": 0, "reacks": 0, "resent": 0, "classic_closed": 0, "failovers": 0, "switchovers": 0}
+        # The journal (hsb.cp.journal): nothing is acknowledged, delivered or answered before its
+        # record is durable. None: memory only (`durability = "none"`).
+        self.journal: Journal = journal if journal is not None else NullJournal()
+        self.journal.checkpoint = self._checkpoint
+        self.recorded_active: str | None = None  # who holds the active role (journalled with the epoch)
+        self.announced = True  # False while a new active's epoch is being made durable
+        self.recovered_at: float | None = None
         self.started = time.time()
         # reply frames taken from each host (acted on, or found already answered): a fenced host has none
         self.replies_by_host: Counter[str] = Counter()
@@ -76,116 +87,63 @@ class CP:
         self.notices = Notices()  # switch notices owed after a grant and their writers
         self._handover: _Handover | None = None  # a planned handover waiting for standby sessions
 
-    # ------------------------------------------------------------------ terminals
-    def terminal_hello(self, proto: "TerminalProtocol", name: str) -> None:
-        term = self.terms.get(name)
-        if term is None:
-            log.warning("terminal_refused", terminal=name[:64], peer=proto.peer, reason="unknown_terminal")
-            proto.close_with_error("unknown_terminal", f"terminal {name[:64]!r} is not in the CP's terminal table")
+    # ------------------------------------------------------------------ the journal
+    def restore(self, r: Recovered) -> None:
+        """Before anything is accepted: what the journal holds (hsb.cp.journal.recovery)."""
+        self.epoch = r.epoch
+        self.recorded_active = r.active
+        self.recovered_at = time.monotonic()
+        now = time.monotonic()
+        unknown: list[str] = []
+        for name in set(r.last_acked) | set(r.held) | set(r.replies):
+            term = self.terms.get(name)
+            if term is None:
+                if not r.held.get(name) and not r.replies.get(name):
+                    continue
+                # removed from the terminal table while it had messages: kept, never dropped
+                unknown.append(name)
+                term = self.terms[name] = Term(TerminalDef(name=name, standby_capable=False))
+            term.last_acked = term.durable_acked = r.last_acked.get(name, 0)
+            for mid, data, seg in ordered(r.held.get(name, {})):
+                held = Held(mid, data, now, seg)
+                held.delivered_epoch = -1  # it may have been delivered before: marked redelivered
+                term.held[mid] = held
+            for mid, data, seg in ordered(r.replies.get(name, {})):
+                term.replies[mid] = Kept(mid, data, seg)
+                term.resuming = True
+        if unknown:
+            log.warning("journal_terminals_not_in_table", terminals=sorted(unknown)[:20], count=len(unknown),
+                        msg="the journal holds messages of terminals no longer in the CP's table; they are kept")
+
+    def _checkpoint(self) -> list[Any]:
+        """The first record of every new journal segment: what older segments would otherwise
+        be needed for once they are dropped."""
+        acked = {t.name: t.last_acked for t in self.terms.values() if t.last_acked}
+        return ["ck", self.epoch, self.recorded_active, 0, acked]
+
+    def journal_tick(self) -> None:
+        """Periodic: shrink a settled journal; carry the few live records of an old segment forward."""
+        j = self.journal
+        j.maybe_rotate_idle()
+        seg = j.oldest_to_clean()
+        if seg is None:
             return
-        if term.conn is not None and not term.conn.closed:
-            log.warning("terminal_refused", terminal=name, peer=proto.peer, reason="already_connected")
-            proto.close_with_error("already_connected", f"terminal {name!r} is already connected from {term.conn.peer}")
-            return
-        if term.conn is not None:  # closed here and not gone yet (its queued bytes still going out)
-            self.terminal_lost(term)
-        term.conn = proto
-        term.leaving = False
-        proto.term = term
-        self.connected += 1
-        proto.send({"t": "welcome", "terminal": name, "last_acked": term.last_acked})
-        log.debug("terminal_connected", terminal=name, peer=proto.peer)
-        if term.outbox:
-            for m in term.outbox:
-                proto.send(m)
-            term.outbox = None
-        if term.held and len(term.held) >= self.held_bound:
-            self._pause(term)
-        if self.active is not None and self.active.usable:
-            self.active.send({"t": "session_request", "terminal": name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
+        moved = 0
+        for term in self.terms.values():
+            for held in term.held.values():
+                if held.seg == seg:
+                    self._carry(held, ["a", term.name, held.id, held.data])
+                    moved += 1
+            for kept in term.replies.values():
+                if kept.seg == seg:
+                    self._carry(kept, ["r", term.name, kept.id, kept.data])
+                    moved += 1
+        log.info("journal_segment_carried_forward", segment=seg, records=moved)
 
-    def terminal_msg(self, term: Term, mid: int, data: Any) -> None:
-        if mid <= term.last_acked:
-            self.counters["reacks"] += 1
-            self._tell(term, {"t": "ack", "id": mid})
-            return
-        term.last_acked = mid
-        held = Held(mid, data, time.monotonic())
-        term.held[mid] = held
-        self.counters["acks"] += 1
-        self._tell(term, {"t": "ack", "id": mid})
-        s = term.active
-        if s is not None and s.host is self.active and self.active.usable and not self.active.released:
-            self._deliver(term, held, s.host)
-        if len(term.held) >= self.held_bound:
-            self._pause(term)
-
-    def terminal_bye(self, term: Term) -> None:
-        log.debug("terminal_logoff", terminal=term.name)
-        term.leaving = True
-        term.notice = None  # logged off: no session news any more
-        self._close_active_session(term, "logoff")
-        if not term.held and term.conn is not None:
-            term.conn.close()
-
-    def terminal_lost(self, term: Term) -> None:
-        if term.conn is None:
-            return
-        term.conn = None
-        term.notice = None  # a new connection gets a new welcome and session state instead
-        if self._handover is not None and term.name in self._handover.owed:
-            self._owed_standby(term.name)
-        term.paused = False
-        self.connected -= 1
-        log.debug("terminal_disconnected", terminal=term.name, held=len(term.held))
-        self._close_active_session(term, "logoff" if term.leaving else "disconnect")
-
-    def _close_active_session(self, term: Term, reason: str) -> None:
-        s = term.active
-        term.active = None
-        if s is not None and s.host is self.active and s.host.usable:
-            s.host.send({"t": "session_closed", "terminal": term.name, "reason": reason})
-
-    def _pause(self, term: Term) -> None:
-        if not term.paused and term.conn is not None:
-            term.paused = True
-            term.conn.pause_reading()
-            log.info("terminal_backpressure", terminal=term.name, held=len(term.held))
-
-    def _deliver(self, term: Term, held: Held, host: "HostProtocol") -> None:
-        redelivered = held.delivered_epoch != 0
-        held.delivered_epoch = self.epoch
-        held.redelivered = redelivered
-        self.counters["redelivered" if redelivered else "delivered"] += 1
-        host.send({"t": "deliver", "terminal": term.name, "id": held.id, "data": held.data, "redelivered": redelivered})
-
-    def _deliver_pending(self, term: Term, host: "HostProtocol") -> None:
-        for held in list(term.held.values()):
-            if held.delivered_epoch != self.epoch:
-                self._deliver(term, held, host)
-                faults.point("cp.mid_redelivery")
-
-    def _tell(self, term: Term, msg: dict[str, Any]) -> None:
-        """Send to the terminal's connection; a switch notice still owed to it goes first."""
-        conn = term.conn
-        if conn is None:
-            return
-        self._send_owed_notice(term)
-        conn.send(msg)
-
-    @staticmethod
-    def _send_owed_notice(term: Term) -> None:
-        if term.notice is not None and term.conn is not None:
-            term.conn.send_raw(term.notice)
-            term.notice = None
-
-    def _to_terminal(self, term: Term, msg: dict[str, Any]) -> None:
-        if term.conn is not None and not term.conn.closed:
-            self._tell(term, msg)
-        elif msg["t"] == "reply":
-            if term.outbox is None:
-                term.outbox = deque(maxlen=OUTBOX_MAX)
-            term.outbox.append(msg)
+    def _carry(self, item: "Held | Kept", rec: list[Any]) -> None:
+        old = item.seg
+        item.seg = self.journal.append(rec, lambda: self.journal.unpin(old))
+        self.journal.pin(item.seg)
 
     # ------------------------------------------------------------------ hosts
     def host_register(self, host: "HostProtocol", role: str, startup_id: int) -> None:
@@ -195,6 +153,15 @@ class CP:
                 host.close_with_error(
                     "active_exists",
                     f"{self.active.name} is already the active host (epoch {self.epoch}); start {host.name} with --role standby",
+                )
+                return
+            ra = self.recorded_active
+            if self.active is None and ra is not None and ra != host.name:
+                # after a CP restart: the role is still the host's that held it before
+                log.warning("registration_refused", host=host.name, role=role, active=ra, epoch=self.epoch, reason="recorded active")
+                host.close_with_error(
+                    "active_exists",
+                    f"{ra} held the active role at epoch {self.epoch} when the CP restarted; start {host.name} with --role standby",
                 )
                 return
             if self.standby is host:
@@ -223,14 +190,28 @@ class CP:
     def _active_name(self) -> str | None:
         return self.active.name if self.active is not None and not self.active.closed else None
 
-    def _become_active(self, host: "HostProtocol", reason: str) -> None:
+    def _raise_epoch(self, active: str) -> int:
+        """A new epoch, journalled: it is announced only once durable, so that after a crash the
+        CP never goes back to an older one (a host fenced before it stays fenced)."""
         self.epoch += 1
+        self.recorded_active = active
+        return self.epoch
+
+    def _become_active(self, host: "HostProtocol", reason: str) -> None:
+        epoch = self._raise_epoch(host.name)
         self.active = host
         host.role = "active"
-        host.epoch = self.epoch
+        host.epoch = epoch
         self.loss = None
         self.active_lost_notified = False
         self.active_stopped_normally = None
+        self.announced = False
+        self.journal.append(["e", epoch, host.name], lambda: self._registered_active(host, epoch, reason))
+
+    def _registered_active(self, host: "HostProtocol", epoch: int, reason: str) -> None:
+        if host is not self.active or host.closed or epoch != self.epoch:
+            return
+        self.announced = True
         log.info("host_registered", host=host.name, role="active", epoch=self.epoch, reason=reason)
         host.send({"t": "registered", "role": "active", "epoch": self.epoch, "active": host.name, "standby": self.standby.name if self.standby else None, "lease": self.host_lease})
         for term in self.terms.values():
@@ -291,27 +272,6 @@ class CP:
                 term.active = None
                 if term.conn is not None:
                     self._tell(term, {"t": "session", "state": "closed", "epoch": self.epoch, "reason": "closed by the host"})
-
-    def host_reply(self, host: "HostProtocol", name: str, mid: int, data: Any) -> None:
-        """Reply and discard in one frame (SPEC §5.5)."""
-        self.replies_by_host[host.name] += 1
-        term = self.terms.get(name)
-        if term is None:
-            return
-        held = term.held.get(mid)
-        if held is None:
-            return  # already discarded: never a second reply
-        self.counters["replies"] += 1
-        self._to_terminal(term, {"t": "reply", "id": mid, "data": data})
-        faults.point("cp.between_reply_and_discard")
-        del term.held[mid]
-        if self.after_switch is not None:
-            self._served_after_switch(term, held)
-        if term.paused and len(term.held) < self.held_bound and term.conn is not None:
-            term.paused = False
-            term.conn.resume_reading()
-        if term.leaving and not term.held and term.conn is not None:
-            term.conn.close()
 
     def host_release(self, host: "HostProtocol") -> None:
         """Planned switchover, step 1: stop delivering to the active; it finishes what it has."""
@@ -424,7 +384,15 @@ class CP:
                     self._tell(term, {"t": "session", "state": "closed", "epoch": self.epoch, "reason": "active host lost, no standby"})
 
     def tick(self) -> None:
-        """Periodic: detect a silent active and tell the standby at once; drop a silent standby."""
+        """Periodic: detect a silent active and tell the standby at once; drop a silent standby;
+        after a restart, stop waiting for the active of before if it does not come back."""
+        if self.recorded_active is not None and self.active is None and self.recovered_at is not None \
+                and time.monotonic() - self.recovered_at > RECORDED_ACTIVE_WAIT_S:
+            sb = self.standby
+            if sb is not None and sb.usable:
+                log.warning("recorded_active_not_back", host=self.recorded_active, waited_s=RECORDED_ACTIVE_WAIT_S)
+                sb.send({"t": "active_lost", "host": self.recorded_active, "why": "not back after the CP restarted"})
+                self.recorded_active = None
         s = self.standby
         if s is not None and not s.closed and time.monotonic() - s.last_rx > self.host_timeout:
             log.warning("standby_host_link_silent", host=s.name, silent_s=round(time.monotonic() - s.last_rx, 3))
@@ -469,19 +437,34 @@ class CP:
         self._grant(host, reason, why)
 
     def _grant(self, host: "HostProtocol", reason: str, why: str, demote: "HostProtocol | None" = None) -> None:
+        """Decide: the role is the requester's from now on (a new epoch, so the old active's frames
+        are refused); announced, and the sessions flipped, once the epoch is durable (`_granted`)."""
         t0 = time.monotonic()
         loss = self.loss
         release_t0 = self.release_t0 if demote is not None else None
         self.release_t0 = None
         old = self.active
-        self.epoch += 1
+        epoch = self._raise_epoch(host.name)
         self.active = host
         self.standby = None
         host.role = "active"
-        host.epoch = self.epoch
+        host.epoch = epoch
         self.loss = None
         self.active_lost_notified = False
         self.active_stopped_normally = None
+        if old is not None and old is not demote:
+            old.fenced = True  # refused from now on, told when the grant is announced
+        self.announced = False
+        self.journal.append(["e", epoch, host.name], lambda: self._granted(host, reason, why, demote, old, t0, loss, release_t0, epoch))
+
+    def _granted(
+        self, host: "HostProtocol", reason: str, why: str, demote: "HostProtocol | None", old: "HostProtocol | None",
+        t0: float, loss: tuple[float, float] | None, release_t0: float | None, epoch: int,
+    ) -> None:
+        if epoch != self.epoch:  # a newer epoch was raised while this one was made durable
+            log.warning("grant_superseded", host=host.name, epoch=epoch, current=self.epoch)
+            return
+        self.announced = True
         log.info("switchover_granted", host=host.name, old=old.name if old else None, epoch=self.epoch, reason=reason, why=why)
         host.send({"t": "switch_granted", "epoch": self.epoch, "lease": self.host_lease})
         host.flush()  # written now: the new active gets ready while the sessions flip here
@@ -610,6 +593,7 @@ class CP:
             "switchovers": len(self.switchovers),
             "last_switchover": self.switchovers[-1] if self.switchovers else None,
             "counters": dict(self.counters),
+            "journal": {**self.journal.status(), "outstanding": held + sum(len(t.replies) for t in self.terms.values())},
             "replies_by_host": dict(self.replies_by_host),
             "protocol_errors": [{"link": k[0], "code": k[1], "count": v} for k, v in sorted(PROTOCOL_ERRORS.items())],
             "uptime_s": round(time.time() - self.started, 1),

@@ -12,13 +12,20 @@ from hsb.cp.config import CPConfig
 from hsb.wire.auth import SecretFileError, load_secret
 
 
+def config_warnings(cfg: CPConfig) -> list[str]:
+    if cfg.cp.durability == "none":
+        return ['cp.durability = "none": hsbcpd keeps what it accepted in memory only; a crash or restart of'
+                ' hsbcpd loses it (for benchmark comparison only; use "fsync")']
+    return []
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="CP TOML config.")
 @click.option("--check-config", is_flag=True, help="Validate the config, print every error, exit 0 or 1.")
 @log_level_option
 def main(config_path: str, check_config: bool, log_level: str) -> None:
     """Run the communications processor (SPEC §5.5)."""
-    cfg = load_or_exit(config_path, CPConfig, check_config)
+    cfg = load_or_exit(config_path, CPConfig, check_config, warnings=config_warnings)
     try:
         secret = load_secret(cfg.cp.secret_file)
     except SecretFileError as exc:
@@ -30,7 +37,14 @@ def main(config_path: str, check_config: bool, log_level: str) -> None:
     from hsb.cp.server import CPServer
 
     async def run() -> int:
-        server = CPServer(cfg, secret, config_path)
+        from hsb.cp.journal import JournalDamaged
+
+        try:
+            server = CPServer(cfg, secret, config_path)
+        except JournalDamaged as exc:
+            die(str(exc))
+        except OSError as exc:
+            die(f"cannot open the CP journal {cfg.cp.journal}: {exc.strerror or exc} (check [cp] journal and its permissions)")
         try:
             code = await server.serve()
             exit_watchdog(code)

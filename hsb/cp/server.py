@@ -8,14 +8,16 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from pathlib import Path
 
 import structlog
 
-from hsb import gcpolicy
+from hsb import faults, gcpolicy
 from hsb.config import parse_addr
 from hsb.cp.admin import CPAdminProtocol
 from hsb.cp.config import LEASE_MARGIN, CPConfig
 from hsb.cp.core import CP
+from hsb.cp.journal import Journal, Recovered, recover
 from hsb.cp.host_link import HostProtocol
 from hsb.cp.terminal_link import TerminalProtocol
 from hsb.ops.http import json_route, start_http
@@ -37,14 +39,45 @@ class CPServer:
         self.config_path = config_path
         self.reload_requested = False
         self.secret = secret
-        self.cp = CP(cfg)
+        self.recovered: Recovered | None = None
+        self.cp = CP(cfg, self._open_journal(cfg))
         self.should_exit = asyncio.Event()
         self.servers: list[asyncio.base_events.Server] = []
         self.hosts: set[HostProtocol] = set()
         self.bound: dict[str, str] = {}
 
+    def _open_journal(self, cfg: CPConfig) -> Journal | None:
+        """Recover the journal before anything is accepted (SPEC §5.7); None: durability none."""
+        c = cfg.cp
+        if c.durability == "none":
+            log.warning("journal_off", msg='durability = "none": a crash of hsbcpd loses what it holds (for benchmarks only)')
+            return None
+        d = Path(c.journal)
+        self.recovered = recover(d)  # raises JournalDamaged (file and offset) on damage
+        return Journal(d, timeout=c.journal_timeout, segment_bytes=c.journal_segment_kib * 1024)
+
     async def startup(self) -> None:
         c = self.cfg.cp
+        r = self.recovered
+        if r is not None:
+            t0 = time.perf_counter()
+            self.cp.restore(r)
+            faults.point("cp.mid_recovery")
+            self.cp.journal.open(r.segments, r.live_by_segment())
+            log.info(
+                "journal_recovered",
+                dir=c.journal,
+                segments=len(r.segments),
+                records=r.records,
+                held=sum(len(v) for v in r.held.values()),
+                replies_kept=sum(len(v) for v in r.replies.values()),
+                terminals=len(r.last_acked),
+                epoch=r.epoch,
+                active=r.active,
+                torn_tail=r.torn,
+                bytes=r.bytes_read,
+                ms=round((r.seconds + time.perf_counter() - t0) * 1000, 1),
+            )
         loop = asyncio.get_running_loop()
         cp = self.cp
 
@@ -75,7 +108,7 @@ class CPServer:
             sock = srv.sockets[0].getsockname()
             self.bound[key] = f"{sock[0]}:{sock[1]}"
         if c.http_listen:
-            reg = registry_for(CPCollector(self.cp.status))
+            reg = registry_for(CPCollector(self.cp.status, self.cp.journal if self.cp.journal.durable else None))
             routes = {
                 "/health": json_route(lambda: (True, self.cp.status())),
                 "/active": json_route(lambda: (False, {"msg": "hsbcpd is the CP, not a host"})),
@@ -91,9 +124,13 @@ class CPServer:
         interval = min(self.cfg.cp.host_timeout / 10, 0.05)
         hb_every = min(self.cfg.cp.host_timeout / 4, 0.1)
         last_hb = 0.0
+        last_journal = 0.0
         last_state = ""
         while not self.should_exit.is_set():
             self.cp.tick()
+            if time.monotonic() - last_journal >= 1.0:
+                last_journal = time.monotonic()
+                self.cp.journal_tick()
             if self.reload_requested:
                 self.reload()
             st = f"{'active ' + self.cp.active.name if self.cp.active is not None and not self.cp.active.closed else 'no active host'}, epoch {self.cp.epoch}"
@@ -168,4 +205,5 @@ class CPServer:
                 await asyncio.wait_for(srv.wait_closed(), 1.0)
             except TimeoutError:
                 pass
+        self.cp.journal.close()
         log.info("cp_stopped")

@@ -36,18 +36,34 @@ class Held:
     when it was acknowledged (monotonic): a switch's worst pause is measured from it.
     """
 
-    __slots__ = ("id", "data", "delivered_epoch", "redelivered", "t")
+    __slots__ = ("id", "data", "delivered_epoch", "redelivered", "t", "seg", "replying")
 
-    def __init__(self, mid: int, data: Any, t: float) -> None:
+    def __init__(self, mid: int, data: Any, t: float, seg: int = 0) -> None:
         self.id = mid
         self.data = data
-        self.delivered_epoch = 0
+        self.delivered_epoch = 0  # -1: recovered from the journal (maybe delivered before the crash)
         self.redelivered = False
         self.t = t
+        self.seg = seg  # the journal segment its record sits in (hsb.cp.journal)
+        self.replying = False  # its reply is being made durable: a second one is ignored
+
+
+class Kept:
+    """A reply kept for a resuming terminal until it confirms it (docs/protocol.md §1)."""
+
+    __slots__ = ("id", "data", "seg")
+
+    def __init__(self, mid: int, data: Any, seg: int) -> None:
+        self.id = mid
+        self.data = data
+        self.seg = seg
 
 
 class Term:
-    __slots__ = ("name", "defn", "conn", "active", "standby", "held", "last_acked", "outbox", "paused", "leaving", "notice")
+    __slots__ = (
+        "name", "defn", "conn", "active", "standby", "held", "last_acked", "durable_acked", "outbox", "paused",
+        "leaving", "notice", "resuming", "replies", "confirmed",
+    )
 
     def __init__(self, defn: TerminalDef) -> None:
         self.name = defn.name
@@ -56,8 +72,12 @@ class Term:
         self.active: Session | None = None
         self.standby: Session | None = None
         self.held: dict[int, Held] = {}  # insertion order = id order
-        self.last_acked = 0
+        self.last_acked = 0  # highest id accepted
+        self.durable_acked = 0  # highest id whose journal record is durable (acknowledged)
         self.outbox: deque[dict[str, Any]] | None = None  # replies owed while disconnected
         self.paused = False
         self.leaving = False
         self.notice: bytes | None = None  # a switch notice owed to the terminal (CP._grant)
+        self.resuming = False  # said last_reply in its hello: its replies are kept until confirmed
+        self.replies: dict[int, Kept] = {}  # kept replies, id order
+        self.confirmed = 0  # highest id the terminal confirmed holding every reply up to

@@ -15,13 +15,13 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("hsb.cp")
 
-TERMINAL_TYPES = ("hello", "msg", "bye")
+TERMINAL_TYPES = ("hello", "msg", "confirm", "bye")
 ID_MAX = 2**63 - 1
 
 
 class TerminalProtocol(FramedProtocol):
     link = "terminal"
-    dispatch = {"hello": "on_hello", "msg": "on_msg", "bye": "on_bye"}
+    dispatch = {"hello": "on_hello", "msg": "on_msg", "confirm": "on_confirm", "bye": "on_bye"}
 
     def __init__(self, cp: "CP", *, hello_timeout: float, idle_after_hello: float | None, **kw: Any) -> None:
         super().__init__(idle_timeout=hello_timeout, partial_timeout=hello_timeout, **kw)
@@ -39,7 +39,10 @@ class TerminalProtocol(FramedProtocol):
         name = msg.get("terminal")
         if not isinstance(name, str) or not name:
             raise ProtocolError("bad_hello", "hello needs a non-empty string 'terminal'")
-        self.cp.terminal_hello(self, name)
+        last_reply = msg.get("last_reply")
+        if last_reply is not None and (not isinstance(last_reply, int) or isinstance(last_reply, bool) or not 0 <= last_reply <= ID_MAX):
+            raise ProtocolError("bad_hello", f"hello: last_reply must be an id 0..{ID_MAX}")
+        self.cp.terminal_hello(self, name, last_reply)
         if self.term is not None:
             self.clear_deadline()
             self.set_idle_timeout(self._idle_after)
@@ -52,6 +55,14 @@ class TerminalProtocol(FramedProtocol):
         if not 0 < mid <= ID_MAX:
             raise ProtocolError("bad_fields", f"msg: id must be 1..{ID_MAX}")
         self.cp.terminal_msg(self.term, mid, data)
+
+    def on_confirm(self, msg: dict[str, Any]) -> None:
+        if self.term is None:
+            raise ProtocolError("bad_hello", "the first frame must be hello")
+        upto = require(msg, "id", int)
+        if not 0 <= upto <= ID_MAX:
+            raise ProtocolError("bad_fields", f"confirm: id must be 0..{ID_MAX}")
+        self.cp.terminal_confirm(self.term, upto)
 
     def on_bye(self, msg: dict[str, Any]) -> None:
         if self.term is None:

@@ -155,3 +155,17 @@ def sandbox_start_host(dir_: str, name: str, role: str) -> None:
     click.echo(json.dumps({"name": name, "role": role, "pid": pid}))
 
 
+@sandbox.command("start-cp")
+@click.option("--dir", "dir_", required=True, type=click.Path(file_okay=False))
+def sandbox_start_cp(dir_: str) -> None:
+    """(Re)start the sandbox's hsbcpd on its journal (after it crashed or was killed)."""
+    from hsb.ctl.sandbox import SandboxError, start_cp
+
+    try:
+        pid = start_cp(Path(dir_))
+    except SandboxError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps({"name": "hsbcpd", "pid": pid}))
+
+

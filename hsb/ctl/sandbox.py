@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -53,7 +54,11 @@ def lease_for(host_timeout: float) -> float:
     return round(max(0.02, min(0.35, host_timeout * 0.7 - 0.1)), 3) if host_timeout < 0.5 else 0.35
 
 
-def write_configs(d: Path, *, terminals: int, service: str, conventional: bool, prefix: str = "T", host_timeout: float = 0.5, heartbeat_interval: float = 0.1, heartbeat_timeout: float = 0.5, logon_ms: float = 0) -> dict[str, Any]:
+def write_configs(
+    d: Path, *, terminals: int, service: str, conventional: bool, prefix: str = "T", host_timeout: float = 0.5,
+    heartbeat_interval: float = 0.1, heartbeat_timeout: float = 0.5, logon_ms: float = 0, durability: str = "fsync",
+    journal_segment_kib: int = 8192,
+) -> dict[str, Any]:
     d.mkdir(parents=True, exist_ok=True)
     secret = d / "secret"
     if not secret.exists():
@@ -72,6 +77,9 @@ def write_configs(d: Path, *, terminals: int, service: str, conventional: bool, 
         "held_bound": 256,
         "host_timeout": host_timeout,
         "host_lease": lease_for(host_timeout),
+        "journal": "cp-journal",
+        "durability": durability,
+        "journal_segment_kib": journal_segment_kib,
     }) + _section("[terminal_groups]", {**group, "standby_capable": True, "attrs": {"kind": "till"}})
     (d / "cp.toml").write_text("\n".join(cp))
     takeover = d / "takeover.dat"
@@ -137,6 +145,31 @@ def save_state(d: Path, st: dict[str, Any]) -> None:
     tmp.replace(d / STATE)
 
 
+def _spawn_env(d: Path, name: str, argv: list[str], env_extra: dict[str, str] | None) -> int:
+    if not env_extra:
+        return _spawn(d, name, argv)
+    old = dict(os.environ)
+    os.environ.update(env_extra)
+    try:
+        return _spawn(d, name, argv)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+
+
+def start_cp(d: Path, env_extra: dict[str, str] | None = None) -> int:
+    """(Re)start the sandbox's hsbcpd on the same config, ports and journal; returns its pid."""
+    st = load_state(d)
+    cp = st["cp"]
+    if _alive(cp["pid"]):
+        raise SandboxError(f"hsbcpd is still running (pid {cp['pid']}); stop it first")
+    pid = _spawn_env(d, "cp", [sys.executable, "-m", "hsb.cp", "--config", cp["config"]], env_extra)
+    cp["pid"] = pid
+    cp.setdefault("pids", []).append(pid)
+    save_state(d, st)
+    return pid
+
+
 def start_host(d: Path, name: str, role: str, env_extra: dict[str, str] | None = None) -> int:
     """(Re)start one host of the sandbox with `role`; returns its pid."""
     st = load_state(d)
@@ -144,16 +177,7 @@ def start_host(d: Path, name: str, role: str, env_extra: dict[str, str] | None =
     if _alive(h["pid"]):
         raise SandboxError(f"{name} is still running (pid {h['pid']}); stop it first")
     argv = [sys.executable, "-m", "hsb.host", "--role", role, "--config", h["config"]]
-    if env_extra:
-        old = dict(os.environ)
-        os.environ.update(env_extra)
-        try:
-            pid = _spawn(d, name, argv)
-        finally:
-            os.environ.clear()
-            os.environ.update(old)
-    else:
-        pid = _spawn(d, name, argv)
+    pid = _spawn_env(d, name, argv, env_extra)
     h["pid"] = pid
     h["role"] = role
     h.setdefault("pids", []).append(pid)
@@ -183,17 +207,22 @@ def up(d: Path, **kw: Any) -> dict[str, Any]:
     return asyncio.run(aup(d, **kw))
 
 
-async def aup(d: Path, *, terminals: int = 200, service: str = "echo", conventional: bool = False, timeout: float = 60.0, logon_ms: float = 0, host_timeout: float = 0.5, host_env: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+async def aup(
+    d: Path, *, terminals: int = 200, service: str = "echo", conventional: bool = False, timeout: float = 60.0, logon_ms: float = 0,
+    host_timeout: float = 0.5, host_env: dict[str, dict[str, str]] | None = None, cp_env: dict[str, str] | None = None,
+    durability: str = "fsync", journal_segment_kib: int = 8192,
+) -> dict[str, Any]:
     """Start the sandbox in `d` and wait for hot standby (see module docstring)."""
     d = d.resolve()
     if (d / STATE).exists():
         old = load_state(d)
         if any(_alive(p["pid"]) for p in [old["cp"], *old["hosts"].values()]):
             raise SandboxError(f"a sandbox is already running in {d}; 'hsbctl sandbox down --dir {d}' first")
-    plan = write_configs(d, terminals=terminals, service=service, conventional=conventional, logon_ms=logon_ms, host_timeout=host_timeout)
+    plan = write_configs(d, terminals=terminals, service=service, conventional=conventional, logon_ms=logon_ms, host_timeout=host_timeout, durability=durability, journal_segment_kib=journal_segment_kib)
     create_file(plan["takeover"], plan["records"], 4096, force=True)
+    shutil.rmtree(d / "cp-journal", ignore_errors=True)  # a new sandbox: the CP starts empty
     ports = plan["ports"]
-    cp_pid = _spawn(d, "cp", [sys.executable, "-m", "hsb.cp", "--config", str(d / "cp.toml")])
+    cp_pid = _spawn_env(d, "cp", [sys.executable, "-m", "hsb.cp", "--config", str(d / "cp.toml")], cp_env)
     st: dict[str, Any] = {
         "dir": str(d),
         "cp": {"pid": cp_pid, "pids": [cp_pid], "terminal": ports["terminal"], "host": ports["host"], "admin": ports["admin"], "http": ports["http"], "config": str(d / "cp.toml")},

@@ -87,6 +87,18 @@ def render(st: dict[str, Any]) -> str:
                 + _pause(ls)
                 + f"switch {ls['switch_ms']:.1f} ms, {ls['switched']} sessions switched, {ls['classic']} reconnected ({ls['reason']})"
             )
+        j = cp.get("journal") or {}
+        if j:
+            if j.get("durability") == "none":
+                out.append("            journal OFF (durability none): a restart of hsbcpd loses what it holds")
+            else:
+                sync = f"last sync {j['last_sync_ms']:.2f} ms {_age(j.get('last_sync_at'))}" if j.get("last_sync_ms") is not None else "no sync yet"
+                state = j.get("state", "?")
+                out.append(
+                    f"            journal {'ok' if state == 'ok' else state.upper()} {j.get('dir')}  {j.get('size_bytes', 0) / 1024:.0f} KiB in"
+                    f" {j.get('segments')} segment(s), {j.get('outstanding', 0)} outstanding, {sync}"
+                    + (f"  ERROR {j.get('error')}: acknowledgements stopped until it can be written" if state != "ok" else "")
+                )
         if cp.get("active_stopped_normally"):
             out.append(f"            active {cp['active_stopped_normally']} stopped normally; 'hsbctl promote' moves the service to the standby")
     for h in st["hosts"]:

@@ -97,6 +97,7 @@ class HA:
         self.granted = False
         self.lease = Lease()
         self.register_sent_at = 0.0
+        self.switch_sent_at: float | None = None  # when the last switchover request went to the CP
         self._lease_timer: asyncio.TimerHandle | None = None
         self.lost_serving = False
         self.release_pending = False
@@ -115,7 +116,7 @@ class HA:
 
     @property
     def lease_lost(self) -> bool:
-        return self.granted and self.role == "active" and not self.lease.valid() and faults.SELF_FENCING
+        return self.granted and not self.lease.valid() and faults.SELF_FENCING
 
     def lease_answered(self, n: int) -> None:
         """The CP answered heartbeat `n` (CPLink, in link order)."""
@@ -124,11 +125,12 @@ class HA:
 
     def _lease_renewed(self) -> None:
         now = time.monotonic()
-        if self.lease.lapsed_at is not None and self.lease.valid(now):
-            log.info("lease_renewed", epoch=self.epoch, lost_ms=round((now - self.lease.lapsed_at) * 1000, 1))
-            self.lease.lapsed_at = None
-            self.srv.delivery.reopen()
-            self.srv.on_state_change()
+        if self.lease.valid(now):
+            self.srv.delivery.reopen()  # whatever waited for a valid lease goes on
+            if self.lease.lapsed_at is not None:
+                log.info("lease_renewed", epoch=self.epoch, lost_ms=round((now - self.lease.lapsed_at) * 1000, 1))
+                self.lease.lapsed_at = None
+                self.srv.on_state_change()
         self._arm_lease_timer()
 
     def _arm_lease_timer(self) -> None:
@@ -272,14 +274,16 @@ class HA:
         if t == "registered":
             self.epoch = int(msg.get("epoch", 0))
             self.lease.duration = float(msg.get("lease", 0.0))
+            self.lease.extend(self.register_sent_at)  # the CP answered the register sent then
             self.granted = msg.get("role") == "active"
             if self.granted:
-                self.lease.extend(self.register_sent_at)  # the CP answered the register sent then
                 log.info("serving_as_active", epoch=self.epoch, how="registered", lease_s=self.lease.duration)
-                self._lease_renewed()
+            self._lease_renewed()
         elif t == "switch_granted":
             self.epoch = int(msg["epoch"])
             self.lease.duration = float(msg.get("lease", self.lease.duration))
+            if self.switch_sent_at is not None:
+                self.lease.extend(self.switch_sent_at)  # the CP answered the request sent then
             self.granted = True
             log.info("serving_as_active", epoch=self.epoch, how="switch granted", lease_valid=self.lease.valid())
             self._lease_renewed()
@@ -625,6 +629,7 @@ class HA:
         self.switch_requested_at = time.monotonic()
         self.takeover = {"reason": reason, "requested_at": time.time(), "established": self.state == ESTABLISHED, "planned": planned}
         log.info("switchover_requested", reason=reason, established=self.state == ESTABLISHED)
+        self.switch_sent_at = time.monotonic()
         self.srv.cp.send({"t": "switchover", "reason": reason, "planned": planned})
 
     async def ev_reload(self) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, StateSetMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric, StateSetMetricFamily
 
 from hsb.wire.conn import CONNECTIONS_DROPPED, PROTOCOL_ERRORS
 
@@ -81,6 +81,16 @@ class HostCollector:
         yield from _proto_errors()
 
 
+def _histogram(name: str, doc: str, counts: list[int], total: float) -> Metric:
+    from hsb.cp.journal.store import SYNC_BUCKETS
+
+    buckets, acc = [], 0
+    for bound, n in zip(SYNC_BUCKETS, counts):
+        acc += n
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), acc))
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total)
+
+
 def _sessions(doc: str, t: dict[str, Any]) -> Metric:
     m = GaugeMetricFamily("hsb_sessions", doc, labels=["kind"])
     m.add_metric(["active"], t["active_sessions"])
@@ -89,8 +99,9 @@ def _sessions(doc: str, t: dict[str, Any]) -> Metric:
 
 
 class CPCollector:
-    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, status: Callable[[], dict[str, Any]], journal: Any = None) -> None:
         self.status = status
+        self.journal = journal  # hsb.cp.journal.Journal: its group commits as a histogram
 
     def collect(self) -> Iterator[Metric]:
         st = self.status()
@@ -110,6 +121,16 @@ class CPCollector:
         yield _c("hsb_switchovers", "Planned switchovers.", c.get("switchovers", 0))
         ls = st.get("last_switchover") or {}
         yield _g("hsb_last_failover_duration_seconds", "Grant to last session switched, last switchover.", None if not ls else ls["switch_ms"] / 1000)
+        j = st.get("journal") or {}
+        if j.get("durability") == "fsync":
+            yield _g("hsb_journal_healthy", "1 while the CP journal is written in time (0: stalled or failing; acknowledgements stop).", 1 if j["state"] == "ok" else 0)
+            yield _g("hsb_journal_size_bytes", "Bytes in the CP journal's segments.", j["size_bytes"])
+            yield _g("hsb_journal_segments", "Segment files of the CP journal.", j["segments"])
+            yield _g("hsb_journal_outstanding_records", "Held messages and kept replies in the CP journal.", j.get("outstanding"))
+            yield _c("hsb_journal_stalls", "Times a CP journal write missed its deadline.", j["stalls"])
+            if self.journal is not None:
+                yield _histogram("hsb_journal_sync_seconds", "Duration of the CP journal's group commits (write + fdatasync).",
+                                 self.journal.sync_counts, self.journal.sync_sum)
         yield from _proto_errors()
 
 

@@ -21,6 +21,12 @@ so no two terminals of a run ever use the same id and a reply delivered to the
 wrong terminal is caught; the ids still grow faster than the clock only above
 a million messages a second.
 
+By default a terminal **resumes** (docs/protocol.md §1): its hello says `last_reply`, the
+highest id up to which it holds every reply; it confirms replies as they arrive (`confirm`,
+every few replies or 50 ms, and before it logs off); a reply marked `resent` for an id it
+already has is ignored (the CP sends again what it kept after a reconnect). `resume=False` is the
+older terminal that says none of this.
+
 A terminal is strict about what comes back (the verdict of `hsb.term.report`):
 a reply to an id it never sent, or to one the CP had not yet acknowledged, is
 *unexpected*; with `check_data`, a first reply whose data is not what was sent
@@ -48,7 +54,7 @@ HELLO = 2  # connected, hello sent, no welcome yet
 WELCOMED = 3  # logged on: may send
 
 BACKOFF_MIN = 0.05
-BACKOFF_MAX = 2.0
+BACKOFF_MAX = 0.5  # a terminal tries again at least twice a second: a restarted CP is back in ~0.3 s
 
 _BYE = encode({"t": "bye"})
 
@@ -141,6 +147,15 @@ class TerminalClient(asyncio.Protocol):
         "bad_data_ids",
         "check_data",
         "session_closed",
+        "resume",
+        "prefix",
+        "confirmed",
+        "confirm_at",
+        "confirm_timer",
+        "resent_ignored",
+        "resent_foreign",
+        "failed_since_drop",
+        "cp_reconnects",
     )
 
     def __init__(
@@ -155,6 +170,7 @@ class TerminalClient(asyncio.Protocol):
         stride: int = 1,
         idx: int = 0,
         check_data: bool = False,
+        resume: bool = True,
     ) -> None:
         self.name = name
         self.listener = listener
@@ -186,6 +202,15 @@ class TerminalClient(asyncio.Protocol):
         self.bad_data_ids: list[int] = []
         self.check_data = check_data
         self.session_closed = 0  # session closed notices while not logging off
+        self.resume = resume
+        self.prefix = 0  # marks[0:prefix] all have a reply: last_reply is the id of marks[prefix - 1]
+        self.confirmed = 0  # the last id confirmed to the CP
+        self.confirm_at = 0.0  # when (monotonic)
+        self.confirm_timer: asyncio.TimerHandle | None = None
+        self.resent_ignored = 0  # resent replies for ids already answered (as the protocol says)
+        self.resent_foreign = 0  # resent replies for ids this run never sent (an earlier run's)
+        self.failed_since_drop = False  # a connect failed since the connection dropped: the CP was away
+        self.cp_reconnects = 0  # disconnects after which the CP could not be reached for a while
 
     # -- sending ---------------------------------------------------------
     @property
@@ -233,10 +258,44 @@ class TerminalClient(asyncio.Protocol):
         marks, base, stride = self.marks, self.base, self.stride
         return [i for i in self.outstanding if not marks[(i - base) // stride] & ACKED]
 
+    def last_reply(self) -> int:
+        """The highest id up to which this terminal holds every reply (0: none)."""
+        marks, k = self.marks, self.prefix
+        while k < len(marks) and marks[k] >> REPLY_SHIFT:
+            k += 1
+        self.prefix = k
+        return self.base + (k - 1) * self.stride if k else 0
+
+    def _confirm(self, force: bool = False) -> None:
+        """Tell the CP which replies it may forget: every 8 replies, after 50 ms, or now (`force`)."""
+        if not self.resume or self.state != WELCOMED or self.transport is None:
+            return
+        upto = self.last_reply()
+        if upto <= self.confirmed:
+            return
+        now = time.monotonic()
+        if force or (upto - self.confirmed) >= 8 * self.stride or now - self.confirm_at >= 0.05:
+            if self.confirm_timer is not None:
+                self.confirm_timer.cancel()
+                self.confirm_timer = None
+            self.confirmed, self.confirm_at = upto, now
+            frame = encode({"t": "confirm", "id": upto})
+            if self.cork is not None:
+                self.cork.append(frame)
+            else:
+                self.transport.write(frame)
+        elif self.confirm_timer is None:
+            self.confirm_timer = asyncio.get_running_loop().call_later(0.05, self._confirm_due)
+
+    def _confirm_due(self) -> None:
+        self.confirm_timer = None
+        self._confirm(force=True)
+
     def bye(self) -> None:
-        """Log off: send bye, stop reconnecting; the CP closes the connection."""
+        """Log off: confirm what it holds, send bye, stop reconnecting; the CP closes the connection."""
         self.stopping = True
         if self.transport is not None and self.state >= HELLO:
+            self._confirm(force=True)
             self.transport.write(_BYE)
         elif self.transport is not None:
             self.transport.close()
@@ -259,7 +318,10 @@ class TerminalClient(asyncio.Protocol):
         if self.stopping:
             transport.close()
             return
-        transport.write(encode({"t": "hello", "terminal": self.name}))
+        hello: dict[str, Any] = {"t": "hello", "terminal": self.name}
+        if self.resume:
+            hello["last_reply"] = self.last_reply()
+        transport.write(encode(hello))
 
     def data_received(self, data: bytes) -> None:
         assert self.decoder is not None
@@ -285,6 +347,10 @@ class TerminalClient(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         was = self.state
         self.state = DOWN
+        if self.confirm_timer is not None:
+            self.confirm_timer.cancel()
+            self.confirm_timer = None
+        self.failed_since_drop = False
         self.transport = None
         self.decoder = None
         self.session_open = False
@@ -303,6 +369,9 @@ class TerminalClient(asyncio.Protocol):
     def connect_failed(self, exc: BaseException) -> None:
         """Called by the connector when a TCP connect attempt failed."""
         self.state = DOWN
+        if self.welcomed_at is not None and not self.failed_since_drop:
+            self.failed_since_drop = True  # the CP is not there: a restart of it, not a failover
+            self.cp_reconnects += 1
         if self.stopping:
             if self.closed is not None and not self.closed.done():
                 self.closed.set_result(None)
@@ -330,7 +399,7 @@ class TerminalClient(asyncio.Protocol):
         try:
             t = msg["t"]
             if t == "reply":
-                self._on_reply(_int(msg, "id"), msg.get("data"))
+                self._on_reply(_int(msg, "id"), msg.get("data"), bool(msg.get("resent")))
             elif t == "ack":
                 self._on_ack(_int(msg, "id"))
             elif t == "welcome":
@@ -395,15 +464,21 @@ class TerminalClient(asyncio.Protocol):
         else:
             self.listener.on_ack(self, msg_id, False)
 
-    def _on_reply(self, msg_id: int, data: Any) -> None:
+    def _on_reply(self, msg_id: int, data: Any, resent: bool = False) -> None:
         k = self.index(msg_id)
         marks = self.marks
         if k < 0:
+            if resent:  # kept by the CP for an earlier run of this terminal: not ours to judge
+                self.resent_foreign += 1
+                return
             self.unexpected += 1
             self.listener.on_reply(self, msg_id, data, None, "unexpected")
             return
         m = marks[k]
         count = m >> REPLY_SHIFT
+        if count and resent:  # sent again after a reconnect; this terminal has it: ignored
+            self.resent_ignored += 1
+            return
         if count < REPLY_MAX:
             marks[k] = m + REPLY_ONE
         if count:
@@ -421,6 +496,8 @@ class TerminalClient(asyncio.Protocol):
             self.payloads.pop(msg_id, None)
         latency = time.monotonic() - t0 if t0 is not None else None
         self.listener.on_reply(self, msg_id, data, latency, "early" if early else "first")
+        if self.resume:
+            self._confirm()
 
 
 def _int(msg: dict[str, Any], key: str) -> int:

@@ -75,6 +75,7 @@ class LoadStats(Listener):
         self.protocol_errors = 0
         self.errors: Counter[str] = Counter()
         self.latency = LatencyHistogram()
+        self.ack_latency = LatencyHistogram()
         self.gap = GapTracker()
         self.counting = True  # off once the run logs its terminals off
         self.sending = False  # in the sending phase
@@ -116,6 +117,9 @@ class LoadStats(Listener):
     def on_ack(self, c: TerminalClient, msg_id: int, first: bool) -> None:
         if first:
             self.acked += 1
+            t0 = c.outstanding.get(msg_id)
+            if t0 is not None:  # send -> ack: what the CP's journal adds shows here
+                self.ack_latency.add(time.monotonic() - t0)
 
     def on_reply(self, c: TerminalClient, msg_id: int, data: Any, latency: float | None, kind: str) -> None:
         if kind in ("first", "early"):
@@ -304,6 +308,7 @@ async def run_load(
     marks: list[tuple[str, float]] | None = None,
     after_s: float = 1.0,
     seed: int | None = None,
+    resume: bool = True,
 ) -> LoadReport:
     """Run `terminals` simulated terminals against the CP at `cp` and report.
 
@@ -337,7 +342,7 @@ async def run_load(
     stats = LoadStats(len(names))
     stride = max(1, len(names))
     clients = [
-        TerminalClient(nm, stats, base=base + i, stride=stride, idx=i, window=window, pad=pad, check_data=check_data)
+        TerminalClient(nm, stats, base=base + i, stride=stride, idx=i, window=window, pad=pad, check_data=check_data, resume=resume)
         for i, nm in enumerate(names)
     ]
     rng = random.Random(seed)
@@ -413,6 +418,10 @@ async def run_load(
         for label, at in (marks or [])
     ]
     report.after_s = after_s
+    report.resume = resume
+    report.resent_ignored = sum(c.resent_ignored for c in clients)
+    report.resent_foreign = sum(c.resent_foreign for c in clients)
+    report.cp_reconnects = sum(c.cp_reconnects for c in clients)
     if record_ids:
         report.ids = {c.name: id_ranges(c.marks, base=c.base, step=c.stride) for c in clients}
     return report
@@ -459,6 +468,7 @@ def _report(
         errors=dict(stats.errors),
         protocol_errors=stats.protocol_errors,
         latency_ms=stats.latency.summary_ms(),
+        ack_latency_ms=stats.ack_latency.summary_ms(),
         gaps=[{"ms": round(g.seconds * 1000.0, 3), "start": wall(g.start), "end": wall(g.end)} for g in stats.gap.top],
         service_gap={
             "ms": round(gap.seconds * 1000.0, 3),

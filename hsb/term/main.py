@@ -144,6 +144,12 @@ async def _load_main(cp: tuple[str, int], **kw: Any) -> LoadReport:
     metavar="NAMES",
     help="Comma-separated terminals without a standby session: a failover may disconnect them.",
 )
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    show_default=True,
+    help="Resume after a reconnect (last_reply, confirm, resent replies); --no-resume: the older terminal protocol.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def load(cp: tuple[str, int], as_json: bool, ids_out: str | None, classic: str, **kw: Any) -> None:
     """Run N terminals at a total rate; check every promise; report latency and pauses.

@@ -68,6 +68,10 @@ class LoadReport:
     session_closed_standby_capable: int = 0
     operations: list[dict[str, Any]] = field(default_factory=list)  # the pause of each marked operation
     after_s: float = 1.0  # an operation's window: messages in flight at it or sent this long after it
+    resume: bool = True  # the terminals resumed (last_reply, confirm, resent replies)
+    resent_ignored: int = 0  # replies the CP sent again after a reconnect that the terminal had (ignored)
+    resent_foreign: int = 0  # resent replies for ids of an earlier run of the terminal (ignored)
+    cp_reconnects: int = 0  # disconnects after which the CP could not be reached for a while (a CP restart)
     resent: int = 0
     disconnects: int = 0
     connect_failures: int = 0
@@ -75,7 +79,8 @@ class LoadReport:
     switched: int = 0
     errors: dict[str, int] = field(default_factory=dict)  # error frames from the CP, by code
     protocol_errors: int = 0
-    latency_ms: dict[str, float | None] = field(default_factory=dict)  # p50, p99, max, mean
+    latency_ms: dict[str, float | None] = field(default_factory=dict)  # p50, p99, max, mean (send -> first reply)
+    ack_latency_ms: dict[str, float | None] = field(default_factory=dict)  # the same, send -> ack
     service_gap: dict[str, Any] = field(default_factory=dict)  # ms, start, end (epoch s), start_iso, end_iso
     gaps: list[dict[str, Any]] = field(default_factory=list)  # the longest stretches: ms, start, end (epoch s)
     connect_s: float | None = None  # start → every terminal welcomed
@@ -206,15 +211,16 @@ def format_table(r: LoadReport) -> str:
         ("unexpected", f"{r.unexpected} ({r.unexpected_early} before their ack)"),
         ("bad data", str(r.bad_data) if r.check_data else "not checked (--no-check-data)"),
         ("unacknowledged", str(r.unacked)),
-        ("resent", str(r.resent)),
+        ("resent", f"{r.resent} messages; {r.resent_ignored} replies resent by the CP were already here" + ("" if r.resume else " (not resuming)")),
         (
             "disconnects",
-            f"{r.disconnects} (failed connects {r.connect_failures})"
+            f"{r.disconnects} (failed connects {r.connect_failures}; CP away {r.cp_reconnects})"
             + ("; expected" if r.expect_disconnects else f"; of standby-capable terminals {r.disconnects_standby_capable}"),
         ),
         ("session closed", str(r.session_closed)),
         ("switched", str(r.switched)),
         ("latency ms", f"p50 {ms(lat.get('p50'))}  p99 {ms(lat.get('p99'))}  max {ms(lat.get('max'))}"),
+        ("ack latency ms", f"p50 {ms(r.ack_latency_ms.get('p50'))}  p99 {ms(r.ack_latency_ms.get('p99'))}  max {ms(r.ack_latency_ms.get('max'))}"),
     ]
     for op in r.operations:
         rows.append(

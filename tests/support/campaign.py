@@ -54,8 +54,19 @@ ACTIONS: dict[str, tuple[str | None, bool]] = {
     "kill_standby": (None, True),
     "crash_mid_batch_write": ("host.mid_batch_write", False),
     "crash_between_batch_and_notice": ("host.between_batch_and_notice", False),
+    # the CP itself (SPEC §5.7): every terminal reconnects and resumes
+    "kill_cp": (None, False),
+    "crash_cp_after_journal_write": ("cp.after_journal_write", False),
+    "crash_cp_mid_journal_group": ("cp.mid_journal_group", False),
+    "crash_cp_after_reply_sent": ("cp.after_reply_sent", False),
+    "crash_cp_mid_compaction": ("cp.mid_compaction", False),
 }
-WEIGHTS = {"kill_active": 4, "crash_before_reply": 3, "crash_mid_ring_group": 2, "crash_new_active_mid_redelivery": 2, "kill_standby": 2, "crash_mid_batch_write": 1, "crash_between_batch_and_notice": 1}
+WEIGHTS = {
+    "kill_active": 4, "crash_before_reply": 3, "crash_mid_ring_group": 2, "crash_new_active_mid_redelivery": 2, "kill_standby": 2,
+    "crash_mid_batch_write": 1, "crash_between_batch_and_notice": 1,
+    "kill_cp": 2, "crash_cp_after_journal_write": 1, "crash_cp_mid_journal_group": 1, "crash_cp_after_reply_sent": 1, "crash_cp_mid_compaction": 1,
+}
+CP_SEGMENT_KIB = 64  # small journal segments, so that compaction (and its crash point) happens in a campaign
 
 
 @dataclass
@@ -117,14 +128,18 @@ class Campaign:
             await asyncio.sleep(0.05)
 
     def alive(self, name: str) -> bool:
-        return sandbox._alive(self.state()["hosts"][name]["pid"])
+        return sandbox._alive(self.pid(name))
 
     def env(self, name: str) -> dict[str, str]:
         return {"HSB_CRASH_CONTROL": str(self.d / f"crash-{name}")}
 
+    def pid(self, name: str) -> int:
+        st = self.state()
+        return int(st["cp"]["pid"] if name == "cp" else st["hosts"][name]["pid"])
+
     def arm(self, name: str, point: str, skip: int = 0) -> None:
         (self.d / f"crash-{name}").write_text(f"{point} {skip}\n")
-        os.kill(self.state()["hosts"][name]["pid"], signal.SIGUSR2)
+        os.kill(self.pid(name), signal.SIGUSR2)
 
     def start(self, name: str, role: str) -> None:
         (self.d / f"crash-{name}").write_text("")
@@ -183,6 +198,18 @@ class Campaign:
             await asyncio.sleep(rng.uniform(0, 0.3))
             r.victim = active
             os.kill(self.state()["hosts"][active]["pid"], signal.SIGKILL)
+        elif action.endswith("_cp") or "_cp_" in action:
+            r.victim = "cp"
+            victim_pid = self.pid("cp")
+            if point is None:
+                await asyncio.sleep(rng.uniform(0, 0.3))
+                os.kill(victim_pid, signal.SIGKILL)
+            else:
+                self.arm("cp", point, rng.randrange(0, 50) if point != "cp.mid_compaction" else 0)
+                await self._wait_dead_or_kill("cp", 10, r)
+            await self._wait_dead("cp")
+            (self.d / "crash-cp").write_text("")
+            sandbox.start_cp(self.d, self.env("cp"))  # at once, as systemd's Restart=always does
         elif action == "kill_standby":
             r.victim = standby
             os.kill(self.state()["hosts"][standby]["pid"], signal.SIGKILL)
@@ -249,7 +276,7 @@ class Campaign:
 
     def point_reached(self, point: str, pid: int) -> bool:
         """The victim (pid) logged that it died at `point` (hsb.faults writes the line to stderr)."""
-        for h in HOSTS:
+        for h in ("cp", *HOSTS):
             p = self.d / f"{h}.log"
             if p.exists():
                 for line in p.read_text(errors="replace").splitlines():
@@ -290,7 +317,7 @@ class Campaign:
             if time.monotonic() > deadline:
                 r.fallback = True
                 r.notes.append(f"{name}: crash point not reached in {timeout:.0f}s; SIGKILL instead")
-                os.kill(self.state()["hosts"][name]["pid"], signal.SIGKILL)
+                os.kill(self.pid(name), signal.SIGKILL)
                 await self._wait_dead(name)
                 return
             await asyncio.sleep(0.02)
@@ -320,8 +347,9 @@ class Campaign:
     # ------------------------------------------------------------------ the campaign
     async def run(self, rounds: int) -> dict[str, Any]:
         self.say(f"campaign seed {self.seed}: {rounds} rounds, {self.n} terminals at {self.rate:.0f} msg/s")
-        await sandbox.aup(self.d, terminals=self.n + self.churners, service="journal", host_env={h: self.env(h) for h in HOSTS}, timeout=60)
-        for h in HOSTS:
+        await sandbox.aup(self.d, terminals=self.n + self.churners, service="journal", host_env={h: self.env(h) for h in HOSTS},
+                          cp_env=self.env("cp"), journal_segment_kib=CP_SEGMENT_KIB, timeout=60)
+        for h in ("cp", *HOSTS):
             (self.d / f"crash-{h}").write_text("")
         sending, stop, churn_stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
 

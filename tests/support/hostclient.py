@@ -49,8 +49,8 @@ class FakeHost:
                 if m["t"] == "hb" and "ack" not in m:
                     continue
                 self.inbox.append(m)
-                if m["t"] == "switch_granted":
-                    self.epoch = m["epoch"]
+                if m["t"] == "switch_granted" or (m["t"] == "registered" and m.get("role") == "active"):
+                    self.epoch = m["epoch"]  # at once: frames right behind it answer under it
                 if self.auto_open is not None and m["t"] == "session_request":
                     self.send({"t": "open", "terminal": m["terminal"], "kind": "active", "attrs": self.auto_open, "epoch": self.epoch})
                 if self.auto_reply and m["t"] == "deliver":

@@ -72,9 +72,10 @@ class Proc:
     log: Path
     popen: subprocess.Popen[bytes]
     info: dict[str, Any] = field(default_factory=dict)
+    mark: int = 0  # events of the log before this process started (a restart appends to it)
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        evs = log_events(self.log)
+        evs = log_events(self.log)[self.mark :]
         return [e for e in evs if name is None or e.get("event") == name]
 
     def wait_event(self, name: str, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
@@ -115,7 +116,9 @@ from hsb.config import toml_value  # noqa: E402  (one writer for generated confi
 
 def cp_config(d: Path, *, terminals: int = 10, prefix: str = "T", extra_terms: list[dict[str, Any]] | None = None, **cp: Any) -> Path:
     write_secret(d)
-    base = {"name": "cp", "terminal_listen": "127.0.0.1:0", "host_listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0", "secret_file": "secret"}
+    # fixed free ports, not 0: a restarted hsbcpd (restart_cp) listens where the first one did
+    base = {"name": "cp", "terminal_listen": f"127.0.0.1:{free_port()}", "host_listen": f"127.0.0.1:{free_port()}",
+            "admin_listen": f"127.0.0.1:{free_port()}", "secret_file": "secret"}
     base.update(cp)
     lines = ["[cp]"] + [f"{k} = {toml_value(v)}" for k, v in base.items()]
     if terminals:
@@ -127,12 +130,26 @@ def cp_config(d: Path, *, terminals: int = 10, prefix: str = "T", extra_terms: l
     return p
 
 
-def start_cp(d: Path, **kw: Any) -> Proc:
+def start_cp(d: Path, env: dict[str, str] | None = None, **kw: Any) -> Proc:
     d.mkdir(parents=True, exist_ok=True)
     cfg = cp_config(d, **kw)
-    proc = spawn("hsbcpd", [sys.executable, "-m", "hsb.cp", "--config", str(cfg)], d / "cp.log")
-    ev = proc.wait_event("cp_started", timeout=15)
-    proc.info = {k[: -len("_listen")]: v for k, v in ev.items() if k.endswith("_listen")}
+    return _run_cp(d, cfg, env)
+
+
+def restart_cp(old: Proc, env: dict[str, str] | None = None, wait: bool = True) -> Proc:
+    """hsbcpd again on the same config (ports, journal) after `old` died or was killed."""
+    old.stop()
+    cfg = Path(old.argv[-1])
+    return _run_cp(cfg.parent, cfg, env, wait)
+
+
+def _run_cp(d: Path, cfg: Path, env: dict[str, str] | None, wait: bool = True) -> Proc:
+    mark = len(log_events(d / "cp.log"))
+    proc = spawn("hsbcpd", [sys.executable, "-m", "hsb.cp", "--config", str(cfg)], d / "cp.log", env)
+    proc.mark = mark
+    if wait:
+        ev = proc.wait_event("cp_started", timeout=15)
+        proc.info = {k[: -len("_listen")]: v for k, v in ev.items() if k.endswith("_listen")}
     return proc
 
 

@@ -1,0 +1,164 @@
+"""Reading the CP journal back at start (docs/cp-journal.md): every segment in order, each
+record applied to the state it describes. Pure: files in, a `Recovered` out.
+
+Record kinds (the first element of each MessagePack array):
+
+    ["ck", epoch, active, generation, {terminal: last acked id}]   checkpoint, first in every segment
+    ["a", terminal, id, data]      a message accepted (and acknowledged once durable)
+    ["r", terminal, id, data]      its reply, kept until the terminal confirms it; the message is settled
+    ["d", terminal, id]            its reply, not kept (a terminal that does not resume); settled
+    ["c", terminal, id]            the terminal holds every reply up to id: those are settled
+    ["e", epoch, active]           the epoch was raised; `active` holds the active role
+    ["h", {...}]                   an entry of the switch history
+
+Applying is idempotent and independent of where a record sits, so a record carried forward into
+a newer segment (compaction) replays to the same state.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hsb.cp.journal.format import JournalDamaged, scan
+
+SEGMENT = re.compile(r"^seg-(\d{8})\.hsbj$")
+HISTORY_KEEP = 1000
+
+
+def segment_name(n: int) -> str:
+    return f"seg-{n:08d}.hsbj"
+
+
+def segments(d: Path) -> list[tuple[int, Path]]:
+    """The segment files of a journal directory, oldest first."""
+    out = []
+    for name in os.listdir(d):
+        m = SEGMENT.match(name)
+        if m:
+            out.append((int(m.group(1)), d / name))
+    return sorted(out)
+
+
+@dataclass
+class Recovered:
+    epoch: int = 0
+    active: str | None = None
+    generation: int = 0
+    last_acked: dict[str, int] = field(default_factory=dict)
+    held: dict[str, dict[int, tuple[Any, int]]] = field(default_factory=dict)  # terminal -> id -> (data, segment)
+    replies: dict[str, dict[int, tuple[Any, int]]] = field(default_factory=dict)
+    confirmed: dict[str, int] = field(default_factory=dict)  # highest id each terminal confirmed
+    history: list[dict[str, Any]] = field(default_factory=list)
+    segments: list[int] = field(default_factory=list)
+    last_segment: int = 0
+    records: int = 0
+    torn: str | None = None  # why the last segment's tail was dropped, if it was
+    bytes_read: int = 0
+    seconds: float = 0.0
+
+    @property
+    def outstanding(self) -> int:
+        return sum(len(v) for v in self.held.values()) + sum(len(v) for v in self.replies.values())
+
+    def live_by_segment(self) -> dict[int, int]:
+        live: dict[int, int] = {}
+        for per in (self.held, self.replies):
+            for items in per.values():
+                for _, seg in items.values():
+                    live[seg] = live.get(seg, 0) + 1
+        return live
+
+
+def apply(r: Recovered, rec: list[Any], seg: int) -> None:
+    kind = rec[0]
+    if kind == "a":
+        _, term, mid, data = rec
+        if mid > r.confirmed.get(term, 0) and mid not in r.replies.get(term, ()):
+            r.held.setdefault(term, {})[mid] = (data, seg)
+        if mid > r.last_acked.get(term, 0):
+            r.last_acked[term] = mid
+    elif kind == "r":
+        _, term, mid, data = rec
+        h = r.held.get(term)
+        if h is not None:
+            h.pop(mid, None)
+        if mid > r.confirmed.get(term, 0):
+            r.replies.setdefault(term, {})[mid] = (data, seg)
+    elif kind == "d":
+        h = r.held.get(rec[1])
+        if h is not None:
+            h.pop(rec[2], None)
+    elif kind == "c":
+        _, term, upto = rec
+        if upto > r.confirmed.get(term, 0):
+            r.confirmed[term] = upto
+        reps = r.replies.get(term)
+        if reps:
+            for mid in [m for m in reps if m <= upto]:
+                del reps[mid]
+    elif kind == "e":
+        _, epoch, active = rec
+        if epoch >= r.epoch:
+            r.epoch, r.active = epoch, active
+    elif kind == "ck":
+        _, epoch, active, generation, acked = rec
+        if epoch >= r.epoch:
+            r.epoch, r.active = epoch, active
+        r.generation = max(r.generation, generation)
+        la = r.last_acked
+        for term, mid in acked.items():
+            if mid > la.get(term, 0):
+                la[term] = mid
+    elif kind == "h":
+        r.history.append(rec[1])
+        del r.history[:-HISTORY_KEEP]
+    else:
+        raise ValueError(f"unknown record kind {kind!r}")
+
+
+def recover(d: Path, truncate: bool = True) -> Recovered:
+    """Read every segment of journal directory `d` (created if missing). A torn tail of the last
+    segment is dropped (and, with `truncate`, cut off the file); damage anywhere else raises
+    JournalDamaged naming the file and the offset."""
+    t0 = time.perf_counter()
+    d.mkdir(parents=True, exist_ok=True)
+    r = Recovered()
+    segs = segments(d)
+    for i, (n, path) in enumerate(segs):
+        buf = path.read_bytes()
+        r.bytes_read += len(buf)
+        recs, good, torn = scan(buf, str(path))
+        if torn is not None:
+            if i != len(segs) - 1:
+                raise JournalDamaged(str(path), good, f"{torn}, in a segment that is not the last one")
+            r.torn = f"{path.name} at offset {good}: {torn}"
+            if truncate:
+                with open(path, "r+b") as fh:
+                    fh.truncate(good)
+                    os.fsync(fh.fileno())
+        for rec in recs:
+            try:
+                apply(r, rec, n)
+            except (ValueError, TypeError, IndexError, AttributeError) as exc:
+                raise JournalDamaged(str(path), -1, f"a record does not make sense ({exc}): {str(rec)[:80]}") from None
+        r.records += len(recs)
+        r.segments.append(n)
+        r.last_segment = n
+    for per in (r.held, r.replies):
+        for term in [t for t, v in per.items() if not v]:
+            del per[term]
+    r.seconds = time.perf_counter() - t0
+    return r
+
+
+def ordered(items: dict[int, tuple[Any, int]]) -> Iterable[tuple[int, Any, int]]:
+    """(id, data, segment) in id order (carried-forward records can sit out of order)."""
+    for mid in sorted(items):
+        data, seg = items[mid]
+        yield mid, data, seg

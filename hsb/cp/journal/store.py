@@ -1,0 +1,378 @@
+"""The CP journal's files: append-only segments, group commit off the event loop, a deadline,
+and dropping settled segments (docs/cp-journal.md).
+
+The event loop appends records (`append`) and learns when they are durable (a callback per
+caller that asked). Everything appended during one turn of the loop, and whatever arrives while
+a write is in progress, goes out in one write and one `fdatasync` on a writer thread: group
+commit. A write that fails (a full disk, EIO) or takes longer than `timeout` (a hung mount)
+leaves its records pending: nothing waiting on them proceeds (no ack goes out for what is not
+durable); the journal reports itself `stalled` or `failing` and retries by itself, and carries
+on once the storage answers again.
+
+Segments: `seg-NNNNNNNN.hsbj`, each starting with a checkpoint record. The caller counts the
+live records of each segment (`pin` / `unpin`): a message held, a reply kept. The oldest segment
+is deleted once nothing in it is live; the caller carries the few live records of an old segment
+forward (appends them again) so that it can go. Only the oldest goes first: a record that
+settles another always sits in the same or a newer segment, so replay never sees a settled
+message without the record that settled it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+import msgpack
+
+from hsb import faults
+from hsb.cp.journal.format import encode
+from hsb.cp.journal.recovery import segment_name
+
+log = structlog.get_logger("hsb.cp")
+
+SEGMENT_BYTES = 8 * 1024 * 1024  # a segment is closed past this size
+IDLE_ROTATE_BYTES = 16 * 1024  # a settled current segment with this much beyond its checkpoint is closed when idle
+KEEP_SEGMENTS = 4  # more than this many: the oldest one's live records are carried forward
+RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)  # backoff of a failed write
+SYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, float("inf"))
+
+Done = Callable[[], None]
+
+
+class Journal:
+    """Durable, ordered append for the CP (see the module docstring)."""
+
+    durable = True
+
+    def __init__(self, d: Path, *, timeout: float = 2.0, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.dir = d
+        self.timeout = timeout
+        self.segment_bytes = segment_bytes
+        self.seg = 0  # the segment new records go to
+        self.live: dict[int, int] = {}  # segment -> live records in it
+        self.sizes: dict[int, int] = {}  # segment -> bytes written to it (including pending)
+        self.ck_sizes: dict[int, int] = {}  # segment -> bytes of its checkpoint
+        self.segments: deque[int] = deque()  # existing segment files, oldest first
+        self._pending: list[tuple[int, bytes]] = []
+        self._callbacks: list[Done] = []
+        self._inflight: list[tuple[int, bytes]] | None = None
+        self._retry = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._flush_scheduled = False
+        self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsb-journal")
+        self._fds: dict[int, int] = {}  # writer thread only
+        self._offset: dict[int, int] = {}  # writer thread only: durable end of each open segment
+        self._deletions: list[int] = []
+        self.state = "ok"  # ok | stalled | failing
+        self.error: str | None = None
+        self.last_sync_at: float | None = None  # wall clock
+        self.last_sync_s: float | None = None
+        self.syncs = 0
+        self.stalls = 0
+        self.sync_counts = [0] * len(SYNC_BUCKETS)  # how many group commits took at most each bound
+        self.sync_sum = 0.0
+        self._batch_t0 = 0.0
+        self.on_health: Callable[[str], None] = lambda state: None
+        self.checkpoint: Callable[[], list[Any]] = lambda: ["ck", 0, None, 0, {}]  # the caller's, for a new segment
+        packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+        self._packer: Callable[[list[Any]], bytes] = lambda payload: encode(payload, packer)
+
+    # ------------------------------------------------------------------ opening
+    def open(self, existing: list[int], live: dict[int, int]) -> None:
+        """After recovery: the segments found and their live counts; new records go to a new
+        segment (its checkpoint written and synced now, before anything is accepted)."""
+        self.segments = deque(existing)
+        self.live = {s: live.get(s, 0) for s in existing}
+        for s in existing:
+            self.sizes[s] = (self.dir / segment_name(s)).stat().st_size
+        self.seg = (existing[-1] if existing else 0) + 1
+        self._new_segment()
+        batch, self._pending = self._pending, []
+        self._write(batch)  # blocking: at start, before any terminal is accepted
+        self._drop_settled()
+
+    def _new_segment(self) -> None:
+        n = self.seg
+        self.segments.append(n)
+        self.live.setdefault(n, 0)
+        self.sizes[n] = 0
+        rec = self._packer(self.checkpoint())
+        self._pending.append((n, rec))
+        self.sizes[n] += len(rec)
+        self.ck_sizes[n] = len(rec)
+
+    # ------------------------------------------------------------------ appending (event loop)
+    def append(self, payload: list[Any], done: Done | None = None) -> int:
+        """Queue a record (hsb.cp.journal.recovery lists the kinds); `done()` runs once it (and
+        everything before it) is durable. Returns the segment it goes to."""
+        rec = self._packer(payload)
+        seg = self.seg
+        self._pending.append((seg, rec))
+        self.sizes[seg] += len(rec)
+        if done is not None:
+            self._callbacks.append(done)
+        if not self._flush_scheduled and self._inflight is None:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        if self.sizes[seg] >= self.segment_bytes:
+            self.seg += 1
+            self._new_segment()
+        return seg
+
+    def pin(self, seg: int) -> None:
+        self.live[seg] = self.live.get(seg, 0) + 1
+
+    def unpin(self, seg: int) -> None:
+        n = self.live.get(seg, 0) - 1
+        self.live[seg] = max(n, 0)
+        if n <= 0 and self.segments and seg == self.segments[0]:
+            self._drop_settled()
+
+    def _drop_settled(self) -> None:
+        while len(self.segments) > 1 and self.live.get(self.segments[0], 0) <= 0:
+            s = self.segments.popleft()
+            self.live.pop(s, None)
+            self.sizes.pop(s, None)
+            self.ck_sizes.pop(s, None)
+            self._deletions.append(s)
+        if self._deletions and self._inflight is None and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def maybe_rotate_idle(self) -> None:
+        """Called now and then: a settled current segment of some size is closed, so that the
+        journal shrinks to a checkpoint when traffic stops."""
+        seg = self.seg
+        grown = self.sizes.get(seg, 0) - self.ck_sizes.get(seg, 0)
+        if self.live.get(seg, 0) == 0 and grown >= IDLE_ROTATE_BYTES and not self._pending and self._inflight is None:
+            self.seg += 1
+            self._new_segment()
+            self._drop_settled()
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def oldest_to_clean(self) -> int | None:
+        """The oldest segment, when there are too many and live records pin it (the caller
+        carries them forward), else None."""
+        if len(self.segments) > KEEP_SEGMENTS and self.live.get(self.segments[0], 0) > 0:
+            return self.segments[0]
+        return None
+
+    # ------------------------------------------------------------------ writing (writer thread)
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._inflight is not None or (not self._pending and not self._deletions):
+            return
+        batch, self._pending = self._pending, []
+        callbacks, self._callbacks = self._callbacks, []
+        deletions, self._deletions = self._deletions, []
+        self._inflight = batch
+        self._batch_t0 = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.timeout, self._deadline)
+        fut = loop.run_in_executor(self._exec, self._write_and_delete, batch, deletions)
+        fut.add_done_callback(lambda f: self._written(f, batch, callbacks, deletions))
+
+    def _write_and_delete(self, batch: list[tuple[int, bytes]], deletions: list[int]) -> float:
+        took = self._write(batch)
+        for s in deletions:
+            faults.point("cp.mid_compaction")
+            fd = self._fds.pop(s, None)
+            if fd is not None:
+                os.close(fd)
+            self._offset.pop(s, None)
+            try:
+                os.unlink(self.dir / segment_name(s))
+            except FileNotFoundError:
+                pass
+        return took
+
+    def _write(self, batch: list[tuple[int, bytes]]) -> float:
+        """Write `batch` (segment, record) in order and make it durable; its duration."""
+        t0 = time.perf_counter()
+        injected = faults.storage_faults()  # tests: a hung mount, EIO (hsb.takeover.faults)
+        if injected is not None:
+            injected.before("journal_write")  # type: ignore[attr-defined]
+        touched: list[int] = []
+        created = False
+        i = 0
+        while i < len(batch):
+            seg = batch[i][0]
+            j = i
+            while j < len(batch) and batch[j][0] == seg:
+                j += 1
+            if seg not in self._fds:
+                for old in [s for s in self._fds if s < seg]:  # closed segments are never written again
+                    if old in touched:  # durable before anything of the next segment (its checkpoint)
+                        os.fdatasync(self._fds[old])
+                        touched.remove(old)
+                    os.close(self._fds.pop(old))
+                self._fds[seg] = os.open(self.dir / segment_name(seg), os.O_WRONLY | os.O_CREAT, 0o600)
+                self._offset.setdefault(seg, os.fstat(self._fds[seg]).st_size)
+                created = True
+            data = b"".join(r for _, r in batch[i:j])
+            if faults.armed("cp.mid_journal_group"):  # a crash mid-group: half the bytes reach the file
+                os.pwrite(self._fds[seg], data[: len(data) // 2], self._offset[seg])
+                os.fdatasync(self._fds[seg])
+                faults.point("cp.mid_journal_group")
+            view = memoryview(data)
+            off = self._offset[seg]
+            while view:
+                n = os.pwrite(self._fds[seg], view, off)
+                view, off = view[n:], off + n
+            if seg not in touched:
+                touched.append(seg)
+            i = j
+        for seg in touched:
+            if seg in self._fds:
+                os.fdatasync(self._fds[seg])
+        if created:
+            dfd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(dfd)  # the new segment's name is durable too
+            finally:
+                os.close(dfd)
+        for seg, rec in batch:  # durable: advance the offsets only now (a failed write is redone in place)
+            self._offset[seg] = self._offset.get(seg, 0) + len(rec)
+        faults.point("cp.after_journal_write")
+        return time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ completion (event loop)
+    def _written(self, fut: Any, batch: list[tuple[int, bytes]], callbacks: list[Done], deletions: list[int]) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._inflight = None
+        exc = fut.exception()
+        if exc is not None:
+            # keep the records (written again in place) and whatever waits on them
+            self._pending[:0] = batch
+            self._callbacks[:0] = callbacks
+            self._deletions[:0] = deletions
+            self._set_state("failing", f"{type(exc).__name__}: {exc}")
+            delay = RETRY_S[min(self._retry, len(RETRY_S) - 1)]
+            self._retry += 1
+            asyncio.get_running_loop().call_later(delay, self._retry_flush)
+            return
+        took = fut.result()
+        self._retry = 0
+        self.syncs += 1
+        self.last_sync_s = took
+        self.last_sync_at = time.time()
+        self.sync_sum += took
+        self.sync_counts[bisect.bisect_left(SYNC_BUCKETS, took)] += 1
+        if self.state != "ok":
+            self._set_state("ok", None)
+        for cb in callbacks:
+            cb()
+        if self._pending or self._deletions:
+            self._flush()
+
+    def _retry_flush(self) -> None:
+        if self._inflight is None:
+            self._flush()
+
+    def _deadline(self) -> None:
+        self._timer = None
+        if self._inflight is not None and self.state == "ok":
+            self.stalls += 1
+            self._set_state("stalled", f"a write has not completed in {self.timeout:g} s (storage not responding)")
+
+    def _set_state(self, state: str, error: str | None) -> None:
+        prev, self.state, self.error = self.state, state, error
+        if state == "ok":
+            log.info("journal_recovered_from_fault", was=prev)
+        elif prev != state:
+            log.error("journal_" + state, dir=str(self.dir), error=error, msg="acknowledgements stop until the journal can be written")
+        self.on_health(state)
+
+    # ------------------------------------------------------------------ status
+    @property
+    def pending(self) -> int:
+        return len(self._pending) + len(self._inflight or ())
+
+    def size(self) -> int:
+        return sum(self.sizes.values())
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "dir": str(self.dir),
+            "durability": "fsync",
+            "state": self.state,
+            "error": self.error,
+            "segments": len(self.segments),
+            "size_bytes": self.size(),
+            "records_live": sum(self.live.values()),
+            "pending_records": self.pending,
+            "last_sync_at": self.last_sync_at,
+            "last_sync_ms": None if self.last_sync_s is None else round(self.last_sync_s * 1000, 3),
+            "syncs": self.syncs,
+            "stalls": self.stalls,
+        }
+
+    def close(self) -> None:
+        self._exec.shutdown(wait=True)
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+class NullJournal(Journal):
+    """`durability = "none"`: nothing is written; every record is "durable" at once (memory-only,
+    for comparison in benchmarks)."""
+
+    durable = False
+
+    def __init__(self) -> None:  # noqa: D107 - no files
+        self.seg = 1
+        self.live = {}
+        self.segments = deque([1])
+        self.state = "ok"
+        self.error = None
+        self.sync_counts = [0] * len(SYNC_BUCKETS)
+        self.sync_sum = 0.0
+        self.stalls = 0
+        self.syncs = 0
+
+    def open(self, existing: list[int], live: dict[int, int]) -> None:
+        pass
+
+    def append(self, payload: list[Any], done: Done | None = None) -> int:
+        if done is not None:
+            done()
+        return 1
+
+    def pin(self, seg: int) -> None:
+        pass
+
+    def unpin(self, seg: int) -> None:
+        pass
+
+    def maybe_rotate_idle(self) -> None:
+        pass
+
+    def oldest_to_clean(self) -> int | None:
+        return None
+
+    @property
+    def pending(self) -> int:
+        return 0
+
+    def size(self) -> int:
+        return 0
+
+    def status(self) -> dict[str, Any]:
+        return {"dir": None, "durability": "none", "state": "ok", "error": None, "segments": 0, "size_bytes": 0,
+                "records_live": 0, "pending_records": 0, "last_sync_at": None, "last_sync_ms": None, "syncs": 0, "stalls": 0}
+
+    def close(self) -> None:
+        pass

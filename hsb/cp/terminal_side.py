@@ -1,0 +1,231 @@
+"""The CP's decisions about terminals (SPEC §5.5-§5.7): logon and resume, holding, the
+journal-before-acknowledge rule, delivery to the active, replies and their confirmation.
+
+A mixin of `hsb.cp.core.CP` (the one place that decides): the state is the CP's; this module
+only keeps the terminal half of the rules in a file of its own.
+
+The journal rule (hsb.cp.journal): a message is acknowledged and delivered only once its record
+is durable; a reply goes to the terminal only once the record that settles its message is
+durable (with the reply's data for a resuming terminal, which keeps it until it confirms). With
+`durability = "none"` the journal calls back at once and all of this is the memory-only path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from hsb import faults
+from hsb.cp.state import Held, Kept, Term
+
+if TYPE_CHECKING:
+    from hsb.cp.core import CP
+    from hsb.cp.host_link import HostProtocol
+    from hsb.cp.terminal_link import TerminalProtocol
+
+log = structlog.get_logger("hsb.cp")
+
+OUTBOX_MAX = 100_000  # replies kept for a disconnected terminal that does not resume
+
+
+class TerminalSide:
+    """Terminal rules of the CP; mixed into `CP` (see the module docstring)."""
+
+    # ------------------------------------------------------------------ logon and resume
+    def terminal_hello(self: CP, proto: TerminalProtocol, name: str, last_reply: int | None = None) -> None:
+        term = self.terms.get(name)
+        if term is None:
+            log.warning("terminal_refused", terminal=name[:64], peer=proto.peer, reason="unknown_terminal")
+            proto.close_with_error("unknown_terminal", f"terminal {name[:64]!r} is not in the CP's terminal table")
+            return
+        if term.conn is not None and not term.conn.closed:
+            log.warning("terminal_refused", terminal=name, peer=proto.peer, reason="already_connected")
+            proto.close_with_error("already_connected", f"terminal {name!r} is already connected from {term.conn.peer}")
+            return
+        if term.conn is not None:  # closed here and not gone yet (its queued bytes still going out)
+            self.terminal_lost(term)
+        term.conn = proto
+        term.leaving = False
+        proto.term = term
+        self.connected += 1
+        # last_acked: only what is durable was acknowledged; the rest the terminal sends again
+        proto.send({"t": "welcome", "terminal": name, "last_acked": term.durable_acked})
+        log.debug("terminal_connected", terminal=name, peer=proto.peer, last_reply=last_reply)
+        if last_reply is not None:
+            term.resuming = True
+            self.terminal_confirm(term, last_reply)
+            for kept in sorted(term.replies.values(), key=lambda k: k.id):  # STSN: what it lacks, marked
+                proto.send({"t": "reply", "id": kept.id, "data": kept.data, "resent": True})
+                self.counters["resent"] += 1
+        else:
+            term.resuming = False
+            if term.replies:  # kept for it before (it resumed then): served as an outbox now
+                for kept in sorted(term.replies.values(), key=lambda k: k.id):
+                    proto.send({"t": "reply", "id": kept.id, "data": kept.data})
+                self._drop_replies(term, max(term.replies))
+            if term.outbox:
+                for m in term.outbox:
+                    proto.send(m)
+                term.outbox = None
+        self._backpressure(term)
+        if self.active is not None and self.active.usable and self.announced:  # else the announcement asks
+            self.active.send({"t": "session_request", "terminal": name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
+
+    def terminal_confirm(self: CP, term: Term, upto: int) -> None:
+        """The terminal holds every reply up to `upto`: those are settled."""
+        if upto <= term.confirmed:
+            return
+        term.confirmed = upto
+        if term.replies and min(term.replies) <= upto:
+            self._drop_replies(term, upto)
+            self._backpressure(term)
+
+    def _drop_replies(self: CP, term: Term, upto: int) -> None:
+        self.journal.append(["c", term.name, upto])  # need not wait: a lost one only resends
+        for mid in [m for m in term.replies if m <= upto]:
+            self.journal.unpin(term.replies.pop(mid).seg)
+
+    # ------------------------------------------------------------------ messages
+    def terminal_msg(self: CP, term: Term, mid: int, data: Any) -> None:
+        if mid <= term.last_acked:
+            if mid <= term.durable_acked:  # a resend of what was acknowledged: again, not delivered twice
+                self.counters["reacks"] += 1
+                self._tell(term, {"t": "ack", "id": mid})
+            return  # accepted and not yet durable: its ack is on its way
+        term.last_acked = mid
+        held = Held(mid, data, time.monotonic())
+        term.held[mid] = held
+        held.seg = self.journal.append(["a", term.name, mid, data], lambda: self._accepted(term, held))
+        self.journal.pin(held.seg)
+        self._backpressure(term)
+
+    def _accepted(self: CP, term: Term, held: Held) -> None:
+        """The message's record is durable: acknowledge it, and hand it to the active."""
+        if held.id > term.durable_acked:
+            term.durable_acked = held.id
+        self.counters["acks"] += 1
+        if term.conn is not None:
+            self._tell(term, {"t": "ack", "id": held.id})
+        s = term.active
+        a = self.active
+        if s is not None and s.host is a and a is not None and a.usable and not a.released and term.held.get(held.id) is held:
+            if held.delivered_epoch != self.epoch:
+                self._deliver(term, held, a)
+
+    def terminal_bye(self: CP, term: Term) -> None:
+        log.debug("terminal_logoff", terminal=term.name)
+        term.leaving = True
+        term.notice = None  # logged off: no session news any more
+        self._close_active_session(term, "logoff")
+        if not term.held and term.conn is not None:
+            term.conn.close()
+
+    def terminal_lost(self: CP, term: Term) -> None:
+        if term.conn is None:
+            return
+        term.conn = None
+        term.notice = None  # a new connection gets a new welcome and session state instead
+        if self._handover is not None and term.name in self._handover.owed:
+            self._owed_standby(term.name)
+        term.paused = False
+        self.connected -= 1
+        log.debug("terminal_disconnected", terminal=term.name, held=len(term.held))
+        self._close_active_session(term, "logoff" if term.leaving else "disconnect")
+
+    def _close_active_session(self: CP, term: Term, reason: str) -> None:
+        s = term.active
+        term.active = None
+        if s is not None and s.host is self.active and s.host.usable:
+            s.host.send({"t": "session_closed", "terminal": term.name, "reason": reason})
+
+    def _backpressure(self: CP, term: Term) -> None:
+        """Stop reading a terminal at the bound of held messages or kept replies; read it again below."""
+        over = len(term.held) >= self.held_bound or len(term.replies) >= self.held_bound
+        conn = term.conn
+        if conn is None:
+            return
+        if over and not term.paused:
+            term.paused = True
+            conn.pause_reading()
+            log.info("terminal_backpressure", terminal=term.name, held=len(term.held), kept_replies=len(term.replies))
+        elif not over and term.paused:
+            term.paused = False
+            conn.resume_reading()
+
+    # ------------------------------------------------------------------ delivery to the active
+    def _deliver(self: CP, term: Term, held: Held, host: HostProtocol) -> None:
+        redelivered = held.delivered_epoch != 0
+        held.delivered_epoch = self.epoch
+        held.redelivered = redelivered
+        self.counters["redelivered" if redelivered else "delivered"] += 1
+        host.send({"t": "deliver", "terminal": term.name, "id": held.id, "data": held.data, "redelivered": redelivered})
+
+    def _deliver_pending(self: CP, term: Term, host: HostProtocol) -> None:
+        for held in list(term.held.values()):
+            if held.delivered_epoch != self.epoch and held.id <= term.durable_acked and not held.replying:
+                self._deliver(term, held, host)
+                faults.point("cp.mid_redelivery")
+
+    # ------------------------------------------------------------------ replies
+    def host_reply(self: CP, host: HostProtocol, name: str, mid: int, data: Any) -> None:
+        """Reply and discard in one frame (SPEC §5.5); to the terminal once the discard is durable."""
+        self.replies_by_host[host.name] += 1
+        term = self.terms.get(name)
+        if term is None:
+            return
+        held = term.held.get(mid)
+        if held is None or held.replying:
+            return  # already discarded, or being: never a second reply
+        held.replying = True
+        if term.resuming:
+            kept = Kept(mid, data, 0)
+            kept.seg = self.journal.append(["r", name, mid, data], lambda: self._replied(term, held, kept))
+            self.journal.pin(kept.seg)
+        else:
+            self.journal.append(["d", name, mid], lambda: self._replied(term, held, None, data))
+
+    def _replied(self: CP, term: Term, held: Held, kept: Kept | None, data: Any = None) -> None:
+        mid = held.id
+        self.counters["replies"] += 1
+        if kept is not None:
+            if mid > term.confirmed:
+                term.replies[mid] = kept
+            else:  # confirmed meanwhile (it came in a resend after a reconnect)
+                self.journal.unpin(kept.seg)
+            data = kept.data
+        self._to_terminal(term, {"t": "reply", "id": mid, "data": data})
+        faults.point("cp.between_reply_and_discard")
+        del term.held[mid]
+        self.journal.unpin(held.seg)
+        if self.after_switch is not None:
+            self._served_after_switch(term, held)
+        self._backpressure(term)
+        if term.leaving and not term.held and term.conn is not None:
+            term.conn.close()
+        faults.point("cp.after_reply_sent")
+
+    def _tell(self: CP, term: Term, msg: dict[str, Any]) -> None:
+        """Send to the terminal's connection; a switch notice still owed to it goes first."""
+        conn = term.conn
+        if conn is None:
+            return
+        self._send_owed_notice(term)
+        conn.send(msg)
+
+    @staticmethod
+    def _send_owed_notice(term: Term) -> None:
+        if term.notice is not None and term.conn is not None:
+            term.conn.send_raw(term.notice)
+            term.notice = None
+
+    def _to_terminal(self: CP, term: Term, msg: dict[str, Any]) -> None:
+        if term.conn is not None and not term.conn.closed:
+            self._tell(term, msg)
+        elif msg["t"] == "reply" and not term.resuming:  # a resuming terminal gets its kept replies again
+            if term.outbox is None:
+                term.outbox = deque(maxlen=OUTBOX_MAX)
+            term.outbox.append(msg)
+

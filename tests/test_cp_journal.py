@@ -1,0 +1,376 @@
+"""The CP loses nothing (SPEC §5.7; docs/cp-journal.md): the journal's format and recovery,
+and real hsbcpd processes killed and restarted on it, with test hosts and terminals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hsb.cp.journal.format import JournalDamaged, encode, scan
+from hsb.cp.journal.recovery import recover, segment_name
+from hsb.wire.client import request
+from tests.support.hostclient import FakeHost, FakeTerminal
+from tests.support.procs import SECRET, Proc, addr, restart_cp, start_cp
+
+pytestmark = pytest.mark.timeout(90)
+
+ATTRS = {"protocol": "hsb1"}
+
+
+# --------------------------------------------------------------------------- format and recovery (pure)
+
+
+def _segment(d: Path, n: int, recs: list[list[Any]]) -> Path:
+    p = d / segment_name(n)
+    p.write_bytes(b"".join(encode(r) for r in recs))
+    return p
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.text(max_size=8), st.integers(0, 2**62), st.binary(max_size=64)), min_size=1, max_size=20), st.data())
+def test_a_torn_tail_is_dropped_at_any_cut(recs: list[tuple[str, int, bytes]], data: Any) -> None:
+    records = [["a", t, i, b] for t, i, b in recs]
+    blob = b"".join(encode(r) for r in records)
+    got, end, torn = scan(blob)
+    assert got == records and end == len(blob) and torn is None
+    last = len(encode(records[-1]))
+    cut = data.draw(st.integers(len(blob) - last + 1, len(blob) - 1))  # anywhere inside the last record
+    got, end, torn = scan(blob[:cut])
+    assert got == records[:-1] and end == len(blob) - last and torn is not None
+
+
+def test_damage_in_the_middle_stops_with_the_file_and_offset(tmp_path: Path) -> None:
+    recs = [["a", "T1", i, b"x" * 20] for i in range(1, 6)]
+    p = _segment(tmp_path, 1, [["ck", 1, "host-a", 0, {}], *recs])
+    blob = bytearray(p.read_bytes())
+    off = len(encode(["ck", 1, "host-a", 0, {}])) + len(encode(recs[0]))  # the third record
+    blob[off + 12] ^= 0xFF
+    p.write_bytes(bytes(blob))
+    with pytest.raises(JournalDamaged) as exc:
+        recover(tmp_path)
+    assert exc.value.path == str(p) and exc.value.offset == off
+    assert f"{p} at offset {off}" in str(exc.value) and "checksum mismatch" in str(exc.value)
+
+
+def test_a_torn_record_in_an_older_segment_is_damage(tmp_path: Path) -> None:
+    _segment(tmp_path, 1, [["ck", 1, "h", 0, {}], ["a", "T1", 1, b"x"]])
+    p2 = _segment(tmp_path, 2, [["ck", 1, "h", 0, {"T1": 1}]])
+    (tmp_path / segment_name(1)).write_bytes((tmp_path / segment_name(1)).read_bytes()[:-3])
+    with pytest.raises(JournalDamaged, match="not the last"):
+        recover(tmp_path)
+    assert p2.exists()
+
+
+def test_recovery_applies_every_kind_and_truncates_a_torn_tail(tmp_path: Path) -> None:
+    _segment(tmp_path, 3, [
+        ["ck", 4, "host-a", 0, {"T0": 9}],
+        ["a", "T1", 1, b"one"], ["a", "T1", 2, b"two"], ["a", "T1", 3, b"three"], ["a", "T2", 7, "seven"],
+        ["r", "T1", 1, b"reply-one"],  # kept for a resuming terminal
+        ["d", "T2", 7],  # a terminal that does not resume: nothing kept
+        ["a", "T1", 4, b"four"], ["r", "T1", 2, b"reply-two"],
+        ["c", "T1", 1],  # the terminal holds the reply to 1
+        ["e", 5, "host-b"],
+        ["h", {"kind": "failover", "epoch": 5}],
+    ])
+    p = _segment(tmp_path, 4, [["ck", 5, "host-b", 0, {"T1": 4, "T2": 7, "T0": 9}], ["a", "T3", 1, b"kept"]])
+    with open(p, "ab") as fh:
+        fh.write(encode(["a", "T3", 2, b"torn"])[:-2])  # a crash mid-write
+    r = recover(tmp_path)
+    assert r.epoch == 5 and r.active == "host-b"
+    assert r.last_acked == {"T0": 9, "T1": 4, "T2": 7, "T3": 1}
+    assert {t: sorted(v) for t, v in r.held.items()} == {"T1": [3, 4], "T3": [1]}
+    assert {t: sorted(v) for t, v in r.replies.items()} == {"T1": [2]}
+    assert r.replies["T1"][2][0] == b"reply-two"
+    assert r.history == [{"kind": "failover", "epoch": 5}]
+    assert r.torn is not None and segment_name(4) in r.torn
+    assert recover(tmp_path).torn is None  # cut off the file
+    assert r.live_by_segment() == {3: 3, 4: 1}
+
+
+# --------------------------------------------------------------------------- a real hsbcpd, killed and restarted
+
+
+async def cp_status(cp: Proc) -> dict[str, Any]:
+    h, p = addr(cp.info["admin"])
+    return (await request(h, p, SECRET, {"t": "status"}))["data"]
+
+
+async def hello(cp: Proc, name: str, last_reply: int | None = 0) -> FakeTerminal:
+    t = await FakeTerminal.connect(cp.info["terminal"], name, hello=False)
+    m: dict[str, Any] = {"t": "hello", "terminal": name}
+    if last_reply is not None:
+        m["last_reply"] = last_reply
+    t.send(m)
+    await t.wait(lambda m: m["t"] == "welcome")
+    return t
+
+
+@pytest.fixture
+def cp(tmp_path: Path):  # type: ignore[no-untyped-def]
+    proc = start_cp(tmp_path / "cp", terminals=6, host_timeout=0.5)
+    yield proc
+    proc.stop()
+
+
+async def test_kill9_of_the_cp_loses_nothing_it_promised(cp: Proc) -> None:
+    """Held messages, kept replies, last acknowledged ids, the epoch and the active: all back."""
+    a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+    a.auto_open = ATTRS
+    t1 = await hello(cp, "T00001")
+    await t1.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+    for i in (1, 2, 3):
+        t1.send({"t": "msg", "id": i, "data": f"m{i}"})
+    await t1.wait_count(lambda m: m["t"] == "ack", 3)
+    await a.wait_count(lambda m: m["t"] == "deliver", 3)
+    a.send({"t": "reply", "terminal": "T00001", "id": 1, "data": "r1", "epoch": a.epoch})
+    await t1.wait(lambda m: m["t"] == "reply")
+    epoch = (await cp_status(cp))["epoch"]
+    cp.kill(signal.SIGKILL)
+    cp.popen.wait(5)
+    await a.close()
+    await t1.close()
+
+    cp2 = restart_cp(cp)
+    try:
+        rec = cp2.wait_event("journal_recovered")
+        assert rec["held"] == 2 and rec["replies_kept"] == 1 and rec["active"] == "host-a" and rec["epoch"] == epoch
+        st = await cp_status(cp2)
+        assert st["epoch"] == epoch and st["held_messages"] == 2
+        # the terminal resumes saying it holds no reply (last_reply 0): the kept reply to 1 comes
+        # again, marked resent; last_acked says 3
+        t = await hello(cp2, "T00001", last_reply=0)
+        assert t.inbox[0]["last_acked"] == 3
+        resent = await t.wait(lambda m: m["t"] == "reply")
+        assert resent == {"t": "reply", "id": 1, "data": "r1", "resent": True}
+        t.send({"t": "confirm", "id": 1})
+        # the active of before registers again: 2 and 3 come to it, marked redelivered
+        a2 = await FakeHost.connect(cp2.info["host"], "host-a")
+        a2.auto_open = ATTRS
+        await a2.register("active")
+        dl = await a2.wait_count(lambda m: m["t"] == "deliver", 2)
+        assert sorted(m["id"] for m in dl) == [2, 3] and all(m["redelivered"] for m in dl)
+        assert a2.epoch > epoch  # the epoch never goes back
+        for m in dl:
+            a2.send({"t": "reply", "terminal": "T00001", "id": m["id"], "data": f"r{m['id']}", "epoch": a2.epoch})
+        got = await t.wait_count(lambda m: m["t"] == "reply", 3)
+        assert [(m["id"], m.get("resent", False)) for m in got] == [(1, True), (2, False), (3, False)]
+        # a resend of an acknowledged id is acknowledged again, never delivered twice
+        t.send({"t": "msg", "id": 3, "data": "m3"})
+        await t.wait_count(lambda m: m["t"] == "ack", 1)
+        await asyncio.sleep(0.2)  # nothing else may come: a stimulus-free observation window
+        assert len([m for m in a2.inbox if m["t"] == "deliver"]) == 2
+        await a2.close()
+        await t.close()
+    finally:
+        cp2.stop()
+
+
+async def test_a_host_fenced_before_the_crash_stays_fenced(cp: Proc) -> None:
+    a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+    b = await FakeHost.connect(cp.info["host"], "host-b", "standby")
+    await a.close()  # host-a's link closes: the standby is granted
+    await b.wait(lambda m: m["t"] == "active_lost")
+    b.send({"t": "switchover", "reason": "test", "planned": False})
+    g = await b.wait(lambda m: m["t"] == "switch_granted")
+    await b.close()
+    cp.kill(signal.SIGKILL)
+    cp.popen.wait(5)
+    cp2 = restart_cp(cp)
+    try:
+        a2 = await FakeHost.connect(cp2.info["host"], "host-a", heartbeat=None)
+        ans = await a2.register("active")  # the old active comes back first: refused
+        assert ans["t"] == "error" and ans["code"] == "active_exists" and "host-b" in ans["msg"], ans
+        b2 = await FakeHost.connect(cp2.info["host"], "host-b", "active")  # the active of before: it
+        assert b2.epoch > g["epoch"]
+        await b2.close()
+    finally:
+        cp2.stop()
+
+
+async def test_a_reply_into_a_connection_that_drops_comes_again_once(cp: Proc) -> None:
+    a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+    a.auto_open = ATTRS
+    t = await hello(cp, "T00002")
+    await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+    t.send({"t": "msg", "id": 5, "data": "x"})
+    await a.wait(lambda m: m["t"] == "deliver")
+    await t.close()  # gone before the reply: the CP writes it into a closed connection, or not at all
+    a.send({"t": "reply", "terminal": "T00002", "id": 5, "data": "answer", "epoch": a.epoch})
+    await until_status(cp, lambda s: s["terminals"]["connected"] == 0 and s["held_messages"] == 0, what="the reply taken, the terminal gone")
+    t2 = await hello(cp, "T00002", last_reply=0)
+    r = await t2.wait(lambda m: m["t"] == "reply")
+    assert r == {"t": "reply", "id": 5, "data": "answer", "resent": True}
+    t2.send({"t": "confirm", "id": 5})
+    await t2.close()
+    await until_status(cp, lambda s: s["terminals"]["connected"] == 0, what="the terminal gone")
+    t3 = await hello(cp, "T00002", last_reply=5)  # it holds it now: not sent again
+    await asyncio.sleep(0.2)
+    assert not [m for m in t3.inbox if m["t"] == "reply"]
+    await t3.close()
+    await a.close()
+
+
+async def test_a_terminal_that_does_not_resume_is_served_as_before(cp: Proc) -> None:
+    a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+    a.auto_open, a.auto_reply = ATTRS, True
+    t = await hello(cp, "T00003", last_reply=None)
+    await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+    for i in range(1, 21):
+        t.send({"t": "msg", "id": i, "data": str(i)})
+    replies = await t.wait_count(lambda m: m["t"] == "reply", 20)
+    assert [m["id"] for m in replies] == list(range(1, 21)) and not any(m.get("resent") for m in replies)
+    st = await cp_status(cp)
+    assert st["journal"]["outstanding"] == 0  # no reply kept for it
+    await t.close()
+    await a.close()
+
+
+def test_a_damaged_journal_stops_the_start_naming_the_file_and_offset(tmp_path: Path) -> None:
+    d = tmp_path / "cp"
+    cp = start_cp(d, terminals=2)
+    cp.stop()
+    j = d / "cp-journal"
+    p = _segment(j, 50, [["ck", 1, None, 0, {}], ["a", "T00001", 1, b"one"], ["a", "T00001", 2, b"two"]])
+    blob = bytearray(p.read_bytes())
+    off = len(encode(["ck", 1, None, 0, {}]))
+    blob[off + 3] ^= 0x40  # the length of the second record
+    p.write_bytes(bytes(blob))
+    r = subprocess.run([sys.executable, "-m", "hsb.cp", "--config", str(d / "cp.toml")], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+    assert f"{p} at offset {off}" in r.stderr and "CP journal damaged" in r.stderr, r.stderr
+
+
+async def test_journal_storage_stalls_and_fails_then_resumes_with_nothing_lost(tmp_path: Path) -> None:
+    """A hung mount or EIO: no ack goes out for what is not durable; status and metrics say why;
+    service resumes by itself when the storage does."""
+    d = tmp_path / "cp"
+    ctl = tmp_path / "crash-cp"
+    ctl.write_text("")
+    cp = start_cp(d, env={"HSB_CRASH_CONTROL": str(ctl)}, terminals=2, journal_timeout=0.3)
+    try:
+        a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+        a.auto_open, a.auto_reply = ATTRS, True
+        t = await hello(cp, "T00001")
+        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        for fault, state in (("hold", "stalled"), ("eio", "failing")):
+            ctl.write_text(f"storage {fault}\n")
+            cp.popen.send_signal(signal.SIGUSR2)
+            await asyncio.sleep(0.1)  # the fault is armed (a signal handler: no event to wait on)
+            base = 100 if fault == "hold" else 200
+            for i in range(base, base + 5):
+                t.send({"t": "msg", "id": i, "data": str(i)})
+            st = await until_status(cp, lambda s: s["journal"]["state"] == state, what=f"journal {state}")
+            assert st["journal"]["error"]
+            await asyncio.sleep(0.5)  # longer than the deadline: still nothing acknowledged
+            assert not [m for m in t.inbox if m["t"] == "ack" and m["id"] >= base]
+            ctl.write_text("storage clear\n")
+            cp.popen.send_signal(signal.SIGUSR2)
+            acks = await t.wait_count(lambda m, b=base: m["t"] == "ack" and m["id"] >= b, 5)
+            assert sorted(m["id"] for m in acks) == list(range(base, base + 5))
+            await t.wait_count(lambda m, b=base: m["t"] == "reply" and m["id"] >= b, 5)
+            await until_status(cp, lambda s: s["journal"]["state"] == "ok", what="journal ok")
+        events = [e["event"] for e in cp.events()]
+        assert "journal_stalled" in events and "journal_failing" in events and "journal_recovered_from_fault" in events
+        await t.close()
+        await a.close()
+    finally:
+        cp.stop()
+
+
+async def until_status(cp: Proc, pred: Any, timeout: float = 10.0, what: str = "status") -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        st = await cp_status(cp)
+        if pred(st):
+            return st
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"{what}: {json.dumps(st.get('journal'))}")
+        await asyncio.sleep(0.05)
+
+
+async def test_the_journal_stays_bounded_and_shrinks_when_traffic_stops(tmp_path: Path) -> None:
+    from hsb.term.load import run_load
+
+    cp = start_cp(tmp_path / "cp", terminals=20, journal_segment_kib=64)
+    try:
+        a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+        a.auto_open, a.auto_reply = ATTRS, True
+        r = await run_load(addr(cp.info["terminal"]), terminals=20, rate=0, duration=3.0, settle=5, window=4, closed_loop=True, payload_size=200)
+        assert r.ok, r.failures
+        written = sum(1 for e in cp.events("journal_segment_carried_forward")) + r.sent  # at least this many records
+        st = await until_status(cp, lambda s: s["journal"]["size_bytes"] < 16 * 1024 and s["journal"]["segments"] <= 2,
+                                what="the journal back to a checkpoint")
+        assert r.sent > 2000 and written > 0
+        assert st["journal"]["outstanding"] == 0
+        files = sorted(os.listdir(tmp_path / "cp" / "cp-journal"))
+        assert len(files) <= 2, files
+        await a.close()
+    finally:
+        cp.stop()
+
+
+def test_check_config_warns_about_durability_none(tmp_path: Path) -> None:
+    from tests.support.procs import cp_config
+
+    cfg = cp_config(tmp_path, terminals=2, durability="none")
+    r = subprocess.run([sys.executable, "-m", "hsb.cp", "--config", str(cfg), "--check-config"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and 'durability = "none"' in r.stderr and "loses" in r.stderr
+
+
+def _can_mount() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to mount a small tmpfs (CI runs as root)"
+    return None
+
+
+@pytest.mark.skipif(_can_mount() is not None, reason=f"full disk: {_can_mount()}")
+async def test_a_full_disk_stops_acknowledgements_until_there_is_room(tmp_path: Path) -> None:
+    """The journal on a tmpfs of 256 KiB: it fills, the CP says so and acknowledges nothing more;
+    room again (remounted larger), everything waiting is acknowledged and answered, once."""
+    d = tmp_path / "cp"
+    d.mkdir()
+    mnt = d / "cp-journal"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], check=True)
+    cp = None
+    try:
+        cp = start_cp(d, terminals=2, journal_timeout=5.0)
+        a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+        a.auto_open = ATTRS  # no replies: everything stays held, the journal only grows
+        t = await hello(cp, "T00001")
+        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        big = "x" * 8000
+        n = 60  # 480 KB: more than the disk holds
+        for i in range(1, n + 1):
+            t.send({"t": "msg", "id": i, "data": big})
+        st = await until_status(cp, lambda s: s["journal"]["state"] == "failing", what="journal failing")
+        assert "No space left" in (st["journal"]["error"] or ""), st["journal"]
+        acked = len([m for m in t.inbox if m["t"] == "ack"])
+        assert 0 < acked < n
+        await asyncio.sleep(0.5)  # still full: no more acknowledgements
+        assert len([m for m in t.inbox if m["t"] == "ack"]) == acked
+        subprocess.run(["mount", "-o", "remount,size=4m", str(mnt)], check=True)
+        acks = await t.wait_count(lambda m: m["t"] == "ack", n, timeout=15)
+        assert sorted(m["id"] for m in acks) == list(range(1, n + 1))
+        await until_status(cp, lambda s: s["journal"]["state"] == "ok", what="journal ok")
+        a.auto_reply = True
+        for m in [m for m in a.inbox if m["t"] == "deliver"]:
+            a.send({"t": "reply", "terminal": m["terminal"], "id": m["id"], "data": "r", "epoch": a.epoch})
+        replies = await t.wait_count(lambda m: m["t"] == "reply", n, timeout=15)
+        assert sorted(m["id"] for m in replies) == list(range(1, n + 1))
+        await t.close()
+        await a.close()
+    finally:
+        if cp is not None:
+            cp.stop()
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
