@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from hsb import LINK_PROTOCOL, __version__  # noqa: E402
 from hsb.wire import auth  # noqa: E402
 from hsb.wire.framing import Decoder, encode  # noqa: E402
 from tests.support import procs  # noqa: E402
@@ -303,7 +304,7 @@ class BenchHost(asyncio.Protocol):
                 self.counts[f"opened:{m.get('kind')}"] += 1
             elif t == "challenge":
                 mac = auth.answer(self.secret, m["nonce"], "host", self.name)
-                out.append(encode({"t": "auth", "name": self.name, "link": "host", "mac": mac}))
+                out.append(encode({"t": "auth", "name": self.name, "link": "host", "mac": mac, "proto": LINK_PROTOCOL, "version": __version__}))
             elif t == "auth_ok":
                 out.append(encode({"t": "register", "role": self.role, "startup_id": int(time.time())}))
                 self._beat()
@@ -390,7 +391,7 @@ _HB = encode({"t": "hb"})
 # --------------------------------------------------------------------------- the direct baseline
 
 
-_WELCOME_TYPES = frozenset({"hello", "msg", "bye"})
+_WELCOME_TYPES = frozenset({"hello", "msg", "confirm", "bye"})
 
 
 class EchoProtocol(asyncio.Protocol):
@@ -422,11 +423,12 @@ class EchoProtocol(asyncio.Protocol):
                 tr.write(encode({"t": "reply", "id": m["id"], "data": m["data"]}))
             elif t == "hello":
                 self.name = m.get("terminal")
-                tr.write(encode({"t": "welcome", "terminal": self.name}))
+                tr.write(encode({"t": "welcome", "terminal": self.name, "last_acked": 0}))
                 tr.write(encode({"t": "session", "state": "open", "epoch": 1}))
             elif t == "bye":
                 tr.close()
                 return
+            # "confirm" (a resuming terminal's): nothing is kept here, nothing to forget
 
 
 # --------------------------------------------------------------------------- idle terminals

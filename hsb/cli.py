@@ -62,16 +62,24 @@ def die(msg: str, code: int = EXIT_FAILED) -> NoReturn:
     sys.exit(code)
 
 
-def load_or_exit(path: str | Path, model: type[M], check_only: bool, warnings: Callable[[M], list[str]] | None = None) -> M:
-    """Load a config; print every error (one line each) and exit 1 if it is bad; with
-    `check_only`, also every warning `warnings` finds."""
+def load_or_exit(
+    path: str | Path,
+    model: type[M],
+    check_only: bool,
+    warnings: Callable[[M], list[str]] | None = None,
+    checks: Callable[[M], list[str]] | None = None,
+) -> M:
+    """Load a config and run every check that needs no network: the schema (every error at
+    once), the secret file, and the daemon's own `checks` (its service, say). The same code for
+    `--check-config` and for the start, so the check passes only what the start accepts. Every
+    problem is one line; a bad config exits 78 (EX_CONFIG) either way."""
+    errors: list[str] = []
+    cfg = None
     try:
         cfg = load(path, model)
     except ConfigError as exc:
-        for line in exc.lines():
-            click.echo(f"config error: {line}", err=True)
-        sys.exit(EXIT_FAILED if check_only else EXIT_CONFIG)
-    if check_only:
+        errors += exc.lines()
+    if cfg is not None:
         secret = _secret_path(cfg)
         if secret is not None:
             from hsb.wire.auth import SecretFileError, load_secret
@@ -79,8 +87,15 @@ def load_or_exit(path: str | Path, model: type[M], check_only: bool, warnings: C
             try:
                 load_secret(secret)
             except SecretFileError as exc:
-                click.echo(f"config error: {exc}", err=True)
-                sys.exit(EXIT_FAILED)
+                errors.append(str(exc))
+        if checks is not None:
+            errors += checks(cfg)
+    for line in errors:
+        click.echo(f"config error: {line}", err=True)
+    if errors:
+        sys.exit(EXIT_CONFIG)
+    assert cfg is not None
+    if check_only:
         for w in warnings(cfg) if warnings is not None else []:
             click.echo(f"config warning: {w}", err=True)
         click.echo(f"{path}: config OK")
@@ -94,3 +109,23 @@ def _secret_path(cfg: BaseModel) -> str | None:
         if sec is not None:
             return str(sec.secret_file)
     return None
+
+
+def add_version_everywhere(group: click.Group, prog: str) -> None:
+    """`--version` on the program and on every one of its commands (`hsbctl status --version`)."""
+    from hsb import LINK_PROTOCOL, __version__
+
+    def show(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value and not ctx.resilient_parsing:
+            click.echo(f"{prog}, version {__version__} (link protocol {LINK_PROTOCOL})")
+            ctx.exit(0)
+
+    def walk(cmd: click.Command) -> None:
+        if not any(isinstance(p, click.Option) and "--version" in p.opts for p in cmd.params):
+            cmd.params.append(click.Option(["--version"], is_flag=True, expose_value=False, is_eager=True, callback=show, help="Show the version and exit."))
+        if isinstance(cmd, click.Group):
+            for sub in cmd.commands.values():
+                walk(sub)
+
+    walk(group)
+

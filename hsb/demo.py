@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -261,7 +262,10 @@ async def amain(args: argparse.Namespace) -> int:
         print(render(results))
         if cp is not None:
             print(render_cp(cp))
-        print(f"logs and configs: {base}")
+        if args.dir or not ok:
+            print(f"logs and configs: {base}")
+    if not args.dir and ok:
+        shutil.rmtree(base, ignore_errors=True)  # nothing to look at: leave no folder behind
     return 0 if ok else 1
 
 

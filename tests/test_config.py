@@ -21,7 +21,7 @@ def test_example_configs_check_ok(tmp_path: Path, mod: str, cfg: str) -> None:
 
     shutil.copy(ROOT / "configs" / cfg, tmp_path / cfg)
     r = run(mod, "--config", str(tmp_path / cfg), "--check-config")
-    assert r.returncode == 1 and "secret file" in r.stderr and "does not exist" in r.stderr  # the secret is checked too
+    assert r.returncode == 78 and "secret file" in r.stderr and "does not exist" in r.stderr  # the secret is checked too
     (tmp_path / "secret").write_text("s3cret\n")
     (tmp_path / "secret").chmod(0o600)
     r = run(mod, "--config", str(tmp_path / cfg), "--check-config")
@@ -51,7 +51,7 @@ name = "has space"
 """
     )
     r = run("hsb.host", "--config", str(p), "--check-config")
-    assert r.returncode == 1
+    assert r.returncode == 78
     lines = r.stderr.strip().splitlines()
     assert all(line.startswith("config error:") for line in lines)
     text = r.stderr
@@ -67,7 +67,7 @@ def test_timing_that_cannot_work_is_rejected(tmp_path: Path) -> None:
     p = tmp_path / "h.toml"
     p.write_text(base.replace("heartbeat_timeout = 0.5", "heartbeat_timeout = 0.2"))
     r = run("hsb.host", "--config", str(p), "--check-config")
-    assert r.returncode == 1
+    assert r.returncode == 78
     assert "heartbeat_timeout" in r.stderr and "two heartbeat intervals" in r.stderr
 
 
@@ -75,13 +75,13 @@ def test_cp_config_errors_and_missing_file(tmp_path: Path) -> None:
     p = tmp_path / "cp.toml"
     p.write_text('[cp]\nsecret_file = "s"\nheld_bound = 0\ntypo = 1\n')
     r = run("hsb.cp", "--config", str(p), "--check-config")
-    assert r.returncode == 1
+    assert r.returncode == 78
     assert "cp.held_bound" in r.stderr and "cp.typo: unknown key" in r.stderr
     r = run("hsb.cp", "--config", str(tmp_path / "missing.toml"), "--check-config")
-    assert r.returncode == 1 and "file not found" in r.stderr
+    assert r.returncode == 78 and "file not found" in r.stderr
     p.write_text("[cp\n")
     r = run("hsb.cp", "--config", str(p), "--check-config")
-    assert r.returncode == 1 and "TOML syntax error" in r.stderr
+    assert r.returncode == 78 and "TOML syntax error" in r.stderr
 
 
 @pytest.mark.parametrize(
@@ -99,7 +99,7 @@ def test_the_lease_rule_is_checked(tmp_path: Path, timeout: float, lease: float,
     if ok:
         assert r.returncode == 0, r.stderr
     else:
-        assert r.returncode == 1, r.stdout
+        assert r.returncode == 78, r.stdout
         assert "host_lease" in r.stderr and "margin (0.1 s)" in r.stderr and "host_timeout" in r.stderr, r.stderr
         assert f"below {timeout - 0.1:g}" in r.stderr, r.stderr
 

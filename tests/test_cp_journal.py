@@ -134,6 +134,11 @@ async def test_kill9_of_the_cp_loses_nothing_it_promised(cp: Proc) -> None:
     await a.wait_count(lambda m: m["t"] == "deliver", 3)
     a.send({"t": "reply", "terminal": "T00001", "id": 1, "data": "r1", "epoch": a.epoch})
     await t1.wait(lambda m: m["t"] == "reply")
+    # the reply goes out before its record is durable: kill once the record settled message 1
+    deadline = asyncio.get_running_loop().time() + 5
+    while (await cp_status(cp))["held_messages"] != 2:
+        assert asyncio.get_running_loop().time() < deadline, "message 1 never settled"
+        await asyncio.sleep(0.01)
     epoch = (await cp_status(cp))["epoch"]
     cp.kill(signal.SIGKILL)
     cp.popen.wait(5)
@@ -163,12 +168,62 @@ async def test_kill9_of_the_cp_loses_nothing_it_promised(cp: Proc) -> None:
         for m in dl:
             a2.send({"t": "reply", "terminal": "T00001", "id": m["id"], "data": f"r{m['id']}", "epoch": a2.epoch})
         got = await t.wait_count(lambda m: m["t"] == "reply", 3)
-        assert [(m["id"], m.get("resent", False)) for m in got] == [(1, True), (2, False), (3, False)]
+        # replies to recovered messages are marked resent: the CP cannot know whether the
+        # terminal got one before the crash (a resuming terminal's reply goes out before its
+        # record is durable)
+        assert [(m["id"], m.get("resent", False)) for m in got] == [(1, True), (2, True), (3, True)]
         # a resend of an acknowledged id is acknowledged again, never delivered twice
         t.send({"t": "msg", "id": 3, "data": "m3"})
         await t.wait_count(lambda m: m["t"] == "ack", 1)
         await asyncio.sleep(0.2)  # nothing else may come: a stimulus-free observation window
         assert len([m for m in a2.inbox if m["t"] == "deliver"]) == 2
+        await a2.close()
+        await t.close()
+    finally:
+        cp2.stop()
+
+
+async def test_a_reply_sent_before_its_record_was_durable_never_comes_unmarked(tmp_path: Path) -> None:
+    """A resuming terminal gets its reply before the "r" record is durable. The CP dies right
+    after sending it: the message is recovered and answered again, and the terminal, whose
+    hello says it holds that reply, never gets it a second time."""
+    cp = start_cp(tmp_path / "cp", env={"HSB_CRASH_POINTS": "cp.after_reply_sent"}, terminals=2, host_timeout=0.5)
+    try:
+        a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+        a.auto_open = ATTRS
+        t1 = await hello(cp, "T00001", last_reply=0)
+        await t1.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        t1.send({"t": "msg", "id": 1, "data": "m1"})
+        await a.wait(lambda m: m["t"] == "deliver")
+        a.send({"t": "reply", "terminal": "T00001", "id": 1, "data": "r1", "epoch": a.epoch})
+        got = await t1.wait(lambda m: m["t"] == "reply")
+        assert got == {"t": "reply", "id": 1, "data": "r1"}
+        assert cp.popen.wait(5) == -signal.SIGKILL  # the crash point fired after the send
+        await a.close()
+        await t1.close()
+    finally:
+        cp.stop()
+    cp2 = restart_cp(cp)
+    try:
+        rec = cp2.wait_event("journal_recovered")
+        assert rec["held"] == 1 and rec["replies_kept"] == 0  # the "r" record never became durable
+        t = await hello(cp2, "T00001", last_reply=1)  # it holds the reply to 1
+        a2 = await FakeHost.connect(cp2.info["host"], "host-a")
+        a2.auto_open = ATTRS
+        await a2.register("active")
+        d1 = await a2.wait(lambda m: m["t"] == "deliver")
+        assert d1["id"] == 1 and d1["redelivered"]
+        a2.send({"t": "reply", "terminal": "T00001", "id": 1, "data": "r1", "epoch": a2.epoch})
+        t.send({"t": "msg", "id": 2, "data": "m2"})
+        d2 = await a2.wait(lambda m: m["t"] == "deliver" and m["id"] == 2)
+        assert not d2["redelivered"]
+        a2.send({"t": "reply", "terminal": "T00001", "id": 2, "data": "r2", "epoch": a2.epoch})
+        await t.wait(lambda m: m["t"] == "reply" and m["id"] == 2)
+        assert [m for m in t.inbox if m["t"] == "reply"] == [{"t": "reply", "id": 2, "data": "r2"}]
+        deadline = asyncio.get_running_loop().time() + 5  # settled once the "r" record is durable
+        while (await cp_status(cp2))["held_messages"] != 0:
+            assert asyncio.get_running_loop().time() < deadline, "messages 1 and 2 never settled"
+            await asyncio.sleep(0.01)
         await a2.close()
         await t.close()
     finally:

@@ -36,17 +36,17 @@ async def test_status_exit_codes_and_unreachable(tmp_path: Path) -> None:
             assert key in st["cp"]
         r = await loop.run_in_executor(None, ctl, info, "status")
         assert r.returncode == 0 and "ESTABLISHED" in r.stdout and "host-b" in r.stdout
-        # standby gone: serving without a standby, exit 1, shown as unreachable, no traceback
+        # standby gone: UNKNOWN (exit 3) naming it, what the others say, no traceback
         b_pid = sandbox.load_state(d)["hosts"]["host-b"]["pid"]
         os.kill(b_pid, signal.SIGKILL)
         wait_for(lambda: not sandbox._alive(b_pid), 10, what="host-b dead")
         r = await loop.run_in_executor(None, ctl, info, "status")
-        assert r.returncode == 1, r.stdout
-        assert "SERVING WITHOUT A STANDBY" in r.stdout and "unreachable" in r.stdout and "Traceback" not in r.stdout + r.stderr
-        # CP gone too: not serving, exit 2
+        assert r.returncode == 3, r.stdout  # a daemon that cannot be asked: UNKNOWN
+        assert "SERVING WITHOUT A STANDBY" in r.stdout and "host2 at 127.0.0.1:" in r.stdout and "cannot be asked" in r.stdout and "Traceback" not in r.stdout + r.stderr
+        # CP gone too: still UNKNOWN (exit 3)
         os.kill(sandbox.load_state(d)["cp"]["pid"], signal.SIGKILL)
         r = await loop.run_in_executor(None, ctl, info, "status", "--json")
-        assert r.returncode == 2
+        assert r.returncode == 3
         st = json.loads(r.stdout)
         assert st["cp"]["reachable"] is False and st["established"] is False
         assert "Traceback" not in r.stderr
@@ -55,9 +55,10 @@ async def test_status_exit_codes_and_unreachable(tmp_path: Path) -> None:
 
 
 def test_status_without_a_target_is_a_one_line_error() -> None:
-    r = subprocess.run([sys.executable, "-m", "hsb.ctl", "status"], capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "HSBCTL_CONFIG"})
-    assert r.returncode == 2
+    r = subprocess.run([sys.executable, "-m", "hsb.ctl", "status"], capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items() if k not in ("HSBCTL_CONFIG", "HSB_CTL_CONFIG")})
+    assert r.returncode == 3  # nothing could be asked: UNKNOWN, as monitoring plugins say for bad arguments
     assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+    assert "/etc/hsb/ctl.toml" in r.stderr
 
 
 async def test_a_grant_a_host_reports_is_in_the_cps_part_too(tmp_path: Path, monkeypatch: Any) -> None:

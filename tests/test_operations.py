@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hsb.ctl import sandbox
-from tests.support.procs import wait_for
+from tests.support.procs import log_events, until, wait_for
 from tests.test_failover import active_names, assert_clean, check_journals, load_with, pid_of, status, wait_status
 
 
@@ -176,7 +176,34 @@ def test_readiness_notifications_in_order(tmp_path: Path) -> None:
         srv.close()
 
 
-async def test_sigterm_no_takeover_nothing_lost_then_promote(sb: Any) -> None:
+async def test_sigterm_on_the_active_hands_over_nothing_lost(sb: Any) -> None:
+    """SIGTERM (systemctl stop, a reboot, an upgrade) on the active with an established standby:
+    a planned switchover first, then the process ends with 0; terminals see a pause, not an
+    outage (SPEC §5.3)."""
+    info = await sb(terminals=200, service="journal")
+    a_pid = pid_of(info, "host-a")
+
+    async def sigterm() -> None:
+        await wait_status(info, lambda s: s["cp"]["terminals"]["standby_sessions"] == 200, what="standby sessions")
+        await asyncio.sleep(0.5)  # load keeps running
+        os.kill(a_pid, signal.SIGTERM)
+        await wait_status(info, lambda s: active_names(s) == ["host-b"], what="host-b active")
+        await until(lambda: not sandbox._alive(a_pid), 15, what="host-a gone")
+        await asyncio.sleep(0.5)  # traffic under host-b alone
+
+    report = await load_with(info, sigterm, terminals=200, rate=400)
+    assert_clean(report)  # nothing lost, no disconnect, no session closed
+    st = await status(info)
+    assert st["cp"]["last_switchover"]["kind"] == "switchover"
+    events = log_events(Path(info["dir"]) / "host-a.log")
+    assert [e for e in events if e.get("event") == "stopped_after_handover"]
+    assert [e["code"] for e in events if e.get("event") == "host_exit"] == []  # a clean stop, exit 0
+    check_journals(info, report, ["host-a", "host-b"])
+
+
+async def test_stop_no_takeover_nothing_lost_then_promote(sb: Any) -> None:
+    """`hsbctl stop --no-takeover`: the patent's normal termination; the standby does not take
+    over until an operator promotes it; messages wait and nothing is lost."""
     info = await sb(terminals=200, service="journal")
     loop = asyncio.get_running_loop()
     a_pid = pid_of(info, "host-a")
@@ -184,9 +211,11 @@ async def test_sigterm_no_takeover_nothing_lost_then_promote(sb: Any) -> None:
     async def stop_then_promote() -> None:
         await wait_status(info, lambda s: s["cp"]["terminals"]["standby_sessions"] == 200, what="standby sessions")
         await asyncio.sleep(0.5)
-        os.kill(a_pid, signal.SIGTERM)
-        st = await wait_status(info, lambda s: any(h.get("state") == "active_stopped" for h in s["hosts"]), what="standby sees the normal stop")
-        assert st["cp"]["active_stopped_normally"] == "host-a"
+        r = await loop.run_in_executor(None, ctl, info, "stop", "--no-takeover")
+        assert r.returncode == 0 and "no host serves now" in r.stdout, (r.stdout, r.stderr)
+        # each condition waited for on its own (one status holds answers taken at different moments)
+        await wait_status(info, lambda s: any(h.get("state") == "active_stopped" for h in s["hosts"]), what="standby sees the normal stop")
+        await wait_status(info, lambda s: s["cp"]["active_stopped_normally"] == "host-a", what="the CP's record of the normal stop")
         await asyncio.sleep(1.0)  # twice the heartbeat timeout: still no takeover
         st = await status(info)
         assert active_names(st) == [] and st["cp"]["switchovers"] == 0
@@ -196,10 +225,13 @@ async def test_sigterm_no_takeover_nothing_lost_then_promote(sb: Any) -> None:
         await wait_status(info, lambda s: active_names(s) == ["host-b"], what="host-b promoted")
         await asyncio.sleep(0.5)
 
-    report = await load_with(info, stop_then_promote, terminals=200, rate=400)
+    report = await load_with(info, stop_then_promote, terminals=200, rate=400, expect_disconnects=True)
     d = report.to_dict()
-    assert d["lost"] == 0 and d["duplicates"] == 0 and d["replied"] == d["acked"]
+    assert report.ok, report.failures
+    assert d["lost"] == 0 and d["duplicates"] == 0 and d["replied"] == d["acked"] == d["sent"]
     assert d["disconnects"] == 0, "terminals stay connected through a normal stop and a promote"
     assert d["session_closed"] == 200  # told once that the session closed at the normal stop
-    wait_for(lambda: not sandbox._alive(a_pid), 10, what="host-a exit")
+    await until(lambda: not sandbox._alive(a_pid), 10, what="host-a exit")
+    st = await status(info)
+    assert st["cp"]["last_switchover"]["kind"] == "promote"
     check_journals(info, report, ["host-a", "host-b"])

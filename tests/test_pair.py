@@ -82,8 +82,9 @@ async def test_fig3_normal_stop_no_takeover_then_active_restarts(tmp_path: Path,
     terms = [await logon(pair, f"T{i:05d}") for i in range(1, 5)]
     await converged(pair)
     b1 = await pair.status("host-b")
-    # SIGTERM: normal termination, no takeover
-    pair.hosts["host-a"].kill(signal.SIGTERM)
+    # hsbctl stop --no-takeover: the patent's normal termination (SIGTERM would hand over)
+    ans = await pair.admin("host-a", {"t": "stop", "takeover": False})
+    assert ans["t"] == "result" and ans["ok"] and "--no-takeover" in ans["msg"], ans
     assert pair.hosts["host-a"].popen.wait(10) == 0
     for t in terms:
         m = await t.wait(lambda m: m["t"] == "session" and m["state"] == "closed")
@@ -153,9 +154,9 @@ async def test_too_small_file_is_refused_at_start(tmp_path: Path, pairs: list[Pa
     pairs.append(pair)
     p = pair.start(who, "active" if who == "host-a" else "standby", wait=False)
     rc = await asyncio.get_running_loop().run_in_executor(None, p.popen.wait, 15)
-    assert rc != 0
+    assert rc == 78  # EX_CONFIG: a restart cannot fix it
     err = p.log.read_text().strip().splitlines()[-1]
-    assert err.startswith("error:") and "6 records" in err and "at least 7" in err
+    assert err.startswith("config error:") and "6 records" in err and "at least 7" in err
 
 
 async def test_different_terminal_counts_standby_uses_active_B(tmp_path: Path, pairs: list[Pair]) -> None:

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 class CPAdminProtocol(AuthServerProtocol):
     link = "admin"
-    dispatch = {"status": "on_status", "sessions": "on_sessions"}
+    dispatch = {"status": "on_status", "sessions": "on_sessions", "pause": "on_pause", "resume": "on_resume", "history": "on_history"}
 
     def __init__(self, cp: "CP", **kw: Any) -> None:
         super().__init__(**kw)
@@ -24,3 +24,12 @@ class CPAdminProtocol(AuthServerProtocol):
 
     def on_sessions(self, msg: dict[str, Any]) -> None:
         self.send({"t": "sessions", "data": self.cp.sessions()})
+
+    def on_pause(self, msg: dict[str, Any]) -> None:
+        self.send({"t": "result", "ok": True, "msg": self.cp.set_paused(True, self.name)})
+
+    def on_resume(self, msg: dict[str, Any]) -> None:
+        self.send({"t": "result", "ok": True, "msg": self.cp.set_paused(False, self.name)})
+
+    def on_history(self, msg: dict[str, Any]) -> None:
+        self.send({"t": "history", "data": self.cp.history.entries})

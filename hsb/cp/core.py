@@ -9,19 +9,20 @@ structlog event.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from hsb import faults
+from hsb import __version__, faults
 from hsb.cp.config import CPConfig
 from hsb.cp.notices import Notices
 from hsb.cp.journal import Journal, NullJournal, Recovered
 from hsb.cp.journal.recovery import ordered
 from hsb.cp.state import Held, Kept, Session, Term
-from hsb.cp.switchrec import AfterSwitch
+from hsb.cp.switchrec import AfterSwitch, History
 from hsb.cp.terminal_side import TerminalSide
 from hsb.terminals import TerminalDef
 from hsb.wire.conn import PROTOCOL_ERRORS
@@ -75,6 +76,8 @@ class CP(TerminalSide):
         self.journal: Journal = journal if journal is not None else NullJournal()
         self.journal.checkpoint = self._checkpoint
         self.recorded_active: str | None = None  # who holds the active role (journalled with the epoch)
+        self.paused = False  # the operator's pause: no automatic failover (journalled)
+        self.history = History(self.journal.append)  # every failover, switchover, promote and fence
         self.announced = True  # False while a new active's epoch is being made durable
         self.recovered_at: float | None = None
         self.started = time.time()
@@ -92,6 +95,8 @@ class CP(TerminalSide):
         """Before anything is accepted: what the journal holds (hsb.cp.journal.recovery)."""
         self.epoch = r.epoch
         self.recorded_active = r.active
+        self.paused = r.paused
+        self.history.restore(r.history)
         self.recovered_at = time.monotonic()
         now = time.monotonic()
         unknown: list[str] = []
@@ -104,9 +109,11 @@ class CP(TerminalSide):
                 unknown.append(name)
                 term = self.terms[name] = Term(TerminalDef(name=name, standby_capable=False))
             term.last_acked = term.durable_acked = r.last_acked.get(name, 0)
+            term.confirmed = r.confirmed.get(name, 0)
             for mid, data, seg in ordered(r.held.get(name, {})):
                 held = Held(mid, data, now, seg)
                 held.delivered_epoch = -1  # it may have been delivered before: marked redelivered
+                held.recovered = True  # and its reply may have reached the terminal before the crash
                 term.held[mid] = held
             for mid, data, seg in ordered(r.replies.get(name, {})):
                 term.replies[mid] = Kept(mid, data, seg)
@@ -119,7 +126,23 @@ class CP(TerminalSide):
         """The first record of every new journal segment: what older segments would otherwise
         be needed for once they are dropped."""
         acked = {t.name: t.last_acked for t in self.terms.values() if t.last_acked}
-        return ["ck", self.epoch, self.recorded_active, 0, acked]
+        return ["ck", self.epoch, self.recorded_active, 0, acked, {"history": self.history.entries, "paused": self.paused}]
+
+    # ------------------------------------------------------------------ the operator
+    def set_paused(self, paused: bool, by: str) -> str:
+        """`hsbctl pause|resume`: no automatic failover while paused (a planned switchover and a
+        promote still work); journalled, so a restarted CP stays paused."""
+        if paused == self.paused:
+            return f"already {'paused' if paused else 'running'}"
+        self.paused = paused
+        self.journal.append(["p", paused])
+        log.warning("paused" if paused else "resumed", by=by, msg="no automatic failover until 'hsbctl resume'" if paused else "automatic failover on again")
+        self.history.add({"kind": "pause" if paused else "resume", "at": time.time(), "epoch": self.epoch, "reason": f"operator ({by})"})
+        a = self.active
+        if not paused and a is not None and (a.closed or self.loss is not None):
+            self.active_lost_notified = False  # lost while paused: the standby hears it again now
+            self._notify_active_lost(a.name, "eof" if a.closed else "silent")
+        return "paused: no automatic failover until 'hsbctl resume'" if paused else "resumed: automatic failover on"
 
     def journal_tick(self) -> None:
         """Periodic: shrink a settled journal; carry the few live records of an old segment forward."""
@@ -412,9 +435,13 @@ class CP(TerminalSide):
         self._notify_active_lost(a.name, "silent")
 
     # ------------------------------------------------------------------ arbitration
-    def host_switchover(self, host: "HostProtocol", reason: str, planned: bool) -> None:
+    def host_switchover(self, host: "HostProtocol", reason: str, planned: bool, kind: str = "failover") -> None:
         if host is not self.standby:
             host.send({"t": "switch_refused", "reason": "only the registered standby host may ask for a switchover"})
+            return
+        if self.paused and kind == "failover" and not planned:
+            host.send({"t": "switch_refused", "reason": "paused by the operator: no automatic failover ('hsbctl resume', or 'hsbctl promote')"})
+            log.warning("switchover_refused", requester=host.name, reason=reason, why="paused")
             return
         a = self.active
         # The old active's lease (cp.host_lease, renewed only by heartbeats this CP answered)
@@ -434,9 +461,9 @@ class CP(TerminalSide):
             host.send({"t": "switch_refused", "reason": f"active host {a.name}: {what} (heard {age_ms:.0f} ms ago; its lease may still run)"})
             log.info("switchover_refused", requester=host.name, active=a.name, reason=reason)
             return
-        self._grant(host, reason, why)
+        self._grant(host, reason, why, kind="promote" if kind == "promote" or why.startswith("promote") else "failover")
 
-    def _grant(self, host: "HostProtocol", reason: str, why: str, demote: "HostProtocol | None" = None) -> None:
+    def _grant(self, host: "HostProtocol", reason: str, why: str, demote: "HostProtocol | None" = None, kind: str = "switchover") -> None:
         """Decide: the role is the requester's from now on (a new epoch, so the old active's frames
         are refused); announced, and the sessions flipped, once the epoch is durable (`_granted`)."""
         t0 = time.monotonic()
@@ -455,16 +482,17 @@ class CP(TerminalSide):
         if old is not None and old is not demote:
             old.fenced = True  # refused from now on, told when the grant is announced
         self.announced = False
-        self.journal.append(["e", epoch, host.name], lambda: self._granted(host, reason, why, demote, old, t0, loss, release_t0, epoch))
+        self.journal.append(["e", epoch, host.name], lambda: self._granted(host, reason, why, demote, old, t0, loss, release_t0, epoch, kind))
 
     def _granted(
         self, host: "HostProtocol", reason: str, why: str, demote: "HostProtocol | None", old: "HostProtocol | None",
-        t0: float, loss: tuple[float, float] | None, release_t0: float | None, epoch: int,
+        t0: float, loss: tuple[float, float] | None, release_t0: float | None, epoch: int, kind: str,
     ) -> None:
         if epoch != self.epoch:  # a newer epoch was raised while this one was made durable
             log.warning("grant_superseded", host=host.name, epoch=epoch, current=self.epoch)
             return
         self.announced = True
+        fenced_old: str | None = None
         log.info("switchover_granted", host=host.name, old=old.name if old else None, epoch=self.epoch, reason=reason, why=why)
         host.send({"t": "switch_granted", "epoch": self.epoch, "lease": self.host_lease})
         host.flush()  # written now: the new active gets ready while the sessions flip here
@@ -483,9 +511,10 @@ class CP(TerminalSide):
             old.send({"t": "fenced", "epoch": self.epoch, "msg": f"host {host.name} was made active at epoch {self.epoch}"})
             old.fenced = True
             old.close()
+            fenced_old = old.name
         switched = classic = requested = waiting = 0
         in_flight: dict[str, int] = {}  # terminals the switch keeps waiting: messages held now
-        switched_frame = encode({"t": "switched", "epoch": self.epoch})  # one encoding for all
+        switched_frame = encode({"t": "switched", "epoch": self.epoch, "kind": kind})  # one encoding for all
         opened_frame = encode({"t": "session", "state": "open", "epoch": self.epoch})
         epoch = self.epoch
         owed: list[Term] = []
@@ -528,6 +557,7 @@ class CP(TerminalSide):
         self.counters["switchovers" if demote is not None else "failovers"] += 1
         duration = time.monotonic() - t0
         rec = {
+            "kind": kind,
             "epoch": self.epoch,
             "from": old.name if old else None,
             "to": host.name,
@@ -548,9 +578,16 @@ class CP(TerminalSide):
         self.switchovers.append(rec)
         del self.switchovers[:-50]
         log.info("switchover_complete", **rec)
+        lead = loss[1] if loss is not None and demote is None else release_t0  # silence (or release) -> grant
+        self.history.add({
+            "kind": kind, "at": rec["at"], "epoch": epoch, "from": rec["from"], "to": host.name, "reason": reason, "why": why,
+            "duration_ms": None if lead is None else round((t0 - lead) * 1000, 3), "switched": switched, "classic": classic,
+        })
+        if fenced_old is not None:
+            self.history.add({"kind": "fence", "at": rec["at"], "epoch": epoch, "host": fenced_old, "reason": f"{host.name} was made active"})
         if self.after_switch is not None:  # a switch right after a switch: the older record ends
             self.after_switch.finish(None)
-        self.after_switch = AfterSwitch(t0, rec, in_flight)
+        self.after_switch = AfterSwitch(t0, rec, in_flight, self.history.switch_done)
         if not in_flight:
             self.after_switch.finish(t0)
             self.after_switch = None
@@ -583,6 +620,8 @@ class CP(TerminalSide):
         return {
             "name": self.name,
             "role": "cp",
+            "version": __version__,
+            "pid": os.getpid(),
             "state": "serving" if self.active is not None and self.active.usable else "no_active",
             "epoch": self.epoch,
             "terminals": {"defined": len(self.terms), "connected": self.connected, "active_sessions": active_s, "standby_sessions": standby_s, "backpressured": paused},
@@ -593,6 +632,7 @@ class CP(TerminalSide):
             "switchovers": len(self.switchovers),
             "last_switchover": self.switchovers[-1] if self.switchovers else None,
             "counters": dict(self.counters),
+            "paused": self.paused,
             "journal": {**self.journal.status(), "outstanding": held + sum(len(t.replies) for t in self.terms.values())},
             "replies_by_host": dict(self.replies_by_host),
             "protocol_errors": [{"link": k[0], "code": k[1], "count": v} for k, v in sorted(PROTOCOL_ERRORS.items())],

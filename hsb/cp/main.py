@@ -6,10 +6,10 @@ import sys
 
 import click
 
-from hsb import logs
-from hsb.cli import EXIT_CONFIG, die, exit_watchdog, load_or_exit, log_level_option
+from hsb import __version__, logs
+from hsb.cli import die, exit_watchdog, load_or_exit, log_level_option
 from hsb.cp.config import CPConfig
-from hsb.wire.auth import SecretFileError, load_secret
+from hsb.wire.auth import load_secret
 
 
 def config_warnings(cfg: CPConfig) -> list[str]:
@@ -21,15 +21,13 @@ def config_warnings(cfg: CPConfig) -> list[str]:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="CP TOML config.")
-@click.option("--check-config", is_flag=True, help="Validate the config, print every error, exit 0 or 1.")
+@click.option("--check-config", is_flag=True, help="Check the config as the start would (schema, secret, timings), print every error, exit 0 or 78.")
 @log_level_option
+@click.version_option(__version__, prog_name="hsbcpd")
 def main(config_path: str, check_config: bool, log_level: str) -> None:
-    """Run the communications processor (SPEC §5.5)."""
+    """Run the communications processor in front of the terminals (docs/design.md)."""
     cfg = load_or_exit(config_path, CPConfig, check_config, warnings=config_warnings)
-    try:
-        secret = load_secret(cfg.cp.secret_file)
-    except SecretFileError as exc:
-        die(str(exc), EXIT_CONFIG)
+    secret = load_secret(cfg.cp.secret_file)
     logs.setup(log_level, process=f"hsbcpd:{cfg.cp.name}")
     from hsb import faults, loop
 

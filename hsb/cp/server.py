@@ -23,7 +23,7 @@ from hsb.cp.terminal_link import TerminalProtocol
 from hsb.ops.http import json_route, start_http
 from hsb.ops.metrics import CPCollector, registry_for
 from hsb.ops.metrics import render as render_metrics
-from hsb.ops.notify import notify
+from hsb.ops.notify import Watchdog, notify
 from hsb.wire.framing import encode
 
 log = structlog.get_logger("hsb.cp")
@@ -108,7 +108,7 @@ class CPServer:
             sock = srv.sockets[0].getsockname()
             self.bound[key] = f"{sock[0]}:{sock[1]}"
         if c.http_listen:
-            reg = registry_for(CPCollector(self.cp.status, self.cp.journal if self.cp.journal.durable else None))
+            reg = registry_for(CPCollector(self.cp.status, self.cp.journal if self.cp.journal.durable else None, self.cp.history))
             routes = {
                 "/health": json_route(lambda: (True, self.cp.status())),
                 "/active": json_route(lambda: (False, {"msg": "hsbcpd is the CP, not a host"})),
@@ -126,8 +126,10 @@ class CPServer:
         last_hb = 0.0
         last_journal = 0.0
         last_state = ""
+        watchdog = Watchdog()
         while not self.should_exit.is_set():
             self.cp.tick()
+            watchdog.tick(time.monotonic())
             if time.monotonic() - last_journal >= 1.0:
                 last_journal = time.monotonic()
                 self.cp.journal_tick()

@@ -36,7 +36,7 @@ class Held:
     when it was acknowledged (monotonic): a switch's worst pause is measured from it.
     """
 
-    __slots__ = ("id", "data", "delivered_epoch", "redelivered", "t", "seg", "replying")
+    __slots__ = ("id", "data", "delivered_epoch", "redelivered", "t", "seg", "replying", "recovered")
 
     def __init__(self, mid: int, data: Any, t: float, seg: int = 0) -> None:
         self.id = mid
@@ -46,6 +46,7 @@ class Held:
         self.t = t
         self.seg = seg  # the journal segment its record sits in (hsb.cp.journal)
         self.replying = False  # its reply is being made durable: a second one is ignored
+        self.recovered = False  # restored from the journal: the terminal may hold its reply already
 
 
 class Kept:

@@ -31,11 +31,12 @@ MAX_WAITS = 200_000  # waits kept for the percentile; beyond, only the maximum i
 class AfterSwitch:
     """Follows the replies after one grant (see the module docstring)."""
 
-    __slots__ = ("t0", "rec", "pending", "deadline", "waits", "worst")
+    __slots__ = ("t0", "rec", "pending", "deadline", "waits", "worst", "on_done")
 
-    def __init__(self, t0: float, rec: dict[str, Any], in_flight: dict[str, int]) -> None:
+    def __init__(self, t0: float, rec: dict[str, Any], in_flight: dict[str, int], on_done: Any = None) -> None:
         self.t0 = t0
         self.rec = rec
+        self.on_done = on_done  # called with the finished record (the history entry gets the pause)
         self.pending = in_flight  # terminal -> messages it still has in flight from the grant
         self.deadline = t0 + DEADLINE_S
         self.waits: list[float] = []
@@ -85,6 +86,8 @@ class AfterSwitch:
             rec["worst_pause_ms"] = _ms(self.worst)
             rec["p99_pause_ms"] = _ms(w[max(0, math.ceil(len(w) * 0.99) - 1)])
         self.waits = []
+        if self.on_done is not None:
+            self.on_done(rec)
         log.info(
             "switched_terminals_served",
             epoch=rec["epoch"],
@@ -98,3 +101,68 @@ class AfterSwitch:
 
 def _ms(s: float) -> float:
     return round(s * 1000.0, 3)
+
+
+HISTORY_KEEP = 1000  # entries kept (and journalled in every checkpoint)
+# Histogram bounds (seconds) of switch durations and worst pauses.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, float("inf"))
+KINDS = ("failover", "switchover", "promote")
+
+
+class Histogram:
+    """Counts per bucket and kind, for the Prometheus collector (hsb.ops.metrics)."""
+
+    __slots__ = ("counts", "sums")
+
+    def __init__(self) -> None:
+        self.counts = {k: [0] * len(BUCKETS) for k in KINDS}
+        self.sums = dict.fromkeys(KINDS, 0.0)
+
+    def observe(self, kind: str, seconds: float) -> None:
+        if kind not in self.counts:
+            return
+        for i, bound in enumerate(BUCKETS):
+            if seconds <= bound:
+                self.counts[kind][i] += 1
+                break
+        self.sums[kind] += seconds
+
+
+class History:
+    """Every failover, switchover, promote and fence, kept by the CP (`hsbctl history`), in its
+    journal so that it survives restarts: an `h` record per entry, the whole list in every
+    checkpoint (hsb.cp.journal.recovery)."""
+
+    def __init__(self, append: Any) -> None:
+        self.entries: list[dict[str, Any]] = []
+        self._append = append  # journal append of a record
+        self.duration = Histogram()  # loss (or release) -> grant
+        self.pause = Histogram()  # worst pause of the traffic in flight
+        self.last_at: dict[str, float] = {}
+
+    def restore(self, entries: list[dict[str, Any]]) -> None:
+        self.entries = list(entries)[-HISTORY_KEEP:]
+        for e in self.entries:
+            if e.get("kind") in KINDS:
+                self.last_at[e["kind"]] = e.get("at", 0.0)
+
+    def add(self, entry: dict[str, Any]) -> None:
+        self.entries.append(entry)
+        del self.entries[:-HISTORY_KEEP]
+        self._append(["h", entry])
+        kind = entry.get("kind", "")
+        if kind in KINDS:
+            self.last_at[kind] = entry["at"]
+            if entry.get("duration_ms") is not None:
+                self.duration.observe(kind, entry["duration_ms"] / 1000)
+
+    def switch_done(self, rec: dict[str, Any]) -> None:
+        """The pause of a switch is known: the entry of its epoch gets it (and the journal)."""
+        upd = {k: rec.get(k) for k in ("worst_pause_ms", "p99_pause_ms", "all_served_ms", "in_flight_terminals")}
+        for e in reversed(self.entries):
+            if e.get("epoch") == rec["epoch"] and e.get("kind") in KINDS:
+                e.update(upd)
+                self._append(["h", {"epoch": rec["epoch"], "update": upd}])
+                if upd["worst_pause_ms"] is not None:
+                    self.pause.observe(e["kind"], upd["worst_pause_ms"] / 1000)
+                break

@@ -60,6 +60,11 @@ class TerminalSide:
             for kept in sorted(term.replies.values(), key=lambda k: k.id):  # STSN: what it lacks, marked
                 proto.send({"t": "reply", "id": kept.id, "data": kept.data, "resent": True})
                 self.counters["resent"] += 1
+            if term.outbox:  # owed while it did not resume (after a CP restart, say): marked too
+                for m in term.outbox:
+                    if m["id"] > last_reply:
+                        proto.send({**m, "resent": True})
+                term.outbox = None
         else:
             term.resuming = False
             if term.replies:  # kept for it before (it resumed then): served as an outbox now
@@ -171,7 +176,14 @@ class TerminalSide:
 
     # ------------------------------------------------------------------ replies
     def host_reply(self: CP, host: HostProtocol, name: str, mid: int, data: Any) -> None:
-        """Reply and discard in one frame (SPEC §5.5); to the terminal once the discard is durable."""
+        """Reply and discard in one frame (SPEC §5.5).
+
+        A resuming terminal gets the reply at once: it is kept (its "r" record on the way) until
+        the terminal confirms it, and the message is discarded once that record is durable. If
+        the CP dies first, the message is recovered and answered again, and that reply goes out
+        marked resent (the terminal may hold it) or not at all (its hello said it has it). A
+        terminal that does not resume gets the reply only once the discard ("d") is durable.
+        """
         self.replies_by_host[host.name] += 1
         term = self.terms.get(name)
         if term is None:
@@ -180,32 +192,46 @@ class TerminalSide:
         if held is None or held.replying:
             return  # already discarded, or being: never a second reply
         held.replying = True
-        if term.resuming:
-            kept = Kept(mid, data, 0)
-            kept.seg = self.journal.append(["r", name, mid, data], lambda: self._replied(term, held, kept))
-            self.journal.pin(kept.seg)
-        else:
-            self.journal.append(["d", name, mid], lambda: self._replied(term, held, None, data))
-
-    def _replied(self: CP, term: Term, held: Held, kept: Kept | None, data: Any = None) -> None:
-        mid = held.id
+        if not term.resuming:
+            self.journal.append(["d", name, mid], lambda: self._replied(term, held, data))
+            return
         self.counters["replies"] += 1
-        if kept is not None:
-            if mid > term.confirmed:
-                term.replies[mid] = kept
-            else:  # confirmed meanwhile (it came in a resend after a reconnect)
-                self.journal.unpin(kept.seg)
-            data = kept.data
-        self._to_terminal(term, {"t": "reply", "id": mid, "data": data})
+        keep = mid > term.confirmed  # else its hello said it holds this reply
+        if keep:
+            msg: dict[str, Any] = {"t": "reply", "id": mid, "data": data}
+            if held.recovered:
+                msg["resent"] = True
+            self._to_terminal(term, msg)
+            if faults.armed("cp.after_reply_sent") and term.conn is not None:
+                term.conn.flush()  # the crash comes after the bytes left, not with them queued
+            faults.point("cp.after_reply_sent")  # sent, its record not yet written
+        kept = Kept(mid, data, 0)
+        kept.seg = self.journal.append(["r", name, mid, data], lambda: self._settled(term, held))
+        if keep:
+            self.journal.pin(kept.seg)
+            term.replies[mid] = kept
         faults.point("cp.between_reply_and_discard")
-        del term.held[mid]
-        self.journal.unpin(held.seg)
         if self.after_switch is not None:
             self._served_after_switch(term, held)
         self._backpressure(term)
+
+    def _replied(self: CP, term: Term, held: Held, data: Any) -> None:
+        """A non-resuming terminal's message is durably discarded: its reply goes out now."""
+        self.counters["replies"] += 1
+        self._to_terminal(term, {"t": "reply", "id": held.id, "data": data})
+        faults.point("cp.between_reply_and_discard")
+        if self.after_switch is not None:
+            self._served_after_switch(term, held)
+        self._settled(term, held)
+        faults.point("cp.after_reply_sent")
+
+    def _settled(self: CP, term: Term, held: Held) -> None:
+        """The record that settles the message is durable: it is no longer held."""
+        if term.held.pop(held.id, None) is not None:
+            self.journal.unpin(held.seg)
+        self._backpressure(term)
         if term.leaving and not term.held and term.conn is not None:
             term.conn.close()
-        faults.point("cp.after_reply_sent")
 
     def _tell(self: CP, term: Term, msg: dict[str, Any]) -> None:
         """Send to the terminal's connection; a switch notice still owed to it goes first."""

@@ -1,4 +1,4 @@
-"""`hsbctl file create|inspect`: tools for the session takeover file (SPEC §4).
+"""`hsbctl file create|inspect`: tools for the session takeover file (docs/takeover-file.md).
 
 Every bad input (missing file, not a regular file, wrong magic, shorter than
 its header says, too small for the terminal count...) is one line on stderr,
@@ -41,7 +41,7 @@ def _int_arg(value: str | None, what: str, flag: str) -> int | None:
 
 @click.group("file")
 def file_group() -> None:
-    """Create or inspect a session takeover file (SPEC §4)."""
+    """Create or inspect a session takeover file (docs/takeover-file.md)."""
     logs.setup("warning", process="hsbctl")
 
 

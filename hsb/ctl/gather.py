@@ -20,13 +20,32 @@ from hsb.wire.client import LinkClosed, request
 from hsb.wire.framing import ProtocolError
 
 
+def why_not(exc: BaseException, timeout: float) -> str:
+    """Why a daemon could not be asked, in one line with the likely fix (never a traceback)."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused: nothing listens there (is the daemon running? is the address in the ctl config its admin_listen?)"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g} s (a wrong port, a firewall, or the daemon is stuck)"
+    if isinstance(exc, LinkClosed):
+        code = (exc.error or {}).get("code")
+        if code == "auth_failed":
+            return "authentication failed: the secret differs from the daemon's (check secret_file in the ctl config)"
+        if code == "version_mismatch" or "version_mismatch" in str(exc):
+            return str(exc).removeprefix("version_mismatch: ")
+        return f"it closed the connection ({exc}); is this its admin_listen address?"
+    if isinstance(exc, ProtocolError):
+        return f"it does not speak hsb's admin link ({exc.code}): a wrong port?"
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc} (check the address in the ctl config)"
+    return f"{type(exc).__name__}: {exc}"
+
+
 async def ask(addr: str, secret: bytes, msg: dict[str, Any], timeout: float = 2.0) -> dict[str, Any]:
     h, p = parse_addr(addr)
     try:
         ans = await request(h, p, secret, msg, timeout=timeout)
     except (OSError, TimeoutError, LinkClosed, ProtocolError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
-        return {"reachable": False, "addr": addr, "error": why}
+        return {"reachable": False, "addr": addr, "error": why_not(exc, timeout)}
     if ans.get("t") == "error":
         return {"reachable": False, "addr": addr, "error": f"{ans.get('code')}: {ans.get('msg')}"}
     return ans
@@ -47,6 +66,9 @@ async def status_all(cp: str | None, hosts: list[str], secret_file: str, timeout
     results = await asyncio.gather(*(one(a) for a in ([cp] if cp else []) + hosts))
     cps = results[0] if cp else {"reachable": False, "error": "not configured"}
     hs = results[1:] if cp else results
+    for i, h in enumerate(hs):
+        if not h.get("reachable"):
+            h.setdefault("name", f"host{i + 1}")
     if cp and cps.get("reachable") and _newest_epoch(hs) > _epoch(cps):
         again = await one(cp)
         if again.get("reachable"):  # else keep the first answer rather than call the CP down
@@ -81,12 +103,17 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> dict[str, Any]
             rw = (a.get("takeover_file") or {}).get("ring_write")
             if rr and rw and rr.get("generation") == rw.get("generation"):
                 sb["ring_lag"] = max(0, rw["last_seq"] - (rr["next_seq"] - 1))
+    unknown = [] if cp_ok else [("CP", cp.get("addr", "-"), cp.get("error"))]
+    unknown += [(h["name"], h.get("addr", "-"), h.get("error")) for h in hosts if not h.get("reachable")]
     return {
         "established": established,
         "serving": serving,
+        # daemons that could not be asked: the verdict is then unknown (exit 3)
+        "unknown": [{"name": n, "addr": a, "error": e} for n, a, e in unknown],
         # two hosts both serving with a valid lease at once: must never happen
         "two_actives": [h["name"] for h in actives] if len(actives) > 1 else [],
-        "exit_status": 0 if established else 1 if serving else 2,
+        # as monitoring plugins do: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN
+        "exit_status": 3 if unknown else 0 if established else 1 if serving else 2,
         "cp": cp,
         "hosts": hosts,
     }

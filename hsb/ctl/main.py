@@ -11,7 +11,11 @@ from pathlib import Path
 import click
 
 from hsb.ctl.file_cmd import file_group
+from hsb.ctl.ops_cmds import register as register_ops
 from hsb.ctl.target import Target, TargetError, load_target
+
+
+DEFAULT_CONFIG = "/etc/hsb/ctl.toml"
 
 
 class Ctx:
@@ -23,11 +27,12 @@ class Ctx:
             return load_target(*self.args)
         except TargetError as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(3)  # nothing could be asked: unknown
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "-c", envvar="HSBCTL_CONFIG", type=click.Path(dir_okay=False), help="ctl TOML naming the daemons' admin addresses (sandbox up prints one).")
+@click.option("--config", "-c", envvar=["HSB_CTL_CONFIG", "HSBCTL_CONFIG"], type=click.Path(dir_okay=False),
+              help="ctl TOML naming the daemons' admin addresses (default: $HSB_CTL_CONFIG, then /etc/hsb/ctl.toml; sandbox up writes one).")
 @click.option("--cp", help="Admin address of hsbcpd, HOST:PORT.")
 @click.option("--host", "hosts", multiple=True, help="Admin address of an hsbd, HOST:PORT (twice for the pair).")
 @click.option("--secret-file", type=click.Path(dir_okay=False), help="The shared secret (mode 600).")
@@ -37,10 +42,13 @@ def main(ctx: click.Context, config: str | None, cp: str | None, hosts: tuple[st
     from hsb import logs
 
     logs.setup("warning")  # library events go to stderr; stdout stays clean for --json
+    if config is None and cp is None and not hosts and Path(DEFAULT_CONFIG).exists():
+        config = DEFAULT_CONFIG
     ctx.obj = Ctx(config, cp, hosts, secret_file)
 
 
 main.add_command(file_group)
+register_ops(main, Ctx)
 
 
 @main.command()
@@ -48,7 +56,7 @@ main.add_command(file_group)
 @click.option("--watch", is_flag=True, help="Redraw whenever something changes.")
 @click.pass_obj
 def status(obj: Ctx, as_json: bool, watch: bool) -> None:
-    """Status of the CP and both hosts; exit 0 established, 1 serving without a standby, 2 not serving."""
+    """Status of the CP and both hosts; exit 0 established, 1 serving without a standby, 2 not serving, 3 unknown."""
     from hsb.ctl.status import run_status
 
     sys.exit(run_status(obj.target(), as_json, watch))
@@ -65,8 +73,10 @@ def promote(obj: Ctx) -> None:
     st = asyncio.run(status_all(t.cp, t.hosts, t.secret_file))  # type: ignore[arg-type]
     sb = [h for h in st["hosts"] if h.get("reachable") and h.get("role") == "standby"]
     if not sb:
+        for u in st.get("unknown", []):
+            click.echo(f"error: cannot ask {u['name']} at {u['addr']}: {u['error']}", err=True)
         click.echo("error: no reachable standby host to promote", err=True)
-        sys.exit(1)
+        sys.exit(3 if st.get("unknown") else 1)
     ans = asyncio.run(ask(sb[0]["addr"], load_secret(t.secret_file), {"t": "promote"}))  # type: ignore[arg-type]
     if not ans.get("ok"):
         click.echo(f"error: {ans.get('msg', ans.get('error'))}", err=True)
@@ -81,7 +91,7 @@ def promote(obj: Ctx) -> None:
             if h.get("role") == "active":
                 return True, f"{name} is the active host now (epoch {h.get('epoch')})"
             if "refused" in str(h.get("last_error") or ""):
-                return False, str(h["last_error"])
+                return False, "promote refused: " + str(h["last_error"]).split("refused by the CP: ", 1)[-1]
             await asyncio.sleep(0.1)
         return False, f"{name} did not become active within 10 s; see 'hsbctl status'"
 
@@ -169,3 +179,6 @@ def sandbox_start_cp(dir_: str) -> None:
     click.echo(json.dumps({"name": "hsbcpd", "pid": pid}))
 
 
+from hsb.cli import add_version_everywhere  # noqa: E402  (after every command is defined)
+
+add_version_everywhere(main, "hsbctl")

@@ -57,7 +57,7 @@ def lease_for(host_timeout: float) -> float:
 def write_configs(
     d: Path, *, terminals: int, service: str, conventional: bool, prefix: str = "T", host_timeout: float = 0.5,
     heartbeat_interval: float = 0.1, heartbeat_timeout: float = 0.5, logon_ms: float = 0, durability: str = "fsync",
-    journal_segment_kib: int = 8192,
+    journal_segment_kib: int = 8192, host_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     d.mkdir(parents=True, exist_ok=True)
     secret = d / "secret"
@@ -101,6 +101,7 @@ def write_configs(
             "fast_switch": not conventional,
             "heartbeat_interval": heartbeat_interval,
             "heartbeat_timeout": heartbeat_timeout,
+            **(host_options or {}),
         }) + _section("takeover", {"path": str(takeover), "records": records, "record_size": 4096}) + _section(
             "service_options", opts
         ) + _section("[terminal_groups]", {**group, "attrs": attrs})
@@ -210,7 +211,7 @@ def up(d: Path, **kw: Any) -> dict[str, Any]:
 async def aup(
     d: Path, *, terminals: int = 200, service: str = "echo", conventional: bool = False, timeout: float = 60.0, logon_ms: float = 0,
     host_timeout: float = 0.5, host_env: dict[str, dict[str, str]] | None = None, cp_env: dict[str, str] | None = None,
-    durability: str = "fsync", journal_segment_kib: int = 8192,
+    durability: str = "fsync", journal_segment_kib: int = 8192, host_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Start the sandbox in `d` and wait for hot standby (see module docstring)."""
     d = d.resolve()
@@ -218,7 +219,7 @@ async def aup(
         old = load_state(d)
         if any(_alive(p["pid"]) for p in [old["cp"], *old["hosts"].values()]):
             raise SandboxError(f"a sandbox is already running in {d}; 'hsbctl sandbox down --dir {d}' first")
-    plan = write_configs(d, terminals=terminals, service=service, conventional=conventional, logon_ms=logon_ms, host_timeout=host_timeout, durability=durability, journal_segment_kib=journal_segment_kib)
+    plan = write_configs(d, terminals=terminals, service=service, conventional=conventional, logon_ms=logon_ms, host_timeout=host_timeout, durability=durability, journal_segment_kib=journal_segment_kib, host_options=host_options)
     create_file(plan["takeover"], plan["records"], 4096, force=True)
     shutil.rmtree(d / "cp-journal", ignore_errors=True)  # a new sandbox: the CP starts empty
     ports = plan["ports"]

@@ -1,7 +1,8 @@
 """`hsbctl status [--json] [--watch]`: one view of the CP and both hosts.
 
-Exit status: 0 hot standby established, 1 serving without a standby,
-2 not serving or unreachable (Pacemaker-style, for scripts and monitors).
+Exit status, as monitoring plugins have it: 0 hot standby established, 1 serving without a
+standby, 2 not serving, 3 unknown (a daemon could not be asked: down, a wrong address or port,
+a wrong secret, a timeout), each unknown daemon named with its address, why and the fix.
 """
 
 from __future__ import annotations
@@ -61,13 +62,21 @@ def _pause(ls: dict[str, Any]) -> str:
 def render(st: dict[str, Any]) -> str:
     out: list[str] = []
     verdict = "ESTABLISHED (hot standby ready)" if st["established"] else "SERVING WITHOUT A STANDBY" if st["serving"] else "NOT SERVING"
-    out.append(f"hsb: {verdict}")
+    if st.get("unknown"):
+        names = ", ".join(u["name"] for u in st["unknown"])
+        out.append(f"hsb: UNKNOWN ({names} cannot be asked); from the others: {verdict}")
+        for u in st["unknown"]:
+            out.append(f"  {u['name']} at {u['addr']}: {u['error']}")
+    else:
+        out.append(f"hsb: {verdict}")
+    if st["cp"].get("paused"):
+        out.append("PAUSED: automatic failover is off ('hsbctl resume' turns it on; a planned switchover and promote still work)")
     if st.get("two_actives"):
         cp_active = (st["cp"].get("active") or {}).get("name", "-")
         out.append(f"ERROR: two hosts serve as the active with a valid lease at once: {', '.join(st['two_actives'])} (the CP's active is {cp_active})")
     cp = st["cp"]
     if not cp.get("reachable"):
-        out.append(f"  CP        unreachable ({cp.get('addr', '-')}: {cp.get('error')})")
+        out.append(f"  CP        cannot be asked ({cp.get('addr', '-')})")
     else:
         t = cp["terminals"]
         out.append(
@@ -77,8 +86,10 @@ def render(st: dict[str, Any]) -> str:
         )
         ls = cp.get("last_switchover")
         if ls:
+            kind = ls.get("kind") or ("switchover" if ls.get("planned") else "failover")
+            frm = ls["from"] or "(none: after a normal stop)"
             out.append(
-                f"            last {'switchover' if ls.get('planned') else 'failover'}: {ls['from']} -> {ls['to']} at epoch {ls['epoch']}, {_age(ls['at'])}, "
+                f"            last {kind}: {frm} -> {ls['to']} at epoch {ls['epoch']}, {_age(ls['at'])}, "
                 + (
                     f"silent {ls['silence_to_loss_ms']:.0f} ms before the CP noticed, noticed to grant {ls['loss_to_grant_ms']:.1f} ms, "
                     if ls.get("loss_to_grant_ms") is not None
@@ -103,7 +114,7 @@ def render(st: dict[str, Any]) -> str:
             out.append(f"            active {cp['active_stopped_normally']} stopped normally; 'hsbctl promote' moves the service to the standby")
     for h in st["hosts"]:
         if not h.get("reachable"):
-            out.append(f"  host      unreachable ({h.get('addr', '-')}: {h.get('error')})")
+            out.append(f"  {h.get('name', 'host'):<9} cannot be asked ({h.get('addr', '-')})")
             continue
         peer = h["peer_link"]
         hb = f"{peer['heartbeat_age_ms']:.0f} ms" if peer.get("heartbeat_age_ms") is not None else "-"

@@ -24,10 +24,23 @@ from hsb.wire.auth import load_secret
 async def _switchover(t: Target, yes: bool, timeout: float) -> int:
     assert t.secret_file is not None
     st = await status_all(t.cp, t.hosts, t.secret_file)
+    unknown = st.get("unknown") or []
+    cp_known = not any(u["name"] == "CP" for u in unknown)
     actives = [h for h in st["hosts"] if h.get("reachable") and h.get("role") == "active"]
+    if unknown and not (cp_known and not st["established"]):
+        # not knowing is not "no standby": say who could not be asked, and why
+        for u in unknown:
+            click.echo(f"error: cannot ask {u['name']} at {u['addr']}: {u['error']}", err=True)
+        return 3
     if not st["established"] or not actives:
-        states = ", ".join(f"{h['name']} {h.get('role')}/{h.get('state')}" for h in st["hosts"])
+        # the CP answered: what it says (no standby registered, say) settles it
+        states = ", ".join(
+            f"{h['name']} {h.get('role')}/{h.get('state')}" if h.get("reachable") else f"{h['name']} cannot be asked"
+            for h in st["hosts"]
+        )
         click.echo(f"error: switchover refused: no established standby ({states}); wait for hot standby or use 'hsbctl promote' after a normal stop", err=True)
+        for u in unknown:
+            click.echo(f"  {u['name']} at {u['addr']}: {u['error']}", err=True)
         return 1
     old = actives[0]
     new = next(h for h in st["hosts"] if h.get("reachable") and h.get("role") == "standby")

@@ -1,4 +1,5 @@
-"""hsbd's admin link: status, and operator intents (promote) that wake the HA loop."""
+"""hsbd's admin link: status, and operator intents (promote, switchover, stop) that wake the
+HA loop or the lifecycle; they only record the intent."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ if TYPE_CHECKING:
 
 class HostAdminProtocol(AuthServerProtocol):
     link = "admin"
-    dispatch = {"status": "on_status", "promote": "on_promote", "switchover": "on_switchover"}
+    dispatch = {"status": "on_status", "promote": "on_promote", "switchover": "on_switchover", "stop": "on_stop"}
 
     def __init__(self, srv: "HostServer", **kw: Any) -> None:
         super().__init__(**kw)
@@ -38,3 +39,16 @@ class HostAdminProtocol(AuthServerProtocol):
             return
         ha.post("switchover")  # record the intent; only the HA loop acts
         self.send({"t": "result", "ok": True, "msg": f"planned switchover from {ha.name} started"})
+
+    def on_stop(self, msg: dict[str, Any]) -> None:
+        ha = self.srv.ha
+        takeover = bool(msg.get("takeover", True))
+        if ha.role == "active" and takeover and ha.switchover_refusal() is None:
+            what = "hands over to the standby, then stops"
+        elif ha.role == "active":
+            what = "stops normally: nobody takes over (" + ("no established standby" if takeover else "--no-takeover") + ")"
+        else:
+            what = "stops (it is the standby: the active serves on without one)"
+        self.send({"t": "result", "ok": True, "msg": f"{ha.name} {what}"})
+        self.flush()
+        self.srv.request_stop(takeover)

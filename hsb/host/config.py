@@ -24,6 +24,8 @@ class HostSection(Strict):
     heartbeat_timeout: float = Field(default=0.5, gt=0, le=600)
     ring_poll_interval: float = Field(default=0.05, gt=0, le=60)
     service: str = "echo"
+    on_role_change: str = ""  # a command run with: ROLE STATE EPOCH REASON (hsb.host.hooks)
+    hook_timeout: float = Field(default=10.0, gt=0, le=3600)
     max_frame: int = Field(default=DEFAULT_MAX_FRAME, ge=64, le=64 * 1024 * 1024)
 
     @model_validator(mode="after")
@@ -63,6 +65,15 @@ class HostConfig(Strict):
         self._defs = expand_all(self.terminals, self.terminal_groups)
         if self.host.peer == self.host.peer_listen:
             raise ValueError("host.peer must be the other host's peer_listen, not this host's own")
+        # the size check of the takeover file (N >= 3B+1), from the config alone: what the start
+        # checks against the file itself refused here already
+        from hsb.takeover.errors import TakeoverFileTooSmall
+        from hsb.takeover.layout import size_check
+
+        try:
+            size_check(self.takeover.records, len(self._defs), self.takeover.record_size, path=self.takeover.path)
+        except TakeoverFileTooSmall as exc:
+            raise ValueError(f"takeover.records: {exc}") from None
         return self
 
     @property

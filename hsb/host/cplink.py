@@ -16,8 +16,10 @@ from typing import Any
 import structlog
 
 from hsb import faults
+from hsb.backoff import Backoff
 from hsb.config import parse_addr
 from hsb.host.lease import Lease
+from hsb.ops.refusals import RefusalLog
 from hsb.wire.client import FrameStream, LinkClosed
 from hsb.wire.framing import ProtocolError
 
@@ -94,7 +96,8 @@ class CPLink:
 
     async def _run_inner(self) -> None:
         h, p = parse_addr(self.addr)
-        backoff = 0.05
+        backoff = Backoff(0.05, 1.0)
+        refusals = RefusalLog("cp_link_refused", cp=self.addr)
         while not self.stopped:
             try:
                 fs = await FrameStream.connect(h, p, timeout=2.0, max_frame=self.max_frame)
@@ -104,12 +107,13 @@ class CPLink:
                     await fs.aclose()
                     raise
             except (OSError, LinkClosed, ProtocolError, TimeoutError) as exc:
-                if isinstance(exc, LinkClosed) and exc.error:
-                    log.error("cp_link_refused", cp=self.addr, code=exc.error.get("code"), msg=exc.error.get("msg"))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
+                refused = isinstance(exc, LinkClosed) and exc.error is not None
+                if refused:  # a wrong secret or version: said once (then once a minute), tried slowly
+                    refusals.seen(f"{exc.error.get('code')}: {exc.error.get('msg')}")  # type: ignore[union-attr]
+                await asyncio.sleep(backoff.next() if not refused else 5.0)
                 continue
-            backoff = 0.05
+            backoff.reset()
+            refusals.clear()
             self.fs = fs
             self.connects += 1
             self.last_rx = time.monotonic()

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from hsb import faults
+from hsb import __version__, faults
 from hsb.host.lease import Lease
+from hsb.ops.notify import Watchdog
 from hsb.host.sessions import ACTIVE, CLOSED, STANDBY
 from hsb.takeover.startup_id import startup_id as new_startup_id
 
@@ -188,10 +189,14 @@ class HA:
         self.state = state
         self.state_since = time.time()
         log.info("state_change", prev_role=prev_role, prev=prev, role=self.role, state=state, reason=reason)
+        if self.role != prev_role:
+            self.srv.hook.fire(self.role, state, self.epoch, reason)
         self.srv.on_state_change()
 
     async def run(self) -> None:
+        watchdog = Watchdog()  # systemd's WatchdogSec: pinged from this loop, which runs every 0.2 s at least
         while self.exit is None:
+            watchdog.tick(time.monotonic())
             timeout = 0.2
             if self.role == "standby" and self.state == ESTABLISHED:
                 timeout = max(0.0, self.next_poll - time.monotonic())
@@ -620,7 +625,7 @@ class HA:
             return
         await self.request_switchover(f"active lost ({why}, told by the {via})")
 
-    async def request_switchover(self, reason: str, planned: bool = False) -> None:
+    async def request_switchover(self, reason: str, planned: bool = False, kind: str = "failover") -> None:
         if not self.registered:
             self.last_error = f"cannot ask for a switchover ({reason}): not registered at the CP"
             return
@@ -630,13 +635,13 @@ class HA:
         self.takeover = {"reason": reason, "requested_at": time.time(), "established": self.state == ESTABLISHED, "planned": planned}
         log.info("switchover_requested", reason=reason, established=self.state == ESTABLISHED)
         self.switch_sent_at = time.monotonic()
-        self.srv.cp.send({"t": "switchover", "reason": reason, "planned": planned})
+        self.srv.cp.send({"t": "switchover", "reason": reason, "planned": planned, "kind": kind})
 
     async def ev_reload(self) -> None:
         self.srv.reload()
 
     async def ev_promote(self) -> None:
-        await self.request_switchover("promote (operator)")
+        await self.request_switchover("promote (operator)", kind="promote")
 
     async def on_switch_granted(self, epoch: int) -> None:
         """Become the active exactly as one that started active (B from own count) [0051]."""
@@ -713,6 +718,7 @@ class HA:
         age = peer.heartbeat_age()
         return {
             "name": self.name,
+            "version": __version__,
             "role": self.role,
             "state": self.state,
             "state_since": self.state_since,

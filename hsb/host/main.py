@@ -6,26 +6,43 @@ import sys
 
 import click
 
-from hsb import logs
+from hsb import __version__, logs
 from hsb.cli import EXIT_CONFIG, die, exit_watchdog, load_or_exit, log_level_option
 from hsb.host.config import HostConfig
-from hsb.wire.auth import SecretFileError, load_secret
+from hsb.wire.auth import load_secret
+
+
+def check_service(cfg: HostConfig) -> list[str]:
+    """The service is importable and constructible with [service_options] (then closed again)."""
+    import asyncio
+
+    from hsb.host.service import ServiceError, load_service
+
+    try:
+        service = load_service(cfg.host.service, cfg.host.name, dict(cfg.service_options))
+    except ServiceError as exc:
+        return [f"host.service: {exc}"]
+    except Exception as exc:  # the factory itself failed: a config problem as far as the operator can tell
+        return [f"host.service: {cfg.host.service!r} could not be built with [service_options]: {type(exc).__name__}: {exc}"]
+    try:
+        asyncio.run(service.close())
+    except Exception:  # closing a service just built for the check is best effort
+        pass
+    return []
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--role", type=click.Choice(["active", "standby"]), required=False, help="Role to start in.")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Host TOML config.")
-@click.option("--check-config", is_flag=True, help="Validate the config, print every error, exit 0 or 1.")
+@click.option("--check-config", is_flag=True, help="Check the config as the start would (schema, secret, takeover size, service), print every error, exit 0 or 78.")
 @log_level_option
+@click.version_option(__version__, prog_name="hsbd")
 def main(role: str | None, config_path: str, check_config: bool, log_level: str) -> None:
-    """Run one host of the hot-standby pair (SPEC §5.1-§5.4)."""
-    cfg = load_or_exit(config_path, HostConfig, check_config)
+    """Run one host of the hot-standby pair (docs/design.md)."""
+    cfg = load_or_exit(config_path, HostConfig, check_config, checks=check_service)
     if role is None:
         raise click.UsageError("--role active|standby is required")
-    try:
-        secret = load_secret(cfg.host.secret_file)
-    except SecretFileError as exc:
-        die(str(exc), EXIT_CONFIG)
+    secret = load_secret(cfg.host.secret_file)
     logs.setup(log_level, process=f"hsbd:{cfg.host.name}")
     from hsb import faults, loop
 
@@ -38,7 +55,7 @@ def main(role: str | None, config_path: str, check_config: bool, log_level: str)
 
         try:
             service = load_service(cfg.host.service, cfg.host.name, dict(cfg.service_options))
-        except ServiceError as exc:
+        except ServiceError as exc:  # checked already; a service can still fail the second time
             die(str(exc), EXIT_CONFIG)
         server = HostServer(cfg, role, secret, service, config_path)
         try:

@@ -18,7 +18,9 @@ from typing import Any
 
 import structlog
 
+from hsb.backoff import Backoff
 from hsb.config import parse_addr
+from hsb.ops.refusals import RefusalLog
 from hsb.wire.authlink import AuthServerProtocol
 from hsb.wire.client import FrameStream, LinkClosed
 from hsb.wire.conn import require
@@ -173,7 +175,8 @@ class PeerLink:
 
     async def _connect_loop_inner(self) -> None:
         h, p = parse_addr(self.peer_addr)
-        backoff = 0.05
+        backoff = Backoff(0.05, 0.5)
+        refusals = RefusalLog("peer_auth_failed", peer=self.peer_addr)
         while True:
             try:
                 fs = await FrameStream.connect(h, p, timeout=2.0, max_frame=self.max_frame)
@@ -183,16 +186,17 @@ class PeerLink:
                     await fs.aclose()
                     raise
             except (OSError, LinkClosed, ProtocolError, TimeoutError) as exc:
-                if isinstance(exc, LinkClosed) and exc.error and exc.error.get("code") == "auth_failed":
-                    log.error("peer_auth_failed", peer=self.peer_addr, reason=exc.error.get("msg"))
+                refused = isinstance(exc, LinkClosed) and exc.error and exc.error.get("code") in ("auth_failed", "version_mismatch")
+                if refused:
+                    refusals.seen(str(exc.error.get("msg")))  # type: ignore[union-attr]
                 self.wake_connect.clear()
                 try:  # the peer connecting to us means it is up: try at once
-                    await asyncio.wait_for(self.wake_connect.wait(), backoff)
+                    await asyncio.wait_for(self.wake_connect.wait(), backoff.next() if not refused else 5.0)
                 except TimeoutError:
                     pass
-                backoff = min(backoff * 2, 0.5)
                 continue
-            backoff = 0.05
+            backoff.reset()
+            refusals.clear()
             self.outbound = fs
             log.debug("peer_sending_link_up", peer=self.peer_addr)
             fs.send(self.hello())

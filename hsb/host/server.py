@@ -1,13 +1,17 @@
 """hsbd's lifecycle: startup (size check, listeners, links), the HA loop, graceful shutdown.
 
-Signal handlers only set flags. SIGTERM is the normal termination of SPEC §5.3:
-replies in progress finish, the CP and the peer are told, nobody takes over.
+Signal handlers only set flags. SIGTERM (systemctl stop, a reboot, an upgrade) on an active
+with an established standby **hands over first**: a planned switchover, then the process ends,
+so terminals see the switchover's pause, never an outage. Without an established standby, or
+with `hsbctl stop --no-takeover`, it is the normal termination: replies in progress finish, the
+CP and the peer are told, nobody takes over (docs/design.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from typing import Any
 
 import structlog
@@ -19,6 +23,7 @@ from hsb.host.config import HostConfig
 from hsb.host.cplink import CPLink
 from hsb.host.delivery import Delivery
 from hsb.host.ha import HA
+from hsb.host.hooks import RoleHook
 from hsb.host.peer import PeerLink
 from hsb.host.service import Service
 from hsb.host.sessions import SessionTable
@@ -79,6 +84,8 @@ class HostServer:
         self.cp_stopped = asyncio.Event()
         self.http_server: asyncio.base_events.Server | None = None
         self.reload_requested = False
+        self.stop_mode = "takeover"  # SIGTERM hands over; `hsbctl stop --no-takeover` says "normal"
+        self.hook = RoleHook(cfg.host.on_role_change, cfg.host.hook_timeout)
 
     def _cp_down(self, why: str) -> None:
         # At once, before the link reconnects: work in progress would answer under an
@@ -241,11 +248,42 @@ class HostServer:
         self.reload_requested = True  # the flag only; the HA loop reloads
         self.ha.post("reload")
 
-    async def graceful_stop(self) -> None:
-        """Normal termination (§5.3): finish replies, tell the CP and the peer."""
-        notify(STOPPING=1, STATUS="stopping")
+    def request_stop(self, takeover: bool) -> None:
+        """An operator's stop (admin link): recorded; the lifecycle acts on it."""
+        self.stop_mode = "takeover" if takeover else "normal"
+        self.should_exit.set()
+
+    async def hand_over(self, timeout: float = 30.0) -> bool:
+        """A planned switchover before stopping; True once this host is the standby."""
         ha = self.ha
-        ha.set_state("stopping", "SIGTERM: normal termination")
+        ha.post("switchover")  # the HA loop acts
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ha.role == "standby":
+                return True
+            if ha.state not in ("established", "releasing", "handing_over") or ha.exit is not None:
+                return False  # refused (no standby any more, say): a normal stop then
+            await asyncio.sleep(0.02)
+        return False
+
+    async def graceful_stop(self) -> None:
+        """Stop: hand over to an established standby first (§5.3), else the normal termination."""
+        ha = self.ha
+        if ha.role == "active" and self.stop_mode == "takeover":
+            why = ha.switchover_refusal()
+            if why is None:
+                notify(STATUS="handing over before stopping")
+                log.info("stop_hands_over", msg="SIGTERM: a planned switchover first, then the process ends")
+                if await self.hand_over():
+                    log.info("stopped_after_handover", new_active=self.peer.peer_name)
+                    notify(STOPPING=1, STATUS="stopped after handing over")
+                    self.exit_code = 0
+                    return
+                log.warning("stop_handover_failed", msg="the planned switchover did not complete; stopping normally (nobody takes over)")
+            else:
+                log.info("stop_without_takeover", reason=why)
+        notify(STOPPING=1, STATUS="stopping")
+        ha.set_state("stopping", "normal termination" if self.stop_mode == "normal" else "stop: normal termination (no established standby)")
         if ha.role == "active":
             done = await self.delivery.drain(5.0)
             log.info("replies_finished", complete=done)
@@ -262,6 +300,7 @@ class HostServer:
         self.exit_code = 0
 
     async def close(self) -> None:
+        await self.hook.close()
         await self.cp.close()
         await self.peer.close()
         if self.admin_server is not None:

@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from hsb import faults
+from hsb.backoff import Backoff
 
 from hsb.host.config import TakeoverSection
 from hsb.takeover.layout import batch_records_for, entries_per_record
@@ -87,7 +88,7 @@ class TakeoverIO:
             self.wake.set()
 
     async def _flush_loop(self) -> None:
-        backoff = 0.05
+        backoff = Backoff(0.05, 1.0)
         while True:
             await self.wake.wait()
             self.wake.clear()
@@ -102,10 +103,9 @@ class TakeoverIO:
                         self.pending = group + self.pending  # keep them: nothing may be skipped
                     self.last_error = str(exc)
                     log.error("ring_write_failed", error=str(exc), pending=len(self.pending))
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 1.0)
+                    await asyncio.sleep(backoff.next())
                     continue
-                backoff = 0.05
+                backoff.reset()
                 self.last_error = None
                 self.ring_written += len(group)
 

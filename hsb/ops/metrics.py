@@ -32,6 +32,20 @@ def _c(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=float(value))
 
 
+def _common() -> Iterator[Metric]:
+    """What both daemons export: build info, protocol errors, dropped connections."""
+    yield _build()
+    yield from _proto_errors()
+
+
+def _build() -> Metric:
+    from hsb import LINK_PROTOCOL, __version__
+
+    m = GaugeMetricFamily("hsb_build_info", "The hsb version running (value 1).", labels=["version", "link_protocol"])
+    m.add_metric([__version__, str(LINK_PROTOCOL)], 1)
+    return m
+
+
 def _proto_errors() -> Iterator[CounterMetricFamily]:
     m = CounterMetricFamily("hsb_protocol_errors", "Protocol errors by link and code.", labels=["link", "code"])
     for (link, code), n in sorted(PROTOCOL_ERRORS.items()):
@@ -77,8 +91,8 @@ class HostCollector:
         yield _c("hsb_failovers", "Failovers this host took over in.", c.get("failovers", 0))
         yield _c("hsb_switchovers", "Planned switchovers this host took part in.", c.get("switchovers", 0))
         lt = st.get("last_takeover") or {}
-        yield _g("hsb_last_failover_duration_seconds", "Loss detected to switch granted, last takeover.", lt.get("duration_s"))
-        yield from _proto_errors()
+        yield _g("hsb_host_takeover_seconds", "This host's last takeover: its switchover request to the grant.", lt.get("duration_s"))
+        yield from _common()
 
 
 def _histogram(name: str, doc: str, counts: list[int], total: float) -> Metric:
@@ -91,6 +105,19 @@ def _histogram(name: str, doc: str, counts: list[int], total: float) -> Metric:
     return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total)
 
 
+def _kind_histogram(name: str, doc: str, h: Any) -> Metric:
+    from hsb.cp.switchrec import BUCKETS
+
+    m = HistogramMetricFamily(name, doc, labels=["kind"])
+    for kind, counts in h.counts.items():
+        acc, buckets = 0, []
+        for bound, n in zip(BUCKETS, counts):
+            acc += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), acc))
+        m.add_metric([kind], buckets, h.sums[kind])
+    return m
+
+
 def _sessions(doc: str, t: dict[str, Any]) -> Metric:
     m = GaugeMetricFamily("hsb_sessions", doc, labels=["kind"])
     m.add_metric(["active"], t["active_sessions"])
@@ -99,9 +126,10 @@ def _sessions(doc: str, t: dict[str, Any]) -> Metric:
 
 
 class CPCollector:
-    def __init__(self, status: Callable[[], dict[str, Any]], journal: Any = None) -> None:
+    def __init__(self, status: Callable[[], dict[str, Any]], journal: Any = None, history: Any = None) -> None:
         self.status = status
         self.journal = journal  # hsb.cp.journal.Journal: its group commits as a histogram
+        self.history = history  # hsb.cp.switchrec.History: switch durations and pauses by kind
 
     def collect(self) -> Iterator[Metric]:
         st = self.status()
@@ -120,7 +148,16 @@ class CPCollector:
         yield _c("hsb_failovers", "Unplanned switchovers granted.", c.get("failovers", 0))
         yield _c("hsb_switchovers", "Planned switchovers.", c.get("switchovers", 0))
         ls = st.get("last_switchover") or {}
-        yield _g("hsb_last_failover_duration_seconds", "Grant to last session switched, last switchover.", None if not ls else ls["switch_ms"] / 1000)
+        yield _g("hsb_switch_flip_seconds", "The last switch inside the CP: grant to every session flipped.", None if not ls else ls["switch_ms"] / 1000)
+        yield _g("hsb_paused", "1 while the operator paused automatic failover (hsbctl pause).", 1 if st.get("paused") else 0)
+        if self.history is not None:
+            h = self.history
+            yield _kind_histogram("hsb_switch_duration_seconds", "Switches by kind: the old active's last frame heard (or its release) to the grant.", h.duration)
+            yield _kind_histogram("hsb_switch_worst_pause_seconds", "Switches by kind: the worst wait, ack to reply, of the traffic in flight.", h.pause)
+            last = GaugeMetricFamily("hsb_last_switch_timestamp_seconds", "Unix time of the last switch of each kind.", labels=["kind"])
+            for kind, at in sorted(h.last_at.items()):
+                last.add_metric([kind], at)
+            yield last
         j = st.get("journal") or {}
         if j.get("durability") == "fsync":
             yield _g("hsb_journal_healthy", "1 while the CP journal is written in time (0: stalled or failing; acknowledgements stop).", 1 if j["state"] == "ok" else 0)
@@ -131,7 +168,7 @@ class CPCollector:
             if self.journal is not None:
                 yield _histogram("hsb_journal_sync_seconds", "Duration of the CP journal's group commits (write + fdatasync).",
                                  self.journal.sync_counts, self.journal.sync_sum)
-        yield from _proto_errors()
+        yield from _common()
 
 
 def registry_for(collector: Any) -> CollectorRegistry:

@@ -1,4 +1,6 @@
-"""systemd readiness notification (sd_notify protocol): silent unless NOTIFY_SOCKET is set."""
+"""systemd readiness and watchdog notification (sd_notify protocol): silent unless NOTIFY_SOCKET
+is set. With `WatchdogSec=` in the unit, `watchdog_every()` says how often to ping; the daemons
+ping from their event loop's own periodic tick, so a loop that stops turning is restarted."""
 
 from __future__ import annotations
 
@@ -21,3 +23,28 @@ def notify(**fields: str | int) -> bool:
         return True
     except OSError:
         return False
+
+
+def watchdog_every() -> float | None:
+    """Seconds between WATCHDOG=1 pings (half of WatchdogSec), or None without a watchdog."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return max(0.05, int(usec) / 2e6)
+    except ValueError:
+        return None
+
+
+class Watchdog:
+    """Call `tick()` from the event loop's periodic work; it pings at most every half interval."""
+
+    def __init__(self) -> None:
+        self.every = watchdog_every()
+        self.last = 0.0
+
+    def tick(self, now: float) -> None:
+        if self.every is not None and now - self.last >= self.every:
+            self.last = now
+            notify(WATCHDOG=1)

@@ -37,11 +37,11 @@ a reply to an id it never sent, or to one the CP had not yet acknowledged, is
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections import deque
 from typing import Any, cast
 
+from hsb.backoff import Backoff
 from hsb.wire.framing import DEFAULT_MAX_FRAME, Decoder, ProtocolError, encode
 from hsb.term.verdict import ACKED, REPLY_MAX, REPLY_ONE, REPLY_SHIFT, SENT
 
@@ -156,6 +156,8 @@ class TerminalClient(asyncio.Protocol):
         "resent_foreign",
         "failed_since_drop",
         "cp_reconnects",
+        "last_switch",
+        "protocol_errors",
     )
 
     def __init__(
@@ -190,7 +192,7 @@ class TerminalClient(asyncio.Protocol):
         self.session_at: float | None = None  # first session open (monotonic)
         self.disconnects = 0
         self.unexpected = 0  # replies to ids never sent
-        self.backoff = BACKOFF_MIN
+        self.backoff = Backoff(BACKOFF_MIN, BACKOFF_MAX)
         self.stopping = False
         self.closed: asyncio.Future[None] | None = None
         self.last_error: str | None = None
@@ -211,6 +213,8 @@ class TerminalClient(asyncio.Protocol):
         self.resent_foreign = 0  # resent replies for ids this run never sent (an earlier run's)
         self.failed_since_drop = False  # a connect failed since the connection dropped: the CP was away
         self.cp_reconnects = 0  # disconnects after which the CP could not be reached for a while
+        self.last_switch = ""  # the kind in the last `switched` notice (failover, switchover, promote)
+        self.protocol_errors = 0  # frames from the other side that broke the protocol
 
     # -- sending ---------------------------------------------------------
     @property
@@ -382,12 +386,11 @@ class TerminalClient(asyncio.Protocol):
             self.connector.schedule(self, retry)
 
     def _next_backoff(self) -> float:
-        delay = self.backoff * (0.5 + random.random())
-        self.backoff = min(self.backoff * 2.0, BACKOFF_MAX)
-        return delay
+        return self.backoff.next()
 
     # -- frames from the CP -------------------------------------------------
     def _protocol_error(self, exc: ProtocolError) -> None:
+        self.protocol_errors += 1
         self.listener.on_protocol_error(self, exc)
         if self.transport is not None:
             self.transport.write(encode(exc.frame()))
@@ -408,12 +411,13 @@ class TerminalClient(asyncio.Protocol):
                 self._on_session(msg)
             elif t == "switched":
                 self.epoch = _int(msg, "epoch")
+                self.last_switch = str(msg.get("kind", "failover"))
                 self.listener.on_switched(self, self.epoch)
             elif t == "error":
                 code, text = str(msg.get("code", "")), str(msg.get("msg", ""))
                 self.last_error = code
                 if code == "unknown_terminal":
-                    self.backoff = BACKOFF_MAX
+                    self.backoff.n = 30  # pointless to hurry
                 self.listener.on_error(self, code, text)
                 self.transport.close()
         except ProtocolError as exc:
@@ -421,7 +425,7 @@ class TerminalClient(asyncio.Protocol):
 
     def _on_welcome(self, msg: dict[str, Any]) -> None:
         self.state = WELCOMED
-        self.backoff = BACKOFF_MIN
+        self.backoff.reset()
         self.last_error = None
         first = self.welcomed_at is None
         if first:

@@ -75,7 +75,7 @@ class Printer(Listener):
             self.drained.set()
 
     def on_switched(self, c: TerminalClient, epoch: int) -> None:
-        self.say(f"switched epoch={epoch} (failover; session kept)")
+        self.say(f"switched epoch={epoch} ({c.last_switch or 'failover'}; session kept)")
 
     def on_error(self, c: TerminalClient, code: str, msg: str) -> None:
         self.say(f"error {code}: {msg}")
@@ -85,6 +85,9 @@ class Printer(Listener):
 
     def on_protocol_error(self, c: TerminalClient, exc: ProtocolError) -> None:
         self.say(f"protocol error from the CP: {exc.code}: {exc.msg}")
+        if c.welcomed_at is None and c.protocol_errors >= 3:  # never logged on: not a CP's terminal port
+            self.fatal_code = "not_a_cp"
+            self.fatal.set()
 
     def on_disconnect(self, c: TerminalClient, exc: Exception | None, retry_in: float, welcomed: bool) -> None:
         why = f" ({type(exc).__name__})" if exc is not None else ""
@@ -121,7 +124,8 @@ async def interactive(
     """Run the interactive terminal until end of input; the exit status."""
     loop = asyncio.get_running_loop()
     out = out if out is not None else sys.stdout
-    printer = Printer(out, f"{host}:{port}")
+    target = f"{host}:{port}"
+    printer = Printer(out, target)
     client = TerminalClient(name, printer, base=id_base, keep_payloads=True)
     connector = Connector(host, port, concurrency=1)
     connector.attach(client)
@@ -141,7 +145,10 @@ async def interactive(
             done, _ = await asyncio.wait({get, fatal_wait}, return_when=asyncio.FIRST_COMPLETED)
             if fatal_wait in done:
                 get.cancel()
-                printer.say(f"giving up: the CP refused this terminal ({printer.fatal_code})")
+                printer.say(
+                    f"giving up: {target} does not speak the terminal link (a wrong port?)" if printer.fatal_code == "not_a_cp"
+                    else f"giving up: the CP refused this terminal ({printer.fatal_code})"
+                )
                 status = 1
                 break
             line = get.result()

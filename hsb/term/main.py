@@ -187,3 +187,8 @@ def load(cp: tuple[str, int], as_json: bool, ids_out: str | None, classic: str, 
         click.echo(f"hsbterm load against {cp[0]}:{cp[1]}")
         click.echo(format_table(report))
     sys.exit(report.exit_status)
+
+
+from hsb.cli import add_version_everywhere  # noqa: E402  (after every command is defined)
+
+add_version_everywhere(main, "hsbterm")

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import structlog
 
+from hsb import LINK_PROTOCOL, __version__
 from hsb.wire import auth
 from hsb.wire.conn import PROTOCOL_ERRORS, FramedProtocol, require
 from hsb.wire.framing import ProtocolError
@@ -36,7 +37,7 @@ class AuthServerProtocol(FramedProtocol):
 
     def on_open(self) -> None:
         self.set_deadline(self._auth_timeout)  # authenticated within auth_timeout of the connect, however slowly bytes arrive
-        self.send({"t": "challenge", "nonce": self._nonce, "server": self.server_name})
+        self.send({"t": "challenge", "nonce": self._nonce, "server": self.server_name, "proto": LINK_PROTOCOL, "version": __version__})
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = time.monotonic()
@@ -61,6 +62,14 @@ class AuthServerProtocol(FramedProtocol):
             return
         if not auth.verify(self._secret, self._nonce, link, name, mac):
             self.auth_failed("auth_failed", "wrong answer to the challenge (secret differs?)")
+            return
+        theirs = msg.get("proto", 1)
+        if theirs != LINK_PROTOCOL:
+            self.auth_failed(
+                "version_mismatch",
+                f"{name[:64]} speaks link protocol {theirs} (hsb {str(msg.get('version', 'older than 0.4'))[:20]}), {self.server_name}"
+                f" speaks {LINK_PROTOCOL} (hsb {__version__}): install the same hsb version everywhere",
+            )
             return
         self._nonce = b""  # used once
         self.authed = True

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from hsb import LINK_PROTOCOL, __version__
 from hsb.wire import auth
 from hsb.wire.framing import DEFAULT_MAX_FRAME, FLUSH_AT, Decoder, ProtocolError, encode
 
@@ -91,7 +92,15 @@ class FrameStream:
             raise LinkClosed(f"{ch.get('code')}: {ch.get('msg')}", ch)
         if ch.get("t") != "challenge" or not isinstance(ch.get("nonce"), bytes):
             raise ProtocolError("auth_failed", f"expected a challenge, got {ch.get('t')!r}")
-        self.send({"t": "auth", "name": name, "link": link, "mac": auth.answer(secret, ch["nonce"], link, name)})
+        theirs = ch.get("proto", 1)
+        if theirs != LINK_PROTOCOL:
+            raise LinkClosed(
+                f"version_mismatch: {ch.get('server', 'the daemon')} speaks link protocol {theirs} (hsb {ch.get('version', 'older than 0.4')}),"
+                f" this program speaks {LINK_PROTOCOL} (hsb {__version__}): install the same hsb version everywhere",
+                {"t": "error", "code": "version_mismatch"},
+            )
+        self.send({"t": "auth", "name": name, "link": link, "mac": auth.answer(secret, ch["nonce"], link, name),
+                   "proto": LINK_PROTOCOL, "version": __version__})
         ok = await self.recv(timeout)
         if ok.get("t") == "error":
             raise LinkClosed(f"{ok.get('code')}: {ok.get('msg')}", ok)

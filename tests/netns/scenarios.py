@@ -176,7 +176,8 @@ async def _a_loses(lab: Lab, watch: Watch, out: dict[str, Any], hold: float, lin
     b = _host(st, "b")
     assert _active(st) == "host-b" and b["role"] == "active" and b["state"] == "serving", (b.get("role"), b.get("state"))
     assert not _host(st, "a").get("reachable"), "host-a still answers after it exited"
-    assert st["serving"] and st["exit_status"] == 1
+    # host-a exited: it cannot be asked, so the verdict is UNKNOWN (3) naming it; the rest serves
+    assert st["serving"] and st["exit_status"] == 3 and len(st["unknown"]) == 1, st.get("unknown")
     return ["host-a", "host-b"]
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import msgpack
 from hypothesis import strategies as st
 
+from hsb import LINK_PROTOCOL
 from hsb.wire import auth
 from hsb.wire.framing import ERROR_CODES, Decoder, ProtocolError, encode
 
@@ -135,7 +136,7 @@ class Conn:
     def authenticate(self, secret: bytes, link: str, name: str = "fuzz", timeout: float = 3.0, then: bytes = b"") -> bytes:
         """Answer the challenge (with `then` in the same write); return the auth frame's bytes (for replays)."""
         ch = self.challenge(timeout)
-        raw = encode({"t": "auth", "name": name, "link": link, "mac": auth.answer(secret, ch["nonce"], link, name)})
+        raw = encode({"t": "auth", "name": name, "link": link, "mac": auth.answer(secret, ch["nonce"], link, name), "proto": LINK_PROTOCOL})
         self.sock.sendall(raw + then)
         ok = self.recv(timeout)
         assert ok is not None and ok.get("t") == "auth_ok", f"authentication on the {link} link failed: {ok!r}"

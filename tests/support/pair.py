@@ -33,6 +33,11 @@ class Pair:
         h, port = addr(p.info["admin"])
         return (await request(h, port, SECRET, {"t": "status"}, timeout=timeout))["data"]
 
+    async def admin(self, name: str, msg: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+        p = self.hosts[name]
+        h, port = addr(p.info["admin"])
+        return await request(h, port, SECRET, msg, timeout=timeout)
+
     async def cp_status(self) -> dict[str, Any]:
         h, port = addr(self.cp.info["admin"])
         return (await request(h, port, SECRET, {"t": "status"}))["data"]

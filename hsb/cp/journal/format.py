@@ -66,18 +66,29 @@ def scan(buf: bytes, path: str = "?") -> tuple[list[Any], int, str | None]:
     """The records of one segment: (payloads, end of the last valid record, why the tail was torn
     or None). Raises JournalDamaged for a bad record that a valid one follows."""
     out: list[Any] = []
+    append = out.append
     off = 0
     unpackb = msgpack.unpackb
+    crc32 = zlib.crc32
+    unpack_from = HEADER.unpack_from
+    hsize = HEADER.size
+    mv = memoryview(buf)
     size = len(buf)
     while off < size:
-        end, why = _check(buf, off)
-        if why is None:
-            try:
-                out.append(unpackb(buf[off + HEADER.size : end], raw=False, strict_map_key=False))
-            except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-                raise JournalDamaged(path, off, f"the record's payload does not decode ({exc})") from None
-            off = end
-            continue
+        # the common case inline (a valid record); anything odd goes to _check for the reason
+        if size - off >= hsize:
+            magic, n, crc = unpack_from(buf, off)
+            end = off + hsize + n
+            if magic == MAGIC and end <= size and n <= MAX_RECORD:
+                body = mv[off + hsize : end]
+                if crc32(body, crc32(n.to_bytes(4, "big"))) == crc:
+                    try:
+                        append(unpackb(body, raw=False, strict_map_key=False))
+                    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+                        raise JournalDamaged(path, off, f"the record's payload does not decode ({exc})") from None
+                    off = end
+                    continue
+        _, why = _check(buf, off)
         # torn only if nothing valid follows
         nxt = buf.find(MAGIC, off + 1)
         while nxt != -1:

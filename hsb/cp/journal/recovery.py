@@ -3,13 +3,15 @@ record applied to the state it describes. Pure: files in, a `Recovered` out.
 
 Record kinds (the first element of each MessagePack array):
 
-    ["ck", epoch, active, generation, {terminal: last acked id}]   checkpoint, first in every segment
+    ["ck", epoch, active, generation, {terminal: last acked id}, {"history": [...], "paused": bool}]
+                                   checkpoint, first in every segment
     ["a", terminal, id, data]      a message accepted (and acknowledged once durable)
     ["r", terminal, id, data]      its reply, kept until the terminal confirms it; the message is settled
     ["d", terminal, id]            its reply, not kept (a terminal that does not resume); settled
     ["c", terminal, id]            the terminal holds every reply up to id: those are settled
     ["e", epoch, active]           the epoch was raised; `active` holds the active role
-    ["h", {...}]                   an entry of the switch history
+    ["h", {...}]                   an entry of the switch history ({"epoch", "update": {...}}: an entry's pause)
+    ["p", paused]                  the operator paused (or resumed) automatic failover
 
 Applying is idempotent and independent of where a record sits, so a record carried forward into
 a newer segment (compaction) replays to the same state.
@@ -55,6 +57,7 @@ class Recovered:
     replies: dict[str, dict[int, tuple[Any, int]]] = field(default_factory=dict)
     confirmed: dict[str, int] = field(default_factory=dict)  # highest id each terminal confirmed
     history: list[dict[str, Any]] = field(default_factory=list)
+    paused: bool = False
     segments: list[int] = field(default_factory=list)
     last_segment: int = 0
     records: int = 0
@@ -107,7 +110,10 @@ def apply(r: Recovered, rec: list[Any], seg: int) -> None:
         if epoch >= r.epoch:
             r.epoch, r.active = epoch, active
     elif kind == "ck":
-        _, epoch, active, generation, acked = rec
+        _, epoch, active, generation, acked = rec[:5]
+        if len(rec) > 5:
+            r.history = list(rec[5].get("history", r.history))
+            r.paused = bool(rec[5].get("paused", r.paused))
         if epoch >= r.epoch:
             r.epoch, r.active = epoch, active
         r.generation = max(r.generation, generation)
@@ -116,8 +122,17 @@ def apply(r: Recovered, rec: list[Any], seg: int) -> None:
             if mid > la.get(term, 0):
                 la[term] = mid
     elif kind == "h":
-        r.history.append(rec[1])
-        del r.history[:-HISTORY_KEEP]
+        e = rec[1]
+        if "update" in e:
+            for old in reversed(r.history):
+                if old.get("epoch") == e.get("epoch") and old.get("kind") in ("failover", "switchover", "promote"):
+                    old.update(e["update"])
+                    break
+        else:
+            r.history.append(e)
+            del r.history[:-HISTORY_KEEP]
+    elif kind == "p":
+        r.paused = bool(rec[1])
     else:
         raise ValueError(f"unknown record kind {kind!r}")
 
@@ -142,9 +157,20 @@ def recover(d: Path, truncate: bool = True) -> Recovered:
                 with open(path, "r+b") as fh:
                     fh.truncate(good)
                     os.fsync(fh.fileno())
+        held, last_acked, confirmed, replies = r.held, r.last_acked, r.confirmed, r.replies
         for rec in recs:
             try:
-                apply(r, rec, n)
+                if rec[0] == "a":  # the common record, inline (a journal of 100,000 of them is read at start)
+                    _, term, mid, data = rec
+                    if mid > confirmed.get(term, 0) and mid not in replies.get(term, ()):
+                        h = held.get(term)
+                        if h is None:
+                            h = held[term] = {}
+                        h[mid] = (data, n)
+                    if mid > last_acked.get(term, 0):
+                        last_acked[term] = mid
+                else:
+                    apply(r, rec, n)
             except (ValueError, TypeError, IndexError, AttributeError) as exc:
                 raise JournalDamaged(str(path), -1, f"a record does not make sense ({exc}): {str(rec)[:80]}") from None
         r.records += len(recs)

@@ -1,0 +1,144 @@
+"""`hsbctl stop | pause | resume | history`: operator intents and the record of every switch,
+over the admin links only (the daemons act; hsbctl asks and reports)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+import click
+
+from hsb.ctl.gather import ask, status_all
+from hsb.ctl.target import Target
+from hsb.wire.auth import load_secret
+
+
+def _unknown(st: dict[str, Any]) -> int | None:
+    if st.get("unknown"):
+        for u in st["unknown"]:
+            click.echo(f"error: cannot ask {u['name']} at {u['addr']}: {u['error']}", err=True)
+        return 3
+    return None
+
+
+async def _stop(t: Target, host: str | None, takeover: bool, timeout: float) -> int:
+    assert t.secret_file is not None
+    st = await status_all(t.cp, t.hosts, t.secret_file)
+    hosts = [h for h in st["hosts"] if h.get("reachable")]
+    if host is not None:
+        target = next((h for h in hosts if h.get("name") == host), None)
+        if target is None:
+            code = _unknown(st)
+            click.echo(f"error: no reachable host named {host!r} (known: {', '.join(h['name'] for h in hosts) or 'none'})", err=True)
+            return code or 1
+    else:
+        target = next((h for h in hosts if h.get("role") == "active"), None)
+        if target is None:
+            code = _unknown(st)
+            click.echo("error: no reachable active host to stop; name one with --host", err=True)
+            return code or 1
+    name = target["name"]
+    ans = await ask(target["addr"], load_secret(t.secret_file), {"t": "stop", "takeover": takeover})
+    if ans.get("reachable") is False or not ans.get("ok"):
+        click.echo(f"error: {ans.get('error') or ans.get('msg')}", err=True)
+        return 3 if ans.get("reachable") is False else 1
+    click.echo(ans["msg"])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = await status_all(t.cp, t.hosts, t.secret_file, timeout=1.0)
+        if any(u.get("addr") == target["addr"] for u in st.get("unknown", [])):
+            active = next((h["name"] for h in st["hosts"] if h.get("reachable") and h.get("role") == "active" and h.get("serving")), None)
+            click.echo(f"{name} stopped; " + (f"{active} is the active host" if active else "no host serves now (start one, or 'hsbctl promote')"))
+            return 0
+        await asyncio.sleep(0.1)
+    click.echo(f"error: {name} did not stop within {timeout:.0f} s; see 'hsbctl status'", err=True)
+    return 1
+
+
+def run_stop(t: Target, host: str | None, takeover: bool, timeout: float) -> int:
+    return asyncio.run(_stop(t, host, takeover, timeout))
+
+
+def run_pause(t: Target, paused: bool) -> int:
+    assert t.secret_file is not None
+    if not t.cp:
+        click.echo("error: the CP's admin address is needed (cp in the ctl config, or --cp)", err=True)
+        return 3
+    ans = asyncio.run(ask(t.cp, load_secret(t.secret_file), {"t": "pause" if paused else "resume"}))
+    if ans.get("reachable") is False:
+        click.echo(f"error: cannot ask the CP at {t.cp}: {ans['error']}", err=True)
+        return 3
+    click.echo(ans.get("msg", ans))
+    return 0 if ans.get("ok") else 1
+
+
+def _when(at: float | None) -> str:
+    return "-" if not at else datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def run_history(t: Target, as_json: bool) -> int:
+    assert t.secret_file is not None
+    if not t.cp:
+        click.echo("error: the CP's admin address is needed (cp in the ctl config, or --cp)", err=True)
+        return 3
+    ans = asyncio.run(ask(t.cp, load_secret(t.secret_file), {"t": "history"}))
+    if ans.get("reachable") is False:
+        click.echo(f"error: cannot ask the CP at {t.cp}: {ans['error']}", err=True)
+        return 3
+    entries: list[dict[str, Any]] = ans.get("data", [])
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return 0
+    if not entries:
+        click.echo("no failover, switchover, promote or fence yet")
+        return 0
+    click.echo(f"{'when':<19}  {'kind':<10} {'epoch':>5}  {'what':<28} {'took':>9} {'worst pause':>12}  reason")
+    for e in entries:
+        kind = e.get("kind", "?")
+        if kind in ("failover", "switchover", "promote"):
+            what = f"{e.get('from') or '-'} -> {e.get('to')}"
+        elif kind == "fence":
+            what = f"{e.get('host')} fenced"
+        else:
+            what = ""
+        took = "-" if e.get("duration_ms") is None else f"{e['duration_ms']:.0f} ms"
+        wp = "-" if e.get("worst_pause_ms") is None else f"{e['worst_pause_ms']:.1f} ms"
+        reason = str(e.get("reason") or "") + (f" ({e['why']})" if e.get("why") else "")
+        click.echo(f"{_when(e.get('at')):<19}  {kind:<10} {e.get('epoch', ''):>5}  {what:<28} {took:>9} {wp:>12}  {reason}")
+    return 0
+
+
+def register(main: click.Group, obj_type: Any) -> None:
+    pass_obj = click.make_pass_decorator(obj_type)
+
+    @main.command()
+    @click.option("--no-takeover", is_flag=True, help="The normal termination: nobody takes over (the patent's; see 'hsbctl promote').")
+    @click.option("--host", "host", default=None, help="The host to stop, by name (default: the active).")
+    @click.option("--timeout", default=40.0, show_default=True, help="Seconds to wait for the host to stop.")
+    @pass_obj
+    def stop(obj: Any, no_takeover: bool, host: str | None, timeout: float) -> None:
+        """Stop a host: the active hands over to an established standby first (as on SIGTERM)."""
+        sys.exit(run_stop(obj.target(), host, not no_takeover, timeout))
+
+    @main.command()
+    @pass_obj
+    def pause(obj: Any) -> None:
+        """No automatic failover until 'hsbctl resume' (kept by the CP across its restarts)."""
+        sys.exit(run_pause(obj.target(), True))
+
+    @main.command()
+    @pass_obj
+    def resume(obj: Any) -> None:
+        """Automatic failover on again after 'hsbctl pause'."""
+        sys.exit(run_pause(obj.target(), False))
+
+    @main.command()
+    @click.option("--json", "as_json", is_flag=True, help="One JSON list.")
+    @pass_obj
+    def history(obj: Any, as_json: bool) -> None:
+        """Every failover, switchover, promote and fence, kept by the CP (in its journal)."""
+        sys.exit(run_history(obj.target(), as_json))

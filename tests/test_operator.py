@@ -1,0 +1,225 @@
+"""What an operator meets on day one (issue 15): one set of config checks for --check-config and
+the start, hsbctl saying what it knows (exit 3 when it cannot ask), versions everywhere, the
+role-change hook, pause and resume, the history, and the README's commands. Real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb import __version__
+from hsb.ctl import sandbox
+from tests.support.procs import log_events, until
+from tests.test_failover import active_names, pid_of, status, wait_status
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.timeout(120)
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def ctl(info: dict[str, Any], *args: str, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    return run("hsb.ctl", *info["ctl"], *extra, *args, timeout=90)
+
+
+# --------------------------------------------------------------------------- one set of checks
+
+
+def _host_config(tmp: Path, **over: Any) -> Path:
+    from hsb.ctl.sandbox import write_configs
+
+    write_configs(tmp, terminals=201, service="echo", conventional=False)
+    p = tmp / "host-a.toml"
+    text = p.read_text()
+    for key, value in over.items():
+        text = re.sub(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.M)
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("service", '"ecko"', "host.service: service 'ecko' must be"),
+        ("service", '"nosuch.mod:factory"', "cannot import nosuch.mod"),
+        ("records", "20", "N must be at least 43"),
+    ],
+)
+def test_check_config_refuses_what_the_start_refuses(tmp_path: Path, key: str, value: str, says: str) -> None:
+    cfg = _host_config(tmp_path, **{key: value})
+    check = run("hsb.host", "--config", str(cfg), "--check-config")
+    start = run("hsb.host", "--role", "active", "--config", str(cfg))
+    assert check.returncode == 78 and says in check.stderr, check.stderr
+    assert start.returncode == 78 and says in start.stderr, start.stderr  # the same words, the same code
+
+
+def test_a_good_config_checks_ok_and_a_bad_cp_config_exits_78(tmp_path: Path) -> None:
+    cfg = _host_config(tmp_path)
+    r = run("hsb.host", "--config", str(cfg), "--check-config")
+    assert r.returncode == 0 and "config OK" in r.stdout, r.stderr
+    cp = tmp_path / "cp.toml"
+    cp.write_text(cp.read_text().replace("held_bound = 256", "held_bound = 0"))
+    for args in (("--check-config",), ()):
+        r = run("hsb.cp", "--config", str(cp), *args)
+        assert r.returncode == 78 and "cp.held_bound" in r.stderr, r.stderr
+
+
+def test_the_units_stop_a_restart_loop_on_a_config_error() -> None:
+    for unit in ("hsbcpd.service", "hsbd@.service"):
+        text = (ROOT / "configs" / "systemd" / unit).read_text()
+        assert re.search(r"^RestartPreventExitStatus=.*\b78\b", text, re.M), unit
+        assert re.search(r"^ExecStartPre=.*--check-config", text, re.M), unit
+        for hardening in ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "ProtectHome=yes", "WatchdogSec="):
+            assert hardening in text, (unit, hardening)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not found (Debian's systemd package)")
+@pytest.mark.parametrize("unit", ["hsbcpd.service", "hsbd@.service"])
+def test_the_units_are_rated_ok_or_medium_by_systemd_analyze(tmp_path: Path, unit: str) -> None:
+    src = ROOT / "configs" / "systemd" / unit
+    copy = tmp_path / unit.replace("@.", "@x.")  # an instance of the template
+    copy.write_text(src.read_text())
+    r = subprocess.run(["systemd-analyze", "security", "--offline=true", str(copy)], capture_output=True, text=True, timeout=60)
+    m = re.search(r"Overall exposure level for \S+: ([0-9.]+) (\w+)", r.stdout)
+    assert m is not None, r.stdout + r.stderr
+    assert m.group(2) in ("OK", "MEDIUM") and float(m.group(1)) <= 6.9, m.group(0)
+
+
+# --------------------------------------------------------------------------- versions
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("hsb.host",), ("hsb.cp",), ("hsb.ctl",), ("hsb.term",),
+        ("hsb.ctl", "status"), ("hsb.ctl", "stop"), ("hsb.ctl", "history"), ("hsb.ctl", "file", "inspect"),
+        ("hsb.ctl", "sandbox", "up"), ("hsb.term", "load"), ("hsb.term", "connect"),
+    ],
+)
+def test_every_command_answers_version(argv: tuple[str, ...]) -> None:
+    r = run(*argv, "--version")
+    assert r.returncode == 0 and __version__ in r.stdout, (argv, r.stdout, r.stderr)
+
+
+# --------------------------------------------------------------------------- a live sandbox
+
+
+async def test_hsbctl_says_what_it_knows(sb: Any, tmp_path: Path) -> None:
+    info = await sb(terminals=10)
+    r = ctl(info, "status")
+    assert r.returncode == 0, r.stdout + r.stderr
+    # a wrong secret: not "NOT SERVING" (it serves), but unknown, naming who and why
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the secret\n")
+    wrong.chmod(0o600)
+    r = ctl(info, "status", extra=("--secret-file", str(wrong)))
+    assert r.returncode == 3, r.stdout
+    assert "UNKNOWN" in r.stdout and "authentication failed: the secret differs" in r.stdout, r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
+    r = ctl(info, "switchover", "--yes", extra=("--secret-file", str(wrong)))
+    assert r.returncode == 3 and "cannot ask" in r.stderr and "no established standby" not in r.stderr, r.stderr
+    # a host that is down: named, with its address, the reason and the fix
+    os.kill(pid_of(info, "host-b"), signal.SIGKILL)
+    await until(lambda: not sandbox._alive(pid_of(info, "host-b")), 10, what="host-b gone")
+    r = ctl(info, "status")
+    addr_b = next(h["admin"] for h in info["hosts"] if h["name"] == "host-b")
+    assert r.returncode == 3 and f"at {addr_b}: connection refused" in r.stdout and "is the daemon running" in r.stdout, r.stdout
+    # a wrong port: an answer that is not a bare TimeoutError
+    r = run("hsb.ctl", "--cp", "127.0.0.1:9", "--secret-file", str(Path(info["secret_file"])), "status")
+    assert r.returncode == 3 and "CP at 127.0.0.1:9" in r.stdout and "Error" not in r.stdout.split("\n")[0], r.stdout
+
+
+async def test_role_change_hook_runs_with_the_right_arguments(tmp_path: Path) -> None:
+    d = tmp_path / "sb"
+    calls = tmp_path / "calls.txt"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    hook.chmod(0o755)
+    info = await sandbox.aup(d, terminals=10, host_options={"on_role_change": str(hook)}, timeout=60)
+    try:
+        os.kill(pid_of(info, "host-a"), signal.SIGKILL)
+        await wait_status(info, lambda s: active_names(s) == ["host-b"], what="host-b active")
+        await until(lambda: calls.exists() and "active" in calls.read_text(), 10, what="the hook of host-b")
+        line = calls.read_text().splitlines()[0].split(" ", 3)
+        assert line[0] == "active" and line[1] == "serving" and int(line[2]) >= 2 and "switchover granted" in line[3], line
+        sandbox.start_host(d, "host-a", "standby")
+        await wait_status(info, lambda s: s["established"], what="hot standby again")
+        r = ctl(info, "switchover", "--yes")  # host-b active -> standby: its hook says standby
+        assert r.returncode == 0, r.stderr
+        await until(lambda: any(x.startswith("standby ") for x in calls.read_text().splitlines()), 10, what="the standby hook")
+        events = log_events(d / "host-b.log")
+        assert [e for e in events if e.get("event") == "role_hook_ran"]
+    finally:
+        sandbox.down(d)
+
+
+async def test_paused_no_failover_then_resumed_failover_and_history(sb: Any) -> None:
+    info = await sb(terminals=10)
+    r = ctl(info, "pause")
+    assert r.returncode == 0 and "paused" in r.stdout
+    r = ctl(info, "status")
+    assert "PAUSED" in r.stdout
+    os.kill(pid_of(info, "host-a"), signal.SIGKILL)
+    await asyncio.sleep(2.0)  # four host timeouts: with failover on, host-b would be active by now
+    st = await status(info)
+    assert active_names(st) == [] and st["cp"]["switchovers"] == 0 and st["cp"]["paused"]
+    r = ctl(info, "resume")
+    assert r.returncode == 0 and "resumed" in r.stdout
+    # resumed: the CP tells the standby again that the active is gone; it asks and is granted
+    await wait_status(info, lambda s: active_names(s) == ["host-b"], what="host-b active after resume")
+    # the history survives a restart of a host and of the CP
+    d = Path(info["dir"])
+    sandbox.start_host(d, "host-a", "standby")
+    cp_pid = int(sandbox.load_state(d)["cp"]["pid"])
+    os.kill(cp_pid, signal.SIGKILL)
+    await until(lambda: not sandbox._alive(cp_pid), 10, what="hsbcpd gone")
+    sandbox.start_cp(d)
+    await wait_status(info, lambda s: s["established"], what="established after the CP restart")
+    r = ctl(info, "history")
+    kinds = [line.split()[2] for line in r.stdout.splitlines()[1:]]
+    assert "pause" in kinds and "resume" in kinds and ("failover" in kinds or "promote" in kinds), r.stdout
+    r = ctl(info, "history", "--json")
+    import json
+
+    entries = json.loads(r.stdout)
+    assert all("at" in e and "kind" in e for e in entries)
+
+
+# --------------------------------------------------------------------------- the README's commands
+
+
+def test_every_command_in_the_readme_answers_help() -> None:
+    """The README's operator table cannot drift from the CLI: each command it shows exists."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("## Operator commands"): text.index("## Configuration reference")]
+    commands = set()
+    for m in re.finditer(r"^\| `([^`]+)`", table, re.M):
+        words = m.group(1).replace("\\|", "|").split()
+        prog = words[0]
+        sub = [w for w in words[1:] if re.fullmatch(r"[a-z][a-z-]*", w) and w not in ("host-a", "host-b")]
+        if prog == "hsbctl":
+            sub = [w for w in sub if w in ("status", "switchover", "promote", "stop", "pause", "resume", "history",
+                                            "file", "create", "inspect", "sandbox", "up", "down", "start-host", "start-cp")]
+        elif prog == "hsbterm":
+            sub = sub[:1]
+        else:
+            sub = []
+        commands.add((prog, *sub))
+    assert {("hsbctl", "stop"), ("hsbctl", "history"), ("hsbctl", "pause")} <= commands, commands
+    mod = {"hsbd": "hsb.host", "hsbcpd": "hsb.cp", "hsbctl": "hsb.ctl", "hsbterm": "hsb.term", "hsbcpd|hsbd": None}
+    for prog, *sub in sorted(commands):
+        if prog not in mod or mod[prog] is None:
+            continue
+        r = run(mod[prog], *sub, "--help")
+        assert r.returncode == 0, (prog, sub, r.stderr)

@@ -1,0 +1,171 @@
+"""Monitoring configs (configs/prometheus, configs/grafana): promtool accepts the rules and the
+scrape config and passes the rules' unit tests, and every hsb_ metric the rules and the dashboard
+query exists in hsb/ops/metrics.py, so they cannot drift from the code."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PROM = ROOT / "configs" / "prometheus"
+RULES = PROM / "hsb-rules.yml"
+RULES_TEST = PROM / "hsb-rules.test.yml"
+DASHBOARD = ROOT / "configs" / "grafana" / "hsb.json"
+METRICS_PY = ROOT / "hsb" / "ops" / "metrics.py"
+OPERATIONS_MD = ROOT / "docs" / "operations.md"
+
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not found: apt-get install prometheus (.ci/run installs it)")
+
+HSB_TOKEN = re.compile(r"\bhsb_[a-z0-9_]+")
+
+
+def promtool(*args: str, cwd: Path = PROM) -> subprocess.CompletedProcess[str]:
+    assert PROMTOOL is not None
+    return subprocess.run([PROMTOOL, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+
+
+@needs_promtool
+def test_promtool_check_rules() -> None:
+    r = promtool("check", "rules", RULES.name)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@needs_promtool
+def test_promtool_check_config() -> None:
+    r = promtool("check", "config", "prometheus.yml")  # rule_files are relative to the config's directory
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@needs_promtool
+def test_promtool_rule_unit_tests() -> None:
+    r = promtool("test", "rules", RULES_TEST.name)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@needs_promtool
+def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
+    """Each dashboard query, with Grafana's variables filled in, as a recording rule for promtool
+    (JSON is YAML, so no YAML library is needed)."""
+    subst = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
+    rules = []
+    for i, expr in enumerate(dashboard_exprs(json.loads(DASHBOARD.read_text()))):
+        for var, value in subst.items():
+            expr = expr.replace(var, value)
+        assert "$" not in expr, f"dashboard query uses a variable this test does not know: {expr}"
+        rules.append({"record": f"dashboard:query_{i}", "expr": expr})
+    assert len(rules) >= 20
+    f = tmp_path / "dashboard-queries.yml"
+    f.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))
+    r = promtool("check", "rules", str(f), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+# --- the rules and the dashboard against hsb/ops/metrics.py -------------------------------------
+
+
+def code_metrics() -> tuple[set[str], set[str], set[str]]:
+    """Metric families named in hsb/ops/metrics.py: all of them, the counters, the histograms."""
+    src = METRICS_PY.read_text()
+    names = set(re.findall(r'"(hsb_[a-z0-9_]+)"', src))
+    counters = set(re.findall(r'(?:(?<![\w.])_c|CounterMetricFamily)\(\s*"(hsb_[a-z0-9_]+)"', src))
+    histograms = set(re.findall(r'(?:\w*histogram|HistogramMetricFamily)\(\s*"(hsb_[a-z0-9_]+)"', src))
+    assert {"hsb_serving", "hsb_epoch"} <= names and counters and histograms, "hsb/ops/metrics.py no longer looks as this test expects"
+    return names, counters, histograms
+
+
+def unknown_metrics(exprs: list[str]) -> list[str]:
+    """hsb_ names in the queries that hsb/ops/metrics.py does not expose, each with the reason.
+
+    Prometheus sees a counter as NAME_total and a histogram as NAME_bucket/_sum/_count; the bare
+    family name of either matches nothing."""
+    names, counters, histograms = code_metrics()
+    bad = []
+    for token in sorted({t for e in exprs for t in HSB_TOKEN.findall(e)}):
+        if token in counters:
+            bad.append(f"{token}: a counter, exposed as {token}_total")
+        elif token in histograms:
+            bad.append(f"{token}: a histogram, exposed as {token}_bucket, _sum and _count")
+        elif not (
+            token in names
+            or (token.endswith("_total") and token.removesuffix("_total") in counters)
+            or any(token.endswith(s) and token.removesuffix(s) in histograms for s in ("_bucket", "_sum", "_count"))
+        ):
+            bad.append(f"{token}: not in hsb/ops/metrics.py")
+    return bad
+
+
+def rule_exprs(text: str) -> list[str]:
+    """The `expr` of every rule in a Prometheus rules file, without a YAML library (PyYAML is not a
+    dependency): an `expr:` key's value and the lines indented deeper than the key (block scalars,
+    continued plain scalars). Commented-out lines are ignored."""
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+    exprs = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\s*)(?:-\s+)?expr:\s*(.*)$", line)
+        if not m:
+            continue
+        indent, value = len(m.group(1)), m.group(2)
+        parts = [] if value[:1] in ("|", ">") else [value.strip("'\"")]
+        for cont in lines[i + 1:]:
+            if cont.strip() and len(cont) - len(cont.lstrip()) <= indent:
+                break
+            parts.append(cont.strip())
+        exprs.append(" ".join(p for p in parts if p))
+    n_rules = sum(1 for ln in lines if re.match(r"^\s*-\s+(alert|record):", ln))
+    assert len(exprs) == n_rules, f"found {len(exprs)} exprs for {n_rules} rules"
+    return exprs
+
+
+def dashboard_exprs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["expr"]] if isinstance(node.get("expr"), str) else []
+        return own + [e for k, v in node.items() if k != "expr" for e in dashboard_exprs(v)]
+    if isinstance(node, list):
+        return [e for v in node for e in dashboard_exprs(v)]
+    return []
+
+
+def test_rules_use_only_metrics_the_code_exports() -> None:
+    exprs = rule_exprs(RULES.read_text())
+    assert len(exprs) >= 11
+    assert unknown_metrics(exprs) == []
+
+
+def test_dashboard_is_json_and_uses_only_metrics_the_code_exports() -> None:
+    dash = json.loads(DASHBOARD.read_text())
+    assert dash["schemaVersion"] >= 36
+    assert [v["name"] for v in dash["templating"]["list"] if v["type"] == "datasource"] == ["DS_PROMETHEUS"]
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    exprs = dashboard_exprs(dash)
+    assert len(exprs) >= 20
+    assert unknown_metrics(exprs) == []
+
+
+def test_the_check_catches_a_drifted_name() -> None:
+    assert unknown_metrics(["sum(hsb_serving)", "rate(hsb_replies_total[1m])", "hsb_journal_sync_seconds_bucket"]) == []
+    assert len(unknown_metrics(["hsb_no_such_metric", "rate(hsb_replies[1m])", "hsb_journal_sync_seconds", "hsb_serving_total"])) == 4
+    assert rule_exprs("rules:\n  - alert: A\n    expr: >-\n      hsb_x\n        > 1\n    for: 1m\n  - record: r\n    expr: hsb_y\n") == ["hsb_x > 1", "hsb_y"]
+
+
+def test_rule_annotations_name_existing_operations_sections() -> None:
+    """Annotations point to docs/operations.md sections by name (`§ "Name"`); each must be a heading there."""
+    text = "\n".join(ln for ln in RULES.read_text().splitlines() if not ln.lstrip().startswith("#"))
+    cited = set(re.findall(r'§ "([^"]+)"', text))
+    assert cited
+    headings = {m.group(1) for m in re.finditer(r"^#{2,4}\s+(?:\d+\.\s+)?(.+?)\s*$", OPERATIONS_MD.read_text(), re.MULTILINE)}
+    assert sorted(cited - headings) == [], "hsb-rules.yml names sections that docs/operations.md does not have"
+
+
+def test_every_alert_has_a_unit_test() -> None:
+    alerts = set(re.findall(r"^\s*-\s+alert:\s*(\w+)", RULES.read_text(), re.MULTILINE))
+    tested = set(re.findall(r"alertname:\s*(\w+)", RULES_TEST.read_text()))
+    assert alerts and sorted(alerts - tested) == []
