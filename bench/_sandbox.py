@@ -569,6 +569,12 @@ async def _load_child(a: Any) -> None:
         emit({"ev": "sending", "t": time.time()})
 
     tasks = [asyncio.ensure_future(commands()), asyncio.ensure_future(announce())]
+    workload = books = None
+    if a.workload == "ledger":
+        from hsb.term.workload import LedgerWorkload
+
+        workload = LedgerWorkload(accounts=a.accounts)
+        books = {"dsn": a.books_dsn, "sqlite": a.books_sqlite, "idempotency": not a.no_idempotency} if (a.books_dsn or a.books_sqlite) else None
     try:
         rep = await L.run_load(
             a.cp,
@@ -583,6 +589,9 @@ async def _load_child(a: Any) -> None:
             marks=marks,
             after_s=a.after_s,
             expect_disconnects=a.expect_disconnects,
+            closed_loop=a.closed_loop,
+            workload=workload,
+            books=books,
         )
     finally:
         for t in tasks:
@@ -607,6 +616,12 @@ def main(argv: list[str] | None = None) -> None:
     lp.add_argument("--connect-timeout", type=float, default=120.0)
     lp.add_argument("--after-s", type=float, default=1.0, help="a mark's window: messages sent this long after it count")
     lp.add_argument("--expect-disconnects", action="store_true", help="conventional mode: disconnects do not fail the verdict")
+    lp.add_argument("--closed-loop", action="store_true", help="each terminal keeps --window outstanding (capacity)")
+    lp.add_argument("--workload", default="echo", choices=["echo", "ledger"])
+    lp.add_argument("--accounts", type=int, default=50)
+    lp.add_argument("--books-dsn")
+    lp.add_argument("--books-sqlite")
+    lp.add_argument("--no-idempotency", action="store_true", help="ledger without records: check the books without them")
     a = p.parse_args(argv)
     from hsb import loop
 

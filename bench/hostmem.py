@@ -38,7 +38,7 @@ from hsb.config import load  # noqa: E402
 from hsb.cp.config import CPConfig  # noqa: E402
 from hsb.cp.server import CPServer  # noqa: E402
 from hsb.host.server import HostServer  # noqa: E402
-from hsb.host.service import EchoService  # noqa: E402
+from hsb.service.builtin import EchoService  # noqa: E402
 from hsb.wire.client import request  # noqa: E402
 from tests.support.hostclient import FakeTerminal  # noqa: E402
 from tests.support.inproc import start_pair  # noqa: E402

@@ -4,7 +4,10 @@ standby again; a readable report of the failover timeline, the worst pause a
 terminal saw and the strict delivery verdict. Then the same failover in
 conventional mode (no standby sessions, the classic reconnect of [0002]) and
 both side by side. Act three kills hsbcpd itself under load and starts it again
-on its journal: every terminal resumes, nothing lost.
+on its journal: every terminal resumes, nothing lost. Act four runs the `ledger`
+service (SQLite in the demo's folder, or PostgreSQL with --dsn) under transfers,
+SIGKILLs the active, and checks the books: balanced, every transfer applied
+exactly once, every reply the one stored first.
 
 Exit status 1 if any promise was broken (hsb.term.report: anything lost,
 duplicated, unexpected, with the wrong data, never acknowledged, or a
@@ -247,6 +250,64 @@ def render_cp(r: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+async def ledger_act(d: Path, *, terminals: int, rate: float, dsn: str | None, say: Any) -> dict[str, Any]:
+    """Act four: money. The ledger service under transfers; SIGKILL the active; the books."""
+    from hsb.term.workload import LedgerWorkload
+
+    where = "PostgreSQL" if dsn else "SQLite in the demo's folder"
+    say(f"\n== the ledger: {terminals} terminals sending transfers, the books in {where} ==")
+    info = await sandbox.aup(d, terminals=terminals, service="ledger", dsn=dsn, timeout=60)
+    w = LedgerWorkload(accounts=50)
+    try:
+        sending, stop = asyncio.Event(), asyncio.Event()
+        marks: list[tuple[str, float]] = []
+        load = asyncio.ensure_future(
+            run_load(info["cp"]["terminal"], terminals=terminals, rate=rate, duration=3600, settle=30, sending=sending,
+                     stop=stop, marks=marks, workload=w, books=info["ledger"])
+        )
+        await asyncio.wait_for(sending.wait(), 60)
+        await _until(d, lambda s: s["cp"]["terminals"]["standby_sessions"] == terminals, 30, "standby sessions")
+        say(f"   {w.n} accounts opened and funded; transfers at {rate:.0f} msg/s")
+        await asyncio.sleep(1.5)
+        pid = sandbox.load_state(d)["hosts"]["host-a"]["pid"]
+        marks.append(("SIGKILL of the active", time.time()))
+        os.kill(pid, signal.SIGKILL)
+        say(f"   SIGKILL host-a (pid {pid}) with transfers in flight")
+        st = await _until(d, lambda s: _actives(s) == ["host-b"], 30, "host-b active")
+        await asyncio.sleep(1.5)
+        stop.set()
+        rep = await load
+    finally:
+        sandbox.down(d)
+    pause = rep.pause or {}
+    return {
+        "mode": "ledger",
+        "database": "postgresql" if dsn else "sqlite",
+        "terminals": terminals,
+        "active_after": _actives(st),
+        "worst_pause_ms": pause.get("worst_ms"),
+        "books": rep.books,
+        "ok": rep.ok,
+        "failures": rep.failures,
+    }
+
+
+def render_ledger(r: dict[str, Any]) -> str:
+    b = r["books"] or {}
+    out = [
+        "",
+        f"Act four: the ledger service on {r['database']}, the active SIGKILLed under transfers",
+        f"  active afterwards: {', '.join(r['active_after'])}; worst pause {r['worst_pause_ms']} ms",
+    ]
+    if "error" in b:
+        out.append(f"  books: could not be checked: {b['error']}")
+    elif b:
+        out.append(f"  books: {b['accounts']} accounts hold {b['total']:,} of {b['expected_total']:,} deposited;"
+                   f" {b['transfers_ok']:,} transfers told ok, {b['transfers_refused']:,} refused, {b['entries']:,} entries")
+    out.append("  VERDICT: " + ("the books balance: every transfer applied exactly once, every reply the stored one" if r["ok"] else "FAILED: " + "; ".join(r["failures"])))
+    return "\n".join(out)
+
+
 async def amain(args: argparse.Namespace) -> int:
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="hsb-demo-"))
     say = (lambda s: print(s, file=sys.stderr)) if args.json else print
@@ -255,13 +316,16 @@ async def amain(args: argparse.Namespace) -> int:
     if not args.fast_only:
         results.append(await scenario(base / "conventional", conventional=True, terminals=args.terminals, rate=args.rate, say=say))
     cp = None if args.no_cp_restart else await cp_restart(base / "cp-restart", terminals=args.terminals, rate=args.rate, say=say)
-    ok = all(r["ok"] for r in results) and (cp is None or cp["ok"])
+    money = None if args.no_ledger else await ledger_act(base / "ledger", terminals=args.terminals, rate=min(args.rate, 400.0), dsn=args.dsn, say=say)
+    ok = all(r["ok"] for r in results) and (cp is None or cp["ok"]) and (money is None or money["ok"])
     if args.json:
-        print(json.dumps({"ok": ok, "results": results, "cp_restart": cp}, indent=2))
+        print(json.dumps({"ok": ok, "results": results, "cp_restart": cp, "ledger": money}, indent=2))
     else:
         print(render(results))
         if cp is not None:
             print(render_cp(cp))
+        if money is not None:
+            print(render_ledger(money))
         if args.dir or not ok:
             print(f"logs and configs: {base}")
     if not args.dir and ok:
@@ -277,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", help="keep configs and logs here (default: a new temp folder)")
     p.add_argument("--fast-only", action="store_true", help="skip the conventional-mode comparison")
     p.add_argument("--no-cp-restart", action="store_true", help="skip act three (hsbcpd killed and restarted)")
+    p.add_argument("--no-ledger", action="store_true", help="skip act four (the ledger service and its books)")
+    p.add_argument("--dsn", help="act four on this PostgreSQL database instead of SQLite in the demo's folder")
     args = p.parse_args(argv)
     from hsb import logs, loop
 

@@ -25,7 +25,7 @@ from hsb.cp.config import CPConfig
 from hsb.cp.server import CPServer
 from hsb.host import cplink, peer
 from hsb.host.server import HostServer
-from hsb.host.service import EchoService
+from hsb.service.builtin import EchoService
 from hsb.wire.client import FrameStream, request
 from tests.support.cycles import collector_off
 from tests.support.hostclient import FakeTerminal

@@ -119,16 +119,19 @@ def sandbox() -> None:
 @sandbox.command("up")
 @click.option("--dir", "dir_", required=True, type=click.Path(file_okay=False), help="Folder for configs, secret, takeover file and logs.")
 @click.option("--terminals", default=200, show_default=True, type=click.IntRange(1, 1_000_000))
-@click.option("--service", type=click.Choice(["echo", "journal"]), default="echo", show_default=True)
+@click.option("--service", type=click.Choice(["echo", "journal", "ledger"]), default="echo", show_default=True)
+@click.option("--dsn", default=None, metavar="DSN", help="ledger: a PostgreSQL database both hosts use (default: SQLite in --dir).")
 @click.option("--conventional", is_flag=True, help="fast_switch = false: no standby sessions (the classic hot standby).")
 @click.option("--logon-ms", default=0.0, show_default=True, help="Simulated logon work per session open.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for hot standby.")
-def sandbox_up(dir_: str, terminals: int, service: str, conventional: bool, logon_ms: float, timeout: float) -> None:
+def sandbox_up(dir_: str, terminals: int, service: str, dsn: str | None, conventional: bool, logon_ms: float, timeout: float) -> None:
     """Start the sandbox and wait for hot standby; print one JSON object."""
     from hsb.ctl.sandbox import SandboxError, up
 
+    if dsn and service != "ledger":
+        raise click.UsageError("--dsn is for --service ledger")
     try:
-        info = up(Path(dir_), terminals=terminals, service=service, conventional=conventional, timeout=timeout, logon_ms=logon_ms)
+        info = up(Path(dir_), terminals=terminals, service=service, conventional=conventional, timeout=timeout, logon_ms=logon_ms, dsn=dsn)
     except SandboxError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

@@ -57,7 +57,8 @@ def lease_for(host_timeout: float) -> float:
 def write_configs(
     d: Path, *, terminals: int, service: str, conventional: bool, prefix: str = "T", host_timeout: float = 0.5,
     heartbeat_interval: float = 0.1, heartbeat_timeout: float = 0.5, logon_ms: float = 0, durability: str = "fsync",
-    journal_segment_kib: int = 8192, host_options: dict[str, Any] | None = None,
+    journal_segment_kib: int = 8192, host_options: dict[str, Any] | None = None, dsn: str | None = None,
+    service_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     d.mkdir(parents=True, exist_ok=True)
     secret = d / "secret"
@@ -89,6 +90,9 @@ def write_configs(
         opts: dict[str, Any] = {"logon_ms": logon_ms}
         if service == "journal":
             opts["journal"] = str(d / f"journal-{name}.log")
+        if service == "ledger":  # PostgreSQL if given, else SQLite in this folder (one machine)
+            opts.update({"dsn": dsn} if dsn else {"sqlite": str(d / "ledger.sqlite")})
+        opts.update(service_options or {})
         text = _section("host", {
             "name": name,
             "peer_listen": ports[f"{me}_peer"],
@@ -212,6 +216,7 @@ async def aup(
     d: Path, *, terminals: int = 200, service: str = "echo", conventional: bool = False, timeout: float = 60.0, logon_ms: float = 0,
     host_timeout: float = 0.5, host_env: dict[str, dict[str, str]] | None = None, cp_env: dict[str, str] | None = None,
     durability: str = "fsync", journal_segment_kib: int = 8192, host_options: dict[str, Any] | None = None,
+    dsn: str | None = None, service_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Start the sandbox in `d` and wait for hot standby (see module docstring)."""
     d = d.resolve()
@@ -219,7 +224,10 @@ async def aup(
         old = load_state(d)
         if any(_alive(p["pid"]) for p in [old["cp"], *old["hosts"].values()]):
             raise SandboxError(f"a sandbox is already running in {d}; 'hsbctl sandbox down --dir {d}' first")
-    plan = write_configs(d, terminals=terminals, service=service, conventional=conventional, logon_ms=logon_ms, host_timeout=host_timeout, durability=durability, journal_segment_kib=journal_segment_kib, host_options=host_options)
+    plan = write_configs(d, terminals=terminals, service=service, conventional=conventional, logon_ms=logon_ms, host_timeout=host_timeout, durability=durability, journal_segment_kib=journal_segment_kib, host_options=host_options, dsn=dsn, service_options=service_options)
+    if service == "ledger" and not dsn:
+        for suffix in ("", "-wal", "-shm"):  # a new sandbox: new books
+            (d / f"ledger.sqlite{suffix}").unlink(missing_ok=True)
     create_file(plan["takeover"], plan["records"], 4096, force=True)
     shutil.rmtree(d / "cp-journal", ignore_errors=True)  # a new sandbox: the CP starts empty
     ports = plan["ports"]
@@ -236,6 +244,7 @@ async def aup(
         "terminal_count": terminals,
         "takeover": plan["takeover"],
         "journals": [str(d / f"journal-{n}.log") for n in HOSTS] if service == "journal" else [],
+        "ledger": ({"dsn": dsn} if dsn else {"sqlite": str(d / "ledger.sqlite")}) if service == "ledger" else None,
     }
     save_state(d, st)
     _wait_port(ports["host"], 15.0, d)
@@ -298,6 +307,7 @@ def describe(d: Path) -> dict[str, Any]:
         "service": st["service"],
         "conventional": st["conventional"],
         "journals": st["journals"],
+        "ledger": st.get("ledger"),
         "takeover": st["takeover"],
         "secret_file": str(Path(st["dir"]) / "secret"),
     }

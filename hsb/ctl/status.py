@@ -136,6 +136,10 @@ def render(st: dict[str, Any]) -> str:
         out.append(f"            startup id own {sid['own'] or '-'} partner {sid['partner'] or '-'}")
         t = h["terminals"]
         out.append(f"            terminals defined {t['defined']} linked {t['linked']}  sessions {t['active_sessions']} active / {t['standby_sessions']} standby")
+        sv = h.get("service") or {}
+        if sv.get("state") == "failing":
+            out.append(f"            SERVICE FAILING ({sv.get('name')}): {sv.get('error')}; {sv.get('waiting_terminals')} terminal(s) wait,"
+                       f" their messages held at the CP and retried ({sv.get('retries')} retries so far)")
         if h.get("file_mismatch"):
             out.append(f"            ERROR {h['file_mismatch']}")
         if h.get("last_error"):

@@ -6,11 +6,17 @@ message travel in one frame (docs/design.md), sent only after the handler
 returns. No message is handed to the service while the active's lease is not
 valid: they wait, in order, until it is renewed (or the link is lost and the
 CP re-delivers them to whoever serves next).
+
+A service that raises `ServiceUnavailable` (its database is down, say) keeps the message:
+it is handed over again, with backoff, until it is answered, and the terminal's later
+messages wait behind it. `health` says whether the service is answering, for status and
+metrics; the message stays held at the CP all along, so nothing is lost if this host dies.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -18,9 +24,42 @@ from typing import Any
 import structlog
 
 from hsb import faults
-from hsb.host.service import Service
+from hsb.backoff import Backoff
+from hsb.service.api import Service, ServiceUnavailable
 
 log = structlog.get_logger("hsb.host")
+
+RETRY_FIRST = 0.05  # seconds before a message the service could not take is handed over again
+RETRY_CAP = 2.0
+
+
+class ServiceHealth:
+    """Whether the service answers: "ok", or "failing" with the last error, since when, and
+    how many messages are waiting for it."""
+
+    def __init__(self) -> None:
+        self.state = "ok"
+        self.error: str | None = None
+        self.since = time.time()
+        self.retries = 0  # hand-overs that the service answered with ServiceUnavailable
+        self.waiting: set[str] = set()  # terminals whose next message waits for the service
+
+    def failing(self, terminal: str, error: str) -> None:
+        self.retries += 1
+        self.waiting.add(terminal)
+        self.error = error
+        if self.state != "failing":
+            self.state, self.since = "failing", time.time()
+            log.error("service_failing", error=error, msg="messages wait (held at the CP) and are retried until the service answers")
+
+    def answered(self, terminal: str) -> None:
+        self.waiting.discard(terminal)
+        if self.state != "ok" and not self.waiting:
+            log.info("service_recovered", after_s=round(time.time() - self.since, 3), retries=self.retries)
+            self.state, self.error, self.since = "ok", None, time.time()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "error": self.error, "since": self.since, "retries": self.retries, "waiting_terminals": len(self.waiting)}
 
 
 class Delivery:
@@ -47,6 +86,9 @@ class Delivery:
         self.idle = asyncio.Event()
         self.idle.set()
         self.counters = {"processed": 0, "redelivered": 0, "errors": 0}
+        self.health = ServiceHealth()
+        self._backoffs: dict[str, Backoff] = {}  # terminals whose message the service could not take
+        self._cancelled = asyncio.Event()  # set by cancel(): retry waits end at once
 
     def deliver(self, terminal: str, mid: int, data: Any, redelivered: bool) -> None:
         q = self.queues.get(terminal)
@@ -63,15 +105,24 @@ class Delivery:
             while q:
                 if not self.may_handle() and not await self.wait_open():
                     return
-                mid, data, redelivered = q.popleft()
+                mid, data, redelivered = q[0]  # it leaves the queue only once answered
                 try:
                     reply = await self.service.handle(terminal, mid, data, redelivered)
                     if not isinstance(reply, (bytes, str)):
                         reply = str(reply)
+                except ServiceUnavailable as exc:
+                    self.health.failing(terminal, str(exc) or type(exc).__name__)
+                    if not await self._retry_wait(terminal):
+                        return
+                    continue
                 except Exception as exc:  # the application's error becomes the reply
                     self.counters["errors"] += 1
                     log.error("service_error", terminal=terminal, id=mid, error=f"{type(exc).__name__}: {exc}")
                     reply = f"error: {type(exc).__name__}"
+                q.popleft()
+                if self.health.state != "ok":
+                    self.health.answered(terminal)
+                    self._backoffs.pop(terminal, None)
                 self.counters["processed"] += 1
                 if redelivered:
                     self.counters["redelivered"] += 1
@@ -89,6 +140,18 @@ class Delivery:
             if self.in_flight <= 0:
                 self.in_flight = 0
                 self.idle.set()
+
+    async def _retry_wait(self, terminal: str) -> bool:
+        """Back off before handing the same message over again; False if cancel() came meanwhile."""
+        b = self._backoffs.get(terminal)
+        if b is None:
+            b = self._backoffs[terminal] = Backoff(RETRY_FIRST, RETRY_CAP)
+        gen = self.gen
+        try:
+            await asyncio.wait_for(self._cancelled.wait(), b.next())
+        except TimeoutError:
+            pass
+        return self.gen == gen
 
     async def wait_open(self) -> bool:
         """Wait until messages may be handed to the service again; False if cancel() came first."""
@@ -116,6 +179,10 @@ class Delivery:
         """Drop everything in progress: the CP re-delivers it (marked) to whoever serves next."""
         self.gen += 1
         self.open.set()  # waiters wake, see the new generation and give up
+        self._cancelled.set()
+        self._cancelled = asyncio.Event()
+        self._backoffs.clear()
+        self.health.waiting.clear()
         for t in list(self.workers.values()):
             t.cancel()
         self.workers.clear()

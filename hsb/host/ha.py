@@ -743,6 +743,7 @@ class HA:
             "last_takeover": self.takeover,
             "last_error": self.last_error,
             "delivery": dict(self.srv.delivery.counters),
+            "service": self.srv.service_status(),
             "counters": dict(self.counters),
             "ring_lag": self.ring_lag(),
         }

@@ -16,7 +16,7 @@ def check_service(cfg: HostConfig) -> list[str]:
     """The service is importable and constructible with [service_options] (then closed again)."""
     import asyncio
 
-    from hsb.host.service import ServiceError, load_service
+    from hsb.service.api import ServiceError, load_service
 
     try:
         service = load_service(cfg.host.service, cfg.host.name, dict(cfg.service_options))
@@ -47,7 +47,7 @@ def main(role: str | None, config_path: str, check_config: bool, log_level: str)
     from hsb import faults, loop
 
     faults.install()
-    from hsb.host.service import ServiceError, load_service
+    from hsb.service.api import ServiceError, load_service
     from hsb.takeover.errors import TakeoverError
 
     async def run() -> int:

@@ -25,7 +25,7 @@ from hsb.host.delivery import Delivery
 from hsb.host.ha import HA
 from hsb.host.hooks import RoleHook
 from hsb.host.peer import PeerLink
-from hsb.host.service import Service
+from hsb.service.api import Service
 from hsb.host.sessions import SessionTable
 from hsb.host.sessions_ctl import SessionsCtl
 from hsb.host.takeover_io import TakeoverIO
@@ -87,6 +87,12 @@ class HostServer:
         self.stop_mode = "takeover"  # SIGTERM hands over; `hsbctl stop --no-takeover` says "normal"
         self.hook = RoleHook(cfg.host.on_role_change, cfg.host.hook_timeout)
 
+
+    def service_status(self) -> dict[str, Any]:
+        """The service's name, whether it answers (hsb.host.delivery), and what it says of itself."""
+        own = getattr(self.service, "status", None)
+        extra = own() if callable(own) else {}
+        return {"name": self.cfg.host.service, **self.delivery.health.as_dict(), **extra}
     def _cp_down(self, why: str) -> None:
         # At once, before the link reconnects: work in progress would answer under an
         # epoch the CP no longer has (and get this host fenced). The CP re-delivers it.

@@ -87,6 +87,10 @@ class HostCollector:
         d = st["delivery"]
         yield _c("hsb_messages_processed", "Messages processed by the service.", d["processed"])
         yield _c("hsb_messages_redelivered", "Processed messages that were marked redelivered.", d["redelivered"])
+        sv = st.get("service") or {}
+        yield _g("hsb_service_healthy", "1 while the service answers (0: it reported itself unavailable; messages wait and are retried).",
+                 0 if sv.get("state") == "failing" else 1)
+        yield _c("hsb_service_retries", "Messages handed to the service again because it was unavailable.", sv.get("retries", 0))
         c = st.get("counters", {})
         yield _c("hsb_failovers", "Failovers this host took over in.", c.get("failovers", 0))
         yield _c("hsb_switchovers", "Planned switchovers this host took part in.", c.get("switchovers", 0))

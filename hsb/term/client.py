@@ -158,6 +158,7 @@ class TerminalClient(asyncio.Protocol):
         "cp_reconnects",
         "last_switch",
         "protocol_errors",
+        "workload",
     )
 
     def __init__(
@@ -173,8 +174,10 @@ class TerminalClient(asyncio.Protocol):
         idx: int = 0,
         check_data: bool = False,
         resume: bool = True,
+        workload: Any = None,
     ) -> None:
         self.name = name
+        self.workload = workload  # what each message says and which replies are right (hsb.term.workload)
         self.listener = listener
         self.connector: Connector | None = None
         self.base = new_id_base() if base is None else base
@@ -238,6 +241,8 @@ class TerminalClient(asyncio.Protocol):
     def payload(self, msg_id: int) -> Any:
         if self.payloads is not None:
             return self.payloads[msg_id]
+        if self.workload is not None:
+            return self.workload.payload(self.idx, (msg_id - self.base) // self.stride)
         return f"{self.name}:{(msg_id - self.base) // self.stride}{self.pad}"
 
     def submit(self, data: Any = None) -> int:
@@ -488,7 +493,11 @@ class TerminalClient(asyncio.Protocol):
         if count:
             self.listener.on_reply(self, msg_id, data, None, "duplicate")
             return
-        if self.check_data and data != self.payload(msg_id):
+        if self.workload is not None:
+            right = self.workload.check(self.idx, k, data)
+        else:
+            right = not self.check_data or data == self.payload(msg_id)
+        if self.check_data and not right:
             self.bad_data += 1
             if len(self.bad_data_ids) < 5:
                 self.bad_data_ids.append(msg_id)

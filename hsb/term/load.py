@@ -309,6 +309,8 @@ async def run_load(
     after_s: float = 1.0,
     seed: int | None = None,
     resume: bool = True,
+    workload: Any = None,
+    books: dict[str, Any] | None = None,
 ) -> LoadReport:
     """Run `terminals` simulated terminals against the CP at `cp` and report.
 
@@ -331,6 +333,12 @@ async def run_load(
     in `classic` (terminals without a standby session, which a failover
     disconnects by design). `marks` (label, wall time) get the pause of each
     operation measured over messages in flight at it or sent within `after_s`.
+
+    `workload` (hsb.term.workload.LedgerWorkload) makes the messages ledger requests: its
+    setup (opening and funding the accounts) is sent by the first terminal and answered
+    before the timed load starts. With `books` (`{"dsn": …}` or `{"sqlite": …}`) the
+    database is checked against the replies after the run (hsb.term.books); any breach is a
+    failure of the run.
     """
     if closed_loop and window < 1:
         raise ValueError("closed_loop needs window >= 1 (the messages each terminal keeps outstanding)")
@@ -342,7 +350,7 @@ async def run_load(
     stats = LoadStats(len(names))
     stride = max(1, len(names))
     clients = [
-        TerminalClient(nm, stats, base=base + i, stride=stride, idx=i, window=window, pad=pad, check_data=check_data, resume=resume)
+        TerminalClient(nm, stats, base=base + i, stride=stride, idx=i, window=window, pad=pad, check_data=check_data, resume=resume, workload=workload)
         for i, nm in enumerate(names)
     ]
     rng = random.Random(seed)
@@ -365,6 +373,9 @@ async def run_load(
         await _wait(stats.all_sessions if wait_session else stats.all_welcomed, connect_timeout, stop)
         if stop is not None:
             stop.clear()
+        if workload is not None and clients:
+            phase[0] = "setup"
+            await _setup(clients[0], workload.setup_count, connect_timeout)
 
         phase[0] = "send"
         send_start = time.monotonic()
@@ -424,7 +435,28 @@ async def run_load(
     report.cp_reconnects = sum(c.cp_reconnects for c in clients)
     if record_ids:
         report.ids = {c.name: id_ranges(c.marks, base=c.base, step=c.stride) for c in clients}
+    if workload is not None and books is not None:
+        from hsb.term.books import check_books
+
+        try:
+            b = await check_books(books, workload, clients, idempotency=books.get("idempotency", True))
+            report.books = b.as_dict()
+            report.books_failures = b.failures
+        except Exception as exc:  # noqa: BLE001 - a check that could not run is a failed run, said plainly
+            report.books = {"error": f"{type(exc).__name__}: {exc}"}
+            report.books_failures = [f"the books could not be checked: {type(exc).__name__}: {exc}"]
     return report
+
+
+async def _setup(c: TerminalClient, count: int, timeout: float) -> None:
+    """The workload's setup: `count` messages from terminal `c`, all answered, before the load."""
+    for _ in range(count):
+        c.submit()
+    deadline = time.monotonic() + timeout
+    while c.last_reply() < c.base + (count - 1) * c.stride:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the workload's setup was not answered in {timeout:g}s ({c.prefix} of {count} replies)")
+        await asyncio.sleep(0.01)
 
 
 def _report(

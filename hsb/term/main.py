@@ -150,19 +150,43 @@ async def _load_main(cp: tuple[str, int], **kw: Any) -> LoadReport:
     show_default=True,
     help="Resume after a reconnect (last_reply, confirm, resent replies); --no-resume: the older terminal protocol.",
 )
+@click.option(
+    "--workload",
+    type=click.Choice(["echo", "ledger"]),
+    default="echo",
+    show_default=True,
+    help="echo: text the service sends back; ledger: transfers between the run's accounts (service = \"ledger\").",
+)
+@click.option("--accounts", type=click.IntRange(min=2), default=50, show_default=True, help="ledger: accounts the transfers move money between.")
+@click.option("--books-dsn", default=None, metavar="DSN", help="ledger: check the books in this PostgreSQL database after the run.")
+@click.option("--books-sqlite", default=None, metavar="PATH", help="ledger: check the books in this SQLite file after the run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
-def load(cp: tuple[str, int], as_json: bool, ids_out: str | None, classic: str, **kw: Any) -> None:
+def load(
+    cp: tuple[str, int], as_json: bool, ids_out: str | None, classic: str, workload: str, accounts: int,
+    books_dsn: str | None, books_sqlite: str | None, **kw: Any,
+) -> None:
     """Run N terminals at a total rate; check every promise; report latency and pauses.
 
     Exit status 1 if any promise was broken: an acknowledged message lost, a
     reply duplicated, unexpected (an id never sent, or before its ack) or with
     the wrong data, a message never acknowledged, a terminal never logged on,
     or a disconnect or session closure (unless --expect-disconnects, or the
-    terminal is named in --classic); each reason is printed. 2 if no terminal
+    terminal is named in --classic); with --workload ledger and --books-dsn or
+    --books-sqlite, also books that do not balance, a transfer applied twice
+    or not as told, or a reply that differs from the stored first one. Each
+    reason is printed. 2 if no terminal
     was ever welcomed (nothing connected), or on a usage error. Ctrl-C ends the
     current phase (connect, send, settle) early.
     """
     kw["classic"] = [n for n in classic.split(",") if n]
+    if workload == "ledger":
+        from hsb.term.workload import LedgerWorkload
+
+        kw["workload"] = LedgerWorkload(accounts=accounts)
+        if books_dsn or books_sqlite:
+            kw["books"] = {"dsn": books_dsn, "sqlite": books_sqlite}
+    elif books_dsn or books_sqlite:
+        raise click.UsageError("--books-dsn/--books-sqlite check a ledger run: add --workload ledger")
     if kw["rate"] is None:
         if not kw["closed_loop"]:
             raise click.UsageError("--rate is required (or use --closed-loop)")

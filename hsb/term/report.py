@@ -100,6 +100,9 @@ class LoadReport:
     # With run_load(record_ids=True): {terminal: {"acked": [[first, last], ...], "replied": [...]}}.
     # Left out of to_dict() unless asked for (it grows with the run).
     ids: dict[str, dict[str, list[list[int]]]] | None = None
+    # ledger workload: the books check (hsb.term.books) and what it found wrong
+    books: dict[str, Any] | None = None
+    books_failures: list[str] = field(default_factory=list)
 
     @property
     def connected(self) -> bool:
@@ -147,6 +150,7 @@ class LoadReport:
                 out.append("CP errors: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.errors.items())))
         if self.protocol_errors:
             out.append(f"protocol errors: {self.protocol_errors} frames from the CP broke the protocol")
+        out.extend(f"books: {f}" for f in self.books_failures)
         return out
 
     @property
@@ -247,6 +251,15 @@ def format_table(r: LoadReport) -> str:
         rows.append(("CP errors", ", ".join(f"{k} x{v}" for k, v in sorted(r.errors.items()))))
     if r.protocol_errors:
         rows.append(("protocol errors", str(r.protocol_errors)))
+    if r.books is not None:
+        b = r.books
+        rows.append((
+            "books",
+            b["error"] if "error" in b else
+            f"{b['accounts']} accounts hold {b['total']} (deposited {b['expected_total']}); transfers told ok {b['transfers_ok']},"
+            f" refused {b['transfers_refused']}; {b['entries']} entries"
+            + ("; balanced, each applied exactly once, every reply the stored one" if not r.books_failures else ""),
+        ))
     if r.ok:
         verdict = "OK: every message acknowledged and answered exactly once, with the right data"
     elif r.exit_status == 2:

@@ -36,12 +36,16 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from hsb.ctl import sandbox
 from hsb.ctl.gather import status_all
-from hsb.term.load import run_load
+from hsb.term.books import check_books
+from hsb.term.client import new_id_base
+from hsb.term.load import run_load, terminal_names
 from hsb.term.verdict import ids
+from hsb.term.workload import LedgerWorkload
 from tests.support.massterm import Fleet
 
 HOSTS = ("host-a", "host-b")
@@ -93,8 +97,17 @@ class CampaignError(AssertionError):
 
 
 class Campaign:
-    def __init__(self, d: Path, *, seed: int, terminals: int = 100, rate: float = 300.0, churners: int = 8, say: Any = print) -> None:
+    def __init__(
+        self, d: Path, *, seed: int, terminals: int = 100, rate: float = 300.0, churners: int = 8, say: Any = print,
+        ledger: dict[str, Any] | None = None,
+    ) -> None:
+        """`ledger` ({"dsn": …} or {} for SQLite in the sandbox): the ledger service under a
+        transfer load, its books checked after every round, instead of the journal service."""
         self.d = d
+        self.ledger = ledger
+        self.workload = LedgerWorkload(accounts=40, seed=seed) if ledger is not None else None
+        self.id_base = new_id_base()
+        self.books_checked = 0
         self.seed = seed
         self.n = terminals
         self.rate = rate
@@ -347,8 +360,12 @@ class Campaign:
     # ------------------------------------------------------------------ the campaign
     async def run(self, rounds: int) -> dict[str, Any]:
         self.say(f"campaign seed {self.seed}: {rounds} rounds, {self.n} terminals at {self.rate:.0f} msg/s")
-        await sandbox.aup(self.d, terminals=self.n + self.churners, service="journal", host_env={h: self.env(h) for h in HOSTS},
-                          cp_env=self.env("cp"), journal_segment_kib=CP_SEGMENT_KIB, timeout=60)
+        info = await sandbox.aup(
+            self.d, terminals=self.n + self.churners, service="ledger" if self.ledger is not None else "journal",
+            dsn=(self.ledger or {}).get("dsn"), host_env={h: self.env(h) for h in HOSTS},
+            cp_env=self.env("cp"), journal_segment_kib=CP_SEGMENT_KIB, timeout=60,
+        )
+        books = info["ledger"]
         for h in ("cp", *HOSTS):
             (self.d / f"crash-{h}").write_text("")
         sending, stop, churn_stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
@@ -358,13 +375,16 @@ class Campaign:
 
         load = asyncio.ensure_future(
             # disconnects are judged per round (allowed only where a terminal could lack a standby session)
-            run_load(self.state()["cp"]["terminal"], terminals=self.n, rate=self.rate, duration=86400, settle=30, record_ids=True, sending=sending, stop=stop, progress=progress, progress_interval=0.1, expect_disconnects=True)
+            run_load(self.state()["cp"]["terminal"], terminals=self.n, rate=self.rate, duration=86400, settle=30, record_ids=True, sending=sending, stop=stop, progress=progress, progress_interval=0.1, expect_disconnects=True,
+                     id_base=self.id_base, workload=self.workload, books=books)
         )
         churn = asyncio.ensure_future(self.churn(churn_stop))
         try:
             await asyncio.wait_for(sending.wait(), 60)
             for i in range(rounds):
                 r = await self.round(i)
+                if self.workload is not None:
+                    await self.check_books_now(books, r)
                 self.rounds.append(r)
                 self.say(f"  round {i:4d} seed {r.seed:>16} {r.action:<32} epoch {r.epoch_before}->{r.epoch_after} {r.ms:7.0f} ms" + (" (operator restart)" if r.recovered_by_operator else "") + ("; " + "; ".join(r.notes) if r.notes else ""))
         finally:
@@ -373,7 +393,7 @@ class Campaign:
             report = await load
             await churn
         d = report.to_dict()
-        journal_problems = self.check_journals(report)
+        journal_problems = self.check_journals(report) if self.workload is None else {"missing": 0, "unmarked_repeats": 0}
         summary = {
             "seed": self.seed,
             "rounds": len(self.rounds),
@@ -395,8 +415,19 @@ class Campaign:
             "actions": {a: sum(r.action == a and not r.fallback for r in self.rounds) for a in ACTIONS},
             "fallbacks": {a: n for a in ACTIONS if (n := sum(r.action == a and r.fallback for r in self.rounds))},
             "rounds_detail": [asdict(r) for r in self.rounds],
+            "books_checked": self.books_checked,
+            "books": report.books,
         }
         return summary
+
+    async def check_books_now(self, books: dict[str, Any], r: Round) -> None:
+        """The books in the middle of the run: balanced, nothing applied twice or not as told."""
+        assert self.workload is not None
+        clients = [SimpleNamespace(name=n, idx=i, base=self.id_base + i, stride=self.n) for i, n in enumerate(terminal_names(self.n))]
+        b = await check_books(books, self.workload, clients, final=False)
+        self.books_checked += 1
+        if b.failures:
+            raise CampaignError(f"seed {r.seed} ({r.action}): the books after the round: {b.failures}")
 
     def check_journals(self, report: Any) -> dict[str, int]:
         unmarked: dict[tuple[str, int], int] = {}

@@ -1,35 +1,11 @@
-"""The online service plug-in interface and the built-in services.
-
-`service = "package.module:factory"` in the host config (or a built-in name:
-"echo", "journal"). The factory is called with the host name and the
-`[service_options]` table and returns an object with:
-
-    async handle(terminal, message_id, data, redelivered) -> reply data
-    async open_session(terminal, attrs, standby) -> None   (logon work)
-    async close_session(terminal) -> None
-
-The host sends the reply and the discard of the message in one frame once
-`handle` returns. `open_session` runs for active *and* standby sessions, so an
-application can do its logon work ahead of time on the standby.
-"""
+"""The built-in services `echo` and `journal` (SPEC §2's stand-ins for an application)."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 from pathlib import Path
-from typing import Any, Protocol
-
-
-class Service(Protocol):
-    async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any: ...
-
-    async def open_session(self, terminal: str, attrs: dict[str, Any], standby: bool) -> None: ...
-
-    async def close_session(self, terminal: str) -> None: ...
-
-    async def close(self) -> None: ...
+from typing import Any
 
 
 class EchoService:
@@ -110,31 +86,3 @@ class JournalService(EchoService):
         if self.writer is not None:
             self.writer.cancel()
         os.close(self.fd)
-
-
-BUILTINS = {"echo": EchoService, "journal": JournalService}
-
-
-class ServiceError(Exception):
-    pass
-
-
-def load_service(spec: str, host: str, options: dict[str, Any]) -> Service:
-    """Build the service named by `spec` ("echo", "journal" or "pkg.mod:factory")."""
-    if spec in BUILTINS:
-        factory: Any = BUILTINS[spec]
-    else:
-        mod_name, sep, attr = spec.partition(":")
-        if not sep or not mod_name or not attr:
-            raise ServiceError(f"service {spec!r} must be 'echo', 'journal' or 'package.module:factory'")
-        try:
-            mod = importlib.import_module(mod_name)
-        except ImportError as exc:
-            raise ServiceError(f"service {spec!r}: cannot import {mod_name}: {exc}") from None
-        factory = getattr(mod, attr, None)
-        if factory is None:
-            raise ServiceError(f"service {spec!r}: {mod_name} has no {attr!r}")
-    try:
-        return factory(host, **options)  # type: ignore[no-any-return]
-    except TypeError as exc:
-        raise ServiceError(f"service {spec!r}: bad [service_options]: {exc}") from None

@@ -1,0 +1,74 @@
+"""The service plug-in interface: what hsbd runs for each message, and how it is loaded.
+
+`service = "package.module:factory"` in the host config (or a built-in name: "echo",
+"journal", "ledger"). The factory is called with the host name and the `[service_options]`
+table and returns an object with:
+
+    async handle(terminal, message_id, data, redelivered) -> reply data
+    async open_session(terminal, attrs, standby) -> None   (logon work)
+    async close_session(terminal) -> None
+    async close() -> None
+
+The host sends the reply and the discard of the message in one frame once `handle` returns.
+`open_session` runs for active *and* standby sessions, so an application can do its logon
+work ahead of time on the standby.
+
+What `handle` raises decides what happens to the message:
+- `ServiceUnavailable` (the database is down, say): the message is kept and handed to the
+  service again, in order, with backoff, until it is answered; the host's status shows the
+  service as failing meanwhile. Nothing is lost and nothing is answered with an error.
+- any other exception is the application's error: the reply is "error: <ExceptionType>".
+An optional `status()` method returns a dict shown in the host's status.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Protocol
+
+
+class Service(Protocol):
+    async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any: ...
+
+    async def open_session(self, terminal: str, attrs: dict[str, Any], standby: bool) -> None: ...
+
+    async def close_session(self, terminal: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class ServiceError(Exception):
+    """The service named in the config cannot be loaded or built."""
+
+
+class ServiceUnavailable(Exception):
+    """The service cannot answer now (its database is unreachable, say): retry the message later."""
+
+
+def builtins() -> dict[str, Any]:
+    from hsb.service.builtin import EchoService, JournalService
+    from hsb.service.ledger import LedgerService
+
+    return {"echo": EchoService, "journal": JournalService, "ledger": LedgerService}
+
+
+def load_service(spec: str, host: str, options: dict[str, Any]) -> Service:
+    """Build the service named by `spec` ("echo", "journal" or "pkg.mod:factory")."""
+    known = builtins()
+    if spec in known:
+        factory: Any = known[spec]
+    else:
+        mod_name, sep, attr = spec.partition(":")
+        if not sep or not mod_name or not attr:
+            raise ServiceError(f"service {spec!r} must be 'echo', 'journal', 'ledger' or 'package.module:factory'")
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError as exc:
+            raise ServiceError(f"service {spec!r}: cannot import {mod_name}: {exc}") from None
+        factory = getattr(mod, attr, None)
+        if factory is None:
+            raise ServiceError(f"service {spec!r}: {mod_name} has no {attr!r}")
+    try:
+        return factory(host, **options)  # type: ignore[no-any-return]
+    except TypeError as exc:
+        raise ServiceError(f"service {spec!r}: bad [service_options]: {exc}") from None

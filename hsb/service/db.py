@@ -1,0 +1,264 @@
+"""One small async interface over PostgreSQL (asyncpg) and SQLite, for services.
+
+A service runs its statements inside `async with db.transaction() as tx:` and writes SQL
+once, with `$1, $2, …` placeholders (SQLite gets them as `?1, ?2, …`). What can go wrong is
+sorted here, once, into three kinds, because the host treats them differently:
+
+- `RetryTransaction`: a serialization failure or deadlock (PostgreSQL) or a busy database
+  (SQLite): the transaction is rolled back and may simply run again;
+- `ServiceUnavailable` (hsb.service.api): the database cannot be reached or is shutting
+  down or out of resources: the host keeps the message, retries it with backoff, and shows
+  the service as failing (the message stays held at the CP, nothing is lost);
+- anything else is the application's error (a bug): it becomes the message's error reply.
+
+PostgreSQL is the database for two machines. SQLite is for one machine only (the sandbox and
+the demo): both hosts open the same file, which is safe only on a local disk, since SQLite's
+locks do not hold across NFS, and a second machine could not reach the file anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from hsb.service.api import ServiceUnavailable
+
+
+class RetryTransaction(Exception):
+    """The transaction lost a race (serialization failure, deadlock, busy): run it again."""
+
+
+class Tx(Protocol):
+    """A transaction: statements with `$n` placeholders; rows come back as tuples."""
+
+    for_update: str  # " FOR UPDATE" where row locks exist (PostgreSQL), "" where the whole database is locked
+
+    async def execute(self, sql: str, *args: Any) -> None: ...
+
+    async def fetchval(self, sql: str, *args: Any) -> Any: ...
+
+    async def fetchrow(self, sql: str, *args: Any) -> tuple[Any, ...] | None: ...
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]: ...
+
+
+class Database(Protocol):
+    kind: str
+
+    def transaction(self) -> Any: ...  # an async context manager giving a Tx
+
+    async def setup(self, ddl: list[str]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def open_database(dsn: str | None = None, sqlite: str | None = None, **opts: Any) -> Database:
+    """PostgreSQL for a `postgresql://…` DSN (or libpq keywords), else SQLite at `sqlite`."""
+    if dsn:
+        return PostgresDatabase(dsn, **opts)
+    if sqlite:
+        return SqliteDatabase(sqlite, **{k: v for k, v in opts.items() if k in ("busy_timeout",)})
+    raise ValueError("a database is needed: dsn = 'postgresql://…' or sqlite = 'PATH'")
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+# SQLSTATE classes that mean "the database is not there for us now", not "the request is bad"
+_UNAVAILABLE_PREFIXES = ("08", "53", "57P", "58")
+_UNAVAILABLE_STATES = {"57014"}  # query cancelled (our command_timeout)
+_RETRY_STATES = {"40001", "40P01"}  # serialization failure, deadlock
+
+
+def classify_pg(exc: BaseException) -> BaseException | None:
+    """The kind of an asyncpg error (see the module docstring); None: the application's."""
+    import asyncpg
+
+    state = getattr(exc, "sqlstate", None)
+    if state in _RETRY_STATES:
+        return RetryTransaction(str(exc))
+    if state and (state in _UNAVAILABLE_STATES or state.startswith(_UNAVAILABLE_PREFIXES)):
+        return ServiceUnavailable(f"database unavailable: {type(exc).__name__}: {exc}")
+    if isinstance(exc, (asyncpg.InterfaceError, OSError, TimeoutError)):
+        return ServiceUnavailable(f"database unreachable: {type(exc).__name__}: {exc}".rstrip(": "))
+    return None
+
+
+class _PgTx:
+    for_update = " FOR UPDATE"
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self.conn.execute(sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return await self.conn.fetchval(sql, *args)
+
+    async def fetchrow(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
+        r = await self.conn.fetchrow(sql, *args)
+        return None if r is None else tuple(r)
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in await self.conn.fetch(sql, *args)]
+
+
+class PostgresDatabase:
+    """An asyncpg pool, opened on first use (a standby never needs it; a database that is
+    down at start is only a failing service, not a failed start)."""
+
+    kind = "postgresql"
+
+    def __init__(
+        self, dsn: str, pool_size: int = 10, command_timeout: float = 10.0, connect_timeout: float = 5.0, tx_idle_timeout: float = 1.0,
+    ) -> None:
+        self.dsn = dsn
+        # the server ends a transaction of ours left idle this long: a host stopped (SIGSTOP, a
+        # hung VM) in the middle of one must not hold its row locks against the new active
+        self.tx_idle_timeout = float(tx_idle_timeout)
+        self.pool_size = int(pool_size)
+        self.command_timeout = float(command_timeout)
+        self.connect_timeout = float(connect_timeout)
+        self._pool: Any = None
+        self._creating: asyncio.Lock | None = None
+
+    async def _get_pool(self) -> Any:
+        if self._pool is not None:
+            return self._pool
+        import asyncpg
+
+        if self._creating is None:
+            self._creating = asyncio.Lock()
+        async with self._creating:
+            if self._pool is None:
+                # min_size 0: no connection is made here, so a database that is down does not
+                # fail this; each acquire connects, and a dead connection is replaced
+                self._pool = await asyncpg.create_pool(
+                    self.dsn, min_size=0, max_size=self.pool_size, command_timeout=self.command_timeout,
+                    timeout=self.connect_timeout, max_inactive_connection_lifetime=60.0,
+                    server_settings={"idle_in_transaction_session_timeout": str(int(self.tx_idle_timeout * 1000))},
+                )
+        return self._pool
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_PgTx]:
+        try:
+            pool = await self._get_pool()
+            async with pool.acquire(timeout=self.connect_timeout) as conn, conn.transaction():
+                yield _PgTx(conn)
+        except (RetryTransaction, ServiceUnavailable):
+            raise
+        except Exception as exc:
+            kind = classify_pg(exc)
+            if kind is None:
+                raise
+            raise kind from exc
+
+    async def setup(self, ddl: list[str]) -> None:
+        async with self.transaction() as tx:
+            await tx.execute("SELECT pg_advisory_xact_lock(7147)")  # both hosts may start at once
+            for stmt in ddl:
+                await tx.execute(stmt)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), 5)
+            except (TimeoutError, Exception):  # noqa: BLE001 - closing: a dead server must not hang the stop
+                pool.terminate()
+
+
+# --------------------------------------------------------------------------- SQLite
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+class _SqliteTx:
+    for_update = ""  # BEGIN IMMEDIATE holds the database's write lock for the whole transaction
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self.db._call(lambda c: c.execute(_PLACEHOLDER.sub(r"?\1", sql), args))
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        row = await self.fetchrow(sql, *args)
+        return None if row is None else row[0]
+
+    async def fetchrow(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
+        return await self.db._call(lambda c: c.execute(_PLACEHOLDER.sub(r"?\1", sql), args).fetchone())  # type: ignore[no-any-return]
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return await self.db._call(lambda c: c.execute(_PLACEHOLDER.sub(r"?\1", sql), args).fetchall())  # type: ignore[no-any-return]
+
+
+class SqliteDatabase:
+    """One connection on one thread of its own; one transaction at a time (BEGIN IMMEDIATE);
+    WAL, synchronous=FULL: a commit is on disk before the reply goes out."""
+
+    kind = "sqlite"
+
+    def __init__(self, path: str, busy_timeout: float = 5.0) -> None:
+        self.path = Path(path)
+        self.busy_timeout = float(busy_timeout)
+        self._exec = ThreadPoolExecutor(1, thread_name_prefix="hsb-sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._lock: asyncio.Lock | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            c = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout)
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute("PRAGMA synchronous=FULL")
+            self._conn = c
+        return self._conn
+
+    async def _call(self, fn: Any) -> Any:
+        def run() -> Any:
+            return fn(self._connect())
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._exec, run)
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if "locked" in text or "busy" in text:
+                raise RetryTransaction(text) from exc
+            raise ServiceUnavailable(f"database unavailable: sqlite {self.path}: {text}") from exc
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_SqliteTx]:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            await self._call(lambda c: c.execute("BEGIN IMMEDIATE"))
+            try:
+                yield _SqliteTx(self)
+                await self._call(lambda c: c.execute("COMMIT"))
+            except BaseException:
+                await asyncio.shield(self._call(lambda c: c.execute("ROLLBACK") if c.in_transaction else None))
+                raise
+
+    async def setup(self, ddl: list[str]) -> None:
+        async with self.transaction() as tx:
+            for stmt in ddl:
+                await tx.execute(stmt)
+
+    async def close(self) -> None:
+        conn = self._conn
+
+        def shut() -> None:
+            if conn is not None:
+                conn.close()
+
+        await asyncio.get_running_loop().run_in_executor(self._exec, shut)
+        self._conn = None
+        self._exec.shutdown(wait=False)

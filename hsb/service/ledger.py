@@ -1,0 +1,200 @@
+"""The reference service `ledger`: accounts and money, exactly once (docs/ledger.md).
+
+Each message is a JSON object as text, so a person can type one into `hsbterm connect`:
+
+    {"op":"open","account":"alice"}                         {"ok":true,"balance":0}
+    {"op":"deposit","account":"alice","amount":100}         {"ok":true,"balance":100}
+    {"op":"withdraw","account":"alice","amount":30}         {"ok":true,"balance":70}
+    {"op":"transfer","from":"alice","to":"bob","amount":5}  {"ok":true}
+    {"op":"balance","account":"alice"}                      {"ok":true,"balance":65}
+
+Refusals: `exists`, `no_such_account`, `insufficient_funds`; anything malformed gets
+`{"ok":false,"error":"bad_request","msg":…}`. Every effect and its reply are committed in one
+transaction with the idempotency record (hsb.service.once), and every applied effect leaves a
+row in `ledger_entries`, so the books can be checked from outside (hsb.term.books).
+
+`[service_options]`: `dsn = "postgresql://…"` (both hosts on the same server), or
+`sqlite = "PATH"` (one machine only: the sandbox and the demo); `pool_size`,
+`command_timeout`, `tx_idle_timeout`, `keep_hours` (idempotency records),
+`idempotency = false` (measurement only: effects without records, not exactly once).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from hsb.service.db import Database, Tx, open_database
+from hsb.service.once import ExactlyOnce
+
+MAX_ACCOUNT = 64
+MAX_AMOUNT = 10**12
+
+DDL = [
+    "CREATE TABLE IF NOT EXISTS ledger_accounts (account TEXT PRIMARY KEY, balance BIGINT NOT NULL CHECK (balance >= 0))",
+    # one row per applied effect; deliberately no unique key on (terminal, msg_id): a message
+    # applied twice would show as two rows, which is what the books check looks for
+    "CREATE TABLE IF NOT EXISTS ledger_entries ("
+    " terminal TEXT NOT NULL, msg_id BIGINT NOT NULL, op TEXT NOT NULL,"
+    " account TEXT NOT NULL, other TEXT, amount BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS ledger_entries_msg ON ledger_entries (terminal, msg_id)",
+]
+
+
+def dumps(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+class BadRequest(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Request:
+    op: str
+    account: str = ""
+    other: str = ""  # transfer: the account credited
+    amount: int = 0
+
+
+def _account(obj: dict[str, Any], key: str) -> str:
+    v = obj.get(key)
+    if not isinstance(v, str) or not v:
+        raise BadRequest(f"{key!r} must be a non-empty string")
+    if len(v) > MAX_ACCOUNT:
+        raise BadRequest(f"{key!r} is longer than {MAX_ACCOUNT} characters")
+    return v
+
+
+def _amount(obj: dict[str, Any]) -> int:
+    v = obj.get("amount")
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise BadRequest("'amount' must be a positive integer")
+    if v > MAX_AMOUNT:
+        raise BadRequest(f"'amount' must be at most {MAX_AMOUNT}")
+    return v
+
+
+def parse(data: Any) -> Request:
+    """The request in a message's data (sans-IO: raises BadRequest with a readable reason)."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode()
+        except UnicodeDecodeError:
+            raise BadRequest("data is not UTF-8 text") from None
+    if not isinstance(data, str):
+        raise BadRequest("data must be a JSON object as text")
+    try:
+        obj = json.loads(data)
+    except ValueError as exc:
+        raise BadRequest(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise BadRequest("a JSON object is expected, like {\"op\":\"balance\",\"account\":\"alice\"}")
+    op = obj.get("op")
+    if op in ("open", "balance"):
+        return Request(op, _account(obj, "account"))
+    if op in ("deposit", "withdraw"):
+        return Request(op, _account(obj, "account"), amount=_amount(obj))
+    if op == "transfer":
+        src, dst = _account(obj, "from"), _account(obj, "to")
+        if src == dst:
+            raise BadRequest("'from' and 'to' are the same account")
+        return Request(op, src, dst, _amount(obj))
+    raise BadRequest(f"unknown op {op!r}: one of open, deposit, withdraw, transfer, balance")
+
+
+async def apply(tx: Tx, terminal: str, mid: int, r: Request) -> str:
+    """Run request `r` in transaction `tx`; the reply (JSON text)."""
+
+    async def entry(account: str, other: str | None, amount: int) -> None:
+        await tx.execute(
+            "INSERT INTO ledger_entries (terminal, msg_id, op, account, other, amount) VALUES ($1, $2, $3, $4, $5, $6)",
+            terminal, mid, r.op, account, other, amount,
+        )
+
+    if r.op == "open":
+        made = await tx.fetchval(
+            "INSERT INTO ledger_accounts (account, balance) VALUES ($1, 0) ON CONFLICT DO NOTHING RETURNING balance", r.account
+        )
+        if made is None:
+            return dumps({"ok": False, "error": "exists"})
+        await entry(r.account, None, 0)
+        return dumps({"ok": True, "balance": 0})
+    if r.op == "balance":
+        bal = await tx.fetchval("SELECT balance FROM ledger_accounts WHERE account = $1", r.account)
+        return dumps({"ok": True, "balance": int(bal)}) if bal is not None else dumps({"ok": False, "error": "no_such_account"})
+    if r.op == "deposit":
+        bal = await tx.fetchval("UPDATE ledger_accounts SET balance = balance + $2 WHERE account = $1 RETURNING balance", r.account, r.amount)
+        if bal is None:
+            return dumps({"ok": False, "error": "no_such_account"})
+        await entry(r.account, None, r.amount)
+        return dumps({"ok": True, "balance": int(bal)})
+    if r.op == "withdraw":
+        bal = await tx.fetchval("SELECT balance FROM ledger_accounts WHERE account = $1" + tx.for_update, r.account)
+        if bal is None:
+            return dumps({"ok": False, "error": "no_such_account"})
+        if bal < r.amount:
+            return dumps({"ok": False, "error": "insufficient_funds", "balance": int(bal)})
+        await tx.execute("UPDATE ledger_accounts SET balance = balance - $2 WHERE account = $1", r.account, r.amount)
+        await entry(r.account, None, r.amount)
+        return dumps({"ok": True, "balance": int(bal) - r.amount})
+    # transfer: lock both rows in one order (by name), so two opposite transfers cannot deadlock
+    rows = dict(await tx.fetch(
+        "SELECT account, balance FROM ledger_accounts WHERE account IN ($1, $2) ORDER BY account" + tx.for_update,
+        r.account, r.other,
+    ))
+    if r.account not in rows or r.other not in rows:
+        return dumps({"ok": False, "error": "no_such_account"})
+    if rows[r.account] < r.amount:
+        return dumps({"ok": False, "error": "insufficient_funds"})
+    await tx.execute("UPDATE ledger_accounts SET balance = balance - $2 WHERE account = $1", r.account, r.amount)
+    await tx.execute("UPDATE ledger_accounts SET balance = balance + $2 WHERE account = $1", r.other, r.amount)
+    await entry(r.account, r.other, r.amount)
+    return dumps({"ok": True})
+
+
+class LedgerService:
+    """`service = "ledger"` (the plug-in interface of hsb.service.api)."""
+
+    def __init__(
+        self, host: str, dsn: str = "", sqlite: str = "", pool_size: int = 10, command_timeout: float = 10.0,
+        tx_idle_timeout: float = 1.0, keep_hours: float = 168.0, idempotency: bool = True, logon_ms: float = 0,
+    ) -> None:
+        self.host = host
+        if not dsn and not sqlite:
+            raise TypeError("ledger needs [service_options] dsn = 'postgresql://…' (or sqlite = 'PATH' on one machine)")
+        opts: dict[str, Any] = {"pool_size": pool_size, "command_timeout": command_timeout, "tx_idle_timeout": tx_idle_timeout} if dsn else {}
+        self.db: Database = open_database(dsn or None, sqlite or None, **opts)
+        self.once = ExactlyOnce(self.db, keep=float(keep_hours) * 3600.0, record=bool(idempotency))
+        self.ready = False
+
+    async def _setup(self) -> None:
+        await self.db.setup(DDL)
+        await self.once.setup()
+        self.ready = True
+
+    async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
+        try:
+            req = parse(data)
+        except BadRequest as exc:  # the same answer every time: nothing to record
+            return dumps({"ok": False, "error": "bad_request", "msg": str(exc)})
+        if not self.ready:
+            await self._setup()  # ServiceUnavailable if the database is not there yet: retried
+
+        async def effect(tx: Tx) -> str:
+            return await apply(tx, terminal, message_id, req)
+
+        return await self.once.run(terminal, message_id, redelivered, effect)
+
+    async def open_session(self, terminal: str, attrs: dict[str, Any], standby: bool) -> None:
+        pass
+
+    async def close_session(self, terminal: str) -> None:
+        pass
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    def status(self) -> dict[str, Any]:
+        return {"database": self.db.kind, **self.once.counters}

@@ -1,0 +1,123 @@
+"""Exactly-once effects: a message's effect and its idempotency record in one transaction.
+
+hsb delivers every acknowledged message until it is answered, so after a failover a message
+can reach the service a second time (marked redelivered): the old active may have committed
+its effect and died before its reply reached the CP. `ExactlyOnce.run` makes that harmless:
+
+    once = ExactlyOnce(db)
+    await once.setup()
+
+    async def handle(self, terminal, message_id, data, redelivered):
+        async def effect(tx):                 # runs inside the transaction
+            await tx.execute("UPDATE … WHERE …", …)
+            return '{"ok":true}'              # the reply (text), stored with the record
+        return await once.run(terminal, message_id, redelivered, effect)
+
+In one transaction it runs `effect(tx)` and inserts the record (terminal, message id, reply).
+If the record exists already, the transaction is rolled back (the effect with it) and the
+stored reply is returned: the effect happens once and every answer to the message is the
+same. A redelivered message is looked up first, so its effect is not even tried again.
+
+The contract for the effect: everything it changes goes through `tx` (nothing outside the
+database: no e-mail, no call to another service, unless that is idempotent itself); it is
+deterministic given the database (no reply that depends on the clock); it may run more than
+once when transactions collide (it is rolled back each time but the last).
+
+Records are kept `keep` seconds (default 7 days) and pruned by the host that handles
+messages, at most every `prune_every` seconds. `keep` must exceed the longest time a message
+can wait at the CP before it is answered: a record pruned while its message is still held
+would let a redelivery apply the effect again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+import structlog
+
+from hsb.service.api import ServiceUnavailable
+from hsb.service.db import Database, RetryTransaction, Tx
+
+log = structlog.get_logger("hsb.service")
+
+DDL = [
+    "CREATE TABLE IF NOT EXISTS hsb_idempotency ("
+    " terminal TEXT NOT NULL, msg_id BIGINT NOT NULL, reply TEXT NOT NULL, at DOUBLE PRECISION NOT NULL,"
+    " PRIMARY KEY (terminal, msg_id))",
+    "CREATE INDEX IF NOT EXISTS hsb_idempotency_at ON hsb_idempotency (at)",
+]
+
+_LOOKUP = "SELECT reply FROM hsb_idempotency WHERE terminal = $1 AND msg_id = $2"
+_RECORD = "INSERT INTO hsb_idempotency (terminal, msg_id, reply, at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING 1"
+
+MAX_RETRIES = 20  # collisions in a row before the service counts as failing
+
+
+class _AlreadyDone(Exception):
+    """The record exists: roll this transaction back and answer with the stored reply."""
+
+
+Effect = Callable[[Tx], Awaitable[str]]
+
+
+class ExactlyOnce:
+    def __init__(self, db: Database, keep: float = 7 * 86400.0, prune_every: float = 600.0, record: bool = True) -> None:
+        self.db = db
+        self.keep = float(keep)
+        self.prune_every = float(prune_every)
+        # record=False runs the effect alone: only for measuring what the record costs
+        self.record = record
+        self.next_prune = 0.0
+        self.counters = {"applied": 0, "replayed": 0, "collisions": 0, "pruned": 0}
+
+    async def setup(self) -> None:
+        await self.db.setup(DDL)
+
+    async def run(self, terminal: str, message_id: int, redelivered: bool, effect: Effect) -> str:
+        """The reply to (terminal, message_id), its effect applied exactly once."""
+        for attempt in range(MAX_RETRIES):
+            try:
+                return await self._once(terminal, message_id, redelivered, effect)
+            except _AlreadyDone:
+                redelivered = True  # the next round reads the stored reply
+            except RetryTransaction:
+                self.counters["collisions"] += 1
+                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+        raise ServiceUnavailable(f"{MAX_RETRIES} transactions in a row collided for {terminal} message {message_id}")
+
+    async def _once(self, terminal: str, message_id: int, redelivered: bool, effect: Effect) -> str:
+        async with self.db.transaction() as tx:
+            if redelivered and self.record:
+                prior = await tx.fetchval(_LOOKUP, terminal, message_id)
+                if prior is not None:
+                    self.counters["replayed"] += 1
+                    return str(prior)
+            reply = await effect(tx)
+            if self.record and await tx.fetchval(_RECORD, terminal, message_id, reply, time.time()) is None:
+                raise _AlreadyDone  # another transaction recorded it first: roll ours back
+        self.counters["applied"] += 1
+        if time.monotonic() >= self.next_prune:
+            self.next_prune = time.monotonic() + self.prune_every
+            asyncio.get_running_loop().create_task(self._prune())
+        return reply
+
+    async def _prune(self) -> None:
+        cutoff = time.time() - self.keep
+        try:
+            async with self.db.transaction() as tx:
+                n = await tx.fetchval("SELECT count(*) FROM hsb_idempotency WHERE at < $1", cutoff)
+                if n:
+                    await tx.execute("DELETE FROM hsb_idempotency WHERE at < $1", cutoff)
+            self.counters["pruned"] += int(n or 0)
+            if n:
+                log.info("idempotency_records_pruned", count=int(n), older_than_s=self.keep)
+        except (RetryTransaction, ServiceUnavailable) as exc:
+            log.warning("idempotency_prune_failed", error=str(exc))
+            self.next_prune = time.monotonic() + 30.0
+
+
+def lookup_sql() -> str:
+    """The statement that reads a stored reply (for checks from outside, e.g. hsbterm's books)."""
+    return _LOOKUP

@@ -1,0 +1,153 @@
+"""The books check after a ledger load: the database against what the terminals were told.
+
+Read straight from the database the `ledger` service writes (PostgreSQL or SQLite):
+
+- **balanced**: the run's accounts hold, together, exactly what the setup deposited
+  (transfers move money, never make or lose it), and each account's balance is its deposit
+  plus what its entries moved in, less what they moved out;
+- **exactly once**: every transfer a terminal was told succeeded has exactly one entry, every
+  one refused has none, and no entry exists for a message no terminal got an answer to;
+- **same answer**: the reply a terminal got is the reply stored with the message's
+  idempotency record (a redelivered message answered differently would show here), and every
+  answered message has its record.
+
+Any breach is a failure of the run (`hsbterm load` exits 1).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hsb.service.db import open_database
+from hsb.term.workload import LedgerWorkload
+
+
+@dataclass
+class Books:
+    accounts: int = 0
+    total: int = 0
+    expected_total: int = 0
+    transfers_ok: int = 0
+    transfers_refused: int = 0
+    entries: int = 0
+    applied_twice: list[str] = field(default_factory=list)
+    applied_unanswered: list[str] = field(default_factory=list)
+    told_ok_not_applied: list[str] = field(default_factory=list)
+    told_refused_applied: list[str] = field(default_factory=list)
+    replay_mismatch: list[str] = field(default_factory=list)
+    reply_differs: list[str] = field(default_factory=list)
+    record_missing: list[str] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[str]:
+        out = []
+        if self.total != self.expected_total:
+            out.append(f"books do not balance: the accounts hold {self.total}, the setup deposited {self.expected_total}")
+        for name, ids, what in (
+            ("applied_twice", self.applied_twice, "applied more than once"),
+            ("applied_unanswered", self.applied_unanswered, "applied but no terminal was answered"),
+            ("told_ok_not_applied", self.told_ok_not_applied, "answered ok but not applied"),
+            ("told_refused_applied", self.told_refused_applied, "answered refused but applied"),
+            ("replay_mismatch", self.replay_mismatch, "balance differs from its entries"),
+            ("reply_differs", self.reply_differs, "reply differs from the one stored first"),
+            ("record_missing", self.record_missing, "answered without an idempotency record"),
+        ):
+            if ids:
+                out.append(f"{len(ids)} {what} ({name}): {', '.join(ids[:5])}")
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: (v if not isinstance(v, list) else len(v)) for k, v in self.__dict__.items()}
+        d["failures"] = self.failures
+        return d
+
+
+async def check_books(
+    db_opts: dict[str, Any], w: LedgerWorkload, clients: Sequence[Any], idempotency: bool = True, final: bool = True,
+) -> Books:
+    """`clients`: the run's TerminalClients (name, idx, base, stride); `db_opts`: dsn= or sqlite=.
+
+    `final=False` checks a run still under way: everything above holds at every commit, except
+    that a transfer in flight may be applied before its terminal is answered."""
+    b = Books(expected_total=w.initial * w.n)
+    # what the terminals were told, taken before the database is read: each of these replies
+    # went out after its commit, so the snapshot below must hold its effect
+    replies = {idx: dict(r) for idx, r in w.replies.items()}
+    db = open_database(db_opts.get("dsn") or None, db_opts.get("sqlite") or None)
+    try:
+        async with db.transaction() as tx:
+            if db.kind == "postgresql":  # one snapshot for every statement below
+                await tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            balances = dict(await tx.fetch("SELECT account, balance FROM ledger_accounts WHERE account LIKE $1", w.prefix + "%"))
+            entries = await tx.fetch(
+                "SELECT terminal, msg_id, op, account, other, amount FROM ledger_entries WHERE account LIKE $1", w.prefix + "%"
+            )
+            names = [c.name for c in clients]
+            records: dict[tuple[str, int], str] = {}
+            if idempotency:
+                for i in range(0, len(names), 500):
+                    chunk = names[i : i + 500]
+                    marks = ", ".join(f"${j + 1}" for j in range(len(chunk)))
+                    for t, mid, reply in await tx.fetch(f"SELECT terminal, msg_id, reply FROM hsb_idempotency WHERE terminal IN ({marks})", *chunk):
+                        records[(t, int(mid))] = reply
+    finally:
+        await db.close()
+    b.accounts = len(balances)
+    b.total = sum(int(v) for v in balances.values())
+    b.entries = len(entries)
+    # replay: each balance from its entries
+    moved: Counter[str] = Counter()
+    per_msg: Counter[tuple[str, int]] = Counter()
+    for t, mid, op, acct, other, amount in entries:
+        if op == "transfer":
+            per_msg[(t, int(mid))] += 1
+            moved[acct] -= int(amount)
+            moved[other] += int(amount)
+        elif op == "deposit":
+            moved[acct] += int(amount)
+        elif op == "withdraw":
+            moved[acct] -= int(amount)
+    for acct, bal in balances.items():
+        if int(bal) != moved[acct]:
+            b.replay_mismatch.append(f"{acct}: {bal} != {moved[acct]}")
+    # what each terminal was told against what was applied
+    told: set[tuple[str, int]] = set()
+    for c in clients:
+        for k, text in replies.get(c.idx, {}).items():
+            mid = c.base + k * c.stride
+            key = (c.name, mid)
+            told.add(key)
+            tag = f"{c.name}:{mid}"
+            if idempotency:
+                stored = records.get(key)
+                if stored is None:
+                    b.record_missing.append(tag)
+                elif stored != text:
+                    b.reply_differs.append(tag)
+            if w.is_setup(c.idx, k):
+                continue
+            n = per_msg.get(key, 0)
+            try:
+                ok = json.loads(text).get("ok") is True
+            except (ValueError, AttributeError):
+                continue  # a malformed reply is the verdict's bad_data already
+            if ok:
+                b.transfers_ok += 1
+                if n == 0:
+                    b.told_ok_not_applied.append(tag)
+            else:
+                b.transfers_refused += 1
+                if n:
+                    b.told_refused_applied.append(tag)
+            if n > 1:
+                b.applied_twice.append(tag)
+    for key, n in per_msg.items():
+        if n > 1 and key not in told:
+            b.applied_twice.append(f"{key[0]}:{key[1]}")
+        if final and key not in told:
+            b.applied_unanswered.append(f"{key[0]}:{key[1]}" + (f" x{n}" if n > 1 else ""))
+    return b

@@ -1,0 +1,340 @@
+"""The ledger service and exactly-once effects (SPEC §5.6, §8; docs/ledger.md).
+
+In process: the request parser, the operations and `ExactlyOnce` on SQLite and on a real,
+throwaway PostgreSQL server (tests/support/pg.py). End to end: real hsbcpd and hsbd from the
+sandbox with `service = "ledger"` on PostgreSQL and on SQLite, 200 terminals sending
+transfers, the active SIGKILLed or SIGSTOPped, hsbcpd SIGKILLed, the database stopped for a
+while; after each, `hsbterm`'s books check (hsb.term.books) and the strict verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.ctl import sandbox
+from hsb.service.api import ServiceUnavailable
+from hsb.service.db import SqliteDatabase, open_database
+from hsb.service.ledger import BadRequest, LedgerService, parse
+from hsb.service.once import ExactlyOnce
+from hsb.term.load import run_load
+from hsb.term.workload import LedgerWorkload
+from tests.support import pg as pgsupport
+from tests.test_failover import active_names, pid_of, wait_status
+
+pytestmark = pytest.mark.timeout(120)
+
+NO_PG = pgsupport.missing()
+needs_pg = pytest.mark.skipif(NO_PG is not None, reason=NO_PG or "")
+
+
+@pytest.fixture(scope="module")
+def pg():  # type: ignore[no-untyped-def]
+    if NO_PG is not None:
+        pytest.skip(NO_PG)
+    server = pgsupport.PgServer()
+    yield server
+    server.close()
+
+
+_dbs = iter(range(1, 10**6))
+
+
+def fresh(pg: pgsupport.PgServer) -> str:
+    return pg.createdb(f"t{os.getpid()}_{next(_dbs)}")
+
+
+# --------------------------------------------------------------------------- the requests
+
+
+@pytest.mark.parametrize("data, why", [
+    ("nonsense", "not JSON"),
+    ("[1, 2]", "JSON object"),
+    ('{"op":"steal","account":"a"}', "unknown op"),
+    ('{"op":"deposit","account":"a","amount":-5}', "positive integer"),
+    ('{"op":"deposit","account":"a","amount":1.5}', "positive integer"),
+    ('{"op":"deposit","account":"a","amount":true}', "positive integer"),
+    ('{"op":"open","account":""}', "non-empty"),
+    ('{"op":"open","account":"' + "x" * 65 + '"}', "longer than 64"),
+    ('{"op":"transfer","from":"a","to":"a","amount":1}', "same account"),
+    (b"\xff\xfe", "UTF-8"),
+    (42, "JSON object as text"),
+])
+def test_bad_requests_are_named(data: Any, why: str) -> None:
+    with pytest.raises(BadRequest, match=why):
+        parse(data)
+
+
+async def test_the_operations_and_their_refusals_on_sqlite(tmp_path: Path) -> None:
+    s = LedgerService("host-a", sqlite=str(tmp_path / "l.sqlite"))
+    ask = iter(range(1, 100))
+
+    async def call(req: dict[str, Any] | str) -> dict[str, Any]:
+        data = req if isinstance(req, str) else json.dumps(req)
+        return json.loads(await s.handle("T1", next(ask), data, False))
+
+    try:
+        assert await call({"op": "open", "account": "a"}) == {"ok": True, "balance": 0}
+        assert await call({"op": "open", "account": "a"}) == {"ok": False, "error": "exists"}
+        assert await call({"op": "open", "account": "b"}) == {"ok": True, "balance": 0}
+        assert await call({"op": "deposit", "account": "a", "amount": 100}) == {"ok": True, "balance": 100}
+        assert await call({"op": "deposit", "account": "zz", "amount": 1}) == {"ok": False, "error": "no_such_account"}
+        assert await call({"op": "withdraw", "account": "a", "amount": 101}) == {"ok": False, "error": "insufficient_funds", "balance": 100}
+        assert await call({"op": "withdraw", "account": "a", "amount": 40}) == {"ok": True, "balance": 60}
+        assert await call({"op": "transfer", "from": "a", "to": "b", "amount": 61}) == {"ok": False, "error": "insufficient_funds"}
+        assert await call({"op": "transfer", "from": "a", "to": "b", "amount": 60}) == {"ok": True}
+        assert await call({"op": "transfer", "from": "a", "to": "nobody", "amount": 1}) == {"ok": False, "error": "no_such_account"}
+        assert await call({"op": "balance", "account": "b"}) == {"ok": True, "balance": 60}
+        assert await call({"op": "balance", "account": "a"}) == {"ok": True, "balance": 0}
+        bad = await call("{")
+        assert bad["ok"] is False and bad["error"] == "bad_request" and "not JSON" in bad["msg"]
+    finally:
+        await s.close()
+
+
+async def _exactly_once(db: Any) -> None:
+    once = ExactlyOnce(db)
+    await once.setup()
+    await db.setup(["CREATE TABLE IF NOT EXISTS t_counter (k TEXT PRIMARY KEY, n BIGINT NOT NULL)"])
+    async with db.transaction() as tx:
+        await tx.execute("INSERT INTO t_counter (k, n) VALUES ('x', 0)")
+    runs = 0
+
+    async def bump(tx: Any) -> str:
+        nonlocal runs
+        runs += 1
+        n = await tx.fetchval("UPDATE t_counter SET n = n + 1 WHERE k = 'x' RETURNING n")
+        return f"n={n}"
+
+    first = await once.run("T1", 7, False, bump)
+    assert first == "n=1"
+    # delivered again after a failover: the stored reply, no second effect, not even tried
+    assert await once.run("T1", 7, True, bump) == "n=1" and runs == 1
+    # even without the redelivered mark, the record wins: the effect is rolled back
+    assert await once.run("T1", 7, False, bump) == "n=1" and runs == 2
+    # the same message on two hosts at once (an old active still finishing): one effect
+    replies = await asyncio.gather(*(once.run("T2", 1, False, bump) for _ in range(5)))
+    assert len(set(replies)) == 1, replies
+    async with db.transaction() as tx:
+        assert await tx.fetchval("SELECT n FROM t_counter WHERE k = 'x'") == 2
+        assert await tx.fetchval("SELECT count(*) FROM hsb_idempotency") == 2
+    assert once.counters["applied"] == 2 and once.counters["replayed"] >= 2
+
+
+async def test_exactly_once_on_sqlite(tmp_path: Path) -> None:
+    db = SqliteDatabase(str(tmp_path / "once.sqlite"))
+    try:
+        await _exactly_once(db)
+    finally:
+        await db.close()
+
+
+@needs_pg
+async def test_exactly_once_on_postgresql(pg: pgsupport.PgServer) -> None:
+    db = open_database(fresh(pg))
+    try:
+        await _exactly_once(db)
+    finally:
+        await db.close()
+
+
+@needs_pg
+async def test_opposite_transfers_at_once_neither_deadlock_nor_lose_money(pg: pgsupport.PgServer) -> None:
+    s = LedgerService("host-a", dsn=fresh(pg), pool_size=20)
+    try:
+        for i, req in enumerate(({"op": "open", "account": "a"}, {"op": "open", "account": "b"},
+                                 {"op": "deposit", "account": "a", "amount": 1000}, {"op": "deposit", "account": "b", "amount": 1000})):
+            await s.handle("setup", i + 1, json.dumps(req), False)
+        reqs = [json.dumps({"op": "transfer", "from": x, "to": y, "amount": 7}) for x, y in [("a", "b"), ("b", "a")] * 100]
+        replies = await asyncio.gather(*(s.handle(f"T{i}", 1, r, False) for i, r in enumerate(reqs)))
+        assert all(json.loads(r) == {"ok": True} for r in replies)
+        a = json.loads(await s.handle("setup", 10, '{"op":"balance","account":"a"}', False))["balance"]
+        b = json.loads(await s.handle("setup", 11, '{"op":"balance","account":"b"}', False))["balance"]
+        assert a == b == 1000
+    finally:
+        await s.close()
+
+
+@needs_pg
+async def test_a_database_that_went_away_is_unavailable_then_back(pg: pgsupport.PgServer) -> None:
+    s = LedgerService("host-a", dsn=fresh(pg))
+    try:
+        assert json.loads(await s.handle("T1", 1, '{"op":"open","account":"a"}', False))["ok"]
+        pg.stop()
+        try:
+            with pytest.raises(ServiceUnavailable, match="database"):
+                await s.handle("T1", 2, '{"op":"deposit","account":"a","amount":5}', False)
+        finally:
+            pg.start()
+        assert json.loads(await s.handle("T1", 2, '{"op":"deposit","account":"a","amount":5}', False)) == {"ok": True, "balance": 5}
+    finally:
+        await s.close()
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+async def ledger_load(info: dict[str, Any], action: Any, *, terminals: int = 200, rate: float = 600, books: dict[str, Any],
+                      expect_disconnects: bool = False, settle: float = 30.0) -> Any:
+    """Transfers from `terminals` terminals; `action()` once sending started; the report with its books."""
+    sending, stop = asyncio.Event(), asyncio.Event()
+    w = LedgerWorkload(accounts=40)
+    task = asyncio.ensure_future(run_load(
+        info["cp"]["terminal"], terminals=terminals, rate=rate, duration=3600, settle=settle, sending=sending, stop=stop,
+        workload=w, books=books, expect_disconnects=expect_disconnects,
+    ))
+    await asyncio.wait_for(sending.wait(), 60)
+    try:
+        await action()
+        await asyncio.sleep(1.0)  # transfers after the fault too
+    finally:
+        stop.set()
+    report = await task
+    assert report.books is not None and "error" not in report.books, report.books
+    assert report.ok, report.failures
+    b = report.books
+    assert b["total"] == b["expected_total"] > 0 and b["transfers_ok"] > 0 and b["entries"] >= b["transfers_ok"], b
+    return report
+
+
+async def _kill_active(info: dict[str, Any], sig: int = signal.SIGKILL) -> int:
+    a = pid_of(info, "host-a")
+    await wait_status(info, lambda s: s["cp"]["terminals"]["standby_sessions"] == info["terminal_count"], what="all standby sessions")
+    await asyncio.sleep(0.7)  # transfers in flight
+    os.kill(a, sig)
+    await wait_status(info, lambda s: "host-b" in active_names(s), what="host-b active")
+    return a
+
+
+@needs_pg
+async def test_sigkill_of_the_active_under_transfers_postgresql(sb: Any, pg: pgsupport.PgServer) -> None:
+    dsn = fresh(pg)
+    info = await sb(terminals=200, service="ledger", dsn=dsn)
+    info["terminal_count"] = 200
+    await ledger_load(info, lambda: _kill_active(info), books={"dsn": dsn})
+
+
+@needs_pg
+async def test_a_reply_lost_with_the_active_is_replayed_not_reapplied_postgresql(sb: Any, pg: pgsupport.PgServer) -> None:
+    """host-a dies after committing a transfer and before its reply left (crash point
+    host.before_reply): host-b gets the message marked redelivered and answers with the
+    stored reply; the transfer is applied once."""
+    dsn = fresh(pg)
+    info = await sb(terminals=200, service="ledger", dsn=dsn,
+                    host_env={"host-a": {"HSB_CRASH_POINTS": "host.before_reply", "HSB_CRASH_AFTER": "400"}})
+    a = pid_of(info, "host-a")
+
+    async def crash() -> None:
+        await wait_status(info, lambda s: not sandbox._alive(a) and "host-b" in active_names(s), timeout=60, what="host-a crashed, host-b active")
+
+    await ledger_load(info, crash, books={"dsn": dsn})
+    st = await wait_status(info, lambda s: any(h.get("service") for h in s["hosts"] if h.get("reachable")), what="host-b status")
+    b = next(h for h in st["hosts"] if h.get("name") == "host-b")
+    assert b["service"]["replayed"] >= 1, b["service"]  # the stored reply answered the redelivery
+
+
+@needs_pg
+async def test_sigstop_of_the_active_under_transfers_postgresql(sb: Any, pg: pgsupport.PgServer) -> None:
+    dsn = fresh(pg)
+    info = await sb(terminals=200, service="ledger", dsn=dsn)
+    info["terminal_count"] = 200
+    stopped: list[int] = []
+
+    async def stop() -> None:
+        stopped.append(await _kill_active(info, signal.SIGSTOP))
+        os.kill(stopped[0], signal.SIGCONT)  # woken after the grant: it finds itself fenced
+
+    try:
+        await ledger_load(info, stop, books={"dsn": dsn})
+    finally:
+        for p in stopped:
+            os.kill(p, signal.SIGCONT)
+
+
+@needs_pg
+async def test_sigkill_of_the_cp_under_transfers_postgresql(sb: Any, pg: pgsupport.PgServer) -> None:
+    dsn = fresh(pg)
+    info = await sb(terminals=200, service="ledger", dsn=dsn)
+    d = Path(info["dir"])
+
+    async def kill_cp() -> None:
+        await asyncio.sleep(1.0)
+        os.kill(info["cp"]["pid"], signal.SIGKILL)
+        await asyncio.sleep(0.3)
+        sandbox.start_cp(d)
+        await wait_status(info, lambda s: s["cp"].get("reachable") and s["serving"], what="CP back and serving")
+
+    await ledger_load(info, kill_cp, books={"dsn": dsn}, expect_disconnects=True)
+
+
+@needs_pg
+async def test_the_database_away_for_a_while_messages_wait_nothing_lost(sb: Any, pg: pgsupport.PgServer) -> None:
+    dsn = fresh(pg)
+    info = await sb(terminals=50, service="ledger", dsn=dsn)
+    seen: dict[str, Any] = {}
+
+    async def outage() -> None:
+        await asyncio.sleep(1.0)
+        pg.stop()
+        try:
+            st = await wait_status(
+                info, lambda s: any((h.get("service") or {}).get("state") == "failing" for h in s["hosts"] if h.get("reachable")),
+                timeout=15, what="the service shown failing",
+            )
+            seen["status"] = next(h["service"] for h in st["hosts"] if (h.get("service") or {}).get("state") == "failing")
+            from tests.test_operations import http_get, http_of
+
+            _, text = await asyncio.get_running_loop().run_in_executor(None, http_get, http_of(info, "host-a"), "/metrics")
+            seen["metric"] = [ln for ln in text.splitlines() if ln.startswith("hsb_service_healthy")]
+            t = time.monotonic()
+            while time.monotonic() - t < 2.0:  # the outage lasts: messages keep arriving and wait
+                await asyncio.sleep(0.1)
+        finally:
+            pg.start()
+        await wait_status(info, lambda s: all((h.get("service") or {}).get("state", "ok") == "ok" for h in s["hosts"] if h.get("reachable")),
+                          timeout=30, what="the service answering again")
+
+    await ledger_load(info, outage, terminals=50, rate=200, books={"dsn": dsn}, settle=40)
+    assert "database" in seen["status"]["error"] and seen["status"]["waiting_terminals"] >= 1, seen
+    assert seen["metric"] == ["hsb_service_healthy 0.0"], seen
+
+
+async def test_sqlite_sandbox_sigkill_active_and_cp(sb: Any) -> None:
+    """The embedded default on one machine: both hosts on one SQLite file in the sandbox."""
+    info = await sb(terminals=200, service="ledger")
+    info["terminal_count"] = 200
+    d = Path(info["dir"])
+    assert info["ledger"] == {"sqlite": str(d / "ledger.sqlite")}
+
+    async def both() -> None:
+        await _kill_active(info)
+        await asyncio.sleep(0.5)
+        os.kill(info["cp"]["pid"], signal.SIGKILL)
+        await asyncio.sleep(0.3)
+        sandbox.start_cp(d)
+        await wait_status(info, lambda s: s["cp"].get("reachable") and s["serving"], what="CP back and serving")
+
+    await ledger_load(info, both, books={"sqlite": str(d / "ledger.sqlite")}, rate=400, expect_disconnects=True)
+
+
+async def test_sqlite_sandbox_sigstop_active(sb: Any) -> None:
+    info = await sb(terminals=200, service="ledger")
+    info["terminal_count"] = 200
+    stopped: list[int] = []
+
+    async def stop() -> None:
+        stopped.append(await _kill_active(info, signal.SIGSTOP))
+        os.kill(stopped[0], signal.SIGCONT)
+
+    try:
+        await ledger_load(info, stop, books={"sqlite": str(Path(info["dir"]) / "ledger.sqlite")}, rate=400)
+    finally:
+        for p in stopped:
+            os.kill(p, signal.SIGCONT)
