@@ -177,7 +177,7 @@ class Child:
 
     @classmethod
     async def start(cls, argv: list[str], log: Path) -> Child:
-        fh = open(log, "ab")
+        fh = open(log, "ab")  # noqa: SIM115 - the child's log, closed by its owner
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=fh, limit=1 << 24,
             preexec_fn=die_with_parent,

@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ def machine() -> dict[str, Any]:
     return {
         **_common_machine(),
         "loadavg": os.getloadavg(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "code": _code_version(),
     }
 
@@ -333,7 +333,7 @@ class Child:
 
     @classmethod
     async def start(cls, argv: list[str], log: Path) -> Child:
-        fh = open(log, "ab")
+        fh = open(log, "ab")  # noqa: SIM115 - the child's log, closed by its owner
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.PIPE,

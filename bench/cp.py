@@ -276,8 +276,8 @@ async def bench_throughput(n: int, window: int, a: argparse.Namespace, work: Pat
         }
 
     cps, mem, direct = summary(runs["cp"]), summary(runs["cpmem"]), summary(runs["direct"])
-    ratios = [c["rate"] / dr["rate"] for c, dr in zip(runs["cp"], runs["direct"]) if dr["rate"]]
-    durable = [c["rate"] / m["rate"] for c, m in zip(runs["cp"], runs["cpmem"]) if m["rate"]]
+    ratios = [c["rate"] / dr["rate"] for c, dr in zip(runs["cp"], runs["direct"], strict=False) if dr["rate"]]
+    durable = [c["rate"] / m["rate"] for c, m in zip(runs["cp"], runs["cpmem"], strict=False) if m["rate"]]
     return {"terminals": n, "window": window, "cp": cps, "memory_only": mem, "direct": direct,
             "ratio": round(cps["rate"] / direct["rate"], 3) if direct["rate"] else None,
             "ratios": [round(x, 3) for x in ratios],

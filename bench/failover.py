@@ -47,14 +47,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _sandbox import (  # noqa: E402
-    wait_quiet,
     Logs,
     fmt_ms,
     host_by_role,
     machine,
     machine_line,
     median,
-    pctl,
+    run_or_render,
     sandbox,
     sandbox_down,
     start_load,
@@ -62,7 +61,7 @@ from _sandbox import (  # noqa: E402
     table,
     until,
     wait_dead,
-    run_or_render,
+    wait_quiet,
     write_section,
 )
 

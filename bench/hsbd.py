@@ -56,7 +56,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _sandbox import (  # noqa: E402
-    wait_quiet,
     Admin,
     Child,
     Logs,
@@ -66,6 +65,7 @@ from _sandbox import (  # noqa: E402
     machine_line,
     median,
     pctl,
+    run_or_render,
     sandbox,
     sandbox_down,
     start_load,
@@ -74,7 +74,7 @@ from _sandbox import (  # noqa: E402
     table,
     until,
     wait_dead,
-    run_or_render,
+    wait_quiet,
     write_section,
 )
 
@@ -191,7 +191,7 @@ async def standby_start(base: Path, n: int, reps: int, a: argparse.Namespace) ->
 class _ChurnTerm(asyncio.Protocol):
     """One logon: connect, hello, session open (recorded), hold, bye; the CP then closes."""
 
-    def __init__(self, churn: "_Churn", name: str) -> None:
+    def __init__(self, churn: _Churn, name: str) -> None:
         from hsb.wire.framing import Decoder
 
         self.churn = churn

@@ -17,7 +17,6 @@ iproute2 and tc. Raw results: bench/results/lease.json.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import tempfile

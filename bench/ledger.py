@@ -219,8 +219,8 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
     for t in res["throughput"]:
         r = t["runs"]
         hsb, norec, direct = (median([x["rate"] for x in r[k]]) or 0.0 for k in ("hsb", "hsb_norecord", "direct"))
-        ratios = [x["rate"] / y["rate"] for x, y in zip(r["hsb"], r["direct"]) if y["rate"]]
-        costs = [1 - x["rate"] / y["rate"] for x, y in zip(r["hsb"], r["hsb_norecord"]) if y["rate"]]
+        ratios = [x["rate"] / y["rate"] for x, y in zip(r["hsb"], r["direct"], strict=False) if y["rate"]]
+        costs = [1 - x["rate"] / y["rate"] for x, y in zip(r["hsb"], r["hsb_norecord"], strict=False) if y["rate"]]
         ratio, cost = median(ratios) or 0.0, median(costs) or 0.0
         books = all(x["ok"] for x in r["hsb"] + r["hsb_norecord"])
         rows.append([f"{t['terminals']:,}", f"{hsb:,.0f}", f"{norec:,.0f}", f"{direct:,.0f}", f"{100 * ratio:.0f} %",

@@ -38,7 +38,7 @@ def _ts(iso: str) -> float:
 
 
 def _events(path: Path, name: str) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     if not path.exists():
         return out
     for line in path.read_text(errors="replace").splitlines():

@@ -23,6 +23,7 @@ import os
 import random
 import signal
 import sys
+from typing import Any
 
 POINTS = (
     "host.mid_batch_write",
@@ -72,10 +73,10 @@ def point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-_storage = None  # hsb.takeover.faults.Faults, created by install() when control is on
+_storage: Any = None  # hsb.takeover.faults.Faults, created by install() when control is on
 
 
-def storage_faults() -> object | None:
+def storage_faults() -> Any:
     """The takeover-storage fault hook of this process (None unless HSB_CRASH_CONTROL is set)."""
     return _storage
 
@@ -110,17 +111,17 @@ def _storage_fault(words: list[str]) -> None:
     f = _storage
     kind, arg = words[0], (words[1] if len(words) > 1 else "")
     if kind == "delay":
-        f.delay = float(arg or 0)  # type: ignore[union-attr]
+        f.delay = float(arg or 0)
     elif kind == "hold":
-        f.hold()  # type: ignore[union-attr]
+        f.hold()
     elif kind == "eio":
-        f.error = errno.EIO  # type: ignore[union-attr]
+        f.error = errno.EIO
     elif kind == "corrupt":
-        f.corrupt_reads = int(arg or 1)  # type: ignore[union-attr]
+        f.corrupt_reads = int(arg or 1)
     elif kind == "clear":
-        f.error = None  # type: ignore[union-attr]
-        f.corrupt_reads = 0  # type: ignore[union-attr]
-        f.release()  # type: ignore[union-attr]
+        f.error = None
+        f.corrupt_reads = 0
+        f.release()
 
 
 def install() -> None:

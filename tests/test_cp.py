@@ -472,7 +472,7 @@ async def test_a_planned_handover_waits_for_the_standby_sessions_still_owed(cp: 
 async def test_a_planned_handover_waits_two_seconds_at_most(cp: Proc) -> None:
     """A standby that never opens the owed session does not hold the switchover up for good."""
     a, b = await pair(cp)
-    t1, t2 = await logon(cp, "T00001"), await logon(cp, "T00002")
+    _t1, t2 = await logon(cp, "T00001"), await logon(cp, "T00002")  # both logged on (a collected client logs off)
     b.send({"t": "open", "terminal": "T00001", "kind": "standby", "attrs": ATTRS})
     await b.wait(lambda m: m["t"] == "opened")
     a.send({"t": "release", "epoch": a.epoch})

@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from hsb.ctl import sandbox
 from hsb.ctl.gather import status_all
 from hsb.term.load import run_load
@@ -72,7 +70,7 @@ def check_journals(info: dict[str, Any], report: Any, order: list[str]) -> None:
     seen = set().union(*(set(e) for e in j.values()))
     missing = acked - seen
     assert not missing, f"{len(missing)} acknowledged ids are in no journal, e.g. {sorted(missing)[:5]}"
-    for earlier, later in zip(order, order[1:]):
+    for earlier, later in zip(order, order[1:], strict=False):
         both = set(j.get(earlier, {})) & set(j.get(later, {}))
         bad = [k for k in both if not j[later][k]]
         assert not bad, f"ids processed by {earlier} and again by {later} without the redelivered mark: {bad[:5]}"

@@ -106,7 +106,7 @@ def test_deep_nesting_is_a_protocol_error_not_a_crash() -> None:
 def test_arbitrary_bytes_yield_messages_or_the_typed_error(data: bytes, cuts: list[int]) -> None:
     d = Decoder(max_frame=4096, known_types={"msg"})
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    for a, b in zip(points, points[1:]):
+    for a, b in zip(points, points[1:], strict=False):
         try:
             for m in d.feed(data[a:b]):
                 assert isinstance(m, dict) and m["t"] == "msg"
@@ -132,6 +132,6 @@ def test_valid_streams_split_anywhere_decode_exactly(msgs: list[dict], cuts: lis
     points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
     d = Decoder(known_types={"msg", "hello"})
     got = []
-    for a, b in zip(points, points[1:]):
+    for a, b in zip(points, points[1:], strict=False):
         got += d.feed(stream[a:b])
     assert got == msgs

@@ -397,7 +397,7 @@ def test_rss_flat_after_hundreds_of_hostile_connections(sb: SB, witness: Witness
     for n, (base, mid, after) in seen.items():
         RSS_SEEN[n] = {"start_kib": start[n], "after_warmup_100_kib": base, "after_400_kib": mid, "after_700_kib": after}
     print("\nRSS (KiB) per daemon, hostile connections:", json.dumps(RSS_SEEN))
-    for n, (base, mid, after) in seen.items():
+    for n, (base, _mid, after) in seen.items():
         assert after - base < RSS_SLACK_KIB, f"{n}: RSS grew from {base} KiB to {after} KiB over 600 hostile connections (after warm-up)"
 
 
@@ -510,7 +510,7 @@ def test_stalled_and_unauthenticated_connections_are_dropped(sb: SB) -> None:
 
     results = asyncio.run(run())
     problems = []
-    for (target, what, _, expect, _), (took, got) in zip(cases, results):
+    for (target, what, _, expect, _), (took, got) in zip(cases, results, strict=False):
         if not (expect - 0.5 <= took <= expect + SLACK):
             problems.append(f"{target} ({what}): closed after {took:.2f}s, expected {expect}s")
         if target.endswith(".http"):
@@ -553,7 +553,7 @@ def test_dribbling_client_that_never_authenticates_is_dropped(tmp_path: Path) ->
             return await asyncio.gather(*(_stall(cp.info[k], prelude, dribble=True, every=0.3, give_up=1.0 + SLACK + 0.5) for k in ("terminal", "host", "admin")))
 
         results = asyncio.run(run())
-        late = [f"{k}: not closed within {took:.1f}s" for k, (took, _) in zip(("terminal", "host", "admin"), results) if took > 1.0 + SLACK]
+        late = [f"{k}: not closed within {took:.1f}s" for k, (took, _) in zip(("terminal", "host", "admin"), results, strict=False) if took > 1.0 + SLACK]
         assert not late, f"auth_timeout 1s, dribbling clients: {late}"
     finally:
         cp.stop()
@@ -610,7 +610,7 @@ def test_daemons_refuse_a_secret_file_readable_by_others(tmp_path: Path, mode: i
         "hsbd": [sys.executable, "-m", "hsb.host", "--role", "active", "--config", str(d / "host-a.toml")],
     }
     with ThreadPoolExecutor(2) as ex:
-        done = dict(zip(runs, ex.map(lambda argv: subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=d), runs.values())))
+        done = dict(zip(runs, ex.map(lambda argv: subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=d), runs.values()), strict=False))
     for name, r in done.items():
         assert r.returncode != 0, f"{name} started with a mode {mode:o} secret file"
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]

@@ -45,7 +45,7 @@ def test_lease_never_outlives_the_last_answered_send_plus_duration(beats: list[t
         t += gap
         sent.append((lease.beat(now=t), t))
     newest = None
-    for (n, at), (_, answer) in reversed(list(zip(sent, beats))):  # answers may come in any order
+    for (n, at), (_, answer) in reversed(list(zip(sent, beats, strict=False))):  # answers may come in any order
         if answer:
             lease.answered(n)
             newest = at if newest is None else max(newest, at)

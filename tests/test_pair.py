@@ -10,7 +10,6 @@ import pytest
 
 from tests.support.hostclient import FakeTerminal
 from tests.support.pair import Pair, make_pair
-from tests.support.procs import wait_for
 
 ATTRS = {"protocol": "hsb1", "codepage": "utf-8"}
 

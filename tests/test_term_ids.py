@@ -16,7 +16,7 @@ from hsb.term.report import LoadReport, format_table
 from hsb.term.verdict import ACKED, REPLY_ONE, SENT, count_ranges, id_ranges, ids, ranges_of
 from tests.support.hostclient import FakeHost
 from tests.support.procs import Proc, addr, start_cp
-from tests.test_term import FakeCP, FakeConn, _reap, _spawn, free_port
+from tests.test_term import FakeConn, FakeCP, _reap, _spawn, free_port
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -14,7 +14,7 @@ class CPAdminProtocol(AuthServerProtocol):
     link = "admin"
     dispatch = {"status": "on_status", "sessions": "on_sessions", "pause": "on_pause", "resume": "on_resume", "history": "on_history"}
 
-    def __init__(self, cp: "CP", **kw: Any) -> None:
+    def __init__(self, cp: CP, **kw: Any) -> None:
         super().__init__(**kw)
         self.cp = cp
         self.server_name = cp.name

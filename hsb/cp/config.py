@@ -6,14 +6,14 @@ from typing import Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 
+from hsb.config import Addr, ConfigPath, OptAddr, Strict
+from hsb.terminals import TerminalDef, TerminalGroup, expand_all
+from hsb.wire.framing import DEFAULT_MAX_FRAME
+
 # The CP grants the active role to another host only once the old active's lease has surely
 # run out: host_timeout must exceed host_lease by at least this much (scheduling delay between
 # a host checking its lease and acting on it, and clock rate; docs/design.md, the lease rule).
 LEASE_MARGIN = 0.1
-
-from hsb.config import Addr, ConfigPath, OptAddr, Strict
-from hsb.terminals import TerminalDef, TerminalGroup, expand_all
-from hsb.wire.framing import DEFAULT_MAX_FRAME
 
 
 class CPSection(Strict):
@@ -36,7 +36,7 @@ class CPSection(Strict):
     journal_segment_kib: int = Field(default=8192, ge=16, le=1024 * 1024)  # a segment is closed past this size
 
     @model_validator(mode="after")
-    def _lease_rule(self) -> "CPSection":
+    def _lease_rule(self) -> CPSection:
         if self.host_lease + LEASE_MARGIN >= self.host_timeout:
             raise ValueError(
                 f"host_lease ({self.host_lease:g} s) + margin ({LEASE_MARGIN:g} s) must be less than host_timeout"
@@ -54,7 +54,7 @@ class CPConfig(Strict):
     _defs: dict[str, TerminalDef] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
-    def _terms(self) -> "CPConfig":
+    def _terms(self) -> CPConfig:
         defs = expand_all(self.terminals, self.terminal_groups)
         if not defs:
             raise ValueError("no terminals defined; add [[terminals]] or [[terminal_groups]]")

@@ -18,9 +18,9 @@ import structlog
 
 from hsb import __version__, faults
 from hsb.cp.config import CPConfig
-from hsb.cp.notices import Notices
 from hsb.cp.journal import Journal, NullJournal, Recovered
 from hsb.cp.journal.recovery import ordered
+from hsb.cp.notices import Notices
 from hsb.cp.state import Held, Kept, Session, Term
 from hsb.cp.switchrec import AfterSwitch, History
 from hsb.cp.terminal_side import TerminalSide
@@ -30,7 +30,6 @@ from hsb.wire.framing import encode
 
 if TYPE_CHECKING:
     from hsb.cp.host_link import HostProtocol
-    from hsb.cp.terminal_link import TerminalProtocol
 
 log = structlog.get_logger("hsb.cp")
 
@@ -47,7 +46,7 @@ class _Handover:
 
     __slots__ = ("active", "standby", "owed", "timer")
 
-    def __init__(self, active: "HostProtocol", standby: "HostProtocol", owed: set[str], timer: asyncio.TimerHandle) -> None:
+    def __init__(self, active: HostProtocol, standby: HostProtocol, owed: set[str], timer: asyncio.TimerHandle) -> None:
         self.active = active
         self.standby = standby
         self.owed = owed  # terminal names
@@ -163,13 +162,13 @@ class CP(TerminalSide):
                     moved += 1
         log.info("journal_segment_carried_forward", segment=seg, records=moved)
 
-    def _carry(self, item: "Held | Kept", rec: list[Any]) -> None:
+    def _carry(self, item: Held | Kept, rec: list[Any]) -> None:
         old = item.seg
         item.seg = self.journal.append(rec, lambda: self.journal.unpin(old))
         self.journal.pin(item.seg)
 
     # ------------------------------------------------------------------ hosts
-    def host_register(self, host: "HostProtocol", role: str, startup_id: int) -> None:
+    def host_register(self, host: HostProtocol, role: str, startup_id: int) -> None:
         if role == "active":
             if self.active is not None and not self.active.closed:
                 log.warning("registration_refused", host=host.name, role=role, active=self.active.name, epoch=self.epoch)
@@ -220,7 +219,7 @@ class CP(TerminalSide):
         self.recorded_active = active
         return self.epoch
 
-    def _become_active(self, host: "HostProtocol", reason: str) -> None:
+    def _become_active(self, host: HostProtocol, reason: str) -> None:
         epoch = self._raise_epoch(host.name)
         self.active = host
         host.role = "active"
@@ -231,7 +230,7 @@ class CP(TerminalSide):
         self.announced = False
         self.journal.append(["e", epoch, host.name], lambda: self._registered_active(host, epoch, reason))
 
-    def _registered_active(self, host: "HostProtocol", epoch: int, reason: str) -> None:
+    def _registered_active(self, host: HostProtocol, epoch: int, reason: str) -> None:
         if host is not self.active or host.closed or epoch != self.epoch:
             return
         self.announced = True
@@ -243,7 +242,7 @@ class CP(TerminalSide):
             if term.conn is not None and term.active is None and not term.leaving:
                 host.send({"t": "session_request", "terminal": term.name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
 
-    def host_open(self, host: "HostProtocol", name: str, kind: str, attrs: dict[str, Any]) -> None:
+    def host_open(self, host: HostProtocol, name: str, kind: str, attrs: dict[str, Any]) -> None:
         term = self.terms.get(name)
         if term is None:
             host.send({"t": "open_failed", "terminal": name, "kind": kind, "reason": f"terminal {name!r} is not defined at the CP"})
@@ -274,7 +273,7 @@ class CP(TerminalSide):
         else:
             host.close_with_error("bad_fields", f"open: kind must be 'active' or 'standby', not {kind[:20]!r}")
 
-    def host_refuse(self, host: "HostProtocol", name: str, reason: str) -> None:
+    def host_refuse(self, host: HostProtocol, name: str, reason: str) -> None:
         term = self.terms.get(name)
         if term is None or host is not self.active:
             return
@@ -283,7 +282,7 @@ class CP(TerminalSide):
         if term.conn is not None:
             self._tell(term, {"t": "session", "state": "closed", "epoch": self.epoch, "reason": reason[:200]})
 
-    def host_close(self, host: "HostProtocol", name: str, kind: str) -> None:
+    def host_close(self, host: HostProtocol, name: str, kind: str) -> None:
         term = self.terms.get(name)
         if term is None:
             return
@@ -296,7 +295,7 @@ class CP(TerminalSide):
                 if term.conn is not None:
                     self._tell(term, {"t": "session", "state": "closed", "epoch": self.epoch, "reason": "closed by the host"})
 
-    def host_release(self, host: "HostProtocol") -> None:
+    def host_release(self, host: HostProtocol) -> None:
         """Planned switchover, step 1: stop delivering to the active; it finishes what it has."""
         if host is not self.active:
             return
@@ -305,7 +304,7 @@ class CP(TerminalSide):
         log.info("active_released", host=host.name, epoch=self.epoch)
         host.send({"t": "released", "epoch": self.epoch})
 
-    def host_handover(self, host: "HostProtocol", wait: bool = True) -> None:
+    def host_handover(self, host: HostProtocol, wait: bool = True) -> None:
         """Planned switchover, step 2: the released active has answered everything it had.
         Granted once the standby holds a standby session for every terminal that can have one
         (at most HANDOVER_WAIT_S later), so that no terminal is disconnected."""
@@ -344,7 +343,7 @@ class CP(TerminalSide):
         if not h.owed:
             self.host_handover(h.active, wait=False)
 
-    def host_stopping(self, host: "HostProtocol") -> None:
+    def host_stopping(self, host: HostProtocol) -> None:
         """Normal termination of the active (SPEC §5.3): close its sessions, keep held, no switch."""
         if host is not self.active:
             return
@@ -366,7 +365,7 @@ class CP(TerminalSide):
         if self.standby is not None and self.standby.usable:
             self.standby.send({"t": "active_lost", "host": host.name, "why": "stopping"})
 
-    def host_lost(self, host: "HostProtocol") -> None:
+    def host_lost(self, host: HostProtocol) -> None:
         if host is self.active:
             if host.closed_here:
                 # closed by us (a protocol error, a stale epoch): the host may not know yet and
@@ -435,7 +434,7 @@ class CP(TerminalSide):
         self._notify_active_lost(a.name, "silent")
 
     # ------------------------------------------------------------------ arbitration
-    def host_switchover(self, host: "HostProtocol", reason: str, planned: bool, kind: str = "failover") -> None:
+    def host_switchover(self, host: HostProtocol, reason: str, planned: bool, kind: str = "failover") -> None:
         if host is not self.standby:
             host.send({"t": "switch_refused", "reason": "only the registered standby host may ask for a switchover"})
             return
@@ -463,7 +462,7 @@ class CP(TerminalSide):
             return
         self._grant(host, reason, why, kind="promote" if kind == "promote" or why.startswith("promote") else "failover")
 
-    def _grant(self, host: "HostProtocol", reason: str, why: str, demote: "HostProtocol | None" = None, kind: str = "switchover") -> None:
+    def _grant(self, host: HostProtocol, reason: str, why: str, demote: HostProtocol | None = None, kind: str = "switchover") -> None:
         """Decide: the role is the requester's from now on (a new epoch, so the old active's frames
         are refused); announced, and the sessions flipped, once the epoch is durable (`_granted`)."""
         t0 = time.monotonic()
@@ -485,7 +484,7 @@ class CP(TerminalSide):
         self.journal.append(["e", epoch, host.name], lambda: self._granted(host, reason, why, demote, old, t0, loss, release_t0, epoch, kind))
 
     def _granted(
-        self, host: "HostProtocol", reason: str, why: str, demote: "HostProtocol | None", old: "HostProtocol | None",
+        self, host: HostProtocol, reason: str, why: str, demote: HostProtocol | None, old: HostProtocol | None,
         t0: float, loss: tuple[float, float] | None, release_t0: float | None, epoch: int, kind: str,
     ) -> None:
         if epoch != self.epoch:  # a newer epoch was raised while this one was made durable
@@ -613,7 +612,7 @@ class CP(TerminalSide):
                 standby_s += 1
             held += len(t.held)
             paused += t.paused
-        def host_info(h: "HostProtocol | None") -> dict[str, Any] | None:
+        def host_info(h: HostProtocol | None) -> dict[str, Any] | None:
             if h is None:
                 return None
             return {"name": h.name, "role": h.role, "peer": h.peer, "connected": not h.closed, "heard_ms_ago": round((time.monotonic() - h.last_rx) * 1000, 1)}

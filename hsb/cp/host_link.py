@@ -35,7 +35,7 @@ class HostProtocol(AuthServerProtocol):
         "switchover": "on_switchover",
     }
 
-    def __init__(self, cp: "CP", **kw: Any) -> None:
+    def __init__(self, cp: CP, **kw: Any) -> None:
         super().__init__(**kw)
         self.cp = cp
         self.role: str | None = None

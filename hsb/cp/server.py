@@ -17,8 +17,8 @@ from hsb.config import parse_addr
 from hsb.cp.admin import CPAdminProtocol
 from hsb.cp.config import LEASE_MARGIN, CPConfig
 from hsb.cp.core import CP
-from hsb.cp.journal import Journal, Recovered, recover
 from hsb.cp.host_link import HostProtocol
+from hsb.cp.journal import Journal, Recovered, recover
 from hsb.cp.terminal_link import TerminalProtocol
 from hsb.ops.http import json_route, start_http
 from hsb.ops.metrics import CPCollector, registry_for

@@ -21,7 +21,7 @@ class Session:
 
     __slots__ = ("host", "kind", "attrs", "epoch")
 
-    def __init__(self, host: "HostProtocol", kind: str, attrs: dict[str, Any], epoch: int) -> None:
+    def __init__(self, host: HostProtocol, kind: str, attrs: dict[str, Any], epoch: int) -> None:
         self.host = host
         self.kind = kind
         self.attrs = attrs
@@ -69,7 +69,7 @@ class Term:
     def __init__(self, defn: TerminalDef) -> None:
         self.name = defn.name
         self.defn = defn
-        self.conn: "TerminalProtocol | None" = None
+        self.conn: TerminalProtocol | None = None
         self.active: Session | None = None
         self.standby: Session | None = None
         self.held: dict[int, Held] = {}  # insertion order = id order

@@ -23,7 +23,7 @@ class TerminalProtocol(FramedProtocol):
     link = "terminal"
     dispatch = {"hello": "on_hello", "msg": "on_msg", "confirm": "on_confirm", "bye": "on_bye"}
 
-    def __init__(self, cp: "CP", *, hello_timeout: float, idle_after_hello: float | None, **kw: Any) -> None:
+    def __init__(self, cp: CP, *, hello_timeout: float, idle_after_hello: float | None, **kw: Any) -> None:
         super().__init__(idle_timeout=hello_timeout, partial_timeout=hello_timeout, **kw)
         self.cp = cp
         self.term: Term | None = None

@@ -7,13 +7,13 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from hsb.ctl.file_cmd import file_group
 from hsb.ctl.ops_cmds import register as register_ops
 from hsb.ctl.target import Target, TargetError, load_target
-
 
 DEFAULT_CONFIG = "/etc/hsb/ctl.toml"
 
@@ -87,7 +87,7 @@ def promote(obj: Ctx) -> None:
     async def outcome() -> tuple[bool, str]:
         for _ in range(100):  # the CP decides; wait up to 10 s for its answer
             st = await status_all(t.cp, t.hosts, t.secret_file)  # type: ignore[arg-type]
-            h = next((x for x in st["hosts"] if x.get("name") == name), {})
+            h: dict[str, Any] = next((x for x in st["hosts"] if x.get("name") == name), {})
             if h.get("role") == "active":
                 return True, f"{name} is the active host now (epoch {h.get('epoch')})"
             if "refused" in str(h.get("last_error") or ""):

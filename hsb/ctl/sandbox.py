@@ -117,7 +117,7 @@ def write_configs(
 
 
 def _spawn(d: Path, name: str, argv: list[str]) -> int:
-    log = open(d / f"{name}.log", "ab")
+    log = open(d / f"{name}.log", "ab")  # noqa: SIM115 - the child's log, closed by its owner
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=d)
     log.close()
     return p.pid
@@ -139,7 +139,8 @@ def _alive(pid: int) -> bool:
 
 def load_state(d: Path) -> dict[str, Any]:
     try:
-        return json.loads((d / STATE).read_text())
+        state: dict[str, Any] = json.loads((d / STATE).read_text())
+        return state
     except FileNotFoundError:
         raise SandboxError(f"{d} holds no sandbox ({STATE} missing); start one with 'hsbctl sandbox up --dir {d}'") from None
 

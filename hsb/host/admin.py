@@ -15,7 +15,7 @@ class HostAdminProtocol(AuthServerProtocol):
     link = "admin"
     dispatch = {"status": "on_status", "promote": "on_promote", "switchover": "on_switchover", "stop": "on_stop"}
 
-    def __init__(self, srv: "HostServer", **kw: Any) -> None:
+    def __init__(self, srv: HostServer, **kw: Any) -> None:
         super().__init__(**kw)
         self.srv = srv
         self.server_name = srv.cfg.host.name

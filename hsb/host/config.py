@@ -29,7 +29,7 @@ class HostSection(Strict):
     max_frame: int = Field(default=DEFAULT_MAX_FRAME, ge=64, le=64 * 1024 * 1024)
 
     @model_validator(mode="after")
-    def _timing(self) -> "HostSection":
+    def _timing(self) -> HostSection:
         if self.heartbeat_timeout <= 2 * self.heartbeat_interval:
             raise ValueError(
                 f"heartbeat_timeout ({self.heartbeat_timeout}s) must be greater than two heartbeat intervals "
@@ -61,7 +61,7 @@ class HostConfig(Strict):
     _defs: dict[str, TerminalDef] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
-    def _terms(self) -> "HostConfig":
+    def _terms(self) -> HostConfig:
         self._defs = expand_all(self.terminals, self.terminal_groups)
         if self.host.peer == self.host.peer_listen:
             raise ValueError("host.peer must be the other host's peer_listen, not this host's own")

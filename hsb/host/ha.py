@@ -24,8 +24,8 @@ import structlog
 
 from hsb import __version__, faults
 from hsb.host.lease import Lease
-from hsb.ops.notify import Watchdog
 from hsb.host.sessions import ACTIVE, CLOSED, STANDBY
+from hsb.ops.notify import Watchdog
 from hsb.takeover.startup_id import startup_id as new_startup_id
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ class Exit(Exception):
 
 
 class HA:
-    def __init__(self, server: "HostServer", role: str) -> None:
+    def __init__(self, server: HostServer, role: str) -> None:
         self.srv = server
         self.name = server.cfg.host.name
         self.role = role
@@ -541,7 +541,7 @@ class HA:
 
     async def batch_read(self) -> None:
         """S225-S227: compare the startup id, take B from the file, open standby sessions."""
-        from hsb.takeover.reader import StartupIdMismatch
+        from hsb.takeover.errors import StartupIdMismatch
 
         self.set_state(BATCH_READING, "BATCH WRITE COMPLETE received")
         tio = self.srv.takeover

@@ -61,7 +61,7 @@ class PeerInbound(AuthServerProtocol):
     link = "peer"
     dispatch = {t: "on_frame" for t in PEER_TYPES}
 
-    def __init__(self, owner: "PeerLink", **kw: Any) -> None:
+    def __init__(self, owner: PeerLink, **kw: Any) -> None:
         super().__init__(**kw)
         self.owner = owner
         self.server_name = owner.name

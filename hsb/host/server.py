@@ -25,7 +25,6 @@ from hsb.host.delivery import Delivery
 from hsb.host.ha import HA
 from hsb.host.hooks import RoleHook
 from hsb.host.peer import PeerLink
-from hsb.service.api import Service
 from hsb.host.sessions import SessionTable
 from hsb.host.sessions_ctl import SessionsCtl
 from hsb.host.takeover_io import TakeoverIO
@@ -33,6 +32,7 @@ from hsb.ops.http import json_route, start_http
 from hsb.ops.metrics import HostCollector, registry_for
 from hsb.ops.metrics import render as render_metrics
 from hsb.ops.notify import notify
+from hsb.service.api import Service
 
 log = structlog.get_logger("hsb.host")
 

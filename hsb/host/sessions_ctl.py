@@ -25,7 +25,7 @@ log = structlog.get_logger("hsb.host")
 
 
 class SessionsCtl:
-    def __init__(self, server: "HostServer") -> None:
+    def __init__(self, server: HostServer) -> None:
         self.srv = server
         self.sessions = server.sessions
         self.pending_standby: dict[str, float] = {}  # standby opens not yet answered by the CP

@@ -15,10 +15,10 @@ import structlog
 
 from hsb import faults
 from hsb.backoff import Backoff
-
 from hsb.host.config import TakeoverSection
+from hsb.takeover.errors import StartupIdMismatch
 from hsb.takeover.layout import batch_records_for, entries_per_record
-from hsb.takeover.reader import PollStatus, StartupIdMismatch
+from hsb.takeover.reader import PollStatus
 from hsb.takeover.records import SessionEntry
 from hsb.takeover.store import TakeoverStore
 
@@ -40,7 +40,7 @@ class TakeoverIO:
             records=cfg.records,
             host_name=host_name,
             timeout=cfg.storage_timeout,
-            faults=faults.storage_faults(),  # type: ignore[arg-type]  # None unless fault injection is on
+            faults=faults.storage_faults(),  # None unless fault injection is on
         )
         self.mode = OFF
         self.pending: list[SessionEntry] = []
@@ -119,9 +119,9 @@ class TakeoverIO:
             snap = await self.store.batch_read(expected)
         except StartupIdMismatch as exc:
             try:
-                exc.found = (await self.store.read_header()).startup_id  # type: ignore[attr-defined]
+                exc.found = (await self.store.read_header()).startup_id
             except Exception:
-                exc.found = None  # type: ignore[attr-defined]
+                exc.found = None
             raise
         self.last_error = None
         return int(snap.header.generation), int(snap.header.batch_records), list(snap.entries)

@@ -103,7 +103,7 @@ def _histogram(name: str, doc: str, counts: list[int], total: float) -> Metric:
     from hsb.cp.journal.store import SYNC_BUCKETS
 
     buckets, acc = [], 0
-    for bound, n in zip(SYNC_BUCKETS, counts):
+    for bound, n in zip(SYNC_BUCKETS, counts, strict=False):
         acc += n
         buckets.append(("+Inf" if bound == float("inf") else repr(bound), acc))
     return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total)
@@ -115,7 +115,7 @@ def _kind_histogram(name: str, doc: str, h: Any) -> Metric:
     m = HistogramMetricFamily(name, doc, labels=["kind"])
     for kind, counts in h.counts.items():
         acc, buckets = 0, []
-        for bound, n in zip(BUCKETS, counts):
+        for bound, n in zip(BUCKETS, counts, strict=False):
             acc += n
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), acc))
         m.add_metric([kind], buckets, h.sums[kind])

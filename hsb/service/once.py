@@ -35,6 +35,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
+
 import structlog
 
 from hsb.service.api import ServiceUnavailable

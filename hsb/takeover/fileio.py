@@ -46,7 +46,7 @@ from hsb.takeover.layout import (
     VERSION,
     check_record_size,
 )
-from hsb.takeover.records import BadRecord, Header, encode_header, decode_header, parse_record
+from hsb.takeover.records import BadRecord, Header, decode_header, encode_header, parse_record
 
 log = structlog.get_logger("hsb.takeover")
 
@@ -91,7 +91,7 @@ class FreshReader:
         self.fd = -1
         self.direct = False
 
-    def __enter__(self) -> "FreshReader":
+    def __enter__(self) -> FreshReader:
         self.fd, self.direct = _open_read(self.path)
         return self
 
@@ -174,7 +174,7 @@ class RecordWriter:
             os.close(self.fd)
             self.fd = -1
 
-    def __enter__(self) -> "RecordWriter":
+    def __enter__(self) -> RecordWriter:
         return self
 
     def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:

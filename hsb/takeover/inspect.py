@@ -10,7 +10,7 @@ TakeoverFileError, as they leave nothing to inspect.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from hsb.takeover.fileio import FreshReader, check_file
@@ -79,7 +79,7 @@ def inspect_file(path: str) -> dict[str, Any]:
         errors.append({"record": 0, "reason": f"header says {h.batch_entries} batch entries, the batch area holds {len(batch)}"})
     ring.sort(key=lambda x: x["seq"])
     seqs = [x["seq"] for x in ring]
-    gaps = sum(1 for a, c in zip(seqs, seqs[1:]) if c != a + 1)
+    gaps = sum(1 for a, c in zip(seqs, seqs[1:], strict=False) if c != a + 1)
     if gaps:
         errors.append({"record": None, "reason": f"ring sequence has {gaps} gap(s) within the current generation"})
     return {
@@ -115,4 +115,4 @@ def inspect_file(path: str) -> dict[str, Any]:
 def _iso(h: Header) -> str | None:
     if not h.written_at_ms:
         return None
-    return datetime.fromtimestamp(h.written_at_ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(h.written_at_ms / 1000, UTC).isoformat(timespec="milliseconds")

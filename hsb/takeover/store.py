@@ -201,7 +201,7 @@ class TakeoverStore:
                 for _, fut in group:
                     if not fut.done():
                         fut.set_exception(exc)
-                group = entries = []
+                group, entries = [], []
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 continue

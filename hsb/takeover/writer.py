@@ -23,7 +23,6 @@ from collections.abc import Sequence
 import structlog
 
 from hsb import faults
-
 from hsb.takeover.errors import HeaderCorrupt, NoBatchWritten
 from hsb.takeover.fileio import FreshReader, RecordWriter, check_file
 from hsb.takeover.layout import (
@@ -96,7 +95,7 @@ class TakeoverWriter:
     def close(self) -> None:
         self._io.close()
 
-    def __enter__(self) -> "TakeoverWriter":
+    def __enter__(self) -> TakeoverWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:

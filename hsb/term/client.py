@@ -37,13 +37,14 @@ a reply to an id it never sent, or to one the CP had not yet acknowledged, is
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from typing import Any, cast
 
 from hsb.backoff import Backoff
-from hsb.wire.framing import DEFAULT_MAX_FRAME, Decoder, ProtocolError, encode
 from hsb.term.verdict import ACKED, REPLY_MAX, REPLY_ONE, REPLY_SHIFT, SENT
+from hsb.wire.framing import DEFAULT_MAX_FRAME, Decoder, ProtocolError, encode
 
 CP_TYPES = frozenset({"welcome", "error", "session", "ack", "reply", "switched"})
 
@@ -586,10 +587,10 @@ class Connector:
             c.state = CONNECTING
             try:
                 async with asyncio.timeout(self.connect_timeout):  # not wait_for: a cycle per failure
-                    await loop.create_connection(lambda c=c: c, self.host, self.port)
+                    await loop.create_connection(functools.partial(_same, c), self.host, self.port)
             except asyncio.CancelledError:
                 raise
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 c.connect_failed(exc)
 
     async def close(self) -> None:
@@ -604,3 +605,8 @@ class Connector:
         if self._workers:
             await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
+
+
+def _same(c: TerminalClient) -> TerminalClient:
+    """The protocol factory for a client that reconnects: the same object every time."""
+    return c

@@ -163,7 +163,7 @@ async def interactive(
             if client.outstanding:
                 try:
                     await asyncio.wait_for(printer.drained.wait(), linger)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     printer.say(f"{len(client.outstanding)} message(s) still without a reply")
     finally:
         fatal_wait.cancel()
@@ -173,7 +173,7 @@ async def interactive(
             client.bye()
             try:
                 await asyncio.wait_for(asyncio.shield(client.closed), BYE_WAIT)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 client.close(abort=True)
         else:
             client.close()

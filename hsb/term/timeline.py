@@ -50,7 +50,7 @@ class Timeline:
 
     def steady_p99(self, t_op: float, before_s: float = 5.0) -> float | None:
         """p99 latency of the messages sent and answered in the `before_s` seconds before `t_op`."""
-        lat = sorted(r - s for s, r in zip(self.sent, self.replied) if t_op - before_s <= s and r <= t_op)
+        lat = sorted(r - s for s, r in zip(self.sent, self.replied, strict=False) if t_op - before_s <= s and r <= t_op)
         return lat[max(0, math.ceil(len(lat) * 0.99) - 1)] if lat else None
 
     def window(self, t_op: float, after_s: float = 1.0) -> dict[str, Any]:
@@ -61,7 +61,7 @@ class Timeline:
         last_reply = t_op
         unanswered = 0
         horizon = t_op + after_s
-        for s, r, k in zip(self.sent, self.replied, self.term):
+        for s, r, k in zip(self.sent, self.replied, self.term, strict=False):
             if s <= t_op < r:
                 in_flight += 1
                 terms.add(k)

@@ -8,7 +8,7 @@ subclass's table. Unauthenticated connections are dropped after `auth_timeout`.
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 import structlog
 
@@ -23,7 +23,7 @@ log = structlog.get_logger("hsb.wire")
 class AuthServerProtocol(FramedProtocol):
     """Subclasses set `link` ("host", "peer", "admin"), `dispatch`, and implement `authenticated()`."""
 
-    server_name: ClassVar[str] = "hsb"
+    server_name: str = "hsb"
 
     def __init__(self, *, secret: bytes, auth_timeout: float, idle_timeout: float | None = None, **kw: Any) -> None:
         super().__init__(known_types={*self.dispatch, "auth"}, idle_timeout=auth_timeout, **kw)

@@ -33,7 +33,7 @@ class FrameStream:
         self._flush_scheduled = False
 
     @classmethod
-    async def connect(cls, host: str, port: int, *, timeout: float = 5.0, max_frame: int = DEFAULT_MAX_FRAME) -> "FrameStream":
+    async def connect(cls, host: str, port: int, *, timeout: float = 5.0, max_frame: int = DEFAULT_MAX_FRAME) -> FrameStream:
         # asyncio.timeout, not wait_for: on 3.11 a failed connect under wait_for is a reference cycle
         # (task -> its exception -> traceback -> wait_for's frame -> task), and hsbd retries a peer
         # or CP that is down every 0.05-1 s, holding the exception across the backoff wait: long

@@ -28,7 +28,7 @@ CONNECTIONS_DROPPED: collections.Counter[str] = collections.Counter()
 CLOSE_LINGER_S = 5.0  # seconds a closed connection may take to send what is queued to it
 FRAMES_PER_TURN = 256  # frames handled per loop iteration for one connection before it yields
 
-Handler = Callable[[Any, dict[str, Any]], None]
+Handler = Callable[[dict[str, Any]], None]  # a bound method of the protocol
 
 
 class FramedProtocol(asyncio.Protocol):

@@ -60,7 +60,7 @@ def encode(msg: dict[str, Any]) -> bytes:
         pack = _local.pack
     except AttributeError:
         pack = _local.pack = msgpack.Packer(use_bin_type=True).pack
-    body = pack(msg)
+    body: bytes = pack(msg)
     return _LEN.pack(len(body)) + body
 
 

@@ -37,7 +37,6 @@ hsb.cp|hsb.host ...` and log JSON lines to `<dir>/<name>.log`.
 
 from __future__ import annotations
 
-
 import asyncio
 import json
 import os
@@ -255,7 +254,7 @@ class Lab:
         return self.dir / f"journal-{HOST_NAMES[node]}.log"
 
     # ------------------------------------------------------------------ lifecycle
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         try:
             self.up()
         except BaseException:
@@ -383,7 +382,7 @@ class Lab:
     def spawn(self, name: str, node: str, argv: list[str], *, log: Path | None = None, stdin: Any = subprocess.DEVNULL, stdout: Any = None, env: dict[str, str] | None = None) -> Daemon:
         """Run argv inside `node`'s namespace (in its own session); stderr (and stdout unless given) to the log."""
         log = log or self.dir / f"{name}.log"
-        fh = open(log, "ab")
+        fh = open(log, "ab")  # noqa: SIM115 - the child's log, closed by its owner
         full_env = dict(os.environ)
         full_env["PYTHONPATH"] = str(REPO) + (os.pathsep + full_env["PYTHONPATH"] if full_env.get("PYTHONPATH") else "")
         full_env.update(env or {})
@@ -425,7 +424,7 @@ class Lab:
         self.start_host("b", "standby")
         return await self.wait(lambda s: s["established"], timeout, "hot standby established")
 
-    def load(self, *, rate: float, settle: float = 20.0, terminals: int | None = None) -> "Load":
+    def load(self, *, rate: float, settle: float = 20.0, terminals: int | None = None) -> Load:
         out = self.dir / f"load-{len([p for p in self.dir.glob('load-*.json')])}.json"
         dm = self.spawn(
             "terminals",
@@ -665,7 +664,7 @@ def check_delivery(lab: Lab, report: dict[str, Any], order: list[str]) -> dict[s
         if host not in order:
             assert not j[host], f"{host} processed {len(j[host])} messages but was never active"
     redelivered = 0
-    for earlier, later in zip(order, order[1:]):
+    for earlier, later in zip(order, order[1:], strict=False):
         both = set(j.get(earlier, {})) & set(j.get(later, {}))
         bad = [k for k in both if not j[later][k][0]]
         assert not bad, f"ids processed by {earlier} and again by {later} without the redelivered mark: {bad[:5]}"
@@ -728,7 +727,7 @@ class Watch:
         self.samples: list[Sample] = []
         self.task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> "Watch":
+    async def __aenter__(self) -> Watch:
         self.task = asyncio.ensure_future(self._run())
         return self
 
@@ -748,7 +747,7 @@ class Watch:
                 st, *codes = await asyncio.gather(
                     self.lab.status(timeout=0.5), *(http_status(self.lab.mgmt(n, "http"), "/active") for n in nodes)
                 )
-                self.samples.append(Sample(t, st, [f"host-{n}" for n, c in zip(nodes, codes) if c == 200]))
+                self.samples.append(Sample(t, st, [f"host-{n}" for n, c in zip(nodes, codes, strict=False) if c == 200]))
             else:
                 self.samples.append(Sample(t, await self.lab.status(timeout=0.5)))
             await asyncio.sleep(max(0.0, self.interval - (time.time() - t)))

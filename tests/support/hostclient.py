@@ -26,7 +26,7 @@ class FakeHost:
         self.replied: set[tuple[str, int]] = set()  # (terminal, id) this host answered
 
     @classmethod
-    async def connect(cls, host_addr: str, name: str, role: str | None = None, secret: bytes = SECRET, heartbeat: float | None = 0.05) -> "FakeHost":
+    async def connect(cls, host_addr: str, name: str, role: str | None = None, secret: bytes = SECRET, heartbeat: float | None = 0.05) -> FakeHost:
         h, p = addr(host_addr)
         fs = await FrameStream.connect(h, p)
         await fs.authenticate(secret, "host", name)
@@ -115,7 +115,7 @@ class FakeHost:
         await self.fs.aclose()
 
 
-_LIVE: set["FakeTerminal"] = set()  # a client nobody holds must not be collected (that would log it off)
+_LIVE: set[FakeTerminal] = set()  # a client nobody holds must not be collected (that would log it off)
 
 
 class FakeTerminal:
@@ -130,7 +130,7 @@ class FakeTerminal:
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def connect(cls, term_addr: str, name: str, hello: bool = True) -> "FakeTerminal":
+    async def connect(cls, term_addr: str, name: str, hello: bool = True) -> FakeTerminal:
         h, p = addr(term_addr)
         fs = await FrameStream.connect(h, p)
         self = cls(fs, name)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import asyncio
+import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -103,7 +102,7 @@ class Proc:
 
 
 def spawn(name: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> Proc:
-    fh = open(log, "ab")
+    fh = open(log, "ab")  # noqa: SIM115 - the child's log, closed by its owner
     e = dict(os.environ)
     e.update(env or {})
     p = subprocess.Popen(argv, stdout=fh, stderr=fh, stdin=subprocess.DEVNULL, env=e)

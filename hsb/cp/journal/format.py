@@ -38,7 +38,7 @@ class JournalDamaged(Exception):
 
 
 def encode(payload: Any, packer: msgpack.Packer | None = None) -> bytes:
-    body = packer.pack(payload) if packer is not None else msgpack.packb(payload, use_bin_type=True)
+    body: bytes = packer.pack(payload) if packer is not None else msgpack.packb(payload, use_bin_type=True)
     n = len(body)
     length = n.to_bytes(4, "big")
     return HEADER.pack(MAGIC, n, zlib.crc32(body, zlib.crc32(length))) + body

@@ -29,9 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 import msgpack
+import structlog
 
 from hsb import faults
 from hsb.cp.journal.format import encode
@@ -201,7 +200,7 @@ class Journal:
         t0 = time.perf_counter()
         injected = faults.storage_faults()  # tests: a hung mount, EIO (hsb.takeover.faults)
         if injected is not None:
-            injected.before("journal_write")  # type: ignore[attr-defined]
+            injected.before("journal_write")
         touched: list[int] = []
         created = False
         i = 0
