@@ -74,10 +74,7 @@ def machine() -> dict[str, Any]:
 
 
 def machine_line(m: dict[str, Any]) -> str:
-    return (
-        f"{m['cores']} cores ({m['cpu']}), {m['mem_gib']} GiB RAM, Linux {m['kernel']}, "
-        f"Python {m['python']}, uvloop {m['uvloop']}"
-    )
+    return f"{m['cores']} cores ({m['cpu']}), {m['mem_gib']} GiB RAM, Linux {m['kernel']}, Python {m['python']}, uvloop {m['uvloop']}"
 
 
 def rss_kib(pid: int) -> int:
@@ -150,7 +147,10 @@ def start_hsbcpd(d: Path, **kw: Any) -> procs.Proc:
     with open(log, "ab") as fh:
         p = subprocess.Popen(
             [sys.executable, "-m", "hsb.cp", "--config", str(cfg)],
-            stdout=fh, stderr=fh, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
+            stdout=fh,
+            stderr=fh,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
         )
     proc = procs.Proc("hsbcpd", list(map(str, p.args)), log, p)  # type: ignore[arg-type]
     try:
@@ -179,7 +179,11 @@ class Child:
     async def start(cls, argv: list[str], log: Path) -> Child:
         fh = open(log, "ab")  # noqa: SIM115 - the child's log, closed by its owner
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=fh, limit=1 << 24,
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=fh,
+            limit=1 << 24,
             preexec_fn=die_with_parent,
         )
         return cls(proc, log, fh)
@@ -190,9 +194,7 @@ class Child:
         line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
         if not line:
             await asyncio.wait_for(self.proc.wait(), 5)
-            raise RuntimeError(
-                f"child {self.pid} exited ({self.proc.returncode}); log tail:\n{self.log.read_text()[-3000:]}"
-            )
+            raise RuntimeError(f"child {self.pid} exited ({self.proc.returncode}); log tail:\n{self.log.read_text()[-3000:]}")
         return json.loads(line)
 
     async def ask(self, msg: dict[str, Any], timeout: float = 180.0) -> dict[str, Any]:
@@ -285,9 +287,7 @@ class BenchHost(asyncio.Protocol):
             if t == "deliver":
                 self.counts["deliver"] += 1
                 if self.auto_reply:
-                    out.append(
-                        encode({"t": "reply", "terminal": m["terminal"], "id": m["id"], "data": m["data"], "epoch": self.epoch})
-                    )
+                    out.append(encode({"t": "reply", "terminal": m["terminal"], "id": m["id"], "data": m["data"], "epoch": self.epoch}))
                 continue
             if t == "hb":
                 continue
@@ -297,9 +297,7 @@ class BenchHost(asyncio.Protocol):
             if t == "session_request":
                 self.counts[t] += 1
                 if self.auto_open:
-                    out.append(
-                        encode({"t": "open", "terminal": m["terminal"], "kind": "active", "attrs": self.attrs, "epoch": self.epoch})
-                    )
+                    out.append(encode({"t": "open", "terminal": m["terminal"], "kind": "active", "attrs": self.attrs, "epoch": self.epoch}))
             elif t == "opened":
                 self.counts[f"opened:{m.get('kind')}"] += 1
             elif t == "challenge":

@@ -51,7 +51,9 @@ def _code_version() -> str:
 
     try:
         head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "hsb"], capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "hsb"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "?"
     return f"{head}{' + uncommitted changes in hsb/' if dirty else ''}"
@@ -134,11 +136,7 @@ class LogTail:
         return self.events
 
     def find(self, name: str, after: float = 0.0, last: bool = False, **match: Any) -> dict[str, Any] | None:
-        hits = [
-            e
-            for e in self.read()
-            if e.get("event") == name and e.get("_t", 0) >= after and all(e.get(k) == v for k, v in match.items())
-        ]
+        hits = [e for e in self.read() if e.get("event") == name and e.get("_t", 0) >= after and all(e.get(k) == v for k, v in match.items())]
         if not hits:
             return None
         return hits[-1] if last else hits[0]
@@ -163,14 +161,10 @@ class Logs:
 
 async def status(d: Path, timeout: float = 2.0) -> dict[str, Any]:
     st = sandbox.load_state(d)
-    return await status_all(
-        st["cp"]["admin"], [h["admin"] for h in st["hosts"].values()], str(d / "secret"), timeout=timeout
-    )
+    return await status_all(st["cp"]["admin"], [h["admin"] for h in st["hosts"].values()], str(d / "secret"), timeout=timeout)
 
 
-async def until(
-    probe: Callable[[], Any], pred: Callable[[Any], bool], timeout: float, what: str, interval: float = 0.05
-) -> Any:
+async def until(probe: Callable[[], Any], pred: Callable[[Any], bool], timeout: float, what: str, interval: float = 0.05) -> Any:
     """Call the async `probe()` until `pred(result)`; TimeoutError naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
     last: Any = None

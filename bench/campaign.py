@@ -100,7 +100,7 @@ def render(saved: dict[str, Any], a: argparse.Namespace) -> str:
     if s.get("error"):
         out += [
             f"**INVARIANT BROKEN** in round {s.get('rounds_done', 0) + 1} of {st.get('rounds', 0):,} (seed {s['seed']};"
-            f" a round replays from `Random(\"{s['seed']}:<round>\")`): {s['error']}",
+            f' a round replays from `Random("{s["seed"]}:<round>")`): {s["error"]}',
         ]
         return "\n".join(out)
     bad = problems(s)
@@ -112,10 +112,11 @@ def render(saved: dict[str, Any], a: argparse.Namespace) -> str:
     fb = s.get("fallbacks") or {}
     if fb:
         acts += "; armed but the crash point never reached (SIGKILLed instead): " + ", ".join(
-            f"{ACTION_LABELS.get(k, k)} {v:,}" for k, v in fb.items())
+            f"{ACTION_LABELS.get(k, k)} {v:,}" for k, v in fb.items()
+        )
     classic = [k for k, (_, has_standby) in ACTIONS.items() if not has_standby]
     rows = [
-        ["rounds", f"{s['rounds']:,} (seed {s['seed']}; a round replays from `Random(\"{s['seed']}:<round>\")`)"],
+        ["rounds", f'{s["rounds"]:,} (seed {s["seed"]}; a round replays from `Random("{s["seed"]}:<round>")`)'],
         ["messages acknowledged", f"{s['acknowledged']:,}"],
         ["lost", b("lost")],
         ["duplicated replies", b("duplicates")],
@@ -124,20 +125,29 @@ def render(saved: dict[str, Any], a: argparse.Namespace) -> str:
         ["processed twice without the redelivered mark", b("processed_twice_without_redelivered_mark")],
         ["acknowledged but in no journal", b("acknowledged_not_in_any_journal")],
         ["disconnects of terminals that had a standby session (quiet rounds)", b("disconnects_in_quiet_rounds")],
-        ["rounds with two actives serving", b("rounds_with_two_actives")
-         + (f" ({len(s['epoch_violations'])} epoch-record violations)" if s.get("epoch_violations") else "")],
+        [
+            "rounds with two actives serving",
+            b("rounds_with_two_actives") + (f" ({len(s['epoch_violations'])} epoch-record violations)" if s.get("epoch_violations") else ""),
+        ],
         ["rounds by action", acts],
         ["operator restarts", f"{s.get('operator_restarts', 0):,}"],
-        ["disconnects in all rounds", f"{s.get('disconnects_total', 0):,} (allowed only in the rounds where the active died"
-         f" before the standby was established: {', '.join(ACTION_LABELS.get(k, k) for k in classic)}; there the terminals"
-         " have no standby session yet and take the classic path)"],
+        [
+            "disconnects in all rounds",
+            f"{s.get('disconnects_total', 0):,} (allowed only in the rounds where the active died"
+            f" before the standby was established: {', '.join(ACTION_LABELS.get(k, k) for k in classic)}; there the terminals"
+            " have no standby session yet and take the classic path)",
+        ],
         ["verdict", "all OK" if not bad else f"**FAILED**: {'; '.join(bad)}"],
     ]
     out.append(table(["total", "value"], rows, "ll"))
     rm = s.get("round_ms") or {}
     if rm:
-        out += ["", "Round time (kill → pair recovered and checked), ms, median (max): " + ", ".join(
-            f"{ACTION_LABELS.get(k, k)} {v['median']:,.0f} ({v['max']:,.0f})" for k, v in rm.items()) + "."]
+        out += [
+            "",
+            "Round time (kill → pair recovered and checked), ms, median (max): "
+            + ", ".join(f"{ACTION_LABELS.get(k, k)} {v['median']:,.0f} ({v['max']:,.0f})" for k, v in rm.items())
+            + ".",
+        ]
     return "\n".join(out)
 
 

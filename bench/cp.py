@@ -132,8 +132,15 @@ async def load_main(a: argparse.Namespace) -> None:
     sending = asyncio.Event()
     task = asyncio.ensure_future(
         run_load(
-            addr(a.cp), terminals=a.terminals, rate=0, duration=a.duration, window=a.window, closed_loop=True,
-            settle=15, connect_timeout=90, sending=sending,
+            addr(a.cp),
+            terminals=a.terminals,
+            rate=0,
+            duration=a.duration,
+            window=a.window,
+            closed_loop=True,
+            settle=15,
+            connect_timeout=90,
+            sending=sending,
         )
     )
     waiter = asyncio.ensure_future(sending.wait())
@@ -177,13 +184,20 @@ async def fleet_main(a: argparse.Namespace) -> None:
             elif c == "await_switched":
                 n = len(names)
                 ok = await fleet.until(lambda: fleet.switched >= n, cmd.get("timeout", 60))
-                emit({"ok": ok, "switched": fleet.switched, "first": fleet.first_switched,
-                      "last": fleet.last_switched, "disconnects": fleet.disconnects, "sessions": fleet.sessions})
+                emit(
+                    {
+                        "ok": ok,
+                        "switched": fleet.switched,
+                        "first": fleet.first_switched,
+                        "last": fleet.last_switched,
+                        "disconnects": fleet.disconnects,
+                        "sessions": fleet.sessions,
+                    }
+                )
             elif c == "ping":
                 emit({"ping_s": await fleet.ping()})
             elif c == "state":
-                emit({"sessions": fleet.sessions, "disconnects": fleet.disconnects, "replies": fleet.replies,
-                      "errors": dict(fleet.errors)})
+                emit({"sessions": fleet.sessions, "disconnects": fleet.disconnects, "replies": fleet.replies, "errors": dict(fleet.errors)})
     finally:
         fleet.close()
 
@@ -203,26 +217,40 @@ async def bench_throughput(n: int, window: int, a: argparse.Namespace, work: Pat
     host = hostmem = echo = None
     runs: dict[str, list[dict[str, Any]]] = {"cp": [], "cpmem": [], "direct": []}
     try:
-        host = await Child.start(child_argv("_host", "--addr", cp.info["host"], "--secret-hex", SECRET.hex()),
-                                 d / "host.log")
+        host = await Child.start(child_argv("_host", "--addr", cp.info["host"], "--secret-hex", SECRET.hex()), d / "host.log")
         await host.read(30)
-        hostmem = await Child.start(child_argv("_host", "--addr", cpmem.info["host"], "--secret-hex", SECRET.hex()),
-                                    d / "host-memory-only.log")
+        hostmem = await Child.start(child_argv("_host", "--addr", cpmem.info["host"], "--secret-hex", SECRET.hex()), d / "host-memory-only.log")
         await hostmem.read(30)
         echo = await Child.start(child_argv("_echo"), d / "echo.log")
         port = (await echo.read(30))["port"]
         modes = ["cp", "cpmem", "direct"]
         for rep in range(a.reps):
-            order = modes[rep % 3:] + modes[: rep % 3]  # each first in turn
+            order = modes[rep % 3 :] + modes[: rep % 3]  # each first in turn
             for mode in order:
                 target = {"cp": cp.info["terminal"], "cpmem": cpmem.info["terminal"]}.get(mode, f"127.0.0.1:{port}")
-                watch = ({"hsbcpd": cp.popen.pid, "host": host.pid} if mode == "cp"
-                         else {"hsbcpd": cpmem.popen.pid, "host": hostmem.pid} if mode == "cpmem" else {"echo": echo.pid})
+                watch = (
+                    {"hsbcpd": cp.popen.pid, "host": host.pid}
+                    if mode == "cp"
+                    else {"hsbcpd": cpmem.popen.pid, "host": hostmem.pid}
+                    if mode == "cpmem"
+                    else {"echo": echo.pid}
+                )
                 for attempt in range(1 + max(0, getattr(a, "retries", 0))):
                     await await_quiet(a, log)
                     load = await Child.start(
-                        child_argv("_load", "--cp", target, "--terminals", str(n), "--window", str(window),
-                                   "--duration", str(a.duration), "--watch", json.dumps(watch)),
+                        child_argv(
+                            "_load",
+                            "--cp",
+                            target,
+                            "--terminals",
+                            str(n),
+                            "--window",
+                            str(window),
+                            "--duration",
+                            str(a.duration),
+                            "--watch",
+                            json.dumps(watch),
+                        ),
                         d / f"load-{mode}-{rep}-{attempt}.log",
                     )
                     try:
@@ -235,16 +263,28 @@ async def bench_throughput(n: int, window: int, a: argparse.Namespace, work: Pat
                         failures.append(f"sessions: {r['sessions_opened']} of {n} terminals had a session")
                     if not r["ok"] and not failures:
                         failures.append("no terminal was ever welcomed")
-                    run = {"rate": r["reply_rate"], "p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"],
-                           "ack_p50": (r.get("ack_latency_ms") or {}).get("p50"), "ack_p99": (r.get("ack_latency_ms") or {}).get("p99"),
-                           "replied": r["replied"], "duration_s": r["duration_s"], "cpu": out["cpu"],
-                           "lost": r["lost"], "duplicates": r["duplicates"], "unexpected": r["unexpected"],
-                           "ok": bool(r["ok"]) and not failures, "failures": failures}
+                    run = {
+                        "rate": r["reply_rate"],
+                        "p50": r["latency_ms"]["p50"],
+                        "p99": r["latency_ms"]["p99"],
+                        "ack_p50": (r.get("ack_latency_ms") or {}).get("p50"),
+                        "ack_p99": (r.get("ack_latency_ms") or {}).get("p99"),
+                        "replied": r["replied"],
+                        "duration_s": r["duration_s"],
+                        "cpu": out["cpu"],
+                        "lost": r["lost"],
+                        "duplicates": r["duplicates"],
+                        "unexpected": r["unexpected"],
+                        "ok": bool(r["ok"]) and not failures,
+                        "failures": failures,
+                    }
                     if not run["ok"]:
                         log(f"  {n:>5} terminals  window {window:<4} {mode:<6} rep {rep + 1}: FAILED: {'; '.join(failures)}")
                     other = out["cpu"].get("other", 0.0) + out["cpu"].get("steal", 0.0)
-                    log(f"  {n:>5} terminals  window {window:<4} {mode:<6} rep {rep + 1}: {run['rate']:>9.0f} msg/s  "
-                        f"p50 {run['p50'] or float('nan'):.2f} ms  p99 {run['p99'] or float('nan'):.2f} ms  cpu {run['cpu']}")
+                    log(
+                        f"  {n:>5} terminals  window {window:<4} {mode:<6} rep {rep + 1}: {run['rate']:>9.0f} msg/s  "
+                        f"p50 {run['p50'] or float('nan'):.2f} ms  p99 {run['p99'] or float('nan'):.2f} ms  cpu {run['cpu']}"
+                    )
                     run["attempts"] = attempt + 1
                     run["disturbed"] = other > getattr(a, "max_other", float("inf"))
                     if not run["disturbed"] or not run["ok"]:  # a failed run is kept, never run again
@@ -268,8 +308,7 @@ async def bench_throughput(n: int, window: int, a: argparse.Namespace, work: Pat
             "p99": round(median([r["p99"] for r in rs if r["p99"] is not None]), 3),
             "ack_p50": round(median([r["ack_p50"] for r in rs if r.get("ack_p50") is not None]), 3),
             "ack_p99": round(median([r["ack_p99"] for r in rs if r.get("ack_p99") is not None]), 3),
-            "cpu": {k: round(median([r["cpu"].get(k, float("nan")) for r in rs]), 2)
-                    for k in [*cpu_keys, "other", "steal"]},
+            "cpu": {k: round(median([r["cpu"].get(k, float("nan")) for r in rs]), 2) for k in [*cpu_keys, "other", "steal"]},
             "us_per_msg": {k: round(median([r["us_per_msg"].get(k, float("nan")) for r in rs]), 2) for k in cpu_keys},
             "failed": sum(1 for r in rs if not r.get("ok", True)),
             "runs": rs,
@@ -278,15 +317,20 @@ async def bench_throughput(n: int, window: int, a: argparse.Namespace, work: Pat
     cps, mem, direct = summary(runs["cp"]), summary(runs["cpmem"]), summary(runs["direct"])
     ratios = [c["rate"] / dr["rate"] for c, dr in zip(runs["cp"], runs["direct"], strict=False) if dr["rate"]]
     durable = [c["rate"] / m["rate"] for c, m in zip(runs["cp"], runs["cpmem"], strict=False) if m["rate"]]
-    return {"terminals": n, "window": window, "cp": cps, "memory_only": mem, "direct": direct,
-            "ratio": round(cps["rate"] / direct["rate"], 3) if direct["rate"] else None,
-            "ratios": [round(x, 3) for x in ratios],
-            "durable_ratio": round(cps["rate"] / mem["rate"], 3) if mem["rate"] else None,
-            "durable_ratios": [round(x, 3) for x in durable]}
+    return {
+        "terminals": n,
+        "window": window,
+        "cp": cps,
+        "memory_only": mem,
+        "direct": direct,
+        "ratio": round(cps["rate"] / direct["rate"], 3) if direct["rate"] else None,
+        "ratios": [round(x, 3) for x in ratios],
+        "durable_ratio": round(cps["rate"] / mem["rate"], 3) if mem["rate"] else None,
+        "durable_ratios": [round(x, 3) for x in durable],
+    }
 
 
-async def bench_switch(n: int, rounds_wanted: int, work: Path, log: Any, memory: bool,
-                       max_other: float = float("inf")) -> dict[str, Any]:
+async def bench_switch(n: int, rounds_wanted: int, work: Path, log: Any, memory: bool, max_other: float = float("inf")) -> dict[str, Any]:
     """Switchover rounds; a round with other load above `max_other` cores just before it does
     not count towards `rounds_wanted` (at most twice as many rounds are run)."""
     d = work / f"switch-{n}"
@@ -306,8 +350,7 @@ async def bench_switch(n: int, rounds_wanted: int, work: Path, log: Any, memory:
         pid = cp.popen.pid
         if memory:
             mem["idle_kib"] = rss_kib(pid)
-        fleet = await Child.start(child_argv("_fleet", "--cp", cp.info["terminal"], "--terminals", str(n)),
-                                  d / "fleet.log")
+        fleet = await Child.start(child_argv("_fleet", "--cp", cp.info["terminal"], "--terminals", str(n)), d / "fleet.log")
         conn = await fleet.ask({"cmd": "connect"}, 300)
         log(f"  {n} terminals connected with active sessions in {conn['connect_s']:.2f} s")
         if memory:
@@ -337,8 +380,7 @@ async def bench_switch(n: int, rounds_wanted: int, work: Path, log: Any, memory:
             granted = sb.counts["switch_granted"]
             t_req = time.monotonic()
             sb.send({"t": "switchover", "reason": "bench", "planned": False})
-            await sb.until(lambda: sb.counts["switch_granted"] > granted or sb.counts["switch_refused"] > 0, 30,
-                           "switch_granted")
+            await sb.until(lambda: sb.counts["switch_granted"] > granted or sb.counts["switch_refused"] > 0, 30, "switch_granted")
             if sb.counts["switch_refused"]:
                 raise RuntimeError(f"switchover refused: {sb.last.get('switch_refused')}")
             t_grant = sb.events["switch_granted"]
@@ -360,10 +402,12 @@ async def bench_switch(n: int, rounds_wanted: int, work: Path, log: Any, memory:
             }
             rounds.append(rnd)
             rep += 1
-            log(f"  {n} sessions, round {rep}: hsbcpd switch_ms {rnd['switch_ms']:.2f}, "
+            log(
+                f"  {n} sessions, round {rep}: hsbcpd switch_ms {rnd['switch_ms']:.2f}, "
                 f"notices_sent_ms {rnd['notices_sent_ms']}; "
                 f"terminal side grant->last switched {rnd['grant_to_last_switched_ms']:.2f} ms "
-                f"(request->last {rnd['request_to_last_switched_ms']:.2f} ms); background cpu {bg:.2f}")
+                f"(request->last {rnd['request_to_last_switched_ms']:.2f} ms); background cpu {bg:.2f}"
+            )
             # Roles reversed: the new active keeps answering; a fresh standby joins for the next round.
             name = "host-a" if sb.name == "host-b" else "host-b"
             active = sb
@@ -381,15 +425,17 @@ async def bench_switch(n: int, rounds_wanted: int, work: Path, log: Any, memory:
     rounds = [r for r in rounds if not r["disturbed"]] or rounds
     out["rounds_counted"] = len(rounds)
     if all_rounds:
-        out.update({
-            "switch_ms": round(median([r["switch_ms"] for r in rounds]), 3),
-            "switch_ms_max": max(r["switch_ms"] for r in rounds),
-            "notices_sent_ms": round(median([r["notices_sent_ms"] for r in rounds if r["notices_sent_ms"] is not None]), 3),
-            "notices_sent_ms_max": max((r["notices_sent_ms"] or 0.0) for r in rounds),
-            "grant_to_last_switched_ms": round(median([r["grant_to_last_switched_ms"] for r in rounds]), 3),
-            "request_to_last_switched_ms": round(median([r["request_to_last_switched_ms"] for r in rounds]), 3),
-            "background_cpu": round(median([r["background_cpu"] for r in rounds]), 3),
-        })
+        out.update(
+            {
+                "switch_ms": round(median([r["switch_ms"] for r in rounds]), 3),
+                "switch_ms_max": max(r["switch_ms"] for r in rounds),
+                "notices_sent_ms": round(median([r["notices_sent_ms"] for r in rounds if r["notices_sent_ms"] is not None]), 3),
+                "notices_sent_ms_max": max((r["notices_sent_ms"] or 0.0) for r in rounds),
+                "grant_to_last_switched_ms": round(median([r["grant_to_last_switched_ms"] for r in rounds]), 3),
+                "request_to_last_switched_ms": round(median([r["request_to_last_switched_ms"] for r in rounds]), 3),
+                "background_cpu": round(median([r["background_cpu"] for r in rounds]), 3),
+            }
+        )
     if memory:
         idle = mem["idle_kib"]
         for k in ("active", "standby", "after_ping"):
@@ -418,8 +464,7 @@ async def bench_floor(n: int, rounds: int, work: Path, log: Any) -> dict[str, An
     _FloorProtocol.registry = []
     srv = await loop.create_server(_FloorProtocol, "127.0.0.1", 0, backlog=4096)
     port = srv.sockets[0].getsockname()[1]
-    fleet = await Child.start(child_argv("_fleet", "--cp", f"127.0.0.1:{port}", "--terminals", str(n)),
-                              work / f"floor-fleet-{n}.log")
+    fleet = await Child.start(child_argv("_fleet", "--cp", f"127.0.0.1:{port}", "--terminals", str(n)), work / f"floor-fleet-{n}.log")
     res: list[dict[str, float]] = []
     try:
         await fleet.ask({"cmd": "connect"}, 300)
@@ -434,16 +479,19 @@ async def bench_floor(n: int, rounds: int, work: Path, log: Any) -> dict[str, An
             sw = await fleet.ask({"cmd": "await_switched", "timeout": 60}, 120)
             if not sw["ok"]:
                 raise RuntimeError(f"floor: only {sw['switched']}/{n} frames arrived")
-            res.append({"write_ms": round((t1 - t0) * 1000, 3), "last_received_ms": round((sw["last"] - t0) * 1000, 3),
-                        "background_cpu": bg})
+            res.append({"write_ms": round((t1 - t0) * 1000, 3), "last_received_ms": round((sw["last"] - t0) * 1000, 3), "background_cpu": bg})
         log(f"  floor, {n} sockets: write loop {[r['write_ms'] for r in res]} ms")
     finally:
         await fleet.stop()
         srv.close()
         for tr in _FloorProtocol.registry:
             tr.abort()
-    return {"terminals": n, "rounds": res, "write_ms": round(median([r["write_ms"] for r in res]), 3),
-            "last_received_ms": round(median([r["last_received_ms"] for r in res]), 3)}
+    return {
+        "terminals": n,
+        "rounds": res,
+        "write_ms": round(median([r["write_ms"] for r in res]), 3),
+        "last_received_ms": round(median([r["last_received_ms"] for r in res]), 3),
+    }
 
 
 def kernel_floor(n: int, rounds: int) -> dict[str, Any]:
@@ -491,8 +539,7 @@ def kernel_floor(n: int, rounds: int) -> dict[str, Any]:
         srv.close()
         for fd in (ready_r, ready_w, quit_r, quit_w):
             os.close(fd)
-    return {"terminals": n, "rounds_ms": times, "send_ms": round(median(times), 3),
-            "us_per_send": round(median(times) * 1000 / n, 2)}
+    return {"terminals": n, "rounds_ms": times, "send_ms": round(median(times), 3), "us_per_send": round(median(times) * 1000 / n, 2)}
 
 
 # =========================================================================== report
@@ -527,17 +574,20 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
     L.append(f"Command: `{a.command}`")
     L.append(f"Raw results: `bench/results/{RESULTS.name}` (`--render` rebuilds these tables).")
     L.append("")
-    L.append(f"Machine: {machine_line(a.machine)}. hsbcpd, the host, the load generator and the benchmark share"
-             " the machine's cores.")
+    L.append(f"Machine: {machine_line(a.machine)}. hsbcpd, the host, the load generator and the benchmark share the machine's cores.")
     L.append(f"Run: {res['when']}, {res['settings']}.")
     L.append("")
     if res.get("throughput"):
-        L.append("Round trips, closed loop (each terminal keeps `window` messages outstanding and sends "
-                 "the next on each reply), host answers at once; median of the repetitions; CPU is the "
-                 "share of one core each process used while sending, (other) what the rest of the machine "
-                 "used meanwhile:")
+        L.append(
+            "Round trips, closed loop (each terminal keeps `window` messages outstanding and sends "
+            "the next on each reply), host answers at once; median of the repetitions; CPU is the "
+            "share of one core each process used while sending, (other) what the rest of the machine "
+            "used meanwhile:"
+        )
         L.append("")
-        L.append("| terminals | window | via hsbcpd msg/s | p50 ms | p99 ms | direct msg/s | p50 ms | p99 ms | CP / direct | CPU via CP: load / hsbcpd / host (other) | CPU direct: load / echo (other) | verdict |")
+        L.append(
+            "| terminals | window | via hsbcpd msg/s | p50 ms | p99 ms | direct msg/s | p50 ms | p99 ms | CP / direct | CPU via CP: load / hsbcpd / host (other) | CPU direct: load / echo (other) | verdict |"
+        )
         L.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|")
         disturbed = total = 0
         failed: list[str] = []
@@ -547,8 +597,11 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
             disturbed += sum(r.get("disturbed", False) for r in c["runs"] + dr["runs"])
             total += len(c["runs"]) + len(dr["runs"])
             for mode, side in (("via hsbcpd", c), ("direct", dr)):
-                failed += [f"{t['terminals']:,} terminals, window {t['window']}, {mode}: {'; '.join(r.get('failures') or [])}"
-                           for r in side["runs"] if not r.get("ok", True)]
+                failed += [
+                    f"{t['terminals']:,} terminals, window {t['window']}, {mode}: {'; '.join(r.get('failures') or [])}"
+                    for r in side["runs"]
+                    if not r.get("ok", True)
+                ]
             L.append(
                 f"| {t['terminals']:,} | {t['window']} | {c['rate']:,.0f} | {c['p50']:.2f} | {c['p99']:.2f} | {dr['rate']:,.0f} | "
                 f"{dr['p50']:.2f} | {dr['p99']:.2f} | {100 * t['ratio']:.0f} % | "
@@ -559,13 +612,13 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
             )
         if failed:
             L.append("")
-            L.append(f"**{len(failed)} load run{'s' if len(failed) != 1 else ''} failed the strict verdict** (their figures"
-                     " are in the medians above):")
+            L.append(
+                f"**{len(failed)} load run{'s' if len(failed) != 1 else ''} failed the strict verdict** (their figures are in the medians above):"
+            )
             L.append("")
             L += [f"- {f}" for f in failed]
         L.append("")
-        L.append("Capacity (each side at the window that gave it the most msg/s; goal: through hsbcpd "
-                 ">= 50 % of direct):")
+        L.append("Capacity (each side at the window that gave it the most msg/s; goal: through hsbcpd >= 50 % of direct):")
         L.append("")
         L.append("| terminals | via hsbcpd msg/s (window) | direct msg/s (window) | CP / direct | goal >= 50 % |")
         L.append("|---:|---:|---:|---:|:---:|")
@@ -575,37 +628,48 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
             bd = max(rows, key=lambda t: t["direct"]["rate"])
             ratio = bc["cp"]["rate"] / bd["direct"]["rate"] if bd["direct"]["rate"] else 0.0
             ok = "met" if ratio >= GOAL_RATIO else "**missed**"
-            L.append(f"| {n:,} | {bc['cp']['rate']:,.0f} ({bc['window']}) | {bd['direct']['rate']:,.0f} ({bd['window']}) | "
-                     f"{100 * ratio:.0f} % | {ok} |")
+            L.append(
+                f"| {n:,} | {bc['cp']['rate']:,.0f} ({bc['window']}) | {bd['direct']['rate']:,.0f} ({bd['window']}) | {100 * ratio:.0f} % | {ok} |"
+            )
         L.append("")
         dur = [t for t in res["throughput"] if t.get("memory_only")]
         if dur:
-            L.append('The journal\'s cost: the same CP with `durability = "fsync"` (the default: every ack and reply waits for'
-                     ' its record\'s group commit) beside `durability = "none"` (memory only), same terminals, interleaved in'
-                     ' one run; ack latency is send → ack at the terminal (goal: durable ≥ 80 % of memory-only msg/s, and'
-                     ' ≤ 2 ms more p99 ack latency):')
+            L.append(
+                'The journal\'s cost: the same CP with `durability = "fsync"` (the default: every ack and reply waits for'
+                ' its record\'s group commit) beside `durability = "none"` (memory only), same terminals, interleaved in'
+                " one run; ack latency is send → ack at the terminal (goal: durable ≥ 80 % of memory-only msg/s, and"
+                " ≤ 2 ms more p99 ack latency):"
+            )
             L.append("")
-            L.append("| terminals | window | fsync msg/s | none msg/s | fsync / none | ack p50 fsync / none ms | ack p99 fsync / none ms | p99 ack added | goals | verdict |")
+            L.append(
+                "| terminals | window | fsync msg/s | none msg/s | fsync / none | ack p50 fsync / none ms | ack p99 fsync / none ms | p99 ack added | goals | verdict |"
+            )
             L.append("|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---|")
             for t in dur:
                 c, m = t["cp"], t["memory_only"]
                 added = c["ack_p99"] - m["ack_p99"]
                 ok = "met" if (t["durable_ratio"] or 0) >= 0.8 and added <= 2.0 else "**missed**"
-                L.append(f"| {t['terminals']:,} | {t['window']} | {c['rate']:,.0f} | {m['rate']:,.0f} | {100 * (t['durable_ratio'] or 0):.0f} % | "
-                         f"{c['ack_p50']:.2f} / {m['ack_p50']:.2f} | {c['ack_p99']:.2f} / {m['ack_p99']:.2f} | {added:+.2f} ms | {ok} | "
-                         f"{verdict(c['runs'] + m['runs'])} |")
+                L.append(
+                    f"| {t['terminals']:,} | {t['window']} | {c['rate']:,.0f} | {m['rate']:,.0f} | {100 * (t['durable_ratio'] or 0):.0f} % | "
+                    f"{c['ack_p50']:.2f} / {m['ack_p50']:.2f} | {c['ack_p99']:.2f} / {m['ack_p99']:.2f} | {added:+.2f} ms | {ok} | "
+                    f"{verdict(c['runs'] + m['runs'])} |"
+                )
             fs = res.get("fdatasync")
             if fs:
                 L.append("")
-                L.append(f"This machine's disk, measured in the same run: one 200-byte append + `fdatasync` takes p50 {fs['p50_ms']:.3f} ms,"
-                         f" p99 {fs['p99_ms']:.3f} ms ({fs['n']} calls in the benchmark's work directory).")
+                L.append(
+                    f"This machine's disk, measured in the same run: one 200-byte append + `fdatasync` takes p50 {fs['p50_ms']:.3f} ms,"
+                    f" p99 {fs['p99_ms']:.3f} ms ({fs['n']} calls in the benchmark's work directory)."
+                )
             L.append("")
         if disturbed:
-            L.append(f"{disturbed} of {total} load runs kept were disturbed by other load on the machine "
-                     "(more than --max-other cores) even after retries.")
+            L.append(
+                f"{disturbed} of {total} load runs kept were disturbed by other load on the machine (more than --max-other cores) even after retries."
+            )
             L.append("")
-        L.append("CPU time per round trip (µs of CPU per message answered; median of the runs; less "
-                 "sensitive than msg/s to other load on the machine):")
+        L.append(
+            "CPU time per round trip (µs of CPU per message answered; median of the runs; less sensitive than msg/s to other load on the machine):"
+        )
         L.append("")
         L.append("| terminals | window | via hsbcpd: load | hsbcpd | host | total | direct: load | echo | total | hsbcpd / echo |")
         L.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -613,15 +677,18 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
             cu, du = t["cp"]["us_per_msg"], t["direct"]["us_per_msg"]
             ct, dt = sum(cu.values()), sum(du.values())
             rel = f"{cu.get('hsbcpd', 0) / du['echo']:.1f}x" if du.get("echo") else "-"
-            L.append(f"| {t['terminals']:,} | {t['window']} | {cu.get('load', 0):.1f} | {cu.get('hsbcpd', 0):.1f} | "
-                     f"{cu.get('host', 0):.1f} | {ct:.1f} | {du.get('load', 0):.1f} | {du.get('echo', 0):.1f} | "
-                     f"{dt:.1f} | {rel} |")
+            L.append(
+                f"| {t['terminals']:,} | {t['window']} | {cu.get('load', 0):.1f} | {cu.get('hsbcpd', 0):.1f} | "
+                f"{cu.get('host', 0):.1f} | {ct:.1f} | {du.get('load', 0):.1f} | {du.get('echo', 0):.1f} | "
+                f"{dt:.1f} | {rel} |"
+            )
         L.append("")
     if res.get("switch"):
-        L.append("Switchover of N sessions inside hsbcpd (active host link closed, standby asks, granted); "
-                 "median (max) of the rounds:")
+        L.append("Switchover of N sessions inside hsbcpd (active host link closed, standby asks, granted); median (max) of the rounds:")
         L.append("")
-        L.append("| sessions | hsbcpd `switch_ms`: sessions flipped, held re-delivered | `notices_sent_ms`: grant → last `switched` written | goal (10,000 ≤ 50 ms) | terminal side: grant received → last `switched` received | floor: bare uvloop, one write per socket | kernel floor: `socket.send` per socket, nobody reading | other CPU before the rounds |")
+        L.append(
+            "| sessions | hsbcpd `switch_ms`: sessions flipped, held re-delivered | `notices_sent_ms`: grant → last `switched` written | goal (10,000 ≤ 50 ms) | terminal side: grant received → last `switched` received | floor: bare uvloop, one write per socket | kernel floor: `socket.send` per socket, nobody reading | other CPU before the rounds |"
+        )
         L.append("|---:|---:|---:|:---:|---:|---:|---:|---:|")
         for s in res["switch"]:
             if "switch_ms" not in s:
@@ -630,9 +697,11 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
             fl, kf = s.get("floor"), s.get("kernel_floor")
             floor = f"{fl['write_ms']:.1f} ms" if fl else "-"
             kfloor = f"{kf['send_ms']:.1f} ms ({kf['us_per_send']:.1f} µs each)" if kf else "-"
-            L.append(f"| {s['terminals']:,} | {s['switch_ms']:.1f} ({s['switch_ms_max']:.1f}) ms | "
-                     f"{s['notices_sent_ms']:.1f} ({s['notices_sent_ms_max']:.1f}) ms | {goal} | "
-                     f"{s['grant_to_last_switched_ms']:.1f} ms | {floor} | {kfloor} | {s['background_cpu']:.0%} |")
+            L.append(
+                f"| {s['terminals']:,} | {s['switch_ms']:.1f} ({s['switch_ms_max']:.1f}) ms | "
+                f"{s['notices_sent_ms']:.1f} ({s['notices_sent_ms_max']:.1f}) ms | {goal} | "
+                f"{s['grant_to_last_switched_ms']:.1f} ms | {floor} | {kfloor} | {s['background_cpu']:.0%} |"
+            )
         L.append("")
     mem = next((s["memory"] for s in res.get("switch", []) if "memory" in s), None)
     if mem:
@@ -642,9 +711,11 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
         L.append("| state | VmRSS | per connected terminal | goal <= 10 KiB |")
         L.append("|---|---:|---:|:---:|")
         L.append(f"| none connected (active and standby hosts registered) | {mem['idle_kib'] / 1024:.1f} MiB | - | |")
-        for k, label in (("active", f"{n:,} connected, active sessions"),
-                         ("standby", "+ a standby session each"),
-                         ("after_ping", "+ one round trip each")):
+        for k, label in (
+            ("active", f"{n:,} connected, active sessions"),
+            ("standby", "+ a standby session each"),
+            ("after_ping", "+ one round trip each"),
+        ):
             per = mem[f"{k}_per_terminal_kib"]
             ok = "met" if per <= GOAL_KIB else "**missed**"
             L.append(f"| {label} | {mem[f'{k}_kib'] / 1024:.1f} MiB | {per:.2f} KiB | {ok} |")
@@ -702,8 +773,9 @@ async def orchestrate(a: argparse.Namespace) -> dict[str, Any]:
             sizes = a.switch_sizes if "switch" in only else [max(a.switch_sizes)]
             for n in sizes:
                 await await_quiet(a, log)
-                sw = await bench_switch(n, a.switch_reps if "switch" in only else 0, work, log,
-                                        memory="memory" in only and n == max(sizes), max_other=a.max_other)
+                sw = await bench_switch(
+                    n, a.switch_reps if "switch" in only else 0, work, log, memory="memory" in only and n == max(sizes), max_other=a.max_other
+                )
                 if "switch" in only:
                     sw["floor"] = await bench_floor(n, a.switch_reps, work, log)
                     sw["kernel_floor"] = kernel_floor(n, max(3, a.switch_reps))
@@ -737,15 +809,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     p = argparse.ArgumentParser(prog="bench/cp.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="Shorter runs, one repetition (a smoke test of the bench; "
-                   "BENCHMARKS.md is left alone unless --write).")
+    p.add_argument(
+        "--quick", action="store_true", help="Shorter runs, one repetition (a smoke test of the bench; BENCHMARKS.md is left alone unless --write)."
+    )
     p.add_argument("--only", default="", help="Comma list of throughput, switch, memory (default: all).")
     p.add_argument("--duration", type=float, default=None, help="Seconds of sending per load run (default 5; quick 2).")
     p.add_argument("--reps", type=int, default=None, help="Load runs per size and mode (default 3; quick 1).")
     p.add_argument("--switch-reps", type=int, default=None, help="Switchover rounds per size (default 5; quick 2).")
-    p.add_argument("--windows", default="8,64",
-                   help="Messages each terminal keeps outstanding; each size is run at each window, and the "
-                        "peak (best window) of each side is compared too.")
+    p.add_argument(
+        "--windows",
+        default="8,64",
+        help="Messages each terminal keeps outstanding; each size is run at each window, and the peak (best window) of each side is compared too.",
+    )
     p.add_argument("--sizes", default="1,100,1000", help="Terminal counts for the round-trip runs.")
     p.add_argument("--switch-sizes", default="1000,10000", help="Session counts for the switchover runs.")
     p.add_argument("--json", default=str(RESULTS), help="Write the raw results (every run) here (default: %(default)s).")
@@ -753,11 +828,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-write", dest="write", action="store_false", help="Do not update BENCHMARKS.md.")
     p.add_argument("--write", dest="force_write", action="store_true", help="Update BENCHMARKS.md even with --quick.")
     p.add_argument("--keep", action="store_true", help="Keep the work dir (configs, logs).")
-    p.add_argument("--quiet-wait", type=float, default=0.0,
-                   help="Before each size, wait up to this many seconds for other load to drop (shared machines).")
+    p.add_argument(
+        "--quiet-wait", type=float, default=0.0, help="Before each size, wait up to this many seconds for other load to drop (shared machines)."
+    )
     p.add_argument("--quiet-below", type=float, default=0.15, help="Cores of other load that count as quiet.")
-    p.add_argument("--max-other", type=float, default=0.25,
-                   help="A load run during which other processes (and steal) used more cores than this is repeated.")
+    p.add_argument(
+        "--max-other", type=float, default=0.25, help="A load run during which other processes (and steal) used more cores than this is repeated."
+    )
     p.add_argument("--retries", type=int, default=3, help="How many times a disturbed load run is repeated at most.")
     a = p.parse_args(argv)
     a.command = COMMAND + (" " + " ".join(argv) if argv else "")

@@ -188,29 +188,60 @@ def render(data: dict[str, Any], a: argparse.Namespace) -> str:
             v = [r[k] for r in rs if r.get(k) is not None]
             return f"{fmt_ms(median(v), 1)} ({fmt_ms(max(v), 1)})" if v else "–"
 
-        body.append([
-            f"{n:,}", str(len(rs)), mm("kill_to_process_start_ms"), mm("recovery_ms"), mm("kill_to_listening_ms"),
-            mm("kill_to_active_registered_ms"), mm("kill_to_all_back_ms"), mm("worst_ms"), mm("all_served_ms"),
-            str(sum(r["lost"] for r in rs)), str(sum(r["duplicates"] for r in rs)),
-            "all OK" if all(r["ok"] for r in rs) else "**FAILED**",
-        ])
-    out.append(table(
-        ["terminals", "runs", "new process logs", "journal recovery (its own ms)", "listening", "active registered",
-         "every terminal's session back", "worst pause", "all served", "lost", "dup", "verdict"],
-        body, "rrrrrrrrrrrl",
-    ))
+        body.append(
+            [
+                f"{n:,}",
+                str(len(rs)),
+                mm("kill_to_process_start_ms"),
+                mm("recovery_ms"),
+                mm("kill_to_listening_ms"),
+                mm("kill_to_active_registered_ms"),
+                mm("kill_to_all_back_ms"),
+                mm("worst_ms"),
+                mm("all_served_ms"),
+                str(sum(r["lost"] for r in rs)),
+                str(sum(r["duplicates"] for r in rs)),
+                "all OK" if all(r["ok"] for r in rs) else "**FAILED**",
+            ]
+        )
+    out.append(
+        table(
+            [
+                "terminals",
+                "runs",
+                "new process logs",
+                "journal recovery (its own ms)",
+                "listening",
+                "active registered",
+                "every terminal's session back",
+                "worst pause",
+                "all served",
+                "lost",
+                "dup",
+                "verdict",
+            ],
+            body,
+            "rrrrrrrrrrrl",
+        )
+    )
     big = max((r["terminals"] for r in rows), default=0)
     back = [r["kill_to_all_back_ms"] for r in rows if r["terminals"] == big and r.get("kill_to_all_back_ms") is not None]
     if back:
-        out += ["", f"Goal at {big:,} terminals: every terminal served again ≤ 1 s after the kill: worst run {max(back):,.0f} ms"
-                f" (**{'met' if max(back) <= 1000 else 'missed'}**); lost {sum(r['lost'] for r in rows)}, duplicates"
-                f" {sum(r['duplicates'] for r in rows)}."]
+        out += [
+            "",
+            f"Goal at {big:,} terminals: every terminal served again ≤ 1 s after the kill: worst run {max(back):,.0f} ms"
+            f" (**{'met' if max(back) <= 1000 else 'missed'}**); lost {sum(r['lost'] for r in rows)}, duplicates"
+            f" {sum(r['duplicates'] for r in rows)}.",
+        ]
     rb = data.get("recovery")
     if rb:
-        out += ["", f"Recovery alone (in-process, `--recovery {rb['outstanding_messages']}`): a journal of {rb['journal_mib']} MiB holding"
-                f" {rb['outstanding_messages']:,} outstanding messages and {rb['kept_replies']:,} kept replies of {rb['terminals']:,}"
-                f" terminals read back in {rb['read_s'] * 1000:.0f} ms and restored into the CP in {rb['restore_s'] * 1000:.0f} ms:"
-                f" {rb['total_s'] * 1000:.0f} ms in all (goal ≤ 500 ms: **{'met' if rb['total_s'] <= 0.5 else 'missed'}**)."]
+        out += [
+            "",
+            f"Recovery alone (in-process, `--recovery {rb['outstanding_messages']}`): a journal of {rb['journal_mib']} MiB holding"
+            f" {rb['outstanding_messages']:,} outstanding messages and {rb['kept_replies']:,} kept replies of {rb['terminals']:,}"
+            f" terminals read back in {rb['read_s'] * 1000:.0f} ms and restored into the CP in {rb['restore_s'] * 1000:.0f} ms:"
+            f" {rb['total_s'] * 1000:.0f} ms in all (goal ≤ 500 ms: **{'met' if rb['total_s'] <= 0.5 else 'missed'}**).",
+        ]
     return "\n".join(out)
 
 
@@ -233,10 +264,12 @@ async def amain(a: argparse.Namespace) -> int:
             for rep in range(1, a.reps + 1):
                 r = await one(d, n, a, rep)
                 data["results"].append(r)
-                say(f"   N={n} #{rep}: process {fmt_ms(r['kill_to_process_start_ms'], 0)} ms, recovery {r['recovery_ms']} ms,"
+                say(
+                    f"   N={n} #{rep}: process {fmt_ms(r['kill_to_process_start_ms'], 0)} ms, recovery {r['recovery_ms']} ms,"
                     f" listening {fmt_ms(r['kill_to_listening_ms'], 0)}, active {fmt_ms(r['kill_to_active_registered_ms'], 0)},"
                     f" all back {fmt_ms(r['kill_to_all_back_ms'], 0)} ms; worst pause {fmt_ms(r['worst_ms'], 0)} ms;"
-                    f" {'OK' if r['ok'] else 'FAILED: ' + '; '.join(r['failures'])}")
+                    f" {'OK' if r['ok'] else 'FAILED: ' + '; '.join(r['failures'])}"
+                )
                 save()
         finally:
             sandbox_down(d)

@@ -82,7 +82,7 @@ def rel_ms(t: float | None, t0: float) -> float | None:
 
 async def wait_sessions(d: Path, n: int, standby: bool, timeout: float) -> None:
     def ok(st: dict[str, Any]) -> bool:
-        t = (st["cp"].get("terminals") or {})
+        t = st["cp"].get("terminals") or {}
         return t.get("active_sessions") == n and (not standby or t.get("standby_sessions") == n) and st["established"]
 
     await until(lambda: status(d), ok, timeout, f"{n} active{' and standby' if standby else ''} sessions", interval=0.2)
@@ -103,8 +103,14 @@ async def one_failover(d: Path, n: int, mode: str, sig: str, rate: float, a: arg
     active, standby = host_by_role(st, "active"), host_by_role(st, "standby")
     if not st["established"] or active is None or standby is None:
         raise RuntimeError(f"not established before the failover: {[(h['name'], h.get('role'), h.get('state')) for h in st['hosts']]}")
-    load = await start_load(sandbox.load_state(d)["cp"]["terminal"], n, rate, d / f"load-{mode}-{sig}-{rep}.log",
-                            settle=a.settle, expect_disconnects=(mode == "conventional"))
+    load = await start_load(
+        sandbox.load_state(d)["cp"]["terminal"],
+        n,
+        rate,
+        d / f"load-{mode}-{sig}-{rep}.log",
+        settle=a.settle,
+        expect_disconnects=(mode == "conventional"),
+    )
     res: dict[str, Any] = {"n": n, "mode": mode, "signal": sig, "rep": rep, "from": active, "to": standby}
     try:
         ev = await load.read(timeout=180)
@@ -146,8 +152,11 @@ async def one_failover(d: Path, n: int, mode: str, sig: str, rate: float, a: arg
         await load.stop()
     granted = logs.cp.find("switchover_granted", after=t_kill)
     # the CP's own detection, if it came before it granted (a standby's request can be granted first)
-    lost = [e for e in (logs.cp.find("active_host_link_lost", after=t_kill), logs.cp.find("active_host_link_silent", after=t_kill))
-            if e is not None and (granted is None or e["_t"] <= granted["_t"] + 0.001)]
+    lost = [
+        e
+        for e in (logs.cp.find("active_host_link_lost", after=t_kill), logs.cp.find("active_host_link_silent", after=t_kill))
+        if e is not None and (granted is None or e["_t"] <= granted["_t"] + 0.001)
+    ]
     cp_lost = min(lost, key=lambda e: e["_t"]) if lost else None
     notices = logs.cp.find("switch_notices_sent", after=t_kill)
     asked = logs[standby].find("switchover_requested", after=t_kill)
@@ -202,7 +211,9 @@ async def one_failover(d: Path, n: int, mode: str, sig: str, rate: float, a: arg
     t_restart = time.time()
     sandbox.start_host(d, active, "standby")
     try:
-        await until(lambda: status(d), lambda s: s["established"] and host_by_role(s, "standby") == active, a.reestablish_timeout, "hot standby again", 0.1)
+        await until(
+            lambda: status(d), lambda s: s["established"] and host_by_role(s, "standby") == active, a.reestablish_timeout, "hot standby again", 0.1
+        )
     except TimeoutError:
         st = await status(d)
         res["standby_again_s"] = None
@@ -311,20 +322,48 @@ def render(results: list[dict[str, Any]], a: argparse.Namespace) -> str:
                 return f"{fmt_ms(agg(rs, key, median), digits)} ({f(worst(rs, key), digits)})"
 
             nf = sum(1 for r in rs if not r.get("ok"))
-            rows.append([
-                f"{n:,}", f"SIG{sig}", str(len(rs)), mm("worst_ms"), mm("p99_ms"), mm("all_served_ms"),
-                mm("detect_ms"), mm("grant_ms"), mm("switch_ms"), mm("notices_sent_ms"),
-                str(sum(r["lost"] for r in rs)), str(sum(r.get("unexpected", 0) for r in rs)), str(max(r["disconnected_terminals"] for r in rs)),
-                "all OK" if not nf else f"**{nf} FAILED**",
-            ])
+            rows.append(
+                [
+                    f"{n:,}",
+                    f"SIG{sig}",
+                    str(len(rs)),
+                    mm("worst_ms"),
+                    mm("p99_ms"),
+                    mm("all_served_ms"),
+                    mm("detect_ms"),
+                    mm("grant_ms"),
+                    mm("switch_ms"),
+                    mm("notices_sent_ms"),
+                    str(sum(r["lost"] for r in rs)),
+                    str(sum(r.get("unexpected", 0) for r in rs)),
+                    str(max(r["disconnected_terminals"] for r in rs)),
+                    "all OK" if not nf else f"**{nf} FAILED**",
+                ]
+            )
     lines.append("**Fast switch** (standby sessions pre-opened at the CP), ms from the kill:")
     lines.append("")
-    lines.append(table(
-        ["N", "signal", "runs", "worst pause", "p99 pause", "all served", "detected", "granted", "CP switch_ms", "CP notices written",
-         "lost", "unexpected", "disconnected (max/run)", "verdict"],
-        rows,
-        "rlrrrrrrrrrrrl",
-    ))
+    lines.append(
+        table(
+            [
+                "N",
+                "signal",
+                "runs",
+                "worst pause",
+                "p99 pause",
+                "all served",
+                "detected",
+                "granted",
+                "CP switch_ms",
+                "CP notices written",
+                "lost",
+                "unexpected",
+                "disconnected (max/run)",
+                "verdict",
+            ],
+            rows,
+            "rlrrrrrrrrrrrl",
+        )
+    )
     crow = []
     for n in sizes:
         for sig in ("KILL", "STOP"):
@@ -338,22 +377,45 @@ def render(results: list[dict[str, Any]], a: argparse.Namespace) -> str:
             def ratio(x: float | None, y: float | None) -> str:
                 return "–" if not x or y is None else f"{y / x:.1f}×"
 
-            crow.append([
-                f"{n:,}", f"SIG{sig}", f"{len(fr)} / {len(cr)}",
-                f"{fmt_ms(fw, 1)} / {fmt_ms(cw, 1)}", ratio(fw, cw),
-                f"{fmt_ms(fa, 1)} / {fmt_ms(ca, 1)}", ratio(fa, ca),
-                f"{max(r['disconnected_terminals'] for r in fr)} / {max(r['disconnected_terminals'] for r in cr)} of {n:,}",
-                f"{sum(r['lost'] for r in fr)} / {sum(r['lost'] for r in cr)}",
-                "all OK" if all(r.get("ok") for r in fr + cr) else "**FAILED**",
-            ])
+            crow.append(
+                [
+                    f"{n:,}",
+                    f"SIG{sig}",
+                    f"{len(fr)} / {len(cr)}",
+                    f"{fmt_ms(fw, 1)} / {fmt_ms(cw, 1)}",
+                    ratio(fw, cw),
+                    f"{fmt_ms(fa, 1)} / {fmt_ms(ca, 1)}",
+                    ratio(fa, ca),
+                    f"{max(r['disconnected_terminals'] for r in fr)} / {max(r['disconnected_terminals'] for r in cr)} of {n:,}",
+                    f"{sum(r['lost'] for r in fr)} / {sum(r['lost'] for r in cr)}",
+                    "all OK" if all(r.get("ok") for r in fr + cr) else "**FAILED**",
+                ]
+            )
     if crow:
-        lines += ["", "**Fast switch / conventional** (interleaved, medians; conventional = `fast_switch = false`:"
-                  " the CP disconnects **every** terminal and each logs on again through the new active):", ""]
-        lines.append(table(
-            ["N", "signal", "runs", "worst pause (ms)", "ratio", "all served (ms)", "ratio", "terminals disconnected (max/run)", "lost", "verdict"],
-            crow,
-            "rlrrrrrrrl",
-        ))
+        lines += [
+            "",
+            "**Fast switch / conventional** (interleaved, medians; conventional = `fast_switch = false`:"
+            " the CP disconnects **every** terminal and each logs on again through the new active):",
+            "",
+        ]
+        lines.append(
+            table(
+                [
+                    "N",
+                    "signal",
+                    "runs",
+                    "worst pause (ms)",
+                    "ratio",
+                    "all served (ms)",
+                    "ratio",
+                    "terminals disconnected (max/run)",
+                    "lost",
+                    "verdict",
+                ],
+                crow,
+                "rlrrrrrrrl",
+            )
+        )
     g = []
     big = max(sizes) if sizes else 0
     for sig, goal in (("KILL", 100.0), ("STOP", 700.0)):
@@ -364,22 +426,24 @@ def render(results: list[dict[str, Any]], a: argparse.Namespace) -> str:
             g.append(
                 f"- SIG{sig} at {big:,} terminals: worst pause {f(wmax)} ms, p99 {f(pmax)} ms in the worst of {len(rs)} runs"
                 f" (goal ≤ {goal:.0f} ms: **{'met' if met else 'missed'}**"
-                + ("" if met or pmax is None or pmax > goal else "; the p99 meets it") + ")."
+                + ("" if met or pmax is None or pmax > goal else "; the p99 meets it")
+                + ")."
             )
     fast = [r for r in results if r["mode"] == "fast"]
     if fast:
         lost = sum(r["lost"] for r in fast)
         unx = sum(r.get("unexpected", 0) for r in fast)
         disc = sum(r["disconnected_terminals"] for r in fast)
-        g.append(f"- Fast switch, all {len(fast)} failovers: {lost} lost, {sum(r['duplicates'] for r in fast)} duplicated, {unx} unexpected, "
-                 f"{disc} terminals disconnected (goal 0: **{'met' if lost == 0 and disc == 0 and unx == 0 else 'missed'}**).")
+        g.append(
+            f"- Fast switch, all {len(fast)} failovers: {lost} lost, {sum(r['duplicates'] for r in fast)} duplicated, {unx} unexpected, "
+            f"{disc} terminals disconnected (goal 0: **{'met' if lost == 0 and disc == 0 and unx == 0 else 'missed'}**)."
+        )
         stopped = [r for r in results if r["signal"] == "STOP"]
         ok = sum(1 for r in stopped if r.get("old_active_fenced_and_exited"))
         g.append(f"- After each SIGSTOP + SIGCONT the old active found itself fenced and exited: {ok} of {len(stopped)}.")
     oc = [r["others_cpu"] for r in results if r.get("others_cpu") is not None]
     if oc:
-        g.append(f"- Other processes on the machine (not this benchmark) just before each kill: median {median(oc):.2f},"
-                 f" max {max(oc):.2f} cores.")
+        g.append(f"- Other processes on the machine (not this benchmark) just before each kill: median {median(oc):.2f}, max {max(oc):.2f} cores.")
     if g:
         lines += ["", "Goals:", ""] + g
     inc = getattr(a, "incidents", None) or []
@@ -460,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         return render(saved["results"], a)
 
     return run_or_render(a, SECTION, rerender, amain)
+
 
 if __name__ == "__main__":
     sys.exit(main())

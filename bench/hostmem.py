@@ -105,6 +105,7 @@ async def measure(rounds: int, n: int) -> dict[str, Any]:
             snaps[r] = tracemalloc.take_snapshot()
             res["traced_kib"][str(r + 1)] = kib = tracemalloc.get_traced_memory()[0] // 1024
             print(f"round {r + 1}: {kib} KiB traced", flush=True)
+
     def sizes() -> dict[str, int]:
         out = {"inboxes": sum(len(t.inbox) for t in terms), "term_pending": sum(len(t.fs._pending) for t in terms)}
         for name, h in hosts.items():
@@ -118,6 +119,7 @@ async def measure(rounds: int, n: int) -> dict[str, Any]:
         out["cp.held"] = sum(len(t.held) for t in cp.cp.terms.values())
         out["cp.switchovers"] = len(cp.cp.switchovers)
         return out
+
     res["sizes"] = sizes()
     print("queues and tables (all bounded by the terminal count or a history length):", res["sizes"])
     before = tracemalloc.get_traced_memory()[0]
@@ -134,16 +136,18 @@ async def measure(rounds: int, n: int) -> dict[str, Any]:
         t.cancel()
     only_hsb = [tracemalloc.Filter(True, "*/hsb/*")]
     res["base_round"] = base + 1
-    res["hsb_traced_kib"] = {str(r + 1): sum(st.size for st in snaps[r].filter_traces(only_hsb).statistics("filename")) // 1024
-                             for r in sorted(snaps)}
+    res["hsb_traced_kib"] = {
+        str(r + 1): sum(st.size for st in snaps[r].filter_traces(only_hsb).statistics("filename")) // 1024 for r in sorted(snaps)
+    }
     res["growth"] = []
     print(f"\nhsb code, round {base + 1} -> {rounds} (top 12 by growth):")
     for st in snaps[rounds - 1].filter_traces(only_hsb).compare_to(snaps[base].filter_traces(only_hsb), "lineno")[:12]:
         print(" ", st)
         fr = st.traceback[0]
-        where = fr.filename[fr.filename.rfind("/hsb/") + 1:] if "/hsb/" in fr.filename else fr.filename
-        res["growth"].append({"where": f"{where}:{fr.lineno}", "size_diff_b": st.size_diff, "size_b": st.size,
-                              "count_diff": st.count_diff, "count": st.count})
+        where = fr.filename[fr.filename.rfind("/hsb/") + 1 :] if "/hsb/" in fr.filename else fr.filename
+        res["growth"].append(
+            {"where": f"{where}:{fr.lineno}", "size_diff_b": st.size_diff, "size_b": st.size, "count_diff": st.count_diff, "count": st.count}
+        )
     return res
 
 
@@ -162,24 +166,29 @@ def render(saved: dict[str, Any], a: argparse.Namespace) -> str:
         f"hsbcpd and both hosts in one process (as tests/test_gc_cycles_host.py runs them), {r['terminals']:,} terminals"
         f" sending all the time, {r['rounds']:,} planned switchovers (one per round, so both hosts live through every"
         " round), full collections off (hsb/gcpolicy.py, as in the daemons). tracemalloc compares what hsb code had"
-        f" allocated at round {base}" + (" (late, so that bounded histories such as the CP's last 50 switchovers are"
-        " full)" if int(base) > 1 else "") + f" with round {last}.",
+        f" allocated at round {base}"
+        + (" (late, so that bounded histories such as the CP's last 50 switchovers are full)" if int(base) > 1 else "")
+        + f" with round {last}.",
         "",
     ]
     if base in hsb_kib and last in hsb_kib:
         d = hsb_kib[last] - hsb_kib[base]
-        out.append(f"Memory allocated by hsb code: {hsb_kib[base]:,} KiB at round {base}, {hsb_kib[last]:,} KiB at round"
-                   f" {last} (**{d:+,} KiB** over {int(last) - int(base)} switchovers); all traced memory"
-                   f" {r['traced_kib'].get(base, 0):,} → {r['traced_kib'].get(last, 0):,} KiB.")
+        out.append(
+            f"Memory allocated by hsb code: {hsb_kib[base]:,} KiB at round {base}, {hsb_kib[last]:,} KiB at round"
+            f" {last} (**{d:+,} KiB** over {int(last) - int(base)} switchovers); all traced memory"
+            f" {r['traced_kib'].get(base, 0):,} → {r['traced_kib'].get(last, 0):,} KiB."
+        )
     kinds = ", ".join(f"{k} ×{v}" for k, v in fc["kinds"]) or "none"
-    out.append(f"A full collection at the end finds **{fc['found']:,} unreachable objects** and frees {fc['freed_kib']:,} KiB"
-               f" ({kinds}).")
+    out.append(f"A full collection at the end finds **{fc['found']:,} unreachable objects** and frees {fc['freed_kib']:,} KiB ({kinds}).")
     out += ["", f"Top growth of hsb code, round {base} → {last}:", ""]
-    rows = [[f"`{g['where']}`", f"{g['size_diff_b'] / 1024:+,.1f}", f"{g['size_b'] / 1024:,.1f}", f"{g['count_diff']:+,}"]
-            for g in r["growth"]]
+    rows = [[f"`{g['where']}`", f"{g['size_diff_b'] / 1024:+,.1f}", f"{g['size_b'] / 1024:,.1f}", f"{g['count_diff']:+,}"] for g in r["growth"]]
     out.append(table(["where", "KiB grown", "KiB now", "blocks grown"], rows))
-    out += ["", "Queues and tables at the end (all bounded by the terminal count or a history length): "
-            + ", ".join(f"{k} {v:,}" for k, v in r["sizes"].items()) + "."]
+    out += [
+        "",
+        "Queues and tables at the end (all bounded by the terminal count or a history length): "
+        + ", ".join(f"{k} {v:,}" for k, v in r["sizes"].items())
+        + ".",
+    ]
     return "\n".join(out)
 
 

@@ -112,7 +112,9 @@ async def standby_start(base: Path, n: int, reps: int, a: argparse.Namespace) ->
         await until(
             lambda: status(d),
             lambda s: s["established"] and s["cp"]["terminals"]["active_sessions"] == n and s["cp"]["terminals"]["standby_sessions"] == n,
-            120, f"{n} active and standby sessions", 0.2,
+            120,
+            f"{n} active and standby sessions",
+            0.2,
         )
         logs = Logs(d)
         for rep in range(1, reps + 1):
@@ -123,9 +125,14 @@ async def standby_start(base: Path, n: int, reps: int, a: argparse.Namespace) ->
                 raise RuntimeError(f"host-b (pid {pid}) did not die")
             await until(
                 lambda: status(d),
-                lambda s: s["cp"].get("standby") is None and s["cp"]["terminals"]["standby_sessions"] == 0
-                and any(h["name"] == "host-a" and h.get("state") == "serving" for h in s["hosts"]),
-                30, "the CP and the active to notice the standby is gone", 0.05,
+                lambda s: (
+                    s["cp"].get("standby") is None
+                    and s["cp"]["terminals"]["standby_sessions"] == 0
+                    and any(h["name"] == "host-a" and h.get("state") == "serving" for h in s["hosts"])
+                ),
+                30,
+                "the CP and the active to notice the standby is gone",
+                0.05,
             )
             other = await wait_quiet(a.max_other, a.quiet_wait) if a.quiet_wait > 0 else None
             logs.mark()
@@ -308,7 +315,9 @@ async def _churn_child(a: argparse.Namespace) -> None:
 async def seq_lag(base: Path, ring_poll: float, a: argparse.Namespace, d: Path | None = None) -> dict[str, Any]:
     pool = a.pool
     d = d or base / "seq-lag"
-    say(f"== sequential lag: {a.rate:.0f} logons/s + as many logoffs, hold {a.hold} s, pool {pool}, ring_poll_interval {ring_poll * 1000:.0f} ms ({d})")
+    say(
+        f"== sequential lag: {a.rate:.0f} logons/s + as many logoffs, hold {a.hold} s, pool {pool}, ring_poll_interval {ring_poll * 1000:.0f} ms ({d})"
+    )
     churn: Child | None = None
     adm: Admin | None = None
     try:
@@ -329,8 +338,21 @@ async def seq_lag(base: Path, ring_poll: float, a: argparse.Namespace, d: Path |
         await until(lambda: status(d), lambda s: s["established"], 60, "established", 0.1)
         info = sandbox.describe(d)
         churn = await Child.start(
-            [sys.executable, str(Path(__file__).resolve()), "_churn", "--cp", info["cp"]["terminal"], "--pool", str(pool),
-             "--rate", str(a.rate), "--hold", str(a.hold), "--duration", str(a.duration)],
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "_churn",
+                "--cp",
+                info["cp"]["terminal"],
+                "--pool",
+                str(pool),
+                "--rate",
+                str(a.rate),
+                "--hold",
+                str(a.hold),
+                "--duration",
+                str(a.duration),
+            ],
             d / f"churn-{int(ring_poll * 1000)}ms.log",
         )
         adm = Admin(info["cp"]["admin"], info["secret_file"])
@@ -413,8 +435,12 @@ async def seq_lag(base: Path, ring_poll: float, a: argparse.Namespace, d: Path |
         "errors": done["errors"],
         "starved": done["starved"],
         "lag_ms": {
-            "p50": pctl(lags, 50), "p90": pctl(lags, 90), "p99": pctl(lags, 99), "max": max(lags) if lags else None,
-            "min": min(lags) if lags else None, "mean": sum(lags) / len(lags) if lags else None,
+            "p50": pctl(lags, 50),
+            "p90": pctl(lags, 90),
+            "p99": pctl(lags, 99),
+            "max": max(lags) if lags else None,
+            "min": min(lags) if lags else None,
+            "mean": sum(lags) / len(lags) if lags else None,
         },
         "lag_polled_both_ms": {"p50": pctl(lags2, 50), "p99": pctl(lags2, 99), "count": len(lags2)},
         "negative": sum(1 for x in lags if x < 0),
@@ -459,13 +485,15 @@ def render(start: list[dict[str, Any]], lag: list[dict[str, Any]], a: argparse.N
     ]
     oc = [r["others_cpu"] for r in start + lag if r.get("others_cpu") is not None]
     if oc:
-        out[-1] += (f" Other processes (not this benchmark) used a median {median(oc):.2f} (max {max(oc):.2f}) cores just before"
-                    " each measurement (it waits a while for < 0.3).")
+        out[-1] += (
+            f" Other processes (not this benchmark) used a median {median(oc):.2f} (max {max(oc):.2f}) cores just before"
+            " each measurement (it waits a while for < 0.3)."
+        )
     if start:
         out += [
             "",
             f"**Standby start → hot standby established** (N terminals logged on, {a.load_rate:,.0f} messages/s of light"
-            " load; host-b SIGKILLed and restarted with `start_host(..., \"standby\")`, timed from the restart to"
+            ' load; host-b SIGKILLed and restarted with `start_host(..., "standby")`, timed from the restart to'
             " `hot_standby_established` in its log, which comes after the batch read and after the CP has answered"
             " every standby-session open). Median (max) over the runs:",
             "",
@@ -478,19 +506,40 @@ def render(start: list[dict[str, Any]], lag: list[dict[str, Any]], a: argparse.N
                 v = [r[k] for r in rs if r.get(k) is not None]
                 return f"{fmt_ms(median(v), digits)} ({fmt_ms(max(v) if v else None, digits)})"
 
-            rows.append([
-                f"{n:,}", str(len(rs)), f"**{mm('total_ms')}**", mm("process_start_ms"), mm("to_standby_startup_ms"),
-                mm("startup_to_batch_complete_ms"), mm("batch_write_ms", 1), mm("batch_read_ms", 1), mm("opens_ms"),
-                str(min(r["cp_standby_sessions"] for r in rs)),
-                "all OK" if not load_failed(rs) else "**FAILED**",
-            ])
-        out.append(table(
-            ["N", "runs", "restart → established (ms)", "process start → `host_started`", "→ STANDBY STARTUP sent",
-             "→ BATCH WRITE COMPLETE", "active batch write (ms)", "standby batch read (`batch_read_complete` ms)",
-             "N standby opens at the CP", "CP standby sessions after", "load verdict"],
-            rows,
-            "lrrrrrrrrrl",
-        ))
+            rows.append(
+                [
+                    f"{n:,}",
+                    str(len(rs)),
+                    f"**{mm('total_ms')}**",
+                    mm("process_start_ms"),
+                    mm("to_standby_startup_ms"),
+                    mm("startup_to_batch_complete_ms"),
+                    mm("batch_write_ms", 1),
+                    mm("batch_read_ms", 1),
+                    mm("opens_ms"),
+                    str(min(r["cp_standby_sessions"] for r in rs)),
+                    "all OK" if not load_failed(rs) else "**FAILED**",
+                ]
+            )
+        out.append(
+            table(
+                [
+                    "N",
+                    "runs",
+                    "restart → established (ms)",
+                    "process start → `host_started`",
+                    "→ STANDBY STARTUP sent",
+                    "→ BATCH WRITE COMPLETE",
+                    "active batch write (ms)",
+                    "standby batch read (`batch_read_complete` ms)",
+                    "N standby opens at the CP",
+                    "CP standby sessions after",
+                    "load verdict",
+                ],
+                rows,
+                "lrrrrrrrrrl",
+            )
+        )
         bad = [(n, load_failed([r for r in start if r["n"] == n])) for n in sorted({r["n"] for r in start})]
         bad = [(n, f) for n, f in bad if f]
         if bad:
@@ -510,19 +559,37 @@ def render(start: list[dict[str, Any]], lag: list[dict[str, Any]], a: argparse.N
         rows = []
         for r in lag:
             lg = r["lag_ms"]
-            rows.append([
-                f"{r['ring_poll_ms']:.0f} ms" + (" (default)" if abs(r["ring_poll_ms"] - 50) < 1e-6 else ""),
-                f"{r['logons']:,}", f"{r['achieved_logons_per_s']:,.0f}", f"**{fmt_ms(lg['p50'], 1)}**", fmt_ms(lg["p90"], 1),
-                f"**{fmt_ms(lg['p99'], 1)}**", fmt_ms(lg["max"], 1),
-                f"±{fmt_ms(r['error_bound_ms']['median'], 1)} (p99 ±{fmt_ms(r['error_bound_ms']['p99'], 1)})",
-                f"{fmt_ms((r.get('lag_polled_both_ms') or {}).get('p50'), 1)} / {fmt_ms((r.get('lag_polled_both_ms') or {}).get('p99'), 1)}",
-                f"{r['matched']:,} / {r['unmatched']}",
-            ])
-        out.append(table(
-            ["host-b `ring_poll_interval`", "logons", "logons/s achieved", "lag p50 (ms)", "p90", "lag p99 (ms)", "max",
-             "measurement error (ms)", "cross-check: both ends polled, p50 / p99", "matched / not seen"],
-            rows,
-        ))
+            rows.append(
+                [
+                    f"{r['ring_poll_ms']:.0f} ms" + (" (default)" if abs(r["ring_poll_ms"] - 50) < 1e-6 else ""),
+                    f"{r['logons']:,}",
+                    f"{r['achieved_logons_per_s']:,.0f}",
+                    f"**{fmt_ms(lg['p50'], 1)}**",
+                    fmt_ms(lg["p90"], 1),
+                    f"**{fmt_ms(lg['p99'], 1)}**",
+                    fmt_ms(lg["max"], 1),
+                    f"±{fmt_ms(r['error_bound_ms']['median'], 1)} (p99 ±{fmt_ms(r['error_bound_ms']['p99'], 1)})",
+                    f"{fmt_ms((r.get('lag_polled_both_ms') or {}).get('p50'), 1)} / {fmt_ms((r.get('lag_polled_both_ms') or {}).get('p99'), 1)}",
+                    f"{r['matched']:,} / {r['unmatched']}",
+                ]
+            )
+        out.append(
+            table(
+                [
+                    "host-b `ring_poll_interval`",
+                    "logons",
+                    "logons/s achieved",
+                    "lag p50 (ms)",
+                    "p90",
+                    "lag p99 (ms)",
+                    "max",
+                    "measurement error (ms)",
+                    "cross-check: both ends polled, p50 / p99",
+                    "matched / not seen",
+                ],
+                rows,
+            )
+        )
     return "\n".join(out)
 
 
@@ -537,8 +604,11 @@ async def amain(a: argparse.Namespace) -> int:
     def dump() -> None:
         path = Path(a.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"machine": a.machine, "command": a.command, "load_rate": a.load_rate,
-                                    "results": {"standby_start": start, "seq_lag": lag}}, indent=1))
+        path.write_text(
+            json.dumps(
+                {"machine": a.machine, "command": a.command, "load_rate": a.load_rate, "results": {"standby_start": start, "seq_lag": lag}}, indent=1
+            )
+        )
 
     if "start" in a.parts:
         for n in a.sizes:
@@ -616,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
         return render(res["standby_start"], res["seq_lag"], a)
 
     return run_or_render(a, SECTION, rerender, amain)
+
 
 if __name__ == "__main__":
     sys.exit(main())

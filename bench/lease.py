@@ -66,24 +66,47 @@ def render(rows: list[dict[str, Any]], a: argparse.Namespace) -> str:
         gr = [r["cut_to_grant_ms"] for r in rs if r.get("cut_to_grant_ms") is not None]
         wp = [r["worst_pause_ms"] for r in rs if r.get("worst_pause_ms") is not None]
         bad = sum(1 for r in rs if r.get("two_lease_actives") or r.get("two_200") or r.get("a_said_active_after_grant"))
-        body.append([
-            label, str(len(rs)),
-            f"{fmt_ms(min(m) if m else None, 1)}", f"{fmt_ms(median(m), 1)}", f"{fmt_ms(max(m) if m else None, 1)}",
-            f"{fmt_ms(median(sd), 1)}", f"{fmt_ms(median(gr), 1)}",
-            f"{fmt_ms(median(wp), 1)} ({fmt_ms(max(wp) if wp else None, 1)})",
-            str(sum(r.get("samples", 0) for r in rs)), str(bad),
-            "all OK" if all(r.get("ok") for r in rs) else f"**{sum(not r.get('ok') for r in rs)} FAILED**",
-        ])
-    out.append(table(
-        ["run", "rounds", "margin min (ms)", "margin median", "margin max", "cut → step down (median)", "cut → grant (median)",
-         "worst pause median (max)", "status samples", "samples with two actives or two 200s", "verdict"],
-        body,
-        "lrrrrrrrrrl",
-    ))
+        body.append(
+            [
+                label,
+                str(len(rs)),
+                f"{fmt_ms(min(m) if m else None, 1)}",
+                f"{fmt_ms(median(m), 1)}",
+                f"{fmt_ms(max(m) if m else None, 1)}",
+                f"{fmt_ms(median(sd), 1)}",
+                f"{fmt_ms(median(gr), 1)}",
+                f"{fmt_ms(median(wp), 1)} ({fmt_ms(max(wp) if wp else None, 1)})",
+                str(sum(r.get("samples", 0) for r in rs)),
+                str(bad),
+                "all OK" if all(r.get("ok") for r in rs) else f"**{sum(not r.get('ok') for r in rs)} FAILED**",
+            ]
+        )
+    out.append(
+        table(
+            [
+                "run",
+                "rounds",
+                "margin min (ms)",
+                "margin median",
+                "margin max",
+                "cut → step down (median)",
+                "cut → grant (median)",
+                "worst pause median (max)",
+                "status samples",
+                "samples with two actives or two 200s",
+                "verdict",
+            ],
+            body,
+            "lrrrrrrrrrl",
+        )
+    )
     m = [r["margin_ms"] for r in rows if r.get("margin_ms") is not None]
     if m:
-        out += ["", f"Goal: the margin is > 0 in every round: minimum {min(m):.1f} ms over {len(m)} rounds, p1 {pctl(m, 1):.1f} ms"
-                f" (**{'met' if min(m) > 0 and len(m) == len(rows) else 'missed'}**)."]
+        out += [
+            "",
+            f"Goal: the margin is > 0 in every round: minimum {min(m):.1f} ms over {len(m)} rounds, p1 {pctl(m, 1):.1f} ms"
+            f" (**{'met' if min(m) > 0 and len(m) == len(rows) else 'missed'}**).",
+        ]
     return "\n".join(out)
 
 
@@ -110,9 +133,11 @@ async def amain(a: argparse.Namespace) -> int:
             r = {"how": how, "lead_ms": round(lead * 1000), "ok": False, "failure": repr(exc)}
         r.pop("two_lease_actives", None) if not r.get("two_lease_actives") else None
         rows.append(r)
-        say(f"   {i + 1}/{len(plan)} {how} lead {r.get('lead_ms')}: margin {fmt_ms(r.get('margin_ms'), 1)} ms,"
+        say(
+            f"   {i + 1}/{len(plan)} {how} lead {r.get('lead_ms')}: margin {fmt_ms(r.get('margin_ms'), 1)} ms,"
             f" step down {fmt_ms(r.get('cut_to_step_down_ms'), 1)}, grant {fmt_ms(r.get('cut_to_grant_ms'), 1)} ms;"
-            f" {'OK' if r['ok'] else 'FAILED: ' + r.get('failure', '')}")
+            f" {'OK' if r['ok'] else 'FAILED: ' + r.get('failure', '')}"
+        )
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps({"machine": a.machine, "command": a.command, "results": rows}, indent=1))
     text = render(rows, a)

@@ -104,8 +104,20 @@ async def hsb_run(pg: Any, n: int, a: argparse.Namespace, work: Path, record: bo
     await sandbox.aup(d, terminals=n, service="ledger", dsn=dsn, service_options=opts, timeout=60)
     try:
         st = sandbox.load_state(d)
-        child = await start_load(st["cp"]["terminal"], n, 0, d / "load.log", duration=a.duration, closed_loop=True, window=2,
-                                 workload="ledger", accounts=ACCOUNTS, books_dsn=dsn, no_idempotency=not record, settle=30)
+        child = await start_load(
+            st["cp"]["terminal"],
+            n,
+            0,
+            d / "load.log",
+            duration=a.duration,
+            closed_loop=True,
+            window=2,
+            workload="ledger",
+            accounts=ACCOUNTS,
+            books_dsn=dsn,
+            no_idempotency=not record,
+            settle=30,
+        )
         rep = None
         while rep is None:
             m = await child.read(a.duration + 120)
@@ -136,8 +148,9 @@ async def failover_run(pg: Any, a: argparse.Namespace, work: Path, i: int) -> di
     await sandbox.aup(d, terminals=n, service="ledger", dsn=dsn, timeout=120)
     try:
         st = sandbox.load_state(d)
-        child = await start_load(st["cp"]["terminal"], n, a.failover_rate, d / "load.log", workload="ledger", accounts=ACCOUNTS,
-                                 books_dsn=dsn, settle=60)
+        child = await start_load(
+            st["cp"]["terminal"], n, a.failover_rate, d / "load.log", workload="ledger", accounts=ACCOUNTS, books_dsn=dsn, settle=60
+        )
         while (await child.read(180)).get("ev") != "sending":
             pass
         await until(lambda: status(d), lambda s: s["cp"]["terminals"]["standby_sessions"] == n, 60, "standby sessions")
@@ -159,9 +172,17 @@ async def failover_run(pg: Any, a: argparse.Namespace, work: Path, i: int) -> di
     finally:
         sandbox_down(d)
     op = (rep.get("operations") or [{}])[0]
-    return {"worst_ms": op.get("worst_ms"), "p99_ms": op.get("p99_ms"), "all_served_ms": op.get("all_served_ms"),
-            "in_flight": op.get("in_flight"), "ok": rep["ok"], "failures": rep["failures"], "books": rep.get("books"),
-            "sent": rep["sent"], "replied": rep["replied"]}
+    return {
+        "worst_ms": op.get("worst_ms"),
+        "p99_ms": op.get("p99_ms"),
+        "all_served_ms": op.get("all_served_ms"),
+        "in_flight": op.get("in_flight"),
+        "ok": rep["ok"],
+        "failures": rep["failures"],
+        "books": rep.get("books"),
+        "sent": rep["sent"],
+        "replied": rep["replied"],
+    }
 
 
 async def amain(a: argparse.Namespace) -> int:
@@ -223,11 +244,33 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
         costs = [1 - x["rate"] / y["rate"] for x, y in zip(r["hsb"], r["hsb_norecord"], strict=False) if y["rate"]]
         ratio, cost = median(ratios) or 0.0, median(costs) or 0.0
         books = all(x["ok"] for x in r["hsb"] + r["hsb_norecord"])
-        rows.append([f"{t['terminals']:,}", f"{hsb:,.0f}", f"{norec:,.0f}", f"{direct:,.0f}", f"{100 * ratio:.0f} %",
-                     f"{100 * cost:.0f} %", ("met" if ratio >= 0.7 and cost <= 0.2 else "**missed**"),
-                     "all OK" if books else "**FAILED**"])
-    out.append(table(["terminals", "hsb transfers/s", "hsb, no record", "direct to PostgreSQL", "hsb / direct",
-                      "record's cost", "goals (≥ 70 %, ≤ 20 %)", "verdict and books"], rows))
+        rows.append(
+            [
+                f"{t['terminals']:,}",
+                f"{hsb:,.0f}",
+                f"{norec:,.0f}",
+                f"{direct:,.0f}",
+                f"{100 * ratio:.0f} %",
+                f"{100 * cost:.0f} %",
+                ("met" if ratio >= 0.7 and cost <= 0.2 else "**missed**"),
+                "all OK" if books else "**FAILED**",
+            ]
+        )
+    out.append(
+        table(
+            [
+                "terminals",
+                "hsb transfers/s",
+                "hsb, no record",
+                "direct to PostgreSQL",
+                "hsb / direct",
+                "record's cost",
+                "goals (≥ 70 %, ≤ 20 %)",
+                "verdict and books",
+            ],
+            rows,
+        )
+    )
     if res["failover"]:
         f = res["failover"]
         out += [
@@ -236,9 +279,20 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
             f" at {getattr(a, 'failover_rate', '')} transfers/s, the ledger on PostgreSQL; the worst pause over the messages in flight"
             " at the kill or sent in the second after it (hsb.term.timeline), and the books afterwards.",
             "",
-            table(["run", "worst pause ms", "p99 ms", "all served ms", "in flight", "verdict and books"],
-                  [[str(i + 1), fmt_ms(r["worst_ms"], 1), fmt_ms(r["p99_ms"], 1), fmt_ms(r["all_served_ms"], 1),
-                    f"{r['in_flight'] or 0:,}", "OK" if r["ok"] else "**FAILED**: " + "; ".join(r["failures"])[:200]] for i, r in enumerate(f)]),
+            table(
+                ["run", "worst pause ms", "p99 ms", "all served ms", "in flight", "verdict and books"],
+                [
+                    [
+                        str(i + 1),
+                        fmt_ms(r["worst_ms"], 1),
+                        fmt_ms(r["p99_ms"], 1),
+                        fmt_ms(r["all_served_ms"], 1),
+                        f"{r['in_flight'] or 0:,}",
+                        "OK" if r["ok"] else "**FAILED**: " + "; ".join(r["failures"])[:200],
+                    ]
+                    for i, r in enumerate(f)
+                ],
+            ),
             "",
             f"Median worst pause {fmt_ms(median([r['worst_ms'] for r in f if r['worst_ms'] is not None]), 1)} ms.",
         ]

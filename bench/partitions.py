@@ -128,9 +128,9 @@ def render(saved: dict[str, Any], a: argparse.Namespace) -> str:
         " redelivered, nothing unexpected or unacknowledged), at most one host registered at the CP as a serving"
         " active in each 100 ms status sample, and no terminal disconnected.",
         "",
-        "Median (min–max) in ms, on the wall clock from the cut (\"B asks\": the standby's"
-        " `last_takeover.requested_at`; \"grant\", \"first reply\", \"all served\": the CP's `last_switchover`;"
-        " \"worst pause\", \"all served (terminals)\": what the terminals saw, hsb.term.timeline; \"service gap\":"
+        'Median (min–max) in ms, on the wall clock from the cut ("B asks": the standby\'s'
+        ' `last_takeover.requested_at`; "grant", "first reply", "all served": the CP\'s `last_switchover`;'
+        ' "worst pause", "all served (terminals)": what the terminals saw, hsb.term.timeline; "service gap":'
         " the load's longest stretch with messages outstanding and no reply at all):",
         "",
         table(results, failures),
@@ -147,8 +147,9 @@ def save(a: argparse.Namespace, results: dict[str, list[dict[str, Any]]], failur
     path = Path(a.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     settings = {"rounds": a.rounds, "terminals": a.terminals, "rate": a.rate, "hold": a.hold, "scenarios": a.scenario or list(scenarios.SCENARIOS)}
-    path.write_text(json.dumps({"machine": a.machine, "command": a.command, "settings": settings,
-                                "results": results, "failures": failures}, indent=1))
+    path.write_text(
+        json.dumps({"machine": a.machine, "command": a.command, "settings": settings, "results": results, "failures": failures}, indent=1)
+    )
 
 
 async def amain(a: argparse.Namespace) -> int:
@@ -180,9 +181,11 @@ async def amain(a: argparse.Namespace) -> int:
             save(a, results, failures)
             times = ", ".join(f"{h} {out[k]:.0f} ms" for k, h in COLUMNS if out.get(k) is not None)
             print(f"[{rnd}/{a.rounds}] {name}: {times}; acked {out['acked']}, lost 0", file=sys.stderr)
-    print(f"Partitions: {a.rounds} rounds × {len(names)} scenarios, {a.terminals} terminals at {a.rate:g} msg/s, "
-          f"cuts held {a.hold:g} s after their effect is seen; {time.monotonic() - t0:.0f} s in all; logs in {base}",
-          file=sys.stderr)
+    print(
+        f"Partitions: {a.rounds} rounds × {len(names)} scenarios, {a.terminals} terminals at {a.rate:g} msg/s, "
+        f"cuts held {a.hold:g} s after their effect is seen; {time.monotonic() - t0:.0f} s in all; logs in {base}",
+        file=sys.stderr,
+    )
     save(a, results, failures)
     text = render(json.loads(Path(a.json).read_text()), a)
     print()
@@ -195,8 +198,9 @@ async def amain(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="bench/partitions.py", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        prog="bench/partitions.py", description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument("--rounds", type=int, default=5, help="rounds of each scenario (default 5)")
     p.add_argument("--terminals", type=int, default=200)
     p.add_argument("--rate", type=float, default=400.0, help="messages per second, all terminals")

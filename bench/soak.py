@@ -62,8 +62,25 @@ async def amain(a: argparse.Namespace) -> int:
     info = await sandbox.aup(d, terminals=a.terminals, service="journal", timeout=120)
     duration = a.minutes * 60
     load = subprocess.Popen(
-        [sys.executable, "-m", "hsb.term", "load", "--cp", info["cp"]["terminal"], "--terminals", str(a.terminals), "--rate", str(a.rate), "--duration", str(duration), "--settle", "30", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "hsb.term",
+            "load",
+            "--cp",
+            info["cp"]["terminal"],
+            "--terminals",
+            str(a.terminals),
+            "--rate",
+            str(a.rate),
+            "--duration",
+            str(duration),
+            "--settle",
+            "30",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     samples: list[dict[str, Any]] = []
     failovers: list[dict[str, Any]] = []
@@ -88,15 +105,23 @@ async def amain(a: argparse.Namespace) -> int:
                 other = "host-b" if victim == "host-a" else "host-a"
                 tk = time.monotonic()
                 if victim is not None and a.action == "switchover":
-                    r = await asyncio.get_running_loop().run_in_executor(None, lambda: subprocess.run(
-                        [sys.executable, "-m", "hsb.ctl", *info["ctl"], "switchover", "--yes", "--timeout", "120"], capture_output=True, text=True))
+                    r = await asyncio.get_running_loop().run_in_executor(
+                        None,
+                        lambda: subprocess.run(
+                            [sys.executable, "-m", "hsb.ctl", *info["ctl"], "switchover", "--yes", "--timeout", "120"], capture_output=True, text=True
+                        ),
+                    )
                     if r.returncode:
                         raise RuntimeError(f"switchover failed: {r.stderr.strip()}")
-                    failovers.append({"t_s": round(tk - t0, 1), "from": victim, "to": other, "planned": True, "took_s": round(time.monotonic() - tk, 3)})
+                    failovers.append(
+                        {"t_s": round(tk - t0, 1), "from": victim, "to": other, "planned": True, "took_s": round(time.monotonic() - tk, 3)}
+                    )
                     print(json.dumps({"switchover": failovers[-1]}), flush=True)
                 elif victim is not None:
                     os.kill(sandbox.load_state(d)["hosts"][victim]["pid"], signal.SIGKILL)
-                    await until(d, lambda s: [h["name"] for h in s["hosts"] if h.get("reachable") and h.get("role") == "active"] == [other], 30, "takeover")
+                    await until(
+                        d, lambda s: [h["name"] for h in s["hosts"] if h.get("reachable") and h.get("role") == "active"] == [other], 30, "takeover"
+                    )
                     took = time.monotonic() - tk
                     while sandbox._alive(sandbox.load_state(d)["hosts"][victim]["pid"]):
                         await asyncio.sleep(0.05)
@@ -163,8 +188,11 @@ def render(saved: dict[str, Any], a: argparse.Namespace) -> str:
     samples = s.get("samples") or []
     fo = s.get("failover_detail") or []
     planned = s.get("action") == "switchover"
-    what = ("a planned `hsbctl switchover` (both hosts live through the whole run)" if planned
-            else "a SIGKILL failover of the active (the old active restarted as standby each time)")
+    what = (
+        "a planned `hsbctl switchover` (both hosts live through the whole run)"
+        if planned
+        else "a SIGKILL failover of the active (the old active restarted as standby each time)"
+    )
     out = [
         f"Command: `{a.command}`",
         f"Raw results: `bench/results/{RESULTS.name}` (`--render` rebuilds this table).",
@@ -177,7 +205,11 @@ def render(saved: dict[str, Any], a: argparse.Namespace) -> str:
         "",
     ]
     times = [f["took_s" if planned else "takeover_s"] * 1000 for f in fo if f.get("took_s" if planned else "takeover_s") is not None]
-    span = f" ({'each `hsbctl switchover`' if planned else 'takeover, kill to the other host serving'}: {min(times):,.0f}–{max(times):,.0f} ms, median {median(times):,.0f})" if times else ""
+    span = (
+        f" ({'each `hsbctl switchover`' if planned else 'takeover, kill to the other host serving'}: {min(times):,.0f}–{max(times):,.0f} ms, median {median(times):,.0f})"
+        if times
+        else ""
+    )
     bad = s.get("failures") or []
     rows = [
         ["switchovers" if planned else "failovers", f"{s['failovers']:,}{span}"],
@@ -198,14 +230,12 @@ def render(saved: dict[str, Any], a: argparse.Namespace) -> str:
         return next((x for x in samples if x["t_s"] >= t), None)
 
     if samples:
-        marks = [("first sample", samples[0]), ("after 1 min", at(60.0)), ("half way", at(samples[-1]["t_s"] / 2)),
-                 ("last sample", samples[-1])]
+        marks = [("first sample", samples[0]), ("after 1 min", at(60.0)), ("half way", at(samples[-1]["t_s"] / 2)), ("last sample", samples[-1])]
         marks = [(label, x) for label, x in marks if x is not None]
         rows = []
         for k in DAEMONS:
             rows.append([f"{'hsbcpd' if k == 'cp' else k}", *[mib(x.get(k)) for _, x in marks], mib(max((x.get(k) or 0) for x in samples))])
-        out += ["", f"Resident memory, MiB ({len(samples)} samples"
-                + ("" if planned else "; a restarted host starts low") + "):", ""]
+        out += ["", f"Resident memory, MiB ({len(samples)} samples" + ("" if planned else "; a restarted host starts low") + "):", ""]
         out.append(table(["daemon", *[f"{label} ({x['t_s'] / 60:.1f} min)" for label, x in marks], "max"], rows))
     return "\n".join(out)
 
@@ -238,8 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--terminals", type=int, default=1000)
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--every", type=float, default=60.0, help="seconds between failovers")
-    ap.add_argument("--action", choices=("kill", "switchover"), default="kill",
-                    help="kill: SIGKILL the active, restart it as standby; switchover: planned, no process restarts")
+    ap.add_argument(
+        "--action",
+        choices=("kill", "switchover"),
+        default="kill",
+        help="kill: SIGKILL the active, restart it as standby; switchover: planned, no process restarts",
+    )
     ap.add_argument("--dir", default="")
     ap.add_argument("--plot", action="store_true")
     ap.add_argument("--out", default="", help="also write the summary JSON here")

@@ -73,8 +73,9 @@ async def one(d: Path, info: dict[str, Any], n: int, a: argparse.Namespace, kind
         if kind == "switchover":
             r = await asyncio.get_running_loop().run_in_executor(
                 None,
-                lambda: subprocess.run([sys.executable, "-m", "hsb.ctl", *info["ctl"], "switchover", "--yes", "--timeout", "120"],
-                                       capture_output=True, text=True),
+                lambda: subprocess.run(
+                    [sys.executable, "-m", "hsb.ctl", *info["ctl"], "switchover", "--yes", "--timeout", "120"], capture_output=True, text=True
+                ),
             )
             if r.returncode != 0:
                 raise RuntimeError(f"switchover failed: {r.stderr}")
@@ -147,23 +148,50 @@ def render(rows: list[dict[str, Any]], a: argparse.Namespace) -> str:
             return f"{fmt_ms(median(v), 1)} ({fmt_ms(max(v), 1)})" if v else "–"
 
         sm, fm = median([r["worst_ms"] for r in sw if r.get("worst_ms")]), median([r["worst_ms"] for r in fo if r.get("worst_ms")])
-        body.append([
-            f"{n:,}", f"{len(sw)} + {len(fo)}", mm(sw, "worst_ms"), mm(sw, "p99_ms"), mm(sw, "all_served_ms"), mm(sw, "cp_worst_pause_ms"),
-            mm(fo, "worst_ms"), mm(fo, "p99_ms"), "–" if not sm or not fm else f"{fm / sm:.1f}×",
-            str(sum(r["lost"] for r in sw + fo)), str(sum(r["disconnects"] for r in sw + fo)),
-            "all OK" if all(r["ok"] for r in sw + fo) else "**FAILED**",
-        ])
-    out.append(table(
-        ["terminals", "runs", "planned: worst pause", "planned: p99", "planned: all served", "planned: CP's worst pause",
-         "SIGKILL: worst pause", "SIGKILL: p99", "SIGKILL / planned", "lost", "disconnects", "verdict"],
-        body,
-        "rrrrrrrrrrrl",
-    ))
+        body.append(
+            [
+                f"{n:,}",
+                f"{len(sw)} + {len(fo)}",
+                mm(sw, "worst_ms"),
+                mm(sw, "p99_ms"),
+                mm(sw, "all_served_ms"),
+                mm(sw, "cp_worst_pause_ms"),
+                mm(fo, "worst_ms"),
+                mm(fo, "p99_ms"),
+                "–" if not sm or not fm else f"{fm / sm:.1f}×",
+                str(sum(r["lost"] for r in sw + fo)),
+                str(sum(r["disconnects"] for r in sw + fo)),
+                "all OK" if all(r["ok"] for r in sw + fo) else "**FAILED**",
+            ]
+        )
+    out.append(
+        table(
+            [
+                "terminals",
+                "runs",
+                "planned: worst pause",
+                "planned: p99",
+                "planned: all served",
+                "planned: CP's worst pause",
+                "SIGKILL: worst pause",
+                "SIGKILL: p99",
+                "SIGKILL / planned",
+                "lost",
+                "disconnects",
+                "verdict",
+            ],
+            body,
+            "rrrrrrrrrrrl",
+        )
+    )
     big = max((r["terminals"] for r in rows), default=0)
     sw = [r["worst_ms"] for r in rows if r["terminals"] == big and r["kind"] == "switchover" and r.get("worst_ms") is not None]
     if sw:
-        out += ["", f"Goal: planned switchover at {big:,} terminals, worst pause ≤ 50 ms: worst run {max(sw):.1f} ms,"
-                f" median {median(sw):.1f} ms (**{'met' if max(sw) <= 50 else 'missed'}**)."]
+        out += [
+            "",
+            f"Goal: planned switchover at {big:,} terminals, worst pause ≤ 50 ms: worst run {max(sw):.1f} ms,"
+            f" median {median(sw):.1f} ms (**{'met' if max(sw) <= 50 else 'missed'}**).",
+        ]
     return "\n".join(out)
 
 
@@ -178,9 +206,11 @@ async def amain(a: argparse.Namespace) -> int:
                 for kind in ("switchover", "failover"):
                     r = await one(d, info, n, a, kind, rep)
                     rows.append(r)
-                    say(f"   {kind:<10} N={n} #{rep}: worst pause {fmt_ms(r['worst_ms'], 1)} ms (p99 {fmt_ms(r['p99_ms'], 1)}),"
+                    say(
+                        f"   {kind:<10} N={n} #{rep}: worst pause {fmt_ms(r['worst_ms'], 1)} ms (p99 {fmt_ms(r['p99_ms'], 1)}),"
                         f" all served {fmt_ms(r['all_served_ms'], 1)} ms, CP's {fmt_ms(r['cp_worst_pause_ms'], 1)} ms;"
-                        f" {'OK' if r['ok'] else 'FAILED: ' + '; '.join(r['failures'])}")
+                        f" {'OK' if r['ok'] else 'FAILED: ' + '; '.join(r['failures'])}"
+                    )
                     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
                     Path(a.json).write_text(json.dumps({"machine": a.machine, "command": a.command, "rate": a.rate, "results": rows}, indent=1))
         finally:

@@ -166,8 +166,7 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
         f"Command: `{a.command}`",
         f"Raw results: `bench/results/{RESULTS.name}` (`--render` rebuilds these tables).",
         "",
-        f"Machine: {machine_line(a.machine)}. Disk: {res['filesystem']} (a temporary directory, `{res['dir']}`);"
-        " syncs are `fdatasync`.",
+        f"Machine: {machine_line(a.machine)}. Disk: {res['filesystem']} (a temporary directory, `{res['dir']}`); syncs are `fdatasync`.",
         "",
         f"Batch write + batch read, R = 4096 (E = 15), syncs included, median of {res['repeat']} run{'s' if res['repeat'] != 1 else ''}"
         " (write = encode, pwrite records 1..B, sync, header, sync; read = fresh open, header, B records with"
@@ -178,37 +177,59 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
     for x in res["batch"]:
         big = x["terminals"] >= 100_000
         tot = f"{x['total_s'] * 1000:,.0f} ms"
-        rows.append([
-            f"{x['terminals']:,}", f"{x['batch_records']:,}", f"{x['bytes'] / 2**20:.1f} MiB",
-            f"{x['write_s'] * 1000:,.0f} ms", f"{x['read_s'] * 1000:,.0f} ms",
-            f"**{tot}**" if big else tot, f"{x['total_best_s'] * 1000:,.0f} ms",
-        ])
+        rows.append(
+            [
+                f"{x['terminals']:,}",
+                f"{x['batch_records']:,}",
+                f"{x['bytes'] / 2**20:.1f} MiB",
+                f"{x['write_s'] * 1000:,.0f} ms",
+                f"{x['read_s'] * 1000:,.0f} ms",
+                f"**{tot}**" if big else tot,
+                f"{x['total_best_s'] * 1000:,.0f} ms",
+            ]
+        )
     out.append(table(["terminals", "B", "data", "write", "read", "write + read (median)", "best"], rows, "rrrrrrr"))
     big = [x for x in res["batch"] if x["terminals"] >= 100_000]
     if big:
         x = max(big, key=lambda x: x["terminals"])
         met = x["total_s"] <= GOAL_BATCH_S
-        out += ["", f"Goal ({x['terminals']:,} in under {GOAL_BATCH_S:g} s): {x['total_s'] * 1000:,.0f} ms median"
-                f" (**{'met' if met else 'missed'}**)."]
+        out += [
+            "",
+            f"Goal ({x['terminals']:,} in under {GOAL_BATCH_S:g} s): {x['total_s'] * 1000:,.0f} ms median (**{'met' if met else 'missed'}**).",
+        ]
     ring = res["ring"]
     o, rd, s = ring["one_sync_per_change"], ring["reader"], res["store"]
     out += ["", "Ring (sequential area), durable session changes per second, same run:", ""]
     rows = []
     for g in sorted(ring["groups"], key=lambda g: -g["group_size"]):
-        rows.append([f"group commit, {g['group_size']:,} changes per group", f"{g['per_s']:,.0f}",
-                     f"{g['changes']:,} changes, {g['syncs']:,} syncs, {g['s']:.2f} s"])
+        rows.append(
+            [
+                f"group commit, {g['group_size']:,} changes per group",
+                f"{g['per_s']:,.0f}",
+                f"{g['changes']:,} changes, {g['syncs']:,} syncs, {g['s']:.2f} s",
+            ]
+        )
     rows.append(["one sync per change", f"{o['per_s']:,.0f}", f"{o['changes']:,} changes, {o['s']:.2f} s"])
     rows.append([f"**ratio, group of {ring['group']['group_size']:,} / one sync per change**", f"**{ring['ratio']:.0f}×**", ""])
-    rows.append(["standby `RingReader` draining the ring (256 records per poll)", f"{rd['per_s']:,.0f}",
-                 f"{rd['changes']:,} changes, {rd['s']:.2f} s"])
-    rows.append([f"asyncio facade, {s['callers']:,} concurrent `await store.append([change])`", f"{s['per_s']:,.0f}",
-                 f"{s['s']:.2f} s, gathered into groups automatically"])
+    rows.append(
+        ["standby `RingReader` draining the ring (256 records per poll)", f"{rd['per_s']:,.0f}", f"{rd['changes']:,} changes, {rd['s']:.2f} s"]
+    )
+    rows.append(
+        [
+            f"asyncio facade, {s['callers']:,} concurrent `await store.append([change])`",
+            f"{s['per_s']:,.0f}",
+            f"{s['s']:.2f} s, gathered into groups automatically",
+        ]
+    )
     out.append(table(["workload", "changes/s", ""], rows, "lrl"))
     worst = min(g["per_s"] for g in ring["groups"])
     met = worst >= GOAL_RING_PER_S
-    out += ["", f"Goal (≥ {GOAL_RING_PER_S:,.0f} durable changes/s with group commit): **{'met' if met else 'missed'}**"
-            f" ({'with every group size measured' if met else 'not with every group size'}; the smallest group"
-            f" gave {worst:,.0f}/s)."]
+    out += [
+        "",
+        f"Goal (≥ {GOAL_RING_PER_S:,.0f} durable changes/s with group commit): **{'met' if met else 'missed'}**"
+        f" ({'with every group size measured' if met else 'not with every group size'}; the smallest group"
+        f" gave {worst:,.0f}/s).",
+    ]
     return "\n".join(out)
 
 

@@ -122,10 +122,11 @@ def add_version_everywhere(group: click.Group, prog: str) -> None:
 
     def walk(cmd: click.Command) -> None:
         if not any(isinstance(p, click.Option) and "--version" in p.opts for p in cmd.params):
-            cmd.params.append(click.Option(["--version"], is_flag=True, expose_value=False, is_eager=True, callback=show, help="Show the version and exit."))
+            cmd.params.append(
+                click.Option(["--version"], is_flag=True, expose_value=False, is_eager=True, callback=show, help="Show the version and exit.")
+            )
         if isinstance(cmd, click.Group):
             for sub in cmd.commands.values():
                 walk(sub)
 
     walk(group)
-

@@ -65,8 +65,17 @@ async def scenario(d: Path, *, conventional: bool, terminals: int, rate: float, 
         sending, stop = asyncio.Event(), asyncio.Event()
         marks: list[tuple[str, float]] = []
         load = asyncio.ensure_future(
-            run_load(info["cp"]["terminal"], terminals=terminals, rate=rate, duration=3600, settle=20, sending=sending,
-                     stop=stop, marks=marks, expect_disconnects=conventional)
+            run_load(
+                info["cp"]["terminal"],
+                terminals=terminals,
+                rate=rate,
+                duration=3600,
+                settle=20,
+                sending=sending,
+                stop=stop,
+                marks=marks,
+                expect_disconnects=conventional,
+            )
         )
         await asyncio.wait_for(sending.wait(), 60)
         if not conventional:
@@ -105,7 +114,9 @@ async def scenario(d: Path, *, conventional: bool, terminals: int, rate: float, 
         "loss_detected": rel(_ts(lost[-1]["timestamp"])) if lost else None,
         "switch_granted": rel(t_grant),
         "sessions_switched": rel(_ts(complete[-1]["timestamp"])) if complete else None,
-        "first_redelivered_answered": rel(t_grant + rec["first_redelivered_reply_ms"] / 1000) if t_grant and rec.get("first_redelivered_reply_ms") is not None else None,
+        "first_redelivered_answered": rel(t_grant + rec["first_redelivered_reply_ms"] / 1000)
+        if t_grant and rec.get("first_redelivered_reply_ms") is not None
+        else None,
         "last_terminal_served": rel(t_grant + rec["all_served_ms"] / 1000) if t_grant and rec.get("all_served_ms") is not None else None,
         "standby_again": rel(t_est),
     }
@@ -122,7 +133,9 @@ async def scenario(d: Path, *, conventional: bool, terminals: int, rate: float, 
         "all_served_ms": pause.get("all_served_ms"),
         "service_gap_ms": report["service_gap"]["ms"],
         "disconnected_terminals": len(report["per_terminal_disconnects"]),
-        "verdict": {k: report[k] for k in ("sent", "acked", "replied", "lost", "duplicates", "unexpected", "bad_data", "unacked", "disconnects", "switched")},
+        "verdict": {
+            k: report[k] for k in ("sent", "acked", "replied", "lost", "duplicates", "unexpected", "bad_data", "unacked", "disconnects", "switched")
+        },
         "ok": rep.ok,
         "failures": rep.failures,
         "latency_ms": report["latency_ms"],
@@ -192,8 +205,17 @@ async def cp_restart(d: Path, *, terminals: int, rate: float, say: Any) -> dict[
         sending, stop = asyncio.Event(), asyncio.Event()
         marks: list[tuple[str, float]] = []
         load = asyncio.ensure_future(
-            run_load(info["cp"]["terminal"], terminals=terminals, rate=rate, duration=3600, settle=20, sending=sending,
-                     stop=stop, marks=marks, expect_disconnects=True)
+            run_load(
+                info["cp"]["terminal"],
+                terminals=terminals,
+                rate=rate,
+                duration=3600,
+                settle=20,
+                sending=sending,
+                stop=stop,
+                marks=marks,
+                expect_disconnects=True,
+            )
         )
         await asyncio.wait_for(sending.wait(), 60)
         await _until(d, lambda s: s["cp"]["terminals"]["standby_sessions"] == terminals, 30, "standby sessions")
@@ -245,7 +267,8 @@ def render_cp(r: dict[str, Any]) -> str:
         f"  active afterwards: {', '.join(r['active_after'])} (the same host, no operator action)",
         f"  worst pause {r['worst_pause_ms']} ms (p99 {r['p99_pause_ms']} ms); every terminal with something in flight served again after {r['all_served_ms']} ms",
         "  " + ", ".join(f"{k} {v:,}" for k, v in r["verdict"].items()),
-        "  VERDICT: " + ("every acknowledged message answered exactly once across the CP's own crash" if r["ok"] else "FAILED: " + "; ".join(r["failures"])),
+        "  VERDICT: "
+        + ("every acknowledged message answered exactly once across the CP's own crash" if r["ok"] else "FAILED: " + "; ".join(r["failures"])),
     ]
     return "\n".join(out)
 
@@ -262,8 +285,18 @@ async def ledger_act(d: Path, *, terminals: int, rate: float, dsn: str | None, s
         sending, stop = asyncio.Event(), asyncio.Event()
         marks: list[tuple[str, float]] = []
         load = asyncio.ensure_future(
-            run_load(info["cp"]["terminal"], terminals=terminals, rate=rate, duration=3600, settle=30, sending=sending,
-                     stop=stop, marks=marks, workload=w, books=info["ledger"])
+            run_load(
+                info["cp"]["terminal"],
+                terminals=terminals,
+                rate=rate,
+                duration=3600,
+                settle=30,
+                sending=sending,
+                stop=stop,
+                marks=marks,
+                workload=w,
+                books=info["ledger"],
+            )
         )
         await asyncio.wait_for(sending.wait(), 60)
         await _until(d, lambda s: s["cp"]["terminals"]["standby_sessions"] == terminals, 30, "standby sessions")
@@ -302,9 +335,14 @@ def render_ledger(r: dict[str, Any]) -> str:
     if "error" in b:
         out.append(f"  books: could not be checked: {b['error']}")
     elif b:
-        out.append(f"  books: {b['accounts']} accounts hold {b['total']:,} of {b['expected_total']:,} deposited;"
-                   f" {b['transfers_ok']:,} transfers told ok, {b['transfers_refused']:,} refused, {b['entries']:,} entries")
-    out.append("  VERDICT: " + ("the books balance: every transfer applied exactly once, every reply the stored one" if r["ok"] else "FAILED: " + "; ".join(r["failures"])))
+        out.append(
+            f"  books: {b['accounts']} accounts hold {b['total']:,} of {b['expected_total']:,} deposited;"
+            f" {b['transfers_ok']:,} transfers told ok, {b['transfers_refused']:,} refused, {b['entries']:,} entries"
+        )
+    out.append(
+        "  VERDICT: "
+        + ("the books balance: every transfer applied exactly once, every reply the stored one" if r["ok"] else "FAILED: " + "; ".join(r["failures"]))
+    )
     return "\n".join(out)
 
 

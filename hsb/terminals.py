@@ -45,9 +45,7 @@ class TerminalGroup(Strict):
         # The group's fields are already validated; names are checked in expand_all.
         # Validating 10,000 members again cost about a quarter of a second at start.
         return [
-            TerminalDef.model_construct(
-                name=f"{self.prefix}{i:0{self.width}d}", standby_capable=self.standby_capable, attrs=dict(self.attrs)
-            )
+            TerminalDef.model_construct(name=f"{self.prefix}{i:0{self.width}d}", standby_capable=self.standby_capable, attrs=dict(self.attrs))
             for i in range(self.start, self.start + self.count)
         ]
 

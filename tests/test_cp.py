@@ -293,12 +293,24 @@ RAW = st.one_of(
     st.just(struct.pack(">I", 0)),
     st.just(struct.pack(">I", 50_000_000)),
     st.builds(lambda b: struct.pack(">I", len(b)) + b, st.binary(min_size=1, max_size=100)),
-    st.builds(lambda o: encode(o) if isinstance(o, dict) else struct.pack(">I", len(msgpack.packb(o))) + msgpack.packb(o),
-              st.recursive(st.none() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.text(max_size=10) | st.binary(max_size=10),
-                           lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3), max_leaves=8)),
-    st.builds(lambda t, v: encode({"t": t, "id": v, "data": v, "terminal": v}),
-              st.sampled_from(["hello", "msg", "bye", "auth", "register", "reply", "x"]),
-              st.one_of(st.integers(min_value=-(2**63), max_value=2**64 - 1), st.text(max_size=5), st.none(), st.lists(st.integers(min_value=-(2**63), max_value=2**63), max_size=2))),
+    st.builds(
+        lambda o: encode(o) if isinstance(o, dict) else struct.pack(">I", len(msgpack.packb(o))) + msgpack.packb(o),
+        st.recursive(
+            st.none() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.text(max_size=10) | st.binary(max_size=10),
+            lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+            max_leaves=8,
+        ),
+    ),
+    st.builds(
+        lambda t, v: encode({"t": t, "id": v, "data": v, "terminal": v}),
+        st.sampled_from(["hello", "msg", "bye", "auth", "register", "reply", "x"]),
+        st.one_of(
+            st.integers(min_value=-(2**63), max_value=2**64 - 1),
+            st.text(max_size=5),
+            st.none(),
+            st.lists(st.integers(min_value=-(2**63), max_value=2**63), max_size=2),
+        ),
+    ),
 )
 
 
@@ -411,8 +423,9 @@ async def test_a_closed_terminal_that_reads_nothing_does_not_linger(tmp_path) ->
     # maximum; this end reads nothing and keeps a tiny receive buffer): 8 replies of `size`
     wmem_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
     size = max(900_000, wmem_max // 4)
-    cp = start_cp(tmp_path / "cp", terminals=1, extra_terms=[{"name": "NOSB", "standby_capable": False}],
-                  host_timeout=0.5, held_bound=8, max_frame=size + 4096)
+    cp = start_cp(
+        tmp_path / "cp", terminals=1, extra_terms=[{"name": "NOSB", "standby_capable": False}], host_timeout=0.5, held_bound=8, max_frame=size + 4096
+    )
     a, b = await pair(cp)
     h, p = addr(cp.info["terminal"])
     sock = socket.create_connection((h, p))

@@ -72,16 +72,24 @@ def test_a_torn_record_in_an_older_segment_is_damage(tmp_path: Path) -> None:
 
 
 def test_recovery_applies_every_kind_and_truncates_a_torn_tail(tmp_path: Path) -> None:
-    _segment(tmp_path, 3, [
-        ["ck", 4, "host-a", 0, {"T0": 9}],
-        ["a", "T1", 1, b"one"], ["a", "T1", 2, b"two"], ["a", "T1", 3, b"three"], ["a", "T2", 7, "seven"],
-        ["r", "T1", 1, b"reply-one"],  # kept for a resuming terminal
-        ["d", "T2", 7],  # a terminal that does not resume: nothing kept
-        ["a", "T1", 4, b"four"], ["r", "T1", 2, b"reply-two"],
-        ["c", "T1", 1],  # the terminal holds the reply to 1
-        ["e", 5, "host-b"],
-        ["h", {"kind": "failover", "epoch": 5}],
-    ])
+    _segment(
+        tmp_path,
+        3,
+        [
+            ["ck", 4, "host-a", 0, {"T0": 9}],
+            ["a", "T1", 1, b"one"],
+            ["a", "T1", 2, b"two"],
+            ["a", "T1", 3, b"three"],
+            ["a", "T2", 7, "seven"],
+            ["r", "T1", 1, b"reply-one"],  # kept for a resuming terminal
+            ["d", "T2", 7],  # a terminal that does not resume: nothing kept
+            ["a", "T1", 4, b"four"],
+            ["r", "T1", 2, b"reply-two"],
+            ["c", "T1", 1],  # the terminal holds the reply to 1
+            ["e", 5, "host-b"],
+            ["h", {"kind": "failover", "epoch": 5}],
+        ],
+    )
     p = _segment(tmp_path, 4, [["ck", 5, "host-b", 0, {"T1": 4, "T2": 7, "T0": 9}], ["a", "T3", 1, b"kept"]])
     with open(p, "ab") as fh:
         fh.write(encode(["a", "T3", 2, b"torn"])[:-2])  # a crash mid-write
@@ -363,8 +371,9 @@ async def test_the_journal_stays_bounded_and_shrinks_when_traffic_stops(tmp_path
         r = await run_load(addr(cp.info["terminal"]), terminals=20, rate=0, duration=3.0, settle=5, window=4, closed_loop=True, payload_size=200)
         assert r.ok, r.failures
         written = sum(1 for e in cp.events("journal_segment_carried_forward")) + r.sent  # at least this many records
-        st = await until_status(cp, lambda s: s["journal"]["size_bytes"] < 16 * 1024 and s["journal"]["segments"] <= 2,
-                                what="the journal back to a checkpoint")
+        st = await until_status(
+            cp, lambda s: s["journal"]["size_bytes"] < 16 * 1024 and s["journal"]["segments"] <= 2, what="the journal back to a checkpoint"
+        )
         assert r.sent > 2000 and written > 0
         assert st["journal"]["outstanding"] == 0
         files = sorted(os.listdir(tmp_path / "cp" / "cp-journal"))

@@ -39,9 +39,10 @@ def populated(tmp_path: Path) -> str:
     code, out, err = run("create", path, "--records", "40", "--terminals", "100")
     assert code == 0, err
     with TakeoverWriter(path, terminals=100, host_name="host-a") as w:
-        w.batch_write(startup_id(datetime(2024, 12, 31, 23, 59, 59, 999_000)), [
-            SessionEntry(f"T{i:03d}", {"proto": "lu2", "raw": b"\x01"}, i % 4 != 0) for i in range(30)
-        ])
+        w.batch_write(
+            startup_id(datetime(2024, 12, 31, 23, 59, 59, 999_000)),
+            [SessionEntry(f"T{i:03d}", {"proto": "lu2", "raw": b"\x01"}, i % 4 != 0) for i in range(30)],
+        )
         for g in range(5):
             w.append_group([SessionEntry(f"T{g:03d}", {"proto": "lu2"}, g % 2 == 0)] * (g + 1))
     return path

@@ -42,7 +42,12 @@ async def test_status_exit_codes_and_unreachable(tmp_path: Path) -> None:
         wait_for(lambda: not sandbox._alive(b_pid), 10, what="host-b dead")
         r = await loop.run_in_executor(None, ctl, info, "status")
         assert r.returncode == 3, r.stdout  # a daemon that cannot be asked: UNKNOWN
-        assert "SERVING WITHOUT A STANDBY" in r.stdout and "host2 at 127.0.0.1:" in r.stdout and "cannot be asked" in r.stdout and "Traceback" not in r.stdout + r.stderr
+        assert (
+            "SERVING WITHOUT A STANDBY" in r.stdout
+            and "host2 at 127.0.0.1:" in r.stdout
+            and "cannot be asked" in r.stdout
+            and "Traceback" not in r.stdout + r.stderr
+        )
         # CP gone too: still UNKNOWN (exit 3)
         os.kill(sandbox.load_state(d)["cp"]["pid"], signal.SIGKILL)
         r = await loop.run_in_executor(None, ctl, info, "status", "--json")
@@ -55,7 +60,13 @@ async def test_status_exit_codes_and_unreachable(tmp_path: Path) -> None:
 
 
 def test_status_without_a_target_is_a_one_line_error() -> None:
-    r = subprocess.run([sys.executable, "-m", "hsb.ctl", "status"], capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items() if k not in ("HSBCTL_CONFIG", "HSB_CTL_CONFIG")})
+    r = subprocess.run(
+        [sys.executable, "-m", "hsb.ctl", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k not in ("HSBCTL_CONFIG", "HSB_CTL_CONFIG")},
+    )
     assert r.returncode == 3  # nothing could be asked: UNKNOWN, as monitoring plugins say for bad arguments
     assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
     assert "/etc/hsb/ctl.toml" in r.stderr

@@ -92,16 +92,33 @@ def assert_clean(report: Any, *, disconnects_allowed: bool = False) -> None:
 
 
 async def load_with(
-    info: dict[str, Any], action: Any, *, terminals: int, rate: float, duration: float | None = None,
-    settle: float = 20.0, expect_disconnects: bool = False, marks: list[tuple[str, float]] | None = None,
+    info: dict[str, Any],
+    action: Any,
+    *,
+    terminals: int,
+    rate: float,
+    duration: float | None = None,
+    settle: float = 20.0,
+    expect_disconnects: bool = False,
+    marks: list[tuple[str, float]] | None = None,
 ) -> Any:
     """Run the load; call `action()` once sending has started; return the report.
 
     With `duration=None` the load sends until `action()` returns (plus one second)."""
     sending, stop = asyncio.Event(), asyncio.Event()
     task = asyncio.ensure_future(
-        run_load(info["cp"]["terminal"], terminals=terminals, rate=rate, duration=duration or 3600, settle=settle,
-                 record_ids=True, sending=sending, stop=stop, expect_disconnects=expect_disconnects, marks=marks)
+        run_load(
+            info["cp"]["terminal"],
+            terminals=terminals,
+            rate=rate,
+            duration=duration or 3600,
+            settle=settle,
+            record_ids=True,
+            sending=sending,
+            stop=stop,
+            expect_disconnects=expect_disconnects,
+            marks=marks,
+        )
     )
     await asyncio.wait_for(sending.wait(), 60)
     try:
@@ -155,6 +172,7 @@ async def test_sigstop_active_takes_over_after_timeout_and_old_one_is_fenced(sb:
         assert worst >= 400, f"a SIGSTOP is detected by timeout (500 ms), so the worst pause cannot be {worst} ms"
     finally:
         os.kill(a_pid, signal.SIGCONT)
+
     # woken up, the old active finds itself fenced and exits with the fenced status
     def exited() -> bool:
         return not sandbox._alive(a_pid)
@@ -164,7 +182,7 @@ async def test_sigstop_active_takes_over_after_timeout_and_old_one_is_fenced(sb:
     assert '"event": "fenced"' in log
     exits = [e for e in log_events(Path(info["dir"]) / "host-a.log") if e.get("event") == "host_exit"]
     assert len(exits) == 1 and exits[0]["code"] == 75 and "fenced" in exits[0]["msg"], exits
-    after = log[log.index('"event": "host_exit"'):].splitlines()[1:]
+    after = log[log.index('"event": "host_exit"') :].splitlines()[1:]
     assert not any('"event": "peer_link_up"' in line or '"event": "link_authenticated"' in line for line in after), after
     check_journals(info, report, ["host-a", "host-b"])
 
@@ -279,7 +297,6 @@ async def test_active_restarted_as_active_while_other_is_active_is_refused(sb: A
     assert "host-b is already the active host" in last and "--role standby" in last
 
 
-
 async def test_cp_alone_fences_an_old_active_that_does_not_fence_itself(sb: Any) -> None:
     """The CP's fencing, end to end: host-a is started with self-fencing disabled (a test-only
     switch: it ignores the fenced frame, refusals and the loss of its CP link and keeps serving at
@@ -299,7 +316,9 @@ async def test_cp_alone_fences_an_old_active_that_does_not_fence_itself(sb: Any)
         await asyncio.sleep(0.5)  # load keeps running: host-a is given messages it will not answer in time
         os.kill(a_pid, signal.SIGSTOP)
         try:
-            st = await wait_status(info, lambda s: s["cp"]["epoch"] >= 2 and s["cp"]["last_switchover"] is not None, timeout=10, what="grant to host-b")
+            st = await wait_status(
+                info, lambda s: s["cp"]["epoch"] >= 2 and s["cp"]["last_switchover"] is not None, timeout=10, what="grant to host-b"
+            )
             seen["replies_at_grant"] = st["cp"]["replies_by_host"].get("host-a", 0)
             seen["journal_at_grant"] = journal_a.stat().st_size
         finally:

@@ -218,16 +218,20 @@ def auth_link_cases(draw: Any) -> tuple[str, bool, list[bytes]]:
     authed = target in AFTER_AUTH and draw(st.booleans())
     if authed:
         spec = AFTER_AUTH[target]
-        stream = draw(st.one_of(
-            fz.hostile_streams(spec),
-            st.lists(fz.wrong_typed_frames(spec), min_size=1, max_size=3).map(lambda ms: [b"".join(encode(m) for m in ms)]),
-        ))
+        stream = draw(
+            st.one_of(
+                fz.hostile_streams(spec),
+                st.lists(fz.wrong_typed_frames(spec), min_size=1, max_size=3).map(lambda ms: [b"".join(encode(m) for m in ms)]),
+            )
+        )
     else:
-        stream = draw(st.one_of(
-            fz.hostile_streams(LINK_TYPES[link] | {"auth"}),
-            fz.wrong_typed_frames(fz.AUTH_FIELDS).map(lambda m: [encode(m)]),
-            fz.wrong_typed_frames({t: {} for t in LINK_TYPES[link]}).map(lambda m: [encode(m)]),  # before auth: auth_required
-        ))
+        stream = draw(
+            st.one_of(
+                fz.hostile_streams(LINK_TYPES[link] | {"auth"}),
+                fz.wrong_typed_frames(fz.AUTH_FIELDS).map(lambda m: [encode(m)]),
+                fz.wrong_typed_frames({t: {} for t in LINK_TYPES[link]}).map(lambda m: [encode(m)]),  # before auth: auth_required
+            )
+        )
     return target, authed, stream
 
 
@@ -253,7 +257,9 @@ def test_fuzz_authenticated_ports(sb: SB, witness: Witness, case: tuple[str, boo
         assert not c.garbage, f"{target} sent bytes that are not frames"
         fz.check_error_codes(c.errors(), fz.HOST_CODES if link == "host" else fz.AUTH_CODES, target)
         if not authed:
-            assert not any(m.get("t") in ("auth_ok", "status", "result", "registered") for m in c.frames), f"{target} answered an unauthenticated client: {c.frames}"
+            assert not any(m.get("t") in ("auth_ok", "status", "result", "registered") for m in c.frames), (
+                f"{target} answered an unauthenticated client: {c.frames}"
+            )
     finally:
         c.close()
     now = sb.assert_healthy(witness, where=f"{target} fuzz")
@@ -264,7 +270,8 @@ HTTP_REQ = st.one_of(
     st.binary(min_size=1, max_size=600),
     st.tuples(
         st.sampled_from([b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"get", b"", b"\xff\xfe"]) | st.binary(max_size=8),
-        st.sampled_from([b"/health", b"/active", b"/standby", b"/metrics", b"/", b"/../../etc/passwd", b"/health?x=1", b"*", b"/\xff"]) | st.binary(max_size=20),
+        st.sampled_from([b"/health", b"/active", b"/standby", b"/metrics", b"/", b"/../../etc/passwd", b"/health?x=1", b"*", b"/\xff"])
+        | st.binary(max_size=20),
         st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2", b"HTTP/1.1 extra", b""]) | st.binary(max_size=10),
         st.lists(st.binary(max_size=60), max_size=5),
         st.sampled_from([b"\r\n\r\n", b"\r\n", b"\n\n", b""]),
@@ -336,11 +343,17 @@ def _hostile_batch(sb: SB, rng: random.Random, daemon: str, n: int, kinds: list[
         address, link = sb.ports[target]
         kind = rng.choice(kinds)
         if link == "http":
-            req = rng.choice([
-                b"GET /health HTTP/1.1\r\n\r\n", b"GET /metrics HTTP/1.1\r\n\r\n", b"POST /health HTTP/1.1\r\n\r\n",
-                b"GET /nope HTTP/1.1\r\n\r\n", b"\x00\xff garbage\r\n\r\n", b"GET /health HTTP/1.1\r\nX: " + b"a" * 9000,
-                rng.randbytes(rng.randint(1, 2000)),
-            ])
+            req = rng.choice(
+                [
+                    b"GET /health HTTP/1.1\r\n\r\n",
+                    b"GET /metrics HTTP/1.1\r\n\r\n",
+                    b"POST /health HTTP/1.1\r\n\r\n",
+                    b"GET /nope HTTP/1.1\r\n\r\n",
+                    b"\x00\xff garbage\r\n\r\n",
+                    b"GET /health HTTP/1.1\r\nX: " + b"a" * 9000,
+                    rng.randbytes(rng.randint(1, 2000)),
+                ]
+            )
             http_exchange(address, req, timeout=8.0)
             return
         c = Conn(address, timeout=8.0)
@@ -550,10 +563,14 @@ def test_dribbling_client_that_never_authenticates_is_dropped(tmp_path: Path) ->
         prelude = fz.LEN.pack(1000) + b"\x81\xa1t" + b"x" * 40
 
         async def run() -> list[tuple[float, bytes]]:
-            return await asyncio.gather(*(_stall(cp.info[k], prelude, dribble=True, every=0.3, give_up=1.0 + SLACK + 0.5) for k in ("terminal", "host", "admin")))
+            return await asyncio.gather(
+                *(_stall(cp.info[k], prelude, dribble=True, every=0.3, give_up=1.0 + SLACK + 0.5) for k in ("terminal", "host", "admin"))
+            )
 
         results = asyncio.run(run())
-        late = [f"{k}: not closed within {took:.1f}s" for k, (took, _) in zip(("terminal", "host", "admin"), results, strict=False) if took > 1.0 + SLACK]
+        late = [
+            f"{k}: not closed within {took:.1f}s" for k, (took, _) in zip(("terminal", "host", "admin"), results, strict=False) if took > 1.0 + SLACK
+        ]
         assert not late, f"auth_timeout 1s, dribbling clients: {late}"
     finally:
         cp.stop()
@@ -610,7 +627,9 @@ def test_daemons_refuse_a_secret_file_readable_by_others(tmp_path: Path, mode: i
         "hsbd": [sys.executable, "-m", "hsb.host", "--role", "active", "--config", str(d / "host-a.toml")],
     }
     with ThreadPoolExecutor(2) as ex:
-        done = dict(zip(runs, ex.map(lambda argv: subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=d), runs.values()), strict=False))
+        done = dict(
+            zip(runs, ex.map(lambda argv: subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=d), runs.values()), strict=False)
+        )
     for name, r in done.items():
         assert r.returncode != 0, f"{name} started with a mode {mode:o} secret file"
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
@@ -764,12 +783,18 @@ def _admin(address: str, secret: bytes, msg: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.timeout(60)
 @settings(FUZZ, max_examples=50)
-@given(role=st.sampled_from(["active", "standby"]), good_epoch=st.booleans(), frames=st.lists(fz.wrong_typed_frames(fz.HOST_FIELDS), min_size=1, max_size=3))
+@given(
+    role=st.sampled_from(["active", "standby"]),
+    good_epoch=st.booleans(),
+    frames=st.lists(fz.wrong_typed_frames(fz.HOST_FIELDS), min_size=1, max_size=3),
+)
 @example(role="active", good_epoch=True, frames=[{"t": "reply", "terminal": "T00001", "id": 2**64 - 1, "data": 5, "epoch": 0}])
 @example(role="active", good_epoch=True, frames=[{"t": "open", "terminal": "T00001", "kind": 7, "attrs": {}, "epoch": 0}])
 @example(role="active", good_epoch=True, frames=[{"t": "open", "terminal": "T00001", "kind": "active", "attrs": [1], "epoch": 0}])
 @example(role="standby", good_epoch=False, frames=[{"t": "switchover", "reason": {"x": 1}, "planned": [1, 2]}])
-def test_fuzz_cp_host_link_as_registered_host(lone_cp: Proc, request: pytest.FixtureRequest, role: str, good_epoch: bool, frames: list[dict[str, Any]]) -> None:
+def test_fuzz_cp_host_link_as_registered_host(
+    lone_cp: Proc, request: pytest.FixtureRequest, role: str, good_epoch: bool, frames: list[dict[str, Any]]
+) -> None:
     """A standalone hsbcpd whose "hosts" are the fuzzer: every host-link handler gets wrong field types."""
     info, node = lone_cp.info, request.node
     if not hasattr(node, "_w"):  # one witness for all examples (fixtures are per test, not per example)
@@ -931,7 +956,9 @@ def test_flooding_terminal_does_not_starve_other_clients(own_sb: Callable[[], SB
             time.sleep(0.05)
         stop.set()
         links_dropped = s.log_count("host-a", "cp_link_down") + s.log_count("host-b", "cp_link_down")
-        assert worst < 1.0 and links_dropped == 0, f"witness worst reply {worst:.2f}s, host links dropped {links_dropped} (flood sent {sent[0] >> 20} MiB)"
+        assert worst < 1.0 and links_dropped == 0, (
+            f"witness worst reply {worst:.2f}s, host links dropped {links_dropped} (flood sent {sent[0] >> 20} MiB)"
+        )
         s.assert_healthy(w, where="after a flood")
     finally:
         stop.set()

@@ -54,19 +54,22 @@ def fresh(pg: pgsupport.PgServer) -> str:
 # --------------------------------------------------------------------------- the requests
 
 
-@pytest.mark.parametrize("data, why", [
-    ("nonsense", "not JSON"),
-    ("[1, 2]", "JSON object"),
-    ('{"op":"steal","account":"a"}', "unknown op"),
-    ('{"op":"deposit","account":"a","amount":-5}', "positive integer"),
-    ('{"op":"deposit","account":"a","amount":1.5}', "positive integer"),
-    ('{"op":"deposit","account":"a","amount":true}', "positive integer"),
-    ('{"op":"open","account":""}', "non-empty"),
-    ('{"op":"open","account":"' + "x" * 65 + '"}', "longer than 64"),
-    ('{"op":"transfer","from":"a","to":"a","amount":1}', "same account"),
-    (b"\xff\xfe", "UTF-8"),
-    (42, "JSON object as text"),
-])
+@pytest.mark.parametrize(
+    "data, why",
+    [
+        ("nonsense", "not JSON"),
+        ("[1, 2]", "JSON object"),
+        ('{"op":"steal","account":"a"}', "unknown op"),
+        ('{"op":"deposit","account":"a","amount":-5}', "positive integer"),
+        ('{"op":"deposit","account":"a","amount":1.5}', "positive integer"),
+        ('{"op":"deposit","account":"a","amount":true}', "positive integer"),
+        ('{"op":"open","account":""}', "non-empty"),
+        ('{"op":"open","account":"' + "x" * 65 + '"}', "longer than 64"),
+        ('{"op":"transfer","from":"a","to":"a","amount":1}', "same account"),
+        (b"\xff\xfe", "UTF-8"),
+        (42, "JSON object as text"),
+    ],
+)
 def test_bad_requests_are_named(data: Any, why: str) -> None:
     with pytest.raises(BadRequest, match=why):
         parse(data)
@@ -149,8 +152,14 @@ async def test_exactly_once_on_postgresql(pg: pgsupport.PgServer) -> None:
 async def test_opposite_transfers_at_once_neither_deadlock_nor_lose_money(pg: pgsupport.PgServer) -> None:
     s = LedgerService("host-a", dsn=fresh(pg), pool_size=20)
     try:
-        for i, req in enumerate(({"op": "open", "account": "a"}, {"op": "open", "account": "b"},
-                                 {"op": "deposit", "account": "a", "amount": 1000}, {"op": "deposit", "account": "b", "amount": 1000})):
+        for i, req in enumerate(
+            (
+                {"op": "open", "account": "a"},
+                {"op": "open", "account": "b"},
+                {"op": "deposit", "account": "a", "amount": 1000},
+                {"op": "deposit", "account": "b", "amount": 1000},
+            )
+        ):
             await s.handle("setup", i + 1, json.dumps(req), False)
         reqs = [json.dumps({"op": "transfer", "from": x, "to": y, "amount": 7}) for x, y in [("a", "b"), ("b", "a")] * 100]
         replies = await asyncio.gather(*(s.handle(f"T{i}", 1, r, False) for i, r in enumerate(reqs)))
@@ -181,15 +190,33 @@ async def test_a_database_that_went_away_is_unavailable_then_back(pg: pgsupport.
 # --------------------------------------------------------------------------- end to end
 
 
-async def ledger_load(info: dict[str, Any], action: Any, *, terminals: int = 200, rate: float = 600, books: dict[str, Any],
-                      expect_disconnects: bool = False, settle: float = 30.0) -> Any:
+async def ledger_load(
+    info: dict[str, Any],
+    action: Any,
+    *,
+    terminals: int = 200,
+    rate: float = 600,
+    books: dict[str, Any],
+    expect_disconnects: bool = False,
+    settle: float = 30.0,
+) -> Any:
     """Transfers from `terminals` terminals; `action()` once sending started; the report with its books."""
     sending, stop = asyncio.Event(), asyncio.Event()
     w = LedgerWorkload(accounts=40)
-    task = asyncio.ensure_future(run_load(
-        info["cp"]["terminal"], terminals=terminals, rate=rate, duration=3600, settle=settle, sending=sending, stop=stop,
-        workload=w, books=books, expect_disconnects=expect_disconnects,
-    ))
+    task = asyncio.ensure_future(
+        run_load(
+            info["cp"]["terminal"],
+            terminals=terminals,
+            rate=rate,
+            duration=3600,
+            settle=settle,
+            sending=sending,
+            stop=stop,
+            workload=w,
+            books=books,
+            expect_disconnects=expect_disconnects,
+        )
+    )
     await asyncio.wait_for(sending.wait(), 60)
     try:
         await action()
@@ -227,8 +254,9 @@ async def test_a_reply_lost_with_the_active_is_replayed_not_reapplied_postgresql
     host.before_reply): host-b gets the message marked redelivered and answers with the
     stored reply; the transfer is applied once."""
     dsn = fresh(pg)
-    info = await sb(terminals=200, service="ledger", dsn=dsn,
-                    host_env={"host-a": {"HSB_CRASH_POINTS": "host.before_reply", "HSB_CRASH_AFTER": "400"}})
+    info = await sb(
+        terminals=200, service="ledger", dsn=dsn, host_env={"host-a": {"HSB_CRASH_POINTS": "host.before_reply", "HSB_CRASH_AFTER": "400"}}
+    )
     a = pid_of(info, "host-a")
 
     async def crash() -> None:
@@ -285,8 +313,10 @@ async def test_the_database_away_for_a_while_messages_wait_nothing_lost(sb: Any,
         pg.stop()
         try:
             st = await wait_status(
-                info, lambda s: any((h.get("service") or {}).get("state") == "failing" for h in s["hosts"] if h.get("reachable")),
-                timeout=15, what="the service shown failing",
+                info,
+                lambda s: any((h.get("service") or {}).get("state") == "failing" for h in s["hosts"] if h.get("reachable")),
+                timeout=15,
+                what="the service shown failing",
             )
             seen["status"] = next(h["service"] for h in st["hosts"] if (h.get("service") or {}).get("state") == "failing")
             from tests.test_operations import http_get, http_of
@@ -298,8 +328,12 @@ async def test_the_database_away_for_a_while_messages_wait_nothing_lost(sb: Any,
                 await asyncio.sleep(0.1)
         finally:
             pg.start()
-        await wait_status(info, lambda s: all((h.get("service") or {}).get("state", "ok") == "ok" for h in s["hosts"] if h.get("reachable")),
-                          timeout=30, what="the service answering again")
+        await wait_status(
+            info,
+            lambda s: all((h.get("service") or {}).get("state", "ok") == "ok" for h in s["hosts"] if h.get("reachable")),
+            timeout=30,
+            what="the service answering again",
+        )
 
     await ledger_load(info, outage, terminals=50, rate=200, books={"dsn": dsn}, settle=40)
     assert "database" in seen["status"]["error"] and seen["status"]["waiting_terminals"] >= 1, seen

@@ -65,7 +65,9 @@ async def test_planned_switchover_under_load_and_back(sb: Any) -> None:
 
     report = await load_with(info, swap_twice, terminals=1000, rate=2000)
     assert_clean(report)  # zero lost, zero duplicates, zero disconnects, zero session closures
-    assert ("worst pause" in results[0].stdout or "nothing was in flight" in results[0].stdout) and "hot standby established again" in results[0].stdout
+    assert ("worst pause" in results[0].stdout or "nothing was in flight" in results[0].stdout) and "hot standby established again" in results[
+        0
+    ].stdout
     st = await status(info)
     assert st["established"] and active_names(st) == ["host-a"]
     assert st["cp"]["counters"]["switchovers"] == 2 and st["cp"]["counters"]["failovers"] == 0
@@ -145,7 +147,9 @@ def test_readiness_notifications_in_order(tmp_path: Path) -> None:
         from hsb.takeover.fileio import create_file
 
         create_file(plan["takeover"], plan["records"], 4096)
-        procs.append(subprocess.Popen([sys.executable, "-m", "hsb.cp", "--config", str(tmp_path / "sb" / "cp.toml")], env=env, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen([sys.executable, "-m", "hsb.cp", "--config", str(tmp_path / "sb" / "cp.toml")], env=env, stderr=subprocess.DEVNULL)
+        )
 
         def drain(until: Any) -> None:
             def cond() -> bool:
@@ -160,7 +164,11 @@ def test_readiness_notifications_in_order(tmp_path: Path) -> None:
         drain(lambda: any("READY=1" in g for g in got))
         assert "READY=1" in got[0]
         got.clear()
-        procs.append(subprocess.Popen([sys.executable, "-m", "hsb.host", "--role", "active", "--config", plan["configs"]["host-a"]], env=env, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "hsb.host", "--role", "active", "--config", plan["configs"]["host-a"]], env=env, stderr=subprocess.DEVNULL
+            )
+        )
         drain(lambda: any("READY=1" in g for g in got))
         ready = next(i for i, g in enumerate(got) if "READY=1" in g)
         assert all("STATUS=" in g for g in got[: ready + 1])

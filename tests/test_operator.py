@@ -102,9 +102,17 @@ def test_the_units_are_rated_ok_or_medium_by_systemd_analyze(tmp_path: Path, uni
 @pytest.mark.parametrize(
     "argv",
     [
-        ("hsb.host",), ("hsb.cp",), ("hsb.ctl",), ("hsb.term",),
-        ("hsb.ctl", "status"), ("hsb.ctl", "stop"), ("hsb.ctl", "history"), ("hsb.ctl", "file", "inspect"),
-        ("hsb.ctl", "sandbox", "up"), ("hsb.term", "load"), ("hsb.term", "connect"),
+        ("hsb.host",),
+        ("hsb.cp",),
+        ("hsb.ctl",),
+        ("hsb.term",),
+        ("hsb.ctl", "status"),
+        ("hsb.ctl", "stop"),
+        ("hsb.ctl", "history"),
+        ("hsb.ctl", "file", "inspect"),
+        ("hsb.ctl", "sandbox", "up"),
+        ("hsb.term", "load"),
+        ("hsb.term", "connect"),
     ],
 )
 def test_every_command_answers_version(argv: tuple[str, ...]) -> None:
@@ -144,7 +152,7 @@ async def test_role_change_hook_runs_with_the_right_arguments(tmp_path: Path) ->
     d = tmp_path / "sb"
     calls = tmp_path / "calls.txt"
     hook = tmp_path / "hook.sh"
-    hook.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    hook.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
     hook.chmod(0o755)
     info = await sandbox.aup(d, terminals=10, host_options={"on_role_change": str(hook)}, timeout=60)
     try:
@@ -202,15 +210,35 @@ async def test_paused_no_failover_then_resumed_failover_and_history(sb: Any) -> 
 def test_every_command_in_the_readme_answers_help() -> None:
     """The README's operator table cannot drift from the CLI: each command it shows exists."""
     text = (ROOT / "README.md").read_text()
-    table = text[text.index("## Operator commands"): text.index("## Configuration reference")]
+    table = text[text.index("## Operator commands") : text.index("## Configuration reference")]
     commands = set()
     for m in re.finditer(r"^\| `([^`]+)`", table, re.M):
         words = m.group(1).replace("\\|", "|").split()
         prog = words[0]
         sub = [w for w in words[1:] if re.fullmatch(r"[a-z][a-z-]*", w) and w not in ("host-a", "host-b")]
         if prog == "hsbctl":
-            sub = [w for w in sub if w in ("status", "switchover", "promote", "stop", "pause", "resume", "history",
-                                            "file", "create", "inspect", "sandbox", "up", "down", "start-host", "start-cp")]
+            sub = [
+                w
+                for w in sub
+                if w
+                in (
+                    "status",
+                    "switchover",
+                    "promote",
+                    "stop",
+                    "pause",
+                    "resume",
+                    "history",
+                    "file",
+                    "create",
+                    "inspect",
+                    "sandbox",
+                    "up",
+                    "down",
+                    "start-host",
+                    "start-cp",
+                )
+            ]
         elif prog == "hsbterm":
             sub = sub[:1]
         else:

@@ -38,7 +38,9 @@ async def converged(pair: Pair, timeout: float = 15.0) -> dict:
         if active == standby:
             return s
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not converged: only active {sorted(set(active) - set(standby))[:10]}, only standby {sorted(set(standby) - set(active))[:10]}")
+            raise AssertionError(
+                f"not converged: only active {sorted(set(active) - set(standby))[:10]}, only standby {sorted(set(standby) - set(active))[:10]}"
+            )
         await asyncio.sleep(0.05)
 
 

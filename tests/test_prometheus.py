@@ -114,7 +114,7 @@ def rule_exprs(text: str) -> list[str]:
             continue
         indent, value = len(m.group(1)), m.group(2)
         parts = [] if value[:1] in ("|", ">") else [value.strip("'\"")]
-        for cont in lines[i + 1:]:
+        for cont in lines[i + 1 :]:
             if cont.strip() and len(cont) - len(cont.lstrip()) <= indent:
                 break
             parts.append(cont.strip())
@@ -153,7 +153,10 @@ def test_dashboard_is_json_and_uses_only_metrics_the_code_exports() -> None:
 def test_the_check_catches_a_drifted_name() -> None:
     assert unknown_metrics(["sum(hsb_serving)", "rate(hsb_replies_total[1m])", "hsb_journal_sync_seconds_bucket"]) == []
     assert len(unknown_metrics(["hsb_no_such_metric", "rate(hsb_replies[1m])", "hsb_journal_sync_seconds", "hsb_serving_total"])) == 4
-    assert rule_exprs("rules:\n  - alert: A\n    expr: >-\n      hsb_x\n        > 1\n    for: 1m\n  - record: r\n    expr: hsb_y\n") == ["hsb_x > 1", "hsb_y"]
+    assert rule_exprs("rules:\n  - alert: A\n    expr: >-\n      hsb_x\n        > 1\n    for: 1m\n  - record: r\n    expr: hsb_y\n") == [
+        "hsb_x > 1",
+        "hsb_y",
+    ]
 
 
 def test_rule_annotations_name_existing_operations_sections() -> None:

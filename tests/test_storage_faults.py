@@ -79,7 +79,9 @@ async def test_stall_on_the_active_is_reported_and_service_goes_on(sbx: dict[str
     epoch = (await status(sbx))["cp"]["epoch"]
     control(sbx, "host-a", "storage delay 6")  # the deadline is 2 s
     t2 = await logon(sbx, "T00002")  # its ring write stalls
-    st = await wait_status(sbx, lambda s: host(s, "host-a").get("takeover_file", {}).get("storage") not in (None, "ok"), timeout=10, what="storage reported")
+    st = await wait_status(
+        sbx, lambda s: host(s, "host-a").get("takeover_file", {}).get("storage") not in (None, "ok"), timeout=10, what="storage reported"
+    )
     assert "takeover storage not responding" in host(st, "host-a")["takeover_file"]["storage"]
     for i in range(1, 6):  # service is never interrupted by a takeover-file problem
         await served(t1, i, timeout=1.0)
@@ -142,7 +144,9 @@ async def test_file_replaced_while_running_is_caught_by_the_startup_id(sbx: dict
     d = Path(sbx["dir"])
     path = Path(sbx["takeover"])
     other = d / "other.dat"
-    subprocess.run([sys.executable, "-m", "hsb.ctl", "file", "create", str(other), "--records", str(sandbox.records_for(20))], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "hsb.ctl", "file", "create", str(other), "--records", str(sandbox.records_for(20))], check=True, capture_output=True
+    )
     other.replace(path)  # someone puts another file in its place
     b_pid = sandbox.load_state(d)["hosts"]["host-b"]["pid"]
     os.kill(b_pid, signal.SIGKILL)

@@ -283,8 +283,21 @@ async def test_counts_clean_run(fake: FakeCP) -> None:
     assert set(fake.deliveries.values()) == {1}
     await wait_until(lambda: all(t.byes == 1 for t in fake.terms.values()), 5, "bye from every terminal")
     d = r.to_dict()
-    for key in ("sent", "acked", "replied", "lost", "duplicates", "unexpected", "disconnects", "session_closed",
-                "switched", "latency_ms", "service_gap", "connect_s", "session_open_s"):
+    for key in (
+        "sent",
+        "acked",
+        "replied",
+        "lost",
+        "duplicates",
+        "unexpected",
+        "disconnects",
+        "session_closed",
+        "switched",
+        "latency_ms",
+        "service_gap",
+        "connect_s",
+        "session_open_s",
+    ):
         assert key in d
     assert set(d["latency_ms"]) >= {"p50", "p99", "max"} and set(d["service_gap"]) >= {"ms", "start", "end"}
     json.dumps(d)
@@ -295,8 +308,7 @@ async def test_reconnect_resends_unacked_and_loses_nothing(fake: FakeCP) -> None
     fake.drop_in_transit = lambda name, seq: seq in (3, 11)  # the connection drops with it: never held
     sending = asyncio.Event()
     task = asyncio.ensure_future(
-        run_load(("127.0.0.1", fake.port), terminals=10, rate=300, duration=1.5, settle=5, sending=sending,
-                 expect_disconnects=True)
+        run_load(("127.0.0.1", fake.port), terminals=10, rate=300, duration=1.5, settle=5, sending=sending, expect_disconnects=True)
     )
     await asyncio.wait_for(sending.wait(), 10)
     await wait_until(lambda: len(fake.deliveries) >= 150, 10, "150 messages")
@@ -314,8 +326,7 @@ async def test_reconnect_resends_unacked_and_loses_nothing(fake: FakeCP) -> None
 async def test_welcome_last_acked_covers_an_ack_lost_with_the_connection(fake: FakeCP) -> None:
     fake.reply_delay = 0.05
     fake.drop_before_ack = lambda name, seq: seq in (2, 5)  # held by the CP; its ack is lost with the link
-    r = await run_load(("127.0.0.1", fake.port), terminals=5, rate=200, duration=1.0, settle=5,
-                       expect_disconnects=True)
+    r = await run_load(("127.0.0.1", fake.port), terminals=5, rate=200, duration=1.0, settle=5, expect_disconnects=True)
     assert r.ok, r.failures
     assert r.disconnects >= 10 and r.unacked == 0 and r.unexpected == 0
     assert set(fake.deliveries.values()) == {1}
@@ -344,9 +355,7 @@ async def test_duplicate_replies_are_detected(fake: FakeCP) -> None:
 
 async def test_unexpected_reply_is_counted(fake: FakeCP) -> None:
     sending = asyncio.Event()
-    task = asyncio.ensure_future(
-        run_load(("127.0.0.1", fake.port), terminals=2, rate=50, duration=0.5, settle=2, sending=sending)
-    )
+    task = asyncio.ensure_future(run_load(("127.0.0.1", fake.port), terminals=2, rate=50, duration=0.5, settle=2, sending=sending))
     await asyncio.wait_for(sending.wait(), 10)
     fake.send_all({"t": "reply", "id": 12345, "data": "?"})  # an id far below the clock-based base
     r = await asyncio.wait_for(task, 10)
@@ -356,9 +365,7 @@ async def test_unexpected_reply_is_counted(fake: FakeCP) -> None:
 
 async def test_service_gap_measures_a_pause(fake: FakeCP) -> None:
     sending = asyncio.Event()
-    task = asyncio.ensure_future(
-        run_load(("127.0.0.1", fake.port), terminals=10, rate=200, duration=2.0, settle=5, sending=sending)
-    )
+    task = asyncio.ensure_future(run_load(("127.0.0.1", fake.port), terminals=10, rate=200, duration=2.0, settle=5, sending=sending))
     await asyncio.wait_for(sending.wait(), 10)
     await wait_until(lambda: len(fake.deliveries) >= 40, 10, "some traffic")
     t_pause = time.time()
@@ -386,9 +393,7 @@ async def test_latency_percentiles_follow_the_reply_delay(fake: FakeCP) -> None:
 
 async def test_switched_and_session_closed_are_counted(fake: FakeCP) -> None:
     sending = asyncio.Event()
-    task = asyncio.ensure_future(
-        run_load(("127.0.0.1", fake.port), terminals=6, rate=60, duration=0.8, settle=2, sending=sending)
-    )
+    task = asyncio.ensure_future(run_load(("127.0.0.1", fake.port), terminals=6, rate=60, duration=0.8, settle=2, sending=sending))
     await asyncio.wait_for(sending.wait(), 10)
     fake.send_all({"t": "switched", "epoch": 2})
     fake.send_all({"t": "session", "state": "closed", "epoch": 2, "reason": "test"})
@@ -403,10 +408,7 @@ async def test_session_closed_allowed_for_classic_terminals(fake: FakeCP) -> Non
     # ...except for terminals without a standby session (the classic path closes them by design)
     names = terminal_names(4)
     sending = asyncio.Event()
-    task = asyncio.ensure_future(
-        run_load(("127.0.0.1", fake.port), terminals=4, rate=40, duration=0.5, settle=2, sending=sending,
-                 classic=names[:2])
-    )
+    task = asyncio.ensure_future(run_load(("127.0.0.1", fake.port), terminals=4, rate=40, duration=0.5, settle=2, sending=sending, classic=names[:2]))
     await asyncio.wait_for(sending.wait(), 10)
     for n in names[:2]:
         fake.terms[n].conn.send({"t": "session", "state": "closed", "epoch": 2})  # type: ignore[union-attr]
@@ -420,8 +422,9 @@ async def test_connect_phase_retries_refused_connects() -> None:
     port = free_port()  # nothing listens yet: connects are refused
     snaps: list[dict[str, Any]] = []
     task = asyncio.ensure_future(
-        run_load(("127.0.0.1", port), terminals=50, rate=100, duration=0.3, settle=3,
-                 connect_concurrency=8, progress=snaps.append, progress_interval=0.05)
+        run_load(
+            ("127.0.0.1", port), terminals=50, rate=100, duration=0.3, settle=3, connect_concurrency=8, progress=snaps.append, progress_interval=0.05
+        )
     )
     cp = FakeCP()
     try:
@@ -444,8 +447,7 @@ async def test_sends_without_a_session_and_unknown_terminals() -> None:
         r = await run_load(("127.0.0.1", cp.port), terminals=3, rate=60, duration=0.3, settle=2, wait_session=False)
         assert r.ok and r.sent > 0 and r.replied == r.sent and r.session_open_s is None and r.connect_s is not None
         # A terminal the CP does not know: refused, counted, and the run still ends.
-        r = await run_load(("127.0.0.1", cp.port), terminals=4, rate=40, duration=0.3, settle=1,
-                           connect_timeout=1.0, wait_session=False)
+        r = await run_load(("127.0.0.1", cp.port), terminals=4, rate=40, duration=0.3, settle=1, connect_timeout=1.0, wait_session=False)
         assert r.errors.get("unknown_terminal", 0) >= 1 and r.welcomed == 3 and r.connect_s is None
         assert not r.ok and any(f.startswith("not logged on: 1 of 4") for f in r.failures), r.failures
     finally:
@@ -463,9 +465,14 @@ def _env() -> dict[str, str]:
 
 async def _spawn(*args: str, stdin: bool = False) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hsb.term", *args,
+        sys.executable,
+        "-m",
+        "hsb.term",
+        *args,
         stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=_env(),
     )
 
 
@@ -477,8 +484,9 @@ async def _reap(proc: asyncio.subprocess.Process) -> None:
 
 async def test_cli_load_json_exit_status_on_loss(fake: FakeCP) -> None:
     fake.lose = lambda name, seq: name == "T00001" and seq == 2
-    proc = await _spawn("load", "--cp", f"127.0.0.1:{fake.port}", "--terminals", "3", "--rate", "60",
-                        "--duration", "0.5", "--settle", "0.5", "--json")
+    proc = await _spawn(
+        "load", "--cp", f"127.0.0.1:{fake.port}", "--terminals", "3", "--rate", "60", "--duration", "0.5", "--settle", "0.5", "--json"
+    )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), 20)
     finally:
@@ -491,8 +499,9 @@ async def test_cli_load_json_exit_status_on_loss(fake: FakeCP) -> None:
 
 
 async def test_cli_load_table_ok(fake: FakeCP) -> None:
-    proc = await _spawn("load", "--cp", f"127.0.0.1:{fake.port}", "-n", "2", "--rate", "40",
-                        "--duration", "0.4", "--prefix", "K", "--start", "7", "--width", "3")
+    proc = await _spawn(
+        "load", "--cp", f"127.0.0.1:{fake.port}", "-n", "2", "--rate", "40", "--duration", "0.4", "--prefix", "K", "--start", "7", "--width", "3"
+    )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), 20)
     finally:
@@ -503,8 +512,7 @@ async def test_cli_load_table_ok(fake: FakeCP) -> None:
     assert set(fake.terms) == {"K007", "K008"}
 
 
-async def _read_until(proc: asyncio.subprocess.Process, pred: Callable[[str], bool], lines: list[str],
-                      timeout: float = 10.0) -> str:
+async def _read_until(proc: asyncio.subprocess.Process, pred: Callable[[str], bool], lines: list[str], timeout: float = 10.0) -> str:
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     while True:
@@ -584,8 +592,7 @@ def test_reconnect_on_uvloop() -> None:
         try:
             sending = asyncio.Event()
             task = asyncio.ensure_future(
-                run_load(("127.0.0.1", cp.port), terminals=8, rate=200, duration=0.8, settle=5, sending=sending,
-                         expect_disconnects=True)
+                run_load(("127.0.0.1", cp.port), terminals=8, rate=200, duration=0.8, settle=5, sending=sending, expect_disconnects=True)
             )
             await asyncio.wait_for(sending.wait(), 10)
             await wait_until(lambda: len(cp.deliveries) >= 40, 10, "some traffic")
@@ -653,8 +660,7 @@ async def test_disconnects_fail_unless_expected(fake: FakeCP) -> None:
     async def run(expect: bool) -> Any:
         sending = asyncio.Event()
         task = asyncio.ensure_future(
-            run_load(("127.0.0.1", fake.port), terminals=4, rate=80, duration=0.8, settle=3, sending=sending,
-                     expect_disconnects=expect)
+            run_load(("127.0.0.1", fake.port), terminals=4, rate=80, duration=0.8, settle=3, sending=sending, expect_disconnects=expect)
         )
         await asyncio.wait_for(sending.wait(), 10)
         await wait_until(lambda: len(fake.arrivals) >= 10, 10, "some traffic")
@@ -676,10 +682,7 @@ async def test_pause_of_half_the_terminals_is_the_headline(fake: FakeCP) -> None
     fake.reply_delay = 0.1  # longer than a terminal's send period: every terminal has one in flight at the mark
     marks: list[tuple[str, float]] = []
     sending = asyncio.Event()
-    task = asyncio.ensure_future(
-        run_load(("127.0.0.1", fake.port), terminals=10, rate=200, duration=2.0, settle=5, sending=sending,
-                 marks=marks)
-    )
+    task = asyncio.ensure_future(run_load(("127.0.0.1", fake.port), terminals=10, rate=200, duration=2.0, settle=5, sending=sending, marks=marks))
     await asyncio.wait_for(sending.wait(), 10)
     await wait_until(lambda: len(fake.deliveries) >= 60, 10, "some traffic")
     marks.append(("withhold", time.time()))
@@ -700,8 +703,7 @@ async def test_short_full_outage_is_measured_whole(fake: FakeCP) -> None:
     marks: list[tuple[str, float]] = []
     sending = asyncio.Event()
     task = asyncio.ensure_future(
-        run_load(("127.0.0.1", fake.port), terminals=20, rate=1000, duration=1.5, settle=5, sending=sending,
-                 marks=marks, window=0)
+        run_load(("127.0.0.1", fake.port), terminals=20, rate=1000, duration=1.5, settle=5, sending=sending, marks=marks, window=0)
     )
     await asyncio.wait_for(sending.wait(), 10)
     await wait_until(lambda: len(fake.deliveries) >= 200, 10, "some traffic")

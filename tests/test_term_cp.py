@@ -21,8 +21,7 @@ N = 20
 
 @pytest.fixture
 def cp(tmp_path):  # type: ignore[no-untyped-def]
-    proc = start_cp(tmp_path / "cp", terminals=N, extra_terms=[{"name": "NOSB", "standby_capable": False}],
-                    host_timeout=0.5, held_bound=64)
+    proc = start_cp(tmp_path / "cp", terminals=N, extra_terms=[{"name": "NOSB", "standby_capable": False}], host_timeout=0.5, held_bound=64)
     yield proc
     proc.stop()
 
@@ -50,8 +49,17 @@ async def test_failover_mid_run_loses_nothing(cp: Proc) -> None:
     try:
         sending = asyncio.Event()
         task = asyncio.ensure_future(
-            run_load(addr(cp.info["terminal"]), terminals=len(names), names=names, rate=300, duration=2.0,
-                     settle=10, sending=sending, classic=["NOSB"], marks=marks)
+            run_load(
+                addr(cp.info["terminal"]),
+                terminals=len(names),
+                names=names,
+                rate=300,
+                duration=2.0,
+                settle=10,
+                sending=sending,
+                classic=["NOSB"],
+                marks=marks,
+            )
         )
         await asyncio.wait_for(sending.wait(), 15)
         for n in terminal_names(N):

@@ -124,8 +124,7 @@ async def test_unacked_ids_are_not_in_acked_ranges() -> None:
     cp = NoAckAfter()
     await cp.start()
     try:
-        r = await run_load(("127.0.0.1", cp.port), terminals=2, rate=100, duration=0.4, settle=0.3,
-                           record_ids=True)
+        r = await run_load(("127.0.0.1", cp.port), terminals=2, rate=100, duration=0.4, settle=0.3, record_ids=True)
     finally:
         await cp.stop()
     assert r.unacked > 0 and r.ids is not None
@@ -136,8 +135,7 @@ async def test_unacked_ids_are_not_in_acked_ranges() -> None:
 
 
 async def test_run_that_reaches_nothing_exits_2() -> None:
-    r = await run_load(("127.0.0.1", free_port()), terminals=3, rate=10, duration=0.1, settle=0.1,
-                       connect_timeout=0.3)
+    r = await run_load(("127.0.0.1", free_port()), terminals=3, rate=10, duration=0.1, settle=0.1, connect_timeout=0.3)
     assert r.welcomed == 0 and r.connect_failures > 0 and r.sent == 0
     assert not r.ok and r.exit_status == 2
 
@@ -154,8 +152,7 @@ async def test_closed_loop_keeps_the_window_full() -> None:
     cp = Tracking(reply_delay=0.02)
     await cp.start()
     try:
-        r = await run_load(("127.0.0.1", cp.port), terminals=5, rate=0, duration=1.0, settle=3, window=4,
-                           closed_loop=True)
+        r = await run_load(("127.0.0.1", cp.port), terminals=5, rate=0, duration=1.0, settle=3, window=4, closed_loop=True)
     finally:
         await cp.stop()
     assert r.ok and r.closed_loop and r.window == 4 and r.rate == 0
@@ -176,8 +173,22 @@ async def test_closed_loop_keeps_the_window_full() -> None:
 async def test_cli_ids_out(fake: FakeCP, tmp_path: Path) -> None:
     fake.lose = lambda name, seq: name == "T00001" and seq == 1
     out_file = tmp_path / "ids.json"
-    proc = await _spawn("load", "--cp", f"127.0.0.1:{fake.port}", "-n", "3", "--rate", "90", "--duration", "0.5",
-                        "--settle", "0.5", "--ids-out", str(out_file), "--json")
+    proc = await _spawn(
+        "load",
+        "--cp",
+        f"127.0.0.1:{fake.port}",
+        "-n",
+        "3",
+        "--rate",
+        "90",
+        "--duration",
+        "0.5",
+        "--settle",
+        "0.5",
+        "--ids-out",
+        str(out_file),
+        "--json",
+    )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), 20)
     finally:
@@ -196,9 +207,24 @@ async def test_cli_ids_out(fake: FakeCP, tmp_path: Path) -> None:
 
 async def test_cli_exits_2_when_nothing_connects(tmp_path: Path) -> None:
     out_file = tmp_path / "ids.json"
-    proc = await _spawn("load", "--cp", f"127.0.0.1:{free_port()}", "-n", "2", "--rate", "10",
-                        "--duration", "0.1", "--settle", "0.1", "--connect-timeout", "0.3", "--json",
-                        "--ids-out", str(out_file))
+    proc = await _spawn(
+        "load",
+        "--cp",
+        f"127.0.0.1:{free_port()}",
+        "-n",
+        "2",
+        "--rate",
+        "10",
+        "--duration",
+        "0.1",
+        "--settle",
+        "0.1",
+        "--connect-timeout",
+        "0.3",
+        "--json",
+        "--ids-out",
+        str(out_file),
+    )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), 20)
     finally:
@@ -207,16 +233,15 @@ async def test_cli_exits_2_when_nothing_connects(tmp_path: Path) -> None:
     d = json.loads(out)
     assert d["welcomed"] == 0 and d["ok"] is False and d["exit_status"] == 2
     assert b"no terminal was ever welcomed" in err
-    assert json.loads(out_file.read_text()) == {
-        n: {"acked": [], "replied": [], "step": 2} for n in terminal_names(2)
-    }
+    assert json.loads(out_file.read_text()) == {n: {"acked": [], "replied": [], "step": 2} for n in terminal_names(2)}
 
 
 async def test_cli_exits_2_when_every_terminal_is_refused() -> None:
     cp = FakeCP(known={"OTHER"})
     await cp.start()
-    proc = await _spawn("load", "--cp", f"127.0.0.1:{cp.port}", "-n", "2", "--rate", "10",
-                        "--duration", "0.1", "--settle", "0.1", "--connect-timeout", "0.5")
+    proc = await _spawn(
+        "load", "--cp", f"127.0.0.1:{cp.port}", "-n", "2", "--rate", "10", "--duration", "0.1", "--settle", "0.1", "--connect-timeout", "0.5"
+    )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), 20)
     finally:
@@ -227,8 +252,7 @@ async def test_cli_exits_2_when_every_terminal_is_refused() -> None:
 
 
 async def test_cli_closed_loop_and_rate_usage(fake: FakeCP) -> None:
-    proc = await _spawn("load", "--cp", f"127.0.0.1:{fake.port}", "-n", "2", "--closed-loop", "--window", "2",
-                        "--duration", "0.3", "--json")
+    proc = await _spawn("load", "--cp", f"127.0.0.1:{fake.port}", "-n", "2", "--closed-loop", "--window", "2", "--duration", "0.3", "--json")
     try:
         out, err = await asyncio.wait_for(proc.communicate(), 20)
     finally:
@@ -258,8 +282,7 @@ async def test_ids_match_what_the_host_was_delivered(cp: Proc) -> None:
     host = await FakeHost.connect(cp.info["host"], "host-a", "active")
     host.auto_open, host.auto_reply = {"protocol": "hsb1"}, True
     try:
-        r = await run_load(addr(cp.info["terminal"]), terminals=6, rate=0, duration=0.5, settle=5, window=3,
-                           closed_loop=True, record_ids=True)
+        r = await run_load(addr(cp.info["terminal"]), terminals=6, rate=0, duration=0.5, settle=5, window=3, closed_loop=True, record_ids=True)
     finally:
         await host.close()
     assert r.ok and r.ids is not None and r.replied == r.sent > 0

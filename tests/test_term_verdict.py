@@ -131,9 +131,17 @@ def test_names_and_addresses() -> None:
 
 
 def test_report_forms() -> None:
-    r = LoadReport(terminals=2, welcomed=2, sent=10, acked=10, replied=9, lost=1, lost_ids=["T1:5"],
-                   latency_ms={"p50": 1.0, "p99": 2.0, "max": 3.0},
-                   service_gap={"ms": 0.0, "start": None, "end": None})
+    r = LoadReport(
+        terminals=2,
+        welcomed=2,
+        sent=10,
+        acked=10,
+        replied=9,
+        lost=1,
+        lost_ids=["T1:5"],
+        latency_ms={"p50": 1.0, "p99": 2.0, "max": 3.0},
+        service_gap={"ms": 0.0, "start": None, "end": None},
+    )
     assert not r.ok and r.exit_status == 1
     assert r.to_dict()["ok"] is False and r.to_dict()["failures"] == r.failures
     text = format_table(r)
@@ -163,6 +171,5 @@ def test_every_broken_promise_fails_the_report(fields: dict[str, object], reason
 
 
 def test_expected_disconnects_pass() -> None:
-    r = LoadReport(terminals=2, welcomed=2, sent=10, acked=10, replied=10, disconnects=5,
-                   disconnects_standby_capable=5, expect_disconnects=True)
+    r = LoadReport(terminals=2, welcomed=2, sent=10, acked=10, replied=10, disconnects=5, disconnects_standby_capable=5, expect_disconnects=True)
     assert r.ok and r.exit_status == 0 and r.failures == []

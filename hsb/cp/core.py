@@ -69,7 +69,17 @@ class CP(TerminalSide):
         self.active_lost_notified = False
         self.active_stopped_normally: str | None = None
         self.switchovers: list[dict[str, Any]] = []
-        self.counters = {"delivered": 0, "redelivered": 0, "replies": 0, "acks": 0, "reacks": 0, "resent": 0, "classic_closed": 0, "failovers": 0, "switchovers": 0}
+        self.counters = {
+            "delivered": 0,
+            "redelivered": 0,
+            "replies": 0,
+            "acks": 0,
+            "reacks": 0,
+            "resent": 0,
+            "classic_closed": 0,
+            "failovers": 0,
+            "switchovers": 0,
+        }
         # The journal (hsb.cp.journal): nothing is acknowledged, delivered or answered before its
         # record is durable. None: memory only (`durability = "none"`).
         self.journal: Journal = journal if journal is not None else NullJournal()
@@ -118,8 +128,12 @@ class CP(TerminalSide):
                 term.replies[mid] = Kept(mid, data, seg)
                 term.resuming = True
         if unknown:
-            log.warning("journal_terminals_not_in_table", terminals=sorted(unknown)[:20], count=len(unknown),
-                        msg="the journal holds messages of terminals no longer in the CP's table; they are kept")
+            log.warning(
+                "journal_terminals_not_in_table",
+                terminals=sorted(unknown)[:20],
+                count=len(unknown),
+                msg="the journal holds messages of terminals no longer in the CP's table; they are kept",
+            )
 
     def _checkpoint(self) -> list[Any]:
         """The first record of every new journal segment: what older segments would otherwise
@@ -135,7 +149,9 @@ class CP(TerminalSide):
             return f"already {'paused' if paused else 'running'}"
         self.paused = paused
         self.journal.append(["p", paused])
-        log.warning("paused" if paused else "resumed", by=by, msg="no automatic failover until 'hsbctl resume'" if paused else "automatic failover on again")
+        log.warning(
+            "paused" if paused else "resumed", by=by, msg="no automatic failover until 'hsbctl resume'" if paused else "automatic failover on again"
+        )
         self.history.add({"kind": "pause" if paused else "resume", "at": time.time(), "epoch": self.epoch, "reason": f"operator ({by})"})
         a = self.active
         if not paused and a is not None and (a.closed or self.loss is not None):
@@ -201,7 +217,16 @@ class CP(TerminalSide):
             log.info("host_registered", host=host.name, role="standby", startup_id=startup_id, epoch=self.epoch)
             # A standby that finds no active waits: it takes over only on evidence of
             # an abnormal loss (or an operator's promote), never just by arriving first.
-            host.send({"t": "registered", "role": "standby", "epoch": self.epoch, "active": self._active_name(), "standby": host.name, "lease": self.host_lease})
+            host.send(
+                {
+                    "t": "registered",
+                    "role": "standby",
+                    "epoch": self.epoch,
+                    "active": self._active_name(),
+                    "standby": host.name,
+                    "lease": self.host_lease,
+                }
+            )
             a = self.active
             if a is not None and self.loss is not None and not self.active_stopped_normally:
                 # the active was lost abnormally while no standby was listening: say so now
@@ -235,7 +260,16 @@ class CP(TerminalSide):
             return
         self.announced = True
         log.info("host_registered", host=host.name, role="active", epoch=self.epoch, reason=reason)
-        host.send({"t": "registered", "role": "active", "epoch": self.epoch, "active": host.name, "standby": self.standby.name if self.standby else None, "lease": self.host_lease})
+        host.send(
+            {
+                "t": "registered",
+                "role": "active",
+                "epoch": self.epoch,
+                "active": host.name,
+                "standby": self.standby.name if self.standby else None,
+                "lease": self.host_lease,
+            }
+        )
         for term in self.terms.values():
             if term.active is not None and term.active.host is not host:
                 term.active = None
@@ -324,9 +358,14 @@ class CP(TerminalSide):
             return
         if wait:
             owed = {
-                t.name for t in self.terms.values()
-                if t.active is not None and t.active.host is host and t.conn is not None and not t.leaving
-                and t.defn.standby_capable and (t.standby is None or t.standby.host is not sb)
+                t.name
+                for t in self.terms.values()
+                if t.active is not None
+                and t.active.host is host
+                and t.conn is not None
+                and not t.leaving
+                and t.defn.standby_capable
+                and (t.standby is None or t.standby.host is not sb)
             }
             if owed:
                 log.info("handover_waits_for_standby_sessions", active=host.name, standby=sb.name, owed=len(owed), at_most_s=HANDOVER_WAIT_S)
@@ -408,8 +447,12 @@ class CP(TerminalSide):
     def tick(self) -> None:
         """Periodic: detect a silent active and tell the standby at once; drop a silent standby;
         after a restart, stop waiting for the active of before if it does not come back."""
-        if self.recorded_active is not None and self.active is None and self.recovered_at is not None \
-                and time.monotonic() - self.recovered_at > RECORDED_ACTIVE_WAIT_S:
+        if (
+            self.recorded_active is not None
+            and self.active is None
+            and self.recovered_at is not None
+            and time.monotonic() - self.recovered_at > RECORDED_ACTIVE_WAIT_S
+        ):
             sb = self.standby
             if sb is not None and sb.usable:
                 log.warning("recorded_active_not_back", host=self.recorded_active, waited_s=RECORDED_ACTIVE_WAIT_S)
@@ -484,8 +527,17 @@ class CP(TerminalSide):
         self.journal.append(["e", epoch, host.name], lambda: self._granted(host, reason, why, demote, old, t0, loss, release_t0, epoch, kind))
 
     def _granted(
-        self, host: HostProtocol, reason: str, why: str, demote: HostProtocol | None, old: HostProtocol | None,
-        t0: float, loss: tuple[float, float] | None, release_t0: float | None, epoch: int, kind: str,
+        self,
+        host: HostProtocol,
+        reason: str,
+        why: str,
+        demote: HostProtocol | None,
+        old: HostProtocol | None,
+        t0: float,
+        loss: tuple[float, float] | None,
+        release_t0: float | None,
+        epoch: int,
+        kind: str,
     ) -> None:
         if epoch != self.epoch:  # a newer epoch was raised while this one was made durable
             log.warning("grant_superseded", host=host.name, epoch=epoch, current=self.epoch)
@@ -578,10 +630,20 @@ class CP(TerminalSide):
         del self.switchovers[:-50]
         log.info("switchover_complete", **rec)
         lead = loss[1] if loss is not None and demote is None else release_t0  # silence (or release) -> grant
-        self.history.add({
-            "kind": kind, "at": rec["at"], "epoch": epoch, "from": rec["from"], "to": host.name, "reason": reason, "why": why,
-            "duration_ms": None if lead is None else round((t0 - lead) * 1000, 3), "switched": switched, "classic": classic,
-        })
+        self.history.add(
+            {
+                "kind": kind,
+                "at": rec["at"],
+                "epoch": epoch,
+                "from": rec["from"],
+                "to": host.name,
+                "reason": reason,
+                "why": why,
+                "duration_ms": None if lead is None else round((t0 - lead) * 1000, 3),
+                "switched": switched,
+                "classic": classic,
+            }
+        )
         if fenced_old is not None:
             self.history.add({"kind": "fence", "at": rec["at"], "epoch": epoch, "host": fenced_old, "reason": f"{host.name} was made active"})
         if self.after_switch is not None:  # a switch right after a switch: the older record ends
@@ -612,10 +674,18 @@ class CP(TerminalSide):
                 standby_s += 1
             held += len(t.held)
             paused += t.paused
+
         def host_info(h: HostProtocol | None) -> dict[str, Any] | None:
             if h is None:
                 return None
-            return {"name": h.name, "role": h.role, "peer": h.peer, "connected": not h.closed, "heard_ms_ago": round((time.monotonic() - h.last_rx) * 1000, 1)}
+            return {
+                "name": h.name,
+                "role": h.role,
+                "peer": h.peer,
+                "connected": not h.closed,
+                "heard_ms_ago": round((time.monotonic() - h.last_rx) * 1000, 1),
+            }
+
         return {
             "name": self.name,
             "role": "cp",
@@ -623,7 +693,13 @@ class CP(TerminalSide):
             "pid": os.getpid(),
             "state": "serving" if self.active is not None and self.active.usable else "no_active",
             "epoch": self.epoch,
-            "terminals": {"defined": len(self.terms), "connected": self.connected, "active_sessions": active_s, "standby_sessions": standby_s, "backpressured": paused},
+            "terminals": {
+                "defined": len(self.terms),
+                "connected": self.connected,
+                "active_sessions": active_s,
+                "standby_sessions": standby_s,
+                "backpressured": paused,
+            },
             "held_messages": held,
             "active": host_info(self.active),
             "standby": host_info(self.standby),

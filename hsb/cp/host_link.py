@@ -57,8 +57,15 @@ class HostProtocol(AuthServerProtocol):
                 pass
             elif "epoch" in msg and msg.get("epoch") != self.cp.epoch:
                 log.warning("stale_epoch_refused", host=self.name, frame=msg["t"], epoch=msg.get("epoch"), current=self.cp.epoch)
-                self.cp.history.add({"kind": "fence", "at": time.time(), "epoch": self.cp.epoch, "host": self.name,
-                                     "reason": f"{msg['t']} at stale epoch {msg.get('epoch')!r}"})
+                self.cp.history.add(
+                    {
+                        "kind": "fence",
+                        "at": time.time(),
+                        "epoch": self.cp.epoch,
+                        "host": self.name,
+                        "reason": f"{msg['t']} at stale epoch {msg.get('epoch')!r}",
+                    }
+                )
                 self.close_with_error("fenced", f"epoch {msg.get('epoch')!r} is not the current epoch {self.cp.epoch}")
                 return
         super()._handle(msg)
@@ -106,8 +113,9 @@ class HostProtocol(AuthServerProtocol):
 
     def on_switchover(self, msg: dict[str, Any]) -> None:
         kind = msg.get("kind", "failover")
-        self.cp.host_switchover(self, str(msg.get("reason", ""))[:200], bool(msg.get("planned", False)), kind if kind in ("failover", "promote") else "failover")
-
+        self.cp.host_switchover(
+            self, str(msg.get("reason", ""))[:200], bool(msg.get("planned", False)), kind if kind in ("failover", "promote") else "failover"
+        )
 
     def on_lost(self, exc: Exception | None) -> None:
         if self.authed:

@@ -14,8 +14,10 @@ from hsb.wire.auth import load_secret
 
 def config_warnings(cfg: CPConfig) -> list[str]:
     if cfg.cp.durability == "none":
-        return ['cp.durability = "none": hsbcpd keeps what it accepted in memory only; a crash or restart of'
-                ' hsbcpd loses it (for benchmark comparison only; use "fsync")']
+        return [
+            'cp.durability = "none": hsbcpd keeps what it accepted in memory only; a crash or restart of'
+            ' hsbcpd loses it (for benchmark comparison only; use "fsync")'
+        ]
     return []
 
 

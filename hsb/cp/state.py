@@ -62,8 +62,21 @@ class Kept:
 
 class Term:
     __slots__ = (
-        "name", "defn", "conn", "active", "standby", "held", "last_acked", "durable_acked", "outbox", "paused",
-        "leaving", "notice", "resuming", "replies", "confirmed",
+        "name",
+        "defn",
+        "conn",
+        "active",
+        "standby",
+        "held",
+        "last_acked",
+        "durable_acked",
+        "outbox",
+        "paused",
+        "leaving",
+        "notice",
+        "resuming",
+        "replies",
+        "confirmed",
     )
 
     def __init__(self, defn: TerminalDef) -> None:

@@ -75,7 +75,6 @@ class TerminalProtocol(FramedProtocol):
             return
         super()._handle(msg)
 
-
     def pause_writing(self) -> None:
         # the terminal does not read what we send it: stop reading what it sends (write back-pressure)
         self.write_paused = True

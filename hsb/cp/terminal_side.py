@@ -254,4 +254,3 @@ class TerminalSide:
             if term.outbox is None:
                 term.outbox = deque(maxlen=OUTBOX_MAX)
             term.outbox.append(msg)
-

@@ -48,7 +48,14 @@ def file_group() -> None:
 @file_group.command("create")
 @click.argument("path")
 @click.option("--records", "records_s", required=True, metavar="N", help="Number of records N (header + batch area + ring).")
-@click.option("--record-size", "record_size_s", default=str(DEFAULT_RECORD_SIZE), show_default=True, metavar="R", help="Record size in bytes, a multiple of 512.")
+@click.option(
+    "--record-size",
+    "record_size_s",
+    default=str(DEFAULT_RECORD_SIZE),
+    show_default=True,
+    metavar="R",
+    help="Record size in bytes, a multiple of 512.",
+)
 @click.option("--terminals", "terminals_s", default=None, metavar="T", help="Refuse unless N passes the size check (N >= 3·B+1) for T terminals.")
 @click.option("--force", is_flag=True, help="Overwrite an existing file (its contents are lost).")
 def create_cmd(path: str, records_s: str, record_size_s: str, terminals_s: str | None, force: bool) -> None:

@@ -91,7 +91,11 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> dict[str, Any]
         h.setdefault("role", "unknown")
         h.setdefault("state", "unreachable")
     # a host counts as the active only while it serves: made active by the CP, its lease valid
-    actives = [h for h in hosts if h.get("reachable") and h.get("role") == "active" and h.get("state") not in ("fenced", "stopping") and h.get("serving", True)]
+    actives = [
+        h
+        for h in hosts
+        if h.get("reachable") and h.get("role") == "active" and h.get("state") not in ("fenced", "stopping") and h.get("serving", True)
+    ]
     standbys = [h for h in hosts if h.get("reachable") and h.get("role") == "standby"]
     cp_ok = bool(cp.get("reachable"))
     serving = cp_ok and cp.get("state") == "serving" and bool(actives)

@@ -31,8 +31,13 @@ class Ctx:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "-c", envvar=["HSB_CTL_CONFIG", "HSBCTL_CONFIG"], type=click.Path(dir_okay=False),
-              help="ctl TOML naming the daemons' admin addresses (default: $HSB_CTL_CONFIG, then /etc/hsb/ctl.toml; sandbox up writes one).")
+@click.option(
+    "--config",
+    "-c",
+    envvar=["HSB_CTL_CONFIG", "HSBCTL_CONFIG"],
+    type=click.Path(dir_okay=False),
+    help="ctl TOML naming the daemons' admin addresses (default: $HSB_CTL_CONFIG, then /etc/hsb/ctl.toml; sandbox up writes one).",
+)
 @click.option("--cp", help="Admin address of hsbcpd, HOST:PORT.")
 @click.option("--host", "hosts", multiple=True, help="Admin address of an hsbd, HOST:PORT (twice for the pair).")
 @click.option("--secret-file", type=click.Path(dir_okay=False), help="The shared secret (mode 600).")

@@ -55,9 +55,20 @@ def lease_for(host_timeout: float) -> float:
 
 
 def write_configs(
-    d: Path, *, terminals: int, service: str, conventional: bool, prefix: str = "T", host_timeout: float = 0.5,
-    heartbeat_interval: float = 0.1, heartbeat_timeout: float = 0.5, logon_ms: float = 0, durability: str = "fsync",
-    journal_segment_kib: int = 8192, host_options: dict[str, Any] | None = None, dsn: str | None = None,
+    d: Path,
+    *,
+    terminals: int,
+    service: str,
+    conventional: bool,
+    prefix: str = "T",
+    host_timeout: float = 0.5,
+    heartbeat_interval: float = 0.1,
+    heartbeat_timeout: float = 0.5,
+    logon_ms: float = 0,
+    durability: str = "fsync",
+    journal_segment_kib: int = 8192,
+    host_options: dict[str, Any] | None = None,
+    dsn: str | None = None,
     service_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     d.mkdir(parents=True, exist_ok=True)
@@ -65,23 +76,28 @@ def write_configs(
     if not secret.exists():
         secret.write_text(secrets.token_urlsafe(32) + "\n")
     secret.chmod(0o600)
-    ports = {k: f"127.0.0.1:{free_port()}" for k in ("terminal", "host", "admin", "http", "a_peer", "a_admin", "a_http", "b_peer", "b_admin", "b_http")}
+    ports = {
+        k: f"127.0.0.1:{free_port()}" for k in ("terminal", "host", "admin", "http", "a_peer", "a_admin", "a_http", "b_peer", "b_admin", "b_http")
+    }
     group = {"prefix": prefix, "count": terminals, "width": 5}
     attrs = {"protocol": "hsb1", "codepage": "utf-8", "max_msg": 4096, "profile": "default"}
-    cp = _section("cp", {
-        "name": "cp",
-        "terminal_listen": ports["terminal"],
-        "host_listen": ports["host"],
-        "admin_listen": ports["admin"],
-        "http_listen": ports["http"],
-        "secret_file": "secret",
-        "held_bound": 256,
-        "host_timeout": host_timeout,
-        "host_lease": lease_for(host_timeout),
-        "journal": "cp-journal",
-        "durability": durability,
-        "journal_segment_kib": journal_segment_kib,
-    }) + _section("[terminal_groups]", {**group, "standby_capable": True, "attrs": {"kind": "till"}})
+    cp = _section(
+        "cp",
+        {
+            "name": "cp",
+            "terminal_listen": ports["terminal"],
+            "host_listen": ports["host"],
+            "admin_listen": ports["admin"],
+            "http_listen": ports["http"],
+            "secret_file": "secret",
+            "held_bound": 256,
+            "host_timeout": host_timeout,
+            "host_lease": lease_for(host_timeout),
+            "journal": "cp-journal",
+            "durability": durability,
+            "journal_segment_kib": journal_segment_kib,
+        },
+    ) + _section("[terminal_groups]", {**group, "standby_capable": True, "attrs": {"kind": "till"}})
     (d / "cp.toml").write_text("\n".join(cp))
     takeover = d / "takeover.dat"
     records = records_for(terminals)
@@ -93,22 +109,28 @@ def write_configs(
         if service == "ledger":  # PostgreSQL if given, else SQLite in this folder (one machine)
             opts.update({"dsn": dsn} if dsn else {"sqlite": str(d / "ledger.sqlite")})
         opts.update(service_options or {})
-        text = _section("host", {
-            "name": name,
-            "peer_listen": ports[f"{me}_peer"],
-            "peer": ports[f"{other}_peer"],
-            "cp": ports["host"],
-            "admin_listen": ports[f"{me}_admin"],
-            "http_listen": ports[f"{me}_http"],
-            "secret_file": "secret",
-            "service": service,
-            "fast_switch": not conventional,
-            "heartbeat_interval": heartbeat_interval,
-            "heartbeat_timeout": heartbeat_timeout,
-            **(host_options or {}),
-        }) + _section("takeover", {"path": str(takeover), "records": records, "record_size": 4096}) + _section(
-            "service_options", opts
-        ) + _section("[terminal_groups]", {**group, "attrs": attrs})
+        text = (
+            _section(
+                "host",
+                {
+                    "name": name,
+                    "peer_listen": ports[f"{me}_peer"],
+                    "peer": ports[f"{other}_peer"],
+                    "cp": ports["host"],
+                    "admin_listen": ports[f"{me}_admin"],
+                    "http_listen": ports[f"{me}_http"],
+                    "secret_file": "secret",
+                    "service": service,
+                    "fast_switch": not conventional,
+                    "heartbeat_interval": heartbeat_interval,
+                    "heartbeat_timeout": heartbeat_timeout,
+                    **(host_options or {}),
+                },
+            )
+            + _section("takeover", {"path": str(takeover), "records": records, "record_size": 4096})
+            + _section("service_options", opts)
+            + _section("[terminal_groups]", {**group, "attrs": attrs})
+        )
         p = d / f"{name}.toml"
         p.write_text("\n".join(text))
         cfgs[name] = str(p.resolve())
@@ -204,7 +226,9 @@ async def wait_established(d: Path, timeout: float) -> dict[str, Any]:
         if last["established"]:
             return last
         if time.monotonic() > deadline:
-            hosts = ", ".join(f"{h['name']}: {h.get('role')}/{h.get('state')} {h.get('last_error') or h.get('error') or ''}".strip() for h in last["hosts"])
+            hosts = ", ".join(
+                f"{h['name']}: {h.get('role')}/{h.get('state')} {h.get('last_error') or h.get('error') or ''}".strip() for h in last["hosts"]
+            )
             raise SandboxError(f"hot standby not established within {timeout:.0f}s ({hosts}); logs: {d}/cp.log {d}/host-a.log {d}/host-b.log")
         await asyncio.sleep(0.1)
 
@@ -214,10 +238,21 @@ def up(d: Path, **kw: Any) -> dict[str, Any]:
 
 
 async def aup(
-    d: Path, *, terminals: int = 200, service: str = "echo", conventional: bool = False, timeout: float = 60.0, logon_ms: float = 0,
-    host_timeout: float = 0.5, host_env: dict[str, dict[str, str]] | None = None, cp_env: dict[str, str] | None = None,
-    durability: str = "fsync", journal_segment_kib: int = 8192, host_options: dict[str, Any] | None = None,
-    dsn: str | None = None, service_options: dict[str, Any] | None = None,
+    d: Path,
+    *,
+    terminals: int = 200,
+    service: str = "echo",
+    conventional: bool = False,
+    timeout: float = 60.0,
+    logon_ms: float = 0,
+    host_timeout: float = 0.5,
+    host_env: dict[str, dict[str, str]] | None = None,
+    cp_env: dict[str, str] | None = None,
+    durability: str = "fsync",
+    journal_segment_kib: int = 8192,
+    host_options: dict[str, Any] | None = None,
+    dsn: str | None = None,
+    service_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Start the sandbox in `d` and wait for hot standby (see module docstring)."""
     d = d.resolve()
@@ -225,7 +260,19 @@ async def aup(
         old = load_state(d)
         if any(_alive(p["pid"]) for p in [old["cp"], *old["hosts"].values()]):
             raise SandboxError(f"a sandbox is already running in {d}; 'hsbctl sandbox down --dir {d}' first")
-    plan = write_configs(d, terminals=terminals, service=service, conventional=conventional, logon_ms=logon_ms, host_timeout=host_timeout, durability=durability, journal_segment_kib=journal_segment_kib, host_options=host_options, dsn=dsn, service_options=service_options)
+    plan = write_configs(
+        d,
+        terminals=terminals,
+        service=service,
+        conventional=conventional,
+        logon_ms=logon_ms,
+        host_timeout=host_timeout,
+        durability=durability,
+        journal_segment_kib=journal_segment_kib,
+        host_options=host_options,
+        dsn=dsn,
+        service_options=service_options,
+    )
     if service == "ledger" and not dsn:
         for suffix in ("", "-wal", "-shm"):  # a new sandbox: new books
             (d / f"ledger.sqlite{suffix}").unlink(missing_ok=True)
@@ -235,10 +282,34 @@ async def aup(
     cp_pid = _spawn_env(d, "cp", [sys.executable, "-m", "hsb.cp", "--config", str(d / "cp.toml")], cp_env)
     st: dict[str, Any] = {
         "dir": str(d),
-        "cp": {"pid": cp_pid, "pids": [cp_pid], "terminal": ports["terminal"], "host": ports["host"], "admin": ports["admin"], "http": ports["http"], "config": str(d / "cp.toml")},
+        "cp": {
+            "pid": cp_pid,
+            "pids": [cp_pid],
+            "terminal": ports["terminal"],
+            "host": ports["host"],
+            "admin": ports["admin"],
+            "http": ports["http"],
+            "config": str(d / "cp.toml"),
+        },
         "hosts": {
-            "host-a": {"name": "host-a", "role": "active", "pid": 0, "config": plan["configs"]["host-a"], "admin": ports["a_admin"], "peer": ports["a_peer"], "http": ports["a_http"]},
-            "host-b": {"name": "host-b", "role": "standby", "pid": 0, "config": plan["configs"]["host-b"], "admin": ports["b_admin"], "peer": ports["b_peer"], "http": ports["b_http"]},
+            "host-a": {
+                "name": "host-a",
+                "role": "active",
+                "pid": 0,
+                "config": plan["configs"]["host-a"],
+                "admin": ports["a_admin"],
+                "peer": ports["a_peer"],
+                "http": ports["a_http"],
+            },
+            "host-b": {
+                "name": "host-b",
+                "role": "standby",
+                "pid": 0,
+                "config": plan["configs"]["host-b"],
+                "admin": ports["b_admin"],
+                "peer": ports["b_peer"],
+                "http": ports["b_http"],
+            },
         },
         "service": service,
         "conventional": conventional,

@@ -73,7 +73,9 @@ def render(st: dict[str, Any]) -> str:
         out.append("PAUSED: automatic failover is off ('hsbctl resume' turns it on; a planned switchover and promote still work)")
     if st.get("two_actives"):
         cp_active = (st["cp"].get("active") or {}).get("name", "-")
-        out.append(f"ERROR: two hosts serve as the active with a valid lease at once: {', '.join(st['two_actives'])} (the CP's active is {cp_active})")
+        out.append(
+            f"ERROR: two hosts serve as the active with a valid lease at once: {', '.join(st['two_actives'])} (the CP's active is {cp_active})"
+        )
     cp = st["cp"]
     if not cp.get("reachable"):
         out.append(f"  CP        cannot be asked ({cp.get('addr', '-')})")
@@ -120,13 +122,17 @@ def render(st: dict[str, Any]) -> str:
         hb = f"{peer['heartbeat_age_ms']:.0f} ms" if peer.get("heartbeat_age_ms") is not None else "-"
         out.append(f"  {h['name']:<9} {_role_label(h):<11} {h['state']:<19} epoch {h['epoch']}  pid {h['pid']}")
         out.append(f"            {h['sentence']}")
-        out.append(f"            peer link {'up' if peer['up'] else 'DOWN'} (heartbeat {hb})  CP link {h['cp_link']}  established since {_age(h.get('established_since'))}")
+        out.append(
+            f"            peer link {'up' if peer['up'] else 'DOWN'} (heartbeat {hb})  CP link {h['cp_link']}  established since {_age(h.get('established_since'))}"
+        )
         tf = h["takeover_file"]
         ring = ""
         if tf.get("ring_write"):
             ring = f"ring write gen {tf['ring_write']['generation']} seq {tf['ring_write']['last_seq']}"
         if tf.get("ring_read"):
-            ring = f"ring read gen {tf['ring_read']['generation']} next {tf['ring_read']['next_seq']}" + (f" lag {h['ring_lag']}" if "ring_lag" in h else "")
+            ring = f"ring read gen {tf['ring_read']['generation']} next {tf['ring_read']['next_seq']}" + (
+                f" lag {h['ring_lag']}" if "ring_lag" in h else ""
+            )
         sid = h["startup_id"]
         out.append(
             f"            takeover file {tf['path']} N={tf['records']} B={h['batch_records']['own']}"
@@ -135,11 +141,15 @@ def render(st: dict[str, Any]) -> str:
         )
         out.append(f"            startup id own {sid['own'] or '-'} partner {sid['partner'] or '-'}")
         t = h["terminals"]
-        out.append(f"            terminals defined {t['defined']} linked {t['linked']}  sessions {t['active_sessions']} active / {t['standby_sessions']} standby")
+        out.append(
+            f"            terminals defined {t['defined']} linked {t['linked']}  sessions {t['active_sessions']} active / {t['standby_sessions']} standby"
+        )
         sv = h.get("service") or {}
         if sv.get("state") == "failing":
-            out.append(f"            SERVICE FAILING ({sv.get('name')}): {sv.get('error')}; {sv.get('waiting_terminals')} terminal(s) wait,"
-                       f" their messages held at the CP and retried ({sv.get('retries')} retries so far)")
+            out.append(
+                f"            SERVICE FAILING ({sv.get('name')}): {sv.get('error')}; {sv.get('waiting_terminals')} terminal(s) wait,"
+                f" their messages held at the CP and retried ({sv.get('retries')} retries so far)"
+            )
         if h.get("file_mismatch"):
             out.append(f"            ERROR {h['file_mismatch']}")
         if h.get("last_error"):

@@ -35,10 +35,12 @@ async def _switchover(t: Target, yes: bool, timeout: float) -> int:
     if not st["established"] or not actives:
         # the CP answered: what it says (no standby registered, say) settles it
         states = ", ".join(
-            f"{h['name']} {h.get('role')}/{h.get('state')}" if h.get("reachable") else f"{h['name']} cannot be asked"
-            for h in st["hosts"]
+            f"{h['name']} {h.get('role')}/{h.get('state')}" if h.get("reachable") else f"{h['name']} cannot be asked" for h in st["hosts"]
         )
-        click.echo(f"error: switchover refused: no established standby ({states}); wait for hot standby or use 'hsbctl promote' after a normal stop", err=True)
+        click.echo(
+            f"error: switchover refused: no established standby ({states}); wait for hot standby or use 'hsbctl promote' after a normal stop",
+            err=True,
+        )
         for u in unknown:
             click.echo(f"  {u['name']} at {u['addr']}: {u['error']}", err=True)
         return 1

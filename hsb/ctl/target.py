@@ -27,7 +27,9 @@ class Target:
 
     def validate(self) -> None:
         if not self.cp and not self.hosts:
-            raise TargetError("no daemons named: pass --config CTL.toml (hsbctl sandbox up prints one), set $HSB_CTL_CONFIG, write /etc/hsb/ctl.toml, or pass --cp/--host")
+            raise TargetError(
+                "no daemons named: pass --config CTL.toml (hsbctl sandbox up prints one), set $HSB_CTL_CONFIG, write /etc/hsb/ctl.toml, or pass --cp/--host"
+            )
         for a in [self.cp, *self.hosts]:
             if a:
                 try:

@@ -732,7 +732,12 @@ class HA:
             "established_since": self.established_since,
             "registered_at_cp": self.registered,
             "cp_link": "up" if self.srv.cp.up else "down",
-            "peer_link": {"up": peer.up, "peer": peer.peer_name, "heartbeat_age_ms": None if age is None else round(age * 1000, 1), "notices_lost": peer.lost_notices},
+            "peer_link": {
+                "up": peer.up,
+                "peer": peer.peer_name,
+                "heartbeat_age_ms": None if age is None else round(age * 1000, 1),
+                "notices_lost": peer.lost_notices,
+            },
             "startup_id": {"own": self.own_startup_id, "partner": self.partner_startup_id},
             "batch_records": {"own": self.srv.takeover.own_batch_records, "partner": self.partner_batch_records},
             "generation": self.generation,

@@ -34,7 +34,11 @@ def check_service(cfg: HostConfig) -> list[str]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--role", type=click.Choice(["active", "standby"]), required=False, help="Role to start in.")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Host TOML config.")
-@click.option("--check-config", is_flag=True, help="Check the config as the start would (schema, secret, takeover size, service), print every error, exit 0 or 78.")
+@click.option(
+    "--check-config",
+    is_flag=True,
+    help="Check the config as the start would (schema, secret, takeover size, service), print every error, exit 0 or 78.",
+)
 @log_level_option
 @click.version_option(__version__, prog_name="hsbd")
 def main(role: str | None, config_path: str, check_config: bool, log_level: str) -> None:

@@ -44,8 +44,15 @@ PEER_TYPES = (
 _NONE = type(None)
 # field -> (types, required), docs/protocol.md §5; a wrong type is a bad_fields protocol error
 PEER_FIELDS: dict[str, dict[str, tuple[Any, bool]]] = {
-    "peer_hello": {"name": (str, True), "role": (str, True), "state": (str, False), "instance": (str, True),
-                   "partner": ((str, _NONE), False), "startup_id": ((int, _NONE), False), "ring_next": ((int, _NONE), False)},
+    "peer_hello": {
+        "name": (str, True),
+        "role": (str, True),
+        "state": (str, False),
+        "instance": (str, True),
+        "partner": ((str, _NONE), False),
+        "startup_id": ((int, _NONE), False),
+        "ring_next": ((int, _NONE), False),
+    },
     "hb": {"role": (str, False), "state": (str, False), "instance": (str, False), "ring_next": ((int, _NONE), False)},
     "active_startup": {"name": (str, True), "instance": (str, True)},
     "standby_startup": {"startup_id": (int, True), "name": (str, False)},

@@ -87,12 +87,12 @@ class HostServer:
         self.stop_mode = "takeover"  # SIGTERM hands over; `hsbctl stop --no-takeover` says "normal"
         self.hook = RoleHook(cfg.host.on_role_change, cfg.host.hook_timeout)
 
-
     def service_status(self) -> dict[str, Any]:
         """The service's name, whether it answers (hsb.host.delivery), and what it says of itself."""
         own = getattr(self.service, "status", None)
         extra = own() if callable(own) else {}
         return {"name": self.cfg.host.service, **self.delivery.health.as_dict(), **extra}
+
     def _cp_down(self, why: str) -> None:
         # At once, before the link reconnects: work in progress would answer under an
         # epoch the CP no longer has (and get this host fenced). The CP re-delivers it.
@@ -122,7 +122,9 @@ class HostServer:
     def on_state_change(self) -> None:
         ha = self.ha
         notify(STATUS=ha.describe())
-        if not self.ready_sent and ((ha.role == "active" and ha.state in ("serving", "established")) or (ha.role == "standby" and ha.state == "established")):
+        if not self.ready_sent and (
+            (ha.role == "active" and ha.state in ("serving", "established")) or (ha.role == "standby" and ha.state == "established")
+        ):
             notify(READY=1, STATUS=ha.describe())
             self.ready_sent = True
 
@@ -173,7 +175,13 @@ class HostServer:
         if not faults.SELF_FENCING:
             log.warning("self_fencing_disabled", msg="HSB_TEST_DISABLE_SELF_FENCING=1: for tests only; this host never stops serving on its own")
         await self.takeover.size_check()
-        log.info("size_check_ok", path=self.cfg.takeover.path, records=self.cfg.takeover.records, own_terminals=self.sessions.own_total, batch_records=self.takeover.own_batch_records)
+        log.info(
+            "size_check_ok",
+            path=self.cfg.takeover.path,
+            records=self.cfg.takeover.records,
+            own_terminals=self.sessions.own_total,
+            batch_records=self.takeover.own_batch_records,
+        )
         loop = asyncio.get_running_loop()
         ah, ap = parse_addr(h.admin_listen)
         self.admin_server = await loop.create_server(
@@ -188,7 +196,16 @@ class HostServer:
         self.bound["peer"] = self.peer.bound
         if h.http_listen:
             self.http_server, self.bound["http"] = await start_http(h.http_listen, self.routes())
-        log.info("host_started", name=h.name, role=self.ha.role, instance=self.ha.instance, admin_listen=self.bound["admin"], peer_listen=self.bound["peer"], http_listen=self.bound.get("http"), terminals=self.sessions.own_total)
+        log.info(
+            "host_started",
+            name=h.name,
+            role=self.ha.role,
+            instance=self.ha.instance,
+            admin_listen=self.bound["admin"],
+            peer_listen=self.bound["peer"],
+            http_listen=self.bound.get("http"),
+            terminals=self.sessions.own_total,
+        )
         self.cp.start()
 
     async def serve(self) -> int:
@@ -212,7 +229,14 @@ class HostServer:
             log.info("host_stopped", role=self.ha.role)
         return self.exit_code or 0
 
-    RELOADABLE = ("host.heartbeat_interval", "host.heartbeat_timeout", "host.ring_poll_interval", "takeover.storage_timeout", "terminals", "terminal_groups")
+    RELOADABLE = (
+        "host.heartbeat_interval",
+        "host.heartbeat_timeout",
+        "host.ring_poll_interval",
+        "takeover.storage_timeout",
+        "terminals",
+        "terminal_groups",
+    )
 
     def reload(self) -> None:
         """Apply what can change while running; name what needs a restart."""

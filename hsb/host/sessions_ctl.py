@@ -80,7 +80,9 @@ class SessionsCtl:
                             if not done.done():
                                 done.set_exception(exc.with_traceback(None))
                         else:
-                            log.error("session_hook_failed", hook=getattr(fn, "__name__", "?"), terminal=name, error=f"{type(exc).__name__}: {exc}"[:200])
+                            log.error(
+                                "session_hook_failed", hook=getattr(fn, "__name__", "?"), terminal=name, error=f"{type(exc).__name__}: {exc}"[:200]
+                            )
                     else:
                         if done is not None and not done.done():
                             done.set_result(None)

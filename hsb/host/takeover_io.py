@@ -161,9 +161,9 @@ class TakeoverIO:
             "ring_read": {"generation": rp[0], "next_seq": rp[1]} if rp else None,
             "ring_pending": len(self.pending),
             "responding": self.store.responding,
-            "storage": "ok" if self.store.responding and not self.last_error else (
-                "takeover storage not responding" if not self.store.responding else self.last_error
-            ),
+            "storage": "ok"
+            if self.store.responding and not self.last_error
+            else ("takeover storage not responding" if not self.store.responding else self.last_error),
         }
 
     async def close(self) -> None:

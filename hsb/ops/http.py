@@ -20,7 +20,16 @@ log = structlog.get_logger("hsb.ops")
 Route = Callable[[], tuple[int, str, bytes]]
 MAX_REQUEST = 8192
 TIMEOUT = 5.0
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 def json_route(fn: Callable[[], tuple[bool, dict[str, Any]]]) -> Route:

@@ -16,8 +16,19 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from hsb.wire.conn import CONNECTIONS_DROPPED, PROTOCOL_ERRORS
 
 HOST_STATES = (
-    "starting", "serving", "batch_writing", "established", "waiting_for_active", "awaiting_batch",
-    "batch_reading", "batch_retry", "active_stopped", "releasing", "handing_over", "stopping", "fenced",
+    "starting",
+    "serving",
+    "batch_writing",
+    "established",
+    "waiting_for_active",
+    "awaiting_batch",
+    "batch_reading",
+    "batch_retry",
+    "active_stopped",
+    "releasing",
+    "handing_over",
+    "stopping",
+    "fenced",
 )
 
 
@@ -88,8 +99,11 @@ class HostCollector:
         yield _c("hsb_messages_processed", "Messages processed by the service.", d["processed"])
         yield _c("hsb_messages_redelivered", "Processed messages that were marked redelivered.", d["redelivered"])
         sv = st.get("service") or {}
-        yield _g("hsb_service_healthy", "1 while the service answers (0: it reported itself unavailable; messages wait and are retried).",
-                 0 if sv.get("state") == "failing" else 1)
+        yield _g(
+            "hsb_service_healthy",
+            "1 while the service answers (0: it reported itself unavailable; messages wait and are retried).",
+            0 if sv.get("state") == "failing" else 1,
+        )
         yield _c("hsb_service_retries", "Messages handed to the service again because it was unavailable.", sv.get("retries", 0))
         c = st.get("counters", {})
         yield _c("hsb_failovers", "Failovers this host took over in.", c.get("failovers", 0))
@@ -152,26 +166,40 @@ class CPCollector:
         yield _c("hsb_failovers", "Unplanned switchovers granted.", c.get("failovers", 0))
         yield _c("hsb_switchovers", "Planned switchovers.", c.get("switchovers", 0))
         ls = st.get("last_switchover") or {}
-        yield _g("hsb_switch_flip_seconds", "The last switch inside the CP: grant to every session flipped.", None if not ls else ls["switch_ms"] / 1000)
+        yield _g(
+            "hsb_switch_flip_seconds", "The last switch inside the CP: grant to every session flipped.", None if not ls else ls["switch_ms"] / 1000
+        )
         yield _g("hsb_paused", "1 while the operator paused automatic failover (hsbctl pause).", 1 if st.get("paused") else 0)
         if self.history is not None:
             h = self.history
-            yield _kind_histogram("hsb_switch_duration_seconds", "Switches by kind: the old active's last frame heard (or its release) to the grant.", h.duration)
-            yield _kind_histogram("hsb_switch_worst_pause_seconds", "Switches by kind: the worst wait, ack to reply, of the traffic in flight.", h.pause)
+            yield _kind_histogram(
+                "hsb_switch_duration_seconds", "Switches by kind: the old active's last frame heard (or its release) to the grant.", h.duration
+            )
+            yield _kind_histogram(
+                "hsb_switch_worst_pause_seconds", "Switches by kind: the worst wait, ack to reply, of the traffic in flight.", h.pause
+            )
             last = GaugeMetricFamily("hsb_last_switch_timestamp_seconds", "Unix time of the last switch of each kind.", labels=["kind"])
             for kind, at in sorted(h.last_at.items()):
                 last.add_metric([kind], at)
             yield last
         j = st.get("journal") or {}
         if j.get("durability") == "fsync":
-            yield _g("hsb_journal_healthy", "1 while the CP journal is written in time (0: stalled or failing; acknowledgements stop).", 1 if j["state"] == "ok" else 0)
+            yield _g(
+                "hsb_journal_healthy",
+                "1 while the CP journal is written in time (0: stalled or failing; acknowledgements stop).",
+                1 if j["state"] == "ok" else 0,
+            )
             yield _g("hsb_journal_size_bytes", "Bytes in the CP journal's segments.", j["size_bytes"])
             yield _g("hsb_journal_segments", "Segment files of the CP journal.", j["segments"])
             yield _g("hsb_journal_outstanding_records", "Held messages and kept replies in the CP journal.", j.get("outstanding"))
             yield _c("hsb_journal_stalls", "Times a CP journal write missed its deadline.", j["stalls"])
             if self.journal is not None:
-                yield _histogram("hsb_journal_sync_seconds", "Duration of the CP journal's group commits (write + fdatasync).",
-                                 self.journal.sync_counts, self.journal.sync_sum)
+                yield _histogram(
+                    "hsb_journal_sync_seconds",
+                    "Duration of the CP journal's group commits (write + fdatasync).",
+                    self.journal.sync_counts,
+                    self.journal.sync_sum,
+                )
         yield from _common()
 
 

@@ -25,8 +25,13 @@ class RefusalLog:
         self.count += 1
         now = time.monotonic()
         if why != self.last or now - self.logged_at >= EVERY_S:
-            log.error(self.event, reason=why, refusals=self.count, **self.fields,
-                      msg="tried again every 5 s; fix the secret or install the same hsb version on both sides")
+            log.error(
+                self.event,
+                reason=why,
+                refusals=self.count,
+                **self.fields,
+                msg="tried again every 5 s; fix the secret or install the same hsb version on both sides",
+            )
             self.last, self.logged_at = why, now
 
     def clear(self) -> None:

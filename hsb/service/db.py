@@ -116,7 +116,12 @@ class PostgresDatabase:
     kind = "postgresql"
 
     def __init__(
-        self, dsn: str, pool_size: int = 10, command_timeout: float = 10.0, connect_timeout: float = 5.0, tx_idle_timeout: float = 1.0,
+        self,
+        dsn: str,
+        pool_size: int = 10,
+        command_timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+        tx_idle_timeout: float = 1.0,
     ) -> None:
         self.dsn = dsn
         # the server ends a transaction of ours left idle this long: a host stopped (SIGSTOP, a
@@ -140,8 +145,12 @@ class PostgresDatabase:
                 # min_size 0: no connection is made here, so a database that is down does not
                 # fail this; each acquire connects, and a dead connection is replaced
                 self._pool = await asyncpg.create_pool(
-                    self.dsn, min_size=0, max_size=self.pool_size, command_timeout=self.command_timeout,
-                    timeout=self.connect_timeout, max_inactive_connection_lifetime=60.0,
+                    self.dsn,
+                    min_size=0,
+                    max_size=self.pool_size,
+                    command_timeout=self.command_timeout,
+                    timeout=self.connect_timeout,
+                    max_inactive_connection_lifetime=60.0,
                     server_settings={"idle_in_transaction_session_timeout": str(int(self.tx_idle_timeout * 1000))},
                 )
         return self._pool

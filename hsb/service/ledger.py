@@ -90,7 +90,7 @@ def parse(data: Any) -> Request:
     except ValueError as exc:
         raise BadRequest(f"not JSON: {exc}") from None
     if not isinstance(obj, dict):
-        raise BadRequest("a JSON object is expected, like {\"op\":\"balance\",\"account\":\"alice\"}")
+        raise BadRequest('a JSON object is expected, like {"op":"balance","account":"alice"}')
     op = obj.get("op")
     if op in ("open", "balance"):
         return Request(op, _account(obj, "account"))
@@ -110,13 +110,16 @@ async def apply(tx: Tx, terminal: str, mid: int, r: Request) -> str:
     async def entry(account: str, other: str | None, amount: int) -> None:
         await tx.execute(
             "INSERT INTO ledger_entries (terminal, msg_id, op, account, other, amount) VALUES ($1, $2, $3, $4, $5, $6)",
-            terminal, mid, r.op, account, other, amount,
+            terminal,
+            mid,
+            r.op,
+            account,
+            other,
+            amount,
         )
 
     if r.op == "open":
-        made = await tx.fetchval(
-            "INSERT INTO ledger_accounts (account, balance) VALUES ($1, 0) ON CONFLICT DO NOTHING RETURNING balance", r.account
-        )
+        made = await tx.fetchval("INSERT INTO ledger_accounts (account, balance) VALUES ($1, 0) ON CONFLICT DO NOTHING RETURNING balance", r.account)
         if made is None:
             return dumps({"ok": False, "error": "exists"})
         await entry(r.account, None, 0)
@@ -140,10 +143,13 @@ async def apply(tx: Tx, terminal: str, mid: int, r: Request) -> str:
         await entry(r.account, None, r.amount)
         return dumps({"ok": True, "balance": int(bal) - r.amount})
     # transfer: lock both rows in one order (by name), so two opposite transfers cannot deadlock
-    rows = dict(await tx.fetch(
-        "SELECT account, balance FROM ledger_accounts WHERE account IN ($1, $2) ORDER BY account" + tx.for_update,
-        r.account, r.other,
-    ))
+    rows = dict(
+        await tx.fetch(
+            "SELECT account, balance FROM ledger_accounts WHERE account IN ($1, $2) ORDER BY account" + tx.for_update,
+            r.account,
+            r.other,
+        )
+    )
     if r.account not in rows or r.other not in rows:
         return dumps({"ok": False, "error": "no_such_account"})
     if rows[r.account] < r.amount:
@@ -158,8 +164,16 @@ class LedgerService:
     """`service = "ledger"` (the plug-in interface of hsb.service.api)."""
 
     def __init__(
-        self, host: str, dsn: str = "", sqlite: str = "", pool_size: int = 10, command_timeout: float = 10.0,
-        tx_idle_timeout: float = 1.0, keep_hours: float = 168.0, idempotency: bool = True, logon_ms: float = 0,
+        self,
+        host: str,
+        dsn: str = "",
+        sqlite: str = "",
+        pool_size: int = 10,
+        command_timeout: float = 10.0,
+        tx_idle_timeout: float = 1.0,
+        keep_hours: float = 168.0,
+        idempotency: bool = True,
+        logon_ms: float = 0,
     ) -> None:
         self.host = host
         if not dsn and not sqlite:

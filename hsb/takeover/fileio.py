@@ -185,16 +185,12 @@ def _stat_regular(path: str) -> os.stat_result:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise FileMissing(
-            f"takeover file {path} does not exist; create it with `hsbctl file create {path} --records N`"
-        ) from None
+        raise FileMissing(f"takeover file {path} does not exist; create it with `hsbctl file create {path} --records N`") from None
     except NotADirectoryError:
         raise FileMissing(f"takeover file {path} does not exist (a parent is not a directory); check the path") from None
     if not stat.S_ISREG(st.st_mode):
         what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise NotRegularFile(
-            f"takeover file {path} is {what}; point the path at a file made by `hsbctl file create`"
-        )
+        raise NotRegularFile(f"takeover file {path} is {what}; point the path at a file made by `hsbctl file create`")
     return st
 
 

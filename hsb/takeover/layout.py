@@ -54,10 +54,7 @@ def batch_records_for(terminals: int, record_size: int = DEFAULT_RECORD_SIZE, en
 
 def check_record_size(record_size: int) -> None:
     if record_size % RECORD_ALIGN or not MIN_RECORD_SIZE <= record_size <= MAX_RECORD_SIZE:
-        raise ValueError(
-            f"record size {record_size} is not a multiple of {RECORD_ALIGN} between "
-            f"{MIN_RECORD_SIZE} and {MAX_RECORD_SIZE} bytes"
-        )
+        raise ValueError(f"record size {record_size} is not a multiple of {RECORD_ALIGN} between {MIN_RECORD_SIZE} and {MAX_RECORD_SIZE} bytes")
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,9 +96,7 @@ def batch_read(
                     raise BatchReadError(recno, "short read: the file ends inside the batch area", path=path)
                 entries.extend(_batch_record(view[i * r : (i + 1) * r], recno, h, e, path))
     if len(entries) != h.batch_entries:
-        raise BatchReadError(
-            0, f"header says {h.batch_entries} batch entries, the batch area holds {len(entries)}", path=path
-        )
+        raise BatchReadError(0, f"header says {h.batch_entries} batch entries, the batch area holds {len(entries)}", path=path)
     log.info(
         "takeover_batch_read",
         path=path,
@@ -120,9 +118,7 @@ def _batch_record(view: memoryview, recno: int, h: Header, e: int, path: str) ->
     if rec.kind != KIND_BATCH:
         raise BatchReadError(recno, f"holds a {kind_name(rec.kind)} record, expected batch", path=path)
     if rec.generation != h.generation:
-        raise BatchReadError(
-            recno, f"generation {rec.generation}, header says {h.generation} (stale or unfinished batch write)", path=path
-        )
+        raise BatchReadError(recno, f"generation {rec.generation}, header says {h.generation} (stale or unfinished batch write)", path=path)
     if rec.seq != recno:
         raise BatchReadError(recno, f"says it is record {rec.seq}", path=path)
     if rec.n_entries > e:
@@ -282,9 +278,7 @@ class RingReader:
         if rec.seq < want:
             return PollResult(PollStatus.NOTHING_NEW)
         if rec.seq > want:
-            return PollResult(
-                PollStatus.LAPPED, record=recno, reason=f"expected seq {want}, found {rec.seq}: the writer overtook this reader"
-            )
+            return PollResult(PollStatus.LAPPED, record=recno, reason=f"expected seq {want}, found {rec.seq}: the writer overtook this reader")
         if rec.n_entries > self.e:
             return PollResult(PollStatus.CORRUPT, record=recno, reason=f"{rec.n_entries} entries, at most {self.e} fit")
         try:

@@ -67,7 +67,11 @@ class Books:
 
 
 async def check_books(
-    db_opts: dict[str, Any], w: LedgerWorkload, clients: Sequence[Any], idempotency: bool = True, final: bool = True,
+    db_opts: dict[str, Any],
+    w: LedgerWorkload,
+    clients: Sequence[Any],
+    idempotency: bool = True,
+    final: bool = True,
 ) -> Books:
     """`clients`: the run's TerminalClients (name, idx, base, stride); `db_opts`: dsn= or sqlite=.
 
@@ -83,9 +87,7 @@ async def check_books(
             if db.kind == "postgresql":  # one snapshot for every statement below
                 await tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             balances = dict(await tx.fetch("SELECT account, balance FROM ledger_accounts WHERE account LIKE $1", w.prefix + "%"))
-            entries = await tx.fetch(
-                "SELECT terminal, msg_id, op, account, other, amount FROM ledger_entries WHERE account LIKE $1", w.prefix + "%"
-            )
+            entries = await tx.fetch("SELECT terminal, msg_id, op, account, other, amount FROM ledger_entries WHERE account LIKE $1", w.prefix + "%")
             names = [c.name for c in clients]
             records: dict[tuple[str, int], str] = {}
             if idempotency:

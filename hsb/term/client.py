@@ -228,11 +228,7 @@ class TerminalClient(asyncio.Protocol):
     @property
     def can_send(self) -> bool:
         """Welcomed, not stopping, and below the outstanding window."""
-        return (
-            self.state == WELCOMED
-            and not self.stopping
-            and (self.window <= 0 or len(self.outstanding) < self.window)
-        )
+        return self.state == WELCOMED and not self.stopping and (self.window <= 0 or len(self.outstanding) < self.window)
 
     def index(self, msg_id: int) -> int:
         """Position of `msg_id` in the marks array, or -1 if this terminal never sent it."""
@@ -445,9 +441,7 @@ class TerminalClient(asyncio.Protocol):
                     self._on_ack(i)
         resend = self.unacked_ids()
         if resend and self.transport is not None:
-            self.transport.write(
-                b"".join(encode({"t": "msg", "id": i, "data": self.payload(i)}) for i in resend)
-            )
+            self.transport.write(b"".join(encode({"t": "msg", "id": i, "data": self.payload(i)}) for i in resend))
             self.listener.on_resent(self, len(resend))
 
     def _on_session(self, msg: dict[str, Any]) -> None:

@@ -133,9 +133,7 @@ async def interactive(
     connector.schedule(client)
 
     lines: asyncio.Queue[str | None] = asyncio.Queue()
-    reader = threading.Thread(
-        target=_read_lines, args=(inp if inp is not None else sys.stdin, loop, lines), daemon=True
-    )
+    reader = threading.Thread(target=_read_lines, args=(inp if inp is not None else sys.stdin, loop, lines), daemon=True)
     reader.start()
     status = 0
     fatal_wait = asyncio.ensure_future(printer.fatal.wait())
@@ -146,7 +144,8 @@ async def interactive(
             if fatal_wait in done:
                 get.cancel()
                 printer.say(
-                    f"giving up: {target} does not speak the terminal link (a wrong port?)" if printer.fatal_code == "not_a_cp"
+                    f"giving up: {target} does not speak the terminal link (a wrong port?)"
+                    if printer.fatal_code == "not_a_cp"
                     else f"giving up: the CP refused this terminal ({printer.fatal_code})"
                 )
                 status = 1

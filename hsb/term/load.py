@@ -350,7 +350,9 @@ async def run_load(
     stats = LoadStats(len(names))
     stride = max(1, len(names))
     clients = [
-        TerminalClient(nm, stats, base=base + i, stride=stride, idx=i, window=window, pad=pad, check_data=check_data, resume=resume, workload=workload)
+        TerminalClient(
+            nm, stats, base=base + i, stride=stride, idx=i, window=window, pad=pad, check_data=check_data, resume=resume, workload=workload
+        )
         for i, nm in enumerate(names)
     ]
     rng = random.Random(seed)
@@ -358,11 +360,7 @@ async def run_load(
     phase = ["connect"]
     t0 = time.monotonic()
     wall_offset = time.time() - t0
-    ticker = (
-        asyncio.ensure_future(_progress_loop(stats, phase, t0, progress, progress_interval))
-        if progress is not None
-        else None
-    )
+    ticker = asyncio.ensure_future(_progress_loop(stats, phase, t0, progress, progress_interval)) if progress is not None else None
     sched: asyncio.Task[None] | None = None
     send_start = send_end = settle_end = t0
     try:
@@ -425,8 +423,7 @@ async def run_load(
     report.disconnects_standby_capable = sum(c.disconnects for c in clients if c.name not in classic_set)
     report.session_closed_standby_capable = sum(c.session_closed for c in clients if c.name not in classic_set)
     report.operations = [
-        {"label": label, "at": round(at, 6), "at_iso": iso(at), **stats.timeline.window(at - wall_offset, after_s)}
-        for label, at in (marks or [])
+        {"label": label, "at": round(at, 6), "at_iso": iso(at), **stats.timeline.window(at - wall_offset, after_s)} for label, at in (marks or [])
     ]
     report.after_s = after_s
     report.resume = resume

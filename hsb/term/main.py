@@ -25,9 +25,7 @@ def _cp(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, in
         raise click.BadParameter(str(exc)) from None
 
 
-cp_option = click.option(
-    "--cp", required=True, metavar="HOST:PORT", callback=_cp, help="The CP's terminal listen address."
-)
+cp_option = click.option("--cp", required=True, metavar="HOST:PORT", callback=_cp, help="The CP's terminal listen address.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,9 +78,7 @@ async def _load_main(cp: tuple[str, int], **kw: Any) -> LoadReport:
 @main.command()
 @cp_option
 @click.option("--terminals", "-n", type=click.IntRange(min=1), required=True, help="How many terminals.")
-@click.option(
-    "--rate", type=click.FloatRange(min=0), default=None, help="Total messages per second, all terminals (required unless --closed-loop)."
-)
+@click.option("--rate", type=click.FloatRange(min=0), default=None, help="Total messages per second, all terminals (required unless --closed-loop).")
 @click.option(
     "--closed-loop",
     is_flag=True,
@@ -92,12 +88,8 @@ async def _load_main(cp: tuple[str, int], **kw: Any) -> LoadReport:
 @click.option("--prefix", default="T", show_default=True, help="Terminal name prefix.")
 @click.option("--start", type=click.IntRange(min=0), default=1, show_default=True, help="First terminal number.")
 @click.option("--width", type=click.IntRange(1, 12), default=5, show_default=True, help="Digits in a terminal name.")
-@click.option(
-    "--window", type=click.IntRange(min=0), default=8, show_default=True, help="Max outstanding per terminal (0: none)."
-)
-@click.option(
-    "--settle", type=click.FloatRange(min=0), default=10.0, show_default=True, help="Seconds to wait for late replies."
-)
+@click.option("--window", type=click.IntRange(min=0), default=8, show_default=True, help="Max outstanding per terminal (0: none).")
+@click.option("--settle", type=click.FloatRange(min=0), default=10.0, show_default=True, help="Seconds to wait for late replies.")
 @click.option(
     "--connect-concurrency",
     type=click.IntRange(min=1),
@@ -155,15 +147,22 @@ async def _load_main(cp: tuple[str, int], **kw: Any) -> LoadReport:
     type=click.Choice(["echo", "ledger"]),
     default="echo",
     show_default=True,
-    help="echo: text the service sends back; ledger: transfers between the run's accounts (service = \"ledger\").",
+    help='echo: text the service sends back; ledger: transfers between the run\'s accounts (service = "ledger").',
 )
 @click.option("--accounts", type=click.IntRange(min=2), default=50, show_default=True, help="ledger: accounts the transfers move money between.")
 @click.option("--books-dsn", default=None, metavar="DSN", help="ledger: check the books in this PostgreSQL database after the run.")
 @click.option("--books-sqlite", default=None, metavar="PATH", help="ledger: check the books in this SQLite file after the run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def load(
-    cp: tuple[str, int], as_json: bool, ids_out: str | None, classic: str, workload: str, accounts: int,
-    books_dsn: str | None, books_sqlite: str | None, **kw: Any,
+    cp: tuple[str, int],
+    as_json: bool,
+    ids_out: str | None,
+    classic: str,
+    workload: str,
+    accounts: int,
+    books_dsn: str | None,
+    books_sqlite: str | None,
+    **kw: Any,
 ) -> None:
     """Run N terminals at a total rate; check every promise; report latency and pauses.
 

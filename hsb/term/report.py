@@ -122,10 +122,7 @@ class LoadReport:
         if self.duplicates:
             out.append(f"duplicates: {self.duplicates} replies beyond the first{eg(self.duplicate_ids)}")
         if self.unexpected:
-            out.append(
-                f"unexpected: {self.unexpected} replies to ids never sent or not yet acknowledged"
-                f" ({self.unexpected_early} before their ack)"
-            )
+            out.append(f"unexpected: {self.unexpected} replies to ids never sent or not yet acknowledged ({self.unexpected_early} before their ack)")
         if self.bad_data:
             out.append(
                 f"bad data: {self.bad_data} replies whose data is not what was sent{eg(self.bad_data_ids)}"
@@ -200,11 +197,9 @@ def format_table(r: LoadReport) -> str:
         (
             "sending",
             (
-                f"{r.duration_s:.1f} s closed loop (window {r.window}): {r.reply_rate:.1f} replies/s,"
-                f" then settled {r.settle_s:.1f} s"
+                f"{r.duration_s:.1f} s closed loop (window {r.window}): {r.reply_rate:.1f} replies/s, then settled {r.settle_s:.1f} s"
                 if r.closed_loop
-                else f"{r.duration_s:.1f} s at {r.achieved_rate:.1f} msg/s (target {r.rate:g}),"
-                f" then settled {r.settle_s:.1f} s"
+                else f"{r.duration_s:.1f} s at {r.achieved_rate:.1f} msg/s (target {r.rate:g}), then settled {r.settle_s:.1f} s"
             ),
         ),
         ("sent", str(r.sent)),
@@ -233,8 +228,7 @@ def format_table(r: LoadReport) -> str:
                 f"worst {ms(op['worst_ms'])} ms, p99 {ms(op['p99_ms'])} ms over {op['messages']} messages"
                 f" ({op['in_flight']} in flight at it, the rest sent in the {r.after_s:g} s after);"
                 + (
-                    f" every terminal served again after {ms(op['all_served_ms'])} ms"
-                    f" ({op['terminals_in_flight']} terminals had something in flight)"
+                    f" every terminal served again after {ms(op['all_served_ms'])} ms ({op['terminals_in_flight']} terminals had something in flight)"
                     if op["in_flight"]
                     else " nothing was in flight at it"
                 ),
@@ -253,13 +247,16 @@ def format_table(r: LoadReport) -> str:
         rows.append(("protocol errors", str(r.protocol_errors)))
     if r.books is not None:
         b = r.books
-        rows.append((
-            "books",
-            b["error"] if "error" in b else
-            f"{b['accounts']} accounts hold {b['total']} (deposited {b['expected_total']}); transfers told ok {b['transfers_ok']},"
-            f" refused {b['transfers_refused']}; {b['entries']} entries"
-            + ("; balanced, each applied exactly once, every reply the stored one" if not r.books_failures else ""),
-        ))
+        rows.append(
+            (
+                "books",
+                b["error"]
+                if "error" in b
+                else f"{b['accounts']} accounts hold {b['total']} (deposited {b['expected_total']}); transfers told ok {b['transfers_ok']},"
+                f" refused {b['transfers_refused']}; {b['entries']} entries"
+                + ("; balanced, each applied exactly once, every reply the stored one" if not r.books_failures else ""),
+            )
+        )
     if r.ok:
         verdict = "OK: every message acknowledged and answered exactly once, with the right data"
     elif r.exit_status == 2:

@@ -98,9 +98,7 @@ def judge(sent: Iterable[int], acked: Iterable[int], replies: Mapping[int, int],
     return v
 
 
-def judge_marks(
-    marks: bytes | bytearray, *, base: int = 0, stride: int = 1, unexpected: int = 0, name: str = ""
-) -> Verdict:
+def judge_marks(marks: bytes | bytearray, *, base: int = 0, stride: int = 1, unexpected: int = 0, name: str = "") -> Verdict:
     """Verdict from a marks array: byte k describes id `base + k * stride` (SENT, ACKED, reply count).
 
     Replies to ids outside the array are not in it; pass their number as `unexpected`.

@@ -99,8 +99,16 @@ class FrameStream:
                 f" this program speaks {LINK_PROTOCOL} (hsb {__version__}): install the same hsb version everywhere",
                 {"t": "error", "code": "version_mismatch"},
             )
-        self.send({"t": "auth", "name": name, "link": link, "mac": auth.answer(secret, ch["nonce"], link, name),
-                   "proto": LINK_PROTOCOL, "version": __version__})
+        self.send(
+            {
+                "t": "auth",
+                "name": name,
+                "link": link,
+                "mac": auth.answer(secret, ch["nonce"], link, name),
+                "proto": LINK_PROTOCOL,
+                "version": __version__,
+            }
+        )
         ok = await self.recv(timeout)
         if ok.get("t") == "error":
             raise LinkClosed(f"{ok.get('code')}: {ok.get('msg')}", ok)
@@ -135,7 +143,9 @@ class FrameStream:
             exc.__traceback__ = None  # a cycle per reset that full collections would be needed for
 
 
-async def request(host: str, port: int, secret: bytes, msg: dict[str, Any], *, link: str = "admin", name: str = "hsbctl", timeout: float = 3.0) -> dict[str, Any]:
+async def request(
+    host: str, port: int, secret: bytes, msg: dict[str, Any], *, link: str = "admin", name: str = "hsbctl", timeout: float = 3.0
+) -> dict[str, Any]:
     """One admin request/answer round trip on a fresh connection."""
     fs = await FrameStream.connect(host, port, timeout=timeout)
     try:

@@ -222,8 +222,13 @@ class FramedProtocol(asyncio.Protocol):
             self._linger_handle = self._loop.call_later(CLOSE_LINGER_S, self._linger_check, left)
             return
         CONNECTIONS_DROPPED[self.link] += 1
-        log.warning("connection_dropped", link=self.link, peer=self.peer, unsent_bytes=left,
-                    reason=f"closed, and nothing it was sent was read for {CLOSE_LINGER_S:g}s")
+        log.warning(
+            "connection_dropped",
+            link=self.link,
+            peer=self.peer,
+            unsent_bytes=left,
+            reason=f"closed, and nothing it was sent was read for {CLOSE_LINGER_S:g}s",
+        )
         tr.abort()
 
     def abort(self) -> None:

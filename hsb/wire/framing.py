@@ -100,9 +100,7 @@ class Decoder:
                 if length == 0:
                     raise ProtocolError(EMPTY_FRAME, "frame of length 0")
                 if length > self.max_frame:
-                    raise ProtocolError(
-                        FRAME_TOO_LARGE, f"frame of {length} bytes exceeds the maximum of {self.max_frame}"
-                    )
+                    raise ProtocolError(FRAME_TOO_LARGE, f"frame of {length} bytes exceeds the maximum of {self.max_frame}")
                 if n - pos - 4 < length:
                     break
                 body = bytes(buf[pos + 4 : pos + 4 + length])

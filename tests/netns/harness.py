@@ -341,17 +341,20 @@ class Lab:
         self.secret_file.write_text(secrets.token_urlsafe(32) + "\n")
         self.secret_file.chmod(0o600)
         group = {"prefix": "T", "count": self.terminals, "width": 5}
-        cp = _section("cp", {
-            "name": "cp",
-            "terminal_listen": self.data("cp", "terminal"),
-            "host_listen": self.data("cp", "host"),
-            "admin_listen": self.mgmt("cp", "admin"),
-            "http_listen": self.mgmt("cp", "http"),
-            "secret_file": str(self.secret_file),
-            "held_bound": 256,
-            "host_timeout": self.host_timeout,
-            "host_lease": lease_for(self.host_timeout),
-        }) + _section("[terminal_groups]", {**group, "standby_capable": True, "attrs": {"kind": "till"}})
+        cp = _section(
+            "cp",
+            {
+                "name": "cp",
+                "terminal_listen": self.data("cp", "terminal"),
+                "host_listen": self.data("cp", "host"),
+                "admin_listen": self.mgmt("cp", "admin"),
+                "http_listen": self.mgmt("cp", "http"),
+                "secret_file": str(self.secret_file),
+                "held_bound": 256,
+                "host_timeout": self.host_timeout,
+                "host_lease": lease_for(self.host_timeout),
+            },
+        ) + _section("[terminal_groups]", {**group, "standby_capable": True, "attrs": {"kind": "till"}})
         (d / "cp.toml").write_text("\n".join(cp))
         takeover = d / "takeover.dat"
         records = records_for(self.terminals)
@@ -362,24 +365,40 @@ class Lab:
             opts: dict[str, Any] = {"logon_ms": 0}
             if self.service == "journal":
                 opts["journal"] = str(self.journal(me))
-            text = _section("host", {
-                "name": name,
-                "peer_listen": self.peer(me),
-                "peer": self.peer(other),
-                "cp": self.data("cp", "host"),
-                "admin_listen": self.mgmt(me, "admin"),
-                "http_listen": self.mgmt(me, "http"),
-                "secret_file": str(self.secret_file),
-                "service": self.service,
-                "fast_switch": self.fast_switch,
-                "heartbeat_interval": self.heartbeat_interval,
-                "heartbeat_timeout": self.heartbeat_timeout,
-            }) + _section("takeover", {"path": str(takeover), "records": records, "record_size": 4096}) + _section(
-                "service_options", opts
-            ) + _section("[terminal_groups]", {**group, "attrs": attrs})
+            text = (
+                _section(
+                    "host",
+                    {
+                        "name": name,
+                        "peer_listen": self.peer(me),
+                        "peer": self.peer(other),
+                        "cp": self.data("cp", "host"),
+                        "admin_listen": self.mgmt(me, "admin"),
+                        "http_listen": self.mgmt(me, "http"),
+                        "secret_file": str(self.secret_file),
+                        "service": self.service,
+                        "fast_switch": self.fast_switch,
+                        "heartbeat_interval": self.heartbeat_interval,
+                        "heartbeat_timeout": self.heartbeat_timeout,
+                    },
+                )
+                + _section("takeover", {"path": str(takeover), "records": records, "record_size": 4096})
+                + _section("service_options", opts)
+                + _section("[terminal_groups]", {**group, "attrs": attrs})
+            )
             (d / f"{name}.toml").write_text("\n".join(text))
 
-    def spawn(self, name: str, node: str, argv: list[str], *, log: Path | None = None, stdin: Any = subprocess.DEVNULL, stdout: Any = None, env: dict[str, str] | None = None) -> Daemon:
+    def spawn(
+        self,
+        name: str,
+        node: str,
+        argv: list[str],
+        *,
+        log: Path | None = None,
+        stdin: Any = subprocess.DEVNULL,
+        stdout: Any = None,
+        env: dict[str, str] | None = None,
+    ) -> Daemon:
         """Run argv inside `node`'s namespace (in its own session); stderr (and stdout unless given) to the log."""
         log = log or self.dir / f"{name}.log"
         fh = open(log, "ab")  # noqa: SIM115 - the child's log, closed by its owner
@@ -429,7 +448,21 @@ class Lab:
         dm = self.spawn(
             "terminals",
             "t",
-            [sys.executable, "-m", "tests.netns.loadrun", "--cp", self.cp_terminal, "--terminals", str(terminals or self.terminals), "--rate", str(rate), "--settle", str(settle), "--out", str(out)],
+            [
+                sys.executable,
+                "-m",
+                "tests.netns.loadrun",
+                "--cp",
+                self.cp_terminal,
+                "--terminals",
+                str(terminals or self.terminals),
+                "--rate",
+                str(rate),
+                "--settle",
+                str(settle),
+                "--out",
+                str(out),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -501,8 +534,13 @@ class Lab:
     # One direction only: a tc class whose queue holds zero packets drops everything sent to it,
     # silently (no RST, no ICMP), so cutting one end of a veth cuts one direction. "out" is what
     # the node sends (its own end), "in" what it receives (the switch's end of its leg).
-    LEGS = {"cp": ("cp", "eth0", "d-cp"), "a": ("a", "eth0", "d-a"), "b": ("b", "eth0", "d-b"),
-            "peer": ("a", "peer0", "p-a"), "peer-b": ("b", "peer0", "p-b")}
+    LEGS = {
+        "cp": ("cp", "eth0", "d-cp"),
+        "a": ("a", "eth0", "d-a"),
+        "b": ("b", "eth0", "d-b"),
+        "peer": ("a", "peer0", "p-a"),
+        "peer-b": ("b", "peer0", "p-b"),
+    }
 
     def _tc(self, ns: str, script: str) -> None:
         r = subprocess.run(["tc", "-n", ns, "-batch", "-"], input=script, capture_output=True, text=True, timeout=15)
@@ -519,10 +557,15 @@ class Lab:
             by_ns.setdefault(ns, []).append(dev)
         t0 = time.time()
         for ns, devs in by_ns.items():
-            self._tc(ns, "".join(
-                f"qdisc add dev {d} root handle 1: htb default 10 r2q 100000\n"
-                f"class add dev {d} parent 1: classid 1:10 htb rate 10gbit\n"
-                f"qdisc add dev {d} parent 1:10 handle 10: pfifo limit 0\n" for d in devs))
+            self._tc(
+                ns,
+                "".join(
+                    f"qdisc add dev {d} root handle 1: htb default 10 r2q 100000\n"
+                    f"class add dev {d} parent 1: classid 1:10 htb rate 10gbit\n"
+                    f"qdisc add dev {d} parent 1:10 handle 10: pfifo limit 0\n"
+                    for d in devs
+                ),
+            )
         self.events.append((t0, f"{'+'.join(links)} {direction} cut"))
         self.one_way.update((direction, link) for link in links)
         return t0
@@ -744,9 +787,7 @@ class Watch:
         while True:
             t = time.time()
             if self.probe_active:
-                st, *codes = await asyncio.gather(
-                    self.lab.status(timeout=0.5), *(http_status(self.lab.mgmt(n, "http"), "/active") for n in nodes)
-                )
+                st, *codes = await asyncio.gather(self.lab.status(timeout=0.5), *(http_status(self.lab.mgmt(n, "http"), "/active") for n in nodes))
                 self.samples.append(Sample(t, st, [f"host-{n}" for n, c in zip(nodes, codes, strict=False) if c == 200]))
             else:
                 self.samples.append(Sample(t, await self.lab.status(timeout=0.5)))

@@ -118,7 +118,9 @@ async def run(name: str, d: Path, *, terminals: int = 200, rate: float = 400.0, 
             late = read_journal_tail(lab.journal("a"), out["journal_at_grant"])
             b = read_journal(lab.journal("b"))
             redone = [k for k in late if k in b and b[k][0] == 1]
-            assert len(redone) == len(late), f"host-a processed {len(late) - len(redone)} messages after the grant that host-b did not redo as redelivered: {sorted(set(late) - set(redone))[:5]}"
+            assert len(redone) == len(late), (
+                f"host-a processed {len(late) - len(redone)} messages after the grant that host-b did not redo as redelivered: {sorted(set(late) - set(redone))[:5]}"
+            )
             out["a_processed_after_grant"] = len(late)
         out.pop("t_cut", None)
         if log is not None:
@@ -144,7 +146,9 @@ async def peer_link_cut(lab: Lab, watch: Watch, out: dict[str, Any], hold: float
     assert "refused" in (b.get("last_error") or ""), f"host-b should have asked and been refused: {b.get('last_error')}"
     assert st["cp"]["epoch"] == epoch and _active(st) == "host-a", "the CP switched over on a lost peer link alone"
     t_heal = lab.heal("peer")
-    st = await lab.wait(lambda s: s["established"] and all((h.get("peer_link") or {}).get("up") for h in s["hosts"]), 15, "established again after the heal")
+    st = await lab.wait(
+        lambda s: s["established"] and all((h.get("peer_link") or {}).get("up") for h in s["hosts"]), 15, "established again after the heal"
+    )
     out["heal_to_established_ms"] = _ms(t_heal, time.time())
     assert st["cp"]["epoch"] == epoch and st["cp"]["switchovers"] == 0
     assert all(s.st["cp"].get("epoch") in (epoch, None) for s in watch.samples), "the epoch moved during a peer-link cut"

@@ -32,7 +32,9 @@ pytestmark = [
 def _show(capsys: Any, out: dict[str, Any]) -> None:
     keys = [k for k in out if k.endswith("_ms")]
     line = f"\n[partition] {out['scenario']}: " + ", ".join(f"{k.removesuffix('_ms')} {out[k]} ms" for k in keys if out[k] is not None)
-    extra = {k: out[k] for k in ("acked", "processed_twice", "a_processed_after_grant", "switched", "a_while_cut", "cp_standby_while_cut") if k in out}
+    extra = {
+        k: out[k] for k in ("acked", "processed_twice", "a_processed_after_grant", "switched", "a_while_cut", "cp_standby_while_cut") if k in out
+    }
     with capsys.disabled():
         print(line + f"; {json.dumps(extra)}")
 

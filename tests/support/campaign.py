@@ -66,9 +66,18 @@ ACTIONS: dict[str, tuple[str | None, bool]] = {
     "crash_cp_mid_compaction": ("cp.mid_compaction", False),
 }
 WEIGHTS = {
-    "kill_active": 4, "crash_before_reply": 3, "crash_mid_ring_group": 2, "crash_new_active_mid_redelivery": 2, "kill_standby": 2,
-    "crash_mid_batch_write": 1, "crash_between_batch_and_notice": 1,
-    "kill_cp": 2, "crash_cp_after_journal_write": 1, "crash_cp_mid_journal_group": 1, "crash_cp_after_reply_sent": 1, "crash_cp_mid_compaction": 1,
+    "kill_active": 4,
+    "crash_before_reply": 3,
+    "crash_mid_ring_group": 2,
+    "crash_new_active_mid_redelivery": 2,
+    "kill_standby": 2,
+    "crash_mid_batch_write": 1,
+    "crash_between_batch_and_notice": 1,
+    "kill_cp": 2,
+    "crash_cp_after_journal_write": 1,
+    "crash_cp_mid_journal_group": 1,
+    "crash_cp_after_reply_sent": 1,
+    "crash_cp_mid_compaction": 1,
 }
 CP_SEGMENT_KIB = 64  # small journal segments, so that compaction (and its crash point) happens in a campaign
 
@@ -98,7 +107,14 @@ class CampaignError(AssertionError):
 
 class Campaign:
     def __init__(
-        self, d: Path, *, seed: int, terminals: int = 100, rate: float = 300.0, churners: int = 8, say: Any = print,
+        self,
+        d: Path,
+        *,
+        seed: int,
+        terminals: int = 100,
+        rate: float = 300.0,
+        churners: int = 8,
+        say: Any = print,
         ledger: dict[str, Any] | None = None,
     ) -> None:
         """`ledger` ({"dsn": …} or {} for SQLite in the sandbox): the ledger service under a
@@ -124,7 +140,11 @@ class Campaign:
     async def status(self) -> dict[str, Any]:
         st = self.state()
         s = await status_all(st["cp"]["admin"], [h["admin"] for h in st["hosts"].values()], str(self.d / "secret"), timeout=1.0)
-        serving = [h["name"] for h in s["hosts"] if h.get("reachable") and h.get("role") == "active" and h.get("state") not in ("fenced", "stopping", "starting")]
+        serving = [
+            h["name"]
+            for h in s["hosts"]
+            if h.get("reachable") and h.get("role") == "active" and h.get("state") not in ("fenced", "stopping", "starting")
+        ]
         if len(serving) > 1:
             self.two_actives = True
         return s
@@ -284,7 +304,9 @@ class Campaign:
             if all(sessions.get(n, {}).get("standby") for n in want):
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"round {i}: load terminals without a standby session: {[n for n in want if not sessions.get(n, {}).get('standby')][:5]}")
+                raise TimeoutError(
+                    f"round {i}: load terminals without a standby session: {[n for n in want if not sessions.get(n, {}).get('standby')][:5]}"
+                )
             await asyncio.sleep(0.05)
 
     def point_reached(self, point: str, pid: int) -> bool:
@@ -361,9 +383,14 @@ class Campaign:
     async def run(self, rounds: int) -> dict[str, Any]:
         self.say(f"campaign seed {self.seed}: {rounds} rounds, {self.n} terminals at {self.rate:.0f} msg/s")
         info = await sandbox.aup(
-            self.d, terminals=self.n + self.churners, service="ledger" if self.ledger is not None else "journal",
-            dsn=(self.ledger or {}).get("dsn"), host_env={h: self.env(h) for h in HOSTS},
-            cp_env=self.env("cp"), journal_segment_kib=CP_SEGMENT_KIB, timeout=60,
+            self.d,
+            terminals=self.n + self.churners,
+            service="ledger" if self.ledger is not None else "journal",
+            dsn=(self.ledger or {}).get("dsn"),
+            host_env={h: self.env(h) for h in HOSTS},
+            cp_env=self.env("cp"),
+            journal_segment_kib=CP_SEGMENT_KIB,
+            timeout=60,
         )
         books = info["ledger"]
         for h in ("cp", *HOSTS):
@@ -375,8 +402,22 @@ class Campaign:
 
         load = asyncio.ensure_future(
             # disconnects are judged per round (allowed only where a terminal could lack a standby session)
-            run_load(self.state()["cp"]["terminal"], terminals=self.n, rate=self.rate, duration=86400, settle=30, record_ids=True, sending=sending, stop=stop, progress=progress, progress_interval=0.1, expect_disconnects=True,
-                     id_base=self.id_base, workload=self.workload, books=books)
+            run_load(
+                self.state()["cp"]["terminal"],
+                terminals=self.n,
+                rate=self.rate,
+                duration=86400,
+                settle=30,
+                record_ids=True,
+                sending=sending,
+                stop=stop,
+                progress=progress,
+                progress_interval=0.1,
+                expect_disconnects=True,
+                id_base=self.id_base,
+                workload=self.workload,
+                books=books,
+            )
         )
         churn = asyncio.ensure_future(self.churn(churn_stop))
         try:
@@ -386,7 +427,11 @@ class Campaign:
                 if self.workload is not None:
                     await self.check_books_now(books, r)
                 self.rounds.append(r)
-                self.say(f"  round {i:4d} seed {r.seed:>16} {r.action:<32} epoch {r.epoch_before}->{r.epoch_after} {r.ms:7.0f} ms" + (" (operator restart)" if r.recovered_by_operator else "") + ("; " + "; ".join(r.notes) if r.notes else ""))
+                self.say(
+                    f"  round {i:4d} seed {r.seed:>16} {r.action:<32} epoch {r.epoch_before}->{r.epoch_after} {r.ms:7.0f} ms"
+                    + (" (operator restart)" if r.recovered_by_operator else "")
+                    + ("; " + "; ".join(r.notes) if r.notes else "")
+                )
         finally:
             churn_stop.set()
             stop.set()

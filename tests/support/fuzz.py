@@ -190,7 +190,9 @@ class Witness:
         self.conn.send({"t": "msg", "id": mid, "data": f"witness {mid}".encode()})
         want = "reply" if self.need_reply else "ack"
         m = self.conn.wait_for(lambda m: m.get("t") == want and m.get("id") == mid, timeout)
-        assert m is not None, f"witness {self.name}: no {want} for id {mid} within {timeout}s (eof={self.conn.eof}, last frames {self.conn.frames[-3:]})"
+        assert m is not None, (
+            f"witness {self.name}: no {want} for id {mid} within {timeout}s (eof={self.conn.eof}, last frames {self.conn.frames[-3:]})"
+        )
         if want == "reply":
             assert m["data"] == f"witness {mid}".encode(), m
         return time.monotonic() - t0
@@ -237,10 +239,27 @@ def _str_raw(b: bytes) -> bytes:
 def hostile_bodies(draw: Any, types: Iterable[str]) -> bytes:
     """One frame body: deep nesting, invalid UTF-8, huge declared lengths, huge ints, odd types."""
     t = draw(st.sampled_from(sorted(types)))
-    kind = draw(st.sampled_from([
-        "deep_array", "deep_map_field", "utf8_type", "utf8_key", "utf8_field", "huge_len", "huge_int_field",
-        "ext", "non_map", "non_str_keys", "no_type", "type_not_str", "trailing", "truncated", "values",
-    ]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "deep_array",
+                "deep_map_field",
+                "utf8_type",
+                "utf8_key",
+                "utf8_field",
+                "huge_len",
+                "huge_int_field",
+                "ext",
+                "non_map",
+                "non_str_keys",
+                "no_type",
+                "type_not_str",
+                "trailing",
+                "truncated",
+                "values",
+            ]
+        )
+    )
     bad = draw(st.sampled_from(INVALID_UTF8))
     if kind == "deep_array":
         n = draw(st.integers(100, 100_000))
@@ -281,7 +300,9 @@ def hostile_bodies(draw: Any, types: Iterable[str]) -> bytes:
     if kind == "truncated":
         body = packb({"t": t, "x": draw(st.binary(min_size=4, max_size=64))})
         return body[: draw(st.integers(1, len(body) - 1))]
-    return packb({"t": draw(st.one_of(st.sampled_from(sorted(types)), st.text(max_size=12))), **draw(st.dictionaries(st.text(max_size=8), VALUES, max_size=4))})
+    return packb(
+        {"t": draw(st.one_of(st.sampled_from(sorted(types)), st.text(max_size=12))), **draw(st.dictionaries(st.text(max_size=8), VALUES, max_size=4))}
+    )
 
 
 @st.composite
@@ -327,7 +348,15 @@ CP_ADMIN_FIELDS: dict[str, dict[str, Any]] = {"status": {}, "sessions": {}}
 HOST_ADMIN_FIELDS: dict[str, dict[str, Any]] = {"status": {}, "promote": {}, "switchover": {}}
 NONE = type(None)
 PEER_FIELDS: dict[str, dict[str, Any]] = {  # docs/protocol.md §5
-    "peer_hello": {"name": StrT, "role": StrT, "state": StrT, "instance": StrT, "partner": (StrT, NONE), "startup_id": (IntT, NONE), "ring_next": (IntT, NONE)},
+    "peer_hello": {
+        "name": StrT,
+        "role": StrT,
+        "state": StrT,
+        "instance": StrT,
+        "partner": (StrT, NONE),
+        "startup_id": (IntT, NONE),
+        "ring_next": (IntT, NONE),
+    },
     "hb": {"role": StrT, "state": StrT, "instance": StrT, "ring_next": (IntT, NONE)},
     "active_startup": {"name": StrT, "instance": StrT},
     "standby_startup": {"startup_id": IntT, "name": StrT},

@@ -35,7 +35,16 @@ async def start_pair(
     # peer ports are named in both configs before either host listens: they cannot be 0
     ports = {"host-a": f"127.0.0.1:{free_port()}", "host-b": f"127.0.0.1:{free_port()}"}
     for name, role, other in (("host-a", "active", "host-b"), ("host-b", "standby", "host-a")):
-        p = host_config(d, name, cp=cp.bound["host"], peer_listen=ports[name], peer=ports[other], takeover=d / "takeover.dat", records=records, terminals=terminals)
+        p = host_config(
+            d,
+            name,
+            cp=cp.bound["host"],
+            peer_listen=ports[name],
+            peer=ports[other],
+            takeover=d / "takeover.dat",
+            records=records,
+            terminals=terminals,
+        )
         h = hosts[name] = HostServer(load(p, HostConfig), role, SECRET, service(name))
         await h.startup()
         tasks.append(asyncio.ensure_future(h.ha.run()))

@@ -59,7 +59,9 @@ class Pair:
             if self.hosts[name].popen.poll() is not None:
                 raise RuntimeError(f"{name} exited {self.hosts[name].popen.returncode}; log tail:\n{self.hosts[name].log.read_text()[-2500:]}")
             if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"{name} not {role or ''} {state} after {timeout}s; last status {last.get('role')}/{last.get('state')} {last.get('last_error')}")
+                raise TimeoutError(
+                    f"{name} not {role or ''} {state} after {timeout}s; last status {last.get('role')}/{last.get('state')} {last.get('last_error')}"
+                )
             await asyncio.sleep(0.05)
 
     def stop(self) -> None:
@@ -89,7 +91,16 @@ def make_pair(
         raise
 
 
-def _configure(d: Path, cp: Proc, records: int, host_a: dict[str, Any] | None, host_b: dict[str, Any] | None, separate_files: bool, create_file: bool, common: dict[str, Any]) -> Pair:
+def _configure(
+    d: Path,
+    cp: Proc,
+    records: int,
+    host_a: dict[str, Any] | None,
+    host_b: dict[str, Any] | None,
+    separate_files: bool,
+    create_file: bool,
+    common: dict[str, Any],
+) -> Pair:
     pa, pb = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     files = {"host-a": d / "takeover.dat", "host-b": d / ("takeover-b.dat" if separate_files else "takeover.dat")}
     if create_file:

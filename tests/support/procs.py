@@ -116,8 +116,13 @@ from hsb.config import toml_value  # noqa: E402  (one writer for generated confi
 def cp_config(d: Path, *, terminals: int = 10, prefix: str = "T", extra_terms: list[dict[str, Any]] | None = None, **cp: Any) -> Path:
     write_secret(d)
     # fixed free ports, not 0: a restarted hsbcpd (restart_cp) listens where the first one did
-    base = {"name": "cp", "terminal_listen": f"127.0.0.1:{free_port()}", "host_listen": f"127.0.0.1:{free_port()}",
-            "admin_listen": f"127.0.0.1:{free_port()}", "secret_file": "secret"}
+    base = {
+        "name": "cp",
+        "terminal_listen": f"127.0.0.1:{free_port()}",
+        "host_listen": f"127.0.0.1:{free_port()}",
+        "admin_listen": f"127.0.0.1:{free_port()}",
+        "secret_file": "secret",
+    }
     base.update(cp)
     lines = ["[cp]"] + [f"{k} = {toml_value(v)}" for k, v in base.items()]
     if terminals:
@@ -191,7 +196,13 @@ def host_config(
     if service_options:
         lines += ["", "[service_options]"] + [f"{k} = {toml_value(v)}" for k, v in service_options.items()]
     if terminals:
-        lines += ["", "[[terminal_groups]]", f'prefix = "{prefix}"', f"count = {terminals}", f"attrs = {toml_value(attrs if attrs is not None else {'protocol': 'hsb1', 'codepage': 'utf-8'})}"]
+        lines += [
+            "",
+            "[[terminal_groups]]",
+            f'prefix = "{prefix}"',
+            f"count = {terminals}",
+            f"attrs = {toml_value(attrs if attrs is not None else {'protocol': 'hsb1', 'codepage': 'utf-8'})}",
+        ]
     for t in extra_terms or []:
         lines += ["", "[[terminals]]"] + [f"{k} = {toml_value(v)}" for k, v in t.items()]
     p = d / f"{name}.toml"
@@ -213,6 +224,10 @@ def start_host(d: Path, name: str, role: str, cfg: Path, env: dict[str, str] | N
 
 
 def create_takeover_file(path: Path, records: int, record_size: int = 4096) -> None:
-    r = subprocess.run([sys.executable, "-m", "hsb.ctl", "file", "create", str(path), "--records", str(records), "--record-size", str(record_size)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "hsb.ctl", "file", "create", str(path), "--records", str(records), "--record-size", str(record_size)],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         raise RuntimeError(f"hsbctl file create failed: {r.stderr}")

@@ -370,8 +370,20 @@ class NullJournal(Journal):
         return 0
 
     def status(self) -> dict[str, Any]:
-        return {"dir": None, "durability": "none", "state": "ok", "error": None, "segments": 0, "size_bytes": 0,
-                "records_live": 0, "pending_records": 0, "last_sync_at": None, "last_sync_ms": None, "syncs": 0, "stalls": 0}
+        return {
+            "dir": None,
+            "durability": "none",
+            "state": "ok",
+            "error": None,
+            "segments": 0,
+            "size_bytes": 0,
+            "records_live": 0,
+            "pending_records": 0,
+            "last_sync_at": None,
+            "last_sync_ms": None,
+            "syncs": 0,
+            "stalls": 0,
+        }
 
     def close(self) -> None:
         pass
