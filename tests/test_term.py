@@ -712,11 +712,15 @@ async def test_short_full_outage_is_measured_whole(fake: FakeCP) -> None:
     t0 = time.monotonic()
     await asyncio.sleep(0.03)  # a 30 ms outage of every terminal
     fake.resume()
-    held = time.monotonic() - t0
+    t1 = time.monotonic()
     r = await asyncio.wait_for(task, 20)
     assert r.ok, r.failures
-    # a message is sent every ms: the first one withheld waits the whole outage less at most ~1 ms
-    assert r.pause is not None and r.pause["worst_ms"] >= held * 1000 - 4, (r.pause, held)
+    # the first message that arrived during the outage waited from its arrival to the resume at
+    # least (the load shares this event loop: on a busy machine its first send may come late)
+    first = min(t for t in fake.arrivals if t0 <= t <= t1)
+    withheld_ms = (t1 - first) * 1000
+    assert withheld_ms >= 15, withheld_ms  # the outage did hold messages back
+    assert r.pause is not None and r.pause["worst_ms"] >= withheld_ms - 1, (r.pause, withheld_ms)
 
 
 async def test_each_terminal_sends_on_its_own_schedule(fake: FakeCP) -> None:
