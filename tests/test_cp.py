@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hsb.wire.client import FrameStream, LinkClosed, request
 from hsb.wire.framing import encode
 from tests.support.hostclient import FakeHost, FakeTerminal
-from tests.support.procs import SECRET, Proc, addr, start_cp
+from tests.support.procs import SECRET, Proc, addr, start_cp, until
 
 ATTRS = {"protocol": "hsb1", "codepage": "utf-8"}
 
@@ -498,3 +498,27 @@ async def test_a_planned_handover_waits_two_seconds_at_most(cp: Proc) -> None:
     rec = (await status(cp))["last_switchover"]
     assert rec["switched"] == 1 and rec["classic"] == 1, rec
     await t2.wait_closed()
+
+
+async def test_the_same_active_on_a_new_link_replaces_its_old_one_another_is_refused(cp: Proc) -> None:
+    """The active's link broke on its side only (a reset the CP did not see): the same host
+    process registering again takes its role over on the new link; a different process with the
+    same name is refused as before."""
+    a1 = await FakeHost.connect(cp.info["host"], "host-a")
+    a1.auto_open = ATTRS
+    assert (await a1.register("active", instance="p1"))["t"] == "registered"
+    t = await logon(cp, "T00001")
+    await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+    a2 = await FakeHost.connect(cp.info["host"], "host-a")
+    a2.auto_open = ATTRS
+    ans = await a2.register("active", instance="p1")
+    assert ans["t"] == "registered" and ans["epoch"] > a1.epoch, ans
+    await until(lambda: a1.closed, 5, what="the old link dropped")
+    req = await a2.wait(lambda m: m["t"] == "session_request" and m["terminal"] == "T00001")
+    assert req
+    other = await FakeHost.connect(cp.info["host"], "host-a")
+    ans = await other.register("active", instance="p2")
+    assert ans["t"] == "error" and ans["code"] == "active_exists", ans
+    h, p = addr(cp.info["admin"])
+    st = (await request(h, p, SECRET, {"t": "status"}))["data"]
+    assert st["active"]["name"] == "host-a" and st["counters"]["failovers"] == 0

@@ -30,8 +30,8 @@ ATTRS = {"protocol": "hsb1"}
 # --------------------------------------------------------------------------- format and recovery (pure)
 
 
-def _segment(d: Path, n: int, recs: list[list[Any]]) -> Path:
-    p = d / segment_name(n)
+def _segment(d: Path, n: int, recs: list[list[Any]], gen: int = 0) -> Path:
+    p = d / segment_name(n, gen)
     p.write_bytes(b"".join(encode(r) for r in recs))
     return p
 
@@ -303,7 +303,10 @@ def test_a_damaged_journal_stops_the_start_naming_the_file_and_offset(tmp_path: 
     cp = start_cp(d, terminals=2)
     cp.stop()
     j = d / "cp-journal"
-    p = _segment(j, 50, [["ck", 1, None, 0, {}], ["a", "T00001", 1, b"one"], ["a", "T00001", 2, b"two"]])
+    from hsb.cp.journal.generation import Generations
+
+    # a segment of the generation the next start recovers (the last CP's)
+    p = _segment(j, 50, [["ck", 1, None, 0, {}], ["a", "T00001", 1, b"one"], ["a", "T00001", 2, b"two"]], gen=Generations(j).current())
     blob = bytearray(p.read_bytes())
     off = len(encode(["ck", 1, None, 0, {}]))
     blob[off + 3] ^= 0x40  # the length of the second record

@@ -34,6 +34,21 @@ class CPSection(Strict):
     durability: Literal["fsync", "none"] = "fsync"
     journal_timeout: float = Field(default=2.0, gt=0, le=600)
     journal_segment_kib: int = Field(default=8192, ge=16, le=1024 * 1024)  # a segment is closed past this size
+    # two CP machines (docs/operations.md, "Two CP machines"): "at_start" takes the journal over at
+    # once; "on_wake" waits (config loaded, admin and /health up) until keepalived's notify script
+    # sends SIGUSR1 on this machine becoming master, or until this machine holds terminal_listen's
+    # address while the serving CP's heartbeat has not moved for takeover_stale seconds
+    takeover: Literal["at_start", "on_wake"] = "at_start"
+    takeover_stale: float = Field(default=0.3, gt=0, le=600)
+    # written by keepalived's notify script: MASTER, BACKUP, FAULT or STOP (level, not edge: a
+    # hsbcpd started after the transition still reads it); "": SIGUSR1 only
+    wake_file: str = ""
+
+    @model_validator(mode="after")
+    def _takeover_needs_a_journal(self) -> CPSection:
+        if self.takeover == "on_wake" and self.durability == "none":
+            raise ValueError('takeover = "on_wake" needs the journal (durability = "fsync"): the CP taking over reads it')
+        return self
 
     @model_validator(mode="after")
     def _lease_rule(self) -> CPSection:

@@ -139,7 +139,30 @@ class CP(TerminalSide):
         """The first record of every new journal segment: what older segments would otherwise
         be needed for once they are dropped."""
         acked = {t.name: t.last_acked for t in self.terms.values() if t.last_acked}
-        return ["ck", self.epoch, self.recorded_active, 0, acked, {"history": self.history.entries, "paused": self.paused}]
+        j = self.journal
+        extra = {"history": self.history.entries, "paused": self.paused, "first": getattr(j, "first_seg", 0)}
+        return ["ck", self.epoch, self.recorded_active, getattr(j, "gen", 0), acked, extra]
+
+    def snapshot(self) -> list[list[Any]]:
+        """Every live record, for the first segment of this CP's generation (hsb.cp.journal):
+        held messages, kept replies, and how far each terminal confirmed."""
+        out: list[list[Any]] = []
+        for t in self.terms.values():
+            for held in t.held.values():
+                out.append(["a", t.name, held.id, held.data])
+            if t.confirmed:
+                out.append(["c", t.name, t.confirmed])
+            for kept in t.replies.values():
+                out.append(["r", t.name, kept.id, kept.data])
+        return out
+
+    def repin(self, seg: int) -> None:
+        """The snapshot is durable in segment `seg`: every live record now sits there."""
+        for t in self.terms.values():
+            for held in t.held.values():
+                held.seg = seg
+            for kept in t.replies.values():
+                kept.seg = seg
 
     # ------------------------------------------------------------------ the operator
     def set_paused(self, paused: bool, by: str) -> str:
@@ -186,6 +209,22 @@ class CP(TerminalSide):
     # ------------------------------------------------------------------ hosts
     def host_register(self, host: HostProtocol, role: str, startup_id: int) -> None:
         if role == "active":
+            cur = self.active
+            if cur is not None and not cur.closed and cur is not host and cur.name == host.name and host.instance and cur.instance == host.instance:
+                # the same host process on a new link: its old link broke on its side (a reset we
+                # have not seen yet). The new link replaces the old one; refusing it would fence
+                # a healthy active (and, after a failover, its successor too)
+                log.warning(
+                    "host_link_replaced",
+                    host=host.name,
+                    role="active",
+                    epoch=self.epoch,
+                    msg="the active host registered again on a new link: its old link is dropped",
+                )
+                self.active = None
+                cur.abort()
+                self._become_active(host, reason="registered again on a new link")
+                return
             if self.active is not None and not self.active.closed:
                 log.warning("registration_refused", host=host.name, role=role, active=self.active.name, epoch=self.epoch)
                 host.close_with_error(
@@ -206,6 +245,16 @@ class CP(TerminalSide):
                 self.standby = None
             self._become_active(host, reason="registered")
         elif role == "standby":
+            old = self.standby
+            if old is not None and not old.closed and old is not host and old.name == host.name and host.instance and old.instance == host.instance:
+                log.warning(
+                    "host_link_replaced", host=host.name, role="standby", msg="the standby registered again on a new link: its old link is dropped"
+                )
+                self.standby = None
+                for term in self.terms.values():
+                    if term.standby is not None and term.standby.host is old:
+                        term.standby = None
+                old.abort()
             if self.standby is not None and not self.standby.closed and self.standby is not host:
                 host.close_with_error("standby_exists", f"{self.standby.name} is already the standby host")
                 return

@@ -42,11 +42,15 @@ class HostProtocol(AuthServerProtocol):
         self.epoch = 0
         self.fenced = False
         self.released = False
+        self.instance: str | None = None
         self.server_name = cp.name
 
     @property
     def usable(self) -> bool:
         return self.authed and not self.closed and not self.fenced
+
+    def auth_ok_extra(self) -> dict[str, Any]:
+        return {"generation": getattr(self.cp.journal, "gen", 0)}  # hosts refuse a CP older than one they saw
 
     def _handle(self, msg: dict[str, Any]) -> None:
         if self.authed and msg["t"] not in ("register", "hb") and self.role is None:
@@ -75,6 +79,8 @@ class HostProtocol(AuthServerProtocol):
             raise ProtocolError("bad_role", "already registered on this link")
         role = require(msg, "role", str)
         sid = msg.get("startup_id", 0)
+        inst = msg.get("instance")
+        self.instance = inst if isinstance(inst, str) else None  # the host process (random per start)
         self.cp.host_register(self, role, sid if isinstance(sid, int) else 0)
 
     def on_hb(self, msg: dict[str, Any]) -> None:

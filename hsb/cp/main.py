@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
@@ -28,6 +29,7 @@ def config_warnings(cfg: CPConfig) -> list[str]:
 @click.version_option(__version__, prog_name="hsbcpd")
 def main(config_path: str, check_config: bool, log_level: str) -> None:
     """Run the communications processor in front of the terminals (docs/design.md)."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # keepalived's notify may come while starting: never die of it
     cfg = load_or_exit(config_path, CPConfig, check_config, warnings=config_warnings)
     secret = load_secret(cfg.cp.secret_file)
     logs.setup(log_level, process=f"hsbcpd:{cfg.cp.name}")
@@ -41,15 +43,17 @@ def main(config_path: str, check_config: bool, log_level: str) -> None:
 
         try:
             server = CPServer(cfg, secret, config_path)
-        except JournalDamaged as exc:
-            die(str(exc))
         except OSError as exc:
             die(f"cannot open the CP journal {cfg.cp.journal}: {exc.strerror or exc} (check [cp] journal and its permissions)")
         try:
             code = await server.serve()
             exit_watchdog(code)
             return code
+        except JournalDamaged as exc:
+            die(str(exc))
         except OSError as exc:
+            if server.state == "taking_over":
+                die(f"cannot open the CP journal {cfg.cp.journal}: {exc.strerror or exc} (check [cp] journal and its permissions)")
             die(f"cannot listen: {exc.strerror or exc} (is another hsbcpd running on these ports?)")
 
     sys.exit(loop.run(run()))

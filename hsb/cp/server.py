@@ -1,24 +1,36 @@
-"""hsbcpd's lifecycle: startup (listeners), tick (host-link silence, heartbeats), graceful shutdown.
+"""hsbcpd's lifecycle: startup (admin, then the journal taken over and the listeners), tick
+(host-link silence, heartbeats, the journal's generation), graceful shutdown.
 
-Signal handlers only set flags; the main loop acts on them.
+Two ways to start (`[cp] takeover`): "at_start" takes the journal over at once; "on_wake"
+(two CP machines behind keepalived, docs/operations.md) first waits with the config loaded and
+the admin link and /health up, until SIGUSR1 (keepalived's notify script, on this machine
+becoming master) or until this machine holds terminal_listen's address while the serving CP's
+heartbeat has stood still for `takeover_stale` seconds. Serving, it stops at once when a newer
+CP takes the journal over (exit 75), and when `on_wake` and its address is gone from this
+machine (keepalived moved it: exit 0, systemd starts it again, waiting).
+
+Signal handlers only set flags; the loops act on them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import structlog
 
-from hsb import faults, gcpolicy
+from hsb import __version__, faults, gcpolicy
 from hsb.config import parse_addr
 from hsb.cp.admin import CPAdminProtocol
 from hsb.cp.config import LEASE_MARGIN, CPConfig
 from hsb.cp.core import CP
 from hsb.cp.host_link import HostProtocol
-from hsb.cp.journal import Journal, Recovered, recover
+from hsb.cp.journal import Journal, recover
+from hsb.cp.journal.generation import Generations, Superseded
 from hsb.cp.terminal_link import TerminalProtocol
 from hsb.ops.http import json_route, start_http
 from hsb.ops.metrics import CPCollector, registry_for
@@ -29,6 +41,23 @@ from hsb.wire.framing import encode
 log = structlog.get_logger("hsb.cp")
 
 _HB = encode({"t": "hb"})
+EXIT_SUPERSEDED = 75  # a newer CP took the journal over: not restarted as the serving CP by itself
+WAIT_POLL = 0.05  # seconds between a waiting CP's looks at the address and the serving CP's heartbeat
+
+
+def holds_address(addr: str) -> bool:
+    """Whether `addr`'s host is an address of this machine (the virtual address keepalived
+    moves); a wildcard or a name counts as held."""
+    host, _ = parse_addr(addr)
+    if host in ("0.0.0.0", "::", "") or not host[0].isdigit():
+        return True
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((host, 0))
+            return True
+        except OSError:
+            return False
 
 
 class CPServer:
@@ -38,97 +67,245 @@ class CPServer:
         self.cfg = cfg
         self.config_path = config_path
         self.reload_requested = False
+        self.wake_requested = False
         self.secret = secret
-        self.recovered: Recovered | None = None
-        self.cp = CP(cfg, self._open_journal(cfg))
+        self.cp: CP | None = None  # None while waiting to take over
+        self.state = "starting"  # starting | waiting | serving | stopping
+        self.exit_code = 0
+        self.took_over: dict[str, Any] = {}
         self.should_exit = asyncio.Event()
+        self.woken = asyncio.Event()
         self.servers: list[asyncio.base_events.Server] = []
         self.hosts: set[HostProtocol] = set()
         self.bound: dict[str, str] = {}
+        durable = cfg.cp.durability != "none"
+        self.gens = Generations(Path(cfg.cp.journal)) if durable else None
+        if self.gens is not None:
+            Path(cfg.cp.journal).mkdir(parents=True, exist_ok=True)  # an unusable directory fails the start here
 
-    def _open_journal(self, cfg: CPConfig) -> Journal | None:
-        """Recover the journal before anything is accepted (SPEC §5.7); None: durability none."""
-        c = cfg.cp
-        if c.durability == "none":
-            log.warning("journal_off", msg='durability = "none": a crash of hsbcpd loses what it holds (for benchmarks only)')
-            return None
-        d = Path(c.journal)
-        self.recovered = recover(d)  # raises JournalDamaged (file and offset) on damage
-        return Journal(d, timeout=c.journal_timeout, segment_bytes=c.journal_segment_kib * 1024)
+    # ------------------------------------------------------------------ what the admin link sees
+    def status(self) -> dict[str, Any]:
+        if self.cp is not None:
+            return {**self.cp.status(), "cp_state": self.state, "takeover": self.cfg.cp.takeover, **self.took_over}
+        return {
+            "name": self.cfg.cp.name,
+            "role": "cp",
+            "version": __version__,
+            "pid": __import__("os").getpid(),
+            "state": "waiting",
+            "cp_state": self.state,
+            "takeover": self.cfg.cp.takeover,
+            "generation": None,
+            "journal_generation": self.gens.current() if self.gens is not None else 0,
+            "holds_address": holds_address(self.cfg.cp.terminal_listen),
+        }
 
-    async def startup(self) -> None:
+    def _journal(self) -> Journal | None:
+        return self.cp.journal if self.cp is not None and self.cp.journal.durable else None
+
+    # ------------------------------------------------------------------ startup
+    async def start_admin(self) -> None:
+        """The admin link and /health first: they answer while waiting too."""
         c = self.cfg.cp
-        r = self.recovered
-        if r is not None:
-            t0 = time.perf_counter()
-            self.cp.restore(r)
-            faults.point("cp.mid_recovery")
-            self.cp.journal.open(r.segments, r.live_by_segment())
-            log.info(
-                "journal_recovered",
-                dir=c.journal,
-                segments=len(r.segments),
-                records=r.records,
-                held=sum(len(v) for v in r.held.values()),
-                replies_kept=sum(len(v) for v in r.replies.values()),
-                terminals=len(r.last_acked),
-                epoch=r.epoch,
-                active=r.active,
-                torn_tail=r.torn,
-                bytes=r.bytes_read,
-                ms=round((r.seconds + time.perf_counter() - t0) * 1000, 1),
-            )
         loop = asyncio.get_running_loop()
+
+        def admin() -> CPAdminProtocol:
+            return CPAdminProtocol(self, secret=self.secret, auth_timeout=c.auth_timeout, idle_timeout=30.0, max_frame=c.max_frame)
+
+        h, p = parse_addr(c.admin_listen)
+        srv = await loop.create_server(admin, h, p, backlog=64, reuse_address=True)
+        self.servers.append(srv)
+        sock = srv.sockets[0].getsockname()
+        self.bound["admin"] = f"{sock[0]}:{sock[1]}"
+        if c.http_listen:
+            reg = registry_for(CPCollector(self.status, self._journal, lambda: self.cp.history if self.cp is not None else None))
+            routes = {
+                # 200 while this process is fine, waiting or serving (keepalived's track script):
+                # 503 once its journal cannot be written, so that the address moves on
+                "/health": json_route(lambda: (self._healthy(), self.status())),
+                "/active": json_route(lambda: (False, {"msg": "hsbcpd is the CP, not a host"})),
+                "/standby": json_route(lambda: (False, {"msg": "hsbcpd is the CP, not a host"})),
+                "/metrics": lambda: render_metrics(reg),
+            }
+            srv2, self.bound["http"] = await start_http(c.http_listen, routes)
+            self.servers.append(srv2)
+
+    def _healthy(self) -> bool:
+        if self.state == "stopping":
+            return False
+        j = self._journal()
+        return j is None or j.state == "ok"
+
+    def _master_here(self) -> bool:
+        """keepalived says this machine is master (its notify script's state file), or SIGUSR1 came."""
+        if self.wake_requested:
+            return True
+        f = self.cfg.cp.wake_file
+        if not f:
+            return False
+        try:
+            return Path(f).read_text().strip().upper().endswith("MASTER")
+        except OSError:
+            return False
+
+    async def wait_for_takeover(self) -> str | None:
+        """`takeover = "on_wake"`: until this machine holds the address and no CP serves the
+        journal (woken by keepalived and the serving CP's heartbeat older than takeover_stale on
+        this clock, or not seen to move for takeover_stale); the reason, or None if asked to exit."""
+        assert self.gens is not None
+        c = self.cfg.cp
+        self.state = "waiting"
+        log.info(
+            "cp_waiting",
+            name=c.name,
+            address=c.terminal_listen,
+            generation=self.gens.current(),
+            msg="waiting to take over the journal: keepalived making this machine master (wake_file, SIGUSR1) while no CP serves it",
+        )
+        notify(READY=1, STATUS="waiting to take over (keepalived)")
+        loop = asyncio.get_running_loop()
+        stamp: tuple[int, int] | None = None
+        still_since = time.monotonic()
+        watchdog = Watchdog()
+        told = False
+        while not self.should_exit.is_set():
+            watchdog.tick(time.monotonic())
+            held = await loop.run_in_executor(None, holds_address, c.terminal_listen)
+            woken = self._master_here()
+            if woken and not held and self.wake_requested:
+                log.info("cp_wake_ignored", address=c.terminal_listen, msg="woken, but this machine does not hold the address")
+            self.wake_requested = False
+            if held:
+                now_stamp = await loop.run_in_executor(None, self.gens.stamp)
+                if now_stamp != stamp:
+                    stamp, still_since = now_stamp, time.monotonic()
+                if now_stamp[0] == 0:
+                    return "the address is here and no CP ever served this journal"
+                gen, age = await loop.run_in_executor(None, self.gens.age)
+                if woken and (age is None or age >= c.takeover_stale):
+                    beat = "never" if age is None else f"{age:.3f} s ago"
+                    return f"woken holding the address; the CP of generation {gen} last beat {beat}"
+                if time.monotonic() - still_since >= c.takeover_stale:
+                    return f"the address is here and the CP of generation {gen} has not beaten for {c.takeover_stale:g} s"
+                if woken and not told:
+                    told = True
+                    log.warning(
+                        "cp_wake_deferred",
+                        generation=gen,
+                        last_beat_s=age,
+                        msg="master here, but another CP serves the journal and beats: not taking over (split brain?)",
+                    )
+            else:
+                stamp = None
+            self.woken.clear()
+            try:
+                await asyncio.wait_for(self.woken.wait(), WAIT_POLL)
+            except TimeoutError:
+                pass
+        return None
+
+    def take_over(self, reason: str) -> None:
+        """Take the journal's next generation, recover, write the snapshot; then `self.cp`."""
+        c = self.cfg.cp
+        t0 = time.perf_counter()
+        if self.gens is None:
+            log.warning("journal_off", msg='durability = "none": a crash of hsbcpd loses what it holds (for benchmarks only)')
+            self.cp = CP(self.cfg, None)
+            return
+        d = Path(c.journal)
+        gen = self.gens.take()  # durable before anything is read (SPEC §5.8)
+        r = recover(d)  # raises JournalDamaged (file and offset) on damage
+        journal = Journal(d, timeout=c.journal_timeout, segment_bytes=c.journal_segment_kib * 1024, generation=gen)
+        cp = CP(self.cfg, journal)
+        cp.restore(r)
+        faults.point("cp.mid_recovery")
+        seg = journal.open(r.highest_segment + 1, cp.snapshot(), [*r.garbage, *r.paths])
+        cp.repin(seg)
+        journal.on_superseded = self._superseded
+        self.cp = cp
+        self.took_over = {"generation": gen, "took_over": {"reason": reason, "at": time.time(), "from_generation": r.head_generation}}
+        log.info(
+            "journal_recovered",
+            dir=c.journal,
+            generation=gen,
+            from_generation=r.head_generation,
+            reason=reason,
+            segments=len(r.segments),
+            records=r.records,
+            held=sum(len(v) for v in r.held.values()),
+            replies_kept=sum(len(v) for v in r.replies.values()),
+            terminals=len(r.last_acked),
+            epoch=r.epoch,
+            active=r.active,
+            torn_tail=r.torn,
+            bytes=r.bytes_read,
+            ms=round((time.perf_counter() - t0) * 1000, 1),
+        )
+
+    async def start_serving(self) -> None:
+        c = self.cfg.cp
         cp = self.cp
+        assert cp is not None
+        loop = asyncio.get_running_loop()
 
         def terminal() -> TerminalProtocol:
-            return TerminalProtocol(
-                cp,
-                hello_timeout=c.auth_timeout,
-                idle_after_hello=c.terminal_idle_timeout or None,
-                max_frame=c.max_frame,
-            )
+            return TerminalProtocol(cp, hello_timeout=c.auth_timeout, idle_after_hello=c.terminal_idle_timeout or None, max_frame=c.max_frame)
 
         def host() -> HostProtocol:
             h = HostProtocol(cp, secret=self.secret, auth_timeout=c.auth_timeout, idle_timeout=None, max_frame=c.max_frame)
             self.hosts.add(h)
             return h
 
-        def admin() -> CPAdminProtocol:
-            return CPAdminProtocol(cp, secret=self.secret, auth_timeout=c.auth_timeout, idle_timeout=30.0, max_frame=c.max_frame)
-
-        for key, factory, backlog in (
-            ("terminal", terminal, 4096),
-            ("host", host, 16),
-            ("admin", admin, 64),
-        ):
+        for key, factory, backlog in (("terminal", terminal, 4096), ("host", host, 16)):
             h, p = parse_addr(getattr(c, f"{key}_listen"))
             srv = await loop.create_server(factory, h, p, backlog=backlog, reuse_address=True)
             self.servers.append(srv)
             sock = srv.sockets[0].getsockname()
             self.bound[key] = f"{sock[0]}:{sock[1]}"
-        if c.http_listen:
-            reg = registry_for(CPCollector(self.cp.status, self.cp.journal if self.cp.journal.durable else None, self.cp.history))
-            routes = {
-                "/health": json_route(lambda: (True, self.cp.status())),
-                "/active": json_route(lambda: (False, {"msg": "hsbcpd is the CP, not a host"})),
-                "/standby": json_route(lambda: (False, {"msg": "hsbcpd is the CP, not a host"})),
-                "/metrics": lambda: render_metrics(reg),
-            }
-            srv, self.bound["http"] = await start_http(c.http_listen, routes)
-            self.servers.append(srv)
-        log.info("cp_started", name=cp.name, terminals=len(cp.terms), **{f"{k}_listen": v for k, v in self.bound.items()})
+        self.state = "serving"
+        log.info(
+            "cp_started",
+            name=cp.name,
+            terminals=len(cp.terms),
+            generation=self.took_over.get("generation"),
+            **{f"{k}_listen": v for k, v in self.bound.items()},
+        )
         notify(READY=1, STATUS=f"serving {len(cp.terms)} terminals, epoch {cp.epoch}")
 
+    def _superseded(self, exc: Superseded) -> None:
+        """A newer CP owns the journal: stop at once (nothing more is acknowledged already)."""
+        self.exit_code = EXIT_SUPERSEDED
+        self.should_exit.set()
+
+    def _wake(self) -> None:
+        self.wake_requested = True  # the flag only; the loops act on it
+        self.woken.set()
+
     async def tick_loop(self) -> None:
+        assert self.cp is not None
         interval = min(self.cfg.cp.host_timeout / 10, 0.05)
         hb_every = min(self.cfg.cp.host_timeout / 4, 0.1)
         last_hb = 0.0
         last_journal = 0.0
+        last_beat = 0.0
         last_state = ""
         watchdog = Watchdog()
+        follow = self.cfg.cp.takeover == "on_wake"
         while not self.should_exit.is_set():
             self.cp.tick()
+            if time.monotonic() - last_beat >= 0.1:  # the generation check and heartbeat, also when idle
+                last_beat = time.monotonic()
+                await self.cp.journal.heartbeat()
+                if follow:  # serve only while this machine holds the address (keepalived)
+                    self.wake_requested = False
+                    if not await asyncio.get_running_loop().run_in_executor(None, holds_address, self.cfg.cp.terminal_listen):
+                        log.warning(
+                            "cp_released",
+                            address=self.cfg.cp.terminal_listen,
+                            msg="the address left this machine (keepalived): stop serving; systemd starts a waiting hsbcpd",
+                        )
+                        self.should_exit.set()
+                        break
             watchdog.tick(time.monotonic())
             if time.monotonic() - last_journal >= 1.0:
                 last_journal = time.monotonic()
@@ -157,13 +334,24 @@ class CPServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.should_exit.set)
         loop.add_signal_handler(signal.SIGHUP, self._sighup)
-        await self.startup()
+        loop.add_signal_handler(signal.SIGUSR1, self._wake)
+        await self.start_admin()
+        reason = "started"
+        if self.cfg.cp.takeover == "on_wake":
+            why = await self.wait_for_takeover()
+            if why is None:
+                await self.shutdown()
+                return 0
+            reason = why
+        self.state = "taking_over"
+        self.take_over(reason)
+        await self.start_serving()
         gcpolicy.apply()
         try:
             await self.tick_loop()
         finally:
             await self.shutdown()
-        return 0
+        return self.exit_code
 
     def _sighup(self) -> None:
         self.reload_requested = True  # the flag only; the tick loop reloads
@@ -178,6 +366,8 @@ class CPServer:
             return
         new, applied, restart = planned
         cp = self.cp
+        if cp is None:
+            return
         cp.held_bound = self.cfg.cp.held_bound = new.cp.held_bound
         if new.cp.host_timeout > cp.host_lease + LEASE_MARGIN:
             cp.host_timeout = self.cfg.cp.host_timeout = new.cp.host_timeout
@@ -198,8 +388,17 @@ class CPServer:
         reload.report(applied, restart, terminals_added=added, terminals_removed=len(removed))
 
     async def shutdown(self) -> None:
+        self.state = "stopping"
         notify(STOPPING=1, STATUS="stopping")
-        log.info("cp_stopping", held=sum(len(t.held) for t in self.cp.terms.values()))
+        held = sum(len(t.held) for t in self.cp.terms.values()) if self.cp is not None else 0
+        log.info("cp_stopping", held=held, superseded=self.exit_code == EXIT_SUPERSEDED)
+        if self.exit_code == EXIT_SUPERSEDED:  # at once: close every connection, nothing more goes out
+            for h in list(self.hosts):
+                h.abort()
+            if self.cp is not None:
+                for t in self.cp.terms.values():
+                    if t.conn is not None:
+                        t.conn.abort()
         for srv in self.servers:
             srv.close()
         for srv in self.servers:
@@ -207,5 +406,6 @@ class CPServer:
                 await asyncio.wait_for(srv.wait_closed(), 1.0)
             except TimeoutError:
                 pass
-        self.cp.journal.close()
-        log.info("cp_stopped")
+        if self.cp is not None:
+            self.cp.journal.close()
+        log.info("cp_stopped", exit=self.exit_code)

@@ -58,6 +58,10 @@ class CPLink:
         self.task: asyncio.Task[None] | None = None
         self.stopped = False
         self.connects = 0
+        # the highest CP journal generation seen (SPEC §5.8): a CP with a lower one was
+        # superseded by another CP machine and is refused
+        self.cp_generation = 0
+        self.generation_refusals = 0
 
     @property
     def up(self) -> bool:
@@ -98,6 +102,7 @@ class CPLink:
         h, p = parse_addr(self.addr)
         backoff = Backoff(0.05, 1.0)
         refusals = RefusalLog("cp_link_refused", cp=self.addr)
+        gen_refusals = RefusalLog("cp_generation_refused", "tried again; the serving CP holds the address soon (keepalived)", cp=self.addr)
         while not self.stopped:
             try:
                 fs = await FrameStream.connect(h, p, timeout=2.0, max_frame=self.max_frame)
@@ -112,8 +117,23 @@ class CPLink:
                     refusals.seen(f"{exc.error.get('code')}: {exc.error.get('msg')}")  # type: ignore[union-attr]
                 await asyncio.sleep(backoff.next() if not refused else 5.0)
                 continue
+            gen = fs.auth_ok.get("generation")
+            if isinstance(gen, int) and gen < self.cp_generation:
+                self.generation_refusals += 1
+                gen_refusals.seen(
+                    f"the CP at {self.addr} has journal generation {gen}, below {self.cp_generation} seen before:"
+                    " a superseded CP (two CP machines, another one serves); not registering with it"
+                )
+                await fs.aclose()
+                await asyncio.sleep(backoff.next())
+                continue
+            if isinstance(gen, int) and gen > self.cp_generation:
+                if self.cp_generation:
+                    log.info("cp_generation_raised", cp=self.addr, generation=gen, was=self.cp_generation)
+                self.cp_generation = gen
             backoff.reset()
             refusals.clear()
+            gen_refusals.clear()
             self.fs = fs
             self.connects += 1
             self.last_rx = time.monotonic()

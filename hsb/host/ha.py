@@ -304,7 +304,7 @@ class HA:
     async def ev_cp_up(self) -> None:
         role = self.role if self.role in ("active", "standby") else self.started_role
         self.register_sent_at = time.monotonic()
-        self.srv.cp.send({"t": "register", "role": role, "startup_id": self.own_startup_id or 0})
+        self.srv.cp.send({"t": "register", "role": role, "startup_id": self.own_startup_id or 0, "instance": self.instance})
 
     async def ev_cp_down(self, why: str) -> None:
         self.registered = False
@@ -732,6 +732,7 @@ class HA:
             "established_since": self.established_since,
             "registered_at_cp": self.registered,
             "cp_link": "up" if self.srv.cp.up else "down",
+            "cp_generation": {"seen": self.srv.cp.cp_generation, "refusals": self.srv.cp.generation_refusals},
             "peer_link": {
                 "up": peer.up,
                 "peer": peer.peer_name,

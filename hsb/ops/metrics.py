@@ -105,6 +105,9 @@ class HostCollector:
             0 if sv.get("state") == "failing" else 1,
         )
         yield _c("hsb_service_retries", "Messages handed to the service again because it was unavailable.", sv.get("retries", 0))
+        cg = st.get("cp_generation") or {}
+        yield _g("hsb_cp_generation_seen", "The highest CP journal generation this host has seen (two CP machines).", cg.get("seen", 0))
+        yield _c("hsb_cp_generation_refusals", "Connections to a CP with an older generation than seen before, refused.", cg.get("refusals", 0))
         c = st.get("counters", {})
         yield _c("hsb_failovers", "Failovers this host took over in.", c.get("failovers", 0))
         yield _c("hsb_switchovers", "Planned switchovers this host took part in.", c.get("switchovers", 0))
@@ -144,14 +147,23 @@ def _sessions(doc: str, t: dict[str, Any]) -> Metric:
 
 
 class CPCollector:
-    def __init__(self, status: Callable[[], dict[str, Any]], journal: Any = None, history: Any = None) -> None:
+    def __init__(
+        self, status: Callable[[], dict[str, Any]], journal: Callable[[], Any] = lambda: None, history: Callable[[], Any] = lambda: None
+    ) -> None:
         self.status = status
-        self.journal = journal  # hsb.cp.journal.Journal: its group commits as a histogram
-        self.history = history  # hsb.cp.switchrec.History: switch durations and pauses by kind
+        self.get_journal = journal  # hsb.cp.journal.Journal: its group commits as a histogram
+        self.get_history = history  # hsb.cp.switchrec.History: switch durations and pauses by kind
 
     def collect(self) -> Iterator[Metric]:
         st = self.status()
+        self.journal, self.history = self.get_journal(), self.get_history()
         yield StateSetMetricFamily("hsb_role", "Role of this daemon.", value={"cp": True})
+        yield _g("hsb_cp_serving", "1 while this hsbcpd serves (0: waiting to take over, two CP machines).", 0 if st["state"] == "waiting" else 1)
+        gen = st.get("generation") if st.get("generation") is not None else st.get("journal_generation", 0)
+        yield _g("hsb_cp_generation", "The CP journal's generation this hsbcpd owns (waiting: the newest in the directory).", gen or 0)
+        if st["state"] == "waiting":
+            yield from _common()
+            return
         yield _g("hsb_epoch", "Current epoch.", st["epoch"])
         yield _g("hsb_cp_active_connected", "1 while an active host is connected.", 1 if st["state"] == "serving" else 0)
         t = st["terminals"]

@@ -14,8 +14,11 @@ EVERY_S = 60.0
 
 
 class RefusalLog:
-    def __init__(self, event: str, **fields: Any) -> None:
+    def __init__(
+        self, event: str, hint: str = "tried again every 5 s; fix the secret or install the same hsb version on both sides", **fields: Any
+    ) -> None:
         self.event = event
+        self.hint = hint
         self.fields = fields
         self.last: str | None = None
         self.count = 0
@@ -30,7 +33,7 @@ class RefusalLog:
                 reason=why,
                 refusals=self.count,
                 **self.fields,
-                msg="tried again every 5 s; fix the secret or install the same hsb version on both sides",
+                msg=self.hint,
             )
             self.last, self.logged_at = why, now
 

@@ -35,6 +35,10 @@ class AuthServerProtocol(FramedProtocol):
         self.name = "?"
         self.last_rx = time.monotonic()
 
+    def auth_ok_extra(self) -> dict[str, Any]:
+        """More for the `auth_ok` frame (the CP's host link: its journal generation)."""
+        return {}
+
     def on_open(self) -> None:
         self.set_deadline(self._auth_timeout)  # authenticated within auth_timeout of the connect, however slowly bytes arrive
         self.send({"t": "challenge", "nonce": self._nonce, "server": self.server_name, "proto": LINK_PROTOCOL, "version": __version__})
@@ -76,7 +80,7 @@ class AuthServerProtocol(FramedProtocol):
         self.clear_deadline()
         self.name = name[:64]
         self.set_idle_timeout(self._after_auth_idle)
-        self.send({"t": "auth_ok", "server": self.server_name})
+        self.send({"t": "auth_ok", "server": self.server_name, **self.auth_ok_extra()})
         log.info("link_authenticated", link=self.link, peer=self.peer, name=self.name)
         self.authenticated()
 

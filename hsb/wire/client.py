@@ -31,6 +31,7 @@ class FrameStream:
         self._pending: list[dict[str, Any]] = []
         self._out: list[bytes] = []
         self._flush_scheduled = False
+        self.auth_ok: dict[str, Any] = {}  # the server's auth_ok frame (the CP's generation, for one)
 
     @classmethod
     async def connect(cls, host: str, port: int, *, timeout: float = 5.0, max_frame: int = DEFAULT_MAX_FRAME) -> FrameStream:
@@ -114,6 +115,7 @@ class FrameStream:
             raise LinkClosed(f"{ok.get('code')}: {ok.get('msg')}", ok)
         if ok.get("t") != "auth_ok":
             raise ProtocolError("auth_failed", f"expected auth_ok, got {ok.get('t')!r}")
+        self.auth_ok = ok
         return str(ok.get("server", "?"))
 
     def close(self) -> None:

@@ -67,8 +67,8 @@ class FakeHost:
         if not self.closed:
             self.fs.send(m)
 
-    async def register(self, role: str, startup_id: int = 1) -> dict[str, Any]:
-        self.send({"t": "register", "role": role, "startup_id": startup_id})
+    async def register(self, role: str, startup_id: int = 1, instance: str | None = None) -> dict[str, Any]:
+        self.send({"t": "register", "role": role, "startup_id": startup_id, **({"instance": instance} if instance else {})})
         m = await self.wait(lambda m: m["t"] in ("registered", "error"))
         if m["t"] == "registered":
             self.epoch = m["epoch"]

@@ -12,9 +12,18 @@ Record kinds (the first element of each MessagePack array):
     ["e", epoch, active]           the epoch was raised; `active` holds the active role
     ["h", {...}]                   an entry of the switch history ({"epoch", "update": {...}}: an entry's pause)
     ["p", paused]                  the operator paused (or resumed) automatic failover
+    ["se"]                         the end of a takeover snapshot (below)
 
 Applying is idempotent and independent of where a record sits, so a record carried forward into
 a newer segment (compaction) replays to the same state.
+
+Generations (hsb.cp.journal.generation): segment files are `seg-GGGGGGGG-NNNNNNNN.hsbj`, G the
+generation of the CP that wrote them (`seg-NNNNNNNN.hsbj`, from before generations, count as
+generation 0). A CP that takes over writes, as the first segment of its generation, a
+checkpoint, every live record (the snapshot) and `["se"]`. Recovery reads only the newest
+generation whose snapshot is complete (its first segment has `se`, or was compacted away,
+which happens only after it was durable): what an older CP wrote after it was superseded, and a
+snapshot cut short by a crash, are never read, and are deleted once the next snapshot is durable.
 """
 
 from __future__ import annotations
@@ -29,22 +38,51 @@ from typing import Any
 
 from hsb.cp.journal.format import JournalDamaged, scan
 
-SEGMENT = re.compile(r"^seg-(\d{8})\.hsbj$")
+SEGMENT = re.compile(r"^seg-(?:(\d{8})-)?(\d{8})\.hsbj$")
 HISTORY_KEEP = 1000
 
 
-def segment_name(n: int) -> str:
-    return f"seg-{n:08d}.hsbj"
+def segment_name(n: int, gen: int = 0) -> str:
+    return f"seg-{gen:08d}-{n:08d}.hsbj" if gen else f"seg-{n:08d}.hsbj"
 
 
-def segments(d: Path) -> list[tuple[int, Path]]:
-    """The segment files of a journal directory, oldest first."""
+def segment_files(d: Path) -> list[tuple[int, int, Path]]:
+    """(generation, number, path) of every segment file of a journal directory, oldest first."""
     out = []
     for name in os.listdir(d):
         m = SEGMENT.match(name)
         if m:
-            out.append((int(m.group(1)), d / name))
+            out.append((int(m.group(1) or 0), int(m.group(2)), d / name))
     return sorted(out)
+
+
+def _complete(gen: int, segs: list[tuple[int, Path]]) -> bool:
+    """Whether generation `gen`'s segments hold a complete takeover snapshot (see the module docstring)."""
+    if gen == 0:
+        return True  # from before generations: no snapshot, the segments are the whole journal
+    first_n, path = segs[0]
+    try:
+        recs, _, _ = scan(path.read_bytes(), str(path))
+    except (FileNotFoundError, JournalDamaged):
+        return False
+    if not recs or recs[0][0] != "ck":
+        return False
+    extra = recs[0][5] if len(recs[0]) > 5 and isinstance(recs[0][5], dict) else {}
+    if first_n > int(extra.get("first", first_n)):
+        return True  # the snapshot's segment was settled and deleted: it was durable
+    return any(r[0] == "se" for r in recs)
+
+
+def lineage(d: Path) -> tuple[int, list[tuple[int, Path]], list[Path]]:
+    """(the generation to recover, its segments in order, every other segment file: garbage)."""
+    files = segment_files(d)
+    by_gen: dict[int, list[tuple[int, Path]]] = {}
+    for gen, n, path in files:
+        by_gen.setdefault(gen, []).append((n, path))
+    head = next((g for g in sorted(by_gen, reverse=True) if _complete(g, by_gen[g])), None)
+    segs = by_gen.get(head, []) if head is not None else []
+    keep = {p for _, p in segs}
+    return head or 0, segs, [p for _, _, p in files if p not in keep]
 
 
 @dataclass
@@ -60,6 +98,10 @@ class Recovered:
     paused: bool = False
     segments: list[int] = field(default_factory=list)
     last_segment: int = 0
+    head_generation: int = 0  # the generation whose segments were read
+    garbage: list[Path] = field(default_factory=list)  # segment files not read (older or unfinished generations)
+    paths: list[Path] = field(default_factory=list)  # the segment files read
+    highest_segment: int = 0  # the highest segment number of any file (new segments go above it)
     records: int = 0
     torn: str | None = None  # why the last segment's tail was dropped, if it was
     bytes_read: int = 0
@@ -133,6 +175,8 @@ def apply(r: Recovered, rec: list[Any], seg: int) -> None:
             del r.history[:-HISTORY_KEEP]
     elif kind == "p":
         r.paused = bool(rec[1])
+    elif kind == "se":
+        pass
     else:
         raise ValueError(f"unknown record kind {kind!r}")
 
@@ -144,9 +188,13 @@ def recover(d: Path, truncate: bool = True) -> Recovered:
     t0 = time.perf_counter()
     d.mkdir(parents=True, exist_ok=True)
     r = Recovered()
-    segs = segments(d)
+    r.head_generation, segs, r.garbage = lineage(d)
+    r.highest_segment = max((n for _, n, _ in segment_files(d)), default=0)
     for i, (n, path) in enumerate(segs):
-        buf = path.read_bytes()
+        try:
+            buf = path.read_bytes()
+        except FileNotFoundError:  # deleted meanwhile by a superseded CP: everything in it was settled
+            continue
         r.bytes_read += len(buf)
         recs, good, torn = scan(buf, str(path))
         if torn is not None:
@@ -174,6 +222,7 @@ def recover(d: Path, truncate: bool = True) -> Recovered:
             except (ValueError, TypeError, IndexError, AttributeError) as exc:
                 raise JournalDamaged(str(path), -1, f"a record does not make sense ({exc}): {str(rec)[:80]}") from None
         r.records += len(recs)
+        r.paths.append(path)
         r.segments.append(n)
         r.last_segment = n
     for per in (r.held, r.replies):

@@ -9,7 +9,11 @@ leaves its records pending: nothing waiting on them proceeds (no ack goes out fo
 durable); the journal reports itself `stalled` or `failing` and retries by itself, and carries
 on once the storage answers again.
 
-Segments: `seg-NNNNNNNN.hsbj`, each starting with a checkpoint record. The caller counts the
+Segments: `seg-GGGGGGGG-NNNNNNNN.hsbj` (G: this CP's generation, hsb.cp.journal.generation),
+each starting with a checkpoint record; the first one of a generation holds the takeover
+snapshot (every live record, then `se`), so nothing older is needed once it is durable. After
+every group commit the writer checks that no newer CP has taken the journal over before it
+reports the group durable: a superseded CP acknowledges nothing more (`on_superseded`). The caller counts the
 live records of each segment (`pin` / `unpin`): a message held, a reply kept. The oldest segment
 is deleted once nothing in it is live; the caller carries the few live records of an old segment
 forward (appends them again) so that it can go. Only the oldest goes first: a record that
@@ -34,6 +38,7 @@ import structlog
 
 from hsb import faults
 from hsb.cp.journal.format import encode
+from hsb.cp.journal.generation import Generations, Superseded
 from hsb.cp.journal.recovery import segment_name
 
 log = structlog.get_logger("hsb.cp")
@@ -52,8 +57,13 @@ class Journal:
 
     durable = True
 
-    def __init__(self, d: Path, *, timeout: float = 2.0, segment_bytes: int = SEGMENT_BYTES) -> None:
+    def __init__(self, d: Path, *, timeout: float = 2.0, segment_bytes: int = SEGMENT_BYTES, generation: int = 0) -> None:
         self.dir = d
+        self.gen = generation  # this CP's generation: its segments carry it, a newer one stops it
+        self.gens = Generations(d)
+        self.first_seg = 0  # this generation's first segment (the takeover snapshot)
+        self.superseded: Superseded | None = None
+        self.on_superseded: Callable[[Superseded], None] = lambda exc: None
         self.timeout = timeout
         self.segment_bytes = segment_bytes
         self.seg = 0  # the segment new records go to
@@ -86,18 +96,32 @@ class Journal:
         self._packer: Callable[[list[Any]], bytes] = lambda payload: encode(payload, packer)
 
     # ------------------------------------------------------------------ opening
-    def open(self, existing: list[int], live: dict[int, int]) -> None:
-        """After recovery: the segments found and their live counts; new records go to a new
-        segment (its checkpoint written and synced now, before anything is accepted)."""
-        self.segments = deque(existing)
-        self.live = {s: live.get(s, 0) for s in existing}
-        for s in existing:
-            self.sizes[s] = (self.dir / segment_name(s)).stat().st_size
-        self.seg = (existing[-1] if existing else 0) + 1
+    def open(self, first: int, snapshot: list[list[Any]], garbage: list[Path]) -> int:
+        """After recovery, before anything is accepted: this generation's first segment `first`
+        (above every segment number in the directory), holding the checkpoint, the `snapshot`
+        (every live record) and `se`, written and synced now; then every older segment file
+        goes. Returns the segment the snapshot's records are in."""
+        self.seg = self.first_seg = first
         self._new_segment()
+        for rec in snapshot:
+            self.append_sync(rec)
+        self.append_sync(["se"])
+        self.live[first] = len(snapshot)
         batch, self._pending = self._pending, []
         self._write(batch)  # blocking: at start, before any terminal is accepted
-        self._drop_settled()
+        for path in garbage:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self.gens.prune(self.gen)
+        return first
+
+    def append_sync(self, payload: list[Any]) -> None:
+        """Queue a record without scheduling a flush (the caller writes the batch itself)."""
+        rec = self._packer(payload)
+        self._pending.append((self.seg, rec))
+        self.sizes[self.seg] += len(rec)
 
     def _new_segment(self) -> None:
         n = self.seg
@@ -169,6 +193,10 @@ class Journal:
     # ------------------------------------------------------------------ writing (writer thread)
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self.superseded is not None:
+            self._pending.clear()
+            self._callbacks.clear()
+            return
         if self._inflight is not None or (not self._pending and not self._deletions):
             return
         batch, self._pending = self._pending, []
@@ -183,6 +211,7 @@ class Journal:
 
     def _write_and_delete(self, batch: list[tuple[int, bytes]], deletions: list[int]) -> float:
         took = self._write(batch)
+        self.gens.check(self.gen)  # superseded: no ack for this group, nothing deleted
         for s in deletions:
             faults.point("cp.mid_compaction")
             fd = self._fds.pop(s, None)
@@ -190,7 +219,7 @@ class Journal:
                 os.close(fd)
             self._offset.pop(s, None)
             try:
-                os.unlink(self.dir / segment_name(s))
+                os.unlink(self.dir / segment_name(s, self.gen))
             except FileNotFoundError:
                 pass
         return took
@@ -215,7 +244,7 @@ class Journal:
                         os.fdatasync(self._fds[old])
                         touched.remove(old)
                     os.close(self._fds.pop(old))
-                self._fds[seg] = os.open(self.dir / segment_name(seg), os.O_WRONLY | os.O_CREAT, 0o600)
+                self._fds[seg] = os.open(self.dir / segment_name(seg, self.gen), os.O_WRONLY | os.O_CREAT, 0o600)
                 self._offset.setdefault(seg, os.fstat(self._fds[seg]).st_size)
                 created = True
             data = b"".join(r for _, r in batch[i:j])
@@ -252,6 +281,9 @@ class Journal:
             self._timer = None
         self._inflight = None
         exc = fut.exception()
+        if isinstance(exc, Superseded):
+            self._stop_superseded(exc)
+            return
         if exc is not None:
             # keep the records (written again in place) and whatever waits on them
             self._pending[:0] = batch
@@ -275,6 +307,31 @@ class Journal:
             cb()
         if self._pending or self._deletions:
             self._flush()
+
+    def _stop_superseded(self, exc: Superseded) -> None:
+        """A newer CP owns the journal: nothing pending is reported durable, ever."""
+        if self.superseded is None:
+            self.superseded = exc
+            self._pending.clear()
+            self._callbacks.clear()
+            self._deletions.clear()
+            log.error("cp_superseded", generation=exc.own, newer=exc.newer, msg=str(exc))
+            self.on_superseded(exc)
+
+    async def heartbeat(self) -> None:
+        """The serving CP's tick: touch its generation file; stop if a newer CP took over."""
+        if self.superseded is not None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._exec, self._beat)
+        except Superseded as exc:
+            self._stop_superseded(exc)
+        except OSError as exc:  # the storage: the writes will report it
+            log.warning("journal_heartbeat_failed", error=str(exc))
+
+    def _beat(self) -> None:
+        self.gens.check(self.gen)
+        self.gens.beat(self.gen)
 
     def _retry_flush(self) -> None:
         if self._inflight is None:
@@ -306,6 +363,7 @@ class Journal:
         return {
             "dir": str(self.dir),
             "durability": "fsync",
+            "generation": self.gen,
             "state": self.state,
             "error": self.error,
             "segments": len(self.segments),
@@ -342,7 +400,10 @@ class NullJournal(Journal):
         self.stalls = 0
         self.syncs = 0
 
-    def open(self, existing: list[int], live: dict[int, int]) -> None:
+    def open(self, first: int, snapshot: list[list[Any]], garbage: list[Path]) -> int:
+        return 1
+
+    async def heartbeat(self) -> None:
         pass
 
     def append(self, payload: list[Any], done: Done | None = None) -> int:
@@ -373,6 +434,7 @@ class NullJournal(Journal):
         return {
             "dir": None,
             "durability": "none",
+            "generation": 0,
             "state": "ok",
             "error": None,
             "segments": 0,

@@ -1,0 +1,120 @@
+"""Fencing by generation (SPEC §5.8, docs/cp-journal.md): which CP may write the journal.
+
+A CP that takes over the journal first creates `gen-N` in the journal directory, N one above
+the highest there, with O_EXCL (atomic, also on NFS: of two CPs racing for the same N exactly
+one wins, and the other takes N+1). It reads nothing before that file is durable. The CP with
+the highest N owns the journal; one that sees `gen-(own+1)` has been superseded and stops at
+once: it checks after every group commit, before the acknowledgements of that group go out,
+and every tick while idle. So a CP alive behind a partition can never acknowledge a message
+the new CP did not see: the new CP made its generation durable before it read anything, and
+whatever the old CP made durable before its last successful check was there to read.
+
+The serving CP also touches its `gen-N` file every tick (its heartbeat): a CP waiting to take
+over can tell a serving CP from a dead one without comparing clocks (it watches the file's
+modification time change, on its own monotonic clock).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+from pathlib import Path
+
+GEN = re.compile(r"^gen-(\d{8})$")
+KEEP = 8  # older generation files are removed, the newest few kept for the record
+
+
+class Superseded(Exception):
+    """A newer CP owns the journal: this one must not acknowledge anything more."""
+
+    def __init__(self, own: int, newer: int) -> None:
+        super().__init__(f"the journal was taken over by a newer CP (generation {newer}; this CP has {own})")
+        self.own = own
+        self.newer = newer
+
+
+def gen_name(n: int) -> str:
+    return f"gen-{n:08d}"
+
+
+class Generations:
+    def __init__(self, d: Path) -> None:
+        self.dir = d
+
+    def current(self) -> int:
+        """The highest generation in the directory (0: none yet)."""
+        best = 0
+        for name in os.listdir(self.dir):
+            m = GEN.match(name)
+            if m:
+                best = max(best, int(m.group(1)))
+        return best
+
+    def take(self) -> int:
+        """Create the next generation's file, durably; the generation this CP now owns."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        n = self.current() + 1
+        while True:
+            try:
+                fd = os.open(self.dir / gen_name(n), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                n += 1  # another CP took this one at the same moment: the next is ours
+                continue
+            try:
+                os.write(fd, f"{socket.gethostname()} pid {os.getpid()} at {time.time():.3f}\n".encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            dfd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(dfd)  # the name is durable too
+            finally:
+                os.close(dfd)
+            return n
+
+    def newer_than(self, own: int) -> int | None:
+        """A generation above `own` if one exists (cheap: one stat), else None."""
+        if os.path.exists(self.dir / gen_name(own + 1)):
+            return self.current()
+        return None
+
+    def check(self, own: int) -> None:
+        """Raise Superseded if a newer CP owns the journal."""
+        newer = self.newer_than(own)
+        if newer is not None:
+            raise Superseded(own, newer)
+
+    def beat(self, own: int) -> None:
+        """The serving CP's heartbeat: its generation file's modification time moves."""
+        try:
+            os.utime(self.dir / gen_name(own))
+        except FileNotFoundError:
+            pass
+
+    def stamp(self) -> tuple[int, int]:
+        """(current generation, its file's mtime in ns): what a waiting CP watches."""
+        n = self.current()
+        if n == 0:
+            return 0, 0
+        try:
+            return n, os.stat(self.dir / gen_name(n)).st_mtime_ns
+        except FileNotFoundError:
+            return n, 0
+
+    def age(self) -> tuple[int, float | None]:
+        """(current generation, seconds since its CP last beat, on this machine's clock; None: never)."""
+        n, mtime_ns = self.stamp()
+        if n == 0 or mtime_ns == 0:
+            return n, None
+        return n, max(0.0, time.time() - mtime_ns / 1e9)
+
+    def prune(self, own: int) -> None:
+        for name in os.listdir(self.dir):
+            m = GEN.match(name)
+            if m and int(m.group(1)) < own - KEEP:
+                try:
+                    os.unlink(self.dir / name)
+                except FileNotFoundError:
+                    pass

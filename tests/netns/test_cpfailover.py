@@ -1,0 +1,171 @@
+"""A second CP machine (SPEC §5.8): the real keepalived moves the CP's address, the journal's
+generation fences the CP that lost it, resuming terminals lose nothing (tests/netns/cplab.py).
+
+Every test runs real hsbcpd (two, one journal directory), real keepalived (one per CP
+namespace, VRRPv3 every 100 ms), real hsbd and 300 to 1,000 resuming terminals sending to the
+journal service, and ends with the strict verdict and the journals: every acknowledged message
+answered exactly once, none processed twice without the redelivered mark. A watcher asks both
+CPs for their state every 50 ms over the management net: never may two of them serve at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.netns.cplab import CPS, CPPairLab, keepalived_reason
+from tests.netns.harness import check_delivery
+
+WHY = keepalived_reason()
+pytestmark = [pytest.mark.timeout(300), pytest.mark.skipif(WHY is not None, reason=WHY or "")]
+
+
+class CPWatch:
+    """Both CPs' states every 50 ms: the samples where more than one served."""
+
+    def __init__(self, lab: CPPairLab) -> None:
+        self.lab = lab
+        self.samples: list[tuple[float, dict[str, str], dict[str, Any]]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> CPWatch:
+        self.task = asyncio.ensure_future(self._run())
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            pass
+
+    async def _run(self) -> None:
+        while True:
+            t = time.time()
+            sts = await self.lab.cp_statuses()
+            self.samples.append(
+                (t, {n: str(s.get("cp_state", s.get("state"))) for n, s in sts.items()}, {n: s.get("generation") for n, s in sts.items()})
+            )
+            await asyncio.sleep(max(0.0, 0.05 - (time.time() - t)))
+
+    def two_serving(self) -> list[tuple[float, dict[str, str]]]:
+        return [(t, st) for t, st, _ in self.samples if sum(v == "serving" for v in st.values()) > 1]
+
+    def first_serving(self, node: str, after: float) -> float | None:
+        return next((t for t, st, _ in self.samples if t >= after and st.get(node) == "serving"), None)
+
+
+async def _started(lab: CPPairLab, rate: float) -> tuple[str, str, Any]:
+    await lab.start()
+    first = await lab.serving_cp()
+    assert first is not None
+    other = next(n for n in CPS if n != first)
+    load = lab.load(rate=rate, expect_disconnects=True, settle=40)
+    await load.sending(timeout=120)
+    await lab.wait(lambda s: s["cp"]["terminals"]["standby_sessions"] == lab.terminals, 60, "every standby session")
+    return first, other, load
+
+
+def _leg(node: str) -> str:
+    return "vrrp1" if node == "cp1" else "vrrp2"
+
+
+async def test_the_cp_machine_holding_the_address_cut_off_under_load(tmp_path: Path) -> None:
+    with CPPairLab(tmp_path / "lab", terminals=1000) as lab:
+        first, other, load = await _started(lab, rate=800)
+        async with CPWatch(lab) as watch:
+            await asyncio.sleep(1.0)  # traffic in flight
+            t_cut = lab.cut(first, _leg(first))  # every link of the machine but the management net
+            load.mark("cp_machine_cut", t_cut)
+            st = await lab.wait(
+                lambda s: s["cp"].get("name") == other and s["cp"].get("terminals", {}).get("active_sessions") == lab.terminals,
+                60,
+                f"{other} serving every terminal",
+            )
+            took = watch.first_serving(other, t_cut)
+            assert took is not None
+            assert lab.holds_vip(other) and not lab.holds_vip(first)
+            # the cut-off CP stopped serving (keepalived took its address: it let go)
+            released = lab.cp_events(first, "cp_released")
+            assert released, f"{first} did not let go of the journal"
+            await asyncio.sleep(1.0)
+            lab.heal(first, _leg(first))
+            await asyncio.sleep(2.0)  # the old machine is back: observe that it does not serve
+            sts = await lab.cp_statuses()
+            assert sts[first].get("cp_state") != "serving", sts[first]
+            assert sts[other].get("cp_state") == "serving" and lab.holds_vip(other)
+            report = await load.finish(timeout=120)
+        assert not watch.two_serving(), watch.two_serving()[:3]
+        gens = [e["generation"] for n in CPS for e in lab.cp_events(n, "journal_recovered")]
+        assert sorted(gens) == list(range(1, len(gens) + 1)), gens  # each takeover a new generation
+        check_delivery(lab, report, ["host-a"])
+        assert report["disconnects"] >= lab.terminals, report["disconnects"]  # each lost its CP and came back
+        print(f"\ncut -> {other} serving {1000 * (took - t_cut):.0f} ms; acked {report['acked']}; {st['cp']['generation']=}")
+
+
+async def test_split_brain_both_machines_master_at_most_one_cp_serves(tmp_path: Path) -> None:
+    """The VRRP link cut while both machines reach everything else: both become master and
+    hold the address; the CP that serves keeps serving (the other, woken, sees its heartbeat and
+    defers); healed, one machine stays master and its CP serves; nothing is lost."""
+    with CPPairLab(tmp_path / "lab", terminals=300) as lab:
+        first, other, load = await _started(lab, rate=300)
+        async with CPWatch(lab) as watch:
+            await asyncio.sleep(0.5)
+            # adverts dropped both ways with the carrier up (a link down would put keepalived in FAULT)
+            t_cut = lab.cut_one_way("out", "vrrp1", "vrrp2")
+            load.mark("vrrp_cut", t_cut)
+            deadline = time.monotonic() + 10
+            while not (lab.holds_vip("cp1") and lab.holds_vip("cp2")):  # split brain: both masters
+                assert time.monotonic() < deadline, "keepalived never made both machines master"
+                await asyncio.sleep(0.05)
+            deadline = time.monotonic() + 10
+            while not lab.cp_events(other, "cp_wake_deferred"):
+                assert time.monotonic() < deadline, f"{other} neither deferred nor took over"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(2.0)  # split brain lasts
+            assert lab.dropped("out", "vrrp1") > 0 and lab.dropped("out", "vrrp2") > 0
+            lab.heal_one_way()
+            await lab.wait(
+                lambda s: s["cp"].get("cp_state") == "serving" and s["cp"].get("terminals", {}).get("active_sessions") == lab.terminals,
+                60,
+                "one CP serving every terminal after the heal",
+            )
+            await asyncio.sleep(1.0)
+            report = await load.finish(timeout=120)
+        assert not watch.two_serving(), watch.two_serving()[:3]
+        # the address flapping between two masters can cut the active host's link too: the CP
+        # then fails the hosts over as well, which must lose nothing either
+        order = ["host-a", "host-b"] if lab.journal("b").exists() and lab.journal("b").stat().st_size else ["host-a"]
+        check_delivery(lab, report, order)
+
+
+async def test_hsbcpd_killed_on_the_master_the_address_moves(tmp_path: Path) -> None:
+    with CPPairLab(tmp_path / "lab", terminals=300) as lab:
+        first, other, load = await _started(lab, rate=300)
+        async with CPWatch(lab) as watch:
+            await asyncio.sleep(0.5)
+            pid = lab.cp_pid(first)
+            assert pid is not None
+            t_kill = time.time()
+            os.kill(pid, signal.SIGKILL)
+            load.mark("cp_killed", t_kill)
+            await lab.wait(
+                lambda s: s["cp"].get("name") == other and s["cp"].get("terminals", {}).get("active_sessions") == lab.terminals,
+                60,
+                f"{other} serving every terminal",
+            )
+            assert lab.holds_vip(other)
+            took = watch.first_serving(other, t_kill)
+            await asyncio.sleep(1.0)
+            report = await load.finish(timeout=120)
+        assert not watch.two_serving(), watch.two_serving()[:3]
+        check_delivery(lab, report, ["host-a"])
+        assert took is not None
+        print(f"\nkill -> {other} serving {1000 * (took - t_kill):.0f} ms")

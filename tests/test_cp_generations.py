@@ -1,0 +1,226 @@
+"""Two CPs, one journal (SPEC §5.8; docs/cp-journal.md "Generations"): fencing by generation,
+without keepalived (tests/netns/test_cpfailover.py runs the real thing in namespaces).
+
+Real hsbcpd processes on one journal directory: a CP that takes the journal over raises its
+generation first; the one it superseded stops at once (exit 75) and none of what it
+acknowledged is missing at the new one; a CP waiting to take over (`takeover = "on_wake"`)
+takes over when woken, or when the serving CP's heartbeat stops, and not while it beats;
+hosts refuse a CP with an older generation than one they saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.cp.journal.generation import Generations
+from hsb.cp.journal.recovery import recover
+from hsb.wire.client import request
+from tests.support.hostclient import FakeTerminal
+from tests.support.procs import SECRET, Proc, _run_cp, addr, cp_config, log_events, restart_cp, start_cp
+
+pytestmark = pytest.mark.timeout(90)
+
+ATTRS = {"protocol": "hsb1"}
+
+
+def second_cp(d: Path, journal: Path, wait: bool = True, **kw: Any) -> Proc:
+    """Another hsbcpd (its own ports and log) on the journal directory `journal`."""
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = cp_config(d, terminals=6, host_timeout=0.5, journal=str(journal), **kw)
+    p = _run_cp(d, cfg, None, wait=wait)
+    return p
+
+
+def exit_code(p: Proc, timeout: float = 10.0) -> int:
+    try:
+        return p.popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return -999
+
+
+async def test_a_newer_cp_stops_the_old_one_and_has_all_it_acknowledged(tmp_path: Path) -> None:
+    cp1 = start_cp(tmp_path / "cp1", terminals=6, host_timeout=0.5)
+    journal = tmp_path / "cp1" / "cp-journal"
+    try:
+        t = await FakeTerminal.connect(cp1.info["terminal"], "T00001", hello=False)
+        t.send({"t": "hello", "terminal": "T00001", "last_reply": 0})
+        await t.wait(lambda m: m["t"] == "welcome")
+        sent = 0
+        stop = asyncio.Event()
+
+        async def send() -> None:  # messages keep coming while the second CP takes over
+            nonlocal sent
+            while not stop.is_set() and not t.closed:
+                sent += 1
+                try:
+                    t.send({"t": "msg", "id": sent, "data": f"m{sent}"})
+                except (ConnectionError, OSError):
+                    return
+                await asyncio.sleep(0.002)
+
+        sender = asyncio.ensure_future(send())
+        await t.wait_count(lambda m: m["t"] == "ack", 50)
+        gen1 = Generations(journal).current()
+        cp2 = second_cp(tmp_path / "cp2", journal)
+        try:
+            assert exit_code(cp1) == 75, cp1.tail()  # superseded: stops at once, with its own status
+            stop.set()
+            await sender
+            ev = [e for e in log_events(tmp_path / "cp1" / "cp.log") if e.get("event") == "cp_superseded"]
+            assert ev and ev[0]["generation"] == gen1 and ev[0]["newer"] == gen1 + 1, ev
+            rec = cp2.wait_event("journal_recovered")
+            assert rec["generation"] == gen1 + 1 and rec["from_generation"] == gen1
+            # every id the old CP acknowledged is at the new one (held, not yet answered)
+            acked = sorted(m["id"] for m in t.inbox if m["t"] == "ack")
+            assert acked == list(range(1, len(acked) + 1)) and len(acked) >= 50
+            st = await cp_status_at(cp2)
+            assert st["held_messages"] >= len(acked), (st["held_messages"], len(acked))
+            assert st["generation"] == gen1 + 1
+        finally:
+            cp2.stop()
+    finally:
+        cp1.stop()
+    # and a journal read afterwards holds exactly the new generation's snapshot onward
+    r = recover(journal)
+    assert r.head_generation == gen1 + 1
+    assert max(r.last_acked.get("T00001", 0), 0) >= len(acked)
+
+
+async def cp_status_at(cp: Proc) -> dict[str, Any]:
+    h, p = addr(cp.info["admin"])
+    return (await request(h, p, SECRET, {"t": "status"}))["data"]
+
+
+async def test_a_waiting_cp_takes_over_when_the_serving_one_stops_beating_not_before(tmp_path: Path) -> None:
+    cp1 = start_cp(tmp_path / "cp1", terminals=6, host_timeout=0.5)
+    journal = tmp_path / "cp1" / "cp-journal"
+    cp2 = second_cp(tmp_path / "cp2", journal, wait=False, takeover="on_wake", takeover_stale=0.5)
+    try:
+        ev = cp2.wait_event("cp_waiting")
+        assert ev["generation"] == 1
+        # the serving CP beats: the waiting one (which holds its loopback address) keeps waiting
+        await asyncio.sleep(1.5)  # three times takeover_stale: a fixed window in which nothing may happen
+        assert not cp2.events("journal_recovered") and cp1.popen.poll() is None
+        h, p = addr(cp_config_admin(tmp_path / "cp2"))
+        st = (await request(h, p, SECRET, {"t": "status"}))["data"]
+        assert st["state"] == "waiting" and st["journal_generation"] == 1 and st["holds_address"] is True
+        cp1.kill(signal.SIGSTOP)  # frozen: its heartbeat stands still
+        try:
+            rec = cp2.wait_event("journal_recovered", timeout=10)
+            assert rec["generation"] == 2 and "has not beaten" in rec["reason"], rec
+        finally:
+            cp1.kill(signal.SIGCONT)
+        assert exit_code(cp1) == 75  # woken, it finds the newer generation and stops
+    finally:
+        cp2.stop()
+        cp1.stop()
+
+
+def cp_config_admin(d: Path) -> str:
+    import tomllib
+
+    return str(tomllib.loads((d / "cp.toml").read_text())["cp"]["admin_listen"])
+
+
+async def test_a_woken_cp_takes_over_once_the_serving_one_is_silent_not_while_it_beats(tmp_path: Path) -> None:
+    """SIGUSR1 (keepalived: this machine is master now) while the serving CP still beats: split
+    brain, not a failover; the woken CP defers. Once the serving CP dies it takes over as soon
+    as the last heartbeat is takeover_stale old. A CP whose address is elsewhere ignores it."""
+    cp1 = start_cp(tmp_path / "cp1", terminals=6, host_timeout=0.5)
+    journal = tmp_path / "cp1" / "cp-journal"
+    # 192.0.2.1 (TEST-NET-1) is on no interface here: this CP does not hold its address
+    away = second_cp(tmp_path / "away", journal, wait=False, takeover="on_wake", terminal_listen="192.0.2.1:7000")
+    here = second_cp(tmp_path / "here", journal, wait=False, takeover="on_wake")
+    try:
+        away.wait_event("cp_waiting")
+        here.wait_event("cp_waiting")
+        away.kill(signal.SIGUSR1)
+        away.wait_event("cp_wake_ignored")
+        here.kill(signal.SIGUSR1)
+        here.wait_event("cp_wake_deferred")
+        assert not here.events("journal_recovered")
+        t_kill = time.time()
+        cp1.kill(signal.SIGKILL)
+        here.kill(signal.SIGUSR1)
+        rec = here.wait_event("journal_recovered", timeout=10)
+        assert rec["generation"] == 2, rec
+        took = datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp() - t_kill
+        assert 0.2 <= took <= 2.0, (took, rec["reason"])  # once the last beat is takeover_stale (0.3 s) old
+        assert away.popen.poll() is None and not away.events("journal_recovered")
+    finally:
+        for p in (away, here, cp1):
+            p.stop()
+
+
+async def test_a_host_refuses_a_cp_older_than_one_it_saw(tmp_path: Path) -> None:
+    from tests.support.pair import make_pair
+
+    pair = make_pair(tmp_path)
+    try:
+        for _ in range(2):  # the CP restarted twice: generation 3
+            pair.cp = restart_cp(pair.cp)
+        pair.start("host-a", "active")
+        st = await pair.wait_state("host-a", "serving")
+        assert st["cp_generation"]["seen"] == 3
+        # a CP on another (older) journal appears at the same address: refused
+        pair.cp.stop()
+        journal = tmp_path / "cp" / "cp-journal"
+        journal.rename(tmp_path / "cp-journal-newer")
+        pair.cp = restart_cp(pair.cp)
+        assert pair.cp.wait_event("journal_recovered")["generation"] == 1
+        host = pair.hosts["host-a"]
+        ev = host.wait_event("cp_generation_refused", timeout=15)
+        assert "generation 1, below 3" in ev["reason"], ev
+        st = await pair.status("host-a")
+        assert st["cp_generation"]["refusals"] >= 1 and not st["registered_at_cp"]
+        assert (await pair.cp_status())["active"] is None  # the host never registered with it
+    finally:
+        pair.stop()
+
+
+def test_generation_files_are_taken_once_each(tmp_path: Path) -> None:
+    """Two CPs taking the next generation at once get different ones (O_EXCL)."""
+    import threading
+
+    g = Generations(tmp_path)
+    got: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def take() -> None:
+        barrier.wait()
+        got.append(g.take())
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sorted(got) == list(range(1, 9))
+    assert g.newer_than(3) == 8 and g.newer_than(8) is None
+
+
+def test_an_unfinished_snapshot_is_not_read(tmp_path: Path) -> None:
+    """A CP that died while writing its takeover snapshot: the next one reads the generation
+    before (whose files are still there), not the half-written one."""
+    from hsb.cp.journal.format import encode
+    from hsb.cp.journal.recovery import segment_name
+
+    (tmp_path / segment_name(1, 1)).write_bytes(b"".join(encode(r) for r in [["ck", 1, "host-a", 1, {}, {"first": 1}], ["a", "T1", 5, b"x"], ["se"]]))
+    (tmp_path / segment_name(2, 1)).write_bytes(encode(["ck", 1, "host-a", 1, {"T1": 5}, {"first": 1}]) + encode(["a", "T1", 6, b"y"]))
+    # generation 2 began its snapshot and died before its end marker
+    (tmp_path / segment_name(3, 2)).write_bytes(encode(["ck", 1, "host-a", 2, {"T1": 6}, {"first": 3}]) + encode(["a", "T1", 5, b"x"]))
+    r = recover(tmp_path)
+    assert r.head_generation == 1
+    assert sorted(r.held["T1"]) == [5, 6]
+    assert [p.name for p in r.garbage] == [segment_name(3, 2)]
+    # gen 1's snapshot segment compacted away (settled): gen 1 is still complete
+    (tmp_path / segment_name(1, 1)).unlink()
+    assert recover(tmp_path).head_generation == 1
