@@ -280,7 +280,7 @@ vrrp_instance hsb_cp {{
             f"keepalived-{node}",
             node,
             [
-                "keepalived",
+                KEEPALIVED or "keepalived",
                 "-f",
                 str(self.dir / f"keepalived-{node}.conf"),
                 "-P",
