@@ -15,11 +15,15 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.parametrize("mod, cfg", [("hsb.cp", "cp.toml"), ("hsb.host", "host-a.toml"), ("hsb.host", "host-b.toml")])
+@pytest.mark.parametrize(
+    "mod, cfg", [("hsb.cp", "cp.toml"), ("hsb.host", "host-a.toml"), ("hsb.host", "host-b.toml"), ("hsb.cp", "keepalived/cp.toml")]
+)
 def test_example_configs_check_ok(tmp_path: Path, mod: str, cfg: str) -> None:
     import shutil
 
-    shutil.copy(ROOT / "configs" / cfg, tmp_path / cfg)
+    text = (ROOT / "configs" / cfg).read_text().replace("/etc/hsb/secret", "secret").replace("/var/lib/hsb/", "")
+    cfg = Path(cfg).name
+    (tmp_path / cfg).write_text(text)
     r = run(mod, "--config", str(tmp_path / cfg), "--check-config")
     assert r.returncode == 78 and "secret file" in r.stderr and "does not exist" in r.stderr  # the secret is checked too
     (tmp_path / "secret").write_text("s3cret\n")

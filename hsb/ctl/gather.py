@@ -51,8 +51,35 @@ async def ask(addr: str, secret: bytes, msg: dict[str, Any], timeout: float = 2.
     return ans
 
 
-async def status_all(cp: str | None, hosts: list[str], secret_file: str, timeout: float = 2.0) -> dict[str, Any]:
+async def serving_cp(cps: list[str], secret: bytes, timeout: float = 2.0) -> tuple[str | None, list[dict[str, Any]]]:
+    """Of two CP machines' admin addresses, the one whose hsbcpd serves (None: none does), and
+    what each said (name, state, generation)."""
+    answers = await asyncio.gather(*(ask(a, secret, {"t": "status"}, timeout) for a in cps))
+    seen: list[dict[str, Any]] = []
+    serving = None
+    for a, ans in zip(cps, answers, strict=True):
+        if ans.get("reachable") is False:
+            seen.append({"addr": a, "reachable": False, "error": ans.get("error")})
+            continue
+        d = ans.get("data", {})
+        state = d.get("cp_state") or ("waiting" if d.get("state") == "waiting" else "serving")
+        seen.append({"addr": a, "reachable": True, "name": d.get("name"), "state": state,
+                     "generation": d.get("generation") if d.get("generation") is not None else d.get("journal_generation")})
+        if state == "serving" and serving is None:
+            serving = a
+    return serving, seen
+
+
+async def status_all(
+    cp: str | None, hosts: list[str], secret_file: str, timeout: float = 2.0, cp_machines: list[str] | None = None
+) -> dict[str, Any]:
+    """Everything hsbctl status shows. `cp_machines`: both CP machines' admin addresses (the
+    serving one is asked; each one's state is shown)."""
     secret = load_secret(secret_file)
+    machines: list[dict[str, Any]] | None = None
+    if cp_machines and len(cp_machines) > 1:
+        chosen, machines = await serving_cp(cp_machines, secret, timeout)
+        cp = chosen or cp
 
     async def one(addr: str) -> dict[str, Any]:
         ans = await ask(addr, secret, {"t": "status"}, timeout)
@@ -73,7 +100,12 @@ async def status_all(cp: str | None, hosts: list[str], secret_file: str, timeout
         again = await one(cp)
         if again.get("reachable"):  # else keep the first answer rather than call the CP down
             cps = again
-    return summarize(cps, list(hs))
+    if cps.get("reachable") and cps.get("state") == "waiting":  # two CP machines, none serving
+        cps = {"reachable": False, "addr": cp, "error": "no CP serves: " + ", ".join(f"{m['addr']} {m.get('state', 'unreachable')}" for m in machines or [])}
+    out = summarize(cps, list(hs))
+    if machines is not None:
+        out["cps"] = machines
+    return out
 
 
 def _epoch(part: dict[str, Any]) -> int:

@@ -75,7 +75,7 @@ def promote(obj: Ctx) -> None:
     from hsb.wire.auth import load_secret
 
     t = obj.target()
-    st = asyncio.run(status_all(t.cp, t.hosts, t.secret_file))  # type: ignore[arg-type]
+    st = asyncio.run(status_all(t.cp, t.hosts, t.secret_file, cp_machines=t.cps))  # type: ignore[arg-type]
     sb = [h for h in st["hosts"] if h.get("reachable") and h.get("role") == "standby"]
     if not sb:
         for u in st.get("unknown", []):
@@ -91,7 +91,7 @@ def promote(obj: Ctx) -> None:
 
     async def outcome() -> tuple[bool, str]:
         for _ in range(100):  # the CP decides; wait up to 10 s for its answer
-            st = await status_all(t.cp, t.hosts, t.secret_file)  # type: ignore[arg-type]
+            st = await status_all(t.cp, t.hosts, t.secret_file, cp_machines=t.cps)  # type: ignore[arg-type]
             h: dict[str, Any] = next((x for x in st["hosts"] if x.get("name") == name), {})
             if h.get("role") == "active":
                 return True, f"{name} is the active host now (epoch {h.get('epoch')})"

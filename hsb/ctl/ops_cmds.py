@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from hsb.ctl.gather import ask, status_all
+from hsb.ctl.gather import ask, serving_cp, status_all
 from hsb.ctl.target import Target
 from hsb.wire.auth import load_secret
 
@@ -27,7 +27,7 @@ def _unknown(st: dict[str, Any]) -> int | None:
 
 async def _stop(t: Target, host: str | None, takeover: bool, timeout: float) -> int:
     assert t.secret_file is not None
-    st = await status_all(t.cp, t.hosts, t.secret_file)
+    st = await status_all(t.cp, t.hosts, t.secret_file, cp_machines=t.cps)
     hosts = [h for h in st["hosts"] if h.get("reachable")]
     if host is not None:
         target = next((h for h in hosts if h.get("name") == host), None)
@@ -49,7 +49,7 @@ async def _stop(t: Target, host: str | None, takeover: bool, timeout: float) -> 
     click.echo(ans["msg"])
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        st = await status_all(t.cp, t.hosts, t.secret_file, timeout=1.0)
+        st = await status_all(t.cp, t.hosts, t.secret_file, timeout=1.0, cp_machines=t.cps)
         if any(u.get("addr") == target["addr"] for u in st.get("unknown", [])):
             active = next((h["name"] for h in st["hosts"] if h.get("reachable") and h.get("role") == "active" and h.get("serving")), None)
             click.echo(f"{name} stopped; " + (f"{active} is the active host" if active else "no host serves now (start one, or 'hsbctl promote')"))
@@ -63,14 +63,24 @@ def run_stop(t: Target, host: str | None, takeover: bool, timeout: float) -> int
     return asyncio.run(_stop(t, host, takeover, timeout))
 
 
+def _the_cp(t: Target) -> str | None:
+    """The CP to ask: the serving one of two CP machines, else the one named."""
+    if len(t.cps) > 1:
+        assert t.secret_file is not None
+        chosen, _ = asyncio.run(serving_cp(t.cps, load_secret(t.secret_file)))
+        return chosen or t.cp
+    return t.cp
+
+
 def run_pause(t: Target, paused: bool) -> int:
     assert t.secret_file is not None
-    if not t.cp:
+    cp = _the_cp(t)
+    if not cp:
         click.echo("error: the CP's admin address is needed (cp in the ctl config, or --cp)", err=True)
         return 3
-    ans = asyncio.run(ask(t.cp, load_secret(t.secret_file), {"t": "pause" if paused else "resume"}))
+    ans = asyncio.run(ask(cp, load_secret(t.secret_file), {"t": "pause" if paused else "resume"}))
     if ans.get("reachable") is False:
-        click.echo(f"error: cannot ask the CP at {t.cp}: {ans['error']}", err=True)
+        click.echo(f"error: cannot ask the CP at {cp}: {ans['error']}", err=True)
         return 3
     click.echo(ans.get("msg", ans))
     return 0 if ans.get("ok") else 1
@@ -82,12 +92,13 @@ def _when(at: float | None) -> str:
 
 def run_history(t: Target, as_json: bool) -> int:
     assert t.secret_file is not None
-    if not t.cp:
+    cp = _the_cp(t)
+    if not cp:
         click.echo("error: the CP's admin address is needed (cp in the ctl config, or --cp)", err=True)
         return 3
-    ans = asyncio.run(ask(t.cp, load_secret(t.secret_file), {"t": "history"}))
+    ans = asyncio.run(ask(cp, load_secret(t.secret_file), {"t": "history"}))
     if ans.get("reachable") is False:
-        click.echo(f"error: cannot ask the CP at {t.cp}: {ans['error']}", err=True)
+        click.echo(f"error: cannot ask the CP at {cp}: {ans['error']}", err=True)
         return 3
     entries: list[dict[str, Any]] = ans.get("data", [])
     if as_json:

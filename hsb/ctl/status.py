@@ -76,13 +76,25 @@ def render(st: dict[str, Any]) -> str:
         out.append(
             f"ERROR: two hosts serve as the active with a valid lease at once: {', '.join(st['two_actives'])} (the CP's active is {cp_active})"
         )
+    if st.get("cps"):  # two CP machines
+        parts = []
+        for m in st["cps"]:
+            if not m.get("reachable"):
+                parts.append(f"{m['addr']} cannot be asked ({m.get('error')})")
+            else:
+                parts.append(
+                    f"{m.get('name')} at {m['addr']} {'SERVING' if m['state'] == 'serving' else m['state']} (generation {m.get('generation')})"
+                )
+        out.append("CP machines: " + "; ".join(parts))
     cp = st["cp"]
     if not cp.get("reachable"):
         out.append(f"  CP        cannot be asked ({cp.get('addr', '-')})")
     else:
         t = cp["terminals"]
         out.append(
-            f"  CP {cp['name']:<7}epoch {cp['epoch']}  terminals {t['connected']}/{t['defined']} connected  "
+            f"  CP {cp['name']:<7}epoch {cp['epoch']}"
+            + (f" generation {cp['generation']}" if cp.get("generation") else "")
+            + f"  terminals {t['connected']}/{t['defined']} connected  "
             f"sessions {t['active_sessions']} active / {t['standby_sessions']} standby  held {cp['held_messages']}"
             + (f"  back-pressured {t['backpressured']}" if t.get("backpressured") else "")
         )
@@ -161,7 +173,7 @@ def run_status(target: Target, as_json: bool, watch: bool, interval: float = 0.5
     assert target.secret_file is not None
 
     def once() -> dict[str, Any]:
-        return asyncio.run(status_all(target.cp, target.hosts, target.secret_file))  # type: ignore[arg-type]
+        return asyncio.run(status_all(target.cp, target.hosts, target.secret_file, cp_machines=target.cps))  # type: ignore[arg-type]
 
     if not watch:
         st = once()

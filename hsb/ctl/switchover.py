@@ -23,7 +23,7 @@ from hsb.wire.auth import load_secret
 
 async def _switchover(t: Target, yes: bool, timeout: float) -> int:
     assert t.secret_file is not None
-    st = await status_all(t.cp, t.hosts, t.secret_file)
+    st = await status_all(t.cp, t.hosts, t.secret_file, cp_machines=t.cps)
     unknown = st.get("unknown") or []
     cp_known = not any(u["name"] == "CP" for u in unknown)
     actives = [h for h in st["hosts"] if h.get("reachable") and h.get("role") == "active"]
@@ -58,7 +58,7 @@ async def _switchover(t: Target, yes: bool, timeout: float) -> int:
     switched_at: float | None = None
     last: dict[str, Any] = st
     while time.monotonic() < deadline:
-        last = await status_all(t.cp, t.hosts, t.secret_file)
+        last = await status_all(t.cp, t.hosts, t.secret_file, cp_machines=t.cps)
         roles = {h.get("name"): h.get("role") for h in last["hosts"]}
         if switched_at is None and last["cp"].get("epoch", 0) > before_epoch and roles.get(new["name"]) == "active":
             switched_at = time.monotonic()

@@ -1,7 +1,7 @@
 """Where hsbctl finds the daemons: a small TOML file (or flags) naming the admin
 addresses of the CP and both hosts and the secret file.
 
-    cp = "127.0.0.1:7002"
+    cp = "127.0.0.1:7002"                  # or both CP machines: ["10.0.0.10:7002", "10.0.0.20:7002"]
     hosts = ["127.0.0.1:7103", "127.0.0.1:7203"]
     secret_file = "secret"
 """
@@ -21,16 +21,17 @@ class TargetError(Exception):
 
 @dataclass
 class Target:
-    cp: str | None = None
+    cp: str | None = None  # the first CP named; with two CP machines hsbctl asks both (`cps`)
     hosts: list[str] = field(default_factory=list)
     secret_file: str | None = None
+    cps: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         if not self.cp and not self.hosts:
             raise TargetError(
                 "no daemons named: pass --config CTL.toml (hsbctl sandbox up prints one), set $HSB_CTL_CONFIG, write /etc/hsb/ctl.toml, or pass --cp/--host"
             )
-        for a in [self.cp, *self.hosts]:
+        for a in [*self.cps, *self.hosts]:
             if a:
                 try:
                     parse_addr(a)
@@ -59,13 +60,15 @@ def load_target(config: str | None, cp: str | None, hosts: tuple[str, ...], secr
         unknown = set(data) - {"cp", "hosts", "secret_file"}
         if unknown:
             raise TargetError(f"ctl config {p}: unknown keys {sorted(unknown)}")
-        t.cp = data.get("cp")
+        cp_cfg = data.get("cp")
+        t.cps = [str(a) for a in cp_cfg] if isinstance(cp_cfg, list) else ([str(cp_cfg)] if cp_cfg else [])
         t.hosts = list(data.get("hosts", []))
         sf = data.get("secret_file")
         if sf:
             t.secret_file = str(sf if Path(sf).is_absolute() else p.parent / sf)
     if cp:
-        t.cp = cp
+        t.cps = [a.strip() for a in cp.split(",") if a.strip()]
+    t.cp = t.cps[0] if t.cps else None
     if hosts:
         t.hosts = list(hosts)
     if secret_file:

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from hsb.ctl.gather import status_all
+from hsb.ctl.status import render
 from tests.netns.cplab import CPS, CPPairLab, keepalived_reason
 from tests.netns.harness import check_delivery
 
@@ -101,6 +103,12 @@ async def test_the_cp_machine_holding_the_address_cut_off_under_load(tmp_path: P
             sts = await lab.cp_statuses()
             assert sts[first].get("cp_state") != "serving", sts[first]
             assert sts[other].get("cp_state") == "serving" and lab.holds_vip(other)
+            # hsbctl status, given both CP machines, names the one that serves
+            both = [lab.mgmt(n, "admin") for n in CPS]
+            view = await status_all(both[0], lab.host_admins, str(lab.secret_file), cp_machines=both)
+            states = {m["name"]: m["state"] for m in view["cps"]}
+            assert states == {other: "serving", first: states[first]} and states[first] != "serving", view["cps"]
+            assert view["cp"]["name"] == other and f"{other} at" in render(view) and "SERVING" in render(view)
             report = await load.finish(timeout=120)
         assert not watch.two_serving(), watch.two_serving()[:3]
         gens = [e["generation"] for n in CPS for e in lab.cp_events(n, "journal_recovered")]

@@ -1,0 +1,244 @@
+"""The loss of the CP's machine: two CP machines behind the real keepalived, the master cut off
+under load, and how long until every terminal is served again; beside it, in the same run, the
+CP restarted on one machine (bench/cprestart.py's run) for the same terminals.
+
+    sudo .venv/bin/python bench/cpfailover.py [--sizes 1000,10000] [--reps 3] [--rate 1000]
+                                              [--json FILE] [--no-write] [--render FILE]
+
+Per size and repetition, a fresh lab of network namespaces (tests/netns/cplab.py): cp1 and cp2
+each with keepalived (VRRPv3, advertisements every 100 ms, nopreempt) and hsbcpd (`takeover =
+"on_wake"`, one journal directory), host A active, host B standby, N resuming terminals sending
+`--rate` messages a second to the journal service. Once hot standby is established and the load
+steady, every link of the CP machine holding the address is cut (data and VRRP; the management
+net stays up so its state can be read). From the cut, on the wall clock: the other machine's
+keepalived becoming master (its notify script's log), its hsbcpd's `journal_recovered` (the
+takeover: generation raised, journal read, snapshot written; its own duration beside it), and
+the terminals' view (hsb.term.timeline): the worst pause over the messages in flight at the cut
+or sent in the second after it, and all served (the last reply to a message the cut kept
+waiting). The verdict is strict (disconnects expected: terminals reconnect and resume): 0 lost,
+0 duplicate replies. Needs root, iproute2 and keepalived. Raw results: bench/results/cpfailover.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _sandbox import fmt_ms, machine, machine_line, median, run_or_render, sandbox, sandbox_down, table, write_section  # noqa: E402
+
+COMMAND = "sudo .venv/bin/python bench/cpfailover.py"
+RESULTS = Path(__file__).resolve().parent / "results" / "cpfailover.json"
+SECTION = "A second CP machine (`bench/cpfailover.py`)"
+
+
+def say(*a: Any) -> None:
+    print(*a, file=sys.stderr, flush=True)
+
+
+def _notify_times(path: Path, state: str) -> list[float]:
+    try:
+        return [float(t) for t, s in (line.split() for line in path.read_text().splitlines() if line.strip()) if s == state]
+    except (OSError, ValueError):
+        return []
+
+
+async def lab_run(n: int, a: argparse.Namespace, rep: int, base: Path) -> dict[str, Any]:
+    from tests.netns.cplab import CPS, CPPairLab
+
+    with CPPairLab(base / f"lab-{n}-{rep}", terminals=n) as lab:
+        await lab.start(timeout=180)
+        first = await lab.serving_cp()
+        assert first is not None
+        other = next(c for c in CPS if c != first)
+        load = lab.load(rate=a.rate, expect_disconnects=True, settle=60)
+        await load.sending(timeout=300)
+        await lab.wait(lambda s: s["cp"].get("terminals", {}).get("standby_sessions") == n, 300, "every standby session", interval=0.2)
+        await asyncio.sleep(a.steady)
+        t_cut = lab.cut(first, "vrrp1" if first == "cp1" else "vrrp2")
+        load.mark("cp_machine_cut", t_cut)
+        await lab.wait(
+            lambda s: s["cp"].get("name") == other and s["cp"].get("terminals", {}).get("active_sessions") == n,
+            120,
+            "the other CP serving all",
+            interval=0.1,
+        )
+        t_all_sessions = time.time()
+        await asyncio.sleep(a.after)
+        report = await load.finish(timeout=240)
+        master = [t for t in _notify_times(lab.dir / f"notify-{other}.log", "MASTER") if t >= t_cut]
+        rec = lab.cp_events(other, "journal_recovered")
+        rec_t = None
+        if rec:
+            from datetime import datetime
+
+            rec_t = datetime.fromisoformat(rec[-1]["timestamp"].replace("Z", "+00:00")).timestamp()
+    op = (report.get("operations") or [{}])[0]
+
+    def ms(t: float | None) -> float | None:
+        return None if t is None else round((t - t_cut) * 1000, 1)
+
+    return {
+        "terminals": n,
+        "rep": rep,
+        "cut_to_master_ms": ms(master[0] if master else None),
+        "cut_to_takeover_done_ms": ms(rec_t),
+        "takeover_ms": rec[-1].get("ms") if rec else None,
+        "takeover_reason": rec[-1].get("reason") if rec else None,
+        "outstanding_at_takeover": (rec[-1].get("held", 0) + rec[-1].get("replies_kept", 0)) if rec else None,
+        "cut_to_all_sessions_ms": ms(t_all_sessions),
+        "worst_ms": op.get("worst_ms"),
+        "p99_ms": op.get("p99_ms"),
+        "all_served_ms": op.get("all_served_ms"),
+        "lost": report["lost"],
+        "duplicates": report["duplicates"],
+        "acked": report["acked"],
+        "ok": report["ok"],
+        "failures": report["failures"],
+    }
+
+
+async def restart_run(n: int, a: argparse.Namespace, rep: int, base: Path) -> dict[str, Any]:
+    import cprestart
+
+    d = base / f"restart-{n}-{rep}"
+    await sandbox.aup(d, terminals=n, service="journal", timeout=300)
+    try:
+        ns = argparse.Namespace(rate=a.rate, steady=a.steady, after=a.after)
+        return await cprestart.one(d, n, ns, rep)
+    finally:
+        sandbox_down(d)
+
+
+async def amain(a: argparse.Namespace) -> int:
+    from tests.netns.cplab import keepalived_reason
+
+    why = keepalived_reason()
+    if why:
+        say(f"bench/cpfailover.py: {why}")
+        return 2
+    base = Path(tempfile.mkdtemp(prefix="hsb-bench-cpfailover-"))
+    data: dict[str, Any] = {"machine": a.machine, "command": a.command, "rate": a.rate, "results": [], "restart": []}
+
+    def save() -> None:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(data, indent=1))
+
+    for n in a.sizes:
+        for rep in range(1, a.reps + 1):
+            r = await lab_run(n, a, rep, base)
+            data["results"].append(r)
+            say(
+                f"   N={n} #{rep}: master {fmt_ms(r['cut_to_master_ms'], 0)} ms, taken over {fmt_ms(r['cut_to_takeover_done_ms'], 0)} ms"
+                f" ({r['takeover_ms']} ms), all sessions {fmt_ms(r['cut_to_all_sessions_ms'], 0)} ms; worst pause {fmt_ms(r['worst_ms'], 0)}"
+                f" ms, all served {fmt_ms(r['all_served_ms'], 0)} ms; {'OK' if r['ok'] else 'FAILED: ' + '; '.join(r['failures'])}"
+            )
+            save()
+            if not a.no_restart:
+                q = await restart_run(n, a, rep, base)
+                data["restart"].append(q)
+                say(
+                    f"   N={n} #{rep} CP restart on one machine: all back {fmt_ms(q['kill_to_all_back_ms'], 0)} ms, worst pause"
+                    f" {fmt_ms(q['worst_ms'], 0)} ms; {'OK' if q['ok'] else 'FAILED'}"
+                )
+                save()
+    text = render(data, a)
+    print(text)
+    if a.write:
+        write_section(SECTION, text)
+    return 0 if all(r["ok"] for r in data["results"] + data["restart"]) else 1
+
+
+def render(data: dict[str, Any], a: argparse.Namespace) -> str:
+    out = [
+        f"Command: `{a.command}`",
+        f"Raw results: `bench/results/{Path(getattr(a, 'json', RESULTS)).name}` (`--render` rebuilds this section).",
+        "",
+        f"Machine: {machine_line(a.machine)}. Each run a fresh lab of network namespaces: two CP machines, each with"
+        ' keepalived 2.2.7 (VRRPv3, advert_int 0.1 s, nopreempt) and hsbcpd (`takeover = "on_wake"`, takeover_stale'
+        f" 0.3 s, one journal directory), host A and B, the terminals resuming, {data.get('rate', '?')} msg/s to the journal"
+        " service. Every link of the CP machine holding the address cut at once; times from the cut.",
+        "",
+    ]
+    rows = []
+    for n in sorted({r["terminals"] for r in data["results"]}):
+        rs = [r for r in data["results"] if r["terminals"] == n]
+        qs = [q for q in data.get("restart", []) if q["terminals"] == n]
+
+        def med(key: str, items: list[dict[str, Any]] = rs) -> str:
+            return fmt_ms(median([r[key] for r in items if r.get(key) is not None]), 0)
+
+        worst_all = max((r["all_served_ms"] or 0) for r in rs) if rs else None
+        ok = all(r["ok"] and r["lost"] == 0 and r["duplicates"] == 0 for r in rs)
+        goal = "" if n < 10000 else (" met" if ok and worst_all is not None and worst_all <= 2000 else " **missed**")
+        rows.append(
+            [
+                f"{n:,}",
+                str(len(rs)),
+                med("cut_to_master_ms"),
+                med("cut_to_takeover_done_ms"),
+                med("takeover_ms"),
+                med("cut_to_all_sessions_ms"),
+                med("worst_ms"),
+                med("all_served_ms") + (f" (max {fmt_ms(worst_all, 0)})" if rs else ""),
+                med("kill_to_all_back_ms", qs) if qs else "-",
+                ("all OK" if ok else "**FAILED**") + goal,
+            ]
+        )
+    out.append(
+        table(
+            [
+                "terminals",
+                "runs",
+                "VRRP: master ms",
+                "taken over ms",
+                "takeover itself ms",
+                "all sessions back ms",
+                "worst pause ms",
+                "all served ms",
+                "CP restart on one machine: all back ms",
+                "verdict (goal ≤ 2 s at 10,000)",
+            ],
+            rows,
+        )
+    )
+    out += [
+        "",
+        'Medians over the runs. "taken over": the other hsbcpd\'s `journal_recovered` (generation raised, journal read,'
+        ' snapshot durable); "all sessions back": the new CP\'s status shows every terminal with its active session again;'
+        ' "all served": the last reply to a message the cut kept waiting (hsb.term.timeline). The last column is'
+        " bench/cprestart.py's run in the same invocation: hsbcpd SIGKILLed and started again on the same machine.",
+    ]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(prog="bench/cpfailover.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="1000,10000")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--rate", type=float, default=1000.0)
+    p.add_argument("--steady", type=float, default=2.0)
+    p.add_argument("--after", type=float, default=2.0)
+    p.add_argument("--no-restart", action="store_true", help="skip the CP restart on one machine beside it")
+    p.add_argument("--json", default=str(RESULTS))
+    p.add_argument("--render", metavar="JSON")
+    p.add_argument("--no-write", dest="write", action="store_false")
+    a = p.parse_args(argv)
+    a.command = COMMAND + (" " + " ".join(argv) if argv else "")
+    a.sizes = [int(x) for x in a.sizes.split(",") if x]
+    a.machine = machine()
+    return run_or_render(a, SECTION, lambda saved: render(saved, a), amain)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
