@@ -19,7 +19,6 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     "mod, cfg", [("hsb.cp", "cp.toml"), ("hsb.host", "host-a.toml"), ("hsb.host", "host-b.toml"), ("hsb.cp", "keepalived/cp.toml")]
 )
 def test_example_configs_check_ok(tmp_path: Path, mod: str, cfg: str) -> None:
-    import shutil
 
     text = (ROOT / "configs" / cfg).read_text().replace("/etc/hsb/secret", "secret").replace("/var/lib/hsb/", "")
     cfg = Path(cfg).name

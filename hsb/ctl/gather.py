@@ -63,8 +63,15 @@ async def serving_cp(cps: list[str], secret: bytes, timeout: float = 2.0) -> tup
             continue
         d = ans.get("data", {})
         state = d.get("cp_state") or ("waiting" if d.get("state") == "waiting" else "serving")
-        seen.append({"addr": a, "reachable": True, "name": d.get("name"), "state": state,
-                     "generation": d.get("generation") if d.get("generation") is not None else d.get("journal_generation")})
+        seen.append(
+            {
+                "addr": a,
+                "reachable": True,
+                "name": d.get("name"),
+                "state": state,
+                "generation": d.get("generation") if d.get("generation") is not None else d.get("journal_generation"),
+            }
+        )
         if state == "serving" and serving is None:
             serving = a
     return serving, seen
@@ -101,7 +108,11 @@ async def status_all(
         if again.get("reachable"):  # else keep the first answer rather than call the CP down
             cps = again
     if cps.get("reachable") and cps.get("state") == "waiting":  # two CP machines, none serving
-        cps = {"reachable": False, "addr": cp, "error": "no CP serves: " + ", ".join(f"{m['addr']} {m.get('state', 'unreachable')}" for m in machines or [])}
+        cps = {
+            "reachable": False,
+            "addr": cp,
+            "error": "no CP serves: " + ", ".join(f"{m['addr']} {m.get('state', 'unreachable')}" for m in machines or []),
+        }
     out = summarize(cps, list(hs))
     if machines is not None:
         out["cps"] = machines
