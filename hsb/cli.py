@@ -88,6 +88,11 @@ def load_or_exit(
                 load_secret(secret)
             except SecretFileError as exc:
                 errors.append(str(exc))
+        tls_cfg = getattr(cfg, "tls", None)
+        if tls_cfg is not None:  # the same checks the start makes (hsb.wire.tls.check_files)
+            from hsb.wire.tls import check_files
+
+            errors += check_files(tls_cfg.files())
         if checks is not None:
             errors += checks(cfg)
     for line in errors:

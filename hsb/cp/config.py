@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 
-from hsb.config import Addr, ConfigPath, OptAddr, Strict
+from hsb.config import Addr, ConfigPath, OptAddr, Strict, TLSSection
 from hsb.terminals import TerminalDef, TerminalGroup, expand_all
 from hsb.wire.framing import DEFAULT_MAX_FRAME
 
@@ -39,7 +39,7 @@ class CPSection(Strict):
     # sends SIGUSR1 on this machine becoming master, or until this machine holds terminal_listen's
     # address while the serving CP's heartbeat has not moved for takeover_stale seconds
     takeover: Literal["at_start", "on_wake"] = "at_start"
-    takeover_stale: float = Field(default=0.3, gt=0, le=600)
+    takeover_stale: float = Field(default=0.3, ge=0.2, le=600)  # the serving CP beats every 0.1 s
     # written by keepalived's notify script: MASTER, BACKUP, FAULT or STOP (level, not edge: a
     # hsbcpd started after the transition still reads it); "": SIGUSR1 only
     wake_file: str = ""
@@ -64,6 +64,7 @@ class CPSection(Strict):
 
 class CPConfig(Strict):
     cp: CPSection
+    tls: TLSSection | None = None
     terminals: list[TerminalDef] = Field(default_factory=list)
     terminal_groups: list[TerminalGroup] = Field(default_factory=list)
     _defs: dict[str, TerminalDef] = PrivateAttr(default_factory=dict)

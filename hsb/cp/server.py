@@ -37,6 +37,7 @@ from hsb.ops.metrics import CPCollector, registry_for
 from hsb.ops.metrics import render as render_metrics
 from hsb.ops.notify import Watchdog, notify
 from hsb.wire.framing import encode
+from hsb.wire.tls import TLS, reload_tls, set_default_client
 
 log = structlog.get_logger("hsb.cp")
 
@@ -72,12 +73,16 @@ class CPServer:
         self.cp: CP | None = None  # None while waiting to take over
         self.state = "starting"  # starting | waiting | serving | stopping
         self.exit_code = 0
+        self.superseded = False
         self.took_over: dict[str, Any] = {}
         self.should_exit = asyncio.Event()
         self.woken = asyncio.Event()
         self.servers: list[asyncio.base_events.Server] = []
         self.hosts: set[HostProtocol] = set()
         self.bound: dict[str, str] = {}
+        # TLS (hsb.wire.tls): mutual on the host and admin listeners, optional on the terminals'
+        self.tls = TLS(cfg.tls.files(), terminals=cfg.tls.terminals) if cfg.tls is not None else None
+        set_default_client(self.tls.client if self.tls is not None else None)
         durable = cfg.cp.durability != "none"
         self.gens = Generations(Path(cfg.cp.journal)) if durable else None
         if self.gens is not None:
@@ -85,8 +90,9 @@ class CPServer:
 
     # ------------------------------------------------------------------ what the admin link sees
     def status(self) -> dict[str, Any]:
+        tls = self.tls.status() if self.tls is not None else {"enabled": False}
         if self.cp is not None:
-            return {**self.cp.status(), "cp_state": self.state, "takeover": self.cfg.cp.takeover, **self.took_over}
+            return {**self.cp.status(), "cp_state": self.state, "takeover": self.cfg.cp.takeover, "tls": tls, **self.took_over}
         return {
             "name": self.cfg.cp.name,
             "role": "cp",
@@ -98,6 +104,7 @@ class CPServer:
             "generation": None,
             "journal_generation": self.gens.current() if self.gens is not None else 0,
             "holds_address": holds_address(self.cfg.cp.terminal_listen),
+            "tls": tls,
         }
 
     def _journal(self) -> Journal | None:
@@ -109,8 +116,12 @@ class CPServer:
         c = self.cfg.cp
         loop = asyncio.get_running_loop()
 
+        tls = self.tls.server if self.tls is not None else None
+
         def admin() -> CPAdminProtocol:
-            return CPAdminProtocol(self, secret=self.secret, auth_timeout=c.auth_timeout, idle_timeout=30.0, max_frame=c.max_frame)
+            return CPAdminProtocol(
+                self, secret=self.secret, auth_timeout=c.auth_timeout, idle_timeout=30.0, max_frame=c.max_frame, tls=tls, tls_timeout=c.auth_timeout
+            )
 
         h, p = parse_addr(c.admin_listen)
         srv = await loop.create_server(admin, h, p, backlog=64, reuse_address=True)
@@ -248,11 +259,30 @@ class CPServer:
         assert cp is not None
         loop = asyncio.get_running_loop()
 
+        t = self.tls
+        host_tls = t.server if t is not None else None
+        term_tls = t.terminal_server if t is not None and t.terminals else None
+
         def terminal() -> TerminalProtocol:
-            return TerminalProtocol(cp, hello_timeout=c.auth_timeout, idle_after_hello=c.terminal_idle_timeout or None, max_frame=c.max_frame)
+            return TerminalProtocol(
+                cp,
+                hello_timeout=c.auth_timeout,
+                idle_after_hello=c.terminal_idle_timeout or None,
+                max_frame=c.max_frame,
+                tls=term_tls,
+                tls_timeout=c.auth_timeout,
+            )
 
         def host() -> HostProtocol:
-            h = HostProtocol(cp, secret=self.secret, auth_timeout=c.auth_timeout, idle_timeout=None, max_frame=c.max_frame)
+            h = HostProtocol(
+                cp,
+                secret=self.secret,
+                auth_timeout=c.auth_timeout,
+                idle_timeout=None,
+                max_frame=c.max_frame,
+                tls=host_tls,
+                tls_timeout=c.auth_timeout,
+            )
             self.hosts.add(h)
             return h
 
@@ -272,9 +302,21 @@ class CPServer:
         )
         notify(READY=1, STATUS=f"serving {len(cp.terms)} terminals, epoch {cp.epoch}")
 
+    async def startup(self, reason: str = "started") -> None:
+        """The admin link, the journal taken over, the listeners: what `serve()` does before its
+        tick loop when it need not wait (in-process users, tests)."""
+        if not self.servers:
+            await self.start_admin()
+        self.state = "taking_over"
+        self.take_over(reason)
+        await self.start_serving()
+
     def _superseded(self, exc: Superseded) -> None:
-        """A newer CP owns the journal: stop at once (nothing more is acknowledged already)."""
-        self.exit_code = EXIT_SUPERSEDED
+        """A newer CP owns the journal: stop at once (nothing more is acknowledged already).
+        With `on_wake` systemd starts it again, waiting (exit 0); with `at_start` it must not come
+        back by itself and take the journal back (exit 75, RestartPreventExitStatus)."""
+        self.superseded = True
+        self.exit_code = 0 if self.cfg.cp.takeover == "on_wake" else EXIT_SUPERSEDED
         self.should_exit.set()
 
     def _wake(self) -> None:
@@ -295,7 +337,7 @@ class CPServer:
             self.cp.tick()
             if time.monotonic() - last_beat >= 0.1:  # the generation check and heartbeat, also when idle
                 last_beat = time.monotonic()
-                await self.cp.journal.heartbeat()
+                self.cp.journal.heartbeat()
                 if follow:  # serve only while this machine holds the address (keepalived)
                     self.wake_requested = False
                     if not await asyncio.get_running_loop().run_in_executor(None, holds_address, self.cfg.cp.terminal_listen):
@@ -343,9 +385,7 @@ class CPServer:
                 await self.shutdown()
                 return 0
             reason = why
-        self.state = "taking_over"
-        self.take_over(reason)
-        await self.start_serving()
+        await self.startup(reason)
         gcpolicy.apply()
         try:
             await self.tick_loop()
@@ -361,6 +401,7 @@ class CPServer:
         from hsb.ops import reload
 
         self.reload_requested = False
+        reload_tls(self.tls)
         planned = reload.plan(self.config_path, CPConfig, self.cfg, self.RELOADABLE)
         if planned is None:
             return
@@ -391,8 +432,8 @@ class CPServer:
         self.state = "stopping"
         notify(STOPPING=1, STATUS="stopping")
         held = sum(len(t.held) for t in self.cp.terms.values()) if self.cp is not None else 0
-        log.info("cp_stopping", held=held, superseded=self.exit_code == EXIT_SUPERSEDED)
-        if self.exit_code == EXIT_SUPERSEDED:  # at once: close every connection, nothing more goes out
+        log.info("cp_stopping", held=held, superseded=self.superseded)
+        if self.superseded:  # at once: close every connection, nothing more goes out
             for h in list(self.hosts):
                 h.abort()
             if self.cp is not None:

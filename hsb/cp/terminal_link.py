@@ -42,6 +42,11 @@ class TerminalProtocol(FramedProtocol):
         last_reply = msg.get("last_reply")
         if last_reply is not None and (not isinstance(last_reply, int) or isinstance(last_reply, bool) or not 0 <= last_reply <= ID_MAX):
             raise ProtocolError("bad_hello", f"hello: last_reply must be an id 0..{ID_MAX}")
+        names = self.tls_peer_names()
+        if names:  # TLS with a terminal certificate: it must be this terminal's
+            if name not in names:
+                self.close_with_error("tls_name_mismatch", f"terminal {name[:64]!r} presented the certificate of {sorted(names)[:4]}")
+                return
         self.cp.terminal_hello(self, name, last_reply)
         if self.term is not None:
             self.clear_deadline()

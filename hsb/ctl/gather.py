@@ -25,7 +25,7 @@ def why_not(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused: nothing listens there (is the daemon running? is the address in the ctl config its admin_listen?)"
     if isinstance(exc, TimeoutError):
-        return f"no answer within {timeout:g} s (a wrong port, a firewall, or the daemon is stuck)"
+        return f"no answer within {timeout:g} s (a wrong port, a firewall, the daemon is stuck, or it speaks TLS and the ctl config has no tls)"
     if isinstance(exc, LinkClosed):
         code = (exc.error or {}).get("code")
         if code == "auth_failed":
@@ -40,10 +40,10 @@ def why_not(exc: BaseException, timeout: float) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def ask(addr: str, secret: bytes, msg: dict[str, Any], timeout: float = 2.0) -> dict[str, Any]:
+async def ask(addr: str, secret: bytes, msg: dict[str, Any], timeout: float = 2.0, ssl: Any = "default") -> dict[str, Any]:
     h, p = parse_addr(addr)
     try:
-        ans = await request(h, p, secret, msg, timeout=timeout)
+        ans = await request(h, p, secret, msg, timeout=timeout, ssl=ssl)
     except (OSError, TimeoutError, LinkClosed, ProtocolError) as exc:
         return {"reachable": False, "addr": addr, "error": why_not(exc, timeout)}
     if ans.get("t") == "error":
@@ -78,7 +78,7 @@ async def serving_cp(cps: list[str], secret: bytes, timeout: float = 2.0) -> tup
 
 
 async def status_all(
-    cp: str | None, hosts: list[str], secret_file: str, timeout: float = 2.0, cp_machines: list[str] | None = None
+    cp: str | None, hosts: list[str], secret_file: str, timeout: float = 2.0, cp_machines: list[str] | None = None, ssl: Any = "default"
 ) -> dict[str, Any]:
     """Everything hsbctl status shows. `cp_machines`: both CP machines' admin addresses (the
     serving one is asked; each one's state is shown)."""
@@ -89,7 +89,7 @@ async def status_all(
         cp = chosen or cp
 
     async def one(addr: str) -> dict[str, Any]:
-        ans = await ask(addr, secret, {"t": "status"}, timeout)
+        ans = await ask(addr, secret, {"t": "status"}, timeout, ssl=ssl)
         if ans.get("reachable") is False:
             return ans
         data = dict(ans.get("data", {}))

@@ -14,6 +14,7 @@ import click
 from hsb.ctl.file_cmd import file_group
 from hsb.ctl.ops_cmds import register as register_ops
 from hsb.ctl.target import Target, TargetError, load_target
+from hsb.ctl.tls_cmd import tls_group
 
 DEFAULT_CONFIG = "/etc/hsb/ctl.toml"
 
@@ -38,7 +39,7 @@ class Ctx:
     type=click.Path(dir_okay=False),
     help="ctl TOML naming the daemons' admin addresses (default: $HSB_CTL_CONFIG, then /etc/hsb/ctl.toml; sandbox up writes one).",
 )
-@click.option("--cp", help="Admin address of hsbcpd, HOST:PORT.")
+@click.option("--cp", help="Admin address of hsbcpd, HOST:PORT (two CP machines: HOST:PORT,HOST:PORT).")
 @click.option("--host", "hosts", multiple=True, help="Admin address of an hsbd, HOST:PORT (twice for the pair).")
 @click.option("--secret-file", type=click.Path(dir_okay=False), help="The shared secret (mode 600).")
 @click.pass_context
@@ -53,6 +54,7 @@ def main(ctx: click.Context, config: str | None, cp: str | None, hosts: tuple[st
 
 
 main.add_command(file_group)
+main.add_command(tls_group)
 register_ops(main, Ctx)
 
 
@@ -126,17 +128,18 @@ def sandbox() -> None:
 @click.option("--terminals", default=200, show_default=True, type=click.IntRange(1, 1_000_000))
 @click.option("--service", type=click.Choice(["echo", "journal", "ledger"]), default="echo", show_default=True)
 @click.option("--dsn", default=None, metavar="DSN", help="ledger: a PostgreSQL database both hosts use (default: SQLite in --dir).")
+@click.option("--tls", is_flag=True, help="TLS on every link, terminals' too: a CA and certificates in D/tls (hsbctl tls init).")
 @click.option("--conventional", is_flag=True, help="fast_switch = false: no standby sessions (the classic hot standby).")
 @click.option("--logon-ms", default=0.0, show_default=True, help="Simulated logon work per session open.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for hot standby.")
-def sandbox_up(dir_: str, terminals: int, service: str, dsn: str | None, conventional: bool, logon_ms: float, timeout: float) -> None:
+def sandbox_up(dir_: str, terminals: int, service: str, dsn: str | None, tls: bool, conventional: bool, logon_ms: float, timeout: float) -> None:
     """Start the sandbox and wait for hot standby; print one JSON object."""
     from hsb.ctl.sandbox import SandboxError, up
 
     if dsn and service != "ledger":
         raise click.UsageError("--dsn is for --service ledger")
     try:
-        info = up(Path(dir_), terminals=terminals, service=service, conventional=conventional, timeout=timeout, logon_ms=logon_ms, dsn=dsn)
+        info = up(Path(dir_), terminals=terminals, service=service, conventional=conventional, timeout=timeout, logon_ms=logon_ms, dsn=dsn, tls=tls)
     except SandboxError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

@@ -70,8 +70,29 @@ def write_configs(
     host_options: dict[str, Any] | None = None,
     dsn: str | None = None,
     service_options: dict[str, Any] | None = None,
+    tls: bool = False,
 ) -> dict[str, Any]:
     d.mkdir(parents=True, exist_ok=True)
+    tls_dir = d / "tls"
+    if tls:  # every link over TLS, terminals too: a CA and a certificate per daemon (hsbctl tls init)
+        from hsb.ctl.tls_cmd import make_ca_and_certs
+
+        if not (tls_dir / "hsbctl.pem").exists():
+            make_ca_and_certs(tls_dir, ["cp", "host-a", "host-b", "hsbctl"])
+
+    def tls_section(name: str, terminals: bool = False) -> list[str]:
+        if not tls:
+            return []
+        return _section(
+            "tls",
+            {
+                "ca_file": str(tls_dir / "ca.pem"),
+                "cert_file": str(tls_dir / f"{name}.pem"),
+                "key_file": str(tls_dir / f"{name}.key"),
+                **({"terminals": True} if terminals else {}),
+            },
+        )
+
     secret = d / "secret"
     if not secret.exists():
         secret.write_text(secrets.token_urlsafe(32) + "\n")
@@ -81,23 +102,27 @@ def write_configs(
     }
     group = {"prefix": prefix, "count": terminals, "width": 5}
     attrs = {"protocol": "hsb1", "codepage": "utf-8", "max_msg": 4096, "profile": "default"}
-    cp = _section(
-        "cp",
-        {
-            "name": "cp",
-            "terminal_listen": ports["terminal"],
-            "host_listen": ports["host"],
-            "admin_listen": ports["admin"],
-            "http_listen": ports["http"],
-            "secret_file": "secret",
-            "held_bound": 256,
-            "host_timeout": host_timeout,
-            "host_lease": lease_for(host_timeout),
-            "journal": "cp-journal",
-            "durability": durability,
-            "journal_segment_kib": journal_segment_kib,
-        },
-    ) + _section("[terminal_groups]", {**group, "standby_capable": True, "attrs": {"kind": "till"}})
+    cp = (
+        _section(
+            "cp",
+            {
+                "name": "cp",
+                "terminal_listen": ports["terminal"],
+                "host_listen": ports["host"],
+                "admin_listen": ports["admin"],
+                "http_listen": ports["http"],
+                "secret_file": "secret",
+                "held_bound": 256,
+                "host_timeout": host_timeout,
+                "host_lease": lease_for(host_timeout),
+                "journal": "cp-journal",
+                "durability": durability,
+                "journal_segment_kib": journal_segment_kib,
+            },
+        )
+        + tls_section("cp", terminals=True)
+        + _section("[terminal_groups]", {**group, "standby_capable": True, "attrs": {"kind": "till"}})
+    )
     (d / "cp.toml").write_text("\n".join(cp))
     takeover = d / "takeover.dat"
     records = records_for(terminals)
@@ -128,14 +153,18 @@ def write_configs(
                 },
             )
             + _section("takeover", {"path": str(takeover), "records": records, "record_size": 4096})
+            + tls_section(name)
             + _section("service_options", opts)
             + _section("[terminal_groups]", {**group, "attrs": attrs})
         )
         p = d / f"{name}.toml"
         p.write_text("\n".join(text))
         cfgs[name] = str(p.resolve())
-    (d / "ctl.toml").write_text(f'cp = "{ports["admin"]}"\nhosts = ["{ports["a_admin"]}", "{ports["b_admin"]}"]\nsecret_file = "secret"\n')
-    return {"ports": ports, "configs": cfgs, "takeover": str(takeover), "records": records}
+    ctl = f'cp = "{ports["admin"]}"\nhosts = ["{ports["a_admin"]}", "{ports["b_admin"]}"]\nsecret_file = "secret"\n'
+    if tls:
+        ctl += 'tls = { ca_file = "tls/ca.pem", cert_file = "tls/hsbctl.pem", key_file = "tls/hsbctl.key" }\n'
+    (d / "ctl.toml").write_text(ctl)
+    return {"ports": ports, "configs": cfgs, "takeover": str(takeover), "records": records, "tls": str(tls_dir) if tls else None}
 
 
 def _spawn(d: Path, name: str, argv: list[str]) -> int:
@@ -213,6 +242,16 @@ def start_host(d: Path, name: str, role: str, env_extra: dict[str, str] | None =
     return pid
 
 
+def client_ssl(d: Path) -> Any:
+    """hsbctl's client context for a sandbox made with --tls (None: plain links)."""
+    if not (d / "tls" / "hsbctl.pem").exists():
+        return None
+    from hsb.wire.tls import TLS, TLSFiles
+
+    t = d / "tls"
+    return TLS(TLSFiles(str(t / "ca.pem"), str(t / "hsbctl.pem"), str(t / "hsbctl.key"))).client
+
+
 async def wait_established(d: Path, timeout: float) -> dict[str, Any]:
     st = load_state(d)
     deadline = time.monotonic() + timeout
@@ -222,7 +261,7 @@ async def wait_established(d: Path, timeout: float) -> dict[str, Any]:
             if not _alive(h["pid"]):
                 tail = (d / f"{name if name != 'hsbcpd' else 'cp'}.log").read_text(errors="replace")[-1500:]
                 raise SandboxError(f"{name} (pid {h['pid']}) exited; log {d}/{name if name != 'hsbcpd' else 'cp'}.log ends:\n{tail}")
-        last = await status_all(st["cp"]["admin"], [st["hosts"][n]["admin"] for n in HOSTS], str(d / "secret"), timeout=1.0)
+        last = await status_all(st["cp"]["admin"], [st["hosts"][n]["admin"] for n in HOSTS], str(d / "secret"), timeout=1.0, ssl=client_ssl(d))
         if last["established"]:
             return last
         if time.monotonic() > deadline:
@@ -253,6 +292,7 @@ async def aup(
     host_options: dict[str, Any] | None = None,
     dsn: str | None = None,
     service_options: dict[str, Any] | None = None,
+    tls: bool = False,
 ) -> dict[str, Any]:
     """Start the sandbox in `d` and wait for hot standby (see module docstring)."""
     d = d.resolve()
@@ -272,7 +312,10 @@ async def aup(
         host_options=host_options,
         dsn=dsn,
         service_options=service_options,
+        tls=tls,
     )
+    if not tls:
+        shutil.rmtree(d / "tls", ignore_errors=True)
     if service == "ledger" and not dsn:
         for suffix in ("", "-wal", "-shm"):  # a new sandbox: new books
             (d / f"ledger.sqlite{suffix}").unlink(missing_ok=True)
@@ -317,6 +360,7 @@ async def aup(
         "takeover": plan["takeover"],
         "journals": [str(d / f"journal-{n}.log") for n in HOSTS] if service == "journal" else [],
         "ledger": ({"dsn": dsn} if dsn else {"sqlite": str(d / "ledger.sqlite")}) if service == "ledger" else None,
+        "tls": plan["tls"],
     }
     save_state(d, st)
     _wait_port(ports["host"], 15.0, d)
@@ -333,7 +377,7 @@ async def aup(
 async def status(d: Path, timeout: float = 2.0) -> dict[str, Any]:
     """The combined status of the sandbox in `d` (see hsb.ctl.gather)."""
     st = load_state(d)
-    return await status_all(st["cp"]["admin"], [h["admin"] for h in st["hosts"].values()], str(d / "secret"), timeout=timeout)
+    return await status_all(st["cp"]["admin"], [h["admin"] for h in st["hosts"].values()], str(d / "secret"), timeout=timeout, ssl=client_ssl(d))
 
 
 async def until(d: Path, pred: Any, timeout: float, what: str, every: float = 0.05) -> dict[str, Any]:
@@ -380,6 +424,7 @@ def describe(d: Path) -> dict[str, Any]:
         "conventional": st["conventional"],
         "journals": st["journals"],
         "ledger": st.get("ledger"),
+        "tls": st.get("tls"),
         "takeover": st["takeover"],
         "secret_file": str(Path(st["dir"]) / "secret"),
     }

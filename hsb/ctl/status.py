@@ -59,6 +59,17 @@ def _pause(ls: dict[str, Any]) -> str:
     return "worst pause not measured yet, "
 
 
+def _tls_line(t: dict[str, Any], links: str) -> str:
+    days = t.get("days_left")
+    when = (t.get("not_after") or "?")[:10]
+    warn = "  RENEW SOON" if days is not None and days < 14 else ""
+    return (
+        f"TLS on ({links}); certificate {', '.join(t.get('names') or [])} expires {when} ({days:.0f} days){warn}"
+        if days is not None
+        else f"TLS on ({links})"
+    )
+
+
 def render(st: dict[str, Any]) -> str:
     out: list[str] = []
     verdict = "ESTABLISHED (hot standby ready)" if st["established"] else "SERVING WITHOUT A STANDBY" if st["serving"] else "NOT SERVING"
@@ -98,6 +109,8 @@ def render(st: dict[str, Any]) -> str:
             f"sessions {t['active_sessions']} active / {t['standby_sessions']} standby  held {cp['held_messages']}"
             + (f"  back-pressured {t['backpressured']}" if t.get("backpressured") else "")
         )
+        if (cp.get("tls") or {}).get("enabled"):
+            out.append("            " + _tls_line(cp["tls"], "host and admin links" + (", terminals" if cp["tls"].get("terminals") else "")))
         ls = cp.get("last_switchover")
         if ls:
             kind = ls.get("kind") or ("switchover" if ls.get("planned") else "failover")
@@ -152,6 +165,8 @@ def render(st: dict[str, Any]) -> str:
             + f"  {ring}  storage {tf['storage']}"
         )
         out.append(f"            startup id own {sid['own'] or '-'} partner {sid['partner'] or '-'}")
+        if (h.get("tls") or {}).get("enabled"):
+            out.append("            " + _tls_line(h["tls"], "peer, CP and admin links"))
         t = h["terminals"]
         out.append(
             f"            terminals defined {t['defined']} linked {t['linked']}  sessions {t['active_sessions']} active / {t['standby_sessions']} standby"

@@ -25,6 +25,7 @@ class Target:
     hosts: list[str] = field(default_factory=list)
     secret_file: str | None = None
     cps: list[str] = field(default_factory=list)
+    tls: dict[str, str] | None = None  # {ca_file, cert_file, key_file}: hsbctl's own certificate
 
     def validate(self) -> None:
         if not self.cp and not self.hosts:
@@ -45,6 +46,13 @@ class Target:
             load_secret(self.secret_file)
         except SecretFileError as exc:
             raise TargetError(str(exc)) from None
+        if self.tls is not None:  # the daemons speak TLS: hsbctl presents its own certificate
+            from hsb.wire.tls import TLS, TLSError, TLSFiles, set_default_client
+
+            try:
+                set_default_client(TLS(TLSFiles(**self.tls)).client)
+            except TLSError as exc:
+                raise TargetError(str(exc)) from None
 
 
 def load_target(config: str | None, cp: str | None, hosts: tuple[str, ...], secret_file: str | None) -> Target:
@@ -57,7 +65,7 @@ def load_target(config: str | None, cp: str | None, hosts: tuple[str, ...], secr
             raise TargetError(f"ctl config {p} not found") from None
         except tomllib.TOMLDecodeError as exc:
             raise TargetError(f"ctl config {p}: {exc}") from None
-        unknown = set(data) - {"cp", "hosts", "secret_file"}
+        unknown = set(data) - {"cp", "hosts", "secret_file", "tls"}
         if unknown:
             raise TargetError(f"ctl config {p}: unknown keys {sorted(unknown)}")
         cp_cfg = data.get("cp")
@@ -66,6 +74,11 @@ def load_target(config: str | None, cp: str | None, hosts: tuple[str, ...], secr
         sf = data.get("secret_file")
         if sf:
             t.secret_file = str(sf if Path(sf).is_absolute() else p.parent / sf)
+        tl = data.get("tls")
+        if tl is not None:
+            if not isinstance(tl, dict) or set(tl) != {"ca_file", "cert_file", "key_file"}:
+                raise TargetError(f"ctl config {p}: tls must be a table with ca_file, cert_file and key_file")
+            t.tls = {k: str(v if Path(v).is_absolute() else p.parent / v) for k, v in tl.items()}
     if cp:
         t.cps = [a.strip() for a in cp.split(",") if a.strip()]
     t.cp = t.cps[0] if t.cps else None

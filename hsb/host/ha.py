@@ -750,6 +750,7 @@ class HA:
             "last_error": self.last_error,
             "delivery": dict(self.srv.delivery.counters),
             "service": self.srv.service_status(),
+            "tls": self.srv.tls.status() if self.srv.tls is not None else {"enabled": False},
             "counters": dict(self.counters),
             "ring_lag": self.ring_lag(),
         }

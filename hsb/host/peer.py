@@ -139,11 +139,12 @@ class PeerLink:
         self.closed = False
         self.accepted: set[PeerInbound] = set()  # inbound connections, authenticated or not yet
 
-    async def start(self) -> None:
+    async def start(self, ssl: Any = None) -> None:
+        """Listen (with TLS when `ssl` is a server context) and start connecting to the peer."""
         h, p = parse_addr(self.listen)
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            lambda: PeerInbound(self, secret=self.secret, auth_timeout=max(self.timeout * 4, 2.0), max_frame=self.max_frame),
+            lambda: PeerInbound(self, secret=self.secret, auth_timeout=max(self.timeout * 4, 2.0), max_frame=self.max_frame, tls=ssl),
             h,
             p,
             reuse_address=True,

@@ -33,6 +33,7 @@ from hsb.ops.metrics import HostCollector, registry_for
 from hsb.ops.metrics import render as render_metrics
 from hsb.ops.notify import notify
 from hsb.service.api import Service
+from hsb.wire.tls import TLS, reload_tls, set_default_client
 
 log = structlog.get_logger("hsb.host")
 
@@ -48,6 +49,10 @@ class HostServer:
         self.ha = HA(self, role)
         self.sessions_ctl = SessionsCtl(self)
         h = cfg.host
+        # TLS (hsb.wire.tls): this host's certificate on its CP and peer links (as a client) and
+        # on its peer and admin listeners
+        self.tls = TLS(cfg.tls.files()) if cfg.tls is not None else None
+        set_default_client(self.tls.client if self.tls is not None else None)
         self.cp = CPLink(
             name=h.name,
             addr=h.cp,
@@ -185,14 +190,21 @@ class HostServer:
         loop = asyncio.get_running_loop()
         ah, ap = parse_addr(h.admin_listen)
         self.admin_server = await loop.create_server(
-            lambda: HostAdminProtocol(self, secret=self.secret, auth_timeout=5.0, idle_timeout=30.0, max_frame=h.max_frame),
+            lambda: HostAdminProtocol(
+                self,
+                secret=self.secret,
+                auth_timeout=5.0,
+                idle_timeout=30.0,
+                max_frame=h.max_frame,
+                tls=self.tls.server if self.tls is not None else None,
+            ),
             ah,
             ap,
             reuse_address=True,
         )
         s = self.admin_server.sockets[0].getsockname()
         self.bound["admin"] = f"{s[0]}:{s[1]}"
-        await self.peer.start()
+        await self.peer.start(self.tls.server if self.tls is not None else None)
         self.bound["peer"] = self.peer.bound
         if h.http_listen:
             self.http_server, self.bound["http"] = await start_http(h.http_listen, self.routes())
@@ -243,6 +255,7 @@ class HostServer:
         from hsb.ops import reload
 
         self.reload_requested = False
+        reload_tls(self.tls)
         planned = reload.plan(self.config_path, HostConfig, self.cfg, self.RELOADABLE)
         if planned is None:
             return

@@ -43,6 +43,12 @@ def _c(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=float(value))
 
 
+def _tls(st: dict[str, Any]) -> Iterator[Metric]:
+    t = st.get("tls") or {}
+    if t.get("enabled") and t.get("days_left") is not None:
+        yield _g("hsb_tls_cert_expiry_days", "Days until this daemon's TLS certificate expires.", t["days_left"])
+
+
 def _common() -> Iterator[Metric]:
     """What both daemons export: build info, protocol errors, dropped connections."""
     yield _build()
@@ -113,6 +119,7 @@ class HostCollector:
         yield _c("hsb_switchovers", "Planned switchovers this host took part in.", c.get("switchovers", 0))
         lt = st.get("last_takeover") or {}
         yield _g("hsb_host_takeover_seconds", "This host's last takeover: its switchover request to the grant.", lt.get("duration_s"))
+        yield from _tls(st)
         yield from _common()
 
 
@@ -161,6 +168,7 @@ class CPCollector:
         yield _g("hsb_cp_serving", "1 while this hsbcpd serves (0: waiting to take over, two CP machines).", 0 if st["state"] == "waiting" else 1)
         gen = st.get("generation") if st.get("generation") is not None else st.get("journal_generation", 0)
         yield _g("hsb_cp_generation", "The CP journal's generation this hsbcpd owns (waiting: the newest in the directory).", gen or 0)
+        yield from _tls(st)
         if st["state"] == "waiting":
             yield from _common()
             return

@@ -524,7 +524,8 @@ class Connector:
     goes back to the terminal, which re-schedules itself after its backoff.
     """
 
-    def __init__(self, host: str, port: int, *, concurrency: int = 256, connect_timeout: float = 5.0) -> None:
+    def __init__(self, host: str, port: int, *, concurrency: int = 256, connect_timeout: float = 5.0, ssl: Any = None) -> None:
+        self.ssl = ssl  # a client SSLContext for a CP whose terminal listener has TLS (hsb.term.tlsctx)
         self.host = host
         self.port = port
         self.concurrency = max(1, concurrency)
@@ -581,7 +582,10 @@ class Connector:
             c.state = CONNECTING
             try:
                 async with asyncio.timeout(self.connect_timeout):  # not wait_for: a cycle per failure
-                    await loop.create_connection(functools.partial(_same, c), self.host, self.port)
+                    if self.ssl is None:
+                        await loop.create_connection(functools.partial(_same, c), self.host, self.port)
+                    else:
+                        await loop.create_connection(functools.partial(_same, c), self.host, self.port, ssl=self.ssl, server_hostname="")
             except asyncio.CancelledError:
                 raise
             except (TimeoutError, OSError) as exc:
@@ -604,3 +608,17 @@ class Connector:
 def _same(c: TerminalClient) -> TerminalClient:
     """The protocol factory for a client that reconnects: the same object every time."""
     return c
+
+
+def tls_context(ca: str, cert: str | None = None, key: str | None = None) -> Any:
+    """A terminal's TLS context: the CP's certificate must chain to `ca`; with `cert` and `key`
+    the terminal presents its own (the CP then checks it names the terminal)."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = False  # the CA is the cluster's own (docs/tls.md)
+    ctx.load_verify_locations(ca)
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    return ctx

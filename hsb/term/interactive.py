@@ -120,6 +120,7 @@ async def interactive(
     linger: float = 5.0,
     inp: TextIO | None = None,
     out: TextIO | None = None,
+    ssl: Any = None,
 ) -> int:
     """Run the interactive terminal until end of input; the exit status."""
     loop = asyncio.get_running_loop()
@@ -127,7 +128,7 @@ async def interactive(
     target = f"{host}:{port}"
     printer = Printer(out, target)
     client = TerminalClient(name, printer, base=id_base, keep_payloads=True)
-    connector = Connector(host, port, concurrency=1)
+    connector = Connector(host, port, concurrency=1, ssl=ssl)
     connector.attach(client)
     connector.start()
     connector.schedule(client)

@@ -311,6 +311,7 @@ async def run_load(
     resume: bool = True,
     workload: Any = None,
     books: dict[str, Any] | None = None,
+    ssl: Any = None,
 ) -> LoadReport:
     """Run `terminals` simulated terminals against the CP at `cp` and report.
 
@@ -356,7 +357,7 @@ async def run_load(
         for i, nm in enumerate(names)
     ]
     rng = random.Random(seed)
-    connector = Connector(host, port, concurrency=connect_concurrency)
+    connector = Connector(host, port, concurrency=connect_concurrency, ssl=ssl)
     phase = ["connect"]
     t0 = time.monotonic()
     wall_offset = time.time() - t0

@@ -28,6 +28,30 @@ def _cp(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, in
 cp_option = click.option("--cp", required=True, metavar="HOST:PORT", callback=_cp, help="The CP's terminal listen address.")
 
 
+def tls_options(f: Any) -> Any:
+    """--tls --ca [--cert --key]: the CP's terminal listener speaks TLS (docs/tls.md)."""
+    f = click.option("--key", "tls_key", type=click.Path(dir_okay=False, exists=True), help="With --cert: this terminal's key.")(f)
+    f = click.option(
+        "--cert", "tls_cert", type=click.Path(dir_okay=False, exists=True), help="This terminal's certificate (optional; must name the terminal)."
+    )(f)
+    f = click.option("--ca", "tls_ca", type=click.Path(dir_okay=False, exists=True), help="With --tls: the CA the CP's certificate chains to.")(f)
+    return click.option("--tls", is_flag=True, help="Connect with TLS (the CP's terminal listener has [tls] terminals = true).")(f)
+
+
+def _ssl(tls: bool, ca: str | None, cert: str | None, key: str | None) -> Any:
+    if not tls:
+        if ca or cert or key:
+            raise click.UsageError("--ca, --cert and --key go with --tls")
+        return None
+    if not ca:
+        raise click.UsageError("--tls needs --ca FILE (the CA the CP's certificate chains to)")
+    if bool(cert) != bool(key):
+        raise click.UsageError("--cert and --key go together")
+    from hsb.term.client import tls_context
+
+    return tls_context(ca, cert, key)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Simulated terminals: interactive, or a load generator that checks for loss."""
@@ -44,10 +68,14 @@ def main() -> None:
     show_default=True,
     help="At end of input, wait this long for outstanding replies before bye.",
 )
-def connect(name: str, cp: tuple[str, int], id_base: int | None, linger: float) -> None:
+@tls_options
+def connect(
+    name: str, cp: tuple[str, int], id_base: int | None, linger: float, tls: bool, tls_ca: str | None, tls_cert: str | None, tls_key: str | None
+) -> None:
     """Interactive terminal NAME: each stdin line is a message; events are printed. Ctrl-D logs off."""
+    ssl = _ssl(tls, tls_ca, tls_cert, tls_key)
     try:
-        status = hsb_loop.run(interactive(name, cp[0], cp[1], id_base=id_base, linger=linger))
+        status = hsb_loop.run(interactive(name, cp[0], cp[1], id_base=id_base, linger=linger, ssl=ssl))
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(status)
@@ -153,6 +181,7 @@ async def _load_main(cp: tuple[str, int], **kw: Any) -> LoadReport:
 @click.option("--books-dsn", default=None, metavar="DSN", help="ledger: check the books in this PostgreSQL database after the run.")
 @click.option("--books-sqlite", default=None, metavar="PATH", help="ledger: check the books in this SQLite file after the run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@tls_options
 def load(
     cp: tuple[str, int],
     as_json: bool,
@@ -162,6 +191,10 @@ def load(
     accounts: int,
     books_dsn: str | None,
     books_sqlite: str | None,
+    tls: bool,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
     **kw: Any,
 ) -> None:
     """Run N terminals at a total rate; check every promise; report latency and pauses.
@@ -178,6 +211,7 @@ def load(
     current phase (connect, send, settle) early.
     """
     kw["classic"] = [n for n in classic.split(",") if n]
+    kw["ssl"] = _ssl(tls, tls_ca, tls_cert, tls_key)
     if workload == "ledger":
         from hsb.term.workload import LedgerWorkload
 

@@ -75,6 +75,13 @@ class AuthServerProtocol(FramedProtocol):
                 f" speaks {LINK_PROTOCOL} (hsb {__version__}): install the same hsb version everywhere",
             )
             return
+        names = self.tls_peer_names()
+        if names is not None and name not in names:  # TLS: the certificate must be the one of the name claimed
+            self.auth_failed(
+                "tls_name_mismatch",
+                f"the link claims to be {name[:64]!r} but its certificate is for {sorted(names)[:4] or 'nobody (none presented)'}",
+            )
+            return
         self._nonce = b""  # used once
         self.authed = True
         self.clear_deadline()

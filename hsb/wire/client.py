@@ -9,7 +9,7 @@ import asyncio
 from typing import Any
 
 from hsb import LINK_PROTOCOL, __version__
-from hsb.wire import auth
+from hsb.wire import auth, tls
 from hsb.wire.framing import DEFAULT_MAX_FRAME, FLUSH_AT, Decoder, ProtocolError, encode
 
 
@@ -34,13 +34,19 @@ class FrameStream:
         self.auth_ok: dict[str, Any] = {}  # the server's auth_ok frame (the CP's generation, for one)
 
     @classmethod
-    async def connect(cls, host: str, port: int, *, timeout: float = 5.0, max_frame: int = DEFAULT_MAX_FRAME) -> FrameStream:
+    async def connect(cls, host: str, port: int, *, timeout: float = 5.0, max_frame: int = DEFAULT_MAX_FRAME, ssl: Any = "default") -> FrameStream:
+        """`ssl`: a client SSLContext, None for a plain connection, or "default": this
+        process's own (hsb.wire.tls.set_default_client; plain when it has none)."""
+        ctx = tls.default_client() if ssl == "default" else ssl
         # asyncio.timeout, not wait_for: on 3.11 a failed connect under wait_for is a reference cycle
         # (task -> its exception -> traceback -> wait_for's frame -> task), and hsbd retries a peer
         # or CP that is down every 0.05-1 s, holding the exception across the backoff wait: long
         # enough to reach the old generation, which hsb/gcpolicy.py never collects
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
+            if ctx is None:
+                reader, writer = await asyncio.open_connection(host, port)
+            else:
+                reader, writer = await asyncio.open_connection(host, port, ssl=ctx, server_hostname="")
         return cls(reader, writer, max_frame)
 
     def send(self, msg: dict[str, Any]) -> None:
@@ -93,6 +99,13 @@ class FrameStream:
             raise LinkClosed(f"{ch.get('code')}: {ch.get('msg')}", ch)
         if ch.get("t") != "challenge" or not isinstance(ch.get("nonce"), bytes):
             raise ProtocolError("auth_failed", f"expected a challenge, got {ch.get('t')!r}")
+        names = tls.peer_names(self.writer.transport)
+        server = str(ch.get("server", ""))
+        if names is not None and server not in names:  # TLS: the certificate must be the server's it says it is
+            raise LinkClosed(
+                f"tls_name_mismatch: the server says it is {server[:64]!r} but its certificate is for {sorted(names)[:4]}",
+                {"t": "error", "code": "tls_name_mismatch"},
+            )
         theirs = ch.get("proto", 1)
         if theirs != LINK_PROTOCOL:
             raise LinkClosed(
@@ -146,10 +159,18 @@ class FrameStream:
 
 
 async def request(
-    host: str, port: int, secret: bytes, msg: dict[str, Any], *, link: str = "admin", name: str = "hsbctl", timeout: float = 3.0
+    host: str,
+    port: int,
+    secret: bytes,
+    msg: dict[str, Any],
+    *,
+    link: str = "admin",
+    name: str = "hsbctl",
+    timeout: float = 3.0,
+    ssl: Any = "default",
 ) -> dict[str, Any]:
     """One admin request/answer round trip on a fresh connection."""
-    fs = await FrameStream.connect(host, port, timeout=timeout)
+    fs = await FrameStream.connect(host, port, timeout=timeout, ssl=ssl)
     try:
         await fs.authenticate(secret, link, name, timeout)
         fs.send(msg)

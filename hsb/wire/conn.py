@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ssl
 from collections.abc import Callable, Collection
 from typing import Any, ClassVar
 
 import structlog
 
 from hsb.wire.framing import DEFAULT_MAX_FRAME, FLUSH_AT, Decoder, ProtocolError, encode
+from hsb.wire.tls import names_der as tls_names_der
+from hsb.wire.tlsio import ServerTLS, TLSFailed
 
 log = structlog.get_logger("hsb.wire")
 
@@ -44,8 +47,13 @@ class FramedProtocol(asyncio.Protocol):
         idle_timeout: float | None = None,
         known_types: Collection[str] | None = None,
         partial_timeout: float | None = None,
+        tls: ssl.SSLContext | None = None,
+        tls_timeout: float = 5.0,
     ) -> None:
         types = known_types if known_types is not None else self.dispatch.keys()
+        # TLS run here, not by the loop (hsb.wire.tlsio): a failed handshake is then ours to log
+        self._tls = ServerTLS(tls) if tls is not None else None
+        self._tls_timeout = tls_timeout
         self.decoder = Decoder(max_frame, types)
         self.transport: asyncio.Transport | None = None
         self.peer: str = "?"
@@ -70,12 +78,45 @@ class FramedProtocol(asyncio.Protocol):
         pn = transport.get_extra_info("peername")
         if isinstance(pn, tuple) and len(pn) >= 2:
             self.peer = f"{pn[0]}:{pn[1]}"
+        if self._tls is not None:  # the link begins once the handshake is done
+            self._deadline_handle = self._loop.call_later(self._tls_timeout, self._tls_refused, f"no TLS handshake within {self._tls_timeout:g} s")
+            return
         self._arm_idle()
         self.on_open()
+
+    def _tls_refused(self, reason: str) -> None:
+        self._deadline_handle = None
+        log.warning("tls_refused", link=self.link, peer=self.peer, reason=reason)
+        PROTOCOL_ERRORS[(self.link, "tls_refused")] += 1
+        self.abort()
+
+    def tls_peer_names(self) -> set[str] | None:
+        """Names in the certificate the other side presented (None: not TLS; empty: none)."""
+        if self._tls is None:
+            return None
+        der = self._tls.obj.getpeercert(binary_form=True)
+        return tls_names_der(der) if der else set()
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        t = self._tls
+        if t is not None:
+            was_done = t.done
+            try:
+                data, out = t.feed(data)
+            except TLSFailed as exc:
+                self.clear_deadline()
+                self._tls_refused(exc.reason)
+                return
+            if out and self.transport is not None:
+                self.transport.write(out)
+            if t.done and not was_done:
+                self.clear_deadline()
+                self._arm_idle()
+                self.on_open()
+            if not data or self.closed:
+                return
         try:
             msgs = self.decoder.feed(data)
         except ProtocolError as exc:
@@ -112,6 +153,15 @@ class FramedProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._tls is not None and not self._tls.done and not self.closed:
+            self.clear_deadline()
+            why = (
+                "the client gave up during the TLS handshake (it does not trust our certificate: another CA?)"
+                if self._tls.started
+                else "closed before a TLS handshake (a plaintext client waiting for the server to speak first?)"
+            )
+            log.warning("tls_refused", link=self.link, peer=self.peer, reason=why)
+            PROTOCOL_ERRORS[(self.link, "tls_refused")] += 1
         self.closed = True
         self.clear_deadline()
         if self._linger_handle is not None:
@@ -178,12 +228,13 @@ class FramedProtocol(asyncio.Protocol):
             self._out.append(data)
             self.flush()
         else:
-            self.transport.write(data)
+            self.transport.write(data if self._tls is None else self._tls.wrap(data))
 
     def flush(self) -> None:
         self._flush_scheduled = False
         if self._out and self.transport is not None and not self.closed:
-            self.transport.write(self._out[0] if len(self._out) == 1 else b"".join(self._out))
+            data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+            self.transport.write(data if self._tls is None else self._tls.wrap(data))
         self._out.clear()
 
     def protocol_error(self, exc: ProtocolError) -> None:

@@ -26,9 +26,11 @@ class FakeHost:
         self.replied: set[tuple[str, int]] = set()  # (terminal, id) this host answered
 
     @classmethod
-    async def connect(cls, host_addr: str, name: str, role: str | None = None, secret: bytes = SECRET, heartbeat: float | None = 0.05) -> FakeHost:
+    async def connect(
+        cls, host_addr: str, name: str, role: str | None = None, secret: bytes = SECRET, heartbeat: float | None = 0.05, ssl: Any = None
+    ) -> FakeHost:
         h, p = addr(host_addr)
-        fs = await FrameStream.connect(h, p)
+        fs = await FrameStream.connect(h, p, ssl=ssl)
         await fs.authenticate(secret, "host", name)
         self = cls(fs, name)
         if heartbeat:
@@ -130,9 +132,9 @@ class FakeTerminal:
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def connect(cls, term_addr: str, name: str, hello: bool = True) -> FakeTerminal:
+    async def connect(cls, term_addr: str, name: str, hello: bool = True, ssl: Any = None) -> FakeTerminal:
         h, p = addr(term_addr)
-        fs = await FrameStream.connect(h, p)
+        fs = await FrameStream.connect(h, p, ssl=ssl)
         self = cls(fs, name)
         _LIVE.add(self)
         if hello:

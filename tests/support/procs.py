@@ -113,7 +113,9 @@ def spawn(name: str, argv: list[str], log: Path, env: dict[str, str] | None = No
 from hsb.config import toml_value  # noqa: E402  (one writer for generated configs)
 
 
-def cp_config(d: Path, *, terminals: int = 10, prefix: str = "T", extra_terms: list[dict[str, Any]] | None = None, **cp: Any) -> Path:
+def cp_config(
+    d: Path, *, terminals: int = 10, prefix: str = "T", extra_terms: list[dict[str, Any]] | None = None, tls: dict[str, Any] | None = None, **cp: Any
+) -> Path:
     write_secret(d)
     # fixed free ports, not 0: a restarted hsbcpd (restart_cp) listens where the first one did
     base = {
@@ -125,6 +127,8 @@ def cp_config(d: Path, *, terminals: int = 10, prefix: str = "T", extra_terms: l
     }
     base.update(cp)
     lines = ["[cp]"] + [f"{k} = {toml_value(v)}" for k, v in base.items()]
+    if tls:
+        lines += ["", "[tls]"] + [f"{k} = {toml_value(v)}" for k, v in tls.items()]
     if terminals:
         lines += ["", "[[terminal_groups]]", f'prefix = "{prefix}"', f"count = {terminals}", 'attrs = { kind = "till" }']
     for t in extra_terms or []:

@@ -13,6 +13,7 @@ class Proxy:
         self.addr = ""
         self.cut = False
         self.conns: set[asyncio.StreamWriter] = set()
+        self.upstream: list[asyncio.StreamWriter] = []  # toward the target, one per connection
 
     async def start(self, port: int = 0) -> str:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", port)
@@ -30,6 +31,7 @@ class Proxy:
             w.transport.abort()
             return
         self.conns |= {w, uw}
+        self.upstream.append(uw)
 
         async def pipe(a: asyncio.StreamReader, b: asyncio.StreamWriter) -> None:
             try:
@@ -46,6 +48,12 @@ class Proxy:
 
         await asyncio.gather(pipe(r, uw), pipe(ur, w))
         self.conns -= {w, uw}
+
+    def inject(self, data: bytes) -> None:
+        """A man in the middle: write our own bytes into every stream toward the target."""
+        for uw in self.upstream:
+            if not uw.is_closing():
+                uw.write(data)
 
     def set_cut(self, cut: bool) -> None:
         """Cut: every connection through the proxy dies and new ones are refused."""

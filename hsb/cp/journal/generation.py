@@ -75,9 +75,10 @@ class Generations:
             return n
 
     def newer_than(self, own: int) -> int | None:
-        """A generation above `own` if one exists (cheap: one stat), else None."""
-        if os.path.exists(self.dir / gen_name(own + 1)):
-            return self.current()
+        """A generation above `own` if one exists (cheap: one or two stats), else None. A CP whose
+        own file is gone was superseded long ago (newer CPs prune old generation files)."""
+        if os.path.exists(self.dir / gen_name(own + 1)) or not os.path.exists(self.dir / gen_name(own)):
+            return max(self.current(), own + 1)
         return None
 
     def check(self, own: int) -> None:

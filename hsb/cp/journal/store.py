@@ -64,6 +64,8 @@ class Journal:
         self.first_seg = 0  # this generation's first segment (the takeover snapshot)
         self.superseded: Superseded | None = None
         self.on_superseded: Callable[[Superseded], None] = lambda exc: None
+        self._beating = False
+        self._beat_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsb-journal-beat")
         self.timeout = timeout
         self.segment_bytes = segment_bytes
         self.seg = 0  # the segment new records go to
@@ -318,15 +320,21 @@ class Journal:
             log.error("cp_superseded", generation=exc.own, newer=exc.newer, msg=str(exc))
             self.on_superseded(exc)
 
-    async def heartbeat(self) -> None:
-        """The serving CP's tick: touch its generation file; stop if a newer CP took over."""
-        if self.superseded is not None:
+    def heartbeat(self) -> None:
+        """The serving CP's tick: touch its generation file and check that no newer CP took over,
+        on a thread of its own (a hung mount must not stop the tick: it only stops the beat)."""
+        if self.superseded is not None or self._beating:
             return
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._exec, self._beat)
-        except Superseded as exc:
+        self._beating = True
+        fut = asyncio.get_running_loop().run_in_executor(self._beat_exec, self._beat)
+        fut.add_done_callback(self._beaten)
+
+    def _beaten(self, fut: Any) -> None:
+        self._beating = False
+        exc = fut.exception()
+        if isinstance(exc, Superseded):
             self._stop_superseded(exc)
-        except OSError as exc:  # the storage: the writes will report it
+        elif exc is not None:  # the storage: the writes report it
             log.warning("journal_heartbeat_failed", error=str(exc))
 
     def _beat(self) -> None:
@@ -378,6 +386,7 @@ class Journal:
 
     def close(self) -> None:
         self._exec.shutdown(wait=True)
+        self._beat_exec.shutdown(wait=False)
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
@@ -403,7 +412,7 @@ class NullJournal(Journal):
     def open(self, first: int, snapshot: list[list[Any]], garbage: list[Path]) -> int:
         return 1
 
-    async def heartbeat(self) -> None:
+    def heartbeat(self) -> None:
         pass
 
     def append(self, payload: list[Any], done: Done | None = None) -> int:

@@ -1,0 +1,212 @@
+"""TLS on the links (docs/tls.md): the standard library's `ssl`, nothing home-made.
+
+With a `[tls]` section every host, peer and admin link is mutual TLS (TLS 1.2 at least, 1.3
+preferred): both sides present a certificate that chains to the CA, and the HMAC challenge runs
+inside the encrypted channel as before. Names are checked at the application level, where the
+link says who it is: a server accepts a client only if the certificate names the name the link
+claims in its `auth` (a host claiming host-a must present host-a's certificate), and a client
+accepts a server only if its certificate names the name the server gives in its challenge.
+Hostnames and addresses are not checked (the CA is the cluster's own: membership is the check).
+
+The terminal link can have TLS too (`terminals = true`): a server certificate, and terminals'
+certificates optional; a terminal that presents one must log on with a name it names.
+
+Contexts are made once per process and kept: `reload()` loads new certificate files into the
+same objects, so a SIGHUP changes what new connections use without touching established ones.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import ssl
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+MIN_VERSION = ssl.TLSVersion.TLSv1_2
+
+
+class TLSError(Exception):
+    """A certificate, key or CA file that cannot be used: the message names it and the fix."""
+
+
+@dataclass
+class TLSFiles:
+    ca_file: str
+    cert_file: str
+    key_file: str
+
+
+def check_files(f: TLSFiles) -> list[str]:
+    """Every problem with these files, each with its fix (the config check and the start)."""
+    errors: list[str] = []
+    for label, path in (("ca_file", f.ca_file), ("cert_file", f.cert_file), ("key_file", f.key_file)):
+        if not os.path.isfile(path):
+            errors.append(f"tls.{label}: {path} does not exist (hsbctl tls init --dir DIR makes a CA and certificates)")
+    if errors:
+        return errors
+    mode = os.stat(f.key_file).st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        errors.append(f"tls.key_file: {f.key_file} is accessible by group or others (mode {stat.S_IMODE(mode):o}); run 'chmod 600 {f.key_file}'")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(f.cert_file, f.key_file)
+    except ssl.SSLError as exc:
+        errors.append(
+            f"tls.cert_file/key_file: {f.cert_file} does not go with {f.key_file} ({exc.reason or exc}); use the key the certificate was made for"
+        )
+    except OSError as exc:
+        errors.append(f"tls: cannot read {f.cert_file} or {f.key_file}: {exc}")
+    try:
+        ctx.load_verify_locations(f.ca_file)
+    except (ssl.SSLError, OSError) as exc:
+        errors.append(f"tls.ca_file: {f.ca_file} is not a CA certificate file ({exc})")
+    left = expires_in(f.cert_file)
+    if left is not None and left.total_seconds() <= 0:
+        errors.append(f"tls.cert_file: {f.cert_file} expired {-left.days} days ago; make a new one (hsbctl tls init, or your CA) and send SIGHUP")
+    return errors
+
+
+def not_after(cert_file: str) -> dt.datetime | None:
+    """The certificate's expiry (UTC), or None if it cannot be read."""
+    try:
+        from cryptography import x509
+
+        with open(cert_file, "rb") as fh:
+            cert = x509.load_pem_x509_certificate(fh.read())
+        return cert.not_valid_after_utc
+    except (OSError, ValueError, ImportError):
+        return None
+
+
+def expires_in(cert_file: str) -> dt.timedelta | None:
+    na = not_after(cert_file)
+    return None if na is None else na - dt.datetime.now(dt.UTC)
+
+
+class TLS:
+    """One process's TLS: its server and client contexts, made once and reloaded in place."""
+
+    def __init__(self, files: TLSFiles, terminals: bool = False) -> None:
+        errors = check_files(files)
+        if errors:
+            raise TLSError("; ".join(errors))
+        self.files = files
+        self.terminals = terminals
+        self.server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.terminal_server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        for ctx in (self.server, self.terminal_server, self.client):
+            ctx.minimum_version = MIN_VERSION
+        self.client.check_hostname = False  # names are checked against what the link says (module docstring)
+        self.client.verify_mode = ssl.CERT_REQUIRED
+        self.server.verify_mode = ssl.CERT_REQUIRED
+        self.terminal_server.verify_mode = ssl.CERT_OPTIONAL
+        self.loaded_at = dt.datetime.now(dt.UTC)
+        self._load()
+
+    def _load(self) -> None:
+        f = self.files
+        for ctx in (self.server, self.terminal_server, self.client):
+            ctx.load_cert_chain(f.cert_file, f.key_file)
+            ctx.load_verify_locations(f.ca_file)
+
+    def reload(self) -> list[str]:
+        """New certificate files into the same contexts (new connections use them); the
+        problems instead, if the files are not usable (then nothing changes)."""
+        errors = check_files(self.files)
+        if errors:
+            return errors
+        self._load()
+        self.loaded_at = dt.datetime.now(dt.UTC)
+        return []
+
+    def status(self) -> dict[str, Any]:
+        na = not_after(self.files.cert_file)
+        left = None if na is None else (na - dt.datetime.now(dt.UTC)).total_seconds() / 86400
+        return {
+            "enabled": True,
+            "cert_file": self.files.cert_file,
+            "names": sorted(file_names(self.files.cert_file)),
+            "not_after": None if na is None else na.isoformat(),
+            "days_left": None if left is None else round(left, 1),
+            "terminals": self.terminals,
+            "loaded_at": self.loaded_at.isoformat(),
+        }
+
+
+def file_names(cert_file: str) -> set[str]:
+    try:
+        from cryptography import x509
+
+        with open(cert_file, "rb") as fh:
+            cert = x509.load_pem_x509_certificate(fh.read())
+    except (OSError, ValueError, ImportError):
+        return set()
+    return _names_of(cert)
+
+
+def _names_of(cert: Any) -> set[str]:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    names = {str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)}
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names.update(san.get_values_for_type(x509.DNSName))
+    except x509.ExtensionNotFound:
+        pass
+    return names
+
+
+def names_der(der: bytes) -> set[str]:
+    from cryptography import x509
+
+    return _names_of(x509.load_der_x509_certificate(der))
+
+
+def peer_names(transport: Any) -> set[str] | None:
+    """The names in the certificate the other side presented; None on a plain connection, an
+    empty set if it presented none. (A client's view: asyncio's TLS transport.)"""
+    sslobj = transport.get_extra_info("ssl_object")
+    if sslobj is None:
+        return None
+    der = sslobj.getpeercert(binary_form=True)
+    if not der:
+        return set()
+    return names_der(der)
+
+
+def reload_tls(t: TLS | None) -> None:
+    """SIGHUP: the certificate files again (logged either way); established links stay."""
+    if t is None:
+        return
+    import structlog
+
+    errors = t.reload()
+    log = structlog.get_logger("hsb.tls")
+    if errors:
+        log.error("tls_reload_failed", errors=errors, msg="the certificates in use stay; fix the files and send SIGHUP again")
+    else:
+        st = t.status()
+        log.info(
+            "tls_reloaded",
+            cert=st["cert_file"],
+            names=st["names"],
+            not_after=st["not_after"],
+            msg="new connections use these; established ones are kept",
+        )
+
+
+_default_client: ssl.SSLContext | None = None
+
+
+def set_default_client(ctx: ssl.SSLContext | None) -> None:
+    """The client context this process's links use unless told otherwise (its own certificate)."""
+    global _default_client
+    _default_client = ctx
+
+
+def default_client() -> ssl.SSLContext | None:
+    return _default_client

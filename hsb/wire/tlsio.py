@@ -1,0 +1,84 @@
+"""The server side of TLS as a sans-IO layer (`ssl.MemoryBIO`): bytes from the network in,
+plaintext out; plaintext in, bytes for the network out. `hsb.wire.conn.FramedProtocol` runs it
+itself instead of asking the event loop for a TLS transport, so that a handshake that fails (a
+plaintext client, a wrong CA, an expired or missing certificate, a client that says nothing)
+reaches the protocol, which names the peer and the reason in one log line: uvloop's own TLS
+drops such connections without a word.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+
+class TLSFailed(Exception):
+    """The handshake or a record failed: `reason` says why in a few words."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _reason(exc: ssl.SSLError) -> str:
+    verify = str(getattr(exc, "verify_message", "") or "")
+    if "expired" in verify:
+        return "its certificate has expired"
+    if "not yet valid" in verify:
+        return "its certificate is not valid yet (a clock off?)"
+    if verify:
+        return f"its certificate does not chain to our CA ({verify})"
+    r = (exc.reason or str(exc)).lower().replace("_", " ")
+    if "wrong version number" in r or "http request" in r or "unknown protocol" in r:
+        return "not TLS (a plaintext client?)"
+    if "certificate required" in r or "peer did not return a certificate" in r:
+        return "no client certificate (mutual TLS: the client must present one)"
+    if "certificate expired" in r:
+        return "its certificate has expired"
+    if "unknown ca" in r or "certificate verify failed" in r or "unable to get local issuer" in r:
+        return f"its certificate does not chain to our CA ({exc.reason})"
+    return str(exc.reason or exc)
+
+
+class ServerTLS:
+    """One server connection's TLS state (see the module docstring)."""
+
+    __slots__ = ("_in", "_out", "obj", "done", "started")
+
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self._in, self._out, server_side=True)
+        self.done = False  # handshake complete
+        self.started = False  # the client sent something
+
+    def feed(self, data: bytes) -> tuple[bytes, bytes]:
+        """Network bytes in: (plaintext, bytes to send back). Raises TLSFailed."""
+        self.started = True
+        self._in.write(data)
+        if not self.done:
+            try:
+                self.obj.do_handshake()
+                self.done = True
+            except ssl.SSLWantReadError:
+                return b"", self._out.read()
+            except ssl.SSLError as exc:
+                raise TLSFailed(_reason(exc)) from None
+        chunks = []
+        while True:
+            try:
+                chunk = self.obj.read(262144)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                break
+            except ssl.SSLError as exc:  # a record that does not decrypt: injected or damaged bytes
+                raise TLSFailed(f"a record that is not valid TLS after the handshake ({exc.reason or exc}): injected or damaged bytes") from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), self._out.read()
+
+    def wrap(self, plaintext: bytes) -> bytes:
+        """Plaintext out: the bytes to send."""
+        self.obj.write(plaintext)
+        return self._out.read()

@@ -1,0 +1,293 @@
+"""TLS on the links (docs/tls.md): what it adds, who it refuses, and that nothing else changes.
+
+Real hsbcpd/hsbd processes, certificates from `hsbctl tls init` (hsb.ctl.tls_cmd):
+- a man in the middle (tests/support/proxy.py) writes a forged `reply` into an authenticated
+  host link: acted on without TLS (the test proves the attack), never with TLS (the link
+  breaks, the host connects again, the true reply arrives);
+- a plaintext client, one whose certificate is from another CA, an expired one, and one whose
+  certificate names someone else are refused on each port, each with its reason logged;
+- a failover under load with TLS on every link, terminals' too: the strict verdict holds;
+- new certificates and SIGHUP: new connections get them, established links stay up;
+- the config check refuses a key readable by others, a certificate that is not the key's, and
+  an expired certificate, each with its fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.ctl import sandbox
+from hsb.ctl.tls_cmd import make_ca_and_certs
+from hsb.term.client import tls_context
+from hsb.term.load import run_load
+from hsb.wire.client import FrameStream, LinkClosed
+from hsb.wire.framing import encode
+from hsb.wire.tls import TLS, TLSFiles
+from tests.support.hostclient import FakeHost, FakeTerminal
+from tests.support.procs import SECRET, Proc, addr, log_events, start_cp, until
+from tests.support.proxy import Proxy
+from tests.test_failover import active_names, pid_of
+
+pytestmark = pytest.mark.timeout(120)
+
+ATTRS = {"protocol": "hsb1"}
+
+
+def ctx_for(d: Path, name: str) -> ssl.SSLContext:
+    return TLS(TLSFiles(str(d / "ca.pem"), str(d / f"{name}.pem"), str(d / f"{name}.key"))).client
+
+
+def raw_ctx(d: Path, name: str) -> ssl.SSLContext:
+    """A client context as any TLS client would make it (no checks of ours: an expired one too)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(str(d / "ca.pem"))
+    ctx.load_cert_chain(str(d / f"{name}.pem"), str(d / f"{name}.key"))
+    return ctx
+
+
+def cp_tls(d: Path, terminals: bool = True) -> dict[str, Any]:
+    return {"ca_file": str(d / "ca.pem"), "cert_file": str(d / "cp.pem"), "key_file": str(d / "cp.key"), "terminals": terminals}
+
+
+async def forged_reply_reaches_the_terminal(tmp_path: Path, tls_dir: Path | None) -> tuple[bool, Proc, FakeTerminal, FakeHost]:
+    """A CP, an active host through a proxy, a terminal with one message outstanding; the proxy
+    injects a reply the host never sent. Whether the terminal got it."""
+    cp = start_cp(tmp_path / "cp", terminals=4, host_timeout=0.5, tls=cp_tls(tls_dir, terminals=False) if tls_dir else None)
+    proxy = Proxy(cp.info["host"])
+    await proxy.start()
+    host_ssl = ctx_for(tls_dir, "host-a") if tls_dir else None
+    a = await FakeHost.connect(proxy.addr, "host-a", ssl=host_ssl)
+    a.auto_open = ATTRS
+    await a.register("active")
+    t = await FakeTerminal.connect(cp.info["terminal"], "T00001")
+    await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+    t.send({"t": "msg", "id": 1, "data": "real"})
+    await a.wait(lambda m: m["t"] == "deliver" and m["id"] == 1)
+    proxy.inject(encode({"t": "reply", "terminal": "T00001", "id": 1, "data": "FORGED", "epoch": a.epoch}))
+    try:
+        await t.wait(lambda m: m["t"] == "reply", timeout=1.0)  # an observation window: the forgery, or nothing
+    except TimeoutError:
+        pass
+    forged = any(m["t"] == "reply" and m["data"] == "FORGED" for m in t.inbox)
+    return forged, cp, t, a
+
+
+async def test_an_injected_frame_is_acted_on_without_tls_and_never_with_it(tmp_path: Path) -> None:
+    forged, cp, t, a = await forged_reply_reaches_the_terminal(tmp_path / "plain", None)
+    try:
+        assert forged, "without TLS the forged reply should have reached the terminal (the attack the test guards against)"
+    finally:
+        cp.stop()
+    tls_dir = tmp_path / "tls"
+    make_ca_and_certs(tls_dir, ["cp", "host-a", "hsbctl"])
+    forged, cp, t, a = await forged_reply_reaches_the_terminal(tmp_path / "tls-run", tls_dir)
+    try:
+        assert not forged, "with TLS the forged reply was acted on"
+        # the injected bytes broke that TLS connection only, with the reason logged
+        await until(lambda: a.closed, 5, what="the host link closed by the CP")
+        ev = cp.wait_event("tls_refused")
+        assert ev["link"] == "host" and "injected or damaged" in ev["reason"], ev
+        assert not t.closed  # the terminal's own connection is untouched
+        # the host connects again and answers: the true reply arrives, once
+        a2 = await FakeHost.connect(cp.info["host"], "host-a", ssl=ctx_for(tls_dir, "host-a"))
+        a2.auto_open = ATTRS
+        assert (await a2.register("active"))["t"] == "registered"
+        d = await a2.wait(lambda m: m["t"] == "deliver" and m["id"] == 1)
+        a2.send({"t": "reply", "terminal": "T00001", "id": 1, "data": "real", "epoch": a2.epoch})
+        got = await t.wait(lambda m: m["t"] == "reply")
+        assert got["data"] == "real" and d["redelivered"], (got, d)
+    finally:
+        cp.stop()
+
+
+def raw_plain(addr_: str, data: bytes) -> bytes:
+    h, p = addr(addr_)
+    with socket.create_connection((h, p), timeout=5) as s:
+        s.sendall(data)
+        try:
+            return s.recv(100)
+        except (TimeoutError, OSError):
+            return b""
+
+
+async def tls_attempt(addr_: str, ctx: ssl.SSLContext, name: str, link: str) -> str:
+    """Connect with `ctx` and authenticate as `name`: "ok", or why it failed."""
+    h, p = addr(addr_)
+    try:
+        fs = await FrameStream.connect(h, p, ssl=ctx, timeout=5)
+    except (OSError, ssl.SSLError, TimeoutError) as exc:
+        return f"refused: {type(exc).__name__}"
+    try:
+        await fs.authenticate(SECRET, link, name, timeout=5)
+        return "ok"
+    except (LinkClosed, OSError, ssl.SSLError, TimeoutError) as exc:
+        return f"refused: {exc}"
+    finally:
+        await fs.aclose()
+
+
+async def test_plaintext_wrong_ca_expired_and_someone_elses_certificate_are_refused(tmp_path: Path) -> None:
+    good, other, old = tmp_path / "tls", tmp_path / "other-ca", tmp_path / "old"
+    make_ca_and_certs(good, ["cp", "host-a", "hsbctl", "intruder", "T00002"])
+    make_ca_and_certs(other, ["host-a"])
+    # an expired certificate from the right CA: copy the CA in, issue one that ended yesterday
+    old.mkdir()
+    for f in ("ca.pem", "ca.key"):
+        (old / f).write_bytes((good / f).read_bytes())
+    make_ca_and_certs(old, ["host-a"], days=1, not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=3))
+    cp = start_cp(tmp_path / "cp", terminals=4, host_timeout=0.5, tls=cp_tls(good, terminals=True))
+    try:
+        for port, link in ((cp.info["host"], "host"), (cp.info["admin"], "admin")):
+            mark = len(log_events(tmp_path / "cp" / "cp.log"))
+            assert raw_plain(port, encode({"t": "auth", "name": "host-a"})) == b""  # plaintext: closed, not answered
+            assert await tls_attempt(port, ctx_for(other, "host-a"), "host-a", link) != "ok"
+            assert await tls_attempt(port, raw_ctx(old, "host-a"), "host-a", link) != "ok"
+            name = "host-a" if link == "host" else "hsbctl"
+            mismatch = await tls_attempt(port, ctx_for(good, "intruder"), name, link)
+            assert "tls_name_mismatch" in mismatch, mismatch
+            assert await tls_attempt(port, ctx_for(good, name), name, link) == "ok"
+
+            def reasons(mark: int = mark, link: str = link) -> list[str]:
+                evs = log_events(tmp_path / "cp" / "cp.log")[mark:]
+                return [e.get("reason", "") for e in evs if e.get("event") in ("tls_refused", "auth_failed") and e.get("link") == link]
+
+            got = await until(lambda: len(reasons()) >= 4 and reasons(), 10, what=f"four refusals logged on the {link} port")
+            text = " | ".join(got)
+            # (a client of another CA refuses our certificate first: the server sees it give up)
+            assert "not TLS" in text and "another CA" in text and "expired" in text and "certificate is for" in text, text
+        # the terminal port: TLS, certificates optional; one that is presented must be the terminal's
+        term = cp.info["terminal"]
+        assert raw_plain(term, encode({"t": "hello", "terminal": "T00001"})) == b""
+        ok = await FakeTerminal.connect(term, "T00001", ssl=tls_context(str(good / "ca.pem")))
+        assert (await ok.wait(lambda m: m["t"] in ("welcome", "error")))["t"] == "welcome"
+        wrong = await FakeTerminal.connect(term, "T00001", ssl=tls_context(str(good / "ca.pem"), str(good / "T00002.pem"), str(good / "T00002.key")))
+        err = await wrong.wait(lambda m: m["t"] == "error")
+        assert err["code"] == "tls_name_mismatch", err
+        with pytest.raises((ssl.SSLError, OSError)):
+            bad = tls_context(str(other / "ca.pem"))  # a terminal that does not trust our CA refuses the CP
+            await FakeTerminal.connect(term, "T00003", ssl=bad)
+        await ok.close()
+    finally:
+        cp.stop()
+
+
+async def test_failover_under_load_with_tls_on_every_link(sb: Any) -> None:
+    info = await sb(terminals=200, service="journal", tls=True)
+    d = Path(info["dir"])
+    ca = str(d / "tls" / "ca.pem")
+    a_pid = pid_of(info, "host-a")
+    sending, stop = asyncio.Event(), asyncio.Event()
+    marks: list[tuple[str, float]] = []
+    task = asyncio.ensure_future(
+        run_load(
+            info["cp"]["terminal"], terminals=200, rate=500, duration=3600, settle=20, sending=sending, stop=stop, marks=marks, ssl=tls_context(ca)
+        )
+    )
+    await asyncio.wait_for(sending.wait(), 60)
+    ssl_ctl = sandbox.client_ssl(d)
+    st = await wait_status_tls(d, lambda s: s["cp"]["terminals"]["standby_sessions"] == 200, ssl_ctl)
+    assert st["cp"]["tls"]["enabled"] and all(h["tls"]["enabled"] for h in st["hosts"])
+    await asyncio.sleep(0.5)
+    import time
+
+    marks.append(("SIGKILL", time.time()))
+    os.kill(a_pid, signal.SIGKILL)
+    await wait_status_tls(d, lambda s: "host-b" in active_names(s), ssl_ctl)
+    await asyncio.sleep(1.0)
+    stop.set()
+    report = await task
+    assert report.ok, report.failures
+    assert report.switched == 200 and report.lost == 0 and report.duplicates == 0
+
+
+async def wait_status_tls(d: Path, pred: Any, ssl_ctx: Any, timeout: float = 30.0) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        st = await sandbox.status(d, timeout=1.0)
+        if pred(st):
+            return st
+        assert asyncio.get_running_loop().time() < deadline, "timed out waiting for the status"
+        await asyncio.sleep(0.05)
+
+
+async def test_new_certificates_and_sighup_new_connections_get_them_links_stay(sb: Any) -> None:
+    info = await sb(terminals=10, tls=True)
+    d = Path(info["dir"])
+    tls_dir = d / "tls"
+
+    async def cp_serial() -> int:
+        h, p = addr(info["cp"]["admin"])
+        fs = await FrameStream.connect(h, p, ssl=ctx_for(tls_dir, "hsbctl"))
+        try:
+            der = fs.writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        finally:
+            await fs.aclose()
+        from cryptography import x509
+
+        return int(x509.load_der_x509_certificate(der).serial_number)
+
+    before = await cp_serial()
+    links_before = [e for e in log_events(d / "cp.log") if e.get("event") == "link_authenticated" and e.get("link") == "host"]
+    make_ca_and_certs(tls_dir, ["cp", "host-a", "host-b", "hsbctl"])  # the same CA, new certificates
+    os.kill(info["cp"]["pid"], signal.SIGHUP)
+    ev = await until(lambda: [e for e in log_events(d / "cp.log") if e.get("event") == "tls_reloaded"], 10, what="tls_reloaded")
+    assert ev
+    after = await cp_serial()
+    assert after != before
+    await asyncio.sleep(0.5)  # established links: no reconnect in this window
+    links_after = [e for e in log_events(d / "cp.log") if e.get("event") == "link_authenticated" and e.get("link") == "host"]
+    assert len(links_after) == len(links_before), "a host link was re-established: the reload dropped it"
+    st = await sandbox.status(d)
+    assert st["established"] and st["cp"]["tls"]["not_after"]
+
+
+def check(cfg: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hsb.cp", "--config", str(cfg), "--check-config"], capture_output=True, text=True, timeout=60)
+
+
+def test_the_config_check_refuses_unusable_certificates(tmp_path: Path) -> None:
+    from tests.support.procs import cp_config
+
+    good = tmp_path / "tls"
+    make_ca_and_certs(good, ["cp", "host-a"])
+    cfg = cp_config(tmp_path, terminals=2, tls=cp_tls(good))
+    assert check(cfg).returncode == 0
+    (good / "cp.key").chmod(0o644)
+    r = check(cfg)
+    assert r.returncode == 78 and "accessible by group or others" in r.stderr and "chmod 600" in r.stderr, r.stderr
+    (good / "cp.key").chmod(0o600)
+    cfg = cp_config(tmp_path, terminals=2, tls={**cp_tls(good), "key_file": str(good / "host-a.key")})
+    r = check(cfg)
+    assert r.returncode == 78 and "does not go with" in r.stderr, r.stderr
+    old = tmp_path / "old"
+    old.mkdir()
+    for f in ("ca.pem", "ca.key"):
+        (old / f).write_bytes((good / f).read_bytes())
+    make_ca_and_certs(old, ["cp"], days=1, not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=3))
+    cfg = cp_config(tmp_path, terminals=2, tls={"ca_file": str(old / "ca.pem"), "cert_file": str(old / "cp.pem"), "key_file": str(old / "cp.key")})
+    r = check(cfg)
+    assert r.returncode == 78 and "expired" in r.stderr and "SIGHUP" in r.stderr, r.stderr
+
+
+async def test_hsbctl_status_shows_tls_and_the_expiry(sb: Any) -> None:
+    info = await sb(terminals=10, tls=True)
+    r = subprocess.run([sys.executable, "-m", "hsb.ctl", *info["ctl"], "status"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "TLS" in r.stdout and "expires" in r.stdout, r.stdout
+    from tests.test_operations import http_get
+
+    _, text = await asyncio.get_running_loop().run_in_executor(None, http_get, info["cp"]["http"], "/metrics")
+    days = [ln for ln in text.splitlines() if ln.startswith("hsb_tls_cert_expiry_days")]
+    assert days and 800 < float(days[0].split()[-1]) <= 825, days
