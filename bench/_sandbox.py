@@ -161,7 +161,9 @@ class Logs:
 
 async def status(d: Path, timeout: float = 2.0) -> dict[str, Any]:
     st = sandbox.load_state(d)
-    return await status_all(st["cp"]["admin"], [h["admin"] for h in st["hosts"].values()], str(d / "secret"), timeout=timeout)
+    return await status_all(
+        st["cp"]["admin"], [h["admin"] for h in st["hosts"].values()], str(d / "secret"), timeout=timeout, ssl=sandbox.client_ssl(d)
+    )
 
 
 async def until(probe: Callable[[], Any], pred: Callable[[Any], bool], timeout: float, what: str, interval: float = 0.05) -> Any:
@@ -521,6 +523,7 @@ def _load_stats_class() -> type:
 async def _load_child(a: Any) -> None:
     import hsb.term.load as L
     from hsb import gcpolicy
+    from hsb.term.client import tls_context
 
     gcpolicy.apply()  # as hsbterm load does
 
@@ -586,6 +589,7 @@ async def _load_child(a: Any) -> None:
             closed_loop=a.closed_loop,
             workload=workload,
             books=books,
+            ssl=tls_context(a.tls_ca) if a.tls_ca else None,
         )
     finally:
         for t in tasks:
@@ -616,6 +620,7 @@ def main(argv: list[str] | None = None) -> None:
     lp.add_argument("--books-dsn")
     lp.add_argument("--books-sqlite")
     lp.add_argument("--no-idempotency", action="store_true", help="ledger without records: check the books without them")
+    lp.add_argument("--tls-ca", help="the CP's terminal listener speaks TLS: its CA file")
     a = p.parse_args(argv)
     from hsb import loop
 
