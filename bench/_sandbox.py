@@ -590,6 +590,9 @@ async def _load_child(a: Any) -> None:
             workload=workload,
             books=books,
             ssl=tls_context(a.tls_ca) if a.tls_ca else None,
+            source=a.source,
+            start=a.start,
+            names=None,
         )
     finally:
         for t in tasks:
@@ -621,6 +624,8 @@ def main(argv: list[str] | None = None) -> None:
     lp.add_argument("--books-sqlite")
     lp.add_argument("--no-idempotency", action="store_true", help="ledger without records: check the books without them")
     lp.add_argument("--tls-ca", help="the CP's terminal listener speaks TLS: its CA file")
+    lp.add_argument("--source", help="connect from this local address (127.0.0.x): several load children, more ports")
+    lp.add_argument("--start", type=int, default=1, help="the first terminal's number (T00001 = 1): children split the table")
     a = p.parse_args(argv)
     from hsb import loop
 

@@ -237,6 +237,8 @@ def test_every_command_in_the_readme_answers_help() -> None:
                     "down",
                     "start-host",
                     "start-cp",
+                    "tls",
+                    "init",
                 )
             ]
         elif prog == "hsbterm":

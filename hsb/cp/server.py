@@ -33,6 +33,7 @@ from hsb.cp.journal import Journal, recover
 from hsb.cp.journal.generation import Generations, Superseded
 from hsb.cp.terminal_link import TerminalProtocol
 from hsb.ops.http import json_route, start_http
+from hsb.ops.limits import raise_nofile, terminals_fit
 from hsb.ops.metrics import CPCollector, registry_for
 from hsb.ops.metrics import render as render_metrics
 from hsb.ops.notify import Watchdog, notify
@@ -74,6 +75,7 @@ class CPServer:
         self.state = "starting"  # starting | waiting | serving | stopping
         self.exit_code = 0
         self.superseded = False
+        self.open_files: dict[str, Any] = {}
         self.took_over: dict[str, Any] = {}
         self.should_exit = asyncio.Event()
         self.woken = asyncio.Event()
@@ -92,7 +94,14 @@ class CPServer:
     def status(self) -> dict[str, Any]:
         tls = self.tls.status() if self.tls is not None else {"enabled": False}
         if self.cp is not None:
-            return {**self.cp.status(), "cp_state": self.state, "takeover": self.cfg.cp.takeover, "tls": tls, **self.took_over}
+            return {
+                **self.cp.status(),
+                "cp_state": self.state,
+                "takeover": self.cfg.cp.takeover,
+                "tls": tls,
+                "open_files": self.open_files,
+                **self.took_over,
+            }
         return {
             "name": self.cfg.cp.name,
             "role": "cp",
@@ -114,6 +123,10 @@ class CPServer:
     async def start_admin(self) -> None:
         """The admin link and /health first: they answer while waiting too."""
         c = self.cfg.cp
+        soft, hard = raise_nofile()
+        self.open_files = {"soft": soft, "hard": hard, "warning": terminals_fit(len(self.cfg.terminal_table), soft)}
+        if self.open_files["warning"]:
+            log.warning("open_files_too_few", limit=soft, terminals=len(self.cfg.terminal_table), msg=self.open_files["warning"])
         loop = asyncio.get_running_loop()
 
         tls = self.tls.server if self.tls is not None else None

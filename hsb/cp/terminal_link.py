@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hsb.cp.state import Term
-from hsb.wire.conn import FramedProtocol, require
+from hsb.wire.conn import PROTOCOL_ERRORS, FramedProtocol, require
 from hsb.wire.framing import ProtocolError
 
 if TYPE_CHECKING:
@@ -45,7 +45,10 @@ class TerminalProtocol(FramedProtocol):
         names = self.tls_peer_names()
         if names:  # TLS with a terminal certificate: it must be this terminal's
             if name not in names:
-                self.close_with_error("tls_name_mismatch", f"terminal {name[:64]!r} presented the certificate of {sorted(names)[:4]}")
+                why = f"terminal {name[:64]!r} presented the certificate of {sorted(names)[:4]}"
+                log.warning("tls_refused", link=self.link, peer=self.peer, reason=why)
+                PROTOCOL_ERRORS[(self.link, "tls_name_mismatch")] += 1
+                self.close_with_error("tls_name_mismatch", why)
                 return
         self.cp.terminal_hello(self, name, last_reply)
         if self.term is not None:

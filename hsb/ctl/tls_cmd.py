@@ -33,7 +33,8 @@ def make_ca_and_certs(d: Path, names: list[str], days: int = 825, ca_days: int =
         ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
     else:
         ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hsb CA")])
+        # a name of its own: two hsb CAs side by side in one ca_file (a CA change) must not collide
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"hsb CA {now:%Y-%m-%d} {x509.random_serial_number() % 10**8:08d}")])
         ca_cert = (
             x509.CertificateBuilder()
             .subject_name(ca_name)
@@ -44,6 +45,7 @@ def make_ca_and_certs(d: Path, names: list[str], days: int = 825, ca_days: int =
             .not_valid_after(now + dt.timedelta(days=ca_days))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
         _write(ca_key_path, ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), True)
@@ -62,6 +64,7 @@ def make_ca_and_certs(d: Path, names: list[str], days: int = 825, ca_days: int =
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)  # type: ignore[arg-type]
             .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
         )
         _write(d / f"{name}.key", key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), True)

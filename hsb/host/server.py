@@ -29,6 +29,7 @@ from hsb.host.sessions import SessionTable
 from hsb.host.sessions_ctl import SessionsCtl
 from hsb.host.takeover_io import TakeoverIO
 from hsb.ops.http import json_route, start_http
+from hsb.ops.limits import raise_nofile
 from hsb.ops.metrics import HostCollector, registry_for
 from hsb.ops.metrics import render as render_metrics
 from hsb.ops.notify import notify
@@ -187,6 +188,7 @@ class HostServer:
             own_terminals=self.sessions.own_total,
             batch_records=self.takeover.own_batch_records,
         )
+        raise_nofile()
         loop = asyncio.get_running_loop()
         ah, ap = parse_addr(h.admin_listen)
         self.admin_server = await loop.create_server(

@@ -524,8 +524,12 @@ class Connector:
     goes back to the terminal, which re-schedules itself after its backoff.
     """
 
-    def __init__(self, host: str, port: int, *, concurrency: int = 256, connect_timeout: float = 5.0, ssl: Any = None) -> None:
-        self.ssl = ssl  # a client SSLContext for a CP whose terminal listener has TLS (hsb.term.tlsctx)
+    def __init__(
+        self, host: str, port: int, *, concurrency: int = 256, connect_timeout: float = 5.0, ssl: Any = None, source: str | None = None
+    ) -> None:
+        self.ssl = ssl  # a client SSLContext for a CP whose terminal listener has TLS
+        # a local address to connect from (127.0.0.x): one address has ~28,000 ephemeral ports
+        self.local_addr = (source, 0) if source else None
         self.host = host
         self.port = port
         self.concurrency = max(1, concurrency)
@@ -583,9 +587,11 @@ class Connector:
             try:
                 async with asyncio.timeout(self.connect_timeout):  # not wait_for: a cycle per failure
                     if self.ssl is None:
-                        await loop.create_connection(functools.partial(_same, c), self.host, self.port)
+                        await loop.create_connection(functools.partial(_same, c), self.host, self.port, local_addr=self.local_addr)
                     else:
-                        await loop.create_connection(functools.partial(_same, c), self.host, self.port, ssl=self.ssl, server_hostname="")
+                        await loop.create_connection(
+                            functools.partial(_same, c), self.host, self.port, ssl=self.ssl, server_hostname="", local_addr=self.local_addr
+                        )
             except asyncio.CancelledError:
                 raise
             except (TimeoutError, OSError) as exc:

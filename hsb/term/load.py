@@ -312,6 +312,7 @@ async def run_load(
     workload: Any = None,
     books: dict[str, Any] | None = None,
     ssl: Any = None,
+    source: str | None = None,
 ) -> LoadReport:
     """Run `terminals` simulated terminals against the CP at `cp` and report.
 
@@ -357,7 +358,7 @@ async def run_load(
         for i, nm in enumerate(names)
     ]
     rng = random.Random(seed)
-    connector = Connector(host, port, concurrency=connect_concurrency, ssl=ssl)
+    connector = Connector(host, port, concurrency=connect_concurrency, ssl=ssl, source=source)
     phase = ["connect"]
     t0 = time.monotonic()
     wall_offset = time.time() - t0

@@ -104,7 +104,7 @@ class FrameStream:
         if names is not None and server not in names:  # TLS: the certificate must be the server's it says it is
             raise LinkClosed(
                 f"tls_name_mismatch: the server says it is {server[:64]!r} but its certificate is for {sorted(names)[:4]}",
-                {"t": "error", "code": "tls_name_mismatch"},
+                {"t": "error", "code": "tls_name_mismatch", "msg": f"the server's certificate is for {sorted(names)[:4]}, not {server[:64]!r}"},
             )
         theirs = ch.get("proto", 1)
         if theirs != LINK_PROTOCOL:

@@ -111,6 +111,9 @@ class TLS:
         for ctx in (self.server, self.terminal_server, self.client):
             ctx.load_cert_chain(f.cert_file, f.key_file)
             ctx.load_verify_locations(f.ca_file)
+        # what is in use now (status and the expiry metric: not the file, which may be newer)
+        self.not_after = not_after(f.cert_file)
+        self.names = sorted(file_names(f.cert_file))
 
     def reload(self) -> list[str]:
         """New certificate files into the same contexts (new connections use them); the
@@ -123,12 +126,12 @@ class TLS:
         return []
 
     def status(self) -> dict[str, Any]:
-        na = not_after(self.files.cert_file)
+        na = self.not_after
         left = None if na is None else (na - dt.datetime.now(dt.UTC)).total_seconds() / 86400
         return {
             "enabled": True,
             "cert_file": self.files.cert_file,
-            "names": sorted(file_names(self.files.cert_file)),
+            "names": self.names,
             "not_after": None if na is None else na.isoformat(),
             "days_left": None if left is None else round(left, 1),
             "terminals": self.terminals,

@@ -1,0 +1,308 @@
+"""The parts that grow with the number of terminals, without sockets: what hsbcpd does at a
+failover, when a standby opens its sessions, and at a restart, for 10,000 to 300,000 sessions.
+
+    .venv/bin/python bench/scale_core.py [--sizes 10000,30000,100000,300000] [--json FILE] [--no-write] [--render FILE]
+
+One process here may hold at most 20,000 sockets, so 100,000 terminals cannot be connected; the
+CP's own work can be driven in-process through the same code the daemon runs: a `CP` with N
+terminals, `HostProtocol` and `TerminalProtocol` objects on stand-in transports that count the
+bytes written (no kernel, no peer). Per size:
+
+- **setup**: N terminals logged on, an active session (host A) and a standby session (host B)
+  each, one message held per terminal and delivered to A; the CP's memory per terminal (traced
+  Python allocations);
+- **standby opens**: the CP taking N standby session opens from host B (the standby's open storm
+  after its batch read);
+- **flip**: host A's link lost, host B's switchover request: the grant, every session flipped to
+  B and every held message re-delivered to it (marked), measured to when B has been sent all of
+  them; then to when every terminal has been written its `switched` notice;
+- **recovery**: a journal holding N outstanding messages and N/10 kept replies read back, the CP
+  restored from it, and the takeover snapshot written and synced (hsb.cp.journal).
+
+The host's side of re-establishing hot standby, the takeover file's batch write and read, is
+measured by bench/takeover.py (100,000 sessions). Raw results: bench/results/scale_core.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _sandbox import fmt_ms, machine, machine_line, run_or_render, table, write_section  # noqa: E402
+
+COMMAND = ".venv/bin/python bench/scale_core.py"
+RESULTS = Path(__file__).resolve().parent / "results" / "scale_core.json"
+SECTION = "The parts that grow with the terminals (`bench/scale_core.py`)"
+ATTRS = {"protocol": "hsb1"}
+
+
+class CountingTransport:
+    """A transport that takes every write (counting bytes) and never blocks."""
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self.bytes = 0
+        self.writes = 0
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.bytes += len(data)
+        self.writes += 1
+
+    def writelines(self, chunks: Any) -> None:
+        for c in chunks:
+            self.write(c)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+
+def _cfg(n: int, d: Path) -> Any:
+    from hsb.config import load
+    from hsb.cp.config import CPConfig
+
+    (d / "s").write_text("secret\n")
+    (d / "s").chmod(0o600)
+    p = d / "cp.toml"
+    p.write_text(
+        f'[cp]\nsecret_file = "s"\ndurability = "none"\nheld_bound = 8\n'
+        f'[[terminal_groups]]\nprefix = "T"\nwidth = 6\ncount = {n}\nstandby_capable = true\n'
+    )
+    return load(p, CPConfig)
+
+
+def _host(cp: Any, name: str) -> Any:
+    from hsb.cp.host_link import HostProtocol
+
+    h = HostProtocol(cp, secret=b"s" * 32, auth_timeout=5.0, idle_timeout=None)
+    tr = CountingTransport(name)
+    h.connection_made(tr)
+    h.clear_deadline()
+    h.authed = True
+    h.name = name
+    return h, tr
+
+
+async def one_size(n: int) -> dict[str, Any]:
+    from hsb.cp.core import CP
+    from hsb.cp.terminal_link import TerminalProtocol
+
+    out: dict[str, Any] = {"terminals": n}
+    with tempfile.TemporaryDirectory(prefix="hsb-scale-core-") as tmp:
+        cfg = _cfg(n, Path(tmp))
+        gc.collect()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        cp = CP(cfg, None)
+        a, _a_tr = _host(cp, "host-a")
+        cp.host_register(a, "active", 1)
+        names = list(cp.terms)
+        terms = []
+        t0 = time.perf_counter()
+        for name in names:
+            p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
+            tr = CountingTransport(name)
+            p.connection_made(tr)
+            p.clear_deadline()
+            cp.terminal_hello(p, name, 0)
+            cp.host_open(a, name, "active", ATTRS)
+            terms.append((p, tr))
+        out["logon_and_open_s"] = round(time.perf_counter() - t0, 3)
+        b, b_tr = _host(cp, "host-b")
+        cp.host_register(b, "standby", 2)
+        t0 = time.perf_counter()
+        for name in names:
+            cp.host_open(b, name, "standby", ATTRS)
+        out["standby_opens_s"] = round(time.perf_counter() - t0, 3)
+        for name in names:
+            cp.terminal_msg(cp.terms[name], 1, b"x" * 32)
+        await asyncio.sleep(0)
+        held = sum(len(t.held) for t in cp.terms.values())
+        assert held == n, held
+        mem = tracemalloc.get_traced_memory()[0] - base
+        tracemalloc.stop()
+        out["cp_bytes_per_terminal"] = round(mem / n)
+        # the failover: A's link lost, B asks
+        a.connection_lost(None)
+        before = b_tr.writes
+        t0 = time.perf_counter()
+        cp.host_switchover(b, "bench", False, "failover")
+        for _ in range(100000):  # the grant, the flip and the re-delivery: until B has been sent every message
+            if cp.active is b and cp.counters["redelivered"] >= n:
+                break
+            await asyncio.sleep(0)
+        b.flush()
+        t_flip = time.perf_counter() - t0
+        out["flip_and_redeliver_ms"] = round(t_flip * 1000, 1)
+        out["redelivered"] = cp.counters["redelivered"]
+        out["frames_to_b"] = b_tr.writes - before
+        # the new active's first reply goes out; then the switch notices, in slices (hsb.cp.notices)
+        cp.host_reply(b, names[0], 1, b"r")
+        sw = (cp.switchovers or [{}])[-1]
+        for _ in range(10000000):
+            if sw.get("notices_sent_ms") is not None:
+                break
+            await asyncio.sleep(0)
+        out["all_notices_ms"] = sw.get("notices_sent_ms")  # from the grant
+        out["cp_switch_ms"] = sw.get("switch_ms")
+    out["recovery"] = recovery(n)
+    return out
+
+
+def recovery(n: int) -> dict[str, Any]:
+    """Read back a journal of `n` outstanding messages and n/10 kept replies, restore the CP, and
+    write the takeover snapshot: what hsbcpd does before it listens."""
+    import cprestart
+
+    from hsb.cp.journal import Journal
+
+    r = cprestart.recovery_bench(n)
+    # the snapshot: every live record written again into the new generation's first segment
+    from hsb.cp.core import CP
+    from hsb.cp.journal.recovery import recover
+
+    with tempfile.TemporaryDirectory(prefix="hsb-scale-snap-") as tmp:
+        d = Path(tmp) / "j"
+        cfg_dir = Path(tmp)
+        cfg = _cfg(max(1, n // 10), cfg_dir)
+        recs = [["a", f"T{i % max(1, n // 10):06d}", i // max(1, n // 10) + 1, b"x" * 64] for i in range(n)]
+        cp = CP(cfg, None)
+        for rec in recs:
+            cp.terms[rec[1]].held[rec[2]] = __import__("hsb.cp.state", fromlist=["Held"]).Held(rec[2], rec[3], 0.0)
+        j = Journal(d, generation=1)
+        d.mkdir(parents=True)
+        t0 = time.perf_counter()
+        snap = cp.snapshot()
+        j.open(1, snap, [])
+        r["snapshot_s"] = round(time.perf_counter() - t0, 3)
+        j.close()
+        t0 = time.perf_counter()
+        back = recover(d)
+        r["snapshot_read_s"] = round(time.perf_counter() - t0, 3)
+        assert sum(len(v) for v in back.held.values()) == n
+    r["start_s"] = round(r["total_s"] + r["snapshot_s"], 3)
+    return r
+
+
+async def amain(a: argparse.Namespace) -> int:
+    res = []
+    for n in a.sizes:
+        r = await one_size(n)
+        res.append(r)
+        print(f"[scale_core] {n:,}: {json.dumps(r)}", file=sys.stderr, flush=True)
+    path = Path(a.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": a.machine, "command": a.command, "results": res}, indent=1) + "\n")
+    text = render(res, a)
+    print(text)
+    if a.write:
+        write_section(SECTION, text)
+    return 0
+
+
+def render(res: list[dict[str, Any]], a: argparse.Namespace) -> str:
+    rows = []
+    for r in res:
+        rec = r["recovery"]
+        n = r["terminals"]
+        rows.append(
+            [
+                f"{n:,}",
+                f"{r['cp_bytes_per_terminal'] / 1024:.1f}",
+                fmt_ms(r["standby_opens_s"] * 1000, 0),
+                fmt_ms(r["flip_and_redeliver_ms"], 1),
+                fmt_ms(r["all_notices_ms"], 0),
+                fmt_ms(rec["total_s"] * 1000, 0),
+                fmt_ms(rec["snapshot_s"] * 1000, 0),
+                fmt_ms(rec["start_s"] * 1000, 0),
+            ]
+        )
+    by = {r["terminals"]: r for r in res}
+    goals = []
+    if 100000 in by:
+        r = by[100000]
+        goals = [
+            f"- flip plus re-delivery of one held message per terminal at 100,000: {r['flip_and_redeliver_ms']:.0f} ms (goal ≤ 100 ms:"
+            f" {'met' if r['flip_and_redeliver_ms'] <= 100 else '**missed**'});",
+            f"- recovery of 100,000 outstanding messages: read and restore {r['recovery']['total_s'] * 1000:.0f} ms (goal ≤ 500 ms:"
+            f" {'met' if r['recovery']['total_s'] <= 0.5 else '**missed**'}), with the takeover snapshot written and synced"
+            f" {r['recovery']['start_s'] * 1000:.0f} ms;",
+            f"- the CP taking 100,000 standby opens: {r['standby_opens_s'] * 1000:.0f} ms (the standby's part, the batch read of"
+            " 100,000 sessions, is bench/takeover.py's).",
+        ]
+    return "\n".join(
+        [
+            f"Command: `{a.command}`",
+            f"Raw results: `bench/results/{Path(getattr(a, 'json', RESULTS)).name}` (`--render` rebuilds this section).",
+            "",
+            f"Machine: {machine_line(a.machine)}. In one process, no sockets: the CP's code on stand-in transports (module"
+            " docstring). Times are wall clock of this process alone.",
+            "",
+            table(
+                [
+                    "sessions",
+                    "CP KiB per terminal",
+                    "CP takes N standby opens ms",
+                    "flip + re-deliver all ms",
+                    "all switch notices ms",
+                    "journal read + restore ms",
+                    "takeover snapshot ms",
+                    "before listening ms",
+                ],
+                rows,
+            ),
+            "",
+            *goals,
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(prog="bench/scale_core.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="10000,30000,100000,300000")
+    p.add_argument("--json", default=str(RESULTS))
+    p.add_argument("--render", metavar="JSON")
+    p.add_argument("--no-write", dest="write", action="store_false")
+    a = p.parse_args(argv)
+    a.command = COMMAND + (" " + " ".join(argv) if argv else "")
+    a.sizes = [int(x) for x in a.sizes.split(",") if x]
+    a.machine = machine()
+    return run_or_render(a, SECTION, lambda saved: render(saved["results"], a), amain)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
