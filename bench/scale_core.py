@@ -193,15 +193,18 @@ def recovery(n: int) -> dict[str, Any]:
     # the snapshot: every live record written again into the new generation's first segment
     from hsb.cp.core import CP
     from hsb.cp.journal.recovery import recover
+    from hsb.cp.state import Held
 
     with tempfile.TemporaryDirectory(prefix="hsb-scale-snap-") as tmp:
         d = Path(tmp) / "j"
         cfg_dir = Path(tmp)
         cfg = _cfg(max(1, n // 10), cfg_dir)
-        recs = [["a", f"T{i % max(1, n // 10):06d}", i // max(1, n // 10) + 1, b"x" * 64] for i in range(n)]
         cp = CP(cfg, None)
-        for rec in recs:
-            cp.terms[rec[1]].held[rec[2]] = __import__("hsb.cp.state", fromlist=["Held"]).Held(rec[2], rec[3], 0.0)
+        names = list(cp.terms)
+        m = len(names)
+        for i in range(n):
+            mid = i // m + 1
+            cp.terms[names[i % m]].held[mid] = Held(mid, b"x" * 64, 0.0)
         j = Journal(d, generation=1)
         d.mkdir(parents=True)
         t0 = time.perf_counter()

@@ -83,7 +83,7 @@ async def test_a_grant_a_host_reports_is_in_the_cps_part_too(tmp_path: Path, mon
     cp_epochs = [3, 4]
     asked: list[str] = []
 
-    async def ask(addr: str, secret: bytes, msg: dict[str, Any], timeout: float = 2.0) -> dict[str, Any]:
+    async def ask(addr: str, secret: bytes, msg: dict[str, Any], timeout: float = 2.0, **_: Any) -> dict[str, Any]:
         asked.append(addr)
         if addr == "cp:1":
             return {"data": {"role": "cp", "state": "serving", "epoch": cp_epochs.pop(0)}}

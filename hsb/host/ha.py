@@ -336,7 +336,7 @@ class HA:
                 if self.state in (STARTING, WAITING):
                     self.set_state(WAITING, "registered at the CP as standby")
                     self.maybe_standby_startup()
-                elif self.state == ESTABLISHED:
+                else:  # a new link mid-batch too: opens sent while it was down went nowhere
                     self.srv.sessions_ctl.reopen_standby_sessions()
         elif t == "error":
             code, text = msg.get("code"), msg.get("msg", "")

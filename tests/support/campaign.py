@@ -304,10 +304,23 @@ class Campaign:
             if all(sessions.get(n, {}).get("standby") for n in want):
                 return
             if time.monotonic() > deadline:
+                missing = [n for n in want if not sessions.get(n, {}).get("standby")]
                 raise TimeoutError(
-                    f"round {i}: load terminals without a standby session: {[n for n in want if not sessions.get(n, {}).get('standby')][:5]}"
+                    f"round {i}: load terminals without a standby session: {missing[:5]}; at the CP: "
+                    f"{ {n: sessions.get(n) for n in missing[:3]} }; logged about them:\n" + self.log_lines_about(missing[:3])
                 )
             await asyncio.sleep(0.05)
+
+    def log_lines_about(self, names: list[str], limit: int = 40) -> str:
+        """The daemons' log lines naming these terminals (the evidence a failed wait needs)."""
+        out = []
+        for h in ("cp", *HOSTS):
+            p = self.d / f"{h}.log"
+            if p.exists():
+                for line in p.read_text(errors="replace").splitlines():
+                    if any(f'"{n}"' in line for n in names):
+                        out.append(f"{h}: {line[:300]}")
+        return "\n".join(out[-limit:]) or "(nothing)"
 
     def point_reached(self, point: str, pid: int) -> bool:
         """The victim (pid) logged that it died at `point` (hsb.faults writes the line to stderr)."""
