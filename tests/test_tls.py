@@ -291,3 +291,41 @@ async def test_hsbctl_status_shows_tls_and_the_expiry(sb: Any) -> None:
     _, text = await asyncio.get_running_loop().run_in_executor(None, http_get, info["cp"]["http"], "/metrics")
     days = [ln for ln in text.splitlines() if ln.startswith("hsb_tls_cert_expiry_days")]
     assert days and 800 < float(days[0].split()[-1]) <= 825, days
+
+
+async def test_a_host_that_does_not_trust_the_cps_certificate_says_so(tmp_path: Path) -> None:
+    """The host's side of a refused handshake: one cp_link_refused line naming TLS and the cause,
+    not a silent 'CP link down'."""
+    from tests.support.procs import create_takeover_file, free_port, host_config, start_host
+
+    good, other = tmp_path / "tls", tmp_path / "other-ca"
+    make_ca_and_certs(good, ["cp", "host-a"])
+    make_ca_and_certs(other, ["host-a"])  # host-a's CA file names another CA: it cannot trust the CP
+    cp = start_cp(tmp_path / "cp", terminals=2, tls=cp_tls(good, terminals=False))
+    d = tmp_path / "a"
+    d.mkdir()
+    create_takeover_file(d / "takeover.dat", records=16)
+    cfg = host_config(
+        d,
+        "host-a",
+        cp=cp.info["host"],
+        peer_listen=f"127.0.0.1:{free_port()}",
+        peer=f"127.0.0.1:{free_port()}",
+        takeover=d / "takeover.dat",
+        records=16,
+        terminals=2,
+    )
+    with cfg.open("a") as f:
+        f.write(f'\n[tls]\nca_file = "{other / "ca.pem"}"\ncert_file = "{other / "host-a.pem"}"\nkey_file = "{other / "host-a.key"}"\n')
+    host = start_host(d, "host-a", "active", cfg)
+    try:
+
+        def refused() -> list[str]:
+            return [e.get("reason", "") for e in log_events(host.log) if e.get("event") == "cp_link_refused"]
+
+        got = await until(refused, 15, what="cp_link_refused in the host's log")
+        assert got[0].startswith("tls: ") and "certificate" in got[0], got
+        assert not [e for e in log_events(host.log) if e.get("event") == "registered_at_cp"]
+    finally:
+        host.stop()
+        cp.stop()

@@ -9,6 +9,7 @@ Heartbeats are numbered; the CP's answer to one renews the active's lease
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -115,6 +116,10 @@ class CPLink:
                 refused = isinstance(exc, LinkClosed) and exc.error is not None
                 if refused:  # a wrong secret or version: said once (then once a minute), tried slowly
                     refusals.seen(f"{exc.error.get('code')}: {exc.error.get('msg')}")  # type: ignore[union-attr]
+                elif isinstance(exc, ssl.SSLError):  # we do not trust the CP's certificate (expired, another CA)
+                    refused = True
+                    why = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+                    refusals.seen(f"tls: {why} (check the CP's certificate: its expiry, its CA in this host's ca_file)")
                 await asyncio.sleep(backoff.next() if not refused else 5.0)
                 continue
             gen = fs.auth_ok.get("generation")

@@ -49,6 +49,7 @@ class SessionsCtl:
     # HOOK_WORKERS at a time (hooks that wait, such as a slow logon, overlap that much).
     HOOK_WORKERS = 256
     HOOKS_PER_TURN = 256
+    OPENS_PER_TURN = 1024
 
     def _hook(self, fn: Callable[..., Awaitable[None]], name: str, *args: Any, done: asyncio.Future[None] | None = None) -> None:
         q = self.hooks.get(name)
@@ -244,8 +245,11 @@ class SessionsCtl:
             if ts.name not in want_open:
                 self._close_standby(ts.name)
         self.answered.set()
-        for name, attrs in want_open.items():
+        for k, (name, attrs) in enumerate(want_open.items(), 1):
             self._open_standby(name, attrs)
+            if k % self.OPENS_PER_TURN == 0:  # the open storm in slices: heartbeats and replies go on
+                await self.srv.cp.drain()
+                await asyncio.sleep(0)
         await self.srv.cp.drain()
         if self.pending_standby:
             try:
