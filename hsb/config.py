@@ -129,19 +129,24 @@ OptAddr = Annotated[str, AfterValidator(_opt_addr)]  # "host:port", or "" for of
 ConfigPath = Annotated[str, AfterValidator(_path)]  # relative to the config file's folder
 
 
-class TLSSection(Strict):
-    """`[tls]` (docs/tls.md): mutual TLS on the host, peer and admin links with these files;
-    on hsbcpd, `terminals = true` puts TLS on the terminal listener too."""
+class TLSLinks(Strict):
+    """`[tls]` of hsbd (docs/tls.md): mutual TLS on the host, peer and admin links with these files."""
 
     ca_file: ConfigPath
     cert_file: ConfigPath
     key_file: ConfigPath
-    terminals: bool = False
 
     def files(self) -> Any:
         from hsb.wire.tls import TLSFiles
 
         return TLSFiles(self.ca_file, self.cert_file, self.key_file)
+
+
+class TLSSection(TLSLinks):
+    """`[tls]` of hsbcpd: the links as on hsbd; `terminals = true` puts TLS on the terminal
+    listener too (the terminals connect to the CP only, so hsbd has no such key)."""
+
+    terminals: bool = False
 
 
 def toml_value(v: Any) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from hsb.config import Addr, ConfigPath, OptAddr, Strict, TLSSection
+from hsb.config import Addr, ConfigPath, OptAddr, Strict, TLSLinks
 from hsb.terminals import TerminalDef, TerminalGroup, expand_all
 from hsb.wire.framing import DEFAULT_MAX_FRAME
 
@@ -55,7 +55,7 @@ class TakeoverSection(Strict):
 class HostConfig(Strict):
     host: HostSection
     takeover: TakeoverSection
-    tls: TLSSection | None = None
+    tls: TLSLinks | None = None
     service_options: dict[str, Any] = Field(default_factory=dict)
     terminals: list[TerminalDef] = Field(default_factory=list)
     terminal_groups: list[TerminalGroup] = Field(default_factory=list)
