@@ -116,6 +116,12 @@ async def _load_main(cp: tuple[str, int], **kw: Any) -> LoadReport:
 @click.option("--prefix", default="T", show_default=True, help="Terminal name prefix.")
 @click.option("--start", type=click.IntRange(min=0), default=1, show_default=True, help="First terminal number.")
 @click.option("--width", type=click.IntRange(1, 12), default=5, show_default=True, help="Digits in a terminal name.")
+@click.option(
+    "--source",
+    default=None,
+    metavar="ADDR",
+    help="Connect from this local address (127.0.0.2, ...): each source address has its own ~28,000 ephemeral ports.",
+)
 @click.option("--window", type=click.IntRange(min=0), default=8, show_default=True, help="Max outstanding per terminal (0: none).")
 @click.option("--settle", type=click.FloatRange(min=0), default=10.0, show_default=True, help="Seconds to wait for late replies.")
 @click.option(
