@@ -19,6 +19,8 @@ serving, switching, failing over and closing leave no cyclic garbage behind.
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 NO_FULL_COLLECTION = 2**31 - 1  # gen1 collections between full collections: never
 
@@ -29,3 +31,17 @@ def apply() -> None:
     gc.freeze()
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, NO_FULL_COLLECTION)
+
+
+@contextmanager
+def paused() -> Iterator[None]:
+    """No collections at all while a large structure is built in one go (the journal read back
+    at a CP start: 100,000 held messages are 2-3 full collections, half of the recovery time
+    measured here). Nothing built there is garbage; `apply()` follows at start."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()

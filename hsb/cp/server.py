@@ -238,12 +238,13 @@ class CPServer:
             return
         d = Path(c.journal)
         gen = self.gens.take()  # durable before anything is read (SPEC §5.8)
-        r = recover(d)  # raises JournalDamaged (file and offset) on damage
-        journal = Journal(d, timeout=c.journal_timeout, segment_bytes=c.journal_segment_kib * 1024, generation=gen)
-        cp = CP(self.cfg, journal)
-        cp.restore(r)
-        faults.point("cp.mid_recovery")
-        seg = journal.open(r.highest_segment + 1, cp.snapshot(), [*r.garbage, *r.paths])
+        with gcpolicy.paused():
+            r = recover(d)  # raises JournalDamaged (file and offset) on damage
+            journal = Journal(d, timeout=c.journal_timeout, segment_bytes=c.journal_segment_kib * 1024, generation=gen)
+            cp = CP(self.cfg, journal)
+            cp.restore(r)
+            faults.point("cp.mid_recovery")
+            seg = journal.open(r.highest_segment + 1, cp.snapshot(), [*r.garbage, *r.paths])
         cp.repin(seg)
         journal.on_superseded = self._superseded
         self.cp = cp
