@@ -13,9 +13,10 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
+from hsb import gcpolicy
 from hsb.takeover.fileio import FreshReader, check_file
 from hsb.takeover.layout import KIND_BATCH, KIND_RING
-from hsb.takeover.records import BadRecord, Header, decode_payload, gc_paused, kind_name, parse_record
+from hsb.takeover.records import BadRecord, Header, decode_payload, kind_name, parse_record
 from hsb.takeover.startup_id import describe_startup_id
 
 _CHUNK_BYTES = 1 << 20
@@ -31,7 +32,7 @@ def inspect_file(path: str) -> dict[str, Any]:
     ring: list[dict[str, Any]] = []
     stale = never = 0
     per = max(1, _CHUNK_BYTES // r)
-    with FreshReader(path, r) as f, gc_paused():
+    with FreshReader(path, r) as f, gcpolicy.paused():
         for first in range(1, n, per):
             count = min(per, n - first)
             view = f.read(first, count)

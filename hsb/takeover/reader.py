@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from hsb import gcpolicy
 from hsb.takeover.errors import BatchReadError, StartupIdMismatch
 from hsb.takeover.faults import Faults
 from hsb.takeover.fileio import AlignedBuffer, FreshReader, check_file
@@ -40,7 +41,6 @@ from hsb.takeover.records import (
     SessionEntry,
     decode_header,
     decode_payload,
-    gc_paused,
     kind_name,
     parse_record,
 )
@@ -86,7 +86,7 @@ def batch_read(
     r, b, e = h.record_size, h.batch_records, h.entries_per_record
     entries: list[SessionEntry] = []
     per = max(1, _CHUNK_BYTES // r)
-    with FreshReader(path, r, AlignedBuffer(min(b, per) * r or r), faults) as f, gc_paused():
+    with FreshReader(path, r, AlignedBuffer(min(b, per) * r or r), faults) as f, gcpolicy.paused():
         for first in range(1, b + 1, per):
             count = min(per, b + 1 - first)
             view = f.read(first, count)

@@ -13,12 +13,10 @@ A payload holding entries is a MessagePack array16 of them.
 
 from __future__ import annotations
 
-import gc
 import struct
 import time
 import zlib
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -106,19 +104,6 @@ def decode_payload(payload: memoryview | bytes, count: int) -> list[SessionEntry
 
 
 _new_tuple = tuple.__new__
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Decoding 100,000 entries makes 300,000 objects; cyclic GC passes over the
-    growing list would cost more than the decoding itself (none of it is cyclic)."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 class Record(NamedTuple):
