@@ -116,10 +116,14 @@ class CPLink:
                 refused = isinstance(exc, LinkClosed) and exc.error is not None
                 if refused:  # a wrong secret or version: said once (then once a minute), tried slowly
                     refusals.seen(f"{exc.error.get('code')}: {exc.error.get('msg')}")  # type: ignore[union-attr]
-                elif isinstance(exc, ssl.SSLError):  # we do not trust the CP's certificate (expired, another CA)
+                elif isinstance(exc, ssl.SSLError) and not isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+                    # a certificate refused (the CP's by us, ours by the CP's alert); a CP that
+                    # died mid-handshake (EOF) is retried at the usual pace instead
                     refused = True
                     why = getattr(exc, "verify_message", None) or exc.reason or str(exc)
-                    refusals.seen(f"tls: {why} (check the CP's certificate: its expiry, its CA in this host's ca_file)")
+                    refusals.seen(
+                        f"tls: {why} (the CP's certificate: its expiry, its CA in our ca_file; or ours, refused: the CP's tls_refused says why)"
+                    )
                 await asyncio.sleep(backoff.next() if not refused else 5.0)
                 continue
             gen = fs.auth_ok.get("generation")
