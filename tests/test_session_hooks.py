@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -86,3 +87,68 @@ async def test_ten_thousand_hooks_use_a_bounded_pool() -> None:
             break
         await asyncio.sleep(0.01)
     assert c.hook_workers == 0 and not c.hooks
+
+
+class _FakeCP:
+    """The host's CP link as SessionsCtl sees it: what it sent while up."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        self.sent.append(msg)
+        return True
+
+    async def drain(self) -> None:
+        return None
+
+
+def standby_ctl(n: int) -> tuple[SessionsCtl, Any]:
+    from hsb.host.server import HostServer
+    from hsb.host.sessions import SessionTable
+    from hsb.terminals import TerminalDef
+
+    async def hook(*_: Any) -> None:
+        return None
+
+    defs = {f"T{i:05d}": TerminalDef(name=f"T{i:05d}", attrs={"k": 1}) for i in range(1, n + 1)}
+    srv: Any = SimpleNamespace(
+        sessions=SessionTable(defs),
+        cp=_FakeCP(),
+        cfg=SimpleNamespace(host=SimpleNamespace(fast_switch=True)),
+        ha=SimpleNamespace(granted=False, lost_serving=False, lease=SimpleNamespace(reset=lambda: None), post=lambda *a, **k: None),
+        service=SimpleNamespace(open_session=hook, close_session=hook),
+        delivery=SimpleNamespace(cancel=lambda: None),
+    )
+    srv.sessions_ctl = c = SessionsCtl(srv)
+    srv.cp_down = lambda why: HostServer._cp_down(srv, why)
+    return c, srv
+
+
+@pytest.mark.timeout(10)
+async def test_a_cp_link_lost_during_the_batch_read_ends_its_wait_and_the_opens_go_out_once_registered() -> None:
+    """The batch read waits for the CP's answers to its standby opens; a CP link lost meanwhile
+    ends that wait at once (the answers will never come), opens made while not registered are
+    only marked, and all of them are sent on the next registration."""
+    from hsb.host.sessions import STANDBY
+    from hsb.takeover.records import SessionEntry
+
+    c, srv = standby_ctl(3000)
+    c.cp_registered = True
+    entries = [SessionEntry(n, {"k": 1}, True) for n in srv.sessions.table]
+    task = asyncio.ensure_future(c.apply_batch(entries, timeout=30.0))
+    for _ in range(200):  # the first slice went out, nobody answers
+        if len(srv.cp.sent) >= SessionsCtl.OPENS_PER_TURN:
+            break
+        await asyncio.sleep(0)
+    assert c.pending_standby and not task.done()
+    sent_before = len(srv.cp.sent)
+    srv.cp_down("eof")
+    await asyncio.wait_for(task, 2.0)  # not 30 s
+    assert not c.pending_standby
+    assert len(srv.cp.sent) == sent_before  # nothing sent while not registered
+    assert all(ts.state == STANDBY for ts in srv.sessions.table.values())
+    c.cp_registered = True  # registered again (HA.link_event), then the HA loop reopens
+    c.reopen_standby_sessions()
+    reopened = {m["terminal"] for m in srv.cp.sent[sent_before:] if m["t"] == "open" and m["kind"] == "standby"}
+    assert reopened == set(srv.sessions.table)

@@ -301,31 +301,34 @@ async def test_a_host_that_does_not_trust_the_cps_certificate_says_so(tmp_path: 
     good, other = tmp_path / "tls", tmp_path / "other-ca"
     make_ca_and_certs(good, ["cp", "host-a"])
     make_ca_and_certs(other, ["host-a"])  # host-a's CA file names another CA: it cannot trust the CP
-    cp = start_cp(tmp_path / "cp", terminals=2, tls=cp_tls(good, terminals=False))
     d = tmp_path / "a"
     d.mkdir()
     create_takeover_file(d / "takeover.dat", records=16)
-    cfg = host_config(
-        d,
-        "host-a",
-        cp=cp.info["host"],
-        peer_listen=f"127.0.0.1:{free_port()}",
-        peer=f"127.0.0.1:{free_port()}",
-        takeover=d / "takeover.dat",
-        records=16,
-        terminals=2,
-    )
-    with cfg.open("a") as f:
-        f.write(f'\n[tls]\nca_file = "{other / "ca.pem"}"\ncert_file = "{other / "host-a.pem"}"\nkey_file = "{other / "host-a.key"}"\n')
-    host = start_host(d, "host-a", "active", cfg)
+    cp = start_cp(tmp_path / "cp", terminals=2, tls=cp_tls(good, terminals=False))
+    host = None
     try:
+        cfg = host_config(
+            d,
+            "host-a",
+            cp=cp.info["host"],
+            peer_listen=f"127.0.0.1:{free_port()}",
+            peer=f"127.0.0.1:{free_port()}",
+            takeover=d / "takeover.dat",
+            records=16,
+            terminals=2,
+        )
+        with cfg.open("a") as f:
+            f.write(f'\n[tls]\nca_file = "{other / "ca.pem"}"\ncert_file = "{other / "host-a.pem"}"\nkey_file = "{other / "host-a.key"}"\n')
+        host = start_host(d, "host-a", "active", cfg, wait=False)
+        host.wait_event("host_started", timeout=15)
 
         def refused() -> list[str]:
             return [e.get("reason", "") for e in log_events(host.log) if e.get("event") == "cp_link_refused"]
 
         got = await until(refused, 15, what="cp_link_refused in the host's log")
-        assert got[0].startswith("tls: ") and "certificate" in got[0], got
+        assert got[0].startswith("tls: ") and "certificate" in got[0], got  # the verify message (the hint is a field of its own)
         assert not [e for e in log_events(host.log) if e.get("event") == "registered_at_cp"]
     finally:
-        host.stop()
+        if host is not None:
+            host.stop()
         cp.stop()

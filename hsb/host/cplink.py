@@ -103,6 +103,9 @@ class CPLink:
         h, p = parse_addr(self.addr)
         backoff = Backoff(0.05, 1.0)
         refusals = RefusalLog("cp_link_refused", cp=self.addr)
+        tls_refusals = RefusalLog(
+            "cp_link_refused", "tried again every 5 s; check the CP's certificate (its expiry, its CA in this host's ca_file)", cp=self.addr
+        )
         gen_refusals = RefusalLog("cp_generation_refused", "tried again; the serving CP holds the address soon (keepalived)", cp=self.addr)
         while not self.stopped:
             try:
@@ -117,13 +120,12 @@ class CPLink:
                 if refused:  # a wrong secret or version: said once (then once a minute), tried slowly
                     refusals.seen(f"{exc.error.get('code')}: {exc.error.get('msg')}")  # type: ignore[union-attr]
                 elif isinstance(exc, ssl.SSLError) and not isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
-                    # a certificate refused (the CP's by us, ours by the CP's alert); a CP that
-                    # died mid-handshake (EOF) is retried at the usual pace instead
+                    # we refused the CP's certificate (expired, another CA) or it is no TLS
+                    # server. (A CP that refuses ours closes the connection: its own
+                    # tls_refused line says why; here it is a plain reconnect.)
                     refused = True
                     why = getattr(exc, "verify_message", None) or exc.reason or str(exc)
-                    refusals.seen(
-                        f"tls: {why} (the CP's certificate: its expiry, its CA in our ca_file; or ours, refused: the CP's tls_refused says why)"
-                    )
+                    tls_refusals.seen(f"tls: {why}")
                 await asyncio.sleep(backoff.next() if not refused else 5.0)
                 continue
             gen = fs.auth_ok.get("generation")
@@ -142,6 +144,7 @@ class CPLink:
                 self.cp_generation = gen
             backoff.reset()
             refusals.clear()
+            tls_refusals.clear()
             gen_refusals.clear()
             self.fs = fs
             self.connects += 1

@@ -277,6 +277,7 @@ class HA:
         if not faults.SELF_FENCING and t in ("fenced", "error"):
             return
         if t == "registered":
+            self.srv.sessions_ctl.cp_registered = True
             self.epoch = int(msg.get("epoch", 0))
             self.lease.duration = float(msg.get("lease", 0.0))
             self.lease.extend(self.register_sent_at)  # the CP answered the register sent then

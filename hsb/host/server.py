@@ -102,6 +102,9 @@ class HostServer:
     def _cp_down(self, why: str) -> None:
         # At once, before the link reconnects: work in progress would answer under an
         # epoch the CP no longer has (and get this host fenced). The CP re-delivers it.
+        # A batch read waiting for standby-open answers stops waiting now, not in 30 s.
+        self.sessions_ctl.cp_registered = False
+        self.sessions_ctl.cp_lost()
         if not faults.SELF_FENCING:
             self.ha.post("cp_down", why=why)
             return

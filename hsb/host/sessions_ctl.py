@@ -29,6 +29,10 @@ class SessionsCtl:
         self.srv = server
         self.sessions = server.sessions
         self.pending_standby: dict[str, float] = {}  # standby opens not yet answered by the CP
+        # registered on the CP link now (set and cleared as the frames arrive, not by the HA
+        # loop): a standby session changed while not registered is only marked, and all of
+        # them are sent again once registered (reopen_standby_sessions)
+        self.cp_registered = False
         self.answered = asyncio.Event()
         self.refused: dict[str, str] = {}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -214,15 +218,16 @@ class SessionsCtl:
         self.sessions.join_link(ts)
         if not self.srv.cfg.host.fast_switch:
             return False  # conventional hot standby: no standby sessions at the CP [0002]
-        if ts.state == STANDBY:
+        if ts.state == STANDBY and self.cp_registered:
             self.srv.cp.send({"t": "close", "terminal": name, "kind": "standby"})
         self.sessions.join_link(ts)
         ts.state = STANDBY
         ts.standby_capable = True
         self.refused.pop(name, None)
-        self.pending_standby[name] = time.monotonic()
-        self.answered.clear()
-        self.srv.cp.send({"t": "open", "terminal": name, "kind": "standby", "attrs": ts.attrs})
+        if self.cp_registered:
+            self.pending_standby[name] = time.monotonic()
+            self.answered.clear()
+            self.srv.cp.send({"t": "open", "terminal": name, "kind": "standby", "attrs": ts.attrs})
         self._hook(self.srv.service.open_session, name, ts.attrs, True)
         return True
 
@@ -231,7 +236,8 @@ class SessionsCtl:
         if ts is None or ts.state != STANDBY:
             return False
         ts.state = CLOSED
-        self.srv.cp.send({"t": "close", "terminal": name, "kind": "standby"})
+        if self.cp_registered:  # else the CP dropped it with the link
+            self.srv.cp.send({"t": "close", "terminal": name, "kind": "standby"})
         self._hook(self.srv.service.close_session, name)
         return True
 
@@ -246,6 +252,8 @@ class SessionsCtl:
                 self._close_standby(ts.name)
         self.answered.set()
         for k, (name, attrs) in enumerate(want_open.items(), 1):
+            if self.srv.ha.granted:  # made active meanwhile (a switchover racing a resync)
+                break
             self._open_standby(name, attrs)
             if k % self.OPENS_PER_TURN == 0:  # the open storm in slices: heartbeats and replies go on
                 await self.srv.cp.drain()
@@ -273,6 +281,7 @@ class SessionsCtl:
         return n
 
     def reopen_standby_sessions(self) -> None:
+        """Registered again: the CP holds none of our standby sessions (dropped with the old link)."""
         for ts in self.sessions.in_state(STANDBY):
             self.srv.cp.send({"t": "open", "terminal": ts.name, "kind": "standby", "attrs": ts.attrs})
 
