@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 import time
 from collections import deque
 from typing import Any, cast
@@ -319,6 +320,7 @@ class TerminalClient(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
         self.transport = transport
+        dead_peer_detection(transport.get_extra_info("socket"))
         self.decoder = Decoder(DEFAULT_MAX_FRAME, CP_TYPES)
         self.state = HELLO
         if self.stopping:
@@ -609,6 +611,37 @@ class Connector:
         if self._workers:
             await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
+
+
+# A terminal finds out that its CP is gone without sending: after a CP machine's loss the
+# address moves (keepalived) and the old connection is dead, but a terminal that sends only
+# every few seconds would learn it only then. TCP keepalive probes an idle connection after
+# KEEPALIVE_IDLE_S (the new holder of the address answers with a reset; a silent peer is given
+# up after KEEPALIVE_COUNT probes); data in flight is retransmitted to the new holder, which
+# resets it too. The kernel does it all: no frames, no CP work, at any number of terminals.
+# (No TCP_USER_TIMEOUT: it would also cut a terminal the CP back-pressures for a while.)
+KEEPALIVE_IDLE_S = 1
+KEEPALIVE_INTERVAL_S = 1
+KEEPALIVE_COUNT = 3
+
+
+def dead_peer_detection(sock: Any) -> None:
+    """TCP keepalive on a terminal's connection, probing after 1 s idle (Linux; elsewhere the default)."""
+    if sock is None:
+        return
+    opts = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+    ):
+        if hasattr(socket, name):
+            opts.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    for level, opt, value in opts:
+        try:
+            sock.setsockopt(level, opt, value)
+        except OSError:  # pragma: no cover - a platform without it
+            pass
 
 
 def _same(c: TerminalClient) -> TerminalClient:
