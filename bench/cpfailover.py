@@ -178,8 +178,11 @@ def render(data: dict[str, Any], a: argparse.Namespace) -> str:
             return fmt_ms(median([r[key] for r in items if r.get(key) is not None]), 0)
 
         worst_all = max((r["all_served_ms"] or 0) for r in rs) if rs else None
+        # "every terminal served again": the last terminal's session back and the longest wait
+        # of any message sent around the cut, not only of those in flight at it (often none)
+        back = max(max(r.get(k) or 0 for k in ("all_served_ms", "worst_ms", "cut_to_all_sessions_ms")) for r in rs) if rs else None
         ok = all(r["ok"] and r["lost"] == 0 and r["duplicates"] == 0 for r in rs)
-        goal = "" if n < 10000 else (" met" if ok and worst_all is not None and worst_all <= 2000 else " **missed**")
+        goal = "" if n < 10000 else (f" {'met' if ok and back is not None and back <= 2000 else '**missed**'} ({fmt_ms(back, 0)} ms)")
         rows.append(
             [
                 f"{n:,}",
@@ -216,7 +219,9 @@ def render(data: dict[str, Any], a: argparse.Namespace) -> str:
         'Medians over the runs. "taken over": the other hsbcpd\'s `journal_recovered` (generation raised, journal read,'
         ' snapshot durable); "all sessions back": the new CP\'s status shows every terminal with its active session again;'
         ' "all served": the last reply to a message the cut kept waiting (hsb.term.timeline). The last column is'
-        " bench/cprestart.py's run in the same invocation: hsbcpd SIGKILLed and started again on the same machine.",
+        " bench/cprestart.py's run in the same invocation: hsbcpd SIGKILLed and started again on the same machine."
+        " The goal is judged on the longest of all served, the worst pause and all sessions back, worst run (in brackets):"
+        " the messages in flight at the very moment of the cut are few, the ones sent just after it wait longest.",
     ]
     return "\n".join(out)
 

@@ -394,7 +394,15 @@ async def one_size(base: Path, n: int, a: argparse.Namespace, out: dict[str, Any
     _BOXES.append(d)
     try:
         t0 = time.time()
-        info = await sandbox.aup(d, terminals=n, service=a.service, durability="fsync", timeout=a.reestablish_timeout)
+        info = await sandbox.aup(
+            d,
+            terminals=n,
+            service=a.service,
+            durability="fsync",
+            timeout=a.reestablish_timeout,
+            host_timeout=a.host_timeout,
+            heartbeat_timeout=a.host_timeout,
+        )
         size["up_s"] = round(time.time() - t0, 2)
         await asyncio.sleep(1.0)
         st = sandbox.load_state(d)
@@ -447,7 +455,9 @@ def render(data: dict[str, Any], a: argparse.Namespace) -> str:
         "",
         f"Machine: {machine_line(a.machine)}; open-files limit {c['nofile'][0]:,} (soft) / {c['nofile'][1]:,} (hard) per process."
         " hsbcpd, both hosts, the load children and the benchmark share the cores.",
-        f"Per size a fresh sandbox (fast switch, {c['service']} service, the CP's journal with fsync, default timing); per phase a load"
+        f"Per size a fresh sandbox (fast switch, {c['service']} service, the CP's journal with fsync, "
+        + ("default timing" if c.get("host_timeout", 0.5) == 0.5 else f"host_timeout and heartbeat_timeout {c['host_timeout']:g} s")
+        + "); per phase a load"
         f" run of its own: {c['rate']:,.0f} msg/s in total over all N terminals, split over load children of at most"
         f" {c['per_child']:,} terminals, each from a 127.0.0.x of its own; strict verdict. **Worst pause**: the longest reply latency"
         " over the messages in flight at the operation or sent in the second after it (steady: sent in the"
@@ -515,7 +525,15 @@ async def amain(a: argparse.Namespace) -> int:
     base.mkdir(parents=True, exist_ok=True)
     say(f"sandboxes and logs under {base}")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    cfg = {"rate": a.rate, "per_child": a.per_child, "steady": a.steady, "after": a.after, "service": a.service, "nofile": [soft, hard]}
+    cfg = {
+        "rate": a.rate,
+        "per_child": a.per_child,
+        "steady": a.steady,
+        "after": a.after,
+        "service": a.service,
+        "host_timeout": a.host_timeout,
+        "nofile": [soft, hard],
+    }
     out: dict[str, Any] = {"machine": a.machine, "command": a.command, "config": cfg, "sizes": []}
     try:
         for n in a.sizes:
@@ -543,6 +561,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--after", type=float, default=2.0, help="seconds of load after the pair is whole again")
     p.add_argument("--settle", type=float, default=20.0, help="seconds each child waits for outstanding replies at the end")
     p.add_argument("--service", default="echo", choices=["echo", "journal"])
+    p.add_argument(
+        "--host-timeout",
+        type=float,
+        default=0.5,
+        help="the CP's host_timeout and the hosts' heartbeat_timeout (default 0.5 s, the shipped default; the lease stays 0.35 s)",
+    )
     p.add_argument("--logon-timeout", type=float, default=300.0)
     p.add_argument("--switch-timeout", type=float, default=30.0)
     p.add_argument("--recover-timeout", type=float, default=120.0)
