@@ -98,6 +98,8 @@ class CP(TerminalSide):
         self.release_t0: float | None = None
         self.notices = Notices()  # switch notices owed after a grant and their writers
         self._handover: _Handover | None = None  # a planned handover waiting for standby sessions
+        self._last_tick: float | None = None  # tick(): this process's own stalls
+        self._tick_skipped = False
 
     # ------------------------------------------------------------------ the journal
     def restore(self, r: Recovered) -> None:
@@ -507,6 +509,16 @@ class CP(TerminalSide):
                 log.warning("recorded_active_not_back", host=self.recorded_active, waited_s=RECORDED_ACTIVE_WAIT_S)
                 sb.send({"t": "active_lost", "host": self.recorded_active, "why": "not back after the CP restarted"})
                 self.recorded_active = None
+        now = time.monotonic()
+        last, self._last_tick = self._last_tick, now
+        if last is not None and now - last > self.host_timeout / 2 and not self._tick_skipped:
+            # This process itself did not run for a while (a storm of connection events, the
+            # machine's CPU): the hosts' frames of that time are still unread, so their silence
+            # is judged at the next tick, after a read. (Judging later only delays a grant.)
+            self._tick_skipped = True
+            log.warning("cp_loop_stalled", stalled_ms=round((now - last) * 1000, 1), msg="host silence judged again at the next tick")
+            return
+        self._tick_skipped = False
         s = self.standby
         if s is not None and not s.closed and time.monotonic() - s.last_rx > self.host_timeout:
             log.warning("standby_host_link_silent", host=s.name, silent_s=round(time.monotonic() - s.last_rx, 3))

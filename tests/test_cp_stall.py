@@ -1,0 +1,99 @@
+"""The CP judges a host's silence only after it has had the chance to read: when hsbcpd itself
+did not run for a while (a storm of connection events, a starved machine), the frames the hosts
+sent meanwhile are still unread, and a failover decided on that would be the CP's own fault."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def writelines(self, chunks: Any) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+
+def _pair(tmp_path: Path) -> tuple[Any, Any, Any]:
+    from hsb.config import load
+    from hsb.cp.config import CPConfig
+    from hsb.cp.core import CP
+    from hsb.cp.host_link import HostProtocol
+
+    (tmp_path / "s").write_text("secret\n")
+    (tmp_path / "s").chmod(0o600)
+    p = tmp_path / "cp.toml"
+    p.write_text(
+        '[cp]\nsecret_file = "s"\ndurability = "none"\nhost_timeout = 0.5\nhost_lease = 0.35\n[[terminal_groups]]\nprefix = "T"\ncount = 2\n'
+    )
+    cp = CP(load(p, CPConfig), None)
+    hosts = []
+    for name, role in (("host-a", "active"), ("host-b", "standby")):
+        h = HostProtocol(cp, secret=b"s" * 32, auth_timeout=5.0, idle_timeout=None)
+        h.connection_made(_Transport())  # type: ignore[arg-type]
+        h.clear_deadline()
+        h.authed = True
+        h.name = name
+        cp.host_register(h, role, 1)
+        hosts.append(h)
+    return cp, hosts[0], hosts[1]
+
+
+async def test_a_tick_after_the_cp_stalled_does_not_call_a_host_silent(tmp_path: Path) -> None:
+    cp, a, b = _pair(tmp_path)
+    assert cp.active is a and cp.standby is b
+    cp.tick()  # the first tick: nothing to judge
+    now = time.monotonic()
+    a.last_rx = b.last_rx = now - 1.0  # heard nothing for 1 s ...
+    cp._last_tick = now - 1.0  # ... because this process did not run for 1 s
+    cp.tick()
+    assert cp.loss is None and not cp.active_lost_notified and not b.closed, "judged before reading"
+    cp.tick()  # the next tick, still silent (their frames really did not come): now it counts
+    assert not b.closed or cp.standby is None  # the silent standby is dropped
+    assert cp.loss is not None
+
+
+async def test_a_cp_that_keeps_stalling_still_judges_every_other_tick(tmp_path: Path) -> None:
+    cp, a, _b = _pair(tmp_path)
+    cp.tick()
+    a.last_rx = time.monotonic() - 5.0
+    judged = 0
+    for _ in range(4):
+        cp._last_tick = time.monotonic() - 1.0  # every tick late
+        cp.tick()
+        judged += cp.loss is not None
+    assert cp.loss is not None and judged >= 2
