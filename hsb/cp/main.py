@@ -32,7 +32,7 @@ def main(config_path: str, check_config: bool, log_level: str) -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # keepalived's notify may come while starting: never die of it
     cfg = load_or_exit(config_path, CPConfig, check_config, warnings=config_warnings)
     secret = load_secret(cfg.cp.secret_file)
-    logs.setup(log_level, process=f"hsbcpd:{cfg.cp.name}")
+    logs.setup(log_level, process=f"hsbcpd:{cfg.cp.name}", cache=True)
     from hsb import faults, loop
 
     faults.install()

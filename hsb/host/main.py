@@ -47,7 +47,7 @@ def main(role: str | None, config_path: str, check_config: bool, log_level: str)
     if role is None:
         raise click.UsageError("--role active|standby is required")
     secret = load_secret(cfg.host.secret_file)
-    logs.setup(log_level, process=f"hsbd:{cfg.host.name}")
+    logs.setup(log_level, process=f"hsbd:{cfg.host.name}", cache=True)
     from hsb import faults, loop
 
     faults.install()
