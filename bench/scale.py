@@ -401,7 +401,7 @@ async def one_size(base: Path, n: int, a: argparse.Namespace, out: dict[str, Any
             durability="fsync",
             timeout=a.reestablish_timeout,
             host_timeout=a.host_timeout,
-            heartbeat_timeout=a.host_timeout,
+            host_options={"heartbeat_timeout": a.host_timeout},
         )
         size["up_s"] = round(time.time() - t0, 2)
         await asyncio.sleep(1.0)
