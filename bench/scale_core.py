@@ -42,52 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _sandbox import fmt_ms, machine, machine_line, run_or_render, table, write_section  # noqa: E402
 
+from tests.support.transports import CountingTransport  # noqa: E402
+
 COMMAND = ".venv/bin/python bench/scale_core.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "scale_core.json"
 SECTION = "The parts that grow with the terminals (`bench/scale_core.py`)"
 ATTRS = {"protocol": "hsb1"}
-
-
-class CountingTransport:
-    """A transport that takes every write (counting bytes) and never blocks."""
-
-    def __init__(self, peer: str) -> None:
-        self.peer = peer
-        self.bytes = 0
-        self.writes = 0
-        self.closing = False
-
-    def write(self, data: bytes) -> None:
-        self.bytes += len(data)
-        self.writes += 1
-
-    def writelines(self, chunks: Any) -> None:
-        for c in chunks:
-            self.write(c)
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 1) if name == "peername" else default
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
 
 
 def _cfg(n: int, d: Path) -> Any:

@@ -10,42 +10,9 @@ from typing import Any
 
 import pytest
 
+from tests.support.transports import CountingTransport
+
 pytestmark = pytest.mark.timeout(30)
-
-
-class _Transport:
-    def __init__(self) -> None:
-        self.closing = False
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def writelines(self, chunks: Any) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 1) if name == "peername" else default
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
 
 
 def _pair(tmp_path: Path) -> tuple[Any, Any, Any]:
@@ -64,7 +31,7 @@ def _pair(tmp_path: Path) -> tuple[Any, Any, Any]:
     hosts = []
     for name, role in (("host-a", "active"), ("host-b", "standby")):
         h = HostProtocol(cp, secret=b"s" * 32, auth_timeout=5.0, idle_timeout=None)
-        h.connection_made(_Transport())  # type: ignore[arg-type]
+        h.connection_made(CountingTransport(name))  # type: ignore[arg-type]
         h.clear_deadline()
         h.authed = True
         h.name = name

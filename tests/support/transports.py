@@ -1,0 +1,47 @@
+"""Stand-in transports for driving protocol objects without a kernel (tests and bench/scale_core.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CountingTransport:
+    """A transport that takes every write (counting bytes) and never blocks."""
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self.bytes = 0
+        self.writes = 0
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.bytes += len(data)
+        self.writes += 1
+
+    def writelines(self, chunks: Any) -> None:
+        for c in chunks:
+            self.write(c)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
