@@ -265,7 +265,12 @@ def render_cp(r: dict[str, Any]) -> str:
         f" {rec.get('terminals')} terminals' acknowledged ids, epoch {rec.get('epoch')}, active {rec.get('active')}",
         f"  terminals resumed: {r['resumed']:,} of {r['terminals']:,} (reconnected and resumed: nothing resent twice)",
         f"  active afterwards: {', '.join(r['active_after'])} (the same host, no operator action)",
-        f"  worst pause {r['worst_pause_ms']} ms (p99 {r['p99_pause_ms']} ms); every terminal with something in flight served again after {r['all_served_ms']} ms",
+        f"  worst pause {r['worst_pause_ms']} ms (p99 {r['p99_pause_ms']} ms); "
+        + (
+            f"every terminal with something in flight served again after {r['all_served_ms']} ms"
+            if r["all_served_ms"] is not None
+            else "no message was in flight at the kill itself (the pause is of those sent just after it)"
+        ),
         "  " + ", ".join(f"{k} {v:,}" for k, v in r["verdict"].items()),
         "  VERDICT: "
         + ("every acknowledged message answered exactly once across the CP's own crash" if r["ok"] else "FAILED: " + "; ".join(r["failures"])),
