@@ -733,3 +733,21 @@ async def test_each_terminal_sends_on_its_own_schedule(fake: FakeCP) -> None:
     assert len(bins) >= 0.3 * span, (len(bins), span)
     per_term = Counter(name for name, _ in fake.deliveries)
     assert max(per_term.values()) - min(per_term.values()) <= 2
+
+
+async def test_each_terminal_connection_probes_a_dead_peer_when_idle(fake: FakeCP, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a CP machine's loss the old connection is dead without a word; an idle terminal
+    finds out by TCP keepalive (first probe after 1 s), not only at its next message."""
+    import hsb.term.client as client
+
+    real = client.dead_peer_detection
+    seen: list[tuple[int, int]] = []
+
+    def spy(sock: Any) -> None:
+        real(sock)
+        seen.append((sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)))
+
+    monkeypatch.setattr(client, "dead_peer_detection", spy)
+    r = await run_load(("127.0.0.1", fake.port), terminals=3, rate=30, duration=0.3, settle=5)
+    assert r.ok
+    assert len(seen) == 3 and all(ka == 1 and idle == client.KEEPALIVE_IDLE_S for ka, idle in seen), seen
