@@ -9,23 +9,21 @@ structlog event.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from hsb import __version__, faults
+from hsb import faults
 from hsb.cp.config import CPConfig
-from hsb.cp.journal import Journal, NullJournal, Recovered
-from hsb.cp.journal.recovery import ordered
+from hsb.cp.journal import Journal, NullJournal
+from hsb.cp.journal_side import JournalSide
 from hsb.cp.notices import Notices
-from hsb.cp.state import Held, Kept, Session, Term
+from hsb.cp.state import Held, Session, Term
+from hsb.cp.status_view import StatusView
 from hsb.cp.switchrec import AfterSwitch, History
 from hsb.cp.terminal_side import TerminalSide
-from hsb.terminals import TerminalDef
-from hsb.wire.conn import PROTOCOL_ERRORS
 from hsb.wire.framing import encode
 
 if TYPE_CHECKING:
@@ -53,7 +51,7 @@ class _Handover:
         self.timer = timer
 
 
-class CP(TerminalSide):
+class CP(TerminalSide, JournalSide, StatusView):
     def __init__(self, cfg: CPConfig, journal: Journal | None = None) -> None:
         self.cfg = cfg
         self.name = cfg.cp.name
@@ -101,71 +99,6 @@ class CP(TerminalSide):
         self._last_tick: float | None = None  # tick(): this process's own stalls
         self._tick_skipped = False
 
-    # ------------------------------------------------------------------ the journal
-    def restore(self, r: Recovered) -> None:
-        """Before anything is accepted: what the journal holds (hsb.cp.journal.recovery)."""
-        self.epoch = r.epoch
-        self.recorded_active = r.active
-        self.paused = r.paused
-        self.history.restore(r.history)
-        self.recovered_at = time.monotonic()
-        now = time.monotonic()
-        unknown: list[str] = []
-        for name in set(r.last_acked) | set(r.held) | set(r.replies):
-            term = self.terms.get(name)
-            if term is None:
-                if not r.held.get(name) and not r.replies.get(name):
-                    continue
-                # removed from the terminal table while it had messages: kept, never dropped
-                unknown.append(name)
-                term = self.terms[name] = Term(TerminalDef(name=name, standby_capable=False))
-            term.last_acked = term.durable_acked = r.last_acked.get(name, 0)
-            term.confirmed = r.confirmed.get(name, 0)
-            for mid, data, seg in ordered(r.held.get(name, {})):
-                held = Held(mid, data, now, seg)
-                held.delivered_epoch = -1  # it may have been delivered before: marked redelivered
-                held.recovered = True  # and its reply may have reached the terminal before the crash
-                term.held[mid] = held
-            for mid, data, seg in ordered(r.replies.get(name, {})):
-                term.replies[mid] = Kept(mid, data, seg)
-                term.resuming = True
-        if unknown:
-            log.warning(
-                "journal_terminals_not_in_table",
-                terminals=sorted(unknown)[:20],
-                count=len(unknown),
-                msg="the journal holds messages of terminals no longer in the CP's table; they are kept",
-            )
-
-    def _checkpoint(self) -> list[Any]:
-        """The first record of every new journal segment: what older segments would otherwise
-        be needed for once they are dropped."""
-        acked = {t.name: t.last_acked for t in self.terms.values() if t.last_acked}
-        j = self.journal
-        extra = {"history": self.history.entries, "paused": self.paused, "first": getattr(j, "first_seg", 0)}
-        return ["ck", self.epoch, self.recorded_active, getattr(j, "gen", 0), acked, extra]
-
-    def snapshot(self) -> list[list[Any]]:
-        """Every live record, for the first segment of this CP's generation (hsb.cp.journal):
-        held messages, kept replies, and how far each terminal confirmed."""
-        out: list[list[Any]] = []
-        for t in self.terms.values():
-            for held in t.held.values():
-                out.append(["a", t.name, held.id, held.data])
-            if t.confirmed:
-                out.append(["c", t.name, t.confirmed])
-            for kept in t.replies.values():
-                out.append(["r", t.name, kept.id, kept.data])
-        return out
-
-    def repin(self, seg: int) -> None:
-        """The snapshot is durable in segment `seg`: every live record now sits there."""
-        for t in self.terms.values():
-            for held in t.held.values():
-                held.seg = seg
-            for kept in t.replies.values():
-                kept.seg = seg
-
     # ------------------------------------------------------------------ the operator
     def set_paused(self, paused: bool, by: str) -> str:
         """`hsbctl pause|resume`: no automatic failover while paused (a planned switchover and a
@@ -183,30 +116,6 @@ class CP(TerminalSide):
             self.active_lost_notified = False  # lost while paused: the standby hears it again now
             self._notify_active_lost(a.name, "eof" if a.closed else "silent")
         return "paused: no automatic failover until 'hsbctl resume'" if paused else "resumed: automatic failover on"
-
-    def journal_tick(self) -> None:
-        """Periodic: shrink a settled journal; carry the few live records of an old segment forward."""
-        j = self.journal
-        j.maybe_rotate_idle()
-        seg = j.oldest_to_clean()
-        if seg is None:
-            return
-        moved = 0
-        for term in self.terms.values():
-            for held in term.held.values():
-                if held.seg == seg:
-                    self._carry(held, ["a", term.name, held.id, held.data])
-                    moved += 1
-            for kept in term.replies.values():
-                if kept.seg == seg:
-                    self._carry(kept, ["r", term.name, kept.id, kept.data])
-                    moved += 1
-        log.info("journal_segment_carried_forward", segment=seg, records=moved)
-
-    def _carry(self, item: Held | Kept, rec: list[Any]) -> None:
-        old = item.seg
-        item.seg = self.journal.append(rec, lambda: self.journal.unpin(old))
-        self.journal.pin(item.seg)
 
     # ------------------------------------------------------------------ hosts
     def host_register(self, host: HostProtocol, role: str, startup_id: int) -> None:
@@ -724,67 +633,3 @@ class CP(TerminalSide):
             self.notices.first_reply()
         if a.reply(term.name, held.t, held.redelivered, now):
             self.after_switch = None
-
-    # ------------------------------------------------------------------ status
-    def status(self) -> dict[str, Any]:
-        active_s = standby_s = held = paused = 0
-        for t in self.terms.values():
-            if t.active is not None:
-                active_s += 1
-            if t.standby is not None:
-                standby_s += 1
-            held += len(t.held)
-            paused += t.paused
-
-        def host_info(h: HostProtocol | None) -> dict[str, Any] | None:
-            if h is None:
-                return None
-            return {
-                "name": h.name,
-                "role": h.role,
-                "peer": h.peer,
-                "connected": not h.closed,
-                "heard_ms_ago": round((time.monotonic() - h.last_rx) * 1000, 1),
-            }
-
-        return {
-            "name": self.name,
-            "role": "cp",
-            "version": __version__,
-            "pid": os.getpid(),
-            "state": "serving" if self.active is not None and self.active.usable else "no_active",
-            "epoch": self.epoch,
-            "terminals": {
-                "defined": len(self.terms),
-                "connected": self.connected,
-                "active_sessions": active_s,
-                "standby_sessions": standby_s,
-                "backpressured": paused,
-            },
-            "held_messages": held,
-            "active": host_info(self.active),
-            "standby": host_info(self.standby),
-            "active_stopped_normally": self.active_stopped_normally,
-            "switchovers": len(self.switchovers),
-            "last_switchover": self.switchovers[-1] if self.switchovers else None,
-            "counters": dict(self.counters),
-            "paused": self.paused,
-            "journal": {**self.journal.status(), "outstanding": held + sum(len(t.replies) for t in self.terms.values())},
-            "replies_by_host": dict(self.replies_by_host),
-            "protocol_errors": [{"link": k[0], "code": k[1], "count": v} for k, v in sorted(PROTOCOL_ERRORS.items())],
-            "uptime_s": round(time.time() - self.started, 1),
-        }
-
-    def sessions(self) -> dict[str, Any]:
-        """Per-terminal session view (for tests and `hsbctl status --sessions`)."""
-        out: dict[str, Any] = {}
-        for t in self.terms.values():
-            if t.active is None and t.standby is None and t.conn is None and not t.held:
-                continue
-            out[t.name] = {
-                "connected": t.conn is not None,
-                "active": {"host": t.active.host.name, "attrs": t.active.attrs} if t.active else None,
-                "standby": {"host": t.standby.host.name, "attrs": t.standby.attrs} if t.standby else None,
-                "held": len(t.held),
-            }
-        return out

@@ -1,0 +1,117 @@
+"""The CP's state and its journal (hsb.cp.journal): restored from it before anything is accepted,
+written back as the snapshot of a new generation, and kept small by carrying the few live records
+of an old segment forward.
+
+A mixin of `hsb.cp.core.CP` (the one place that decides): the state is the CP's; this module only
+keeps the journal's half of it in a file of its own, as hsb.cp.terminal_side does for terminals.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from hsb.cp.journal.recovery import ordered
+from hsb.cp.state import Held, Kept, Term
+from hsb.terminals import TerminalDef
+
+if TYPE_CHECKING:
+    from hsb.cp.core import CP
+    from hsb.cp.journal import Recovered
+
+log = structlog.get_logger("hsb.cp")
+
+
+class JournalSide:
+    """The journal's half of the CP; mixed into `CP` (see the module docstring)."""
+
+    # ------------------------------------------------------------------ the journal
+    def restore(self: CP, r: Recovered) -> None:
+        """Before anything is accepted: what the journal holds (hsb.cp.journal.recovery)."""
+        self.epoch = r.epoch
+        self.recorded_active = r.active
+        self.paused = r.paused
+        self.history.restore(r.history)
+        self.recovered_at = time.monotonic()
+        now = time.monotonic()
+        unknown: list[str] = []
+        for name in set(r.last_acked) | set(r.held) | set(r.replies):
+            term = self.terms.get(name)
+            if term is None:
+                if not r.held.get(name) and not r.replies.get(name):
+                    continue
+                # removed from the terminal table while it had messages: kept, never dropped
+                unknown.append(name)
+                term = self.terms[name] = Term(TerminalDef(name=name, standby_capable=False))
+            term.last_acked = term.durable_acked = r.last_acked.get(name, 0)
+            term.confirmed = r.confirmed.get(name, 0)
+            for mid, data, seg in ordered(r.held.get(name, {})):
+                held = Held(mid, data, now, seg)
+                held.delivered_epoch = -1  # it may have been delivered before: marked redelivered
+                held.recovered = True  # and its reply may have reached the terminal before the crash
+                term.held[mid] = held
+            for mid, data, seg in ordered(r.replies.get(name, {})):
+                term.replies[mid] = Kept(mid, data, seg)
+                term.resuming = True
+        if unknown:
+            log.warning(
+                "journal_terminals_not_in_table",
+                terminals=sorted(unknown)[:20],
+                count=len(unknown),
+                msg="the journal holds messages of terminals no longer in the CP's table; they are kept",
+            )
+
+    def _checkpoint(self: CP) -> list[Any]:
+        """The first record of every new journal segment: what older segments would otherwise
+        be needed for once they are dropped."""
+        acked = {t.name: t.last_acked for t in self.terms.values() if t.last_acked}
+        j = self.journal
+        extra = {"history": self.history.entries, "paused": self.paused, "first": getattr(j, "first_seg", 0)}
+        return ["ck", self.epoch, self.recorded_active, getattr(j, "gen", 0), acked, extra]
+
+    def snapshot(self: CP) -> list[list[Any]]:
+        """Every live record, for the first segment of this CP's generation (hsb.cp.journal):
+        held messages, kept replies, and how far each terminal confirmed."""
+        out: list[list[Any]] = []
+        for t in self.terms.values():
+            for held in t.held.values():
+                out.append(["a", t.name, held.id, held.data])
+            if t.confirmed:
+                out.append(["c", t.name, t.confirmed])
+            for kept in t.replies.values():
+                out.append(["r", t.name, kept.id, kept.data])
+        return out
+
+    def repin(self: CP, seg: int) -> None:
+        """The snapshot is durable in segment `seg`: every live record now sits there."""
+        for t in self.terms.values():
+            for held in t.held.values():
+                held.seg = seg
+            for kept in t.replies.values():
+                kept.seg = seg
+
+    def journal_tick(self: CP) -> None:
+        """Periodic: shrink a settled journal; carry the few live records of an old segment forward."""
+        j = self.journal
+        j.maybe_rotate_idle()
+        seg = j.oldest_to_clean()
+        if seg is None:
+            return
+        moved = 0
+        for term in self.terms.values():
+            for held in term.held.values():
+                if held.seg == seg:
+                    self._carry(held, ["a", term.name, held.id, held.data])
+                    moved += 1
+            for kept in term.replies.values():
+                if kept.seg == seg:
+                    self._carry(kept, ["r", term.name, kept.id, kept.data])
+                    moved += 1
+        log.info("journal_segment_carried_forward", segment=seg, records=moved)
+
+    def _carry(self: CP, item: Held | Kept, rec: list[Any]) -> None:
+        old = item.seg
+        item.seg = self.journal.append(rec, lambda: self.journal.unpin(old))
+        self.journal.pin(item.seg)
