@@ -370,6 +370,11 @@ class Child:
         self._fh.close()
 
 
+def say(*a: Any) -> None:
+    """Progress for the person running a bench: stderr, so stdout stays the report."""
+    print(*a, file=sys.stderr, flush=True)
+
+
 def emit(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()

@@ -34,15 +34,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _sandbox import fmt_ms, machine, machine_line, median, run_or_render, sandbox, sandbox_down, table, write_section  # noqa: E402
+from _sandbox import fmt_ms, machine, machine_line, median, run_or_render, sandbox, sandbox_down, say, table, write_section  # noqa: E402
 
 COMMAND = "sudo .venv/bin/python bench/cpfailover.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "cpfailover.json"
 SECTION = "A second CP machine (`bench/cpfailover.py`)"
-
-
-def say(*a: Any) -> None:
-    print(*a, file=sys.stderr, flush=True)
 
 
 def _notify_times(path: Path, state: str) -> list[float]:

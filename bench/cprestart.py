@@ -46,6 +46,7 @@ from _sandbox import (  # noqa: E402
     run_or_render,
     sandbox,
     sandbox_down,
+    say,
     start_load,
     status,
     table,
@@ -57,10 +58,6 @@ from _sandbox import (  # noqa: E402
 COMMAND = ".venv/bin/python bench/cprestart.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "cprestart.json"
 SECTION = "The CP restarted on its journal (`bench/cprestart.py`)"
-
-
-def say(*a: Any) -> None:
-    print(*a, file=sys.stderr, flush=True)
 
 
 def rel(t: float | None, t0: float) -> float | None:

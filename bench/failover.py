@@ -56,6 +56,7 @@ from _sandbox import (  # noqa: E402
     run_or_render,
     sandbox,
     sandbox_down,
+    say,
     start_load,
     status,
     table,
@@ -70,10 +71,6 @@ RESULTS = Path(__file__).resolve().parent / "results" / "failover.json"
 SECTION = "Failover: fast switch beside conventional (`bench/failover.py`)"
 DEFAULT_REPS = {100: 5, 1000: 4, 10000: 3}
 QUICK_REPS = {100: 1, 1000: 1}
-
-
-def say(*a: Any) -> None:
-    print(*a, file=sys.stderr, flush=True)
 
 
 def rel_ms(t: float | None, t0: float) -> float | None:

@@ -68,6 +68,7 @@ from _sandbox import (  # noqa: E402
     run_or_render,
     sandbox,
     sandbox_down,
+    say,
     start_load,
     status,
     stdin_reader,
@@ -81,10 +82,6 @@ from _sandbox import (  # noqa: E402
 COMMAND = ".venv/bin/python bench/hsbd.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "hsbd.json"
 SECTION = "hsbd pair (`bench/hsbd.py`)"
-
-
-def say(*a: Any) -> None:
-    print(*a, file=sys.stderr, flush=True)
 
 
 async def wait_log(tail: Any, name: str, after: float, timeout: float, **match: Any) -> dict[str, Any] | None:

@@ -27,15 +27,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _sandbox import fmt_ms, machine, machine_line, median, pctl, run_or_render, table, write_section  # noqa: E402
+from _sandbox import fmt_ms, machine, machine_line, median, pctl, run_or_render, say, table, write_section  # noqa: E402
 
 COMMAND = "sudo .venv/bin/python bench/lease.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "lease.json"
 SECTION = "The lease rule (`bench/lease.py`)"
-
-
-def say(*a: Any) -> None:
-    print(*a, file=sys.stderr, flush=True)
 
 
 def render(rows: list[dict[str, Any]], a: argparse.Namespace) -> str:

@@ -47,6 +47,7 @@ from _sandbox import (  # noqa: E402
     run_or_render,
     sandbox,
     sandbox_down,
+    say,
     start_load,
     status,
     table,
@@ -58,10 +59,6 @@ COMMAND = ".venv/bin/python bench/ledger.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "ledger.json"
 SECTION = "The ledger on PostgreSQL (`bench/ledger.py`)"
 ACCOUNTS = 50
-
-
-def say(*a: Any) -> None:
-    print(*a, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- direct (child)

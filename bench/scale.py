@@ -77,6 +77,7 @@ from _sandbox import (  # noqa: E402
     reap,
     run_or_render,
     sandbox_down,
+    say,
     start_load,
     status,
     table,
@@ -113,10 +114,6 @@ COUNTS = ("lost", "duplicates", "unexpected", "unacked", "bad_data", "protocol_e
 
 _KIDS: list[Child] = []  # every load child alive, and every sandbox up: killed on any exit
 _BOXES: list[Path] = []
-
-
-def say(*a: Any) -> None:
-    print(*a, file=sys.stderr, flush=True)
 
 
 def kill_everything() -> None:

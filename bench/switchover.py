@@ -40,6 +40,7 @@ from _sandbox import (  # noqa: E402
     run_or_render,
     sandbox,
     sandbox_down,
+    say,
     start_load,
     status,
     table,
@@ -53,10 +54,6 @@ from hsb.wire.auth import load_secret  # noqa: E402
 COMMAND = ".venv/bin/python bench/switchover.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "switchover.json"
 SECTION = "Planned switchover beside SIGKILL failover (`bench/switchover.py`)"
-
-
-def say(*a: Any) -> None:
-    print(*a, file=sys.stderr, flush=True)
 
 
 async def one(d: Path, info: dict[str, Any], n: int, a: argparse.Namespace, kind: str, rep: int) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from _sandbox import (  # noqa: E402
     run_or_render,
     sandbox,
     sandbox_down,
+    say,
     start_load,
     status,
     table,
@@ -47,10 +48,6 @@ from _sandbox import (  # noqa: E402
 COMMAND = ".venv/bin/python bench/tls.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "tls.json"
 SECTION = "TLS on every link (`bench/tls.py`)"
-
-
-def say(*a: Any) -> None:
-    print(*a, file=sys.stderr, flush=True)
 
 
 async def _report(child: Any, timeout: float) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from hsb.ctl import sandbox
-from hsb.term.load import run_load
+from hsb.term.load import background_load
 
 
 def _ts(iso: str) -> float:
@@ -57,27 +57,22 @@ _until = sandbox.until
 _actives = sandbox.actives
 
 
+async def _background_load(
+    cp: Any, *, terminals: int, rate: float, settle: float = 20, **kw: Any
+) -> tuple[Any, asyncio.Event, list[tuple[str, float]]]:
+    """One act's load, sending once this returns; `marks` takes the act's operations (the
+    report's worst pause is measured from them)."""
+    marks: list[tuple[str, float]] = []
+    load, stop = await background_load(cp, terminals=terminals, rate=rate, duration=3600, settle=settle, marks=marks, **kw)
+    return load, stop, marks
+
+
 async def scenario(d: Path, *, conventional: bool, terminals: int, rate: float, say: Any) -> dict[str, Any]:
     mode = "conventional" if conventional else "fast switch"
     say(f"\n== {mode}: starting hsbcpd, host-a (active), host-b (standby), {terminals} terminals ==")
     info = await sandbox.aup(d, terminals=terminals, service="journal", conventional=conventional, timeout=60)
     try:
-        sending, stop = asyncio.Event(), asyncio.Event()
-        marks: list[tuple[str, float]] = []
-        load = asyncio.ensure_future(
-            run_load(
-                info["cp"]["terminal"],
-                terminals=terminals,
-                rate=rate,
-                duration=3600,
-                settle=20,
-                sending=sending,
-                stop=stop,
-                marks=marks,
-                expect_disconnects=conventional,
-            )
-        )
-        await asyncio.wait_for(sending.wait(), 60)
+        load, stop, marks = await _background_load(info["cp"]["terminal"], terminals=terminals, rate=rate, expect_disconnects=conventional)
         if not conventional:
             await _until(d, lambda s: s["cp"]["terminals"]["standby_sessions"] == terminals, 30, "standby sessions")
         say(f"   hot standby established; load running at {rate:.0f} msg/s")
@@ -202,22 +197,7 @@ async def cp_restart(d: Path, *, terminals: int, rate: float, say: Any) -> dict[
     say(f"\n== the CP itself: starting hsbcpd, host-a (active), host-b (standby), {terminals} resuming terminals ==")
     info = await sandbox.aup(d, terminals=terminals, service="journal", timeout=60)
     try:
-        sending, stop = asyncio.Event(), asyncio.Event()
-        marks: list[tuple[str, float]] = []
-        load = asyncio.ensure_future(
-            run_load(
-                info["cp"]["terminal"],
-                terminals=terminals,
-                rate=rate,
-                duration=3600,
-                settle=20,
-                sending=sending,
-                stop=stop,
-                marks=marks,
-                expect_disconnects=True,
-            )
-        )
-        await asyncio.wait_for(sending.wait(), 60)
+        load, stop, marks = await _background_load(info["cp"]["terminal"], terminals=terminals, rate=rate, expect_disconnects=True)
         await _until(d, lambda s: s["cp"]["terminals"]["standby_sessions"] == terminals, 30, "standby sessions")
         say(f"   hot standby established; load running at {rate:.0f} msg/s")
         await asyncio.sleep(1.5)
@@ -287,23 +267,9 @@ async def ledger_act(d: Path, *, terminals: int, rate: float, dsn: str | None, s
     info = await sandbox.aup(d, terminals=terminals, service="ledger", dsn=dsn, timeout=60)
     w = LedgerWorkload(accounts=50)
     try:
-        sending, stop = asyncio.Event(), asyncio.Event()
-        marks: list[tuple[str, float]] = []
-        load = asyncio.ensure_future(
-            run_load(
-                info["cp"]["terminal"],
-                terminals=terminals,
-                rate=rate,
-                duration=3600,
-                settle=30,
-                sending=sending,
-                stop=stop,
-                marks=marks,
-                workload=w,
-                books=info["ledger"],
-            )
+        load, stop, marks = await _background_load(
+            info["cp"]["terminal"], terminals=terminals, rate=rate, settle=30, workload=w, books=info["ledger"]
         )
-        await asyncio.wait_for(sending.wait(), 60)
         await _until(d, lambda s: s["cp"]["terminals"]["standby_sessions"] == terminals, 30, "standby sessions")
         say(f"   {w.n} accounts opened and funded; transfers at {rate:.0f} msg/s")
         await asyncio.sleep(1.5)

@@ -14,7 +14,7 @@ from typing import Any
 
 from hsb.ctl import sandbox
 from hsb.ctl.gather import status_all
-from hsb.term.load import run_load
+from hsb.term.load import background_load
 from hsb.term.verdict import ids
 from tests.support.procs import log_events, until, wait_for
 
@@ -105,22 +105,16 @@ async def load_with(
     """Run the load; call `action()` once sending has started; return the report.
 
     With `duration=None` the load sends until `action()` returns (plus one second)."""
-    sending, stop = asyncio.Event(), asyncio.Event()
-    task = asyncio.ensure_future(
-        run_load(
-            info["cp"]["terminal"],
-            terminals=terminals,
-            rate=rate,
-            duration=duration or 3600,
-            settle=settle,
-            record_ids=True,
-            sending=sending,
-            stop=stop,
-            expect_disconnects=expect_disconnects,
-            marks=marks,
-        )
+    task, stop = await background_load(
+        info["cp"]["terminal"],
+        terminals=terminals,
+        rate=rate,
+        duration=duration or 3600,
+        settle=settle,
+        record_ids=True,
+        expect_disconnects=expect_disconnects,
+        marks=marks,
     )
-    await asyncio.wait_for(sending.wait(), 60)
     try:
         await action()
     except BaseException:

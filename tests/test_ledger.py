@@ -24,7 +24,7 @@ from hsb.service.api import ServiceUnavailable
 from hsb.service.db import SqliteDatabase, open_database
 from hsb.service.ledger import BadRequest, LedgerService, parse
 from hsb.service.once import ExactlyOnce
-from hsb.term.load import run_load
+from hsb.term.load import background_load
 from hsb.term.workload import LedgerWorkload
 from tests.support import pg as pgsupport
 from tests.test_failover import active_names, pid_of, wait_status
@@ -201,23 +201,16 @@ async def ledger_load(
     settle: float = 30.0,
 ) -> Any:
     """Transfers from `terminals` terminals; `action()` once sending started; the report with its books."""
-    sending, stop = asyncio.Event(), asyncio.Event()
-    w = LedgerWorkload(accounts=40)
-    task = asyncio.ensure_future(
-        run_load(
-            info["cp"]["terminal"],
-            terminals=terminals,
-            rate=rate,
-            duration=3600,
-            settle=settle,
-            sending=sending,
-            stop=stop,
-            workload=w,
-            books=books,
-            expect_disconnects=expect_disconnects,
-        )
+    task, stop = await background_load(
+        info["cp"]["terminal"],
+        terminals=terminals,
+        rate=rate,
+        duration=3600,
+        settle=settle,
+        workload=LedgerWorkload(accounts=40),
+        books=books,
+        expect_disconnects=expect_disconnects,
     )
-    await asyncio.wait_for(sending.wait(), 60)
     try:
         await action()
         await asyncio.sleep(1.0)  # transfers after the fault too

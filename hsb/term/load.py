@@ -447,6 +447,21 @@ async def run_load(
     return report
 
 
+async def background_load(cp: str | tuple[str, int], *, sending_within: float = 60.0, **kw: Any) -> tuple[asyncio.Future[LoadReport], asyncio.Event]:
+    """`run_load` in a task of its own, for a demo or a test that acts while the terminals send.
+    Returns once sending has started (every terminal logged on), with the event that ends the
+    sending (`duration` defaults to a day: the caller stops it); awaiting the task gives the report."""
+    sending, stop = asyncio.Event(), asyncio.Event()
+    kw.setdefault("duration", 86400)
+    task = asyncio.ensure_future(run_load(cp, sending=sending, stop=stop, **kw))
+    try:
+        await asyncio.wait_for(sending.wait(), sending_within)
+    except BaseException:
+        task.cancel()
+        raise
+    return task, stop
+
+
 async def _setup(c: TerminalClient, count: int, timeout: float) -> None:
     """The workload's setup: `count` messages from terminal `c`, all answered, before the load."""
     for _ in range(count):

@@ -20,7 +20,6 @@ is down. Terminals and hosts use the virtual address.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import sys
 import time
@@ -29,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from hsb.ctl.gather import status_all
-from hsb.ctl.sandbox import lease_for, records_for
-from hsb.takeover.fileio import create_file
+from hsb.ctl.sandbox import lease_for
 from hsb.wire.client import request
-from tests.netns.harness import HOST_NAMES, PORT, Daemon, Lab, NetnsError, _section, ip, run, skip_reason
+from tests.netns.harness import PORT, Daemon, Lab, NetnsError, _section, ip, run, skip_reason
 
 CPS = ("cp1", "cp2")
 DATA = {"vip": 1, "a": 2, "b": 3, "t": 4, "cp1": 11, "cp2": 12}
@@ -145,11 +143,12 @@ class CPPairLab(Lab):
             self._probe(None, self.mgmt(node))
 
     # ------------------------------------------------------------------ configs
-    def _write_configs(self) -> None:
+    def _cp_host_addr(self) -> str:
+        return self.data("vip", "host")
+
+    def _write_cp_configs(self) -> None:
         d = self.dir
-        self.secret_file.write_text(secrets.token_urlsafe(32) + "\n")
-        self.secret_file.chmod(0o600)
-        group = {"prefix": "T", "count": self.terminals, "width": 5}
+        group = self._terminal_group()
         for node in CPS:
             cp = _section(
                 "cp",
@@ -171,37 +170,6 @@ class CPPairLab(Lab):
             ) + _section("[terminal_groups]", {**group, "standby_capable": True, "attrs": {"kind": "till"}})
             (d / f"{node}.toml").write_text("\n".join(cp))
             self._write_keepalived(node)
-        takeover = d / "takeover.dat"
-        records = records_for(self.terminals)
-        create_file(str(takeover), records, 4096, force=True)
-        attrs = {"protocol": "hsb1", "codepage": "utf-8", "max_msg": 4096, "profile": "default"}
-        for me, other in (("a", "b"), ("b", "a")):
-            name = HOST_NAMES[me]
-            opts: dict[str, Any] = {"logon_ms": 0}
-            if self.service == "journal":
-                opts["journal"] = str(self.journal(me))
-            text = (
-                _section(
-                    "host",
-                    {
-                        "name": name,
-                        "peer_listen": self.peer(me),
-                        "peer": self.peer(other),
-                        "cp": self.data("vip", "host"),
-                        "admin_listen": self.mgmt(me, "admin"),
-                        "http_listen": self.mgmt(me, "http"),
-                        "secret_file": str(self.secret_file),
-                        "service": self.service,
-                        "fast_switch": self.fast_switch,
-                        "heartbeat_interval": self.heartbeat_interval,
-                        "heartbeat_timeout": self.heartbeat_timeout,
-                    },
-                )
-                + _section("takeover", {"path": str(takeover), "records": records, "record_size": 4096})
-                + _section("service_options", opts)
-                + _section("[terminal_groups]", {**group, "attrs": attrs})
-            )
-            (d / f"{name}.toml").write_text("\n".join(text))
 
     def _write_keepalived(self, node: str) -> None:
         """keepalived.conf, the notify script and the supervisor of one CP machine; the same shape

@@ -337,10 +337,20 @@ class Lab:
             raise NetnsError(f"no path from {node or 'the test process'} to {addr} through the lab's bridges: {r.stdout.strip() or r.stderr.strip()}")
 
     def _write_configs(self) -> None:
-        d = self.dir
         self.secret_file.write_text(secrets.token_urlsafe(32) + "\n")
         self.secret_file.chmod(0o600)
-        group = {"prefix": "T", "count": self.terminals, "width": 5}
+        self._write_cp_configs()
+        self._write_host_configs(self._cp_host_addr())
+
+    def _terminal_group(self) -> dict[str, Any]:
+        return {"prefix": "T", "count": self.terminals, "width": 5}
+
+    def _cp_host_addr(self) -> str:
+        """Where the hosts reach the CP (a lab with two CP machines: the address keepalived moves)."""
+        return self.data("cp", "host")
+
+    def _write_cp_configs(self) -> None:
+        group = self._terminal_group()
         cp = _section(
             "cp",
             {
@@ -355,7 +365,11 @@ class Lab:
                 "host_lease": lease_for(self.host_timeout),
             },
         ) + _section("[terminal_groups]", {**group, "standby_capable": True, "attrs": {"kind": "till"}})
-        (d / "cp.toml").write_text("\n".join(cp))
+        (self.dir / "cp.toml").write_text("\n".join(cp))
+
+    def _write_host_configs(self, cp_addr: str) -> None:
+        d = self.dir
+        group = self._terminal_group()
         takeover = d / "takeover.dat"
         records = records_for(self.terminals)
         create_file(str(takeover), records, 4096, force=True)
@@ -372,7 +386,7 @@ class Lab:
                         "name": name,
                         "peer_listen": self.peer(me),
                         "peer": self.peer(other),
-                        "cp": self.data("cp", "host"),
+                        "cp": cp_addr,
                         "admin_listen": self.mgmt(me, "admin"),
                         "http_listen": self.mgmt(me, "http"),
                         "secret_file": str(self.secret_file),
