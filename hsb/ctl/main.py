@@ -123,6 +123,17 @@ def sandbox() -> None:
     """A complete system on loopback (CP, host A active, host B standby)."""
 
 
+def _sandbox_call(fn: Any, *args: Any, **kw: Any) -> Any:
+    """A sandbox operation; its SandboxError is one line on stderr and exit 1."""
+    from hsb.ctl.sandbox import SandboxError
+
+    try:
+        return fn(*args, **kw)
+    except SandboxError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
 @sandbox.command("up")
 @click.option("--dir", "dir_", required=True, type=click.Path(file_okay=False), help="Folder for configs, secret, takeover file and logs.")
 @click.option("--terminals", default=200, show_default=True, type=click.IntRange(1, 1_000_000))
@@ -134,15 +145,13 @@ def sandbox() -> None:
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for hot standby.")
 def sandbox_up(dir_: str, terminals: int, service: str, dsn: str | None, tls: bool, conventional: bool, logon_ms: float, timeout: float) -> None:
     """Start the sandbox and wait for hot standby; print one JSON object."""
-    from hsb.ctl.sandbox import SandboxError, up
+    from hsb.ctl.sandbox import up
 
     if dsn and service != "ledger":
         raise click.UsageError("--dsn is for --service ledger")
-    try:
-        info = up(Path(dir_), terminals=terminals, service=service, conventional=conventional, timeout=timeout, logon_ms=logon_ms, dsn=dsn, tls=tls)
-    except SandboxError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    info = _sandbox_call(
+        up, Path(dir_), terminals=terminals, service=service, conventional=conventional, timeout=timeout, logon_ms=logon_ms, dsn=dsn, tls=tls
+    )
     click.echo(json.dumps(info))
 
 
@@ -150,13 +159,9 @@ def sandbox_up(dir_: str, terminals: int, service: str, dsn: str | None, tls: bo
 @click.option("--dir", "dir_", required=True, type=click.Path(file_okay=False))
 def sandbox_down(dir_: str) -> None:
     """Stop every process the sandbox started (removes nothing)."""
-    from hsb.ctl.sandbox import SandboxError, down
+    from hsb.ctl.sandbox import down
 
-    try:
-        stopped = down(Path(dir_))
-    except SandboxError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    stopped = _sandbox_call(down, Path(dir_))
     click.echo(json.dumps({"stopped": stopped}))
 
 
@@ -166,13 +171,9 @@ def sandbox_down(dir_: str) -> None:
 @click.option("--role", type=click.Choice(["active", "standby"]), required=True)
 def sandbox_start_host(dir_: str, name: str, role: str) -> None:
     """(Re)start one host of the sandbox, e.g. the old active as standby after a failover."""
-    from hsb.ctl.sandbox import SandboxError, start_host
+    from hsb.ctl.sandbox import start_host
 
-    try:
-        pid = start_host(Path(dir_), name, role)
-    except SandboxError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    pid = _sandbox_call(start_host, Path(dir_), name, role)
     click.echo(json.dumps({"name": name, "role": role, "pid": pid}))
 
 
@@ -180,13 +181,9 @@ def sandbox_start_host(dir_: str, name: str, role: str) -> None:
 @click.option("--dir", "dir_", required=True, type=click.Path(file_okay=False))
 def sandbox_start_cp(dir_: str) -> None:
     """(Re)start the sandbox's hsbcpd on its journal (after it crashed or was killed)."""
-    from hsb.ctl.sandbox import SandboxError, start_cp
+    from hsb.ctl.sandbox import start_cp
 
-    try:
-        pid = start_cp(Path(dir_))
-    except SandboxError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    pid = _sandbox_call(start_cp, Path(dir_))
     click.echo(json.dumps({"name": "hsbcpd", "pid": pid}))
 
 
