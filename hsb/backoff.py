@@ -32,6 +32,6 @@ class Backoff:
     def reset(self) -> None:
         self.n = 0
 
-    @property
-    def at_cap(self) -> bool:
-        return self.first * (2.0 ** min(self.n, 30)) >= self.cap
+    def slow_down(self) -> None:
+        """From now on wait the cap each time (until `reset()`): trying sooner cannot help."""
+        self.n = 30

@@ -50,7 +50,7 @@ class HostProtocol(AuthServerProtocol):
         return self.authed and not self.closed and not self.fenced
 
     def auth_ok_extra(self) -> dict[str, Any]:
-        return {"generation": getattr(self.cp.journal, "gen", 0)}  # hosts refuse a CP older than one they saw
+        return {"generation": self.cp.journal.gen}  # hosts refuse a CP older than one they saw
 
     def _handle(self, msg: dict[str, Any]) -> None:
         if self.authed and msg["t"] not in ("register", "hb") and self.role is None:

@@ -68,8 +68,8 @@ class JournalSide:
         be needed for once they are dropped."""
         acked = {t.name: t.last_acked for t in self.terms.values() if t.last_acked}
         j = self.journal
-        extra = {"history": self.history.entries, "paused": self.paused, "first": getattr(j, "first_seg", 0)}
-        return ["ck", self.epoch, self.recorded_active, getattr(j, "gen", 0), acked, extra]
+        extra = {"history": self.history.entries, "paused": self.paused, "first": j.first_seg}
+        return ["ck", self.epoch, self.recorded_active, j.gen, acked, extra]
 
     def snapshot(self: CP) -> list[list[Any]]:
         """Every live record, for the first segment of this CP's generation (hsb.cp.journal):

@@ -15,6 +15,7 @@ Signal handlers only set flags; the loops act on them.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import time
@@ -106,7 +107,7 @@ class CPServer:
             "name": self.cfg.cp.name,
             "role": "cp",
             "version": __version__,
-            "pid": __import__("os").getpid(),
+            "pid": os.getpid(),
             "state": "waiting",
             "cp_state": self.state,
             "takeover": self.cfg.cp.takeover,
@@ -205,7 +206,7 @@ class CPServer:
                     stamp, still_since = now_stamp, time.monotonic()
                 if now_stamp[0] == 0:
                     return "the address is here and no CP ever served this journal"
-                gen, age = await loop.run_in_executor(None, self.gens.age)
+                gen, age = self.gens.age(now_stamp)  # the stamp just read: no second listdir
                 if woken and (age is None or age >= c.takeover_stale):
                     beat = "never" if age is None else f"{age:.3f} s ago"
                     return f"woken holding the address; the CP of generation {gen} last beat {beat}"

@@ -21,13 +21,14 @@ class StatusView:
 
     # ------------------------------------------------------------------ status
     def status(self: CP) -> dict[str, Any]:
-        active_s = standby_s = held = paused = 0
+        active_s = standby_s = held = kept = paused = 0
         for t in self.terms.values():
             if t.active is not None:
                 active_s += 1
             if t.standby is not None:
                 standby_s += 1
             held += len(t.held)
+            kept += len(t.replies)
             paused += t.paused
 
         def host_info(h: HostProtocol | None) -> dict[str, Any] | None:
@@ -63,7 +64,7 @@ class StatusView:
             "last_switchover": self.switchovers[-1] if self.switchovers else None,
             "counters": dict(self.counters),
             "paused": self.paused,
-            "journal": {**self.journal.status(), "outstanding": held + sum(len(t.replies) for t in self.terms.values())},
+            "journal": {**self.journal.status(), "outstanding": held + kept},
             "replies_by_host": dict(self.replies_by_host),
             "protocol_errors": [{"link": k[0], "code": k[1], "count": v} for k, v in sorted(PROTOCOL_ERRORS.items())],
             "uptime_s": round(time.time() - self.started, 1),

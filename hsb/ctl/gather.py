@@ -51,10 +51,15 @@ async def ask(addr: str, secret: bytes, msg: dict[str, Any], timeout: float = 2.
     return ans
 
 
-async def serving_cp(cps: list[str], secret: bytes, timeout: float = 2.0) -> tuple[str | None, list[dict[str, Any]]]:
+async def serving_cp(
+    cps: list[str], secret: bytes, timeout: float = 2.0, ssl: Any = "default", answers_out: dict[str, dict[str, Any]] | None = None
+) -> tuple[str | None, list[dict[str, Any]]]:
     """Of two CP machines' admin addresses, the one whose hsbcpd serves (None: none does), and
-    what each said (name, state, generation)."""
-    answers = await asyncio.gather(*(ask(a, secret, {"t": "status"}, timeout) for a in cps))
+    what each said (name, state, generation). `answers_out` receives each one's whole answer
+    (status_all shows the serving one's without asking it again)."""
+    answers = await asyncio.gather(*(ask(a, secret, {"t": "status"}, timeout, ssl=ssl) for a in cps))
+    if answers_out is not None:
+        answers_out.update(zip(cps, answers, strict=True))
     seen: list[dict[str, Any]] = []
     serving = None
     for a, ans in zip(cps, answers, strict=True):
@@ -84,12 +89,15 @@ async def status_all(
     serving one is asked; each one's state is shown)."""
     secret = load_secret(secret_file)
     machines: list[dict[str, Any]] | None = None
+    asked: dict[str, dict[str, Any]] = {}
     if cp_machines and len(cp_machines) > 1:
-        chosen, machines = await serving_cp(cp_machines, secret, timeout)
+        chosen, machines = await serving_cp(cp_machines, secret, timeout, ssl=ssl, answers_out=asked)
         cp = chosen or cp
 
     async def one(addr: str) -> dict[str, Any]:
-        ans = await ask(addr, secret, {"t": "status"}, timeout, ssl=ssl)
+        ans = asked.pop(addr, None) if addr == cp else None  # the serving CP's answer is in hand
+        if ans is None or ans.get("reachable") is False:
+            ans = await ask(addr, secret, {"t": "status"}, timeout, ssl=ssl)
         if ans.get("reachable") is False:
             return ans
         data = dict(ans.get("data", {}))

@@ -42,18 +42,22 @@ class ServiceHealth:
         self.error: str | None = None
         self.since = time.time()
         self.retries = 0  # hand-overs that the service answered with ServiceUnavailable
-        self.waiting: set[str] = set()  # terminals whose next message waits for the service
+        self.waiting: dict[str, Backoff] = {}  # terminals whose next message waits for the service
 
-    def failing(self, terminal: str, error: str) -> None:
+    def failing(self, terminal: str, error: str) -> Backoff:
+        """The service could not take `terminal`'s message; the backoff before handing it over again."""
         self.retries += 1
-        self.waiting.add(terminal)
+        b = self.waiting.get(terminal)
+        if b is None:
+            b = self.waiting[terminal] = Backoff(RETRY_FIRST, RETRY_CAP)
         self.error = error
         if self.state != "failing":
             self.state, self.since = "failing", time.time()
             log.error("service_failing", error=error, msg="messages wait (held at the CP) and are retried until the service answers")
+        return b
 
     def answered(self, terminal: str) -> None:
-        self.waiting.discard(terminal)
+        self.waiting.pop(terminal, None)
         if self.state != "ok" and not self.waiting:
             log.info("service_recovered", after_s=round(time.time() - self.since, 3), retries=self.retries)
             self.state, self.error, self.since = "ok", None, time.time()
@@ -87,8 +91,6 @@ class Delivery:
         self.idle.set()
         self.counters = {"processed": 0, "redelivered": 0, "errors": 0}
         self.health = ServiceHealth()
-        self._backoffs: dict[str, Backoff] = {}  # terminals whose message the service could not take
-        self._cancelled = asyncio.Event()  # set by cancel(): retry waits end at once
 
     def deliver(self, terminal: str, mid: int, data: Any, redelivered: bool) -> None:
         q = self.queues.get(terminal)
@@ -111,8 +113,10 @@ class Delivery:
                     if not isinstance(reply, (bytes, str)):
                         reply = str(reply)
                 except ServiceUnavailable as exc:
-                    self.health.failing(terminal, str(exc) or type(exc).__name__)
-                    if not await self._retry_wait(terminal):
+                    backoff = self.health.failing(terminal, str(exc) or type(exc).__name__)
+                    gen = self.gen
+                    await asyncio.sleep(backoff.next())  # cancel() cancels this task meanwhile
+                    if self.gen != gen:
                         return
                     continue
                 except Exception as exc:  # the application's error becomes the reply
@@ -122,7 +126,6 @@ class Delivery:
                 q.popleft()
                 if self.health.state != "ok":
                     self.health.answered(terminal)
-                    self._backoffs.pop(terminal, None)
                 self.counters["processed"] += 1
                 if redelivered:
                     self.counters["redelivered"] += 1
@@ -140,18 +143,6 @@ class Delivery:
             if self.in_flight <= 0:
                 self.in_flight = 0
                 self.idle.set()
-
-    async def _retry_wait(self, terminal: str) -> bool:
-        """Back off before handing the same message over again; False if cancel() came meanwhile."""
-        b = self._backoffs.get(terminal)
-        if b is None:
-            b = self._backoffs[terminal] = Backoff(RETRY_FIRST, RETRY_CAP)
-        gen = self.gen
-        try:
-            await asyncio.wait_for(self._cancelled.wait(), b.next())
-        except TimeoutError:
-            pass
-        return self.gen == gen
 
     async def wait_open(self) -> bool:
         """Wait until messages may be handed to the service again; False if cancel() came first."""
@@ -179,9 +170,6 @@ class Delivery:
         """Drop everything in progress: the CP re-delivers it (marked) to whoever serves next."""
         self.gen += 1
         self.open.set()  # waiters wake, see the new generation and give up
-        self._cancelled.set()
-        self._cancelled = asyncio.Event()
-        self._backoffs.clear()
         self.health.waiting.clear()
         for t in list(self.workers.values()):
             t.cancel()

@@ -23,6 +23,7 @@ from types import TracebackType
 
 import structlog
 
+from hsb.fsutil import fsync_dir
 from hsb.takeover.errors import (
     BadMagic,
     FileMissing,
@@ -301,10 +302,6 @@ def create_file(path: str, records: int, record_size: int, *, force: bool = Fals
         raise
     os.close(fd)
     os.replace(tmp, path)  # never a half-made file under the real name
-    dfd = os.open(parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(parent)
     log.info("takeover_file_created", path=path, records=records, record_size=record_size)
     return header

@@ -421,7 +421,7 @@ class TerminalClient(asyncio.Protocol):
                 code, text = str(msg.get("code", "")), str(msg.get("msg", ""))
                 self.last_error = code
                 if code == "unknown_terminal":
-                    self.backoff.n = 30  # pointless to hurry
+                    self.backoff.slow_down()  # pointless to hurry
                 self.listener.on_error(self, code, text)
                 self.transport.close()
         except ProtocolError as exc:

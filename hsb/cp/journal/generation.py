@@ -22,6 +22,8 @@ import socket
 import time
 from pathlib import Path
 
+from hsb.fsutil import fsync_dir
+
 GEN = re.compile(r"^gen-(\d{8})$")
 KEEP = 8  # older generation files are removed, the newest few kept for the record
 
@@ -67,11 +69,7 @@ class Generations:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            dfd = os.open(self.dir, os.O_RDONLY)
-            try:
-                os.fsync(dfd)  # the name is durable too
-            finally:
-                os.close(dfd)
+            fsync_dir(self.dir)  # the name is durable too
             return n
 
     def newer_than(self, own: int) -> int | None:
@@ -104,9 +102,10 @@ class Generations:
         except FileNotFoundError:
             return n, 0
 
-    def age(self) -> tuple[int, float | None]:
-        """(current generation, seconds since its CP last beat, on this machine's clock; None: never)."""
-        n, mtime_ns = self.stamp()
+    def age(self, stamp: tuple[int, int] | None = None) -> tuple[int, float | None]:
+        """(current generation, seconds since its CP last beat, on this machine's clock; None:
+        never), from `stamp` when the caller has just read it."""
+        n, mtime_ns = stamp if stamp is not None else self.stamp()
         if n == 0 or mtime_ns == 0:
             return n, None
         return n, max(0.0, time.time() - mtime_ns / 1e9)

@@ -40,6 +40,7 @@ from hsb import faults
 from hsb.cp.journal.format import encode
 from hsb.cp.journal.generation import Generations, Superseded
 from hsb.cp.journal.recovery import segment_name
+from hsb.fsutil import fsync_dir
 
 log = structlog.get_logger("hsb.cp")
 
@@ -266,11 +267,7 @@ class Journal:
             if seg in self._fds:
                 os.fdatasync(self._fds[seg])
         if created:
-            dfd = os.open(self.dir, os.O_RDONLY)
-            try:
-                os.fsync(dfd)  # the new segment's name is durable too
-            finally:
-                os.close(dfd)
+            fsync_dir(self.dir)  # the new segment's name is durable too
         for seg, rec in batch:  # durable: advance the offsets only now (a failed write is redone in place)
             self._offset[seg] = self._offset.get(seg, 0) + len(rec)
         faults.point("cp.after_journal_write")
@@ -399,6 +396,8 @@ class NullJournal(Journal):
     durable = False
 
     def __init__(self) -> None:  # noqa: D107 - no files
+        self.gen = 0  # no generation: nothing on disk to fence
+        self.first_seg = 0
         self.seg = 1
         self.live = {}
         self.segments = deque([1])
