@@ -7,7 +7,7 @@ monotonic counts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -123,14 +123,20 @@ class HostCollector:
         yield from _common()
 
 
+def _cumulative(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
+    """Per-bucket counts as Prometheus's cumulative `le` buckets."""
+    buckets: list[tuple[str, float]] = []
+    acc = 0
+    for bound, n in zip(bounds, counts, strict=False):
+        acc += n
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), acc))
+    return buckets
+
+
 def _histogram(name: str, doc: str, counts: list[int], total: float) -> Metric:
     from hsb.cp.journal.store import SYNC_BUCKETS
 
-    buckets, acc = [], 0
-    for bound, n in zip(SYNC_BUCKETS, counts, strict=False):
-        acc += n
-        buckets.append(("+Inf" if bound == float("inf") else repr(bound), acc))
-    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total)
+    return HistogramMetricFamily(name, doc, buckets=_cumulative(SYNC_BUCKETS, counts), sum_value=total)
 
 
 def _kind_histogram(name: str, doc: str, h: Any) -> Metric:
@@ -138,11 +144,7 @@ def _kind_histogram(name: str, doc: str, h: Any) -> Metric:
 
     m = HistogramMetricFamily(name, doc, labels=["kind"])
     for kind, counts in h.counts.items():
-        acc, buckets = 0, []
-        for bound, n in zip(BUCKETS, counts, strict=False):
-            acc += n
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), acc))
-        m.add_metric([kind], buckets, h.sums[kind])
+        m.add_metric([kind], _cumulative(BUCKETS, counts), h.sums[kind])
     return m
 
 
