@@ -86,9 +86,13 @@ class FramedProtocol(asyncio.Protocol):
 
     def _tls_refused(self, reason: str) -> None:
         self._deadline_handle = None
+        self._log_tls_refused(reason)
+        self.abort()
+
+    def _log_tls_refused(self, reason: str) -> None:
+        """One line per refused handshake, naming the peer and why; counted by link."""
         log.warning("tls_refused", link=self.link, peer=self.peer, reason=reason)
         PROTOCOL_ERRORS[(self.link, "tls_refused")] += 1
-        self.abort()
 
     def tls_peer_names(self) -> set[str] | None:
         """Names in the certificate the other side presented (None: not TLS; empty: none)."""
@@ -160,8 +164,7 @@ class FramedProtocol(asyncio.Protocol):
                 if self._tls.started
                 else "closed before a TLS handshake (a plaintext client waiting for the server to speak first?)"
             )
-            log.warning("tls_refused", link=self.link, peer=self.peer, reason=why)
-            PROTOCOL_ERRORS[(self.link, "tls_refused")] += 1
+            self._log_tls_refused(why)
         self.closed = True
         self.clear_deadline()
         if self._linger_handle is not None:
