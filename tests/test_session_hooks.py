@@ -152,3 +152,21 @@ async def test_a_cp_link_lost_during_the_batch_read_ends_its_wait_and_the_opens_
     c.reopen_standby_sessions()
     reopened = {m["terminal"] for m in srv.cp.sent[sent_before:] if m["t"] == "open" and m["kind"] == "standby"}
     assert reopened == set(srv.sessions.table)
+
+
+@pytest.mark.timeout(10)
+async def test_a_ring_entry_read_as_the_switch_is_granted_does_not_turn_an_active_session_back() -> None:
+    """The standby's last ring poll can finish just after the CP granted it the active role (its
+    sessions promoted): an open entry must not make one of them a standby session again (the CP
+    refuses that open and the host would drop the session from its next batch write)."""
+    from hsb.host.sessions import ACTIVE
+    from hsb.takeover.records import SessionEntry
+
+    c, srv = standby_ctl(3)
+    c.cp_registered = True
+    srv.ha.granted = True  # HA.link_event("switch_granted") ...
+    for ts in srv.sessions.table.values():
+        ts.state = ACTIVE  # ... promoted every standby session
+    c.apply_ring([SessionEntry(n, {"k": 1}, True) for n in srv.sessions.table])
+    assert all(ts.state == ACTIVE for ts in srv.sessions.table.values())
+    assert not [m for m in srv.cp.sent if m["t"] == "open"]

@@ -215,6 +215,10 @@ class SessionsCtl:
             log.error("standby_session_refused", terminal=name, reason=why)
             return False
         ts = self.sessions.table[name]
+        if ts.state == ACTIVE or self.srv.ha.granted:
+            # made active meanwhile (a ring entry read just before the switch was granted): the
+            # session is ours now, never turned back into a standby one
+            return False
         self.sessions.join_link(ts)
         if not self.srv.cfg.host.fast_switch:
             return False  # conventional hot standby: no standby sessions at the CP [0002]
@@ -252,8 +256,6 @@ class SessionsCtl:
                 self._close_standby(ts.name)
         self.answered.set()
         for k, (name, attrs) in enumerate(want_open.items(), 1):
-            if self.srv.ha.granted:  # made active meanwhile (a switchover racing a resync)
-                break
             self._open_standby(name, attrs)
             if k % self.OPENS_PER_TURN == 0:  # the open storm in slices: heartbeats and replies go on
                 await self.srv.cp.drain()
