@@ -463,5 +463,11 @@ class CPServer:
             except TimeoutError:
                 pass
         if self.cp is not None:
+            if not self.superseded and not await self.cp.journal.drain():
+                log.warning(
+                    "journal_not_drained",
+                    pending=self.cp.journal.pending,
+                    msg="records still unwritten at the stop: recovered as if the CP had crashed",
+                )
             self.cp.journal.close()
         log.info("cp_stopped", exit=self.exit_code)

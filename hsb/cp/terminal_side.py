@@ -89,7 +89,7 @@ class TerminalSide:
             self._backpressure(term)
 
     def _drop_replies(self: CP, term: Term, upto: int) -> None:
-        self.journal.append(["c", term.name, upto])  # need not wait: a lost one only resends
+        self.journal.append(["c", term.name, upto], lazy=True)  # need not wait: a lost one only resends
         for mid in [m for m in term.replies if m <= upto]:
             self.journal.unpin(term.replies.pop(mid).seg)
 
@@ -206,7 +206,9 @@ class TerminalSide:
                 term.conn.flush()  # the crash comes after the bytes left, not with them queued
             faults.point("cp.after_reply_sent")  # sent, its record not yet written
         kept = Kept(mid, data, 0)
-        kept.seg = self.journal.append(["r", name, mid, data], lambda: self._settled(term, held))
+        # lazy: the reply has gone out already; a crash before this record only means the
+        # message is answered again (redelivered) and the reply resent, marked
+        kept.seg = self.journal.append(["r", name, mid, data], lambda: self._settled(term, held), lazy=True)
         if keep:
             self.journal.pin(kept.seg)
             term.replies[mid] = kept

@@ -24,6 +24,8 @@ from hsb.ops.refusals import RefusalLog
 from hsb.wire.client import FrameStream, LinkClosed
 from hsb.wire.framing import ProtocolError
 
+CP_RETRY_CAP = 0.25  # s: the longest wait between two tries to reach the CP (before jitter)
+
 log = structlog.get_logger("hsb.host")
 
 
@@ -101,7 +103,9 @@ class CPLink:
 
     async def _run_inner(self) -> None:
         h, p = parse_addr(self.addr)
-        backoff = Backoff(0.05, 1.0)
+        # capped low: after a CP restart nothing is served until the active registers again, and
+        # one link trying four times a second costs the CP nothing
+        backoff = Backoff(0.05, CP_RETRY_CAP)
         refusals = RefusalLog("cp_link_refused", cp=self.addr)
         tls_refusals = RefusalLog(
             "cp_link_refused", "tried again every 5 s; check the CP's certificate (its expiry, its CA in this host's ca_file)", cp=self.addr

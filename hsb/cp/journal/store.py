@@ -48,6 +48,7 @@ SEGMENT_BYTES = 8 * 1024 * 1024  # a segment is closed past this size
 IDLE_ROTATE_BYTES = 16 * 1024  # a settled current segment with this much beyond its checkpoint is closed when idle
 KEEP_SEGMENTS = 4  # more than this many: the oldest one's live records are carried forward
 RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)  # backoff of a failed write
+LAZY_S = 0.005  # a record nobody waits on rides with the next group, or is written after this long
 SYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, float("inf"))
 
 Done = Callable[[], None]
@@ -80,6 +81,8 @@ class Journal:
         self._retry = 0
         self._timer: asyncio.TimerHandle | None = None
         self._flush_scheduled = False
+        self._urgent = False  # something pending that a caller waits on (not only lazy records)
+        self._lazy_timer: asyncio.TimerHandle | None = None
         self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsb-journal")
         self._fds: dict[int, int] = {}  # writer thread only
         self._offset: dict[int, int] = {}  # writer thread only: durable end of each open segment
@@ -137,18 +140,28 @@ class Journal:
         self.ck_sizes[n] = len(rec)
 
     # ------------------------------------------------------------------ appending (event loop)
-    def append(self, payload: list[Any], done: Done | None = None) -> int:
+    def append(self, payload: list[Any], done: Done | None = None, lazy: bool = False) -> int:
         """Queue a record (hsb.cp.journal.recovery lists the kinds); `done()` runs once it (and
-        everything before it) is durable. Returns the segment it goes to."""
+        everything before it) is durable. Returns the segment it goes to.
+
+        `lazy`: nothing outside the CP waits on this record (a kept reply already sent, a
+        confirmation): it does not start a group commit of its own but rides with the next one,
+        or is written LAZY_S later. A group of only such records would otherwise occupy the
+        writer just when the next message's record, which its ack waits on, arrives."""
         rec = self._packer(payload)
         seg = self.seg
         self._pending.append((seg, rec))
         self.sizes[seg] += len(rec)
         if done is not None:
             self._callbacks.append(done)
-        if not self._flush_scheduled and self._inflight is None:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        if lazy:
+            if self._lazy_timer is None and not self._flush_scheduled and self._inflight is None:
+                self._lazy_timer = asyncio.get_running_loop().call_later(LAZY_S, self._lazy_due)
+        else:
+            self._urgent = True
+            if not self._flush_scheduled and self._inflight is None:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
         if self.sizes[seg] >= self.segment_bytes:
             self.seg += 1
             self._new_segment()
@@ -194,8 +207,16 @@ class Journal:
         return None
 
     # ------------------------------------------------------------------ writing (writer thread)
+    def _lazy_due(self) -> None:
+        self._lazy_timer = None
+        if not self._flush_scheduled and self._inflight is None:
+            self._flush()
+
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._lazy_timer is not None:
+            self._lazy_timer.cancel()
+            self._lazy_timer = None
         if self.superseded is not None:
             self._pending.clear()
             self._callbacks.clear()
@@ -205,6 +226,7 @@ class Journal:
         batch, self._pending = self._pending, []
         callbacks, self._callbacks = self._callbacks, []
         deletions, self._deletions = self._deletions, []
+        self._urgent = False
         self._inflight = batch
         self._batch_t0 = time.monotonic()
         loop = asyncio.get_running_loop()
@@ -288,6 +310,7 @@ class Journal:
             self._pending[:0] = batch
             self._callbacks[:0] = callbacks
             self._deletions[:0] = deletions
+            self._urgent = True
             self._set_state("failing", f"{type(exc).__name__}: {exc}")
             delay = RETRY_S[min(self._retry, len(RETRY_S) - 1)]
             self._retry += 1
@@ -304,8 +327,10 @@ class Journal:
             self._set_state("ok", None)
         for cb in callbacks:
             cb()
-        if self._pending or self._deletions:
+        if self._urgent or self._deletions:
             self._flush()
+        elif self._pending and self._lazy_timer is None:
+            self._lazy_timer = asyncio.get_running_loop().call_later(LAZY_S, self._lazy_due)
 
     def _stop_superseded(self, exc: Superseded) -> None:
         """A newer CP owns the journal: nothing pending is reported durable, ever."""
@@ -381,6 +406,16 @@ class Journal:
             "stalls": self.stalls,
         }
 
+    async def drain(self, timeout: float = 2.0) -> bool:
+        """At a clean stop: write what is pending (lazy records too) and wait for it, up to
+        `timeout`; True when nothing is left unwritten."""
+        deadline = time.monotonic() + timeout
+        while (self._pending or self._inflight is not None) and self.superseded is None and time.monotonic() < deadline:
+            if self._inflight is None and not self._flush_scheduled:
+                self._flush()
+            await asyncio.sleep(0.002)
+        return not self._pending and self._inflight is None
+
     def close(self) -> None:
         self._exec.shutdown(wait=True)
         self._beat_exec.shutdown(wait=False)
@@ -414,7 +449,10 @@ class NullJournal(Journal):
     def heartbeat(self) -> None:
         pass
 
-    def append(self, payload: list[Any], done: Done | None = None) -> int:
+    async def drain(self, timeout: float = 2.0) -> bool:
+        return True
+
+    def append(self, payload: list[Any], done: Done | None = None, lazy: bool = False) -> int:
         if done is not None:
             done()
         return 1

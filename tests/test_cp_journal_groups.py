@@ -1,0 +1,83 @@
+"""The CP journal's group commit, in-process on real files: which records start a group of their
+own and which ride with the next one (a kept reply, a confirmation), and that a clean stop
+writes what is still pending."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from hsb.cp.journal.format import scan
+from hsb.cp.journal.generation import Generations
+from hsb.cp.journal.store import LAZY_S, Journal
+
+
+def open_journal(d: Path) -> Journal:
+    gen = Generations(d).take()
+    j = Journal(d, generation=gen)
+    j.open(1, [], [])
+    return j
+
+
+def records(d: Path) -> list[Any]:
+    out: list[Any] = []
+    for f in sorted(d.glob("seg-*.hsbj")):
+        recs, _end, torn = scan(f.read_bytes(), str(f))
+        assert torn is None
+        out += recs
+    return out
+
+
+async def durable(j: Journal, payload: list[Any], lazy: bool = False) -> None:
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    j.append(payload, lambda: fut.set_result(None), lazy=lazy)
+    await asyncio.wait_for(fut, 5.0)
+
+
+async def test_a_lazy_record_alone_is_written_soon_after(tmp_path: Path) -> None:
+    j = open_journal(tmp_path)
+    try:
+        syncs = j.syncs
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await durable(j, ["c", "T1", 7], lazy=True)
+        took = loop.time() - t0
+        assert j.syncs == syncs + 1
+        assert took >= LAZY_S * 0.8  # it waited for company before writing alone
+        assert ["c", "T1", 7] in records(tmp_path)
+    finally:
+        j.close()
+
+
+async def test_lazy_records_ride_with_the_next_urgent_group(tmp_path: Path) -> None:
+    """A closed loop of message, reply, message, ...: the replies' records never start a group
+    of their own, so each message needs one group commit, not two."""
+    j = open_journal(tmp_path)
+    try:
+        syncs = j.syncs
+        n = 100
+        for i in range(n):
+            await durable(j, ["a", "T1", i, "x"])
+            j.append(["r", "T1", i, "y"], lazy=True)  # the reply went out already: nobody waits on it
+            await asyncio.sleep(0.0005)  # the terminal's next message comes a moment later (not a wait for anything)
+        assert j.syncs - syncs <= n + 5, f"{j.syncs - syncs} group commits for {n} messages"
+        await j.drain()
+        recs = records(tmp_path)
+        assert [r[2] for r in recs if r[0] == "r"] == list(range(n))
+        assert [r[2] for r in recs if r[0] == "a"] == list(range(n))
+    finally:
+        j.close()
+
+
+async def test_drain_writes_what_is_pending_before_a_clean_stop(tmp_path: Path) -> None:
+    j = open_journal(tmp_path)
+    try:
+        j.append(["c", "T1", 3], lazy=True)
+        j.append(["c", "T2", 4], lazy=True)
+        assert await j.drain(timeout=5.0)
+        assert j.pending == 0
+        recs = records(tmp_path)
+        assert ["c", "T1", 3] in recs and ["c", "T2", 4] in recs
+    finally:
+        j.close()
