@@ -528,7 +528,7 @@ def _load_stats_class() -> type:
 async def _load_child(a: Any) -> None:
     import hsb.term.load as L
     from hsb import gcpolicy
-    from hsb.term.client import tls_context
+    from hsb.term.connector import tls_context
 
     gcpolicy.apply()  # as hsbterm load does
 

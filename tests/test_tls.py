@@ -29,7 +29,7 @@ import pytest
 
 from hsb.ctl import sandbox
 from hsb.ctl.tls_cmd import make_ca_and_certs
-from hsb.term.client import tls_context
+from hsb.term.connector import tls_context
 from hsb.term.load import run_load
 from hsb.wire.client import FrameStream, LinkClosed
 from hsb.wire.framing import encode

@@ -8,7 +8,7 @@ outstanding ids and one byte per message sent (the marks array of
 
 A terminal keeps a `Listener` informed of everything that happens (the load
 generator counts, the interactive terminal prints). When its connection drops
-it asks its `Connector` to reconnect it after a short jittered backoff; on the
+it asks its `Connector` (hsb.term.connector) to reconnect it after a short jittered backoff; on the
 next `welcome` it re-sends, with the same ids, every message it sent that was
 not acknowledged, and keeps waiting for replies to what was.
 
@@ -37,15 +37,16 @@ a reply to an id it never sent, or to one the CP had not yet acknowledged, is
 from __future__ import annotations
 
 import asyncio
-import functools
 import socket
 import time
-from collections import deque
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from hsb.backoff import Backoff
 from hsb.term.verdict import ACKED, REPLY_MAX, REPLY_ONE, REPLY_SHIFT, SENT
 from hsb.wire.framing import DEFAULT_MAX_FRAME, Decoder, ProtocolError, encode
+
+if TYPE_CHECKING:
+    from hsb.term.connector import Connector
 
 CP_TYPES = frozenset({"welcome", "error", "session", "ack", "reply", "switched"})
 
@@ -374,12 +375,16 @@ class TerminalClient(asyncio.Protocol):
         if self.connector is not None:
             self.connector.schedule(self, retry)
 
-    def connect_failed(self, exc: BaseException) -> None:
-        """Called by the connector when a TCP connect attempt failed."""
+    def cp_away(self) -> None:
+        """The CP cannot be reached now (a connect failed, or the connector knows it is away)."""
         self.state = DOWN
         if self.welcomed_at is not None and not self.failed_since_drop:
             self.failed_since_drop = True  # the CP is not there: a restart of it, not a failover
             self.cp_reconnects += 1
+
+    def connect_failed(self, exc: BaseException) -> None:
+        """Called by the connector when a TCP connect attempt failed."""
+        self.cp_away()
         if self.stopping:
             if self.closed is not None and not self.closed.done():
                 self.closed.set_result(None)
@@ -517,102 +522,6 @@ def _int(msg: dict[str, Any], key: str) -> int:
     return v
 
 
-class Connector:
-    """Connects terminals to the CP with at most `concurrency` TCP connects in flight.
-
-    Terminals are queued (`schedule`) and a fixed pool of workers connects
-    them in turn, so 10,000 terminals starting at once, or reconnecting after a
-    mass disconnect, do not overflow the CP's listen backlog. A failed connect
-    goes back to the terminal, which re-schedules itself after its backoff.
-    """
-
-    def __init__(
-        self, host: str, port: int, *, concurrency: int = 256, connect_timeout: float = 5.0, ssl: Any = None, source: str | None = None
-    ) -> None:
-        self.ssl = ssl  # a client SSLContext for a CP whose terminal listener has TLS
-        # a local address to connect from (127.0.0.x): one address has ~28,000 ephemeral ports
-        self.local_addr = (source, 0) if source else None
-        self.host = host
-        self.port = port
-        self.concurrency = max(1, concurrency)
-        self.connect_timeout = connect_timeout
-        self._queue: deque[TerminalClient] = deque()
-        self._wake: asyncio.Event | None = None
-        self._workers: list[asyncio.Task[None]] = []
-        self._timers: set[asyncio.TimerHandle] = set()
-        self._closed = False
-
-    def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        self._workers = [loop.create_task(self._worker()) for _ in range(self.concurrency)]
-
-    def attach(self, c: TerminalClient) -> None:
-        c.connector = self
-
-    def schedule(self, c: TerminalClient, delay: float = 0.0) -> None:
-        """Connect `c` after `delay` seconds (queued behind other pending connects)."""
-        if self._closed:
-            return
-        if delay <= 0:
-            self._enqueue(c)
-            return
-        loop = asyncio.get_running_loop()
-        handle: asyncio.TimerHandle
-
-        def fire() -> None:
-            self._timers.discard(handle)
-            self._enqueue(c)
-
-        handle = loop.call_later(delay, fire)
-        self._timers.add(handle)
-
-    def _enqueue(self, c: TerminalClient) -> None:
-        if self._closed or c.stopping:
-            return
-        self._queue.append(c)
-        if self._wake is not None:
-            self._wake.set()
-
-    async def _worker(self) -> None:
-        loop = asyncio.get_running_loop()
-        assert self._wake is not None
-        while not self._closed:
-            if not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            c = self._queue.popleft()
-            if c.stopping or c.state != DOWN:
-                continue
-            c.state = CONNECTING
-            try:
-                async with asyncio.timeout(self.connect_timeout):  # not wait_for: a cycle per failure
-                    if self.ssl is None:
-                        await loop.create_connection(functools.partial(_same, c), self.host, self.port, local_addr=self.local_addr)
-                    else:
-                        await loop.create_connection(
-                            functools.partial(_same, c), self.host, self.port, ssl=self.ssl, server_hostname="", local_addr=self.local_addr
-                        )
-            except asyncio.CancelledError:
-                raise
-            except (TimeoutError, OSError) as exc:
-                c.connect_failed(exc)
-
-    async def close(self) -> None:
-        """Stop connecting (terminals already connected are not touched)."""
-        self._closed = True
-        for h in self._timers:
-            h.cancel()
-        self._timers.clear()
-        self._queue.clear()
-        for w in self._workers:
-            w.cancel()
-        if self._workers:
-            await asyncio.gather(*self._workers, return_exceptions=True)
-        self._workers = []
-
-
 # A terminal finds out that its CP is gone without sending: after a CP machine's loss the
 # address moves (keepalived) and the old connection is dead, but a terminal that sends only
 # every few seconds would learn it only then. TCP keepalive probes an idle connection after
@@ -642,22 +551,3 @@ def dead_peer_detection(sock: Any) -> None:
             sock.setsockopt(level, opt, value)
         except OSError:  # pragma: no cover - a platform without it
             pass
-
-
-def _same(c: TerminalClient) -> TerminalClient:
-    """The protocol factory for a client that reconnects: the same object every time."""
-    return c
-
-
-def tls_context(ca: str, cert: str | None = None, key: str | None = None) -> Any:
-    """A terminal's TLS context: the CP's certificate must chain to `ca`; with `cert` and `key`
-    the terminal presents its own (the CP then checks it names the terminal)."""
-    import ssl
-
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.check_hostname = False  # the CA is the cluster's own (docs/tls.md)
-    ctx.load_verify_locations(ca)
-    if cert:
-        ctx.load_cert_chain(cert, key)
-    return ctx

@@ -17,7 +17,8 @@ import sys
 import threading
 from typing import Any, TextIO
 
-from hsb.term.client import WELCOMED, Connector, Listener, TerminalClient
+from hsb.term.client import WELCOMED, Listener, TerminalClient
+from hsb.term.connector import Connector
 from hsb.wire.framing import ProtocolError
 
 # Errors after which retrying is pointless for a person at the keyboard.

@@ -36,7 +36,8 @@ from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from hsb.term.client import Connector, Listener, TerminalClient, new_id_base, parse_hostport
+from hsb.term.client import Listener, TerminalClient, new_id_base, parse_hostport
+from hsb.term.connector import Connector
 from hsb.term.report import LoadReport, iso
 from hsb.term.stats import GapTracker, LatencyHistogram
 from hsb.term.timeline import Timeline

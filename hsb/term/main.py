@@ -47,7 +47,7 @@ def _ssl(tls: bool, ca: str | None, cert: str | None, key: str | None) -> Any:
         raise click.UsageError("--tls needs --ca FILE (the CA the CP's certificate chains to)")
     if bool(cert) != bool(key):
         raise click.UsageError("--cert and --key go together")
-    from hsb.term.client import tls_context
+    from hsb.term.connector import tls_context
 
     return tls_context(ca, cert, key)
 

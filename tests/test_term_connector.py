@@ -1,0 +1,99 @@
+"""The terminal simulator's connector (hsb.term.connector) on real sockets: while the CP cannot
+be reached, the group probes instead of every terminal trying on its own, and when the CP
+answers every terminal connects at once, not after its own backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+
+from hsb.term.client import DOWN
+from hsb.term.connector import MAX_PROBES, Connector
+
+
+class FakeTerminal(asyncio.Protocol):
+    """What the connector needs of a terminal, with a fixed backoff of its own."""
+
+    def __init__(self, backoff: float) -> None:
+        self.backoff = backoff
+        self.state = DOWN
+        self.stopping = False
+        self.connector: Connector | None = None
+        self.failures = 0
+        self.away = 0
+        self.transport: Any = None
+
+    def cp_away(self) -> None:
+        self.state = DOWN
+        self.away += 1
+
+    def connect_failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        self.cp_away()
+        assert self.connector is not None
+        self.connector.schedule(self, self.backoff)
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.state = 3
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = DOWN
+
+
+async def until(pred: Any, timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        if loop.time() > deadline:
+            raise TimeoutError(what)
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("backoff", [0.02, 30.0])
+async def test_the_group_probes_while_the_cp_is_away_and_all_connect_when_it_answers(backoff: float) -> None:
+    """backoff 0.02 s: terminals due again and again are parked, not tried; 30 s: they are
+    connected when the CP answers, long before their own backoff runs out."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound, not listening: every connect is refused, like a CP restarting
+    port = sock.getsockname()[1]
+    conn = Connector("127.0.0.1", port, concurrency=16)
+    conn.start()
+    terms = [FakeTerminal(backoff) for _ in range(200)]
+    server = None
+    try:
+        for t in terms:
+            conn.attach(t)
+            conn.schedule(t)
+        await until(lambda: conn.down and sum(t.failures for t in terms) >= 1, 10, "the group down")
+        await until(lambda: conn.probes >= 5, 10, "five probes")
+        tried = sum(t.failures for t in terms)
+        # each terminal tried at most once on its own; after that only the probes
+        assert tried <= len(terms) + conn.probes, tried
+        assert conn.probes <= 5 + MAX_PROBES
+        sock.listen(512)
+        accepted: list[Any] = []
+
+        class Accept(asyncio.Protocol):
+            def connection_made(self, transport: Any) -> None:
+                accepted.append(transport)
+
+        server = await loop.create_server(Accept, sock=sock)
+        # within 10 s (with 30 s backoffs, while each terminal's own still runs): the probe brought the group up
+        await until(lambda: all(t.state == 3 for t in terms), 10, "every terminal connected")
+        assert not conn.down
+        assert len(accepted) >= len(terms)
+        assert all(t.away >= 1 for t in terms)  # each counted the CP's absence
+    finally:
+        await conn.close()
+        for t in terms:
+            if t.transport is not None:
+                t.transport.close()
+        if server is not None:
+            server.close()
+        else:
+            sock.close()
