@@ -14,7 +14,6 @@ a batch write.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import time
 from collections import deque
@@ -22,9 +21,25 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from hsb import __version__, faults
+from hsb import faults
+from hsb.host.ha_lease import LeaseSide
+from hsb.host.ha_view import HAView
 from hsb.host.lease import Lease
 from hsb.host.sessions import ACTIVE, CLOSED, STANDBY
+from hsb.host.states import (
+    ACTIVE_STOPPED,
+    AWAITING_BATCH,
+    BATCH_READING,
+    BATCH_RETRY,
+    BATCH_WRITING,
+    ESTABLISHED,
+    FENCED,
+    HANDING_OVER,
+    RELEASING,
+    SERVING,
+    STARTING,
+    WAITING,
+)
 from hsb.ops.notify import Watchdog
 from hsb.takeover.startup_id import startup_id as new_startup_id
 
@@ -32,21 +47,6 @@ if TYPE_CHECKING:
     from hsb.host.server import HostServer
 
 log = structlog.get_logger("hsb.host")
-
-# States, per role.
-STARTING = "starting"
-SERVING = "serving"  # active without an established standby
-BATCH_WRITING = "batch_writing"
-ESTABLISHED = "established"
-WAITING = "waiting_for_active"  # standby: no active to follow yet
-AWAITING_BATCH = "awaiting_batch"  # standby: STANDBY STARTUP sent
-BATCH_READING = "batch_reading"
-BATCH_RETRY = "batch_retry"  # standby: a batch read failed; asks again after a backoff
-ACTIVE_STOPPED = "active_stopped"  # standby: the active ended normally (§5.3)
-STOPPING = "stopping"
-RELEASING = "releasing"  # planned switchover: no new deliveries
-HANDING_OVER = "handing_over"
-FENCED = "fenced"
 
 TORN_RETRIES = 5  # polls a torn ring record may stay torn (a write in progress) before it counts as damage
 
@@ -60,7 +60,7 @@ class Exit(Exception):
         self.msg = msg
 
 
-class HA:
+class HA(LeaseSide, HAView):
     def __init__(self, server: HostServer, role: str) -> None:
         self.srv = server
         self.name = server.cfg.host.name
@@ -105,72 +105,6 @@ class HA:
         self.switched_sessions = 0
         # how long a standby waits for BATCH WRITE COMPLETE before it starts again
         self.batch_wait_s = max(5.0, 3 * server.cfg.takeover.storage_timeout)
-
-    # ------------------------------------------------------------------ the lease (hsb.host.lease)
-    @property
-    def serving(self) -> bool:
-        """This host may act as the active now: the CP made it active and its lease is valid
-        (read from the clock at every use, so a frozen-then-woken process sees it lapsed)."""
-        if not self.granted:
-            return False
-        return self.lease.valid() or not faults.SELF_FENCING
-
-    @property
-    def lease_lost(self) -> bool:
-        return self.granted and not self.lease.valid() and faults.SELF_FENCING
-
-    def lease_answered(self, n: int) -> None:
-        """The CP answered heartbeat `n` (CPLink, in link order)."""
-        if self.lease.answered(n):
-            self._lease_renewed()
-
-    def _lease_renewed(self) -> None:
-        now = time.monotonic()
-        if self.lease.valid(now):
-            self.srv.delivery.reopen()  # whatever waited for a valid lease goes on
-            if self.lease.lapsed_at is not None:
-                log.info("lease_renewed", epoch=self.epoch, lost_ms=round((now - self.lease.lapsed_at) * 1000, 1))
-                self.lease.lapsed_at = None
-                self.srv.on_state_change()
-        self._arm_lease_timer()
-
-    def _arm_lease_timer(self) -> None:
-        if self._lease_timer is not None:
-            self._lease_timer.cancel()
-        # +1 ms: the loop's clock is coarser than the lease's (uvloop: milliseconds)
-        self._lease_timer = asyncio.get_running_loop().call_later(max(0.0, self.lease.remaining()) + 0.001, self._lease_check)
-
-    def _lease_check(self) -> None:
-        """The lease may have run out: say so at once (the service is gated by the clock itself)."""
-        self._lease_timer = None
-        if not self.granted or self.lease.lapsed_at is not None:
-            return
-        if self.lease.valid():  # the timer fired early
-            self._arm_lease_timer()
-            return
-        if not self.lease_lost:
-            return
-        now = time.monotonic()
-        self.lease.lapsed_at = now
-        expired_wall = time.time() - (now - self.lease.until)
-        log.warning(
-            "lease_lost",
-            epoch=self.epoch,
-            expired_at=expired_wall,
-            noticed_ms_late=round((now - self.lease.until) * 1000, 1),
-            msg=f"no heartbeat answered by the CP within the {self.lease.duration:g} s lease: not serving until it is renewed",
-        )
-        self.srv.on_state_change()
-
-    def lease_status(self) -> dict[str, Any]:
-        now = time.monotonic()
-        return {
-            # the active role's lease: held only while the CP has made this host active
-            "valid": self.granted and self.lease.valid(now),
-            "duration_s": self.lease.duration,
-            "remaining_ms": round(self.lease.remaining(now) * 1000, 1) if self.lease.until else None,
-            "lost_ms_ago": None if self.lease.lapsed_at is None else round((now - self.lease.lapsed_at) * 1000, 1),
-        }
 
     # ------------------------------------------------------------------ plumbing
     def post(self, kind: str, **data: Any) -> None:
@@ -235,34 +169,6 @@ class HA:
             self.set_state(WAITING, f"no BATCH WRITE COMPLETE within {self.batch_wait_s:.0f}s; starting again")
             self.maybe_standby_startup()
         return self.describe()
-
-    def describe(self) -> str:
-        peer = self.srv.peer
-        pn = peer.peer_name or "peer"
-        if self.role == "active":
-            if self.lease_lost:
-                ago = self.lease_status()["lost_ms_ago"]
-                return (
-                    f"active at epoch {self.epoch}: LEASE LOST{f' {ago / 1000:.1f} s ago' if ago is not None else ''}"
-                    f" (the CP answered no heartbeat within the {self.lease.duration:g} s lease); not serving"
-                )
-            if not self.serving and self.state not in (STARTING, STOPPING, FENCED):
-                return f"active at epoch {self.epoch}: not serving (host link to the CP down; waiting to register again)"
-            if self.state == ESTABLISHED:
-                return f"active at epoch {self.epoch}: hot standby established with {pn}"
-            if self.state == BATCH_WRITING:
-                return f"active at epoch {self.epoch}: batch writing for {pn}"
-            if self.state == SERVING:
-                why = "peer link down" if not peer.up else "no standby established"
-                return f"active at epoch {self.epoch}: serving without a standby ({why})"
-            return f"active: {self.state}"
-        if self.state == ESTABLISHED:
-            return f"standby: hot standby established, following {pn}'s ring"
-        if self.state == ACTIVE_STOPPED:
-            return f"standby: the active ({self.active_stopped_by}) stopped normally; not taking over"
-        if self.state == WAITING:
-            return "standby: waiting for an active host"
-        return f"standby: {self.state}"
 
     def fail(self, code: int, msg: str, event: str) -> None:
         log.error(event, msg=msg)
@@ -712,60 +618,6 @@ class HA:
         self.counters["switchovers"] += 1
         log.info("switchover_complete", epoch=self.epoch, new_active=new_active, sessions_handed_over=n, planned=True)
         self.maybe_standby_startup()
-
-    # ------------------------------------------------------------------ status
-    def status(self) -> dict[str, Any]:
-        peer = self.srv.peer
-        age = peer.heartbeat_age()
-        return {
-            "name": self.name,
-            "version": __version__,
-            "role": self.role,
-            "state": self.state,
-            "state_since": self.state_since,
-            "sentence": self.describe(),
-            "serving": self.srv.is_serving_active(),
-            "lease": self.lease_status(),
-            "epoch": self.epoch,
-            "pid": os.getpid(),
-            "instance": self.instance,
-            "established": self.state == ESTABLISHED,
-            "established_since": self.established_since,
-            "registered_at_cp": self.registered,
-            "cp_link": "up" if self.srv.cp.up else "down",
-            "cp_generation": {"seen": self.srv.cp.cp_generation, "refusals": self.srv.cp.generation_refusals},
-            "peer_link": {
-                "up": peer.up,
-                "peer": peer.peer_name,
-                "heartbeat_age_ms": None if age is None else round(age * 1000, 1),
-                "notices_lost": peer.lost_notices,
-            },
-            "startup_id": {"own": self.own_startup_id, "partner": self.partner_startup_id},
-            "batch_records": {"own": self.srv.takeover.own_batch_records, "partner": self.partner_batch_records},
-            "generation": self.generation,
-            "takeover_file": self.srv.takeover.status(),
-            "terminals": self.srv.sessions.counts(),
-            "file_mismatch": self.file_mismatch,
-            "active_stopped_by": self.active_stopped_by,
-            "last_takeover": self.takeover,
-            "last_error": self.last_error,
-            "delivery": dict(self.srv.delivery.counters),
-            "service": self.srv.service_status(),
-            "tls": self.srv.tls.status() if self.srv.tls is not None else {"enabled": False},
-            "counters": dict(self.counters),
-            "ring_lag": self.ring_lag(),
-        }
-
-    def ring_lag(self) -> int | None:
-        """On the active: ring records written that the standby has not read (from its heartbeats)."""
-        wp = self.srv.takeover.store.write_position
-        if self.role != "active" or wp is None or self.peer_ring_next is None or self.state != ESTABLISHED:
-            return None
-        return max(0, wp[1] - (self.peer_ring_next - 1))
-
-    def ring_next(self) -> int | None:
-        rp = self.srv.takeover.store.read_position if self.role == "standby" and self.state == ESTABLISHED else None
-        return None if rp is None else int(rp[1])
 
 
 __all__ = ["HA", "Exit", "ACTIVE", "CLOSED", "STANDBY"]

@@ -1,0 +1,99 @@
+"""What the state machine says of itself: the one-line sentence (`describe`, logged by every
+cycle and shown by hsbctl), `status` (hsbctl status, /health, the metrics) and the ring's
+positions. Read-only: a mixin of `hsb.host.ha.HA` that changes nothing."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from hsb import __version__
+from hsb.host.states import ACTIVE_STOPPED, BATCH_WRITING, ESTABLISHED, FENCED, SERVING, STARTING, STOPPING, WAITING
+
+if TYPE_CHECKING:
+    from hsb.host.ha import HA
+
+
+class HAView:
+    """The state machine's read-only answers; mixed into `HA`."""
+
+    def describe(self: HA) -> str:
+        peer = self.srv.peer
+        pn = peer.peer_name or "peer"
+        if self.role == "active":
+            if self.lease_lost:
+                ago = self.lease_status()["lost_ms_ago"]
+                return (
+                    f"active at epoch {self.epoch}: LEASE LOST{f' {ago / 1000:.1f} s ago' if ago is not None else ''}"
+                    f" (the CP answered no heartbeat within the {self.lease.duration:g} s lease); not serving"
+                )
+            if not self.serving and self.state not in (STARTING, STOPPING, FENCED):
+                return f"active at epoch {self.epoch}: not serving (host link to the CP down; waiting to register again)"
+            if self.state == ESTABLISHED:
+                return f"active at epoch {self.epoch}: hot standby established with {pn}"
+            if self.state == BATCH_WRITING:
+                return f"active at epoch {self.epoch}: batch writing for {pn}"
+            if self.state == SERVING:
+                why = "peer link down" if not peer.up else "no standby established"
+                return f"active at epoch {self.epoch}: serving without a standby ({why})"
+            return f"active: {self.state}"
+        if self.state == ESTABLISHED:
+            return f"standby: hot standby established, following {pn}'s ring"
+        if self.state == ACTIVE_STOPPED:
+            return f"standby: the active ({self.active_stopped_by}) stopped normally; not taking over"
+        if self.state == WAITING:
+            return "standby: waiting for an active host"
+        return f"standby: {self.state}"
+
+    def status(self: HA) -> dict[str, Any]:
+        peer = self.srv.peer
+        age = peer.heartbeat_age()
+        return {
+            "name": self.name,
+            "version": __version__,
+            "role": self.role,
+            "state": self.state,
+            "state_since": self.state_since,
+            "sentence": self.describe(),
+            "serving": self.srv.is_serving_active(),
+            "lease": self.lease_status(),
+            "epoch": self.epoch,
+            "pid": os.getpid(),
+            "instance": self.instance,
+            "established": self.state == ESTABLISHED,
+            "established_since": self.established_since,
+            "registered_at_cp": self.registered,
+            "cp_link": "up" if self.srv.cp.up else "down",
+            "cp_generation": {"seen": self.srv.cp.cp_generation, "refusals": self.srv.cp.generation_refusals},
+            "peer_link": {
+                "up": peer.up,
+                "peer": peer.peer_name,
+                "heartbeat_age_ms": None if age is None else round(age * 1000, 1),
+                "notices_lost": peer.lost_notices,
+            },
+            "startup_id": {"own": self.own_startup_id, "partner": self.partner_startup_id},
+            "batch_records": {"own": self.srv.takeover.own_batch_records, "partner": self.partner_batch_records},
+            "generation": self.generation,
+            "takeover_file": self.srv.takeover.status(),
+            "terminals": self.srv.sessions.counts(),
+            "file_mismatch": self.file_mismatch,
+            "active_stopped_by": self.active_stopped_by,
+            "last_takeover": self.takeover,
+            "last_error": self.last_error,
+            "delivery": dict(self.srv.delivery.counters),
+            "service": self.srv.service_status(),
+            "tls": self.srv.tls.status() if self.srv.tls is not None else {"enabled": False},
+            "counters": dict(self.counters),
+            "ring_lag": self.ring_lag(),
+        }
+
+    def ring_lag(self: HA) -> int | None:
+        """On the active: ring records written that the standby has not read (from its heartbeats)."""
+        wp = self.srv.takeover.store.write_position
+        if self.role != "active" or wp is None or self.peer_ring_next is None or self.state != ESTABLISHED:
+            return None
+        return max(0, wp[1] - (self.peer_ring_next - 1))
+
+    def ring_next(self: HA) -> int | None:
+        rp = self.srv.takeover.store.read_position if self.role == "standby" and self.state == ESTABLISHED else None
+        return None if rp is None else int(rp[1])
