@@ -80,12 +80,19 @@ async def one(d: Path, n: int, a: argparse.Namespace, rep: int) -> dict[str, Any
         await load.send({"cmd": "mark", "label": "SIGKILL hsbcpd", "t": t_kill})
         await wait_dead(pid, 10)
         t_spawn = time.time()
-        sandbox.start_cp(d)
+        new_pid = sandbox.start_cp(d)
+        st = sandbox.load_state(d)
+        pids = {"hsbcpd": new_pid, "active": st["hosts"]["host-a"]["pid"], "standby": st["hosts"]["host-b"]["pid"], "load": load.pid}
+        cpu0 = cpu_seconds(pids)
+        cpu = None
         back = None
         try:
             while (ev := await load.read(timeout=60))["ev"] != "recovered":
                 pass
             back = ev["t"]
+            cpu1 = cpu_seconds(pids)
+            cpu = {k: round(cpu1[k] - cpu0[k], 3) for k in cpu1}
+            cpu["window"] = round(back - t_spawn, 3)
         except TimeoutError:
             say("   (not every terminal was back within 60 s)")
         await asyncio.sleep(a.after)
@@ -115,6 +122,9 @@ async def one(d: Path, n: int, a: argparse.Namespace, rep: int) -> dict[str, Any
         "p99_ms": op.get("p99_ms"),
         "all_served_ms": op.get("all_served_ms"),
         "cp_reconnects": report.get("cp_reconnects"),
+        # CPU seconds from the new hsbcpd's start to every terminal back: each process, and the
+        # machine ("busy": every core's non-idle time; "cores": what the machine has)
+        "cpu_s": cpu,
         "lost": report["lost"],
         "duplicates": report["duplicates"],
         "unexpected": report["unexpected"],
@@ -122,6 +132,21 @@ async def one(d: Path, n: int, a: argparse.Namespace, rep: int) -> dict[str, Any
         "ok": report["ok"],
         "failures": report["failures"],
     }
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU time (user + system, s) of each process so far, and of the whole machine ("busy")."""
+    tck = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for k, pid in pids.items():
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[k] = (int(f[11]) + int(f[12])) / tck
+        except (OSError, IndexError, ValueError):
+            out[k] = 0.0
+    cpu = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    out["busy"] = (sum(cpu) - cpu[3] - cpu[4]) / tck  # not idle, not iowait
+    return out
 
 
 def recovery_bench(n: int) -> dict[str, Any]:
@@ -231,6 +256,18 @@ def render(data: dict[str, Any], a: argparse.Namespace) -> str:
             f"Goal at {big:,} terminals: every terminal served again ≤ 1 s after the kill: worst run {max(back):,.0f} ms"
             f" (**{'met' if max(back) <= 1000 else 'missed'}**); lost {sum(r['lost'] for r in rows)}, duplicates"
             f" {sum(r['duplicates'] for r in rows)}.",
+        ]
+    cpu_rows = [r for r in rows if r["terminals"] == big and r.get("cpu_s")]
+    if cpu_rows:
+        keys = ["hsbcpd", "active", "standby", "load"]
+        med = {k: median([r["cpu_s"][k] for r in cpu_rows]) for k in [*keys, "busy"]}
+        wall = median([r["cpu_s"]["window"] for r in cpu_rows])
+        out += [
+            "",
+            f"Where the time goes at {big:,} terminals (CPU seconds from the new process's spawn to every terminal back, median"
+            f" of {len(cpu_rows)} runs): hsbcpd {med['hsbcpd']:.2f}, the active {med['active']:.2f}, the standby"
+            f" {med['standby']:.2f}, the terminals' process {med['load']:.2f}; the machine's two cores were busy"
+            f" {med['busy']:.2f} s of {2 * wall:.2f} s ({med['busy'] / (2 * wall) * 100:.0f} %): the logon storm is CPU-bound.",
         ]
     rb = data.get("recovery")
     if rb:
