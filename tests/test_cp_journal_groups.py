@@ -81,3 +81,21 @@ async def test_drain_writes_what_is_pending_before_a_clean_stop(tmp_path: Path) 
         assert ["c", "T1", 3] in recs and ["c", "T2", 4] in recs
     finally:
         j.close()
+
+
+async def test_a_checkpoint_larger_than_a_segment_does_not_start_a_segment_per_record(tmp_path: Path) -> None:
+    """Each segment begins with a checkpoint holding every terminal's highest acknowledged id: with
+    many terminals it can outgrow a small segment; segments still hold `segment_bytes` of records."""
+    gen = Generations(tmp_path).take()
+    j = Journal(tmp_path, generation=gen, segment_bytes=2048)
+    j.checkpoint = lambda: ["ck", 1, "host-a", gen, {f"T{i:05d}": i for i in range(1000)}, {}]  # ~13 KiB
+    j.open(1, [], [])
+    try:
+        for i in range(200):
+            j.append(["c", "T00001", i], lazy=True)  # ~20 bytes each: 4 KiB in all
+        await j.drain()
+        created = len(list(tmp_path.glob("seg-*.hsbj")))
+        assert created <= 4, f"{created} segments for 4 KiB of records in 2 KiB segments"
+        assert [r[2] for r in records(tmp_path) if r[0] == "c"] == list(range(200))
+    finally:
+        j.close()

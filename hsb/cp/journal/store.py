@@ -162,7 +162,9 @@ class Journal:
             if not self._flush_scheduled and self._inflight is None:
                 self._flush_scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush)
-        if self.sizes[seg] >= self.segment_bytes:
+        # past the size in records of its own: a checkpoint (one entry per terminal) may itself be
+        # larger than a small segment, and counting it would start a new segment at every append
+        if self.sizes[seg] - self.ck_sizes.get(seg, 0) >= self.segment_bytes:
             self.seg += 1
             self._new_segment()
         return seg
