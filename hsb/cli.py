@@ -74,6 +74,7 @@ def load_or_exit(
     `--check-config` and for the start, so the check passes only what the start accepts. Every
     problem is one line; a bad config exits 78 (EX_CONFIG) either way."""
     errors: list[str] = []
+    notes: list[str] = []  # warnings found here, shown by --check-config with the daemon's own
     cfg = None
     try:
         cfg = load(path, model)
@@ -92,7 +93,10 @@ def load_or_exit(
         if tls_cfg is not None:  # the same checks the start makes (hsb.wire.tls.check_files)
             from hsb.wire.tls import check_files
 
-            errors += check_files(tls_cfg.files())
+            tls_errors = check_files(tls_cfg.files())
+            errors += tls_errors
+            if not tls_errors:
+                notes += _tls_name_warning(cfg, tls_cfg.cert_file)
         if checks is not None:
             errors += checks(cfg)
     for line in errors:
@@ -101,11 +105,34 @@ def load_or_exit(
         sys.exit(EXIT_CONFIG)
     assert cfg is not None
     if check_only:
-        for w in warnings(cfg) if warnings is not None else []:
+        for w in [*notes, *(warnings(cfg) if warnings is not None else [])]:
             click.echo(f"config warning: {w}", err=True)
         click.echo(f"{path}: config OK")
         sys.exit(EXIT_OK)
     return cfg
+
+
+def _tls_name_warning(cfg: BaseModel, cert_file: str) -> list[str]:
+    """The daemon's certificate should name the daemon: the other side of every link checks the
+    certificate against the name this daemon gives (docs/tls.md), and refuses it otherwise."""
+    from hsb.wire.tls import file_names
+
+    name = None
+    for section in ("cp", "host"):
+        sec = getattr(cfg, section, None)
+        if sec is not None:
+            name = str(sec.name)
+    try:
+        names = file_names(cert_file)
+    except (OSError, ValueError):
+        return []  # unreadable: check_files said so
+    if name is None or name in names:
+        return []
+    return [
+        f"tls.cert_file: {cert_file} names {', '.join(sorted(names)) or 'nobody'}, not this daemon's name {name!r}:"
+        f" the other daemons will refuse it at the handshake; use a certificate that names {name!r}"
+        f" (hsbctl tls init --dir DIR --names {name},...)"
+    ]
 
 
 def _secret_path(cfg: BaseModel) -> str | None:

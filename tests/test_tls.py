@@ -263,7 +263,12 @@ def test_the_config_check_refuses_unusable_certificates(tmp_path: Path) -> None:
     good = tmp_path / "tls"
     make_ca_and_certs(good, ["cp", "host-a"])
     cfg = cp_config(tmp_path, terminals=2, tls=cp_tls(good))
-    assert check(cfg).returncode == 0
+    r = check(cfg)
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+    # a usable certificate of another name: the start accepts it, the check warns (peers refuse it)
+    r = check(cp_config(tmp_path, terminals=2, tls={**cp_tls(good), "cert_file": str(good / "host-a.pem"), "key_file": str(good / "host-a.key")}))
+    assert r.returncode == 0 and "names host-a, not this daemon's name 'cp'" in r.stderr and "--names cp" in r.stderr, r.stderr
+    cfg = cp_config(tmp_path, terminals=2, tls=cp_tls(good))  # the same file again, with cp's own certificate
     (good / "cp.key").chmod(0o644)
     r = check(cfg)
     assert r.returncode == 78 and "accessible by group or others" in r.stderr and "chmod 600" in r.stderr, r.stderr
