@@ -116,14 +116,64 @@ async def hsb_run(pg: Any, n: int, a: argparse.Namespace, work: Path, record: bo
             settle=30,
         )
         rep = None
+        cpu: dict[str, float] | None = None
         while rep is None:
             m = await child.read(a.duration + 120)
+            if m.get("ev") == "sending":
+                st = sandbox.load_state(d)
+                pids = {"hsbcpd": [st["cp"]["pid"]], "active": [st["hosts"]["host-a"]["pid"]], "standby": [st["hosts"]["host-b"]["pid"]]}
+                pids["terminals"] = [child.pid]
+                cpu = await cpu_over(pids, pg, a.duration)
             if m.get("ev") == "report":
                 rep = m["report"]
         await child.stop()
     finally:
         sandbox_down(d)
-    return {"rate": rep["reply_rate"], "ok": rep["ok"], "failures": rep["failures"], "books": rep.get("books")}
+    return {"rate": rep["reply_rate"], "ok": rep["ok"], "failures": rep["failures"], "books": rep.get("books"), "cpu_s": cpu}
+
+
+def cpu_of(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by these processes together."""
+    tck = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(f[11]) + int(f[12])) / tck
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def postgres_pids(pg: Any) -> list[int]:
+    """The PostgreSQL server's processes: the postmaster and its children (backends, writers)."""
+    try:
+        master = int((pg.data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return []
+    out = [master]
+    for e in Path("/proc").iterdir():
+        if e.name.isdigit():
+            try:
+                if int((e / "stat").read_text().rsplit(")", 1)[1].split()[1]) == master:
+                    out.append(int(e.name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+async def cpu_over(pids: dict[str, list[int]], pg: Any, duration: float) -> dict[str, float]:
+    """CPU seconds of each group and of PostgreSQL over the middle of the sending window (from
+    10 % to 90 % of `duration`, away from the start and the books check), and that window."""
+    await asyncio.sleep(duration * 0.1)
+    groups = {**pids, "postgres": postgres_pids(pg)}
+    c0 = {k: cpu_of(v) for k, v in groups.items()}
+    t0 = time.monotonic()
+    await asyncio.sleep(duration * 0.8)
+    groups["postgres"] = sorted({*groups["postgres"], *postgres_pids(pg)})  # backends that came meanwhile count from 0
+    out = {k: round(cpu_of(v) - c0.get(k, 0.0), 3) for k, v in groups.items()}
+    out["window"] = round(time.monotonic() - t0, 3)
+    return out
 
 
 async def direct_run(pg: Any, n: int, a: argparse.Namespace, record: bool = True) -> dict[str, Any]:
@@ -132,10 +182,12 @@ async def direct_run(pg: Any, n: int, a: argparse.Namespace, record: bool = True
     if not record:
         argv.append("--no-idempotency")
     proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), a.duration + 120)
+    talk = asyncio.ensure_future(proc.communicate())
+    cpu = await cpu_over({"clients": [proc.pid]}, pg, a.duration)
+    out, err = await asyncio.wait_for(talk, a.duration + 120)
     if proc.returncode != 0:
         raise RuntimeError(f"direct run failed: {err.decode()[-2000:]}")
-    return json.loads(out.decode().strip().splitlines()[-1])
+    return {**json.loads(out.decode().strip().splitlines()[-1]), "cpu_s": cpu}
 
 
 async def failover_run(pg: Any, a: argparse.Namespace, work: Path, i: int) -> dict[str, Any]:
@@ -268,6 +320,41 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
             rows,
         )
     )
+    cpu_rows = []
+    for t in res["throughput"]:
+        r = t["runs"]
+        for kind, groups in (("hsb", ["hsbcpd", "active", "standby", "terminals", "postgres"]), ("direct", ["clients", "postgres"])):
+            per: dict[str, list[float]] = {g: [] for g in [*groups, "total"]}
+            for x in r[kind]:
+                c = x.get("cpu_s")
+                if not c or not x["rate"] or not c.get("window"):
+                    continue
+                n = x["rate"] * c["window"]  # transfers in the window
+                for g in groups:
+                    per[g].append(c.get(g, 0.0) / n * 1e6)
+                per["total"].append(sum(c.get(g, 0.0) for g in groups) / n * 1e6)
+            if per["total"]:
+                cpu_rows.append(
+                    [
+                        f"{t['terminals']:,}",
+                        kind,
+                        *[
+                            f"{median(per[g]):,.0f}" if per.get(g) else "–"
+                            for g in ["hsbcpd", "active", "standby", "terminals", "clients", "postgres", "total"]
+                        ],
+                    ]
+                )
+    if cpu_rows:
+        out += [
+            "",
+            "Where the CPU goes: µs of CPU per transfer, each process (group) over the middle 80 % of the sending window,"
+            " median of the runs. On the hsb side the ledger code and asyncpg run in the active host; on the direct side"
+            " in the clients' process.",
+            "",
+            table(
+                ["terminals", "run", "hsbcpd", "active host", "standby host", "terminals' process", "direct clients", "PostgreSQL", "total"], cpu_rows
+            ),
+        ]
     if res["failover"]:
         f = res["failover"]
         out += [
