@@ -234,6 +234,20 @@ def _cpu_by_pid() -> dict[int, float]:
     return out
 
 
+def proc_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by these processes together (gone ones: 0)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                raw = fh.read()
+            f = raw[raw.rindex(b")") + 2 :].split()
+            total += (int(f[11]) + int(f[12])) / _TCK
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
 def _ancestry(pid: int) -> list[int]:
     chain = []
     while pid > 1 and len(chain) < 64:

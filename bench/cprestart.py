@@ -43,6 +43,7 @@ from _sandbox import (  # noqa: E402
     machine,
     machine_line,
     median,
+    proc_cpu,
     run_or_render,
     sandbox,
     sandbox_down,
@@ -136,16 +137,9 @@ async def one(d: Path, n: int, a: argparse.Namespace, rep: int) -> dict[str, Any
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     """CPU time (user + system, s) of each process so far, and of the whole machine ("busy")."""
-    tck = os.sysconf("SC_CLK_TCK")
-    out: dict[str, float] = {}
-    for k, pid in pids.items():
-        try:
-            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            out[k] = (int(f[11]) + int(f[12])) / tck
-        except (OSError, IndexError, ValueError):
-            out[k] = 0.0
+    out = {k: proc_cpu([pid]) for k, pid in pids.items()}
     cpu = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
-    out["busy"] = (sum(cpu) - cpu[3] - cpu[4]) / tck  # not idle, not iowait
+    out["busy"] = (sum(cpu) - cpu[3] - cpu[4]) / os.sysconf("SC_CLK_TCK")  # not idle, not iowait
     return out
 
 

@@ -44,6 +44,7 @@ from _sandbox import (  # noqa: E402
     machine,
     machine_line,
     median,
+    proc_cpu,
     run_or_render,
     sandbox,
     sandbox_down,
@@ -132,19 +133,6 @@ async def hsb_run(pg: Any, n: int, a: argparse.Namespace, work: Path, record: bo
     return {"rate": rep["reply_rate"], "ok": rep["ok"], "failures": rep["failures"], "books": rep.get("books"), "cpu_s": cpu}
 
 
-def cpu_of(pids: list[int]) -> float:
-    """CPU seconds (user + system) used so far by these processes together."""
-    tck = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        try:
-            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(f[11]) + int(f[12])) / tck
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
-
-
 def postgres_pids(pg: Any) -> list[int]:
     """The PostgreSQL server's processes: the postmaster and its children (backends, writers)."""
     try:
@@ -167,11 +155,11 @@ async def cpu_over(pids: dict[str, list[int]], pg: Any, duration: float) -> dict
     10 % to 90 % of `duration`, away from the start and the books check), and that window."""
     await asyncio.sleep(duration * 0.1)
     groups = {**pids, "postgres": postgres_pids(pg)}
-    c0 = {k: cpu_of(v) for k, v in groups.items()}
+    c0 = {k: proc_cpu(v) for k, v in groups.items()}
     t0 = time.monotonic()
     await asyncio.sleep(duration * 0.8)
     groups["postgres"] = sorted({*groups["postgres"], *postgres_pids(pg)})  # backends that came meanwhile count from 0
-    out = {k: round(cpu_of(v) - c0.get(k, 0.0), 3) for k, v in groups.items()}
+    out = {k: round(proc_cpu(v) - c0.get(k, 0.0), 3) for k, v in groups.items()}
     out["window"] = round(time.monotonic() - t0, 3)
     return out
 
