@@ -8,7 +8,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from pydantic import BaseModel
@@ -117,11 +117,8 @@ def _tls_name_warning(cfg: BaseModel, cert_file: str) -> list[str]:
     certificate against the name this daemon gives (docs/tls.md), and refuses it otherwise."""
     from hsb.wire.tls import file_names
 
-    name = None
-    for section in ("cp", "host"):
-        sec = getattr(cfg, section, None)
-        if sec is not None:
-            name = str(sec.name)
+    sec = _daemon_section(cfg)
+    name = None if sec is None else str(sec.name)
     try:
         names = file_names(cert_file)
     except (OSError, ValueError):
@@ -135,12 +132,18 @@ def _tls_name_warning(cfg: BaseModel, cert_file: str) -> list[str]:
     ]
 
 
-def _secret_path(cfg: BaseModel) -> str | None:
+def _daemon_section(cfg: BaseModel) -> Any:
+    """The config's own section: `[cp]` of hsbcpd, `[host]` of hsbd (None for other configs)."""
     for section in ("cp", "host"):
         sec = getattr(cfg, section, None)
         if sec is not None:
-            return str(sec.secret_file)
+            return sec
     return None
+
+
+def _secret_path(cfg: BaseModel) -> str | None:
+    sec = _daemon_section(cfg)
+    return None if sec is None else str(sec.secret_file)
 
 
 def add_version_everywhere(group: click.Group, prog: str) -> None:

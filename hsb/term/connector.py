@@ -53,9 +53,7 @@ class Connector:
         self.down = False  # the last connect failed: terminals are parked, one probe at a time
         self._parked: deque[TerminalClient] = deque()
         self._probe: asyncio.Task[None] | None = None
-        self._probe_tasks: set[asyncio.Task[None]] = set()
-        self._in_probe = 0
-        self._down_n = 0  # times the group went down (each has one probing loop)
+        self._probe_tasks: set[asyncio.Task[None]] = set()  # probes in flight
         self.probes = 0  # connect attempts made by the probe (for tests and reports)
 
     def start(self) -> None:
@@ -134,21 +132,18 @@ class Connector:
         if self.down or self._closed:
             return
         self.down = True
-        self._down_n += 1
-        self._probe = asyncio.get_running_loop().create_task(self._probing(self._down_n))
+        self._probe = asyncio.get_running_loop().create_task(self._probing())
 
-    async def _probing(self, n: int) -> None:
+    async def _probing(self) -> None:
         """Every PROBE_S, one parked terminal tries; a try may hang (SYNs into a moved address
         wait for their retransmission), so up to MAX_PROBES are in flight and the next one does
-        not wait for the last."""
+        not wait for the last. Runs until `_up()` cancels it."""
         loop = asyncio.get_running_loop()
-        while self.down and self._down_n == n and not self._closed:
+        while True:
             await asyncio.sleep(PROBE_S)
-            if not self.down or self._down_n != n:
-                return  # up again (and maybe down again: that time has a loop of its own)
             while self._parked and (self._parked[0].stopping or self._parked[0].state != DOWN):
                 self._parked.popleft()
-            if self._in_probe >= MAX_PROBES:
+            if len(self._probe_tasks) >= MAX_PROBES:
                 continue
             if self._parked:
                 c = self._parked.popleft()
@@ -161,16 +156,12 @@ class Connector:
             if c.stopping or c.state != DOWN:
                 continue
             self.probes += 1
-            self._in_probe += 1
             task = loop.create_task(self._probe_one(c))
             self._probe_tasks.add(task)
             task.add_done_callback(self._probe_tasks.discard)
 
     async def _probe_one(self, c: TerminalClient) -> None:
-        try:
-            exc = await self._connect(c)
-        finally:
-            self._in_probe -= 1
+        exc = await self._connect(c)
         if exc is None:
             if self.down:
                 self._up()
@@ -180,7 +171,9 @@ class Connector:
     def _up(self) -> None:
         """The CP answered: every parked terminal, and every one waiting out a backoff, now."""
         self.down = False
-        self._probe = None
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
         for handle, c in list(self._timers.items()):
             handle.cancel()
             self._parked.append(c)
