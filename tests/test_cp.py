@@ -522,3 +522,43 @@ async def test_the_same_active_on_a_new_link_replaces_its_old_one_another_is_ref
     h, p = addr(cp.info["admin"])
     st = (await request(h, p, SECRET, {"t": "status"}))["data"]
     assert st["active"]["name"] == "host-a" and st["counters"]["failovers"] == 0
+
+
+async def test_a_flip_redelivers_in_batches_to_a_host_that_reads_them(cp: Proc) -> None:
+    """The flip at a grant sends what every terminal holds as deliver_batch frames, each within
+    the size the host declared, to a host that registered for them: the same messages, order
+    and marks as one deliver frame each would carry (a host that did not declare gets those)."""
+    a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+    a.auto_open = ATTRS
+    b = await FakeHost.connect(cp.info["host"], "host-b")
+    assert (await b.register("standby", deliver_batch=1024))["t"] == "registered"
+    names = [f"T{i:05d}" for i in range(1, 7)]
+    terms = {}
+    for name in names:
+        terms[name] = await logon(cp, name)
+        b.send({"t": "open", "terminal": name, "kind": "standby", "attrs": ATTRS})
+        await b.wait(lambda m, name=name: m["t"] == "opened" and m["terminal"] == name)
+    for name, t in terms.items():
+        for i in range(1, 4):
+            t.send({"t": "msg", "id": i, "data": f"{name}-{i}-" + "x" * 30})
+    await a.wait_count(lambda m: m["t"] == "deliver", 18)
+    for t in terms.values():
+        await t.wait_count(lambda m: m["t"] == "ack", 3)
+    a.send({"t": "reply", "terminal": names[0], "id": 1, "data": "r1", "epoch": a.epoch})  # answered: never again
+    await terms[names[0]].wait(lambda m: m["t"] == "reply")
+    g = await fail_over(a, b)
+    await b.wait_count(lambda m: m["t"] == "deliver_batch", 5)
+    batches = [m for m in b.inbox if m["t"] == "deliver_batch"]
+    assert not [m for m in b.inbox if m["t"] == "deliver"], "a host that reads batches gets no single deliver at the flip"
+    items = [it for m in batches for it in m["items"]]
+    expect = [[n, i, f"{n}-{i}-" + "x" * 30, True] for n in names for i in (1, 2, 3) if (n, i) != (names[0], 1)]
+    assert items == expect
+    assert len(batches) == 5 and all(len(encode(m)) <= 1024 for m in batches), [len(m["items"]) for m in batches]
+    for n, i, _, _ in items:
+        b.send({"t": "reply", "terminal": n, "id": i, "data": f"r{i}", "epoch": g["epoch"]})
+    for name, t in terms.items():
+        got = await t.wait_count(lambda m: m["t"] == "reply", 3)
+        assert sorted(m["id"] for m in got) == [1, 2, 3], name
+        assert [m for m in t.inbox if m["t"] == "switched"] and not t.closed
+    st_ = await status(cp)
+    assert st_["last_switchover"]["in_flight_terminals"] == 6 and st_["held_messages"] == 0

@@ -19,6 +19,8 @@ log = structlog.get_logger("hsb.cp")
 # Frames only the active host may send; each carries the epoch it believes in.
 _EPOCHED = frozenset({"reply", "refuse", "stopping", "release", "handover"})
 
+BATCH_ITEMS = 1024  # messages per deliver_batch frame at most
+
 
 class HostProtocol(AuthServerProtocol):
     link = "host"
@@ -44,6 +46,7 @@ class HostProtocol(AuthServerProtocol):
         self.released = False
         self.instance: str | None = None
         self.server_name = cp.name
+        self.batch_bytes = 0  # the host reads `deliver_batch` frames of up to this many bytes (0: it does not)
 
     @property
     def usable(self) -> bool:
@@ -81,7 +84,23 @@ class HostProtocol(AuthServerProtocol):
         sid = msg.get("startup_id", 0)
         inst = msg.get("instance")
         self.instance = inst if isinstance(inst, str) else None  # the host process (random per start)
+        bb = msg.get("deliver_batch", 0)
+        self.batch_bytes = bb if isinstance(bb, int) and not isinstance(bb, bool) and bb >= 1024 else 0
         self.cp.host_register(self, role, sid if isinstance(sid, int) else 0)
+
+    def deliver_all(self, items: list[tuple[str, int, Any, bool]], biggest: int) -> None:
+        """Deliver [terminal, id, data, redelivered] items in order (`biggest`: the longest
+        data among them): in `deliver_batch` frames of at most BATCH_ITEMS items and about
+        `batch_bytes` bytes when the host said it reads them (a flip re-delivers to every
+        terminal at once: one encoding per frame, not per message), else one `deliver` frame
+        each (a host of before)."""
+        if not self.batch_bytes:
+            for name, mid, data, again in items:
+                self.send({"t": "deliver", "terminal": name, "id": mid, "data": data, "redelivered": again})
+            return
+        per = max(1, min(BATCH_ITEMS, self.batch_bytes // (4 * biggest + 64)))  # str data: up to 4 bytes a character
+        for k in range(0, len(items), per):
+            self.send({"t": "deliver_batch", "items": items[k : k + per]})
 
     def on_hb(self, msg: dict[str, Any]) -> None:
         # last_rx is refreshed on every byte received. The answer names the heartbeat: the host

@@ -77,6 +77,8 @@ class Term:
         "resuming",
         "replies",
         "confirmed",
+        "flight",
+        "flight_epoch",
     )
 
     def __init__(self, defn: TerminalDef) -> None:
@@ -95,3 +97,6 @@ class Term:
         self.resuming = False  # said last_reply in its hello: its replies are kept until confirmed
         self.replies: dict[int, Kept] = {}  # kept replies, id order
         self.confirmed = 0  # highest id the terminal confirmed holding every reply up to
+        # messages held at the grant of epoch `flight_epoch` and not yet answered (hsb.cp.switchrec)
+        self.flight = 0
+        self.flight_epoch = 0

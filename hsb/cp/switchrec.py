@@ -18,9 +18,12 @@ one of those messages is answered (or `DEADLINE_S` passes) and fills in the reco
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
+
+if TYPE_CHECKING:
+    from hsb.cp.state import Term
 
 log = structlog.get_logger("hsb.cp")
 
@@ -31,19 +34,22 @@ MAX_WAITS = 200_000  # waits kept for the percentile; beyond, only the maximum i
 class AfterSwitch:
     """Follows the replies after one grant (see the module docstring)."""
 
-    __slots__ = ("t0", "rec", "pending", "deadline", "waits", "worst", "on_done")
+    __slots__ = ("t0", "rec", "epoch", "left", "deadline", "waits", "worst", "on_done")
 
-    def __init__(self, t0: float, rec: dict[str, Any], in_flight: dict[str, int], on_done: Any = None) -> None:
+    def __init__(self, t0: float, rec: dict[str, Any], terminals: int, messages: int, on_done: Any = None) -> None:
+        """`terminals` had `messages` in flight at the grant of epoch rec["epoch"], each
+        terminal's count in `Term.flight` (set by the flip: no table built for 100,000)."""
         self.t0 = t0
         self.rec = rec
+        self.epoch = rec["epoch"]
         self.on_done = on_done  # called with the finished record (the history entry gets the pause)
-        self.pending = in_flight  # terminal -> messages it still has in flight from the grant
+        self.left = terminals  # terminals with something still in flight from the grant
         self.deadline = t0 + DEADLINE_S
         self.waits: list[float] = []
         self.worst = 0.0
         rec.update(
-            in_flight_terminals=len(in_flight),
-            in_flight_messages=sum(in_flight.values()),
+            in_flight_terminals=terminals,
+            in_flight_messages=messages,
             first_reply_ms=None,
             first_redelivered_reply_ms=None,
             all_served_ms=None,
@@ -51,7 +57,7 @@ class AfterSwitch:
             p99_pause_ms=None,
         )
 
-    def reply(self, name: str, acked_at: float, redelivered: bool, now: float) -> bool:
+    def reply(self, term: Term, acked_at: float, redelivered: bool, now: float) -> bool:
         """A reply went out for a message acknowledged at `acked_at`; True once the record is done."""
         rec = self.rec
         if redelivered and rec["first_redelivered_reply_ms"] is None:
@@ -61,18 +67,15 @@ class AfterSwitch:
             self.worst = wait
         if len(self.waits) < MAX_WAITS:
             self.waits.append(wait)
-        if acked_at <= self.t0:
-            left = self.pending.get(name)
-            if left is not None:
-                if left <= 1:
-                    del self.pending[name]
-                else:
-                    self.pending[name] = left - 1
-        if not self.pending:
+        if acked_at <= self.t0 and term.flight_epoch == self.epoch and term.flight > 0:
+            term.flight -= 1
+            if term.flight == 0:
+                self.left -= 1
+        if self.left <= 0:
             self.finish(now)
             return True
         if now > self.deadline:
-            log.warning("switched_terminals_not_served", epoch=rec["epoch"], waiting=len(self.pending))
+            log.warning("switched_terminals_not_served", epoch=rec["epoch"], waiting=self.left)
             self.finish(None)
             return True
         return False

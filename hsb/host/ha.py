@@ -211,7 +211,16 @@ class HA(LeaseSide, HAView):
     async def ev_cp_up(self) -> None:
         role = self.role if self.role in ("active", "standby") else self.started_role
         self.register_sent_at = time.monotonic()
-        self.srv.cp.send({"t": "register", "role": role, "startup_id": self.own_startup_id or 0, "instance": self.instance})
+        self.srv.cp.send(
+            {
+                "t": "register",
+                "role": role,
+                "startup_id": self.own_startup_id or 0,
+                "instance": self.instance,
+                # re-deliveries may come batched, within what this host's frames may hold
+                "deliver_batch": self.srv.cfg.host.max_frame // 4,
+            }
+        )
 
     async def ev_cp_down(self, why: str) -> None:
         self.registered = False

@@ -129,6 +129,12 @@ class SessionsCtl:
             if self.srv.ha.granted:  # with the lease lapsed, it waits in Delivery
                 self.srv.delivery.deliver(msg["terminal"], msg["id"], msg["data"], bool(msg.get("redelivered")))
             return True
+        if t == "deliver_batch":  # the re-delivery at a flip: [terminal, id, data, redelivered] each
+            if self.srv.ha.granted:
+                deliver = self.srv.delivery.deliver
+                for terminal, mid, data, again in msg["items"]:
+                    deliver(terminal, mid, data, bool(again))
+            return True
         if t == "session_request":
             self._spawn(self.session_request(msg["terminal"], bool(msg.get("standby_capable")), msg.get("attrs") or {}))
             return True

@@ -69,8 +69,11 @@ class FakeHost:
         if not self.closed:
             self.fs.send(m)
 
-    async def register(self, role: str, startup_id: int = 1, instance: str | None = None) -> dict[str, Any]:
-        self.send({"t": "register", "role": role, "startup_id": startup_id, **({"instance": instance} if instance else {})})
+    async def register(self, role: str, startup_id: int = 1, instance: str | None = None, deliver_batch: int = 0) -> dict[str, Any]:
+        extra: dict[str, Any] = {"instance": instance} if instance else {}
+        if deliver_batch:
+            extra["deliver_batch"] = deliver_batch  # this host reads deliver_batch frames of up to so many bytes
+        self.send({"t": "register", "role": role, "startup_id": startup_id, **extra})
         m = await self.wait(lambda m: m["t"] in ("registered", "error"))
         if m["t"] == "registered":
             self.epoch = m["epoch"]
