@@ -17,6 +17,7 @@ import structlog
 
 from hsb import faults
 from hsb.cp.config import CPConfig
+from hsb.cp.flip import Flip
 from hsb.cp.journal import Journal, NullJournal
 from hsb.cp.journal_side import JournalSide
 from hsb.cp.notices import Notices
@@ -24,7 +25,6 @@ from hsb.cp.state import Held, Session, Term
 from hsb.cp.status_view import StatusView
 from hsb.cp.switchrec import AfterSwitch, History
 from hsb.cp.terminal_side import TerminalSide
-from hsb.wire.framing import encode
 
 if TYPE_CHECKING:
     from hsb.cp.host_link import HostProtocol
@@ -98,6 +98,8 @@ class CP(TerminalSide, JournalSide, StatusView):
         self._handover: _Handover | None = None  # a planned handover waiting for standby sessions
         self._last_tick: float | None = None  # tick(): this process's own stalls
         self._tick_skipped = False
+        self.flip_slice = cfg.cp.flip_slice
+        self.flipping: Flip | None = None  # a grant's flip still going, a slice per turn (hsb.cp.flip)
 
     # ------------------------------------------------------------------ the operator
     def set_paused(self, paused: bool, by: str) -> str:
@@ -119,6 +121,7 @@ class CP(TerminalSide, JournalSide, StatusView):
 
     # ------------------------------------------------------------------ hosts
     def host_register(self, host: HostProtocol, role: str, startup_id: int) -> None:
+        self.settle_flip()
         if role == "active":
             cur = self.active
             if cur is not None and not cur.closed and cur is not host and cur.name == host.name and host.instance and cur.instance == host.instance:
@@ -237,6 +240,7 @@ class CP(TerminalSide, JournalSide, StatusView):
                 host.send({"t": "session_request", "terminal": term.name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
 
     def host_open(self, host: HostProtocol, name: str, kind: str, attrs: dict[str, Any]) -> None:
+        self.settle_flip()
         term = self.terms.get(name)
         if term is None:
             host.send({"t": "open_failed", "terminal": name, "kind": kind, "reason": f"terminal {name!r} is not defined at the CP"})
@@ -268,6 +272,7 @@ class CP(TerminalSide, JournalSide, StatusView):
             host.close_with_error("bad_fields", f"open: kind must be 'active' or 'standby', not {kind[:20]!r}")
 
     def host_refuse(self, host: HostProtocol, name: str, reason: str) -> None:
+        self.settle_flip()
         term = self.terms.get(name)
         if term is None or host is not self.active:
             return
@@ -277,6 +282,7 @@ class CP(TerminalSide, JournalSide, StatusView):
             self._tell(term, {"t": "session", "state": "closed", "epoch": self.epoch, "reason": reason[:200]})
 
     def host_close(self, host: HostProtocol, name: str, kind: str) -> None:
+        self.settle_flip()
         term = self.terms.get(name)
         if term is None:
             return
@@ -291,6 +297,7 @@ class CP(TerminalSide, JournalSide, StatusView):
 
     def host_release(self, host: HostProtocol) -> None:
         """Planned switchover, step 1: stop delivering to the active; it finishes what it has."""
+        self.settle_flip()
         if host is not self.active:
             return
         host.released = True
@@ -302,6 +309,7 @@ class CP(TerminalSide, JournalSide, StatusView):
         """Planned switchover, step 2: the released active has answered everything it had.
         Granted once the standby holds a standby session for every terminal that can have one
         (at most HANDOVER_WAIT_S later), so that no terminal is disconnected."""
+        self.settle_flip()
         if self._handover is not None:
             self._handover.timer.cancel()
             self._handover = None
@@ -344,6 +352,7 @@ class CP(TerminalSide, JournalSide, StatusView):
 
     def host_stopping(self, host: HostProtocol) -> None:
         """Normal termination of the active (SPEC §5.3): close its sessions, keep held, no switch."""
+        self.settle_flip()
         if host is not self.active:
             return
         log.info("active_stopped_normally", host=host.name, epoch=self.epoch)
@@ -365,6 +374,7 @@ class CP(TerminalSide, JournalSide, StatusView):
             self.standby.send({"t": "active_lost", "host": host.name, "why": "stopping"})
 
     def host_lost(self, host: HostProtocol) -> None:
+        self.settle_flip()
         if host is self.active:
             if host.closed_here:
                 # closed by us (a protocol error, a stale epoch): the host may not know yet and
@@ -448,6 +458,7 @@ class CP(TerminalSide, JournalSide, StatusView):
 
     # ------------------------------------------------------------------ arbitration
     def host_switchover(self, host: HostProtocol, reason: str, planned: bool, kind: str = "failover") -> None:
+        self.settle_flip()
         if host is not self.standby:
             host.send({"t": "switch_refused", "reason": "only the registered standby host may ask for a switchover"})
             return
@@ -478,6 +489,7 @@ class CP(TerminalSide, JournalSide, StatusView):
     def _grant(self, host: HostProtocol, reason: str, why: str, demote: HostProtocol | None = None, kind: str = "switchover") -> None:
         """Decide: the role is the requester's from now on (a new epoch, so the old active's frames
         are refused); announced, and the sessions flipped, once the epoch is durable (`_granted`)."""
+        self.settle_flip()
         t0 = time.monotonic()
         loss = self.loss
         release_t0 = self.release_t0 if demote is not None else None
@@ -533,10 +545,6 @@ class CP(TerminalSide, JournalSide, StatusView):
             old.fenced = True
             old.close()
             fenced_old = old.name
-        switched, classic, requested, waiting, flight, owed = self._flip(host, kind)
-        self.counters["classic_closed"] += classic
-        self.counters["switchovers" if demote is not None else "failovers"] += 1
-        duration = time.monotonic() - t0
         rec = {
             "kind": kind,
             "epoch": self.epoch,
@@ -545,10 +553,6 @@ class CP(TerminalSide, JournalSide, StatusView):
             "reason": reason,
             "why": why,
             "at": time.time(),
-            "switch_ms": round(duration * 1000, 3),
-            "switched": switched,
-            "classic": classic,
-            "requested": requested,
             "planned": demote is not None,
             # last frame heard from the old active -> the CP noticed its loss (EOF, or silence past
             # host_timeout) -> the grant
@@ -556,120 +560,50 @@ class CP(TerminalSide, JournalSide, StatusView):
             "loss_to_grant_ms": None if loss is None or demote is not None else round((t0 - loss[0]) * 1000, 3),
             "release_to_grant_ms": None if release_t0 is None else round((t0 - release_t0) * 1000, 3),
         }
+        if self.after_switch is not None:  # a switch right after a switch: the older record ends
+            self.after_switch.finish(None)
+        # replies to what the switch kept waiting are followed from the first slice on
+        self.after_switch = AfterSwitch(t0, rec, self.history.switch_done)
+        lead = loss[1] if loss is not None and demote is None else release_t0  # silence (or release) -> grant
+        self.flipping = Flip(self, host, kind, self.flip_slice, lambda f: self._flipped(f, rec, t0, lead, fenced_old))
+        self.flipping.start()
+
+    def settle_flip(self) -> None:
+        """A grant's flip still going is completed now, before sessions change otherwise (hsb.cp.flip)."""
+        f = self.flipping
+        if f is not None:
+            f.finish()
+
+    def _flipped(self, f: Flip, rec: dict[str, Any], t0: float, lead: float | None, fenced_old: str | None) -> None:
+        """Every terminal flipped: the switch's record, its history entry and the notices owed."""
+        if self.flipping is f:
+            self.flipping = None
+        self.counters["classic_closed"] += f.classic
+        self.counters["switchovers" if rec["planned"] else "failovers"] += 1
+        rec.update(switch_ms=round((time.monotonic() - t0) * 1000, 3), switched=f.switched, classic=f.classic, requested=f.requested, slices=f.slices)
         self.switchovers.append(rec)
         del self.switchovers[:-50]
         log.info("switchover_complete", **rec)
-        lead = loss[1] if loss is not None and demote is None else release_t0  # silence (or release) -> grant
         self.history.add(
             {
-                "kind": kind,
+                "kind": rec["kind"],
                 "at": rec["at"],
-                "epoch": epoch,
+                "epoch": f.epoch,
                 "from": rec["from"],
-                "to": host.name,
-                "reason": reason,
-                "why": why,
+                "to": rec["to"],
+                "reason": rec["reason"],
+                "why": rec["why"],
                 "duration_ms": None if lead is None else round((t0 - lead) * 1000, 3),
-                "switched": switched,
-                "classic": classic,
+                "switched": f.switched,
+                "classic": f.classic,
             }
         )
         if fenced_old is not None:
-            self.history.add({"kind": "fence", "at": rec["at"], "epoch": epoch, "host": fenced_old, "reason": f"{host.name} was made active"})
-        if self.after_switch is not None:  # a switch right after a switch: the older record ends
-            self.after_switch.finish(None)
-        self.after_switch = AfterSwitch(t0, rec, flight[0], flight[1], self.history.switch_done)
-        if not flight[0]:
-            self.after_switch.finish(t0)
+            self.history.add({"kind": "fence", "at": rec["at"], "epoch": f.epoch, "host": fenced_old, "reason": f"{rec['to']} was made active"})
+        a = self.after_switch
+        if a is not None and a.rec is rec and a.counted(f.flight_terms, f.flight_msgs):
             self.after_switch = None
-        self.notices.owe(owed, rec, t0, wait_for_reply=waiting > 0)
-
-    def _flip(self, host: HostProtocol, kind: str) -> tuple[int, int, int, int, tuple[int, int], list[Term]]:
-        """Every session to the new active in one tight pass (about 1 µs a terminal): each
-        standby session of `host` becomes the active one and owes its terminal a notice, and
-        what the terminal holds is collected for re-delivery, sent batched at the end
-        (`HostProtocol.deliver_all`; the same choice and marks as `_deliver_pending`).
-        Terminals without a standby session there take the classic path or are offered to
-        the new active. Returns (switched, classic, requested, waiting, (terminals, messages)
-        in flight, owed); each terminal's count of messages in flight goes in `Term.flight`."""
-        switched = classic = requested = waiting = 0
-        flight_msgs = 0  # terminals the switch keeps waiting (`waiting` + classic ones): messages held now
-        flight_terms = 0
-        switched_frame = encode({"t": "switched", "epoch": self.epoch, "kind": kind})  # one encoding for all
-        opened_frame = encode({"t": "session", "state": "open", "epoch": self.epoch})
-        epoch = self.epoch
-        owed: list[Term] = []
-        items: list[tuple[str, int, Any, bool]] = []  # (terminal, id, data, redelivered)
-        again_n = biggest = 0
-        mid_switch = faults.armed("cp.mid_switch")
-        mid_redelivery = faults.armed("cp.mid_redelivery")
-        send_owed = self._send_owed_notice
-        for term in self.terms.values():
-            sb = term.standby
-            if sb is not None and sb.host is host:
-                term.standby = None
-                if term.conn is not None and not term.leaving:
-                    # a session closed by a normal stop reopens; a live one is switched.
-                    # The notice is owed, not written: it goes out ahead of the next frame
-                    # to that terminal (a reply to a re-delivered message, say), or with
-                    # the rest once service has resumed (hsb.cp.notices).
-                    if term.notice is not None:
-                        send_owed(term)  # still owed from the grant before: it goes first
-                    term.notice = switched_frame if term.active is not None else opened_frame
-                    sb.kind = "active"
-                    sb.epoch = epoch
-                    term.active = sb
-                    owed.append(term)
-                    held_now = term.held
-                    if held_now:
-                        term.flight = n = len(held_now)
-                        term.flight_epoch = epoch
-                        flight_msgs += n
-                        waiting += 1
-                        durable = term.durable_acked
-                        for held in held_now.values():
-                            if held.delivered_epoch != epoch and held.id <= durable and not held.replying:
-                                again = held.delivered_epoch != 0
-                                held.delivered_epoch = epoch
-                                held.redelivered = again
-                                again_n += again
-                                data = held.data
-                                if len(data) > biggest:
-                                    biggest = len(data)
-                                items.append((term.name, held.id, data, again))
-                        if mid_redelivery and items:  # a crash part-way: what was collected goes first
-                            self._count_delivered(items, again_n)
-                            host.deliver_all(items, biggest)
-                            items, again_n = [], 0
-                            faults.point("cp.mid_redelivery")
-                    switched += 1
-                    if mid_switch:
-                        faults.point("cp.mid_switch")
-                    continue
-                term.active = None
-                host.send({"t": "session_closed", "terminal": term.name, "reason": "disconnect"})
-                continue
-            if term.conn is not None and term.active is not None:
-                # Classic path of [0002]: no standby session; the terminal reconnects.
-                term.active = None
-                term.conn.close()
-                classic += 1
-                if term.held:
-                    term.flight = n = len(term.held)
-                    term.flight_epoch = epoch
-                    flight_msgs += n
-                    flight_terms += 1
-            elif term.conn is not None and term.active is None and not term.leaving:
-                host.send({"t": "session_request", "terminal": term.name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
-                requested += 1
-        if items:
-            self._count_delivered(items, again_n)
-            host.deliver_all(items, biggest)
-        return switched, classic, requested, waiting, (waiting + flight_terms, flight_msgs), owed
-
-    def _count_delivered(self, items: list[tuple[str, int, Any, bool]], redelivered: int) -> None:
-        self.counters["redelivered"] += redelivered
-        self.counters["delivered"] += len(items) - redelivered
+        self.notices.owe(f.owed, rec, t0, wait_for_reply=f.waiting > 0)
 
     def _served_after_switch(self, term: Term, held: Held) -> None:
         a = self.after_switch

@@ -54,6 +54,8 @@ class Notices:
         if self._owed is not None:  # a switch right after a switch: the older ones go now
             self._start(self._owed)
         n = self._owed = _Owed(terms, rec, t0)
+        if rec.get("first_reply_ms") is not None:  # it came while the flip was still going
+            wait_for_reply = False
         n.timer = asyncio.get_running_loop().call_later(DEFER_S if wait_for_reply else 0.0, self._start, n)
 
     def first_reply(self) -> None:

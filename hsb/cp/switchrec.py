@@ -34,28 +34,41 @@ MAX_WAITS = 200_000  # waits kept for the percentile; beyond, only the maximum i
 class AfterSwitch:
     """Follows the replies after one grant (see the module docstring)."""
 
-    __slots__ = ("t0", "rec", "epoch", "left", "deadline", "waits", "worst", "on_done")
+    __slots__ = ("t0", "rec", "epoch", "left", "counting", "last", "deadline", "waits", "worst", "on_done")
 
-    def __init__(self, t0: float, rec: dict[str, Any], terminals: int, messages: int, on_done: Any = None) -> None:
-        """`terminals` had `messages` in flight at the grant of epoch rec["epoch"], each
-        terminal's count in `Term.flight` (set by the flip: no table built for 100,000)."""
+    def __init__(self, t0: float, rec: dict[str, Any], on_done: Any = None) -> None:
+        """Follows from the grant of epoch rec["epoch"] on; the flip sets each terminal's count
+        in flight (`Term.flight`) as it reaches it and the totals at its end (`counted`)."""
         self.t0 = t0
         self.rec = rec
         self.epoch = rec["epoch"]
         self.on_done = on_done  # called with the finished record (the history entry gets the pause)
-        self.left = terminals  # terminals with something still in flight from the grant
+        self.left = 0  # terminals with something still in flight from the grant (once counted)
+        self.counting = True  # the flip is still going: replies count, the record cannot end yet
+        self.last = t0  # when the last terminal in flight was served
         self.deadline = t0 + DEADLINE_S
         self.waits: list[float] = []
         self.worst = 0.0
         rec.update(
-            in_flight_terminals=terminals,
-            in_flight_messages=messages,
+            in_flight_terminals=None,
+            in_flight_messages=None,
             first_reply_ms=None,
             first_redelivered_reply_ms=None,
             all_served_ms=None,
             worst_pause_ms=None,
             p99_pause_ms=None,
         )
+
+    def counted(self, terminals: int, messages: int) -> bool:
+        """The flip is done: `terminals` had `messages` in flight at the grant. True if the
+        record ended here (nothing in flight, or everything already answered)."""
+        self.counting = False
+        self.rec.update(in_flight_terminals=terminals, in_flight_messages=messages)
+        self.left += terminals  # less those already served during the flip
+        if self.left <= 0:
+            self.finish(self.last)
+            return True
+        return False
 
     def reply(self, term: Term, acked_at: float, redelivered: bool, now: float) -> bool:
         """A reply went out for a message acknowledged at `acked_at`; True once the record is done."""
@@ -71,6 +84,9 @@ class AfterSwitch:
             term.flight -= 1
             if term.flight == 0:
                 self.left -= 1
+                self.last = now
+        if self.counting:
+            return False
         if self.left <= 0:
             self.finish(now)
             return True

@@ -36,6 +36,7 @@ class TerminalSide:
 
     # ------------------------------------------------------------------ logon and resume
     def terminal_hello(self: CP, proto: TerminalProtocol, name: str, last_reply: int | None = None) -> None:
+        self.settle_flip()
         term = self.terms.get(name)
         if term is None:
             log.warning("terminal_refused", terminal=name[:64], peer=proto.peer, reason="unknown_terminal")
@@ -121,6 +122,7 @@ class TerminalSide:
                 self._deliver(term, held, a)
 
     def terminal_bye(self: CP, term: Term) -> None:
+        self.settle_flip()
         log.debug("terminal_logoff", terminal=term.name)
         term.leaving = True
         term.notice = None  # logged off: no session news any more
@@ -129,6 +131,7 @@ class TerminalSide:
             term.conn.close()
 
     def terminal_lost(self: CP, term: Term) -> None:
+        self.settle_flip()
         if term.conn is None:
             return
         term.conn = None

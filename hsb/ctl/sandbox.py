@@ -71,6 +71,7 @@ def write_configs(
     dsn: str | None = None,
     service_options: dict[str, Any] | None = None,
     tls: bool = False,
+    cp_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     d.mkdir(parents=True, exist_ok=True)
     tls_dir = d / "tls"
@@ -118,6 +119,7 @@ def write_configs(
                 "journal": "cp-journal",
                 "durability": durability,
                 "journal_segment_kib": journal_segment_kib,
+                **(cp_options or {}),
             },
         )
         + tls_section("cp", terminals=True)
@@ -293,6 +295,7 @@ async def aup(
     dsn: str | None = None,
     service_options: dict[str, Any] | None = None,
     tls: bool = False,
+    cp_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Start the sandbox in `d` and wait for hot standby (see module docstring)."""
     d = d.resolve()
@@ -313,6 +316,7 @@ async def aup(
         dsn=dsn,
         service_options=service_options,
         tls=tls,
+        cp_options=cp_options,
     )
     if not tls:
         shutil.rmtree(d / "tls", ignore_errors=True)

@@ -1,0 +1,192 @@
+"""The flip at a grant (SPEC §5.4): every standby session of the new active becomes its
+terminal's active session, and what each terminal holds is re-delivered to the new active.
+
+Owns the pass over the terminals, a slice at a time (`[cp] flip_slice` terminals per turn
+of the event loop, about 1 µs each), so heartbeats, acknowledgements and the new active's
+first replies keep flowing while 100,000 sessions flip. Between slices a terminal not yet
+reached is exactly as every terminal was between the old active's loss and the grant: its
+messages are held (and acknowledged) and go out with its re-delivery when its turn comes.
+The only frames handled in between are the frequent, safe ones (messages, confirmations,
+replies of the new active, heartbeats); anything else that touches sessions (a logon, a
+host opening or closing a session, a host lost, another grant) first completes the flip
+(`CP.settle_flip`), which is then one pass, as a flip always was before slicing.
+
+Re-delivery is batched: each slice's messages go to the new active in `deliver_batch`
+frames (`HostProtocol.deliver_all`), one encoding per thousand messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from hsb import faults
+from hsb.cp.state import Term
+from hsb.wire.framing import encode
+
+if TYPE_CHECKING:
+    from hsb.cp.core import CP
+    from hsb.cp.host_link import HostProtocol
+
+
+class Flip:
+    """One grant's pass over the terminals; `done` is called once, when every terminal is flipped."""
+
+    __slots__ = (
+        "cp",
+        "host",
+        "epoch",
+        "terms",
+        "i",
+        "slice_n",
+        "switched",
+        "classic",
+        "requested",
+        "waiting",
+        "flight_terms",
+        "flight_msgs",
+        "owed",
+        "switched_frame",
+        "opened_frame",
+        "handle",
+        "done",
+        "finished",
+        "running",
+        "slices",
+    )
+
+    def __init__(self, cp: CP, host: HostProtocol, kind: str, slice_n: int, done: Callable[[Flip], None]) -> None:
+        self.cp = cp
+        self.host = host
+        self.epoch = cp.epoch
+        self.terms = list(cp.terms.values())
+        self.i = 0
+        self.slice_n = slice_n
+        self.switched = self.classic = self.requested = 0
+        self.waiting = 0  # switched terminals that hold messages (re-delivered)
+        self.flight_terms = self.flight_msgs = 0  # held at the grant: waiting + classic ones
+        self.owed: list[Term] = []  # terminals owed a switch notice (hsb.cp.notices)
+        self.switched_frame = encode({"t": "switched", "epoch": self.epoch, "kind": kind})  # one encoding for all
+        self.opened_frame = encode({"t": "session", "state": "open", "epoch": self.epoch})
+        self.handle: asyncio.Handle | None = None
+        self.done = done
+        self.finished = False
+        self.running = False  # a close inside a slice can call back into the CP: no pass within a pass
+        self.slices = 0  # passes it took (1: at once; the last may have been a settle_flip)
+
+    def start(self) -> None:
+        """The first slice now; the rest on later turns of the loop."""
+        self._turn()
+
+    def _turn(self) -> None:
+        self.handle = None
+        if not self.run(self.slice_n):
+            self.handle = asyncio.get_running_loop().call_soon(self._turn)
+
+    def finish(self) -> None:
+        """Flip whatever is left now, in one pass (something is about to change sessions)."""
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        if not self.finished and not self.running:
+            self.run(None)
+
+    def run(self, budget: int | None) -> bool:
+        """Flip up to `budget` more terminals (None: all); True once every terminal is done."""
+        self.running = True
+        self.slices += 1
+        try:
+            return self._run(budget)
+        finally:
+            self.running = False
+
+    def _run(self, budget: int | None) -> bool:
+        terms = self.terms
+        end = len(terms) if budget is None else min(len(terms), self.i + budget)
+        host = self.host
+        epoch = self.epoch
+        cp = self.cp
+        switched_frame, opened_frame = self.switched_frame, self.opened_frame
+        owed = self.owed
+        items: list[tuple[str, int, Any, bool]] = []  # (terminal, id, data, redelivered)
+        again_n = biggest = 0
+        mid_switch = faults.armed("cp.mid_switch")
+        mid_redelivery = faults.armed("cp.mid_redelivery")
+        send_owed = cp._send_owed_notice
+        i = self.i
+        while i < end:
+            term = terms[i]
+            i += 1
+            sb = term.standby
+            if sb is not None and sb.host is host:
+                term.standby = None
+                if term.conn is not None and not term.leaving:
+                    # a session closed by a normal stop reopens; a live one is switched.
+                    # The notice is owed, not written: it goes out ahead of the next frame
+                    # to that terminal (a reply to a re-delivered message, say), or with
+                    # the rest once service has resumed (hsb.cp.notices).
+                    if term.notice is not None:
+                        send_owed(term)  # still owed from the grant before: it goes first
+                    term.notice = switched_frame if term.active is not None else opened_frame
+                    sb.kind = "active"
+                    sb.epoch = epoch
+                    term.active = sb
+                    owed.append(term)
+                    held_now = term.held
+                    if held_now:
+                        term.flight = n = len(held_now)
+                        term.flight_epoch = epoch
+                        self.flight_msgs += n
+                        self.waiting += 1
+                        durable = term.durable_acked
+                        for held in held_now.values():  # the choice and marks of CP._deliver_pending
+                            if held.delivered_epoch != epoch and held.id <= durable and not held.replying:
+                                again = held.delivered_epoch != 0
+                                held.delivered_epoch = epoch
+                                held.redelivered = again
+                                again_n += again
+                                data = held.data
+                                if len(data) > biggest:
+                                    biggest = len(data)
+                                items.append((term.name, held.id, data, again))
+                        if mid_redelivery and items:  # a crash part-way: what was collected goes first
+                            self._send(items, again_n, biggest)
+                            items, again_n = [], 0
+                            faults.point("cp.mid_redelivery")
+                    self.switched += 1
+                    if mid_switch:
+                        self.i = i
+                        faults.point("cp.mid_switch")
+                    continue
+                term.active = None
+                host.send({"t": "session_closed", "terminal": term.name, "reason": "disconnect"})
+                continue
+            if term.conn is not None and term.active is not None:
+                # Classic path of [0002]: no standby session; the terminal reconnects.
+                term.active = None
+                term.conn.close()
+                self.classic += 1
+                if term.held:
+                    term.flight = n = len(term.held)
+                    term.flight_epoch = epoch
+                    self.flight_msgs += n
+                    self.flight_terms += 1
+            elif term.conn is not None and term.active is None and not term.leaving:
+                host.send({"t": "session_request", "terminal": term.name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
+                self.requested += 1
+        self.i = i
+        if items:
+            self._send(items, again_n, biggest)
+        if i < len(terms):
+            return False
+        self.finished = True
+        self.flight_terms += self.waiting
+        self.done(self)
+        return True
+
+    def _send(self, items: list[tuple[str, int, Any, bool]], redelivered: int, biggest: int) -> None:
+        counters = self.cp.counters
+        counters["redelivered"] += redelivered
+        counters["delivered"] += len(items) - redelivered
+        self.host.deliver_all(items, biggest)
