@@ -423,9 +423,11 @@ def write_section(title: str, body: str, path: Path = BENCHMARKS) -> None:
     path.write_text("".join(lines[:start]) + section + ("\n" + tail if tail else ""))
 
 
-def run_or_render(a: Any, section: str, rerender: Callable[[dict[str, Any]], str], amain: Callable[[Any], Any]) -> int:
+def run_or_render(a: Any, section: str, rerender: Callable[[dict[str, Any]], str], amain: Callable[[Any], Any], daemon_loop: bool = False) -> int:
     """A bench's entry: with `--render FILE`, print the report of a saved run (and with
-    `--write` put it into BENCHMARKS.md as `## section`) instead of measuring; else measure."""
+    `--write` put it into BENCHMARKS.md as `## section`) instead of measuring; else measure.
+    `daemon_loop`: measure on the daemons' own event loop (uvloop, hsb.loop), for a bench that
+    runs daemon code in-process."""
     if a.render:
         saved = json.loads(Path(a.render).read_text())
         a.machine = saved["machine"]
@@ -439,6 +441,10 @@ def run_or_render(a: Any, section: str, rerender: Callable[[dict[str, Any]], str
     from hsb import logs
 
     logs.setup("warning")
+    if daemon_loop:
+        from hsb.loop import run
+
+        return int(run(amain(a)))
     return int(asyncio.run(amain(a)))
 
 

@@ -252,7 +252,7 @@ class CP(TerminalSide, JournalSide, StatusView):
             if term.conn is None or term.leaving:
                 host.send({"t": "session_closed", "terminal": name, "reason": "disconnect"})
                 return
-            term.active = Session(host, "active", attrs, self.epoch)
+            term.active = Session(host, attrs)
             self._tell(term, {"t": "session", "state": "open", "epoch": self.epoch})
             host.send({"t": "opened", "terminal": name, "kind": "active"})
             if not host.released:  # a releasing active gets no new work
@@ -264,7 +264,7 @@ class CP(TerminalSide, JournalSide, StatusView):
             if not term.defn.standby_capable:
                 host.send({"t": "open_failed", "terminal": name, "kind": kind, "reason": f"terminal {name!r} is not standby-capable at the CP"})
                 return
-            term.standby = Session(host, "standby", attrs, self.epoch)
+            term.standby = Session(host, attrs)
             host.send({"t": "opened", "terminal": name, "kind": "standby"})
             if self._handover is not None and host is self._handover.standby:
                 self._owed_standby(name)

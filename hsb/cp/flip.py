@@ -115,6 +115,7 @@ class Flip:
         mid_redelivery = faults.armed("cp.mid_redelivery")
         send_owed = cp._send_owed_notice
         i = self.i
+        switched = waiting = flight_msgs = 0  # this slice's; added to the totals at its end
         while i < end:
             term = terms[i]
             i += 1
@@ -129,16 +130,14 @@ class Flip:
                     if term.notice is not None:
                         send_owed(term)  # still owed from the grant before: it goes first
                     term.notice = switched_frame if term.active is not None else opened_frame
-                    sb.kind = "active"
-                    sb.epoch = epoch
                     term.active = sb
                     owed.append(term)
                     held_now = term.held
                     if held_now:
                         term.flight = n = len(held_now)
                         term.flight_epoch = epoch
-                        self.flight_msgs += n
-                        self.waiting += 1
+                        flight_msgs += n
+                        waiting += 1
                         durable = term.durable_acked
                         for held in held_now.values():  # the choice and marks of CP._deliver_pending
                             if held.delivered_epoch != epoch and held.id <= durable and not held.replying:
@@ -154,7 +153,7 @@ class Flip:
                             self._send(items, again_n, biggest)
                             items, again_n = [], 0
                             faults.point("cp.mid_redelivery")
-                    self.switched += 1
+                    switched += 1
                     if mid_switch:
                         self.i = i
                         faults.point("cp.mid_switch")
@@ -176,6 +175,9 @@ class Flip:
                 host.send({"t": "session_request", "terminal": term.name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
                 self.requested += 1
         self.i = i
+        self.switched += switched
+        self.waiting += waiting
+        self.flight_msgs += flight_msgs
         if items:
             self._send(items, again_n, biggest)
         if i < len(terms):

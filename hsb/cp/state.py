@@ -17,15 +17,14 @@ if TYPE_CHECKING:
 
 
 class Session:
-    """A session of one host to one terminal: `kind` is "active" or "standby"."""
+    """A session of one host to one terminal. Whether it is the active or the standby session
+    is where the terminal holds it (`Term.active`, `Term.standby`): a flip moves it over."""
 
-    __slots__ = ("host", "kind", "attrs", "epoch")
+    __slots__ = ("host", "attrs")
 
-    def __init__(self, host: HostProtocol, kind: str, attrs: dict[str, Any], epoch: int) -> None:
+    def __init__(self, host: HostProtocol, attrs: dict[str, Any]) -> None:
         self.host = host
-        self.kind = kind
         self.attrs = attrs
-        self.epoch = epoch
 
 
 class Held:
