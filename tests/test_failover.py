@@ -357,6 +357,9 @@ async def test_a_flip_one_terminal_per_turn_of_the_loop_loses_nothing(sb: Any) -
         st = await wait_status(info, lambda s: active_names(s) == ["host-b"] and s["cp"]["last_switchover"] is not None, what="host-b active")
         first = st["cp"]["last_switchover"]
         assert first["switched"] == 300 and first["slices"] > 1, first
+        # the switch's record ends: every terminal it kept waiting was served (not the 60 s deadline)
+        st = await wait_status(info, lambda s: s["cp"]["last_switchover"].get("all_served_ms") is not None, timeout=10, what="failover served")
+        assert st["cp"]["last_switchover"]["all_served_ms"] < 5000, st["cp"]["last_switchover"]
         sandbox.start_host(d, "host-a", "standby")
         await wait_status(info, lambda s: s["established"] and s["cp"]["terminals"]["standby_sessions"] == 300, what="established again")
         await asyncio.sleep(0.3)
@@ -369,6 +372,7 @@ async def test_a_flip_one_terminal_per_turn_of_the_loop_loses_nothing(sb: Any) -
         )
         second = st["cp"]["last_switchover"]
         assert second["switched"] == 300 and second["planned"] and second["slices"] > 1, second
+        st = await wait_status(info, lambda s: s["cp"]["last_switchover"].get("all_served_ms") is not None, timeout=10, what="switchover served")
 
     report = await load_with(info, both, terminals=300, rate=600)
     assert_clean(report)

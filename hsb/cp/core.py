@@ -374,7 +374,9 @@ class CP(TerminalSide, JournalSide, StatusView):
             self.standby.send({"t": "active_lost", "host": host.name, "why": "stopping"})
 
     def host_lost(self, host: HostProtocol) -> None:
-        self.settle_flip()
+        h = self._handover
+        if host is self.active or host is self.standby or (h is not None and host in (h.active, h.standby)):
+            self.settle_flip()  # a fenced old active's link closing (after the grant) changes nothing here
         if host is self.active:
             if host.closed_here:
                 # closed by us (a protocol error, a stale epoch): the host may not know yet and
@@ -565,7 +567,7 @@ class CP(TerminalSide, JournalSide, StatusView):
         # replies to what the switch kept waiting are followed from the first slice on
         self.after_switch = AfterSwitch(t0, rec, self.history.switch_done)
         lead = loss[1] if loss is not None and demote is None else release_t0  # silence (or release) -> grant
-        self.flipping = Flip(self, host, kind, self.flip_slice, lambda f: self._flipped(f, rec, t0, lead, fenced_old))
+        self.flipping = Flip(self, host, kind, t0, self.flip_slice, lambda f: self._flipped(f, rec, t0, lead, fenced_old))
         self.flipping.start()
 
     def settle_flip(self) -> None:
@@ -581,6 +583,9 @@ class CP(TerminalSide, JournalSide, StatusView):
         self.counters["classic_closed"] += f.classic
         self.counters["switchovers" if rec["planned"] else "failovers"] += 1
         rec.update(switch_ms=round((time.monotonic() - t0) * 1000, 3), switched=f.switched, classic=f.classic, requested=f.requested, slices=f.slices)
+        a = self.after_switch
+        if a is not None and a.rec is rec:  # counted now, for the log line; the record may end below
+            rec.update(in_flight_terminals=f.flight_terms, in_flight_messages=f.flight_msgs)
         self.switchovers.append(rec)
         del self.switchovers[:-50]
         log.info("switchover_complete", **rec)
@@ -600,8 +605,7 @@ class CP(TerminalSide, JournalSide, StatusView):
         )
         if fenced_old is not None:
             self.history.add({"kind": "fence", "at": rec["at"], "epoch": f.epoch, "host": fenced_old, "reason": f"{rec['to']} was made active"})
-        a = self.after_switch
-        if a is not None and a.rec is rec and a.counted(f.flight_terms, f.flight_msgs):
+        if a is not None and a.rec is rec and self.after_switch is a and a.counted(f.flight_terms, f.flight_msgs):
             self.after_switch = None
         self.notices.owe(f.owed, rec, t0, wait_for_reply=f.waiting > 0)
 

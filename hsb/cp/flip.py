@@ -21,6 +21,8 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from hsb import faults
 from hsb.cp.state import Term
 from hsb.wire.framing import encode
@@ -28,6 +30,8 @@ from hsb.wire.framing import encode
 if TYPE_CHECKING:
     from hsb.cp.core import CP
     from hsb.cp.host_link import HostProtocol
+
+log = structlog.get_logger("hsb.cp")
 
 
 class Flip:
@@ -37,6 +41,7 @@ class Flip:
         "cp",
         "host",
         "epoch",
+        "t0",
         "terms",
         "i",
         "slice_n",
@@ -56,15 +61,16 @@ class Flip:
         "slices",
     )
 
-    def __init__(self, cp: CP, host: HostProtocol, kind: str, slice_n: int, done: Callable[[Flip], None]) -> None:
+    def __init__(self, cp: CP, host: HostProtocol, kind: str, t0: float, slice_n: int, done: Callable[[Flip], None]) -> None:
         self.cp = cp
         self.host = host
         self.epoch = cp.epoch
+        self.t0 = t0  # the grant (monotonic): messages held from before it are in flight
         self.terms = list(cp.terms.values())
         self.i = 0
         self.slice_n = slice_n
         self.switched = self.classic = self.requested = 0
-        self.waiting = 0  # switched terminals that hold messages (re-delivered)
+        self.waiting = 0  # switched terminals with messages in flight from before the grant
         self.flight_terms = self.flight_msgs = 0  # held at the grant: waiting + classic ones
         self.owed: list[Term] = []  # terminals owed a switch notice (hsb.cp.notices)
         self.switched_frame = encode({"t": "switched", "epoch": self.epoch, "kind": kind})  # one encoding for all
@@ -89,7 +95,10 @@ class Flip:
         if self.handle is not None:
             self.handle.cancel()
             self.handle = None
-        if not self.finished and not self.running:
+        if self.running:  # a close inside a slice calling back: cannot happen on asyncio or uvloop
+            log.error("flip_settled_from_within_a_slice", epoch=self.epoch, at=self.i, of=len(self.terms))
+            return
+        if not self.finished:
             self.run(None)
 
     def run(self, budget: int | None) -> bool:
@@ -106,6 +115,7 @@ class Flip:
         end = len(terms) if budget is None else min(len(terms), self.i + budget)
         host = self.host
         epoch = self.epoch
+        t0 = self.t0
         cp = self.cp
         switched_frame, opened_frame = self.switched_frame, self.opened_frame
         owed = self.owed
@@ -116,70 +126,80 @@ class Flip:
         send_owed = cp._send_owed_notice
         i = self.i
         switched = waiting = flight_msgs = 0  # this slice's; added to the totals at its end
-        while i < end:
-            term = terms[i]
-            i += 1
-            sb = term.standby
-            if sb is not None and sb.host is host:
-                term.standby = None
-                if term.conn is not None and not term.leaving:
-                    # a session closed by a normal stop reopens; a live one is switched.
-                    # The notice is owed, not written: it goes out ahead of the next frame
-                    # to that terminal (a reply to a re-delivered message, say), or with
-                    # the rest once service has resumed (hsb.cp.notices).
-                    if term.notice is not None:
-                        send_owed(term)  # still owed from the grant before: it goes first
-                    term.notice = switched_frame if term.active is not None else opened_frame
-                    term.active = sb
-                    owed.append(term)
-                    held_now = term.held
-                    if held_now:
-                        term.flight = n = len(held_now)
-                        term.flight_epoch = epoch
-                        flight_msgs += n
-                        waiting += 1
-                        durable = term.durable_acked
-                        for held in held_now.values():  # the choice and marks of CP._deliver_pending
-                            if held.delivered_epoch != epoch and held.id <= durable and not held.replying:
-                                again = held.delivered_epoch != 0
-                                held.delivered_epoch = epoch
-                                held.redelivered = again
-                                again_n += again
-                                data = held.data
-                                if len(data) > biggest:
-                                    biggest = len(data)
-                                items.append((term.name, held.id, data, again))
-                        if mid_redelivery and items:  # a crash part-way: what was collected goes first
-                            self._send(items, again_n, biggest)
+        try:
+            while i < end:
+                term = terms[i]
+                i += 1
+                sb = term.standby
+                if sb is not None and sb.host is host:
+                    term.standby = None
+                    if term.conn is not None and not term.leaving:
+                        # a session closed by a normal stop reopens; a live one is switched.
+                        # The notice is owed, not written: it goes out ahead of the next frame
+                        # to that terminal (a reply to a re-delivered message, say), or with
+                        # the rest once service has resumed (hsb.cp.notices).
+                        if term.notice is not None:
+                            send_owed(term)  # still owed from the grant before: it goes first
+                        term.notice = switched_frame if term.active is not None else opened_frame
+                        term.active = sb
+                        owed.append(term)
+                        held_now = term.held
+                        if held_now:
+                            durable = term.durable_acked
+                            resuming = term.resuming
+                            nf = 0  # held since before the grant and still to be answered: the switch kept it waiting
+                            for held in held_now.values():
+                                if held.t <= t0 and not (held.replying and resuming):
+                                    nf += 1
+                                # the choice and marks of CP._deliver_pending
+                                if held.delivered_epoch != epoch and held.id <= durable and not held.replying:
+                                    again = held.delivered_epoch != 0
+                                    held.delivered_epoch = epoch
+                                    held.redelivered = again
+                                    again_n += again
+                                    data = held.data
+                                    if len(data) > biggest:
+                                        biggest = len(data)
+                                    items.append((term.name, held.id, data, again))
+                            if nf:
+                                term.flight = nf
+                                term.flight_epoch = epoch
+                                flight_msgs += nf
+                                waiting += 1
+                            if mid_redelivery and items:  # a crash part-way: what was collected goes first
+                                self._send(items, again_n, biggest)
+                                items, again_n = [], 0
+                                faults.point("cp.mid_redelivery")
+                        switched += 1
+                        if mid_switch:
+                            self._send(items, again_n, biggest)  # as a pass that sent each as it went
                             items, again_n = [], 0
-                            faults.point("cp.mid_redelivery")
-                    switched += 1
-                    if mid_switch:
-                        self.i = i
-                        faults.point("cp.mid_switch")
+                            faults.point("cp.mid_switch")
+                        continue
+                    term.active = None
+                    host.send({"t": "session_closed", "terminal": term.name, "reason": "disconnect"})
                     continue
-                term.active = None
-                host.send({"t": "session_closed", "terminal": term.name, "reason": "disconnect"})
-                continue
-            if term.conn is not None and term.active is not None:
-                # Classic path of [0002]: no standby session; the terminal reconnects.
-                term.active = None
-                term.conn.close()
-                self.classic += 1
-                if term.held:
-                    term.flight = n = len(term.held)
-                    term.flight_epoch = epoch
-                    self.flight_msgs += n
-                    self.flight_terms += 1
-            elif term.conn is not None and term.active is None and not term.leaving:
-                host.send({"t": "session_request", "terminal": term.name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
-                self.requested += 1
-        self.i = i
-        self.switched += switched
-        self.waiting += waiting
-        self.flight_msgs += flight_msgs
-        if items:
-            self._send(items, again_n, biggest)
+                if term.conn is not None and term.active is not None:
+                    # Classic path of [0002]: no standby session; the terminal reconnects.
+                    term.active = None
+                    term.conn.close()
+                    self.classic += 1
+                    nf = sum(1 for h in term.held.values() if h.t <= t0 and not (h.replying and term.resuming))
+                    if nf:
+                        term.flight = nf
+                        term.flight_epoch = epoch
+                        self.flight_msgs += nf
+                        self.flight_terms += 1
+                elif term.conn is not None and term.active is None and not term.leaving:
+                    host.send({"t": "session_request", "terminal": term.name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
+                    self.requested += 1
+        finally:  # what this slice did counts, and what it collected goes, even if it stopped early
+            self.i = i
+            self.switched += switched
+            self.waiting += waiting
+            self.flight_msgs += flight_msgs
+            if items:
+                self._send(items, again_n, biggest)
         if i < len(terms):
             return False
         self.finished = True

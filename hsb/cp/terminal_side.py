@@ -131,7 +131,8 @@ class TerminalSide:
             term.conn.close()
 
     def terminal_lost(self: CP, term: Term) -> None:
-        self.settle_flip()
+        # no settle_flip: a terminal not yet flipped that goes is closed by the flip when reached
+        # (its old active is no longer the active, so nothing is sent for it here)
         if term.conn is None:
             return
         term.conn = None
