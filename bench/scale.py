@@ -304,6 +304,12 @@ async def run_phase(d: Path, info: dict[str, Any], n: int, phase: str, a: argpar
     res["worst_ms"] = max((o["worst_ms"] for o in ops if o.get("worst_ms") is not None), default=None)
     res["p99_ms"] = max((o["p99_ms"] for o in ops if o.get("p99_ms") is not None), default=None)
     res["all_served_ms"] = max((o["all_served_ms"] for o in ops if o.get("all_served_ms") is not None), default=None)
+    # where the worst pause was (hsb.term.timeline): the longest wait of the messages in flight at the
+    # operation, then of those sent in each 100 ms after it, max over the children
+    by = [o["worst_by_100ms"] for o in ops if o.get("worst_by_100ms")]
+    res["worst_by_100ms"] = [max(col) for col in zip(*by, strict=False)] if by else None
+    worst_op = max((o for o in ops if o.get("worst_ms") is not None), key=lambda o: o["worst_ms"], default=None)
+    res["worst_sent_ms"] = worst_op.get("worst_sent_ms") if worst_op else None
     res["unanswered_in_window"] = sum(int(o.get("unanswered") or 0) for o in ops)  # never answered: no finite worst
     if res["unanswered_in_window"]:
         res["worst_ms"] = res["p99_ms"] = float("inf")

@@ -61,6 +61,11 @@ class Timeline:
         last_reply = t_op
         unanswered = 0
         horizon = t_op + after_s
+        # where the worst pause was: the longest wait of the messages in flight at the operation
+        # (index 0), then of those sent in each 100 ms after it
+        buckets = [0.0] * (1 + math.ceil(after_s * 10))
+        worst_sent: float | None = None
+        worst_wait = -1.0
         for s, r, k in zip(self.sent, self.replied, self.term, strict=False):
             if s <= t_op < r:
                 in_flight += 1
@@ -72,7 +77,13 @@ class Timeline:
             if r == NEVER:
                 unanswered += 1
             else:
-                waits.append(r - s)
+                w = r - s
+                waits.append(w)
+                b = 0 if s <= t_op else min(len(buckets) - 1, 1 + int((s - t_op) * 10))
+                if w > buckets[b]:
+                    buckets[b] = w
+                if w > worst_wait:
+                    worst_wait, worst_sent = w, s
         waits.sort()
         worst = None if unanswered else (waits[-1] if waits else None)
         p99 = waits[max(0, math.ceil(len(waits) * 0.99) - 1)] if waits and not unanswered else None
@@ -85,6 +96,8 @@ class Timeline:
             "worst_ms": _ms(worst),
             "p99_ms": _ms(p99),
             "all_served_ms": None if not in_flight or last_reply == NEVER else _ms(last_reply - t_op),
+            "worst_sent_ms": _ms(None if worst_sent is None else worst_sent - t_op),  # < 0: in flight at it
+            "worst_by_100ms": [round(w * 1000.0, 1) for w in buckets],
         }
 
 

@@ -1,0 +1,32 @@
+"""hsb.term.timeline: the pause around an operation, and where in it the worst wait was."""
+
+from __future__ import annotations
+
+from hsb.term.timeline import Timeline
+
+
+def test_window_says_when_the_worst_paused_message_was_sent() -> None:
+    tl = Timeline()
+    op = 100.0
+    tl.add(99.0, 99.01, 0)  # before the operation: not in the window
+    tl.add(99.99, 100.05, 1)  # in flight at it: waited 60 ms
+    tl.add(100.02, 100.03, 2)  # sent 20 ms after: 10 ms
+    tl.add(100.25, 100.55, 3)  # sent 250 ms after: 300 ms, the worst
+    tl.add(100.95, 101.0, 4)  # sent 950 ms after: 50 ms
+    w = tl.window(op, after_s=1.0)
+    assert w["messages"] == 4 and w["in_flight"] == 1
+    assert w["worst_ms"] == 300.0
+    assert w["worst_sent_ms"] == 250.0
+    by = w["worst_by_100ms"]
+    assert len(by) == 11
+    assert by[0] == 60.0  # in flight at the operation
+    assert by[1] == 10.0 and by[3] == 300.0 and by[10] == 50.0
+    assert by[2] == 0.0 and by[5] == 0.0  # nothing sent then
+
+
+def test_window_worst_of_a_message_in_flight_is_sent_before_the_operation() -> None:
+    tl = Timeline()
+    tl.add(9.5, 10.4, 0)
+    tl.add(10.1, 10.15, 1)
+    w = tl.window(10.0, after_s=1.0)
+    assert w["worst_ms"] == 900.0 and w["worst_sent_ms"] == -500.0 and w["worst_by_100ms"][0] == 900.0
