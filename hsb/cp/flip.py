@@ -2,14 +2,15 @@
 terminal's active session, and what each terminal holds is re-delivered to the new active.
 
 Owns the pass over the terminals, a slice at a time (`[cp] flip_slice` terminals per turn
-of the event loop, about 1 µs each), so heartbeats, acknowledgements and the new active's
+of the event loop, about 1-2 µs each), so heartbeats, acknowledgements and the new active's
 first replies keep flowing while 100,000 sessions flip. Between slices a terminal not yet
 reached is exactly as every terminal was between the old active's loss and the grant: its
 messages are held (and acknowledged) and go out with its re-delivery when its turn comes.
 The only frames handled in between are the frequent, safe ones (messages, confirmations,
-replies of the new active, heartbeats); anything else that touches sessions (a logon, a
-host opening or closing a session, a host lost, another grant) first completes the flip
-(`CP.settle_flip`), which is then one pass, as a flip always was before slicing.
+replies of the new active, heartbeats, a terminal going away); anything else that touches
+sessions (a logon, a logoff, a host opening or closing a session, the active or standby host
+lost, another grant) first completes the flip (`CP.settle_flip`), which is then one pass, as
+a flip always was before slicing.
 
 Re-delivery is batched: each slice's messages go to the new active in `deliver_batch`
 frames (`HostProtocol.deliver_all`), one encoding per thousand messages.
@@ -92,12 +93,12 @@ class Flip:
 
     def finish(self) -> None:
         """Flip whatever is left now, in one pass (something is about to change sessions)."""
+        if self.running:  # a close inside a slice calling back: cannot happen on asyncio or uvloop
+            log.error("flip_settled_from_within_a_slice", epoch=self.epoch, at=self.i, of=len(self.terms))
+            return  # the slice running goes on, and the next is still scheduled
         if self.handle is not None:
             self.handle.cancel()
             self.handle = None
-        if self.running:  # a close inside a slice calling back: cannot happen on asyncio or uvloop
-            log.error("flip_settled_from_within_a_slice", epoch=self.epoch, at=self.i, of=len(self.terms))
-            return
         if not self.finished:
             self.run(None)
 
