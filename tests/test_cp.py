@@ -562,3 +562,35 @@ async def test_a_flip_redelivers_in_batches_to_a_host_that_reads_them(cp: Proc) 
         assert [m for m in t.inbox if m["t"] == "switched"] and not t.closed
     st_ = await status(cp)
     assert st_["last_switchover"]["in_flight_terminals"] == 6 and st_["held_messages"] == 0
+
+
+async def test_standby_opens_in_a_batch_answered_in_one_frame(cp: Proc) -> None:
+    """The standby's open storm in open_batch frames (the CP says in `registered` how large):
+    one opened_batch for what opened, an open_failed for each of the others, a malformed
+    batch closes only that host link with an error naming the problem."""
+    a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+    a.auto_open = ATTRS
+    names = [f"T{i:05d}" for i in range(1, 11)]
+    for n in names[:3]:
+        await logon(cp, n)
+    sb = await FakeHost.connect(cp.info["host"], "host-b")
+    reg = await sb.register("standby")
+    assert reg["t"] == "registered" and reg["open_batch"] >= 1024, reg
+    items = [[n, ATTRS] for n in names] + [["NOSB", ATTRS], ["NOPE", ATTRS]]
+    sb.send({"t": "open_batch", "kind": "standby", "items": items})
+    ok = await sb.wait(lambda m: m["t"] == "opened_batch")
+    assert ok["terminals"] == names and ok["kind"] == "standby"
+    failed = await sb.wait_count(lambda m: m["t"] == "open_failed", 2)
+    assert {m["terminal"] for m in failed} == {"NOSB", "NOPE"}
+    assert "not standby-capable" in next(m for m in failed if m["terminal"] == "NOSB")["reason"]
+    assert "not defined" in next(m for m in failed if m["terminal"] == "NOPE")["reason"]
+    assert not [m for m in sb.inbox if m["t"] == "opened"], "no single answers for a batch"
+    s = await sessions(cp)
+    assert all(s[n]["standby"]["host"] == "host-b" for n in names[:3])
+    assert (await status(cp))["terminals"]["standby_sessions"] == 10
+    # a malformed batch: that link closes with a clear error; the active serves on
+    sb.send({"t": "open_batch", "kind": "standby", "items": [["T00001"]]})
+    err = await sb.wait(lambda m: m["t"] == "error")
+    assert err["code"] == "bad_fields" and "[terminal, attrs]" in err["msg"]
+    assert (await status(cp))["active"]["name"] == "host-a"
+    assert not a.closed

@@ -99,6 +99,7 @@ class CP(TerminalSide, JournalSide, StatusView):
         self._last_tick: float | None = None  # tick(): this process's own stalls
         self._tick_skipped = False
         self.flip_slice = cfg.cp.flip_slice
+        self.open_batch_bytes = cfg.cp.max_frame // 2  # what an open_batch frame may hold (docs/protocol.md §3)
         self.flipping: Flip | None = None  # a grant's flip still going, a slice per turn (hsb.cp.flip)
 
     # ------------------------------------------------------------------ the operator
@@ -188,6 +189,7 @@ class CP(TerminalSide, JournalSide, StatusView):
                     "active": self._active_name(),
                     "standby": host.name,
                     "lease": self.host_lease,
+                    "open_batch": self.open_batch_bytes,  # standby opens may come batched, this many bytes a frame
                 }
             )
             a = self.active
@@ -231,6 +233,7 @@ class CP(TerminalSide, JournalSide, StatusView):
                 "active": host.name,
                 "standby": self.standby.name if self.standby else None,
                 "lease": self.host_lease,
+                "open_batch": self.open_batch_bytes,
             }
         )
         for term in self.terms.values():
@@ -258,18 +261,48 @@ class CP(TerminalSide, JournalSide, StatusView):
             if not host.released:  # a releasing active gets no new work
                 self._deliver_pending(term, host)
         elif kind == "standby":
-            if host is not self.standby:
-                host.send({"t": "open_failed", "terminal": name, "kind": kind, "reason": "this host is not the registered standby"})
+            why = self._open_standby(host, term, attrs)
+            if why is not None:
+                host.send({"t": "open_failed", "terminal": name, "kind": kind, "reason": why})
                 return
-            if not term.defn.standby_capable:
-                host.send({"t": "open_failed", "terminal": name, "kind": kind, "reason": f"terminal {name!r} is not standby-capable at the CP"})
-                return
-            term.standby = Session(host, attrs)
             host.send({"t": "opened", "terminal": name, "kind": "standby"})
-            if self._handover is not None and host is self._handover.standby:
-                self._owed_standby(name)
+            self._standby_opened(host, [name])
         else:
             host.close_with_error("bad_fields", f"open: kind must be 'active' or 'standby', not {kind[:20]!r}")
+
+    def _open_standby(self, host: HostProtocol, term: Term, attrs: dict[str, Any]) -> str | None:
+        """A standby session of `host` for `term`; why not, or None once it is open."""
+        if host is not self.standby:
+            return "this host is not the registered standby"
+        if not term.defn.standby_capable:
+            return f"terminal {term.name!r} is not standby-capable at the CP"
+        term.standby = Session(host, attrs)
+        return None
+
+    def _standby_opened(self, host: HostProtocol, names: list[str]) -> None:
+        """After the host was told: a planned handover waiting for these sessions may go on."""
+        h = self._handover
+        if h is not None and host is h.standby:
+            for name in names:
+                if self._handover is h:
+                    self._owed_standby(name)
+
+    def host_open_batch(self, host: HostProtocol, items: list[tuple[str, dict[str, Any]]]) -> None:
+        """Standby sessions for many terminals from one frame (the standby's open storm after a
+        batch read or a new registration): one `opened_batch` for those opened, an `open_failed`
+        for each of the others, as single opens would have had."""
+        self.settle_flip()
+        opened: list[str] = []
+        for name, attrs in items:
+            term = self.terms.get(name)
+            why = f"terminal {name!r} is not defined at the CP" if term is None else self._open_standby(host, term, attrs)
+            if why is None:
+                opened.append(name)
+            else:
+                host.send({"t": "open_failed", "terminal": name, "kind": "standby", "reason": why})
+        if opened:
+            host.send({"t": "opened_batch", "kind": "standby", "terminals": opened})
+            self._standby_opened(host, opened)
 
     def host_refuse(self, host: HostProtocol, name: str, reason: str) -> None:
         self.settle_flip()

@@ -28,6 +28,7 @@ class HostProtocol(AuthServerProtocol):
         "register": "on_register",
         "hb": "on_hb",
         "open": "on_open_session",
+        "open_batch": "on_open_batch",
         "refuse": "on_refuse",
         "close": "on_close_session",
         "reply": "on_reply",
@@ -114,6 +115,17 @@ class HostProtocol(AuthServerProtocol):
         if not isinstance(attrs, dict):
             raise ProtocolError("bad_fields", "open: attrs must be a map")
         self.cp.host_open(self, require(msg, "terminal", str), require(msg, "kind", str), attrs)
+
+    def on_open_batch(self, msg: dict[str, Any]) -> None:
+        if require(msg, "kind", str) != "standby":
+            raise ProtocolError("bad_fields", "open_batch: only standby sessions are opened in batches")
+        raw = require(msg, "items", list)
+        items: list[tuple[str, dict[str, Any]]] = []
+        for it in raw:
+            if not (isinstance(it, list) and len(it) == 2 and isinstance(it[0], str) and isinstance(it[1], dict)):
+                raise ProtocolError("bad_fields", "open_batch: each item must be [terminal, attrs]")
+            items.append((it[0], it[1]))
+        self.cp.host_open_batch(self, items)
 
     def on_refuse(self, msg: dict[str, Any]) -> None:
         self.cp.host_refuse(self, require(msg, "terminal", str), str(msg.get("reason", "refused by the host")))

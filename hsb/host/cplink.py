@@ -83,6 +83,17 @@ class CPLink:
         except (ConnectionError, OSError, RuntimeError):
             return False
 
+    def send_raw(self, frame: bytes) -> bool:
+        """A frame encoded already (hsb.wire.framing.encode)."""
+        fs = self.fs
+        if fs is None:
+            return False
+        try:
+            fs.send_raw(frame)
+            return True
+        except (ConnectionError, OSError, RuntimeError):
+            return False
+
     async def drain(self) -> None:
         if self.fs is not None:
             try:

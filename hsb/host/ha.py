@@ -184,6 +184,8 @@ class HA(LeaseSide, HAView):
             return
         if t == "registered":
             self.srv.sessions_ctl.cp_registered = True
+            ob = msg.get("open_batch", 0)  # the CP takes standby opens batched, up to so many bytes a frame
+            self.srv.sessions_ctl.open_batch_bytes = ob if isinstance(ob, int) and not isinstance(ob, bool) and ob >= 1024 else 0
             self.epoch = int(msg.get("epoch", 0))
             self.lease.duration = float(msg.get("lease", 0.0))
             self.lease.extend(self.register_sent_at)  # the CP answered the register sent then

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hsb.host.sessions import ACTIVE, CLOSED, STANDBY
+from hsb.wire.framing import encode
 
 if TYPE_CHECKING:
     from hsb.host.server import HostServer
@@ -33,6 +34,7 @@ class SessionsCtl:
         # loop): a standby session changed while not registered is only marked, and all of
         # them are sent again once registered (reopen_standby_sessions)
         self.cp_registered = False
+        self.open_batch_bytes = 0  # the CP takes open_batch frames of up to this many bytes (0: single opens)
         self.answered = asyncio.Event()
         self.refused: dict[str, str] = {}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -145,6 +147,10 @@ class SessionsCtl:
             if msg.get("kind") == "standby":
                 self._answered(msg["terminal"])
             return True
+        if t == "opened_batch":
+            for name in msg["terminals"]:
+                self._answered(name)
+            return True
         if t == "open_failed":
             name, reason = msg["terminal"], str(msg.get("reason", ""))
             ts = self.sessions.get(name)
@@ -214,7 +220,7 @@ class SessionsCtl:
             return f"terminal {name!r}: this host's session attributes {ts.attrs} differ from the active's {attrs}"
         return None
 
-    def _open_standby(self, name: str, active_attrs: dict[str, Any]) -> bool:
+    def _open_standby(self, name: str, active_attrs: dict[str, Any], batch: list[list[Any]] | None = None) -> bool:
         why = self._check(name, active_attrs)
         if why is not None:
             self.refused[name] = why
@@ -237,9 +243,24 @@ class SessionsCtl:
         if self.cp_registered:
             self.pending_standby[name] = time.monotonic()
             self.answered.clear()
-            self.srv.cp.send({"t": "open", "terminal": name, "kind": "standby", "attrs": ts.attrs})
+            if batch is not None and self.open_batch_bytes:
+                batch.append([name, ts.attrs])
+            else:
+                self.srv.cp.send({"t": "open", "terminal": name, "kind": "standby", "attrs": ts.attrs})
         self._hook(self.srv.service.open_session, name, ts.attrs, True)
         return True
+
+    def _send_open_batch(self, batch: list[list[Any]]) -> None:
+        """Standby opens in `open_batch` frames within the size the CP takes (halved until they fit)."""
+        if not batch:
+            return
+        frame = encode({"t": "open_batch", "kind": "standby", "items": batch})
+        if len(frame) > self.open_batch_bytes and len(batch) > 1:
+            half = len(batch) // 2
+            self._send_open_batch(batch[:half])
+            self._send_open_batch(batch[half:])
+            return
+        self.srv.cp.send_raw(frame)
 
     def _close_standby(self, name: str) -> bool:
         ts = self.sessions.get(name)
@@ -261,11 +282,15 @@ class SessionsCtl:
             if ts.name not in want_open:
                 self._close_standby(ts.name)
         self.answered.set()
+        batch: list[list[Any]] = []  # opens for one open_batch frame, when the CP takes them
         for k, (name, attrs) in enumerate(want_open.items(), 1):
-            self._open_standby(name, attrs)
+            self._open_standby(name, attrs, batch)
             if k % self.OPENS_PER_TURN == 0:  # the open storm in slices: heartbeats and replies go on
+                self._send_open_batch(batch)
+                batch = []
                 await self.srv.cp.drain()
                 await asyncio.sleep(0)
+        self._send_open_batch(batch)
         await self.srv.cp.drain()
         if self.pending_standby:
             try:
@@ -290,8 +315,16 @@ class SessionsCtl:
 
     def reopen_standby_sessions(self) -> None:
         """Registered again: the CP holds none of our standby sessions (dropped with the old link)."""
+        batch: list[list[Any]] = []
         for ts in self.sessions.in_state(STANDBY):
-            self.srv.cp.send({"t": "open", "terminal": ts.name, "kind": "standby", "attrs": ts.attrs})
+            if self.open_batch_bytes:
+                batch.append([ts.name, ts.attrs])
+                if len(batch) >= self.OPENS_PER_TURN:
+                    self._send_open_batch(batch)
+                    batch = []
+            else:
+                self.srv.cp.send({"t": "open", "terminal": ts.name, "kind": "standby", "attrs": ts.attrs})
+        self._send_open_batch(batch)
 
     def drop_active_sessions(self) -> int:
         """After a planned switchover: our active sessions now belong to the other host."""
