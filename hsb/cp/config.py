@@ -30,7 +30,7 @@ class CPSection(Strict):
     terminal_idle_timeout: float = Field(default=0.0, ge=0, le=86400)
     max_frame: int = Field(default=DEFAULT_MAX_FRAME, ge=64, le=64 * 1024 * 1024)
     # terminals flipped per turn of the event loop at a grant (hsb.cp.flip; about 1 µs each)
-    flip_slice: int = Field(default=1024, ge=1, le=10_000_000)
+    flip_slice: int = Field(default=4096, ge=1, le=10_000_000)
     # the CP's journal (docs/cp-journal.md): what it accepted and what it owes, durable first
     journal: ConfigPath = Field(default="cp-journal", validate_default=True)  # relative: to the config file
     durability: Literal["fsync", "none"] = "fsync"
