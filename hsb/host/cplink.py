@@ -22,7 +22,7 @@ from hsb.config import parse_addr
 from hsb.host.lease import Lease
 from hsb.ops.refusals import RefusalLog
 from hsb.wire.client import FrameStream, LinkClosed
-from hsb.wire.framing import ProtocolError
+from hsb.wire.framing import ProtocolError, encode
 
 CP_RETRY_CAP = 0.25  # s: the longest wait between two tries to reach the CP (before jitter)
 
@@ -74,14 +74,7 @@ class CPLink:
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     def send(self, msg: dict[str, Any]) -> bool:
-        fs = self.fs
-        if fs is None:
-            return False
-        try:
-            fs.send(msg)
-            return True
-        except (ConnectionError, OSError, RuntimeError):
-            return False
+        return self.send_raw(encode(msg)) if self.fs is not None else False
 
     def send_raw(self, frame: bytes) -> bool:
         """A frame encoded already (hsb.wire.framing.encode)."""
