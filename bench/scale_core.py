@@ -78,7 +78,7 @@ def _host(cp: Any, name: str) -> Any:
     h.clear_deadline()
     h.authed = True
     h.name = name
-    h.batch_bytes = DEFAULT_MAX_FRAME // 4  # what hsbd declares in its register (deliver_batch)
+    h.deliver_batch_bytes = DEFAULT_MAX_FRAME // 4  # what hsbd declares in its register (deliver_batch)
     return h, tr
 
 

@@ -615,10 +615,15 @@ class CP(TerminalSide, JournalSide, StatusView):
             self.flipping = None
         self.counters["classic_closed"] += f.classic
         self.counters["switchovers" if rec["planned"] else "failovers"] += 1
-        rec.update(switch_ms=round((time.monotonic() - t0) * 1000, 3), switched=f.switched, classic=f.classic, requested=f.requested, slices=f.slices)
-        a = self.after_switch
-        if a is not None and a.rec is rec:  # counted now, for the log line; the record may end below
-            rec.update(in_flight_terminals=f.flight_terms, in_flight_messages=f.flight_msgs)
+        rec.update(
+            switch_ms=round((time.monotonic() - t0) * 1000, 3),
+            switched=f.switched,
+            classic=f.classic,
+            requested=f.requested,
+            slices=f.slices,
+            in_flight_terminals=f.flight_terms,
+            in_flight_messages=f.flight_msgs,
+        )
         self.switchovers.append(rec)
         del self.switchovers[:-50]
         log.info("switchover_complete", **rec)
@@ -638,7 +643,8 @@ class CP(TerminalSide, JournalSide, StatusView):
         )
         if fenced_old is not None:
             self.history.add({"kind": "fence", "at": rec["at"], "epoch": f.epoch, "host": fenced_old, "reason": f"{rec['to']} was made active"})
-        if a is not None and a.rec is rec and self.after_switch is a and a.counted(f.flight_terms, f.flight_msgs):
+        a = self.after_switch
+        if a is not None and a.rec is rec and a.counted(f.flight_terms):
             self.after_switch = None
         self.notices.owe(f.owed, rec, t0, wait_for_reply=f.waiting > 0)
 

@@ -9,7 +9,7 @@ import structlog
 
 from hsb.wire.authlink import AuthServerProtocol
 from hsb.wire.conn import require
-from hsb.wire.framing import ProtocolError
+from hsb.wire.framing import ProtocolError, batch_bytes
 
 if TYPE_CHECKING:
     from hsb.cp.core import CP
@@ -47,7 +47,7 @@ class HostProtocol(AuthServerProtocol):
         self.released = False
         self.instance: str | None = None
         self.server_name = cp.name
-        self.batch_bytes = 0  # the host reads `deliver_batch` frames of up to this many bytes (0: it does not)
+        self.deliver_batch_bytes = 0  # the host reads `deliver_batch` frames of up to this many bytes (0: it does not)
 
     @property
     def usable(self) -> bool:
@@ -85,21 +85,24 @@ class HostProtocol(AuthServerProtocol):
         sid = msg.get("startup_id", 0)
         inst = msg.get("instance")
         self.instance = inst if isinstance(inst, str) else None  # the host process (random per start)
-        bb = msg.get("deliver_batch", 0)
-        self.batch_bytes = bb if isinstance(bb, int) and not isinstance(bb, bool) and bb >= 1024 else 0
+        self.deliver_batch_bytes = batch_bytes(msg, "deliver_batch")
         self.cp.host_register(self, role, sid if isinstance(sid, int) else 0)
+
+    def deliver(self, terminal: str, mid: int, data: Any, redelivered: bool) -> None:
+        """One held message to the active (docs/protocol.md §3, `deliver`)."""
+        self.send({"t": "deliver", "terminal": terminal, "id": mid, "data": data, "redelivered": redelivered})
 
     def deliver_all(self, items: list[tuple[str, int, Any, bool]], biggest: int) -> None:
         """Deliver [terminal, id, data, redelivered] items in order (`biggest`: the longest
         data among them): in `deliver_batch` frames of at most BATCH_ITEMS items and about
-        `batch_bytes` bytes when the host said it reads them (a flip re-delivers to every
+        `deliver_batch_bytes` bytes when the host said it reads them (a flip re-delivers to every
         terminal at once: one encoding per frame, not per message), else one `deliver` frame
         each (a host of before)."""
-        if not self.batch_bytes:
+        if not self.deliver_batch_bytes:
             for name, mid, data, again in items:
-                self.send({"t": "deliver", "terminal": name, "id": mid, "data": data, "redelivered": again})
+                self.deliver(name, mid, data, again)
             return
-        per = max(1, min(BATCH_ITEMS, self.batch_bytes // (4 * biggest + 64)))  # str data: up to 4 bytes a character
+        per = max(1, min(BATCH_ITEMS, self.deliver_batch_bytes // (4 * biggest + 64)))  # str data: up to 4 bytes a character
         for k in range(0, len(items), per):
             self.send({"t": "deliver_batch", "items": items[k : k + per]})
 

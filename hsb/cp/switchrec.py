@@ -59,11 +59,10 @@ class AfterSwitch:
             p99_pause_ms=None,
         )
 
-    def counted(self, terminals: int, messages: int) -> bool:
-        """The flip is done: `terminals` had `messages` in flight at the grant. True if the
-        record ended here (nothing in flight, or everything already answered)."""
+    def counted(self, terminals: int) -> bool:
+        """The flip is done: `terminals` had messages in flight at the grant (the record has the
+        counts). True if the record ended here (nothing in flight, or all answered already)."""
         self.counting = False
-        self.rec.update(in_flight_terminals=terminals, in_flight_messages=messages)
         self.left += terminals  # less those already served during the flip
         if self.left <= 0:
             self.finish(self.last)

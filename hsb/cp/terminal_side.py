@@ -170,7 +170,7 @@ class TerminalSide:
         held.delivered_epoch = self.epoch
         held.redelivered = redelivered
         self.counters["redelivered" if redelivered else "delivered"] += 1
-        host.send({"t": "deliver", "terminal": term.name, "id": held.id, "data": held.data, "redelivered": redelivered})
+        host.deliver(term.name, held.id, held.data, redelivered)
 
     def _deliver_pending(self: CP, term: Term, host: HostProtocol) -> None:
         for held in list(term.held.values()):

@@ -42,6 +42,7 @@ from hsb.host.states import (
 )
 from hsb.ops.notify import Watchdog
 from hsb.takeover.startup_id import startup_id as new_startup_id
+from hsb.wire.framing import batch_bytes
 
 if TYPE_CHECKING:
     from hsb.host.server import HostServer
@@ -184,8 +185,7 @@ class HA(LeaseSide, HAView):
             return
         if t == "registered":
             self.srv.sessions_ctl.cp_registered = True
-            ob = msg.get("open_batch", 0)  # the CP takes standby opens batched, up to so many bytes a frame
-            self.srv.sessions_ctl.open_batch_bytes = ob if isinstance(ob, int) and not isinstance(ob, bool) and ob >= 1024 else 0
+            self.srv.sessions_ctl.open_batch_bytes = batch_bytes(msg, "open_batch")  # the CP takes standby opens batched
             self.epoch = int(msg.get("epoch", 0))
             self.lease.duration = float(msg.get("lease", 0.0))
             self.lease.extend(self.register_sent_at)  # the CP answered the register sent then

@@ -243,12 +243,17 @@ class SessionsCtl:
         if self.cp_registered:
             self.pending_standby[name] = time.monotonic()
             self.answered.clear()
-            if batch is not None and self.open_batch_bytes:
-                batch.append([name, ts.attrs])
-            else:
-                self.srv.cp.send({"t": "open", "terminal": name, "kind": "standby", "attrs": ts.attrs})
+            self._ask_standby(name, ts.attrs, batch)
         self._hook(self.srv.service.open_session, name, ts.attrs, True)
         return True
+
+    def _ask_standby(self, name: str, attrs: dict[str, Any], batch: list[list[Any]] | None) -> None:
+        """Ask the CP for a standby session: into `batch`, the open_batch frame to come, when
+        there is one and the CP takes them; else a single `open` frame now."""
+        if batch is not None and self.open_batch_bytes:
+            batch.append([name, attrs])
+        else:
+            self.srv.cp.send({"t": "open", "terminal": name, "kind": "standby", "attrs": attrs})
 
     def _send_open_batch(self, batch: list[list[Any]]) -> None:
         """Standby opens in `open_batch` frames within the size the CP takes (halved until they fit)."""
@@ -317,13 +322,10 @@ class SessionsCtl:
         """Registered again: the CP holds none of our standby sessions (dropped with the old link)."""
         batch: list[list[Any]] = []
         for ts in self.sessions.in_state(STANDBY):
-            if self.open_batch_bytes:
-                batch.append([ts.name, ts.attrs])
-                if len(batch) >= self.OPENS_PER_TURN:
-                    self._send_open_batch(batch)
-                    batch = []
-            else:
-                self.srv.cp.send({"t": "open", "terminal": ts.name, "kind": "standby", "attrs": ts.attrs})
+            self._ask_standby(ts.name, ts.attrs, batch)
+            if len(batch) >= self.OPENS_PER_TURN:
+                self._send_open_batch(batch)
+                batch = []
         self._send_open_batch(batch)
 
     def drop_active_sessions(self) -> int:

@@ -52,6 +52,13 @@ class ProtocolError(Exception):
 _local = threading.local()
 
 
+def batch_bytes(msg: dict[str, Any], key: str) -> int:
+    """The size of batch frames the other side says it takes (`deliver_batch` in a host's
+    register, `open_batch` in the CP's registered); 0, single frames, when it says nothing usable."""
+    v = msg.get(key, 0)
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 1024 else 0
+
+
 def encode(msg: dict[str, Any]) -> bytes:
     """One frame for `msg` (a map with a string "t")."""
     # a kept Packer per thread: msgpack.packb builds a new one per call, half the cost of
