@@ -137,3 +137,41 @@ async def test_a_closed_connection_is_dropped_only_when_its_peer_reads_nothing(t
     # connection until everything went out (100 checks here), and is not dropped after that
     assert tr.aborted is dropped and checks == (1 if dropped else 100), (tr.aborted, checks, tr.queued)
     assert CONNECTIONS_DROPPED["link"] == counted + dropped  # hsb_connections_dropped_total
+
+
+@pytest.mark.timeout(30)
+async def test_terminal_keepalive_is_set_on_a_uvloop_connection() -> None:
+    """hsbcpd runs on uvloop: the keepalive options (hsb.wire.conn.tcp_keepalive) must reach
+    the kernel through its transport's socket, not only through asyncio's."""
+    import socket
+
+    import uvloop
+
+    from hsb.wire.conn import KEEPALIVE_PROBES, tcp_keepalive
+
+    async def serve() -> dict[str, int]:
+        loop = asyncio.get_running_loop()
+        got: asyncio.Future[dict[str, int]] = loop.create_future()
+
+        class P(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                tcp_keepalive(transport, 7.0)
+                s = transport.get_extra_info("socket")
+                opts = {
+                    "on": (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                    "idle": (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                    "cnt": (socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                    "user": (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+                }
+                got.set_result({k: s.getsockopt(*o) for k, o in opts.items()})
+
+        srv = await loop.create_server(P, "127.0.0.1", 0)
+        _, w = await asyncio.open_connection("127.0.0.1", srv.sockets[0].getsockname()[1])
+        try:
+            return await asyncio.wait_for(got, 5)
+        finally:
+            w.close()
+            srv.close()
+
+    seen = await asyncio.to_thread(uvloop.run, serve())
+    assert seen == {"on": 1, "idle": 7, "cnt": KEEPALIVE_PROBES, "user": (7 + KEEPALIVE_PROBES) * 1000}

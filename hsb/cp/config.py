@@ -28,6 +28,9 @@ class CPSection(Strict):
     host_lease: float = Field(default=0.35, gt=0, le=3600)
     auth_timeout: float = Field(default=5.0, gt=0, le=3600)
     terminal_idle_timeout: float = Field(default=0.0, ge=0, le=86400)
+    # TCP keepalive on terminal connections: a dead terminal's connection (its machine gone, its
+    # reset lost) is dropped about this + 3 s after it went silent, so the terminal can log on again
+    terminal_keepalive: float = Field(default=10.0, ge=0, le=7200)
     max_frame: int = Field(default=DEFAULT_MAX_FRAME, ge=64, le=64 * 1024 * 1024)
     # terminals flipped per turn of the event loop at a grant (hsb.cp.flip; about 1 µs each)
     flip_slice: int = Field(default=4096, ge=1, le=10_000_000)

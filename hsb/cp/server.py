@@ -283,6 +283,7 @@ class CPServer:
                 cp,
                 hello_timeout=c.auth_timeout,
                 idle_after_hello=c.terminal_idle_timeout or None,
+                keepalive=c.terminal_keepalive or None,
                 max_frame=c.max_frame,
                 tls=term_tls,
                 tls_timeout=c.auth_timeout,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 import ssl
 from collections.abc import Callable, Collection
 from typing import Any, ClassVar
@@ -32,6 +33,26 @@ CLOSE_LINGER_S = 5.0  # seconds a closed connection may take to send what is que
 FRAMES_PER_TURN = 256  # frames handled per loop iteration for one connection before it yields
 
 Handler = Callable[[dict[str, Any]], None]  # a bound method of the protocol
+
+KEEPALIVE_PROBES = 3  # unanswered keepalive probes, one a second, before the kernel drops the connection
+
+
+def tcp_keepalive(transport: asyncio.BaseTransport, idle: float) -> None:
+    """Let the kernel find a dead peer: a probe after `idle` seconds of silence, then one a second;
+    KEEPALIVE_PROBES unanswered (or unacknowledged data as long) close the connection. A peer whose
+    machine forgot the connection (crashed, or its reset lost in a partition) answers the first
+    probe with a reset. Without this such a half-open connection stays forever."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    secs = max(1, round(idle))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; elsewhere the system's keepalive timing applies
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, secs)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):  # sent data unacknowledged as long: dead as well
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, (secs + KEEPALIVE_PROBES) * 1000)
 
 
 class FramedProtocol(asyncio.Protocol):

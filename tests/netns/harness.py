@@ -218,6 +218,7 @@ class Lab:
     cut_links: set[str] = field(default_factory=set)
     one_way: set[tuple[str, str]] = field(default_factory=set)  # (direction, link) cut one way
     events: list[tuple[float, str]] = field(default_factory=list)
+    cp_options: dict[str, Any] = field(default_factory=dict)  # more [cp] settings
 
     # ------------------------------------------------------------------ names and addresses
     def ns(self, node: str) -> str:
@@ -363,6 +364,7 @@ class Lab:
                 "held_bound": 256,
                 "host_timeout": self.host_timeout,
                 "host_lease": lease_for(self.host_timeout),
+                **self.cp_options,
             },
         ) + _section("[terminal_groups]", {**group, "standby_capable": True, "attrs": {"kind": "till"}})
         (self.dir / "cp.toml").write_text("\n".join(cp))
@@ -553,6 +555,7 @@ class Lab:
         "cp": ("cp", "eth0", "d-cp"),
         "a": ("a", "eth0", "d-a"),
         "b": ("b", "eth0", "d-b"),
+        "t": ("t", "eth0", "d-t"),
         "peer": ("a", "peer0", "p-a"),
         "peer-b": ("b", "peer0", "p-b"),
     }
