@@ -99,3 +99,39 @@ async def test_a_checkpoint_larger_than_a_segment_does_not_start_a_segment_per_r
         assert [r[2] for r in records(tmp_path) if r[0] == "c"] == list(range(200))
     finally:
         j.close()
+
+
+async def test_a_group_that_hangs_is_reported_stalled_its_own_timeout_after_it_began(tmp_path: Path, monkeypatch: Any) -> None:
+    """One deadline timer serves many groups: a group that hangs later than the timer was armed
+    is still reported `timeout` after it began, not earlier and not never."""
+    from hsb import faults
+    from hsb.takeover.faults import Faults
+
+    hook = Faults()
+    monkeypatch.setattr(faults, "_storage", hook)
+    gen = Generations(tmp_path).take()
+    j = Journal(tmp_path, generation=gen, timeout=0.6)
+    j.open(1, [], [])
+    loop = asyncio.get_running_loop()
+    try:
+        await durable(j, ["a", "T1", 1, "x"])  # arms the timer at about t0
+        t0 = loop.time()
+        while loop.time() - t0 < 0.4:  # later groups complete as usual meanwhile
+            await durable(j, ["a", "T1", 2, "x"])
+        hook.hold()
+        began = loop.time()
+        j.append(["a", "T1", 3, "x"])
+        while j.state == "ok":
+            assert loop.time() - began < 5.0, "a hung group was never reported"
+            await asyncio.sleep(0.01)
+        took = loop.time() - began
+        assert j.state == "stalled" and j.stalls == 1
+        assert took >= 0.6 * 0.95, f"reported stalled {took:.2f} s after it began: before its timeout"
+        hook.release()
+        while j.state != "ok":
+            assert loop.time() - began < 10.0, "the journal never recovered"
+            await asyncio.sleep(0.01)
+        assert ["a", "T1", 3, "x"] in records(tmp_path)
+    finally:
+        hook.release()
+        j.close()

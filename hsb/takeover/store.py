@@ -23,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -38,6 +36,7 @@ from hsb.takeover.layout import DEFAULT_RECORD_SIZE, Layout, size_check
 from hsb.takeover.reader import BatchSnapshot, PollResult, RingReader, batch_read, read_header
 from hsb.takeover.records import Header, SessionEntry
 from hsb.takeover.writer import TakeoverWriter
+from hsb.worker import Worker
 
 log = structlog.get_logger("hsb.takeover")
 T = TypeVar("T")
@@ -66,7 +65,7 @@ class TakeoverStore:
         self.host_name = host_name
         self.timeout = timeout
         self.faults = faults
-        self._pool = _StorageThread("hsb-takeover")
+        self._pool = Worker("hsb-takeover")
         self._stuck: list[tuple[str, cf.Future[Any]]] = []
         self._writer: TakeoverWriter | None = None
         self._reader: RingReader | None = None
@@ -247,44 +246,6 @@ class TakeoverStore:
     def read_position(self) -> tuple[int, int] | None:
         """(generation, next seq to read) after a batch read."""
         return None if self._reader is None else self._reader.position
-
-
-class _StorageThread:
-    """One daemon thread running submitted calls in order. Not a ThreadPoolExecutor:
-    its threads are joined at interpreter exit, so a hung mount would hang the exit."""
-
-    def __init__(self, name: str) -> None:
-        self._q: queue.SimpleQueue[tuple[Callable[[], Any], cf.Future[Any]] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, fn: Callable[[], T]) -> cf.Future[T]:
-        fut: cf.Future[T] = cf.Future()
-        self._q.put((fn, fut))
-        return fut
-
-    def _work(self) -> None:
-        while (item := self._q.get()) is not None:
-            fn, fut = item
-            if not fut.set_running_or_notify_cancel():
-                continue  # cancelled while queued: never runs
-            try:
-                result = fn()
-            except BaseException as exc:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(result)
-
-    def shutdown(self) -> None:
-        """Cancel what is queued; the thread ends after the call it is running, if any."""
-        while True:
-            try:
-                item = self._q.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                item[1].cancel()
-        self._q.put(None)
 
 
 def _consume(f: asyncio.Future[Any]) -> None:

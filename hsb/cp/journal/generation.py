@@ -44,6 +44,7 @@ def gen_name(n: int) -> str:
 class Generations:
     def __init__(self, d: Path) -> None:
         self.dir = d
+        self._paths: tuple[int, str, str] | None = None  # (own, own's file, the next one's): checked every group commit
 
     def current(self) -> int:
         """The highest generation in the directory (0: none yet)."""
@@ -75,7 +76,10 @@ class Generations:
     def newer_than(self, own: int) -> int | None:
         """A generation above `own` if one exists (cheap: one or two stats), else None. A CP whose
         own file is gone was superseded long ago (newer CPs prune old generation files)."""
-        if os.path.exists(self.dir / gen_name(own + 1)) or not os.path.exists(self.dir / gen_name(own)):
+        p = self._paths
+        if p is None or p[0] != own:
+            p = self._paths = (own, str(self.dir / gen_name(own)), str(self.dir / gen_name(own + 1)))
+        if os.path.exists(p[2]) or not os.path.exists(p[1]):
             return max(self.current(), own + 1)
         return None
 

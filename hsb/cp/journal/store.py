@@ -29,7 +29,6 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from hsb.cp.journal.format import encode
 from hsb.cp.journal.generation import Generations, Superseded
 from hsb.cp.journal.recovery import segment_name
 from hsb.fsutil import fsync_dir
+from hsb.worker import Worker
 
 log = structlog.get_logger("hsb.cp")
 
@@ -67,7 +67,7 @@ class Journal:
         self.superseded: Superseded | None = None
         self.on_superseded: Callable[[Superseded], None] = lambda exc: None
         self._beating = False
-        self._beat_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsb-journal-beat")
+        self._beat_exec = Worker("hsb-journal-beat")
         self.timeout = timeout
         self.segment_bytes = segment_bytes
         self.seg = 0  # the segment new records go to
@@ -83,7 +83,7 @@ class Journal:
         self._flush_scheduled = False
         self._urgent = False  # something pending that a caller waits on (not only lazy records)
         self._lazy_timer: asyncio.TimerHandle | None = None
-        self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hsb-journal")
+        self._exec = Worker("hsb-journal")
         self._fds: dict[int, int] = {}  # writer thread only
         self._offset: dict[int, int] = {}  # writer thread only: durable end of each open segment
         self._deletions: list[int] = []
@@ -231,10 +231,9 @@ class Journal:
         self._urgent = False
         self._inflight = batch
         self._batch_t0 = time.monotonic()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.timeout, self._deadline)
-        fut = loop.run_in_executor(self._exec, self._write_and_delete, batch, deletions)
-        fut.add_done_callback(lambda f: self._written(f, batch, callbacks, deletions))
+        if self._timer is None:  # one timer serves many groups (not one armed and cancelled each)
+            self._timer = asyncio.get_running_loop().call_later(self.timeout, self._deadline)
+        self._exec.call(lambda: self._write_and_delete(batch, deletions), lambda took, exc: self._written(took, exc, batch, callbacks, deletions))
 
     def _write_and_delete(self, batch: list[tuple[int, bytes]], deletions: list[int]) -> float:
         took = self._write(batch)
@@ -298,12 +297,8 @@ class Journal:
         return time.perf_counter() - t0
 
     # ------------------------------------------------------------------ completion (event loop)
-    def _written(self, fut: Any, batch: list[tuple[int, bytes]], callbacks: list[Done], deletions: list[int]) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _written(self, took: float, exc: BaseException | None, batch: list[tuple[int, bytes]], callbacks: list[Done], deletions: list[int]) -> None:
         self._inflight = None
-        exc = fut.exception()
         if isinstance(exc, Superseded):
             self._stop_superseded(exc)
             return
@@ -318,7 +313,6 @@ class Journal:
             self._retry += 1
             asyncio.get_running_loop().call_later(delay, self._retry_flush)
             return
-        took = fut.result()
         self._retry = 0
         self.syncs += 1
         self.last_sync_s = took
@@ -350,12 +344,10 @@ class Journal:
         if self.superseded is not None or self._beating:
             return
         self._beating = True
-        fut = asyncio.get_running_loop().run_in_executor(self._beat_exec, self._beat)
-        fut.add_done_callback(self._beaten)
+        self._beat_exec.call(self._beat, self._beaten)
 
-    def _beaten(self, fut: Any) -> None:
+    def _beaten(self, _: Any, exc: BaseException | None) -> None:
         self._beating = False
-        exc = fut.exception()
         if isinstance(exc, Superseded):
             self._stop_superseded(exc)
         elif exc is not None:  # the storage: the writes report it
@@ -370,8 +362,15 @@ class Journal:
             self._flush()
 
     def _deadline(self) -> None:
+        """`timeout` after a group began: still in flight, the storage is not answering."""
         self._timer = None
-        if self._inflight is not None and self.state == "ok":
+        if self._inflight is None:
+            return
+        left = self._batch_t0 + self.timeout - time.monotonic()
+        if left > 0:  # a later group: its own time
+            self._timer = asyncio.get_running_loop().call_later(left, self._deadline)
+            return
+        if self.state == "ok":
             self.stalls += 1
             self._set_state("stalled", f"a write has not completed in {self.timeout:g} s (storage not responding)")
 
@@ -420,7 +419,7 @@ class Journal:
 
     def close(self) -> None:
         self._exec.shutdown(wait=True)
-        self._beat_exec.shutdown(wait=False)
+        self._beat_exec.shutdown()
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()

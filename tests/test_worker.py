@@ -1,0 +1,57 @@
+"""hsb.worker.Worker: calls run in order on one thread; results and errors come back on the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from hsb.worker import Worker
+
+
+async def test_call_runs_in_order_off_the_loop_and_answers_on_it() -> None:
+    w = Worker("test-worker")
+    loop = asyncio.get_running_loop()
+    main = threading.get_ident()
+    ran: list[tuple[int, int]] = []
+    answers: list[tuple[Any, BaseException | None, int]] = []
+    done = loop.create_future()
+
+    def job(i: int) -> int:
+        ran.append((i, threading.get_ident()))
+        if i == 2:
+            raise OSError(5, "injected")
+        return i * 10
+
+    def answer(res: Any, exc: BaseException | None) -> None:
+        answers.append((res, exc, threading.get_ident()))
+        if len(answers) == 4:
+            done.set_result(None)
+
+    try:
+        for i in range(4):
+            w.call(lambda i=i: job(i), answer)
+        await asyncio.wait_for(done, 5)
+    finally:
+        w.shutdown(wait=True)
+    assert [i for i, _ in ran] == [0, 1, 2, 3]
+    assert all(t != main for _, t in ran)  # off the loop's thread
+    assert [(r, type(e).__name__ if e else None) for r, e, _ in answers] == [(0, None), (10, None), (None, "OSError"), (30, None)]
+    assert all(t == main for _, _, t in answers)  # back on it
+
+
+async def test_submit_returns_a_future_and_shutdown_cancels_what_is_queued() -> None:
+    w = Worker("test-worker")
+    gate, started = threading.Event(), threading.Event()
+
+    def first_job() -> bool:
+        started.set()
+        return gate.wait(5)
+
+    first = w.submit(first_job)
+    queued = w.submit(lambda: 1)
+    assert started.wait(5)
+    w.shutdown()
+    gate.set()
+    assert await asyncio.wrap_future(first) is True
+    assert queued.cancelled()
