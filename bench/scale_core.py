@@ -31,6 +31,7 @@ import asyncio
 import gc
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -104,6 +105,40 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _status_times(cp: Any, reps: int = 7) -> tuple[float, float]:
+    """Median ms of `cp.status()` and of the walk over every terminal it did before."""
+
+    def walk() -> tuple[int, ...]:
+        active_s = standby_s = held = kept = paused = 0
+        for t in cp.terms.values():
+            if t.active is not None:
+                active_s += 1
+            if t.standby is not None:
+                standby_s += 1
+            held += len(t.held)
+            kept += len(t.replies)
+            paused += t.paused
+        return active_s, standby_s, held, kept, paused
+
+    def med(fn: Any) -> float:
+        runs = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            runs.append((time.perf_counter() - t0) * 1000)
+        return round(statistics.median(runs), 3)
+
+    st = cp.status()
+    assert walk() == (
+        st["terminals"]["active_sessions"],
+        st["terminals"]["standby_sessions"],
+        st["held_messages"],
+        st["journal"]["outstanding"] - st["held_messages"],
+        st["terminals"]["backpressured"],
+    )
+    return med(cp.status), med(walk)
+
+
 async def one_size(n: int, with_recovery: bool = True) -> dict[str, Any]:
     from hsb.cp.core import CP
     from hsb.cp.terminal_link import TerminalProtocol
@@ -151,6 +186,9 @@ async def one_size(n: int, with_recovery: bool = True) -> dict[str, Any]:
         live = sum(1 for t in cp.terms.values() if t.conn is not None and t.active is not None and t.standby is not None)
         assert live == n and not a.closed and not b.closed, (live, a.closed, b.closed)
         out["cp_bytes_per_terminal"] = round((_rss() - base) / n)
+        # status (every /health probe, hsbctl status, /metrics): its totals as kept, beside the
+        # walk over every terminal that it did before (the same loop, here)
+        out["status_ms"], out["status_walk_ms"] = _status_times(cp)
         # the failover: A's link lost, B asks
         a.connection_lost(None)
         before = b_tr.writes

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hsb.ctl import sandbox
+
+# every hsbcpd a test starts checks its kept status totals against a walk over every terminal
+# at each status call, and exits (code 70) on a difference (hsb.cp.status_view.audit_counts)
+os.environ["HSB_AUDIT_COUNTS"] = "1"
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from hsb.cp.flip import Flip
 from hsb.cp.journal import Journal, NullJournal
 from hsb.cp.journal_side import JournalSide
 from hsb.cp.notices import Notices
-from hsb.cp.state import Held, Session, Term
+from hsb.cp.state import Counts, Held, Session, Term
 from hsb.cp.status_view import StatusView
 from hsb.cp.switchrec import AfterSwitch, History
 from hsb.cp.terminal_side import TerminalSide
@@ -58,7 +58,8 @@ class CP(TerminalSide, JournalSide, StatusView):
         self.held_bound = cfg.cp.held_bound
         self.host_timeout = cfg.cp.host_timeout
         self.host_lease = cfg.cp.host_lease  # the active role's lease, told to the hosts
-        self.terms: dict[str, Term] = {n: Term(d) for n, d in cfg.terminal_table.items()}
+        self.counts = Counts()
+        self.terms: dict[str, Term] = {n: Term(d, self.counts) for n, d in cfg.terminal_table.items()}
         self.epoch = 0
         self.active: HostProtocol | None = None
         self.standby: HostProtocol | None = None

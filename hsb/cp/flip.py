@@ -125,15 +125,18 @@ class Flip:
         mid_switch = faults.armed("cp.mid_switch")
         mid_redelivery = faults.armed("cp.mid_redelivery")
         send_owed = cp._send_owed_notice
+        counts = cp.counts
         i = self.i
         switched = waiting = flight_msgs = 0  # this slice's; added to the totals at its end
         try:
             while i < end:
                 term = terms[i]
                 i += 1
-                sb = term.standby
+                # the sessions' slots directly, the totals kept here: properties cost ~30 ms at 100,000
+                sb = term._standby
                 if sb is not None and sb.host is host:
-                    term.standby = None
+                    term._standby = None
+                    counts.standby -= 1
                     if term.conn is not None and not term.leaving:
                         # a session closed by a normal stop reopens; a live one is switched.
                         # The notice is owed, not written: it goes out ahead of the next frame
@@ -141,8 +144,11 @@ class Flip:
                         # the rest once service has resumed (hsb.cp.notices).
                         if term.notice is not None:
                             send_owed(term)  # still owed from the grant before: it goes first
-                        term.notice = switched_frame if term.active is not None else opened_frame
-                        term.active = sb
+                        was = term._active
+                        term.notice = switched_frame if was is not None else opened_frame
+                        term._active = sb
+                        if was is None:
+                            counts.active += 1
                         owed.append(term)
                         held_now = term.held
                         if held_now:

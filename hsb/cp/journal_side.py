@@ -44,7 +44,7 @@ class JournalSide:
                     continue
                 # removed from the terminal table while it had messages: kept, never dropped
                 unknown.append(name)
-                term = self.terms[name] = Term(TerminalDef(name=name, standby_capable=False))
+                term = self.terms[name] = Term(TerminalDef(name=name, standby_capable=False), self.counts)
             term.last_acked = term.durable_acked = r.last_acked.get(name, 0)
             term.confirmed = r.confirmed.get(name, 0)
             for mid, data, seg in ordered(r.held.get(name, {})):
@@ -52,8 +52,10 @@ class JournalSide:
                 held.delivered_epoch = -1  # it may have been delivered before: marked redelivered
                 held.recovered = True  # and its reply may have reached the terminal before the crash
                 term.held[mid] = held
+                self.counts.held += 1
             for mid, data, seg in ordered(r.replies.get(name, {})):
                 term.replies[mid] = Kept(mid, data, seg)
+                self.counts.kept += 1
                 term.resuming = True
         if unknown:
             log.warning(

@@ -435,13 +435,13 @@ class CPServer:
         for name, d in new.terminal_table.items():
             t = cp.terms.get(name)
             if t is None:
-                cp.terms[name] = Term(d)
+                cp.terms[name] = Term(d, cp.counts)
                 added += 1
             else:
                 t.defn = d  # standby_capable and attributes apply to the next session
         removed = [n for n in cp.terms if n not in new.terminal_table and cp.terms[n].conn is None and not cp.terms[n].held]
         for n in removed:
-            del cp.terms[n]
+            cp.terms.pop(n).forget()
         reload.report(applied, restart, terminals_added=added, terminals_removed=len(removed))
 
     async def shutdown(self) -> None:

@@ -4,16 +4,23 @@ per-terminal `sessions` view. Read-only: a mixin of `hsb.cp.core.CP` that change
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from hsb import __version__
+from hsb.cp.state import Counts
 from hsb.wire.conn import PROTOCOL_ERRORS
 
 if TYPE_CHECKING:
     from hsb.cp.core import CP
     from hsb.cp.host_link import HostProtocol
+
+log = structlog.get_logger("hsb.cp")
+AUDIT = os.environ.get("HSB_AUDIT_COUNTS") == "1"  # tests only: check the kept totals at every status
 
 
 class StatusView:
@@ -21,15 +28,10 @@ class StatusView:
 
     # ------------------------------------------------------------------ status
     def status(self: CP) -> dict[str, Any]:
-        active_s = standby_s = held = kept = paused = 0
-        for t in self.terms.values():
-            if t.active is not None:
-                active_s += 1
-            if t.standby is not None:
-                standby_s += 1
-            held += len(t.held)
-            kept += len(t.replies)
-            paused += t.paused
+        c = self.counts  # kept as terminals change: no walk over every terminal (hsb.cp.state.Counts)
+        if AUDIT:
+            self.audit_counts()
+        active_s, standby_s, held, kept, paused = c.active, c.standby, c.held, c.kept, c.paused
 
         def host_info(h: HostProtocol | None) -> dict[str, Any] | None:
             if h is None:
@@ -69,6 +71,22 @@ class StatusView:
             "protocol_errors": [{"link": k[0], "code": k[1], "count": v} for k, v in sorted(PROTOCOL_ERRORS.items())],
             "uptime_s": round(time.time() - self.started, 1),
         }
+
+    def audit_counts(self: CP) -> None:
+        """Tests (HSB_AUDIT_COUNTS=1): the kept totals against a walk over every terminal; a
+        difference is a bug, and the CP exits at once (code 70) so that no test can miss it."""
+        walk = Counts()
+        for t in self.terms.values():
+            walk.active += t.active is not None
+            walk.standby += t.standby is not None
+            walk.held += len(t.held)
+            walk.kept += len(t.replies)
+            walk.paused += t.paused
+        diff = {k: (getattr(self.counts, k), getattr(walk, k)) for k in Counts.__slots__ if getattr(self.counts, k) != getattr(walk, k)}
+        if diff:
+            log.critical("cp_counts_mismatch", kept_vs_walked=diff)
+            logging.shutdown()
+            os._exit(70)
 
     def sessions(self: CP) -> dict[str, Any]:
         """Per-terminal session view (for tests and `hsbctl status --sessions`)."""

@@ -93,6 +93,7 @@ class TerminalSide:
         self.journal.append(["c", term.name, upto], lazy=True)  # need not wait: a lost one only resends
         for mid in [m for m in term.replies if m <= upto]:
             self.journal.unpin(term.replies.pop(mid).seg)
+            self.counts.kept -= 1
 
     # ------------------------------------------------------------------ messages
     def terminal_msg(self: CP, term: Term, mid: int, data: Any) -> None:
@@ -104,6 +105,7 @@ class TerminalSide:
         term.last_acked = mid
         held = Held(mid, data, time.monotonic())
         term.held[mid] = held
+        self.counts.held += 1
         held.seg = self.journal.append(["a", term.name, mid, data], lambda: self._accepted(term, held))
         self.journal.pin(held.seg)
         self._backpressure(term)
@@ -215,6 +217,8 @@ class TerminalSide:
         kept.seg = self.journal.append(["r", name, mid, data], lambda: self._settled(term, held), lazy=True)
         if keep:
             self.journal.pin(kept.seg)
+            if mid not in term.replies:
+                self.counts.kept += 1
             term.replies[mid] = kept
         faults.point("cp.between_reply_and_discard")
         if self.after_switch is not None:
@@ -234,6 +238,7 @@ class TerminalSide:
     def _settled(self: CP, term: Term, held: Held) -> None:
         """The record that settles the message is durable: it is no longer held."""
         if term.held.pop(held.id, None) is not None:
+            self.counts.held -= 1
             self.journal.unpin(held.seg)
         self._backpressure(term)
         if term.leaving and not term.held and term.conn is not None:
