@@ -423,6 +423,25 @@ def write_section(title: str, body: str, path: Path = BENCHMARKS) -> None:
     path.write_text("".join(lines[:start]) + section + ("\n" + tail if tail else ""))
 
 
+def result_args(ap: Any, results: Path) -> None:
+    """The options every bench shares: where its raw results go, re-rendering them, BENCHMARKS.md."""
+    ap.add_argument("--json", default=str(results), help="write the raw results to this file (default: %(default)s)")
+    ap.add_argument("--render", metavar="JSON", help="do not measure: render the results saved with --json")
+    ap.add_argument("--no-write", dest="write", action="store_false", help="do not update BENCHMARKS.md")
+    ap.add_argument("--write", dest="write", action="store_true", help="update BENCHMARKS.md (the default)")
+
+
+def save_results(a: Any, section: str, res: Any, text: str) -> None:
+    """Write a run's raw results (with the machine and the command) to --json, print its report,
+    and put it into BENCHMARKS.md as `## section` unless --no-write."""
+    path = Path(a.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": a.machine, "command": a.command, "results": res}, indent=1) + "\n")
+    print(text)
+    if a.write:
+        write_section(section, text)
+
+
 def run_or_render(a: Any, section: str, rerender: Callable[[dict[str, Any]], str], amain: Callable[[Any], Any], daemon_loop: bool = False) -> int:
     """A bench's entry: with `--render FILE`, print the report of a saved run (and with
     `--write` put it into BENCHMARKS.md as `## section`) instead of measuring; else measure.

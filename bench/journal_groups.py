@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import resource
 import shutil
@@ -35,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _sandbox import machine, machine_line, run_or_render, table, write_section  # noqa: E402
+from _sandbox import machine, machine_line, result_args, run_or_render, save_results, table  # noqa: E402
 
 from hsb.cp.journal.generation import Generations  # noqa: E402
 from hsb.cp.journal.store import Journal  # noqa: E402
@@ -114,13 +113,7 @@ async def amain(a: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(d, ignore_errors=True)
     res = {"groups": a.groups, "reps": reps, "dir": a.dir}
-    path = Path(a.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"machine": a.machine, "command": a.command, "results": res}, indent=1) + "\n")
-    text = render(res, a)
-    print(text)
-    if a.write:
-        write_section(SECTION, text)
+    save_results(a, SECTION, res, render(res, a))
     return 0
 
 
@@ -157,10 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", default="/var/tmp", help="directory on the disk to measure (default /var/tmp)")
     ap.add_argument("--groups", type=int, default=3000)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--json", default=str(RESULTS), help="write the raw results to this file (default: %(default)s)")
-    ap.add_argument("--render", metavar="JSON", help="do not measure: render the results saved with --json")
-    ap.add_argument("--no-write", dest="write", action="store_false", help="do not update BENCHMARKS.md")
-    ap.add_argument("--write", dest="write", action="store_true", help="update BENCHMARKS.md (the default)")
+    result_args(ap, RESULTS)
     argv = sys.argv[1:] if argv is None else argv
     a = ap.parse_args(argv)
     a.command = COMMAND + (" " + " ".join(argv) if argv else "")

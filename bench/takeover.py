@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import structlog  # noqa: E402
-from _sandbox import machine, machine_line, run_or_render, table, write_section  # noqa: E402
+from _sandbox import machine, machine_line, result_args, run_or_render, table, write_section  # noqa: E402
 
 from hsb.takeover import (  # noqa: E402
     PollStatus,
@@ -282,10 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench/takeover.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--dir", default="/var/tmp", help="directory on the disk to measure (default /var/tmp)")
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--json", default=str(RESULTS), help="write the raw results to this file (default: %(default)s)")
-    ap.add_argument("--render", metavar="JSON", help="do not measure: render the results saved with --json")
-    ap.add_argument("--no-write", dest="write", action="store_false", help="do not update BENCHMARKS.md")
-    ap.add_argument("--write", dest="write", action="store_true", help="update BENCHMARKS.md (the default)")
+    result_args(ap, RESULTS)
     argv = sys.argv[1:] if argv is None else argv
     a = ap.parse_args(argv)
     a.command = COMMAND + (" " + " ".join(argv) if argv else "")
