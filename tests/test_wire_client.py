@@ -140,9 +140,9 @@ async def test_a_closed_connection_is_dropped_only_when_its_peer_reads_nothing(t
 
 
 @pytest.mark.timeout(30)
-async def test_terminal_keepalive_is_set_on_a_uvloop_connection() -> None:
-    """hsbcpd runs on uvloop: the keepalive options (hsb.wire.conn.tcp_keepalive) must reach
-    the kernel through its transport's socket, not only through asyncio's."""
+async def test_terminal_keepalive_set_on_a_uvloop_listener_reaches_each_connection() -> None:
+    """hsbcpd runs on uvloop and sets the keepalive options (hsb.wire.conn.tcp_keepalive) once,
+    on its terminal listener: every connection it accepts must carry them."""
     import socket
 
     import uvloop
@@ -155,7 +155,6 @@ async def test_terminal_keepalive_is_set_on_a_uvloop_connection() -> None:
 
         class P(asyncio.Protocol):
             def connection_made(self, transport: asyncio.BaseTransport) -> None:
-                tcp_keepalive(transport, 7.0)
                 s = transport.get_extra_info("socket")
                 opts = {
                     "on": (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
@@ -165,7 +164,10 @@ async def test_terminal_keepalive_is_set_on_a_uvloop_connection() -> None:
                 }
                 got.set_result({k: s.getsockopt(*o) for k, o in opts.items()})
 
-        srv = await loop.create_server(P, "127.0.0.1", 0)
+        srv = await loop.create_server(P, "127.0.0.1", 0, start_serving=False)
+        for s in srv.sockets:
+            tcp_keepalive(s, 7.0)
+        await srv.start_serving()
         _, w = await asyncio.open_connection("127.0.0.1", srv.sockets[0].getsockname()[1])
         try:
             return await asyncio.wait_for(got, 5)

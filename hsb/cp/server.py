@@ -38,6 +38,7 @@ from hsb.ops.limits import raise_nofile, terminals_fit
 from hsb.ops.metrics import CPCollector, registry_for
 from hsb.ops.metrics import render as render_metrics
 from hsb.ops.notify import Watchdog, notify
+from hsb.wire.conn import tcp_keepalive
 from hsb.wire.framing import encode
 from hsb.wire.tls import TLS, reload_tls, set_default_client
 
@@ -283,7 +284,6 @@ class CPServer:
                 cp,
                 hello_timeout=c.auth_timeout,
                 idle_after_hello=c.terminal_idle_timeout or None,
-                keepalive=c.terminal_keepalive or None,
                 max_frame=c.max_frame,
                 tls=term_tls,
                 tls_timeout=c.auth_timeout,
@@ -304,7 +304,11 @@ class CPServer:
 
         for key, factory, backlog in (("terminal", terminal, 4096), ("host", host, 16)):
             h, p = parse_addr(getattr(c, f"{key}_listen"))
-            srv = await loop.create_server(factory, h, p, backlog=backlog, reuse_address=True)
+            srv = await loop.create_server(factory, h, p, backlog=backlog, reuse_address=True, start_serving=False)
+            if key == "terminal" and c.terminal_keepalive:  # inherited by every terminal connection
+                for s in srv.sockets:  # a dead terminal's connection would refuse its return forever
+                    tcp_keepalive(s, c.terminal_keepalive)
+            await srv.start_serving()
             self.servers.append(srv)
             sock = srv.sockets[0].getsockname()
             self.bound[key] = f"{sock[0]}:{sock[1]}"

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hsb.cp.state import Term
-from hsb.wire.conn import PROTOCOL_ERRORS, FramedProtocol, require, tcp_keepalive
+from hsb.wire.conn import PROTOCOL_ERRORS, FramedProtocol, require
 from hsb.wire.framing import ProtocolError
 
 if TYPE_CHECKING:
@@ -23,18 +23,12 @@ class TerminalProtocol(FramedProtocol):
     link = "terminal"
     dispatch = {"hello": "on_hello", "msg": "on_msg", "confirm": "on_confirm", "bye": "on_bye"}
 
-    def __init__(self, cp: CP, *, hello_timeout: float, idle_after_hello: float | None, keepalive: float | None = None, **kw: Any) -> None:
+    def __init__(self, cp: CP, *, hello_timeout: float, idle_after_hello: float | None, **kw: Any) -> None:
         super().__init__(idle_timeout=hello_timeout, partial_timeout=hello_timeout, **kw)
         self.cp = cp
         self.term: Term | None = None
         self._idle_after = idle_after_hello
         self._hello_timeout = hello_timeout
-        self._keepalive = keepalive
-
-    def connection_made(self, transport: Any) -> None:
-        if self._keepalive:  # a dead terminal's connection would otherwise refuse its return forever
-            tcp_keepalive(transport, self._keepalive)
-        super().connection_made(transport)
 
     def on_open(self) -> None:
         self.set_deadline(self._hello_timeout)  # hello within hello_timeout of the connect, however slowly bytes arrive

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("hsb.cp")
 
 OUTBOX_MAX = 100_000  # replies kept for a disconnected terminal that does not resume
+WELCOME_WAIT_S = 0.1  # a welcome waits this long at most for the session's opening to go with it
 
 
 class TerminalSide:
@@ -52,8 +53,14 @@ class TerminalSide:
         term.leaving = False
         proto.term = term
         self.connected += 1
-        # last_acked: only what is durable was acknowledged; the rest the terminal sends again
-        proto.send({"t": "welcome", "terminal": name, "last_acked": term.durable_acked})
+        # last_acked: only what is durable was acknowledged; the rest the terminal sends again.
+        # With an active to ask, the welcome waits (WELCOME_WAIT_S at most) for the session's
+        # opening and both go in one write: in a logon storm that is a write per terminal less.
+        welcome = {"t": "welcome", "terminal": name, "last_acked": term.durable_acked}
+        if self.active is not None and self.active.usable and self.announced:
+            proto.send_soon(welcome, WELCOME_WAIT_S)
+        else:
+            proto.send(welcome)
         log.debug("terminal_connected", terminal=name, peer=proto.peer, last_reply=last_reply)
         if last_reply is not None:
             term.resuming = True

@@ -37,12 +37,14 @@ Handler = Callable[[dict[str, Any]], None]  # a bound method of the protocol
 KEEPALIVE_PROBES = 3  # unanswered keepalive probes, one a second, before the kernel drops the connection
 
 
-def tcp_keepalive(transport: asyncio.BaseTransport, idle: float) -> None:
+def tcp_keepalive(sock: Any, idle: float) -> None:
     """Let the kernel find a dead peer: a probe after `idle` seconds of silence, then one a second;
     KEEPALIVE_PROBES unanswered (or unacknowledged data as long) close the connection. A peer whose
     machine forgot the connection (crashed, or its reset lost in a partition) answers the first
-    probe with a reset. Without this such a half-open connection stays forever."""
-    sock = transport.get_extra_info("socket")
+    probe with a reset. Without this such a half-open connection stays forever.
+
+    Set on a listening socket, the connections it accepts inherit it (Linux): no system calls
+    per connection in a logon storm."""
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
     secs = max(1, round(idle))
@@ -85,6 +87,7 @@ class FramedProtocol(asyncio.Protocol):
         self._yielding = False
         self._out: list[bytes] = []
         self._flush_scheduled = False
+        self._late: asyncio.TimerHandle | None = None  # send_soon: the write if no other frame comes first
         self._deadline_handle: asyncio.TimerHandle | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
         self._linger_handle: asyncio.TimerHandle | None = None
@@ -188,6 +191,9 @@ class FramedProtocol(asyncio.Protocol):
             self._log_tls_refused(why)
         self.closed = True
         self.clear_deadline()
+        if self._late is not None:
+            self._late.cancel()
+            self._late = None
         if self._linger_handle is not None:
             self._linger_handle.cancel()
             self._linger_handle = None
@@ -244,6 +250,21 @@ class FramedProtocol(asyncio.Protocol):
             self._flush_scheduled = True
             self._loop.call_soon(self.flush)
 
+    def send_soon(self, msg: dict[str, Any], within: float) -> None:
+        """Queue a frame that goes out with the next frame to this peer, or alone `within` seconds
+        from now if none comes: one write instead of two when an answer is about to follow (the
+        CP's welcome, then the session's opening, in a logon storm of thousands)."""
+        if self.transport is None or self.closed:
+            return
+        self._out.append(encode(msg))
+        if not self._flush_scheduled and self._late is None:
+            self._late = self._loop.call_later(within, self._late_flush)
+
+    def _late_flush(self) -> None:
+        self._late = None
+        if self._out and not self._flush_scheduled:
+            self.flush()
+
     def write_now(self, data: bytes) -> None:
         """Write a frame at once, after anything already queued (one write either way)."""
         if self.transport is None or self.closed:
@@ -256,6 +277,9 @@ class FramedProtocol(asyncio.Protocol):
 
     def flush(self) -> None:
         self._flush_scheduled = False
+        if self._late is not None:
+            self._late.cancel()
+            self._late = None
         if self._out and self.transport is not None and not self.closed:
             data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
             self.transport.write(data if self._tls is None else self._tls.wrap(data))
