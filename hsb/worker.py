@@ -58,9 +58,10 @@ class Worker:
             except RuntimeError:  # the loop closed meanwhile: nobody is waiting any more
                 pass
 
-    def shutdown(self, wait: bool = False) -> None:
-        """Cancel what is queued; the thread ends after the call it is running, if any (`wait`:
-        wait for that call)."""
+    def shutdown(self, wait: bool = False, timeout: float | None = None) -> bool:
+        """Cancel what is queued (a queued `call()` then never answers); the thread ends after the
+        call it is running, if any. `wait`: wait for that call, `timeout` seconds at most (a hung
+        mount must not hang the caller). True once the thread has ended."""
         while True:
             try:
                 item = self._q.get_nowait()
@@ -70,4 +71,5 @@ class Worker:
                 item[1].cancel()
         self._q.put(None)
         if wait and self._thread is not threading.current_thread():
-            self._thread.join()
+            self._thread.join(timeout)
+        return not self._thread.is_alive()

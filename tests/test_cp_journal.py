@@ -441,3 +441,32 @@ async def test_a_full_disk_stops_acknowledgements_until_there_is_room(tmp_path: 
         if cp is not None:
             cp.stop()
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+async def test_a_terminal_removed_from_the_table_keeps_its_unconfirmed_replies(cp: Proc) -> None:
+    """SIGHUP with a terminal gone from the table: while the CP still keeps a reply it has not
+    seen confirmed, the terminal stays (its journal record stays pinned, and the reply reaches it
+    when it comes back), as a journal's unknown terminals are kept at recovery."""
+    a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+    a.auto_open, a.auto_reply = ATTRS, True
+    t = await hello(cp, "T00006", last_reply=0)  # the last of the 6: gone when the count is 5
+    await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+    t.send({"t": "msg", "id": 1, "data": "one"})
+    await t.wait(lambda m: m["t"] == "reply" and m["id"] == 1)
+    await t.close()  # without confirming it
+    await until_status(
+        cp, lambda s: s["terminals"]["connected"] == 0 and s["held_messages"] == 0 and s["journal"]["outstanding"] == 1, what="the reply kept"
+    )
+    cfg = cp.log.parent / "cp.toml"
+    cfg.write_text(cfg.read_text().replace("count = 6", "count = 5"))
+    cp.popen.send_signal(signal.SIGHUP)
+    deadline = asyncio.get_running_loop().time() + 10
+    while not cp.events("config_reloaded"):
+        assert asyncio.get_running_loop().time() < deadline, "no reload"
+        await asyncio.sleep(0.05)
+    assert cp.events("config_reloaded")[-1]["terminals_removed"] == 0
+    t2 = await hello(cp, "T00006", last_reply=0)
+    again = await t2.wait(lambda m: m["t"] == "reply")
+    assert again == {"t": "reply", "id": 1, "data": "one", "resent": True}
+    await t2.close()
+    await a.close()

@@ -55,3 +55,23 @@ async def test_submit_returns_a_future_and_shutdown_cancels_what_is_queued() -> 
     gate.set()
     assert await asyncio.wrap_future(first) is True
     assert queued.cancelled()
+
+
+def test_shutdown_waits_a_bounded_time_for_a_call_that_hangs() -> None:
+    """A hung mount: the call never returns; closing must not hang with it."""
+    import time
+
+    w = Worker("test-worker")
+    gate, started = threading.Event(), threading.Event()
+
+    def hangs() -> None:
+        started.set()
+        gate.wait(10)
+
+    w.submit(hangs)
+    assert started.wait(5)
+    t0 = time.monotonic()
+    assert w.shutdown(wait=True, timeout=0.2) is False
+    assert time.monotonic() - t0 < 2.0
+    gate.set()
+    assert w.shutdown(wait=True, timeout=5.0) is True

@@ -443,7 +443,8 @@ class CPServer:
                 added += 1
             else:
                 t.defn = d  # standby_capable and attributes apply to the next session
-        removed = [n for n in cp.terms if n not in new.terminal_table and cp.terms[n].conn is None and not cp.terms[n].held]
+        # kept while it is connected or owed anything (held messages, replies not yet confirmed)
+        removed = [n for n in cp.terms if n not in new.terminal_table and (t := cp.terms[n]).conn is None and not t.held and not t.replies]
         for n in removed:
             cp.terms.pop(n).forget()
         reload.report(applied, restart, terminals_added=added, terminals_removed=len(removed))

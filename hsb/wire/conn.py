@@ -39,9 +39,11 @@ KEEPALIVE_PROBES = 3  # unanswered keepalive probes, one a second, before the ke
 
 def tcp_keepalive(sock: Any, idle: float) -> None:
     """Let the kernel find a dead peer: a probe after `idle` seconds of silence, then one a second;
-    KEEPALIVE_PROBES unanswered (or unacknowledged data as long) close the connection. A peer whose
-    machine forgot the connection (crashed, or its reset lost in a partition) answers the first
-    probe with a reset. Without this such a half-open connection stays forever.
+    KEEPALIVE_PROBES unanswered close the connection. A peer whose machine forgot the connection
+    (crashed, or its reset lost in a partition) answers the first probe with a reset. Without this
+    such a half-open connection stays forever. No TCP_USER_TIMEOUT: since Linux 5.10 it also
+    aborts a live peer that reads nothing for that long (a zero window), and a terminal that is
+    only slow must not lose what was written to it.
 
     Set on a listening socket, the connections it accepts inherit it (Linux): no system calls
     per connection in a logon storm."""
@@ -53,8 +55,6 @@ def tcp_keepalive(sock: Any, idle: float) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, secs)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
-    if hasattr(socket, "TCP_USER_TIMEOUT"):  # sent data unacknowledged as long: dead as well
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, (secs + KEEPALIVE_PROBES) * 1000)
 
 
 class FramedProtocol(asyncio.Protocol):

@@ -418,8 +418,11 @@ class Journal:
         return not self._pending and self._inflight is None
 
     def close(self) -> None:
-        self._exec.shutdown(wait=True)
+        ended = self._exec.shutdown(wait=True, timeout=self.timeout)
         self._beat_exec.shutdown()
+        if not ended:  # a write hung in the storage: its descriptors stay open, the process exits anyway
+            log.warning("journal_close_abandoned_write", dir=str(self.dir), msg=f"a journal write did not return within {self.timeout:g} s")
+            return
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
