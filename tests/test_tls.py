@@ -337,3 +337,41 @@ async def test_a_host_that_does_not_trust_the_cps_certificate_says_so(tmp_path: 
         if host is not None:
             host.stop()
         cp.stop()
+
+
+async def test_a_cp_waiting_to_take_over_serves_new_certificates_after_sighup(tmp_path: Path) -> None:
+    """A second CP machine's hsbcpd waits (`takeover = "on_wake"`) with its admin link and /health
+    up, for months maybe: new certificates and SIGHUP must reach those links while it waits."""
+    import tomllib
+
+    from tests.support.procs import _run_cp, cp_config
+
+    tls_dir = tmp_path / "tls"
+    make_ca_and_certs(tls_dir, ["cp", "hsbctl"])
+    d = tmp_path / "cp"
+    d.mkdir()
+    # its address is on no interface here: it waits for good
+    cfg = cp_config(d, terminals=2, takeover="on_wake", terminal_listen="192.0.2.1:7000", tls=cp_tls(tls_dir, terminals=False))
+    cp = _run_cp(d, cfg, None, wait=False)
+    try:
+        cp.wait_event("cp_waiting", timeout=15)
+        h, p = addr(str(tomllib.loads(cfg.read_text())["cp"]["admin_listen"]))
+
+        async def serial() -> int:
+            fs = await FrameStream.connect(h, p, ssl=ctx_for(tls_dir, "hsbctl"))
+            try:
+                der = fs.writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            finally:
+                await fs.aclose()
+            from cryptography import x509
+
+            return int(x509.load_der_x509_certificate(der).serial_number)
+
+        before = await serial()
+        make_ca_and_certs(tls_dir, ["cp", "hsbctl"])  # the same CA, new certificates
+        cp.popen.send_signal(signal.SIGHUP)
+        await until(lambda: cp.events("tls_reloaded"), 10, what="tls_reloaded while waiting")
+        assert await serial() != before
+        assert not cp.events("journal_recovered")  # still waiting
+    finally:
+        cp.stop()

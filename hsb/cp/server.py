@@ -71,6 +71,7 @@ class CPServer:
         self.cfg = cfg
         self.config_path = config_path
         self.reload_requested = False
+        self.sighups = 0
         self.wake_requested = False
         self.secret = secret
         self.cp: CP | None = None  # None while waiting to take over
@@ -194,8 +195,14 @@ class CPServer:
         still_since = time.monotonic()
         watchdog = Watchdog()
         told = False
+        sighups_seen = self.sighups
         while not self.should_exit.is_set():
             watchdog.tick(time.monotonic())
+            if self.sighups != sighups_seen:
+                # new certificates for the admin link and /health now; the rest of the config
+                # (reload_requested stays set) once this CP serves
+                sighups_seen = self.sighups
+                reload_tls(self.tls)
             held = await loop.run_in_executor(None, holds_address, c.terminal_listen)
             woken = self._master_here()
             if woken and not held and self.wake_requested:
@@ -414,7 +421,8 @@ class CPServer:
         return self.exit_code
 
     def _sighup(self) -> None:
-        self.reload_requested = True  # the flag only; the tick loop reloads
+        self.reload_requested = True  # the flags only; the tick loop reloads (a waiting CP: its TLS)
+        self.sighups += 1
 
     def reload(self) -> None:
         from hsb.cp.state import Term
