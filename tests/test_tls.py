@@ -222,21 +222,26 @@ async def wait_status_tls(d: Path, pred: Any, ssl_ctx: Any, timeout: float = 30.
         await asyncio.sleep(0.05)
 
 
+async def admin_cert_serial(admin: str, tls_dir: Path) -> int:
+    """The serial number of the certificate a CP's admin link presents now."""
+    from cryptography import x509
+
+    h, p = addr(admin)
+    fs = await FrameStream.connect(h, p, ssl=ctx_for(tls_dir, "hsbctl"))
+    try:
+        der = fs.writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    finally:
+        await fs.aclose()
+    return int(x509.load_der_x509_certificate(der).serial_number)
+
+
 async def test_new_certificates_and_sighup_new_connections_get_them_links_stay(sb: Any) -> None:
     info = await sb(terminals=10, tls=True)
     d = Path(info["dir"])
     tls_dir = d / "tls"
 
     async def cp_serial() -> int:
-        h, p = addr(info["cp"]["admin"])
-        fs = await FrameStream.connect(h, p, ssl=ctx_for(tls_dir, "hsbctl"))
-        try:
-            der = fs.writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-        finally:
-            await fs.aclose()
-        from cryptography import x509
-
-        return int(x509.load_der_x509_certificate(der).serial_number)
+        return await admin_cert_serial(info["cp"]["admin"], tls_dir)
 
     before = await cp_serial()
     links_before = [e for e in log_events(d / "cp.log") if e.get("event") == "link_authenticated" and e.get("link") == "host"]
@@ -355,17 +360,10 @@ async def test_a_cp_waiting_to_take_over_serves_new_certificates_after_sighup(tm
     cp = _run_cp(d, cfg, None, wait=False)
     try:
         cp.wait_event("cp_waiting", timeout=15)
-        h, p = addr(str(tomllib.loads(cfg.read_text())["cp"]["admin_listen"]))
+        admin = str(tomllib.loads(cfg.read_text())["cp"]["admin_listen"])
 
         async def serial() -> int:
-            fs = await FrameStream.connect(h, p, ssl=ctx_for(tls_dir, "hsbctl"))
-            try:
-                der = fs.writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-            finally:
-                await fs.aclose()
-            from cryptography import x509
-
-            return int(x509.load_der_x509_certificate(der).serial_number)
+            return await admin_cert_serial(admin, tls_dir)
 
         before = await serial()
         make_ca_and_certs(tls_dir, ["cp", "hsbctl"])  # the same CA, new certificates
