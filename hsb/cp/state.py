@@ -148,10 +148,7 @@ class Term:
         self._paused = p
 
     def forget(self) -> None:
-        """Removed from the CP's table: take what it counted out of the totals."""
+        """Removed from the CP's table (only when it holds no message and keeps no reply): take
+        its sessions out of the totals."""
         self.active = self.standby = None
         self.paused = False
-        self.counts.held -= len(self.held)
-        self.counts.kept -= len(self.replies)
-        self.held.clear()
-        self.replies.clear()

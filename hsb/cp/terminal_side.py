@@ -56,8 +56,9 @@ class TerminalSide:
         # last_acked: only what is durable was acknowledged; the rest the terminal sends again.
         # With an active to ask, the welcome waits (WELCOME_WAIT_S at most) for the session's
         # opening and both go in one write: in a logon storm that is a write per terminal less.
+        active = self.active if self.active is not None and self.active.usable and self.announced else None
         welcome = {"t": "welcome", "terminal": name, "last_acked": term.durable_acked}
-        if self.active is not None and self.active.usable and self.announced:
+        if active is not None:
             proto.send_soon(welcome, WELCOME_WAIT_S)
         else:
             proto.send(welcome)
@@ -84,8 +85,8 @@ class TerminalSide:
                     proto.send(m)
                 term.outbox = None
         self._backpressure(term)
-        if self.active is not None and self.active.usable and self.announced:  # else the announcement asks
-            self.active.send({"t": "session_request", "terminal": name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
+        if active is not None:  # else the announcement asks
+            active.send({"t": "session_request", "terminal": name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
 
     def terminal_confirm(self: CP, term: Term, upto: int) -> None:
         """The terminal holds every reply up to `upto`: those are settled."""
