@@ -594,3 +594,40 @@ async def test_standby_opens_in_a_batch_answered_in_one_frame(cp: Proc) -> None:
     assert err["code"] == "bad_fields" and "[terminal, attrs]" in err["msg"]
     assert (await status(cp))["active"]["name"] == "host-a"
     assert not a.closed
+
+
+async def test_the_active_names_its_open_sessions_and_the_cp_keeps_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A registering active that can name its open sessions (after a CP restart they never
+    closed) is asked to: a terminal it named is served by its welcome and the session's opening
+    at once, with no session_request; the others are asked for only after the last `adopt`
+    frame; a named session whose terminal does not come back within resume_window is closed at
+    the active, and one the CP does not know is refused."""
+    proc = start_cp(tmp_path / "cp", terminals=10, host_timeout=0.5, resume_window=1.0)
+    try:
+        a = await FakeHost.connect(proc.info["host"], "host-a")
+        a.auto_open = ATTRS
+        reg = await a.register("active", adopt=True)
+        assert reg["t"] == "registered" and reg["adopt"] is True, reg
+        a.send({"t": "adopt", "epoch": a.epoch, "items": [["T00001", ATTRS], ["T00002", ATTRS], ["NOPE", ATTRS]]})
+        t1 = await logon(proc, "T00001")  # named: its session is open with its welcome
+        assert [m["t"] for m in t1.inbox[:2]] == ["welcome", "session"], t1.inbox
+        t4 = await FakeTerminal.connect(proc.info["terminal"], "T00004")  # not named: waits for the last frame
+        await t4.wait(lambda m: m["t"] == "welcome")
+        refused = await a.wait(lambda m: m["t"] == "session_closed" and m["terminal"] == "NOPE")
+        assert "not defined at the CP" in refused["reason"]
+        assert not [m for m in a.inbox if m["t"] == "session_request"], "nothing asked while the active names its sessions"
+        a.send({"t": "adopt", "epoch": a.epoch, "items": [], "last": True})
+        req = await a.wait(lambda m: m["t"] == "session_request")
+        assert req["terminal"] == "T00004"
+        await t4.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        t1.send({"t": "msg", "id": 1, "data": "hello"})
+        d = await a.wait(lambda m: m["t"] == "deliver")
+        assert (d["terminal"], d["id"], d["redelivered"]) == ("T00001", 1, False)
+        gone = await a.wait(lambda m: m["t"] == "session_closed" and m["terminal"] == "T00002", timeout=5)
+        assert gone["reason"] == "disconnect"
+        assert [m["terminal"] for m in a.inbox if m["t"] == "session_request"] == ["T00004"]
+        st = await status(proc)
+        assert st["counters"]["adopted"] == 2 and st["counters"]["adopted_expired"] == 1, st["counters"]
+        assert st["terminals"]["active_sessions"] == 2  # T00001 and T00004
+    finally:
+        proc.stop()

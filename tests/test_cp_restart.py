@@ -61,3 +61,6 @@ async def test_sigkill_of_hsbcpd_under_load_1000_resuming_terminals(sb: Any) -> 
     assert [e["point"] for e in crashes] == ["cp.mid_recovery"]
     rec = [e for e in log_events(cp_log) if e.get("event") == "journal_recovered"]
     assert len(rec) == 2 and rec[-1]["held"] + rec[-1]["replies_kept"] > 0, rec  # something was outstanding at the kill
+    # the active named its 1,000 open sessions and the restarted CP kept them: no terminal logged on there again
+    adopted = [e for e in log_events(cp_log) if e.get("event") == "sessions_adopted"]
+    assert adopted[-1]["adopted"] == 1000 and adopted[-1]["asked"] == 0, adopted[-1]

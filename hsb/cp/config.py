@@ -34,6 +34,9 @@ class CPSection(Strict):
     max_frame: int = Field(default=DEFAULT_MAX_FRAME, ge=64, le=64 * 1024 * 1024)
     # terminals flipped per turn of the event loop at a grant (hsb.cp.flip; about 1 µs each)
     flip_slice: int = Field(default=4096, ge=1, le=10_000_000)
+    # after a restart the active names its open sessions and keeps them (hsb.cp.adopt); one whose
+    # terminal is not back this many seconds later is closed. 0: every terminal logs on again
+    resume_window: float = Field(default=60.0, ge=0, le=86400)
     # the CP's journal (docs/cp-journal.md): what it accepted and what it owes, durable first
     journal: ConfigPath = Field(default="cp-journal", validate_default=True)  # relative: to the config file
     durability: Literal["fsync", "none"] = "fsync"

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hsb import faults
+from hsb.cp.adopt import Adoption
 from hsb.cp.config import CPConfig
 from hsb.cp.flip import Flip
 from hsb.cp.journal import Journal, NullJournal
@@ -51,7 +52,7 @@ class _Handover:
         self.timer = timer
 
 
-class CP(TerminalSide, JournalSide, StatusView):
+class CP(TerminalSide, Adoption, JournalSide, StatusView):
     def __init__(self, cfg: CPConfig, journal: Journal | None = None) -> None:
         self.cfg = cfg
         self.name = cfg.cp.name
@@ -78,6 +79,8 @@ class CP(TerminalSide, JournalSide, StatusView):
             "classic_closed": 0,
             "failovers": 0,
             "switchovers": 0,
+            "adopted": 0,
+            "adopted_expired": 0,
         }
         # The journal (hsb.cp.journal): nothing is acknowledged, delivered or answered before its
         # record is durable. None: memory only (`durability = "none"`).
@@ -100,6 +103,7 @@ class CP(TerminalSide, JournalSide, StatusView):
         self._last_tick: float | None = None  # tick(): this process's own stalls
         self._tick_skipped = False
         self.flip_slice = cfg.cp.flip_slice
+        self.resume_window = cfg.cp.resume_window  # an adopted session waits this long for its terminal (hsb.cp.adopt)
         self.open_batch_bytes = cfg.cp.max_frame // 2  # what an open_batch frame may hold (docs/protocol.md §3)
         self.flipping: Flip | None = None  # a grant's flip still going, a slice per turn (hsb.cp.flip)
 
@@ -226,6 +230,7 @@ class CP(TerminalSide, JournalSide, StatusView):
             return
         self.announced = True
         log.info("host_registered", host=host.name, role="active", epoch=self.epoch, reason=reason)
+        adopt = self._adoption_starts(host)  # it names its open sessions first (hsb.cp.adopt)
         host.send(
             {
                 "t": "registered",
@@ -235,12 +240,13 @@ class CP(TerminalSide, JournalSide, StatusView):
                 "standby": self.standby.name if self.standby else None,
                 "lease": self.host_lease,
                 "open_batch": self.open_batch_bytes,
+                "adopt": adopt,
             }
         )
         for term in self.terms.values():
             if term.active is not None and term.active.host is not host:
                 term.active = None
-            if term.conn is not None and term.active is None and not term.leaving:
+            if not adopt and term.conn is not None and term.active is None and not term.leaving:
                 host.send({"t": "session_request", "terminal": term.name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
 
     def host_open(self, host: HostProtocol, name: str, kind: str, attrs: dict[str, Any]) -> None:

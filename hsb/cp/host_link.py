@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("hsb.cp")
 
 # Frames only the active host may send; each carries the epoch it believes in.
-_EPOCHED = frozenset({"reply", "refuse", "stopping", "release", "handover"})
+_EPOCHED = frozenset({"reply", "refuse", "stopping", "release", "handover", "adopt"})
 
 BATCH_ITEMS = 1024  # messages per deliver_batch frame at most
 
@@ -29,6 +29,7 @@ class HostProtocol(AuthServerProtocol):
         "hb": "on_hb",
         "open": "on_open_session",
         "open_batch": "on_open_batch",
+        "adopt": "on_adopt",
         "refuse": "on_refuse",
         "close": "on_close_session",
         "reply": "on_reply",
@@ -48,6 +49,12 @@ class HostProtocol(AuthServerProtocol):
         self.instance: str | None = None
         self.server_name = cp.name
         self.deliver_batch_bytes = 0  # the host reads `deliver_batch` frames of up to this many bytes (0: it does not)
+        # hsb.cp.adopt: the host names its open sessions when registered as the active
+        self.adopts = False  # it said it can (`adopt` in its register)
+        self.adopting = False  # asked, and its last `adopt` frame not yet here
+        self.adopt_n = 0
+        self.adopt_waiting: list[str] = []  # adopted for terminals not connected (yet)
+        self.adopt_t0 = 0.0
 
     @property
     def usable(self) -> bool:
@@ -86,6 +93,7 @@ class HostProtocol(AuthServerProtocol):
         inst = msg.get("instance")
         self.instance = inst if isinstance(inst, str) else None  # the host process (random per start)
         self.deliver_batch_bytes = batch_bytes(msg, "deliver_batch")
+        self.adopts = msg.get("adopt") is True
         self.cp.host_register(self, role, sid if isinstance(sid, int) else 0)
 
     def deliver(self, terminal: str, mid: int, data: Any, redelivered: bool) -> None:
@@ -122,13 +130,12 @@ class HostProtocol(AuthServerProtocol):
     def on_open_batch(self, msg: dict[str, Any]) -> None:
         if require(msg, "kind", str) != "standby":
             raise ProtocolError("bad_fields", "open_batch: only standby sessions are opened in batches")
-        raw = require(msg, "items", list)
-        items: list[tuple[str, dict[str, Any]]] = []
-        for it in raw:
-            if not (isinstance(it, list) and len(it) == 2 and isinstance(it[0], str) and isinstance(it[1], dict)):
-                raise ProtocolError("bad_fields", "open_batch: each item must be [terminal, attrs]")
-            items.append((it[0], it[1]))
-        self.cp.host_open_batch(self, items)
+        self.cp.host_open_batch(self, _session_items(msg))
+
+    def on_adopt(self, msg: dict[str, Any]) -> None:
+        if self is not self.cp.active:
+            raise ProtocolError("not_active", "only the active host names sessions to adopt")
+        self.cp.host_adopt(self, _session_items(msg), msg.get("last") is True)
 
     def on_refuse(self, msg: dict[str, Any]) -> None:
         self.cp.host_refuse(self, require(msg, "terminal", str), str(msg.get("reason", "refused by the host")))
@@ -161,3 +168,13 @@ class HostProtocol(AuthServerProtocol):
         if self.authed:
             log.info("host_link_closed", host=self.name, role=self.role, peer=self.peer)
             self.cp.host_lost(self)
+
+
+def _session_items(msg: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The [terminal, attrs] items of an open_batch or adopt frame."""
+    items: list[tuple[str, dict[str, Any]]] = []
+    for it in require(msg, "items", list):
+        if not (isinstance(it, list) and len(it) == 2 and isinstance(it[0], str) and isinstance(it[1], dict)):
+            raise ProtocolError("bad_fields", f"{msg['t']}: each item must be [terminal, attrs]")
+        items.append((it[0], it[1]))
+    return items

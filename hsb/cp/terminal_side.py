@@ -58,10 +58,13 @@ class TerminalSide:
         # opening and both go in one write: in a logon storm that is a write per terminal less.
         active = self.active if self.active is not None and self.active.usable and self.announced else None
         welcome = {"t": "welcome", "terminal": name, "last_acked": term.durable_acked}
-        if active is not None:
+        adopted = term.active is not None and active is not None and term.active.host is active
+        if active is not None and not adopted:
             proto.send_soon(welcome, WELCOME_WAIT_S)
         else:
             proto.send(welcome)
+            if adopted:  # its session outlived the CP (hsb.cp.adopt): open at once, nothing to ask
+                proto.send({"t": "session", "state": "open", "epoch": self.epoch})
         log.debug("terminal_connected", terminal=name, peer=proto.peer, last_reply=last_reply)
         if last_reply is not None:
             term.resuming = True
@@ -85,7 +88,10 @@ class TerminalSide:
                     proto.send(m)
                 term.outbox = None
         self._backpressure(term)
-        if active is not None:  # else the announcement asks
+        if adopted:
+            if active is not None and not active.released:
+                self._deliver_pending(term, active)
+        elif active is not None and not active.adopting:  # else the announcement, or the adoption's end, asks
             active.send({"t": "session_request", "terminal": name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
 
     def terminal_confirm(self: CP, term: Term, upto: int) -> None:

@@ -192,6 +192,8 @@ class HA(LeaseSide, HAView):
             self.granted = msg.get("role") == "active"
             if self.granted:
                 log.info("serving_as_active", epoch=self.epoch, how="registered", lease_s=self.lease.duration)
+                if msg.get("adopt") is True:  # the CP keeps our open sessions: name them (hsb.cp.adopt)
+                    self.srv.sessions_ctl.adopt_sessions(self.epoch)
             self._lease_renewed()
         elif t == "switch_granted":
             self.epoch = int(msg["epoch"])
@@ -221,6 +223,8 @@ class HA(LeaseSide, HAView):
                 "instance": self.instance,
                 # re-deliveries may come batched, within what this host's frames may hold
                 "deliver_batch": self.srv.cfg.host.max_frame // 4,
+                # registered as the active, it names the sessions it has open, which the CP keeps
+                "adopt": True,
             }
         )
 

@@ -42,6 +42,7 @@ class SessionsCtl:
         self.hooks: dict[str, deque[tuple[Callable[..., Awaitable[None]], tuple[Any, ...], asyncio.Future[None] | None]]] = {}
         self.hooks_ready: deque[str] = deque()  # terminals with hooks and no worker on them
         self.hook_workers = 0
+        self.adopt_gen = 0  # each registration's adoption (adopt_sessions); a newer one stops the older
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.get_running_loop().create_task(coro)
@@ -210,6 +211,35 @@ class SessionsCtl:
     def cp_lost(self) -> None:
         self.pending_standby.clear()
         self.answered.set()
+        self.adopt_gen += 1  # an adoption under way stops: the next registration starts its own
+
+    def adopt_sessions(self, epoch: int) -> None:
+        """Registered as the active at a CP that keeps sessions (after its restart, say): name every
+        session open here in `adopt` frames, the last one marked, so its terminals resume on them
+        instead of logging on here again (hsb.cp.adopt)."""
+        self.adopt_gen += 1
+        names = [ts.name for ts in self.sessions.in_state(ACTIVE)]
+        self._spawn(self._adopt(self.adopt_gen, epoch, names))
+
+    async def _adopt(self, gen: int, epoch: int, names: list[str]) -> None:
+        cp = self.srv.cp
+        t0 = time.monotonic()
+        n = 0
+        for k in range(0, len(names), self.OPENS_PER_TURN):  # in slices: heartbeats and replies go on
+            if gen != self.adopt_gen:
+                return
+            items: list[list[Any]] = []
+            for name in names[k : k + self.OPENS_PER_TURN]:
+                ts = self.sessions.get(name)
+                if ts is not None and ts.state == ACTIVE:  # closed meanwhile: not named
+                    items.append([name, ts.attrs])
+            self._send_batched("adopt", items, epoch=epoch, last=False)
+            n += len(items)
+            await cp.drain()
+            await asyncio.sleep(0)
+        if gen == self.adopt_gen:
+            cp.send({"t": "adopt", "items": [], "epoch": epoch, "last": True})
+            log.info("sessions_named_for_adoption", sessions=n, epoch=epoch, took_ms=round((time.monotonic() - t0) * 1000, 1))
 
     # ------------------------------------------------------------------ standby side
     def _check(self, name: str, attrs: dict[str, Any]) -> str | None:
@@ -256,14 +286,18 @@ class SessionsCtl:
             self.srv.cp.send({"t": "open", "terminal": name, "kind": "standby", "attrs": attrs})
 
     def _send_open_batch(self, batch: list[list[Any]]) -> None:
-        """Standby opens in `open_batch` frames within the size the CP takes (halved until they fit)."""
+        """Standby opens in `open_batch` frames within the size the CP takes."""
+        self._send_batched("open_batch", batch, kind="standby")
+
+    def _send_batched(self, t: str, batch: list[list[Any]], **fields: Any) -> None:
+        """[terminal, attrs] items in `t` frames within the size the CP takes (halved until they fit)."""
         if not batch:
             return
-        frame = encode({"t": "open_batch", "kind": "standby", "items": batch})
+        frame = encode({"t": t, **fields, "items": batch})
         if len(frame) > self.open_batch_bytes and len(batch) > 1:
             half = len(batch) // 2
-            self._send_open_batch(batch[:half])
-            self._send_open_batch(batch[half:])
+            self._send_batched(t, batch[:half], **fields)
+            self._send_batched(t, batch[half:], **fields)
             return
         self.srv.cp.send_raw(frame)
 

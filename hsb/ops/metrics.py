@@ -187,6 +187,12 @@ class CPCollector:
         yield _c("hsb_replies", "Replies (with discard) forwarded to terminals.", c["replies"])
         yield _c("hsb_failovers", "Unplanned switchovers granted.", c.get("failovers", 0))
         yield _c("hsb_switchovers", "Planned switchovers.", c.get("switchovers", 0))
+        yield _c(
+            "hsb_sessions_adopted", "Active sessions the active named at its registration (a CP restart) and kept: no new logon.", c.get("adopted", 0)
+        )
+        yield _c(
+            "hsb_sessions_adopted_expired", "Adopted sessions closed: their terminal was not back within resume_window.", c.get("adopted_expired", 0)
+        )
         ls = st.get("last_switchover") or {}
         yield _g(
             "hsb_switch_flip_seconds", "The last switch inside the CP: grant to every session flipped.", None if not ls else ls["switch_ms"] / 1000

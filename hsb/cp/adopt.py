@@ -1,0 +1,116 @@
+"""Sessions the active still holds when it registers: adopted, not opened again.
+
+After hsbcpd restarts on its journal (or a second CP machine takes over, or the active's link is
+replaced), the active host still has every session it had: they never closed. A host that says
+`adopt` in its `register` is told `adopt` in `registered` and answers with `adopt` frames naming
+them (docs/protocol.md §3). The CP takes each as its terminal's active session at once, so a
+terminal that comes back is served by its welcome alone: no `session_request`, no logon at the
+active again, no entry on the takeover file's ring. In a logon storm of 10,000 that is a round
+trip to the active per terminal less.
+
+While the frames come (until the one marked `last`) no session is asked for: a terminal that
+logs on meanwhile waits for its session with the others, and those the active did not name are
+asked for at the end, as every connected terminal was before. A session adopted for a terminal
+that does not come back within `[cp] resume_window` seconds is closed at the active then, as
+at a disconnect.
+
+A mixin of `hsb.cp.core.CP` (the one place that decides), like `TerminalSide`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from hsb.cp.state import Session
+from hsb.wire.framing import encode
+
+if TYPE_CHECKING:
+    from hsb.cp.core import CP
+    from hsb.cp.host_link import HostProtocol
+
+log = structlog.get_logger("hsb.cp")
+
+
+class Adoption:
+    """The adoption of the active's open sessions; mixed into `CP` (see the module docstring)."""
+
+    def _adoption_starts(self: CP, host: HostProtocol) -> bool:
+        """The active registered: ask it for its sessions if it can name them; True if asked."""
+        if not host.adopts or self.resume_window <= 0:
+            return False
+        host.adopting = True
+        host.adopt_waiting = []
+        host.adopt_n = 0
+        host.adopt_t0 = time.monotonic()
+        return True
+
+    def host_adopt(self: CP, host: HostProtocol, items: list[tuple[str, dict[str, Any]]], last: bool) -> None:
+        self.settle_flip()
+        if host is not self.active or not host.adopting:
+            return  # the role moved on meanwhile: that host's sessions are not the active's any more
+        opened = encode({"t": "session", "state": "open", "epoch": self.epoch})  # one encoding for all
+        for name, attrs in items:
+            term = self.terms.get(name)
+            if term is None:
+                host.send({"t": "session_closed", "terminal": name, "reason": f"terminal {name!r} is not defined at the CP"})
+                continue
+            if term.leaving:
+                host.send({"t": "session_closed", "terminal": name, "reason": "logoff"})
+                continue
+            if term.active is not None:
+                continue  # named twice: the first stands
+            term.active = Session(host, attrs)
+            host.adopt_n += 1
+            conn = term.conn
+            if conn is not None and not conn.closed:  # logged on again before its session was named
+                self._send_owed_notice(term)
+                conn.send_raw(opened)
+                if not host.released:
+                    self._deliver_pending(term, host)
+            else:
+                host.adopt_waiting.append(name)
+        if last:
+            self._adoption_done(host)
+
+    def _adoption_done(self: CP, host: HostProtocol) -> None:
+        host.adopting = False
+        asked = 0
+        for term in self.terms.values():
+            if term.conn is not None and term.active is None and not term.leaving:
+                host.send({"t": "session_request", "terminal": term.name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
+                asked += 1
+        log.info(
+            "sessions_adopted",
+            host=host.name,
+            epoch=self.epoch,
+            adopted=host.adopt_n,
+            waiting_for_terminal=len(host.adopt_waiting),
+            asked=asked,
+            took_ms=round((time.monotonic() - host.adopt_t0) * 1000, 1),
+        )
+        self.counters["adopted"] += host.adopt_n
+        if host.adopt_waiting:
+            asyncio.get_running_loop().call_later(self.resume_window, self._adopted_expire, host, host.adopt_waiting)
+            host.adopt_waiting = []
+
+    def _adopted_expire(self: CP, host: HostProtocol, names: list[str]) -> None:
+        """`resume_window` after the adoption: close the sessions whose terminal never came back."""
+        self.settle_flip()
+        n = 0
+        for name in names:
+            term = self.terms.get(name)
+            if term is None or term.conn is not None:
+                continue
+            s = term.active
+            if s is not None and s.host is host:
+                term.active = None
+                n += 1
+                if host.usable:
+                    host.send({"t": "session_closed", "terminal": name, "reason": "disconnect"})
+        if n:
+            self.counters["adopted_expired"] += n
+            log.info("adopted_sessions_expired", host=host.name, sessions=n, window_s=self.resume_window)
