@@ -117,3 +117,25 @@ def test_daemon_refuses_a_secret_readable_by_others(tmp_path: Path) -> None:
     assert r.returncode != 0
     last = r.stderr.strip().splitlines()[-1]
     assert "secret" in last and "chmod 600" in last
+
+
+def test_terminal_groups_expand_with_their_names_checked_and_no_name_twice() -> None:
+    """Groups expand to plain members (not one model each: 0.1 s of every start at 10,000);
+    their names are still checked (by the longest) and a name defined twice is still refused."""
+    from hsb.terminals import TerminalDef, TerminalGroup, expand_all
+
+    g = TerminalGroup(prefix="T", count=12, start=99_995, attrs={"kind": "till"}, standby_capable=False)
+    defs = expand_all([TerminalDef(name="ONE")], [g])
+    assert list(defs) == ["ONE", *(f"T{i}" for i in range(99_995, 100_007))]  # width 5, then 6 digits
+    last = defs["T100006"]
+    assert (last.standby_capable, last.attrs) == (False, {"kind": "till"})
+    with pytest.raises(ValueError, match="'T00002' is defined twice"):
+        expand_all([TerminalDef(name="T00002")], [TerminalGroup(prefix="T", count=3)])
+    with pytest.raises(ValueError, match="'T00003' is defined twice"):
+        expand_all([], [TerminalGroup(prefix="T", count=3), TerminalGroup(prefix="T", count=2, start=3)])
+    with pytest.raises(ValueError, match="'ONE' is defined twice"):
+        expand_all([TerminalDef(name="ONE"), TerminalDef(name="ONE")], [])
+    with pytest.raises(ValueError, match="no spaces"):
+        expand_all([], [TerminalGroup(prefix="T ", count=1)])
+    with pytest.raises(ValueError, match="1..48 bytes"):  # only the last name is too long
+        expand_all([], [TerminalGroup(prefix="P" * 43, count=2, start=99_999)])

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, model_validator
 
 from hsb.config import Addr, ConfigPath, OptAddr, Strict, TLSSection
-from hsb.terminals import TerminalDef, TerminalGroup, expand_all
+from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, expand_all
 from hsb.wire.framing import DEFAULT_MAX_FRAME
 
 # The CP grants the active role to another host only once the old active's lease has surely
@@ -75,7 +75,7 @@ class CPConfig(Strict):
     tls: TLSSection | None = None
     terminals: list[TerminalDef] = Field(default_factory=list)
     terminal_groups: list[TerminalGroup] = Field(default_factory=list)
-    _defs: dict[str, TerminalDef] = PrivateAttr(default_factory=dict)
+    _defs: dict[str, TerminalSpec] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _terms(self) -> CPConfig:
@@ -86,5 +86,5 @@ class CPConfig(Strict):
         return self
 
     @property
-    def terminal_table(self) -> dict[str, TerminalDef]:
+    def terminal_table(self) -> dict[str, TerminalSpec]:
         return self._defs

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from hsb.terminals import TerminalDef
+from hsb.terminals import TerminalSpec
 
 if TYPE_CHECKING:
     from hsb.cp.host_link import HostProtocol
@@ -95,7 +95,7 @@ class Term:
         "flight_epoch",
     )
 
-    def __init__(self, defn: TerminalDef, counts: Counts | None = None) -> None:
+    def __init__(self, defn: TerminalSpec, counts: Counts | None = None) -> None:
         self.name = defn.name
         self.defn = defn
         self.counts = counts if counts is not None else Counts()  # the CP's, shared by all its terminals

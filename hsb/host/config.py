@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from hsb.config import Addr, ConfigPath, OptAddr, Strict, TLSLinks
-from hsb.terminals import TerminalDef, TerminalGroup, expand_all
+from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, expand_all
 from hsb.wire.framing import DEFAULT_MAX_FRAME
 
 
@@ -59,7 +59,7 @@ class HostConfig(Strict):
     service_options: dict[str, Any] = Field(default_factory=dict)
     terminals: list[TerminalDef] = Field(default_factory=list)
     terminal_groups: list[TerminalGroup] = Field(default_factory=list)
-    _defs: dict[str, TerminalDef] = PrivateAttr(default_factory=dict)
+    _defs: dict[str, TerminalSpec] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _terms(self) -> HostConfig:
@@ -78,6 +78,6 @@ class HostConfig(Strict):
         return self
 
     @property
-    def terminal_table(self) -> dict[str, TerminalDef]:
+    def terminal_table(self) -> dict[str, TerminalSpec]:
         """This host's terminal definitions (attrs = this host's session attributes)."""
         return self._defs

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hsb.terminals import TerminalDef
+from hsb.terminals import TerminalSpec
 
 CLOSED = "closed"
 ACTIVE = "active"
@@ -22,7 +22,7 @@ STANDBY = "standby"
 class TerminalState:
     __slots__ = ("name", "attrs", "state", "standby_capable")
 
-    def __init__(self, d: TerminalDef) -> None:
+    def __init__(self, d: TerminalSpec) -> None:
         self.name = d.name
         self.attrs = d.attrs
         self.state = CLOSED
@@ -30,7 +30,7 @@ class TerminalState:
 
 
 class SessionTable:
-    def __init__(self, defs: dict[str, TerminalDef]) -> None:
+    def __init__(self, defs: dict[str, TerminalSpec]) -> None:
         self.table: dict[str, TerminalState] = {n: TerminalState(d) for n, d in defs.items()}
         self.link: dict[str, None] = {}  # the fast-switch link, an ordered set
 
