@@ -63,7 +63,7 @@ async def lab_run(n: int, a: argparse.Namespace, rep: int, base: Path) -> dict[s
         t_cut = lab.cut(first, "vrrp1" if first == "cp1" else "vrrp2")
         load.mark("cp_machine_cut", t_cut)
         await lab.wait(
-            lambda s: s["cp"].get("name") == other and s["cp"].get("terminals", {}).get("active_sessions") == n,
+            lambda s: s["cp"].get("name") == other and back(s["cp"], n),
             120,
             "the other CP serving all",
             interval=0.1,
@@ -243,3 +243,10 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def back(cp: dict[str, Any], n: int) -> bool:
+    """Every terminal connected again with its active session (the active's sessions are kept
+    by the new CP before their terminals are back: the session count alone says too early)."""
+    t = cp.get("terminals") or {}
+    return t.get("connected") == n and t.get("active_sessions") == n

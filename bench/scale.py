@@ -156,7 +156,8 @@ def counts(s: dict[str, Any]) -> tuple[int, int, int]:
 
 
 def full(s: dict[str, Any], n: int) -> bool:
-    return bool(s.get("established")) and counts(s)[1:] == (n, n)
+    # connected too: after a CP restart the active's sessions are kept (adopted) before their terminals are back
+    return bool(s.get("established")) and counts(s) == (n, n, n)
 
 
 def alive(kids: list[Child]) -> bool:
@@ -258,7 +259,7 @@ async def run_phase(d: Path, info: dict[str, Any], n: int, phase: str, a: argpar
                 kids.append(k)
                 _KIDS.append(k)
             try:
-                t_act = await poll(d, lambda s: alive(kids) and counts(s)[1] == n, a.logon_timeout, f"{n} active sessions")
+                t_act = await poll(d, lambda s: alive(kids) and counts(s)[:2] == (n, n), a.logon_timeout, f"{n} active sessions")
                 t_sb = await poll(d, lambda s: alive(kids) and full(s, n), a.reestablish_timeout, f"{n} standby sessions")
                 res["logon_s"], res["standby_open_s"] = round(t_act - t_start, 2), round(t_sb - t_act, 2)
                 await asyncio.gather(*(read_until(k, "sending", a.logon_timeout) for k in kids))

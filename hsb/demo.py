@@ -209,7 +209,12 @@ async def cp_restart(d: Path, *, terminals: int, rate: float, say: Any) -> dict[
             await asyncio.sleep(0.002)
         sandbox.start_cp(d)
         say(f"   SIGKILL hsbcpd (pid {pid}); started again at once on its journal")
-        st = await _until(d, lambda s: s["established"] and s["cp"]["terminals"]["active_sessions"] == terminals, 30, "every terminal served again")
+
+        def back(s: dict[str, Any]) -> bool:  # connected too: the active's sessions are kept before the terminals return
+            t = s["cp"]["terminals"]
+            return bool(s["established"]) and t["active_sessions"] == t["connected"] == terminals
+
+        st = await _until(d, back, 30, "every terminal served again")
         say("   every terminal resumed; hot standby established again")
         await asyncio.sleep(1.0)
         stop.set()

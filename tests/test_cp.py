@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from typing import Any
 
 import msgpack
 import pytest
@@ -52,6 +53,14 @@ async def fail_over(a: FakeHost, b: FakeHost) -> dict:
 async def status(cp: Proc) -> dict:
     h, p = addr(cp.info["admin"])
     return (await request(h, p, SECRET, {"t": "status"}))["data"]
+
+
+async def wait_status(cp: Proc, cond: Any, timeout: float = 10.0) -> dict:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond(st := await status(cp)):
+        assert asyncio.get_running_loop().time() < deadline, f"status never matched: {st}"
+        await asyncio.sleep(0.02)
+    return st
 
 
 async def sessions(cp: Proc) -> dict:
@@ -631,3 +640,24 @@ async def test_the_active_names_its_open_sessions_and_the_cp_keeps_them(tmp_path
         assert st["terminals"]["active_sessions"] == 2  # T00001 and T00004
     finally:
         proc.stop()
+
+
+async def test_a_switch_drops_the_kept_sessions_of_terminals_not_back(cp: Proc) -> None:
+    """A session the old active named (kept for a terminal not back yet) goes with the old active
+    at a failover: the terminal, when it comes back, logs on at the new active."""
+    a = await FakeHost.connect(cp.info["host"], "host-a")
+    a.auto_open = ATTRS
+    assert (await a.register("active", adopt=True))["adopt"] is True
+    a.send({"t": "adopt", "epoch": a.epoch, "items": [["T00005", ATTRS]], "last": True})
+    b = await FakeHost.connect(cp.info["host"], "host-b", "standby")
+    b.auto_open = ATTRS
+    st = await wait_status(cp, lambda s: s["counters"]["adopted"] == 1)
+    assert st["terminals"]["active_sessions"] == 1, st["terminals"]
+    g = await fail_over(a, b)
+    assert g["epoch"] > a.epoch
+    st = await status(cp)
+    assert st["terminals"]["active_sessions"] == 0, st["terminals"]
+    t = await logon(cp, "T00005")
+    req = await b.wait(lambda m: m["t"] == "session_request")
+    assert req["terminal"] == "T00005"
+    assert [m for m in t.inbox if m["t"] == "session"][0]["epoch"] == g["epoch"]

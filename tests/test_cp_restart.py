@@ -43,7 +43,12 @@ async def test_sigkill_of_hsbcpd_under_load_1000_resuming_terminals(sb: Any) -> 
         pid = sandbox.start_cp(d, {"HSB_CRASH_POINTS": "cp.mid_recovery"})
         await until(lambda: not sandbox._alive(pid), 15, what="hsbcpd to die mid-recovery")
         sandbox.start_cp(d)
-        st = await wait_status(info, lambda s: s["established"] and s["cp"]["terminals"]["active_sessions"] == 1000, timeout=30, what="served again")
+        st = await wait_status(
+            info,
+            lambda s: s["established"] and s["cp"]["terminals"]["active_sessions"] == s["cp"]["terminals"]["connected"] == 1000,
+            timeout=30,
+            what="served again",
+        )
         seen["after"] = st
         await asyncio.sleep(1.0)  # traffic under the restarted CP
 

@@ -200,6 +200,9 @@ class Flip:
                 elif term.conn is not None and term.active is None and not term.leaving:
                     host.send({"t": "session_request", "terminal": term.name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
                     self.requested += 1
+                elif term.conn is None and term._active is not None and term._active.host is not host:
+                    # kept for a terminal not back yet (hsb.cp.adopt): it went with the old active
+                    term.active = None
         finally:  # what this slice did counts, and what it collected goes, even if it stopped early
             self.i = i
             self.switched += switched

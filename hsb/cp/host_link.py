@@ -134,7 +134,7 @@ class HostProtocol(AuthServerProtocol):
 
     def on_adopt(self, msg: dict[str, Any]) -> None:
         if self is not self.cp.active:
-            raise ProtocolError("not_active", "only the active host names sessions to adopt")
+            return  # demoted (a planned switchover) while it was naming them: they are not the active's now
         self.cp.host_adopt(self, _session_items(msg), msg.get("last") is True)
 
     def on_refuse(self, msg: dict[str, Any]) -> None:

@@ -454,7 +454,9 @@ class CPServer:
         # kept while it is connected or owed anything (held messages, replies not yet confirmed)
         removed = [n for n in cp.terms if n not in new.terminal_table and (t := cp.terms[n]).conn is None and not t.held and not t.replies]
         for n in removed:
-            cp.terms.pop(n).forget()
+            t = cp.terms.pop(n)
+            cp._close_active_session(t, "disconnect")  # one kept for it (hsb.cp.adopt) is closed at the active
+            t.forget()
         reload.report(applied, restart, terminals_added=added, terminals_removed=len(removed))
 
     async def shutdown(self) -> None:

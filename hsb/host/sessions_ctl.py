@@ -226,7 +226,7 @@ class SessionsCtl:
         t0 = time.monotonic()
         n = 0
         for k in range(0, len(names), self.OPENS_PER_TURN):  # in slices: heartbeats and replies go on
-            if gen != self.adopt_gen:
+            if gen != self.adopt_gen or not self.srv.ha.granted:
                 return
             items: list[list[Any]] = []
             for name in names[k : k + self.OPENS_PER_TURN]:
@@ -237,7 +237,7 @@ class SessionsCtl:
             n += len(items)
             await cp.drain()
             await asyncio.sleep(0)
-        if gen == self.adopt_gen:
+        if gen == self.adopt_gen and self.srv.ha.granted:  # not if demoted or fenced meanwhile
             cp.send({"t": "adopt", "items": [], "epoch": epoch, "last": True})
             log.info("sessions_named_for_adoption", sessions=n, epoch=epoch, took_ms=round((time.monotonic() - t0) * 1000, 1))
 
