@@ -48,6 +48,13 @@ def _notify_times(path: Path, state: str) -> list[float]:
         return []
 
 
+def back(cp: dict[str, Any], n: int) -> bool:
+    """Every terminal connected again with its active session (the active's sessions are kept
+    by the new CP before their terminals are back: the session count alone says too early)."""
+    t = cp.get("terminals") or {}
+    return t.get("connected") == n and t.get("active_sessions") == n
+
+
 async def lab_run(n: int, a: argparse.Namespace, rep: int, base: Path) -> dict[str, Any]:
     from tests.netns.cplab import CPS, CPPairLab
 
@@ -243,10 +250,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def back(cp: dict[str, Any], n: int) -> bool:
-    """Every terminal connected again with its active session (the active's sessions are kept
-    by the new CP before their terminals are back: the session count alone says too early)."""
-    t = cp.get("terminals") or {}
-    return t.get("connected") == n and t.get("active_sessions") == n
