@@ -139,6 +139,47 @@ async def test_exactly_once_on_sqlite(tmp_path: Path) -> None:
         await db.close()
 
 
+async def test_sqlite_a_transaction_cancelled_in_its_begin_leaves_nothing_open(tmp_path: Path) -> None:
+    """A message's work is cancelled when the active loses its CP link; if that lands while the
+    BEGIN runs on the database's thread (waiting for the write lock), the transaction must not
+    stay open: every later one failed ("cannot start a transaction within a transaction") and the
+    database's write lock stayed held, the other host and the books locked out."""
+    import sqlite3
+    import threading
+
+    path = tmp_path / "cancel.sqlite"
+    db = SqliteDatabase(str(path))
+    try:
+        await db.setup(["CREATE TABLE t (k TEXT PRIMARY KEY)"])
+        conn = await db._call(lambda c: c)
+        began = threading.Event()
+        conn.set_trace_callback(lambda sql: began.set() if sql.startswith("BEGIN IMMEDIATE") else None)
+        other = sqlite3.connect(path, isolation_level=None)  # another host holding the write lock
+        other.execute("BEGIN IMMEDIATE")
+
+        async def work() -> None:
+            async with db.transaction() as tx:
+                await tx.execute("INSERT INTO t VALUES ('never')")
+
+        task = asyncio.ensure_future(work())
+        deadline = time.monotonic() + 5
+        while not began.is_set():  # its BEGIN is running on the thread, waiting for the lock
+            assert time.monotonic() < deadline, "the BEGIN never ran"
+            await asyncio.sleep(0.005)
+        task.cancel()
+        other.execute("ROLLBACK")  # the BEGIN now completes on the thread, its task gone
+        other.close()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with db.transaction() as tx:  # the next transaction works, and nothing of the first is there
+            await tx.execute("INSERT INTO t VALUES ('next')")
+        async with db.transaction() as tx:
+            assert await tx.fetch("SELECT k FROM t") == [("next",)]
+        assert not await db._call(lambda c: c.in_transaction)
+    finally:
+        await db.close()
+
+
 @needs_pg
 async def test_exactly_once_on_postgresql(pg: pgsupport.PgServer) -> None:
     db = open_database(fresh(pg))

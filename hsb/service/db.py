@@ -209,6 +209,15 @@ class _SqliteTx:
         return await self.db._call(lambda c: c.execute(_PLACEHOLDER.sub(r"?\1", sql), args).fetchall())  # type: ignore[no-any-return]
 
 
+def _begin(c: sqlite3.Connection) -> None:
+    # The asyncio lock is held: a transaction still open on this connection is one whose task
+    # was cancelled before it could roll back. Left open, every later BEGIN would fail and the
+    # database's write lock would stay held; it is rolled back first.
+    if c.in_transaction:
+        c.execute("ROLLBACK")
+    c.execute("BEGIN IMMEDIATE")
+
+
 class SqliteDatabase:
     """One connection on one thread of its own; one transaction at a time (BEGIN IMMEDIATE);
     WAL, synchronous=FULL: a commit is on disk before the reply goes out."""
@@ -248,7 +257,11 @@ class SqliteDatabase:
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
-            await self._call(lambda c: c.execute("BEGIN IMMEDIATE"))
+            try:
+                await self._call(_begin)
+            except BaseException:  # cancelled while BEGIN ran on the thread: it still began there
+                await asyncio.shield(self._call(lambda c: c.execute("ROLLBACK") if c.in_transaction else None))
+                raise
             try:
                 yield _SqliteTx(self)
                 await self._call(lambda c: c.execute("COMMIT"))
