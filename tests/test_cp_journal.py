@@ -62,6 +62,28 @@ def test_damage_in_the_middle_stops_with_the_file_and_offset(tmp_path: Path) -> 
     assert f"{p} at offset {off}" in str(exc.value) and "checksum mismatch" in str(exc.value)
 
 
+def test_damage_after_a_generations_snapshot_stops_the_start(tmp_path: Path) -> None:
+    """The newest generation's first segment holds its snapshot (up to "se") and then the traffic
+    after it. Whether the generation is complete is judged from the snapshot alone, and damage in
+    the traffic after it stops the start: it is never taken for an unfinished generation and
+    skipped for an older one."""
+    from hsb.cp.journal.generation import Generations
+
+    gens = Generations(tmp_path)
+    gens.take()
+    _segment(tmp_path, 1, [["ck", 1, "host-a", 1, {}, {"first": 1}], ["a", "T1", 1, b"old"], ["se"]], gen=1)
+    gen = gens.take()
+    recs = [["ck", 2, "host-a", gen, {}, {"first": 5}], ["a", "T1", 1, b"old"], ["se"], *(["a", "T1", i, b"x" * 20] for i in range(2, 6))]
+    p = _segment(tmp_path, 5, recs, gen=gen)
+    blob = bytearray(p.read_bytes())
+    off = sum(len(encode(r)) for r in recs[:4])  # the record after the first one of the traffic
+    blob[off + 12] ^= 0xFF
+    p.write_bytes(bytes(blob))
+    with pytest.raises(JournalDamaged) as exc:
+        recover(tmp_path)
+    assert exc.value.path == str(p) and exc.value.offset == off, str(exc.value)
+
+
 def test_a_torn_record_in_an_older_segment_is_damage(tmp_path: Path) -> None:
     _segment(tmp_path, 1, [["ck", 1, "h", 0, {}], ["a", "T1", 1, b"x"]])
     p2 = _segment(tmp_path, 2, [["ck", 1, "h", 0, {"T1": 1}]])

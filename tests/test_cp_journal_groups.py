@@ -85,7 +85,8 @@ async def test_drain_writes_what_is_pending_before_a_clean_stop(tmp_path: Path) 
 
 async def test_a_checkpoint_larger_than_a_segment_does_not_start_a_segment_per_record(tmp_path: Path) -> None:
     """Each segment begins with a checkpoint holding every terminal's highest acknowledged id: with
-    many terminals it can outgrow a small segment; segments still hold `segment_bytes` of records."""
+    many terminals it can outgrow a small segment; a segment then holds four times its checkpoint
+    of records (and at least `segment_bytes`)."""
     gen = Generations(tmp_path).take()
     j = Journal(tmp_path, generation=gen, segment_bytes=2048)
     j.checkpoint = lambda: ["ck", 1, "host-a", gen, {f"T{i:05d}": i for i in range(1000)}, {}]  # ~13 KiB
@@ -95,8 +96,29 @@ async def test_a_checkpoint_larger_than_a_segment_does_not_start_a_segment_per_r
             j.append(["c", "T00001", i], lazy=True)  # ~20 bytes each: 4 KiB in all
         await j.drain()
         created = len(list(tmp_path.glob("seg-*.hsbj")))
-        assert created <= 4, f"{created} segments for 4 KiB of records in 2 KiB segments"
+        assert created == 1, f"{created} segments for 4 KiB of records under a 13 KiB checkpoint"
         assert [r[2] for r in records(tmp_path) if r[0] == "c"] == list(range(200))
+    finally:
+        j.close()
+
+
+async def test_segments_close_past_their_size_so_a_restart_replays_little(tmp_path: Path) -> None:
+    """With a small checkpoint a segment closes once its own records pass `segment_bytes`, and the
+    settled ones are deleted: what a restart replays stays about one segment, not the history."""
+    gen = Generations(tmp_path).take()
+    j = Journal(tmp_path, generation=gen, segment_bytes=2048)
+    j.checkpoint = lambda: ["ck", 1, "host-a", gen, {"T00001": 1}, {}]
+    j.open(1, [], [])
+    try:
+        for i in range(1, 201):  # ~10 KiB of records, each message settled as the CP does it
+            seg = j.append(["a", "T00001", i, "x" * 10])
+            j.pin(seg)
+            j.append(["c", "T00001", i], lazy=True)
+            j.unpin(seg)
+        await j.drain()
+        assert j.seg >= 4, f"only {j.seg} segments for ~10 KiB of records in 2 KiB segments"
+        left = sum(p.stat().st_size for p in tmp_path.glob("seg-*.hsbj"))
+        assert left < 2 * 2048 + 1024, f"{left} bytes left: settled segments were kept"
     finally:
         j.close()
 

@@ -41,7 +41,8 @@ class CPSection(Strict):
     journal: ConfigPath = Field(default="cp-journal", validate_default=True)  # relative: to the config file
     durability: Literal["fsync", "none"] = "fsync"
     journal_timeout: float = Field(default=2.0, gt=0, le=600)
-    journal_segment_kib: int = Field(default=8192, ge=16, le=1024 * 1024)  # a segment is closed past this size
+    # a segment is closed past this size of records (and four times its checkpoint); a restart replays the live ones
+    journal_segment_kib: int = Field(default=1024, ge=16, le=1024 * 1024)
     # two CP machines (docs/operations.md, "Two CP machines"): "at_start" takes the journal over at
     # once; "on_wake" waits (config loaded, admin and /health up) until keepalived's notify script
     # sends SIGUSR1 on this machine becoming master, or until this machine holds terminal_listen's

@@ -62,9 +62,10 @@ def _check(buf: bytes | memoryview, off: int) -> tuple[int, str | None]:
     return end, None
 
 
-def scan(buf: bytes, path: str = "?") -> tuple[list[Any], int, str | None]:
+def scan(buf: bytes, path: str = "?", until: str | None = None) -> tuple[list[Any], int, str | None]:
     """The records of one segment: (payloads, end of the last valid record, why the tail was torn
-    or None). Raises JournalDamaged for a bad record that a valid one follows."""
+    or None). Raises JournalDamaged for a bad record that a valid one follows. `until`: stop after
+    the first record of that kind (what follows is not read, nor checked)."""
     out: list[Any] = []
     append = out.append
     off = 0
@@ -83,10 +84,13 @@ def scan(buf: bytes, path: str = "?") -> tuple[list[Any], int, str | None]:
                 body = mv[off + hsize : end]
                 if crc32(body, crc32(n.to_bytes(4, "big"))) == crc:
                     try:
-                        append(unpackb(body, raw=False, strict_map_key=False))
+                        rec = unpackb(body, raw=False, strict_map_key=False)
                     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
                         raise JournalDamaged(path, off, f"the record's payload does not decode ({exc})") from None
+                    append(rec)
                     off = end
+                    if until is not None and isinstance(rec, list) and rec and rec[0] == until:
+                        return out, off, None
                     continue
         _, why = _check(buf, off)
         # torn only if nothing valid follows

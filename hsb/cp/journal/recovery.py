@@ -62,7 +62,9 @@ def _complete(gen: int, segs: list[tuple[int, Path]]) -> bool:
         return True  # from before generations: no snapshot, the segments are the whole journal
     first_n, path = segs[0]
     try:
-        recs, _, _ = scan(path.read_bytes(), str(path))
+        # the checkpoint and the snapshot up to its end ("se"), not the history after it:
+        # recover() reads (and checks) the whole segment next
+        recs, _, _ = scan(path.read_bytes(), str(path), until="se")
     except (FileNotFoundError, JournalDamaged):
         return False
     if not recs or recs[0][0] != "ck":

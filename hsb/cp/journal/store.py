@@ -44,7 +44,8 @@ from hsb.worker import Worker
 
 log = structlog.get_logger("hsb.cp")
 
-SEGMENT_BYTES = 8 * 1024 * 1024  # a segment is closed past this size
+SEGMENT_BYTES = 1024 * 1024  # a segment is closed past this size of records of its own
+CK_SHARE = 4  # ... and past this many times its checkpoint: checkpoints stay a fifth of what is written
 IDLE_ROTATE_BYTES = 16 * 1024  # a settled current segment with this much beyond its checkpoint is closed when idle
 KEEP_SEGMENTS = 4  # more than this many: the oldest one's live records are carried forward
 RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)  # backoff of a failed write
@@ -163,8 +164,12 @@ class Journal:
                 self._flush_scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush)
         # past the size in records of its own: a checkpoint (one entry per terminal) may itself be
-        # larger than a small segment, and counting it would start a new segment at every append
-        if self.sizes[seg] - self.ck_sizes.get(seg, 0) >= self.segment_bytes:
+        # larger than a small segment, and counting it would start a new segment at every append.
+        # Small segments keep a restart's replay short (it reads the live segments whole); at
+        # 100,000 terminals the checkpoint is ~1.5 MB, so a segment then holds CK_SHARE times that
+        ck = self.ck_sizes.get(seg, 0)
+        own = self.sizes[seg] - ck
+        if own >= self.segment_bytes and own >= CK_SHARE * ck:
             self.seg += 1
             self._new_segment()
         return seg
