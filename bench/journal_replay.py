@@ -15,7 +15,6 @@ grows is `[cp] journal_segment_kib` (and four times its checkpoint).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import shutil
 import statistics
 import sys
