@@ -442,6 +442,19 @@ def save_results(a: Any, section: str, res: Any, text: str) -> None:
         write_section(section, text)
 
 
+def bench_main(
+    ap: Any, argv: list[str] | None, *, command: str, results: Path, section: str, render: Callable[[Any, Any], str], amain: Callable[[Any], Any]
+) -> int:
+    """The entry of an in-process bench whose --json holds {"machine", "command", "results"}
+    (save_results): parse, note the command and the machine, measure or re-render."""
+    result_args(ap, results)
+    argv = sys.argv[1:] if argv is None else argv
+    a = ap.parse_args(argv)
+    a.command = command + (" " + " ".join(argv) if argv else "")
+    a.machine = machine()
+    return run_or_render(a, section, lambda saved: render(saved["results"], a), amain, daemon_loop=True)
+
+
 def run_or_render(a: Any, section: str, rerender: Callable[[dict[str, Any]], str], amain: Callable[[Any], Any], daemon_loop: bool = False) -> int:
     """A bench's entry: with `--render FILE`, print the report of a saved run (and with
     `--write` put it into BENCHMARKS.md as `## section`) instead of measuring; else measure.

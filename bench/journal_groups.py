@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _sandbox import machine, machine_line, result_args, run_or_render, save_results, table  # noqa: E402
+from _sandbox import bench_main, machine_line, save_results, table  # noqa: E402
 
 from hsb.cp.journal.generation import Generations  # noqa: E402
 from hsb.cp.journal.store import Journal  # noqa: E402
@@ -150,12 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", default="/var/tmp", help="directory on the disk to measure (default /var/tmp)")
     ap.add_argument("--groups", type=int, default=3000)
     ap.add_argument("--reps", type=int, default=5)
-    result_args(ap, RESULTS)
-    argv = sys.argv[1:] if argv is None else argv
-    a = ap.parse_args(argv)
-    a.command = COMMAND + (" " + " ".join(argv) if argv else "")
-    a.machine = machine()
-    return run_or_render(a, SECTION, lambda saved: render(saved["results"], a), amain, daemon_loop=True)
+    return bench_main(ap, argv, command=COMMAND, results=RESULTS, section=SECTION, render=render, amain=amain)
 
 
 if __name__ == "__main__":
