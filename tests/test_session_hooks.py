@@ -99,6 +99,11 @@ class _FakeCP:
         self.sent.append(msg)
         return True
 
+    def send_raw(self, frame: bytes) -> None:
+        from hsb.wire.framing import Decoder
+
+        self.sent.extend(Decoder().feed(frame))
+
     async def drain(self) -> None:
         return None
 
@@ -170,3 +175,39 @@ async def test_a_ring_entry_read_as_the_switch_is_granted_does_not_turn_an_activ
     c.apply_ring([SessionEntry(n, {"k": 1}, True) for n in srv.sessions.table])
     assert all(ts.state == ACTIVE for ts in srv.sessions.table.values())
     assert not [m for m in srv.cp.sent if m["t"] == "open"]
+
+
+@pytest.mark.timeout(10)
+async def test_the_active_names_its_open_sessions_in_slices_and_stops_once_not_the_active() -> None:
+    """Registered as the active at a CP that keeps sessions (hsb.cp.adopt), hsbd names every
+    session open here in `adopt` frames, the last marked; demoted or fenced part-way, it stops
+    and sends no `last` (the CP would take it from a host that is not the active)."""
+    from hsb.host.sessions import ACTIVE, STANDBY
+
+    async def named(c: SessionsCtl, srv: Any, stop_after: int | None = None) -> list[dict[str, Any]]:
+        srv.cp.sent.clear()
+        c.adopt_sessions(7)
+        for _ in range(1000):
+            frames = [m for m in srv.cp.sent if m["t"] == "adopt"]
+            if stop_after is not None and len(frames) >= stop_after:
+                srv.ha.granted = False  # demoted (a planned switchover) while naming
+                stop_after = None
+            if not c.tasks:
+                break
+            await asyncio.sleep(0)
+        assert not c.tasks
+        return [m for m in srv.cp.sent if m["t"] == "adopt"]
+
+    c, srv = standby_ctl(2500)
+    c.cp_registered = True
+    c.open_batch_bytes = 1 << 20
+    srv.ha.granted = True
+    for i, ts in enumerate(srv.sessions.table.values()):
+        ts.state = ACTIVE if i % 5 else STANDBY  # 2,000 open as active, 500 not
+    frames = await named(c, srv)
+    assert [len(m["items"]) for m in frames] == [1024, 976, 0] and frames[-1]["last"] is True
+    assert all(m["epoch"] == 7 and not m.get("last") for m in frames[:-1])
+    names = [it[0] for m in frames for it in m["items"]]
+    assert names == [n for n, ts in srv.sessions.table.items() if ts.state == ACTIVE]
+    frames = await named(c, srv, stop_after=1)
+    assert len(frames) == 1 and not frames[0].get("last"), [len(m["items"]) for m in frames]
