@@ -84,6 +84,28 @@ def test_damage_after_a_generations_snapshot_stops_the_start(tmp_path: Path) -> 
     assert exc.value.path == str(p) and exc.value.offset == off, str(exc.value)
 
 
+def test_damage_in_a_generation_whose_snapshot_segment_is_gone_stops_the_start(tmp_path: Path) -> None:
+    """Once a generation's snapshot segment is settled and deleted, its later segments say so in
+    their checkpoints (`first`); damage in them stops the start as well."""
+    from hsb.cp.journal.generation import Generations
+
+    gens = Generations(tmp_path)
+    gens.take()
+    _segment(tmp_path, 1, [["ck", 1, "host-a", 1, {}, {"first": 1}], ["a", "T1", 1, b"stale"], ["se"]], gen=1)
+    gen = gens.take()
+    recs = [["ck", 2, "host-a", gen, {"T1": 3}, {"first": 5}], *(["a", "T1", i, b"x" * 20] for i in range(4, 8))]
+    p = _segment(tmp_path, 6, recs, gen=gen)
+    _segment(tmp_path, 7, [["ck", 2, "host-a", gen, {"T1": 7}, {"first": 5}], ["a", "T1", 8, b"y"]], gen=gen)
+    assert recover(tmp_path, truncate=False).held == {"T1": {i: (b"x" * 20, 6) for i in range(4, 8)} | {8: (b"y", 7)}}
+    blob = bytearray(p.read_bytes())
+    off = sum(len(encode(r)) for r in recs[:2])
+    blob[off + 12] ^= 0xFF
+    p.write_bytes(bytes(blob))
+    with pytest.raises(JournalDamaged) as exc:
+        recover(tmp_path)
+    assert exc.value.path == str(p) and exc.value.offset == off, str(exc.value)
+
+
 def test_a_torn_record_in_an_older_segment_is_damage(tmp_path: Path) -> None:
     _segment(tmp_path, 1, [["ck", 1, "h", 0, {}], ["a", "T1", 1, b"x"]])
     p2 = _segment(tmp_path, 2, [["ck", 1, "h", 0, {"T1": 1}]])

@@ -157,3 +157,29 @@ async def test_a_group_that_hangs_is_reported_stalled_its_own_timeout_after_it_b
     finally:
         hook.release()
         j.close()
+
+
+async def test_only_a_mostly_settled_old_segment_is_carried_forward(tmp_path: Path) -> None:
+    """Past KEEP_SEGMENTS segments the oldest one's few live records are written again so that it
+    can go; segments mostly live (a host away: messages held) are left, or every tick would write
+    them again as their copies filled new segments in turn."""
+    gen = Generations(tmp_path).take()
+    j = Journal(tmp_path, generation=gen, segment_bytes=2048)
+    j.checkpoint = lambda: ["ck", 1, "host-a", gen, {"T00001": 1}, {}]
+    j.open(1, [], [])
+    try:
+        segs: list[int] = []
+        for i in range(1, 301):  # ~12 KiB of held messages: every record live
+            seg = j.append(["a", "T00001", i, "x" * 20])
+            j.pin(seg)
+            segs.append(seg)
+        await j.drain()
+        assert len(j.segments) > 5, j.segments
+        assert j.oldest_to_clean() is None, "a segment of live records is not carried forward"
+        oldest = j.segments[0]
+        mine = [i for i, s in enumerate(segs) if s == oldest]
+        for _ in mine[1:]:  # all but one of the oldest segment's messages answered
+            j.unpin(oldest)
+        assert j.oldest_to_clean() == oldest
+    finally:
+        j.close()

@@ -57,22 +57,27 @@ def segment_files(d: Path) -> list[tuple[int, int, Path]]:
 
 
 def _complete(gen: int, segs: list[tuple[int, Path]]) -> bool:
-    """Whether generation `gen`'s segments hold a complete takeover snapshot (see the module docstring)."""
+    """Whether generation `gen`'s segments hold a complete takeover snapshot (see the module
+    docstring). Damage found on the way raises JournalDamaged: it stops the start, never makes a
+    generation look unfinished (that would skip it, and delete it, for an older one)."""
     if gen == 0:
         return True  # from before generations: no snapshot, the segments are the whole journal
-    first_n, path = segs[0]
-    try:
-        # the checkpoint and the snapshot up to its end ("se"), not the history after it:
-        # recover() reads (and checks) the whole segment next
-        recs, _, _ = scan(path.read_bytes(), str(path), until="se")
-    except (FileNotFoundError, JournalDamaged):
-        return False
-    if not recs or recs[0][0] != "ck":
-        return False
-    extra = recs[0][5] if len(recs[0]) > 5 and isinstance(recs[0][5], dict) else {}
-    if first_n > int(extra.get("first", first_n)):
-        return True  # the snapshot's segment was settled and deleted: it was durable
-    return any(r[0] == "se" for r in recs)
+    for first_n, path in segs:
+        try:
+            buf = path.read_bytes()
+        except FileNotFoundError:  # deleted meanwhile (a superseded CP compacting): settled, go on
+            continue
+        recs, _, _ = scan(buf, str(path), until="ck")  # the checkpoint alone first
+        if not recs or recs[0][0] != "ck":
+            return False  # torn before its first record: a CP that died creating the generation
+        extra = recs[0][5] if len(recs[0]) > 5 and isinstance(recs[0][5], dict) else {}
+        if first_n > int(extra.get("first", first_n)):
+            return True  # the snapshot's segment was settled and deleted: it was durable
+        # the snapshot segment: complete once its end ("se") is there (the traffic after it is
+        # read, and checked, by recover())
+        recs, _, _ = scan(buf, str(path), until="se")
+        return any(r[0] == "se" for r in recs)
+    return False
 
 
 def lineage(d: Path) -> tuple[int, list[tuple[int, Path]], list[Path]]:

@@ -47,7 +47,8 @@ log = structlog.get_logger("hsb.cp")
 SEGMENT_BYTES = 1024 * 1024  # a segment is closed past this size of records of its own
 CK_SHARE = 4  # ... and past this many times its checkpoint: checkpoints stay a fifth of what is written
 IDLE_ROTATE_BYTES = 16 * 1024  # a settled current segment with this much beyond its checkpoint is closed when idle
-KEEP_SEGMENTS = 4  # more than this many: the oldest one's live records are carried forward
+KEEP_SEGMENTS = 4  # more than this many: the oldest one's live records are carried forward ...
+CARRY_SHARE = 4  # ... if at most this fraction (1/4) of its records is live: else carrying gains nothing
 RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)  # backoff of a failed write
 LAZY_S = 0.005  # a record nobody waits on rides with the next group, or is written after this long
 SYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, float("inf"))
@@ -73,6 +74,7 @@ class Journal:
         self.segment_bytes = segment_bytes
         self.seg = 0  # the segment new records go to
         self.live: dict[int, int] = {}  # segment -> live records in it
+        self.records: dict[int, int] = {}  # segment -> records in it (live or not)
         self.sizes: dict[int, int] = {}  # segment -> bytes written to it (including pending)
         self.ck_sizes: dict[int, int] = {}  # segment -> bytes of its checkpoint
         self.segments: deque[int] = deque()  # existing segment files, oldest first
@@ -114,6 +116,7 @@ class Journal:
             self.append_sync(rec)
         self.append_sync(["se"])
         self.live[first] = len(snapshot)
+        self.records[first] += len(snapshot) + 1  # and its "se"
         batch, self._pending = self._pending, []
         self._write(batch)  # blocking: at start, before any terminal is accepted
         for path in garbage:
@@ -134,6 +137,7 @@ class Journal:
         n = self.seg
         self.segments.append(n)
         self.live.setdefault(n, 0)
+        self.records[n] = 1  # its checkpoint
         self.sizes[n] = 0
         rec = self._packer(self.checkpoint())
         self._pending.append((n, rec))
@@ -153,6 +157,7 @@ class Journal:
         seg = self.seg
         self._pending.append((seg, rec))
         self.sizes[seg] += len(rec)
+        self.records[seg] += 1
         if done is not None:
             self._callbacks.append(done)
         if lazy:
@@ -187,6 +192,7 @@ class Journal:
         while len(self.segments) > 1 and self.live.get(self.segments[0], 0) <= 0:
             s = self.segments.popleft()
             self.live.pop(s, None)
+            self.records.pop(s, None)
             self.sizes.pop(s, None)
             self.ck_sizes.pop(s, None)
             self._deletions.append(s)
@@ -207,10 +213,16 @@ class Journal:
             asyncio.get_running_loop().call_soon(self._flush)
 
     def oldest_to_clean(self) -> int | None:
-        """The oldest segment, when there are too many and live records pin it (the caller
-        carries them forward), else None."""
-        if len(self.segments) > KEEP_SEGMENTS and self.live.get(self.segments[0], 0) > 0:
-            return self.segments[0]
+        """The oldest segment, when there are too many and a few live records pin it (the caller
+        carries them forward), else None. A segment mostly live (a host away: messages held, not
+        answered) is left: carrying it forward would only write it again, and again each tick,
+        as the copies fill new segments in turn."""
+        if len(self.segments) <= KEEP_SEGMENTS:
+            return None
+        s = self.segments[0]
+        live = self.live.get(s, 0)
+        if live > 0 and live * CARRY_SHARE <= self.records.get(s, 0):
+            return s
         return None
 
     # ------------------------------------------------------------------ writing (writer thread)
