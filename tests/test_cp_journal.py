@@ -62,6 +62,16 @@ def test_damage_in_the_middle_stops_with_the_file_and_offset(tmp_path: Path) -> 
     assert f"{p} at offset {off}" in str(exc.value) and "checksum mismatch" in str(exc.value)
 
 
+def _recovery_stops_at(d: Path, p: Path, off: int) -> None:
+    """Damage the record at `off` of segment `p`: recovering `d` must stop there, naming both."""
+    blob = bytearray(p.read_bytes())
+    blob[off + 12] ^= 0xFF
+    p.write_bytes(bytes(blob))
+    with pytest.raises(JournalDamaged) as exc:
+        recover(d)
+    assert exc.value.path == str(p) and exc.value.offset == off, str(exc.value)
+
+
 def test_damage_after_a_generations_snapshot_stops_the_start(tmp_path: Path) -> None:
     """The newest generation's first segment holds its snapshot (up to "se") and then the traffic
     after it. Whether the generation is complete is judged from the snapshot alone, and damage in
@@ -75,13 +85,7 @@ def test_damage_after_a_generations_snapshot_stops_the_start(tmp_path: Path) -> 
     gen = gens.take()
     recs = [["ck", 2, "host-a", gen, {}, {"first": 5}], ["a", "T1", 1, b"old"], ["se"], *(["a", "T1", i, b"x" * 20] for i in range(2, 6))]
     p = _segment(tmp_path, 5, recs, gen=gen)
-    blob = bytearray(p.read_bytes())
-    off = sum(len(encode(r)) for r in recs[:4])  # the record after the first one of the traffic
-    blob[off + 12] ^= 0xFF
-    p.write_bytes(bytes(blob))
-    with pytest.raises(JournalDamaged) as exc:
-        recover(tmp_path)
-    assert exc.value.path == str(p) and exc.value.offset == off, str(exc.value)
+    _recovery_stops_at(tmp_path, p, sum(len(encode(r)) for r in recs[:4]))  # the traffic's second record
 
 
 def test_damage_in_a_generation_whose_snapshot_segment_is_gone_stops_the_start(tmp_path: Path) -> None:
@@ -97,13 +101,7 @@ def test_damage_in_a_generation_whose_snapshot_segment_is_gone_stops_the_start(t
     p = _segment(tmp_path, 6, recs, gen=gen)
     _segment(tmp_path, 7, [["ck", 2, "host-a", gen, {"T1": 7}, {"first": 5}], ["a", "T1", 8, b"y"]], gen=gen)
     assert recover(tmp_path, truncate=False).held == {"T1": {i: (b"x" * 20, 6) for i in range(4, 8)} | {8: (b"y", 7)}}
-    blob = bytearray(p.read_bytes())
-    off = sum(len(encode(r)) for r in recs[:2])
-    blob[off + 12] ^= 0xFF
-    p.write_bytes(bytes(blob))
-    with pytest.raises(JournalDamaged) as exc:
-        recover(tmp_path)
-    assert exc.value.path == str(p) and exc.value.offset == off, str(exc.value)
+    _recovery_stops_at(tmp_path, p, sum(len(encode(r)) for r in recs[:2]))
 
 
 def test_a_torn_record_in_an_older_segment_is_damage(tmp_path: Path) -> None:
