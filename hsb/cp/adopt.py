@@ -78,11 +78,7 @@ class Adoption:
 
     def _adoption_done(self: CP, host: HostProtocol) -> None:
         host.adopting = False
-        asked = 0
-        for term in self.terms.values():
-            if term.conn is not None and term.active is None and not term.leaving:
-                host.send({"t": "session_request", "terminal": term.name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
-                asked += 1
+        asked = self._request_sessions(host)
         log.info(
             "sessions_adopted",
             host=host.name,

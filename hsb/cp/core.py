@@ -246,8 +246,17 @@ class CP(TerminalSide, Adoption, JournalSide, StatusView):
         for term in self.terms.values():
             if term.active is not None and term.active.host is not host:
                 term.active = None
-            if not adopt and term.conn is not None and term.active is None and not term.leaving:
-                host.send({"t": "session_request", "terminal": term.name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
+        if not adopt:  # else once the active has named its sessions
+            self._request_sessions(host)
+
+    def _request_sessions(self, host: HostProtocol) -> int:
+        """A `session_request` to a new active for every connected terminal without a session."""
+        asked = 0
+        for term in self.terms.values():
+            if term.conn is not None and term.active is None and not term.leaving:
+                host.request_session(term)
+                asked += 1
+        return asked
 
     def host_open(self, host: HostProtocol, name: str, kind: str, attrs: dict[str, Any]) -> None:
         self.settle_flip()

@@ -198,7 +198,7 @@ class Flip:
                         self.flight_msgs += nf
                         self.flight_terms += 1
                 elif term.conn is not None and term.active is None and not term.leaving:
-                    host.send({"t": "session_request", "terminal": term.name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
+                    host.request_session(term)
                     self.requested += 1
                 elif term.conn is None and term._active is not None and term._active.host is not host:
                     # kept for a terminal not back yet (hsb.cp.adopt): it went with the old active

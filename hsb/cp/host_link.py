@@ -13,6 +13,7 @@ from hsb.wire.framing import ProtocolError, batch_bytes
 
 if TYPE_CHECKING:
     from hsb.cp.core import CP
+    from hsb.cp.state import Term
 
 log = structlog.get_logger("hsb.cp")
 
@@ -95,6 +96,10 @@ class HostProtocol(AuthServerProtocol):
         self.deliver_batch_bytes = batch_bytes(msg, "deliver_batch")
         self.adopts = msg.get("adopt") is True
         self.cp.host_register(self, role, sid if isinstance(sid, int) else 0)
+
+    def request_session(self, term: Term) -> None:
+        """Ask the active for a session of a terminal that has none (docs/protocol.md §3)."""
+        self.send({"t": "session_request", "terminal": term.name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
 
     def deliver(self, terminal: str, mid: int, data: Any, redelivered: bool) -> None:
         """One held message to the active (docs/protocol.md §3, `deliver`)."""

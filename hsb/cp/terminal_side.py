@@ -92,7 +92,7 @@ class TerminalSide:
             if active is not None and not active.released:
                 self._deliver_pending(term, active)
         elif active is not None and not active.adopting:  # else the announcement, or the adoption's end, asks
-            active.send({"t": "session_request", "terminal": name, "standby_capable": term.defn.standby_capable, "attrs": term.defn.attrs})
+            active.request_session(term)
 
     def terminal_confirm(self: CP, term: Term, upto: int) -> None:
         """The terminal holds every reply up to `upto`: those are settled."""
