@@ -55,10 +55,11 @@ def back(cp: dict[str, Any], n: int) -> bool:
     return t.get("connected") == n and t.get("active_sessions") == n
 
 
-async def lab_run(n: int, a: argparse.Namespace, rep: int, base: Path) -> dict[str, Any]:
+async def lab_run(n: int, a: argparse.Namespace, rep: int, base: Path, tickle: bool = True) -> dict[str, Any]:
     from tests.netns.cplab import CPS, CPPairLab
 
-    with CPPairLab(base / f"lab-{n}-{rep}", terminals=n) as lab:
+    with CPPairLab(base / f"lab-{n}-{rep}-{'tickle' if tickle else 'no-tickle'}", terminals=n) as lab:
+        lab.tickle_acks = tickle
         await lab.start(timeout=180)
         first = await lab.serving_cp()
         assert first is not None
@@ -80,6 +81,7 @@ async def lab_run(n: int, a: argparse.Namespace, rep: int, base: Path) -> dict[s
         report = await load.finish(timeout=240)
         master = [t for t in _notify_times(lab.dir / f"notify-{other}.log", "MASTER") if t >= t_cut]
         rec = lab.cp_events(other, "journal_recovered")
+        tk = lab.cp_events(other, "tickle_acks_sent")
         rec_t = None
         if rec:
             from datetime import datetime
@@ -93,6 +95,9 @@ async def lab_run(n: int, a: argparse.Namespace, rep: int, base: Path) -> dict[s
     return {
         "terminals": n,
         "rep": rep,
+        "tickle_acks": tickle,
+        "tickles_sent": tk[-1].get("sent") if tk else 0,
+        "tickles_ms": tk[-1].get("ms") if tk else None,
         "cut_to_master_ms": ms(master[0] if master else None),
         "cut_to_takeover_done_ms": ms(rec_t),
         "takeover_ms": rec[-1].get("ms") if rec else None,
@@ -138,14 +143,16 @@ async def amain(a: argparse.Namespace) -> int:
 
     for n in a.sizes:
         for rep in range(1, a.reps + 1):
-            r = await lab_run(n, a, rep, base)
-            data["results"].append(r)
-            say(
-                f"   N={n} #{rep}: master {fmt_ms(r['cut_to_master_ms'], 0)} ms, taken over {fmt_ms(r['cut_to_takeover_done_ms'], 0)} ms"
-                f" ({r['takeover_ms']} ms), all sessions {fmt_ms(r['cut_to_all_sessions_ms'], 0)} ms; worst pause {fmt_ms(r['worst_ms'], 0)}"
-                f" ms, all served {fmt_ms(r['all_served_ms'], 0)} ms; {'OK' if r['ok'] else 'FAILED: ' + '; '.join(r['failures'])}"
-            )
-            save()
+            for tickle in {"on": [True], "off": [False], "both": [False, True]}[a.tickle]:
+                r = await lab_run(n, a, rep, base, tickle)
+                data["results"].append(r)
+                say(
+                    f"   N={n} #{rep} tickle {'on' if tickle else 'off'} ({r['tickles_sent']} sent): master"
+                    f" {fmt_ms(r['cut_to_master_ms'], 0)} ms, taken over {fmt_ms(r['cut_to_takeover_done_ms'], 0)} ms"
+                    f" ({r['takeover_ms']} ms), all sessions {fmt_ms(r['cut_to_all_sessions_ms'], 0)} ms; worst pause {fmt_ms(r['worst_ms'], 0)}"
+                    f" ms, all served {fmt_ms(r['all_served_ms'], 0)} ms; {'OK' if r['ok'] else 'FAILED: ' + '; '.join(r['failures'])}"
+                )
+                save()
             if not a.no_restart:
                 q = await restart_run(n, a, rep, base)
                 data["restart"].append(q)
@@ -238,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steady", type=float, default=2.0)
     p.add_argument("--after", type=float, default=2.0)
     p.add_argument("--no-restart", action="store_true", help="skip the CP restart on one machine beside it")
+    p.add_argument("--tickle", choices=["on", "off", "both"], default="on", help="[cp] tickle_acks; both: off and on alternated in each repetition")
     p.add_argument("--json", default=str(RESULTS))
     p.add_argument("--render", metavar="JSON")
     p.add_argument("--no-write", dest="write", action="store_false")

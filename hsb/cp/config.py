@@ -37,6 +37,9 @@ class CPSection(Strict):
     # after a restart the active names its open sessions and keeps them (hsb.cp.adopt); one whose
     # terminal is not back this many seconds later is closed. 0: every terminal logs on again
     resume_window: float = Field(default=60.0, ge=0, le=86400)
+    # on taking over from another CP machine, a tickle ACK to each of its terminal connections
+    # (hsb.cp.tickle; needs CAP_NET_RAW): terminals reconnect at once instead of by keepalive
+    tickle_acks: bool = True
     # the CP's journal (docs/cp-journal.md): what it accepted and what it owes, durable first
     journal: ConfigPath = Field(default="cp-journal", validate_default=True)  # relative: to the config file
     durability: Literal["fsync", "none"] = "fsync"

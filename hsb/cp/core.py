@@ -29,6 +29,7 @@ from hsb.cp.terminal_side import TerminalSide
 
 if TYPE_CHECKING:
     from hsb.cp.host_link import HostProtocol
+    from hsb.cp.tickle import TickleList
 
 log = structlog.get_logger("hsb.cp")
 
@@ -64,6 +65,7 @@ class CP(TerminalSide, Adoption, JournalSide, StatusView):
         self.epoch = 0
         self.active: HostProtocol | None = None
         self.standby: HostProtocol | None = None
+        self.tickles: TickleList | None = None  # the terminal connections, for the next CP (hsb.cp.tickle)
         # The active's loss as the CP saw it: (noticed at, last frame heard), monotonic.
         self.loss: tuple[float, float] | None = None
         self.active_lost_notified = False

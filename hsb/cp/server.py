@@ -33,6 +33,7 @@ from hsb.cp.host_link import HostProtocol
 from hsb.cp.journal import Journal, recover
 from hsb.cp.journal.generation import Generations, Superseded
 from hsb.cp.terminal_link import TerminalProtocol
+from hsb.cp.tickle import TickleList, previous_list, send_tickles
 from hsb.ops.http import json_route, start_http
 from hsb.ops.limits import raise_nofile, terminals_fit
 from hsb.ops.metrics import CPCollector, registry_for
@@ -85,6 +86,7 @@ class CPServer:
         self.servers: list[asyncio.base_events.Server] = []
         self.hosts: set[HostProtocol] = set()
         self.bound: dict[str, str] = {}
+        self._tickling: asyncio.Future[None] | None = None
         # TLS (hsb.wire.tls): mutual on the host and admin listeners, optional on the terminals'
         self.tls = TLS(cfg.tls.files(), terminals=cfg.tls.terminals) if cfg.tls is not None else None
         set_default_client(self.tls.client if self.tls is not None else None)
@@ -256,6 +258,8 @@ class CPServer:
             seg = journal.open(r.highest_segment + 1, cp.snapshot(), [*r.garbage, *r.paths])
         cp.repin(seg)
         journal.on_superseded = self._superseded
+        if c.tickle_acks:
+            cp.tickles = TickleList(d, gen)
         self.cp = cp
         self.took_over = {"generation": gen, "took_over": {"reason": reason, "at": time.time(), "from_generation": r.head_generation}}
         log.info(
@@ -337,6 +341,34 @@ class CPServer:
         self.state = "taking_over"
         self.take_over(reason)
         await self.start_serving()
+        if self.cp is not None and self.cp.tickles is not None:
+            self._tickling = asyncio.ensure_future(self.tickle(self.cp.tickles.gen))
+
+    async def tickle(self, gen: int) -> None:
+        """Tickle ACKs to the terminal connections of the CP this one took over from (hsb.cp.tickle),
+        off the event loop: they reconnect at once instead of when their keepalive notices."""
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        d = Path(self.cfg.cp.journal)
+        try:
+            prev, conns, here = await loop.run_in_executor(None, previous_list, d, gen)
+        except OSError as exc:
+            log.warning("tickle_acks_failed", error=str(exc), msg="the tickle list could not be read; terminals notice by keepalive")
+            return
+        if not conns or here:  # here: this kernel reset them when their process died
+            self.took_over["tickles"] = {"from_generation": prev, "connections": len(conns), "sent": 0, "here": here}
+            return
+        sent, failed, why = await loop.run_in_executor(None, send_tickles, conns)
+        ms = round((time.perf_counter() - t0) * 1000, 1)
+        self.took_over["tickles"] = {"from_generation": prev, "connections": len(conns), "sent": sent, "failed": failed, "ms": ms}
+        log.info("tickle_acks_sent", from_generation=prev, connections=len(conns), sent=sent, failed=failed, ms=ms)
+        if failed:
+            log.warning(
+                "tickle_acks_failed",
+                failed=failed,
+                error=why,
+                msg="terminals of the old CP notice by keepalive instead; tickle ACKs need CAP_NET_RAW (the systemd unit grants it)",
+            )
 
     def _superseded(self, exc: Superseded) -> None:
         """A newer CP owns the journal: stop at once (nothing more is acknowledged already).
@@ -376,6 +408,8 @@ class CPServer:
                         self.should_exit.set()
                         break
             watchdog.tick(time.monotonic())
+            if self.cp.tickles is not None:
+                self.cp.tickles.tick(time.monotonic())
             if time.monotonic() - last_journal >= 1.0:
                 last_journal = time.monotonic()
                 self.cp.journal_tick()
@@ -486,4 +520,6 @@ class CPServer:
                     msg="records still unwritten at the stop: recovered as if the CP had crashed",
                 )
             self.cp.journal.close()
+            if self.cp.tickles is not None:
+                self.cp.tickles.close()
         log.info("cp_stopped", exit=self.exit_code)

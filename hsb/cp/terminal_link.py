@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -29,6 +30,16 @@ class TerminalProtocol(FramedProtocol):
         self.term: Term | None = None
         self._idle_after = idle_after_hello
         self._hello_timeout = hello_timeout
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.cp.tickles is not None:
+            self.cp.tickles.opened(self, transport.get_extra_info("sockname"), transport.get_extra_info("peername"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.cp.tickles is not None:
+            self.cp.tickles.closed(self)
+        super().connection_lost(exc)
 
     def on_open(self) -> None:
         self.set_deadline(self._hello_timeout)  # hello within hello_timeout of the connect, however slowly bytes arrive

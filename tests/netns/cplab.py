@@ -57,6 +57,7 @@ class CPPairLab(Lab):
 
     takeover_stale: float = 0.3
     advert_int: float = 0.1
+    tickle_acks: bool = True  # [cp] tickle_acks (hsb.cp.tickle)
 
     # ------------------------------------------------------------------ addresses
     def data(self, node: str, port: str | None = None) -> str:
@@ -166,6 +167,7 @@ class CPPairLab(Lab):
                     "takeover": "on_wake",
                     "takeover_stale": self.takeover_stale,
                     "wake_file": str(self.dir / f"{node}.state"),
+                    "tickle_acks": self.tickle_acks,
                 },
             ) + _section("[terminal_groups]", {**group, "standby_capable": True, "attrs": {"kind": "till"}})
             (d / f"{node}.toml").write_text("\n".join(cp))

@@ -93,6 +93,9 @@ async def test_the_cp_machine_holding_the_address_cut_off_under_load(tmp_path: P
             )
             took = watch.first_serving(other, t_cut)
             assert took is not None
+            # the new CP tickled the old one's terminal connections (hsb.cp.tickle): a reset each
+            tk = lab.cp_events(other, "tickle_acks_sent")
+            assert tk and tk[-1]["sent"] >= lab.terminals and tk[-1]["failed"] == 0, tk
             assert lab.holds_vip(other) and not lab.holds_vip(first)
             # the cut-off CP stopped serving (keepalived took its address: it let go)
             released = lab.cp_events(first, "cp_released")

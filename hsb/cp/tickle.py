@@ -1,0 +1,221 @@
+"""Tickle ACKs: terminals of a lost CP machine learn at once that their connections are dead.
+
+When keepalived moves the CP's address to the second machine, the terminals' connections to
+the first one do not break: no reset comes from a machine that is cut off, so each terminal
+notices only on its next send or its next TCP keepalive probe (a second or more). CTDB, which
+moves Samba's addresses between cluster nodes, solves this with a "tickle ACK", and so does
+this module:
+
+- The serving CP keeps the four addresses of every terminal connection (the *tickle list*) and
+  writes them, when they changed and at most once a second, to `tickle-<generation>` in the
+  journal directory that both CP machines share (off the event loop; not fsynced: a stale list
+  only tickles fewer terminals).
+- A CP that takes the journal over reads the newest list of an older generation and, once it
+  listens, sends each of those connections (unless that list was written in this machine's own
+  network namespace: its kernel already reset them when their process died) a bare TCP ACK from the CP's address (now its own)
+  with sequence number 0, through a raw socket. The terminal's kernel finds the segment outside
+  its window and answers with an ACK of its own, which reaches this machine; the kernel here
+  has no such connection and answers that with a reset. The terminal sees the reset and
+  reconnects at once, instead of a keepalive interval later.
+
+Sending needs CAP_NET_RAW (the systemd unit grants it); without it the CP says so once and the
+terminals find out by keepalive, as before. A tickle to a connection that is alive (split
+brain, a terminal already back on the same ports) is a duplicate ACK and changes nothing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import struct
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import structlog
+
+from hsb.worker import Worker
+
+log = structlog.get_logger("hsb.cp")
+
+WRITE_EVERY_S = 1.0  # a changed list is written at most this often
+PREFIX = "tickle-"
+WINDOW = 1234  # the window field of a tickle (any value will do; CTDB uses this one)
+
+Conn = tuple[str, int, str, int]  # the CP's address and port, the terminal's address and port
+
+
+def list_name(gen: int) -> str:
+    return f"{PREFIX}{gen:08d}"
+
+
+def _gen_of(name: str) -> int | None:
+    if not name.startswith(PREFIX) or not name[len(PREFIX) :].isdigit():
+        return None
+    return int(name[len(PREFIX) :])
+
+
+class TickleList:
+    """The terminal connections this CP serves, written for the CP that may take over from it."""
+
+    def __init__(self, d: Path, generation: int) -> None:
+        self.dir = d
+        self.gen = generation
+        self.conns: dict[object, Conn] = {}
+        self.changed = False
+        self.last_write = 0.0
+        self.writing = False
+        self.written = 0  # lists written
+        self.write_error: str | None = None
+        self._worker: Worker | None = None
+
+    def opened(self, key: object, local: Any, peer: Any) -> None:
+        if isinstance(local, tuple) and isinstance(peer, tuple) and len(local) >= 2 and len(peer) >= 2:
+            self.conns[key] = (local[0], local[1], peer[0], peer[1])
+            self.changed = True
+
+    def closed(self, key: object) -> None:
+        if self.conns.pop(key, None) is not None:
+            self.changed = True
+
+    def tick(self, now: float) -> None:
+        """From the CP's tick: write the list if it changed and the last write is old enough."""
+        if not self.changed or self.writing or now - self.last_write < WRITE_EVERY_S:
+            return
+        self.changed = False
+        self.last_write = now
+        self.writing = True
+        conns = list(self.conns.values())  # a copy: the loop goes on changing the dict
+        if self._worker is None:
+            self._worker = Worker("hsb-tickle")
+        self._worker.call(lambda: self._write(conns), self._written)
+
+    def _write(self, conns: list[Conn]) -> None:
+        path = self.dir / list_name(self.gen)
+        tmp = path.with_name(path.name + ".tmp")
+        doc = {"v": 1, "generation": self.gen, "at": time.time(), "origin": origin(), "conns": conns}
+        tmp.write_bytes(msgpack.packb(doc))
+        os.replace(tmp, path)
+
+    def _written(self, _: Any, exc: BaseException | None) -> None:
+        self.writing = False
+        if exc is not None:
+            self.changed = True  # tried again next time
+            if self.write_error is None:
+                log.warning("tickle_list_write_failed", dir=str(self.dir), error=str(exc))
+            self.write_error = str(exc)
+            return
+        self.write_error = None
+        self.written += 1
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown()
+
+
+def origin() -> str:
+    """This kernel and network namespace: where the connections of a dead process are reset."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/net').st_ino}"
+    except OSError:
+        return ""
+
+
+def previous_list(d: Path, own: int) -> tuple[int, list[Conn], bool]:
+    """The newest tickle list of a generation below `own` (0 and [] if none), whether it was
+    written here (this kernel and network namespace), and delete every older list. A damaged
+    list is skipped with a warning: it only tickles."""
+    found = sorted(((g, n) for n in os.listdir(d) if (g := _gen_of(n)) is not None and g < own), reverse=True)
+    out: tuple[int, list[Conn], bool] = (0, [], False)
+    for gen, name in found:
+        if out[0]:
+            _unlink(d / name)
+            continue
+        try:
+            doc = msgpack.unpackb((d / name).read_bytes())
+            conns = [(str(c[0]), int(c[1]), str(c[2]), int(c[3])) for c in doc["conns"]]
+            here = bool(doc.get("origin")) and doc.get("origin") == origin()
+        except (OSError, ValueError, KeyError, TypeError, IndexError, msgpack.UnpackException) as exc:
+            log.warning("tickle_list_unreadable", file=str(d / name), error=str(exc))
+            _unlink(d / name)
+            continue
+        out = (gen, conns, here)
+    return out
+
+
+def _unlink(p: Path) -> None:
+    try:
+        os.unlink(p)
+    except FileNotFoundError:
+        pass
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def tickle_segment(src: str, sport: int, dst: str, dport: int) -> bytes:
+    """A 20-byte TCP header: ACK, sequence and acknowledgement 0, its checksum over the pseudo
+    header of `src` and `dst` (IPv4 or IPv6)."""
+    head = struct.pack("!HHIIBBHHH", sport, dport, 0, 0, 5 << 4, 0x10, WINDOW, 0, 0)
+    a, b = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    if a.version == 4:
+        pseudo = a.packed + b.packed + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(head))
+    else:
+        pseudo = a.packed + b.packed + struct.pack("!I3xB", len(head), socket.IPPROTO_TCP)
+    return head[:16] + struct.pack("!H", _checksum(pseudo + head)) + head[18:]
+
+
+def send_tickles(conns: Iterable[Conn]) -> tuple[int, int, str | None]:
+    """Send a tickle ACK to each connection, from its CP address; (sent, failed, why the first
+    failure). Blocking: run it off the event loop."""
+    socks: dict[str, socket.socket | None] = {}
+    sent = failed = 0
+    why: str | None = None
+    try:
+        for src, sport, dst, dport in conns:
+            src, dst = _plain(src), _plain(dst)
+            if src in socks:
+                s = socks[src]
+            else:
+                s = None
+                try:
+                    s = socket.socket(socket.AF_INET6 if ":" in src else socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+                    s.bind((src, 0))  # the source of its packets: the CP's address, now this machine's
+                except OSError as exc:
+                    if s is not None:
+                        s.close()
+                        s = None
+                    why = why or f"raw socket from {src}: {exc}"
+                socks[src] = s
+            if s is None:
+                failed += 1
+                continue
+            try:
+                s.sendto(tickle_segment(src, sport, dst, dport), (dst, 0))
+                sent += 1
+            except OSError as exc:
+                failed += 1
+                why = why or f"to {dst}:{dport}: {exc}"
+    finally:
+        for s in socks.values():
+            if s is not None:
+                s.close()
+    return sent, failed, why
+
+
+def _plain(addr: str) -> str:
+    """An IPv4-mapped IPv6 address (a dual-stack listener's view of an IPv4 peer) as IPv4."""
+    return addr[7:] if addr.startswith("::ffff:") and "." in addr else addr
+
+
+__all__ = ["TickleList", "previous_list", "send_tickles", "tickle_segment", "list_name"]

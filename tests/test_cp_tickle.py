@@ -1,0 +1,129 @@
+"""Tickle ACKs (hsb.cp.tickle): the tickle list a serving CP writes, the list a CP taking over
+reads, and a real tickle through a raw socket resetting a connection whose far end vanished
+without a word (the terminal of a CP machine that was cut off)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import os
+import socket
+import struct
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from hsb.cp import tickle
+from hsb.cp.tickle import TickleList, list_name, previous_list, send_tickles, tickle_segment
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _sum16(data: bytes) -> int:
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+@pytest.mark.parametrize(("src", "dst"), [("10.0.0.1", "10.0.0.2"), ("fd00::1", "fd00::2")])
+def test_a_tickle_is_a_bare_ack_with_sequence_zero_and_a_valid_checksum(src: str, dst: str) -> None:
+    seg = tickle_segment(src, 7000, dst, 51234)
+    sport, dport, seq, ack, off, flags, _win, _csum, urg = struct.unpack("!HHIIBBHHH", seg)
+    assert (sport, dport, seq, ack, off >> 4, flags, urg, len(seg)) == (7000, 51234, 0, 0, 5, 0x10, 0, 20)
+    a, b = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    if a.version == 4:
+        pseudo = a.packed + b.packed + struct.pack("!BBH", 0, 6, 20)
+    else:
+        pseudo = a.packed + b.packed + struct.pack("!I3xB", 20, 6)
+    assert _sum16(pseudo + seg) == 0xFFFF  # the receiver's check: the one's complement sum is all ones
+
+
+async def _until(pred: object, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+async def test_the_list_is_written_when_it_changed_and_read_by_the_next_generation(tmp_path: Path) -> None:
+    tl = TickleList(tmp_path, 3)
+    a, b = object(), object()
+    tl.opened(a, ("10.0.0.9", 7000), ("10.1.0.5", 40001))
+    tl.opened(b, ("10.0.0.9", 7000), ("10.1.0.6", 40002, 0, 0))
+    tl.opened(object(), None, ("10.1.0.7", 1))  # no address (a unix socket, say): not listed
+    tl.tick(time.monotonic())
+    await _until(lambda: tl.written == 1, "the first list written")
+    tl.closed(a)
+    tl.tick(time.monotonic())  # changed, but written less than a second ago: not yet
+    assert not tl.writing and tl.changed
+    tl.tick(time.monotonic() + tickle.WRITE_EVERY_S)
+    await _until(lambda: tl.written == 2, "the second list written")
+    tl.tick(time.monotonic() + 10)  # unchanged: nothing written
+    assert not tl.writing and tl.written == 2
+    tl.close()
+    (tmp_path / list_name(1)).write_bytes(msgpack.packb({"v": 1, "conns": [["10.0.0.9", 7000, "10.9.9.9", 1]]}))
+    (tmp_path / list_name(2)).write_bytes(b"\x93 damaged")
+    (tmp_path / list_name(5)).write_bytes(msgpack.packb({"v": 1, "conns": []}))  # newer than the reader: not its predecessor
+    gen, conns, here = previous_list(tmp_path, 5)
+    assert (gen, conns) == (3, [("10.0.0.9", 7000, "10.1.0.6", 40002)])
+    assert here  # written in this network namespace: its kernel reset these itself
+    assert sorted(os.listdir(tmp_path)) == [list_name(3), list_name(5)]  # the older and the damaged one gone
+    doc = msgpack.unpackb((tmp_path / list_name(3)).read_bytes())
+    doc["origin"] = "another-machine:1"
+    (tmp_path / list_name(3)).write_bytes(msgpack.packb(doc))
+    assert previous_list(tmp_path, 5) == (3, [("10.0.0.9", 7000, "10.1.0.6", 40002)], False)
+    assert previous_list(tmp_path, 3) == (0, [], False)
+
+
+def _raw_reason() -> str | None:
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP).close()
+    except PermissionError:
+        return "needs CAP_NET_RAW (root) to send a tickle ACK through a raw socket"
+    return None
+
+
+@pytest.mark.skipif(_raw_reason() is not None, reason=_raw_reason() or "")
+def test_a_tickle_resets_a_connection_whose_far_end_vanished_silently() -> None:
+    srv = socket.create_server(("127.0.0.1", 0))
+    cli = socket.create_connection(srv.getsockname())
+    conn, _ = srv.accept()
+    TCP_REPAIR = 19  # close without a FIN or a reset: the far end vanishes as a machine cut off does
+    try:
+        conn.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
+    except OSError as exc:
+        pytest.skip(f"needs TCP_REPAIR (CAP_NET_ADMIN) to close a socket silently: {exc}")
+    local, peer = conn.getsockname(), cli.getsockname()
+    conn.close()
+    cli.setblocking(False)
+    with pytest.raises(BlockingIOError):  # the terminal's side knows nothing yet
+        cli.recv(1)
+    sent, failed, why = send_tickles([(local[0], local[1], peer[0], peer[1])])
+    assert (sent, failed, why) == (1, 0, None)
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            cli.recv(1)
+        except BlockingIOError:
+            assert time.monotonic() < deadline, "no reset after the tickle"
+            time.sleep(0.01)
+            continue
+        except ConnectionResetError as exc:
+            assert exc.errno == errno.ECONNRESET
+            break
+        pytest.fail("the connection ended without a reset")
+    cli.close()
+    srv.close()
+
+
+def test_without_a_raw_socket_every_tickle_is_counted_as_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*a: object, **k: object) -> socket.socket:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(tickle.socket, "socket", refuse)
+    sent, failed, why = send_tickles([("10.0.0.9", 7000, "10.1.0.5", 1), ("10.0.0.9", 7000, "10.1.0.6", 2)])
+    assert (sent, failed) == (0, 2) and why is not None and "raw socket from 10.0.0.9" in why and "not permitted" in why
