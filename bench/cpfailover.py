@@ -58,8 +58,7 @@ def back(cp: dict[str, Any], n: int) -> bool:
 async def lab_run(n: int, a: argparse.Namespace, rep: int, base: Path, tickle: bool = True) -> dict[str, Any]:
     from tests.netns.cplab import CPS, CPPairLab
 
-    with CPPairLab(base / f"lab-{n}-{rep}-{'tickle' if tickle else 'no-tickle'}", terminals=n) as lab:
-        lab.tickle_acks = tickle
+    with CPPairLab(base / f"lab-{n}-{rep}-{'tickle' if tickle else 'no-tickle'}", terminals=n, tickle_acks=tickle) as lab:
         await lab.start(timeout=180)
         first = await lab.serving_cp()
         assert first is not None
