@@ -63,7 +63,7 @@ async def lab_run(n: int, a: argparse.Namespace, rep: int, base: Path, tickle: b
         first = await lab.serving_cp()
         assert first is not None
         other = next(c for c in CPS if c != first)
-        load = lab.load(rate=a.rate, expect_disconnects=True, settle=60)
+        load = lab.load(rate=a.rate, expect_disconnects=True, settle=60, keepalive=a.term_keepalive)
         await load.sending(timeout=300)
         await lab.wait(lambda s: s["cp"].get("terminals", {}).get("standby_sessions") == n, 300, "every standby session", interval=0.2)
         await asyncio.sleep(a.steady)
@@ -95,6 +95,7 @@ async def lab_run(n: int, a: argparse.Namespace, rep: int, base: Path, tickle: b
         "terminals": n,
         "rep": rep,
         "tickle_acks": tickle,
+        "term_keepalive": a.term_keepalive,
         "tickles_sent": tk[-1].get("sent") if tk else 0,
         "tickles_ms": tk[-1].get("ms") if tk else None,
         "cut_to_master_ms": ms(master[0] if master else None),
@@ -244,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steady", type=float, default=2.0)
     p.add_argument("--after", type=float, default=2.0)
     p.add_argument("--no-restart", action="store_true", help="skip the CP restart on one machine beside it")
+    p.add_argument(
+        "--term-keepalive", type=int, default=1, help="the terminals' TCP keepalive idle seconds (hsbterm's default 1; 0: none, as many devices)"
+    )
     p.add_argument("--tickle", choices=["on", "off", "both"], default="on", help="[cp] tickle_acks; both: off and on alternated in each repetition")
     p.add_argument("--json", default=str(RESULTS))
     p.add_argument("--render", metavar="JSON")

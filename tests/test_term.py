@@ -737,17 +737,24 @@ async def test_each_terminal_sends_on_its_own_schedule(fake: FakeCP) -> None:
 
 async def test_each_terminal_connection_probes_a_dead_peer_when_idle(fake: FakeCP, monkeypatch: pytest.MonkeyPatch) -> None:
     """After a CP machine's loss the old connection is dead without a word; an idle terminal
-    finds out by TCP keepalive (first probe after 1 s), not only at its next message."""
+    finds out by TCP keepalive (first probe after 1 s by default), not only at its next message.
+    `keepalive` sets the idle time; 0 leaves the system's default (no probes), as many devices do."""
     import hsb.term.client as client
 
     real = client.dead_peer_detection
     seen: list[tuple[int, int]] = []
 
-    def spy(sock: Any) -> None:
-        real(sock)
+    def spy(sock: Any, idle: int = client.KEEPALIVE_IDLE_S) -> None:
+        real(sock, idle)
         seen.append((sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)))
 
     monkeypatch.setattr(client, "dead_peer_detection", spy)
     r = await run_load(("127.0.0.1", fake.port), terminals=3, rate=30, duration=0.3, settle=5)
     assert r.ok
     assert len(seen) == 3 and all(ka == 1 and idle == client.KEEPALIVE_IDLE_S for ka, idle in seen), seen
+    seen.clear()
+    r = await run_load(("127.0.0.1", fake.port), terminals=2, rate=30, duration=0.3, settle=5, keepalive=7)
+    assert r.ok and seen == [(1, 7), (1, 7)], seen
+    seen.clear()
+    r = await run_load(("127.0.0.1", fake.port), terminals=2, rate=30, duration=0.3, settle=5, keepalive=0)
+    assert r.ok and seen == [], seen

@@ -151,6 +151,7 @@ class TerminalClient(asyncio.Protocol):
         "check_data",
         "session_closed",
         "resume",
+        "keepalive",
         "prefix",
         "confirmed",
         "confirm_at",
@@ -178,8 +179,10 @@ class TerminalClient(asyncio.Protocol):
         check_data: bool = False,
         resume: bool = True,
         workload: Any = None,
+        keepalive: int = 1,
     ) -> None:
         self.name = name
+        self.keepalive = keepalive  # TCP keepalive's idle seconds (0: the system's default, none)
         self.workload = workload  # what each message says and which replies are right (hsb.term.workload)
         self.listener = listener
         self.connector: Connector | None = None
@@ -321,7 +324,8 @@ class TerminalClient(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
         self.transport = transport
-        dead_peer_detection(transport.get_extra_info("socket"))
+        if self.keepalive:
+            dead_peer_detection(transport.get_extra_info("socket"), self.keepalive)
         self.decoder = Decoder(DEFAULT_MAX_FRAME, CP_TYPES)
         self.state = HELLO
         if self.stopping:
@@ -534,13 +538,13 @@ KEEPALIVE_INTERVAL_S = 1
 KEEPALIVE_COUNT = 3
 
 
-def dead_peer_detection(sock: Any) -> None:
-    """TCP keepalive on a terminal's connection, probing after 1 s idle (Linux; elsewhere the default)."""
+def dead_peer_detection(sock: Any, idle: int = KEEPALIVE_IDLE_S) -> None:
+    """TCP keepalive on a terminal's connection, probing after `idle` s (Linux; elsewhere the default)."""
     if sock is None:
         return
     opts = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
     for name, value in (
-        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
+        ("TCP_KEEPIDLE", idle),
         ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
         ("TCP_KEEPCNT", KEEPALIVE_COUNT),
     ):

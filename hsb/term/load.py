@@ -314,6 +314,7 @@ async def run_load(
     books: dict[str, Any] | None = None,
     ssl: Any = None,
     source: str | None = None,
+    keepalive: int = 1,
 ) -> LoadReport:
     """Run `terminals` simulated terminals against the CP at `cp` and report.
 
@@ -354,7 +355,17 @@ async def run_load(
     stride = max(1, len(names))
     clients = [
         TerminalClient(
-            nm, stats, base=base + i, stride=stride, idx=i, window=window, pad=pad, check_data=check_data, resume=resume, workload=workload
+            nm,
+            stats,
+            base=base + i,
+            stride=stride,
+            idx=i,
+            window=window,
+            pad=pad,
+            check_data=check_data,
+            resume=resume,
+            workload=workload,
+            keepalive=keepalive,
         )
         for i, nm in enumerate(names)
     ]

@@ -177,6 +177,13 @@ async def _load_main(cp: tuple[str, int], **kw: Any) -> LoadReport:
     help="Resume after a reconnect (last_reply, confirm, resent replies); --no-resume: the older terminal protocol.",
 )
 @click.option(
+    "--keepalive",
+    type=click.IntRange(0, 7200),
+    default=1,
+    show_default=True,
+    help="TCP keepalive: probe an idle connection after this many seconds, so a dead CP machine is noticed (0: none, the system's default).",
+)
+@click.option(
     "--workload",
     type=click.Choice(["echo", "ledger"]),
     default="echo",

@@ -459,7 +459,7 @@ class Lab:
         self.start_host("b", "standby")
         return await self.wait(lambda s: s["established"], timeout, "hot standby established")
 
-    def load(self, *, rate: float, settle: float = 20.0, terminals: int | None = None, expect_disconnects: bool = False) -> Load:
+    def load(self, *, rate: float, settle: float = 20.0, terminals: int | None = None, expect_disconnects: bool = False, keepalive: int = 1) -> Load:
         out = self.dir / f"load-{len([p for p in self.dir.glob('load-*.json')])}.json"
         dm = self.spawn(
             "terminals",
@@ -478,6 +478,8 @@ class Lab:
                 str(settle),
                 "--out",
                 str(out),
+                "--keepalive",
+                str(keepalive),
                 *(["--expect-disconnects"] if expect_disconnects else []),
             ],
             stdin=subprocess.PIPE,

@@ -57,6 +57,7 @@ async def main(a: argparse.Namespace) -> int:
         stop=stop,
         marks=marks,
         expect_disconnects=a.expect_disconnects,
+        keepalive=a.keepalive,
     )
     ann.cancel()
     with open(a.out, "w") as fh:
@@ -74,5 +75,6 @@ if __name__ == "__main__":
     p.add_argument("--settle", type=float, default=20.0)
     p.add_argument("--connect-timeout", type=float, default=60.0)
     p.add_argument("--out", required=True)
+    p.add_argument("--keepalive", type=int, default=1, help="the terminals' TCP keepalive idle seconds (0: none)")
     p.add_argument("--expect-disconnects", action="store_true", help="a CP failover: terminals reconnect and resume")
     sys.exit(hsb_loop.run(main(p.parse_args())))
