@@ -650,6 +650,7 @@ async def _load_child(a: Any) -> None:
             source=a.source,
             start=a.start,
             names=None,
+            **({"keepalive": a.keepalive} if a.keepalive is not None else {}),
         )
     finally:
         for t in tasks:
@@ -683,6 +684,7 @@ def main(argv: list[str] | None = None) -> None:
     lp.add_argument("--tls-ca", help="the CP's terminal listener speaks TLS: its CA file")
     lp.add_argument("--source", help="connect from this local address (127.0.0.x): several load children, more ports")
     lp.add_argument("--start", type=int, default=1, help="the first terminal's number (T00001 = 1): children split the table")
+    lp.add_argument("--keepalive", type=int, default=None, help="the terminals' TCP keepalive idle seconds (default: hsbterm's; 0: none)")
     a = p.parse_args(argv)
     from hsb import loop
 

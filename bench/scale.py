@@ -255,6 +255,7 @@ async def run_phase(d: Path, info: dict[str, Any], n: int, phase: str, a: argpar
                     connect_timeout=a.logon_timeout,
                     source=src(phase, i, len(shares)),
                     start=first,
+                    keepalive=a.term_keepalive,
                 )
                 kids.append(k)
                 _KIDS.append(k)
@@ -572,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the CP's host_timeout and the hosts' heartbeat_timeout (default 0.5 s, the shipped default; the lease stays 0.35 s)",
     )
     p.add_argument("--logon-timeout", type=float, default=300.0)
+    p.add_argument("--term-keepalive", type=int, default=None, help="the terminals' TCP keepalive idle seconds (default: hsbterm's; 0: none)")
     p.add_argument("--switch-timeout", type=float, default=30.0)
     p.add_argument("--recover-timeout", type=float, default=120.0)
     p.add_argument("--reestablish-timeout", type=float, default=300.0)

@@ -58,7 +58,7 @@ SECTION = "Planned switchover beside SIGKILL failover (`bench/switchover.py`)"
 
 async def one(d: Path, info: dict[str, Any], n: int, a: argparse.Namespace, kind: str, rep: int) -> dict[str, Any]:
     await until(lambda: status(d), lambda s: s["established"], 180, "established", 0.2)
-    load = await start_load(info["cp"]["terminal"], n, a.rate, d / f"load-{kind}-{rep}.log", settle=20)
+    load = await start_load(info["cp"]["terminal"], n, a.rate, d / f"load-{kind}-{rep}.log", settle=20, keepalive=a.term_keepalive)
     try:
         ev = await load.read(timeout=180)
         assert ev["ev"] == "sending", ev
@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=2000.0)
     p.add_argument("--steady", type=float, default=2.0, help="seconds of load before the operation")
     p.add_argument("--after", type=float, default=2.0, help="seconds of load after it")
+    p.add_argument("--term-keepalive", type=int, default=None, help="the terminals' TCP keepalive idle seconds (default: hsbterm's; 0: none)")
     p.add_argument("--json", default=str(RESULTS))
     p.add_argument("--render", metavar="JSON", help="do not measure: render saved results")
     p.add_argument("--no-write", dest="write", action="store_false", help="do not update BENCHMARKS.md")
