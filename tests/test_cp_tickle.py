@@ -15,6 +15,8 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hsb.cp import tickle
 from hsb.cp.tickle import TickleList, list_name, previous_list, send_tickles, tickle_segment
@@ -29,16 +31,24 @@ def _sum16(data: bytes) -> int:
     return s
 
 
-@pytest.mark.parametrize(("src", "dst"), [("10.0.0.1", "10.0.0.2"), ("fd00::1", "fd00::2")])
-def test_a_tickle_is_a_bare_ack_with_sequence_zero_and_a_valid_checksum(src: str, dst: str) -> None:
-    seg = tickle_segment(src, 7000, dst, 51234)
-    sport, dport, seq, ack, off, flags, _win, _csum, urg = struct.unpack("!HHIIBBHHH", seg)
-    assert (sport, dport, seq, ack, off >> 4, flags, urg, len(seg)) == (7000, 51234, 0, 0, 5, 0x10, 0, 20)
-    a, b = ipaddress.ip_address(src), ipaddress.ip_address(dst)
-    if a.version == 4:
-        pseudo = a.packed + b.packed + struct.pack("!BBH", 0, 6, 20)
+@settings(max_examples=300, deadline=None)
+@given(
+    v6=st.booleans(),
+    a=st.binary(min_size=16, max_size=16),
+    b=st.binary(min_size=16, max_size=16),
+    sport=st.integers(1, 65535),
+    dport=st.integers(1, 65535),
+)
+def test_a_tickle_is_a_bare_ack_with_sequence_zero_and_a_valid_checksum(v6: bool, a: bytes, b: bytes, sport: int, dport: int) -> None:
+    src, dst = (str(ipaddress.ip_address(x if v6 else x[:4])) for x in (a, b))
+    seg = tickle_segment(src, sport, dst, dport)
+    got_sport, got_dport, seq, ack, off, flags, _win, _csum, urg = struct.unpack("!HHIIBBHHH", seg)
+    assert (got_sport, got_dport, seq, ack, off >> 4, flags, urg, len(seg)) == (sport, dport, 0, 0, 5, 0x10, 0, 20)
+    ia, ib = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    if ia.version == 4:
+        pseudo = ia.packed + ib.packed + struct.pack("!BBH", 0, 6, 20)
     else:
-        pseudo = a.packed + b.packed + struct.pack("!I3xB", 20, 6)
+        pseudo = ia.packed + ib.packed + struct.pack("!I3xB", 20, 6)
     assert _sum16(pseudo + seg) == 0xFFFF  # the receiver's check: the one's complement sum is all ones
 
 
