@@ -61,32 +61,49 @@ async def _until(pred: object, what: str, timeout: float = 5.0) -> None:
 
 async def test_the_list_is_written_when_it_changed_and_read_by_the_next_generation(tmp_path: Path) -> None:
     tl = TickleList(tmp_path, 3)
+    tl.tick(time.monotonic())  # a new CP writes its (empty) list at once: no older list is tickled twice
+    await _until(lambda: tl.written == 1, "the empty list written")
+    assert msgpack.unpackb((tmp_path / list_name(3)).read_bytes())["conns"] == []
     a, b = object(), object()
     tl.opened(a, ("10.0.0.9", 7000), ("10.1.0.5", 40001))
     tl.opened(b, ("10.0.0.9", 7000), ("10.1.0.6", 40002, 0, 0))
     tl.opened(object(), None, ("10.1.0.7", 1))  # no address (a unix socket, say): not listed
-    tl.tick(time.monotonic())
-    await _until(lambda: tl.written == 1, "the first list written")
-    tl.closed(a)
-    tl.tick(time.monotonic())  # changed, but written less than a second ago: not yet
-    assert not tl.writing and tl.changed
     tl.tick(time.monotonic() + tickle.WRITE_EVERY_S)
-    await _until(lambda: tl.written == 2, "the second list written")
+    await _until(lambda: tl.written == 2, "the first list written")
+    tl.closed(a)
+    tl.tick(time.monotonic() + tickle.WRITE_EVERY_S)  # changed, but written less than a second ago: not yet
+    assert not tl.writing and tl.changed
+    tl.tick(time.monotonic() + 2 * tickle.WRITE_EVERY_S)
+    await _until(lambda: tl.written == 3, "the second list written")
     tl.tick(time.monotonic() + 10)  # unchanged: nothing written
-    assert not tl.writing and tl.written == 2
+    assert not tl.writing and tl.written == 3
+    assert tl.status() == {"connections": 1, "listed": 1, "lists_written": 3, "error": None}
     tl.close()
     (tmp_path / list_name(1)).write_bytes(msgpack.packb({"v": 1, "conns": [["10.0.0.9", 7000, "10.9.9.9", 1]]}))
+    (tmp_path / (list_name(1) + ".tmp")).write_bytes(b"half written")
     (tmp_path / list_name(2)).write_bytes(b"\x93 damaged")
     (tmp_path / list_name(5)).write_bytes(msgpack.packb({"v": 1, "conns": []}))  # newer than the reader: not its predecessor
     gen, conns, here = previous_list(tmp_path, 5)
     assert (gen, conns) == (3, [("10.0.0.9", 7000, "10.1.0.6", 40002)])
     assert here  # written in this network namespace: its kernel reset these itself
-    assert sorted(os.listdir(tmp_path)) == [list_name(3), list_name(5)]  # the older and the damaged one gone
+    # the older, the damaged and the half-written one are gone
+    assert sorted(os.listdir(tmp_path)) == [list_name(3), list_name(5)]
     doc = msgpack.unpackb((tmp_path / list_name(3)).read_bytes())
     doc["origin"] = "another-machine:1"
+    doc["conns"] += [
+        ["10.0.0.9", 7000, "10.1.0.7", 70000],  # no such port
+        ["10.0.0.9", float("inf"), "10.1.0.7", 1],
+        ["10.0.0.9", 7000, "fd00::7", 1],  # two families
+        ["not an address", 7000, "10.1.0.7", 1],
+        ["10.0.0.9", 7000],
+        "a string",
+        ["::ffff:10.0.0.9", 7000, "::ffff:10.1.0.8", 40003],  # a dual-stack listener's view: IPv4
+    ]
     (tmp_path / list_name(3)).write_bytes(msgpack.packb(doc))
-    assert previous_list(tmp_path, 5) == (3, [("10.0.0.9", 7000, "10.1.0.6", 40002)], False)
+    assert previous_list(tmp_path, 5) == (3, [("10.0.0.9", 7000, "10.1.0.6", 40002), ("10.0.0.9", 7000, "10.1.0.8", 40003)], False)
     assert previous_list(tmp_path, 3) == (0, [], False)
+    (tmp_path / list_name(4)).mkdir()  # cannot be read now (as NFS's ESTALE): skipped, not deleted
+    assert previous_list(tmp_path, 5)[0] == 3 and (tmp_path / list_name(4)).is_dir()
 
 
 def _raw_reason() -> str | None:
@@ -98,21 +115,29 @@ def _raw_reason() -> str | None:
 
 
 @pytest.mark.skipif(_raw_reason() is not None, reason=_raw_reason() or "")
-def test_a_tickle_resets_a_connection_whose_far_end_vanished_silently() -> None:
-    srv = socket.create_server(("127.0.0.1", 0))
-    cli = socket.create_connection(srv.getsockname())
+@pytest.mark.parametrize("family", ["ipv4", "ipv6", "dual-stack"])
+def test_a_tickle_resets_a_connection_whose_far_end_vanished_silently(family: str) -> None:
+    where = {"ipv4": ("127.0.0.1", "127.0.0.1"), "ipv6": ("::1", "::1"), "dual-stack": ("::", "127.0.0.1")}[family]
+    fam = socket.AF_INET if family == "ipv4" else socket.AF_INET6
+    try:
+        srv = socket.create_server((where[0], 0), family=fam, dualstack_ipv6=family == "dual-stack")
+    except OSError as exc:
+        pytest.skip(f"no {family} listener on loopback here: {exc}")
+    cli = socket.create_connection((where[1], srv.getsockname()[1]))
     conn, _ = srv.accept()
     TCP_REPAIR = 19  # close without a FIN or a reset: the far end vanishes as a machine cut off does
     try:
         conn.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
     except OSError as exc:
         pytest.skip(f"needs TCP_REPAIR (CAP_NET_ADMIN) to close a socket silently: {exc}")
-    local, peer = conn.getsockname(), cli.getsockname()
+    local, peer = conn.getsockname(), conn.getpeername()  # as TerminalProtocol records them
     conn.close()
     cli.setblocking(False)
     with pytest.raises(BlockingIOError):  # the terminal's side knows nothing yet
         cli.recv(1)
-    sent, failed, why = send_tickles([(local[0], local[1], peer[0], peer[1])])
+    entry = tickle._entry([local[0], local[1], peer[0], peer[1]])  # as previous_list reads them
+    assert entry is not None
+    sent, failed, why = send_tickles([entry])
     assert (sent, failed, why) == (1, 0, None)
     deadline = time.monotonic() + 5
     while True:
@@ -130,10 +155,14 @@ def test_a_tickle_resets_a_connection_whose_far_end_vanished_silently() -> None:
     srv.close()
 
 
-def test_without_a_raw_socket_every_tickle_is_counted_as_failed(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*a: object, **k: object) -> socket.socket:
+def test_without_a_raw_socket_every_tickle_fails_and_they_are_paced(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(family: int) -> socket.socket:
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
-    monkeypatch.setattr(tickle.socket, "socket", refuse)
+    monkeypatch.setattr(tickle, "raw_socket", refuse)
     sent, failed, why = send_tickles([("10.0.0.9", 7000, "10.1.0.5", 1), ("10.0.0.9", 7000, "10.1.0.6", 2)])
     assert (sent, failed) == (0, 2) and why is not None and "raw socket from 10.0.0.9" in why and "not permitted" in why
+    n = 3 * tickle.TICKLE_BATCH
+    t0 = time.monotonic()
+    assert send_tickles([("10.0.0.9", 7000, "10.1.0.5", 1)] * n, per_s=n / 0.3)[1] == n
+    assert time.monotonic() - t0 >= 0.2  # 2 of 3 batches waited for their turn: no burst

@@ -105,6 +105,7 @@ class CPServer:
                 "takeover": self.cfg.cp.takeover,
                 "tls": tls,
                 "open_files": self.open_files,
+                **({"tickle_list": self.cp.tickles.status()} if self.cp.tickles is not None else {}),
                 **self.took_over,
             }
         return {
@@ -349,25 +350,26 @@ class CPServer:
         off the event loop: they reconnect at once instead of when their keepalive notices."""
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        d = Path(self.cfg.cp.journal)
+        info: dict[str, Any] = {"from_generation": 0, "connections": 0, "here": False, "sent": 0, "failed": 0, "ms": None, "error": None}
+        self.took_over["tickles"] = info
         try:
-            prev, conns, here = await loop.run_in_executor(None, previous_list, d, gen)
-        except OSError as exc:
-            log.warning("tickle_acks_failed", error=str(exc), msg="the tickle list could not be read; terminals notice by keepalive")
+            prev, conns, here = await loop.run_in_executor(None, previous_list, Path(self.cfg.cp.journal), gen)
+            info.update(from_generation=prev, connections=len(conns), here=here)
+            if not conns or here:  # here: this kernel reset them when their process died
+                return
+            sent, failed, why = await loop.run_in_executor(None, send_tickles, conns)
+        except Exception as exc:  # only tickles: never the CP's concern beyond a warning
+            info["error"] = f"{type(exc).__name__}: {exc}"
+            log.warning("tickle_acks_failed", error=info["error"], msg="terminals of the old CP notice by keepalive instead")
             return
-        if not conns or here:  # here: this kernel reset them when their process died
-            self.took_over["tickles"] = {"from_generation": prev, "connections": len(conns), "sent": 0, "here": here}
-            return
-        sent, failed, why = await loop.run_in_executor(None, send_tickles, conns)
-        ms = round((time.perf_counter() - t0) * 1000, 1)
-        self.took_over["tickles"] = {"from_generation": prev, "connections": len(conns), "sent": sent, "failed": failed, "ms": ms}
-        log.info("tickle_acks_sent", from_generation=prev, connections=len(conns), sent=sent, failed=failed, ms=ms)
+        info.update(sent=sent, failed=failed, ms=round((time.perf_counter() - t0) * 1000, 1), error=why)
+        log.info("tickle_acks_sent", from_generation=prev, connections=len(conns), sent=sent, failed=failed, ms=info["ms"])
         if failed:
             log.warning(
                 "tickle_acks_failed",
                 failed=failed,
                 error=why,
-                msg="terminals of the old CP notice by keepalive instead; tickle ACKs need CAP_NET_RAW (the systemd unit grants it)",
+                msg="terminals of the old CP notice by keepalive instead; a raw socket needs CAP_NET_RAW (the systemd unit grants it)",
             )
 
     def _superseded(self, exc: Superseded) -> None:
@@ -505,6 +507,8 @@ class CPServer:
                 for t in self.cp.terms.values():
                     if t.conn is not None:
                         t.conn.abort()
+        if self._tickling is not None:
+            self._tickling.cancel()
         for srv in self.servers:
             srv.close()
         for srv in self.servers:

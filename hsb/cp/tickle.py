@@ -44,6 +44,8 @@ log = structlog.get_logger("hsb.cp")
 WRITE_EVERY_S = 1.0  # a changed list is written at most this often
 PREFIX = "tickle-"
 WINDOW = 1234  # the window field of a tickle (any value will do; CTDB uses this one)
+TICKLES_PER_S = 20_000.0  # about four times the logons one CP takes a second here: no burst, no wait
+TICKLE_BATCH = 256
 
 Conn = tuple[str, int, str, int]  # the CP's address and port, the terminal's address and port
 
@@ -65,10 +67,12 @@ class TickleList:
         self.dir = d
         self.gen = generation
         self.conns: dict[object, Conn] = {}
-        self.changed = False
+        self.changed = True  # an empty list at once: the next CP must not tickle an older one again
         self.last_write = 0.0
         self.writing = False
         self.written = 0  # lists written
+        self.listed = 0  # connections in the last list written
+        self._writing_n = 0
         self.write_error: str | None = None
         self._worker: Worker | None = None
 
@@ -89,6 +93,7 @@ class TickleList:
         self.last_write = now
         self.writing = True
         conns = list(self.conns.values())  # a copy: the loop goes on changing the dict
+        self._writing_n = len(conns)
         if self._worker is None:
             self._worker = Worker("hsb-tickle")
         self._worker.call(lambda: self._write(conns), self._written)
@@ -110,6 +115,10 @@ class TickleList:
             return
         self.write_error = None
         self.written += 1
+        self.listed = self._writing_n
+
+    def status(self) -> dict[str, Any]:
+        return {"connections": len(self.conns), "listed": self.listed, "lists_written": self.written, "error": self.write_error}
 
     def close(self) -> None:
         if self._worker is not None:
@@ -127,30 +136,52 @@ def origin() -> str:
 
 def previous_list(d: Path, own: int) -> tuple[int, list[Conn], bool]:
     """The newest tickle list of a generation below `own` (0 and [] if none), whether it was
-    written here (this kernel and network namespace), and delete every older list. A damaged
-    list is skipped with a warning: it only tickles."""
-    found = sorted(((g, n) for n in os.listdir(d) if (g := _gen_of(n)) is not None and g < own), reverse=True)
+    written here (this kernel and network namespace), and delete the older lists (and any
+    half-written one). A damaged list is deleted with a warning, one that cannot be read now is
+    left alone: either only tickles."""
+    names = os.listdir(d)
+    for n in names:
+        if n.endswith(".tmp") and (g := _gen_of(n[:-4])) is not None and g < own:
+            _unlink(d / n)  # its writer died between writing and renaming it
+    found = sorted(((g, n) for n in names if (g := _gen_of(n)) is not None and g < own), reverse=True)
     out: tuple[int, list[Conn], bool] = (0, [], False)
     for gen, name in found:
         if out[0]:
             _unlink(d / name)
             continue
         try:
-            doc = msgpack.unpackb((d / name).read_bytes())
-            conns = [(str(c[0]), int(c[1]), str(c[2]), int(c[3])) for c in doc["conns"]]
-            here = bool(doc.get("origin")) and doc.get("origin") == origin()
-        except (OSError, ValueError, KeyError, TypeError, IndexError, msgpack.UnpackException) as exc:
+            raw = (d / name).read_bytes()
+        except OSError as exc:  # ESTALE on NFS while it is being replaced, say: not damage
             log.warning("tickle_list_unreadable", file=str(d / name), error=str(exc))
+            continue
+        try:
+            doc = msgpack.unpackb(raw)
+            conns = [c for c in (_entry(e) for e in doc["conns"]) if c is not None]
+            here = bool(doc.get("origin")) and doc.get("origin") == origin()
+        except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException) as exc:
+            log.warning("tickle_list_unreadable", file=str(d / name), error=str(exc) or type(exc).__name__)
             _unlink(d / name)
             continue
         out = (gen, conns, here)
     return out
 
 
+def _entry(e: Any) -> Conn | None:
+    """One connection of a list, checked (addresses of one family, ports 1-65535), or None."""
+    try:
+        src, sport, dst, dport = _plain(str(e[0])), int(e[1]), _plain(str(e[2])), int(e[3])
+        fam = socket.AF_INET6 if ":" in src else socket.AF_INET
+        socket.inet_pton(fam, src)
+        socket.inet_pton(fam, dst)
+    except (OSError, ValueError, TypeError, IndexError, OverflowError):
+        return None
+    return (src, sport, dst, dport) if 0 < sport < 65536 and 0 < dport < 65536 else None
+
+
 def _unlink(p: Path) -> None:
     try:
         os.unlink(p)
-    except FileNotFoundError:
+    except OSError:  # best effort: a list left behind only tickles
         pass
 
 
@@ -181,21 +212,28 @@ def tickle_segment(src: str, sport: int, dst: str, dport: int) -> bytes:
     return _HEAD.pack(sport, dport, 0, 0, 5 << 4, 0x10, WINDOW, ~_fold(s) & 0xFFFF, 0)
 
 
-def send_tickles(conns: Iterable[Conn]) -> tuple[int, int, str | None]:
-    """Send a tickle ACK to each connection, from its CP address; (sent, failed, why the first
-    failure). Blocking: run it off the event loop."""
+def raw_socket(family: int) -> socket.socket:
+    return socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_TCP)
+
+
+def send_tickles(conns: Iterable[Conn], per_s: float = TICKLES_PER_S) -> tuple[int, int, str | None]:
+    """Send a tickle ACK to each connection, from its CP address, `per_s` a second at most (the
+    terminals reconnect as fast as they are tickled: a burst would overflow the listen
+    backlog); (sent, failed, why the first failure). Blocking: run it off the event loop."""
     socks: dict[str, socket.socket | None] = {}
     sent = failed = 0
     why: str | None = None
+    t0 = time.monotonic()
     try:
-        for src, sport, dst, dport in conns:
-            src, dst = _plain(src), _plain(dst)
+        for k, (src, sport, dst, dport) in enumerate(conns):
+            if k and k % TICKLE_BATCH == 0 and (ahead := t0 + k / per_s - time.monotonic()) > 0:
+                time.sleep(ahead)
             if src in socks:
                 s = socks[src]
             else:
                 s = None
                 try:
-                    s = socket.socket(socket.AF_INET6 if ":" in src else socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+                    s = raw_socket(socket.AF_INET6 if ":" in src else socket.AF_INET)
                     s.bind((src, 0))  # the source of its packets: the CP's address, now this machine's
                 except OSError as exc:
                     if s is not None:
@@ -209,7 +247,7 @@ def send_tickles(conns: Iterable[Conn]) -> tuple[int, int, str | None]:
             try:
                 s.sendto(tickle_segment(src, sport, dst, dport), (dst, 0))
                 sent += 1
-            except OSError as exc:
+            except (OSError, ValueError, struct.error) as exc:
                 failed += 1
                 why = why or f"to {dst}:{dport}: {exc}"
     finally:

@@ -182,6 +182,33 @@ async def test_hsbcpd_killed_on_the_master_the_address_moves(tmp_path: Path) -> 
         print(f"\nkill -> {other} serving {1000 * (took - t_kill):.0f} ms")
 
 
+async def test_silent_terminals_of_a_cut_off_cp_machine_come_back_by_tickle_acks(tmp_path: Path) -> None:
+    """Terminals without TCP keepalive that send almost nothing (many devices) never notice on
+    their own that the machine holding their connections was cut off; the CP that takes over
+    tickles each connection (hsb.cp.tickle), and they come back at once."""
+    with CPPairLab(tmp_path / "lab", terminals=300) as lab:
+        await lab.start()
+        first = await lab.serving_cp()
+        assert first is not None
+        other = next(n for n in CPS if n != first)
+        load = lab.load(rate=1, expect_disconnects=True, settle=20, keepalive=0)  # one message a second in all
+        await load.sending(timeout=120)
+        await lab.wait(lambda s: s["cp"]["terminals"]["standby_sessions"] == lab.terminals, 60, "every standby session")
+        # the list is written at most once a second: a terminal connected since is not in it yet
+        await lab.wait(lambda s: s["cp"].get("tickle_list", {}).get("listed") == lab.terminals, 10, "every connection in the tickle list")
+        t_cut = lab.cut(first, _leg(first))
+        load.mark("cp_machine_cut", t_cut)
+        # without the tickles, at one message a second, most would still hang on after this
+        await lab.wait(lambda s: s["cp"].get("name") == other and all_back(s["cp"], lab.terminals), 30, f"{other} serving every terminal")
+        back = time.time() - t_cut
+        tk = lab.cp_events(other, "tickle_acks_sent")
+        assert tk and tk[-1]["sent"] >= lab.terminals and tk[-1]["failed"] == 0, tk
+        report = await load.finish(timeout=120)
+    check_delivery(lab, report, ["host-a"])
+    assert report["disconnects"] >= lab.terminals, report["disconnects"]
+    print(f"\ncut -> every silent terminal back on {other} after {back * 1000:.0f} ms")
+
+
 def all_back(cp: dict[str, Any], n: int) -> bool:
     """Every terminal connected again with its active session (the count of sessions alone is
     reached early: the new CP keeps the active's sessions before their terminals are back)."""
