@@ -68,6 +68,8 @@ async def test_the_list_is_written_when_it_changed_and_read_by_the_next_generati
     tl.opened(a, ("10.0.0.9", 7000), ("10.1.0.5", 40001))
     tl.opened(b, ("10.0.0.9", 7000), ("10.1.0.6", 40002, 0, 0))
     tl.opened(object(), None, ("10.1.0.7", 1))  # no address (a unix socket, say): not listed
+    tl.named(b, "T00002")  # its hello came
+    tl.named(object(), "T00003")  # not a listed connection: nothing
     tl.tick(time.monotonic() + tickle.WRITE_EVERY_S)
     await _until(lambda: tl.written == 2, "the first list written")
     tl.closed(a)
@@ -84,7 +86,7 @@ async def test_the_list_is_written_when_it_changed_and_read_by_the_next_generati
     (tmp_path / list_name(2)).write_bytes(b"\x93 damaged")
     (tmp_path / list_name(5)).write_bytes(msgpack.packb({"v": 1, "conns": []}))  # newer than the reader: not its predecessor
     gen, conns, here = previous_list(tmp_path, 5)
-    assert (gen, conns) == (3, [("10.0.0.9", 7000, "10.1.0.6", 40002)])
+    assert (gen, conns) == (3, [("10.0.0.9", 7000, "10.1.0.6", 40002, "T00002")])
     assert here  # written in this network namespace: its kernel reset these itself
     # the older, the damaged and the half-written one are gone
     assert sorted(os.listdir(tmp_path)) == [list_name(3), list_name(5)]
@@ -97,13 +99,29 @@ async def test_the_list_is_written_when_it_changed_and_read_by_the_next_generati
         ["not an address", 7000, "10.1.0.7", 1],
         ["10.0.0.9", 7000],
         "a string",
-        ["::ffff:10.0.0.9", 7000, "::ffff:10.1.0.8", 40003],  # a dual-stack listener's view: IPv4
+        ["::ffff:10.0.0.9", 7000, "::ffff:10.1.0.8", 40003],  # a dual-stack listener's view: IPv4; no name
     ]
     (tmp_path / list_name(3)).write_bytes(msgpack.packb(doc))
-    assert previous_list(tmp_path, 5) == (3, [("10.0.0.9", 7000, "10.1.0.6", 40002), ("10.0.0.9", 7000, "10.1.0.8", 40003)], False)
+    assert previous_list(tmp_path, 5) == (3, [("10.0.0.9", 7000, "10.1.0.6", 40002, "T00002"), ("10.0.0.9", 7000, "10.1.0.8", 40003, "")], False)
     assert previous_list(tmp_path, 3) == (0, [], False)
     (tmp_path / list_name(4)).mkdir()  # cannot be read now (as NFS's ESTALE): skipped, not deleted
     assert previous_list(tmp_path, 5)[0] == 3 and (tmp_path / list_name(4)).is_dir()
+
+
+def test_only_named_terminals_not_back_are_tickled_again() -> None:
+    class T:
+        def __init__(self, conn: object) -> None:
+            self.conn = conn
+
+    terms = {"T1": T(None), "T2": T(object()), "T3": T(None)}
+    conns = [
+        ("10.0.0.9", 7000, "10.1.0.1", 1, "T1"),  # not back: again
+        ("10.0.0.9", 7000, "10.1.0.2", 2, "T2"),  # back
+        ("10.0.0.9", 7000, "10.1.0.3", 3, ""),  # never said who it was
+        ("10.0.0.9", 7000, "10.1.0.4", 4, "T9"),  # not this CP's terminal (any more)
+        ("10.0.0.9", 7000, "10.1.0.5", 5, "T3"),
+    ]
+    assert tickle.not_back(conns, terms) == [conns[0], conns[4]]
 
 
 def _raw_reason() -> str | None:

@@ -33,7 +33,7 @@ from hsb.cp.host_link import HostProtocol
 from hsb.cp.journal import Journal, recover
 from hsb.cp.journal.generation import Generations, Superseded
 from hsb.cp.terminal_link import TerminalProtocol
-from hsb.cp.tickle import TickleList, previous_list, send_tickles
+from hsb.cp.tickle import RESEND_AFTER_S, TickleList, not_back, previous_list, send_tickles
 from hsb.ops.http import json_route, start_http
 from hsb.ops.limits import raise_nofile, terminals_fit
 from hsb.ops.metrics import CPCollector, registry_for
@@ -350,7 +350,7 @@ class CPServer:
         off the event loop: they reconnect at once instead of when their keepalive notices."""
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        info: dict[str, Any] = {"from_generation": 0, "connections": 0, "here": False, "sent": 0, "failed": 0, "ms": None, "error": None}
+        info: dict[str, Any] = {"from_generation": 0, "connections": 0, "here": False, "sent": 0, "failed": 0, "resent": 0, "ms": None, "error": None}
         self.took_over["tickles"] = info
         try:
             prev, conns, here = await loop.run_in_executor(None, previous_list, Path(self.cfg.cp.journal), gen)
@@ -358,19 +358,27 @@ class CPServer:
             if not conns or here:  # here: this kernel reset them when their process died
                 return
             sent, failed, why = await loop.run_in_executor(None, send_tickles, conns)
+            info.update(sent=sent, failed=failed, ms=round((time.perf_counter() - t0) * 1000, 1), error=why)
+            log.info("tickle_acks_sent", from_generation=prev, connections=len(conns), sent=sent, failed=failed, ms=info["ms"])
+            if failed:
+                log.warning(
+                    "tickle_acks_failed",
+                    failed=failed,
+                    error=why,
+                    msg="terminals of the old CP notice by keepalive instead; a raw socket needs CAP_NET_RAW (the systemd unit grants it)",
+                )
+            if sent:
+                for wait in RESEND_AFTER_S:  # a tickle, or the terminal's answer to it, may be lost
+                    await asyncio.sleep(wait)
+                    away = not_back(conns, self.cp.terms if self.cp is not None else {})
+                    if not away:
+                        break
+                    n, _, _ = await loop.run_in_executor(None, send_tickles, away)
+                    info["resent"] += n
+                    log.info("tickle_acks_resent", terminals=len(away), sent=n, after_s=wait)
         except Exception as exc:  # only tickles: never the CP's concern beyond a warning
             info["error"] = f"{type(exc).__name__}: {exc}"
             log.warning("tickle_acks_failed", error=info["error"], msg="terminals of the old CP notice by keepalive instead")
-            return
-        info.update(sent=sent, failed=failed, ms=round((time.perf_counter() - t0) * 1000, 1), error=why)
-        log.info("tickle_acks_sent", from_generation=prev, connections=len(conns), sent=sent, failed=failed, ms=info["ms"])
-        if failed:
-            log.warning(
-                "tickle_acks_failed",
-                failed=failed,
-                error=why,
-                msg="terminals of the old CP notice by keepalive instead; a raw socket needs CAP_NET_RAW (the systemd unit grants it)",
-            )
 
     def _superseded(self, exc: Superseded) -> None:
         """A newer CP owns the journal: stop at once (nothing more is acknowledged already).

@@ -63,6 +63,8 @@ class TerminalProtocol(FramedProtocol):
                 return
         self.cp.terminal_hello(self, name, last_reply)
         if self.term is not None:
+            if self.cp.tickles is not None:
+                self.cp.tickles.named(self, name)
             self.clear_deadline()
             self.set_idle_timeout(self._idle_after)
 

@@ -30,7 +30,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,9 @@ WINDOW = 1234  # the window field of a tickle (any value will do; CTDB uses this
 TICKLES_PER_S = 20_000.0  # about four times the logons one CP takes a second here: no burst, no wait
 TICKLE_BATCH = 256
 
-Conn = tuple[str, int, str, int]  # the CP's address and port, the terminal's address and port
+# the CP's address and port, the terminal's address and port, the terminal's name ("": no hello yet)
+Conn = tuple[str, int, str, int, str]
+RESEND_AFTER_S = (1.0, 2.0)  # a tickle or its answer may be lost: again to those not back by then
 
 
 def list_name(gen: int) -> str:
@@ -78,7 +80,14 @@ class TickleList:
 
     def opened(self, key: object, local: Any, peer: Any) -> None:
         if isinstance(local, tuple) and isinstance(peer, tuple) and len(local) >= 2 and len(peer) >= 2:
-            self.conns[key] = (local[0], local[1], peer[0], peer[1])
+            self.conns[key] = (local[0], local[1], peer[0], peer[1], "")
+            self.changed = True
+
+    def named(self, key: object, name: str) -> None:
+        """The connection's terminal said who it is: a tickle not answered can then be resent."""
+        c = self.conns.get(key)
+        if c is not None:
+            self.conns[key] = (c[0], c[1], c[2], c[3], name)
             self.changed = True
 
     def closed(self, key: object) -> None:
@@ -170,12 +179,13 @@ def _entry(e: Any) -> Conn | None:
     """One connection of a list, checked (addresses of one family, ports 1-65535), or None."""
     try:
         src, sport, dst, dport = _plain(str(e[0])), int(e[1]), _plain(str(e[2])), int(e[3])
+        name = str(e[4]) if len(e) > 4 else ""
         fam = socket.AF_INET6 if ":" in src else socket.AF_INET
         socket.inet_pton(fam, src)
         socket.inet_pton(fam, dst)
     except (OSError, ValueError, TypeError, IndexError, OverflowError):
         return None
-    return (src, sport, dst, dport) if 0 < sport < 65536 and 0 < dport < 65536 else None
+    return (src, sport, dst, dport, name) if 0 < sport < 65536 and 0 < dport < 65536 else None
 
 
 def _unlink(p: Path) -> None:
@@ -225,7 +235,7 @@ def send_tickles(conns: Iterable[Conn], per_s: float = TICKLES_PER_S) -> tuple[i
     why: str | None = None
     t0 = time.monotonic()
     try:
-        for k, (src, sport, dst, dport) in enumerate(conns):
+        for k, (src, sport, dst, dport, *_) in enumerate(conns):
             if k and k % TICKLE_BATCH == 0 and (ahead := t0 + k / per_s - time.monotonic()) > 0:
                 time.sleep(ahead)
             if src in socks:
@@ -257,9 +267,20 @@ def send_tickles(conns: Iterable[Conn], per_s: float = TICKLES_PER_S) -> tuple[i
     return sent, failed, why
 
 
+def not_back(conns: list[Conn], terms: Mapping[str, Any]) -> list[Conn]:
+    """The connections of terminals of this CP that have not connected again (by name; one
+    without a name, or a name this CP does not know, is not tickled again)."""
+    out = []
+    for c in conns:
+        t = terms.get(c[4]) if c[4] else None
+        if t is not None and t.conn is None:
+            out.append(c)
+    return out
+
+
 def _plain(addr: str) -> str:
     """An IPv4-mapped IPv6 address (a dual-stack listener's view of an IPv4 peer) as IPv4."""
     return addr[7:] if addr.startswith("::ffff:") and "." in addr else addr
 
 
-__all__ = ["TickleList", "previous_list", "send_tickles", "tickle_segment", "list_name"]
+__all__ = ["TickleList", "previous_list", "send_tickles", "tickle_segment", "list_name", "not_back", "RESEND_AFTER_S"]
