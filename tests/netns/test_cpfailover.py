@@ -183,7 +183,7 @@ async def test_hsbcpd_killed_on_the_master_the_address_moves(tmp_path: Path) -> 
 
 
 async def test_silent_terminals_of_a_cut_off_cp_machine_come_back_by_tickle_acks(tmp_path: Path) -> None:
-    """Terminals without TCP keepalive that send almost nothing (many devices) never notice on
+    """Terminals without TCP keepalive that send seldom (many devices) do not notice on
     their own that the machine holding their connections was cut off; the CP that takes over
     tickles each connection (hsb.cp.tickle), and they come back at once."""
     with CPPairLab(tmp_path / "lab", terminals=300) as lab:
@@ -191,15 +191,15 @@ async def test_silent_terminals_of_a_cut_off_cp_machine_come_back_by_tickle_acks
         first = await lab.serving_cp()
         assert first is not None
         other = next(n for n in CPS if n != first)
-        load = lab.load(rate=1, expect_disconnects=True, settle=20, keepalive=0)  # one message a second in all
+        load = lab.load(rate=10, expect_disconnects=True, settle=20, keepalive=0)  # each terminal about every 30 s
         await load.sending(timeout=120)
         await lab.wait(lambda s: s["cp"]["terminals"]["standby_sessions"] == lab.terminals, 60, "every standby session")
         # the list is written at most once a second: a terminal connected since is not in it yet
         await lab.wait(lambda s: s["cp"].get("tickle_list", {}).get("listed") == lab.terminals, 10, "every connection in the tickle list")
         t_cut = lab.cut(first, _leg(first))
         load.mark("cp_machine_cut", t_cut)
-        # without the tickles, at one message a second, most would still hang on after this
-        await lab.wait(lambda s: s["cp"].get("name") == other and all_back(s["cp"], lab.terminals), 30, f"{other} serving every terminal")
+        # without the tickles more than half of them would still hang on after this
+        await lab.wait(lambda s: s["cp"].get("name") == other and all_back(s["cp"], lab.terminals), 15, f"{other} serving every terminal")
         back = time.time() - t_cut
         tk = lab.cp_events(other, "tickle_acks_sent")
         assert tk and tk[-1]["sent"] >= lab.terminals and tk[-1]["failed"] == 0, tk
