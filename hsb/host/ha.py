@@ -383,9 +383,11 @@ class HA(LeaseSide, HAView):
         assert self.partner_startup_id is not None
         self.set_state(BATCH_WRITING, reason)
         tio = self.srv.takeover
-        entries = self.srv.sessions.link_entries()
         tio.stop_ring_writer()
-        tio.buffer_ring_changes()  # changes from now on go to the ring after the batch
+        # changes from now on go to the ring after the batch; those made while the link is
+        # walked (in slices) may be in the batch too: a ring entry sets a state, so twice is once
+        tio.buffer_ring_changes()
+        entries = await self.srv.sessions.link_entries()
         t0 = time.monotonic()
         try:
             gen = await tio.batch_write(self.partner_startup_id, entries)

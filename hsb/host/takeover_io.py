@@ -56,8 +56,8 @@ class TakeoverIO:
         await self.store.check()
 
     # ------------------------------------------------------------------ active
-    async def batch_write(self, partner_startup_id: int, entries: list[tuple[str, dict[str, Any], bool]]) -> int:
-        hdr = await self.store.batch_write(partner_startup_id, [SessionEntry(n, a, o) for n, a, o in entries])
+    async def batch_write(self, partner_startup_id: int, entries: list[SessionEntry]) -> int:
+        hdr = await self.store.batch_write(partner_startup_id, entries)
         self.last_error = None
         return int(hdr.generation)
 
