@@ -211,3 +211,32 @@ async def test_the_active_names_its_open_sessions_in_slices_and_stops_once_not_t
     assert names == [n for n, ts in srv.sessions.table.items() if ts.state == ACTIVE]
     frames = await named(c, srv, stop_after=1)
     assert len(frames) == 1 and not frames[0].get("last"), [len(m["items"]) for m in frames]
+
+
+@pytest.mark.timeout(10)
+async def test_the_batch_writes_walk_of_the_link_lets_the_loop_turn_between_slices() -> None:
+    """A new active walks the fast-switch link for its batch write right after the grant, while
+    it serves re-delivered messages: in slices, each terminal once, in the link's order."""
+    from hsb.host.sessions import ACTIVE, SessionTable
+    from hsb.takeover.records import SessionEntry
+    from hsb.terminals import TerminalDef
+
+    table = SessionTable({f"T{i:05d}": TerminalDef(name=f"T{i:05d}", attrs={"k": i}) for i in range(1, 11)})
+    for i, ts in enumerate(table.table.values()):
+        table.join_link(ts)
+        ts.state = ACTIVE if i % 2 == 0 else ts.state
+    turns = 0
+
+    async def other_work() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    t = asyncio.ensure_future(other_work())
+    await asyncio.sleep(0)
+    before = turns
+    entries = await table.link_entries(per_turn=3)
+    t.cancel()
+    assert turns - before >= 3  # 10 terminals, 3 a turn: the loop turned between the slices
+    assert entries == [SessionEntry(f"T{i:05d}", {"k": i}, i % 2 == 1) for i in range(1, 11)]
