@@ -661,3 +661,41 @@ async def test_a_switch_drops_the_kept_sessions_of_terminals_not_back(cp: Proc) 
     req = await b.wait(lambda m: m["t"] == "session_request")
     assert req["terminal"] == "T00005"
     assert [m for m in t.inbox if m["t"] == "session"][0]["epoch"] == g["epoch"]
+
+
+async def test_a_planned_switchover_keeps_the_demoted_actives_sessions_as_its_standby_sessions(cp: Proc) -> None:
+    """The old active of a planned switchover that says it can (keep_standby) keeps its sessions
+    at the CP as standby sessions, named to it in standby_kept frames (the last marked): no
+    standby open storm after the switch, and the next failover switches those terminals back.
+    A terminal gone before the switch is not kept."""
+    a = await FakeHost.connect(cp.info["host"], "host-a")
+    a.auto_open = ATTRS
+    assert (await a.register("active", keep_standby=True))["t"] == "registered"
+    b = await FakeHost.connect(cp.info["host"], "host-b", "standby")
+    b.auto_open = ATTRS
+    terms = [await logon(cp, f"T{i:05d}") for i in (1, 2, 3)]
+    for t in terms:
+        b.send({"t": "open", "terminal": t.name, "kind": "standby", "attrs": ATTRS})
+    await b.wait_count(lambda m: m["t"] == "opened", 3)
+    await terms[2].close()  # logged off before the switch: its session is not kept
+    await a.wait(lambda m: m["t"] == "session_closed" and m["terminal"] == "T00003")
+    a.send({"t": "release", "epoch": a.epoch})
+    await a.wait(lambda m: m["t"] == "released")
+    a.send({"t": "handover", "epoch": a.epoch})
+    g = await b.wait(lambda m: m["t"] == "switch_granted")
+    d = await a.wait(lambda m: m["t"] == "demoted")
+    assert d["keeps"] is True and d["epoch"] == g["epoch"]
+    await a.wait(lambda m: m["t"] == "standby_kept" and m["last"] is True)
+    kept = [n for m in a.inbox if m["t"] == "standby_kept" for n in m["items"]]
+    assert sorted(kept) == ["T00001", "T00002"] and all(m["epoch"] == g["epoch"] for m in a.inbox if m["t"] == "standby_kept")
+    st = await status(cp)
+    assert st["terminals"]["standby_sessions"] == 2 and st["terminals"]["active_sessions"] == 2, st["terminals"]
+    assert st["last_switchover"]["standby_kept"] == 2
+    assert not [m for m in a.inbox if m["t"] in ("opened", "open_failed") and m.get("kind") == "standby"]
+    a.epoch = g["epoch"]
+    g2 = await fail_over(b, a)  # the kept sessions are real standby sessions: the terminals switch back
+    for t in terms[:2]:
+        sw = await t.wait(lambda m: m["t"] == "switched" and m["epoch"] == g2["epoch"])
+        assert sw and not t.closed
+    rec = (await status(cp))["last_switchover"]
+    assert rec["switched"] == 2 and rec["classic"] == 0, rec

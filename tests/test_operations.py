@@ -72,6 +72,9 @@ async def test_planned_switchover_under_load_and_back(sb: Any) -> None:
     assert st["established"] and active_names(st) == ["host-a"]
     assert st["cp"]["counters"]["switchovers"] == 2 and st["cp"]["counters"]["failovers"] == 0
     assert st["cp"]["last_switchover"]["planned"] is True
+    # the demoted active's sessions stayed at the CP as its standby sessions (hsb.cp.flip): no
+    # open storm after the switch, and the next switchover found them
+    assert st["cp"]["last_switchover"]["standby_kept"] == 1000, st["cp"]["last_switchover"]
     check_journals(info, report, ["host-a", "host-b"])
 
 

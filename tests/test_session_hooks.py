@@ -240,3 +240,56 @@ async def test_the_batch_writes_walk_of_the_link_lets_the_loop_turn_between_slic
     t.cancel()
     assert turns - before >= 3  # 10 terminals, 3 a turn: the loop turned between the slices
     assert entries == [SessionEntry(f"T{i:05d}", {"k": i}, i % 2 == 1) for i in range(1, 11)]
+
+
+@pytest.mark.timeout(10)
+async def test_demoted_the_host_takes_the_sessions_the_cp_kept_and_its_batch_read_opens_only_the_rest() -> None:
+    """A planned switchover: the CP makes the demoted active's sessions its standby sessions and
+    names them (standby_kept, in slices, the last marked). The batch read that follows opens
+    only the others at the CP and closes a kept one the new active no longer has; the service
+    hears each kept session close as active and open as standby, in that order."""
+    from hsb.host.sessions import ACTIVE, CLOSED, STANDBY
+    from hsb.takeover.records import SessionEntry
+
+    c, srv = standby_ctl(6)
+    names = list(srv.sessions.table)
+    heard: list[tuple[str, str]] = []
+
+    async def opened(name: str, attrs: Any, standby: bool) -> None:
+        heard.append((name, "standby" if standby else "active"))
+
+    async def closed(name: str) -> None:
+        heard.append((name, "closed"))
+
+    srv.service = SimpleNamespace(open_session=opened, close_session=closed)
+    srv.ha.epoch = 7
+    c.cp_registered = True
+    for ts in srv.sessions.table.values():
+        ts.state = ACTIVE
+        srv.sessions.join_link(ts)
+    c.expect_kept()  # HA.link_event("demoted", keeps=True)
+    c.on_cp_frame({"t": "standby_kept", "epoch": 6, "items": names, "last": True})  # an older demotion's: ignored
+    assert all(ts.state == ACTIVE for ts in srv.sessions.table.values())
+    c.on_cp_frame({"t": "standby_kept", "epoch": 7, "items": names[:2], "last": False})
+    batch = asyncio.ensure_future(c.apply_batch([SessionEntry(n, {"k": 1}, True) for n in names[1:5]], timeout=2.0))
+    await asyncio.sleep(0.05)
+    assert not batch.done()  # waits for the CP's last standby_kept
+    c.on_cp_frame({"t": "standby_kept", "epoch": 7, "items": names[2:4], "last": True})
+    assert c.drop_active_sessions() == 2  # HA.on_demoted, after the frames here: only the two not kept
+    for _ in range(200):
+        if any(m["t"] == "open" for m in srv.cp.sent):
+            break
+        await asyncio.sleep(0.01)
+    c.on_cp_frame({"t": "opened", "terminal": names[4], "kind": "standby"})  # the CP answers the one open
+    await asyncio.wait_for(batch, 2.0)
+    states = {n: ts.state for n, ts in srv.sessions.table.items()}
+    assert states == {names[0]: CLOSED, names[1]: STANDBY, names[2]: STANDBY, names[3]: STANDBY, names[4]: STANDBY, names[5]: CLOSED}
+    opens = [m["terminal"] for m in srv.cp.sent if m["t"] == "open"] + [i[0] for m in srv.cp.sent if m["t"] == "open_batch" for i in m["items"]]
+    assert opens == [names[4]]  # kept: names[1..3]; the batch has 1..4
+    assert [m["terminal"] for m in srv.cp.sent if m["t"] == "close"] == [names[0]]  # kept, not in the batch
+    for _ in range(100):
+        if not c.hooks:
+            break
+        await asyncio.sleep(0.01)
+    for n in names[:4]:
+        assert [h for m, h in heard if m == n][:2] == ["closed", "standby"], (n, heard)

@@ -590,7 +590,9 @@ class CP(TerminalSide, Adoption, JournalSide, StatusView):
             old.role = "standby"
             old.released = False
             self.standby = old
-            old.send({"t": "demoted", "epoch": self.epoch, "active": host.name})
+            # keeps: its active sessions become its standby sessions in the flip (hsb.cp.flip),
+            # named to it in `standby_kept` frames, instead of 10,000 standby opens after it
+            old.send({"t": "demoted", "epoch": self.epoch, "active": host.name, "keeps": old.keeps_standby})
             old.flush()
             log.info("host_demoted", host=old.name, epoch=self.epoch)
         elif old is not None and not old.closed:
@@ -618,7 +620,8 @@ class CP(TerminalSide, Adoption, JournalSide, StatusView):
         # replies to what the switch kept waiting are followed from the first slice on
         self.after_switch = AfterSwitch(t0, rec, self.history.switch_done)
         lead = loss[1] if loss is not None and demote is None else release_t0  # silence (or release) -> grant
-        self.flipping = Flip(self, host, kind, t0, self.flip_slice, lambda f: self._flipped(f, rec, t0, lead, fenced_old))
+        keep = demote if demote is not None and old is demote and demote.keeps_standby and not demote.closed else None
+        self.flipping = Flip(self, host, kind, t0, self.flip_slice, lambda f: self._flipped(f, rec, t0, lead, fenced_old), keep)
         self.flipping.start()
 
     def settle_flip(self) -> None:
@@ -636,6 +639,7 @@ class CP(TerminalSide, Adoption, JournalSide, StatusView):
         rec.update(
             switch_ms=round((time.monotonic() - t0) * 1000, 3),
             switched=f.switched,
+            standby_kept=f.kept,
             classic=f.classic,
             requested=f.requested,
             slices=f.slices,

@@ -60,9 +60,13 @@ class Flip:
         "finished",
         "running",
         "slices",
+        "keep",
+        "kept",
     )
 
-    def __init__(self, cp: CP, host: HostProtocol, kind: str, t0: float, slice_n: int, done: Callable[[Flip], None]) -> None:
+    def __init__(
+        self, cp: CP, host: HostProtocol, kind: str, t0: float, slice_n: int, done: Callable[[Flip], None], keep: HostProtocol | None = None
+    ) -> None:
         self.cp = cp
         self.host = host
         self.epoch = cp.epoch
@@ -81,6 +85,10 @@ class Flip:
         self.finished = False
         self.running = False  # a close inside a slice can call back into the CP: no pass within a pass
         self.slices = 0  # passes it took (1: at once; the last may have been a settle_flip)
+        # a planned switchover: the demoted active's sessions become its standby sessions, named
+        # to it after each slice (`standby_kept`), the last frame marked
+        self.keep = keep
+        self.kept = 0
 
     def start(self) -> None:
         """The first slice now; the rest on later turns of the loop."""
@@ -128,6 +136,8 @@ class Flip:
         counts = cp.counts
         i = self.i
         switched = waiting = flight_msgs = 0  # this slice's; added to the totals at its end
+        keep = self.keep if self.keep is not None and not self.keep.closed and cp.standby is self.keep else None
+        kept: list[str] = []
         try:
             while i < end:
                 term = terms[i]
@@ -149,6 +159,10 @@ class Flip:
                         term._active = sb
                         if was is None:
                             counts.active += 1
+                        elif keep is not None and was.host is keep:
+                            term._standby = was  # the demoted active's session, now its standby session
+                            counts.standby += 1
+                            kept.append(term.name)
                         owed.append(term)
                         held_now = term.held
                         if held_now:
@@ -210,6 +224,9 @@ class Flip:
             self.flight_msgs += flight_msgs
             if items:
                 self._send(items, again_n, biggest)
+            if keep is not None and (kept or i >= len(terms)):
+                self.kept += len(kept)
+                keep.send({"t": "standby_kept", "epoch": epoch, "items": kept, "last": i >= len(terms)})
         if i < len(terms):
             return False
         self.finished = True

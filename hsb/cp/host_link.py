@@ -52,6 +52,7 @@ class HostProtocol(AuthServerProtocol):
         self.deliver_batch_bytes = 0  # the host reads `deliver_batch` frames of up to this many bytes (0: it does not)
         # hsb.cp.adopt: the host names its open sessions when registered as the active
         self.adopts = False  # it said it can (`adopt` in its register)
+        self.keeps_standby = False
         self.adopting = False  # asked, and its last `adopt` frame not yet here
         self.adopt_n = 0
         self.adopt_waiting: list[str] = []  # adopted for terminals not connected (yet)
@@ -95,6 +96,7 @@ class HostProtocol(AuthServerProtocol):
         self.instance = inst if isinstance(inst, str) else None  # the host process (random per start)
         self.deliver_batch_bytes = batch_bytes(msg, "deliver_batch")
         self.adopts = msg.get("adopt") is True
+        self.keeps_standby = msg.get("keep_standby") is True  # demoted, it takes its sessions as standby ones
         self.cp.host_register(self, role, sid if isinstance(sid, int) else 0)
 
     def request_session(self, term: Term) -> None:

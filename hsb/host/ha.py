@@ -208,6 +208,8 @@ class HA(LeaseSide, HAView):
             self.epoch = int(msg["epoch"])
             self.granted = False
             self.srv.delivery.cancel()
+            if msg.get("keeps") is True:  # before the CP's standby_kept frames, which follow on this link
+                self.srv.sessions_ctl.expect_kept()
         else:
             self.granted = False
             self.srv.delivery.cancel()
@@ -225,6 +227,9 @@ class HA(LeaseSide, HAView):
                 "deliver_batch": self.srv.cfg.host.max_frame // 4,
                 # registered as the active, it names the sessions it has open, which the CP keeps
                 "adopt": True,
+                # demoted at a planned switchover, it takes the CP's word for which of its active
+                # sessions are now its standby sessions (standby_kept)
+                "keep_standby": True,
             }
         )
 

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("hsb.host")
 
+KEPT_WAIT_S = 2.0  # the batch read waits this long at most for the CP to name the sessions it kept
+
 
 class SessionsCtl:
     def __init__(self, server: HostServer) -> None:
@@ -36,6 +38,11 @@ class SessionsCtl:
         self.cp_registered = False
         self.open_batch_bytes = 0  # the CP takes open_batch frames of up to this many bytes (0: single opens)
         self.answered = asyncio.Event()
+        # demoted at a planned switchover: the sessions the CP kept as our standby sessions
+        # (`standby_kept`), which the batch read then need not open; set once the last came
+        self.kept: set[str] = set()
+        self.kept_done = asyncio.Event()
+        self.kept_done.set()
         self.refused: dict[str, str] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         # the service's session hooks, in order per terminal (see _hook)
@@ -148,6 +155,9 @@ class SessionsCtl:
             if msg.get("kind") == "standby":
                 self._answered(msg["terminal"])
             return True
+        if t == "standby_kept":
+            self.standby_kept(msg)
+            return True
         if t == "opened_batch":
             for name in msg["terminals"]:
                 self._answered(name)
@@ -165,6 +175,31 @@ class SessionsCtl:
                 log.error("active_session_open_failed", terminal=name, reason=reason)
             return True
         return False
+
+    def expect_kept(self) -> None:
+        """Demoted at a planned switchover by a CP that keeps our active sessions as standby ones."""
+        self.kept.clear()
+        self.kept_done.clear()
+
+    def standby_kept(self, msg: dict[str, Any]) -> None:
+        """The CP made these active sessions of ours our standby sessions (hsb.cp.flip): the
+        service hears the active one close and the standby one open, and nothing goes to the CP."""
+        if self.srv.ha.granted or msg.get("epoch") != self.srv.ha.epoch or self.kept_done.is_set():
+            return  # not for this demotion
+        for name in msg.get("items") or ():
+            ts = self.sessions.get(name)
+            if ts is None or ts.state == STANDBY:
+                continue
+            if ts.state == ACTIVE:  # the demotion's own close of it has not run yet
+                self._hook(self.srv.service.close_session, name)
+            ts.state = STANDBY
+            ts.standby_capable = True
+            self.sessions.join_link(ts)
+            self.kept.add(name)
+            self._hook(self.srv.service.open_session, name, ts.attrs, True)
+        if msg.get("last") is True:
+            log.info("standby_sessions_kept", count=len(self.kept), epoch=msg.get("epoch"))
+            self.kept_done.set()
 
     def _answered(self, name: str) -> None:
         if self.pending_standby.pop(name, None) is not None and not self.pending_standby:
@@ -211,6 +246,8 @@ class SessionsCtl:
     def cp_lost(self) -> None:
         self.pending_standby.clear()
         self.answered.set()
+        self.kept.clear()  # the CP holds no session of ours now: the next registration reopens them
+        self.kept_done.set()
         self.adopt_gen += 1  # an adoption under way stops: the next registration starts its own
 
     def adopt_sessions(self, epoch: int) -> None:
@@ -312,7 +349,16 @@ class SessionsCtl:
         return True
 
     async def apply_batch(self, entries: list[Any], timeout: float = 30.0) -> None:
-        """Open a standby session for each session open on the active [0077]; close the rest."""
+        """Open a standby session for each session open on the active [0077]; close the rest.
+        One the CP kept for us at a planned switchover (standby_kept) is open already."""
+        if not self.kept_done.is_set():  # the CP names them right after the grant: this wait is rare
+            try:
+                await asyncio.wait_for(self.kept_done.wait(), KEPT_WAIT_S)
+            except TimeoutError:
+                log.warning("standby_kept_incomplete", kept=len(self.kept), msg="opening every standby session again")
+                self.kept.clear()
+                self.kept_done.set()
+        kept, self.kept = self.kept, set()
         want_open: dict[str, dict[str, Any]] = {}
         for e in entries:
             if e.open:
@@ -323,6 +369,8 @@ class SessionsCtl:
         self.answered.set()
         batch: list[list[Any]] = []  # opens for one open_batch frame, when the CP takes them
         for k, (name, attrs) in enumerate(want_open.items(), 1):
+            if name in kept and self.sessions.table[name].state == STANDBY and self._check(name, attrs) is None:
+                continue  # kept at the CP at the demotion: open there already
             self._open_standby(name, attrs, batch)
             if k % self.OPENS_PER_TURN == 0:  # the open storm in slices: heartbeats and replies go on
                 self._send_open_batch(batch)

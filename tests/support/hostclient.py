@@ -70,13 +70,15 @@ class FakeHost:
             self.fs.send(m)
 
     async def register(
-        self, role: str, startup_id: int = 1, instance: str | None = None, deliver_batch: int = 0, adopt: bool = False
+        self, role: str, startup_id: int = 1, instance: str | None = None, deliver_batch: int = 0, adopt: bool = False, keep_standby: bool = False
     ) -> dict[str, Any]:
         extra: dict[str, Any] = {"instance": instance} if instance else {}
         if deliver_batch:
             extra["deliver_batch"] = deliver_batch  # this host reads deliver_batch frames of up to so many bytes
         if adopt:
             extra["adopt"] = True  # registered as the active, it names its open sessions (hsb.cp.adopt)
+        if keep_standby:
+            extra["keep_standby"] = True  # demoted, it takes the CP's standby_kept (hsb.cp.flip)
         self.send({"t": "register", "role": role, "startup_id": startup_id, **extra})
         m = await self.wait(lambda m: m["t"] in ("registered", "error"))
         if m["t"] == "registered":
