@@ -75,6 +75,8 @@ async def test_planned_switchover_under_load_and_back(sb: Any) -> None:
     # the demoted active's sessions stayed at the CP as its standby sessions (hsb.cp.flip): no
     # open storm after the switch, and the next switchover found them
     assert st["cp"]["last_switchover"]["standby_kept"] == 1000, st["cp"]["last_switchover"]
+    kept = [e for h in ("host-a", "host-b") for e in log_events(Path(info["dir"]) / f"{h}.log") if e.get("event") == "standby_sessions_kept"]
+    assert sorted(e["count"] for e in kept) == [1000, 1000], kept  # each demoted host took them all
     check_journals(info, report, ["host-a", "host-b"])
 
 

@@ -293,3 +293,37 @@ async def test_demoted_the_host_takes_the_sessions_the_cp_kept_and_its_batch_rea
         await asyncio.sleep(0.01)
     for n in names[:4]:
         assert [h for m, h in heard if m == n][:2] == ["closed", "standby"], (n, heard)
+
+
+@pytest.mark.timeout(10)
+async def test_standby_kept_frames_after_the_batch_read_gave_up_waiting_are_closed_at_the_cp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch read waits a bounded time for the CP to name what it kept; names that come
+    later and that this host does not hold as standby sessions are closed at the CP, so the CP
+    never keeps a standby session the host does not know of."""
+    import hsb.host.sessions_ctl as sctl
+    from hsb.host.sessions import ACTIVE, STANDBY
+    from hsb.takeover.records import SessionEntry
+
+    monkeypatch.setattr(sctl, "KEPT_WAIT_S", 0.05)
+    c, srv = standby_ctl(4)
+    names = list(srv.sessions.table)
+    srv.ha.epoch = 3
+    c.cp_registered = True
+    for ts in srv.sessions.table.values():
+        ts.state = ACTIVE
+        srv.sessions.join_link(ts)
+    c.expect_kept()
+    c.drop_active_sessions()
+    batch = asyncio.ensure_future(c.apply_batch([SessionEntry(names[0], {"k": 1}, True)], timeout=2.0))
+    for _ in range(200):
+        if any(m["t"] == "open" for m in srv.cp.sent):
+            break
+        await asyncio.sleep(0.01)
+    c.on_cp_frame({"t": "opened", "terminal": names[0], "kind": "standby"})
+    await asyncio.wait_for(batch, 2.0)  # gave up waiting, opened what the batch has
+    assert srv.sessions.table[names[0]].state == STANDBY
+    before = len(srv.cp.sent)
+    c.on_cp_frame({"t": "standby_kept", "epoch": 3, "items": names[:3], "last": True})  # too late
+    closes = [m["terminal"] for m in srv.cp.sent[before:] if m["t"] == "close" and m["kind"] == "standby"]
+    assert closes == names[1:3]  # names[0] is a standby session here: kept as it is
+    assert all(srv.sessions.table[n].state != STANDBY for n in names[1:])

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("hsb.cp")
 
+KEPT_PER_FRAME = 1024  # names in one standby_kept frame (a pass finished at once may name them all)
+
 
 class Flip:
     """One grant's pass over the terminals; `done` is called once, when every terminal is flipped."""
@@ -226,7 +228,10 @@ class Flip:
                 self._send(items, again_n, biggest)
             if keep is not None and (kept or i >= len(terms)):
                 self.kept += len(kept)
-                keep.send({"t": "standby_kept", "epoch": epoch, "items": kept, "last": i >= len(terms)})
+                last = i >= len(terms)
+                for k in range(0, max(len(kept), 1), KEPT_PER_FRAME):  # within what the host's frames hold
+                    part = kept[k : k + KEPT_PER_FRAME]
+                    keep.send({"t": "standby_kept", "epoch": epoch, "items": part, "last": last and k + KEPT_PER_FRAME >= len(kept)})
         if i < len(terms):
             return False
         self.finished = True

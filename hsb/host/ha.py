@@ -229,7 +229,7 @@ class HA(LeaseSide, HAView):
                 "adopt": True,
                 # demoted at a planned switchover, it takes the CP's word for which of its active
                 # sessions are now its standby sessions (standby_kept)
-                "keep_standby": True,
+                "keep_standby": self.srv.cfg.host.fast_switch,  # conventional: no standby sessions at all
             }
         )
 
@@ -262,6 +262,8 @@ class HA(LeaseSide, HAView):
             else:
                 if self.state in (STARTING, WAITING):
                     self.set_state(WAITING, "registered at the CP as standby")
+                    # demoted with sessions the CP kept, then a new link: that CP holds none of them
+                    self.srv.sessions_ctl.reopen_standby_sessions()
                     self.maybe_standby_startup()
                 else:  # a new link mid-batch too: opens sent while it was down went nowhere
                     self.srv.sessions_ctl.reopen_standby_sessions()

@@ -184,8 +184,16 @@ class SessionsCtl:
     def standby_kept(self, msg: dict[str, Any]) -> None:
         """The CP made these active sessions of ours our standby sessions (hsb.cp.flip): the
         service hears the active one close and the standby one open, and nothing goes to the CP."""
-        if self.srv.ha.granted or msg.get("epoch") != self.srv.ha.epoch or self.kept_done.is_set():
+        if self.srv.ha.granted or msg.get("epoch") != self.srv.ha.epoch:
             return  # not for this demotion
+        if self.kept_done.is_set():
+            # after the batch read gave up waiting (or the CP link was lost): whatever the CP
+            # kept that this host does not hold as a standby session is closed there
+            for name in msg.get("items") or ():
+                ts = self.sessions.get(name)
+                if self.cp_registered and (ts is None or ts.state != STANDBY):
+                    self.srv.cp.send({"t": "close", "terminal": name, "kind": "standby"})
+            return
         for name in msg.get("items") or ():
             ts = self.sessions.get(name)
             if ts is None or ts.state == STANDBY:
@@ -369,8 +377,10 @@ class SessionsCtl:
         self.answered.set()
         batch: list[list[Any]] = []  # opens for one open_batch frame, when the CP takes them
         for k, (name, attrs) in enumerate(want_open.items(), 1):
-            if name in kept and self.sessions.table[name].state == STANDBY and self._check(name, attrs) is None:
-                continue  # kept at the CP at the demotion: open there already
+            if name in kept and self.sessions.table[name].state == STANDBY:
+                if self._check(name, attrs) is None:
+                    continue  # kept at the CP at the demotion: open there already
+                self._close_standby(name)  # and refused below, as an open would be
             self._open_standby(name, attrs, batch)
             if k % self.OPENS_PER_TURN == 0:  # the open storm in slices: heartbeats and replies go on
                 self._send_open_batch(batch)
