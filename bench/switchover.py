@@ -37,6 +37,7 @@ from _sandbox import (  # noqa: E402
     machine,
     machine_line,
     median,
+    proc_cpu,
     run_or_render,
     sandbox,
     sandbox_down,
@@ -70,6 +71,9 @@ async def one(d: Path, info: dict[str, Any], n: int, a: argparse.Namespace, kind
         new = "host-b" if old == "host-a" else "host-a"
         await load.send({"cmd": "arm"})
         assert (await load.read(timeout=30))["ev"] == "armed"
+        st0 = sandbox.load_state(d)
+        pids = {"cp": st0["cp"]["pid"], "host-a": st0["hosts"]["host-a"]["pid"], "host-b": st0["hosts"]["host-b"]["pid"]}
+        cpu0 = {k: proc_cpu([p]) for k, p in pids.items()}
         t_op = time.time()
         if kind == "switchover":
             # the request hsbctl switchover sends, asked from here: an hsbctl process would take
@@ -81,6 +85,10 @@ async def one(d: Path, info: dict[str, Any], n: int, a: argparse.Namespace, kind
                 raise RuntimeError(f"switchover refused: {ans}")
             await load.send({"cmd": "mark", "label": kind, "t": t_op})
             await until(lambda: status(d), lambda s: host_by_role(s, "active") == new, 30, "switchover", 0.05)
+            # the pair whole again (the old active the standby, its standby sessions open at the CP)
+            await until(lambda: status(d), lambda s: s["established"] and s["cp"]["terminals"]["standby_sessions"] == n, 60, "re-established", 0.02)
+            reestablished_ms = round((time.time() - t_op) * 1000, 1)
+            cpu = {k: round(proc_cpu([p]) - cpu0[k], 3) for k, p in pids.items()}  # op -> re-established
         else:
             old_pid = sandbox.load_state(d)["hosts"][old]["pid"]
             os.kill(old_pid, signal.SIGKILL)
@@ -96,6 +104,8 @@ async def one(d: Path, info: dict[str, Any], n: int, a: argparse.Namespace, kind
         await load.stop()
     s = await status(d)
     rec = s["cp"].get("last_switchover") or {}
+    if kind != "switchover":
+        reestablished_ms, cpu = None, None
     if kind == "failover":
         await wait_dead(old_pid, 10)
         sandbox.start_host(d, old, "standby")
@@ -114,6 +124,8 @@ async def one(d: Path, info: dict[str, Any], n: int, a: argparse.Namespace, kind
         "cp_all_served_ms": rec.get("all_served_ms"),
         "release_to_grant_ms": rec.get("release_to_grant_ms"),
         "switch_ms": rec.get("switch_ms"),
+        "reestablished_ms": reestablished_ms,
+        "cpu_s_to_reestablished": cpu,
         "gap_ms": report["service_gap"]["ms"],
         "sent": report["sent"],
         "acked": report["acked"],
