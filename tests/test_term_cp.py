@@ -72,7 +72,7 @@ async def test_failover_mid_run_loses_nothing(cp: Proc) -> None:
         await a.wait_count(lambda m: m["t"] == "deliver", given + 30)
         in_flight = {(m["terminal"], m["id"]) for m in a.inbox[start:] if m["t"] == "deliver"} - a.replied
         marks.append(("active dies", time.time()))
-        await a.close()  # the active dies with messages in flight
+        await a.close(drain=True)  # the active dies with messages in flight (all the CP wrote to it read)
         await b.wait(lambda m: m["t"] == "active_lost")
         b.send({"t": "switchover", "reason": "test", "planned": False})
         granted = await b.wait(lambda m: m["t"] in ("switch_granted", "switch_refused"))
@@ -92,6 +92,15 @@ async def test_failover_mid_run_loses_nothing(cp: Proc) -> None:
     first_time = {(m["terminal"], m["id"]) for m in b.inbox if m["t"] == "deliver" and not m.get("redelivered")}
     assert in_flight <= redelivered, sorted(in_flight - redelivered)[:5]
     assert not in_flight & first_time
-    assert redelivered <= {(m["terminal"], m["id"]) for m in a.inbox if m["t"] == "deliver"}
+    # marked only what went to host-a: or, at most, what the CP wrote to it in its last moments,
+    # after the link was ending and before it noticed (sent, maybe never read; a mark too many is
+    # safe, one too few is not): later than anything host-a read from that terminal
+    seen = {(m["terminal"], m["id"]) for m in a.inbox if m["t"] == "deliver"}
+    last_seen: dict[str, int] = {}
+    for t, i in seen:
+        last_seen[t] = max(i, last_seen.get(t, 0))
+    late = sorted(k for k in redelivered - seen if k[1] <= last_seen.get(k[0], 0))
+    assert not late, late[:5]
+    assert len(redelivered - seen) <= 10, sorted(redelivered - seen)[:5]  # a few in flight at the end, not everything later
     # the pause the terminals saw: the messages in flight waited for the switchover
     assert r.pause is not None and r.pause["worst_ms"] is not None and r.pause["worst_ms"] > 0

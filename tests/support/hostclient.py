@@ -118,10 +118,20 @@ class FakeHost:
             except TimeoutError:
                 pass
 
-    async def close(self) -> None:
-        self.closed = True
+    async def close(self, drain: bool = False) -> None:
+        """Close the link. `drain`: send nothing more and end only the sending side, then keep
+        reading until the CP closes its side, so that the inbox holds every frame the CP wrote
+        (a test comparing what the CP says it delivered with what arrived needs all of them)."""
         if self._hb:
             self._hb.cancel()
+        if drain and not self.closed:
+            self.auto_open, self.auto_reply = None, False
+            try:
+                self.fs.writer.write_eof()
+                await asyncio.wait_for(asyncio.shield(self._reader), 5.0)
+            except (OSError, TimeoutError):
+                pass
+        self.closed = True
         self._reader.cancel()
         await self.fs.aclose()
 
