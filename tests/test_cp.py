@@ -663,11 +663,20 @@ async def test_a_switch_drops_the_kept_sessions_of_terminals_not_back(cp: Proc) 
     assert [m for m in t.inbox if m["t"] == "session"][0]["epoch"] == g["epoch"]
 
 
-async def test_a_planned_switchover_keeps_the_demoted_actives_sessions_as_its_standby_sessions(cp: Proc) -> None:
+@pytest.mark.parametrize("flip_slice", [4096, 1])
+async def test_a_planned_switchover_keeps_the_demoted_actives_sessions_as_its_standby_sessions(tmp_path: Any, flip_slice: int) -> None:
     """The old active of a planned switchover that says it can (keep_standby) keeps its sessions
-    at the CP as standby sessions, named to it in standby_kept frames (the last marked): no
-    standby open storm after the switch, and the next failover switches those terminals back.
-    A terminal gone before the switch is not kept."""
+    at the CP as standby sessions, named to it in standby_kept frames (the last marked; one per
+    slice of the flip): no standby open storm after the switch, and the next failover switches
+    those terminals back. A terminal gone before the switch is not kept."""
+    cp = start_cp(tmp_path / "cp", terminals=20, host_timeout=0.5, flip_slice=flip_slice)
+    try:
+        await _keeps(cp)
+    finally:
+        cp.stop()
+
+
+async def _keeps(cp: Proc) -> None:
     a = await FakeHost.connect(cp.info["host"], "host-a")
     a.auto_open = ATTRS
     assert (await a.register("active", keep_standby=True))["t"] == "registered"
@@ -686,7 +695,9 @@ async def test_a_planned_switchover_keeps_the_demoted_actives_sessions_as_its_st
     d = await a.wait(lambda m: m["t"] == "demoted")
     assert d["keeps"] is True and d["epoch"] == g["epoch"]
     await a.wait(lambda m: m["t"] == "standby_kept" and m["last"] is True)
-    kept = [n for m in a.inbox if m["t"] == "standby_kept" for n in m["items"]]
+    frames = [m for m in a.inbox if m["t"] == "standby_kept"]
+    assert [m["last"] for m in frames] == [False] * (len(frames) - 1) + [True]
+    kept = [n for m in frames for n in m["items"]]
     assert sorted(kept) == ["T00001", "T00002"] and all(m["epoch"] == g["epoch"] for m in a.inbox if m["t"] == "standby_kept")
     st = await status(cp)
     assert st["terminals"]["standby_sessions"] == 2 and st["terminals"]["active_sessions"] == 2, st["terminals"]
