@@ -305,10 +305,12 @@ class TerminalClient(asyncio.Protocol):
     def bye(self) -> None:
         """Log off: confirm what it holds, send bye, stop reconnecting; the CP closes the connection."""
         self.stopping = True
-        if self.transport is not None and self.state >= HELLO:
+        if self.transport is None or self.transport.is_closing():
+            return  # closed by the CP (a refusal, say) and connection_lost not run yet: nothing to say
+        if self.state >= HELLO:
             self._confirm(force=True)
             self.transport.write(_BYE)
-        elif self.transport is not None:
+        else:
             self.transport.close()
 
     def close(self, abort: bool = False) -> None:
