@@ -579,6 +579,7 @@ class CP(TerminalSide, Adoption, JournalSide, StatusView):
             return
         self.announced = True
         fenced_old: str | None = None
+        keep: HostProtocol | None = None  # the demoted active, when its sessions stay as its standby ones
         log.info("switchover_granted", host=host.name, old=old.name if old else None, epoch=self.epoch, reason=reason, why=why)
         host.send({"t": "switch_granted", "epoch": self.epoch, "lease": self.host_lease})
         host.flush()  # written now: the new active gets ready while the sessions flip here
@@ -592,7 +593,8 @@ class CP(TerminalSide, Adoption, JournalSide, StatusView):
             self.standby = old
             # keeps: its active sessions become its standby sessions in the flip (hsb.cp.flip),
             # named to it in `standby_kept` frames, instead of 10,000 standby opens after it
-            old.send({"t": "demoted", "epoch": self.epoch, "active": host.name, "keeps": old.keeps_standby})
+            keep = old if old.keeps_standby else None
+            old.send({"t": "demoted", "epoch": self.epoch, "active": host.name, "keeps": keep is not None})
             old.flush()
             log.info("host_demoted", host=old.name, epoch=self.epoch)
         elif old is not None and not old.closed:
@@ -620,7 +622,6 @@ class CP(TerminalSide, Adoption, JournalSide, StatusView):
         # replies to what the switch kept waiting are followed from the first slice on
         self.after_switch = AfterSwitch(t0, rec, self.history.switch_done)
         lead = loss[1] if loss is not None and demote is None else release_t0  # silence (or release) -> grant
-        keep = demote if demote is not None and old is demote and demote.keeps_standby and not demote.closed else None
         self.flipping = Flip(self, host, kind, t0, self.flip_slice, lambda f: self._flipped(f, rec, t0, lead, fenced_old), keep)
         self.flipping.start()
 

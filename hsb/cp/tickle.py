@@ -74,7 +74,6 @@ class TickleList:
         self.writing = False
         self.written = 0  # lists written
         self.listed = 0  # connections in the last list written
-        self._writing_n = 0
         self.write_error: str | None = None
         self._worker: Worker | None = None
 
@@ -102,19 +101,19 @@ class TickleList:
         self.last_write = now
         self.writing = True
         conns = list(self.conns.values())  # a copy: the loop goes on changing the dict
-        self._writing_n = len(conns)
         if self._worker is None:
             self._worker = Worker("hsb-tickle")
         self._worker.call(lambda: self._write(conns), self._written)
 
-    def _write(self, conns: list[Conn]) -> None:
+    def _write(self, conns: list[Conn]) -> int:
         path = self.dir / list_name(self.gen)
         tmp = path.with_name(path.name + ".tmp")
         doc = {"v": 1, "generation": self.gen, "at": time.time(), "origin": origin(), "conns": conns}
         tmp.write_bytes(msgpack.packb(doc))
         os.replace(tmp, path)
+        return len(conns)
 
-    def _written(self, _: Any, exc: BaseException | None) -> None:
+    def _written(self, listed: int | None, exc: BaseException | None) -> None:
         self.writing = False
         if exc is not None:
             self.changed = True  # tried again next time
@@ -124,7 +123,7 @@ class TickleList:
             return
         self.write_error = None
         self.written += 1
-        self.listed = self._writing_n
+        self.listed = listed or 0
 
     def status(self) -> dict[str, Any]:
         return {"connections": len(self.conns), "listed": self.listed, "lists_written": self.written, "error": self.write_error}
@@ -134,6 +133,7 @@ class TickleList:
             self._worker.shutdown()
 
 
+@functools.cache
 def origin() -> str:
     """This kernel and network namespace: where the connections of a dead process are reset."""
     try:

@@ -260,13 +260,12 @@ class HA(LeaseSide, HAView):
                     self.set_state(SERVING, "registered at the CP as active")
                     self.send_active_startup()
             else:
+                # a new link holds none of our standby sessions (opens sent while it was down went
+                # nowhere; those the CP kept at a demotion went with the old link): open them again
+                self.srv.sessions_ctl.reopen_standby_sessions()
                 if self.state in (STARTING, WAITING):
                     self.set_state(WAITING, "registered at the CP as standby")
-                    # demoted with sessions the CP kept, then a new link: that CP holds none of them
-                    self.srv.sessions_ctl.reopen_standby_sessions()
                     self.maybe_standby_startup()
-                else:  # a new link mid-batch too: opens sent while it was down went nowhere
-                    self.srv.sessions_ctl.reopen_standby_sessions()
         elif t == "error":
             code, text = msg.get("code"), msg.get("msg", "")
             if code == "active_exists":

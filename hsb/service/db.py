@@ -209,12 +209,16 @@ class _SqliteTx:
         return await self.db._call(lambda c: c.execute(_PLACEHOLDER.sub(r"?\1", sql), args).fetchall())  # type: ignore[no-any-return]
 
 
+def _rollback_open(c: sqlite3.Connection) -> None:
+    if c.in_transaction:
+        c.execute("ROLLBACK")
+
+
 def _begin(c: sqlite3.Connection) -> None:
     # The asyncio lock is held: a transaction still open on this connection is one whose task
     # was cancelled before it could roll back. Left open, every later BEGIN would fail and the
     # database's write lock would stay held; it is rolled back first.
-    if c.in_transaction:
-        c.execute("ROLLBACK")
+    _rollback_open(c)
     c.execute("BEGIN IMMEDIATE")
 
 
@@ -259,14 +263,10 @@ class SqliteDatabase:
         async with self._lock:
             try:
                 await self._call(_begin)
-            except BaseException:  # cancelled while BEGIN ran on the thread: it still began there
-                await asyncio.shield(self._call(lambda c: c.execute("ROLLBACK") if c.in_transaction else None))
-                raise
-            try:
                 yield _SqliteTx(self)
                 await self._call(lambda c: c.execute("COMMIT"))
-            except BaseException:
-                await asyncio.shield(self._call(lambda c: c.execute("ROLLBACK") if c.in_transaction else None))
+            except BaseException:  # also cancelled while BEGIN ran on the thread: it still began there
+                await asyncio.shield(self._call(_rollback_open))
                 raise
 
     async def setup(self, ddl: list[str]) -> None:
