@@ -98,3 +98,33 @@ async def test_a_grant_a_host_reports_is_in_the_cps_part_too(tmp_path: Path, mon
     asked.clear()
     st = await gather.status_all("cp:1", ["b:1"], str(secret))
     assert st["cp"]["epoch"] == 4 and asked.count("cp:1") == 1
+
+
+def test_a_restart_waits_out_a_process_that_is_still_exiting() -> None:
+    """CI once restarted a host right after SIGKILL: the CP had seen its links close, but the
+    process was not gone yet, and start_host refused. A dying process is waited out; one that
+    keeps running is still refused."""
+    slow = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, time\nsignal.signal(signal.SIGTERM, lambda *a: (time.sleep(0.5), exit(0)))\nprint(flush=True)\ntime.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert slow.stdout is not None and slow.stdout.readline() == b"\n"
+        slow.terminate()  # it exits 0.5 s later
+        steady = subprocess.Popen([sys.executable, "-c", "import os, time\nwhile True:\n  time.sleep(1)"])  # stays running
+        try:
+            import threading
+
+            threading.Thread(target=slow.wait, daemon=True).start()  # reap it, as a sandbox's parent does
+            assert not sandbox._running(slow.pid, grace=5.0)
+            assert sandbox._running(steady.pid, grace=0.2)
+        finally:
+            steady.kill()
+            steady.wait()
+    finally:
+        slow.kill()
+        slow.wait()

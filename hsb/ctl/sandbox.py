@@ -190,6 +190,17 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _running(pid: int, grace: float = 3.0) -> bool:
+    """Whether `pid` still runs after up to `grace` seconds. A process just sent SIGKILL closes its
+    sockets (so the pair already failed over) a moment before it is gone: wait that moment out."""
+    deadline = time.monotonic() + grace
+    while _alive(pid):
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def load_state(d: Path) -> dict[str, Any]:
     try:
         state: dict[str, Any] = json.loads((d / STATE).read_text())
@@ -220,7 +231,7 @@ def start_cp(d: Path, env_extra: dict[str, str] | None = None) -> int:
     """(Re)start the sandbox's hsbcpd on the same config, ports and journal; returns its pid."""
     st = load_state(d)
     cp = st["cp"]
-    if _alive(cp["pid"]):
+    if _running(cp["pid"]):
         raise SandboxError(f"hsbcpd is still running (pid {cp['pid']}); stop it first")
     pid = _spawn_env(d, "cp", [sys.executable, "-m", "hsb.cp", "--config", cp["config"]], env_extra)
     cp["pid"] = pid
@@ -233,7 +244,7 @@ def start_host(d: Path, name: str, role: str, env_extra: dict[str, str] | None =
     """(Re)start one host of the sandbox with `role`; returns its pid."""
     st = load_state(d)
     h = st["hosts"][name]
-    if _alive(h["pid"]):
+    if _running(h["pid"]):
         raise SandboxError(f"{name} is still running (pid {h['pid']}); stop it first")
     argv = [sys.executable, "-m", "hsb.host", "--role", role, "--config", h["config"]]
     pid = _spawn_env(d, name, argv, env_extra)
