@@ -444,8 +444,10 @@ class Lab:
         name = HOST_NAMES[node]
         old = self.daemons.get(node)
         if old is not None:
-            if old.alive():
-                raise NetnsError(f"{name} is still running (pid {old.pid})")
+            try:  # just SIGKILLed: its links are closed a moment before it is gone
+                old.proc.wait(3.0)
+            except subprocess.TimeoutExpired:
+                raise NetnsError(f"{name} is still running (pid {old.pid})") from None
             self.retired.append(old)
         dm = self.spawn(name, node, [sys.executable, "-m", "hsb.host", "--role", role, "--config", str(self.dir / f"{name}.toml")])
         self.daemons[node] = dm
