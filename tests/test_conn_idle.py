@@ -1,0 +1,73 @@
+"""The idle timeout of every framed link (hsb.wire.conn): one timer per connection that is not made
+again for every read, and still closes a silent peer on time, a shortened timeout included."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from hsb.wire.conn import FramedProtocol
+from hsb.wire.framing import encode
+from tests.support.transports import CountingTransport
+
+
+class Echo(FramedProtocol):
+    link = "test"
+    dispatch = {"ping": "on_ping"}
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.pings = 0
+
+    def on_ping(self, msg: dict[str, Any]) -> None:
+        self.pings += 1
+
+
+async def until_closed(p: FramedProtocol, within: float) -> float:
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while not p.transport.closing:  # type: ignore[union-attr]
+        assert loop.time() - t0 < within, f"still open after {within} s"
+        await asyncio.sleep(0.01)
+    return loop.time() - t0
+
+
+async def test_a_talking_peer_keeps_one_timer_and_a_silent_one_is_closed_on_time() -> None:
+    p = Echo(idle_timeout=0.3)
+    p.connection_made(CountingTransport("peer"))  # type: ignore[arg-type]
+    timers = [p._idle_handle]  # the objects kept, so that no id is reused
+    for _ in range(8):  # 0.8 s of talk, longer than the timeout
+        p.data_received(encode({"t": "ping"}))
+        if p._idle_handle is not timers[-1]:
+            timers.append(p._idle_handle)
+        await asyncio.sleep(0.1)
+    # not a timer per read: the first, and one each time it fired early (every ~0.3 s)
+    assert len(timers) <= 4, len(timers)
+    assert p.pings == 8 and not p.transport.closing  # type: ignore[union-attr]
+    took = await until_closed(p, 2.0)
+    assert 0.15 <= took <= 0.6, took  # 0.3 s after the last ping (0.1 s of it already gone)
+
+
+async def test_a_shorter_timeout_takes_effect_at_once_and_none_turns_it_off() -> None:
+    p = Echo(idle_timeout=30.0)
+    p.connection_made(CountingTransport("peer"))  # type: ignore[arg-type]
+    p.set_idle_timeout(0.2)
+    took = await until_closed(p, 2.0)  # not 30 s
+    assert took <= 0.6, took
+    q = Echo(idle_timeout=0.2)
+    q.connection_made(CountingTransport("peer"))  # type: ignore[arg-type]
+    q.set_idle_timeout(None)
+    assert q._idle_handle is None
+    q.data_received(encode({"t": "ping"}))
+    assert q._idle_handle is None and q.pings == 1
+
+
+async def test_a_frame_begun_and_stalled_is_closed_after_the_partial_timeout() -> None:
+    p = Echo(partial_timeout=0.2)
+    p.connection_made(CountingTransport("peer"))  # type: ignore[arg-type]
+    assert p._idle_handle is None  # nothing buffered, no idle timeout: no timer
+    frame = encode({"t": "ping"})
+    p.data_received(frame[:3])
+    assert p._idle_handle is not None
+    took = await until_closed(p, 2.0)
+    assert took <= 0.6, took
