@@ -34,7 +34,7 @@ class TerminalProtocol(FramedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         if self.cp.tickles is not None:
-            self.cp.tickles.opened(self, transport.get_extra_info("sockname"), transport.get_extra_info("peername"))
+            self.cp.tickles.opened(self, transport.get_extra_info("sockname"), self.peername)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.cp.tickles is not None:

@@ -78,6 +78,7 @@ class FramedProtocol(asyncio.Protocol):
         self.decoder = Decoder(max_frame, types)
         self.transport: asyncio.Transport | None = None
         self.peer: str = "?"
+        self.peername: Any = None  # the transport's, as it gave it
         self.closed = False
         self.closed_here = False  # closed by this side (close/abort), not by the peer
         self.idle_timeout = idle_timeout
@@ -97,7 +98,7 @@ class FramedProtocol(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        pn = transport.get_extra_info("peername")
+        self.peername = pn = transport.get_extra_info("peername")  # asked once: a system call on uvloop
         if isinstance(pn, tuple) and len(pn) >= 2:
             self.peer = f"{pn[0]}:{pn[1]}"
         if self._tls is not None:  # the link begins once the handshake is done
