@@ -33,19 +33,38 @@ async def until_closed(p: FramedProtocol, within: float) -> float:
 
 
 async def test_a_talking_peer_keeps_one_timer_and_a_silent_one_is_closed_on_time() -> None:
-    p = Echo(idle_timeout=0.3)
+    loop = asyncio.get_running_loop()
+    p = Echo(idle_timeout=0.5)
     p.connection_made(CountingTransport("peer"))  # type: ignore[arg-type]
     timers = [p._idle_handle]  # the objects kept, so that no id is reused
-    for _ in range(8):  # 0.8 s of talk, longer than the timeout
+    last = loop.time()
+    for _ in range(12):  # 1.2 s of talk, longer than the timeout
+        assert not p.transport.closing  # type: ignore[union-attr]
         p.data_received(encode({"t": "ping"}))
+        last = loop.time()
         if p._idle_handle is not timers[-1]:
             timers.append(p._idle_handle)
         await asyncio.sleep(0.1)
-    # not a timer per read: the first, and one each time it fired early (every ~0.3 s)
-    assert len(timers) <= 4, len(timers)
-    assert p.pings == 8 and not p.transport.closing  # type: ignore[union-attr]
-    took = await until_closed(p, 2.0)
-    assert 0.15 <= took <= 0.6, took  # 0.3 s after the last ping (0.1 s of it already gone)
+    # not a timer per read: the first, and one each time it fired early (every ~0.5 s)
+    assert len(timers) <= 5, len(timers)
+    assert p.pings == 12
+    await until_closed(p, 5.0)
+    closed_after = loop.time() - last
+    assert closed_after >= 0.5 - 0.002, closed_after  # never before the timeout (uvloop: whole ms)
+    assert closed_after <= 2.0, closed_after
+
+
+async def test_a_longer_timeout_set_later_does_not_close_at_the_old_deadline() -> None:
+    loop = asyncio.get_running_loop()
+    p = Echo(idle_timeout=0.2)  # as a link before its auth, then the longer idle timeout after it
+    p.connection_made(CountingTransport("peer"))  # type: ignore[arg-type]
+    p.set_idle_timeout(1.0)
+    t0 = loop.time()
+    while loop.time() - t0 < 0.5:  # past the old deadline: the first timer fires and sleeps on
+        assert not p.transport.closing, loop.time() - t0  # type: ignore[union-attr]
+        await asyncio.sleep(0.02)
+    took = await until_closed(p, 5.0) + 0.5
+    assert 1.0 - 0.002 <= took <= 2.5, took
 
 
 async def test_a_shorter_timeout_takes_effect_at_once_and_none_turns_it_off() -> None:
@@ -71,3 +90,20 @@ async def test_a_frame_begun_and_stalled_is_closed_after_the_partial_timeout() -
     assert p._idle_handle is not None
     took = await until_closed(p, 2.0)
     assert took <= 0.6, took
+    q = Echo(partial_timeout=0.2)
+    q.connection_made(CountingTransport("peer"))  # type: ignore[arg-type]
+    q.data_received(frame[:3])
+    q.data_received(frame[3:])  # the frame completed: no timer while nothing is buffered
+    assert q._idle_handle is None and q.pings == 1
+
+
+def test_a_dispatch_table_naming_no_method_is_refused_when_the_class_is_made() -> None:
+    import pytest
+
+    with pytest.raises(TypeError, match="on_pong"):
+
+        class Broken(FramedProtocol):
+            dispatch = {"ping": "on_ping", "pong": "on_pong"}
+
+            def on_ping(self, msg: dict[str, Any]) -> None:
+                pass

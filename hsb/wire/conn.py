@@ -61,6 +61,12 @@ class FramedProtocol(asyncio.Protocol):
     link: ClassVar[str] = "link"
     dispatch: ClassVar[dict[str, str]] = {}
 
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        missing = sorted(name for name in cls.dispatch.values() if not callable(getattr(cls, name, None)))
+        if missing:  # found when the class is made, not when such a frame first arrives
+            raise TypeError(f"{cls.__name__}.dispatch names no method {missing}")
+
     def __init__(
         self,
         *,
@@ -394,7 +400,7 @@ class FramedProtocol(asyncio.Protocol):
         if self.closed:
             return
         due = self._idle_due
-        if self._loop.time() < due:  # heard from since it was set
+        if due - self._loop.time() > 0.001:  # heard from since it was set (uvloop's timers: whole ms)
             self._idle_at = due
             self._idle_handle = self._loop.call_at(due, self._idle_fired)
             return
