@@ -35,7 +35,7 @@ from hsb.cp.journal.generation import Generations, Superseded
 from hsb.cp.terminal_link import TerminalProtocol
 from hsb.cp.tickle import RESEND_AFTER_S, TickleList, not_back, previous_list, send_tickles
 from hsb.ops.http import json_route, start_http
-from hsb.ops.limits import raise_nofile, terminals_fit
+from hsb.ops.limits import accept_queue_fits, listen_backlog, raise_nofile, somaxconn, terminals_fit
 from hsb.ops.metrics import CPCollector, registry_for
 from hsb.ops.metrics import render as render_metrics
 from hsb.ops.notify import Watchdog, notify
@@ -80,6 +80,7 @@ class CPServer:
         self.exit_code = 0
         self.superseded = False
         self.open_files: dict[str, Any] = {}
+        self.accept_queue: dict[str, Any] = {}  # the terminal port's listen backlog, as the kernel allows it
         self.took_over: dict[str, Any] = {}
         self.should_exit = asyncio.Event()
         self.woken = asyncio.Event()
@@ -105,6 +106,7 @@ class CPServer:
                 "takeover": self.cfg.cp.takeover,
                 "tls": tls,
                 "open_files": self.open_files,
+                "accept_queue": self.accept_queue,
                 **({"tickle_list": self.cp.tickles.status()} if self.cp.tickles is not None else {}),
                 **self.took_over,
             }
@@ -133,6 +135,12 @@ class CPServer:
         self.open_files = {"soft": soft, "hard": hard, "warning": terminals_fit(len(self.cfg.terminal_table), soft)}
         if self.open_files["warning"]:
             log.warning("open_files_too_few", limit=soft, terminals=len(self.cfg.terminal_table), msg=self.open_files["warning"])
+        n = len(self.cfg.terminal_table)
+        cap = somaxconn()
+        backlog = listen_backlog(n)
+        self.accept_queue = {"backlog": backlog if cap < 0 else min(backlog, cap), "somaxconn": cap, "warning": accept_queue_fits(n, cap)}
+        if self.accept_queue["warning"]:
+            log.warning("accept_queue_too_small", somaxconn=cap, terminals=n, msg=self.accept_queue["warning"])
         loop = asyncio.get_running_loop()
 
         tls = self.tls.server if self.tls is not None else None
@@ -314,7 +322,7 @@ class CPServer:
             self.hosts.add(h)
             return h
 
-        for key, factory, backlog in (("terminal", terminal, 4096), ("host", host, 16)):
+        for key, factory, backlog in (("terminal", terminal, listen_backlog(len(self.cfg.terminal_table))), ("host", host, 16)):
             h, p = parse_addr(getattr(c, f"{key}_listen"))
             srv = await loop.create_server(factory, h, p, backlog=backlog, reuse_address=True, start_serving=False)
             if key == "terminal" and c.terminal_keepalive:  # inherited by every terminal connection

@@ -109,8 +109,9 @@ def render(st: dict[str, Any]) -> str:
             f"sessions {t['active_sessions']} active / {t['standby_sessions']} standby  held {cp['held_messages']}"
             + (f"  back-pressured {t['backpressured']}" if t.get("backpressured") else "")
         )
-        if (cp.get("open_files") or {}).get("warning"):
-            out.append(f"            WARNING {cp['open_files']['warning']}")
+        for limit in ("open_files", "accept_queue"):
+            if (cp.get(limit) or {}).get("warning"):
+                out.append(f"            WARNING {cp[limit]['warning']}")
         if (cp.get("tls") or {}).get("enabled"):
             out.append("            " + _tls_line(cp["tls"], "host and admin links" + (", terminals" if cp["tls"].get("terminals") else "")))
         ls = cp.get("last_switchover")

@@ -32,3 +32,37 @@ def terminals_fit(terminals: int, soft: int) -> str | None:
         f" about {max(soft - SPARE, 0)} will be refused; raise it (systemd: LimitNOFILE={max(2 * terminals, 65536)} in"
         " hsbcpd.service; a shell: ulimit -n), or split the terminals over several CPs (docs/operations.md)"
     )
+
+
+SOMAXCONN = "/proc/sys/net/core/somaxconn"
+BACKLOG_MIN = 4096
+
+
+def listen_backlog(terminals: int) -> int:
+    """The terminal port's listen backlog: room for every terminal connecting at once (a CP
+    restart or takeover brings all of them back within a second). The kernel caps it at
+    net.core.somaxconn, which `accept_queue_fits` checks."""
+    return max(BACKLOG_MIN, terminals + SPARE)
+
+
+def somaxconn(path: str = SOMAXCONN) -> int:
+    """net.core.somaxconn of this network namespace (-1: unknown, not Linux)."""
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def accept_queue_fits(terminals: int, cap: int) -> str | None:
+    """None if `terminals` connecting at once fit the accept queue, else what to do about it. A
+    connection that finds the queue full is dropped by the kernel and its SYN retried only a
+    second later (then 3, 7 s): in a logon storm those terminals come back seconds late."""
+    if cap < 0 or terminals + SPARE <= cap:
+        return None
+    want = 1 << max(terminals + SPARE, 1).bit_length()
+    return (
+        f"net.core.somaxconn is {cap}, below the {terminals} terminals: when they all reconnect at once (a CP"
+        f" restart or takeover) the accept queue overflows and those beyond it wait a second or more for TCP to"
+        f" retry; raise it (sysctl -w net.core.somaxconn={want}, and a file in /etc/sysctl.d/)"
+    )

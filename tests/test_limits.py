@@ -1,0 +1,32 @@
+"""The kernel limits a large CP runs into (hsb.ops.limits): open files, and the accept queue a
+logon storm of every terminal at once must fit into."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hsb.ops.limits import BACKLOG_MIN, SPARE, accept_queue_fits, listen_backlog, somaxconn, terminals_fit
+
+
+def test_the_backlog_has_room_for_every_terminal() -> None:
+    assert listen_backlog(10) == BACKLOG_MIN
+    assert listen_backlog(19_000) == 19_000 + SPARE
+
+
+def test_somaxconn_is_read_and_an_unreadable_one_is_unknown(tmp_path: Path) -> None:
+    f = tmp_path / "somaxconn"
+    f.write_text("4096\n")
+    assert somaxconn(str(f)) == 4096
+    assert somaxconn(str(tmp_path / "absent")) == -1
+    f.write_text("many\n")
+    assert somaxconn(str(f)) == -1
+    assert somaxconn() > 0  # this machine's (Linux)
+
+
+def test_a_small_accept_queue_is_named_with_the_fix() -> None:
+    assert accept_queue_fits(1_000, 4096) is None
+    assert accept_queue_fits(10_000, -1) is None  # unknown: nothing to say
+    w = accept_queue_fits(10_000, 4096)
+    assert w is not None and "net.core.somaxconn is 4096" in w and "10000 terminals" in w
+    assert "sysctl -w net.core.somaxconn=16384" in w  # the next power of two above 10,000 + spare
+    assert terminals_fit(10_000, 1024) is not None and terminals_fit(100, 1024) is None
