@@ -5,6 +5,15 @@ Not a ThreadPoolExecutor: its threads are joined at interpreter exit, so a hung 
 the exit. And `call()` hands its result straight back to the loop (one `call_soon_threadsafe`),
 without the two futures that `run_in_executor` chains: that costs about 50 µs of CPU a call under
 uvloop on this project's machine, against about 17 µs here, and the CP pays it once per group commit.
+
+The GIL: a thread that finishes a blocking call must win the GIL back, and an event loop that
+is busy (it gives the GIL up around each poll and takes it straight back) starves it: measured
+here, a no-op call took seconds to come back while the loop ran Python callbacks back to back
+(bench/gil_handoff.py), so a busy CP's group commits, and with them its acknowledgements, waited
+for the loop to go idle. While a call is out, the loop therefore gives the GIL away once a turn
+(`time.sleep(0)`, which lets the waiting thread take it): every turn for the first
+NUDGE_SPIN_S, then once every NUDGE_EVERY_S, so a call hung on dead storage does not keep the
+loop spinning.
 """
 
 from __future__ import annotations
@@ -13,11 +22,15 @@ import asyncio
 import concurrent.futures as cf
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 Done = Callable[[Any, BaseException | None], None]
+
+NUDGE_SPIN_S = 0.002  # a call out for less than this: the loop gives the GIL away every turn
+NUDGE_EVERY_S = 0.001  # ... and after that once a millisecond
 
 
 class Worker:
@@ -25,17 +38,60 @@ class Worker:
         self._q: queue.SimpleQueue[tuple[Callable[[], Any], cf.Future[Any] | tuple[asyncio.AbstractEventLoop, Done]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
+        self._out = 0  # calls from the event loop not answered yet (touched on the loop only)
+        self._since = 0.0  # when the oldest of them went out (loop time)
+        self._nudge_handle: asyncio.Handle | None = None
+        self.nudges = 0
+        self._closed = False
 
     def submit(self, fn: Callable[[], T]) -> cf.Future[T]:
         """Run `fn` on the thread; its outcome in a concurrent future."""
         fut: cf.Future[T] = cf.Future()
         self._q.put((fn, fut))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return fut  # from a thread without a loop: nothing to give the GIL away
+        self._went_out(loop)
+        fut.add_done_callback(lambda _: self._answer_soon(loop))
         return fut
+
+    def _answer_soon(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            loop.call_soon_threadsafe(self._answered)
+        except RuntimeError:  # the loop closed meanwhile
+            pass
+
+    def _went_out(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._out == 0:
+            self._since = loop.time()
+        self._out += 1
+        if self._nudge_handle is None:
+            self._nudge_handle = loop.call_soon(self._nudge, loop)
+
+    def _answered(self) -> None:
+        self._out -= 1
+        if self._out <= 0 and self._nudge_handle is not None:
+            self._nudge_handle.cancel()
+            self._nudge_handle = None
+
+    def _nudge(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._nudge_handle = None
+        if self._out <= 0 or self._closed:
+            return
+        time.sleep(0)  # the GIL given up and taken back: the thread waiting for it gets it now
+        self.nudges += 1
+        if loop.time() - self._since < NUDGE_SPIN_S:
+            self._nudge_handle = loop.call_soon(self._nudge, loop)
+        else:
+            self._nudge_handle = loop.call_later(NUDGE_EVERY_S, self._nudge, loop)
 
     def call(self, fn: Callable[[], Any], done: Done) -> None:
         """Run `fn` on the thread, then `done(result, None)` or `done(None, exception)` on the
         running event loop (never if that loop has closed meanwhile)."""
-        self._q.put((fn, (asyncio.get_running_loop(), done)))
+        loop = asyncio.get_running_loop()
+        self._q.put((fn, (loop, done)))
+        self._went_out(loop)
 
     def _work(self) -> None:
         while (item := self._q.get()) is not None:
@@ -54,14 +110,19 @@ class Worker:
             except BaseException as exc:
                 result, error = None, exc
             try:
-                loop.call_soon_threadsafe(done, result, error)
+                loop.call_soon_threadsafe(self._reply, done, result, error)
             except RuntimeError:  # the loop closed meanwhile: nobody is waiting any more
                 pass
+
+    def _reply(self, done: Done, result: Any, error: BaseException | None) -> None:
+        self._answered()
+        done(result, error)
 
     def shutdown(self, wait: bool = False, timeout: float | None = None) -> bool:
         """Cancel what is queued (a queued `call()` then never answers); the thread ends after the
         call it is running, if any. `wait`: wait for that call, `timeout` seconds at most (a hung
         mount must not hang the caller). True once the thread has ended."""
+        self._closed = True  # what is queued never answers: no more giving the GIL away for it
         while True:
             try:
                 item = self._q.get_nowait()

@@ -75,3 +75,51 @@ def test_shutdown_waits_a_bounded_time_for_a_call_that_hangs() -> None:
     assert time.monotonic() - t0 < 2.0
     gate.set()
     assert w.shutdown(wait=True, timeout=5.0) is True
+
+
+async def test_calls_come_back_while_the_loop_is_busy() -> None:
+    """The thread must win the GIL back after each call, and a loop running Python callbacks back
+    to back starved it for seconds a call (bench/gil_handoff.py): the worker gives the GIL away
+    once a turn while a call is out."""
+    import os
+    import sys
+    import tempfile
+    import time
+
+    from hsb.loop import SWITCH_INTERVAL
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    loop = asyncio.get_running_loop()
+    w = Worker("test-worker")
+    stop = False
+
+    def busy() -> None:  # 300 µs of Python, again and again: the loop never waits for I/O
+        end = time.perf_counter() + 0.0003
+        while time.perf_counter() < end:
+            pass
+        if not stop:
+            loop.call_soon(busy)
+
+    with tempfile.TemporaryDirectory() as d:
+        fd = os.open(os.path.join(d, "f"), os.O_WRONLY | os.O_CREAT, 0o600)
+
+        def commit() -> None:
+            os.pwrite(fd, b"x" * 100, 0)
+            os.fdatasync(fd)
+
+        loop.call_soon(busy)
+        t0 = time.perf_counter()
+        try:
+            for _ in range(10):
+                f = loop.create_future()
+                w.call(commit, lambda r, e, f=f: f.set_result(e))
+                assert await asyncio.wait_for(f, 10) is None
+        finally:
+            stop = True
+            w.shutdown(wait=True)
+            os.close(fd)
+            sys.setswitchinterval(old)
+        took = time.perf_counter() - t0
+    assert took < 2.0, f"10 calls took {took:.2f} s with the loop busy"
+    assert w.nudges >= 10
