@@ -114,6 +114,23 @@ class Worker:
             except RuntimeError:  # the loop closed meanwhile: nobody is waiting any more
                 pass
 
+    async def run(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the thread and wait for its outcome (`run_in_executor` without the
+        executor: the loop gives the GIL away while it waits, see the module docstring).
+        Cancelling the wait does not stop `fn` once it has started."""
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+
+        def done(result: Any, error: BaseException | None) -> None:
+            if fut.done():
+                return  # the waiter was cancelled
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(result)
+
+        self.call(fn, done)
+        return await fut
+
     def _reply(self, done: Done, result: Any, error: BaseException | None) -> None:
         self._answered()
         done(result, error)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from pathlib import Path
 from typing import Any
+
+from hsb.worker import Worker
 
 
 class EchoService:
@@ -45,6 +48,7 @@ class JournalService(EchoService):
         self.pending: list[tuple[bytes, asyncio.Future[None]]] = []
         self.wake = asyncio.Event()
         self.writer: asyncio.Task[None] | None = None
+        self.worker = Worker("hsb-journal-service")  # the loop gives it the GIL while it writes (hsb.worker)
 
     async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
         if self.writer is None:
@@ -56,7 +60,6 @@ class JournalService(EchoService):
         return data
 
     async def _write_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self.wake.wait()
             self.wake.clear()
@@ -65,7 +68,7 @@ class JournalService(EchoService):
                 continue
             blob = b"".join(line for line, _ in batch)
             try:
-                await loop.run_in_executor(None, self._append, blob)
+                await self.worker.run(functools.partial(self._append, blob))
             except OSError as exc:
                 for _, f in batch:
                     if not f.done():
@@ -85,4 +88,5 @@ class JournalService(EchoService):
     async def close(self) -> None:
         if self.writer is not None:
             self.writer.cancel()
+        self.worker.shutdown()
         os.close(self.fd)

@@ -22,12 +22,12 @@ import asyncio
 import re
 import sqlite3
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 from hsb.service.api import ServiceUnavailable
+from hsb.worker import Worker
 
 
 class RetryTransaction(Exception):
@@ -231,7 +231,7 @@ class SqliteDatabase:
     def __init__(self, path: str, busy_timeout: float = 5.0) -> None:
         self.path = Path(path)
         self.busy_timeout = float(busy_timeout)
-        self._exec = ThreadPoolExecutor(1, thread_name_prefix="hsb-sqlite")
+        self._exec = Worker("hsb-sqlite")  # one thread for the connection; the loop gives it the GIL (hsb.worker)
         self._conn: sqlite3.Connection | None = None
         self._lock: asyncio.Lock | None = None
 
@@ -249,7 +249,7 @@ class SqliteDatabase:
             return fn(self._connect())
 
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._exec, run)
+            return await self._exec.run(run)
         except sqlite3.OperationalError as exc:
             text = str(exc)
             if "locked" in text or "busy" in text:
@@ -281,6 +281,6 @@ class SqliteDatabase:
             if conn is not None:
                 conn.close()
 
-        await asyncio.get_running_loop().run_in_executor(self._exec, shut)
+        await self._exec.run(shut)
         self._conn = None
-        self._exec.shutdown(wait=False)
+        self._exec.shutdown()
