@@ -31,6 +31,7 @@ Done = Callable[[Any, BaseException | None], None]
 
 NUDGE_SPIN_S = 0.002  # a call out for less than this: the loop gives the GIL away every turn
 NUDGE_EVERY_S = 0.001  # ... and after that once a millisecond
+NUDGE_SLOWEST_S = 0.05  # ... slowing down to this for a call out for long (a hung mount)
 
 
 class Worker:
@@ -41,6 +42,7 @@ class Worker:
         self._out = 0  # calls from the event loop not answered yet (touched on the loop only)
         self._since = 0.0  # when the oldest of them went out (loop time)
         self._nudge_handle: asyncio.Handle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.nudges = 0
         self._closed = False
 
@@ -63,6 +65,8 @@ class Worker:
             pass
 
     def _went_out(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is not self._loop:  # one loop at a time (a test's next loop): what was out on the old one is gone
+            self._loop, self._out, self._nudge_handle = loop, 0, None
         if self._out == 0:
             self._since = loop.time()
         self._out += 1
@@ -81,10 +85,11 @@ class Worker:
             return
         time.sleep(0)  # the GIL given up and taken back: the thread waiting for it gets it now
         self.nudges += 1
-        if loop.time() - self._since < NUDGE_SPIN_S:
+        age = loop.time() - self._since
+        if age < NUDGE_SPIN_S:
             self._nudge_handle = loop.call_soon(self._nudge, loop)
-        else:
-            self._nudge_handle = loop.call_later(NUDGE_EVERY_S, self._nudge, loop)
+        else:  # once a millisecond, and slower for a call hung on dead storage (a tenth of its age)
+            self._nudge_handle = loop.call_later(min(NUDGE_SLOWEST_S, max(NUDGE_EVERY_S, age / 10)), self._nudge, loop)
 
     def call(self, fn: Callable[[], Any], done: Done) -> None:
         """Run `fn` on the thread, then `done(result, None)` or `done(None, exception)` on the
@@ -117,7 +122,10 @@ class Worker:
     async def run(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the thread and wait for its outcome (`run_in_executor` without the
         executor: the loop gives the GIL away while it waits, see the module docstring).
-        Cancelling the wait does not stop `fn` once it has started."""
+        Cancelling the wait does not stop `fn`, even one still queued (a run_in_executor item
+        would not have run). After `shutdown()`, and for a call that shutdown drops: RuntimeError."""
+        if self._closed:
+            raise RuntimeError("worker shut down")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
 
         def done(result: Any, error: BaseException | None) -> None:
@@ -128,6 +136,7 @@ class Worker:
             else:
                 fut.set_result(result)
 
+        done.answer_at_shutdown = True  # type: ignore[attr-defined]
         self.call(fn, done)
         return await fut
 
@@ -136,17 +145,26 @@ class Worker:
         done(result, error)
 
     def shutdown(self, wait: bool = False, timeout: float | None = None) -> bool:
-        """Cancel what is queued (a queued `call()` then never answers); the thread ends after the
+        """Cancel what is queued (a queued `call()` then never answers, a `run()` raises); the thread ends after the
         call it is running, if any. `wait`: wait for that call, `timeout` seconds at most (a hung
         mount must not hang the caller). True once the thread has ended."""
-        self._closed = True  # what is queued never answers: no more giving the GIL away for it
+        self._closed = True  # what is queued is dropped: no more giving the GIL away for it
         while True:
             try:
                 item = self._q.get_nowait()
             except queue.Empty:
                 break
-            if item is not None and isinstance(item[1], cf.Future):
-                item[1].cancel()
+            if item is None:
+                continue
+            to = item[1]
+            if isinstance(to, cf.Future):
+                to.cancel()
+            elif getattr(to[1], "answer_at_shutdown", False):
+                loop, done = to  # a run(): its waiter must not wait forever
+                try:
+                    loop.call_soon_threadsafe(self._reply, done, None, RuntimeError("worker shut down"))
+                except RuntimeError:
+                    pass
         self._q.put(None)
         if wait and self._thread is not threading.current_thread():
             self._thread.join(timeout)

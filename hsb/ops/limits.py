@@ -62,7 +62,7 @@ def accept_queue_fits(terminals: int, cap: int) -> str | None:
         return None
     want = 1 << max(terminals + SPARE, 1).bit_length()
     return (
-        f"net.core.somaxconn is {cap}, below the {terminals} terminals: when they all reconnect at once (a CP"
+        f"net.core.somaxconn is {cap}, below the {terminals} terminals plus {SPARE} spare: when they all reconnect at once (a CP"
         f" restart or takeover) the accept queue overflows and those beyond it wait a second or more for TCP to"
         f" retry; raise it (sysctl -w net.core.somaxconn={want}, and a file in /etc/sysctl.d/)"
     )

@@ -88,5 +88,5 @@ class JournalService(EchoService):
     async def close(self) -> None:
         if self.writer is not None:
             self.writer.cancel()
-        self.worker.shutdown()
+        self.worker.shutdown(wait=True, timeout=2.0)  # not while its fsync still uses the descriptor
         os.close(self.fd)

@@ -234,6 +234,7 @@ class SqliteDatabase:
         self._exec = Worker("hsb-sqlite")  # one thread for the connection; the loop gives it the GIL (hsb.worker)
         self._conn: sqlite3.Connection | None = None
         self._lock: asyncio.Lock | None = None
+        self._closed = False
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -245,11 +246,16 @@ class SqliteDatabase:
         return self._conn
 
     async def _call(self, fn: Any) -> Any:
+        if self._closed:
+            raise ServiceUnavailable(f"database closed: sqlite {self.path}")
+
         def run() -> Any:
             return fn(self._connect())
 
         try:
             return await self._exec.run(run)
+        except RuntimeError as exc:  # closed while it was queued
+            raise ServiceUnavailable(f"database closed: sqlite {self.path}") from exc
         except sqlite3.OperationalError as exc:
             text = str(exc)
             if "locked" in text or "busy" in text:
@@ -281,6 +287,11 @@ class SqliteDatabase:
             if conn is not None:
                 conn.close()
 
-        await self._exec.run(shut)
-        self._conn = None
-        self._exec.shutdown()
+        if self._closed:
+            return
+        self._closed = True  # later statements are refused; one in flight finishes or fails
+        try:
+            await self._exec.run(shut)
+        finally:
+            self._conn = None
+            self._exec.shutdown()
