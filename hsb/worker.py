@@ -12,8 +12,8 @@ here, a no-op call took seconds to come back while the loop ran Python callbacks
 (bench/gil_handoff.py), so a busy CP's group commits, and with them its acknowledgements, waited
 for the loop to go idle. While a call is out, the loop therefore gives the GIL away once a turn
 (`time.sleep(0)`, which lets the waiting thread take it): every turn for the first
-NUDGE_SPIN_S, then once every NUDGE_EVERY_S, so a call hung on dead storage does not keep the
-loop spinning.
+NUDGE_SPIN_S, then once every NUDGE_EVERY_S, slowing to NUDGE_SLOWEST_S for a call out long (a
+hung mount), so that such a call does not keep the loop spinning.
 """
 
 from __future__ import annotations
