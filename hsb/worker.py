@@ -127,17 +127,7 @@ class Worker:
         if self._closed:
             raise RuntimeError("worker shut down")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-
-        def done(result: Any, error: BaseException | None) -> None:
-            if fut.done():
-                return  # the waiter was cancelled
-            if error is not None:
-                fut.set_exception(error)
-            else:
-                fut.set_result(result)
-
-        done.answer_at_shutdown = True  # type: ignore[attr-defined]
-        self.call(fn, done)
+        self.call(fn, _Settle(fut))
         return await fut
 
     def _reply(self, done: Done, result: Any, error: BaseException | None) -> None:
@@ -159,7 +149,7 @@ class Worker:
             to = item[1]
             if isinstance(to, cf.Future):
                 to.cancel()
-            elif getattr(to[1], "answer_at_shutdown", False):
+            elif isinstance(to[1], _Settle):
                 loop, done = to  # a run(): its waiter must not wait forever
                 try:
                     loop.call_soon_threadsafe(self._reply, done, None, RuntimeError("worker shut down"))
@@ -169,3 +159,21 @@ class Worker:
         if wait and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         return not self._thread.is_alive()
+
+
+class _Settle:
+    """A `run()`'s answer: settles its future (unless the waiter was cancelled). A class of its
+    own so that `shutdown()` can tell the calls it must answer from those that never answer."""
+
+    __slots__ = ("fut",)
+
+    def __init__(self, fut: asyncio.Future[Any]) -> None:
+        self.fut = fut
+
+    def __call__(self, result: Any, error: BaseException | None) -> None:
+        if self.fut.done():
+            return
+        if error is not None:
+            self.fut.set_exception(error)
+        else:
+            self.fut.set_result(result)

@@ -40,13 +40,20 @@ async def test_call_runs_in_order_off_the_loop_and_answers_on_it() -> None:
     assert all(t == main for _, _, t in answers)  # back on it
 
 
-async def test_submit_returns_a_future_and_shutdown_cancels_what_is_queued() -> None:
-    w = Worker("test-worker")
+def gated() -> tuple[threading.Event, threading.Event, Any]:
+    """A job that says it started, then waits for the gate (at most 5 s)."""
     gate, started = threading.Event(), threading.Event()
 
-    def first_job() -> bool:
+    def job() -> bool:
         started.set()
         return gate.wait(5)
+
+    return gate, started, job
+
+
+async def test_submit_returns_a_future_and_shutdown_cancels_what_is_queued() -> None:
+    w = Worker("test-worker")
+    gate, started, first_job = gated()
 
     first = w.submit(first_job)
     queued = w.submit(lambda: 1)
@@ -125,16 +132,10 @@ def test_calls_come_back_while_the_loop_is_busy() -> None:
 
 
 async def test_a_run_dropped_by_shutdown_raises_and_a_later_one_too() -> None:
-    import threading
-
     from tests.support.procs import until
 
     w = Worker("test-worker")
-    gate, started = threading.Event(), threading.Event()
-
-    def first_job() -> bool:
-        started.set()
-        return gate.wait(5)
+    gate, started, first_job = gated()
 
     first = asyncio.ensure_future(w.run(first_job))
     second = asyncio.ensure_future(w.run(int))  # queued behind the first
@@ -148,7 +149,7 @@ async def test_a_run_dropped_by_shutdown_raises_and_a_later_one_too() -> None:
     except RuntimeError as exc:
         assert "shut down" in str(exc)
     try:
-        await w.run(int)
+        await asyncio.wait_for(w.run(int), 5)
         raise AssertionError("run() after shutdown")
     except RuntimeError:
         pass

@@ -131,11 +131,11 @@ class CPServer:
     async def start_admin(self) -> None:
         """The admin link and /health first: they answer while waiting too."""
         c = self.cfg.cp
-        soft, hard = raise_nofile()
-        self.open_files = {"soft": soft, "hard": hard, "warning": terminals_fit(len(self.cfg.terminal_table), soft)}
-        if self.open_files["warning"]:
-            log.warning("open_files_too_few", limit=soft, terminals=len(self.cfg.terminal_table), msg=self.open_files["warning"])
         n = len(self.cfg.terminal_table)
+        soft, hard = raise_nofile()
+        self.open_files = {"soft": soft, "hard": hard, "warning": terminals_fit(n, soft)}
+        if self.open_files["warning"]:
+            log.warning("open_files_too_few", limit=soft, terminals=n, msg=self.open_files["warning"])
         cap = somaxconn()
         backlog = listen_backlog(n)
         self.accept_queue = {"backlog": backlog if cap < 0 else min(backlog, cap), "somaxconn": cap, "warning": accept_queue_fits(n, cap)}
