@@ -189,6 +189,57 @@ async def test_exactly_once_on_postgresql(pg: pgsupport.PgServer) -> None:
         await db.close()
 
 
+async def _prunes_by_age(db: Any) -> None:
+    """Records older than `keep` are pruned by the host that handles messages; newer ones stay."""
+    once = ExactlyOnce(db, keep=3600.0, prune_every=0.0)
+    await once.setup()
+
+    async def nothing(tx: Any) -> str:
+        return "done"
+
+    for mid in (1, 2, 3):
+        await once.run("T1", mid, False, nothing)
+    async with db.transaction() as tx:  # two of them from two hours ago
+        await tx.execute("UPDATE hsb_idempotency SET at = at - 7200 WHERE msg_id <= 2")
+    await once.run("T1", 4, False, nothing)  # the next message applied starts a prune
+    deadline = time.monotonic() + 10
+    while once.counters["pruned"] < 2:
+        assert time.monotonic() < deadline, once.counters
+        await asyncio.sleep(0.01)
+    async with db.transaction() as tx:
+        assert await tx.fetch("SELECT msg_id FROM hsb_idempotency ORDER BY msg_id") == [(3,), (4,)]
+    assert once.counters["pruned"] == 2
+
+
+async def test_old_records_are_pruned_on_sqlite(tmp_path: Path) -> None:
+    db = SqliteDatabase(str(tmp_path / "prune.sqlite"))
+    try:
+        await _prunes_by_age(db)
+    finally:
+        await db.close()
+
+
+@needs_pg
+async def test_old_records_are_pruned_on_postgresql_through_a_brin_index(pg: pgsupport.PgServer) -> None:
+    """The age index is BRIN on PostgreSQL (cheap to keep up per insert); a database made by an
+    earlier version, with a btree on `at`, gets the BRIN index instead at setup."""
+    db = open_database(fresh(pg))
+    try:
+        async with db.transaction() as tx:  # as an earlier version left it
+            await tx.execute(
+                "CREATE TABLE hsb_idempotency (terminal TEXT NOT NULL, msg_id BIGINT NOT NULL, reply TEXT NOT NULL,"
+                " at DOUBLE PRECISION NOT NULL, PRIMARY KEY (terminal, msg_id))"
+            )
+            await tx.execute("CREATE INDEX hsb_idempotency_at ON hsb_idempotency (at)")
+        await _prunes_by_age(db)
+        async with db.transaction() as tx:
+            idx = dict(await tx.fetch("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'hsb_idempotency'"))
+        assert "hsb_idempotency_at" not in idx, idx
+        assert "USING brin (at)" in idx.get("hsb_idempotency_at_brin", ""), idx
+    finally:
+        await db.close()
+
+
 @needs_pg
 async def test_opposite_transfers_at_once_neither_deadlock_nor_lose_money(pg: pgsupport.PgServer) -> None:
     s = LedgerService("host-a", dsn=fresh(pg), pool_size=20)

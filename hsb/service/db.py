@@ -39,7 +39,7 @@ class Tx(Protocol):
 
     for_update: str  # " FOR UPDATE" where row locks exist (PostgreSQL), "" where the whole database is locked
 
-    async def execute(self, sql: str, *args: Any) -> None: ...
+    async def execute(self, sql: str, *args: Any) -> int: ...  # the rows it changed (0 for DDL)
 
     async def fetchval(self, sql: str, *args: Any) -> Any: ...
 
@@ -95,8 +95,10 @@ class _PgTx:
     def __init__(self, conn: Any) -> None:
         self.conn = conn
 
-    async def execute(self, sql: str, *args: Any) -> None:
-        await self.conn.execute(sql, *args)
+    async def execute(self, sql: str, *args: Any) -> int:
+        tag = await self.conn.execute(sql, *args)  # the command tag: "DELETE 2", "INSERT 0 1", "CREATE TABLE"
+        last = str(tag).rpartition(" ")[2]
+        return int(last) if last.isdigit() else 0
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         return await self.conn.fetchval(sql, *args)
@@ -195,8 +197,8 @@ class _SqliteTx:
     def __init__(self, db: SqliteDatabase) -> None:
         self.db = db
 
-    async def execute(self, sql: str, *args: Any) -> None:
-        await self.db._call(lambda c: c.execute(_PLACEHOLDER.sub(r"?\1", sql), args))
+    async def execute(self, sql: str, *args: Any) -> int:
+        return await self.db._call(lambda c: max(0, c.execute(_PLACEHOLDER.sub(r"?\1", sql), args).rowcount))  # type: ignore[no-any-return]
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         row = await self.fetchrow(sql, *args)
