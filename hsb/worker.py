@@ -45,6 +45,8 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.nudges = 0
         self._closed = False
+        self._ended_lock = threading.Lock()
+        self._on_end: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []  # stop()s waiting
 
     def submit(self, fn: Callable[[], T]) -> cf.Future[T]:
         """Run `fn` on the thread; its outcome in a concurrent future."""
@@ -99,6 +101,18 @@ class Worker:
         self._went_out(loop)
 
     def _work(self) -> None:
+        try:
+            self._serve()
+        finally:
+            with self._ended_lock:
+                waiting, self._on_end = self._on_end, []
+            for loop, fut in waiting:
+                try:
+                    loop.call_soon_threadsafe(_settle_none, fut)
+                except RuntimeError:  # that loop closed meanwhile
+                    pass
+
+    def _serve(self) -> None:
         while (item := self._q.get()) is not None:
             fn, to = item
             if isinstance(to, cf.Future):
@@ -159,6 +173,29 @@ class Worker:
         if wait and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         return not self._thread.is_alive()
+
+    async def stop(self, timeout: float) -> bool:
+        """`shutdown()`, then wait for the thread to end, `timeout` seconds at most, without
+        blocking the event loop (`shutdown(wait=True)` would block it for as long). True once
+        the thread has ended: only then may the caller close what the calls were using."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._ended_lock:
+            alive = self._thread.is_alive()
+            if alive:
+                self._on_end.append((asyncio.get_running_loop(), fut))
+        self.shutdown()
+        if alive:
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), timeout)
+            except TimeoutError:
+                return False
+            self._thread.join(1.0)  # its last lines ran: it ends within microseconds
+        return not self._thread.is_alive()
+
+
+def _settle_none(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class _Settle:

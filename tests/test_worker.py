@@ -149,3 +149,35 @@ async def test_a_run_dropped_by_shutdown_raises_and_a_later_one_too() -> None:
         await asyncio.wait_for(second, 5)
     with pytest.raises(RuntimeError):  # after shutdown
         await asyncio.wait_for(w.run(int), 5)
+
+
+async def test_stop_waits_for_the_thread_without_blocking_the_loop() -> None:
+    """stop(): the thread's end awaited, bounded; the loop keeps running meanwhile (a hung disk
+    must not freeze a daemon's stop), and a second stop after the call returned says it ended."""
+    import time
+
+    w = Worker("test-worker")
+    gate, started, job = gated()
+    w.submit(job)
+    assert started.wait(5)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    t = asyncio.ensure_future(ticker())
+    try:
+        t0 = time.monotonic()
+        assert await w.stop(timeout=0.2) is False  # the call still hangs
+        assert 0.15 < time.monotonic() - t0 < 2.0
+        assert ticks >= 10, ticks  # the loop ran on while it waited
+        gate.set()
+        assert await w.stop(timeout=5.0) is True
+        assert not w._thread.is_alive()
+        assert await w.stop(timeout=5.0) is True  # already ended: at once
+    finally:
+        t.cancel()
+        gate.set()

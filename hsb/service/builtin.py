@@ -8,7 +8,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from hsb.worker import Worker
+
+log = structlog.get_logger("hsb.service")
 
 
 class EchoService:
@@ -39,6 +43,8 @@ class JournalService(EchoService):
     one write + fsync for everything that arrived meanwhile, and no reply goes
     out before its line is on disk, so the journal proves SPEC §5.6 from outside.
     """
+
+    close_timeout = 2.0  # how long close() waits for a write still on the disk
 
     def __init__(self, host: str, journal: str = "journal.log", logon_ms: float = 0, **kw: Any) -> None:
         super().__init__(host, logon_ms)
@@ -88,5 +94,11 @@ class JournalService(EchoService):
     async def close(self) -> None:
         if self.writer is not None:
             self.writer.cancel()
-        self.worker.shutdown(wait=True, timeout=2.0)  # not while its fsync still uses the descriptor
-        os.close(self.fd)
+        # the descriptor is closed only once the thread has ended: not under a write or fsync
+        # still running on it (a hung disk), whose number a later open could otherwise reuse
+        if await self.worker.stop(timeout=self.close_timeout):
+            os.close(self.fd)
+        else:
+            log.warning(
+                "journal_service_close_abandoned_write", path=str(self.path), msg=f"a journal write did not return within {self.close_timeout:g} s"
+            )

@@ -249,7 +249,7 @@ class SqliteDatabase:
 
     async def _call(self, fn: Any) -> Any:
         if self._closed:
-            raise ServiceUnavailable(f"database closed: sqlite {self.path}")
+            raise self._closed_error()
 
         def run() -> Any:
             return fn(self._connect())
@@ -257,12 +257,15 @@ class SqliteDatabase:
         try:
             return await self._exec.run(run)
         except RuntimeError as exc:  # closed while it was queued
-            raise ServiceUnavailable(f"database closed: sqlite {self.path}") from exc
+            raise self._closed_error() from exc
         except sqlite3.OperationalError as exc:
             text = str(exc)
             if "locked" in text or "busy" in text:
                 raise RetryTransaction(text) from exc
             raise ServiceUnavailable(f"database unavailable: sqlite {self.path}: {text}") from exc
+
+    def _closed_error(self) -> ServiceUnavailable:
+        return ServiceUnavailable(f"database closed: sqlite {self.path}")
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteTx]:

@@ -1,0 +1,70 @@
+"""The `journal` service (hsb.service.builtin.JournalService): a reply only once its line is
+on disk, and a stop that neither freezes the event loop nor closes the file under a write."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from hsb.service.builtin import JournalService
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def test_lines_are_written_before_the_replies(tmp_path: Path) -> None:
+    s = JournalService("host-a", journal=str(tmp_path / "j.log"))
+    try:
+        replies = await asyncio.gather(*(s.handle("T1", i, f"d{i}", i == 2) for i in range(1, 4)))
+        assert replies == ["d1", "d2", "d3"]
+        assert (tmp_path / "j.log").read_text().splitlines() == ["host-a T1 1 0", "host-a T1 2 1", "host-a T1 3 0"]
+    finally:
+        await s.close()
+    with pytest.raises(OSError):
+        os.fstat(s.fd)  # closed
+
+
+async def test_close_while_a_write_hangs_keeps_the_file_open_and_the_loop_running(tmp_path: Path) -> None:
+    s = JournalService("host-a", journal=str(tmp_path / "j.log"))
+    s.close_timeout = 0.3
+    gate, started = threading.Event(), threading.Event()
+    real = s._append
+
+    def hung(blob: bytes) -> None:  # a disk that does not answer
+        started.set()
+        gate.wait(10)
+        real(blob)
+
+    s._append = hung  # type: ignore[method-assign]
+    msg = asyncio.ensure_future(s.handle("T1", 1, "d1", False))
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    t = asyncio.ensure_future(ticker())
+    try:
+        deadline = time.monotonic() + 5
+        while not started.is_set():
+            assert time.monotonic() < deadline, "the write never started"
+            await asyncio.sleep(0.005)
+        t0 = time.monotonic()
+        await s.close()
+        assert time.monotonic() - t0 < 2.0
+        assert ticks >= 20, ticks  # the loop was not blocked while close() waited
+        os.fstat(s.fd)  # still open: the thread is still in its write
+        assert not msg.done()  # and no reply went out for a line not on disk
+    finally:
+        t.cancel()
+        gate.set()
+        msg.cancel()
+        assert await s.worker.stop(5.0) is True
+        os.close(s.fd)
+    assert (tmp_path / "j.log").read_text() == "host-a T1 1 0\n"  # the hung write did complete
