@@ -442,6 +442,17 @@ def save_results(a: Any, section: str, res: Any, text: str) -> None:
         write_section(section, text)
 
 
+def section_head(a: Any, setup: str) -> list[str]:
+    """The first lines of a bench_main bench's section: its command, its raw results, and the
+    machine followed by `setup` (what was run, how)."""
+    return [
+        f"Command: `{a.command}`",
+        f"Raw results: `bench/results/{Path(a.json).name}` (`--render` rebuilds this section).",
+        "",
+        f"Machine: {machine_line(a.machine)}. {setup}",
+    ]
+
+
 def bench_main(
     ap: Any, argv: list[str] | None, *, command: str, results: Path, section: str, render: Callable[[Any, Any], str], amain: Callable[[Any], Any]
 ) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _sandbox import bench_main, machine_line, proc_cpu, save_results, table  # noqa: E402
+from _sandbox import bench_main, proc_cpu, save_results, section_head, table  # noqa: E402
 from ledger import ACCOUNTS, postgres_pids  # noqa: E402
 
 import hsb.service.once as once  # noqa: E402
@@ -117,13 +117,13 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
         )
     return "\n".join(
         [
-            f"Command: `{a.command}`",
-            f"Raw results: `bench/results/{Path(a.json).name}` (`--render` rebuilds this section).",
-            "",
-            f"Machine: {machine_line(a.machine)}. A throwaway PostgreSQL 15 (Debian's binaries, a Unix socket,"
-            f" `fsync=on`), a fresh database per run; {res['clients']} clients in one process calling the ledger"
-            f" code (pool of 10 connections), transfers between {ACCOUNTS} accounts, {res['duration_s']:g} s a run,"
-            f" the four variants interleaved {res['reps']} times. CPU: µs per transfer, medians.",
+            *section_head(
+                a,
+                f"A throwaway PostgreSQL 15 (Debian's binaries, a Unix socket,"
+                f" `fsync=on`), a fresh database per run; {res['clients']} clients in one process calling the ledger"
+                f" code (pool of 10 connections), transfers between {ACCOUNTS} accounts, {res['duration_s']:g} s a run,"
+                f" the four variants interleaved {res['reps']} times. CPU: µs per transfer, medians.",
+            ),
             "",
             table(["age index", "transfers/s (median)", "runs", "PostgreSQL CPU µs", "clients CPU µs", "cost against no record"], rows),
         ]

@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _sandbox import bench_main, machine_line, save_results, table  # noqa: E402
+from _sandbox import bench_main, save_results, section_head, table  # noqa: E402
 
 from hsb.cp.journal.generation import Generations  # noqa: E402
 from hsb.cp.journal.store import Journal  # noqa: E402
@@ -126,12 +126,12 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
     ratios = [r["executor"]["cpu_us"] / r["worker"]["cpu_us"] for r in res["reps"] if r.get("worker", {}).get("cpu_us")] or [float("nan")]
     return "\n".join(
         [
-            f"Command: `{a.command}`",
-            f"Raw results: `bench/results/{Path(a.json).name}` (`--render` rebuilds this section).",
-            "",
-            f"Machine: {machine_line(a.machine)}. In-process on uvloop, a temporary directory under `{res['dir']}`;"
-            f" {res['groups']:,} calls in a row per kind, the kinds interleaved in each of {len(res['reps'])} repetitions;"
-            " µs per call, median of the repetitions (CPU: this process, every thread).",
+            *section_head(
+                a,
+                f"In-process on uvloop, a temporary directory under `{res['dir']}`;"
+                f" {res['groups']:,} calls in a row per kind, the kinds interleaved in each of {len(res['reps'])} repetitions;"
+                " µs per call, median of the repetitions (CPU: this process, every thread).",
+            ),
             "",
             table(["kind", "wall µs", "user µs", "system µs", "CPU µs"], rows),
             "",

@@ -26,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _sandbox import bench_main, machine_line, save_results, table  # noqa: E402
+from _sandbox import bench_main, save_results, section_head, table  # noqa: E402
 
 from hsb.cp.journal import recover  # noqa: E402
 from hsb.cp.journal.generation import Generations  # noqa: E402
@@ -97,12 +97,12 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
     ]
     return "\n".join(
         [
-            f"Command: `{a.command}`",
-            f"Raw results: `bench/results/{Path(a.json).name}` (`--render` rebuilds this section).",
-            "",
-            f"Machine: {machine_line(a.machine)}. In-process; a journal of one segment under `{res['dir']}` holding"
-            f" settled traffic of {res['terminals']:,} terminals (its checkpoint names them all); the replay"
-            f" (`hsb.cp.journal.recover()`) timed {res['reps']} times per size.",
+            *section_head(
+                a,
+                f"In-process; a journal of one segment under `{res['dir']}` holding"
+                f" settled traffic of {res['terminals']:,} terminals (its checkpoint names them all); the replay"
+                f" (`hsb.cp.journal.recover()`) timed {res['reps']} times per size.",
+            ),
             "",
             table(["history MiB", "messages", "records", "replay ms (median)", "runs", "ms per MiB"], rows),
         ]

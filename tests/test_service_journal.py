@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from hsb.service.builtin import JournalService
+from tests.support.ticker import Ticker
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -41,28 +42,19 @@ async def test_close_while_a_write_hangs_keeps_the_file_open_and_the_loop_runnin
 
     s._append = hung  # type: ignore[method-assign]
     msg = asyncio.ensure_future(s.handle("T1", 1, "d1", False))
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0.001)
-
-    t = asyncio.ensure_future(ticker())
     try:
         deadline = time.monotonic() + 5
         while not started.is_set():
             assert time.monotonic() < deadline, "the write never started"
             await asyncio.sleep(0.005)
-        t0 = time.monotonic()
-        await s.close()
-        assert time.monotonic() - t0 < 2.0
-        assert ticks >= 20, ticks  # the loop was not blocked while close() waited
+        async with Ticker() as loop_turns:
+            t0 = time.monotonic()
+            await s.close()
+            assert time.monotonic() - t0 < 2.0
+        assert loop_turns.ticks >= 20, loop_turns.ticks  # the loop was not blocked while close() waited
         os.fstat(s.fd)  # still open: the thread is still in its write
         assert not msg.done()  # and no reply went out for a line not on disk
     finally:
-        t.cancel()
         gate.set()
         msg.cancel()
         assert await s.worker.stop(5.0) is True

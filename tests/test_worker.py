@@ -156,28 +156,21 @@ async def test_stop_waits_for_the_thread_without_blocking_the_loop() -> None:
     must not freeze a daemon's stop), and a second stop after the call returned says it ended."""
     import time
 
+    from tests.support.ticker import Ticker
+
     w = Worker("test-worker")
     gate, started, job = gated()
     w.submit(job)
     assert started.wait(5)
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0.001)
-
-    t = asyncio.ensure_future(ticker())
     try:
-        t0 = time.monotonic()
-        assert await w.stop(timeout=0.2) is False  # the call still hangs
-        assert 0.15 < time.monotonic() - t0 < 2.0
-        assert ticks >= 10, ticks  # the loop ran on while it waited
+        async with Ticker() as loop_turns:
+            t0 = time.monotonic()
+            assert await w.stop(timeout=0.2) is False  # the call still hangs
+            assert 0.15 < time.monotonic() - t0 < 2.0
+        assert loop_turns.ticks >= 10, loop_turns.ticks  # the loop ran on while it waited
         gate.set()
         assert await w.stop(timeout=5.0) is True
         assert not w._thread.is_alive()
         assert await w.stop(timeout=5.0) is True  # already ended: at once
     finally:
-        t.cancel()
         gate.set()
