@@ -1,6 +1,6 @@
 """What the idempotency record's age index costs: direct ledger transfers to PostgreSQL with the
-record indexed by a btree on `at` (as before), by BRIN (hsb.service.once today), with no index
-on `at`, and with no record at all; side by side, interleaved, for BENCHMARKS.md.
+record indexed by a btree on `at` (hsb.service.once's), by BRIN instead, with no index on `at`,
+and with no record at all; side by side, interleaved, for BENCHMARKS.md.
 
     .venv/bin/python bench/idempotency_index.py [--clients 50] [--reps 5] [--duration 4]
                                                 [--json FILE] [--no-write] [--render FILE [--write]]
@@ -34,10 +34,10 @@ COMMAND = ".venv/bin/python bench/idempotency_index.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "idempotency_index.json"
 SECTION = "The idempotency record's age index (`bench/idempotency_index.py`)"
 
-_TABLE = once.DDL["postgresql"][0]
+_TABLE = once.DDL[0]
 VARIANTS: dict[str, list[str] | None] = {
-    "btree": [_TABLE, "CREATE INDEX IF NOT EXISTS hsb_idempotency_at ON hsb_idempotency (at)"],
-    "brin": list(once.DDL["postgresql"]),
+    "btree": list(once.DDL),  # hsb.service.once's
+    "brin": [_TABLE, "CREATE INDEX IF NOT EXISTS hsb_idempotency_at_brin ON hsb_idempotency USING brin (at) WITH (autosummarize = on)"],
     "no index": [_TABLE],
     "no record": None,
 }
@@ -48,16 +48,16 @@ async def one(pg: Any, variant: str, a: argparse.Namespace, i: int) -> dict[str,
     from hsb.term.workload import LedgerWorkload
 
     ddl = VARIANTS[variant]
-    saved = dict(once.DDL)
+    saved = list(once.DDL)
     if ddl is not None:
-        once.DDL["postgresql"] = ddl
+        once.DDL[:] = ddl
     svc = LedgerService("direct", dsn=pg.createdb(f"ix{os.getpid()}_{i}_{variant.replace(' ', '_')}"), pool_size=10, idempotency=ddl is not None)
     w = LedgerWorkload(accounts=ACCOUNTS)
     try:
         for k in range(w.setup_count):
             await svc.handle("D0", k + 1, w.payload(0, k), False)
     finally:
-        once.DDL.update(saved)
+        once.DDL[:] = saved
     done = [0] * a.clients
     pids = postgres_pids(pg)
     pg0, me0, t0 = proc_cpu(pids), proc_cpu([os.getpid()]), time.monotonic()

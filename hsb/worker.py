@@ -46,6 +46,7 @@ class Worker:
         self.nudges = 0
         self._closed = False
         self._ended_lock = threading.Lock()
+        self._ended = False  # the thread has left its loop: no call runs any more (under _ended_lock)
         self._on_end: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []  # stop()s waiting
 
     def submit(self, fn: Callable[[], T]) -> cf.Future[T]:
@@ -105,6 +106,7 @@ class Worker:
             self._serve()
         finally:
             with self._ended_lock:
+                self._ended = True
                 waiting, self._on_end = self._on_end, []
             for loop, fut in waiting:
                 try:
@@ -175,22 +177,26 @@ class Worker:
         return not self._thread.is_alive()
 
     async def stop(self, timeout: float) -> bool:
-        """`shutdown()`, then wait for the thread to end, `timeout` seconds at most, without
-        blocking the event loop (`shutdown(wait=True)` would block it for as long). True once
-        the thread has ended: only then may the caller close what the calls were using."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """`shutdown()`, then wait for the thread to finish its last call, `timeout` seconds at
+        most, without blocking the event loop (`shutdown(wait=True)` would block it for as long).
+        True once no call runs any more: only then may the caller close what the calls used."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
         with self._ended_lock:
-            alive = self._thread.is_alive()
-            if alive:
-                self._on_end.append((asyncio.get_running_loop(), fut))
+            ended = self._ended
+            if not ended:
+                self._on_end.append((loop, fut))
         self.shutdown()
-        if alive:
-            try:
-                await asyncio.wait_for(asyncio.shield(fut), timeout)
-            except TimeoutError:
-                return False
-            self._thread.join(1.0)  # its last lines ran: it ends within microseconds
-        return not self._thread.is_alive()
+        if ended:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            with self._ended_lock:
+                if (loop, fut) in self._on_end:
+                    self._on_end.remove((loop, fut))
+                return self._ended
+        return True
 
 
 def _settle_none(fut: asyncio.Future[None]) -> None:

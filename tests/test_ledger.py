@@ -199,9 +199,13 @@ async def _prunes_by_age(db: Any) -> None:
 
     for mid in (1, 2, 3):
         await once.run("T1", mid, False, nothing)
+    first = once.pruning
+    assert first is not None  # every message applied starts one (prune_every 0) unless one runs
+    await asyncio.wait_for(first, 10)
     async with db.transaction() as tx:  # two of them from two hours ago
         await tx.execute("UPDATE hsb_idempotency SET at = at - 7200 WHERE msg_id <= 2")
     await once.run("T1", 4, False, nothing)  # the next message applied starts a prune
+    assert once.pruning is not first
     deadline = time.monotonic() + 10
     while once.counters["pruned"] < 2:
         assert time.monotonic() < deadline, once.counters
@@ -220,24 +224,54 @@ async def test_old_records_are_pruned_on_sqlite(tmp_path: Path) -> None:
 
 
 @needs_pg
-async def test_old_records_are_pruned_on_postgresql_through_a_brin_index(pg: pgsupport.PgServer) -> None:
-    """The age index is BRIN on PostgreSQL (cheap to keep up per insert); a database made by an
-    earlier version, with a btree on `at`, gets the BRIN index instead at setup."""
+async def test_old_records_are_pruned_on_postgresql(pg: pgsupport.PgServer) -> None:
     db = open_database(fresh(pg))
     try:
-        async with db.transaction() as tx:  # as an earlier version left it
-            await tx.execute(
-                "CREATE TABLE hsb_idempotency (terminal TEXT NOT NULL, msg_id BIGINT NOT NULL, reply TEXT NOT NULL,"
-                " at DOUBLE PRECISION NOT NULL, PRIMARY KEY (terminal, msg_id))"
-            )
-            await tx.execute("CREATE INDEX hsb_idempotency_at ON hsb_idempotency (at)")
         await _prunes_by_age(db)
-        async with db.transaction() as tx:
-            idx = dict(await tx.fetch("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'hsb_idempotency'"))
-        assert "hsb_idempotency_at" not in idx, idx
-        assert "USING brin (at)" in idx.get("hsb_idempotency_at_brin", ""), idx
     finally:
         await db.close()
+
+
+@needs_pg
+async def test_two_hosts_pruning_at_once_count_each_record_once(pg: pgsupport.PgServer) -> None:
+    """Both hosts' prunes at once, each in its own snapshot: the records removed are counted by
+    the DELETE that removed them, so the two counts add up to what was pruned (a count read
+    before the DELETE counted them twice)."""
+    dsn = fresh(pg)
+    a_db, b_db, lock_db, watch_db = (open_database(dsn, tx_idle_timeout=30.0) for _ in range(4))
+    try:
+        a, b = ExactlyOnce(a_db, keep=3600.0, prune_every=3600.0), ExactlyOnce(b_db, keep=3600.0, prune_every=3600.0)
+        await a.setup()
+        await b.setup()  # b's pool connected too
+
+        async def nothing(tx: Any) -> str:
+            return "done"
+
+        for mid in range(1, 11):
+            await a.run("T1", mid, False, nothing)
+        assert a.pruning is not None
+        await asyncio.wait_for(a.pruning, 10)
+        async with a_db.transaction() as tx:
+            assert await tx.execute("UPDATE hsb_idempotency SET at = at - 7200 WHERE msg_id <= 6") == 6
+        # the old rows locked, so that both prunes have begun (and read) before either deletes
+        async with lock_db.transaction() as hold:
+            await hold.execute("SELECT 1 FROM hsb_idempotency WHERE msg_id <= 6 FOR UPDATE")
+            both = asyncio.gather(a._prune(), b._prune())
+            deadline = time.monotonic() + 10
+            while True:
+                async with watch_db.transaction() as tx:
+                    waiting = await tx.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+                if waiting >= 2:
+                    break
+                assert time.monotonic() < deadline, "the two prunes never both waited for the lock"
+                await asyncio.sleep(0.01)
+        await asyncio.wait_for(both, 10)
+        assert a.counters["pruned"] + b.counters["pruned"] == 6, (a.counters, b.counters)
+        async with a_db.transaction() as tx:
+            assert await tx.fetchval("SELECT count(*) FROM hsb_idempotency") == 4
+    finally:
+        for db in (a_db, b_db, lock_db, watch_db):
+            await db.close()
 
 
 @needs_pg

@@ -170,6 +170,7 @@ async def test_stop_waits_for_the_thread_without_blocking_the_loop() -> None:
         assert loop_turns.ticks >= 10, loop_turns.ticks  # the loop ran on while it waited
         gate.set()
         assert await w.stop(timeout=5.0) is True
+        w._thread.join(5)  # it has left its loop: it ends at once
         assert not w._thread.is_alive()
         assert await w.stop(timeout=5.0) is True  # already ended: at once
     finally:

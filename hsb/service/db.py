@@ -39,7 +39,7 @@ class Tx(Protocol):
 
     for_update: str  # " FOR UPDATE" where row locks exist (PostgreSQL), "" where the whole database is locked
 
-    async def execute(self, sql: str, *args: Any) -> int: ...  # the rows it changed (0 for DDL)
+    async def execute(self, sql: str, *args: Any) -> int: ...  # the rows an INSERT/UPDATE/DELETE changed
 
     async def fetchval(self, sql: str, *args: Any) -> Any: ...
 

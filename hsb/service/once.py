@@ -43,24 +43,12 @@ from hsb.service.db import Database, RetryTransaction, Tx
 
 log = structlog.get_logger("hsb.service")
 
-_TABLE = (
+DDL = [
     "CREATE TABLE IF NOT EXISTS hsb_idempotency ("
     " terminal TEXT NOT NULL, msg_id BIGINT NOT NULL, reply TEXT NOT NULL, at DOUBLE PRECISION NOT NULL,"
-    " PRIMARY KEY (terminal, msg_id))"
-)
-# The index that pruning by age reads. On PostgreSQL a BRIN index: records are written in time
-# order, so a block range's min/max of `at` is all the prune needs; it holds one summary per 128
-# table pages where a btree holds an entry per record (no difference in the transfer rate beyond
-# this machine's noise: BENCHMARKS.md). An older database's btree of that name is replaced.
-# SQLite has no BRIN.
-DDL: dict[str, list[str]] = {
-    "postgresql": [
-        _TABLE,
-        "DROP INDEX IF EXISTS hsb_idempotency_at",
-        "CREATE INDEX IF NOT EXISTS hsb_idempotency_at_brin ON hsb_idempotency USING brin (at) WITH (autosummarize = on)",
-    ],
-    "sqlite": [_TABLE, "CREATE INDEX IF NOT EXISTS hsb_idempotency_at ON hsb_idempotency (at)"],
-}
+    " PRIMARY KEY (terminal, msg_id))",
+    "CREATE INDEX IF NOT EXISTS hsb_idempotency_at ON hsb_idempotency (at)",  # what a prune reads
+]
 
 _LOOKUP = "SELECT reply FROM hsb_idempotency WHERE terminal = $1 AND msg_id = $2"
 _RECORD = "INSERT INTO hsb_idempotency (terminal, msg_id, reply, at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING 1"
@@ -83,11 +71,11 @@ class ExactlyOnce:
         # record=False runs the effect alone: only for measuring what the record costs
         self.record = record
         self.next_prune = 0.0
-        self.pruning = False  # one prune at a time
+        self.pruning: asyncio.Task[None] | None = None  # the prune running (one at a time)
         self.counters = {"applied": 0, "replayed": 0, "collisions": 0, "pruned": 0}
 
     async def setup(self) -> None:
-        await self.db.setup(DDL[self.db.kind])
+        await self.db.setup(DDL)
 
     async def run(self, terminal: str, message_id: int, redelivered: bool, effect: Effect) -> str:
         """The reply to (terminal, message_id), its effect applied exactly once."""
@@ -112,10 +100,9 @@ class ExactlyOnce:
             if self.record and await tx.fetchval(_RECORD, terminal, message_id, reply, time.time()) is None:
                 raise _AlreadyDone  # another transaction recorded it first: roll ours back
         self.counters["applied"] += 1
-        if time.monotonic() >= self.next_prune and not self.pruning:
+        if time.monotonic() >= self.next_prune and (self.pruning is None or self.pruning.done()):
             self.next_prune = time.monotonic() + self.prune_every
-            self.pruning = True
-            asyncio.get_running_loop().create_task(self._prune())
+            self.pruning = asyncio.get_running_loop().create_task(self._prune())
         return reply
 
     async def _prune(self) -> None:
@@ -131,8 +118,6 @@ class ExactlyOnce:
         except (RetryTransaction, ServiceUnavailable) as exc:
             log.warning("idempotency_prune_failed", error=str(exc))
             self.next_prune = time.monotonic() + 30.0
-        finally:
-            self.pruning = False
 
 
 def lookup_sql() -> str:
