@@ -45,9 +45,7 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.nudges = 0
         self._closed = False
-        self._ended_lock = threading.Lock()
-        self._ended = False  # the thread has left its loop: no call runs any more (under _ended_lock)
-        self._on_end: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []  # stop()s waiting
+        self._stopped: asyncio.Future[None] | None = None  # stop()'s last call answered
 
     def submit(self, fn: Callable[[], T]) -> cf.Future[T]:
         """Run `fn` on the thread; its outcome in a concurrent future."""
@@ -102,19 +100,6 @@ class Worker:
         self._went_out(loop)
 
     def _work(self) -> None:
-        try:
-            self._serve()
-        finally:
-            with self._ended_lock:
-                self._ended = True
-                waiting, self._on_end = self._on_end, []
-            for loop, fut in waiting:
-                try:
-                    loop.call_soon_threadsafe(_settle_none, fut)
-                except RuntimeError:  # that loop closed meanwhile
-                    pass
-
-    def _serve(self) -> None:
         while (item := self._q.get()) is not None:
             fn, to = item
             if isinstance(to, cf.Future):
@@ -154,6 +139,13 @@ class Worker:
         """Cancel what is queued (a queued `call()` then never answers, a `run()` raises); the thread ends after the
         call it is running, if any. `wait`: wait for that call, `timeout` seconds at most (a hung
         mount must not hang the caller). True once the thread has ended."""
+        self._end_queue()
+        if wait and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _end_queue(self, last: tuple[Callable[[], Any], tuple[asyncio.AbstractEventLoop, Done]] | None = None) -> None:
+        """Drop what is queued, then queue `last` (if given) and the thread's end."""
         self._closed = True  # what is queued is dropped: no more giving the GIL away for it
         while True:
             try:
@@ -171,37 +163,32 @@ class Worker:
                     loop.call_soon_threadsafe(self._reply, done, None, RuntimeError("worker shut down"))
                 except RuntimeError:
                     pass
+        if last is not None:
+            self._q.put(last)
         self._q.put(None)
-        if wait and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-        return not self._thread.is_alive()
 
     async def stop(self, timeout: float) -> bool:
-        """`shutdown()`, then wait for the thread to finish its last call, `timeout` seconds at
-        most, without blocking the event loop (`shutdown(wait=True)` would block it for as long).
-        True once no call runs any more: only then may the caller close what the calls used."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        with self._ended_lock:
-            ended = self._ended
-            if not ended:
-                self._on_end.append((loop, fut))
-        self.shutdown()
-        if ended:
-            return True
+        """As `shutdown()`, then wait for the call running to finish, `timeout` seconds at most,
+        without blocking the event loop (`shutdown(wait=True)` would block it for as long). True
+        once no call runs any more: only then may the caller close what the calls used. A no-op
+        call queued last says so, answered through the loop as every call is; a later stop()
+        waits for the same one. After a plain `shutdown()`: whether the thread has ended."""
+        if self._stopped is None:
+            if self._closed:
+                return not self._thread.is_alive()
+            loop = asyncio.get_running_loop()
+            self._stopped = loop.create_future()
+            self._went_out(loop)
+            self._end_queue(last=(_nothing, (loop, _Settle(self._stopped))))
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
+            await asyncio.wait_for(asyncio.shield(self._stopped), timeout)
         except TimeoutError:
-            with self._ended_lock:
-                if (loop, fut) in self._on_end:
-                    self._on_end.remove((loop, fut))
-                return self._ended
+            return False
         return True
 
 
-def _settle_none(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+def _nothing() -> None:
+    return None
 
 
 class _Settle:

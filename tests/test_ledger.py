@@ -189,13 +189,15 @@ async def test_exactly_once_on_postgresql(pg: pgsupport.PgServer) -> None:
         await db.close()
 
 
+async def nothing(tx: Any) -> str:
+    """An effect that changes nothing (the record is what these tests look at)."""
+    return "done"
+
+
 async def _prunes_by_age(db: Any) -> None:
     """Records older than `keep` are pruned by the host that handles messages; newer ones stay."""
     once = ExactlyOnce(db, keep=3600.0, prune_every=0.0)
     await once.setup()
-
-    async def nothing(tx: Any) -> str:
-        return "done"
 
     for mid in (1, 2, 3):
         await once.run("T1", mid, False, nothing)
@@ -243,9 +245,6 @@ async def test_two_hosts_pruning_at_once_count_each_record_once(pg: pgsupport.Pg
         a, b = ExactlyOnce(a_db, keep=3600.0, prune_every=3600.0), ExactlyOnce(b_db, keep=3600.0, prune_every=3600.0)
         await a.setup()
         await b.setup()  # b's pool connected too
-
-        async def nothing(tx: Any) -> str:
-            return "done"
 
         for mid in range(1, 11):
             await a.run("T1", mid, False, nothing)
