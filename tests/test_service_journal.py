@@ -19,8 +19,14 @@ pytestmark = pytest.mark.timeout(30)
 
 async def test_lines_are_written_before_the_replies(tmp_path: Path) -> None:
     s = JournalService("host-a", journal=str(tmp_path / "j.log"))
+
+    async def one(i: int) -> str:
+        reply = await s.handle("T1", i, f"d{i}", i == 2)
+        assert f"host-a T1 {i} {int(i == 2)}" in (tmp_path / "j.log").read_text().splitlines()  # on disk already
+        return str(reply)
+
     try:
-        replies = await asyncio.gather(*(s.handle("T1", i, f"d{i}", i == 2) for i in range(1, 4)))
+        replies = await asyncio.gather(*(one(i) for i in range(1, 4)))
         assert replies == ["d1", "d2", "d3"]
         assert (tmp_path / "j.log").read_text().splitlines() == ["host-a T1 1 0", "host-a T1 2 1", "host-a T1 3 0"]
     finally:
