@@ -5,6 +5,7 @@ writes what is still pending."""
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +184,53 @@ async def test_only_a_mostly_settled_old_segment_is_carried_forward(tmp_path: Pa
         assert j.oldest_to_clean() == oldest
     finally:
         j.close()
+
+
+async def test_a_stop_during_a_hung_write_keeps_the_loop_running_and_the_file_open(tmp_path: Path, monkeypatch: Any) -> None:
+    """The CP's stop waits for a write still out (a hung mount) without blocking its event loop,
+    for the journal's timeout at most; the segment's descriptor stays open under that write
+    (closed, its number could be reused while the write still goes to it)."""
+    import structlog
+
+    from hsb import faults
+    from hsb.takeover.faults import Faults
+    from tests.support.ticker import Ticker
+
+    hook = Faults()
+    monkeypatch.setattr(faults, "_storage", hook)
+    j = open_journal(tmp_path)
+    loop = asyncio.get_running_loop()
+    try:
+        await durable(j, ["a", "T1", 1, "x"])
+        hook.hold()
+        j.append(["a", "T1", 2, "x"])
+        t0 = loop.time()
+        while j._inflight is None:  # handed to the writer, which hangs in the storage
+            assert loop.time() - t0 < 5.0, "the group never went to the writer"
+            await asyncio.sleep(0.001)
+        async with Ticker() as turns:
+            t0 = loop.time()
+            with structlog.testing.capture_logs() as logs:
+                await j.stop()
+            took = loop.time() - t0
+        assert j.timeout * 0.9 <= took < j.timeout + 1.0, f"stop took {took:.2f} s for a {j.timeout:g} s timeout"
+        assert turns.ticks >= 100, f"the loop turned {turns.ticks} times in {took:.2f} s: blocked by the stop"
+        assert "journal_close_abandoned_write" in [e["event"] for e in logs]
+        assert j._fds, "a descriptor under a hung write was closed"
+    finally:
+        hook.release()
+
+
+async def test_a_stop_closes_the_files_once_the_writer_is_done(tmp_path: Path) -> None:
+    j = open_journal(tmp_path)
+    await durable(j, ["a", "T1", 1, "x"])
+    fds = list(j._fds.values())
+    assert fds
+    await asyncio.wait_for(j.stop(), j.timeout)
+    assert not j._fds
+    for fd in fds:
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        raise AssertionError(f"descriptor {fd} still open after the stop")

@@ -539,7 +539,7 @@ class CPServer:
                     pending=self.cp.journal.pending,
                     msg="records still unwritten at the stop: recovered as if the CP had crashed",
                 )
-            self.cp.journal.close()
+            await self.cp.journal.stop()  # the loop runs on while a hung write gets its timeout
             if self.cp.tickles is not None:
                 self.cp.tickles.close()
         log.info("cp_stopped", exit=self.exit_code)

@@ -435,7 +435,15 @@ class Journal:
         return not self._pending and self._inflight is None
 
     def close(self) -> None:
-        ended = self._exec.shutdown(wait=True, timeout=self.timeout)
+        """Without an event loop (benchmarks, tools): blocks up to `timeout` for a write still out."""
+        self._closed(self._exec.shutdown(wait=True, timeout=self.timeout))
+
+    async def stop(self) -> None:
+        """The CP's stop: as `close()`, but the event loop keeps running while a write still
+        out (a hung mount) gets its `timeout` to return."""
+        self._closed(await self._exec.stop(self.timeout))
+
+    def _closed(self, ended: bool) -> None:
         self._beat_exec.shutdown()
         if not ended:  # a write hung in the storage: its descriptors stay open, the process exits anyway
             log.warning("journal_close_abandoned_write", dir=str(self.dir), msg=f"a journal write did not return within {self.timeout:g} s")
@@ -515,4 +523,7 @@ class NullJournal(Journal):
         }
 
     def close(self) -> None:
+        pass
+
+    async def stop(self) -> None:
         pass
