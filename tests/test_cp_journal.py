@@ -395,6 +395,34 @@ async def test_journal_storage_stalls_and_fails_then_resumes_with_nothing_lost(t
         cp.stop()
 
 
+async def test_a_stop_while_the_journal_storage_hangs_ends_soon_and_says_why(tmp_path: Path) -> None:
+    """SIGTERM while a group commit hangs (a dead mount) and the journal's timeout is long: hsbcpd
+    still stops within seconds, says what it left unwritten, and does not close the segment under
+    the hung write."""
+    d = tmp_path / "cp"
+    ctl = tmp_path / "crash-cp"
+    ctl.write_text("")
+    cp = start_cp(d, env={"HSB_CRASH_CONTROL": str(ctl)}, terminals=2, journal_timeout=30)
+    try:
+        t = await hello(cp, "T00001")
+        ctl.write_text("storage hold\n")
+        cp.popen.send_signal(signal.SIGUSR2)
+        await asyncio.sleep(0.1)  # the fault is armed (a signal handler: no event to wait on)
+        t.send({"t": "msg", "id": 1, "data": "x"})
+        await until_status(cp, lambda s: s["journal"]["pending_records"] > 0, what="a group out")
+        t0 = asyncio.get_running_loop().time()
+        cp.kill(signal.SIGTERM)
+        code = await asyncio.to_thread(cp.popen.wait, 15)
+        took = asyncio.get_running_loop().time() - t0
+        assert code == 0 and took < 8.0, f"exit {code} after {took:.1f} s with a 30 s journal timeout"
+        events = [e["event"] for e in cp.events()]
+        assert "journal_not_drained" in events and "journal_close_abandoned_write" in events, events[-8:]
+        assert not [m for m in t.inbox if m["t"] == "ack"]  # nothing acknowledged that was not durable
+        await t.close()
+    finally:
+        cp.stop()
+
+
 async def until_status(cp: Proc, pred: Any, timeout: float = 10.0, what: str = "status") -> dict[str, Any]:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:

@@ -205,8 +205,8 @@ async def test_a_stop_during_a_hung_write_keeps_the_loop_running_and_the_file_op
         hook.hold()
         j.append(["a", "T1", 2, "x"])
         t0 = loop.time()
-        while j._inflight is None:  # handed to the writer, which hangs in the storage
-            assert loop.time() - t0 < 5.0, "the group never went to the writer"
+        while not hook.holding.is_set():  # the writer has the group, and hangs in the storage
+            assert loop.time() - t0 < 5.0, "the group never reached the writer"
             await asyncio.sleep(0.001)
         async with Ticker() as turns:
             t0 = loop.time()
@@ -217,6 +217,10 @@ async def test_a_stop_during_a_hung_write_keeps_the_loop_running_and_the_file_op
         assert turns.ticks >= 100, f"the loop turned {turns.ticks} times in {took:.2f} s: blocked by the stop"
         assert "journal_close_abandoned_write" in [e["event"] for e in logs]
         assert j._fds, "a descriptor under a hung write was closed"
+        hook.release()  # the storage answers: a stop again ends the writer and closes the files
+        await asyncio.wait_for(j.stop(), 5.0)
+        assert not j._fds
+        assert ["a", "T1", 2, "x"] in records(tmp_path)  # the hung write did complete
     finally:
         hook.release()
 
@@ -224,13 +228,30 @@ async def test_a_stop_during_a_hung_write_keeps_the_loop_running_and_the_file_op
 async def test_a_stop_closes_the_files_once_the_writer_is_done(tmp_path: Path) -> None:
     j = open_journal(tmp_path)
     await durable(j, ["a", "T1", 1, "x"])
-    fds = list(j._fds.values())
-    assert fds
+    files = [(fd, os.fstat(fd).st_ino) for fd in j._fds.values()]
+    assert files
     await asyncio.wait_for(j.stop(), j.timeout)
     assert not j._fds
-    for fd in fds:
+    for fd, ino in files:
         try:
-            os.fstat(fd)
+            still = os.fstat(fd).st_ino == ino
         except OSError:
             continue
-        raise AssertionError(f"descriptor {fd} still open after the stop")
+        assert not still, f"descriptor {fd} still open on its segment after the stop"
+
+
+async def test_nothing_goes_to_the_writer_after_a_stop(tmp_path: Path) -> None:
+    """A record appended once the stop began (a late callback, a timer) is not written and arms
+    no deadline: it would otherwise go behind the writer's end and report a false stall."""
+    j = open_journal(tmp_path)
+    await durable(j, ["a", "T1", 1, "x"])
+    await asyncio.wait_for(j.stop(), j.timeout)
+    done: list[int] = []
+    j.append(["a", "T1", 2, "x"], lambda: done.append(2))
+    j.append(["c", "T1", 2], lambda: done.append(3), lazy=True)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while loop.time() - t0 < LAZY_S * 4:
+        await asyncio.sleep(0.001)
+    assert not done and j._inflight is None and j._timer is None and j.state == "ok"
+    assert ["a", "T1", 2, "x"] not in records(tmp_path)

@@ -48,6 +48,7 @@ log = structlog.get_logger("hsb.cp")
 _HB = encode({"t": "hb"})
 EXIT_SUPERSEDED = 75  # a newer CP took the journal over: not restarted as the serving CP by itself
 WAIT_POLL = 0.05  # seconds between a waiting CP's looks at the address and the serving CP's heartbeat
+STOP_AFTER_DRAIN_S = 0.5  # a stop whose journal did not drain: how much longer the write still out may take
 
 
 def holds_address(addr: str) -> bool:
@@ -533,13 +534,15 @@ class CPServer:
             except TimeoutError:
                 pass
         if self.cp is not None:
-            if not self.superseded and not await self.cp.journal.drain():
+            drained = self.superseded or await self.cp.journal.drain()
+            if not drained:
                 log.warning(
                     "journal_not_drained",
                     pending=self.cp.journal.pending,
                     msg="records still unwritten at the stop: recovered as if the CP had crashed",
                 )
-            await self.cp.journal.stop()  # the loop runs on while a hung write gets its timeout
+            # the loop runs on meanwhile; a write that drain() already waited for gets only a little more
+            await self.cp.journal.stop(timeout=None if drained else STOP_AFTER_DRAIN_S)
             if self.cp.tickles is not None:
                 self.cp.tickles.close()
         log.info("cp_stopped", exit=self.exit_code)

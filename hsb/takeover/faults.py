@@ -23,6 +23,7 @@ class Faults:
     _open: threading.Event = field(default_factory=threading.Event, repr=False)
     _wake: threading.Event = field(default_factory=threading.Event, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    holding: threading.Event = field(default_factory=threading.Event, repr=False)  # an op is held (tests wait on it)
 
     def __post_init__(self) -> None:
         self._open.set()
@@ -44,6 +45,8 @@ class Faults:
         """Called on the storage thread before `op` runs."""
         if self.ops is not None and op not in self.ops:
             return
+        if not self._open.is_set():
+            self.holding.set()
         self._open.wait()
         if self.delay > 0:
             self._wake.clear()

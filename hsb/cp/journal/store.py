@@ -67,6 +67,7 @@ class Journal:
         self.gens = Generations(d)
         self.first_seg = 0  # this generation's first segment (the takeover snapshot)
         self.superseded: Superseded | None = None
+        self._stopping = False  # close() or stop() began: nothing more goes to the writer
         self.on_superseded: Callable[[Superseded], None] = lambda exc: None
         self._beating = False
         self._beat_exec = Worker("hsb-journal-beat")
@@ -236,6 +237,8 @@ class Journal:
         if self._lazy_timer is not None:
             self._lazy_timer.cancel()
             self._lazy_timer = None
+        if self._stopping:
+            return
         if self.superseded is not None:
             self._pending.clear()
             self._callbacks.clear()
@@ -435,15 +438,22 @@ class Journal:
         return not self._pending and self._inflight is None
 
     def close(self) -> None:
-        """Without an event loop (benchmarks, tools): blocks up to `timeout` for a write still out."""
+        """Blocking, for callers whose event loop may wait (benchmarks, tests): up to `timeout`
+        for a write still out, then the files are closed (not under a write still running)."""
+        self._stopping = True
         self._closed(self._exec.shutdown(wait=True, timeout=self.timeout))
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float | None = None) -> None:
         """The CP's stop: as `close()`, but the event loop keeps running while a write still
-        out (a hung mount) gets its `timeout` to return."""
-        self._closed(await self._exec.stop(self.timeout))
+        out (a hung mount) gets `timeout` (default: the journal's) to return."""
+        self._stopping = True
+        self._closed(await self._exec.stop(self.timeout if timeout is None else timeout))
 
     def _closed(self, ended: bool) -> None:
+        for h in (self._timer, self._lazy_timer):
+            if h is not None:
+                h.cancel()
+        self._timer = self._lazy_timer = None
         self._beat_exec.shutdown()
         if not ended:  # a write hung in the storage: its descriptors stay open, the process exits anyway
             log.warning("journal_close_abandoned_write", dir=str(self.dir), msg=f"a journal write did not return within {self.timeout:g} s")
@@ -525,5 +535,5 @@ class NullJournal(Journal):
     def close(self) -> None:
         pass
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float | None = None) -> None:
         pass
