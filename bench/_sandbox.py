@@ -442,12 +442,18 @@ def save_results(a: Any, section: str, res: Any, text: str) -> None:
         write_section(section, text)
 
 
+def raw_name(a: Any, default: Path) -> str:
+    """The raw results' file a section cites: the one rendered (--render), else the one written
+    (--json), else the bench's default."""
+    return Path(getattr(a, "render", None) or getattr(a, "json", None) or default).name
+
+
 def section_head(a: Any, setup: str) -> list[str]:
     """The first lines of a bench_main bench's section: its command, its raw results, and the
     machine followed by `setup` (what was run, how)."""
     return [
         f"Command: `{a.command}`",
-        f"Raw results: `bench/results/{Path(a.json).name}` (`--render` rebuilds this section).",
+        f"Raw results: `bench/results/{raw_name(a, Path(a.json))}` (`--render` rebuilds this section).",
         "",
         f"Machine: {machine_line(a.machine)}. {setup}",
     ]

@@ -27,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _sandbox import machine, machine_line, run_or_render, table, write_section  # noqa: E402
+from _sandbox import machine, machine_line, raw_name, run_or_render, table, write_section  # noqa: E402
 
 from hsb.ctl import sandbox  # noqa: E402
 from tests.support.campaign import ACTIONS, Campaign, CampaignError  # noqa: E402
@@ -85,7 +85,7 @@ def render(saved: dict[str, Any], a: argparse.Namespace) -> str:
     st = saved.get("settings") or {}
     out = [
         f"Command: `{a.command}`",
-        f"Raw results: `bench/results/{RESULTS.name}` (`--render` rebuilds this table).",
+        f"Raw results: `bench/results/{raw_name(a, RESULTS)}` (`--render` rebuilds this table).",
         "",
         f"Machine: {machine_line(a.machine)}.",
         "",

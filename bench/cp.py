@@ -77,7 +77,7 @@ from _common import (  # noqa: E402
     start_hsbcpd,
     stdin_lines,
 )
-from _sandbox import machine, machine_line, run_or_render, write_section  # noqa: E402
+from _sandbox import machine, machine_line, raw_name, run_or_render, write_section  # noqa: E402
 
 from hsb import gcpolicy  # noqa: E402
 from hsb import loop as hsb_loop  # noqa: E402
@@ -572,7 +572,7 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
     """The BENCHMARKS.md section, from the raw results alone (`res` = the JSON's "results")."""
     L: list[str] = []
     L.append(f"Command: `{a.command}`")
-    L.append(f"Raw results: `bench/results/{RESULTS.name}` (`--render` rebuilds these tables).")
+    L.append(f"Raw results: `bench/results/{raw_name(a, RESULTS)}` (`--render` rebuilds these tables).")
     L.append("")
     L.append(f"Machine: {machine_line(a.machine)}. hsbcpd, the host, the load generator and the benchmark share the machine's cores.")
     L.append(f"Run: {res['when']}, {res['settings']}.")

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _sandbox import fmt_ms, machine, machine_line, median, run_or_render, sandbox, sandbox_down, say, table, write_section  # noqa: E402
+from _sandbox import fmt_ms, machine, machine_line, median, raw_name, run_or_render, sandbox, sandbox_down, say, table, write_section  # noqa: E402
 
 COMMAND = "sudo .venv/bin/python bench/cpfailover.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "cpfailover.json"
@@ -171,7 +171,7 @@ async def amain(a: argparse.Namespace) -> int:
 def render(data: dict[str, Any], a: argparse.Namespace) -> str:
     out = [
         f"Command: `{a.command}`",
-        f"Raw results: `bench/results/{Path(getattr(a, 'json', RESULTS)).name}` (`--render` rebuilds this section).",
+        f"Raw results: `bench/results/{raw_name(a, RESULTS)}` (`--render` rebuilds this section).",
         "",
         f"Machine: {machine_line(a.machine)}. Each run a fresh lab of network namespaces: two CP machines, each with"
         ' keepalived 2.2.7 (VRRPv3, advert_int 0.1 s, nopreempt) and hsbcpd (`takeover = "on_wake"`, takeover_stale'

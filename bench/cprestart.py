@@ -44,6 +44,7 @@ from _sandbox import (  # noqa: E402
     machine_line,
     median,
     proc_cpu,
+    raw_name,
     run_or_render,
     sandbox,
     sandbox_down,
@@ -191,7 +192,7 @@ def render(data: dict[str, Any], a: argparse.Namespace) -> str:
     rows = data.get("results", [])
     out = [
         f"Command: `{a.command}`",
-        f"Raw results: `bench/results/{Path(getattr(a, 'json', RESULTS)).name}` (`--render` rebuilds this section).",
+        f"Raw results: `bench/results/{raw_name(a, RESULTS)}` (`--render` rebuilds this section).",
         "",
         f"Machine: {machine_line(a.machine)}. hsbcpd, both hosts (journal service), the load child (resuming"
         f" terminals, {data.get('rate', a.rate):,.0f} msg/s) and the benchmark share the 2 cores. Per run: SIGKILL of hsbcpd,"

@@ -53,6 +53,7 @@ from _sandbox import (  # noqa: E402
     machine,
     machine_line,
     median,
+    raw_name,
     run_or_render,
     sandbox,
     sandbox_down,
@@ -294,7 +295,7 @@ def render(results: list[dict[str, Any]], a: argparse.Namespace) -> str:
 
     lines = [
         f"Command: {a.command}" if "`" in a.command else f"Command: `{a.command}`",
-        f"Raw results: `bench/results/{Path(getattr(a, 'json', RESULTS)).name}` (`--render` rebuilds these tables).",
+        f"Raw results: `bench/results/{raw_name(a, RESULTS)}` (`--render` rebuilds these tables).",
         "",
         f"Machine: {machine_line(m)}. **Everything shares the 2 cores**: hsbcpd, both hsbd, the load generator"
         " (one process, all N terminals) and the benchmark itself.",

@@ -31,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _sandbox import machine, machine_line, run_or_render, table, write_section  # noqa: E402
+from _sandbox import machine, machine_line, raw_name, run_or_render, table, write_section  # noqa: E402
 
 from hsb import gcpolicy, logs  # noqa: E402
 from hsb.config import load  # noqa: E402
@@ -159,7 +159,7 @@ def render(saved: dict[str, Any], a: argparse.Namespace) -> str:
     fc = r["full_collection"]
     out = [
         f"Command: `{a.command}`",
-        f"Raw results: `bench/results/{RESULTS.name}` (`--render` rebuilds this table).",
+        f"Raw results: `bench/results/{raw_name(a, RESULTS)}` (`--render` rebuilds this table).",
         "",
         f"Machine: {machine_line(a.machine)}.",
         "",

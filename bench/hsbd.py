@@ -65,6 +65,7 @@ from _sandbox import (  # noqa: E402
     machine_line,
     median,
     pctl,
+    raw_name,
     run_or_render,
     sandbox,
     sandbox_down,
@@ -474,7 +475,7 @@ def render(start: list[dict[str, Any]], lag: list[dict[str, Any]], a: argparse.N
     m = a.machine
     out = [
         f"Command: `{a.command}`",
-        f"Raw results: `bench/results/{RESULTS.name}` (`--render` rebuilds these tables).",
+        f"Raw results: `bench/results/{raw_name(a, RESULTS)}` (`--render` rebuilds these tables).",
         "",
         f"Machine: {machine_line(m)}. **Everything shares the 2 cores**: hsbcpd, both hsbd, the load or churn"
         " generator, and the benchmark itself (other engineers' jobs were running at times too). Takeover file"

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _sandbox import fmt_ms, machine, machine_line, median, pctl, run_or_render, say, table, write_section  # noqa: E402
+from _sandbox import fmt_ms, machine, machine_line, median, pctl, raw_name, run_or_render, say, table, write_section  # noqa: E402
 
 COMMAND = "sudo .venv/bin/python bench/lease.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "lease.json"
@@ -37,7 +37,7 @@ SECTION = "The lease rule (`bench/lease.py`)"
 def render(rows: list[dict[str, Any]], a: argparse.Namespace) -> str:
     out = [
         f"Command: `{a.command}`",
-        f"Raw results: `bench/results/{Path(getattr(a, 'json', RESULTS)).name}` (`--render` rebuilds this table).",
+        f"Raw results: `bench/results/{raw_name(a, RESULTS)}` (`--render` rebuilds this table).",
         "",
         f"Machine: {machine_line(a.machine)}; each round a fresh lab of network namespaces (hsbcpd, host A, host B,"
         " the terminals), 50 terminals at 200 msg/s, journal service, default timing (heartbeat 100 ms, CP"

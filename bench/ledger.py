@@ -45,6 +45,7 @@ from _sandbox import (  # noqa: E402
     machine_line,
     median,
     proc_cpu,
+    raw_name,
     run_or_render,
     sandbox,
     sandbox_down,
@@ -263,7 +264,7 @@ async def amain(a: argparse.Namespace) -> int:
 def render(res: dict[str, Any], a: argparse.Namespace) -> str:
     out = [
         f"Command: `{a.command}`",
-        f"Raw results: `bench/results/{Path(getattr(a, 'json', RESULTS)).name}` (`--render` rebuilds this section).",
+        f"Raw results: `bench/results/{raw_name(a, RESULTS)}` (`--render` rebuilds this section).",
         "",
         f"Machine: {machine_line(a.machine)}. A throwaway PostgreSQL 15 (Debian's binaries, a Unix socket, `fsync=on`), a"
         " fresh database per run; hsbcpd (journal fsync), host-a and host-b on the same machine, the load in a process of"

@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from _sandbox import machine, machine_line, run_or_render, write_section  # noqa: E402
+from _sandbox import machine, machine_line, raw_name, run_or_render, write_section  # noqa: E402
 
 from tests.netns import scenarios  # noqa: E402
 from tests.netns.harness import skip_reason  # noqa: E402
@@ -113,7 +113,7 @@ def render(saved: dict[str, Any], a: argparse.Namespace) -> str:
     nfail = sum(len(v) for v in failures.values())
     out = [
         f"Command: `{a.command}`",
-        f"Raw results: `bench/results/{RESULTS.name}` (`--render` rebuilds this table).",
+        f"Raw results: `bench/results/{raw_name(a, RESULTS)}` (`--render` rebuilds this table).",
         "",
         f"Machine: {machine_line(a.machine)}.",
         "",

@@ -74,6 +74,7 @@ from _sandbox import (  # noqa: E402
     machine,
     machine_line,
     others_cpu,
+    raw_name,
     reap,
     run_or_render,
     sandbox_down,
@@ -456,7 +457,7 @@ def render(data: dict[str, Any], a: argparse.Namespace) -> str:
     c = data["config"]
     out = [
         f"Command: `{a.command}`",
-        f"Raw results: `bench/results/{Path(getattr(a, 'json', RESULTS)).name}` (`--render` rebuilds this section).",
+        f"Raw results: `bench/results/{raw_name(a, RESULTS)}` (`--render` rebuilds this section).",
         "",
         f"Machine: {machine_line(a.machine)}; open-files limit {c['nofile'][0]:,} (soft) / {c['nofile'][1]:,} (hard) per process."
         " hsbcpd, both hosts, the load children and the benchmark share the cores.",

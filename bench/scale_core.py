@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _sandbox import fmt_ms, machine, machine_line, median, run_or_render, table, write_section  # noqa: E402
+from _sandbox import fmt_ms, machine, machine_line, median, raw_name, run_or_render, table, write_section  # noqa: E402
 
 from hsb.wire.framing import DEFAULT_MAX_FRAME, encode  # noqa: E402
 from tests.support.transports import CountingTransport  # noqa: E402
@@ -324,7 +324,7 @@ def render(res: list[dict[str, Any]], a: argparse.Namespace) -> str:
     return "\n".join(
         [
             f"Command: `{a.command}`",
-            f"Raw results: `bench/results/{Path(getattr(a, 'json', RESULTS)).name}` (`--render` rebuilds this section).",
+            f"Raw results: `bench/results/{raw_name(a, RESULTS)}` (`--render` rebuilds this section).",
             "",
             f"Machine: {machine_line(a.machine)}. In one process, no sockets: the CP's code on stand-in transports (module"
             " docstring). Times are wall clock of this process alone.",

@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _sandbox import machine, machine_line, median, run_or_render, table, write_section  # noqa: E402
+from _sandbox import machine, machine_line, median, raw_name, run_or_render, table, write_section  # noqa: E402
 
 from hsb.ctl import sandbox  # noqa: E402
 
@@ -195,7 +195,7 @@ def render(saved: dict[str, Any], a: argparse.Namespace) -> str:
     )
     out = [
         f"Command: `{a.command}`",
-        f"Raw results: `bench/results/{RESULTS.name}` (`--render` rebuilds this table).",
+        f"Raw results: `bench/results/{raw_name(a, RESULTS)}` (`--render` rebuilds this table).",
         "",
         f"Machine: {machine_line(a.machine)}.",
         "",
