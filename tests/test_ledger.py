@@ -189,6 +189,66 @@ async def test_exactly_once_on_postgresql(pg: pgsupport.PgServer) -> None:
         await db.close()
 
 
+def test_a_driver_in_a_state_it_did_not_expect_is_the_database_not_the_request() -> None:
+    """asyncpg's InternalClientError ("cannot switch to state 15; another operation (2) is in
+    progress"), seen while the server restarted: the message is tried again, not answered with
+    an error (the database-outage test below once got such an error reply for a message whose
+    effect an earlier attempt had committed)."""
+    import asyncpg
+
+    from hsb.service.db import classify_pg
+
+    kind = classify_pg(asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress"))
+    assert isinstance(kind, ServiceUnavailable)
+    assert classify_pg(ValueError("a bug")) is None  # the application's own: still its error reply
+
+
+@needs_pg
+async def test_a_failure_after_the_commit_is_tried_again_not_answered_as_an_error(pg: pgsupport.PgServer, monkeypatch: Any) -> None:
+    """An error the driver raises once the transaction's body is done (at the COMMIT, or handing
+    the connection back) leaves it unknown whether the effect committed: the message must be
+    tried again, and the second try finds the first one's record."""
+    import asyncpg
+    import asyncpg.pool
+
+    db = open_database(fresh(pg))
+    try:
+        once = ExactlyOnce(db)
+        await once.setup()
+        await db.setup(["CREATE TABLE IF NOT EXISTS t_counter (k TEXT PRIMARY KEY, n BIGINT NOT NULL)"])
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO t_counter (k, n) VALUES ('x', 0)")
+
+        async def bump(tx: Any) -> str:
+            n = await tx.fetchval("UPDATE t_counter SET n = n + 1 WHERE k = 'x' RETURNING n")
+            return f"n={n}"
+
+        real = asyncpg.pool.Pool.release
+        failed: list[bool] = []
+
+        async def release(self: Any, conn: Any, *a: Any, **k: Any) -> None:
+            await real(self, conn, *a, **k)
+            if not failed:  # committed, and then something unforeseen fails
+                failed.append(True)
+                raise RuntimeError("the driver lost track of its connection")
+
+        monkeypatch.setattr(asyncpg.pool.Pool, "release", release)
+        with pytest.raises(ServiceUnavailable, match="ending the transaction"):
+            await once.run("T1", 1, False, bump)
+        assert failed
+        assert await once.run("T1", 1, False, bump) == "n=1"  # as the host tries it again: the first one's reply
+        async with db.transaction() as tx:
+            assert await tx.fetchval("SELECT n FROM t_counter WHERE k = 'x'") == 1  # applied once
+        with pytest.raises(ValueError, match="a bug"):  # the body's own error stays the application's
+            async with db.transaction() as tx:
+                await tx.execute("UPDATE t_counter SET n = n + 1 WHERE k = 'x'")
+                raise ValueError("a bug")
+        async with db.transaction() as tx:
+            assert await tx.fetchval("SELECT n FROM t_counter WHERE k = 'x'") == 1  # rolled back
+    finally:
+        await db.close()
+
+
 async def nothing(tx: Any) -> str:
     """An effect that changes nothing (the record is what these tests look at)."""
     return "done"

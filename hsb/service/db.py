@@ -9,7 +9,11 @@ sorted here, once, into three kinds, because the host treats them differently:
 - `ServiceUnavailable` (hsb.service.api): the database cannot be reached or is shutting
   down or out of resources: the host keeps the message, retries it with backoff, and shows
   the service as failing (the message stays held at the CP, nothing is lost);
-- anything else is the application's error (a bug): it becomes the message's error reply.
+- anything else is the application's error (a bug): it becomes the message's error reply, but
+  only when the transaction's body raised it. One raised while the transaction ends (the
+  COMMIT, the ROLLBACK, the connection handed back) leaves it unknown whether the effect
+  committed, and is `ServiceUnavailable` (PostgreSQL; a SQLite commit fails or succeeds on the
+  spot).
 
 PostgreSQL is the database for two machines. SQLite is for one machine only (the sandbox and
 the demo): both hosts open the same file, which is safe only on a local disk, since SQLite's
@@ -84,7 +88,9 @@ def classify_pg(exc: BaseException) -> BaseException | None:
         return RetryTransaction(str(exc))
     if state and (state in _UNAVAILABLE_STATES or state.startswith(_UNAVAILABLE_PREFIXES)):
         return ServiceUnavailable(f"database unavailable: {type(exc).__name__}: {exc}")
-    if isinstance(exc, (asyncpg.InterfaceError, OSError, TimeoutError)):
+    # InternalClientError: the driver's connection in a state it did not expect (seen while the
+    # server restarted): the connection's fault, not the request's
+    if isinstance(exc, (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)):
         return ServiceUnavailable(f"database unreachable: {type(exc).__name__}: {exc}".rstrip(": "))
     return None
 
@@ -159,14 +165,25 @@ class PostgresDatabase:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PgTx]:
+        own: BaseException | None = None  # what the transaction's body raised, if anything
         try:
             pool = await self._get_pool()
             async with pool.acquire(timeout=self.connect_timeout) as conn, conn.transaction():
-                yield _PgTx(conn)
+                try:
+                    yield _PgTx(conn)
+                except BaseException as exc:
+                    own = exc
+                    raise
         except (RetryTransaction, ServiceUnavailable):
             raise
         except Exception as exc:
             kind = classify_pg(exc)
+            if kind is None and exc is not own:
+                # not the body's error: the COMMIT, the ROLLBACK or handing the connection back
+                # failed, and whether the effect committed is not known. So no error reply: the
+                # message is tried again, and its idempotency record (hsb.service.once) makes
+                # the second try find the first
+                kind = ServiceUnavailable(f"database: {type(exc).__name__} ending the transaction, whether it committed unknown: {exc}")
             if kind is None:
                 raise
             raise kind from exc
