@@ -245,6 +245,12 @@ async def test_a_failure_after_the_commit_is_tried_again_not_answered_as_an_erro
                 raise ValueError("a bug")
         async with db.transaction() as tx:
             assert await tx.fetchval("SELECT n FROM t_counter WHERE k = 'x'") == 1  # rolled back
+        # what the server answers the COMMIT with is a known outcome (rolled back): the error
+        # reply, not a retry for ever
+        await db.setup(["CREATE TABLE IF NOT EXISTS t_deferred (k INT, CONSTRAINT t_deferred_k UNIQUE (k) DEFERRABLE INITIALLY DEFERRED)"])
+        with pytest.raises(asyncpg.UniqueViolationError):
+            async with db.transaction() as tx:
+                await tx.execute("INSERT INTO t_deferred VALUES (1), (1)")  # checked at the COMMIT
     finally:
         await db.close()
 

@@ -9,10 +9,11 @@ sorted here, once, into three kinds, because the host treats them differently:
 - `ServiceUnavailable` (hsb.service.api): the database cannot be reached or is shutting
   down or out of resources: the host keeps the message, retries it with backoff, and shows
   the service as failing (the message stays held at the CP, nothing is lost);
-- anything else is the application's error (a bug): it becomes the message's error reply, but
-  only when the transaction's body raised it. One raised while the transaction ends (the
-  COMMIT, the ROLLBACK, the connection handed back) leaves it unknown whether the effect
-  committed, and is `ServiceUnavailable` (PostgreSQL; a SQLite commit fails or succeeds on the
+- anything else is the application's error (a bug): it becomes the message's error reply.
+  Except on our side of a PostgreSQL transaction's end: a failure of the COMMIT, the ROLLBACK
+  or handing the connection back that the server did not answer leaves it unknown whether the
+  effect committed, and is `ServiceUnavailable` (an error the server answered the COMMIT with,
+  a deferred constraint say, means it rolled back; a SQLite commit fails or succeeds on the
   spot).
 
 PostgreSQL is the database for two machines. SQLite is for one machine only (the sandbox and
@@ -95,6 +96,13 @@ def classify_pg(exc: BaseException) -> BaseException | None:
     return None
 
 
+def _server_said(exc: BaseException) -> bool:
+    """An error PostgreSQL itself answered with (it has a SQLSTATE): the server knows the outcome."""
+    import asyncpg
+
+    return isinstance(exc, asyncpg.PostgresError)
+
+
 class _PgTx:
     for_update = " FOR UPDATE"
 
@@ -165,10 +173,12 @@ class PostgresDatabase:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PgTx]:
-        own: BaseException | None = None  # what the transaction's body raised, if anything
+        entered = False  # the body ran: an error after this point may follow a commit
+        own: BaseException | None = None  # what the body itself raised, if anything
         try:
             pool = await self._get_pool()
             async with pool.acquire(timeout=self.connect_timeout) as conn, conn.transaction():
+                entered = True
                 try:
                     yield _PgTx(conn)
                 except BaseException as exc:
@@ -178,11 +188,12 @@ class PostgresDatabase:
             raise
         except Exception as exc:
             kind = classify_pg(exc)
-            if kind is None and exc is not own:
-                # not the body's error: the COMMIT, the ROLLBACK or handing the connection back
-                # failed, and whether the effect committed is not known. So no error reply: the
-                # message is tried again, and its idempotency record (hsb.service.once) makes
-                # the second try find the first
+            if kind is None and entered and exc is not own and not _server_said(exc):
+                # not the body's error, and not one the server answered with (a deferred
+                # constraint at COMMIT: rolled back, a known outcome): the COMMIT, the ROLLBACK
+                # or handing the connection back failed on our side, and whether the effect
+                # committed is not known. So no error reply: the message is tried again, and
+                # its idempotency record (hsb.service.once) makes the second try find the first
                 kind = ServiceUnavailable(f"database: {type(exc).__name__} ending the transaction, whether it committed unknown: {exc}")
             if kind is None:
                 raise
