@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _sandbox import fmt_ms, machine, machine_line, median, raw_name, run_or_render, table, write_section  # noqa: E402
 
 from hsb.wire.framing import DEFAULT_MAX_FRAME, encode  # noqa: E402
-from tests.support.transports import CountingTransport  # noqa: E402
+from tests.support.cpcore import cp_config, fake_host, fake_terminal  # noqa: E402
 
 COMMAND = ".venv/bin/python bench/scale_core.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "scale_core.json"
@@ -57,30 +57,13 @@ SETUP_S = 3600.0
 
 
 def _cfg(n: int, d: Path) -> Any:
-    from hsb.config import load
-    from hsb.cp.config import CPConfig
-
-    (d / "s").write_text("secret\n")
-    (d / "s").chmod(0o600)
-    p = d / "cp.toml"
-    p.write_text(
-        f'[cp]\nsecret_file = "s"\ndurability = "none"\nheld_bound = 8\n'
-        f'[[terminal_groups]]\nprefix = "T"\nwidth = 6\ncount = {n}\nstandby_capable = true\n'
-    )
-    return load(p, CPConfig)
+    return cp_config(d, n, width=6, cp="held_bound = 8\n")
 
 
 def _host(cp: Any, name: str) -> Any:
-    from hsb.cp.host_link import HostProtocol
-
-    h = HostProtocol(cp, secret=b"s" * 32, auth_timeout=SETUP_S, idle_timeout=None)
-    tr = CountingTransport(name)
-    h.connection_made(tr)
-    h.clear_deadline()
-    h.authed = True
-    h.name = name
+    h = fake_host(cp, name, timeout=SETUP_S)
     h.deliver_batch_bytes = DEFAULT_MAX_FRAME // 4  # what hsbd declares in its register (deliver_batch)
-    return h, tr
+    return h, h.transport
 
 
 async def _feed(h: Any, data: bytes, cp: Any, n: int) -> float:
@@ -141,7 +124,6 @@ def _status_times(cp: Any, reps: int = 7) -> tuple[float, float]:
 
 async def one_size(n: int, with_recovery: bool = True) -> dict[str, Any]:
     from hsb.cp.core import CP
-    from hsb.cp.terminal_link import TerminalProtocol
 
     out: dict[str, Any] = {"terminals": n}
     with tempfile.TemporaryDirectory(prefix="hsb-scale-core-") as tmp:
@@ -155,13 +137,9 @@ async def one_size(n: int, with_recovery: bool = True) -> dict[str, Any]:
         terms = []
         t0 = time.perf_counter()
         for name in names:
-            p = TerminalProtocol(cp, hello_timeout=SETUP_S, idle_after_hello=None)
-            tr = CountingTransport(name)
-            p.connection_made(tr)
-            p.clear_deadline()
-            cp.terminal_hello(p, name, 0)
+            p = fake_terminal(cp, name, timeout=SETUP_S)
             cp.host_open(a, name, "active", ATTRS)
-            terms.append((p, tr))
+            terms.append(p)
         out["logon_and_open_s"] = round(time.perf_counter() - t0, 3)
         # the standby's open storm as frames through the host link (decode, dispatch, the answers
         # encoded): first one `open` frame per terminal (a host of before), then, after that link
@@ -214,7 +192,7 @@ async def one_size(n: int, with_recovery: bool = True) -> dict[str, Any]:
         out["cp_switch_ms"] = sw.get("switch_ms")
         # gone, as a daemon's would be: else each fake connection's idle timer keeps this CP and its
         # ~1.4 million objects alive on the loop, and the next size or repetition runs beside them
-        for p, _tr in terms:
+        for p in terms:
             p.connection_lost(None)
         b.connection_lost(None)  # (A's link was lost at the failover)
     if with_recovery:

@@ -10,49 +10,11 @@ from typing import Any
 
 import pytest
 
-from tests.support.transports import CountingTransport
+from tests.support.cpcore import cp_core, fake_host, fake_terminal
 
 pytestmark = pytest.mark.timeout(30)
 
 ATTRS = {"protocol": "hsb1"}
-
-
-def _cp(tmp_path: Path, n: int) -> Any:
-    from hsb.config import load
-    from hsb.cp.config import CPConfig
-    from hsb.cp.core import CP
-
-    (tmp_path / "s").write_text("secret\n")
-    (tmp_path / "s").chmod(0o600)
-    p = tmp_path / "cp.toml"
-    p.write_text(
-        '[cp]\nsecret_file = "s"\ndurability = "none"\nflip_slice = 7\n'
-        f'[[terminal_groups]]\nprefix = "T"\nwidth = 2\ncount = {n}\nstandby_capable = true\n'
-    )
-    return CP(load(p, CPConfig), None)
-
-
-def _host(cp: Any, name: str, role: str, keeps: bool = False) -> Any:
-    from hsb.cp.host_link import HostProtocol
-
-    h = HostProtocol(cp, secret=b"s" * 32, auth_timeout=5.0, idle_timeout=None)
-    h.connection_made(CountingTransport(name))
-    h.clear_deadline()
-    h.authed = True
-    h.name = name
-    h.keeps_standby = keeps
-    cp.host_register(h, role, 1)
-    return h
-
-
-def _logon(cp: Any, name: str) -> Any:
-    from hsb.cp.terminal_link import TerminalProtocol
-
-    p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
-    p.connection_made(CountingTransport(name))
-    p.clear_deadline()
-    cp.terminal_hello(p, name, 0)
-    return p
 
 
 def _agree(cp: Any) -> None:
@@ -72,15 +34,15 @@ async def _flipped(cp: Any) -> None:
 def _setup(tmp_path: Path, keeps: bool) -> tuple[Any, Any, Any, list[str]]:
     """40 terminals: 1-20 with both sessions and a held message, 21-25 an active session only,
     26-30 connected without a session, 31-35 with both sessions and then gone."""
-    cp = _cp(tmp_path, 40)
-    a = _host(cp, "host-a", "active", keeps)
-    b = _host(cp, "host-b", "standby")
+    cp = cp_core(tmp_path, 40, width=2, cp="flip_slice = 7\n")
+    a = fake_host(cp, "host-a", "active", keeps=keeps)
+    b = fake_host(cp, "host-b", "standby")
     names = sorted(cp.terms)
     conns = {}
     for i, name in enumerate(names, 1):
         if i > 35:
             continue
-        conns[name] = _logon(cp, name)
+        conns[name] = fake_terminal(cp, name)
         if i <= 25 or i > 30:
             cp.host_open(a, name, "active", ATTRS)
         if i <= 20 or i > 30:

@@ -10,34 +10,14 @@ from typing import Any
 
 import pytest
 
-from tests.support.transports import CountingTransport
+from tests.support.cpcore import cp_core, fake_host
 
 pytestmark = pytest.mark.timeout(30)
 
 
 def _pair(tmp_path: Path) -> tuple[Any, Any, Any]:
-    from hsb.config import load
-    from hsb.cp.config import CPConfig
-    from hsb.cp.core import CP
-    from hsb.cp.host_link import HostProtocol
-
-    (tmp_path / "s").write_text("secret\n")
-    (tmp_path / "s").chmod(0o600)
-    p = tmp_path / "cp.toml"
-    p.write_text(
-        '[cp]\nsecret_file = "s"\ndurability = "none"\nhost_timeout = 0.5\nhost_lease = 0.35\n[[terminal_groups]]\nprefix = "T"\ncount = 2\n'
-    )
-    cp = CP(load(p, CPConfig), None)
-    hosts = []
-    for name, role in (("host-a", "active"), ("host-b", "standby")):
-        h = HostProtocol(cp, secret=b"s" * 32, auth_timeout=5.0, idle_timeout=None)
-        h.connection_made(CountingTransport(name))  # type: ignore[arg-type]
-        h.clear_deadline()
-        h.authed = True
-        h.name = name
-        cp.host_register(h, role, 1)
-        hosts.append(h)
-    return cp, hosts[0], hosts[1]
+    cp = cp_core(tmp_path, 2, cp="host_timeout = 0.5\nhost_lease = 0.35\n")
+    return cp, fake_host(cp, "host-a", "active"), fake_host(cp, "host-b", "standby")
 
 
 async def test_a_tick_after_the_cp_stalled_does_not_call_a_host_silent(tmp_path: Path) -> None:

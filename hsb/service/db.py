@@ -96,13 +96,6 @@ def classify_pg(exc: BaseException) -> BaseException | None:
     return None
 
 
-def _server_said(exc: BaseException) -> bool:
-    """An error PostgreSQL itself answered with (it has a SQLSTATE): the server knows the outcome."""
-    import asyncpg
-
-    return isinstance(exc, asyncpg.PostgresError)
-
-
 class _PgTx:
     for_update = " FOR UPDATE"
 
@@ -188,9 +181,9 @@ class PostgresDatabase:
             raise
         except Exception as exc:
             kind = classify_pg(exc)
-            if kind is None and entered and exc is not own and not _server_said(exc):
-                # not the body's error, and not one the server answered with (a deferred
-                # constraint at COMMIT: rolled back, a known outcome): the COMMIT, the ROLLBACK
+            if kind is None and entered and exc is not own and getattr(exc, "sqlstate", None) is None:
+                # not the body's error, and not one the server answered with (it has a SQLSTATE: a
+                # deferred constraint at COMMIT, rolled back, a known outcome): the COMMIT, the ROLLBACK
                 # or handing the connection back failed on our side, and whether the effect
                 # committed is not known. So no error reply: the message is tried again, and
                 # its idempotency record (hsb.service.once) makes the second try find the first

@@ -1,0 +1,59 @@
+"""The CP's core (hsb.cp.core.CP) without sockets: made from a small config, with hosts and
+terminals on stand-in transports that count what is written to them. For tests and benches
+that drive the CP's own code in-process (tests/support/inproc.py runs whole daemons instead)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.support.transports import CountingTransport
+
+
+def cp_core(d: Path, terminals: int, **kw: Any) -> Any:
+    """A CP on `cp_config(d, terminals, **kw)`."""
+    from hsb.cp.core import CP
+
+    return CP(cp_config(d, terminals, **kw), None)
+
+
+def cp_config(d: Path, terminals: int, *, width: int = 5, standby_capable: bool = True, cp: str = "") -> Any:
+    """The config of a CP with `terminals` terminals T…, memory-only journal; `cp` adds lines to
+    its [cp] table."""
+    from hsb.config import load
+    from hsb.cp.config import CPConfig
+
+    (d / "s").write_text("secret\n")
+    (d / "s").chmod(0o600)
+    p = d / "cp.toml"
+    p.write_text(
+        f'[cp]\nsecret_file = "s"\ndurability = "none"\n{cp}'
+        f'[[terminal_groups]]\nprefix = "T"\nwidth = {width}\ncount = {terminals}\nstandby_capable = {str(standby_capable).lower()}\n'
+    )
+    return load(p, CPConfig)
+
+
+def fake_host(cp: Any, name: str, role: str | None = None, *, keeps: bool = False, timeout: float = 5.0) -> Any:
+    """A host link, authenticated as `name`; registered with `role` (epoch 1) when given."""
+    from hsb.cp.host_link import HostProtocol
+
+    h = HostProtocol(cp, secret=b"s" * 32, auth_timeout=timeout, idle_timeout=None)
+    h.connection_made(CountingTransport(name))
+    h.clear_deadline()
+    h.authed = True
+    h.name = name
+    h.keeps_standby = keeps
+    if role is not None:
+        cp.host_register(h, role, 1)
+    return h
+
+
+def fake_terminal(cp: Any, name: str, *, timeout: float = 5.0) -> Any:
+    """A terminal connection that has said hello as `name` (resuming, nothing received yet)."""
+    from hsb.cp.terminal_link import TerminalProtocol
+
+    p = TerminalProtocol(cp, hello_timeout=timeout, idle_after_hello=None)
+    p.connection_made(CountingTransport(name))
+    p.clear_deadline()
+    cp.terminal_hello(p, name, 0)
+    return p
