@@ -6,7 +6,8 @@ set lookup):
   HSB_CRASH_SEED / HSB_CRASH_PROB (default 1.0) for a seeded choice of whether
   a visit kills, and HSB_CRASH_AFTER=N to skip the first N visits;
 - at run time: HSB_CRASH_CONTROL=/path/file; on SIGUSR2 the process reads the
-  file ("POINT[,POINT...] [SKIP]", or empty to disarm) and arms those points.
+  file ("POINT[,POINT...] [SKIP]", or empty to disarm) and arms those points, then writes
+  what it applied to FILE.applied (what a test waits on).
 
 Points: host.mid_batch_write, host.between_batch_and_notice, host.mid_ring_group,
 host.before_reply, host.mid_redelivery, cp.after_grant, cp.mid_switch,
@@ -103,6 +104,11 @@ def _rearm(*_: object) -> None:
     if not any(w[0] == "storage" for w in lines):
         _points = frozenset(p for p in (crash[0].split(",") if crash else []) if p in POINTS)
         _skip = int(crash[1]) if len(crash) > 1 and crash[1].isdigit() else 0
+    try:  # what was applied, for a test to wait on (no logging: this runs in a signal handler)
+        with open(_control + ".applied", "w") as f:
+            f.write("\n".join(" ".join(w) for w in lines))
+    except OSError:
+        pass
 
 
 def _storage_fault(words: list[str]) -> None:

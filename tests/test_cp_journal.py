@@ -20,7 +20,7 @@ from hsb.cp.journal.format import JournalDamaged, encode, scan
 from hsb.cp.journal.recovery import recover, segment_name
 from hsb.wire.client import request
 from tests.support.hostclient import FakeHost, FakeTerminal
-from tests.support.procs import SECRET, Proc, addr, restart_cp, start_cp
+from tests.support.procs import SECRET, Proc, addr, arm_faults, restart_cp, start_cp, until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -371,9 +371,7 @@ async def test_journal_storage_stalls_and_fails_then_resumes_with_nothing_lost(t
         t = await hello(cp, "T00001")
         await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
         for fault, state in (("hold", "stalled"), ("eio", "failing")):
-            ctl.write_text(f"storage {fault}\n")
-            cp.popen.send_signal(signal.SIGUSR2)
-            await asyncio.sleep(0.1)  # the fault is armed (a signal handler: no event to wait on)
+            await arm_faults(ctl, cp.popen.pid, f"storage {fault}")
             base = 100 if fault == "hold" else 200
             for i in range(base, base + 5):
                 t.send({"t": "msg", "id": i, "data": str(i)})
@@ -381,8 +379,7 @@ async def test_journal_storage_stalls_and_fails_then_resumes_with_nothing_lost(t
             assert st["journal"]["error"]
             await asyncio.sleep(0.5)  # longer than the deadline: still nothing acknowledged
             assert not [m for m in t.inbox if m["t"] == "ack" and m["id"] >= base]
-            ctl.write_text("storage clear\n")
-            cp.popen.send_signal(signal.SIGUSR2)
+            await arm_faults(ctl, cp.popen.pid, "storage clear")
             acks = await t.wait_count(lambda m, b=base: m["t"] == "ack" and m["id"] >= b, 5)
             assert sorted(m["id"] for m in acks) == list(range(base, base + 5))
             await t.wait_count(lambda m, b=base: m["t"] == "reply" and m["id"] >= b, 5)
@@ -405,9 +402,7 @@ async def test_a_stop_while_the_journal_storage_hangs_ends_soon_and_says_why(tmp
     cp = start_cp(d, env={"HSB_CRASH_CONTROL": str(ctl)}, terminals=2, journal_timeout=30)
     try:
         t = await hello(cp, "T00001")
-        ctl.write_text("storage hold\n")
-        cp.popen.send_signal(signal.SIGUSR2)
-        await asyncio.sleep(0.1)  # the fault is armed (a signal handler: no event to wait on)
+        await arm_faults(ctl, cp.popen.pid, "storage hold")
         t.send({"t": "msg", "id": 1, "data": "x"})
         await until_status(cp, lambda s: s["journal"]["pending_records"] > 0, what="a group out")
         t0 = asyncio.get_running_loop().time()
@@ -444,7 +439,6 @@ async def test_the_journal_stays_bounded_and_shrinks_when_traffic_stops(tmp_path
         a.auto_open, a.auto_reply = ATTRS, True
         r = await run_load(addr(cp.info["terminal"]), terminals=20, rate=0, duration=3.0, settle=5, window=4, closed_loop=True, payload_size=200)
         assert r.ok, r.failures
-        written = sum(1 for e in cp.events("journal_segment_carried_forward")) + r.sent  # at least this many records
         # A settled segment is closed when idle once it has grown IDLE_ROTATE_BYTES past its
         # checkpoint, so at rest the journal is one segment: a checkpoint (20 terminals: well
         # under 4 KiB) and less than that much beyond it.
@@ -452,14 +446,23 @@ async def test_the_journal_stays_bounded_and_shrinks_when_traffic_stops(tmp_path
         st = await until_status(
             cp, lambda s: s["journal"]["size_bytes"] < bound and s["journal"]["segments"] <= 2, what="the journal back to a checkpoint"
         )
-        assert r.sent > 2000 and written > 0
         assert st["journal"]["outstanding"] == 0
-        # What is on disk agrees with status: at most two segments (the current one and one
-        # being dropped) and a few KiB in all, after well over a hundred KiB was written.
+        # What is on disk agrees with status, once the writer thread has unlinked what status
+        # already counts as dropped (after the next segment's checkpoint is durable): at most
+        # two segments and a few KiB in all ...
         jdir = tmp_path / "cp" / "cp-journal"
-        files = sorted(os.listdir(jdir))
-        assert len([f for f in files if f.startswith("seg-")]) <= 2, files
-        assert sum((jdir / f).stat().st_size for f in files) < 32 * 1024, files
+
+        def segs() -> list[str]:
+            return sorted(f for f in os.listdir(jdir) if f.startswith("seg-"))
+
+        def disk() -> int:
+            return sum((jdir / f).stat().st_size for f in os.listdir(jdir))
+
+        await until(lambda: len(segs()) <= 2 and disk() < 32 * 1024, 10, what="the dropped segments unlinked")
+        # ... after several 64 KiB segments were written and dropped (the run's throughput decides
+        # how many: at least two beyond the first is what this test is about).
+        numbers = [int(f.rsplit("-", 1)[1].split(".")[0]) for f in segs()]
+        assert r.sent * 200 > 2 * 64 * 1024 and max(numbers) >= 3, (r.sent, segs())
         await a.close()
     finally:
         cp.stop()

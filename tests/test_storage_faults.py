@@ -16,7 +16,7 @@ import pytest
 
 from hsb.ctl import sandbox
 from tests.support.hostclient import FakeTerminal
-from tests.support.procs import wait_for
+from tests.support.procs import arm_faults, wait_for
 from tests.test_failover import active_names, status, wait_status
 
 HOSTS = ("host-a", "host-b")
@@ -31,10 +31,9 @@ async def sbx(tmp_path: Path):  # type: ignore[no-untyped-def]
     sandbox.down(d, timeout=2.0)
 
 
-def control(info: dict[str, Any], host: str, text: str) -> None:
+async def control(info: dict[str, Any], host: str, text: str) -> None:
     d = Path(info["dir"])
-    (d / f"ctl-{host}").write_text(text + "\n")
-    os.kill(sandbox.load_state(d)["hosts"][host]["pid"], signal.SIGUSR2)
+    await arm_faults(d / f"ctl-{host}", sandbox.load_state(d)["hosts"][host]["pid"], text)
 
 
 def host(st: dict[str, Any], name: str) -> dict[str, Any]:
@@ -77,7 +76,7 @@ async def test_stall_on_the_active_is_reported_and_service_goes_on(sbx: dict[str
     t1 = await logon(sbx, "T00001")
     await standby_has(sbx, "T00001")
     epoch = (await status(sbx))["cp"]["epoch"]
-    control(sbx, "host-a", "storage delay 6")  # the deadline is 2 s
+    await control(sbx, "host-a", "storage delay 6")  # the deadline is 2 s
     t2 = await logon(sbx, "T00002")  # its ring write stalls
     st = await wait_status(
         sbx, lambda s: host(s, "host-a").get("takeover_file", {}).get("storage") not in (None, "ok"), timeout=10, what="storage reported"
@@ -89,7 +88,7 @@ async def test_stall_on_the_active_is_reported_and_service_goes_on(sbx: dict[str
     st = await status(sbx)
     assert st["cp"]["epoch"] == epoch and active_names(st) == ["host-a"]
     assert host(st, "host-a")["peer_link"]["up"] and host(st, "host-b")["peer_link"]["up"], "heartbeats kept flowing"
-    control(sbx, "host-a", "storage clear")
+    await control(sbx, "host-a", "storage clear")
     await standby_has(sbx, "T00002")  # the change was kept and written once storage answered
     await wait_status(sbx, lambda s: host(s, "host-a")["takeover_file"]["storage"] == "ok", what="storage ok again")
 
@@ -97,19 +96,19 @@ async def test_stall_on_the_active_is_reported_and_service_goes_on(sbx: dict[str
 async def test_eio_on_the_active_is_reported_and_recovered(sbx: dict[str, Any]) -> None:
     t1 = await logon(sbx, "T00001")
     await standby_has(sbx, "T00001")
-    control(sbx, "host-a", "storage eio")
+    await control(sbx, "host-a", "storage eio")
     t3 = await logon(sbx, "T00003")  # noqa: F841  (keep a reference: a collected client logs off)
     st = await wait_status(sbx, lambda s: "error" in str(host(s, "host-a")["takeover_file"]["storage"]).lower(), timeout=10, what="EIO reported")
     assert "Input/output error" in host(st, "host-a")["takeover_file"]["storage"]
     await served(t1, 1, timeout=1.0)
-    control(sbx, "host-a", "storage clear")
+    await control(sbx, "host-a", "storage clear")
     await standby_has(sbx, "T00003")
 
 
 async def test_corrupt_reads_on_the_standby_are_never_applied(sbx: dict[str, Any]) -> None:
     t1 = await logon(sbx, "T00001")  # keep a reference: a collected client logs off
     await standby_has(sbx, "T00001")
-    control(sbx, "host-b", "storage corrupt 40")  # the next 40 records it reads are damaged
+    await control(sbx, "host-b", "storage corrupt 40")  # the next 40 records it reads are damaged
     t4 = await logon(sbx, "T00004")
     # it notices, resyncs, and is not established again until a good batch is read
     d = Path(sbx["dir"])
@@ -126,7 +125,7 @@ async def test_corrupt_reads_on_the_standby_are_never_applied(sbx: dict[str, Any
 async def test_stalled_batch_keeps_the_standby_unestablished_until_storage_answers(sbx: dict[str, Any]) -> None:
     t1 = await logon(sbx, "T00001")
     d = Path(sbx["dir"])
-    control(sbx, "host-a", "storage hold")  # the active's next batch write hangs
+    await control(sbx, "host-a", "storage hold")  # the active's next batch write hangs
     os.kill(sandbox.load_state(d)["hosts"]["host-b"]["pid"], signal.SIGKILL)
     wait_for(lambda: not sandbox._alive(sandbox.load_state(d)["hosts"]["host-b"]["pid"]), 10, what="host-b dead")
     sandbox.start_host(d, "host-b", "standby", {"HSB_CRASH_CONTROL": str(d / "ctl-host-b")})
@@ -134,7 +133,7 @@ async def test_stalled_batch_keeps_the_standby_unestablished_until_storage_answe
     st = await status(sbx)
     assert not st["established"] and host(st, "host-b")["state"] != "established"
     await served(t1, 1, timeout=1.0)  # the active serves throughout
-    control(sbx, "host-a", "storage clear")
+    await control(sbx, "host-a", "storage clear")
     st = await wait_status(sbx, lambda s: s["established"], timeout=30, what="established once storage answers")
     await standby_has(sbx, "T00001")
 

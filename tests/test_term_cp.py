@@ -63,16 +63,17 @@ async def test_failover_mid_run_loses_nothing(cp: Proc) -> None:
     b.auto_open, b.auto_reply = ATTRS, True  # once active: reopen NOSB's session, answer (re)deliveries
     marks: list[tuple[str, float]] = []
     try:
-        sending = asyncio.Event()
+        sending, stop = asyncio.Event(), asyncio.Event()
         task = asyncio.ensure_future(
             run_load(
                 addr(cp.info["terminal"]),
                 terminals=len(names),
                 names=names,
                 rate=300,
-                duration=2.0,
+                duration=3600,  # until `stop`: every step below happens while it sends, however slow the machine
                 settle=10,
                 sending=sending,
+                stop=stop,
                 classic=["NOSB"],
                 marks=marks,
                 resume=True,  # replies counted as they come (a non-resuming terminal's after their record is durable): the exact count below
@@ -102,6 +103,9 @@ async def test_failover_mid_run_loses_nothing(cp: Proc) -> None:
         b.send({"t": "switchover", "reason": "test", "planned": False})
         granted = await b.wait(lambda m: m["t"] in ("switch_granted", "switch_refused"))
         assert granted["t"] == "switch_granted", granted
+        # the new active is given what was owed and held, then fresh messages: then the load ends
+        await b.wait_count(lambda m: m["t"] == "deliver", owed + 5 + 30, timeout=20)
+        stop.set()
         r = await asyncio.wait_for(task, 40)
     finally:
         await b.close()

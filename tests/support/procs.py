@@ -49,6 +49,17 @@ async def until(cond: Any, timeout: float = 10.0, interval: float = 0.02, what: 
         await asyncio.sleep(interval)
 
 
+async def arm_faults(ctl: Path, pid: int, text: str, timeout: float = 10.0) -> None:
+    """Write a fault control file, SIGUSR2 the process, and wait until it says it applied it
+    (hsb.faults writes CTL.applied from its signal handler)."""
+    applied = Path(str(ctl) + ".applied")
+    want = "\n".join(" ".join(ln.split()) for ln in text.splitlines() if ln.strip())
+    applied.unlink(missing_ok=True)
+    ctl.write_text(text + "\n")
+    os.kill(pid, signal.SIGUSR2)
+    await until(lambda: applied.exists() and applied.read_text() == want, timeout, what=f"the fault {text!r} applied")
+
+
 def log_events(path: Path) -> list[dict[str, Any]]:
     out = []
     try:
