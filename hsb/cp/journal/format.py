@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -37,11 +38,27 @@ class JournalDamaged(Exception):
         self.why = why
 
 
+LENGTH = struct.Struct(">I")
+
+
 def encode(payload: Any, packer: msgpack.Packer | None = None) -> bytes:
     body: bytes = packer.pack(payload) if packer is not None else msgpack.packb(payload, use_bin_type=True)
     n = len(body)
-    length = n.to_bytes(4, "big")
-    return HEADER.pack(MAGIC, n, zlib.crc32(body, zlib.crc32(length))) + body
+    return HEADER.pack(MAGIC, n, zlib.crc32(body, zlib.crc32(LENGTH.pack(n)))) + body
+
+
+def encoder() -> Callable[[Any], bytes]:
+    """`encode` with its own packer and every name bound once: two or three records a message
+    are encoded on the CP's loop (about a third less than calling `encode`)."""
+    pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+    crc32, header, length = zlib.crc32, HEADER.pack, LENGTH.pack
+
+    def enc(payload: Any) -> bytes:
+        body: bytes = pack(payload)
+        n = len(body)
+        return header(MAGIC, n, crc32(body, crc32(length(n)))) + body
+
+    return enc
 
 
 def _check(buf: bytes | memoryview, off: int) -> tuple[int, str | None]:

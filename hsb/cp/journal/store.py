@@ -32,11 +32,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import structlog
 
 from hsb import faults
-from hsb.cp.journal.format import encode
+from hsb.cp.journal.format import encoder
 from hsb.cp.journal.generation import Generations, Superseded
 from hsb.cp.journal.recovery import segment_name
 from hsb.fsutil import fsync_dir
@@ -102,8 +101,7 @@ class Journal:
         self._batch_t0 = 0.0
         self.on_health: Callable[[str], None] = lambda state: None
         self.checkpoint: Callable[[], list[Any]] = lambda: ["ck", 0, None, 0, {}]  # the caller's, for a new segment
-        packer = msgpack.Packer(use_bin_type=True, autoreset=True)
-        self._packer: Callable[[list[Any]], bytes] = lambda payload: encode(payload, packer)
+        self._packer: Callable[[list[Any]], bytes] = encoder()
 
     # ------------------------------------------------------------------ opening
     def open(self, first: int, snapshot: list[list[Any]], garbage: list[Path]) -> int:
