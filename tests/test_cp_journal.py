@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hsb.cp.journal.format import JournalDamaged, encode, scan
+from hsb.cp.journal.format import JournalDamaged, encode, encoder, scan
 from hsb.cp.journal.recovery import recover, segment_name
 from hsb.wire.client import request
 from tests.support.hostclient import FakeHost, FakeTerminal
@@ -47,6 +47,15 @@ def test_a_torn_tail_is_dropped_at_any_cut(recs: list[tuple[str, int, bytes]], d
     cut = data.draw(st.integers(len(blob) - last + 1, len(blob) - 1))  # anywhere inside the last record
     got, end, torn = scan(blob[:cut])
     assert got == records[:-1] and end == len(blob) - last and torn is not None
+
+
+@settings(max_examples=200)
+@given(st.lists(st.one_of(st.text(max_size=300), st.integers(-(2**63), 2**64 - 1), st.binary(max_size=300), st.none()), max_size=6))
+def test_the_loops_encoder_writes_the_bytes_of_encode_and_scan_reads_them(payload: list[Any]) -> None:
+    enc = encoder()
+    rec = enc(payload)
+    assert rec == encode(payload)
+    assert scan(rec + enc(["x"]))[0] == [payload, ["x"]]
 
 
 def test_damage_in_the_middle_stops_with_the_file_and_offset(tmp_path: Path) -> None:
