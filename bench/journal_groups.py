@@ -11,7 +11,13 @@ real disk path, interleaved in every repetition:
   in a row (what hsbcpd runs);
 - `worker`: the hand-off alone, hsb.worker.Worker.call with a no-op (the journal's writer thread);
 - `executor`: the hand-off the journal used before, loop.run_in_executor with a no-op;
-- `inline`: one 100-byte pwrite + fdatasync on the loop's own thread (the disk, no hand-off).
+- `inline`: one 100-byte pwrite + fdatasync on the loop's own thread (the disk, no hand-off);
+- `aio`: the same pwrite on the loop's thread, the fdatasync through Linux native AIO
+  (`IOCB_CMD_FDSYNC`, done by the kernel's worker, its completion an eventfd the loop polls): a
+  probe of a group commit with no thread and no GIL hand-off. Not what hsbcpd runs: the write
+  itself stays on the loop (buffered AIO writes run inside io_submit, and this kernel refuses
+  RWF_NOWAIT for buffered ext4 writes), which the journal must not do (a hung mount would stop
+  the loop).
 
 CPU is this process's user + system time (every thread), per call.
 """
@@ -47,7 +53,67 @@ except ImportError:  # the code before the writer thread (a side-by-side run of 
 COMMAND = ".venv/bin/python bench/journal_groups.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "journal_groups.json"
 SECTION = "One CP journal group commit (`bench/journal_groups.py`)"
-KINDS = ("journal", "worker", "executor", "inline")
+KINDS = ("journal", "worker", "executor", "inline", "aio")
+
+
+class LinuxAIO:
+    """io_setup/io_submit/io_getevents by system call (x86-64 numbers), one fdatasync at a time,
+    its completion signalled on an eventfd that the loop watches. For this benchmark only."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        import ctypes
+        import platform
+
+        if sys.platform != "linux" or platform.machine() != "x86_64":
+            raise OSError("Linux AIO probe: x86-64 Linux only")
+        c = ctypes
+
+        class IOCB(c.Structure):
+            _fields_ = [
+                ("data", c.c_uint64), ("key", c.c_uint32), ("rw_flags", c.c_int32), ("opcode", c.c_uint16), ("reqprio", c.c_int16),
+                ("fildes", c.c_uint32), ("buf", c.c_uint64), ("nbytes", c.c_uint64), ("offset", c.c_int64), ("reserved2", c.c_uint64),
+                ("flags", c.c_uint32), ("resfd", c.c_uint32),
+            ]  # fmt: skip
+
+        class Event(c.Structure):
+            _fields_ = [("data", c.c_uint64), ("obj", c.c_uint64), ("res", c.c_int64), ("res2", c.c_int64)]
+
+        self.c = c
+        self.libc = c.CDLL(None, use_errno=True)
+        self.ctx = c.c_ulong(0)
+        if self.libc.syscall(206, 8, c.byref(self.ctx)) != 0:  # io_setup
+            raise OSError(c.get_errno(), "io_setup")
+        self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.cb = IOCB()
+        self.cbs = (c.POINTER(IOCB) * 1)(c.pointer(self.cb))
+        self.events = (Event * 4)()
+        self.nowait = (c.c_long * 2)(0, 0)
+        self.waiter: asyncio.Future[None] | None = None
+        self.loop = loop
+        loop.add_reader(self.efd, self._completed)
+
+    async def fdatasync(self, fd: int) -> None:
+        c, cb = self.c, self.cb
+        c.memset(c.byref(cb), 0, c.sizeof(cb))
+        cb.opcode, cb.fildes, cb.flags, cb.resfd = 3, fd, 1, self.efd  # IOCB_CMD_FDSYNC, IOCB_FLAG_RESFD
+        self.waiter = self.loop.create_future()
+        if self.libc.syscall(209, self.ctx, 1, self.cbs) != 1:  # io_submit
+            raise OSError(c.get_errno(), "io_submit")
+        await self.waiter
+
+    def _completed(self) -> None:
+        os.eventfd_read(self.efd)
+        n = self.libc.syscall(208, self.ctx, 0, 4, self.events, self.nowait)  # io_getevents, no wait
+        for i in range(max(n, 0)):
+            w, self.waiter = self.waiter, None
+            if w is not None and not w.done():
+                res = self.events[i].res
+                w.set_exception(OSError(-res, "aio fdatasync")) if res < 0 else w.set_result(None)
+
+    def close(self) -> None:  # nothing is in flight here (each call was awaited)
+        self.loop.remove_reader(self.efd)
+        os.close(self.efd)
+        self.libc.syscall(207, self.ctx)  # io_destroy
 
 
 async def timed(n: int, one: Callable[[int], Awaitable[None]]) -> dict[str, float]:
@@ -92,13 +158,26 @@ async def one_rep(d: Path, n: int) -> dict[str, dict[str, float]]:
         os.fdatasync(fd)
 
     try:
+        aio: LinuxAIO | None = LinuxAIO(loop)
+    except OSError as exc:
+        print(f"aio: not measured ({exc})", file=sys.stderr)
+        aio = None
+
+    async def aio_sync(i: int) -> None:
+        assert aio is not None
+        os.pwrite(fd, payload, 0)
+        await aio.fdatasync(fd)
+
+    try:
         out = {}
-        for kind, fn in (("journal", journal), ("worker", handoff), ("executor", executor), ("inline", inline)):
-            if kind != "worker" or worker is not None:
+        for kind, fn in (("journal", journal), ("worker", handoff), ("executor", executor), ("inline", inline), ("aio", aio_sync)):
+            if (kind != "worker" or worker is not None) and (kind != "aio" or aio is not None):
                 out[kind] = await timed(n, fn)
         out["journal"]["syncs"] = j.syncs
         return out
     finally:
+        if aio is not None:
+            aio.close()
         j.close()
         if worker is not None:
             worker.shutdown(wait=True)
@@ -138,7 +217,10 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
             "`journal`: one record appended to hsb.cp.journal.store.Journal and awaited until durable (a group"
             " commit of its own, as at a low message rate); `worker`: the writer thread's hand-off alone"
             " (hsb.worker.Worker.call, no work); `executor`: `loop.run_in_executor` with no work, the hand-off the"
-            " journal used before; `inline`: one 100-byte `pwrite` + `fdatasync` on the loop's thread."
+            " journal used before; `inline`: one 100-byte `pwrite` + `fdatasync` on the loop's thread;"
+            " `aio` (where measured): the same `pwrite` on the loop's thread and the `fdatasync` through Linux"
+            " native AIO, its completion polled by the loop (a probe: no thread, no GIL hand-off; the CPU of the"
+            " kernel worker that runs the sync is not this process's)."
             f" The executor's hand-off costs {statistics.median(ratios):.1f}x the worker's CPU (median of the"
             " repetitions' ratios).",
         ]
