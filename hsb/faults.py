@@ -93,22 +93,23 @@ def _rearm(*_: object) -> None:
     try:
         with open(_control) as f:
             lines = [ln.split() for ln in f.read().splitlines() if ln.strip()]
-    except OSError:
-        return
-    crash: list[str] = []
-    for words in lines:
-        if words[0] == "storage" and _storage is not None and len(words) > 1:
-            _storage_fault(words[1:])
-        else:
-            crash = words
-    if not any(w[0] == "storage" for w in lines):
-        _points = frozenset(p for p in (crash[0].split(",") if crash else []) if p in POINTS)
-        _skip = int(crash[1]) if len(crash) > 1 and crash[1].isdigit() else 0
-    try:  # what was applied, for a test to wait on (no logging: this runs in a signal handler)
+        crash: list[str] = []
+        for words in lines:
+            if words[0] == "storage" and _storage is not None and len(words) > 1:
+                _storage_fault(words[1:])
+            else:
+                crash = words
+        if not any(w[0] == "storage" for w in lines):
+            names = crash[0].split(",") if crash else []
+            _points = frozenset(p for p in names if p in POINTS)
+            _skip = int(crash[1]) if len(crash) > 1 and crash[1].isdigit() else 0
+            if len(_points) != len(set(names)):
+                return  # a name that is no crash point: not applied as asked, so not said to be
+        # what was applied, for a test to wait on (no logging: this runs in a signal handler)
         with open(_control + ".applied", "w") as f:
             f.write("\n".join(" ".join(w) for w in lines))
-    except OSError:
-        pass
+    except Exception:  # a bad control file must not raise into whatever the main thread was running
+        return
 
 
 def _storage_fault(words: list[str]) -> None:

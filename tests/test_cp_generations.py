@@ -155,9 +155,9 @@ async def test_a_woken_cp_takes_over_once_the_serving_one_is_silent_not_while_it
         at = datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp()
         assert at - t_kill <= 2.0, (at - t_kill, rec["reason"])
         # Not while the dead CP's last beat (its generation file's mtime, final now) was younger
-        # than takeover_stale (0.3 s); less a little for the kernel's coarse file clock.
+        # than takeover_stale (0.3 s). The file clock is coarse, so the mtime is if anything early.
         last_beat = (journal / gen_name(1)).stat().st_mtime_ns / 1e9
-        assert at - last_beat >= 0.3 - 0.02, (at - last_beat, rec["reason"])
+        assert at - last_beat >= 0.3, (at - last_beat, rec["reason"])
         assert away.popen.poll() is None and not away.events("journal_recovered")
     finally:
         for p in (away, here, cp1):

@@ -471,7 +471,7 @@ async def test_the_journal_stays_bounded_and_shrinks_when_traffic_stops(tmp_path
         # ... after several 64 KiB segments were written and dropped (the run's throughput decides
         # how many: at least two beyond the first is what this test is about).
         numbers = [int(f.rsplit("-", 1)[1].split(".")[0]) for f in segs()]
-        assert r.sent * 200 > 2 * 64 * 1024 and max(numbers) >= 3, (r.sent, segs())
+        assert r.sent * 200 > 2 * 64 * 1024 and max(numbers) >= 1 + r.sent * 200 // (64 * 1024), (r.sent, segs())
         await a.close()
     finally:
         cp.stop()

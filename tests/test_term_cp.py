@@ -108,6 +108,9 @@ async def test_failover_mid_run_loses_nothing(cp: Proc) -> None:
         stop.set()
         r = await asyncio.wait_for(task, 40)
     finally:
+        stop.set()
+        if not task.done():
+            task.cancel()
         await b.close()
     assert r.ok, r.failures
     assert r.lost == 0 and r.duplicates == 0 and r.unacked == 0 and r.unexpected == 0 and r.bad_data == 0
