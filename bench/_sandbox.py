@@ -487,6 +487,7 @@ def run_or_render(a: Any, section: str, rerender: Callable[[dict[str, Any]], str
             write_section(section, text)
         return 0
     print(a.command, flush=True)
+    byte_compile()
     from hsb import logs
 
     logs.setup("warning")
@@ -495,6 +496,18 @@ def run_or_render(a: Any, section: str, rerender: Callable[[dict[str, Any]], str
 
         return int(run(amain(a)))
     return int(asyncio.run(amain(a)))
+
+
+def byte_compile() -> None:
+    """Byte-compile the hsb package the daemons will import (the tree on PYTHONPATH in a side by
+    side run), as pip does at install: with PYTHONDONTWRITEBYTECODE set, as on the machines these
+    figures come from, an editable checkout would otherwise compile every module at every daemon
+    start, about 70 ms that a deployed daemon does not spend (a CP restart's figures include its start)."""
+    import compileall
+
+    import hsb
+
+    compileall.compile_dir(str(Path(hsb.__file__).parent), quiet=1)
 
 
 def table(headers: list[str], rows: list[list[str]], align: str | None = None) -> str:
