@@ -47,6 +47,7 @@ from hsb.term.load import run_load, terminal_names
 from hsb.term.verdict import ids
 from hsb.term.workload import LedgerWorkload
 from tests.support.massterm import Fleet
+from tests.support.procs import signal_faults
 
 HOSTS = ("host-a", "host-b")
 # action -> (crash point armed in the active, or None), whether load terminals must stay connected
@@ -171,8 +172,8 @@ class Campaign:
         return int(st["cp"]["pid"] if name == "cp" else st["hosts"][name]["pid"])
 
     def arm(self, name: str, point: str, skip: int = 0) -> None:
-        (self.d / f"crash-{name}").write_text(f"{point} {skip}\n")
-        os.kill(self.pid(name), signal.SIGUSR2)
+        # not waited for: a crash point in a writer thread may fire before the handler says so
+        signal_faults(self.d / f"crash-{name}", self.pid(name), f"{point} {skip}")
 
     def start(self, name: str, role: str) -> None:
         (self.d / f"crash-{name}").write_text("")

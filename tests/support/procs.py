@@ -49,14 +49,20 @@ async def until(cond: Any, timeout: float = 10.0, interval: float = 0.02, what: 
         await asyncio.sleep(interval)
 
 
-async def arm_faults(ctl: Path, pid: int, text: str, timeout: float = 10.0) -> None:
-    """Write a fault control file, SIGUSR2 the process, and wait until it says it applied it
-    (hsb.faults writes CTL.applied from its signal handler)."""
+def signal_faults(ctl: Path, pid: int, text: str) -> Path:
+    """Write a fault control file and SIGUSR2 the process (hsb.faults); the file the process
+    writes once it has applied it (CTL.applied, removed first) is returned."""
     applied = Path(str(ctl) + ".applied")
-    want = "\n".join(" ".join(ln.split()) for ln in text.splitlines() if ln.strip())
     applied.unlink(missing_ok=True)
     ctl.write_text(text + "\n")
     os.kill(pid, signal.SIGUSR2)
+    return applied
+
+
+async def arm_faults(ctl: Path, pid: int, text: str, timeout: float = 10.0) -> None:
+    """`signal_faults`, then wait until the process says it applied the text."""
+    want = "\n".join(" ".join(ln.split()) for ln in text.splitlines() if ln.strip())
+    applied = signal_faults(ctl, pid, text)
     await until(lambda: applied.exists() and applied.read_text() == want, timeout, what=f"the fault {text!r} applied")
 
 

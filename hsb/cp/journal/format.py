@@ -41,8 +41,9 @@ class JournalDamaged(Exception):
 LENGTH = struct.Struct(">I")
 
 
-def encode(payload: Any, packer: msgpack.Packer | None = None) -> bytes:
-    body: bytes = packer.pack(payload) if packer is not None else msgpack.packb(payload, use_bin_type=True)
+def encode(payload: Any) -> bytes:
+    """One record's bytes (tools, tests, benches; the journal keeps an `encoder()` of its own)."""
+    body: bytes = msgpack.packb(payload, use_bin_type=True)
     n = len(body)
     return HEADER.pack(MAGIC, n, zlib.crc32(body, zlib.crc32(LENGTH.pack(n)))) + body
 
