@@ -8,7 +8,8 @@ beyond its `fdatasync` is paid per message. In-process, on the daemons' event lo
 real disk path, interleaved in every repetition:
 
 - `journal`: hsb.cp.journal.store.Journal, one record appended and awaited until durable, N times
-  in a row (what hsbcpd runs);
+  in a row (what hsbcpd runs: `journal_io = "auto"`, io_uring where the kernel runs it);
+- `journal-thread`: the same with `journal_io = "thread"` (the writer thread);
 - `worker`: the hand-off alone, hsb.worker.Worker.call with a no-op (the journal's writer thread);
 - `executor`: the hand-off the journal used before, loop.run_in_executor with a no-op;
 - `inline`: one 100-byte pwrite + fdatasync on the loop's own thread (the disk, no hand-off);
@@ -53,7 +54,7 @@ except ImportError:  # the code before the writer thread (a side-by-side run of 
 COMMAND = ".venv/bin/python bench/journal_groups.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "journal_groups.json"
 SECTION = "One CP journal group commit (`bench/journal_groups.py`)"
-KINDS = ("journal", "worker", "executor", "inline", "aio")
+KINDS = ("journal", "journal-thread", "worker", "executor", "inline", "aio")
 
 
 class LinuxAIO:
@@ -135,6 +136,13 @@ async def one_rep(d: Path, n: int) -> dict[str, dict[str, float]]:
     jd = d / f"journal-{time.monotonic_ns()}"
     j = Journal(jd, generation=Generations(jd).take())
     j.open(1, [], [])
+    try:
+        jtd = d / f"journal-thread-{time.monotonic_ns()}"
+        jt: Journal | None = Journal(jtd, generation=Generations(jtd).take(), io="thread")
+    except TypeError:  # the code before journal_io: its journal is the thread's
+        jt = None
+    if jt is not None:
+        jt.open(1, [], [])
     worker = Worker("bench-worker") if Worker is not None else None
     fd = os.open(d / "inline", os.O_WRONLY | os.O_CREAT, 0o600)
     payload = b"x" * 100
@@ -142,6 +150,12 @@ async def one_rep(d: Path, n: int) -> dict[str, dict[str, float]]:
     async def journal(i: int) -> None:
         f = loop.create_future()
         j.append(["a", "T00001", i + 1, payload], lambda: f.set_result(None))
+        await f
+
+    async def journal_thread(i: int) -> None:
+        assert jt is not None
+        f = loop.create_future()
+        jt.append(["a", "T00001", i + 1, payload], lambda: f.set_result(None))
         await f
 
     async def handoff(i: int) -> None:
@@ -170,15 +184,27 @@ async def one_rep(d: Path, n: int) -> dict[str, dict[str, float]]:
 
     try:
         out = {}
-        for kind, fn in (("journal", journal), ("worker", handoff), ("executor", executor), ("inline", inline), ("aio", aio_sync)):
-            if (kind != "worker" or worker is not None) and (kind != "aio" or aio is not None):
+        kinds = (
+            ("journal", journal),
+            ("journal-thread", journal_thread),
+            ("worker", handoff),
+            ("executor", executor),
+            ("inline", inline),
+            ("aio", aio_sync),
+        )
+        for kind, fn in kinds:
+            if (kind != "worker" or worker is not None) and (kind != "aio" or aio is not None) and (kind != "journal-thread" or jt is not None):
                 out[kind] = await timed(n, fn)
         out["journal"]["syncs"] = j.syncs
+        out["journal"]["io"] = getattr(j, "io_used", "thread")  # type: ignore[assignment]
         return out
     finally:
         if aio is not None:
             aio.close()
         j.close()
+        if jt is not None:
+            jt.close()
+            shutil.rmtree(jtd, ignore_errors=True)
         if worker is not None:
             worker.shutdown(wait=True)
         os.close(fd)
@@ -215,7 +241,9 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
             table(["kind", "wall µs", "user µs", "system µs", "CPU µs"], rows),
             "",
             "`journal`: one record appended to hsb.cp.journal.store.Journal and awaited until durable (a group"
-            " commit of its own, as at a low message rate); `worker`: the writer thread's hand-off alone"
+            " commit of its own, as at a low message rate), through"
+            f" {'io_uring' if all(r['journal'].get('io') == 'io_uring' for r in res['reps']) else 'the writer thread'};"
+            ' `journal-thread` (where measured): the same with `journal_io = "thread"`; `worker`: the writer thread\'s hand-off alone'
             " (hsb.worker.Worker.call, no work); `executor`: `loop.run_in_executor` with no work, the hand-off the"
             " journal used before; `inline`: one 100-byte `pwrite` + `fdatasync` on the loop's thread;"
             " `aio` (where measured): the same `pwrite` on the loop's thread and the `fdatasync` through Linux"

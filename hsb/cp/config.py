@@ -44,6 +44,9 @@ class CPSection(Strict):
     journal: ConfigPath = Field(default="cp-journal", validate_default=True)  # relative: to the config file
     durability: Literal["fsync", "none"] = "fsync"
     journal_timeout: float = Field(default=2.0, gt=0, le=600)
+    # how a group commit reaches the disk (docs/cp-journal.md): "auto" uses io_uring where the
+    # kernel allows it and the writer thread elsewhere; "io_uring" refuses to start without it
+    journal_io: Literal["auto", "io_uring", "thread"] = "auto"
     # a segment is closed past this size of records (and four times its checkpoint); a restart replays the live ones
     journal_segment_kib: int = Field(default=1024, ge=16, le=1024 * 1024)
     # two CP machines (docs/operations.md, "Two CP machines"): "at_start" takes the journal over at

@@ -8,7 +8,7 @@ import sys
 import click
 
 from hsb import __version__, logs
-from hsb.cli import die, exit_watchdog, load_or_exit, log_level_option
+from hsb.cli import EXIT_CONFIG, die, exit_watchdog, load_or_exit, log_level_option
 from hsb.cp.config import CPConfig
 from hsb.wire.auth import load_secret
 
@@ -39,7 +39,7 @@ def main(config_path: str, check_config: bool, log_level: str) -> None:
     from hsb.cp.server import CPServer
 
     async def run() -> int:
-        from hsb.cp.journal import JournalDamaged
+        from hsb.cp.journal import JournalDamaged, JournalIOUnavailable
 
         try:
             server = CPServer(cfg, secret, config_path)
@@ -51,6 +51,8 @@ def main(config_path: str, check_config: bool, log_level: str) -> None:
             return code
         except JournalDamaged as exc:
             die(str(exc))
+        except JournalIOUnavailable as exc:  # the config asks for what this machine lacks: no restart loop
+            die(str(exc), EXIT_CONFIG)
         except OSError as exc:
             if server.state == "taking_over":
                 die(f"cannot open the CP journal {cfg.cp.journal}: {exc.strerror or exc} (check [cp] journal and its permissions)")

@@ -261,7 +261,7 @@ class CPServer:
         gen = self.gens.take()  # durable before anything is read (SPEC §5.8)
         with gcpolicy.paused():
             r = recover(d)  # raises JournalDamaged (file and offset) on damage
-            journal = Journal(d, timeout=c.journal_timeout, segment_bytes=c.journal_segment_kib * 1024, generation=gen)
+            journal = Journal(d, timeout=c.journal_timeout, segment_bytes=c.journal_segment_kib * 1024, generation=gen, io=c.journal_io)
             cp = CP(self.cfg, journal)
             cp.restore(r)
             faults.point("cp.mid_recovery")

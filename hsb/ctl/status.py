@@ -138,6 +138,7 @@ def render(st: dict[str, Any]) -> str:
                 out.append(
                     f"            journal {'ok' if state == 'ok' else state.upper()} {j.get('dir')}  {j.get('size_bytes', 0) / 1024:.0f} KiB in"
                     f" {j.get('segments')} segment(s), {j.get('outstanding', 0)} outstanding, {sync}"
+                    + (f" ({j['io']})" if j.get("io") else "")
                     + (f"  ERROR {j.get('error')}: acknowledgements stopped until it can be written" if state != "ok" else "")
                 )
         if cp.get("active_stopped_normally"):

@@ -28,6 +28,10 @@ class Faults:
     def __post_init__(self) -> None:
         self._open.set()
 
+    def quiet(self) -> bool:
+        """No delay, error or hold set (corrupted reads concern the takeover file only)."""
+        return self._open.is_set() and self.delay <= 0 and self.error is None
+
     def hold(self) -> None:
         """Stall every matching op until `release()` (a hung NFS server)."""
         self._open.clear()

@@ -4,11 +4,13 @@ before it is promised, so that a crash, an OOM kill or an upgrade of hsbcpd lose
 - `format`: the record bytes of a segment file, and telling a torn tail from damage;
 - `recovery`: reading a journal directory back into what the CP must restore;
 - `store`: appending with group commit off the event loop, the deadline, and dropping settled
-  segments (`NullJournal` is `durability = "none"`).
+  segments, through io_uring (hsb.uring) or a writer thread;
+- `null`: `NullJournal`, `durability = "none"`.
 """
 
 from hsb.cp.journal.format import JournalDamaged
+from hsb.cp.journal.null import NullJournal
 from hsb.cp.journal.recovery import Recovered, recover
-from hsb.cp.journal.store import Journal, NullJournal
+from hsb.cp.journal.store import Journal, JournalIOUnavailable
 
-__all__ = ["Journal", "JournalDamaged", "NullJournal", "Recovered", "recover"]
+__all__ = ["Journal", "JournalDamaged", "JournalIOUnavailable", "NullJournal", "Recovered", "recover"]

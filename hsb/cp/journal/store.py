@@ -3,9 +3,11 @@ and dropping settled segments (docs/cp-journal.md).
 
 The event loop appends records (`append`) and learns when they are durable (a callback per
 caller that asked). Everything appended during one turn of the loop, and whatever arrives while
-a write is in progress, goes out in one write and one `fdatasync` on a writer thread: group
-commit. A write that fails (a full disk, EIO) or takes longer than `timeout` (a hung mount)
-leaves its records pending: nothing waiting on them proceeds (no ack goes out for what is not
+a write is in progress, goes out in one write and one `fdatasync`: group commit. Where the
+kernel runs it, a group goes as one io_uring chain (write, fdatasync, the generation check:
+hsb.uring), its completion an eventfd the loop watches; a new segment, deletions and any group
+whose chain did not end cleanly go through a writer thread (`journal_io`). A write that fails
+(a full disk, EIO) or takes longer than `timeout` (a hung mount) leaves its records pending: nothing waiting on them proceeds (no ack goes out for what is not
 durable); the journal reports itself `stalled` or `failing` and retries by itself, and carries
 on once the storage answers again.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import errno
 import os
 import time
 from collections import deque
@@ -34,9 +37,9 @@ from typing import Any
 
 import structlog
 
-from hsb import faults
+from hsb import faults, uring
 from hsb.cp.journal.format import encoder
-from hsb.cp.journal.generation import Generations, Superseded
+from hsb.cp.journal.generation import Generations, Superseded, gen_name
 from hsb.cp.journal.recovery import segment_name
 from hsb.fsutil import fsync_dir
 from hsb.worker import Worker
@@ -53,6 +56,14 @@ LAZY_S = 0.005  # a record nobody waits on rides with the next group, or is writ
 SYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, float("inf"))
 
 Done = Callable[[], None]
+IO_MODES = ("auto", "io_uring", "thread")
+# what io_uring itself may answer where the storage is fine (an operation the filesystem will not
+# run this way); EIO, ENOSPC and the like are the storage's, retried through the ring as through the thread
+RING_ERRORS = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF, errno.EFAULT, errno.EAGAIN})
+
+
+class JournalIOUnavailable(Exception):
+    """`journal_io = "io_uring"` on a kernel (or under a seccomp filter) that does not run it."""
 
 
 class Journal:
@@ -60,8 +71,16 @@ class Journal:
 
     durable = True
 
-    def __init__(self, d: Path, *, timeout: float = 2.0, segment_bytes: int = SEGMENT_BYTES, generation: int = 0) -> None:
+    def __init__(self, d: Path, *, timeout: float = 2.0, segment_bytes: int = SEGMENT_BYTES, generation: int = 0, io: str = "auto") -> None:
+        if io not in IO_MODES:
+            raise ValueError(f"journal io {io!r}: one of {', '.join(IO_MODES)}")
         self.dir = d
+        self.io = io
+        self.io_used = "thread"  # what group commits go through: "io_uring" once its ring is up
+        self._ring: uring.Ring | None = None
+        self._ring_loop: asyncio.AbstractEventLoop | None = None
+        self._ring_failed = False  # the last group through the ring failed: the next goes through the thread
+        self._gen_paths: tuple[bytes, bytes] = (b"", b"")
         self.gen = generation  # this CP's generation: its segments carry it, a newer one stops it
         self.gens = Generations(d)
         self.first_seg = 0  # this generation's first segment (the takeover snapshot)
@@ -87,8 +106,9 @@ class Journal:
         self._urgent = False  # something pending that a caller waits on (not only lazy records)
         self._lazy_timer: asyncio.TimerHandle | None = None
         self._exec = Worker("hsb-journal")
-        self._fds: dict[int, int] = {}  # writer thread only
-        self._offset: dict[int, int] = {}  # writer thread only: durable end of each open segment
+        # the writer thread's, or the ring's for a chain: one group is out at a time
+        self._fds: dict[int, int] = {}
+        self._offset: dict[int, int] = {}  # durable end of each open segment
         self._deletions: list[int] = []
         self.state = "ok"  # ok | stalled | failing
         self.error: str | None = None
@@ -124,7 +144,33 @@ class Journal:
             except FileNotFoundError:
                 pass
         self.gens.prune(self.gen)
+        self._start_ring()
         return first
+
+    def _start_ring(self) -> None:
+        """Group commits through io_uring from now on, if the kernel runs it (`io`: "auto",
+        "io_uring"); else through the writer thread."""
+        if self.io == "thread" or self._ring is not None:
+            return
+        why = uring.available()
+        ring = None
+        if why is None:
+            try:
+                ring = uring.Ring()
+            except OSError as exc:
+                why = f"io_uring_setup failed: {exc.strerror}"
+        if ring is None:
+            if self.io == "io_uring":
+                raise JournalIOUnavailable(
+                    f'[cp] journal_io = "io_uring" but this kernel does not run it ({why}); set journal_io = "auto" or "thread"'
+                )
+            log.info("journal_io", io="thread", why=why)
+            return
+        self._ring = ring
+        self.io_used = "io_uring"
+        own, nxt = self.dir / gen_name(self.gen), self.dir / gen_name(self.gen + 1)
+        self._gen_paths = (os.fsencode(own), os.fsencode(nxt))
+        log.info("journal_io", io="io_uring")
 
     def append_sync(self, payload: list[Any]) -> None:
         """Queue a record without scheduling a flush (the caller writes the batch itself)."""
@@ -251,7 +297,75 @@ class Journal:
         self._batch_t0 = time.monotonic()
         if self._timer is None:  # one timer serves many groups (not one armed and cancelled each)
             self._timer = asyncio.get_running_loop().call_later(self.timeout, self._deadline)
+        if not deletions and self._through_ring(batch, callbacks):
+            return
         self._exec.call(lambda: self._write_and_delete(batch, deletions), lambda took, exc: self._written(took, exc, batch, callbacks, deletions))
+
+    def _through_ring(self, batch: list[tuple[int, bytes]], callbacks: list[Done]) -> bool:
+        """The group as one io_uring chain (write, fdatasync, then the generation check's two
+        statx), when it can go so: every record for one segment already open, no fault being
+        injected. False: the writer thread takes it (a new segment, deletions, a retry)."""
+        ring = self._ring
+        if ring is None or self._ring_failed:
+            return False
+        seg = batch[0][0]
+        if batch[-1][0] != seg or seg not in self._fds or faults.armed("cp.mid_journal_group"):
+            return False  # segment numbers only grow along a batch: first == last means one segment
+        injected = faults.storage_faults()
+        if injected is not None and not injected.quiet():
+            return False  # a test's hung mount or EIO: the thread's path is the one that injects it
+        loop = asyncio.get_running_loop()
+        if self._ring_loop is not loop:
+            if self._ring_loop is not None and not self._ring_loop.is_closed():
+                self._ring_loop.remove_reader(ring.efd)
+            loop.add_reader(ring.efd, ring.reap)
+            self._ring_loop = loop
+        data = b"".join([r for _, r in batch])
+        t0 = time.perf_counter()
+        try:
+            ring.write_sync_check(
+                self._fds[seg], data, self._offset[seg], self._gen_paths, lambda res: self._chained(res, t0, seg, len(data), batch, callbacks)
+            )
+        except OSError as exc:
+            log.error("journal_io_uring_failed", error=str(exc), msg="group commits go through the writer thread from now on")
+            self._drop_ring()
+            return False
+        return True
+
+    def _chained(self, res: list[int], t0: float, seg: int, size: int, batch: list[tuple[int, bytes]], callbacks: list[Done]) -> None:
+        """A group's io_uring chain completed: [bytes written, fdatasync, statx own, statx next]."""
+        took = time.perf_counter() - t0
+        if self._stopping:  # a blocking close() reaped it: nothing more is reported
+            self._inflight = None
+            return
+        wrote, synced, own, nxt = res
+        if wrote == size and synced == 0:
+            self._offset[seg] += size
+            if own == 0 and nxt == -errno.ENOENT:  # still ours: the group is durable, its acks may go
+                faults.point("cp.after_journal_write")
+                self._written(took, None, batch, callbacks, [])
+                return
+            # the next generation's file is there, or a statx failed: the full check (on the
+            # thread) names the newer CP, or raises the storage's error
+            self._exec.call(lambda: self.gens.check(self.gen), lambda _, exc: self._written(took, exc, batch, callbacks, []))
+            return
+        # a short write (a full disk), the storage's error or the ring's own: the writer thread
+        # does the group again in place, and reports the storage's error as it always has
+        err = next((-r for r in res if r < 0 and r != -errno.ECANCELED), 0)
+        if err in RING_ERRORS:  # io_uring's trouble, not the storage's: if the thread succeeds,
+            self._ring_failed = True  # the ring is dropped
+            log.warning("journal_io_uring_error", error=os.strerror(err), msg="the group is written again through the writer thread")
+        self._exec.call(lambda: self._write_and_delete(batch, []), lambda took, exc: self._written(took, exc, batch, callbacks, []))
+
+    def _drop_ring(self) -> None:
+        ring, self._ring = self._ring, None
+        self.io_used = "thread"
+        if ring is None:
+            return
+        if self._ring_loop is not None and not self._ring_loop.is_closed():
+            self._ring_loop.remove_reader(ring.efd)
+        self._ring_loop = None
+        ring.close()
 
     def _write_and_delete(self, batch: list[tuple[int, bytes]], deletions: list[int]) -> float:
         took = self._write(batch)
@@ -332,6 +446,15 @@ class Journal:
             asyncio.get_running_loop().call_later(delay, self._retry_flush)
             return
         self._retry = 0
+        if self._ring_failed:
+            self._ring_failed = False
+            if self._ring is not None and not self._ring.busy:
+                log.warning(
+                    "journal_io_fallback",
+                    io="thread",
+                    msg="a group commit failed through io_uring and then succeeded through the writer thread: the thread from now on",
+                )
+                self._drop_ring()
         self.syncs += 1
         self.last_sync_s = took
         self.last_sync_at = time.time()
@@ -412,6 +535,7 @@ class Journal:
         return {
             "dir": str(self.dir),
             "durability": "fsync",
+            "io": self.io_used,
             "generation": self.gen,
             "state": self.state,
             "error": self.error,
@@ -439,13 +563,19 @@ class Journal:
         """Blocking, for callers whose event loop may wait (benchmarks, tests): up to `timeout`
         for a write still out, then the files are closed (not under a write still running)."""
         self._stopping = True
-        self._closed(self._exec.shutdown(wait=True, timeout=self.timeout))
+        idle = self._ring is None or self._ring.wait(self.timeout)
+        self._closed(self._exec.shutdown(wait=True, timeout=self.timeout) and idle)
 
     async def stop(self, timeout: float | None = None) -> None:
         """The CP's stop: as `close()`, but the event loop keeps running while a write still
         out (a hung mount) gets `timeout` (default: the journal's) to return."""
         self._stopping = True
-        self._closed(await self._exec.stop(self.timeout if timeout is None else timeout))
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while self._ring is not None and self._ring.busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)  # the chain out completes through the loop's reader
+        idle = self._ring is None or not self._ring.busy
+        self._closed(await self._exec.stop(max(0.0, deadline - time.monotonic())) and idle)
 
     def _closed(self, ended: bool) -> None:
         for h in (self._timer, self._lazy_timer):
@@ -453,85 +583,13 @@ class Journal:
                 h.cancel()
         self._timer = self._lazy_timer = None
         self._beat_exec.shutdown()
+        if self._ring is not None:
+            if self._ring.busy:
+                self._ring.abandon()  # its buffers are kept: the kernel may still read them
+            self._drop_ring()
         if not ended:  # a write hung in the storage: its descriptors stay open, the process exits anyway
             log.warning("journal_close_abandoned_write", dir=str(self.dir), msg=f"a journal write did not return within {self.timeout:g} s")
             return
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
-
-
-class NullJournal(Journal):
-    """`durability = "none"`: nothing is written; every record is "durable" at once (memory-only,
-    for comparison in benchmarks)."""
-
-    durable = False
-
-    def __init__(self) -> None:  # noqa: D107 - no files
-        self.gen = 0  # no generation: nothing on disk to fence
-        self.first_seg = 0
-        self.seg = 1
-        self.live = {}
-        self.segments = deque([1])
-        self.state = "ok"
-        self.error = None
-        self.sync_counts = [0] * len(SYNC_BUCKETS)
-        self.sync_sum = 0.0
-        self.stalls = 0
-        self.syncs = 0
-
-    def open(self, first: int, snapshot: list[list[Any]], garbage: list[Path]) -> int:
-        return 1
-
-    def heartbeat(self) -> None:
-        pass
-
-    async def drain(self, timeout: float = 2.0) -> bool:
-        return True
-
-    def append(self, payload: list[Any], done: Done | None = None, lazy: bool = False) -> int:
-        if done is not None:
-            done()
-        return 1
-
-    def pin(self, seg: int) -> None:
-        pass
-
-    def unpin(self, seg: int) -> None:
-        pass
-
-    def maybe_rotate_idle(self) -> None:
-        pass
-
-    def oldest_to_clean(self) -> int | None:
-        return None
-
-    @property
-    def pending(self) -> int:
-        return 0
-
-    def size(self) -> int:
-        return 0
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "dir": None,
-            "durability": "none",
-            "generation": 0,
-            "state": "ok",
-            "error": None,
-            "segments": 0,
-            "size_bytes": 0,
-            "records_live": 0,
-            "pending_records": 0,
-            "last_sync_at": None,
-            "last_sync_ms": None,
-            "syncs": 0,
-            "stalls": 0,
-        }
-
-    def close(self) -> None:
-        pass
-
-    async def stop(self, timeout: float | None = None) -> None:
-        pass

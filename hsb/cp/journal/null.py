@@ -1,0 +1,87 @@
+"""`durability = "none"`: a journal that writes nothing (memory-only, for benchmark comparison;
+the config check warns about it)."""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from hsb.cp.journal.store import SYNC_BUCKETS, Done, Journal
+
+
+class NullJournal(Journal):
+    """`durability = "none"`: nothing is written; every record is "durable" at once (memory-only,
+    for comparison in benchmarks)."""
+
+    durable = False
+
+    def __init__(self) -> None:  # noqa: D107 - no files
+        self.gen = 0  # no generation: nothing on disk to fence
+        self.first_seg = 0
+        self.seg = 1
+        self.live = {}
+        self.segments = deque([1])
+        self.state = "ok"
+        self.error = None
+        self.sync_counts = [0] * len(SYNC_BUCKETS)
+        self.sync_sum = 0.0
+        self.stalls = 0
+        self.syncs = 0
+
+    def open(self, first: int, snapshot: list[list[Any]], garbage: list[Path]) -> int:
+        return 1
+
+    def heartbeat(self) -> None:
+        pass
+
+    async def drain(self, timeout: float = 2.0) -> bool:
+        return True
+
+    def append(self, payload: list[Any], done: Done | None = None, lazy: bool = False) -> int:
+        if done is not None:
+            done()
+        return 1
+
+    def pin(self, seg: int) -> None:
+        pass
+
+    def unpin(self, seg: int) -> None:
+        pass
+
+    def maybe_rotate_idle(self) -> None:
+        pass
+
+    def oldest_to_clean(self) -> int | None:
+        return None
+
+    @property
+    def pending(self) -> int:
+        return 0
+
+    def size(self) -> int:
+        return 0
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "dir": None,
+            "durability": "none",
+            "io": None,
+            "generation": 0,
+            "state": "ok",
+            "error": None,
+            "segments": 0,
+            "size_bytes": 0,
+            "records_live": 0,
+            "pending_records": 0,
+            "last_sync_at": None,
+            "last_sync_ms": None,
+            "syncs": 0,
+            "stalls": 0,
+        }
+
+    def close(self) -> None:
+        pass
+
+    async def stop(self, timeout: float | None = None) -> None:
+        pass

@@ -1,0 +1,303 @@
+"""A small io_uring for the CP journal's group commit: a write, its `fdatasync` and two `statx`
+run by the kernel as one linked chain, their completions signalled on an eventfd the event
+loop watches. No thread of ours takes part, so a group commit costs neither a thread's wake-up
+nor the GIL's hand-off back (docs/cp-journal.md, "How a group commit is written").
+
+Three system calls (io_uring_setup, io_uring_enter, io_uring_register: 425-427 on every Linux
+architecture) over shared memory mapped with `mmap`, through ctypes. Not the PyPI `liburing`
+wrapper: it is alpha, needs Linux 6.14, and keeps raw pointers into Python buffers without
+holding them; this module needs Linux 5.6 (IORING_OP_WRITE, IORING_OP_STATX) and holds every
+buffer until the kernel is done with it.
+
+Memory order: the kernel reads the submission ring inside our io_uring_enter, on this thread,
+so plain stores suffice there; completions are read only after the eventfd has been read (a
+system call whose lock orders them after the kernel's writes), which holds on arm64 as on x86.
+
+The kernel never blocks the caller here: a write that would block (a hung NFS mount) and every
+fdatasync and statx go to the kernel's own io-wq workers, and the chain stays out as long as
+the storage does; the journal's deadline reports that, as for the thread it replaces.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import select
+import time
+from collections.abc import Callable, Sequence
+
+OP_FSYNC = 3
+OP_STATX = 21
+OP_WRITE = 23
+SQE_IO_LINK = 1 << 2  # the next entry starts only once this one succeeded (else: -ECANCELED)
+FSYNC_DATASYNC = 1
+FEAT_SINGLE_MMAP = 1
+OFF_SQ_RING = 0
+OFF_CQ_RING = 0x8000000
+OFF_SQES = 0x10000000
+REGISTER_EVENTFD = 4
+AT_FDCWD = -100
+STATX_TYPE = 1
+STATX_BUF = 256  # sizeof(struct statx)
+NR_SETUP, NR_ENTER, NR_REGISTER = 425, 426, 427
+
+Done = Callable[[list[int]], None]
+
+
+class _SqOff(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint32) for n in ("head", "tail", "ring_mask", "ring_entries", "flags", "dropped", "array", "resv1")] + [
+        ("user_addr", ctypes.c_uint64)
+    ]
+
+
+class _CqOff(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint32) for n in ("head", "tail", "ring_mask", "ring_entries", "overflow", "cqes", "flags", "resv1")] + [
+        ("user_addr", ctypes.c_uint64)
+    ]
+
+
+class _Params(ctypes.Structure):
+    _fields_ = [
+        ("sq_entries", ctypes.c_uint32),
+        ("cq_entries", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("sq_thread_cpu", ctypes.c_uint32),
+        ("sq_thread_idle", ctypes.c_uint32),
+        ("features", ctypes.c_uint32),
+        ("wq_fd", ctypes.c_uint32),
+        ("resv", ctypes.c_uint32 * 3),
+        ("sq_off", _SqOff),
+        ("cq_off", _CqOff),
+    ]
+
+
+class _Sqe(ctypes.Structure):
+    _fields_ = [
+        ("opcode", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+        ("ioprio", ctypes.c_uint16),
+        ("fd", ctypes.c_int32),
+        ("off", ctypes.c_uint64),  # the file offset; statx: the buffer
+        ("addr", ctypes.c_uint64),  # the data; statx: the path
+        ("len", ctypes.c_uint32),  # statx: the mask
+        ("op_flags", ctypes.c_uint32),  # fsync_flags, statx_flags
+        ("user_data", ctypes.c_uint64),
+        ("buf_index", ctypes.c_uint16),
+        ("personality", ctypes.c_uint16),
+        ("splice_fd_in", ctypes.c_int32),
+        ("addr3", ctypes.c_uint64),
+        ("pad", ctypes.c_uint64),
+    ]
+
+
+class _Cqe(ctypes.Structure):
+    _fields_ = [("user_data", ctypes.c_uint64), ("res", ctypes.c_int32), ("flags", ctypes.c_uint32)]
+
+
+assert ctypes.sizeof(_Params) == 120 and ctypes.sizeof(_Sqe) == 64 and ctypes.sizeof(_Cqe) == 16
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+_abandoned: list[object] = []  # buffers of a chain still out when its ring was given up: never freed
+
+
+def _check(r: int, what: str) -> int:
+    if r < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+    return r
+
+
+class Ring:
+    """One io_uring with room for one chain at a time (the journal has one group out at most)."""
+
+    def __init__(self, entries: int = 8) -> None:
+        p = _Params()
+        self.fd = _check(_syscall(ctypes.c_long(NR_SETUP), ctypes.c_uint(entries), ctypes.byref(p)), "io_uring_setup")
+        self._views: list[object] = []
+        self._maps: list[mmap.mmap] = []
+        try:
+            self._map(p)
+            self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            reg = ctypes.c_int32(self.efd)
+            _check(
+                _syscall(ctypes.c_long(NR_REGISTER), ctypes.c_uint(self.fd), ctypes.c_uint(REGISTER_EVENTFD), ctypes.byref(reg), ctypes.c_uint(1)),
+                "io_uring_register",
+            )
+        except BaseException:
+            self._unmap()
+            os.close(self.fd)
+            raise
+        self.out: dict[int, int] = {}  # user_data -> result, for the chain out
+        self._want = 0
+        self._keep: object = None  # the chain's buffers, until every entry has completed
+        self._done: Done | None = None
+        self._serial = 0
+
+    def _map(self, p: _Params) -> None:
+        sq_size = p.sq_off.array + p.sq_entries * 4
+        cq_size = p.cq_off.cqes + p.cq_entries * ctypes.sizeof(_Cqe)
+        prot = mmap.PROT_READ | mmap.PROT_WRITE
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        if p.features & FEAT_SINGLE_MMAP:
+            sq = cq = mmap.mmap(self.fd, max(sq_size, cq_size), flags=flags, prot=prot, offset=OFF_SQ_RING)
+            self._maps.append(sq)
+        else:
+            sq = mmap.mmap(self.fd, sq_size, flags=flags, prot=prot, offset=OFF_SQ_RING)
+            self._maps.append(sq)
+            cq = mmap.mmap(self.fd, cq_size, flags=flags, prot=prot, offset=OFF_CQ_RING)
+            self._maps.append(cq)
+        sqes = mmap.mmap(self.fd, p.sq_entries * ctypes.sizeof(_Sqe), flags=flags, prot=prot, offset=OFF_SQES)
+        self._maps.append(sqes)
+        self.sq_entries = p.sq_entries
+        self.sq_tail = ctypes.c_uint32.from_buffer(sq, p.sq_off.tail)
+        self.sq_mask = ctypes.c_uint32.from_buffer(sq, p.sq_off.ring_mask).value
+        array = (ctypes.c_uint32 * p.sq_entries).from_buffer(sq, p.sq_off.array)
+        for i in range(p.sq_entries):
+            array[i] = i  # slot i of the ring is always entry i
+        self.sqes = (_Sqe * p.sq_entries).from_buffer(sqes)
+        self.cq_head = ctypes.c_uint32.from_buffer(cq, p.cq_off.head)
+        self.cq_tail = ctypes.c_uint32.from_buffer(cq, p.cq_off.tail)
+        self.cq_mask = ctypes.c_uint32.from_buffer(cq, p.cq_off.ring_mask).value
+        self.cqes = (_Cqe * p.cq_entries).from_buffer(cq, p.cq_off.cqes)
+        self._views = [self.sq_tail, array, self.sqes, self.cq_head, self.cq_tail, self.cqes]
+
+    def _unmap(self) -> None:
+        self._views.clear()
+        for name in ("sq_tail", "sqes", "cq_head", "cq_tail", "cqes"):
+            self.__dict__.pop(name, None)
+        for m in self._maps:
+            try:
+                m.close()
+            except BufferError:  # a view still exported: the mapping goes with the process
+                pass
+        self._maps.clear()
+
+    @property
+    def busy(self) -> bool:
+        return self._done is not None
+
+    def write_sync_check(self, fd: int, data: bytes, offset: int, paths: Sequence[bytes], done: Done) -> None:
+        """Submit, as one chain: `data` written at `offset` of `fd`, `fdatasync(fd)`, then a
+        `statx` of each of `paths`. `done(results)` once every entry has completed, the
+        results in that order: bytes written, 0, then 0 or -errno per path. An entry after
+        one that failed (or wrote short) completes with -ECANCELED."""
+        if self._done is not None:
+            raise RuntimeError("a chain is still out")
+        bufs = [ctypes.create_string_buffer(STATX_BUF) for _ in paths]
+        self._serial += 1
+        base = self._serial << 8
+        tail = self.sq_tail.value
+        n = 2 + len(paths)
+        if n > self.sq_entries:
+            raise ValueError("chain longer than the ring")
+        entries = []
+        for k in range(n):
+            sqe = self.sqes[(tail + k) & self.sq_mask]
+            ctypes.memset(ctypes.addressof(sqe), 0, ctypes.sizeof(_Sqe))
+            sqe.user_data = base | k
+            sqe.flags = SQE_IO_LINK if k < n - 1 else 0
+            entries.append(sqe)
+        w = entries[0]
+        w.opcode, w.fd, w.off, w.len = OP_WRITE, fd, offset, len(data)
+        w.addr = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
+        s = entries[1]
+        s.opcode, s.fd, s.op_flags = OP_FSYNC, fd, FSYNC_DATASYNC
+        for k, (path, buf) in enumerate(zip(paths, bufs, strict=True)):
+            st = entries[2 + k]
+            st.opcode, st.fd, st.len = OP_STATX, AT_FDCWD, STATX_TYPE
+            st.addr = ctypes.cast(ctypes.c_char_p(path), ctypes.c_void_p).value or 0
+            st.off = ctypes.addressof(buf)
+        self._keep = (data, tuple(paths), bufs)
+        self.out = {}
+        self._want = n
+        self._base = base
+        self._done = done
+        self.sq_tail.value = (tail + n) & 0xFFFFFFFF
+        r = _syscall(ctypes.c_long(NR_ENTER), ctypes.c_uint(self.fd), ctypes.c_uint(n), ctypes.c_uint(0), ctypes.c_uint(0), None, ctypes.c_size_t(0))
+        if r != n:  # entries left in the ring would go with the next chain: this ring is done for
+            e = ctypes.get_errno() if r < 0 else errno.EIO
+            self._done = None
+            self.abandon()
+            raise OSError(e, f"io_uring_enter took {r} of {n} entries")
+
+    def reap(self) -> None:
+        """The eventfd is readable (or the caller wants to look): collect completions; the
+        chain's `done` runs once all of it is in."""
+        try:
+            os.eventfd_read(self.efd)
+        except BlockingIOError:
+            pass
+        head = self.cq_head.value
+        tail = self.cq_tail.value
+        mask = self.cq_mask
+        while head != tail:
+            c = self.cqes[head & mask]
+            if c.user_data >> 8 == self._serial:
+                self.out[c.user_data & 0xFF] = c.res
+            head = (head + 1) & 0xFFFFFFFF
+        self.cq_head.value = head
+        done = self._done
+        if done is not None and len(self.out) >= self._want:
+            self._done = None
+            self._keep = None
+            done([self.out[k] for k in range(self._want)])
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to `timeout` for the chain out (for a blocking close); True once none is out."""
+        deadline = time.monotonic() + timeout
+        while self._done is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            r, _, _ = select.select([self.efd], [], [], left)
+            if r:
+                self.reap()
+        return self._done is None
+
+    def abandon(self) -> None:
+        """Give the ring up with a chain perhaps still out (a hung mount at exit): its buffers
+        are kept for the process's life, since the kernel may still read them."""
+        if self._keep is not None:
+            _abandoned.append(self._keep)
+        self._keep = None
+        self._done = None
+
+    def close(self) -> None:
+        """Only once no chain is out (else `abandon()` first)."""
+        if self._done is not None:
+            self.abandon()
+        self._unmap()
+        for fd in (self.efd, self.fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def available() -> str | None:
+    """None if this kernel runs the journal's chain (setup, a write, a sync and a statx, on a
+    scratch file); else why not, in a few words (a seccomp filter, an old kernel)."""
+    import tempfile
+
+    try:
+        ring = Ring()
+    except OSError as exc:
+        return f"io_uring_setup failed: {exc.strerror}"
+    try:
+        with tempfile.TemporaryFile() as f:
+            got: list[list[int]] = []
+            ring.write_sync_check(f.fileno(), b"x", 0, [os.fsencode(os.curdir), b"/nonexistent/hsb-probe"], got.append)
+            if not ring.wait(2.0):
+                return "io_uring chain did not complete in 2 s"
+            res = got[0]
+            if res[:3] != [1, 0, 0] or res[3] != -errno.ENOENT:
+                return f"io_uring chain gave unexpected results {res}"
+        return None
+    except OSError as exc:
+        return f"io_uring: {exc}"
+    finally:
+        ring.close()

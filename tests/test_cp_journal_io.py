@@ -1,0 +1,207 @@
+"""The CP journal's group commit through io_uring (`journal_io`), in-process on real files: a
+group goes as one chain with no call to the writer thread, a newer generation still stops
+every acknowledgement, a chain hung in the kernel is reported stalled while the loop runs on,
+and a chain the ring cannot run is written again by the thread, with nothing lost."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from hsb import uring
+from hsb.cp.journal.format import scan
+from hsb.cp.journal.generation import Generations, gen_name
+from hsb.cp.journal.store import Journal, JournalIOUnavailable
+
+WHY = uring.available()
+needs_ring = pytest.mark.skipif(WHY is not None, reason=f"this kernel does not run io_uring: {WHY}")
+
+
+def open_journal(d: Path, io: str = "auto", timeout: float = 2.0) -> Journal:
+    gen = Generations(d).take()
+    j = Journal(d, generation=gen, io=io, timeout=timeout)
+    j.open(1, [], [])
+    return j
+
+
+def records(d: Path) -> list[Any]:
+    out: list[Any] = []
+    for f in sorted(d.glob("seg-*.hsbj")):
+        recs, _end, torn = scan(f.read_bytes(), str(f))
+        assert torn is None
+        out += recs
+    return out
+
+
+async def durable(j: Journal, payload: list[Any]) -> None:
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    j.append(payload, lambda: fut.set_result(None))
+    await asyncio.wait_for(fut, 5.0)
+
+
+def count_thread_calls(j: Journal, monkeypatch: Any) -> list[int]:
+    calls = [0]
+    real = j._exec.call
+
+    def call(fn: Any, done: Any) -> None:
+        calls[0] += 1
+        real(fn, done)
+
+    monkeypatch.setattr(j._exec, "call", call)
+    return calls
+
+
+@needs_ring
+async def test_groups_go_through_the_ring_without_the_writer_thread(tmp_path: Path, monkeypatch: Any) -> None:
+    j = open_journal(tmp_path)
+    try:
+        assert j.io_used == "io_uring" and j.status()["io"] == "io_uring"
+        calls = count_thread_calls(j, monkeypatch)
+        for i in range(1, 51):
+            await durable(j, ["a", "T1", i, f"m{i}"])
+        assert calls[0] == 0, f"{calls[0]} group commits went to the writer thread"
+        assert j.syncs >= 50 and j.state == "ok"
+        assert [r for r in records(tmp_path) if r[0] == "a"] == [["a", "T1", i, f"m{i}"] for i in range(1, 51)]
+    finally:
+        j.close()
+
+
+async def test_journal_io_thread_keeps_the_writer_thread(tmp_path: Path, monkeypatch: Any) -> None:
+    j = open_journal(tmp_path, io="thread")
+    try:
+        assert j.io_used == "thread" and j.status()["io"] == "thread"
+        calls = count_thread_calls(j, monkeypatch)
+        for i in range(1, 6):
+            await durable(j, ["a", "T1", i, "x"])
+        assert calls[0] >= 5
+        assert [r for r in records(tmp_path) if r[0] == "a"] == [["a", "T1", i, "x"] for i in range(1, 6)]
+    finally:
+        j.close()
+
+
+async def test_journal_io_uring_refuses_to_start_where_the_kernel_cannot(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr(uring, "available", lambda: "io_uring_setup failed: Operation not permitted")
+    with structlog.testing.capture_logs() as logs:
+        j = open_journal(tmp_path / "auto")  # auto: the thread, said once in the log
+    j.close()
+    assert j.io_used == "thread"
+    assert [e for e in logs if e["event"] == "journal_io"][0]["io"] == "thread"
+    gen = Generations(tmp_path / "strict").take()
+    j = Journal(tmp_path / "strict", generation=gen, io="io_uring")
+    with pytest.raises(JournalIOUnavailable, match='journal_io = "auto" or "thread"'):
+        j.open(1, [], [])
+    j.close()
+
+
+@needs_ring
+async def test_a_newer_generation_stops_acknowledgements_through_the_ring(tmp_path: Path) -> None:
+    j = open_journal(tmp_path)
+    stopped: list[Any] = []
+    j.on_superseded = stopped.append
+    try:
+        await durable(j, ["a", "T1", 1, "x"])
+        (tmp_path / gen_name(j.gen + 1)).touch()  # another CP took the journal over
+        done: list[int] = []
+        j.append(["a", "T1", 2, "x"], lambda: done.append(2))
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        while not stopped:
+            assert loop.time() - t0 < 5.0, "the superseded CP was never stopped"
+            await asyncio.sleep(0.005)
+        assert stopped[0].newer == j.gen + 1
+        assert not done, "a group written after the takeover was acknowledged"
+        j.append(["a", "T1", 3, "x"], lambda: done.append(3))
+        await asyncio.sleep(0.05)
+        assert not done
+    finally:
+        j.close()
+
+
+@needs_ring
+async def test_a_hung_chain_is_reported_stalled_and_its_group_lands_once_storage_answers(tmp_path: Path, monkeypatch: Any) -> None:
+    """The segment's descriptor swapped for a full pipe: the chain's write waits in the kernel as
+    on a hung mount. The loop runs on, the journal says `stalled`, nothing is acknowledged; once
+    the pipe is read the chain ends (fdatasync of a pipe: EINVAL, an error of the ring's kind),
+    the writer thread writes the group again into the real segment and the ring is dropped."""
+    from tests.support.ticker import Ticker
+
+    j = open_journal(tmp_path, timeout=0.5)
+    loop = asyncio.get_running_loop()
+    r, w = os.pipe()
+    try:
+        await durable(j, ["a", "T1", 1, "x"])
+        seg = j.seg
+        real = j._fds[seg]
+        os.set_blocking(w, False)
+        while True:
+            try:
+                os.write(w, b"x" * 65536)
+            except BlockingIOError:
+                break
+        j._fds[seg] = w
+        done: list[int] = []
+        j.append(["a", "T1", 2, "held"], lambda: done.append(2))
+        async with Ticker() as turns:
+            t0 = loop.time()
+            while j.state != "stalled":
+                assert loop.time() - t0 < 5.0, "a hung chain was never reported"
+                await asyncio.sleep(0.01)
+            assert turns.ticks >= 50, "the loop was blocked by the hung chain"
+        assert not done and j.status()["pending_records"] >= 1
+        j._fds[seg] = real  # the storage answers: the redo goes to the real segment
+        os.set_blocking(r, False)
+        with structlog.testing.capture_logs() as logs:
+            while not done:
+                try:
+                    os.read(r, 1 << 20)
+                except BlockingIOError:
+                    pass
+                assert loop.time() - t0 < 10.0, "the group was never acknowledged"
+                await asyncio.sleep(0.01)
+        assert j.state == "ok"
+        events = [e["event"] for e in logs]
+        assert "journal_io_uring_error" in events and "journal_io_fallback" in events, events
+        assert j.io_used == "thread"
+        assert [x for x in records(tmp_path) if x[0] == "a"] == [["a", "T1", 1, "x"], ["a", "T1", 2, "held"]]
+        await durable(j, ["a", "T1", 3, "after"])  # and the journal carries on
+        assert ["a", "T1", 3, "after"] in records(tmp_path)
+    finally:
+        j.close()
+        os.close(r)
+        os.close(w)
+
+
+@needs_ring
+async def test_a_storage_error_through_the_ring_is_redone_by_the_thread_and_keeps_the_ring(tmp_path: Path, monkeypatch: Any) -> None:
+    """EIO (the storage's, not the ring's): the thread writes the group again and reports its
+    own outcome; the ring stays in use for the groups after."""
+    j = open_journal(tmp_path)
+    try:
+        await durable(j, ["a", "T1", 1, "x"])
+        ring = j._ring
+        assert ring is not None
+        real = ring.write_sync_check
+        once = [True]
+
+        def eio(fd: int, data: bytes, off: int, paths: Any, done: Any) -> None:
+            if once[0]:
+                once[0] = False
+                asyncio.get_running_loop().call_soon(done, [-errno.EIO, -errno.ECANCELED, -errno.ECANCELED, -errno.ECANCELED])
+                return
+            real(fd, data, off, paths, done)
+
+        monkeypatch.setattr(ring, "write_sync_check", eio)
+        calls = count_thread_calls(j, monkeypatch)
+        await durable(j, ["a", "T1", 2, "y"])
+        assert calls[0] == 1 and not once[0]
+        await durable(j, ["a", "T1", 3, "z"])
+        assert calls[0] == 1 and j.io_used == "io_uring"
+        assert [x for x in records(tmp_path) if x[0] == "a"] == [["a", "T1", i, v] for i, v in ((1, "x"), (2, "y"), (3, "z"))]
+    finally:
+        j.close()

@@ -1,0 +1,89 @@
+"""hsb.uring on real files: the journal's chain (write, fdatasync, statx of two paths) as the
+kernel runs it, and what a failing link does to the rest of the chain."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from hsb import uring
+
+WHY = uring.available()
+pytestmark = pytest.mark.skipif(WHY is not None, reason=f"this kernel does not run io_uring: {WHY}")
+
+
+def run(ring: uring.Ring, fd: int, data: bytes, off: int, paths: list[bytes]) -> list[int]:
+    got: list[list[int]] = []
+    ring.write_sync_check(fd, data, off, paths, got.append)
+    assert ring.wait(5.0), "the chain did not complete"
+    assert len(got) == 1
+    return got[0]
+
+
+def test_a_chain_writes_at_its_offset_syncs_and_reports_each_path(tmp_path: Path) -> None:
+    ring = uring.Ring()
+    f = tmp_path / "seg"
+    fd = os.open(f, os.O_WRONLY | os.O_CREAT, 0o600)
+    (tmp_path / "gen-1").touch()
+    try:
+        paths = [os.fsencode(tmp_path / "gen-1"), os.fsencode(tmp_path / "gen-2")]
+        assert run(ring, fd, b"hello ", 0, paths) == [6, 0, 0, -errno.ENOENT]
+        assert run(ring, fd, b"world", 6, paths) == [5, 0, 0, -errno.ENOENT]
+        (tmp_path / "gen-2").touch()  # a newer generation appears: the second statx finds it
+        assert run(ring, fd, b"!", 11, paths) == [1, 0, 0, 0]
+        assert f.read_bytes() == b"hello world!"
+        assert not ring.busy
+    finally:
+        os.close(fd)
+        ring.close()
+
+
+def test_a_failed_write_cancels_the_sync_and_the_checks_after_it(tmp_path: Path) -> None:
+    ring = uring.Ring()
+    fd = os.open(tmp_path / "seg", os.O_RDONLY | os.O_CREAT, 0o600)  # not open for writing
+    try:
+        res = run(ring, fd, b"data", 0, [os.fsencode(tmp_path), os.fsencode(tmp_path)])
+        assert res == [-errno.EBADF, -errno.ECANCELED, -errno.ECANCELED, -errno.ECANCELED]
+        # the ring carries on: the next chain is independent of the failed one
+        wfd = os.open(tmp_path / "seg", os.O_WRONLY)
+        try:
+            assert run(ring, wfd, b"ok", 0, [os.fsencode(tmp_path)]) == [2, 0, 0]
+        finally:
+            os.close(wfd)
+    finally:
+        os.close(fd)
+        ring.close()
+
+
+def test_one_chain_at_a_time(tmp_path: Path) -> None:
+    ring = uring.Ring()
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        while True:  # fill the pipe: a write to it now waits for a reader, as on a hung mount
+            try:
+                os.write(w, b"x" * 65536)
+            except BlockingIOError:
+                break
+        got: list[list[int]] = []
+        ring.write_sync_check(w, b"y", 0, [], got.append)
+        assert not ring.wait(0.2) and ring.busy and not got, "a write to a full pipe completed"
+        with pytest.raises(RuntimeError):
+            ring.write_sync_check(w, b"z", 0, [], got.append)
+        os.set_blocking(r, False)
+        while True:
+            try:
+                os.read(r, 1 << 20)
+            except BlockingIOError:
+                break
+            if ring.wait(0.01):
+                break
+        assert ring.wait(5.0), "the write never completed once the pipe was read"
+        assert got and got[0][0] == 1 and got[0][1] == -errno.EINVAL  # fdatasync of a pipe
+    finally:
+        ring.close()
+        os.close(r)
+        os.close(w)
