@@ -98,7 +98,7 @@ class _Cqe(ctypes.Structure):
 
 assert ctypes.sizeof(_Params) == 120 and ctypes.sizeof(_Sqe) == 64 and ctypes.sizeof(_Cqe) == 16
 
-_libc = ctypes.CDLL(None, use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # syscall(2) is variadic: every argument passed as a long
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 _abandoned: list[object] = []  # buffers of a chain still out when its ring was given up: never freed
@@ -116,7 +116,7 @@ class Ring:
 
     def __init__(self, entries: int = 8) -> None:
         p = _Params()
-        self.fd = _check(_syscall(ctypes.c_long(NR_SETUP), ctypes.c_uint(entries), ctypes.byref(p)), "io_uring_setup")
+        self.fd = _check(_syscall(ctypes.c_long(NR_SETUP), ctypes.c_long(entries), ctypes.byref(p)), "io_uring_setup")
         self._views: list[object] = []
         self._maps: list[mmap.mmap] = []
         try:
@@ -124,7 +124,7 @@ class Ring:
             self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             reg = ctypes.c_int32(self.efd)
             _check(
-                _syscall(ctypes.c_long(NR_REGISTER), ctypes.c_uint(self.fd), ctypes.c_uint(REGISTER_EVENTFD), ctypes.byref(reg), ctypes.c_uint(1)),
+                _syscall(ctypes.c_long(NR_REGISTER), ctypes.c_long(self.fd), ctypes.c_long(REGISTER_EVENTFD), ctypes.byref(reg), ctypes.c_long(1)),
                 "io_uring_register",
             )
         except BaseException:
@@ -217,7 +217,7 @@ class Ring:
         self._base = base
         self._done = done
         self.sq_tail.value = (tail + n) & 0xFFFFFFFF
-        r = _syscall(ctypes.c_long(NR_ENTER), ctypes.c_uint(self.fd), ctypes.c_uint(n), ctypes.c_uint(0), ctypes.c_uint(0), None, ctypes.c_size_t(0))
+        r = _syscall(ctypes.c_long(NR_ENTER), ctypes.c_long(self.fd), ctypes.c_long(n), ctypes.c_long(0), ctypes.c_long(0), None, ctypes.c_long(0))
         if r != n:  # entries left in the ring would go with the next chain: this ring is done for
             e = ctypes.get_errno() if r < 0 else errno.EIO
             self._done = None
