@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hsb.cp.journal.format import scan
 from hsb.cp.journal.generation import Generations
 from hsb.cp.journal.store import LAZY_S, Journal
+from tests.support.journal import durable, records
 
 
 def open_journal(d: Path) -> Journal:
@@ -19,21 +19,6 @@ def open_journal(d: Path) -> Journal:
     j = Journal(d, generation=gen)
     j.open(1, [], [])
     return j
-
-
-def records(d: Path) -> list[Any]:
-    out: list[Any] = []
-    for f in sorted(d.glob("seg-*.hsbj")):
-        recs, _end, torn = scan(f.read_bytes(), str(f))
-        assert torn is None
-        out += recs
-    return out
-
-
-async def durable(j: Journal, payload: list[Any], lazy: bool = False) -> None:
-    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    j.append(payload, lambda: fut.set_result(None), lazy=lazy)
-    await asyncio.wait_for(fut, 5.0)
 
 
 async def test_a_lazy_record_alone_is_written_soon_after(tmp_path: Path) -> None:

@@ -15,9 +15,9 @@ import pytest
 import structlog
 
 from hsb import uring
-from hsb.cp.journal.format import scan
 from hsb.cp.journal.generation import Generations, gen_name
 from hsb.cp.journal.store import Journal, JournalIOUnavailable
+from tests.support.journal import durable, records
 
 WHY = uring.available()
 needs_ring = pytest.mark.skipif(WHY is not None, reason=f"this kernel does not run io_uring: {WHY}")
@@ -28,21 +28,6 @@ def open_journal(d: Path, io: str = "auto", timeout: float = 2.0) -> Journal:
     j = Journal(d, generation=gen, io=io, timeout=timeout)
     j.open(1, [], [])
     return j
-
-
-def records(d: Path) -> list[Any]:
-    out: list[Any] = []
-    for f in sorted(d.glob("seg-*.hsbj")):
-        recs, _end, torn = scan(f.read_bytes(), str(f))
-        assert torn is None
-        out += recs
-    return out
-
-
-async def durable(j: Journal, payload: list[Any]) -> None:
-    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    j.append(payload, lambda: fut.set_result(None))
-    await asyncio.wait_for(fut, 5.0)
 
 
 def count_thread_calls(j: Journal, monkeypatch: Any) -> list[int]:

@@ -1,0 +1,28 @@
+"""Helpers for the CP journal's in-process tests: what its segment files hold, and appending a
+record and waiting until it is durable."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from hsb.cp.journal.format import scan
+from hsb.cp.journal.store import Journal
+
+
+def records(d: Path) -> list[Any]:
+    """Every record in the segments of journal directory `d`, oldest first (no torn tail)."""
+    out: list[Any] = []
+    for f in sorted(d.glob("seg-*.hsbj")):
+        recs, _end, torn = scan(f.read_bytes(), str(f))
+        assert torn is None
+        out += recs
+    return out
+
+
+async def durable(j: Journal, payload: list[Any], lazy: bool = False) -> None:
+    """Append `payload` and wait (5 s at most) until it is durable."""
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    j.append(payload, lambda: fut.set_result(None), lazy=lazy)
+    await asyncio.wait_for(fut, 5.0)
