@@ -10,8 +10,10 @@ holding them; this module needs Linux 5.6 (IORING_OP_WRITE, IORING_OP_STATX) and
 buffer until the kernel is done with it.
 
 Memory order: the kernel reads the submission ring inside our io_uring_enter, on this thread,
-so plain stores suffice there; completions are read only after the eventfd has been read (a
-system call whose lock orders them after the kernel's writes), which holds on arm64 as on x86.
+so plain stores suffice there. Completions are read with plain loads (the tail, then the
+entries): x86-64 keeps loads in order, but a weaker-ordered CPU (arm64) may not, and Python has
+no memory barrier to put between them, so `available()` says no on any other architecture and
+the journal keeps its writer thread there.
 
 The kernel never blocks the caller here: a write that would block (a hung NFS mount) and every
 fdatasync and statx go to the kernel's own io-wq workers, and the chain stays out as long as
@@ -22,8 +24,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import mmap
 import os
+import platform
 import select
 import time
 from collections.abc import Callable, Sequence
@@ -249,12 +253,13 @@ class Ring:
     def wait(self, timeout: float) -> bool:
         """Block up to `timeout` for the chain out (for a blocking close); True once none is out."""
         deadline = time.monotonic() + timeout
+        poller = select.poll()  # not select(): descriptors past 1,023 at 19,000 terminals
+        poller.register(self.efd, select.POLLIN)
         while self._done is not None:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            r, _, _ = select.select([self.efd], [], [], left)
-            if r:
+            if poller.poll(left * 1000):
                 self.reap()
         return self._done is None
 
@@ -278,10 +283,16 @@ class Ring:
                 pass
 
 
+@functools.cache
 def available() -> str | None:
     """None if this kernel runs the journal's chain (setup, a write, a sync and a statx, on a
-    scratch file); else why not, in a few words (a seccomp filter, an old kernel)."""
+    scratch file); else why not, in a few words (a seccomp filter, an old kernel, a CPU other
+    than x86-64). Probed once per process: hsbcpd asks at its start, before it takes the
+    journal over."""
     import tempfile
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return f"io_uring is used on x86-64 only (this CPU is {platform.machine()}: see hsb/uring.py)"
 
     try:
         ring = Ring()

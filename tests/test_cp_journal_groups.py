@@ -240,3 +240,46 @@ async def test_nothing_goes_to_the_writer_after_a_stop(tmp_path: Path) -> None:
         await asyncio.sleep(0.001)
     assert not done and j._inflight is None and j._timer is None and j.state == "ok"
     assert ["a", "T1", 2, "x"] not in records(tmp_path)
+
+
+async def test_a_new_segment_whose_name_failed_to_sync_is_synced_before_anything_in_it_is_acknowledged(tmp_path: Path, monkeypatch: Any) -> None:
+    """An idle rotation's group (only the new segment's checkpoint) fails at the directory fsync
+    (EIO). Its retry finds the file already open; the name must still be made durable before
+    anything written to that segment is acknowledged (through io_uring or the thread)."""
+    import errno
+
+    from hsb.cp.journal import store
+
+    gen = Generations(tmp_path).take()
+    j = Journal(tmp_path, generation=gen)
+    j.open(1, [], [])
+    real = store.fsync_dir
+    synced: list[str] = []
+
+    def flaky(path: Any) -> None:
+        if not synced:
+            synced.append("failed")
+            raise OSError(errno.EIO, "injected: directory fsync failed")
+        real(path)
+        synced.append("ok")
+
+    try:
+        for i in range(1, 1 + store.IDLE_ROTATE_BYTES // 100 + 10):  # settled (nothing pinned), past the idle size
+            j.append(["a", "T1", i, "x" * 100])
+        await j.drain()
+        monkeypatch.setattr(store, "fsync_dir", flaky)
+        first = j.seg
+        j.maybe_rotate_idle()
+        assert j.seg == first + 1, "the idle rotation did not start a segment"
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        while not (synced and j.state == "ok" and j.pending == 0):
+            assert loop.time() - t0 < 5.0, f"the rotation's group never landed: {synced} {j.state}"
+            await asyncio.sleep(0.005)
+        acked = loop.create_future()
+        j.append(["a", "T1", 0, "in the new segment"], lambda: acked.set_result(list(synced)))
+        seen = await asyncio.wait_for(acked, 5.0)
+        assert seen[:2] == ["failed", "ok"], f"acknowledged with the directory syncs {seen}: the new segment's name not durable"
+        assert ["a", "T1", 0, "in the new segment"] in records(tmp_path)
+    finally:
+        j.close()

@@ -87,6 +87,7 @@ async def test_journal_io_uring_refuses_to_start_where_the_kernel_cannot(tmp_pat
 @needs_ring
 async def test_a_newer_generation_stops_acknowledgements_through_the_ring(tmp_path: Path) -> None:
     j = open_journal(tmp_path)
+    assert j.io_used == "io_uring"
     stopped: list[Any] = []
     j.on_superseded = stopped.append
     try:
@@ -190,3 +191,27 @@ async def test_a_storage_error_through_the_ring_is_redone_by_the_thread_and_keep
         assert [x for x in records(tmp_path) if x[0] == "a"] == [["a", "T1", i, v] for i, v in ((1, "x"), (2, "y"), (3, "z"))]
     finally:
         j.close()
+
+
+def test_hsbcpd_refuses_journal_io_uring_before_it_takes_a_generation(tmp_path: Path) -> None:
+    """A real hsbcpd whose kernel "cannot" run io_uring (the probe replaced before its main runs):
+    `journal_io = "io_uring"` stops it at once with the fix named, exit 78 (systemd does not
+    restart it), and before it took the journal's next generation: a CP that cannot serve must
+    not fence the one that can (a waiting CP of a keepalived pair would otherwise stop the
+    serving one and then exit)."""
+    import subprocess
+    import sys
+
+    from tests.support.procs import cp_config
+
+    cfg = cp_config(tmp_path, terminals=2, journal_io="io_uring")
+    (tmp_path / "cp-journal").mkdir()
+    (tmp_path / "cp-journal" / gen_name(1)).write_text("the serving CP\n")
+    code = (
+        "import sys, hsb.uring as u; u.available = lambda: 'io_uring_setup failed: Operation not permitted'; "
+        "from hsb.cp.main import main; sys.argv = ['hsbcpd', '--config', sys.argv[1]]; main()"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 78, (r.returncode, r.stderr[-2000:])
+    assert 'journal_io = "io_uring" but this kernel does not run it' in r.stderr and 'set journal_io = "auto" or "thread"' in r.stderr
+    assert sorted(p.name for p in (tmp_path / "cp-journal").iterdir()) == [gen_name(1)], "a generation was taken"

@@ -41,6 +41,13 @@ def main(config_path: str, check_config: bool, log_level: str) -> None:
     async def run() -> int:
         from hsb.cp.journal import JournalDamaged, JournalIOUnavailable
 
+        if cfg.cp.durability == "fsync":
+            from hsb.cp.journal.store import check_io
+
+            try:
+                check_io(cfg.cp.journal_io)  # before any generation is taken
+            except JournalIOUnavailable as exc:
+                die(str(exc), EXIT_CONFIG)
         try:
             server = CPServer(cfg, secret, config_path)
         except OSError as exc:

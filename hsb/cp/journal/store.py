@@ -66,6 +66,16 @@ class JournalIOUnavailable(Exception):
     """`journal_io = "io_uring"` on a kernel (or under a seccomp filter) that does not run it."""
 
 
+def check_io(io: str) -> str | None:
+    """Why group commits cannot go through io_uring here (None: they can). Raises
+    JournalIOUnavailable for `io = "io_uring"`. hsbcpd asks at its start, before it takes a
+    generation: a CP that cannot serve must not fence the one that can."""
+    why = "journal_io = thread" if io == "thread" else uring.available()
+    if why is not None and io == "io_uring":
+        raise JournalIOUnavailable(f'[cp] journal_io = "io_uring" but this kernel does not run it ({why}); set journal_io = "auto" or "thread"')
+    return why
+
+
 class Journal:
     """Durable, ordered append for the CP (see the module docstring)."""
 
@@ -109,6 +119,8 @@ class Journal:
         # the writer thread's, or the ring's for a chain: one group is out at a time
         self._fds: dict[int, int] = {}
         self._offset: dict[int, int] = {}  # durable end of each open segment
+        self._name_pending: set[int] = set()  # segments created whose name is not yet durable (directory fsync)
+        self._chain_abandoned = False  # a chain hung at a stop: its descriptors are never closed
         self._deletions: list[int] = []
         self.state = "ok"  # ok | stalled | failing
         self.error: str | None = None
@@ -152,7 +164,7 @@ class Journal:
         "io_uring"); else through the writer thread."""
         if self.io == "thread" or self._ring is not None:
             return
-        why = uring.available()
+        why = check_io(self.io)
         ring = None
         if why is None:
             try:
@@ -162,7 +174,7 @@ class Journal:
         if ring is None:
             if self.io == "io_uring":
                 raise JournalIOUnavailable(
-                    f'[cp] journal_io = "io_uring" but this kernel does not run it ({why}); set journal_io = "auto" or "thread"'
+                    f'[cp] journal_io = "io_uring" but its ring could not be set up ({why}); set journal_io = "auto" or "thread"'
                 )
             log.info("journal_io", io="thread", why=why)
             return
@@ -309,7 +321,7 @@ class Journal:
         if ring is None or self._ring_failed:
             return False
         seg = batch[0][0]
-        if batch[-1][0] != seg or seg not in self._fds or faults.armed("cp.mid_journal_group"):
+        if batch[-1][0] != seg or seg not in self._fds or self._name_pending or faults.armed("cp.mid_journal_group"):
             return False  # segment numbers only grow along a batch: first == last means one segment
         injected = faults.storage_faults()
         if injected is not None and not injected.quiet():
@@ -389,7 +401,6 @@ class Journal:
         if injected is not None:
             injected.before("journal_write")
         touched: list[int] = []
-        created = False
         i = 0
         while i < len(batch):
             seg = batch[i][0]
@@ -404,7 +415,7 @@ class Journal:
                     os.close(self._fds.pop(old))
                 self._fds[seg] = os.open(self.dir / segment_name(seg, self.gen), os.O_WRONLY | os.O_CREAT, 0o600)
                 self._offset.setdefault(seg, os.fstat(self._fds[seg]).st_size)
-                created = True
+                self._name_pending.add(seg)
             data = b"".join(r for _, r in batch[i:j])
             if faults.armed("cp.mid_journal_group"):  # a crash mid-group: half the bytes reach the file
                 os.pwrite(self._fds[seg], data[: len(data) // 2], self._offset[seg])
@@ -421,8 +432,9 @@ class Journal:
         for seg in touched:
             if seg in self._fds:
                 os.fdatasync(self._fds[seg])
-        if created:
-            fsync_dir(self.dir)  # the new segment's name is durable too
+        if self._name_pending:  # the new segment's name is durable too (again, if a try failed after its open)
+            fsync_dir(self.dir)
+            self._name_pending.clear()
         for seg, rec in batch:  # durable: advance the offsets only now (a failed write is redone in place)
             self._offset[seg] = self._offset.get(seg, 0) + len(rec)
         faults.point("cp.after_journal_write")
@@ -431,6 +443,8 @@ class Journal:
     # ------------------------------------------------------------------ completion (event loop)
     def _written(self, took: float, exc: BaseException | None, batch: list[tuple[int, bytes]], callbacks: list[Done], deletions: list[int]) -> None:
         self._inflight = None
+        if self.superseded is not None:  # stopped meanwhile (the heartbeat's check): nothing more is acknowledged
+            return
         if isinstance(exc, Superseded):
             self._stop_superseded(exc)
             return
@@ -575,7 +589,8 @@ class Journal:
         while self._ring is not None and self._ring.busy and time.monotonic() < deadline:
             await asyncio.sleep(0.002)  # the chain out completes through the loop's reader
         idle = self._ring is None or not self._ring.busy
-        self._closed(await self._exec.stop(max(0.0, deadline - time.monotonic())) and idle)
+        # the thread is idle unless a group went to it: its own share, even if the ring took the rest
+        self._closed(await self._exec.stop(max(deadline - time.monotonic(), min(limit, 0.5))) and idle)
 
     def _closed(self, ended: bool) -> None:
         for h in (self._timer, self._lazy_timer):
@@ -586,8 +601,9 @@ class Journal:
         if self._ring is not None:
             if self._ring.busy:
                 self._ring.abandon()  # its buffers are kept: the kernel may still read them
+                self._chain_abandoned = True
             self._drop_ring()
-        if not ended:  # a write hung in the storage: its descriptors stay open, the process exits anyway
+        if not ended or self._chain_abandoned:  # a write hung in the storage: its descriptors stay open, the process exits anyway
             log.warning("journal_close_abandoned_write", dir=str(self.dir), msg=f"a journal write did not return within {self.timeout:g} s")
             return
         for fd in self._fds.values():
