@@ -121,7 +121,6 @@ class Ring:
     def __init__(self, entries: int = 8) -> None:
         p = _Params()
         self.fd = _check(_syscall(ctypes.c_long(NR_SETUP), ctypes.c_long(entries), ctypes.byref(p)), "io_uring_setup")
-        self._views: list[object] = []
         self._maps: list[mmap.mmap] = []
         try:
             self._map(p)
@@ -167,10 +166,8 @@ class Ring:
         self.cq_tail = ctypes.c_uint32.from_buffer(cq, p.cq_off.tail)
         self.cq_mask = ctypes.c_uint32.from_buffer(cq, p.cq_off.ring_mask).value
         self.cqes = (_Cqe * p.cq_entries).from_buffer(cq, p.cq_off.cqes)
-        self._views = [self.sq_tail, array, self.sqes, self.cq_head, self.cq_tail, self.cqes]
 
     def _unmap(self) -> None:
-        self._views.clear()
         for name in ("sq_tail", "sqes", "cq_head", "cq_tail", "cqes"):
             self.__dict__.pop(name, None)
         for m in self._maps:
@@ -218,7 +215,6 @@ class Ring:
         self._keep = (data, tuple(paths), bufs)
         self.out = {}
         self._want = n
-        self._base = base
         self._done = done
         self.sq_tail.value = (tail + n) & 0xFFFFFFFF
         r = _syscall(ctypes.c_long(NR_ENTER), ctypes.c_long(self.fd), ctypes.c_long(n), ctypes.c_long(0), ctypes.c_long(0), None, ctypes.c_long(0))

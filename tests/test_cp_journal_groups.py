@@ -11,14 +11,7 @@ from typing import Any
 
 from hsb.cp.journal.generation import Generations
 from hsb.cp.journal.store import LAZY_S, Journal
-from tests.support.journal import durable, records
-
-
-def open_journal(d: Path) -> Journal:
-    gen = Generations(d).take()
-    j = Journal(d, generation=gen)
-    j.open(1, [], [])
-    return j
+from tests.support.journal import durable, open_journal, records
 
 
 async def test_a_lazy_record_alone_is_written_soon_after(tmp_path: Path) -> None:

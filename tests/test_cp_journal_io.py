@@ -17,17 +17,10 @@ import structlog
 from hsb import uring
 from hsb.cp.journal.generation import Generations, gen_name
 from hsb.cp.journal.store import Journal, JournalIOUnavailable
-from tests.support.journal import durable, records
+from tests.support.journal import durable, open_journal, records
 
 WHY = uring.available()
 needs_ring = pytest.mark.skipif(WHY is not None, reason=f"this kernel does not run io_uring: {WHY}")
-
-
-def open_journal(d: Path, io: str = "auto", timeout: float = 2.0) -> Journal:
-    gen = Generations(d).take()
-    j = Journal(d, generation=gen, io=io, timeout=timeout)
-    j.open(1, [], [])
-    return j
 
 
 def count_thread_calls(j: Journal, monkeypatch: Any) -> list[int]:

@@ -1,5 +1,5 @@
-"""Helpers for the CP journal's in-process tests: what its segment files hold, and appending a
-record and waiting until it is durable."""
+"""Helpers for the CP journal's in-process tests: opening one, what its segment files hold, and
+appending a record and waiting until it is durable."""
 
 from __future__ import annotations
 
@@ -8,7 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from hsb.cp.journal.format import scan
+from hsb.cp.journal.generation import Generations
 from hsb.cp.journal.store import Journal
+
+
+def open_journal(d: Path, io: str = "auto", timeout: float = 2.0) -> Journal:
+    """A journal of a new generation in `d`, opened (its first segment written)."""
+    gen = Generations(d).take()
+    j = Journal(d, generation=gen, io=io, timeout=timeout)
+    j.open(1, [], [])
+    return j
 
 
 def records(d: Path) -> list[Any]:

@@ -7,8 +7,8 @@ a write is in progress, goes out in one write and one `fdatasync`: group commit.
 kernel runs it, a group goes as one io_uring chain (write, fdatasync, the generation check:
 hsb.uring), its completion an eventfd the loop watches; a new segment, deletions and any group
 whose chain did not end cleanly go through a writer thread (`journal_io`). A write that fails
-(a full disk, EIO) or takes longer than `timeout` (a hung mount) leaves its records pending: nothing waiting on them proceeds (no ack goes out for what is not
-durable); the journal reports itself `stalled` or `failing` and retries by itself, and carries
+(a full disk, EIO) or takes longer than `timeout` (a hung mount) leaves its records pending:
+nothing waiting on them proceeds (no ack goes out for what is not durable); the journal reports itself `stalled` or `failing` and retries by itself, and carries
 on once the storage answers again.
 
 Segments: `seg-GGGGGGGG-NNNNNNNN.hsbj` (G: this CP's generation, hsb.cp.journal.generation),
@@ -72,8 +72,12 @@ def check_io(io: str) -> str | None:
     generation: a CP that cannot serve must not fence the one that can."""
     why = "journal_io = thread" if io == "thread" else uring.available()
     if why is not None and io == "io_uring":
-        raise JournalIOUnavailable(f'[cp] journal_io = "io_uring" but this kernel does not run it ({why}); set journal_io = "auto" or "thread"')
+        raise _refused("this kernel does not run it", why)
     return why
+
+
+def _refused(what: str, why: str) -> JournalIOUnavailable:
+    return JournalIOUnavailable(f'[cp] journal_io = "io_uring" but {what} ({why}); set journal_io = "auto" or "thread"')
 
 
 class Journal:
@@ -165,20 +169,16 @@ class Journal:
         if self.io == "thread" or self._ring is not None:
             return
         why = check_io(self.io)
-        ring = None
         if why is None:
             try:
-                ring = uring.Ring()
+                self._ring = uring.Ring()
             except OSError as exc:
                 why = f"io_uring_setup failed: {exc.strerror}"
-        if ring is None:
-            if self.io == "io_uring":
-                raise JournalIOUnavailable(
-                    f'[cp] journal_io = "io_uring" but its ring could not be set up ({why}); set journal_io = "auto" or "thread"'
-                )
+                if self.io == "io_uring":
+                    raise _refused("its ring could not be set up", why) from exc
+        if self._ring is None:
             log.info("journal_io", io="thread", why=why)
             return
-        self._ring = ring
         self.io_used = "io_uring"
         own, nxt = self.dir / gen_name(self.gen), self.dir / gen_name(self.gen + 1)
         self._gen_paths = (os.fsencode(own), os.fsencode(nxt))
