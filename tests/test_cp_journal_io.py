@@ -77,6 +77,25 @@ async def test_journal_io_uring_refuses_to_start_where_the_kernel_cannot(tmp_pat
     j.close()
 
 
+async def test_a_ring_that_cannot_be_set_up_is_refused_or_falls_back(tmp_path: Path, monkeypatch: Any) -> None:
+    """The probe said yes but the journal's own ring cannot be set up (say, out of locked memory):
+    "io_uring" refuses with the reason, "auto" takes the writer thread."""
+
+    def no_ring(*_: Any) -> None:
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(uring, "available", lambda: None)
+    monkeypatch.setattr(uring, "Ring", no_ring)
+    j = open_journal(tmp_path / "auto")
+    j.close()
+    assert j.io_used == "thread"
+    gen = Generations(tmp_path / "strict").take()
+    j = Journal(tmp_path / "strict", generation=gen, io="io_uring")
+    with pytest.raises(JournalIOUnavailable, match="its ring could not be set up .io_uring_setup failed: Cannot allocate memory"):
+        j.open(1, [], [])
+    j.close()
+
+
 @needs_ring
 async def test_a_newer_generation_stops_acknowledgements_through_the_ring(tmp_path: Path) -> None:
     j = open_journal(tmp_path)

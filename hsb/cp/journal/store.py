@@ -166,9 +166,9 @@ class Journal:
     def _start_ring(self) -> None:
         """Group commits through io_uring from now on, if the kernel runs it (`io`: "auto",
         "io_uring"); else through the writer thread."""
-        if self.io == "thread" or self._ring is not None:
+        if self._ring is not None:
             return
-        why = check_io(self.io)
+        why = check_io(self.io)  # "thread" included: the log says which path group commits take
         if why is None:
             try:
                 self._ring = uring.Ring()
