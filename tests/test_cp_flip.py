@@ -83,3 +83,58 @@ async def test_a_planned_flip_keeps_the_demoted_actives_sessions_as_standby_ones
     for name in names[:20]:
         t = cp.terms[name]
         assert t.active is not None and t.active.host is b and t.standby is not None and t.standby.host is a, name
+
+
+@pytest.mark.parametrize("keeps", [False, True])
+async def test_the_few_terminals_holding_messages_are_flipped_first(tmp_path: Path, keeps: bool) -> None:
+    """A grant with three terminals of 64 holding messages, last in the table: their re-delivery
+    leaves in the first slice, and the pass that meets them again later leaves them switched
+    (not closed as if they had no standby session, not asked for a session)."""
+    cp = cp_core(tmp_path, 64, width=2, cp="flip_slice = 4\n")
+    a = fake_host(cp, "host-a", "active", keeps=keeps)
+    b = fake_host(cp, "host-b", "standby", batch=64 * 1024, record=True)
+    names = sorted(cp.terms)
+    for name in names:
+        fake_terminal(cp, name)
+        cp.host_open(a, name, "active", ATTRS)
+        cp.host_open(b, name, "standby", ATTRS)
+    holders = names[-3:]
+    for name in holders:
+        cp.terminal_msg(cp.terms[name], 1, name.encode())
+    assert list(cp.holding) == [cp.terms[n] for n in holders]
+    if keeps:
+        cp.host_release(a)
+        cp.host_handover(a, wait=False)
+    else:
+        a.connection_lost(None)
+        cp.host_switchover(b, "test", False, "failover")
+    assert cp.flipping is not None, "the first slice only"
+    b.flush()
+    items = [it for m in b.transport.frames() if m["t"] == "deliver_batch" for it in m["items"]]
+    assert [(n, i) for n, i, _, _ in items] == [(n, 1) for n in holders]
+    await _flipped(cp)
+    _agree(cp)
+    rec = cp.switchovers[-1]
+    assert rec["switched"] == 64 and rec["classic"] == 0 and rec["requested"] == 0, rec
+    for name in names:
+        t = cp.terms[name]
+        assert t.active is not None and t.active.host is b and not t.conn.closed, name
+        assert (t.standby is not None and t.standby.host is a) if keeps else t.standby is None, name
+    for name in holders:  # re-delivered once
+        assert cp.terms[name].held[1].delivered_epoch == cp.epoch
+    assert sum(1 for m in b.transport.frames() if m["t"] == "deliver_batch") == 1
+    # settled: the index follows
+    for name in holders:
+        cp.host_reply(b, name, 1, b"r")
+    await asyncio.sleep(0)
+    assert not cp.holding
+
+
+def test_messages_restored_from_the_journal_are_indexed_as_held(tmp_path: Path) -> None:
+    """After a restart the recovered held messages' terminals are in the CP's index of holders
+    (a flip reaches them first), those with replies only are not."""
+    from hsb.cp.journal.recovery import Recovered
+
+    cp = cp_core(tmp_path, 4, width=1)
+    cp.restore(Recovered(epoch=3, last_acked={"T2": 5, "T4": 1}, held={"T4": {1: (b"x", 1)}, "T2": {5: (b"y", 1)}}, replies={"T3": {2: (b"r", 1)}}))
+    assert set(cp.holding) == {cp.terms["T2"], cp.terms["T4"]}

@@ -62,6 +62,8 @@ class CP(TerminalSide, Adoption, JournalSide, StatusView):
         self.host_lease = cfg.cp.host_lease  # the active role's lease, told to the hosts
         self.counts = Counts()
         self.terms: dict[str, Term] = {n: Term(d, self.counts) for n, d in cfg.terminal_table.items()}
+        # terminals holding at least one message, oldest first: a flip reaches them first (hsb.cp.flip)
+        self.holding: dict[Term, None] = {}
         self.epoch = 0
         self.active: HostProtocol | None = None
         self.standby: HostProtocol | None = None
@@ -669,7 +671,7 @@ class CP(TerminalSide, Adoption, JournalSide, StatusView):
         a = self.after_switch
         if a is not None and a.rec is rec and a.counted(f.flight_terms):
             self.after_switch = None
-        self.notices.owe(f.owed, rec, t0, wait_for_reply=f.waiting > 0)
+        self.notices.owe(f.terms, rec, t0, wait_for_reply=f.waiting > 0)  # the switched ones have a notice set
 
     def _served_after_switch(self, term: Term, held: Held) -> None:
         a = self.after_switch

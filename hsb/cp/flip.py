@@ -12,8 +12,14 @@ sessions (a logon, a logoff, a host opening or closing a session, the active or 
 lost, another grant) first completes the flip (`CP.settle_flip`), which is then one pass, as
 a flip always was before slicing.
 
+When few terminals hold messages (those in flight at the grant, at most one terminal in
+FIRST_SHARE), the pass takes them first (`CP.holding`), so what was kept waiting by the switch
+goes to the new active in the first slice instead of when each terminal's turn in the table
+comes; the pass meets them again later and leaves them as they are.
+
 Re-delivery is batched: each slice's messages go to the new active in `deliver_batch`
-frames (`HostProtocol.deliver_all`), one encoding per thousand messages.
+frames joined from the items kept encoded since each message's first delivery
+(hsb.cp.deliver), so the switch does not encode 100,000 messages again.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hsb import faults
-from hsb.cp.state import Term
+from hsb.cp import deliver as dv
 from hsb.wire.framing import encode
 
 if TYPE_CHECKING:
@@ -34,6 +40,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("hsb.cp")
 
+FIRST_SHARE = 8  # terminals holding messages go first when at most 1 in this many holds any
 KEPT_PER_FRAME = 1024  # names in one standby_kept frame (a pass finished at once may name them all)
 
 
@@ -54,7 +61,6 @@ class Flip:
         "waiting",
         "flight_terms",
         "flight_msgs",
-        "owed",
         "switched_frame",
         "opened_frame",
         "handle",
@@ -73,13 +79,20 @@ class Flip:
         self.host = host
         self.epoch = cp.epoch
         self.t0 = t0  # the grant (monotonic): messages held from before it are in flight
-        self.terms = list(cp.terms.values())
+        terms = list(cp.terms.values())
+        holding = cp.holding
+        if holding and len(holding) * FIRST_SHARE <= len(terms):
+            # the few terminals holding messages (in flight at the grant) go first, so their
+            # re-delivery leaves in the first slice, not when their turn in the table comes;
+            # the pass then meets them again, already switched, and leaves them as they are
+            first = [t for t in holding if (sb := t._standby) is not None and sb.host is host and cp.terms.get(t.name) is t]
+            terms = first + terms
+        self.terms = terms
         self.i = 0
         self.slice_n = slice_n
         self.switched = self.classic = self.requested = 0
         self.waiting = 0  # switched terminals with messages in flight from before the grant
         self.flight_terms = self.flight_msgs = 0  # held at the grant: waiting + classic ones
-        self.owed: list[Term] = []  # terminals owed a switch notice (hsb.cp.notices)
         self.switched_frame = encode({"t": "switched", "epoch": self.epoch, "kind": kind})  # one encoding for all
         self.opened_frame = encode({"t": "session", "state": "open", "epoch": self.epoch})
         self.handle: asyncio.Handle | None = None
@@ -129,15 +142,17 @@ class Flip:
         t0 = self.t0
         cp = self.cp
         switched_frame, opened_frame = self.switched_frame, self.opened_frame
-        owed = self.owed
-        items: list[tuple[str, int, Any, bool]] = []  # (terminal, id, data, redelivered)
+        items: list[tuple[str, int, Any, bool]] = []  # (terminal, id, data, redelivered): a host of before
+        parts: list[bytes] | None = [] if host.deliver_batch_bytes else None  # encoded items and flags
         again_n = biggest = 0
+        TRUE, FALSE = dv.TRUE, dv.FALSE
         mid_switch = faults.armed("cp.mid_switch")
         mid_redelivery = faults.armed("cp.mid_redelivery")
         send_owed = cp._send_owed_notice
         counts = cp.counts
         i = self.i
         switched = waiting = flight_msgs = 0  # this slice's; added to the totals at its end
+        gone = opened = 0  # standby sessions taken, active sessions added: the CP's totals at the end
         keep = self.keep if self.keep is not None and not self.keep.closed and cp.standby is self.keep else None
         kept: list[str] = []
         try:
@@ -148,7 +163,7 @@ class Flip:
                 sb = term._standby
                 if sb is not None and sb.host is host:
                     term._standby = None
-                    counts.standby -= 1
+                    gone += 1
                     if term.conn is not None and not term.leaving:
                         # a session closed by a normal stop reopens; a live one is switched.
                         # The notice is owed, not written: it goes out ahead of the next frame
@@ -160,12 +175,11 @@ class Flip:
                         term.notice = switched_frame if was is not None else opened_frame
                         term._active = sb
                         if was is None:
-                            counts.active += 1
+                            opened += 1
                         elif keep is not None and was.host is keep:
                             term._standby = was  # the demoted active's session, now its standby session
-                            counts.standby += 1
+                            gone -= 1
                             kept.append(term.name)
-                        owed.append(term)
                         held_now = term.held
                         if held_now:
                             durable = term.durable_acked
@@ -180,30 +194,42 @@ class Flip:
                                     held.delivered_epoch = epoch
                                     held.redelivered = again
                                     again_n += again
-                                    data = held.data
-                                    if len(data) > biggest:
-                                        biggest = len(data)
-                                    items.append((term.name, held.id, data, again))
+                                    if parts is not None:  # the item as kept, else encoded now (hsb.cp.deliver)
+                                        w = held.wire
+                                        if w is None:
+                                            w = dv.item(term.name, held.id, held.data)
+                                            if len(held.data) <= dv.WIRE_MAX:
+                                                held.wire = w
+                                        if len(w) > biggest:
+                                            biggest = len(w)
+                                        parts.append(w)
+                                        parts.append(TRUE if again else FALSE)
+                                    else:
+                                        items.append((term.name, held.id, held.data, again))
                             if nf:
                                 term.flight = nf
                                 term.flight_epoch = epoch
                                 flight_msgs += nf
                                 waiting += 1
-                            if mid_redelivery and items:  # a crash part-way: what was collected goes first
-                                self._send(items, again_n, biggest)
+                            if mid_redelivery and (items or parts):  # a crash part-way: what was collected goes first
+                                self._send(items, parts, again_n, biggest)
                                 items, again_n = [], 0
+                                parts = [] if parts is not None else None
                                 faults.point("cp.mid_redelivery")
                         switched += 1
                         if mid_switch:
-                            self._send(items, again_n, biggest)  # as a pass that sent each as it went
+                            self._send(items, parts, again_n, biggest)  # as a pass that sent each as it went
                             items, again_n = [], 0
+                            parts = [] if parts is not None else None
                             faults.point("cp.mid_switch")
                         continue
                     term.active = None
                     host.send({"t": "session_closed", "terminal": term.name, "reason": "disconnect"})
                     continue
-                if term.conn is not None and term.active is not None:
+                was = term._active
+                if term.conn is not None and was is not None and was.host is not host:
                     # Classic path of [0002]: no standby session; the terminal reconnects.
+                    # (An active session with the new active: switched already, it went first.)
                     term.active = None
                     term.conn.close()
                     self.classic += 1
@@ -220,12 +246,14 @@ class Flip:
                     # kept for a terminal not back yet (hsb.cp.adopt): it went with the old active
                     term.active = None
         finally:  # what this slice did counts, and what it collected goes, even if it stopped early
+            counts.standby -= gone
+            counts.active += opened
             self.i = i
             self.switched += switched
             self.waiting += waiting
             self.flight_msgs += flight_msgs
-            if items:
-                self._send(items, again_n, biggest)
+            if items or parts:
+                self._send(items, parts, again_n, biggest)
             if keep is not None and (kept or i >= len(terms)):
                 self.kept += len(kept)
                 last = i >= len(terms)
@@ -239,8 +267,12 @@ class Flip:
         self.done(self)
         return True
 
-    def _send(self, items: list[tuple[str, int, Any, bool]], redelivered: int, biggest: int) -> None:
+    def _send(self, items: list[tuple[str, int, Any, bool]], parts: list[bytes] | None, redelivered: int, biggest: int) -> None:
         counters = self.cp.counters
+        n = len(parts) // 2 if parts is not None else len(items)
         counters["redelivered"] += redelivered
-        counters["delivered"] += len(items) - redelivered
-        self.host.deliver_all(items, biggest)
+        counters["delivered"] += n - redelivered
+        if parts is not None:
+            self.host.deliver_parts(parts, biggest)
+        else:
+            self.host.deliver_all(items)

@@ -7,20 +7,19 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from hsb.cp import deliver as dv
 from hsb.wire.authlink import AuthServerProtocol
 from hsb.wire.conn import require
 from hsb.wire.framing import ProtocolError, batch_bytes
 
 if TYPE_CHECKING:
     from hsb.cp.core import CP
-    from hsb.cp.state import Term
+    from hsb.cp.state import Held, Term
 
 log = structlog.get_logger("hsb.cp")
 
 # Frames only the active host may send; each carries the epoch it believes in.
 _EPOCHED = frozenset({"reply", "refuse", "stopping", "release", "handover", "adopt"})
-
-BATCH_ITEMS = 1024  # messages per deliver_batch frame at most
 
 
 class HostProtocol(AuthServerProtocol):
@@ -107,19 +106,29 @@ class HostProtocol(AuthServerProtocol):
         """One held message to the active (docs/protocol.md §3, `deliver`)."""
         self.send({"t": "deliver", "terminal": terminal, "id": mid, "data": data, "redelivered": redelivered})
 
-    def deliver_all(self, items: list[tuple[str, int, Any, bool]], biggest: int) -> None:
-        """Deliver [terminal, id, data, redelivered] items in order (`biggest`: the longest
-        data among them): in `deliver_batch` frames of at most BATCH_ITEMS items and about
-        `deliver_batch_bytes` bytes when the host said it reads them (a flip re-delivers to every
-        terminal at once: one encoding per frame, not per message), else one `deliver` frame
-        each (a host of before)."""
-        if not self.deliver_batch_bytes:
-            for name, mid, data, again in items:
-                self.deliver(name, mid, data, again)
+    def deliver_held(self, terminal: str, held: Held, redelivered: bool) -> None:
+        """A held message to the active: a `deliver_batch` frame of one item, its item kept
+        encoded for a flip (hsb.cp.deliver), to a host that reads them; else a `deliver` frame."""
+        if not self.deliver_batch_bytes or len(held.data) > dv.WIRE_MAX:
+            self.deliver(terminal, held.id, held.data, redelivered)
             return
-        per = max(1, min(BATCH_ITEMS, self.deliver_batch_bytes // (4 * biggest + 64)))  # str data: up to 4 bytes a character
-        for k in range(0, len(items), per):
-            self.send({"t": "deliver_batch", "items": items[k : k + per]})
+        w = held.wire
+        if w is None:
+            w = held.wire = dv.item(terminal, held.id, held.data)
+        self.send_raw(dv.frame([w, dv.TRUE if redelivered else dv.FALSE], 1))
+
+    def deliver_all(self, items: list[tuple[str, int, Any, bool]]) -> None:
+        """Deliver [terminal, id, data, redelivered] items in order, one `deliver` frame each
+        (a host of before, which does not read `deliver_batch`)."""
+        for name, mid, data, again in items:
+            self.deliver(name, mid, data, again)
+
+    def deliver_parts(self, parts: list[bytes], biggest: int) -> None:
+        """Deliver items encoded by hsb.cp.deliver (item, flag, item, flag, ...) in order, in
+        `deliver_batch` frames of about the `deliver_batch_bytes` the host said it reads
+        (`biggest`: the longest item): a flip re-delivers to every terminal at once."""
+        for f in dv.frames(parts, biggest, self.deliver_batch_bytes):
+            self.send_raw(f)
 
     def on_hb(self, msg: dict[str, Any]) -> None:
         # last_rx is refreshed on every byte received. The answer names the heartbeat: the host

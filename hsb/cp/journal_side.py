@@ -52,6 +52,7 @@ class JournalSide:
                 held.delivered_epoch = -1  # it may have been delivered before: marked redelivered
                 held.recovered = True  # and its reply may have reached the terminal before the crash
                 term.held[mid] = held
+                self.holding[term] = None
                 self.counts.held += 1
             for mid, data, seg in ordered(r.replies.get(name, {})):
                 term.replies[mid] = Kept(mid, data, seg)

@@ -49,7 +49,7 @@ class Notices:
         self._owed: _Owed | None = None  # not yet started
 
     def owe(self, terms: list[Term], rec: dict[str, Any], t0: float, wait_for_reply: bool) -> None:
-        """Service first: the notices start once the new active's first reply has gone out (or
+        """`terms`: the flip's terminals; those with a notice set are owed it. Service first: the notices start once the new active's first reply has gone out (or
         DEFER_S after the grant if none comes; at once if nothing was waiting to be served)."""
         if self._owed is not None:  # a switch right after a switch: the older ones go now
             self._start(self._owed)

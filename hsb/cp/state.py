@@ -35,7 +35,7 @@ class Held:
     when it was acknowledged (monotonic): a switch's worst pause is measured from it.
     """
 
-    __slots__ = ("id", "data", "delivered_epoch", "redelivered", "t", "seg", "replying", "recovered")
+    __slots__ = ("id", "data", "delivered_epoch", "redelivered", "t", "seg", "replying", "recovered", "wire")
 
     def __init__(self, mid: int, data: Any, t: float, seg: int = 0) -> None:
         self.id = mid
@@ -46,6 +46,7 @@ class Held:
         self.seg = seg  # the journal segment its record sits in (hsb.cp.journal)
         self.replying = False  # its reply is being made durable: a second one is ignored
         self.recovered = False  # restored from the journal: the terminal may hold its reply already
+        self.wire: bytes | None = None  # its deliver_batch item, encoded once (hsb.cp.deliver)
 
 
 class Kept:

@@ -118,6 +118,8 @@ class TerminalSide:
             return  # accepted and not yet durable: its ack is on its way
         term.last_acked = mid
         held = Held(mid, data, time.monotonic())
+        if not term.held:
+            self.holding[term] = None
         term.held[mid] = held
         self.counts.held += 1
         held.seg = self.journal.append(["a", term.name, mid, data], lambda: self._accepted(term, held))
@@ -186,7 +188,7 @@ class TerminalSide:
         held.delivered_epoch = self.epoch
         held.redelivered = redelivered
         self.counters["redelivered" if redelivered else "delivered"] += 1
-        host.deliver(term.name, held.id, held.data, redelivered)
+        host.deliver_held(term.name, held, redelivered)
 
     def _deliver_pending(self: CP, term: Term, host: HostProtocol) -> None:
         for held in list(term.held.values()):
@@ -254,6 +256,8 @@ class TerminalSide:
         if term.held.pop(held.id, None) is not None:
             self.counts.held -= 1
             self.journal.unpin(held.seg)
+            if not term.held:
+                self.holding.pop(term, None)
         self._backpressure(term)
         if term.leaving and not term.held and term.conn is not None:
             term.conn.close()

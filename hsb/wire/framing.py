@@ -71,6 +71,11 @@ def encode(msg: dict[str, Any]) -> bytes:
     return _LEN.pack(len(body)) + body
 
 
+def framed(body: bytes) -> bytes:
+    """One frame for a MessagePack map already encoded (hsb.cp.deliver builds some from parts)."""
+    return _LEN.pack(len(body)) + body
+
+
 class Decoder:
     """Accumulates bytes and yields decoded frames.
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.support.transports import CountingTransport
+from tests.support.transports import CountingTransport, RecordingTransport
 
 
 def cp_core(d: Path, terminals: int, **kw: Any) -> Any:
@@ -33,12 +33,15 @@ def cp_config(d: Path, terminals: int, *, width: int = 5, standby_capable: bool 
     return load(p, CPConfig)
 
 
-def fake_host(cp: Any, name: str, role: str | None = None, *, keeps: bool = False, timeout: float = 5.0) -> Any:
-    """A host link, authenticated as `name`; registered with `role` (epoch 1) when given."""
+def fake_host(cp: Any, name: str, role: str | None = None, *, keeps: bool = False, timeout: float = 5.0, batch: int = 0, record: bool = False) -> Any:
+    """A host link, authenticated as `name`; registered with `role` (epoch 1) when given.
+    `batch`: the deliver_batch bytes it declares (0: none); `record`: its transport keeps what
+    the CP writes (`h.transport.frames()`)."""
     from hsb.cp.host_link import HostProtocol
 
     h = HostProtocol(cp, secret=b"s" * 32, auth_timeout=timeout, idle_timeout=None)
-    h.connection_made(CountingTransport(name))
+    h.connection_made(RecordingTransport(name) if record else CountingTransport(name))
+    h.deliver_batch_bytes = batch
     h.clear_deadline()
     h.authed = True
     h.name = name

@@ -45,3 +45,20 @@ class CountingTransport:
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         pass
+
+
+class RecordingTransport(CountingTransport):
+    """A CountingTransport that also keeps what was written; `frames()` decodes it."""
+
+    def __init__(self, peer: str) -> None:
+        super().__init__(peer)
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.data += data
+
+    def frames(self) -> list[dict[str, Any]]:
+        from hsb.wire.framing import Decoder
+
+        return Decoder().feed(bytes(self.data))

@@ -1,0 +1,49 @@
+"""Deliveries to the active in `deliver_batch` frames built from items encoded once.
+
+A held message goes to the active as the item `[terminal, id, data, redelivered]` of a
+`deliver_batch` frame (docs/protocol.md §3) when the host reads them. The item is encoded when
+the message is first delivered, without its last element, and kept with the message
+(`Held.wire`; only for data of up to WIRE_MAX bytes). A flip's re-delivery then joins kept
+bytes, a flag byte each, instead of encoding every held message again in the middle of the
+switch: at 100,000 terminals that encoding was a fifth of the flip (BENCHMARKS.md). A host
+that does not read `deliver_batch` gets one `deliver` frame per message, as always.
+
+Used from the CP's event loop only (one packer, not one per thread).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from hsb.wire.framing import framed
+
+BATCH_ITEMS = 1024  # messages per deliver_batch frame at most
+WIRE_MAX = 512  # data of up to this many bytes (or characters) has its item kept encoded
+TRUE, FALSE = msgpack.packb(True), msgpack.packb(False)
+
+_pack = msgpack.Packer(use_bin_type=True).pack
+_array_header = msgpack.Packer().pack_array_header
+# the frame's map up to the items' array header: {"t": "deliver_batch", "items": [
+_PREFIX = _pack({"t": "deliver_batch", "items": []})[:-1]
+_OVERHEAD = 4 + len(_PREFIX) + 3  # the length, the map up to the items, their array header
+
+
+def item(terminal: str, mid: int, data: Any) -> bytes:
+    """`[terminal, id, data, redelivered]` encoded, its last element (one byte) left off."""
+    body: bytes = _pack((terminal, mid, data, False))
+    return body[:-1]
+
+
+def frame(parts: list[bytes], n: int) -> bytes:
+    """A `deliver_batch` frame of `n` items from `parts`: each item's bytes, then its flag."""
+    return framed(b"".join((_PREFIX, _array_header(n), *parts)))
+
+
+def frames(parts: list[bytes], biggest: int, limit: int) -> list[bytes]:
+    """`parts` (item, flag, item, flag, ...) as frames of at most BATCH_ITEMS items and about
+    `limit` bytes (`biggest`: the longest item among them)."""
+    per = max(1, min(BATCH_ITEMS, (limit - _OVERHEAD) // (biggest + 1)))
+    step = 2 * per
+    return [frame(parts[k : k + step], len(parts[k : k + step]) // 2) for k in range(0, len(parts), step)]
