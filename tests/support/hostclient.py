@@ -55,9 +55,11 @@ class FakeHost:
                     self.epoch = m["epoch"]  # at once: frames right behind it answer under it
                 if self.auto_open is not None and m["t"] == "session_request":
                     self.send({"t": "open", "terminal": m["terminal"], "kind": "active", "attrs": self.auto_open, "epoch": self.epoch})
-                if self.auto_reply and m["t"] == "deliver":
-                    self.send({"t": "reply", "terminal": m["terminal"], "id": m["id"], "data": m["data"], "epoch": self.epoch})
-                    self.replied.add((m["terminal"], m["id"]))
+                if self.auto_reply and m["t"] in ("deliver", "deliver_batch"):
+                    batch = m["items"] if m["t"] == "deliver_batch" else [(m["terminal"], m["id"], m["data"], m.get("redelivered"))]
+                    for terminal, mid, data, _ in batch:
+                        self.send({"t": "reply", "terminal": terminal, "id": mid, "data": data, "epoch": self.epoch})
+                        self.replied.add((terminal, mid))
                 self._new.set()
         except (LinkClosed, ConnectionError, OSError):
             pass
