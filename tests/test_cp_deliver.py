@@ -55,7 +55,7 @@ def test_frames_carry_exactly_the_items_encoded_one_by_one(items: list[tuple[str
 
 def test_frames_stay_within_the_declared_size_when_items_fill_them_exactly() -> None:
     """Items of 99 bytes and a limit of 1,024: ten of them fill 1,000 bytes, and with the frame's
-    own 29 bytes that would be too many; nine go in a frame."""
+    own 28 bytes that would be too many; nine go in a frame."""
     w = dv.item("T1", 1, b"d" * 92)
     assert len(w) == 99
     frames = dv.frames([w, dv.FALSE] * 30, len(w), 1024)
@@ -83,6 +83,20 @@ async def test_each_delivery_to_a_host_that_reads_batches_is_a_batch_of_one(tmp_
     assert sent[0] == {"t": "deliver_batch", "items": [["T1", 1, b"small", False]]}
     assert sent[1] == {"t": "deliver", "terminal": "T2", "id": 1, "data": big, "redelivered": False}
     assert cp.terms["T1"].held[1].wire is not None and cp.terms["T2"].held[1].wire is None
+
+    # text of 4-byte characters within WIRE_MAX characters but not within the 1,024 bytes a host
+    # declared: a deliver frame, nothing kept
+    (tmp_path / "narrow").mkdir()
+    cp3 = cp_core(tmp_path / "narrow", 1, width=1)
+    narrow = fake_host(cp3, "host-a", "active", batch=1024, record=True)
+    fake_terminal(cp3, "T1")
+    cp3.host_open(narrow, "T1", "active", ATTRS)
+    wide = "\U0001f600" * dv.WIRE_MAX
+    cp3.terminal_msg(cp3.terms["T1"], 1, wide)
+    await asyncio.sleep(0)
+    narrow.flush()
+    assert _sent(narrow) == [{"t": "deliver", "terminal": "T1", "id": 1, "data": wide, "redelivered": False}]
+    assert cp3.terms["T1"].held[1].wire is None
 
     (tmp_path / "old").mkdir()
     cp2 = cp_core(tmp_path / "old", 1, width=1)

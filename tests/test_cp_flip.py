@@ -94,8 +94,9 @@ async def test_the_few_terminals_holding_messages_are_flipped_first(tmp_path: Pa
     a = fake_host(cp, "host-a", "active", keeps=keeps)
     b = fake_host(cp, "host-b", "standby", batch=64 * 1024, record=True)
     names = sorted(cp.terms)
+    conns = {}
     for name in names:
-        fake_terminal(cp, name)
+        conns[name] = fake_terminal(cp, name)
         cp.host_open(a, name, "active", ATTRS)
         cp.host_open(b, name, "standby", ATTRS)
     holders = names[-3:]
@@ -123,6 +124,13 @@ async def test_the_few_terminals_holding_messages_are_flipped_first(tmp_path: Pa
     for name in holders:  # re-delivered once
         assert cp.terms[name].held[1].delivered_epoch == cp.epoch
     assert sum(1 for m in b.transport.frames() if m["t"] == "deliver_batch") == 1
+    writes = {n: conns[n].transport.writes for n in names}
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while any(cp.terms[n].notice is not None for n in names):
+        assert loop.time() - t0 < 5.0, "the notices never went out"
+        await asyncio.sleep(0.01)
+    assert all(conns[n].transport.writes == writes[n] + 1 for n in names), "one switch notice each, the holders too"
     # settled: the index follows
     for name in holders:
         cp.host_reply(b, name, 1, b"r")
@@ -138,3 +146,34 @@ def test_messages_restored_from_the_journal_are_indexed_as_held(tmp_path: Path) 
     cp = cp_core(tmp_path, 4, width=1)
     cp.restore(Recovered(epoch=3, last_acked={"T2": 5, "T4": 1}, held={"T4": {1: (b"x", 1)}, "T2": {5: (b"y", 1)}}, replies={"T3": {2: (b"r", 1)}}))
     assert set(cp.holding) == {cp.terms["T2"], cp.terms["T4"]}
+
+
+async def test_with_many_terminals_holding_messages_the_flip_keeps_table_order(tmp_path: Path) -> None:
+    """More than one terminal in eight holding messages: no reordering (most must be reached
+    anyway); the first slice re-delivers only what the first terminals in the table hold, and
+    each terminal gets one switch notice."""
+    cp = cp_core(tmp_path, 64, width=2, cp="flip_slice = 4\n")
+    a = fake_host(cp, "host-a", "active")
+    b = fake_host(cp, "host-b", "standby", batch=64 * 1024, record=True)
+    names = sorted(cp.terms)
+    conns = {}
+    for name in names:
+        conns[name] = fake_terminal(cp, name)
+        cp.host_open(a, name, "active", ATTRS)
+        cp.host_open(b, name, "standby", ATTRS)
+    holders = names[::6]  # 11 of 64
+    for name in holders:
+        cp.terminal_msg(cp.terms[name], 1, b"m")
+    a.connection_lost(None)
+    cp.host_switchover(b, "test", False, "failover")
+    b.flush()
+    first = [it[0] for m in b.transport.frames() if m["t"] == "deliver_batch" for it in m["items"]]
+    assert first == [n for n in holders if n in names[:4]]
+    await _flipped(cp)
+    writes = {n: conns[n].transport.writes for n in names}
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while any(cp.terms[n].notice is not None for n in names):
+        assert loop.time() - t0 < 5.0, "the notices never went out"
+        await asyncio.sleep(0.01)
+    assert all(conns[n].transport.writes == writes[n] + 1 for n in names), "one switch notice each"

@@ -30,6 +30,11 @@ _PREFIX = _pack({"t": "deliver_batch", "items": []})[:-1]
 _OVERHEAD = 4 + len(_PREFIX) + 3  # the length, the map up to the items, their array header
 
 
+def fits_alone(w: bytes, limit: int) -> bool:
+    """A frame of this one item (and its flag) is within `limit` bytes."""
+    return len(w) + 1 + _OVERHEAD <= limit
+
+
 def item(terminal: str, mid: int, data: Any) -> bytes:
     """`[terminal, id, data, redelivered]` encoded, its last element (one byte) left off."""
     body: bytes = _pack((terminal, mid, data, False))
@@ -42,8 +47,9 @@ def frame(parts: list[bytes], n: int) -> bytes:
 
 
 def frames(parts: list[bytes], biggest: int, limit: int) -> list[bytes]:
-    """`parts` (item, flag, item, flag, ...) as frames of at most BATCH_ITEMS items and about
-    `limit` bytes (`biggest`: the longest item among them)."""
+    """`parts` (item, flag, item, flag, ...) as frames of at most BATCH_ITEMS items and at most
+    `limit` bytes (`biggest`: the longest item among them); an item too large for that goes
+    in a frame of its own, which is then larger."""
     per = max(1, min(BATCH_ITEMS, (limit - _OVERHEAD) // (biggest + 1)))
     step = 2 * per
     return [frame(parts[k : k + step], len(parts[k : k + step]) // 2) for k in range(0, len(parts), step)]

@@ -114,7 +114,11 @@ class HostProtocol(AuthServerProtocol):
             return
         w = held.wire
         if w is None:
-            w = held.wire = dv.item(terminal, held.id, held.data)
+            w = dv.item(terminal, held.id, held.data)
+            if not dv.fits_alone(w, self.deliver_batch_bytes):  # text of many-byte characters
+                self.deliver(terminal, held.id, held.data, redelivered)
+                return
+            held.wire = w
         self.send_raw(dv.frame([w, dv.TRUE if redelivered else dv.FALSE], 1))
 
     def deliver_all(self, items: list[tuple[str, int, Any, bool]]) -> None:

@@ -139,7 +139,7 @@ class SessionsCtl:
             if self.srv.ha.granted:  # with the lease lapsed, it waits in Delivery
                 self.srv.delivery.deliver(msg["terminal"], msg["id"], msg["data"], bool(msg.get("redelivered")))
             return True
-        if t == "deliver_batch":  # the re-delivery at a flip: [terminal, id, data, redelivered] each
+        if t == "deliver_batch":  # [terminal, id, data, redelivered] each: deliveries, and a flip's re-delivery
             if self.srv.ha.granted:
                 deliver = self.srv.delivery.deliver
                 for terminal, mid, data, again in msg["items"]:
