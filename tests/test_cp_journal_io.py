@@ -1,7 +1,8 @@
 """The CP journal's group commit through io_uring (`journal_io`), in-process on real files: a
 group goes as one chain with no call to the writer thread, a newer generation still stops
-every acknowledgement, a chain hung in the kernel is reported stalled while the loop runs on,
-and a chain the ring cannot run is written again by the thread, with nothing lost."""
+every acknowledgement, a chain hung in the kernel is reported stalled while the loop runs on
+(and, at a stop, abandoned with nothing acknowledged and its descriptors left open), and a
+chain the ring cannot run is written again by the thread, with nothing lost."""
 
 from __future__ import annotations
 
@@ -173,6 +174,65 @@ async def test_a_hung_chain_is_reported_stalled_and_its_group_lands_once_storage
         j.close()
         os.close(r)
         os.close(w)
+
+
+@needs_ring
+async def test_a_stop_during_a_chain_hung_in_the_kernel_abandons_it_and_nothing_is_acknowledged(tmp_path: Path) -> None:
+    """The CP stops while its group's chain waits in the kernel (a full pipe, as on a hung
+    mount): the stop ends within its time and says why, nothing of that group is acknowledged,
+    and the descriptors under the chain stay open. When the kernel later finishes the chain,
+    nothing more happens here: no acknowledgement, no crash, and another journal works."""
+    j = open_journal(tmp_path / "a", timeout=0.3)
+    r, w = os.pipe()
+    real = -1
+    try:
+        await durable(j, ["a", "T1", 1, "x"])
+        seg = j.seg
+        real = j._fds[seg]
+        os.set_blocking(w, False)
+        while True:
+            try:
+                os.write(w, b"x" * 65536)
+            except BlockingIOError:
+                break
+        j._fds[seg] = w
+        done: list[int] = []
+        j.append(["a", "T1", 2, "held"], lambda: done.append(2))
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        while not (j._ring is not None and j._ring.busy):
+            assert loop.time() - t0 < 5.0, "the group never went to the ring"
+            await asyncio.sleep(0.005)
+        with structlog.testing.capture_logs() as logs:
+            t0 = loop.time()
+            await j.stop(timeout=0.2)
+            took = loop.time() - t0
+        assert took < 2.0, took
+        assert "journal_close_abandoned_write" in [e["event"] for e in logs]
+        assert j._ring is None and not done
+        j.close()  # closed again (a caller's own cleanup): still not under the chain
+        os.fstat(w)  # still open: the kernel may still write through it
+        os.fstat(real)
+        os.set_blocking(r, False)
+        t0 = loop.time()
+        while loop.time() - t0 < 0.3:  # the storage answers: the kernel ends the chain
+            try:
+                os.read(r, 1 << 20)
+            except BlockingIOError:
+                pass
+            await asyncio.sleep(0.01)
+        assert not done, "a group of a stopped journal was acknowledged"
+        assert [x for x in records(tmp_path / "a") if x[0] == "a"] == [["a", "T1", 1, "x"]]
+        j2 = open_journal(tmp_path / "b")
+        try:
+            await durable(j2, ["a", "T9", 1, "after"])
+        finally:
+            j2.close()
+    finally:
+        os.close(r)
+        os.close(w)
+        if real >= 0:
+            os.close(real)
 
 
 @needs_ring
