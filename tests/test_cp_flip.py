@@ -85,11 +85,8 @@ async def test_a_planned_flip_keeps_the_demoted_actives_sessions_as_standby_ones
         assert t.active is not None and t.active.host is b and t.standby is not None and t.standby.host is a, name
 
 
-@pytest.mark.parametrize("keeps", [False, True])
-async def test_the_few_terminals_holding_messages_are_flipped_first(tmp_path: Path, keeps: bool) -> None:
-    """A grant with three terminals of 64 holding messages, last in the table: their re-delivery
-    leaves in the first slice, and the pass that meets them again later leaves them switched
-    (not closed as if they had no standby session, not asked for a session)."""
+def _sixty_four(tmp_path: Path, keeps: bool) -> tuple[Any, Any, Any, list[str], dict[str, Any]]:
+    """64 terminals with both sessions, flips of 4 per turn; B records what it is sent."""
     cp = cp_core(tmp_path, 64, width=2, cp="flip_slice = 4\n")
     a = fake_host(cp, "host-a", "active", keeps=keeps)
     b = fake_host(cp, "host-b", "standby", batch=64 * 1024, record=True)
@@ -99,6 +96,26 @@ async def test_the_few_terminals_holding_messages_are_flipped_first(tmp_path: Pa
         conns[name] = fake_terminal(cp, name)
         cp.host_open(a, name, "active", ATTRS)
         cp.host_open(b, name, "standby", ATTRS)
+    return cp, a, b, names, conns
+
+
+async def _notices_written(cp: Any, conns: dict[str, Any]) -> dict[str, int]:
+    """The writes to each terminal before the switch notices, once every notice is out."""
+    writes = {n: c.transport.writes for n, c in conns.items()}
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while any(cp.terms[n].notice is not None for n in conns):
+        assert loop.time() - t0 < 5.0, "the notices never went out"
+        await asyncio.sleep(0.01)
+    return writes
+
+
+@pytest.mark.parametrize("keeps", [False, True])
+async def test_the_few_terminals_holding_messages_are_flipped_first(tmp_path: Path, keeps: bool) -> None:
+    """A grant with three terminals of 64 holding messages, last in the table: their re-delivery
+    leaves in the first slice, and the pass that meets them again later leaves them switched
+    (not closed as if they had no standby session, not asked for a session)."""
+    cp, a, b, names, conns = _sixty_four(tmp_path, keeps)
     holders = names[-3:]
     for name in holders:
         cp.terminal_msg(cp.terms[name], 1, name.encode())
@@ -124,12 +141,7 @@ async def test_the_few_terminals_holding_messages_are_flipped_first(tmp_path: Pa
     for name in holders:  # re-delivered once
         assert cp.terms[name].held[1].delivered_epoch == cp.epoch
     assert sum(1 for m in b.transport.frames() if m["t"] == "deliver_batch") == 1
-    writes = {n: conns[n].transport.writes for n in names}
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    while any(cp.terms[n].notice is not None for n in names):
-        assert loop.time() - t0 < 5.0, "the notices never went out"
-        await asyncio.sleep(0.01)
+    writes = await _notices_written(cp, conns)
     assert all(conns[n].transport.writes == writes[n] + 1 for n in names), "one switch notice each, the holders too"
     # settled: the index follows
     for name in holders:
@@ -152,15 +164,7 @@ async def test_with_many_terminals_holding_messages_the_flip_keeps_table_order(t
     """More than one terminal in eight holding messages: no reordering (most must be reached
     anyway); the first slice re-delivers only what the first terminals in the table hold, and
     each terminal gets one switch notice."""
-    cp = cp_core(tmp_path, 64, width=2, cp="flip_slice = 4\n")
-    a = fake_host(cp, "host-a", "active")
-    b = fake_host(cp, "host-b", "standby", batch=64 * 1024, record=True)
-    names = sorted(cp.terms)
-    conns = {}
-    for name in names:
-        conns[name] = fake_terminal(cp, name)
-        cp.host_open(a, name, "active", ATTRS)
-        cp.host_open(b, name, "standby", ATTRS)
+    cp, a, b, names, conns = _sixty_four(tmp_path, False)
     holders = names[::6]  # 11 of 64
     for name in holders:
         cp.terminal_msg(cp.terms[name], 1, b"m")
@@ -170,10 +174,5 @@ async def test_with_many_terminals_holding_messages_the_flip_keeps_table_order(t
     first = [it[0] for m in b.transport.frames() if m["t"] == "deliver_batch" for it in m["items"]]
     assert first == [n for n in holders if n in names[:4]]
     await _flipped(cp)
-    writes = {n: conns[n].transport.writes for n in names}
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    while any(cp.terms[n].notice is not None for n in names):
-        assert loop.time() - t0 < 5.0, "the notices never went out"
-        await asyncio.sleep(0.01)
+    writes = await _notices_written(cp, conns)
     assert all(conns[n].transport.writes == writes[n] + 1 for n in names), "one switch notice each"

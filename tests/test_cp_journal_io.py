@@ -122,6 +122,21 @@ async def test_a_newer_generation_stops_acknowledgements_through_the_ring(tmp_pa
         j.close()
 
 
+def hang_segment(j: Journal, w: int) -> tuple[int, int]:
+    """The current segment's descriptor swapped for `w`, the write end of a pipe filled up: a
+    write to it waits in the kernel as on a hung mount. (segment, its real descriptor)."""
+    seg = j.seg
+    real = j._fds[seg]
+    os.set_blocking(w, False)
+    while True:
+        try:
+            os.write(w, b"x" * 65536)
+        except BlockingIOError:
+            break
+    j._fds[seg] = w
+    return seg, real
+
+
 @needs_ring
 async def test_a_hung_chain_is_reported_stalled_and_its_group_lands_once_storage_answers(tmp_path: Path, monkeypatch: Any) -> None:
     """The segment's descriptor swapped for a full pipe: the chain's write waits in the kernel as
@@ -135,15 +150,7 @@ async def test_a_hung_chain_is_reported_stalled_and_its_group_lands_once_storage
     r, w = os.pipe()
     try:
         await durable(j, ["a", "T1", 1, "x"])
-        seg = j.seg
-        real = j._fds[seg]
-        os.set_blocking(w, False)
-        while True:
-            try:
-                os.write(w, b"x" * 65536)
-            except BlockingIOError:
-                break
-        j._fds[seg] = w
+        seg, real = hang_segment(j, w)
         done: list[int] = []
         j.append(["a", "T1", 2, "held"], lambda: done.append(2))
         async with Ticker() as turns:
@@ -187,15 +194,7 @@ async def test_a_stop_during_a_chain_hung_in_the_kernel_abandons_it_and_nothing_
     real = -1
     try:
         await durable(j, ["a", "T1", 1, "x"])
-        seg = j.seg
-        real = j._fds[seg]
-        os.set_blocking(w, False)
-        while True:
-            try:
-                os.write(w, b"x" * 65536)
-            except BlockingIOError:
-                break
-        j._fds[seg] = w
+        _, real = hang_segment(j, w)
         done: list[int] = []
         j.append(["a", "T1", 2, "held"], lambda: done.append(2))
         loop = asyncio.get_running_loop()

@@ -13,11 +13,14 @@ Used from the CP's event loop only (one packer, not one per thread).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from hsb.wire.framing import framed
+
+if TYPE_CHECKING:
+    from hsb.cp.state import Held
 
 BATCH_ITEMS = 1024  # messages per deliver_batch frame at most
 WIRE_MAX = 512  # data of up to this many bytes (or characters) has its item kept encoded
@@ -28,6 +31,7 @@ _array_header = msgpack.Packer().pack_array_header
 # the frame's map up to the items' array header: {"t": "deliver_batch", "items": [
 _PREFIX = _pack({"t": "deliver_batch", "items": []})[:-1]
 _OVERHEAD = 4 + len(_PREFIX) + 3  # the length, the map up to the items, their array header
+_ONE = _PREFIX + _array_header(1)  # ... of a frame of one item
 
 
 def fits_alone(w: bytes, limit: int) -> bool:
@@ -41,6 +45,22 @@ def item(terminal: str, mid: int, data: Any) -> bytes:
     return body[:-1]
 
 
+def item_of(terminal: str, held: Held, limit: int) -> bytes:
+    """`held`'s item: the one kept, else encoded now and kept if its data is at most WIRE_MAX
+    and a frame of it alone fits the `limit` bytes the host declared."""
+    w = held.wire
+    if w is None:
+        w = item(terminal, held.id, held.data)
+        if len(held.data) <= WIRE_MAX and fits_alone(w, limit):
+            held.wire = w
+    return w
+
+
+def frame_one(w: bytes, redelivered: bool) -> bytes:
+    """A `deliver_batch` frame of the one item `w`."""
+    return framed(b"".join((_ONE, w, TRUE if redelivered else FALSE)))
+
+
 def frame(parts: list[bytes], n: int) -> bytes:
     """A `deliver_batch` frame of `n` items from `parts`: each item's bytes, then its flag."""
     return framed(b"".join((_PREFIX, _array_header(n), *parts)))
@@ -51,5 +71,5 @@ def frames(parts: list[bytes], biggest: int, limit: int) -> list[bytes]:
     `limit` bytes (`biggest`: the longest item among them); an item too large for that goes
     in a frame of its own, which is then larger."""
     per = max(1, min(BATCH_ITEMS, (limit - _OVERHEAD) // (biggest + 1)))
-    step = 2 * per
-    return [frame(parts[k : k + step], len(parts[k : k + step]) // 2) for k in range(0, len(parts), step)]
+    chunks = (parts[k : k + 2 * per] for k in range(0, len(parts), 2 * per))
+    return [frame(c, len(c) // 2) for c in chunks]

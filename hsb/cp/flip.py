@@ -142,8 +142,8 @@ class Flip:
         t0 = self.t0
         cp = self.cp
         switched_frame, opened_frame = self.switched_frame, self.opened_frame
-        items: list[tuple[str, int, Any, bool]] = []  # (terminal, id, data, redelivered): a host of before
-        parts: list[bytes] | None = [] if host.deliver_batch_bytes else None  # encoded items and flags
+        limit = host.deliver_batch_bytes  # 0: a host of before, (terminal, id, data, redelivered) each
+        out: list[Any] = []  # else encoded items and their flags (hsb.cp.deliver)
         again_n = biggest = 0
         TRUE, FALSE = dv.TRUE, dv.FALSE
         mid_switch = faults.armed("cp.mid_switch")
@@ -194,33 +194,27 @@ class Flip:
                                     held.delivered_epoch = epoch
                                     held.redelivered = again
                                     again_n += again
-                                    if parts is not None:  # the item as kept, else encoded now (hsb.cp.deliver)
-                                        w = held.wire
-                                        if w is None:
-                                            w = dv.item(term.name, held.id, held.data)
-                                            if len(held.data) <= dv.WIRE_MAX:
-                                                held.wire = w
+                                    if limit:
+                                        w = held.wire or dv.item_of(term.name, held, limit)  # kept: no call
                                         if len(w) > biggest:
                                             biggest = len(w)
-                                        parts.append(w)
-                                        parts.append(TRUE if again else FALSE)
+                                        out.append(w)
+                                        out.append(TRUE if again else FALSE)
                                     else:
-                                        items.append((term.name, held.id, held.data, again))
+                                        out.append((term.name, held.id, held.data, again))
                             if nf:
                                 term.flight = nf
                                 term.flight_epoch = epoch
                                 flight_msgs += nf
                                 waiting += 1
-                            if mid_redelivery and (items or parts):  # a crash part-way: what was collected goes first
-                                self._send(items, parts, again_n, biggest)
-                                items, again_n = [], 0
-                                parts = [] if parts is not None else None
+                            if mid_redelivery and out:  # a crash part-way: what was collected goes first
+                                self._send(out, again_n, biggest)
+                                out, again_n = [], 0
                                 faults.point("cp.mid_redelivery")
                         switched += 1
                         if mid_switch:
-                            self._send(items, parts, again_n, biggest)  # as a pass that sent each as it went
-                            items, again_n = [], 0
-                            parts = [] if parts is not None else None
+                            self._send(out, again_n, biggest)  # as a pass that sent each as it went
+                            out, again_n = [], 0
                             faults.point("cp.mid_switch")
                         continue
                     term.active = None
@@ -252,8 +246,8 @@ class Flip:
             self.switched += switched
             self.waiting += waiting
             self.flight_msgs += flight_msgs
-            if items or parts:
-                self._send(items, parts, again_n, biggest)
+            if out:
+                self._send(out, again_n, biggest)
             if keep is not None and (kept or i >= len(terms)):
                 self.kept += len(kept)
                 last = i >= len(terms)
@@ -267,12 +261,14 @@ class Flip:
         self.done(self)
         return True
 
-    def _send(self, items: list[tuple[str, int, Any, bool]], parts: list[bytes] | None, redelivered: int, biggest: int) -> None:
+    def _send(self, out: list[Any], redelivered: int, biggest: int) -> None:
+        """What a slice collected to the new active: encoded items and flags, or tuples for a host of before."""
         counters = self.cp.counters
-        n = len(parts) // 2 if parts is not None else len(items)
+        batched = self.host.deliver_batch_bytes > 0
+        n = len(out) // 2 if batched else len(out)
         counters["redelivered"] += redelivered
         counters["delivered"] += n - redelivered
-        if parts is not None:
-            self.host.deliver_parts(parts, biggest)
+        if batched:
+            self.host.deliver_parts(out, biggest)
         else:
-            self.host.deliver_all(items)
+            self.host.deliver_all(out)

@@ -109,17 +109,13 @@ class HostProtocol(AuthServerProtocol):
     def deliver_held(self, terminal: str, held: Held, redelivered: bool) -> None:
         """A held message to the active: a `deliver_batch` frame of one item, its item kept
         encoded for a flip (hsb.cp.deliver), to a host that reads them; else a `deliver` frame."""
-        if not self.deliver_batch_bytes or len(held.data) > dv.WIRE_MAX:
-            self.deliver(terminal, held.id, held.data, redelivered)
-            return
-        w = held.wire
-        if w is None:
-            w = dv.item(terminal, held.id, held.data)
-            if not dv.fits_alone(w, self.deliver_batch_bytes):  # text of many-byte characters
-                self.deliver(terminal, held.id, held.data, redelivered)
+        limit = self.deliver_batch_bytes
+        if limit and len(held.data) <= dv.WIRE_MAX:
+            w = dv.item_of(terminal, held, limit)
+            if dv.fits_alone(w, limit):  # not so for text of many-byte characters
+                self.send_raw(dv.frame_one(w, redelivered))
                 return
-            held.wire = w
-        self.send_raw(dv.frame([w, dv.TRUE if redelivered else dv.FALSE], 1))
+        self.deliver(terminal, held.id, held.data, redelivered)
 
     def deliver_all(self, items: list[tuple[str, int, Any, bool]]) -> None:
         """Deliver [terminal, id, data, redelivered] items in order, one `deliver` frame each
