@@ -83,6 +83,11 @@ async def test_each_delivery_to_a_host_that_reads_batches_is_a_batch_of_one(tmp_
     assert sent[0] == {"t": "deliver_batch", "items": [["T1", 1, b"small", False]]}
     assert sent[1] == {"t": "deliver", "terminal": "T2", "id": 1, "data": big, "redelivered": False}
     assert cp.terms["T1"].held[1].wire is not None and cp.terms["T2"].held[1].wire is None
+    # delivered again to the same host (its session reopened): the kept item, marked
+    held = cp.terms["T1"].held[1]
+    a.deliver_held("T1", held, True)
+    a.flush()
+    assert _sent(a)[-1] == {"t": "deliver_batch", "items": [["T1", 1, b"small", True]]}
 
     # text of 4-byte characters within WIRE_MAX characters but not within the 1,024 bytes a host
     # declared: a deliver frame, nothing kept
