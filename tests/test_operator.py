@@ -82,6 +82,9 @@ def test_the_units_stop_a_restart_loop_on_a_config_error() -> None:
         assert re.search(r"^ExecStartPre=.*--check-config", text, re.M), unit
         for hardening in ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "ProtectHome=yes", "WatchdogSec="):
             assert hardening in text, (unit, hardening)
+    cp = (ROOT / "configs" / "systemd" / "hsbcpd.service").read_text()
+    # the CP under its master: a crash is forked again at once; the worker's notifications count
+    assert re.search(r"^ExecStart=.*hsbcpd .*--supervise", cp, re.M) and re.search(r"^NotifyAccess=all$", cp, re.M)
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not found (Debian's systemd package)")

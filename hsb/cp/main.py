@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from typing import Any
 
 import click
 
@@ -25,25 +26,26 @@ def config_warnings(cfg: CPConfig) -> list[str]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="CP TOML config.")
 @click.option("--check-config", is_flag=True, help="Check the config as the start would (schema, secret, timings), print every error, exit 0 or 78.")
+@click.option(
+    "--supervise",
+    is_flag=True,
+    help="Run the CP under a small master process that starts it again at once when it dies of a signal (docs/operations.md §11).",
+)
 @log_level_option
 @click.version_option(__version__, prog_name="hsbcpd")
-def main(config_path: str, check_config: bool, log_level: str) -> None:
+def main(config_path: str, check_config: bool, supervise: bool, log_level: str) -> None:
     """Run the communications processor in front of the terminals (docs/design.md)."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # keepalived's notify may come while starting: never die of it
     cfg = load_or_exit(config_path, CPConfig, check_config, warnings=config_warnings)
     secret = load_secret(cfg.cp.secret_file)
     logs.setup(log_level, process=f"hsbcpd:{cfg.cp.name}", cache=True)
     from hsb import faults, loop
-
-    faults.install()
+    from hsb.cp.journal import JournalDamaged, JournalIOUnavailable
+    from hsb.cp.journal.store import check_io
     from hsb.cp.server import CPServer
 
-    async def run() -> int:
-        from hsb.cp.journal import JournalDamaged, JournalIOUnavailable
-
+    async def run(supervisor: dict[str, Any] | None) -> int:
         if cfg.cp.durability == "fsync":
-            from hsb.cp.journal.store import check_io
-
             try:
                 check_io(cfg.cp.journal_io)  # before any generation is taken
             except JournalIOUnavailable as exc:
@@ -52,6 +54,7 @@ def main(config_path: str, check_config: bool, log_level: str) -> None:
             server = CPServer(cfg, secret, config_path)
         except OSError as exc:
             die(f"cannot open the CP journal {cfg.cp.journal}: {exc.strerror or exc} (check [cp] journal and its permissions)")
+        server.supervisor = supervisor
         try:
             code = await server.serve()
             exit_watchdog(code)
@@ -65,4 +68,12 @@ def main(config_path: str, check_config: bool, log_level: str) -> None:
                 die(f"cannot open the CP journal {cfg.cp.journal}: {exc.strerror or exc} (check [cp] journal and its permissions)")
             die(f"cannot listen: {exc.strerror or exc} (is another hsbcpd running on these ports?)")
 
-    sys.exit(loop.run(run()))
+    def work(supervisor: dict[str, Any] | None) -> int:
+        faults.install()  # in the worker: the master passes SIGUSR2 on
+        return loop.run(run(supervisor))
+
+    if supervise:
+        from hsb.cp.supervise import supervise as master
+
+        sys.exit(master(work))
+    sys.exit(work(None))

@@ -15,12 +15,14 @@ Signal handlers only set flags; the loops act on them.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -48,6 +50,9 @@ log = structlog.get_logger("hsb.cp")
 _HB = encode({"t": "hb"})
 EXIT_SUPERSEDED = 75  # a newer CP took the journal over: not restarted as the serving CP by itself
 WAIT_POLL = 0.05  # seconds between a waiting CP's looks at the address and the serving CP's heartbeat
+BIND_WAIT_S = 3.0  # a CP forked again after a crash waits this long at most for the dead one's ports
+BIND_RETRY_S = 0.005
+T = TypeVar("T")
 STOP_AFTER_DRAIN_S = 0.5  # a stop whose journal did not drain: how much longer the write still out may take
 
 
@@ -83,6 +88,7 @@ class CPServer:
         self.open_files: dict[str, Any] = {}
         self.accept_queue: dict[str, Any] = {}  # the terminal port's listen backlog, as the kernel allows it
         self.took_over: dict[str, Any] = {}
+        self.supervisor: dict[str, Any] | None = None  # hsbcpd --supervise: the master's pid, the restarts before this worker
         self.should_exit = asyncio.Event()
         self.woken = asyncio.Event()
         self.servers: list[asyncio.base_events.Server] = []
@@ -110,6 +116,7 @@ class CPServer:
                 "accept_queue": self.accept_queue,
                 **({"tickle_list": self.cp.tickles.status()} if self.cp.tickles is not None else {}),
                 **self.took_over,
+                "supervisor": self.supervisor,
             }
         return {
             "name": self.cfg.cp.name,
@@ -123,12 +130,32 @@ class CPServer:
             "journal_generation": self.gens.current() if self.gens is not None else 0,
             "holds_address": holds_address(self.cfg.cp.terminal_listen),
             "tls": tls,
+            "supervisor": self.supervisor,
         }
 
     def _journal(self) -> Journal | None:
         return self.cp.journal if self.cp is not None and self.cp.journal.durable else None
 
     # ------------------------------------------------------------------ startup
+    async def _bind(self, start: Callable[[], Awaitable[T]]) -> T:
+        """`start()`, a listener's bind. A CP forked again by its master (--supervise) may find
+        its port still held: the kernel is still closing the dead CP's sockets (about 0.15 s for
+        10,000). It waits that out, BIND_WAIT_S at most; any other start fails at once."""
+        deadline = None
+        while True:
+            try:
+                return await start()
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or not (self.supervisor and self.supervisor["restarts"]):
+                    raise
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + BIND_WAIT_S
+                    log.info("cp_bind_waiting", error=str(exc), msg="the CP before this one is still being torn down: its ports are not free yet")
+                elif now >= deadline:
+                    raise
+                await asyncio.sleep(BIND_RETRY_S)
+
     async def start_admin(self) -> None:
         """The admin link and /health first: they answer while waiting too."""
         c = self.cfg.cp
@@ -152,7 +179,7 @@ class CPServer:
             )
 
         h, p = parse_addr(c.admin_listen)
-        srv = await loop.create_server(admin, h, p, backlog=64, reuse_address=True)
+        srv = await self._bind(lambda: loop.create_server(admin, h, p, backlog=64, reuse_address=True))
         self.servers.append(srv)
         sock = srv.sockets[0].getsockname()
         self.bound["admin"] = f"{sock[0]}:{sock[1]}"
@@ -166,7 +193,7 @@ class CPServer:
                 "/standby": json_route(lambda: (False, {"msg": "hsbcpd is the CP, not a host"})),
                 "/metrics": lambda: render_metrics(reg),
             }
-            srv2, self.bound["http"] = await start_http(c.http_listen, routes)
+            srv2, self.bound["http"] = await self._bind(lambda: start_http(c.http_listen, routes))
             self.servers.append(srv2)
 
     def _healthy(self) -> bool:
@@ -325,7 +352,9 @@ class CPServer:
 
         for key, factory, backlog in (("terminal", terminal, listen_backlog(len(self.cfg.terminal_table))), ("host", host, 16)):
             h, p = parse_addr(getattr(c, f"{key}_listen"))
-            srv = await loop.create_server(factory, h, p, backlog=backlog, reuse_address=True, start_serving=False)
+            srv = await self._bind(
+                lambda: loop.create_server(factory, h, p, backlog=backlog, reuse_address=True, start_serving=False)  # noqa: B023 - awaited at once
+            )
             if key == "terminal" and c.terminal_keepalive:  # inherited by every terminal connection
                 for s in srv.sockets:  # a dead terminal's connection would refuse its return forever
                     tcp_keepalive(s, c.terminal_keepalive)
@@ -346,10 +375,14 @@ class CPServer:
     async def startup(self, reason: str = "started") -> None:
         """The admin link, the journal taken over, the listeners: what `serve()` does before its
         tick loop when it need not wait (in-process users, tests)."""
-        if not self.servers:
+        if self.cp is None:  # (a CP forked again by its master has taken the journal over already)
+            if not self.servers:
+                await self.start_admin()
+            self.state = "taking_over"
+            self.take_over(reason)
+        elif not self.servers:
             await self.start_admin()
-        self.state = "taking_over"
-        self.take_over(reason)
+        self.state = "starting"  # the listeners next: an error now is the ports', not the journal's
         await self.start_serving()
         if self.cp is not None and self.cp.tickles is not None:
             self._tickling = asyncio.ensure_future(self.tickle(self.cp.tickles.gen))
@@ -457,6 +490,11 @@ class CPServer:
             loop.add_signal_handler(sig, self.should_exit.set)
         loop.add_signal_handler(signal.SIGHUP, self._sighup)
         loop.add_signal_handler(signal.SIGUSR1, self._wake)
+        if self.supervisor and self.supervisor["restarts"] and self.cfg.cp.takeover == "at_start":
+            # forked again after a crash: recover first, while the kernel frees the dead CP's ports
+            self.state = "taking_over"
+            self.take_over("started")
+            self.state = "starting"
         await self.start_admin()
         reason = "started"
         if self.cfg.cp.takeover == "on_wake":

@@ -143,14 +143,26 @@ def _sandbox_call(fn: Any, *args: Any, **kw: Any) -> Any:
 @click.option("--conventional", is_flag=True, help="fast_switch = false: no standby sessions (the classic hot standby).")
 @click.option("--logon-ms", default=0.0, show_default=True, help="Simulated logon work per session open.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for hot standby.")
-def sandbox_up(dir_: str, terminals: int, service: str, dsn: str | None, tls: bool, conventional: bool, logon_ms: float, timeout: float) -> None:
+@click.option("--supervise", is_flag=True, help="hsbcpd under its master process (hsbcpd --supervise): a CP that dies is started again at once.")
+def sandbox_up(
+    dir_: str, terminals: int, service: str, dsn: str | None, tls: bool, conventional: bool, logon_ms: float, timeout: float, supervise: bool
+) -> None:
     """Start the sandbox and wait for hot standby; print one JSON object."""
     from hsb.ctl.sandbox import up
 
     if dsn and service != "ledger":
         raise click.UsageError("--dsn is for --service ledger")
     info = _sandbox_call(
-        up, Path(dir_), terminals=terminals, service=service, conventional=conventional, timeout=timeout, logon_ms=logon_ms, dsn=dsn, tls=tls
+        up,
+        Path(dir_),
+        terminals=terminals,
+        service=service,
+        conventional=conventional,
+        timeout=timeout,
+        logon_ms=logon_ms,
+        dsn=dsn,
+        tls=tls,
+        supervise=supervise,
     )
     click.echo(json.dumps(info))
 

@@ -233,7 +233,8 @@ def start_cp(d: Path, env_extra: dict[str, str] | None = None) -> int:
     cp = st["cp"]
     if _running(cp["pid"]):
         raise SandboxError(f"hsbcpd is still running (pid {cp['pid']}); stop it first")
-    pid = _spawn_env(d, "cp", [sys.executable, "-m", "hsb.cp", "--config", cp["config"]], env_extra)
+    argv = [sys.executable, "-m", "hsb.cp", "--config", cp["config"], *(["--supervise"] if cp.get("supervise") else [])]
+    pid = _spawn_env(d, "cp", argv, env_extra)
     cp["pid"] = pid
     cp.setdefault("pids", []).append(pid)
     save_state(d, st)
@@ -307,8 +308,10 @@ async def aup(
     service_options: dict[str, Any] | None = None,
     tls: bool = False,
     cp_options: dict[str, Any] | None = None,
+    supervise: bool = False,
 ) -> dict[str, Any]:
-    """Start the sandbox in `d` and wait for hot standby (see module docstring)."""
+    """Start the sandbox in `d` and wait for hot standby (see module docstring); `supervise`:
+    hsbcpd under its master process (`hsbcpd --supervise`), restarted at once if it dies."""
     d = d.resolve()
     if (d / STATE).exists():
         old = load_state(d)
@@ -337,7 +340,8 @@ async def aup(
     create_file(plan["takeover"], plan["records"], 4096, force=True)
     shutil.rmtree(d / "cp-journal", ignore_errors=True)  # a new sandbox: the CP starts empty
     ports = plan["ports"]
-    cp_pid = _spawn_env(d, "cp", [sys.executable, "-m", "hsb.cp", "--config", str(d / "cp.toml")], cp_env)
+    cp_argv = [sys.executable, "-m", "hsb.cp", "--config", str(d / "cp.toml"), *(["--supervise"] if supervise else [])]
+    cp_pid = _spawn_env(d, "cp", cp_argv, cp_env)
     st: dict[str, Any] = {
         "dir": str(d),
         "cp": {
@@ -348,6 +352,7 @@ async def aup(
             "admin": ports["admin"],
             "http": ports["http"],
             "config": str(d / "cp.toml"),
+            "supervise": supervise,
         },
         "hosts": {
             "host-a": {

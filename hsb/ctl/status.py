@@ -109,6 +109,13 @@ def render(st: dict[str, Any]) -> str:
             f"sessions {t['active_sessions']} active / {t['standby_sessions']} standby  held {cp['held_messages']}"
             + (f"  back-pressured {t['backpressured']}" if t.get("backpressured") else "")
         )
+        sup = cp.get("supervisor")
+        if sup:  # hsbcpd --supervise
+            died = sup.get("last_death")
+            out.append(
+                f"            supervised by pid {sup['master_pid']}: restarted {sup['restarts']} times"
+                + (f", last after {died['signal']} of pid {died['pid']} {_age(died['at'])}" if died else "")
+            )
         for limit in ("open_files", "accept_queue"):
             if (cp.get(limit) or {}).get("warning"):
                 out.append(f"            WARNING {cp[limit]['warning']}")

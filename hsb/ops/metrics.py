@@ -171,6 +171,9 @@ class CPCollector:
         gen = st.get("generation") if st.get("generation") is not None else st.get("journal_generation", 0)
         yield _g("hsb_cp_generation", "The CP journal's generation this hsbcpd owns (waiting: the newest in the directory).", gen or 0)
         yield from _tls(st)
+        sup = st.get("supervisor")
+        if sup is not None:  # hsbcpd --supervise
+            yield _c("hsb_cp_worker_restarts", "Times the supervising master started the CP again after it died of a signal.", sup["restarts"])
         if st["state"] == "waiting":
             yield from _common()
             return

@@ -1,0 +1,241 @@
+"""`hsbcpd --supervise` (hsb.cp.supervise): a CP that dies of a signal is started again at once
+by its master process, on its journal; one that exits ends the master with its code. Real
+processes: the sandbox's hsbcpd and hsbd under load, or hsbcpd alone."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.ctl import sandbox
+from tests.support.procs import Proc, cp_config, log_events, spawn, until, wait_for
+from tests.test_cp_restart import all_back
+from tests.test_failover import active_names, assert_clean, check_journals, load_with, status, wait_status
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid` (Linux: /proc/PID/task/PID/children)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def worker_of(master: int, not_: int = 0, timeout: float = 10.0) -> int:
+    """The master's worker (one other than `not_`), once there is one."""
+
+    def find() -> int | None:
+        kids = [p for p in children(master) if p != not_]
+        return kids[0] if kids else None
+
+    pid: int = wait_for(find, timeout, what=f"a worker of {master}")
+    return pid
+
+
+def gone(pid: int) -> bool:
+    return not sandbox._alive(pid)
+
+
+@pytest.fixture
+def supervised(tmp_path: Path) -> Iterator[Any]:
+    """Start `hsbcpd --supervise` on a config of its own; every process is killed at the end."""
+    procs: list[tuple[Proc, list[int]]] = []
+
+    def start(env: dict[str, str] | None = None, **cp: Any) -> Proc:
+        cfg = cp_config(tmp_path, terminals=5, journal="journal", **cp)
+        p = spawn("hsbcpd", [sys.executable, "-m", "hsb.cp", "--config", str(cfg), "--supervise"], tmp_path / "cp.log", env)
+        procs.append((p, []))
+        return p
+
+    yield start
+    for p, _ in procs:
+        kids = children(p.popen.pid)
+        p.stop()  # SIGKILL to the master: its worker goes with it (PR_SET_PDEATHSIG) ...
+        for k in kids:  # ... and is killed here anyway if it did not
+            try:
+                os.kill(k, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+async def test_a_killed_cp_is_started_again_at_once_under_load(sb: Any) -> None:
+    """SIGKILL of the worker under 1,000 msg/s from 300 resuming terminals: the master starts
+    the next one on the journal, the terminals resume, nothing acknowledged is lost or done twice."""
+    info = await sb(terminals=300, service="journal", supervise=True)
+    d = Path(info["dir"])
+    master = int(sandbox.load_state(d)["cp"]["pid"])
+    marks: list[tuple[str, float]] = []
+    seen: dict[str, Any] = {}
+
+    async def kill_worker() -> None:
+        await wait_status(info, lambda s: s["cp"]["terminals"]["standby_sessions"] == 300, what="all standby sessions")
+        first = await status(info)
+        old = first["cp"]["pid"]
+        assert old != master and old in children(master), (old, master)
+        assert first["cp"]["supervisor"] == {"master_pid": master, "restarts": 0, "last_death": None}
+        await asyncio.sleep(0.5)  # load keeps running: the CP dies with messages held and replies unconfirmed
+        marks.append(("SIGKILL the CP worker", time.time()))
+        os.kill(old, signal.SIGKILL)
+        await until(lambda: gone(old), 10, interval=0.002, what="the worker gone")
+        seen["after"] = await wait_status(
+            info,
+            lambda s: (s["cp"].get("supervisor") or {}).get("restarts") == 1 and s["established"] and all_back(s, 300),
+            timeout=30,
+            what="served again by the next worker",
+        )
+        seen["old"] = old
+        await asyncio.sleep(1.0)  # traffic under the new worker
+
+    report = await load_with(info, kill_worker, terminals=300, rate=1000, expect_disconnects=True, marks=marks)
+    assert_clean(report, disconnects_allowed=True)
+    r = report.to_dict()
+    assert r["disconnects"] >= 300, r  # every terminal lost its connection to the dead worker
+    st = seen["after"]
+    assert active_names(st) == ["host-a"]
+    new = st["cp"]["pid"]
+    assert new != seen["old"] and new in children(master) and not gone(master)  # the same master, a new worker
+    death = st["cp"]["supervisor"]["last_death"]
+    assert death["pid"] == seen["old"] and death["signal"] == "SIGKILL", death
+    check_journals(info, report, ["host-a"])
+    evs = log_events(d / "cp.log")
+    died = [e for e in evs if e.get("event") == "cp_worker_died"]
+    assert [(e["pid"], e["signal"], e["restarts"]) for e in died] == [(seen["old"], "SIGKILL", 1)]
+    rec = [e for e in evs if e.get("event") == "journal_recovered"]
+    assert len(rec) == 2 and rec[-1]["from_generation"] == rec[0]["generation"], rec  # the next worker took the journal over
+
+
+def test_sigterm_to_the_master_stops_the_cp_cleanly(supervised: Any, tmp_path: Path) -> None:
+    p = supervised()
+    p.wait_event("cp_started", timeout=15)
+    worker = worker_of(p.popen.pid)
+    p.kill(signal.SIGTERM)
+    assert p.popen.wait(15) == 0
+    assert gone(worker)
+    assert [e["exit"] for e in p.events("cp_stopped")] == [0]  # the worker's own clean stop, not a kill
+    assert p.events("cp_worker_died") == []
+
+
+def test_the_cp_dies_with_its_master(supervised: Any) -> None:
+    p = supervised()
+    p.wait_event("cp_started", timeout=15)
+    worker = worker_of(p.popen.pid)
+    p.kill(signal.SIGKILL)
+    wait_for(lambda: gone(worker), 10, what="the worker to die with its master")
+
+
+def test_a_cp_that_exits_ends_the_master_with_its_code(supervised: Any, tmp_path: Path) -> None:
+    """The worker cannot listen (the port is taken): it exits 1, and the master with it, at once
+    and without starting another (a restart would not help; systemd decides)."""
+    taken = socket.socket()
+    taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        port = taken.getsockname()[1]
+        p = supervised(terminal_listen=f"127.0.0.1:{port}")
+        assert p.popen.wait(20) == 1
+    finally:
+        taken.close()
+    assert len(p.events("cp_worker_started")) == 1 and p.events("cp_worker_died") == []
+    text = p.log.read_text()
+    assert "cannot listen" in text and "Traceback" not in text
+
+
+def test_a_superseded_cp_is_not_started_again(supervised: Any, tmp_path: Path) -> None:
+    """Another CP takes the journal over (a newer generation): the worker stops with 75 and the
+    master ends with 75 too (started again, it would take the journal straight back)."""
+    from hsb.cp.journal.generation import Generations
+
+    p = supervised()
+    p.wait_event("cp_started", timeout=15)
+    worker = worker_of(p.popen.pid)
+    Generations(tmp_path / "journal").take()
+    assert p.popen.wait(20) == 75
+    assert gone(worker) and p.events("cp_superseded") and p.events("cp_worker_died") == []
+    assert len(p.events("cp_worker_started")) == 1
+
+
+def test_a_crash_loop_gives_up(supervised: Any) -> None:
+    """A worker that dies at every start (a crash point in its recovery) is started again five
+    times, then the master gives up with exit 1 and says why."""
+    p = supervised(env={"HSB_CRASH_POINTS": "cp.mid_recovery"})
+    assert p.popen.wait(60) == 1
+    died = p.events("cp_worker_died")
+    assert [e["restarts"] for e in died] == [1, 2, 3, 4, 5] and {e["signal"] for e in died} == {"SIGKILL"}
+    loop = p.events("cp_worker_crash_loop")
+    assert len(loop) == 1 and loop[0]["deaths"] == 6, loop
+    assert len(p.events("cp_worker_started")) == 6
+    assert children(p.popen.pid) == []
+
+
+# --------------------------------------------------------------------------- the parts, in-process
+
+
+def test_how_a_process_ended_is_read_before_it_is_reaped() -> None:
+    """The master's early word on a dead worker (/proc/PID/stat's exit code, set before the
+    kernel closes the process's descriptors): a signal, an exit status, or nothing while alive."""
+    from hsb.cp.supervise import _exit_status
+
+    assert _exit_status(os.getpid()) is None  # alive: not exiting
+    for argv, sig, expect in ((["sleep", "30"], signal.SIGKILL, 9), (["sh", "-c", "exit 3"], None, 3 << 8)):
+        p = subprocess.Popen(argv)
+        try:
+            if sig is not None:
+                p.send_signal(sig)
+            wait_for(lambda p=p: Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", 10, what="a zombie")
+            assert _exit_status(p.pid) == expect
+        finally:
+            p.kill()
+            p.wait()
+    assert _exit_status(p.pid) is None  # reaped: gone
+
+
+async def test_a_cp_forked_again_waits_for_its_ports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dead CP's sockets may still be closing when the next one binds: EADDRINUSE is waited
+    out (BIND_WAIT_S at most), but only by a CP its master started again."""
+    import errno
+
+    from hsb.config import load
+    from hsb.cp import server as srv
+    from hsb.cp.config import CPConfig
+
+    cfg = load(cp_config(tmp_path, terminals=2, durability="none"), CPConfig)
+    s = srv.CPServer(cfg, b"s" * 32, str(tmp_path / "cp.toml"))
+    tries: list[int] = []
+
+    async def busy_twice() -> str:
+        tries.append(1)
+        if len(tries) <= 2:
+            raise OSError(errno.EADDRINUSE, "address already in use")
+        return "bound"
+
+    s.supervisor = {"master_pid": 1, "restarts": 1, "last_death": None}
+    assert await s._bind(busy_twice) == "bound" and len(tries) == 3
+    tries.clear()
+    s.supervisor = {"master_pid": 1, "restarts": 0, "last_death": None}  # the first start: another hsbcpd
+    with pytest.raises(OSError):
+        await s._bind(busy_twice)
+    assert len(tries) == 1
+    monkeypatch.setattr(srv, "BIND_WAIT_S", 0.05)
+    s.supervisor = {"master_pid": 1, "restarts": 2, "last_death": None}
+
+    async def always_busy() -> str:
+        raise OSError(errno.EADDRINUSE, "address already in use")
+
+    t0 = time.monotonic()
+    with pytest.raises(OSError):
+        await s._bind(always_busy)
+    assert time.monotonic() - t0 < 2.0
