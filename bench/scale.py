@@ -23,7 +23,8 @@ the CP has N active sessions, then N standby sessions), runs the load throughout
 3. **planned switchover**: the active asked to hand over over its admin link (what `hsbctl switchover`
    does); every terminal switched; re-established;
 4. **CP restart**: SIGKILL of hsbcpd and a new one started at once on the same journal (as
-   bench/cprestart.py); every terminal reconnects and resumes; re-established.
+   bench/cprestart.py; with --supervise: SIGKILL of the CP, and its master forks the next);
+   every terminal reconnects and resumes; re-established.
 
 For phases 2-4 the headline is the worst pause a terminal saw (hsb.term.timeline: the reply
 latency of every message in flight at the operation or sent in the second after it; max over the
@@ -183,6 +184,18 @@ async def read_until(k: Child, ev: str, timeout: float) -> dict[str, Any]:
             return m
 
 
+def cp_pid(st: dict[str, Any]) -> int:
+    """The process that is the CP: hsbcpd, or with --supervise its master's worker."""
+    pid = int(st["cp"]["pid"])
+    if not st["cp"].get("supervise"):
+        return pid
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        kids = []
+    return int(kids[0]) if kids else pid
+
+
 class Sampler:
     """Peak and last RSS (KiB) of the sandbox's daemons and the load children, every 0.5 s."""
 
@@ -194,7 +207,7 @@ class Sampler:
 
     def sample(self) -> None:
         st = sandbox.load_state(self.d)
-        pids = {"cp": st["cp"]["pid"], **{n: h["pid"] for n, h in st["hosts"].items()}}
+        pids = {"cp": cp_pid(st), **{n: h["pid"] for n, h in st["hosts"].items()}}
         pids.update({f"load-{i + 1}": k.pid for i, k in enumerate(self.kids)})
         for name, pid in pids.items():
             v = rss(pid)
@@ -343,7 +356,7 @@ async def operate(
     for k in kids:
         await read_until(k, "armed", 30)
     st = sandbox.load_state(d)
-    pid = st["cp"]["pid"] if phase == "cp_restart" else st["hosts"][old]["pid"]
+    pid = cp_pid(st) if phase == "cp_restart" else st["hosts"][old]["pid"]
     res["t_op"] = t_op = time.time()
     if phase == "switchover":  # what hsbctl switchover asks, without its process start in the measured window
         ans = await ask(st["hosts"][old]["admin"], load_secret(str(d / "secret")), {"t": "switchover"}, timeout=30, ssl=sandbox.client_ssl(d))
@@ -355,8 +368,9 @@ async def operate(
         await k.send({"cmd": "mark", "label": phase, "t": t_op})
     if phase == "cp_restart":
         await wait_dead(pid, 10)
-        reap([pid])
-        sandbox.start_cp(d)
+        if not a.supervise:  # else its master forks the next one by itself
+            reap([pid])
+            sandbox.start_cp(d)
     elif phase == "failover":
         t = await poll(d, lambda s: host_by_role(s, "active") == new and (s.get("cp") or {}).get("state") == "serving", a.switch_timeout, "takeover")
         res["served_s"] = round(t - t_op, 3)
@@ -408,12 +422,13 @@ async def one_size(base: Path, n: int, a: argparse.Namespace, out: dict[str, Any
             timeout=a.reestablish_timeout,
             host_timeout=a.host_timeout,
             host_options={"heartbeat_timeout": a.host_timeout},
+            supervise=a.supervise,
         )
         size["up_s"] = round(time.time() - t0, 2)
         await asyncio.sleep(1.0)
         st = sandbox.load_state(d)
         size["idle_rss_kib"] = idle = {
-            "cp": rss(st["cp"]["pid"]),
+            "cp": rss(cp_pid(st)),
             "active": rss(st["hosts"]["host-a"]["pid"]),
             "standby": rss(st["hosts"]["host-b"]["pid"]),
         }
@@ -463,6 +478,7 @@ def render(data: dict[str, Any], a: argparse.Namespace) -> str:
         " hsbcpd, both hosts, the load children and the benchmark share the cores.",
         f"Per size a fresh sandbox (fast switch, {c['service']} service, the CP's journal with fsync, "
         + ("default timing" if c.get("host_timeout", 0.5) == 0.5 else f"host_timeout and heartbeat_timeout {c['host_timeout']:g} s")
+        + (", hsbcpd under its master (`--supervise`: the CP restart kills the CP and the master forks the next)" if c.get("supervise") else "")
         + "); per phase a load"
         f" run of its own: {c['rate']:,.0f} msg/s in total over all N terminals, split over load children of at most"
         f" {c['per_child']:,} terminals, each from a 127.0.0.x of its own; strict verdict. **Worst pause**: the longest reply latency"
@@ -539,6 +555,7 @@ async def amain(a: argparse.Namespace) -> int:
         "service": a.service,
         "host_timeout": a.host_timeout,
         "nofile": [soft, hard],
+        "supervise": a.supervise,
     }
     out: dict[str, Any] = {"machine": a.machine, "command": a.command, "config": cfg, "sizes": []}
     try:
@@ -578,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--switch-timeout", type=float, default=30.0)
     p.add_argument("--recover-timeout", type=float, default=120.0)
     p.add_argument("--reestablish-timeout", type=float, default=300.0)
+    p.add_argument("--supervise", action="store_true", help="hsbcpd --supervise: the CP restart kills the worker and its master forks the next")
     p.add_argument("--quick", action="store_true", help="smoke run: 300 terminals over 2 load children, nothing written to BENCHMARKS.md")
     p.add_argument("--dir", help="sandboxes and logs here (default: a new temp folder)")
     p.add_argument("--json", default=str(RESULTS), help="raw results (default: %(default)s)")
