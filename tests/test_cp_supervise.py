@@ -52,7 +52,7 @@ def gone(pid: int) -> bool:
 @pytest.fixture
 def supervised(tmp_path: Path) -> Iterator[Any]:
     """Start `hsbcpd --supervise` on a config of its own; every process is killed at the end."""
-    procs: list[tuple[Proc, list[int]]] = []
+    procs: list[tuple[Proc, list[int]]] = []  # the masters
 
     def start(env: dict[str, str] | None = None, **cp: Any) -> Proc:
         cfg = cp_config(tmp_path, terminals=5, journal="journal", **cp)
@@ -62,13 +62,14 @@ def supervised(tmp_path: Path) -> Iterator[Any]:
 
     yield start
     for p, _ in procs:
-        kids = children(p.popen.pid)
         p.stop()  # SIGKILL to the master: its worker goes with it (PR_SET_PDEATHSIG) ...
-        for k in kids:  # ... and is killed here anyway if it did not
-            try:
-                os.kill(k, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    cfg = str(tmp_path / "cp.toml")
+    for d in Path("/proc").iterdir():  # ... and is killed here anyway if it did not
+        try:
+            if d.name.isdigit() and cfg in (d / "cmdline").read_bytes().decode(errors="replace"):
+                os.kill(int(d.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
 
 
 async def test_a_killed_cp_is_started_again_at_once_under_load(sb: Any) -> None:
