@@ -100,15 +100,21 @@ def _worker(work: Callable[[dict[str, Any]], int], info: dict[str, Any], parent:
     """The forked CP: run `work(info)` and leave with its code (never return into the master)."""
     code = 1
     try:
-        for sig in PASSED_ON:  # the worker's own handlers come with its event loop
+        # The signals came blocked through fork(): the master's handler is replaced before any
+        # is delivered. A stop before the CP's own handlers are up ends it (SIG_DFL).
+        for sig in PASSED_ON:
             signal.signal(sig, signal.SIG_IGN if sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2) else signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, PASSED_ON)
         _die_with_parent(parent)
         _hold_high(end)
         code = work(info)
     except SystemExit as exc:
         if isinstance(exc.code, int):
             code = exc.code
-        elif exc.code is not None:
+        elif exc.code is None:
+            code = 0
+        else:
             sys.stderr.write(f"{exc.code}\n")
     except BaseException:
         traceback.print_exc()
@@ -135,48 +141,59 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
             except ProcessLookupError:
                 pass
 
-    def reap(block: bool) -> None:
+    def reap(block: bool) -> None:  # also from the SIGCHLD handler, in between: either may reap a pid first
         for pid in list(dying):
             try:
                 done, _ = os.waitpid(pid, 0 if block else os.WNOHANG)
-            except ChildProcessError:
+            except ChildProcessError:  # reaped already
                 done = pid
-            if done:
+            if done and pid in dying:
                 dying.remove(pid)
 
     for sig in PASSED_ON:
         signal.signal(sig, pass_on)
+    signal.signal(signal.SIGCHLD, lambda *_: reap(block=False))  # a dead worker is reaped once torn down
     info: dict[str, Any] = {"master_pid": master, "restarts": 0, "last_death": None}
     # Everything the master built (the imports, the config) moves out of the collector's reach:
     # a worker's first full collection would otherwise walk, and so copy, every page it shares
     # with the master (copy-on-write), with its event loop stopped.
     gc.freeze()
     while True:
-        reap(block=False)
         _flush()  # nothing buffered is written twice, by both processes
-        r, w = os.pipe()
-        pid = os.fork()
+        signal.pthread_sigmask(signal.SIG_BLOCK, PASSED_ON)  # none is lost between fork() and `worker`
+        if stopping:
+            reap(block=True)
+            return 0
+        try:
+            r, w = os.pipe()
+            pid = os.fork()
+        except OSError as exc:
+            log.error("cp_worker_fork_failed", error=str(exc), msg="cannot start the CP (memory? process limit?)")
+            reap(block=True)
+            return 1
         if pid == 0:
             os.close(r)
             _worker(work, info, master, w)
         os.close(w)
         worker = pid
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, PASSED_ON)
         log.info("cp_worker_started", pid=pid, master_pid=master, restarts=info["restarts"])
-        if stopping:  # asked to stop while forking: the worker hears it too
-            os.kill(pid, signal.SIGTERM)
         while os.read(r, 1):  # nothing is written: its end is the worker's end (signals: PEP 475)
             pass
         os.close(r)
-        status = _exit_status(pid)
-        if status is None:  # the pipe closed, but not by its exit (or no /proc): wait for its end
+        status = _exit_status(pid)  # how it ended, read before the kernel has closed its sockets
+        if status is not None and os.WIFSIGNALED(status):
+            dying.append(pid)  # reaped once torn down (SIGCHLD)
+        else:  # an exit (or no word from /proc): not in a hurry, wait for it to be gone
             _, status = os.waitpid(pid, 0)
-        else:
-            dying.append(pid)  # reaped once the kernel has closed its sockets
         worker = 0
-        if os.WIFEXITED(status) or stopping:
+        if os.WIFEXITED(status):
             reap(block=True)
-            code = os.waitstatus_to_exitcode(status)
-            return code if code >= 0 else 128 - code  # killed while stopping: as a shell says it
+            return os.waitstatus_to_exitcode(status)
+        if stopping:  # killed while stopping: by the stop itself (before its handlers were up) is a stop
+            reap(block=True)
+            sig = os.WTERMSIG(status)
+            return 0 if sig in (signal.SIGTERM, signal.SIGINT) else 128 + sig
         name = signal.Signals(os.WTERMSIG(status)).name
         now = time.monotonic()
         deaths.append(now)
