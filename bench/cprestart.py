@@ -69,13 +69,6 @@ def rel(t: float | None, t0: float) -> float | None:
 MODES = {"plain": "a new hsbcpd", "supervise": "its master (--supervise)"}
 
 
-def children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
 async def ensure_mode(d: Path, n: int, mode: str) -> None:
     """The sandbox's hsbcpd in `mode`: "plain" (hsbcpd alone, a new one started after the kill,
     as systemd's Restart=always does) or "supervise" (hsbcpd --supervise: its master forks the
@@ -105,8 +98,7 @@ async def one(d: Path, n: int, a: argparse.Namespace, rep: int, mode: str = "pla
         logs.mark()
         await load.send({"cmd": "arm"})
         assert (await load.read(timeout=30))["ev"] == "armed"
-        master = sandbox.load_state(d)["cp"]["pid"]
-        pid = master if mode == "plain" else children(master)[0]  # supervised: the CP is the master's worker
+        pid = sandbox.cp_process(sandbox.load_state(d))  # supervised: the master's worker
         t_kill = time.time()
         os.kill(pid, signal.SIGKILL)
         await load.send({"cmd": "mark", "label": "SIGKILL hsbcpd", "t": t_kill})
@@ -115,8 +107,10 @@ async def one(d: Path, n: int, a: argparse.Namespace, rep: int, mode: str = "pla
         if mode == "plain":
             new_pid = sandbox.start_cp(d)
         else:  # the master forks the next worker by itself
-            new_pid = await until(lambda: asyncio.sleep(0, [p for p in children(master) if p != pid]), bool, 10, "the next worker", 0.001)
-            new_pid = new_pid[0]
+            st = sandbox.load_state(d)
+            new_pid = await until(
+                lambda: asyncio.sleep(0, sandbox.cp_process(st)), lambda p: p not in (pid, st["cp"]["pid"]), 10, "the next worker", 0.001
+            )
         st = sandbox.load_state(d)
         pids = {"hsbcpd": new_pid, "active": st["hosts"]["host-a"]["pid"], "standby": st["hosts"]["host-b"]["pid"], "load": load.pid}
         cpu0 = cpu_seconds(pids)

@@ -184,18 +184,6 @@ async def read_until(k: Child, ev: str, timeout: float) -> dict[str, Any]:
             return m
 
 
-def cp_pid(st: dict[str, Any]) -> int:
-    """The process that is the CP: hsbcpd, or with --supervise its master's worker."""
-    pid = int(st["cp"]["pid"])
-    if not st["cp"].get("supervise"):
-        return pid
-    try:
-        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        kids = []
-    return int(kids[0]) if kids else pid
-
-
 class Sampler:
     """Peak and last RSS (KiB) of the sandbox's daemons and the load children, every 0.5 s."""
 
@@ -207,7 +195,7 @@ class Sampler:
 
     def sample(self) -> None:
         st = sandbox.load_state(self.d)
-        pids = {"cp": cp_pid(st), **{n: h["pid"] for n, h in st["hosts"].items()}}
+        pids = {"cp": sandbox.cp_process(st), **{n: h["pid"] for n, h in st["hosts"].items()}}
         pids.update({f"load-{i + 1}": k.pid for i, k in enumerate(self.kids)})
         for name, pid in pids.items():
             v = rss(pid)
@@ -356,7 +344,7 @@ async def operate(
     for k in kids:
         await read_until(k, "armed", 30)
     st = sandbox.load_state(d)
-    pid = cp_pid(st) if phase == "cp_restart" else st["hosts"][old]["pid"]
+    pid = sandbox.cp_process(st) if phase == "cp_restart" else st["hosts"][old]["pid"]
     res["t_op"] = t_op = time.time()
     if phase == "switchover":  # what hsbctl switchover asks, without its process start in the measured window
         ans = await ask(st["hosts"][old]["admin"], load_secret(str(d / "secret")), {"t": "switchover"}, timeout=30, ssl=sandbox.client_ssl(d))
@@ -428,7 +416,7 @@ async def one_size(base: Path, n: int, a: argparse.Namespace, out: dict[str, Any
         await asyncio.sleep(1.0)
         st = sandbox.load_state(d)
         size["idle_rss_kib"] = idle = {
-            "cp": rss(cp_pid(st)),
+            "cp": rss(sandbox.cp_process(st)),
             "active": rss(st["hosts"]["host-a"]["pid"]),
             "standby": rss(st["hosts"]["host-b"]["pid"]),
         }

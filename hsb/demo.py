@@ -37,6 +37,11 @@ def _ts(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
+def _when(e: dict[str, Any]) -> float:
+    """A log event's time (its ISO timestamp) as a Unix time."""
+    return datetime.fromisoformat(str(e.get("timestamp", "1970-01-01T00:00:00Z")).replace("Z", "+00:00")).timestamp()
+
+
 def _events(path: Path, name: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if not path.exists():
@@ -193,22 +198,20 @@ def render(results: list[dict[str, Any]]) -> str:
 
 
 async def cp_restart(d: Path, *, terminals: int, rate: float, say: Any) -> dict[str, Any]:
-    """Act three: hsbcpd itself is SIGKILLed under load and started again at once on its journal."""
-    say(f"\n== the CP itself: starting hsbcpd, host-a (active), host-b (standby), {terminals} resuming terminals ==")
-    info = await sandbox.aup(d, terminals=terminals, service="journal", timeout=60)
+    """Act three: the CP itself is SIGKILLed under load, and its master (`hsbcpd --supervise`, as
+    the systemd unit runs it) forks it again at once on its journal."""
+    say(f"\n== the CP itself: starting hsbcpd --supervise, host-a (active), host-b (standby), {terminals} resuming terminals ==")
+    info = await sandbox.aup(d, terminals=terminals, service="journal", timeout=60, supervise=True)
     try:
         load, stop, marks = await _background_load(info["cp"]["terminal"], terminals=terminals, rate=rate, expect_disconnects=True)
         await _until(d, lambda s: s["cp"]["terminals"]["standby_sessions"] == terminals, 30, "standby sessions")
         say(f"   hot standby established; load running at {rate:.0f} msg/s")
         await asyncio.sleep(1.5)
-        pid = sandbox.load_state(d)["cp"]["pid"]
+        pid = sandbox.cp_process(sandbox.load_state(d))
         t_kill = time.time()
         marks.append(("SIGKILL of hsbcpd", t_kill))
         os.kill(pid, signal.SIGKILL)
-        while sandbox._alive(pid):
-            await asyncio.sleep(0.002)
-        sandbox.start_cp(d)
-        say(f"   SIGKILL hsbcpd (pid {pid}); started again at once on its journal")
+        say(f"   SIGKILL the CP (pid {pid}); its master forks it again at once on its journal")
 
         def back(s: dict[str, Any]) -> bool:  # connected too: the active's sessions are kept before the terminals return
             t = (s.get("cp") or {}).get("terminals") or {}  # none while the CP is away
@@ -223,6 +226,7 @@ async def cp_restart(d: Path, *, terminals: int, rate: float, say: Any) -> dict[
         sandbox.down(d)
     recovered = _events(d / "cp.log", "journal_recovered")
     rec = recovered[-1] if recovered else {}
+    started = [t for e in _events(d / "cp.log", "cp_started") if (t := _when(e)) >= t_kill]
     pause = rep.pause or {}
     report = rep.to_dict()
     return {
@@ -233,7 +237,8 @@ async def cp_restart(d: Path, *, terminals: int, rate: float, say: Any) -> dict[
         "worst_pause_ms": pause.get("worst_ms"),
         "p99_pause_ms": pause.get("p99_ms"),
         "all_served_ms": pause.get("all_served_ms"),
-        "resumed": report["cp_reconnects"],
+        "listening_ms": round((started[0] - t_kill) * 1000) if started else None,
+        "resumed": report["disconnects"],
         "verdict": {k: report[k] for k in ("sent", "acked", "replied", "lost", "duplicates", "unexpected", "bad_data", "unacked")},
         "ok": rep.ok,
         "failures": rep.failures,
@@ -245,7 +250,8 @@ def render_cp(r: dict[str, Any]) -> str:
     rec = r["recovered"]
     out = [
         "",
-        "Act three: hsbcpd itself SIGKILLed under load, started again at once on its journal",
+        "Act three: the CP itself SIGKILLed under load, forked again at once by its master (hsbcpd --supervise)",
+        f"  listening again {r['listening_ms']} ms after the kill",
         f"  journal recovered in {rec.get('ms')} ms: {rec.get('held')} held messages, {rec.get('replies_kept')} unconfirmed replies,"
         f" {rec.get('terminals')} terminals' acknowledged ids, epoch {rec.get('epoch')}, active {rec.get('active')}",
         f"  terminals resumed: {r['resumed']:,} of {r['terminals']:,} (reconnected and resumed: nothing resent twice)",

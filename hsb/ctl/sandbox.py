@@ -227,6 +227,19 @@ def _spawn_env(d: Path, name: str, argv: list[str], env_extra: dict[str, str] | 
         os.environ.update(old)
 
 
+def cp_process(st: dict[str, Any]) -> int:
+    """The pid of the process that is the CP: hsbcpd, or under `--supervise` its master's
+    worker (the master's pid while it has none)."""
+    pid = int(st["cp"]["pid"])
+    if not st["cp"].get("supervise"):
+        return pid
+    try:
+        kids = [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split() if _alive(int(k))]
+    except OSError:
+        kids = []
+    return kids[-1] if kids else pid  # the newest: a dead one may still be torn down
+
+
 def start_cp(d: Path, env_extra: dict[str, str] | None = None) -> int:
     """(Re)start the sandbox's hsbcpd on the same config, ports and journal; returns its pid."""
     st = load_state(d)
