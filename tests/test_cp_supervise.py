@@ -129,6 +129,23 @@ def test_sigterm_to_the_master_stops_the_cp_cleanly(supervised: Any, tmp_path: P
     assert p.events("cp_worker_died") == []
 
 
+def test_a_dead_cp_is_reaped_and_the_next_one_serves(supervised: Any) -> None:
+    """SIGKILL of the worker: the master forks the next one, logs why the last one died, and
+    reaps the dead one (no zombie left behind while the next one runs)."""
+    p = supervised()
+    p.wait_event("cp_started", timeout=15)
+    master = p.popen.pid
+    old = worker_of(master)
+    os.kill(old, signal.SIGKILL)
+    p.wait_event("cp_worker_started", timeout=15, restarts=1)
+    died = p.wait_event("cp_worker_died", timeout=15)
+    assert (died["pid"], died["signal"], died["restarts"]) == (old, "SIGKILL", 1)
+    wait_for(lambda: len(p.events("cp_started")) == 2, 15, what="the next CP listening")
+    wait_for(lambda: old not in children(master), 10, what="the dead CP reaped")
+    new = worker_of(master)
+    assert new != old and not gone(new) and not gone(master)
+
+
 def test_the_cp_dies_with_its_master(supervised: Any) -> None:
     p = supervised()
     p.wait_event("cp_started", timeout=15)

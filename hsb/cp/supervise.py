@@ -96,6 +96,13 @@ def _exit_status(pid: int) -> int | None:
     return int(fields[49])
 
 
+def _signal_name(n: int) -> str:
+    try:
+        return signal.Signals(n).name
+    except ValueError:  # a real-time signal, say
+        return f"signal {n}"
+
+
 def _worker(work: Callable[[dict[str, Any]], int], info: dict[str, Any], parent: int, end: int) -> NoReturn:
     """The forked CP: run `work(info)` and leave with its code (never return into the master)."""
     code = 1
@@ -183,7 +190,8 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
         os.close(r)
         status = _exit_status(pid)  # how it ended, read before the kernel has closed its sockets
         if status is not None and os.WIFSIGNALED(status):
-            dying.append(pid)  # reaped once torn down (SIGCHLD)
+            dying.append(pid)  # reaped once torn down (SIGCHLD; now if that came already)
+            reap(block=False)
         else:  # an exit (or no word from /proc): not in a hurry, wait for it to be gone
             _, status = os.waitpid(pid, 0)
         worker = 0
@@ -194,7 +202,7 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
             reap(block=True)
             sig = os.WTERMSIG(status)
             return 0 if sig in (signal.SIGTERM, signal.SIGINT) else 128 + sig
-        name = signal.Signals(os.WTERMSIG(status)).name
+        name = _signal_name(os.WTERMSIG(status))
         now = time.monotonic()
         deaths.append(now)
         while deaths and deaths[0] < now - window:
