@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import pytest
 from hsb.ctl import sandbox
 from tests.support.procs import Proc, cp_config, log_events, spawn, until, wait_for
 from tests.test_cp_restart import all_back
+from tests.test_ctl_status import ctl
 from tests.test_failover import active_names, assert_clean, check_journals, load_with, status, wait_status
 
 pytestmark = pytest.mark.timeout(120)
@@ -116,6 +119,13 @@ async def test_a_killed_cp_is_started_again_at_once_under_load(sb: Any) -> None:
     assert [(e["pid"], e["signal"], e["restarts"]) for e in died] == [(seen["old"], "SIGKILL", 1)]
     rec = [e for e in evs if e.get("event") == "journal_recovered"]
     assert len(rec) == 2 and rec[-1]["from_generation"] == rec[0]["generation"], rec  # the next worker took the journal over
+    # the operator's view: hsbctl status names the master and the death; the metric counts it
+    out = ctl(info, "status")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"supervised by pid {master}: restarted 1 times, last after SIGKILL of pid {seen['old']}" in out.stdout, out.stdout
+    http = sandbox.load_state(d)["cp"]["http"]
+    with urllib.request.urlopen(f"http://{http}/metrics", timeout=10) as resp:
+        assert re.search(r"^hsb_cp_worker_restarts_total 1\.0$", resp.read().decode(), re.M)
 
 
 def test_sigterm_to_the_master_stops_the_cp_cleanly(supervised: Any, tmp_path: Path) -> None:
