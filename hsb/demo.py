@@ -37,11 +37,6 @@ def _ts(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-def _when(e: dict[str, Any]) -> float:
-    """A log event's time (its ISO timestamp) as a Unix time."""
-    return datetime.fromisoformat(str(e.get("timestamp", "1970-01-01T00:00:00Z")).replace("Z", "+00:00")).timestamp()
-
-
 def _events(path: Path, name: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if not path.exists():
@@ -226,7 +221,7 @@ async def cp_restart(d: Path, *, terminals: int, rate: float, say: Any) -> dict[
         sandbox.down(d)
     recovered = _events(d / "cp.log", "journal_recovered")
     rec = recovered[-1] if recovered else {}
-    started = [t for e in _events(d / "cp.log", "cp_started") if (t := _when(e)) >= t_kill]
+    started = [t for e in _events(d / "cp.log", "cp_started") if (t := _ts(e["timestamp"])) >= t_kill]
     pause = rep.pause or {}
     report = rep.to_dict()
     return {

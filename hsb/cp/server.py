@@ -375,13 +375,11 @@ class CPServer:
     async def startup(self, reason: str = "started") -> None:
         """The admin link, the journal taken over, the listeners: what `serve()` does before its
         tick loop when it need not wait (in-process users, tests)."""
+        if not self.servers:
+            await self.start_admin()
         if self.cp is None:  # (a CP forked again by its master has taken the journal over already)
-            if not self.servers:
-                await self.start_admin()
             self.state = "taking_over"
             self.take_over(reason)
-        elif not self.servers:
-            await self.start_admin()
         self.state = "starting"  # the listeners next: an error now is the ports', not the journal's
         await self.start_serving()
         if self.cp is not None and self.cp.tickles is not None:
