@@ -420,7 +420,7 @@ async def one_size(base: Path, n: int, a: argparse.Namespace, out: dict[str, Any
             "active": rss(st["hosts"]["host-a"]["pid"]),
             "standby": rss(st["hosts"]["host-b"]["pid"]),
         }
-        for phase in PHASES:
+        for phase in a.phases:
             r = await run_phase(d, info, n, phase, a, {k: v for k, v in idle.items() if v})
             size["phases"].append(r)
             save(a, out)
@@ -558,7 +558,7 @@ async def amain(a: argparse.Namespace) -> int:
         write_section(SECTION, text)
         say("written to BENCHMARKS.md")
     done = [r for s in out["sizes"] for r in s["phases"]]
-    whole = all(len(s["phases"]) == len(PHASES) for s in out["sizes"] if not s.get("skipped"))
+    whole = all(len(s["phases"]) == len(a.phases) for s in out["sizes"] if not s.get("skipped"))
     return 0 if done and whole and all(r["ok"] for r in done) else 1
 
 
@@ -578,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0.5,
         help="the CP's host_timeout and the hosts' heartbeat_timeout (default 0.5 s, the shipped default; the lease stays 0.35 s)",
     )
+    p.add_argument("--phases", default=",".join(PHASES), help="which phases, in this order (default: %(default)s)")
     p.add_argument("--logon-timeout", type=float, default=300.0)
     p.add_argument("--term-keepalive", type=int, default=None, help="the terminals' TCP keepalive idle seconds (default: hsbterm's; 0: none)")
     p.add_argument("--switch-timeout", type=float, default=30.0)
@@ -596,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
         a.sizes, a.rate, a.steady = a.sizes or "300", a.rate or 500.0, min(a.steady, 2.0)
         a.per_child = a.per_child or 150
     a.sizes = [int(x) for x in (a.sizes or "5000,10000,19000").split(",") if x]
+    a.phases = [x for x in a.phases.split(",") if x]
+    if not a.phases or any(x not in PHASES for x in a.phases) or len(set(a.phases)) != len(a.phases):
+        p.error(f"--phases: each of {', '.join(PHASES)} at most once")
     a.rate = a.rate or 2000.0
     a.per_child = a.per_child or 9000
     a.machine = machine()

@@ -180,6 +180,67 @@ async def test_sqlite_a_transaction_cancelled_in_its_begin_leaves_nothing_open(t
         await db.close()
 
 
+async def test_sqlite_run_is_the_whole_transaction_in_one_call_on_its_thread(tmp_path: Path) -> None:
+    """`SqliteDatabase.run`: BEGIN, the body's statements and COMMIT in one call on the database's
+    thread (not one hop per statement); a body that raises, or awaits anything but its
+    statements, is rolled back and says why; and it waits for a `transaction()` still open."""
+    import threading
+
+    db = SqliteDatabase(str(tmp_path / "run.sqlite"))
+    try:
+        await db.setup(["CREATE TABLE t (k TEXT PRIMARY KEY)"])
+        calls: list[int] = []
+        real_call = db._exec.call
+        db._exec.call = lambda fn, done: (calls.append(1), real_call(fn, done))[1]  # type: ignore[method-assign]
+        threads: list[int] = []
+
+        async def two(tx: Any) -> int:
+            threads.append(threading.get_ident())
+            await tx.execute("INSERT INTO t VALUES ($1)", "a")
+            await tx.execute("INSERT INTO t VALUES ($1)", "b")
+            return int(await tx.fetchval("SELECT count(*) FROM t"))
+
+        assert await db.run(two) == 2
+        assert len(calls) == 1 and threads and threads[0] != threading.get_ident()
+
+        async def fails(tx: Any) -> None:
+            await tx.execute("INSERT INTO t VALUES ('c')")
+            raise ValueError("a bug")
+
+        with pytest.raises(ValueError, match="a bug"):
+            await db.run(fails)
+
+        async def sleeps(tx: Any) -> None:
+            await tx.execute("INSERT INTO t VALUES ('d')")
+            await asyncio.sleep(0)
+
+        with pytest.raises(RuntimeError, match="may await only its transaction's statements"):
+            await db.run(sleeps)
+
+        async def keys(tx: Any) -> list[tuple[Any, ...]]:
+            return await tx.fetch("SELECT k FROM t ORDER BY k")  # type: ignore[no-any-return]
+
+        assert await db.run(keys) == [("a",), ("b",)]  # neither 'c' nor 'd': both rolled back
+        assert not await db._call(lambda c: c.in_transaction)
+
+        order: list[str] = []
+
+        async def later(tx: Any) -> None:
+            order.append("run")
+            await tx.execute("INSERT INTO t VALUES ('e')")
+
+        async with db.transaction() as tx:  # a run() meanwhile waits for this one to end
+            waiting = asyncio.ensure_future(db.run(later))
+            await tx.execute("INSERT INTO t VALUES ('f')")
+            await asyncio.sleep(0.05)
+            order.append("transaction")
+        await waiting
+        assert order == ["transaction", "run"]
+        assert await db.run(keys) == [("a",), ("b",), ("e",), ("f",)]
+    finally:
+        await db.close()
+
+
 @needs_pg
 async def test_exactly_once_on_postgresql(pg: pgsupport.PgServer) -> None:
     db = open_database(fresh(pg))

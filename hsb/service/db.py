@@ -1,7 +1,9 @@
 """One small async interface over PostgreSQL (asyncpg) and SQLite, for services.
 
-A service runs its statements inside `async with db.transaction() as tx:` and writes SQL
-once, with `$1, $2, …` placeholders (SQLite gets them as `?1, ?2, …`). What can go wrong is
+A service runs its statements inside `async with db.transaction() as tx:`, or hands the whole
+transaction over as `await db.run(body)` (`body(tx)` an async function: on SQLite it then runs
+in one call on the database's thread, see `SqliteDatabase.run`), and writes SQL once, with
+`$1, $2, …` placeholders (SQLite gets them as `?1, ?2, …`). What can go wrong is
 sorted here, once, into three kinds, because the host treats them differently:
 
 - `RetryTransaction`: a serialization failure or deadlock (PostgreSQL) or a busy database
@@ -24,12 +26,13 @@ locks do not hold across NFS, and a second machine could not reach the file anyw
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from hsb.service.api import ServiceUnavailable
 from hsb.worker import Worker
@@ -53,10 +56,15 @@ class Tx(Protocol):
     async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]: ...
 
 
+T = TypeVar("T")
+
+
 class Database(Protocol):
     kind: str
 
     def transaction(self) -> Any: ...  # an async context manager giving a Tx
+
+    async def run(self, body: Callable[[Any], Coroutine[Any, Any, T]]) -> T: ...  # body(tx) in one transaction
 
     async def setup(self, ddl: list[str]) -> None: ...
 
@@ -192,6 +200,11 @@ class PostgresDatabase:
                 raise
             raise kind from exc
 
+    async def run(self, body: Callable[[Any], Awaitable[T]]) -> T:
+        """`body(tx)` in one transaction (as `transaction()`); what it returns."""
+        async with self.transaction() as tx:
+            return await body(tx)
+
     async def setup(self, ddl: list[str]) -> None:
         async with self.transaction() as tx:
             await tx.execute("SELECT pg_advisory_xact_lock(7147)")  # both hosts may start at once
@@ -212,6 +225,12 @@ class PostgresDatabase:
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
+@functools.lru_cache(maxsize=512)
+def _sql(sql: str) -> str:
+    """A statement's `$n` placeholders as SQLite's `?n` (a service has few distinct statements)."""
+    return _PLACEHOLDER.sub(r"?\1", sql)
+
+
 class _SqliteTx:
     for_update = ""  # BEGIN IMMEDIATE holds the database's write lock for the whole transaction
 
@@ -219,17 +238,65 @@ class _SqliteTx:
         self.db = db
 
     async def execute(self, sql: str, *args: Any) -> int:
-        return await self.db._call(lambda c: max(0, c.execute(_PLACEHOLDER.sub(r"?\1", sql), args).rowcount))  # type: ignore[no-any-return]
+        return await self.db._call(lambda c: max(0, c.execute(_sql(sql), args).rowcount))  # type: ignore[no-any-return]
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         row = await self.fetchrow(sql, *args)
         return None if row is None else row[0]
 
     async def fetchrow(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
-        return await self.db._call(lambda c: c.execute(_PLACEHOLDER.sub(r"?\1", sql), args).fetchone())  # type: ignore[no-any-return]
+        return await self.db._call(lambda c: c.execute(_sql(sql), args).fetchone())  # type: ignore[no-any-return]
 
     async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        return await self.db._call(lambda c: c.execute(_PLACEHOLDER.sub(r"?\1", sql), args).fetchall())  # type: ignore[no-any-return]
+        return await self.db._call(lambda c: c.execute(_sql(sql), args).fetchall())  # type: ignore[no-any-return]
+
+
+class _DirectTx:
+    """The transaction of `SqliteDatabase.run`, on the database's thread: each statement runs
+    on the spot, so an `await` of one never suspends (see `_drive`)."""
+
+    for_update = ""
+
+    def __init__(self, c: sqlite3.Connection) -> None:
+        self.c = c
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return max(0, self.c.execute(_sql(sql), args).rowcount)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        row = self.c.execute(_sql(sql), args).fetchone()
+        return None if row is None else row[0]
+
+    async def fetchrow(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
+        return self.c.execute(_sql(sql), args).fetchone()  # type: ignore[no-any-return]
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return self.c.execute(_sql(sql), args).fetchall()
+
+
+def _drive(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a transaction's body to its end on this thread: it awaits only `_DirectTx`'s
+    statements, which never suspend, so one step finishes it."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError(
+        "on SQLite a transaction's body runs on the database's thread and may await only its transaction's"
+        " statements (tx.execute, tx.fetchval, ...): move any other await out of it"
+    )
+
+
+def _whole(c: sqlite3.Connection, body: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    _begin(c)
+    try:
+        result = _drive(body(_DirectTx(c)))
+        c.execute("COMMIT")
+    except BaseException:
+        _rollback_open(c)
+        raise
+    return result
 
 
 def _rollback_open(c: sqlite3.Connection) -> None:
@@ -277,8 +344,10 @@ class SqliteDatabase:
 
         try:
             return await self._exec.run(run)
-        except RuntimeError as exc:  # closed while it was queued
-            raise self._closed_error() from exc
+        except RuntimeError as exc:
+            if self._closed:  # closed while it was queued (the worker's own error)
+                raise self._closed_error() from exc
+            raise  # a transaction body's (run): the application's
         except sqlite3.OperationalError as exc:
             text = str(exc)
             if "locked" in text or "busy" in text:
@@ -300,6 +369,18 @@ class SqliteDatabase:
             except BaseException:  # also cancelled while BEGIN ran on the thread: it still began there
                 await asyncio.shield(self._call(_rollback_open))
                 raise
+
+    async def run(self, body: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+        """`body(tx)` in one transaction, the whole of it in one call on the database's thread:
+        BEGIN, every statement, COMMIT (or ROLLBACK if it raises). A transaction through
+        `transaction()` hops between the loop and the thread once per statement, and those hops,
+        not SQLite, were most of a transfer's time (bench/ledger.py). So `body` may await
+        nothing but its transaction's statements (else RuntimeError), and should touch nothing
+        the event loop's code changes meanwhile: it runs on another thread."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            return await self._call(lambda c: _whole(c, body))  # type: ignore[no-any-return]
 
     async def setup(self, ddl: list[str]) -> None:
         async with self.transaction() as tx:

@@ -21,7 +21,9 @@ same. A redelivered message is looked up first, so its effect is not even tried 
 The contract for the effect: everything it changes goes through `tx` (nothing outside the
 database: no e-mail, no call to another service, unless that is idempotent itself); it is
 deterministic given the database (no reply that depends on the clock); it may run more than
-once when transactions collide (it is rolled back each time but the last).
+once when transactions collide (it is rolled back each time but the last). It awaits nothing
+but `tx`'s statements: on SQLite the whole transaction runs in one call on the database's
+thread (`Database.run`).
 
 Records are kept `keep` seconds (default 7 days) and pruned by the host that handles
 messages, at most every `prune_every` seconds. `keep` must exceed the longest time a message
@@ -90,15 +92,20 @@ class ExactlyOnce:
         raise ServiceUnavailable(f"{MAX_RETRIES} transactions in a row collided for {terminal} message {message_id}")
 
     async def _once(self, terminal: str, message_id: int, redelivered: bool, effect: Effect) -> str:
-        async with self.db.transaction() as tx:
+        async def body(tx: Tx) -> tuple[bool, str]:
             if redelivered and self.record:
                 prior = await tx.fetchval(_LOOKUP, terminal, message_id)
                 if prior is not None:
-                    self.counters["replayed"] += 1
-                    return str(prior)
+                    return True, str(prior)
             reply = await effect(tx)
             if self.record and await tx.fetchval(_RECORD, terminal, message_id, reply, time.time()) is None:
                 raise _AlreadyDone  # another transaction recorded it first: roll ours back
+            return False, reply
+
+        replayed, reply = await self.db.run(body)
+        if replayed:
+            self.counters["replayed"] += 1
+            return reply
         self.counters["applied"] += 1
         if time.monotonic() >= self.next_prune and (self.pruning is None or self.pruning.done()):
             self.next_prune = time.monotonic() + self.prune_every
