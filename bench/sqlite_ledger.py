@@ -2,7 +2,7 @@
 a second one machine's sandbox answers, side by side with another checkout of the code.
 
     .venv/bin/python bench/sqlite_ledger.py [--code DIR] [--reps 3] [--terminals 200]
-                                            [--windows 1,2] [--duration 8] [--json FILE]
+                                            [--windows 1,2] [--duration 8] [--rate 400] [--json FILE]
 
 Per repetition, for each checkout (this one, and `--code DIR` if given, alternated): a sandbox
 (`hsbctl sandbox up --service ledger`: hsbcpd with its journal, host-a active, host-b standby,
@@ -10,6 +10,9 @@ the ledger on SQLite in the sandbox's folder), then `hsbterm load --workload led
 --closed-loop` from N terminals for each window (each terminal keeps that many transfers
 outstanding and sends the next on each reply: the capacity), the books checked afterwards
 (balanced, each transfer applied once, every reply the stored one), and the strict verdict.
+Then, in the same sandbox, `--rate` transfers a second (the demo's act four sends 400) for
+`--duration` seconds: the CPU each daemon spends per transfer (the active host, where the ledger
+and SQLite run, and hsbcpd), over the middle half of the sending window.
 Everything runs as subprocesses of the checkout measured (`python -m hsb.ctl`, `python -m
 hsb.term`, with PYTHONPATH set to it), so an older commit is measured by its own code.
 Raw results: bench/results/sqlite-ledger.json; nothing is written to BENCHMARKS.md.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -49,6 +53,59 @@ def run_py(code: Path, args: list[str], timeout: float) -> subprocess.CompletedP
     return subprocess.run([sys.executable, *args], cwd=code, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def cpu_s(pid: int) -> float:
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_args(cp: str, d: Path, a: argparse.Namespace, how: list[str]) -> list[str]:
+    return [
+        "-m",
+        "hsb.term",
+        "load",
+        "--cp",
+        cp,
+        "-n",
+        str(a.terminals),
+        *how,
+        "--duration",
+        str(a.duration),
+        "--workload",
+        "ledger",
+        "--books-sqlite",
+        str(d / "ledger.sqlite"),
+        "--json",
+    ]
+
+
+def at_rate(code: Path, cp: str, d: Path, a: argparse.Namespace) -> dict[str, Any]:
+    """`--rate` transfers a second: each daemon's CPU per transfer over the middle of the window."""
+    st = json.loads((d / "sandbox.json").read_text())
+    pids = {"active": st["hosts"]["host-a"]["pid"], "hsbcpd": st["cp"]["pid"]}
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    argv = [sys.executable, *load_args(cp, d, a, ["--rate", str(a.rate)])]
+    proc = subprocess.Popen(argv, cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2.0 + a.duration / 4)  # logon (200 terminals: well under 2 s), then a quarter of the window
+        c0 = {k: cpu_s(p) for k, p in pids.items()}
+        t0 = time.monotonic()
+        time.sleep(a.duration / 2)
+        c1 = {k: cpu_s(p) for k, p in pids.items()}
+        took = time.monotonic() - t0
+        out, _ = proc.communicate(timeout=a.duration + 180)
+    except BaseException:
+        proc.send_signal(signal.SIGKILL)
+        raise
+    rep = json.loads(out.strip().splitlines()[-1])
+    return {
+        "rate": a.rate,
+        "achieved": rep.get("reply_rate"),
+        "ok": rep.get("ok") and proc.returncode == 0,
+        "failures": rep.get("failures"),
+        "us_per_transfer": {k: round((c1[k] - c0[k]) / (a.rate * took) * 1e6, 1) for k in pids},
+    }
+
+
 def one(code: Path, work: Path, a: argparse.Namespace) -> dict[str, Any]:
     """One sandbox of checkout `code`, a closed-loop load per window; the rates and verdicts."""
     d = work / f"box-{time.monotonic_ns()}"
@@ -59,29 +116,7 @@ def one(code: Path, work: Path, a: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"code": head(code), "windows": {}}
     try:
         for w in a.windows:
-            load = run_py(
-                code,
-                [
-                    "-m",
-                    "hsb.term",
-                    "load",
-                    "--cp",
-                    cp,
-                    "-n",
-                    str(a.terminals),
-                    "--closed-loop",
-                    "--window",
-                    str(w),
-                    "--duration",
-                    str(a.duration),
-                    "--workload",
-                    "ledger",
-                    "--books-sqlite",
-                    str(d / "ledger.sqlite"),
-                    "--json",
-                ],
-                a.duration + 180,
-            )
+            load = run_py(code, load_args(cp, d, a, ["--closed-loop", "--window", str(w)]), a.duration + 180)
             rep = json.loads(load.stdout.strip().splitlines()[-1])
             lat = rep.get("latency_ms") or {}
             out["windows"][str(w)] = {
@@ -93,6 +128,8 @@ def one(code: Path, work: Path, a: argparse.Namespace) -> dict[str, Any]:
                 "latency_p99_ms": lat.get("p99"),
                 "replied": rep.get("replied"),
             }
+        if a.rate:
+            out["at_rate"] = at_rate(code, cp, d, a)
     finally:
         run_py(code, ["-m", "hsb.ctl", "sandbox", "down", "--dir", str(d)], 60)
     return out
@@ -105,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--terminals", type=int, default=200)
     p.add_argument("--windows", default="1,2")
     p.add_argument("--duration", type=float, default=8.0)
+    p.add_argument("--rate", type=float, default=400.0, help="then this many transfers a second: CPU per transfer (0: skip)")
     p.add_argument("--json", default=str(RESULTS))
     a = p.parse_args(argv)
     a.windows = [int(x) for x in a.windows.split(",") if x]
@@ -122,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"[sqlite-ledger] code {r['code']} rep {rep + 1}: "
                 + ", ".join(f"window {w}: {v['rate']} /s {'OK' if v['ok'] else 'FAILED'}" for w, v in r["windows"].items())
             )
-            ok = ok and all(v["ok"] for v in r["windows"].values())
+            if "at_rate" in r:
+                say(f"   at {a.rate:g}/s: {r['at_rate']['us_per_transfer']} µs of CPU per transfer, {'OK' if r['at_rate']['ok'] else 'FAILED'}")
+            ok = ok and all(v["ok"] for v in r["windows"].values()) and r.get("at_rate", {}).get("ok", True)
             Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
     say(f"raw results: {a.json}")
     return 0 if ok else 1

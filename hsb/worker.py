@@ -13,7 +13,9 @@ here, a no-op call took seconds to come back while the loop ran Python callbacks
 for the loop to go idle. While a call is out, the loop therefore gives the GIL away once a turn
 (`time.sleep(0)`, which lets the waiting thread take it): every turn for the first
 NUDGE_SPIN_S, then once every NUDGE_EVERY_S, slowing to NUDGE_SLOWEST_S for a call out long (a
-hung mount), so that such a call does not keep the loop spinning.
+hung mount), so that such a call does not keep the loop spinning. A worker whose calls come back
+to back (the SQLite ledger's transactions) is made with `spin_s=0`: spinning through every call
+cost its host more CPU per transaction than it gained (bench/sqlite_ledger.py).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ NUDGE_SLOWEST_S = 0.05  # ... slowing down to this for a call out for long (a hu
 
 
 class Worker:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, spin_s: float = NUDGE_SPIN_S) -> None:
+        self.spin_s = spin_s  # a call out for less than this: the loop gives the GIL away every turn
         self._q: queue.SimpleQueue[tuple[Callable[[], Any], cf.Future[Any] | tuple[asyncio.AbstractEventLoop, Done]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
@@ -87,7 +90,7 @@ class Worker:
         time.sleep(0)  # the GIL given up and taken back: the thread waiting for it gets it now
         self.nudges += 1
         age = loop.time() - self._since
-        if age < NUDGE_SPIN_S:
+        if age < self.spin_s:
             self._nudge_handle = loop.call_soon(self._nudge, loop)
         else:  # once a millisecond, and slower for a call hung on dead storage (a tenth of its age)
             self._nudge_handle = loop.call_later(min(NUDGE_SLOWEST_S, max(NUDGE_EVERY_S, age / 10)), self._nudge, loop)

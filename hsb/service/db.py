@@ -321,7 +321,9 @@ class SqliteDatabase:
     def __init__(self, path: str, busy_timeout: float = 5.0) -> None:
         self.path = Path(path)
         self.busy_timeout = float(busy_timeout)
-        self._exec = Worker("hsb-sqlite")  # one thread for the connection; the loop gives it the GIL (hsb.worker)
+        # one thread for the connection; the loop gives it the GIL (hsb.worker) once a
+        # millisecond, without spinning: a transaction is one call, and they come back to back
+        self._exec = Worker("hsb-sqlite", spin_s=0.0)
         self._conn: sqlite3.Connection | None = None
         self._lock: asyncio.Lock | None = None
         self._closed = False
