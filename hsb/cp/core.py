@@ -21,6 +21,7 @@ from hsb.cp.config import CPConfig
 from hsb.cp.flip import Flip
 from hsb.cp.journal import Journal, NullJournal
 from hsb.cp.journal_side import JournalSide
+from hsb.cp.logons import Logons
 from hsb.cp.notices import Notices
 from hsb.cp.state import Counts, Held, Session, Term
 from hsb.cp.status_view import StatusView
@@ -103,6 +104,7 @@ class CP(TerminalSide, Adoption, JournalSide, StatusView):
         self.after_switch: AfterSwitch | None = None
         self.release_t0: float | None = None
         self.notices = Notices()  # switch notices owed after a grant and their writers
+        self.logons = Logons()  # hellos beyond a burst in one turn wait and are taken a slice at a time
         self._handover: _Handover | None = None  # a planned handover waiting for standby sessions
         self._last_tick: float | None = None  # tick(): this process's own stalls
         self._tick_skipped = False

@@ -61,11 +61,16 @@ class TerminalProtocol(FramedProtocol):
                 PROTOCOL_ERRORS[(self.link, "tls_name_mismatch")] += 1
                 self.close_with_error("tls_name_mismatch", why)
                 return
+        self.clear_deadline()  # the hello is here: in a logon storm it may wait for its turn (hsb.cp.logons)
+        if self.cp.logons.admit(self, name, last_reply, self._loop):
+            self.logon(name, last_reply)
+
+    def logon(self, name: str, last_reply: int | None) -> None:
+        """The hello taken: now, or in its turn in a logon storm (hsb.cp.logons)."""
         self.cp.terminal_hello(self, name, last_reply)
         if self.term is not None:
             if self.cp.tickles is not None:
                 self.cp.tickles.named(self, name)
-            self.clear_deadline()
             self.set_idle_timeout(self._idle_after)
 
     def on_msg(self, msg: dict[str, Any]) -> None:

@@ -196,6 +196,9 @@ class CPCollector:
         yield _c(
             "hsb_sessions_adopted_expired", "Adopted sessions closed: their terminal was not back within resume_window.", c.get("adopted_expired", 0)
         )
+        yield _c(
+            "hsb_cp_logons_queued", "Hellos that waited in the logon queue (a connection storm), taken a slice at a time.", c.get("logons_queued", 0)
+        )
         ls = st.get("last_switchover") or {}
         yield _g(
             "hsb_switch_flip_seconds", "The last switch inside the CP: grant to every session flipped.", None if not ls else ls["switch_ms"] / 1000

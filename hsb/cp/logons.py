@@ -1,0 +1,75 @@
+"""The logon storm sliced: hellos past a burst in one turn of the event loop wait in a queue
+and are handled a slice at a time (SPEC §5.7, issue 19: no O(terminals) work in one go).
+
+When thousands of terminals come back at once (after a CP restart, a CP machine's loss), the
+kernel completes their TCP handshakes without us, and libuv then hands the loop every accept
+and every first read in one poll: up to 48 × 1,024 events before any timer or `call_soon`
+runs. Handled inline, each hello is a logon (the CP's state, the welcome, the resent replies,
+the session asked of the active): about 80 µs here, so a poll of thousands would hold the loop
+for a large part of a second, and the frames it owes the hosts (heartbeats, lease answers) would
+wait that long.
+
+So a turn handles at most BURST hellos inline, as before; a hello beyond that is queued, its
+connection stops reading (what the terminal sent after its hello waits for it, in order), and
+the queue is worked off SLICE_S at a time with the loop turning in between. A queued hello is
+only parsed and checked, a few µs. The queue is first in, first out: while it holds anything,
+every new hello joins it, so no terminal overtakes another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hsb.cp.terminal_link import TerminalProtocol
+
+BURST = 64  # hellos handled inline in one turn of the loop
+SLICE_S = 0.002  # seconds of queued logons per turn
+
+
+class Logons:
+    __slots__ = ("queue", "inline", "_new_turn", "_slice", "_loop", "deferred")
+
+    def __init__(self) -> None:
+        self.queue: deque[tuple[TerminalProtocol, str, int | None]] = deque()
+        self.inline = 0  # hellos handled inline this turn
+        self._new_turn: asyncio.Handle | None = None
+        self._slice: asyncio.Handle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.deferred = 0  # hellos that waited in the queue (status, tests)
+
+    def admit(self, proto: TerminalProtocol, name: str, last_reply: int | None, loop: asyncio.AbstractEventLoop) -> bool:
+        """True: handle this hello now. False: it was queued (and its connection's reading paused)."""
+        self._loop = loop
+        if not self.queue and self.inline < BURST:
+            self.inline += 1
+            if self._new_turn is None:
+                self._new_turn = loop.call_soon(self._turned)
+            return True
+        self.queue.append((proto, name, last_reply))
+        self.deferred += 1
+        proto.pause_reading()
+        if self._slice is None:
+            self._slice = loop.call_soon(self._run)
+        return False
+
+    def _turned(self) -> None:
+        self._new_turn = None
+        self.inline = 0
+
+    def _run(self) -> None:
+        self._slice = None
+        q = self.queue
+        until = time.perf_counter() + SLICE_S
+        while q:
+            proto, name, last_reply = q.popleft()
+            if not proto.closed:
+                proto.resume_reading()  # first: the logon may pause it again (the held bound)
+                proto.logon(name, last_reply)
+            if time.perf_counter() >= until:
+                break
+        if q and self._loop is not None:
+            self._slice = self._loop.call_soon(self._run)

@@ -1,0 +1,84 @@
+"""The logon storm in slices (hsb.cp.logons), in-process: thousands of hellos read in one turn of
+the event loop (as libuv hands a poll's worth of accepts and first reads to the loop at once)
+are not all taken in that turn. Past a burst they wait in order, their connections stop
+reading, and the loop turns between slices, so its timers (the hosts' heartbeats) keep running;
+what each terminal sent after its hello is handled after it, and nothing is lost or reordered."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.cp import logons
+from hsb.wire.framing import encode
+from tests.support.cpcore import cp_core, fake_host
+from tests.support.transports import RecordingTransport
+
+pytestmark = pytest.mark.timeout(60)
+
+N = 2000
+
+
+def _connect(cp: Any, name: str) -> Any:
+    from hsb.cp.terminal_link import TerminalProtocol
+
+    p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
+    p.connection_made(RecordingTransport(name))
+    return p
+
+
+async def _until(pred: Any, what: str, timeout: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while not pred():
+        assert loop.time() - t0 < timeout, f"timed out waiting for {what}"
+        await asyncio.sleep(0.001)
+
+
+async def test_a_storm_of_hellos_is_taken_a_slice_at_a_time_with_the_loop_turning(tmp_path: Path) -> None:
+    cp = cp_core(tmp_path, N)
+    fake_host(cp, "host-a", "active")
+    names = sorted(cp.terms)
+    protos = [_connect(cp, n) for n in names]
+    # one poll's worth: every terminal's first read holds its hello and a message after it
+    for k, (p, n) in enumerate(zip(protos, names, strict=True)):
+        p.data_received(encode({"t": "hello", "terminal": n, "last_reply": 0}) + encode({"t": "msg", "id": k + 1, "data": f"m{k}"}))
+    assert cp.connected == logons.BURST, "only a burst is taken in the turn the hellos were read in"
+    assert len(cp.logons.queue) == N - logons.BURST
+    assert all(p.reading_paused for p in protos[logons.BURST :])  # the rest wait, their next frames unread
+
+    seen: list[int] = []  # what a timer saw of the queue: the loop turned while the storm was taken
+    loop = asyncio.get_running_loop()
+    loop.call_later(0, lambda: seen.append(len(cp.logons.queue)))
+    await _until(lambda: cp.connected == N and all(p.term is not None and not p._backlog for p in protos), "every logon")
+    assert seen and 0 < seen[0] < N - logons.BURST, f"a timer ran only after the whole storm (queue then {seen})"
+    assert cp.logons.deferred == N - logons.BURST
+
+    for k, (p, n) in enumerate(zip(protos, names, strict=True)):
+        frames = [f for f in p.transport.frames() if f["t"] in ("welcome", "ack")]
+        assert [f["t"] for f in frames] == ["welcome", "ack"], (n, frames)  # the message after its hello, once
+        assert frames[1]["id"] == k + 1
+        assert not p.reading_paused and not p.closed
+    assert cp.counts.held == N  # every message taken, none lost or refused
+
+
+async def test_a_terminal_gone_while_its_hello_waited_is_skipped(tmp_path: Path) -> None:
+    cp = cp_core(tmp_path, logons.BURST + 3)
+    fake_host(cp, "host-a", "active")
+    names = sorted(cp.terms)
+    protos = [_connect(cp, n) for n in names]
+    for p, n in zip(protos, names, strict=True):
+        p.data_received(encode({"t": "hello", "terminal": n, "last_reply": 0}))
+    gone = protos[-2]
+    gone.connection_lost(None)  # left before its turn came
+    await _until(lambda: not cp.logons.queue, "the queue worked off")
+    assert gone.term is None and cp.terms[names[-2]].conn is None
+    assert cp.connected == len(names) - 1
+    # and the terminal can log on again on a new connection
+    again = _connect(cp, names[-2])
+    again.data_received(encode({"t": "hello", "terminal": names[-2], "last_reply": 0}))
+    await _until(lambda: again.term is not None, "the second logon")
+    assert cp.terms[names[-2]].conn is again
