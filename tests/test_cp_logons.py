@@ -82,3 +82,66 @@ async def test_a_terminal_gone_while_its_hello_waited_is_skipped(tmp_path: Path)
     again.data_received(encode({"t": "hello", "terminal": names[-2], "last_reply": 0}))
     await _until(lambda: again.term is not None, "the second logon")
     assert cp.terms[names[-2]].conn is again
+
+
+def _queue_up(cp: Any, names: list[str], hello_timeout: float = 5.0) -> list[Any]:
+    """Connections whose hellos are read in one turn: the first BURST taken, the rest queued."""
+    from hsb.cp.terminal_link import TerminalProtocol
+
+    protos = []
+    for n in names:
+        p = TerminalProtocol(cp, hello_timeout=hello_timeout, idle_after_hello=None)
+        p.connection_made(RecordingTransport(n))
+        p.data_received(encode({"t": "hello", "terminal": n, "last_reply": 0}))
+        protos.append(p)
+    return protos
+
+
+async def test_a_hello_waiting_its_turn_is_not_closed_as_silent(tmp_path: Path, monkeypatch: Any) -> None:
+    """Its connection is not read while it waits: the hello timeout must not take that silence,
+    which is ours, for the terminal's (it would reconnect at the back of the queue)."""
+    cp = cp_core(tmp_path, logons.BURST + 20)
+    fake_host(cp, "host-a", "active")
+    names = sorted(cp.terms)
+    run = logons.Logons._run
+    monkeypatch.setattr(logons.Logons, "_run", lambda self: None)  # the queue held up for a while
+    protos = _queue_up(cp, names, hello_timeout=0.05)
+    waiting = protos[logons.BURST :]
+    await asyncio.sleep(0.3)  # six hello timeouts
+    assert not any(p.closed for p in waiting)
+    monkeypatch.setattr(logons.Logons, "_run", run)
+    cp.logons._slice = None
+    run(cp.logons)
+    await _until(lambda: all(p.term is not None for p in waiting), "the waiting logons")
+    assert cp.connected == len(names)
+
+
+async def test_a_logon_that_fails_ends_its_own_connection_not_the_queue(tmp_path: Path, monkeypatch: Any) -> None:
+    cp = cp_core(tmp_path, logons.BURST + 20)
+    fake_host(cp, "host-a", "active")
+    names = sorted(cp.terms)
+    bad = names[logons.BURST + 3]
+    real = cp.terminal_hello
+
+    def hello(proto: Any, name: str, last_reply: Any = None) -> None:
+        if name == bad:
+            raise RuntimeError("a defect")
+        real(proto, name, last_reply)
+
+    monkeypatch.setattr(cp, "terminal_hello", hello)
+    protos = _queue_up(cp, names)
+    await _until(lambda: not cp.logons.queue, "the queue worked off")
+    await _until(lambda: cp.connected == len(names) - 1, "every other logon")
+    assert protos[names.index(bad)].closed and cp.terms[bad].conn is None
+
+
+async def test_a_cp_that_stops_drops_the_hellos_still_waiting(tmp_path: Path) -> None:
+    cp = cp_core(tmp_path, logons.BURST + 20)
+    fake_host(cp, "host-a", "active")
+    names = sorted(cp.terms)
+    protos = _queue_up(cp, names)
+    cp.logons.close()  # as CPServer.shutdown does first
+    assert not cp.logons.queue and all(p.closed for p in protos[logons.BURST :])
+    late = _queue_up(cp, [names[-1]])[0]  # already closed: a new hello is refused too
+    await asyncio.sleep(0.01)
+    assert late.closed and cp.connected == logons.BURST

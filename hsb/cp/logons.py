@@ -23,15 +23,21 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
+import structlog
+
+from hsb.wire.framing import ProtocolError
+
 if TYPE_CHECKING:
     from hsb.cp.terminal_link import TerminalProtocol
+
+log = structlog.get_logger("hsb.cp")
 
 BURST = 64  # hellos handled inline in one turn of the loop
 SLICE_S = 0.002  # seconds of queued logons per turn
 
 
 class Logons:
-    __slots__ = ("queue", "inline", "_new_turn", "_slice", "_loop", "deferred")
+    __slots__ = ("queue", "inline", "_new_turn", "_slice", "_loop", "deferred", "closed")
 
     def __init__(self) -> None:
         self.queue: deque[tuple[TerminalProtocol, str, int | None]] = deque()
@@ -40,10 +46,14 @@ class Logons:
         self._slice: asyncio.Handle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.deferred = 0  # hellos that waited in the queue (status, tests)
+        self.closed = False  # the CP is stopping: no more logons
 
     def admit(self, proto: TerminalProtocol, name: str, last_reply: int | None, loop: asyncio.AbstractEventLoop) -> bool:
         """True: handle this hello now. False: it was queued (and its connection's reading paused)."""
         self._loop = loop
+        if self.closed:
+            proto.abort()  # it logs on at the next CP
+            return False
         if not self.queue and self.inline < BURST:
             self.inline += 1
             if self._new_turn is None:
@@ -64,12 +74,36 @@ class Logons:
         self._slice = None
         q = self.queue
         until = time.perf_counter() + SLICE_S
-        while q:
-            proto, name, last_reply = q.popleft()
-            if not proto.closed:
-                proto.resume_reading()  # first: the logon may pause it again (the held bound)
-                proto.logon(name, last_reply)
-            if time.perf_counter() >= until:
-                break
-        if q and self._loop is not None:
-            self._slice = self._loop.call_soon(self._run)
+        try:
+            while q:
+                proto, name, last_reply = q.popleft()
+                if not proto.closed:
+                    proto.resume_reading()  # first: the logon may pause it again (the held bound)
+                    self._logon(proto, name, last_reply)
+                if time.perf_counter() >= until:
+                    break
+        finally:  # the rest wait for the next slice, whatever became of this one
+            if q and self._loop is not None and not self.closed:
+                self._slice = self._loop.call_soon(self._run)
+
+    @staticmethod
+    def _logon(proto: TerminalProtocol, name: str, last_reply: int | None) -> None:
+        """One queued logon; what it raises ends that connection only, as inline."""
+        try:
+            proto.logon(name, last_reply)
+        except ProtocolError as exc:
+            proto.protocol_error(exc)
+        except Exception:  # a defect: logged, and this terminal reconnects
+            log.exception("terminal_logon_failed", terminal=name[:64], peer=proto.peer)
+            proto.abort()
+
+    def close(self) -> None:
+        """The CP stops: no more logons; the connections still waiting are dropped (they log on
+        at the next CP)."""
+        self.closed = True
+        for h in (self._slice, self._new_turn):
+            if h is not None:
+                h.cancel()
+        self._slice = self._new_turn = None
+        while self.queue:
+            self.queue.popleft()[0].abort()

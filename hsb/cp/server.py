@@ -553,6 +553,8 @@ class CPServer:
         notify(STOPPING=1, STATUS="stopping")
         held = sum(len(t.held) for t in self.cp.terms.values()) if self.cp is not None else 0
         log.info("cp_stopping", held=held, superseded=self.superseded)
+        if self.cp is not None:
+            self.cp.logons.close()  # hellos still waiting: dropped, they log on at the next CP
         if self.superseded:  # at once: close every connection, nothing more goes out
             for h in list(self.hosts):
                 h.abort()

@@ -61,12 +61,17 @@ class TerminalProtocol(FramedProtocol):
                 PROTOCOL_ERRORS[(self.link, "tls_name_mismatch")] += 1
                 self.close_with_error("tls_name_mismatch", why)
                 return
-        self.clear_deadline()  # the hello is here: in a logon storm it may wait for its turn (hsb.cp.logons)
+        # The hello is here. In a logon storm it may wait for its turn (hsb.cp.logons), with this
+        # connection not read: no timer may close it meanwhile, for a silence that is ours.
+        self.clear_deadline()
+        self.idle_timeout = self.partial_timeout = None
+        self._arm_idle()  # (cancels the idle timer)
         if self.cp.logons.admit(self, name, last_reply, self._loop):
             self.logon(name, last_reply)
 
     def logon(self, name: str, last_reply: int | None) -> None:
         """The hello taken: now, or in its turn in a logon storm (hsb.cp.logons)."""
+        self.partial_timeout = self._hello_timeout  # a frame begun and stalled still closes the link
         self.cp.terminal_hello(self, name, last_reply)
         if self.term is not None:
             if self.cp.tickles is not None:
