@@ -145,3 +145,21 @@ async def test_a_cp_that_stops_drops_the_hellos_still_waiting(tmp_path: Path) ->
     late = _queue_up(cp, [names[-1]])[0]  # already closed: a new hello is refused too
     await asyncio.sleep(0.01)
     assert late.closed and cp.connected == logons.BURST
+
+
+async def test_a_terminal_that_connected_again_while_waiting_logs_on_once(tmp_path: Path) -> None:
+    """Its first connection waited so long that it connected again (that connection is not
+    read, so its end is not seen): the newer one is logged on, the older dropped, and nobody
+    is refused as already connected."""
+    cp = cp_core(tmp_path, logons.BURST + 5)
+    fake_host(cp, "host-a", "active")
+    names = sorted(cp.terms)
+    again = names[logons.BURST + 1]
+    protos = _queue_up(cp, names)
+    first = protos[names.index(again)]
+    second = _queue_up(cp, [again])[0]  # queued behind the rest
+    await _until(lambda: not cp.logons.queue, "the queue worked off")
+    assert first.closed and not second.closed
+    assert cp.terms[again].conn is second and second.term is cp.terms[again]
+    assert not [f for f in second.transport.frames() if f["t"] == "error"]
+    assert cp.connected == len(names) and not cp.logons.newest

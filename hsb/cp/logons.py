@@ -37,10 +37,14 @@ SLICE_S = 0.002  # seconds of queued logons per turn
 
 
 class Logons:
-    __slots__ = ("queue", "inline", "_new_turn", "_slice", "_loop", "deferred", "closed")
+    __slots__ = ("queue", "newest", "inline", "_new_turn", "_slice", "_loop", "deferred", "closed")
 
     def __init__(self) -> None:
         self.queue: deque[tuple[TerminalProtocol, str, int | None]] = deque()
+        # each waiting terminal's newest connection: one that waited so long that its terminal
+        # connected again is dropped when its turn comes (its EOF is unread, since it is not
+        # read), rather than logged on and the new one refused as already connected
+        self.newest: dict[str, TerminalProtocol] = {}
         self.inline = 0  # hellos handled inline this turn
         self._new_turn: asyncio.Handle | None = None
         self._slice: asyncio.Handle | None = None
@@ -60,6 +64,7 @@ class Logons:
                 self._new_turn = loop.call_soon(self._turned)
             return True
         self.queue.append((proto, name, last_reply))
+        self.newest[name] = proto
         self.deferred += 1
         proto.pause_reading()
         if self._slice is None:
@@ -77,6 +82,10 @@ class Logons:
         try:
             while q:
                 proto, name, last_reply = q.popleft()
+                if self.newest.get(name) is proto:
+                    del self.newest[name]
+                elif not proto.closed:  # its terminal connected again meanwhile: that one counts
+                    proto.abort()
                 if not proto.closed:
                     proto.resume_reading()  # first: the logon may pause it again (the held bound)
                     self._logon(proto, name, last_reply)
@@ -107,3 +116,4 @@ class Logons:
         self._slice = self._new_turn = None
         while self.queue:
             self.queue.popleft()[0].abort()
+        self.newest.clear()
