@@ -34,7 +34,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _sandbox import machine, say  # noqa: E402
+from _sandbox import machine, proc_cpu, say  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sqlite-ledger.json"
 
@@ -51,11 +51,6 @@ def head(code: Path) -> str:
 def run_py(code: Path, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(code)}
     return subprocess.run([sys.executable, *args], cwd=code, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def cpu_s(pid: int) -> float:
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def load_args(cp: str, d: Path, a: argparse.Namespace, how: list[str]) -> list[str]:
@@ -87,10 +82,10 @@ def at_rate(code: Path, cp: str, d: Path, a: argparse.Namespace) -> dict[str, An
     proc = subprocess.Popen(argv, cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(2.0 + a.duration / 4)  # logon (200 terminals: well under 2 s), then a quarter of the window
-        c0 = {k: cpu_s(p) for k, p in pids.items()}
+        c0 = {k: proc_cpu([p]) for k, p in pids.items()}
         t0 = time.monotonic()
         time.sleep(a.duration / 2)
-        c1 = {k: cpu_s(p) for k, p in pids.items()}
+        c1 = {k: proc_cpu([p]) for k, p in pids.items()}
         took = time.monotonic() - t0
         out, _ = proc.communicate(timeout=a.duration + 180)
     except BaseException:

@@ -231,6 +231,19 @@ def _sql(sql: str) -> str:
     return _PLACEHOLDER.sub(r"?\1", sql)
 
 
+# one statement on the connection, for both kinds of SQLite transaction (on the database's thread)
+def _changed(c: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> int:
+    return max(0, c.execute(_sql(sql), args).rowcount)
+
+
+def _row(c: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    return c.execute(_sql(sql), args).fetchone()  # type: ignore[no-any-return]
+
+
+def _rows(c: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    return c.execute(_sql(sql), args).fetchall()
+
+
 class _SqliteTx:
     for_update = ""  # BEGIN IMMEDIATE holds the database's write lock for the whole transaction
 
@@ -238,17 +251,17 @@ class _SqliteTx:
         self.db = db
 
     async def execute(self, sql: str, *args: Any) -> int:
-        return await self.db._call(lambda c: max(0, c.execute(_sql(sql), args).rowcount))  # type: ignore[no-any-return]
+        return await self.db._call(lambda c: _changed(c, sql, args))  # type: ignore[no-any-return]
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         row = await self.fetchrow(sql, *args)
         return None if row is None else row[0]
 
     async def fetchrow(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
-        return await self.db._call(lambda c: c.execute(_sql(sql), args).fetchone())  # type: ignore[no-any-return]
+        return await self.db._call(lambda c: _row(c, sql, args))  # type: ignore[no-any-return]
 
     async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        return await self.db._call(lambda c: c.execute(_sql(sql), args).fetchall())  # type: ignore[no-any-return]
+        return await self.db._call(lambda c: _rows(c, sql, args))  # type: ignore[no-any-return]
 
 
 class _DirectTx:
@@ -261,17 +274,17 @@ class _DirectTx:
         self.c = c
 
     async def execute(self, sql: str, *args: Any) -> int:
-        return max(0, self.c.execute(_sql(sql), args).rowcount)
+        return _changed(self.c, sql, args)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
-        row = self.c.execute(_sql(sql), args).fetchone()
+        row = _row(self.c, sql, args)
         return None if row is None else row[0]
 
     async def fetchrow(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
-        return self.c.execute(_sql(sql), args).fetchone()  # type: ignore[no-any-return]
+        return _row(self.c, sql, args)
 
     async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        return self.c.execute(_sql(sql), args).fetchall()
+        return _rows(self.c, sql, args)
 
 
 def _drive(coro: Coroutine[Any, Any, T]) -> T:
@@ -376,7 +389,7 @@ class SqliteDatabase:
         """`body(tx)` in one transaction, the whole of it in one call on the database's thread:
         BEGIN, every statement, COMMIT (or ROLLBACK if it raises). A transaction through
         `transaction()` hops between the loop and the thread once per statement, and those hops,
-        not SQLite, were most of a transfer's time (bench/ledger.py). So `body` may await
+        not SQLite, were most of a transfer's time (bench/sqlite_ledger.py). So `body` may await
         nothing but its transaction's statements (else RuntimeError), and should touch nothing
         the event loop's code changes meanwhile: it runs on another thread."""
         if self._lock is None:
