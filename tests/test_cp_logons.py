@@ -65,6 +65,7 @@ async def test_a_storm_of_hellos_is_taken_a_slice_at_a_time_with_the_loop_turnin
     assert cp.connected == N and all(p.term is not None and not p._backlog for p in protos)
     assert seen and 0 < seen[0] < N - logons.BURST, f"a timer ran only after the whole storm (queue then {seen})"
     assert cp.logons.deferred == N - logons.BURST
+    assert cp.status()["counters"]["logons_queued"] == N - logons.BURST  # what status and the metric report
 
     for k, (p, n) in enumerate(zip(protos, names, strict=True)):
         frames = [f for f in p.transport.frames() if f["t"] in ("welcome", "ack")]
