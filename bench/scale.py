@@ -279,6 +279,7 @@ async def run_phase(d: Path, info: dict[str, Any], n: int, phase: str, a: argpar
             except Exception as exc:  # noqa: BLE001 - the phase failed; its load still reports its verdict
                 problems.append(f"{type(exc).__name__}: {exc}")
                 res["error"] = problems[-1]
+            t_logoff = time.time()  # every terminal logs off: the logoff storm (hsb.cp.logons)
             for k in kids:
                 try:
                     await k.send({"cmd": "stop"})
@@ -322,10 +323,20 @@ async def run_phase(d: Path, info: dict[str, Any], n: int, phase: str, a: argpar
     # the pair must be ready for the next phase: every terminal gone (logged off)
     try:
         await poll(d, lambda s: counts(s)[:2] == (0, 0), 120, "every terminal logged off")
+        res["logoff_s"] = round(time.time() - t_logoff, 2)
         res["standby_sessions_after_logoff"] = counts(await status(d))[2]
     except TimeoutError as exc:
         res["after_logoff"] = str(exc)
+    res["logoff"] = logoff_storm(logs, t_logoff)
     return res
+
+
+def logoff_storm(logs: Logs, t0: float) -> dict[str, Any]:
+    """What the logoff at the phase's end did to the pair, from the daemons' logs: the CP's loop
+    stalls (logged past host_timeout / 2) and hosts that dropped their CP link."""
+    stalls = [e["stalled_ms"] for e in logs["cp"].read() if e.get("event") == "cp_loop_stalled" and e.get("_t", 0) >= t0]
+    drops = [f"{h}: {e.get('reason')}" for h in sandbox.HOSTS for e in logs[h].read() if e.get("event") == "cp_link_down" and e.get("_t", 0) >= t0]
+    return {"cp_stalls_ms": stalls, "host_link_drops": drops}
 
 
 async def operate(
@@ -525,6 +536,18 @@ def render(data: dict[str, Any], a: argparse.Namespace) -> str:
             f" {fmt_ms((by.get('cp_restart') or {}).get('journal_recovery_ms'), 1)} ms). Other processes' CPU (not this benchmark's)"
             f" before each phase: {' / '.join(fmt_ms(r.get('others_cpu'), 2) for r in ph)} cores."
         )
+        offs = [(r["phase"], r["logoff"]) for r in ph if r.get("logoff") is not None]
+        if offs:
+            out.append(
+                "\nEvery terminal logging off at each phase's end (a logoff storm): "
+                + "; ".join(
+                    f"{TITLES[p]}: logged off in {fmt_ms(None if r.get('logoff_s') is None else r['logoff_s'] * 1000)} ms,"
+                    f" CP loop stalls {', '.join(f'{x:,.0f}' for x in o['cp_stalls_ms']) or 'none'} ms,"
+                    f" host links dropped {len(o['host_link_drops'])}"
+                    for (p, o), r in zip(offs, (r for r in ph if r.get("logoff") is not None), strict=True)
+                )
+                + " (a stall is logged past host_timeout / 2)."
+            )
         if size.get("stopped"):
             out.append(f"\n- stopped {size['stopped']}")
     return "\n".join(out)

@@ -173,3 +173,60 @@ async def test_a_terminal_that_connected_again_while_waiting_logs_on_once(tmp_pa
     assert cp.terms[again].conn is second and second.term is cp.terms[again]
     assert not [f for f in second.transport.frames() if f["t"] == "error"]
     assert cp.connected == len(names) and not cp.logons.newest
+
+
+async def _logged_on(cp: Any, names: list[str]) -> tuple[Any, list[Any]]:
+    """Every terminal logged on with its active session at a recording host-a; the next turn begun."""
+    a = fake_host(cp, "host-a", "active", record=True)
+    protos = _queue_up(cp, names)
+    await _until(lambda: cp.connected == len(names), "every logon")
+    for n in names:
+        cp.host_open(a, n, "active", {})
+    await asyncio.sleep(0)  # a new turn: the burst counts afresh
+    return a, protos
+
+
+def _closed_for(a: Any) -> dict[str, list[str]]:
+    """The active's `session_closed` frames: terminal -> the reasons it was told, in order."""
+    out: dict[str, list[str]] = {}
+    for f in a.transport.frames():
+        if f["t"] == "session_closed":
+            out.setdefault(f["terminal"], []).append(f["reason"])
+    return out
+
+
+async def test_a_storm_of_byes_is_taken_a_slice_at_a_time_with_the_loop_turning(tmp_path: Path) -> None:
+    """Every terminal logging off at once (a load stopping, a branch network closing): past a
+    burst the byes wait in the queue, the loop turns between slices, and each is a logoff."""
+    cp = cp_core(tmp_path, N)
+    names = sorted(cp.terms)
+    a, protos = await _logged_on(cp, names)
+    for p in protos:  # one poll's worth of byes
+        p.data_received(encode({"t": "bye"}))
+    assert sum(1 for t in cp.terms.values() if t.leaving) == logons.BURST, "only a burst is taken in the turn the byes were read in"
+    assert len(cp.logons.queue) == N - logons.BURST
+    assert all(p.reading_paused and not p.closed for p in protos[logons.BURST :])
+
+    seen: list[int] = []
+    asyncio.get_running_loop().call_later(0, lambda: seen.append(len(cp.logons.queue)))
+    await _until(lambda: all(p.closed for p in protos), "every connection closed by its logoff")
+    await asyncio.sleep(0)  # the host link's last frames written
+    assert seen and 0 < seen[0] < N - logons.BURST, f"a timer ran only after the whole storm (queue then {seen})"
+    assert _closed_for(a) == {n: ["logoff"] for n in names}  # each session closed once, as a logoff
+    assert cp.counts.active == 0 and cp.logons.deferred_byes == N - logons.BURST
+    assert cp.status()["counters"]["logoffs_queued"] == N - logons.BURST
+
+
+async def test_a_terminal_gone_while_its_bye_waited_is_logged_off_all_the_same(tmp_path: Path) -> None:
+    cp = cp_core(tmp_path, logons.BURST + 3)
+    names = sorted(cp.terms)
+    a, protos = await _logged_on(cp, names)
+    for p in protos:
+        p.data_received(encode({"t": "bye"}))
+    gone = protos[-2]
+    assert gone.bye_waiting and not gone.closed
+    gone.connection_lost(None)  # its connection ended before its turn came
+    await _until(lambda: not cp.logons.queue and all(p.closed for p in protos), "the queue worked off")
+    await asyncio.sleep(0)
+    assert _closed_for(a)[names[-2]] == ["logoff"]  # not "disconnect": the host closes it for good
+    assert cp.terms[names[-2]].conn is None and gone.term.leaving

@@ -1,5 +1,6 @@
-"""The logon storm sliced: hellos past a burst in one turn of the event loop wait in a queue
-and are handled a slice at a time (SPEC §5.7, issue 19: no O(terminals) work in one go).
+"""The logon and logoff storms sliced: hellos and byes past a burst in one turn of the event
+loop wait in a queue and are handled a slice at a time (SPEC §5.7, issue 19: no O(terminals)
+work in one go).
 
 When thousands of terminals come back at once (after a CP restart, a CP machine's loss), the
 kernel completes their TCP handshakes without us, and libuv then hands the loop every accept
@@ -14,6 +15,12 @@ connection stops reading (what the terminal sent after its hello waits for it, i
 the queue is worked off SLICE_S at a time with the loop turning in between. A queued hello is
 only parsed and checked, a few µs. The queue is first in, first out: while it holds anything,
 every new hello joins it, so no terminal overtakes another.
+
+Byes share the burst and the queue: thousands of terminals logging off at once (a branch
+network closing, a load generator stopping) are as many logoffs in one poll, each a session
+closed at the active and a connection closed, with its teardown in uvloop. A queued bye's
+connection is not read until its turn; if it is lost meanwhile, the logoff is done first
+(`TerminalProtocol.on_lost`), so the hosts still hear `logoff`, not `disconnect`.
 """
 
 from __future__ import annotations
@@ -32,15 +39,17 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("hsb.cp")
 
-BURST = 64  # hellos handled inline in one turn of the loop
+BURST = 64  # hellos and byes handled inline in one turn of the loop
 SLICE_S = 0.002  # seconds of queued logons per turn
+BYE = object()  # in the queue instead of a hello's last_reply: a bye
 
 
 class Logons:
-    __slots__ = ("queue", "newest", "inline", "_new_turn", "_slice", "_loop", "deferred", "closed")
+    __slots__ = ("queue", "newest", "inline", "_new_turn", "_slice", "_loop", "deferred", "deferred_byes", "closed")
 
     def __init__(self) -> None:
-        self.queue: deque[tuple[TerminalProtocol, str, int | None]] = deque()
+        # (connection, terminal, last_reply): a hello; (connection, terminal, BYE): a bye
+        self.queue: deque[tuple[TerminalProtocol, str, int | None | object]] = deque()
         # each waiting terminal's newest connection: one that waited so long that its terminal
         # connected again is dropped when its turn comes (its EOF is unread, since it is not
         # read), rather than logged on and the new one refused as already connected
@@ -50,6 +59,7 @@ class Logons:
         self._slice: asyncio.Handle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.deferred = 0  # hellos that waited in the queue (status, tests)
+        self.deferred_byes = 0  # byes that waited in it
         self.closed = False  # the CP is stopping: no more logons
 
     def admit(self, proto: TerminalProtocol, name: str, last_reply: int | None, loop: asyncio.AbstractEventLoop) -> bool:
@@ -58,18 +68,36 @@ class Logons:
         if self.closed:
             proto.abort()  # it logs on at the next CP
             return False
+        if self._now(loop):
+            return True
+        self.newest[name] = proto
+        self.deferred += 1
+        self._wait(proto, name, last_reply, loop)
+        return False
+
+    def admit_bye(self, proto: TerminalProtocol, name: str, loop: asyncio.AbstractEventLoop) -> bool:
+        """True: handle this bye now. False: it was queued (and its connection's reading paused);
+        `proto.logoff()` runs in its turn."""
+        self._loop = loop
+        if self.closed or self._now(loop):
+            return True  # a stopping CP: the logoff now, as before
+        self.deferred_byes += 1
+        self._wait(proto, name, BYE, loop)
+        return False
+
+    def _now(self, loop: asyncio.AbstractEventLoop) -> bool:
         if not self.queue and self.inline < BURST:
             self.inline += 1
             if self._new_turn is None:
                 self._new_turn = loop.call_soon(self._turned)
             return True
-        self.queue.append((proto, name, last_reply))
-        self.newest[name] = proto
-        self.deferred += 1
+        return False
+
+    def _wait(self, proto: TerminalProtocol, name: str, what: int | None | object, loop: asyncio.AbstractEventLoop) -> None:
+        self.queue.append((proto, name, what))
         proto.pause_reading()
         if self._slice is None:
             self._slice = loop.call_soon(self._run)
-        return False
 
     def _turned(self) -> None:
         self._new_turn = None
@@ -81,14 +109,16 @@ class Logons:
         until = time.perf_counter() + SLICE_S
         try:
             while q:
-                proto, name, last_reply = q.popleft()
-                if self.newest.get(name) is proto:
+                proto, name, what = q.popleft()
+                if what is BYE:
+                    pass  # (its connection lost meanwhile: the logoff was done then)
+                elif self.newest.get(name) is proto:
                     del self.newest[name]
                 elif not proto.closed:  # its terminal connected again meanwhile: that one counts
                     proto.abort()
                 if not proto.closed:
-                    proto.resume_reading()  # first: the logon may pause it again (the held bound)
-                    self._logon(proto, name, last_reply)
+                    proto.resume_reading()  # first: a logon may pause it again (the held bound)
+                    self._step(proto, name, what)
                 if time.perf_counter() >= until:
                     break
         finally:  # the rest wait for the next slice, whatever became of this one
@@ -96,19 +126,23 @@ class Logons:
                 self._slice = self._loop.call_soon(self._run)
 
     @staticmethod
-    def _logon(proto: TerminalProtocol, name: str, last_reply: int | None) -> None:
-        """One queued logon; what it raises ends that connection only, as inline."""
+    def _step(proto: TerminalProtocol, name: str, what: int | None | object) -> None:
+        """One queued logon (`what`: its last_reply) or logoff (BYE); what it raises ends that
+        connection only, as inline."""
         try:
-            proto.logon(name, last_reply)
+            if what is BYE:
+                proto.logoff()
+            else:
+                proto.logon(name, what if isinstance(what, int) else None)
         except ProtocolError as exc:
             proto.protocol_error(exc)
         except Exception:  # a defect: logged, and this terminal reconnects
-            log.exception("terminal_logon_failed", terminal=name[:64], peer=proto.peer)
+            log.exception("terminal_logoff_failed" if what is BYE else "terminal_logon_failed", terminal=name[:64], peer=proto.peer)
             proto.abort()
 
     def close(self) -> None:
         """The CP stops: no more logons; the connections still waiting are dropped (they log on
-        at the next CP)."""
+        at the next CP; a terminal whose bye waited is logged off as its connection goes)."""
         self.closed = True
         for h in (self._slice, self._new_turn):
             if h is not None:

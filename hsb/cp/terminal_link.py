@@ -30,6 +30,7 @@ class TerminalProtocol(FramedProtocol):
         self.term: Term | None = None
         self._idle_after = idle_after_hello
         self._hello_timeout = hello_timeout
+        self.bye_waiting = False  # its bye waits in the logoff storm's queue (hsb.cp.logons)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -98,7 +99,16 @@ class TerminalProtocol(FramedProtocol):
     def on_bye(self, msg: dict[str, Any]) -> None:
         if self.term is None:
             raise ProtocolError("bad_hello", "the first frame must be hello")
-        self.cp.terminal_bye(self.term)
+        self.bye_waiting = True
+        if self.cp.logons.admit_bye(self, self.term.name, self._loop):
+            self.logoff()
+
+    def logoff(self) -> None:
+        """The bye taken: now, or in its turn in a logoff storm (hsb.cp.logons)."""
+        self.bye_waiting = False
+        term = self.term
+        if term is not None and term.conn is self:
+            self.cp.terminal_bye(term)
 
     def _handle(self, msg: dict[str, Any]) -> None:
         if self.term is None and msg["t"] != "hello":
@@ -119,4 +129,6 @@ class TerminalProtocol(FramedProtocol):
 
     def on_lost(self, exc: Exception | None) -> None:
         if self.term is not None and self.term.conn is self:
+            if self.bye_waiting:  # it said bye, and went before its turn: a logoff all the same
+                self.logoff()
             self.cp.terminal_lost(self.term)
