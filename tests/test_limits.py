@@ -3,9 +3,11 @@ logon storm of every terminal at once must fit into."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
-from hsb.ops.limits import BACKLOG_MIN, SPARE, accept_queue_fits, listen_backlog, somaxconn, terminals_fit
+from hsb.ops.limits import BACKLOG_MIN, SPARE, accept_queue_fits, listen_backlog, somaxconn, storm_timing, terminals_fit
 
 
 def test_the_backlog_has_room_for_every_terminal() -> None:
@@ -30,3 +32,28 @@ def test_a_small_accept_queue_is_named_with_the_fix() -> None:
     assert w is not None and "net.core.somaxconn is 4096" in w and "10000 terminals" in w
     assert "sysctl -w net.core.somaxconn=16384" in w  # the next power of two above 10,000 + spare
     assert terminals_fit(10_000, 1024) is not None and terminals_fit(100, 1024) is None
+
+
+def test_a_large_cp_with_the_default_host_timeout_is_told_to_raise_it() -> None:
+    assert storm_timing(10_000, 0.5) is None  # up to 10,000: the defaults hold (BENCHMARKS.md, the logoff storm)
+    assert storm_timing(19_000, 2.0) is None  # raised already
+    w = storm_timing(19_000, 0.5)
+    assert w is not None and "19000 terminals with cp.host_timeout 0.5 s" in w
+    assert "cp.host_timeout = 2 and heartbeat_timeout = 2" in w  # the fix, named
+
+
+def test_check_config_names_the_host_timeout_of_a_large_cp(tmp_path: Path) -> None:
+    from tests.support.procs import cp_config
+
+    def check(**cp: object) -> str:
+        r = subprocess.run(
+            [sys.executable, "-m", "hsb.cp", "--config", str(cp_config(tmp_path, terminals=19_000, **cp)), "--check-config"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert r.returncode == 0, r.stderr
+        return r.stderr
+
+    assert "config warning: 19000 terminals with cp.host_timeout 0.5 s" in check()
+    assert "host_timeout" not in check(host_timeout=2.0, host_lease=0.35)

@@ -11,16 +11,21 @@ import click
 from hsb import __version__, logs
 from hsb.cli import EXIT_CONFIG, die, exit_watchdog, load_or_exit, log_level_option
 from hsb.cp.config import CPConfig
+from hsb.ops.limits import storm_timing
 from hsb.wire.auth import load_secret
 
 
 def config_warnings(cfg: CPConfig) -> list[str]:
+    out = []
     if cfg.cp.durability == "none":
-        return [
+        out.append(
             'cp.durability = "none": hsbcpd keeps what it accepted in memory only; a crash or restart of'
             ' hsbcpd loses it (for benchmark comparison only; use "fsync")'
-        ]
-    return []
+        )
+    storm = storm_timing(len(cfg.terminal_table), cfg.cp.host_timeout)
+    if storm is not None:
+        out.append(storm)
+    return out
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -37,7 +37,7 @@ from hsb.cp.journal.generation import Generations, Superseded
 from hsb.cp.terminal_link import TerminalProtocol
 from hsb.cp.tickle import RESEND_AFTER_S, TickleList, not_back, previous_list, send_tickles
 from hsb.ops.http import json_route, start_http
-from hsb.ops.limits import accept_queue_fits, listen_backlog, raise_nofile, somaxconn, terminals_fit
+from hsb.ops.limits import accept_queue_fits, listen_backlog, raise_nofile, somaxconn, storm_timing, terminals_fit
 from hsb.ops.metrics import CPCollector, registry_for
 from hsb.ops.metrics import render as render_metrics
 from hsb.ops.notify import Watchdog, notify
@@ -169,6 +169,9 @@ class CPServer:
         self.accept_queue = {"backlog": backlog if cap < 0 else min(backlog, cap), "somaxconn": cap, "warning": accept_queue_fits(n, cap)}
         if self.accept_queue["warning"]:
             log.warning("accept_queue_too_small", somaxconn=cap, terminals=n, msg=self.accept_queue["warning"])
+        storm = storm_timing(n, c.host_timeout)
+        if storm is not None:
+            log.warning("host_timeout_short_for_storms", host_timeout=c.host_timeout, terminals=n, msg=storm)
         loop = asyncio.get_running_loop()
 
         tls = self.tls.server if self.tls is not None else None

@@ -66,3 +66,22 @@ def accept_queue_fits(terminals: int, cap: int) -> str | None:
         f" restart or takeover) the accept queue overflows and those beyond it wait a second or more for TCP to"
         f" retry; raise it (sysctl -w net.core.somaxconn={want}, and a file in /etc/sysctl.d/)"
     )
+
+
+STORM_TERMINALS = 10_000  # above this many terminals per CP, storms want a longer host_timeout
+STORM_HOST_TIMEOUT_S = 2.0
+
+
+def storm_timing(terminals: int, host_timeout: float) -> str | None:
+    """None unless a CP with this many terminals has a host_timeout that a storm of all of
+    them connecting or logging off at once can approach: the turn of hsbcpd's event loop that
+    reads them stops it for a while, and the hosts hear nothing meanwhile (docs/operations.md,
+    the connection storm)."""
+    if terminals <= STORM_TERMINALS or host_timeout >= STORM_HOST_TIMEOUT_S:
+        return None
+    return (
+        f"{terminals} terminals with cp.host_timeout {host_timeout:g} s: when they all connect or log off at once, the turn"
+        f" of hsbcpd's loop that reads them can approach that on a small machine (0.4-0.6 s at 19,000 on 2 cores), and the"
+        f" hosts then drop their CP link and register again; above {STORM_TERMINALS:,} terminals set cp.host_timeout ="
+        f" {STORM_HOST_TIMEOUT_S:g} and heartbeat_timeout = {STORM_HOST_TIMEOUT_S:g} on both hosts (docs/operations.md)"
+    )
