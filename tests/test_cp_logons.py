@@ -230,3 +230,36 @@ async def test_a_terminal_gone_while_its_bye_waited_is_logged_off_all_the_same(t
     await asyncio.sleep(0)
     assert _closed_for(a)[names[-2]] == ["logoff"]  # not "disconnect": the host closes it for good
     assert cp.terms[names[-2]].conn is None and gone.term.leaving
+
+
+async def test_a_connection_the_cp_closes_while_its_bye_waited_is_a_logoff(tmp_path: Path) -> None:
+    """A timer of its own or a flip's classic path may close it first: the host still hears logoff
+    (when the connection goes, or when the terminal's next connection replaces it)."""
+    cp = cp_core(tmp_path, logons.BURST + 3)
+    names = sorted(cp.terms)
+    a, protos = await _logged_on(cp, names)
+    for p in protos:
+        p.data_received(encode({"t": "bye"}))
+    waiting = protos[-1]
+    waiting.close()  # (its transport keeps it until its queued bytes are out: not gone yet)
+    await _until(lambda: not cp.logons.queue, "the queue worked off")
+    again = _connect(cp, names[-1])
+    again.data_received(encode({"t": "hello", "terminal": names[-1], "last_reply": 0}))
+    await _until(lambda: again.term is not None, "the terminal back")
+    await asyncio.sleep(0)
+    assert _closed_for(a)[names[-1]] == ["logoff"]
+    assert cp.terms[names[-1]].conn is again and not cp.terms[names[-1]].leaving
+
+
+async def test_a_bye_taken_in_its_turn_leaves_a_terminal_at_its_held_bound_unread(tmp_path: Path) -> None:
+    cp = cp_core(tmp_path, logons.BURST + 3)
+    names = sorted(cp.terms)
+    a, protos = await _logged_on(cp, names)
+    for k, p in enumerate(protos):
+        p.data_received(encode({"t": "msg", "id": 1, "data": f"m{k}"}) + encode({"t": "bye"}))
+    last = protos[-1]
+    assert last.bye_waiting and last.reading_paused
+    cp.terms[names[-1]].paused = True  # at its held bound meanwhile (as _backpressure marks it)
+    await _until(lambda: not cp.logons.queue, "the queue worked off")
+    assert cp.terms[names[-1]].leaving and not last.closed  # logged off; open until its message is answered
+    assert last.reading_paused  # still not read: the bound holds, not the queue's resume

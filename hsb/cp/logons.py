@@ -117,7 +117,9 @@ class Logons:
                 elif not proto.closed:  # its terminal connected again meanwhile: that one counts
                     proto.abort()
                 if not proto.closed:
-                    proto.resume_reading()  # first: a logon may pause it again (the held bound)
+                    term = proto.term
+                    if what is not BYE or term is None or not term.paused:  # (a bye's terminal may be at its held bound)
+                        proto.resume_reading()  # first: a logon may pause it again (the held bound)
                     self._step(proto, name, what)
                 if time.perf_counter() >= until:
                     break

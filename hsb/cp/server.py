@@ -557,7 +557,7 @@ class CPServer:
         held = sum(len(t.held) for t in self.cp.terms.values()) if self.cp is not None else 0
         log.info("cp_stopping", held=held, superseded=self.superseded)
         if self.cp is not None:
-            self.cp.logons.close()  # hellos still waiting: dropped, they log on at the next CP
+            self.cp.logons.close()  # hellos still waiting: dropped, they log on at the next CP; byes: logged off now
         if self.superseded:  # at once: close every connection, nothing more goes out
             for h in list(self.hosts):
                 h.abort()

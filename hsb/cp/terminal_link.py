@@ -127,8 +127,19 @@ class TerminalProtocol(FramedProtocol):
         if self.transport is not None and not self.closed and not self.reading_paused and not self._yielding:
             self.transport.resume_reading()
 
+    def close(self) -> None:
+        term = self.term
+        if self.bye_waiting and term is not None and term.conn is self:
+            # closed by the CP while its bye waited (a timer, a flip's classic path), perhaps
+            # inside a flip's slice: its session closes as a logoff when the connection goes
+            self.bye_waiting = False
+            term.leaving = True
+        super().close()
+
     def on_lost(self, exc: Exception | None) -> None:
         if self.term is not None and self.term.conn is self:
-            if self.bye_waiting:  # it said bye, and went before its turn: a logoff all the same
-                self.logoff()
-            self.cp.terminal_lost(self.term)
+            try:
+                if self.bye_waiting:  # it said bye, and went before its turn: a logoff all the same
+                    self.logoff()
+            finally:
+                self.cp.terminal_lost(self.term)

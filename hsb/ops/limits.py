@@ -81,7 +81,8 @@ def storm_timing(terminals: int, host_timeout: float) -> str | None:
         return None
     return (
         f"{terminals} terminals with cp.host_timeout {host_timeout:g} s: when they all connect or log off at once, the turn"
-        f" of hsbcpd's loop that reads them can approach that on a small machine (0.4-0.6 s at 19,000 on 2 cores), and the"
-        f" hosts then drop their CP link and register again; above {STORM_TERMINALS:,} terminals set cp.host_timeout ="
-        f" {STORM_HOST_TIMEOUT_S:g} and heartbeat_timeout = {STORM_HOST_TIMEOUT_S:g} on both hosts (docs/operations.md)"
+        f" of hsbcpd's loop that reads them can last 0.4-0.6 s on a small machine (19,000 on 2 cores), and the hosts,"
+        f" hearing nothing meanwhile, drop their CP link past their heartbeat_timeout (default 0.5 s) and register again;"
+        f" above {STORM_TERMINALS:,} terminals set heartbeat_timeout = {STORM_HOST_TIMEOUT_S:g} on both hosts and"
+        f" cp.host_timeout = {STORM_HOST_TIMEOUT_S:g} here (docs/operations.md)"
     )
