@@ -217,12 +217,19 @@ async def test_a_storm_of_byes_is_taken_a_slice_at_a_time_with_the_loop_turning(
     assert cp.status()["counters"]["logoffs_queued"] == N - logons.BURST
 
 
-async def test_a_terminal_gone_while_its_bye_waited_is_logged_off_all_the_same(tmp_path: Path) -> None:
+async def _byes_queued(tmp_path: Path, before: Any = None) -> tuple[Any, Any, list[str], list[Any]]:
+    """BURST + 3 terminals logged on, then each one's bye read in one turn (after the frame
+    `before(k)` returns, if given): the last three wait in the queue."""
     cp = cp_core(tmp_path, logons.BURST + 3)
     names = sorted(cp.terms)
     a, protos = await _logged_on(cp, names)
-    for p in protos:
-        p.data_received(encode({"t": "bye"}))
+    for k, p in enumerate(protos):
+        p.data_received((before(k) if before is not None else b"") + encode({"t": "bye"}))
+    return cp, a, names, protos
+
+
+async def test_a_terminal_gone_while_its_bye_waited_is_logged_off_all_the_same(tmp_path: Path) -> None:
+    cp, a, names, protos = await _byes_queued(tmp_path)
     gone = protos[-2]
     assert gone.bye_waiting and not gone.closed
     gone.connection_lost(None)  # its connection ended before its turn came
@@ -235,11 +242,7 @@ async def test_a_terminal_gone_while_its_bye_waited_is_logged_off_all_the_same(t
 async def test_a_connection_the_cp_closes_while_its_bye_waited_is_a_logoff(tmp_path: Path) -> None:
     """A timer of its own or a flip's classic path may close it first: the host still hears logoff
     (when the connection goes, or when the terminal's next connection replaces it)."""
-    cp = cp_core(tmp_path, logons.BURST + 3)
-    names = sorted(cp.terms)
-    a, protos = await _logged_on(cp, names)
-    for p in protos:
-        p.data_received(encode({"t": "bye"}))
+    cp, a, names, protos = await _byes_queued(tmp_path)
     waiting = protos[-1]
     waiting.close()  # (its transport keeps it until its queued bytes are out: not gone yet)
     await _until(lambda: not cp.logons.queue, "the queue worked off")
@@ -252,11 +255,7 @@ async def test_a_connection_the_cp_closes_while_its_bye_waited_is_a_logoff(tmp_p
 
 
 async def test_a_bye_taken_in_its_turn_leaves_a_terminal_at_its_held_bound_unread(tmp_path: Path) -> None:
-    cp = cp_core(tmp_path, logons.BURST + 3)
-    names = sorted(cp.terms)
-    a, protos = await _logged_on(cp, names)
-    for k, p in enumerate(protos):
-        p.data_received(encode({"t": "msg", "id": 1, "data": f"m{k}"}) + encode({"t": "bye"}))
+    cp, _, names, protos = await _byes_queued(tmp_path, before=lambda k: encode({"t": "msg", "id": 1, "data": f"m{k}"}))
     last = protos[-1]
     assert last.bye_waiting and last.reading_paused
     cp.terms[names[-1]].paused = True  # at its held bound meanwhile (as _backpressure marks it)
