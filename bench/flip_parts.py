@@ -1,0 +1,112 @@
+"""Where the flip's time goes: the sessions' switch alone beside the switch plus the
+re-delivery of one held message per terminal, for BENCHMARKS.md.
+
+    .venv/bin/python bench/flip_parts.py [--terminals 100000] [--reps 5] [--json FILE] [--no-write] [--render FILE [--write]]
+
+bench/scale_core.py measures issue 19's figure: at a grant, every terminal's standby session
+made its active one and every terminal's held message re-delivered to the new active. This runs
+the same setup and flip (scale_core.one_size, in-process, stand-in transports) in two modes,
+each run in a process of its own, the modes alternated:
+
+- **held**: one message held per terminal (the goal's measure);
+- **none**: no message held: the flip is the sessions' switch alone, nothing re-delivered.
+
+The difference is what the re-delivery costs: reaching each terminal's held messages, marking
+them redelivered, and the `deliver_batch` frames built from their kept items (hsb.cp.flip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _sandbox import bench_main, save_results, section_head, table  # noqa: E402
+
+COMMAND = ".venv/bin/python bench/flip_parts.py"
+RESULTS = Path(__file__).resolve().parent / "results" / "flip_parts.json"
+SECTION = "Where the flip's time goes (`bench/flip_parts.py`)"
+MODES = ("held", "none")
+
+
+async def _child(mode: str, n: int) -> dict[str, Any]:
+    import scale_core
+
+    from hsb import gcpolicy, logs
+
+    logs.setup("warning", cache=True)
+    gcpolicy.apply()  # as the daemon
+    r = await scale_core.one_size(n, with_recovery=False, held=mode == "held")
+    return {"mode": mode, "flip_ms": r["flip_and_redeliver_ms"], "cp_switch_ms": r["cp_switch_ms"], "redelivered": r["redelivered"]}
+
+
+def _run_child(mode: str, n: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, "--terminals", str(n)], check=True, capture_output=True, text=True, timeout=900
+    ).stdout
+    r: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    assert r["redelivered"] == (n if mode == "held" else 0), r  # each held message went to the new active once
+    return r
+
+
+async def amain(a: argparse.Namespace) -> int:
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    for rep in range(a.reps):
+        for mode in MODES if rep % 2 == 0 else MODES[::-1]:
+            r = await asyncio.to_thread(_run_child, mode, a.terminals)
+            runs[mode].append(r)
+            print(f"[flip_parts] rep {rep + 1} {mode}: {r['flip_ms']} ms", file=sys.stderr, flush=True)
+    res = {"terminals": a.terminals, "reps": a.reps, "runs": runs}
+    save_results(a, SECTION, res, render(res, a))
+    return 0
+
+
+def render(res: dict[str, Any], a: argparse.Namespace) -> str:
+    what = {"held": "one held message per terminal, re-delivered", "none": "no message held: the sessions' switch alone"}
+    med = {m: statistics.median(r["flip_ms"] for r in res["runs"][m]) for m in MODES}
+    rows = [[m, what[m], ", ".join(f"{r['flip_ms']:.1f}" for r in res["runs"][m]), f"{med[m]:.1f}", f"{med[m] / med['held']:.2f}"] for m in MODES]
+    return "\n".join(
+        [
+            *section_head(
+                a,
+                f"In-process as bench/scale_core.py ({res['terminals']:,} terminals, both sessions each; the flip measured from the"
+                f" switchover request until every terminal is flipped and the new active has been sent every held message), each"
+                f" run in a process of its own, the modes alternated, {res['reps']} runs each.",
+            ),
+            "",
+            table(["mode", "at the flip", "flip ms (runs)", "median", "share of held's median"], rows, align="llrrr"),
+            "",
+            f"The re-delivery is {med['held'] - med['none']:.1f} ms of the {med['held']:.1f} ms median"
+            f" ({100 * (1 - med['none'] / med['held']):.0f} %); the sessions' switch is the rest.",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--child", choices=MODES)
+        ap.add_argument("--terminals", type=int)
+        c = ap.parse_args(argv)
+        from hsb.loop import run
+
+        print(json.dumps(run(_child(c.child, c.terminals))))
+        return 0
+    ap = argparse.ArgumentParser(prog="bench/flip_parts.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--terminals", type=int, default=100000)
+    ap.add_argument("--reps", type=int, default=5)
+    return bench_main(ap, argv, command=COMMAND, results=RESULTS, section=SECTION, render=render, amain=amain)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
