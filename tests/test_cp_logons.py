@@ -262,3 +262,15 @@ async def test_a_bye_taken_in_its_turn_leaves_a_terminal_at_its_held_bound_unrea
     await _until(lambda: not cp.logons.queue, "the queue worked off")
     assert cp.terms[names[-1]].leaving and not last.closed  # logged off; open until its message is answered
     assert last.reading_paused  # still not read: the bound holds, not the queue's resume
+
+
+async def test_a_cp_that_stops_logs_off_the_terminals_whose_byes_wait(tmp_path: Path) -> None:
+    cp, a, names, protos = await _byes_queued(tmp_path)
+    waiting = [p for p in protos if p.bye_waiting]
+    assert len(waiting) == 3
+    cp.logons.close()  # as CPServer.shutdown does first: the waiting connections are dropped
+    assert all(p.closed for p in waiting) and not cp.logons.queue
+    for p in waiting:
+        p.connection_lost(None)  # (what the transport reports of the abort)
+    await asyncio.sleep(0)
+    assert all(_closed_for(a)[p.term.name] == ["logoff"] for p in waiting)  # each logged off, once
