@@ -25,6 +25,7 @@ import json
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +67,36 @@ async def _child(mode: str, n: int) -> dict[str, Any]:
     return {"mode": mode, "flip_ms": r["flip_and_redeliver_ms"], "cp_switch_ms": r["cp_switch_ms"], "redelivered": r["redelivered"]}
 
 
-def _run_child(mode: str, n: int) -> dict[str, Any]:
+def run_child(script: str, mode: str, n: int) -> dict[str, Any]:
+    """`script --child MODE --terminals N` in a process of its own: what it printed last, as JSON."""
     out = subprocess.run(
-        [sys.executable, __file__, "--child", mode, "--terminals", str(n)], check=True, capture_output=True, text=True, timeout=900
+        [sys.executable, script, "--child", mode, "--terminals", str(n)], check=True, capture_output=True, text=True, timeout=900
     ).stdout
     r: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return r
+
+
+def child_main(argv: list[str], modes: tuple[str, ...], child: Callable[[str, int], Coroutine[Any, Any, dict[str, Any]]]) -> int:
+    """The child's side of `run_child`: `child(mode, terminals)` on the daemons' event loop."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--child", choices=modes)
+    ap.add_argument("--terminals", type=int)
+    c = ap.parse_args(argv)
+    from hsb.loop import run
+
+    print(json.dumps(run(child(c.child, c.terminals))))
+    return 0
+
+
+def bench_args(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n\n")[0])
+    ap.add_argument("--terminals", type=int, default=100000)
+    ap.add_argument("--reps", type=int, default=5)
+    return ap
+
+
+def _run_child(mode: str, n: int) -> dict[str, Any]:
+    r = run_child(__file__, mode, n)
     assert r["redelivered"] >= n, r  # every held message went to the new active
     return r
 
@@ -122,17 +148,8 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
-        ap = argparse.ArgumentParser()
-        ap.add_argument("--child", choices=MODES)
-        ap.add_argument("--terminals", type=int)
-        c = ap.parse_args(argv)
-        from hsb.loop import run
-
-        print(json.dumps(run(_child(c.child, c.terminals))))
-        return 0
-    ap = argparse.ArgumentParser(prog="bench/flip_heap.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--terminals", type=int, default=100000)
-    ap.add_argument("--reps", type=int, default=5)
+        return child_main(argv, MODES, _child)
+    ap = bench_args("bench/flip_heap.py", __doc__)
     return bench_main(ap, argv, command=COMMAND, results=RESULTS, section=SECTION, render=render, amain=amain)
 
 

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _sandbox import bench_main, save_results, section_head, table  # noqa: E402
+from flip_heap import bench_args, child_main, run_child  # noqa: E402
 
 COMMAND = ".venv/bin/python bench/flip_parts.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "flip_parts.json"
@@ -50,10 +49,7 @@ async def _child(mode: str, n: int) -> dict[str, Any]:
 
 
 def _run_child(mode: str, n: int) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", mode, "--terminals", str(n)], check=True, capture_output=True, text=True, timeout=900
-    ).stdout
-    r: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    r = run_child(__file__, mode, n)
     assert r["redelivered"] == (n if mode == "held" else 0), r  # each held message went to the new active once
     return r
 
@@ -94,17 +90,8 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
-        ap = argparse.ArgumentParser()
-        ap.add_argument("--child", choices=MODES)
-        ap.add_argument("--terminals", type=int)
-        c = ap.parse_args(argv)
-        from hsb.loop import run
-
-        print(json.dumps(run(_child(c.child, c.terminals))))
-        return 0
-    ap = argparse.ArgumentParser(prog="bench/flip_parts.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--terminals", type=int, default=100000)
-    ap.add_argument("--reps", type=int, default=5)
+        return child_main(argv, MODES, _child)
+    ap = bench_args("bench/flip_parts.py", __doc__)
     return bench_main(ap, argv, command=COMMAND, results=RESULTS, section=SECTION, render=render, amain=amain)
 
 
