@@ -8,14 +8,16 @@ microseconds from the same clock, so times taken in different processes can be c
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import math
 import os
 import signal
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -470,6 +472,37 @@ def bench_main(
     a.command = command + (" " + " ".join(argv) if argv else "")
     a.machine = machine()
     return run_or_render(a, section, lambda saved: render(saved["results"], a), amain, daemon_loop=True)
+
+
+# ---------------------------------------------------------------- benches run in child processes
+
+
+def run_child(script: str, mode: str, n: int) -> dict[str, Any]:
+    """`script --child MODE --terminals N` in a process of its own (a fresh heap each run): what it printed last, as JSON."""
+    out = subprocess.run(
+        [sys.executable, script, "--child", mode, "--terminals", str(n)], check=True, capture_output=True, text=True, timeout=900
+    ).stdout
+    r: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return r
+
+
+def child_main(argv: list[str], modes: tuple[str, ...], child: Callable[[str, int], Coroutine[Any, Any, dict[str, Any]]]) -> int:
+    """The child's side of `run_child`: `child(mode, terminals)` on the daemons' event loop."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--child", choices=modes)
+    ap.add_argument("--terminals", type=int)
+    c = ap.parse_args(argv)
+    from hsb.loop import run
+
+    print(json.dumps(run(child(c.child, c.terminals))))
+    return 0
+
+
+def bench_args(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n\n")[0])
+    ap.add_argument("--terminals", type=int, default=100000)
+    ap.add_argument("--reps", type=int, default=5)
+    return ap
 
 
 def run_or_render(a: Any, section: str, rerender: Callable[[dict[str, Any]], str], amain: Callable[[Any], Any], daemon_loop: bool = False) -> int:

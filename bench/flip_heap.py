@@ -21,11 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import statistics
-import subprocess
 import sys
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _sandbox import bench_main, save_results, section_head, table  # noqa: E402
+from _sandbox import bench_args, bench_main, child_main, run_child, save_results, section_head, table  # noqa: E402
 
 COMMAND = ".venv/bin/python bench/flip_heap.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "flip_heap.json"
@@ -65,34 +62,6 @@ async def _child(mode: str, n: int) -> dict[str, Any]:
     r = await scale_core.one_size(n, with_recovery=False)
     del kept
     return {"mode": mode, "flip_ms": r["flip_and_redeliver_ms"], "cp_switch_ms": r["cp_switch_ms"], "redelivered": r["redelivered"]}
-
-
-def run_child(script: str, mode: str, n: int) -> dict[str, Any]:
-    """`script --child MODE --terminals N` in a process of its own: what it printed last, as JSON."""
-    out = subprocess.run(
-        [sys.executable, script, "--child", mode, "--terminals", str(n)], check=True, capture_output=True, text=True, timeout=900
-    ).stdout
-    r: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    return r
-
-
-def child_main(argv: list[str], modes: tuple[str, ...], child: Callable[[str, int], Coroutine[Any, Any, dict[str, Any]]]) -> int:
-    """The child's side of `run_child`: `child(mode, terminals)` on the daemons' event loop."""
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--child", choices=modes)
-    ap.add_argument("--terminals", type=int)
-    c = ap.parse_args(argv)
-    from hsb.loop import run
-
-    print(json.dumps(run(child(c.child, c.terminals))))
-    return 0
-
-
-def bench_args(prog: str, doc: str | None) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n\n")[0])
-    ap.add_argument("--terminals", type=int, default=100000)
-    ap.add_argument("--reps", type=int, default=5)
-    return ap
 
 
 def _run_child(mode: str, n: int) -> dict[str, Any]:

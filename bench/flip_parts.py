@@ -28,8 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _sandbox import bench_main, save_results, section_head, table  # noqa: E402
-from flip_heap import bench_args, child_main, run_child  # noqa: E402
+from _sandbox import bench_args, bench_main, child_main, run_child, save_results, section_head, table  # noqa: E402
 
 COMMAND = ".venv/bin/python bench/flip_parts.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "flip_parts.json"

@@ -536,15 +536,15 @@ def render(data: dict[str, Any], a: argparse.Namespace) -> str:
             f" {fmt_ms((by.get('cp_restart') or {}).get('journal_recovery_ms'), 1)} ms). Other processes' CPU (not this benchmark's)"
             f" before each phase: {' / '.join(fmt_ms(r.get('others_cpu'), 2) for r in ph)} cores."
         )
-        offs = [(r["phase"], r["logoff"]) for r in ph if r.get("logoff") is not None]
+        offs = [r for r in ph if r.get("logoff") is not None]
         if offs:
             out.append(
                 "\nEvery terminal logging off at each phase's end (a logoff storm): "
                 + "; ".join(
-                    f"{TITLES[p]}: logged off in {fmt_ms(None if r.get('logoff_s') is None else r['logoff_s'] * 1000)} ms,"
-                    f" CP loop stalls {', '.join(f'{x:,.0f}' for x in o['cp_stalls_ms']) or 'none'} ms,"
-                    f" host links dropped {len(o['host_link_drops'])}"
-                    for (p, o), r in zip(offs, (r for r in ph if r.get("logoff") is not None), strict=True)
+                    f"{TITLES[r['phase']]}: logged off in {fmt_ms(None if r.get('logoff_s') is None else r['logoff_s'] * 1000)} ms,"
+                    f" CP loop stalls {', '.join(f'{x:,.0f}' for x in r['logoff']['cp_stalls_ms']) or 'none'} ms,"
+                    f" host links dropped {len(r['logoff']['host_link_drops'])}"
+                    for r in offs
                 )
                 + " (a stall is logged past host_timeout / 2)."
             )

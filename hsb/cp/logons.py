@@ -110,15 +110,14 @@ class Logons:
         try:
             while q:
                 proto, name, what = q.popleft()
-                if what is BYE:
-                    pass  # (its connection lost meanwhile: the logoff was done then)
-                elif self.newest.get(name) is proto:
-                    del self.newest[name]
-                elif not proto.closed:  # its terminal connected again meanwhile: that one counts
-                    proto.abort()
-                if not proto.closed:
-                    term = proto.term
-                    if what is not BYE or term is None or not term.paused:  # (a bye's terminal may be at its held bound)
+                if what is not BYE:  # a hello
+                    if self.newest.get(name) is proto:
+                        del self.newest[name]
+                    elif not proto.closed:  # its terminal connected again meanwhile: that one counts
+                        proto.abort()
+                if not proto.closed:  # (a bye's connection lost meanwhile: the logoff was done then)
+                    term = proto.term  # (a hello's: None; a bye's may be at its held bound, not to be read)
+                    if term is None or not term.paused:
                         proto.resume_reading()  # first: a logon may pause it again (the held bound)
                     self._step(proto, name, what)
                 if time.perf_counter() >= until:
