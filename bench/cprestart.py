@@ -175,13 +175,19 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     return out
 
 
-def recovery_bench(n: int) -> dict[str, Any]:
-    """Read back a journal of `n` outstanding messages (and n/10 kept replies) and restore a CP."""
+GROUP_RECORDS = 5  # records per group commit: what hsbcpd wrote at 2,000 msg/s from 10,000 terminals
+
+
+def recovery_bench(n: int, group: int = GROUP_RECORDS) -> dict[str, Any]:
+    """Read back a journal of `n` outstanding messages (and n/10 kept replies) and restore a CP.
+    The journal is written as hsbcpd writes it: `group` records per group commit (1: each alone,
+    as at a trickle of messages)."""
     from hsb import gcpolicy
     from hsb.config import load
     from hsb.cp.config import CPConfig
     from hsb.cp.core import CP
-    from hsb.cp.journal.format import encode
+    from hsb.cp.journal.format import group as framed_group
+    from hsb.cp.journal.format import packer
     from hsb.cp.journal.recovery import recover, segment_name
 
     terminals = max(1, n // 10)
@@ -193,7 +199,9 @@ def recovery_bench(n: int) -> dict[str, Any]:
             recs.append(["a", f"T{i % terminals:06d}", i // terminals + 1, b"x" * 64])
         for t in range(terminals):
             recs.append(["r", f"T{t:06d}", 1, b"y" * 64])  # the first message of each: answered, reply kept
-        blob = b"".join(encode(r) for r in recs)
+        pack = packer()
+        bodies = [pack(r) for r in recs]
+        blob = b"".join(framed_group(bodies[k : k + group]) for k in range(0, len(bodies), group))
         (d / segment_name(1)).write_bytes(blob)
         (Path(tmp) / "s").write_text("secret\n")
         (Path(tmp) / "s").chmod(0o600)
@@ -213,6 +221,7 @@ def recovery_bench(n: int) -> dict[str, Any]:
             "kept_replies": sum(len(t.replies) for t in cp.terms.values()),
             "terminals": terminals,
             "journal_mib": round(len(blob) / 1048576, 1),
+            "records_per_group": group,
             "read_s": round(t1 - t0, 3),
             "restore_s": round(t2 - t1, 3),
             "total_s": round(t2 - t0, 3),
@@ -314,7 +323,8 @@ def render(data: dict[str, Any], a: argparse.Namespace) -> str:
             "",
             f"Recovery alone (in-process, `--recovery {rb['outstanding_messages']}`): a journal of {rb['journal_mib']} MiB holding"
             f" {rb['outstanding_messages']:,} outstanding messages and {rb['kept_replies']:,} kept replies of {rb['terminals']:,}"
-            f" terminals read back in {rb['read_s'] * 1000:.0f} ms and restored into the CP in {rb['restore_s'] * 1000:.0f} ms:"
+            f" terminals ({rb.get('records_per_group', 1)} records per group commit)"
+            f" read back in {rb['read_s'] * 1000:.0f} ms and restored into the CP in {rb['restore_s'] * 1000:.0f} ms:"
             f" {rb['total_s'] * 1000:.0f} ms in all (goal ≤ 500 ms: **{'met' if rb['total_s'] <= 0.5 else 'missed'}**).",
         ]
     return "\n".join(out)

@@ -153,10 +153,13 @@ async def test_the_few_terminals_holding_messages_are_flipped_first(tmp_path: Pa
 def test_messages_restored_from_the_journal_are_indexed_as_held(tmp_path: Path) -> None:
     """After a restart the recovered held messages' terminals are in the CP's index of holders
     (a flip reaches them first), those with replies only are not."""
-    from hsb.cp.journal.recovery import Recovered
+    from hsb.cp.journal.recovery import Recovered, recovered_held
+    from hsb.cp.state import Kept
 
     cp = cp_core(tmp_path, 4, width=1)
-    cp.restore(Recovered(epoch=3, last_acked={"T2": 5, "T4": 1}, held={"T4": {1: (b"x", 1)}, "T2": {5: (b"y", 1)}}, replies={"T3": {2: (b"r", 1)}}))
+    r = Recovered(epoch=3, last_acked={"T2": 5, "T4": 1}, replies={"T3": {2: Kept(2, b"r", 1)}})
+    r.held = {"T4": {1: recovered_held(1, b"x", 0.0, 1)}, "T2": {5: recovered_held(5, b"y", 0.0, 1)}}
+    cp.restore(r)
     assert set(cp.holding) == {cp.terms["T2"], cp.terms["T4"]}
 
 

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hsb import uring
-from hsb.cp.journal.format import JournalDamaged, encode, encoder, scan
+from hsb.cp.journal.format import GROUP_MAX, JournalDamaged, encode, group, packer, scan
 from hsb.cp.journal.recovery import recover, segment_name
 from hsb.wire.client import request
 from tests.support.hostclient import FakeHost, FakeTerminal
@@ -50,13 +50,77 @@ def test_a_torn_tail_is_dropped_at_any_cut(recs: list[tuple[str, int, bytes]], d
     assert got == records[:-1] and end == len(blob) - last and torn is not None
 
 
+RECORD = st.lists(st.one_of(st.text(max_size=300), st.integers(-(2**63), 2**64 - 1), st.binary(max_size=300), st.none()), min_size=1, max_size=6).map(
+    lambda r: ["a", *r]
+)
+
+
 @settings(max_examples=200)
-@given(st.lists(st.one_of(st.text(max_size=300), st.integers(-(2**63), 2**64 - 1), st.binary(max_size=300), st.none()), max_size=6))
-def test_the_loops_encoder_writes_the_bytes_of_encode_and_scan_reads_them(payload: list[Any]) -> None:
-    enc = encoder()
-    rec = enc(payload)
-    assert rec == encode(payload)
-    assert scan(rec + enc(["x"]))[0] == [payload, ["x"]]
+@given(st.lists(RECORD, min_size=1, max_size=12))
+def test_a_group_commit_is_one_record_that_reads_back_as_its_records(payloads: list[list[Any]]) -> None:
+    pack = packer()
+    rec = group([pack(p) for p in payloads])
+    if len(payloads) == 1:
+        assert rec == encode(payloads[0])  # a record alone is written as it always was
+    else:
+        assert len(rec) < sum(len(encode(p)) for p in payloads)  # one header for the group
+    assert scan(rec + encode(["x"]))[0] == [*payloads, ["x"]]
+    assert scan(encode(["ck"]) + rec, until="ck")[0] == [["ck"]]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(RECORD, min_size=2, max_size=12), st.integers(0, 3), st.data())
+def test_a_torn_group_is_dropped_whole(payloads: list[list[Any]], before: int, data: Any) -> None:
+    pack = packer()
+    head = b"".join(encode(["c", "T", i]) for i in range(before))  # durable groups before it
+    rec = group([pack(p) for p in payloads])
+    cut = data.draw(st.integers(len(head) + 1, len(head) + len(rec) - 1))
+    got, end, torn = scan((head + rec)[:cut])
+    assert got == [["c", "T", i] for i in range(before)] and end == len(head) and torn is not None
+
+
+def test_damage_inside_a_group_stops_with_the_groups_offset_and_until_stops_inside_one(tmp_path: Path) -> None:
+    pack = packer()
+    first = group([pack(["ck", 1, "host-a", 0, {}]), pack(["se"]), pack(["a", "T1", 1, b"x"])])
+    assert scan(first, until="se")[0] == [["ck", 1, "host-a", 0, {}], ["se"]]
+    second = group([pack(["a", "T1", i, b"y" * 20]) for i in range(2, 6)])
+    p = _segment(tmp_path, 1, [])
+    blob = bytearray(first + second + encode(["a", "T1", 9, b"z"]))
+    blob[len(first) + len(second) // 2] ^= 0xFF  # a byte in the middle of the second group
+    p.write_bytes(bytes(blob))
+    with pytest.raises(JournalDamaged) as exc:
+        recover(tmp_path)
+    assert exc.value.offset == len(first) and "a valid record follows" in str(exc.value)
+
+
+def test_a_restore_keeps_each_terminals_messages_in_id_order(tmp_path: Path) -> None:
+    """Records carried forward sit out of id order; the CP gets every terminal's held messages and
+    kept replies in id order all the same, marked as recovered, and counted."""
+    from tests.support.cpcore import cp_core
+
+    d = tmp_path / "j"
+    d.mkdir()
+    recs = [["ck", 3, "host-a", 0, {}], ["a", "T1", 1, b"m1"], ["a", "T1", 3, b"m3"], ["a", "T1", 2, b"m2"], ["a", "T2", 1, b"n1"]]
+    _segment(d, 1, [*recs, ["r", "T2", 1, b"re"], ["r", "T1", 5, b"r5"], ["r", "T1", 4, b"r4"]])
+    cp = cp_core(tmp_path, 4, width=1)
+    cp.restore(recover(d))
+    t1, t2 = cp.terms["T1"], cp.terms["T2"]
+    assert list(t1.held) == [1, 2, 3] and [h.data for h in t1.held.values()] == [b"m1", b"m2", b"m3"]
+    assert all(h.delivered_epoch == -1 and h.recovered and h.redelivered is False for h in t1.held.values())
+    assert list(t1.replies) == [4, 5] and list(t2.replies) == [1] and not t2.held
+    assert cp.counts.held == 3 and cp.counts.kept == 3 and set(cp.holding) == {t1}
+    assert t1.resuming and t2.resuming and t1.last_acked == 3 and cp.epoch == 3
+
+
+def test_a_large_group_commit_is_split_and_reads_back_in_order(tmp_path: Path) -> None:
+    from hsb.cp.journal.store import _groups
+
+    pack = packer()
+    one = [(1, pack(["a", "T1", i, b""])) for i in range(GROUP_MAX + 5)]
+    for pending, segs in ((one, [1, 1]), ([*one, (2, pack(["a", "T2", 1, b""]))], [1, 1, 2])):  # one segment; two
+        written = _groups(pending)
+        assert [seg for seg, _ in written] == segs
+        assert scan(written[0][1] + written[1][1])[0] == [["a", "T1", i, b""] for i in range(GROUP_MAX + 5)]
 
 
 def test_damage_in_the_middle_stops_with_the_file_and_offset(tmp_path: Path) -> None:
@@ -110,7 +174,10 @@ def test_damage_in_a_generation_whose_snapshot_segment_is_gone_stops_the_start(t
     recs = [["ck", 2, "host-a", gen, {"T1": 3}, {"first": 5}], *(["a", "T1", i, b"x" * 20] for i in range(4, 8))]
     p = _segment(tmp_path, 6, recs, gen=gen)
     _segment(tmp_path, 7, [["ck", 2, "host-a", gen, {"T1": 7}, {"first": 5}], ["a", "T1", 8, b"y"]], gen=gen)
-    assert recover(tmp_path, truncate=False).held == {"T1": {i: (b"x" * 20, 6) for i in range(4, 8)} | {8: (b"y", 7)}}
+    held = recover(tmp_path, truncate=False).held
+    assert {t: {i: (h.data, h.seg) for i, h in v.items()} for t, v in held.items()} == {
+        "T1": {i: (b"x" * 20, 6) for i in range(4, 8)} | {8: (b"y", 7)}
+    }
     _recovery_stops_at(tmp_path, p, sum(len(encode(r)) for r in recs[:2]))
 
 
@@ -150,7 +217,7 @@ def test_recovery_applies_every_kind_and_truncates_a_torn_tail(tmp_path: Path) -
     assert r.last_acked == {"T0": 9, "T1": 4, "T2": 7, "T3": 1}
     assert {t: sorted(v) for t, v in r.held.items()} == {"T1": [3, 4], "T3": [1]}
     assert {t: sorted(v) for t, v in r.replies.items()} == {"T1": [2]}
-    assert r.replies["T1"][2][0] == b"reply-two"
+    assert r.replies["T1"][2].data == b"reply-two"
     assert r.history == [{"kind": "failover", "epoch": 5}]
     assert r.torn is not None and segment_name(4) in r.torn
     assert recover(tmp_path).torn is None  # cut off the file

@@ -276,3 +276,46 @@ async def test_a_new_segment_whose_name_failed_to_sync_is_synced_before_anything
         assert ["a", "T1", 0, "in the new segment"] in records(tmp_path)
     finally:
         j.close()
+
+
+async def test_a_failed_group_is_written_again_in_place_before_what_came_after(tmp_path: Path, monkeypatch: Any) -> None:
+    """A group commit whose write fails (EIO) is written again as it was, at the same offset, and
+    the records appended meanwhile follow it: each record once, in order, every caller told, and
+    `pending` counts records (not groups) throughout."""
+    import errno
+
+    from tests.support.procs import until
+
+    j = open_journal(tmp_path, io="thread")
+    try:
+        real = j._write
+        fail = [True]
+
+        def flaky(batch: list[tuple[int, bytes]]) -> float:
+            if fail[0]:
+                fail[0] = False
+                os.pwrite(j._fds[batch[0][0]], b"\xff" * 7, j._offset[batch[0][0]])  # junk where it goes
+                raise OSError(errno.EIO, "injected")
+            return real(batch)
+
+        monkeypatch.setattr(j, "_write", flaky)
+        loop = asyncio.get_running_loop()
+        futs: list[asyncio.Future[None]] = []
+
+        def append(i: int) -> None:
+            fut: asyncio.Future[None] = loop.create_future()
+            j.append(["a", "T1", i, b"x"], lambda: fut.set_result(None))
+            futs.append(fut)
+
+        for i in (1, 2, 3):
+            append(i)
+        await until(lambda: j.state == "failing", 5)
+        assert j.pending == 3 and not any(f.done() for f in futs)
+        for i in (4, 5):
+            append(i)
+        assert j.pending == 5
+        await asyncio.wait_for(asyncio.gather(*futs), 5)
+        assert [r for r in records(tmp_path) if r[0] == "a"] == [["a", "T1", i, b"x"] for i in range(1, 6)]
+        assert j.pending == 0 and j.state == "ok" and j.records_written >= 5
+    finally:
+        j.close()

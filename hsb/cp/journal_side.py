@@ -35,8 +35,9 @@ class JournalSide:
         self.paused = r.paused
         self.history.restore(r.history)
         self.recovered_at = time.monotonic()
-        now = time.monotonic()
         unknown: list[str] = []
+        holding = self.holding
+        held_n = kept_n = 0
         for name in set(r.last_acked) | set(r.held) | set(r.replies):
             term = self.terms.get(name)
             if term is None:
@@ -47,17 +48,19 @@ class JournalSide:
                 term = self.terms[name] = Term(TerminalDef(name=name, standby_capable=False), self.counts)
             term.last_acked = term.durable_acked = r.last_acked.get(name, 0)
             term.confirmed = r.confirmed.get(name, 0)
-            for mid, data, seg in ordered(r.held.get(name, {})):
-                held = Held(mid, data, now, seg)
-                held.delivered_epoch = -1  # it may have been delivered before: marked redelivered
-                held.recovered = True  # and its reply may have reached the terminal before the crash
-                term.held[mid] = held
-                self.holding[term] = None
-                self.counts.held += 1
-            for mid, data, seg in ordered(r.replies.get(name, {})):
-                term.replies[mid] = Kept(mid, data, seg)
-                self.counts.kept += 1
+            # the journal's objects themselves (hsb.cp.journal.recovery builds them), in id order
+            held = r.held.get(name)
+            if held:
+                term.held = held if ordered(held) else {mid: held[mid] for mid in sorted(held)}
+                held_n += len(held)
+                holding[term] = None
+            kept = r.replies.get(name)
+            if kept:
+                term.replies = kept if ordered(kept) else {mid: kept[mid] for mid in sorted(kept)}
+                kept_n += len(kept)
                 term.resuming = True
+        self.counts.held += held_n
+        self.counts.kept += kept_n
         if unknown:
             log.warning(
                 "journal_terminals_not_in_table",

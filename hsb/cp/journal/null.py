@@ -77,6 +77,7 @@ class NullJournal(Journal):
             "last_sync_at": None,
             "last_sync_ms": None,
             "syncs": 0,
+            "records_written": 0,
             "stalls": 0,
         }
 

@@ -31,12 +31,12 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hsb.cp.journal.format import JournalDamaged, scan
+from hsb.cp.state import Held, Kept
 
 SEGMENT = re.compile(r"^seg-(?:(\d{8})-)?(\d{8})\.hsbj$")
 HISTORY_KEEP = 1000
@@ -98,8 +98,10 @@ class Recovered:
     active: str | None = None
     generation: int = 0
     last_acked: dict[str, int] = field(default_factory=dict)
-    held: dict[str, dict[int, tuple[Any, int]]] = field(default_factory=dict)  # terminal -> id -> (data, segment)
-    replies: dict[str, dict[int, tuple[Any, int]]] = field(default_factory=dict)
+    # terminal -> id -> what the CP keeps of it, built here once (a restore at 100,000 adopts these
+    # dicts rather than build a second object per message); ids in journal order (`ordered`)
+    held: dict[str, dict[int, Held]] = field(default_factory=dict)
+    replies: dict[str, dict[int, Kept]] = field(default_factory=dict)
     confirmed: dict[str, int] = field(default_factory=dict)  # highest id each terminal confirmed
     history: list[dict[str, Any]] = field(default_factory=list)
     paused: bool = False
@@ -113,6 +115,7 @@ class Recovered:
     torn: str | None = None  # why the last segment's tail was dropped, if it was
     bytes_read: int = 0
     seconds: float = 0.0
+    at: float = 0.0  # monotonic, when recovery began: the acknowledgement time of what it restores
 
     @property
     def outstanding(self) -> int:
@@ -122,9 +125,16 @@ class Recovered:
         live: dict[int, int] = {}
         for per in (self.held, self.replies):
             for items in per.values():
-                for _, seg in items.values():
-                    live[seg] = live.get(seg, 0) + 1
+                for item in items.values():
+                    live[item.seg] = live.get(item.seg, 0) + 1
         return live
+
+
+def recovered_held(mid: int, data: Any, t: float, seg: int) -> Held:
+    held = Held(mid, data, t, seg)
+    held.delivered_epoch = -1  # it may have been delivered before the crash: marked redelivered
+    held.recovered = True  # and its reply may have reached the terminal before the crash
+    return held
 
 
 def apply(r: Recovered, rec: list[Any], seg: int) -> None:
@@ -132,7 +142,7 @@ def apply(r: Recovered, rec: list[Any], seg: int) -> None:
     if kind == "a":
         _, term, mid, data = rec
         if mid > r.confirmed.get(term, 0) and mid not in r.replies.get(term, ()):
-            r.held.setdefault(term, {})[mid] = (data, seg)
+            r.held.setdefault(term, {})[mid] = recovered_held(mid, data, r.at, seg)
         if mid > r.last_acked.get(term, 0):
             r.last_acked[term] = mid
     elif kind == "r":
@@ -141,7 +151,7 @@ def apply(r: Recovered, rec: list[Any], seg: int) -> None:
         if h is not None:
             h.pop(mid, None)
         if mid > r.confirmed.get(term, 0):
-            r.replies.setdefault(term, {})[mid] = (data, seg)
+            r.replies.setdefault(term, {})[mid] = Kept(mid, data, seg)
     elif kind == "d":
         h = r.held.get(rec[1])
         if h is not None:
@@ -194,7 +204,7 @@ def recover(d: Path, truncate: bool = True) -> Recovered:
     JournalDamaged naming the file and the offset."""
     t0 = time.perf_counter()
     d.mkdir(parents=True, exist_ok=True)
-    r = Recovered()
+    r = Recovered(at=time.monotonic())
     r.head_generation, segs, r.garbage = lineage(d)
     r.highest_segment = max((n for _, n, _ in segment_files(d)), default=0)
     for i, (n, path) in enumerate(segs):
@@ -213,6 +223,7 @@ def recover(d: Path, truncate: bool = True) -> Recovered:
                     fh.truncate(good)
                     os.fsync(fh.fileno())
         held, last_acked, confirmed, replies = r.held, r.last_acked, r.confirmed, r.replies
+        at = r.at
         for rec in recs:
             try:
                 if rec[0] == "a":  # the common record, inline (a journal of 100,000 of them is read at start)
@@ -221,7 +232,9 @@ def recover(d: Path, truncate: bool = True) -> Recovered:
                         h = held.get(term)
                         if h is None:
                             h = held[term] = {}
-                        h[mid] = (data, n)
+                        held_ = h[mid] = Held(mid, data, at, n)  # recovered_held() inline
+                        held_.delivered_epoch = -1
+                        held_.recovered = True
                     if mid > last_acked.get(term, 0):
                         last_acked[term] = mid
                 else:
@@ -239,8 +252,12 @@ def recover(d: Path, truncate: bool = True) -> Recovered:
     return r
 
 
-def ordered(items: dict[int, tuple[Any, int]]) -> Iterable[tuple[int, Any, int]]:
-    """(id, data, segment) in id order (carried-forward records can sit out of order)."""
-    for mid in sorted(items):
-        data, seg = items[mid]
-        yield mid, data, seg
+def ordered(items: dict[int, Any]) -> bool:
+    """Whether the ids of `items` are in id order (a carried-forward record can put one out of
+    order): a check of the ids alone, cheaper than sorting what is nearly always sorted."""
+    prev = -1
+    for mid in items:
+        if mid < prev:
+            return False
+        prev = mid
+    return True

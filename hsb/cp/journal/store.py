@@ -38,7 +38,7 @@ from typing import Any
 import structlog
 
 from hsb import faults, uring
-from hsb.cp.journal.format import encoder
+from hsb.cp.journal.format import GROUP_MAX, HEADER, group, packer
 from hsb.cp.journal.generation import Generations, Superseded, gen_name
 from hsb.cp.journal.recovery import segment_name
 from hsb.fsutil import fsync_dir
@@ -53,6 +53,7 @@ KEEP_SEGMENTS = 4  # more than this many: the oldest one's live records are carr
 CARRY_SHARE = 4  # ... if at most this fraction (1/4) of its records is live: else carrying gains nothing
 RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)  # backoff of a failed write
 LAZY_S = 0.005  # a record nobody waits on rides with the next group, or is written after this long
+REC_HEADER = HEADER.size  # counted per record in `sizes`: as if each went alone (a group shares one)
 SYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, float("inf"))
 
 Done = Callable[[], None]
@@ -60,6 +61,24 @@ IO_MODES = ("auto", "io_uring", "thread")
 # what io_uring itself may answer where the storage is fine (an operation the filesystem will not
 # run this way); EIO, ENOSPC and the like are the storage's, retried through the ring as through the thread
 RING_ERRORS = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF, errno.EFAULT, errno.EAGAIN})
+
+
+def _groups(pending: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    """Pending (segment, payload) as what is written: (segment, group record), a group per
+    segment and at most GROUP_MAX records each (hsb.cp.journal.format.group)."""
+    if pending[0][0] == pending[-1][0]:  # segment numbers only grow: all in one segment
+        seg = pending[0][0]
+        bodies = [b for _, b in pending]
+        return [(seg, group(bodies[k : k + GROUP_MAX])) for k in range(0, len(bodies), GROUP_MAX)]
+    out: list[tuple[int, bytes]] = []
+    i, n = 0, len(pending)
+    while i < n:
+        seg, j = pending[i][0], i + 1
+        while j < n and pending[j][0] == seg and j - i < GROUP_MAX:
+            j += 1
+        out.append((seg, group([b for _, b in pending[i:j]])))
+        i = j
+    return out
 
 
 class JournalIOUnavailable(Exception):
@@ -111,9 +130,12 @@ class Journal:
         self.sizes: dict[int, int] = {}  # segment -> bytes written to it (including pending)
         self.ck_sizes: dict[int, int] = {}  # segment -> bytes of its checkpoint
         self.segments: deque[int] = deque()  # existing segment files, oldest first
-        self._pending: list[tuple[int, bytes]] = []
+        self._pending: list[tuple[int, bytes]] = []  # (segment, record payload) not yet written
         self._callbacks: list[Done] = []
-        self._inflight: list[tuple[int, bytes]] | None = None
+        self._inflight: list[tuple[int, bytes]] | None = None  # (segment, group record) being written
+        self._inflight_n = 0  # records in it
+        self._again: list[tuple[int, bytes]] = []  # a group that failed: written again, in place, first
+        self._again_n = 0
         self._retry = 0
         self._timer: asyncio.TimerHandle | None = None
         self._flush_scheduled = False
@@ -131,13 +153,14 @@ class Journal:
         self.last_sync_at: float | None = None  # wall clock
         self.last_sync_s: float | None = None
         self.syncs = 0
+        self.records_written = 0  # records made durable by the group commits (syncs) so far
         self.stalls = 0
         self.sync_counts = [0] * len(SYNC_BUCKETS)  # how many group commits took at most each bound
         self.sync_sum = 0.0
         self._batch_t0 = 0.0
         self.on_health: Callable[[str], None] = lambda state: None
         self.checkpoint: Callable[[], list[Any]] = lambda: ["ck", 0, None, 0, {}]  # the caller's, for a new segment
-        self._packer: Callable[[list[Any]], bytes] = encoder()
+        self._packer: Callable[[list[Any]], bytes] = packer()
 
     # ------------------------------------------------------------------ opening
     def open(self, first: int, snapshot: list[list[Any]], garbage: list[Path]) -> int:
@@ -153,7 +176,7 @@ class Journal:
         self.live[first] = len(snapshot)
         self.records[first] += len(snapshot) + 1  # and its "se"
         batch, self._pending = self._pending, []
-        self._write(batch)  # blocking: at start, before any terminal is accepted
+        self._write(_groups(batch))  # blocking: at start, before any terminal is accepted
         for path in garbage:
             try:
                 os.unlink(path)
@@ -188,7 +211,7 @@ class Journal:
         """Queue a record without scheduling a flush (the caller writes the batch itself)."""
         rec = self._packer(payload)
         self._pending.append((self.seg, rec))
-        self.sizes[self.seg] += len(rec)
+        self.sizes[self.seg] += len(rec) + REC_HEADER
 
     def _new_segment(self) -> None:
         n = self.seg
@@ -198,8 +221,8 @@ class Journal:
         self.sizes[n] = 0
         rec = self._packer(self.checkpoint())
         self._pending.append((n, rec))
-        self.sizes[n] += len(rec)
-        self.ck_sizes[n] = len(rec)
+        self.sizes[n] += len(rec) + REC_HEADER
+        self.ck_sizes[n] = len(rec) + REC_HEADER
 
     # ------------------------------------------------------------------ appending (event loop)
     def append(self, payload: list[Any], done: Done | None = None, lazy: bool = False) -> int:
@@ -213,7 +236,7 @@ class Journal:
         rec = self._packer(payload)
         seg = self.seg
         self._pending.append((seg, rec))
-        self.sizes[seg] += len(rec)
+        self.sizes[seg] += len(rec) + REC_HEADER
         self.records[seg] += 1
         if done is not None:
             self._callbacks.append(done)
@@ -262,7 +285,7 @@ class Journal:
         journal shrinks to a checkpoint when traffic stops."""
         seg = self.seg
         grown = self.sizes.get(seg, 0) - self.ck_sizes.get(seg, 0)
-        if self.live.get(seg, 0) == 0 and grown >= IDLE_ROTATE_BYTES and not self._pending and self._inflight is None:
+        if self.live.get(seg, 0) == 0 and grown >= IDLE_ROTATE_BYTES and not self._pending and not self._again and self._inflight is None:
             self.seg += 1
             self._new_segment()
             self._drop_settled()
@@ -297,11 +320,16 @@ class Journal:
             return
         if self.superseded is not None:
             self._pending.clear()
+            self._again.clear()
             self._callbacks.clear()
             return
-        if self._inflight is not None or (not self._pending and not self._deletions):
+        if self._inflight is not None or (not self._pending and not self._again and not self._deletions):
             return
-        batch, self._pending = self._pending, []
+        batch, self._again = self._again, []
+        if self._pending:
+            batch += _groups(self._pending)
+        self._inflight_n = self._again_n + len(self._pending)
+        self._pending, self._again_n = [], 0
         callbacks, self._callbacks = self._callbacks, []
         deletions, self._deletions = self._deletions, []
         self._urgent = False
@@ -449,8 +477,8 @@ class Journal:
             self._stop_superseded(exc)
             return
         if exc is not None:
-            # keep the records (written again in place) and whatever waits on them
-            self._pending[:0] = batch
+            # keep the records (written again in place, before anything newer) and whatever waits on them
+            self._again, self._again_n = batch, self._inflight_n
             self._callbacks[:0] = callbacks
             self._deletions[:0] = deletions
             self._urgent = True
@@ -470,6 +498,7 @@ class Journal:
                 )
                 self._drop_ring()
         self.syncs += 1
+        self.records_written += self._inflight_n
         self.last_sync_s = took
         self.last_sync_at = time.time()
         self.sync_sum += took
@@ -488,6 +517,7 @@ class Journal:
         if self.superseded is None:
             self.superseded = exc
             self._pending.clear()
+            self._again.clear()
             self._callbacks.clear()
             self._deletions.clear()
             log.error("cp_superseded", generation=exc.own, newer=exc.newer, msg=str(exc))
@@ -540,7 +570,8 @@ class Journal:
     # ------------------------------------------------------------------ status
     @property
     def pending(self) -> int:
-        return len(self._pending) + len(self._inflight or ())
+        """Records appended and not yet durable."""
+        return len(self._pending) + self._again_n + (self._inflight_n if self._inflight is not None else 0)
 
     def size(self) -> int:
         return sum(self.sizes.values())
@@ -560,6 +591,7 @@ class Journal:
             "last_sync_at": self.last_sync_at,
             "last_sync_ms": None if self.last_sync_s is None else round(self.last_sync_s * 1000, 3),
             "syncs": self.syncs,
+            "records_written": self.records_written,
             "stalls": self.stalls,
         }
 
@@ -567,11 +599,11 @@ class Journal:
         """At a clean stop: write what is pending (lazy records too) and wait for it, up to
         `timeout`; True when nothing is left unwritten."""
         deadline = time.monotonic() + timeout
-        while (self._pending or self._inflight is not None) and self.superseded is None and time.monotonic() < deadline:
+        while (self._pending or self._again or self._inflight is not None) and self.superseded is None and time.monotonic() < deadline:
             if self._inflight is None and not self._flush_scheduled:
                 self._flush()
             await asyncio.sleep(0.002)
-        return not self._pending and self._inflight is None
+        return not self._pending and not self._again and self._inflight is None
 
     def close(self) -> None:
         """Blocking, for callers whose event loop may wait (benchmarks, tests): up to `timeout`
