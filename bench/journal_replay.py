@@ -31,9 +31,9 @@ from _sandbox import bench_main, save_results, section_head, table  # noqa: E402
 
 from hsb import gcpolicy  # noqa: E402
 from hsb.cp.journal import recover  # noqa: E402
-from hsb.cp.journal.generation import Generations  # noqa: E402
 from hsb.cp.journal.format import group as framed_group  # noqa: E402
 from hsb.cp.journal.format import packer  # noqa: E402
+from hsb.cp.journal.generation import Generations  # noqa: E402
 from hsb.cp.journal.recovery import segment_name  # noqa: E402
 
 COMMAND = ".venv/bin/python bench/journal_replay.py"

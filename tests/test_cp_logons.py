@@ -274,3 +274,59 @@ async def test_a_cp_that_stops_logs_off_the_terminals_whose_byes_wait(tmp_path: 
         p.connection_lost(None)  # (what the transport reports of the abort)
     await asyncio.sleep(0)
     assert all(_closed_for(a)[p.term.name] == ["logoff"] for p in waiting)  # each logged off, once
+
+
+async def test_a_mass_disconnect_is_taken_a_slice_at_a_time_with_the_loop_turning(tmp_path: Path) -> None:
+    """Every connection lost at once, without a bye (a switch in front of the CP restarting):
+    past a burst each loss waits its turn, the loop turns between slices, and each session is
+    closed once at the active, as a disconnect."""
+    cp = cp_core(tmp_path, N)
+    names = sorted(cp.terms)
+    a, protos = await _logged_on(cp, names)
+    for p in protos:  # one poll's worth of connections ending
+        p.transport.close()
+        p.connection_lost(None)
+    assert cp.connected == N - logons.BURST, "only a burst is taken in the turn the connections were lost in"
+    assert len(cp.logons.queue) == N - logons.BURST
+    seen: list[int] = []
+    asyncio.get_running_loop().call_later(0, lambda: seen.append(len(cp.logons.queue)))
+    await _until(lambda: cp.connected == 0, "every loss taken")
+    await asyncio.sleep(0)
+    assert seen and 0 < seen[0] < N - logons.BURST, f"a timer ran only after the whole storm (queue then {seen})"
+    assert _closed_for(a) == {n: ["disconnect"] for n in names}
+    assert all(t.conn is None for t in cp.terms.values()) and cp.counts.active == 0
+    assert cp.status()["counters"]["disconnects_queued"] == N - logons.BURST
+
+
+async def test_a_terminal_that_reconnects_while_its_loss_waits_is_back_with_one_session_closed(tmp_path: Path) -> None:
+    """A terminal that reconnects while its lost connection still waits: its hello waits behind
+    the loss (first in, first out), the old session is closed once, and the new connection is
+    the terminal's."""
+    cp = cp_core(tmp_path, logons.BURST + 3)
+    names = sorted(cp.terms)
+    a, protos = await _logged_on(cp, names)
+    for p in protos:
+        p.transport.close()
+        p.connection_lost(None)
+    last = names[-1]
+    assert cp.terms[last].conn is protos[-1] and len(cp.logons.queue) == 3
+    again = _connect(cp, last)
+    again.data_received(encode({"t": "hello", "terminal": last, "last_reply": 0}))  # queued behind the losses
+    await _until(lambda: again.term is not None and not cp.logons.queue, "the terminal back")
+    cp.host_open(a, last, "active", {})
+    await asyncio.sleep(0)
+    assert _closed_for(a)[last] == ["disconnect"]  # the old session closed once
+    assert cp.terms[last].conn is again and cp.connected == 1 and cp.counts.active == 1
+
+
+async def test_a_cp_that_stops_closes_the_sessions_of_the_losses_that_wait(tmp_path: Path) -> None:
+    cp = cp_core(tmp_path, logons.BURST + 3)
+    names = sorted(cp.terms)
+    a, protos = await _logged_on(cp, names)
+    for p in protos:
+        p.transport.close()
+        p.connection_lost(None)
+    assert len(cp.logons.queue) == 3
+    cp.logons.close()
+    await asyncio.sleep(0)
+    assert cp.connected == 0 and _closed_for(a) == {n: ["disconnect"] for n in names}

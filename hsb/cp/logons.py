@@ -21,6 +21,12 @@ network closing, a load generator stopping) are as many logoffs in one poll, eac
 closed at the active and a connection closed, with its teardown in uvloop. A queued bye's
 connection is not read until its turn; if it is lost meanwhile, the logoff is done first
 (`TerminalProtocol.on_lost`), so the hosts still hear `logoff`, not `disconnect`.
+
+Connections lost without a bye share them too: a load balancer or switch in front of the CP that
+restarts, or a terminal concentrator that dies, ends thousands of connections in one poll, and
+each is a session closed at the active. Past the burst, a lost terminal waits in the queue for
+its `terminal_lost`; meanwhile its closed connection stays the terminal's, as it does between any
+connection's close and its loss (a reply for it is kept, a reconnect takes its place first).
 """
 
 from __future__ import annotations
@@ -42,13 +48,14 @@ log = structlog.get_logger("hsb.cp")
 BURST = 64  # hellos and byes handled inline in one turn of the loop
 SLICE_S = 0.002  # seconds of queued logons per turn
 BYE = object()  # in the queue instead of a hello's last_reply: a bye
+LOST = object()  # ... a connection lost without a bye
 
 
 class Logons:
-    __slots__ = ("queue", "newest", "inline", "_new_turn", "_slice", "_loop", "deferred", "deferred_byes", "closed")
+    __slots__ = ("queue", "newest", "inline", "_new_turn", "_slice", "_loop", "deferred", "deferred_byes", "deferred_losses", "closed")
 
     def __init__(self) -> None:
-        # (connection, terminal, last_reply): a hello; (connection, terminal, BYE): a bye
+        # (connection, terminal, last_reply): a hello; (connection, terminal, BYE): a bye; LOST: a loss
         self.queue: deque[tuple[TerminalProtocol, str, int | None | object]] = deque()
         # each waiting terminal's newest connection: one that waited so long that its terminal
         # connected again is dropped when its turn comes (its EOF is unread, since it is not
@@ -60,6 +67,7 @@ class Logons:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.deferred = 0  # hellos that waited in the queue (status, tests)
         self.deferred_byes = 0  # byes that waited in it
+        self.deferred_losses = 0  # connections lost (no bye) whose terminal_lost waited in it
         self.closed = False  # the CP is stopping: no more logons
 
     def admit(self, proto: TerminalProtocol, name: str, last_reply: int | None, loop: asyncio.AbstractEventLoop) -> bool:
@@ -83,6 +91,17 @@ class Logons:
             return True  # a stopping CP: the logoff now, as before
         self.deferred_byes += 1
         self._wait(proto, name, BYE, loop)
+        return False
+
+    def admit_lost(self, proto: TerminalProtocol, name: str, loop: asyncio.AbstractEventLoop) -> bool:
+        """True: the lost connection's terminal_lost now. False: it was queued; it runs in its turn."""
+        self._loop = loop
+        if self.closed or self._now(loop):
+            return True
+        self.deferred_losses += 1
+        self.queue.append((proto, name, LOST))
+        if self._slice is None:
+            self._slice = loop.call_soon(self._run)
         return False
 
     def _now(self, loop: asyncio.AbstractEventLoop) -> bool:
@@ -110,6 +129,11 @@ class Logons:
         try:
             while q:
                 proto, name, what = q.popleft()
+                if what is LOST:
+                    self._lost(proto)
+                    if time.perf_counter() >= until:
+                        break
+                    continue
                 if what is not BYE:  # a hello
                     if self.newest.get(name) is proto:
                         del self.newest[name]
@@ -141,6 +165,17 @@ class Logons:
             log.exception("terminal_logoff_failed" if what is BYE else "terminal_logon_failed", terminal=name[:64], peer=proto.peer)
             proto.abort()
 
+    @staticmethod
+    def _lost(proto: TerminalProtocol) -> None:
+        """A queued loss: its terminal's session closes, unless a new connection took its place."""
+        term = proto.term
+        if term is None or term.conn is not proto:
+            return
+        try:
+            proto.cp.terminal_lost(term)
+        except Exception:  # a defect: logged; the rest of the queue goes on
+            log.exception("terminal_lost_failed", terminal=term.name[:64], peer=proto.peer)
+
     def close(self) -> None:
         """The CP stops: no more logons; the connections still waiting are dropped (they log on
         at the next CP; a terminal whose bye waited is logged off as its connection goes)."""
@@ -150,5 +185,9 @@ class Logons:
                 h.cancel()
         self._slice = self._new_turn = None
         while self.queue:
-            self.queue.popleft()[0].abort()
+            proto, _, what = self.queue.popleft()
+            if what is LOST:
+                self._lost(proto)  # its session closes as any lost terminal's does at a stop
+            else:
+                proto.abort()
         self.newest.clear()

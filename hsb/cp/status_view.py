@@ -64,7 +64,12 @@ class StatusView:
             "active_stopped_normally": self.active_stopped_normally,
             "switchovers": len(self.switchovers),
             "last_switchover": self.switchovers[-1] if self.switchovers else None,
-            "counters": {**self.counters, "logons_queued": self.logons.deferred, "logoffs_queued": self.logons.deferred_byes},
+            "counters": {
+                **self.counters,
+                "logons_queued": self.logons.deferred,
+                "logoffs_queued": self.logons.deferred_byes,
+                "disconnects_queued": self.logons.deferred_losses,
+            },
             "paused": self.paused,
             "journal": {**self.journal.status(), "outstanding": held + kept},
             "replies_by_host": dict(self.replies_by_host),

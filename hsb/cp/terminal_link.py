@@ -137,9 +137,12 @@ class TerminalProtocol(FramedProtocol):
         super().close()
 
     def on_lost(self, exc: Exception | None) -> None:
-        if self.term is not None and self.term.conn is self:
-            try:
-                if self.bye_waiting:  # it said bye, and went before its turn: a logoff all the same
+        term = self.term
+        if term is not None and term.conn is self:
+            if self.bye_waiting:  # it said bye, and went before its turn: a logoff all the same
+                try:
                     self.logoff()
-            finally:
-                self.cp.terminal_lost(self.term)
+                finally:
+                    self.cp.terminal_lost(term)
+            elif self.cp.logons.admit_lost(self, term.name, self._loop):  # else in its turn (a storm)
+                self.cp.terminal_lost(term)

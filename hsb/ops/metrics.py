@@ -200,6 +200,11 @@ class CPCollector:
             "hsb_cp_logons_queued", "Hellos that waited in the logon queue (a connection storm), taken a slice at a time.", c.get("logons_queued", 0)
         )
         yield _c("hsb_cp_logoffs_queued", "Byes that waited in the same queue (a logoff storm).", c.get("logoffs_queued", 0))
+        yield _c(
+            "hsb_cp_disconnects_queued",
+            "Connections lost without a bye whose session close waited in the same queue (a mass disconnect).",
+            c.get("disconnects_queued", 0),
+        )
         ls = st.get("last_switchover") or {}
         yield _g(
             "hsb_switch_flip_seconds", "The last switch inside the CP: grant to every session flipped.", None if not ls else ls["switch_ms"] / 1000

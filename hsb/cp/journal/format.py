@@ -5,14 +5,16 @@ A segment is a sequence of records:
     magic 0xB5 0x1A | length: u32 big-endian | crc32: u32 over length + payload | payload
 
 and the payload is one MessagePack array whose first element names the kind (hsb.cp.journal.
-recovery). A group commit of several records is written as one **group record**, whose payload is
-the array `["g", record, record, ...]`: one header and one checksum for the group, and its
+recovery). A group commit of several records is written as one **group record**, whose payload
+is the array `["g", record, record, ...]`: one header and one checksum for the group, and its
 records decoded at start by one call into msgpack instead of one each (`group()`). A group is
 written whole or, at a crash, torn whole: nothing in it was acknowledged before it was durable.
-`scan()` reads a segment's bytes back, group records opened into their records. A record that does not check out (bad magic,
-a length past the end, a checksum mismatch, a payload that does not decode) is either the **torn
-tail** of a write the crash interrupted, which is dropped, or **damage**, which stops the start:
-it is torn only if no valid record follows it anywhere in the file.
+
+`scan()` reads a segment's bytes back, group records opened into their records. A record that
+does not check out (bad magic, a length past the end, a checksum mismatch, a payload that does
+not decode) is either the **torn tail** of a write the crash interrupted, which is dropped, or
+**damage**, which stops the start: it is torn only if no valid record follows it anywhere in the
+file.
 """
 
 from __future__ import annotations
@@ -95,8 +97,9 @@ def _check(buf: bytes | memoryview, off: int) -> tuple[int, str | None]:
 
 def scan(buf: bytes, path: str = "?", until: str | None = None) -> tuple[list[Any], int, str | None]:
     """The records of one segment, group records opened: (payloads, end of the last valid record,
-    why the tail was torn or None). Raises JournalDamaged for a bad record that a valid one follows. `until`: stop after
-    the first record of that kind (what follows is not read, nor checked)."""
+    why the tail was torn or None). Raises JournalDamaged for a bad record that a valid one
+    follows. `until`: stop after the first record of that kind (what follows is not read, nor
+    checked; the rest of its group is dropped)."""
     out: list[Any] = []
     append = out.append
     off = 0

@@ -14,6 +14,9 @@ Record kinds (the first element of each MessagePack array):
     ["p", paused]                  the operator paused (or resumed) automatic failover
     ["se"]                         the end of a takeover snapshot (below)
 
+(and `["g", record, ...]`, one group commit's records under one checksum, opened by
+hsb.cp.journal.format.scan before they get here)
+
 Applying is idempotent and independent of where a record sits, so a record carried forward into
 a newer segment (compaction) replays to the same state.
 
