@@ -63,7 +63,11 @@ async def one(d: Path, n: int, rep: int) -> dict[str, Any]:
     finally:
         await load.stop()
     s = await until(
-        lambda: status(d), lambda s: s["cp"]["terminals"].get("connected", 0) == 0 and s["cp"]["terminals"]["active_sessions"] == 0, 120, "all gone", 0.05
+        lambda: status(d),
+        lambda s: s["cp"]["terminals"].get("connected", 0) == 0 and s["cp"]["terminals"]["active_sessions"] == 0,
+        120,
+        "all gone",
+        0.05,
     )
     gone = time.time() - t0
     await asyncio.sleep(0.5)

@@ -276,16 +276,22 @@ async def test_a_cp_that_stops_logs_off_the_terminals_whose_byes_wait(tmp_path: 
     assert all(_closed_for(a)[p.term.name] == ["logoff"] for p in waiting)  # each logged off, once
 
 
-async def test_a_mass_disconnect_is_taken_a_slice_at_a_time_with_the_loop_turning(tmp_path: Path) -> None:
-    """Every connection lost at once, without a bye (a switch in front of the CP restarting):
-    past a burst each loss waits its turn, the loop turns between slices, and each session is
-    closed once at the active, as a disconnect."""
-    cp = cp_core(tmp_path, N)
+async def _lost_at_once(tmp_path: Path, n: int) -> tuple[Any, Any, list[str], list[Any]]:
+    """`n` terminals logged on, then every connection lost in one turn (no bye)."""
+    cp = cp_core(tmp_path, n)
     names = sorted(cp.terms)
     a, protos = await _logged_on(cp, names)
     for p in protos:  # one poll's worth of connections ending
         p.transport.close()
         p.connection_lost(None)
+    return cp, a, names, protos
+
+
+async def test_a_mass_disconnect_is_taken_a_slice_at_a_time_with_the_loop_turning(tmp_path: Path) -> None:
+    """Every connection lost at once, without a bye (a switch in front of the CP restarting):
+    past a burst each loss waits its turn, the loop turns between slices, and each session is
+    closed once at the active, as a disconnect."""
+    cp, a, names, _ = await _lost_at_once(tmp_path, N)
     assert cp.connected == N - logons.BURST, "only a burst is taken in the turn the connections were lost in"
     assert len(cp.logons.queue) == N - logons.BURST
     seen: list[int] = []
@@ -302,12 +308,7 @@ async def test_a_terminal_that_reconnects_while_its_loss_waits_is_back_with_one_
     """A terminal that reconnects while its lost connection still waits: its hello waits behind
     the loss (first in, first out), the old session is closed once, and the new connection is
     the terminal's."""
-    cp = cp_core(tmp_path, logons.BURST + 3)
-    names = sorted(cp.terms)
-    a, protos = await _logged_on(cp, names)
-    for p in protos:
-        p.transport.close()
-        p.connection_lost(None)
+    cp, a, names, protos = await _lost_at_once(tmp_path, logons.BURST + 3)
     last = names[-1]
     assert cp.terms[last].conn is protos[-1] and len(cp.logons.queue) == 3
     again = _connect(cp, last)
@@ -320,12 +321,7 @@ async def test_a_terminal_that_reconnects_while_its_loss_waits_is_back_with_one_
 
 
 async def test_a_cp_that_stops_closes_the_sessions_of_the_losses_that_wait(tmp_path: Path) -> None:
-    cp = cp_core(tmp_path, logons.BURST + 3)
-    names = sorted(cp.terms)
-    a, protos = await _logged_on(cp, names)
-    for p in protos:
-        p.transport.close()
-        p.connection_lost(None)
+    cp, a, names, _ = await _lost_at_once(tmp_path, logons.BURST + 3)
     assert len(cp.logons.queue) == 3
     cp.logons.close()
     await asyncio.sleep(0)
