@@ -3,8 +3,14 @@
 
 Owns when they go out: they are *owed* from the grant (`Term.notice`; `CP._tell` sends a
 terminal's notice ahead of any other frame to it), start once the new active's first reply
-has gone out (service first), and are then written a slice at a time with the loop turning
-in between, so replies are relayed meanwhile.
+has gone out (service first), and are then written SLICE_S at a time with GAP_S between
+slices, so replies are relayed meanwhile and the notices take about a quarter of a core at
+most. They are informational, so they go slowly on purpose: each one makes the terminal's side
+read and handle a frame too, and in the second after a switch the terminals' processes, both
+hosts (the new standby re-establishing) and the CP share the machine. Written back to back, with
+only a loop turn between slices, 19,000 of them kept both cores of the test machine busy for
+0.7-1 s and the replies of that second waited for a CPU: the terminals' worst pause in a planned
+switchover was 79-168 ms, against 60-116 ms paced so (BENCHMARKS.md, "The switch notices paced").
 
 A notice costs one loopback TCP send, about 4 µs of kernel work on this machine, so 10,000
 of them take ~42 ms from one thread even with no event loop at all. Writing them from
@@ -25,7 +31,8 @@ from hsb.cp.state import Term
 
 log = structlog.get_logger("hsb.cp")
 
-SLICE_S = 0.002  # seconds of notice writing per loop turn (a write costs 4-30 µs here)
+SLICE_S = 0.001  # seconds of notice writing at a time (a write costs 4-30 µs here) ...
+GAP_S = 0.003  # ... then this long for everything else: about a quarter of a core at most
 DEFER_S = 0.1  # seconds after a grant at most before the notices start without a reply
 
 
@@ -86,8 +93,8 @@ class Notices:
                 conn.write_now(frame)
             if not i & 31 and time.perf_counter() > until:
                 break
-        if i < end:  # the next slice after a turn of the loop: replies are relayed in between
-            asyncio.get_running_loop().call_soon(self._send, n, i)
+        if i < end:  # the next slice after GAP_S: replies are relayed in between
+            asyncio.get_running_loop().call_later(GAP_S, self._send, n, i)
         else:
             rec = n.rec
             rec["notices_sent_ms"] = round((time.monotonic() - n.t0) * 1000, 3)
