@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hsb import uring
-from hsb.cp.journal.format import GROUP_MAX, JournalDamaged, encode, group, packer, scan
+from hsb.cp.journal.format import GROUP_BYTES, GROUP_MAX, JournalDamaged, encode, group, packer, scan
 from hsb.cp.journal.recovery import recover, segment_name
 from hsb.wire.client import request
 from tests.support.hostclient import FakeHost, FakeTerminal
@@ -116,6 +116,9 @@ def test_a_large_group_commit_is_split_and_reads_back_in_order(tmp_path: Path) -
     from hsb.cp.journal.store import _groups
 
     pack = packer()
+    big = [(3, pack(["a", "T3", i, b"x" * (GROUP_BYTES // 3)])) for i in range(4)] + [(3, pack(["a", "T3", 9, b"y" * GROUP_BYTES]))]
+    by_size = _groups(big)  # about GROUP_BYTES a group: 2 + 2, then the one larger than that alone
+    assert [len(scan(r)[0]) for _, r in by_size] == [2, 2, 1] and by_size[2][1] == encode(["a", "T3", 9, b"y" * GROUP_BYTES])
     one = [(1, pack(["a", "T1", i, b""])) for i in range(GROUP_MAX + 5)]
     for pending, segs in ((one, [1, 1]), ([*one, (2, pack(["a", "T2", 1, b""]))], [1, 1, 2])):  # one segment; two
         written = _groups(pending)

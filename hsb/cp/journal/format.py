@@ -46,7 +46,8 @@ class JournalDamaged(Exception):
 
 LENGTH = struct.Struct(">I")
 GROUP = "g"  # the kind of a group record: its other elements are records
-GROUP_MAX = 4096  # records in one group record at most (a takeover snapshot is split)
+GROUP_MAX = 4096  # records in one group record at most (a takeover snapshot is split) ...
+GROUP_BYTES = 1024 * 1024  # ... and about this many bytes of them: far below MAX_RECORD
 _GROUP_KIND = msgpack.packb(GROUP)
 _array_header = msgpack.Packer().pack_array_header
 

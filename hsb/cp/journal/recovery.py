@@ -118,7 +118,9 @@ class Recovered:
     torn: str | None = None  # why the last segment's tail was dropped, if it was
     bytes_read: int = 0
     seconds: float = 0.0
-    at: float = 0.0  # monotonic, when recovery began: the acknowledgement time of what it restores
+    # monotonic, when recovery began: the acknowledgement time given to what it restores (they were
+    # acknowledged before the crash, so a switch's worst pause over them includes the restart)
+    at: float = 0.0
 
     @property
     def outstanding(self) -> int:

@@ -38,7 +38,7 @@ from typing import Any
 import structlog
 
 from hsb import faults, uring
-from hsb.cp.journal.format import GROUP_MAX, HEADER, group, packer
+from hsb.cp.journal.format import GROUP_BYTES, GROUP_MAX, HEADER, group, packer
 from hsb.cp.journal.generation import Generations, Superseded, gen_name
 from hsb.cp.journal.recovery import segment_name
 from hsb.fsutil import fsync_dir
@@ -65,19 +65,20 @@ RING_ERRORS = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBA
 
 def _groups(pending: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
     """Pending (segment, payload) as what is written: (segment, group record), a group per
-    segment and at most GROUP_MAX records each (hsb.cp.journal.format.group)."""
-    if pending[0][0] == pending[-1][0]:  # segment numbers only grow: all in one segment
-        seg = pending[0][0]
-        bodies = [b for _, b in pending]
-        return [(seg, group(bodies[k : k + GROUP_MAX])) for k in range(0, len(bodies), GROUP_MAX)]
+    segment of at most GROUP_MAX records and about GROUP_BYTES (a record larger than that goes
+    alone, as any record did before groups; hsb.cp.journal.format.group)."""
     out: list[tuple[int, bytes]] = []
-    i, n = 0, len(pending)
-    while i < n:
-        seg, j = pending[i][0], i + 1
-        while j < n and pending[j][0] == seg and j - i < GROUP_MAX:
-            j += 1
-        out.append((seg, group([b for _, b in pending[i:j]])))
-        i = j
+    seg = pending[0][0]
+    bodies: list[bytes] = []
+    size = 0
+    for s, b in pending:
+        if bodies and (s != seg or len(bodies) >= GROUP_MAX or size + len(b) > GROUP_BYTES):
+            out.append((seg, group(bodies)))
+            bodies, size = [], 0
+        seg = s
+        bodies.append(b)
+        size += len(b)
+    out.append((seg, group(bodies)))
     return out
 
 
@@ -321,13 +322,13 @@ class Journal:
         if self.superseded is not None:
             self._pending.clear()
             self._again.clear()
+            self._again_n = 0
             self._callbacks.clear()
             return
         if self._inflight is not None or (not self._pending and not self._again and not self._deletions):
             return
-        batch, self._again = self._again, []
-        if self._pending:
-            batch += _groups(self._pending)
+        framed = _groups(self._pending) if self._pending else []
+        batch, self._again = self._again + framed, []
         self._inflight_n = self._again_n + len(self._pending)
         self._pending, self._again_n = [], 0
         callbacks, self._callbacks = self._callbacks, []
@@ -518,6 +519,7 @@ class Journal:
             self.superseded = exc
             self._pending.clear()
             self._again.clear()
+            self._again_n = 0
             self._callbacks.clear()
             self._deletions.clear()
             log.error("cp_superseded", generation=exc.own, newer=exc.newer, msg=str(exc))
