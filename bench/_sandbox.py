@@ -486,6 +486,22 @@ def run_child(script: str, mode: str, n: int) -> dict[str, Any]:
     return r
 
 
+async def run_modes(
+    script: str, modes: tuple[str, ...], n: int, reps: int, check: Callable[[str, dict[str, Any]], None], alternate: bool = True
+) -> dict[str, list[dict[str, Any]]]:
+    """Each mode's `run_child` run `reps` times, the modes in turn (their order reversed every
+    other repetition with `alternate`), each result passed to `check(mode, result)` (it asserts)."""
+    tag = Path(script).stem
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    for rep in range(reps):
+        for mode in modes if rep % 2 == 0 or not alternate else modes[::-1]:
+            r = await asyncio.to_thread(run_child, script, mode, n)
+            check(mode, r)
+            runs[mode].append(r)
+            print(f"[{tag}] rep {rep + 1} {mode}: {r['flip_ms']} ms", file=sys.stderr, flush=True)
+    return runs
+
+
 def child_main(argv: list[str], modes: tuple[str, ...], child: Callable[[str, int], Coroutine[Any, Any, dict[str, Any]]]) -> int:
     """The child's side of `run_child`: `child(mode, terminals)` on the daemons' event loop."""
     ap = argparse.ArgumentParser()

@@ -19,7 +19,6 @@ The flip's code is the same in all three; only where its objects lie in memory d
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import statistics
 import sys
@@ -30,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _sandbox import bench_args, bench_main, child_main, run_child, save_results, section_head, table  # noqa: E402
+from _sandbox import bench_args, bench_main, child_main, run_modes, save_results, section_head, table  # noqa: E402
 
 COMMAND = ".venv/bin/python bench/flip_heap.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "flip_heap.json"
@@ -64,19 +63,11 @@ async def _child(mode: str, n: int) -> dict[str, Any]:
     return {"mode": mode, "flip_ms": r["flip_and_redeliver_ms"], "cp_switch_ms": r["cp_switch_ms"], "redelivered": r["redelivered"]}
 
 
-def _run_child(mode: str, n: int) -> dict[str, Any]:
-    r = run_child(__file__, mode, n)
-    assert r["redelivered"] >= n, r  # every held message went to the new active
-    return r
-
-
 async def amain(a: argparse.Namespace) -> int:
-    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
-    for rep in range(a.reps):
-        for mode in MODES:
-            r = await asyncio.to_thread(_run_child, mode, a.terminals)
-            runs[mode].append(r)
-            print(f"[flip_heap] rep {rep + 1} {mode}: {r['flip_ms']} ms", file=sys.stderr, flush=True)
+    def check(mode: str, r: dict[str, Any]) -> None:
+        assert r["redelivered"] >= a.terminals, r  # every held message went to the new active
+
+    runs = await run_modes(__file__, MODES, a.terminals, a.reps, check, alternate=False)
     res = {"terminals": a.terminals, "reps": a.reps, "holes": HOLES, "runs": runs}
     save_results(a, SECTION, res, render(res, a))
     return 0

@@ -18,7 +18,6 @@ them redelivered, and the `deliver_batch` frames built from their kept items (hs
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _sandbox import bench_args, bench_main, child_main, run_child, save_results, section_head, table  # noqa: E402
+from _sandbox import bench_args, bench_main, child_main, run_modes, save_results, section_head, table  # noqa: E402
 
 COMMAND = ".venv/bin/python bench/flip_parts.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "flip_parts.json"
@@ -47,19 +46,11 @@ async def _child(mode: str, n: int) -> dict[str, Any]:
     return {"mode": mode, "flip_ms": r["flip_and_redeliver_ms"], "cp_switch_ms": r["cp_switch_ms"], "redelivered": r["redelivered"]}
 
 
-def _run_child(mode: str, n: int) -> dict[str, Any]:
-    r = run_child(__file__, mode, n)
-    assert r["redelivered"] == (n if mode == "held" else 0), r  # each held message went to the new active once
-    return r
-
-
 async def amain(a: argparse.Namespace) -> int:
-    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
-    for rep in range(a.reps):
-        for mode in MODES if rep % 2 == 0 else MODES[::-1]:
-            r = await asyncio.to_thread(_run_child, mode, a.terminals)
-            runs[mode].append(r)
-            print(f"[flip_parts] rep {rep + 1} {mode}: {r['flip_ms']} ms", file=sys.stderr, flush=True)
+    def check(mode: str, r: dict[str, Any]) -> None:
+        assert r["redelivered"] == (a.terminals if mode == "held" else 0), r  # each held message went to the new active once
+
+    runs = await run_modes(__file__, MODES, a.terminals, a.reps, check)
     res = {"terminals": a.terminals, "reps": a.reps, "runs": runs}
     save_results(a, SECTION, res, render(res, a))
     return 0

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from hsb.cp.journal.recovery import ordered
+from hsb.cp.journal.recovery import in_id_order
 from hsb.cp.state import Held, Kept, Term
 from hsb.terminals import TerminalDef
 
@@ -51,12 +51,12 @@ class JournalSide:
             # the journal's objects themselves (hsb.cp.journal.recovery builds them), in id order
             held = r.held.get(name)
             if held:
-                term.held = held if ordered(held) else {mid: held[mid] for mid in sorted(held)}
+                term.held = in_id_order(held)
                 held_n += len(held)
                 holding[term] = None
             kept = r.replies.get(name)
             if kept:
-                term.replies = kept if ordered(kept) else {mid: kept[mid] for mid in sorted(kept)}
+                term.replies = in_id_order(kept)
                 kept_n += len(kept)
                 term.resuming = True
         self.counts.held += held_n

@@ -99,9 +99,7 @@ class Logons:
         if self.closed or self._now(loop):
             return True
         self.deferred_losses += 1
-        self.queue.append((proto, name, LOST))
-        if self._slice is None:
-            self._slice = loop.call_soon(self._run)
+        self._wait(proto, name, LOST, loop)  # (its reading is over: the pause does nothing)
         return False
 
     def _now(self, loop: asyncio.AbstractEventLoop) -> bool:
@@ -130,20 +128,18 @@ class Logons:
             while q:
                 proto, name, what = q.popleft()
                 if what is LOST:
-                    self._lost(proto)
-                    if time.perf_counter() >= until:
-                        break
-                    continue
-                if what is not BYE:  # a hello
-                    if self.newest.get(name) is proto:
-                        del self.newest[name]
-                    elif not proto.closed:  # its terminal connected again meanwhile: that one counts
-                        proto.abort()
-                if not proto.closed:  # (a bye's connection lost meanwhile: the logoff was done then)
-                    term = proto.term  # (a hello's: None; a bye's may be at its held bound, not to be read)
-                    if term is None or not term.paused:
-                        proto.resume_reading()  # first: a logon may pause it again (the held bound)
                     self._step(proto, name, what)
+                else:
+                    if what is not BYE:  # a hello
+                        if self.newest.get(name) is proto:
+                            del self.newest[name]
+                        elif not proto.closed:  # its terminal connected again meanwhile: that one counts
+                            proto.abort()
+                    if not proto.closed:  # (a bye's connection lost meanwhile: the logoff was done then)
+                        term = proto.term  # (a hello's: None; a bye's may be at its held bound, not to be read)
+                        if term is None or not term.paused:
+                            proto.resume_reading()  # first: a logon may pause it again (the held bound)
+                        self._step(proto, name, what)
                 if time.perf_counter() >= until:
                     break
         finally:  # the rest wait for the next slice, whatever became of this one
@@ -152,29 +148,24 @@ class Logons:
 
     @staticmethod
     def _step(proto: TerminalProtocol, name: str, what: int | None | object) -> None:
-        """One queued logon (`what`: its last_reply) or logoff (BYE); what it raises ends that
-        connection only, as inline."""
+        """One queued logon (`what`: its last_reply), logoff (BYE) or loss (LOST: its session
+        closes, unless a new connection took its place); what it raises ends that connection
+        only, as inline."""
         try:
-            if what is BYE:
+            if what is LOST:
+                term = proto.term
+                if term is not None and term.conn is proto:
+                    proto.cp.terminal_lost(term)
+            elif what is BYE:
                 proto.logoff()
             else:
                 proto.logon(name, what if isinstance(what, int) else None)
         except ProtocolError as exc:
             proto.protocol_error(exc)
         except Exception:  # a defect: logged, and this terminal reconnects
-            log.exception("terminal_logoff_failed" if what is BYE else "terminal_logon_failed", terminal=name[:64], peer=proto.peer)
+            event = "terminal_lost_failed" if what is LOST else "terminal_logoff_failed" if what is BYE else "terminal_logon_failed"
+            log.exception(event, terminal=name[:64], peer=proto.peer)
             proto.abort()
-
-    @staticmethod
-    def _lost(proto: TerminalProtocol) -> None:
-        """A queued loss: its terminal's session closes, unless a new connection took its place."""
-        term = proto.term
-        if term is None or term.conn is not proto:
-            return
-        try:
-            proto.cp.terminal_lost(term)
-        except Exception:  # a defect: logged; the rest of the queue goes on
-            log.exception("terminal_lost_failed", terminal=term.name[:64], peer=proto.peer)
 
     def close(self) -> None:
         """The CP stops: no more logons; the connections still waiting are dropped (they log on
@@ -185,9 +176,9 @@ class Logons:
                 h.cancel()
         self._slice = self._new_turn = None
         while self.queue:
-            proto, _, what = self.queue.popleft()
+            proto, name, what = self.queue.popleft()
             if what is LOST:
-                self._lost(proto)  # its session closes as any lost terminal's does at a stop
+                self._step(proto, name, what)  # its session closes as any lost terminal's does at a stop
             else:
                 proto.abort()
         self.newest.clear()

@@ -36,13 +36,14 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hsb.cp.journal.format import JournalDamaged, scan
 from hsb.cp.state import Held, Kept
 
 SEGMENT = re.compile(r"^seg-(?:(\d{8})-)?(\d{8})\.hsbj$")
 HISTORY_KEEP = 1000
+T = TypeVar("T")
 
 
 def segment_name(n: int, gen: int = 0) -> str:
@@ -102,7 +103,7 @@ class Recovered:
     generation: int = 0
     last_acked: dict[str, int] = field(default_factory=dict)
     # terminal -> id -> what the CP keeps of it, built here once (a restore at 100,000 adopts these
-    # dicts rather than build a second object per message); ids in journal order (`ordered`)
+    # dicts rather than build a second object per message); ids in journal order (`in_id_order`)
     held: dict[str, dict[int, Held]] = field(default_factory=dict)
     replies: dict[str, dict[int, Kept]] = field(default_factory=dict)
     confirmed: dict[str, int] = field(default_factory=dict)  # highest id each terminal confirmed
@@ -257,12 +258,13 @@ def recover(d: Path, truncate: bool = True) -> Recovered:
     return r
 
 
-def ordered(items: dict[int, Any]) -> bool:
-    """Whether the ids of `items` are in id order (a carried-forward record can put one out of
-    order): a check of the ids alone, cheaper than sorting what is nearly always sorted."""
+def in_id_order(items: dict[int, T]) -> dict[int, T]:
+    """`items` itself when its ids are in id order, as they nearly always are (a check of the ids
+    alone, cheaper than sorting); else a copy in id order (a carried-forward record can put one
+    out of order)."""
     prev = -1
     for mid in items:
         if mid < prev:
-            return False
+            return {m: items[m] for m in sorted(items)}
         prev = mid
-    return True
+    return items
