@@ -11,6 +11,7 @@ hosts refuse a CP with an older generation than one they saw.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import time
@@ -228,3 +229,25 @@ def test_an_unfinished_snapshot_is_not_read(tmp_path: Path) -> None:
     # gen 1's snapshot segment compacted away (settled): gen 1 is still complete
     (tmp_path / segment_name(1, 1)).unlink()
     assert recover(tmp_path).head_generation == 1
+
+
+def test_a_storage_error_on_the_generation_files_is_an_error_not_a_newer_cp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EIO (or ESTALE) on a stat of the CP's own generation file says nothing about a newer CP:
+    it is raised as the storage's error (the group is retried), not taken as superseded (the
+    CP would stop for good)."""
+    gens = Generations(tmp_path)
+    own = gens.take()
+    gens.check(own)  # its own file is there and no newer one: fine
+    real = os.stat
+
+    def stat(path: Any, *a: Any, **kw: Any) -> Any:
+        if str(path).endswith(gen_name(own)):
+            raise OSError(116, "Stale file handle")
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(os, "stat", stat)
+    with pytest.raises(OSError, match="Stale file handle"):
+        gens.check(own)
+    monkeypatch.setattr(os, "stat", real)
+    (tmp_path / gen_name(own + 1)).touch()  # a newer CP's file: superseded, as before
+    assert gens.newer_than(own) == own + 1

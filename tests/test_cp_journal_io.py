@@ -286,3 +286,48 @@ def test_hsbcpd_refuses_journal_io_uring_before_it_takes_a_generation(tmp_path: 
     assert r.returncode == 78, (r.returncode, r.stderr[-2000:])
     assert 'journal_io = "io_uring" but this kernel does not run it' in r.stderr and 'set journal_io = "auto" or "thread"' in r.stderr
     assert sorted(p.name for p in (tmp_path / "cp-journal").iterdir()) == [gen_name(1)], "a generation was taken"
+
+
+@pytest.mark.parametrize("io", ["thread", pytest.param("io_uring", marks=needs_ring)])
+async def test_a_storage_error_in_the_generation_check_checks_again_and_writes_the_group_once(tmp_path: Path, io: str, monkeypatch: Any) -> None:
+    """The group was written and synced, then the check for a newer CP failed on the storage
+    (EIO on a stat): nothing of the group is acknowledged until a check succeeds, the CP is not
+    taken as superseded, and the group is not written a second time."""
+    j = open_journal(tmp_path, io=io)
+    try:
+        await durable(j, ["a", "T1", 1, "x"])
+        failing = [True]
+        checks = [0]
+        real_check = j.gens.check
+
+        def check(own: int) -> None:
+            checks[0] += 1
+            if failing[0]:
+                raise OSError(errno.EIO, "Input/output error (a stat of the generation file)")
+            real_check(own)
+
+        monkeypatch.setattr(j.gens, "check", check)
+        ring = j._ring
+        if io == "io_uring":
+            assert ring is not None
+            real = ring.write_sync_check
+
+            def statx_fails(fd: int, data: bytes, off: int, paths: Any, done: Any) -> None:
+                # the chain's own statx fails after the write and the sync: the full check follows
+                real(fd, data, off, paths, lambda res: done([res[0], res[1], -errno.EIO, res[3]]))
+
+            monkeypatch.setattr(ring, "write_sync_check", statx_fails)
+        acked: list[int] = []
+        j.append(["a", "T1", 2, "y"], lambda: acked.append(2))
+        deadline = asyncio.get_running_loop().time() + 5
+        while checks[0] < 2 and asyncio.get_running_loop().time() < deadline:  # checked, and checked again
+            await asyncio.sleep(0.01)
+        assert checks[0] >= 2 and acked == [] and j.state == "failing" and j.superseded is None
+        failing[0] = False
+        while not acked and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        assert acked == [2] and j.state == "ok"
+        await durable(j, ["a", "T1", 3, "z"])
+        assert [x for x in records(tmp_path) if x[0] == "a"] == [["a", "T1", i, v] for i, v in ((1, "x"), (2, "y"), (3, "z"))]
+    finally:
+        j.close()

@@ -28,6 +28,17 @@ GEN = re.compile(r"^gen-(\d{8})$")
 KEEP = 8  # older generation files are removed, the newest few kept for the record
 
 
+def _there(path: str) -> bool:
+    """Whether `path` exists. Only "no such file" says no: any other error of the storage (EIO,
+    ESTALE on NFS) is raised, so that a storage in trouble reads as failing, not as a newer
+    CP's file (os.path.exists would say no and the CP would stop for good as superseded)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 class Superseded(Exception):
     """A newer CP owns the journal: this one must not acknowledge anything more."""
 
@@ -79,7 +90,7 @@ class Generations:
         p = self._paths
         if p is None or p[0] != own:
             p = self._paths = (own, str(self.dir / gen_name(own)), str(self.dir / gen_name(own + 1)))
-        if os.path.exists(p[2]) or not os.path.exists(p[1]):
+        if _there(p[2]) or not _there(p[1]):
             return max(self.current(), own + 1)
         return None
 

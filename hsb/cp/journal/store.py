@@ -82,6 +82,11 @@ def _groups(pending: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
     return out
 
 
+class _Unchecked(Exception):
+    """The generation check after a group's write failed on the storage (not a newer CP): the
+    group is durable and is not written again; only the check is, before its acks go out."""
+
+
 class JournalIOUnavailable(Exception):
     """`journal_io = "io_uring"` on a kernel (or under a seccomp filter) that does not run it."""
 
@@ -137,6 +142,7 @@ class Journal:
         self._inflight_n = 0  # records in it
         self._again: list[tuple[int, bytes]] = []  # a group that failed: written again, in place, first
         self._again_n = 0
+        self._recheck = False  # a group is durable but its generation check failed: checked again first
         self._retry = 0
         self._timer: asyncio.TimerHandle | None = None
         self._flush_scheduled = False
@@ -286,7 +292,14 @@ class Journal:
         journal shrinks to a checkpoint when traffic stops."""
         seg = self.seg
         grown = self.sizes.get(seg, 0) - self.ck_sizes.get(seg, 0)
-        if self.live.get(seg, 0) == 0 and grown >= IDLE_ROTATE_BYTES and not self._pending and not self._again and self._inflight is None:
+        if (
+            self.live.get(seg, 0) == 0
+            and grown >= IDLE_ROTATE_BYTES
+            and not self._pending
+            and not self._again
+            and not self._recheck
+            and self._inflight is None
+        ):
             self.seg += 1
             self._new_segment()
             self._drop_settled()
@@ -322,10 +335,11 @@ class Journal:
         if self.superseded is not None:
             self._pending.clear()
             self._again.clear()
+            self._recheck = False
             self._again_n = 0
             self._callbacks.clear()
             return
-        if self._inflight is not None or (not self._pending and not self._again and not self._deletions):
+        if self._inflight is not None or (not self._pending and not self._again and not self._deletions and not self._recheck):
             return
         framed = _groups(self._pending) if self._pending else []
         batch, self._again = self._again + framed, []
@@ -347,7 +361,7 @@ class Journal:
         statx), when it can go so: every record for one segment already open, no fault being
         injected. False: the writer thread takes it (a new segment, deletions, a retry)."""
         ring = self._ring
-        if ring is None or self._ring_failed:
+        if ring is None or self._ring_failed or not batch:  # nothing to write: a check again only
             return False
         seg = batch[0][0]
         if batch[-1][0] != seg or seg not in self._fds or self._name_pending or faults.armed("cp.mid_journal_group"):
@@ -388,7 +402,7 @@ class Journal:
                 return
             # the next generation's file is there, or a statx failed: the full check (on the
             # thread) names the newer CP, or raises the storage's error
-            self._exec.call(lambda: self.gens.check(self.gen), lambda _, exc: self._written(took, exc, batch, callbacks, []))
+            self._exec.call(self._check, lambda _, exc: self._written(took, exc, batch, callbacks, []))
             return
         # a short write (a full disk), the storage's error or the ring's own: the writer thread
         # does the group again in place, and reports the storage's error as it always has
@@ -408,9 +422,17 @@ class Journal:
         self._ring_loop = None
         ring.close()
 
+    def _check(self) -> None:
+        """Superseded if a newer CP owns the journal; a storage error here, after the group was
+        written, as `_Unchecked` (the group must not be written a second time)."""
+        try:
+            self.gens.check(self.gen)
+        except OSError as exc:
+            raise _Unchecked(f"{type(exc).__name__}: {exc}") from exc
+
     def _write_and_delete(self, batch: list[tuple[int, bytes]], deletions: list[int]) -> float:
         took = self._write(batch)
-        self.gens.check(self.gen)  # superseded: no ack for this group, nothing deleted
+        self._check()  # superseded: no ack for this group, nothing deleted
         for s in deletions:
             faults.point("cp.mid_compaction")
             fd = self._fds.pop(s, None)
@@ -478,8 +500,10 @@ class Journal:
             self._stop_superseded(exc)
             return
         if exc is not None:
-            # keep the records (written again in place, before anything newer) and whatever waits on them
-            self._again, self._again_n = batch, self._inflight_n
+            # keep the records (written again in place, before anything newer) and whatever waits
+            # on them; a group already durable whose check failed is only checked again
+            self._again, self._again_n = ([] if isinstance(exc, _Unchecked) else batch), self._inflight_n
+            self._recheck = self._recheck or isinstance(exc, _Unchecked)
             self._callbacks[:0] = callbacks
             self._deletions[:0] = deletions
             self._urgent = True
@@ -489,6 +513,7 @@ class Journal:
             asyncio.get_running_loop().call_later(delay, self._retry_flush)
             return
         self._retry = 0
+        self._recheck = False
         if self._ring_failed:
             self._ring_failed = False
             if self._ring is not None and not self._ring.busy:
@@ -498,12 +523,13 @@ class Journal:
                     msg="a group commit failed through io_uring and then succeeded through the writer thread: the thread from now on",
                 )
                 self._drop_ring()
-        self.syncs += 1
         self.records_written += self._inflight_n
-        self.last_sync_s = took
-        self.last_sync_at = time.time()
-        self.sync_sum += took
-        self.sync_counts[bisect.bisect_left(SYNC_BUCKETS, took)] += 1
+        if batch:  # not a check alone
+            self.syncs += 1
+            self.last_sync_s = took
+            self.last_sync_at = time.time()
+            self.sync_sum += took
+            self.sync_counts[bisect.bisect_left(SYNC_BUCKETS, took)] += 1
         if self.state != "ok":
             self._set_state("ok", None)
         for cb in callbacks:
@@ -519,6 +545,7 @@ class Journal:
             self.superseded = exc
             self._pending.clear()
             self._again.clear()
+            self._recheck = False
             self._again_n = 0
             self._callbacks.clear()
             self._deletions.clear()
@@ -601,11 +628,13 @@ class Journal:
         """At a clean stop: write what is pending (lazy records too) and wait for it, up to
         `timeout`; True when nothing is left unwritten."""
         deadline = time.monotonic() + timeout
-        while (self._pending or self._again or self._inflight is not None) and self.superseded is None and time.monotonic() < deadline:
+        while (
+            (self._pending or self._again or self._recheck or self._inflight is not None) and self.superseded is None and time.monotonic() < deadline
+        ):
             if self._inflight is None and not self._flush_scheduled:
                 self._flush()
             await asyncio.sleep(0.002)
-        return not self._pending and not self._again and self._inflight is None
+        return not self._pending and not self._again and not self._recheck and self._inflight is None
 
     def close(self) -> None:
         """Blocking, for callers whose event loop may wait (benchmarks, tests): up to `timeout`
