@@ -1,0 +1,209 @@
+"""The CP's arbitration of the active role (SPEC §5.4): who may take it over and when, the new
+epoch made durable before anything is announced, the grant, the flip of every session
+(`hsb.cp.flip`) and the switch's record once it is done.
+
+A mixin of `hsb.cp.core.CP` (the one place that decides): the state is the CP's; this module
+only keeps the switchover half of the rules in a file of its own.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from hsb import faults
+from hsb.cp.flip import Flip
+from hsb.cp.switchrec import AfterSwitch
+
+if TYPE_CHECKING:
+    from hsb.cp.core import CP
+    from hsb.cp.host_link import HostProtocol
+    from hsb.cp.state import Held, Term
+
+log = structlog.get_logger("hsb.cp")
+
+
+class Arbitration:
+    """Switchover rules of the CP; mixed into `CP` (see the module docstring)."""
+
+    # the CP's state that a grant changes (set in CP.__init__)
+    active: HostProtocol | None
+    standby: HostProtocol | None
+    loss: tuple[float, float] | None
+    active_stopped_normally: str | None
+    release_t0: float | None
+    flipping: Flip | None
+    after_switch: AfterSwitch | None
+
+    def host_switchover(self: CP, host: HostProtocol, reason: str, planned: bool, kind: str = "failover") -> None:
+        self.settle_flip()
+        if host is not self.standby:
+            host.send({"t": "switch_refused", "reason": "only the registered standby host may ask for a switchover"})
+            return
+        if self.paused and kind == "failover" and not planned:
+            host.send({"t": "switch_refused", "reason": "paused by the operator: no automatic failover ('hsbctl resume', or 'hsbctl promote')"})
+            log.warning("switchover_refused", requester=host.name, reason=reason, why="paused")
+            return
+        a = self.active
+        # The old active's lease (cp.host_lease, renewed only by heartbeats this CP answered)
+        # has surely run out once it has been silent for host_timeout; a link its host closed
+        # (its process died or dropped the link) means it stopped serving.
+        if a is None:
+            why = "promote after normal stop" if self.active_stopped_normally else "no active host"
+        elif a.closed and not a.closed_here:
+            why = "active host link closed"
+        elif time.monotonic() - a.last_rx > self.host_timeout:
+            why = f"active host link silent for {time.monotonic() - a.last_rx:.3f}s"
+        elif planned and a.released:
+            why = "planned switchover released by the active"
+        else:
+            age_ms = (time.monotonic() - a.last_rx) * 1000
+            what = "its link was closed by the CP" if a.closed else "it is alive on its host link"
+            host.send({"t": "switch_refused", "reason": f"active host {a.name}: {what} (heard {age_ms:.0f} ms ago; its lease may still run)"})
+            log.info("switchover_refused", requester=host.name, active=a.name, reason=reason)
+            return
+        self._grant(host, reason, why, kind="promote" if kind == "promote" or why.startswith("promote") else "failover")
+
+    def _grant(self: CP, host: HostProtocol, reason: str, why: str, demote: HostProtocol | None = None, kind: str = "switchover") -> None:
+        """Decide: the role is the requester's from now on (a new epoch, so the old active's frames
+        are refused); announced, and the sessions flipped, once the epoch is durable (`_granted`)."""
+        self.settle_flip()
+        t0 = time.monotonic()
+        loss = self.loss
+        release_t0 = self.release_t0 if demote is not None else None
+        self.release_t0 = None
+        old = self.active
+        epoch = self._raise_epoch(host.name)
+        self.active = host
+        self.standby = None
+        host.role = "active"
+        host.epoch = epoch
+        self.loss = None
+        self.active_lost_notified = False
+        self.active_stopped_normally = None
+        if old is not None and old is not demote:
+            old.fenced = True  # refused from now on, told when the grant is announced
+        self.announced = False
+        self.journal.append(["e", epoch, host.name], lambda: self._granted(host, reason, why, demote, old, t0, loss, release_t0, epoch, kind))
+
+    def _granted(
+        self: CP,
+        host: HostProtocol,
+        reason: str,
+        why: str,
+        demote: HostProtocol | None,
+        old: HostProtocol | None,
+        t0: float,
+        loss: tuple[float, float] | None,
+        release_t0: float | None,
+        epoch: int,
+        kind: str,
+    ) -> None:
+        if epoch != self.epoch:  # a newer epoch was raised while this one was made durable
+            log.warning("grant_superseded", host=host.name, epoch=epoch, current=self.epoch)
+            return
+        self.announced = True
+        fenced_old: str | None = None
+        keep: HostProtocol | None = None  # the demoted active, when its sessions stay as its standby ones
+        log.info("switchover_granted", host=host.name, old=old.name if old else None, epoch=self.epoch, reason=reason, why=why)
+        host.send({"t": "switch_granted", "epoch": self.epoch, "lease": self.host_lease})
+        host.flush()  # written now: the new active gets ready while the sessions flip here
+        faults.point("cp.after_grant")
+        # the old active hears it now too, not after the flip: the new active's
+        # ACTIVE STARTUP on the peer link should not find it still handing over
+        if demote is not None and old is demote and not old.closed:
+            # planned: the old active becomes the standby on the same link
+            old.role = "standby"
+            old.released = False
+            self.standby = old
+            # keeps: its active sessions become its standby sessions in the flip (hsb.cp.flip),
+            # named to it in `standby_kept` frames, instead of 10,000 standby opens after it
+            keep = old if old.keeps_standby else None
+            old.send({"t": "demoted", "epoch": self.epoch, "active": host.name, "keeps": keep is not None})
+            old.flush()
+            log.info("host_demoted", host=old.name, epoch=self.epoch)
+        elif old is not None and not old.closed:
+            old.send({"t": "fenced", "epoch": self.epoch, "msg": f"host {host.name} was made active at epoch {self.epoch}"})
+            old.fenced = True
+            old.close()
+            fenced_old = old.name
+        rec = {
+            "kind": kind,
+            "epoch": self.epoch,
+            "from": old.name if old else None,
+            "to": host.name,
+            "reason": reason,
+            "why": why,
+            "at": time.time(),
+            "planned": demote is not None,
+            # last frame heard from the old active -> the CP noticed its loss (EOF, or silence past
+            # host_timeout) -> the grant
+            "silence_to_loss_ms": None if loss is None or demote is not None else round((loss[0] - loss[1]) * 1000, 3),
+            "loss_to_grant_ms": None if loss is None or demote is not None else round((t0 - loss[0]) * 1000, 3),
+            "release_to_grant_ms": None if release_t0 is None else round((t0 - release_t0) * 1000, 3),
+        }
+        if self.after_switch is not None:  # a switch right after a switch: the older record ends
+            self.after_switch.finish(None)
+        # replies to what the switch kept waiting are followed from the first slice on
+        self.after_switch = AfterSwitch(t0, rec, self.history.switch_done)
+        lead = loss[1] if loss is not None and demote is None else release_t0  # silence (or release) -> grant
+        self.flipping = Flip(self, host, kind, t0, self.flip_slice, lambda f: self._flipped(f, rec, t0, lead, fenced_old), keep)
+        self.flipping.start()
+
+    def settle_flip(self: CP) -> None:
+        """A grant's flip still going is completed now, before sessions change otherwise (hsb.cp.flip)."""
+        f = self.flipping
+        if f is not None:
+            f.finish()
+
+    def _flipped(self: CP, f: Flip, rec: dict[str, Any], t0: float, lead: float | None, fenced_old: str | None) -> None:
+        """Every terminal flipped: the switch's record, its history entry and the notices owed."""
+        if self.flipping is f:
+            self.flipping = None
+        self.counters["classic_closed"] += f.classic
+        self.counters["switchovers" if rec["planned"] else "failovers"] += 1
+        rec.update(
+            switch_ms=round((time.monotonic() - t0) * 1000, 3),
+            switched=f.switched,
+            standby_kept=f.kept,
+            classic=f.classic,
+            requested=f.requested,
+            slices=f.slices,
+            in_flight_terminals=f.flight_terms,
+            in_flight_messages=f.flight_msgs,
+        )
+        self.switchovers.append(rec)
+        del self.switchovers[:-50]
+        log.info("switchover_complete", **rec)
+        self.history.add(
+            {
+                "kind": rec["kind"],
+                "at": rec["at"],
+                "epoch": f.epoch,
+                "from": rec["from"],
+                "to": rec["to"],
+                "reason": rec["reason"],
+                "why": rec["why"],
+                "duration_ms": None if lead is None else round((t0 - lead) * 1000, 3),
+                "switched": f.switched,
+                "classic": f.classic,
+            }
+        )
+        if fenced_old is not None:
+            self.history.add({"kind": "fence", "at": rec["at"], "epoch": f.epoch, "host": fenced_old, "reason": f"{rec['to']} was made active"})
+        a = self.after_switch
+        if a is not None and a.rec is rec and a.counted(f.flight_terms):
+            self.after_switch = None
+        self.notices.owe(f.terms, rec, t0, wait_for_reply=f.waiting > 0)  # the switched ones have a notice set
+
+    def _served_after_switch(self: CP, term: Term, held: Held) -> None:
+        a = self.after_switch
+        assert a is not None
+        now = time.monotonic()
+        if a.rec["first_reply_ms"] is None:
+            a.rec["first_reply_ms"] = round((now - a.t0) * 1000, 3)
+            self.notices.first_reply()
+        if a.reply(term, held.t, held.redelivered, now):
+            self.after_switch = None
