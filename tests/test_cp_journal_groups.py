@@ -241,12 +241,12 @@ async def test_a_new_segment_whose_name_failed_to_sync_is_synced_before_anything
     anything written to that segment is acknowledged (through io_uring or the thread)."""
     import errno
 
-    from hsb.cp.journal import store
+    from hsb.cp.journal import store, writer
 
     gen = Generations(tmp_path).take()
     j = Journal(tmp_path, generation=gen)
     j.open(1, [], [])
-    real = store.fsync_dir
+    real = writer.fsync_dir
     synced: list[str] = []
 
     def flaky(path: Any) -> None:
@@ -260,7 +260,7 @@ async def test_a_new_segment_whose_name_failed_to_sync_is_synced_before_anything
         for i in range(1, 1 + store.IDLE_ROTATE_BYTES // 100 + 10):  # settled (nothing pinned), past the idle size
             j.append(["a", "T1", i, "x" * 100])
         await j.drain()
-        monkeypatch.setattr(store, "fsync_dir", flaky)
+        monkeypatch.setattr(writer, "fsync_dir", flaky)
         first = j.seg
         j.maybe_rotate_idle()
         assert j.seg == first + 1, "the idle rotation did not start a segment"

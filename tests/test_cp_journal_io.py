@@ -17,7 +17,8 @@ import structlog
 
 from hsb import uring
 from hsb.cp.journal.generation import Generations, gen_name
-from hsb.cp.journal.store import Journal, JournalIOUnavailable
+from hsb.cp.journal.store import Journal
+from hsb.cp.journal.writer import JournalIOUnavailable
 from tests.support.journal import durable, open_journal, records
 
 WHY = uring.available()

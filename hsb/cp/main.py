@@ -46,7 +46,7 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
     logs.setup(log_level, process=f"hsbcpd:{cfg.cp.name}", cache=True)
     from hsb import faults, loop
     from hsb.cp.journal import JournalDamaged, JournalIOUnavailable
-    from hsb.cp.journal.store import check_io
+    from hsb.cp.journal.writer import check_io
     from hsb.cp.server import CPServer
 
     async def run(supervisor: dict[str, Any] | None) -> int:

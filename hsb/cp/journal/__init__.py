@@ -11,6 +11,7 @@ before it is promised, so that a crash, an OOM kill or an upgrade of hsbcpd lose
 from hsb.cp.journal.format import JournalDamaged
 from hsb.cp.journal.null import NullJournal
 from hsb.cp.journal.recovery import Recovered, recover
-from hsb.cp.journal.store import Journal, JournalIOUnavailable
+from hsb.cp.journal.store import Journal
+from hsb.cp.journal.writer import JournalIOUnavailable
 
 __all__ = ["Journal", "JournalDamaged", "JournalIOUnavailable", "NullJournal", "Recovered", "recover"]

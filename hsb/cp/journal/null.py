@@ -7,7 +7,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from hsb.cp.journal.store import SYNC_BUCKETS, Done, Journal
+from hsb.cp.journal.store import SYNC_BUCKETS, Journal
+from hsb.cp.journal.writer import Done
 
 
 class NullJournal(Journal):

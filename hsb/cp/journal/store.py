@@ -6,7 +6,8 @@ caller that asked). Everything appended during one turn of the loop, and whateve
 a write is in progress, goes out in one write and one `fdatasync`: group commit. Where the
 kernel runs it, a group goes as one io_uring chain (write, fdatasync, the generation check:
 hsb.uring), its completion an eventfd the loop watches; a new segment, deletions and any group
-whose chain did not end cleanly go through a writer thread (`journal_io`). A write that fails
+whose chain did not end cleanly go through a writer thread (`journal_io`; both paths in
+hsb.cp.journal.writer). A write that fails
 (a full disk, EIO) or takes longer than `timeout` (a hung mount) leaves its records pending:
 nothing waiting on them proceeds (no ack goes out for what is not durable); the journal reports itself `stalled` or `failing` and retries by itself, and carries
 on once the storage answers again.
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import errno
 import os
 import time
 from collections import deque
@@ -37,11 +37,10 @@ from typing import Any
 
 import structlog
 
-from hsb import faults, uring
+from hsb import uring
 from hsb.cp.journal.format import GROUP_BYTES, GROUP_MAX, HEADER, group, packer
-from hsb.cp.journal.generation import Generations, Superseded, gen_name
-from hsb.cp.journal.recovery import segment_name
-from hsb.fsutil import fsync_dir
+from hsb.cp.journal.generation import Generations, Superseded
+from hsb.cp.journal.writer import IO_MODES, Done, GroupWriter, Unchecked
 from hsb.worker import Worker
 
 log = structlog.get_logger("hsb.cp")
@@ -55,12 +54,6 @@ RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)  # backoff of a failed write
 LAZY_S = 0.005  # a record nobody waits on rides with the next group, or is written after this long
 REC_HEADER = HEADER.size  # counted per record in `sizes`: as if each went alone (a group shares one)
 SYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, float("inf"))
-
-Done = Callable[[], None]
-IO_MODES = ("auto", "io_uring", "thread")
-# what io_uring itself may answer where the storage is fine (an operation the filesystem will not
-# run this way); EIO, ENOSPC and the like are the storage's, retried through the ring as through the thread
-RING_ERRORS = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF, errno.EFAULT, errno.EAGAIN})
 
 
 def _groups(pending: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
@@ -82,30 +75,7 @@ def _groups(pending: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
     return out
 
 
-class _Unchecked(Exception):
-    """The generation check after a group's write failed on the storage (not a newer CP): the
-    group is durable and is not written again; only the check is, before its acks go out."""
-
-
-class JournalIOUnavailable(Exception):
-    """`journal_io = "io_uring"` on a kernel (or under a seccomp filter) that does not run it."""
-
-
-def check_io(io: str) -> str | None:
-    """Why group commits cannot go through io_uring here (None: they can). Raises
-    JournalIOUnavailable for `io = "io_uring"`. hsbcpd asks at its start, before it takes a
-    generation: a CP that cannot serve must not fence the one that can."""
-    why = "journal_io = thread" if io == "thread" else uring.available()
-    if why is not None and io == "io_uring":
-        raise _refused("this kernel does not run it", why)
-    return why
-
-
-def _refused(what: str, why: str) -> JournalIOUnavailable:
-    return JournalIOUnavailable(f'[cp] journal_io = "io_uring" but {what} ({why}); set journal_io = "auto" or "thread"')
-
-
-class Journal:
+class Journal(GroupWriter):
     """Durable, ordered append for the CP (see the module docstring)."""
 
     durable = True
@@ -192,27 +162,6 @@ class Journal:
         self.gens.prune(self.gen)
         self._start_ring()
         return first
-
-    def _start_ring(self) -> None:
-        """Group commits through io_uring from now on, if the kernel runs it (`io`: "auto",
-        "io_uring"); else through the writer thread."""
-        if self._ring is not None:
-            return
-        why = check_io(self.io)  # "thread" included: the log says which path group commits take
-        if why is None:
-            try:
-                self._ring = uring.Ring()
-            except OSError as exc:
-                why = f"io_uring_setup failed: {exc.strerror}"
-                if self.io == "io_uring":
-                    raise _refused("its ring could not be set up", why) from exc
-        if self._ring is None:
-            log.info("journal_io", io="thread", why=why)
-            return
-        self.io_used = "io_uring"
-        own, nxt = self.dir / gen_name(self.gen), self.dir / gen_name(self.gen + 1)
-        self._gen_paths = (os.fsencode(own), os.fsencode(nxt))
-        log.info("journal_io", io="io_uring")
 
     def append_sync(self, payload: list[Any]) -> None:
         """Queue a record without scheduling a flush (the caller writes the batch itself)."""
@@ -356,141 +305,6 @@ class Journal:
             return
         self._exec.call(lambda: self._write_and_delete(batch, deletions), lambda took, exc: self._written(took, exc, batch, callbacks, deletions))
 
-    def _through_ring(self, batch: list[tuple[int, bytes]], callbacks: list[Done]) -> bool:
-        """The group as one io_uring chain (write, fdatasync, then the generation check's two
-        statx), when it can go so: every record for one segment already open, no fault being
-        injected. False: the writer thread takes it (a new segment, deletions, a retry)."""
-        ring = self._ring
-        if ring is None or self._ring_failed or not batch:  # nothing to write: a check again only
-            return False
-        seg = batch[0][0]
-        if batch[-1][0] != seg or seg not in self._fds or self._name_pending or faults.armed("cp.mid_journal_group"):
-            return False  # segment numbers only grow along a batch: first == last means one segment
-        injected = faults.storage_faults()
-        if injected is not None and not injected.quiet():
-            return False  # a test's hung mount or EIO: the thread's path is the one that injects it
-        loop = asyncio.get_running_loop()
-        if self._ring_loop is not loop:
-            if self._ring_loop is not None and not self._ring_loop.is_closed():
-                self._ring_loop.remove_reader(ring.efd)
-            loop.add_reader(ring.efd, ring.reap)
-            self._ring_loop = loop
-        data = b"".join([r for _, r in batch])
-        t0 = time.perf_counter()
-        try:
-            ring.write_sync_check(
-                self._fds[seg], data, self._offset[seg], self._gen_paths, lambda res: self._chained(res, t0, seg, len(data), batch, callbacks)
-            )
-        except OSError as exc:
-            log.error("journal_io_uring_failed", error=str(exc), msg="group commits go through the writer thread from now on")
-            self._drop_ring()
-            return False
-        return True
-
-    def _chained(self, res: list[int], t0: float, seg: int, size: int, batch: list[tuple[int, bytes]], callbacks: list[Done]) -> None:
-        """A group's io_uring chain completed: [bytes written, fdatasync, statx own, statx next]."""
-        took = time.perf_counter() - t0
-        if self._stopping:  # a blocking close() reaped it: nothing more is reported
-            self._inflight = None
-            return
-        wrote, synced, own, nxt = res
-        if wrote == size and synced == 0:
-            self._offset[seg] += size
-            if own == 0 and nxt == -errno.ENOENT:  # still ours: the group is durable, its acks may go
-                faults.point("cp.after_journal_write")
-                self._written(took, None, batch, callbacks, [])
-                return
-            # the next generation's file is there, or a statx failed: the full check (on the
-            # thread) names the newer CP, or raises the storage's error
-            self._exec.call(self._check, lambda _, exc: self._written(took, exc, batch, callbacks, []))
-            return
-        # a short write (a full disk), the storage's error or the ring's own: the writer thread
-        # does the group again in place, and reports the storage's error as it always has
-        err = next((-r for r in res if r < 0 and r != -errno.ECANCELED), 0)
-        if err in RING_ERRORS:  # io_uring's trouble, not the storage's: if the thread succeeds,
-            self._ring_failed = True  # the ring is dropped
-            log.warning("journal_io_uring_error", error=os.strerror(err), msg="the group is written again through the writer thread")
-        self._exec.call(lambda: self._write_and_delete(batch, []), lambda took, exc: self._written(took, exc, batch, callbacks, []))
-
-    def _drop_ring(self) -> None:
-        ring, self._ring = self._ring, None
-        self.io_used = "thread"
-        if ring is None:
-            return
-        if self._ring_loop is not None and not self._ring_loop.is_closed():
-            self._ring_loop.remove_reader(ring.efd)
-        self._ring_loop = None
-        ring.close()
-
-    def _check(self) -> None:
-        """Superseded if a newer CP owns the journal; a storage error here, after the group was
-        written, as `_Unchecked` (the group must not be written a second time)."""
-        try:
-            self.gens.check(self.gen)
-        except OSError as exc:
-            raise _Unchecked(f"{type(exc).__name__}: {exc}") from exc
-
-    def _write_and_delete(self, batch: list[tuple[int, bytes]], deletions: list[int]) -> float:
-        took = self._write(batch)
-        self._check()  # superseded: no ack for this group, nothing deleted
-        for s in deletions:
-            faults.point("cp.mid_compaction")
-            fd = self._fds.pop(s, None)
-            if fd is not None:
-                os.close(fd)
-            self._offset.pop(s, None)
-            try:
-                os.unlink(self.dir / segment_name(s, self.gen))
-            except FileNotFoundError:
-                pass
-        return took
-
-    def _write(self, batch: list[tuple[int, bytes]]) -> float:
-        """Write `batch` (segment, record) in order and make it durable; its duration."""
-        t0 = time.perf_counter()
-        injected = faults.storage_faults()  # tests: a hung mount, EIO (hsb.takeover.faults)
-        if injected is not None:
-            injected.before("journal_write")
-        touched: list[int] = []
-        i = 0
-        while i < len(batch):
-            seg = batch[i][0]
-            j = i
-            while j < len(batch) and batch[j][0] == seg:
-                j += 1
-            if seg not in self._fds:
-                for old in [s for s in self._fds if s < seg]:  # closed segments are never written again
-                    if old in touched:  # durable before anything of the next segment (its checkpoint)
-                        os.fdatasync(self._fds[old])
-                        touched.remove(old)
-                    os.close(self._fds.pop(old))
-                self._fds[seg] = os.open(self.dir / segment_name(seg, self.gen), os.O_WRONLY | os.O_CREAT, 0o600)
-                self._offset.setdefault(seg, os.fstat(self._fds[seg]).st_size)
-                self._name_pending.add(seg)
-            data = b"".join(r for _, r in batch[i:j])
-            if faults.armed("cp.mid_journal_group"):  # a crash mid-group: half the bytes reach the file
-                os.pwrite(self._fds[seg], data[: len(data) // 2], self._offset[seg])
-                os.fdatasync(self._fds[seg])
-                faults.point("cp.mid_journal_group")
-            view = memoryview(data)
-            off = self._offset[seg]
-            while view:
-                n = os.pwrite(self._fds[seg], view, off)
-                view, off = view[n:], off + n
-            if seg not in touched:
-                touched.append(seg)
-            i = j
-        for seg in touched:
-            if seg in self._fds:
-                os.fdatasync(self._fds[seg])
-        if self._name_pending:  # the new segment's name is durable too (again, if a try failed after its open)
-            fsync_dir(self.dir)
-            self._name_pending.clear()
-        for seg, rec in batch:  # durable: advance the offsets only now (a failed write is redone in place)
-            self._offset[seg] = self._offset.get(seg, 0) + len(rec)
-        faults.point("cp.after_journal_write")
-        return time.perf_counter() - t0
-
     # ------------------------------------------------------------------ completion (event loop)
     def _written(self, took: float, exc: BaseException | None, batch: list[tuple[int, bytes]], callbacks: list[Done], deletions: list[int]) -> None:
         self._inflight = None
@@ -502,8 +316,8 @@ class Journal:
         if exc is not None:
             # keep the records (written again in place, before anything newer) and whatever waits
             # on them; a group already durable whose check failed is only checked again
-            self._again, self._again_n = ([] if isinstance(exc, _Unchecked) else batch), self._inflight_n
-            self._recheck = self._recheck or isinstance(exc, _Unchecked)
+            self._again, self._again_n = ([] if isinstance(exc, Unchecked) else batch), self._inflight_n
+            self._recheck = self._recheck or isinstance(exc, Unchecked)
             self._callbacks[:0] = callbacks
             self._deletions[:0] = deletions
             self._urgent = True
