@@ -21,6 +21,8 @@ log = structlog.get_logger("hsb.host")
 class LeaseSide:
     """The lease rules of `HA` (see the module docstring)."""
 
+    _lease_timer: asyncio.TimerHandle | None  # set in HA.__init__
+
     @property
     def serving(self: HA) -> bool:
         """This host may act as the active now: the CP made it active and its lease is valid
