@@ -40,7 +40,9 @@ async def test_lazy_records_ride_with_the_next_urgent_group(tmp_path: Path) -> N
             await durable(j, ["a", "T1", i, "x"])
             j.append(["r", "T1", i, "y"], lazy=True)  # the reply went out already: nobody waits on it
             await asyncio.sleep(0.0005)  # the terminal's next message comes a moment later (not a wait for anything)
-        assert j.syncs - syncs <= n + 5, f"{j.syncs - syncs} group commits for {n} messages"
+        # two per message if replies went alone; a loop held up past LAZY_S on a busy machine (the
+        # sleep overslept) lets one go alone now and then
+        assert j.syncs - syncs <= n + n // 5, f"{j.syncs - syncs} group commits for {n} messages"
         await j.drain()
         recs = records(tmp_path)
         assert [r[2] for r in recs if r[0] == "r"] == list(range(n))
@@ -317,5 +319,48 @@ async def test_a_failed_group_is_written_again_in_place_before_what_came_after(t
         await asyncio.wait_for(asyncio.gather(*futs), 5)
         assert [r for r in records(tmp_path) if r[0] == "a"] == [["a", "T1", i, b"x"] for i in range(1, 6)]
         assert j.pending == 0 and j.state == "ok" and j.records_written >= 5
+    finally:
+        j.close()
+
+
+async def test_a_segment_that_cannot_be_deleted_leaves_its_group_acknowledged_once_and_goes_later(tmp_path: Path, monkeypatch: Any) -> None:
+    """A settled segment's deletion fails (EIO on the unlink) after the group that went with it
+    was written and checked: the group's records are acknowledged and written once (not again
+    with the deletion's retry), and the segment is deleted once the storage lets it."""
+    import errno
+
+    from hsb.cp.journal import store
+
+    gen = Generations(tmp_path).take()
+    j = Journal(tmp_path, generation=gen, io="thread")
+    j.open(1, [], [])
+    real = os.unlink
+    refused: list[str] = []
+
+    def flaky(path: Any, *a: Any, **kw: Any) -> None:
+        if str(path).endswith(".hsbj") and len(refused) < 2:
+            refused.append(str(path))
+            raise OSError(errno.EIO, "injected: unlink failed")
+        real(path, *a, **kw)
+
+    try:
+        for i in range(1, 1 + store.IDLE_ROTATE_BYTES // 100 + 10):  # settled (nothing pinned), past the idle size
+            j.append(["a", "T1", i, "x" * 100])
+        await j.drain()
+        old = sorted(tmp_path.glob("seg-*.hsbj"))
+        assert len(old) == 1
+        monkeypatch.setattr(os, "unlink", flaky)
+        j.maybe_rotate_idle()  # a new segment; the settled one is to be deleted with its group
+        acked = asyncio.get_running_loop().create_future()
+        j.append(["a", "T2", 1, "with the deletion"], lambda: acked.set_result(len(refused)))
+        assert await asyncio.wait_for(acked, 5.0) == 1, "acknowledged only after the deletion was tried (and refused)"
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        while old[0].exists():
+            assert loop.time() - t0 < 5.0, f"the settled segment was never deleted ({refused})"
+            await asyncio.sleep(0.01)
+        assert len(refused) == 2 and j.state == "ok"
+        await durable(j, ["a", "T2", 2, "after"])
+        assert [r for r in records(tmp_path) if r[0] == "a"] == [["a", "T2", 1, "with the deletion"], ["a", "T2", 2, "after"]]
     finally:
         j.close()

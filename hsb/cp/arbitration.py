@@ -36,6 +36,8 @@ class Arbitration:
     release_t0: float | None
     flipping: Flip | None
     after_switch: AfterSwitch | None
+    announced: bool
+    active_lost_notified: bool
 
     def host_switchover(self: CP, host: HostProtocol, reason: str, planned: bool, kind: str = "failover") -> None:
         self.settle_flip()

@@ -40,7 +40,7 @@ import structlog
 from hsb import uring
 from hsb.cp.journal.format import GROUP_BYTES, GROUP_MAX, HEADER, group, packer
 from hsb.cp.journal.generation import Generations, Superseded
-from hsb.cp.journal.writer import IO_MODES, Done, GroupWriter, Unchecked
+from hsb.cp.journal.writer import IO_MODES, DeletionFailed, Done, GroupWriter, Unchecked
 from hsb.worker import Worker
 
 log = structlog.get_logger("hsb.cp")
@@ -313,6 +313,13 @@ class Journal(GroupWriter):
         if isinstance(exc, Superseded):
             self._stop_superseded(exc)
             return
+        if isinstance(exc, Unchecked) and batch:  # written and synced: only its check is done again
+            self._count_sync(took if exc.took is None else exc.took)
+        undeleted: list[int] = []
+        if isinstance(exc, DeletionFailed):  # the group is durable and checked: its acks go now
+            undeleted, took = exc.left, exc.took
+            log.warning("journal_segment_delete_failed", dir=str(self.dir), segment=undeleted[0], error=str(exc.__cause__))
+            exc = None
         if exc is not None:
             # keep the records (written again in place, before anything newer) and whatever waits
             # on them; a group already durable whose check failed is only checked again
@@ -326,8 +333,14 @@ class Journal(GroupWriter):
             self._retry += 1
             asyncio.get_running_loop().call_later(delay, self._retry_flush)
             return
-        self._retry = 0
         self._recheck = False
+        if undeleted:  # tried again later, before any newer segment's deletion, with a backoff
+            self._deletions[:0] = undeleted
+            delay = RETRY_S[min(self._retry, len(RETRY_S) - 1)]
+            self._retry += 1
+            asyncio.get_running_loop().call_later(delay, self._retry_flush)
+        else:
+            self._retry = 0
         if self._ring_failed:
             self._ring_failed = False
             if self._ring is not None and not self._ring.busy:
@@ -339,19 +352,23 @@ class Journal(GroupWriter):
                 self._drop_ring()
         self.records_written += self._inflight_n
         if batch:  # not a check alone
-            self.syncs += 1
-            self.last_sync_s = took
-            self.last_sync_at = time.time()
-            self.sync_sum += took
-            self.sync_counts[bisect.bisect_left(SYNC_BUCKETS, took)] += 1
+            self._count_sync(took)
         if self.state != "ok":
             self._set_state("ok", None)
         for cb in callbacks:
             cb()
-        if self._urgent or self._deletions:
+        if self._urgent or (self._deletions and not undeleted):
             self._flush()
         elif self._pending and self._lazy_timer is None:
             self._lazy_timer = asyncio.get_running_loop().call_later(LAZY_S, self._lazy_due)
+
+    def _count_sync(self, took: float) -> None:
+        """A group's write and `fdatasync` done (the sync histogram's count is the groups)."""
+        self.syncs += 1
+        self.last_sync_s = took
+        self.last_sync_at = time.time()
+        self.sync_sum += took
+        self.sync_counts[bisect.bisect_left(SYNC_BUCKETS, took)] += 1
 
     def _stop_superseded(self, exc: Superseded) -> None:
         """A newer CP owns the journal: nothing pending is reported durable, ever."""

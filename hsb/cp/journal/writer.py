@@ -32,7 +32,21 @@ Done = Callable[[], None]
 
 class Unchecked(Exception):
     """The generation check after a group's write failed on the storage (not a newer CP): the
-    group is durable and is not written again; only the check is, before its acks go out."""
+    group is durable and is not written again; only the check is, before its acks go out.
+    `took`: the group's write and sync (None: no write went before it)."""
+
+    took: float | None = None
+
+
+class DeletionFailed(Exception):
+    """A settled segment could not be deleted after its group was written and checked: the group
+    is durable (its acks go, it is not written again); the deletions `left` are tried again, in
+    order (an older segment always goes before a newer one)."""
+
+    def __init__(self, took: float, left: list[int], why: OSError) -> None:
+        super().__init__(f"deleting segment {left[0]}: {why}")
+        self.took = took
+        self.left = left
 
 
 class JournalIOUnavailable(Exception):
@@ -179,24 +193,30 @@ class GroupWriter:
 
     def _write_and_delete(self, batch: list[tuple[int, bytes]], deletions: list[int]) -> float:
         took = self._write(batch)
-        self._check()  # superseded: no ack for this group, nothing deleted
-        for s in deletions:
+        try:
+            self._check()  # superseded: no ack for this group, nothing deleted
+        except Unchecked as exc:
+            exc.took = took if batch else None
+            raise
+        for k, s in enumerate(deletions):
             faults.point("cp.mid_compaction")
-            fd = self._fds.pop(s, None)
-            if fd is not None:
-                os.close(fd)
-            self._offset.pop(s, None)
             try:
+                fd = self._fds.pop(s, None)
+                if fd is not None:
+                    os.close(fd)  # (released even when it reports an error)
+                self._offset.pop(s, None)
                 os.unlink(self.dir / segment_name(s, self.gen))
             except FileNotFoundError:
                 pass
+            except OSError as exc:
+                raise DeletionFailed(took, deletions[k:], exc) from exc
         return took
 
     def _write(self, batch: list[tuple[int, bytes]]) -> float:
         """Write `batch` (segment, record) in order and make it durable; its duration."""
         t0 = time.perf_counter()
         injected = faults.storage_faults()  # tests: a hung mount, EIO (hsb.takeover.faults)
-        if injected is not None:
+        if injected is not None and batch:  # (not for a generation check alone)
             injected.before("journal_write")
         touched: list[int] = []
         i = 0
@@ -235,5 +255,6 @@ class GroupWriter:
             self._name_pending.clear()
         for seg, rec in batch:  # durable: advance the offsets only now (a failed write is redone in place)
             self._offset[seg] = self._offset.get(seg, 0) + len(rec)
-        faults.point("cp.after_journal_write")
+        if batch:
+            faults.point("cp.after_journal_write")
         return time.perf_counter() - t0
