@@ -77,14 +77,8 @@ class Arbitration:
         release_t0 = self.release_t0 if demote is not None else None
         self.release_t0 = None
         old = self.active
-        epoch = self._raise_epoch(host.name)
-        self.active = host
+        epoch = self._make_active(host)
         self.standby = None
-        host.role = "active"
-        host.epoch = epoch
-        self.loss = None
-        self.active_lost_notified = False
-        self.active_stopped_normally = None
         if old is not None and old is not demote:
             old.fenced = True  # refused from now on, told when the grant is announced
         self.announced = False

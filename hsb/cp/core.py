@@ -224,7 +224,8 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         self.recorded_active = active
         return self.epoch
 
-    def _become_active(self, host: HostProtocol, reason: str) -> None:
+    def _make_active(self, host: HostProtocol) -> int:
+        """`host` holds the active role from now on, at a new epoch (returned); no loss pending."""
         epoch = self._raise_epoch(host.name)
         self.active = host
         host.role = "active"
@@ -232,6 +233,10 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         self.loss = None
         self.active_lost_notified = False
         self.active_stopped_normally = None
+        return epoch
+
+    def _become_active(self, host: HostProtocol, reason: str) -> None:
+        epoch = self._make_active(host)
         self.announced = False
         self.journal.append(["e", epoch, host.name], lambda: self._registered_active(host, epoch, reason))
 
