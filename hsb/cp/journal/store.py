@@ -125,6 +125,10 @@ class Journal(GroupWriter):
         self._name_pending: set[int] = set()  # segments created whose name is not yet durable (directory fsync)
         self._chain_abandoned = False  # a chain hung at a stop: its descriptors are never closed
         self._deletions: list[int] = []
+        # after a deletion the storage refused, every deletion waits for this timer (a backoff),
+        # groups meanwhile go on without them (and through io_uring)
+        self._deletions_held: asyncio.TimerHandle | None = None
+        self._delete_retry = 0
         self.state = "ok"  # ok | stalled | failing
         self.error: str | None = None
         self.last_sync_at: float | None = None  # wall clock
@@ -232,7 +236,7 @@ class Journal(GroupWriter):
             self.sizes.pop(s, None)
             self.ck_sizes.pop(s, None)
             self._deletions.append(s)
-        if self._deletions and self._inflight is None and not self._flush_scheduled:
+        if self._deletions and self._deletions_held is None and self._inflight is None and not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
@@ -288,14 +292,17 @@ class Journal(GroupWriter):
             self._again_n = 0
             self._callbacks.clear()
             return
-        if self._inflight is not None or (not self._pending and not self._again and not self._deletions and not self._recheck):
+        deleting = self._deletions_held is None
+        if self._inflight is not None or (not self._pending and not self._again and not (deleting and self._deletions) and not self._recheck):
             return
         framed = _groups(self._pending) if self._pending else []
         batch, self._again = self._again + framed, []
         self._inflight_n = self._again_n + len(self._pending)
         self._pending, self._again_n = [], 0
         callbacks, self._callbacks = self._callbacks, []
-        deletions, self._deletions = self._deletions, []
+        deletions: list[int] = []
+        if deleting:
+            deletions, self._deletions = self._deletions, []
         self._urgent = False
         self._inflight = batch
         self._batch_t0 = time.monotonic()
@@ -334,13 +341,15 @@ class Journal(GroupWriter):
             asyncio.get_running_loop().call_later(delay, self._retry_flush)
             return
         self._recheck = False
-        if undeleted:  # tried again later, before any newer segment's deletion, with a backoff
+        self._retry = 0
+        if undeleted:  # tried again after a backoff, before any newer segment's deletion
             self._deletions[:0] = undeleted
-            delay = RETRY_S[min(self._retry, len(RETRY_S) - 1)]
-            self._retry += 1
-            asyncio.get_running_loop().call_later(delay, self._retry_flush)
-        else:
-            self._retry = 0
+            if self._deletions_held is None:
+                delay = RETRY_S[min(self._delete_retry, len(RETRY_S) - 1)]
+                self._delete_retry += 1
+                self._deletions_held = asyncio.get_running_loop().call_later(delay, self._deletions_due)
+        elif deletions:
+            self._delete_retry = 0
         if self._ring_failed:
             self._ring_failed = False
             if self._ring is not None and not self._ring.busy:
@@ -357,7 +366,7 @@ class Journal(GroupWriter):
             self._set_state("ok", None)
         for cb in callbacks:
             cb()
-        if self._urgent or (self._deletions and not undeleted):
+        if self._urgent or (self._deletions and self._deletions_held is None):
             self._flush()
         elif self._pending and self._lazy_timer is None:
             self._lazy_timer = asyncio.get_running_loop().call_later(LAZY_S, self._lazy_due)
@@ -401,6 +410,11 @@ class Journal(GroupWriter):
     def _beat(self) -> None:
         self.gens.check(self.gen)
         self.gens.beat(self.gen)
+
+    def _deletions_due(self) -> None:
+        self._deletions_held = None
+        if self._inflight is None and not self._flush_scheduled:
+            self._flush()
 
     def _retry_flush(self) -> None:
         if self._inflight is None:
