@@ -324,6 +324,7 @@ async def test_a_storage_error_in_the_generation_check_checks_again_and_writes_t
         while checks[0] < 2 and asyncio.get_running_loop().time() < deadline:  # checked, and checked again
             await asyncio.sleep(0.01)
         assert checks[0] >= 2 and acked == [] and j.state == "failing" and j.superseded is None
+        assert j.error is not None and "the check for a newer CP" in j.error and "Input/output error" in j.error, j.error
         failing[0] = False
         while not acked and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)

@@ -335,7 +335,7 @@ class Journal(GroupWriter):
             self._callbacks[:0] = callbacks
             self._deletions[:0] = deletions
             self._urgent = True
-            self._set_state("failing", f"{type(exc).__name__}: {exc}")
+            self._set_state("failing", str(exc) if isinstance(exc, Unchecked) else f"{type(exc).__name__}: {exc}")
             delay = RETRY_S[min(self._retry, len(RETRY_S) - 1)]
             self._retry += 1
             asyncio.get_running_loop().call_later(delay, self._retry_flush)

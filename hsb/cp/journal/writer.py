@@ -189,7 +189,9 @@ class GroupWriter:
         try:
             self.gens.check(self.gen)
         except OSError as exc:
-            raise Unchecked(f"{type(exc).__name__}: {exc}") from exc
+            raise Unchecked(
+                f"the group is written, but the check for a newer CP (a stat of {gen_name(self.gen)} and {gen_name(self.gen + 1)}) failed: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def _write_and_delete(self, batch: list[tuple[int, bytes]], deletions: list[int]) -> float:
         took = self._write(batch)
