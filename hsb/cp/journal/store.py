@@ -56,6 +56,11 @@ REC_HEADER = HEADER.size  # counted per record in `sizes`: as if each went alone
 SYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, float("inf"))
 
 
+def _backoff(tries: int) -> float:
+    """How long the `tries`-th retry in a row waits (RETRY_S, its last value from then on)."""
+    return RETRY_S[min(tries, len(RETRY_S) - 1)]
+
+
 def _groups(pending: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
     """Pending (segment, payload) as what is written: (segment, group record), a group per
     segment of at most GROUP_MAX records and about GROUP_BYTES (a record larger than that goes
@@ -286,11 +291,7 @@ class Journal(GroupWriter):
         if self._stopping:
             return
         if self.superseded is not None:
-            self._pending.clear()
-            self._again.clear()
-            self._recheck = False
-            self._again_n = 0
-            self._callbacks.clear()
+            self._forget_pending()
             return
         deleting = self._deletions_held is None
         if self._inflight is not None or (not self._pending and not self._again and not (deleting and self._deletions) and not self._recheck):
@@ -336,18 +337,16 @@ class Journal(GroupWriter):
             self._deletions[:0] = deletions
             self._urgent = True
             self._set_state("failing", str(exc) if isinstance(exc, Unchecked) else f"{type(exc).__name__}: {exc}")
-            delay = RETRY_S[min(self._retry, len(RETRY_S) - 1)]
+            asyncio.get_running_loop().call_later(_backoff(self._retry), self._retry_flush)
             self._retry += 1
-            asyncio.get_running_loop().call_later(delay, self._retry_flush)
             return
         self._recheck = False
         self._retry = 0
         if undeleted:  # tried again after a backoff, before any newer segment's deletion
             self._deletions[:0] = undeleted
             if self._deletions_held is None:
-                delay = RETRY_S[min(self._delete_retry, len(RETRY_S) - 1)]
+                self._deletions_held = asyncio.get_running_loop().call_later(_backoff(self._delete_retry), self._deletions_due)
                 self._delete_retry += 1
-                self._deletions_held = asyncio.get_running_loop().call_later(delay, self._deletions_due)
         elif deletions:
             self._delete_retry = 0
         if self._ring_failed:
@@ -379,15 +378,19 @@ class Journal(GroupWriter):
         self.sync_sum += took
         self.sync_counts[bisect.bisect_left(SYNC_BUCKETS, took)] += 1
 
+    def _forget_pending(self) -> None:
+        """Superseded: nothing pending is written or reported durable."""
+        self._pending.clear()
+        self._again.clear()
+        self._again_n = 0
+        self._recheck = False
+        self._callbacks.clear()
+
     def _stop_superseded(self, exc: Superseded) -> None:
         """A newer CP owns the journal: nothing pending is reported durable, ever."""
         if self.superseded is None:
             self.superseded = exc
-            self._pending.clear()
-            self._again.clear()
-            self._recheck = False
-            self._again_n = 0
-            self._callbacks.clear()
+            self._forget_pending()
             self._deletions.clear()
             log.error("cp_superseded", generation=exc.own, newer=exc.newer, msg=str(exc))
             self.on_superseded(exc)

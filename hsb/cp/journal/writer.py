@@ -33,7 +33,8 @@ Done = Callable[[], None]
 class Unchecked(Exception):
     """The generation check after a group's write failed on the storage (not a newer CP): the
     group is durable and is not written again; only the check is, before its acks go out.
-    `took`: the group's write and sync (None: no write went before it)."""
+    `took`: the writer thread's write and sync before it (None: the check after a ring's chain,
+    whose own time the caller has)."""
 
     took: float | None = None
 
@@ -198,7 +199,7 @@ class GroupWriter:
         try:
             self._check()  # superseded: no ack for this group, nothing deleted
         except Unchecked as exc:
-            exc.took = took if batch else None
+            exc.took = took
             raise
         for k, s in enumerate(deletions):
             faults.point("cp.mid_compaction")
