@@ -315,6 +315,8 @@ class Journal(GroupWriter):
 
     # ------------------------------------------------------------------ completion (event loop)
     def _written(self, took: float, exc: BaseException | None, batch: list[tuple[int, bytes]], callbacks: list[Done], deletions: list[int]) -> None:
+        """A group commit came back: stop (superseded), keep it for another try (`_failed`), or
+        acknowledge it (`_succeeded`; a settled segment whose deletion was refused goes again later)."""
         self._inflight = None
         if self.superseded is not None:  # stopped meanwhile (the heartbeat's check): nothing more is acknowledged
             return
@@ -329,17 +331,24 @@ class Journal(GroupWriter):
             log.warning("journal_segment_delete_failed", dir=str(self.dir), segment=undeleted[0], error=str(exc.__cause__))
             exc = None
         if exc is not None:
-            # keep the records (written again in place, before anything newer) and whatever waits
-            # on them; a group already durable whose check failed is only checked again
-            self._again, self._again_n = ([] if isinstance(exc, Unchecked) else batch), self._inflight_n
-            self._recheck = self._recheck or isinstance(exc, Unchecked)
-            self._callbacks[:0] = callbacks
-            self._deletions[:0] = deletions
-            self._urgent = True
-            self._set_state("failing", str(exc) if isinstance(exc, Unchecked) else f"{type(exc).__name__}: {exc}")
-            asyncio.get_running_loop().call_later(_backoff(self._retry), self._retry_flush)
-            self._retry += 1
-            return
+            self._failed(exc, batch, callbacks, deletions)
+        else:
+            self._succeeded(took, batch, callbacks, deletions, undeleted)
+
+    def _failed(self, exc: BaseException, batch: list[tuple[int, bytes]], callbacks: list[Done], deletions: list[int]) -> None:
+        """Keep the records (written again in place, before anything newer) and whatever waits
+        on them; a group already durable whose check failed is only checked again."""
+        self._again, self._again_n = ([] if isinstance(exc, Unchecked) else batch), self._inflight_n
+        self._recheck = self._recheck or isinstance(exc, Unchecked)
+        self._callbacks[:0] = callbacks
+        self._deletions[:0] = deletions
+        self._urgent = True
+        self._set_state("failing", str(exc) if isinstance(exc, Unchecked) else f"{type(exc).__name__}: {exc}")
+        asyncio.get_running_loop().call_later(_backoff(self._retry), self._retry_flush)
+        self._retry += 1
+
+    def _succeeded(self, took: float, batch: list[tuple[int, bytes]], callbacks: list[Done], deletions: list[int], undeleted: list[int]) -> None:
+        """The group is durable and checked: its acknowledgements go, and the next group starts."""
         self._recheck = False
         self._retry = 0
         if undeleted:  # tried again after a backoff, before any newer segment's deletion
