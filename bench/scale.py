@@ -112,7 +112,7 @@ HEADERS = [
     "KiB per terminal CP / active / standby",
     "load child peak MiB",
 ]
-COUNTS = ("lost", "duplicates", "unexpected", "unacked", "bad_data", "protocol_errors")
+COUNTS = ("lost", "duplicates", "unexpected", "unacked", "bad_data", "protocol_errors", "unexpected_acks", "not_back")
 
 _KIDS: list[Child] = []  # every load child alive, and every sandbox up: killed on any exit
 _BOXES: list[Path] = []

@@ -7,6 +7,8 @@ Read straight from the database the `ledger` service writes (PostgreSQL or SQLit
   plus what its entries moved in, less what they moved out;
 - **exactly once**: every transfer a terminal was told succeeded has exactly one entry, every
   one refused has none, and no entry exists for a message no terminal got an answer to;
+- **the right effect**: each transfer entry moved the accounts and the amount its message
+  asked for (a message delivered with another's data, or applied wrongly, shows here);
 - **same answer**: the reply a terminal got is the reply stored with the message's
   idempotency record (a redelivered message answered differently would show here), and every
   answered message has its record.
@@ -41,6 +43,7 @@ class Books:
     replay_mismatch: list[str] = field(default_factory=list)
     reply_differs: list[str] = field(default_factory=list)
     record_missing: list[str] = field(default_factory=list)
+    wrong_transfer: list[str] = field(default_factory=list)
 
     @property
     def failures(self) -> list[str]:
@@ -55,6 +58,7 @@ class Books:
             ("replay_mismatch", self.replay_mismatch, "balance differs from its entries"),
             ("reply_differs", self.reply_differs, "reply differs from the one stored first"),
             ("record_missing", self.record_missing, "answered without an idempotency record"),
+            ("wrong_transfer", self.wrong_transfer, "applied with other accounts or another amount than the message asked for"),
         ):
             if ids:
                 out.append(f"{len(ids)} {what} ({name}): {', '.join(ids[:5])}")
@@ -104,9 +108,14 @@ async def check_books(
     # replay: each balance from its entries
     moved: Counter[str] = Counter()
     per_msg: Counter[tuple[str, int]] = Counter()
+    by_name = {c.name: c for c in clients}
     for t, mid, op, acct, other, amount in entries:
         if op == "transfer":
             per_msg[(t, int(mid))] += 1
+            c = by_name.get(t)
+            k, rem = divmod(int(mid) - c.base, c.stride) if c is not None else (-1, 1)
+            if c is not None and (rem or k < 0 or (acct, other, int(amount)) != w.transfer(c.idx, k)):
+                b.wrong_transfer.append(f"{t}:{mid}")  # not what that terminal's message asked for (or never sent)
             moved[acct] -= int(amount)
             moved[other] += int(amount)
         elif op == "deposit":

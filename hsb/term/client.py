@@ -158,6 +158,8 @@ class TerminalClient(asyncio.Protocol):
         "confirm_timer",
         "resent_ignored",
         "resent_foreign",
+        "told_last_reply",
+        "unexpected_acks",
         "failed_since_drop",
         "cp_reconnects",
         "last_switch",
@@ -219,7 +221,9 @@ class TerminalClient(asyncio.Protocol):
         self.confirm_at = 0.0  # when (monotonic)
         self.confirm_timer: asyncio.TimerHandle | None = None
         self.resent_ignored = 0  # resent replies for ids already answered (as the protocol says)
-        self.resent_foreign = 0  # resent replies for ids this run never sent (an earlier run's)
+        self.resent_foreign = 0  # resent replies for ids of an earlier run (below this run's base)
+        self.told_last_reply = 0  # the last_reply of the latest hello: the CP may resend nothing up to it
+        self.unexpected_acks = 0  # acknowledgements of ids this terminal never sent
         self.failed_since_drop = False  # a connect failed since the connection dropped: the CP was away
         self.cp_reconnects = 0  # disconnects after which the CP could not be reached for a while
         self.last_switch = ""  # the kind in the last `switched` notice (failover, switchover, promote)
@@ -335,7 +339,7 @@ class TerminalClient(asyncio.Protocol):
             return
         hello: dict[str, Any] = {"t": "hello", "terminal": self.name}
         if self.resume:
-            hello["last_reply"] = self.last_reply()
+            hello["last_reply"] = self.told_last_reply = self.last_reply()
         transport.write(encode(hello))
 
     def data_received(self, data: bytes) -> None:
@@ -479,23 +483,31 @@ class TerminalClient(asyncio.Protocol):
             marks[k] |= ACKED
             self.listener.on_ack(self, msg_id, True)
         else:
+            if k < 0:  # the CP acknowledges only what this connection sent it: misdelivered or made up
+                self.unexpected_acks += 1
             self.listener.on_ack(self, msg_id, False)
 
     def _on_reply(self, msg_id: int, data: Any, resent: bool = False) -> None:
         k = self.index(msg_id)
         marks = self.marks
         if k < 0:
-            if resent:  # kept by the CP for an earlier run of this terminal: not ours to judge
+            if resent and msg_id < self.base:  # kept by the CP for an earlier run of this terminal: not ours to judge
                 self.resent_foreign += 1
                 return
-            self.unexpected += 1
+            self.unexpected += 1  # never sent by this terminal (another's id, say): resent or not
             self.listener.on_reply(self, msg_id, data, None, "unexpected")
             return
         m = marks[k]
         count = m >> REPLY_SHIFT
-        if count and resent:  # sent again after a reconnect; this terminal has it: ignored
-            self.resent_ignored += 1
+        if count and resent and msg_id > self.told_last_reply:
+            # sent again after a reconnect and this terminal has it (its hello could not say so:
+            # an earlier reply is missing): ignored, if it is the same answer
+            if self._same_again(k, msg_id, data):
+                self.resent_ignored += 1
+            else:
+                self._bad(msg_id)
             return
+        # a second reply (a resent one for an id its hello said it holds is one too: a duplicate)
         if count < REPLY_MAX:
             marks[k] = m + REPLY_ONE
         if count:
@@ -506,9 +518,7 @@ class TerminalClient(asyncio.Protocol):
         else:
             right = not self.check_data or data == self.payload(msg_id)
         if self.check_data and not right:
-            self.bad_data += 1
-            if len(self.bad_data_ids) < 5:
-                self.bad_data_ids.append(msg_id)
+            self._bad(msg_id)
         early = not m & ACKED
         if early:
             self.early += 1
@@ -519,6 +529,21 @@ class TerminalClient(asyncio.Protocol):
         self.listener.on_reply(self, msg_id, data, latency, "early" if early else "first")
         if self.resume:
             self._confirm()
+
+    def _same_again(self, k: int, msg_id: int, data: Any) -> bool:
+        """A reply sent again is the answer this terminal got the first time."""
+        if not self.check_data:
+            return True
+        if self.workload is not None:
+            return bool(self.workload.same_reply(self.idx, k, data))
+        if self.payloads is not None and msg_id not in self.payloads:
+            return True  # its data went with the first reply: nothing to compare with
+        return bool(data == self.payload(msg_id))
+
+    def _bad(self, msg_id: int) -> None:
+        self.bad_data += 1
+        if len(self.bad_data_ids) < 5:
+            self.bad_data_ids.append(msg_id)
 
 
 def _int(msg: dict[str, Any], key: str) -> int:

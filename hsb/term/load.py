@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from hsb.term.client import Listener, TerminalClient, new_id_base, parse_hostport
+from hsb.term.client import WELCOMED, Listener, TerminalClient, new_id_base, parse_hostport
 from hsb.term.connector import Connector
 from hsb.term.report import LoadReport, iso
 from hsb.term.stats import GapTracker, LatencyHistogram
@@ -47,6 +47,7 @@ from hsb.wire.framing import ProtocolError
 Progress = Callable[[dict[str, Any]], None]
 
 SHUTDOWN_WAIT = 2.0  # seconds to wait for the CP to close connections after bye
+NOT_BACK_POLL = 0.02  # seconds between looks for terminals still logging on again at the end
 TICK = 0.001  # the scheduler's resolution: sends are due at most this late
 MAX_DEFERRED = 64  # sends a terminal owes (its window was full when they were due) at most
 
@@ -197,6 +198,11 @@ class LoadStats(Listener):
             "connect_failures": self.connect_failures,
             "switched": self.switched,
         }
+
+
+def _not_back(clients: Sequence[TerminalClient]) -> list[TerminalClient]:
+    """Terminals welcomed once and not logged on now (the run still going: none is stopping)."""
+    return [c for c in clients if c.welcomed_at is not None and c.state != WELCOMED and not c.stopping]
 
 
 def _raise_nofile(need: int) -> None:
@@ -377,6 +383,7 @@ async def run_load(
     ticker = asyncio.ensure_future(_progress_loop(stats, phase, t0, progress, progress_interval)) if progress is not None else None
     sched: asyncio.Task[None] | None = None
     send_start = send_end = settle_end = t0
+    not_back: list[TerminalClient] = []
     try:
         connector.start()
         for c in clients:
@@ -410,9 +417,15 @@ async def run_load(
             stop.clear()
 
         phase[0] = "settle"
+        settle_by = time.monotonic() + settle
         if stats.gap.outstanding > 0:
             stats.drained.clear()
             await _wait(stats.drained, settle, stop)
+        # a terminal still reconnecting (a CP restart near the end) has the rest of the settle
+        # time to log on again; one that does not is a failure of the run (`not back`)
+        while _not_back(clients) and time.monotonic() < settle_by and not (stop is not None and stop.is_set()):
+            await asyncio.sleep(NOT_BACK_POLL)
+        not_back = _not_back(clients)
         settle_end = time.monotonic()
         stats.gap.finish(settle_end)
         for c in clients:
@@ -427,7 +440,7 @@ async def run_load(
         await _shutdown(clients, connector)
     if progress is not None:
         progress(stats.snapshot("done", time.monotonic() - t0))
-    report = _report(clients, stats, 0.0 if closed_loop else rate, send_start, send_end, settle_end, t0, wall_offset)
+    report = _report(clients, stats, 0.0 if closed_loop else rate, send_start, send_end, settle_end, t0, wall_offset, not_back)
     report.closed_loop = closed_loop
     report.window = window
     report.check_data = check_data
@@ -441,8 +454,6 @@ async def run_load(
     ]
     report.after_s = after_s
     report.resume = resume
-    report.resent_ignored = sum(c.resent_ignored for c in clients)
-    report.resent_foreign = sum(c.resent_foreign for c in clients)
     report.cp_reconnects = sum(c.cp_reconnects for c in clients)
     if record_ids:
         report.ids = {c.name: id_ranges(c.marks, base=c.base, step=c.stride) for c in clients}
@@ -494,6 +505,7 @@ def _report(
     settle_end: float,
     t0: float,
     wall_offset: float,
+    not_back: Sequence[TerminalClient] = (),
 ) -> LoadReport:
     total = Verdict()
     for c in clients:
@@ -549,4 +561,9 @@ def _report(
         bad_data=sum(c.bad_data for c in clients),
         bad_data_ids=[f"{c.name}:{i}" for c in clients for i in c.bad_data_ids][:20],
         unacked_ids=total.unacked_ids,
+        resent_ignored=sum(c.resent_ignored for c in clients),
+        resent_foreign=sum(c.resent_foreign for c in clients),
+        unexpected_acks=sum(c.unexpected_acks for c in clients),
+        not_back=len(not_back),
+        not_back_names=[c.name for c in not_back[:20]],
     )

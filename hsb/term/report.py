@@ -21,7 +21,18 @@ SPEC §5.6 and the terminal link, each with its reason:
   `expect_disconnects` (conventional mode, a CP restart) and always for the
   terminals named `classic` (no standby session: the failover closes them by
   design);
-- **CP errors and protocol errors** (an error frame is a refusal).
+- **CP errors and protocol errors** (an error frame is a refusal; where disconnects
+  are expected, `already_connected` is not: a reconnect that came before the CP saw
+  the old connection go, retried);
+- **unexpected acks**: an acknowledgement of an id the terminal never sent;
+- **not back**: a terminal disconnected and not logged on again by the end of the
+  run (the settle time waits for it as for the outstanding replies).
+
+A reply marked `resent` (after a CP restart) for an id the terminal already holds is
+ignored only if its id is above the `last_reply` of the terminal's latest hello (the
+CP was told about the rest) and it is the answer the terminal got the first time;
+else it is a duplicate or bad data. One for an id the terminal never sent is
+unexpected, unless the id is below this run's first id (an earlier run's).
 
 The headline of an operation (failover, switchover) is the worst pause a
 terminal saw (`operations`, see `hsb.term.timeline`); `service_gap` is an
@@ -35,6 +46,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
+
+RECONNECT_RACES = frozenset({"already_connected"})  # refusals a reconnect can meet and retry past
 
 
 def iso(ts: float | None) -> str | None:
@@ -71,6 +84,9 @@ class LoadReport:
     resume: bool = True  # the terminals resumed (last_reply, confirm, resent replies)
     resent_ignored: int = 0  # replies the CP sent again after a reconnect that the terminal had (ignored)
     resent_foreign: int = 0  # resent replies for ids of an earlier run of the terminal (ignored)
+    unexpected_acks: int = 0  # acknowledgements of ids never sent (misdelivered or made up)
+    not_back: int = 0  # terminals disconnected and not logged on again by the end of the run
+    not_back_names: list[str] = field(default_factory=list)  # a sample
     cp_reconnects: int = 0  # disconnects after which the CP could not be reached for a while (a CP restart)
     resent: int = 0
     disconnects: int = 0
@@ -133,8 +149,14 @@ class LoadReport:
                 f"unacknowledged: {self.unacked} messages sent and never acknowledged by the end of"
                 f" the {self.settle_s:.1f} s settle time{eg(self.unacked_ids)}"
             )
+        if self.unexpected_acks:
+            out.append(f"unexpected acks: {self.unexpected_acks} acknowledgements of ids the terminal never sent")
         if self.welcomed < self.terminals:
             out.append(f"not logged on: {self.terminals - self.welcomed} of {self.terminals} terminals were never welcomed")
+        if self.not_back:
+            out.append(
+                f"not back: {self.not_back} terminals were disconnected and not logged on again by the end of the run{eg(self.not_back_names)}"
+            )
         if not self.expect_disconnects:
             if self.disconnects_standby_capable:
                 out.append(
@@ -143,8 +165,11 @@ class LoadReport:
                 )
             if self.session_closed_standby_capable:
                 out.append(f"session closed: {self.session_closed_standby_capable} session closures of standby-capable terminals")
-            if self.errors:
-                out.append("CP errors: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.errors.items())))
+        # a refusal is a failure even where disconnects are expected; only a reconnect that came
+        # before the CP noticed the old connection's loss (already_connected, retried) is not
+        errors = self.errors if not self.expect_disconnects else {k: v for k, v in self.errors.items() if k not in RECONNECT_RACES}
+        if errors:
+            out.append("CP errors: " + ", ".join(f"{k} x{v}" for k, v in sorted(errors.items())))
         if self.protocol_errors:
             out.append(f"protocol errors: {self.protocol_errors} frames from the CP broke the protocol")
         out.extend(f"books: {f}" for f in self.books_failures)

@@ -49,6 +49,12 @@ class LedgerWorkload:
     def is_setup(self, idx: int, k: int) -> bool:
         return idx == 0 and k < self.setup_count
 
+    def same_reply(self, idx: int, k: int, data: Any) -> bool:
+        """A reply sent again (after a CP restart) is the first reply this request got."""
+        text = data.decode() if isinstance(data, bytes) else data
+        first = self.replies.get(idx, {}).get(k)
+        return first is None or text == first
+
     def check(self, idx: int, k: int, data: Any) -> bool:
         """A first reply: keep it; True if it is an answer this request can get."""
         text = data.decode() if isinstance(data, bytes) else data

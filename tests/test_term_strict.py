@@ -1,0 +1,190 @@
+"""The strict verdict's harder cases, fed frame by frame to a real TerminalClient: replies the CP
+sends again after a restart (`resent`), acknowledgements of ids never sent, refusals where
+disconnects are expected, terminals that do not come back, and the ledger's books against a
+database whose entries are wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from hsb.service import ledger, once
+from hsb.service.db import open_database
+from hsb.term.books import check_books
+from hsb.term.client import TerminalClient
+from hsb.term.load import LoadStats, _not_back, _report
+from hsb.term.report import LoadReport
+from hsb.term.workload import LedgerWorkload
+from hsb.wire.framing import encode
+from tests.support.transports import RecordingTransport
+
+BASE = 1000
+pytestmark = pytest.mark.timeout(30)
+
+
+def _connect(c: TerminalClient, last_acked: int = 0) -> RecordingTransport:
+    tr = RecordingTransport("cp")
+    c.connection_made(tr)  # type: ignore[arg-type]
+    _feed(c, {"t": "welcome", "terminal": c.name, "last_acked": last_acked})
+    return tr
+
+
+def _feed(c: TerminalClient, *msgs: dict[str, Any]) -> None:
+    c.data_received(b"".join(encode(m) for m in msgs))
+
+
+def _client(**kw: Any) -> tuple[TerminalClient, LoadStats]:
+    stats = LoadStats(1)
+    stats.counting = True
+    c = TerminalClient("T1", stats, base=BASE, check_data=True, **kw)
+    _connect(c)
+    return c, stats
+
+
+def _verdict(c: TerminalClient, stats: LoadStats, not_back: list[TerminalClient] | None = None) -> LoadReport:
+    return _report([c], stats, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, not_back or [])
+
+
+def _answered_out_of_order(c: TerminalClient) -> tuple[int, int]:
+    """Two messages sent and acked; only the second answered; then the CP goes and comes back.
+    The terminal's new hello says last_reply 0 (the first reply is missing), so the CP may
+    send the second reply again, marked resent."""
+    a, b = c.submit(), c.submit()
+    _feed(c, {"t": "ack", "id": a}, {"t": "ack", "id": b}, {"t": "reply", "id": b, "data": c.payload(b)})
+    c.connection_lost(None)
+    _connect(c, last_acked=b)
+    assert c.told_last_reply == 0
+    return a, b
+
+
+async def test_a_resent_reply_the_terminal_has_is_ignored_only_with_the_same_data() -> None:
+    c, stats = _client()
+    a, b = _answered_out_of_order(c)
+    _feed(c, {"t": "reply", "id": b, "data": c.payload(b), "resent": True}, {"t": "reply", "id": a, "data": c.payload(a)})
+    r = _verdict(c, stats)
+    assert r.ok and r.resent_ignored == 1, r.failures
+    _feed(c, {"t": "reply", "id": b, "data": "someone else's answer", "resent": True})
+    r = _verdict(c, stats)
+    assert not r.ok and r.bad_data == 1 and any(f.startswith("bad data") for f in r.failures), r.failures
+
+
+async def test_a_resent_reply_up_to_the_hellos_last_reply_is_a_duplicate() -> None:
+    c, stats = _client()
+    a = c.submit()
+    _feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": c.payload(a)})
+    c.connection_lost(None)
+    _connect(c, last_acked=a)
+    assert c.told_last_reply == a  # the CP was told this terminal holds it
+    _feed(c, {"t": "reply", "id": a, "data": c.payload(a), "resent": True})
+    r = _verdict(c, stats)
+    assert not r.ok and r.duplicates == 1, r.failures
+
+
+async def test_a_resent_reply_for_an_id_never_sent_is_unexpected_unless_an_earlier_runs() -> None:
+    c, stats = _client(stride=10)  # this terminal's ids: 1000, 1010, ...; 1001 is another terminal's
+    a = c.submit()
+    _feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": c.payload(a)})
+    _feed(c, {"t": "reply", "id": BASE - 5, "data": "x", "resent": True})  # below this run's ids: an earlier run's
+    r = _verdict(c, stats)
+    assert r.ok and r.resent_foreign == 1, r.failures
+    _feed(c, {"t": "reply", "id": BASE + 1, "data": "x", "resent": True})  # another terminal's id
+    _feed(c, {"t": "reply", "id": BASE + 500, "data": "x", "resent": True})  # not sent yet
+    r = _verdict(c, stats)
+    assert not r.ok and r.unexpected == 2, r.failures
+
+
+async def test_an_ack_for_an_id_never_sent_fails_the_run() -> None:
+    c, stats = _client(stride=10)
+    a = c.submit()
+    _feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": c.payload(a)})
+    _feed(c, {"t": "ack", "id": a})  # a second ack of its own id (a resend acked again): fine
+    assert _verdict(c, stats).ok
+    _feed(c, {"t": "ack", "id": BASE + 3})
+    r = _verdict(c, stats)
+    assert not r.ok and r.unexpected_acks == 1 and any(f.startswith("unexpected acks: 1") for f in r.failures), r.failures
+
+
+def test_a_refusal_fails_the_run_even_where_disconnects_are_expected() -> None:
+    race = LoadReport(terminals=1, welcomed=1, expect_disconnects=True, errors={"already_connected": 3})
+    assert race.ok, race.failures  # a reconnect that beat the CP's notice of the old connection: retried
+    for code in ("bad_frame", "unknown_terminal", "bad_hello"):
+        r = LoadReport(terminals=1, welcomed=1, expect_disconnects=True, errors={code: 1, "already_connected": 1})
+        assert not r.ok and r.failures == [f"CP errors: {code} x1"], r.failures
+    assert not LoadReport(terminals=1, welcomed=1, errors={"already_connected": 1}).ok  # not expected: a failure
+
+
+async def test_a_terminal_that_does_not_come_back_fails_the_run() -> None:
+    c, stats = _client()
+    a = c.submit()
+    _feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": c.payload(a)})
+    assert _not_back([c]) == [] and _verdict(c, stats).ok
+    c.connection_lost(None)  # gone, and (no connector here) never logs on again
+    gone = _not_back([c])
+    assert gone == [c]
+    r = _verdict(c, stats, gone)
+    assert not r.ok and r.not_back == 1 and r.not_back_names == ["T1"], r.failures
+    assert any(f.startswith("not back: 1 terminals") for f in r.failures)
+    _connect(c, last_acked=a)
+    assert _not_back([c]) == []
+
+
+async def _ledger_db(path: Path) -> Any:
+    db = open_database(None, str(path))
+    await db.setup(ledger.DDL)
+    await db.setup(once.DDL)
+    return db
+
+
+async def test_the_books_catch_a_transfer_applied_with_other_accounts_or_twice(tmp_path: Path) -> None:
+    w = LedgerWorkload(accounts=4, initial=10_000, tag="t")
+    term = SimpleNamespace(name="T1", idx=1, base=BASE, stride=1)
+    db = await _ledger_db(tmp_path / "ledger.db")
+    src, dst, amount = w.transfer(1, 0)
+
+    async def fill(entries: list[tuple[str, str, int]]) -> None:
+        async with db.transaction() as tx:
+            for acct in w.accounts:
+                await tx.execute("INSERT INTO ledger_accounts (account, balance) VALUES ($1, $2)", acct, w.initial)
+            for s_, d_, n in entries:
+                await tx.execute("UPDATE ledger_accounts SET balance = balance - $2 WHERE account = $1", s_, n)
+                await tx.execute("UPDATE ledger_accounts SET balance = balance + $2 WHERE account = $1", d_, n)
+                await tx.execute(
+                    "INSERT INTO ledger_entries (terminal, msg_id, op, account, other, amount) VALUES ($1, $2, $3, $4, $5, $6)",
+                    "T1",
+                    BASE,
+                    "transfer",
+                    s_,
+                    d_,
+                    n,
+                )
+            for acct in w.accounts:
+                await tx.execute(
+                    "INSERT INTO ledger_entries (terminal, msg_id, op, account, other, amount) VALUES ($1, $2, $3, $4, $5, $6)",
+                    "T0",
+                    0,
+                    "deposit",
+                    acct,
+                    None,
+                    w.initial,
+                )
+            await tx.execute("INSERT INTO hsb_idempotency (terminal, msg_id, reply, at) VALUES ($1, $2, $3, $4)", "T1", BASE, '{"ok":true}', 0.0)
+
+    w.replies = {1: {0: '{"ok":true}'}}
+    await fill([(src, dst, amount)])
+    good = await check_books({"sqlite": str(tmp_path / "ledger.db")}, w, [term])
+    assert good.failures == [], good.failures
+    await db.close()
+
+    for name, entries, failure in (
+        ("other", [(dst, src, amount)], "wrong_transfer"),  # the accounts the other way round
+        ("more", [(src, dst, amount + 1)], "wrong_transfer"),
+        ("twice", [(src, dst, amount), (src, dst, amount)], "applied_twice"),
+    ):
+        db = await _ledger_db(tmp_path / f"{name}.db")
+        await fill(entries)
+        bad = await check_books({"sqlite": str(tmp_path / f"{name}.db")}, w, [term])
+        await db.close()
+        assert any(f"({failure})" in f for f in bad.failures), (name, bad.failures)
