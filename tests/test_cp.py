@@ -190,6 +190,63 @@ async def test_silent_active_is_fenced_and_its_frames_refused(cp: Proc) -> None:
     assert res["t"] == "error" and res["code"] == "active_exists" and "standby" in res["msg"]
 
 
+async def test_a_second_loss_of_the_same_active_is_told_to_the_standby_again(cp: Proc) -> None:
+    """The standby hears of each loss of the active: one that ended (the active heard again)
+    does not silence the next; and a standby that registers again while the active is lost
+    hears of it on its new link (else nobody would ever ask for the active role)."""
+    a = await FakeHost.connect(cp.info["host"], "host-a", "active", heartbeat=None)
+    b = await FakeHost.connect(cp.info["host"], "host-b", "standby")
+    first = await b.wait(lambda m: m["t"] == "active_lost", timeout=5)
+    assert first["why"] == "silent"
+    # the standby does not ask (say, it was paused); the active is heard again, then falls silent again
+    mark = len(b.inbox)
+    a.send({"t": "hb", "n": 1})
+    await a.wait(lambda m: m["t"] == "hb" and m.get("ack") == 1)
+    again = await b.wait(lambda m: m["t"] == "active_lost", start=mark, timeout=5)
+    assert again["why"] == "silent"
+    # the standby's link goes while the active is still lost; it registers again on a new link
+    await b.close()
+    b2 = await FakeHost.connect(cp.info["host"], "host-b", "standby")
+    told = await b2.wait(lambda m: m["t"] == "active_lost", timeout=5)
+    assert told["host"] == "host-a"
+
+
+async def test_kept_replies_at_the_bound_still_let_the_terminals_confirm_through(cp: Proc) -> None:
+    """A resuming terminal's unconfirmed replies at the bound (8 here) stop its messages, not its
+    confirmations: the CP reads on, takes the confirm, and only then the messages that waited
+    behind the bound, in order (it once stopped reading altogether and waited for ever for a
+    confirm it would not read)."""
+    a, _b = await pair(cp)
+    a.auto_reply = True
+    t = await FakeTerminal.connect(cp.info["terminal"], "T00009", hello=False)
+    t.send({"t": "hello", "terminal": "T00009", "last_reply": 0})
+    await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+    for i in range(1, 9):
+        t.send({"t": "msg", "id": i, "data": f"m{i}"})
+    await t.wait_count(lambda m: m["t"] == "reply", 8)  # 8 kept replies: at the bound
+    await wait_status(cp, lambda s: s["terminals"]["backpressured"] == 1)
+    t.send({"t": "msg", "id": 9, "data": "m9"})  # waits behind the bound
+    t.send({"t": "confirm", "id": 8})
+    r = await t.wait(lambda m: m["t"] == "reply" and m["id"] == 9)
+    assert r["data"] == "m9"
+    assert [m["id"] for m in t.inbox if m["t"] == "ack"] == list(range(1, 10))
+    await wait_status(cp, lambda s: s["terminals"]["backpressured"] == 0)
+
+
+async def test_a_confirmation_past_what_the_terminal_sent_does_not_hide_later_replies(cp: Proc) -> None:
+    """A terminal that confirms (or says in its hello) an id it never sent does not go without
+    the replies to what it sends afterwards: the CP takes it as far as the highest id accepted."""
+    a, _b = await pair(cp)
+    a.auto_reply = True
+    t = await FakeTerminal.connect(cp.info["terminal"], "T00010", hello=False)
+    t.send({"t": "hello", "terminal": "T00010", "last_reply": 2**63 - 1})
+    await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+    t.send({"t": "confirm", "id": 2**63 - 2})
+    t.send({"t": "msg", "id": 1, "data": "one"})
+    r = await t.wait(lambda m: m["t"] == "reply" and m["id"] == 1)
+    assert r["data"] == "one"
+
+
 async def test_stale_epoch_frame_is_refused(cp: Proc) -> None:
     a = await FakeHost.connect(cp.info["host"], "host-a", "active")
     a.auto_open = ATTRS

@@ -209,8 +209,10 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
             )
             a = self.active
             if a is not None and self.loss is not None and not self.active_stopped_normally:
-                # the active was lost abnormally while no standby was listening: say so now
-                self._notify_active_lost(a.name, "eof")
+                # the active was lost abnormally while no standby was listening (or told a link
+                # of the standby's that is gone now): say so now, on this link
+                self.active_lost_notified = False
+                self._notify_active_lost(a.name, "eof" if a.closed else "silent")
         else:
             host.close_with_error("bad_role", f"role must be 'active' or 'standby', not {role[:20]!r}")
 
@@ -515,7 +517,10 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         now = time.monotonic()
         if now - a.last_rx <= self.host_timeout:
             if not a.closed:
+                # heard again: that loss is over, and the next one is told to the standby anew
+                # (else a standby that did not take over then would never hear of a later one)
                 self.loss = None
+                self.active_lost_notified = False
             return
         if self.loss is None:
             log.warning("active_host_link_silent", host=a.name, silent_s=round(now - a.last_rx, 3))

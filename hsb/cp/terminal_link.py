@@ -31,6 +31,9 @@ class TerminalProtocol(FramedProtocol):
         self._idle_after = idle_after_hello
         self._hello_timeout = hello_timeout
         self.bye_waiting = False  # its bye waits in the logoff storm's queue (hsb.cp.logons)
+        # its kept replies at the bound: frames other than confirm wait here, in order, while
+        # confirms are still read and taken (the only way the bound is left); None: not parking
+        self.parked: list[dict[str, Any]] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -114,7 +117,44 @@ class TerminalProtocol(FramedProtocol):
         if self.term is None and msg["t"] != "hello":
             self.protocol_error(ProtocolError("bad_hello", "the first frame must be hello"))
             return
+        parked = self.parked
+        if parked is not None and msg["t"] != "confirm":
+            parked.append(msg)
+            if len(parked) >= self.cp.held_bound:  # as many again as the bound: read no more
+                self._park_backlog()
+            return
         super()._handle(msg)
+
+    def park(self, on: bool) -> None:
+        """Kept replies at the bound (`on`): read on, take confirmations (they settle replies, ahead
+        of the frames before them: a confirmation speaks only of replies the terminal already
+        has) and keep every other frame waiting in order; off: those frames go first, then the rest."""
+        if on:
+            if self.parked is None:
+                self.parked = []
+            return
+        if self.parked is None:
+            return
+        parked, self.parked = self.parked, None
+        if parked:
+            self._backlog.extendleft(reversed(parked))
+        if self.reading_paused:
+            self.resume_reading()  # (and it drains what waits)
+        elif self._backlog and not self.closed:
+            self._loop.call_soon(self._drain_backlog)
+
+    def _park_backlog(self) -> None:
+        """The parked frames reached the bound: take the confirmations already read, park the
+        rest, and stop reading (a terminal that never confirms is held here)."""
+        bl = self._backlog
+        while bl and self.parked is not None and not self.closed:
+            m = bl.popleft()
+            if m["t"] == "confirm":
+                super()._handle(m)  # may end the parking: the rest then drains as usual
+            else:
+                self.parked.append(m)
+        if self.parked is not None:
+            self.pause_reading()
 
     def pause_writing(self) -> None:
         # the terminal does not read what we send it: stop reading what it sends (write back-pressure)

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("hsb.cp")
 
-OUTBOX_MAX = 100_000  # replies kept for a disconnected terminal that does not resume
 WELCOME_WAIT_S = 0.1  # a welcome waits this long at most for the session's opening to go with it
 
 
@@ -95,7 +94,10 @@ class TerminalSide:
             active.request_session(term)
 
     def terminal_confirm(self: CP, term: Term, upto: int) -> None:
-        """The terminal holds every reply up to `upto`: those are settled."""
+        """The terminal holds every reply up to `upto`: those are settled. Not past the highest id
+        accepted from it: a reply exists for nothing higher, and a terminal that claimed more
+        (a bug) would otherwise go without the replies to every message it sends after."""
+        upto = min(upto, term.last_acked)
         if upto <= term.confirmed:
             return
         term.confirmed = upto
@@ -169,18 +171,27 @@ class TerminalSide:
             s.host.send({"t": "session_closed", "terminal": term.name, "reason": reason})
 
     def _backpressure(self: CP, term: Term) -> None:
-        """Stop reading a terminal at the bound of held messages or kept replies; read it again below."""
-        over = len(term.held) >= self.held_bound or len(term.replies) >= self.held_bound
+        """At the bound of held messages, stop reading a terminal; at the bound of kept replies,
+        take its confirmations only (they are what brings the replies below it: a connection
+        not read at all would wait for ever); below both, read it as usual."""
+        bound = self.held_bound
+        held_over = len(term.held) >= bound
+        kept_over = len(term.replies) >= bound
         conn = term.conn
         if conn is None:
             return
-        if over and not term.paused:
+        conn.park(kept_over)
+        if (held_over or kept_over) and not term.paused:
             term.paused = True
-            conn.pause_reading()
             log.info("terminal_backpressure", terminal=term.name, held=len(term.held), kept_replies=len(term.replies))
-        elif not over and term.paused:
+        elif not (held_over or kept_over) and term.paused:
             term.paused = False
             conn.resume_reading()
+        if term.paused:
+            if held_over or (conn.parked is not None and len(conn.parked) >= bound):
+                conn.pause_reading()
+            else:  # only the kept replies at the bound: read on, for the confirmations
+                conn.resume_reading()
 
     # ------------------------------------------------------------------ delivery to the active
     def _deliver(self: CP, term: Term, held: Held, host: HostProtocol) -> None:
@@ -281,5 +292,5 @@ class TerminalSide:
             self._tell(term, msg)
         elif msg["t"] == "reply" and not term.resuming:  # a resuming terminal gets its kept replies again
             if term.outbox is None:
-                term.outbox = deque(maxlen=OUTBOX_MAX)
+                term.outbox = deque()  # no bound of its own: one reply per message held, and those stop at the held bound
             term.outbox.append(msg)
