@@ -134,7 +134,9 @@ class HostProtocol(AuthServerProtocol):
         # last_rx is refreshed on every byte received. The answer names the heartbeat: the host
         # renews the active role's lease from the time it *sent* the heartbeat we answered.
         n = msg.get("n")
-        if isinstance(n, int) and self.role is not None:
+        if isinstance(n, int) and self.role is not None and not self.fenced:
+            # (a replaced active is fenced from the grant on, before its record is durable and
+            # it is told: an answer now would renew its lease beside the new active's)
             self.send({"t": "hb", "ack": n})
 
     def on_open_session(self, msg: dict[str, Any]) -> None:
