@@ -35,6 +35,7 @@ from hsb.host.states import (
     ESTABLISHED,
     FENCED,
     HANDING_OVER,
+    RELEASING,
     SERVING,
     STARTING,
     WAITING,
@@ -118,7 +119,8 @@ class HA(LeaseSide, SwitchSide, HAView):
             self.role = role
         if state == prev and self.role == prev_role:
             return
-        if state != ESTABLISHED:
+        if state not in (ESTABLISHED, RELEASING, HANDING_OVER):
+            # (a planned switchover keeps it: refused, the host is established as before)
             self.established_since = None
         self.state = state
         self.state_since = time.time()
@@ -245,6 +247,13 @@ class HA(LeaseSide, SwitchSide, HAView):
         if self.role == "standby" and self.state == ESTABLISHED:
             # the standby sessions were dropped at the CP with the link; reopen on reconnect
             self.last_error = f"host link to the CP lost: {why}"
+        if self.role == "active" and self.state in (RELEASING, HANDING_OVER):
+            # the CP forgets a release with the link (and a handover answer is lost with it): the
+            # planned switchover is over, not pending for ever; the operator may ask again
+            self.release_pending = False
+            self.last_error = f"planned switchover abandoned: host link to the CP lost ({why})"
+            log.warning("switchover_abandoned", reason=self.last_error)
+            self.set_state(ESTABLISHED if self.established_since else SERVING, self.last_error)
 
     async def ev_cp_frame(self, msg: dict[str, Any]) -> None:
         t = msg["t"]
@@ -328,6 +337,8 @@ class HA(LeaseSide, SwitchSide, HAView):
         if self.role == "active":
             if self.state in (ESTABLISHED, BATCH_WRITING):
                 self.set_state(SERVING, f"peer link down ({why}); the ring is still written for the standby")
+            elif self.state in (RELEASING, HANDING_OVER):
+                self.established_since = None  # if the CP refuses the handover: serving, not established
             return
         if self.state in (ESTABLISHED, AWAITING_BATCH, BATCH_READING, BATCH_RETRY):
             await self.request_switchover(f"peer link lost: {why}")

@@ -301,10 +301,12 @@ class HostServer:
         self.stop_mode = "takeover" if takeover else "normal"
         self.should_exit.set()
 
-    async def hand_over(self, timeout: float = 30.0) -> bool:
-        """A planned switchover before stopping; True once this host is the standby."""
+    async def hand_over(self, timeout: float = 30.0, ask: bool = True) -> bool:
+        """A planned switchover before stopping (`ask`: asked now, else one is under way); True
+        once this host is the standby."""
         ha = self.ha
-        ha.post("switchover")  # the HA loop acts
+        if ask:
+            ha.post("switchover")  # the HA loop acts
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if ha.role == "standby":
@@ -318,11 +320,14 @@ class HostServer:
         """Stop: hand over to an established standby first (§5.3), else the normal termination."""
         ha = self.ha
         if ha.role == "active" and self.stop_mode == "takeover":
-            why = ha.switchover_refusal()
+            # a planned switchover under way (hsbctl switchover) is waited for, not cut short by
+            # a normal stop that would leave nobody active
+            under_way = ha.state in ("releasing", "handing_over")
+            why = None if under_way else ha.switchover_refusal()
             if why is None:
                 notify(STATUS="handing over before stopping")
-                log.info("stop_hands_over", msg="SIGTERM: a planned switchover first, then the process ends")
-                if await self.hand_over():
+                log.info("stop_hands_over", msg="SIGTERM: a planned switchover first, then the process ends", under_way=under_way)
+                if await self.hand_over(ask=not under_way):
                     log.info("stopped_after_handover", new_active=self.peer.peer_name)
                     notify(STOPPING=1, STATUS="stopped after handing over")
                     self.exit_code = 0

@@ -1,0 +1,126 @@
+"""A planned switchover that does not complete leaves the active as it was: established again
+after the CP refuses the handover (not merely serving, which would make the next SIGTERM a
+normal stop, an outage), and not stuck releasing when its link to the CP drops meanwhile (the
+CP forgets a release with the link). hsbcpd and both hsbd in this process (tests/support/inproc.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.config import load
+from hsb.cp.config import CPConfig
+from hsb.cp.server import CPServer
+from hsb.host.server import HostServer
+from hsb.service.builtin import EchoService
+from tests.support.inproc import start_pair
+from tests.support.procs import SECRET, cp_config
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def until(cond: Any, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def established(*hosts: HostServer) -> bool:
+    return all(h.ha.state == "established" and h.peer.up for h in hosts)
+
+
+async def _run(tmp_path: Path, body: Any) -> None:
+    cp = CPServer(load(cp_config(tmp_path, terminals=10, host_timeout=0.5), CPConfig), SECRET)
+    hosts: dict[str, HostServer] = {}
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        await start_pair(tmp_path, cp, hosts, tasks, records=64, service=EchoService)
+        a, b = hosts["host-a"], hosts["host-b"]
+        await until(lambda: established(a, b), "hot standby")
+        await body(cp, a, b)
+    finally:
+        for t in tasks[1:]:
+            t.cancel()
+        await asyncio.gather(*tasks[1:], return_exceptions=True)
+        for h in hosts.values():
+            await h.close()
+            h.delivery.cancel()
+        cp.should_exit.set()
+        if tasks:
+            await tasks[0]
+        await cp.shutdown()
+
+
+async def test_a_refused_handover_leaves_the_active_established(tmp_path: Path) -> None:
+    async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
+        core = cp.cp
+        real = core.host_handover
+
+        def no_standby(host: Any, wait: bool = True) -> None:  # the standby's CP link away just then
+            sb, core.standby = core.standby, None
+            try:
+                real(host, wait)
+            finally:
+                core.standby = sb
+
+        core.host_handover = no_standby  # type: ignore[method-assign]
+        a.ha.post("switchover")
+        await until(lambda: "refused by the CP" in (a.ha.last_error or ""), "the handover refused")
+        assert a.ha.role == "active" and a.ha.state == "established", (a.ha.state, a.ha.last_error)
+        assert a.ha.switchover_refusal() is None  # so a SIGTERM now hands over, not a normal stop
+        core.host_handover = real  # type: ignore[method-assign]
+        a.ha.post("switchover")
+        await until(lambda: b.ha.role == "active" and a.ha.role == "standby", "the switchover asked again")
+        await until(lambda: established(a, b), "hot standby the other way round")  # (no batch left half done)
+
+    await _run(tmp_path, body)
+
+
+async def test_a_switchover_whose_cp_link_drops_while_releasing_is_abandoned_not_stuck(tmp_path: Path) -> None:
+    async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
+        core = cp.cp
+        core.set_paused(True, "test")  # the standby must not take over at the link's loss
+        real = core.host_release
+        core.host_release = lambda host: None  # type: ignore[method-assign]  # "released" never comes
+        a.ha.post("switchover")
+        await until(lambda: a.ha.state == "releasing", "releasing")
+        link = core.active
+        assert link is not None
+        core.host_release = real  # type: ignore[method-assign]
+        link.abort()  # the active's host link drops while it waits for "released"
+        await until(lambda: a.ha.state == "established" and not a.ha.release_pending, "the switchover abandoned")
+        assert "abandoned" in (a.ha.last_error or "")
+        await until(lambda: core.active is not None and core.active is not link and core.active.usable and a.ha.registered, "host-a back")
+        core.set_paused(False, "test")
+        await until(lambda: established(a, b), "hot standby again")
+        a.ha.post("switchover")
+        await until(lambda: b.ha.role == "active" and a.ha.role == "standby", "the switchover asked again")
+        await until(lambda: established(a, b), "hot standby the other way round")  # (no batch left half done)
+
+    await _run(tmp_path, body)
+
+
+async def test_a_sigterm_during_a_planned_switchover_waits_for_it_to_complete(tmp_path: Path) -> None:
+    async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
+        core = cp.cp
+        real = core.host_release
+        core.host_release = lambda host: None  # type: ignore[method-assign]  # held in "releasing"
+        a.ha.post("switchover")
+        await until(lambda: a.ha.state == "releasing", "releasing")
+        stop = asyncio.ensure_future(a.graceful_stop())  # what SIGTERM runs
+        await until(lambda: a.ha.state == "releasing" and not stop.done(), "the stop waiting")
+        link = core.active
+        assert link is not None and not stop.done()
+        core.host_release = real  # type: ignore[method-assign]
+        real(link)  # "released": the switchover goes on
+        await asyncio.wait_for(stop, 20)
+        assert b.ha.role == "active" and a.ha.role == "standby" and a.exit_code == 0, (b.ha.role, a.ha.role, a.exit_code)
+        assert core.active is not None and core.active.name == "host-b"
+        await until(lambda: established(a, b), "hot standby the other way round")  # (no batch left half done)
+
+    await _run(tmp_path, body)
