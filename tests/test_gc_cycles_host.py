@@ -29,7 +29,7 @@ from hsb.service.builtin import EchoService
 from hsb.wire.client import FrameStream, request
 from tests.support.cycles import collector_off
 from tests.support.hostclient import FakeTerminal
-from tests.support.inproc import start_pair
+from tests.support.inproc import start_pair, stop_pair
 from tests.support.procs import SECRET, addr, cp_config
 
 
@@ -135,17 +135,7 @@ async def test_serving_switching_and_failing_over_leave_no_host_cycles(tmp_path:
             # host-a still runs, dead host-b is still held: only what they dropped counts
             leaked = sorted({k for k in map(host_side, garbage()) if k})
     finally:
-        for t in tasks[1:]:
-            t.cancel()
-        await asyncio.gather(*tasks[1:], return_exceptions=True)
-        for name, h in hosts.items():
-            if name != "dead":
-                await h.close()
-                h.delivery.cancel()
-        cp.should_exit.set()
-        if tasks:
-            await tasks[0]
-        await cp.shutdown()
+        await stop_pair(cp, hosts, tasks, keep=("dead",))
     assert cp.cp.counters["switchovers"] == 1 and cp.cp.counters["failovers"] == 1
     assert not leaked, f"cyclic garbage from hsbd: {leaked}"
 

@@ -17,7 +17,7 @@ from hsb.cp.config import CPConfig
 from hsb.cp.server import CPServer
 from hsb.host.server import HostServer
 from hsb.service.builtin import EchoService
-from tests.support.inproc import start_pair
+from tests.support.inproc import start_pair, stop_pair
 from tests.support.procs import SECRET, cp_config
 
 pytestmark = pytest.mark.timeout(60)
@@ -34,6 +34,26 @@ def established(*hosts: HostServer) -> bool:
     return all(h.ha.state == "established" and h.peer.up for h in hosts)
 
 
+async def held_releasing(cp: CPServer, a: HostServer) -> tuple[Any, Any]:
+    """A planned switchover asked of host-a, held in "releasing" (the CP's "released" never
+    comes); returns the CP's real release handler (to restore) and host-a's host link."""
+    core = cp.cp
+    real = core.host_release
+    core.host_release = lambda host: None  # type: ignore[method-assign]
+    a.ha.post("switchover")
+    await until(lambda: a.ha.state == "releasing", "releasing")
+    assert core.active is not None
+    return real, core.active
+
+
+async def switched_over(a: HostServer, b: HostServer) -> None:
+    """Asked again, the planned switchover completes, and hot standby is back the other way round
+    (no batch left half done when the test ends)."""
+    a.ha.post("switchover")
+    await until(lambda: b.ha.role == "active" and a.ha.role == "standby", "the switchover asked again")
+    await until(lambda: established(a, b), "hot standby the other way round")
+
+
 async def _run(tmp_path: Path, body: Any) -> None:
     cp = CPServer(load(cp_config(tmp_path, terminals=10, host_timeout=0.5), CPConfig), SECRET)
     hosts: dict[str, HostServer] = {}
@@ -44,16 +64,7 @@ async def _run(tmp_path: Path, body: Any) -> None:
         await until(lambda: established(a, b), "hot standby")
         await body(cp, a, b)
     finally:
-        for t in tasks[1:]:
-            t.cancel()
-        await asyncio.gather(*tasks[1:], return_exceptions=True)
-        for h in hosts.values():
-            await h.close()
-            h.delivery.cancel()
-        cp.should_exit.set()
-        if tasks:
-            await tasks[0]
-        await cp.shutdown()
+        await stop_pair(cp, hosts, tasks)
 
 
 async def test_a_refused_handover_leaves_the_active_established(tmp_path: Path) -> None:
@@ -74,9 +85,7 @@ async def test_a_refused_handover_leaves_the_active_established(tmp_path: Path) 
         assert a.ha.role == "active" and a.ha.state == "established", (a.ha.state, a.ha.last_error)
         assert a.ha.switchover_refusal() is None  # so a SIGTERM now hands over, not a normal stop
         core.host_handover = real  # type: ignore[method-assign]
-        a.ha.post("switchover")
-        await until(lambda: b.ha.role == "active" and a.ha.role == "standby", "the switchover asked again")
-        await until(lambda: established(a, b), "hot standby the other way round")  # (no batch left half done)
+        await switched_over(a, b)
 
     await _run(tmp_path, body)
 
@@ -85,12 +94,7 @@ async def test_a_switchover_whose_cp_link_drops_while_releasing_is_abandoned_not
     async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
         core = cp.cp
         core.set_paused(True, "test")  # the standby must not take over at the link's loss
-        real = core.host_release
-        core.host_release = lambda host: None  # type: ignore[method-assign]  # "released" never comes
-        a.ha.post("switchover")
-        await until(lambda: a.ha.state == "releasing", "releasing")
-        link = core.active
-        assert link is not None
+        real, link = await held_releasing(cp, a)
         core.host_release = real  # type: ignore[method-assign]
         link.abort()  # the active's host link drops while it waits for "released"
         await until(lambda: a.ha.state == "established" and not a.ha.release_pending, "the switchover abandoned")
@@ -98,9 +102,7 @@ async def test_a_switchover_whose_cp_link_drops_while_releasing_is_abandoned_not
         await until(lambda: core.active is not None and core.active is not link and core.active.usable and a.ha.registered, "host-a back")
         core.set_paused(False, "test")
         await until(lambda: established(a, b), "hot standby again")
-        a.ha.post("switchover")
-        await until(lambda: b.ha.role == "active" and a.ha.role == "standby", "the switchover asked again")
-        await until(lambda: established(a, b), "hot standby the other way round")  # (no batch left half done)
+        await switched_over(a, b)
 
     await _run(tmp_path, body)
 
@@ -108,14 +110,10 @@ async def test_a_switchover_whose_cp_link_drops_while_releasing_is_abandoned_not
 async def test_a_sigterm_during_a_planned_switchover_waits_for_it_to_complete(tmp_path: Path) -> None:
     async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
         core = cp.cp
-        real = core.host_release
-        core.host_release = lambda host: None  # type: ignore[method-assign]  # held in "releasing"
-        a.ha.post("switchover")
-        await until(lambda: a.ha.state == "releasing", "releasing")
+        real, link = await held_releasing(cp, a)
         stop = asyncio.ensure_future(a.graceful_stop())  # what SIGTERM runs
         await until(lambda: a.ha.state == "releasing" and not stop.done(), "the stop waiting")
-        link = core.active
-        assert link is not None and not stop.done()
+        assert not stop.done()
         core.host_release = real  # type: ignore[method-assign]
         real(link)  # "released": the switchover goes on
         await asyncio.wait_for(stop, 20)

@@ -48,3 +48,19 @@ async def start_pair(
         h = hosts[name] = HostServer(load(p, HostConfig), role, SECRET, service(name))
         await h.startup()
         tasks.append(asyncio.ensure_future(h.ha.run()))
+
+
+async def stop_pair(cp: CPServer, hosts: dict[str, HostServer], tasks: list[asyncio.Task[Any]], keep: tuple[str, ...] = ()) -> None:
+    """Tear down what `start_pair` started (however far it got): the HA loops, the hosts (but
+    those named in `keep`, already closed by the caller), then the CP."""
+    for t in tasks[1:]:
+        t.cancel()
+    await asyncio.gather(*tasks[1:], return_exceptions=True)
+    for name, h in hosts.items():
+        if name not in keep:
+            await h.close()
+            h.delivery.cancel()
+    cp.should_exit.set()
+    if tasks:
+        await tasks[0]
+    await cp.shutdown()
