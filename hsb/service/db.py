@@ -223,6 +223,10 @@ class PostgresDatabase:
 # --------------------------------------------------------------------------- SQLite
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
+# SQLite's OperationalError for a statement that cannot run as written (PostgreSQL answers these
+# with a SQLSTATE of class 42, which is the application's too); anything else it raises that way
+# (an I/O error, a full disk, a file it cannot open) is the database being unavailable
+_SQLITE_STATEMENT_ERRORS = ("no such table", "no such column", "near ", "table ", "incomplete input")
 
 
 @functools.lru_cache(maxsize=512)
@@ -367,6 +371,8 @@ class SqliteDatabase:
             text = str(exc)
             if "locked" in text or "busy" in text:
                 raise RetryTransaction(text) from exc
+            if text.startswith(_SQLITE_STATEMENT_ERRORS):
+                raise  # the statement's fault (the application's SQL, or a schema it does not match): an error reply, not a retry for ever
             raise ServiceUnavailable(f"database unavailable: sqlite {self.path}: {text}") from exc
 
     def _closed_error(self) -> ServiceUnavailable:

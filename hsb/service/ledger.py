@@ -160,6 +160,9 @@ async def apply(tx: Tx, terminal: str, mid: int, r: Request) -> str:
     return dumps({"ok": True})
 
 
+MIN_KEEP_HOURS = 1.0  # records kept less than this could be pruned under a message still held
+
+
 class LedgerService:
     """`service = "ledger"` (the plug-in interface of hsb.service.api)."""
 
@@ -178,6 +181,11 @@ class LedgerService:
         self.host = host
         if not dsn and not sqlite:
             raise TypeError("ledger needs [service_options] dsn = 'postgresql://…' (or sqlite = 'PATH' on one machine)")
+        if not float(keep_hours) >= MIN_KEEP_HOURS:
+            raise TypeError(
+                f"keep_hours must be at least {MIN_KEEP_HOURS:g} (hours an idempotency record is kept; it must outlive the longest"
+                f" time a message can wait at the CP, else a redelivery applies the effect again), not {keep_hours!r}"
+            )
         opts: dict[str, Any] = {"pool_size": pool_size, "command_timeout": command_timeout, "tx_idle_timeout": tx_idle_timeout} if dsn else {}
         self.db: Database = open_database(dsn or None, sqlite or None, **opts)
         self.once = ExactlyOnce(self.db, keep=float(keep_hours) * 3600.0, record=bool(idempotency))
