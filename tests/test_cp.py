@@ -206,6 +206,7 @@ async def test_a_second_loss_of_the_same_active_is_told_to_the_standby_again(cp:
     assert again["why"] == "silent"
     # the standby's link goes while the active is still lost; it registers again on a new link
     await b.close()
+    await wait_status(cp, lambda s: not s.get("standby"))  # the CP saw it go
     b2 = await FakeHost.connect(cp.info["host"], "host-b", "standby")
     told = await b2.wait(lambda m: m["t"] == "active_lost", timeout=5)
     assert told["host"] == "host-a"
@@ -231,6 +232,26 @@ async def test_kept_replies_at_the_bound_still_let_the_terminals_confirm_through
     assert r["data"] == "m9"
     assert [m["id"] for m in t.inbox if m["t"] == "ack"] == list(range(1, 10))
     await wait_status(cp, lambda s: s["terminals"]["backpressured"] == 0)
+
+
+async def test_a_terminal_that_never_confirms_is_told_so_not_left_unread(cp: Proc) -> None:
+    """At the bound of kept replies, a terminal that sends as many frames again without one
+    confirmation is closed with an error that says what to do (it was left unread for ever, its
+    loss unseen); what waited was never acknowledged, so nothing acknowledged is lost."""
+    a, _b = await pair(cp)
+    a.auto_reply = True
+    t = await FakeTerminal.connect(cp.info["terminal"], "T00011", hello=False)
+    t.send({"t": "hello", "terminal": "T00011", "last_reply": 0})
+    await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+    for i in range(1, 9):
+        t.send({"t": "msg", "id": i, "data": f"m{i}"})
+    await t.wait_count(lambda m: m["t"] == "reply", 8)
+    for i in range(9, 17):  # no confirm: 8 more wait behind the bound
+        t.send({"t": "msg", "id": i, "data": f"m{i}"})
+    err = await t.wait(lambda m: m["t"] == "error")
+    assert err["code"] == "unconfirmed_replies" and "confirm" in err["msg"], err
+    await t.wait_closed()
+    assert max(m["id"] for m in t.inbox if m["t"] == "ack") == 8  # none of those that waited was acknowledged
 
 
 async def test_a_confirmation_past_what_the_terminal_sent_does_not_hide_later_replies(cp: Proc) -> None:

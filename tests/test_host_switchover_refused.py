@@ -122,3 +122,25 @@ async def test_a_sigterm_during_a_planned_switchover_waits_for_it_to_complete(tm
         await until(lambda: established(a, b), "hot standby the other way round")  # (no batch left half done)
 
     await _run(tmp_path, body)
+
+
+async def test_a_stop_whose_handover_is_refused_stops_at_once_not_after_the_timeout(tmp_path: Path) -> None:
+    async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
+        core = cp.cp
+        real = core.host_handover
+
+        def no_standby(host: Any, wait: bool = True) -> None:
+            sb, core.standby = core.standby, None
+            try:
+                real(host, wait)
+            finally:
+                core.standby = sb
+
+        core.host_handover = no_standby  # type: ignore[method-assign]
+        t0 = time.monotonic()
+        await asyncio.wait_for(a.graceful_stop(), 10)  # the handover's wait is 30 s
+        assert time.monotonic() - t0 < 10
+        assert "refused by the CP" in (a.ha.last_error or "") or a.ha.state == "stopping", (a.ha.state, a.ha.last_error)
+        assert b.ha.role == "standby"  # a normal stop: nobody was made active by it
+
+    await _run(tmp_path, body)

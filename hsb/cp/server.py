@@ -274,7 +274,8 @@ class CPServer:
                 stamp = None
             self.woken.clear()
             try:
-                await asyncio.wait_for(self.woken.wait(), WAIT_POLL)
+                async with asyncio.timeout(WAIT_POLL):  # (not wait_for: on 3.11 it can lose a cancellation)
+                    await self.woken.wait()
             except TimeoutError:
                 pass
         return None

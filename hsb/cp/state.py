@@ -71,7 +71,7 @@ class Counts:
         self.standby = 0  # terminals with a standby session
         self.held = 0  # held messages
         self.kept = 0  # replies kept until confirmed
-        self.paused = 0  # terminals not read (held bound)
+        self.paused = 0  # terminals back-pressured: not read (held bound), or read for confirmations only (kept replies)
 
 
 class Term:

@@ -139,13 +139,17 @@ class TerminalProtocol(FramedProtocol):
         if parked:
             self._backlog.extendleft(reversed(parked))
         if self.reading_paused:
-            self.resume_reading()  # (and it drains what waits)
+            if not self.bye_waiting:  # (a bye waiting in the logoff storm's queue: read in its turn)
+                self.resume_reading()  # (and it drains what waits)
         elif self._backlog and not self.closed:
             self._loop.call_soon(self._drain_backlog)
 
     def _park_backlog(self) -> None:
-        """The parked frames reached the bound: take the confirmations already read, park the
-        rest, and stop reading (a terminal that never confirms is held here)."""
+        """The parked frames reached the bound: take the confirmations already read; if that
+        does not end the parking, the terminal does not confirm what it holds, and the connection
+        is closed with an error saying so (not left unread for ever). Nothing parked was
+        acknowledged: the terminal sends it again, and its next hello's last_reply settles the
+        replies it holds."""
         bl = self._backlog
         while bl and self.parked is not None and not self.closed:
             m = bl.popleft()
@@ -153,8 +157,17 @@ class TerminalProtocol(FramedProtocol):
                 super()._handle(m)  # may end the parking: the rest then drains as usual
             else:
                 self.parked.append(m)
-        if self.parked is not None:
-            self.pause_reading()
+        if self.parked is not None and not self.closed:
+            term = self.term
+            n = len(term.replies) if term is not None else 0
+            log.warning(
+                "terminal_unconfirmed_replies", terminal=term.name if term else None, peer=self.peer, kept_replies=n, waiting=len(self.parked)
+            )
+            self.close_with_error(
+                "unconfirmed_replies",
+                f"{n} replies not confirmed and {len(self.parked)} frames waiting behind them: confirm the replies"
+                " you hold (confirm id), then send on; the waiting messages were not acknowledged, send them again",
+            )
 
     def pause_writing(self) -> None:
         # the terminal does not read what we send it: stop reading what it sends (write back-pressure)
@@ -178,6 +191,9 @@ class TerminalProtocol(FramedProtocol):
 
     def on_lost(self, exc: Exception | None) -> None:
         term = self.term
+        if self.parked and any(m["t"] == "bye" for m in self.parked):
+            self.bye_waiting = True  # it said bye behind the bound, and went: a logoff all the same
+        self.parked = None
         if term is not None and term.conn is self:
             if self.bye_waiting:  # it said bye, and went before its turn: a logoff all the same
                 try:

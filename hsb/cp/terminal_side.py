@@ -186,12 +186,12 @@ class TerminalSide:
             log.info("terminal_backpressure", terminal=term.name, held=len(term.held), kept_replies=len(term.replies))
         elif not (held_over or kept_over) and term.paused:
             term.paused = False
-            conn.resume_reading()
-        if term.paused:
-            if held_over or (conn.parked is not None and len(conn.parked) >= bound):
-                conn.pause_reading()
-            else:  # only the kept replies at the bound: read on, for the confirmations
+            if not conn.bye_waiting:  # (its bye waits in the logoff storm's queue: read in its turn)
                 conn.resume_reading()
+        if held_over:
+            conn.pause_reading()
+        elif kept_over and not conn.bye_waiting:  # only the kept replies at the bound: read on, for the confirmations
+            conn.resume_reading()
 
     # ------------------------------------------------------------------ delivery to the active
     def _deliver(self: CP, term: Term, held: Held, host: HostProtocol) -> None:

@@ -75,6 +75,7 @@ class HA(LeaseSide, SwitchSide, HAView):
         self.epoch = 0
         self.registered = False
         self.established_since: float | None = None
+        self.switchovers_ended = 0  # planned switchovers refused or abandoned (a stop waiting on one stops waiting)
         self.own_startup_id: int | None = None  # standby: the id sent in STANDBY STARTUP
         self.partner_startup_id: int | None = None  # active: the standby's id (311)
         self.partner_instance: str | None = None  # standby: the active process it follows
@@ -139,7 +140,10 @@ class HA(LeaseSide, SwitchSide, HAView):
             elif self.state == BATCH_RETRY:
                 timeout = max(0.0, self.resync_at - time.monotonic())
             try:
-                await asyncio.wait_for(self.wake.wait(), timeout)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+                # comes as the event is set, and this loop then never ends (a stop that hangs)
+                async with asyncio.timeout(timeout):
+                    await self.wake.wait()
             except TimeoutError:
                 pass
             self.wake.clear()
@@ -253,6 +257,7 @@ class HA(LeaseSide, SwitchSide, HAView):
             self.release_pending = False
             self.last_error = f"planned switchover abandoned: host link to the CP lost ({why})"
             log.warning("switchover_abandoned", reason=self.last_error)
+            self.switchovers_ended += 1
             self.set_state(ESTABLISHED if self.established_since else SERVING, self.last_error)
 
     async def ev_cp_frame(self, msg: dict[str, Any]) -> None:
@@ -299,6 +304,7 @@ class HA(LeaseSide, SwitchSide, HAView):
         elif t == "handover_refused":
             self.last_error = f"planned switchover refused by the CP: {msg.get('reason')}"
             log.warning("switchover_refused", reason=msg.get("reason"))
+            self.switchovers_ended += 1
             self.set_state(ESTABLISHED if self.established_since else SERVING, self.last_error)
         elif t == "demoted":
             await self.on_demoted(str(msg.get("active", "")))

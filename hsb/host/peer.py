@@ -198,8 +198,10 @@ class PeerLink:
                 if refused:
                     refusals.seen(str(exc.error.get("msg")))  # type: ignore[union-attr]
                 self.wake_connect.clear()
-                try:  # the peer connecting to us means it is up: try at once
-                    await asyncio.wait_for(self.wake_connect.wait(), backoff.next() if not refused else 5.0)
+                try:  # the peer connecting to us means it is up: try at once (asyncio.timeout, not
+                    # wait_for: on 3.11 wait_for can lose a cancellation, and this loop would not end)
+                    async with asyncio.timeout(backoff.next() if not refused else 5.0):
+                        await self.wake_connect.wait()
                 except TimeoutError:
                     pass
                 continue

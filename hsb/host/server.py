@@ -305,14 +305,15 @@ class HostServer:
         """A planned switchover before stopping (`ask`: asked now, else one is under way); True
         once this host is the standby."""
         ha = self.ha
+        ended = ha.switchovers_ended
         if ask:
             ha.post("switchover")  # the HA loop acts
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if ha.role == "standby":
                 return True
-            if ha.state not in ("established", "releasing", "handing_over") or ha.exit is not None:
-                return False  # refused (no standby any more, say): a normal stop then
+            if ha.state not in ("established", "releasing", "handing_over") or ha.exit is not None or ha.switchovers_ended != ended:
+                return False  # refused (no standby any more, say) or abandoned: a normal stop then
             await asyncio.sleep(0.02)
         return False
 

@@ -483,8 +483,8 @@ class TerminalClient(asyncio.Protocol):
             marks[k] |= ACKED
             self.listener.on_ack(self, msg_id, True)
         else:
-            if k < 0:  # the CP acknowledges only what this connection sent it: misdelivered or made up
-                self.unexpected_acks += 1
+            if k < 0 and msg_id >= self.base:  # the CP acknowledges only what this terminal sent: misdelivered or made up
+                self.unexpected_acks += 1  # (below the run's first id: an earlier run's, made durable late)
             self.listener.on_ack(self, msg_id, False)
 
     def _on_reply(self, msg_id: int, data: Any, resent: bool = False) -> None:
