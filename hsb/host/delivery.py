@@ -73,8 +73,13 @@ class Delivery:
         send: Callable[[dict[str, Any]], bool],
         epoch: Callable[[], int],
         may_handle: Callable[[], bool] = lambda: True,
+        max_reply: int | None = None,
     ) -> None:
         self.service = service
+        # a reply longer than this (bytes, or characters: its frame's size) is not sent: the CP would
+        # close the host link for a frame past its limit, and the host, registered again, would be
+        # handed the message and send the same reply again, for ever; an error reply goes instead
+        self.max_reply = max_reply
         self.send = send
         self.epoch = epoch
         # Whether a message may be handed to the service now (the active's lease is valid):
@@ -118,11 +123,18 @@ class Delivery:
                     await asyncio.sleep(backoff.next())  # cancel() cancels this task meanwhile
                     if self.gen != gen:
                         return
+                    # handed over again marked redelivered: the failed try may have had its
+                    # effect (a commit whose answer was lost), as a message after a failover may
+                    q[0] = (mid, data, True)
                     continue
                 except Exception as exc:  # the application's error becomes the reply
                     self.counters["errors"] += 1
                     log.error("service_error", terminal=terminal, id=mid, error=f"{type(exc).__name__}: {exc}")
                     reply = f"error: {type(exc).__name__}"
+                if self.max_reply is not None and len(reply) > self.max_reply:
+                    self.counters["errors"] += 1
+                    log.error("service_reply_too_large", terminal=terminal, id=mid, size=len(reply), max=self.max_reply)
+                    reply = f"error: reply too large ({len(reply)} > {self.max_reply}; raise max_frame on the CP and both hosts)"
                 q.popleft()
                 if self.health.state != "ok":
                     self.health.answered(terminal)
@@ -171,6 +183,7 @@ class Delivery:
         self.gen += 1
         self.open.set()  # waiters wake, see the new generation and give up
         self.health.waiting.clear()
+        self.health.answered("")  # nothing waits for the service here any more: not failing
         for t in list(self.workers.values()):
             t.cancel()
         self.workers.clear()

@@ -80,7 +80,10 @@ class HostServer:
             on_up=lambda: self.ha.post("peer_up"),
             hello=self.ha.hello,
         )
-        self.delivery = Delivery(service, self.cp.send, lambda: self.ha.epoch, lambda: self.ha.serving)
+        # a reply's frame within max_frame (the CP's, set the same): its other fields take < 1 KiB
+        self.delivery = Delivery(
+            service, self.cp.send, lambda: self.ha.epoch, lambda: self.ha.serving, max_reply=max(h.max_frame - 1024, h.max_frame // 2)
+        )
         self.exit_code: int | None = None
         self.exit_msg = ""
         self.should_exit = asyncio.Event()
