@@ -128,3 +128,21 @@ def test_a_restart_waits_out_a_process_that_is_still_exiting() -> None:
     finally:
         slow.kill()
         slow.wait()
+
+
+def test_a_standby_cut_off_from_the_cp_is_not_hot_standby() -> None:
+    """It follows the ring (state established) but is not registered at the CP: it could not ask
+    for the active role, so hsbctl says serving without a standby (exit 1), not established."""
+    from hsb.ctl.gather import summarize
+
+    cp = {"reachable": True, "role": "cp", "state": "serving", "epoch": 1}
+
+    def hosts(registered: bool) -> list[dict[str, Any]]:
+        return [
+            {"reachable": True, "name": "a", "role": "active", "state": "established", "serving": True, "epoch": 1},
+            {"reachable": True, "name": "b", "role": "standby", "state": "established", "epoch": 1, "registered_at_cp": registered},
+        ]
+
+    assert summarize(cp, hosts(True))["exit_status"] == 0
+    cut = summarize(cp, hosts(False))
+    assert not cut["established"] and cut["exit_status"] == 1

@@ -150,7 +150,12 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> dict[str, Any]
     standbys = [h for h in hosts if h.get("reachable") and h.get("role") == "standby"]
     cp_ok = bool(cp.get("reachable"))
     serving = cp_ok and cp.get("state") == "serving" and bool(actives)
-    established = serving and any(h.get("state") == "established" for h in actives) and any(h.get("state") == "established" for h in standbys)
+    # a standby cut off from the CP (registered_at_cp false) could not take over: not established
+    established = (
+        serving
+        and any(h.get("state") == "established" for h in actives)
+        and any(h.get("state") == "established" and h.get("registered_at_cp", True) for h in standbys)
+    )
     # ring lag: what the active wrote minus what the standby has read (same generation)
     for sb in standbys:
         rr = (sb.get("takeover_file") or {}).get("ring_read")

@@ -37,6 +37,8 @@ class HAView:
                 why = "peer link down" if not peer.up else "no standby established"
                 return f"active at epoch {self.epoch}: serving without a standby ({why})"
             return f"active: {self.state}"
+        if self.state == ESTABLISHED and not self.registered:
+            return f"standby: following {pn}'s ring, but not registered at the CP (its link is down): it cannot take over until it is"
         if self.state == ESTABLISHED:
             return f"standby: hot standby established, following {pn}'s ring"
         if self.state == ACTIVE_STOPPED:
@@ -44,6 +46,11 @@ class HAView:
         if self.state == WAITING:
             return "standby: waiting for an active host"
         return f"standby: {self.state}"
+
+    def is_established(self: HA) -> bool:
+        """Hot standby from this host's side; a standby also needs to be registered at the CP (it
+        asks the CP for the active role: cut off from it, it could not take over)."""
+        return self.state == ESTABLISHED and (self.role != "standby" or self.registered)
 
     def status(self: HA) -> dict[str, Any]:
         peer = self.srv.peer
@@ -60,7 +67,7 @@ class HAView:
             "epoch": self.epoch,
             "pid": os.getpid(),
             "instance": self.instance,
-            "established": self.state == ESTABLISHED,
+            "established": self.is_established(),
             "established_since": self.established_since,
             "registered_at_cp": self.registered,
             "cp_link": "up" if self.srv.cp.up else "down",

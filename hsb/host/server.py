@@ -158,7 +158,7 @@ class HostServer:
         return {
             "/health": json_route(lambda: (self.healthy(), self.status())),
             "/active": json_route(lambda: (self.is_serving_active(), self.status())),
-            "/standby": json_route(lambda: (self.ha.role == "standby" and self.ha.state == "established", self.status())),
+            "/standby": json_route(lambda: (self.ha.role == "standby" and self.ha.is_established(), self.status())),
             "/metrics": lambda: render_metrics(reg),
         }
 
