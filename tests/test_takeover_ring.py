@@ -145,6 +145,29 @@ def test_lapped_reader_resyncs_through_a_new_batch(tmp_path: Path) -> None:
     assert drain(r2) == more
 
 
+def test_a_writer_made_active_again_writes_above_the_other_hosts_generation(tmp_path: Path) -> None:
+    """Host A writes, is demoted (planned switchover, same process, its writer kept), host B
+    writes batches and ring records, then A is made active again: A's new batch must take a
+    generation above B's, or B (now following A) reads B's own old ring records as new and
+    passes over A's real ones (standby sessions that silently differ from the active's)."""
+    path = make(tmp_path, 64)
+    a = TakeoverWriter(path, terminals=6)
+    a.batch_write(1, [])  # generation 1
+    b = TakeoverWriter(path, terminals=6)
+    b.batch_write(2, [])  # generation 2: A's writer still thinks 1
+    stale = [SessionEntry("T00007", {"who": "b"}, True), SessionEntry("T00007", {"who": "b"}, False)]
+    b.append_group(stale)
+    h = a.batch_write(3, [])  # A is active again
+    assert h.generation == 3, h.generation
+    real = [SessionEntry("T00009", {"who": "a"}, True), SessionEntry("T00009", {"who": "a"}, False)]
+    a.append_group(real)
+    snap = batch_read(path, expected_startup_id=3)
+    got = drain(RingReader(path, snap.header, max_records=1000))
+    assert [(e.terminal, e.attrs) for e in got] == [(e.terminal, e.attrs) for e in real]
+    a.close()
+    b.close()
+
+
 def test_flipped_byte_is_torn_and_never_applied(tmp_path: Path) -> None:
     path = make(tmp_path, 12)
     w, r = setup_pair(path)

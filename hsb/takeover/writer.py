@@ -138,7 +138,16 @@ class TakeoverWriter:
             )
         if self.own_batch_records is None:
             size_check(self.records, len(encoded), r, path=self.path)
-        gen = self.generation + 1 if self.generation < GEN_MAX else 1
+        # above the file's generation too, not only this writer's: the other host may have
+        # written batches since this one last did (this host was demoted, then made active
+        # again in the same process); its ring records of a generation reused here would read
+        # as new to a standby following this batch, and ours as old
+        try:
+            on_file = check_file(self.path, r).generation
+        except HeaderCorrupt:  # a crash while record 0 was rewritten: this writer's count stands
+            on_file = 0
+        last = max(self.generation, on_file)
+        gen = last + 1 if last < GEN_MAX else 1
         # From here on a failure leaves the file in an unknown state: burn the
         # generation (a retry must not reuse it, or a reader could mix records of
         # two attempts) and stop ring writes until a batch write succeeds.
