@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
 from pydantic import Field, field_validator
 
 from hsb.config import Strict
@@ -22,6 +23,20 @@ def _check_name(v: str) -> str:
     return v
 
 
+def _check_attrs(v: dict[str, Any]) -> dict[str, Any]:
+    """Session attributes the takeover file can hold in one entry (with the longest name): else
+    the active's ring writes would fail at that terminal's logon, again and again."""
+    from hsb.takeover.layout import ENTRY_SIZE  # (here: hsb.takeover imports this module)
+
+    try:
+        size = len(msgpack.packb(["x" * NAME_MAX, True, v]))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"attrs cannot be kept in the takeover file ({exc}): use strings, numbers, booleans, arrays and tables") from None
+    if size > ENTRY_SIZE:
+        raise ValueError(f"attrs take {size} bytes (with a {NAME_MAX}-byte name); a takeover file entry holds {ENTRY_SIZE}: shorten them")
+    return v
+
+
 class TerminalDef(Strict):
     name: str
     standby_capable: bool = True
@@ -31,6 +46,11 @@ class TerminalDef(Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         return _check_name(v)
+
+    @field_validator("attrs")
+    @classmethod
+    def _attrs(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_attrs(v)
 
 
 class Member:
@@ -56,6 +76,11 @@ class TerminalGroup(Strict):
     width: int = Field(default=5, ge=1, le=12)
     standby_capable: bool = True
     attrs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("attrs")
+    @classmethod
+    def _attrs(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_attrs(v)
 
     def expand(self) -> list[Member]:
         # The group's fields are validated once; so are its names, by the longest of them (the

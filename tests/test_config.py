@@ -139,3 +139,19 @@ def test_terminal_groups_expand_with_their_names_checked_and_no_name_twice() -> 
         expand_all([], [TerminalGroup(prefix="T ", count=1)])
     with pytest.raises(ValueError, match="1..48 bytes"):  # only the last name is too long
         expand_all([], [TerminalGroup(prefix="P" * 43, count=2, start=99_999)])
+
+
+def test_session_attributes_the_takeover_file_cannot_hold_are_a_config_error(tmp_path: Path) -> None:
+    """Too large for one entry, or a value with no MessagePack form (a TOML date): refused by the
+    config check, naming the key and the fix, instead of failing the active's ring writes at that
+    terminal's logon, again and again, while both hosts still said established."""
+    p = tmp_path / "cp.toml"
+    p.write_text(
+        '[cp]\nsecret_file = "s"\n'
+        f'[[terminals]]\nname = "BIG"\nattrs = {{ note = "{"x" * 300}" }}\n'
+        '[[terminal_groups]]\nprefix = "D"\ncount = 2\nattrs = { since = 2026-12-02 }\n'
+    )
+    r = run("hsb.cp", "--config", str(p), "--check-config")
+    assert r.returncode == 78, r.stderr
+    assert "terminals[0].attrs" in r.stderr and "a takeover file entry holds 256: shorten them" in r.stderr, r.stderr
+    assert "terminal_groups[0].attrs" in r.stderr and "cannot be kept in the takeover file" in r.stderr, r.stderr
