@@ -373,3 +373,60 @@ async def test_a_segment_that_cannot_be_deleted_leaves_its_group_acknowledged_on
         ]
     finally:
         j.close()
+
+
+async def test_a_journal_opened_with_confirmation_points_still_drops_its_settled_segments(tmp_path: Path) -> None:
+    """The first segment after a restart holds the snapshot: held messages and kept replies
+    (pinned until they settle) and each terminal's confirmation point (never unpinned, as in any
+    segment). Counting those as live kept that segment, and so every later one, for ever."""
+    d = tmp_path / "j"
+    d.mkdir()
+    j = Journal(d, generation=Generations(d).take(), segment_bytes=4096)
+    j.open(1, [["c", "T1", 5], ["c", "T2", 9], ["a", "T1", 6, b"held"]], [])
+    assert j.live[1] == 1  # the held message only
+    try:
+        j.unpin(1)  # it settles
+        for i in range(200):  # 200 messages accepted and settled: several 4 KiB segments
+            seg = j.append(["a", "T1", 7 + i, b"x" * 100])
+            j.pin(seg)
+            await durable(j, ["d", "T1", 7 + i])
+            j.unpin(seg)
+        await durable(j, ["p", False])
+        assert j.seg >= 4, j.seg  # it did move on through several segments
+        assert len(j.segments) <= 2, list(j.segments)  # and dropped the settled ones
+    finally:
+        j.close()
+
+
+def test_a_message_being_answered_is_not_carried_forward(tmp_path: Path) -> None:
+    """Carrying the oldest segment's live records forward skips a message whose settling record
+    ("d" or "r") is on its way: an "a" written after that would bring it back at a recovery."""
+    from hsb.cp.state import Held
+    from tests.support.cpcore import cp_core
+
+    cp = cp_core(tmp_path, 2, width=1)
+    appended: list[list[Any]] = []
+
+    class Journal_:
+        def maybe_rotate_idle(self) -> None:
+            pass
+
+        def oldest_to_clean(self) -> int:
+            return 3
+
+        def append(self, rec: list[Any], done: Any = None, lazy: bool = False) -> int:
+            appended.append(rec)
+            return 9
+
+        def pin(self, seg: int) -> None:
+            pass
+
+    t = cp.terms["T1"]
+    for mid, replying in ((1, True), (2, False)):
+        h = Held(mid, b"m", 0.0, seg=3)
+        h.replying = replying
+        t.held[mid] = h
+    cp.journal = Journal_()
+    cp.journal_tick()
+    assert appended == [["a", "T1", 2, b"m"]], appended
+    assert t.held[1].seg == 3 and t.held[2].seg == 9

@@ -108,7 +108,10 @@ class JournalSide:
         moved = 0
         for term in self.terms.values():
             for held in term.held.values():
-                if held.seg == seg:
+                # not one being answered: its settling record is on its way, and an "a" written
+                # after it would bring the message back at a recovery (it settles, and unpins
+                # this segment, soon enough)
+                if held.seg == seg and not held.replying:
                     self._carry(held, ["a", term.name, held.id, held.data])
                     moved += 1
             for kept in term.replies.values():

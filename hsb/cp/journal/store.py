@@ -159,7 +159,10 @@ class Journal(GroupWriter):
         for rec in snapshot:
             self.append_sync(rec)
         self.append_sync(["se"])
-        self.live[first] = len(snapshot)
+        # pinned: the held messages ("a") and kept replies ("r"), each unpinned as it settles;
+        # not the confirmation points ("c"), which nothing unpins (as in any other segment), or
+        # this segment, and every one after it, would never be dropped
+        self.live[first] = sum(1 for rec in snapshot if rec[0] in ("a", "r"))
         self.records[first] += len(snapshot) + 1  # and its "se"
         batch, self._pending = self._pending, []
         self._write(_groups(batch))  # blocking: at start, before any terminal is accepted
