@@ -23,18 +23,19 @@ def _check_name(v: str) -> str:
     return v
 
 
-def _check_attrs(v: dict[str, Any]) -> dict[str, Any]:
-    """Session attributes the takeover file can hold in one entry (with the longest name): else
-    the active's ring writes would fail at that terminal's logon, again and again."""
+def attrs_problem(name: str, attrs: dict[str, Any]) -> str | None:
+    """Why the takeover file cannot hold terminal `name`'s session attributes in one entry, or
+    None (a host's standby-capable terminals: else the active's ring writes would fail at that
+    terminal's logon, again and again)."""
     from hsb.takeover.layout import ENTRY_SIZE  # (here: hsb.takeover imports this module)
 
     try:
-        size = len(msgpack.packb(["x" * NAME_MAX, True, v]))
+        size = len(msgpack.packb([name, True, attrs]))
     except (TypeError, ValueError, OverflowError) as exc:
-        raise ValueError(f"attrs cannot be kept in the takeover file ({exc}): use strings, numbers, booleans, arrays and tables") from None
+        return f"attrs cannot be kept in the takeover file ({exc}): use strings, numbers, booleans, arrays and tables"
     if size > ENTRY_SIZE:
-        raise ValueError(f"attrs take {size} bytes (with a {NAME_MAX}-byte name); a takeover file entry holds {ENTRY_SIZE}: shorten them")
-    return v
+        return f"attrs of {name!r} take {size} bytes in the takeover file, whose entry holds {ENTRY_SIZE}: shorten them"
+    return None
 
 
 class TerminalDef(Strict):
@@ -46,11 +47,6 @@ class TerminalDef(Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         return _check_name(v)
-
-    @field_validator("attrs")
-    @classmethod
-    def _attrs(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return _check_attrs(v)
 
 
 class Member:
@@ -77,15 +73,14 @@ class TerminalGroup(Strict):
     standby_capable: bool = True
     attrs: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("attrs")
-    @classmethod
-    def _attrs(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return _check_attrs(v)
+    def last_name(self) -> str:
+        """The longest of its names (the prefix and the last number)."""
+        return f"{self.prefix}{self.start + self.count - 1:0{self.width}d}"
 
     def expand(self) -> list[Member]:
         # The group's fields are validated once; so are its names, by the longest of them (the
         # prefix and the last number): every other name is the prefix and a number no longer.
-        _check_name(f"{self.prefix}{self.start + self.count - 1:0{self.width}d}")
+        _check_name(self.last_name())
         p, w, sc, attrs = self.prefix, self.width, self.standby_capable, self.attrs
         return [Member(f"{p}{i:0{w}d}", sc, attrs) for i in range(self.start, self.start + self.count)]
 

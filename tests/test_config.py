@@ -141,17 +141,37 @@ def test_terminal_groups_expand_with_their_names_checked_and_no_name_twice() -> 
         expand_all([], [TerminalGroup(prefix="P" * 43, count=2, start=99_999)])
 
 
-def test_session_attributes_the_takeover_file_cannot_hold_are_a_config_error(tmp_path: Path) -> None:
-    """Too large for one entry, or a value with no MessagePack form (a TOML date): refused by the
-    config check, naming the key and the fix, instead of failing the active's ring writes at that
-    terminal's logon, again and again, while both hosts still said established."""
-    p = tmp_path / "cp.toml"
-    p.write_text(
-        '[cp]\nsecret_file = "s"\n'
-        f'[[terminals]]\nname = "BIG"\nattrs = {{ note = "{"x" * 300}" }}\n'
-        '[[terminal_groups]]\nprefix = "D"\ncount = 2\nattrs = { since = 2026-12-02 }\n'
+def test_session_attributes_the_takeover_file_cannot_hold_are_a_host_config_error(tmp_path: Path) -> None:
+    """A standby-capable terminal's attrs on a host that one takeover file entry cannot hold (too
+    large with its name, or a value with no MessagePack form such as a TOML date): refused by
+    the check, naming the key and the fix, instead of failing the active's ring writes at that
+    terminal's logon, again and again, while both hosts still said established. Attributes that
+    fit with their own name, a terminal that is not standby-capable (never in the file), and the
+    CP's own table are not refused."""
+    from tests.support.procs import host_config
+
+    p = host_config(
+        tmp_path, "a", cp="127.0.0.1:2", peer_listen="127.0.0.1:3", peer="127.0.0.1:4", takeover=tmp_path / "t.dat", records=64, terminals=0
     )
-    r = run("hsb.cp", "--config", str(p), "--check-config")
+    base = p.read_text()
+    fits = f'[[terminals]]\nname = "T00001"\nattrs = {{ note = "{"x" * 220}" }}\n'  # 237 bytes with its name
+    never_in_file = f'[[terminals]]\nname = "C1"\nstandby_capable = false\nattrs = {{ note = "{"x" * 400}" }}\n'
+    p.write_text(base + fits + never_in_file)
+    r = run("hsb.host", "--config", str(p), "--check-config")
+    assert r.returncode == 0, r.stderr
+    p.write_text(
+        base
+        + fits
+        + f'[[terminals]]\nname = "BIG"\nattrs = {{ note = "{"x" * 300}" }}\n'
+        + '[[terminal_groups]]\nprefix = "D"\ncount = 2\nattrs = { since = 2026-12-02 }\n'
+    )
+    r = run("hsb.host", "--config", str(p), "--check-config")
     assert r.returncode == 78, r.stderr
-    assert "terminals[0].attrs" in r.stderr and "a takeover file entry holds 256: shorten them" in r.stderr, r.stderr
-    assert "terminal_groups[0].attrs" in r.stderr and "cannot be kept in the takeover file" in r.stderr, r.stderr
+    assert "terminals[1].attrs: attrs of 'BIG' take" in r.stderr and "entry holds 256: shorten them" in r.stderr, r.stderr
+    assert "terminal_groups[0].attrs: attrs cannot be kept in the takeover file" in r.stderr, r.stderr
+    cp = tmp_path / "cp.toml"
+    cp.write_text(f'[cp]\nsecret_file = "s"\n[[terminals]]\nname = "BIG"\nattrs = {{ note = "{"x" * 300}" }}\n')
+    (tmp_path / "s").write_text("x" * 64)
+    (tmp_path / "s").chmod(0o600)
+    r = run("hsb.cp", "--config", str(cp), "--check-config")
+    assert r.returncode == 0, r.stderr

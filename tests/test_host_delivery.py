@@ -65,5 +65,11 @@ async def test_a_reply_too_large_for_a_frame_is_answered_as_an_error() -> None:
     d.deliver("T1", 5, "x", False)
     d.deliver("T1", 6, "x", False)
     await _until(lambda: len(sent) == 2, "two replies")
-    assert all(m["data"].startswith("error: reply too large (100 > 64") for m in sent), sent
+    assert all(m["data"].startswith("error: reply too large to send (100 bytes > 64)") for m in sent), sent
     assert d.counters["errors"] == 2
+    # text is measured in bytes on the wire: 40 characters of two bytes each are 80 > 64
+    sent.clear()
+    d2 = Delivery(Flaky(fail=0, reply="é" * 40), lambda m: sent.append(m) or True, lambda: 1, max_reply=64)  # type: ignore[arg-type, func-returns-value]
+    d2.deliver("T1", 7, "x", False)
+    await _until(lambda: sent, "the reply")
+    assert sent[0]["data"].startswith("error: reply too large to send (80 bytes > 64)"), sent

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from hsb.config import Addr, ConfigPath, OptAddr, Strict, TLSLinks
-from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, expand_all
+from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, attrs_problem, expand_all
 from hsb.wire.framing import DEFAULT_MAX_FRAME
 
 
@@ -75,6 +75,14 @@ class HostConfig(Strict):
             size_check(self.takeover.records, len(self._defs), self.takeover.record_size, path=self.takeover.path)
         except TakeoverFileTooSmall as exc:
             raise ValueError(f"takeover.records: {exc}") from None
+        # the session attributes of each standby-capable terminal fit one entry of the file
+        entries: list[tuple[str, int, str, bool, dict[str, Any]]] = [
+            ("terminals", i, t.name, t.standby_capable, t.attrs) for i, t in enumerate(self.terminals)
+        ]
+        entries += [("terminal_groups", i, g.last_name(), g.standby_capable, g.attrs) for i, g in enumerate(self.terminal_groups)]
+        problems = [f"{key}[{i}].attrs: {why}" for key, i, name, capable, attrs in entries if capable and (why := attrs_problem(name, attrs))]
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @property

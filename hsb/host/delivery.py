@@ -33,6 +33,11 @@ RETRY_FIRST = 0.05  # seconds before a message the service could not take is han
 RETRY_CAP = 2.0
 
 
+def _size(reply: bytes | str) -> int:
+    """Bytes on the wire (UTF-8 for text)."""
+    return len(reply) if isinstance(reply, bytes) else len(reply.encode())
+
+
 class ServiceHealth:
     """Whether the service answers: "ok", or "failing" with the last error, since when, and
     how many messages are waiting for it."""
@@ -60,6 +65,13 @@ class ServiceHealth:
         self.waiting.pop(terminal, None)
         if self.state != "ok" and not self.waiting:
             log.info("service_recovered", after_s=round(time.time() - self.since, 3), retries=self.retries)
+            self.state, self.error, self.since = "ok", None, time.time()
+
+    def reset(self) -> None:
+        """Nothing waits for the service here any more (a cancel): not failing, without a
+        `service_recovered`, which would say the service answered."""
+        self.waiting.clear()
+        if self.state != "ok":
             self.state, self.error, self.since = "ok", None, time.time()
 
     def as_dict(self) -> dict[str, Any]:
@@ -131,10 +143,13 @@ class Delivery:
                     self.counters["errors"] += 1
                     log.error("service_error", terminal=terminal, id=mid, error=f"{type(exc).__name__}: {exc}")
                     reply = f"error: {type(exc).__name__}"
-                if self.max_reply is not None and len(reply) > self.max_reply:
+                if self.max_reply is not None and len(reply) * 4 > self.max_reply and (size := _size(reply)) > self.max_reply:
                     self.counters["errors"] += 1
-                    log.error("service_reply_too_large", terminal=terminal, id=mid, size=len(reply), max=self.max_reply)
-                    reply = f"error: reply too large ({len(reply)} > {self.max_reply}; raise max_frame on the CP and both hosts)"
+                    log.error("service_reply_too_large", terminal=terminal, id=mid, size=size, max=self.max_reply)
+                    reply = (
+                        f"error: reply too large to send ({size} bytes > {self.max_reply}); the request may have taken effect:"
+                        " raise max_frame on the CP and both hosts"
+                    )
                 q.popleft()
                 if self.health.state != "ok":
                     self.health.answered(terminal)
@@ -183,7 +198,7 @@ class Delivery:
         self.gen += 1
         self.open.set()  # waiters wake, see the new generation and give up
         self.health.waiting.clear()
-        self.health.answered("")  # nothing waits for the service here any more: not failing
+        self.health.reset()  # nothing waits for the service here any more: not failing (not "recovered")
         for t in list(self.workers.values()):
             t.cancel()
         self.workers.clear()

@@ -144,8 +144,8 @@ class TakeoverWriter:
         # as new to a standby following this batch, and ours as old
         try:
             on_file = check_file(self.path, r).generation
-        except HeaderCorrupt:  # a crash while record 0 was rewritten: this writer's count stands
-            on_file = 0
+        except HeaderCorrupt:  # a crash while record 0 was rewritten: the highest in the records
+            on_file = self._scan_max_generation()
         last = max(self.generation, on_file)
         gen = last + 1 if last < GEN_MAX else 1
         # From here on a failure leaves the file in an unknown state: burn the
