@@ -118,7 +118,8 @@ class JournalSide:
                 if kept.seg == seg:
                     self._carry(kept, ["r", term.name, kept.id, kept.data])
                     moved += 1
-        log.info("journal_segment_carried_forward", segment=seg, records=moved)
+        if moved:  # (none while its only live messages are being answered: they settle soon)
+            log.info("journal_segment_carried_forward", segment=seg, records=moved)
 
     def _carry(self: CP, item: Held | Kept, rec: list[Any]) -> None:
         old = item.seg
