@@ -212,19 +212,26 @@ async def test_a_second_loss_of_the_same_active_is_told_to_the_standby_again(cp:
     assert told["host"] == "host-a"
 
 
+async def at_the_kept_bound(cp: Proc, name: str) -> FakeTerminal:
+    """A resuming terminal that sent 8 messages and holds their 8 replies, unconfirmed: at the
+    CP's bound of kept replies (held_bound 8 here)."""
+    a, _b = await pair(cp)
+    a.auto_reply = True
+    t = await FakeTerminal.connect(cp.info["terminal"], name, hello=False)
+    t.send({"t": "hello", "terminal": name, "last_reply": 0})
+    await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+    for i in range(1, 9):
+        t.send({"t": "msg", "id": i, "data": f"m{i}"})
+    await t.wait_count(lambda m: m["t"] == "reply", 8)
+    return t
+
+
 async def test_kept_replies_at_the_bound_still_let_the_terminals_confirm_through(cp: Proc) -> None:
     """A resuming terminal's unconfirmed replies at the bound (8 here) stop its messages, not its
     confirmations: the CP reads on, takes the confirm, and only then the messages that waited
     behind the bound, in order (it once stopped reading altogether and waited for ever for a
     confirm it would not read)."""
-    a, _b = await pair(cp)
-    a.auto_reply = True
-    t = await FakeTerminal.connect(cp.info["terminal"], "T00009", hello=False)
-    t.send({"t": "hello", "terminal": "T00009", "last_reply": 0})
-    await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
-    for i in range(1, 9):
-        t.send({"t": "msg", "id": i, "data": f"m{i}"})
-    await t.wait_count(lambda m: m["t"] == "reply", 8)  # 8 kept replies: at the bound
+    t = await at_the_kept_bound(cp, "T00009")
     await wait_status(cp, lambda s: s["terminals"]["backpressured"] == 1)
     t.send({"t": "msg", "id": 9, "data": "m9"})  # waits behind the bound
     t.send({"t": "confirm", "id": 8})
@@ -238,14 +245,7 @@ async def test_a_terminal_that_never_confirms_is_told_so_not_left_unread(cp: Pro
     """At the bound of kept replies, a terminal that sends as many frames again without one
     confirmation is closed with an error that says what to do (it was left unread for ever, its
     loss unseen); what waited was never acknowledged, so nothing acknowledged is lost."""
-    a, _b = await pair(cp)
-    a.auto_reply = True
-    t = await FakeTerminal.connect(cp.info["terminal"], "T00011", hello=False)
-    t.send({"t": "hello", "terminal": "T00011", "last_reply": 0})
-    await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
-    for i in range(1, 9):
-        t.send({"t": "msg", "id": i, "data": f"m{i}"})
-    await t.wait_count(lambda m: m["t"] == "reply", 8)
+    t = await at_the_kept_bound(cp, "T00011")
     for i in range(9, 17):  # no confirm: 8 more wait behind the bound
         t.send({"t": "msg", "id": i, "data": f"m{i}"})
     err = await t.wait(lambda m: m["t"] == "error")

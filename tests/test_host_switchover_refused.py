@@ -46,6 +46,22 @@ async def held_releasing(cp: CPServer, a: HostServer) -> tuple[Any, Any]:
     return real, core.active
 
 
+def refuse_handovers(core: Any) -> Any:
+    """The CP refuses every handover as it does when no standby is registered just then (the
+    standby's CP link away); returns its real handler."""
+    real = core.host_handover
+
+    def no_standby(host: Any, wait: bool = True) -> None:
+        sb, core.standby = core.standby, None
+        try:
+            real(host, wait)
+        finally:
+            core.standby = sb
+
+    core.host_handover = no_standby
+    return real
+
+
 async def switched_over(a: HostServer, b: HostServer) -> None:
     """Asked again, the planned switchover completes, and hot standby is back the other way round
     (no batch left half done when the test ends)."""
@@ -70,16 +86,7 @@ async def _run(tmp_path: Path, body: Any) -> None:
 async def test_a_refused_handover_leaves_the_active_established(tmp_path: Path) -> None:
     async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
         core = cp.cp
-        real = core.host_handover
-
-        def no_standby(host: Any, wait: bool = True) -> None:  # the standby's CP link away just then
-            sb, core.standby = core.standby, None
-            try:
-                real(host, wait)
-            finally:
-                core.standby = sb
-
-        core.host_handover = no_standby  # type: ignore[method-assign]
+        real = refuse_handovers(core)
         a.ha.post("switchover")
         await until(lambda: "refused by the CP" in (a.ha.last_error or ""), "the handover refused")
         assert a.ha.role == "active" and a.ha.state == "established", (a.ha.state, a.ha.last_error)
@@ -127,16 +134,7 @@ async def test_a_sigterm_during_a_planned_switchover_waits_for_it_to_complete(tm
 async def test_a_stop_whose_handover_is_refused_stops_at_once_not_after_the_timeout(tmp_path: Path) -> None:
     async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
         core = cp.cp
-        real = core.host_handover
-
-        def no_standby(host: Any, wait: bool = True) -> None:
-            sb, core.standby = core.standby, None
-            try:
-                real(host, wait)
-            finally:
-                core.standby = sb
-
-        core.host_handover = no_standby  # type: ignore[method-assign]
+        refuse_handovers(core)
         t0 = time.monotonic()
         await asyncio.wait_for(a.graceful_stop(), 10)  # the handover's wait is 30 s
         assert time.monotonic() - t0 < 10
