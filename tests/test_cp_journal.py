@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from hsb import uring
 from hsb.cp.journal.format import GROUP_BYTES, GROUP_MAX, JournalDamaged, encode, group, packer, scan
-from hsb.cp.journal.recovery import recover, segment_name
+from hsb.cp.journal.recovery import recover, segment_files, segment_name
 from hsb.wire.client import request
 from tests.support.hostclient import FakeHost, FakeTerminal
 from tests.support.procs import SECRET, Proc, addr, arm_faults, restart_cp, start_cp, until
@@ -191,6 +191,17 @@ def test_a_torn_record_in_an_older_segment_is_damage(tmp_path: Path) -> None:
     with pytest.raises(JournalDamaged, match="not the last"):
         recover(tmp_path)
     assert p2.exists()
+
+
+def test_a_missing_segment_in_the_middle_is_damage(tmp_path: Path) -> None:
+    """Only the oldest segment is ever deleted, so a gap in the numbers is a file lost (and what
+    it held with it): the start stops, naming it, rather than recover without it."""
+    _segment(tmp_path, 1, [["ck", 1, "h", 0, {}], ["a", "T1", 1, b"x"]])
+    _segment(tmp_path, 3, [["ck", 1, "h", 0, {"T1": 2}], ["a", "T1", 3, b"z"]])
+    with pytest.raises(JournalDamaged, match="segment 2 is missing"):
+        recover(tmp_path)
+    _segment(tmp_path, 2, [["ck", 1, "h", 0, {"T1": 1}], ["a", "T1", 2, b"y"]])
+    assert sorted(m for per in recover(tmp_path).held.values() for m in per) == [1, 2, 3]
 
 
 def test_recovery_applies_every_kind_and_truncates_a_torn_tail(tmp_path: Path) -> None:
@@ -427,8 +438,10 @@ def test_a_damaged_journal_stops_the_start_naming_the_file_and_offset(tmp_path: 
     j = d / "cp-journal"
     from hsb.cp.journal.generation import Generations
 
-    # a segment of the generation the next start recovers (the last CP's)
-    p = _segment(j, 50, [["ck", 1, None, 0, {}], ["a", "T00001", 1, b"one"], ["a", "T00001", 2, b"two"]], gen=Generations(j).current())
+    # the next segment of the generation the next start recovers (the last CP's)
+    gen = Generations(j).current()
+    n = max(k for g, k, _ in segment_files(j) if g == gen) + 1
+    p = _segment(j, n, [["ck", 1, None, 0, {}], ["a", "T00001", 1, b"one"], ["a", "T00001", 2, b"two"]], gen=gen)
     blob = bytearray(p.read_bytes())
     off = len(encode(["ck", 1, None, 0, {}]))
     blob[off + 3] ^= 0x40  # the length of the second record

@@ -213,6 +213,9 @@ def recover(d: Path, truncate: bool = True) -> Recovered:
     r = Recovered(at=time.monotonic())
     r.head_generation, segs, r.garbage = lineage(d)
     r.highest_segment = max((n for _, n, _ in segment_files(d)), default=0)
+    for (before, _), (n, path) in zip(segs, segs[1:], strict=False):
+        if n != before + 1:  # only the oldest segment is ever deleted: a gap is a file lost
+            raise JournalDamaged(str(path), 0, f"segment {before + 1} is missing (the segments before this one end at {before})")
     for i, (n, path) in enumerate(segs):
         try:
             buf = path.read_bytes()
