@@ -175,3 +175,15 @@ def test_session_attributes_the_takeover_file_cannot_hold_are_a_host_config_erro
     (tmp_path / "s").chmod(0o600)
     r = run("hsb.cp", "--config", str(cp), "--check-config")
     assert r.returncode == 0, r.stderr
+
+
+def test_a_failed_system_call_at_start_names_its_file_or_the_ports() -> None:
+    """A storage error on the takeover file at start (EIO, EACCES, ESTALE) says which file and
+    what to check; it was reported as 'is another hsbd using these ports?'."""
+    import errno
+
+    from hsb.host.main import start_error
+
+    msg = start_error(OSError(errno.EIO, "Input/output error", "/srv/hsb/takeover.dat"))
+    assert msg.startswith("cannot start: /srv/hsb/takeover.dat: Input/output error (check that file") and "ports" not in msg
+    assert "is another hsbd using these ports?" in start_error(OSError(errno.EADDRINUSE, "Address already in use"))

@@ -12,6 +12,14 @@ from hsb.host.config import HostConfig
 from hsb.wire.auth import load_secret
 
 
+def start_error(exc: OSError) -> str:
+    """The one-line error for a system call that failed at start: a file's (the takeover file on
+    storage that fails, say) names the file; else it is a port's."""
+    if exc.filename is not None:
+        return f"cannot start: {exc.filename}: {exc.strerror or exc} (check that file, its permissions and the storage it is on)"
+    return f"cannot start: {exc.strerror or exc} (is another hsbd using these ports?)"
+
+
 def check_service(cfg: HostConfig) -> list[str]:
     """The service is importable and constructible with [service_options] (then closed again)."""
     import asyncio
@@ -69,7 +77,7 @@ def main(role: str | None, config_path: str, check_config: bool, log_level: str)
             die(str(exc))
         except OSError as exc:
             await server.close()
-            die(f"cannot start: {exc.strerror or exc} (is another hsbd using these ports?)")
+            die(start_error(exc))
         if code:
             click.echo(f"error: {server.exit_msg}", err=True)
         exit_watchdog(code)
