@@ -251,3 +251,15 @@ def test_a_storage_error_on_the_generation_files_is_an_error_not_a_newer_cp(tmp_
     monkeypatch.setattr(os, "stat", real)
     (tmp_path / gen_name(own + 1)).touch()  # a newer CP's file: superseded, as before
     assert gens.newer_than(own) == own + 1
+
+
+def test_a_new_generation_is_above_every_segments_even_with_gen_files_missing(tmp_path: Path) -> None:
+    """The gen- files are the fence; segment names carry their generation too. A CP taking over a
+    directory whose gen- files were removed must not take a generation below its segments'."""
+    from hsb.cp.journal.generation import Generations
+    from hsb.cp.journal.recovery import segment_name
+
+    (tmp_path / segment_name(1, 5)).write_bytes(b"")
+    (tmp_path / segment_name(2, 5)).write_bytes(b"")
+    assert Generations(tmp_path).take() == 6
+    assert Generations(tmp_path).take() == 7  # and the gen- file it made counts from then on

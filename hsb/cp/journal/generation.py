@@ -25,6 +25,7 @@ from pathlib import Path
 from hsb.fsutil import fsync_dir
 
 GEN = re.compile(r"^gen-(\d{8})$")
+SEG_GEN = re.compile(r"^seg-(\d{8})-\d{8}\.hsbj$")  # a segment's generation, in its name
 KEEP = 8  # older generation files are removed, the newest few kept for the record
 
 
@@ -69,7 +70,11 @@ class Generations:
     def take(self) -> int:
         """Create the next generation's file, durably; the generation this CP now owns."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        n = self.current() + 1
+        # above every segment's generation too: with gen- files missing (cleaned up by hand, a
+        # listing that missed them) a lower one would be refused by the hosts, and lose to the
+        # older generation's segments at the next recovery
+        segs = (int(m.group(1)) for name in os.listdir(self.dir) if (m := SEG_GEN.match(name)))
+        n = max(self.current(), max(segs, default=0)) + 1
         while True:
             try:
                 fd = os.open(self.dir / gen_name(n), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
