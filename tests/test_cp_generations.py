@@ -263,3 +263,8 @@ def test_a_new_generation_is_above_every_segments_even_with_gen_files_missing(tm
     (tmp_path / segment_name(2, 5)).write_bytes(b"")
     assert Generations(tmp_path).take() == 6
     assert Generations(tmp_path).take() == 7  # and the gen- file it made counts from then on
+    # a jump over a generation whose CP may still run marks the next one, which that CP looks for
+    g = Generations(tmp_path)
+    (tmp_path / segment_name(1, 9)).write_bytes(b"")
+    assert g.take() == 10
+    assert g.newer_than(7) is not None  # the CP of 7 is superseded (gen-8 is there)

@@ -75,12 +75,13 @@ class HostConfig(Strict):
             size_check(self.takeover.records, len(self._defs), self.takeover.record_size, path=self.takeover.path)
         except TakeoverFileTooSmall as exc:
             raise ValueError(f"takeover.records: {exc}") from None
-        # the session attributes of each standby-capable terminal fit one entry of the file
+        # the session attributes of each terminal fit one entry of the file (whether a terminal
+        # is standby-capable is the CP's to say: a host cannot know which ones the file will hold)
         entries: list[tuple[str, int, str, bool, dict[str, Any]]] = [
             ("terminals", i, t.name, t.standby_capable, t.attrs) for i, t in enumerate(self.terminals)
         ]
         entries += [("terminal_groups", i, g.last_name(), g.standby_capable, g.attrs) for i, g in enumerate(self.terminal_groups)]
-        problems = [f"{key}[{i}].attrs: {why}" for key, i, name, capable, attrs in entries if capable and (why := attrs_problem(name, attrs))]
+        problems = [f"{key}[{i}].attrs: {why}" for key, i, name, _, attrs in entries if (why := attrs_problem(name, attrs))]
         if problems:
             raise ValueError("; ".join(problems))
         return self

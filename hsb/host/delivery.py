@@ -34,8 +34,13 @@ RETRY_CAP = 2.0
 
 
 def _size(reply: bytes | str) -> int:
-    """Bytes on the wire (UTF-8 for text)."""
-    return len(reply) if isinstance(reply, bytes) else len(reply.encode())
+    """Bytes on the wire (UTF-8 for text; text that has none, at its most: it cannot go anyway)."""
+    if isinstance(reply, bytes):
+        return len(reply)
+    try:
+        return len(reply.encode())
+    except UnicodeEncodeError:
+        return 4 * len(reply)
 
 
 class ServiceHealth:

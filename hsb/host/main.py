@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import click
@@ -13,11 +14,14 @@ from hsb.wire.auth import load_secret
 
 
 def start_error(exc: OSError) -> str:
-    """The one-line error for a system call that failed at start: a file's (the takeover file on
-    storage that fails, say) names the file; else it is a port's."""
+    """The one-line error for a system call that failed at start: a port's (in use, or not this
+    machine's address), a named file's, or else most likely the takeover file's storage (a read
+    or sync on the open file names none)."""
+    if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+        return f"cannot start: {exc.strerror or exc} (is another hsbd using these ports, or is the address not this machine's?)"
     if exc.filename is not None:
         return f"cannot start: {exc.filename}: {exc.strerror or exc} (check that file, its permissions and the storage it is on)"
-    return f"cannot start: {exc.strerror or exc} (is another hsbd using these ports?)"
+    return f"cannot start: {exc.strerror or exc} (check the takeover file's storage, and the listen addresses in the config)"
 
 
 def check_service(cfg: HostConfig) -> list[str]:

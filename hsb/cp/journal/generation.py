@@ -74,7 +74,10 @@ class Generations:
         # listing that missed them) a lower one would be refused by the hosts, and lose to the
         # older generation's segments at the next recovery
         segs = (int(m.group(1)) for name in os.listdir(self.dir) if (m := SEG_GEN.match(name)))
-        n = max(self.current(), max(segs, default=0)) + 1
+        current = self.current()
+        n = max(current, max(segs, default=0)) + 1
+        if current and n > current + 1:
+            self._mark(current + 1)  # a CP of `current` still running looks for this one: fenced
         while True:
             try:
                 fd = os.open(self.dir / gen_name(n), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -88,6 +91,18 @@ class Generations:
                 os.close(fd)
             fsync_dir(self.dir)  # the name is durable too
             return n
+
+    def _mark(self, n: int) -> None:
+        """gen-`n` exists (made durable if made here): a CP of generation n-1 finds itself superseded."""
+        try:
+            fd = os.open(self.dir / gen_name(n), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(self.dir)
 
     def newer_than(self, own: int) -> int | None:
         """A generation above `own` if one exists (cheap: one or two stats), else None. A CP whose
