@@ -40,7 +40,7 @@ from hsb.host.states import (
     STARTING,
     WAITING,
 )
-from hsb.ops.notify import Watchdog
+from hsb.ops.notify import Watchdog, watchdog_too_short
 from hsb.takeover.startup_id import startup_id as new_startup_id
 from hsb.wire.framing import batch_bytes
 
@@ -132,6 +132,9 @@ class HA(LeaseSide, SwitchSide, HAView):
 
     async def run(self) -> None:
         watchdog = Watchdog()  # systemd's WatchdogSec: pinged from this loop, which runs every 0.2 s at least
+        too_short = watchdog_too_short(self.srv.cfg.takeover.storage_timeout)  # (it waits on storage inline)
+        if too_short:
+            log.warning("watchdog_shorter_than_storage_timeout", msg=too_short)
         while self.exit is None:
             watchdog.tick(time.monotonic())
             timeout = 0.2
