@@ -180,7 +180,8 @@ class TerminalSide:
         conn = term.conn
         if conn is None:
             return
-        conn.park(kept_over)
+        if kept_over or conn.parked is not None:  # (every message and reply passes here)
+            conn.park(kept_over)
         if (held_over or kept_over) and not term.paused:
             term.paused = True
             log.info("terminal_backpressure", terminal=term.name, held=len(term.held), kept_replies=len(term.replies))

@@ -77,11 +77,9 @@ class HostConfig(Strict):
             raise ValueError(f"takeover.records: {exc}") from None
         # the session attributes of each terminal fit one entry of the file (whether a terminal
         # is standby-capable is the CP's to say: a host cannot know which ones the file will hold)
-        entries: list[tuple[str, int, str, bool, dict[str, Any]]] = [
-            ("terminals", i, t.name, t.standby_capable, t.attrs) for i, t in enumerate(self.terminals)
-        ]
-        entries += [("terminal_groups", i, g.last_name(), g.standby_capable, g.attrs) for i, g in enumerate(self.terminal_groups)]
-        problems = [f"{key}[{i}].attrs: {why}" for key, i, name, _, attrs in entries if (why := attrs_problem(name, attrs))]
+        entries = [(f"terminals[{i}]", t.name, t.attrs) for i, t in enumerate(self.terminals)]
+        entries += [(f"terminal_groups[{i}]", g.last_name(), g.attrs) for i, g in enumerate(self.terminal_groups)]
+        problems = [f"{key}.attrs: {why}" for key, name, attrs in entries if (why := attrs_problem(name, attrs))]
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -202,7 +202,6 @@ class Delivery:
         """Drop everything in progress: the CP re-delivers it (marked) to whoever serves next."""
         self.gen += 1
         self.open.set()  # waiters wake, see the new generation and give up
-        self.health.waiting.clear()
         self.health.reset()  # nothing waits for the service here any more: not failing (not "recovered")
         for t in list(self.workers.values()):
             t.cancel()

@@ -258,10 +258,8 @@ class HA(LeaseSide, SwitchSide, HAView):
             # the CP forgets a release with the link (and a handover answer is lost with it): the
             # planned switchover is over, not pending for ever; the operator may ask again
             self.release_pending = False
-            self.last_error = f"planned switchover abandoned: host link to the CP lost ({why})"
-            log.warning("switchover_abandoned", reason=self.last_error)
-            self.switchovers_ended += 1
-            self.set_state(ESTABLISHED if self.established_since else SERVING, self.last_error)
+            why = f"planned switchover abandoned: host link to the CP lost ({why})"
+            self.switchover_ended("switchover_abandoned", why, why)
 
     async def ev_cp_frame(self, msg: dict[str, Any]) -> None:
         t = msg["t"]
@@ -305,16 +303,22 @@ class HA(LeaseSide, SwitchSide, HAView):
         elif t == "released":
             await self.on_released()
         elif t == "handover_refused":
-            self.last_error = f"planned switchover refused by the CP: {msg.get('reason')}"
-            log.warning("switchover_refused", reason=msg.get("reason"))
-            self.switchovers_ended += 1
-            self.set_state(ESTABLISHED if self.established_since else SERVING, self.last_error)
+            self.switchover_ended("switchover_refused", f"planned switchover refused by the CP: {msg.get('reason')}", msg.get("reason"))
         elif t == "demoted":
             await self.on_demoted(str(msg.get("active", "")))
         elif t == "switch_refused":
             self.switch_requested_at = None
             log.warning("switchover_refused", reason=msg.get("reason"))
             self.last_error = f"switchover refused by the CP: {msg.get('reason')}"
+
+    def switchover_ended(self, event: str, why: str, reason: Any) -> None:
+        """A planned switchover that ends without the grant (`why`, logged as `event` with `reason`):
+        the active serves on, established as before unless its standby went meanwhile; a stop
+        waiting on it stops waiting."""
+        self.last_error = why
+        log.warning(event, reason=reason)
+        self.switchovers_ended += 1
+        self.set_state(ESTABLISHED if self.established_since else SERVING, why)
 
     def fenced(self, why: str) -> None:
         if not faults.SELF_FENCING:

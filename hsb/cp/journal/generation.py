@@ -58,10 +58,10 @@ class Generations:
         self.dir = d
         self._paths: tuple[int, str, str] | None = None  # (own, own's file, the next one's): checked every group commit
 
-    def current(self) -> int:
-        """The highest generation in the directory (0: none yet)."""
+    def current(self, names: list[str] | None = None) -> int:
+        """The highest generation in the directory (0: none yet); `names`: its listing, if taken."""
         best = 0
-        for name in os.listdir(self.dir):
+        for name in os.listdir(self.dir) if names is None else names:
             m = GEN.match(name)
             if m:
                 best = max(best, int(m.group(1)))
@@ -73,36 +73,29 @@ class Generations:
         # above every segment's generation too: with gen- files missing (cleaned up by hand, a
         # listing that missed them) a lower one would be refused by the hosts, and lose to the
         # older generation's segments at the next recovery
-        segs = (int(m.group(1)) for name in os.listdir(self.dir) if (m := SEG_GEN.match(name)))
-        current = self.current()
-        n = max(current, max(segs, default=0)) + 1
+        names = os.listdir(self.dir)
+        current = self.current(names)
+        n = max(current, max((int(m.group(1)) for name in names if (m := SEG_GEN.match(name))), default=0)) + 1
         if current and n > current + 1:
-            self._mark(current + 1)  # a CP of `current` still running looks for this one: fenced
-        while True:
-            try:
-                fd = os.open(self.dir / gen_name(n), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                n += 1  # another CP took this one at the same moment: the next is ours
-                continue
-            try:
-                os.write(fd, f"{socket.gethostname()} pid {os.getpid()} at {time.time():.3f}\n".encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            fsync_dir(self.dir)  # the name is durable too
-            return n
+            self._create(current + 1, b"")  # a CP of `current` still running looks for this one: fenced
+        while not self._create(n, f"{socket.gethostname()} pid {os.getpid()} at {time.time():.3f}\n".encode()):
+            n += 1  # another CP took this one at the same moment: the next is ours
+        return n
 
-    def _mark(self, n: int) -> None:
-        """gen-`n` exists (made durable if made here): a CP of generation n-1 finds itself superseded."""
+    def _create(self, n: int, content: bytes) -> bool:
+        """Create gen-`n` with `content`, durably (its name too); False if it exists already."""
         try:
             fd = os.open(self.dir / gen_name(n), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            return
+            return False
         try:
+            if content:
+                os.write(fd, content)
             os.fsync(fd)
         finally:
             os.close(fd)
         fsync_dir(self.dir)
+        return True
 
     def newer_than(self, own: int) -> int | None:
         """A generation above `own` if one exists (cheap: one or two stats), else None. A CP whose
