@@ -268,3 +268,38 @@ def test_a_new_generation_is_above_every_segments_even_with_gen_files_missing(tm
     (tmp_path / segment_name(1, 9)).write_bytes(b"")
     assert g.take() == 10
     assert g.newer_than(7) is not None  # the CP of 7 is superseded (gen-8 is there)
+
+
+async def test_a_cp_superseded_while_it_takes_over_deletes_nothing_and_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two CPs taking over at once: the newer one may list the journal before the older one's
+    snapshot is complete, and read the generation before it. The older one, superseded when its
+    snapshot is durable, must not then delete that generation's segments as garbage (what they hold
+    would be lost), and must not serve."""
+    from hsb.config import load
+    from hsb.cp import server as srv
+    from hsb.cp.config import CPConfig
+    from hsb.cp.journal.format import encode
+    from hsb.cp.journal.recovery import segment_name
+
+    journal = tmp_path / "j"
+    journal.mkdir()
+    Generations(journal).take()  # generation 1, whose segment holds an acknowledged message
+    old = journal / segment_name(1, 1)
+    old.write_bytes(b"".join(encode(r) for r in [["ck", 1, "host-a", 1, {}, {"first": 1}], ["a", "T00001", 5, b"x"], ["se"]]))
+    real = srv.recover
+
+    def recover_then_superseded(d: Path) -> Any:
+        r = real(d)
+        Generations(d).take()  # another CP takes the next generation (and reads generation 1)
+        return r
+
+    monkeypatch.setattr(srv, "recover", recover_then_superseded)
+    cfg = load(cp_config(tmp_path, terminals=2, journal=str(journal)), CPConfig)
+    s = srv.CPServer(cfg, SECRET, str(tmp_path / "cp.toml"))
+    try:
+        await s.startup()
+        assert s.superseded and s.cp is None and s.exit_code == 75
+        assert old.exists(), "the generation the newer CP reads was deleted"
+        assert recover(journal).held["T00001"].keys() == {5}
+    finally:
+        await s.shutdown()

@@ -296,7 +296,13 @@ class CPServer:
             cp = CP(self.cfg, journal)
             cp.restore(r)
             faults.point("cp.mid_recovery")
-            seg = journal.open(r.highest_segment + 1, cp.snapshot(), [*r.garbage, *r.paths])
+            try:
+                seg = journal.open(r.highest_segment + 1, cp.snapshot(), [*r.garbage, *r.paths])
+            except Superseded as exc:  # a newer CP took over while this one recovered: it serves
+                journal.close()
+                log.error("cp_superseded", generation=exc.own, newer=exc.newer, at="takeover", msg=str(exc))
+                self._superseded(exc)
+                return
         cp.repin(seg)
         journal.on_superseded = self._superseded
         if c.tickle_acks:
@@ -381,9 +387,11 @@ class CPServer:
         tick loop when it need not wait (in-process users, tests)."""
         if not self.servers:
             await self.start_admin()
-        if self.cp is None:  # (a CP forked again by its master has taken the journal over already)
+        if self.cp is None and not self.superseded:  # (a CP forked again by its master has taken the journal over already)
             self.state = "taking_over"
             self.take_over(reason)
+        if self.superseded:  # superseded while taking over: nothing to serve
+            return
         self.state = "starting"  # the listeners next: an error now is the ports', not the journal's
         await self.start_serving()
         if self.cp is not None and self.cp.tickles is not None:
@@ -506,6 +514,9 @@ class CPServer:
                 return 0
             reason = why
         await self.startup(reason)
+        if self.superseded:
+            await self.shutdown()
+            return self.exit_code
         gcpolicy.apply()
         try:
             await self.tick_loop()

@@ -166,6 +166,10 @@ class Journal(GroupWriter):
         self.records[first] += len(snapshot) + 1  # and its "se"
         batch, self._pending = self._pending, []
         self._write(_groups(batch))  # blocking: at start, before any terminal is accepted
+        # a CP that took the next generation meanwhile may have listed the journal before this
+        # snapshot was complete, and be reading the generation before it: deleting that now would
+        # lose it. Superseded here, this CP deletes nothing and stops (hsb.cp.server.take_over).
+        self.gens.check(self.gen)
         for path in garbage:
             try:
                 os.unlink(path)
