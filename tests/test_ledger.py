@@ -10,6 +10,7 @@ while; after each, `hsbterm`'s books check (hsb.term.books) and the strict verdi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -348,6 +349,69 @@ async def test_old_records_are_pruned_on_sqlite(tmp_path: Path) -> None:
     db = SqliteDatabase(str(tmp_path / "prune.sqlite"))
     try:
         await _prunes_by_age(db)
+    finally:
+        await db.close()
+
+
+class _CountingDeletes:
+    """A database whose transactions note what each DELETE removed."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self.deleted: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> Any:
+        async with self.db.transaction() as tx:
+            outer = self
+
+            class Tx:
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(tx, name)
+
+                async def execute(self, sql: str, *args: Any) -> int:
+                    n: int = await tx.execute(sql, *args)
+                    if sql.startswith("DELETE"):
+                        outer.deleted.append(n)
+                    return n
+
+            yield Tx()
+
+
+async def _prunes_in_batches(db: Any) -> None:
+    """Many records due: pruned `prune_batch` rows per transaction, every one of them, none newer."""
+    counting = _CountingDeletes(db)
+    once = ExactlyOnce(counting, keep=3600.0, prune_every=3600.0, prune_batch=2)
+    await once.setup()
+    for mid in range(1, 8):
+        await once.run("T1", mid, False, nothing)
+    assert once.pruning is not None
+    await asyncio.wait_for(once.pruning, 10)
+    async with db.transaction() as tx:
+        assert await tx.execute("UPDATE hsb_idempotency SET at = at - 7200 WHERE msg_id <= 5") == 5
+    counting.deleted.clear()
+    await asyncio.wait_for(once._prune(), 10)
+    assert counting.deleted == [2, 2, 1] and once.counters["pruned"] == 5
+    async with db.transaction() as tx:
+        assert await tx.fetch("SELECT msg_id FROM hsb_idempotency ORDER BY msg_id") == [(6,), (7,)]
+
+
+async def test_old_records_are_pruned_in_batches_on_sqlite(tmp_path: Path) -> None:
+    db = SqliteDatabase(str(tmp_path / "prune.sqlite"))
+    try:
+        await _prunes_in_batches(db)
+    finally:
+        await db.close()
+
+
+@needs_pg
+async def test_old_records_are_pruned_in_batches_on_postgresql(pg: pgsupport.PgServer) -> None:
+    db = open_database(fresh(pg))
+    try:
+        await _prunes_in_batches(db)
     finally:
         await db.close()
 

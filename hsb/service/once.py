@@ -26,7 +26,7 @@ but `tx`'s statements: on SQLite the whole transaction runs in one call on the d
 thread (`Database.run`).
 
 Records are kept `keep` seconds (default 7 days) and pruned by the host that handles
-messages, at most every `prune_every` seconds. `keep` must exceed the longest time a message
+messages, at most every `prune_every` seconds, `prune_batch` rows per transaction. `keep` must exceed the longest time a message
 can wait at the CP before it is answered: a record pruned while its message is still held
 would let a redelivery apply the effect again.
 """
@@ -53,6 +53,8 @@ DDL = [
 ]
 
 _LOOKUP = "SELECT reply FROM hsb_idempotency WHERE terminal = $1 AND msg_id = $2"
+# the oldest records due, a batch at a time (row values: both PostgreSQL and SQLite have them)
+_PRUNE = "DELETE FROM hsb_idempotency WHERE (terminal, msg_id) IN (SELECT terminal, msg_id FROM hsb_idempotency WHERE at < $1 ORDER BY at LIMIT $2)"
 _RECORD = "INSERT INTO hsb_idempotency (terminal, msg_id, reply, at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING 1"
 
 MAX_RETRIES = 20  # collisions in a row before the service counts as failing
@@ -66,10 +68,11 @@ Effect = Callable[[Tx], Awaitable[str]]
 
 
 class ExactlyOnce:
-    def __init__(self, db: Database, keep: float = 7 * 86400.0, prune_every: float = 600.0, record: bool = True) -> None:
+    def __init__(self, db: Database, keep: float = 7 * 86400.0, prune_every: float = 600.0, record: bool = True, prune_batch: int = 5000) -> None:
         self.db = db
         self.keep = float(keep)
         self.prune_every = float(prune_every)
+        self.prune_batch = int(prune_batch)  # rows deleted per transaction
         # record=False runs the effect alone: only for measuring what the record costs
         self.record = record
         self.next_prune = 0.0
@@ -113,18 +116,26 @@ class ExactlyOnce:
         return reply
 
     async def _prune(self) -> None:
+        """Delete the records older than `keep`, `prune_batch` rows per transaction: one DELETE of
+        everything due (after an outage, say, or at a high rate) could run past the database's
+        command timeout every time and never finish, and would hold its locks all along."""
         cutoff = time.time() - self.keep
+        n = 0
         try:
-            async with self.db.transaction() as tx:
-                # the rows this DELETE removed, not a count before it: another host's prune
-                # running at the same time must not be counted twice
-                n = await tx.execute("DELETE FROM hsb_idempotency WHERE at < $1", cutoff)
-            self.counters["pruned"] += n
-            if n:
-                log.info("idempotency_records_pruned", count=n, older_than_s=self.keep)
+            while True:
+                async with self.db.transaction() as tx:
+                    # the rows this DELETE removed, not a count before it: another host's prune
+                    # running at the same time must not be counted twice
+                    batch = await tx.execute(_PRUNE, cutoff, self.prune_batch)
+                n += batch
+                self.counters["pruned"] += batch
+                if batch < self.prune_batch:
+                    break
         except (RetryTransaction, ServiceUnavailable) as exc:
-            log.warning("idempotency_prune_failed", error=str(exc))
+            log.warning("idempotency_prune_failed", error=str(exc), pruned=n)
             self.next_prune = time.monotonic() + 30.0
+        if n:
+            log.info("idempotency_records_pruned", count=n, older_than_s=self.keep)
 
 
 def lookup_sql() -> str:
