@@ -78,10 +78,14 @@ class TerminalSide:
                 term.outbox = None
         else:
             term.resuming = False
-            if term.replies:  # kept for it before (it resumed then): served as an outbox now
+            if term.replies:  # kept for it before (it resumed then): served as an outbox now,
+                # marked (it may hold them already); settled as far as no message still waits below
                 for kept in sorted(term.replies.values(), key=lambda k: k.id):
-                    proto.send({"t": "reply", "id": kept.id, "data": kept.data})
-                self._drop_replies(term, max(term.replies))
+                    proto.send({"t": "reply", "id": kept.id, "data": kept.data, "resent": True})
+                    self.counters["resent"] += 1
+                upto = self._confirmable(term, max(term.replies))
+                if upto and min(term.replies) <= upto:
+                    self._drop_replies(term, upto)
             if term.outbox:
                 for m in term.outbox:
                     proto.send(m)
@@ -95,15 +99,28 @@ class TerminalSide:
 
     def terminal_confirm(self: CP, term: Term, upto: int) -> None:
         """The terminal holds every reply up to `upto`: those are settled. Not past the highest id
-        accepted from it: a reply exists for nothing higher, and a terminal that claimed more
-        (a bug) would otherwise go without the replies to every message it sends after."""
-        upto = min(upto, term.last_acked)
+        accepted from it (a terminal that claimed more, a bug, would otherwise go without the
+        replies to every message it sends after), nor past one still unanswered (`_confirmable`)."""
+        upto = self._confirmable(term, upto)
         if upto <= term.confirmed:
             return
         term.confirmed = upto
         if term.replies and min(term.replies) <= upto:
             self._drop_replies(term, upto)
             self._backpressure(term)
+
+    @staticmethod
+    def _confirmable(term: Term, upto: int) -> int:
+        """`upto` as far as a confirmation can go: not past the highest id accepted, nor up to a
+        message accepted by this CP and not yet answered (the terminal cannot hold that reply).
+        A "c" record past such a message would drop it at a recovery that reads its record after
+        the "c" (one carried forward), and its reply would never be sent. (A message recovered
+        from the journal may have been answered before the crash: the terminal's word counts.)"""
+        upto = min(upto, term.last_acked)
+        for held in term.held.values():  # id order: the first not being answered bounds it
+            if not held.replying and not held.recovered:
+                return min(upto, held.id - 1)
+        return upto
 
     def _drop_replies(self: CP, term: Term, upto: int) -> None:
         self.journal.append(["c", term.name, upto], lazy=True)  # need not wait: a lost one only resends

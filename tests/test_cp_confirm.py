@@ -1,0 +1,87 @@
+"""How far a terminal's confirmation settles its kept replies (docs/protocol.md §1), driven
+in-process through the CP's own code: never past a message this CP accepted and has not yet
+answered, whatever the terminal says, so that no "c" record can drop that message at a later
+recovery; and a terminal that resumed and then says hello without `last_reply` gets what was
+kept for it marked `resent` (it may hold those replies already)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.cp.terminal_link import TerminalProtocol
+from tests.support.cpcore import cp_core, fake_host
+from tests.support.transports import RecordingTransport
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def terminal(cp: Any, name: str, last_reply: int | None) -> Any:
+    p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
+    p.connection_made(RecordingTransport(name))
+    p.clear_deadline()
+    cp.terminal_hello(p, name, last_reply)
+    return p
+
+
+def journalled(cp: Any) -> list[list[Any]]:
+    """What the CP appends to its journal from now on."""
+    recs: list[list[Any]] = []
+    real = cp.journal.append
+
+    def append(payload: list[Any], done: Any = None, lazy: bool = False) -> int:
+        recs.append(payload)
+        return int(real(payload, done, lazy))
+
+    cp.journal.append = append
+    return recs
+
+
+def replies(p: Any) -> list[dict[str, Any]]:
+    p.flush()
+    return [f for f in p.transport.frames() if f.get("t") == "reply"]
+
+
+async def test_a_confirmation_does_not_go_past_a_message_still_unanswered(tmp_path: Path) -> None:
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active")
+    p = terminal(cp, "T00001", 0)
+    term = cp.terms["T00001"]
+    for mid in (1, 2, 3):
+        cp.terminal_msg(term, mid, f"m{mid}")
+    recs = journalled(cp)
+    cp.host_reply(h, "T00001", 2, "r2")  # answered out of order: 1 still waits
+    cp.terminal_confirm(term, 3)  # a terminal that claims replies it cannot hold
+    assert term.confirmed == 0 and 2 in term.replies
+    assert [r for r in recs if r[0] == "c"] == []
+    cp.host_reply(h, "T00001", 1, "r1")
+    cp.terminal_confirm(term, 3)  # 1 and 2 answered now, 3 is not
+    assert term.confirmed == 2 and not term.replies
+    assert [r for r in recs if r[0] == "c"] == [["c", "T00001", 2]]
+    cp.host_reply(h, "T00001", 3, "r3")
+    assert [(r["id"], r["data"]) for r in replies(p)] == [(2, "r2"), (1, "r1"), (3, "r3")]  # every reply sent
+    h.connection_lost(None)
+    await asyncio.sleep(0)
+
+
+async def test_a_terminal_that_stops_resuming_gets_its_kept_replies_marked_and_its_waiting_message_kept(tmp_path: Path) -> None:
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active")
+    p = terminal(cp, "T00001", 0)
+    term = cp.terms["T00001"]
+    for mid in (1, 2):
+        cp.terminal_msg(term, mid, f"m{mid}")
+    cp.host_reply(h, "T00001", 2, "r2")  # kept, unconfirmed; 1 still waits
+    p.connection_lost(None)
+    recs = journalled(cp)
+    q = terminal(cp, "T00001", None)  # hello without last_reply
+    assert [(r["id"], r.get("resent")) for r in replies(q)] == [(2, True)]
+    assert [r for r in recs if r[0] == "c" and r[2] >= 1] == []  # nothing that would drop message 1
+    assert list(term.held) == [1]
+    cp.host_reply(h, "T00001", 1, "r1")
+    assert [(r["id"], r["data"]) for r in replies(q)] == [(2, "r2"), (1, "r1")]
+    h.connection_lost(None)
+    await asyncio.sleep(0)
