@@ -2,7 +2,8 @@
 in-process through the CP's own code: never past a message this CP accepted and has not yet
 answered, whatever the terminal says, so that no "c" record can drop that message at a later
 recovery; and a terminal that resumed and then says hello without `last_reply` gets what was
-kept for it marked `resent` (it may hold those replies already)."""
+kept for it marked `resent` (it may hold those replies already). And a message too large to be
+delivered to a host is refused at the terminal link, not acknowledged."""
 
 from __future__ import annotations
 
@@ -83,5 +84,38 @@ async def test_a_terminal_that_stops_resuming_gets_its_kept_replies_marked_and_i
     assert list(term.held) == [1]
     cp.host_reply(h, "T00001", 1, "r1")
     assert [(r["id"], r["data"]) for r in replies(q)] == [(2, "r2"), (1, "r1")]
+    h.connection_lost(None)
+    await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("kind", ["bytes", "text"])
+async def test_a_message_too_large_to_deliver_is_refused_not_acknowledged(tmp_path: Path, kind: str) -> None:
+    """A message whose data would not fit, with the fields around it, in the deliver frame to a
+    host of the same max_frame is refused with an error that names the limit and the fix, never
+    acknowledged (it would break the active's link at every re-delivery); the largest one taken
+    is delivered in a frame the host's decoder accepts."""
+    from hsb.wire.framing import Decoder, encode
+
+    cp = cp_core(tmp_path, 2, cp="max_frame = 4096\n")
+    h = fake_host(cp, "host-a", "active", record=True)
+    p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None, max_frame=4096)
+    p.connection_made(RecordingTransport("T00001"))
+    p.clear_deadline()
+    p.data_received(encode({"t": "hello", "terminal": "T00001", "last_reply": 0}))
+    term = cp.terms["T00001"]
+    assert term.conn is p
+    unit = b"x" if kind == "bytes" else "\u00e9"  # two bytes in UTF-8
+    size = len(unit.encode()) if isinstance(unit, str) else 1
+    p.data_received(encode({"t": "msg", "id": 1, "data": unit * (p.max_data // size)}))
+    assert list(term.held) == [1] and not p.closed
+    p.data_received(encode({"t": "msg", "id": 2, "data": unit * (p.max_data // size + 1)}))
+    p.flush()
+    err = [f for f in p.transport.frames() if f["t"] == "error"]
+    assert err and err[0]["code"] == "message_too_large" and "max_frame" in err[0]["msg"] and p.closed
+    assert list(term.held) == [1] and [f["id"] for f in p.transport.frames() if f["t"] == "ack"] == [1]
+    cp._deliver(term, term.held[1], h)  # what the host is sent for the one taken fits its decoder
+    h.flush()
+    sent = Decoder(4096).feed(bytes(h.transport.data))
+    assert any(f["t"] in ("deliver", "deliver_batch") for f in sent)
     h.connection_lost(None)
     await asyncio.sleep(0)

@@ -34,6 +34,10 @@ class TerminalProtocol(FramedProtocol):
         # its kept replies at the bound: frames other than confirm wait here, in order, while
         # confirms are still read and taken (the only way the bound is left); None: not parking
         self.parked: list[dict[str, Any]] | None = None
+        # a message's data must fit, with the fields around it, in the deliver frame to a host
+        # (whose max_frame is set the same): one that did not would break the active's link at
+        # each re-delivery, and the standby's after a switch (as the hosts limit replies)
+        self.max_data = max(self.decoder.max_frame - 1024, self.decoder.max_frame // 2)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -89,6 +93,12 @@ class TerminalProtocol(FramedProtocol):
         data = require(msg, "data", (bytes, str))
         if not 0 < mid <= ID_MAX:
             raise ProtocolError("bad_fields", f"msg: id must be 1..{ID_MAX}")
+        if len(data) > self.max_data // 4 and (len(data) if isinstance(data, bytes) else len(data.encode())) > self.max_data:
+            raise ProtocolError(
+                "message_too_large",
+                f"msg {mid}: data larger than {self.max_data} bytes, which the CP cannot deliver to a host"
+                " (send less, or raise max_frame on the CP and both hosts)",
+            )
         self.cp.terminal_msg(self.term, mid, data)
 
     def on_confirm(self, msg: dict[str, Any]) -> None:
