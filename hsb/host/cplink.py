@@ -168,7 +168,12 @@ class CPLink:
                     msg = await fs.recv(timeout=self.timeout if faults.SELF_FENCING else None)
                     self.last_rx = time.monotonic()
                     if msg["t"] != "hb":
-                        self.on_frame(msg)
+                        try:
+                            self.on_frame(msg)
+                        except Exception as exc:  # a field missing or of the wrong type (another version, a bug)
+                            raise ProtocolError(
+                                "bad_fields", f"a {str(msg['t'])[:32]!r} frame this host cannot take: {type(exc).__name__}: {str(exc)[:200]}"
+                            ) from exc
                     elif isinstance(msg.get("ack"), int):
                         self.on_answer(msg["ack"])
             except TimeoutError:
@@ -177,6 +182,10 @@ class CPLink:
                 why = "eof"
             except ProtocolError as exc:
                 why = f"protocol error from CP: {exc}"
+                try:  # said to the CP too, if it can be (then the link closes, and is made again)
+                    fs.send(exc.frame())
+                except Exception:  # noqa: BLE001,S110 - the link is going anyway
+                    pass
             except (ConnectionError, OSError, RuntimeError) as exc:
                 why = f"{type(exc).__name__}"
             finally:

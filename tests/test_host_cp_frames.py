@@ -1,0 +1,60 @@
+"""A frame from the CP that the host cannot take (a field missing or of the wrong type: another
+version, a bug) drops the CP link the way any other loss does: the host's link-loss handling
+runs (deliveries cancelled, the lease and registration reset), the CP is told why, and the host
+connects and registers again. It once only logged `cp_link_error` and reconnected, with the host
+still thinking itself registered and granted. CP and both hosts in-process (tests/support/inproc)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.config import load
+from hsb.cp.config import CPConfig
+from hsb.cp.server import CPServer
+from hsb.host.server import HostServer
+from hsb.service.builtin import EchoService
+from tests.support.inproc import start_pair, stop_pair
+from tests.support.procs import SECRET, cp_config
+from tests.test_host_switchover_refused import established, until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"t": "deliver_batch", "items": [["T00001", 1, "x"]]},  # an item short of its flag
+        {"t": "session_closed"},  # no terminal
+        {"t": "registered", "role": "active", "epoch": "one"},  # an epoch that is no number
+    ],
+    ids=["short_item", "no_terminal", "bad_epoch"],
+)
+async def test_a_frame_the_host_cannot_take_is_a_link_loss_not_a_silent_reconnect(tmp_path: Path, frame: dict[str, Any]) -> None:
+    cp = CPServer(load(cp_config(tmp_path, terminals=10, host_timeout=0.5), CPConfig), SECRET)
+    hosts: dict[str, HostServer] = {}
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        await start_pair(tmp_path, cp, hosts, tasks, records=64, service=EchoService)
+        a, b = hosts["host-a"], hosts["host-b"]
+        await until(lambda: established(a, b), "hot standby")
+        core = cp.cp
+        assert core is not None
+        core.set_paused(True, "test")  # host-a comes back as the active: nobody takes over meanwhile
+        downs: list[str] = []
+        real_down = a.cp.on_down
+        a.cp.on_down = lambda why: (downs.append(why), real_down(why))[1]
+        link = core.active
+        assert link is not None and link.name == "host-a"
+        link.send(frame)
+        await until(lambda: bool(downs), "the host's link-loss handling")
+        assert "bad_fields" in downs[0] and frame["t"] in downs[0], downs
+        await until(lambda: core.active is not None and core.active is not link and core.active.usable and a.ha.registered, "host-a registered again")
+        assert a.ha.role == "active" and b.ha.role == "standby"
+        core.set_paused(False, "test")
+        await until(lambda: established(a, b), "hot standby again")
+    finally:
+        await stop_pair(cp, hosts, tasks)
