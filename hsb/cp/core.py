@@ -229,6 +229,10 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
     def _make_active(self, host: HostProtocol) -> int:
         """`host` holds the active role from now on, at a new epoch (returned); no loss pending."""
         epoch = self._raise_epoch(host.name)
+        for h in (self.active, host):  # an adoption under the epoch before ends with it (hsb.cp.adopt):
+            if h is not None and h.adopting:  # its last frame may never come, and logons would wait for it
+                h.adopting = False
+                h.adopt_waiting = []
         self.active = host
         host.role = "active"
         host.epoch = epoch

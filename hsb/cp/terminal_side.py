@@ -58,6 +58,10 @@ class TerminalSide:
         active = self.active if self.active is not None and self.active.usable and self.announced else None
         welcome = {"t": "welcome", "terminal": name, "last_acked": term.durable_acked}
         adopted = term.active is not None and active is not None and term.active.host is active
+        if term.active is not None and not term.active.host.usable:
+            # adopted for it by an active since lost, and kept for a flip: this connection was never
+            # told of that session, so the flip must open one (or ask for one), not say `switched`
+            term.active = None
         if active is not None and not adopted:
             proto.send_soon(welcome, WELCOME_WAIT_S)
         else:

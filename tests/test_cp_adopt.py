@@ -1,0 +1,87 @@
+"""The adoption of the active's open sessions (hsb.cp.adopt), driven in-process through the CP's
+own code: an adoption cut short by a change of the active role must not leave terminals without
+their session afterwards, and a session adopted for a terminal not yet back, whose active is then
+lost, must not make the grant treat that terminal as one that was told of its session."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.cp.terminal_link import TerminalProtocol
+from tests.support.cpcore import cp_core, fake_host, fake_terminal
+from tests.support.transports import RecordingTransport
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_an_active_demoted_during_its_adoption_gets_session_requests_when_active_again(tmp_path: Path) -> None:
+    """An active demoted (a planned switchover) before its last `adopt` frame never sends it; made
+    active again on the same link, a terminal that logs on must still get its session (it waited
+    for an adoption that had ended with the epoch)."""
+    cp = cp_core(tmp_path, 3, cp="resume_window = 5\n")
+    a = fake_host(cp, "host-a", record=True)
+    a.adopts = True
+    cp.host_register(a, "active", 1)
+    assert a.adopting
+    b = fake_host(cp, "host-b", "standby")
+    cp.host_release(a)
+    cp.host_handover(a, wait=False)  # a demoted before its last adopt frame
+    cp.settle_flip()
+    assert cp.active is b
+    cp.host_release(b)
+    cp.host_handover(b, wait=False)  # a is the active again
+    cp.settle_flip()
+    assert cp.active is a
+    fake_terminal(cp, "T00001")
+    a.flush()
+    assert any(f["t"] == "session_request" and f["terminal"] == "T00001" for f in a.transport.frames())
+    await asyncio.sleep(0)
+
+
+def terminal(cp: Any, name: str) -> Any:
+    p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
+    p.connection_made(RecordingTransport(name))
+    p.clear_deadline()
+    cp.terminal_hello(p, name, 0)
+    return p
+
+
+@pytest.mark.parametrize("standby_capable", [True, False])
+async def test_a_terminal_back_while_its_adopted_sessions_host_is_lost_is_opened_at_the_grant_not_switched(
+    tmp_path: Path, standby_capable: bool
+) -> None:
+    """The active adopted a session for a terminal not yet back, then its link was lost; the
+    terminal comes back before the standby is granted. This connection was never told of that
+    session: the grant must open one (or ask the new active for one), not send `switched` to a
+    terminal without a session, or close it as if it had an active session without a standby one."""
+    cp = cp_core(tmp_path, 2, cp="resume_window = 30\n", standby_capable=standby_capable)
+    a = fake_host(cp, "host-a")
+    a.adopts = True
+    cp.host_register(a, "active", 1)
+    b = fake_host(cp, "host-b", "standby", record=True)
+    cp.host_adopt(a, [("T00001", {})], last=True)
+    assert cp.terms["T00001"].active is not None
+    if standby_capable:
+        cp.host_open(b, "T00001", "standby", {})
+    a.connection_lost(None)
+    t = terminal(cp, "T00001")
+    cp.host_switchover(b, "lost", False)
+    deadline = asyncio.get_running_loop().time() + 5
+    while cp.active is not b or not cp.announced:
+        assert asyncio.get_running_loop().time() < deadline, "never granted"
+        await asyncio.sleep(0.01)
+    cp.settle_flip()
+    assert not t.closed, "closed as if it had an active session"
+    cp._send_owed_notice(cp.terms["T00001"])
+    t.flush()
+    got = [f for f in t.transport.frames() if f["t"] in ("session", "switched")]
+    if standby_capable:
+        assert [(f["t"], f.get("state")) for f in got] == [("session", "open")], got
+    else:
+        b.flush()
+        assert any(f["t"] == "session_request" and f["terminal"] == "T00001" for f in b.transport.frames())
+    await asyncio.sleep(0)
