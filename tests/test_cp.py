@@ -789,3 +789,17 @@ async def _keeps(cp: Proc) -> None:
         assert sw and not t.closed
     rec = (await status(cp))["last_switchover"]
     assert rec["switched"] == 2 and rec["classic"] == 0, rec
+
+
+async def test_a_host_not_yet_registered_hears_from_the_cp(cp: Proc) -> None:
+    """A host link authenticated and not yet registered (the host's HA loop busy) gets a sign of
+    life for its heartbeats, renewing no lease: a CP silent to it would be taken for a dead one
+    and the link made again, over and over."""
+    fs = await FrameStream.connect(*addr(cp.info["host"]))
+    try:
+        await fs.authenticate(SECRET, "host", "host-a")
+        fs.send({"t": "hb", "n": 7})
+        got = await fs.recv(timeout=5)
+        assert got == {"t": "hb"}  # no ack: no lease renewed before registration
+    finally:
+        await fs.aclose()

@@ -58,3 +58,36 @@ async def test_a_frame_the_host_cannot_take_is_a_link_loss_not_a_silent_reconnec
         await until(lambda: established(a, b), "hot standby again")
     finally:
         await stop_pair(cp, hosts, tasks)
+
+
+async def test_a_host_whose_ha_loop_was_held_up_registers_once_on_the_live_link(tmp_path: Path) -> None:
+    """The CP link dropped and came back while the HA loop was held up: the `cp_up` events of the
+    links since lost are stale. Only the live link's one sends `register`; a second register on
+    that link would be refused (bad_role) and the link closed."""
+    cp = CPServer(load(cp_config(tmp_path, terminals=10, host_timeout=0.5), CPConfig), SECRET)
+    hosts: dict[str, HostServer] = {}
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        await start_pair(tmp_path, cp, hosts, tasks, records=64, service=EchoService)
+        a, b = hosts["host-a"], hosts["host-b"]
+        await until(lambda: established(a, b), "hot standby")
+        core = cp.cp
+        assert core is not None
+        tasks[2].cancel()  # host-b's HA loop held up
+        await asyncio.gather(tasks[2], return_exceptions=True)
+        for _ in range(2):  # its CP link lost and made again, twice, meanwhile
+            n = b.cp.connects
+            link = next(h for h in cp.hosts if h.name == "host-b" and not h.closed)
+            link.abort()
+            await until(lambda n=n: b.cp.connects > n and b.cp.up, "host-b's link made again")
+        assert [k for k, _ in b.ha.events].count("cp_up") == 2
+        registers: list[dict[str, Any]] = []
+        real_send = b.cp.send
+        b.cp.send = lambda msg: (registers.append(msg) if msg.get("t") == "register" else None, real_send(msg))[1]
+        tasks.append(asyncio.ensure_future(b.ha.run()))
+        await until(lambda: core.standby is not None and core.standby.name == "host-b" and b.ha.registered, "host-b registered again")
+        await until(lambda: established(a, b), "hot standby again")
+        assert len(registers) == 1, registers
+        assert core.standby is not None and not core.standby.closed
+    finally:
+        await stop_pair(cp, hosts, tasks)

@@ -138,6 +138,10 @@ class HostProtocol(AuthServerProtocol):
             # (a replaced active is fenced from the grant on, before its record is durable and
             # it is told: an answer now would renew its lease beside the new active's)
             self.send({"t": "hb", "ack": n})
+        elif self.authed and self.role is None and not self.fenced:
+            # not registered yet (its HA loop busy, say): a sign of life, renewing no lease, so
+            # that the host does not take a silent CP for a dead one and connect again
+            self.send({"t": "hb"})
 
     def on_open_session(self, msg: dict[str, Any]) -> None:
         attrs = msg.get("attrs", {})

@@ -222,7 +222,14 @@ class HA(LeaseSide, SwitchSide, HAView):
             self.granted = False
             self.srv.delivery.cancel()
 
-    async def ev_cp_up(self) -> None:
+    async def ev_cp_up(self, link: int = 0) -> None:
+        cp = self.srv.cp
+        if link and (link != cp.connects or cp.fs is None):
+            # a link since lost (this loop was held up meanwhile): the register goes on the link
+            # it came up with, once; a second one on the live link would be refused (bad_role)
+            # and that link closed
+            log.debug("cp_up_stale", link=link, current=cp.connects)
+            return
         role = self.role if self.role in ("active", "standby") else self.started_role
         self.register_sent_at = time.monotonic()
         self.srv.cp.send(

@@ -61,7 +61,7 @@ class HostServer:
             interval=h.heartbeat_interval,
             timeout=h.heartbeat_timeout,
             max_frame=h.max_frame,
-            on_up=lambda: self.ha.post("cp_up"),
+            on_up=lambda: self.ha.post("cp_up", link=self.cp.connects),
             on_frame=self._cp_frame,
             on_down=self._cp_down,
             lease=self.ha.lease,
