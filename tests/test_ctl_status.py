@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from hsb.ctl import sandbox
 from tests.support.procs import wait_for
 
@@ -146,3 +148,61 @@ def test_a_standby_cut_off_from_the_cp_is_not_hot_standby() -> None:
     assert summarize(cp, hosts(True))["exit_status"] == 0
     cut = summarize(cp, hosts(False))
     assert not cut["established"] and cut["exit_status"] == 1
+
+
+def _pair() -> list[dict[str, Any]]:
+    return [
+        {"reachable": True, "name": "a", "role": "active", "state": "established", "serving": True, "epoch": 1},
+        {"reachable": True, "name": "b", "role": "standby", "state": "established", "epoch": 1},
+    ]
+
+
+def test_the_verdict_says_what_it_cannot_know_and_what_is_critical() -> None:
+    """Exit statuses as a monitoring plugin reads them: hosts never asked make the verdict unknown
+    (3), not "not serving"; two actives at once are critical (2), not a warning; a CP whose journal
+    cannot be written acknowledges nothing, so nothing new is served (2), not "established"."""
+    from hsb.ctl.gather import summarize
+
+    cp = {"reachable": True, "role": "cp", "state": "serving", "epoch": 1, "journal": {"durability": "fsync", "state": "ok"}}
+    assert summarize(dict(cp), _pair())["exit_status"] == 0
+    only_cp = summarize(dict(cp), [])
+    assert only_cp["exit_status"] == 3 and [u["name"] for u in only_cp["unknown"]] == ["hosts"]
+    two = _pair()
+    two[1].update(role="active", serving=True)
+    assert summarize(dict(cp), two)["exit_status"] == 2
+    for state in ("failing", "stalled"):
+        stuck = summarize({**cp, "journal": {"durability": "fsync", "state": state}}, _pair())
+        assert not stuck["serving"] and stuck["exit_status"] == 2
+    assert summarize({**cp, "journal": {"durability": "none"}}, _pair())["exit_status"] == 0
+
+
+def test_status_of_a_shape_hsbctl_cannot_read_is_unknown_not_a_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A daemon (of another version, say) that answers a status without the fields hsbctl shows,
+    or without a status at all, gives UNKNOWN (exit 3) and a line saying so, never a traceback
+    (exit 1, which a monitor reads as a warning); an unreadable secret file is an error naming it."""
+    from click.testing import CliRunner
+
+    from hsb.ctl import gather, status
+    from hsb.ctl.main import main as cli
+
+    secret = tmp_path / "s"
+    secret.write_text("secret\n")
+    secret.chmod(0o600)
+
+    async def half(*a: Any, **kw: Any) -> dict[str, Any]:
+        return gather.summarize({"reachable": True, "state": "serving", "journal": {"state": "ok"}}, _pair())
+
+    monkeypatch.setattr(status, "status_all", half)
+    r = CliRunner().invoke(cli, ["--cp", "127.0.0.1:1", "--host", "127.0.0.1:2", "--host", "127.0.0.1:3", "--secret-file", str(secret), "status"])
+    assert r.exit_code == 3 and "cannot read" in r.output and "Traceback" not in r.output, r.output
+
+    async def no_status(*a: Any, **kw: Any) -> dict[str, Any]:
+        return {"t": "ok", "data": ["not", "a", "map"]}
+
+    monkeypatch.setattr(gather, "ask", no_status)
+    st = asyncio.run(gather.status_all("127.0.0.1:1", ["127.0.0.1:2", "127.0.0.1:3"], str(secret)))
+    assert st["exit_status"] == 3 and all("without a status" in u["error"] for u in st["unknown"])
+
+    monkeypatch.setattr(Path, "read_bytes", lambda self: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    r = CliRunner().invoke(cli, ["--cp", "127.0.0.1:1", "--secret-file", str(secret), "status"])
+    assert r.exit_code == 3 and "cannot be read" in r.output and str(secret) in r.output, r.output

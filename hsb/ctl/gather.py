@@ -66,7 +66,7 @@ async def serving_cp(
         if ans.get("reachable") is False:
             seen.append({"addr": a, "reachable": False, "error": ans.get("error")})
             continue
-        d = ans.get("data", {})
+        d = ans.get("data") if isinstance(ans.get("data"), dict) else {}
         state = d.get("cp_state") or ("waiting" if d.get("state") == "waiting" else "serving")
         seen.append(
             {
@@ -100,7 +100,13 @@ async def status_all(
             ans = await ask(addr, secret, {"t": "status"}, timeout, ssl=ssl)
         if ans.get("reachable") is False:
             return ans
-        data = dict(ans.get("data", {}))
+        if not isinstance(ans.get("data"), dict) or not isinstance(ans["data"].get("state"), str):
+            return {
+                "reachable": False,
+                "addr": addr,
+                "error": f"answered without a status ({str(ans)[:80]}): is that an hsb daemon's admin port, of this version?",
+            }
+        data = dict(ans["data"])
         data["reachable"] = True
         data["addr"] = addr
         return data
@@ -149,7 +155,10 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> dict[str, Any]
     ]
     standbys = [h for h in hosts if h.get("reachable") and h.get("role") == "standby"]
     cp_ok = bool(cp.get("reachable"))
-    serving = cp_ok and cp.get("state") == "serving" and bool(actives)
+    # a CP whose journal cannot be written acknowledges nothing: terminals wait, nothing new is served
+    journal = cp.get("journal") if isinstance(cp.get("journal"), dict) else {}
+    journal_ok = journal.get("durability") == "none" or journal.get("state", "ok") == "ok"
+    serving = cp_ok and cp.get("state") == "serving" and journal_ok and bool(actives)
     # a standby cut off from the CP (registered_at_cp false) could not take over: not established
     established = (
         serving
@@ -165,15 +174,19 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> dict[str, Any]
                 sb["ring_lag"] = max(0, rw["last_seq"] - (rr["next_seq"] - 1))
     unknown = [] if cp_ok else [("CP", cp.get("addr", "-"), cp.get("error"))]
     unknown += [(h["name"], h.get("addr", "-"), h.get("error")) for h in hosts if not h.get("reachable")]
+    if not hosts:  # only the CP asked: nothing can be said of the hosts
+        unknown.append(("hosts", "-", "none named (give --host twice, or hosts in the ctl config)"))
+    two = [h["name"] for h in actives] if len(actives) > 1 else []
     return {
         "established": established,
         "serving": serving,
         # daemons that could not be asked: the verdict is then unknown (exit 3)
         "unknown": [{"name": n, "addr": a, "error": e} for n, a, e in unknown],
         # two hosts both serving with a valid lease at once: must never happen
-        "two_actives": [h["name"] for h in actives] if len(actives) > 1 else [],
-        # as monitoring plugins do: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN
-        "exit_status": 3 if unknown else 0 if established else 1 if serving else 2,
+        "two_actives": two,
+        # as monitoring plugins do: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (two actives: critical,
+        # whatever else could not be asked)
+        "exit_status": 2 if two else 3 if unknown else 0 if established else 1 if serving else 2,
         "cp": cp,
         "hosts": hosts,
     }

@@ -195,6 +195,19 @@ def render(st: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def shown(st: dict[str, Any]) -> str:
+    """`render(st)`, or, for answers of a shape it does not know (a daemon of another version),
+    the verdict and the raw status with a line saying so: never a traceback."""
+    try:
+        return render(st)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        st["exit_status"] = 3
+        return (
+            f"hsb: UNKNOWN (a daemon answered a status this hsbctl cannot read: {type(exc).__name__} {exc};"
+            " is it of another version?)\n" + json.dumps(st, indent=2, default=str)
+        )
+
+
 def run_status(target: Target, as_json: bool, watch: bool, interval: float = 0.5) -> int:
     assert target.secret_file is not None
 
@@ -203,13 +216,13 @@ def run_status(target: Target, as_json: bool, watch: bool, interval: float = 0.5
 
     if not watch:
         st = once()
-        click.echo(json.dumps(st, indent=2, default=str) if as_json else render(st))
+        click.echo(json.dumps(st, indent=2, default=str) if as_json else shown(st))
         return int(st["exit_status"])
     last = None
     try:
         while True:
             st = once()
-            text = json.dumps(st, default=str) if as_json else render(st)
+            text = json.dumps(st, default=str) if as_json else shown(st)
             key = _stable(st)  # ignores fields that change every poll (ages, timestamps)
             if key != last:
                 last = key

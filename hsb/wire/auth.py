@@ -26,11 +26,16 @@ def load_secret(path: str | os.PathLike[str]) -> bytes:
         st = p.stat()
     except FileNotFoundError:
         raise SecretFileError(f"secret file {p} does not exist; create it with 'head -c 32 /dev/urandom | base64 > {p}; chmod 600 {p}'") from None
+    except OSError as exc:
+        raise SecretFileError(f"secret file {p} cannot be read: {exc.strerror or exc} (check the directories' permissions)") from None
     if not stat.S_ISREG(st.st_mode):
         raise SecretFileError(f"secret file {p} is not a regular file")
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise SecretFileError(f"secret file {p} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):o}); run 'chmod 600 {p}'")
-    data = p.read_bytes().strip()
+    try:
+        data = p.read_bytes().strip()
+    except OSError as exc:  # another user's file (mode 600): run as its owner
+        raise SecretFileError(f"secret file {p} cannot be read: {exc.strerror or exc} (run as the user that owns it, or as root)") from None
     if not data:
         raise SecretFileError(f"secret file {p} is empty; put a random secret in it")
     return data
