@@ -66,7 +66,7 @@ async def serving_cp(
         if ans.get("reachable") is False:
             seen.append({"addr": a, "reachable": False, "error": ans.get("error")})
             continue
-        d = ans.get("data") if isinstance(ans.get("data"), dict) else {}
+        d: dict[str, Any] = ans["data"] if isinstance(ans.get("data"), dict) else {}
         state = d.get("cp_state") or ("waiting" if d.get("state") == "waiting" else "serving")
         seen.append(
             {
@@ -156,7 +156,7 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> dict[str, Any]
     standbys = [h for h in hosts if h.get("reachable") and h.get("role") == "standby"]
     cp_ok = bool(cp.get("reachable"))
     # a CP whose journal cannot be written acknowledges nothing: terminals wait, nothing new is served
-    journal = cp.get("journal") if isinstance(cp.get("journal"), dict) else {}
+    journal: dict[str, Any] = cp["journal"] if isinstance(cp.get("journal"), dict) else {}
     journal_ok = journal.get("durability") == "none" or journal.get("state", "ok") == "ok"
     serving = cp_ok and cp.get("state") == "serving" and journal_ok and bool(actives)
     # a standby cut off from the CP (registered_at_cp false) could not take over: not established
