@@ -91,3 +91,40 @@ async def test_a_host_whose_ha_loop_was_held_up_registers_once_on_the_live_link(
         assert core.standby is not None and not core.standby.closed
     finally:
         await stop_pair(cp, hosts, tasks)
+
+
+async def test_an_active_registered_again_at_a_cp_that_keeps_no_sessions_closes_its_own(tmp_path: Path) -> None:
+    """With `resume_window = 0` (or a CP of before) the CP keeps none of the active's sessions when
+    its link is made again: the host closes its own too, so a terminal gone meanwhile is not left
+    active on the host for ever (named in every batch, carried to the standby), and one still
+    connected is opened again when the CP asks."""
+    from hsb.host.sessions import ACTIVE
+    from tests.support.hostclient import FakeTerminal
+
+    cp = CPServer(load(cp_config(tmp_path, terminals=10, host_timeout=0.5, resume_window=0), CPConfig), SECRET)
+    hosts: dict[str, HostServer] = {}
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        await start_pair(tmp_path, cp, hosts, tasks, records=64, service=EchoService)
+        a, b = hosts["host-a"], hosts["host-b"]
+        await until(lambda: established(a, b), "hot standby")
+        core = cp.cp
+        assert core is not None
+        core.set_paused(True, "test")
+        gone = await FakeTerminal.connect(cp.bound["terminal"], "T00001")
+        stays = await FakeTerminal.connect(cp.bound["terminal"], "T00002")
+        for t in (gone, stays):
+            await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        sessions = a.sessions_ctl.sessions
+        assert sessions.get("T00001").state == ACTIVE and sessions.get("T00002").state == ACTIVE
+        link = core.active
+        assert link is not None
+        link.abort()
+        await gone.close()
+        await until(lambda: core.active is not None and core.active is not link and core.active.usable and a.ha.registered, "host-a registered again")
+        await until(lambda: sessions.get("T00002").state == ACTIVE and core.terms["T00002"].active is not None, "T00002 opened again")
+        await until(lambda: sessions.get("T00001").state != ACTIVE, "T00001 closed at the host")
+        core.set_paused(False, "test")
+        await stays.close()
+    finally:
+        await stop_pair(cp, hosts, tasks)

@@ -251,6 +251,18 @@ class SessionsCtl:
             self.srv.takeover.ring_change(name, ts.attrs, False)
         self._hook(self.srv.service.close_session, name)
 
+    def close_unkept(self) -> int:
+        """Registered as the active at a CP that did not keep our sessions: each one still open here
+        is closed (its close hook, its ring entry), as the CP closed it with the old link. Left
+        open, a terminal gone meanwhile would stay active here for ever, named in every batch and
+        carried to the standby; one still connected is asked for again, and opened again."""
+        names = [ts.name for ts in self.sessions.in_state(ACTIVE)]
+        for name in names:
+            self.active_closed(name, "not kept by the CP")
+        if names:
+            log.info("active_sessions_closed", sessions=len(names), reason="the CP registered this host without keeping its sessions")
+        return len(names)
+
     def cp_lost(self) -> None:
         self.pending_standby.clear()
         self.answered.set()
