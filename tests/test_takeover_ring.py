@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import random
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -507,3 +509,35 @@ class RingModel(RuleBasedStateMachine):
 
 RingModel.TestCase.settings = settings(max_examples=80, stateful_step_count=50, deadline=None)
 TestRingModel = RingModel.TestCase
+
+
+async def test_ring_entries_waiting_on_failing_storage_stay_one_per_terminal(tmp_path: Path) -> None:
+    """While the takeover storage fails, the active keeps every ring entry to write once it can,
+    but only each terminal's last one (an entry sets a state): 10,000 opens and closes of 10
+    terminals leave 10 entries waiting, not 10,000, the last state of each."""
+    from hsb.host.config import TakeoverSection
+    from hsb.host.takeover_io import TakeoverIO
+
+    tio = TakeoverIO(TakeoverSection(path=str(tmp_path / "t.dat"), records=64), 10, "host-a")
+    tries = 0
+
+    async def failing(group: Any) -> None:
+        nonlocal tries
+        tries += 1
+        raise OSError(5, "Input/output error")
+
+    tio.store.append = failing  # type: ignore[method-assign]
+    tio.start_ring_writer(1)
+    try:
+        for i in range(10_000):
+            tio.ring_change(f"T{i % 10}", {"n": i}, i % 2 == 0)
+        deadline = asyncio.get_running_loop().time() + 10
+        while tries < 2:
+            assert asyncio.get_running_loop().time() < deadline, "the writer never tried again"
+            await asyncio.sleep(0.01)
+        assert len(tio.pending) == 10
+        assert {e.terminal: (e.attrs["n"], e.open) for e in tio.pending} == {f"T{k}": (9990 + k, k % 2 == 0) for k in range(10)}
+    finally:
+        tio.stop_ring_writer()
+        assert tio.flusher is not None
+        tio.flusher.cancel()

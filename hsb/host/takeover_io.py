@@ -27,6 +27,17 @@ log = structlog.get_logger("hsb.host")
 OFF, BUFFERING, WRITING = "off", "buffering", "writing"
 
 
+def latest_per_terminal(entries: list[SessionEntry]) -> list[SessionEntry]:
+    """Each terminal's last entry, in the order of those last entries: a ring entry sets the
+    terminal's state, so while storage fails the entries waiting stay bounded by the terminals
+    (not by the opens and closes meanwhile) and mean the same to the standby once written."""
+    last: dict[str, SessionEntry] = {}
+    for e in entries:
+        last.pop(e.terminal, None)
+        last[e.terminal] = e
+    return list(last.values())
+
+
 class TakeoverIO:
     def __init__(self, cfg: TakeoverSection, own_total: int, host_name: str) -> None:
         self.cfg = cfg
@@ -99,8 +110,8 @@ class TakeoverIO:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    if self.mode == WRITING:
-                        self.pending = group + self.pending  # keep them: nothing may be skipped
+                    if self.mode == WRITING:  # keep them: nothing may be skipped, but each entry
+                        self.pending = latest_per_terminal(group + self.pending)  # only sets a state
                     self.last_error = str(exc)
                     log.error("ring_write_failed", error=str(exc), pending=len(self.pending))
                     await asyncio.sleep(backoff.next())
