@@ -142,3 +142,53 @@ async def test_a_stop_whose_handover_is_refused_stops_at_once_not_after_the_time
         assert b.ha.role == "standby"  # a normal stop: nobody was made active by it
 
     await _run(tmp_path, body)
+
+
+async def test_a_handover_after_replies_that_did_not_finish_cancels_them(tmp_path: Path) -> None:
+    """A planned switchover whose wait for the replies in progress ran out hands over anyway; the
+    old active's handlers still running are cancelled when it is demoted: the CP re-delivers the
+    message to the new active (marked), and no late reply of the old active reaches the CP after
+    the grant (it would be refused, and the old active's link closed, its kept standby sessions
+    lost)."""
+    from tests.support.hostclient import FakeTerminal
+
+    release = asyncio.Event()
+    cancelled: list[int] = []
+
+    class SlowOnA(EchoService):
+        async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
+            if self.host == "host-a":
+                try:
+                    await release.wait()
+                except asyncio.CancelledError:
+                    cancelled.append(message_id)
+                    raise
+            return f"{self.host}:{data}:{redelivered}"
+
+    cp = CPServer(load(cp_config(tmp_path, terminals=10, host_timeout=0.5), CPConfig), SECRET)
+    hosts: dict[str, HostServer] = {}
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        await start_pair(tmp_path, cp, hosts, tasks, records=64, service=SlowOnA)
+        a, b = hosts["host-a"], hosts["host-b"]
+        await until(lambda: established(a, b), "hot standby")
+        core = cp.cp
+        assert core is not None
+        t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")
+        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        t.send({"t": "msg", "id": 1, "data": "x"})
+        await until(lambda: a.delivery.in_flight == 1, "host-a processing")
+        a_link = core.active
+        drain = a.delivery.drain
+        a.delivery.drain = lambda timeout: drain(0.2)  # type: ignore[method-assign]  # (10 s)
+        a.ha.post("switchover")
+        await until(lambda: b.ha.role == "active" and a.ha.role == "standby", "the switchover")
+        r = await t.wait(lambda m: m["t"] == "reply")
+        assert r["data"] == "host-b:x:True", r
+        await until(lambda: cancelled == [1], "the old active's handler cancelled at its demotion")
+        assert a_link is not None and not a_link.closed and core.standby is a_link
+        assert [m["id"] for m in t.inbox if m["t"] == "reply"] == [1]
+        await t.close()
+    finally:
+        release.set()
+        await stop_pair(cp, hosts, tasks)
