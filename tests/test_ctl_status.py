@@ -206,3 +206,13 @@ def test_status_of_a_shape_hsbctl_cannot_read_is_unknown_not_a_traceback(monkeyp
     monkeypatch.setattr(Path, "read_bytes", lambda self: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
     r = CliRunner().invoke(cli, ["--cp", "127.0.0.1:1", "--secret-file", str(secret), "status"])
     assert r.exit_code == 3 and "cannot be read" in r.output and str(secret) in r.output, r.output
+
+
+def test_hsbctl_at_another_links_port_says_so_not_that_the_secret_differs() -> None:
+    from hsb.ctl.gather import why_not
+    from hsb.wire.client import LinkClosed
+
+    told = {"t": "error", "code": "auth_failed", "msg": "this port serves the host link, not 'admin'"}
+    said = why_not(LinkClosed("auth_failed", told), 2.0)
+    assert "wrong port" in said and "admin_listen" in said and "secret" not in said
+    assert "secret differs" in why_not(LinkClosed("auth_failed", {"code": "auth_failed", "msg": "wrong answer to the challenge"}), 2.0)

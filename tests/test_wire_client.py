@@ -177,3 +177,61 @@ async def test_terminal_keepalive_set_on_a_uvloop_listener_reaches_each_connecti
 
     seen = await asyncio.to_thread(uvloop.run, serve())
     assert seen == {"on": 1, "idle": 7, "cnt": KEEPALIVE_PROBES, "user": 0}
+
+
+SECRET = b"a shared secret for the test"
+
+
+async def _authenticate_against(answer: object) -> tuple[str | None, Exception | None]:
+    """A client authenticating at a server that challenges it properly, then answers `auth_ok`
+    with `answer(auth frame)` as its proof ('mac'); (server name, error)."""
+    from hsb import LINK_PROTOCOL
+    from hsb.wire import auth
+    from hsb.wire.framing import Decoder, encode
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(encode({"t": "challenge", "nonce": auth.new_nonce(), "server": "cp", "proto": LINK_PROTOCOL}))
+        dec = Decoder()
+        frames: list[dict] = []
+        while not frames:
+            data = await r.read(65536)
+            if not data:
+                return
+            frames = dec.feed(data)
+        ok = {"t": "auth_ok", "server": "cp"}
+        mac = answer(frames[0])  # type: ignore[operator]
+        if mac is not None:
+            ok["mac"] = mac
+        w.write(encode(ok))
+        await r.read(1)
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+    fs = await FrameStream.connect("127.0.0.1", srv.sockets[0].getsockname()[1])
+    try:
+        return await fs.authenticate(SECRET, "host", "host-a", timeout=5), None
+    except Exception as exc:
+        return None, exc
+    finally:
+        await fs.aclose()
+        srv.close()
+
+
+@pytest.mark.timeout(30)
+async def test_a_server_must_prove_it_knows_the_secret() -> None:
+    """Authentication goes both ways: a process listening at the CP's (or a peer's, or a daemon's
+    admin) address without the secret, say while hsbcpd restarts, cannot pass itself off as it
+    with a bare auth_ok (it could grant the active role, or raise the CP generation a host holds).
+    Nor can it play the client's own answer back."""
+    from hsb.wire import auth
+    from hsb.wire.client import LinkClosed
+
+    good = lambda a: auth.answer(SECRET, a["nonce"], auth.server_role("host"), "cp")  # noqa: E731
+    assert await _authenticate_against(good) == ("cp", None)
+    for proof in (
+        lambda a: None,  # no proof at all
+        lambda a: auth.answer(b"another secret", a["nonce"], auth.server_role("host"), "cp"),
+        lambda a: a["mac"],  # the client's own answer, played back
+        lambda a: auth.answer(SECRET, a["nonce"], "host", "cp"),  # the client's kind of answer
+    ):
+        name, exc = await _authenticate_against(proof)
+        assert name is None and isinstance(exc, LinkClosed) and (exc.error or {}).get("code") == "auth_failed", exc

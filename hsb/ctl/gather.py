@@ -28,6 +28,9 @@ def why_not(exc: BaseException, timeout: float) -> str:
         return f"no answer within {timeout:g} s (a wrong port, a firewall, the daemon is stuck, or it speaks TLS and the ctl config has no tls)"
     if isinstance(exc, LinkClosed):
         code = (exc.error or {}).get("code")
+        msg = str((exc.error or {}).get("msg", ""))
+        if code == "auth_failed" and msg.startswith("this port serves"):
+            return f"a wrong port: {msg} (give the daemon's admin_listen address)"
         if code == "auth_failed":
             return "authentication failed: the secret differs from the daemon's (check secret_file in the ctl config)"
         if code == "version_mismatch" or "version_mismatch" in str(exc):

@@ -49,5 +49,11 @@ def answer(secret: bytes, nonce: bytes, role: str, name: str) -> bytes:
     return hmac.new(secret, nonce + role.encode() + b"\0" + name.encode(), hashlib.sha256).digest()
 
 
+def server_role(link: str) -> str:
+    """What the server's own answer (to the client's nonce, in `auth_ok`) is made for: never the
+    same input as a client's answer, so neither side's answer can be played back as the other's."""
+    return f"server:{link}"
+
+
 def verify(secret: bytes, nonce: bytes, role: str, name: str, mac: bytes) -> bool:
     return hmac.compare_digest(answer(secret, nonce, role, name), mac)

@@ -113,12 +113,14 @@ class FrameStream:
                 f" this program speaks {LINK_PROTOCOL} (hsb {__version__}): install the same hsb version everywhere",
                 {"t": "error", "code": "version_mismatch"},
             )
+        mine = auth.new_nonce()  # the server answers it too: a process that merely listens at the address is refused
         self.send(
             {
                 "t": "auth",
                 "name": name,
                 "link": link,
                 "mac": auth.answer(secret, ch["nonce"], link, name),
+                "nonce": mine,
                 "proto": LINK_PROTOCOL,
                 "version": __version__,
             }
@@ -128,6 +130,10 @@ class FrameStream:
             raise LinkClosed(f"{ok.get('code')}: {ok.get('msg')}", ok)
         if ok.get("t") != "auth_ok":
             raise ProtocolError("auth_failed", f"expected auth_ok, got {ok.get('t')!r}")
+        proof = ok.get("mac")
+        if not isinstance(proof, bytes) or not auth.verify(secret, mine, auth.server_role(link), server, proof):
+            why = f"the server {server[:64]!r} did not prove that it knows the shared secret (another secret, or not an hsb daemon)"
+            raise LinkClosed(f"auth_failed: {why}", {"t": "error", "code": "auth_failed", "msg": why})
         self.auth_ok = ok
         return str(ok.get("server", "?"))
 
