@@ -51,6 +51,12 @@ class AuthServerProtocol(FramedProtocol):
         if self.authed:
             super()._handle(msg)
             return
+        try:
+            self._authenticate(msg)
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError, RecursionError) as exc:
+            self.auth_failed("auth_failed", f"an auth frame of the wrong shape: {type(exc).__name__}")
+
+    def _authenticate(self, msg: dict[str, Any]) -> None:
         if msg["t"] != "auth":
             self.auth_failed("auth_required", "authenticate first: the only frame accepted now is 'auth'")
             return

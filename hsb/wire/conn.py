@@ -231,8 +231,10 @@ class FramedProtocol(asyncio.Protocol):
             getattr(self, name)(msg)
         except ProtocolError as exc:
             self.protocol_error(exc)
-        except (KeyError, TypeError, ValueError) as exc:
-            self.protocol_error(ProtocolError("bad_fields", f"{msg['t']}: {type(exc).__name__}: {exc}"[:200]))
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError, RecursionError) as exc:
+            # a field missing, of the wrong type or shape (nested ~1,000 deep: str() of it recurses
+            # too far): this connection's error, never a traceback that leaves it unread and open
+            self.protocol_error(ProtocolError("bad_fields", f"{str(msg['t'])[:40]}: {type(exc).__name__}: {str(exc)[:150]}"))
 
     def send(self, msg: dict[str, Any]) -> None:
         self.send_raw(encode(msg))

@@ -1,9 +1,11 @@
-"""How far a terminal's confirmation settles its kept replies (docs/protocol.md §1), driven
-in-process through the CP's own code: never past a message this CP accepted and has not yet
-answered, whatever the terminal says, so that no "c" record can drop that message at a later
-recovery; and a terminal that resumed and then says hello without `last_reply` gets what was
-kept for it marked `resent` (it may hold those replies already). And a message too large to be
-delivered to a host is refused at the terminal link, not acknowledged."""
+"""What the CP takes from its links, driven in-process through its own code.
+
+How far a terminal's confirmation settles its kept replies (docs/protocol.md §1): never past a
+message this CP accepted and has not yet answered, whatever the terminal says, so that no "c"
+record can drop that message at a later recovery; and a terminal that resumed and then says
+hello without `last_reply` gets what was kept for it marked `resent` (it may hold those replies
+already). A message too large to be delivered to a host is refused at the terminal link, not
+acknowledged. A field nested too deep to print is that link's protocol error, not a traceback."""
 
 from __future__ import annotations
 
@@ -118,4 +120,41 @@ async def test_a_message_too_large_to_deliver_is_refused_not_acknowledged(tmp_pa
     sent = Decoder(4096).feed(bytes(h.transport.data))
     assert any(f["t"] in ("deliver", "deliver_batch") for f in sent)
     h.connection_lost(None)
+    await asyncio.sleep(0)
+
+
+def _deep(frame: dict[str, Any], key: str, depth: int = 1000) -> bytes:
+    """`frame` with `key` set to a list nested `depth` deep (more than msgpack's packer will
+    make, less than its unpacker refuses), as a whole frame on the wire."""
+    import struct
+
+    import msgpack
+
+    body = msgpack.packb(frame)
+    assert body[0] & 0xF0 == 0x80 and len(frame) < 15
+    body = bytes([body[0] + 1]) + body[1:] + msgpack.packb(key) + b"\x91" * depth + b"\x90"
+    return struct.pack(">I", len(body)) + body
+
+
+async def test_a_field_nested_too_deep_to_print_is_a_protocol_error_of_that_link_alone(tmp_path: Path) -> None:
+    """A host frame whose field is a list nested about 1,000 deep passes the decoder but not str()
+    (RecursionError): it gets the link's `bad_fields` error and a close, as any other bad field,
+    not a traceback that leaves the connection unread and open; so does such an auth frame."""
+    from hsb.cp.host_link import HostProtocol
+    from hsb.wire import auth
+
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active", record=True)
+    h.data_received(_deep({"t": "refuse", "terminal": "T00001", "epoch": 1}, "reason"))
+    h.flush()
+    err = [f for f in h.transport.frames() if f["t"] == "error"]
+    assert err and err[0]["code"] == "bad_fields" and "RecursionError" in err[0]["msg"] and h.closed, err
+    u = HostProtocol(cp, secret=b"s" * 32, auth_timeout=5.0, idle_timeout=None)
+    u.connection_made(RecordingTransport("x"))
+    mac = auth.answer(b"s" * 32, u._nonce, "host", "host-b")  # right, from a daemon of another version
+    u.data_received(_deep({"t": "auth", "name": "host-b", "link": "host", "mac": mac}, "version"))
+    u.flush()
+    err = [f for f in u.transport.frames() if f["t"] == "error"]
+    assert err and err[0]["code"] == "auth_failed" and u.closed and not u.authed, err
+    u.clear_deadline()
     await asyncio.sleep(0)
