@@ -158,3 +158,29 @@ async def test_a_field_nested_too_deep_to_print_is_a_protocol_error_of_that_link
     assert err and err[0]["code"] == "auth_failed" and u.closed and not u.authed, err
     u.clear_deadline()
     await asyncio.sleep(0)
+
+
+async def test_a_connection_not_yet_logged_on_cannot_make_the_cp_buffer_a_large_frame(tmp_path: Path) -> None:
+    """Before its hello (or auth) a connection's first frame may be LOGIN_MAX bytes, not max_frame:
+    10,000 unvouched connections announcing 1 MiB each would make the CP buffer 10 GB. The limit
+    is the first frame's alone: a hello with a large message behind it in the same write is fine."""
+    import struct
+
+    from hsb.wire.conn import LOGIN_MAX
+    from hsb.wire.framing import encode
+
+    cp = cp_core(tmp_path, 2)
+    p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
+    p.connection_made(RecordingTransport("x"))
+    p.data_received(struct.pack(">I", LOGIN_MAX + 1))
+    p.flush()
+    err = [f for f in p.transport.frames() if f["t"] == "error"]
+    assert err and err[0]["code"] == "frame_too_large" and "first frame" in err[0]["msg"] and p.closed, err
+    p.clear_deadline()
+    q = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
+    q.connection_made(RecordingTransport("T00002"))
+    q.data_received(encode({"t": "hello", "terminal": "T00002", "last_reply": 0}) + encode({"t": "msg", "id": 1, "data": b"x" * (8 * LOGIN_MAX)}))
+    assert not q.closed and list(cp.terms["T00002"].held) == [1]
+    q.clear_deadline()
+    q.connection_lost(None)
+    await asyncio.sleep(0)

@@ -55,6 +55,9 @@ def tcp_keepalive(sock: Any, idle: float) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
 
 
+LOGIN_MAX = 4096  # bytes: the first frame of a connection (hello, auth) at most
+
+
 class FramedProtocol(asyncio.Protocol):
     """Base class: subclasses set `link` and fill `dispatch` with {type: method name}."""
 
@@ -81,7 +84,9 @@ class FramedProtocol(asyncio.Protocol):
         # TLS run here, not by the loop (hsb.wire.tlsio): a failed handshake is then ours to log
         self._tls = ServerTLS(tls) if tls is not None else None
         self._tls_timeout = tls_timeout
-        self.decoder = Decoder(max_frame, types)
+        # its first frame (hello, auth) within LOGIN_MAX: unvouched connections cannot make it
+        # buffer max_frame bytes each
+        self.decoder = Decoder(max_frame, types, first_max=LOGIN_MAX)
         self.transport: asyncio.Transport | None = None
         self.peer: str = "?"
         self.peername: Any = None  # the transport's, as it gave it

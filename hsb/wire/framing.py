@@ -83,15 +83,22 @@ class Decoder:
     anything else is `unknown_type`.
     """
 
-    __slots__ = ("max_frame", "known_types", "_buf", "_failed")
+    __slots__ = ("max_frame", "known_types", "_buf", "_failed", "_limit")
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, known_types: Collection[str] | None = None) -> None:
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, known_types: Collection[str] | None = None, first_max: int | None = None) -> None:
         if max_frame < 1:
             raise ValueError("max_frame must be positive")
         self.max_frame = max_frame
+        # `first_max`: the first frame's own bound (a login: hello or auth), so that a connection
+        # nobody has vouched for cannot make the daemon buffer max_frame bytes
+        self._limit = min(first_max, max_frame) if first_max else max_frame
         self.known_types = frozenset(known_types) if known_types is not None else None
         self._buf = bytearray()
         self._failed: tuple[str, str] | None = None  # (code, msg): no exception kept, so no traceback cycle
+
+    def first_done(self) -> None:
+        """The login happened some other way (in-process users): max_frame from now on."""
+        self._limit = self.max_frame
 
     @property
     def buffered(self) -> int:
@@ -111,13 +118,15 @@ class Decoder:
                 (length,) = _LEN.unpack_from(buf, pos)
                 if length == 0:
                     raise ProtocolError(EMPTY_FRAME, "frame of length 0")
-                if length > self.max_frame:
-                    raise ProtocolError(FRAME_TOO_LARGE, f"frame of {length} bytes exceeds the maximum of {self.max_frame}")
+                if length > self._limit:
+                    first = " for a first frame (hello or auth)" if self._limit < self.max_frame else ""
+                    raise ProtocolError(FRAME_TOO_LARGE, f"frame of {length} bytes exceeds the maximum of {self._limit}{first}")
                 if n - pos - 4 < length:
                     break
                 body = bytes(buf[pos + 4 : pos + 4 + length])
                 pos += 4 + length
                 out.append(self._decode(body))
+                self._limit = self.max_frame
         except ProtocolError as exc:
             self._failed = (exc.code, exc.msg)
             self._buf = bytearray()

@@ -44,6 +44,7 @@ def fake_host(cp: Any, name: str, role: str | None = None, *, keeps: bool = Fals
     h.deliver_batch_bytes = batch
     h.clear_deadline()
     h.authed = True
+    h.decoder.first_done()  # (authenticated without an auth frame)
     h.name = name
     h.keeps_standby = keeps
     if role is not None:
