@@ -184,3 +184,23 @@ async def test_a_connection_not_yet_logged_on_cannot_make_the_cp_buffer_a_large_
     q.clear_deadline()
     q.connection_lost(None)
     await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("epoch", ["missing", True, 1.0, "1"])
+async def test_the_actives_frames_without_an_integer_epoch_are_refused(tmp_path: Path, epoch: Any) -> None:
+    """The epoch is what fences a replaced active: a release (or reply, handover, stopping...) of
+    the active without one, or with one that only compares equal (true, 1.0), is a protocol
+    error, not a frame let through unchecked."""
+    from hsb.wire.framing import encode
+
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active", record=True)
+    frame: dict[str, Any] = {"t": "release"}
+    if epoch != "missing":
+        frame["epoch"] = epoch
+    h.data_received(encode(frame))
+    h.flush()
+    err = [f for f in h.transport.frames() if f["t"] == "error"]
+    assert err and err[0]["code"] == "bad_fields" and "epoch" in err[0]["msg"] and h.closed, err
+    assert not h.released
+    await asyncio.sleep(0)

@@ -69,9 +69,15 @@ class HostProtocol(AuthServerProtocol):
             self.protocol_error(ProtocolError("not_registered", "send register before anything else"))
             return
         if self.authed and self.role == "active" and msg["t"] in _EPOCHED | {"open", "close"}:
-            if msg.get("t") == "open" and msg.get("kind") == "standby":
+            epoch = msg.get("epoch")
+            if msg["t"] in ("open", "close") and msg.get("kind") == "standby":
                 pass
-            elif "epoch" in msg and msg.get("epoch") != self.cp.epoch:
+            elif not isinstance(epoch, int) or isinstance(epoch, bool):
+                # the epoch is what fences a replaced active: a frame of the active without one
+                # (or with true, 1.0) would pass that check
+                self.protocol_error(ProtocolError("bad_fields", f"{str(msg['t'])[:40]}: the active's frames carry the epoch (an integer)"))
+                return
+            elif epoch != self.cp.epoch:
                 log.warning("stale_epoch_refused", host=self.name, frame=msg["t"], epoch=msg.get("epoch"), current=self.cp.epoch)
                 self.cp.history.add(
                     {
