@@ -235,3 +235,26 @@ async def test_a_server_must_prove_it_knows_the_secret() -> None:
     ):
         name, exc = await _authenticate_against(proof)
         assert name is None and isinstance(exc, LinkClosed) and (exc.error or {}).get("code") == "auth_failed", exc
+
+
+@pytest.mark.timeout(30)
+async def test_frames_ahead_of_a_bad_one_are_still_read() -> None:
+    """Whole frames that arrived in the same read as a bad one (a `fenced` just ahead of it, say)
+    are returned first; the protocol error comes after them, not instead of them."""
+    from hsb.wire.framing import ProtocolError, encode
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(encode({"t": "fenced", "epoch": 3}) + encode({"t": "hb"}) + b"\x00\x00\x00\x00")
+        await r.read(1)
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+    fs = await FrameStream.connect("127.0.0.1", srv.sockets[0].getsockname()[1])
+    try:
+        assert await fs.recv(5) == {"t": "fenced", "epoch": 3}
+        assert await fs.recv(5) == {"t": "hb"}
+        with pytest.raises(ProtocolError) as exc:
+            await fs.recv(5)
+        assert exc.value.code == "empty_frame"
+    finally:
+        await fs.aclose()
+        srv.close()

@@ -28,6 +28,7 @@ class FrameStream:
         self.reader = reader
         self.writer = writer
         self.decoder = Decoder(max_frame)
+        self._bad: ProtocolError | None = None  # a bad frame, raised after the good ones before it
         self._pending: list[dict[str, Any]] = []
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -80,8 +81,11 @@ class FrameStream:
         await self.writer.drain()
 
     async def recv(self, timeout: float | None = None) -> dict[str, Any]:
-        """Next frame; raises LinkClosed on EOF, ProtocolError on a bad frame."""
+        """Next frame; raises LinkClosed on EOF, ProtocolError on a bad frame (once every whole
+        frame before it has been returned: a `fenced` right ahead of a bad frame still counts)."""
         while not self._pending:
+            if self._bad is not None:
+                raise self._bad
             if timeout is None:
                 data = await self.reader.read(65536)
             else:
@@ -89,7 +93,13 @@ class FrameStream:
                     data = await self.reader.read(65536)
             if not data:
                 raise LinkClosed("connection closed by the other side")
-            self._pending.extend(self.decoder.feed(data))
+            try:
+                self._pending.extend(self.decoder.feed(data))
+            except ProtocolError as exc:
+                if not exc.before:
+                    raise
+                self._pending.extend(exc.before)
+                self._bad = exc
         return self._pending.pop(0)
 
     async def authenticate(self, secret: bytes, link: str, name: str, timeout: float = 5.0) -> str:
