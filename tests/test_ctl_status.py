@@ -216,3 +216,48 @@ def test_hsbctl_at_another_links_port_says_so_not_that_the_secret_differs() -> N
     said = why_not(LinkClosed("auth_failed", told), 2.0)
     assert "wrong port" in said and "admin_listen" in said and "secret" not in said
     assert "secret differs" in why_not(LinkClosed("auth_failed", {"code": "auth_failed", "msg": "wrong answer to the challenge"}), 2.0)
+
+
+def test_hsbctl_stop_waits_for_the_host_to_be_gone_not_merely_slow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A host that does not answer within a second (busy handing over) has not stopped: hsbctl
+    stop reports it stopped only once nothing listens at its admin address."""
+    from hsb.ctl import ops_cmds
+    from hsb.ctl.target import Target
+
+    secret = tmp_path / "s"
+    secret.write_text("secret\n")
+    secret.chmod(0o600)
+    a = {"reachable": True, "name": "a", "addr": "127.0.0.1:2", "role": "active", "state": "established", "serving": True}
+    b = {"reachable": True, "name": "b", "addr": "127.0.0.1:3", "role": "standby", "state": "established"}
+    polls: list[int] = []
+
+    def slow(why: str) -> dict[str, Any]:
+        return {
+            "hosts": [{"reachable": False, "name": "a", "addr": a["addr"]}, {**b, "role": "active", "serving": True}],
+            "unknown": [{"name": "a", "addr": a["addr"], "error": why}],
+        }
+
+    async def status_all(*args: Any, **kw: Any) -> dict[str, Any]:
+        polls.append(1)
+        if len(polls) == 1:
+            return {"hosts": [dict(a), dict(b)], "unknown": []}
+        return slow("no answer within 1 s (a wrong port, ...)") if len(polls) < 4 else slow("connection refused: nothing listens there")
+
+    async def ask(*args: Any, **kw: Any) -> dict[str, Any]:
+        return {"ok": True, "msg": "stopping a"}
+
+    monkeypatch.setattr(ops_cmds, "status_all", status_all)
+    monkeypatch.setattr(ops_cmds, "ask", ask)
+    t = Target()
+    t.secret_file = str(secret)
+    assert ops_cmds.run_stop(t, None, True, 10.0) == 0
+    assert len(polls) == 4  # not taken as stopped while it only did not answer
+    polls.clear()
+    monkeypatch.setattr(ops_cmds, "status_all", lambda *a, **k: _slow_forever(polls, slow))
+    assert ops_cmds.run_stop(t, "a", True, 0.5) == 1
+
+
+async def _slow_forever(polls: list[int], slow: Any) -> dict[str, Any]:
+    polls.append(1)
+    a = {"reachable": True, "name": "a", "addr": "127.0.0.1:2", "role": "active", "state": "established", "serving": True}
+    return {"hosts": [a], "unknown": []} if len(polls) == 1 else slow("no answer within 1 s")

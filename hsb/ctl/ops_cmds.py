@@ -50,7 +50,9 @@ async def _stop(t: Target, host: str | None, takeover: bool, timeout: float) -> 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         st = await status_all(t.cp, t.hosts, t.secret_file, timeout=1.0, cp_machines=t.cps)
-        if any(u.get("addr") == target["addr"] for u in st.get("unknown", [])):
+        # gone: nothing listens at its admin address any more (one merely slow to answer, while
+        # it hands over, say, has not stopped)
+        if any(u.get("addr") == target["addr"] and str(u.get("error", "")).startswith("connection refused") for u in st.get("unknown", [])):
             active = next((h["name"] for h in st["hosts"] if h.get("reachable") and h.get("role") == "active" and h.get("serving")), None)
             click.echo(f"{name} stopped; " + (f"{active} is the active host" if active else "no host serves now (start one, or 'hsbctl promote')"))
             return 0
