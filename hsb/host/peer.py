@@ -12,6 +12,7 @@ as in the patent [0056]: nothing is queued.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -62,6 +63,17 @@ PEER_FIELDS: dict[str, dict[str, tuple[Any, bool]]] = {
     "resync_request": {"startup_id": (int, True), "reason": (str, False)},
     "active_stopping": {"name": (str, True)},
 }
+
+
+def _user_timeout(fs: FrameStream, seconds: float) -> None:
+    """TCP_USER_TIMEOUT: the kernel drops the connection once data sent stays unacknowledged this
+    long (a peer machine gone), instead of retransmitting for many minutes."""
+    sock = fs.writer.get_extra_info("socket")
+    if sock is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(seconds * 1000))
+        except OSError:  # not TCP (a test's socket pair), or not Linux
+            pass
 
 
 class PeerInbound(AuthServerProtocol):
@@ -207,6 +219,7 @@ class PeerLink:
                 continue
             backoff.reset()
             refusals.clear()
+            _user_timeout(fs, max(4 * self.timeout, 2.0))
             self.outbound = fs
             log.debug("peer_sending_link_up", peer=self.peer_addr)
             fs.send(self.hello())
@@ -269,6 +282,9 @@ class PeerLink:
             self.up = False
             log.warning("peer_link_down", peer=self.peer_name, reason=why)
             self.on_down(why)
+        out = self.outbound
+        if out is not None:  # the peer is gone or cut off: our sending connection is made again too,
+            out.writer.transport.abort()  # not written into a half-open one until TCP gives up on it
 
     async def _monitor(self) -> None:
         tick = min(self.interval, self.timeout / 5)
