@@ -45,9 +45,13 @@ async def test_campaign_20_rounds_ledger_on_postgresql(tmp_path: Path) -> None:
     if why is not None:
         pytest.skip(why)
     server = pgsupport.PgServer()
-    seed = int(os.environ.get("HSB_CAMPAIGN_SEED", "0") or 0) or int.from_bytes(os.urandom(4), "big")
-    print(f"campaign seed {seed} (replay: HSB_CAMPAIGN_SEED={seed})")
-    c = Campaign(tmp_path / "campaign", seed=seed, terminals=100, rate=300, ledger={"dsn": server.createdb("campaign")})
+    try:  # (a failure between here and the run must not leave a server behind)
+        seed = int(os.environ.get("HSB_CAMPAIGN_SEED", "0") or 0) or int.from_bytes(os.urandom(4), "big")
+        print(f"campaign seed {seed} (replay: HSB_CAMPAIGN_SEED={seed})")
+        c = Campaign(tmp_path / "campaign", seed=seed, terminals=100, rate=300, ledger={"dsn": server.createdb("campaign")})
+    except BaseException:
+        server.close()
+        raise
     try:
         summary = await c.run(20)
     finally:

@@ -277,7 +277,8 @@ async def test_stale_epoch_frame_is_refused(cp: Proc) -> None:
     a.send({"t": "reply", "terminal": "T00004", "id": 1, "data": "old", "epoch": a.epoch - 1})
     err = await a.wait(lambda m: m["t"] == "error")
     assert err["code"] == "fenced"
-    await asyncio.sleep(0)  # let the reader see EOF
+    t.send({"t": "msg", "id": 2, "data": "after"})  # its ack comes after anything the stale reply caused
+    await t.wait(lambda m: m["t"] == "ack" and m["id"] == 2)
     assert not [m for m in t.inbox if m["t"] == "reply"]
 
 
@@ -513,9 +514,13 @@ async def test_a_closed_terminal_that_reads_nothing_does_not_linger(tmp_path) ->
     cp = start_cp(
         tmp_path / "cp", terminals=1, extra_terms=[{"name": "NOSB", "standby_capable": False}], host_timeout=0.5, held_bound=8, max_frame=size + 4096
     )
-    a, b = await pair(cp)
-    h, p = addr(cp.info["terminal"])
-    sock = socket.create_connection((h, p))
+    try:
+        a, b = await pair(cp)
+        h, p = addr(cp.info["terminal"])
+        sock = socket.create_connection((h, p))
+    except BaseException:
+        cp.stop()
+        raise
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # reads nothing, buffers little
     try:
         sock.sendall(encode({"t": "hello", "terminal": "NOSB"}))

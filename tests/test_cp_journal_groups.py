@@ -332,7 +332,7 @@ async def test_a_segment_that_cannot_be_deleted_leaves_its_group_acknowledged_on
 
     from hsb.cp.journal import store
 
-    monkeypatch.setattr(store, "RETRY_S", (1.5,))  # the backoff, long enough to append during it
+    monkeypatch.setattr(store, "RETRY_S", (3.0,))  # the backoff, long enough to append during it
     gen = Generations(tmp_path).take()
     j = Journal(tmp_path, generation=gen, io="thread")
     j.open(1, [], [])
@@ -359,10 +359,10 @@ async def test_a_segment_that_cannot_be_deleted_leaves_its_group_acknowledged_on
         j.append(["a", "T2", 1, "with the deletion"], lambda: acked.set_result(len(refused)))
         assert await asyncio.wait_for(acked, 5.0) == 1, "acknowledged only after the deletion was tried (and refused)"
         await durable(j, ["a", "T2", 2, "during the backoff"])
-        if loop.time() - t0 < 1.4:  # (a machine slower than that proves nothing here)
-            assert old[0].exists() and len(refused) == 1, "a group during the backoff tried the deletion again"
+        assert loop.time() - t0 < 2.9, "the group meant for the backoff came after it"
+        assert old[0].exists() and len(refused) == 1, "a group during the backoff tried the deletion again"
         while old[0].exists():
-            assert loop.time() - t0 < 5.0, f"the settled segment was never deleted ({refused})"
+            assert loop.time() - t0 < 8.0, f"the settled segment was never deleted ({refused})"
             await asyncio.sleep(0.01)
         assert len(refused) == 1 and j.state == "ok"
         await durable(j, ["a", "T2", 3, "after"])

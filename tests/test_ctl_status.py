@@ -51,7 +51,9 @@ async def test_status_exit_codes_and_unreachable(tmp_path: Path) -> None:
             and "Traceback" not in r.stdout + r.stderr
         )
         # CP gone too: still UNKNOWN (exit 3)
-        os.kill(sandbox.load_state(d)["cp"]["pid"], signal.SIGKILL)
+        cp_pid = sandbox.load_state(d)["cp"]["pid"]
+        os.kill(cp_pid, signal.SIGKILL)
+        wait_for(lambda: not sandbox._alive(cp_pid), 10, what="hsbcpd dead")
         r = await loop.run_in_executor(None, ctl, info, "status", "--json")
         assert r.returncode == 3
         st = json.loads(r.stdout)

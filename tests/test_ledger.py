@@ -317,6 +317,14 @@ async def test_a_failure_after_the_commit_is_tried_again_not_answered_as_an_erro
         await db.close()
 
 
+async def _gone(pid: int, timeout: float = 10.0) -> None:
+    """Wait until process `pid` has died (a SIGKILL takes a moment)."""
+    deadline = time.monotonic() + timeout
+    while sandbox._alive(pid):
+        assert time.monotonic() < deadline, f"pid {pid} did not die"
+        await asyncio.sleep(0.02)
+
+
 async def nothing(tx: Any) -> str:
     """An effect that changes nothing (the record is what these tests look at)."""
     return "done"
@@ -603,8 +611,9 @@ async def test_sigkill_of_the_cp_under_transfers_postgresql(sb: Any, pg: pgsuppo
 
     async def kill_cp() -> None:
         await asyncio.sleep(1.0)
-        os.kill(info["cp"]["pid"], signal.SIGKILL)
-        await asyncio.sleep(0.3)
+        cp_pid = info["cp"]["pid"]
+        os.kill(cp_pid, signal.SIGKILL)
+        await _gone(cp_pid)
         sandbox.start_cp(d)
         await wait_status(info, lambda s: s["cp"].get("reachable") and s["serving"], what="CP back and serving")
 
@@ -659,8 +668,9 @@ async def test_sqlite_sandbox_sigkill_active_and_cp(sb: Any) -> None:
     async def both() -> None:
         await _kill_active(info)
         await asyncio.sleep(0.5)
-        os.kill(info["cp"]["pid"], signal.SIGKILL)
-        await asyncio.sleep(0.3)
+        cp_pid = info["cp"]["pid"]
+        os.kill(cp_pid, signal.SIGKILL)
+        await _gone(cp_pid)
         sandbox.start_cp(d)
         await wait_status(info, lambda s: s["cp"].get("reachable") and s["serving"], what="CP back and serving")
 

@@ -147,8 +147,13 @@ async def test_hsbctl_says_what_it_knows(sb: Any, tmp_path: Path) -> None:
     addr_b = next(h["admin"] for h in info["hosts"] if h["name"] == "host-b")
     assert r.returncode == 3 and f"at {addr_b}: connection refused" in r.stdout and "is the daemon running" in r.stdout, r.stdout
     # a wrong port: an answer that is not a bare TimeoutError
-    r = run("hsb.ctl", "--cp", "127.0.0.1:9", "--secret-file", str(Path(info["secret_file"])), "status")
-    assert r.returncode == 3 and "CP at 127.0.0.1:9" in r.stdout and "Error" not in r.stdout.split("\n")[0], r.stdout
+    import socket
+
+    with socket.socket() as unused:  # a port bound here and not listening: nothing answers there
+        unused.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{unused.getsockname()[1]}"
+        r = run("hsb.ctl", "--cp", nowhere, "--secret-file", str(Path(info["secret_file"])), "status")
+    assert r.returncode == 3 and f"CP at {nowhere}" in r.stdout and "Error" not in r.stdout.split("\n")[0], r.stdout
 
 
 async def test_role_change_hook_runs_with_the_right_arguments(tmp_path: Path) -> None:
@@ -203,8 +208,9 @@ async def test_paused_no_failover_then_resumed_failover_and_history(sb: Any) -> 
     r = ctl(info, "history", "--json")
     import json
 
+    assert r.returncode == 0, r.stderr
     entries = json.loads(r.stdout)
-    assert all("at" in e and "kind" in e for e in entries)
+    assert entries and all("at" in e and "kind" in e for e in entries)
 
 
 # --------------------------------------------------------------------------- the README's commands

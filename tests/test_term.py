@@ -735,7 +735,7 @@ async def test_each_terminal_sends_on_its_own_schedule(fake: FakeCP) -> None:
     assert max(per_term.values()) - min(per_term.values()) <= 2
 
 
-async def test_each_terminal_connection_probes_a_dead_peer_when_idle(fake: FakeCP, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_each_terminal_connection_sets_tcp_keepalive_to_probe_when_idle(fake: FakeCP, monkeypatch: pytest.MonkeyPatch) -> None:
     """After a CP machine's loss the old connection is dead without a word; an idle terminal
     finds out by TCP keepalive (first probe after 1 s by default), not only at its next message.
     `keepalive` sets the idle time; 0 leaves the system's default (no probes), as many devices do."""

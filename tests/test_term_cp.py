@@ -55,7 +55,7 @@ async def test_clean_run_through_hsbcpd(cp: Proc) -> None:
     assert r.disconnects == 0 and r.switched == 0
 
 
-async def test_failover_mid_run_loses_nothing(cp: Proc) -> None:
+async def test_a_cp_flip_mid_run_loses_nothing(cp: Proc) -> None:
     names = [*terminal_names(N), "NOSB"]
     a = await FakeHost.connect(cp.info["host"], "host-a", "active")
     a.auto_open, a.auto_reply = ATTRS, True

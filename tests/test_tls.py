@@ -245,6 +245,7 @@ async def test_new_certificates_and_sighup_new_connections_get_them_links_stay(s
 
     before = await cp_serial()
     links_before = [e for e in log_events(d / "cp.log") if e.get("event") == "link_authenticated" and e.get("link") == "host"]
+    assert links_before, "no host link authenticated before the reload: nothing to compare"
     make_ca_and_certs(tls_dir, ["cp", "host-a", "host-b", "hsbctl"])  # the same CA, new certificates
     os.kill(info["cp"]["pid"], signal.SIGHUP)
     ev = await until(lambda: [e for e in log_events(d / "cp.log") if e.get("event") == "tls_reloaded"], 10, what="tls_reloaded")

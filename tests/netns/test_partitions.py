@@ -77,7 +77,9 @@ async def test_cut_off_active_stops_reporting_itself_active(links: tuple[str, ..
             await asyncio.sleep(0.3)
             lab.cut(*links)
             await lab.wait(lambda s: (s["cp"].get("active") or {}).get("name") == "host-b", 10, "host-b granted the switch")
-            await asyncio.sleep(1.5)
+            deadline = time.monotonic() + lab.heartbeat_timeout + 1.5  # host-a must find out by then
+            while _http_status(f"http://{lab.mgmt('a', 'http')}/active") == 200 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
             probes = {n: _http_status(f"http://{lab.mgmt(n, 'http')}/active") for n in ("a", "b")}
             lab.heal(*links)
             t0 = time.monotonic()
@@ -96,8 +98,7 @@ async def test_cp_drops_a_silent_standby(tmp_path: Path) -> None:
     with Lab(tmp_path / "lab", terminals=20) as lab:
         await lab.start()
         lab.isolate("b")
-        await asyncio.sleep(lab.host_timeout * 4)
-        st = await lab.status()
+        st = await lab.wait(lambda s: not ((s["cp"].get("standby") or {}).get("connected")), lab.host_timeout * 4, "the CP drops the silent standby")
         lab.heal()
         await lab.wait(lambda s: s["established"], 20, "established again after the heal")
     sb = st["cp"].get("standby")

@@ -132,6 +132,7 @@ class Campaign:
         self.say = say
         self.rounds: list[Round] = []
         self.snap: dict[str, Any] = {}
+        self.counted: tuple[int, int, int] | None = None  # the counts at the end of the last round
         self.two_actives = False
 
     # ------------------------------------------------------------------ plumbing
@@ -225,7 +226,13 @@ class Campaign:
         r.epoch_before = s["cp"]["epoch"]
         active = self.actives(s)[0]
         standby = next(h for h in HOSTS if h != active)
-        disc0, dup0, unx0 = self.snap.get("disconnects", 0), self.snap.get("duplicates", 0), self.snap.get("unexpected", 0)
+        # from where the last round's counts ended, not from now: what came between two rounds
+        # (a late disconnect of the last recovery) counts in one of them, never in none
+        disc0, dup0, unx0 = (
+            self.counted
+            if self.counted is not None
+            else (self.snap.get("disconnects", 0), self.snap.get("duplicates", 0), self.snap.get("unexpected", 0))
+        )
         point, _ = ACTIONS[action]
         victim_pid = 0
         if action == "kill_active":
@@ -276,9 +283,9 @@ class Campaign:
         s = await self.recover(r)
         await asyncio.sleep(0.3)  # traffic under the recovered pair before judging
         r.epoch_after = s["cp"]["epoch"]
-        r.disconnects = self.snap.get("disconnects", 0) - disc0
-        r.duplicates = self.snap.get("duplicates", 0) - dup0
-        r.unexpected = self.snap.get("unexpected", 0) - unx0
+        end = (self.snap.get("disconnects", 0), self.snap.get("duplicates", 0), self.snap.get("unexpected", 0))
+        self.counted = end
+        r.disconnects, r.duplicates, r.unexpected = end[0] - disc0, end[1] - dup0, end[2] - unx0
         r.two_actives = self.two_actives or bool(self.epoch_violations())
         r.ms = round((time.monotonic() - t0) * 1000, 1)
         if r.two_actives:

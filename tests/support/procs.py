@@ -173,7 +173,11 @@ def _run_cp(d: Path, cfg: Path, env: dict[str, str] | None, wait: bool = True) -
     proc = spawn("hsbcpd", [sys.executable, "-m", "hsb.cp", "--config", str(cfg)], d / "cp.log", env)
     proc.mark = mark
     if wait:
-        ev = proc.wait_event("cp_started", timeout=15)
+        try:
+            ev = proc.wait_event("cp_started", timeout=15)
+        except BaseException:  # never started: nobody else holds it to stop it
+            proc.stop()
+            raise
         proc.info = {k[: -len("_listen")]: v for k, v in ev.items() if k.endswith("_listen")}
     return proc
 
@@ -239,7 +243,11 @@ def start_host(d: Path, name: str, role: str, cfg: Path, env: dict[str, str] | N
         k += 1
     proc = spawn(name, [sys.executable, "-m", "hsb.host", "--role", role, "--config", str(cfg)], log, env)
     if wait:
-        ev = proc.wait_event("host_started", timeout=15)
+        try:
+            ev = proc.wait_event("host_started", timeout=15)
+        except BaseException:  # never started: nobody else holds it to stop it
+            proc.stop()
+            raise
         proc.info = {"admin": ev["admin_listen"], "peer": ev["peer_listen"], "config": str(cfg)}
     return proc
 
