@@ -66,9 +66,26 @@ async def test_a_resent_reply_the_terminal_has_is_ignored_only_with_the_same_dat
     _feed(c, {"t": "reply", "id": b, "data": c.payload(b), "resent": True}, {"t": "reply", "id": a, "data": c.payload(a)})
     r = _verdict(c, stats)
     assert r.ok and r.resent_ignored == 1, r.failures
+    _feed(c, {"t": "reply", "id": b, "data": c.payload(b), "resent": True})  # once more on this connection
+    r = _verdict(c, stats)
+    assert not r.ok and r.duplicates == 1, r.failures
+    c, stats = _client()
+    a, b = _answered_out_of_order(c)
     _feed(c, {"t": "reply", "id": b, "data": "someone else's answer", "resent": True})
     r = _verdict(c, stats)
     assert not r.ok and r.bad_data == 1 and any(f.startswith("bad data") for f in r.failures), r.failures
+
+
+@pytest.mark.parametrize("resume", [True, False])
+async def test_a_reply_sent_twice_on_one_connection_is_a_duplicate_resent_or_not(resume: bool) -> None:
+    """Only a reply the terminal held when it said hello may come again marked resent: a CP
+    that sends a reply twice on one connection, the second copy marked, sends a duplicate (this
+    once passed, as an ignored resend, on every terminal's first connection)."""
+    c, stats = _client(resume=resume)
+    a = c.submit()
+    _feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": c.payload(a)}, {"t": "reply", "id": a, "data": c.payload(a), "resent": True})
+    r = _verdict(c, stats)
+    assert not r.ok and r.duplicates == 1 and r.resent_ignored == 0, r.failures
 
 
 async def test_a_resent_reply_up_to_the_hellos_last_reply_is_a_duplicate() -> None:

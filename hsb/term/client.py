@@ -23,8 +23,10 @@ a million messages a second.
 
 By default a terminal **resumes** (docs/protocol.md §1): its hello says `last_reply`, the
 highest id up to which it holds every reply; it confirms replies as they arrive (`confirm`,
-every few replies or 50 ms, and before it logs off); a reply marked `resent` for an id it
-already has is ignored (the CP sends again what it kept after a reconnect). `resume=False` is the
+every few replies or 50 ms, and before it logs off); a reply marked `resent` for an id whose
+reply it already held when it said hello (above its `last_reply`) is ignored once, if it is the
+same answer (the CP sends again what it kept after a reconnect); any other second copy is a
+duplicate. `resume=False` is the
 older terminal that says none of this.
 
 A terminal is strict about what comes back (the verdict of `hsb.term.report`):
@@ -159,6 +161,7 @@ class TerminalClient(asyncio.Protocol):
         "resent_ignored",
         "resent_foreign",
         "told_last_reply",
+        "may_resend",
         "unexpected_acks",
         "failed_since_drop",
         "cp_reconnects",
@@ -223,6 +226,9 @@ class TerminalClient(asyncio.Protocol):
         self.resent_ignored = 0  # resent replies for ids already answered (as the protocol says)
         self.resent_foreign = 0  # resent replies for ids of an earlier run (below this run's base)
         self.told_last_reply = 0  # the last_reply of the latest hello: the CP may resend nothing up to it
+        # ids above it whose reply this terminal held at that hello: the only replies the CP may
+        # send again on this connection (marked resent) to a terminal that has them already
+        self.may_resend: set[int] = set()
         self.unexpected_acks = 0  # acknowledgements of ids this terminal never sent
         self.failed_since_drop = False  # a connect failed since the connection dropped: the CP was away
         self.cp_reconnects = 0  # disconnects after which the CP could not be reached for a while
@@ -338,8 +344,11 @@ class TerminalClient(asyncio.Protocol):
             transport.close()
             return
         hello: dict[str, Any] = {"t": "hello", "terminal": self.name}
+        self.may_resend = set()
         if self.resume:
             hello["last_reply"] = self.told_last_reply = self.last_reply()
+            marks, base, stride = self.marks, self.base, self.stride
+            self.may_resend = {base + k * stride for k in range(self.prefix, len(marks)) if marks[k] >> REPLY_SHIFT}
         transport.write(encode(hello))
 
     def data_received(self, data: bytes) -> None:
@@ -499,9 +508,11 @@ class TerminalClient(asyncio.Protocol):
             return
         m = marks[k]
         count = m >> REPLY_SHIFT
-        if count and resent and msg_id > self.told_last_reply:
-            # sent again after a reconnect and this terminal has it (its hello could not say so:
-            # an earlier reply is missing): ignored, if it is the same answer
+        if count and resent and msg_id in self.may_resend:
+            # sent again after a reconnect and this terminal had it then (its hello could not say
+            # so: an earlier reply is missing): ignored once, if it is the same answer. A resent
+            # copy of a reply that first came on this connection is a duplicate
+            self.may_resend.discard(msg_id)
             if self._same_again(k, msg_id, data):
                 self.resent_ignored += 1
             else:
