@@ -57,9 +57,12 @@ def supervised(tmp_path: Path) -> Iterator[Any]:
     """Start `hsbcpd --supervise` on a config of its own; every process is killed at the end."""
     procs: list[tuple[Proc, list[int]]] = []  # the masters
 
-    def start(env: dict[str, str] | None = None, **cp: Any) -> Proc:
+    def start(env: dict[str, str] | None = None, watchdog_pid: bool = False, **cp: Any) -> Proc:
         cfg = cp_config(tmp_path, terminals=5, journal="journal", **cp)
-        p = spawn("hsbcpd", [sys.executable, "-m", "hsb.cp", "--config", str(cfg), "--supervise"], tmp_path / "cp.log", env)
+        argv = [sys.executable, "-m", "hsb.cp", "--config", str(cfg), "--supervise"]
+        if watchdog_pid:  # as systemd sets it: the unit's main process, the master
+            argv = ["sh", "-c", 'export WATCHDOG_PID=$$; exec "$@"', "sh", *argv]
+        p = spawn("hsbcpd", argv, tmp_path / "cp.log", env)
         procs.append((p, []))
         return p
 
@@ -267,3 +270,26 @@ async def test_a_cp_forked_again_waits_for_its_ports(tmp_path: Path, monkeypatch
     with pytest.raises(OSError):
         await s._bind(always_busy)
     assert time.monotonic() - t0 < 2.0
+
+
+def test_the_supervised_cp_feeds_systemds_watchdog(supervised: Any, tmp_path: Path) -> None:
+    """Under `--supervise` systemd's WATCHDOG_PID names the master, which runs no loop; the worker
+    pings for it (the unit has NotifyAccess=all). It once pinged nobody, and the shipped unit
+    (WatchdogSec=10) killed the CP every ten seconds."""
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.2)
+    try:
+        supervised(env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"}, watchdog_pid=True)
+        got: list[str] = []
+        deadline = time.monotonic() + 15
+        while got.count("WATCHDOG=1") < 2:
+            assert time.monotonic() < deadline, f"no watchdog pings: {got}"
+            try:
+                got += sock.recv(4096).decode().split("\n")
+            except TimeoutError:
+                pass
+        assert "READY=1" in got
+    finally:
+        sock.close()

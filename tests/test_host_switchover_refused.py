@@ -192,3 +192,54 @@ async def test_a_handover_after_replies_that_did_not_finish_cancels_them(tmp_pat
     finally:
         release.set()
         await stop_pair(cp, hosts, tasks)
+
+
+async def test_a_normal_stop_under_load_finishes_its_replies_and_takes_no_more(tmp_path: Path) -> None:
+    """A normal stop (no takeover) of the active under steady traffic: the CP stops delivering
+    first, so the replies in progress finish at once (they waited the drain's full 5 s while new
+    deliveries kept coming, and the late ones broke the CP link as not_active); what arrives
+    afterwards stays held at the CP, nothing lost."""
+    from hsb.wire.conn import PROTOCOL_ERRORS
+    from tests.support.hostclient import FakeTerminal
+
+    class Slow(EchoService):
+        async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
+            await asyncio.sleep(0.02)
+            return data
+
+    cp = CPServer(load(cp_config(tmp_path, terminals=10, host_timeout=0.5), CPConfig), SECRET)
+    hosts: dict[str, HostServer] = {}
+    tasks: list[asyncio.Task[Any]] = []
+    errors0 = PROTOCOL_ERRORS[("host", "not_active")]
+    sender: asyncio.Task[None] | None = None
+    try:
+        await start_pair(tmp_path, cp, hosts, tasks, records=64, service=Slow)
+        a, b = hosts["host-a"], hosts["host-b"]
+        await until(lambda: established(a, b), "hot standby")
+        t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")
+        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+
+        async def send() -> None:
+            i = 0
+            while True:
+                i += 1
+                t.send({"t": "msg", "id": i, "data": f"m{i}"})
+                await asyncio.sleep(0.002)  # (pacing the load)
+
+        sender = asyncio.ensure_future(send())
+        await until(lambda: a.delivery.in_flight > 0, "replies in progress")
+        a.request_stop(False)
+        t0 = time.monotonic()
+        await asyncio.wait_for(a.graceful_stop(), 15)
+        assert time.monotonic() - t0 < 3.0, "the replies in progress did not finish at once"
+        assert a.delivery.in_flight == 0 and PROTOCOL_ERRORS[("host", "not_active")] == errors0
+        core = cp.cp
+        assert core is not None and core.active is None and core.active_stopped_normally == "host-a"
+        replied = {m["id"] for m in t.inbox if m["t"] == "reply"}
+        acked = {m["id"] for m in t.inbox if m["t"] == "ack"}
+        assert replied and replied <= acked
+        assert acked - replied <= set(core.terms["T00001"].held), "an acknowledged message neither answered nor held"
+    finally:
+        if sender is not None:
+            sender.cancel()
+        await stop_pair(cp, hosts, tasks)

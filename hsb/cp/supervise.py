@@ -112,6 +112,10 @@ def _worker(work: Callable[[dict[str, Any]], int], info: dict[str, Any], parent:
         for sig in PASSED_ON:
             signal.signal(sig, signal.SIG_IGN if sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2) else signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        if os.environ.get("WATCHDOG_PID") == str(parent):
+            # systemd's watchdog watches the master (the unit's main process), which runs no loop
+            # to ping it from: the worker's tick loop pings for it (NotifyAccess=all)
+            os.environ["WATCHDOG_PID"] = str(os.getpid())
         signal.pthread_sigmask(signal.SIG_UNBLOCK, PASSED_ON)
         _die_with_parent(parent)
         _hold_high(end)

@@ -91,6 +91,7 @@ class HostServer:
         self.bound: dict[str, str] = {}
         self.ready_sent = False
         self.cp_stopped = asyncio.Event()
+        self.cp_released = asyncio.Event()  # the CP's "released": it delivers nothing more to us
         self.http_server: asyncio.base_events.Server | None = None
         self.reload_requested = False
         self.stop_mode = "takeover"  # SIGTERM hands over; `hsbctl stop --no-takeover` says "normal"
@@ -126,6 +127,8 @@ class HostServer:
         if t == "stopped":
             self.cp_stopped.set()
             return
+        if t == "released":
+            self.cp_released.set()  # (and on to the HA loop: a planned switchover's next step)
         if t in ("registered", "switch_granted", "fenced", "demoted") or (t == "error" and msg.get("code") in ("fenced", "active_exists")):
             self.ha.link_event(msg)
         if not self.sessions_ctl.on_cp_frame(msg):
@@ -342,6 +345,14 @@ class HostServer:
         notify(STOPPING=1, STATUS="stopping")
         ha.set_state("stopping", "normal termination" if self.stop_mode == "normal" else "stop: normal termination (no established standby)")
         if ha.role == "active":
+            # the CP first stops delivering (as at a planned switchover's release), so that the
+            # replies in progress can finish under load; the rest stays held at the CP
+            self.cp_released.clear()
+            if self.cp.send({"t": "release", "epoch": ha.epoch}):
+                try:
+                    await asyncio.wait_for(self.cp_released.wait(), 2.0)
+                except TimeoutError:
+                    log.warning("cp_did_not_confirm_release")
             done = await self.delivery.drain(5.0)
             log.info("replies_finished", complete=done)
             self.cp_stopped.clear()
