@@ -127,12 +127,13 @@ async def test_an_ack_for_an_id_never_sent_fails_the_run() -> None:
 
 
 def test_a_refusal_fails_the_run_even_where_disconnects_are_expected() -> None:
-    race = LoadReport(terminals=1, welcomed=1, expect_disconnects=True, errors={"already_connected": 3})
+    done = {"sent": 1, "acked": 1, "replied": 1}
+    race = LoadReport(terminals=1, welcomed=1, expect_disconnects=True, errors={"already_connected": 3}, **done)
     assert race.ok, race.failures  # a reconnect that beat the CP's notice of the old connection: retried
     for code in ("bad_frame", "unknown_terminal", "bad_hello"):
-        r = LoadReport(terminals=1, welcomed=1, expect_disconnects=True, errors={code: 1, "already_connected": 1})
+        r = LoadReport(terminals=1, welcomed=1, expect_disconnects=True, errors={code: 1, "already_connected": 1}, **done)
         assert not r.ok and r.failures == [f"CP errors: {code} x1"], r.failures
-    assert not LoadReport(terminals=1, welcomed=1, errors={"already_connected": 1}).ok  # not expected: a failure
+    assert not LoadReport(terminals=1, welcomed=1, errors={"already_connected": 1}, **done).ok  # not expected: a failure
 
 
 async def test_a_terminal_that_does_not_come_back_fails_the_run() -> None:
@@ -207,3 +208,11 @@ async def test_the_books_catch_a_transfer_applied_with_other_accounts_or_twice(t
         bad = await check_books({"sqlite": str(tmp_path / f"{name}.db")}, w, [term])
         await db.close()
         assert any(f"({failure})" in f for f in bad.failures), (name, bad.failures)
+
+
+def test_a_run_that_sent_nothing_is_not_ok() -> None:
+    """Terminals logged on and nothing sent (a rate of 0, a duration too short for the rate)
+    proves nothing: it fails, it does not say every message was answered exactly once."""
+    idle = LoadReport(terminals=10, welcomed=10, sent=0)
+    assert not idle.ok and idle.exit_status == 1 and any(f.startswith("nothing sent") for f in idle.failures)
+    assert LoadReport(terminals=10, welcomed=10, sent=5, acked=5, replied=5).ok

@@ -173,6 +173,11 @@ class LoadReport:
         if self.protocol_errors:
             out.append(f"protocol errors: {self.protocol_errors} frames from the CP broke the protocol")
         out.extend(f"books: {f}" for f in self.books_failures)
+        if self.terminals and self.sent == 0:
+            out.append(
+                "nothing sent: no terminal sent a message in the run, so nothing was proven (a rate of 0"
+                " without --closed-loop, or a duration too short for the rate)"
+            )
         return out
 
     @property
