@@ -216,3 +216,21 @@ def test_a_run_that_sent_nothing_is_not_ok() -> None:
     idle = LoadReport(terminals=10, welcomed=10, sent=0)
     assert not idle.ok and idle.exit_status == 1 and any(f.startswith("nothing sent") for f in idle.failures)
     assert LoadReport(terminals=10, welcomed=10, sent=5, acked=5, replied=5).ok
+
+
+def test_another_terminals_ids_are_not_taken_for_an_earlier_runs() -> None:
+    """In a run, terminal i's ids start at the run's first id + i: the first ids of the terminals
+    before it lie below its own first id but are this run's. An ack or a resent reply of one of
+    them reaching this terminal is misdelivered, not an earlier run's to be excused."""
+    stats = LoadStats(1)
+    stats.counting = True
+    c = TerminalClient("T4", stats, base=BASE + 3, floor=BASE, stride=4, idx=3, check_data=True)
+    _connect(c)
+    a = c.submit()
+    _feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": c.payload(a)})
+    _feed(c, {"t": "ack", "id": BASE + 1})  # terminal T2's first id
+    _feed(c, {"t": "reply", "id": BASE + 2, "data": "x", "resent": True})  # T3's
+    r = _verdict(c, stats)
+    assert not r.ok and r.unexpected_acks == 1 and r.unexpected == 1, r.failures
+    _feed(c, {"t": "ack", "id": BASE - 1})  # below the run's first id: an earlier run's, excused
+    assert _verdict(c, stats).unexpected_acks == 1

@@ -162,6 +162,7 @@ class TerminalClient(asyncio.Protocol):
         "resent_foreign",
         "told_last_reply",
         "may_resend",
+        "floor",
         "unexpected_acks",
         "failed_since_drop",
         "cp_reconnects",
@@ -185,6 +186,7 @@ class TerminalClient(asyncio.Protocol):
         resume: bool = True,
         workload: Any = None,
         keepalive: int = 1,
+        floor: int | None = None,
     ) -> None:
         self.name = name
         self.keepalive = keepalive  # TCP keepalive's idle seconds (0: the system's default, none)
@@ -192,6 +194,9 @@ class TerminalClient(asyncio.Protocol):
         self.listener = listener
         self.connector: Connector | None = None
         self.base = new_id_base() if base is None else base
+        # the run's first id (its terminals' ids interleave above it): an id below it is an
+        # earlier run's; one above it that is not this terminal's is another terminal's
+        self.floor = self.base if floor is None else min(floor, self.base)
         self.marks = bytearray()  # one byte per id sent: SENT | ACKED | reply count
         self.outstanding: dict[int, float] = {}  # id -> first send time, until the first reply
         self.payloads: dict[int, Any] | None = {} if keep_payloads else None
@@ -492,7 +497,7 @@ class TerminalClient(asyncio.Protocol):
             marks[k] |= ACKED
             self.listener.on_ack(self, msg_id, True)
         else:
-            if k < 0 and msg_id >= self.base:  # the CP acknowledges only what this terminal sent: misdelivered or made up
+            if k < 0 and msg_id >= self.floor:  # the CP acknowledges only what this terminal sent: misdelivered or made up
                 self.unexpected_acks += 1  # (below the run's first id: an earlier run's, made durable late)
             self.listener.on_ack(self, msg_id, False)
 
@@ -500,7 +505,7 @@ class TerminalClient(asyncio.Protocol):
         k = self.index(msg_id)
         marks = self.marks
         if k < 0:
-            if resent and msg_id < self.base:  # kept by the CP for an earlier run of this terminal: not ours to judge
+            if resent and msg_id < self.floor:  # kept by the CP for an earlier run of this terminal: not ours to judge
                 self.resent_foreign += 1
                 return
             self.unexpected += 1  # never sent by this terminal (another's id, say): resent or not

@@ -364,6 +364,7 @@ async def run_load(
             nm,
             stats,
             base=base + i,
+            floor=base,
             stride=stride,
             idx=i,
             window=window,
