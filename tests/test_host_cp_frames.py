@@ -128,3 +128,50 @@ async def test_an_active_registered_again_at_a_cp_that_keeps_no_sessions_closes_
         await stays.close()
     finally:
         await stop_pair(cp, hosts, tasks)
+
+
+async def test_a_clean_stop_of_the_cp_takes_nothing_more_from_open_connections(tmp_path: Path) -> None:
+    """A stop of hsbcpd while terminals keep sending: closing its listeners does not stop its open
+    connections, so it stops reading them (terminals and hosts alike, whatever back-pressure later
+    says); the journal's drain then has only what was already taken to write, not new records as
+    they keep coming, and what the terminals send meanwhile goes to the next CP."""
+    from tests.support.hostclient import FakeTerminal
+
+    cp = CPServer(load(cp_config(tmp_path, terminals=10, host_timeout=0.5), CPConfig), SECRET)
+    hosts: dict[str, HostServer] = {}
+    tasks: list[asyncio.Task[Any]] = []
+    sender: asyncio.Task[None] | None = None
+    try:
+        await start_pair(tmp_path, cp, hosts, tasks, records=64, service=EchoService)
+        a, b = hosts["host-a"], hosts["host-b"]
+        await until(lambda: established(a, b), "hot standby")
+        core = cp.cp
+        assert core is not None
+        t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")
+        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+
+        async def send() -> None:
+            i = 0
+            while True:
+                i += 1
+                t.send({"t": "msg", "id": i, "data": f"m{i}"})
+                await asyncio.sleep(0.001)  # (pacing the load)
+
+        sender = asyncio.ensure_future(send())
+        await t.wait(lambda m: m["t"] == "reply" and m["id"] >= 20)
+        for task in tasks[1:]:
+            task.cancel()
+        cp.should_exit.set()
+        await tasks[0]
+        conns = [x.conn for x in core.terms.values() if x.conn is not None] + list(cp.hosts)
+        await cp.shutdown()
+        assert conns and all(c.frozen and c.reading_paused for c in conns)
+        conns[0].resume_reading()  # (back-pressure freeing room) does not start reading again
+        assert conns[0].reading_paused
+    finally:
+        if sender is not None:
+            sender.cancel()
+        await asyncio.gather(*tasks[1:], return_exceptions=True)
+        for h in hosts.values():
+            await h.close()
+            h.delivery.cancel()

@@ -581,6 +581,15 @@ class CPServer:
             self._tickling.cancel()
         for srv in self.servers:
             srv.close()
+        if self.cp is not None and not self.superseded:
+            # nothing new is taken from the connections still open (closing the listeners does
+            # not stop them): the journal's drain below then finishes instead of meeting new
+            # records until its timeout; what they send meanwhile is sent again to the next CP
+            for t in self.cp.terms.values():
+                if t.conn is not None:
+                    t.conn.freeze()
+            for h in list(self.hosts):
+                h.freeze()
         for srv in self.servers:
             try:
                 await asyncio.wait_for(srv.wait_closed(), 1.0)

@@ -103,6 +103,7 @@ class FramedProtocol(asyncio.Protocol):
         self._idle_at = self._idle_due = self._idle_t = 0.0
         self._linger_handle: asyncio.TimerHandle | None = None
         self.reading_paused = False
+        self.frozen = False  # freeze(): read nothing more, whatever back-pressure says
         self._backlog: collections.deque[dict[str, Any]] = collections.deque()
         self._loop = asyncio.get_event_loop()
 
@@ -350,7 +351,14 @@ class FramedProtocol(asyncio.Protocol):
             self.reading_paused = True
             self.transport.pause_reading()
 
+    def freeze(self) -> None:
+        """Read nothing more from now on (a stop: nothing new is taken); what was read is left."""
+        self.frozen = True
+        self.pause_reading()
+
     def resume_reading(self) -> None:
+        if self.frozen:
+            return
         if self.transport is not None and not self.closed and self.reading_paused:
             self.reading_paused = False
             if not self.write_paused and not self._yielding:
