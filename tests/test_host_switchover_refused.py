@@ -243,3 +243,22 @@ async def test_a_normal_stop_under_load_finishes_its_replies_and_takes_no_more(t
         if sender is not None:
             sender.cancel()
         await stop_pair(cp, hosts, tasks)
+
+
+async def test_a_host_fenced_while_its_stop_waits_for_the_handover_exits_as_fenced(tmp_path: Path) -> None:
+    """SIGTERM starts a hand-over; the CP fences the host meanwhile: it exits 75 (fenced), as a
+    fenced host does, not 0 after a 'normal stop' sent under a stale epoch."""
+    from hsb.cli import EXIT_FENCED
+
+    async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
+        core = cp.cp
+        real, link = await held_releasing(cp, a)
+        a.stop_mode = "takeover"
+        stop = asyncio.ensure_future(a.graceful_stop())
+        await until(lambda: a.ha.state == "releasing" and not stop.done(), "the stop waiting for the handover")
+        a.ha.fenced("test: another host was made active")
+        await asyncio.wait_for(stop, 10)
+        assert a.exit_code == EXIT_FENCED, a.exit_code
+        core.host_release = real  # type: ignore[method-assign]
+
+    await _run(tmp_path, body)

@@ -339,6 +339,8 @@ class HostServer:
                     notify(STOPPING=1, STATUS="stopped after handing over")
                     self.exit_code = 0
                     return
+                if ha.exit is not None:  # fenced (or failed) meanwhile: it exits with that code, and tells nobody
+                    return
                 log.warning("stop_handover_failed", msg="the planned switchover did not complete; stopping normally (nobody takes over)")
             else:
                 log.info("stop_without_takeover", reason=why)
@@ -365,7 +367,8 @@ class HostServer:
             self.peer.send({"t": "active_stopping", "name": ha.name})
             await self.cp.drain()
             await self.peer_drain()
-        self.exit_code = 0
+        if ha.exit is None:  # (a fence during the stop keeps its own exit code, 75)
+            self.exit_code = 0
 
     async def close(self) -> None:
         await self.hook.close()
