@@ -136,7 +136,7 @@ async def test_a_stop_whose_handover_is_refused_stops_at_once_not_after_the_time
         core = cp.cp
         refuse_handovers(core)
         t0 = time.monotonic()
-        await asyncio.wait_for(a.graceful_stop(), 10)  # the handover's wait is 30 s
+        await asyncio.wait_for(a.graceful_stop(), 10)  # the handover's wait is 15 s
         assert time.monotonic() - t0 < 10
         assert "refused by the CP" in (a.ha.last_error or ""), (a.ha.state, a.ha.last_error)
         assert b.ha.role == "standby"  # a normal stop: nobody was made active by it
