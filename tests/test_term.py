@@ -758,3 +758,19 @@ async def test_each_terminal_connection_sets_tcp_keepalive_to_probe_when_idle(fa
     seen.clear()
     r = await run_load(("127.0.0.1", fake.port), terminals=2, rate=30, duration=0.3, settle=5, keepalive=0)
     assert r.ok and seen == [], seen
+
+
+async def test_connect_exits_nonzero_when_a_message_is_never_answered(fake: FakeCP) -> None:
+    """`hsbterm connect` fed by a script: a message acknowledged and never answered by the end of
+    the linger makes it exit 1 (it exited 0 whatever happened), and says how many."""
+    import io
+
+    from hsb.term.interactive import interactive
+
+    fake.lose = lambda name, seq: True  # acknowledged, never answered
+    out = io.StringIO()
+    status = await asyncio.wait_for(interactive("T00043", "127.0.0.1", fake.port, linger=0.3, inp=io.StringIO("balance?\n"), out=out), 20)
+    assert status == 1 and "1 message(s) still without a reply" in out.getvalue(), out.getvalue()
+    fake.lose = lambda name, seq: False
+    out = io.StringIO()
+    assert await asyncio.wait_for(interactive("T00044", "127.0.0.1", fake.port, linger=5, inp=io.StringIO("balance?\n"), out=out), 20) == 0

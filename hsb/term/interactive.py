@@ -165,7 +165,10 @@ async def interactive(
                 try:
                     await asyncio.wait_for(printer.drained.wait(), linger)
                 except TimeoutError:
-                    printer.say(f"{len(client.outstanding)} message(s) still without a reply")
+                    pass
+        if status == 0 and client.outstanding:  # a script feeding it must see that something was not answered
+            printer.say(f"{len(client.outstanding)} message(s) still without a reply")
+            status = 1
     finally:
         fatal_wait.cancel()
         await connector.close()
