@@ -29,6 +29,21 @@ ATTRS = {"protocol": "hsb1"}
 CP_MODULES = ("hsb.cp.", "hsb.wire.conn", "hsb.wire.authlink")
 
 
+async def lost_everywhere(timeout: float = 5.0) -> None:
+    """Until every CP-side connection has had its connection_lost (which leaves it a Decoder of
+    max_frame 1): before that its objects are still reachable, and would not show as garbage."""
+    import gc
+    import time
+
+    from hsb.wire.conn import FramedProtocol
+
+    loop = asyncio.get_running_loop()  # (this test's: other tests' connections are not its business)
+    deadline = time.monotonic() + timeout
+    while any(isinstance(o, FramedProtocol) and getattr(o, "_loop", None) is loop and o.decoder.max_frame != 1 for o in gc.get_objects()):
+        assert time.monotonic() < deadline, "a CP connection never had its connection_lost"
+        await asyncio.sleep(0.01)
+
+
 def cp_side(o: object) -> bool:
     mod = getattr(type(o), "__module__", "") or ""
     return mod.startswith(CP_MODULES) or type(o).__name__ == "ProtocolError"
@@ -91,7 +106,7 @@ async def scenario(tmp_path: Path) -> CPServer:
 async def test_serving_switching_and_closing_leave_no_cp_cycles(tmp_path: Path) -> None:
     with collector_off() as garbage:
         srv = await scenario(tmp_path)
-        await asyncio.sleep(0.05)  # transports' connection_lost callbacks
+        await lost_everywhere()  # the transports' connection_lost callbacks, which break the links
         leaked = [o for o in garbage() if cp_side(o)]
     assert srv.cp.counters["redelivered"] == 5 and srv.cp.counters["failovers"] == 1
     kinds = sorted({type(o).__qualname__ for o in leaked})
