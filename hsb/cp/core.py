@@ -191,6 +191,11 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
             if self.active is host:
                 host.close_with_error("bad_role", "the active host cannot re-register as standby on the same link")
                 return
+            gone = self.standby
+            if gone is not None and gone is not host:  # closed, its loss not yet seen: its sessions go now
+                for term in self.terms.values():
+                    if term.standby is not None and term.standby.host is gone:
+                        term.standby = None
             self.standby = host
             host.role = "standby"
             log.info("host_registered", host=host.name, role="standby", startup_id=startup_id, epoch=self.epoch)
@@ -380,13 +385,13 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         Granted once the standby holds a standby session for every terminal that can have one
         (at most HANDOVER_WAIT_S later), so that no terminal is disconnected."""
         self.settle_flip()
+        sb = self.standby
+        if host is not self.active or not host.released:
+            host.send({"t": "handover_refused", "reason": "release first"})  # (another host's frame: the
+            return  # active's handover, waiting for standby sessions, goes on)
         if self._handover is not None:
             self._handover.timer.cancel()
             self._handover = None
-        sb = self.standby
-        if host is not self.active or not host.released:
-            host.send({"t": "handover_refused", "reason": "release first"})
-            return
         if sb is None or not sb.usable:
             host.released = False
             host.send({"t": "handover_refused", "reason": "no standby host is registered at the CP"})
@@ -428,6 +433,11 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         log.info("active_stopped_normally", host=host.name, epoch=self.epoch)
         self.active_stopped_normally = host.name
         self.active = None
+        # nobody holds the role now, journalled too: another host may register as the active, and
+        # neither this CP nor the next one (after a restart) tells the standby that a host "did not
+        # come back" (an automatic takeover after a normal termination, which must not happen)
+        self.recorded_active = None
+        self.journal.append(["e", self.epoch, None], lazy=True)
         host.role = "stopped"
         n = 0
         for term in self.terms.values():
@@ -464,13 +474,19 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
             for term in self.terms.values():
                 if term.standby is not None and term.standby.host is host:
                     term.standby = None
+            a = self.active
+            if a is not None and a.closed:
+                # the active's sessions were kept for a flip that cannot come now: they are lost
+                self._sessions_lost_without_standby()
         h = self._handover
         if h is not None and host in (h.active, h.standby):
             active = h.active
             h.timer.cancel()
             self._handover = None
             if host is not active and active is self.active:
-                self.host_handover(active, wait=False)  # no standby any more: refused, the active serves on
+                # that standby is gone: with none now, refused (the active serves on); with a new
+                # one (its link made again), the wait for its standby sessions begins again
+                self.host_handover(active)
 
     def _notify_active_lost(self, name: str, why: str) -> None:
         if self.active_lost_notified:

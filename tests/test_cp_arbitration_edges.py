@@ -1,0 +1,125 @@
+"""The CP's arbitration at its edges, driven in-process through its own code (tests/support/cpcore):
+a planned switchover's wait for standby sessions survives the standby's link being made again and
+another host's stray `handover`; a normal termination leaves the active role free (for another
+host to register as active, and with no automatic takeover after a CP restart); sessions kept for
+a flip that can no longer come, or held by a standby link that is gone, are not left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.cp.terminal_link import TerminalProtocol
+from tests.support.cpcore import cp_core, fake_host
+from tests.support.transports import RecordingTransport
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def terminal(cp: Any, name: str) -> Any:
+    p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
+    p.connection_made(RecordingTransport(name))
+    p.clear_deadline()
+    cp.terminal_hello(p, name, 0)
+    return p
+
+
+def standby(cp: Any, name: str = "host-b", instance: str = "i1", **kw: Any) -> Any:
+    b = fake_host(cp, name, **kw)
+    b.instance = instance
+    cp.host_register(b, "standby", 1)
+    return b
+
+
+def pair_waiting_for_a_handover(tmp_path: Path) -> tuple[Any, Any, Any, list[Any]]:
+    """host-a active with 3 terminals' sessions, host-b standby with standby sessions for 2 of
+    them; host-a released and handing over: the CP waits for the third standby session."""
+    cp = cp_core(tmp_path, 3)
+    a = fake_host(cp, "host-a", "active")
+    b = standby(cp)
+    terms = [terminal(cp, f"T0000{i}") for i in (1, 2, 3)]
+    for i in (1, 2, 3):
+        cp.host_open(a, f"T0000{i}", "active", {})
+    for i in (1, 2):
+        cp.host_open(b, f"T0000{i}", "standby", {})
+    cp.host_release(a)
+    cp.host_handover(a)
+    assert cp._handover is not None and cp.active is a
+    return cp, a, b, terms
+
+
+async def test_the_standbys_link_made_again_during_a_handover_wait_does_not_disconnect_every_terminal(tmp_path: Path) -> None:
+    cp, a, b, terms = pair_waiting_for_a_handover(tmp_path)
+    b2 = standby(cp)  # the standby registers again on a new link (same instance): the old one dropped
+    b.connection_lost(None)
+    assert cp.active is a, "granted at once to a standby link holding no standby session"
+    assert not any(t.closed for t in terms)
+    for i in (1, 2, 3):  # the new link opens the standby sessions again: then it is granted
+        cp.host_open(b2, f"T0000{i}", "standby", {})
+    await asyncio.sleep(0)
+    cp.settle_flip()
+    assert cp.active is b2 and not any(t.closed for t in terms)
+
+
+async def test_another_hosts_handover_frame_does_not_cancel_the_actives_wait(tmp_path: Path) -> None:
+    cp, a, b, terms = pair_waiting_for_a_handover(tmp_path)
+    cp.host_handover(b)  # not the active: refused, and the active's wait goes on
+    assert cp._handover is not None and cp._handover.active is a
+    cp.host_open(b, "T00003", "standby", {})  # the last owed session: granted
+    await asyncio.sleep(0)
+    cp.settle_flip()
+    assert cp.active is b and not any(t.closed for t in terms)
+
+
+async def test_after_a_normal_stop_another_host_may_register_as_the_active(tmp_path: Path) -> None:
+    cp = cp_core(tmp_path, 2)
+    a = fake_host(cp, "host-a", "active")
+    cp.host_stopping(a)
+    b = fake_host(cp, "host-b", "active")
+    assert cp.active is b and not b.closed
+
+
+async def test_no_automatic_takeover_after_a_normal_stop_on_a_restored_cp(tmp_path: Path) -> None:
+    """A CP restored from its journal waits a while for the active of before, then tells the
+    standby it did not come back. After a normal stop nobody holds the role: nothing is told."""
+    cp = cp_core(tmp_path, 2)
+    cp.recovered_at = time.monotonic() - 10  # restored a while ago
+    a = fake_host(cp, "host-a", "active")
+    cp.host_stopping(a)
+    b = standby(cp, record=True)
+    cp.tick()
+    b.flush()
+    assert not [f for f in b.transport.frames() if f["t"] == "active_lost"]
+
+
+async def test_sessions_kept_for_a_flip_that_cannot_come_are_closed(tmp_path: Path) -> None:
+    """The active's link ends while a standby is registered: its sessions are kept for the flip.
+    The standby goes too: no flip can come, and the terminals are told their session is gone."""
+    cp = cp_core(tmp_path, 2)
+    a = fake_host(cp, "host-a", "active")
+    b = standby(cp)
+    t = terminal(cp, "T00001")
+    cp.host_open(a, "T00001", "active", {})
+    a.connection_lost(None)
+    assert cp.terms["T00001"].active is not None  # kept for the flip
+    b.connection_lost(None)
+    assert cp.terms["T00001"].active is None and cp.counts.active == 0
+    t.flush()
+    assert any(f["t"] == "session" and f["state"] == "closed" for f in t.transport.frames())
+
+
+async def test_a_new_standby_takes_the_place_of_a_closed_one_without_its_sessions_left_behind(tmp_path: Path) -> None:
+    cp = cp_core(tmp_path, 2)
+    fake_host(cp, "host-a", "active")
+    terminal(cp, "T00001")
+    b = standby(cp)
+    cp.host_open(b, "T00001", "standby", {})
+    b.close()  # closed by the CP (a protocol error, say); its loss not yet seen
+    standby(cp, instance="i2")
+    assert cp.terms["T00001"].standby is None and cp.counts.standby == 0
+    b.connection_lost(None)
+    assert cp.counts.standby == 0
