@@ -86,6 +86,27 @@ async def test_a_terminal_that_stops_resuming_gets_its_kept_replies_marked_and_i
     assert list(term.held) == [1]
     cp.host_reply(h, "T00001", 1, "r1")
     assert [(r["id"], r["data"]) for r in replies(q)] == [(2, "r2"), (1, "r1")]
+    assert not term.replies and cp.counts.kept == 0  # it confirms nothing: settled once 1 was answered
+    h.connection_lost(None)
+    await asyncio.sleep(0)
+
+
+async def test_a_terminal_that_says_nothing_of_its_replies_does_not_settle_past_a_recovered_message(tmp_path: Path) -> None:
+    """After a CP restart every held message is recovered (it may have been answered before the
+    crash): a resuming terminal's word about it counts, but a hello without last_reply says
+    nothing, so no "c" may pass a recovered message still unanswered."""
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active")
+    p = terminal(cp, "T00001", 0)
+    term = cp.terms["T00001"]
+    for mid in (1, 2):
+        cp.terminal_msg(term, mid, f"m{mid}")
+    cp.host_reply(h, "T00001", 2, "r2")
+    term.held[1].recovered = True  # as a restore from the journal marks it
+    p.connection_lost(None)
+    recs = journalled(cp)
+    terminal(cp, "T00001", None)
+    assert [r for r in recs if r[0] == "c" and r[2] >= 1] == [] and list(term.held) == [1]
     h.connection_lost(None)
     await asyncio.sleep(0)
 

@@ -87,9 +87,7 @@ class TerminalSide:
                 for kept in sorted(term.replies.values(), key=lambda k: k.id):
                     proto.send({"t": "reply", "id": kept.id, "data": kept.data, "resent": True})
                     self.counters["resent"] += 1
-                upto = self._confirmable(term, max(term.replies))
-                if upto and min(term.replies) <= upto:
-                    self._drop_replies(term, upto)
+                self._settle_unconfirmable(term)
             if term.outbox:
                 for m in term.outbox:
                     proto.send(m)
@@ -113,16 +111,26 @@ class TerminalSide:
             self._drop_replies(term, upto)
             self._backpressure(term)
 
+    def _settle_unconfirmable(self: CP, term: Term) -> None:
+        """A terminal that no longer resumes will confirm nothing: the replies kept for it from
+        when it did are settled once sent, as far as no message of its still waits below them
+        (the rest when that one is answered, `_replied`)."""
+        upto = self._confirmable(term, max(term.replies), trust_terminal=False)
+        if upto and min(term.replies) <= upto:
+            self._drop_replies(term, upto)
+            self._backpressure(term)
+
     @staticmethod
-    def _confirmable(term: Term, upto: int) -> int:
+    def _confirmable(term: Term, upto: int, trust_terminal: bool = True) -> int:
         """`upto` as far as a confirmation can go: not past the highest id accepted, nor up to a
         message accepted by this CP and not yet answered (the terminal cannot hold that reply).
         A "c" record past such a message would drop it at a recovery that reads its record after
         the "c" (one carried forward), and its reply would never be sent. (A message recovered
-        from the journal may have been answered before the crash: the terminal's word counts.)"""
+        from the journal may have been answered before the crash: the terminal's word counts,
+        when it gave one: `trust_terminal`.)"""
         upto = min(upto, term.last_acked)
         for held in term.held.values():  # id order: the first not being answered bounds it
-            if not held.replying and not held.recovered:
+            if not held.replying and not (held.recovered and trust_terminal):
                 return min(upto, held.id - 1)
         return upto
 
@@ -282,6 +290,8 @@ class TerminalSide:
         if self.after_switch is not None:
             self._served_after_switch(term, held)
         self._settled(term, held)
+        if term.replies and not term.resuming:  # kept from when it resumed: those below are settled now
+            self._settle_unconfirmable(term)
         faults.point("cp.after_reply_sent")
 
     def _settled(self: CP, term: Term, held: Held) -> None:
