@@ -1,11 +1,14 @@
-"""The peer link's sending connection is made again when the peer is found gone (its heartbeats
-stop, or its connection to us ends): it is not left writing into a connection that may be
-half-open, where notices would vanish while they count as sent. Two PeerLinks in-process on
-loopback."""
+"""The peer link's sending connection gives up on a peer that is gone within seconds
+(TCP_USER_TIMEOUT), not after TCP's minutes of retransmissions, so notices are not written into
+a half-open connection; and it is not dropped when only the other direction fell silent (the
+peer would see an EOF and, as an established standby, ask for the active role). Two PeerLinks
+in-process on loopback."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import time
 from typing import Any
 
@@ -40,19 +43,25 @@ def link(name: str, listen: str, peer: str, downs: list[str]) -> PeerLink:
     )
 
 
-async def test_the_sending_connection_is_made_again_when_the_peer_is_found_gone() -> None:
+async def test_the_sending_connection_gives_up_on_a_gone_peer_in_seconds_and_only_then() -> None:
     pa, pb = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    downs: list[str] = []
-    a, b = link("a", pa, pb, downs), link("b", pb, pa, [])
+    a_downs: list[str] = []
+    b_downs: list[str] = []
+    a, b = link("a", pa, pb, a_downs), link("b", pb, pa, b_downs)
     await a.start()
     await b.start()
     try:
         await until(lambda: a.up and b.up and a.outbound is not None, "both up")
+        assert a.outbound is not None
+        sock = a.outbound.writer.get_extra_info("socket")
+        ms = struct.unpack("I", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 4))[0]
+        assert ms == 2000  # four times heartbeat_timeout 0.5 s, at least 2 s
+        # b stops sending (one direction falls silent): a finds b gone, b hears a on
+        b.tasks[0].cancel()
+        await until(lambda: bool(a_downs), "a finds b silent")
         old = a.outbound
-        for t in b.tasks:  # b stops sending (its sender ends: a's inbound sees the end)
-            t.cancel()
-        await until(lambda: bool(downs), "a finds b gone")
-        await until(lambda: a.outbound is not None and a.outbound is not old, "a's sending connection made again")
+        await asyncio.sleep(3 * 0.05)  # (three of a's heartbeat intervals: what must not happen is an EOF at b)
+        assert b_downs == [] and a.outbound is old, "a one-sided silence dropped the other direction too"
     finally:
         await a.close()
         await b.close()

@@ -282,9 +282,6 @@ class PeerLink:
             self.up = False
             log.warning("peer_link_down", peer=self.peer_name, reason=why)
             self.on_down(why)
-        out = self.outbound
-        if out is not None:  # the peer is gone or cut off: our sending connection is made again too,
-            out.writer.transport.abort()  # not written into a half-open one until TCP gives up on it
 
     async def _monitor(self) -> None:
         tick = min(self.interval, self.timeout / 5)
