@@ -262,3 +262,23 @@ async def test_a_host_fenced_while_its_stop_waits_for_the_handover_exits_as_fenc
         core.host_release = real  # type: ignore[method-assign]
 
     await _run(tmp_path, body)
+
+
+async def test_a_normal_stop_after_a_hand_over_that_did_not_complete_does_not_hand_over_after_all(tmp_path: Path) -> None:
+    """The stop's hand-over ran out while the switchover still waited for the CP's 'released'; the
+    normal stop then sends its own release: its 'released' must not resume that switchover (a
+    grant racing the stop's 'stopping')."""
+    import functools
+
+    async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
+        core = cp.cp
+        real, _link = await held_releasing(cp, a)  # the switchover's release goes unanswered
+        a.hand_over = functools.partial(a.hand_over, timeout=0.3)  # type: ignore[method-assign]  # (15 s)
+        a.stop_mode = "takeover"
+        stop = asyncio.ensure_future(a.graceful_stop())
+        core.host_release = real  # type: ignore[method-assign]  # the stop's own release is answered
+        await asyncio.wait_for(stop, 15)
+        assert core.active is None and core.active_stopped_normally == "host-a", core.active
+        assert b.ha.role == "standby" and a.exit_code == 0
+
+    await _run(tmp_path, body)

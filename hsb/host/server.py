@@ -352,6 +352,7 @@ class HostServer:
             # the CP first stops delivering (as at a planned switchover's release), so that the
             # replies in progress can finish under load; the rest stays held at the CP
             self.cp_released.clear()
+            ha.release_pending = False  # its "released" is this stop's, not a planned switchover's next step
             if self.cp.send({"t": "release", "epoch": ha.epoch}):
                 try:
                     await asyncio.wait_for(self.cp_released.wait(), 2.0)
