@@ -225,3 +225,19 @@ async def test_the_actives_frames_without_an_integer_epoch_are_refused(tmp_path:
     assert err and err[0]["code"] == "bad_fields" and "epoch" in err[0]["msg"] and h.closed, err
     assert not h.released
     await asyncio.sleep(0)
+
+
+async def test_a_hosts_error_frame_is_heard_not_refused_as_an_unknown_type(tmp_path: Path) -> None:
+    """hsbd tells the CP why it drops the link (a frame of the CP's it cannot take): the CP logs
+    the host's reason and closes, instead of refusing the error frame itself as unknown_type."""
+    from hsb.wire.conn import PROTOCOL_ERRORS
+    from hsb.wire.framing import encode
+
+    before = PROTOCOL_ERRORS[("host", "unknown_type")]
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active", record=True)
+    h.data_received(encode({"t": "error", "code": "bad_fields", "msg": "a 'deliver_batch' frame this host cannot take"}))
+    h.flush()
+    assert h.closed and PROTOCOL_ERRORS[("host", "unknown_type")] == before
+    assert not [f for f in h.transport.frames() if f["t"] == "error"]
+    await asyncio.sleep(0)

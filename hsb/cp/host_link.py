@@ -37,6 +37,7 @@ class HostProtocol(AuthServerProtocol):
         "release": "on_release",
         "handover": "on_handover",
         "switchover": "on_switchover",
+        "error": "on_error",
     }
 
     def __init__(self, cp: CP, **kw: Any) -> None:
@@ -191,6 +192,11 @@ class HostProtocol(AuthServerProtocol):
         self.cp.host_switchover(
             self, str(msg.get("reason", ""))[:200], bool(msg.get("planned", False)), kind if kind in ("failover", "promote") else "failover"
         )
+
+    def on_error(self, msg: dict[str, Any]) -> None:
+        """The host found a frame of ours it cannot take, and drops the link: said here too."""
+        log.warning("host_reported_error", host=self.name, code=str(msg.get("code"))[:40], msg=str(msg.get("msg"))[:200])
+        self.close()
 
     def on_lost(self, exc: Exception | None) -> None:
         if self.authed:
