@@ -774,3 +774,15 @@ async def test_connect_exits_nonzero_when_a_message_is_never_answered(fake: Fake
     fake.lose = lambda name, seq: False
     out = io.StringIO()
     assert await asyncio.wait_for(interactive("T00044", "127.0.0.1", fake.port, linger=5, inp=io.StringIO("balance?\n"), out=out), 20) == 0
+
+
+def test_connect_gives_up_on_a_message_too_large_not_sending_it_for_ever() -> None:
+    """The CP refuses a message too large to deliver (message_too_large) without acknowledging it:
+    `hsbterm connect` would send it again at every logon, for ever; it gives up instead."""
+    import io
+
+    from hsb.term.interactive import Printer
+
+    p = Printer(io.StringIO(), "127.0.0.1:1")
+    p.on_error(None, "message_too_large", "msg 1: data larger than 1047552 bytes")  # type: ignore[arg-type]
+    assert p.fatal.is_set() and p.fatal_code == "message_too_large"

@@ -22,7 +22,7 @@ from hsb.term.connector import Connector
 from hsb.wire.framing import ProtocolError
 
 # Errors after which retrying is pointless for a person at the keyboard.
-FATAL_ERRORS = frozenset({"unknown_terminal", "bad_hello"})
+FATAL_ERRORS = frozenset({"unknown_terminal", "bad_hello", "message_too_large"})  # (that message would be sent again, and again)
 BYE_WAIT = 2.0
 
 
