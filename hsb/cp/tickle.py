@@ -73,7 +73,6 @@ class TickleList:
         # then joined (a few ms), not encoded at each write (~40 ms holding the GIL, which is the
         # event loop's too, even on the writer's thread)
         self.conns: dict[object, bytes] = {}
-        self._addr: dict[object, tuple[str, int, str, int]] = {}
         self.changed = True  # an empty list at once: the next CP must not tickle an older one again
         self.last_write = 0.0
         self.writing = False
@@ -84,20 +83,18 @@ class TickleList:
 
     def opened(self, key: object, local: Any, peer: Any) -> None:
         if isinstance(local, tuple) and isinstance(peer, tuple) and len(local) >= 2 and len(peer) >= 2:
-            a = self._addr[key] = (local[0], local[1], peer[0], peer[1])
-            self.conns[key] = _PACK((*a, ""))
+            self.conns[key] = _PACK((local[0], local[1], peer[0], peer[1], ""))
             self.changed = True
 
     def named(self, key: object, name: str) -> None:
         """The connection's terminal said who it is: a tickle not answered can then be resent."""
-        a = self._addr.get(key)
-        if a is not None:
-            self.conns[key] = _PACK((*a, name))
+        c = self.conns.get(key)
+        if c is not None:  # (its addresses from its entry: nothing else is kept per connection)
+            self.conns[key] = _PACK((*msgpack.unpackb(c)[:4], name))
             self.changed = True
 
     def closed(self, key: object) -> None:
         if self.conns.pop(key, None) is not None:
-            del self._addr[key]
             self.changed = True
 
     def tick(self, now: float) -> None:

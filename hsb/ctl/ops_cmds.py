@@ -25,6 +25,12 @@ def _unknown(st: dict[str, Any]) -> int | None:
     return None
 
 
+def _gone(why: str) -> bool:
+    """Why a daemon could not be asked says it is gone: nothing listens there, or its machine is
+    not reachable any more (not merely slow to answer)."""
+    return why.startswith("connection refused") or any(w in why for w in ("No route to host", "Network is unreachable", "Host is down"))
+
+
 async def _stop(t: Target, host: str | None, takeover: bool, timeout: float) -> int:
     assert t.secret_file is not None
     st = await status_all(t.cp, t.hosts, t.secret_file, cp_machines=t.cps)
@@ -52,7 +58,7 @@ async def _stop(t: Target, host: str | None, takeover: bool, timeout: float) -> 
         st = await status_all(t.cp, t.hosts, t.secret_file, timeout=1.0, cp_machines=t.cps)
         # gone: nothing listens at its admin address any more (one merely slow to answer, while
         # it hands over, say, has not stopped)
-        if any(u.get("addr") == target["addr"] and str(u.get("error", "")).startswith("connection refused") for u in st.get("unknown", [])):
+        if any(u.get("addr") == target["addr"] and _gone(str(u.get("error", ""))) for u in st.get("unknown", [])):
             active = next((h["name"] for h in st["hosts"] if h.get("reachable") and h.get("role") == "active" and h.get("serving")), None)
             click.echo(f"{name} stopped; " + (f"{active} is the active host" if active else "no host serves now (start one, or 'hsbctl promote')"))
             return 0
