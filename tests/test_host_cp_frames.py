@@ -164,7 +164,20 @@ async def test_a_clean_stop_of_the_cp_takes_nothing_more_from_open_connections(t
         cp.should_exit.set()
         await tasks[0]
         conns = [x.conn for x in core.terms.values() if x.conn is not None] + list(cp.hosts)
-        await cp.shutdown()
+        taken: list[Any] = []
+        real_append = core.journal.append
+
+        def append(payload: Any, done: Any = None, lazy: bool = False) -> int:
+            if payload[0] == "a":
+                taken.append(payload[2])
+            return int(real_append(payload, done, lazy))
+
+        core.journal.append = append  # type: ignore[method-assign]
+        shutdown = asyncio.ensure_future(cp.shutdown())
+        for _ in range(50):  # the load goes on while it stops: 50 more of its messages, paced
+            await asyncio.sleep(0.001)
+        await shutdown
+        assert taken == [], f"{len(taken)} messages taken after the stop began"
         assert conns and all(c.frozen and c.reading_paused for c in conns)
         conns[0].resume_reading()  # (back-pressure freeing room) does not start reading again
         assert conns[0].reading_paused
