@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from hsb.cp.terminal_link import TerminalProtocol
-from tests.support.cpcore import cp_core, fake_host, fake_terminal
-from tests.support.transports import RecordingTransport
+from tests.support.cpcore import cp_core, fake_host, fake_terminal, recording_terminal
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,14 +39,6 @@ async def test_an_active_demoted_during_its_adoption_gets_session_requests_when_
     await asyncio.sleep(0)
 
 
-def terminal(cp: Any, name: str) -> Any:
-    p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
-    p.connection_made(RecordingTransport(name))
-    p.clear_deadline()
-    cp.terminal_hello(p, name, 0)
-    return p
-
-
 @pytest.mark.parametrize("standby_capable", [True, False])
 async def test_a_terminal_back_while_its_adopted_sessions_host_is_lost_is_opened_at_the_grant_not_switched(
     tmp_path: Path, standby_capable: bool
@@ -68,7 +57,7 @@ async def test_a_terminal_back_while_its_adopted_sessions_host_is_lost_is_opened
     if standby_capable:
         cp.host_open(b, "T00001", "standby", {})
     a.connection_lost(None)
-    t = terminal(cp, "T00001")
+    t = recording_terminal(cp, "T00001")
     cp.host_switchover(b, "lost", False)
     deadline = asyncio.get_running_loop().time() + 5
     while cp.active is not b or not cp.announced:

@@ -13,19 +13,9 @@ from typing import Any
 
 import pytest
 
-from hsb.cp.terminal_link import TerminalProtocol
-from tests.support.cpcore import cp_core, fake_host
-from tests.support.transports import RecordingTransport
+from tests.support.cpcore import cp_core, fake_host, recording_terminal
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def terminal(cp: Any, name: str) -> Any:
-    p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
-    p.connection_made(RecordingTransport(name))
-    p.clear_deadline()
-    cp.terminal_hello(p, name, 0)
-    return p
 
 
 def standby(cp: Any, name: str = "host-b", instance: str = "i1", **kw: Any) -> Any:
@@ -41,7 +31,7 @@ def pair_waiting_for_a_handover(tmp_path: Path) -> tuple[Any, Any, Any, list[Any
     cp = cp_core(tmp_path, 3)
     a = fake_host(cp, "host-a", "active")
     b = standby(cp)
-    terms = [terminal(cp, f"T0000{i}") for i in (1, 2, 3)]
+    terms = [recording_terminal(cp, f"T0000{i}") for i in (1, 2, 3)]
     for i in (1, 2, 3):
         cp.host_open(a, f"T0000{i}", "active", {})
     for i in (1, 2):
@@ -102,7 +92,7 @@ async def test_sessions_kept_for_a_flip_that_cannot_come_are_closed(tmp_path: Pa
     cp = cp_core(tmp_path, 2)
     a = fake_host(cp, "host-a", "active")
     b = standby(cp)
-    t = terminal(cp, "T00001")
+    t = recording_terminal(cp, "T00001")
     cp.host_open(a, "T00001", "active", {})
     a.connection_lost(None)
     assert cp.terms["T00001"].active is not None  # kept for the flip
@@ -115,7 +105,7 @@ async def test_sessions_kept_for_a_flip_that_cannot_come_are_closed(tmp_path: Pa
 async def test_a_new_standby_takes_the_place_of_a_closed_one_without_its_sessions_left_behind(tmp_path: Path) -> None:
     cp = cp_core(tmp_path, 2)
     fake_host(cp, "host-a", "active")
-    terminal(cp, "T00001")
+    recording_terminal(cp, "T00001")
     b = standby(cp)
     cp.host_open(b, "T00001", "standby", {})
     b.close()  # closed by the CP (a protocol error, say); its loss not yet seen

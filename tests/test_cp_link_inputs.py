@@ -16,18 +16,10 @@ from typing import Any
 import pytest
 
 from hsb.cp.terminal_link import TerminalProtocol
-from tests.support.cpcore import cp_core, fake_host
+from tests.support.cpcore import cp_core, fake_host, recording_terminal
 from tests.support.transports import RecordingTransport
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def terminal(cp: Any, name: str, last_reply: int | None) -> Any:
-    p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
-    p.connection_made(RecordingTransport(name))
-    p.clear_deadline()
-    cp.terminal_hello(p, name, last_reply)
-    return p
 
 
 def journalled(cp: Any) -> list[list[Any]]:
@@ -51,7 +43,7 @@ def replies(p: Any) -> list[dict[str, Any]]:
 async def test_a_confirmation_does_not_go_past_a_message_still_unanswered(tmp_path: Path) -> None:
     cp = cp_core(tmp_path, 2)
     h = fake_host(cp, "host-a", "active")
-    p = terminal(cp, "T00001", 0)
+    p = recording_terminal(cp, "T00001", 0)
     term = cp.terms["T00001"]
     for mid in (1, 2, 3):
         cp.terminal_msg(term, mid, f"m{mid}")
@@ -70,17 +62,24 @@ async def test_a_confirmation_does_not_go_past_a_message_still_unanswered(tmp_pa
     await asyncio.sleep(0)
 
 
-async def test_a_terminal_that_stops_resuming_gets_its_kept_replies_marked_and_its_waiting_message_kept(tmp_path: Path) -> None:
+def answered_out_of_order(tmp_path: Path, recovered: bool = False) -> tuple[Any, Any, Any, list[list[Any]]]:
+    """A resuming terminal's messages 1 and 2, only 2 answered (its reply kept, unconfirmed); then
+    its connection goes. (cp, host, its Term, what the CP journals from then on.)"""
     cp = cp_core(tmp_path, 2)
     h = fake_host(cp, "host-a", "active")
-    p = terminal(cp, "T00001", 0)
+    p = recording_terminal(cp, "T00001", 0)
     term = cp.terms["T00001"]
     for mid in (1, 2):
         cp.terminal_msg(term, mid, f"m{mid}")
-    cp.host_reply(h, "T00001", 2, "r2")  # kept, unconfirmed; 1 still waits
+    cp.host_reply(h, "T00001", 2, "r2")
+    term.held[1].recovered = recovered  # (as a restore from the journal marks it)
     p.connection_lost(None)
-    recs = journalled(cp)
-    q = terminal(cp, "T00001", None)  # hello without last_reply
+    return cp, h, term, journalled(cp)
+
+
+async def test_a_terminal_that_stops_resuming_gets_its_kept_replies_marked_and_its_waiting_message_kept(tmp_path: Path) -> None:
+    cp, h, term, recs = answered_out_of_order(tmp_path)
+    q = recording_terminal(cp, "T00001", None)  # hello without last_reply
     assert [(r["id"], r.get("resent")) for r in replies(q)] == [(2, True)]
     assert [r for r in recs if r[0] == "c" and r[2] >= 1] == []  # nothing that would drop message 1
     assert list(term.held) == [1]
@@ -95,17 +94,8 @@ async def test_a_terminal_that_says_nothing_of_its_replies_does_not_settle_past_
     """After a CP restart every held message is recovered (it may have been answered before the
     crash): a resuming terminal's word about it counts, but a hello without last_reply says
     nothing, so no "c" may pass a recovered message still unanswered."""
-    cp = cp_core(tmp_path, 2)
-    h = fake_host(cp, "host-a", "active")
-    p = terminal(cp, "T00001", 0)
-    term = cp.terms["T00001"]
-    for mid in (1, 2):
-        cp.terminal_msg(term, mid, f"m{mid}")
-    cp.host_reply(h, "T00001", 2, "r2")
-    term.held[1].recovered = True  # as a restore from the journal marks it
-    p.connection_lost(None)
-    recs = journalled(cp)
-    terminal(cp, "T00001", None)
+    cp, h, term, recs = answered_out_of_order(tmp_path, recovered=True)
+    recording_terminal(cp, "T00001", None)
     assert [r for r in recs if r[0] == "c" and r[2] >= 1] == [] and list(term.held) == [1]
     h.connection_lost(None)
     await asyncio.sleep(0)

@@ -12,14 +12,9 @@ from typing import Any
 
 import pytest
 
-from hsb.config import load
-from hsb.cp.config import CPConfig
-from hsb.cp.server import CPServer
-from hsb.host.server import HostServer
 from hsb.service.builtin import EchoService
-from tests.support.inproc import start_pair, stop_pair
-from tests.support.procs import SECRET, cp_config
-from tests.test_host_switchover_refused import established, until
+from tests.support.inproc import hot_standby as established
+from tests.support.inproc import keep_sending, pair_in_hot_standby, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,13 +29,7 @@ pytestmark = pytest.mark.timeout(60)
     ids=["short_item", "no_terminal", "bad_epoch"],
 )
 async def test_a_frame_the_host_cannot_take_is_a_link_loss_not_a_silent_reconnect(tmp_path: Path, frame: dict[str, Any]) -> None:
-    cp = CPServer(load(cp_config(tmp_path, terminals=10, host_timeout=0.5), CPConfig), SECRET)
-    hosts: dict[str, HostServer] = {}
-    tasks: list[asyncio.Task[Any]] = []
-    try:
-        await start_pair(tmp_path, cp, hosts, tasks, records=64, service=EchoService)
-        a, b = hosts["host-a"], hosts["host-b"]
-        await until(lambda: established(a, b), "hot standby")
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         core = cp.cp
         assert core is not None
         core.set_paused(True, "test")  # host-a comes back as the active: nobody takes over meanwhile
@@ -56,21 +45,13 @@ async def test_a_frame_the_host_cannot_take_is_a_link_loss_not_a_silent_reconnec
         assert a.ha.role == "active" and b.ha.role == "standby"
         core.set_paused(False, "test")
         await until(lambda: established(a, b), "hot standby again")
-    finally:
-        await stop_pair(cp, hosts, tasks)
 
 
 async def test_a_host_whose_ha_loop_was_held_up_registers_once_on_the_live_link(tmp_path: Path) -> None:
     """The CP link dropped and came back while the HA loop was held up: the `cp_up` events of the
     links since lost are stale. Only the live link's one sends `register`; a second register on
     that link would be refused (bad_role) and the link closed."""
-    cp = CPServer(load(cp_config(tmp_path, terminals=10, host_timeout=0.5), CPConfig), SECRET)
-    hosts: dict[str, HostServer] = {}
-    tasks: list[asyncio.Task[Any]] = []
-    try:
-        await start_pair(tmp_path, cp, hosts, tasks, records=64, service=EchoService)
-        a, b = hosts["host-a"], hosts["host-b"]
-        await until(lambda: established(a, b), "hot standby")
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         core = cp.cp
         assert core is not None
         tasks[2].cancel()  # host-b's HA loop held up
@@ -89,8 +70,6 @@ async def test_a_host_whose_ha_loop_was_held_up_registers_once_on_the_live_link(
         await until(lambda: established(a, b), "hot standby again")
         assert len(registers) == 1, registers
         assert core.standby is not None and not core.standby.closed
-    finally:
-        await stop_pair(cp, hosts, tasks)
 
 
 async def test_an_active_registered_again_at_a_cp_that_keeps_no_sessions_closes_its_own(tmp_path: Path) -> None:
@@ -101,13 +80,7 @@ async def test_an_active_registered_again_at_a_cp_that_keeps_no_sessions_closes_
     from hsb.host.sessions import ACTIVE
     from tests.support.hostclient import FakeTerminal
 
-    cp = CPServer(load(cp_config(tmp_path, terminals=10, host_timeout=0.5, resume_window=0), CPConfig), SECRET)
-    hosts: dict[str, HostServer] = {}
-    tasks: list[asyncio.Task[Any]] = []
-    try:
-        await start_pair(tmp_path, cp, hosts, tasks, records=64, service=EchoService)
-        a, b = hosts["host-a"], hosts["host-b"]
-        await until(lambda: established(a, b), "hot standby")
+    async with pair_in_hot_standby(tmp_path, EchoService, resume_window=0) as (cp, a, b, tasks):
         core = cp.cp
         assert core is not None
         core.set_paused(True, "test")
@@ -126,8 +99,6 @@ async def test_an_active_registered_again_at_a_cp_that_keeps_no_sessions_closes_
         await until(lambda: sessions.get("T00001").state != ACTIVE, "T00001 closed at the host")
         core.set_paused(False, "test")
         await stays.close()
-    finally:
-        await stop_pair(cp, hosts, tasks)
 
 
 async def test_a_clean_stop_of_the_cp_takes_nothing_more_from_open_connections(tmp_path: Path) -> None:
@@ -137,54 +108,33 @@ async def test_a_clean_stop_of_the_cp_takes_nothing_more_from_open_connections(t
     they keep coming, and what the terminals send meanwhile goes to the next CP."""
     from tests.support.hostclient import FakeTerminal
 
-    cp = CPServer(load(cp_config(tmp_path, terminals=10, host_timeout=0.5), CPConfig), SECRET)
-    hosts: dict[str, HostServer] = {}
-    tasks: list[asyncio.Task[Any]] = []
-    sender: asyncio.Task[None] | None = None
-    try:
-        await start_pair(tmp_path, cp, hosts, tasks, records=64, service=EchoService)
-        a, b = hosts["host-a"], hosts["host-b"]
-        await until(lambda: established(a, b), "hot standby")
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         core = cp.cp
         assert core is not None
         t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")
         await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        sender = keep_sending(t)
+        try:
+            await t.wait(lambda m: m["t"] == "reply" and m["id"] >= 20)
+            cp.should_exit.set()
+            await tasks[0]
+            conns = [x.conn for x in core.terms.values() if x.conn is not None] + list(cp.hosts)
+            taken: list[Any] = []
+            real_append = core.journal.append
 
-        async def send() -> None:
-            i = 0
-            while True:
-                i += 1
-                t.send({"t": "msg", "id": i, "data": f"m{i}"})
-                await asyncio.sleep(0.001)  # (pacing the load)
+            def append(payload: Any, done: Any = None, lazy: bool = False) -> int:
+                if payload[0] == "a":
+                    taken.append(payload[2])
+                return int(real_append(payload, done, lazy))
 
-        sender = asyncio.ensure_future(send())
-        await t.wait(lambda m: m["t"] == "reply" and m["id"] >= 20)
-        for task in tasks[1:]:
-            task.cancel()
-        cp.should_exit.set()
-        await tasks[0]
-        conns = [x.conn for x in core.terms.values() if x.conn is not None] + list(cp.hosts)
-        taken: list[Any] = []
-        real_append = core.journal.append
-
-        def append(payload: Any, done: Any = None, lazy: bool = False) -> int:
-            if payload[0] == "a":
-                taken.append(payload[2])
-            return int(real_append(payload, done, lazy))
-
-        core.journal.append = append  # type: ignore[method-assign]
-        shutdown = asyncio.ensure_future(cp.shutdown())
-        for _ in range(50):  # the load goes on while it stops: 50 more of its messages, paced
-            await asyncio.sleep(0.001)
-        await shutdown
+            core.journal.append = append  # type: ignore[method-assign]
+            shutdown = asyncio.ensure_future(cp.shutdown())
+            for _ in range(50):  # the load goes on while it stops: 50 more of its messages, paced
+                await asyncio.sleep(0.001)
+            await shutdown
+        finally:
+            sender.cancel()
         assert taken == [], f"{len(taken)} messages taken after the stop began"
         assert conns and all(c.frozen and c.reading_paused for c in conns)
         conns[0].resume_reading()  # (back-pressure freeing room) does not start reading again
         assert conns[0].reading_paused
-    finally:
-        if sender is not None:
-            sender.cancel()
-        await asyncio.gather(*tasks[1:], return_exceptions=True)
-        for h in hosts.values():
-            await h.close()
-            h.delivery.cancel()

@@ -12,26 +12,13 @@ from typing import Any
 
 import pytest
 
-from hsb.config import load
-from hsb.cp.config import CPConfig
 from hsb.cp.server import CPServer
 from hsb.host.server import HostServer
 from hsb.service.builtin import EchoService
-from tests.support.inproc import start_pair, stop_pair
-from tests.support.procs import SECRET, cp_config
+from tests.support.inproc import hot_standby as established
+from tests.support.inproc import keep_sending, pair_in_hot_standby, until
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def until(cond: Any, what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
-def established(*hosts: HostServer) -> bool:
-    return all(h.ha.state == "established" and h.peer.up for h in hosts)
 
 
 async def held_releasing(cp: CPServer, a: HostServer) -> tuple[Any, Any]:
@@ -71,16 +58,8 @@ async def switched_over(a: HostServer, b: HostServer) -> None:
 
 
 async def _run(tmp_path: Path, body: Any) -> None:
-    cp = CPServer(load(cp_config(tmp_path, terminals=10, host_timeout=0.5), CPConfig), SECRET)
-    hosts: dict[str, HostServer] = {}
-    tasks: list[asyncio.Task[Any]] = []
-    try:
-        await start_pair(tmp_path, cp, hosts, tasks, records=64, service=EchoService)
-        a, b = hosts["host-a"], hosts["host-b"]
-        await until(lambda: established(a, b), "hot standby")
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, _tasks):
         await body(cp, a, b)
-    finally:
-        await stop_pair(cp, hosts, tasks)
 
 
 async def test_a_refused_handover_leaves_the_active_established(tmp_path: Path) -> None:
@@ -165,33 +144,27 @@ async def test_a_handover_after_replies_that_did_not_finish_cancels_them(tmp_pat
                     raise
             return f"{self.host}:{data}:{redelivered}"
 
-    cp = CPServer(load(cp_config(tmp_path, terminals=10, host_timeout=0.5), CPConfig), SECRET)
-    hosts: dict[str, HostServer] = {}
-    tasks: list[asyncio.Task[Any]] = []
-    try:
-        await start_pair(tmp_path, cp, hosts, tasks, records=64, service=SlowOnA)
-        a, b = hosts["host-a"], hosts["host-b"]
-        await until(lambda: established(a, b), "hot standby")
-        core = cp.cp
-        assert core is not None
-        t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")
-        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
-        t.send({"t": "msg", "id": 1, "data": "x"})
-        await until(lambda: a.delivery.in_flight == 1, "host-a processing")
-        a_link = core.active
-        drain = a.delivery.drain
-        a.delivery.drain = lambda timeout: drain(0.2)  # type: ignore[method-assign]  # (10 s)
-        a.ha.post("switchover")
-        await until(lambda: b.ha.role == "active" and a.ha.role == "standby", "the switchover")
-        r = await t.wait(lambda m: m["t"] == "reply")
-        assert r["data"] == "host-b:x:True", r
-        await until(lambda: cancelled == [1], "the old active's handler cancelled at its demotion")
-        assert a_link is not None and not a_link.closed and core.standby is a_link
-        assert [m["id"] for m in t.inbox if m["t"] == "reply"] == [1]
-        await t.close()
-    finally:
-        release.set()
-        await stop_pair(cp, hosts, tasks)
+    async with pair_in_hot_standby(tmp_path, SlowOnA) as (cp, a, b, _tasks):
+        try:
+            core = cp.cp
+            assert core is not None
+            t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")
+            await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+            t.send({"t": "msg", "id": 1, "data": "x"})
+            await until(lambda: a.delivery.in_flight == 1, "host-a processing")
+            a_link = core.active
+            drain = a.delivery.drain
+            a.delivery.drain = lambda timeout: drain(0.2)  # type: ignore[method-assign]  # (10 s)
+            a.ha.post("switchover")
+            await until(lambda: b.ha.role == "active" and a.ha.role == "standby", "the switchover")
+            r = await t.wait(lambda m: m["t"] == "reply")
+            assert r["data"] == "host-b:x:True", r
+            await until(lambda: cancelled == [1], "the old active's handler cancelled at its demotion")
+            assert a_link is not None and not a_link.closed and core.standby is a_link
+            assert [m["id"] for m in t.inbox if m["t"] == "reply"] == [1]
+            await t.close()
+        finally:
+            release.set()
 
 
 async def test_a_normal_stop_under_load_finishes_its_replies_and_takes_no_more(tmp_path: Path) -> None:
@@ -207,42 +180,28 @@ async def test_a_normal_stop_under_load_finishes_its_replies_and_takes_no_more(t
             await asyncio.sleep(0.02)
             return data
 
-    cp = CPServer(load(cp_config(tmp_path, terminals=10, host_timeout=0.5), CPConfig), SECRET)
-    hosts: dict[str, HostServer] = {}
-    tasks: list[asyncio.Task[Any]] = []
     errors0 = PROTOCOL_ERRORS[("host", "not_active")]
     sender: asyncio.Task[None] | None = None
-    try:
-        await start_pair(tmp_path, cp, hosts, tasks, records=64, service=Slow)
-        a, b = hosts["host-a"], hosts["host-b"]
-        await until(lambda: established(a, b), "hot standby")
-        t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")
-        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
-
-        async def send() -> None:
-            i = 0
-            while True:
-                i += 1
-                t.send({"t": "msg", "id": i, "data": f"m{i}"})
-                await asyncio.sleep(0.002)  # (pacing the load)
-
-        sender = asyncio.ensure_future(send())
-        await until(lambda: a.delivery.in_flight > 0, "replies in progress")
-        a.request_stop(False)
-        t0 = time.monotonic()
-        await asyncio.wait_for(a.graceful_stop(), 15)
-        assert time.monotonic() - t0 < 3.0, "the replies in progress did not finish at once"
-        assert a.delivery.in_flight == 0 and PROTOCOL_ERRORS[("host", "not_active")] == errors0
-        core = cp.cp
-        assert core is not None and core.active is None and core.active_stopped_normally == "host-a"
-        replied = {m["id"] for m in t.inbox if m["t"] == "reply"}
-        acked = {m["id"] for m in t.inbox if m["t"] == "ack"}
-        assert replied and replied <= acked
-        assert acked - replied <= set(core.terms["T00001"].held), "an acknowledged message neither answered nor held"
-    finally:
-        if sender is not None:
-            sender.cancel()
-        await stop_pair(cp, hosts, tasks)
+    async with pair_in_hot_standby(tmp_path, Slow) as (cp, a, b, _tasks):
+        try:
+            t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")
+            await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+            sender = keep_sending(t, 0.002)
+            await until(lambda: a.delivery.in_flight > 0, "replies in progress")
+            a.request_stop(False)
+            t0 = time.monotonic()
+            await asyncio.wait_for(a.graceful_stop(), 15)
+            assert time.monotonic() - t0 < 3.0, "the replies in progress did not finish at once"
+            assert a.delivery.in_flight == 0 and PROTOCOL_ERRORS[("host", "not_active")] == errors0
+            core = cp.cp
+            assert core is not None and core.active is None and core.active_stopped_normally == "host-a"
+            replied = {m["id"] for m in t.inbox if m["t"] == "reply"}
+            acked = {m["id"] for m in t.inbox if m["t"] == "ack"}
+            assert replied and replied <= acked
+            assert acked - replied <= set(core.terms["T00001"].held), "an acknowledged message neither answered nor held"
+        finally:
+            if sender is not None:
+                sender.cancel()
 
 
 async def test_a_host_fenced_while_its_stop_waits_for_the_handover_exits_as_fenced(tmp_path: Path) -> None:

@@ -9,22 +9,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-import time
-from typing import Any
 
 import pytest
 
 from hsb.host.peer import PeerLink
+from tests.support.inproc import until
 from tests.support.procs import free_port
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def until(cond: Any, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 def link(name: str, listen: str, peer: str, downs: list[str]) -> PeerLink:

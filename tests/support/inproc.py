@@ -4,7 +4,9 @@ real takeover file): for tests and benches that look inside the daemons' objects
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from hsb.cp.server import CPServer
 from hsb.host.config import HostConfig
 from hsb.host.server import HostServer
 from hsb.takeover.fileio import create_file
-from tests.support.procs import SECRET, free_port, host_config
+from tests.support.procs import SECRET, cp_config, free_port, host_config
 
 
 async def start_pair(
@@ -63,4 +65,52 @@ async def stop_pair(cp: CPServer, hosts: dict[str, HostServer], tasks: list[asyn
     cp.should_exit.set()
     if tasks:
         await tasks[0]
-    await cp.shutdown()
+    if cp.state != "stopping":  # (unless the test stopped it itself)
+        await cp.shutdown()
+
+
+def hot_standby(*hosts: HostServer) -> bool:
+    """Each host established, its peer link up."""
+    return all(h.ha.state == "established" and h.peer.up for h in hosts)
+
+
+async def until(cond: Callable[[], Any], what: str, timeout: float = 15.0) -> None:
+    """Poll `cond` on the event loop until it holds; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def pair_in_hot_standby(
+    d: Path, service: Callable[[str], Any], terminals: int = 10, **cp: Any
+) -> AsyncIterator[tuple[CPServer, HostServer, HostServer, list[asyncio.Task[Any]]]]:
+    """A CP (`cp_config(d, …, **cp)`, host_timeout 0.5 s) and both hosts in this process, in hot
+    standby; (cp, host-a, host-b, their tasks as `start_pair` fills them); all torn down after."""
+    from hsb.cp.config import CPConfig
+
+    srv = CPServer(load(cp_config(d, terminals=terminals, host_timeout=0.5, **cp), CPConfig), SECRET)
+    hosts: dict[str, HostServer] = {}
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        await start_pair(d, srv, hosts, tasks, records=64, service=service, terminals=terminals)
+        a, b = hosts["host-a"], hosts["host-b"]
+        await until(lambda: hot_standby(a, b), "hot standby")
+        yield srv, a, b, tasks
+    finally:
+        await stop_pair(srv, hosts, tasks)
+
+
+def keep_sending(t: Any, every: float = 0.001) -> asyncio.Task[None]:
+    """A task sending terminal `t` (a tests.support.hostclient.FakeTerminal) a message every
+    `every` seconds, ids 1, 2, …, until cancelled: a steady load."""
+
+    async def send() -> None:
+        i = 0
+        while True:
+            i += 1
+            t.send({"t": "msg", "id": i, "data": f"m{i}"})
+            await asyncio.sleep(every)  # (pacing the load)
+
+    return asyncio.ensure_future(send())
