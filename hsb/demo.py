@@ -57,6 +57,27 @@ _until = sandbox.until
 _actives = sandbox.actives
 
 
+def _dead(d: Path) -> list[str]:
+    """The daemons of the sandbox (its CP, or the CP's master, and each host as last started)
+    that are not running: each act checks this before it stops them."""
+    st = sandbox.load_state(d)
+    procs = {"hsbcpd": st["cp"], **st["hosts"]}
+    return [name for name, proc in procs.items() if not sandbox._alive(int(proc["pid"]))]
+
+
+def _down(d: Path) -> None:
+    """Stop the act's sandbox, however far it got (nothing to stop if it never started)."""
+    try:
+        sandbox.down(d)
+    except sandbox.SandboxError:
+        pass
+
+
+def _between(events: list[dict[str, Any]], t0: float, t1: float) -> list[dict[str, Any]]:
+    """The events logged from `t0` to `t1` (wall time): the log may hold earlier runs and the teardown."""
+    return [e for e in events if t0 <= _ts(e["timestamp"]) <= t1]
+
+
 async def _background_load(
     cp: Any, *, terminals: int, rate: float, settle: float = 20, **kw: Any
 ) -> tuple[Any, asyncio.Event, list[tuple[str, float]]]:
@@ -70,11 +91,12 @@ async def _background_load(
 async def scenario(d: Path, *, conventional: bool, terminals: int, rate: float, say: Any) -> dict[str, Any]:
     mode = "conventional" if conventional else "fast switch"
     say(f"\n== {mode}: starting hsbcpd, host-a (active), host-b (standby), {terminals} terminals ==")
-    info = await sandbox.aup(d, terminals=terminals, service="journal", conventional=conventional, timeout=60)
     try:
+        info = await sandbox.aup(d, terminals=terminals, service="journal", conventional=conventional, timeout=60)
         load, stop, marks = await _background_load(info["cp"]["terminal"], terminals=terminals, rate=rate, expect_disconnects=conventional)
         if not conventional:
             await _until(d, lambda s: s["cp"]["terminals"]["standby_sessions"] == terminals, 30, "standby sessions")
+        await _until(d, lambda s: _actives(s) == ["host-a"], 30, "host-a the active")  # the host about to be killed
         say(f"   hot standby established; load running at {rate:.0f} msg/s")
         await asyncio.sleep(1.5)
         pid = sandbox.load_state(d)["hosts"]["host-a"]["pid"]
@@ -92,13 +114,23 @@ async def scenario(d: Path, *, conventional: bool, terminals: int, rate: float, 
         stop.set()
         rep = await load
         report = rep.to_dict()
+        dead = _dead(d)
     finally:
-        sandbox.down(d)
+        _down(d)
     cp_log = d / "cp.log"
-    lost = _events(cp_log, "active_host_link_lost")
-    granted = _events(cp_log, "switchover_granted")
-    complete = _events(cp_log, "switchover_complete")
+    lost = _between(_events(cp_log, "active_host_link_lost"), t_kill, t_est)
+    granted = _between(_events(cp_log, "switchover_granted"), t_kill, t_est)
+    complete = _between(_events(cp_log, "switchover_complete"), t_kill, t_est)
     rec = st["cp"].get("last_switchover") or {}
+    # the act's own checks: the failover it reports is the one it caused, and nothing else died
+    checks = []
+    if rec.get("kind") != "failover" or rec.get("to") != "host-b" or float(rec.get("at") or 0) < t_kill:
+        checks.append(f"the CP's last switch is not this failover to host-b: { ({k: rec.get(k) for k in ('kind', 'from', 'to', 'at')}) }")
+    want = (0, terminals) if conventional else (terminals, 0)  # (sessions switched, reconnected): all one way
+    if (rec.get("switched"), rec.get("classic")) != want:
+        checks.append(f"sessions switched / reconnected {rec.get('switched')} / {rec.get('classic')}, not {want[0]} / {want[1]}")
+    if dead:
+        checks.append(f"daemons not running at the end: {', '.join(dead)}")
     t_grant = _ts(granted[-1]["timestamp"]) if granted else None
 
     def rel(t: float | None) -> float | None:
@@ -131,8 +163,8 @@ async def scenario(d: Path, *, conventional: bool, terminals: int, rate: float, 
         "verdict": {
             k: report[k] for k in ("sent", "acked", "replied", "lost", "duplicates", "unexpected", "bad_data", "unacked", "disconnects", "switched")
         },
-        "ok": rep.ok,
-        "failures": rep.failures,
+        "ok": rep.ok and not checks,
+        "failures": rep.failures + checks,
         "latency_ms": report["latency_ms"],
         "dir": str(d),
     }
@@ -173,7 +205,7 @@ def render(results: list[dict[str, Any]]) -> str:
     out.append("")
     out.append("¹ the longest stretch in which no terminal at all got a reply; it hides pauses that hit")
     out.append("  only some terminals, so the worst pause above is the figure to read.")
-    if len(results) == 2 and results[0]["worst_pause_ms"] and results[1]["worst_pause_ms"]:
+    if len(results) == 2 and results[0]["worst_pause_ms"] and results[1]["worst_pause_ms"] and all(r["ok"] for r in results):
         ratio = results[1]["worst_pause_ms"] / results[0]["worst_pause_ms"]
         out.append("")
         out.append(f"conventional / fast-switch worst pause: {ratio:.1f}x")
@@ -183,7 +215,7 @@ def render(results: list[dict[str, Any]]) -> str:
             f"conventional mode disconnected {conv['disconnected_terminals']:,} of {conv['terminals']:,} terminals"
             + (" (every one)" if conv["disconnected_terminals"] == conv["terminals"] else "")
             + "; fast switch disconnected "
-            + f"{results[0]['disconnected_terminals']:,}."
+            + f"{next((r['disconnected_terminals'] for r in results if r['mode'] == 'fast switch'), '-')}."
         )
     out.append("")
     bad = [f"{r['mode']}: {f}" for r in results for f in r["failures"]]
@@ -196,10 +228,11 @@ async def cp_restart(d: Path, *, terminals: int, rate: float, say: Any) -> dict[
     """Act three: the CP itself is SIGKILLed under load, and its master (`hsbcpd --supervise`, as
     the systemd unit runs it) forks it again at once on its journal."""
     say(f"\n== the CP itself: starting hsbcpd --supervise, host-a (active), host-b (standby), {terminals} resuming terminals ==")
-    info = await sandbox.aup(d, terminals=terminals, service="journal", timeout=60, supervise=True)
     try:
+        info = await sandbox.aup(d, terminals=terminals, service="journal", timeout=60, supervise=True)
         load, stop, marks = await _background_load(info["cp"]["terminal"], terminals=terminals, rate=rate, expect_disconnects=True)
         await _until(d, lambda s: s["cp"]["terminals"]["standby_sessions"] == terminals, 30, "standby sessions")
+        before = _actives(await _status(d))
         say(f"   hot standby established; load running at {rate:.0f} msg/s")
         await asyncio.sleep(1.5)
         pid = sandbox.cp_process(sandbox.load_state(d))
@@ -213,17 +246,31 @@ async def cp_restart(d: Path, *, terminals: int, rate: float, say: Any) -> dict[
             return bool(s.get("established")) and t.get("active_sessions") == t.get("connected") == terminals
 
         st = await _until(d, back, 30, "every terminal served again")
+        t_back = time.time()
         say("   every terminal resumed; hot standby established again")
         await asyncio.sleep(1.0)
         stop.set()
         rep = await load
+        dead = _dead(d)
     finally:
-        sandbox.down(d)
-    recovered = _events(d / "cp.log", "journal_recovered")
+        _down(d)
+    cp_log = d / "cp.log"
+    recovered = _between(_events(cp_log, "journal_recovered"), t_kill, t_back)
     rec = recovered[-1] if recovered else {}
-    started = [t for e in _events(d / "cp.log", "cp_started") if (t := _ts(e["timestamp"])) >= t_kill]
+    started = [_ts(e["timestamp"]) for e in _between(_events(cp_log, "cp_started"), t_kill, t_back)]
+    died = _between(_events(cp_log, "cp_worker_died"), t_kill, t_back)
     pause = rep.pause or {}
     report = rep.to_dict()
+    resumed = len(report["per_terminal_disconnects"])  # terminals (not events) cut off and back
+    checks = []
+    if len(died) != 1 or len(started) != 1 or not recovered:
+        checks.append(f"not one crash and one restart on the journal: {len(died)} worker deaths, {len(started)} starts, {len(recovered)} recoveries")
+    if resumed != terminals:
+        checks.append(f"{resumed} of {terminals} terminals were cut off and resumed (the CP's crash cuts off every one)")
+    if _actives(st) != before:
+        checks.append(f"the active changed across the CP's restart: {before} before, {_actives(st)} after")
+    if dead:
+        checks.append(f"daemons not running at the end: {', '.join(dead)}")
     return {
         "mode": "CP restart",
         "terminals": terminals,
@@ -233,10 +280,11 @@ async def cp_restart(d: Path, *, terminals: int, rate: float, say: Any) -> dict[
         "p99_pause_ms": pause.get("p99_ms"),
         "all_served_ms": pause.get("all_served_ms"),
         "listening_ms": round((started[0] - t_kill) * 1000) if started else None,
-        "resumed": report["disconnects"],
+        "active_before": before,
+        "resumed": resumed,
         "verdict": {k: report[k] for k in ("sent", "acked", "replied", "lost", "duplicates", "unexpected", "bad_data", "unacked")},
-        "ok": rep.ok,
-        "failures": rep.failures,
+        "ok": rep.ok and not checks,
+        "failures": rep.failures + checks,
         "dir": str(d),
     }
 
@@ -250,7 +298,8 @@ def render_cp(r: dict[str, Any]) -> str:
         f"  journal recovered in {rec.get('ms')} ms: {rec.get('held')} held messages, {rec.get('replies_kept')} unconfirmed replies,"
         f" {rec.get('terminals')} terminals' acknowledged ids, epoch {rec.get('epoch')}, active {rec.get('active')}",
         f"  terminals resumed: {r['resumed']:,} of {r['terminals']:,} (reconnected and resumed: nothing resent twice)",
-        f"  active afterwards: {', '.join(r['active_after'])} (the same host, no operator action)",
+        f"  active afterwards: {', '.join(r['active_after'])}"
+        + (" (the same host, no operator action)" if r["active_after"] == r["active_before"] else f" (before: {', '.join(r['active_before'])})"),
         f"  worst pause {r['worst_pause_ms']} ms (p99 {r['p99_pause_ms']} ms); "
         + (
             f"every terminal with something in flight served again after {r['all_served_ms']} ms"
@@ -270,13 +319,14 @@ async def ledger_act(d: Path, *, terminals: int, rate: float, dsn: str | None, s
 
     where = "PostgreSQL" if dsn else "SQLite in the demo's folder"
     say(f"\n== the ledger: {terminals} terminals sending transfers, the books in {where} ==")
-    info = await sandbox.aup(d, terminals=terminals, service="ledger", dsn=dsn, timeout=60)
     w = LedgerWorkload(accounts=50)
     try:
+        info = await sandbox.aup(d, terminals=terminals, service="ledger", dsn=dsn, timeout=60)
         load, stop, marks = await _background_load(
             info["cp"]["terminal"], terminals=terminals, rate=rate, settle=30, workload=w, books=info["ledger"]
         )
         await _until(d, lambda s: s["cp"]["terminals"]["standby_sessions"] == terminals, 30, "standby sessions")
+        await _until(d, lambda s: _actives(s) == ["host-a"], 30, "host-a the active")  # the host about to be killed
         say(f"   {w.n} accounts opened and funded; transfers at {rate:.0f} msg/s")
         await asyncio.sleep(1.5)
         pid = sandbox.load_state(d)["hosts"]["host-a"]["pid"]
@@ -287,8 +337,10 @@ async def ledger_act(d: Path, *, terminals: int, rate: float, dsn: str | None, s
         await asyncio.sleep(1.5)
         stop.set()
         rep = await load
+        dead = [n for n in _dead(d) if n != "host-a"]  # (host-a was killed and stays down in this act)
     finally:
-        sandbox.down(d)
+        _down(d)
+    checks = [f"daemons not running at the end: {', '.join(dead)}"] if dead else []
     pause = rep.pause or {}
     return {
         "mode": "ledger",
@@ -297,8 +349,8 @@ async def ledger_act(d: Path, *, terminals: int, rate: float, dsn: str | None, s
         "active_after": _actives(st),
         "worst_pause_ms": pause.get("worst_ms"),
         "books": rep.books,
-        "ok": rep.ok,
-        "failures": rep.failures,
+        "ok": rep.ok and not checks,
+        "failures": rep.failures + checks,
     }
 
 
@@ -326,21 +378,46 @@ def render_ledger(r: dict[str, Any]) -> str:
 async def amain(args: argparse.Namespace) -> int:
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="hsb-demo-"))
     say = (lambda s: print(s, file=sys.stderr)) if args.json else print
+    task = asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # as Ctrl-C: each act's daemons are stopped on the way out
+        asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
+    broken: list[str] = []  # acts that could not run to their verdict
+
+    async def act(name: str, run: Any) -> Any:
+        try:
+            return await run
+        except (TimeoutError, sandbox.SandboxError, OSError) as exc:
+            broken.append(f"{name}: did not complete: {type(exc).__name__}: {exc}")
+            say(f"   {name} did not complete: {exc}")
+            return None
+
     results = []
-    results.append(await scenario(base / "fast", conventional=False, terminals=args.terminals, rate=args.rate, say=say))
-    if not args.fast_only:
-        results.append(await scenario(base / "conventional", conventional=True, terminals=args.terminals, rate=args.rate, say=say))
-    cp = None if args.no_cp_restart else await cp_restart(base / "cp-restart", terminals=args.terminals, rate=args.rate, say=say)
-    money = None if args.no_ledger else await ledger_act(base / "ledger", terminals=args.terminals, rate=min(args.rate, 400.0), dsn=args.dsn, say=say)
-    ok = all(r["ok"] for r in results) and (cp is None or cp["ok"]) and (money is None or money["ok"])
+    for conventional in (False, True) if not args.fast_only else (False,):
+        name = "conventional" if conventional else "fast switch"
+        d = base / ("conventional" if conventional else "fast")
+        r = await act(name, scenario(d, conventional=conventional, terminals=args.terminals, rate=args.rate, say=say))
+        if r is not None:
+            results.append(r)
+    cp = None if args.no_cp_restart else await act("CP restart", cp_restart(base / "cp-restart", terminals=args.terminals, rate=args.rate, say=say))
+    money = (
+        None
+        if args.no_ledger
+        else await act("ledger", ledger_act(base / "ledger", terminals=args.terminals, rate=min(args.rate, 400.0), dsn=args.dsn, say=say))
+    )
+    ok = not broken and all(r["ok"] for r in results) and (cp is None or cp["ok"]) and (money is None or money["ok"])
     if args.json:
-        print(json.dumps({"ok": ok, "results": results, "cp_restart": cp, "ledger": money}, indent=2))
+        print(json.dumps({"ok": ok, "results": results, "cp_restart": cp, "ledger": money, "not_completed": broken}, indent=2))
     else:
-        print(render(results))
+        if results:
+            print(render(results))
         if cp is not None:
             print(render_cp(cp))
         if money is not None:
             print(render_ledger(money))
+        if broken:
+            print("\nACTS THAT DID NOT COMPLETE (FAILED):")
+            print("\n".join(f"  - {b}" for b in broken))
         if args.dir or not ok:
             print(f"logs and configs: {base}")
     if not args.dir and ok:
