@@ -4,6 +4,7 @@ which would stall the terminal's later messages behind it) for SQL that cannot r
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -54,3 +55,90 @@ async def test_a_database_sqlite_cannot_open_is_unavailable(tmp_path: Path) -> N
                 await tx.execute("SELECT 1")
     finally:
         await db.close()
+
+
+async def test_a_busy_database_at_the_first_message_makes_it_wait_not_an_error_reply(tmp_path: Path) -> None:
+    """The new active's first message sets the ledger up; another host's transaction holding the
+    SQLite file (a stalled old active) makes that wait (ServiceUnavailable: the message is held
+    and retried), not a final `error: RetryTransaction` reply for a request never applied."""
+    from hsb.service.ledger import LedgerService
+
+    path = tmp_path / "l.db"
+    s = LedgerService("host-b", sqlite=str(path))
+    s.db.busy_timeout = 0.1  # type: ignore[attr-defined]
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(ServiceUnavailable):
+            await s.handle("T1", 1, '{"op":"open","account":"a"}', False)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert json.loads(await s.handle("T1", 1, '{"op":"open","account":"a"}', True))["ok"] is True
+    await s.close()
+
+
+async def test_a_balance_never_passes_the_64_bit_limit(tmp_path: Path) -> None:
+    """SQLite turns an integer past 64 bits into a float (money made and lost silently): a deposit
+    or transfer that would pass the ledger's limit is refused, and the balance stays an integer."""
+    from hsb.service.ledger import MAX_BALANCE, LedgerService
+
+    path = tmp_path / "l.db"
+    s = LedgerService("host-a", sqlite=str(path))
+    await s.handle("T1", 1, '{"op":"open","account":"a"}', False)
+    await s.handle("T1", 2, '{"op":"open","account":"b"}', False)
+    await s.handle("T1", 3, '{"op":"deposit","account":"b","amount":10}', False)
+    c = sqlite3.connect(path, isolation_level=None)
+    c.execute("UPDATE ledger_accounts SET balance = ? WHERE account = 'a'", (MAX_BALANCE - 5,))
+    assert '"balance_limit"' in await s.handle("T1", 4, '{"op":"deposit","account":"a","amount":10}', False)
+    assert '"balance_limit"' in await s.handle("T1", 5, '{"op":"transfer","from":"b","to":"a","amount":10}', False)
+    assert '"ok":true' in await s.handle("T1", 6, '{"op":"deposit","account":"a","amount":5}', False)
+    assert c.execute("SELECT typeof(balance), balance FROM ledger_accounts WHERE account = 'a'").fetchone() == ("integer", MAX_BALANCE)
+    c.close()
+    await s.close()
+
+
+@pytest.mark.parametrize("data", ["[" * 100_000, '{"op":"balance","account":"\\ud800"}', '{"op":"balance","account":"a\\u0000"}'])
+def test_requests_no_database_can_take_are_bad_requests(data: str) -> None:
+    from hsb.service.ledger import BadRequest, parse
+
+    with pytest.raises(BadRequest):
+        parse(data)
+
+
+def test_postgresql_states_of_a_database_not_there_for_us_are_unavailable() -> None:
+    """A read-only transaction (a hot standby reached during the database's failover), our own
+    idle-in-transaction timeout, a database missing or refusing our login: the message waits."""
+    asyncpg = pytest.importorskip("asyncpg", reason="asyncpg (a dependency of hsb) is not installed")
+    from hsb.service.db import classify_pg
+
+    for exc in (
+        asyncpg.exceptions.ReadOnlySQLTransactionError("x"),
+        asyncpg.exceptions.IdleInTransactionSessionTimeoutError("x"),
+        asyncpg.exceptions.InvalidCatalogNameError("x"),
+        asyncpg.exceptions.InvalidPasswordError("x"),
+    ):
+        assert isinstance(classify_pg(exc), ServiceUnavailable), exc
+
+
+async def test_the_journal_service_holds_messages_it_cannot_write_and_leaves_no_torn_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from hsb.service.builtin import JournalService
+
+    j = JournalService("host-a", journal=str(tmp_path / "j.log"))
+    await j.handle("T1", 1, "x", False)
+    real_write, real_fsync = os.write, os.fsync
+
+    def half(fd: int, data: bytes) -> int:  # half the line reaches the file, then the disk is full
+        real_write(fd, bytes(data)[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half)
+    with pytest.raises(ServiceUnavailable, match="No space left"):
+        await j.handle("T1", 2, "x", False)
+    monkeypatch.setattr(os, "write", real_write)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    await j.handle("T1", 2, "x", True)
+    await j.close()
+    assert (tmp_path / "j.log").read_text() == "host-a T1 1 0\nhost-a T1 2 1\n"

@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 
+from hsb.service.api import ServiceUnavailable
 from hsb.worker import Worker
 
 log = structlog.get_logger("hsb.service")
@@ -75,21 +76,30 @@ class JournalService(EchoService):
             blob = b"".join(line for line, _ in batch)
             try:
                 await self.worker.run(functools.partial(self._append, blob))
-            except OSError as exc:
+            except OSError as exc:  # a full disk, EIO: the messages wait (the CP holds them), not error replies
+                unavailable = ServiceUnavailable(f"journal {self.path} cannot be written: {exc.strerror or exc}")
                 for _, f in batch:
                     if not f.done():
-                        f.set_exception(exc)
+                        f.set_exception(unavailable)
                 continue
             for _, f in batch:
                 if not f.done():
                     f.set_result(None)
 
     def _append(self, blob: bytes) -> None:
-        view = memoryview(blob)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
-        os.fsync(self.fd)
+        end = os.lseek(self.fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(blob)
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+            os.fsync(self.fd)
+        except OSError:
+            try:  # no torn line for the next batch to be appended to: back to the last whole one
+                os.ftruncate(self.fd, end)
+            except OSError:
+                pass
+            raise
 
     async def close(self) -> None:
         if self.writer is not None:

@@ -84,7 +84,10 @@ def open_database(dsn: str | None = None, sqlite: str | None = None, **opts: Any
 
 # SQLSTATE classes that mean "the database is not there for us now", not "the request is bad"
 _UNAVAILABLE_PREFIXES = ("08", "53", "57P", "58")
-_UNAVAILABLE_STATES = {"57014"}  # query cancelled (our command_timeout)
+# query cancelled (our command_timeout); a read-only transaction (the DSN reached a hot standby
+# during the database's own failover); our idle-in-transaction timeout (a stall of this process);
+# the database missing (being restored); authentication refused (being fixed): none is the request's
+_UNAVAILABLE_STATES = {"57014", "25006", "25P03", "3D000", "28000", "28P01"}
 _RETRY_STATES = {"40001", "40P01"}  # serialization failure, deadlock
 
 

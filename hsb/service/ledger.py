@@ -25,11 +25,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from hsb.service.db import Database, Tx, open_database
+from hsb.service.api import ServiceUnavailable
+from hsb.service.db import Database, RetryTransaction, Tx, open_database
 from hsb.service.once import ExactlyOnce
 
 MAX_ACCOUNT = 64
 MAX_AMOUNT = 10**12
+# a balance is a 64-bit integer in both databases: SQLite would turn one past it into a float
+# (money made and lost silently), PostgreSQL would fail the statement; refused well before
+MAX_BALANCE = 2**62
 
 DDL = [
     "CREATE TABLE IF NOT EXISTS ledger_accounts (account TEXT PRIMARY KEY, balance BIGINT NOT NULL CHECK (balance >= 0))",
@@ -64,6 +68,9 @@ def _account(obj: dict[str, Any], key: str) -> str:
         raise BadRequest(f"{key!r} must be a non-empty string")
     if len(v) > MAX_ACCOUNT:
         raise BadRequest(f"{key!r} is longer than {MAX_ACCOUNT} characters")
+    if "\x00" in v or any("\ud800" <= ch <= "\udfff" for ch in v):
+        # a NUL or a lone surrogate: no database stores it as text (PostgreSQL refuses both)
+        raise BadRequest(f"{key!r} holds a character that is not text (NUL or a lone surrogate)")
     return v
 
 
@@ -89,6 +96,8 @@ def parse(data: Any) -> Request:
         obj = json.loads(data)
     except ValueError as exc:
         raise BadRequest(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("not JSON this service takes: nested too deep") from None
     if not isinstance(obj, dict):
         raise BadRequest('a JSON object is expected, like {"op":"balance","account":"alice"}')
     op = obj.get("op")
@@ -128,8 +137,15 @@ async def apply(tx: Tx, terminal: str, mid: int, r: Request) -> str:
         bal = await tx.fetchval("SELECT balance FROM ledger_accounts WHERE account = $1", r.account)
         return dumps({"ok": True, "balance": int(bal)}) if bal is not None else dumps({"ok": False, "error": "no_such_account"})
     if r.op == "deposit":
-        bal = await tx.fetchval("UPDATE ledger_accounts SET balance = balance + $2 WHERE account = $1 RETURNING balance", r.account, r.amount)
+        bal = await tx.fetchval(
+            "UPDATE ledger_accounts SET balance = balance + $2 WHERE account = $1 AND balance <= $3 RETURNING balance",
+            r.account,
+            r.amount,
+            MAX_BALANCE - r.amount,
+        )
         if bal is None:
+            if await tx.fetchval("SELECT balance FROM ledger_accounts WHERE account = $1", r.account) is not None:
+                return dumps({"ok": False, "error": "balance_limit", "max": MAX_BALANCE})
             return dumps({"ok": False, "error": "no_such_account"})
         await entry(r.account, None, r.amount)
         return dumps({"ok": True, "balance": int(bal)})
@@ -154,6 +170,8 @@ async def apply(tx: Tx, terminal: str, mid: int, r: Request) -> str:
         return dumps({"ok": False, "error": "no_such_account"})
     if rows[r.account] < r.amount:
         return dumps({"ok": False, "error": "insufficient_funds"})
+    if rows[r.other] > MAX_BALANCE - r.amount:
+        return dumps({"ok": False, "error": "balance_limit", "max": MAX_BALANCE})
     await tx.execute("UPDATE ledger_accounts SET balance = balance - $2 WHERE account = $1", r.account, r.amount)
     await tx.execute("UPDATE ledger_accounts SET balance = balance + $2 WHERE account = $1", r.other, r.amount)
     await entry(r.account, r.other, r.amount)
@@ -202,7 +220,10 @@ class LedgerService:
         except BadRequest as exc:  # the same answer every time: nothing to record
             return dumps({"ok": False, "error": "bad_request", "msg": str(exc)})
         if not self.ready:
-            await self._setup()  # ServiceUnavailable if the database is not there yet: retried
+            try:
+                await self._setup()  # ServiceUnavailable if the database is not there yet: retried
+            except RetryTransaction as exc:  # busy (another host's transaction): waits, not an error reply
+                raise ServiceUnavailable(f"database busy while setting up: {exc}") from exc
 
         async def effect(tx: Tx) -> str:
             return await apply(tx, terminal, message_id, req)
