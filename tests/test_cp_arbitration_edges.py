@@ -2,7 +2,8 @@
 a planned switchover's wait for standby sessions survives the standby's link being made again and
 another host's stray `handover`; a normal termination leaves the active role free (for another
 host to register as active, and with no automatic takeover after a CP restart); sessions kept for
-a flip that can no longer come, or held by a standby link that is gone, are not left behind."""
+a flip that can no longer come, or held by a standby link that is gone, are not left behind; a
+switch's record ends at its deadline even when no reply comes, and a normal stop ends a loss."""
 
 from __future__ import annotations
 
@@ -113,3 +114,31 @@ async def test_a_new_standby_takes_the_place_of_a_closed_one_without_its_session
     assert cp.terms["T00001"].standby is None and cp.counts.standby == 0
     b.connection_lost(None)
     assert cp.counts.standby == 0
+
+
+async def test_a_switch_record_whose_terminals_never_come_back_ends_at_its_deadline_without_a_reply(tmp_path: Path) -> None:
+    """A switch's record follows the replies to what was in flight; terminals that took the classic
+    path and never came back, with no traffic at all, left it open for ever (its deadline was
+    checked only on a reply): the CP's tick ends it."""
+    from hsb.cp.switchrec import AfterSwitch
+
+    cp = cp_core(tmp_path, 2)
+    done: list[dict[str, Any]] = []
+    sw = AfterSwitch(time.monotonic(), {"epoch": 2}, done.append)
+    assert not sw.counted(1)  # one terminal in flight, never served
+    cp.after_switch = sw
+    cp.tick()
+    assert cp.after_switch is sw and not done  # before its deadline: still following
+    sw.deadline = time.monotonic() - 1
+    cp.tick()
+    assert cp.after_switch is None and done == [sw.rec] and sw.rec["all_served_ms"] is None
+
+
+async def test_a_normal_stop_ends_the_loss_a_later_promote_would_count_from(tmp_path: Path) -> None:
+    cp = cp_core(tmp_path, 2)
+    a = fake_host(cp, "host-a", "active")
+    a.last_rx = time.monotonic() - 5  # silent a while, then it stops normally
+    cp.tick()
+    assert cp.loss is not None
+    cp.host_stopping(a)
+    assert cp.loss is None

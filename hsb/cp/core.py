@@ -433,6 +433,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         log.info("active_stopped_normally", host=host.name, epoch=self.epoch)
         self.active_stopped_normally = host.name
         self.active = None
+        self.loss = None  # (a silence just before its stop is no loss: a later promote's record must not count from it)
         # nobody holds the role now, journalled too: another host may register as the active, and
         # neither this CP nor the next one (after a restart) tells the standby that a host "did not
         # come back" (an automatic takeover after a normal termination, which must not happen)
@@ -526,6 +527,9 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
             log.warning("cp_loop_stalled", stalled_ms=round((now - last) * 1000, 1), msg="host silence judged again at the next tick")
             return
         self._tick_skipped = False
+        sw = self.after_switch
+        if sw is not None and sw.expired(now):  # (its terminals never served, and no reply came to end it)
+            self.after_switch = None
         s = self.standby
         if s is not None and not s.closed and time.monotonic() - s.last_rx > self.host_timeout:
             log.warning("standby_host_link_silent", host=s.name, silent_s=round(time.monotonic() - s.last_rx, 3))

@@ -89,11 +89,16 @@ class AfterSwitch:
         if self.left <= 0:
             self.finish(now)
             return True
-        if now > self.deadline:
-            log.warning("switched_terminals_not_served", epoch=rec["epoch"], waiting=self.left)
-            self.finish(None)
-            return True
-        return False
+        return self.expired(now)
+
+    def expired(self, now: float) -> bool:
+        """Past the deadline with terminals still not served: the record ends without them (also
+        from the CP's tick: when no reply comes at all, a reply would never end it)."""
+        if self.counting or now <= self.deadline:
+            return False
+        log.warning("switched_terminals_not_served", epoch=self.rec["epoch"], waiting=self.left)
+        self.finish(None)
+        return True
 
     def finish(self, now: float | None) -> None:
         rec = self.rec
