@@ -142,3 +142,52 @@ async def test_a_normal_stop_ends_the_loss_a_later_promote_would_count_from(tmp_
     assert cp.loss is not None
     cp.host_stopping(a)
     assert cp.loss is None
+
+
+async def test_a_normal_stops_end_of_the_role_is_durable_before_the_host_is_told(tmp_path: Path) -> None:
+    """The CP tells the stopping active `stopped` only once the role's end is in its journal: a CP
+    crashed right after would otherwise wait for that host as the active of before, and then tell
+    the standby it did not come back (an automatic takeover after a normal termination)."""
+    from hsb.config import load
+    from hsb.cp.config import CPConfig
+    from hsb.cp.journal.recovery import recover
+    from hsb.cp.server import CPServer
+    from tests.support.inproc import until
+    from tests.support.procs import SECRET
+    from tests.support.procs import cp_config as proc_cp_config
+
+    srv = CPServer(load(proc_cp_config(tmp_path, terminals=2, host_timeout=0.5), CPConfig), SECRET)
+    await srv.startup()
+    try:
+        cp = srv.cp
+        assert cp is not None
+        a = fake_host(cp, "host-a", "active", record=True)
+        await until(lambda: cp.announced, "host-a registered as the active")
+        cp.host_stopping(a)
+
+        def told() -> bool:
+            a.flush()
+            return any(f["t"] == "stopped" for f in a.transport.frames())
+
+        await until(told, "the host told its stop was taken")
+        r = recover(tmp_path / "cp-journal", truncate=False)  # what a crash right now would find
+        assert r.active is None, r.active
+    finally:
+        srv.should_exit.set()
+        await srv.shutdown()
+
+
+async def test_a_standby_registering_again_during_a_handover_wait_has_it_wait_for_its_own_sessions(tmp_path: Path) -> None:
+    """The standby's old link closed by the CP, its loss not yet seen, a new standby link registers:
+    the handover's wait moves to the new link (its opens count), not left on the old one until its
+    timer grants without standby sessions."""
+    cp, a, b, terms = pair_waiting_for_a_handover(tmp_path)
+    b.close()  # (its connection_lost not yet run)
+    b2 = standby(cp, instance="i2")
+    await asyncio.sleep(0)  # (the wait moves on the next turn, after b2's registered)
+    assert cp._handover is not None and cp._handover.standby is b2
+    for i in (1, 2, 3):
+        cp.host_open(b2, f"T0000{i}", "standby", {})
+    await asyncio.sleep(0)
+    cp.settle_flip()
+    assert cp.active is b2 and not any(t.closed for t in terms)

@@ -199,6 +199,13 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
             self.standby = host
             host.role = "standby"
             log.info("host_registered", host=host.name, role="standby", startup_id=startup_id, epoch=self.epoch)
+            h = self._handover
+            if h is not None and h.standby is not host:
+                # a planned switchover waits for standby sessions on a link that is gone: it waits
+                # for them on this one (it reopens them), not until its timer grants without them
+                h.timer.cancel()
+                self._handover = None
+                asyncio.get_running_loop().call_soon(self._rewait_handover, h.active)
             # A standby that finds no active waits: it takes over only on evidence of
             # an abnormal loss (or an operator's promote), never just by arriving first.
             host.send(
@@ -417,6 +424,11 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
                 return
         self._grant(sb, "planned switchover", f"released by {host.name}", demote=host)
 
+    def _rewait_handover(self, active: HostProtocol) -> None:
+        """After the standby registered again (its `registered` gone out first)."""
+        if active is self.active and active.released and self._handover is None:
+            self.host_handover(active)
+
     def _owed_standby(self, name: str) -> None:
         """A standby session owed to a waiting handover is open (or no longer needed)."""
         h = self._handover
@@ -438,7 +450,10 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         # neither this CP nor the next one (after a restart) tells the standby that a host "did not
         # come back" (an automatic takeover after a normal termination, which must not happen)
         self.recorded_active = None
-        self.journal.append(["e", self.epoch, None], lazy=True)
+        h = self._handover
+        if h is not None:  # (a planned switchover's wait, if one was under way, ends with the role)
+            h.timer.cancel()
+            self._handover = None
         host.role = "stopped"
         n = 0
         for term in self.terms.values():
@@ -449,8 +464,11 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
                     self._tell(term, {"t": "session", "state": "closed", "epoch": self.epoch, "reason": "active host stopped normally"})
         log.info("active_sessions_closed", host=host.name, sessions=n)
         # the host waits for this before it closes: closing with our deliveries unread
-        # would reset the connection and could discard its stopping frame here
-        host.send({"t": "stopped", "epoch": self.epoch})
+        # would reset the connection and could discard its stopping frame here. Sent once the
+        # role's end is durable: a CP restarted after a crash right after it must not wait for
+        # this host as "the active of before", then tell the standby it did not come back
+        epoch = self.epoch
+        self.journal.append(["e", epoch, None], lambda: host.send({"t": "stopped", "epoch": epoch}))
         if self.standby is not None and self.standby.usable:
             self.standby.send({"t": "active_lost", "host": host.name, "why": "stopping"})
 

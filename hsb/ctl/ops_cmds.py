@@ -26,9 +26,9 @@ def _unknown(st: dict[str, Any]) -> int | None:
 
 
 def _gone(why: str) -> bool:
-    """Why a daemon could not be asked says it is gone: nothing listens there, or its machine is
-    not reachable any more (not merely slow to answer)."""
-    return why.startswith("connection refused") or any(w in why for w in ("No route to host", "Network is unreachable", "Host is down"))
+    """Why a daemon could not be asked says it is gone: nothing listens there any more (a host
+    merely slow to answer, or one its machine cannot be reached at, is not known to have stopped)."""
+    return why.startswith("connection refused")
 
 
 async def _stop(t: Target, host: str | None, takeover: bool, timeout: float) -> int:

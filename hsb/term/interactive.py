@@ -148,6 +148,8 @@ async def interactive(
                 printer.say(
                     f"giving up: {target} does not speak the terminal link (a wrong port?)"
                     if printer.fatal_code == "not_a_cp"
+                    else f"giving up: the CP refused a message that cannot be delivered ({printer.fatal_code})"
+                    if printer.fatal_code == "message_too_large"
                     else f"giving up: the CP refused this terminal ({printer.fatal_code})"
                 )
                 status = 1

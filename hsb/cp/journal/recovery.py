@@ -9,7 +9,8 @@ Record kinds (the first element of each MessagePack array):
     ["r", terminal, id, data]      its reply, kept until the terminal confirms it; the message is settled
     ["d", terminal, id]            its reply, not kept (a terminal that does not resume); settled
     ["c", terminal, id]            the terminal holds every reply up to id: those are settled
-    ["e", epoch, active]           the epoch was raised; `active` holds the active role
+    ["e", epoch, active]           the epoch was raised; `active` holds the active role (null: a
+                                   normal termination, nobody holds it; the epoch unchanged)
     ["h", {...}]                   an entry of the switch history ({"epoch", "update": {...}}: an entry's pause)
     ["p", paused]                  the operator paused (or resumed) automatic failover
     ["se"]                         the end of a takeover snapshot (below)
