@@ -293,3 +293,32 @@ def test_the_supervised_cp_feeds_systemds_watchdog(supervised: Any, tmp_path: Pa
         assert "READY=1" in got
     finally:
         sock.close()
+
+
+def test_a_reload_or_wake_sent_while_the_worker_starts_is_acted_on_not_lost(tmp_path: Path) -> None:
+    """Between its fork and its event loop's own handlers (a recovery can take a second) the worker
+    ignored SIGHUP and SIGUSR1, so `systemctl reload` or keepalived's wake sent then was lost; they
+    are noted and acted on once the loop is up."""
+    from hsb.config import load
+    from hsb.cp import server as srv
+    from hsb.cp import supervise
+    from hsb.cp.config import CPConfig
+
+    info: dict[str, Any] = {}
+    before = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGUSR1)}
+    try:
+        supervise.record_early_signals(info)
+        os.kill(os.getpid(), signal.SIGHUP)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        while len(info["early_signals"]) < 2:  # (Python runs the handlers between bytecodes)
+            assert time.monotonic() < deadline, info
+            time.sleep(0.001)
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+    assert info["early_signals"] == [signal.SIGHUP, signal.SIGUSR1]
+    s = srv.CPServer(load(cp_config(tmp_path, terminals=2, durability="none"), CPConfig), b"s" * 32, str(tmp_path / "cp.toml"))
+    s.supervisor = info
+    s.take_early_signals()
+    assert s.reload_requested and s.wake_requested and info["early_signals"] == []

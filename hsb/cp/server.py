@@ -440,6 +440,16 @@ class CPServer:
         self.exit_code = 0 if self.cfg.cp.takeover == "on_wake" else EXIT_SUPERSEDED
         self.should_exit.set()
 
+    def take_early_signals(self) -> None:
+        """The reloads and wakes sent while this worker started (hsb.cp.supervise): acted on now."""
+        early = (self.supervisor or {}).get("early_signals") or []
+        for sig in early:
+            if sig == signal.SIGHUP:
+                self._sighup()
+            else:
+                self._wake()
+        early.clear()
+
     def _wake(self) -> None:
         self.wake_requested = True  # the flag only; the loops act on it
         self.woken.set()
@@ -500,6 +510,7 @@ class CPServer:
             loop.add_signal_handler(sig, self.should_exit.set)
         loop.add_signal_handler(signal.SIGHUP, self._sighup)
         loop.add_signal_handler(signal.SIGUSR1, self._wake)
+        self.take_early_signals()
         if self.supervisor and self.supervisor["restarts"] and self.cfg.cp.takeover == "at_start":
             # forked again after a crash: recover first, while the kernel frees the dead CP's ports
             self.state = "taking_over"
