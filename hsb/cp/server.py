@@ -442,7 +442,8 @@ class CPServer:
 
     def take_early_signals(self) -> None:
         """The reloads and wakes sent while this worker started (hsb.cp.supervise): acted on now."""
-        early = (self.supervisor or {}).get("early_signals") or []
+        from hsb.cp.supervise import EARLY_SIGNALS as early
+
         for sig in early:
             if sig == signal.SIGHUP:
                 self._sighup()

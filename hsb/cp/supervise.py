@@ -103,14 +103,16 @@ def _signal_name(n: int) -> str:
         return f"signal {n}"
 
 
-def record_early_signals(info: dict[str, Any]) -> None:
+EARLY_SIGNALS: list[int] = []  # (this process's: the worker's, after the fork)
+
+
+def record_early_signals() -> None:
     """A reload (SIGHUP) or a wake (SIGUSR1) that comes while the worker starts, before its event
-    loop has its own handlers (a recovery can take a second), is noted in `info["early_signals"]`
-    and acted on once the loop is up (hsb.cp.server), not lost."""
-    early: list[int] = info.setdefault("early_signals", [])
+    loop has its own handlers (a recovery can take a second), is noted in EARLY_SIGNALS and acted
+    on once the loop is up (hsb.cp.server), not lost."""
 
     def note(sig: int, _frame: Any) -> None:
-        early.append(sig)
+        EARLY_SIGNALS.append(sig)
 
     for sig in (signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, note)
@@ -124,7 +126,7 @@ def _worker(work: Callable[[dict[str, Any]], int], info: dict[str, Any], parent:
         # is delivered. A stop before the CP's own handlers are up ends it (SIG_DFL).
         for sig in PASSED_ON:
             signal.signal(sig, signal.SIG_IGN if sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2) else signal.SIG_DFL)
-        record_early_signals(info)
+        record_early_signals()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         if os.environ.get("WATCHDOG_PID") == str(parent):
             # systemd's watchdog watches the master (the unit's main process), which runs no loop
