@@ -1,0 +1,60 @@
+"""The keepalived notify script shipped in configs/keepalived/, run with stand-ins for systemctl and
+logger: whatever the state, it records it and starts hsbcpd again if hsbcpd is not running (after
+reset-failed: a unit that hit a limit would not start); then it wakes the unit's main process.
+(A machine without hsbcpd is in FAULT for keepalived, so "start it when MASTER" never came.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.mark.parametrize("state", ["FAULT", "BACKUP", "MASTER"])
+def test_the_notify_script_starts_a_stopped_cp_in_any_state_and_wakes_the_running_one(tmp_path: Path, state: str) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    main = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGUSR1, lambda *a: exit(42)); time.sleep(30)"])
+    try:
+        (bin_dir / "systemctl").write_text(
+            "#!/bin/sh\n"
+            f'echo "$*" >> {calls}\n'
+            'case "$*" in\n'
+            "  *is-active*) exit 3 ;;\n"  # not running
+            f"  *MainPID*) echo {main.pid} ;;\n"
+            "esac\n"
+        )
+        (bin_dir / "logger").write_text("#!/bin/sh\nexit 0\n")
+        for f in bin_dir.iterdir():
+            f.chmod(0o755)
+        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HSB_RUN_DIR": str(tmp_path / "run")}
+        # the stand-in process must have its USR1 handler before it is signalled
+        deadline = time.monotonic() + 10
+        while not _catches_usr1(main.pid):
+            assert time.monotonic() < deadline, "the stand-in main process never set its handler"
+            time.sleep(0.01)
+        r = subprocess.run(["sh", str(REPO / "configs" / "keepalived" / "hsb-cp-notify"), "INSTANCE", "hsb_cp", state, "100"], env=env, timeout=10)
+        assert r.returncode == 0
+        assert (tmp_path / "run" / "cp.state").read_text() == f"{state}\n"
+        done = calls.read_text().splitlines()
+        assert "reset-failed hsbcpd" in done and "start hsbcpd" in done, done
+        assert main.wait(10) == 42, "the unit's main process was not woken (SIGUSR1)"
+    finally:
+        if main.poll() is None:
+            main.kill()
+            main.wait()
+
+
+def _catches_usr1(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (10 - 1)))  # SIGUSR1 is 10
+    return False
