@@ -72,10 +72,7 @@ class Arbitration:
         """Decide: the role is the requester's from now on (a new epoch, so the old active's frames
         are refused); announced, and the sessions flipped, once the epoch is durable (`_granted`)."""
         self.settle_flip()
-        h = self._handover
-        if h is not None:  # a planned switchover's wait ends with any grant
-            h.timer.cancel()
-            self._handover = None
+        self.end_handover()  # a planned switchover's wait ends with any grant
         t0 = time.monotonic()
         loss = self.loss
         release_t0 = self.release_t0 if demote is not None else None

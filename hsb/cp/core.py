@@ -181,9 +181,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
                     "host_link_replaced", host=host.name, role="standby", msg="the standby registered again on a new link: its old link is dropped"
                 )
                 self.standby = None
-                for term in self.terms.values():
-                    if term.standby is not None and term.standby.host is old:
-                        term.standby = None
+                self._drop_standby_sessions(old)
                 old.abort()
             if self.standby is not None and not self.standby.closed and self.standby is not host:
                 host.close_with_error("standby_exists", f"{self.standby.name} is already the standby host")
@@ -193,9 +191,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
                 return
             gone = self.standby
             if gone is not None and gone is not host:  # closed, its loss not yet seen: its sessions go now
-                for term in self.terms.values():
-                    if term.standby is not None and term.standby.host is gone:
-                        term.standby = None
+                self._drop_standby_sessions(gone)
             self.standby = host
             host.role = "standby"
             log.info("host_registered", host=host.name, role="standby", startup_id=startup_id, epoch=self.epoch)
@@ -203,8 +199,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
             if h is not None and h.standby is not host:
                 # a planned switchover waits for standby sessions on a link that is gone: it waits
                 # for them on this one (it reopens them), not until its timer grants without them
-                h.timer.cancel()
-                self._handover = None
+                self.end_handover()
                 asyncio.get_running_loop().call_soon(self._rewait_handover, h.active)
             # A standby that finds no active waits: it takes over only on evidence of
             # an abnormal loss (or an operator's promote), never just by arriving first.
@@ -396,9 +391,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         if host is not self.active or not host.released:
             host.send({"t": "handover_refused", "reason": "release first"})  # (another host's frame: the
             return  # active's handover, waiting for standby sessions, goes on)
-        if self._handover is not None:
-            self._handover.timer.cancel()
-            self._handover = None
+        self.end_handover()
         if sb is None or not sb.usable:
             host.released = False
             host.send({"t": "handover_refused", "reason": "no standby host is registered at the CP"})
@@ -423,6 +416,19 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
                 self._handover = _Handover(host, sb, owed, timer)
                 return
         self._grant(sb, "planned switchover", f"released by {host.name}", demote=host)
+
+    def end_handover(self) -> None:
+        """A planned switchover's wait for standby sessions (`_handover`), if one is under way, ends."""
+        h = self._handover
+        if h is not None:
+            h.timer.cancel()
+            self._handover = None
+
+    def _drop_standby_sessions(self, host: HostProtocol) -> None:
+        """Every standby session of `host` goes (its link is gone or replaced)."""
+        for term in self.terms.values():
+            if term.standby is not None and term.standby.host is host:
+                term.standby = None
 
     def _rewait_handover(self, active: HostProtocol) -> None:
         """After the standby registered again (its `registered` gone out first)."""
@@ -450,10 +456,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         # neither this CP nor the next one (after a restart) tells the standby that a host "did not
         # come back" (an automatic takeover after a normal termination, which must not happen)
         self.recorded_active = None
-        h = self._handover
-        if h is not None:  # (a planned switchover's wait, if one was under way, ends with the role)
-            h.timer.cancel()
-            self._handover = None
+        self.end_handover()  # (a planned switchover's wait, if one was under way, ends with the role)
         host.role = "stopped"
         n = 0
         for term in self.terms.values():
@@ -490,9 +493,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         elif host is self.standby:
             log.warning("standby_host_link_lost", host=host.name)
             self.standby = None
-            for term in self.terms.values():
-                if term.standby is not None and term.standby.host is host:
-                    term.standby = None
+            self._drop_standby_sessions(host)
             a = self.active
             if a is not None and a.closed:
                 # the active's sessions were kept for a flip that cannot come now: they are lost
@@ -500,8 +501,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         h = self._handover
         if h is not None and host in (h.active, h.standby):
             active = h.active
-            h.timer.cancel()
-            self._handover = None
+            self.end_handover()
             if host is not active and active is self.active:
                 # that standby is gone: with none now, refused (the active serves on); with a new
                 # one (its link made again), the wait for its standby sessions begins again

@@ -9,7 +9,7 @@ import structlog
 
 from hsb.cp.state import Term
 from hsb.wire.conn import PROTOCOL_ERRORS, FramedProtocol, require
-from hsb.wire.framing import ProtocolError
+from hsb.wire.framing import ProtocolError, payload_max
 
 if TYPE_CHECKING:
     from hsb.cp.core import CP
@@ -37,7 +37,7 @@ class TerminalProtocol(FramedProtocol):
         # a message's data must fit, with the fields around it, in the deliver frame to a host
         # (whose max_frame is set the same): one that did not would break the active's link at
         # each re-delivery, and the standby's after a switch (as the hosts limit replies)
-        self.max_data = max(self.decoder.max_frame - 1024, self.decoder.max_frame // 2)
+        self.max_data = payload_max(self.decoder.max_frame)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

@@ -34,6 +34,7 @@ from hsb.ops.metrics import HostCollector, registry_for
 from hsb.ops.metrics import render as render_metrics
 from hsb.ops.notify import notify
 from hsb.service.api import Service
+from hsb.wire.framing import payload_max
 from hsb.wire.tls import TLS, reload_tls, set_default_client
 
 log = structlog.get_logger("hsb.host")
@@ -81,9 +82,7 @@ class HostServer:
             hello=self.ha.hello,
         )
         # a reply's frame within max_frame (the CP's, set the same): its other fields take < 1 KiB
-        self.delivery = Delivery(
-            service, self.cp.send, lambda: self.ha.epoch, lambda: self.ha.serving, max_reply=max(h.max_frame - 1024, h.max_frame // 2)
-        )
+        self.delivery = Delivery(service, self.cp.send, lambda: self.ha.epoch, lambda: self.ha.serving, max_reply=payload_max(h.max_frame))
         self.exit_code: int | None = None
         self.exit_msg = ""
         self.should_exit = asyncio.Event()
@@ -351,27 +350,27 @@ class HostServer:
         if ha.role == "active":
             # the CP first stops delivering (as at a planned switchover's release), so that the
             # replies in progress can finish under load; the rest stays held at the CP
-            self.cp_released.clear()
             ha.release_pending = False  # its "released" is this stop's, not a planned switchover's next step
-            if self.cp.send({"t": "release", "epoch": ha.epoch}):
-                try:
-                    await asyncio.wait_for(self.cp_released.wait(), 2.0)
-                except TimeoutError:
-                    log.warning("cp_did_not_confirm_release")
+            await self._tell_cp({"t": "release", "epoch": ha.epoch}, self.cp_released, 2.0, "cp_did_not_confirm_release")
             done = await self.delivery.drain(5.0)
             log.info("replies_finished", complete=done)
-            self.cp_stopped.clear()
-            sent = self.cp.send({"t": "stopping", "epoch": ha.epoch})
-            if sent:
-                try:  # keep reading until the CP has taken note; see CP.host_stopping
-                    await asyncio.wait_for(self.cp_stopped.wait(), 3.0)
-                except TimeoutError:
-                    log.warning("cp_did_not_confirm_stop")
+            # keep reading until the CP has taken note; see CP.host_stopping
+            await self._tell_cp({"t": "stopping", "epoch": ha.epoch}, self.cp_stopped, 3.0, "cp_did_not_confirm_stop")
             self.peer.send({"t": "active_stopping", "name": ha.name})
             await self.cp.drain()
             await self.peer_drain()
         if ha.exit is None:  # (a fence during the stop keeps its own exit code, 75)
             self.exit_code = 0
+
+    async def _tell_cp(self, msg: dict[str, Any], answered: asyncio.Event, timeout: float, unanswered: str) -> None:
+        """Send `msg` to the CP and wait up to `timeout` for `answered` (set by its answer); logged
+        as `unanswered` when it does not come (a link down: nothing is waited for)."""
+        answered.clear()
+        if self.cp.send(msg):
+            try:
+                await asyncio.wait_for(answered.wait(), timeout)
+            except TimeoutError:
+                log.warning(unanswered)
 
     async def close(self) -> None:
         await self.hook.close()

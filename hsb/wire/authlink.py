@@ -14,7 +14,7 @@ import structlog
 
 from hsb import LINK_PROTOCOL, __version__
 from hsb.wire import auth
-from hsb.wire.conn import PROTOCOL_ERRORS, FramedProtocol, require
+from hsb.wire.conn import FIELD_ERRORS, PROTOCOL_ERRORS, FramedProtocol, require
 from hsb.wire.framing import ProtocolError
 
 log = structlog.get_logger("hsb.wire")
@@ -53,7 +53,7 @@ class AuthServerProtocol(FramedProtocol):
             return
         try:
             self._authenticate(msg)
-        except (KeyError, TypeError, ValueError, IndexError, OverflowError, RecursionError) as exc:
+        except FIELD_ERRORS as exc:
             self.auth_failed("auth_failed", f"an auth frame of the wrong shape: {type(exc).__name__}")
 
     def _authenticate(self, msg: dict[str, Any]) -> None:

@@ -56,6 +56,9 @@ def tcp_keepalive(sock: Any, idle: float) -> None:
 
 
 LOGIN_MAX = 4096  # bytes: the first frame of a connection (hello, auth) at most
+# what a handler raises on a field missing, of the wrong type or shape (nested ~1,000 deep: str()
+# of it recurses too far): that connection's protocol error, never a traceback
+FIELD_ERRORS = (KeyError, TypeError, ValueError, IndexError, OverflowError, RecursionError)
 
 
 class FramedProtocol(asyncio.Protocol):
@@ -237,9 +240,7 @@ class FramedProtocol(asyncio.Protocol):
             getattr(self, name)(msg)
         except ProtocolError as exc:
             self.protocol_error(exc)
-        except (KeyError, TypeError, ValueError, IndexError, OverflowError, RecursionError) as exc:
-            # a field missing, of the wrong type or shape (nested ~1,000 deep: str() of it recurses
-            # too far): this connection's error, never a traceback that leaves it unread and open
+        except FIELD_ERRORS as exc:  # (else a traceback would leave the connection unread and open)
             self.protocol_error(ProtocolError("bad_fields", f"{str(msg['t'])[:40]}: {type(exc).__name__}: {str(exc)[:150]}"))
 
     def send(self, msg: dict[str, Any]) -> None:

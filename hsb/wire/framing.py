@@ -59,6 +59,12 @@ def batch_bytes(msg: dict[str, Any], key: str) -> int:
     return v if isinstance(v, int) and not isinstance(v, bool) and v >= 1024 else 0
 
 
+def payload_max(max_frame: int) -> int:
+    """The largest message data or reply that fits, with the fields around it, in one frame of
+    `max_frame` bytes (the same rule where a terminal's message comes in and where a reply goes out)."""
+    return max(max_frame - 1024, max_frame // 2)
+
+
 def encode(msg: dict[str, Any]) -> bytes:
     """One frame for `msg` (a map with a string "t")."""
     # a kept Packer per thread: msgpack.packb builds a new one per call, half the cost of
