@@ -151,6 +151,26 @@ async def test_a_terminal_that_does_not_come_back_fails_the_run() -> None:
     assert _not_back([c]) == []
 
 
+async def test_a_terminal_logged_on_without_its_session_again_is_not_back() -> None:
+    """Logged on, but the session it had is gone and no other came: not served, so not back."""
+    c, stats = _client()
+    assert _not_back([c]) == []  # never had a session (a run that does not wait for one): fine
+    _feed(c, {"t": "session", "state": "open", "epoch": 1})
+    assert _not_back([c]) == []
+    _feed(c, {"t": "session", "state": "closed", "epoch": 2})
+    gone = _not_back([c])
+    assert gone == [c]
+    r = _verdict(c, stats, gone)
+    assert not r.ok and r.not_back == 1 and any(f.startswith("not back: 1 terminals") for f in r.failures), r.failures
+    _feed(c, {"t": "session", "state": "open", "epoch": 2})
+    assert _not_back([c]) == []
+    c.connection_lost(None)
+    _connect(c, last_acked=0)  # logged on again: its session comes with the welcome or soon after
+    assert _not_back([c]) == [c]
+    _feed(c, {"t": "session", "state": "open", "epoch": 2})
+    assert _not_back([c]) == []
+
+
 async def _ledger_db(path: Path) -> Any:
     db = open_database(None, str(path))
     await db.setup(ledger.DDL)

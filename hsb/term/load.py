@@ -201,8 +201,14 @@ class LoadStats(Listener):
 
 
 def _not_back(clients: Sequence[TerminalClient]) -> list[TerminalClient]:
-    """Terminals welcomed once and not logged on now (the run still going: none is stopping)."""
-    return [c for c in clients if c.welcomed_at is not None and c.state != WELCOMED and not c.stopping]
+    """Terminals welcomed once and not logged on now, or logged on and without the session they
+    had once (not served: one with nothing more to send would fail no other check). The run is
+    still going: none is stopping."""
+    return [
+        c
+        for c in clients
+        if c.welcomed_at is not None and not c.stopping and (c.state != WELCOMED or (c.session_at is not None and not c.session_open))
+    ]
 
 
 def _raise_nofile(need: int) -> None:

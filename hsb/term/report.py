@@ -26,7 +26,8 @@ SPEC §5.6 and the terminal link, each with its reason:
   the old connection go, retried);
 - **unexpected acks**: an acknowledgement of an id the terminal never sent;
 - **not back**: a terminal disconnected and not logged on again by the end of the
-  run (the settle time waits for it as for the outstanding replies).
+  run, or logged on without the session it had before (the settle time waits for
+  it as for the outstanding replies).
 
 A reply marked `resent` (after a CP restart) for an id the terminal already holds is
 ignored only if its id is above the `last_reply` of the terminal's latest hello (the
@@ -85,7 +86,7 @@ class LoadReport:
     resent_ignored: int = 0  # replies the CP sent again after a reconnect that the terminal had (ignored)
     resent_foreign: int = 0  # resent replies for ids of an earlier run of the terminal (ignored)
     unexpected_acks: int = 0  # acknowledgements of ids never sent (misdelivered or made up)
-    not_back: int = 0  # terminals disconnected and not logged on again by the end of the run
+    not_back: int = 0  # terminals not logged on again, or without their session again, by the end of the run
     not_back_names: list[str] = field(default_factory=list)  # a sample
     cp_reconnects: int = 0  # disconnects after which the CP could not be reached for a while (a CP restart)
     resent: int = 0
@@ -155,7 +156,7 @@ class LoadReport:
             out.append(f"not logged on: {self.terminals - self.welcomed} of {self.terminals} terminals were never welcomed")
         if self.not_back:
             out.append(
-                f"not back: {self.not_back} terminals were disconnected and not logged on again by the end of the run{eg(self.not_back_names)}"
+                f"not back: {self.not_back} terminals were not logged on again, or not given their session again, by the end of the run{eg(self.not_back_names)}"
             )
         if not self.expect_disconnects:
             if self.disconnects_standby_capable:
