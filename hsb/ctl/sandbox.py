@@ -4,9 +4,12 @@ for tests, benchmarks and the demo.
 `up` writes a secret, configs for hsbcpd and two hosts (free ports), a takeover
 file sized for the terminals, starts hsbcpd, host A as active and host B as
 standby (each in its own session, logs in DIR), waits for hot standby, and
-prints one JSON object. `down` stops what `up` (and `restart`) started and
-removes nothing. The daemons run as separate processes: hsbctl talks to them
-only over their admin links.
+prints one JSON object. `up` in the folder of an earlier sandbox starts a new
+one (new takeover file, CP journal and ledger); it refuses any other folder that
+is not empty. `down` stops what `up` (and `restart`) started and removes
+nothing; it signals only processes that are still this sandbox's (a recorded
+pid now used by another program is left alone). The daemons run as separate
+processes: hsbctl talks to them only over their admin links.
 """
 
 from __future__ import annotations
@@ -95,9 +98,13 @@ def write_configs(
         )
 
     secret = d / "secret"
-    if not secret.exists():
-        secret.write_text(secrets.token_urlsafe(32) + "\n")
-    secret.chmod(0o600)
+    try:  # created 0600: never readable by others, not even for a moment
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        secret.chmod(0o600)
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
     ports = {
         k: f"127.0.0.1:{free_port()}" for k in ("terminal", "host", "admin", "http", "a_peer", "a_admin", "a_http", "b_peer", "b_admin", "b_http")
     }
@@ -190,6 +197,20 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _ours(d: Path, pid: int) -> bool:
+    """Whether `pid` runs and is still a daemon of the sandbox in `d`: its command line names a
+    config in `d` (a CP worker forked by its master has its master's). A pid recorded long ago
+    may belong to another program now (after a reboot, say): that one is never signalled."""
+    if not pid or not _alive(pid):
+        return False
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    where = str(d.resolve()).encode() + b"/"
+    return any(a.startswith(where) and a.endswith(b".toml") for a in argv)
+
+
 def _running(pid: int, grace: float = 3.0) -> bool:
     """Whether `pid` still runs after up to `grace` seconds. A process just sent SIGKILL closes its
     sockets (so the pair already failed over) a moment before it is gone: wait that moment out."""
@@ -204,9 +225,27 @@ def _running(pid: int, grace: float = 3.0) -> bool:
 def load_state(d: Path) -> dict[str, Any]:
     try:
         state: dict[str, Any] = json.loads((d / STATE).read_text())
+        state["cp"], state["hosts"]  # noqa: B018 - the shape every caller relies on
         return state
     except FileNotFoundError:
         raise SandboxError(f"{d} holds no sandbox ({STATE} missing); start one with 'hsbctl sandbox up --dir {d}'") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SandboxError(
+            f"{d / STATE} cannot be read ({type(exc).__name__}: {exc}); stop the sandbox's processes by hand"
+            f" (pgrep -af {d}) and start a new one in an empty folder"
+        ) from None
+
+
+def _check_folder(d: Path) -> None:
+    """`up` replaces the takeover file, CP journal, ledger and configs of the folder it is given:
+    only a new or empty folder, or an earlier sandbox's, is that safe for."""
+    try:
+        entries = sorted(p.name for p in d.iterdir()) if d.exists() else []
+    except OSError as exc:
+        raise SandboxError(f"cannot read {d}: {exc.strerror}; give a folder you can write") from None
+    if entries and STATE not in entries:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise SandboxError(f"{d} is not empty and holds no sandbox ({shown}); up would replace files in it: give a new or empty folder")
 
 
 def save_state(d: Path, st: dict[str, Any]) -> None:
@@ -326,10 +365,15 @@ async def aup(
     """Start the sandbox in `d` and wait for hot standby (see module docstring); `supervise`:
     hsbcpd under its master process (`hsbcpd --supervise`), restarted at once if it dies."""
     d = d.resolve()
+    _check_folder(d)
     if (d / STATE).exists():
         old = load_state(d)
-        if any(_alive(p["pid"]) for p in [old["cp"], *old["hosts"].values()]):
+        if any(_ours(d, p["pid"]) for p in [old["cp"], *old["hosts"].values()]):
             raise SandboxError(f"a sandbox is already running in {d}; 'hsbctl sandbox down --dir {d}' first")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SandboxError(f"cannot make {d}: {exc.strerror}; give a folder you can write") from None
     plan = write_configs(
         d,
         terminals=terminals,
@@ -396,12 +440,12 @@ async def aup(
         "tls": plan["tls"],
     }
     save_state(d, st)
-    _wait_port(ports["host"], 15.0, d)
-    start_host(d, "host-a", "active", (host_env or {}).get("host-a"))
-    start_host(d, "host-b", "standby", (host_env or {}).get("host-b"))
-    try:
+    try:  # whatever stops the start (a timeout, a daemon that exits, Ctrl-C): nothing left running
+        _wait_port(ports["host"], 15.0, d, cp_pid)
+        start_host(d, "host-a", "active", (host_env or {}).get("host-a"))
+        start_host(d, "host-b", "standby", (host_env or {}).get("host-b"))
         await wait_established(d, timeout)
-    except SandboxError:
+    except BaseException:
         down(d)
         raise
     return describe(d)
@@ -431,7 +475,7 @@ def actives(s: dict[str, Any]) -> list[str]:
     return [h["name"] for h in s["hosts"] if h.get("reachable") and h.get("role") == "active"]
 
 
-def _wait_port(addr: str, timeout: float, d: Path) -> None:
+def _wait_port(addr: str, timeout: float, d: Path, pid: int = 0) -> None:
     h, _, p = addr.rpartition(":")
     deadline = time.monotonic() + timeout
     while True:
@@ -439,6 +483,9 @@ def _wait_port(addr: str, timeout: float, d: Path) -> None:
             with socket.create_connection((h, int(p)), 0.5):
                 return
         except OSError:
+            if pid and not _alive(pid):
+                tail = (d / "cp.log").read_text(errors="replace")[-1500:]
+                raise SandboxError(f"hsbcpd (pid {pid}) exited at start; log {d}/cp.log ends:\n{tail}") from None
             if time.monotonic() > deadline:
                 raise SandboxError(f"hsbcpd did not listen on {addr} within {timeout:.0f}s; see {d}/cp.log") from None
             time.sleep(0.05)
@@ -464,21 +511,24 @@ def describe(d: Path) -> dict[str, Any]:
 
 
 def down(d: Path, timeout: float = 5.0) -> list[int]:
-    st = load_state(d.resolve())
+    """Stop the sandbox's daemons (SIGTERM, SIGKILL after `timeout`); the pids signalled. Only a
+    process that is still the sandbox's (`_ours`) is signalled, each time."""
+    d = d.resolve()
+    st = load_state(d)
     pids = [p for proc in [st["cp"], *st["hosts"].values()] for p in proc.get("pids", [proc["pid"]]) if p]
-    live = [p for p in pids if _alive(p)]
-    for p in live:
-        try:
-            os.kill(p, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    live = [p for p in pids if _ours(d, p)]
+
+    def signal_all(sig: int) -> None:
+        for p in live:
+            if _ours(d, p):
+                try:
+                    os.kill(p, sig)
+                except (ProcessLookupError, PermissionError):  # gone, or not ours after all
+                    pass
+
+    signal_all(signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while any(_alive(p) for p in live) and time.monotonic() < deadline:
+    while any(_ours(d, p) for p in live) and time.monotonic() < deadline:
         time.sleep(0.05)
-    for p in live:
-        if _alive(p):
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    signal_all(signal.SIGKILL)
     return live

@@ -1,0 +1,98 @@
+"""`hsbctl sandbox` never harms what is not its own: `up` refuses a folder that is neither new,
+empty nor an earlier sandbox's (it would replace files there); `down` signals only processes
+that are still the sandbox's (a recorded pid now used by another program is left alone); a
+start that fails or is interrupted leaves no daemon running; a broken state file is a one-line
+error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hsb.ctl import sandbox
+from tests.support.procs import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _daemons_of(d: Path) -> list[int]:
+    """Processes whose command line names a config in `d` (what the sandbox starts)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit() and sandbox._ours(d, int(p.name)):
+            out.append(int(p.name))
+    return out
+
+
+def test_up_refuses_a_folder_that_is_not_a_sandbox(tmp_path: Path) -> None:
+    d = tmp_path / "hsb"
+    d.mkdir()
+    (d / "takeover.dat").write_bytes(b"production data")
+    (d / "cp.toml").write_text("# an operator's config\n")
+    with pytest.raises(sandbox.SandboxError, match="is not empty and holds no sandbox .*cp.toml, takeover.dat.*give a new or empty folder"):
+        sandbox.up(d, terminals=2)
+    assert (d / "takeover.dat").read_bytes() == b"production data"
+    assert (d / "cp.toml").read_text() == "# an operator's config\n"
+    assert sorted(p.name for p in d.iterdir()) == ["cp.toml", "takeover.dat"]
+
+
+def test_down_leaves_alone_a_process_that_took_over_a_recorded_pid(tmp_path: Path) -> None:
+    d = tmp_path / "sb"
+    d.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        state = {"cp": {"pid": other.pid, "pids": [other.pid]}, "hosts": {"host-a": {"pid": other.pid, "pids": [other.pid]}}}
+        (d / sandbox.STATE).write_text(json.dumps(state))
+        assert sandbox.down(d, timeout=0.5) == []
+        assert other.poll() is None, "down signalled a process that is not the sandbox's"
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.parametrize("text", ["{", "{}", "[]", '{"cp": {}}'])
+def test_a_broken_state_file_is_one_clear_error(tmp_path: Path, text: str) -> None:
+    (tmp_path / sandbox.STATE).write_text(text)
+    with pytest.raises(sandbox.SandboxError, match="cannot be read .*stop the sandbox's processes by hand"):
+        sandbox.down(tmp_path)
+
+
+def test_a_cp_that_exits_at_start_is_reported_at_once_and_nothing_is_left(tmp_path: Path) -> None:
+    d = tmp_path / "sb"
+    with pytest.raises(sandbox.SandboxError, match=r"hsbcpd \(pid \d+\) exited at start; log .*cp.log ends"):
+        sandbox.up(d, terminals=2, cp_options={"held_bound": 0})
+    assert _daemons_of(d) == []
+    assert oct((d / "secret").stat().st_mode & 0o777) == "0o600"
+
+
+async def test_an_interrupted_up_leaves_no_daemon_running(tmp_path: Path) -> None:
+    d = tmp_path / "sb"
+    task = asyncio.ensure_future(sandbox.aup(d, terminals=5, timeout=30))
+
+    def hosts_started() -> bool:
+        try:
+            st = json.loads((d / sandbox.STATE).read_text())
+        except (OSError, ValueError):
+            return False
+        return all(h.get("pid") for h in st["hosts"].values())
+
+    while not hosts_started():  # (condition wait with the test's own timeout)
+        assert not task.done(), task.exception() if task.done() else None
+        await asyncio.sleep(0.01)
+    assert len(_daemons_of(d)) >= 2
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    wait_for(lambda: _daemons_of(d) == [], 10, what="every daemon of the interrupted sandbox gone")
+
+
+def test_the_ours_check_needs_a_config_in_the_folder(tmp_path: Path) -> None:
+    me = os.getpid()
+    assert not sandbox._ours(tmp_path, me)
+    assert not sandbox._ours(tmp_path, 0)
