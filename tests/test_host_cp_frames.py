@@ -138,3 +138,26 @@ async def test_a_clean_stop_of_the_cp_takes_nothing_more_from_open_connections(t
         assert conns and all(c.frozen and c.reading_paused for c in conns)
         conns[0].resume_reading()  # (back-pressure freeing room) does not start reading again
         assert conns[0].reading_paused
+
+
+async def test_a_service_that_changes_the_attrs_it_is_given_changes_no_session(tmp_path: Path) -> None:
+    """A service's open_session gets a copy of the terminal's attributes: one that writes into
+    them changes neither what the active records (and writes to the takeover file) nor what the
+    standby compares with its own, so the terminal still gets its standby session."""
+    from hsb.host.sessions import STANDBY
+    from tests.support.hostclient import FakeTerminal
+
+    class Scribbler(EchoService):
+        async def open_session(self, terminal: str, attrs: dict[str, Any], standby: bool) -> None:
+            attrs["seen_by"] = self.host  # a service's own note: host-a's differs from host-b's
+
+    async with pair_in_hot_standby(tmp_path, Scribbler) as (cp, a, b, tasks):
+        core = cp.cp
+        assert core is not None
+        t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")
+        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        await until(lambda: b.sessions_ctl.sessions.get("T00001").state == STANDBY, "host-b's standby session for T00001")
+        await until(lambda: core.terms["T00001"].standby is not None, "the CP's standby session for T00001")
+        assert "seen_by" not in a.sessions_ctl.sessions.get("T00001").attrs
+        assert "seen_by" not in b.sessions_ctl.sessions.get("T00001").attrs
+        await t.close()

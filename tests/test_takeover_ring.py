@@ -541,3 +541,196 @@ async def test_ring_entries_waiting_on_failing_storage_stay_one_per_terminal(tmp
         tio.stop_ring_writer()
         assert tio.flusher is not None
         tio.flusher.cancel()
+
+
+def test_storage_failing_for_long_keeps_one_group_owed_and_never_laps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The storage fails at every try for a while, and the caller sends a new group each time
+    (its pending entries, as the active does): only the first failed group is owed, the later
+    tries get no sequence numbers, and once the storage is back a reader that kept up sees
+    every record in order, not lapped."""
+    path = make(tmp_path, 24)  # K = 14
+    w, r = setup_pair(path)
+    ch = Changes()
+    a, first_failed = ch.take(E), ch.take(2 * E)
+    w.append_group(a)
+    assert drain(r) == a
+
+    def eio(*_: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(fileio.RecordWriter, "write", eio)
+    with pytest.raises(OSError):
+        w.append_group(first_failed)
+    assert w.owed_records == 2 and w.next_seq == 4
+    for _ in range(50):  # a minute of retries, one group each
+        with pytest.raises(OSError):
+            w.append_group(ch.take(2 * E))
+        assert w.owed_records == 2 and w.next_seq == 4, "a failed retry numbered its own records"
+    monkeypatch.undo()
+    last = ch.take(2 * E)
+    assert w.append_group(last) == (4, 5)
+    assert drain(r) == first_failed + last
+
+
+async def test_a_ring_group_holds_each_terminals_last_entry_only(tmp_path: Path) -> None:
+    """Opens and closes that pile up while a group is written go out as one entry per
+    terminal, the last (an entry sets a state): a burst never makes a group larger than a
+    batch, which could lap the ring."""
+    from hsb.host.config import TakeoverSection
+    from hsb.host.takeover_io import TakeoverIO
+
+    tio = TakeoverIO(TakeoverSection(path=str(tmp_path / "t.dat"), records=64), 10, "host-a")
+    groups: list[list[SessionEntry]] = []
+
+    async def append(group: Any) -> None:
+        groups.append(list(group))
+
+    tio.store.append = append  # type: ignore[method-assign]
+    tio.buffer_ring_changes()  # as during a batch write: changes wait
+    for i in range(1000):
+        tio.ring_change(f"T{i % 10}", {"n": i}, i % 2 == 0)
+    tio.start_ring_writer(1)
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while not groups or tio.pending:
+            assert asyncio.get_running_loop().time() < deadline, "the group was never written"
+            await asyncio.sleep(0.01)
+        assert [len(g) for g in groups] == [10]
+        assert {e.terminal: (e.attrs["n"], e.open) for e in groups[0]} == {f"T{k}": (990 + k, k % 2 == 0) for k in range(10)}
+    finally:
+        tio.stop_ring_writer()
+        assert tio.flusher is not None
+        tio.flusher.cancel()
+
+
+async def test_an_entry_that_cannot_be_encoded_does_not_stop_the_ring(tmp_path: Path) -> None:
+    """One terminal's attributes that cannot be encoded (a service put an object in them):
+    that entry is logged and dropped, every other terminal's changes are still written."""
+    from hsb.host.config import TakeoverSection
+    from hsb.host.takeover_io import TakeoverIO
+    from hsb.takeover.records import encode_entries
+
+    tio = TakeoverIO(TakeoverSection(path=str(tmp_path / "t.dat"), records=64), 10, "host-a")
+    written: list[str] = []
+
+    async def append(group: Any) -> None:
+        encode_entries(group)  # what the writer does first: a ValueError changes nothing
+        written.extend(e.terminal for e in group)
+
+    tio.store.append = append  # type: ignore[method-assign]
+    tio.start_ring_writer(1)
+    try:
+        tio.ring_change("T1", {"n": 1}, True)
+        tio.ring_change("T2", {"bad": object()}, True)
+        tio.ring_change("T3", {"n": 3}, True)
+        deadline = asyncio.get_running_loop().time() + 10
+        while written != ["T1", "T3"]:
+            assert asyncio.get_running_loop().time() < deadline, f"the ring stopped: written {written}, pending {tio.pending}"
+            await asyncio.sleep(0.01)
+        tio.ring_change("T4", {"n": 4}, False)
+        while written != ["T1", "T3", "T4"]:
+            assert asyncio.get_running_loop().time() < deadline, f"the ring stopped: written {written}, pending {tio.pending}"
+            await asyncio.sleep(0.01)
+        assert tio.pending == [] and tio.last_error is None
+    finally:
+        tio.stop_ring_writer()
+        assert tio.flusher is not None
+        tio.flusher.cancel()
+
+
+def test_a_group_taken_before_a_new_batch_is_not_written_under_it(tmp_path: Path) -> None:
+    """A ring group taken under generation g and reaching the storage thread after the batch
+    write of g+1: refused (its entries are in that batch, or older), nothing written."""
+    from hsb.takeover import StaleGroup
+
+    path = make(tmp_path, 40)
+    w, _ = setup_pair(path)
+    old_gen = w.generation
+    ch = Changes()
+    state = ch.take(3)
+    w.batch_write(2, state)
+    with pytest.raises(StaleGroup):
+        w.append_group(ch.take(2), old_gen)
+    assert w.next_seq == 1
+    snap = batch_read(path, expected_startup_id=2)
+    assert snap.entries == state
+    assert drain(RingReader(path, snap.header)) == []
+    fresh = ch.take(2)
+    assert w.append_group(fresh, w.generation) == (1, 1)
+
+
+async def test_a_stale_group_that_failed_is_not_queued_again_after_a_batch(tmp_path: Path) -> None:
+    """The active's ring writer: a group in flight when a batch write starts fails (stale);
+    its entries are not queued again under the new generation (the batch holds them, or
+    newer states), and the changes made since are written."""
+    from hsb.host.config import TakeoverSection
+    from hsb.host.takeover_io import TakeoverIO
+    from hsb.takeover import StaleGroup
+
+    tio = TakeoverIO(TakeoverSection(path=str(tmp_path / "t.dat"), records=64), 10, "host-a")
+    release = asyncio.Event()
+    written: list[tuple[str, bool]] = []
+    calls = 0
+
+    async def append(group: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await release.wait()
+            raise StaleGroup("a ring group of generation 1 after the batch write of generation 2: not written")
+        written.extend((e.terminal, e.open) for e in group)
+
+    tio.store.append = append  # type: ignore[method-assign]
+    tio.start_ring_writer(1)
+    try:
+        tio.ring_change("T1", {}, True)
+        deadline = asyncio.get_running_loop().time() + 10
+        while calls < 1:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        tio.stop_ring_writer()  # the batch write of generation 2, as HA.batch_write does it
+        tio.buffer_ring_changes()
+        tio.ring_change("T2", {}, True)
+        tio.start_ring_writer(2)
+        release.set()
+        while written != [("T2", True)]:
+            assert asyncio.get_running_loop().time() < deadline, f"written {written}, pending {tio.pending}"
+            await asyncio.sleep(0.01)
+        assert tio.pending == []
+    finally:
+        tio.stop_ring_writer()
+        assert tio.flusher is not None
+        tio.flusher.cancel()
+
+
+async def test_the_store_refuses_a_group_queued_before_a_batch_write_that_ran_first(tmp_path: Path) -> None:
+    """Through TakeoverStore (the storage thread, one operation at a time): a ring group queued
+    while a batch write waits its turn ahead of it is refused (StaleGroup), not written under
+    the new generation."""
+    import threading
+
+    from hsb.takeover import StaleGroup, TakeoverStore
+
+    path = make(tmp_path, 40)
+    store = TakeoverStore(path, terminals=6, record_size=R, records=40, host_name="test", timeout=10)
+    try:
+        await store.batch_write(1, [])
+        ch = Changes()
+        hold = threading.Event()
+        store._pool.submit(hold.wait)  # the storage thread busy: what follows queues behind it
+        state = ch.take(3)
+        batch = asyncio.ensure_future(store.batch_write(2, state))
+        for _ in range(5):  # let it reach the storage thread's queue first
+            await asyncio.sleep(0)
+        group = asyncio.ensure_future(store.append(ch.take(2)))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        hold.set()
+        assert (await batch).generation == 2
+        with pytest.raises(StaleGroup):
+            await group
+        snap = batch_read(path, record_size=R, expected_startup_id=2)
+        assert snap.entries == state
+        assert drain(RingReader(path, snap.header)) == []
+    finally:
+        await store.close()

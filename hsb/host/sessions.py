@@ -25,7 +25,7 @@ class TerminalState:
 
     def __init__(self, d: TerminalSpec) -> None:
         self.name = d.name
-        self.attrs = dict(d.attrs)  # its own: a group's members share theirs, and a service may change it
+        self.attrs = dict(d.attrs)  # its own: a group's members share theirs (a service is given a copy)
         self.state = CLOSED
         self.standby_capable = False
 

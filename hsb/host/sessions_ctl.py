@@ -204,7 +204,7 @@ class SessionsCtl:
             ts.standby_capable = True
             self.sessions.join_link(ts)
             self.kept.add(name)
-            self._hook(self.srv.service.open_session, name, ts.attrs, True)
+            self._hook(self.srv.service.open_session, name, dict(ts.attrs), True)
         if msg.get("last") is True:
             log.info("standby_sessions_kept", count=len(self.kept), epoch=msg.get("epoch"))
             self.kept_done.set()
@@ -226,7 +226,7 @@ class SessionsCtl:
             cp.send({"t": "refuse", "terminal": name, "reason": reason, "epoch": ha.epoch})
             return
         try:
-            await self.run_hook(self.srv.service.open_session, name, ts.attrs, False)
+            await self.run_hook(self.srv.service.open_session, name, dict(ts.attrs), False)
         except Exception as exc:  # the application's logon failed: refuse, do not leave the terminal hanging
             reason = f"logon of {name!r} failed on host {ha.name}: {type(exc).__name__}: {exc}"[:200]
             log.error("session_refused", terminal=name, reason=reason)
@@ -331,7 +331,7 @@ class SessionsCtl:
             self.pending_standby[name] = time.monotonic()
             self.answered.clear()
             self._ask_standby(name, ts.attrs, batch)
-        self._hook(self.srv.service.open_session, name, ts.attrs, True)
+        self._hook(self.srv.service.open_session, name, dict(ts.attrs), True)
         return True
 
     def _ask_standby(self, name: str, attrs: dict[str, Any], batch: list[list[Any]] | None) -> None:

@@ -19,7 +19,7 @@ from hsb.host.config import TakeoverSection
 from hsb.takeover.errors import StartupIdMismatch
 from hsb.takeover.layout import batch_records_for, entries_per_record
 from hsb.takeover.reader import PollStatus
-from hsb.takeover.records import SessionEntry
+from hsb.takeover.records import SessionEntry, encode_entry
 from hsb.takeover.store import TakeoverStore
 
 log = structlog.get_logger("hsb.host")
@@ -54,6 +54,7 @@ class TakeoverIO:
             faults=faults.storage_faults(),  # None unless fault injection is on
         )
         self.mode = OFF
+        self.ring_generation = 0  # the batch write the ring writer follows
         self.pending: list[SessionEntry] = []
         self.wake = asyncio.Event()
         self.flusher: asyncio.Task[None] | None = None
@@ -83,6 +84,7 @@ class TakeoverIO:
     def start_ring_writer(self, generation: int) -> None:
         """S210: from now on every open/close of a linked terminal goes to the ring."""
         self.mode = WRITING
+        self.ring_generation = generation
         if self.flusher is None or self.flusher.done():
             self.flusher = asyncio.get_running_loop().create_task(self._flush_loop())
         self.wake.set()
@@ -104,14 +106,22 @@ class TakeoverIO:
             await self.wake.wait()
             self.wake.clear()
             while self.mode == WRITING and self.pending:
-                group, self.pending = self.pending, []
+                # each terminal's last entry only: a group never holds more records than a batch
+                # (B), so it cannot lap the ring (K >= 2B) however fast sessions come and go
+                group, self.pending = latest_per_terminal(self.pending), []
+                taken_under = self.ring_generation
                 try:
                     await self.store.append(group)  # group commit: one sync per group
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    if self.mode == WRITING:  # keep them: nothing may be skipped, but each entry
-                        self.pending = latest_per_terminal(group + self.pending)  # only sets a state
+                    good = self._drop_unencodable(group) if isinstance(exc, ValueError) else group
+                    # keep them: nothing may be skipped, but each entry only sets a state; not
+                    # after a batch write came between (its snapshot holds them, or newer states)
+                    if self.mode == WRITING and self.ring_generation == taken_under:
+                        self.pending = latest_per_terminal(good + self.pending)
+                    if len(good) < len(group):  # an entry that cannot be encoded: the rest go on
+                        continue
                     self.last_error = str(exc)
                     log.error("ring_write_failed", error=str(exc), pending=len(self.pending))
                     await asyncio.sleep(backoff.next())
@@ -119,6 +129,20 @@ class TakeoverIO:
                 backoff.reset()
                 self.last_error = None
                 self.ring_written += len(group)
+
+    def _drop_unencodable(self, group: list[SessionEntry]) -> list[SessionEntry]:
+        """The entries of `group` that encode; each one that does not is logged and never
+        written (the standby then has no standby session for that terminal: on a failover it
+        gets the classic path, nothing lost). Without this one bad entry stopped the ring."""
+        good: list[SessionEntry] = []
+        for entry in group:
+            try:
+                encode_entry(entry)
+            except ValueError as bad:
+                log.error("ring_entry_dropped", terminal=entry.terminal, error=str(bad), msg="its session change is not in the takeover file")
+            else:
+                good.append(entry)
+        return good
 
     def become_writer(self) -> None:
         self.stop_following()

@@ -88,6 +88,11 @@ class NoBatchWritten(TakeoverError):
     """Ring writes are only meaningful after a batch write (SPEC §5.1 steps 5 and 8)."""
 
 
+class StaleGroup(NoBatchWritten):
+    """A ring group taken before the batch write that now heads the file: what it holds is in
+    that batch (or older than it), so it is not written under the batch's generation."""
+
+
 class StorageNotResponding(TakeoverError):
     """A file operation missed its deadline (a hung NFS mount, a dead disk)."""
 

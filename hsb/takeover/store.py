@@ -69,7 +69,7 @@ class TakeoverStore:
         self._stuck: list[tuple[str, cf.Future[Any]]] = []
         self._writer: TakeoverWriter | None = None
         self._reader: RingReader | None = None
-        self._pending: list[tuple[list[SessionEntry], asyncio.Future[tuple[int, int]]]] = []
+        self._pending: list[tuple[list[SessionEntry], int, asyncio.Future[tuple[int, int]]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.last_group = 0  # entries in the last group committed
 
@@ -117,7 +117,7 @@ class TakeoverStore:
         """Close the file; does not wait for an operation stuck on dead storage."""
         if self._flusher is not None:
             self._flusher.cancel()
-        for _, fut in self._pending:
+        for _, _, fut in self._pending:
             fut.cancel()
         self._pending = []
         writer, reader = self._writer, self._reader
@@ -180,7 +180,8 @@ class TakeoverStore:
         if self._writer is None or self._writer.layout is None:
             raise NoBatchWritten("no batch has been written to the takeover file yet; ring writes start after it")
         fut: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
-        self._pending.append((list(entries), fut))
+        # the generation it is taken under: a batch write may come before its turn (StaleGroup)
+        self._pending.append((list(entries), self._writer.generation, fut))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="takeover-group-commit")
         return await fut
@@ -188,16 +189,20 @@ class TakeoverStore:
     async def _flush(self) -> None:
         while self._pending:
             group, self._pending = self._pending, []
-            entries = [e for part, _ in group for e in part]
+            gen = group[0][1]
+            if any(g != gen for _, g, _ in group):  # a batch write came between: one generation at a time
+                self._pending = [x for x in group if x[1] != gen] + self._pending
+                group = [x for x in group if x[1] == gen]
+            entries = [e for part, _, _ in group for e in part]
             t0 = time.perf_counter()
             try:
                 assert self._writer is not None
-                res = await self._run("ring write", self._writer.append_group, entries)
+                res = await self._run("ring write", self._writer.append_group, entries, gen)
             except BaseException as exc:
                 # without this frame's traceback: it would hold this frame, `group` and the
                 # futures in a reference cycle, never collected (hsb/gcpolicy.py)
                 exc = exc.with_traceback(None)
-                for _, fut in group:
+                for _, _, fut in group:
                     if not fut.done():
                         fut.set_exception(exc)
                 group, entries = [], []
@@ -206,7 +211,7 @@ class TakeoverStore:
                 continue
             self.last_group = len(entries)
             log.debug("takeover_group_commit", callers=len(group), entries=len(entries), ms=round((time.perf_counter() - t0) * 1000, 2))
-            for _, fut in group:
+            for _, _, fut in group:
                 if not fut.done():
                     fut.set_result(res)
 

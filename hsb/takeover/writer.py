@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import structlog
 
 from hsb import faults
-from hsb.takeover.errors import HeaderCorrupt, NoBatchWritten
+from hsb.takeover.errors import HeaderCorrupt, NoBatchWritten, StaleGroup
 from hsb.takeover.fileio import FreshReader, RecordWriter, check_file
 from hsb.takeover.layout import (
     ENTRY_SIZE,
@@ -190,26 +190,42 @@ class TakeoverWriter:
         )
         return header
 
-    def append_group(self, entries: Sequence[SessionEntry]) -> tuple[int, int]:
+    def append_group(self, entries: Sequence[SessionEntry], generation: int | None = None) -> tuple[int, int]:
         """Sequential takeover (S210) with group commit: one sync for the whole group.
+
+        `generation`: the one the group was taken under (the caller's view when it queued
+        it): a group taken before a newer batch write raises StaleGroup, as its entries are
+        in that batch or older (written under the new generation, they would set terminals
+        back to older states on the standby).
 
         Returns (first_seq, last_seq) of the ring records written; (n, n-1) for
         an empty group. Raises NoBatchWritten before the first batch write (and
         after a failed one).
 
         If it raises an OSError, its sequence numbers stay used and its records
-        are owed: the next call writes exactly those bytes again before its own,
-        because a reader may already have seen some of them (so a seq never
-        changes content). Callers may resend the failed entries; a reader then
-        sees them twice, in order, which replays the same session states.
+        are owed: the next call writes exactly those bytes again, and syncs them,
+        before it numbers its own, because a reader may already have seen some of
+        them (so a seq never changes content). If that fails too, the call's own
+        entries get no sequence numbers: what is owed stays one group, however long
+        the storage fails (not a group more at every retry, which would grow
+        without bound and, written at last, lap the ring). Callers may resend the
+        failed entries; a reader then sees them twice, in order, which replays the
+        same session states.
         """
         if self.layout is None:
             raise NoBatchWritten("no batch has been written to the takeover file yet; ring writes start after it")
+        if generation is not None and generation != self.generation:
+            raise StaleGroup(f"a ring group of generation {generation} after the batch write of generation {self.generation}: not written")
         lay, r, e = self.layout, self.record_size, self.e
         encoded = encode_entries(entries, self.entry_size)  # a ValueError here changes nothing
+        if self._owed:  # a failed group's records first, on their own
+            self._write_ring(self._owed, lay)
+            faults.point("host.mid_ring_group")
+            self._io.sync()
+            self._owed = []
         first_seq = self.next_seq
         nrec = -(-len(encoded) // e)
-        recs = list(self._owed)
+        recs: list[tuple[int, bytes]] = []
         for i in range(nrec):
             part = encoded[i * e : (i + 1) * e]
             recs.append((first_seq + i, bytes(pack_record(KIND_RING, self.generation, first_seq + i, encode_payload(part), r, len(part)))))
