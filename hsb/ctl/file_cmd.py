@@ -19,7 +19,7 @@ from hsb import logs
 from hsb.takeover.errors import TakeoverError, TakeoverFileTooSmall
 from hsb.takeover.fileio import check_file, create_file
 from hsb.takeover.inspect import inspect_file
-from hsb.takeover.layout import DEFAULT_RECORD_SIZE, entries_per_record, max_terminals, size_check
+from hsb.takeover.layout import DEFAULT_RECORD_SIZE, check_record_size, entries_per_record, max_terminals, size_check
 
 
 def _die(msg: str, code: int = 1) -> NoReturn:
@@ -66,6 +66,10 @@ def create_cmd(path: str, records_s: str, record_size_s: str, terminals_s: str |
     assert records is not None and record_size is not None
     try:
         if terminals is not None:
+            try:
+                check_record_size(record_size)
+            except ValueError as exc:  # as create_file says it, with the fix
+                _die(f"{exc}; choose e.g. --record-size 4096")
             size_check(records, terminals, record_size)
         h = create_file(path, records, record_size, force=force)
     except TakeoverFileTooSmall as exc:

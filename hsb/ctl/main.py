@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,18 @@ class Ctx:
             sys.exit(3)  # nothing could be asked: unknown
 
 
+def _default_config_there() -> bool:
+    """Whether /etc/hsb/ctl.toml is there to be read: one that cannot be (a folder, no permission)
+    is still taken, so that reading it says why (a one-line error) instead of 'no daemons named'."""
+    try:
+        os.stat(DEFAULT_CONFIG)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
@@ -48,7 +61,7 @@ def main(ctx: click.Context, config: str | None, cp: str | None, hosts: tuple[st
     from hsb import logs
 
     logs.setup("warning")  # library events go to stderr; stdout stays clean for --json
-    if config is None and cp is None and not hosts and Path(DEFAULT_CONFIG).exists():
+    if config is None and cp is None and not hosts and _default_config_there():
         config = DEFAULT_CONFIG
     ctx.obj = Ctx(config, cp, hosts, secret_file)
 
@@ -74,6 +87,7 @@ def status(obj: Ctx, as_json: bool, watch: bool) -> None:
 def promote(obj: Ctx) -> None:
     """Make the standby the active after a normal stop of the active."""
     from hsb.ctl.gather import ask, status_all
+    from hsb.ctl.switchover import refused_or_unasked
     from hsb.wire.auth import load_secret
 
     t = obj.target()
@@ -85,9 +99,9 @@ def promote(obj: Ctx) -> None:
         click.echo("error: no reachable standby host to promote", err=True)
         sys.exit(3 if st.get("unknown") else 1)
     ans = asyncio.run(ask(sb[0]["addr"], load_secret(t.secret_file), {"t": "promote"}))  # type: ignore[arg-type]
-    if not ans.get("ok"):
-        click.echo(f"error: {ans.get('msg', ans.get('error'))}", err=True)
-        sys.exit(1)
+    failed = refused_or_unasked(ans, sb[0])
+    if failed is not None:
+        sys.exit(failed)
     click.echo(ans["msg"])
     name = sb[0]["name"]
 

@@ -21,6 +21,19 @@ from hsb.ctl.target import Target
 from hsb.wire.auth import load_secret
 
 
+def refused_or_unasked(ans: dict[str, Any], host: dict[str, Any]) -> int | None:
+    """The exit status of a request (promote, switchover) the host did not carry out, with its
+    line on stderr: 3 when it could not be asked (docs/operations.md §17), 1 when it refused;
+    None when it accepted."""
+    if ans.get("reachable") is False:
+        click.echo(f"error: cannot ask {host.get('name')} at {ans.get('addr') or host.get('addr')}: {ans.get('error')}", err=True)
+        return 3
+    if not ans.get("ok"):
+        click.echo(f"error: {ans.get('msg') or ans.get('error')}", err=True)
+        return 1
+    return None
+
+
 async def _switchover(t: Target, yes: bool, timeout: float) -> int:
     assert t.secret_file is not None
     st = await status_all(t.cp, t.hosts, t.secret_file, cp_machines=t.cps)
@@ -50,9 +63,9 @@ async def _switchover(t: Target, yes: bool, timeout: float) -> int:
         click.confirm(f"Move the service from {old['name']} to {new['name']}?", abort=True)
     before_epoch = st["cp"]["epoch"]
     ans = await ask(old["addr"], load_secret(t.secret_file), {"t": "switchover"})
-    if not ans.get("ok"):
-        click.echo(f"error: {ans.get('msg') or ans.get('error')}", err=True)
-        return 1
+    failed = refused_or_unasked(ans, old)
+    if failed is not None:
+        return failed
     click.echo(ans["msg"])
     deadline = time.monotonic() + timeout
     switched_at: float | None = None

@@ -55,29 +55,65 @@ class Target:
                 raise TargetError(str(exc)) from None
 
 
+_TLS_EXAMPLE = {"ca_file": "ca.pem", "cert_file": "hsbctl.pem", "key_file": "hsbctl.key"}
+
+
+def _strings(p: Path, key: str, value: object, example: str) -> list[str]:
+    """`value`, a string or a list of strings, as a list; else a TargetError naming the key and a fix."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise TargetError(f"ctl config {p}: {key} must be {example}, not {value!r}")
+
+
+def _read_config(p: Path) -> dict[str, object]:
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TargetError(f"ctl config {p} not found; check the path (hsbctl sandbox up prints one)") from None
+    except IsADirectoryError:
+        raise TargetError(f"ctl config {p} is a directory; point --config (or $HSB_CTL_CONFIG) at the ctl TOML file") from None
+    except PermissionError:
+        raise TargetError(
+            f"cannot read ctl config {p}: permission denied; run hsbctl as a user who can read it (the hsb user), or pass --config with a copy of your own"
+        ) from None
+    except OSError as exc:
+        raise TargetError(f"cannot read ctl config {p}: {exc.strerror or exc}; check the path and its permissions") from None
+    except UnicodeDecodeError:
+        raise TargetError(f"ctl config {p} is not a text (UTF-8) file; point --config (or $HSB_CTL_CONFIG) at the ctl TOML file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise TargetError(f"ctl config {p}: {exc}") from None
+
+
 def load_target(config: str | None, cp: str | None, hosts: tuple[str, ...], secret_file: str | None) -> Target:
     t = Target()
     if config:
         p = Path(config)
-        try:
-            data = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise TargetError(f"ctl config {p} not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise TargetError(f"ctl config {p}: {exc}") from None
+        data = _read_config(p)
         unknown = set(data) - {"cp", "hosts", "secret_file", "tls"}
         if unknown:
             raise TargetError(f"ctl config {p}: unknown keys {sorted(unknown)}")
-        cp_cfg = data.get("cp")
-        t.cps = [str(a) for a in cp_cfg] if isinstance(cp_cfg, list) else ([str(cp_cfg)] if cp_cfg else [])
-        t.hosts = list(data.get("hosts", []))
+        if "cp" in data:
+            t.cps = [a for a in _strings(p, "cp", data["cp"], 'a "HOST:PORT" string, or a list of two for two CP machines') if a]
+        if "hosts" in data:
+            hs = data["hosts"]
+            if not isinstance(hs, list):  # one string would be taken apart into characters
+                raise TargetError(f'ctl config {p}: hosts must be a list of "HOST:PORT" strings, e.g. hosts = ["10.0.0.1:7103"], not {hs!r}')
+            t.hosts = _strings(p, "hosts", hs, 'a list of "HOST:PORT" strings, e.g. hosts = ["10.0.0.1:7103", "10.0.0.2:7203"]')
         sf = data.get("secret_file")
-        if sf:
-            t.secret_file = str(sf if Path(sf).is_absolute() else p.parent / sf)
+        if sf is not None:
+            if not isinstance(sf, str):
+                raise TargetError(f'ctl config {p}: secret_file must be a path string, e.g. secret_file = "secret", not {sf!r}')
+            if sf:
+                t.secret_file = str(sf if Path(sf).is_absolute() else p.parent / sf)
         tl = data.get("tls")
         if tl is not None:
             if not isinstance(tl, dict) or set(tl) != {"ca_file", "cert_file", "key_file"}:
                 raise TargetError(f"ctl config {p}: tls must be a table with ca_file, cert_file and key_file")
+            for k, v in tl.items():
+                if not isinstance(v, str) or not v:
+                    raise TargetError(f'ctl config {p}: tls.{k} must be a path string, e.g. {k} = "/etc/hsb/tls/{_TLS_EXAMPLE[k]}", not {v!r}')
             t.tls = {k: str(v if Path(v).is_absolute() else p.parent / v) for k, v in tl.items()}
     if cp:
         t.cps = [a.strip() for a in cp.split(",") if a.strip()]

@@ -204,14 +204,18 @@ def check_file(path: str, record_size: int | None = None, records: int | None = 
     path = os.fspath(path)
     st = _stat_regular(path)
     recreate = f"recreate it with `hsbctl file create {path} --records N --force`"
+    # not a takeover file at all (the wrong path?): no hint to recreate it, which would destroy
+    # whatever file this is; only an empty file has nothing to lose
     if st.st_size < MIN_RECORD_SIZE:
-        if st.st_size == 0 or not _starts_with_magic(path):
-            raise BadMagic(f"{path} is not an hsb takeover file ({st.st_size} bytes, no header); check the path or {recreate}")
+        if st.st_size == 0:
+            raise BadMagic(f"{path} is not an hsb takeover file (0 bytes, no header); check the path or {recreate}")
+        if not _starts_with_magic(path):
+            raise BadMagic(f"{path} is not an hsb takeover file ({st.st_size} bytes, no header); check the path")
         raise FileTruncated(f"takeover file {path} is only {st.st_size} bytes, too short for its header record; {recreate}")
     with FreshReader(path, MIN_RECORD_SIZE) as f:
         first = bytes(f.read(0, 1))
         if first[:4] != MAGIC:
-            raise BadMagic(f"{path} is not an hsb takeover file (bad magic {first[:4]!r} in record 0); check the path or {recreate}")
+            raise BadMagic(f"{path} is not an hsb takeover file (bad magic {first[:4]!r} in record 0); check the path")
         _, _, version, *_ = RECORD_HEADER.unpack_from(first)
         if version != VERSION:
             raise UnsupportedVersion(f"takeover file {path} has format version {version}; this hsb reads version {VERSION}; {recreate}")

@@ -1,0 +1,203 @@
+"""hsbctl's operator-facing errors: a ctl config it cannot use (unreadable, not text, values of
+the wrong type) is one line and exit 3 (docs/operations.md §17); promote and switchover exit 3
+when the host cannot be asked at request time and 1 when it refuses; `hsbctl file` never
+suggests recreating (with --force) a file that is not a takeover file at all."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from hsb.ctl import gather
+from hsb.ctl import main as main_mod
+from hsb.ctl import switchover as switchover_mod
+from hsb.ctl.main import main
+from hsb.ctl.target import Target
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    res = CliRunner().invoke(main, list(args))
+    return res.exit_code, res.stdout, res.stderr
+
+
+def one_line_error(code: int, out: str, err: str, expected_code: int, *fragments: str) -> str:
+    assert code == expected_code, (code, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in out + err
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    s = tmp_path / "secret"
+    s.write_text("a shared secret\n")
+    s.chmod(0o600)
+    return s
+
+
+def closed_port() -> str:
+    """An address where nothing listens (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+# -- the ctl config ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("toml", "fragments"),
+    [
+        ("hosts = [7103]\n", ("hosts must be a list of", "HOST:PORT", "7103")),
+        ('hosts = "127.0.0.1:7103"\n', ("hosts must be a list of", "'127.0.0.1:7103'")),
+        ('hosts = ["127.0.0.1:7103"]\nsecret_file = 5\n', ("secret_file must be a path string", 'secret_file = "secret"')),
+        ('hosts = ["127.0.0.1:7103"]\ntls = {ca_file = 1, cert_file = "c.pem", key_file = "c.key"}\n', ("tls.ca_file must be a path string",)),
+        ("cp = 7002\n", ("cp must be a", "HOST:PORT", "7002")),
+        ('cp = ["127.0.0.1:7002", 7002]\n', ("cp must be a",)),
+    ],
+)
+def test_a_ctl_config_value_of_the_wrong_type_is_a_one_line_error(tmp_path: Path, secret: Path, toml: str, fragments: tuple[str, ...]) -> None:
+    cfg = tmp_path / "ctl.toml"
+    cfg.write_text(toml + ("" if "secret_file" in toml else f'secret_file = "{secret}"\n'))
+    one_line_error(*invoke("--config", str(cfg), "status"), 3, f"ctl config {cfg}:", *fragments)
+
+
+def test_a_ctl_config_that_is_not_text_is_a_one_line_error(tmp_path: Path) -> None:
+    binary = tmp_path / "ls"
+    binary.write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(128, 256)))
+    one_line_error(*invoke("--config", str(binary), "status"), 3, f"ctl config {binary} is not a text (UTF-8) file", "--config")
+
+
+def test_an_unreadable_ctl_config_is_a_one_line_error(tmp_path: Path, secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "ctl.toml"
+    cfg.write_text(f'hosts = ["127.0.0.1:7103"]\nsecret_file = "{secret}"\n')
+    real = Path.read_text
+
+    def read_text(self: Path, *a: Any, **kw: Any) -> str:
+        if self == cfg:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "read_text", read_text)  # as root, no mode stops a read
+    one_line_error(*invoke("--config", str(cfg), "status"), 3, f"cannot read ctl config {cfg}: permission denied", "--config")
+
+
+def test_the_default_ctl_config_a_directory_or_unreadable_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("HSB_CTL_CONFIG", "HSBCTL_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    folder = tmp_path / "ctl.toml"
+    folder.mkdir()
+    monkeypatch.setattr(main_mod, "DEFAULT_CONFIG", str(folder))
+    one_line_error(*invoke("status"), 3, f"ctl config {folder} is a directory")
+    # /etc/hsb readable by root only: the file cannot even be looked at
+    hidden = str(tmp_path / "etc-hsb" / "ctl.toml")
+    real = os.stat
+
+    def stat(path: Any, *a: Any, **kw: Any) -> os.stat_result:
+        if os.fspath(path) == hidden:
+            raise PermissionError(13, "Permission denied", hidden)
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(main_mod, "DEFAULT_CONFIG", hidden)
+    real_read = Path.read_text
+
+    def read_text(self: Path, *a: Any, **kw: Any) -> str:
+        if str(self) == hidden:
+            raise PermissionError(13, "Permission denied", hidden)
+        return real_read(self, *a, **kw)
+
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(Path, "read_text", read_text)
+    one_line_error(*invoke("status"), 3, f"cannot read ctl config {hidden}: permission denied")
+
+
+# -- promote and switchover: the request itself ------------------------------------------
+
+
+def _pair(active_addr: str, standby_addr: str) -> dict[str, Any]:
+    hosts = [
+        {"reachable": True, "name": "host-a", "addr": active_addr, "role": "active", "state": "established", "serving": True},
+        {"reachable": True, "name": "host-b", "addr": standby_addr, "role": "standby", "state": "established"},
+    ]
+    return {"hosts": hosts, "unknown": [], "established": True, "cp": {"reachable": True, "epoch": 3}}
+
+
+def test_promote_exits_3_when_the_standby_cannot_be_asked_and_1_when_it_refuses(secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The status step found the standby; by the time promote is asked, nothing listens there."""
+    gone = closed_port()
+
+    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
+        return _pair("127.0.0.1:1", gone)
+
+    monkeypatch.setattr(gather, "status_all", status_all)
+    args = ("--host", "127.0.0.1:1", "--host", gone, "--secret-file", str(secret), "promote")
+    one_line_error(*invoke(*args), 3, f"cannot ask host-b at {gone}: connection refused")
+
+    async def refuses(*a: Any, **kw: Any) -> dict[str, Any]:
+        return {"t": "result", "ok": False, "msg": "host-b is active, not a standby"}
+
+    monkeypatch.setattr(gather, "ask", refuses)
+    one_line_error(*invoke(*args), 1, "host-b is active, not a standby")
+
+
+def test_switchover_exits_3_when_the_active_cannot_be_asked_and_1_when_it_refuses(
+    secret: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gone = closed_port()
+
+    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
+        return _pair(gone, "127.0.0.1:1")
+
+    monkeypatch.setattr(switchover_mod, "status_all", status_all)
+    t = Target(cp="127.0.0.1:1", cps=["127.0.0.1:1"], hosts=[gone, "127.0.0.1:1"], secret_file=str(secret))
+    assert switchover_mod.run_switchover(t, True, 1.0) == 3
+    one_line_error(0, "", capsys.readouterr().err, 0, f"cannot ask host-a at {gone}: connection refused")
+
+    async def refuses(*a: Any, **kw: Any) -> dict[str, Any]:
+        return {"t": "result", "ok": False, "msg": "switchover refused: the standby is not established"}
+
+    monkeypatch.setattr(switchover_mod, "ask", refuses)
+    assert switchover_mod.run_switchover(t, True, 1.0) == 1
+    one_line_error(0, "", capsys.readouterr().err, 0, "switchover refused: the standby is not established")
+
+
+def test_an_accepted_request_is_no_error() -> None:
+    assert switchover_mod.refused_or_unasked({"t": "result", "ok": True, "msg": "promotion of host-b requested"}, {"name": "host-b"}) is None
+
+
+# -- hsbctl file: hints that never destroy what the path wrongly names --------------------
+
+
+def test_a_file_that_is_not_a_takeover_file_gets_no_hint_to_overwrite_it(tmp_path: Path) -> None:
+    program = tmp_path / "ls"
+    program.write_bytes(b"\x7fELF" + bytes(8188))
+    line = one_line_error(*invoke("file", "inspect", str(program)), 1, "not an hsb takeover file", "bad magic", "check the path")
+    assert "--force" not in line and "file create" not in line
+    small = tmp_path / "hostname"
+    small.write_text("db1\n")
+    line = one_line_error(*invoke("file", "inspect", str(small)), 1, "not an hsb takeover file", "check the path")
+    assert "--force" not in line and "file create" not in line
+    # a takeover file that is damaged (the right magic) still gets the way to recreate it
+    tk = tmp_path / "tk"
+    assert invoke("file", "create", str(tk), "--records", "40")[0] == 0
+    tk.write_bytes(tk.read_bytes()[:100])
+    one_line_error(*invoke("file", "inspect", str(tk)), 1, "too short", f"hsbctl file create {tk} --records N --force")
+
+
+def test_a_record_size_that_is_no_multiple_of_512_says_which_to_choose(tmp_path: Path) -> None:
+    new = tmp_path / "tk"
+    for extra in ((), ("--terminals", "100")):
+        one_line_error(
+            *invoke("file", "create", str(new), "--records", "100", "--record-size", "1000", *extra), 1, "multiple of 512", "--record-size 4096"
+        )
+    assert not new.exists()
