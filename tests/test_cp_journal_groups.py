@@ -430,3 +430,23 @@ def test_a_message_being_answered_is_not_carried_forward(tmp_path: Path) -> None
     cp.journal_tick()
     assert appended == [["a", "T1", 2, b"m"]], appended
     assert t.held[1].seg == 3 and t.held[2].seg == 9
+
+
+async def test_a_failing_step_after_a_durable_record_does_not_stop_the_rest(tmp_path: Path) -> None:
+    """One record's step after it is durable raises (a bug): the other records of its group
+    still get theirs (acknowledgements, replies), and later groups are written as before."""
+    j = open_journal(tmp_path)
+    try:
+        done: list[int] = []
+
+        def boom() -> None:
+            raise RuntimeError("a bug in one step")
+
+        j.append(["a", "T1", 1, "x"], boom)
+        j.append(["a", "T1", 2, "y"], lambda: done.append(2))
+        await durable(j, ["a", "T1", 3, "z"])
+        assert 2 in done
+        await durable(j, ["a", "T1", 4, "w"])  # the journal goes on
+        assert [r[2] for r in records(tmp_path) if r[0] == "a"] == [1, 2, 3, 4]
+    finally:
+        j.close()

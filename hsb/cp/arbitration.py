@@ -38,6 +38,7 @@ class Arbitration:
     after_switch: AfterSwitch | None
     announced: bool
     active_lost_notified: bool
+    granting: HostProtocol | None
 
     def host_switchover(self: CP, host: HostProtocol, reason: str, planned: bool, kind: str = "failover") -> None:
         self.settle_flip()
@@ -82,7 +83,13 @@ class Arbitration:
         self.standby = None
         if old is not None and old is not demote:
             old.fenced = True  # refused from now on, told when the grant is announced
+        if demote is not None:
+            # no longer the active, not yet the standby: its last frames of the epoch before (an
+            # open it was asked for, a reply) are a handover's, refused one by one, not a stale
+            # active's (which would fence it, and the switchover would end without a standby)
+            demote.role = "demoting"
         self.announced = False
+        self.granting = host
         self.journal.append(["e", epoch, host.name], lambda: self._granted(host, reason, why, demote, old, t0, loss, release_t0, epoch, kind))
 
     def _granted(
@@ -100,6 +107,16 @@ class Arbitration:
     ) -> None:
         if epoch != self.epoch:  # a newer epoch was raised while this one was made durable
             log.warning("grant_superseded", host=host.name, epoch=epoch, current=self.epoch)
+            self._drop_standby_sessions(host)
+            for h in (old, demote):  # told, as a grant that took effect would have told them
+                if h is not None and not h.closed and h is not self.active and h is not self.standby:
+                    h.send({"t": "fenced", "epoch": self.epoch, "msg": f"a newer epoch {self.epoch} was raised"})
+                    h.fenced = True
+                    h.close()
+            return
+        self.granting = None
+        if host.closed:
+            self._grantee_lost(host, reason, demote)
             return
         self.announced = True
         fenced_old: str | None = None
@@ -148,6 +165,21 @@ class Arbitration:
         lead = loss[1] if loss is not None and demote is None else release_t0  # silence (or release) -> grant
         self.flipping = Flip(self, host, kind, t0, self.flip_slice, lambda f: self._flipped(f, rec, t0, lead, fenced_old), keep)
         self.flipping.start()
+
+    def _grantee_lost(self: CP, host: HostProtocol, reason: str, demote: HostProtocol | None) -> None:
+        """The host a grant named was lost before its epoch was durable. A planned switchover's
+        old active, still there, is granted the role back (a new epoch: it serves on, its
+        sessions as they were, what waited for it delivered). Otherwise nobody serves: the
+        terminals are told, and a standby that registers is told the active was lost."""
+        self._drop_standby_sessions(host)
+        if demote is not None and not demote.closed and not demote.fenced:
+            demote.released = False
+            log.warning("switchover_undone", host=demote.name, lost=host.name, msg="the old active serves on")
+            self._grant(demote, f"{host.name} was lost before the {reason} took effect", "granted host lost", kind="failover")
+            return
+        self.announced = True
+        self.loss = (time.monotonic(), host.last_rx)
+        self._sessions_lost_without_standby()
 
     def settle_flip(self: CP) -> None:
         """A grant's flip still going is completed now, before sessions change otherwise (hsb.cp.flip)."""

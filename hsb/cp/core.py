@@ -99,6 +99,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         self.paused = False  # the operator's pause: no automatic failover (journalled)
         self.history = History(self.journal.append)  # every failover, switchover, promote and fence
         self.announced = True  # False while a new active's epoch is being made durable
+        self.granting: HostProtocol | None = None  # the host a grant names while its epoch is made durable
         self.recovered_at: float | None = None
         self.started = time.time()
         # reply frames taken from each host (acted on, or found already answered): a fenced host has none
@@ -315,8 +316,10 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
             host.close_with_error("bad_fields", f"open: kind must be 'active' or 'standby', not {kind[:20]!r}")
 
     def _open_standby(self, host: HostProtocol, term: Term, attrs: dict[str, Any]) -> str | None:
-        """A standby session of `host` for `term`; why not, or None once it is open."""
-        if host is not self.standby:
+        """A standby session of `host` for `term`; why not, or None once it is open. The host a
+        grant names still opens them while its epoch is made durable (it reads the ring until it
+        hears of the grant): the flip switches those too."""
+        if host is not self.standby and host is not self.granting:
             return "this host is not the registered standby"
         if not term.defn.standby_capable:
             return f"terminal {term.name!r} is not standby-capable at the CP"
@@ -479,7 +482,12 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         h = self._handover
         if host is self.active or host is self.standby or (h is not None and host in (h.active, h.standby)):
             self.settle_flip()  # a fenced old active's link closing (after the grant) changes nothing here
-        if host is self.active:
+        if host is self.active and host is self.granting:
+            # lost before its grant took effect: `_granted` decides, once the epoch is durable,
+            # who serves (the old active of a planned switchover, else nobody until a host asks)
+            log.warning("granted_host_lost", host=host.name, epoch=self.epoch, msg="lost before its grant took effect")
+            self._drop_standby_sessions(host)
+        elif host is self.active:
             if host.closed_here:
                 # closed by us (a protocol error, a stale epoch): the host may not know yet and
                 # holds its lease until it runs out; tick() reports the loss once it surely has

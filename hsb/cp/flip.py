@@ -219,6 +219,8 @@ class Flip:
                         continue
                     term.active = None
                     host.send({"t": "session_closed", "terminal": term.name, "reason": "disconnect"})
+                    if term.leaving and term.held and term.conn is not None:
+                        cp._deliver_pending(term, host)  # logged off, its messages still to answer
                     continue
                 was = term._active
                 if term.conn is not None and was is not None and was.host is not host:
@@ -233,9 +235,17 @@ class Flip:
                         term.flight_epoch = epoch
                         self.flight_msgs += nf
                         self.flight_terms += 1
+                elif was is not None and was.host is host:
+                    # already the new active's: switched earlier in this pass (nothing left to
+                    # deliver), or it serves on after its planned switchover's grantee was lost
+                    # (what waited while it was released goes to it now)
+                    if term.held:
+                        cp._deliver_pending(term, host)
                 elif term.conn is not None and term.active is None and not term.leaving:
                     host.request_session(term)
                     self.requested += 1
+                elif term.leaving and term.held and term.conn is not None:
+                    cp._deliver_pending(term, host)  # logged off, its messages still to answer
                 elif term.conn is None and term._active is not None and term._active.host is not host:
                     # kept for a terminal not back yet (hsb.cp.adopt): it went with the old active
                     term.active = None

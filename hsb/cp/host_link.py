@@ -173,7 +173,9 @@ class HostProtocol(AuthServerProtocol):
         self.cp.host_close(self, require(msg, "terminal", str), require(msg, "kind", str))
 
     def on_reply(self, msg: dict[str, Any]) -> None:
-        if self is not self.cp.active:
+        # (the old active of a planned switchover, until its grant takes effect, answers too: it
+        # was handed the message, and the new active has not been yet)
+        if self is not self.cp.active and self.role != "demoting":
             raise ProtocolError("not_active", "only the active host may reply")
         data = require(msg, "data", (bytes, str))
         self.cp.host_reply(self, require(msg, "terminal", str), require(msg, "id", int), data)

@@ -58,9 +58,10 @@ class TerminalSide:
         active = self.active if self.active is not None and self.active.usable and self.announced else None
         welcome = {"t": "welcome", "terminal": name, "last_acked": term.durable_acked}
         adopted = term.active is not None and active is not None and term.active.host is active
-        if term.active is not None and not term.active.host.usable:
-            # adopted for it by an active since lost, and kept for a flip: this connection was never
-            # told of that session, so the flip must open one (or ask for one), not say `switched`
+        if term.active is not None and (not term.active.host.usable or term.active.host is not self.active):
+            # adopted for it by an active since lost (or whose role a grant is giving away), and
+            # kept for a flip: this connection was never told of that session, so the flip must
+            # open one (or ask for one), not say `switched`
             term.active = None
         if active is not None and not adopted:
             proto.send_soon(welcome, WELCOME_WAIT_S)
@@ -166,7 +167,10 @@ class TerminalSide:
             self._tell(term, {"t": "ack", "id": held.id})
         s = term.active
         a = self.active
-        if s is not None and s.host is a and a is not None and a.usable and not a.released and term.held.get(held.id) is held:
+        # (a terminal that logged off after sending it has no session: still answered, by the
+        # active once it is announced)
+        ours = (s is not None and s.host is a) or (term.leaving and self.announced)
+        if ours and a is not None and a.usable and not a.released and term.held.get(held.id) is held:
             if held.delivered_epoch != self.epoch:
                 self._deliver(term, held, a)
 

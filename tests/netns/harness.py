@@ -696,7 +696,8 @@ def read_journal(path: Path) -> dict[tuple[str, int], list[int]]:
     out: dict[tuple[str, int], list[int]] = {}
     if path.exists():
         host = path.stem.removeprefix("journal-")
-        for line in path.read_text().splitlines():
+        # a last line without its newline is a write a kill cut short: never answered, re-delivered
+        for line in path.read_text().split("\n")[:-1]:
             h, term, mid, red = line.split()
             assert h == host, f"{path}: line of {h}"
             out.setdefault((term, int(mid)), []).append(int(red))

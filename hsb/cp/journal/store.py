@@ -380,7 +380,10 @@ class Journal(GroupWriter):
         if self.state != "ok":
             self._set_state("ok", None)
         for cb in callbacks:
-            cb()
+            try:
+                cb()
+            except Exception:  # a bug in one: the rest of the group (acks, replies) still go, and the journal goes on
+                log.exception("journal_callback_failed", msg="a step after a durable record failed; the others went on")
         if self._urgent or (self._deletions and self._deletions_held is None):
             self._flush()
         elif self._pending and self._lazy_timer is None:

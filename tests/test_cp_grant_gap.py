@@ -1,0 +1,230 @@
+"""The CP between a grant and its effect (hsb.cp.arbitration): the new epoch is being made
+durable (the journal's group commit), the role is decided but not announced. Driven in-process
+through the CP's own code (tests/support/cpcore), with the journal holding back its "e" records
+until the test lets them go:
+
+- the host granted the role is lost meanwhile: a planned switchover's old active serves on (it is
+  granted the role back, what waited for it goes to it, no terminal is told anything), and in a
+  failover the terminals are told their sessions closed, once;
+- the granted host still opens standby sessions meanwhile (it reads the ring until it hears of
+  the grant): they are switched with the rest;
+- the old active's last frames of the epoch before (an open, a reply) are a handover's, not a
+  stale active's: it is not fenced;
+- a grant superseded meanwhile tells the old active it is fenced;
+- a terminal that logged off with messages unanswered has them answered: delivered after its
+  logoff, and re-delivered at a flip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.cpcore import cp_core, fake_host, recording_terminal
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class HeldJournal:
+    """Holds the callbacks of chosen record kinds until `release()` (their group commit)."""
+
+    def __init__(self, cp: Any, kinds: tuple[str, ...] = ("e",)) -> None:
+        self.held: list[Any] = []
+        self.kinds = kinds
+        real = cp.journal.append
+
+        def append(payload: list[Any], done: Any = None, lazy: bool = False) -> int:
+            if payload[0] in self.kinds and done is not None:
+                self.held.append(done)
+                return 0
+            return int(real(payload, done, lazy))
+
+        cp.journal.append = append
+
+    def release(self) -> int:
+        n = 0
+        while self.held:  # what a callback appends is held too, and let go in turn
+            cbs, self.held = self.held, []
+            for cb in cbs:
+                cb()
+                n += 1
+        return n
+
+
+def frames(p: Any) -> list[dict[str, Any]]:
+    p.flush()
+    return list(p.transport.frames())
+
+
+def pair(tmp_path: Path, n: int = 2) -> tuple[Any, Any, Any, list[Any]]:
+    """host-a active with `n` terminals' sessions, host-b standby with a standby session for each."""
+    cp = cp_core(tmp_path, n)
+    a = fake_host(cp, "host-a", "active", record=True)
+    b = fake_host(cp, "host-b", record=True)
+    b.instance = "b1"
+    cp.host_register(b, "standby", 1)
+    terms = [recording_terminal(cp, f"T{i:05d}") for i in range(1, n + 1)]
+    for t in terms:
+        cp.host_open(a, t.term.name, "active", {})
+        cp.host_open(b, t.term.name, "standby", {})
+    return cp, a, b, terms
+
+
+def planned_grant_pending(tmp_path: Path, n: int = 2) -> tuple[Any, Any, Any, list[Any], HeldJournal]:
+    cp, a, b, terms = pair(tmp_path, n)
+    j = HeldJournal(cp)
+    cp.host_release(a)
+    cp.host_handover(a)  # every standby session open: granted to host-b at once
+    assert cp.active is b and cp.granting is b and not cp.announced and j.held
+    return cp, a, b, terms, j
+
+
+def session_news(t: Any) -> list[dict[str, Any]]:
+    return [f for f in frames(t) if f["t"] in ("session", "switched")]
+
+
+async def test_the_granted_host_lost_before_a_planned_grant_takes_effect_leaves_the_old_active_serving(tmp_path: Path) -> None:
+    from hsb.wire.framing import encode
+
+    cp, a, b, terms, j = planned_grant_pending(tmp_path)
+    news_before = [len(session_news(t)) for t in terms]
+    terms[0].data_received(encode({"t": "msg", "id": 1, "data": "waited"}))  # held: host-a is released
+    b.connection_lost(None)  # host-b dies before the epoch is durable
+    assert not a.closed and not a.fenced
+    assert [len(session_news(t)) for t in terms] == news_before, "terminals told of a loss that is not one"
+    j.release()  # host-b's grant (lost: host-a granted back), then host-a's
+    cp.settle_flip()
+    assert cp.active is a and a.role == "active" and cp.announced and cp.granting is None
+    granted = [f for f in frames(a) if f["t"] == "switch_granted"]
+    assert granted and granted[-1]["epoch"] == cp.epoch
+    assert not any(f["t"] in ("fenced", "demoted") for f in frames(a))
+    assert all(t.term.active is not None and t.term.active.host is a for t in terms)
+    assert [len(session_news(t)) for t in terms] == news_before, "a terminal was told its session changed"
+    delivered = [f for f in frames(a) if f["t"] in ("deliver", "deliver_batch")]
+    assert delivered, "the message that waited while host-a was released never reached it"
+    assert not any(t.transport.closing for t in terms)
+
+
+async def test_the_granted_host_lost_before_a_failover_grant_takes_effect_closes_the_sessions_once(tmp_path: Path) -> None:
+    cp, a, b, terms = pair(tmp_path)
+    j = HeldJournal(cp)
+    a.connection_lost(None)  # the active dies: host-b asks, and is granted
+    cp.host_switchover(b, "active lost", planned=False)
+    assert cp.granting is b
+    b.connection_lost(None)  # and host-b dies before the epoch is durable
+    j.release()
+    cp.settle_flip()
+    assert cp.granting is None and cp.announced and cp.loss is not None
+    for t in terms:
+        assert t.term.active is None and t.term.standby is None
+        closed = [f for f in session_news(t) if f.get("state") == "closed"]
+        assert len(closed) == 1, session_news(t)
+        assert not any(f["t"] == "switched" or f.get("state") == "open" for f in session_news(t)[1:]), session_news(t)
+    # a standby that registers now is told the active was lost, and may take over
+    c = fake_host(cp, "host-b", record=True)
+    c.instance = "b2"
+    cp.host_register(c, "standby", 1)
+    assert any(f["t"] == "active_lost" for f in frames(c))
+
+
+async def test_standby_sessions_the_granted_host_opens_meanwhile_are_switched(tmp_path: Path) -> None:
+    cp, a, b, terms = pair(tmp_path, 3)
+    j = HeldJournal(cp)
+    cp.host_close(b, "T00003", "standby")  # the ring: T00003's session closed and opened again
+    a.connection_lost(None)
+    cp.host_switchover(b, "active lost", planned=False)
+    cp.host_open(b, "T00003", "standby", {})  # while the epoch is made durable
+    assert not any(f["t"] == "open_failed" for f in frames(b)), frames(b)
+    j.release()
+    cp.settle_flip()
+    t3 = terms[2]
+    assert t3.term.active is not None and t3.term.active.host is b
+    # (its `switched` notice is owed: it goes out with the next frame to it, or once service resumed)
+    assert t3.term.notice is not None or any(f["t"] == "switched" for f in frames(t3)), frames(t3)
+
+
+async def test_the_old_actives_last_frames_of_a_planned_switchover_do_not_fence_it(tmp_path: Path) -> None:
+    cp, a, b, terms, j = planned_grant_pending(tmp_path)
+    old_epoch = cp.epoch - 1
+    a._handle({"t": "open", "terminal": "T00001", "kind": "active", "epoch": old_epoch, "attrs": {}})
+    assert not a.closed and not a.fenced, "fenced for an open it was asked for before the grant"
+    j.release()
+    cp.settle_flip()
+    assert cp.active is b and cp.standby is a and a.role == "standby" and not a.closed
+    assert any(f["t"] == "demoted" for f in frames(a))
+
+
+async def test_a_reply_of_the_old_active_before_the_grant_takes_effect_answers_the_message(tmp_path: Path) -> None:
+    from hsb.wire.framing import encode
+
+    cp, a, b, terms = pair(tmp_path)
+    terms[0].data_received(encode({"t": "msg", "id": 1, "data": "x"}))  # delivered to host-a
+    j = HeldJournal(cp)
+    cp.host_release(a)
+    cp.host_handover(a)
+    a._handle({"t": "reply", "terminal": "T00001", "id": 1, "data": "x!", "epoch": cp.epoch - 1})
+    assert not a.closed
+    j.release()
+    cp.settle_flip()
+    replies = [f for f in frames(terms[0]) if f["t"] == "reply"]
+    assert [(f["id"], f["data"]) for f in replies] == [(1, "x!")]
+    assert not [f for f in frames(b) if f["t"] in ("deliver", "deliver_batch")], "answered, and handed to host-b again"
+
+
+async def test_a_superseded_grant_tells_the_old_active_it_is_fenced(tmp_path: Path) -> None:
+    cp, a, b, terms, j = planned_grant_pending(tmp_path)
+    b.connection_lost(None)
+    c = fake_host(cp, "host-c", "active", record=True)  # a host registers as active meanwhile
+    assert cp.active is c
+    j.release()
+    assert a.closed and a.fenced
+    assert any(f["t"] == "fenced" for f in frames(a))
+    assert cp.active is c and not c.closed
+
+
+async def test_a_terminal_that_logged_off_has_its_messages_answered(tmp_path: Path) -> None:
+    """A message made durable after the logoff is still delivered; one delivered to an active
+    that is then lost is re-delivered to the new one; the connection closes once all are answered."""
+    from hsb.wire.framing import encode
+
+    cp, a, b, terms = pair(tmp_path)
+    t = terms[0]
+    j = HeldJournal(cp, ("a",))
+    t.data_received(encode({"t": "msg", "id": 1, "data": "one"}) + encode({"t": "bye"}))
+    assert t.term.leaving and not t.transport.closing
+    j.release()  # its record durable after the bye: acknowledged, and delivered all the same
+    assert [f["id"] for f in frames(t) if f["t"] == "ack"] == [1]
+    assert any(f["t"] in ("deliver", "deliver_batch") for f in frames(a)), "never delivered"
+    a.connection_lost(None)  # the active dies before it answers: the standby takes over
+    cp.host_switchover(b, "active lost", planned=False)
+    cp.settle_flip()
+    assert any(f["t"] in ("deliver", "deliver_batch") for f in frames(b)), "not re-delivered at the flip"
+    b._handle({"t": "reply", "terminal": t.term.name, "id": 1, "data": "one!", "epoch": cp.epoch})
+    assert [(f["id"], f["data"]) for f in frames(t) if f["t"] == "reply"] == [(1, "one!")]
+    assert t.transport.closing
+
+
+async def test_a_terminal_back_during_a_planned_grant_is_opened_not_switched(tmp_path: Path) -> None:
+    """The active adopted a session for a terminal not yet back; a planned switchover's grant is
+    being made durable when the terminal comes back. This connection was never told of that
+    session (the old active is giving the role away): the flip opens one, it does not say
+    `switched`."""
+    cp = cp_core(tmp_path, 2, cp="resume_window = 30\n")
+    a = fake_host(cp, "host-a")
+    a.adopts = True
+    cp.host_register(a, "active", 1)
+    b = fake_host(cp, "host-b", "standby")
+    cp.host_adopt(a, [("T00001", {}), ("T00002", {})], last=True)
+    for name in ("T00001", "T00002"):
+        cp.host_open(b, name, "standby", {})
+    j = HeldJournal(cp)
+    cp.host_release(a)
+    cp.host_handover(a, wait=False)
+    assert cp.granting is b
+    t = recording_terminal(cp, "T00001")  # back while the grant is made durable
+    j.release()
+    cp.settle_flip()
+    cp._send_owed_notice(cp.terms["T00001"])
+    got = [f for f in frames(t) if f["t"] in ("session", "switched")]
+    assert got == [{"t": "session", "state": "open", "epoch": cp.epoch}], got
