@@ -10,6 +10,7 @@ import pytest
 import hsb.takeover.fileio as fileio
 from hsb.takeover import (
     BatchReadError,
+    RingReader,
     SessionEntry,
     StartupIdMismatch,
     TakeoverFileError,
@@ -260,3 +261,49 @@ def test_create_file(tmp_path: Path) -> None:
     with pytest.raises(FileMissing, match="directory .* does not exist"):
         create_file(str(tmp_path / "no" / "x"), 10, 512)
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+
+
+async def test_a_torn_header_does_not_stop_a_host_from_starting(tmp_path: Path) -> None:
+    """The active lost power while it rewrote record 0 (a batch write). Each host's start check
+    (TakeoverStore.check) goes by its config's geometry and the file's size instead of refusing;
+    the active's next batch write rewrites the header and the standby reads it. A file too small
+    for the config is still refused."""
+    from hsb.takeover import TakeoverStore
+
+    path = _written(tmp_path)
+    flip(path, 300)
+    with pytest.raises(HeaderCorrupt):
+        check_file(path)
+    store = TakeoverStore(path, terminals=45, record_size=4096, records=10, host_name="a", timeout=10)
+    try:
+        assert (await store.check()).batch_records == 3
+        assert (await store.batch_write(9, entries(5))).generation == 2
+        assert batch_read(path, expected_startup_id=9).entries == entries(5)
+    finally:
+        await store.close()
+    flip(path, 300)
+    small = TakeoverStore(path, terminals=45, record_size=4096, records=11, host_name="b", timeout=10)
+    try:
+        with pytest.raises(HeaderCorrupt):
+            await small.check()  # the config says 11 records: the file has room for 10
+    finally:
+        await small.close()
+
+
+def test_a_writer_writes_the_file_recreated_under_it(tmp_path: Path) -> None:
+    """`hsbctl file create --force` renames a new file into place while the active runs: its
+    next batch write goes into the new file (the standby reads it), not the old one, unlinked."""
+    path = make(tmp_path, 10)
+    with TakeoverWriter(path, terminals=45, record_size=4096, records=10) as w:
+        w.batch_write(5, entries(3))
+        create_file(path, 10, 4096, host="test", force=True)
+        assert w.batch_write(6, entries(4)).generation == 2
+        assert batch_read(path, expected_startup_id=6).entries == entries(4)
+        first, last = w.append_group(entries(2))
+        reader = RingReader(path, batch_read(path).header)
+        got = reader.poll()
+        assert got.entries == entries(2) and (first, last) == (1, 1)
+        reader.close()
+        create_file(path, 12, 4096, host="test", force=True)  # another geometry than the config's
+        with pytest.raises(TakeoverFileError, match="12 records"):
+            w.batch_write(7, entries(1))

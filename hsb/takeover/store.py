@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from hsb.takeover.errors import NoBatchWritten, StorageNotResponding
+from hsb.takeover.errors import HeaderCorrupt, NoBatchWritten, StorageNotResponding
 from hsb.takeover.faults import Faults
 from hsb.takeover.fileio import check_file
 from hsb.takeover.layout import DEFAULT_RECORD_SIZE, Layout, size_check
@@ -140,10 +140,27 @@ class TakeoverStore:
 
     async def check(self) -> Layout:
         """Size check at start (S201/S221) against the real file: file-level
-        errors (TakeoverFileError) or TakeoverFileTooSmall; returns own layout."""
+        errors (TakeoverFileError) or TakeoverFileTooSmall; returns own layout.
+
+        A header torn by a crash while it was rewritten (at a batch write) is not a
+        reason to refuse: the size check goes by the config's geometry and the file's
+        size, the active's writer recovers the header (its generation from the batch
+        records) and the standby's batch read waits for the next batch write. Refusing
+        left a pair whose active lost power there unable to start either host."""
 
         def do() -> Layout:
-            h = check_file(self.path, self.record_size, self.records)
+            try:
+                h = check_file(self.path, self.record_size, self.records)
+            except HeaderCorrupt as exc:
+                if self.records is None or os.stat(self.path).st_size < self.records * self.record_size:
+                    raise
+                log.warning(
+                    "takeover_header_corrupt",
+                    path=self.path,
+                    error=str(exc),
+                    msg="going by the config's records and record_size; the next batch write rewrites it",
+                )
+                return size_check(self.records, self.terminals, self.record_size, path=self.path)
             return size_check(h.records, self.terminals, h.record_size, path=self.path)
 
         return await self._run("size check", do)

@@ -15,6 +15,7 @@ whole records (two when the run wraps from N-1 back to B+1) and syncs once.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
@@ -121,6 +122,30 @@ class TakeoverWriter:
                         best = max(best, rec.generation)
         return best
 
+    def _reopen_if_replaced(self) -> None:
+        """The file at the path is no longer the one open here (recreated by `hsbctl file create
+        --force`, which renames a new file into place; on NFS the old handle goes stale): check
+        the new one as at start and write it from now on. Else every batch would go into the
+        old file, unlinked, and the standby would read none."""
+        try:
+            now = os.stat(self.path)
+            mine = os.fstat(self._io.fd)
+            same = (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
+        except OSError as exc:
+            if exc.errno not in (errno.ESTALE, errno.EBADF):
+                raise
+            same = False
+        if same:
+            return
+        h = check_file(self.path, self.record_size, self.records)  # a wrong file is refused as at start
+        if self.terminals is not None:
+            self.own_batch_records = size_check(h.records, self.terminals, self.record_size, path=self.path).batch_records
+        log.warning("takeover_file_replaced", path=self.path, records=h.records, msg="the file was recreated: the new one is written from now on")
+        self._io.close()
+        self._io = RecordWriter(self.path, self.record_size)
+        self.records = h.records
+        self.layout, self.next_seq, self._owed = None, 0, []
+
     def batch_write(self, startup_id: int, entries: Sequence[SessionEntry]) -> Header:
         """Batch takeover (S205-S206): the whole fast-switch link into records 1..B, durably.
 
@@ -129,6 +154,7 @@ class TakeoverWriter:
         t0 = time.perf_counter()
         r = self.record_size
         encoded = encode_entries(entries, self.entry_size)
+        self._reopen_if_replaced()
         needed = batch_records_for(len(encoded), r, self.entry_size)
         b = self.own_batch_records if self.own_batch_records is not None else needed
         if needed > b:
