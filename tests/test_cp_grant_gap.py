@@ -45,11 +45,15 @@ class HeldJournal:
     def release(self) -> int:
         n = 0
         while self.held:  # what a callback appends is held too, and let go in turn
-            cbs, self.held = self.held, []
-            for cb in cbs:
-                cb()
-                n += 1
+            n += self.release_one()
         return n
+
+    def release_one(self) -> int:
+        """The oldest held record's group commit only (what it appends stays held)."""
+        if not self.held:
+            return 0
+        self.held.pop(0)()
+        return 1
 
 
 def frames(p: Any) -> list[dict[str, Any]]:
@@ -228,3 +232,82 @@ async def test_a_terminal_back_during_a_planned_grant_is_opened_not_switched(tmp
     cp._send_owed_notice(cp.terms["T00001"])
     got = [f for f in frames(t) if f["t"] in ("session", "switched")]
     assert got == [{"t": "session", "state": "open", "epoch": cp.epoch}], got
+
+
+async def test_the_old_active_granted_back_is_not_fenced_by_its_frames_of_before(tmp_path: Path) -> None:
+    """Granted the role back (its grantee lost), the old active hears of the new epoch only once
+    that is durable: meanwhile its frames still carry the epoch before (an open it was asked
+    for, a reply) and are taken, and a message that arrives meanwhile waits for the grant."""
+    from hsb.wire.framing import encode
+
+    cp, a, b, terms, j = planned_grant_pending(tmp_path)
+    before = cp.epoch - 1  # what host-a knows
+    b.connection_lost(None)
+    j.release_one()  # host-b's grant: lost, so host-a is granted back (its record held)
+    assert cp.granting is a and not cp.announced
+    a._handle({"t": "open", "terminal": "T00002", "kind": "active", "epoch": before, "attrs": {}})
+    terms[0].data_received(encode({"t": "msg", "id": 1, "data": "meanwhile"}))
+    assert not a.closed and not a.fenced, "fenced for frames of the epoch it still knows"
+    assert not [f for f in frames(a) if f["t"] in ("deliver", "deliver_batch")], "handed a message before its grant"
+    j.release()
+    cp.settle_flip()
+    assert cp.active is a and a.role == "active" and cp.announced and not a.closed
+    assert [f for f in frames(a) if f["t"] in ("deliver", "deliver_batch")], "the message never reached it"
+    a._handle({"t": "reply", "terminal": "T00001", "id": 1, "data": "ok", "epoch": cp.epoch})
+    assert [(f["id"], f["data"]) for f in frames(terms[0]) if f["t"] == "reply"] == [(1, "ok")]
+
+
+async def test_a_standby_registering_during_a_planned_grant_is_refused_then_taken(tmp_path: Path) -> None:
+    cp, a, b, terms, j = planned_grant_pending(tmp_path)
+    b.connection_lost(None)
+    c = fake_host(cp, "host-b", record=True)
+    c.instance = "b2"
+    cp.host_register(c, "standby", 1)  # host-a is becoming the standby: refused, it tries again
+    assert c.closed and any(f.get("code") == "standby_exists" for f in frames(c))
+    j.release()  # host-b lost: host-a granted back
+    cp.settle_flip()
+    assert cp.active is a and cp.standby is None
+    d = fake_host(cp, "host-b", record=True)
+    d.instance = "b3"
+    cp.host_register(d, "standby", 1)
+    assert cp.standby is d and not d.closed
+    cp.host_open(d, "T00001", "standby", {})
+    assert not any(f["t"] == "open_failed" for f in frames(d)), frames(d)
+
+
+async def test_a_failovers_old_active_still_connected_is_fenced_when_the_grantee_is_lost(tmp_path: Path) -> None:
+    cp, a, b, terms = pair(tmp_path)
+    j = HeldJournal(cp)
+    a.last_rx -= 60  # silent past host_timeout, its link still open
+    cp.host_switchover(b, "active silent", planned=False)
+    assert cp.granting is b
+    b.connection_lost(None)
+    j.release()
+    assert a.closed and a.fenced and any(f["t"] == "fenced" for f in frames(a))
+
+
+async def test_a_terminal_that_logged_off_without_a_session_has_its_messages_answered_in_order(tmp_path: Path) -> None:
+    """A terminal with no session (none opened yet) sends two messages and logs off: both go to
+    the active, in order, and the connection closes once both are answered."""
+    from hsb.wire.framing import encode
+
+    cp = cp_core(tmp_path, 2)
+    a = fake_host(cp, "host-a", "active", record=True)
+    t = recording_terminal(cp, "T00001")  # asked for, not opened: no session
+    j = HeldJournal(cp, ("a",))
+    t.data_received(encode({"t": "msg", "id": 1, "data": "one"}))
+    j.release()
+    assert not [f for f in frames(a) if f["t"] in ("deliver", "deliver_batch")]  # held: no session
+    t.data_received(encode({"t": "msg", "id": 2, "data": "two"}) + encode({"t": "bye"}))
+    j.release()
+    got = []
+    for f in frames(a):
+        if f["t"] == "deliver":
+            got.append(f["id"])
+        elif f["t"] == "deliver_batch":
+            got += [item[1] for item in f["items"]]
+    assert got == [1, 2], got
+    for i in (1, 2):
+        a._handle({"t": "reply", "terminal": "T00001", "id": i, "data": f"r{i}", "epoch": cp.epoch})
+    assert [f["id"] for f in frames(t) if f["t"] == "reply"] == [1, 2]
+    assert t.transport.closing

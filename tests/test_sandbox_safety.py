@@ -69,6 +69,7 @@ def test_a_cp_that_exits_at_start_is_reported_at_once_and_nothing_is_left(tmp_pa
         sandbox.up(d, terminals=2, cp_options={"held_bound": 0})
     assert _daemons_of(d) == []
     assert oct((d / "secret").stat().st_mode & 0o777) == "0o600"
+    sandbox._check_folder(d)  # the failed start's folder is still a sandbox's: the next up may use it
 
 
 async def test_an_interrupted_up_leaves_no_daemon_running(tmp_path: Path) -> None:
@@ -96,3 +97,17 @@ def test_the_ours_check_needs_a_config_in_the_folder(tmp_path: Path) -> None:
     me = os.getpid()
     assert not sandbox._ours(tmp_path, me)
     assert not sandbox._ours(tmp_path, 0)
+
+
+def test_a_start_that_failed_before_its_state_was_written_leaves_a_folder_up_may_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = tmp_path / "sb"
+
+    def no_space(*_: object, **__: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sandbox, "create_file", no_space)
+    with pytest.raises(OSError):
+        sandbox.up(d, terminals=2)
+    assert (d / "cp.toml").exists() and not (d / sandbox.STATE).exists()
+    sandbox._check_folder(d)  # its configs are the sandbox's own: not "a folder that is not a sandbox"
+    assert _daemons_of(d) == []

@@ -39,6 +39,7 @@ class Arbitration:
     announced: bool
     active_lost_notified: bool
     granting: HostProtocol | None
+    demoting: HostProtocol | None
 
     def host_switchover(self: CP, host: HostProtocol, reason: str, planned: bool, kind: str = "failover") -> None:
         self.settle_flip()
@@ -79,8 +80,10 @@ class Arbitration:
         release_t0 = self.release_t0 if demote is not None else None
         self.release_t0 = None
         old = self.active
+        role_before = host.role
         epoch = self._make_active(host)
-        self.standby = None
+        if self.standby is host:
+            self.standby = None
         if old is not None and old is not demote:
             old.fenced = True  # refused from now on, told when the grant is announced
         if demote is not None:
@@ -88,8 +91,11 @@ class Arbitration:
             # open it was asked for, a reply) are a handover's, refused one by one, not a stale
             # active's (which would fence it, and the switchover would end without a standby)
             demote.role = "demoting"
+        if role_before == "demoting":  # granted the role back (`_grantee_lost`): it still stamps
+            host.role = "demoting"  # its frames with the epoch before until it hears of this one
         self.announced = False
         self.granting = host
+        self.demoting = demote
         self.journal.append(["e", epoch, host.name], lambda: self._granted(host, reason, why, demote, old, t0, loss, release_t0, epoch, kind))
 
     def _granted(
@@ -107,6 +113,8 @@ class Arbitration:
     ) -> None:
         if epoch != self.epoch:  # a newer epoch was raised while this one was made durable
             log.warning("grant_superseded", host=host.name, epoch=epoch, current=self.epoch)
+            if self.granting is host:
+                self.granting = self.demoting = None
             self._drop_standby_sessions(host)
             for h in (old, demote):  # told, as a grant that took effect would have told them
                 if h is not None and not h.closed and h is not self.active and h is not self.standby:
@@ -114,10 +122,11 @@ class Arbitration:
                     h.fenced = True
                     h.close()
             return
-        self.granting = None
+        self.granting = self.demoting = None
         if host.closed:
-            self._grantee_lost(host, reason, demote)
+            self._grantee_lost(host, reason, demote, old)
             return
+        host.role = "active"  # (it was "demoting" if granted the role back)
         self.announced = True
         fenced_old: str | None = None
         keep: HostProtocol | None = None  # the demoted active, when its sessions stay as its standby ones
@@ -127,7 +136,14 @@ class Arbitration:
         faults.point("cp.after_grant")
         # the old active hears it now too, not after the flip: the new active's
         # ACTIVE STARTUP on the peer link should not find it still handing over
-        if demote is not None and old is demote and not old.closed:
+        if demote is not None and old is demote and not old.closed and self.standby is not None and not self.standby.closed:
+            # a standby registered meanwhile (`host_register` refuses one while a planned grant is
+            # pending: a bug if it comes to this): the old active cannot be the standby too
+            old.send({"t": "fenced", "epoch": self.epoch, "msg": f"{self.standby.name} is the standby; {host.name} was made active"})
+            old.fenced = True
+            old.close()
+            fenced_old = old.name
+        elif demote is not None and old is demote and not old.closed:
             # planned: the old active becomes the standby on the same link
             old.role = "standby"
             old.released = False
@@ -166,12 +182,17 @@ class Arbitration:
         self.flipping = Flip(self, host, kind, t0, self.flip_slice, lambda f: self._flipped(f, rec, t0, lead, fenced_old), keep)
         self.flipping.start()
 
-    def _grantee_lost(self: CP, host: HostProtocol, reason: str, demote: HostProtocol | None) -> None:
+    def _grantee_lost(self: CP, host: HostProtocol, reason: str, demote: HostProtocol | None, old: HostProtocol | None) -> None:
         """The host a grant named was lost before its epoch was durable. A planned switchover's
         old active, still there, is granted the role back (a new epoch: it serves on, its
         sessions as they were, what waited for it delivered). Otherwise nobody serves: the
-        terminals are told, and a standby that registers is told the active was lost."""
+        terminals are told, a failover's old active still connected is fenced (as the grant
+        would have told it), and a standby that registers is told the active was lost."""
         self._drop_standby_sessions(host)
+        if old is not None and old is not demote and not old.closed:
+            old.send({"t": "fenced", "epoch": self.epoch, "msg": f"host {host.name} was made active at epoch {self.epoch}"})
+            old.fenced = True
+            old.close()
         if demote is not None and not demote.closed and not demote.fenced:
             demote.released = False
             log.warning("switchover_undone", host=demote.name, lost=host.name, msg="the old active serves on")

@@ -100,6 +100,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         self.history = History(self.journal.append)  # every failover, switchover, promote and fence
         self.announced = True  # False while a new active's epoch is being made durable
         self.granting: HostProtocol | None = None  # the host a grant names while its epoch is made durable
+        self.demoting: HostProtocol | None = None  # and a planned switchover's old active meanwhile
         self.recovered_at: float | None = None
         self.started = time.time()
         # reply frames taken from each host (acted on, or found already answered): a fenced host has none
@@ -187,6 +188,10 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
             if self.standby is not None and not self.standby.closed and self.standby is not host:
                 host.close_with_error("standby_exists", f"{self.standby.name} is already the standby host")
                 return
+            d = self.demoting
+            if d is not None and not d.closed and d is not host:
+                host.close_with_error("standby_exists", f"{d.name} is becoming the standby (a planned switchover); try again")
+                return
             if self.active is host:
                 host.close_with_error("bad_role", "the active host cannot re-register as standby on the same link")
                 return
@@ -244,6 +249,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         self.active = host
         host.role = "active"
         host.epoch = epoch
+        self.granting = self.demoting = None  # (a grant sets them again)
         self.loss = None
         self.active_lost_notified = False
         self.active_stopped_normally = None
@@ -275,6 +281,8 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         for term in self.terms.values():
             if term.active is not None and term.active.host is not host:
                 term.active = None
+            if term.leaving and term.held and term.conn is not None:
+                self._deliver_pending(term, host)  # logged off, its messages still to answer
         if not adopt:  # else once the active has named its sessions
             self._request_sessions(host)
 
@@ -399,7 +407,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
             host.released = False
             host.send({"t": "handover_refused", "reason": "no standby host is registered at the CP"})
             for term in self.terms.values():
-                if term.active is not None and term.active.host is host:
+                if (term.active is not None and term.active.host is host) or (term.leaving and term.held):
                     self._deliver_pending(term, host)
             return
         if wait:

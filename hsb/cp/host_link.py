@@ -69,6 +69,7 @@ class HostProtocol(AuthServerProtocol):
         if self.authed and msg["t"] not in ("register", "hb") and self.role is None:
             self.protocol_error(ProtocolError("not_registered", "send register before anything else"))
             return
+        # (a host granted the role back, still "demoting", stamps the epoch before: not checked)
         if self.authed and self.role == "active" and msg["t"] in _EPOCHED | {"open", "close"}:
             epoch = msg.get("epoch")
             if msg["t"] in ("open", "close") and msg.get("kind") == "standby":

@@ -167,12 +167,13 @@ class TerminalSide:
             self._tell(term, {"t": "ack", "id": held.id})
         s = term.active
         a = self.active
-        # (a terminal that logged off after sending it has no session: still answered, by the
-        # active once it is announced)
-        ours = (s is not None and s.host is a) or (term.leaving and self.announced)
-        if ours and a is not None and a.usable and not a.released and term.held.get(held.id) is held:
+        if a is None or not a.usable or a.released or not self.announced or term.held.get(held.id) is not held:
+            return  # (no active to hand it to now: the grant's flip, or the next active, does)
+        if s is not None and s.host is a:
             if held.delivered_epoch != self.epoch:
                 self._deliver(term, held, a)
+        elif term.leaving:  # logged off after sending it, no session: still answered, in order
+            self._answer_leaving(term, a)
 
     def terminal_bye(self: CP, term: Term) -> None:
         self.settle_flip()
@@ -182,6 +183,15 @@ class TerminalSide:
         self._close_active_session(term, "logoff")
         if not term.held and term.conn is not None:
             term.conn.close()
+        a = self.active
+        if term.held and a is not None and a.usable and not a.released and self.announced:
+            self._answer_leaving(term, a)  # what never went (it had no session) goes now
+
+    def _answer_leaving(self: CP, term: Term, a: HostProtocol) -> None:
+        """A terminal that logged off still holds messages: every one not yet with the active
+        goes to it, in order (its connection closes once all are answered, `_settled`)."""
+        self.settle_flip()
+        self._deliver_pending(term, a)
 
     def terminal_lost(self: CP, term: Term) -> None:
         # no settle_flip: a terminal not yet flipped that goes is closed by the flip when reached

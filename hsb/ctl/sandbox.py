@@ -34,6 +34,7 @@ from hsb.takeover.fileio import create_file
 from hsb.takeover.layout import batch_records_for
 
 STATE = "sandbox.json"
+MARK = ".hsb-sandbox"  # written first by `up`: a folder with it is a sandbox's, even if a start failed
 HOSTS = ("host-a", "host-b")
 
 
@@ -243,7 +244,7 @@ def _check_folder(d: Path) -> None:
         entries = sorted(p.name for p in d.iterdir()) if d.exists() else []
     except OSError as exc:
         raise SandboxError(f"cannot read {d}: {exc.strerror}; give a folder you can write") from None
-    if entries and STATE not in entries:
+    if entries and STATE not in entries and MARK not in entries:
         shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise SandboxError(f"{d} is not empty and holds no sandbox ({shown}); up would replace files in it: give a new or empty folder")
 
@@ -372,6 +373,7 @@ async def aup(
             raise SandboxError(f"a sandbox is already running in {d}; 'hsbctl sandbox down --dir {d}' first")
     try:
         d.mkdir(parents=True, exist_ok=True)
+        (d / MARK).touch()
     except OSError as exc:
         raise SandboxError(f"cannot make {d}: {exc.strerror}; give a folder you can write") from None
     plan = write_configs(
@@ -396,9 +398,34 @@ async def aup(
             (d / f"ledger.sqlite{suffix}").unlink(missing_ok=True)
     create_file(plan["takeover"], plan["records"], 4096, force=True)
     shutil.rmtree(d / "cp-journal", ignore_errors=True)  # a new sandbox: the CP starts empty
-    ports = plan["ports"]
     cp_argv = [sys.executable, "-m", "hsb.cp", "--config", str(d / "cp.toml"), *(["--supervise"] if supervise else [])]
     cp_pid = _spawn_env(d, "cp", cp_argv, cp_env)
+    try:
+        return await _started(d, cp_pid, plan, service, conventional, terminals, dsn, supervise, host_env, timeout)
+    except BaseException:
+        try:
+            down(d)  # (its state file may not be written yet: then the CP alone is stopped here)
+        except SandboxError:
+            pass
+        if _ours(d, cp_pid):
+            os.kill(cp_pid, signal.SIGKILL)
+        raise
+
+
+async def _started(
+    d: Path,
+    cp_pid: int,
+    plan: dict[str, Any],
+    service: str,
+    conventional: bool,
+    terminals: int,
+    dsn: str | None,
+    supervise: bool,
+    host_env: dict[str, dict[str, str]] | None,
+    timeout: float,
+) -> dict[str, Any]:
+    """`aup` once hsbcpd was started: the state file, both hosts, and the wait for hot standby."""
+    ports = plan["ports"]
     st: dict[str, Any] = {
         "dir": str(d),
         "cp": {
@@ -440,14 +467,10 @@ async def aup(
         "tls": plan["tls"],
     }
     save_state(d, st)
-    try:  # whatever stops the start (a timeout, a daemon that exits, Ctrl-C): nothing left running
-        _wait_port(ports["host"], 15.0, d, cp_pid)
-        start_host(d, "host-a", "active", (host_env or {}).get("host-a"))
-        start_host(d, "host-b", "standby", (host_env or {}).get("host-b"))
-        await wait_established(d, timeout)
-    except BaseException:
-        down(d)
-        raise
+    _wait_port(ports["host"], 15.0, d, cp_pid)
+    start_host(d, "host-a", "active", (host_env or {}).get("host-a"))
+    start_host(d, "host-b", "standby", (host_env or {}).get("host-b"))
+    await wait_established(d, timeout)
     return describe(d)
 
 

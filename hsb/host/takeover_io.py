@@ -16,7 +16,7 @@ import structlog
 from hsb import faults
 from hsb.backoff import Backoff
 from hsb.host.config import TakeoverSection
-from hsb.takeover.errors import StartupIdMismatch
+from hsb.takeover.errors import StaleGroup, StartupIdMismatch
 from hsb.takeover.layout import batch_records_for, entries_per_record
 from hsb.takeover.reader import PollStatus
 from hsb.takeover.records import SessionEntry, encode_entry
@@ -114,6 +114,9 @@ class TakeoverIO:
                     await self.store.append(group)  # group commit: one sync per group
                 except asyncio.CancelledError:
                     raise
+                except StaleGroup:  # a batch write came first: its snapshot holds these (not an error)
+                    log.debug("ring_group_stale", entries=len(group))
+                    continue
                 except Exception as exc:
                     good = self._drop_unencodable(group) if isinstance(exc, ValueError) else group
                     # keep them: nothing may be skipped, but each entry only sets a state; not
