@@ -331,26 +331,27 @@ async def nothing(tx: Any) -> str:
 
 
 async def _prunes_by_age(db: Any) -> None:
-    """Records older than `keep` are pruned by the host that handles messages; newer ones stay."""
-    once = ExactlyOnce(db, keep=3600.0, prune_every=0.0)
+    """Records older than `keep` are pruned by the host that handles messages; newer ones stay,
+    and so do each terminal's newest `keep_last` however old (T2 went away with a message the
+    CP still holds: it is re-delivered when T2 is back, days later perhaps)."""
+    once = ExactlyOnce(db, keep=3600.0, prune_every=0.0, keep_last=2)
     await once.setup()
 
     for mid in (1, 2, 3):
         await once.run("T1", mid, False, nothing)
+    await once.run("T2", 1, False, nothing)
     first = once.pruning
     assert first is not None  # every message applied starts one (prune_every 0) unless one runs
     await asyncio.wait_for(first, 10)
-    async with db.transaction() as tx:  # two of them from two hours ago
+    async with db.transaction() as tx:  # T1's first two and T2's one from two hours ago
         await tx.execute("UPDATE hsb_idempotency SET at = at - 7200 WHERE msg_id <= 2")
     await once.run("T1", 4, False, nothing)  # the next message applied starts a prune
     assert once.pruning is not first
-    deadline = time.monotonic() + 10
-    while once.counters["pruned"] < 2:
-        assert time.monotonic() < deadline, once.counters
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(once.pruning, 10)
     async with db.transaction() as tx:
-        assert await tx.fetch("SELECT msg_id FROM hsb_idempotency ORDER BY msg_id") == [(3,), (4,)]
+        assert await tx.fetch("SELECT terminal, msg_id FROM hsb_idempotency ORDER BY terminal, msg_id") == [("T1", 3), ("T1", 4), ("T2", 1)]
     assert once.counters["pruned"] == 2
+    assert await once.run("T2", 1, True, nothing) == "done" and once.counters["replayed"] == 1  # its record answered
 
 
 async def test_old_records_are_pruned_on_sqlite(tmp_path: Path) -> None:
@@ -392,7 +393,7 @@ class _CountingDeletes:
 async def _prunes_in_batches(db: Any) -> None:
     """Many records due: pruned `prune_batch` rows per transaction, every one of them, none newer."""
     counting = _CountingDeletes(db)
-    once = ExactlyOnce(counting, keep=3600.0, prune_every=3600.0, prune_batch=2)
+    once = ExactlyOnce(counting, keep=3600.0, prune_every=3600.0, prune_batch=2, keep_last=1)
     await once.setup()
     for mid in range(1, 8):
         await once.run("T1", mid, False, nothing)
@@ -441,7 +442,7 @@ async def test_two_hosts_pruning_at_once_count_each_record_once(pg: pgsupport.Pg
     dsn = fresh(pg)
     a_db, b_db, lock_db, watch_db = (open_database(dsn, tx_idle_timeout=30.0) for _ in range(4))
     try:
-        a, b = ExactlyOnce(a_db, keep=3600.0, prune_every=3600.0), ExactlyOnce(b_db, keep=3600.0, prune_every=3600.0)
+        a, b = (ExactlyOnce(x, keep=3600.0, prune_every=3600.0, keep_last=1) for x in (a_db, b_db))
         await a.setup()
         await b.setup()  # b's pool connected too
 

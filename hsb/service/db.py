@@ -6,11 +6,12 @@ in one call on the database's thread, see `SqliteDatabase.run`), and writes SQL 
 `$1, $2, …` placeholders (SQLite gets them as `?1, ?2, …`). What can go wrong is
 sorted here, once, into three kinds, because the host treats them differently:
 
-- `RetryTransaction`: a serialization failure or deadlock (PostgreSQL) or a busy database
-  (SQLite): the transaction is rolled back and may simply run again;
+- `RetryTransaction`: a serialization failure or deadlock (PostgreSQL): the transaction is
+  rolled back and may simply run again;
 - `ServiceUnavailable` (hsb.service.api): the database cannot be reached or is shutting
-  down or out of resources: the host keeps the message, retries it with backoff, and shows
-  the service as failing (the message stays held at the CP, nothing is lost);
+  down or out of resources, or (SQLite) it stayed locked past `busy_timeout` (the other host
+  stopped inside a transaction, say): the host keeps the message, retries it with backoff, and
+  shows the service as failing (the message stays held at the CP, nothing is lost);
 - anything else is the application's error (a bug): it becomes the message's error reply.
   Except on our side of a PostgreSQL transaction's end: a failure of the COMMIT, the ROLLBACK
   or handing the connection back that the server did not answer leaves it unknown whether the
@@ -226,10 +227,23 @@ class PostgresDatabase:
 # --------------------------------------------------------------------------- SQLite
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
-# SQLite's OperationalError for a statement that cannot run as written (PostgreSQL answers these
-# with a SQLSTATE of class 42, which is the application's too); anything else it raises that way
-# (an I/O error, a full disk, a file it cannot open) is the database being unavailable
-_SQLITE_STATEMENT_ERRORS = ("no such table", "no such column", "near ", "table ", "incomplete input")
+# SQLite's OperationalError for the database being unavailable: the file, the disk, the lock
+# (after busy_timeout: SQLite's busy handler has waited already) or its memory. Anything else it
+# raises that way is the statement's (no such table or function, a misused value, a syntax
+# error: PostgreSQL answers these with a SQLSTATE of class 42 or 22, the application's too):
+# an error reply, not a retry for ever that would hold every later message of the terminal
+_SQLITE_UNAVAILABLE = (
+    "disk i/o error",
+    "database or disk is full",
+    "unable to open database",
+    "readonly database",
+    "database disk image is malformed",
+    "file is not a database",
+    "locking protocol",
+    "out of memory",
+    "database schema has changed",
+    "interrupted",
+)
 
 
 @functools.lru_cache(maxsize=512)
@@ -372,11 +386,14 @@ class SqliteDatabase:
             raise  # a transaction body's (run): the application's
         except sqlite3.OperationalError as exc:
             text = str(exc)
-            if "locked" in text or "busy" in text:
-                raise RetryTransaction(text) from exc
-            if text.startswith(_SQLITE_STATEMENT_ERRORS):
-                raise  # the statement's fault (the application's SQL, or a schema it does not match): an error reply, not a retry for ever
-            raise ServiceUnavailable(f"database unavailable: sqlite {self.path}: {text}") from exc
+            low = text.lower()
+            if "locked" in low or "busy" in low:  # waited busy_timeout already: retrying at once is no use
+                raise ServiceUnavailable(
+                    f"database busy: sqlite {self.path}: {text} (another transaction held it past {self.busy_timeout:g} s)"
+                ) from exc
+            if any(m in low for m in _SQLITE_UNAVAILABLE):
+                raise ServiceUnavailable(f"database unavailable: sqlite {self.path}: {text}") from exc
+            raise  # the statement's fault (the application's SQL, or a schema it does not match)
 
     def _closed_error(self) -> ServiceUnavailable:
         return ServiceUnavailable(f"database closed: sqlite {self.path}")

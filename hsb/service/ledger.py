@@ -193,6 +193,8 @@ class LedgerService:
         command_timeout: float = 10.0,
         tx_idle_timeout: float = 1.0,
         keep_hours: float = 168.0,
+        keep_last: int = 256,
+        busy_timeout: float = 5.0,
         idempotency: bool = True,
         logon_ms: float = 0,
     ) -> None:
@@ -204,9 +206,17 @@ class LedgerService:
                 f"keep_hours must be at least {MIN_KEEP_HOURS:g} (hours an idempotency record is kept; it must outlive the longest"
                 f" time a message can wait at the CP, else a redelivery applies the effect again), not {keep_hours!r}"
             )
-        opts: dict[str, Any] = {"pool_size": pool_size, "command_timeout": command_timeout, "tx_idle_timeout": tx_idle_timeout} if dsn else {}
+        if not int(keep_last) >= 1:
+            raise TypeError(
+                f"keep_last must be at least 1, and at least the CP's held_bound (records each terminal keeps however old), not {keep_last!r}"
+            )
+        opts: dict[str, Any] = (
+            {"pool_size": pool_size, "command_timeout": command_timeout, "tx_idle_timeout": tx_idle_timeout}
+            if dsn
+            else {"busy_timeout": busy_timeout}
+        )
         self.db: Database = open_database(dsn or None, sqlite or None, **opts)
-        self.once = ExactlyOnce(self.db, keep=float(keep_hours) * 3600.0, record=bool(idempotency))
+        self.once = ExactlyOnce(self.db, keep=float(keep_hours) * 3600.0, record=bool(idempotency), keep_last=int(keep_last))
         self.ready = False
 
     async def _setup(self) -> None:
@@ -216,16 +226,23 @@ class LedgerService:
 
     async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
         try:
-            req = parse(data)
-        except BadRequest as exc:  # the same answer every time: nothing to record
-            return dumps({"ok": False, "error": "bad_request", "msg": str(exc)})
+            req: Request | None = parse(data)
+            refused = ""
+        except BadRequest as exc:  # nothing to record: the same answer every time this code reads it
+            req, refused = None, dumps({"ok": False, "error": "bad_request", "msg": str(exc)})
+            if not redelivered:
+                return refused
         if not self.ready:
             try:
                 await self._setup()  # ServiceUnavailable if the database is not there yet: retried
             except RetryTransaction as exc:  # busy (another host's transaction): waits, not an error reply
                 raise ServiceUnavailable(f"database busy while setting up: {exc}") from exc
+        if req is None:  # redelivered: a host whose code read it (before an upgrade) may have applied it
+            prior = await self.once.stored(terminal, message_id)
+            return prior if prior is not None else refused
 
         async def effect(tx: Tx) -> str:
+            assert req is not None
             return await apply(tx, terminal, message_id, req)
 
         return await self.once.run(terminal, message_id, redelivered, effect)

@@ -26,9 +26,13 @@ but `tx`'s statements: on SQLite the whole transaction runs in one call on the d
 thread (`Database.run`).
 
 Records are kept `keep` seconds (default 7 days) and pruned by the host that handles
-messages, at most every `prune_every` seconds, `prune_batch` rows per transaction. `keep` must exceed the longest time a message
-can wait at the CP before it is answered: a record pruned while its message is still held
-would let a redelivery apply the effect again.
+messages, at most every `prune_every` seconds, `prune_batch` rows per transaction, by the
+database's clock (two hosts' clocks never disagree about a record's age). Each terminal's newest
+`keep_last` records (default 256) are never pruned, however old: a message the CP still holds
+for a terminal that went away (it is re-delivered only once the terminal is back, which may be
+days later) is always among its terminal's newest, as the CP holds at most `held_bound` messages
+per terminal and a terminal's messages are answered in order. `keep_last` must be at least the
+CP's `held_bound`.
 """
 
 from __future__ import annotations
@@ -53,9 +57,16 @@ DDL = [
 ]
 
 _LOOKUP = "SELECT reply FROM hsb_idempotency WHERE terminal = $1 AND msg_id = $2"
-# the oldest records due, a batch at a time (row values: both PostgreSQL and SQLite have them)
-_PRUNE = "DELETE FROM hsb_idempotency WHERE (terminal, msg_id) IN (SELECT terminal, msg_id FROM hsb_idempotency WHERE at < $1 ORDER BY at LIMIT $2)"
-_RECORD = "INSERT INTO hsb_idempotency (terminal, msg_id, reply, at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING 1"
+# the database's clock, in seconds since the epoch
+_NOW = {"postgresql": "EXTRACT(EPOCH FROM now())::double precision", "sqlite": "((julianday('now') - 2440587.5) * 86400.0)"}
+# the oldest records due, a batch at a time (row values: both PostgreSQL and SQLite have them),
+# but never one of its terminal's newest $3 (the one $3 from the top: all below it may go)
+_PRUNE = (
+    "DELETE FROM hsb_idempotency WHERE (terminal, msg_id) IN (SELECT terminal, msg_id FROM hsb_idempotency h"
+    " WHERE at < {now} - $1 AND msg_id < COALESCE((SELECT r.msg_id FROM hsb_idempotency r WHERE r.terminal = h.terminal"
+    " ORDER BY r.msg_id DESC LIMIT 1 OFFSET $3), -1) ORDER BY at LIMIT $2)"
+)
+_RECORD = "INSERT INTO hsb_idempotency (terminal, msg_id, reply, at) VALUES ($1, $2, $3, {now}) ON CONFLICT DO NOTHING RETURNING 1"
 
 MAX_RETRIES = 20  # collisions in a row before the service counts as failing
 
@@ -68,9 +79,17 @@ Effect = Callable[[Tx], Awaitable[str]]
 
 
 class ExactlyOnce:
-    def __init__(self, db: Database, keep: float = 7 * 86400.0, prune_every: float = 600.0, record: bool = True, prune_batch: int = 5000) -> None:
+    def __init__(
+        self, db: Database, keep: float = 7 * 86400.0, prune_every: float = 600.0, record: bool = True, prune_batch: int = 5000, keep_last: int = 256
+    ) -> None:
+        if int(keep_last) < 1:
+            raise ValueError(f"keep_last must be at least 1 (and at least the CP's held_bound), not {keep_last!r}")
         self.db = db
+        now = _NOW.get(getattr(db, "kind", "postgresql"), _NOW["postgresql"])
+        self._record_sql = _RECORD.format(now=now)
+        self._prune_sql = _PRUNE.format(now=now)
         self.keep = float(keep)
+        self.keep_last = int(keep_last)
         self.prune_every = float(prune_every)
         self.prune_batch = int(prune_batch)  # rows deleted per transaction
         # record=False runs the effect alone: only for measuring what the record costs
@@ -101,7 +120,7 @@ class ExactlyOnce:
                 if prior is not None:
                     return True, str(prior)
             reply = await effect(tx)
-            if self.record and await tx.fetchval(_RECORD, terminal, message_id, reply, time.time()) is None:
+            if self.record and await tx.fetchval(self._record_sql, terminal, message_id, reply) is None:
                 raise _AlreadyDone  # another transaction recorded it first: roll ours back
             return False, reply
 
@@ -115,24 +134,33 @@ class ExactlyOnce:
             self.pruning = asyncio.get_running_loop().create_task(self._prune())
         return reply
 
+    async def stored(self, terminal: str, message_id: int) -> str | None:
+        """The reply stored for (terminal, message_id), if any (a redelivered message whose
+        request this code can no longer read, say after an upgrade: the first answer stands)."""
+        if not self.record:
+            return None
+        async with self.db.transaction() as tx:
+            prior = await tx.fetchval(_LOOKUP, terminal, message_id)
+        return None if prior is None else str(prior)
+
     async def _prune(self) -> None:
-        """Delete the records older than `keep`, `prune_batch` rows per transaction: one DELETE of
-        everything due (after an outage, say, or at a high rate) could run past the database's
-        command timeout every time and never finish, and would hold its locks all along."""
-        cutoff = time.time() - self.keep
+        """Delete the records older than `keep` but each terminal's newest `keep_last`,
+        `prune_batch` rows per transaction: one DELETE of everything due (after an outage, say,
+        or at a high rate) could run past the database's command timeout every time and never
+        finish, and would hold its locks all along."""
         n = 0
         try:
             while True:
                 async with self.db.transaction() as tx:
                     # the rows this DELETE removed, not a count before it: another host's prune
                     # running at the same time must not be counted twice
-                    batch = await tx.execute(_PRUNE, cutoff, self.prune_batch)
+                    batch = await tx.execute(self._prune_sql, self.keep, self.prune_batch, self.keep_last - 1)
                 n += batch
                 self.counters["pruned"] += batch
                 if batch < self.prune_batch:
                     break
-        except (RetryTransaction, ServiceUnavailable) as exc:
-            log.warning("idempotency_prune_failed", error=str(exc), pruned=n)
+        except Exception as exc:  # noqa: BLE001 - any failure (a privilege, a bug): said, tried again later
+            log.warning("idempotency_prune_failed", error=f"{type(exc).__name__}: {exc}", pruned=n)
             self.next_prune = time.monotonic() + 30.0
         if n:
             log.info("idempotency_records_pruned", count=n, older_than_s=self.keep)

@@ -1,0 +1,89 @@
+"""How the ledger and its database layer sort what goes wrong (hsb.service.db, hsb.service.once,
+hsb.service.ledger), on the embedded SQLite: a database locked past busy_timeout is unavailable
+at once (not twenty waits in a row while status says ok); a statement's own error is the
+application's (an error reply), not "unavailable" for ever; a prune that fails is said and tried
+again; a redelivered request this code cannot read is answered with the reply stored for it."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog.testing
+
+from hsb.service.api import ServiceUnavailable
+from hsb.service.db import SqliteDatabase
+from hsb.service.ledger import LedgerService
+from hsb.service.once import ExactlyOnce
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_a_database_locked_past_busy_timeout_is_unavailable_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "books.sqlite"
+    svc = LedgerService("host-a", sqlite=str(path), busy_timeout=0.2)
+    try:
+        assert '"ok":true' in await svc.handle("T1", 1, '{"op":"open","account":"alice"}', False)
+        other = sqlite3.connect(path, isolation_level=None)  # the other host, stopped inside a transaction
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(ServiceUnavailable, match="database busy"):
+                await svc.handle("T1", 2, '{"op":"deposit","account":"alice","amount":5}', False)
+            assert time.monotonic() - t0 < 2.0, "waited busy_timeout again and again"
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert '"balance":5' in await svc.handle("T1", 2, '{"op":"deposit","account":"alice","amount":5}', True)
+    finally:
+        await svc.close()
+
+
+async def test_a_statements_own_error_is_the_applications_not_unavailable(tmp_path: Path) -> None:
+    db = SqliteDatabase(str(tmp_path / "x.sqlite"))
+    once = ExactlyOnce(db)
+    try:
+        await once.setup()
+
+        async def bad(tx: Any) -> str:
+            await tx.fetchval("SELECT no_such_function(1)")
+            return "never"
+
+        with pytest.raises(sqlite3.OperationalError, match="no such function"):
+            await once.run("T1", 1, False, bad)
+    finally:
+        await db.close()
+
+
+async def test_a_prune_that_fails_is_said_and_tried_again_later(tmp_path: Path) -> None:
+    db = SqliteDatabase(str(tmp_path / "x.sqlite"))
+    once = ExactlyOnce(db, prune_every=0.0)
+    try:
+        await once.setup()
+        once._prune_sql = "DELETE FROM no_such_table WHERE 1 = $1 AND 2 = $2 AND 3 = $3"  # a bug, a missing privilege
+        with structlog.testing.capture_logs() as logs:
+            await asyncio.wait_for(once._prune(), 10)
+        assert [e for e in logs if e["event"] == "idempotency_prune_failed"], logs
+        assert once.next_prune > time.monotonic()
+    finally:
+        await db.close()
+
+
+async def test_a_redelivered_request_this_code_cannot_read_gets_the_stored_reply(tmp_path: Path) -> None:
+    """Applied by a host whose code read it, then redelivered (after a failover) to a host whose
+    code refuses it (an upgrade between): the first answer stands, nothing is applied again."""
+    svc = LedgerService("host-a", sqlite=str(tmp_path / "books.sqlite"))
+    try:
+        assert '"ok":true' in await svc.handle("T1", 1, '{"op":"open","account":"alice"}', False)
+        first = await svc.handle("T1", 2, '{"op":"deposit","account":"alice","amount":7}', False)
+        assert '"balance":7' in first
+        unreadable = '{"op":"deposit","account":"alice","amount":7,"v":2}'.replace('"op":"deposit"', '"op":"deposit2"')
+        assert await svc.handle("T1", 2, unreadable, True) == first
+        assert '"bad_request"' in await svc.handle("T1", 3, unreadable, False)  # not redelivered: refused
+        assert '"bad_request"' in await svc.handle("T1", 4, unreadable, True)  # redelivered, nothing stored
+    finally:
+        await svc.close()
