@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import os
 import signal
 import socket
@@ -56,19 +57,32 @@ T = TypeVar("T")
 STOP_AFTER_DRAIN_S = 0.5  # a stop whose journal did not drain: how much longer the write still out may take
 
 
-def holds_address(addr: str) -> bool:
+def holds_address(addr: str, unknown: bool = True) -> bool:
     """Whether `addr`'s host is an address of this machine (the virtual address keepalived
-    moves); a wildcard or a name counts as held."""
+    moves); a wildcard or a name counts as held. When it cannot be told (no socket to be had:
+    the open-files limit, say), `unknown`: the serving CP serves on, a waiting one waits."""
     host, _ = parse_addr(addr)
-    if host in ("0.0.0.0", "::", "") or not host[0].isdigit():
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])  # (an IPv6 scope: fe80::1%eth0)
+    except ValueError:
+        return True  # a name (or empty): not a moving address this CP can check
+    if ip.is_unspecified:
         return True
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_DGRAM) as s:
+    fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    try:
+        s = socket.socket(fam, socket.SOCK_DGRAM)
+    except OSError as exc:
+        log.warning("address_check_failed", address=addr, error=str(exc), assumed="held" if unknown else "not held")
+        return unknown
+    with s:
         try:
             s.bind((host, 0))
             return True
-        except OSError:
-            return False
+        except OSError as exc:
+            if exc.errno in (errno.EADDRNOTAVAIL, errno.EINVAL, errno.EAFNOSUPPORT):
+                return False
+            log.warning("address_check_failed", address=addr, error=str(exc), assumed="held" if unknown else "not held")
+            return unknown
 
 
 class CPServer:
@@ -245,7 +259,7 @@ class CPServer:
                 # (reload_requested stays set) once this CP serves
                 sighups_seen = self.sighups
                 reload_tls(self.tls)
-            held = await loop.run_in_executor(None, holds_address, c.terminal_listen)
+            held = await loop.run_in_executor(None, holds_address, c.terminal_listen, False)
             woken = self._master_here()
             if woken and not held and self.wake_requested:
                 log.info("cp_wake_ignored", address=c.terminal_listen, msg="woken, but this machine does not hold the address")
