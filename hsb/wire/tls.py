@@ -11,16 +11,23 @@ Hostnames and addresses are not checked (the CA is the cluster's own: membership
 The terminal link can have TLS too (`terminals = true`): a server certificate, and terminals'
 certificates optional; a terminal that presents one must log on with a name it names.
 
-Contexts are made once per process and kept: `reload()` loads new certificate files into the
-same objects, so a SIGHUP changes what new connections use without touching established ones.
+A SIGHUP's `reload()` reads the three files once (copies in a private directory: files
+replaced meanwhile cannot mix), checks them, and builds new contexts from them; only if all of
+that worked are they put in use, else the ones in use stay untouched. Listeners keep the context
+they were made with: its SNI callback, which OpenSSL calls at every handshake (with or without a
+server name), hands the connection the current one. (Loading new files into the contexts in use
+instead kept a certificate of the old key type beside the new one, and a load that failed half
+way left a context with a certificate and no key.) Established connections are not touched.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import ssl
 import stat
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,8 +92,26 @@ def expires_in(cert_file: str) -> dt.timedelta | None:
     return None if na is None else na - dt.datetime.now(dt.UTC)
 
 
+def _contexts(f: TLSFiles) -> tuple[ssl.SSLContext, ssl.SSLContext, ssl.SSLContext]:
+    """New server, terminal-server and client contexts loaded from `f`."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    terminal_server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    for ctx in (server, terminal_server, client):
+        ctx.minimum_version = MIN_VERSION
+        ctx.load_cert_chain(f.cert_file, f.key_file)
+        ctx.load_verify_locations(f.ca_file)
+    client.check_hostname = False  # names are checked against what the link says (module docstring)
+    client.verify_mode = ssl.CERT_REQUIRED
+    server.verify_mode = ssl.CERT_REQUIRED
+    terminal_server.verify_mode = ssl.CERT_OPTIONAL
+    return server, terminal_server, client
+
+
 class TLS:
-    """One process's TLS: its server and client contexts, made once and reloaded in place."""
+    """One process's TLS: its contexts, made at start and made anew at each reload. `server`
+    and `terminal_server` are the listeners' (kept: they hand each handshake the current ones),
+    `client` is the current client context."""
 
     def __init__(self, files: TLSFiles, terminals: bool = False) -> None:
         errors = check_files(files)
@@ -94,34 +119,59 @@ class TLS:
             raise TLSError("; ".join(errors))
         self.files = files
         self.terminals = terminals
-        self.server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.terminal_server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        for ctx in (self.server, self.terminal_server, self.client):
-            ctx.minimum_version = MIN_VERSION
-        self.client.check_hostname = False  # names are checked against what the link says (module docstring)
-        self.client.verify_mode = ssl.CERT_REQUIRED
-        self.server.verify_mode = ssl.CERT_REQUIRED
-        self.terminal_server.verify_mode = ssl.CERT_OPTIONAL
+        self.server, self.terminal_server, self.client = _contexts(files)
+        self._current = (self.server, self.terminal_server)
+        self.server.sni_callback = self._to_current(0)
+        self.terminal_server.sni_callback = self._to_current(1)
         self.loaded_at = dt.datetime.now(dt.UTC)
-        self._load()
-
-    def _load(self) -> None:
-        f = self.files
-        for ctx in (self.server, self.terminal_server, self.client):
-            ctx.load_cert_chain(f.cert_file, f.key_file)
-            ctx.load_verify_locations(f.ca_file)
         # what is in use now (status and the expiry metric: not the file, which may be newer)
-        self.not_after = not_after(f.cert_file)
-        self.names = sorted(file_names(f.cert_file))
+        self.not_after = not_after(files.cert_file)
+        self.names = sorted(file_names(files.cert_file))
+
+    def _to_current(self, i: int) -> Any:
+        def pick(sslobj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+            cur = self._current[i]
+            if sslobj.context is not cur:
+                sslobj.context = cur
+
+        return pick
 
     def reload(self) -> list[str]:
-        """New certificate files into the same contexts (new connections use them); the
+        """The certificate files again, into new contexts that new connections use; the
         problems instead, if the files are not usable (then nothing changes)."""
-        errors = check_files(self.files)
-        if errors:
-            return errors
-        self._load()
+        f = self.files
+        tmp = tempfile.mkdtemp(prefix="hsb-tls-")  # mode 700: the key's copy is no one else's
+        try:
+            copy = TLSFiles(os.path.join(tmp, "ca.pem"), os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem"))
+            try:
+                for src, dst in ((f.ca_file, copy.ca_file), (f.cert_file, copy.cert_file), (f.key_file, copy.key_file)):
+                    with open(src, "rb") as r, open(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as w:
+                        w.write(r.read())
+                    if src == f.key_file:
+                        os.chmod(dst, stat.S_IMODE(os.stat(src).st_mode) & 0o777 or 0o600)  # its mode is checked too
+            except OSError as exc:
+                return [f"tls: cannot read {exc.filename or f.cert_file}: {exc.strerror or exc}"]
+            names = {copy.ca_file: f.ca_file, copy.cert_file: f.cert_file, copy.key_file: f.key_file}
+            errors = check_files(copy)
+            if errors:
+                out = []
+                for e in errors:
+                    for c, real in names.items():
+                        e = e.replace(c, real)
+                    out.append(e)
+                return out
+            try:
+                server, terminal_server, client = _contexts(copy)
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                return [f"tls: the files could not be loaded ({exc}); the certificates in use stay"]
+            new_after, new_names = not_after(copy.cert_file), sorted(file_names(copy.cert_file))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self._current = (server, terminal_server)
+        old, self.client = self.client, client
+        if _default_client is old:  # this process's links connect with it: the new one from now on
+            set_default_client(client)
+        self.not_after, self.names = new_after, new_names
         self.loaded_at = dt.datetime.now(dt.UTC)
         return []
 
@@ -187,8 +237,11 @@ def reload_tls(t: TLS | None) -> None:
         return
     import structlog
 
-    errors = t.reload()
     log = structlog.get_logger("hsb.tls")
+    try:
+        errors = t.reload()
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the contexts in use stay and the daemon goes on
+        errors = [f"tls: reload failed: {type(exc).__name__}: {exc}"]
     if errors:
         log.error("tls_reload_failed", errors=errors, msg="the certificates in use stay; fix the files and send SIGHUP again")
     else:

@@ -1,0 +1,138 @@
+"""A SIGHUP's TLS reload (hsb.wire.tls.TLS.reload), with real handshakes on loopback: new
+connections get the new certificate even when its key type differs (loading an RSA pair into a
+context that held an ECDSA one kept presenting the old certificate); files that cannot be used
+leave the certificates in use serving, untouched (a load that failed half way left a context
+with a certificate and no key); the client context of the process's links follows."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from hsb.wire import tls as tlsmod
+from hsb.wire.tls import TLS, TLSFiles
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _pem_key(key: Any) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def make_ca(d: Path) -> tuple[Any, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("test CA"))
+        .issuer_name(_name("test CA"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (d / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key, cert
+
+
+def make_leaf(d: Path, ca: tuple[Any, x509.Certificate], cn: str, kind: str, stem: str) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048) if kind == "rsa" else ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(ca[1].subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=10))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False)
+        .sign(ca[0], hashes.SHA256())
+    )
+    (d / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    k = d / f"{stem}.key"
+    k.write_bytes(_pem_key(key))
+    k.chmod(0o600)
+
+
+async def presented(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> x509.Certificate:
+    """The certificate a new connection to a listener made with `server_ctx` is shown."""
+    srv = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=server_ctx)
+    try:
+        port = srv.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx)
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.close()
+        return x509.load_der_x509_certificate(der)
+    finally:
+        srv.close()
+        await srv.wait_closed()
+
+
+async def test_a_reload_to_another_key_type_presents_the_new_certificate(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path)
+    make_leaf(tmp_path, ca, "old-ec", "ec", "cp")
+    make_leaf(tmp_path, ca, "client", "ec", "client")
+    t = TLS(TLSFiles(str(tmp_path / "ca.pem"), str(tmp_path / "cp.pem"), str(tmp_path / "cp.key")))
+    client = TLS(TLSFiles(str(tmp_path / "ca.pem"), str(tmp_path / "client.pem"), str(tmp_path / "client.key"))).client
+    listener = t.server  # what a listener was made with at start
+    got = await presented(listener, client)
+    assert got.subject == _name("old-ec")
+    make_leaf(tmp_path, ca, "new-rsa", "rsa", "cp")  # the site's CA issues RSA
+    assert t.reload() == []
+    got = await presented(listener, client)
+    assert got.subject == _name("new-rsa"), got.subject
+    assert isinstance(got.public_key(), rsa.RSAPublicKey)
+    assert t.names == ["new-rsa"]
+
+
+@pytest.mark.parametrize("race", [False, True], ids=["checked", "replaced-after-the-check"])
+async def test_files_that_cannot_be_used_leave_the_certificates_in_use_serving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, race: bool) -> None:
+    ca = make_ca(tmp_path)
+    make_leaf(tmp_path, ca, "cp", "ec", "cp")
+    make_leaf(tmp_path, ca, "client", "ec", "client")
+    make_leaf(tmp_path, ca, "other", "ec", "other")
+    t = TLS(TLSFiles(str(tmp_path / "ca.pem"), str(tmp_path / "cp.pem"), str(tmp_path / "cp.key")))
+    client = TLS(TLSFiles(str(tmp_path / "ca.pem"), str(tmp_path / "client.pem"), str(tmp_path / "client.key"))).client
+    listener, old_client = t.server, t.client
+    (tmp_path / "cp.pem").write_bytes((tmp_path / "other.pem").read_bytes())  # half replaced: the key is cp's
+    if race:  # the files looked fine when checked, and were replaced before they were loaded
+        monkeypatch.setattr(tlsmod, "check_files", lambda f: [])
+    try:
+        errors = t.reload()
+    except ssl.SSLError as exc:
+        errors = [f"raised: {exc}"]
+    assert errors and ("does not go with" in errors[0] or "could not be loaded" in errors[0]), errors
+    if not race:
+        assert str(tmp_path / "cp.pem") in errors[0], errors
+    assert t.client is old_client and t.names == ["cp"]
+    got = await presented(listener, client)  # still a full handshake with the certificate in use
+    assert got.subject == _name("cp")
+
+
+async def test_the_processs_client_context_follows_a_reload(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path)
+    make_leaf(tmp_path, ca, "host-a", "ec", "a")
+    t = TLS(TLSFiles(str(tmp_path / "ca.pem"), str(tmp_path / "a.pem"), str(tmp_path / "a.key")))
+    tlsmod.set_default_client(t.client)
+    try:
+        make_leaf(tmp_path, ca, "host-a", "ec", "a")
+        assert t.reload() == []
+        assert tlsmod.default_client() is t.client
+    finally:
+        tlsmod.set_default_client(None)
