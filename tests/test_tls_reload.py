@@ -32,13 +32,13 @@ def _pem_key(key: Any) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
-def make_ca(d: Path) -> tuple[Any, x509.Certificate]:
+def make_ca(d: Path, cn: str = "test CA") -> tuple[Any, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name("test CA"))
-        .issuer_name(_name("test CA"))
+        .subject_name(_name(cn))
+        .issuer_name(_name(cn))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(days=1))
@@ -136,3 +136,43 @@ async def test_the_processs_client_context_follows_a_reload(tmp_path: Path) -> N
         assert tlsmod.default_client() is t.client
     finally:
         tlsmod.set_default_client(None)
+
+
+async def test_a_ca_taken_out_of_ca_file_is_no_longer_trusted_after_a_reload(tmp_path: Path) -> None:
+    """Step 4 of a CA change: the old CA out of `ca_file`, a reload, and a client whose
+    certificate the old CA signed is refused by the listener made at start."""
+    d_old, d_new, d = tmp_path / "old", tmp_path / "new", tmp_path / "cp"
+    for x in (d_old, d_new, d):
+        x.mkdir()
+    old_ca, new_ca = make_ca(d_old, "CA old"), make_ca(d_new, "CA new")
+    make_leaf(d, new_ca, "cp", "ec", "cp")
+    make_leaf(d_old, old_ca, "client", "ec", "client")
+    both = (d_old / "ca.pem").read_bytes() + (d_new / "ca.pem").read_bytes()
+    (d / "ca.pem").write_bytes(both)
+    (d_old / "both.pem").write_bytes(both)
+    t = TLS(TLSFiles(str(d / "ca.pem"), str(d / "cp.pem"), str(d / "cp.key")))
+    client = TLS(TLSFiles(str(d_old / "both.pem"), str(d_old / "client.pem"), str(d_old / "client.key"))).client
+
+    async def greeting() -> bytes:
+        async def hello(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            w.write(b"hi")
+            await w.drain()
+            w.close()
+
+        srv = await asyncio.start_server(hello, "127.0.0.1", 0, ssl=t.server)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.sockets[0].getsockname()[1], ssl=client)
+            try:
+                return await asyncio.wait_for(reader.read(2), 10)
+            except (ssl.SSLError, ConnectionError):
+                return b""  # refused (TLS 1.3: the server's verdict comes after the client's handshake)
+            finally:
+                writer.close()
+        finally:
+            srv.close()
+            await srv.wait_closed()
+
+    assert await greeting() == b"hi"
+    (d / "ca.pem").write_bytes((d_new / "ca.pem").read_bytes())
+    assert t.reload() == []
+    assert await greeting() == b""
