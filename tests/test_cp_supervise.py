@@ -321,3 +321,34 @@ def test_a_reload_or_wake_sent_while_the_worker_starts_is_acted_on_not_lost(tmp_
     s = srv.CPServer(load(cp_config(tmp_path, terminals=2, durability="none"), CPConfig), b"s" * 32, str(tmp_path / "cp.toml"))
     s.take_early_signals()
     assert s.reload_requested and s.wake_requested and early == []
+
+
+async def test_a_worker_forked_again_runs_on_the_config_as_reloaded(supervised: Any, tmp_path: Path) -> None:
+    """Terminals added by SIGHUP are still there after the worker dies and the master forks the
+    next one (it reads the config file as it is now, as a restart by systemd would), and a file
+    broken since then leaves the next worker on the config it can read, said in the log."""
+    import tomllib
+
+    from tests.support.hostclient import FakeTerminal
+
+    p = supervised()
+    p.wait_event("cp_started", timeout=15)
+    cfg_path = tmp_path / "cp.toml"
+    text = cfg_path.read_text()
+    cfg_path.write_text(text.replace("count = 5", "count = 7"))
+    os.kill(p.popen.pid, signal.SIGHUP)  # the master passes it on
+    p.wait_event("config_reloaded", timeout=15)
+    os.kill(worker_of(p.popen.pid), signal.SIGKILL)
+    wait_for(lambda: len(p.events("cp_started")) == 2, 15, what="the next worker listening")
+    term_addr = tomllib.loads(text)["cp"]["terminal_listen"]
+    t = await FakeTerminal.connect(term_addr, "T00007")
+    first = await t.wait(lambda m: m["t"] in ("welcome", "error"))
+    assert first["t"] == "welcome", first
+    await t.close()
+    cfg_path.write_text("[cp\nbroken")
+    os.kill(worker_of(p.popen.pid), signal.SIGKILL)
+    wait_for(lambda: len(p.events("cp_started")) == 3, 15, what="the third worker listening")
+    assert p.events("config_reread_failed")
+    t = await FakeTerminal.connect(term_addr, "T00001")
+    assert (await t.wait(lambda m: m["t"] in ("welcome", "error")))["t"] == "welcome"
+    await t.close()

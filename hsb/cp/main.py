@@ -41,15 +41,35 @@ def config_warnings(cfg: CPConfig) -> list[str]:
 def main(config_path: str, check_config: bool, supervise: bool, log_level: str) -> None:
     """Run the communications processor in front of the terminals (docs/design.md)."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # keepalived's notify may come while starting: never die of it
-    cfg = load_or_exit(config_path, CPConfig, check_config, warnings=config_warnings)
-    secret = load_secret(cfg.cp.secret_file)
-    logs.setup(log_level, process=f"hsbcpd:{cfg.cp.name}", cache=True)
+    start_cfg = load_or_exit(config_path, CPConfig, check_config, warnings=config_warnings)
+    start_secret = load_secret(start_cfg.cp.secret_file)
+    logs.setup(log_level, process=f"hsbcpd:{start_cfg.cp.name}", cache=True)
+
+    def reread(cfg: CPConfig, secret: bytes) -> tuple[CPConfig, bytes]:
+        """A worker forked again after its predecessor died: the config file as it is now (what
+        SIGHUPs applied since the start, as a restart by systemd would read it), else the start's."""
+        import structlog
+
+        from hsb.config import load
+
+        try:
+            new = load(config_path, CPConfig)
+            return new, load_secret(new.cp.secret_file)
+        except Exception as exc:  # noqa: BLE001 - a file broken since: the config of the start, said so
+            structlog.get_logger("hsb.cp").error(
+                "config_reread_failed", path=config_path, error=str(exc), msg="the worker runs on the config it started with; fix the file"
+            )
+            return cfg, secret
+
     from hsb import faults, loop
     from hsb.cp.journal import JournalDamaged, JournalIOUnavailable
     from hsb.cp.journal.writer import check_io
     from hsb.cp.server import CPServer
 
     async def run(supervisor: dict[str, Any] | None) -> int:
+        cfg, secret = start_cfg, start_secret
+        if supervisor is not None and supervisor.get("restarts"):
+            cfg, secret = reread(cfg, secret)
         if cfg.cp.durability == "fsync":
             try:
                 check_io(cfg.cp.journal_io)  # before any generation is taken
