@@ -45,3 +45,28 @@ async def test_sighup_reloads_cp_and_host(sb: Any) -> None:
     wait_for(lambda: events(d / "cp.log", "config_reload_failed"), 10, what="refused reload")
     s = await sandbox.status(d)
     assert s["established"] and sandbox._alive(st["cp"]["pid"])
+
+
+async def test_a_host_reload_keeps_what_waits_on_storage_in_step_and_the_batch_area_big_enough(tmp_path: Path) -> None:
+    """hsbd's SIGHUP (HostServer.reload, the daemon's own code, not started): a new
+    `storage_timeout` moves the standby's wait for a batch write with it; renaming a group's
+    terminals (the old names stay until a restart) is refused when old and new together would
+    not fit the batch area sized at start (the next batch write would fail)."""
+    from hsb.config import load
+    from hsb.host.config import HostConfig
+    from hsb.host.server import HostServer
+    from hsb.service.builtin import EchoService
+    from hsb.takeover.fileio import create_file
+    from tests.support.procs import SECRET, host_config
+
+    create_file(str(tmp_path / "t.dat"), 16, 4096)
+    p = host_config(tmp_path, "host-a", cp="127.0.0.1:1", peer_listen="127.0.0.1:0", peer="127.0.0.1:1", takeover=tmp_path / "t.dat", records=16)
+    srv = HostServer(load(p, HostConfig), "active", SECRET, EchoService("host-a"), str(p))
+    assert srv.takeover.own_batch_records * srv.takeover.entries_per_record == 15  # 10 terminals: one batch record
+    text = p.read_text()
+    p.write_text(text.replace("[takeover]\n", "[takeover]\nstorage_timeout = 4.0\n", 1))
+    srv.reload()
+    assert srv.ha.batch_wait_s == 12.0 and srv.takeover.store.timeout == 4.0
+    p.write_text(text.replace('prefix = "T"', 'prefix = "U"'))
+    srv.reload()
+    assert srv.sessions.get("U00001") is None and len(srv.sessions.table) == 10

@@ -32,7 +32,7 @@ from hsb.ops.http import json_route, start_http
 from hsb.ops.limits import raise_nofile
 from hsb.ops.metrics import HostCollector, registry_for
 from hsb.ops.metrics import render as render_metrics
-from hsb.ops.notify import notify
+from hsb.ops.notify import notify, watchdog_too_short
 from hsb.service.api import Service
 from hsb.wire.framing import payload_max
 from hsb.wire.tls import TLS, reload_tls, set_default_client
@@ -274,9 +274,17 @@ class HostServer:
         self.peer.interval = self.cp.interval = h.heartbeat_interval
         self.peer.timeout = self.cp.timeout = h.heartbeat_timeout
         self.takeover.store.timeout = new.takeover.storage_timeout
+        # what waits on storage follows it: the standby's wait for a batch write, and the check
+        # that systemd's watchdog outlasts an operation the HA loop waits on
+        self.ha.batch_wait_s = max(5.0, 3 * new.takeover.storage_timeout)
+        too_short = watchdog_too_short(new.takeover.storage_timeout)
+        if too_short:
+            log.warning("watchdog_shorter_than_storage_timeout", msg=too_short)
         added = 0
         capacity = self.takeover.own_batch_records * self.takeover.entries_per_record
-        if len(new.terminal_table) > capacity:
+        # removed terminals stay in the table (and on the fast-switch link) until a restart: the
+        # batch must hold them and the new ones together
+        if len(self.sessions.table.keys() | new.terminal_table.keys()) > capacity:
             restart += ["terminals (the batch area B was sized at start)"]
             applied = [k for k in applied if k not in ("terminals", "terminal_groups")]
             new_defs = {}
