@@ -293,9 +293,7 @@ class HostServer:
         for name, d in new_defs.items():
             ts = self.sessions.get(name)
             if ts is None:
-                from hsb.host.sessions import TerminalState
-
-                self.sessions.table[name] = TerminalState(d)
+                self.sessions.add(d)
                 added += 1
             elif ts.state == "closed":
                 ts.attrs = d.attrs  # attributes of an open session change at its next open

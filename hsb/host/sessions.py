@@ -20,20 +20,58 @@ ACTIVE = "active"
 STANDBY = "standby"
 
 
-class TerminalState:
-    __slots__ = ("name", "attrs", "state", "standby_capable")
+class StateCounts:
+    """Sessions in each state over the whole table, kept as they change: status, /health,
+    /active and /metrics read them at every probe (a walk over 100,000 terminals took 8 ms)."""
 
-    def __init__(self, d: TerminalSpec) -> None:
+    __slots__ = ("active", "standby")
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.standby = 0
+
+
+class TerminalState:
+    __slots__ = ("name", "attrs", "_state", "standby_capable", "counts")
+
+    def __init__(self, d: TerminalSpec, counts: StateCounts | None = None) -> None:
         self.name = d.name
         self.attrs = dict(d.attrs)  # its own: a group's members share theirs (a service is given a copy)
-        self.state = CLOSED
+        self.counts = counts if counts is not None else StateCounts()  # the table's, shared
+        self._state = CLOSED
         self.standby_capable = False
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @state.setter
+    def state(self, new: str) -> None:
+        old = self._state
+        if new == old:
+            return
+        c = self.counts
+        if old == ACTIVE:
+            c.active -= 1
+        elif old == STANDBY:
+            c.standby -= 1
+        if new == ACTIVE:
+            c.active += 1
+        elif new == STANDBY:
+            c.standby += 1
+        self._state = new
 
 
 class SessionTable:
     def __init__(self, defs: dict[str, TerminalSpec]) -> None:
-        self.table: dict[str, TerminalState] = {n: TerminalState(d) for n, d in defs.items()}
+        self.state_counts = StateCounts()
+        self.table: dict[str, TerminalState] = {n: TerminalState(d, self.state_counts) for n, d in defs.items()}
         self.link: dict[str, None] = {}  # the fast-switch link, an ordered set
+
+    def add(self, d: TerminalSpec) -> TerminalState:
+        """A terminal defined by a reload."""
+        ts = self.table[d.name] = TerminalState(d, self.state_counts)
+        return ts
 
     @property
     def own_total(self) -> int:
@@ -51,13 +89,14 @@ class SessionTable:
         return True
 
     def counts(self) -> dict[str, int]:
-        a = s = 0
-        for ts in self.table.values():
-            if ts.state == ACTIVE:
-                a += 1
-            elif ts.state == STANDBY:
-                s += 1
-        return {"defined": len(self.table), "linked": len(self.link), "active_sessions": a, "standby_sessions": s}
+        c = self.state_counts
+        return {"defined": len(self.table), "linked": len(self.link), "active_sessions": c.active, "standby_sessions": c.standby}
+
+    def walked_counts(self) -> tuple[int, int]:
+        """(active, standby) by a walk over the table: what `counts` keeps (for tests)."""
+        a = sum(1 for ts in self.table.values() if ts._state == ACTIVE)
+        s = sum(1 for ts in self.table.values() if ts._state == STANDBY)
+        return a, s
 
     async def link_entries(self, per_turn: int = 2048) -> list[SessionEntry]:
         """Session information for every terminal on the link, `per_turn` terminals per turn of

@@ -7,10 +7,14 @@ monotonic counts.
 
 from __future__ import annotations
 
+import os
+import resource
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric, StateSetMetricFamily
 
 from hsb.wire.conn import CONNECTIONS_DROPPED, PROTOCOL_ERRORS
@@ -248,11 +252,83 @@ class CPCollector:
         yield from _common()
 
 
+FDS_INLINE = 2000  # open files counted at the scrape itself while there are fewer than this
+FDS_EVERY_S = 10.0  # else a thread counts them again at most this often
+
+
+def _boot_time() -> float:
+    try:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return 0.0
+
+
+class ProcessMetrics:
+    """The standard process_* metrics, as prometheus_client's ProcessCollector has them (same
+    names and help), but `process_open_fds`: listing /proc/self/fd at every scrape took 19 ms at
+    19,000 sockets (about 0.1 s at 100,000) on the event loop. Past FDS_INLINE a thread counts
+    them, at most every FDS_EVERY_S, and a scrape shows the last count."""
+
+    def __init__(self) -> None:
+        self._ticks = float(os.sysconf("SC_CLK_TCK"))
+        self._page = resource.getpagesize()
+        self._btime = _boot_time()
+        self._fds = -1
+        self._fds_at = 0.0
+        self._counting = False
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            with open("/proc/self/stat", "rb") as f:
+                parts = f.read().split(b")")[-1].split()
+            yield GaugeMetricFamily("process_virtual_memory_bytes", "Virtual memory size in bytes.", value=float(parts[20]))
+            yield GaugeMetricFamily("process_resident_memory_bytes", "Resident memory size in bytes.", value=float(parts[21]) * self._page)
+            yield GaugeMetricFamily(
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds.",
+                value=float(parts[19]) / self._ticks + self._btime,
+            )
+            yield CounterMetricFamily(
+                "process_cpu_seconds_total",
+                "Total user and system CPU time spent in seconds.",
+                value=(float(parts[11]) + float(parts[12])) / self._ticks,
+            )
+        except (OSError, IndexError, ValueError):
+            pass
+        yield GaugeMetricFamily("process_open_fds", "Number of open file descriptors.", value=float(self._open_fds()))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        yield GaugeMetricFamily("process_max_fds", "Maximum number of open file descriptors.", value=float(soft))
+
+    def _open_fds(self) -> int:
+        if 0 <= self._fds < FDS_INLINE:
+            self._count()
+        elif not self._counting and time.monotonic() - self._fds_at >= FDS_EVERY_S:
+            self._counting = True
+            threading.Thread(target=self._count, name="hsb-fd-count", daemon=True).start()
+        return max(self._fds, 0)
+
+    def _count(self) -> None:
+        try:
+            with os.scandir("/proc/self/fd") as it:
+                self._fds = sum(1 for _ in it)
+            self._fds_at = time.monotonic()
+        except OSError:
+            pass
+        finally:
+            self._counting = False
+
+
 def registry_for(collector: Any) -> CollectorRegistry:
     """The daemon's collector plus the standard process_* metrics (resident memory, CPU, fds)."""
     reg = CollectorRegistry(auto_describe=False)
     reg.register(collector)
-    ProcessCollector(registry=reg)
+    proc = ProcessMetrics()
+    proc._count()  # the first count now (at start: few files open)
+    reg.register(proc)
     return reg
 
 
