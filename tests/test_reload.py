@@ -65,8 +65,32 @@ async def test_a_host_reload_keeps_what_waits_on_storage_in_step_and_the_batch_a
     assert srv.takeover.own_batch_records * srv.takeover.entries_per_record == 15  # 10 terminals: one batch record
     text = p.read_text()
     p.write_text(text.replace("[takeover]\n", "[takeover]\nstorage_timeout = 4.0\n", 1))
-    srv.reload()
+    await srv.reload()
     assert srv.ha.batch_wait_s == 12.0 and srv.takeover.store.timeout == 4.0
     p.write_text(text.replace('prefix = "T"', 'prefix = "U"'))
-    srv.reload()
+    await srv.reload()
     assert srv.sessions.get("U00001") is None and len(srv.sessions.table) == 10
+
+
+async def test_terminals_added_by_a_reload_are_not_applied_again_by_the_next(tmp_path: Path) -> None:
+    """The running config takes the reloaded terminal lists: a second SIGHUP with nothing
+    changed applies nothing (it said `terminals` applied again at every reload)."""
+    import structlog.testing
+
+    from hsb.config import load
+    from hsb.host.config import HostConfig
+    from hsb.host.server import HostServer
+    from hsb.service.builtin import EchoService
+    from hsb.takeover.fileio import create_file
+    from tests.support.procs import SECRET, host_config
+
+    create_file(str(tmp_path / "t.dat"), 16, 4096)
+    p = host_config(tmp_path, "host-a", cp="127.0.0.1:1", peer_listen="127.0.0.1:0", peer="127.0.0.1:1", takeover=tmp_path / "t.dat", records=16)
+    srv = HostServer(load(p, HostConfig), "active", SECRET, EchoService("host-a"), str(p))
+    p.write_text(p.read_text().replace("count = 10", "count = 12"))
+    with structlog.testing.capture_logs() as logs:
+        await srv.reload()
+        await srv.reload()
+    done = [e for e in logs if e["event"] == "config_reloaded"]
+    assert [e["applied"] for e in done] == [["terminal_groups"], []], done
+    assert [e["terminals_added"] for e in done] == [2, 0]

@@ -260,13 +260,14 @@ class HostServer:
         "terminal_groups",
     )
 
-    def reload(self) -> None:
-        """Apply what can change while running; name what needs a restart."""
+    async def reload(self) -> None:
+        """Apply what can change while running; name what needs a restart. The file is read and
+        checked on a thread (the loop serves meanwhile), and applied on the loop."""
         from hsb.ops import reload
 
         self.reload_requested = False
         reload_tls(self.tls)
-        planned = reload.plan(self.config_path, HostConfig, self.cfg, self.RELOADABLE)
+        planned = await asyncio.get_running_loop().run_in_executor(None, reload.plan, self.config_path, HostConfig, self.cfg, self.RELOADABLE)
         if planned is None:
             return
         new, applied, restart = planned
@@ -290,6 +291,7 @@ class HostServer:
             new_defs = {}
         else:
             new_defs = new.terminal_table
+            self.cfg.terminals, self.cfg.terminal_groups, self.cfg._defs = new.terminals, new.terminal_groups, new.terminal_table
         for name, d in new_defs.items():
             ts = self.sessions.get(name)
             if ts is None:
