@@ -284,9 +284,8 @@ class PeerLink:
             self.on_down(why)
 
     async def _monitor(self) -> None:
-        tick = min(self.interval, self.timeout / 5)
         while True:
-            await asyncio.sleep(tick)
+            await asyncio.sleep(min(self.interval, self.timeout / 5))  # (read each time: a reload may change them)
             if self.up and self.last_rx is not None and time.monotonic() - self.last_rx > self.timeout:
                 if self.inbound is not None:
                     self.inbound.close()
