@@ -254,3 +254,26 @@ def test_another_terminals_ids_are_not_taken_for_an_earlier_runs() -> None:
     assert not r.ok and r.unexpected_acks == 1 and r.unexpected == 1, r.failures
     _feed(c, {"t": "ack", "id": BASE - 1})  # below the run's first id: an earlier run's, excused
     assert _verdict(c, stats).unexpected_acks == 1
+
+
+async def test_a_send_owed_while_logged_off_counts_its_wait_in_the_latency() -> None:
+    """A message whose turn came while the terminal was not logged on (a conventional failover
+    disconnected it) goes out after the next welcome; its reply's latency counts from when it was
+    due, not from when it could be sent: that wait is what the terminal's user saw."""
+    import asyncio
+    import time
+
+    c, stats = _client()
+    stats.sending = True
+    c.connection_lost(None)
+    due = time.monotonic() - 0.5
+    stats.defer(c, due)
+    _connect(c)  # logged on again: what it owes goes out on the next turn of the loop
+    deadline = time.monotonic() + 5
+    while not c.outstanding:
+        assert time.monotonic() < deadline, "the owed send never went out"
+        await asyncio.sleep(0)
+    (mid,) = c.outstanding
+    _feed(c, {"t": "ack", "id": mid}, {"t": "reply", "id": mid, "data": c.payload(mid)})
+    assert stats.latency.max >= 0.5, stats.latency.max
+    assert stats.ack_latency.max < 0.5  # the CP's part is measured from the send

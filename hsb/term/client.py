@@ -128,6 +128,7 @@ class TerminalClient(asyncio.Protocol):
         "base",
         "marks",
         "outstanding",
+        "waited",
         "payloads",
         "pad",
         "window",
@@ -199,6 +200,9 @@ class TerminalClient(asyncio.Protocol):
         self.floor = self.base if floor is None else min(floor, self.base)
         self.marks = bytearray()  # one byte per id sent: SENT | ACKED | reply count
         self.outstanding: dict[int, float] = {}  # id -> first send time, until the first reply
+        # id -> how long it was owed before it could be sent (its turn came while the terminal
+        # was not logged on, or its window was full): part of its reply's latency
+        self.waited: dict[int, float] = {}
         self.payloads: dict[int, Any] | None = {} if keep_payloads else None
         self.pad = pad
         self.window = window  # max outstanding; 0 = unlimited
@@ -262,12 +266,15 @@ class TerminalClient(asyncio.Protocol):
             return self.workload.payload(self.idx, (msg_id - self.base) // self.stride)
         return f"{self.name}:{(msg_id - self.base) // self.stride}{self.pad}"
 
-    def submit(self, data: Any = None) -> int:
-        """Record a new message and send it now if logged on (else on the next welcome)."""
+    def submit(self, data: Any = None, due: float | None = None) -> int:
+        """Record a new message and send it now if logged on (else on the next welcome). `due`:
+        when it was meant to go (monotonic), if it waited: its reply's latency counts from then."""
         msg_id = self.base + len(self.marks) * self.stride
         self.marks.append(SENT)
         now = time.monotonic()
         self.outstanding[msg_id] = now
+        if due is not None and due < now:
+            self.waited[msg_id] = now - due
         if self.payloads is not None:
             self.payloads[msg_id] = "" if data is None else data
         self.listener.on_sent(self, msg_id, now)
@@ -541,7 +548,7 @@ class TerminalClient(asyncio.Protocol):
         t0 = self.outstanding.pop(msg_id, None)
         if self.payloads is not None:
             self.payloads.pop(msg_id, None)
-        latency = time.monotonic() - t0 if t0 is not None else None
+        latency = time.monotonic() - t0 + self.waited.pop(msg_id, 0.0) if t0 is not None else None
         self.listener.on_reply(self, msg_id, data, latency, "early" if early else "first")
         if self.resume:
             self._confirm()

@@ -32,7 +32,7 @@ import heapq
 import random
 import resource
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -84,7 +84,8 @@ class LoadStats(Listener):
         self.refill = False  # closed loop: each first reply sends the terminal's next message
         self.replied_sending = 0  # first replies that arrived in the sending phase
         self.timeline = Timeline()  # send and reply time of every answered message
-        self.deferred: dict[TerminalClient, int] = {}  # sends owed by terminals whose window was full
+        # sends owed, each its due time: by terminals whose window was full, or not logged on
+        self.deferred: dict[TerminalClient, deque[float]] = {}
         self.all_welcomed = asyncio.Event()
         self.all_sessions = asyncio.Event()
         self.drained = asyncio.Event()
@@ -148,14 +149,18 @@ class LoadStats(Listener):
             self.unexpected += 1
 
     def _owed_send(self, c: TerminalClient) -> None:
-        n = self.deferred.pop(c)
-        c.submit()
-        if n > 1:
-            self.deferred[c] = n - 1
+        owed = self.deferred[c]
+        due = owed.popleft()
+        if not owed:
+            del self.deferred[c]
+        c.submit(due=due)  # its latency counts from when it was due: the wait is the terminal's too
 
-    def defer(self, c: TerminalClient) -> None:
-        """`c`'s turn came with its window full: it sends as soon as a reply makes room."""
-        self.deferred[c] = min(self.deferred.get(c, 0) + 1, MAX_DEFERRED)
+    def defer(self, c: TerminalClient, due: float) -> None:
+        """`c`'s turn came (at `due`) with its window full or while it was not logged on: it
+        sends as soon as it can."""
+        owed = self.deferred.setdefault(c, deque())
+        if len(owed) < MAX_DEFERRED:
+            owed.append(due)
 
     def on_welcome_hook(self, c: TerminalClient) -> None:
         if self.sending and c in self.deferred:
@@ -258,7 +263,7 @@ async def _schedule(clients: Sequence[TerminalClient], rate: float, stats: LoadS
             if c.can_send:
                 c.submit()
             else:  # window full, or not logged on right now: owed
-                stats.defer(c)
+                stats.defer(c, due)
             nxt = due + period
             if nxt < now - period:  # the loop was held up: skip what is more than a period late
                 nxt = now + rng.random() * period

@@ -15,6 +15,11 @@ the pause around any moment can be measured exactly:
   a message in flight at the operation); `None` if nothing was in flight, or a
   reply never came (`unanswered` tells which).
 
+A message's send time is when it was due: one whose turn came while its
+terminal was not logged on (a conventional failover disconnected it) or its
+window was full waits before it can go out, and that wait is part of its reply's
+latency (what the terminal's user saw), not left out of it.
+
 Times are on the monotonic clock of the process; `wall_offset` turns them into
 wall-clock seconds for reports.
 """
