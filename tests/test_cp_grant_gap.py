@@ -311,3 +311,34 @@ async def test_a_terminal_that_logged_off_without_a_session_has_its_messages_ans
         a._handle({"t": "reply", "terminal": "T00001", "id": i, "data": f"r{i}", "epoch": cp.epoch})
     assert [f["id"] for f in frames(t) if f["t"] == "reply"] == [1, 2]
     assert t.transport.closing
+
+
+async def test_the_old_active_granted_back_is_not_fenced_by_frames_already_on_their_way(tmp_path: Path) -> None:
+    """Once its grant has taken effect, the old active still stamps the epoch it knew on frames
+    sent before it read `switch_granted`: taken, until its first frame of the new epoch; one of
+    the old epoch after that is stale (fenced)."""
+    cp, a, b, terms, j = planned_grant_pending(tmp_path)
+    known = cp.epoch - 1
+    b.connection_lost(None)
+    j.release()
+    cp.settle_flip()
+    assert cp.active is a and a.role == "active"
+    a._handle({"t": "close", "terminal": "T00002", "kind": "active", "epoch": known})  # on its way before the grant
+    assert not a.closed and not a.fenced, "fenced by a frame it sent before it heard of its grant"
+    a._handle({"t": "open", "terminal": "T00002", "kind": "active", "epoch": cp.epoch, "attrs": {}})
+    a._handle({"t": "close", "terminal": "T00002", "kind": "active", "epoch": known})
+    assert a.closed and any(f.get("code") == "fenced" for f in frames(a))
+
+
+async def test_a_standby_registering_while_a_failovers_grantee_is_lost_is_told_to_take_over(tmp_path: Path) -> None:
+    cp, a, b, terms = pair(tmp_path)
+    j = HeldJournal(cp)
+    a.connection_lost(None)
+    cp.host_switchover(b, "active lost", planned=False)
+    b.connection_lost(None)  # the grantee lost before the epoch is durable
+    c = fake_host(cp, "host-b", record=True)
+    c.instance = "b2"
+    cp.host_register(c, "standby", 1)  # host-b's process back, on a new link
+    assert cp.standby is c
+    j.release()
+    assert any(f["t"] == "active_lost" for f in frames(c)), frames(c)

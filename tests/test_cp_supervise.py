@@ -345,9 +345,14 @@ async def test_a_worker_forked_again_runs_on_the_config_as_reloaded(supervised: 
     first = await t.wait(lambda m: m["t"] in ("welcome", "error"))
     assert first["t"] == "welcome", first
     await t.close()
-    cfg_path.write_text("[cp\nbroken")
+    # a setting only a restart of the unit applies (the journal's path) is not taken by a worker
+    cfg_path.write_text(cfg_path.read_text().replace('journal = "journal"', 'journal = "elsewhere"'))
     os.kill(worker_of(p.popen.pid), signal.SIGKILL)
     wait_for(lambda: len(p.events("cp_started")) == 3, 15, what="the third worker listening")
+    assert p.events("config_reread_incomplete") and not (tmp_path / "elsewhere").exists()
+    cfg_path.write_text("[cp\nbroken")
+    os.kill(worker_of(p.popen.pid), signal.SIGKILL)
+    wait_for(lambda: len(p.events("cp_started")) == 4, 15, what="the fourth worker listening")
     assert p.events("config_reread_failed")
     t = await FakeTerminal.connect(term_addr, "T00001")
     assert (await t.wait(lambda m: m["t"] in ("welcome", "error")))["t"] == "welcome"

@@ -372,22 +372,28 @@ class _CountingDeletes:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.db, name)
 
+    def _counting(self, tx: Any) -> Any:
+        outer = self
+
+        class Tx:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(tx, name)
+
+            async def execute(self, sql: str, *args: Any) -> int:
+                n: int = await tx.execute(sql, *args)
+                if sql.startswith("DELETE"):
+                    outer.deleted.append(n)
+                return n
+
+        return Tx()
+
     @contextlib.asynccontextmanager
     async def transaction(self) -> Any:
         async with self.db.transaction() as tx:
-            outer = self
+            yield self._counting(tx)
 
-            class Tx:
-                def __getattr__(self, name: str) -> Any:
-                    return getattr(tx, name)
-
-                async def execute(self, sql: str, *args: Any) -> int:
-                    n: int = await tx.execute(sql, *args)
-                    if sql.startswith("DELETE"):
-                        outer.deleted.append(n)
-                    return n
-
-            yield Tx()
+    async def run(self, body: Any) -> Any:
+        return await self.db.run(lambda tx: body(self._counting(tx)))
 
 
 async def _prunes_in_batches(db: Any) -> None:

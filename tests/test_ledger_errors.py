@@ -64,7 +64,7 @@ async def test_a_prune_that_fails_is_said_and_tried_again_later(tmp_path: Path) 
     once = ExactlyOnce(db, prune_every=0.0)
     try:
         await once.setup()
-        once._prune_sql = "DELETE FROM no_such_table WHERE 1 = $1 AND 2 = $2 AND 3 = $3"  # a bug, a missing privilege
+        once._due_sql = "SELECT terminal, msg_id FROM no_such_table WHERE 1 = $1 AND 2 = $2"  # a bug, a missing privilege
         with structlog.testing.capture_logs() as logs:
             await asyncio.wait_for(once._prune(), 10)
         assert [e for e in logs if e["event"] == "idempotency_prune_failed"], logs
@@ -85,5 +85,50 @@ async def test_a_redelivered_request_this_code_cannot_read_gets_the_stored_reply
         assert await svc.handle("T1", 2, unreadable, True) == first
         assert '"bad_request"' in await svc.handle("T1", 3, unreadable, False)  # not redelivered: refused
         assert '"bad_request"' in await svc.handle("T1", 4, unreadable, True)  # redelivered, nothing stored
+    finally:
+        await svc.close()
+
+
+async def test_a_prune_meets_a_quiet_terminals_kept_records_once(tmp_path: Path) -> None:
+    """Quiet terminals keep their newest `keep_last` records however old; a prune dates the ones
+    it kept (they are not met again at every batch and every prune, which made one batch take
+    seconds at 1,000 quiet terminals) and deletes the rest that is due, all of it."""
+    db = SqliteDatabase(str(tmp_path / "x.sqlite"))
+    once = ExactlyOnce(db, keep=3600.0, prune_every=3600.0, prune_batch=50, keep_last=3)
+
+    async def nothing(tx: Any) -> str:
+        return "done"
+
+    try:
+        await once.setup()
+        for t in range(40):  # quiet terminals: 5 records each, the newest 3 kept
+            for mid in range(1, 6):
+                await once.run(f"Q{t}", mid, False, nothing)
+        for mid in range(1, 201):  # a busy one
+            await once.run("B", mid, False, nothing)
+        if once.pruning is not None:
+            await asyncio.wait_for(once.pruning, 10)
+        async with db.transaction() as tx:
+            await tx.execute("UPDATE hsb_idempotency SET at = at - 7200")  # all of it due
+        await asyncio.wait_for(once._prune(), 30)
+        async with db.transaction() as tx:
+            due = await tx.fetchval("SELECT count(*) FROM hsb_idempotency WHERE at < ((julianday('now') - 2440587.5) * 86400.0) - 3600")
+            per = dict(await tx.fetch("SELECT terminal, count(*) FROM hsb_idempotency GROUP BY terminal"))
+        assert due == 0, "records left due: the next prune would meet them again"
+        assert per == {**{f"Q{t}": 3 for t in range(40)}, "B": 3}, per
+        assert once.counters["pruned"] == 40 * 2 + 197
+        seen, deleted = await db.run(once._prune_batch)
+        assert (seen, deleted) == (0, 0)  # the next prune looks at nothing
+    finally:
+        await db.close()
+
+
+async def test_a_file_that_is_not_a_database_is_unavailable_not_an_error_reply(tmp_path: Path) -> None:
+    path = tmp_path / "books.sqlite"
+    path.write_bytes(b"this is not a database file at all" * 200)
+    svc = LedgerService("host-a", sqlite=str(path))
+    try:
+        with pytest.raises(ServiceUnavailable, match="not a database"):
+            await svc.handle("T1", 1, '{"op":"open","account":"alice"}', False)
     finally:
         await svc.close()

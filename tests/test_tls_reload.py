@@ -176,3 +176,38 @@ async def test_a_ca_taken_out_of_ca_file_is_no_longer_trusted_after_a_reload(tmp
     (d / "ca.pem").write_bytes((d_new / "ca.pem").read_bytes())
     assert t.reload() == []
     assert await greeting() == b""
+
+
+async def test_no_session_made_before_a_reload_is_resumed_after_it(tmp_path: Path) -> None:
+    """A client that keeps its TLS session (Java does) gets a full handshake after a reload, with
+    the certificates now in use: no session tickets are issued."""
+    import socket as socketmod
+
+    ca = make_ca(tmp_path)
+    make_leaf(tmp_path, ca, "cp", "ec", "cp")
+    make_leaf(tmp_path, ca, "client", "ec", "client")
+    t = TLS(TLSFiles(str(tmp_path / "ca.pem"), str(tmp_path / "cp.pem"), str(tmp_path / "cp.key")))
+    client = TLS(TLSFiles(str(tmp_path / "ca.pem"), str(tmp_path / "client.pem"), str(tmp_path / "client.key"))).client
+
+    async def hello(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"hi")
+        await w.drain()
+
+    def connect(session: Any = None) -> tuple[Any, bool]:
+        """A blocking client (on a thread): its session once the greeting came, and whether it resumed."""
+        with socketmod.create_connection(("127.0.0.1", port), timeout=10) as raw, client.wrap_socket(raw, session=session) as s:
+            assert s.recv(2) == b"hi"  # (TLS 1.3: the server's tickets, if any, came before this)
+            return s.session, s.session_reused
+
+    srv = await asyncio.start_server(hello, "127.0.0.1", 0, ssl=t.server)
+    port = srv.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    try:
+        session, _ = await loop.run_in_executor(None, connect)
+        make_leaf(tmp_path, ca, "cp", "ec", "cp")
+        assert t.reload() == []
+        _, reused = await loop.run_in_executor(None, connect, session)
+        assert not reused, "a session made before the reload was resumed after it"
+    finally:
+        srv.close()
+        await srv.wait_closed()

@@ -195,12 +195,15 @@ class Arbitration:
             old.close()
         if demote is not None and not demote.closed and not demote.fenced:
             demote.released = False
+            demote.known_epoch = demote.epoch  # what it stamps until it hears of the new one
             log.warning("switchover_undone", host=demote.name, lost=host.name, msg="the old active serves on")
             self._grant(demote, f"{host.name} was lost before the {reason} took effect", "granted host lost", kind="failover")
             return
         self.announced = True
         self.loss = (time.monotonic(), host.last_rx)
         self._sessions_lost_without_standby()
+        self.active_lost_notified = False  # a standby that registered meanwhile takes over
+        self._notify_active_lost(host.name, "eof")
 
     def settle_flip(self: CP) -> None:
         """A grant's flip still going is completed now, before sessions change otherwise (hsb.cp.flip)."""

@@ -311,7 +311,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
             term.active = Session(host, attrs)
             self._tell(term, {"t": "session", "state": "open", "epoch": self.epoch})
             host.send({"t": "opened", "terminal": name, "kind": "active"})
-            if not host.released:  # a releasing active gets no new work
+            if not host.released and self.announced:  # a releasing active gets no new work, nor one not yet announced
                 self._deliver_pending(term, host)
         elif kind == "standby":
             why = self._open_standby(host, term, attrs)

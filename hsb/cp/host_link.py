@@ -47,6 +47,7 @@ class HostProtocol(AuthServerProtocol):
         self.epoch = 0
         self.fenced = False
         self.released = False
+        self.known_epoch: int | None = None  # an epoch before the current one still taken from it (arbitration)
         self.instance: str | None = None
         self.server_name = cp.name
         self.deliver_batch_bytes = 0  # the host reads `deliver_batch` frames of up to this many bytes (0: it does not)
@@ -79,7 +80,12 @@ class HostProtocol(AuthServerProtocol):
                 # (or with true, 1.0) would pass that check
                 self.protocol_error(ProtocolError("bad_fields", f"{str(msg['t'])[:40]}: the active's frames carry the epoch (an integer)"))
                 return
-            elif epoch != self.cp.epoch:
+            elif epoch == self.cp.epoch:
+                if self.known_epoch is not None:  # granted the role back: it has heard of the new epoch
+                    self.known_epoch = None
+            elif epoch == self.known_epoch:
+                pass  # granted the role back, it has not heard of the new epoch yet (arbitration)
+            else:
                 log.warning("stale_epoch_refused", host=self.name, frame=msg["t"], epoch=msg.get("epoch"), current=self.cp.epoch)
                 self.cp.history.add(
                     {

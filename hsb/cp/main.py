@@ -10,7 +10,7 @@ import click
 
 from hsb import __version__, logs
 from hsb.cli import EXIT_CONFIG, die, exit_watchdog, load_or_exit, log_level_option
-from hsb.cp.config import CPConfig
+from hsb.cp.config import LEASE_MARGIN, CPConfig
 from hsb.ops.limits import storm_timing
 from hsb.wire.auth import load_secret
 
@@ -46,20 +46,31 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
     logs.setup(log_level, process=f"hsbcpd:{start_cfg.cp.name}", cache=True)
 
     def reread(cfg: CPConfig, secret: bytes) -> tuple[CPConfig, bytes]:
-        """A worker forked again after its predecessor died: the config file as it is now (what
-        SIGHUPs applied since the start, as a restart by systemd would read it), else the start's."""
+        """A worker forked again after its predecessor died: what a SIGHUP applies (the CP's
+        RELOADABLE keys) as the config file has it now, so what SIGHUPs applied since the start
+        stays applied; the rest as at the start (a journal path or a listen address changed in
+        the file waits for a restart of the unit, as it did for the worker that died)."""
         import structlog
 
         from hsb.config import load
+        from hsb.cp.server import CPServer
+        from hsb.ops.reload import changed_keys
 
+        log = structlog.get_logger("hsb.cp")
         try:
             new = load(config_path, CPConfig)
-            return new, load_secret(new.cp.secret_file)
         except Exception as exc:  # noqa: BLE001 - a file broken since: the config of the start, said so
-            structlog.get_logger("hsb.cp").error(
-                "config_reread_failed", path=config_path, error=str(exc), msg="the worker runs on the config it started with; fix the file"
-            )
+            log.error("config_reread_failed", path=config_path, error=str(exc), msg="the worker runs on the config it started with; fix the file")
             return cfg, secret
+        merged = cfg.model_copy(deep=True)
+        merged.cp.held_bound = new.cp.held_bound
+        if new.cp.host_timeout > cfg.cp.host_lease + LEASE_MARGIN:  # (as a reload checks it)
+            merged.cp.host_timeout = new.cp.host_timeout
+        merged.terminals, merged.terminal_groups, merged._defs = new.terminals, new.terminal_groups, new.terminal_table
+        waiting = [k for k in changed_keys(merged, new) if k not in CPServer.RELOADABLE]
+        if waiting:
+            log.warning("config_reread_incomplete", msg=f"these settings change only on a restart of the unit: {', '.join(waiting)}")
+        return merged, secret
 
     from hsb import faults, loop
     from hsb.cp.journal import JournalDamaged, JournalIOUnavailable

@@ -72,8 +72,9 @@ def holds_address(addr: str, unknown: bool = True) -> bool:
     try:
         s = socket.socket(fam, socket.SOCK_DGRAM)
     except OSError as exc:
-        log.warning("address_check_failed", address=addr, error=str(exc), assumed="held" if unknown else "not held")
-        return unknown
+        if exc.errno == errno.EAFNOSUPPORT:  # no IPv6 on this machine: not an address it has
+            return False
+        return _check_failed(addr, exc, unknown)
     with s:
         try:
             s.bind((host, 0))
@@ -81,8 +82,20 @@ def holds_address(addr: str, unknown: bool = True) -> bool:
         except OSError as exc:
             if exc.errno in (errno.EADDRNOTAVAIL, errno.EINVAL, errno.EAFNOSUPPORT):
                 return False
-            log.warning("address_check_failed", address=addr, error=str(exc), assumed="held" if unknown else "not held")
-            return unknown
+            return _check_failed(addr, exc, unknown)
+
+
+_check_failed_at = 0.0
+
+
+def _check_failed(addr: str, exc: OSError, unknown: bool) -> bool:
+    """The check could not be made: `unknown`, said at most once a minute (it runs 10 times a second)."""
+    global _check_failed_at
+    now = time.monotonic()
+    if now - _check_failed_at >= 60.0:
+        _check_failed_at = now
+        log.warning("address_check_failed", address=addr, error=str(exc), assumed="held" if unknown else "not held")
+    return unknown
 
 
 class CPServer:
@@ -92,6 +105,7 @@ class CPServer:
         self.cfg = cfg
         self.config_path = config_path
         self.reload_requested = False
+        self._reloading: asyncio.Future[None] | None = None
         self.sighups = 0
         self.wake_requested = False
         self.secret = secret
@@ -500,8 +514,10 @@ class CPServer:
             if time.monotonic() - last_journal >= 1.0:
                 last_journal = time.monotonic()
                 self.cp.journal_tick()
-            if self.reload_requested:
-                await self.reload()
+            if self.reload_requested and (self._reloading is None or self._reloading.done()):
+                # on its own: this loop beats, checks the generation and pings the watchdog meanwhile
+                self.reload_requested = False  # (now: one asked for from here on is another)
+                self._reloading = asyncio.ensure_future(self.reload())
             st = f"{'active ' + self.cp.active.name if self.cp.active is not None and not self.cp.active.closed else 'no active host'}, epoch {self.cp.epoch}"
             if st != last_state:
                 last_state = st
@@ -558,7 +574,6 @@ class CPServer:
         from hsb.cp.state import Term
         from hsb.ops import reload
 
-        self.reload_requested = False
         reload_tls(self.tls)
         # read and checked on a thread (0.6 s for 19,000 terminals listed one by one): the loop
         # answers heartbeats meanwhile; applied here, on the loop

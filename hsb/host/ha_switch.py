@@ -63,7 +63,7 @@ class SwitchSide:
         self.srv.cp.send({"t": "switchover", "reason": reason, "planned": planned, "kind": kind})
 
     async def ev_reload(self: HA) -> None:
-        await self.srv.reload()
+        self.srv.start_reload()
 
     async def ev_promote(self: HA) -> None:
         await self.request_switchover("promote (operator)", kind="promote")

@@ -44,6 +44,7 @@ class HostServer:
     def __init__(self, cfg: HostConfig, role: str, secret: bytes, service: Service, config_path: str | None = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
+        self._reloading: asyncio.Future[None] | None = None
         self.secret = secret
         self.service = service
         self.sessions = SessionTable(cfg.terminal_table)
@@ -260,12 +261,28 @@ class HostServer:
         "terminal_groups",
     )
 
+    def start_reload(self) -> None:
+        """A SIGHUP's reload, on its own (the HA loop goes on meanwhile); one at a time, and one
+        more if asked while it ran."""
+        if self._reloading is not None and not self._reloading.done():
+            self.reload_requested = True
+            return
+
+        self.reload_requested = False  # (now: one asked for from here on is another)
+
+        async def run() -> None:
+            await self.reload()
+            if self.reload_requested:  # asked again while it ran
+                self._reloading = None
+                self.start_reload()
+
+        self._reloading = asyncio.ensure_future(run())
+
     async def reload(self) -> None:
         """Apply what can change while running; name what needs a restart. The file is read and
         checked on a thread (the loop serves meanwhile), and applied on the loop."""
         from hsb.ops import reload
 
-        self.reload_requested = False
         reload_tls(self.tls)
         planned = await asyncio.get_running_loop().run_in_executor(None, reload.plan, self.config_path, HostConfig, self.cfg, self.RELOADABLE)
         if planned is None:

@@ -308,7 +308,10 @@ class ProcessMetrics:
             self._count()
         elif not self._counting and time.monotonic() - self._fds_at >= FDS_EVERY_S:
             self._counting = True
-            threading.Thread(target=self._count, name="hsb-fd-count", daemon=True).start()
+            try:
+                threading.Thread(target=self._count, name="hsb-fd-count", daemon=True).start()
+            except RuntimeError:  # no thread to be had now: the last count, and another try next time
+                self._counting = False
         return max(self._fds, 0)
 
     def _count(self) -> None:

@@ -384,7 +384,11 @@ class SqliteDatabase:
             if self._closed:  # closed while it was queued (the worker's own error)
                 raise self._closed_error() from exc
             raise  # a transaction body's (run): the application's
-        except sqlite3.OperationalError as exc:
+        except (MemoryError, OSError) as exc:  # (the folder or the file while connecting, the memory)
+            raise ServiceUnavailable(f"database unavailable: sqlite {self.path}: {type(exc).__name__}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            # (a damaged file, or one that is not a database, is a DatabaseError, not an OperationalError;
+            # a constraint is an IntegrityError: the application's, as are the rest below)
             text = str(exc)
             low = text.lower()
             if "locked" in low or "busy" in low:  # waited busy_timeout already: retrying at once is no use

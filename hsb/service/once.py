@@ -27,7 +27,7 @@ thread (`Database.run`).
 
 Records are kept `keep` seconds (default 7 days) and pruned by the host that handles
 messages, at most every `prune_every` seconds, `prune_batch` rows per transaction, by the
-database's clock (two hosts' clocks never disagree about a record's age). Each terminal's newest
+database's clock (PostgreSQL's: two hosts' clocks never disagree about a record's age). Each terminal's newest
 `keep_last` records (default 256) are never pruned, however old: a message the CP still holds
 for a terminal that went away (it is re-delivered only once the terminal is back, which may be
 days later) is always among its terminal's newest, as the CP holds at most `held_bound` messages
@@ -59,13 +59,17 @@ DDL = [
 _LOOKUP = "SELECT reply FROM hsb_idempotency WHERE terminal = $1 AND msg_id = $2"
 # the database's clock, in seconds since the epoch
 _NOW = {"postgresql": "EXTRACT(EPOCH FROM now())::double precision", "sqlite": "((julianday('now') - 2440587.5) * 86400.0)"}
-# the oldest records due, a batch at a time (row values: both PostgreSQL and SQLite have them),
-# but never one of its terminal's newest $3 (the one $3 from the top: all below it may go)
-_PRUNE = (
-    "DELETE FROM hsb_idempotency WHERE (terminal, msg_id) IN (SELECT terminal, msg_id FROM hsb_idempotency h"
-    " WHERE at < {now} - $1 AND msg_id < COALESCE((SELECT r.msg_id FROM hsb_idempotency r WHERE r.terminal = h.terminal"
-    " ORDER BY r.msg_id DESC LIMIT 1 OFFSET $3), -1) ORDER BY at LIMIT $2)"
+# a prune's batch: the oldest records due (by the `at` index), then, once per terminal among them,
+# the id below which its records may go (its `keep_last`-th newest; none: it keeps them all),
+# those deleted (row values: both PostgreSQL and SQLite have them) and the rest due touched (dated
+# now), so that a quiet terminal's kept records are not met again at every batch and prune
+_DUE = "SELECT terminal, msg_id FROM hsb_idempotency WHERE at < {now} - $1 ORDER BY at LIMIT $2"
+_CUT = "SELECT msg_id FROM hsb_idempotency WHERE terminal = $1 ORDER BY msg_id DESC LIMIT 1 OFFSET $2"
+_DELETE = (
+    "DELETE FROM hsb_idempotency WHERE (terminal, msg_id) IN (SELECT terminal, msg_id FROM hsb_idempotency"
+    " WHERE terminal = $1 AND msg_id < $2 AND at < {now} - $3 ORDER BY msg_id LIMIT $4)"
 )
+_TOUCH = "UPDATE hsb_idempotency SET at = {now} WHERE terminal = $1 AND msg_id >= $2 AND at < {now} - $3"
 _RECORD = "INSERT INTO hsb_idempotency (terminal, msg_id, reply, at) VALUES ($1, $2, $3, {now}) ON CONFLICT DO NOTHING RETURNING 1"
 
 MAX_RETRIES = 20  # collisions in a row before the service counts as failing
@@ -87,7 +91,7 @@ class ExactlyOnce:
         self.db = db
         now = _NOW.get(getattr(db, "kind", "postgresql"), _NOW["postgresql"])
         self._record_sql = _RECORD.format(now=now)
-        self._prune_sql = _PRUNE.format(now=now)
+        self._due_sql, self._delete_sql, self._touch_sql = (q.format(now=now) for q in (_DUE, _DELETE, _TOUCH))
         self.keep = float(keep)
         self.keep_last = int(keep_last)
         self.prune_every = float(prune_every)
@@ -143,21 +147,31 @@ class ExactlyOnce:
             prior = await tx.fetchval(_LOOKUP, terminal, message_id)
         return None if prior is None else str(prior)
 
+    async def _prune_batch(self, tx: Tx) -> tuple[int, int]:
+        """One transaction of a prune: (records due it looked at, records it deleted)."""
+        due = await tx.fetch(self._due_sql, self.keep, self.prune_batch)
+        deleted = 0
+        for terminal in dict.fromkeys(str(r[0]) for r in due):
+            cut = await tx.fetchval(_CUT, terminal, self.keep_last - 1)
+            if cut is not None:
+                # the rows this DELETE removed, not a count before it: another host's prune
+                # running at the same time must not be counted twice
+                deleted += await tx.execute(self._delete_sql, terminal, cut, self.keep, self.prune_batch)
+            await tx.execute(self._touch_sql, terminal, -1 if cut is None else cut, self.keep)
+        return len(due), deleted
+
     async def _prune(self) -> None:
         """Delete the records older than `keep` but each terminal's newest `keep_last`,
-        `prune_batch` rows per transaction: one DELETE of everything due (after an outage, say,
-        or at a high rate) could run past the database's command timeout every time and never
-        finish, and would hold its locks all along."""
+        `prune_batch` records per transaction: one DELETE of everything due (after an outage,
+        say, or at a high rate) could run past the database's command timeout every time and
+        never finish, and would hold its locks all along."""
         n = 0
         try:
             while True:
-                async with self.db.transaction() as tx:
-                    # the rows this DELETE removed, not a count before it: another host's prune
-                    # running at the same time must not be counted twice
-                    batch = await tx.execute(self._prune_sql, self.keep, self.prune_batch, self.keep_last - 1)
+                seen, batch = await self.db.run(self._prune_batch)
                 n += batch
                 self.counters["pruned"] += batch
-                if batch < self.prune_batch:
+                if seen < self.prune_batch:
                     break
         except Exception as exc:  # noqa: BLE001 - any failure (a privilege, a bug): said, tried again later
             log.warning("idempotency_prune_failed", error=f"{type(exc).__name__}: {exc}", pruned=n)

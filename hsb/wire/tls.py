@@ -105,6 +105,12 @@ def _contexts(f: TLSFiles) -> tuple[ssl.SSLContext, ssl.SSLContext, ssl.SSLConte
     client.verify_mode = ssl.CERT_REQUIRED
     server.verify_mode = ssl.CERT_REQUIRED
     terminal_server.verify_mode = ssl.CERT_OPTIONAL
+    for ctx in (server, terminal_server):
+        # no session tickets: a session resumed from one made before a reload would skip the
+        # certificates now in use (a CA taken out would still be trusted). (A TLS 1.2 client that
+        # resumes by session id still can, for OpenSSL's session timeout, 300 s.)
+        ctx.options |= ssl.OP_NO_TICKET
+        ctx.num_tickets = 0
     return server, terminal_server, client
 
 
