@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog.testing
 
 from hsb.service.api import ServiceUnavailable
 from hsb.service.db import SqliteDatabase
@@ -59,15 +58,19 @@ async def test_a_statements_own_error_is_the_applications_not_unavailable(tmp_pa
         await db.close()
 
 
-async def test_a_prune_that_fails_is_said_and_tried_again_later(tmp_path: Path) -> None:
+async def test_a_prune_that_fails_is_said_and_tried_again_later(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = SqliteDatabase(str(tmp_path / "x.sqlite"))
     once = ExactlyOnce(db, prune_every=0.0)
     try:
         await once.setup()
         once._due_sql = "SELECT terminal, msg_id FROM no_such_table WHERE 1 = $1 AND 2 = $2"  # a bug, a missing privilege
-        with structlog.testing.capture_logs() as logs:
-            await asyncio.wait_for(once._prune(), 10)
-        assert [e for e in logs if e["event"] == "idempotency_prune_failed"], logs
+        from hsb.service import once as once_mod
+        from tests.support.logrec import RecordingLog
+
+        logs = RecordingLog()
+        monkeypatch.setattr(once_mod, "log", logs)
+        await asyncio.wait_for(once._prune(), 10)
+        assert logs.events("idempotency_prune_failed"), logs.entries
         assert once.next_prune > time.monotonic()
     finally:
         await db.close()

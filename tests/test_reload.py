@@ -72,55 +72,57 @@ async def test_a_host_reload_keeps_what_waits_on_storage_in_step_and_the_batch_a
     assert srv.sessions.get("U00001") is None and len(srv.sessions.table) == 10
 
 
-async def test_terminals_added_by_a_reload_are_not_applied_again_by_the_next(tmp_path: Path) -> None:
+async def test_terminals_added_by_a_reload_are_not_applied_again_by_the_next(tmp_path: Path, monkeypatch: Any) -> None:
     """The running config takes the reloaded terminal lists: a second SIGHUP with nothing
     changed applies nothing (it said `terminals` applied again at every reload)."""
-    import structlog.testing
-
     from hsb.config import load
     from hsb.host.config import HostConfig
     from hsb.host.server import HostServer
+    from hsb.ops import reload as reload_mod
     from hsb.service.builtin import EchoService
     from hsb.takeover.fileio import create_file
+    from tests.support.logrec import RecordingLog
     from tests.support.procs import SECRET, host_config
 
     create_file(str(tmp_path / "t.dat"), 16, 4096)
     p = host_config(tmp_path, "host-a", cp="127.0.0.1:1", peer_listen="127.0.0.1:0", peer="127.0.0.1:1", takeover=tmp_path / "t.dat", records=16)
     srv = HostServer(load(p, HostConfig), "active", SECRET, EchoService("host-a"), str(p))
     p.write_text(p.read_text().replace("count = 10", "count = 12"))
-    with structlog.testing.capture_logs() as logs:
-        await srv.reload()
-        await srv.reload()
-    done = [e for e in logs if e["event"] == "config_reloaded"]
+    logs = RecordingLog()
+    monkeypatch.setattr(reload_mod, "log", logs)
+    await srv.reload()
+    await srv.reload()
+    done = logs.events("config_reloaded")
     assert [e["applied"] for e in done] == [["terminal_groups"], []], done
     assert [e["terminals_added"] for e in done] == [2, 0]
 
 
-async def test_a_host_reload_runs_on_its_own_and_a_second_sighup_meanwhile_is_not_lost(tmp_path: Path) -> None:
+async def test_a_host_reload_runs_on_its_own_and_a_second_sighup_meanwhile_is_not_lost(tmp_path: Path, monkeypatch: Any) -> None:
     """hsbd's reload runs as a task of its own (the HA loop's events are not held up while the
     file is read); a SIGHUP that comes while one runs gets a reload of its own afterwards."""
     import asyncio
 
-    import structlog.testing
-
     from hsb.config import load
     from hsb.host.config import HostConfig
     from hsb.host.server import HostServer
+    from hsb.ops import reload as reload_mod
     from hsb.service.builtin import EchoService
     from hsb.takeover.fileio import create_file
+    from tests.support.logrec import RecordingLog
     from tests.support.procs import SECRET, host_config
 
     create_file(str(tmp_path / "t.dat"), 16, 4096)
     p = host_config(tmp_path, "host-a", cp="127.0.0.1:1", peer_listen="127.0.0.1:0", peer="127.0.0.1:1", takeover=tmp_path / "t.dat", records=16)
     srv = HostServer(load(p, HostConfig), "active", SECRET, EchoService("host-a"), str(p))
-    with structlog.testing.capture_logs() as logs:
-        srv.start_reload()
-        first = srv._reloading
-        assert first is not None and not first.done()  # the caller goes on at once
-        p.write_text(p.read_text().replace("count = 10", "count = 11"))
-        srv.start_reload()  # a second SIGHUP while the first runs
-        deadline = asyncio.get_running_loop().time() + 10
-        while len([e for e in logs if e["event"] == "config_reloaded"]) < 2:
-            assert asyncio.get_running_loop().time() < deadline, logs
-            await asyncio.sleep(0.01)
+    logs = RecordingLog()
+    monkeypatch.setattr(reload_mod, "log", logs)
+    srv.start_reload()
+    first = srv._reloading
+    assert first is not None and not first.done()  # the caller goes on at once
+    p.write_text(p.read_text().replace("count = 10", "count = 11"))
+    srv.start_reload()  # a second SIGHUP while the first runs
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(logs.events("config_reloaded")) < 2:
+        assert asyncio.get_running_loop().time() < deadline, logs.entries
+        await asyncio.sleep(0.01)
     assert srv.sessions.get("T00011") is not None
