@@ -11,30 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 from hsb.ctl import gather
 from hsb.ctl import main as main_mod
 from hsb.ctl import switchover as switchover_mod
-from hsb.ctl.main import main
 from hsb.ctl.target import Target
+from tests.support.cli import invoke, one_line_error
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def invoke(*args: str) -> tuple[int, str, str]:
-    res = CliRunner().invoke(main, list(args))
-    return res.exit_code, res.stdout, res.stderr
-
-
-def one_line_error(code: int, out: str, err: str, expected_code: int, *fragments: str) -> str:
-    assert code == expected_code, (code, out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in out + err
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture

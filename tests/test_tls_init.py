@@ -17,6 +17,7 @@ from cryptography import x509
 from hsb.ctl import tls_cmd
 from hsb.ctl.main import main
 from hsb.ctl.tls_cmd import make_ca_and_certs
+from tests.support.cli import one_line_error
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,16 +25,6 @@ pytestmark = pytest.mark.timeout(60)
 def init(d: Path, *args: str) -> tuple[int, str, str]:
     res = CliRunner().invoke(main, ["tls", "init", "--dir", str(d), *args])
     return res.exit_code, res.stdout, res.stderr
-
-
-def one_line_error(code: int, out: str, err: str, expected_code: int, *fragments: str) -> str:
-    assert code == expected_code, (code, out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in out + err
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    return lines[0]
 
 
 def contents(d: Path) -> dict[str, tuple[bytes, int]]:
