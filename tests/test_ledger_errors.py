@@ -135,3 +135,73 @@ async def test_a_file_that_is_not_a_database_is_unavailable_not_an_error_reply(t
             await svc.handle("T1", 1, '{"op":"open","account":"alice"}', False)
     finally:
         await svc.close()
+
+
+async def test_a_prune_transaction_deletes_at_most_a_batch(tmp_path: Path) -> None:
+    """However many terminals have records due, one prune transaction deletes at most
+    `prune_batch` records (each terminal's DELETE is bounded by its records the batch saw)."""
+    db = SqliteDatabase(str(tmp_path / "x.sqlite"))
+    once = ExactlyOnce(db, keep=3600.0, prune_every=3600.0, prune_batch=20, keep_last=1)
+    per_transaction: list[int] = []
+
+    class Counting:
+        def __init__(self, tx: Any) -> None:
+            self.tx, self.n = tx, 0
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.tx, name)
+
+        async def execute(self, sql: str, *args: Any) -> int:
+            n: int = await self.tx.execute(sql, *args)
+            if sql.startswith("DELETE"):
+                self.n += n
+            return n
+
+    async def nothing(tx: Any) -> str:
+        return "done"
+
+    try:
+        await once.setup()
+        for mid in range(1, 12):  # round the terminals: the oldest records are of many terminals
+            for t in range(30):
+                await once.run(f"T{t}", mid, False, nothing)
+        if once.pruning is not None:
+            await asyncio.wait_for(once.pruning, 10)
+        async with db.transaction() as tx:
+            await tx.execute("UPDATE hsb_idempotency SET at = at - 7200")
+        real_run = db.run
+
+        async def run(body: Any) -> Any:
+            async def counted(tx: Any) -> Any:
+                c = Counting(tx)
+                out = await body(c)
+                per_transaction.append(c.n)
+                return out
+
+            return await real_run(counted)
+
+        db.run = run  # type: ignore[method-assign]
+        await asyncio.wait_for(once._prune(), 30)
+        assert per_transaction and max(per_transaction) <= 20, per_transaction
+        assert sum(per_transaction) == 30 * 10 == once.counters["pruned"]
+    finally:
+        await db.close()
+
+
+async def test_a_constraint_that_mentions_a_lock_is_the_applications_error(tmp_path: Path) -> None:
+    """Sorted by SQLite's result code, not by the words in its message: a trigger that refuses
+    with "account is locked" is the application's answer, not a busy database retried for ever."""
+    db = SqliteDatabase(str(tmp_path / "x.sqlite"))
+    try:
+        await db.setup(
+            [
+                "CREATE TABLE acct (name TEXT PRIMARY KEY, locked INT NOT NULL)",
+                "CREATE TRIGGER no_locked BEFORE UPDATE ON acct WHEN OLD.locked = 1 BEGIN SELECT RAISE(ABORT, 'account is locked'); END",
+                "INSERT INTO acct VALUES ('a', 1)",
+            ]
+        )
+        with pytest.raises(sqlite3.IntegrityError, match="account is locked"):
+            async with db.transaction() as tx:
+                await tx.execute("UPDATE acct SET locked = 0 WHERE name = 'a'")
+    finally:
+        await db.close()

@@ -126,3 +126,44 @@ async def test_a_host_reload_runs_on_its_own_and_a_second_sighup_meanwhile_is_no
         assert asyncio.get_running_loop().time() < deadline, logs.entries
         await asyncio.sleep(0.01)
     assert srv.sessions.get("T00011") is not None
+
+
+async def test_a_host_reload_that_fails_is_logged_and_the_next_sighup_still_reloads(tmp_path: Path, monkeypatch: Any) -> None:
+    import asyncio
+
+    from hsb.config import load
+    from hsb.host import server as server_mod
+    from hsb.host.config import HostConfig
+    from hsb.host.server import HostServer
+    from hsb.ops import reload as reload_mod
+    from hsb.service.builtin import EchoService
+    from hsb.takeover.fileio import create_file
+    from tests.support.logrec import RecordingLog
+    from tests.support.procs import SECRET, host_config
+
+    create_file(str(tmp_path / "t.dat"), 16, 4096)
+    p = host_config(tmp_path, "host-a", cp="127.0.0.1:1", peer_listen="127.0.0.1:0", peer="127.0.0.1:1", takeover=tmp_path / "t.dat", records=16)
+    srv = HostServer(load(p, HostConfig), "active", SECRET, EchoService("host-a"), str(p))
+    logs, reloads = RecordingLog(), RecordingLog()
+    monkeypatch.setattr(server_mod, "log", logs)
+    monkeypatch.setattr(reload_mod, "log", reloads)
+    real_plan = reload_mod.plan
+    calls = 0
+
+    def plan(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug in the first reload")
+        return real_plan(*args)
+
+    monkeypatch.setattr(reload_mod, "plan", plan)
+    srv.start_reload()
+    deadline = asyncio.get_running_loop().time() + 10
+    while not logs.events("config_reload_error"):
+        assert asyncio.get_running_loop().time() < deadline, logs.entries
+        await asyncio.sleep(0.01)
+    srv.start_reload()
+    while not reloads.events("config_reloaded"):
+        assert asyncio.get_running_loop().time() < deadline, reloads.entries
+        await asyncio.sleep(0.01)

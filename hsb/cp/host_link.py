@@ -83,7 +83,7 @@ class HostProtocol(AuthServerProtocol):
             elif epoch == self.cp.epoch:
                 if self.known_epoch is not None:  # granted the role back: it has heard of the new epoch
                     self.known_epoch = None
-            elif epoch == self.known_epoch:
+            elif epoch == self.known_epoch and self is self.cp.active and not self.fenced:
                 pass  # granted the role back, it has not heard of the new epoch yet (arbitration)
             else:
                 log.warning("stale_epoch_refused", host=self.name, frame=msg["t"], epoch=msg.get("epoch"), current=self.cp.epoch)

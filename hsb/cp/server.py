@@ -517,7 +517,7 @@ class CPServer:
             if self.reload_requested and (self._reloading is None or self._reloading.done()):
                 # on its own: this loop beats, checks the generation and pings the watchdog meanwhile
                 self.reload_requested = False  # (now: one asked for from here on is another)
-                self._reloading = asyncio.ensure_future(self.reload())
+                self._reloading = asyncio.ensure_future(self._reload_logged())
             st = f"{'active ' + self.cp.active.name if self.cp.active is not None and not self.cp.active.closed else 'no active host'}, epoch {self.cp.epoch}"
             if st != last_state:
                 last_state = st
@@ -569,6 +569,12 @@ class CPServer:
     def _sighup(self) -> None:
         self.reload_requested = True  # the flags only; the tick loop reloads (a waiting CP: its TLS)
         self.sighups += 1
+
+    async def _reload_logged(self) -> None:
+        try:
+            await self.reload()
+        except Exception:  # a bug: said in the log, the CP goes on with what it has
+            log.exception("config_reload_error")
 
     async def reload(self) -> None:
         from hsb.cp.state import Term

@@ -271,7 +271,10 @@ class HostServer:
         self.reload_requested = False  # (now: one asked for from here on is another)
 
         async def run() -> None:
-            await self.reload()
+            try:
+                await self.reload()
+            except Exception:  # a bug: said in the log, the daemon goes on with what it has
+                log.exception("config_reload_error")
             if self.reload_requested:  # asked again while it ran
                 self._reloading = None
                 self.start_reload()

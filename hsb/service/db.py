@@ -227,22 +227,26 @@ class PostgresDatabase:
 # --------------------------------------------------------------------------- SQLite
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
-# SQLite's OperationalError for the database being unavailable: the file, the disk, the lock
-# (after busy_timeout: SQLite's busy handler has waited already) or its memory. Anything else it
-# raises that way is the statement's (no such table or function, a misused value, a syntax
-# error: PostgreSQL answers these with a SQLSTATE of class 42 or 22, the application's too):
-# an error reply, not a retry for ever that would hold every later message of the terminal
+# SQLite's result codes (the exception's `sqlite_errorname`) for the database being unavailable:
+# the file, the disk or its memory; BUSY and LOCKED are the lock (after busy_timeout: SQLite's busy
+# handler has waited already). Any other code is the statement's (SQLITE_ERROR: no such table or
+# function, a misused value, a syntax error; SQLITE_CONSTRAINT: a constraint or a trigger's
+# RAISE), as PostgreSQL's SQLSTATE classes 42, 22 and 23 are the application's: an error reply,
+# not a retry for ever that would hold every later message of the terminal
+_SQLITE_BUSY = ("SQLITE_BUSY", "SQLITE_LOCKED")
 _SQLITE_UNAVAILABLE = (
-    "disk i/o error",
-    "database or disk is full",
-    "unable to open database",
-    "readonly database",
-    "database disk image is malformed",
-    "file is not a database",
-    "locking protocol",
-    "out of memory",
-    "database schema has changed",
-    "interrupted",
+    "SQLITE_IOERR",
+    "SQLITE_FULL",
+    "SQLITE_CANTOPEN",
+    "SQLITE_READONLY",
+    "SQLITE_CORRUPT",
+    "SQLITE_NOTADB",
+    "SQLITE_NOMEM",
+    "SQLITE_PROTOCOL",
+    "SQLITE_SCHEMA",
+    "SQLITE_INTERRUPT",
+    "SQLITE_PERM",
+    "SQLITE_NOLFS",
 )
 
 
@@ -387,17 +391,14 @@ class SqliteDatabase:
         except (MemoryError, OSError) as exc:  # (the folder or the file while connecting, the memory)
             raise ServiceUnavailable(f"database unavailable: sqlite {self.path}: {type(exc).__name__}: {exc}") from exc
         except sqlite3.DatabaseError as exc:
-            # (a damaged file, or one that is not a database, is a DatabaseError, not an OperationalError;
-            # a constraint is an IntegrityError: the application's, as are the rest below)
-            text = str(exc)
-            low = text.lower()
-            if "locked" in low or "busy" in low:  # waited busy_timeout already: retrying at once is no use
+            code = getattr(exc, "sqlite_errorname", "") or ""
+            if code.startswith(_SQLITE_BUSY):  # waited busy_timeout already: retrying at once is no use
                 raise ServiceUnavailable(
-                    f"database busy: sqlite {self.path}: {text} (another transaction held it past {self.busy_timeout:g} s)"
+                    f"database busy: sqlite {self.path}: {exc} (another transaction held it past {self.busy_timeout:g} s)"
                 ) from exc
-            if any(m in low for m in _SQLITE_UNAVAILABLE):
-                raise ServiceUnavailable(f"database unavailable: sqlite {self.path}: {text}") from exc
-            raise  # the statement's fault (the application's SQL, or a schema it does not match)
+            if code.startswith(_SQLITE_UNAVAILABLE):
+                raise ServiceUnavailable(f"database unavailable: sqlite {self.path}: {exc} ({code})") from exc
+            raise  # the statement's fault (the application's SQL, a constraint, or a schema it does not match)
 
     def _closed_error(self) -> ServiceUnavailable:
         return ServiceUnavailable(f"database closed: sqlite {self.path}")

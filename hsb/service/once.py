@@ -148,16 +148,24 @@ class ExactlyOnce:
         return None if prior is None else str(prior)
 
     async def _prune_batch(self, tx: Tx) -> tuple[int, int]:
-        """One transaction of a prune: (records due it looked at, records it deleted)."""
+        """One transaction of a prune: (records due it looked at, records it deleted). Each
+        terminal's part is bounded by its records among those looked at: the DELETE walks its
+        ids only up to the highest of them (or its cut), at most as many rows as it saw."""
         due = await tx.fetch(self._due_sql, self.keep, self.prune_batch)
+        ids: dict[str, list[int]] = {}
+        for r in due:
+            ids.setdefault(str(r[0]), []).append(int(r[1]))
         deleted = 0
-        for terminal in dict.fromkeys(str(r[0]) for r in due):
+        for terminal in sorted(ids):  # (one order for every host: two prunes at once do not deadlock)
+            seen = ids[terminal]
             cut = await tx.fetchval(_CUT, terminal, self.keep_last - 1)
-            if cut is not None:
+            below = -1 if cut is None else int(cut)  # may go: below its keep_last-th newest
+            if min(seen) < below:
                 # the rows this DELETE removed, not a count before it: another host's prune
                 # running at the same time must not be counted twice
-                deleted += await tx.execute(self._delete_sql, terminal, cut, self.keep, self.prune_batch)
-            await tx.execute(self._touch_sql, terminal, -1 if cut is None else cut, self.keep)
+                deleted += await tx.execute(self._delete_sql, terminal, min(below, max(seen) + 1), self.keep, len(seen))
+            if max(seen) >= below:  # some it keeps: dated now, met again only after another `keep`
+                await tx.execute(self._touch_sql, terminal, below, self.keep)
         return len(due), deleted
 
     async def _prune(self) -> None:
