@@ -277,3 +277,25 @@ async def test_a_send_owed_while_logged_off_counts_its_wait_in_the_latency() -> 
     _feed(c, {"t": "ack", "id": mid}, {"t": "reply", "id": mid, "data": c.payload(mid)})
     assert stats.latency.max >= 0.5, stats.latency.max
     assert stats.ack_latency.max < 0.5  # the CP's part is measured from the send
+
+
+async def test_a_send_owed_from_the_sending_phase_goes_out_when_the_terminal_is_back_later() -> None:
+    """A terminal a failover kept away until the sending phase was over: what it owed goes out
+    when it is back (in the settle time), not dropped, so the longest waits are in the figures."""
+    import asyncio
+    import time
+
+    c, stats = _client()
+    stats.sending = True
+    c.connection_lost(None)
+    stats.defer(c, time.monotonic() - 1.0)
+    stats.sending = False  # the sending phase ends while it is away
+    _connect(c)
+    deadline = time.monotonic() + 5
+    while not c.outstanding:
+        assert time.monotonic() < deadline, "what it owed was dropped"
+        await asyncio.sleep(0)
+    assert not stats.deferred
+    (mid,) = c.outstanding
+    _feed(c, {"t": "ack", "id": mid}, {"t": "reply", "id": mid, "data": c.payload(mid)})
+    assert stats.latency.max >= 1.0

@@ -105,8 +105,9 @@ class LoadStats(Listener):
             self.welcomed += 1
             if self.welcomed >= self.terminals:
                 self.all_welcomed.set()
-        elif self.sending and c in self.deferred:
-            # logged on again: what it owes goes out after the resends (next turn of the loop)
+        elif self.counting and c in self.deferred:
+            # logged on again: what it owes goes out after the resends (next turn of the loop),
+            # also once the sending phase is over (a terminal a failover kept away until then)
             asyncio.get_running_loop().call_soon(self.on_welcome_hook, c)
 
     def on_session(self, c: TerminalClient, state: str, epoch: int, reason: str | None, first_open: bool) -> None:
@@ -136,6 +137,8 @@ class LoadStats(Listener):
                     c.submit()
                 elif c in self.deferred and c.can_send:
                     self._owed_send(c)
+            elif self.counting and c in self.deferred and c.can_send:  # owed from the sending phase
+                self._owed_send(c)
             if latency is not None:
                 self.latency.add(latency)
                 self.timeline.add(now - latency, now, c.idx)
@@ -163,7 +166,7 @@ class LoadStats(Listener):
             owed.append(due)
 
     def on_welcome_hook(self, c: TerminalClient) -> None:
-        if self.sending and c in self.deferred:
+        if self.counting and c in self.deferred:
             while c in self.deferred and c.can_send:
                 self._owed_send(c)
 
@@ -434,15 +437,22 @@ async def run_load(
             stats.drained.clear()
             await _wait(stats.drained, settle, stop)
         # a terminal still reconnecting (a CP restart near the end) has the rest of the settle
-        # time to log on again; one that does not is a failure of the run (`not back`)
-        while _not_back(clients) and time.monotonic() < settle_by and not (stop is not None and stop.is_set()):
+        # time to log on again (and send what it owed meanwhile, and have it answered); one that
+        # does not is a failure of the run (`not back`)
+        while (
+            (_not_back(clients) or stats.deferred or stats.gap.outstanding > 0)
+            and time.monotonic() < settle_by
+            and not (stop is not None and stop.is_set())
+        ):
             await asyncio.sleep(NOT_BACK_POLL)
         not_back = _not_back(clients)
         settle_end = time.monotonic()
         stats.gap.finish(settle_end)
-        for c in clients:
-            for t_sent in c.outstanding.values():
-                stats.timeline.unanswered(t_sent, c.idx)
+        for c in clients:  # (from when each was due: a send that waited, waited for its answer too)
+            for mid, t_sent in c.outstanding.items():
+                stats.timeline.unanswered(t_sent - c.waited.get(mid, 0.0), c.idx)
+            for due in stats.deferred.get(c, ()):
+                stats.timeline.unanswered(due, c.idx)  # due, and never sent: the run ended first
     finally:
         stats.counting = stats.sending = stats.refill = False
         if sched is not None:
