@@ -299,3 +299,22 @@ async def test_a_send_owed_from_the_sending_phase_goes_out_when_the_terminal_is_
     (mid,) = c.outstanding
     _feed(c, {"t": "ack", "id": mid}, {"t": "reply", "id": mid, "data": c.payload(mid)})
     assert stats.latency.max >= 1.0
+
+
+async def test_owed_sends_stop_before_the_end_of_the_settle_time() -> None:
+    """Past `owed_until` (the last part of the settle time, left for answers) what a terminal
+    owes is not sent: sent then, it could not be answered before the end and would fail the run."""
+    import asyncio
+    import time
+
+    c, stats = _client()
+    stats.sending = True
+    c.connection_lost(None)
+    stats.defer(c, time.monotonic() - 1.0)
+    stats.sending = False
+    stats.owed_until = time.monotonic() - 0.1  # the settle time's last part: nothing more goes out
+    _connect(c)
+    for _ in range(5):
+        await asyncio.sleep(0)  # (turns of the loop for the hook, which must send nothing)
+    assert not c.outstanding and c in stats.deferred
+    assert not stats.owing()

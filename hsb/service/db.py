@@ -227,26 +227,29 @@ class PostgresDatabase:
 # --------------------------------------------------------------------------- SQLite
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
-# SQLite's result codes (the exception's `sqlite_errorname`) for the database being unavailable:
-# the file, the disk or its memory; BUSY and LOCKED are the lock (after busy_timeout: SQLite's busy
-# handler has waited already). Any other code is the statement's (SQLITE_ERROR: no such table or
-# function, a misused value, a syntax error; SQLITE_CONSTRAINT: a constraint or a trigger's
-# RAISE), as PostgreSQL's SQLSTATE classes 42, 22 and 23 are the application's: an error reply,
-# not a retry for ever that would hold every later message of the terminal
-_SQLITE_BUSY = ("SQLITE_BUSY", "SQLITE_LOCKED")
-_SQLITE_UNAVAILABLE = (
-    "SQLITE_IOERR",
-    "SQLITE_FULL",
-    "SQLITE_CANTOPEN",
-    "SQLITE_READONLY",
-    "SQLITE_CORRUPT",
-    "SQLITE_NOTADB",
-    "SQLITE_NOMEM",
-    "SQLITE_PROTOCOL",
-    "SQLITE_SCHEMA",
-    "SQLITE_INTERRUPT",
-    "SQLITE_PERM",
-    "SQLITE_NOLFS",
+# SQLite's primary result codes (the low byte of the exception's `sqlite_errorcode`) for the
+# database being unavailable: the file, the disk or its memory; BUSY and LOCKED are the lock (after
+# busy_timeout: SQLite's busy handler has waited already). Any other code is the statement's
+# (SQLITE_ERROR: no such table or function, a misused value, a syntax error; SQLITE_CONSTRAINT: a
+# constraint or a trigger's RAISE), as PostgreSQL's SQLSTATE classes 42, 22 and 23 are the
+# application's: an error reply, not a retry for ever that would hold every later message of the
+# terminal. (By code, not by the words of the message: "account is locked" may be a trigger's.)
+_SQLITE_BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+_SQLITE_UNAVAILABLE = frozenset(
+    {
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_NOTADB,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_SCHEMA,
+        sqlite3.SQLITE_INTERRUPT,
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_NOLFS,
+    }
 )
 
 
@@ -391,13 +394,14 @@ class SqliteDatabase:
         except (MemoryError, OSError) as exc:  # (the folder or the file while connecting, the memory)
             raise ServiceUnavailable(f"database unavailable: sqlite {self.path}: {type(exc).__name__}: {exc}") from exc
         except sqlite3.DatabaseError as exc:
-            code = getattr(exc, "sqlite_errorname", "") or ""
-            if code.startswith(_SQLITE_BUSY):  # waited busy_timeout already: retrying at once is no use
+            code = getattr(exc, "sqlite_errorcode", None)
+            primary = code & 0xFF if isinstance(code, int) else None  # (extended codes: the low byte)
+            if primary in _SQLITE_BUSY:  # waited busy_timeout already: retrying at once is no use
                 raise ServiceUnavailable(
                     f"database busy: sqlite {self.path}: {exc} (another transaction held it past {self.busy_timeout:g} s)"
                 ) from exc
-            if code.startswith(_SQLITE_UNAVAILABLE):
-                raise ServiceUnavailable(f"database unavailable: sqlite {self.path}: {exc} ({code})") from exc
+            if primary in _SQLITE_UNAVAILABLE:
+                raise ServiceUnavailable(f"database unavailable: sqlite {self.path}: {exc} ({getattr(exc, 'sqlite_errorname', code)})") from exc
             raise  # the statement's fault (the application's SQL, a constraint, or a schema it does not match)
 
     def _closed_error(self) -> ServiceUnavailable:

@@ -88,6 +88,8 @@ class ExactlyOnce:
     ) -> None:
         if int(keep_last) < 1:
             raise ValueError(f"keep_last must be at least 1 (and at least the CP's held_bound), not {keep_last!r}")
+        if not float(keep) > 0:  # (a record it keeps is dated now: with no keep it would be due again at once)
+            raise ValueError(f"keep must be a positive number of seconds, not {keep!r}")
         self.db = db
         now = _NOW.get(getattr(db, "kind", "postgresql"), _NOW["postgresql"])
         self._record_sql = _RECORD.format(now=now)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import math
 import random
 import resource
 import time
@@ -86,6 +87,9 @@ class LoadStats(Listener):
         self.timeline = Timeline()  # send and reply time of every answered message
         # sends owed, each its due time: by terminals whose window was full, or not logged on
         self.deferred: dict[TerminalClient, deque[float]] = {}
+        # owed sends go out until then (monotonic): the sending phase, and the first part of the
+        # settle time (a terminal back late sends them, with time left for their answers)
+        self.owed_until = math.inf
         self.all_welcomed = asyncio.Event()
         self.all_sessions = asyncio.Event()
         self.drained = asyncio.Event()
@@ -100,12 +104,16 @@ class LoadStats(Listener):
     def on_resent(self, c: TerminalClient, count: int) -> None:
         self.resent += count
 
+    def owing(self) -> bool:
+        """Whether owed sends still go out now."""
+        return self.counting and (self.sending or time.monotonic() < self.owed_until)
+
     def on_welcome(self, c: TerminalClient, first: bool) -> None:
         if first:
             self.welcomed += 1
             if self.welcomed >= self.terminals:
                 self.all_welcomed.set()
-        elif self.counting and c in self.deferred:
+        if c in self.deferred and self.owing():
             # logged on again: what it owes goes out after the resends (next turn of the loop),
             # also once the sending phase is over (a terminal a failover kept away until then)
             asyncio.get_running_loop().call_soon(self.on_welcome_hook, c)
@@ -137,7 +145,7 @@ class LoadStats(Listener):
                     c.submit()
                 elif c in self.deferred and c.can_send:
                     self._owed_send(c)
-            elif self.counting and c in self.deferred and c.can_send:  # owed from the sending phase
+            elif c in self.deferred and c.can_send and self.owing():  # owed from the sending phase
                 self._owed_send(c)
             if latency is not None:
                 self.latency.add(latency)
@@ -166,7 +174,7 @@ class LoadStats(Listener):
             owed.append(due)
 
     def on_welcome_hook(self, c: TerminalClient) -> None:
-        if self.counting and c in self.deferred:
+        if c in self.deferred and self.owing():
             while c in self.deferred and c.can_send:
                 self._owed_send(c)
 
@@ -265,8 +273,8 @@ async def _schedule(clients: Sequence[TerminalClient], rate: float, stats: LoadS
             c = clients[i]
             if c.can_send:
                 c.submit()
-            else:  # window full, or not logged on right now: owed
-                stats.defer(c, due)
+            elif c.welcomed_at is not None:  # window full, or not logged on right now: owed
+                stats.defer(c, due)  # (never logged on, a refused name say: it owes nothing)
             nxt = due + period
             if nxt < now - period:  # the loop was held up: skip what is more than a period late
                 nxt = now + rng.random() * period
@@ -433,6 +441,7 @@ async def run_load(
 
         phase[0] = "settle"
         settle_by = time.monotonic() + settle
+        stats.owed_until = settle_by - max(1.0, settle / 4)  # the rest of the settle is for their answers
         if stats.gap.outstanding > 0:
             stats.drained.clear()
             await _wait(stats.drained, settle, stop)
@@ -440,7 +449,7 @@ async def run_load(
         # time to log on again (and send what it owed meanwhile, and have it answered); one that
         # does not is a failure of the run (`not back`)
         while (
-            (_not_back(clients) or stats.deferred or stats.gap.outstanding > 0)
+            (_not_back(clients) or (stats.deferred and stats.owing()) or stats.gap.outstanding > 0)
             and time.monotonic() < settle_by
             and not (stop is not None and stop.is_set())
         ):
