@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -307,3 +308,20 @@ def test_a_writer_writes_the_file_recreated_under_it(tmp_path: Path) -> None:
         create_file(path, 12, 4096, host="test", force=True)  # another geometry than the config's
         with pytest.raises(TakeoverFileError, match="12 records"):
             w.batch_write(7, entries(1))
+
+
+def test_create_file_goes_on_after_short_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pwrite that writes less than asked (NFS, a signal) does not leave a file with holes of
+    garbage: creation goes on where each write stopped."""
+    real = os.pwrite
+
+    def short(fd: int, data: Any, off: int) -> int:
+        return real(fd, bytes(data[:1000]), off)
+
+    monkeypatch.setattr(fileio.os, "pwrite", short)
+    path = make(tmp_path, 10)
+    monkeypatch.undo()
+    assert check_file(path).records == 10 and os.path.getsize(path) == 10 * 4096
+    with TakeoverWriter(path, terminals=45) as w:
+        w.batch_write(5, entries(3))
+    assert batch_read(path).entries == entries(3)

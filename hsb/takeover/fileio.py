@@ -292,13 +292,14 @@ def create_file(path: str, records: int, record_size: int, *, force: bool = Fals
     tmp = f"{path}.tmp-{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        os.pwrite(fd, encode_header(header), 0)
-        chunk = bytes(min(1 << 20, (records - 1) * record_size) // record_size * record_size or record_size)
+        head = memoryview(encode_header(header))
+        done = 0
+        while done < len(head):  # (a short write goes on where it stopped)
+            done += os.pwrite(fd, head[done:], done)
+        chunk = memoryview(bytes(min(1 << 20, (records - 1) * record_size) // record_size * record_size or record_size))
         off, end = record_size, records * record_size
         while off < end:
-            n = min(len(chunk), end - off)
-            os.pwrite(fd, memoryview(chunk)[:n], off)
-            off += n
+            off += os.pwrite(fd, chunk[: min(len(chunk), end - off)], off)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
