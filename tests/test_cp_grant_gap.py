@@ -342,3 +342,22 @@ async def test_a_standby_registering_while_a_failovers_grantee_is_lost_is_told_t
     assert cp.standby is c
     j.release()
     assert any(f["t"] == "active_lost" for f in frames(c)), frames(c)
+
+
+async def test_the_epoch_an_old_active_granted_back_knew_is_stale_once_it_loses_the_role(tmp_path: Path) -> None:
+    """The epoch before is taken from an old active granted the role back only while it is the
+    active: once another host is granted the role, a frame of that epoch fences it."""
+    cp, a, b, terms, j = planned_grant_pending(tmp_path)
+    known = cp.epoch - 1
+    b.connection_lost(None)
+    j.release()
+    cp.settle_flip()
+    assert cp.active is a and a.known_epoch == known
+    c = fake_host(cp, "host-c", record=True)
+    c.instance = "c1"
+    cp.host_register(c, "standby", 1)
+    a.last_rx -= 60  # silent past host_timeout
+    cp.host_switchover(c, "active silent", planned=False)  # granted to host-c (its epoch held)
+    assert cp.granting is c and a.fenced
+    a._handle({"t": "close", "terminal": "T00001", "kind": "active", "epoch": known})
+    assert a.closed and any(f.get("code") == "fenced" for f in frames(a))

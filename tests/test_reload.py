@@ -167,3 +167,54 @@ async def test_a_host_reload_that_fails_is_logged_and_the_next_sighup_still_relo
     while not reloads.events("config_reloaded"):
         assert asyncio.get_running_loop().time() < deadline, reloads.entries
         await asyncio.sleep(0.01)
+
+
+async def test_a_cp_reload_runs_beside_its_tick_loop_and_a_failing_one_is_logged(tmp_path: Path, monkeypatch: Any) -> None:
+    """hsbcpd's reload is a task of its own: while it waits on the file the tick loop goes on
+    (heartbeats, the journal's beat), and one that fails is logged (config_reload_error), the
+    CP going on with what it has."""
+    import asyncio
+    import threading
+
+    from hsb.cp import server as cp_server
+    from hsb.ops import reload as reload_mod
+    from hsb.service.builtin import EchoService
+    from tests.support.inproc import hot_standby, pair_in_hot_standby
+    from tests.support.logrec import RecordingLog
+
+    logs = RecordingLog()
+    monkeypatch.setattr(cp_server, "log", logs)
+    release = threading.Event()
+
+    def plan(*args: Any) -> Any:  # the file's read, held up; then a bug
+        release.wait(10)
+        raise RuntimeError("a bug in the reload")
+
+    monkeypatch.setattr(reload_mod, "plan", plan)
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        core = cp.cp
+        assert core is not None
+        ticks = 0
+        real_tick = core.tick
+
+        def tick() -> None:
+            nonlocal ticks
+            ticks += 1
+            real_tick()
+
+        core.tick = tick  # type: ignore[method-assign]
+        cp.reload_requested = True
+        deadline = asyncio.get_running_loop().time() + 10
+        while cp._reloading is None:
+            assert asyncio.get_running_loop().time() < deadline, "the tick loop never started the reload"
+            await asyncio.sleep(0.01)
+        seen = ticks
+        while ticks < seen + 5:  # the reload held up on its file: the tick loop goes on
+            assert asyncio.get_running_loop().time() < deadline, "the tick loop stopped while the reload waited"
+            await asyncio.sleep(0.01)
+        assert not cp._reloading.done()
+        release.set()
+        while not logs.events("config_reload_error"):
+            assert asyncio.get_running_loop().time() < deadline, logs.entries
+            await asyncio.sleep(0.01)
+        assert hot_standby(a, b)
