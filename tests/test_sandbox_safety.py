@@ -21,6 +21,18 @@ from tests.support.procs import wait_for
 pytestmark = pytest.mark.timeout(60)
 
 
+@pytest.fixture(autouse=True)
+def _nothing_left(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Whatever a test here started (a start that should have been refused, say) is stopped."""
+    yield
+    for d in [tmp_path, *tmp_path.iterdir()]:
+        for pid in _daemons_of(d):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+
+
 def _daemons_of(d: Path) -> list[int]:
     """Processes whose command line names a config in `d` (what the sandbox starts)."""
     out = []
