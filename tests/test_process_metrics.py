@@ -49,7 +49,7 @@ def test_many_open_files_are_counted_off_the_scraping_thread(monkeypatch: pytest
         deadline = time.monotonic() + 10
         while True:
             value = next(m for m in p.collect() if m.name == "process_open_fds").samples[0].value
-            if value >= before + 50:
+            if value >= before + 45:  # (the process's other files come and go meanwhile: a few of slack)
                 break
             assert time.monotonic() < deadline, f"the count never caught up: {value}, {before} before"
             time.sleep(0.01)  # (a scrape every 10 ms until the thread's count shows)
