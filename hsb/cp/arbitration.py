@@ -118,9 +118,7 @@ class Arbitration:
             self._drop_standby_sessions(host)
             for h in (old, demote):  # told, as a grant that took effect would have told them
                 if h is not None and not h.closed and h is not self.active and h is not self.standby:
-                    h.send({"t": "fenced", "epoch": self.epoch, "msg": f"a newer epoch {self.epoch} was raised"})
-                    h.fenced = True
-                    h.close()
+                    self._fence(h, f"a newer epoch {self.epoch} was raised")
             return
         self.granting = self.demoting = None
         if host.closed:
@@ -139,9 +137,7 @@ class Arbitration:
         if demote is not None and old is demote and not old.closed and self.standby is not None and not self.standby.closed:
             # a standby registered meanwhile (`host_register` refuses one while a planned grant is
             # pending: a bug if it comes to this): the old active cannot be the standby too
-            old.send({"t": "fenced", "epoch": self.epoch, "msg": f"{self.standby.name} is the standby; {host.name} was made active"})
-            old.fenced = True
-            old.close()
+            self._fence(old, f"{self.standby.name} is the standby; {host.name} was made active")
             fenced_old = old.name
         elif demote is not None and old is demote and not old.closed:
             # planned: the old active becomes the standby on the same link
@@ -155,9 +151,7 @@ class Arbitration:
             old.flush()
             log.info("host_demoted", host=old.name, epoch=self.epoch)
         elif old is not None and not old.closed:
-            old.send({"t": "fenced", "epoch": self.epoch, "msg": f"host {host.name} was made active at epoch {self.epoch}"})
-            old.fenced = True
-            old.close()
+            self._fence(old, f"host {host.name} was made active at epoch {self.epoch}")
             fenced_old = old.name
         rec = {
             "kind": kind,
@@ -190,9 +184,7 @@ class Arbitration:
         would have told it), and a standby that registers is told the active was lost."""
         self._drop_standby_sessions(host)
         if old is not None and old is not demote and not old.closed:
-            old.send({"t": "fenced", "epoch": self.epoch, "msg": f"host {host.name} was made active at epoch {self.epoch}"})
-            old.fenced = True
-            old.close()
+            self._fence(old, f"host {host.name} was made active at epoch {self.epoch}")
         if demote is not None and not demote.closed and not demote.fenced:
             demote.released = False
             demote.known_epoch = demote.epoch  # what it stamps until it hears of the new one
@@ -204,6 +196,12 @@ class Arbitration:
         self._sessions_lost_without_standby()
         self.active_lost_notified = False  # a standby that registered meanwhile takes over
         self._notify_active_lost(host.name, "eof")
+
+    def _fence(self: CP, h: HostProtocol, why: str) -> None:
+        """Tell a host it no longer holds the role (the epoch it knew is stale) and close its link."""
+        h.send({"t": "fenced", "epoch": self.epoch, "msg": why})
+        h.fenced = True
+        h.close()
 
     def settle_flip(self: CP) -> None:
         """A grant's flip still going is completed now, before sessions change otherwise (hsb.cp.flip)."""

@@ -65,9 +65,14 @@ class CPSection(Strict):
             raise ValueError('takeover = "on_wake" needs the journal (durability = "fsync"): the CP taking over reads it')
         return self
 
+    @staticmethod
+    def lease_allows(host_timeout: float, host_lease: float) -> bool:
+        """The lease rule: a lease of `host_lease` surely runs out before `host_timeout`."""
+        return host_lease + LEASE_MARGIN < host_timeout
+
     @model_validator(mode="after")
     def _lease_rule(self) -> CPSection:
-        if self.host_lease + LEASE_MARGIN >= self.host_timeout:
+        if not self.lease_allows(self.host_timeout, self.host_lease):
             raise ValueError(
                 f"host_lease ({self.host_lease:g} s) + margin ({LEASE_MARGIN:g} s) must be less than host_timeout"
                 f" ({self.host_timeout:g} s): the old active's lease must surely run out before the CP gives its"

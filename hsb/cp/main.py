@@ -10,7 +10,7 @@ import click
 
 from hsb import __version__, logs
 from hsb.cli import EXIT_CONFIG, die, exit_watchdog, load_or_exit, log_level_option
-from hsb.cp.config import LEASE_MARGIN, CPConfig
+from hsb.cp.config import CPConfig, CPSection
 from hsb.ops.limits import storm_timing
 from hsb.wire.auth import load_secret
 
@@ -64,7 +64,7 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
             return cfg, secret
         merged = cfg.model_copy(deep=True)
         merged.cp.held_bound = new.cp.held_bound
-        if new.cp.host_timeout > cfg.cp.host_lease + LEASE_MARGIN:  # (as a reload checks it)
+        if CPSection.lease_allows(new.cp.host_timeout, cfg.cp.host_lease):  # (as a reload checks it)
             merged.cp.host_timeout = new.cp.host_timeout
         merged.terminals, merged.terminal_groups, merged._defs = new.terminals, new.terminal_groups, new.terminal_table
         waiting = [k for k in changed_keys(merged, new) if k not in CPServer.RELOADABLE]

@@ -30,7 +30,7 @@ import structlog
 from hsb import __version__, faults, gcpolicy
 from hsb.config import parse_addr
 from hsb.cp.admin import CPAdminProtocol
-from hsb.cp.config import LEASE_MARGIN, CPConfig
+from hsb.cp.config import CPConfig, CPSection
 from hsb.cp.core import CP
 from hsb.cp.host_link import HostProtocol
 from hsb.cp.journal import Journal, recover
@@ -591,7 +591,7 @@ class CPServer:
         if cp is None:
             return
         cp.held_bound = self.cfg.cp.held_bound = new.cp.held_bound
-        if new.cp.host_timeout > cp.host_lease + LEASE_MARGIN:
+        if CPSection.lease_allows(new.cp.host_timeout, cp.host_lease):
             cp.host_timeout = self.cfg.cp.host_timeout = new.cp.host_timeout
         else:  # the hosts hold leases of the running host_lease: a shorter timeout would grant too early
             applied = [k for k in applied if k != "cp.host_timeout"]

@@ -92,12 +92,6 @@ class SessionTable:
         c = self.state_counts
         return {"defined": len(self.table), "linked": len(self.link), "active_sessions": c.active, "standby_sessions": c.standby}
 
-    def walked_counts(self) -> tuple[int, int]:
-        """(active, standby) by a walk over the table: what `counts` keeps (for tests)."""
-        a = sum(1 for ts in self.table.values() if ts._state == ACTIVE)
-        s = sum(1 for ts in self.table.values() if ts._state == STANDBY)
-        return a, s
-
     async def link_entries(self, per_turn: int = 2048) -> list[SessionEntry]:
         """Session information for every terminal on the link, `per_turn` terminals per turn of
         the event loop (a new active takes them right after its grant, while it serves the
