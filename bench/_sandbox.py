@@ -88,9 +88,18 @@ def median(values: list[float]) -> float | None:
     return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
+def latencies(rs: list[dict[str, Any]], key: str) -> list[float]:
+    """The runs' reply latency figures (`key`), for a median or a goal: a run with a message
+    never answered counts as infinite (hsb.term.timeline gives no figure then), never as a run
+    without the figure."""
+    return [float("inf") if r.get("unanswered") else r[key] for r in rs if r.get("unanswered") or r.get(key) is not None]
+
+
 def fmt_ms(v: float | None, digits: int = 0) -> str:
     if v is None:
         return "–"
+    if v == float("inf"):
+        return "∞"
     return f"{v:,.{digits}f}"
 
 

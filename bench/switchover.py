@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _sandbox import (  # noqa: E402
     fmt_ms,
     host_by_role,
+    latencies,
     machine,
     machine_line,
     median,
@@ -54,6 +55,7 @@ from hsb.wire.auth import load_secret  # noqa: E402
 
 COMMAND = ".venv/bin/python bench/switchover.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "switchover.json"
+GOAL_N = 10_000  # the planned switchover's goal (worst pause ≤ 50 ms) is set at this many terminals
 SECTION = "Planned switchover beside SIGKILL failover (`bench/switchover.py`)"
 
 
@@ -117,6 +119,7 @@ async def one(d: Path, info: dict[str, Any], n: int, a: argparse.Namespace, kind
         "worst_ms": op.get("worst_ms"),
         "p99_ms": op.get("p99_ms"),
         "all_served_ms": op.get("all_served_ms"),
+        "unanswered": op.get("unanswered"),
         "window_messages": op.get("messages"),
         "steady_p99_ms": op.get("steady_p99_ms"),
         "cp_worst_pause_ms": rec.get("worst_pause_ms"),
@@ -156,10 +159,12 @@ def render(rows: list[dict[str, Any]], a: argparse.Namespace) -> str:
         fo = [r for r in rows if r["terminals"] == n and r["kind"] == "failover"]
 
         def mm(rs: list[dict[str, Any]], k: str) -> str:
-            v = [r[k] for r in rs if r.get(k) is not None]
+            # the CP's own record (hsb.cp.switchrec) has its figure; the terminals' may have none
+            v = [r[k] for r in rs if r.get(k) is not None] if k.startswith("cp_") else latencies(rs, k)
             return f"{fmt_ms(median(v), 1)} ({fmt_ms(max(v), 1)})" if v else "–"
 
-        sm, fm = median([r["worst_ms"] for r in sw if r.get("worst_ms")]), median([r["worst_ms"] for r in fo if r.get("worst_ms")])
+        sv, fv = latencies(sw, "worst_ms"), latencies(fo, "worst_ms")
+        sm, fm = (median(sv) if sv else None), (median(fv) if fv else None)
         body.append(
             [
                 f"{n:,}",
@@ -170,7 +175,7 @@ def render(rows: list[dict[str, Any]], a: argparse.Namespace) -> str:
                 mm(sw, "cp_worst_pause_ms"),
                 mm(fo, "worst_ms"),
                 mm(fo, "p99_ms"),
-                "–" if not sm or not fm else f"{fm / sm:.1f}×",
+                "–" if not sm or not fm or float("inf") in (sm, fm) else f"{fm / sm:.1f}×",
                 str(sum(r["lost"] for r in sw + fo)),
                 str(sum(r["disconnects"] for r in sw + fo)),
                 "all OK" if all(r["ok"] for r in sw + fo) else "**FAILED**",
@@ -196,14 +201,20 @@ def render(rows: list[dict[str, Any]], a: argparse.Namespace) -> str:
             "rrrrrrrrrrrl",
         )
     )
-    big = max((r["terminals"] for r in rows), default=0)
-    sw = [r["worst_ms"] for r in rows if r["terminals"] == big and r["kind"] == "switchover" and r.get("worst_ms") is not None]
+    runs = [r for r in rows if r["terminals"] == GOAL_N and r["kind"] == "switchover"]
+    sw = latencies(runs, "worst_ms")
+    failed = sum(1 for r in runs if not r["ok"])
     if sw:
+        met = max(sw) <= 50 and not failed
         out += [
             "",
-            f"Goal: planned switchover at {big:,} terminals, worst pause ≤ 50 ms: worst run {max(sw):.1f} ms,"
-            f" median {median(sw):.1f} ms (**{'met' if max(sw) <= 50 else 'missed'}**).",
+            f"Goal: planned switchover at {GOAL_N:,} terminals, worst pause ≤ 50 ms: worst run {fmt_ms(max(sw), 1)} ms,"
+            f" median {fmt_ms(median(sw), 1)} ms"
+            + (f", {failed} run(s) failed the verdict" if failed else "")
+            + f" (**{'met' if met else 'missed'}**).",
         ]
+    else:
+        out += ["", f"Goal: planned switchover at {GOAL_N:,} terminals, worst pause ≤ 50 ms: not measured in this run."]
     return "\n".join(out)
 
 
