@@ -76,10 +76,12 @@ def test_timing_that_cannot_work_is_rejected(tmp_path: Path) -> None:
 
 def test_cp_config_errors_and_missing_file(tmp_path: Path) -> None:
     p = tmp_path / "cp.toml"
-    p.write_text('[cp]\nsecret_file = "s"\nheld_bound = 0\ntypo = 1\n')
+    p.write_text('[cp]\nsecret_file = "s"\nheld_bound = 0\ntypo = 1\nmax_frame = 1000\n')
     r = run("hsb.cp", "--config", str(p), "--check-config")
     assert r.returncode == 78
     assert "cp.held_bound" in r.stderr and "cp.typo: unknown key" in r.stderr
+    # a frame too small for a login (4 KiB) would fail every link at its first frame
+    assert "cp.max_frame" in r.stderr and "4096" in r.stderr
     r = run("hsb.cp", "--config", str(tmp_path / "missing.toml"), "--check-config")
     assert r.returncode == 78 and "file not found" in r.stderr
     p.write_text("[cp\n")

@@ -177,8 +177,7 @@ async def test_a_connection_not_yet_logged_on_cannot_make_the_cp_buffer_a_large_
     is the first frame's alone: a hello with a large message behind it in the same write is fine."""
     import struct
 
-    from hsb.wire.conn import LOGIN_MAX
-    from hsb.wire.framing import encode
+    from hsb.wire.framing import LOGIN_MAX, encode
 
     cp = cp_core(tmp_path, 2)
     p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)

@@ -8,7 +8,7 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from hsb.config import Addr, ConfigPath, OptAddr, Strict, TLSSection
 from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, expand_all
-from hsb.wire.framing import DEFAULT_MAX_FRAME
+from hsb.wire.framing import DEFAULT_MAX_FRAME, LOGIN_MAX
 
 # The CP grants the active role to another host only once the old active's lease has surely
 # run out: host_timeout must exceed host_lease by at least this much (scheduling delay between
@@ -31,7 +31,7 @@ class CPSection(Strict):
     # TCP keepalive on terminal connections: a dead terminal's connection (its machine gone, its
     # reset lost) is dropped about this + 3 s after it went silent, so the terminal can log on again
     terminal_keepalive: float = Field(default=10.0, ge=0, le=7200)
-    max_frame: int = Field(default=DEFAULT_MAX_FRAME, ge=64, le=64 * 1024 * 1024)
+    max_frame: int = Field(default=DEFAULT_MAX_FRAME, ge=LOGIN_MAX, le=64 * 1024 * 1024)
     # terminals flipped per turn of the event loop at a grant (hsb.cp.flip; about 1 µs each)
     flip_slice: int = Field(default=4096, ge=1, le=10_000_000)
     # after a restart the active names its open sessions and keeps them (hsb.cp.adopt); one whose

@@ -23,6 +23,7 @@ ID_MAX = 2**63 - 1
 class TerminalProtocol(FramedProtocol):
     link = "terminal"
     dispatch = {"hello": "on_hello", "msg": "on_msg", "confirm": "on_confirm", "bye": "on_bye"}
+    read_under_write_pressure = False  # a terminal that does not read its replies is not read
 
     def __init__(self, cp: CP, *, hello_timeout: float, idle_after_hello: float | None, **kw: Any) -> None:
         super().__init__(idle_timeout=hello_timeout, partial_timeout=hello_timeout, **kw)
@@ -178,17 +179,6 @@ class TerminalProtocol(FramedProtocol):
                 f"{n} replies not confirmed and {len(self.parked)} frames waiting behind them: confirm the replies"
                 " you hold (confirm id), then send on; the waiting messages were not acknowledged, send them again",
             )
-
-    def pause_writing(self) -> None:
-        # the terminal does not read what we send it: stop reading what it sends (write back-pressure)
-        self.write_paused = True
-        if self.transport is not None and not self.closed:
-            self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        if self.transport is not None and not self.closed and not self.reading_paused and not self._yielding:
-            self.transport.resume_reading()
 
     def close(self) -> None:
         term = self.term

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 class HostAdminProtocol(AuthServerProtocol):
     link = "admin"
     dispatch = {"status": "on_status", "promote": "on_promote", "switchover": "on_switchover", "stop": "on_stop"}
+    read_under_write_pressure = False  # a client pipelining requests without reading the answers is not read
 
     def __init__(self, srv: HostServer, **kw: Any) -> None:
         super().__init__(**kw)

@@ -8,7 +8,7 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from hsb.config import Addr, ConfigPath, OptAddr, Strict, TLSLinks
 from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, attrs_problem, expand_all
-from hsb.wire.framing import DEFAULT_MAX_FRAME
+from hsb.wire.framing import DEFAULT_MAX_FRAME, LOGIN_MAX
 
 
 class HostSection(Strict):
@@ -26,7 +26,7 @@ class HostSection(Strict):
     service: str = "echo"
     on_role_change: str = ""  # a command run with: ROLE STATE EPOCH REASON (hsb.host.hooks)
     hook_timeout: float = Field(default=10.0, gt=0, le=3600)
-    max_frame: int = Field(default=DEFAULT_MAX_FRAME, ge=64, le=64 * 1024 * 1024)
+    max_frame: int = Field(default=DEFAULT_MAX_FRAME, ge=LOGIN_MAX, le=64 * 1024 * 1024)
 
     @model_validator(mode="after")
     def _timing(self) -> HostSection:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import structlog
 
-from hsb.wire.framing import DEFAULT_MAX_FRAME, FLUSH_AT, Decoder, ProtocolError, encode
+from hsb.wire.framing import DEFAULT_MAX_FRAME, FLUSH_AT, LOGIN_MAX, Decoder, ProtocolError, encode
 from hsb.wire.tls import names_der as tls_names_der
 from hsb.wire.tlsio import ServerTLS, TLSFailed
 
@@ -55,7 +55,6 @@ def tcp_keepalive(sock: Any, idle: float) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
 
 
-LOGIN_MAX = 4096  # bytes: the first frame of a connection (hello, auth) at most
 # what a handler raises on a field missing, of the wrong type or shape (nested ~1,000 deep: str()
 # of it recurses too far): that connection's protocol error, never a traceback
 FIELD_ERRORS = (KeyError, TypeError, ValueError, IndexError, OverflowError, RecursionError)
@@ -219,8 +218,15 @@ class FramedProtocol(asyncio.Protocol):
         self._out.clear()
         self.decoder = Decoder(1)
 
+    # A peer that does not read what we send it is not read either (a client pipelining requests
+    # would otherwise grow our write buffer without bound); links whose frames must keep flowing
+    # while we write a burst (hosts, the peer link) read on.
+    read_under_write_pressure = True
+
     def pause_writing(self) -> None:  # pragma: no cover - depends on slow peers
         self.write_paused = True
+        if not self.read_under_write_pressure and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:  # pragma: no cover
         self.write_paused = False
@@ -416,6 +422,10 @@ class FramedProtocol(asyncio.Protocol):
         if self.closed:
             return
         due = self._idle_due
+        if self.reading_paused and not self.write_paused:
+            # we stopped reading it (held messages at their bound, a logon's turn): the silence
+            # is ours, not the peer's; the timeout starts again once we read
+            due = self._idle_due = self._loop.time() + self._idle_t
         if due - self._loop.time() > 0.001:  # heard from since it was set (uvloop's timers: whole ms)
             self._idle_at = due
             self._idle_handle = self._loop.call_at(due, self._idle_fired)

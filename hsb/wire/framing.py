@@ -15,6 +15,7 @@ from typing import Any
 import msgpack
 
 DEFAULT_MAX_FRAME = 1024 * 1024
+LOGIN_MAX = 4096  # bytes: the first frame of a connection (hello, auth) at most; the least max_frame
 # Frames queued on one connection (FramedProtocol, FrameStream) that are written at once,
 # not at the end of the turn: with one busy terminal a whole turn's deliveries went out as one
 # write, the host answered them as one batch, and the three processes took turns (a convoy,

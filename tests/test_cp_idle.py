@@ -1,0 +1,87 @@
+"""Who is read and who is blamed (hsb.wire.conn): the CP's idle timers blame only a silent peer
+(a terminal the CP itself stopped reading, its held messages at their bound, is not closed for
+"idle"), and a peer that does not read what it asked for is not read either."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from hsb.cp.admin import CPAdminProtocol
+from hsb.cp.host_link import HostProtocol
+from hsb.cp.terminal_link import TerminalProtocol
+from hsb.host.admin import HostAdminProtocol
+from hsb.wire.framing import encode
+from tests.support.hostclient import FakeHost, FakeTerminal
+from tests.support.procs import start_cp
+from tests.support.transports import CountingTransport
+
+ATTRS = {"protocol": "hsb1", "codepage": "utf-8"}
+TIMEOUT_S = 1.0  # the CP's timeout under test (auth_timeout bounds a frame begun and stalled)
+
+
+@pytest.mark.parametrize("idle", ["partial_frame", "terminal_idle_timeout"])
+async def test_a_terminal_the_cp_stopped_reading_is_not_closed_as_idle(tmp_path, idle: str) -> None:  # type: ignore[no-untyped-def]
+    extra = {"terminal_idle_timeout": TIMEOUT_S} if idle == "terminal_idle_timeout" else {}
+    cp = start_cp(tmp_path / "cp", terminals=2, held_bound=4, auth_timeout=TIMEOUT_S, **extra)
+    try:
+        t = await FakeTerminal.connect(cp.info["terminal"], "T00001")
+        await t.wait(lambda m: m["t"] == "welcome")
+        # no active host: the four messages are held at the bound, and the CP stops reading
+        frames = b"".join(encode({"t": "msg", "id": i, "data": "x"}) for i in range(1, 6))
+        fifth = len(encode({"t": "msg", "id": 5, "data": "x"}))
+        cut = len(frames) - (3 if idle == "partial_frame" else fifth)
+        t.fs.writer.write(frames[:cut])  # the fifth frame begun, or not sent at all
+        await t.wait_count(lambda m: m["t"] == "ack", 4)
+        # twice the timeout with the connection unread by the CP's own choice: still open
+        await asyncio.sleep(2.5 * TIMEOUT_S)
+        assert not t.closed, [m for m in t.inbox if m["t"] == "error"]
+        assert not [m for m in t.inbox if m["t"] == "error"]
+        # an active comes: the held four are answered, the CP reads on, the fifth completes
+        a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+        a.auto_reply = True
+        await a.wait(lambda m: m["t"] == "session_request")  # (asked at its registration)
+        a.send({"t": "open", "terminal": "T00001", "kind": "active", "attrs": ATTRS, "epoch": a.epoch})
+        t.fs.writer.write(frames[cut:])
+        replies = await t.wait_count(lambda m: m["t"] == "reply", 5)
+        assert sorted(m["id"] for m in replies) == [1, 2, 3, 4, 5]
+        assert not t.closed
+        # and a terminal that really is silent (nothing held, the CP reading) is still closed
+        if idle == "terminal_idle_timeout":
+            await t.wait_closed(timeout=5 * TIMEOUT_S)
+            assert [m for m in t.inbox if m["t"] == "error" and m["code"] == "idle_timeout"]
+    finally:
+        cp.stop()
+
+
+class _ReadingTransport(CountingTransport):
+    """Records whether the protocol wants its peer read."""
+
+    def __init__(self) -> None:
+        super().__init__("127.0.0.1:1")
+        self.reading = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+@pytest.mark.parametrize(
+    ("cls", "reads_on"),
+    [(CPAdminProtocol, False), (HostAdminProtocol, False), (TerminalProtocol, False), (HostProtocol, True)],
+)
+def test_a_peer_that_does_not_read_is_not_read_except_on_the_links_that_must_flow(cls: type, reads_on: bool) -> None:
+    """An admin client pipelining requests without reading the answers would grow the daemon's
+    write buffer without bound: at the write high-water mark it is not read either, until it
+    reads. The CP's host link reads on (its heartbeats and replies must flow while the CP writes
+    a burst of deliveries)."""
+    p = cls.__new__(cls)  # the write back-pressure hooks only: no daemon behind them
+    t = _ReadingTransport()
+    p.transport, p.closed, p.reading_paused, p._yielding = t, False, False, False
+    p.pause_writing()
+    assert t.reading is reads_on
+    p.resume_writing()
+    assert t.reading
