@@ -126,6 +126,55 @@ async def test_an_ack_for_an_id_never_sent_fails_the_run() -> None:
     assert not r.ok and r.unexpected_acks == 1 and any(f.startswith("unexpected acks: 1") for f in r.failures), r.failures
 
 
+async def test_a_last_acked_above_what_the_terminal_sent_is_an_unexpected_ack() -> None:
+    """The welcome's last_acked says what the CP acknowledged for this terminal: one of its own
+    ids (after a CP restart), or an earlier run's (below the run's first id). An id of this run
+    it never sent (it passed silently) is an unexpected ack, as one in an `ack` frame is."""
+    c, stats = _client(stride=10)
+    a = c.submit()
+    _feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": c.payload(a)})
+    c.connection_lost(None)
+    _connect(c, last_acked=a)  # its own id again (a CP restarted, a reconnect): fine
+    c.connection_lost(None)
+    _connect(c, last_acked=BASE - 3)  # an earlier run's: fine
+    assert _verdict(c, stats).ok
+    c.connection_lost(None)
+    _connect(c, last_acked=BASE + 10_000)  # far above anything it sent
+    r = _verdict(c, stats)
+    assert not r.ok and r.unexpected_acks == 1 and any(f.startswith("unexpected acks: 1") for f in r.failures), r.failures
+    c.connection_lost(None)
+    _connect(c, last_acked=BASE + 1)  # below its last id, but not one of its ids (another terminal's)
+    assert _verdict(c, stats).unexpected_acks == 2
+
+
+@pytest.mark.parametrize("data", [b"\xff", b'{"ok":true\xff}', "not json", "[" * 100_000, {"ok": True}, None])
+async def test_a_ledger_reply_that_is_not_utf8_json_is_bad_data_not_an_error(data: Any) -> None:
+    """A ledger reply whose data is binary (not UTF-8) or not JSON text is bad data. Binary data
+    once raised UnicodeDecodeError out of data_received: nothing counted, the id left outstanding,
+    the rest of that read dropped (with --expect-disconnects the run could pass)."""
+    w = LedgerWorkload(accounts=4, tag="t")
+    c, stats = _client(workload=w, idx=1)
+    a, b = c.submit(), c.submit()
+    _feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": data}, {"t": "ack", "id": b}, {"t": "reply", "id": b, "data": '{"ok":true}'})
+    r = _verdict(c, stats)
+    assert not r.ok and r.bad_data == 1 and r.replied == 2 and not c.outstanding, r.failures
+    assert r.failures == [f"bad data: 1 replies whose data is not an answer its request can get (e.g. T1:{a})"], r.failures
+    assert w.replies[1][0] != '{"ok":true}'  # kept (the books count it answered), equal to no stored reply
+
+
+@pytest.mark.parametrize("data", [b"\xff", "not json"])
+async def test_a_resent_ledger_reply_that_is_not_utf8_json_is_bad_data_not_an_error(data: Any) -> None:
+    """The same for a reply the CP sends again after a restart (`resent`), compared with the first."""
+    c, stats = _client(workload=LedgerWorkload(accounts=4, tag="t"), idx=1)
+    a, b = c.submit(), c.submit()
+    _feed(c, {"t": "ack", "id": a}, {"t": "ack", "id": b}, {"t": "reply", "id": b, "data": '{"ok":true}'})
+    c.connection_lost(None)
+    _connect(c, last_acked=b)
+    _feed(c, {"t": "reply", "id": b, "data": data, "resent": True}, {"t": "reply", "id": a, "data": b'{"ok":true}'})
+    r = _verdict(c, stats)
+    assert not r.ok and r.bad_data == 1 and r.resent_ignored == 0 and r.replied == 2 and not c.outstanding, r.failures
+
+
 def test_a_refusal_fails_the_run_even_where_disconnects_are_expected() -> None:
     done = {"sent": 1, "acked": 1, "replied": 1}
     race = LoadReport(terminals=1, welcomed=1, expect_disconnects=True, errors={"already_connected": 3}, **done)

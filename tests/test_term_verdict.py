@@ -173,3 +173,23 @@ def test_every_broken_promise_fails_the_report(fields: dict[str, object], reason
 def test_expected_disconnects_pass() -> None:
     r = LoadReport(terminals=2, welcomed=2, sent=10, acked=10, replied=10, disconnects=5, disconnects_standby_capable=5, expect_disconnects=True)
     assert r.ok and r.exit_status == 0 and r.failures == []
+
+
+def _verdict_line(r: LoadReport) -> str:
+    (line,) = [ln.strip() for ln in format_table(r).splitlines() if ln.strip().startswith("verdict")]
+    return line
+
+
+def test_the_ok_verdict_claims_only_the_data_checks_made() -> None:
+    """The OK line said "with the right data" whatever was checked: with the check off, or for
+    the ledger workload (its replies' shape only, unless the books were checked too)."""
+    done = {"terminals": 1, "welcomed": 1, "sent": 1, "acked": 1, "replied": 1}
+    assert _verdict_line(LoadReport(**done)).endswith("exactly once, with the right data")  # type: ignore[arg-type]
+    for r in (LoadReport(**done, check_data=False), LoadReport(**done, workload="ledger"), LoadReport(**done, workload="ledger", check_data=False)):  # type: ignore[arg-type]
+        line = _verdict_line(r)
+        assert r.ok and line.startswith("verdict") and "OK: " in line and "right data" not in line, line
+    assert "not checked: --no-check-data" in _verdict_line(LoadReport(**done, check_data=False))  # type: ignore[arg-type]
+    assert "its shape only: no --books-* check" in _verdict_line(LoadReport(**done, workload="ledger"))  # type: ignore[arg-type]
+    books = {"accounts": 4, "total": 40, "expected_total": 40, "transfers_ok": 1, "transfers_refused": 0, "entries": 5}
+    line = _verdict_line(LoadReport(**done, workload="ledger", books=books))  # type: ignore[arg-type]
+    assert "the books agree with every reply" in line and "shape only" not in line, line

@@ -473,6 +473,10 @@ class TerminalClient(asyncio.Protocol):
         self.listener.on_welcome(self, first)
         last_acked = msg.get("last_acked")
         if isinstance(last_acked, int) and not isinstance(last_acked, bool):
+            # an id of this run this terminal never sent (above its last, say) is an unexpected
+            # ack, as in an `ack` frame; one below the run's first id is an earlier run's
+            if last_acked >= self.floor and self.index(last_acked) < 0:
+                self.unexpected_acks += 1
             # the CP holds everything up to last_acked: an ack lost with the old connection
             for i in self.unacked_ids():
                 if i <= last_acked:

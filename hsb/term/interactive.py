@@ -6,6 +6,15 @@ reconnects and logs on again when its connection drops, re-sending what was
 not acknowledged. End of input (Ctrl-D) waits up to `linger` seconds for the
 replies still outstanding, then sends `bye` and exits.
 
+A line that is not valid text in stdin's encoding (UTF-8, most often) ends the input there
+with an error naming the line: it and the lines after it are not sent.
+
+The exit status is 0 only if every message was answered and the session broke no promise of
+the terminal link (as `hsbterm load`'s verdict has them, for one terminal): a reply
+duplicated, to an id never sent or before its ack, an ack of an id never sent, or a frame
+that broke the protocol makes it 1, as do a message without a reply at the end, a refusal
+by the CP and input that is not valid text.
+
 stdin is read by a daemon thread, so a regular file, a pipe and a TTY all
 work and a blocked read never holds up the exit.
 """
@@ -13,12 +22,14 @@ work and a blocked read never holds up the exit.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import sys
 import threading
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from hsb.term.client import WELCOMED, Listener, TerminalClient
 from hsb.term.connector import Connector
+from hsb.term.verdict import judge_marks
 from hsb.wire.framing import ProtocolError
 
 # Errors after which retrying is pointless for a person at the keyboard.
@@ -99,15 +110,38 @@ class Printer(Listener):
         self.say(f"cannot connect to {self.target}: {type(exc).__name__}; retrying in {retry_in:.2f} s")
 
 
-def _read_lines(stream: TextIO, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]) -> None:
+class BadLine(NamedTuple):
+    """Line `number` of the input is not valid text in `encoding`: the input ends there."""
+
+    number: int
+    encoding: str
+
+
+def _read_lines(stream: TextIO, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | BadLine | None]) -> None:
+    """Put each line of `stream` on `queue`, then None (end of input) or a BadLine."""
+    # Lines are read as bytes and decoded one by one where the stream has a byte layer: its
+    # decoder works on 8 KiB chunks, so an undecodable byte would fail the lines before it too
+    raw = getattr(stream, "buffer", None)
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    errors = getattr(stream, "errors", None) or "strict"
+    n = 0
+    end: BadLine | None = None
     try:
-        for line in iter(stream.readline, ""):
+        while True:
+            n += 1
+            line = raw.readline().decode(encoding, errors) if raw is not None else stream.readline()
+            if not line:
+                break
+            line.encode("utf-8")  # not sent, not even recorded, if it cannot go on the wire
             loop.call_soon_threadsafe(queue.put_nowait, line)
-    except (OSError, ValueError):
+    except UnicodeError:  # undecodable, or decoded to lone surrogates (a surrogateescape stdin)
+        name = codecs.lookup(encoding).name
+        end = BadLine(n, "UTF-8" if name == "utf-8" else name)
+    except (OSError, ValueError):  # (ValueError: stdin closed)
         pass
     finally:
         try:
-            loop.call_soon_threadsafe(queue.put_nowait, None)
+            loop.call_soon_threadsafe(queue.put_nowait, end)
         except RuntimeError:  # loop already closed
             pass
 
@@ -134,7 +168,7 @@ async def interactive(
     connector.start()
     connector.schedule(client)
 
-    lines: asyncio.Queue[str | None] = asyncio.Queue()
+    lines: asyncio.Queue[str | BadLine | None] = asyncio.Queue()
     reader = threading.Thread(target=_read_lines, args=(inp if inp is not None else sys.stdin, loop, lines), daemon=True)
     reader.start()
     status = 0
@@ -155,12 +189,16 @@ async def interactive(
                 status = 1
                 break
             line = get.result()
+            if isinstance(line, BadLine):
+                printer.say(f"error: input is not valid {line.encoding} at line {line.number}; it and the lines after it were not sent")
+                status = 1  # (what was sent before it is still waited for, below)
+                break
             if line is None:
                 break
             text = line.rstrip("\r\n")
             if text.strip():
                 client.submit(text)
-        if status == 0 and client.outstanding and linger > 0:
+        if not printer.fatal.is_set() and client.outstanding and linger > 0:
             printer.say(f"end of input: waiting up to {linger:g} s for {len(client.outstanding)} outstanding reply(ies)")
             printer.drained.clear()
             if client.outstanding:
@@ -168,7 +206,7 @@ async def interactive(
                     await asyncio.wait_for(printer.drained.wait(), linger)
                 except TimeoutError:
                     pass
-        if status == 0 and client.outstanding:  # a script feeding it must see that something was not answered
+        if not printer.fatal.is_set() and client.outstanding:  # a script feeding it must see that something was not answered
             printer.say(f"{len(client.outstanding)} message(s) still without a reply")
             status = 1
     finally:
@@ -183,5 +221,30 @@ async def interactive(
                 client.close(abort=True)
         else:
             client.close()
+    # judged after the bye: what the CP sent up to its close is in
+    broken = session_failures(client)
+    if broken:
+        printer.say("FAILED: " + "; ".join(broken))
+        status = 1
     printer.say("bye")
     return status
+
+
+def session_failures(c: TerminalClient) -> list[str]:
+    """What the CP did wrong in this terminal's session, as `hsbterm load`'s verdict counts it
+    (hsb.term.report); a message still without a reply is said apart."""
+    v = judge_marks(c.marks, base=c.base, stride=c.stride, name=c.name)
+    out: list[str] = []
+    if v.duplicates:
+        out.append(f"duplicates: {v.duplicates} replies beyond the first (e.g. {', '.join(v.duplicate_ids[:5])})")
+    if c.unexpected:
+        out.append(f"unexpected: {c.unexpected} replies to ids never sent")
+    if c.early:
+        out.append(f"unexpected: {c.early} replies before their ack")
+    if c.bad_data:
+        out.append(f"bad data: {c.bad_data} replies")
+    if c.unexpected_acks:
+        out.append(f"unexpected acks: {c.unexpected_acks} acknowledgements of ids never sent")
+    if c.protocol_errors:
+        out.append(f"protocol errors: {c.protocol_errors} frames from the CP broke the protocol")
+    return out

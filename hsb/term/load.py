@@ -597,4 +597,5 @@ def _report(
         unexpected_acks=sum(c.unexpected_acks for c in clients),
         not_back=len(not_back),
         not_back_names=[c.name for c in not_back[:20]],
+        workload=str(getattr(clients[0].workload, "name", "ledger")) if clients and clients[0].workload is not None else "echo",
     )

@@ -1,0 +1,65 @@
+"""`hsbterm connect` (hsb.term.interactive) against the fake CP of tests/test_term.py: its exit
+status follows the session's verdict, and input that is not valid text ends it with an error."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator, Callable
+from typing import TextIO
+
+import pytest
+
+from hsb.term.interactive import interactive
+from tests.test_term import FakeCP
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeCP]:
+    cp = FakeCP()
+    await cp.start()
+    yield cp
+    await cp.stop()
+
+
+async def _connect(fake: FakeCP, name: str, inp: TextIO) -> tuple[int, str]:
+    out = io.StringIO()
+    status = await asyncio.wait_for(interactive(name, "127.0.0.1", fake.port, linger=5, inp=inp, out=out), 20)
+    return status, out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("knob", "said"),
+    [("duplicate", "duplicates: 1 replies beyond the first"), ("reply_before_ack", "unexpected: 1 replies before their ack")],
+)
+async def test_connect_exits_nonzero_when_the_cp_breaks_a_promise(fake: FakeCP, knob: str, said: str) -> None:
+    """Every message answered, but one twice (or before its ack): the session's verdict fails, so
+    the exit status is 1 (it was 0: only a message without a reply counted)."""
+    setattr(fake, knob, lambda name, seq: seq == 0)
+    status, out = await _connect(fake, "T00051", io.StringIO("balance?\nwithdraw 20\n"))
+    assert status == 1 and f"FAILED: {said}" in out and "without a reply" not in out, out
+    assert out.endswith("bye\n")
+    setattr(fake, knob, lambda name, seq: False)
+    status, out = await _connect(fake, "T00052", io.StringIO("balance?\nwithdraw 20\n"))
+    assert status == 0 and "FAILED" not in out, out
+
+
+@pytest.mark.parametrize(
+    "inp",
+    [
+        lambda: io.TextIOWrapper(io.BytesIO(b"balance?\n\xff\nwithdraw 20\n"), encoding="utf-8"),
+        lambda: io.TextIOWrapper(io.BytesIO(b"balance?\n\xff\nwithdraw 20\n"), encoding="utf-8", errors="surrogateescape"),
+        lambda: io.StringIO("balance?\n\udcff\nwithdraw 20\n"),
+    ],
+    ids=["strict", "surrogateescape", "text"],
+)
+async def test_connect_input_that_is_not_utf8_is_an_error_not_the_end_of_input(fake: FakeCP, inp: Callable[[], TextIO]) -> None:
+    """A line that is not valid UTF-8 was taken for the end of input (exit 0, the lines after it
+    silently not sent), or, from a surrogateescape stdin, recorded as sent and then crashed the
+    terminal on encoding. It is an error naming the line; what came before it is sent and waited for."""
+    status, out = await _connect(fake, "T00053", inp())
+    assert status == 1 and "error: input is not valid UTF-8 at line 2; it and the lines after it were not sent" in out, out
+    assert "reply id=" in out and ": balance?" in out and "without a reply" not in out, out
+    assert len(fake.deliveries) == 1  # "balance?" only
