@@ -13,6 +13,7 @@ from hsb.cp.host_link import HostProtocol
 from hsb.cp.terminal_link import TerminalProtocol
 from hsb.host.admin import HostAdminProtocol
 from hsb.wire.framing import encode
+from tests.support.cpcore import cp_core, fake_host, recording_terminal
 from tests.support.hostclient import FakeHost, FakeTerminal
 from tests.support.procs import start_cp
 from tests.support.transports import CountingTransport
@@ -85,3 +86,45 @@ def test_a_peer_that_does_not_read_is_not_read_except_on_the_links_that_must_flo
     assert t.reading is reads_on
     p.resume_writing()
     assert t.reading
+
+
+async def test_held_bytes_bound_a_terminal_before_the_count_does_and_nothing_drops(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """256 messages of a megabyte each would be 256 MiB held per terminal: `held_bytes` bounds
+    the data too (here 16 KiB: the fourth 5,000-byte message reaches it), and nothing is dropped."""
+    cp = start_cp(tmp_path / "cp", terminals=2, held_bound=256, held_bytes=16384)
+    try:
+        a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+        a.auto_open = ATTRS
+        t = await FakeTerminal.connect(cp.info["terminal"], "T00001")
+        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        for i in range(1, 11):
+            t.send({"t": "msg", "id": i, "data": "x" * 5000})
+        await t.fs.drain()
+        await a.wait_count(lambda m: m["t"] == "deliver", 4)
+        await asyncio.sleep(0.3)  # give the CP every chance to read more than it should
+        assert len([m for m in t.inbox if m["t"] == "ack"]) == 4
+        a.auto_reply = True
+        for m in [m for m in a.inbox if m["t"] == "deliver"]:
+            a.send({"t": "reply", "terminal": "T00001", "id": m["id"], "data": "ok", "epoch": a.epoch})
+        replies = await t.wait_count(lambda m: m["t"] == "reply", 10)
+        assert sorted(m["id"] for m in replies) == list(range(1, 11))
+    finally:
+        cp.stop()
+
+
+async def test_the_bytes_held_and_kept_go_back_to_zero_when_everything_is_settled(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The byte counts follow the messages and the kept replies exactly (a count that drifted up
+    would stop reading a terminal for ever)."""
+    cp = cp_core(tmp_path, 2)
+    a = fake_host(cp, "host-a", "active")
+    cp.host_open(a, "T00001", "active", dict(ATTRS))
+    t = recording_terminal(cp, "T00001", last_reply=0)  # resuming: its replies are kept until it confirms
+    term = cp.terms["T00001"]
+    for i in range(1, 6):
+        cp.terminal_msg(term, i, "d" * (100 * i))
+    assert term.held_bytes == 100 * (1 + 2 + 3 + 4 + 5)
+    for i in range(1, 6):
+        cp.host_reply(a, "T00001", i, "r" * i)
+    assert term.held_bytes == 0 and term.kept_bytes == 1 + 2 + 3 + 4 + 5
+    cp.terminal_confirm(term, 5)
+    assert term.kept_bytes == 0 and not term.replies and t.term is term

@@ -24,6 +24,7 @@ class CPSection(Strict):
     http_listen: OptAddr = ""
     secret_file: ConfigPath
     held_bound: int = Field(default=256, ge=1, le=1_000_000)
+    held_bytes: int = Field(default=8 * 1024 * 1024, ge=LOGIN_MAX, le=1 << 40)  # per terminal, messages (and replies kept)
     host_timeout: float = Field(default=0.5, gt=0, le=3600)
     host_lease: float = Field(default=0.35, gt=0, le=3600)
     auth_timeout: float = Field(default=5.0, gt=0, le=3600)

@@ -63,6 +63,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         self.cfg = cfg
         self.name = cfg.cp.name
         self.held_bound = cfg.cp.held_bound
+        self.held_bytes = cfg.cp.held_bytes
         self.host_timeout = cfg.cp.host_timeout
         self.host_lease = cfg.cp.host_lease  # the active role's lease, told to the hosts
         self.counts = Counts()

@@ -52,11 +52,13 @@ class JournalSide:
             held = r.held.get(name)
             if held:
                 term.held = in_id_order(held)
+                term.held_bytes = sum(len(h.data) for h in held.values())
                 held_n += len(held)
                 holding[term] = None
             kept = r.replies.get(name)
             if kept:
                 term.replies = in_id_order(kept)
+                term.kept_bytes = sum(len(k.data) for k in kept.values())
                 kept_n += len(kept)
                 term.resuming = True
         self.counts.held += held_n

@@ -64,6 +64,7 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
             return cfg, secret
         merged = cfg.model_copy(deep=True)
         merged.cp.held_bound = new.cp.held_bound
+        merged.cp.held_bytes = new.cp.held_bytes
         if CPSection.lease_allows(new.cp.host_timeout, cfg.cp.host_lease):  # (as a reload checks it)
             merged.cp.host_timeout = new.cp.host_timeout
         merged.terminals, merged.terminal_groups, merged._defs = new.terminals, new.terminal_groups, new.terminal_table

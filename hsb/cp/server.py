@@ -99,7 +99,7 @@ def _check_failed(addr: str, exc: OSError, unknown: bool) -> bool:
 
 
 class CPServer:
-    RELOADABLE = ("cp.held_bound", "cp.host_timeout", "terminals", "terminal_groups")
+    RELOADABLE = ("cp.held_bound", "cp.held_bytes", "cp.host_timeout", "terminals", "terminal_groups")
 
     def __init__(self, cfg: CPConfig, secret: bytes, config_path: str | None = None) -> None:
         self.cfg = cfg
@@ -591,6 +591,7 @@ class CPServer:
         if cp is None:
             return
         cp.held_bound = self.cfg.cp.held_bound = new.cp.held_bound
+        cp.held_bytes = self.cfg.cp.held_bytes = new.cp.held_bytes
         if CPSection.lease_allows(new.cp.host_timeout, cp.host_lease):
             cp.host_timeout = self.cfg.cp.host_timeout = new.cp.host_timeout
         else:  # the hosts hold leases of the running host_lease: a shorter timeout would grant too early

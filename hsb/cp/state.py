@@ -83,6 +83,8 @@ class Term:
         "_standby",
         "counts",
         "held",
+        "held_bytes",
+        "kept_bytes",
         "last_acked",
         "durable_acked",
         "outbox",
@@ -105,6 +107,8 @@ class Term:
         self._standby: Session | None = None
         # held and replies: whoever adds or removes an entry adjusts counts.held / counts.kept
         self.held: dict[int, Held] = {}  # insertion order = id order
+        self.held_bytes = 0  # the data of `held`, and of `replies` below (the bound in bytes)
+        self.kept_bytes = 0
         self.last_acked = 0  # highest id accepted
         self.durable_acked = 0  # highest id whose journal record is durable (acknowledged)
         self.outbox: deque[dict[str, Any]] | None = None  # replies owed while disconnected

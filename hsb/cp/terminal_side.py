@@ -138,7 +138,9 @@ class TerminalSide:
     def _drop_replies(self: CP, term: Term, upto: int) -> None:
         self.journal.append(["c", term.name, upto], lazy=True)  # need not wait: a lost one only resends
         for mid in [m for m in term.replies if m <= upto]:
-            self.journal.unpin(term.replies.pop(mid).seg)
+            kept = term.replies.pop(mid)
+            self.journal.unpin(kept.seg)
+            term.kept_bytes -= len(kept.data)
             self.counts.kept -= 1
 
     # ------------------------------------------------------------------ messages
@@ -153,6 +155,7 @@ class TerminalSide:
         if not term.held:
             self.holding[term] = None
         term.held[mid] = held
+        term.held_bytes += len(data)
         self.counts.held += 1
         held.seg = self.journal.append(["a", term.name, mid, data], lambda: self._accepted(term, held))
         self.journal.pin(held.seg)
@@ -217,9 +220,9 @@ class TerminalSide:
         """At the bound of held messages, stop reading a terminal; at the bound of kept replies,
         take its confirmations only (they are what brings the replies below it: a connection
         not read at all would wait for ever); below both, read it as usual."""
-        bound = self.held_bound
-        held_over = len(term.held) >= bound
-        kept_over = len(term.replies) >= bound
+        bound, size = self.held_bound, self.held_bytes
+        held_over = len(term.held) >= bound or term.held_bytes >= size
+        kept_over = len(term.replies) >= bound or term.kept_bytes >= size
         conn = term.conn
         if conn is None:
             return
@@ -227,7 +230,14 @@ class TerminalSide:
             conn.park(kept_over)
         if (held_over or kept_over) and not term.paused:
             term.paused = True
-            log.info("terminal_backpressure", terminal=term.name, held=len(term.held), kept_replies=len(term.replies))
+            log.info(
+                "terminal_backpressure",
+                terminal=term.name,
+                held=len(term.held),
+                kept_replies=len(term.replies),
+                held_bytes=term.held_bytes,
+                kept_bytes=term.kept_bytes,
+            )
         elif not (held_over or kept_over) and term.paused:
             term.paused = False
             if not conn.bye_waiting:  # (its bye waits in the logoff storm's queue: read in its turn)
@@ -288,9 +298,13 @@ class TerminalSide:
         kept.seg = self.journal.append(["r", name, mid, data], lambda: self._settled(term, held), lazy=True)
         if keep:
             self.journal.pin(kept.seg)
-            if mid not in term.replies:
+            old = term.replies.get(mid)
+            if old is None:
                 self.counts.kept += 1
+            else:
+                term.kept_bytes -= len(old.data)
             term.replies[mid] = kept
+            term.kept_bytes += len(data)
         faults.point("cp.between_reply_and_discard")
         if self.after_switch is not None:
             self._served_after_switch(term, held)
@@ -311,6 +325,7 @@ class TerminalSide:
     def _settled(self: CP, term: Term, held: Held) -> None:
         """The record that settles the message is durable: it is no longer held."""
         if term.held.pop(held.id, None) is not None:
+            term.held_bytes -= len(held.data)
             self.counts.held -= 1
             self.journal.unpin(held.seg)
             if not term.held:
