@@ -9,6 +9,8 @@ recovery). A group commit of several records is written as one **group record**,
 is the array `["g", record, record, ...]`: one header and one checksum for the group, and its
 records decoded at start by one call into msgpack instead of one each (`group()`). A group is
 written whole or, at a crash, torn whole: nothing in it was acknowledged before it was durable.
+A flush of several group records writes and syncs each before the next (hsb.cp.journal.writer),
+so that a crash leaves at most the last one torn: never a torn one with a whole one after it.
 
 `scan()` reads a segment's bytes back, group records opened into their records. A record that
 does not check out (bad magic, a length past the end, a checksum mismatch, a payload that does
@@ -145,3 +147,26 @@ def scan(buf: bytes, path: str = "?", until: str | None = None) -> tuple[list[An
             nxt = buf.find(MAGIC, nxt + 1)
         return out, off, why
     return out, off, None
+
+
+def locate(buf: bytes, index: int) -> tuple[int, int | None]:
+    """Where the `index`-th payload that `scan(buf)` returned sits: (offset of its record, its
+    position in that group record, or None for a record alone). For an error message about a
+    record that checks out but makes no sense: the file's offset to look at, not a guess."""
+    off = 0
+    seen = 0
+    while off < len(buf):
+        end, why = _check(buf, off)
+        if why is not None:
+            break
+        rec = msgpack.unpackb(buf[off + HEADER.size : end], raw=False, strict_map_key=False)
+        if rec.__class__ is list and rec and rec[0] == GROUP:
+            if index < seen + len(rec) - 1:
+                return off, index - seen
+            seen += len(rec) - 1
+        elif index == seen:
+            return off, None
+        else:
+            seen += 1
+        off = end
+    return off, None

@@ -28,6 +28,12 @@ checkpoint, every live record (the snapshot) and `["se"]`. Recovery reads only t
 generation whose snapshot is complete (its first segment has `se`, or was compacted away,
 which happens only after it was durable): what an older CP wrote after it was superseded, and a
 snapshot cut short by a crash, are never read, and are deleted once the next snapshot is durable.
+
+A segment file that vanishes while the journal is read (a superseded CP, between its last
+generation check and its stop, deleting the segments it had settled) makes the whole read start
+again from a new listing: a segment read before another was deleted may hold a message whose
+settling record was in the one deleted, and restoring it alone would deliver it again. After
+RETRIES listings in a row that lost a file the start stops (`JournalUnsettled`).
 """
 
 from __future__ import annotations
@@ -35,16 +41,59 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hsb.cp.journal.format import JournalDamaged, scan
+from hsb.cp.journal.format import JournalDamaged, locate, scan
 from hsb.cp.state import Held, Kept
 
 SEGMENT = re.compile(r"^seg-(?:(\d{8})-)?(\d{8})\.hsbj$")
 HISTORY_KEEP = 1000
+RETRIES = 8  # listings in a row that lost a segment file before the start stops
+RETRY_PAUSE_S = 0.05  # the pause before a listing again (times the tries so far)
 T = TypeVar("T")
+
+
+class JournalUnsettled(JournalDamaged):
+    """Segment files kept vanishing while the journal was read: the start stops (naming the
+    directory) rather than restore from a read that missed records."""
+
+    def __init__(self, d: Path, tries: int, last: str) -> None:
+        why = (
+            f"segment files vanished while it was read, {tries} times in a row (the last: {last}): another CP is still"
+            " deleting them; the start is stopped rather than restore from a partial read (stop any other hsbcpd on"
+            " this journal, then start again)"
+        )
+        Exception.__init__(self, f"CP journal {d}: {why}")
+        self.path = str(d)
+        self.offset = 0
+        self.why = why
+
+
+class _Vanished(Exception):
+    """A segment file listed a moment ago is gone: read everything again (`_again`)."""
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise _Vanished(path.name) from None
+
+
+def _again(d: Path, read: Callable[[], T]) -> T:
+    """`read()` (a listing of `d` and its reads), started again from scratch while a file it
+    listed vanishes before it is read, RETRIES times at most."""
+    for tries in range(1, RETRIES + 1):
+        try:
+            return read()
+        except _Vanished as exc:
+            last = str(exc)
+            if tries < RETRIES:
+                time.sleep(RETRY_PAUSE_S * tries)  # a superseded CP's deletions are a moment's work: let them end
+    raise JournalUnsettled(d, RETRIES, last)
 
 
 def segment_name(n: int, gen: int = 0) -> str:
@@ -68,10 +117,7 @@ def _complete(gen: int, segs: list[tuple[int, Path]]) -> bool:
     if gen == 0:
         return True  # from before generations: no snapshot, the segments are the whole journal
     for first_n, path in segs:
-        try:
-            buf = path.read_bytes()
-        except FileNotFoundError:  # deleted meanwhile (a superseded CP compacting): settled, go on
-            continue
+        buf = _read(path)  # gone meanwhile (a superseded CP compacting): all is listed and read again
         recs, _, _ = scan(buf, str(path), until="ck")  # the checkpoint alone first
         if not recs or recs[0][0] != "ck":
             return False  # torn before its first record: a CP that died creating the generation
@@ -87,6 +133,10 @@ def _complete(gen: int, segs: list[tuple[int, Path]]) -> bool:
 
 def lineage(d: Path) -> tuple[int, list[tuple[int, Path]], list[Path]]:
     """(the generation to recover, its segments in order, every other segment file: garbage)."""
+    return _again(d, lambda: _lineage(d))
+
+
+def _lineage(d: Path) -> tuple[int, list[tuple[int, Path]], list[Path]]:
     files = segment_files(d)
     by_gen: dict[int, list[tuple[int, Path]]] = {}
     for gen, n, path in files:
@@ -208,20 +258,26 @@ def apply(r: Recovered, rec: list[Any], seg: int) -> None:
 def recover(d: Path, truncate: bool = True) -> Recovered:
     """Read every segment of journal directory `d` (created if missing). A torn tail of the last
     segment is dropped (and, with `truncate`, cut off the file); damage anywhere else raises
-    JournalDamaged naming the file and the offset."""
+    JournalDamaged naming the file and the offset. A segment file that vanishes meanwhile makes
+    it list and read everything again (the module docstring)."""
     t0 = time.perf_counter()
     d.mkdir(parents=True, exist_ok=True)
+    r = _again(d, lambda: _recover(d, truncate))
+    r.seconds = time.perf_counter() - t0
+    return r
+
+
+def _recover(d: Path, truncate: bool) -> Recovered:
     r = Recovered(at=time.monotonic())
-    r.head_generation, segs, r.garbage = lineage(d)
+    r.head_generation, segs, r.garbage = _lineage(d)
     r.highest_segment = max((n for _, n, _ in segment_files(d)), default=0)
     for (before, _), (n, path) in zip(segs, segs[1:], strict=False):
         if n != before + 1:  # only the oldest segment is ever deleted: a gap is a file lost
             raise JournalDamaged(str(path), 0, f"segment {before + 1} is missing (the segments before this one end at {before})")
     for i, (n, path) in enumerate(segs):
-        try:
-            buf = path.read_bytes()
-        except FileNotFoundError:  # deleted meanwhile by a superseded CP: everything in it was settled
-            continue
+        # gone meanwhile (a superseded CP compacting): not skipped, all is read again, for what was
+        # read before it may need what it held (a message's settling record)
+        buf = _read(path)
         r.bytes_read += len(buf)
         recs, good, torn = scan(buf, str(path))
         if torn is not None:
@@ -229,9 +285,12 @@ def recover(d: Path, truncate: bool = True) -> Recovered:
                 raise JournalDamaged(str(path), good, f"{torn}, in a segment that is not the last one")
             r.torn = f"{path.name} at offset {good}: {torn}"
             if truncate:
-                with open(path, "r+b") as fh:
-                    fh.truncate(good)
-                    os.fsync(fh.fileno())
+                try:
+                    with open(path, "r+b") as fh:
+                        fh.truncate(good)
+                        os.fsync(fh.fileno())
+                except FileNotFoundError:
+                    raise _Vanished(path.name) from None
         held, last_acked, confirmed, replies = r.held, r.last_acked, r.confirmed, r.replies
         at = r.at
         for rec in recs:
@@ -250,7 +309,9 @@ def recover(d: Path, truncate: bool = True) -> Recovered:
                 else:
                     apply(r, rec, n)
             except (ValueError, TypeError, IndexError, AttributeError) as exc:
-                raise JournalDamaged(str(path), -1, f"a record does not make sense ({exc}): {str(rec)[:80]}") from None
+                off, k = locate(buf, next(j for j, x in enumerate(recs) if x is rec))
+                where = "" if k is None else f" (record {k + 1} of the group record there)"
+                raise JournalDamaged(str(path), off, f"a record does not make sense{where} ({exc}): {str(rec)[:80]}") from None
         r.records += len(recs)
         r.paths.append(path)
         r.segments.append(n)
@@ -258,7 +319,6 @@ def recover(d: Path, truncate: bool = True) -> Recovered:
     for per in (r.held, r.replies):
         for term in [t for t, v in per.items() if not v]:
             del per[term]
-    r.seconds = time.perf_counter() - t0
     return r
 
 

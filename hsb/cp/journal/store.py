@@ -3,11 +3,12 @@ and dropping settled segments (docs/cp-journal.md).
 
 The event loop appends records (`append`) and learns when they are durable (a callback per
 caller that asked). Everything appended during one turn of the loop, and whatever arrives while
-a write is in progress, goes out in one write and one `fdatasync`: group commit. Where the
-kernel runs it, a group goes as one io_uring chain (write, fdatasync, the generation check:
-hsb.uring), its completion an eventfd the loop watches; a new segment, deletions and any group
-whose chain did not end cleanly go through a writer thread (`journal_io`; both paths in
-hsb.cp.journal.writer). A write that fails
+a write is in progress, goes out in one write and one `fdatasync`: group commit (a flush of
+more than one group record, `_groups`, as one write and one sync per group record, in order).
+Where the kernel runs it, a group goes as one io_uring chain (write, fdatasync, the generation
+check: hsb.uring), its completion an eventfd the loop watches; a new segment, deletions, a flush
+of several group records and any group whose chain did not end cleanly go through a writer
+thread (`journal_io`; both paths in hsb.cp.journal.writer). A write that fails
 (a full disk, EIO) or takes longer than `timeout` (a hung mount) leaves its records pending:
 nothing waiting on them proceeds (no ack goes out for what is not durable); the journal reports itself `stalled` or `failing` and retries by itself, and carries
 on once the storage answers again.
@@ -64,7 +65,8 @@ def _backoff(tries: int) -> float:
 def _groups(pending: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
     """Pending (segment, payload) as what is written: (segment, group record), a group per
     segment of at most GROUP_MAX records and about GROUP_BYTES (a record larger than that goes
-    alone, as any record did before groups; hsb.cp.journal.format.group)."""
+    alone, as any record did before groups; hsb.cp.journal.format.group). Several are written
+    and synced one after the other (hsb.cp.journal.writer `_write`): a crash tears only the last."""
     out: list[tuple[int, bytes]] = []
     seg = pending[0][0]
     bodies: list[bytes] = []
@@ -119,6 +121,9 @@ class Journal(GroupWriter):
         self._again_n = 0
         self._recheck = False  # a group is durable but its generation check failed: checked again first
         self._retry = 0
+        # a failed group's backoff: until it fires no group starts (an urgent append waits for it
+        # too, or a failing disk would be tried again at the rate messages arrive)
+        self._retry_timer: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._flush_scheduled = False
         self._urgent = False  # something pending that a caller waits on (not only lazy records)
@@ -217,7 +222,7 @@ class Journal(GroupWriter):
                 self._lazy_timer = asyncio.get_running_loop().call_later(LAZY_S, self._lazy_due)
         else:
             self._urgent = True
-            if not self._flush_scheduled and self._inflight is None:
+            if not self._flush_scheduled and self._inflight is None and self._retry_timer is None:
                 self._flush_scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush)
         # past the size in records of its own: a checkpoint (one entry per terminal) may itself be
@@ -300,6 +305,8 @@ class Journal(GroupWriter):
         if self.superseded is not None:
             self._forget_pending()
             return
+        if self._retry_timer is not None:  # a failed group's backoff: its timer flushes (`_retry_flush`)
+            return
         deleting = self._deletions_held is None
         if self._inflight is not None or (not self._pending and not self._again and not (deleting and self._deletions) and not self._recheck):
             return
@@ -330,8 +337,11 @@ class Journal(GroupWriter):
         if isinstance(exc, Superseded):
             self._stop_superseded(exc)
             return
-        if isinstance(exc, Unchecked) and batch:  # written and synced: only its check is done again
-            self._count_sync(took if exc.took is None else exc.took)
+        if isinstance(exc, Unchecked):  # written and synced: only its check is done again
+            self.records_written += self._inflight_n  # durable now (counted once: `_failed` keeps none of them)
+            self._inflight_n = 0
+            if batch:
+                self._count_sync(took if exc.took is None else exc.took)
         undeleted: list[int] = []
         if isinstance(exc, DeletionFailed):  # the group is durable and checked: its acks go now
             undeleted, took = exc.left, exc.took
@@ -344,14 +354,19 @@ class Journal(GroupWriter):
 
     def _failed(self, exc: BaseException, batch: list[tuple[int, bytes]], callbacks: list[Done], deletions: list[int]) -> None:
         """Keep the records (written again in place, before anything newer) and whatever waits
-        on them; a group already durable whose check failed is only checked again."""
-        self._again, self._again_n = ([] if isinstance(exc, Unchecked) else batch), self._inflight_n
-        self._recheck = self._recheck or isinstance(exc, Unchecked)
+        on them; a group already durable whose check failed is only checked again (its records
+        are no longer pending, `_written` counted them written). Nothing is tried again before
+        the backoff has passed."""
+        unchecked = isinstance(exc, Unchecked)
+        self._again, self._again_n = ([], 0) if unchecked else (batch, self._inflight_n)
+        self._recheck = self._recheck or unchecked
         self._callbacks[:0] = callbacks
         self._deletions[:0] = deletions
         self._urgent = True
-        self._set_state("failing", str(exc) if isinstance(exc, Unchecked) else f"{type(exc).__name__}: {exc}")
-        asyncio.get_running_loop().call_later(_backoff(self._retry), self._retry_flush)
+        self._set_state("failing", str(exc) if unchecked else f"{type(exc).__name__}: {exc}")
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+        self._retry_timer = asyncio.get_running_loop().call_later(_backoff(self._retry), self._retry_flush)
         self._retry += 1
 
     def _succeeded(self, took: float, batch: list[tuple[int, bytes]], callbacks: list[Done], deletions: list[int], undeleted: list[int]) -> None:
@@ -439,6 +454,7 @@ class Journal(GroupWriter):
             self._flush()
 
     def _retry_flush(self) -> None:
+        self._retry_timer = None
         if self._inflight is None:
             self._flush()
 
@@ -523,10 +539,10 @@ class Journal(GroupWriter):
         self._closed(await self._exec.stop(max(deadline - time.monotonic(), min(limit, 0.5))) and idle)
 
     def _closed(self, ended: bool) -> None:
-        for h in (self._timer, self._lazy_timer):
+        for h in (self._timer, self._lazy_timer, self._retry_timer):
             if h is not None:
                 h.cancel()
-        self._timer = self._lazy_timer = None
+        self._timer = self._lazy_timer = self._retry_timer = None
         self._beat_exec.shutdown()
         if self._ring is not None:
             if self._ring.busy:

@@ -1,7 +1,8 @@
 """How a group commit of the CP journal reaches the disk (docs/cp-journal.md): as one io_uring
 chain where the kernel runs it (the write at the segment's offset, `fdatasync`, and the
 generation check's two `statx`; hsb.uring), else, and for what is rare or must be exact (a new
-segment, deletions, a chain that did not end cleanly), on the writer thread.
+segment, deletions, a chain that did not end cleanly, a flush of several group records: each
+synced before the next is written), on the writer thread.
 
 A mixin of `hsb.cp.journal.store.Journal`: the files, offsets and the ring are the journal's;
 this module keeps the path of the bytes apart from the records' bookkeeping. Either path ends
@@ -120,14 +121,16 @@ class GroupWriter:
 
     def _through_ring(self, batch: list[tuple[int, bytes]], callbacks: list[Done]) -> bool:
         """The group as one io_uring chain (write, fdatasync, then the generation check's two
-        statx), when it can go so: every record for one segment already open, no fault being
-        injected. False: the writer thread takes it (a new segment, deletions, a retry)."""
+        statx), when it can go so: one record (one group record) for a segment already open, no
+        fault being injected. False: the writer thread takes it (a new segment, deletions, a
+        retry, a flush split into several group records: the thread syncs each before it writes
+        the next, so that a crash can tear only the last, `_write`)."""
         ring = self._ring
-        if ring is None or self._ring_failed or not batch:  # nothing to write: a check again only
+        if ring is None or self._ring_failed or len(batch) != 1:  # none: a check again only
             return False
-        seg = batch[0][0]
-        if batch[-1][0] != seg or seg not in self._fds or self._name_pending or faults.armed("cp.mid_journal_group"):
-            return False  # segment numbers only grow along a batch: first == last means one segment
+        seg, data = batch[0]
+        if seg not in self._fds or self._name_pending or faults.armed("cp.mid_journal_group"):
+            return False
         injected = faults.storage_faults()
         if injected is not None and not injected.quiet():
             return False  # a test's hung mount or EIO: the thread's path is the one that injects it
@@ -137,7 +140,6 @@ class GroupWriter:
                 self._ring_loop.remove_reader(ring.efd)
             loop.add_reader(ring.efd, ring.reap)
             self._ring_loop = loop
-        data = b"".join([r for _, r in batch])
         t0 = time.perf_counter()
         try:
             ring.write_sync_check(
@@ -216,48 +218,43 @@ class GroupWriter:
         return took
 
     def _write(self, batch: list[tuple[int, bytes]]) -> float:
-        """Write `batch` (segment, record) in order and make it durable; its duration."""
+        """Write `batch` (segment, record) in order and make it durable; its duration.
+
+        Each record (a group record: a flush past GROUP_MAX records or GROUP_BYTES is several) is
+        written and synced before the next one is written. One `pwrite` and one `fdatasync` for
+        them all would let a crash during writeback land the pages out of order: an earlier group
+        torn and a later one whole, which recovery cannot tell from damage (a bad record with a
+        valid one after it) and which would stop every later start, although nothing of the
+        flush was acknowledged. So only the last record written can be torn: the torn tail that
+        recovery drops. A batch of one record (nearly every group commit) costs what it did."""
         t0 = time.perf_counter()
         injected = faults.storage_faults()  # tests: a hung mount, EIO (hsb.takeover.faults)
         if injected is not None and batch:  # (not for a generation check alone)
             injected.before("journal_write")
-        touched: list[int] = []
-        i = 0
-        while i < len(batch):
-            seg = batch[i][0]
-            j = i
-            while j < len(batch) and batch[j][0] == seg:
-                j += 1
+        ends: dict[int, int] = {}  # where this batch has written each segment to: the offsets advance once it is all durable
+        for seg, data in batch:
             if seg not in self._fds:
-                for old in [s for s in self._fds if s < seg]:  # closed segments are never written again
-                    if old in touched:  # durable before anything of the next segment (its checkpoint)
-                        os.fdatasync(self._fds[old])
-                        touched.remove(old)
+                for old in [s for s in self._fds if s < seg]:  # closed segments are never written again (each record already synced)
                     os.close(self._fds.pop(old))
                 self._fds[seg] = os.open(self.dir / segment_name(seg, self.gen), os.O_WRONLY | os.O_CREAT, 0o600)
                 self._offset.setdefault(seg, os.fstat(self._fds[seg]).st_size)
                 self._name_pending.add(seg)
-            data = b"".join(r for _, r in batch[i:j])
+            fd = self._fds[seg]
+            off = ends.get(seg, self._offset[seg])
             if faults.armed("cp.mid_journal_group"):  # a crash mid-group: half the bytes reach the file
-                os.pwrite(self._fds[seg], data[: len(data) // 2], self._offset[seg])
-                os.fdatasync(self._fds[seg])
+                os.pwrite(fd, data[: len(data) // 2], off)
+                os.fdatasync(fd)
                 faults.point("cp.mid_journal_group")
             view = memoryview(data)
-            off = self._offset[seg]
             while view:
-                n = os.pwrite(self._fds[seg], view, off)
+                n = os.pwrite(fd, view, off)
                 view, off = view[n:], off + n
-            if seg not in touched:
-                touched.append(seg)
-            i = j
-        for seg in touched:
-            if seg in self._fds:
-                os.fdatasync(self._fds[seg])
+            os.fdatasync(fd)  # durable before the next record is written
+            ends[seg] = off
         if self._name_pending:  # the new segment's name is durable too (again, if a try failed after its open)
             fsync_dir(self.dir)
             self._name_pending.clear()
-        for seg, rec in batch:  # durable: advance the offsets only now (a failed write is redone in place)
-            self._offset[seg] = self._offset.get(seg, 0) + len(rec)
+        self._offset.update(ends)  # durable: advance the offsets only now (a failed write is redone in place)
         if batch:
             faults.point("cp.after_journal_write")
         return time.perf_counter() - t0

@@ -1,0 +1,353 @@
+"""The CP journal across a crash at any moment of its writes, and its recovery racing a CP that
+is still deleting segments, in-process on real files (SPEC §5.7, docs/cp-journal.md):
+
+- a crash during a group commit split into several group records (a flush past 4,096 records
+  or about 1 MiB, a large takeover snapshot) leaves at most its last group record torn, which
+  recovery drops: never a torn group with a whole one after it, which would read as damage and
+  stop every later start although nothing of that flush was acknowledged;
+- a segment that vanishes while recovery reads the journal makes it read everything again;
+- a failing disk is tried again at the backoff's pace, not at the rate messages arrive;
+- what the journal counts, and where a record that makes no sense is reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb import uring
+from hsb.cp.journal.format import GROUP_MAX, JournalDamaged, encode, group, packer
+from hsb.cp.journal.generation import Generations
+from hsb.cp.journal.recovery import JournalUnsettled, lineage, recover, segment_name
+from hsb.cp.journal.store import Journal
+from tests.support.journal import durable, open_journal, records
+
+WHY = uring.available()
+needs_ring = pytest.mark.skipif(WHY is not None, reason=f"this kernel does not run io_uring: {WHY}")
+PAGE = 4096
+
+
+class Crashes:
+    """Takes, at every moment a crash could leave the journal directory in a state of its own,
+    a copy of that state (an image): just before each `fdatasync` of a segment (and for a group
+    commit through io_uring, in place of its chain's sync), the bytes written since that file's
+    last sync may reach the disk in any order. Each image is the worst case the audit found: a
+    page of the oldest unsynced write lost (zeroed), everything written after it landed."""
+
+    def __init__(self, d: Path, images: Path, monkeypatch: Any) -> None:
+        self.d = d
+        self.images = images
+        self.taken: list[Path] = []
+        self.unsynced: dict[str, list[tuple[int, int]]] = {}  # file -> [(offset, end)] written since its last sync
+        self.before_image: Callable[[], None] = lambda: None
+        real_pwrite, real_sync = os.pwrite, os.fdatasync
+
+        def pwrite(fd: int, data: Any, off: int) -> int:
+            n = real_pwrite(fd, data, off)
+            path = self._path(fd)
+            if path is not None:
+                self.unsynced.setdefault(path, []).append((off, off + n))
+            return n
+
+        def fdatasync(fd: int) -> None:
+            path = self._path(fd)
+            if path is not None and self.unsynced.get(path):
+                self.image(path, self.unsynced[path][0])
+            real_sync(fd)
+            if path is not None:
+                self.unsynced.pop(path, None)
+
+        monkeypatch.setattr(os, "pwrite", pwrite)
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+
+    def _path(self, fd: int) -> str | None:
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return None
+        return path if Path(path).parent == self.d.resolve() else None
+
+    def through(self, j: Journal, monkeypatch: Any) -> None:
+        """Group commits through io_uring too: each chain's write is imaged as unsynced."""
+        ring = j._ring
+        assert ring is not None
+        real = ring.write_sync_check
+
+        def chain(fd: int, data: bytes, off: int, paths: Any, done: Any) -> None:
+            path = self._path(fd)
+
+            def completed(res: list[int]) -> None:
+                if path is not None and res[0] == len(data):
+                    self.image(path, (off, off + len(data)))  # as if the crash came before its sync completed
+                done(res)
+
+            real(fd, data, off, paths, completed)
+
+        monkeypatch.setattr(ring, "write_sync_check", chain)
+
+    def image(self, path: str, lost: tuple[int, int]) -> None:
+        """A copy of the directory as the crash leaves it: in `path`, a page of the write `lost`
+        (the page after the one it starts in, else its second half) is zeroed."""
+        self.before_image()
+        start, end = lost
+        page = (start // PAGE + 1) * PAGE
+        hole = (page, min(page + PAGE, end)) if page < end else (start + (end - start) // 2, end)
+        img = self.images / f"crash-{len(self.taken):03d}"
+        shutil.copytree(self.d, img)
+        with open(img / Path(path).name, "r+b") as fh:
+            fh.seek(hole[0])
+            fh.write(b"\0" * (hole[1] - hole[0]))
+        self.taken.append(img)
+
+
+def held_ids(d: Path) -> list[int]:
+    return sorted(recover(d).held.get("T1", {}))
+
+
+@pytest.mark.parametrize("io", ["thread", pytest.param("io_uring", marks=needs_ring)])
+async def test_a_crash_during_a_group_commit_split_in_groups_tears_only_its_last_group(tmp_path: Path, io: str, monkeypatch: Any) -> None:
+    """One flush of more than GROUP_MAX records is written as two group records. A crash during
+    it, with the disk's writeback landing pages out of order, must leave at most the last group
+    record torn: recovery then drops it and starts, with everything acknowledged before. (Both
+    group records in one write and one sync could leave the first one torn and the second whole,
+    which recovery must take for damage: every later start would stop.)"""
+    d = tmp_path / "j"
+    d.mkdir()
+    j = open_journal(d, io=io)
+    try:
+        crashes = Crashes(d, tmp_path, monkeypatch)
+        if io == "io_uring":
+            crashes.through(j, monkeypatch)
+        acked: list[int] = []
+        for i in range(1, 11):  # acknowledged one by one, each a group commit of its own
+            await durable(j, ["a", "T1", i, "x"])
+            acked.append(i)
+        big = range(11, 11 + GROUP_MAX + 100)
+        images: list[tuple[Path, list[int]]] = []
+        crashes.before_image = lambda: images.append((tmp_path / f"crash-{len(crashes.taken):03d}", list(acked)))
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        for i in big:  # in one turn of the loop: one flush, split in two group records
+            j.append(["a", "T1", i, "x"], (lambda: done.set_result(None)) if i == big[-1] else None)
+        await asyncio.wait_for(done, 30)
+        acked += big
+        assert held_ids(d) == acked
+    finally:
+        j.close()
+    for img, was in images:
+        try:
+            got = held_ids(img)
+        except JournalDamaged as exc:
+            pytest.fail(f"a crash during a group commit left a journal that does not start: {exc}")
+        assert got[: len(was)] == was, f"{img.name}: acknowledged records lost"
+        assert got == list(range(1, len(got) + 1)), f"{img.name}: what is restored of the flush is not a prefix of it"
+    during = [img for img, was in images if was[-1] == 10]
+    assert len(during) >= 2, f"{len(during)} crash points during the large flush: it was not written group by group"
+    assert any(held_ids(img) == list(range(1, 11)) for img in during), "no crash point tore the flush's first group"
+
+
+async def test_a_crash_while_a_large_takeover_snapshot_is_written_falls_back_to_the_generation_before(tmp_path: Path, monkeypatch: Any) -> None:
+    """The takeover snapshot of more than GROUP_MAX records is written as several group records.
+    A crash during its writeback, pages out of order, leaves a snapshot cut short (no `se`): the
+    next start takes the intact generation before it, rather than stopping as if damaged."""
+    d = tmp_path / "j"
+    d.mkdir()
+    j = open_journal(d, io="thread")
+    n = GROUP_MAX + 100
+    try:
+        for i in range(1, n + 1):
+            j.append(["a", "T1", i, b"m" * 20])
+        assert await j.drain(10.0)
+    finally:
+        j.close()
+    r = recover(d)
+    assert r.head_generation == 1 and sorted(r.held["T1"]) == list(range(1, n + 1))
+    gen = Generations(d).take()
+    j2 = Journal(d, generation=gen, io="thread")
+    first = r.highest_segment + 1
+    j2.checkpoint = lambda: ["ck", 0, None, gen, {"T1": n}, {"first": first}]
+    crashes = Crashes(d, tmp_path, monkeypatch)
+    try:
+        j2.open(first, [["a", "T1", i, h.data] for i, h in r.held["T1"].items()], [*r.garbage, *r.paths])
+    finally:
+        j2.close()
+        monkeypatch.undo()
+    fell_back = 0
+    for img in crashes.taken:
+        try:
+            head, _, _ = lineage(img)
+            got = recover(img)
+        except JournalDamaged as exc:
+            pytest.fail(f"a crash while the snapshot was written left a journal that does not start: {exc}")
+        assert sorted(got.held["T1"]) == list(range(1, n + 1)), img.name
+        fell_back += head == 1
+    assert len(crashes.taken) >= 2, f"{len(crashes.taken)} crash points while the snapshot was written: not group by group"
+    assert fell_back >= 1, "no crash point left the snapshot torn"
+
+
+def _segment(d: Path, n: int, recs: list[list[Any]], gen: int = 0) -> Path:
+    p = d / segment_name(n, gen)
+    p.write_bytes(b"".join(encode(r) for r in recs))
+    return p
+
+
+def test_a_segment_deleted_while_the_journal_is_read_makes_it_read_again(tmp_path: Path, monkeypatch: Any) -> None:
+    """A superseded CP, past its last generation check, deletes segments 5 and 6 (settled) just
+    after the new CP read 5: 5 held T1's message 100, 6 its settling `d`. Restoring from 5 alone
+    would deliver it again (and, to a terminal that does not resume, reply twice); the new CP
+    lists and reads again instead, and finds only 7, whose checkpoint is all there is."""
+    from hsb.cp.journal import recovery
+
+    Generations(tmp_path).take()
+    ck = ["ck", 1, "host-a", 1, {"T1": 99}, {"first": 3}]  # the snapshot segment 3 was settled and deleted
+    p5 = _segment(tmp_path, 5, [ck, ["a", "T1", 100, b"m"]], gen=1)
+    p6 = _segment(tmp_path, 6, [["ck", 1, "host-a", 1, {"T1": 100}, {"first": 3}], ["d", "T1", 100]], gen=1)
+    _segment(tmp_path, 7, [["ck", 1, "host-a", 1, {"T1": 100}, {"first": 3}]], gen=1)
+    listed = [False]
+    real_lineage, real_read = recovery._lineage, recovery._read
+
+    def lineage_(d: Path) -> Any:
+        out = real_lineage(d)
+        listed[0] = True
+        return out
+
+    def read(path: Path) -> bytes:
+        buf = real_read(path)
+        if listed[0] and path == p5 and p6.exists():  # recovery has read 5: the old CP deletes 5 and 6
+            p5.unlink()
+            p6.unlink()
+        return buf
+
+    monkeypatch.setattr(recovery, "_lineage", lineage_)
+    monkeypatch.setattr(recovery, "_read", read)
+    r = recover(tmp_path)
+    assert 100 not in r.held.get("T1", {}), "a message settled in a segment deleted during the read is restored as held"
+    assert r.last_acked == {"T1": 100} and r.segments == [7]
+
+
+def test_segments_that_keep_vanishing_stop_the_start_naming_the_directory(tmp_path: Path, monkeypatch: Any) -> None:
+    from hsb.cp.journal import recovery
+
+    monkeypatch.setattr(recovery, "RETRY_PAUSE_S", 0.0)
+    Generations(tmp_path).take()
+    _segment(tmp_path, 5, [["ck", 1, "host-a", 1, {}, {"first": 3}]], gen=1)
+
+    def read(path: Path) -> bytes:
+        raise recovery._Vanished(path.name)
+
+    monkeypatch.setattr(recovery, "_read", read)
+    with pytest.raises(JournalUnsettled) as exc:
+        recover(tmp_path)
+    assert isinstance(exc.value, JournalDamaged)  # hsbcpd stops with it, as for damage
+    assert str(tmp_path) in str(exc.value) and segment_name(5, 1) in str(exc.value)
+
+
+async def test_urgent_appends_to_a_failing_disk_wait_for_the_backoff(tmp_path: Path, monkeypatch: Any) -> None:
+    """EIO on every write: 100 records that callers wait on, appended within about 10 ms, are
+    tried again at the backoff's pace (0.05 s, 0.1 s, ...), not once each; and once the disk
+    answers again they are written and acknowledged by themselves."""
+    from hsb import faults
+    from hsb.takeover.faults import Faults
+
+    hook = Faults()
+    monkeypatch.setattr(faults, "_storage", hook)
+    tries = [0]
+    real_before = hook.before
+
+    def before(op: str) -> None:
+        if op == "journal_write":
+            tries[0] += 1
+        real_before(op)
+
+    monkeypatch.setattr(hook, "before", before)
+    j = open_journal(tmp_path)
+    loop = asyncio.get_running_loop()
+    try:
+        await durable(j, ["a", "T1", 0, "x"])
+        hook.eio()
+        acked: list[int] = []
+        t0 = loop.time()
+        tried = tries[0]
+        for i in range(1, 101):
+            j.append(["a", "T1", i, "x"], lambda i=i: acked.append(i))
+            await asyncio.sleep(0.0001)
+        took = loop.time() - t0
+        tried = tries[0] - tried
+        assert j.state == "failing" and not acked
+        # the first try, and those the backoff (0.05 s, then 0.1 s, ...) allows in that time
+        assert tried <= 2 + int(took / 0.05), f"{tried} write attempts for 100 appends in {took * 1000:.0f} ms: not waiting for the backoff"
+        hook.error = None
+        while len(acked) < 100:
+            assert loop.time() - t0 < 10, f"{len(acked)} of 100 acknowledged after the disk recovered"
+            await asyncio.sleep(0.01)
+        assert acked == list(range(1, 101)) and j.state == "ok" and j.pending == 0
+        assert [r[2] for r in records(tmp_path) if r[0] == "a"] == list(range(101))
+    finally:
+        hook.release()
+        j.close()
+
+
+async def test_a_group_durable_but_unchecked_is_counted_written_once_and_not_pending(tmp_path: Path, monkeypatch: Any) -> None:
+    """The generation check after a group fails on the storage (EIO): the group is durable and is
+    only checked again. It is not pending (it is written), and `records_written` counts it once."""
+    j = open_journal(tmp_path, io="thread")
+    try:
+        await durable(j, ["a", "T1", 1, "x"])
+        written = j.records_written
+        failing = [True]
+        real = j.gens.check
+
+        def check(own: int) -> None:
+            if failing[0]:
+                raise OSError(errno.EIO, "Input/output error (a stat of the generation file)")
+            real(own)
+
+        monkeypatch.setattr(j.gens, "check", check)
+        acked: list[int] = []
+        j.append(["a", "T1", 2, "y"], lambda: acked.append(2))
+        j.append(["a", "T1", 3, "z"], lambda: acked.append(3))
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        while j.state != "failing":
+            assert loop.time() - t0 < 5
+            await asyncio.sleep(0.005)
+        assert not acked and j.pending == 0, f"{j.pending} records pending that are durable"
+        assert j.records_written - written == 2
+        j.append(["a", "T1", 4, "w"], lambda: acked.append(4))  # goes with the recheck
+        assert j.pending == 1
+        failing[0] = False
+        while len(acked) < 3:
+            assert loop.time() - t0 < 5
+            await asyncio.sleep(0.005)
+        assert acked == [2, 3, 4] and j.pending == 0 and j.state == "ok"
+        assert j.records_written - written == 3, f"{j.records_written - written} records counted written for 3"
+        assert [r[2] for r in records(tmp_path) if r[0] == "a"] == [1, 2, 3, 4]
+    finally:
+        j.close()
+
+
+def test_a_record_that_makes_no_sense_is_reported_at_its_file_and_offset(tmp_path: Path) -> None:
+    """A record that passes its checksum but cannot be applied (a bug, or an older or newer
+    writer) stops the start naming the file and the offset of the record (or of the group record
+    holding it), not an offset of -1."""
+    pack = packer()
+    ck = encode(["ck", 1, "host-a", 0, {}])
+    ok = encode(["a", "T1", 1, b"x"])
+    bad_group = group([pack(["a", "T1", 2, b"y"]), pack(["a", "T1"]), pack(["a", "T1", 4, b"w"])])
+    p = tmp_path / segment_name(1)
+    p.write_bytes(ck + ok + bad_group)
+    with pytest.raises(JournalDamaged) as exc:
+        recover(tmp_path)
+    assert exc.value.path == str(p) and exc.value.offset == len(ck) + len(ok), str(exc.value)
+    assert "record 2 of the group record" in str(exc.value)
+    p.write_bytes(ck + ok + encode(["zz", 1]) + bad_group)
+    with pytest.raises(JournalDamaged) as exc:
+        recover(tmp_path)
+    assert exc.value.path == str(p) and exc.value.offset == len(ck) + len(ok) and "unknown record kind" in str(exc.value), str(exc.value)
