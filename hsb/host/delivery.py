@@ -164,7 +164,15 @@ class Delivery:
                 if redelivered:
                     faults.point("host.mid_redelivery")
                 faults.point("host.before_reply")
-                self.send({"t": "reply", "terminal": terminal, "id": mid, "data": reply, "epoch": self.epoch()})
+                try:
+                    self.send({"t": "reply", "terminal": terminal, "id": mid, "data": reply, "epoch": self.epoch()})
+                except UnicodeEncodeError as exc:  # text that is no UTF-8 (a lone surrogate): it cannot go
+                    self.counters["errors"] += 1
+                    # (not the text itself: the log could not write it either)
+                    why = f"{exc.encoding}: {exc.reason} at character {exc.start}"
+                    log.error("service_reply_unencodable", terminal=terminal, id=mid, error=why)
+                    reply = f"error: reply cannot be encoded ({why}); the request may have taken effect"
+                    self.send({"t": "reply", "terminal": terminal, "id": mid, "data": reply, "epoch": self.epoch()})
                 self.in_flight -= 1
         finally:
             # no local holding the task: a cancelled task's traceback keeps this frame alive

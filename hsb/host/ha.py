@@ -9,6 +9,11 @@ event with the previous state, the new one and the reason.
 Session traffic (session requests, deliveries) does not wait for this loop:
 `hsb.host.sessions_ctl` handles it directly, since it must never be held up by
 a batch write.
+
+The loop pings systemd's watchdog, so it never waits long on anything but the takeover file's
+storage (bounded by `storage_timeout`): what can take longer (a planned switchover's replies in
+progress, the CP's answers to a batch read's standby opens) runs in a task of its own (`spawn`),
+whose end comes back as an event; the loop goes on handling the others meanwhile.
 """
 
 from __future__ import annotations
@@ -89,6 +94,7 @@ class HA(LeaseSide, SwitchSide, HAView):
         self.next_poll = 0.0
         self.switch_requested_at: float | None = None
         self.active_stopped_by: str | None = None
+        self.active_stop_confirmed = False  # the CP knows of that normal stop (its word, or the peer's)
         self.torn_polls = 0
         self.batch_failures = 0
         self.resync_at = 0.0
@@ -104,6 +110,16 @@ class HA(LeaseSide, SwitchSide, HAView):
         self._lease_timer: asyncio.TimerHandle | None = None
         self.lost_serving = False
         self.release_pending = False
+        self.switch_token = 0  # each planned switchover's; an ended one's late steps are ignored
+        self.switch_after_resync: float | None = None  # a planned switchover waits for a resync (until then)
+        self.resyncing = False  # active: batch writing for a resync of the established standby
+        self.deferred_batch: dict[str, Any] | None = None  # a resync/standby startup held during a handover
+        self.stopping = False  # the process is ending normally: no switchover or batch starts now
+        self.standby_out_of_sight: float | None = None  # active: established standby lost with the peer link (when)
+        self.batch_token = 0  # each batch read's; an older one's end is ignored
+        self.batch_apply: asyncio.Task[None] | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
         self.switched_sessions = 0
         # how long a standby waits for BATCH WRITE COMPLETE before it starts again
         self.batch_wait_s = max(5.0, 3 * server.cfg.takeover.storage_timeout)
@@ -114,15 +130,46 @@ class HA(LeaseSide, SwitchSide, HAView):
         self.events.append((kind, data))
         self.wake.set()
 
+    def spawn(self, coro: Any) -> None:
+        """Run `coro` beside the loop (it reports back with `post`); cancelled by `close`."""
+
+        async def guarded() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug: said, as one in the loop is
+                log.exception("ha_task_error", error=repr(exc))
+                self.last_error = f"internal error: {exc!r}"
+
+        t = asyncio.get_running_loop().create_task(guarded())
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+
+    def close(self) -> None:
+        """The process ends: nothing of the state machine runs on (the lease timer, its tasks)."""
+        self.closed = True
+        if self._lease_timer is not None:
+            self._lease_timer.cancel()
+            self._lease_timer = None
+        for t in list(self.tasks):
+            t.cancel()
+
     def set_state(self, state: str, reason: str, role: str | None = None) -> None:
         prev_role, prev = self.role, self.state
         if role is not None:
             self.role = role
         if state == prev and self.role == prev_role:
             return
+        if self.role == "active" and prev_role == "active" and self.established_since is not None and state in (SERVING, BATCH_WRITING):
+            self.hot_standby_lost(reason)
         if state not in (ESTABLISHED, RELEASING, HANDING_OVER):
             # (a planned switchover keeps it: refused, the host is established as before)
             self.established_since = None
+        if state != SERVING:
+            self.standby_out_of_sight = None
+        if state != BATCH_WRITING:
+            self.resyncing = False
         self.state = state
         self.state_since = time.time()
         log.info("state_change", prev_role=prev_role, prev=prev, role=self.role, state=state, reason=reason)
@@ -174,10 +221,15 @@ class HA(LeaseSide, SwitchSide, HAView):
         if self.role == "standby" and self.state == BATCH_RETRY and time.monotonic() >= self.resync_at:
             self.srv.peer.send({"t": "resync_request", "startup_id": self.own_startup_id, "reason": self.resync_reason})
             self.set_state(AWAITING_BATCH, "asked the active for a new batch")
+        if self.switch_after_resync is not None:
+            self.resync_done()
         if self.role == "standby" and self.state == AWAITING_BATCH and time.time() - self.state_since > self.batch_wait_s:
             self.set_state(WAITING, f"no BATCH WRITE COMPLETE within {self.batch_wait_s:.0f}s; starting again")
             self.maybe_standby_startup()
         return self.describe()
+
+    def hot_standby_lost(self, reason: str) -> None:
+        log.warning("hot_standby_lost", peer=self.srv.peer.peer_name, reason=reason)
 
     def fail(self, code: int, msg: str, event: str) -> None:
         log.error(event, msg=msg)
@@ -327,7 +379,13 @@ class HA(LeaseSide, SwitchSide, HAView):
         self.last_error = why
         log.warning(event, reason=reason)
         self.switchovers_ended += 1
+        self.switch_token += 1
+        self.switch_after_resync = None
+        self.release_pending = False
         self.set_state(ESTABLISHED if self.established_since else SERVING, why)
+        deferred, self.deferred_batch = self.deferred_batch, None
+        if deferred is not None and not self.stopping:  # held during the handover: its turn now
+            self.post("peer_frame", msg=deferred)
 
     def fenced(self, why: str) -> None:
         if not faults.SELF_FENCING:
@@ -358,8 +416,14 @@ class HA(LeaseSide, SwitchSide, HAView):
     async def ev_peer_down(self, why: str) -> None:
         if self.role == "active":
             if self.state in (ESTABLISHED, BATCH_WRITING):
+                was = self.state == ESTABLISHED or self.resyncing
                 self.set_state(SERVING, f"peer link down ({why}); the ring is still written for the standby")
+                if was:  # the standby itself may be established still (a blip): a stop waits for it briefly
+                    self.standby_out_of_sight = time.monotonic()
             elif self.state in (RELEASING, HANDING_OVER):
+                if self.established_since is not None:
+                    self.hot_standby_lost(f"peer link down ({why}) during a planned switchover")
+                    self.standby_out_of_sight = time.monotonic()
                 self.established_since = None  # if the CP refuses the handover: serving, not established
             return
         if self.state in (ESTABLISHED, AWAITING_BATCH, BATCH_READING, BATCH_RETRY):
@@ -391,6 +455,7 @@ class HA(LeaseSide, SwitchSide, HAView):
                 if self.state == SERVING:
                     self.set_state(ESTABLISHED, "peer link restored; the standby kept following the ring")
                     self.established_since = time.time()
+                    log.info("hot_standby_established", peer=msg.get("name"), startup_id=self.partner_startup_id, how="peer link restored")
         elif self.role == "active" and prole == "active" and self.state != HANDING_OVER:
             self.last_error = f"the peer {msg.get('name')} also claims to be active"
             log.error("two_actives_claimed", peer=msg.get("name"))
@@ -400,9 +465,23 @@ class HA(LeaseSide, SwitchSide, HAView):
         log.info("active_startup_sent", peer_up=self.srv.peer.up)
         self.srv.peer.send({"t": "active_startup", "name": self.name, "instance": self.instance})
 
+    def hold_batch(self, msg: dict[str, Any]) -> bool:
+        """A batch write asked for (`msg`) while it must not start: during a planned switchover's
+        handover (it would end the handover: a resync's batch write leaves `releasing`), it waits
+        for the switchover to end (`switchover_ended` asks again; a completed one drops it: the
+        other host is the active); while stopping, it is dropped."""
+        if self.stopping:
+            return True
+        if self.state not in (RELEASING, HANDING_OVER):
+            return False
+        self.deferred_batch = msg
+        log.info("batch_write_deferred", notice=msg.get("t"), reason=msg.get("reason"), msg="a planned switchover is under way")
+        return True
+
     async def peer_standby_startup(self, msg: dict[str, Any]) -> None:
-        if self.role != "active":
+        if self.role != "active" or self.hold_batch(msg):
             return
+        self.resyncing = False  # a standby starting again is not established
         sid = int(msg["startup_id"])
         self.partner_startup_id = sid
         log.info("standby_startup_received", startup_id=sid, peer=self.srv.peer.peer_name)
@@ -411,9 +490,11 @@ class HA(LeaseSide, SwitchSide, HAView):
     async def peer_resync_request(self, msg: dict[str, Any]) -> None:
         if self.role != "active":
             return
-        if msg.get("startup_id") != self.partner_startup_id:
+        if msg.get("startup_id") != self.partner_startup_id or self.hold_batch(msg):
             return
         log.warning("resync_requested", reason=msg.get("reason"))
+        if self.state == ESTABLISHED:
+            self.resyncing = True  # a planned switchover asked meanwhile waits for it (ev_switchover)
         await self.batch_write(reason=f"resync: {msg.get('reason')}")
 
     async def batch_write(self, reason: str) -> None:
@@ -444,7 +525,12 @@ class HA(LeaseSide, SwitchSide, HAView):
         log.info("service_start_notice", monitor="local")
 
     async def peer_standby_ready(self, msg: dict[str, Any]) -> None:
-        if self.role != "active" or msg.get("startup_id") != self.partner_startup_id:
+        if self.role != "active" or msg.get("startup_id") != self.partner_startup_id or self.stopping:
+            return
+        if self.state in (RELEASING, HANDING_OVER):  # (the peer link back during a planned switchover)
+            if self.established_since is None:
+                self.established_since = time.time()  # a refused handover leaves it established
+                log.info("hot_standby_established", peer=self.srv.peer.peer_name, startup_id=self.partner_startup_id, how="peer link restored")
             return
         self.last_error = None
         self.file_mismatch = None
@@ -475,8 +561,10 @@ class HA(LeaseSide, SwitchSide, HAView):
             n = self.srv.sessions_ctl.close_all_standby()
             self.srv.takeover.stop_following()
             log.info("active_restarted", peer=msg.get("name"), standby_sessions_closed=n)
+        self.cancel_batch_apply()
         self.partner_instance = msg.get("instance")
         self.active_stopped_by = None
+        self.active_stop_confirmed = False
         self.established_since = None
         self.set_state(WAITING, "ACTIVE STARTUP received")
         self.maybe_standby_startup()
@@ -505,6 +593,8 @@ class HA(LeaseSide, SwitchSide, HAView):
         """S225-S227: compare the startup id, take B from the file, open standby sessions."""
         from hsb.takeover.errors import StartupIdMismatch
 
+        self.cancel_batch_apply()  # (an earlier batch read's opens: this batch replaces them)
+        self.batch_token += 1
         self.set_state(BATCH_READING, "BATCH WRITE COMPLETE received")
         tio = self.srv.takeover
         t0 = time.monotonic()
@@ -530,7 +620,34 @@ class HA(LeaseSide, SwitchSide, HAView):
         self.generation = gen
         self.partner_batch_records = b
         log.info("batch_read_complete", generation=gen, partner_batch_records=b, entries=len(entries), ms=round((time.monotonic() - t0) * 1000, 1))
-        await self.srv.sessions_ctl.apply_batch(entries)
+        # the standby opens and the CP's answers to them (up to 2 + 30 s) in a task: a failover
+        # (active_lost, peer_down) is acted on meanwhile; `ev_batch_applied` goes on
+        self.batch_apply = asyncio.get_running_loop().create_task(self._apply_batch(self.batch_token, entries))
+        self.tasks.add(self.batch_apply)
+        self.batch_apply.add_done_callback(self.tasks.discard)
+
+    async def _apply_batch(self, token: int, entries: list[Any]) -> None:
+        try:
+            await self.srv.sessions_ctl.apply_batch(entries)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug: said, as one in the loop is; the batch read is not done
+            log.exception("ha_task_error", error=repr(exc))
+            self.last_error = f"internal error: {exc!r}"
+            return
+        self.post("batch_applied", token=token)
+
+    def cancel_batch_apply(self) -> None:
+        """A batch read's standby opens stop (another batch read, the active restarted, a grant)."""
+        t, self.batch_apply = self.batch_apply, None
+        if t is not None:
+            t.cancel()
+
+    async def ev_batch_applied(self, token: int) -> None:
+        if token != self.batch_token or self.role != "standby" or self.state != BATCH_READING:
+            return  # an older batch read's, or the state moved on meanwhile (a grant, a normal stop)
+        self.batch_apply = None
+        tio = self.srv.takeover
         tio.follow()
         self.last_error = None
         self.set_state(ESTABLISHED, "batch read done and standby sessions open")
@@ -572,7 +689,8 @@ class HA(LeaseSide, SwitchSide, HAView):
             self.next_poll = 0.0  # more may be waiting
 
     async def peer_active_stopping(self, msg: dict[str, Any]) -> None:
-        await self.on_active_lost(str(msg.get("name", "")), "stopping", via="peer")
+        confirmed = msg.get("cp_confirmed")
+        await self.on_active_lost(str(msg.get("name", "")), "stopping", via="peer", cp_confirmed=confirmed if isinstance(confirmed, bool) else None)
 
 
 __all__ = ["HA", "Exit", "ACTIVE", "CLOSED", "STANDBY"]

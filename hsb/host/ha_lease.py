@@ -22,6 +22,7 @@ class LeaseSide:
     """The lease rules of `HA` (see the module docstring)."""
 
     _lease_timer: asyncio.TimerHandle | None  # set in HA.__init__
+    closed: bool
 
     @property
     def serving(self: HA) -> bool:
@@ -53,6 +54,9 @@ class LeaseSide:
     def _arm_lease_timer(self: HA) -> None:
         if self._lease_timer is not None:
             self._lease_timer.cancel()
+            self._lease_timer = None
+        if self.closed:  # (the process is ending: a lease "lost" while it closes would be false)
+            return
         # +1 ms: the loop's clock is coarser than the lease's (uvloop: milliseconds)
         self._lease_timer = asyncio.get_running_loop().call_later(max(0.0, self.lease.remaining()) + 0.001, self._lease_check)
 

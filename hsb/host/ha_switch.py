@@ -1,7 +1,11 @@
 """The active role changing hands, as the state machine carries it out: a failover asked of the
 CP when the active is lost (SPEC §5.4), the grant taken up, and a planned switchover (§7:
 release, replies finished, handover, the old active turned standby). A mixin of
-`hsb.host.ha.HA`; the CP decides who gets the role (`hsb.cp.arbitration`)."""
+`hsb.host.ha.HA`; the CP decides who gets the role (`hsb.cp.arbitration`).
+
+The HA loop never waits here for long: the replies of a planned switchover are waited for in a
+task of their own (`_finish_replies`), whose end comes back to the loop as an event; the loop
+goes on meanwhile (heartbeats, the CP's notices, systemd's watchdog pings)."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from hsb.host.states import ACTIVE_STOPPED, ESTABLISHED, HANDING_OVER, RELEASING, SERVING, WAITING
+from hsb.host.states import ACTIVE_STOPPED, BATCH_WRITING, ESTABLISHED, HANDING_OVER, RELEASING, SERVING, WAITING
 
 if TYPE_CHECKING:
     from hsb.host.ha import HA
@@ -34,19 +38,47 @@ class SwitchSide:
     switch_requested_at: float | None
     switch_sent_at: float | None
     active_stopped_by: str | None
+    active_stop_confirmed: bool
     release_pending: bool
+    switch_token: int
+    switch_after_resync: float | None
+    resyncing: bool
+    stopping: bool
+    deferred_batch: dict[str, Any] | None
+    switchovers_ended: int
     counters: dict[str, int]
 
     # ------------------------------------------------------------------ failover (§5.4)
-    async def on_active_lost(self: HA, host: str, why: str, via: str) -> None:
+    async def on_active_lost(self: HA, host: str, why: str, via: str, cp_confirmed: bool | None = None) -> None:
+        """The active is gone: `why` "stopping" is a normal termination (§5.3), anything else a
+        loss. `cp_confirmed`: the peer's word on whether the CP answered its `stopping`."""
         if self.role != "standby":
             return
         if why == "stopping":
+            confirmed = via == "cp" or cp_confirmed is True  # (the CP's own word is its confirmation)
             if self.state != ACTIVE_STOPPED:
                 self.active_stopped_by = host or self.srv.peer.peer_name
+                self.active_stop_confirmed = confirmed
+                log.info("active_stopped_not_taking_over", host=self.active_stopped_by, via=via, cp_confirmed=confirmed)
                 self.set_state(ACTIVE_STOPPED, f"the active {host} stopped normally (told by the {via})")
+            elif confirmed:
+                self.active_stop_confirmed = True
             return
         if self.state == ACTIVE_STOPPED:
+            if via != "cp":
+                return
+            # The CP reports a loss, not a normal termination: it was never told of the stop (its
+            # `stopping` frame went unprocessed: the CP restarting, the link dropped) and still
+            # counts that host as the active. The CP is the arbiter (§5.4): "the standby does not
+            # take over" holds only for a stop the CP knows of. It sends this notice once.
+            log.warning(
+                "active_stop_unconfirmed_taken_over",
+                host=host,
+                why=why,
+                cp_confirmed=self.active_stop_confirmed,
+                msg="the CP reports the active lost, not stopped normally: asking it for the active role",
+            )
+            await self.request_switchover(f"active lost ({why}, told by the cp) after a stop the CP did not record")
             return
         await self.request_switchover(f"active lost ({why}, told by the {via})")
 
@@ -74,6 +106,7 @@ class SwitchSide:
             self.takeover = {"reason": "planned switchover", "requested_at": time.time(), "established": self.state == ESTABLISHED, "planned": True}
         self.switch_requested_at = None
         self.epoch = epoch
+        self.cancel_batch_apply()  # (a batch read's standby opens still waited for: ours are active now)
         self.srv.takeover.stop_following()
         n = self.switched_sessions
         self.partner_instance = None
@@ -97,35 +130,98 @@ class SwitchSide:
 
     # ------------------------------------------------------------------ planned switchover (§7)
     def switchover_refusal(self: HA) -> str | None:
-        """Why a planned switchover cannot start now, or None."""
+        """Why a planned switchover cannot start now, or None. A batch write for a resync of the
+        established standby is no refusal: the switchover starts once the standby is ready again."""
         if self.role != "active":
             return f"{self.name} is the {self.role}, not the active; run it against the active host"
-        if self.state != ESTABLISHED:
+        if self.stopping:
+            return f"{self.name} is stopping"
+        if self.state != ESTABLISHED and not (self.state == BATCH_WRITING and self.resyncing):
             return f"no established standby ({self.describe()}); a planned switchover needs hot standby"
         return None
 
+    def switchover_under_way(self: HA) -> bool:
+        """A planned switchover was started and has neither completed nor ended."""
+        return self.state in (RELEASING, HANDING_OVER) or self.switch_after_resync is not None
+
     async def ev_switchover(self: HA) -> None:
+        if self.role == "active" and self.switchover_under_way():
+            return  # asked again (an operator's, then a stop's): that one goes on
         why = self.switchover_refusal()
         if why is not None:
             self.last_error = f"planned switchover refused: {why}"
             log.warning("switchover_refused", reason=why)
+            self.switchovers_ended += 1  # (a stop waiting on it stops waiting)
             return
+        if self.state == BATCH_WRITING:
+            # the standby asked for a new batch: hand over once it is ready again (or end the
+            # switchover if it is not within the standby's own wait for a batch)
+            if self.switch_after_resync is None:
+                self.switch_after_resync = time.monotonic() + self.batch_wait_s
+                log.info("switchover_waits_for_resync", at_most_s=self.batch_wait_s)
+            return
+        self.start_release()
+
+    def start_release(self: HA) -> None:
+        """Planned switchover, step 1: ask the CP to deliver nothing more to this host."""
+        self.switch_after_resync = None
+        self.switch_token += 1
         self.release_pending = True
         self.set_state(RELEASING, "planned switchover: stop taking new deliveries")
-        self.srv.cp.send({"t": "release", "epoch": self.epoch})
+        if not self.srv.cp.send({"t": "release", "epoch": self.epoch}):
+            self.release_pending = False
+            self.switchover_ended("switchover_not_sent", "planned switchover abandoned: the host link to the CP is down", "host link to the CP down")
+
+    def resync_done(self: HA) -> None:
+        """A switchover that waited for a resync: started now the standby is ready again, or ended
+        if the resync ended otherwise (the standby lost, the batch write failed) or took too long."""
+        if self.switch_after_resync is None or (self.state == BATCH_WRITING and time.monotonic() < self.switch_after_resync):
+            return
+        if self.state == ESTABLISHED and self.role == "active" and not self.stopping:
+            self.start_release()
+            return
+        self.switch_after_resync = None
+        why = f"planned switchover refused: the standby did not become ready again after its resync ({self.describe()})"
+        if self.state == BATCH_WRITING:  # (still waiting for the standby: the resync goes on, the switchover not)
+            self.last_error = why
+            log.warning("switchover_refused", reason="the standby was not ready again in time after its resync")
+            self.switchovers_ended += 1
+            return
+        self.switchover_ended("switchover_refused", why, "no established standby after the resync")
 
     async def on_released(self: HA) -> None:
-        """Every delivery the CP will send us has arrived: finish them, then hand over."""
-        if not self.release_pending:  # the state may have moved (a resync); the intent has not
+        """Every delivery the CP will send us has arrived: finish them (in a task: the loop goes
+        on meanwhile), then hand over (`ev_replies_finished`)."""
+        if not self.release_pending:  # (the "released" of a normal stop, or of an ended switchover)
             return
         self.release_pending = False
+        self.spawn(self._finish_replies(self.switch_token))
+
+    async def _finish_replies(self: HA, token: int) -> None:
         done = await self.srv.delivery.drain(10.0)
-        log.info("replies_finished", complete=done, for_="planned switchover")
+        self.post("replies_finished", token=token, complete=done)
+
+    async def ev_replies_finished(self: HA, token: int, complete: bool) -> None:
+        if token != self.switch_token or self.role != "active" or self.exit is not None:
+            return  # that switchover ended meanwhile (the CP link lost, a stop, a fence)
+        log.info("replies_finished", complete=complete, for_="planned switchover")
         self.set_state(HANDING_OVER, "replies finished; handing over to the standby")
-        self.srv.cp.send({"t": "handover", "epoch": self.epoch})
+        if not self.srv.cp.send({"t": "handover", "epoch": self.epoch}):
+            self.switchover_ended("switchover_not_sent", "planned switchover abandoned: the host link to the CP is down", "host link to the CP down")
+
+    def abandon_switchover(self: HA) -> None:
+        """A stop gives up waiting on a planned switchover and stops normally: nothing of that
+        switchover goes on (a later "released" or resync must not hand over meanwhile)."""
+        self.stopping = True
+        self.switch_token += 1
+        self.release_pending = False
+        self.switch_after_resync = None
+        self.deferred_batch = None
 
     async def on_demoted(self: HA, new_active: str) -> None:
         """The old active of a planned switchover turns into the standby (new startup id, batch read)."""
+        self.switch_token += 1
+        self.deferred_batch = None  # (a resync or standby startup of the new active's standby: moot)
         n = self.srv.sessions_ctl.drop_active_sessions()
         self.srv.takeover.stop_ring_writer()
         self.partner_startup_id = None

@@ -42,6 +42,11 @@ class HAView:
         if self.state == ESTABLISHED:
             return f"standby: hot standby established, following {pn}'s ring"
         if self.state == ACTIVE_STOPPED:
+            if not self.active_stop_confirmed:
+                return (
+                    f"standby: the active ({self.active_stopped_by}) stopped normally, but the CP did not confirm it;"
+                    " not taking over unless the CP reports the active lost"
+                )
             return f"standby: the active ({self.active_stopped_by}) stopped normally; not taking over"
         if self.state == WAITING:
             return "standby: waiting for an active host"

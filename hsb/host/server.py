@@ -4,7 +4,9 @@ Signal handlers only set flags. SIGTERM (systemctl stop, a reboot, an upgrade) o
 with an established standby **hands over first**: a planned switchover, then the process ends,
 so terminals see the switchover's pause, never an outage. Without an established standby, or
 with `hsbctl stop --no-takeover`, it is the normal termination: replies in progress finish, the
-CP and the peer are told, nobody takes over (docs/design.md).
+CP and the peer are told, nobody takes over (docs/design.md). The peer is told whether the CP
+confirmed the stop: one the CP never recorded is a loss to the CP, which it reports to the
+standby, and the standby then takes over (the CP is the arbiter, SPEC §5.4).
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ from hsb.wire.framing import payload_max
 from hsb.wire.tls import TLS, reload_tls, set_default_client
 
 log = structlog.get_logger("hsb.host")
+
+# A stop of an active whose established standby went out of sight with the peer link (a blip:
+# the standby itself stays established at the CP, following the ring) waits this long at most
+# for the link to restore hot standby, and then hands over; else it stops normally. Within
+# systemd's TimeoutStopSec=40 with the handover's 15 s and a normal stop's ~11 s.
+STOP_PEER_WAIT_S = 3.0
 
 
 class HostServer:
@@ -96,6 +104,7 @@ class HostServer:
         self.reload_requested = False
         self.stop_mode = "takeover"  # SIGTERM hands over; `hsbctl stop --no-takeover` says "normal"
         self.hook = RoleHook(cfg.host.on_role_change, cfg.host.hook_timeout)
+        self.closed = False
 
     def service_status(self) -> dict[str, Any]:
         """The service's name, whether it answers (hsb.host.delivery), and what it says of itself."""
@@ -337,8 +346,10 @@ class HostServer:
     async def hand_over(self, timeout: float = 15.0, ask: bool = True) -> bool:
         """A planned switchover before stopping (`ask`: asked now, else one is under way); True
         once this host is the standby. One that completes takes at most ~12 s (10 s for the replies
-        in progress, 2 s for the standby's sessions at the CP); 15 s, and then a normal stop's
-        ~11 s, stay within the unit's TimeoutStopSec=40, after which systemd would SIGKILL."""
+        in progress, 2 s for the standby's sessions at the CP), or after a resync under way up to
+        max(5 s, 3 x storage_timeout) more, cut at `timeout`; STOP_PEER_WAIT_S before it, 15 s,
+        and then a normal stop's ~11 s, stay within the unit's TimeoutStopSec=40, after which
+        systemd would SIGKILL."""
         ha = self.ha
         ended = ha.switchovers_ended
         if ask:
@@ -347,10 +358,30 @@ class HostServer:
         while time.monotonic() < deadline:
             if ha.role == "standby":
                 return True
-            if ha.state not in ("established", "releasing", "handing_over") or ha.exit is not None or ha.switchovers_ended != ended:
-                return False  # refused (no standby any more, say) or abandoned: a normal stop then
+            # Refused (no standby any more, say) or abandoned: a normal stop then. Not the state:
+            # a switchover waits for a resync under way (batch_writing), and a resync asked during
+            # one waits for it (the state stays releasing): it ends only as ended.
+            if ha.exit is not None or ha.switchovers_ended != ended:
+                return False
             await asyncio.sleep(0.02)
         return False
+
+    async def standby_back(self) -> bool:
+        """An active whose established standby went out of sight with the peer link: wait up to
+        STOP_PEER_WAIT_S for the link to restore hot standby (True), so that a stop just after a
+        blip hands over instead of ending the service. Not longer, and no handover without it:
+        this host cannot tell whether the standby is established still (a planned switchover
+        needs hot standby, §5.3)."""
+        ha = self.ha
+        if ha.role != "active" or ha.state != "serving" or ha.standby_out_of_sight is None:
+            return False
+        log.info("stop_waits_for_standby", at_most_s=STOP_PEER_WAIT_S, msg="the peer link dropped while hot standby was established")
+        deadline = time.monotonic() + STOP_PEER_WAIT_S
+        while time.monotonic() < deadline and ha.exit is None:
+            if ha.role != "active" or ha.state != "serving" or ha.standby_out_of_sight is None:
+                break
+            await asyncio.sleep(0.02)
+        return ha.switchover_refusal() is None
 
     async def graceful_stop(self) -> None:
         """Stop: hand over to an established standby first (§5.3), else the normal termination."""
@@ -358,7 +389,9 @@ class HostServer:
         if ha.role == "active" and self.stop_mode == "takeover":
             # a planned switchover under way (hsbctl switchover) is waited for, not cut short by
             # a normal stop that would leave nobody active
-            under_way = ha.state in ("releasing", "handing_over")
+            under_way = ha.switchover_under_way()
+            if not under_way:
+                await self.standby_back()
             why = None if under_way else ha.switchover_refusal()
             if why is None:
                 notify(STATUS="handing over before stopping")
@@ -373,34 +406,46 @@ class HostServer:
                 log.warning("stop_handover_failed", msg="the planned switchover did not complete; stopping normally (nobody takes over)")
             else:
                 log.info("stop_without_takeover", reason=why)
+        # Nothing of a planned switchover goes on beside the normal stop (its "released", a resync
+        # it held): the stop's release, stopping and the handover would race at the CP.
+        ha.abandon_switchover()
         notify(STOPPING=1, STATUS="stopping")
         ha.set_state("stopping", "normal termination" if self.stop_mode == "normal" else "stop: normal termination (no established standby)")
         if ha.role == "active":
             # the CP first stops delivering (as at a planned switchover's release), so that the
             # replies in progress can finish under load; the rest stays held at the CP
-            ha.release_pending = False  # its "released" is this stop's, not a planned switchover's next step
             await self._tell_cp({"t": "release", "epoch": ha.epoch}, self.cp_released, 2.0, "cp_did_not_confirm_release")
             done = await self.delivery.drain(5.0)
             log.info("replies_finished", complete=done)
             # keep reading until the CP has taken note; see CP.host_stopping
-            await self._tell_cp({"t": "stopping", "epoch": ha.epoch}, self.cp_stopped, 3.0, "cp_did_not_confirm_stop")
-            self.peer.send({"t": "active_stopping", "name": ha.name})
+            confirmed = await self._tell_cp({"t": "stopping", "epoch": ha.epoch}, self.cp_stopped, 3.0, "cp_did_not_confirm_stop")
+            # the standby does not take over a stop the CP confirmed; one it did not is a loss to
+            # the CP (the link closes), which tells the standby so, and the standby acts on it
+            self.peer.send({"t": "active_stopping", "name": ha.name, "cp_confirmed": confirmed})
             await self.cp.drain()
             await self.peer_drain()
         if ha.exit is None:  # (a fence during the stop keeps its own exit code, 75)
             self.exit_code = 0
 
-    async def _tell_cp(self, msg: dict[str, Any], answered: asyncio.Event, timeout: float, unanswered: str) -> None:
-        """Send `msg` to the CP and wait up to `timeout` for `answered` (set by its answer); logged
-        as `unanswered` when it does not come (a link down: nothing is waited for)."""
+    async def _tell_cp(self, msg: dict[str, Any], answered: asyncio.Event, timeout: float, unanswered: str) -> bool:
+        """Send `msg` to the CP and wait up to `timeout` for `answered` (set by its answer); True
+        once answered. Logged as `unanswered` when it does not come (a link down: nothing is
+        waited for)."""
         answered.clear()
         if self.cp.send(msg):
             try:
                 await asyncio.wait_for(answered.wait(), timeout)
+                return True
             except TimeoutError:
-                log.warning(unanswered)
+                pass
+        log.warning(unanswered, cp_link="up" if self.cp.up else "down")
+        return False
 
     async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.ha.close()  # first: a slow close must not log a lease "lost" meanwhile
         await self.hook.close()
         await self.cp.close()
         await self.peer.close()
@@ -409,6 +454,9 @@ class HostServer:
         if self.http_server is not None:
             self.http_server.close()
         await self.takeover.close()
+        # nothing calls into the service once it is closing: logon/close hooks, handlers
+        await self.sessions_ctl.close()
+        self.delivery.cancel()
         try:
             await self.service.close()
         except Exception:  # pragma: no cover

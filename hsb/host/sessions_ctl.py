@@ -51,6 +51,15 @@ class SessionsCtl:
         self.hook_workers = 0
         self.adopt_gen = 0  # each registration's adoption (adopt_sessions); a newer one stops the older
 
+    async def close(self) -> None:
+        """The process ends: its session work (logons, hooks, adoption) is cancelled before the
+        service closes under it."""
+        tasks = list(self.tasks)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)  # (a hook that does not end on a cancel is left)
+
     def _spawn(self, coro: Any) -> None:
         t = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(t)

@@ -1,0 +1,259 @@
+"""hsbd's stop and switchover at their edges, in-process (tests/support/inproc.py): a normal stop
+the CP never took note of is taken over (the CP is the arbiter, SPEC §5.4); a SIGTERM's handover
+survives a resync and a peer-link blip (§5.3: a pause, never an outage); the HA loop keeps turning
+while replies or standby opens are waited for (systemd's watchdog is pinged from it); a reply that
+cannot be encoded is answered with an error; the named events of losing and regaining hot standby."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.host import delivery as delivery_mod
+from hsb.host import ha as ha_mod
+from hsb.host import ha_switch as ha_switch_mod
+from hsb.host import server as server_mod
+from hsb.host.delivery import Delivery
+from hsb.host.server import HostServer
+from hsb.service.api import ServiceUnavailable
+from hsb.service.builtin import EchoService
+from hsb.wire.framing import encode
+from tests.support.inproc import hot_standby, pair_in_hot_standby, until
+from tests.support.logrec import RecordingLog
+
+pytestmark = pytest.mark.timeout(60)
+
+HOST_TIMEOUT = 0.5  # the CP's, in pair_in_hot_standby
+
+
+async def stopped(a: HostServer, tasks: list[asyncio.Task[Any]]) -> None:
+    """What serve() does after graceful_stop(): the HA loop ends and the links close."""
+    tasks[1].cancel()  # host-a's HA loop (start_pair: the CP's tick loop, then host-a's, host-b's)
+    await asyncio.gather(tasks[1], return_exceptions=True)
+    await a.close()
+
+
+# ---------------------------------------------------------------------- 1: the CP is the arbiter
+async def test_a_normal_stop_the_cp_never_took_note_of_is_taken_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CP never processes the active's `stopping` (restarting, the frame lost): the peer's
+    `active_stopping` alone must not keep the standby from acting on the CP's `active_lost`."""
+    rec = RecordingLog()
+    monkeypatch.setattr(ha_switch_mod, "log", rec)
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        core = cp.cp
+        core.host_stopping = lambda host: None  # type: ignore[method-assign]
+        a.request_stop(takeover=False)
+        await asyncio.wait_for(a.graceful_stop(), 15)
+        await stopped(a, tasks)
+        await until(lambda: b.ha.role == "active" and b.ha.serving, "host-b made active", timeout=HOST_TIMEOUT + 2)
+        assert core.active is not None and core.active.name == "host-b"
+        assert rec.events("active_stop_unconfirmed_taken_over"), rec.entries
+
+
+async def test_a_normal_stop_the_cp_took_note_of_is_not_taken_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hsbctl stop --no-takeover` with the CP told: the standby goes to active_stopped (a named
+    event) and stays the standby."""
+    rec = RecordingLog()
+    monkeypatch.setattr(ha_switch_mod, "log", rec)
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        a.request_stop(takeover=False)
+        await asyncio.wait_for(a.graceful_stop(), 15)
+        await stopped(a, tasks)
+        await until(lambda: b.ha.state == "active_stopped", "host-b sees the normal stop")
+        await asyncio.sleep(HOST_TIMEOUT * 3)
+        assert b.ha.role == "standby" and b.ha.state == "active_stopped"
+        assert cp.cp.active is None and cp.cp.active_stopped_normally == "host-a"
+        ev = rec.events("active_stopped_not_taking_over")
+        assert ev and ev[0]["host"] == "host-a" and ev[0]["cp_confirmed"] is True, rec.entries
+
+
+# ---------------------------------------------------------------------- 2: SIGTERM hands over
+async def test_a_stop_hands_over_although_a_resync_came_just_before(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rec = RecordingLog()
+    monkeypatch.setattr(server_mod, "log", rec)
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        real = a.takeover.batch_write
+
+        async def slow(*args: Any, **kw: Any) -> Any:
+            await asyncio.sleep(0.2)
+            return await real(*args, **kw)
+
+        a.takeover.batch_write = slow  # type: ignore[method-assign]
+        a.ha.post("peer_frame", msg={"t": "resync_request", "startup_id": a.ha.partner_startup_id, "reason": "test"})
+        a.request_stop(takeover=True)
+        await asyncio.wait_for(a.graceful_stop(), 25)
+        assert rec.events("stopped_after_handover"), rec.entries
+        assert b.ha.role == "active" and a.ha.role == "standby"
+        assert cp.cp.active is not None and cp.cp.active.name == "host-b"
+
+
+async def test_a_resync_asked_while_releasing_waits_for_the_handover(tmp_path: Path) -> None:
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        core = cp.cp
+        real = core.host_release
+        core.host_release = lambda host: None  # type: ignore[method-assign]
+        a.ha.post("switchover")
+        await until(lambda: a.ha.state == "releasing", "releasing")
+        a.ha.post("peer_frame", msg={"t": "resync_request", "startup_id": a.ha.partner_startup_id, "reason": "test"})
+        await asyncio.sleep(0.1)
+        assert a.ha.state == "releasing" and a.ha.release_pending  # the resync waits
+        core.host_release = real  # type: ignore[method-assign]
+        assert core.active is not None
+        real(core.active)
+        await until(lambda: b.ha.role == "active" and a.ha.role == "standby", "the switchover")
+        await until(lambda: hot_standby(a, b), "hot standby the other way round")
+
+
+async def test_a_stop_just_after_a_peer_link_blip_hands_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rec = RecordingLog()
+    monkeypatch.setattr(server_mod, "log", rec)
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        # host-b's hello on its new connection is held back a moment: the blip lasts that long
+        held: list[dict[str, Any]] = []
+        real_hello = a.ha.peer_peer_hello
+
+        async def later(msg: dict[str, Any]) -> None:
+            held.append(msg)
+
+        a.ha.peer_peer_hello = later  # type: ignore[method-assign]
+        assert a.peer.inbound is not None
+        a.peer.inbound.close()  # host-a's receiving connection drops; host-b's stays
+        await until(lambda: a.ha.state == "serving", "host-a serving (its standby out of sight)")
+        assert b.ha.state == "established"
+        a.request_stop(takeover=True)
+        stop = asyncio.ensure_future(a.graceful_stop())
+        await asyncio.sleep(0.3)
+        a.ha.peer_peer_hello = real_hello  # type: ignore[method-assign]
+        for m in held:
+            a.ha.post("peer_frame", msg=m)
+        await asyncio.wait_for(stop, 25)
+        assert rec.events("stopped_after_handover"), rec.entries
+        assert b.ha.role == "active" and a.ha.role == "standby"
+
+
+async def test_a_switchover_whose_release_cannot_be_sent_ends_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rec = RecordingLog()
+    monkeypatch.setattr(ha_mod, "log", rec)
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        monkeypatch.setattr(a.cp, "send", lambda msg: False)  # the CP link is down just then
+        t0 = time.monotonic()
+        a.ha.post("switchover")
+        await until(lambda: rec.events("switchover_not_sent"), "the switchover ended", timeout=2)
+        assert time.monotonic() - t0 < 1.0
+        assert a.ha.state == "established" and not a.ha.release_pending, a.ha.state
+
+
+# ---------------------------------------------------------------------- 3: the HA loop keeps turning
+class DatabaseDown(EchoService):
+    """host-a's service cannot take anything until `up` is set (its database is down)."""
+
+    up = asyncio.Event()
+
+    async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
+        if self.host == "host-a" and not self.up.is_set():
+            raise ServiceUnavailable("database down")
+        return data
+
+
+async def test_the_ha_loop_turns_while_a_switchover_waits_for_replies(tmp_path: Path) -> None:
+    from tests.support.hostclient import FakeTerminal
+
+    DatabaseDown.up = asyncio.Event()
+    async with pair_in_hot_standby(tmp_path, DatabaseDown) as (cp, a, b, tasks):
+        try:
+            t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")
+            await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+            t.send({"t": "msg", "id": 1, "data": "x"})
+            await until(lambda: a.delivery.health.state == "failing", "the service failing")
+            handled: list[float] = []
+            real = a.ha.ev_peer_frame
+
+            async def seen(msg: dict[str, Any]) -> None:
+                if msg.get("mark"):
+                    handled.append(time.monotonic())
+                await real(msg)
+
+            a.ha.ev_peer_frame = seen  # type: ignore[method-assign]
+            a.ha.post("switchover")
+            await until(lambda: a.ha.state == "releasing" and not a.ha.release_pending, "released")
+            await asyncio.sleep(0.1)  # the replies' wait has begun
+            t0 = time.monotonic()
+            a.ha.post("peer_frame", msg={"t": "hb", "mark": True})
+            await until(lambda: handled, "the HA loop handling a heartbeat", timeout=5)
+            assert handled[0] - t0 < 1.0, handled[0] - t0
+            assert a.ha.state == "releasing"  # the handover still waits for the reply
+            DatabaseDown.up.set()  # the database is back: the reply goes, then the handover
+            await until(lambda: b.ha.role == "active" and a.ha.role == "standby", "the switchover")
+            r = await t.wait(lambda m: m["t"] == "reply")
+            assert r["id"] == 1
+            await t.close()
+        finally:
+            DatabaseDown.up.set()
+
+
+async def test_the_standby_acts_on_the_active_lost_while_its_standby_opens_wait(tmp_path: Path) -> None:
+    """A batch read whose standby opens are not answered (up to 30 s) does not hold up a failover."""
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+
+        async def unanswered(entries: Any, timeout: float = 30.0) -> None:
+            await asyncio.sleep(30)
+
+        b.sessions_ctl.apply_batch = unanswered  # type: ignore[method-assign]
+        a.ha.post("peer_frame", msg={"t": "resync_request", "startup_id": a.ha.partner_startup_id, "reason": "test"})
+        await until(lambda: b.ha.state == "batch_reading", "host-b reading the new batch")
+        await asyncio.sleep(0.1)
+        await stopped(a, tasks)  # host-a gone, as a crash
+        await until(lambda: b.ha.role == "active" and b.ha.serving, "host-b made active", timeout=HOST_TIMEOUT + 2.5)
+
+
+# ---------------------------------------------------------------------- 4: an unencodable reply
+async def test_a_reply_that_cannot_be_encoded_is_answered_with_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    rec = RecordingLog()
+    monkeypatch.setattr(delivery_mod, "log", rec)
+
+    class Surrogate:
+        async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
+            return "x\ud800" if message_id == 1 else "fine"
+
+    sent: list[dict[str, Any]] = []
+
+    def send(msg: dict[str, Any]) -> bool:
+        encode(msg)  # as CPLink.send does
+        sent.append(msg)
+        return True
+
+    d = Delivery(Surrogate(), send, lambda: 1)  # type: ignore[arg-type]
+    d.deliver("T1", 1, "a", False)
+    d.deliver("T1", 2, "b", False)
+    assert await d.drain(1.0)
+    assert [m["id"] for m in sent] == [1, 2]
+    assert sent[0]["data"].startswith("error:") and sent[1]["data"] == "fine"
+    ev = rec.events("service_reply_unencodable")
+    assert len(ev) == 1 and ev[0]["terminal"] == "T1" and ev[0]["id"] == 1 and "surrogate" in ev[0]["error"], rec.entries
+    assert d.in_flight == 0 and d.counters["errors"] == 1
+
+
+# ---------------------------------------------------------------------- 5: named events, close
+async def test_losing_and_regaining_hot_standby_are_named_events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rec = RecordingLog()
+    monkeypatch.setattr(ha_mod, "log", rec)
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        rec.entries.clear()  # (what both hosts logged on the way to hot standby)
+        assert a.peer.inbound is not None
+        a.peer.inbound.close()
+        await until(lambda: rec.events("hot_standby_lost"), "hot_standby_lost")
+        await until(lambda: rec.events("hot_standby_established"), "hot_standby_established again")
+        assert rec.events("hot_standby_lost")[0]["peer"] == "host-b"
+        assert rec.events("hot_standby_established")[0].get("how") == "peer link restored", rec.entries
+
+
+async def test_a_close_cancels_the_lease_timer(tmp_path: Path) -> None:
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        assert a.ha._lease_timer is not None
+        timer = a.ha._lease_timer
+        await stopped(a, tasks)
+        assert timer.cancelled() and a.ha._lease_timer is None
