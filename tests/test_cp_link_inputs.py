@@ -230,3 +230,46 @@ async def test_a_hosts_error_frame_is_heard_not_refused_as_an_unknown_type(tmp_p
     assert h.closed and PROTOCOL_ERRORS[("host", "unknown_type")] == before
     assert not [f for f in h.transport.frames() if f["t"] == "error"]
     await asyncio.sleep(0)
+
+
+async def test_a_host_with_a_smaller_max_frame_limits_what_terminals_may_send(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CP and hosts of different max_frame (half way through raising it everywhere, say): a
+    message the CP's own limit takes but a host's frames cannot would be acknowledged and then
+    drop that host's link at every delivery. The CP limits the terminals to the smallest
+    max_frame a host said at its register, says so once, and tells the hosts its own, which
+    bounds their replies."""
+    import hsb.cp.core as core
+    from hsb.cp.host_link import HostProtocol
+    from hsb.wire.framing import Decoder, encode, payload_max
+    from tests.support.logrec import RecordingLog
+
+    big, small = 64 * 1024, 8 * 1024
+    cp = cp_core(tmp_path, 2, cp=f"max_frame = {big}\n")
+    rec = RecordingLog()
+    monkeypatch.setattr(core, "log", rec)
+    h = fake_host(cp, "host-a", None, record=True)
+    assert isinstance(h, HostProtocol)
+    h.max_frame = small  # (as its register said: on_register)
+    cp.host_register(h, "active", 1)
+    h.flush()
+    registered = [f for f in h.transport.frames() if f["t"] == "registered"]
+    assert registered and registered[0]["max_frame"] == big  # the host caps its replies with it
+    assert [e for e in rec.events("max_frame_mismatch") if e["host_max_frame"] == small]
+    p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None, max_frame=big)
+    p.connection_made(RecordingTransport("T00001"))
+    p.clear_deadline()
+    p.data_received(encode({"t": "hello", "terminal": "T00001", "last_reply": 0}))
+    term = cp.terms["T00001"]
+    limit = payload_max(small)
+    p.data_received(encode({"t": "msg", "id": 1, "data": b"x" * limit}))
+    p.data_received(encode({"t": "msg", "id": 2, "data": b"x" * (limit + 1)}))
+    p.flush()
+    err = [f for f in p.transport.frames() if f["t"] == "error"]
+    assert err and err[0]["code"] == "message_too_large" and str(limit) in err[0]["msg"]
+    assert list(term.held) == [1] and [f["id"] for f in p.transport.frames() if f["t"] == "ack"] == [1]
+    h.transport.data.clear()
+    cp._deliver(term, term.held[1], h)  # the one taken fits the host's smaller frames
+    h.flush()
+    assert any(f["t"] in ("deliver", "deliver_batch") for f in Decoder(small).feed(bytes(h.transport.data)))
+    h.connection_lost(None)
+    await asyncio.sleep(0)

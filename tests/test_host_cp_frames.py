@@ -161,3 +161,18 @@ async def test_a_service_that_changes_the_attrs_it_is_given_changes_no_session(t
         assert "seen_by" not in a.sessions_ctl.sessions.get("T00001").attrs
         assert "seen_by" not in b.sessions_ctl.sessions.get("T00001").attrs
         await t.close()
+
+
+async def test_the_hosts_say_their_max_frame_and_cap_their_replies_at_the_cps(tmp_path: Path) -> None:
+    """A CP whose max_frame is smaller than the hosts' (1 MiB here): each host said its own at
+    its register, and caps its replies at what the CP's frames take, so a large reply is answered
+    with an error instead of dropping the CP link at every try."""
+    from hsb.wire.framing import payload_max
+
+    cp_frame = 64 * 1024
+    async with pair_in_hot_standby(tmp_path, EchoService, max_frame=cp_frame) as (cp, a, b, tasks):
+        core = cp.cp
+        assert core is not None
+        assert core.host_frames == {"host-a": a.cfg.host.max_frame, "host-b": b.cfg.host.max_frame}
+        assert core.max_data == payload_max(cp_frame)  # the CP's own is the smallest
+        assert a.delivery.max_reply == b.delivery.max_reply == payload_max(cp_frame) < payload_max(a.cfg.host.max_frame)

@@ -31,6 +31,7 @@ from hsb.cp.state import Counts, Session, Term
 from hsb.cp.status_view import StatusView
 from hsb.cp.switchrec import AfterSwitch, History
 from hsb.cp.terminal_side import TerminalSide
+from hsb.wire.framing import payload_max
 
 if TYPE_CHECKING:
     from hsb.cp.host_link import HostProtocol
@@ -118,6 +119,11 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         self.flip_slice = cfg.cp.flip_slice
         self.resume_window = cfg.cp.resume_window  # an adopted session waits this long for its terminal (hsb.cp.adopt)
         self.open_batch_bytes = cfg.cp.max_frame // 2  # what an open_batch frame may hold (docs/protocol.md §3)
+        # the largest message a terminal may send: what every host that registered can take in a
+        # frame too (its max_frame, said at its register), or a message acknowledged here would
+        # drop that host's link at each delivery, for ever
+        self.host_frames: dict[str, int] = {}
+        self.max_data = payload_max(cfg.cp.max_frame)
         self.flipping: Flip | None = None  # a grant's flip still going, a slice per turn (hsb.cp.flip)
 
     # ------------------------------------------------------------------ the operator
@@ -139,8 +145,28 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         return "paused: no automatic failover until 'hsbctl resume'" if paused else "resumed: automatic failover on"
 
     # ------------------------------------------------------------------ hosts
+    def _host_frame(self, host: HostProtocol) -> None:
+        """A host said its max_frame at its register: the terminals' messages must fit the
+        smallest any host said (a host of an older hsb says none)."""
+        frame = host.max_frame
+        if not frame or self.host_frames.get(host.name) == frame:
+            return
+        self.host_frames[host.name] = frame
+        self.max_data = payload_max(min(self.cfg.cp.max_frame, *self.host_frames.values()))
+        if frame != self.cfg.cp.max_frame:
+            log.warning(
+                "max_frame_mismatch",
+                host=host.name,
+                host_max_frame=frame,
+                cp_max_frame=self.cfg.cp.max_frame,
+                max_data=self.max_data,
+                msg=f"{host.name} has max_frame {frame}, the CP {self.cfg.cp.max_frame}: terminals' messages are limited to"
+                f" {self.max_data} bytes and replies to the smaller of the two; set the same max_frame on the CP and both hosts",
+            )
+
     def host_register(self, host: HostProtocol, role: str, startup_id: int) -> None:
         self.settle_flip()
+        self._host_frame(host)
         if role == "active":
             cur = self.active
             if cur is not None and not cur.closed and cur is not host and cur.name == host.name and host.instance and cur.instance == host.instance:
@@ -219,6 +245,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
                     "standby": host.name,
                     "lease": self.host_lease,
                     "open_batch": self.open_batch_bytes,  # standby opens may come batched, this many bytes a frame
+                    "max_frame": self.cfg.cp.max_frame,  # the host's replies must fit it
                 }
             )
             a = self.active
@@ -276,6 +303,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
                 "standby": self.standby.name if self.standby else None,
                 "lease": self.host_lease,
                 "open_batch": self.open_batch_bytes,
+                "max_frame": self.cfg.cp.max_frame,
                 "adopt": adopt,
             }
         )

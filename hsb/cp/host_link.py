@@ -51,6 +51,7 @@ class HostProtocol(AuthServerProtocol):
         self.instance: str | None = None
         self.server_name = cp.name
         self.deliver_batch_bytes = 0  # the host reads `deliver_batch` frames of up to this many bytes (0: it does not)
+        self.max_frame = 0  # the host's max_frame, said at its register (0: not said)
         # hsb.cp.adopt: the host names its open sessions when registered as the active
         self.adopts = False  # it said it can (`adopt` in its register)
         self.keeps_standby = False
@@ -108,6 +109,7 @@ class HostProtocol(AuthServerProtocol):
         inst = msg.get("instance")
         self.instance = inst if isinstance(inst, str) else None  # the host process (random per start)
         self.deliver_batch_bytes = batch_bytes(msg, "deliver_batch")
+        self.max_frame = batch_bytes(msg, "max_frame")  # what its frames may hold (0: not said)
         self.adopts = msg.get("adopt") is True
         self.keeps_standby = msg.get("keep_standby") is True  # demoted, it takes its sessions as standby ones
         self.cp.host_register(self, role, sid if isinstance(sid, int) else 0)

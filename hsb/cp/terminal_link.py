@@ -94,10 +94,11 @@ class TerminalProtocol(FramedProtocol):
         data = require(msg, "data", (bytes, str))
         if not 0 < mid <= ID_MAX:
             raise ProtocolError("bad_fields", f"msg: id must be 1..{ID_MAX}")
-        if len(data) > self.max_data // 4 and (len(data) if isinstance(data, bytes) else len(data.encode())) > self.max_data:
+        limit = min(self.max_data, self.cp.max_data)  # (the smallest max_frame of the CP and its hosts)
+        if len(data) > limit // 4 and (len(data) if isinstance(data, bytes) else len(data.encode())) > limit:
             raise ProtocolError(
                 "message_too_large",
-                f"msg {mid}: data larger than {self.max_data} bytes, which the CP cannot deliver to a host"
+                f"msg {mid}: data larger than {limit} bytes, which the CP cannot deliver to a host"
                 " (send less, or raise max_frame on the CP and both hosts)",
             )
         self.cp.terminal_msg(self.term, mid, data)

@@ -47,7 +47,7 @@ from hsb.host.states import (
 )
 from hsb.ops.notify import Watchdog, watchdog_too_short
 from hsb.takeover.startup_id import startup_id as new_startup_id
-from hsb.wire.framing import batch_bytes
+from hsb.wire.framing import batch_bytes, payload_max
 
 if TYPE_CHECKING:
     from hsb.host.server import HostServer
@@ -246,6 +246,8 @@ class HA(LeaseSide, SwitchSide, HAView):
         if t == "registered":
             self.srv.sessions_ctl.cp_registered = True
             self.srv.sessions_ctl.open_batch_bytes = batch_bytes(msg, "open_batch")  # the CP takes standby opens batched
+            own = self.srv.cfg.host.max_frame  # a reply must fit the CP's frames too
+            self.srv.delivery.max_reply = payload_max(min(own, batch_bytes(msg, "max_frame") or own))
             self.epoch = int(msg.get("epoch", 0))
             self.lease.duration = float(msg.get("lease", 0.0))
             self.lease.extend(self.register_sent_at)  # the CP answered the register sent then
@@ -294,6 +296,8 @@ class HA(LeaseSide, SwitchSide, HAView):
                 "instance": self.instance,
                 # re-deliveries may come batched, within what this host's frames may hold
                 "deliver_batch": self.srv.cfg.host.max_frame // 4,
+                # the CP limits the terminals' messages to what this host's frames can take
+                "max_frame": self.srv.cfg.host.max_frame,
                 # registered as the active, it names the sessions it has open, which the CP keeps
                 "adopt": True,
                 # demoted at a planned switchover, it takes the CP's word for which of its active
