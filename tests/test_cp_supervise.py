@@ -326,7 +326,8 @@ def test_a_reload_or_wake_sent_while_the_worker_starts_is_acted_on_not_lost(tmp_
 async def test_a_worker_forked_again_runs_on_the_config_as_reloaded(supervised: Any, tmp_path: Path) -> None:
     """Terminals added by SIGHUP are still there after the worker dies and the master forks the
     next one (it reads the config file as it is now, as a restart by systemd would), and a file
-    broken since then leaves the next worker on the config it can read, said in the log."""
+    broken since then leaves the next worker on the config the workers before it applied (the
+    SIGHUPs included, not the master's start), said in the log."""
     import tomllib
 
     from tests.support.hostclient import FakeTerminal
@@ -354,6 +355,29 @@ async def test_a_worker_forked_again_runs_on_the_config_as_reloaded(supervised: 
     os.kill(worker_of(p.popen.pid), signal.SIGKILL)
     wait_for(lambda: len(p.events("cp_started")) == 4, 15, what="the fourth worker listening")
     assert p.events("config_reread_failed")
-    t = await FakeTerminal.connect(term_addr, "T00001")
-    assert (await t.wait(lambda m: m["t"] in ("welcome", "error")))["t"] == "welcome"
-    await t.close()
+    # on the config the workers before it applied, not the master's start: T00007, added by
+    # SIGHUP, is still known
+    for name in ("T00001", "T00007"):
+        t = await FakeTerminal.connect(term_addr, name)
+        assert (await t.wait(lambda m: m["t"] in ("welcome", "error")))["t"] == "welcome", name
+        await t.close()
+    assert "last applied" in p.events("config_reread_failed")[-1]["msg"]
+
+
+def test_a_worker_killed_while_it_leaves_its_config_leaves_the_one_before(tmp_path: Path) -> None:
+    """The config a worker applied goes into the older of two slots, its data before its header:
+    a worker killed in the middle of that store leaves the previous config whole."""
+    from hsb.config import load
+    from hsb.cp.config import CPConfig
+    from hsb.cp.supervise import AppliedConfig
+
+    ac = AppliedConfig()
+    assert ac.load(CPConfig) is None
+    first = load(cp_config(tmp_path, terminals=5, durability="none"), CPConfig)
+    ac.store(first)
+    second = load(cp_config(tmp_path, terminals=7, durability="none"), CPConfig)
+    ac.store(second)
+    assert len(ac.load(CPConfig).terminal_table) == 7
+    # the newer slot (the second's) torn, as by a worker killed while writing it: the first is read
+    ac.mem[AppliedConfig.SLOT + AppliedConfig.HEAD.size + 5] ^= 0xFF
+    assert len(ac.load(CPConfig).terminal_table) == 5

@@ -53,15 +53,30 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
         import structlog
 
         from hsb.config import load
+        from hsb.cp import supervise as sv
         from hsb.cp.server import CPServer
         from hsb.ops.reload import changed_keys
 
         log = structlog.get_logger("hsb.cp")
         try:
             new = load(config_path, CPConfig)
-        except Exception as exc:  # noqa: BLE001 - a file broken since: the config of the start, said so
-            log.error("config_reread_failed", path=config_path, error=str(exc), msg="the worker runs on the config it started with; fix the file")
-            return cfg, secret
+        except Exception as exc:  # noqa: BLE001 - a file broken since: what the last worker applied, said so
+            kept = None
+            if sv.APPLIED is not None:
+                try:
+                    kept = sv.APPLIED.load(CPConfig)
+                except Exception as bad:  # noqa: BLE001 - (cannot be: it was a valid config once) the start's then
+                    log.error("applied_config_unreadable", error=str(bad))
+            if kept is None:
+                log.error("config_reread_failed", path=config_path, error=str(exc), msg="the worker runs on the config it started with; fix the file")
+                return cfg, secret
+            log.error(
+                "config_reread_failed",
+                path=config_path,
+                error=str(exc),
+                msg="the worker runs on the config the worker before it last applied (its SIGHUPs included); fix the file",
+            )
+            new = kept
         merged = cfg.model_copy(deep=True)
         merged.cp.held_bound = new.cp.held_bound
         merged.cp.held_bytes = new.cp.held_bytes

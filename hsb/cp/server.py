@@ -55,6 +55,7 @@ BIND_WAIT_S = 3.0  # a CP forked again after a crash waits this long at most for
 BIND_RETRY_S = 0.005
 T = TypeVar("T")
 STOP_AFTER_DRAIN_S = 0.5  # a stop whose journal did not drain: how much longer the write still out may take
+KEEP_APPLIED_AFTER_S = 5.0  # a worker forked again leaves its config for the next one this long after it starts serving
 
 
 def holds_address(addr: str, unknown: bool = True) -> bool:
@@ -493,6 +494,7 @@ class CPServer:
         last_state = ""
         watchdog = Watchdog()
         follow = self.cfg.cp.takeover == "on_wake"
+        keep_at = time.monotonic() + KEEP_APPLIED_AFTER_S if self.supervisor and self.supervisor.get("restarts") else None
         while not self.should_exit.is_set():
             self.cp.tick()
             if time.monotonic() - last_beat >= 0.1:  # the generation check and heartbeat, also when idle
@@ -518,6 +520,11 @@ class CPServer:
                 # on its own: this loop beats, checks the generation and pings the watchdog meanwhile
                 self.reload_requested = False  # (now: one asked for from here on is another)
                 self._reloading = asyncio.ensure_future(self._reload_logged())
+            elif keep_at is not None and time.monotonic() >= keep_at and (self._reloading is None or self._reloading.done()):
+                # a worker forked again runs on the file as it reads now: the next one may need it
+                # (not at once: a restart's logon storm comes first)
+                keep_at = None
+                self._reloading = asyncio.ensure_future(self.keep_applied())
             st = f"{'active ' + self.cp.active.name if self.cp.active is not None and not self.cp.active.closed else 'no active host'}, epoch {self.cp.epoch}"
             if st != last_state:
                 last_state = st
@@ -614,6 +621,19 @@ class CPServer:
         # what runs now: the next reload compares with it (else these were "applied" every time)
         self.cfg.terminals, self.cfg.terminal_groups, self.cfg._defs = new.terminals, new.terminal_groups, new.terminal_table
         reload.report(applied, restart, terminals_added=added, terminals_removed=len(removed))
+        await self.keep_applied()
+
+    async def keep_applied(self) -> None:
+        """Under a master (--supervise): leave the config this worker runs on where a worker
+        forked again finds it if the file is broken by then (hsb.cp.supervise.AppliedConfig).
+        Encoded on a thread: 19,000 terminals listed one by one take a while."""
+        from hsb.cp import supervise
+
+        if supervise.APPLIED is not None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, supervise.APPLIED.store, self.cfg)
+            except Exception:  # a bug: said; the next worker falls back to the file or the start's config
+                log.exception("applied_config_store_failed")
 
     async def shutdown(self) -> None:
         self.state = "stopping"

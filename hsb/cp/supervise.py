@@ -12,7 +12,9 @@ same idea as PostgreSQL's postmaster or nginx's master process.
   systemd's `Restart=` and `RestartPreventExitStatus=` decide as they do without the master.
 - More than RESTARTS_MAX deaths within RESTARTS_WINDOW_S is a crash loop: the master gives up
   with exit 1 and says so, and systemd's own restart rules take over.
-- The master holds nothing of the CP's: no journal, no sockets, no threads (fork() is safe).
+- The master holds nothing of the CP's: no journal, no sockets, no threads (fork() is safe);
+  only a shared mapping where each worker leaves the config it applied (`AppliedConfig`), for
+  the next worker if the config file is broken by then.
   It passes SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2 on to the worker; the worker dies with
   the master (PR_SET_PDEATHSIG), so a SIGKILL of the master is a crash of the CP as before.
 - The worker learns how many workers died before it (`restarts`): `hsbctl status` and the
@@ -30,17 +32,21 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import mmap
 import os
 import resource
 import signal
+import struct
 import sys
 import time
 import traceback
+import zlib
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+import msgpack
 import structlog
 
 log = structlog.get_logger("hsb.cp")
@@ -51,6 +57,54 @@ PASSED_ON = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signa
 PR_SET_PDEATHSIG = 1
 PF_EXITING = 0x4  # /proc/PID/stat flags: the process is exiting
 HIGH_FD_MAX = 1 << 20  # the pipe's end goes no higher (a larger fd table costs memory)
+
+
+class AppliedConfig:
+    """The config the last worker applied (at its start and at each SIGHUP), kept where the next
+    worker finds it: an anonymous mapping the master makes before its first fork and every worker
+    inherits. A worker forked again after its predecessor died reads the config file again; if
+    the file is broken meanwhile, it takes this one, not the config of the master's start (which
+    would lose the terminals added by SIGHUP since).
+
+    Two slots, each a header (sequence number, length, CRC-32) and the msgpack of the config: a
+    store writes the older slot, its data before its header, so a worker killed in the middle of
+    a store leaves the other slot whole."""
+
+    SLOT = 16 * 1024 * 1024  # a config past this is not kept (logged): 100,000 terminals listed one by one fit
+    HEAD = struct.Struct("<QII")
+
+    def __init__(self) -> None:
+        self.mem = mmap.mmap(-1, 2 * self.SLOT, flags=mmap.MAP_SHARED)  # pages are used only once written
+
+    def _slot(self, i: int) -> tuple[int, bytes | None]:
+        base = i * self.SLOT
+        seq, n, crc = self.HEAD.unpack_from(self.mem, base)
+        if not seq or n > self.SLOT - self.HEAD.size:
+            return 0, None
+        data = self.mem[base + self.HEAD.size : base + self.HEAD.size + n]
+        return (seq, data) if zlib.crc32(data) == crc else (0, None)
+
+    def store(self, cfg: Any) -> None:
+        data = msgpack.packb(cfg.model_dump(mode="json"))
+        if len(data) > self.SLOT - self.HEAD.size:
+            log.warning("applied_config_not_kept", bytes=len(data), msg="a worker started again would use the config file, or the start's")
+            return
+        (s0, _), (s1, _) = self._slot(0), self._slot(1)
+        i = 0 if s0 <= s1 else 1
+        base = i * self.SLOT
+        self.HEAD.pack_into(self.mem, base, 0, 0, 0)  # invalid until its data is whole
+        self.mem[base + self.HEAD.size : base + self.HEAD.size + len(data)] = data
+        self.HEAD.pack_into(self.mem, base, max(s0, s1) + 1, len(data), zlib.crc32(data))
+
+    def load(self, model: type[Any]) -> Any | None:
+        """The newest config stored, checked against `model` again; None if there is none."""
+        best = max((self._slot(0), self._slot(1)), key=lambda s: s[0])
+        if best[1] is None:
+            return None
+        return model.model_validate(msgpack.unpackb(best[1]), context={"base": Path.cwd()})
+
+
+APPLIED: AppliedConfig | None = None  # made by the master (`supervise`), inherited by its workers
 
 
 def _die_with_parent(parent: int) -> None:
@@ -152,6 +206,8 @@ def _worker(work: Callable[[dict[str, Any]], int], info: dict[str, Any], parent:
 
 def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = RESTARTS_MAX, window: float = RESTARTS_WINDOW_S) -> int:
     """Fork `work` as the worker and keep one running; the exit code for the master."""
+    global APPLIED
+    APPLIED = AppliedConfig()
     master = os.getpid()
     worker = 0
     stopping = False
