@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from hsb.config import parse_addr
 from hsb.host import delivery as delivery_mod
 from hsb.host import ha as ha_mod
 from hsb.host import ha_switch as ha_switch_mod
@@ -21,9 +22,11 @@ from hsb.host.delivery import Delivery
 from hsb.host.server import HostServer
 from hsb.service.api import ServiceUnavailable
 from hsb.service.builtin import EchoService
+from hsb.wire.client import request
 from hsb.wire.framing import encode
 from tests.support.inproc import hot_standby, pair_in_hot_standby, until
 from tests.support.logrec import RecordingLog
+from tests.support.procs import SECRET
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -124,7 +127,10 @@ async def test_a_stop_just_after_a_peer_link_blip_hands_over(tmp_path: Path, mon
         a.peer.inbound.close()  # host-a's receiving connection drops; host-b's stays
         await until(lambda: a.ha.state == "serving", "host-a serving (its standby out of sight)")
         assert b.ha.state == "established"
-        a.request_stop(takeover=True)
+        # as hsbctl stop asks it: the answer says what this stop will do, not "stops normally"
+        ah, ap = parse_addr(a.bound["admin"])
+        said = await request(ah, ap, SECRET, {"t": "stop", "takeover": True})
+        assert "waits a moment for the standby" in said["msg"], said
         stop = asyncio.ensure_future(a.graceful_stop())
         await asyncio.sleep(0.3)
         a.ha.peer_peer_hello = real_hello  # type: ignore[method-assign]
