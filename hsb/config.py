@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo
 
@@ -135,11 +135,14 @@ class TLSLinks(Strict):
     ca_file: ConfigPath
     cert_file: ConfigPath
     key_file: ConfigPath
+    # the least TLS version this daemon's listeners take: "1.2" lets a client resume a session
+    # by its id after a SIGHUP changed the certificates, skipping them for up to 300 s
+    min_version: Literal["1.2", "1.3"] = "1.3"
 
     def files(self) -> Any:
         from hsb.wire.tls import TLSFiles
 
-        return TLSFiles(self.ca_file, self.cert_file, self.key_file)
+        return TLSFiles(self.ca_file, self.cert_file, self.key_file, self.min_version)
 
 
 class TLSSection(TLSLinks):

@@ -211,3 +211,52 @@ async def test_no_session_made_before_a_reload_is_resumed_after_it(tmp_path: Pat
     finally:
         srv.close()
         await srv.wait_closed()
+
+
+def _handshake(port: int, client_ctx: ssl.SSLContext, session: Any = None) -> tuple[Any, bool]:
+    """A blocking client's handshake (only it can offer a saved session): its session, reused?"""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, client_ctx.wrap_socket(raw, session=session) as s:
+        s.recv(1)  # the server closes: the handshake is complete, its ticket or id is in
+        return s.session, s.session_reused
+
+
+async def test_tls_1_2_is_refused_by_default_for_a_session_id_would_outlive_a_reload(tmp_path: Path) -> None:
+    """A TLS 1.2 client can resume a session by its id from OpenSSL's server cache, which `ssl`
+    cannot turn off: after a SIGHUP that took its CA out it would still be let in, for up to
+    300 s, its certificate not checked again. So the listeners take TLS 1.3 only (no tickets: no
+    resumption at all) unless `min_version = "1.2"`, whose cost this shows."""
+    ca = make_ca(tmp_path)
+    make_leaf(tmp_path, ca, "cp", "ec", "cp")
+    make_leaf(tmp_path, ca, "client", "ec", "client")
+    client = TLS(TLSFiles(str(tmp_path / "ca.pem"), str(tmp_path / "client.pem"), str(tmp_path / "client.key"))).client
+    client.maximum_version = ssl.TLSVersion.TLSv1_2  # a client that offers TLS 1.2 only
+    loop = asyncio.get_running_loop()
+
+    async def listen(t: TLS) -> asyncio.Server:
+        return await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=t.server)
+
+    default = TLS(TLSFiles(str(tmp_path / "ca.pem"), str(tmp_path / "cp.pem"), str(tmp_path / "cp.key")))
+    srv = await listen(default)
+    try:
+        with pytest.raises(ssl.SSLError):
+            await loop.run_in_executor(None, _handshake, srv.sockets[0].getsockname()[1], client)
+    finally:
+        srv.close()
+    lax = TLS(TLSFiles(str(tmp_path / "ca.pem"), str(tmp_path / "cp.pem"), str(tmp_path / "cp.key"), "1.2"))
+    srv = await listen(lax)
+    try:
+        port = srv.sockets[0].getsockname()[1]
+        session, _ = await loop.run_in_executor(None, _handshake, port, client)
+        other = tmp_path / "other"
+        other.mkdir()
+        make_ca(other)  # the CA the CP trusts replaced: the client's certificate is not trusted any more
+        (tmp_path / "ca.pem").write_bytes((other / "ca.pem").read_bytes())
+        assert lax.reload() == []
+        with pytest.raises((ssl.SSLError, ConnectionError)):  # a full handshake: the CP refuses it
+            await loop.run_in_executor(None, _handshake, port, client)
+        _, reused = await loop.run_in_executor(None, _handshake, port, client, session)
+        assert reused  # min_version 1.2: let in by its session id, its certificate not checked again
+    finally:
+        srv.close()

@@ -1,7 +1,7 @@
 """TLS on the links (docs/tls.md): the standard library's `ssl`, nothing home-made.
 
-With a `[tls]` section every host, peer and admin link is mutual TLS (TLS 1.2 at least, 1.3
-preferred): both sides present a certificate that chains to the CA, and the HMAC challenge runs
+With a `[tls]` section every host, peer and admin link is mutual TLS (TLS 1.3; 1.2 too with
+`min_version = "1.2"`, at the cost said in `_contexts`): both sides present a certificate that chains to the CA, and the HMAC challenge runs
 inside the encrypted channel as before. Names are checked at the application level, where the
 link says who it is: a server accepts a client only if the certificate names the name the link
 claims in its `auth` (a host claiming host-a must present host-a's certificate), and a client
@@ -31,7 +31,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-MIN_VERSION = ssl.TLSVersion.TLSv1_2
+MIN_VERSION = ssl.TLSVersion.TLSv1_2  # what a client offers at least (a server may ask for more)
+SERVER_MIN = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}  # `[tls] min_version`
 
 
 class TLSError(Exception):
@@ -43,6 +44,7 @@ class TLSFiles:
     ca_file: str
     cert_file: str
     key_file: str
+    min_version: str = "1.3"  # the listeners' least TLS version (`[tls] min_version`)
 
 
 def check_files(f: TLSFiles) -> list[str]:
@@ -98,7 +100,7 @@ def _contexts(f: TLSFiles) -> tuple[ssl.SSLContext, ssl.SSLContext, ssl.SSLConte
     terminal_server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     for ctx in (server, terminal_server, client):
-        ctx.minimum_version = MIN_VERSION
+        ctx.minimum_version = MIN_VERSION if ctx is client else SERVER_MIN[f.min_version]
         ctx.load_cert_chain(f.cert_file, f.key_file)
         ctx.load_verify_locations(f.ca_file)
     client.check_hostname = False  # names are checked against what the link says (module docstring)
@@ -107,8 +109,9 @@ def _contexts(f: TLSFiles) -> tuple[ssl.SSLContext, ssl.SSLContext, ssl.SSLConte
     terminal_server.verify_mode = ssl.CERT_OPTIONAL
     for ctx in (server, terminal_server):
         # no session tickets: a session resumed from one made before a reload would skip the
-        # certificates now in use (a CA taken out would still be trusted). (A TLS 1.2 client that
-        # resumes by session id still can, for OpenSSL's session timeout, 300 s.)
+        # certificates now in use (a CA taken out would still be trusted). TLS 1.3 resumes only
+        # from tickets; a TLS 1.2 client can also resume by session id (OpenSSL's server cache,
+        # 300 s, which `ssl` cannot turn off): hence TLS 1.3 only by default (`min_version`).
         ctx.options |= ssl.OP_NO_TICKET
         ctx.num_tickets = 0
     return server, terminal_server, client
@@ -148,7 +151,7 @@ class TLS:
         f = self.files
         tmp = tempfile.mkdtemp(prefix="hsb-tls-")  # mode 700: the key's copy is no one else's
         try:
-            copy = TLSFiles(os.path.join(tmp, "ca.pem"), os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem"))
+            copy = TLSFiles(os.path.join(tmp, "ca.pem"), os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem"), f.min_version)
             try:
                 for src, dst in ((f.ca_file, copy.ca_file), (f.cert_file, copy.cert_file), (f.key_file, copy.key_file)):
                     with open(src, "rb") as r, open(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as w:
