@@ -2,7 +2,10 @@
 the CP never took note of is taken over (the CP is the arbiter, SPEC §5.4); a SIGTERM's handover
 survives a resync and a peer-link blip (§5.3: a pause, never an outage); the HA loop keeps turning
 while replies or standby opens are waited for (systemd's watchdog is pinged from it); a reply that
-cannot be encoded is answered with an error; the named events of losing and regaining hot standby."""
+cannot be encoded is answered with an error; the named events of losing and regaining hot standby;
+a stop whose handover ends without the grant writes no resync beside its normal stop, waits for
+the answer to a handover already at the CP, and ends as the standby when granted during its normal
+stop; a standby long gone is not waited for; an exception in a task of the HA loop ends its step."""
 
 from __future__ import annotations
 
@@ -263,3 +266,234 @@ async def test_a_close_cancels_the_lease_timer(tmp_path: Path) -> None:
         timer = a.ha._lease_timer
         await stopped(a, tasks)
         assert timer.cancelled() and a.ha._lease_timer is None
+
+
+# ---------------------------------------------------------------------- 6: a stop and its handover's end
+def refuse_handovers(core: Any) -> None:
+    """The CP refuses every handover as it does when no standby is registered just then."""
+    real = core.host_handover
+
+    def no_standby(host: Any, wait: bool = True) -> None:
+        sb, core.standby = core.standby, None
+        try:
+            real(host, wait)
+        finally:
+            core.standby = sb
+
+    core.host_handover = no_standby
+
+
+def answer_handovers_late(core: Any, after: float) -> None:
+    """The CP answers a handover `after` seconds late, as when it waits for the standby's sessions
+    (up to its HANDOVER_WAIT_S)."""
+    real = core.host_handover
+
+    def late(host: Any, wait: bool = True) -> None:
+        asyncio.get_running_loop().call_later(after, real, host, wait)
+
+    core.host_handover = late
+
+
+def sent_by(link: Any, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """What `link` sends from now on (and sends still)."""
+    sent: list[dict[str, Any]] = []
+    real = link.send
+
+    def send(msg: dict[str, Any]) -> bool:
+        sent.append(msg)
+        return bool(real(msg))
+
+    monkeypatch.setattr(link, "send", send)
+    return sent
+
+
+def slow_batch_writes(a: HostServer, write: str) -> list[float]:
+    """host-a's batch writes take 0.2 s, then succeed or fail (`write`); returns when each began."""
+    began: list[float] = []
+    real = a.takeover.batch_write
+
+    async def slow(*args: Any, **kw: Any) -> Any:
+        began.append(time.monotonic())
+        await asyncio.sleep(0.2)
+        if write == "fails":
+            raise OSError("storage failed")
+        return await real(*args, **kw)
+
+    a.takeover.batch_write = slow  # type: ignore[method-assign]
+    return began
+
+
+def short_hand_over(a: HostServer, monkeypatch: pytest.MonkeyPatch, timeout: float) -> None:
+    """The stop's limit on its handover (15 s) cut to `timeout`."""
+    real = a.hand_over
+
+    async def short(ask: bool = True) -> bool:
+        return await real(timeout=timeout, ask=ask)
+
+    monkeypatch.setattr(a, "hand_over", short)
+
+
+@pytest.mark.parametrize("write", ["succeeds", "fails"])
+async def test_a_resync_held_by_a_stops_handover_is_dropped_when_the_cp_refuses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: str
+) -> None:
+    """The standby asks for a resync while SIGTERM's handover is releasing; the CP refuses the
+    handover: the held resync is not written into the normal stop that follows (no batch for the
+    standby of a stopping host, and a batch write that fails does not make it `serving` again)."""
+    rec = RecordingLog()
+    monkeypatch.setattr(ha_mod, "log", rec)
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        core = cp.cp
+        real_release = core.host_release
+        core.host_release = lambda host: None  # type: ignore[method-assign]
+        refuse_handovers(core)
+        writes = slow_batch_writes(a, write)
+        sent = sent_by(a.peer, monkeypatch)
+        a.request_stop(takeover=True)
+        stop = asyncio.ensure_future(a.graceful_stop())
+        await until(lambda: a.ha.state == "releasing", "the stop's handover releasing")
+        a.ha.post("peer_frame", msg={"t": "resync_request", "startup_id": a.ha.partner_startup_id, "reason": "test"})
+        await until(lambda: rec.events("batch_write_deferred"), "the resync held")
+        assert core.active is not None
+        real_release(core.active)  # "released": the handover goes to the CP, which refuses it
+        await asyncio.wait_for(stop, 20)
+        await asyncio.sleep(0.5)  # (a batch write started meanwhile would end by now)
+        assert writes == [] and rec.events("batch_write_dropped"), rec.entries  # not even begun
+        assert [m for m in sent if m["t"] == "batch_write_complete"] == []
+        assert a.ha.state == "stopping" and not a.is_serving_active(), (a.ha.state, a.ha.last_error)
+        assert rec.events("switchover_refused"), rec.entries
+
+
+@pytest.mark.parametrize("write", ["succeeds", "fails"])
+async def test_a_batch_write_that_ends_after_a_normal_stop_began_leaves_it_stopping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: str
+) -> None:
+    """`hsbctl stop --no-takeover` while a batch write waits on storage: the write ending after
+    the stop began sends no BATCH WRITE COMPLETE (standby sessions for a stopping host) and, failed,
+    does not make the host `serving` (/active true) during its stop."""
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        writes = slow_batch_writes(a, write)
+        a.ha.post("peer_frame", msg={"t": "resync_request", "startup_id": a.ha.partner_startup_id, "reason": "test"})
+        await until(lambda: writes, "the resync's batch write under way")
+        sent = sent_by(a.peer, monkeypatch)
+        a.request_stop(takeover=False)
+        await asyncio.wait_for(a.graceful_stop(), 15)
+        await asyncio.sleep(0.5)  # (the batch write ends by now)
+        assert [m for m in sent if m["t"] == "batch_write_complete"] == []
+        assert a.ha.state == "stopping" and not a.is_serving_active(), (a.ha.state, a.ha.last_error)
+
+
+async def test_a_stop_waits_for_the_cps_answer_to_a_handover_it_sent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stop's limit runs out after the handover went to the CP (which waits up to 2 s for the
+    standby's sessions): a normal stop then would end the role with nobody active. The stop waits
+    for the answer and ends as the standby."""
+    rec = RecordingLog()
+    monkeypatch.setattr(server_mod, "log", rec)
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        core = cp.cp
+        answer_handovers_late(core, 1.0)
+        short_hand_over(a, monkeypatch, 0.5)
+        a.request_stop(takeover=True)
+        await asyncio.wait_for(a.graceful_stop(), 15)
+        assert rec.events("stopped_after_handover") and not rec.events("stop_handover_failed"), rec.entries
+        assert a.ha.role == "standby" and a.exit_code == 0
+        await until(lambda: core.active is not None and core.active.name == "host-b" and b.ha.role == "active" and b.ha.serving, "host-b the active")
+
+
+async def test_a_host_demoted_during_its_normal_stop_stops_as_the_standby(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CP grants a handover after the stop stopped waiting for it (the normal stop under way):
+    the host stops as the standby it now is, it does not start again as one (no standby_startup to
+    the new active), nor tell the CP or the peer of a normal stop (which the CP would not answer)."""
+    rec = RecordingLog()
+    monkeypatch.setattr(server_mod, "log", rec)
+    monkeypatch.setattr(server_mod, "HANDOVER_ANSWER_S", 0.0)  # the stop does not wait for the answer
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        core = cp.cp
+        answer_handovers_late(core, 0.6)
+        real = a.hand_over
+
+        async def short(ask: bool = True) -> bool:
+            done = await real(timeout=0.2, ask=ask)
+            if not done:  # the normal stop's replies in progress take a while: the CP's grant comes meanwhile
+
+                async def slow(timeout: float) -> bool:
+                    await asyncio.sleep(1.5)
+                    return True
+
+                monkeypatch.setattr(a.delivery, "drain", slow)
+            return done
+
+        monkeypatch.setattr(a, "hand_over", short)
+        to_peer, to_cp = sent_by(a.peer, monkeypatch), sent_by(a.cp, monkeypatch)
+        a.request_stop(takeover=True)
+        t0 = time.monotonic()
+        await asyncio.wait_for(a.graceful_stop(), 15)
+        assert time.monotonic() - t0 < 3.0
+        assert rec.events("stopped_after_handover") and not rec.events("cp_did_not_confirm_stop"), rec.entries
+        assert a.ha.role == "standby" and a.ha.state == "stopping" and a.exit_code == 0, (a.ha.role, a.ha.state)
+        await asyncio.sleep(0.3)  # (what the HA loop would do after the demotion)
+        assert a.ha.state == "stopping"
+        assert [m["t"] for m in to_peer if m["t"] in ("standby_startup", "active_stopping")] == []
+        assert [m for m in to_cp if m["t"] == "stopping"] == []
+        await until(lambda: core.active is not None and core.active.name == "host-b" and b.ha.role == "active" and b.ha.serving, "host-b the active")
+
+
+async def test_a_stop_long_after_the_standby_went_does_not_wait_for_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The standby host was stopped and stays down: a later stop of the active does not wait for
+    it (no stop_waits_for_standby), and hsbctl stop says so."""
+    rec = RecordingLog()
+    monkeypatch.setattr(server_mod, "log", rec)
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        b.request_stop(takeover=True)
+        await asyncio.wait_for(b.graceful_stop(), 15)
+        tasks[2].cancel()  # host-b's HA loop
+        await asyncio.gather(tasks[2], return_exceptions=True)
+        await b.close()
+        await until(lambda: a.ha.state == "serving" and a.ha.standby_out_of_sight is not None, "host-a serving, its standby out of sight")
+        a.ha.standby_out_of_sight = time.monotonic() - 60  # a minute ago
+        ah, ap = parse_addr(a.bound["admin"])
+        said = await request(ah, ap, SECRET, {"t": "stop", "takeover": True})
+        assert said["msg"].startswith("host-a stops normally: nobody takes over"), said
+        t0 = time.monotonic()
+        await asyncio.wait_for(a.graceful_stop(), 15)
+        assert time.monotonic() - t0 < 2.0
+        assert not rec.events("stop_waits_for_standby"), rec.entries
+
+
+# ---------------------------------------------------------------------- 7: a task's bug ends its step
+async def test_a_standby_whose_standby_opens_fail_asks_for_the_batch_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rec = RecordingLog()
+    monkeypatch.setattr(ha_mod, "log", rec)
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        real = b.sessions_ctl.apply_batch
+        calls: list[int] = []
+
+        async def broken_once(entries: Any, timeout: float = 30.0) -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("a bug")
+            await real(entries, timeout)
+
+        b.sessions_ctl.apply_batch = broken_once  # type: ignore[method-assign]
+        a.ha.post("peer_frame", msg={"t": "resync_request", "startup_id": a.ha.partner_startup_id, "reason": "test"})
+        await until(lambda: calls, "host-b applying the new batch")
+        await until(lambda: len(calls) >= 2 and hot_standby(a, b), "hot standby again, the batch asked for again", timeout=5)
+        assert rec.events("ha_task_error") and rec.events("batch_read_failed"), rec.entries
+
+
+async def test_a_switchover_whose_wait_for_replies_fails_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replies' wait raising (a bug) does not leave the active releasing for ever (the CP
+    holding its release: nothing delivered to it): the switchover goes on to the handover, as after
+    a wait that timed out, and the CP grants or refuses it."""
+    rec = RecordingLog()
+    monkeypatch.setattr(ha_mod, "log", rec)
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+
+        async def broken(timeout: float) -> bool:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(a.delivery, "drain", broken)
+        a.ha.post("switchover")
+        await until(lambda: b.ha.role == "active" and a.ha.role == "standby", "the switchover", timeout=5)
+        assert rec.events("ha_task_error"), rec.entries
+        await until(lambda: hot_standby(a, b), "hot standby the other way round")

@@ -46,7 +46,7 @@ class HostAdminProtocol(AuthServerProtocol):
         takeover = bool(msg.get("takeover", True))
         if ha.role == "active" and takeover and ha.switchover_refusal() is None:
             what = "hands over to the standby, then stops"
-        elif ha.role == "active" and takeover and ha.state == "serving" and ha.standby_out_of_sight is not None:
+        elif takeover and ha.standby_may_return():
             what = "waits a moment for the standby the peer link lost, hands over if it comes back, else stops normally"
         elif ha.role == "active":
             what = "stops normally: nobody takes over (" + ("no established standby" if takeover else "--no-takeover") + ")"

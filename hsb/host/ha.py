@@ -22,6 +22,7 @@ import asyncio
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -55,6 +56,12 @@ if TYPE_CHECKING:
 log = structlog.get_logger("hsb.host")
 
 TORN_RETRIES = 5  # polls a torn ring record may stay torn (a write in progress) before it counts as damage
+
+# An established standby that went out of sight with the peer link less than this long ago may be
+# back in a moment (a blip: the link tries again every 0.5 s at most, each try bounded by 2 s to
+# connect and 2 s to authenticate, so this is two tries and more): a stop of the active waits for
+# it briefly (HostServer.standby_back). One gone longer is taken to be down (stopped, crashed).
+STANDBY_BLIP_S = 10.0
 
 
 class Exit(Exception):
@@ -115,6 +122,7 @@ class HA(LeaseSide, SwitchSide, HAView):
         self.resyncing = False  # active: batch writing for a resync of the established standby
         self.deferred_batch: dict[str, Any] | None = None  # a resync/standby startup held during a handover
         self.stopping = False  # the process is ending normally: no switchover or batch starts now
+        self.stop_handing_over = False  # a stop waits on a planned switchover: if it ends, the normal stop follows
         self.standby_out_of_sight: float | None = None  # active: established standby lost with the peer link (when)
         self.batch_token = 0  # each batch read's; an older one's end is ignored
         self.batch_apply: asyncio.Task[None] | None = None
@@ -130,8 +138,10 @@ class HA(LeaseSide, SwitchSide, HAView):
         self.events.append((kind, data))
         self.wake.set()
 
-    def spawn(self, coro: Any) -> None:
-        """Run `coro` beside the loop (it reports back with `post`); cancelled by `close`."""
+    def spawn(self, coro: Any, failed: Callable[[Exception], None]) -> asyncio.Task[None]:
+        """Run `coro` beside the loop (it reports back with `post`); cancelled by `close`. An
+        exception in it (a bug) is logged and handed to `failed`, which posts the event that ends
+        the step the loop waits on (else the host would stay in that state for ever)."""
 
         async def guarded() -> None:
             try:
@@ -141,10 +151,12 @@ class HA(LeaseSide, SwitchSide, HAView):
             except Exception as exc:  # a bug: said, as one in the loop is
                 log.exception("ha_task_error", error=repr(exc))
                 self.last_error = f"internal error: {exc!r}"
+                failed(exc)
 
         t = asyncio.get_running_loop().create_task(guarded())
         self.tasks.add(t)
         t.add_done_callback(self.tasks.discard)
+        return t
 
     def close(self) -> None:
         """The process ends: nothing of the state machine runs on (the lease timer, its tasks)."""
@@ -382,14 +394,18 @@ class HA(LeaseSide, SwitchSide, HAView):
         waiting on it stops waiting."""
         self.last_error = why
         log.warning(event, reason=reason)
-        self.switchovers_ended += 1
+        self.switchover_over()
         self.switch_token += 1
         self.switch_after_resync = None
         self.release_pending = False
         self.set_state(ESTABLISHED if self.established_since else SERVING, why)
         deferred, self.deferred_batch = self.deferred_batch, None
-        if deferred is not None and not self.stopping:  # held during the handover: its turn now
-            self.post("peer_frame", msg=deferred)
+        if deferred is None:
+            return
+        if self.stopping:  # a stop waited on it: the normal stop follows, no batch write beside it
+            log.info("batch_write_dropped", notice=deferred.get("t"), msg="a stop follows the ended switchover")
+            return
+        self.post("peer_frame", msg=deferred)  # held during the handover: its turn now
 
     def fenced(self, why: str) -> None:
         if not faults.SELF_FENCING:
@@ -432,6 +448,18 @@ class HA(LeaseSide, SwitchSide, HAView):
             return
         if self.state in (ESTABLISHED, AWAITING_BATCH, BATCH_READING, BATCH_RETRY):
             await self.request_switchover(f"peer link lost: {why}")
+
+    def standby_may_return(self) -> bool:
+        """An active serving without its standby because the peer link dropped less than
+        STANDBY_BLIP_S ago while hot standby was established (a blip: the standby itself may be
+        established still): a stop waits a moment for it (HostServer.standby_back), and hsbctl stop
+        says so. One out of sight longer is taken to be down: a stop does not wait for it."""
+        return (
+            self.role == "active"
+            and self.state == SERVING
+            and self.standby_out_of_sight is not None
+            and time.monotonic() - self.standby_out_of_sight < STANDBY_BLIP_S
+        )
 
     async def ev_peer_frame(self, msg: dict[str, Any]) -> None:
         t = msg["t"]
@@ -519,12 +547,16 @@ class HA(LeaseSide, SwitchSide, HAView):
             log.error("batch_write_failed", error=str(exc))
             self.last_error = msg
             tio.discard_ring_buffer()
-            self.set_state(SERVING, msg)
+            if not self.stopping:  # (a normal stop begun meanwhile keeps its state: not serving)
+                self.set_state(SERVING, msg)
             return
         faults.point("host.between_batch_and_notice")
         self.generation = gen
         tio.start_ring_writer(gen)
         log.info("batch_write_complete", generation=gen, entries=len(entries), ms=round((time.monotonic() - t0) * 1000, 1))
+        if self.stopping:  # a normal stop began while it was written: no standby sessions for a stopping host
+            log.info("batch_write_complete_not_sent", msg="this host is stopping")
+            return
         self.srv.peer.send({"t": "batch_write_complete", "startup_id": self.partner_startup_id, "generation": gen})
         log.info("service_start_notice", monitor="local")
 
@@ -559,6 +591,8 @@ class HA(LeaseSide, SwitchSide, HAView):
                 log.info("peer_took_over", peer=msg.get("name"))
             elif self.role == "active":
                 log.error("two_actives_claimed", peer=msg.get("name"))
+            return
+        if self.stopping:  # (demoted during its stop: it does not start again as the standby)
             return
         if self.partner_instance is not None and msg.get("instance") != self.partner_instance:
             # Fig. 3: the active restarted; drop every standby session by walking the link.
@@ -611,34 +645,33 @@ class HA(LeaseSide, SwitchSide, HAView):
             self.fail(1, f"takeover file mismatch: {exc}", "takeover_file_mismatch")
             return
         except Exception as exc:
-            # never apply a bad batch; ask again, backing off so a damaged disk is not hammered
-            self.batch_failures += 1
-            delay = min(0.05 * 2 ** (self.batch_failures - 1), 2.0)
-            self.last_error = f"batch read failed: {exc}"
-            log.error("batch_read_failed", error=str(exc), retry_in_s=delay, failures=self.batch_failures)
-            self.set_state(BATCH_RETRY, self.last_error)
-            self.resync_reason = str(exc)[:200]
-            self.resync_at = time.monotonic() + delay
+            self.batch_failed(str(exc))  # never apply a bad batch
             return
         self.batch_failures = 0
         self.generation = gen
         self.partner_batch_records = b
         log.info("batch_read_complete", generation=gen, partner_batch_records=b, entries=len(entries), ms=round((time.monotonic() - t0) * 1000, 1))
         # the standby opens and the CP's answers to them (up to 2 + 30 s) in a task: a failover
-        # (active_lost, peer_down) is acted on meanwhile; `ev_batch_applied` goes on
-        self.batch_apply = asyncio.get_running_loop().create_task(self._apply_batch(self.batch_token, entries))
-        self.tasks.add(self.batch_apply)
-        self.batch_apply.add_done_callback(self.tasks.discard)
+        # (active_lost, peer_down) is acted on meanwhile; `ev_batch_applied` goes on, and an
+        # exception in it (a bug) ends the batch read as failed (`ev_batch_apply_failed`)
+        token = self.batch_token
+        self.batch_apply = self.spawn(
+            self._apply_batch(token, entries), failed=lambda exc: self.post("batch_apply_failed", token=token, error=repr(exc))
+        )
+
+    def batch_failed(self, why: str) -> None:
+        """A batch read that cannot be used: ask the active again, backing off so that a damaged
+        disk is not hammered (BATCH_RETRY, then `resync_request` from `run_cycle`)."""
+        self.batch_failures += 1
+        delay = min(0.05 * 2 ** (self.batch_failures - 1), 2.0)
+        self.last_error = f"batch read failed: {why}"
+        log.error("batch_read_failed", error=why, retry_in_s=delay, failures=self.batch_failures)
+        self.set_state(BATCH_RETRY, self.last_error)
+        self.resync_reason = why[:200]
+        self.resync_at = time.monotonic() + delay
 
     async def _apply_batch(self, token: int, entries: list[Any]) -> None:
-        try:
-            await self.srv.sessions_ctl.apply_batch(entries)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a bug: said, as one in the loop is; the batch read is not done
-            log.exception("ha_task_error", error=repr(exc))
-            self.last_error = f"internal error: {exc!r}"
-            return
+        await self.srv.sessions_ctl.apply_batch(entries)
         self.post("batch_applied", token=token)
 
     def cancel_batch_apply(self) -> None:
@@ -646,6 +679,12 @@ class HA(LeaseSide, SwitchSide, HAView):
         t, self.batch_apply = self.batch_apply, None
         if t is not None:
             t.cancel()
+
+    async def ev_batch_apply_failed(self, token: int, error: str) -> None:
+        if token != self.batch_token or self.role != "standby" or self.state != BATCH_READING:
+            return  # (as ev_batch_applied)
+        self.batch_apply = None
+        self.batch_failed(f"standby sessions not opened: {error}")
 
     async def ev_batch_applied(self, token: int) -> None:
         if token != self.batch_token or self.role != "standby" or self.state != BATCH_READING:

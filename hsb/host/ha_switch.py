@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from hsb.host.states import ACTIVE_STOPPED, BATCH_WRITING, ESTABLISHED, HANDING_OVER, RELEASING, SERVING, WAITING
+from hsb.host.states import ACTIVE_STOPPED, BATCH_WRITING, ESTABLISHED, HANDING_OVER, RELEASING, SERVING, STOPPING, WAITING
 
 if TYPE_CHECKING:
     from hsb.host.ha import HA
@@ -44,6 +44,7 @@ class SwitchSide:
     switch_after_resync: float | None
     resyncing: bool
     stopping: bool
+    stop_handing_over: bool
     deferred_batch: dict[str, Any] | None
     switchovers_ended: int
     counters: dict[str, int]
@@ -52,7 +53,7 @@ class SwitchSide:
     async def on_active_lost(self: HA, host: str, why: str, via: str, cp_confirmed: bool | None = None) -> None:
         """The active is gone: `why` "stopping" is a normal termination (§5.3), anything else a
         loss. `cp_confirmed`: the peer's word on whether the CP answered its `stopping`."""
-        if self.role != "standby":
+        if self.role != "standby" or self.stopping:  # (a stopping standby takes nothing over)
             return
         if why == "stopping":
             confirmed = via == "cp" or cp_confirmed is True  # (the CP's own word is its confirmation)
@@ -83,6 +84,9 @@ class SwitchSide:
         await self.request_switchover(f"active lost ({why}, told by the {via})")
 
     async def request_switchover(self: HA, reason: str, planned: bool = False, kind: str = "failover") -> None:
+        if self.stopping:
+            self.last_error = f"cannot ask for a switchover ({reason}): {self.name} is stopping"
+            return
         if not self.registered:
             self.last_error = f"cannot ask for a switchover ({reason}): not registered at the CP"
             return
@@ -140,6 +144,14 @@ class SwitchSide:
             return f"no established standby ({self.describe()}); a planned switchover needs hot standby"
         return None
 
+    def switchover_over(self: HA) -> None:
+        """A planned switchover ended without the grant (refused, abandoned). A stop waiting on it
+        (`stop_handing_over`) stops waiting and runs the normal stop: from now on, so nothing of
+        hot standby starts in between (a resync held during the handover, or asked now)."""
+        self.switchovers_ended += 1
+        if self.stop_handing_over:
+            self.stopping = True
+
     def switchover_under_way(self: HA) -> bool:
         """A planned switchover was started and has neither completed nor ended."""
         return self.state in (RELEASING, HANDING_OVER) or self.switch_after_resync is not None
@@ -151,7 +163,7 @@ class SwitchSide:
         if why is not None:
             self.last_error = f"planned switchover refused: {why}"
             log.warning("switchover_refused", reason=why)
-            self.switchovers_ended += 1  # (a stop waiting on it stops waiting)
+            self.switchover_over()
             return
         if self.state == BATCH_WRITING:
             # the standby asked for a new batch: hand over once it is ready again (or end the
@@ -185,7 +197,7 @@ class SwitchSide:
         if self.state == BATCH_WRITING:  # (still waiting for the standby: the resync goes on, the switchover not)
             self.last_error = why
             log.warning("switchover_refused", reason="the standby was not ready again in time after its resync")
-            self.switchovers_ended += 1
+            self.switchover_over()
             return
         self.switchover_ended("switchover_refused", why, "no established standby after the resync")
 
@@ -195,7 +207,11 @@ class SwitchSide:
         if not self.release_pending:  # (the "released" of a normal stop, or of an ended switchover)
             return
         self.release_pending = False
-        self.spawn(self._finish_replies(self.switch_token))
+        token = self.switch_token
+        # an exception in the wait (a bug) goes on as a wait that timed out does: to the handover,
+        # which the CP grants or refuses (ending it here would leave the CP holding the release,
+        # delivering nothing to this host: only the handover's answer or the link's loss undoes it)
+        self.spawn(self._finish_replies(token), failed=lambda exc: self.post("replies_finished", token=token, complete=False))
 
     async def _finish_replies(self: HA, token: int) -> None:
         done = await self.srv.delivery.drain(10.0)
@@ -219,7 +235,10 @@ class SwitchSide:
         self.deferred_batch = None
 
     async def on_demoted(self: HA, new_active: str) -> None:
-        """The old active of a planned switchover turns into the standby (new startup id, batch read)."""
+        """The old active of a planned switchover turns into the standby (new startup id, batch
+        read). One demoted while stopping (the CP's grant came after the stop gave up waiting for
+        it) is the standby of a process that ends: it stays `stopping`, does not start as the
+        standby, and the stop ends as one after a handover (HostServer.graceful_stop)."""
         self.switch_token += 1
         self.deferred_batch = None  # (a resync or standby startup of the new active's standby: moot)
         n = self.srv.sessions_ctl.drop_active_sessions()
@@ -228,7 +247,13 @@ class SwitchSide:
         self.partner_instance = None
         self.established_since = None
         self.generation = None
-        self.set_state(WAITING, f"planned switchover: {new_active} is active now", role="standby")
+        if self.stopping:
+            self.set_state(STOPPING, f"planned switchover: {new_active} is active now; this host is stopping", role="standby")
+        else:
+            self.set_state(WAITING, f"planned switchover: {new_active} is active now", role="standby")
         self.counters["switchovers"] += 1
-        log.info("switchover_complete", epoch=self.epoch, new_active=new_active, sessions_handed_over=n, planned=True)
+        log.info("switchover_complete", epoch=self.epoch, new_active=new_active, sessions_handed_over=n, planned=True, stopping=self.stopping)
+        if self.stopping:
+            self.srv.handed_over.set()
+            return
         self.maybe_standby_startup()

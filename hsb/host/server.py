@@ -29,6 +29,7 @@ from hsb.host.hooks import RoleHook
 from hsb.host.peer import PeerLink
 from hsb.host.sessions import SessionTable
 from hsb.host.sessions_ctl import SessionsCtl
+from hsb.host.states import HANDING_OVER
 from hsb.host.takeover_io import TakeoverIO
 from hsb.ops.http import json_route, start_http
 from hsb.ops.limits import raise_nofile
@@ -41,11 +42,17 @@ from hsb.wire.tls import TLS, reload_tls, set_default_client
 
 log = structlog.get_logger("hsb.host")
 
-# A stop of an active whose established standby went out of sight with the peer link (a blip:
-# the standby itself stays established at the CP, following the ring) waits this long at most
-# for the link to restore hot standby, and then hands over; else it stops normally. Within
-# systemd's TimeoutStopSec=40 with the handover's 15 s and a normal stop's ~11 s.
+# A stop of an active whose established standby went out of sight with the peer link less than
+# STANDBY_BLIP_S (hsb.host.ha) before (a blip: the standby itself stays established at the CP,
+# following the ring) waits this long at most for the link to restore hot standby, and then hands
+# over; else it stops normally. Within systemd's TimeoutStopSec=40 with the handover's 15 s (+ up
+# to HANDOVER_ANSWER_S) and a normal stop's ~11 s.
 STOP_PEER_WAIT_S = 3.0
+# A handover sent to the CP is answered (granted or refused) within the CP's own wait for the
+# standby's sessions (HANDOVER_WAIT_S, 2 s) and its journal write of the new epoch: a stop whose
+# limit runs out after the handover went waits this long from then for that answer. A normal stop
+# instead could not take the handover back (the CP may grant it meanwhile, or end it with the role).
+HANDOVER_ANSWER_S = 5.0
 
 
 class HostServer:
@@ -100,6 +107,7 @@ class HostServer:
         self.ready_sent = False
         self.cp_stopped = asyncio.Event()
         self.cp_released = asyncio.Event()  # the CP's "released": it delivers nothing more to us
+        self.handed_over = asyncio.Event()  # the CP granted a handover during the normal stop (HA.on_demoted)
         self.http_server: asyncio.base_events.Server | None = None
         self.reload_requested = False
         self.stop_mode = "takeover"  # SIGTERM hands over; `hsbctl stop --no-takeover` says "normal"
@@ -347,33 +355,44 @@ class HostServer:
         """A planned switchover before stopping (`ask`: asked now, else one is under way); True
         once this host is the standby. One that completes takes at most ~12 s (10 s for the replies
         in progress, 2 s for the standby's sessions at the CP), or after a resync under way up to
-        max(5 s, 3 x storage_timeout) more, cut at `timeout`; STOP_PEER_WAIT_S before it, 15 s,
-        and then a normal stop's ~11 s, stay within the unit's TimeoutStopSec=40, after which
-        systemd would SIGKILL."""
+        max(5 s, 3 x storage_timeout) more, cut at `timeout`, but never while the handover is at
+        the CP: then its answer is waited for, up to HANDOVER_ANSWER_S from when it went.
+        STOP_PEER_WAIT_S before it, 15 + 5 s, and then a normal stop's ~11 s, stay within the
+        unit's TimeoutStopSec=40, after which systemd would SIGKILL."""
         ha = self.ha
         ended = ha.switchovers_ended
+        ha.stop_handing_over = True  # (the switchover ending, the normal stop follows: HA.switchover_over)
         if ask:
             ha.post("switchover")  # the HA loop acts
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        answer_by: float | None = None  # the handover went to the CP: its answer is due by then
+        while True:
             if ha.role == "standby":
+                ha.stop_handing_over = False  # (done: a host that lives on, as in tests, is not stopping)
                 return True
             # Refused (no standby any more, say) or abandoned: a normal stop then. Not the state:
             # a switchover waits for a resync under way (batch_writing), and a resync asked during
             # one waits for it (the state stays releasing): it ends only as ended.
             if ha.exit is not None or ha.switchovers_ended != ended:
                 return False
+            now = time.monotonic()
+            if answer_by is None and ha.state == HANDING_OVER:
+                answer_by = now + HANDOVER_ANSWER_S
+            if now >= deadline and (answer_by is None or now >= answer_by):
+                if answer_by is not None:
+                    log.warning("stop_handover_unanswered", at_most_s=HANDOVER_ANSWER_S, msg="the CP did not answer the handover")
+                return False
             await asyncio.sleep(0.02)
-        return False
 
     async def standby_back(self) -> bool:
-        """An active whose established standby went out of sight with the peer link: wait up to
-        STOP_PEER_WAIT_S for the link to restore hot standby (True), so that a stop just after a
+        """An active whose established standby went out of sight with the peer link less than
+        STANDBY_BLIP_S ago (`HA.standby_may_return`; one gone longer is taken to be down): wait up
+        to STOP_PEER_WAIT_S for the link to restore hot standby (True), so that a stop just after a
         blip hands over instead of ending the service. Not longer, and no handover without it:
         this host cannot tell whether the standby is established still (a planned switchover
         needs hot standby, §5.3)."""
         ha = self.ha
-        if ha.role != "active" or ha.state != "serving" or ha.standby_out_of_sight is None:
+        if not ha.standby_may_return():
             return False
         log.info("stop_waits_for_standby", at_most_s=STOP_PEER_WAIT_S, msg="the peer link dropped while hot standby was established")
         deadline = time.monotonic() + STOP_PEER_WAIT_S
@@ -417,13 +436,20 @@ class HostServer:
             await self._tell_cp({"t": "release", "epoch": ha.epoch}, self.cp_released, 2.0, "cp_did_not_confirm_release")
             done = await self.delivery.drain(5.0)
             log.info("replies_finished", complete=done)
-            # keep reading until the CP has taken note; see CP.host_stopping
-            confirmed = await self._tell_cp({"t": "stopping", "epoch": ha.epoch}, self.cp_stopped, 3.0, "cp_did_not_confirm_stop")
-            # the standby does not take over a stop the CP confirmed; one it did not is a loss to
-            # the CP (the link closes), which tells the standby so, and the standby acts on it
-            self.peer.send({"t": "active_stopping", "name": ha.name, "cp_confirmed": confirmed})
+            # A handover the stop gave up waiting for may still be granted (HA.on_demoted): this
+            # host is the standby then, and tells nobody of a normal stop (the CP would not answer).
+            if ha.role == "active":
+                # keep reading until the CP has taken note; see CP.host_stopping
+                confirmed = await self._tell_cp({"t": "stopping", "epoch": ha.epoch}, self.cp_stopped, 3.0, "cp_did_not_confirm_stop")
+                # the standby does not take over a stop the CP confirmed; one it did not is a loss to
+                # the CP (the link closes), which tells the standby so, and the standby acts on it
+                if ha.role == "active":
+                    self.peer.send({"t": "active_stopping", "name": ha.name, "cp_confirmed": confirmed})
             await self.cp.drain()
             await self.peer_drain()
+            if self.handed_over.is_set():
+                log.info("stopped_after_handover", new_active=self.peer.peer_name, msg="the CP granted the handover during the normal stop")
+                notify(STOPPING=1, STATUS="stopped after handing over")
         if ha.exit is None:  # (a fence during the stop keeps its own exit code, 75)
             self.exit_code = 0
 
@@ -433,11 +459,17 @@ class HostServer:
         waited for)."""
         answered.clear()
         if self.cp.send(msg):
+            # (not waited for after a handover granted meanwhile: the CP answers that host no more)
+            waits = [asyncio.ensure_future(answered.wait()), asyncio.ensure_future(self.handed_over.wait())]
             try:
-                await asyncio.wait_for(answered.wait(), timeout)
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            if answered.is_set():
                 return True
-            except TimeoutError:
-                pass
+            if self.handed_over.is_set():
+                return False
         log.warning(unanswered, cp_link="up" if self.cp.up else "down")
         return False
 
