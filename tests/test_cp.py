@@ -315,12 +315,22 @@ async def test_backpressure_at_held_bound_drops_nothing(cp: Proc) -> None:
     assert len([m for m in a.inbox if m["t"] == "deliver"]) == 8
     assert len([m for m in t.inbox if m["t"] == "ack"]) == 8
     assert (await status(cp))["terminals"]["backpressured"] == 1
-    a.auto_reply = True
-    for m in [m for m in a.inbox if m["t"] == "deliver"]:
-        a.send({"t": "reply", "terminal": "T00005", "id": m["id"], "data": "ok", "epoch": a.epoch})
-    replies = await t.wait_count(lambda m: m["t"] == "reply", 30)
-    assert sorted(m["id"] for m in replies) == list(range(1, 31))
+    a.auto_reply = True  # the rest are answered with their own data
+    first = [m["id"] for m in a.inbox if m["t"] == "deliver"]
+    assert first == list(range(1, 9)), first
+    for mid in first:
+        a.send({"t": "reply", "terminal": "T00005", "id": mid, "data": "ok", "epoch": a.epoch})
+    await t.wait_count(lambda m: m["t"] == "ack", 30)
+    await t.wait_count(lambda m: m["t"] == "reply", 30)
     assert (await status(cp))["held_messages"] == 0
+    await asyncio.sleep(0.2)  # an observation window: a late duplicate or stray frame would arrive in it
+    # every message acknowledged once, answered once with its own reply, the terminal connected
+    acked = [m["id"] for m in t.inbox if m["t"] == "ack"]
+    replies = {m["id"]: m["data"] for m in t.inbox if m["t"] == "reply"}
+    assert sorted(acked) == list(range(1, 31)), f"acks {acked}"
+    assert len([m for m in t.inbox if m["t"] == "reply"]) == 30 and sorted(replies) == list(range(1, 31)), t.inbox
+    assert replies == {i: "ok" if i <= 8 else "x" * 100 for i in range(1, 31)}, replies
+    assert not t.closed, "the terminal was disconnected"
 
 
 async def test_terminal_errors_unknown_duplicate_bad_first_frame(cp: Proc) -> None:

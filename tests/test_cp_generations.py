@@ -103,8 +103,9 @@ async def cp_status_at(cp: Proc) -> dict[str, Any]:
 async def test_a_waiting_cp_takes_over_when_the_serving_one_stops_beating_not_before(tmp_path: Path) -> None:
     cp1 = start_cp(tmp_path / "cp1", terminals=6, host_timeout=0.5)
     journal = tmp_path / "cp1" / "cp-journal"
-    cp2 = second_cp(tmp_path / "cp2", journal, wait=False, takeover="on_wake", takeover_stale=0.5)
+    cp2: Proc | None = None
     try:
+        cp2 = second_cp(tmp_path / "cp2", journal, wait=False, takeover="on_wake", takeover_stale=0.5)
         ev = cp2.wait_event("cp_waiting")
         assert ev["generation"] == 1
         # the serving CP beats: the waiting one (which holds its loopback address) keeps waiting
@@ -121,7 +122,8 @@ async def test_a_waiting_cp_takes_over_when_the_serving_one_stops_beating_not_be
             cp1.kill(signal.SIGCONT)
         assert exit_code(cp1) == 75  # woken, it finds the newer generation and stops
     finally:
-        cp2.stop()
+        if cp2 is not None:
+            cp2.stop()
         cp1.stop()
 
 
@@ -137,10 +139,13 @@ async def test_a_woken_cp_takes_over_once_the_serving_one_is_silent_not_while_it
     as the last heartbeat is takeover_stale old. A CP whose address is elsewhere ignores it."""
     cp1 = start_cp(tmp_path / "cp1", terminals=6, host_timeout=0.5)
     journal = tmp_path / "cp1" / "cp-journal"
-    # 192.0.2.1 (TEST-NET-1) is on no interface here: this CP does not hold its address
-    away = second_cp(tmp_path / "away", journal, wait=False, takeover="on_wake", terminal_listen="192.0.2.1:7000")
-    here = second_cp(tmp_path / "here", journal, wait=False, takeover="on_wake")
+    procs = [cp1]  # each stopped at the end, whatever happens
     try:
+        # 192.0.2.1 (TEST-NET-1) is on no interface here: this CP does not hold its address
+        away = second_cp(tmp_path / "away", journal, wait=False, takeover="on_wake", terminal_listen="192.0.2.1:7000")
+        procs.append(away)
+        here = second_cp(tmp_path / "here", journal, wait=False, takeover="on_wake")
+        procs.append(here)
         away.wait_event("cp_waiting")
         here.wait_event("cp_waiting")
         away.kill(signal.SIGUSR1)
@@ -161,7 +166,7 @@ async def test_a_woken_cp_takes_over_once_the_serving_one_is_silent_not_while_it
         assert at - last_beat >= 0.3, (at - last_beat, rec["reason"])
         assert away.popen.poll() is None and not away.events("journal_recovered")
     finally:
-        for p in (away, here, cp1):
+        for p in procs:
             p.stop()
 
 

@@ -475,10 +475,19 @@ async def test_journal_storage_stalls_and_fails_then_resumes_with_nothing_lost(t
             await arm_faults(ctl, cp.popen.pid, "storage clear")
             acks = await t.wait_count(lambda m, b=base: m["t"] == "ack" and m["id"] >= b, 5)
             assert sorted(m["id"] for m in acks) == list(range(base, base + 5))
-            await t.wait_count(lambda m, b=base: m["t"] == "reply" and m["id"] >= b, 5)
+            replies = await t.wait_count(lambda m, b=base: m["t"] == "reply" and m["id"] >= b, 5)
+            assert sorted(m["id"] for m in replies) == list(range(base, base + 5)), replies
             await until_status(cp, lambda s: s["journal"]["state"] == "ok", what="journal ok")
         events = [e["event"] for e in cp.events()]
         assert "journal_stalled" in events and "journal_failing" in events and "journal_recovered_from_fault" in events
+        # nothing lost, duplicated, unexpected, unacknowledged or wrong, and the terminal still connected
+        sent = [*range(100, 105), *range(200, 205)]
+        acked = [m["id"] for m in t.inbox if m["t"] == "ack"]
+        replies = [m for m in t.inbox if m["t"] == "reply"]
+        assert sorted(acked) == sent, f"acks {acked}"
+        assert sorted(m["id"] for m in replies) == sent, f"replies {[m['id'] for m in replies]}"
+        assert all(m["data"] == str(m["id"]) for m in replies), replies
+        assert not t.closed, "the terminal was disconnected"
         await t.close()
         await a.close()
     finally:

@@ -117,7 +117,7 @@ async def test_a_newer_generation_stops_acknowledgements_through_the_ring(tmp_pa
         assert stopped[0].newer == j.gen + 1
         assert not done, "a group written after the takeover was acknowledged"
         j.append(["a", "T1", 3, "x"], lambda: done.append(3))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # an observation window for a negative check: no acknowledgement may come in it
         assert not done
     finally:
         j.close()

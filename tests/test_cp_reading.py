@@ -103,11 +103,21 @@ async def test_held_bytes_bound_a_terminal_before_the_count_does_and_nothing_dro
         await a.wait_count(lambda m: m["t"] == "deliver", 4)
         await asyncio.sleep(0.3)  # give the CP every chance to read more than it should
         assert len([m for m in t.inbox if m["t"] == "ack"]) == 4
-        a.auto_reply = True
-        for m in [m for m in a.inbox if m["t"] == "deliver"]:
-            a.send({"t": "reply", "terminal": "T00001", "id": m["id"], "data": "ok", "epoch": a.epoch})
-        replies = await t.wait_count(lambda m: m["t"] == "reply", 10)
-        assert sorted(m["id"] for m in replies) == list(range(1, 11))
+        a.auto_reply = True  # the rest are answered with their own data
+        first = [m["id"] for m in a.inbox if m["t"] == "deliver"]
+        assert first == [1, 2, 3, 4], first
+        for mid in first:
+            a.send({"t": "reply", "terminal": "T00001", "id": mid, "data": "ok", "epoch": a.epoch})
+        await t.wait_count(lambda m: m["t"] == "ack", 10)
+        await t.wait_count(lambda m: m["t"] == "reply", 10)
+        await asyncio.sleep(0.2)  # an observation window: a late duplicate or stray frame would arrive in it
+        # every message acknowledged once, answered once with its own reply, the terminal connected
+        acked = [m["id"] for m in t.inbox if m["t"] == "ack"]
+        replies = {m["id"]: m["data"] for m in t.inbox if m["t"] == "reply"}
+        assert sorted(acked) == list(range(1, 11)), f"acks {acked}"
+        assert len([m for m in t.inbox if m["t"] == "reply"]) == 10 and sorted(replies) == list(range(1, 11)), t.inbox
+        assert replies == {i: "ok" if i <= 4 else "x" * 5000 for i in range(1, 11)}, {k: v[:12] for k, v in replies.items()}
+        assert not t.closed, "the terminal was disconnected"
     finally:
         cp.stop()
 

@@ -369,7 +369,7 @@ async def test_a_flip_one_terminal_per_turn_of_the_loop_loses_nothing(sb: Any) -
         assert st["cp"]["last_switchover"]["all_served_ms"] < 5000, st["cp"]["last_switchover"]
         sandbox.start_host(d, "host-a", "standby")
         await wait_status(info, lambda s: s["established"] and s["cp"]["terminals"]["standby_sessions"] == 300, what="established again")
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # pacing: the load runs in hot standby for a while, messages in flight at the switchover
         r = await asyncio.to_thread(
             subprocess.run, [sys.executable, "-m", "hsb.ctl", *info["ctl"], "switchover", "--yes"], capture_output=True, text=True, timeout=60
         )

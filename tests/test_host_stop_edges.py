@@ -70,7 +70,7 @@ async def test_a_normal_stop_the_cp_took_note_of_is_not_taken_over(tmp_path: Pat
         await asyncio.wait_for(a.graceful_stop(), 15)
         await stopped(a, tasks)
         await until(lambda: b.ha.state == "active_stopped", "host-b sees the normal stop")
-        await asyncio.sleep(HOST_TIMEOUT * 3)
+        await asyncio.sleep(HOST_TIMEOUT * 3)  # an observation window: a takeover would come within it
         assert b.ha.role == "standby" and b.ha.state == "active_stopped"
         assert cp.cp.active is None and cp.cp.active_stopped_normally == "host-a"
         ev = rec.events("active_stopped_not_taking_over")
@@ -85,7 +85,7 @@ async def test_a_stop_hands_over_although_a_resync_came_just_before(tmp_path: Pa
         real = a.takeover.batch_write
 
         async def slow(*args: Any, **kw: Any) -> Any:
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # (a slow storage: the resync is still being written at the stop)
             return await real(*args, **kw)
 
         a.takeover.batch_write = slow  # type: ignore[method-assign]
@@ -105,7 +105,7 @@ async def test_a_resync_asked_while_releasing_waits_for_the_handover(tmp_path: P
         a.ha.post("switchover")
         await until(lambda: a.ha.state == "releasing", "releasing")
         a.ha.post("peer_frame", msg={"t": "resync_request", "startup_id": a.ha.partner_startup_id, "reason": "test"})
-        await asyncio.sleep(0.1)
+        await until(lambda: a.ha.deferred_batch is not None, "the resync held by the HA loop")
         assert a.ha.state == "releasing" and a.ha.release_pending  # the resync waits
         core.host_release = real  # type: ignore[method-assign]
         assert core.active is not None
@@ -135,7 +135,7 @@ async def test_a_stop_just_after_a_peer_link_blip_hands_over(tmp_path: Path, mon
         said = await request(ah, ap, SECRET, {"t": "stop", "takeover": True})
         assert "waits a moment for the standby" in said["msg"], said
         stop = asyncio.ensure_future(a.graceful_stop())
-        await asyncio.sleep(0.3)
+        await until(lambda: rec.events("stop_waits_for_standby"), "the stop waiting for the standby")
         a.ha.peer_peer_hello = real_hello  # type: ignore[method-assign]
         for m in held:
             a.ha.post("peer_frame", msg=m)
@@ -187,9 +187,17 @@ async def test_the_ha_loop_turns_while_a_switchover_waits_for_replies(tmp_path: 
                 await real(msg)
 
             a.ha.ev_peer_frame = seen  # type: ignore[method-assign]
+            waiting = asyncio.Event()
+            real_drain = a.delivery.drain
+
+            async def drain(timeout: float) -> bool:
+                waiting.set()
+                return await real_drain(timeout)
+
+            a.delivery.drain = drain  # type: ignore[method-assign]
             a.ha.post("switchover")
             await until(lambda: a.ha.state == "releasing" and not a.ha.release_pending, "released")
-            await asyncio.sleep(0.1)  # the replies' wait has begun
+            await asyncio.wait_for(waiting.wait(), 10)  # the replies' wait has begun
             t0 = time.monotonic()
             a.ha.post("peer_frame", msg={"t": "hb", "mark": True})
             await until(lambda: handled, "the HA loop handling a heartbeat", timeout=5)
@@ -209,12 +217,14 @@ async def test_the_standby_acts_on_the_active_lost_while_its_standby_opens_wait(
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
 
         async def unanswered(entries: Any, timeout: float = 30.0) -> None:
-            await asyncio.sleep(30)
+            waiting.set()
+            await asyncio.sleep(30)  # (the opens' answers never come)
 
+        waiting = asyncio.Event()
         b.sessions_ctl.apply_batch = unanswered  # type: ignore[method-assign]
         a.ha.post("peer_frame", msg={"t": "resync_request", "startup_id": a.ha.partner_startup_id, "reason": "test"})
         await until(lambda: b.ha.state == "batch_reading", "host-b reading the new batch")
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(waiting.wait(), 10)  # its opens wait for answers
         await stopped(a, tasks)  # host-a gone, as a crash
         await until(lambda: b.ha.role == "active" and b.ha.serving, "host-b made active", timeout=HOST_TIMEOUT + 2.5)
 

@@ -185,6 +185,10 @@ async def test_a_normal_stop_under_load_finishes_its_replies_and_takes_no_more(t
     async with pair_in_hot_standby(tmp_path, Slow) as (cp, a, b, _tasks):
         try:
             t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")
+
+            def acked_ids() -> list[int]:
+                return [m["id"] for m in t.inbox if m["t"] == "ack"]
+
             await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
             sender = keep_sending(t, 0.002)
             await until(lambda: a.delivery.in_flight > 0, "replies in progress")
@@ -195,9 +199,18 @@ async def test_a_normal_stop_under_load_finishes_its_replies_and_takes_no_more(t
             assert a.delivery.in_flight == 0 and PROTOCOL_ERRORS[("host", "not_active")] == errors0
             core = cp.cp
             assert core is not None and core.active is None and core.active_stopped_normally == "host-a"
-            replied = {m["id"] for m in t.inbox if m["t"] == "reply"}
-            acked = {m["id"] for m in t.inbox if m["t"] == "ack"}
-            assert replied and replied <= acked
+            sender.cancel()
+            # the messages sent just before the cancel are acknowledged (held at the CP): no gap
+            await until(lambda: acked_ids() == list(range(1, len(acked_ids()) + 1)), "every message sent acknowledged, in order, once")
+            assert not t.closed, "the terminal was disconnected"
+            replies = [m for m in t.inbox if m["t"] == "reply"]
+            replied_ids = [m["id"] for m in replies]
+            acked_list = acked_ids()
+            assert len(replied_ids) == len(set(replied_ids)), f"a duplicate reply: {sorted(replied_ids)}"
+            assert len(acked_list) == len(set(acked_list)), f"a duplicate ack: {acked_list}"
+            assert [(m["id"], m["data"]) for m in replies if m["data"] != f"m{m['id']}"] == [], "a reply with the wrong data"
+            replied, acked = set(replied_ids), set(acked_list)
+            assert replied and replied <= acked, f"a reply never acknowledged: {sorted(replied - acked)}"
             assert acked - replied <= set(core.terms["T00001"].held), "an acknowledged message neither answered nor held"
         finally:
             if sender is not None:

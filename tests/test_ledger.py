@@ -233,7 +233,7 @@ async def test_sqlite_run_is_the_whole_transaction_in_one_call_on_its_thread(tmp
         async with db.transaction() as tx:  # a run() meanwhile waits for this one to end
             waiting = asyncio.ensure_future(db.run(later))
             await tx.execute("INSERT INTO t VALUES ('f')")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # an observation window for a negative check: the waiting run() must not start in it
             order.append("transaction")
         await waiting
         assert order == ["transaction", "run"]

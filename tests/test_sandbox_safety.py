@@ -7,6 +7,7 @@ error."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from hsb.ctl import sandbox
-from tests.support.procs import wait_for
+from tests.support.procs import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -91,18 +92,28 @@ async def test_an_interrupted_up_leaves_no_daemon_running(tmp_path: Path) -> Non
     def hosts_started() -> bool:
         try:
             st = json.loads((d / sandbox.STATE).read_text())
-        except (OSError, ValueError):
+            return all(h.get("pid") for h in st["hosts"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return False
-        return all(h.get("pid") for h in st["hosts"].values())
 
-    while not hosts_started():  # (condition wait with the test's own timeout)
+    def started_or_failed() -> bool:
         assert not task.done(), task.exception() if task.done() else None
-        await asyncio.sleep(0.01)
-    assert len(_daemons_of(d)) >= 2
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    wait_for(lambda: _daemons_of(d) == [], 10, what="every daemon of the interrupted sandbox gone")
+        return hosts_started()
+
+    try:
+        await until(started_or_failed, 30, interval=0.01, what="both hosts of the sandbox started")
+        assert len(_daemons_of(d)) >= 2
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await until(lambda: _daemons_of(d) == [], 10, what="every daemon of the interrupted sandbox gone")
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await task
+        with contextlib.suppress(sandbox.SandboxError):  # (no state file if the start failed early)
+            sandbox.down(d, timeout=2)
 
 
 def test_the_ours_check_needs_a_config_in_the_folder(tmp_path: Path) -> None:

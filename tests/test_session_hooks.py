@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from hsb.host.sessions_ctl import SessionsCtl
+from tests.support.procs import until
 
 
 def ctl() -> SessionsCtl:
@@ -272,14 +273,11 @@ async def test_demoted_the_host_takes_the_sessions_the_cp_kept_and_its_batch_rea
     assert all(ts.state == ACTIVE for ts in srv.sessions.table.values())
     c.on_cp_frame({"t": "standby_kept", "epoch": 7, "items": names[:2], "last": False})
     batch = asyncio.ensure_future(c.apply_batch([SessionEntry(n, {"k": 1}, True) for n in names[1:5]], timeout=2.0))
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # an observation window for a negative check: the batch must not finish in it
     assert not batch.done()  # waits for the CP's last standby_kept
     c.on_cp_frame({"t": "standby_kept", "epoch": 7, "items": names[2:4], "last": True})
     assert c.drop_active_sessions() == 2  # HA.on_demoted, after the frames here: only the two not kept
-    for _ in range(200):
-        if any(m["t"] == "open" for m in srv.cp.sent):
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: any(m["t"] == "open" for m in srv.cp.sent), 2, interval=0.01, what="the batch's standby open sent to the CP")
     c.on_cp_frame({"t": "opened", "terminal": names[4], "kind": "standby"})  # the CP answers the one open
     await asyncio.wait_for(batch, 2.0)
     states = {n: ts.state for n, ts in srv.sessions.table.items()}
@@ -287,10 +285,7 @@ async def test_demoted_the_host_takes_the_sessions_the_cp_kept_and_its_batch_rea
     opens = [m["terminal"] for m in srv.cp.sent if m["t"] == "open"] + [i[0] for m in srv.cp.sent if m["t"] == "open_batch" for i in m["items"]]
     assert opens == [names[4]]  # kept: names[1..3]; the batch has 1..4
     assert [m["terminal"] for m in srv.cp.sent if m["t"] == "close"] == [names[0]]  # kept, not in the batch
-    for _ in range(100):
-        if not c.hooks:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: not c.hooks, 2, interval=0.01, what="every session hook run")
     for n in names[:4]:
         assert [h for m, h in heard if m == n][:2] == ["closed", "standby"], (n, heard)
 
@@ -315,10 +310,7 @@ async def test_standby_kept_frames_after_the_batch_read_gave_up_waiting_are_clos
     c.expect_kept()
     c.drop_active_sessions()
     batch = asyncio.ensure_future(c.apply_batch([SessionEntry(names[0], {"k": 1}, True)], timeout=2.0))
-    for _ in range(200):
-        if any(m["t"] == "open" for m in srv.cp.sent):
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: any(m["t"] == "open" for m in srv.cp.sent), 2, interval=0.01, what="the batch's standby open sent to the CP")
     c.on_cp_frame({"t": "opened", "terminal": names[0], "kind": "standby"})
     await asyncio.wait_for(batch, 2.0)  # gave up waiting, opened what the batch has
     assert srv.sessions.table[names[0]].state == STANDBY

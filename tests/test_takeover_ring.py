@@ -29,6 +29,7 @@ from hsb.takeover import (
 )
 from hsb.takeover.layout import KIND_RING
 from hsb.takeover.records import encode_entry, encode_payload, pack_record
+from tests.support.procs import until
 
 R = 1024  # E = 3 entries per record: groups span several records without huge counts
 E = entries_per_record(R)
@@ -723,16 +724,24 @@ async def test_the_store_refuses_a_group_queued_before_a_batch_write_that_ran_fi
     try:
         await store.batch_write(1, [])
         ch = Changes()
-        hold = threading.Event()
-        store._pool.submit(hold.wait)  # the storage thread busy: what follows queues behind it
-        state = ch.take(3)
-        batch = asyncio.ensure_future(store.batch_write(2, state))
-        for _ in range(5):  # let it reach the storage thread's queue first
-            await asyncio.sleep(0)
-        group = asyncio.ensure_future(store.append(ch.take(2)))
-        for _ in range(5):
-            await asyncio.sleep(0)
-        hold.set()
+        hold, busy = threading.Event(), threading.Event()
+
+        def occupy() -> None:
+            busy.set()
+            hold.wait()
+
+        store._pool.submit(occupy)  # the storage thread busy: what follows queues behind it
+        try:
+            queue = store._pool._q
+            await until(busy.is_set, 10, interval=0.001, what="the storage thread busy")
+            state = ch.take(3)
+            batch = asyncio.ensure_future(store.batch_write(2, state))
+            # the batch write's job in the storage thread's queue before the group is taken
+            await until(lambda: queue.qsize() == 1, 10, interval=0.001, what="the batch write queued on the storage thread")
+            group = asyncio.ensure_future(store.append(ch.take(2)))
+            await until(lambda: queue.qsize() == 2, 10, interval=0.001, what="the ring group queued behind the batch write")
+        finally:
+            hold.set()
         assert (await batch).generation == 2
         with pytest.raises(StaleGroup):
             await group

@@ -63,25 +63,30 @@ def cp_tls(d: Path, terminals: bool = True) -> dict[str, Any]:
 
 async def forged_reply_reaches_the_terminal(tmp_path: Path, tls_dir: Path | None) -> tuple[bool, Proc, FakeTerminal, FakeHost]:
     """A CP, an active host through a proxy, a terminal with one message outstanding; the proxy
-    injects a reply the host never sent. Whether the terminal got it."""
+    injects a reply the host never sent. Whether the terminal got it. The caller stops the CP
+    it returns; if anything here fails, the CP is stopped here."""
     cp = start_cp(tmp_path / "cp", terminals=4, host_timeout=0.5, tls=cp_tls(tls_dir, terminals=False) if tls_dir else None)
-    proxy = Proxy(cp.info["host"])
-    await proxy.start()
-    host_ssl = ctx_for(tls_dir, "host-a") if tls_dir else None
-    a = await FakeHost.connect(proxy.addr, "host-a", ssl=host_ssl)
-    a.auto_open = ATTRS
-    await a.register("active")
-    t = await FakeTerminal.connect(cp.info["terminal"], "T00001")
-    await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
-    t.send({"t": "msg", "id": 1, "data": "real"})
-    await a.wait(lambda m: m["t"] == "deliver" and m["id"] == 1)
-    proxy.inject(encode({"t": "reply", "terminal": "T00001", "id": 1, "data": "FORGED", "epoch": a.epoch}))
     try:
-        await t.wait(lambda m: m["t"] == "reply", timeout=1.0)  # an observation window: the forgery, or nothing
-    except TimeoutError:
-        pass
-    forged = any(m["t"] == "reply" and m["data"] == "FORGED" for m in t.inbox)
-    return forged, cp, t, a
+        proxy = Proxy(cp.info["host"])
+        await proxy.start()
+        host_ssl = ctx_for(tls_dir, "host-a") if tls_dir else None
+        a = await FakeHost.connect(proxy.addr, "host-a", ssl=host_ssl)
+        a.auto_open = ATTRS
+        await a.register("active")
+        t = await FakeTerminal.connect(cp.info["terminal"], "T00001")
+        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        t.send({"t": "msg", "id": 1, "data": "real"})
+        await a.wait(lambda m: m["t"] == "deliver" and m["id"] == 1)
+        proxy.inject(encode({"t": "reply", "terminal": "T00001", "id": 1, "data": "FORGED", "epoch": a.epoch}))
+        try:
+            await t.wait(lambda m: m["t"] == "reply", timeout=1.0)  # an observation window: the forgery, or nothing
+        except TimeoutError:
+            pass
+        forged = any(m["t"] == "reply" and m["data"] == "FORGED" for m in t.inbox)
+        return forged, cp, t, a
+    except BaseException:
+        cp.stop()
+        raise
 
 
 async def test_an_injected_frame_is_acted_on_without_tls_and_never_with_it(tmp_path: Path) -> None:
@@ -199,13 +204,13 @@ async def test_failover_under_load_with_tls_on_every_link(sb: Any) -> None:
     ssl_ctl = sandbox.client_ssl(d)
     st = await wait_status_tls(d, lambda s: s["cp"]["terminals"]["standby_sessions"] == 200, ssl_ctl)
     assert st["cp"]["tls"]["enabled"] and all(h["tls"]["enabled"] for h in st["hosts"])
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # pacing, not synchronisation: let the load run in hot standby for a while before the kill
     import time
 
     marks.append(("SIGKILL", time.time()))
     os.kill(a_pid, signal.SIGKILL)
     await wait_status_tls(d, lambda s: "host-b" in active_names(s), ssl_ctl)
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(1.0)  # pacing: the load goes on against the new active for a while before it stops
     stop.set()
     report = await task
     assert report.ok, report.failures
