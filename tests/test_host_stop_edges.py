@@ -19,6 +19,7 @@ import pytest
 from hsb.config import parse_addr
 from hsb.host import delivery as delivery_mod
 from hsb.host import ha as ha_mod
+from hsb.host import ha_standby as ha_standby_mod
 from hsb.host import ha_switch as ha_switch_mod
 from hsb.host import server as server_mod
 from hsb.host.delivery import Delivery
@@ -147,6 +148,7 @@ async def test_a_stop_just_after_a_peer_link_blip_hands_over(tmp_path: Path, mon
 async def test_a_switchover_whose_release_cannot_be_sent_ends_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rec = RecordingLog()
     monkeypatch.setattr(ha_mod, "log", rec)
+    monkeypatch.setattr(ha_standby_mod, "log", rec)  # (the batch procedures log there)
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         monkeypatch.setattr(a.cp, "send", lambda msg: False)  # the CP link is down just then
         t0 = time.monotonic()
@@ -260,6 +262,7 @@ async def test_a_reply_that_cannot_be_encoded_is_answered_with_an_error(monkeypa
 async def test_losing_and_regaining_hot_standby_are_named_events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rec = RecordingLog()
     monkeypatch.setattr(ha_mod, "log", rec)
+    monkeypatch.setattr(ha_standby_mod, "log", rec)  # (the batch procedures log there)
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         rec.entries.clear()  # (what both hosts logged on the way to hot standby)
         assert a.peer.inbound is not None
@@ -352,6 +355,7 @@ async def test_a_resync_held_by_a_stops_handover_is_dropped_when_the_cp_refuses_
     standby of a stopping host, and a batch write that fails does not make it `serving` again)."""
     rec = RecordingLog()
     monkeypatch.setattr(ha_mod, "log", rec)
+    monkeypatch.setattr(ha_standby_mod, "log", rec)  # (the batch procedures log there)
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         core = cp.cp
         real_release = core.host_release
@@ -474,6 +478,7 @@ async def test_a_stop_long_after_the_standby_went_does_not_wait_for_it(tmp_path:
 async def test_a_standby_whose_standby_opens_fail_asks_for_the_batch_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rec = RecordingLog()
     monkeypatch.setattr(ha_mod, "log", rec)
+    monkeypatch.setattr(ha_standby_mod, "log", rec)  # (the batch procedures log there)
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         real = b.sessions_ctl.apply_batch
         calls: list[int] = []
@@ -497,6 +502,7 @@ async def test_a_switchover_whose_wait_for_replies_fails_goes_on(tmp_path: Path,
     a wait that timed out, and the CP grants or refuses it."""
     rec = RecordingLog()
     monkeypatch.setattr(ha_mod, "log", rec)
+    monkeypatch.setattr(ha_standby_mod, "log", rec)  # (the batch procedures log there)
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
 
         async def broken(timeout: float) -> bool:

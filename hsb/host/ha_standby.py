@@ -1,0 +1,290 @@
+"""Making a standby hot and keeping it so, the patent's procedure on the fast-switch link
+(SPEC §5.1, §5.2): the active's ACTIVE STARTUP, the standby's new startup identifier and
+STANDBY STARTUP, the active's batch write of the takeover file and BATCH WRITE COMPLETE, the
+standby's batch read and its standby sessions, then its poll of the sequential area (the ring)
+for every change after the batch. A mixin of `hsb.host.ha.HA`, the one place that decides: the
+state is the HA loop's; this module keeps these procedures in a file of their own."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from hsb import faults
+from hsb.host.states import AWAITING_BATCH, BATCH_READING, BATCH_RETRY, BATCH_WRITING, ESTABLISHED, HANDING_OVER, RELEASING, SERVING, WAITING
+from hsb.takeover.startup_id import startup_id as new_startup_id
+
+if TYPE_CHECKING:
+    from hsb.host.ha import HA
+
+log = structlog.get_logger("hsb.host")
+
+TORN_RETRIES = 5  # polls a torn ring record may stay torn (a write in progress) before it counts as damage
+
+
+class HotStandbySide:
+    """The startup and batch procedures of `HA` (see the module docstring)."""
+
+    # the state machine's state that these procedures change (set in HA.__init__)
+    resyncing: bool
+    partner_startup_id: int | None
+    own_startup_id: int | None
+    partner_instance: str | None
+    partner_batch_records: int | None
+    generation: int | None
+    last_error: str | None
+    file_mismatch: str | None
+    established_since: float | None
+    active_stopped_by: str | None
+    active_stop_confirmed: bool
+    deferred_batch: dict[str, Any] | None
+    batch_token: int
+    batch_failures: int
+    batch_apply: asyncio.Task[None] | None
+    resync_reason: str
+    resync_at: float
+    next_poll: float
+    torn_polls: int
+    counters: dict[str, int]
+
+    # --- active side (§5.1)
+    def send_active_startup(self: HA) -> None:
+        log.info("active_startup_sent", peer_up=self.srv.peer.up)
+        self.srv.peer.send({"t": "active_startup", "name": self.name, "instance": self.instance})
+
+    def hold_batch(self: HA, msg: dict[str, Any]) -> bool:
+        """A batch write asked for (`msg`) while it must not start: during a planned switchover's
+        handover (it would end the handover: a resync's batch write leaves `releasing`), it waits
+        for the switchover to end (`switchover_ended` asks again; a completed one drops it: the
+        other host is the active); while stopping, it is dropped."""
+        if self.stopping:
+            return True
+        if self.state not in (RELEASING, HANDING_OVER):
+            return False
+        self.deferred_batch = msg
+        log.info("batch_write_deferred", notice=msg.get("t"), reason=msg.get("reason"), msg="a planned switchover is under way")
+        return True
+
+    async def peer_standby_startup(self: HA, msg: dict[str, Any]) -> None:
+        if self.role != "active" or self.hold_batch(msg):
+            return
+        self.resyncing = False  # a standby starting again is not established
+        sid = int(msg["startup_id"])
+        self.partner_startup_id = sid
+        log.info("standby_startup_received", startup_id=sid, peer=self.srv.peer.peer_name)
+        await self.batch_write(reason="standby startup")
+
+    async def peer_resync_request(self: HA, msg: dict[str, Any]) -> None:
+        if self.role != "active":
+            return
+        if msg.get("startup_id") != self.partner_startup_id or self.hold_batch(msg):
+            return
+        log.warning("resync_requested", reason=msg.get("reason"))
+        if self.state == ESTABLISHED:
+            self.resyncing = True  # a planned switchover asked meanwhile waits for it (ev_switchover)
+        await self.batch_write(reason=f"resync: {msg.get('reason')}")
+
+    async def batch_write(self: HA, reason: str) -> None:
+        """S205-S208: header, batch write of the fast-switch link, durable, BATCH WRITE COMPLETE."""
+        assert self.partner_startup_id is not None
+        self.set_state(BATCH_WRITING, reason)
+        tio = self.srv.takeover
+        tio.stop_ring_writer()
+        # changes from now on go to the ring after the batch; those made while the link is
+        # walked (in slices) may be in the batch too: a ring entry sets a state, so twice is once
+        tio.buffer_ring_changes()
+        entries = await self.srv.sessions.link_entries()
+        t0 = time.monotonic()
+        try:
+            gen = await tio.batch_write(self.partner_startup_id, entries)
+        except Exception as exc:
+            msg = f"batch write failed: {exc}"
+            log.error("batch_write_failed", error=str(exc))
+            self.last_error = msg
+            tio.discard_ring_buffer()
+            if not self.stopping:  # (a normal stop begun meanwhile keeps its state: not serving)
+                self.set_state(SERVING, msg)
+            return
+        faults.point("host.between_batch_and_notice")
+        self.generation = gen
+        tio.start_ring_writer(gen)
+        log.info("batch_write_complete", generation=gen, entries=len(entries), ms=round((time.monotonic() - t0) * 1000, 1))
+        if self.stopping:  # a normal stop began while it was written: no standby sessions for a stopping host
+            log.info("batch_write_complete_not_sent", msg="this host is stopping")
+            return
+        self.srv.peer.send({"t": "batch_write_complete", "startup_id": self.partner_startup_id, "generation": gen})
+        log.info("service_start_notice", monitor="local")
+
+    async def peer_standby_ready(self: HA, msg: dict[str, Any]) -> None:
+        if self.role != "active" or msg.get("startup_id") != self.partner_startup_id or self.stopping:
+            return
+        if self.state in (RELEASING, HANDING_OVER):  # (the peer link back during a planned switchover)
+            if self.established_since is None:
+                self.established_since = time.time()  # a refused handover leaves it established
+                log.info("hot_standby_established", peer=self.srv.peer.peer_name, startup_id=self.partner_startup_id, how="peer link restored")
+            return
+        self.last_error = None
+        self.file_mismatch = None
+        self.set_state(ESTABLISHED, "standby ready")
+        self.established_since = time.time()
+        log.info("hot_standby_established", peer=self.srv.peer.peer_name, startup_id=self.partner_startup_id)
+
+    async def peer_file_mismatch(self: HA, msg: dict[str, Any]) -> None:
+        self.file_mismatch = (
+            f"{self.name} writes {self.srv.cfg.takeover.path} but {self.srv.peer.peer_name} read startup id "
+            f"{msg.get('found')} instead of {msg.get('startup_id')} in {msg.get('path')}: the two hosts name different takeover files"
+        )
+        log.error("takeover_file_mismatch", msg=self.file_mismatch)
+        self.srv.takeover.stop_ring_writer()
+        if self.state in (ESTABLISHED, BATCH_WRITING):
+            self.set_state(SERVING, "standby reported a takeover file mismatch")
+
+    # --- standby side (§5.2, §5.3)
+    async def peer_active_startup(self: HA, msg: dict[str, Any]) -> None:
+        if self.role != "standby":
+            if self.state == HANDING_OVER:  # the CP's "demoted" is on its way
+                log.info("peer_took_over", peer=msg.get("name"))
+            elif self.role == "active":
+                log.error("two_actives_claimed", peer=msg.get("name"))
+            return
+        if self.stopping:  # (demoted during its stop: it does not start again as the standby)
+            return
+        if self.partner_instance is not None and msg.get("instance") != self.partner_instance:
+            # Fig. 3: the active restarted; drop every standby session by walking the link.
+            n = self.srv.sessions_ctl.close_all_standby()
+            self.srv.takeover.stop_following()
+            log.info("active_restarted", peer=msg.get("name"), standby_sessions_closed=n)
+        self.cancel_batch_apply()
+        self.partner_instance = msg.get("instance")
+        self.active_stopped_by = None
+        self.active_stop_confirmed = False
+        self.established_since = None
+        self.set_state(WAITING, "ACTIVE STARTUP received")
+        self.maybe_standby_startup()
+
+    def maybe_standby_startup(self: HA) -> None:
+        """S222-S224: a new startup identifier, then STANDBY STARTUP."""
+        if self.role != "standby" or self.state != WAITING or not self.registered:
+            return
+        hello = self.srv.peer.peer_hello
+        if not self.srv.peer.up or self.srv.peer.outbound is None or hello is None or hello.get("role") != "active":
+            return
+        self.partner_instance = hello.get("instance")
+        self.own_startup_id = new_startup_id(after=self.own_startup_id or 0)
+        if self.srv.peer.send({"t": "standby_startup", "startup_id": self.own_startup_id, "name": self.name}):
+            log.info("standby_startup_sent", startup_id=self.own_startup_id)
+            self.set_state(AWAITING_BATCH, "STANDBY STARTUP sent")
+
+    async def peer_batch_write_complete(self: HA, msg: dict[str, Any]) -> None:
+        if self.role != "standby" or self.state not in (AWAITING_BATCH, ESTABLISHED, BATCH_READING, BATCH_RETRY):
+            return
+        if msg.get("startup_id") != self.own_startup_id:
+            return  # for an earlier attempt
+        await self.batch_read()
+
+    async def batch_read(self: HA) -> None:
+        """S225-S227: compare the startup id, take B from the file, open standby sessions."""
+        from hsb.takeover.errors import StartupIdMismatch
+
+        self.cancel_batch_apply()  # (an earlier batch read's opens: this batch replaces them)
+        self.batch_token += 1
+        self.set_state(BATCH_READING, "BATCH WRITE COMPLETE received")
+        tio = self.srv.takeover
+        t0 = time.monotonic()
+        try:
+            gen, b, entries = await tio.batch_read(self.own_startup_id)
+        except StartupIdMismatch as exc:
+            found = getattr(exc, "found", None)
+            self.srv.peer.send({"t": "file_mismatch", "startup_id": self.own_startup_id, "found": found, "path": self.srv.cfg.takeover.path})
+            await self.srv.peer_drain()
+            self.fail(1, f"takeover file mismatch: {exc}", "takeover_file_mismatch")
+            return
+        except Exception as exc:
+            self.batch_failed(str(exc))  # never apply a bad batch
+            return
+        self.batch_failures = 0
+        self.generation = gen
+        self.partner_batch_records = b
+        log.info("batch_read_complete", generation=gen, partner_batch_records=b, entries=len(entries), ms=round((time.monotonic() - t0) * 1000, 1))
+        # the standby opens and the CP's answers to them (up to 2 + 30 s) in a task: a failover
+        # (active_lost, peer_down) is acted on meanwhile; `ev_batch_applied` goes on, and an
+        # exception in it (a bug) ends the batch read as failed (`ev_batch_apply_failed`)
+        token = self.batch_token
+        self.batch_apply = self.spawn(
+            self._apply_batch(token, entries), failed=lambda exc: self.post("batch_apply_failed", token=token, error=repr(exc))
+        )
+
+    def batch_failed(self: HA, why: str) -> None:
+        """A batch read that cannot be used: ask the active again, backing off so that a damaged
+        disk is not hammered (BATCH_RETRY, then `resync_request` from `run_cycle`)."""
+        self.batch_failures += 1
+        delay = min(0.05 * 2 ** (self.batch_failures - 1), 2.0)
+        self.last_error = f"batch read failed: {why}"
+        log.error("batch_read_failed", error=why, retry_in_s=delay, failures=self.batch_failures)
+        self.set_state(BATCH_RETRY, self.last_error)
+        self.resync_reason = why[:200]
+        self.resync_at = time.monotonic() + delay
+
+    async def _apply_batch(self: HA, token: int, entries: list[Any]) -> None:
+        await self.srv.sessions_ctl.apply_batch(entries)
+        self.post("batch_applied", token=token)
+
+    def cancel_batch_apply(self: HA) -> None:
+        """A batch read's standby opens stop (another batch read, the active restarted, a grant)."""
+        t, self.batch_apply = self.batch_apply, None
+        if t is not None:
+            t.cancel()
+
+    async def ev_batch_apply_failed(self: HA, token: int, error: str) -> None:
+        if token != self.batch_token or self.role != "standby" or self.state != BATCH_READING:
+            return  # (as ev_batch_applied)
+        self.batch_apply = None
+        self.batch_failed(f"standby sessions not opened: {error}")
+
+    async def ev_batch_applied(self: HA, token: int) -> None:
+        if token != self.batch_token or self.role != "standby" or self.state != BATCH_READING:
+            return  # an older batch read's, or the state moved on meanwhile (a grant, a normal stop)
+        self.batch_apply = None
+        tio = self.srv.takeover
+        tio.follow()
+        self.last_error = None
+        self.set_state(ESTABLISHED, "batch read done and standby sessions open")
+        self.established_since = time.time()
+        log.info("hot_standby_established", peer=self.srv.peer.peer_name, startup_id=self.own_startup_id)
+        self.srv.peer.send({"t": "standby_ready", "startup_id": self.own_startup_id, "instance": self.instance})
+        self.next_poll = 0.0  # S228: read the ring at once
+
+    async def ring_poll(self: HA) -> None:
+        tio = self.srv.takeover
+        self.next_poll = time.monotonic() + self.srv.cfg.host.ring_poll_interval
+        try:
+            status, entries, detail = await tio.ring_poll()
+        except Exception as exc:
+            self.last_error = f"ring read failed: {exc}"
+            log.error("ring_read_failed", error=str(exc))
+            return
+        if entries:
+            self.srv.sessions_ctl.apply_ring(entries)
+        if status == "torn":
+            # maybe a write in progress: retry, but a record that stays torn is damage
+            self.torn_polls += 1
+            self.last_error = f"takeover ring {detail}: torn"
+            if self.torn_polls < TORN_RETRIES:
+                return
+            status = "corrupt"
+        else:
+            self.torn_polls = 0
+        if status in ("lapped", "new_generation", "corrupt"):
+            # never guess: ask the active for a new batch takeover (SPEC §5.2 step 8)
+            log.warning("ring_resync_needed", status=status, detail=detail)
+            if status == "corrupt":
+                self.last_error = f"takeover ring {detail}: corrupt"
+            tio.stop_following()
+            self.counters["resyncs"] += 1
+            self.srv.peer.send({"t": "resync_request", "startup_id": self.own_startup_id, "reason": status})
+            self.set_state(AWAITING_BATCH, f"ring {status}: asked the active for a new batch takeover")
+        elif status == "new":
+            self.next_poll = 0.0  # more may be waiting
