@@ -215,6 +215,7 @@ def recovery(n: int) -> dict[str, Any]:
     # the snapshot: every live record written again into the new generation's first segment
     from hsb import gcpolicy
     from hsb.cp.core import CP
+    from hsb.cp.journal.generation import Generations
     from hsb.cp.journal.recovery import recover
     from hsb.cp.state import Held
 
@@ -228,8 +229,8 @@ def recovery(n: int) -> dict[str, Any]:
         for i in range(n):
             mid = i // m + 1
             cp.terms[names[i % m]].held[mid] = Held(mid, b"x" * 64, 0.0)
-        j = Journal(d, generation=1)
         d.mkdir(parents=True)
+        j = Journal(d, generation=Generations(d).take())  # (taken first, as hsbcpd does: open() checks it)
         with gcpolicy.paused():  # as hsbcpd does it (hsb.cp.server.take_over)
             t0 = time.perf_counter()
             snap = cp.snapshot()

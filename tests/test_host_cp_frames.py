@@ -123,7 +123,9 @@ async def test_a_clean_stop_of_the_cp_takes_nothing_more_from_open_connections(t
             real_append = core.journal.append
 
             def append(payload: Any, done: Any = None, lazy: bool = False) -> int:
-                if payload[0] == "a":
+                # once the stop has begun (its first step, before any await, freezes the links);
+                # before it, the load's messages are taken as usual
+                if payload[0] == "a" and cp.state == "stopping":
                     taken.append(payload[2])
                 return int(real_append(payload, done, lazy))
 
