@@ -58,7 +58,7 @@ def supervised(tmp_path: Path) -> Iterator[Any]:
     procs: list[tuple[Proc, list[int]]] = []  # the masters
 
     def start(env: dict[str, str] | None = None, watchdog_pid: bool = False, **cp: Any) -> Proc:
-        cfg = cp_config(tmp_path, terminals=5, journal="journal", **cp)
+        cfg = cp_config(tmp_path, terminals=5, **{"journal": "journal", **cp})
         argv = [sys.executable, "-m", "hsb.cp", "--config", str(cfg), "--supervise"]
         if watchdog_pid:  # as systemd sets it: the unit's main process, the master
             argv = ["sh", "-c", 'export WATCHDOG_PID=$$; exec "$@"', "sh", *argv]
@@ -168,8 +168,19 @@ def test_the_cp_dies_with_its_master(supervised: Any) -> None:
 
 
 def test_a_cp_that_exits_ends_the_master_with_its_code(supervised: Any, tmp_path: Path) -> None:
-    """The worker cannot listen (the port is taken): it exits 1, and the master with it, at once
-    and without starting another (a restart would not help; systemd decides)."""
+    """The worker cannot open its journal (the path is a file): it exits 1, and the master with
+    it, at once and without starting another (a restart would not help; systemd decides)."""
+    (tmp_path / "a-file").write_text("not a directory\n")
+    p = supervised(journal="a-file")
+    assert p.popen.wait(20) == 1
+    assert len(p.events("cp_worker_started")) == 1 and p.events("cp_worker_died") == []
+    text = p.log.read_text()
+    assert "cannot open the CP journal" in text and "Traceback" not in text
+
+
+def test_a_master_that_cannot_listen_says_so_and_starts_no_worker(supervised: Any, tmp_path: Path) -> None:
+    """The master holds the listeners (takeover at start): a port already taken is its one-line
+    error, exit 1, before any worker is forked."""
     taken = socket.socket()
     taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     taken.bind(("127.0.0.1", 0))
@@ -180,7 +191,7 @@ def test_a_cp_that_exits_ends_the_master_with_its_code(supervised: Any, tmp_path
         assert p.popen.wait(20) == 1
     finally:
         taken.close()
-    assert len(p.events("cp_worker_started")) == 1 and p.events("cp_worker_died") == []
+    assert p.events("cp_worker_started") == []
     text = p.log.read_text()
     assert "cannot listen" in text and "Traceback" not in text
 
@@ -381,3 +392,30 @@ def test_a_worker_killed_while_it_leaves_its_config_leaves_the_one_before(tmp_pa
     # the newer slot (the second's) torn, as by a worker killed while writing it: the first is read
     ac.mem[AppliedConfig.SLOT + AppliedConfig.HEAD.size + 5] ^= 0xFF
     assert len(ac.load(CPConfig).terminal_table) == 5
+
+
+async def test_terminals_that_come_back_between_two_workers_wait_in_the_masters_accept_queue(supervised: Any, tmp_path: Path) -> None:
+    """The master holds the terminal and host listeners (takeover at start): while one worker is
+    dead and the next not yet serving, a terminal that comes back is not refused; it waits in the
+    accept queue and the next worker welcomes it."""
+    import tomllib
+
+    from tests.support.hostclient import FakeTerminal
+
+    p = supervised()
+    p.wait_event("cp_started", timeout=15)
+    term_addr = tomllib.loads((tmp_path / "cp.toml").read_text())["cp"]["terminal_listen"]
+    master = p.popen.pid
+    worker = worker_of(master)
+    os.kill(master, signal.SIGSTOP)  # no next worker until SIGCONT: the gap held open
+    try:
+        os.kill(worker, signal.SIGKILL)
+        wait_for(lambda: Path(f"/proc/{worker}/stat").read_text().split(")")[1].split()[0] == "Z", 10, what="the worker dead")
+        t = await FakeTerminal.connect(term_addr, "T00001")  # refused, were the port the dead worker's only
+        await asyncio.sleep(0.3)  # an observation window: nobody serves it yet
+        assert not [m for m in t.inbox if m["t"] == "welcome"] and not t.closed
+    finally:
+        os.kill(master, signal.SIGCONT)
+    first = await t.wait(lambda m: m["t"] in ("welcome", "error"), timeout=15)
+    assert first["t"] == "welcome", first
+    await t.close()

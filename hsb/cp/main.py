@@ -125,7 +125,15 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
         return loop.run(run(supervisor))
 
     if supervise:
+        from hsb.cp import supervise as sv
+        from hsb.cp.server import master_listeners
         from hsb.cp.supervise import supervise as master
+
+        if start_cfg.cp.takeover == "at_start":  # (a waiting CP listens only once it takes over)
+            try:
+                sv.LISTENERS.update(master_listeners(start_cfg))
+            except OSError as exc:
+                die(f"cannot listen: {exc.strerror or exc} (is another hsbcpd running on these ports?)")
 
         sys.exit(master(work))
     sys.exit(work(None))

@@ -99,6 +99,21 @@ def _check_failed(addr: str, exc: OSError, unknown: bool) -> bool:
     return unknown
 
 
+def master_listeners(cfg: CPConfig) -> dict[str, socket.socket]:
+    """The terminal and host listening sockets, made by `hsbcpd --supervise`'s master before it
+    forks its first worker (hsb.cp.supervise.LISTENERS); each worker serves on them."""
+    c = cfg.cp
+    out: dict[str, socket.socket] = {}
+    for key, backlog in (("terminal", listen_backlog(len(cfg.terminal_table))), ("host", 16)):
+        h, p = parse_addr(getattr(c, f"{key}_listen"))
+        family = socket.AF_INET6 if ":" in h else socket.AF_INET
+        s = socket.create_server((h, p), family=family, backlog=backlog)  # (SO_REUSEADDR, as the worker's own)
+        if key == "terminal" and c.terminal_keepalive:  # inherited by every terminal connection
+            tcp_keepalive(s, c.terminal_keepalive)
+        out[key] = s
+    return out
+
+
 class CPServer:
     RELOADABLE = ("cp.held_bound", "cp.held_bytes", "cp.host_timeout", "terminals", "terminal_groups")
 
@@ -389,11 +404,17 @@ class CPServer:
             self.hosts.add(h)
             return h
 
+        from hsb.cp.supervise import LISTENERS
+
         for key, factory, backlog in (("terminal", terminal, listen_backlog(len(self.cfg.terminal_table))), ("host", host, 16)):
             h, p = parse_addr(getattr(c, f"{key}_listen"))
-            srv = await self._bind(
-                lambda: loop.create_server(factory, h, p, backlog=backlog, reuse_address=True, start_serving=False)  # noqa: B023 - awaited at once
-            )
+            held = LISTENERS.get(key)
+            if held is not None:  # the master's, open since before this worker (hsb.cp.supervise)
+                srv = await loop.create_server(factory, sock=held.dup(), backlog=backlog, start_serving=False)
+            else:
+                srv = await self._bind(
+                    lambda: loop.create_server(factory, h, p, backlog=backlog, reuse_address=True, start_serving=False)  # noqa: B023 - awaited at once
+                )
             if key == "terminal" and c.terminal_keepalive:  # inherited by every terminal connection
                 for s in srv.sockets:  # a dead terminal's connection would refuse its return forever
                     tcp_keepalive(s, c.terminal_keepalive)
