@@ -100,11 +100,11 @@ def _check_failed(addr: str, exc: OSError, unknown: bool) -> bool:
 
 
 def master_listeners(cfg: CPConfig) -> dict[str, socket.socket]:
-    """The terminal and host listening sockets, made by `hsbcpd --supervise`'s master before it
-    forks its first worker (hsb.cp.supervise.LISTENERS); each worker serves on them."""
+    """The terminal, host and admin listening sockets, made by `hsbcpd --supervise`'s master
+    before it forks its first worker (hsb.cp.supervise.LISTENERS); each worker serves on them."""
     c = cfg.cp
     out: dict[str, socket.socket] = {}
-    for key, backlog in (("terminal", listen_backlog(len(cfg.terminal_table))), ("host", 16)):
+    for key, backlog in (("terminal", listen_backlog(len(cfg.terminal_table))), ("host", 16), ("admin", 64)):
         h, p = parse_addr(getattr(c, f"{key}_listen"))
         family = socket.AF_INET6 if ":" in h else socket.AF_INET
         s = socket.create_server((h, p), family=family, backlog=backlog)  # (SO_REUSEADDR, as the worker's own)
@@ -225,8 +225,14 @@ class CPServer:
                 self, secret=self.secret, auth_timeout=c.auth_timeout, idle_timeout=30.0, max_frame=c.max_frame, tls=tls, tls_timeout=c.auth_timeout
             )
 
+        from hsb.cp.supervise import LISTENERS
+
         h, p = parse_addr(c.admin_listen)
-        srv = await self._bind(lambda: loop.create_server(admin, h, p, backlog=64, reuse_address=True))
+        held = LISTENERS.get("admin")
+        if held is not None:  # the master's (hsb.cp.supervise)
+            srv = await loop.create_server(admin, sock=held.dup(), backlog=64)
+        else:
+            srv = await self._bind(lambda: loop.create_server(admin, h, p, backlog=64, reuse_address=True))
         self.servers.append(srv)
         sock = srv.sockets[0].getsockname()
         self.bound["admin"] = f"{sock[0]}:{sock[1]}"

@@ -15,7 +15,7 @@ same idea as PostgreSQL's postmaster or nginx's master process.
 - The master holds nothing of the CP's: no journal, no connections, no threads (fork() is safe);
   only a shared mapping where each worker leaves the config it applied (`AppliedConfig`), for
   the next worker if the config file is broken by then, and (with `takeover = "at_start"`) the
-  terminal and host listening sockets (`LISTENERS`): they stay open while a dead worker's
+  terminal, host and admin listening sockets (`LISTENERS`): they stay open while a dead worker's
   descriptors are torn down and the next one starts, so the terminals and hosts that come back
   meanwhile wait in the accept queue instead of being refused, and the next worker serves them
   without waiting for the dead one's ports (0.1-0.2 s for 10,000 connections here).
@@ -109,7 +109,7 @@ class AppliedConfig:
 
 
 APPLIED: AppliedConfig | None = None  # made by the master (`supervise`), inherited by its workers
-# The terminal and host listeners, when the master holds them (hsb.cp.server.master_listeners):
+# The terminal, host and admin listeners, when the master holds them (hsb.cp.server.master_listeners):
 # made once, inherited by every worker, open across a worker's death.
 LISTENERS: dict[str, Any] = {}
 
