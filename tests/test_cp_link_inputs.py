@@ -273,3 +273,55 @@ async def test_a_host_with_a_smaller_max_frame_limits_what_terminals_may_send(tm
     assert any(f["t"] in ("deliver", "deliver_batch") for f in Decoder(small).feed(bytes(h.transport.data)))
     h.connection_lost(None)
     await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("path", ["registered_later", "flip"])
+async def test_a_message_held_before_a_smaller_host_said_its_max_frame_is_answered_with_an_error(tmp_path: Path, path: str) -> None:
+    """A message the CP took while no host with smaller frames was known (the hosts registered
+    later, the CP restarted on its journal, or a standby of smaller frames is granted the role):
+    delivered, it would drop that host's link at every try. It is answered with an error reply
+    instead, the host is sent nothing, and a message that fits still goes."""
+    from hsb.wire.framing import Decoder, encode, payload_max
+
+    big, small = 64 * 1024, 8 * 1024
+    cp = cp_core(tmp_path, 2, cp=f"max_frame = {big}\n")
+    if path == "flip":
+        a = fake_host(cp, "host-a", "active", record=True)  # the CP's own max_frame: it takes anything
+    p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None, max_frame=big)
+    p.connection_made(RecordingTransport("T00001"))
+    p.clear_deadline()
+    p.data_received(encode({"t": "hello", "terminal": "T00001"}))  # (a terminal that does not resume)
+    term = cp.terms["T00001"]
+    if path == "flip":
+        cp.host_open(a, "T00001", "active", {"k": "v"})
+    too_big = "é" * (payload_max(small) // 2 + 1)  # more bytes than characters: its UTF-8 size counts
+    p.data_received(encode({"t": "msg", "id": 1, "data": too_big}))
+    p.data_received(encode({"t": "msg", "id": 2, "data": "fits"}))
+    assert list(term.held) == [1, 2], (p.closed, p.transport.frames())
+    if path == "registered_later":
+        h = fake_host(cp, "host-a", None, record=True)
+        h.max_frame = small
+        cp.host_register(h, "active", 1)
+        cp.host_open(h, "T00001", "active", {"k": "v"})  # the session asked for: its held messages go
+    else:  # a standby of smaller frames registers after they were taken, and is granted the role
+        b = fake_host(cp, "host-b", None, record=True)
+        b.max_frame = small
+        cp.host_register(b, "standby", 1)
+        cp.host_open(b, "T00001", "standby", {"k": "v"})
+        a.connection_lost(None)
+        cp.host_switchover(b, "test", False, "failover")
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        while cp.flipping is not None:
+            assert loop.time() - t0 < 5.0, "the flip never finished"
+            await asyncio.sleep(0)
+        h = b
+    await asyncio.sleep(0.05)  # (the discard's journal callback: memory-only, at once)
+    p.flush()
+    replies = [f for f in p.transport.frames() if f["t"] == "reply"]
+    assert [r["id"] for r in replies] == [1] and "too large" in replies[0]["data"], replies
+    h.flush()
+    sent = Decoder(small).feed(bytes(h.transport.data))  # what the host got fits its frames
+    ids = [i[1] for f in sent if f["t"] == "deliver_batch" for i in f["items"]] + [f["id"] for f in sent if f["t"] == "deliver"]
+    assert ids == [2], sent
+    assert list(term.held) == [2] and not p.closed

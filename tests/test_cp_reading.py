@@ -133,8 +133,12 @@ async def test_the_bytes_held_and_kept_go_back_to_zero_when_everything_is_settle
     for i in range(1, 6):
         cp.terminal_msg(term, i, "d" * (100 * i))
     assert term.held_bytes == 100 * (1 + 2 + 3 + 4 + 5)
+    cp.terminal_msg(term, 6, "é" * 50)  # text counts in its UTF-8 bytes, not its characters
+    assert term.held_bytes == 100 * (1 + 2 + 3 + 4 + 5) + 100
+    cp.host_reply(a, "T00001", 6, "")
+    assert term.held_bytes == 100 * (1 + 2 + 3 + 4 + 5)
     for i in range(1, 6):
         cp.host_reply(a, "T00001", i, "r" * i)
     assert term.held_bytes == 0 and term.kept_bytes == 1 + 2 + 3 + 4 + 5
-    cp.terminal_confirm(term, 5)
+    cp.terminal_confirm(term, 6)
     assert term.kept_bytes == 0 and not term.replies and t.term is term

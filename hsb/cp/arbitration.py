@@ -173,6 +173,7 @@ class Arbitration:
         # replies to what the switch kept waiting are followed from the first slice on
         self.after_switch = AfterSwitch(t0, rec, self.history.switch_done)
         lead = loss[1] if loss is not None and demote is None else release_t0  # silence (or release) -> grant
+        self.refuse_too_large(host)  # (nothing to do unless its max_frame is below the CP's)
         self.flipping = Flip(self, host, kind, t0, self.flip_slice, lambda f: self._flipped(f, rec, t0, lead, fenced_old), keep)
         self.flipping.start()
 

@@ -16,6 +16,7 @@ import structlog
 from hsb.cp.journal.recovery import in_id_order
 from hsb.cp.state import Held, Kept, Term
 from hsb.terminals import TerminalDef
+from hsb.wire.framing import data_size
 
 if TYPE_CHECKING:
     from hsb.cp.core import CP
@@ -52,13 +53,13 @@ class JournalSide:
             held = r.held.get(name)
             if held:
                 term.held = in_id_order(held)
-                term.held_bytes = sum(len(h.data) for h in held.values())
+                term.held_bytes = sum(data_size(h.data) for h in held.values())
                 held_n += len(held)
                 holding[term] = None
             kept = r.replies.get(name)
             if kept:
                 term.replies = in_id_order(kept)
-                term.kept_bytes = sum(len(k.data) for k in kept.values())
+                term.kept_bytes = sum(data_size(k.data) for k in kept.values())
                 kept_n += len(kept)
                 term.resuming = True
         self.counts.held += held_n

@@ -106,7 +106,10 @@ def master_listeners(cfg: CPConfig) -> dict[str, socket.socket]:
     out: dict[str, socket.socket] = {}
     for key, backlog in (("terminal", listen_backlog(len(cfg.terminal_table))), ("host", 16), ("admin", 64)):
         h, p = parse_addr(getattr(c, f"{key}_listen"))
-        family = socket.AF_INET6 if ":" in h else socket.AF_INET
+        try:
+            family = socket.AF_INET6 if ipaddress.ip_address(h).version == 6 else socket.AF_INET
+        except ValueError:  # a name (each of its addresses): the worker binds it itself, as without a master
+            continue
         s = socket.create_server((h, p), family=family, backlog=backlog)  # (SO_REUSEADDR, as the worker's own)
         if key == "terminal" and c.terminal_keepalive:  # inherited by every terminal connection
             tcp_keepalive(s, c.terminal_keepalive)

@@ -83,7 +83,7 @@ class AppliedConfig:
     def _slot(self, i: int) -> tuple[int, bytes | None]:
         base = i * self.SLOT
         seq, n, crc = self.HEAD.unpack_from(self.mem, base)
-        if not seq or n > self.SLOT - self.HEAD.size:
+        if not seq or not n or n > self.SLOT - self.HEAD.size:  # (n 0: a header half written)
             return 0, None
         data = self.mem[base + self.HEAD.size : base + self.HEAD.size + n]
         return (seq, data) if zlib.crc32(data) == crc else (0, None)

@@ -20,6 +20,7 @@ import structlog
 
 from hsb import faults
 from hsb.cp.state import Held, Kept, Term
+from hsb.wire.framing import data_size, payload_max
 
 if TYPE_CHECKING:
     from hsb.cp.core import CP
@@ -140,7 +141,7 @@ class TerminalSide:
         for mid in [m for m in term.replies if m <= upto]:
             kept = term.replies.pop(mid)
             self.journal.unpin(kept.seg)
-            term.kept_bytes -= len(kept.data)
+            term.kept_bytes -= data_size(kept.data)
             self.counts.kept -= 1
 
     # ------------------------------------------------------------------ messages
@@ -155,7 +156,7 @@ class TerminalSide:
         if not term.held:
             self.holding[term] = None
         term.held[mid] = held
-        term.held_bytes += len(data)
+        term.held_bytes += data_size(data)
         self.counts.held += 1
         held.seg = self.journal.append(["a", term.name, mid, data], lambda: self._accepted(term, held))
         self.journal.pin(held.seg)
@@ -249,11 +250,52 @@ class TerminalSide:
 
     # ------------------------------------------------------------------ delivery to the active
     def _deliver(self: CP, term: Term, held: Held, host: HostProtocol) -> None:
+        if host.max_frame and host.max_frame < self.cfg.cp.max_frame and self._too_large_for(term, held, host):
+            return
         redelivered = held.delivered_epoch != 0
         held.delivered_epoch = self.epoch
         held.redelivered = redelivered
         self.counters["redelivered" if redelivered else "delivered"] += 1
         host.deliver_held(term.name, held, redelivered)
+
+    def _too_large_for(self: CP, term: Term, held: Held, host: HostProtocol) -> bool:
+        """A message taken before `host` said its smaller max_frame (it registered later, or the
+        CP restarted on its journal) that its frames cannot hold: delivered, it would drop that
+        host's link at every try. It is answered with an error instead, as the reply that
+        discards it (the terminal is told; nothing was processed)."""
+        size = data_size(held.data)
+        limit = payload_max(host.max_frame)
+        if size <= limit:
+            return False
+        log.error(
+            "message_too_large_for_host",
+            terminal=term.name,
+            id=held.id,
+            size=size,
+            host=host.name,
+            host_max_frame=host.max_frame,
+            msg=f"not delivered to {host.name}, whose frames take {limit} bytes of data: answered with an error;"
+            " set the same max_frame on the CP and both hosts",
+        )
+        self.host_reply(
+            host,
+            term.name,
+            held.id,
+            f"error: message too large for the host ({size} bytes > {limit}); it was not processed:"
+            " send less, or set the same max_frame on the CP and both hosts",
+        )
+        return True
+
+    def refuse_too_large(self: CP, host: HostProtocol) -> None:
+        """Before a flip to `host`: the held messages its frames cannot hold are answered with an
+        error (`_too_large_for`), so the flip never sends one. Only when its max_frame is below the
+        CP's (a walk of what is held; none otherwise)."""
+        if not host.max_frame or host.max_frame >= self.cfg.cp.max_frame:
+            return
+        for term in list(self.holding):
+            for held in list(term.held.values()):
+                if not held.replying:
+                    self._too_large_for(term, held, host)
 
     def _deliver_pending(self: CP, term: Term, host: HostProtocol) -> None:
         for held in list(term.held.values()):
@@ -302,9 +344,9 @@ class TerminalSide:
             if old is None:
                 self.counts.kept += 1
             else:
-                term.kept_bytes -= len(old.data)
+                term.kept_bytes -= data_size(old.data)
             term.replies[mid] = kept
-            term.kept_bytes += len(data)
+            term.kept_bytes += data_size(data)
         faults.point("cp.between_reply_and_discard")
         if self.after_switch is not None:
             self._served_after_switch(term, held)
@@ -325,7 +367,7 @@ class TerminalSide:
     def _settled(self: CP, term: Term, held: Held) -> None:
         """The record that settles the message is durable: it is no longer held."""
         if term.held.pop(held.id, None) is not None:
-            term.held_bytes -= len(held.data)
+            term.held_bytes -= data_size(held.data)
             self.counts.held -= 1
             self.journal.unpin(held.seg)
             if not term.held:

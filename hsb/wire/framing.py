@@ -60,6 +60,13 @@ def batch_bytes(msg: dict[str, Any], key: str) -> int:
     return v if isinstance(v, int) and not isinstance(v, bool) and v >= 1024 else 0
 
 
+def data_size(data: bytes | str) -> int:
+    """The bytes of a message's data as encoded: text is UTF-8 (its length in characters undercounts)."""
+    if isinstance(data, str) and not data.isascii():
+        return len(data.encode("utf-8", "surrogatepass"))
+    return len(data)
+
+
 def payload_max(max_frame: int) -> int:
     """The largest message data or reply that fits, with the fields around it, in one frame of
     `max_frame` bytes (the same rule where a terminal's message comes in and where a reply goes out)."""
