@@ -244,6 +244,7 @@ async def test_tls_1_2_is_refused_by_default_for_a_session_id_would_outlive_a_re
             await loop.run_in_executor(None, _handshake, srv.sockets[0].getsockname()[1], client)
     finally:
         srv.close()
+        await srv.wait_closed()
     lax = TLS(TLSFiles(str(tmp_path / "ca.pem"), str(tmp_path / "cp.pem"), str(tmp_path / "cp.key"), "1.2"))
     srv = await listen(lax)
     try:
@@ -260,3 +261,4 @@ async def test_tls_1_2_is_refused_by_default_for_a_session_id_would_outlive_a_re
         assert reused  # min_version 1.2: let in by its session id, its certificate not checked again
     finally:
         srv.close()
+        await srv.wait_closed()
