@@ -367,3 +367,25 @@ async def test_owed_sends_stop_before_the_end_of_the_settle_time() -> None:
         await asyncio.sleep(0)  # (turns of the loop for the hook, which must send nothing)
     assert not c.outstanding and c in stats.deferred
     assert not stats.owing()
+
+
+def test_a_welcome_from_another_cp_process_counts_as_the_cp_away() -> None:
+    """A CP restarted under a master that holds its listener never refuses a connect: the
+    welcome's `cp` (its process) tells the terminal that the CP it logs on to is another one."""
+    c, _ = _client()
+    _feed(c, {"t": "welcome", "terminal": c.name, "last_acked": 0, "cp": "a"})  # (the first said none)
+    c.connection_lost(None)
+    _connect_to(c, "a")  # the same CP: a failover's reconnect, not a CP restart
+    assert c.cp_reconnects == 0
+    c.connection_lost(None)
+    _connect_to(c, "b")
+    assert c.cp_reconnects == 1
+    c.connection_lost(None)
+    c.cp_away()  # a connect refused first, then another CP: counted once
+    _connect_to(c, "c")
+    assert c.cp_reconnects == 2
+
+
+def _connect_to(c: TerminalClient, cp: str) -> None:
+    c.connection_made(RecordingTransport("cp"))  # type: ignore[arg-type]
+    _feed(c, {"t": "welcome", "terminal": c.name, "last_acked": 0, "cp": cp})

@@ -13,6 +13,7 @@ journal_side, status_view).
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -64,6 +65,9 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         self.cfg = cfg
         self.name = cfg.cp.name
         self.held_bound = cfg.cp.held_bound
+        # this CP process, in every welcome: a terminal that logs on again to another one knows the
+        # CP restarted, even if its port never refused it (a master holding the listener)
+        self.instance = secrets.token_hex(8)
         self.held_bytes = cfg.cp.held_bytes
         self.host_timeout = cfg.cp.host_timeout
         self.host_lease = cfg.cp.host_lease  # the active role's lease, told to the hosts

@@ -57,7 +57,7 @@ class TerminalSide:
         # With an active to ask, the welcome waits (WELCOME_WAIT_S at most) for the session's
         # opening and both go in one write: in a logon storm that is a write per terminal less.
         active = self.active if self.active is not None and self.active.usable and self.announced else None
-        welcome = {"t": "welcome", "terminal": name, "last_acked": term.durable_acked}
+        welcome = {"t": "welcome", "terminal": name, "last_acked": term.durable_acked, "cp": self.instance}
         adopted = term.active is not None and active is not None and term.active.host is active
         if term.active is not None and (not term.active.host.usable or term.active.host is not self.active):
             # adopted for it by an active since lost (or whose role a grant is giving away), and

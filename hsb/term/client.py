@@ -166,6 +166,7 @@ class TerminalClient(asyncio.Protocol):
         "floor",
         "unexpected_acks",
         "failed_since_drop",
+        "cp_instance",
         "cp_reconnects",
         "last_switch",
         "protocol_errors",
@@ -240,6 +241,7 @@ class TerminalClient(asyncio.Protocol):
         self.may_resend: set[int] = set()
         self.unexpected_acks = 0  # acknowledgements of ids this terminal never sent
         self.failed_since_drop = False  # a connect failed since the connection dropped: the CP was away
+        self.cp_instance: str | None = None  # the CP process of the last welcome (its `cp`)
         self.cp_reconnects = 0  # disconnects after which the CP could not be reached for a while
         self.last_switch = ""  # the kind in the last `switched` notice (failover, switchover, promote)
         self.protocol_errors = 0  # frames from the other side that broke the protocol
@@ -464,6 +466,13 @@ class TerminalClient(asyncio.Protocol):
             self._protocol_error(exc)
 
     def _on_welcome(self, msg: dict[str, Any]) -> None:
+        cp = msg.get("cp")
+        if isinstance(cp, str):
+            if self.cp_instance is not None and cp != self.cp_instance and not self.failed_since_drop:
+                # another CP process than before: it restarted, though its port never refused us
+                self.failed_since_drop = True
+                self.cp_reconnects += 1
+            self.cp_instance = cp
         self.state = WELCOMED
         self.backoff.reset()
         self.last_error = None
