@@ -76,9 +76,6 @@ def test_a_reset_link_leaves_no_cyclic_garbage() -> None:
             srv.close()
             await srv.wait_closed()
 
-    # an earlier test's event loop, still this thread's current one, is let go here, not by the
-    # Runner inside the window below: what hangs off it would be counted as this scenario's
-    asyncio.set_event_loop(None)
     with collector_off() as garbage, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
         kinds = sorted({type(o).__name__ for o in garbage()})

@@ -19,10 +19,14 @@ def collector_off() -> Iterator[Callable[[], list[object]]]:
         return list(gc.garbage)
 
     gc.collect()
+    # everything older than the block stays reachable through this list: what an earlier test
+    # left (held until now by something the block lets go of) cannot show as the block's garbage
+    older = gc.get_objects()
     gc.disable()
     try:
         yield garbage
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
+        del older
         gc.enable()
