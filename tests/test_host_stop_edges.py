@@ -31,6 +31,7 @@ from hsb.wire.framing import encode
 from tests.support.inproc import hot_standby, pair_in_hot_standby, until
 from tests.support.logrec import RecordingLog
 from tests.support.procs import SECRET
+from tests.test_host_switchover_refused import refuse_handovers
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -282,20 +283,6 @@ async def test_a_close_cancels_the_lease_timer(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- 6: a stop and its handover's end
-def refuse_handovers(core: Any) -> None:
-    """The CP refuses every handover as it does when no standby is registered just then."""
-    real = core.host_handover
-
-    def no_standby(host: Any, wait: bool = True) -> None:
-        sb, core.standby = core.standby, None
-        try:
-            real(host, wait)
-        finally:
-            core.standby = sb
-
-    core.host_handover = no_standby
-
-
 def answer_handovers_late(core: Any, after: float) -> None:
     """The CP answers a handover `after` seconds late, as when it waits for the standby's sessions
     (up to its HANDOVER_WAIT_S)."""
