@@ -50,6 +50,7 @@ from _sandbox import (  # noqa: E402
     Logs,
     fmt_ms,
     host_by_role,
+    latencies,
     machine,
     machine_line,
     median,
@@ -271,7 +272,7 @@ def save(a: argparse.Namespace, out: list[dict[str, Any]]) -> None:
 def agg(rs: list[dict[str, Any]], key: str, fn: Any) -> float | None:
     """`fn` over the runs' reply latencies (`key`); a run with a message never answered counts as
     infinite, never as a run without the figure."""
-    vals = [float("inf") if r.get("unanswered") else r[key] for r in rs if r.get("unanswered") or r.get(key) is not None]
+    vals = latencies(rs, key)
     return fn(vals) if vals else None
 
 
@@ -285,11 +286,7 @@ def worst(rs: list[dict[str, Any]], key: str) -> float | None:
     """The worst run's figure; a failed run (no failover) or one with a message never answered
     (hsb.term.timeline gives no figure then) counts as infinite, a run without the figure for
     another reason (nothing was in flight at the kill, say) does not count."""
-    vals = [
-        float("inf") if r.get("failed") or r.get("unanswered") else r[key]
-        for r in rs
-        if r.get("failed") or r.get("unanswered") or r.get(key) is not None
-    ]
+    vals = [float("inf") for r in rs if r.get("failed")] + latencies([r for r in rs if not r.get("failed")], key)
     return max(vals) if vals else None
 
 

@@ -29,6 +29,7 @@ import structlog
 
 from hsb import __version__, faults, gcpolicy
 from hsb.config import parse_addr
+from hsb.cp import supervise
 from hsb.cp.admin import CPAdminProtocol
 from hsb.cp.config import CPConfig, CPSection
 from hsb.cp.core import CP
@@ -228,10 +229,8 @@ class CPServer:
                 self, secret=self.secret, auth_timeout=c.auth_timeout, idle_timeout=30.0, max_frame=c.max_frame, tls=tls, tls_timeout=c.auth_timeout
             )
 
-        from hsb.cp.supervise import LISTENERS
-
         h, p = parse_addr(c.admin_listen)
-        held = LISTENERS.get("admin")
+        held = supervise.LISTENERS.get("admin")
         if held is not None:  # the master's (hsb.cp.supervise)
             srv = await loop.create_server(admin, sock=held.dup(), backlog=64)
         else:
@@ -413,11 +412,9 @@ class CPServer:
             self.hosts.add(h)
             return h
 
-        from hsb.cp.supervise import LISTENERS
-
         for key, factory, backlog in (("terminal", terminal, listen_backlog(len(self.cfg.terminal_table))), ("host", host, 16)):
             h, p = parse_addr(getattr(c, f"{key}_listen"))
-            held = LISTENERS.get(key)
+            held = supervise.LISTENERS.get(key)
             if held is not None:  # the master's, open since before this worker (hsb.cp.supervise)
                 srv = await loop.create_server(factory, sock=held.dup(), backlog=backlog, start_serving=False)
             else:
@@ -657,8 +654,6 @@ class CPServer:
         """Under a master (--supervise): leave the config this worker runs on where a worker
         forked again finds it if the file is broken by then (hsb.cp.supervise.AppliedConfig).
         Encoded on a thread: 19,000 terminals listed one by one take a while."""
-        from hsb.cp import supervise
-
         if supervise.APPLIED is not None:
             try:
                 await asyncio.get_running_loop().run_in_executor(None, supervise.APPLIED.store, self.cfg)

@@ -9,7 +9,7 @@ import structlog
 
 from hsb.cp.state import Term
 from hsb.wire.conn import PROTOCOL_ERRORS, FramedProtocol, require
-from hsb.wire.framing import ProtocolError, payload_max
+from hsb.wire.framing import ProtocolError, data_size, payload_max
 
 if TYPE_CHECKING:
     from hsb.cp.core import CP
@@ -95,7 +95,7 @@ class TerminalProtocol(FramedProtocol):
         if not 0 < mid <= ID_MAX:
             raise ProtocolError("bad_fields", f"msg: id must be 1..{ID_MAX}")
         limit = min(self.max_data, self.cp.max_data)  # (the smallest max_frame of the CP and its hosts)
-        if len(data) > limit // 4 and (len(data) if isinstance(data, bytes) else len(data.encode())) > limit:
+        if len(data) > limit // 4 and data_size(data) > limit:
             raise ProtocolError(
                 "message_too_large",
                 f"msg {mid}: data larger than {limit} bytes, which the CP cannot deliver to a host"

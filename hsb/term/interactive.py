@@ -234,17 +234,12 @@ def session_failures(c: TerminalClient) -> list[str]:
     """What the CP did wrong in this terminal's session, as `hsbterm load`'s verdict counts it
     (hsb.term.report); a message still without a reply is said apart."""
     v = judge_marks(c.marks, base=c.base, stride=c.stride, name=c.name)
-    out: list[str] = []
-    if v.duplicates:
-        out.append(f"duplicates: {v.duplicates} replies beyond the first (e.g. {', '.join(v.duplicate_ids[:5])})")
-    if c.unexpected:
-        out.append(f"unexpected: {c.unexpected} replies to ids never sent")
-    if c.early:
-        out.append(f"unexpected: {c.early} replies before their ack")
-    if c.bad_data:
-        out.append(f"bad data: {c.bad_data} replies")
-    if c.unexpected_acks:
-        out.append(f"unexpected acks: {c.unexpected_acks} acknowledgements of ids never sent")
-    if c.protocol_errors:
-        out.append(f"protocol errors: {c.protocol_errors} frames from the CP broke the protocol")
-    return out
+    checks = (
+        (v.duplicates, f"duplicates: {v.duplicates} replies beyond the first (e.g. {', '.join(v.duplicate_ids[:5])})"),
+        (c.unexpected, f"unexpected: {c.unexpected} replies to ids never sent"),
+        (c.early, f"unexpected: {c.early} replies before their ack"),
+        (c.bad_data, f"bad data: {c.bad_data} replies"),
+        (c.unexpected_acks, f"unexpected acks: {c.unexpected_acks} acknowledgements of ids never sent"),
+        (c.protocol_errors, f"protocol errors: {c.protocol_errors} frames from the CP broke the protocol"),
+    )
+    return [text for n, text in checks if n]
