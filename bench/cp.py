@@ -95,6 +95,7 @@ THIS = str(Path(__file__).resolve())
 GOAL_RATIO = 0.5
 GOAL_SWITCH_MS = 50.0
 GOAL_KIB = 10.0
+ACK_WINDOW = 64  # the open-loop runs: a cap on what one terminal has outstanding, never reached below capacity
 
 
 def child_argv(mode: str, *args: str) -> list[str]:
@@ -125,7 +126,8 @@ async def echo_main(a: argparse.Namespace) -> None:
 
 
 async def load_main(a: argparse.Namespace) -> None:
-    """_load: one closed-loop run; CPU of this and the watched processes while sending."""
+    """_load: one run, closed loop (or open loop at `--rate` msg/s in all); CPU of this and the
+    watched processes while sending."""
     gcpolicy.apply()  # as hsbterm load does
     watch: dict[str, int] = json.loads(a.watch)
     watch["load"] = os.getpid()
@@ -134,10 +136,10 @@ async def load_main(a: argparse.Namespace) -> None:
         run_load(
             addr(a.cp),
             terminals=a.terminals,
-            rate=0,
+            rate=a.rate,
             duration=a.duration,
             window=a.window,
-            closed_loop=True,
+            closed_loop=a.rate <= 0,
             settle=15,
             connect_timeout=90,
             sending=sending,
@@ -209,6 +211,57 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+async def load_run(
+    n: int, window: int, target: str, watch: dict[str, int], a: argparse.Namespace, logbase: Path, log: Any, mode: str, rate: float = 0.0
+) -> dict[str, Any]:
+    """One load child against `target` (closed loop, or open loop at `rate` msg/s in all), with the
+    strict verdict; a run disturbed by other load on the machine is repeated (`--retries`)."""
+    label = f"window {window:<4}" if rate <= 0 else f"{rate:,.0f} msg/s"
+    for attempt in range(1 + max(0, getattr(a, "retries", 0))):
+        await await_quiet(a, log)
+        argv = ["--cp", target, "--terminals", str(n), "--window", str(window), "--duration", str(a.duration), "--watch", json.dumps(watch)]
+        load = await Child.start(child_argv("_load", *argv, "--rate", str(rate)), Path(f"{logbase}-{attempt}.log"))
+        try:
+            out = await load.read(a.duration + 150)
+        finally:
+            await load.stop()
+        r = out["report"]
+        failures = list(r["failures"])
+        if r["sessions_opened"] != n:
+            failures.append(f"sessions: {r['sessions_opened']} of {n} terminals had a session")
+        if not r["ok"] and not failures:
+            failures.append("no terminal was ever welcomed")
+        run = {
+            "rate": r["reply_rate"],
+            "p50": r["latency_ms"]["p50"],
+            "p99": r["latency_ms"]["p99"],
+            "ack_p50": (r.get("ack_latency_ms") or {}).get("p50"),
+            "ack_p99": (r.get("ack_latency_ms") or {}).get("p99"),
+            "replied": r["replied"],
+            "duration_s": r["duration_s"],
+            "cpu": out["cpu"],
+            "lost": r["lost"],
+            "duplicates": r["duplicates"],
+            "unexpected": r["unexpected"],
+            "ok": bool(r["ok"]) and not failures,
+            "failures": failures,
+        }
+        if not run["ok"]:
+            log(f"  {n:>5} terminals  {label} {mode:<6}: FAILED: {'; '.join(failures)}")
+        other = out["cpu"].get("other", 0.0) + out["cpu"].get("steal", 0.0)
+        log(
+            f"  {n:>5} terminals  {label} {mode:<6}: {run['rate']:>9.0f} msg/s  "
+            f"p50 {run['p50'] or float('nan'):.2f} ms  p99 {run['p99'] or float('nan'):.2f} ms  "
+            f"ack p99 {run['ack_p99'] or float('nan'):.2f} ms  cpu {run['cpu']}"
+        )
+        run["attempts"] = attempt + 1
+        run["disturbed"] = other > getattr(a, "max_other", float("inf"))
+        if not run["disturbed"] or not run["ok"]:  # a failed run is kept, never run again
+            break
+        log(f"    other load {other:.2f} cores during the run; running it again")
+    return run
+
+
 async def bench_throughput(n: int, window: int, a: argparse.Namespace, work: Path, log: Any) -> dict[str, Any]:
     d = work / f"rt-{n}-w{window}"
     d.mkdir()
@@ -235,62 +288,7 @@ async def bench_throughput(n: int, window: int, a: argparse.Namespace, work: Pat
                     if mode == "cpmem"
                     else {"echo": echo.pid}
                 )
-                for attempt in range(1 + max(0, getattr(a, "retries", 0))):
-                    await await_quiet(a, log)
-                    load = await Child.start(
-                        child_argv(
-                            "_load",
-                            "--cp",
-                            target,
-                            "--terminals",
-                            str(n),
-                            "--window",
-                            str(window),
-                            "--duration",
-                            str(a.duration),
-                            "--watch",
-                            json.dumps(watch),
-                        ),
-                        d / f"load-{mode}-{rep}-{attempt}.log",
-                    )
-                    try:
-                        out = await load.read(a.duration + 150)
-                    finally:
-                        await load.stop()
-                    r = out["report"]
-                    failures = list(r["failures"])
-                    if r["sessions_opened"] != n:
-                        failures.append(f"sessions: {r['sessions_opened']} of {n} terminals had a session")
-                    if not r["ok"] and not failures:
-                        failures.append("no terminal was ever welcomed")
-                    run = {
-                        "rate": r["reply_rate"],
-                        "p50": r["latency_ms"]["p50"],
-                        "p99": r["latency_ms"]["p99"],
-                        "ack_p50": (r.get("ack_latency_ms") or {}).get("p50"),
-                        "ack_p99": (r.get("ack_latency_ms") or {}).get("p99"),
-                        "replied": r["replied"],
-                        "duration_s": r["duration_s"],
-                        "cpu": out["cpu"],
-                        "lost": r["lost"],
-                        "duplicates": r["duplicates"],
-                        "unexpected": r["unexpected"],
-                        "ok": bool(r["ok"]) and not failures,
-                        "failures": failures,
-                    }
-                    if not run["ok"]:
-                        log(f"  {n:>5} terminals  window {window:<4} {mode:<6} rep {rep + 1}: FAILED: {'; '.join(failures)}")
-                    other = out["cpu"].get("other", 0.0) + out["cpu"].get("steal", 0.0)
-                    log(
-                        f"  {n:>5} terminals  window {window:<4} {mode:<6} rep {rep + 1}: {run['rate']:>9.0f} msg/s  "
-                        f"p50 {run['p50'] or float('nan'):.2f} ms  p99 {run['p99'] or float('nan'):.2f} ms  cpu {run['cpu']}"
-                    )
-                    run["attempts"] = attempt + 1
-                    run["disturbed"] = other > getattr(a, "max_other", float("inf"))
-                    if not run["disturbed"] or not run["ok"]:  # a failed run is kept, never run again
-                        break
-                    log(f"    other load {other:.2f} cores during the run; running it again")
-                runs[mode].append(run)
+                runs[mode].append(await load_run(n, window, target, watch, a, d / f"load-{mode}-{rep}", log, mode))
     finally:
         for c in (host, hostmem, echo):
             if c is not None:
@@ -298,23 +296,7 @@ async def bench_throughput(n: int, window: int, a: argparse.Namespace, work: Pat
         cp.stop()
         cpmem.stop()
 
-    def summary(rs: list[dict[str, Any]]) -> dict[str, Any]:
-        cpu_keys = [k for k in (rs[0]["cpu"] if rs else {}) if k not in ("other", "steal")]
-        for r in rs:  # CPU microseconds each process spent per round trip (robust to a busy machine)
-            r["us_per_msg"] = {k: round(r["cpu"][k] / r["rate"] * 1e6, 2) for k in cpu_keys if r["rate"]}
-        return {
-            "rate": round(median([r["rate"] for r in rs]), 1),
-            "p50": round(median([r["p50"] for r in rs if r["p50"] is not None]), 3),  # None: a failed run with no reply
-            "p99": round(median([r["p99"] for r in rs if r["p99"] is not None]), 3),
-            "ack_p50": round(median([r["ack_p50"] for r in rs if r.get("ack_p50") is not None]), 3),
-            "ack_p99": round(median([r["ack_p99"] for r in rs if r.get("ack_p99") is not None]), 3),
-            "cpu": {k: round(median([r["cpu"].get(k, float("nan")) for r in rs]), 2) for k in [*cpu_keys, "other", "steal"]},
-            "us_per_msg": {k: round(median([r["us_per_msg"].get(k, float("nan")) for r in rs]), 2) for k in cpu_keys},
-            "failed": sum(1 for r in rs if not r.get("ok", True)),
-            "runs": rs,
-        }
-
-    cps, mem, direct = summary(runs["cp"]), summary(runs["cpmem"]), summary(runs["direct"])
+    cps, mem, direct = summarize(runs["cp"]), summarize(runs["cpmem"]), summarize(runs["direct"])
     ratios = [c["rate"] / dr["rate"] for c, dr in zip(runs["cp"], runs["direct"], strict=False) if dr["rate"]]
     durable = [c["rate"] / m["rate"] for c, m in zip(runs["cp"], runs["cpmem"], strict=False) if m["rate"]]
     return {
@@ -328,6 +310,54 @@ async def bench_throughput(n: int, window: int, a: argparse.Namespace, work: Pat
         "durable_ratio": round(cps["rate"] / mem["rate"], 3) if mem["rate"] else None,
         "durable_ratios": [round(x, 3) for x in durable],
     }
+
+
+def summarize(rs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of the runs of one side, and CPU µs per round trip of each process."""
+    cpu_keys = [k for k in (rs[0]["cpu"] if rs else {}) if k not in ("other", "steal")]
+    for r in rs:  # CPU microseconds each process spent per round trip (robust to a busy machine)
+        r["us_per_msg"] = {k: round(r["cpu"][k] / r["rate"] * 1e6, 2) for k in cpu_keys if r["rate"]}
+    return {
+        "rate": round(median([r["rate"] for r in rs]), 1),
+        "p50": round(median([r["p50"] for r in rs if r["p50"] is not None]), 3),  # None: a failed run with no reply
+        "p99": round(median([r["p99"] for r in rs if r["p99"] is not None]), 3),
+        "ack_p50": round(median([r["ack_p50"] for r in rs if r.get("ack_p50") is not None]), 3),
+        "ack_p99": round(median([r["ack_p99"] for r in rs if r.get("ack_p99") is not None]), 3),
+        "cpu": {k: round(median([r["cpu"].get(k, float("nan")) for r in rs]), 2) for k in [*cpu_keys, "other", "steal"]},
+        "us_per_msg": {k: round(median([r["us_per_msg"].get(k, float("nan")) for r in rs]), 2) for k in cpu_keys},
+        "failed": sum(1 for r in rs if not r.get("ok", True)),
+        "runs": rs,
+    }
+
+
+async def bench_ack(n: int, rate: float, a: argparse.Namespace, work: Path, log: Any) -> dict[str, Any]:
+    """Ack latency at a fixed offered rate (open loop, below both sides' capacity), durable beside
+    memory-only: what the journal's group commit adds to an ack when no queue builds up. (A closed
+    loop at capacity measures the queue too: each side's latency is its window over its rate.)"""
+    d = work / f"ack-{n}-r{rate:g}"
+    d.mkdir()
+    cp = start_cp(d, terminals=n, host_timeout=5.0)
+    cpmem = start_cp(d / "memory-only", terminals=n, host_timeout=5.0, durability="none")
+    host = hostmem = None
+    runs: dict[str, list[dict[str, Any]]] = {"cp": [], "cpmem": []}
+    try:
+        host = await Child.start(child_argv("_host", "--addr", cp.info["host"], "--secret-hex", SECRET.hex()), d / "host.log")
+        await host.read(30)
+        hostmem = await Child.start(child_argv("_host", "--addr", cpmem.info["host"], "--secret-hex", SECRET.hex()), d / "host-memory-only.log")
+        await hostmem.read(30)
+        sides = {"cp": (cp, host), "cpmem": (cpmem, hostmem)}
+        for rep in range(a.reps):
+            for mode in ("cp", "cpmem") if rep % 2 == 0 else ("cpmem", "cp"):
+                c, h = sides[mode]
+                watch = {"hsbcpd": c.popen.pid, "host": h.pid}
+                runs[mode].append(await load_run(n, ACK_WINDOW, c.info["terminal"], watch, a, d / f"load-{mode}-{rep}", log, mode, rate))
+    finally:
+        for ch in (host, hostmem):
+            if ch is not None:
+                await ch.stop()
+        cp.stop()
+        cpmem.stop()
+    return {"terminals": n, "offered": rate, "cp": summarize(runs["cp"]), "memory_only": summarize(runs["cpmem"])}
 
 
 async def bench_switch(n: int, rounds_wanted: int, work: Path, log: Any, memory: bool, max_other: float = float("inf")) -> dict[str, Any]:
@@ -685,6 +715,34 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
                 f"{dt:.1f} | {rel} |"
             )
         L.append("")
+    if res.get("ack"):
+        L.append(
+            "Ack latency at a fixed offered rate (open loop: each terminal sends on its own schedule, whatever the"
+            ' replies do, so no queue builds up as it does at capacity), `durability = "fsync"` beside `"none"`,'
+            " interleaved in one run; send → ack at the terminal, median of the repetitions (goal: ≤ 2 ms more p99):"
+        )
+        L.append("")
+        L.append(
+            "| terminals | offered msg/s | replied msg/s fsync / none | ack p50 fsync / none ms | ack p99 fsync / none ms | p99 ack added | goal | verdict |"
+        )
+        L.append("|---:|---:|---:|---:|---:|---:|:---:|---|")
+        for t in res["ack"]:
+            c, m = t["cp"], t["memory_only"]
+            added = c["ack_p99"] - m["ack_p99"]
+            clean = all(r.get("ok", True) for r in c["runs"] + m["runs"])
+            ok = "met" if added <= 2.0 and clean else "**missed**"
+            L.append(
+                f"| {t['terminals']:,} | {t['offered']:,.0f} | {c['rate']:,.0f} / {m['rate']:,.0f} | {c['ack_p50']:.2f} / {m['ack_p50']:.2f} | "
+                f"{c['ack_p99']:.2f} / {m['ack_p99']:.2f} | {added:+.2f} ms | {ok} | {verdict(c['runs'] + m['runs'])} |"
+            )
+        fs = res.get("fdatasync")
+        if fs and not res.get("throughput"):
+            L.append("")
+            L.append(
+                f"This machine's disk, measured in the same run: one 200-byte append + `fdatasync` takes p50 {fs['p50_ms']:.3f} ms,"
+                f" p99 {fs['p99_ms']:.3f} ms ({fs['n']} calls in the benchmark's work directory)."
+            )
+        L.append("")
     if res.get("switch"):
         L.append("Switchover of N sessions inside hsbcpd (active host link closed, standby asks, granted); median (max) of the rounds:")
         L.append("")
@@ -758,9 +816,11 @@ async def orchestrate(a: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="hsb-bench-cp-"))
     res: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "settings": f"{a.duration:g} s per load run x {a.reps}, windows {','.join(map(str, a.windows))}, {a.switch_reps} switchover rounds",
+        "settings": f"{a.duration:g} s per load run x {a.reps}, windows {','.join(map(str, a.windows))}, {a.switch_reps} switchover rounds"
+        + (f", ack latency at {', '.join(f'{r:,.0f}' for r in a.ack_rates)} msg/s offered" if "ack" in only else ""),
         "throughput": [],
         "switch": [],
+        "ack": [],
     }
     log(f"bench/cp.py: {machine_line(a.machine)}; work dir {work}")
     try:
@@ -771,6 +831,12 @@ async def orchestrate(a: argparse.Namespace) -> dict[str, Any]:
                 for w in a.windows:
                     await await_quiet(a, log)
                     res["throughput"].append(await bench_throughput(n, w, a, work, log))
+        if "ack" in only:
+            res.setdefault("fdatasync", fdatasync_floor(work))
+            for n in a.sizes:
+                for rate in a.ack_rates:
+                    await await_quiet(a, log)
+                    res["ack"].append(await bench_ack(n, rate, a, work, log))
         if "switch" in only or "memory" in only:
             sizes = a.switch_sizes if "switch" in only else [max(a.switch_sizes)]
             for n in sizes:
@@ -802,6 +868,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--window", type=int, default=8)
         p.add_argument("--duration", type=float, default=5.0)
         p.add_argument("--watch", default="{}")
+        p.add_argument("--rate", type=float, default=0.0)
         a = p.parse_args(argv[1:])
         fn = {"_host": host_main, "_echo": echo_main, "_load": load_main, "_fleet": fleet_main}[mode]
         import logging
@@ -814,7 +881,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--quick", action="store_true", help="Shorter runs, one repetition (a smoke test of the bench; BENCHMARKS.md is left alone unless --write)."
     )
-    p.add_argument("--only", default="", help="Comma list of throughput, switch, memory (default: all).")
+    p.add_argument("--only", default="", help="Comma list of throughput, ack, switch, memory (default: all but ack).")
+    p.add_argument(
+        "--ack-rates",
+        default="2000",
+        help="With --only ack: offered msg/s (in all, open loop) at which durable and memory-only ack latency are compared, at each of --sizes.",
+    )
     p.add_argument("--duration", type=float, default=None, help="Seconds of sending per load run (default 5; quick 2).")
     p.add_argument("--reps", type=int, default=None, help="Load runs per size and mode (default 3; quick 1).")
     p.add_argument("--switch-reps", type=int, default=None, help="Switchover rounds per size (default 5; quick 2).")
@@ -847,6 +919,7 @@ def main(argv: list[str] | None = None) -> int:
     a.switch_reps = a.switch_reps if a.switch_reps is not None else (2 if a.quick else 5)
     a.sizes = [int(x) for x in a.sizes.split(",") if x]
     a.windows = [int(x) for x in a.windows.split(",") if x]
+    a.ack_rates = [float(x) for x in a.ack_rates.split(",") if x]
     a.switch_sizes = [int(x) for x in a.switch_sizes.split(",") if x]
     a.machine = machine()
     if not a.render:  # the benchmark's own process serves connections too (floor, hosts): on uvloop, as hsb.loop runs it
@@ -874,6 +947,7 @@ async def amain(a: argparse.Namespace) -> int:
         write_section(SECTION, text)
         print("written to BENCHMARKS.md", file=sys.stderr)
     bad = sum(1 for t in res["throughput"] for side in ("cp", "direct") for r in t[side]["runs"] if not r.get("ok", True))
+    bad += sum(1 for t in res.get("ack", []) for side in ("cp", "memory_only") for r in t[side]["runs"] if not r.get("ok", True))
     return 1 if bad else 0
 
 
