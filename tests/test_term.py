@@ -735,6 +735,42 @@ async def test_each_terminal_sends_on_its_own_schedule(fake: FakeCP) -> None:
     assert max(per_term.values()) - min(per_term.values()) <= 2
 
 
+async def test_the_schedule_never_waits_less_than_its_tick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvloop fires a timer of less than half a millisecond at once, so a scheduler that waited
+    for a send due sooner spun: the load process used a whole core at 2,000 msg/s, beside the CP
+    it was measuring. It waits a TICK at least, and the rate still holds."""
+    import random
+
+    import hsb.term.load as load
+
+    class Sender:
+        can_send = True
+        welcomed_at = 0.0
+        sent = 0
+
+        def submit(self) -> None:
+            self.sent += 1
+
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float, result: Any = None) -> Any:
+        waits.append(delay)
+        return await real_sleep(delay, result)
+
+    monkeypatch.setattr(load.asyncio, "sleep", sleep)
+    c = Sender()
+    t0 = time.monotonic()
+    task = asyncio.ensure_future(load._schedule([c], 2000, None, random.Random(1)))  # type: ignore[list-item, arg-type]
+    try:
+        await wait_until(lambda: c.sent >= 400, 10, "400 sends")
+    finally:
+        task.cancel()
+    took = time.monotonic() - t0
+    assert waits and min(waits) >= load.TICK, sorted(waits)[:5]
+    assert c.sent <= 2000 * took + 2, (c.sent, took)  # never ahead of the rate
+
+
 async def test_each_terminal_connection_sets_tcp_keepalive_to_probe_when_idle(fake: FakeCP, monkeypatch: pytest.MonkeyPatch) -> None:
     """After a CP machine's loss the old connection is dead without a word; an idle terminal
     finds out by TCP keepalive (first probe after 1 s by default), not only at its next message.
