@@ -50,6 +50,7 @@ Progress = Callable[[dict[str, Any]], None]
 SHUTDOWN_WAIT = 2.0  # seconds to wait for the CP to close connections after bye
 NOT_BACK_POLL = 0.02  # seconds between looks for terminals still logging on again at the end
 TICK = 0.001  # the scheduler's resolution: sends are due at most this late
+LATE_TICKS = 10  # ... or, after the loop was held up, this many ticks: what is later is skipped
 MAX_DEFERRED = 64  # sends a terminal owes (its window was full when they were due) at most
 
 
@@ -257,12 +258,16 @@ async def _schedule(clients: Sequence[TerminalClient], rate: float, stats: LoadS
 
     A heap holds each terminal's next due time; every TICK the due ones send
     (or, with a full window, owe the send until a reply makes room). A loop
-    that fell behind catches up on at most one period of each terminal.
+    that fell behind catches up on at most one period of each terminal, or
+    LATE_TICKS ticks of it if that is longer.
     """
     n = len(clients)
     if n == 0 or rate <= 0:
         return
     period = n / rate
+    # a terminal's sends due meanwhile go at the next tick, up to LATE_TICKS ticks late (a period,
+    # if longer): a terminal sending more often than once a tick then still keeps its rate
+    late = max(period, LATE_TICKS * TICK)
     t0 = time.monotonic()
     heap = [(t0 + rng.random() * period, i) for i in range(n)]
     heapq.heapify(heap)
@@ -276,7 +281,7 @@ async def _schedule(clients: Sequence[TerminalClient], rate: float, stats: LoadS
             elif c.welcomed_at is not None:  # window full, or not logged on right now: owed
                 stats.defer(c, due)  # (never logged on, a refused name say: it owes nothing)
             nxt = due + period
-            if nxt < now - period:  # the loop was held up: skip what is more than a period late
+            if nxt < now - late:  # the loop was held up: skip what is later than that
                 nxt = now + rng.random() * period
             heapq.heapreplace(heap, (nxt, i))
         # never less than TICK: uvloop rounds a timer to whole milliseconds, and one below half a
