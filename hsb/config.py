@@ -123,10 +123,15 @@ def _path(v: str, info: ValidationInfo) -> str:
     return resolve_path(v, info)
 
 
+def _opt_path(v: str, info: ValidationInfo) -> str:
+    return resolve_path(v, info) if v else v
+
+
 # Field types shared by the daemons' schemas.
 Addr = Annotated[str, AfterValidator(_addr)]  # "host:port"
 OptAddr = Annotated[str, AfterValidator(_opt_addr)]  # "host:port", or "" for off
 ConfigPath = Annotated[str, AfterValidator(_path)]  # relative to the config file's folder
+OptConfigPath = Annotated[str, AfterValidator(_opt_path)]  # the same, or "" for none
 
 
 class TLSLinks(Strict):

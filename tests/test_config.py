@@ -190,3 +190,44 @@ def test_a_failed_system_call_at_start_names_its_file_or_the_ports() -> None:
     assert "is another hsbd using these ports" in start_error(OSError(errno.EADDRINUSE, "Address already in use"))
     eio = start_error(OSError(errno.EIO, "Input/output error"))  # a read on the open takeover file names none
     assert "check the takeover file's storage" in eio and "another hsbd" not in eio
+
+
+def test_file_options_are_relative_to_the_config_files_folder(tmp_path: Path) -> None:
+    """The README says relative paths in a config are relative to its folder: the CP's wake_file
+    and the built-in services' files were taken relative to the working directory (`/` under
+    systemd, so the journal service's default could not even be written). A service of one's
+    own gets its options as written."""
+    from hsb.config import load
+    from hsb.cp.config import CPConfig
+    from hsb.host.config import HostConfig
+
+    d = tmp_path / "etc"
+    d.mkdir()
+    cp = d / "cp.toml"
+    cp.write_text(
+        '[cp]\nterminal_listen = "127.0.0.1:1"\nhost_listen = "127.0.0.1:2"\nadmin_listen = "127.0.0.1:3"\n'
+        'secret_file = "s"\nwake_file = "run/wake"\n\n[[terminals]]\nname = "T1"\n'
+    )
+    c = load(cp, CPConfig)
+    assert c.cp.wake_file == str(d / "run" / "wake")
+    cp.write_text(cp.read_text().replace('wake_file = "run/wake"\n', ""))
+    assert load(cp, CPConfig).cp.wake_file == ""  # none stays none
+
+    head = (
+        '[host]\nname = "a"\npeer = "127.0.0.1:4"\npeer_listen = "127.0.0.1:5"\ncp = "127.0.0.1:2"\n'
+        'admin_listen = "127.0.0.1:6"\nsecret_file = "s"\nservice = "{service}"\n\n[takeover]\npath = "f"\nrecords = 16\n\n'
+        '[[terminals]]\nname = "T1"\n\n'
+    )
+    host = d / "host.toml"
+    host.write_text(head.format(service="journal"))
+    assert load(host, HostConfig).service_options == {"journal": str(d / "journal.log")}  # its default too
+    host.write_text(head.format(service="journal") + '[service_options]\njournal = "j/a.log"\nlogon_ms = 1\n')
+    assert load(host, HostConfig).service_options == {"journal": str(d / "j" / "a.log"), "logon_ms": 1}
+    host.write_text(head.format(service="ledger") + '[service_options]\nsqlite = "ledger.db"\n')
+    assert load(host, HostConfig).service_options == {"sqlite": str(d / "ledger.db")}
+    host.write_text(head.format(service="ledger") + '[service_options]\nsqlite = "/abs/l.db"\n')
+    assert load(host, HostConfig).service_options == {"sqlite": "/abs/l.db"}
+    host.write_text(head.format(service="ledger") + '[service_options]\ndsn = "postgresql://x/y"\n')
+    assert load(host, HostConfig).service_options == {"dsn": "postgresql://x/y"}  # no file, none made up
+    host.write_text(head.format(service="mine.mod:make") + '[service_options]\njournal = "rel.log"\n')
+    assert load(host, HostConfig).service_options == {"journal": "rel.log"}

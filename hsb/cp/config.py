@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 
-from hsb.config import Addr, ConfigPath, OptAddr, Strict, TLSSection
+from hsb.config import Addr, ConfigPath, OptAddr, OptConfigPath, Strict, TLSSection
 from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, expand_all
 from hsb.wire.framing import DEFAULT_MAX_FRAME, LOGIN_MAX
 
@@ -58,7 +58,7 @@ class CPSection(Strict):
     takeover_stale: float = Field(default=0.3, ge=0.2, le=600)  # the serving CP beats every 0.1 s
     # written by keepalived's notify script: MASTER, BACKUP, FAULT or STOP (level, not edge: a
     # hsbcpd started after the transition still reads it); "": SIGUSR1 only
-    wake_file: str = ""
+    wake_file: OptConfigPath = ""  # relative: to the config file
 
     @model_validator(mode="after")
     def _takeover_needs_a_journal(self) -> CPSection:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from hsb.config import Addr, ConfigPath, OptAddr, Strict, TLSLinks
+from hsb.config import Addr, ConfigPath, OptAddr, Strict, TLSLinks, resolve_path
 from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, attrs_problem, expand_all
 from hsb.wire.framing import DEFAULT_MAX_FRAME, LOGIN_MAX
 
@@ -56,10 +56,27 @@ class HostConfig(Strict):
     host: HostSection
     takeover: TakeoverSection
     tls: TLSLinks | None = None
-    service_options: dict[str, Any] = Field(default_factory=dict)
+    service_options: dict[str, Any] = Field(default_factory=dict, validate_default=True)
     terminals: list[TerminalDef] = Field(default_factory=list)
     terminal_groups: list[TerminalGroup] = Field(default_factory=list)
     _defs: dict[str, TerminalSpec] = PrivateAttr(default_factory=dict)
+
+    @field_validator("service_options")
+    @classmethod
+    def _service_paths(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """The built-in services' file options (the journal service's `journal`, the ledger's
+        `sqlite`) are relative to the config file's folder, as every path in the config is."""
+        from hsb.service.api import PATH_OPTIONS
+
+        host = info.data.get("host")
+        if host is None:  # (its own errors are reported)
+            return v
+        out = dict(v)
+        for key, default in PATH_OPTIONS.get(host.service, {}).items():
+            value = out.get(key, default)
+            if isinstance(value, str) and value:
+                out[key] = resolve_path(value, info)
+        return out
 
     @model_validator(mode="after")
     def _terms(self) -> HostConfig:

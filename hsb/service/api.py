@@ -45,6 +45,12 @@ class ServiceUnavailable(Exception):
     """The service cannot answer now (its database is unreachable, say): retry the message later."""
 
 
+# The built-in services' options that name a file, with their defaults: relative to the host
+# config file's folder, like every path in it (hsb.host.config), not to the working directory
+# (`/` under systemd). A service of one's own gets its [service_options] as written.
+PATH_OPTIONS: dict[str, dict[str, str]] = {"journal": {"journal": "journal.log"}, "ledger": {"sqlite": ""}}
+
+
 def builtins() -> dict[str, Any]:
     from hsb.service.builtin import EchoService, JournalService
     from hsb.service.ledger import LedgerService
