@@ -131,6 +131,16 @@ async def _exactly_once(db: Any) -> None:
         assert await tx.fetchval("SELECT count(*) FROM hsb_idempotency") == 2
     assert once.counters["applied"] == 2 and once.counters["replayed"] >= 2
 
+    async def as_bytes(tx: Any) -> Any:  # a reply that is not text: refused, its effect rolled back
+        await tx.fetchval("UPDATE t_counter SET n = n + 1 WHERE k = 'x' RETURNING n")
+        return b"n=3"
+
+    with pytest.raises(TypeError, match="reply as text"):  # (SQLite stored it as a blob, replayed as "b'n=3'")
+        await once.run("T3", 1, False, as_bytes)
+    async with db.transaction() as tx:
+        assert await tx.fetchval("SELECT n FROM t_counter WHERE k = 'x'") == 2
+        assert await tx.fetchval("SELECT count(*) FROM hsb_idempotency") == 2
+
 
 async def test_exactly_once_on_sqlite(tmp_path: Path) -> None:
     db = SqliteDatabase(str(tmp_path / "once.sqlite"))

@@ -117,8 +117,20 @@ def test_postgresql_states_of_a_database_not_there_for_us_are_unavailable() -> N
         asyncpg.exceptions.IdleInTransactionSessionTimeoutError("x"),
         asyncpg.exceptions.InvalidCatalogNameError("x"),
         asyncpg.exceptions.InvalidPasswordError("x"),
+        asyncpg.exceptions.LockNotAvailableError("x"),  # lock_timeout: a row another session holds
     ):
         assert isinstance(classify_pg(exc), ServiceUnavailable), exc
+
+
+def test_a_postgresql_statement_cache_gone_stale_is_run_again_not_answered_with_an_error() -> None:
+    """A table altered while the host ran: asyncpg raises InvalidCachedStatementError (0A000, a
+    "feature not supported") and drops its cache; the transaction runs again, not an error reply.
+    Other 0A000 errors are the application's."""
+    asyncpg = pytest.importorskip("asyncpg", reason="asyncpg (a dependency of hsb) is not installed")
+    from hsb.service.db import RetryTransaction, classify_pg
+
+    assert isinstance(classify_pg(asyncpg.InvalidCachedStatementError("cached statement plan is invalid")), RetryTransaction)
+    assert classify_pg(asyncpg.exceptions.FeatureNotSupportedError("x")) is None
 
 
 async def test_the_journal_service_holds_messages_it_cannot_write_and_leaves_no_torn_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -87,8 +87,10 @@ def open_database(dsn: str | None = None, sqlite: str | None = None, **opts: Any
 _UNAVAILABLE_PREFIXES = ("08", "53", "57P", "58")
 # query cancelled (our command_timeout); a read-only transaction (the DSN reached a hot standby
 # during the database's own failover); our idle-in-transaction timeout (a stall of this process);
-# the database missing (being restored); authentication refused (being fixed): none is the request's
-_UNAVAILABLE_STATES = {"57014", "25006", "25P03", "3D000", "28000", "28P01"}
+# the database missing (being restored); authentication refused (being fixed); a lock not had
+# within the role's lock_timeout (a row held by another session: a stopped old active's, say):
+# none is the request's
+_UNAVAILABLE_STATES = {"57014", "25006", "25P03", "3D000", "28000", "28P01", "55P03"}
 _RETRY_STATES = {"40001", "40P01"}  # serialization failure, deadlock
 
 
@@ -97,7 +99,9 @@ def classify_pg(exc: BaseException) -> BaseException | None:
     import asyncpg
 
     state = getattr(exc, "sqlstate", None)
-    if state in _RETRY_STATES:
+    # a prepared statement the server no longer takes (a table altered while we ran): asyncpg has
+    # dropped its cache, and the same transaction run again prepares it anew
+    if state in _RETRY_STATES or isinstance(exc, asyncpg.InvalidCachedStatementError):
         return RetryTransaction(str(exc))
     if state and (state in _UNAVAILABLE_STATES or state.startswith(_UNAVAILABLE_PREFIXES)):
         return ServiceUnavailable(f"database unavailable: {type(exc).__name__}: {exc}")

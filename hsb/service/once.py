@@ -126,6 +126,8 @@ class ExactlyOnce:
                 if prior is not None:
                     return True, str(prior)
             reply = await effect(tx)
+            if not isinstance(reply, str):  # stored as text: a replay must give back the very same reply
+                raise TypeError(f"an exactly-once effect returns its reply as text (str), not {type(reply).__name__}")
             if self.record and await tx.fetchval(self._record_sql, terminal, message_id, reply) is None:
                 raise _AlreadyDone  # another transaction recorded it first: roll ours back
             return False, reply
