@@ -25,6 +25,7 @@ EXIT_USAGE = 2
 EXIT_CONFIG = 78  # EX_CONFIG
 EXIT_FENCED = 75  # distinct, and RestartPreventExitStatus in the unit
 EXIT_NOT_ACTIVE = 76  # started as active while another host is active: start it as standby
+EXIT_DATA = 65  # EX_DATAERR: the CP journal is damaged; starting again cannot help (RestartPreventExitStatus)
 
 
 log_level_option = click.option(

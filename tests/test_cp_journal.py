@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -447,8 +448,10 @@ def test_a_damaged_journal_stops_the_start_naming_the_file_and_offset(tmp_path: 
     blob[off + 3] ^= 0x40  # the length of the second record
     p.write_bytes(bytes(blob))
     r = subprocess.run([sys.executable, "-m", "hsb.cp", "--config", str(d / "cp.toml")], capture_output=True, text=True, timeout=30)
-    assert r.returncode != 0
+    assert r.returncode == 65  # its own status, one the unit does not restart on: a start again finds the same
     assert f"{p} at offset {off}" in r.stderr and "CP journal damaged" in r.stderr, r.stderr
+    unit = (Path(__file__).resolve().parent.parent / "configs" / "systemd" / "hsbcpd.service").read_text()
+    assert re.search(r"^RestartPreventExitStatus=.*\b65\b", unit, re.M), unit
 
 
 async def test_journal_storage_stalls_and_fails_then_resumes_with_nothing_lost(tmp_path: Path) -> None:

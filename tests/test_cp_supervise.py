@@ -5,6 +5,7 @@ processes: the sandbox's hsbcpd and hsbd under load, or hsbcpd alone."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -375,6 +376,25 @@ async def test_a_worker_forked_again_runs_on_the_config_as_reloaded(supervised: 
     assert "last applied" in p.events("config_reread_failed")[-1]["msg"]
 
 
+def test_a_worker_forked_again_keeps_the_host_timeout_a_reload_applied(supervised: Any, tmp_path: Path) -> None:
+    """A file whose host_timeout only fits a shorter host_lease (a change meant for the next
+    restart of the unit): the next worker keeps the host_timeout that ran, the one a SIGHUP
+    applied, not the master's start's, and says so."""
+    p = supervised(host_timeout=0.5, host_lease=0.35)
+    p.wait_event("cp_started", timeout=15)
+    cfg_path = tmp_path / "cp.toml"
+    text = cfg_path.read_text()
+    assert "host_timeout = 0.5" in text and "host_lease = 0.35" in text, text
+    cfg_path.write_text(text.replace("host_timeout = 0.5", "host_timeout = 0.8"))
+    os.kill(p.popen.pid, signal.SIGHUP)
+    p.wait_event("config_reloaded", timeout=15)
+    cfg_path.write_text(text.replace("host_timeout = 0.5", "host_timeout = 0.3").replace("host_lease = 0.35", "host_lease = 0.15"))
+    os.kill(worker_of(p.popen.pid), signal.SIGKILL)
+    wait_for(lambda: len(p.events("cp_started")) == 2, 15, what="the next worker listening")
+    msg = p.events("config_reread_incomplete")[-1]["msg"]
+    assert "cp.host_timeout (kept at 0.8 s: below the running host_lease 0.35 s + margin)" in msg, msg
+
+
 def test_a_worker_killed_while_it_leaves_its_config_leaves_the_one_before(tmp_path: Path) -> None:
     """The config a worker applied goes into the older of two slots, its data before its header:
     a worker killed in the middle of that store leaves the previous config whole."""
@@ -397,14 +417,18 @@ def test_a_worker_killed_while_it_leaves_its_config_leaves_the_one_before(tmp_pa
 async def test_terminals_that_come_back_between_two_workers_wait_in_the_masters_accept_queue(supervised: Any, tmp_path: Path) -> None:
     """The master holds the terminal and host listeners (takeover at start): while one worker is
     dead and the next not yet serving, a terminal that comes back is not refused; it waits in the
-    accept queue and the next worker welcomes it."""
+    accept queue and the next worker welcomes it. The HTTP port too (a /health check, and the
+    next worker waited for the dead one's port to be freed before it served anyone)."""
     import tomllib
 
     from tests.support.hostclient import FakeTerminal
+    from tests.support.procs import free_port
 
-    p = supervised()
+    p = supervised(http_listen=f"127.0.0.1:{free_port()}")
     p.wait_event("cp_started", timeout=15)
-    term_addr = tomllib.loads((tmp_path / "cp.toml").read_text())["cp"]["terminal_listen"]
+    c = tomllib.loads((tmp_path / "cp.toml").read_text())["cp"]
+    term_addr = c["terminal_listen"]
+    http_host, http_port = c["http_listen"].rsplit(":", 1)
     master = p.popen.pid
     worker = worker_of(master)
     os.kill(master, signal.SIGSTOP)  # no next worker until SIGCONT: the gap held open
@@ -412,6 +436,8 @@ async def test_terminals_that_come_back_between_two_workers_wait_in_the_masters_
         os.kill(worker, signal.SIGKILL)
         wait_for(lambda: Path(f"/proc/{worker}/stat").read_text().split(")")[1].split()[0] == "Z", 10, what="the worker dead")
         t = await FakeTerminal.connect(term_addr, "T00001")  # refused, were the port the dead worker's only
+        reader, writer = await asyncio.open_connection(http_host, int(http_port))  # refused likewise
+        writer.write(b"GET /health HTTP/1.0\r\n\r\n")
         await asyncio.sleep(0.3)  # an observation window: nobody serves it yet
         assert not [m for m in t.inbox if m["t"] == "welcome"] and not t.closed
     finally:
@@ -419,3 +445,25 @@ async def test_terminals_that_come_back_between_two_workers_wait_in_the_masters_
     first = await t.wait(lambda m: m["t"] in ("welcome", "error"), timeout=15)
     assert first["t"] == "welcome", first
     await t.close()
+    answer = await asyncio.wait_for(reader.read(), 15)  # the next worker answers the check made in the gap
+    writer.close()
+    assert answer.startswith(b"HTTP/1.") and b" 200 " in answer.split(b"\r\n", 1)[0], answer[:200]
+
+
+def test_a_reload_passed_on_as_the_worker_starts_is_not_lost() -> None:
+    """The master passes a SIGHUP (or SIGUSR1) on to a worker it has just forked, where it waits
+    blocked: the worker set those to SIG_IGN before its own handlers, which discards a pending
+    signal, so the reload was lost. Run in a process of its own (signal dispositions)."""
+    code = (
+        "import os, signal\n"
+        "from hsb.cp import supervise\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, supervise.PASSED_ON)\n"
+        "os.kill(os.getpid(), signal.SIGHUP)\n"
+        "os.kill(os.getpid(), signal.SIGUSR1)\n"
+        "supervise.worker_signals()\n"
+        "signal.pthread_sigmask(signal.SIG_UNBLOCK, supervise.PASSED_ON)\n"
+        "print(sorted(int(s) for s in supervise.EARLY_SIGNALS))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == sorted([int(signal.SIGHUP), int(signal.SIGUSR1)]), r.stdout

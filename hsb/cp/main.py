@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from hsb import __version__, logs
-from hsb.cli import EXIT_CONFIG, die, exit_watchdog, load_or_exit, log_level_option
+from hsb.cli import EXIT_CONFIG, EXIT_DATA, die, exit_watchdog, load_or_exit, log_level_option
 from hsb.cp.config import CPConfig, CPSection
 from hsb.ops.limits import storm_timing
 from hsb.wire.auth import load_secret
@@ -26,6 +26,20 @@ def config_warnings(cfg: CPConfig) -> list[str]:
     if storm is not None:
         out.append(storm)
     return out
+
+
+def _applied(applied: Any, model: type[CPConfig]) -> CPConfig | None:
+    """The config the workers before this one last applied (hsbcpd --supervise), if any."""
+    if applied is None:
+        return None
+    try:
+        cfg: CPConfig | None = applied.load(model)
+    except Exception as exc:  # noqa: BLE001 - (cannot be: it was a valid config once) none then
+        import structlog
+
+        structlog.get_logger("hsb.cp").error("applied_config_unreadable", error=str(exc))
+        return None
+    return cfg
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,12 +75,7 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
         try:
             new = load(config_path, CPConfig)
         except Exception as exc:  # noqa: BLE001 - a file broken since: what the last worker applied, said so
-            kept = None
-            if sv.APPLIED is not None:
-                try:
-                    kept = sv.APPLIED.load(CPConfig)
-                except Exception as bad:  # noqa: BLE001 - (cannot be: it was a valid config once) the start's then
-                    log.error("applied_config_unreadable", error=str(bad))
+            kept = _applied(sv.APPLIED, CPConfig)
             if kept is None:
                 log.error("config_reread_failed", path=config_path, error=str(exc), msg="the worker runs on the config it started with; fix the file")
                 return cfg, secret
@@ -82,10 +91,16 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
         merged = cfg.model_copy(update={"cp": cfg.cp.model_copy()})
         merged.cp.held_bound = new.cp.held_bound
         merged.cp.held_bytes = new.cp.held_bytes
+        kept_timeout = None
         if CPSection.lease_allows(new.cp.host_timeout, cfg.cp.host_lease):  # (as a reload checks it)
             merged.cp.host_timeout = new.cp.host_timeout
+        else:  # meant for the next restart of the unit (with a shorter host_lease): what ran stays
+            applied = _applied(sv.APPLIED, CPConfig)
+            if applied is not None and CPSection.lease_allows(applied.cp.host_timeout, cfg.cp.host_lease):
+                merged.cp.host_timeout = applied.cp.host_timeout
+            kept_timeout = f"cp.host_timeout (kept at {merged.cp.host_timeout:g} s: below the running host_lease {cfg.cp.host_lease:g} s + margin)"
         merged.terminals, merged.terminal_groups, merged._defs = new.terminals, new.terminal_groups, new.terminal_table
-        waiting = [k for k in changed_keys(merged, new) if k not in CPServer.RELOADABLE]
+        waiting = [k for k in changed_keys(merged, new) if k not in CPServer.RELOADABLE] + ([kept_timeout] if kept_timeout else [])
         if waiting:
             log.warning("config_reread_incomplete", msg=f"these settings change only on a restart of the unit: {', '.join(waiting)}")
         return merged, secret
@@ -113,8 +128,8 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
             code = await server.serve()
             exit_watchdog(code)
             return code
-        except JournalDamaged as exc:
-            die(str(exc))
+        except JournalDamaged as exc:  # the same at every start: not restarted by systemd (the unit)
+            die(str(exc), EXIT_DATA)
         except JournalIOUnavailable as exc:  # the config asks for what this machine lacks: no restart loop
             die(str(exc), EXIT_CONFIG)
         except OSError as exc:

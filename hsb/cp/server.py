@@ -101,12 +101,16 @@ def _check_failed(addr: str, exc: OSError, unknown: bool) -> bool:
 
 
 def master_listeners(cfg: CPConfig) -> dict[str, socket.socket]:
-    """The terminal, host and admin listening sockets, made by `hsbcpd --supervise`'s master
-    before it forks its first worker (hsb.cp.supervise.LISTENERS); each worker serves on them."""
+    """The terminal, host, admin and http listening sockets, made by `hsbcpd --supervise`'s
+    master before it forks its first worker (hsb.cp.supervise.LISTENERS); each worker serves on
+    them, and a worker forked again need not wait for the dead one's ports to be freed."""
     c = cfg.cp
     out: dict[str, socket.socket] = {}
-    for key, backlog in (("terminal", listen_backlog(len(cfg.terminal_table))), ("host", 16), ("admin", 64)):
-        h, p = parse_addr(getattr(c, f"{key}_listen"))
+    for key, backlog in (("terminal", listen_backlog(len(cfg.terminal_table))), ("host", 16), ("admin", 64), ("http", 64)):
+        addr = getattr(c, f"{key}_listen")
+        if not addr:  # (http_listen: off)
+            continue
+        h, p = parse_addr(addr)
         try:
             family = socket.AF_INET6 if ipaddress.ip_address(h).version == 6 else socket.AF_INET
         except ValueError:  # a name (each of its addresses): the worker binds it itself, as without a master
@@ -248,7 +252,11 @@ class CPServer:
                 "/standby": json_route(lambda: (False, {"msg": "hsbcpd is the CP, not a host"})),
                 "/metrics": lambda: render_metrics(reg),
             }
-            srv2, self.bound["http"] = await self._bind(lambda: start_http(c.http_listen, routes))
+            held_http = supervise.LISTENERS.get("http")
+            if held_http is not None:  # the master's
+                srv2, self.bound["http"] = await start_http(c.http_listen, routes, sock=held_http.dup())
+            else:
+                srv2, self.bound["http"] = await self._bind(lambda: start_http(c.http_listen, routes))
             self.servers.append(srv2)
 
     def _healthy(self) -> bool:

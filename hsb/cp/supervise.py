@@ -15,7 +15,7 @@ same idea as PostgreSQL's postmaster or nginx's master process.
 - The master holds nothing of the CP's: no journal, no connections, no threads (fork() is safe);
   only a shared mapping where each worker leaves the config it applied (`AppliedConfig`), for
   the next worker if the config file is broken by then, and (with `takeover = "at_start"`) the
-  terminal, host and admin listening sockets (`LISTENERS`): they stay open while a dead worker's
+  terminal, host, admin and http listening sockets (`LISTENERS`): they stay open while a dead worker's
   descriptors are torn down and the next one starts, so the terminals and hosts that come back
   meanwhile wait in the accept queue instead of being refused, and the next worker serves them
   without waiting for the dead one's ports (0.1-0.2 s for 10,000 connections here).
@@ -109,7 +109,7 @@ class AppliedConfig:
 
 
 APPLIED: AppliedConfig | None = None  # made by the master (`supervise`), inherited by its workers
-# The terminal, host and admin listeners, when the master holds them (hsb.cp.server.master_listeners):
+# The terminal, host, admin and http listeners, when the master holds them (hsb.cp.server.master_listeners):
 # made once, inherited by every worker, open across a worker's death.
 LISTENERS: dict[str, Any] = {}
 
@@ -179,16 +179,23 @@ def record_early_signals() -> None:
         signal.signal(sig, note)
 
 
+def worker_signals() -> None:
+    """The forked worker's first act: the signals came blocked through fork(), and the master's
+    handlers are replaced before any is delivered. A stop before the CP's own handlers are up
+    ends it (SIG_DFL); a reload or a wake is noted (`record_early_signals`; never SIG_IGN first,
+    which would discard one already pending: one the master passed on at once)."""
+    record_early_signals()
+    for sig in PASSED_ON:
+        if sig not in (signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_IGN if sig == signal.SIGUSR2 else signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
 def _worker(work: Callable[[dict[str, Any]], int], info: dict[str, Any], parent: int, end: int) -> NoReturn:
     """The forked CP: run `work(info)` and leave with its code (never return into the master)."""
     code = 1
     try:
-        # The signals came blocked through fork(): the master's handler is replaced before any
-        # is delivered. A stop before the CP's own handlers are up ends it (SIG_DFL).
-        for sig in PASSED_ON:
-            signal.signal(sig, signal.SIG_IGN if sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2) else signal.SIG_DFL)
-        record_early_signals()
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        worker_signals()
         if os.environ.get("WATCHDOG_PID") == str(parent):
             # systemd's watchdog watches the master (the unit's main process), which runs no loop
             # to ping it from: the worker's tick loop pings for it (NotifyAccess=all)
@@ -220,16 +227,20 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
     stopping = False
     deaths: deque[float] = deque()
     dying: list[int] = []  # dead workers the kernel is still tearing down: reaped when they are gone
+    owed: list[int] = []  # reloads and wakes that came while no worker ran: for the next one
 
     def pass_on(sig: int, _: Any) -> None:
         nonlocal stopping
         if sig in (signal.SIGTERM, signal.SIGINT):
             stopping = True
-        if worker:
-            try:
-                os.kill(worker, sig)
-            except ProcessLookupError:
-                pass
+        if not worker:  # between a death and the next fork: a reload or a wake goes to the next one
+            if sig in (signal.SIGHUP, signal.SIGUSR1) and sig not in owed:
+                owed.append(sig)
+            return
+        try:
+            os.kill(worker, sig)
+        except ProcessLookupError:
+            pass
 
     def reap(block: bool) -> None:  # also from the SIGCHLD handler, in between: either may reap a pid first
         for pid in list(dying):
@@ -266,6 +277,9 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
             _worker(work, info, master, w)
         os.close(w)
         worker = pid
+        for late in owed:  # (pending in the new worker until its handlers note them)
+            os.kill(pid, late)
+        owed.clear()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, PASSED_ON)
         log.info("cp_worker_started", pid=pid, master_pid=master, restarts=info["restarts"])
         while os.read(r, 1):  # nothing is written: its end is the worker's end (signals: PEP 475)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -104,8 +105,13 @@ class _HTTP(asyncio.Protocol):
             self.timer.cancel()
 
 
-async def start_http(addr: str, routes: dict[str, Route]) -> tuple[asyncio.base_events.Server, str]:
-    h, p = parse_addr(addr)
-    srv = await asyncio.get_running_loop().create_server(lambda: _HTTP(routes), h, p, reuse_address=True)
+async def start_http(addr: str, routes: dict[str, Route], sock: socket.socket | None = None) -> tuple[asyncio.base_events.Server, str]:
+    """Serve `routes` on `addr`, or on `sock`, a listening socket made already (hsbcpd's master's)."""
+    loop = asyncio.get_running_loop()
+    if sock is not None:
+        srv = await loop.create_server(lambda: _HTTP(routes), sock=sock)
+    else:
+        h, p = parse_addr(addr)
+        srv = await loop.create_server(lambda: _HTTP(routes), h, p, reuse_address=True)
     s = srv.sockets[0].getsockname()
     return srv, f"{s[0]}:{s[1]}"
