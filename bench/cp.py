@@ -247,10 +247,10 @@ async def load_run(
             "failures": failures,
         }
         if not run["ok"]:
-            log(f"  {n:>5} terminals  {label} {mode:<6}: FAILED: {'; '.join(failures)}")
+            log(f"  {n:>5} terminals  {label} {mode}: FAILED: {'; '.join(failures)}")
         other = out["cpu"].get("other", 0.0) + out["cpu"].get("steal", 0.0)
         log(
-            f"  {n:>5} terminals  {label} {mode:<6}: {run['rate']:>9.0f} msg/s  "
+            f"  {n:>5} terminals  {label} {mode}: {run['rate']:>9.0f} msg/s  "
             f"p50 {run['p50'] or float('nan'):.2f} ms  p99 {run['p99'] or float('nan'):.2f} ms  "
             f"ack p99 {run['ack_p99'] or float('nan'):.2f} ms  cpu {run['cpu']}"
         )
@@ -288,7 +288,7 @@ async def bench_throughput(n: int, window: int, a: argparse.Namespace, work: Pat
                     if mode == "cpmem"
                     else {"echo": echo.pid}
                 )
-                runs[mode].append(await load_run(n, window, target, watch, a, d / f"load-{mode}-{rep}", log, mode))
+                runs[mode].append(await load_run(n, window, target, watch, a, d / f"load-{mode}-{rep}", log, f"{mode:<6} rep {rep + 1}"))
     finally:
         for c in (host, hostmem, echo):
             if c is not None:
@@ -350,7 +350,9 @@ async def bench_ack(n: int, rate: float, a: argparse.Namespace, work: Path, log:
             for mode in ("cp", "cpmem") if rep % 2 == 0 else ("cpmem", "cp"):
                 c, h = sides[mode]
                 watch = {"hsbcpd": c.popen.pid, "host": h.pid}
-                runs[mode].append(await load_run(n, ACK_WINDOW, c.info["terminal"], watch, a, d / f"load-{mode}-{rep}", log, mode, rate))
+                runs[mode].append(
+                    await load_run(n, ACK_WINDOW, c.info["terminal"], watch, a, d / f"load-{mode}-{rep}", log, f"{mode:<6} rep {rep + 1}", rate)
+                )
     finally:
         for ch in (host, hostmem):
             if ch is not None:

@@ -454,6 +454,27 @@ def test_a_damaged_journal_stops_the_start_naming_the_file_and_offset(tmp_path: 
     assert re.search(r"^RestartPreventExitStatus=.*\b65\b", unit, re.M), unit
 
 
+def test_a_journal_another_cp_is_still_deleting_stops_the_start_with_a_status_systemd_restarts(tmp_path: Path) -> None:
+    """Segment files that keep vanishing while the journal is read (another CP still deleting
+    them) stop the start, but with 1, not the damaged journal's 65: a start again may succeed."""
+    d = tmp_path / "cp"
+    cp = start_cp(d, terminals=2)
+    cp.stop()
+    code = (
+        "import sys\n"
+        "from hsb.cp.journal import recovery\n"
+        "def read(path):\n"
+        "    raise recovery._Vanished(path.name)\n"
+        "recovery._read = read\n"
+        "recovery.RETRY_PAUSE_S = 0.0\n"
+        "from hsb.cp.main import main\n"
+        f"main(['--config', {str(d / 'cp.toml')!r}])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
+    assert "vanished while it was read" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
 async def test_journal_storage_stalls_and_fails_then_resumes_with_nothing_lost(tmp_path: Path) -> None:
     """A hung mount or EIO: no ack goes out for what is not durable; status and metrics say why;
     service resumes by itself when the storage does."""

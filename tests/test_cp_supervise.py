@@ -467,3 +467,23 @@ def test_a_reload_passed_on_as_the_worker_starts_is_not_lost() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == sorted([int(signal.SIGHUP), int(signal.SIGUSR1)]), r.stdout
+
+
+def test_a_reload_sent_while_the_worker_dies_goes_to_the_next_worker(supervised: Any, tmp_path: Path) -> None:
+    """`systemctl reload` while the worker is dying (its teardown, 0.1-0.2 s at 10,000 terminals,
+    before the master notices): the master passed it on to the dying worker, where it was lost;
+    it goes to the next worker, which reloads."""
+    p = supervised()
+    p.wait_event("cp_started", timeout=15)
+    master = p.popen.pid
+    worker = worker_of(master)
+    assert p.events("config_reloaded") == []
+    os.kill(master, signal.SIGSTOP)  # the master notices the death only after SIGCONT
+    try:
+        os.kill(worker, signal.SIGKILL)
+        wait_for(lambda: Path(f"/proc/{worker}/stat").read_text().split(")")[1].split()[0] == "Z", 10, what="the worker dead")
+        os.kill(master, signal.SIGHUP)
+    finally:
+        os.kill(master, signal.SIGCONT)
+    wait_for(lambda: len(p.events("cp_started")) == 2, 15, what="the next worker listening")
+    wait_for(lambda: p.events("config_reloaded"), 15, what="the reload, in the next worker")

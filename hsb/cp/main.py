@@ -107,6 +107,7 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
 
     from hsb import faults, loop
     from hsb.cp.journal import JournalDamaged, JournalIOUnavailable
+    from hsb.cp.journal.recovery import JournalUnsettled
     from hsb.cp.journal.writer import check_io
     from hsb.cp.server import CPServer
 
@@ -128,6 +129,8 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
             code = await server.serve()
             exit_watchdog(code)
             return code
+        except JournalUnsettled as exc:  # another CP still deleting segments: a start again may succeed
+            die(str(exc))
         except JournalDamaged as exc:  # the same at every start: not restarted by systemd (the unit)
             die(str(exc), EXIT_DATA)
         except JournalIOUnavailable as exc:  # the config asks for what this machine lacks: no restart loop

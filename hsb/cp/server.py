@@ -655,8 +655,8 @@ class CPServer:
             t.forget()
         # what runs now: the next reload compares with it (else these were "applied" every time)
         self.cfg.terminals, self.cfg.terminal_groups, self.cfg._defs = new.terminals, new.terminal_groups, new.terminal_table
+        await self.keep_applied()  # before it is said: a worker forked again from then on finds it
         reload.report(applied, restart, terminals_added=added, terminals_removed=len(removed))
-        await self.keep_applied()
 
     async def keep_applied(self) -> None:
         """Under a master (--supervise): leave the config this worker runs on where a worker

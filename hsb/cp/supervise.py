@@ -233,10 +233,13 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
         nonlocal stopping
         if sig in (signal.SIGTERM, signal.SIGINT):
             stopping = True
-        if not worker:  # between a death and the next fork: a reload or a wake goes to the next one
+        # no worker, or one dying (its teardown can take a while): a reload or a wake is for the next
+        dying_now = not worker or (sig in (signal.SIGHUP, signal.SIGUSR1) and _exit_status(worker) is not None)
+        if dying_now:
             if sig in (signal.SIGHUP, signal.SIGUSR1) and sig not in owed:
                 owed.append(sig)
-            return
+            if not worker:
+                return
         try:
             os.kill(worker, sig)
         except ProcessLookupError:
