@@ -73,3 +73,110 @@ async def test_a_reply_too_large_for_a_frame_is_answered_as_an_error() -> None:
     d2.deliver("T1", 7, "x", False)
     await _until(lambda: sent, "the reply")
     assert sent[0]["data"].startswith("error: reply too large to send (80 bytes > 64)"), sent
+
+
+async def test_a_cancelled_error_of_the_services_own_is_its_error_reply_and_the_queue_goes_on() -> None:
+    """A service that awaited something another task cancelled raises CancelledError though
+    nobody cancelled the delivery: the terminal's queue stopped there for good (the message never
+    answered, every later drain() waited its whole timeout). It is the service's error, answered."""
+
+    class Awaits:
+        async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
+            if message_id == 5:
+                f: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                asyncio.get_running_loop().call_soon(f.cancel)  # another task's doing
+                await f
+            return "ok"
+
+    sent: list[dict[str, Any]] = []
+    d = Delivery(Awaits(), lambda m: sent.append(m) or True, lambda: 1)  # type: ignore[arg-type, func-returns-value]
+    d.deliver("T1", 5, "x", False)
+    d.deliver("T1", 6, "x", False)
+    await _until(lambda: len(sent) == 2, "two replies")
+    assert [(m["id"], m["data"]) for m in sent] == [(5, "error: CancelledError"), (6, "ok")]
+    assert await d.drain(1.0) and d.counters["errors"] == 1
+
+
+async def test_a_service_that_will_not_be_cancelled_sends_no_reply_after_a_cancel() -> None:
+    """cancel() (demoted, fenced, the CP link lost): a service that catches the cancellation and
+    returns anyway must not have its reply sent, under whatever epoch runs by then: the CP hands
+    that message on again, marked redelivered."""
+    started = asyncio.Event()
+
+    class Stubborn:
+        async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
+            started.set()
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                pass  # swallowed: bad manners, but a service may
+            return "late"
+
+    sent: list[dict[str, Any]] = []
+    d = Delivery(Stubborn(), lambda m: sent.append(m) or True, lambda: 1)  # type: ignore[arg-type, func-returns-value]
+    d.deliver("T1", 5, "x", False)
+    await asyncio.wait_for(started.wait(), 5)
+    worker = d.workers["T1"]
+    d.cancel()
+    await asyncio.wait_for(asyncio.gather(worker, return_exceptions=True), 5)
+    assert sent == []
+
+
+async def test_the_host_stops_serving_before_it_closes_a_dead_cp_link(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CP link's end: on_down (deliveries cancelled, the lease dropped) came only after the
+    link's close, which may wait a second, and messages went on to the service meanwhile; and an
+    unexpected error in the link skipped on_down altogether. A real hsbcpd, killed."""
+    import signal
+
+    from hsb.host import cplink as cplink_mod
+    from hsb.host.lease import Lease
+    from hsb.wire.client import FrameStream
+    from tests.support.procs import SECRET, restart_cp, start_cp
+
+    order: list[str] = []
+    real_aclose = FrameStream.aclose
+
+    async def aclose(self: Any) -> None:
+        order.append("aclose")
+        await real_aclose(self)
+
+    monkeypatch.setattr(FrameStream, "aclose", aclose)
+    cp = start_cp(tmp_path / "cp", terminals=2)
+    up = asyncio.Event()
+    link = cplink_mod.CPLink(
+        name="host-a",
+        addr=cp.info["host"],
+        secret=SECRET,
+        interval=0.1,
+        timeout=0.5,
+        max_frame=1 << 20,
+        on_up=up.set,
+        on_frame=lambda m: None,
+        on_down=lambda why: order.append("on_down"),
+        lease=Lease(),
+        on_answer=lambda n: None,
+    )
+    link.start()
+    try:
+        await asyncio.wait_for(up.wait(), 10)
+        order.clear()
+        cp.kill(signal.SIGKILL)
+        await _until(lambda: "on_down" in order and "aclose" in order, "the link's end")
+        assert order[:2] == ["on_down", "aclose"], order
+
+        # an error no handler names (a bug in what runs on the link, say) still ends in on_down
+        def broken() -> None:
+            order.append("up")
+            raise KeyError("boom")
+
+        link.on_up = broken
+        order.clear()  # (connects to the dead CP meanwhile are refused: nothing to close)
+        cp = restart_cp(cp)  # the same ports
+        await _until(lambda: "on_down" in order, "on_down after an unexpected error")
+        assert order[:3] == ["up", "on_down", "aclose"], order
+    finally:
+        link.stopped = True
+        if link.task is not None:
+            link.task.cancel()
+            await asyncio.gather(link.task, return_exceptions=True)
+        cp.stop()

@@ -160,6 +160,7 @@ class CPLink:
             log.info("cp_link_up", cp=self.addr)
             hb = asyncio.get_running_loop().create_task(self._beat(fs))
             why = "eof"
+            down = True  # (false: a cancel, a stop, went through)
             try:
                 self.on_up()
                 while True:
@@ -188,14 +189,22 @@ class CPLink:
                     pass
             except (ConnectionError, OSError, RuntimeError) as exc:
                 why = f"{type(exc).__name__}"
+            except Exception as exc:  # anything else (a bug): the link is gone all the same, and said
+                why = f"{type(exc).__name__}: {str(exc)[:200]}"
+            except BaseException:
+                down = False
+                raise
             finally:
                 hb.cancel()
                 self.fs = None
+                if down and not self.stopped:
+                    # before the close, which may wait a second: this host stops serving at once
+                    # (deliveries cancelled, the lease dropped), as the protocol promises
+                    log.warning("cp_link_down", cp=self.addr, reason=why)
+                    self.on_down(why)
                 await fs.aclose()
             if self.stopped:
                 return
-            log.warning("cp_link_down", cp=self.addr, reason=why)
-            self.on_down(why)
 
     async def _beat(self, fs: FrameStream) -> None:
         try:

@@ -130,10 +130,20 @@ class Delivery:
                 if not self.may_handle() and not await self.wait_open():
                     return
                 mid, data, redelivered = q[0]  # it leaves the queue only once answered
+                gen0 = self.gen
                 try:
                     reply = await self.service.handle(terminal, mid, data, redelivered)
                     if not isinstance(reply, (bytes, str)):
                         reply = str(reply)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is None or task.cancelling():  # ours (cancel(), a stop): it goes on up
+                        raise
+                    # the service's own (it awaited something another task cancelled): its error,
+                    # answered, or this terminal's queue would stop here for good
+                    self.counters["errors"] += 1
+                    log.error("service_error", terminal=terminal, id=mid, error="CancelledError (raised by the service, not a cancel of ours)")
+                    reply = "error: CancelledError"
                 except ServiceUnavailable as exc:
                     backoff = self.health.failing(terminal, str(exc) or type(exc).__name__)
                     gen = self.gen
@@ -148,6 +158,8 @@ class Delivery:
                     self.counters["errors"] += 1
                     log.error("service_error", terminal=terminal, id=mid, error=f"{type(exc).__name__}: {exc}")
                     reply = f"error: {type(exc).__name__}"
+                if self.gen != gen0:  # cancel() came while the service ran, and it would not be cancelled:
+                    return  # the CP hands this message on again (marked); this queue is no longer the CP's
                 if self.max_reply is not None and len(reply) * 4 > self.max_reply and (size := _size(reply)) > self.max_reply:
                     self.counters["errors"] += 1
                     log.error("service_reply_too_large", terminal=terminal, id=mid, size=size, max=self.max_reply)

@@ -21,13 +21,23 @@ class RoleHook:
         self.argv = shlex.split(command) if command else []
         self.timeout = timeout
         self.tasks: set[asyncio.Task[None]] = set()
+        self._last: asyncio.Task[None] | None = None
 
     def fire(self, role: str, state: str, epoch: int, reason: str) -> None:
+        """Run the hook for this change once the one before it has ended: in the order of the
+        changes (active, standby, active in quick succession must not leave the standby's script,
+        moving an address say, as the last one to finish)."""
         if not self.argv:
             return
-        t = asyncio.get_running_loop().create_task(self._run([*self.argv, role, state, str(epoch), reason]))
+        t = asyncio.get_running_loop().create_task(self._after(self._last, [*self.argv, role, state, str(epoch), reason]))
+        self._last = t
         self.tasks.add(t)
         t.add_done_callback(self.tasks.discard)
+
+    async def _after(self, prev: asyncio.Task[None] | None, argv: list[str]) -> None:
+        if prev is not None:
+            await asyncio.wait([prev])  # (its own outcome is its own: logged there)
+        await self._run(argv)
 
     async def _run(self, argv: list[str]) -> None:
         try:
@@ -45,6 +55,10 @@ class RoleHook:
             await proc.wait()
             log.error("role_hook_timeout", argv=argv, timeout_s=self.timeout)
             return
+        except asyncio.CancelledError:  # the host stopping: the command is not left running behind it
+            if proc.returncode is None:
+                proc.kill()
+            raise
         text = out.decode(errors="replace").strip()[-500:]
         if proc.returncode:
             log.error("role_hook_failed", argv=argv, code=proc.returncode, output=text)

@@ -1,0 +1,67 @@
+"""The role-change hook (hsb.host.hooks.RoleHook): real commands, run in the order of the
+changes, and none left running when the host stops."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hsb.host.hooks import RoleHook
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def _until(cond: object, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def _script(tmp_path: Path) -> Path:
+    """A hook that takes long for the role "standby" and records when each run ended."""
+    s = tmp_path / "hook.py"
+    s.write_text(
+        "import sys, time\n"
+        "role = sys.argv[1]\n"
+        "time.sleep(0.5 if role == 'standby' else 0.0)\n"
+        f"open({str(tmp_path / 'ended')!r}, 'a').write(role + '\\n')\n"
+    )
+    return s
+
+
+async def test_hooks_finish_in_the_order_of_the_changes(tmp_path: Path) -> None:
+    """active, standby, active in quick succession: each hook ran on its own, so the slow
+    standby one finished last and a hook moving an address left it on the wrong host."""
+    hook = RoleHook(f"{sys.executable} {_script(tmp_path)}", timeout=10)
+    for epoch, role in enumerate(("active", "standby", "active"), 1):
+        hook.fire(role, "x", epoch, "test")
+    ended = tmp_path / "ended"
+    await _until(lambda: ended.exists() and len(ended.read_text().split()) == 3, "three hooks")
+    assert ended.read_text().split() == ["active", "standby", "active"]
+    await hook.close()
+
+
+async def test_a_hook_still_running_when_the_host_stops_is_killed(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    s = tmp_path / "slow.py"
+    s.write_text(f"import os, time\nopen({str(pidfile)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)\n")
+    hook = RoleHook(f"{sys.executable} {s}", timeout=0.5)  # close() waits this long for it
+    hook.fire("active", "x", 1, "test")
+    await _until(lambda: pidfile.exists() and pidfile.read_text(), "the hook started")
+    pid = int(pidfile.read_text())
+    await hook.close()
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+
+    await _until(gone, "the hook's process gone")
