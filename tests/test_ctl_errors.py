@@ -185,3 +185,107 @@ def test_a_record_size_that_is_no_multiple_of_512_says_which_to_choose(tmp_path:
             *invoke("file", "create", str(new), "--records", "100", "--record-size", "1000", *extra), 1, "multiple of 512", "--record-size 4096"
         )
     assert not new.exists()
+
+
+def test_an_empty_host_address_is_a_one_line_error(secret: Path) -> None:
+    """A placeholder left in the ctl config (`hosts = ["…", ""]`) or `--host ""` was a traceback."""
+    one_line_error(*invoke("--cp", "127.0.0.1:1", "--host", "", "--secret-file", str(secret), "status"), 3, "'' is not HOST:PORT", "admin_listen")
+
+
+def test_stop_without_a_name_stops_the_serving_active(secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An old active cut off from the CP (its lease lost) still says role "active", and came first
+    in the list: `hsbctl stop` stopped it, not the host that serves."""
+    from hsb.ctl import ops_cmds
+
+    asked: list[str] = []
+
+    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
+        st = _pair("127.0.0.1:1", "127.0.0.1:2")
+        st["hosts"][0]["serving"] = False  # host-a: lease lost, not serving
+        st["hosts"][1].update(role="active", serving=True)  # host-b took over
+        if asked:  # after the stop: host-b gone
+            st["hosts"] = st["hosts"][:1]
+            st["unknown"] = [{"addr": "127.0.0.1:2", "error": "connection refused: nothing listens there"}]
+        return st
+
+    async def ask(addr: str, *a: Any, **kw: Any) -> dict[str, Any]:
+        asked.append(addr)
+        return {"t": "result", "ok": True, "msg": "stopping"}
+
+    monkeypatch.setattr(ops_cmds, "status_all", status_all)
+    monkeypatch.setattr(ops_cmds, "ask", ask)
+    code, out, err = invoke("--host", "127.0.0.1:1", "--host", "127.0.0.1:2", "--secret-file", str(secret), "stop", "--timeout", "5")
+    assert asked == ["127.0.0.1:2"], (asked, out, err)
+    assert code == 0 and "host-b stopped" in out, (code, out, err)
+
+
+def test_a_tls_handshake_that_fails_says_what_to_check() -> None:
+    import ssl
+
+    why = gather.why_not(ssl.SSLError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"), 2.0)
+    assert why.startswith("TLS handshake failed") and "ca_file" in why, why
+
+
+def test_status_watch_goes_on_after_a_poll_that_failed(secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`status --watch` ended with a traceback at one poll that failed (a secret file being
+    rotated, say): it says so and polls on."""
+    from hsb.ctl import status as status_mod
+
+    polls: list[int] = []
+
+    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
+        polls.append(1)
+        if len(polls) == 1:
+            raise ValueError("the secret file is empty")
+        if len(polls) >= 3:
+            raise KeyboardInterrupt  # the operator's Ctrl-C
+        return {**_pair("127.0.0.1:1", "127.0.0.1:2"), "exit_status": 0}
+
+    monkeypatch.setattr(status_mod, "status_all", status_all)
+    monkeypatch.setattr(status_mod, "shown", lambda st: "hsb: OK")
+    code, out, err = invoke("--host", "127.0.0.1:1", "--secret-file", str(secret), "status", "--watch")
+    assert code == 0 and len(polls) == 3, (code, out, err)
+    assert "this poll failed: ValueError: the secret file is empty" in err and "hsb: OK" in out, (out, err)
+
+
+def test_file_create_force_through_a_link_replaces_the_file_it_names(tmp_path: Path) -> None:
+    """A takeover file reached through a symbolic link (to the shared storage, say): --force
+    replaced the link with a local file, and the hosts no longer shared it."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    real = shared / "takeover.dat"
+    link = tmp_path / "takeover.dat"
+    assert invoke("file", "create", str(real), "--records", "64")[0] == 0
+    link.symlink_to(real)
+    code, out, err = invoke("file", "create", str(link), "--records", "128", "--force")
+    assert code == 0, (out, err)
+    assert link.is_symlink() and os.path.realpath(link) == str(real)
+    assert real.stat().st_size == 128 * 4096
+
+
+def test_a_recorded_pid_another_program_has_now_does_not_block_a_sandbox_restart(tmp_path: Path) -> None:
+    """After a reboot the sandbox's recorded pid may be another program's: `down` leaves it
+    alone, and `start-host`/`start-cp` took it for the daemon still running ("stop it first"), so
+    the operator was stuck. A pid whose command line names a config in the sandbox is ours."""
+    import subprocess
+    import sys
+    import time
+
+    from hsb.ctl import sandbox
+
+    other = subprocess.Popen(["sleep", "30"])
+    cfg = tmp_path / "cp.toml"
+    cfg.write_text("")
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", str(cfg)])
+    try:
+        deadline = time.monotonic() + 10
+        while not Path(f"/proc/{ours.pid}/cmdline").read_bytes().endswith(b"cp.toml\0"):  # (until its exec)
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert sandbox._stranger(tmp_path, other.pid)
+        assert not sandbox._stranger(tmp_path, ours.pid)
+    finally:
+        for p in (other, ours):
+            p.kill()
+            p.wait()
+    assert not sandbox._stranger(tmp_path, other.pid)  # gone: nobody's

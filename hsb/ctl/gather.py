@@ -12,6 +12,7 @@ step in which it grants it, so its second answer holds the grant the host report
 from __future__ import annotations
 
 import asyncio
+import ssl as ssl_module
 from typing import Any
 
 from hsb.config import parse_addr
@@ -38,6 +39,11 @@ def why_not(exc: BaseException, timeout: float) -> str:
         return f"it closed the connection ({exc}); is this its admin_listen address?"
     if isinstance(exc, ProtocolError):
         return f"it does not speak hsb's admin link ({exc.code}): a wrong port?"
+    if isinstance(exc, ssl_module.SSLError):
+        return (
+            f"TLS handshake failed ({getattr(exc, 'reason', None) or exc}): the daemon has no [tls], or its certificate is not from the"
+            " ctl config's ca_file, or it does not accept hsbctl's certificate"
+        )
     if isinstance(exc, OSError):
         return f"{exc.strerror or exc} (check the address in the ctl config)"
     return f"{type(exc).__name__}: {exc}"
@@ -46,7 +52,8 @@ def why_not(exc: BaseException, timeout: float) -> str:
 async def ask(addr: str, secret: bytes, msg: dict[str, Any], timeout: float = 2.0, ssl: Any = "default") -> dict[str, Any]:
     h, p = parse_addr(addr)
     try:
-        ans = await request(h, p, secret, msg, timeout=timeout, ssl=ssl)
+        async with asyncio.timeout(timeout * 2):  # the whole exchange: a daemon trickling bytes is cut off too
+            ans = await request(h, p, secret, msg, timeout=timeout, ssl=ssl)
     except (OSError, TimeoutError, LinkClosed, ProtocolError) as exc:
         return {"reachable": False, "addr": addr, "error": why_not(exc, timeout)}
     if ans.get("t") == "error":
@@ -170,11 +177,15 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> dict[str, Any]
     )
     # ring lag: what the active wrote minus what the standby has read (same generation)
     for sb in standbys:
-        rr = (sb.get("takeover_file") or {}).get("ring_read")
+        tf = sb.get("takeover_file")
+        rr = tf.get("ring_read") if isinstance(tf, dict) else None
         for a in actives:
-            rw = (a.get("takeover_file") or {}).get("ring_write")
-            if rr and rw and rr.get("generation") == rw.get("generation"):
-                sb["ring_lag"] = max(0, rw["last_seq"] - (rr["next_seq"] - 1))
+            atf = a.get("takeover_file")
+            rw = atf.get("ring_write") if isinstance(atf, dict) else None
+            if isinstance(rr, dict) and isinstance(rw, dict) and rr.get("generation") == rw.get("generation"):
+                last, nxt = rw.get("last_seq"), rr.get("next_seq")
+                if isinstance(last, int) and isinstance(nxt, int):  # (another version's shape: no lag shown)
+                    sb["ring_lag"] = max(0, last - (nxt - 1))
     unknown = [] if cp_ok else [("CP", cp.get("addr", "-"), cp.get("error"))]
     unknown += [(h["name"], h.get("addr", "-"), h.get("error")) for h in hosts if not h.get("reachable")]
     if not hosts:  # only the CP asked: nothing can be said of the hosts

@@ -42,7 +42,9 @@ async def _stop(t: Target, host: str | None, takeover: bool, timeout: float) -> 
             click.echo(f"error: no reachable host named {host!r} (known: {', '.join(h['name'] for h in hosts) or 'none'})", err=True)
             return code or 1
     else:
-        target = next((h for h in hosts if h.get("role") == "active"), None)
+        # the serving active first: one cut off from the CP (its lease lost) still says "active"
+        actives = sorted((h for h in hosts if h.get("role") == "active"), key=lambda h: not h.get("serving", True))
+        target = actives[0] if actives else None
         if target is None:
             code = _unknown(st)
             click.echo("error: no reachable active host to stop; name one with --host", err=True)

@@ -212,6 +212,17 @@ def _ours(d: Path, pid: int) -> bool:
     return any(a.startswith(where) and a.endswith(b".toml") for a in argv)
 
 
+def _stranger(d: Path, pid: int) -> bool:
+    """`pid` runs another program now (a pid recorded before a reboot, say), not this sandbox's
+    daemon: its command line is there to read and names no config in `d`. (One of ours that is
+    exiting has an empty one by then: not a stranger, and waited for.)"""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return bool(argv.strip(b"\0")) and not _ours(d, pid)
+
+
 def _running(pid: int, grace: float = 3.0) -> bool:
     """Whether `pid` still runs after up to `grace` seconds. A process just sent SIGKILL closes its
     sockets (so the pair already failed over) a moment before it is gone: wait that moment out."""
@@ -284,7 +295,7 @@ def start_cp(d: Path, env_extra: dict[str, str] | None = None) -> int:
     """(Re)start the sandbox's hsbcpd on the same config, ports and journal; returns its pid."""
     st = load_state(d)
     cp = st["cp"]
-    if _running(cp["pid"]):
+    if not _stranger(d, cp["pid"]) and _running(cp["pid"]):
         raise SandboxError(f"hsbcpd is still running (pid {cp['pid']}); stop it first")
     argv = [sys.executable, "-m", "hsb.cp", "--config", cp["config"], *(["--supervise"] if cp.get("supervise") else [])]
     pid = _spawn_env(d, "cp", argv, env_extra)
@@ -298,7 +309,7 @@ def start_host(d: Path, name: str, role: str, env_extra: dict[str, str] | None =
     """(Re)start one host of the sandbox with `role`; returns its pid."""
     st = load_state(d)
     h = st["hosts"][name]
-    if _running(h["pid"]):
+    if not _stranger(d, h["pid"]) and _running(h["pid"]):
         raise SandboxError(f"{name} is still running (pid {h['pid']}); stop it first")
     argv = [sys.executable, "-m", "hsb.host", "--role", role, "--config", h["config"]]
     pid = _spawn_env(d, name, argv, env_extra)

@@ -221,7 +221,13 @@ def run_status(target: Target, as_json: bool, watch: bool, interval: float = 0.5
     last = None
     try:
         while True:
-            st = once()
+            try:
+                st = once()
+            except Exception as exc:  # noqa: BLE001 - one poll that failed (a secret file being rotated, say): said, and on
+                click.echo(f"-- {time.strftime('%H:%M:%S')} this poll failed: {type(exc).__name__}: {exc}", err=True)
+                last = None
+                time.sleep(interval)
+                continue
             text = json.dumps(st, default=str) if as_json else shown(st)
             key = _stable(st)  # ignores fields that change every poll (ages, timestamps)
             if key != last:

@@ -33,11 +33,11 @@ class Target:
                 "no daemons named: pass --config CTL.toml (hsbctl sandbox up prints one), set $HSB_CTL_CONFIG, write /etc/hsb/ctl.toml, or pass --cp/--host"
             )
         for a in [*self.cps, *self.hosts]:
-            if a:
+            if a or a in self.hosts:  # (an empty host is a placeholder left in the ctl config: said, not a traceback)
                 try:
                     parse_addr(a)
                 except ValueError as exc:
-                    raise TargetError(str(exc)) from None
+                    raise TargetError(f"{exc}: every host needs its admin_listen address (HOST:PORT)") from None
         if not self.secret_file:
             raise TargetError("no secret file: pass --secret-file or set secret_file in the ctl config")
         from hsb.wire.auth import SecretFileError, load_secret

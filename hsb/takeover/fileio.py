@@ -265,7 +265,8 @@ def create_file(path: str, records: int, record_size: int, *, force: bool = Fals
     (and an NFS server has the space up front). The file and its directory are
     synced before returning.
     """
-    path = os.fspath(path)
+    # a link (to the shared storage, say) is followed: the file it names is the one replaced, not the link
+    path = os.path.realpath(os.fspath(path)) if os.path.islink(os.fspath(path)) else os.fspath(path)
     try:
         check_record_size(record_size)
     except ValueError as exc:
