@@ -289,3 +289,4 @@ def test_a_recorded_pid_another_program_has_now_does_not_block_a_sandbox_restart
             p.kill()
             p.wait()
     assert not sandbox._stranger(tmp_path, other.pid)  # gone: nobody's
+    assert sandbox._stranger(tmp_path, 2)  # kthreadd: a kernel thread has no command line, and is nobody's daemon

@@ -180,3 +180,31 @@ async def test_the_host_stops_serving_before_it_closes_a_dead_cp_link(tmp_path: 
             link.task.cancel()
             await asyncio.gather(link.task, return_exceptions=True)
         cp.stop()
+
+
+async def test_a_cancel_the_service_turns_into_unavailable_ends_the_worker() -> None:
+    """A service wrapper that turns any failure, a cancel included, into ServiceUnavailable: the
+    worker backed off and went on with the queue cancel() had taken from it, alongside the next
+    worker, marking the service failing again and answering under the new epoch."""
+    started = asyncio.Event()
+    calls: list[int] = []
+
+    class Wraps:
+        async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
+            calls.append(message_id)
+            started.set()
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                raise ServiceUnavailable("wrapped") from None
+            return "late"
+
+    sent: list[dict[str, Any]] = []
+    d = Delivery(Wraps(), lambda m: sent.append(m) or True, lambda: 1)  # type: ignore[arg-type, func-returns-value]
+    d.deliver("T1", 5, "x", False)
+    await asyncio.wait_for(started.wait(), 5)
+    worker = d.workers["T1"]
+    d.cancel()
+    await asyncio.wait_for(asyncio.gather(worker, return_exceptions=True), 5)
+    assert worker.done() and sent == [] and calls == [5]
+    assert d.health.state == "ok" and d.in_flight == 0 and d.idle.is_set()

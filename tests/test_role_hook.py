@@ -36,15 +36,28 @@ def _script(tmp_path: Path) -> Path:
 
 
 async def test_hooks_finish_in_the_order_of_the_changes(tmp_path: Path) -> None:
-    """active, standby, active in quick succession: each hook ran on its own, so the slow
-    standby one finished last and a hook moving an address left it on the wrong host."""
+    """standby, then active at once: each hook ran on its own, so the slow standby one finished
+    last, and a hook moving an address left it on the wrong host."""
     hook = RoleHook(f"{sys.executable} {_script(tmp_path)}", timeout=10)
-    for epoch, role in enumerate(("active", "standby", "active"), 1):
+    hook.fire("standby", "x", 1, "test")
+    hook.fire("active", "x", 2, "test")
+    ended = tmp_path / "ended"
+    await _until(lambda: ended.exists() and len(ended.read_text().split()) == 2, "two hooks")
+    assert ended.read_text().split() == ["standby", "active"]
+    await hook.close()
+
+
+async def test_changes_that_come_while_a_hook_runs_wait_as_one_the_newest(tmp_path: Path) -> None:
+    """Changes that flap while a hook runs (or hangs until its timeout) do not pile up runs: the
+    newest waits, the ones it replaced are said in the log, and it is the last to run."""
+    hook = RoleHook(f"{sys.executable} {_script(tmp_path)}", timeout=10)
+    hook.fire("standby", "x", 1, "test")
+    for epoch, role in enumerate(("active", "standby", "active", "standby", "active"), 2):
         hook.fire(role, "x", epoch, "test")
     ended = tmp_path / "ended"
-    await _until(lambda: ended.exists() and len(ended.read_text().split()) == 3, "three hooks")
-    assert ended.read_text().split() == ["active", "standby", "active"]
+    await _until(lambda: ended.exists() and len(ended.read_text().split()) == 2, "two hooks")
     await hook.close()
+    assert ended.read_text().split() == ["standby", "active"] and hook.running is not None and hook.running.done()
 
 
 async def test_a_hook_still_running_when_the_host_stops_is_killed(tmp_path: Path) -> None:

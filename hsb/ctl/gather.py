@@ -41,7 +41,7 @@ def why_not(exc: BaseException, timeout: float) -> str:
         return f"it does not speak hsb's admin link ({exc.code}): a wrong port?"
     if isinstance(exc, ssl_module.SSLError):
         return (
-            f"TLS handshake failed ({getattr(exc, 'reason', None) or exc}): the daemon has no [tls], or its certificate is not from the"
+            f"TLS handshake failed ({getattr(exc, 'verify_message', None) or getattr(exc, 'reason', None) or exc}): the daemon has no [tls], or its certificate is not from the"
             " ctl config's ca_file, or it does not accept hsbctl's certificate"
         )
     if isinstance(exc, OSError):

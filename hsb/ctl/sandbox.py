@@ -212,14 +212,20 @@ def _ours(d: Path, pid: int) -> bool:
     return any(a.startswith(where) and a.endswith(b".toml") for a in argv)
 
 
+PF_KTHREAD = 0x00200000  # /proc/PID/stat flags: a kernel thread
+
+
 def _stranger(d: Path, pid: int) -> bool:
     """`pid` runs another program now (a pid recorded before a reboot, say), not this sandbox's
     daemon: its command line is there to read and names no config in `d`. (One of ours that is
     exiting has an empty one by then: not a stranger, and waited for.)"""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        flags = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[6])
+    except (OSError, IndexError, ValueError):
         return False
+    if flags & PF_KTHREAD:  # a kernel thread (none has a command line): certainly not ours
+        return True
     return bool(argv.strip(b"\0")) and not _ours(d, pid)
 
 

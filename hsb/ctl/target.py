@@ -37,7 +37,7 @@ class Target:
                 try:
                     parse_addr(a)
                 except ValueError as exc:
-                    raise TargetError(f"{exc}: every host needs its admin_listen address (HOST:PORT)") from None
+                    raise TargetError(f"{exc}: give each daemon's admin_listen address (HOST:PORT)") from None
         if not self.secret_file:
             raise TargetError("no secret file: pass --secret-file or set secret_file in the ctl config")
         from hsb.wire.auth import SecretFileError, load_secret

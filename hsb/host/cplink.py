@@ -161,6 +161,7 @@ class CPLink:
             hb = asyncio.get_running_loop().create_task(self._beat(fs))
             why = "eof"
             down = True  # (false: a cancel, a stop, went through)
+            unexpected = False
             try:
                 self.on_up()
                 while True:
@@ -191,20 +192,25 @@ class CPLink:
                 why = f"{type(exc).__name__}"
             except Exception as exc:  # anything else (a bug): the link is gone all the same, and said
                 why = f"{type(exc).__name__}: {str(exc)[:200]}"
+                unexpected = True
             except BaseException:
                 down = False
                 raise
             finally:
                 hb.cancel()
                 self.fs = None
-                if down and not self.stopped:
-                    # before the close, which may wait a second: this host stops serving at once
-                    # (deliveries cancelled, the lease dropped), as the protocol promises
-                    log.warning("cp_link_down", cp=self.addr, reason=why)
-                    self.on_down(why)
-                await fs.aclose()
+                try:
+                    if down and not self.stopped:
+                        # before the close, which may wait a second: this host stops serving at
+                        # once (deliveries cancelled, the lease dropped), as the protocol promises
+                        log.warning("cp_link_down", cp=self.addr, reason=why)
+                        self.on_down(why)
+                finally:
+                    await fs.aclose()
             if self.stopped:
                 return
+            if unexpected:  # (not at once again: it may well happen again)
+                await asyncio.sleep(0.1)
 
     async def _beat(self, fs: FrameStream) -> None:
         try:

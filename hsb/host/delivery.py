@@ -145,10 +145,11 @@ class Delivery:
                     log.error("service_error", terminal=terminal, id=mid, error="CancelledError (raised by the service, not a cancel of ours)")
                     reply = "error: CancelledError"
                 except ServiceUnavailable as exc:
+                    if self.gen != gen0:  # a cancel the service turned into this: not ours any more
+                        return
                     backoff = self.health.failing(terminal, str(exc) or type(exc).__name__)
-                    gen = self.gen
                     await asyncio.sleep(backoff.next())  # cancel() cancels this task meanwhile
-                    if self.gen != gen:
+                    if self.gen != gen0:
                         return
                     # handed over again marked redelivered: the failed try may have had its
                     # effect (a commit whose answer was lost), as a message after a failover may

@@ -17,27 +17,35 @@ log = structlog.get_logger("hsb.host")
 
 
 class RoleHook:
+    """One command run at a time, in the order of the changes; while one runs, only the newest
+    change waits (what it replaces is said in the log): a hook that hangs or changes that flap
+    cannot pile up runs, and the last change's run is always the last to end."""
+
     def __init__(self, command: str, timeout: float) -> None:
         self.argv = shlex.split(command) if command else []
         self.timeout = timeout
-        self.tasks: set[asyncio.Task[None]] = set()
-        self._last: asyncio.Task[None] | None = None
+        self.running: asyncio.Task[None] | None = None
+        self.pending: list[str] | None = None
 
     def fire(self, role: str, state: str, epoch: int, reason: str) -> None:
-        """Run the hook for this change once the one before it has ended: in the order of the
-        changes (active, standby, active in quick succession must not leave the standby's script,
-        moving an address say, as the last one to finish)."""
         if not self.argv:
             return
-        t = asyncio.get_running_loop().create_task(self._after(self._last, [*self.argv, role, state, str(epoch), reason]))
-        self._last = t
-        self.tasks.add(t)
-        t.add_done_callback(self.tasks.discard)
+        argv = [*self.argv, role, state, str(epoch), reason]
+        if self.running is not None and not self.running.done():
+            if self.pending is not None:
+                log.info("role_hook_skipped", argv=self.pending, msg="a newer role change came before it could run")
+            self.pending = argv
+            return
+        self._start(argv)
 
-    async def _after(self, prev: asyncio.Task[None] | None, argv: list[str]) -> None:
-        if prev is not None:
-            await asyncio.wait([prev])  # (its own outcome is its own: logged there)
-        await self._run(argv)
+    def _start(self, argv: list[str]) -> None:
+        self.running = asyncio.get_running_loop().create_task(self._run(argv))
+        self.running.add_done_callback(self._next)
+
+    def _next(self, done: asyncio.Task[None]) -> None:
+        if done is self.running and self.pending is not None:
+            argv, self.pending = self.pending, None
+            self._start(argv)
 
     async def _run(self, argv: list[str]) -> None:
         try:
@@ -66,9 +74,15 @@ class RoleHook:
             log.info("role_hook_ran", argv=argv, output=text)
 
     async def close(self) -> None:
-        for t in list(self.tasks):
-            try:
-                async with asyncio.timeout(self.timeout):
-                    await t
-            except (TimeoutError, asyncio.CancelledError):
-                t.cancel()
+        """The host stops: a change still waiting does not run; the one running gets the hook's
+        timeout once, then is killed."""
+        self.pending = None
+        t = self.running
+        if t is None or t.done():
+            return
+        try:
+            async with asyncio.timeout(self.timeout):
+                await asyncio.shield(t)
+        except (TimeoutError, asyncio.CancelledError):
+            t.cancel()
+            await asyncio.wait([t])
