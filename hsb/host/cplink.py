@@ -204,13 +204,16 @@ class CPLink:
                         # before the close, which may wait a second: this host stops serving at
                         # once (deliveries cancelled, the lease dropped), as the protocol promises
                         log.warning("cp_link_down", cp=self.addr, reason=why)
-                        self.on_down(why)
+                        try:
+                            self.on_down(why)
+                        except Exception:  # a bug: said; the link is made again all the same
+                            log.exception("cp_link_down_failed", cp=self.addr)
                 finally:
                     await fs.aclose()
             if self.stopped:
                 return
             if unexpected:  # (not at once again: it may well happen again)
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(backoff.next())
 
     async def _beat(self, fs: FrameStream) -> None:
         try:

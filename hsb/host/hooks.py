@@ -31,9 +31,10 @@ class RoleHook:
         if not self.argv:
             return
         argv = [*self.argv, role, state, str(epoch), reason]
+        if self.pending is not None:  # (also one whose turn has come, its predecessor's end not yet handled)
+            log.info("role_hook_skipped", argv=self.pending, msg="a newer role change came before it could run")
+            self.pending = None
         if self.running is not None and not self.running.done():
-            if self.pending is not None:
-                log.info("role_hook_skipped", argv=self.pending, msg="a newer role change came before it could run")
             self.pending = argv
             return
         self._start(argv)
@@ -83,6 +84,16 @@ class RoleHook:
         try:
             async with asyncio.timeout(self.timeout):
                 await asyncio.shield(t)
-        except (TimeoutError, asyncio.CancelledError):
+        except TimeoutError:
+            pass
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():  # the close itself is cancelled: the hook with it
+                t.cancel()
+                await asyncio.wait([t])
+                raise
+        except Exception as exc:  # noqa: BLE001 - the hook's own failure: said, the stop goes on
+            log.error("role_hook_failed", error=f"{type(exc).__name__}: {exc}")
+        if not t.done():
             t.cancel()
             await asyncio.wait([t])
