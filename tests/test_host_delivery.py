@@ -97,19 +97,24 @@ async def test_a_cancelled_error_of_the_services_own_is_its_error_reply_and_the_
     assert await d.drain(1.0) and d.counters["errors"] == 1
 
 
-async def test_a_service_that_will_not_be_cancelled_sends_no_reply_after_a_cancel() -> None:
+@pytest.mark.parametrize("turns_it_into", ["nothing", "unavailable"])
+async def test_a_service_that_will_not_be_cancelled_sends_no_reply_after_a_cancel(turns_it_into: str) -> None:
     """cancel() (demoted, fenced, the CP link lost): a service that catches the cancellation and
-    returns anyway must not have its reply sent, under whatever epoch runs by then: the CP hands
-    that message on again, marked redelivered."""
+    returns anyway, or turns it into ServiceUnavailable (a wrapper that turns every failure into
+    that), must not have its reply sent under whatever epoch runs by then, nor go on with the queue
+    cancel() took from it beside the next worker: the CP hands that message on again, marked."""
     started = asyncio.Event()
+    calls: list[int] = []
 
     class Stubborn:
         async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
+            calls.append(message_id)
             started.set()
             try:
                 await asyncio.sleep(10)
             except asyncio.CancelledError:
-                pass  # swallowed: bad manners, but a service may
+                if turns_it_into == "unavailable":
+                    raise ServiceUnavailable("wrapped") from None  # (else swallowed: bad manners, but a service may)
             return "late"
 
     sent: list[dict[str, Any]] = []
@@ -119,7 +124,8 @@ async def test_a_service_that_will_not_be_cancelled_sends_no_reply_after_a_cance
     worker = d.workers["T1"]
     d.cancel()
     await asyncio.wait_for(asyncio.gather(worker, return_exceptions=True), 5)
-    assert sent == []
+    assert worker.done() and sent == [] and calls == [5]
+    assert d.health.state == "ok" and d.in_flight == 0 and d.idle.is_set()
 
 
 async def test_the_host_stops_serving_before_it_closes_a_dead_cp_link(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -180,31 +186,3 @@ async def test_the_host_stops_serving_before_it_closes_a_dead_cp_link(tmp_path: 
             link.task.cancel()
             await asyncio.gather(link.task, return_exceptions=True)
         cp.stop()
-
-
-async def test_a_cancel_the_service_turns_into_unavailable_ends_the_worker() -> None:
-    """A service wrapper that turns any failure, a cancel included, into ServiceUnavailable: the
-    worker backed off and went on with the queue cancel() had taken from it, alongside the next
-    worker, marking the service failing again and answering under the new epoch."""
-    started = asyncio.Event()
-    calls: list[int] = []
-
-    class Wraps:
-        async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
-            calls.append(message_id)
-            started.set()
-            try:
-                await asyncio.sleep(10)
-            except asyncio.CancelledError:
-                raise ServiceUnavailable("wrapped") from None
-            return "late"
-
-    sent: list[dict[str, Any]] = []
-    d = Delivery(Wraps(), lambda m: sent.append(m) or True, lambda: 1)  # type: ignore[arg-type, func-returns-value]
-    d.deliver("T1", 5, "x", False)
-    await asyncio.wait_for(started.wait(), 5)
-    worker = d.workers["T1"]
-    d.cancel()
-    await asyncio.wait_for(asyncio.gather(worker, return_exceptions=True), 5)
-    assert worker.done() and sent == [] and calls == [5]
-    assert d.health.state == "ok" and d.in_flight == 0 and d.idle.is_set()
