@@ -83,6 +83,14 @@ class ServiceHealth:
         return {"state": self.state, "error": self.error, "since": self.since, "retries": self.retries, "waiting_terminals": len(self.waiting)}
 
 
+def _being_cancelled() -> bool:
+    """The running task is being cancelled (a CancelledError of ours, not one a service raised).
+    A function of its own: a local holding the task in `_work`'s frame would make a cycle with
+    the traceback a cancelled task keeps."""
+    t = asyncio.current_task()
+    return t is None or t.cancelling() > 0
+
+
 class Delivery:
     def __init__(
         self,
@@ -136,8 +144,7 @@ class Delivery:
                     if not isinstance(reply, (bytes, str)):
                         reply = str(reply)
                 except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if task is None or task.cancelling():  # ours (cancel(), a stop): it goes on up
+                    if _being_cancelled():  # ours (cancel(), a stop): it goes on up
                         raise
                     # the service's own (it awaited something another task cancelled): its error,
                     # answered, or this terminal's queue would stop here for good
