@@ -42,7 +42,10 @@ def setup(level: str = "info", *, process: str | None = None, force_json: bool |
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # one write per line, its newline included: print() writes the newline apart, and with
+        # unbuffered output (PYTHONUNBUFFERED) hsbcpd's master and worker, sharing one log file,
+        # then interleaved each other's lines (two JSON lines run together, both events lost)
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=cache,
     )
     _configured = True
