@@ -299,3 +299,34 @@ def _kernel_thread(p: Path) -> bool:
         return bool(int((p / "stat").read_text().rsplit(")", 1)[1].split()[6]) & 0x00200000)
     except (OSError, IndexError, ValueError):
         return False
+
+
+async def test_a_daemon_that_trickles_bytes_is_cut_off_by_one_deadline() -> None:
+    """Each step of an exchange (connect, the challenge, the answer) had its own deadline, so a
+    port that sends a byte now and then, never a whole frame, held hsbctl for as long as it
+    liked; the whole exchange has one deadline (twice the step's)."""
+    import asyncio
+    import time
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(b"\x00\x00\x10\x00")  # a frame of 4,096 bytes announced ...
+            for _ in range(200):  # ... and one byte of it every 0.2 s
+                await asyncio.sleep(0.2)
+                writer.write(b"\x81")
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    srv = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        t0 = time.monotonic()
+        ans = await gather.ask(f"127.0.0.1:{port}", b"s" * 32, {"t": "status"}, timeout=0.5)
+        took = time.monotonic() - t0
+    finally:
+        srv.close()
+    assert ans.get("reachable") is False, ans
+    assert took < 5.0, took

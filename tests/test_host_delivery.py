@@ -180,6 +180,23 @@ async def test_the_host_stops_serving_before_it_closes_a_dead_cp_link(tmp_path: 
         cp = restart_cp(cp)  # the same ports
         await _until(lambda: "on_down" in order, "on_down after an unexpected error")
         assert order[:3] == ["up", "on_down", "aclose"], order
+
+        # on_down itself raising (a bug there): the socket is closed and the link made again
+        def down_broken(why: str) -> None:
+            order.append("on_down")
+            raise RuntimeError("a bug in on_down")
+
+        up.clear()
+        link.on_up = up.set
+        link.on_down = down_broken
+        await asyncio.wait_for(up.wait(), 10)
+        order.clear()
+        cp.kill(signal.SIGKILL)
+        await _until(lambda: "aclose" in order, "the close, though on_down raised")
+        assert order[:2] == ["on_down", "aclose"], order
+        up.clear()
+        cp = restart_cp(cp)
+        await asyncio.wait_for(up.wait(), 10)  # reconnected: the loop did not end
     finally:
         link.stopped = True
         if link.task is not None:
