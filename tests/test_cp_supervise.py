@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from hsb.ctl import sandbox
-from tests.support.procs import Proc, cp_config, log_events, spawn, until, wait_for
+from tests.support.procs import Proc, cp_config, log_events, python_lines, spawn, until, wait_for
 from tests.test_cp_restart import all_back
 from tests.test_ctl_status import ctl
 from tests.test_failover import active_names, assert_clean, check_journals, load_with, status, wait_status
@@ -454,19 +454,17 @@ def test_a_reload_passed_on_as_the_worker_starts_is_not_lost() -> None:
     """The master passes a SIGHUP (or SIGUSR1) on to a worker it has just forked, where it waits
     blocked: the worker set those to SIG_IGN before its own handlers, which discards a pending
     signal, so the reload was lost. Run in a process of its own (signal dispositions)."""
-    code = (
-        "import os, signal\n"
-        "from hsb.cp import supervise\n"
-        "signal.pthread_sigmask(signal.SIG_BLOCK, supervise.PASSED_ON)\n"
-        "os.kill(os.getpid(), signal.SIGHUP)\n"
-        "os.kill(os.getpid(), signal.SIGUSR1)\n"
-        "supervise.worker_signals()\n"
-        "signal.pthread_sigmask(signal.SIG_UNBLOCK, supervise.PASSED_ON)\n"
-        "print(sorted(int(s) for s in supervise.EARLY_SIGNALS))\n"
+    out = python_lines(
+        "import os, signal",
+        "from hsb.cp import supervise",
+        "signal.pthread_sigmask(signal.SIG_BLOCK, supervise.PASSED_ON)",
+        "os.kill(os.getpid(), signal.SIGHUP)",
+        "os.kill(os.getpid(), signal.SIGUSR1)",
+        "supervise.worker_signals()",
+        "signal.pthread_sigmask(signal.SIG_UNBLOCK, supervise.PASSED_ON)",
+        "print(sorted(int(s) for s in supervise.EARLY_SIGNALS))",
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout) == sorted([int(signal.SIGHUP), int(signal.SIGUSR1)]), r.stdout
+    assert json.loads(out) == sorted([int(signal.SIGHUP), int(signal.SIGUSR1)]), out
 
 
 def test_a_reload_sent_while_the_worker_dies_goes_to_the_next_worker(supervised: Any, tmp_path: Path) -> None:

@@ -7,32 +7,30 @@ waiting for one of them failed now and then)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+
+from tests.support.procs import python_lines
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def test_each_log_line_is_one_write_with_its_newline() -> None:
-    code = (
-        "import io, sys\n"
-        "writes = []\n"
-        "class Raw(io.RawIOBase):\n"
-        "    def writable(self): return True\n"
-        "    def write(self, b): writes.append(bytes(b)); return len(b)\n"
-        "sys.stderr = io.TextIOWrapper(Raw(), write_through=True)\n"  # unbuffered, as PYTHONUNBUFFERED makes it
-        "from hsb import logs\n"
-        "logs.setup('info', process='test', force_json=True)\n"
-        "import structlog\n"
-        "structlog.get_logger('t').info('first_event', n=1)\n"
-        "structlog.get_logger('t').warning('second_event', n=2)\n"
-        "sys.__stdout__.write(repr(writes))\n"
+    out = python_lines(
+        "import io, sys",
+        "writes = []",
+        "class Raw(io.RawIOBase):",
+        "    def writable(self): return True",
+        "    def write(self, b): writes.append(bytes(b)); return len(b)",
+        "sys.stderr = io.TextIOWrapper(Raw(), write_through=True)",  # unbuffered, as PYTHONUNBUFFERED makes it
+        "from hsb import logs",
+        "logs.setup('info', process='test', force_json=True)",
+        "import structlog",
+        "structlog.get_logger('t').info('first_event', n=1)",
+        "structlog.get_logger('t').warning('second_event', n=2)",
+        "sys.__stdout__.write(repr(writes))",
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, r.stderr
-    writes = eval(r.stdout)  # noqa: S307 - our own repr of a list of bytes
+    writes = eval(out)  # noqa: S307 - our own repr of a list of bytes
     assert len(writes) == 2, writes
     assert all(w.endswith(b"\n") and w.count(b"\n") == 1 for w in writes), writes
     assert [json.loads(w)["event"] for w in writes] == ["first_event", "second_event"]

@@ -66,6 +66,14 @@ async def arm_faults(ctl: Path, pid: int, text: str, timeout: float = 10.0) -> N
     await until(lambda: applied.exists() and applied.read_text() == want, timeout, what=f"the fault {text!r} applied")
 
 
+def python_lines(*lines: str) -> str:
+    """Run these lines of Python in a process of its own (for what touches a process's signal
+    dispositions or its stderr); its stdout. It must exit 0."""
+    r = subprocess.run([sys.executable, "-c", "\n".join(lines) + "\n"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
 def log_events(path: Path) -> list[dict[str, Any]]:
     out = []
     try:
