@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from hsb import procstat
 from hsb.ctl import sandbox
 from tests.support.procs import Proc, cp_config, log_events, python_lines, spawn, until, wait_for
 from tests.test_cp_restart import all_back
@@ -238,7 +239,7 @@ def test_how_a_process_ended_is_read_before_it_is_reaped() -> None:
         try:
             if sig is not None:
                 p.send_signal(sig)
-            wait_for(lambda p=p: Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", 10, what="a zombie")
+            wait_for(lambda p=p: procstat.state(p.pid) == "Z", 10, what="a zombie")
             assert _exit_status(p.pid) == expect
         finally:
             p.kill()
@@ -434,7 +435,7 @@ async def test_terminals_that_come_back_between_two_workers_wait_in_the_masters_
     os.kill(master, signal.SIGSTOP)  # no next worker until SIGCONT: the gap held open
     try:
         os.kill(worker, signal.SIGKILL)
-        wait_for(lambda: Path(f"/proc/{worker}/stat").read_text().split(")")[1].split()[0] == "Z", 10, what="the worker dead")
+        wait_for(lambda: procstat.state(worker) == "Z", 10, what="the worker dead")
         t = await FakeTerminal.connect(term_addr, "T00001")  # refused, were the port the dead worker's only
         reader, writer = await asyncio.open_connection(http_host, int(http_port))  # refused likewise
         writer.write(b"GET /health HTTP/1.0\r\n\r\n")
@@ -479,7 +480,7 @@ def test_a_reload_sent_while_the_worker_dies_goes_to_the_next_worker(supervised:
     os.kill(master, signal.SIGSTOP)  # the master notices the death only after SIGCONT
     try:
         os.kill(worker, signal.SIGKILL)
-        wait_for(lambda: Path(f"/proc/{worker}/stat").read_text().split(")")[1].split()[0] == "Z", 10, what="the worker dead")
+        wait_for(lambda: procstat.state(worker) == "Z", 10, what="the worker dead")
         os.kill(master, signal.SIGHUP)
     finally:
         os.kill(master, signal.SIGCONT)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from hsb import procstat
 from hsb.host.hooks import RoleHook
 
 pytestmark = pytest.mark.timeout(30)
@@ -75,6 +76,6 @@ async def test_a_hook_still_running_when_the_host_stops_is_killed(tmp_path: Path
             os.kill(pid, 0)
         except ProcessLookupError:
             return True
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+        return procstat.state(pid) == "Z"
 
     await _until(gone, "the hook's process gone")

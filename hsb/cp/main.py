@@ -28,12 +28,12 @@ def config_warnings(cfg: CPConfig) -> list[str]:
     return out
 
 
-def _applied(applied: Any, model: type[CPConfig]) -> CPConfig | None:
+def _applied(applied: Any) -> CPConfig | None:
     """The config the workers before this one last applied (hsbcpd --supervise), if any."""
     if applied is None:
         return None
     try:
-        cfg: CPConfig | None = applied.load(model)
+        cfg: CPConfig | None = applied.load(CPConfig)
     except Exception as exc:  # noqa: BLE001 - (cannot be: it was a valid config once) none then
         import structlog
 
@@ -72,10 +72,11 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
         from hsb.ops.reload import changed_keys
 
         log = structlog.get_logger("hsb.cp")
+        kept = None  # the config the workers before applied, once decoded (all the terminals: not twice)
         try:
             new = load(config_path, CPConfig)
         except Exception as exc:  # noqa: BLE001 - a file broken since: what the last worker applied, said so
-            kept = _applied(sv.APPLIED, CPConfig)
+            kept = _applied(sv.APPLIED)
             if kept is None:
                 log.error("config_reread_failed", path=config_path, error=str(exc), msg="the worker runs on the config it started with; fix the file")
                 return cfg, secret
@@ -95,7 +96,7 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
         if CPSection.lease_allows(new.cp.host_timeout, cfg.cp.host_lease):  # (as a reload checks it)
             merged.cp.host_timeout = new.cp.host_timeout
         else:  # meant for the next restart of the unit (with a shorter host_lease): what ran stays
-            applied = _applied(sv.APPLIED, CPConfig)
+            applied = kept if kept is not None else _applied(sv.APPLIED)
             if applied is not None and CPSection.lease_allows(applied.cp.host_timeout, cfg.cp.host_lease):
                 merged.cp.host_timeout = applied.cp.host_timeout
             kept_timeout = f"cp.host_timeout (kept at {merged.cp.host_timeout:g} s: below the running host_lease {cfg.cp.host_lease:g} s + margin)"

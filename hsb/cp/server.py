@@ -189,6 +189,15 @@ class CPServer:
         return self.cp.journal if self.cp is not None and self.cp.journal.durable else None
 
     # ------------------------------------------------------------------ startup
+    async def _listen(self, key: str, on_held: Callable[[socket.socket], Awaitable[T]], on_addr: Callable[[], Awaitable[T]]) -> T:
+        """A listener: on the master's socket for `key` if it holds one (hsb.cp.supervise), open
+        since before this worker (a copy: this worker's close leaves the master's open); else bound
+        here (`_bind`)."""
+        held = supervise.LISTENERS.get(key)
+        if held is not None:
+            return await on_held(held.dup())
+        return await self._bind(on_addr)
+
     async def _bind(self, start: Callable[[], Awaitable[T]]) -> T:
         """`start()`, a listener's bind. A CP forked again by its master (--supervise) may find
         its port still held: the kernel is still closing the dead CP's sockets (about 0.15 s for
@@ -234,11 +243,11 @@ class CPServer:
             )
 
         h, p = parse_addr(c.admin_listen)
-        held = supervise.LISTENERS.get("admin")
-        if held is not None:  # the master's (hsb.cp.supervise)
-            srv = await loop.create_server(admin, sock=held.dup(), backlog=64)
-        else:
-            srv = await self._bind(lambda: loop.create_server(admin, h, p, backlog=64, reuse_address=True))
+        srv = await self._listen(
+            "admin",
+            lambda sock: loop.create_server(admin, sock=sock, backlog=64),
+            lambda: loop.create_server(admin, h, p, backlog=64, reuse_address=True),
+        )
         self.servers.append(srv)
         sock = srv.sockets[0].getsockname()
         self.bound["admin"] = f"{sock[0]}:{sock[1]}"
@@ -252,11 +261,9 @@ class CPServer:
                 "/standby": json_route(lambda: (False, {"msg": "hsbcpd is the CP, not a host"})),
                 "/metrics": lambda: render_metrics(reg),
             }
-            held_http = supervise.LISTENERS.get("http")
-            if held_http is not None:  # the master's
-                srv2, self.bound["http"] = await start_http(c.http_listen, routes, sock=held_http.dup())
-            else:
-                srv2, self.bound["http"] = await self._bind(lambda: start_http(c.http_listen, routes))
+            srv2, self.bound["http"] = await self._listen(
+                "http", lambda sock: start_http(c.http_listen, routes, sock=sock), lambda: start_http(c.http_listen, routes)
+            )
             self.servers.append(srv2)
 
     def _healthy(self) -> bool:
@@ -422,13 +429,11 @@ class CPServer:
 
         for key, factory, backlog in (("terminal", terminal, listen_backlog(len(self.cfg.terminal_table))), ("host", host, 16)):
             h, p = parse_addr(getattr(c, f"{key}_listen"))
-            held = supervise.LISTENERS.get(key)
-            if held is not None:  # the master's, open since before this worker (hsb.cp.supervise)
-                srv = await loop.create_server(factory, sock=held.dup(), backlog=backlog, start_serving=False)
-            else:
-                srv = await self._bind(
-                    lambda: loop.create_server(factory, h, p, backlog=backlog, reuse_address=True, start_serving=False)  # noqa: B023 - awaited at once
-                )
+            srv = await self._listen(
+                key,
+                lambda sock: loop.create_server(factory, sock=sock, backlog=backlog, start_serving=False),  # noqa: B023 - awaited at once
+                lambda: loop.create_server(factory, h, p, backlog=backlog, reuse_address=True, start_serving=False),  # noqa: B023
+            )
             if key == "terminal" and c.terminal_keepalive:  # inherited by every terminal connection
                 for s in srv.sockets:  # a dead terminal's connection would refuse its return forever
                     tcp_keepalive(s, c.terminal_keepalive)

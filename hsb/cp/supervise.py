@@ -53,13 +53,14 @@ from typing import Any, NoReturn
 import msgpack
 import structlog
 
+from hsb import procstat
+
 log = structlog.get_logger("hsb.cp")
 
 RESTARTS_MAX = 5  # deaths within RESTARTS_WINDOW_S before the master gives up
 RESTARTS_WINDOW_S = 60.0
 PASSED_ON = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 PR_SET_PDEATHSIG = 1
-PF_EXITING = 0x4  # /proc/PID/stat flags: the process is exiting
 HIGH_FD_MAX = 1 << 20  # the pipe's end goes no higher (a larger fd table costs memory)
 
 
@@ -148,13 +149,10 @@ def _hold_high(fd: int) -> None:
 
 def _exit_status(pid: int) -> int | None:
     """The wait status of `pid` if it is exiting or has exited (/proc/PID/stat), else None."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+    f = procstat.fields(pid)
+    if f is None or len(f) <= procstat.EXIT_CODE or not (f[procstat.STATE] in "ZX" or int(f[procstat.FLAGS]) & procstat.PF_EXITING):
         return None
-    if len(fields) < 50 or not (fields[0] in "ZX" or int(fields[6]) & PF_EXITING):
-        return None
-    return int(fields[49])
+    return int(f[procstat.EXIT_CODE])
 
 
 def _signal_name(n: int) -> str:
@@ -233,17 +231,14 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
         nonlocal stopping
         if sig in (signal.SIGTERM, signal.SIGINT):
             stopping = True
-        # no worker, or one dying (its teardown can take a while): a reload or a wake is for the next
-        dying_now = not worker or (sig in (signal.SIGHUP, signal.SIGUSR1) and _exit_status(worker) is not None)
-        if dying_now:
-            if sig in (signal.SIGHUP, signal.SIGUSR1) and sig not in owed:
-                owed.append(sig)
-            if not worker:
-                return
-        try:
-            os.kill(worker, sig)
-        except ProcessLookupError:
-            pass
+        # a reload or a wake with no worker, or one dying (its teardown can take a while): for the next
+        if sig in (signal.SIGHUP, signal.SIGUSR1) and sig not in owed and (not worker or _exit_status(worker) is not None):
+            owed.append(sig)
+        if worker:
+            try:
+                os.kill(worker, sig)
+            except ProcessLookupError:
+                pass
 
     def reap(block: bool) -> None:  # also from the SIGCHLD handler, in between: either may reap a pid first
         for pid in list(dying):

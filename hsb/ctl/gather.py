@@ -52,8 +52,7 @@ def why_not(exc: BaseException, timeout: float) -> str:
 async def ask(addr: str, secret: bytes, msg: dict[str, Any], timeout: float = 2.0, ssl: Any = "default") -> dict[str, Any]:
     h, p = parse_addr(addr)
     try:
-        async with asyncio.timeout(timeout * 2):  # the whole exchange: a daemon trickling bytes is cut off too
-            ans = await request(h, p, secret, msg, timeout=timeout, ssl=ssl)
+        ans = await request(h, p, secret, msg, timeout=timeout, ssl=ssl)
     except (OSError, TimeoutError, LinkClosed, ProtocolError) as exc:
         return {"reachable": False, "addr": addr, "error": why_not(exc, timeout)}
     if ans.get("t") == "error":

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hsb import procstat
 from hsb.config import toml_section, toml_value
 from hsb.ctl.gather import status_all
 from hsb.ports import free_port
@@ -191,11 +192,7 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:  # a zombie child of this process is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
+    return procstat.state(pid) not in ("Z", None)  # a zombie child of this process is not alive
 
 
 def _ours(d: Path, pid: int) -> bool:
@@ -205,28 +202,28 @@ def _ours(d: Path, pid: int) -> bool:
     if not pid or not _alive(pid):
         return False
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return _names_config(d, Path(f"/proc/{pid}/cmdline").read_bytes())
     except OSError:
         return False
+
+
+def _names_config(d: Path, cmdline: bytes) -> bool:
     where = str(d.resolve()).encode() + b"/"
-    return any(a.startswith(where) and a.endswith(b".toml") for a in argv)
-
-
-PF_KTHREAD = 0x00200000  # /proc/PID/stat flags: a kernel thread
+    return any(a.startswith(where) and a.endswith(b".toml") for a in cmdline.split(b"\0"))
 
 
 def _stranger(d: Path, pid: int) -> bool:
     """`pid` runs another program now (a pid recorded before a reboot, say), not this sandbox's
     daemon: its command line is there to read and names no config in `d`. (One of ours that is
     exiting has an empty one by then: not a stranger, and waited for.)"""
+    f = procstat.fields(pid)
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes()
-        flags = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[6])
-    except (OSError, IndexError, ValueError):
+    except OSError:
         return False
-    if flags & PF_KTHREAD:  # a kernel thread (none has a command line): certainly not ours
+    if f is not None and int(f[procstat.FLAGS]) & procstat.PF_KTHREAD:  # (none has a command line): not ours
         return True
-    return bool(argv.strip(b"\0")) and not _ours(d, pid)
+    return bool(argv.strip(b"\0")) and not _names_config(d, argv)
 
 
 def _running(pid: int, grace: float = 3.0) -> bool:

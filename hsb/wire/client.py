@@ -185,12 +185,15 @@ async def request(
     timeout: float = 3.0,
     ssl: Any = "default",
 ) -> dict[str, Any]:
-    """One admin request/answer round trip on a fresh connection."""
-    fs = await FrameStream.connect(host, port, timeout=timeout, ssl=ssl)
-    try:
-        await fs.authenticate(secret, link, name, timeout)
-        fs.send(msg)
-        await fs.drain()
-        return await fs.recv(timeout)
-    finally:
-        await fs.aclose()
+    """One admin request/answer round trip on a fresh connection: `timeout` for each of its steps
+    (the connect, the challenge, the authentication's answer, the answer), and four times it for
+    the whole, so that a peer sending a byte now and then, never a whole frame, is cut off too."""
+    async with asyncio.timeout(timeout * 4):
+        fs = await FrameStream.connect(host, port, timeout=timeout, ssl=ssl)
+        try:
+            await fs.authenticate(secret, link, name, timeout)
+            fs.send(msg)
+            await fs.drain()
+            return await fs.recv(timeout)
+        finally:
+            await fs.aclose()
