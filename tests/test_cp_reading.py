@@ -12,10 +12,11 @@ from hsb.cp.admin import CPAdminProtocol
 from hsb.cp.host_link import HostProtocol
 from hsb.cp.terminal_link import TerminalProtocol
 from hsb.host.admin import HostAdminProtocol
+from hsb.wire.client import request
 from hsb.wire.framing import encode
 from tests.support.cpcore import cp_core, fake_host, recording_terminal
 from tests.support.hostclient import FakeHost, FakeTerminal
-from tests.support.procs import start_cp
+from tests.support.procs import SECRET, addr, log_events, start_cp
 from tests.support.transports import CountingTransport
 
 ATTRS = {"protocol": "hsb1", "codepage": "utf-8"}
@@ -122,6 +123,61 @@ async def test_held_bytes_bound_a_terminal_before_the_count_does_and_nothing_dro
         cp.stop()
 
 
+async def _cp_status(cp) -> dict:  # type: ignore[no-untyped-def]
+    h, p = addr(cp.info["admin"])
+    return (await request(h, p, SECRET, {"t": "status"}))["data"]  # type: ignore[no-any-return]
+
+
+async def test_the_cps_own_bound_on_held_data_stops_reading_terminals_holding_messages_and_drops_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Each terminal's bounds allow 8 MiB here; the CP's own (`held_total_bytes`, 16 KiB) is
+    reached by two terminals together: past it, a terminal holding messages is not read until
+    the active answers them (the first terminal after its fourth message, the second after its
+    first), said in status, the metrics' source and the log; once answered, everything is taken,
+    acknowledged and answered once, nobody disconnected, and the count is back to zero."""
+    cp = start_cp(tmp_path / "cp", terminals=3, held_total_bytes=16384)
+    try:
+        a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+        a.auto_open = ATTRS
+        t1 = await FakeTerminal.connect(cp.info["terminal"], "T00001")
+        t2 = await FakeTerminal.connect(cp.info["terminal"], "T00002")
+        for t in (t1, t2):
+            await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        for i in range(1, 11):
+            t1.send({"t": "msg", "id": i, "data": "x" * 5000})
+        await t1.fs.drain()
+        await a.wait_count(lambda m: m["t"] == "deliver", 4)
+        for i in range(1, 11):
+            t2.send({"t": "msg", "id": i, "data": "y" * 5000})
+        await t2.fs.drain()
+        await a.wait_count(lambda m: m["t"] == "deliver" and m["terminal"] == "T00002", 1)
+        await asyncio.sleep(0.3)  # give the CP every chance to read more than it should
+        assert len([m for m in t1.inbox if m["t"] == "ack"]) == 4
+        assert len([m for m in t2.inbox if m["t"] == "ack"]) == 1
+        st = await _cp_status(cp)
+        assert st["held_bytes"] == {"total": 25000, "bound": 16384, "reached": True}, st["held_bytes"]
+        assert st["terminals"]["backpressured"] == 2 and st["held_messages"] == 5
+        reached = [e for e in log_events(tmp_path / "cp" / "cp.log") if e["event"] == "cp_held_total_reached"]
+        assert len(reached) == 1 and reached[0]["bound"] == 16384, reached
+        # the active answers: the rest is read, acknowledged and answered, in order, once
+        a.auto_reply = True
+        for m in [m for m in a.inbox if m["t"] == "deliver"]:
+            a.send({"t": "reply", "terminal": m["terminal"], "id": m["id"], "data": "ok", "epoch": a.epoch})
+        for t in (t1, t2):
+            await t.wait_count(lambda m: m["t"] == "reply", 10)
+        await asyncio.sleep(0.2)  # an observation window: a late duplicate or stray frame would arrive in it
+        for t in (t1, t2):
+            acked = [m["id"] for m in t.inbox if m["t"] == "ack"]
+            replied = [m["id"] for m in t.inbox if m["t"] == "reply"]
+            assert acked == list(range(1, 11)) and replied == list(range(1, 11)), (acked, replied)
+            assert not t.closed and not [m for m in t.inbox if m["t"] == "error"]
+        st = await _cp_status(cp)
+        assert st["held_bytes"] == {"total": 0, "bound": 16384, "reached": False}, st["held_bytes"]
+        assert st["terminals"]["backpressured"] == 0 and st["held_messages"] == 0
+        assert [e for e in log_events(tmp_path / "cp" / "cp.log") if e["event"] == "cp_held_total_below"]
+    finally:
+        cp.stop()
+
+
 async def test_the_bytes_held_and_kept_go_back_to_zero_when_everything_is_settled(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The byte counts follow the messages and the kept replies exactly (a count that drifted up
     would stop reading a terminal for ever)."""
@@ -140,5 +196,7 @@ async def test_the_bytes_held_and_kept_go_back_to_zero_when_everything_is_settle
     for i in range(1, 6):
         cp.host_reply(a, "T00001", i, "r" * i)
     assert term.held_bytes == 0 and term.kept_bytes == 1 + 2 + 3 + 4 + 5
+    assert cp.counts.bytes == 1 + 2 + 3 + 4 + 5  # the CP's total, all terminals (held_total_bytes)
     cp.terminal_confirm(term, 6)
     assert term.kept_bytes == 0 and not term.replies and t.term is term
+    assert cp.counts.bytes == 0

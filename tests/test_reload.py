@@ -28,10 +28,13 @@ async def test_sighup_reloads_cp_and_host(sb: Any) -> None:
     st = sandbox.load_state(d)
     cp_toml = d / "cp.toml"
     text = cp_toml.read_text()
-    cp_toml.write_text(text.replace("held_bound = 256", "held_bound = 64").replace(st["cp"]["http"], "127.0.0.1:1"))
+    new = text.replace("held_bound = 256", "held_bound = 64\nheld_total_bytes = 2097152").replace(st["cp"]["http"], "127.0.0.1:1")
+    assert new.count("held_total_bytes") == 1
+    cp_toml.write_text(new)
     os.kill(st["cp"]["pid"], signal.SIGHUP)
     ev = wait_for(lambda: events(d / "cp.log", "config_reloaded"), 10, what="CP reload")[0]
-    assert ev["applied"] == ["cp.held_bound"] and ev["needs_restart"] == ["cp.http_listen"]
+    assert sorted(ev["applied"]) == ["cp.held_bound", "cp.held_total_bytes"] and ev["needs_restart"] == ["cp.http_listen"]
+    assert (await sandbox.status(d))["cp"]["held_bytes"]["bound"] == 2097152  # in use, not only read
     wait_for(lambda: events(d / "cp.log", "config_reload_incomplete"), 10, what="the restart-only settings named")  # the next line logged
     host_toml = Path(st["hosts"]["host-b"]["config"])
     assert "ring_poll_interval" not in host_toml.read_text()  # the sandbox leaves it at its default

@@ -69,6 +69,8 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         # CP restarted, even if its port never refused it (a master holding the listener)
         self.instance = secrets.token_hex(8)
         self.held_bytes = cfg.cp.held_bytes
+        self.held_total_bytes = cfg.cp.held_total_bytes
+        self.total_over = False  # the data held and kept reached held_total_bytes (logged once per crossing)
         self.host_timeout = cfg.cp.host_timeout
         self.host_lease = cfg.cp.host_lease  # the active role's lease, told to the hosts
         self.counts = Counts()

@@ -92,6 +92,7 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
         merged = cfg.model_copy(update={"cp": cfg.cp.model_copy()})
         merged.cp.held_bound = new.cp.held_bound
         merged.cp.held_bytes = new.cp.held_bytes
+        merged.cp.held_total_bytes = new.cp.held_total_bytes
         kept_timeout = None
         if CPSection.lease_allows(new.cp.host_timeout, cfg.cp.host_lease):  # (as a reload checks it)
             merged.cp.host_timeout = new.cp.host_timeout

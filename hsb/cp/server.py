@@ -123,7 +123,7 @@ def master_listeners(cfg: CPConfig) -> dict[str, socket.socket]:
 
 
 class CPServer:
-    RELOADABLE = ("cp.held_bound", "cp.held_bytes", "cp.host_timeout", "terminals", "terminal_groups")
+    RELOADABLE = ("cp.held_bound", "cp.held_bytes", "cp.held_total_bytes", "cp.host_timeout", "terminals", "terminal_groups")
 
     def __init__(self, cfg: CPConfig, secret: bytes, config_path: str | None = None) -> None:
         self.cfg = cfg
@@ -639,6 +639,7 @@ class CPServer:
             return
         cp.held_bound = self.cfg.cp.held_bound = new.cp.held_bound
         cp.held_bytes = self.cfg.cp.held_bytes = new.cp.held_bytes
+        cp.held_total_bytes = self.cfg.cp.held_total_bytes = new.cp.held_total_bytes
         if CPSection.lease_allows(new.cp.host_timeout, cp.host_lease):
             cp.host_timeout = self.cfg.cp.host_timeout = new.cp.host_timeout
         else:  # the hosts hold leases of the running host_lease: a shorter timeout would grant too early

@@ -64,7 +64,7 @@ class Counts:
     """What `status` reports of all terminals together, kept as it changes: a walk over every
     terminal at each status call (each /health probe) took tens of ms at 100,000."""
 
-    __slots__ = ("active", "standby", "held", "kept", "paused")
+    __slots__ = ("active", "standby", "held", "kept", "paused", "bytes")
 
     def __init__(self) -> None:
         self.active = 0  # terminals with an active session
@@ -72,6 +72,7 @@ class Counts:
         self.held = 0  # held messages
         self.kept = 0  # replies kept until confirmed
         self.paused = 0  # terminals back-pressured: not read (held bound), or read for confirmations only (kept replies)
+        self.bytes = 0  # the data of every held message and kept reply (the CP's own bound, held_total_bytes)
 
 
 class Term:
@@ -105,7 +106,8 @@ class Term:
         self.conn: TerminalProtocol | None = None
         self._active: Session | None = None
         self._standby: Session | None = None
-        # held and replies: whoever adds or removes an entry adjusts counts.held / counts.kept
+        # held and replies: whoever adds or removes an entry adjusts counts.held / counts.kept, and
+        # whoever changes held_bytes / kept_bytes adjusts counts.bytes
         self.held: dict[int, Held] = {}  # insertion order = id order
         self.held_bytes = 0  # the data of `held`, and of `replies` below (the bound in bytes)
         self.kept_bytes = 0

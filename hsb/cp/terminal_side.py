@@ -141,7 +141,9 @@ class TerminalSide:
         for mid in [m for m in term.replies if m <= upto]:
             kept = term.replies.pop(mid)
             self.journal.unpin(kept.seg)
-            term.kept_bytes -= data_size(kept.data)
+            size = data_size(kept.data)
+            term.kept_bytes -= size
+            self.counts.bytes -= size
             self.counts.kept -= 1
 
     # ------------------------------------------------------------------ messages
@@ -156,7 +158,9 @@ class TerminalSide:
         if not term.held:
             self.holding[term] = None
         term.held[mid] = held
-        term.held_bytes += data_size(data)
+        size = data_size(data)
+        term.held_bytes += size
+        self.counts.bytes += size
         self.counts.held += 1
         held.seg = self.journal.append(["a", term.name, mid, data], lambda: self._accepted(term, held))
         self.journal.pin(held.seg)
@@ -222,7 +226,12 @@ class TerminalSide:
         take its confirmations only (they are what brings the replies below it: a connection
         not read at all would wait for ever); below both, read it as usual."""
         bound, size = self.held_bound, self.held_bytes
-        held_over = len(term.held) >= bound or term.held_bytes >= size
+        total_over = self.counts.bytes >= self.held_total_bytes
+        if total_over is not self.total_over:
+            self._total_bound(total_over)
+        # past the CP's own bound, a terminal with messages held is not read until they are answered
+        # (they settle through the active, not through the terminal: no wait on each other)
+        held_over = len(term.held) >= bound or term.held_bytes >= size or (total_over and bool(term.held))
         kept_over = len(term.replies) >= bound or term.kept_bytes >= size
         conn = term.conn
         if conn is None:
@@ -238,6 +247,7 @@ class TerminalSide:
                 kept_replies=len(term.replies),
                 held_bytes=term.held_bytes,
                 kept_bytes=term.kept_bytes,
+                cp_bytes=self.counts.bytes,
             )
         elif not (held_over or kept_over) and term.paused:
             term.paused = False
@@ -247,6 +257,24 @@ class TerminalSide:
             conn.pause_reading()
         elif kept_over and not conn.bye_waiting:  # only the kept replies at the bound: read on, for the confirmations
             conn.resume_reading()
+
+    def _total_bound(self: CP, over: bool) -> None:
+        """The data held and kept by all terminals together crossed `held_total_bytes` (NCP's
+        slowdown: a front end short of buffers stops reading its terminals, it drops nothing)."""
+        self.total_over = over
+        c = self.counts
+        if over:
+            log.warning(
+                "cp_held_total_reached",
+                held_bytes=c.bytes,
+                bound=self.held_total_bytes,
+                held=c.held,
+                kept_replies=c.kept,
+                msg="terminals holding messages are not read until the active answers them; nothing is dropped"
+                " (raise [cp] held_total_bytes if this machine has the memory)",
+            )
+        else:
+            log.info("cp_held_total_below", held_bytes=c.bytes, bound=self.held_total_bytes)
 
     # ------------------------------------------------------------------ delivery to the active
     def _deliver(self: CP, term: Term, held: Held, host: HostProtocol) -> None:
@@ -341,12 +369,14 @@ class TerminalSide:
         if keep:
             self.journal.pin(kept.seg)
             old = term.replies.get(mid)
+            size = data_size(data)
             if old is None:
                 self.counts.kept += 1
             else:
-                term.kept_bytes -= data_size(old.data)
+                size -= data_size(old.data)
             term.replies[mid] = kept
-            term.kept_bytes += data_size(data)
+            term.kept_bytes += size
+            self.counts.bytes += size
         faults.point("cp.between_reply_and_discard")
         if self.after_switch is not None:
             self._served_after_switch(term, held)
@@ -367,7 +397,9 @@ class TerminalSide:
     def _settled(self: CP, term: Term, held: Held) -> None:
         """The record that settles the message is durable: it is no longer held."""
         if term.held.pop(held.id, None) is not None:
-            term.held_bytes -= data_size(held.data)
+            size = data_size(held.data)
+            term.held_bytes -= size
+            self.counts.bytes -= size
             self.counts.held -= 1
             self.journal.unpin(held.seg)
             if not term.held:

@@ -119,6 +119,12 @@ def render(st: dict[str, Any]) -> str:
         for limit in ("open_files", "accept_queue"):
             if (cp.get(limit) or {}).get("warning"):
                 out.append(f"            WARNING {cp[limit]['warning']}")
+        hb = cp.get("held_bytes") or {}
+        if hb.get("reached"):
+            out.append(
+                f"            WARNING held data at the CP's bound ({_mib(hb['total'])} of {_mib(hb['bound'])}): terminals holding"
+                " messages are not read until the active answers them; raise [cp] held_total_bytes if the machine has the memory"
+            )
         if (cp.get("tls") or {}).get("enabled"):
             out.append("            " + _tls_line(cp["tls"], "host and admin links" + (", terminals" if cp["tls"].get("terminals") else "")))
         ls = cp.get("last_switchover")
@@ -251,3 +257,7 @@ def _stable(st: dict[str, Any]) -> str:
         return o
 
     return json.dumps(strip(st), sort_keys=True, default=str)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):,.1f} MiB"

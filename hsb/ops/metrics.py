@@ -188,6 +188,13 @@ class CPCollector:
         yield _sessions("Sessions by kind.", t)
         yield _g("hsb_held_messages", "Messages acknowledged and not yet discarded.", st["held_messages"])
         yield _g("hsb_terminals_backpressured", "Terminals not being read (held bound reached).", t["backpressured"])
+        hb = st.get("held_bytes")
+        if hb is not None:
+            yield _g("hsb_held_bytes", "Bytes of data in held messages and kept replies, all terminals.", hb["total"])
+            yield _g("hsb_held_bytes_bound", "The CP's bound on held_bytes ([cp] held_total_bytes).", hb["bound"])
+            yield _g(
+                "hsb_held_total_reached", "1 while held_bytes is at its bound: terminals holding messages are not read.", 1 if hb["reached"] else 0
+            )
         c = st["counters"]
         yield _c("hsb_messages_delivered", "First deliveries to an active host.", c["delivered"])
         yield _c("hsb_messages_redelivered", "Deliveries marked redelivered.", c["redelivered"])
