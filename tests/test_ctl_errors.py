@@ -5,8 +5,10 @@ suggests recreating (with --force) a file that is not a takeover file at all."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +155,54 @@ def test_switchover_exits_3_when_the_active_cannot_be_asked_and_1_when_it_refuse
     monkeypatch.setattr(switchover_mod, "ask", refuses)
     assert switchover_mod.run_switchover(t, True, 1.0) == 1
     one_line_error(0, "", capsys.readouterr().err, 0, "switchover refused: the standby is not established")
+
+
+def test_a_switchover_the_cp_refuses_after_the_host_took_it_is_an_error_at_once(
+    secret: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The active took the request, then the CP refused the handover: said at once, not after
+    the whole timeout of waiting for a switch that will not come."""
+    calls = 0
+
+    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        st = _pair("127.0.0.1:1", "127.0.0.1:2")
+        ended = 0 if calls == 1 else 1
+        st["hosts"][0].update(switchovers_ended=ended, last_error="planned switchover refused by the CP: no standby registered" if ended else None)
+        return st
+
+    async def accepts(*a: Any, **kw: Any) -> dict[str, Any]:
+        return {"t": "result", "ok": True, "msg": "planned switchover started on host-a"}
+
+    monkeypatch.setattr(switchover_mod, "status_all", status_all)
+    monkeypatch.setattr(switchover_mod, "ask", accepts)
+    t = Target(cp="127.0.0.1:1", cps=["127.0.0.1:1"], hosts=["127.0.0.1:1", "127.0.0.1:2"], secret_file=str(secret))
+    t0 = time.monotonic()
+    assert switchover_mod.run_switchover(t, True, 30.0) == 1
+    assert time.monotonic() - t0 < 5.0
+    err = capsys.readouterr().err
+    assert "planned switchover refused by the CP: no standby registered" in err and "host-a is still the active" in err, err
+
+
+def test_promote_waits_its_timeout_not_a_count_of_polls(secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each poll may wait (a host slow to answer): promote gives up after --timeout seconds,
+    not after 100 polls of however long each took."""
+
+    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
+        await asyncio.sleep(0.5)  # a slow answer; the standby never becomes active
+        return _pair("127.0.0.1:1", "127.0.0.1:2")
+
+    async def accepts(*a: Any, **kw: Any) -> dict[str, Any]:
+        return {"t": "result", "ok": True, "msg": "promotion of host-b requested"}
+
+    monkeypatch.setattr(gather, "status_all", status_all)
+    monkeypatch.setattr(gather, "ask", accepts)
+    t0 = time.monotonic()
+    args = ("--host", "127.0.0.1:1", "--host", "127.0.0.1:2", "--secret-file", str(secret), "promote", "--timeout", "1.5")
+    code, out, err = invoke(*args)
+    assert code == 1 and "host-b did not become active within 1.5 s" in err, (code, out, err)
+    assert time.monotonic() - t0 < 6.0
 
 
 def test_an_accepted_request_is_no_error() -> None:

@@ -66,9 +66,11 @@ async def test_a_refused_handover_leaves_the_active_established(tmp_path: Path) 
     async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
         core = cp.cp
         real = refuse_handovers(core)
+        ended = a.ha.status()["switchovers_ended"]
         a.ha.post("switchover")
         await until(lambda: "refused by the CP" in (a.ha.last_error or ""), "the handover refused")
         assert a.ha.role == "active" and a.ha.state == "established", (a.ha.state, a.ha.last_error)
+        assert a.ha.status()["switchovers_ended"] == ended + 1  # what hsbctl switchover watches for
         assert a.ha.switchover_refusal() is None  # so a SIGTERM now hands over, not a normal stop
         core.host_handover = real  # type: ignore[method-assign]
         await switched_over(a, b)

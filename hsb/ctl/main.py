@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +84,9 @@ def status(obj: Ctx, as_json: bool, watch: bool) -> None:
 
 
 @main.command()
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the CP's answer.")
 @click.pass_obj
-def promote(obj: Ctx) -> None:
+def promote(obj: Ctx, timeout: float) -> None:
     """Make the standby the active after a normal stop of the active."""
     from hsb.ctl.gather import ask, status_all
     from hsb.ctl.switchover import refused_or_unasked
@@ -106,15 +108,17 @@ def promote(obj: Ctx) -> None:
     name = sb[0]["name"]
 
     async def outcome() -> tuple[bool, str]:
-        for _ in range(100):  # the CP decides; wait up to 10 s for its answer
-            st = await status_all(t.cp, t.hosts, t.secret_file, cp_machines=t.cps)  # type: ignore[arg-type]
+        deadline = time.monotonic() + timeout  # the CP decides: a deadline, not a count of polls that may each wait
+        while True:
+            st = await status_all(t.cp, t.hosts, t.secret_file, timeout=1.0, cp_machines=t.cps)  # type: ignore[arg-type]
             h: dict[str, Any] = next((x for x in st["hosts"] if x.get("name") == name), {})
             if h.get("role") == "active":
                 return True, f"{name} is the active host now (epoch {h.get('epoch')})"
             if "refused" in str(h.get("last_error") or ""):
                 return False, "promote refused: " + str(h["last_error"]).split("refused by the CP: ", 1)[-1]
+            if time.monotonic() >= deadline:
+                return False, f"{name} did not become active within {timeout:g} s; see 'hsbctl status'"
             await asyncio.sleep(0.1)
-        return False, f"{name} did not become active within 10 s; see 'hsbctl status'"
 
     ok, msg = asyncio.run(outcome())
     click.echo(msg if ok else f"error: {msg}", err=not ok)

@@ -62,6 +62,7 @@ async def _switchover(t: Target, yes: bool, timeout: float) -> int:
     if not yes:
         click.confirm(f"Move the service from {old['name']} to {new['name']}?", abort=True)
     before_epoch = st["cp"]["epoch"]
+    ended = old.get("switchovers_ended")
     ans = await ask(old["addr"], load_secret(t.secret_file), {"t": "switchover"})
     failed = refused_or_unasked(ans, old)
     if failed is not None:
@@ -71,8 +72,13 @@ async def _switchover(t: Target, yes: bool, timeout: float) -> int:
     switched_at: float | None = None
     last: dict[str, Any] = st
     while time.monotonic() < deadline:
-        last = await status_all(t.cp, t.hosts, t.secret_file, cp_machines=t.cps)
+        last = await status_all(t.cp, t.hosts, t.secret_file, timeout=1.0, cp_machines=t.cps)
         roles = {h.get("name"): h.get("role") for h in last["hosts"]}
+        was: dict[str, Any] = next((h for h in last["hosts"] if h.get("name") == old["name"]), {})
+        if switched_at is None and isinstance(ended, int) and isinstance(was.get("switchovers_ended"), int) and was["switchovers_ended"] > ended:
+            # the host took the request and the switchover ended without the grant (the CP refused it, the link dropped)
+            click.echo(f"error: {was.get('last_error') or 'the switchover ended without the grant'}; {old['name']} is still the active", err=True)
+            return 1
         if switched_at is None and last["cp"].get("epoch", 0) > before_epoch and roles.get(new["name"]) == "active":
             switched_at = time.monotonic()
             click.echo(f"{new['name']} is active at epoch {last['cp']['epoch']}; {old['name']} is becoming the standby")

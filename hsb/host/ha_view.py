@@ -92,6 +92,7 @@ class HAView:
             "active_stopped_by": self.active_stopped_by,
             "last_takeover": self.takeover,
             "last_error": self.last_error,
+            "switchovers_ended": self.switchovers_ended,  # planned ones that ended without the grant (refused, abandoned)
             "delivery": dict(self.srv.delivery.counters),
             "service": self.srv.service_status(),
             "tls": self.srv.tls.status() if self.srv.tls is not None else {"enabled": False},
