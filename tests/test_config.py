@@ -229,5 +229,10 @@ def test_file_options_are_relative_to_the_config_files_folder(tmp_path: Path) ->
     assert load(host, HostConfig).service_options == {"sqlite": "/abs/l.db"}
     host.write_text(head.format(service="ledger") + '[service_options]\ndsn = "postgresql://x/y"\n')
     assert load(host, HostConfig).service_options == {"dsn": "postgresql://x/y"}  # no file, none made up
+    # the built-in services named by their factories are the same services: the same paths
+    host.write_text(head.format(service="hsb.service.builtin:JournalService"))
+    assert load(host, HostConfig).service_options == {"journal": str(d / "journal.log")}
+    host.write_text(head.format(service="hsb.service.ledger:LedgerService") + '[service_options]\nsqlite = "ledger.db"\n')
+    assert load(host, HostConfig).service_options == {"sqlite": str(d / "ledger.db")}
     host.write_text(head.format(service="mine.mod:make") + '[service_options]\njournal = "rel.log"\n')
     assert load(host, HostConfig).service_options == {"journal": "rel.log"}

@@ -66,13 +66,13 @@ class HostConfig(Strict):
     def _service_paths(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         """The built-in services' file options (the journal service's `journal`, the ledger's
         `sqlite`) are relative to the config file's folder, as every path in the config is."""
-        from hsb.service.api import PATH_OPTIONS
+        from hsb.service.api import path_options
 
         host = info.data.get("host")
         if host is None:  # (its own errors are reported)
             return v
         out = dict(v)
-        for key, default in PATH_OPTIONS.get(host.service, {}).items():
+        for key, default in path_options(host.service).items():
             value = out.get(key, default)
             if isinstance(value, str) and value:
                 out[key] = resolve_path(value, info)

@@ -49,6 +49,17 @@ class ServiceUnavailable(Exception):
 # config file's folder, like every path in it (hsb.host.config), not to the working directory
 # (`/` under systemd). A service of one's own gets its [service_options] as written.
 PATH_OPTIONS: dict[str, dict[str, str]] = {"journal": {"journal": "journal.log"}, "ledger": {"sqlite": ""}}
+# the built-in services named by their factories: the same services, the same paths
+BUILTIN_SPECS = {
+    "hsb.service.builtin:EchoService": "echo",
+    "hsb.service.builtin:JournalService": "journal",
+    "hsb.service.ledger:LedgerService": "ledger",
+}
+
+
+def path_options(spec: str) -> dict[str, str]:
+    """The options of service `spec` that name a file, with their defaults (none: a service of one's own)."""
+    return PATH_OPTIONS.get(BUILTIN_SPECS.get(spec.strip(), spec), {})
 
 
 def builtins() -> dict[str, Any]:
