@@ -26,21 +26,12 @@ import structlog
 from hsb import faults
 from hsb.backoff import Backoff
 from hsb.service.api import Service, ServiceUnavailable
+from hsb.wire.framing import data_size
 
 log = structlog.get_logger("hsb.host")
 
 RETRY_FIRST = 0.05  # seconds before a message the service could not take is handed over again
 RETRY_CAP = 2.0
-
-
-def _size(reply: bytes | str) -> int:
-    """Bytes on the wire (UTF-8 for text; text that has none, at its most: it cannot go anyway)."""
-    if isinstance(reply, bytes):
-        return len(reply)
-    try:
-        return len(reply.encode())
-    except UnicodeEncodeError:
-        return 4 * len(reply)
 
 
 class ServiceHealth:
@@ -168,7 +159,7 @@ class Delivery:
                     reply = f"error: {type(exc).__name__}"
                 if self.gen != gen0:  # cancel() came while the service ran, and it would not be cancelled:
                     return  # the CP hands this message on again (marked); this queue is no longer the CP's
-                if self.max_reply is not None and len(reply) * 4 > self.max_reply and (size := _size(reply)) > self.max_reply:
+                if self.max_reply is not None and len(reply) * 4 > self.max_reply and (size := data_size(reply)) > self.max_reply:
                     self.counters["errors"] += 1
                     log.error("service_reply_too_large", terminal=terminal, id=mid, size=size, max=self.max_reply)
                     reply = (
