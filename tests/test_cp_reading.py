@@ -178,6 +178,54 @@ async def test_the_cps_own_bound_on_held_data_stops_reading_terminals_holding_me
         cp.stop()
 
 
+async def test_past_the_cps_own_bound_a_terminal_without_a_session_at_the_active_is_still_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Its held message goes to the active only with its logoff (or its next hello): were it not
+    read, its bye would never be, and it could never log on again. A terminal whose messages wait
+    for the active is not read; raised by a reload, the bound lets it go within a tick."""
+    cp = cp_core(tmp_path, 3, cp="held_total_bytes = 4096\n")
+    a = fake_host(cp, "host-a", "active", record=True)
+    t2 = recording_terminal(cp, "T00002", last_reply=None)
+    cp.host_open(a, "T00002", "active", dict(ATTRS))
+    t1 = recording_terminal(cp, "T00001", last_reply=None)
+    T1, T2 = cp.terms["T00001"], cp.terms["T00002"]
+    for t in (t1, t2):
+        t.decoder.first_done()
+    t2.data_received(encode({"t": "msg", "id": 1, "data": "y" * 5000}))  # the active is slow: over the bound
+    assert cp.total_over and T2.paused and t2.reading_paused  # its message waits for the active: not read
+    t1.data_received(encode({"t": "msg", "id": 1, "data": "x"}))
+    cp.host_refuse(a, "T00001", "not served here")  # no session: its message goes only with its logoff
+    assert not T1.paused and not t1.reading_paused
+    t1.data_received(encode({"t": "bye"}))
+    assert T1.leaving, "its bye was not read"
+    a.flush()
+    delivered = [f for f in a.transport.frames() if f["t"] in ("deliver", "deliver_batch")]
+    assert any("T00001" in str(f) for f in delivered), delivered  # handed to the active with the logoff
+    cp.held_total_bytes = 1 << 20  # a reload raises the bound
+    cp.recheck_slowed()
+    assert not cp.total_over and not T2.paused and not t2.reading_paused and not cp.slowed
+
+
+async def test_the_cps_own_bound_is_said_once_per_crossing_not_per_message(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """From `held_total_bytes` until the data is below 90 % of it: a load near the bound does not
+    log a warning and an info line per message."""
+    cp = cp_core(tmp_path, 2, cp="held_total_bytes = 10000\n")
+    a = fake_host(cp, "host-a", "active")
+    cp.host_open(a, "T00001", "active", dict(ATTRS))
+    t = recording_terminal(cp, "T00001", last_reply=None)
+    t.decoder.first_done()
+    term = cp.terms["T00001"]
+    crossings = []
+    real = cp._total_bound
+    cp._total_bound = lambda over: (crossings.append(over), real(over))  # type: ignore[method-assign]
+    t.data_received(encode({"t": "msg", "id": 1, "data": "x" * 9500}))
+    for i in range(2, 40):  # one answered, the next taken: 9,500 to 10,000 bytes and back, again and again
+        t.data_received(encode({"t": "msg", "id": i, "data": "x" * 500}))
+        cp.host_reply(a, "T00001", i, "ok")
+    assert crossings == [True], crossings
+    cp.host_reply(a, "T00001", 1, "ok")
+    assert crossings == [True, False] and not term.paused and not t.reading_paused
+
+
 async def test_the_bytes_held_and_kept_go_back_to_zero_when_everything_is_settled(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The byte counts follow the messages and the kept replies exactly (a count that drifted up
     would stop reading a terminal for ever)."""

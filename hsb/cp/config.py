@@ -25,9 +25,9 @@ class CPSection(Strict):
     secret_file: ConfigPath
     held_bound: int = Field(default=256, ge=1, le=1_000_000)
     held_bytes: int = Field(default=8 * 1024 * 1024, ge=LOGIN_MAX, le=1 << 40)  # per terminal, messages (and replies kept)
-    # all terminals together: past it, a terminal holding messages is not read until they are
-    # answered (the per-terminal bounds alone allow 8 MiB x the terminals: an out-of-memory
-    # kill, then the same again at every restart on the journal)
+    # all terminals together: past it, a terminal whose messages wait for the active is not read
+    # until they are answered (the per-terminal bounds alone allow 8 MiB x the terminals: an
+    # out-of-memory kill, then the same again at every restart on the journal)
     held_total_bytes: int = Field(default=1 << 30, ge=LOGIN_MAX, le=1 << 44)
     host_timeout: float = Field(default=0.5, gt=0, le=3600)
     host_lease: float = Field(default=0.35, gt=0, le=3600)

@@ -556,6 +556,7 @@ class CPServer:
             if time.monotonic() - last_journal >= 1.0:
                 last_journal = time.monotonic()
                 self.cp.journal_tick()
+                self.cp.recheck_slowed()
             if self.reload_requested and (self._reloading is None or self._reloading.done()):
                 # on its own: this loop beats, checks the generation and pings the watchdog meanwhile
                 self.reload_requested = False  # (now: one asked for from here on is another)

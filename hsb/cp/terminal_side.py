@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("hsb.cp")
 
 WELCOME_WAIT_S = 0.1  # a welcome waits this long at most for the session's opening to go with it
+TOTAL_LOW = 0.9  # past held_total_bytes, the CP's own bound holds until the data is below this share of it
 
 
 class TerminalSide:
@@ -226,13 +227,15 @@ class TerminalSide:
         take its confirmations only (they are what brings the replies below it: a connection
         not read at all would wait for ever); below both, read it as usual."""
         bound, size = self.held_bound, self.held_bytes
-        total_over = self.counts.bytes >= self.held_total_bytes
-        if total_over is not self.total_over:
-            self._total_bound(total_over)
-        # past the CP's own bound, a terminal with messages held is not read until they are answered
-        # (they settle through the active, not through the terminal: no wait on each other)
-        held_over = len(term.held) >= bound or term.held_bytes >= size or (total_over and bool(term.held))
+        if self.total_over is not self._over_total():
+            self._total_bound(not self.total_over)
+        slow = self.total_over and bool(term.held) and self._settles_without(term)
+        held_over = len(term.held) >= bound or term.held_bytes >= size or slow
         kept_over = len(term.replies) >= bound or term.kept_bytes >= size
+        if slow:
+            self.slowed.add(term)
+        elif self.slowed:
+            self.slowed.discard(term)
         conn = term.conn
         if conn is None:
             return
@@ -240,7 +243,7 @@ class TerminalSide:
             conn.park(kept_over)
         if (held_over or kept_over) and not term.paused:
             term.paused = True
-            log.info(
+            (log.debug if slow and not kept_over and len(term.held) < bound and term.held_bytes < size else log.info)(
                 "terminal_backpressure",
                 terminal=term.name,
                 held=len(term.held),
@@ -258,6 +261,31 @@ class TerminalSide:
         elif kept_over and not conn.bye_waiting:  # only the kept replies at the bound: read on, for the confirmations
             conn.resume_reading()
 
+    def _over_total(self: CP) -> bool:
+        """Whether the CP's own bound holds now: from `held_total_bytes` until below TOTAL_LOW of it."""
+        b = self.counts.bytes
+        return b >= self.held_total_bytes * TOTAL_LOW if self.total_over else b >= self.held_total_bytes
+
+    def _settles_without(self: CP, term: Term) -> bool:
+        """Whether `term`'s held messages are answered without it being read: it has its session
+        at the active, or there is no active now (they wait for the next one either way). A
+        terminal without a session at a serving active is read: its messages go only with its
+        logoff (or its next hello), and it is bounded by held_bound / held_bytes alone."""
+        a = self.active
+        if a is None or not a.usable:
+            return True
+        s = term.active
+        return s is not None and s.host is a
+
+    def recheck_slowed(self: CP) -> None:
+        """Periodic: the terminals not read for the CP's own bound, again (the bound raised by a
+        reload, a session closed or an active come since), and the bound itself (a restart on a
+        journal holding more than it)."""
+        if self.total_over is not self._over_total():
+            self._total_bound(not self.total_over)
+        for term in list(self.slowed):
+            self._backpressure(term)
+
     def _total_bound(self: CP, over: bool) -> None:
         """The data held and kept by all terminals together crossed `held_total_bytes` (NCP's
         slowdown: a front end short of buffers stops reading its terminals, it drops nothing)."""
@@ -270,7 +298,7 @@ class TerminalSide:
                 bound=self.held_total_bytes,
                 held=c.held,
                 kept_replies=c.kept,
-                msg="terminals holding messages are not read until the active answers them; nothing is dropped"
+                msg="terminals whose messages wait for the active are not read until it answers them; nothing is dropped"
                 " (raise [cp] held_total_bytes if this machine has the memory)",
             )
         else:

@@ -122,8 +122,8 @@ def render(st: dict[str, Any]) -> str:
         hb = cp.get("held_bytes") or {}
         if hb.get("reached"):
             out.append(
-                f"            WARNING held data at the CP's bound ({_mib(hb['total'])} of {_mib(hb['bound'])}): terminals holding"
-                " messages are not read until the active answers them; raise [cp] held_total_bytes if the machine has the memory"
+                f"            WARNING held data at the CP's bound ({_mib(hb['total'])} of {_mib(hb['bound'])}): terminals whose"
+                " messages wait for the active are not read until it answers them; raise [cp] held_total_bytes if the machine has the memory"
             )
         if (cp.get("tls") or {}).get("enabled"):
             out.append("            " + _tls_line(cp["tls"], "host and admin links" + (", terminals" if cp["tls"].get("terminals") else "")))
