@@ -24,7 +24,7 @@ from hsb.ctl import sandbox
 from hsb.service.api import ServiceUnavailable
 from hsb.service.db import SqliteDatabase, open_database
 from hsb.service.ledger import BadRequest, LedgerService, parse
-from hsb.service.once import ExactlyOnce
+from hsb.service.once import ExactlyOnce, RequestMismatch
 from hsb.term.load import background_load
 from hsb.term.workload import LedgerWorkload
 from tests.support import pg as pgsupport
@@ -97,6 +97,14 @@ async def test_the_operations_and_their_refusals_on_sqlite(tmp_path: Path) -> No
         assert await call({"op": "transfer", "from": "a", "to": "nobody", "amount": 1}) == {"ok": False, "error": "no_such_account"}
         assert await call({"op": "balance", "account": "b"}) == {"ok": True, "balance": 60}
         assert await call({"op": "balance", "account": "a"}) == {"ok": True, "balance": 0}
+        # the same id again (its CP state lost, say) with another request: not applied, and not
+        # answered with the first request's reply; the same request again gets that reply
+        again = {"op": "deposit", "account": "b", "amount": 5}
+        assert json.loads(await s.handle("T1", 1, json.dumps(again), True))["error"] == "id_reused"
+        assert json.loads(await s.handle("T1", 1, json.dumps(again), False))["error"] == "id_reused"
+        assert json.loads(await s.handle("T1", 1, json.dumps({"op": "open", "account": "a"}), True)) == {"ok": True, "balance": 0}
+        assert await call({"op": "balance", "account": "b"}) == {"ok": True, "balance": 60}
+        assert s.once.counters["mismatched"] == 2
         bad = await call("{")
         assert bad["ok"] is False and bad["error"] == "bad_request" and "not JSON" in bad["msg"]
     finally:
@@ -135,11 +143,66 @@ async def _exactly_once(db: Any) -> None:
         await tx.fetchval("UPDATE t_counter SET n = n + 1 WHERE k = 'x' RETURNING n")
         return b"n=3"
 
+    # with the request: the same request again replays, another one for the same id is refused
+    assert await once.run("T4", 1, False, bump, request="first") == "n=3"
+    assert await once.run("T4", 1, True, bump, request="first") == "n=3"
+    assert await once.run("T4", 1, False, bump, request=b"first") == "n=3"  # (its UTF-8 bytes: the same)
+    for redelivered in (True, False):
+        with pytest.raises(RequestMismatch):
+            await once.run("T4", 1, redelivered, bump, request="second")
+    assert await once.run("T4", 1, True, bump) == "n=3"  # no request given: nothing to compare
+    assert once.counters["mismatched"] == 2
+    async with db.transaction() as tx:
+        assert await tx.fetchval("SELECT n FROM t_counter WHERE k = 'x'") == 3
+        assert await tx.execute("DELETE FROM hsb_idempotency WHERE terminal = 'T4'") == 1
+        assert await tx.execute("UPDATE t_counter SET n = 2 WHERE k = 'x'") == 1
+
     with pytest.raises(TypeError, match="reply as text"):  # (SQLite stored it as a blob, replayed as "b'n=3'")
         await once.run("T3", 1, False, as_bytes)
     async with db.transaction() as tx:
         assert await tx.fetchval("SELECT n FROM t_counter WHERE k = 'x'") == 2
         assert await tx.fetchval("SELECT count(*) FROM hsb_idempotency") == 2
+
+
+async def _an_old_table_is_upgraded(db: Any) -> None:
+    """A table made before the request's hash was kept gets the column at the next start; its
+    old records (no hash) are answered as before, without a comparison."""
+    await db.setup(
+        [
+            "CREATE TABLE hsb_idempotency (terminal TEXT NOT NULL, msg_id BIGINT NOT NULL, reply TEXT NOT NULL,"
+            " at DOUBLE PRECISION NOT NULL, PRIMARY KEY (terminal, msg_id))"
+        ]
+    )
+    async with db.transaction() as tx:
+        await tx.execute("INSERT INTO hsb_idempotency (terminal, msg_id, reply, at) VALUES ('T1', 1, 'old', 0)")
+    once = ExactlyOnce(db)
+    await once.setup()
+    await once.setup()  # (again: both hosts start; the column is there once)
+
+    async def nothing(tx: Any) -> str:
+        return "new"
+
+    assert await once.run("T1", 1, True, nothing, request="whatever") == "old"
+    assert await once.run("T1", 2, False, nothing, request="b") == "new"
+    with pytest.raises(RequestMismatch):
+        await once.run("T1", 2, True, nothing, request="c")
+
+
+async def test_an_old_idempotency_table_is_upgraded_on_sqlite(tmp_path: Path) -> None:
+    db = SqliteDatabase(str(tmp_path / "old.sqlite"))
+    try:
+        await _an_old_table_is_upgraded(db)
+    finally:
+        await db.close()
+
+
+@needs_pg
+async def test_an_old_idempotency_table_is_upgraded_on_postgresql(pg: pgsupport.PgServer) -> None:
+    db = open_database(fresh(pg))
+    try:
+        await _an_old_table_is_upgraded(db)
+    finally:
+        await db.close()
 
 
 async def test_exactly_once_on_sqlite(tmp_path: Path) -> None:

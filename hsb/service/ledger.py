@@ -8,7 +8,8 @@ Each message is a JSON object as text, so a person can type one into `hsbterm co
     {"op":"transfer","from":"alice","to":"bob","amount":5}  {"ok":true}
     {"op":"balance","account":"alice"}                      {"ok":true,"balance":65}
 
-Refusals: `exists`, `no_such_account`, `insufficient_funds`; anything malformed gets
+Refusals: `exists`, `no_such_account`, `insufficient_funds`, `id_reused` (a message id recorded
+for another request: hsb.service.once, RequestMismatch); anything malformed gets
 `{"ok":false,"error":"bad_request","msg":…}`. Every effect and its reply are committed in one
 transaction with the idempotency record (hsb.service.once), and every applied effect leaves a
 row in `ledger_entries`, so the books can be checked from outside (hsb.term.books).
@@ -27,7 +28,7 @@ from typing import Any
 
 from hsb.service.api import ServiceUnavailable
 from hsb.service.db import Database, RetryTransaction, Tx, open_database
-from hsb.service.once import ExactlyOnce
+from hsb.service.once import ExactlyOnce, RequestMismatch
 
 MAX_ACCOUNT = 64
 MAX_AMOUNT = 10**12
@@ -245,7 +246,10 @@ class LedgerService:
             assert req is not None
             return await apply(tx, terminal, message_id, req)
 
-        return await self.once.run(terminal, message_id, redelivered, effect)
+        try:
+            return await self.once.run(terminal, message_id, redelivered, effect, request=data)
+        except RequestMismatch as exc:  # the id was used before, by another request: not applied
+            return dumps({"ok": False, "error": "id_reused", "msg": str(exc)})
 
     async def open_session(self, terminal: str, attrs: dict[str, Any], standby: bool) -> None:
         pass

@@ -18,6 +18,11 @@ If the record exists already, the transaction is rolled back (the effect with it
 stored reply is returned: the effect happens once and every answer to the message is the
 same. A redelivered message is looked up first, so its effect is not even tried again.
 
+Given the request (`run(..., request=data)`), the record keeps a 64-bit hash of it too, as
+Stripe's idempotency keys do: a message whose (terminal, id) was recorded for another request
+(ids used again after the CP's state was lost: `durability = "none"`, a journal removed) is
+not answered with that request's reply; `run` raises `RequestMismatch`, nothing applied.
+
 The contract for the effect: everything it changes goes through `tx` (nothing outside the
 database: no e-mail, no call to another service, unless that is idempotent itself); it is
 deterministic given the database (no reply that depends on the clock); it may run more than
@@ -38,6 +43,7 @@ CP's `held_bound`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -52,11 +58,19 @@ log = structlog.get_logger("hsb.service")
 DDL = [
     "CREATE TABLE IF NOT EXISTS hsb_idempotency ("
     " terminal TEXT NOT NULL, msg_id BIGINT NOT NULL, reply TEXT NOT NULL, at DOUBLE PRECISION NOT NULL,"
-    " PRIMARY KEY (terminal, msg_id))",
+    " request_hash BIGINT, PRIMARY KEY (terminal, msg_id))",
     "CREATE INDEX IF NOT EXISTS hsb_idempotency_at ON hsb_idempotency (at)",  # what a prune reads
 ]
+# a table made before the request's hash was kept (its old records have none: not compared)
+_HAS_HASH = {
+    "postgresql": "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema()"
+    " AND table_name = 'hsb_idempotency' AND column_name = 'request_hash'",
+    "sqlite": "SELECT count(*) FROM pragma_table_info('hsb_idempotency') WHERE name = 'request_hash'",
+}
+_ADD_HASH = "ALTER TABLE hsb_idempotency ADD COLUMN request_hash BIGINT"
 
 _LOOKUP = "SELECT reply FROM hsb_idempotency WHERE terminal = $1 AND msg_id = $2"
+_LOOKUP_HASHED = "SELECT reply, request_hash FROM hsb_idempotency WHERE terminal = $1 AND msg_id = $2"
 # the database's clock, in seconds since the epoch
 _NOW = {"postgresql": "EXTRACT(EPOCH FROM now())::double precision", "sqlite": "((julianday('now') - 2440587.5) * 86400.0)"}
 # a prune's batch: the oldest records due (by the `at` index), then, once per terminal among them,
@@ -70,13 +84,29 @@ _DELETE = (
     " WHERE terminal = $1 AND msg_id < $2 AND at < {now} - $3 ORDER BY msg_id LIMIT $4)"
 )
 _TOUCH = "UPDATE hsb_idempotency SET at = {now} WHERE terminal = $1 AND msg_id >= $2 AND at < {now} - $3"
-_RECORD = "INSERT INTO hsb_idempotency (terminal, msg_id, reply, at) VALUES ($1, $2, $3, {now}) ON CONFLICT DO NOTHING RETURNING 1"
+_RECORD = "INSERT INTO hsb_idempotency (terminal, msg_id, reply, at, request_hash) VALUES ($1, $2, $3, {now}, $4) ON CONFLICT DO NOTHING RETURNING 1"
 
 MAX_RETRIES = 20  # collisions in a row before the service counts as failing
 
 
 class _AlreadyDone(Exception):
     """The record exists: roll this transaction back and answer with the stored reply."""
+
+
+class RequestMismatch(Exception):
+    """The (terminal, message id) was recorded for another request: nothing applied, and that
+    request's reply not given (the ids were used again after the CP's state was lost)."""
+
+    def __init__(self, terminal: str, message_id: int) -> None:
+        super().__init__(f"message {message_id} of {terminal} was recorded for another request; this one was not applied")
+        self.terminal = terminal
+        self.message_id = message_id
+
+
+def request_hash(request: bytes | str) -> int:
+    """A signed 64-bit hash of a request's data (its UTF-8 bytes for text): a BIGINT in both databases."""
+    raw = request.encode("utf-8", "surrogatepass") if isinstance(request, str) else bytes(request)
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big", signed=True)
 
 
 Effect = Callable[[Tx], Awaitable[str]]
@@ -102,16 +132,25 @@ class ExactlyOnce:
         self.record = record
         self.next_prune = 0.0
         self.pruning: asyncio.Task[None] | None = None  # the prune running (one at a time)
-        self.counters = {"applied": 0, "replayed": 0, "collisions": 0, "pruned": 0}
+        self.counters = {"applied": 0, "replayed": 0, "collisions": 0, "pruned": 0, "mismatched": 0}
 
     async def setup(self) -> None:
         await self.db.setup(DDL)
+        kind = getattr(self.db, "kind", "postgresql")
+        async with self.db.transaction() as tx:  # (SQLite: the write lock; PostgreSQL: both hosts may add it)
+            if kind == "postgresql":
+                await tx.execute("SELECT pg_advisory_xact_lock(7147)")
+            if not await tx.fetchval(_HAS_HASH.get(kind, _HAS_HASH["postgresql"])):
+                await tx.execute(_ADD_HASH)
+                log.info("idempotency_table_upgraded", column="request_hash")
 
-    async def run(self, terminal: str, message_id: int, redelivered: bool, effect: Effect) -> str:
-        """The reply to (terminal, message_id), its effect applied exactly once."""
+    async def run(self, terminal: str, message_id: int, redelivered: bool, effect: Effect, request: bytes | str | None = None) -> str:
+        """The reply to (terminal, message_id), its effect applied exactly once. With `request`
+        (the message's data), a record of another request for the same id raises RequestMismatch."""
+        digest = None if request is None else request_hash(request)
         for attempt in range(MAX_RETRIES):
             try:
-                return await self._once(terminal, message_id, redelivered, effect)
+                return await self._once(terminal, message_id, redelivered, effect, digest)
             except _AlreadyDone:
                 redelivered = True  # the next round reads the stored reply
             except RetryTransaction:
@@ -119,20 +158,27 @@ class ExactlyOnce:
                 await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
         raise ServiceUnavailable(f"{MAX_RETRIES} transactions in a row collided for {terminal} message {message_id}")
 
-    async def _once(self, terminal: str, message_id: int, redelivered: bool, effect: Effect) -> str:
+    async def _once(self, terminal: str, message_id: int, redelivered: bool, effect: Effect, digest: int | None) -> str:
         async def body(tx: Tx) -> tuple[bool, str]:
             if redelivered and self.record:
-                prior = await tx.fetchval(_LOOKUP, terminal, message_id)
+                prior = await tx.fetchrow(_LOOKUP_HASHED, terminal, message_id)
                 if prior is not None:
-                    return True, str(prior)
+                    if digest is not None and prior[1] is not None and int(prior[1]) != digest:
+                        raise RequestMismatch(terminal, message_id)
+                    return True, str(prior[0])
             reply = await effect(tx)
             if not isinstance(reply, str):  # stored as text: a replay must give back the very same reply
                 raise TypeError(f"an exactly-once effect returns its reply as text (str), not {type(reply).__name__}")
-            if self.record and await tx.fetchval(self._record_sql, terminal, message_id, reply) is None:
+            if self.record and await tx.fetchval(self._record_sql, terminal, message_id, reply, digest) is None:
                 raise _AlreadyDone  # another transaction recorded it first: roll ours back
             return False, reply
 
-        replayed, reply = await self.db.run(body)
+        try:
+            replayed, reply = await self.db.run(body)
+        except RequestMismatch:
+            self.counters["mismatched"] += 1
+            log.warning("idempotency_request_mismatch", terminal=terminal, id=message_id, msg="not applied: ids used again for other requests?")
+            raise
         if replayed:
             self.counters["replayed"] += 1
             return reply
