@@ -313,6 +313,22 @@ def test_file_create_force_through_a_link_replaces_the_file_it_names(tmp_path: P
     assert real.stat().st_size == 128 * 4096
 
 
+def test_file_create_through_a_link_to_nothing_asks_whether_the_shared_storage_is_mounted(tmp_path: Path) -> None:
+    """A link to the shared storage, whose mount point is there but not mounted: the file would be
+    made on this machine's disk, under the mount point, and each host would use a file of its own.
+    Refused, with the question; --force creates it where the link points."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()  # the mount point, nothing mounted on it
+    link = tmp_path / "takeover.dat"
+    link.symlink_to(mnt / "takeover.dat")
+    code, out, err = invoke("file", "create", str(link), "--records", "64")
+    one_line_error(code, out, err, 1, f"{link} is a link to {mnt / 'takeover.dat'}, which does not exist", "mounted", "--force")
+    assert not (mnt / "takeover.dat").exists() and link.is_symlink()
+    code, out, err = invoke("file", "create", str(link), "--records", "64", "--force")
+    assert code == 0, (out, err)
+    assert (mnt / "takeover.dat").stat().st_size == 64 * 4096 and link.is_symlink()
+
+
 def test_a_recorded_pid_another_program_has_now_does_not_block_a_sandbox_restart(tmp_path: Path) -> None:
     """After a reboot the sandbox's recorded pid may be another program's: `down` leaves it
     alone, and `start-host`/`start-cp` took it for the daemon still running ("stop it first"), so

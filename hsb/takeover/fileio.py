@@ -266,7 +266,14 @@ def create_file(path: str, records: int, record_size: int, *, force: bool = Fals
     synced before returning.
     """
     # a link (to the shared storage, say) is followed: the file it names is the one replaced, not the link
-    path = os.path.realpath(os.fspath(path)) if os.path.islink(os.fspath(path)) else os.fspath(path)
+    link = os.fspath(path)
+    path = os.path.realpath(link) if os.path.islink(link) else link
+    if path != link and not os.path.lexists(path) and not force:
+        # the shared storage not mounted: the file would be made on this machine's disk, under the
+        # mount point, and the two hosts would each use a file of their own
+        raise FileMissing(
+            f"{link} is a link to {path}, which does not exist: is the shared storage mounted? mount it, or add --force to create the file there"
+        )
     try:
         check_record_size(record_size)
     except ValueError as exc:
