@@ -127,6 +127,35 @@ async def test_a_waiting_cp_takes_over_when_the_serving_one_stops_beating_not_be
         cp1.stop()
 
 
+async def test_a_waiting_cp_whose_shared_journal_is_not_mounted_does_not_take_over_an_empty_one(tmp_path: Path) -> None:
+    """Two CP machines: the journal is on the storage both share. Not mounted, its directory is
+    missing here: a CP that made an empty one under the mount point and took it over would serve
+    without anything the other CP acknowledged. It waits, says why (log and status), and takes
+    over once the directory is there; it never makes it."""
+    mnt = tmp_path / "mnt"  # the mount point, nothing mounted on it
+    mnt.mkdir()
+    journal = mnt / "cp-journal"
+    cp = second_cp(tmp_path / "cp", journal, wait=False, takeover="on_wake", takeover_stale=0.5)
+    try:
+        ev = cp.wait_event("cp_waiting")
+        assert ev["generation"] is None
+        missing = cp.wait_event("cp_journal_missing")
+        assert "is it mounted" in missing["msg"].lower() and str(journal) in missing["msg"], missing
+        cp.kill(signal.SIGUSR1)  # keepalived's notify: this machine is master (and it holds the address)
+        await asyncio.sleep(1.5)  # three times takeover_stale: a fixed window in which nothing may happen
+        assert not cp.events("journal_recovered") and cp.popen.poll() is None
+        assert not journal.exists(), "the CP made the journal directory itself"
+        st = (await request(*addr(cp_config_admin(tmp_path / "cp")), SECRET, {"t": "status"}))["data"]
+        assert st["state"] == "waiting" and st["journal_missing"] is True and st["journal_generation"] is None, st
+        assert len(cp.events("cp_journal_missing")) == 1  # said once, not at every poll
+        journal.mkdir()  # mounted (made once on the shared storage)
+        cp.kill(signal.SIGUSR1)
+        rec = cp.wait_event("journal_recovered", timeout=10)
+        assert rec["generation"] == 1, rec
+    finally:
+        cp.stop()
+
+
 def cp_config_admin(d: Path) -> str:
     import tomllib
 

@@ -111,7 +111,7 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
     from hsb.cp.journal import JournalDamaged, JournalIOUnavailable
     from hsb.cp.journal.recovery import JournalUnsettled
     from hsb.cp.journal.writer import check_io
-    from hsb.cp.server import CPServer
+    from hsb.cp.server import CPServer, JournalMissing
 
     async def run(supervisor: dict[str, Any] | None) -> int:
         cfg, secret = start_cfg, start_secret
@@ -132,6 +132,8 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
             exit_watchdog(code)
             return code
         except JournalUnsettled as exc:  # another CP still deleting segments: a start again may succeed
+            die(str(exc))
+        except JournalMissing as exc:  # the shared storage not mounted: a start again may find it
             die(str(exc))
         except JournalDamaged as exc:  # the same at every start: not restarted by systemd (the unit)
             die(str(exc), EXIT_DATA)

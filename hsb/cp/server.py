@@ -48,6 +48,15 @@ from hsb.wire.framing import encode
 from hsb.wire.tls import TLS, reload_tls, set_default_client
 
 log = structlog.get_logger("hsb.cp")
+_MISSING = (
+    'the CP journal {journal} does not exist: with takeover = "on_wake" it is on the storage both CP machines share.'
+    " Is it mounted? This CP takes over only once it is there (made once, on the shared storage: mkdir -p {journal})"
+)
+
+
+class JournalMissing(Exception):
+    """`takeover = "on_wake"` and the journal directory is not there (the shared storage not mounted)."""
+
 
 _HB = encode({"t": "hb"})
 EXIT_SUPERSEDED = 75  # a newer CP took the journal over: not restarted as the serving CP by itself
@@ -152,8 +161,9 @@ class CPServer:
         set_default_client(self.tls.client if self.tls is not None else None)
         durable = cfg.cp.durability != "none"
         self.gens = Generations(Path(cfg.cp.journal)) if durable else None
-        if self.gens is not None:
+        if self.gens is not None and cfg.cp.takeover == "at_start":
             Path(cfg.cp.journal).mkdir(parents=True, exist_ok=True)  # an unusable directory fails the start here
+        # (on_wake: the journal is on the shared storage, made once there; never made here, see _journal_missing)
 
     # ------------------------------------------------------------------ what the admin link sees
     def status(self) -> dict[str, Any]:
@@ -179,7 +189,8 @@ class CPServer:
             "cp_state": self.state,
             "takeover": self.cfg.cp.takeover,
             "generation": None,
-            "journal_generation": self.gens.current() if self.gens is not None else 0,
+            "journal_generation": self.gens.current() if self.gens is not None and Path(self.cfg.cp.journal).is_dir() else None,
+            "journal_missing": self.gens is not None and not Path(self.cfg.cp.journal).is_dir(),  # (on_wake: not mounted?)
             "holds_address": holds_address(self.cfg.cp.terminal_listen),
             "tls": tls,
             "supervisor": self.supervisor,
@@ -291,11 +302,12 @@ class CPServer:
         assert self.gens is not None
         c = self.cfg.cp
         self.state = "waiting"
+        missing = self._journal_missing()
         log.info(
             "cp_waiting",
             name=c.name,
             address=c.terminal_listen,
-            generation=self.gens.current(),
+            generation=None if missing else self.gens.current(),
             msg="waiting to take over the journal: keepalived making this machine master (wake_file, SIGUSR1) while no CP serves it",
         )
         notify(READY=1, STATUS="waiting to take over (keepalived)")
@@ -317,7 +329,10 @@ class CPServer:
             if woken and not held and self.wake_requested:
                 log.info("cp_wake_ignored", address=c.terminal_listen, msg="woken, but this machine does not hold the address")
             self.wake_requested = False
-            if held:
+            if held and await loop.run_in_executor(None, self._journal_missing, missing):
+                missing = True  # the shared storage not mounted: an empty journal made here would lose all it holds
+            elif held:
+                missing = False
                 now_stamp = await loop.run_in_executor(None, self.gens.stamp)
                 if now_stamp != stamp:
                     stamp, still_since = now_stamp, time.monotonic()
@@ -347,6 +362,18 @@ class CPServer:
                 pass
         return None
 
+    def _journal_missing(self, said: bool = False) -> bool:
+        """`takeover = "on_wake"` (two CP machines): whether the journal directory is missing. It is
+        on the shared storage, made there once: missing, the storage is not mounted, and taking over
+        an empty journal made under the mount point would lose everything the other CP acknowledged.
+        Said once (`said`: already said)."""
+        c = self.cfg.cp
+        if c.takeover != "on_wake" or Path(c.journal).is_dir():
+            return False
+        if not said:
+            log.error("cp_journal_missing", journal=c.journal, msg=_MISSING.format(journal=c.journal))
+        return True
+
     def take_over(self, reason: str) -> None:
         """Take the journal's next generation, recover, write the snapshot; then `self.cp`."""
         c = self.cfg.cp
@@ -356,6 +383,8 @@ class CPServer:
             self.cp = CP(self.cfg, None)
             return
         d = Path(c.journal)
+        if self._journal_missing(said=True):
+            raise JournalMissing(_MISSING.format(journal=c.journal))
         gen = self.gens.take()  # durable before anything is read (SPEC §5.8)
         with gcpolicy.paused():
             r = recover(d)  # raises JournalDamaged (file and offset) on damage

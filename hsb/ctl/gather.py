@@ -84,6 +84,7 @@ async def serving_cp(
                 "name": d.get("name"),
                 "state": state,
                 "generation": d.get("generation") if d.get("generation") is not None else d.get("journal_generation"),
+                "journal_missing": d.get("journal_missing") is True,
             }
         )
         if state == "serving" and serving is None:

@@ -95,6 +95,7 @@ def render(st: dict[str, Any]) -> str:
             else:
                 parts.append(
                     f"{m.get('name')} at {m['addr']} {'SERVING' if m['state'] == 'serving' else m['state']} (generation {m.get('generation')})"
+                    + (" JOURNAL MISSING: is the shared storage mounted?" if m.get("journal_missing") else "")
                 )
         out.append("CP machines: " + "; ".join(parts))
     cp = st["cp"]

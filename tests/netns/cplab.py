@@ -150,6 +150,7 @@ class CPPairLab(Lab):
     def _write_cp_configs(self) -> None:
         d = self.dir
         group = self._terminal_group()
+        self.journal_dir.mkdir(parents=True, exist_ok=True)  # made once on the shared storage, as an operator does
         for node in CPS:
             cp = _section(
                 "cp",
