@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 
 import pytest
 
@@ -16,7 +17,7 @@ from hsb.wire.client import request
 from hsb.wire.framing import encode
 from tests.support.cpcore import cp_core, fake_host, recording_terminal
 from tests.support.hostclient import FakeHost, FakeTerminal
-from tests.support.procs import SECRET, addr, log_events, start_cp
+from tests.support.procs import SECRET, addr, log_events, restart_cp, start_cp
 from tests.support.transports import CountingTransport
 
 ATTRS = {"protocol": "hsb1", "codepage": "utf-8"}
@@ -154,7 +155,7 @@ async def test_the_cps_own_bound_on_held_data_stops_reading_terminals_holding_me
         assert len([m for m in t1.inbox if m["t"] == "ack"]) == 4
         assert len([m for m in t2.inbox if m["t"] == "ack"]) == 1
         st = await _cp_status(cp)
-        assert st["held_bytes"] == {"total": 25000, "bound": 16384, "reached": True}, st["held_bytes"]
+        assert st["held_bytes"] == {"total": 25000, "kept": 0, "bound": 16384, "reached": True}, st["held_bytes"]
         assert st["terminals"]["backpressured"] == 2 and st["held_messages"] == 5
         reached = [e for e in log_events(tmp_path / "cp" / "cp.log") if e["event"] == "cp_held_total_reached"]
         assert len(reached) == 1 and reached[0]["bound"] == 16384, reached
@@ -171,7 +172,7 @@ async def test_the_cps_own_bound_on_held_data_stops_reading_terminals_holding_me
             assert acked == list(range(1, 11)) and replied == list(range(1, 11)), (acked, replied)
             assert not t.closed and not [m for m in t.inbox if m["t"] == "error"]
         st = await _cp_status(cp)
-        assert st["held_bytes"] == {"total": 0, "bound": 16384, "reached": False}, st["held_bytes"]
+        assert st["held_bytes"] == {"total": 0, "kept": 0, "bound": 16384, "reached": False}, st["held_bytes"]
         assert st["terminals"]["backpressured"] == 0 and st["held_messages"] == 0
         assert [e for e in log_events(tmp_path / "cp" / "cp.log") if e["event"] == "cp_held_total_below"]
     finally:
@@ -193,8 +194,12 @@ async def test_past_the_cps_own_bound_a_terminal_without_a_session_at_the_active
     t2.data_received(encode({"t": "msg", "id": 1, "data": "y" * 5000}))  # the active is slow: over the bound
     assert cp.total_over and T2.paused and t2.reading_paused  # its message waits for the active: not read
     t1.data_received(encode({"t": "msg", "id": 1, "data": "x"}))
-    cp.host_refuse(a, "T00001", "not served here")  # no session: its message goes only with its logoff
-    assert not T1.paused and not t1.reading_paused
+    assert not T1.paused and not t1.reading_paused  # no session: its message goes only with its logoff
+    cp.host_open(a, "T00001", "active", dict(ATTRS))  # (its message delivered with the session)
+    t1.data_received(encode({"t": "msg", "id": 2, "data": "x"}))
+    assert T1.paused and t1.reading_paused and T1 in cp.slowed  # its session at the active: not read
+    cp.host_close(a, "T00001", "active")  # the active closes the session: read again at once
+    assert not T1.paused and not t1.reading_paused and T1 not in cp.slowed
     t1.data_received(encode({"t": "bye"}))
     assert T1.leaving, "its bye was not read"
     a.flush()
@@ -203,6 +208,46 @@ async def test_past_the_cps_own_bound_a_terminal_without_a_session_at_the_active
     cp.held_total_bytes = 1 << 20  # a reload raises the bound
     cp.recheck_slowed()
     assert not cp.total_over and not T2.paused and not t2.reading_paused and not cp.slowed
+
+
+async def test_a_cp_restarted_on_a_journal_holding_more_than_its_own_bound_says_so_at_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """No active: the messages are held (acknowledged, journalled) past the bound; the CP killed and
+    started again on its journal is over its bound from the start (status, log), not only once a
+    terminal sends again."""
+    cp = start_cp(tmp_path / "cp", terminals=2, held_total_bytes=8192)
+    try:
+        t = await FakeTerminal.connect(cp.info["terminal"], "T00001")
+        await t.wait(lambda m: m["t"] == "welcome")
+        for i in range(1, 4):
+            t.send({"t": "msg", "id": i, "data": "z" * 3000})
+        await t.wait_count(lambda m: m["t"] == "ack", 3)
+        cp.kill(signal.SIGKILL)
+        cp = restart_cp(cp)
+        st = await _cp_status(cp)
+        assert st["held_bytes"] == {"total": 9000, "kept": 0, "bound": 8192, "reached": True}, st["held_bytes"]
+        assert [e for e in log_events(tmp_path / "cp" / "cp.log") if e["event"] == "cp_held_total_reached"]
+    finally:
+        cp.stop()
+
+
+async def test_kept_replies_do_not_hold_the_cps_own_bound(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Kept replies shrink only as their terminals confirm them, never by reading others less: a
+    terminal that went away keeping replies must not put every other one on one message at a time."""
+    cp = cp_core(tmp_path, 3, cp="held_total_bytes = 4096\n")
+    a = fake_host(cp, "host-a", "active")
+    cp.host_open(a, "T00001", "active", dict(ATTRS))
+    t1 = recording_terminal(cp, "T00001", last_reply=0)  # resuming: its replies are kept until it confirms
+    t1.decoder.first_done()
+    for i in (1, 2):
+        t1.data_received(encode({"t": "msg", "id": i, "data": "q"}))
+        cp.host_reply(a, "T00001", i, "r" * 2400)
+    t1.connection_lost(None)  # gone without confirming
+    assert cp.counts.kept_data == 4800 and cp.counts.held_data == 0 and not cp.total_over
+    cp.host_open(a, "T00002", "active", dict(ATTRS))
+    t2 = recording_terminal(cp, "T00002", last_reply=None)
+    t2.decoder.first_done()
+    t2.data_received(encode({"t": "msg", "id": 1, "data": "m"}) + encode({"t": "msg", "id": 2, "data": "m"}))
+    assert len(cp.terms["T00002"].held) == 2 and not t2.reading_paused
 
 
 async def test_the_cps_own_bound_is_said_once_per_crossing_not_per_message(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -244,7 +289,7 @@ async def test_the_bytes_held_and_kept_go_back_to_zero_when_everything_is_settle
     for i in range(1, 6):
         cp.host_reply(a, "T00001", i, "r" * i)
     assert term.held_bytes == 0 and term.kept_bytes == 1 + 2 + 3 + 4 + 5
-    assert cp.counts.bytes == 1 + 2 + 3 + 4 + 5  # the CP's total, all terminals (held_total_bytes)
+    assert cp.counts.held_data == 0 and cp.counts.kept_data == 1 + 2 + 3 + 4 + 5  # all terminals together
     cp.terminal_confirm(term, 6)
     assert term.kept_bytes == 0 and not term.replies and t.term is term
-    assert cp.counts.bytes == 0
+    assert cp.counts.held_data == cp.counts.kept_data == 0

@@ -404,6 +404,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         log.warning("session_refused", terminal=name, host=host.name, reason=reason)
         if term.conn is not None:
             self._tell(term, {"t": "session", "state": "closed", "epoch": self.epoch, "reason": reason[:200]})
+        self.session_gone(term)
 
     def host_close(self, host: HostProtocol, name: str, kind: str) -> None:
         self.settle_flip()
@@ -418,6 +419,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
                 term.active = None
                 if term.conn is not None:
                     self._tell(term, {"t": "session", "state": "closed", "epoch": self.epoch, "reason": "closed by the host"})
+                self.session_gone(term)
 
     def host_release(self, host: HostProtocol) -> None:
         """Planned switchover, step 1: stop delivering to the active; it finishes what it has."""

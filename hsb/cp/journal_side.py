@@ -38,7 +38,7 @@ class JournalSide:
         self.recovered_at = time.monotonic()
         unknown: list[str] = []
         holding = self.holding
-        held_n = kept_n = total = 0
+        held_n = kept_n = held_data = kept_data = 0
         for name in set(r.last_acked) | set(r.held) | set(r.replies):
             term = self.terms.get(name)
             if term is None:
@@ -54,19 +54,22 @@ class JournalSide:
             if held:
                 term.held = in_id_order(held)
                 term.held_bytes = sum(data_size(h.data) for h in held.values())
-                total += term.held_bytes
+                held_data += term.held_bytes
                 held_n += len(held)
                 holding[term] = None
             kept = r.replies.get(name)
             if kept:
                 term.replies = in_id_order(kept)
                 term.kept_bytes = sum(data_size(k.data) for k in kept.values())
-                total += term.kept_bytes
+                kept_data += term.kept_bytes
                 kept_n += len(kept)
                 term.resuming = True
         self.counts.held += held_n
         self.counts.kept += kept_n
-        self.counts.bytes += total
+        self.counts.held_data += held_data
+        self.counts.kept_data += kept_data
+        if self._over_total():  # (more held than the bound allows now: said at once, not at the first message)
+            self._total_bound(True)
         if unknown:
             log.warning(
                 "journal_terminals_not_in_table",

@@ -585,7 +585,6 @@ class CPServer:
             if time.monotonic() - last_journal >= 1.0:
                 last_journal = time.monotonic()
                 self.cp.journal_tick()
-                self.cp.recheck_slowed()
             if self.reload_requested and (self._reloading is None or self._reloading.done()):
                 # on its own: this loop beats, checks the generation and pings the watchdog meanwhile
                 self.reload_requested = False  # (now: one asked for from here on is another)
@@ -670,6 +669,7 @@ class CPServer:
         cp.held_bound = self.cfg.cp.held_bound = new.cp.held_bound
         cp.held_bytes = self.cfg.cp.held_bytes = new.cp.held_bytes
         cp.held_total_bytes = self.cfg.cp.held_total_bytes = new.cp.held_total_bytes
+        cp.recheck_slowed()  # a bound raised lets go the terminals it held, now
         if CPSection.lease_allows(new.cp.host_timeout, cp.host_lease):
             cp.host_timeout = self.cfg.cp.host_timeout = new.cp.host_timeout
         else:  # the hosts hold leases of the running host_lease: a shorter timeout would grant too early

@@ -64,7 +64,7 @@ class Counts:
     """What `status` reports of all terminals together, kept as it changes: a walk over every
     terminal at each status call (each /health probe) took tens of ms at 100,000."""
 
-    __slots__ = ("active", "standby", "held", "kept", "paused", "bytes")
+    __slots__ = ("active", "standby", "held", "kept", "paused", "held_data", "kept_data")
 
     def __init__(self) -> None:
         self.active = 0  # terminals with an active session
@@ -72,7 +72,8 @@ class Counts:
         self.held = 0  # held messages
         self.kept = 0  # replies kept until confirmed
         self.paused = 0  # terminals back-pressured: not read (held bound), or read for confirmations only (kept replies)
-        self.bytes = 0  # the data of every held message and kept reply (the CP's own bound, held_total_bytes)
+        self.held_data = 0  # bytes of data of the held messages (the CP's own bound, held_total_bytes)
+        self.kept_data = 0  # ... and of the kept replies
 
 
 class Term:
@@ -107,7 +108,7 @@ class Term:
         self._active: Session | None = None
         self._standby: Session | None = None
         # held and replies: whoever adds or removes an entry adjusts counts.held / counts.kept, and
-        # whoever changes held_bytes / kept_bytes adjusts counts.bytes
+        # whoever changes held_bytes / kept_bytes adjusts counts.held_data / counts.kept_data
         self.held: dict[int, Held] = {}  # insertion order = id order
         self.held_bytes = 0  # the data of `held`, and of `replies` below (the bound in bytes)
         self.kept_bytes = 0

@@ -60,7 +60,7 @@ class StatusView:
             },
             "held_messages": held,
             # the data of the held messages and kept replies, against the CP's own bound
-            "held_bytes": {"total": c.bytes, "bound": self.held_total_bytes, "reached": self.total_over},
+            "held_bytes": {"total": c.held_data, "kept": c.kept_data, "bound": self.held_total_bytes, "reached": self.total_over},
             "active": host_info(self.active),
             "standby": host_info(self.standby),
             "active_stopped_normally": self.active_stopped_normally,
@@ -89,7 +89,8 @@ class StatusView:
             walk.held += len(t.held)
             walk.kept += len(t.replies)
             walk.paused += t.paused
-            walk.bytes += t.held_bytes + t.kept_bytes
+            walk.held_data += t.held_bytes
+            walk.kept_data += t.kept_bytes
         diff = {k: (getattr(self.counts, k), getattr(walk, k)) for k in Counts.__slots__ if getattr(self.counts, k) != getattr(walk, k)}
         if diff:
             log.critical("cp_counts_mismatch", kept_vs_walked=diff)

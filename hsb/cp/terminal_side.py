@@ -144,7 +144,7 @@ class TerminalSide:
             self.journal.unpin(kept.seg)
             size = data_size(kept.data)
             term.kept_bytes -= size
-            self.counts.bytes -= size
+            self.counts.kept_data -= size
             self.counts.kept -= 1
 
     # ------------------------------------------------------------------ messages
@@ -161,7 +161,7 @@ class TerminalSide:
         term.held[mid] = held
         size = data_size(data)
         term.held_bytes += size
-        self.counts.bytes += size
+        self.counts.held_data += size
         self.counts.held += 1
         held.seg = self.journal.append(["a", term.name, mid, data], lambda: self._accepted(term, held))
         self.journal.pin(held.seg)
@@ -250,7 +250,7 @@ class TerminalSide:
                 kept_replies=len(term.replies),
                 held_bytes=term.held_bytes,
                 kept_bytes=term.kept_bytes,
-                cp_bytes=self.counts.bytes,
+                cp_held_bytes=self.counts.held_data,
             )
         elif not (held_over or kept_over) and term.paused:
             term.paused = False
@@ -263,24 +263,30 @@ class TerminalSide:
 
     def _over_total(self: CP) -> bool:
         """Whether the CP's own bound holds now: from `held_total_bytes` until below TOTAL_LOW of it."""
-        b = self.counts.bytes
+        b = self.counts.held_data  # (not kept replies: only confirmations shrink those, not reading less)
         return b >= self.held_total_bytes * TOTAL_LOW if self.total_over else b >= self.held_total_bytes
 
     def _settles_without(self: CP, term: Term) -> bool:
         """Whether `term`'s held messages are answered without it being read: it has its session
         at the active, or there is no active now (they wait for the next one either way). A
-        terminal without a session at a serving active is read: its messages go only with its
-        logoff (or its next hello), and it is bounded by held_bound / held_bytes alone."""
+        terminal without a session at a serving active is read: its messages go only once a
+        session opens, or with its logoff or its next hello, and it is bounded by held_bound /
+        held_bytes alone. (A session the active refuses or closes rechecks its terminal:
+        `session_gone`.)"""
         a = self.active
         if a is None or not a.usable:
             return True
         s = term.active
         return s is not None and s.host is a
 
+    def session_gone(self: CP, term: Term) -> None:
+        """The active refused or closed `term`'s session: held for the CP's own bound, it is read
+        again (its messages now go only with its logoff or a new session)."""
+        if term in self.slowed:
+            self._backpressure(term)
+
     def recheck_slowed(self: CP) -> None:
-        """Periodic: the terminals not read for the CP's own bound, again (the bound raised by a
-        reload, a session closed or an active come since), and the bound itself (a restart on a
-        journal holding more than it)."""
+        """A reload changed the bound: the terminals not read for it, again (a walk over those only)."""
         if self.total_over is not self._over_total():
             self._total_bound(not self.total_over)
         for term in list(self.slowed):
@@ -294,7 +300,7 @@ class TerminalSide:
         if over:
             log.warning(
                 "cp_held_total_reached",
-                held_bytes=c.bytes,
+                held_bytes=c.held_data,
                 bound=self.held_total_bytes,
                 held=c.held,
                 kept_replies=c.kept,
@@ -302,7 +308,7 @@ class TerminalSide:
                 " (raise [cp] held_total_bytes if this machine has the memory)",
             )
         else:
-            log.info("cp_held_total_below", held_bytes=c.bytes, bound=self.held_total_bytes)
+            log.info("cp_held_total_below", held_bytes=c.held_data, bound=self.held_total_bytes)
 
     # ------------------------------------------------------------------ delivery to the active
     def _deliver(self: CP, term: Term, held: Held, host: HostProtocol) -> None:
@@ -404,7 +410,7 @@ class TerminalSide:
                 size -= data_size(old.data)
             term.replies[mid] = kept
             term.kept_bytes += size
-            self.counts.bytes += size
+            self.counts.kept_data += size
         faults.point("cp.between_reply_and_discard")
         if self.after_switch is not None:
             self._served_after_switch(term, held)
@@ -427,7 +433,7 @@ class TerminalSide:
         if term.held.pop(held.id, None) is not None:
             size = data_size(held.data)
             term.held_bytes -= size
-            self.counts.bytes -= size
+            self.counts.held_data -= size
             self.counts.held -= 1
             self.journal.unpin(held.seg)
             if not term.held:

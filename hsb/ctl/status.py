@@ -123,7 +123,7 @@ def render(st: dict[str, Any]) -> str:
         hb = cp.get("held_bytes") or {}
         if hb.get("reached"):
             out.append(
-                f"            WARNING held data at the CP's bound ({_mib(hb['total'])} of {_mib(hb['bound'])}): terminals whose"
+                f"            WARNING held messages at the CP's bound ({_mib(hb['total'])} of {_mib(hb['bound'])}, until below 90 %): terminals whose"
                 " messages wait for the active are not read until it answers them; raise [cp] held_total_bytes if the machine has the memory"
             )
         if (cp.get("tls") or {}).get("enabled"):

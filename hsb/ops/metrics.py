@@ -187,13 +187,18 @@ class CPCollector:
         yield _g("hsb_terminals_connected", "Terminals connected.", t["connected"])
         yield _sessions("Sessions by kind.", t)
         yield _g("hsb_held_messages", "Messages acknowledged and not yet discarded.", st["held_messages"])
-        yield _g("hsb_terminals_backpressured", "Terminals not being read (held bound reached).", t["backpressured"])
+        yield _g(
+            "hsb_terminals_backpressured", "Terminals not being read, or read for confirmations only (a held or kept bound).", t["backpressured"]
+        )
         hb = st.get("held_bytes")
         if hb is not None:
-            yield _g("hsb_held_bytes", "Bytes of data in held messages and kept replies, all terminals.", hb["total"])
-            yield _g("hsb_held_bytes_bound", "The CP's bound on held_bytes ([cp] held_total_bytes).", hb["bound"])
+            yield _g("hsb_held_bytes", "Bytes of data in held messages, all terminals.", hb["total"])
+            yield _g("hsb_kept_bytes", "Bytes of data in replies kept until confirmed, all terminals.", hb.get("kept", 0))
+            yield _g("hsb_held_bytes_bound", "The CP's bound on hsb_held_bytes ([cp] held_total_bytes).", hb["bound"])
             yield _g(
-                "hsb_held_total_reached", "1 while held_bytes is at its bound: terminals holding messages are not read.", 1 if hb["reached"] else 0
+                "hsb_held_total_reached",
+                "1 from the bound until below 90 % of it: terminals whose messages wait for the active are not read.",
+                1 if hb["reached"] else 0,
             )
         c = st["counters"]
         yield _c("hsb_messages_delivered", "First deliveries to an active host.", c["delivered"])
