@@ -25,7 +25,7 @@ from hsb.cp.journal.generation import Generations, gen_name
 from hsb.cp.journal.recovery import recover
 from hsb.wire.client import request
 from tests.support.hostclient import FakeTerminal
-from tests.support.procs import SECRET, Proc, _run_cp, addr, cp_config, log_events, restart_cp, start_cp
+from tests.support.procs import SECRET, Proc, _run_cp, addr, cp_config, free_port, http_get, log_events, restart_cp, start_cp
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -135,10 +135,14 @@ async def test_a_waiting_cp_whose_shared_journal_is_not_mounted_does_not_take_ov
     mnt = tmp_path / "mnt"  # the mount point, nothing mounted on it
     mnt.mkdir()
     journal = mnt / "cp-journal"
-    cp = second_cp(tmp_path / "cp", journal, wait=False, takeover="on_wake", takeover_stale=0.5)
+    http = f"127.0.0.1:{free_port()}"
+    cp = second_cp(tmp_path / "cp", journal, wait=False, takeover="on_wake", takeover_stale=0.5, http_listen=http)
     try:
         ev = cp.wait_event("cp_waiting")
         assert ev["generation"] is None
+        # keepalived's track script asks /health: failing, the address goes to the machine that has the storage
+        code, _ = await asyncio.get_running_loop().run_in_executor(None, http_get, http, "/health")
+        assert code == 503
         missing = cp.wait_event("cp_journal_missing")
         assert "is it mounted" in missing["msg"].lower() and str(journal) in missing["msg"], missing
         cp.kill(signal.SIGUSR1)  # keepalived's notify: this machine is master (and it holds the address)
@@ -152,6 +156,9 @@ async def test_a_waiting_cp_whose_shared_journal_is_not_mounted_does_not_take_ov
         cp.kill(signal.SIGUSR1)
         rec = cp.wait_event("journal_recovered", timeout=10)
         assert rec["generation"] == 1, rec
+        cp.wait_event("cp_started")
+        code, _ = await asyncio.get_running_loop().run_in_executor(None, http_get, http, "/health")
+        assert code == 200
     finally:
         cp.stop()
 

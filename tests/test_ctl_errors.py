@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -185,6 +187,59 @@ def test_a_switchover_the_cp_refuses_after_the_host_took_it_is_an_error_at_once(
     assert "planned switchover refused by the CP: no standby registered" in err and "host-a is still the active" in err, err
 
 
+def test_a_switchover_granted_before_the_old_actives_link_dropped_is_no_error(
+    secret: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Granted, then the old active's link to the CP dropped before it heard: it calls its
+    switchover abandoned (its count goes up), but the epoch moved and the other host is active:
+    the switchover happened, and hsbctl says so (it said "still the active", exit 1)."""
+    calls = 0
+
+    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        st = _pair("127.0.0.1:1", "127.0.0.1:2")
+        st["hosts"][0]["switchovers_ended"] = 0
+        if calls > 1:
+            st["hosts"][0].update(role="standby", switchovers_ended=1, last_error="planned switchover abandoned: the host link to the CP is down")
+            st["hosts"][1].update(role="active")
+            st["cp"].update(epoch=4, last_switchover={"switched": 10, "classic": 0, "all_served_ms": 1.0, "worst_pause_ms": None})
+        return st
+
+    async def accepts(*a: Any, **kw: Any) -> dict[str, Any]:
+        return {"t": "result", "ok": True, "msg": "planned switchover started on host-a"}
+
+    monkeypatch.setattr(switchover_mod, "status_all", status_all)
+    monkeypatch.setattr(switchover_mod, "ask", accepts)
+    t = Target(cp="127.0.0.1:1", cps=["127.0.0.1:1"], hosts=["127.0.0.1:1", "127.0.0.1:2"], secret_file=str(secret))
+    assert switchover_mod.run_switchover(t, True, 10.0) == 0
+    out = capsys.readouterr()
+    assert "switchover complete" in out.out and "still the active" not in out.err, out
+
+
+def test_promote_is_not_refused_by_a_refusal_from_before_it(secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A promote refused earlier (the active was alive) left its last error; the operator stops
+    the active and promotes again: the old refusal is not this request's answer."""
+    calls = 0
+
+    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        st = _pair("127.0.0.1:1", "127.0.0.1:2")
+        st["hosts"][1].update(switch_refusals=1, last_error="switchover refused by the CP: active host host-a: alive")
+        if calls > 2:
+            st["hosts"][1].update(role="active", epoch=5)
+        return st
+
+    async def accepts(*a: Any, **kw: Any) -> dict[str, Any]:
+        return {"t": "result", "ok": True, "msg": "promotion of host-b requested"}
+
+    monkeypatch.setattr(gather, "status_all", status_all)
+    monkeypatch.setattr(gather, "ask", accepts)
+    code, out, err = invoke("--host", "127.0.0.1:1", "--host", "127.0.0.1:2", "--secret-file", str(secret), "promote")
+    assert code == 0 and "host-b is the active host now" in out, (code, out, err)
+
+
 def test_promote_waits_its_timeout_not_a_count_of_polls(secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each poll may wait (a host slow to answer): promote gives up after --timeout seconds,
     not after 100 polls of however long each took."""
@@ -327,6 +382,23 @@ def test_file_create_through_a_link_to_nothing_asks_whether_the_shared_storage_i
     code, out, err = invoke("file", "create", str(link), "--records", "64", "--force")
     assert code == 0, (out, err)
     assert (mnt / "takeover.dat").stat().st_size == 64 * 4096 and link.is_symlink()
+
+
+def test_file_create_through_a_link_to_mounted_storage_needs_no_force(tmp_path: Path) -> None:
+    """The first file made through a link, its target on other storage (mounted): no --force
+    needed. /dev/shm (tmpfs) stands for the mounted export."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on a filesystem of its own (tmpfs) to stand for mounted storage")
+    shared = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        link = tmp_path / "takeover.dat"
+        link.symlink_to(shared / "takeover.dat")
+        code, out, err = invoke("file", "create", str(link), "--records", "64")
+        assert code == 0, (out, err)
+        assert (shared / "takeover.dat").stat().st_size == 64 * 4096 and link.is_symlink()
+    finally:
+        shutil.rmtree(shared)
 
 
 def test_a_recorded_pid_another_program_has_now_does_not_block_a_sandbox_restart(tmp_path: Path) -> None:

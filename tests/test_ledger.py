@@ -105,6 +105,9 @@ async def test_the_operations_and_their_refusals_on_sqlite(tmp_path: Path) -> No
         assert json.loads(await s.handle("T1", 1, json.dumps({"op": "open", "account": "a"}), True)) == {"ok": True, "balance": 0}
         assert await call({"op": "balance", "account": "b"}) == {"ok": True, "balance": 60}
         assert s.once.counters["mismatched"] == 2
+        # redelivered, a request this code refuses, its id recorded for another one: not that one's reply
+        assert json.loads(await s.handle("T1", 1, "{", True))["error"] == "bad_request"
+        assert s.once.counters["mismatched"] == 3
         bad = await call("{")
         assert bad["ok"] is False and bad["error"] == "bad_request" and "not JSON" in bad["msg"]
     finally:

@@ -10,30 +10,18 @@ import signal
 import socket
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from hsb.ctl import sandbox
-from tests.support.procs import log_events, until, wait_for
+from tests.support.procs import http_get, log_events, until, wait_for
 from tests.test_failover import active_names, assert_clean, check_journals, load_with, pid_of, status, wait_status
 
 
 def ctl(info: dict[str, Any], *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "hsb.ctl", *info["ctl"], *args], capture_output=True, text=True, timeout=timeout)
-
-
-def http_get(addr: str, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://{addr}{path}", timeout=3) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except urllib.error.URLError:
-        return 0, ""  # not listening: the process is gone
 
 
 def http_of(info: dict[str, Any], name: str) -> str:

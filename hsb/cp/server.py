@@ -280,6 +280,8 @@ class CPServer:
     def _healthy(self) -> bool:
         if self.state == "stopping":
             return False
+        if self.cp is None and self._journal_missing(said=True):  # waiting, the shared storage not mounted:
+            return False  # keepalived's track script fails, and the address goes to the machine that has it
         j = self._journal()
         return j is None or j.state == "ok"
 

@@ -57,7 +57,11 @@ def file_group() -> None:
     help="Record size in bytes, a multiple of 512.",
 )
 @click.option("--terminals", "terminals_s", default=None, metavar="T", help="Refuse unless N passes the size check (N >= 3·B+1) for T terminals.")
-@click.option("--force", is_flag=True, help="Overwrite an existing file (its contents are lost).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Overwrite an existing file (its contents are lost); or create one through a link whose storage looks unmounted.",
+)
 def create_cmd(path: str, records_s: str, record_size_s: str, terminals_s: str | None, force: bool) -> None:
     """Pre-allocate a takeover file of N records of R bytes, with an empty header."""
     records = _int_arg(records_s, "records", "--records")

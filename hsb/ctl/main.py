@@ -106,6 +106,7 @@ def promote(obj: Ctx, timeout: float) -> None:
         sys.exit(failed)
     click.echo(ans["msg"])
     name = sb[0]["name"]
+    refusals = sb[0].get("switch_refusals")  # (a refusal from before this request is not its answer)
 
     async def outcome() -> tuple[bool, str]:
         deadline = time.monotonic() + timeout  # the CP decides: a deadline, not a count of polls that may each wait
@@ -114,8 +115,10 @@ def promote(obj: Ctx, timeout: float) -> None:
             h: dict[str, Any] = next((x for x in st["hosts"] if x.get("name") == name), {})
             if h.get("role") == "active":
                 return True, f"{name} is the active host now (epoch {h.get('epoch')})"
-            if "refused" in str(h.get("last_error") or ""):
-                return False, "promote refused: " + str(h["last_error"]).split("refused by the CP: ", 1)[-1]
+            now = h.get("switch_refusals")
+            refused = now > refusals if isinstance(now, int) and isinstance(refusals, int) else "refused" in str(h.get("last_error") or "")
+            if refused:
+                return False, "promote refused: " + str(h.get("last_error")).split("refused by the CP: ", 1)[-1]
             if time.monotonic() >= deadline:
                 return False, f"{name} did not become active within {timeout:g} s; see 'hsbctl status'"
             await asyncio.sleep(0.1)

@@ -61,6 +61,9 @@ async def _switchover(t: Target, yes: bool, timeout: float) -> int:
     new = next(h for h in st["hosts"] if h.get("reachable") and h.get("role") == "standby")
     if not yes:
         click.confirm(f"Move the service from {old['name']} to {new['name']}?", abort=True)
+    if not yes:  # (the answer may have taken a while: what ended before the request is not ours)
+        st = await status_all(t.cp, t.hosts, t.secret_file, timeout=1.0, cp_machines=t.cps)
+        old = next((h for h in st["hosts"] if h.get("name") == old["name"]), old)
     before_epoch = st["cp"]["epoch"]
     ended = old.get("switchovers_ended")
     ans = await ask(old["addr"], load_secret(t.secret_file), {"t": "switchover"})
@@ -75,13 +78,21 @@ async def _switchover(t: Target, yes: bool, timeout: float) -> int:
         last = await status_all(t.cp, t.hosts, t.secret_file, timeout=1.0, cp_machines=t.cps)
         roles = {h.get("name"): h.get("role") for h in last["hosts"]}
         was: dict[str, Any] = next((h for h in last["hosts"] if h.get("name") == old["name"]), {})
-        if switched_at is None and isinstance(ended, int) and isinstance(was.get("switchovers_ended"), int) and was["switchovers_ended"] > ended:
-            # the host took the request and the switchover ended without the grant (the CP refused it, the link dropped)
-            click.echo(f"error: {was.get('last_error') or 'the switchover ended without the grant'}; {old['name']} is still the active", err=True)
-            return 1
         if switched_at is None and last["cp"].get("epoch", 0) > before_epoch and roles.get(new["name"]) == "active":
             switched_at = time.monotonic()
             click.echo(f"{new['name']} is active at epoch {last['cp']['epoch']}; {old['name']} is becoming the standby")
+        elif (
+            switched_at is None
+            and last["cp"].get("reachable", True)
+            and last["cp"].get("epoch", 0) == before_epoch
+            and isinstance(ended, int)
+            and isinstance(was.get("switchovers_ended"), int)
+            and was["switchovers_ended"] > ended
+        ):
+            # the host took the request and it ended without a grant (the CP refused it, the link dropped);
+            # a grant moves the epoch first (the host may still call its end "abandoned": its link dropped after)
+            click.echo(f"error: {was.get('last_error') or 'the switchover ended without the grant'}; {old['name']} is still the active", err=True)
+            return 1
         rec = (last["cp"].get("last_switchover") or {}) if switched_at else {}
         known = rec.get("all_served_ms") is not None or (switched_at and time.monotonic() - switched_at > 3)
         if switched_at and last["established"] and roles.get(old["name"]) == "standby" and known:

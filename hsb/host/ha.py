@@ -86,6 +86,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         self.registered = False
         self.established_since: float | None = None
         self.switchovers_ended = 0  # planned switchovers refused or abandoned (a stop waiting on one stops waiting)
+        self.switch_refusals = 0  # takeovers (a failover's, a promote's) the CP refused: hsbctl promote watches it
         self.own_startup_id: int | None = None  # standby: the id sent in STANDBY STARTUP
         self.partner_startup_id: int | None = None  # active: the standby's id (311)
         self.partner_instance: str | None = None  # standby: the active process it follows
@@ -383,6 +384,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
             await self.on_demoted(str(msg.get("active", "")))
         elif t == "switch_refused":
             self.switch_requested_at = None
+            self.switch_refusals += 1
             log.warning("switchover_refused", reason=msg.get("reason"))
             self.last_error = f"switchover refused by the CP: {msg.get('reason')}"
 

@@ -93,6 +93,7 @@ class HAView:
             "last_takeover": self.takeover,
             "last_error": self.last_error,
             "switchovers_ended": self.switchovers_ended,  # planned ones that ended without the grant (refused, abandoned)
+            "switch_refusals": self.switch_refusals,  # takeovers it asked for (a failover, a promote) that the CP refused
             "delivery": dict(self.srv.delivery.counters),
             "service": self.srv.service_status(),
             "tls": self.srv.tls.status() if self.srv.tls is not None else {"enabled": False},

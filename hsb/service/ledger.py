@@ -239,7 +239,7 @@ class LedgerService:
             except RetryTransaction as exc:  # busy (another host's transaction): waits, not an error reply
                 raise ServiceUnavailable(f"database busy while setting up: {exc}") from exc
         if req is None:  # redelivered: a host whose code read it (before an upgrade) may have applied it
-            prior = await self.once.stored(terminal, message_id)
+            prior = await self.once.stored(terminal, message_id, request=data)
             return prior if prior is not None else refused
 
         async def effect(tx: Tx) -> str:

@@ -188,14 +188,21 @@ class ExactlyOnce:
             self.pruning = asyncio.get_running_loop().create_task(self._prune())
         return reply
 
-    async def stored(self, terminal: str, message_id: int) -> str | None:
+    async def stored(self, terminal: str, message_id: int, request: bytes | str | None = None) -> str | None:
         """The reply stored for (terminal, message_id), if any (a redelivered message whose
-        request this code can no longer read, say after an upgrade: the first answer stands)."""
+        request this code can no longer read, say after an upgrade: the first answer stands);
+        with `request`, not one recorded for another request (RequestMismatch's case: None)."""
         if not self.record:
             return None
         async with self.db.transaction() as tx:
-            prior = await tx.fetchval(_LOOKUP, terminal, message_id)
-        return None if prior is None else str(prior)
+            prior = await tx.fetchrow(_LOOKUP_HASHED, terminal, message_id)
+        if prior is None:
+            return None
+        if request is not None and prior[1] is not None and int(prior[1]) != request_hash(request):
+            self.counters["mismatched"] += 1
+            log.warning("idempotency_request_mismatch", terminal=terminal, id=message_id, msg="not answered with another request's reply")
+            return None
+        return str(prior[0])
 
     async def _prune_batch(self, tx: Tx) -> tuple[int, int]:
         """One transaction of a prune: (records due it looked at, records it deleted). Each

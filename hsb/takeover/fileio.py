@@ -258,6 +258,13 @@ def _starts_with_magic(path: str) -> bool:
         return fh.read(4) == MAGIC
 
 
+def _same_filesystem(a: str, b: str) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False  # (a folder that is not there: said as such below)
+
+
 def create_file(path: str, records: int, record_size: int, *, force: bool = False, host: str | None = None) -> Header:
     """Pre-allocate N records of R bytes: a header (startup id 0, generation 0, B 0), zeros elsewhere.
 
@@ -268,9 +275,10 @@ def create_file(path: str, records: int, record_size: int, *, force: bool = Fals
     # a link (to the shared storage, say) is followed: the file it names is the one replaced, not the link
     link = os.fspath(path)
     path = os.path.realpath(link) if os.path.islink(link) else link
-    if path != link and not os.path.lexists(path) and not force:
-        # the shared storage not mounted: the file would be made on this machine's disk, under the
-        # mount point, and the two hosts would each use a file of their own
+    if path != link and not os.path.lexists(path) and not force and _same_filesystem(os.path.dirname(path), os.path.dirname(os.path.abspath(link))):
+        # a link to other storage whose target's folder is on the link's own filesystem: that
+        # storage is not mounted, the file would be made on this machine's disk under the mount
+        # point, and the two hosts would each use a file of their own
         raise FileMissing(
             f"{link} is a link to {path}, which does not exist: is the shared storage mounted? mount it, or add --force to create the file there"
         )

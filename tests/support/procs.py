@@ -268,3 +268,17 @@ def create_takeover_file(path: Path, records: int, record_size: int = 4096) -> N
     )
     if r.returncode != 0:
         raise RuntimeError(f"hsbctl file create failed: {r.stderr}")
+
+
+def http_get(addr: str, path: str) -> tuple[int, str]:
+    """GET http://addr/path: (status, body); (0, "") if nothing listens (the process is gone)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{addr}{path}", timeout=3) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except urllib.error.URLError:
+        return 0, ""
