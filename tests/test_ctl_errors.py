@@ -159,6 +159,18 @@ def test_switchover_exits_3_when_the_active_cannot_be_asked_and_1_when_it_refuse
     one_line_error(0, "", capsys.readouterr().err, 0, "switchover refused: the standby is not established")
 
 
+def _switchover_taken(monkeypatch: pytest.MonkeyPatch, secret: Path, status_all: Any, timeout: float) -> int:
+    """hsbctl switchover against `status_all`, its request taken by host-a: the exit code."""
+
+    async def accepts(*a: Any, **kw: Any) -> dict[str, Any]:
+        return {"t": "result", "ok": True, "msg": "planned switchover started on host-a"}
+
+    monkeypatch.setattr(switchover_mod, "status_all", status_all)
+    monkeypatch.setattr(switchover_mod, "ask", accepts)
+    t = Target(cp="127.0.0.1:1", cps=["127.0.0.1:1"], hosts=["127.0.0.1:1", "127.0.0.1:2"], secret_file=str(secret))
+    return switchover_mod.run_switchover(t, True, timeout)
+
+
 def test_a_switchover_the_cp_refuses_after_the_host_took_it_is_an_error_at_once(
     secret: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -174,14 +186,8 @@ def test_a_switchover_the_cp_refuses_after_the_host_took_it_is_an_error_at_once(
         st["hosts"][0].update(switchovers_ended=ended, last_error="planned switchover refused by the CP: no standby registered" if ended else None)
         return st
 
-    async def accepts(*a: Any, **kw: Any) -> dict[str, Any]:
-        return {"t": "result", "ok": True, "msg": "planned switchover started on host-a"}
-
-    monkeypatch.setattr(switchover_mod, "status_all", status_all)
-    monkeypatch.setattr(switchover_mod, "ask", accepts)
-    t = Target(cp="127.0.0.1:1", cps=["127.0.0.1:1"], hosts=["127.0.0.1:1", "127.0.0.1:2"], secret_file=str(secret))
     t0 = time.monotonic()
-    assert switchover_mod.run_switchover(t, True, 30.0) == 1
+    assert _switchover_taken(monkeypatch, secret, status_all, 30.0) == 1
     assert time.monotonic() - t0 < 5.0
     err = capsys.readouterr().err
     assert "planned switchover refused by the CP: no standby registered" in err and "host-a is still the active" in err, err
@@ -206,13 +212,7 @@ def test_a_switchover_granted_before_the_old_actives_link_dropped_is_no_error(
             st["cp"].update(epoch=4, last_switchover={"switched": 10, "classic": 0, "all_served_ms": 1.0, "worst_pause_ms": None})
         return st
 
-    async def accepts(*a: Any, **kw: Any) -> dict[str, Any]:
-        return {"t": "result", "ok": True, "msg": "planned switchover started on host-a"}
-
-    monkeypatch.setattr(switchover_mod, "status_all", status_all)
-    monkeypatch.setattr(switchover_mod, "ask", accepts)
-    t = Target(cp="127.0.0.1:1", cps=["127.0.0.1:1"], hosts=["127.0.0.1:1", "127.0.0.1:2"], secret_file=str(secret))
-    assert switchover_mod.run_switchover(t, True, 10.0) == 0
+    assert _switchover_taken(monkeypatch, secret, status_all, 10.0) == 0
     out = capsys.readouterr()
     assert "switchover complete" in out.out and "still the active" not in out.err, out
 
