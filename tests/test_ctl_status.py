@@ -264,3 +264,23 @@ async def _slow_forever(polls: list[int], slow: Any) -> dict[str, Any]:
     polls.append(1)
     a = {"reachable": True, "name": "a", "addr": "127.0.0.1:2", "role": "active", "state": "established", "serving": True}
     return {"hosts": [a], "unknown": []} if len(polls) == 1 else slow("no answer within 1 s")
+
+
+def test_a_cp_machine_whose_journal_is_missing_is_shown_so() -> None:
+    """The waiting CP of the other machine, its shared storage not mounted: said plainly, not
+    as "generation None"."""
+    from hsb.ctl.status import render
+
+    st = {
+        "established": False,
+        "serving": False,
+        "hosts": [],
+        "cp": {"reachable": False, "addr": "10.0.0.11:7002"},
+        "cps": [
+            {"addr": "10.0.0.11:7002", "reachable": True, "name": "cp-a", "state": "serving", "generation": 7},
+            {"addr": "10.0.0.12:7002", "reachable": True, "name": "cp-b", "state": "waiting", "generation": None, "journal_missing": True},
+        ],
+    }
+    line = next(x for x in render(st).splitlines() if x.startswith("CP machines:"))
+    assert "cp-a at 10.0.0.11:7002 SERVING (generation 7)" in line, line
+    assert "cp-b at 10.0.0.12:7002 waiting JOURNAL MISSING: is the shared storage mounted?" in line and "None" not in line, line

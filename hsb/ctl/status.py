@@ -94,8 +94,8 @@ def render(st: dict[str, Any]) -> str:
                 parts.append(f"{m['addr']} cannot be asked ({m.get('error')})")
             else:
                 parts.append(
-                    f"{m.get('name')} at {m['addr']} {'SERVING' if m['state'] == 'serving' else m['state']} (generation {m.get('generation')})"
-                    + (" JOURNAL MISSING: is the shared storage mounted?" if m.get("journal_missing") else "")
+                    f"{m.get('name')} at {m['addr']} {'SERVING' if m['state'] == 'serving' else m['state']}"
+                    + (" JOURNAL MISSING: is the shared storage mounted?" if m.get("journal_missing") else f" (generation {m.get('generation')})")
                 )
         out.append("CP machines: " + "; ".join(parts))
     cp = st["cp"]
