@@ -76,18 +76,32 @@ async def test_a_prune_that_fails_is_said_and_tried_again_later(tmp_path: Path, 
         await db.close()
 
 
-async def test_a_redelivered_request_this_code_cannot_read_gets_the_stored_reply(tmp_path: Path) -> None:
+async def test_a_redelivered_request_this_code_cannot_read_gets_the_stored_reply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Applied by a host whose code read it, then redelivered (after a failover) to a host whose
-    code refuses it (an upgrade between): the first answer stands, nothing is applied again."""
+    code refuses it (an upgrade between: here a parser that refuses deposits): the first answer
+    stands, nothing is applied again. The same request's bytes both times (its stored hash matches)."""
+    from hsb.service import ledger
+
     svc = LedgerService("host-a", sqlite=str(tmp_path / "books.sqlite"))
     try:
         assert '"ok":true' in await svc.handle("T1", 1, '{"op":"open","account":"alice"}', False)
-        first = await svc.handle("T1", 2, '{"op":"deposit","account":"alice","amount":7}', False)
+        deposit = '{"op":"deposit","account":"alice","amount":7}'
+        first = await svc.handle("T1", 2, deposit, False)
         assert '"balance":7' in first
-        unreadable = '{"op":"deposit","account":"alice","amount":7,"v":2}'.replace('"op":"deposit"', '"op":"deposit2"')
-        assert await svc.handle("T1", 2, unreadable, True) == first
-        assert '"bad_request"' in await svc.handle("T1", 3, unreadable, False)  # not redelivered: refused
-        assert '"bad_request"' in await svc.handle("T1", 4, unreadable, True)  # redelivered, nothing stored
+        read = ledger.parse
+
+        def stricter(data: Any) -> ledger.Request:
+            r = read(data)
+            if r.op == "deposit":
+                raise ledger.BadRequest("deposits are refused by this version")
+            return r
+
+        monkeypatch.setattr(ledger, "parse", stricter)
+        assert await svc.handle("T1", 2, deposit, True) == first
+        assert '"bad_request"' in await svc.handle("T1", 3, deposit, False)  # not redelivered: refused
+        assert '"bad_request"' in await svc.handle("T1", 4, deposit, True)  # redelivered, nothing stored
+        # another request under a recorded id (ids used again): not that one's reply
+        assert '"bad_request"' in await svc.handle("T1", 2, '{"op":"deposit","account":"alice","amount":8}', True)
     finally:
         await svc.close()
 
