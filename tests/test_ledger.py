@@ -28,6 +28,7 @@ from hsb.service.once import ExactlyOnce, RequestMismatch
 from hsb.term.load import background_load
 from hsb.term.workload import LedgerWorkload
 from tests.support import pg as pgsupport
+from tests.support.procs import log_events, wait_for
 from tests.test_failover import active_names, pid_of, wait_status
 
 pytestmark = pytest.mark.timeout(120)
@@ -774,3 +775,26 @@ async def test_sqlite_sandbox_sigstop_active(sb: Any) -> None:
     finally:
         for p in stopped:
             os.kill(p, signal.SIGCONT)
+
+
+def test_keep_last_below_the_cps_held_bound_is_said(tmp_path: Path) -> None:
+    """A record pruned while the CP still holds its message would let a redelivery apply it
+    again: keep_last must cover the CP's held_bound, which the host learns at registration."""
+    db = SqliteDatabase(str(tmp_path / "k.sqlite"))
+    assert ExactlyOnce(db, keep_last=256).check_keep_last(256)
+    assert ExactlyOnce(db, keep_last=8, record=False).check_keep_last(256)  # no records: nothing to prune
+    assert not ExactlyOnce(db, keep_last=8).check_keep_last(256)
+
+
+async def test_a_host_says_when_its_ledger_keeps_fewer_records_than_the_cp_holds(sb: Any) -> None:
+    """Real processes: the CP's held_bound (256) reaches the host at its registration; a ledger
+    with keep_last 8 says so in the host's log (both hosts: each registers)."""
+    info = await sb(terminals=2, service="ledger", service_options={"keep_last": 8})
+    d = Path(info["dir"])
+
+    def said() -> list[dict[str, Any]]:
+        return [e for e in log_events(d / "host-a.log") if e.get("event") == "idempotency_keep_last_below_held_bound"]
+
+    wait_for(lambda: said(), 10, what="the host's error")
+    e = said()[0]
+    assert e["keep_last"] == 8 and e["held_bound"] == 256 and "keep_last to at least 256" in e["msg"], e

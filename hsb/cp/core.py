@@ -253,6 +253,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
                     "lease": self.host_lease,
                     "open_batch": self.open_batch_bytes,  # standby opens may come batched, this many bytes a frame
                     "max_frame": self.cfg.cp.max_frame,  # the host's replies must fit it
+                    "held_bound": self.held_bound,  # messages held per terminal at most (hsb.service.once's keep_last)
                 }
             )
             a = self.active
@@ -311,6 +312,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
                 "lease": self.host_lease,
                 "open_batch": self.open_batch_bytes,
                 "max_frame": self.cfg.cp.max_frame,
+                "held_bound": self.held_bound,
                 "adopt": adopt,
             }
         )

@@ -259,6 +259,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
             self.srv.sessions_ctl.open_batch_bytes = batch_bytes(msg, "open_batch")  # the CP takes standby opens batched
             own = self.srv.cfg.host.max_frame  # a reply must fit the CP's frames too
             self.srv.delivery.max_reply = payload_max(min(own, batch_bytes(msg, "max_frame") or own))
+            self.srv.tell_service_bounds(msg.get("held_bound"))
             self.epoch = int(msg.get("epoch", 0))
             self.lease.duration = float(msg.get("lease", 0.0))
             self.lease.extend(self.register_sent_at)  # the CP answered the register sent then

@@ -120,6 +120,17 @@ class HostServer:
         extra = own() if callable(own) else {}
         return {"name": self.cfg.host.service, **self.delivery.health.as_dict(), **extra}
 
+    def tell_service_bounds(self, held_bound: Any) -> None:
+        """The CP's per-terminal bound, to a service that asks for it (`cp_bounds`); an error of
+        the service's is logged, never the registration's."""
+        hook = getattr(self.service, "cp_bounds", None)
+        if not callable(hook) or not isinstance(held_bound, int) or isinstance(held_bound, bool):
+            return
+        try:
+            hook(held_bound)
+        except Exception as exc:  # noqa: BLE001 - the service's own bug: said, the host serves on
+            log.error("service_error", error=f"cp_bounds: {type(exc).__name__}: {exc}")
+
     def _cp_down(self, why: str) -> None:
         # At once, before the link reconnects: work in progress would answer under an
         # epoch the CP no longer has (and get this host fenced). The CP re-delivers it.

@@ -18,7 +18,9 @@ What `handle` raises decides what happens to the message:
   service again, in order, with backoff, until it is answered; the host's status shows the
   service as failing meanwhile. Nothing is lost and nothing is answered with an error.
 - any other exception is the application's error: the reply is "error: <ExceptionType>".
-An optional `status()` method returns a dict shown in the host's status.
+An optional `status()` method returns a dict shown in the host's status. An optional
+`cp_bounds(held_bound)` is called at every registration with the CP, with the most messages the
+CP holds per terminal (a service that keeps per-terminal records can check it keeps enough).
 """
 
 from __future__ import annotations

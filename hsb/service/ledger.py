@@ -251,6 +251,11 @@ class LedgerService:
         except RequestMismatch as exc:  # the id was used before, by another request: not applied
             return dumps({"ok": False, "error": "id_reused", "msg": str(exc)})
 
+    def cp_bounds(self, held_bound: int) -> None:
+        """At each registration: the CP holds up to `held_bound` messages per terminal; a record
+        pruned below that many could be one a redelivery still needs (hsb.service.once)."""
+        self.once.check_keep_last(held_bound)
+
     async def open_session(self, terminal: str, attrs: dict[str, Any], standby: bool) -> None:
         pass
 

@@ -134,6 +134,19 @@ class ExactlyOnce:
         self.pruning: asyncio.Task[None] | None = None  # the prune running (one at a time)
         self.counters = {"applied": 0, "replayed": 0, "collisions": 0, "pruned": 0, "mismatched": 0}
 
+    def check_keep_last(self, held_bound: int) -> bool:
+        """Whether `keep_last` covers the CP's `held_bound` (said as an error if not: a message the
+        CP still holds could find its record pruned, and be applied again when redelivered)."""
+        if not self.record or self.keep_last >= held_bound:
+            return True
+        log.error(
+            "idempotency_keep_last_below_held_bound",
+            keep_last=self.keep_last,
+            held_bound=held_bound,
+            msg=f"set [service_options] keep_last to at least {held_bound} (the CP's held_bound), or lower held_bound at the CP",
+        )
+        return False
+
     async def setup(self) -> None:
         await self.db.setup(DDL)
         kind = getattr(self.db, "kind", "postgresql")
