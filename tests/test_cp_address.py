@@ -1,4 +1,4 @@
-"""Whether this machine holds the CP's virtual address (hsb.cp.server.holds_address), which a
+"""Whether this machine holds the CP's virtual address (hsb.cp.waiting.holds_address), which a
 CP with `takeover = "on_wake"` asks every 0.1 s: an IPv6 address that starts with a letter or a
 colon is an address, not a name (it was taken for a name, so always "held"); a check that
 cannot be made (no socket: the open-files limit) keeps the serving CP serving and the waiting
@@ -11,25 +11,25 @@ import socket
 
 import pytest
 
-from hsb.cp import server
+from hsb.cp import waiting
 
 pytestmark = pytest.mark.timeout(30)
 
 
 @pytest.mark.parametrize("addr", ["[fd00::10]:7000", "[fe80::1]:7000", "[::ffff:10.255.255.9]:7000", "10.255.255.9:7000"])
 def test_an_address_this_machine_does_not_have_is_not_held(addr: str) -> None:
-    assert server.holds_address(addr) is False
+    assert waiting.holds_address(addr) is False
 
 
 @pytest.mark.parametrize("addr", ["127.0.0.1:7000", "0.0.0.0:7000", "[::]:7000", "cp.example:7000"])
 def test_a_local_address_a_wildcard_or_a_name_is_held(addr: str) -> None:
-    assert server.holds_address(addr) is True
+    assert waiting.holds_address(addr) is True
 
 
 def test_a_check_that_cannot_be_made_is_what_the_caller_says(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_socket(*_: object, **__: object) -> socket.socket:
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(server.socket, "socket", no_socket)
-    assert server.holds_address("10.255.255.9:7000") is True  # the serving CP serves on
-    assert server.holds_address("10.255.255.9:7000", unknown=False) is False  # a waiting one waits
+    monkeypatch.setattr(waiting.socket, "socket", no_socket)
+    assert waiting.holds_address("10.255.255.9:7000") is True  # the serving CP serves on
+    assert waiting.holds_address("10.255.255.9:7000", unknown=False) is False  # a waiting one waits

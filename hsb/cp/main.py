@@ -111,7 +111,8 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
     from hsb.cp.journal import JournalDamaged, JournalIOUnavailable
     from hsb.cp.journal.recovery import JournalUnsettled
     from hsb.cp.journal.writer import check_io
-    from hsb.cp.server import CPServer, JournalMissing
+    from hsb.cp.server import CPServer
+    from hsb.cp.waiting import JournalMissing
 
     async def run(supervisor: dict[str, Any] | None) -> int:
         cfg, secret = start_cfg, start_secret

@@ -5,7 +5,7 @@ Two ways to start (`[cp] takeover`): "at_start" takes the journal over at once; 
 (two CP machines behind keepalived, docs/operations.md) first waits with the config loaded and
 the admin link and /health up, until SIGUSR1 (keepalived's notify script, on this machine
 becoming master) or until this machine holds terminal_listen's address while the serving CP's
-heartbeat has stood still for `takeover_stale` seconds. Serving, it stops at once when a newer
+heartbeat has stood still for `takeover_stale` seconds (that phase: hsb.cp.waiting). Serving, it stops at once when a newer
 CP takes the journal over (exit 75), and when `on_wake` and its address is gone from this
 machine (keepalived moved it: exit 0, systemd starts it again, waiting).
 
@@ -38,6 +38,7 @@ from hsb.cp.journal import Journal, recover
 from hsb.cp.journal.generation import Generations, Superseded
 from hsb.cp.terminal_link import TerminalProtocol
 from hsb.cp.tickle import RESEND_AFTER_S, TickleList, not_back, previous_list, send_tickles
+from hsb.cp.waiting import MISSING, JournalMissing, Waiting, holds_address
 from hsb.ops.http import json_route, start_http
 from hsb.ops.limits import accept_queue_fits, listen_backlog, raise_nofile, somaxconn, storm_timing, terminals_fit
 from hsb.ops.metrics import CPCollector, registry_for
@@ -48,65 +49,13 @@ from hsb.wire.framing import encode
 from hsb.wire.tls import TLS, reload_tls, set_default_client
 
 log = structlog.get_logger("hsb.cp")
-_MISSING = (
-    'the CP journal {journal} does not exist: with takeover = "on_wake" it is on the storage both CP machines share.'
-    " Is it mounted? This CP takes over only once it is there (made once, on the shared storage: mkdir -p {journal})"
-)
-
-
-class JournalMissing(Exception):
-    """`takeover = "on_wake"` and the journal directory is not there (the shared storage not mounted)."""
-
-
 _HB = encode({"t": "hb"})
 EXIT_SUPERSEDED = 75  # a newer CP took the journal over: not restarted as the serving CP by itself
-WAIT_POLL = 0.05  # seconds between a waiting CP's looks at the address and the serving CP's heartbeat
 BIND_WAIT_S = 3.0  # a CP forked again after a crash waits this long at most for the dead one's ports
 BIND_RETRY_S = 0.005
 T = TypeVar("T")
 STOP_AFTER_DRAIN_S = 0.5  # a stop whose journal did not drain: how much longer the write still out may take
 KEEP_APPLIED_AFTER_S = 5.0  # a worker forked again leaves its config for the next one this long after it starts serving
-
-
-def holds_address(addr: str, unknown: bool = True) -> bool:
-    """Whether `addr`'s host is an address of this machine (the virtual address keepalived
-    moves); a wildcard or a name counts as held. When it cannot be told (no socket to be had:
-    the open-files limit, say), `unknown`: the serving CP serves on, a waiting one waits."""
-    host, _ = parse_addr(addr)
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])  # (an IPv6 scope: fe80::1%eth0)
-    except ValueError:
-        return True  # a name (or empty): not a moving address this CP can check
-    if ip.is_unspecified:
-        return True
-    fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-    try:
-        s = socket.socket(fam, socket.SOCK_DGRAM)
-    except OSError as exc:
-        if exc.errno == errno.EAFNOSUPPORT:  # no IPv6 on this machine: not an address it has
-            return False
-        return _check_failed(addr, exc, unknown)
-    with s:
-        try:
-            s.bind((host, 0))
-            return True
-        except OSError as exc:
-            if exc.errno in (errno.EADDRNOTAVAIL, errno.EINVAL, errno.EAFNOSUPPORT):
-                return False
-            return _check_failed(addr, exc, unknown)
-
-
-_check_failed_at = 0.0
-
-
-def _check_failed(addr: str, exc: OSError, unknown: bool) -> bool:
-    """The check could not be made: `unknown`, said at most once a minute (it runs 10 times a second)."""
-    global _check_failed_at
-    now = time.monotonic()
-    if now - _check_failed_at >= 60.0:
-        _check_failed_at = now
-        log.warning("address_check_failed", address=addr, error=str(exc), assumed="held" if unknown else "not held")
-    return unknown
 
 
 def master_listeners(cfg: CPConfig) -> dict[str, socket.socket]:
@@ -131,7 +80,7 @@ def master_listeners(cfg: CPConfig) -> dict[str, socket.socket]:
     return out
 
 
-class CPServer:
+class CPServer(Waiting):
     RELOADABLE = ("cp.held_bound", "cp.held_bytes", "cp.held_total_bytes", "cp.host_timeout", "terminals", "terminal_groups")
 
     def __init__(self, cfg: CPConfig, secret: bytes, config_path: str | None = None) -> None:
@@ -285,97 +234,6 @@ class CPServer:
         j = self._journal()
         return j is None or j.state == "ok"
 
-    def _master_here(self) -> bool:
-        """keepalived says this machine is master (its notify script's state file), or SIGUSR1 came."""
-        if self.wake_requested:
-            return True
-        f = self.cfg.cp.wake_file
-        if not f:
-            return False
-        try:
-            return Path(f).read_text().strip().upper().endswith("MASTER")
-        except OSError:
-            return False
-
-    async def wait_for_takeover(self) -> str | None:
-        """`takeover = "on_wake"`: until this machine holds the address and no CP serves the
-        journal (woken by keepalived and the serving CP's heartbeat older than takeover_stale on
-        this clock, or not seen to move for takeover_stale); the reason, or None if asked to exit."""
-        assert self.gens is not None
-        c = self.cfg.cp
-        self.state = "waiting"
-        missing = self._journal_missing()
-        log.info(
-            "cp_waiting",
-            name=c.name,
-            address=c.terminal_listen,
-            generation=None if missing else self.gens.current(),
-            msg="waiting to take over the journal: keepalived making this machine master (wake_file, SIGUSR1) while no CP serves it",
-        )
-        notify(READY=1, STATUS="waiting to take over (keepalived)")
-        loop = asyncio.get_running_loop()
-        stamp: tuple[int, int] | None = None
-        still_since = time.monotonic()
-        watchdog = Watchdog()
-        told = False
-        sighups_seen = self.sighups
-        while not self.should_exit.is_set():
-            watchdog.tick(time.monotonic())
-            if self.sighups != sighups_seen:
-                # new certificates for the admin link and /health now; the rest of the config
-                # (reload_requested stays set) once this CP serves
-                sighups_seen = self.sighups
-                reload_tls(self.tls)
-            held = await loop.run_in_executor(None, holds_address, c.terminal_listen, False)
-            woken = self._master_here()
-            if woken and not held and self.wake_requested:
-                log.info("cp_wake_ignored", address=c.terminal_listen, msg="woken, but this machine does not hold the address")
-            self.wake_requested = False
-            if held and await loop.run_in_executor(None, self._journal_missing, missing):
-                missing = True  # the shared storage not mounted: an empty journal made here would lose all it holds
-            elif held:
-                missing = False
-                now_stamp = await loop.run_in_executor(None, self.gens.stamp)
-                if now_stamp != stamp:
-                    stamp, still_since = now_stamp, time.monotonic()
-                if now_stamp[0] == 0:
-                    return "the address is here and no CP ever served this journal"
-                gen, age = self.gens.age(now_stamp)  # the stamp just read: no second listdir
-                if woken and (age is None or age >= c.takeover_stale):
-                    beat = "never" if age is None else f"{age:.3f} s ago"
-                    return f"woken holding the address; the CP of generation {gen} last beat {beat}"
-                if time.monotonic() - still_since >= c.takeover_stale:
-                    return f"the address is here and the CP of generation {gen} has not beaten for {c.takeover_stale:g} s"
-                if woken and not told:
-                    told = True
-                    log.warning(
-                        "cp_wake_deferred",
-                        generation=gen,
-                        last_beat_s=age,
-                        msg="master here, but another CP serves the journal and beats: not taking over (split brain?)",
-                    )
-            else:
-                stamp = None
-            self.woken.clear()
-            try:
-                async with asyncio.timeout(WAIT_POLL):  # (not wait_for: on 3.11 it can lose a cancellation)
-                    await self.woken.wait()
-            except TimeoutError:
-                pass
-        return None
-
-    def _journal_missing(self, said: bool = False) -> bool:
-        """`takeover = "on_wake"` (two CP machines): whether the journal directory is missing. It is
-        on the shared storage, made there once: missing, the storage is not mounted, and taking over
-        an empty journal made under the mount point would lose everything the other CP acknowledged.
-        Said once (`said`: already said)."""
-        c = self.cfg.cp
-        if c.takeover != "on_wake" or Path(c.journal).is_dir():
-            return False
-        if not said:
-            log.error("cp_journal_missing", journal=c.journal, msg=_MISSING.format(journal=c.journal))
-        return True
-
     def take_over(self, reason: str) -> None:
         """Take the journal's next generation, recover, write the snapshot; then `self.cp`."""
         c = self.cfg.cp
@@ -386,7 +244,7 @@ class CPServer:
             return
         d = Path(c.journal)
         if self._journal_missing(said=True):
-            raise JournalMissing(_MISSING.format(journal=c.journal))
+            raise JournalMissing(MISSING.format(journal=c.journal))
         gen = self.gens.take()  # durable before anything is read (SPEC §5.8)
         with gcpolicy.paused():
             r = recover(d)  # raises JournalDamaged (file and offset) on damage

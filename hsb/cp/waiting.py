@@ -1,0 +1,182 @@
+"""A second CP machine's hsbcpd waiting to take the journal over (`[cp] takeover = "on_wake"`,
+docs/operations.md "Two CP machines"): whether this machine holds the virtual address that
+keepalived moves, whether keepalived made it master (its notify script's state file, SIGUSR1),
+whether the serving CP still beats, and whether the journal's shared storage is there at all.
+
+A mixin of `hsb.cp.server.CPServer` (its lifecycle): the waiting is one phase of it, kept in a
+file of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import socket
+import time
+from pathlib import Path
+
+import structlog
+
+from hsb.config import parse_addr
+from hsb.cp.config import CPConfig
+from hsb.cp.journal.generation import Generations
+from hsb.ops.notify import Watchdog, notify
+from hsb.wire.tls import TLS, reload_tls
+
+log = structlog.get_logger("hsb.cp")
+WAIT_POLL = 0.05  # seconds between a waiting CP's looks at the address and the serving CP's heartbeat
+MISSING = (
+    'the CP journal {journal} does not exist: with takeover = "on_wake" it is on the storage both CP machines share.'
+    " Is it mounted? This CP takes over only once it is there (made once, on the shared storage: mkdir -p {journal})"
+)
+
+
+class JournalMissing(Exception):
+    """`takeover = "on_wake"` and the journal directory is not there (the shared storage not mounted)."""
+
+
+def holds_address(addr: str, unknown: bool = True) -> bool:
+    """Whether `addr`'s host is an address of this machine (the virtual address keepalived
+    moves); a wildcard or a name counts as held. When it cannot be told (no socket to be had:
+    the open-files limit, say), `unknown`: the serving CP serves on, a waiting one waits."""
+    host, _ = parse_addr(addr)
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])  # (an IPv6 scope: fe80::1%eth0)
+    except ValueError:
+        return True  # a name (or empty): not a moving address this CP can check
+    if ip.is_unspecified:
+        return True
+    fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    try:
+        s = socket.socket(fam, socket.SOCK_DGRAM)
+    except OSError as exc:
+        if exc.errno == errno.EAFNOSUPPORT:  # no IPv6 on this machine: not an address it has
+            return False
+        return _check_failed(addr, exc, unknown)
+    with s:
+        try:
+            s.bind((host, 0))
+            return True
+        except OSError as exc:
+            if exc.errno in (errno.EADDRNOTAVAIL, errno.EINVAL, errno.EAFNOSUPPORT):
+                return False
+            return _check_failed(addr, exc, unknown)
+
+
+_check_failed_at = 0.0
+
+
+def _check_failed(addr: str, exc: OSError, unknown: bool) -> bool:
+    """The check could not be made: `unknown`, said at most once a minute (it runs 10 times a second)."""
+    global _check_failed_at
+    now = time.monotonic()
+    if now - _check_failed_at >= 60.0:
+        _check_failed_at = now
+        log.warning("address_check_failed", address=addr, error=str(exc), assumed="held" if unknown else "not held")
+    return unknown
+
+
+class Waiting:
+    """The waiting phase of `CPServer` (see the module docstring)."""
+
+    # the server's state that the waiting uses (set in CPServer.__init__)
+    cfg: CPConfig
+    gens: Generations | None
+    state: str
+    wake_requested: bool
+    woken: asyncio.Event
+    should_exit: asyncio.Event
+    sighups: int
+    tls: TLS | None
+
+    def _master_here(self) -> bool:
+        """keepalived says this machine is master (its notify script's state file), or SIGUSR1 came."""
+        if self.wake_requested:
+            return True
+        f = self.cfg.cp.wake_file
+        if not f:
+            return False
+        try:
+            return Path(f).read_text().strip().upper().endswith("MASTER")
+        except OSError:
+            return False
+
+    async def wait_for_takeover(self) -> str | None:
+        """`takeover = "on_wake"`: until this machine holds the address and no CP serves the
+        journal (woken by keepalived and the serving CP's heartbeat older than takeover_stale on
+        this clock, or not seen to move for takeover_stale); the reason, or None if asked to exit."""
+        assert self.gens is not None
+        c = self.cfg.cp
+        self.state = "waiting"
+        missing = self._journal_missing()
+        log.info(
+            "cp_waiting",
+            name=c.name,
+            address=c.terminal_listen,
+            generation=None if missing else self.gens.current(),
+            msg="waiting to take over the journal: keepalived making this machine master (wake_file, SIGUSR1) while no CP serves it",
+        )
+        notify(READY=1, STATUS="waiting to take over (keepalived)")
+        loop = asyncio.get_running_loop()
+        stamp: tuple[int, int] | None = None
+        still_since = time.monotonic()
+        watchdog = Watchdog()
+        told = False
+        sighups_seen = self.sighups
+        while not self.should_exit.is_set():
+            watchdog.tick(time.monotonic())
+            if self.sighups != sighups_seen:
+                # new certificates for the admin link and /health now; the rest of the config
+                # (reload_requested stays set) once this CP serves
+                sighups_seen = self.sighups
+                reload_tls(self.tls)
+            held = await loop.run_in_executor(None, holds_address, c.terminal_listen, False)
+            woken = self._master_here()
+            if woken and not held and self.wake_requested:
+                log.info("cp_wake_ignored", address=c.terminal_listen, msg="woken, but this machine does not hold the address")
+            self.wake_requested = False
+            if held and await loop.run_in_executor(None, self._journal_missing, missing):
+                missing = True  # the shared storage not mounted: an empty journal made here would lose all it holds
+            elif held:
+                missing = False
+                now_stamp = await loop.run_in_executor(None, self.gens.stamp)
+                if now_stamp != stamp:
+                    stamp, still_since = now_stamp, time.monotonic()
+                if now_stamp[0] == 0:
+                    return "the address is here and no CP ever served this journal"
+                gen, age = self.gens.age(now_stamp)  # the stamp just read: no second listdir
+                if woken and (age is None or age >= c.takeover_stale):
+                    beat = "never" if age is None else f"{age:.3f} s ago"
+                    return f"woken holding the address; the CP of generation {gen} last beat {beat}"
+                if time.monotonic() - still_since >= c.takeover_stale:
+                    return f"the address is here and the CP of generation {gen} has not beaten for {c.takeover_stale:g} s"
+                if woken and not told:
+                    told = True
+                    log.warning(
+                        "cp_wake_deferred",
+                        generation=gen,
+                        last_beat_s=age,
+                        msg="master here, but another CP serves the journal and beats: not taking over (split brain?)",
+                    )
+            else:
+                stamp = None
+            self.woken.clear()
+            try:
+                async with asyncio.timeout(WAIT_POLL):  # (not wait_for: on 3.11 it can lose a cancellation)
+                    await self.woken.wait()
+            except TimeoutError:
+                pass
+        return None
+
+    def _journal_missing(self, said: bool = False) -> bool:
+        """`takeover = "on_wake"` (two CP machines): whether the journal directory is missing. It is
+        on the shared storage, made there once: missing, the storage is not mounted, and taking over
+        an empty journal made under the mount point would lose everything the other CP acknowledged.
+        Said once (`said`: already said)."""
+        c = self.cfg.cp
+        if c.takeover != "on_wake" or Path(c.journal).is_dir():
+            return False
+        if not said:
+            log.error("cp_journal_missing", journal=c.journal, msg=MISSING.format(journal=c.journal))
+        return True
