@@ -70,7 +70,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         self.instance = secrets.token_hex(8)
         self.held_bytes = cfg.cp.held_bytes
         self.held_total_bytes = cfg.cp.held_total_bytes
-        self.total_over = False  # the data held and kept reached held_total_bytes (until below TOTAL_LOW of it)
+        self.total_over = False  # the data held reached held_total_bytes (until below TOTAL_LOW of it)
         self.slowed: set[Term] = set()  # terminals not read for the CP's own bound (rechecked by recheck_slowed)
         self.host_timeout = cfg.cp.host_timeout
         self.host_lease = cfg.cp.host_lease  # the active role's lease, told to the hosts

@@ -68,8 +68,7 @@ class JournalSide:
         self.counts.kept += kept_n
         self.counts.held_data += held_data
         self.counts.kept_data += kept_data
-        if self._over_total():  # (more held than the bound allows now: said at once, not at the first message)
-            self._total_bound(True)
+        self._follow_total()  # (more held than the bound allows now: said at once, not at the first message)
         if unknown:
             log.warning(
                 "journal_terminals_not_in_table",

@@ -227,10 +227,10 @@ class TerminalSide:
         take its confirmations only (they are what brings the replies below it: a connection
         not read at all would wait for ever); below both, read it as usual."""
         bound, size = self.held_bound, self.held_bytes
-        if self.total_over is not self._over_total():
-            self._total_bound(not self.total_over)
+        self._follow_total()
+        own_over = len(term.held) >= bound or term.held_bytes >= size
         slow = self.total_over and bool(term.held) and self._settles_without(term)
-        held_over = len(term.held) >= bound or term.held_bytes >= size or slow
+        held_over = own_over or slow
         kept_over = len(term.replies) >= bound or term.kept_bytes >= size
         if slow:
             self.slowed.add(term)
@@ -243,7 +243,7 @@ class TerminalSide:
             conn.park(kept_over)
         if (held_over or kept_over) and not term.paused:
             term.paused = True
-            (log.debug if slow and not kept_over and len(term.held) < bound and term.held_bytes < size else log.info)(
+            (log.info if own_over or kept_over else log.debug)(  # (the CP's own bound alone: its events say it)
                 "terminal_backpressure",
                 terminal=term.name,
                 held=len(term.held),
@@ -260,6 +260,11 @@ class TerminalSide:
             conn.pause_reading()
         elif kept_over and not conn.bye_waiting:  # only the kept replies at the bound: read on, for the confirmations
             conn.resume_reading()
+
+    def _follow_total(self: CP) -> None:
+        """The CP's own bound crossed either way since last looked at: noted, and said."""
+        if self.total_over is not self._over_total():
+            self._total_bound(not self.total_over)
 
     def _over_total(self: CP) -> bool:
         """Whether the CP's own bound holds now: from `held_total_bytes` until below TOTAL_LOW of it."""
@@ -287,13 +292,12 @@ class TerminalSide:
 
     def recheck_slowed(self: CP) -> None:
         """A reload changed the bound: the terminals not read for it, again (a walk over those only)."""
-        if self.total_over is not self._over_total():
-            self._total_bound(not self.total_over)
+        self._follow_total()
         for term in list(self.slowed):
             self._backpressure(term)
 
     def _total_bound(self: CP, over: bool) -> None:
-        """The data held and kept by all terminals together crossed `held_total_bytes` (NCP's
+        """The data held for all terminals together crossed `held_total_bytes` (NCP's
         slowdown: a front end short of buffers stops reading its terminals, it drops nothing)."""
         self.total_over = over
         c = self.counts

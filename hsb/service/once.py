@@ -47,6 +47,7 @@ import hashlib
 import random
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 
@@ -103,6 +104,11 @@ class RequestMismatch(Exception):
         self.message_id = message_id
 
 
+def _other_request(stored: Any, digest: int | None) -> bool:
+    """A record's hash (None: a record of before the hash was kept) against this request's."""
+    return digest is not None and stored is not None and int(stored) != digest
+
+
 def request_hash(request: bytes | str) -> int:
     """A signed 64-bit hash of a request's data (its UTF-8 bytes for text): a BIGINT in both databases."""
     raw = request.encode("utf-8", "surrogatepass") if isinstance(request, str) else bytes(request)
@@ -133,6 +139,10 @@ class ExactlyOnce:
         self.next_prune = 0.0
         self.pruning: asyncio.Task[None] | None = None  # the prune running (one at a time)
         self.counters = {"applied": 0, "replayed": 0, "collisions": 0, "pruned": 0, "mismatched": 0}
+
+    def _mismatched(self, terminal: str, message_id: int) -> None:
+        self.counters["mismatched"] += 1
+        log.warning("idempotency_request_mismatch", terminal=terminal, id=message_id, msg="not applied, not answered with its reply: ids used again?")
 
     def check_keep_last(self, held_bound: int) -> bool:
         """Whether `keep_last` covers the CP's `held_bound` (said as an error if not: a message the
@@ -176,7 +186,7 @@ class ExactlyOnce:
             if redelivered and self.record:
                 prior = await tx.fetchrow(_LOOKUP_HASHED, terminal, message_id)
                 if prior is not None:
-                    if digest is not None and prior[1] is not None and int(prior[1]) != digest:
+                    if _other_request(prior[1], digest):
                         raise RequestMismatch(terminal, message_id)
                     return True, str(prior[0])
             reply = await effect(tx)
@@ -189,8 +199,7 @@ class ExactlyOnce:
         try:
             replayed, reply = await self.db.run(body)
         except RequestMismatch:
-            self.counters["mismatched"] += 1
-            log.warning("idempotency_request_mismatch", terminal=terminal, id=message_id, msg="not applied: ids used again for other requests?")
+            self._mismatched(terminal, message_id)
             raise
         if replayed:
             self.counters["replayed"] += 1
@@ -211,9 +220,8 @@ class ExactlyOnce:
             prior = await tx.fetchrow(_LOOKUP_HASHED, terminal, message_id)
         if prior is None:
             return None
-        if request is not None and prior[1] is not None and int(prior[1]) != request_hash(request):
-            self.counters["mismatched"] += 1
-            log.warning("idempotency_request_mismatch", terminal=terminal, id=message_id, msg="not answered with another request's reply")
+        if request is not None and _other_request(prior[1], request_hash(request)):
+            self._mismatched(terminal, message_id)
             return None
         return str(prior[0])
 
