@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
+import struct
 
 import pytest
 
@@ -293,3 +295,46 @@ async def test_the_bytes_held_and_kept_go_back_to_zero_when_everything_is_settle
     cp.terminal_confirm(term, 6)
     assert term.kept_bytes == 0 and not term.replies and t.term is term
     assert cp.counts.held_data == cp.counts.kept_data == 0
+
+
+@pytest.mark.parametrize("how", ["reset", "close"])
+async def test_a_terminal_whose_unread_connection_went_can_log_on_again_at_once(tmp_path, how: str) -> None:  # type: ignore[no-untyped-def]
+    """At its bound of held messages (no active: they wait) the CP stops reading a terminal, so
+    its reset or close is not seen by reading. Its reconnect asks the kernel about the old
+    connection: gone, it is dropped and the new one logs on at once (it was refused as already
+    connected until an active came); a live one is still refused."""
+    cp = start_cp(tmp_path / "cp", terminals=2, held_bound=4)
+    try:
+        t = await FakeTerminal.connect(cp.info["terminal"], "T00001")
+        await t.wait(lambda m: m["t"] == "welcome")
+        for i in range(1, 6):
+            t.send({"t": "msg", "id": i, "data": f"m{i}"})
+        await t.wait_count(lambda m: m["t"] == "ack", 4)
+        # a second device under the same name while the first is alive: refused, as before
+        dup = await FakeTerminal.connect(cp.info["terminal"], "T00001")
+        await dup.wait(lambda m: m["t"] == "error")
+        assert [m["code"] for m in dup.inbox if m["t"] == "error"] == ["already_connected"]
+        sock = t.fs.writer.get_extra_info("socket")
+        if how == "reset":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        t.fs.writer.transport.abort() if how == "reset" else t.fs.writer.close()
+        await t.wait_closed()
+        again = await FakeTerminal.connect(cp.info["terminal"], "T00001")
+        welcome = await again.wait(lambda m: m["t"] in ("welcome", "error"))
+        assert welcome["t"] == "welcome", welcome
+        assert welcome["last_acked"] == 4
+        again.send({"t": "msg", "id": 5, "data": "m5"})  # not acknowledged before: sent again
+        st = await _cp_status(cp)
+        assert st["terminals"]["connected"] == 1, st["terminals"]
+        a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+        a.auto_reply = True
+        await a.wait(lambda m: m["t"] == "session_request")  # (asked at its registration)
+        a.send({"t": "open", "terminal": "T00001", "kind": "active", "attrs": ATTRS, "epoch": a.epoch})
+        replies = await again.wait_count(lambda m: m["t"] == "reply", 5)
+        assert sorted(m["id"] for m in replies) == [1, 2, 3, 4, 5]
+        assert {m["id"]: m["data"] for m in replies} == {i: f"m{i}" for i in range(1, 6)}
+        await asyncio.sleep(0.2)  # an observation window: a duplicate would arrive in it
+        assert len([m for m in again.inbox if m["t"] == "reply"]) == 5 and not again.closed
+        assert [e for e in cp.events("terminal_connection_gone") if e.get("terminal") == "T00001"]
+    finally:
+        cp.stop()

@@ -44,6 +44,11 @@ class TerminalSide:
             log.warning("terminal_refused", terminal=name[:64], peer=proto.peer, reason="unknown_terminal")
             proto.close_with_error("unknown_terminal", f"terminal {name[:64]!r} is not in the CP's terminal table")
             return
+        if term.conn is not None and not term.conn.closed and term.conn.peer_gone():
+            # not read (at a bound, say), so its reset or close was not seen yet: it went, and this
+            # is its reconnect (else refused as already connected until the bound is left)
+            log.info("terminal_connection_gone", terminal=name, peer=term.conn.peer, msg="its unread old connection had been closed by the peer")
+            term.conn.abort()
         if term.conn is not None and not term.conn.closed:
             log.warning("terminal_refused", terminal=name, peer=proto.peer, reason="already_connected")
             proto.close_with_error("already_connected", f"terminal {name!r} is already connected from {term.conn.peer}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import socket
 import ssl
 from collections.abc import Collection
@@ -53,6 +54,28 @@ def tcp_keepalive(sock: Any, idle: float) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, secs)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+
+
+# TCP states (Linux's tcp_states.h) in which the peer has gone: it reset the connection, or
+# keepalive gave up on it (CLOSE), or it closed its side (CLOSE_WAIT: a terminal's link is not
+# half-open by design, so its FIN is its leaving)
+_TCP_CLOSE, _TCP_CLOSE_WAIT = 7, 8
+
+
+def peer_gone(sock: Any) -> bool:
+    """Whether the peer of a connected TCP socket is gone, asked of the kernel: for a connection
+    this side does not read (back-pressure), whose reset or end the event loop therefore never
+    sees. False where it cannot be told (not TCP, not Linux)."""
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):  # a reset, or keepalive's timeout
+            return True
+        if not hasattr(socket, "TCP_INFO"):
+            return False
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] in (_TCP_CLOSE, _TCP_CLOSE_WAIT)
+    except OSError as exc:
+        return exc.errno in (errno.EBADF, errno.ENOTCONN)  # the socket itself is gone
 
 
 # what a handler raises on a field missing, of the wrong type or shape (nested ~1,000 deep: str()
@@ -346,6 +369,13 @@ class FramedProtocol(asyncio.Protocol):
             reason=f"closed, and nothing it was sent was read for {CLOSE_LINGER_S:g}s",
         )
         tr.abort()
+
+    def peer_gone(self) -> bool:
+        """The peer reset or closed this connection, although nothing here has read that yet
+        (reading paused: hsb.wire.conn.peer_gone); True once closed."""
+        if self.closed or self.transport is None:
+            return True
+        return peer_gone(self.transport.get_extra_info("socket"))
 
     def abort(self) -> None:
         if self.transport is not None:
