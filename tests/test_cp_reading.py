@@ -338,3 +338,115 @@ async def test_a_terminal_whose_unread_connection_went_can_log_on_again_at_once(
         assert [e for e in cp.events("terminal_connection_gone") if e.get("terminal") == "T00001"]
     finally:
         cp.stop()
+
+
+async def _at_bound_with_an_active(cp, frames: list[dict]) -> tuple[FakeHost, FakeTerminal]:  # type: ignore[no-untyped-def]
+    """A non-resuming terminal with its session at an active that answers nothing: `frames` sent
+    in one write, the first four messages held (the bound) and the CP no longer reading it."""
+    a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+    t = await FakeTerminal.connect(cp.info["terminal"], "T00001")
+    await a.wait(lambda m: m["t"] == "session_request")
+    a.send({"t": "open", "terminal": "T00001", "kind": "active", "attrs": ATTRS, "epoch": a.epoch})
+    await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+    t.fs.writer.write(b"".join(encode(f) for f in frames))
+    await t.wait_count(lambda m: m["t"] == "ack", 4)
+    await a.wait_count(lambda m: m["t"] == "deliver", 4)
+    return a, t
+
+
+async def test_replies_for_a_terminal_that_left_its_unread_connection_wait_for_its_return(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A terminal that does not resume, at its bound, leaves: the replies the active then gives
+    are not written into the connection it left (and lost there: nothing else keeps them) but
+    kept for its next logon, once each (found at the reply, or by the CP's sweep of the
+    connections it does not read)."""
+    cp = start_cp(tmp_path / "cp", terminals=2, held_bound=4)
+    try:
+        a, t = await _at_bound_with_an_active(cp, [{"t": "msg", "id": i, "data": f"m{i}"} for i in range(1, 6)])
+        t.fs.writer.close()
+        await t.wait_closed()
+        for m in [m for m in a.inbox if m["t"] == "deliver"]:
+            a.send({"t": "reply", "terminal": "T00001", "id": m["id"], "data": f"r{m['id']}", "epoch": a.epoch})
+        await until_status(cp, lambda st: st["held_messages"] == 0 and st["terminals"]["connected"] == 0)
+        again = await FakeTerminal.connect(cp.info["terminal"], "T00001")
+        replies = await again.wait_count(lambda m: m["t"] == "reply", 4)
+        await asyncio.sleep(0.2)  # an observation window: a duplicate would arrive in it
+        assert {m["id"]: m["data"] for m in replies} == {i: f"r{i}" for i in range(1, 5)}
+        assert len([m for m in again.inbox if m["t"] == "reply"]) == 4
+        assert [e["at"] for e in cp.events("terminal_connection_gone")] in (["reply"], ["sweep"])
+    finally:
+        cp.stop()
+
+
+async def test_an_unread_connection_its_terminal_left_is_found_gone_by_the_cps_sweep(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """No active: the terminal's messages wait at its bound and the CP does not read it, so its
+    close is not seen by reading; the CP asks the kernel about such connections once a second,
+    and the terminal is no longer counted connected."""
+    cp = start_cp(tmp_path / "cp", terminals=2, held_bound=4)
+    try:
+        t = await FakeTerminal.connect(cp.info["terminal"], "T00001")
+        await t.wait(lambda m: m["t"] == "welcome")
+        for i in range(1, 6):
+            t.send({"t": "msg", "id": i, "data": "x"})
+        await t.wait_count(lambda m: m["t"] == "ack", 4)
+        st = await _cp_status(cp)
+        assert st["terminals"]["connected"] == 1 and st["terminals"]["backpressured"] == 1, st["terminals"]
+        t.fs.writer.close()
+        await t.wait_closed()
+        st = await until_status(cp, lambda st: st["terminals"]["connected"] == 0, timeout=5.0)
+        assert st["terminals"]["backpressured"] == 0 and st["held_messages"] == 4  # nothing acknowledged is dropped
+        assert [e["at"] for e in cp.events("terminal_connection_gone")] == ["sweep"]
+    finally:
+        cp.stop()
+
+
+async def test_a_bye_read_behind_the_bound_is_a_logoff_when_its_connection_goes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Messages and a bye in one write: the bye is read but waits behind the held bound. The
+    terminal goes: its session closes at the active as a logoff, not a disconnect."""
+    cp = start_cp(tmp_path / "cp", terminals=2, held_bound=4)
+    try:
+        frames = [{"t": "msg", "id": i, "data": "x"} for i in range(1, 6)] + [{"t": "bye"}]
+        a, t = await _at_bound_with_an_active(cp, frames)
+        t.fs.writer.close()
+        await t.wait_closed()
+        closed = await a.wait(lambda m: m["t"] == "session_closed")
+        assert closed["reason"] == "logoff", closed
+    finally:
+        cp.stop()
+
+
+async def test_a_terminal_that_logged_off_and_went_while_no_active_served_has_its_messages_answered(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """No active: three messages held; the terminal says bye and goes. When an active comes,
+    they go to it (a terminal that logged off does not come back for them)."""
+    cp = start_cp(tmp_path / "cp", terminals=2)
+    try:
+        t = await FakeTerminal.connect(cp.info["terminal"], "T00001")
+        await t.wait(lambda m: m["t"] == "welcome")
+        for i in range(1, 4):
+            t.send({"t": "msg", "id": i, "data": f"m{i}"})
+        await t.wait_count(lambda m: m["t"] == "ack", 3)
+        t.send({"t": "bye"})
+        await t.fs.drain()
+        await until_status(cp, lambda st: st["terminals"]["connected"] == 1)
+        t.fs.writer.close()
+        await t.wait_closed()
+        await until_status(cp, lambda st: st["terminals"]["connected"] == 0)
+        a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+        delivered = await a.wait_count(lambda m: m["t"] == "deliver" and m["terminal"] == "T00001", 3)
+        assert sorted(m["id"] for m in delivered) == [1, 2, 3]
+        for m in delivered:
+            a.send({"t": "reply", "terminal": "T00001", "id": m["id"], "data": "ok", "epoch": a.epoch})
+        await until_status(cp, lambda st: st["held_messages"] == 0)
+    finally:
+        cp.stop()
+
+
+async def until_status(cp, ok, timeout: float = 10.0) -> dict:  # type: ignore[no-untyped-def]
+    """The CP's status once `ok(status)` holds (polled), else AssertionError with the last one."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        st = await _cp_status(cp)
+        if ok(st):
+            return st  # type: ignore[no-any-return]
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not within {timeout} s: {st}")
+        await asyncio.sleep(0.05)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -71,6 +71,8 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         self.held_bytes = cfg.cp.held_bytes
         self.held_total_bytes = cfg.cp.held_total_bytes
         self.total_over = False  # the data held reached held_total_bytes (until below TOTAL_LOW of it)
+        self._unread_due: deque[Term] = deque()  # paused terminals still to be asked after (sweep_unread)
+        self._unread_next = 0.0
         self.slowed: set[Term] = set()  # terminals not read for the CP's own bound (rechecked by recheck_slowed)
         self.host_timeout = cfg.cp.host_timeout
         self.host_lease = cfg.cp.host_lease  # the active role's lease, told to the hosts
@@ -319,7 +321,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         for term in self.terms.values():
             if term.active is not None and term.active.host is not host:
                 term.active = None
-            if term.leaving and term.held and term.conn is not None:
+            if term.leaving and term.held:  # (connected or not: a terminal that logged off does not come back for them)
                 self._deliver_pending(term, host)  # logged off, its messages still to answer
         if not adopt:  # else once the active has named its sessions
             self._request_sessions(host)
@@ -601,6 +603,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
             log.warning("cp_loop_stalled", stalled_ms=round((now - last) * 1000, 1), msg="host silence judged again at the next tick")
             return
         self._tick_skipped = False
+        self.sweep_unread(now)
         sw = self.after_switch
         if sw is not None and sw.expired(now):  # (its terminals never served, and no reply came to end it)
             self.after_switch = None

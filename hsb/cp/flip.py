@@ -219,7 +219,7 @@ class Flip:
                         continue
                     term.active = None
                     host.send({"t": "session_closed", "terminal": term.name, "reason": "disconnect"})
-                    if term.leaving and term.held and term.conn is not None:
+                    if term.leaving and term.held:
                         cp._deliver_pending(term, host)  # logged off, its messages still to answer
                     continue
                 was = term._active
@@ -244,7 +244,7 @@ class Flip:
                 elif term.conn is not None and term.active is None and not term.leaving:
                     host.request_session(term)
                     self.requested += 1
-                elif term.leaving and term.held and term.conn is not None:
+                elif term.leaving and term.held:  # (connected or not: logged off, it does not come back for them)
                     cp._deliver_pending(term, host)  # logged off, its messages still to answer
                 elif term.conn is None and term._active is not None and term._active.host is not host:
                     # kept for a terminal not back yet (hsb.cp.adopt): it went with the old active

@@ -64,7 +64,7 @@ class Counts:
     """What `status` reports of all terminals together, kept as it changes: a walk over every
     terminal at each status call (each /health probe) took tens of ms at 100,000."""
 
-    __slots__ = ("active", "standby", "held", "kept", "paused", "held_data", "kept_data")
+    __slots__ = ("active", "standby", "held", "kept", "paused", "held_data", "kept_data", "paused_terms")
 
     def __init__(self) -> None:
         self.active = 0  # terminals with an active session
@@ -74,6 +74,7 @@ class Counts:
         self.paused = 0  # terminals back-pressured: not read (held bound), or read for confirmations only (kept replies)
         self.held_data = 0  # bytes of data of the held messages (the CP's own bound, held_total_bytes)
         self.kept_data = 0  # ... and of the kept replies
+        self.paused_terms: set[Term] = set()  # the paused ones (hsb.cp.core.CP.sweep_unread asks after their peers)
 
 
 class Term:
@@ -153,6 +154,10 @@ class Term:
     def paused(self, p: bool) -> None:
         if p != self._paused:
             self.counts.paused += 1 if p else -1
+            if p:
+                self.counts.paused_terms.add(self)
+            else:
+                self.counts.paused_terms.discard(self)
         self._paused = p
 
     def forget(self) -> None:

@@ -89,6 +89,8 @@ class StatusView:
             walk.held += len(t.held)
             walk.kept += len(t.replies)
             walk.paused += t.paused
+            if t.paused:
+                walk.paused_terms.add(t)
             walk.held_data += t.held_bytes
             walk.kept_data += t.kept_bytes
         diff = {k: (getattr(self.counts, k), getattr(walk, k)) for k in Counts.__slots__ if getattr(self.counts, k) != getattr(walk, k)}

@@ -181,6 +181,16 @@ class TerminalProtocol(FramedProtocol):
                 " you hold (confirm id), then send on; the waiting messages were not acknowledged, send them again",
             )
 
+    def gone(self) -> None:
+        """Its peer went while it was not read (hsb.wire.conn.peer_gone): lost now, as once its
+        end had been read; a bye it gave (waiting in the logoff storm's queue, parked, or read
+        and waiting behind the held bound) is still a logoff. Nothing else it sent was taken:
+        none of it was acknowledged."""
+        if any(m["t"] == "bye" for m in self._backlog):
+            self.bye_waiting = True
+        self.abort()  # (its connection_lost comes later and finds the terminal no longer its own)
+        self.on_lost(None, now=True)
+
     def close(self) -> None:
         term = self.term
         if self.bye_waiting and term is not None and term.conn is self:
@@ -190,7 +200,7 @@ class TerminalProtocol(FramedProtocol):
             term.leaving = True
         super().close()
 
-    def on_lost(self, exc: Exception | None) -> None:
+    def on_lost(self, exc: Exception | None, now: bool = False) -> None:
         term = self.term
         if self.parked and any(m["t"] == "bye" for m in self.parked):
             self.bye_waiting = True  # it said bye behind the bound, and went: a logoff all the same
@@ -201,5 +211,5 @@ class TerminalProtocol(FramedProtocol):
                     self.logoff()
                 finally:
                     self.cp.terminal_lost(term)
-            elif self.cp.logons.admit_lost(self, term.name, self._loop):  # else in its turn (a storm)
+            elif now or self.cp.logons.admit_lost(self, term.name, self._loop):  # else in its turn (a storm)
                 self.cp.terminal_lost(term)

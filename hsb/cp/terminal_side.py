@@ -29,12 +29,15 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("hsb.cp")
 
+SWEEP_EVERY_S, SWEEP_MAX = 1.0, 1000  # connections not read: this many peers asked after a second at most (two getsockopt each)
 WELCOME_WAIT_S = 0.1  # a welcome waits this long at most for the session's opening to go with it
 TOTAL_LOW = 0.9  # past held_total_bytes, the CP's own bound holds until the data is below this share of it
 
 
 class TerminalSide:
     """Terminal rules of the CP; mixed into `CP` (see the module docstring)."""
+
+    _unread_next: float  # when sweep_unread asks again (set in CP.__init__)
 
     # ------------------------------------------------------------------ logon and resume
     def terminal_hello(self: CP, proto: TerminalProtocol, name: str, last_reply: int | None = None) -> None:
@@ -47,8 +50,14 @@ class TerminalSide:
         if term.conn is not None and not term.conn.closed and term.conn.peer_gone():
             # not read (at a bound, say), so its reset or close was not seen yet: it went, and this
             # is its reconnect (else refused as already connected until the bound is left)
-            log.info("terminal_connection_gone", terminal=name, peer=term.conn.peer, msg="its unread old connection had been closed by the peer")
-            term.conn.abort()
+            log.info(
+                "terminal_connection_gone",
+                terminal=name,
+                peer=term.conn.peer,
+                at="reconnect",
+                msg="its unread old connection had been closed by the peer",
+            )
+            term.conn.gone()
         if term.conn is not None and not term.conn.closed:
             log.warning("terminal_refused", terminal=name, peer=proto.peer, reason="already_connected")
             proto.close_with_error("already_connected", f"terminal {name!r} is already connected from {term.conn.peer}")
@@ -220,6 +229,30 @@ class TerminalSide:
         self.connected -= 1
         log.debug("terminal_disconnected", terminal=term.name, held=len(term.held))
         self._close_active_session(term, "logoff" if term.leaving else "disconnect")
+
+    def sweep_unread(self: CP, now: float) -> None:
+        """Once a second: ask the kernel after the peers of up to SWEEP_MAX connections not read
+        (their held bound), in turn; one whose terminal reset or closed it, or that TCP keepalive
+        gave up on, is lost now (a reading connection sees that at once; one not read never would,
+        until its bound is left)."""
+        if now < self._unread_next or not (self._unread_due or self.counts.paused_terms):
+            return
+        self._unread_next = now + SWEEP_EVERY_S
+        due = self._unread_due
+        if not due:
+            due.extend(self.counts.paused_terms)
+        for _ in range(min(SWEEP_MAX, len(due))):
+            term = due.popleft()
+            conn = term.conn
+            if conn is not None and term.paused and conn.reading_paused and not conn.closed and conn.peer_gone():
+                log.info(
+                    "terminal_connection_gone",
+                    terminal=term.name,
+                    peer=conn.peer,
+                    at="sweep",
+                    msg="its unread connection had been closed by the peer",
+                )
+                conn.gone()
 
     def _close_active_session(self: CP, term: Term, reason: str) -> None:
         s = term.active
@@ -466,6 +499,14 @@ class TerminalSide:
             term.notice = None
 
     def _to_terminal(self: CP, term: Term, msg: dict[str, Any]) -> None:
+        conn = term.conn
+        if conn is not None and conn.reading_paused and not conn.closed and conn.peer_gone():
+            # not read (its held bound): a reply written into a connection its terminal left is
+            # lost (a non-resuming terminal's is kept nowhere else): it goes to the outbox instead
+            log.info(
+                "terminal_connection_gone", terminal=term.name, peer=conn.peer, at="reply", msg="its unread connection had been closed by the peer"
+            )
+            conn.gone()
         if term.conn is not None and not term.conn.closed:
             self._tell(term, msg)
         elif msg["t"] == "reply" and not term.resuming:  # a resuming terminal gets its kept replies again

@@ -373,9 +373,10 @@ class FramedProtocol(asyncio.Protocol):
     def peer_gone(self) -> bool:
         """The peer reset or closed this connection, although nothing here has read that yet
         (reading paused: hsb.wire.conn.peer_gone); True once closed."""
-        if self.closed or self.transport is None:
+        tr = self.transport
+        if self.closed or tr is None or tr.is_closing():  # (closing: a failed write, its connection_lost to come)
             return True
-        return peer_gone(self.transport.get_extra_info("socket"))
+        return peer_gone(tr.get_extra_info("socket"))
 
     def abort(self) -> None:
         if self.transport is not None:
