@@ -297,6 +297,19 @@ async def test_the_bytes_held_and_kept_go_back_to_zero_when_everything_is_settle
     assert cp.counts.held_data == cp.counts.kept_data == 0
 
 
+async def _holding(cp, sent: int, acked: int, resume: bool = False) -> FakeTerminal:  # type: ignore[no-untyped-def]
+    """Terminal T00001 logged on to a CP without an active (`resume`: its hello says last_reply
+    0), `sent` messages sent ("m1", …), `acked` of them acknowledged."""
+    t = await FakeTerminal.connect(cp.info["terminal"], "T00001", hello=not resume)
+    if resume:
+        t.send({"t": "hello", "terminal": "T00001", "last_reply": 0})
+    await t.wait(lambda m: m["t"] == "welcome")
+    for i in range(1, sent + 1):
+        t.send({"t": "msg", "id": i, "data": f"m{i}"})
+    await t.wait_count(lambda m: m["t"] == "ack", acked)
+    return t
+
+
 @pytest.mark.parametrize("how", ["reset", "close"])
 async def test_a_terminal_whose_unread_connection_went_can_log_on_again_at_once(tmp_path, how: str) -> None:  # type: ignore[no-untyped-def]
     """At its bound of held messages (no active: they wait) the CP stops reading a terminal, so
@@ -305,11 +318,7 @@ async def test_a_terminal_whose_unread_connection_went_can_log_on_again_at_once(
     connected until an active came); a live one is still refused."""
     cp = start_cp(tmp_path / "cp", terminals=2, held_bound=4)
     try:
-        t = await FakeTerminal.connect(cp.info["terminal"], "T00001")
-        await t.wait(lambda m: m["t"] == "welcome")
-        for i in range(1, 6):
-            t.send({"t": "msg", "id": i, "data": f"m{i}"})
-        await t.wait_count(lambda m: m["t"] == "ack", 4)
+        t = await _holding(cp, sent=5, acked=4)
         # a second device under the same name while the first is alive: refused, as before
         dup = await FakeTerminal.connect(cp.info["terminal"], "T00001")
         await dup.wait(lambda m: m["t"] == "error")
@@ -383,11 +392,7 @@ async def test_an_unread_connection_its_terminal_left_is_found_gone_by_the_cps_s
     and the terminal is no longer counted connected."""
     cp = start_cp(tmp_path / "cp", terminals=2, held_bound=4)
     try:
-        t = await FakeTerminal.connect(cp.info["terminal"], "T00001")
-        await t.wait(lambda m: m["t"] == "welcome")
-        for i in range(1, 6):
-            t.send({"t": "msg", "id": i, "data": "x"})
-        await t.wait_count(lambda m: m["t"] == "ack", 4)
+        t = await _holding(cp, sent=5, acked=4)
         st = await _cp_status(cp)
         assert st["terminals"]["connected"] == 1 and st["terminals"]["backpressured"] == 1, st["terminals"]
         t.fs.writer.close()
@@ -399,13 +404,19 @@ async def test_an_unread_connection_its_terminal_left_is_found_gone_by_the_cps_s
         cp.stop()
 
 
-async def test_a_bye_read_behind_the_bound_is_a_logoff_when_its_connection_goes(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Messages and a bye in one write: the bye is read but waits behind the held bound. The
-    terminal goes: its session closes at the active as a logoff, not a disconnect."""
+@pytest.mark.parametrize("where", ["read", "unread"])
+async def test_a_bye_behind_the_bound_is_a_logoff_when_its_connection_goes(tmp_path, where: str) -> None:  # type: ignore[no-untyped-def]
+    """Messages and a bye: the bye is read but waits behind the held bound (one write), or the
+    CP no longer reads it (a write of its own, after the bound: in the kernel's receive queue,
+    which keeps it after the terminal's close). The terminal goes: its session closes at the
+    active as a logoff, not a disconnect."""
     cp = start_cp(tmp_path / "cp", terminals=2, held_bound=4)
     try:
-        frames = [{"t": "msg", "id": i, "data": "x"} for i in range(1, 6)] + [{"t": "bye"}]
-        a, t = await _at_bound_with_an_active(cp, frames)
+        frames = [{"t": "msg", "id": i, "data": "x"} for i in range(1, 6)]
+        a, t = await _at_bound_with_an_active(cp, frames + [{"t": "bye"}] if where == "read" else frames)
+        if where == "unread":
+            t.send({"t": "bye"})
+            await t.fs.drain()
         t.fs.writer.close()
         await t.wait_closed()
         closed = await a.wait(lambda m: m["t"] == "session_closed")
@@ -414,16 +425,14 @@ async def test_a_bye_read_behind_the_bound_is_a_logoff_when_its_connection_goes(
         cp.stop()
 
 
-async def test_a_terminal_that_logged_off_and_went_while_no_active_served_has_its_messages_answered(tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("resume", [False, True])
+async def test_a_terminal_that_logged_off_and_went_while_no_active_served_has_its_messages_answered(tmp_path, resume: bool) -> None:  # type: ignore[no-untyped-def]
     """No active: three messages held; the terminal says bye and goes. When an active comes,
-    they go to it (a terminal that logged off does not come back for them)."""
+    they go to it (a terminal that logged off does not come back for them); their replies have
+    nobody to go to: dropped and counted, not kept for whoever logs on under that name next."""
     cp = start_cp(tmp_path / "cp", terminals=2)
     try:
-        t = await FakeTerminal.connect(cp.info["terminal"], "T00001")
-        await t.wait(lambda m: m["t"] == "welcome")
-        for i in range(1, 4):
-            t.send({"t": "msg", "id": i, "data": f"m{i}"})
-        await t.wait_count(lambda m: m["t"] == "ack", 3)
+        t = await _holding(cp, sent=3, acked=3, resume=resume)
         t.send({"t": "bye"})
         await t.fs.drain()
         await until_status(cp, lambda st: st["terminals"]["connected"] == 1)
@@ -435,7 +444,12 @@ async def test_a_terminal_that_logged_off_and_went_while_no_active_served_has_it
         assert sorted(m["id"] for m in delivered) == [1, 2, 3]
         for m in delivered:
             a.send({"t": "reply", "terminal": "T00001", "id": m["id"], "data": "ok", "epoch": a.epoch})
-        await until_status(cp, lambda st: st["held_messages"] == 0)
+        st = await until_status(cp, lambda st: st["held_messages"] == 0)
+        assert st["counters"]["replies_after_logoff"] == 3
+        assert st["held_bytes"]["kept"] == 0
+        again = await _holding(cp, sent=0, acked=0, resume=resume)  # the next run under that name
+        await asyncio.sleep(0.3)  # an observation window: a reply of the run before would arrive in it
+        assert not [m for m in again.inbox if m["t"] == "reply"], again.inbox
     finally:
         cp.stop()
 

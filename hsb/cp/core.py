@@ -101,6 +101,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
             "switchovers": 0,
             "adopted": 0,
             "adopted_expired": 0,
+            "replies_after_logoff": 0,  # answered for a terminal that logged off and went: told nobody
         }
         # The journal (hsb.cp.journal): nothing is acknowledged, delivered or answered before its
         # record is durable. None: memory only (`durability = "none"`).

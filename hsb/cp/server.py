@@ -544,7 +544,9 @@ class CPServer(Waiting):
             else:
                 t.defn = d  # standby_capable and attributes apply to the next session
         # kept while it is connected or owed anything (held messages, replies not yet confirmed)
-        removed = [n for n in cp.terms if n not in new.terminal_table and (t := cp.terms[n]).conn is None and not t.held and not t.replies]
+        removed = [
+            n for n in cp.terms if n not in new.terminal_table and (t := cp.terms[n]).conn is None and not t.held and not t.replies and not t.outbox
+        ]
         for n in removed:
             t = cp.terms.pop(n)
             cp._close_active_session(t, "disconnect")  # one kept for it (hsb.cp.adopt) is closed at the active

@@ -229,6 +229,14 @@ class TerminalSide:
         self.connected -= 1
         log.debug("terminal_disconnected", terminal=term.name, held=len(term.held))
         self._close_active_session(term, "logoff" if term.leaving else "disconnect")
+        if term.leaving and term.replies:  # logged off and gone: it confirms nothing more
+            self._settle_unconfirmable(term)
+
+    @staticmethod
+    def _logged_off(term: Term) -> bool:
+        """It said bye and its connection is gone: a reply for it has nobody to go to (it logs
+        on again, if ever, as a new run: replies of before would be strangers to it)."""
+        return term.leaving and term.conn is None
 
     def sweep_unread(self: CP, now: float) -> None:
         """Once a second: ask the kernel after the peers of up to SWEEP_MAX connections not read
@@ -252,7 +260,11 @@ class TerminalSide:
                     at="sweep",
                     msg="its unread connection had been closed by the peer",
                 )
-                conn.gone()
+                try:
+                    conn.gone()
+                except Exception:  # a defect: logged, and this connection dropped; the tick goes on
+                    log.exception("terminal_lost_failed", terminal=term.name, peer=conn.peer)
+                    conn.abort()
 
     def _close_active_session(self: CP, term: Term, reason: str) -> None:
         s = term.active
@@ -425,7 +437,7 @@ class TerminalSide:
         if held is None or held.replying:
             return  # already discarded, or being: never a second reply
         held.replying = True
-        if not term.resuming:
+        if not term.resuming or self._logged_off(term):  # (gone for good: nothing to keep it for)
             self.journal.append(["d", name, mid], lambda: self._replied(term, held, data))
             return
         self.counters["replies"] += 1
@@ -466,7 +478,7 @@ class TerminalSide:
         if self.after_switch is not None:
             self._served_after_switch(term, held)
         self._settled(term, held)
-        if term.replies and not term.resuming:  # kept from when it resumed: those below are settled now
+        if term.replies and (not term.resuming or self._logged_off(term)):  # kept from when it resumed: those below are settled now
             self._settle_unconfirmable(term)
         faults.point("cp.after_reply_sent")
 
@@ -509,6 +521,8 @@ class TerminalSide:
             conn.gone()
         if term.conn is not None and not term.conn.closed:
             self._tell(term, msg)
+        elif msg["t"] == "reply" and self._logged_off(term):
+            self.counters["replies_after_logoff"] += 1  # answered at the active; nobody to tell
         elif msg["t"] == "reply" and not term.resuming:  # a resuming terminal gets its kept replies again
             if term.outbox is None:
                 term.outbox = deque()  # no bound of its own: one reply per message held, and those stop at the held bound

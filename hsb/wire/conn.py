@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+import os
 import socket
 import ssl
 from collections.abc import Collection
@@ -33,6 +34,7 @@ CONNECTIONS_DROPPED: collections.Counter[str] = collections.Counter()
 CLOSE_LINGER_S = 5.0  # seconds a closed connection may take to send what is queued to it
 FRAMES_PER_TURN = 256  # frames handled per loop iteration for one connection before it yields
 
+UNREAD_MAX = 16 << 20  # bytes of a gone connection's receive queue read for its last frames (the kernel's holds less)
 KEEPALIVE_PROBES = 3  # unanswered keepalive probes, one a second, before the kernel drops the connection
 
 
@@ -377,6 +379,34 @@ class FramedProtocol(asyncio.Protocol):
         if self.closed or tr is None or tr.is_closing():  # (closing: a failed write, its connection_lost to come)
             return True
         return peer_gone(tr.get_extra_info("socket"))
+
+    def unread_frames(self) -> list[dict[str, Any]]:
+        """The frames its peer sent that this side never read (reading paused), decoded, not
+        handled: read from the kernel's receive queue, which keeps them after the peer's close
+        or reset. For a connection about to be dropped (`peer_gone`): the bytes are taken."""
+        tr = self.transport
+        sock = tr.get_extra_info("socket") if tr is not None else None
+        if sock is None or self.closed:
+            return []
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            with socket.socket(fileno=os.dup(sock.fileno())) as dup:
+                dup.setblocking(False)
+                while size < UNREAD_MAX and (chunk := dup.recv(65536)):
+                    chunks.append(chunk)
+                    size += len(chunk)
+        except OSError:  # nothing more (EAGAIN), or the reset after what was queued
+            pass
+        data = b"".join(chunks)
+        try:
+            if self._tls is not None:
+                data = self._tls.feed(data)[0]
+            return self.decoder.feed(data)
+        except ProtocolError as exc:
+            return list(exc.before)
+        except TLSFailed:
+            return []
 
     def abort(self) -> None:
         if self.transport is not None:
