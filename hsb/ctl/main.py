@@ -111,7 +111,8 @@ def promote(obj: Ctx, timeout: float) -> None:
     async def outcome() -> tuple[bool, str]:
         deadline = time.monotonic() + timeout  # the CP decides: a deadline, not a count of polls that may each wait
         while True:
-            st = await status_all(t.cp, t.hosts, t.secret_file, timeout=1.0, cp_machines=t.cps)  # type: ignore[arg-type]
+            left = max(0.05, min(1.0, deadline - time.monotonic()))  # a poll does not outlast the deadline
+            st = await status_all(t.cp, t.hosts, t.secret_file, timeout=left, cp_machines=t.cps)  # type: ignore[arg-type]
             h: dict[str, Any] = next((x for x in st["hosts"] if x.get("name") == name), {})
             if h.get("role") == "active":
                 return True, f"{name} is the active host now (epoch {h.get('epoch')})"

@@ -75,7 +75,8 @@ async def _switchover(t: Target, yes: bool, timeout: float) -> int:
     switched_at: float | None = None
     last: dict[str, Any] = st
     while time.monotonic() < deadline:
-        last = await status_all(t.cp, t.hosts, t.secret_file, timeout=1.0, cp_machines=t.cps)
+        left = max(0.05, min(1.0, deadline - time.monotonic()))  # a poll does not outlast the deadline
+        last = await status_all(t.cp, t.hosts, t.secret_file, timeout=left, cp_machines=t.cps)
         roles = {h.get("name"): h.get("role") for h in last["hosts"]}
         was: dict[str, Any] = next((h for h in last["hosts"] if h.get("name") == old["name"]), {})
         if switched_at is None and last["cp"].get("epoch", 0) > before_epoch and roles.get(new["name"]) == "active":
