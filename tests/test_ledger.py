@@ -798,3 +798,27 @@ async def test_a_host_says_when_its_ledger_keeps_fewer_records_than_the_cp_holds
     wait_for(lambda: said(), 10, what="the host's error")
     e = said()[0]
     assert e["keep_last"] == 8 and e["held_bound"] == 256 and "keep_last to at least 256" in e["msg"], e
+
+
+async def test_a_held_bound_raised_by_a_reload_reaches_the_hosts_ledgers(sb: Any) -> None:
+    """Real processes: keep_last 300 covers the CP's 256; a SIGHUP of the CP raising held_bound
+    to 512 reaches both hosts in a heartbeat's answer (not only at their next registration),
+    and each one's ledger says that its records no longer cover it."""
+    info = await sb(terminals=2, service="ledger", service_options={"keep_last": 300})
+    d = Path(info["dir"])
+    st = sandbox.load_state(d)
+
+    def said(host: str) -> list[dict[str, Any]]:
+        return [e for e in log_events(d / f"{host}.log") if e.get("event") == "idempotency_keep_last_below_held_bound"]
+
+    cp_toml = d / "cp.toml"
+    assert "held_bound = 256" in cp_toml.read_text()
+    assert not said("host-a") and not said("host-b")
+    cp_toml.write_text(cp_toml.read_text().replace("held_bound = 256", "held_bound = 512"))
+    os.kill(st["cp"]["pid"], signal.SIGHUP)
+    for host in ("host-a", "host-b"):
+        wait_for(lambda host=host: said(host), 10, what=f"{host}'s ledger told of the new bound")  # type: ignore[misc]
+        e = said(host)[0]
+        assert e["keep_last"] == 300 and e["held_bound"] == 512, e
+    await asyncio.sleep(0.5)  # an observation window: a heartbeat's answer telling it again would show in it
+    assert len(said("host-a")) == 1 and len(said("host-b")) == 1  # told once, not at every heartbeat

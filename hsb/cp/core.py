@@ -259,6 +259,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
                     "held_bound": self.held_bound,  # messages held per terminal at most (hsb.service.once's keep_last)
                 }
             )
+            host.told_held_bound = self.held_bound
             a = self.active
             if a is not None and self.loss is not None and not self.active_stopped_normally:
                 # the active was lost abnormally while no standby was listening (or told a link
@@ -319,6 +320,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
                 "adopt": adopt,
             }
         )
+        host.told_held_bound = self.held_bound  # (a reload's change is told in a heartbeat's answer)
         for term in self.terms.values():
             if term.active is not None and term.active.host is not host:
                 term.active = None

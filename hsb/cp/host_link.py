@@ -43,6 +43,7 @@ class HostProtocol(AuthServerProtocol):
     def __init__(self, cp: CP, **kw: Any) -> None:
         super().__init__(**kw)
         self.cp = cp
+        self.told_held_bound: int | None = None  # the held_bound its registration said (a reload's change goes in a heartbeat answer)
         self.role: str | None = None
         self.epoch = 0
         self.fenced = False
@@ -153,7 +154,11 @@ class HostProtocol(AuthServerProtocol):
         if isinstance(n, int) and self.role is not None and not self.fenced:
             # (a replaced active is fenced from the grant on, before its record is durable and
             # it is told: an answer now would renew its lease beside the new active's)
-            self.send({"t": "hb", "ack": n})
+            answer: dict[str, Any] = {"t": "hb", "ack": n}
+            bound = self.cp.held_bound
+            if self.told_held_bound is not None and bound != self.told_held_bound:  # a reload changed it
+                answer["held_bound"] = self.told_held_bound = bound
+            self.send(answer)
         elif self.authed and self.role is None and not self.fenced:
             # not registered yet (its HA loop busy, say): a sign of life, renewing no lease, so
             # that the host does not take a silent CP for a dead one and connect again

@@ -44,6 +44,7 @@ class CPLink:
         on_down: Callable[[str], None],
         lease: Lease,
         on_answer: Callable[[int], None],
+        on_bounds: Callable[[Any], None] = lambda _: None,
     ) -> None:
         self.name = name
         self.addr = addr
@@ -56,6 +57,7 @@ class CPLink:
         self.on_down = on_down
         self.lease = lease  # heartbeats are numbered; the CP's answers renew the active's lease
         self.on_answer = on_answer
+        self.on_bounds = on_bounds  # the CP's held_bound changed (a reload): said in a heartbeat's answer
         self.fs: FrameStream | None = None
         self.last_rx: float | None = None
         self.task: asyncio.Task[None] | None = None
@@ -178,6 +180,8 @@ class CPLink:
                             ) from exc
                     elif isinstance(msg.get("ack"), int):
                         self.on_answer(msg["ack"])
+                        if "held_bound" in msg:
+                            self.on_bounds(msg["held_bound"])
             except TimeoutError:
                 why = f"CP silent for {self.timeout}s"
             except LinkClosed:

@@ -83,6 +83,7 @@ class HostServer:
             on_down=self._cp_down,
             lease=self.ha.lease,
             on_answer=lambda n: self.ha.lease_answered(n),
+            on_bounds=self.tell_service_bounds,
         )
         self.peer = PeerLink(
             name=h.name,
