@@ -400,6 +400,7 @@ async def test_an_unread_connection_its_terminal_left_is_found_gone_by_the_cps_s
         st = await until_status(cp, lambda st: st["terminals"]["connected"] == 0, timeout=5.0)
         assert st["terminals"]["backpressured"] == 0 and st["held_messages"] == 4  # nothing acknowledged is dropped
         assert [e["at"] for e in cp.events("terminal_connection_gone")] == ["sweep"]
+        assert st["counters"]["connections_gone"] == 1
     finally:
         cp.stop()
 

@@ -102,6 +102,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
             "adopted": 0,
             "adopted_expired": 0,
             "replies_after_logoff": 0,  # answered for a terminal that logged off and went: told nobody
+            "connections_gone": 0,  # connections not read (a bound) found closed by their terminals
         }
         # The journal (hsb.cp.journal): nothing is acknowledged, delivered or answered before its
         # record is durable. None: memory only (`durability = "none"`).

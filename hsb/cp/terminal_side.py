@@ -50,14 +50,7 @@ class TerminalSide:
         if term.conn is not None and not term.conn.closed and term.conn.peer_gone():
             # not read (at a bound, say), so its reset or close was not seen yet: it went, and this
             # is its reconnect (else refused as already connected until the bound is left)
-            log.info(
-                "terminal_connection_gone",
-                terminal=name,
-                peer=term.conn.peer,
-                at="reconnect",
-                msg="its unread old connection had been closed by the peer",
-            )
-            term.conn.gone()
+            self._connection_gone(term, "reconnect")
         if term.conn is not None and not term.conn.closed:
             log.warning("terminal_refused", terminal=name, peer=proto.peer, reason="already_connected")
             proto.close_with_error("already_connected", f"terminal {name!r} is already connected from {term.conn.peer}")
@@ -253,18 +246,20 @@ class TerminalSide:
             term = due.popleft()
             conn = term.conn
             if conn is not None and term.paused and conn.reading_paused and not conn.closed and conn.peer_gone():
-                log.info(
-                    "terminal_connection_gone",
-                    terminal=term.name,
-                    peer=conn.peer,
-                    at="sweep",
-                    msg="its unread connection had been closed by the peer",
-                )
-                try:
-                    conn.gone()
-                except Exception:  # a defect: logged, and this connection dropped; the tick goes on
-                    log.exception("terminal_lost_failed", terminal=term.name, peer=conn.peer)
-                    conn.abort()
+                self._connection_gone(term, "sweep")
+
+    def _connection_gone(self: CP, term: Term, at: str) -> None:
+        """`term`'s connection, not read, was closed or reset by its terminal (or given up on by
+        keepalive): lost now, said and counted; a defect on the way drops that connection only."""
+        conn = term.conn
+        assert conn is not None
+        self.counters["connections_gone"] += 1
+        log.info("terminal_connection_gone", terminal=term.name, peer=conn.peer, at=at, msg="its unread connection had been closed by the peer")
+        try:
+            conn.gone()
+        except Exception:  # (inside the tick, a reply or a logon: none of them may stop for it)
+            log.exception("terminal_lost_failed", terminal=term.name, peer=conn.peer)
+            conn.abort()
 
     def _close_active_session(self: CP, term: Term, reason: str) -> None:
         s = term.active
@@ -515,10 +510,7 @@ class TerminalSide:
         if conn is not None and conn.reading_paused and not conn.closed and conn.peer_gone():
             # not read (its held bound): a reply written into a connection its terminal left is
             # lost (a non-resuming terminal's is kept nowhere else): it goes to the outbox instead
-            log.info(
-                "terminal_connection_gone", terminal=term.name, peer=conn.peer, at="reply", msg="its unread connection had been closed by the peer"
-            )
-            conn.gone()
+            self._connection_gone(term, "reply")
         if term.conn is not None and not term.conn.closed:
             self._tell(term, msg)
         elif msg["t"] == "reply" and self._logged_off(term):

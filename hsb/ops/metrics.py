@@ -213,6 +213,16 @@ class CPCollector:
             "hsb_sessions_adopted_expired", "Adopted sessions closed: their terminal was not back within resume_window.", c.get("adopted_expired", 0)
         )
         yield _c(
+            "hsb_cp_connections_gone",
+            "Terminal connections not read (their held bound) found closed or reset by their terminals, and dropped.",
+            c.get("connections_gone", 0),
+        )
+        yield _c(
+            "hsb_replies_after_logoff",
+            "Replies for terminals that had logged off and gone: answered at the active, sent to nobody.",
+            c.get("replies_after_logoff", 0),
+        )
+        yield _c(
             "hsb_cp_logons_queued", "Hellos that waited in the logon queue (a connection storm), taken a slice at a time.", c.get("logons_queued", 0)
         )
         yield _c("hsb_cp_logoffs_queued", "Byes that waited in the same queue (a logoff storm).", c.get("logoffs_queued", 0))
