@@ -465,3 +465,47 @@ async def until_status(cp, ok, timeout: float = 10.0) -> dict:  # type: ignore[n
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"not within {timeout} s: {st}")
         await asyncio.sleep(0.05)
+
+
+async def test_a_terminal_at_its_bound_whose_session_the_active_refused_can_still_log_off(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The active refuses the terminal's session: its held messages go to the active only with
+    its logoff. At its bound it is therefore read on (not paused, as when they wait for an
+    answer): its bye is taken, the four held go to the active and are answered, and the
+    connection closes; what it sent past the bound was never acknowledged and is not taken.
+    Past twice the bound without a bye it is closed with an error saying why."""
+    cp = start_cp(tmp_path / "cp", terminals=3, held_bound=4)
+    try:
+        a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+        t = await FakeTerminal.connect(cp.info["terminal"], "T00001")
+        req = await a.wait(lambda m: m["t"] == "session_request" and m["terminal"] == "T00001")
+        a.send({"t": "refuse", "terminal": req["terminal"], "reason": "not defined here", "epoch": a.epoch})
+        await t.wait(lambda m: m["t"] == "session" and m["state"] == "closed")
+        for i in range(1, 7):
+            t.send({"t": "msg", "id": i, "data": f"m{i}"})
+        await t.wait_count(lambda m: m["t"] == "ack", 4)
+        assert not [m for m in a.inbox if m["t"] in ("deliver", "deliver_batch")]  # no session: they wait
+        t.send({"t": "bye"})
+        delivered = await a.wait_count(lambda m: m["t"] == "deliver" and m["terminal"] == "T00001", 4)
+        for m in delivered:
+            a.send({"t": "reply", "terminal": "T00001", "id": m["id"], "data": f"r{m['id']}", "epoch": a.epoch})
+        await t.wait_closed()
+        assert sorted(m["id"] for m in t.inbox if m["t"] == "ack") == [1, 2, 3, 4]
+        assert {m["id"]: m["data"] for m in t.inbox if m["t"] == "reply"} == {i: f"r{i}" for i in range(1, 5)}
+        assert not [m for m in t.inbox if m["t"] == "error"], t.inbox
+        assert sorted(m["id"] for m in a.inbox if m["t"] == "deliver") == [1, 2, 3, 4]  # 5 and 6 not taken
+        # another terminal, refused too, sends on past twice its bound without a bye: told why
+        t2 = await FakeTerminal.connect(cp.info["terminal"], "T00002")
+        req = await a.wait(lambda m: m["t"] == "session_request" and m["terminal"] == "T00002")
+        a.send({"t": "refuse", "terminal": "T00002", "reason": "not defined here", "epoch": a.epoch})
+        await t2.wait(lambda m: m["t"] == "session" and m["state"] == "closed")
+        for i in range(1, 5):
+            t2.send({"t": "msg", "id": i, "data": "x"})
+        await t2.wait_count(lambda m: m["t"] == "ack", 4)
+        for i in range(5, 10):
+            t2.send({"t": "msg", "id": i, "data": "x"})
+        err = await t2.wait(lambda m: m["t"] == "error")
+        assert err["code"] == "held_without_session" and "log off (bye)" in err["msg"], err
+        await t2.wait_closed()
+        assert len([m for m in t2.inbox if m["t"] == "ack"]) == 4  # nothing past the bound acknowledged
+    finally:
+        cp.stop()

@@ -93,6 +93,7 @@ class Term:
         "outbox",
         "_paused",
         "leaving",
+        "refused",
         "notice",
         "resuming",
         "replies",
@@ -118,6 +119,7 @@ class Term:
         self.outbox: deque[dict[str, Any]] | None = None  # replies owed while disconnected
         self._paused = False
         self.leaving = False
+        self.refused = False  # the active refused or closed its session: its messages go only with its logoff (or a new session)
         self.notice: bytes | None = None  # a switch notice owed to the terminal (CP._grant)
         self.resuming = False  # said last_reply in its hello: its replies are kept until confirmed
         self.replies: dict[int, Kept] = {}  # kept replies, id order
