@@ -353,7 +353,6 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
                 host.send({"t": "session_closed", "terminal": name, "reason": "disconnect"})
                 return
             term.active = Session(host, attrs)
-            term.refused = False
             self._tell(term, {"t": "session", "state": "open", "epoch": self.epoch})
             host.send({"t": "opened", "terminal": name, "kind": "active"})
             if not host.released and self.announced:  # a releasing active gets no new work, nor one not yet announced
@@ -410,7 +409,6 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         if term is None or host is not self.active:
             return
         term.active = None
-        term.refused = True
         log.warning("session_refused", terminal=name, host=host.name, reason=reason)
         if term.conn is not None:
             self._tell(term, {"t": "session", "state": "closed", "epoch": self.epoch, "reason": reason[:200]})
@@ -427,7 +425,6 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         elif kind == "active":
             if term.active is not None and term.active.host is host:
                 term.active = None
-                term.refused = True
                 if term.conn is not None:
                     self._tell(term, {"t": "session", "state": "closed", "epoch": self.epoch, "reason": "closed by the host"})
                 self.session_gone(term)

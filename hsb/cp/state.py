@@ -93,7 +93,6 @@ class Term:
         "outbox",
         "_paused",
         "leaving",
-        "refused",
         "notice",
         "resuming",
         "replies",
@@ -119,7 +118,6 @@ class Term:
         self.outbox: deque[dict[str, Any]] | None = None  # replies owed while disconnected
         self._paused = False
         self.leaving = False
-        self.refused = False  # the active refused or closed its session: its messages go only with its logoff (or a new session)
         self.notice: bytes | None = None  # a switch notice owed to the terminal (CP._grant)
         self.resuming = False  # said last_reply in its hello: its replies are kept until confirmed
         self.replies: dict[int, Kept] = {}  # kept replies, id order

@@ -35,7 +35,6 @@ class TerminalProtocol(FramedProtocol):
         # its kept replies at the bound: frames other than confirm wait here, in order, while
         # confirms are still read and taken (the only way the bound is left); None: not parking
         self.parked: list[dict[str, Any]] | None = None
-        self.parked_lets_bye = False  # parked at its held bound without a session: its bye goes through
         # a message's data must fit, with the fields around it, in the deliver frame to a host
         # (whose max_frame is set the same): one that did not would break the active's link at
         # each re-delivery, and the standby's after a switch (as the hosts limit replies)
@@ -132,21 +131,16 @@ class TerminalProtocol(FramedProtocol):
             return
         parked = self.parked
         if parked is not None and msg["t"] != "confirm":
-            if not (msg["t"] == "bye" and self.parked_lets_bye):
-                parked.append(msg)
-                if len(parked) >= self.cp.held_bound:  # as many again as the bound: read no more
-                    self._park_backlog()
-                return
-            parked.clear()  # its bye at the bound: what waited behind the held ones was never acknowledged, and is not taken
+            parked.append(msg)
+            if len(parked) >= self.cp.held_bound:  # as many again as the bound: read no more
+                self._park_backlog()
+            return
         super()._handle(msg)
 
-    def park(self, on: bool, lets_bye: bool = False) -> None:
+    def park(self, on: bool) -> None:
         """Kept replies at the bound (`on`): read on, take confirmations (they settle replies, ahead
         of the frames before them: a confirmation speaks only of replies the terminal already
-        has) and keep every other frame waiting in order; off: those frames go first, then the rest.
-        `lets_bye`: held messages at the bound that go only with its logoff (no session at the
-        active): its bye goes through too, ahead of the messages parked (none of them acknowledged)."""
-        self.parked_lets_bye = on and lets_bye
+        has) and keep every other frame waiting in order; off: those frames go first, then the rest."""
         if on:
             if self.parked is None:
                 self.parked = []
@@ -171,24 +165,11 @@ class TerminalProtocol(FramedProtocol):
         bl = self._backlog
         while bl and self.parked is not None and not self.closed:
             m = bl.popleft()
-            if m["t"] == "bye" and self.parked_lets_bye:
-                self._handle(m)  # its logoff: nothing after a bye is taken
-                bl.clear()
-                return
             if m["t"] == "confirm":
                 super()._handle(m)  # may end the parking: the rest then drains as usual
             else:
                 self.parked.append(m)
-        if self.parked is not None and not self.closed and self.parked_lets_bye:
-            term = self.term
-            n = len(term.held) if term is not None else 0
-            log.warning("terminal_held_without_session", terminal=term.name if term else None, peer=self.peer, held=n, waiting=len(self.parked))
-            self.close_with_error(
-                "held_without_session",
-                f"{n} messages held for you wait for a session at the active host, and {len(self.parked)} frames behind them:"
-                " those were not acknowledged; log off (bye) to have the held ones answered, or log on again later",
-            )
-        elif self.parked is not None and not self.closed:
+        if self.parked is not None and not self.closed:
             term = self.term
             n = len(term.replies) if term is not None else 0
             log.warning(

@@ -59,7 +59,6 @@ class TerminalSide:
             self.terminal_lost(term)
         term.conn = proto
         term.leaving = False
-        term.refused = False  # its session is asked for again
         proto.term = term
         self.connected += 1
         # last_acked: only what is durable was acknowledged; the rest the terminal sends again.
@@ -275,13 +274,8 @@ class TerminalSide:
         bound, size = self.held_bound, self.held_bytes
         self._follow_total()
         own_over = len(term.held) >= bound or term.held_bytes >= size
-        settles = self._settles_without(term)
-        slow = self.total_over and bool(term.held) and settles
+        slow = self.total_over and bool(term.held) and self._settles_without(term)
         held_over = own_over or slow
-        # at its bound, its session refused or closed by a serving active: its messages go only
-        # with its logoff (or a new session), so it is read on for its bye and confirmations, the
-        # rest parked (a session still being opened is waited for, not read past)
-        lets_bye = own_over and not settles and term.refused
         kept_over = len(term.replies) >= bound or term.kept_bytes >= size
         if slow:
             self.slowed.add(term)
@@ -290,8 +284,8 @@ class TerminalSide:
         conn = term.conn
         if conn is None:
             return
-        if kept_over or lets_bye or conn.parked is not None:  # (every message and reply passes here)
-            conn.park(kept_over or lets_bye, lets_bye)
+        if kept_over or conn.parked is not None:  # (every message and reply passes here)
+            conn.park(kept_over)
         if (held_over or kept_over) and not term.paused:
             term.paused = True
             (log.info if own_over or kept_over else log.debug)(  # (the CP's own bound alone: its events say it)
@@ -307,9 +301,9 @@ class TerminalSide:
             term.paused = False
             if not conn.bye_waiting:  # (its bye waits in the logoff storm's queue: read in its turn)
                 conn.resume_reading()
-        if held_over and not lets_bye:
+        if held_over:
             conn.pause_reading()
-        elif (kept_over or lets_bye) and not conn.bye_waiting:  # parked: read on, for the confirmations (and its bye)
+        elif kept_over and not conn.bye_waiting:  # only the kept replies at the bound: read on, for the confirmations
             conn.resume_reading()
 
     def _follow_total(self: CP) -> None:
@@ -337,9 +331,8 @@ class TerminalSide:
 
     def session_gone(self: CP, term: Term) -> None:
         """The active refused or closed `term`'s session: held for the CP's own bound, it is read
-        again; at its own bound, read on for its bye (its messages now go only with its logoff or
-        a new session)."""
-        if term in self.slowed or term.paused:
+        again (its messages now go only with its logoff or a new session)."""
+        if term in self.slowed:
             self._backpressure(term)
 
     def recheck_slowed(self: CP) -> None:
