@@ -465,3 +465,34 @@ async def until_status(cp, ok, timeout: float = 10.0) -> dict:  # type: ignore[n
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"not within {timeout} s: {st}")
         await asyncio.sleep(0.05)
+
+
+async def test_a_terminal_at_its_bound_whose_session_was_refused_logs_off_by_its_bye_and_close(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The active refuses the terminal's session: its held messages go to the active only with
+    its logoff, and at its bound the CP does not read it. Its bye then waits in the kernel's
+    receive queue; once the terminal closes, the CP finds the connection gone, reads the bye
+    from that queue, and the held messages go to the active as a logoff's do (their replies
+    have nobody to go to: counted)."""
+    cp = start_cp(tmp_path / "cp", terminals=2, held_bound=4)
+    try:
+        a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+        t = await FakeTerminal.connect(cp.info["terminal"], "T00001")
+        req = await a.wait(lambda m: m["t"] == "session_request" and m["terminal"] == "T00001")
+        a.send({"t": "refuse", "terminal": req["terminal"], "reason": "not defined here", "epoch": a.epoch})
+        await t.wait(lambda m: m["t"] == "session" and m["state"] == "closed")
+        for i in range(1, 6):
+            t.send({"t": "msg", "id": i, "data": f"m{i}"})
+        await t.wait_count(lambda m: m["t"] == "ack", 4)
+        t.send({"t": "bye"})
+        await t.fs.drain()
+        assert not [m for m in a.inbox if m["t"] in ("deliver", "deliver_batch")]  # no session: they wait
+        t.fs.writer.close()
+        await t.wait_closed()
+        delivered = await a.wait_count(lambda m: m["t"] == "deliver" and m["terminal"] == "T00001", 4)
+        assert sorted(m["id"] for m in delivered) == [1, 2, 3, 4]  # the fifth was never acknowledged: not taken
+        for m in delivered:
+            a.send({"t": "reply", "terminal": "T00001", "id": m["id"], "data": "ok", "epoch": a.epoch})
+        st = await until_status(cp, lambda st: st["held_messages"] == 0)
+        assert st["counters"]["replies_after_logoff"] == 4 and st["terminals"]["connected"] == 0
+    finally:
+        cp.stop()
