@@ -58,6 +58,11 @@ class JournalSide:
                 held_n += len(held)
                 holding[term] = None
             kept = r.replies.get(name)
+            if r.leaving(name):  # logged off holding messages: answered without it (replies go nowhere)
+                term.leaving = True
+                if kept:  # gone and logged off, it confirms nothing more: settled (as at terminal_lost)
+                    upto = self._confirmable(term, max(kept), trust_terminal=False)
+                    kept = {m: k for m, k in kept.items() if m > upto}
             if kept:
                 term.replies = in_id_order(kept)
                 term.kept_bytes = sum(data_size(k.data) for k in kept.values())
@@ -81,8 +86,9 @@ class JournalSide:
         """The first record of every new journal segment: what older segments would otherwise
         be needed for once they are dropped."""
         acked = {t.name: t.last_acked for t in self.terms.values() if t.last_acked}
+        logoff = {t.name: t.last_acked for t in self.holding if t.leaving}  # ("o" records before it)
         j = self.journal
-        extra = {"history": self.history.entries, "paused": self.paused, "first": j.first_seg}
+        extra = {"history": self.history.entries, "paused": self.paused, "first": j.first_seg, "logoff": logoff}
         return ["ck", self.epoch, self.recorded_active, j.gen, acked, extra]
 
     def snapshot(self: CP) -> list[list[Any]]:

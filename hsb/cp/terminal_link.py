@@ -197,7 +197,7 @@ class TerminalProtocol(FramedProtocol):
             # closed by the CP while its bye waited (a timer, a flip's classic path), perhaps
             # inside a flip's slice: its session closes as a logoff when the connection goes
             self.bye_waiting = False
-            term.leaving = True
+            self.cp.logged_off(term)
         super().close()
 
     def on_lost(self, exc: Exception | None, now: bool = False) -> None:

@@ -58,7 +58,8 @@ class TerminalSide:
         if term.conn is not None:  # closed here and not gone yet (its queued bytes still going out)
             self.terminal_lost(term)
         term.conn = proto
-        term.leaving = False
+        if term.leaving:
+            self._logged_on_again(term)
         proto.term = term
         self.connected += 1
         # last_acked: only what is durable was acknowledged; the rest the terminal sends again.
@@ -194,7 +195,7 @@ class TerminalSide:
     def terminal_bye(self: CP, term: Term) -> None:
         self.settle_flip()
         log.debug("terminal_logoff", terminal=term.name)
-        term.leaving = True
+        self.logged_off(term)
         term.notice = None  # logged off: no session news any more
         self._close_active_session(term, "logoff")
         if not term.held and term.conn is not None:
@@ -202,6 +203,18 @@ class TerminalSide:
         a = self.active
         if term.held and a is not None and a.usable and not a.released and self.announced:
             self._answer_leaving(term, a)  # what never went (it had no session) goes now
+
+    def logged_off(self: CP, term: Term) -> None:
+        """Its logoff: what it holds is answered without it, and so after a CP restart too (its
+        "o" record; lazy: lost in a crash, they wait for its next logon as any terminal's do)."""
+        term.leaving = True
+        if term.held:
+            self.journal.append(["o", term.name, term.last_acked], lazy=True)
+
+    def _logged_on_again(self: CP, term: Term) -> None:
+        term.leaving = False
+        if term.held:  # its logoff is over (else a CP restarted would answer them as a logoff's)
+            self.journal.append(["o", term.name, 0], lazy=True)
 
     def _answer_leaving(self: CP, term: Term, a: HostProtocol) -> None:
         """A terminal that logged off still holds messages: every one not yet with the active

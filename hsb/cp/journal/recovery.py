@@ -3,12 +3,16 @@ record applied to the state it describes. Pure: files in, a `Recovered` out.
 
 Record kinds (the first element of each MessagePack array):
 
-    ["ck", epoch, active, generation, {terminal: last acked id}, {"history": [...], "paused": bool}]
-                                   checkpoint, first in every segment
+    ["ck", epoch, active, generation, {terminal: last acked id},
+     {"history": [...], "paused": bool, "logoff": {terminal: id}}]
+                                   checkpoint, first in every segment ("logoff": as the "o"
+                                   records of the terminals logged off holding messages then)
     ["a", terminal, id, data]      a message accepted (and acknowledged once durable)
     ["r", terminal, id, data]      its reply, kept until the terminal confirms it; the message is settled
     ["d", terminal, id]            its reply, not kept (a terminal that does not resume); settled
     ["c", terminal, id]            the terminal holds every reply up to id: those are settled
+    ["o", terminal, id]            it logged off holding messages (id: its highest acknowledged): they
+                                   are answered without it; id 0: it logged on again (the logoff is over)
     ["e", epoch, active]           the epoch was raised; `active` holds the active role (null: a
                                    normal termination, nobody holds it; the epoch unchanged)
     ["h", {...}]                   an entry of the switch history ({"epoch", "update": {...}}: an entry's pause)
@@ -158,6 +162,9 @@ class Recovered:
     held: dict[str, dict[int, Held]] = field(default_factory=dict)
     replies: dict[str, dict[int, Kept]] = field(default_factory=dict)
     confirmed: dict[str, int] = field(default_factory=dict)  # highest id each terminal confirmed
+    # terminals that logged off holding messages: terminal -> its highest id acknowledged then
+    # (`leaving()` says whose held messages are still a logoff's)
+    logoff: dict[str, int] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     paused: bool = False
     segments: list[int] = field(default_factory=list)
@@ -177,6 +184,13 @@ class Recovered:
     @property
     def outstanding(self) -> int:
         return sum(len(v) for v in self.held.values()) + sum(len(v) for v in self.replies.values())
+
+    def leaving(self, term: str) -> bool:
+        """Whether `term` logged off and every message held for it was sent before that (one sent
+        after it would be a new logon's: that logon's "o" 0 record may have been lost in a crash)."""
+        upto = self.logoff.get(term, 0)
+        held = self.held.get(term)
+        return bool(upto and held) and max(held or (0,)) <= upto
 
     def live_by_segment(self) -> dict[int, int]:
         live: dict[int, int] = {}
@@ -221,6 +235,12 @@ def apply(r: Recovered, rec: list[Any], seg: int) -> None:
         if reps:
             for mid in [m for m in reps if m <= upto]:
                 del reps[mid]
+    elif kind == "o":
+        _, term, upto = rec
+        if upto:
+            r.logoff[term] = upto
+        else:
+            r.logoff.pop(term, None)
     elif kind == "e":
         _, epoch, active = rec
         if epoch >= r.epoch:
@@ -230,6 +250,8 @@ def apply(r: Recovered, rec: list[Any], seg: int) -> None:
         if len(rec) > 5:
             r.history = list(rec[5].get("history", r.history))
             r.paused = bool(rec[5].get("paused", r.paused))
+            if "logoff" in rec[5]:  # (the state when the segment began: every "o" before it)
+                r.logoff = {str(t): int(i) for t, i in rec[5]["logoff"].items()}
         if epoch >= r.epoch:
             r.epoch, r.active = epoch, active
         r.generation = max(r.generation, generation)

@@ -1,0 +1,154 @@
+"""A logoff survives a CP restart (docs/protocol.md `bye`, docs/cp-journal.md `o`): the messages
+a terminal acknowledged before it logged off are answered without it, even when hsbcpd is killed
+and started again before they were; they do not wait for a next logon that may never come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.cp.journal.recovery import Recovered, apply
+from hsb.wire.client import request
+from tests.support.cpcore import cp_core
+from tests.support.hostclient import FakeHost, FakeTerminal
+from tests.support.journal import records
+from tests.support.procs import SECRET, addr, restart_cp, start_cp, until
+
+
+async def _status(cp: Any) -> dict[str, Any]:
+    h, p = addr(cp.info["admin"])
+    return (await request(h, p, SECRET, {"t": "status"}))["data"]  # type: ignore[no-any-return]
+
+
+async def _until_status(cp: Any, ok: Any, timeout: float = 10.0) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        st = await _status(cp)
+        if ok(st):
+            return st
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not within {timeout} s: {st}")
+        await asyncio.sleep(0.05)
+
+
+async def _logged_off_holding(cp: Any, resume: bool, n: int = 3) -> None:
+    """T00001 logs on (no active: what it sends is held), sends `n` messages, has them
+    acknowledged, says bye and closes."""
+    t = await FakeTerminal.connect(cp.info["terminal"], "T00001", hello=not resume)
+    if resume:
+        t.send({"t": "hello", "terminal": "T00001", "last_reply": 0})
+    await t.wait(lambda m: m["t"] == "welcome")
+    for i in range(1, n + 1):
+        t.send({"t": "msg", "id": i, "data": f"m{i}"})
+    await t.wait_count(lambda m: m["t"] == "ack", n)
+    t.send({"t": "bye"})
+    await t.fs.drain()
+    await _until_status(cp, lambda st: st["terminals"]["connected"] == 1)
+    t.fs.writer.close()
+    await t.wait_closed()
+    await _until_status(cp, lambda st: st["terminals"]["connected"] == 0)
+
+
+@pytest.mark.parametrize("resume", [False, True])
+async def test_a_terminal_that_logged_off_holding_messages_has_them_answered_after_a_cp_restart(tmp_path: Path, resume: bool) -> None:
+    """No active: three messages held; the terminal says bye and goes; hsbcpd is SIGKILLed and
+    started again on its journal. When an active comes, the three go to it, marked redelivered,
+    without the terminal logging on again; their replies have nobody to go to (counted)."""
+    d = tmp_path / "cp"
+    cp = start_cp(d, terminals=2)
+    try:
+        await _logged_off_holding(cp, resume)
+        # the logoff's record is lazy (it rides with the next group, or 5 ms later): durable first
+        await until(lambda: ["o", "T00001", 3] in records(d / "cp-journal"), what="the logoff's record in the journal")
+        cp = restart_cp(cp)  # SIGKILL, then hsbcpd again on the same journal
+        st = await _status(cp)
+        assert st["held_messages"] == 3 and st["terminals"]["connected"] == 0
+        a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+        delivered = await a.wait_count(lambda m: m["t"] == "deliver" and m["terminal"] == "T00001", 3)
+        assert sorted(m["id"] for m in delivered) == [1, 2, 3]
+        assert all(m.get("redelivered") for m in delivered), delivered  # (perhaps processed before the crash)
+        for m in delivered:
+            a.send({"t": "reply", "terminal": "T00001", "id": m["id"], "data": "ok", "epoch": a.epoch})
+        st = await _until_status(cp, lambda st: st["held_messages"] == 0)
+        assert st["counters"]["replies_after_logoff"] == 3
+        assert st["held_bytes"]["kept"] == 0 and st["held_bytes"]["total"] == 0
+    finally:
+        cp.stop()
+
+
+async def test_a_terminal_that_logged_on_again_after_its_logoff_is_not_a_logoffs_after_a_restart(tmp_path: Path) -> None:
+    """Bye with two messages held, then a new logon before they were answered: its logoff is
+    over ("o" 0). After a CP restart the two wait for that terminal's session, as any
+    terminal's do, and their replies reach it (resent), not the logoff's nobody."""
+    d = tmp_path / "cp"
+    cp = start_cp(d, terminals=2)
+    try:
+        await _logged_off_holding(cp, resume=True, n=2)
+        t = await FakeTerminal.connect(cp.info["terminal"], "T00001", hello=False)
+        t.send({"t": "hello", "terminal": "T00001", "last_reply": 0})
+        await t.wait(lambda m: m["t"] == "welcome")
+        await until(lambda: ["o", "T00001", 0] in records(d / "cp-journal"), what="the logon's record in the journal")
+        t.fs.writer.close()
+        await t.wait_closed()
+        cp = restart_cp(cp)
+        a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+        a.auto_open = {"kind": "till"}
+        a.auto_reply = True
+        t = await FakeTerminal.connect(cp.info["terminal"], "T00001", hello=False)
+        t.send({"t": "hello", "terminal": "T00001", "last_reply": 0})
+        replies = await t.wait_count(lambda m: m["t"] == "reply", 2)
+        assert sorted(m["id"] for m in replies) == [1, 2] and all(m.get("resent") for m in replies), replies
+        st = await _status(cp)
+        assert st["counters"]["replies_after_logoff"] == 0
+    finally:
+        cp.stop()
+
+
+def _recovered(*recs: list[Any]) -> Recovered:
+    r = Recovered()
+    for rec in recs:
+        apply(r, rec, 1)
+    return r
+
+
+def test_recovery_reads_a_logoff_from_its_record_and_from_a_later_segments_checkpoint() -> None:
+    a1, a2 = ["a", "T1", 1, "x"], ["a", "T1", 2, "y"]
+    assert _recovered(a1, a2, ["o", "T1", 2]).leaving("T1")
+    assert not _recovered(a1, a2).leaving("T1")
+    assert not _recovered(a1, a2, ["o", "T1", 2], ["o", "T1", 0]).leaving("T1"), "logged on again: over"
+    # a message sent after the logoff is a new logon's (whose "o" 0 a crash may have lost)
+    assert not _recovered(a1, ["o", "T1", 1], a2).leaving("T1")
+    # answered: nothing held, nothing to answer without it
+    assert not _recovered(a1, ["o", "T1", 1], ["d", "T1", 1]).leaving("T1")
+    # the segment holding the "o" compacted away: the next segment's checkpoint says it
+    ck = ["ck", 1, None, 1, {"T1": 2}, {"history": [], "paused": False, "logoff": {"T1": 2}}]
+    assert _recovered(ck, a1, a2).leaving("T1")
+    ck_none = ["ck", 1, None, 1, {"T1": 2}, {"history": [], "paused": False, "logoff": {}}]
+    assert not _recovered(a1, a2, ["o", "T1", 2], ck_none).leaving("T1"), "a later checkpoint is the state then"
+
+
+def test_a_checkpoint_names_the_terminals_logged_off_holding_messages(tmp_path: Path) -> None:
+    """Compaction drops a segment whose "o" record is the only word of a logoff: every new
+    segment's checkpoint carries the logoffs still holding messages."""
+    cp = cp_core(tmp_path, 3)
+    t1, t2 = cp.terms["T00001"], cp.terms["T00002"]
+    cp.restore(_recovered(["a", "T00001", 1, "x"], ["a", "T00001", 2, "y"], ["o", "T00001", 2], ["a", "T00002", 1, "z"]))
+    assert t1.leaving and not t2.leaving
+    assert cp._checkpoint()[5]["logoff"] == {"T00001": 2}
+    cp.logged_off(t2)
+    assert cp._checkpoint()[5]["logoff"] == {"T00001": 2, "T00002": 1}
+
+
+def test_replies_kept_for_a_terminal_that_logged_off_are_settled_at_a_restart(tmp_path: Path) -> None:
+    """A reply kept for it (its confirmation lost with the crash) and a message still held: it
+    confirms nothing more, so the reply is settled as at its connection's loss, the message kept."""
+    cp = cp_core(tmp_path, 2)
+    r = _recovered(["a", "T00001", 1, "x"], ["r", "T00001", 1, "X"], ["a", "T00001", 2, "y"], ["o", "T00001", 2])
+    cp.restore(r)
+    t = cp.terms["T00001"]
+    assert t.leaving and list(t.held) == [2] and not t.replies
+    assert cp.counts.kept == 0 and cp.counts.held == 1
