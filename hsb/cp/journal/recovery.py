@@ -317,7 +317,10 @@ def _recover(d: Path, truncate: bool) -> Recovered:
         at = r.at
         for rec in recs:
             try:
-                if rec[0] == "a":  # the common record, inline (a journal of 100,000 of them is read at start)
+                # the common records inline, as apply() would (a journal under load is mostly
+                # messages, their replies and confirmations, and is read while nothing is served)
+                kind = rec[0]
+                if kind == "a":
                     _, term, mid, data = rec
                     if mid > confirmed.get(term, 0) and mid not in replies.get(term, ()):
                         h = held.get(term)
@@ -328,6 +331,24 @@ def _recover(d: Path, truncate: bool) -> Recovered:
                         held_.recovered = True
                     if mid > last_acked.get(term, 0):
                         last_acked[term] = mid
+                elif kind == "r":
+                    _, term, mid, data = rec
+                    h = held.get(term)
+                    if h is not None:
+                        h.pop(mid, None)
+                    if mid > confirmed.get(term, 0):
+                        k = replies.get(term)
+                        if k is None:
+                            k = replies[term] = {}
+                        k[mid] = Kept(mid, data, n)
+                elif kind == "c":
+                    _, term, upto = rec
+                    if upto > confirmed.get(term, 0):
+                        confirmed[term] = upto
+                    k = replies.get(term)
+                    if k:
+                        for mid in [m for m in k if m <= upto]:
+                            del k[mid]
                 else:
                     apply(r, rec, n)
             except (ValueError, TypeError, IndexError, AttributeError) as exc:
