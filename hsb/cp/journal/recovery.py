@@ -337,18 +337,18 @@ def _recover(d: Path, truncate: bool) -> Recovered:
                     if h is not None:
                         h.pop(mid, None)
                     if mid > confirmed.get(term, 0):
-                        k = replies.get(term)
-                        if k is None:
-                            k = replies[term] = {}
-                        k[mid] = Kept(mid, data, n)
+                        kept = replies.get(term)
+                        if kept is None:
+                            kept = replies[term] = {}
+                        kept[mid] = Kept(mid, data, n)
                 elif kind == "c":
                     _, term, upto = rec
                     if upto > confirmed.get(term, 0):
                         confirmed[term] = upto
-                    k = replies.get(term)
-                    if k:
-                        for mid in [m for m in k if m <= upto]:
-                            del k[mid]
+                    kept = replies.get(term)
+                    if kept:
+                        for mid in [m for m in kept if m <= upto]:
+                            del kept[mid]
                 else:
                     apply(r, rec, n)
             except (ValueError, TypeError, IndexError, AttributeError) as exc:
