@@ -58,6 +58,7 @@ class JournalSide:
                 held_n += len(held)
                 holding[term] = None
             kept = r.replies.get(name)
+            term.logoff_upto = r.logoff.get(name, 0)
             if r.leaving(name):  # logged off holding messages: answered without it (replies go nowhere)
                 term.leaving = True
                 if kept:  # gone and logged off, it confirms nothing more: settled (as at terminal_lost)
@@ -86,7 +87,8 @@ class JournalSide:
         """The first record of every new journal segment: what older segments would otherwise
         be needed for once they are dropped."""
         acked = {t.name: t.last_acked for t in self.terms.values() if t.last_acked}
-        logoff = {t.name: t.last_acked for t in self.holding if t.leaving}  # ("o" records before it)
+        # ("o" records before it) the logoffs whose messages are still held
+        logoff = {t.name: t.logoff_upto for t in self.holding if t.logoff_upto and next(iter(t.held)) <= t.logoff_upto}
         j = self.journal
         extra = {"history": self.history.entries, "paused": self.paused, "first": j.first_seg, "logoff": logoff}
         return ["ck", self.epoch, self.recorded_active, j.gen, acked, extra]

@@ -93,6 +93,7 @@ class Term:
         "outbox",
         "_paused",
         "leaving",
+        "logoff_upto",
         "notice",
         "resuming",
         "replies",
@@ -118,6 +119,9 @@ class Term:
         self.outbox: deque[dict[str, Any]] | None = None  # replies owed while disconnected
         self._paused = False
         self.leaving = False
+        # its last logoff's highest acknowledged id: replies up to it are the logoff's, told nobody
+        # once the connection that said bye is gone (even to a later logon under its name)
+        self.logoff_upto = 0
         self.notice: bytes | None = None  # a switch notice owed to the terminal (CP._grant)
         self.resuming = False  # said last_reply in its hello: its replies are kept until confirmed
         self.replies: dict[int, Kept] = {}  # kept replies, id order

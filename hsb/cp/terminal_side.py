@@ -58,8 +58,7 @@ class TerminalSide:
         if term.conn is not None:  # closed here and not gone yet (its queued bytes still going out)
             self.terminal_lost(term)
         term.conn = proto
-        if term.leaving:
-            self._logged_on_again(term)
+        term.leaving = False  # (what it left behind stays its logoff's: `_for_nobody`)
         proto.term = term
         self.connected += 1
         # last_acked: only what is durable was acknowledged; the rest the terminal sends again.
@@ -206,15 +205,12 @@ class TerminalSide:
 
     def logged_off(self: CP, term: Term) -> None:
         """Its logoff: what it holds is answered without it, and so after a CP restart too (its
-        "o" record; lazy: lost in a crash, they wait for its next logon as any terminal's do)."""
+        "o" record; lazy: every record that settles those messages comes after it, so a crash
+        that loses it came before any of them, as if the bye had not been read)."""
         term.leaving = True
         if term.held:
+            term.logoff_upto = term.last_acked
             self.journal.append(["o", term.name, term.last_acked], lazy=True)
-
-    def _logged_on_again(self: CP, term: Term) -> None:
-        term.leaving = False
-        if term.held:  # its logoff is over (else a CP restarted would answer them as a logoff's)
-            self.journal.append(["o", term.name, 0], lazy=True)
 
     def _answer_leaving(self: CP, term: Term, a: HostProtocol) -> None:
         """A terminal that logged off still holds messages: every one not yet with the active
@@ -243,6 +239,13 @@ class TerminalSide:
         """It said bye and its connection is gone: a reply for it has nobody to go to (it logs
         on again, if ever, as a new run: replies of before would be strangers to it)."""
         return term.leaving and term.conn is None
+
+    @staticmethod
+    def _for_nobody(term: Term, mid: int) -> bool:
+        """The reply to message `mid` has nobody to go to: the terminal logged off and its
+        connection is gone, or it sent the message before a logoff and has logged on since
+        (a new run). The same before and after a CP restart (hsb.cp.journal_side.restore)."""
+        return (term.leaving and term.conn is None) or (not term.leaving and mid <= term.logoff_upto)
 
     def sweep_unread(self: CP, now: float) -> None:
         """Once a second: ask the kernel after the peers of up to SWEEP_MAX connections not read
@@ -445,7 +448,7 @@ class TerminalSide:
         if held is None or held.replying:
             return  # already discarded, or being: never a second reply
         held.replying = True
-        if not term.resuming or self._logged_off(term):  # (gone for good: nothing to keep it for)
+        if not term.resuming or self._for_nobody(term, mid):  # (gone for good: nothing to keep it for)
             self.journal.append(["d", name, mid], lambda: self._replied(term, held, data))
             return
         self.counters["replies"] += 1
@@ -481,7 +484,10 @@ class TerminalSide:
     def _replied(self: CP, term: Term, held: Held, data: Any) -> None:
         """A non-resuming terminal's message is durably discarded: its reply goes out now."""
         self.counters["replies"] += 1
-        self._to_terminal(term, {"t": "reply", "id": held.id, "data": data})
+        if self._for_nobody(term, held.id) and term.conn is not None:  # a logoff's, and it logged on since
+            self.counters["replies_after_logoff"] += 1
+        else:
+            self._to_terminal(term, {"t": "reply", "id": held.id, "data": data})
         faults.point("cp.between_reply_and_discard")
         if self.after_switch is not None:
             self._served_after_switch(term, held)

@@ -12,7 +12,7 @@ Record kinds (the first element of each MessagePack array):
     ["d", terminal, id]            its reply, not kept (a terminal that does not resume); settled
     ["c", terminal, id]            the terminal holds every reply up to id: those are settled
     ["o", terminal, id]            it logged off holding messages (id: its highest acknowledged): they
-                                   are answered without it; id 0: it logged on again (the logoff is over)
+                                   are answered without it, their replies told nobody
     ["e", epoch, active]           the epoch was raised; `active` holds the active role (null: a
                                    normal termination, nobody holds it; the epoch unchanged)
     ["h", {...}]                   an entry of the switch history ({"epoch", "update": {...}}: an entry's pause)
@@ -187,7 +187,8 @@ class Recovered:
 
     def leaving(self, term: str) -> bool:
         """Whether `term` logged off and every message held for it was sent before that (one sent
-        after it would be a new logon's: that logon's "o" 0 record may have been lost in a crash)."""
+        after it is a later logon's: it is not leaving then, though the replies up to its logoff
+        still go to nobody)."""
         upto = self.logoff.get(term, 0)
         held = self.held.get(term)
         return bool(upto and held) and max(held or (0,)) <= upto
@@ -237,10 +238,8 @@ def apply(r: Recovered, rec: list[Any], seg: int) -> None:
                 del reps[mid]
     elif kind == "o":
         _, term, upto = rec
-        if upto:
+        if upto > r.logoff.get(term, 0):
             r.logoff[term] = upto
-        else:
-            r.logoff.pop(term, None)
     elif kind == "e":
         _, epoch, active = rec
         if epoch >= r.epoch:
