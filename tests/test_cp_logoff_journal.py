@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hsb.cp.journal.format import encode
 from hsb.cp.journal.recovery import Recovered, apply, recover, segment_name
 from hsb.wire.client import request
-from tests.support.cpcore import cp_core
+from tests.support.cpcore import cp_core, fake_host, recording_terminal
 from tests.support.hostclient import FakeHost, FakeTerminal
 from tests.support.journal import records
 from tests.support.procs import SECRET, addr, restart_cp, start_cp, until
@@ -135,8 +135,8 @@ def test_recovery_reads_a_logoff_from_its_record_and_from_a_later_segments_check
     # a message sent after the logoff is a later logon's: not leaving (the logoff's mark stays)
     r = _recovered(a1, ["o", "T1", 1], a2)
     assert not r.leaving("T1") and r.logoff == {"T1": 1}
-    # answered: nothing held, nothing to answer without it
-    assert not _recovered(a1, ["o", "T1", 1], ["d", "T1", 1]).leaving("T1")
+    # answered: nothing sent since its bye, still leaving (there is simply nothing to answer)
+    assert _recovered(a1, ["o", "T1", 1], ["d", "T1", 1]).leaving("T1")
     # the segment holding the "o" compacted away: the next segment's checkpoint says it
     ck = ["ck", 1, None, 1, {"T1": 2}, {"history": [], "paused": False, "logoff": {"T1": 2}}]
     assert _recovered(ck, a1, a2).leaving("T1")
@@ -197,3 +197,63 @@ def test_reading_a_segment_gives_the_state_applying_its_records_one_by_one_gives
         return held, kept, r.confirmed, r.last_acked, r.logoff, [r.leaving(t) for t in ("T1", "T2")]
 
     assert view(got) == view(want)
+
+
+def _replies(p: Any) -> list[int]:
+    p.flush()
+    return [m["id"] for m in p.transport.frames() if m.get("t") == "reply"]
+
+
+@pytest.mark.parametrize("resume", [None, 0])
+async def test_a_logoffs_reply_reaches_no_later_run_even_one_that_went_meanwhile(tmp_path: Path, resume: int | None) -> None:
+    """Run 1 sends 1 and logs off (1 goes to the active without a session) and goes; run 2
+    logs on and goes without a bye; the reply to 1 comes: nobody's (counted), not kept in an
+    outbox or as a reply for run 3."""
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active")
+    recording_terminal(cp, "T00001", resume)
+    t = cp.terms["T00001"]
+    cp.terminal_msg(t, 1, "m1")
+    cp.terminal_bye(t)
+    assert t.leaving and t.bye_upto == 1 and t.held[1].delivered_epoch
+    cp.terminal_lost(t)
+    recording_terminal(cp, "T00001", resume)  # run 2 ...
+    cp.terminal_lost(t)  # ... goes without bye
+    cp.host_reply(h, "T00001", 1, "R1")
+    p3 = recording_terminal(cp, "T00001", resume)
+    assert _replies(p3) == [] and not t.outbox and not t.replies
+    assert cp.counters["replies_after_logoff"] == 1
+
+
+@pytest.mark.parametrize("resume", [None, 0])
+async def test_a_second_bye_does_not_hand_the_first_runs_reply_to_the_second(tmp_path: Path, resume: int | None) -> None:
+    """Run 1 sends 1, logs off and goes; run 2 sends 2 and logs off, its connection open while 2
+    waits. The reply to 1 goes to nobody, the reply to 2 to run 2's connection."""
+    cp = cp_core(tmp_path, 2)
+    recording_terminal(cp, "T00001", resume)
+    t = cp.terms["T00001"]
+    cp.terminal_msg(t, 1, "m1")
+    cp.terminal_bye(t)
+    cp.terminal_lost(t)
+    p2 = recording_terminal(cp, "T00001", resume)
+    cp.terminal_msg(t, 2, "m2")
+    cp.terminal_bye(t)
+    assert t.conn is p2 and t.bye_upto == 2 and t.logoff_upto == 1
+    h = fake_host(cp, "host-a", "active")
+    cp.host_reply(h, "T00001", 1, "R1")
+    cp.host_reply(h, "T00001", 2, "R2")
+    assert _replies(p2) == [2] and cp.counters["replies_after_logoff"] == 1
+
+
+async def test_a_restart_keeps_a_later_runs_unconfirmed_reply(tmp_path: Path) -> None:
+    """Journal: 1 sent, bye, then a new run sent 2, answered first and not yet confirmed. After
+    the restart the terminal is not leaving (it sent after its bye): reply 1 goes to nobody,
+    reply 2 stays kept and reaches run 2 when it resumes."""
+    cp = cp_core(tmp_path, 2)
+    cp.restore(_recovered(["a", "T00001", 1, "m1"], ["o", "T00001", 1], ["a", "T00001", 2, "m2"], ["r", "T00001", 2, "R2"]))
+    t = cp.terms["T00001"]
+    assert not t.leaving and t.logoff_upto == 1 and list(t.replies) == [2]
+    h = fake_host(cp, "host-a", "active")
+    cp.host_reply(h, "T00001", 1, "R1")
+    p = recording_terminal(cp, "T00001", 1)  # run 2 back, holding replies up to 1 only
+    assert _replies(p) == [2] and cp.counters["replies_after_logoff"] == 1

@@ -58,7 +58,7 @@ class JournalSide:
                 held_n += len(held)
                 holding[term] = None
             kept = r.replies.get(name)
-            term.logoff_upto = r.logoff.get(name, 0)
+            term.logoff_upto = term.bye_upto = r.logoff.get(name, 0)  # (every connection went with the crash)
             if r.leaving(name):  # logged off holding messages: answered without it (replies go nowhere)
                 term.leaving = True
                 if kept:  # gone and logged off, it confirms nothing more: settled (as at terminal_lost)
@@ -88,7 +88,7 @@ class JournalSide:
         be needed for once they are dropped."""
         acked = {t.name: t.last_acked for t in self.terms.values() if t.last_acked}
         # ("o" records before it) the logoffs whose messages are still held
-        logoff = {t.name: t.logoff_upto for t in self.holding if t.logoff_upto and next(iter(t.held)) <= t.logoff_upto}
+        logoff = {t.name: t.bye_upto for t in self.terms.values() if t.bye_upto and _below(t.bye_upto, t.held, t.replies)}
         j = self.journal
         extra = {"history": self.history.entries, "paused": self.paused, "first": j.first_seg, "logoff": logoff}
         return ["ck", self.epoch, self.recorded_active, j.gen, acked, extra]
@@ -141,3 +141,8 @@ class JournalSide:
         old = item.seg
         item.seg = self.journal.append(rec, lambda: self.journal.unpin(old))
         self.journal.pin(item.seg)
+
+
+def _below(upto: int, *items: dict[int, Any]) -> bool:
+    """Whether any of `items` (id order) holds an id up to `upto`."""
+    return any(d and next(iter(d)) <= upto for d in items)

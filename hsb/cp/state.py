@@ -94,6 +94,7 @@ class Term:
         "_paused",
         "leaving",
         "logoff_upto",
+        "bye_upto",
         "notice",
         "resuming",
         "replies",
@@ -119,8 +120,9 @@ class Term:
         self.outbox: deque[dict[str, Any]] | None = None  # replies owed while disconnected
         self._paused = False
         self.leaving = False
-        # its last logoff's highest acknowledged id: replies up to it are the logoff's, told nobody
-        # once the connection that said bye is gone (even to a later logon under its name)
+        # its last bye's highest acknowledged id (journalled, "o"), and the same once the connection
+        # that said it is gone: replies up to logoff_upto are told nobody, not even a later logon
+        self.bye_upto = 0
         self.logoff_upto = 0
         self.notice: bytes | None = None  # a switch notice owed to the terminal (CP._grant)
         self.resuming = False  # said last_reply in its hello: its replies are kept until confirmed

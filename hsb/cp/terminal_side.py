@@ -208,8 +208,8 @@ class TerminalSide:
         "o" record; lazy: every record that settles those messages comes after it, so a crash
         that loses it came before any of them, as if the bye had not been read)."""
         term.leaving = True
-        if term.held:
-            term.logoff_upto = term.last_acked
+        term.bye_upto = term.last_acked
+        if term.held or term.replies:
             self.journal.append(["o", term.name, term.last_acked], lazy=True)
 
     def _answer_leaving(self: CP, term: Term, a: HostProtocol) -> None:
@@ -231,6 +231,8 @@ class TerminalSide:
         self.connected -= 1
         log.debug("terminal_disconnected", terminal=term.name, held=len(term.held))
         self._close_active_session(term, "logoff" if term.leaving else "disconnect")
+        if term.leaving:  # what it sent before its bye is answered to nobody from now on
+            term.logoff_upto = max(term.logoff_upto, term.bye_upto)
         if term.leaving and term.replies:  # logged off and gone: it confirms nothing more
             self._settle_unconfirmable(term)
 
@@ -242,10 +244,10 @@ class TerminalSide:
 
     @staticmethod
     def _for_nobody(term: Term, mid: int) -> bool:
-        """The reply to message `mid` has nobody to go to: the terminal logged off and its
-        connection is gone, or it sent the message before a logoff and has logged on since
-        (a new run). The same before and after a CP restart (hsb.cp.journal_side.restore)."""
-        return (term.leaving and term.conn is None) or (not term.leaving and mid <= term.logoff_upto)
+        """The reply to message `mid` has nobody to go to: the terminal sent it before a bye
+        whose connection is gone (`terminal_lost`), whether or not it has logged on since (a new
+        run knows nothing of it). The same after a CP restart (hsb.cp.journal_side.restore)."""
+        return mid <= term.logoff_upto
 
     def sweep_unread(self: CP, now: float) -> None:
         """Once a second: ask the kernel after the peers of up to SWEEP_MAX connections not read
@@ -484,7 +486,7 @@ class TerminalSide:
     def _replied(self: CP, term: Term, held: Held, data: Any) -> None:
         """A non-resuming terminal's message is durably discarded: its reply goes out now."""
         self.counters["replies"] += 1
-        if self._for_nobody(term, held.id) and term.conn is not None:  # a logoff's, and it logged on since
+        if self._for_nobody(term, held.id):  # answered at the active; nobody to tell
             self.counters["replies_after_logoff"] += 1
         else:
             self._to_terminal(term, {"t": "reply", "id": held.id, "data": data})

@@ -186,12 +186,10 @@ class Recovered:
         return sum(len(v) for v in self.held.values()) + sum(len(v) for v in self.replies.values())
 
     def leaving(self, term: str) -> bool:
-        """Whether `term` logged off and every message held for it was sent before that (one sent
-        after it is a later logon's: it is not leaving then, though the replies up to its logoff
-        still go to nobody)."""
+        """Whether `term` logged off and sent nothing since (a message sent after its bye is a
+        later logon's: not leaving then, though the replies up to its bye still go to nobody)."""
         upto = self.logoff.get(term, 0)
-        held = self.held.get(term)
-        return bool(upto and held) and max(held or (0,)) <= upto
+        return upto > 0 and self.last_acked.get(term, 0) <= upto
 
     def live_by_segment(self) -> dict[int, int]:
         live: dict[int, int] = {}
