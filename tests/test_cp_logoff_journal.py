@@ -257,3 +257,76 @@ async def test_a_restart_keeps_a_later_runs_unconfirmed_reply(tmp_path: Path) ->
     cp.host_reply(h, "T00001", 1, "R1")
     p = recording_terminal(cp, "T00001", 1)  # run 2 back, holding replies up to 1 only
     assert _replies(p) == [2] and cp.counters["replies_after_logoff"] == 1
+
+
+@pytest.mark.parametrize("resume", [None, 0])
+async def test_a_logoffs_kept_reply_is_never_resent_to_a_later_run(tmp_path: Path, resume: int | None) -> None:
+    """Run 1 sends 1 and 2 and logs off; the active answers 2 first (kept for run 1's open
+    connection, 1 below it unanswered) and run 1 goes. Run 2 logs on: reply 2 is the logoff's,
+    not resent to it; nor after a restart."""
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active")
+    p1 = recording_terminal(cp, "T00001", 0)
+    t = cp.terms["T00001"]
+    cp.terminal_msg(t, 1, "m1")
+    cp.terminal_msg(t, 2, "m2")
+    cp.terminal_bye(t)
+    cp.host_reply(h, "T00001", 2, "R2")
+    assert _replies(p1) == [2]  # run 1's connection was still there
+    cp.terminal_lost(t)
+    assert t.logoff_upto == 2 and not t.replies and cp.counts.kept == 0
+    p2 = recording_terminal(cp, "T00001", resume)
+    assert _replies(p2) == []
+    (tmp_path / "b").mkdir()
+    cp2 = cp_core(tmp_path / "b", 2)
+    cp2.restore(
+        _recovered(["a", "T00001", 1, "m1"], ["a", "T00001", 2, "m2"], ["o", "T00001", 2], ["r", "T00001", 2, "R2"], ["a", "T00001", 3, "m3"])
+    )
+    t2 = cp2.terms["T00001"]
+    assert not t2.leaving and t2.logoff_upto == 2 and not t2.replies
+    assert _replies(recording_terminal(cp2, "T00001", 0)) == []
+
+
+async def test_a_later_runs_confirmation_does_not_pass_a_logoffs_unanswered_messages(tmp_path: Path) -> None:
+    """After a restart: 1 and 2 the logoff's, unanswered; run 2's 3 answered and kept. Run 2
+    resumes saying it holds replies up to 3: its word says nothing of 1 and 2 (told nobody), so
+    no confirmation passes them (a "c" 3 would drop 1 and 2 at a later recovery reading it first)."""
+    cp = cp_core(tmp_path, 2)
+    cp.restore(_recovered(["a", "T00001", 1, "m1"], ["a", "T00001", 2, "m2"], ["o", "T00001", 2], ["a", "T00001", 3, "m3"], ["r", "T00001", 3, "R3"]))
+    t = cp.terms["T00001"]
+    recording_terminal(cp, "T00001", 3)
+    assert list(t.held) == [1, 2] and t.confirmed == 0
+
+
+async def test_a_logoffs_message_goes_to_the_active_though_a_later_run_came_and_went(tmp_path: Path) -> None:
+    """No active: 1 sent, bye, gone; run 2 logs on and goes without a bye; an active comes: 1 is
+    handed to it without a session (it does not wait for a logon that may never come), as after
+    a restart at that point."""
+    cp = cp_core(tmp_path, 2)
+    recording_terminal(cp, "T00001", 0)
+    t = cp.terms["T00001"]
+    cp.terminal_msg(t, 1, "m1")
+    cp.terminal_bye(t)
+    cp.terminal_lost(t)
+    recording_terminal(cp, "T00001", 0)
+    cp.terminal_lost(t)
+    fake_host(cp, "host-a", "active")
+    assert t.held[1].delivered_epoch == cp.epoch
+    (tmp_path / "b").mkdir()
+    cp2 = cp_core(tmp_path / "b", 2)
+    cp2.restore(_recovered(["a", "T00001", 1, "m1"], ["o", "T00001", 1]))
+    fake_host(cp2, "host-a", "active")
+    assert cp2.terms["T00001"].held[1].delivered_epoch == cp2.epoch
+
+
+async def test_a_message_after_bye_on_the_same_connection_is_the_logoffs_too(tmp_path: Path) -> None:
+    """A terminal that sends after its bye (the protocol says nothing may follow it): that
+    message is the logoff's as well, so a restart finds the terminal leaving, as it was."""
+    cp = cp_core(tmp_path, 2)
+    recording_terminal(cp, "T00001", 0)
+    t = cp.terms["T00001"]
+    cp.terminal_msg(t, 1, "m1")
+    cp.terminal_bye(t)
+    cp.terminal_msg(t, 2, "m2")
+    assert t.bye_upto == 2
+    assert _recovered(["a", "T00001", 1, "m1"], ["o", "T00001", 1], ["a", "T00001", 2, "m2"], ["o", "T00001", 2]).leaving("T00001")

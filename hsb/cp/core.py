@@ -325,8 +325,8 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         for term in self.terms.values():
             if term.active is not None and term.active.host is not host:
                 term.active = None
-            if term.leaving and term.held:  # (connected or not: a terminal that logged off does not come back for them)
-                self._deliver_pending(term, host)  # logged off, its messages still to answer
+            if self.logoff_held(term):  # (connected or not: a terminal that logged off does not come back for them)
+                self.deliver_logoffs(term, host)  # logged off, its messages still to answer
         if not adopt:  # else once the active has named its sessions
             self._request_sessions(host)
 

@@ -61,9 +61,9 @@ class JournalSide:
             term.logoff_upto = term.bye_upto = r.logoff.get(name, 0)  # (every connection went with the crash)
             if r.leaving(name):  # logged off holding messages: answered without it (replies go nowhere)
                 term.leaving = True
-                if kept:  # gone and logged off, it confirms nothing more: settled (as at terminal_lost)
-                    upto = self._confirmable(term, max(kept), trust_terminal=False)
-                    kept = {m: k for m, k in kept.items() if m > upto}
+            if kept and term.logoff_upto and min(kept) <= term.logoff_upto:
+                # a logoff's, its connection gone with the crash: nobody's (as at terminal_lost)
+                kept = {m: k for m, k in kept.items() if m > term.logoff_upto}
             if kept:
                 term.replies = in_id_order(kept)
                 term.kept_bytes = sum(data_size(k.data) for k in kept.values())
@@ -88,7 +88,7 @@ class JournalSide:
         be needed for once they are dropped."""
         acked = {t.name: t.last_acked for t in self.terms.values() if t.last_acked}
         # ("o" records before it) the logoffs whose messages are still held
-        logoff = {t.name: t.bye_upto for t in self.terms.values() if t.bye_upto and _below(t.bye_upto, t.held, t.replies)}
+        logoff = {t.name: t.bye_upto for t in self.terms.values() if t.bye_upto and (t.held or t.replies)}
         j = self.journal
         extra = {"history": self.history.entries, "paused": self.paused, "first": j.first_seg, "logoff": logoff}
         return ["ck", self.epoch, self.recorded_active, j.gen, acked, extra]
@@ -141,8 +141,3 @@ class JournalSide:
         old = item.seg
         item.seg = self.journal.append(rec, lambda: self.journal.unpin(old))
         self.journal.pin(item.seg)
-
-
-def _below(upto: int, *items: dict[int, Any]) -> bool:
-    """Whether any of `items` (id order) holds an id up to `upto`."""
-    return any(d and next(iter(d)) <= upto for d in items)

@@ -140,12 +140,14 @@ class TerminalSide:
         when it gave one: `trust_terminal`.)"""
         upto = min(upto, term.last_acked)
         for held in term.held.values():  # id order: the first not being answered bounds it
-            if not held.replying and not (held.recovered and trust_terminal):
+            # (a logoff's message, `_for_nobody`: no later run can hold its reply, whatever it says)
+            if not held.replying and not (held.recovered and trust_terminal and held.id > term.logoff_upto):
                 return min(upto, held.id - 1)
         return upto
 
-    def _drop_replies(self: CP, term: Term, upto: int) -> None:
-        self.journal.append(["c", term.name, upto], lazy=True)  # need not wait: a lost one only resends
+    def _drop_replies(self: CP, term: Term, upto: int, record: bool = True) -> None:
+        if record:
+            self.journal.append(["c", term.name, upto], lazy=True)  # need not wait: a lost one only resends
         for mid in [m for m in term.replies if m <= upto]:
             kept = term.replies.pop(mid)
             self.journal.unpin(kept.seg)
@@ -172,6 +174,8 @@ class TerminalSide:
         self.counts.held += 1
         held.seg = self.journal.append(["a", term.name, mid, data], lambda: self._accepted(term, held))
         self.journal.pin(held.seg)
+        if term.leaving:  # sent after its bye, on the same connection: the logoff's too
+            self.logged_off(term)
         self._backpressure(term)
 
     def _accepted(self: CP, term: Term, held: Held) -> None:
@@ -188,7 +192,7 @@ class TerminalSide:
         if s is not None and s.host is a:
             if held.delivered_epoch != self.epoch:
                 self._deliver(term, held, a)
-        elif term.leaving:  # logged off after sending it, no session: still answered, in order
+        elif term.leaving or held.id <= term.logoff_upto:  # logged off after sending it, no session: still answered, in order
             self._answer_leaving(term, a)
 
     def terminal_bye(self: CP, term: Term) -> None:
@@ -216,7 +220,7 @@ class TerminalSide:
         """A terminal that logged off still holds messages: every one not yet with the active
         goes to it, in order (its connection closes once all are answered, `_settled`)."""
         self.settle_flip()
-        self._deliver_pending(term, a)
+        self.deliver_logoffs(term, a)
 
     def terminal_lost(self: CP, term: Term) -> None:
         # no settle_flip: a terminal not yet flipped that goes is closed by the flip when reached
@@ -235,6 +239,10 @@ class TerminalSide:
             term.logoff_upto = max(term.logoff_upto, term.bye_upto)
         if term.leaving and term.replies:  # logged off and gone: it confirms nothing more
             self._settle_unconfirmable(term)
+            if term.replies and min(term.replies) <= term.logoff_upto:
+                # above a message still unanswered (no "c" may pass it): forgotten without a
+                # record; a restart forgets them too (restore), never resends them to a later run
+                self._drop_replies(term, term.logoff_upto, record=False)
 
     @staticmethod
     def _logged_off(term: Term) -> bool:
@@ -425,6 +433,22 @@ class TerminalSide:
             for held in list(term.held.values()):
                 if not held.replying:
                     self._too_large_for(term, held, host)
+
+    @staticmethod
+    def logoff_held(term: Term) -> bool:
+        """Messages of a logoff are held (`_for_nobody`): they go to the active without a session."""
+        return bool(term.held) and (term.leaving or next(iter(term.held)) <= term.logoff_upto)
+
+    def deliver_logoffs(self: CP, term: Term, host: HostProtocol) -> None:
+        """A logoff's held messages to `host`, in order, without a session (a later run's own,
+        above them, wait for its session)."""
+        upto = term.bye_upto if term.leaving else term.logoff_upto
+        for held in list(term.held.values()):
+            if held.id > upto:
+                break
+            if held.delivered_epoch != self.epoch and held.id <= term.durable_acked and not held.replying:
+                self._deliver(term, held, host)
+                faults.point("cp.mid_redelivery")
 
     def _deliver_pending(self: CP, term: Term, host: HostProtocol) -> None:
         for held in list(term.held.values()):
