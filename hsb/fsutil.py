@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 
 
@@ -12,3 +13,23 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_fallocate = getattr(_libc, "fallocate64", None) or getattr(_libc, "fallocate", None)
+if _fallocate is not None:
+    _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    _fallocate.restype = ctypes.c_int
+
+
+def preallocate(fd: int, size: int) -> bool:
+    """Allocate the first `size` bytes of the file `fd` (Linux fallocate(2), mode 0: the file's
+    size becomes `size`, the new bytes read as zeros) so that writes into them change no file
+    size: an `fdatasync` after such a write flushes the data alone, where one after an append
+    also writes the inode (and on a journalled file system waits for a journal commit). False,
+    and nothing changed, where the file system cannot (NFS before 4.2, say) or has no room: the
+    writes then extend the file as before (a full disk is reported by the write itself). Not
+    posix_fallocate(3): glibc emulates that by writing a byte per block where fallocate is missing."""
+    if _fallocate is None or size <= 0:
+        return False
+    return bool(_fallocate(fd, 0, 0, size) == 0)

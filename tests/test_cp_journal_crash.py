@@ -351,3 +351,36 @@ def test_a_record_that_makes_no_sense_is_reported_at_its_file_and_offset(tmp_pat
     with pytest.raises(JournalDamaged) as exc:
         recover(tmp_path)
     assert exc.value.path == str(p) and exc.value.offset == len(ck) + len(ok) and "unknown record kind" in str(exc.value), str(exc.value)
+
+
+async def test_a_segment_is_allocated_whole_and_its_zeros_end_its_records(tmp_path: Path) -> None:
+    """A new segment's file is allocated to its room at once (hsb.fsutil.preallocate: a group
+    commit's fdatasync then changes no file size), and recovery reads its records up to the
+    zeros: the clean end of a segment, in any segment, never a torn tail; a bad record with a
+    valid one after it in the room is still damage."""
+    j = open_journal(tmp_path)
+    try:
+        for i in range(1, 6):
+            await durable(j, ["a", "T1", i, "x" * 100])
+        seg = tmp_path / segment_name(1, j.gen)
+        assert seg.stat().st_size >= j._segment_room(1), "the segment was not allocated whole"
+    finally:
+        j.close()
+    data = seg.read_bytes()
+    end = len(data.rstrip(b"\0"))
+    assert end < len(data) and not any(data[end:])
+    r = recover(tmp_path, truncate=False)
+    assert r.torn is None and sorted(r.held["T1"]) == [1, 2, 3, 4, 5]
+    # a second segment after it: the first one's zeros are still just its end
+    (tmp_path / segment_name(2, j.gen)).write_bytes(encode(["ck", 0, None, j.gen, {}, {}]) + encode(["a", "T1", 6, "y"]) + bytes(4096))
+    r = recover(tmp_path, truncate=False)
+    assert r.torn is None and sorted(r.held["T1"]) == [1, 2, 3, 4, 5, 6]
+    # garbage in the room with a valid record after it: damage, named by file and offset
+    bad = bytearray(data)
+    bad[end + 10 : end + 20] = b"\xff" * 10
+    rec = encode(["a", "T1", 7, "z"])
+    bad[end + 100 : end + 100 + len(rec)] = rec
+    seg.write_bytes(bytes(bad))
+    with pytest.raises(JournalDamaged) as exc:
+        recover(tmp_path, truncate=False)
+    assert exc.value.path == str(seg) and exc.value.offset == end

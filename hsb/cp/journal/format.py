@@ -16,7 +16,8 @@ so that a crash leaves at most the last one torn: never a torn one with a whole 
 does not check out (bad magic, a length past the end, a checksum mismatch, a payload that does
 not decode) is either the **torn tail** of a write the crash interrupted, which is dropped, or
 **damage**, which stops the start: it is torn only if no valid record follows it anywhere in the
-file.
+file. A segment's file is allocated whole when it is created (hsb.fsutil.preallocate): zeros
+from a record's end to the end of the file are room not written yet, the segment's clean end.
 """
 
 from __future__ import annotations
@@ -138,6 +139,8 @@ def scan(buf: bytes, path: str = "?", until: str | None = None) -> tuple[list[An
                     if until is not None and isinstance(rec, list) and rec and rec[0] == until:
                         return out, off, None
                     continue
+        if len(buf.rstrip(b"\x00")) <= off:
+            return out, off, None  # the rest of a segment allocated whole (hsb.fsutil.preallocate): not written yet
         _, why = _check(buf, off)
         # torn only if nothing valid follows
         nxt = buf.find(MAGIC, off + 1)

@@ -47,6 +47,7 @@ from hsb.worker import Worker
 log = structlog.get_logger("hsb.cp")
 
 SEGMENT_BYTES = 1024 * 1024  # a segment is closed past this size of records of its own
+ROOM_SLACK = 64 * 1024  # a new segment's file is allocated this much past where it closes (the last group)
 CK_SHARE = 4  # ... and past this many times its checkpoint: checkpoints stay a fifth of what is written
 IDLE_ROTATE_BYTES = 16 * 1024  # a settled current segment with this much beyond its checkpoint is closed when idle
 KEEP_SEGMENTS = 4  # more than this many: the oldest one's live records are carried forward ...
@@ -487,6 +488,12 @@ class Journal(GroupWriter):
 
     def size(self) -> int:
         return sum(self.sizes.values())
+
+    def _segment_room(self, seg: int) -> int:
+        """What a segment is allocated with when its file is created (hsb.fsutil.preallocate):
+        about what it holds when it closes (`append`), its checkpoint and a last group over."""
+        ck = self.ck_sizes.get(seg, 0)
+        return max(self.segment_bytes, CK_SHARE * ck) + ck + ROOM_SLACK
 
     def status(self) -> dict[str, Any]:
         return {

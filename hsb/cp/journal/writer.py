@@ -23,7 +23,7 @@ import structlog
 from hsb import faults, uring
 from hsb.cp.journal.generation import Generations, gen_name
 from hsb.cp.journal.recovery import segment_name
-from hsb.fsutil import fsync_dir
+from hsb.fsutil import fsync_dir, preallocate
 from hsb.worker import Worker
 
 log = structlog.get_logger("hsb.cp")
@@ -97,6 +97,9 @@ class GroupWriter:
 
     def _written(self, took: float, exc: BaseException | None, batch: list[tuple[int, bytes]], callbacks: list[Done], deletions: list[int]) -> None:
         raise NotImplementedError  # the journal's: the group's outcome, on the event loop
+
+    def _segment_room(self, seg: int) -> int:
+        raise NotImplementedError  # the journal's: the bytes a new segment is allocated with
 
     def _start_ring(self) -> None:
         """Group commits through io_uring from now on, if the kernel runs it (`io`: "auto",
@@ -236,8 +239,11 @@ class GroupWriter:
             if seg not in self._fds:
                 for old in [s for s in self._fds if s < seg]:  # closed segments are never written again (each record already synced)
                     os.close(self._fds.pop(old))
-                self._fds[seg] = os.open(self.dir / segment_name(seg, self.gen), os.O_WRONLY | os.O_CREAT, 0o600)
-                self._offset.setdefault(seg, os.fstat(self._fds[seg]).st_size)
+                fd = self._fds[seg] = os.open(self.dir / segment_name(seg, self.gen), os.O_WRONLY | os.O_CREAT, 0o600)
+                if seg not in self._offset:
+                    self._offset[seg] = os.fstat(fd).st_size
+                    if self._offset[seg] == 0:  # new: allocated whole, so no group commit in it changes its size
+                        preallocate(fd, self._segment_room(seg))
                 self._name_pending.add(seg)
             fd = self._fds[seg]
             off = ends.get(seg, self._offset[seg])
