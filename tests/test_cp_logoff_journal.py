@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hsb.cp import logons
 from hsb.cp.journal.format import encode
 from hsb.cp.journal.recovery import Recovered, apply, recover, segment_name
 from hsb.wire.client import request
@@ -330,3 +331,70 @@ async def test_a_message_after_bye_on_the_same_connection_is_the_logoffs_too(tmp
     cp.terminal_msg(t, 2, "m2")
     assert t.bye_upto == 2
     assert _recovered(["a", "T00001", 1, "m1"], ["o", "T00001", 1], ["a", "T00001", 2, "m2"], ["o", "T00001", 2]).leaving("T00001")
+
+
+SESSION_ATTRS = {"protocol": "hsb1"}
+
+
+async def _flipped(cp: Any) -> None:
+    while cp.flipping is not None:
+        await asyncio.sleep(0)
+
+
+async def test_a_bye_queued_in_a_storm_and_closed_by_a_failovers_classic_path_still_reaches_the_new_active(tmp_path: Path) -> None:
+    cp = cp_core(tmp_path, 2, standby_capable=False)
+    a = fake_host(cp, "host-a", "active")
+    b = fake_host(cp, "host-b", "standby")
+    p = recording_terminal(cp, "T00001", None)
+    t = cp.terms["T00001"]
+    cp.host_open(a, "T00001", "active", SESSION_ATTRS)
+    cp.terminal_msg(t, 1, "m1")
+    assert t.held[1].delivered_epoch == 1  # with host-a
+    cp.logons.inline = logons.BURST  # a logoff storm: this bye waits its turn
+    p.on_bye({"t": "bye"})
+    assert p.bye_waiting and not t.leaving
+    a.connection_lost(None)
+    cp.host_switchover(b, "test", False, "failover")
+    await _flipped(cp)  # classic path: conn.close() with its bye waiting -> logged_off
+    assert t.leaving and p.closed
+    p.connection_lost(None)
+    for _ in range(20):
+        await asyncio.sleep(0)  # the storm's queue worked off
+    assert t.conn is None and t.logoff_upto == 1
+    # the terminal logged off and went: nobody will come for message 1
+    assert t.held[1].delivered_epoch == cp.epoch, "message 1 never handed to the new active"
+
+
+async def test_a_refused_handover_hands_a_logoffs_messages_to_the_active_serving_on(tmp_path: Path) -> None:
+    cp = cp_core(tmp_path, 2)
+    a = fake_host(cp, "host-a", "active")
+    recording_terminal(cp, "T00001", 0)
+    t = cp.terms["T00001"]
+    cp.host_release(a)
+    cp.terminal_msg(t, 1, "m1")  # released: held, not delivered
+    cp.terminal_bye(t)
+    cp.terminal_lost(t)
+    recording_terminal(cp, "T00001", 0)  # run 2 logs on ...
+    cp.terminal_lost(t)  # ... and goes without a bye
+    cp.host_handover(a)  # no standby: refused, host-a serves on
+    assert not a.released
+    assert t.held[1].delivered_epoch == cp.epoch, "the logoff's message waits for a logon that may never come"
+
+
+async def test_a_logoffs_message_reaches_the_new_active_after_a_later_runs_classic_close(tmp_path: Path) -> None:
+    cp = cp_core(tmp_path, 2, standby_capable=False)
+    a = fake_host(cp, "host-a", "active")
+    b = fake_host(cp, "host-b", "standby")
+    recording_terminal(cp, "T00001", 0)
+    t = cp.terms["T00001"]
+    cp.terminal_msg(t, 1, "m1")
+    cp.terminal_bye(t)  # 1 handed to host-a without a session
+    cp.terminal_lost(t)
+    p2 = recording_terminal(cp, "T00001", 0)  # run 2, a session at host-a
+    cp.host_open(a, "T00001", "active", SESSION_ATTRS)
+    a.connection_lost(None)
+    cp.host_switchover(b, "test", False, "failover")
+    await _flipped(cp)  # classic path: run 2's connection closed
+    p2.connection_lost(None)  # run 2 does not come back
+    assert t.conn is None and t.active is None
+    assert t.held[1].delivered_epoch == cp.epoch, "the logoff's message 1 never handed to host-b"

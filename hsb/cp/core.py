@@ -453,8 +453,10 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
             host.released = False
             host.send({"t": "handover_refused", "reason": "no standby host is registered at the CP"})
             for term in self.terms.values():
-                if (term.active is not None and term.active.host is host) or (term.leaving and term.held):
+                if term.active is not None and term.active.host is host:
                     self._deliver_pending(term, host)
+                elif self.logoff_held(term):
+                    self.deliver_logoffs(term, host)
             return
         if wait:
             owed = {

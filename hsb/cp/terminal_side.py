@@ -243,6 +243,11 @@ class TerminalSide:
                 # above a message still unanswered (no "c" may pass it): forgotten without a
                 # record; a restart forgets them too (restore), never resends them to a later run
                 self._drop_replies(term, term.logoff_upto, record=False)
+        a = self.active
+        if self.logoff_held(term) and a is not None and a.usable and not a.released and self.announced:
+            # a logoff's messages not with this active yet (a flip's classic path closed the
+            # connection, say): they go now, nobody will come back for them
+            self.deliver_logoffs(term, a)
 
     @staticmethod
     def _logged_off(term: Term) -> bool:
