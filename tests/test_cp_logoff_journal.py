@@ -16,45 +16,10 @@ from hypothesis import strategies as st
 from hsb.cp import logons
 from hsb.cp.journal.format import encode
 from hsb.cp.journal.recovery import Recovered, apply, recover, segment_name
-from hsb.wire.client import request
 from tests.support.cpcore import cp_core, fake_host, recording_terminal
-from tests.support.hostclient import FakeHost, FakeTerminal
+from tests.support.hostclient import FakeHost, FakeTerminal, cp_status, logged_off_holding, until_cp_status
 from tests.support.journal import records
-from tests.support.procs import SECRET, addr, restart_cp, start_cp, until
-
-
-async def _status(cp: Any) -> dict[str, Any]:
-    h, p = addr(cp.info["admin"])
-    return (await request(h, p, SECRET, {"t": "status"}))["data"]  # type: ignore[no-any-return]
-
-
-async def _until_status(cp: Any, ok: Any, timeout: float = 10.0) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        st = await _status(cp)
-        if ok(st):
-            return st
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not within {timeout} s: {st}")
-        await asyncio.sleep(0.05)
-
-
-async def _logged_off_holding(cp: Any, resume: bool, n: int = 3) -> None:
-    """T00001 logs on (no active: what it sends is held), sends `n` messages, has them
-    acknowledged, says bye and closes."""
-    t = await FakeTerminal.connect(cp.info["terminal"], "T00001", hello=not resume)
-    if resume:
-        t.send({"t": "hello", "terminal": "T00001", "last_reply": 0})
-    await t.wait(lambda m: m["t"] == "welcome")
-    for i in range(1, n + 1):
-        t.send({"t": "msg", "id": i, "data": f"m{i}"})
-    await t.wait_count(lambda m: m["t"] == "ack", n)
-    t.send({"t": "bye"})
-    await t.fs.drain()
-    await _until_status(cp, lambda st: st["terminals"]["connected"] == 1)
-    t.fs.writer.close()
-    await t.wait_closed()
-    await _until_status(cp, lambda st: st["terminals"]["connected"] == 0)
+from tests.support.procs import restart_cp, start_cp, until
 
 
 @pytest.mark.parametrize("resume", [False, True])
@@ -65,11 +30,11 @@ async def test_a_terminal_that_logged_off_holding_messages_has_them_answered_aft
     d = tmp_path / "cp"
     cp = start_cp(d, terminals=2)
     try:
-        await _logged_off_holding(cp, resume)
+        await logged_off_holding(cp, resume=resume)
         # the logoff's record is lazy (it rides with the next group, or 5 ms later): durable first
         await until(lambda: ["o", "T00001", 3] in records(d / "cp-journal"), what="the logoff's record in the journal")
         cp = restart_cp(cp)  # SIGKILL, then hsbcpd again on the same journal
-        st = await _status(cp)
+        st = await cp_status(cp)
         assert st["held_messages"] == 3 and st["terminals"]["connected"] == 0
         a = await FakeHost.connect(cp.info["host"], "host-a", "active")
         delivered = await a.wait_count(lambda m: m["t"] == "deliver" and m["terminal"] == "T00001", 3)
@@ -77,7 +42,7 @@ async def test_a_terminal_that_logged_off_holding_messages_has_them_answered_aft
         assert all(m.get("redelivered") for m in delivered), delivered  # (perhaps processed before the crash)
         for m in delivered:
             a.send({"t": "reply", "terminal": "T00001", "id": m["id"], "data": "ok", "epoch": a.epoch})
-        st = await _until_status(cp, lambda st: st["held_messages"] == 0)
+        st = await until_cp_status(cp, lambda st: st["held_messages"] == 0)
         assert st["counters"]["replies_after_logoff"] == 3
         assert st["held_bytes"]["kept"] == 0 and st["held_bytes"]["total"] == 0
     finally:
@@ -94,7 +59,7 @@ async def test_the_replies_a_logoff_left_behind_go_to_nobody_even_after_the_term
     d = tmp_path / "cp"
     cp = start_cp(d, terminals=2)
     try:
-        await _logged_off_holding(cp, resume=True, n=2)
+        await logged_off_holding(cp, n=2, resume=True)
         t = await FakeTerminal.connect(cp.info["terminal"], "T00001", hello=False)
         t.send({"t": "hello", "terminal": "T00001", "last_reply": 0})
         await t.wait(lambda m: m["t"] == "welcome")
@@ -115,7 +80,7 @@ async def test_the_replies_a_logoff_left_behind_go_to_nobody_even_after_the_term
         await a.wait_count(lambda m: m["t"] == "deliver" and m["terminal"] == "T00001", 3)
         reply = await t.wait(lambda m: m["t"] == "reply")
         assert reply["id"] == 3 and reply["data"] == "m3"
-        st = await _until_status(cp, lambda st: st["held_messages"] == 0)
+        st = await until_cp_status(cp, lambda st: st["held_messages"] == 0)
         assert st["counters"]["replies_after_logoff"] == 2
         assert [m["id"] for m in t.inbox if m["t"] == "reply"] == [3], t.inbox
     finally:

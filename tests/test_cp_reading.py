@@ -15,11 +15,10 @@ from hsb.cp.admin import CPAdminProtocol
 from hsb.cp.host_link import HostProtocol
 from hsb.cp.terminal_link import TerminalProtocol
 from hsb.host.admin import HostAdminProtocol
-from hsb.wire.client import request
 from hsb.wire.framing import encode
 from tests.support.cpcore import cp_core, fake_host, recording_terminal
-from tests.support.hostclient import FakeHost, FakeTerminal
-from tests.support.procs import SECRET, addr, log_events, restart_cp, start_cp
+from tests.support.hostclient import FakeHost, FakeTerminal, cp_status, holding_terminal, logged_off_holding, until_cp_status
+from tests.support.procs import log_events, restart_cp, start_cp
 from tests.support.transports import CountingTransport
 
 ATTRS = {"protocol": "hsb1", "codepage": "utf-8"}
@@ -126,11 +125,6 @@ async def test_held_bytes_bound_a_terminal_before_the_count_does_and_nothing_dro
         cp.stop()
 
 
-async def _cp_status(cp) -> dict:  # type: ignore[no-untyped-def]
-    h, p = addr(cp.info["admin"])
-    return (await request(h, p, SECRET, {"t": "status"}))["data"]  # type: ignore[no-any-return]
-
-
 async def test_the_cps_own_bound_on_held_data_stops_reading_terminals_holding_messages_and_drops_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Each terminal's bounds allow 8 MiB here; the CP's own (`held_total_bytes`, 16 KiB) is
     reached by two terminals together: past it, a terminal holding messages is not read until
@@ -156,7 +150,7 @@ async def test_the_cps_own_bound_on_held_data_stops_reading_terminals_holding_me
         await asyncio.sleep(0.3)  # give the CP every chance to read more than it should
         assert len([m for m in t1.inbox if m["t"] == "ack"]) == 4
         assert len([m for m in t2.inbox if m["t"] == "ack"]) == 1
-        st = await _cp_status(cp)
+        st = await cp_status(cp)
         assert st["held_bytes"] == {"total": 25000, "kept": 0, "bound": 16384, "reached": True}, st["held_bytes"]
         assert st["terminals"]["backpressured"] == 2 and st["held_messages"] == 5
         reached = [e for e in log_events(tmp_path / "cp" / "cp.log") if e["event"] == "cp_held_total_reached"]
@@ -173,7 +167,7 @@ async def test_the_cps_own_bound_on_held_data_stops_reading_terminals_holding_me
             replied = [m["id"] for m in t.inbox if m["t"] == "reply"]
             assert acked == list(range(1, 11)) and replied == list(range(1, 11)), (acked, replied)
             assert not t.closed and not [m for m in t.inbox if m["t"] == "error"]
-        st = await _cp_status(cp)
+        st = await cp_status(cp)
         assert st["held_bytes"] == {"total": 0, "kept": 0, "bound": 16384, "reached": False}, st["held_bytes"]
         assert st["terminals"]["backpressured"] == 0 and st["held_messages"] == 0
         assert [e for e in log_events(tmp_path / "cp" / "cp.log") if e["event"] == "cp_held_total_below"]
@@ -225,7 +219,7 @@ async def test_a_cp_restarted_on_a_journal_holding_more_than_its_own_bound_says_
         await t.wait_count(lambda m: m["t"] == "ack", 3)
         cp.kill(signal.SIGKILL)
         cp = restart_cp(cp)
-        st = await _cp_status(cp)
+        st = await cp_status(cp)
         assert st["held_bytes"] == {"total": 9000, "kept": 0, "bound": 8192, "reached": True}, st["held_bytes"]
         assert [e for e in log_events(tmp_path / "cp" / "cp.log") if e["event"] == "cp_held_total_reached"]
     finally:
@@ -297,19 +291,6 @@ async def test_the_bytes_held_and_kept_go_back_to_zero_when_everything_is_settle
     assert cp.counts.held_data == cp.counts.kept_data == 0
 
 
-async def _holding(cp, sent: int, acked: int, resume: bool = False) -> FakeTerminal:  # type: ignore[no-untyped-def]
-    """Terminal T00001 logged on to a CP without an active (`resume`: its hello says last_reply
-    0), `sent` messages sent ("m1", …), `acked` of them acknowledged."""
-    t = await FakeTerminal.connect(cp.info["terminal"], "T00001", hello=not resume)
-    if resume:
-        t.send({"t": "hello", "terminal": "T00001", "last_reply": 0})
-    await t.wait(lambda m: m["t"] == "welcome")
-    for i in range(1, sent + 1):
-        t.send({"t": "msg", "id": i, "data": f"m{i}"})
-    await t.wait_count(lambda m: m["t"] == "ack", acked)
-    return t
-
-
 @pytest.mark.parametrize("how", ["reset", "close"])
 async def test_a_terminal_whose_unread_connection_went_can_log_on_again_at_once(tmp_path, how: str) -> None:  # type: ignore[no-untyped-def]
     """At its bound of held messages (no active: they wait) the CP stops reading a terminal, so
@@ -318,7 +299,7 @@ async def test_a_terminal_whose_unread_connection_went_can_log_on_again_at_once(
     connected until an active came); a live one is still refused."""
     cp = start_cp(tmp_path / "cp", terminals=2, held_bound=4)
     try:
-        t = await _holding(cp, sent=5, acked=4)
+        t = await holding_terminal(cp, sent=5, acked=4)
         # a second device under the same name while the first is alive: refused, as before
         dup = await FakeTerminal.connect(cp.info["terminal"], "T00001")
         await dup.wait(lambda m: m["t"] == "error")
@@ -333,7 +314,7 @@ async def test_a_terminal_whose_unread_connection_went_can_log_on_again_at_once(
         assert welcome["t"] == "welcome", welcome
         assert welcome["last_acked"] == 4
         again.send({"t": "msg", "id": 5, "data": "m5"})  # not acknowledged before: sent again
-        st = await _cp_status(cp)
+        st = await cp_status(cp)
         assert st["terminals"]["connected"] == 1, st["terminals"]
         a = await FakeHost.connect(cp.info["host"], "host-a", "active")
         a.auto_reply = True
@@ -375,7 +356,7 @@ async def test_replies_for_a_terminal_that_left_its_unread_connection_wait_for_i
         await t.wait_closed()
         for m in [m for m in a.inbox if m["t"] == "deliver"]:
             a.send({"t": "reply", "terminal": "T00001", "id": m["id"], "data": f"r{m['id']}", "epoch": a.epoch})
-        await until_status(cp, lambda st: st["held_messages"] == 0 and st["terminals"]["connected"] == 0)
+        await until_cp_status(cp, lambda st: st["held_messages"] == 0 and st["terminals"]["connected"] == 0)
         again = await FakeTerminal.connect(cp.info["terminal"], "T00001")
         replies = await again.wait_count(lambda m: m["t"] == "reply", 4)
         await asyncio.sleep(0.2)  # an observation window: a duplicate would arrive in it
@@ -392,12 +373,12 @@ async def test_an_unread_connection_its_terminal_left_is_found_gone_by_the_cps_s
     and the terminal is no longer counted connected."""
     cp = start_cp(tmp_path / "cp", terminals=2, held_bound=4)
     try:
-        t = await _holding(cp, sent=5, acked=4)
-        st = await _cp_status(cp)
+        t = await holding_terminal(cp, sent=5, acked=4)
+        st = await cp_status(cp)
         assert st["terminals"]["connected"] == 1 and st["terminals"]["backpressured"] == 1, st["terminals"]
         t.fs.writer.close()
         await t.wait_closed()
-        st = await until_status(cp, lambda st: st["terminals"]["connected"] == 0, timeout=5.0)
+        st = await until_cp_status(cp, lambda st: st["terminals"]["connected"] == 0, timeout=5.0)
         assert st["terminals"]["backpressured"] == 0 and st["held_messages"] == 4  # nothing acknowledged is dropped
         assert [e["at"] for e in cp.events("terminal_connection_gone")] == ["sweep"]
         assert st["counters"]["connections_gone"] == 1
@@ -433,38 +414,20 @@ async def test_a_terminal_that_logged_off_and_went_while_no_active_served_has_it
     nobody to go to: dropped and counted, not kept for whoever logs on under that name next."""
     cp = start_cp(tmp_path / "cp", terminals=2)
     try:
-        t = await _holding(cp, sent=3, acked=3, resume=resume)
-        t.send({"t": "bye"})
-        await t.fs.drain()
-        await until_status(cp, lambda st: st["terminals"]["connected"] == 1)
-        t.fs.writer.close()
-        await t.wait_closed()
-        await until_status(cp, lambda st: st["terminals"]["connected"] == 0)
+        await logged_off_holding(cp, n=3, resume=resume)
         a = await FakeHost.connect(cp.info["host"], "host-a", "active")
         delivered = await a.wait_count(lambda m: m["t"] == "deliver" and m["terminal"] == "T00001", 3)
         assert sorted(m["id"] for m in delivered) == [1, 2, 3]
         for m in delivered:
             a.send({"t": "reply", "terminal": "T00001", "id": m["id"], "data": "ok", "epoch": a.epoch})
-        st = await until_status(cp, lambda st: st["held_messages"] == 0)
+        st = await until_cp_status(cp, lambda st: st["held_messages"] == 0)
         assert st["counters"]["replies_after_logoff"] == 3
         assert st["held_bytes"]["kept"] == 0
-        again = await _holding(cp, sent=0, acked=0, resume=resume)  # the next run under that name
+        again = await holding_terminal(cp, sent=0, acked=0, resume=resume)  # the next run under that name
         await asyncio.sleep(0.3)  # an observation window: a reply of the run before would arrive in it
         assert not [m for m in again.inbox if m["t"] == "reply"], again.inbox
     finally:
         cp.stop()
-
-
-async def until_status(cp, ok, timeout: float = 10.0) -> dict:  # type: ignore[no-untyped-def]
-    """The CP's status once `ok(status)` holds (polled), else AssertionError with the last one."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        st = await _cp_status(cp)
-        if ok(st):
-            return st  # type: ignore[no-any-return]
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not within {timeout} s: {st}")
-        await asyncio.sleep(0.05)
 
 
 async def test_a_terminal_at_its_bound_whose_session_was_refused_logs_off_by_its_bye_and_close(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -492,7 +455,7 @@ async def test_a_terminal_at_its_bound_whose_session_was_refused_logs_off_by_its
         assert sorted(m["id"] for m in delivered) == [1, 2, 3, 4]  # the fifth was never acknowledged: not taken
         for m in delivered:
             a.send({"t": "reply", "terminal": "T00001", "id": m["id"], "data": "ok", "epoch": a.epoch})
-        st = await until_status(cp, lambda st: st["held_messages"] == 0)
+        st = await until_cp_status(cp, lambda st: st["held_messages"] == 0)
         assert st["counters"]["replies_after_logoff"] == 4 and st["terminals"]["connected"] == 0
     finally:
         cp.stop()

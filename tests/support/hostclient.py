@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from hsb.wire.client import FrameStream, LinkClosed
+from hsb.wire.client import FrameStream, LinkClosed, request
 from tests.support.procs import SECRET, addr
 
 
@@ -194,3 +194,46 @@ class FakeTerminal:
     async def close(self) -> None:
         self._reader.cancel()
         await self.fs.aclose()
+
+
+async def cp_status(cp: Any) -> dict[str, Any]:
+    """hsbcpd's status (a `tests.support.procs.Proc` started by start_cp)."""
+    h, p = addr(cp.info["admin"])
+    return (await request(h, p, SECRET, {"t": "status"}))["data"]  # type: ignore[no-any-return]
+
+
+async def until_cp_status(cp: Any, ok: Any, timeout: float = 10.0) -> dict[str, Any]:
+    """hsbcpd's status once `ok(status)` holds (polled), else AssertionError with the last one."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        st = await cp_status(cp)
+        if ok(st):
+            return st
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not within {timeout} s: {st}")
+        await asyncio.sleep(0.05)
+
+
+async def holding_terminal(cp: Any, sent: int, acked: int, resume: bool = False) -> FakeTerminal:
+    """Terminal T00001 logged on to a CP without an active (`resume`: its hello says last_reply
+    0), `sent` messages sent ("m1", …), `acked` of them acknowledged."""
+    t = await FakeTerminal.connect(cp.info["terminal"], "T00001", hello=not resume)
+    if resume:
+        t.send({"t": "hello", "terminal": "T00001", "last_reply": 0})
+    await t.wait(lambda m: m["t"] == "welcome")
+    for i in range(1, sent + 1):
+        t.send({"t": "msg", "id": i, "data": f"m{i}"})
+    await t.wait_count(lambda m: m["t"] == "ack", acked)
+    return t
+
+
+async def logged_off_holding(cp: Any, n: int = 3, resume: bool = False) -> None:
+    """`holding_terminal` with `n` messages acknowledged, then its bye, and its connection
+    closed once the CP has read the bye (status says so)."""
+    t = await holding_terminal(cp, sent=n, acked=n, resume=resume)
+    t.send({"t": "bye"})
+    await t.fs.drain()
+    await until_cp_status(cp, lambda st: st["terminals"]["connected"] == 1)
+    t.fs.writer.close()
+    await t.wait_closed()
+    await until_cp_status(cp, lambda st: st["terminals"]["connected"] == 0)
