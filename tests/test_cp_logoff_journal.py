@@ -363,3 +363,23 @@ async def test_a_logoffs_message_reaches_the_new_active_after_a_later_runs_class
     p2.connection_lost(None)  # run 2 does not come back
     assert t.conn is None and t.active is None
     assert t.held[1].delivered_epoch == cp.epoch, "the logoff's message 1 never handed to host-b"
+
+
+async def test_a_reply_that_finds_the_byes_unread_connection_gone_is_nobodys(tmp_path: Path) -> None:
+    """Resuming run 1 sends 1, says bye in a logoff storm (queued, not read) and closes. The
+    active's reply finds the connection gone: the logoff counts first, so the reply is nobody's,
+    not kept, and run 2 never gets it."""
+    cp = cp_core(tmp_path, 2)
+    a = fake_host(cp, "host-a", "active")
+    p1 = recording_terminal(cp, "T00001", 0)
+    t = cp.terms["T00001"]
+    cp.host_open(a, "T00001", "active", SESSION_ATTRS)
+    cp.terminal_msg(t, 1, "m1")
+    cp.logons.inline = logons.BURST  # a logoff storm: this bye waits its turn, reading paused
+    p1.on_bye({"t": "bye"})
+    assert p1.bye_waiting and p1.reading_paused
+    p1.peer_gone = lambda: True  # it closed its socket after the bye (unread: reading paused)
+    cp.host_reply(a, "T00001", 1, "R1")
+    assert t.conn is None and t.logoff_upto == 1
+    assert not t.replies and cp.counts.kept == 0
+    assert _replies(recording_terminal(cp, "T00001", 0)) == []

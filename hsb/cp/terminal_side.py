@@ -479,6 +479,11 @@ class TerminalSide:
         if held is None or held.replying:
             return  # already discarded, or being: never a second reply
         held.replying = True
+        conn = term.conn
+        if conn is not None and conn.reading_paused and not conn.closed and conn.peer_gone():
+            # not read, and gone: lost first (a bye it gave makes this reply nobody's), so that
+            # what is decided below is decided for the terminal as it now is
+            self._connection_gone(term, "reply")
         if not term.resuming or self._for_nobody(term, mid):  # (gone for good: nothing to keep it for)
             self.journal.append(["d", name, mid], lambda: self._replied(term, held, data))
             return
