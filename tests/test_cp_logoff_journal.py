@@ -383,3 +383,42 @@ async def test_a_reply_that_finds_the_byes_unread_connection_gone_is_nobodys(tmp
     assert t.conn is None and t.logoff_upto == 1
     assert not t.replies and cp.counts.kept == 0
     assert _replies(recording_terminal(cp, "T00001", 0)) == []
+
+
+async def test_a_logoffs_reply_while_the_cp_closed_its_connection_is_nobodys(tmp_path: Path) -> None:
+    """A non-resuming terminal sends 1 and says bye; the CP closes the connection (an idle
+    timeout) and its last bytes are still going out when reply 1 comes: nobody's, not put in
+    the outbox for the next logon."""
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active")
+    p1 = recording_terminal(cp, "T00001", None)
+    t = cp.terms["T00001"]
+    cp.host_open(h, "T00001", "active", SESSION_ATTRS)
+    cp.terminal_msg(t, 1, "m1")
+    cp.terminal_bye(t)
+    p1.close_with_error("idle_timeout", "nothing received for 30s")  # closed, not gone yet
+    cp.host_reply(h, "T00001", 1, "R1")
+    p1.connection_lost(None)
+    assert t.logoff_upto == 1 and not t.outbox and cp.counters["replies_after_logoff"] == 1
+    assert _replies(recording_terminal(cp, "T00001", None)) == []
+
+
+@pytest.mark.parametrize("resume", [0, None])
+async def test_a_reply_to_a_recovered_message_made_before_its_terminal_is_back_is_kept(tmp_path: Path, resume: int | None) -> None:
+    """After a restart the active answers recovered message 1 before its terminal is back.
+    The reply is kept ("r", not the memory-only outbox): a resuming terminal whose first
+    connection breaks before it reads the reply still gets it on its next hello; one that does
+    not resume gets it once, marked resent, and it is settled."""
+    cp = cp_core(tmp_path, 2)
+    cp.restore(_recovered(["a", "T00001", 1, "m1"]))
+    t = cp.terms["T00001"]
+    h = fake_host(cp, "host-a", "active")
+    cp.host_reply(h, "T00001", 1, "R1")
+    assert not t.held and list(t.replies) == [1] and not t.outbox
+    p = recording_terminal(cp, "T00001", resume)
+    assert _replies(p) == [1]
+    if resume is None:
+        assert not t.replies and cp.counts.kept == 0  # served once, settled
+        return
+    cp.terminal_lost(t)  # that connection broke before the terminal read the reply
+    assert _replies(recording_terminal(cp, "T00001", 0)) == [1]

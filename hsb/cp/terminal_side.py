@@ -237,6 +237,10 @@ class TerminalSide:
         self._close_active_session(term, "logoff" if term.leaving else "disconnect")
         if term.leaving:  # what it sent before its bye is answered to nobody from now on
             term.logoff_upto = max(term.logoff_upto, term.bye_upto)
+            if term.outbox:  # (none should be the logoff's; never handed to a later run if one is)
+                kept = deque(m for m in term.outbox if m["id"] > term.logoff_upto)
+                self.counters["replies_after_logoff"] += len(term.outbox) - len(kept)
+                term.outbox = kept or None
         if term.leaving and term.replies:  # logged off and gone: it confirms nothing more
             self._settle_unconfirmable(term)
             if term.replies and min(term.replies) <= term.logoff_upto:
@@ -260,7 +264,11 @@ class TerminalSide:
         """The reply to message `mid` has nobody to go to: the terminal sent it before a bye
         whose connection is gone (`terminal_lost`), whether or not it has logged on since (a new
         run knows nothing of it). The same after a CP restart (hsb.cp.journal_side.restore)."""
-        return mid <= term.logoff_upto
+        if mid <= term.logoff_upto:
+            return True
+        # its bye's connection closed by the CP (an idle timeout, a protocol error) and not yet
+        # gone: as good as gone for a reply
+        return term.leaving and mid <= term.bye_upto and (term.conn is None or term.conn.closed)
 
     def sweep_unread(self: CP, now: float) -> None:
         """Once a second: ask the kernel after the peers of up to SWEEP_MAX connections not read
@@ -484,12 +492,16 @@ class TerminalSide:
             # not read, and gone: lost first (a bye it gave makes this reply nobody's), so that
             # what is decided below is decided for the terminal as it now is
             self._connection_gone(term, "reply")
-        if not term.resuming or self._for_nobody(term, mid):  # (gone for good: nothing to keep it for)
+        # recovered at a restart, its terminal not back yet: kept ("r") whichever kind it turns
+        # out to be (one that resumes is owed it until it confirms; one that does not gets it
+        # marked resent at its hello), never put in the memory-only outbox
+        away = held.recovered and term.conn is None
+        if (not term.resuming and not away) or self._for_nobody(term, mid):  # (gone for good: nothing to keep it for)
             self.journal.append(["d", name, mid], lambda: self._replied(term, held, data))
             return
         self.counters["replies"] += 1
         keep = mid > term.confirmed  # else its hello said it holds this reply
-        if keep:
+        if keep and not away:
             msg: dict[str, Any] = {"t": "reply", "id": mid, "data": data}
             if held.recovered:
                 msg["resent"] = True
