@@ -422,3 +422,35 @@ async def test_a_reply_to_a_recovered_message_made_before_its_terminal_is_back_i
         return
     cp.terminal_lost(t)  # that connection broke before the terminal read the reply
     assert _replies(recording_terminal(cp, "T00001", 0)) == [1]
+
+
+async def test_a_recovered_message_answered_to_a_terminal_back_without_resuming_is_marked_resent(tmp_path: Path) -> None:
+    """Before the crash the terminal resumed and may hold reply 1 (sent at once, its "r" not
+    yet durable). Back without last_reply, it gets the active's second answer marked resent."""
+    cp = cp_core(tmp_path, 2)
+    cp.restore(_recovered(["a", "T00001", 1, "m1"]))
+    h = fake_host(cp, "host-a", "active")
+    p = recording_terminal(cp, "T00001", None)
+    cp.host_reply(h, "T00001", 1, "R1")
+    p.flush()
+    got = [m for m in p.transport.frames() if m.get("t") == "reply"]
+    assert [(m["id"], m.get("resent")) for m in got] == [(1, True)]
+
+
+async def test_an_outbox_reply_handed_to_a_resuming_hello_is_kept_until_confirmed(tmp_path: Path) -> None:
+    """A non-resuming run's reply waits in the outbox; the terminal logs on resuming and gets it
+    marked resent, and that connection breaks before it reads it: its next resuming hello gets
+    it again (it was kept, "r"), and its confirmation settles it."""
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active")
+    recording_terminal(cp, "T00001", None)
+    t = cp.terms["T00001"]
+    cp.terminal_msg(t, 1, "m1")
+    cp.terminal_lost(t)
+    cp.host_reply(h, "T00001", 1, "R1")
+    assert t.outbox and not t.held
+    assert _replies(recording_terminal(cp, "T00001", 0)) == [1]
+    cp.terminal_lost(t)
+    assert _replies(recording_terminal(cp, "T00001", 0)) == [1]
+    cp.terminal_confirm(t, 1)
+    assert not t.replies and cp.counts.kept == 0

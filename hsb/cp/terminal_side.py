@@ -85,9 +85,10 @@ class TerminalSide:
             for kept in sorted(term.replies.values(), key=lambda k: k.id):  # STSN: what it lacks, marked
                 proto.send({"t": "reply", "id": kept.id, "data": kept.data, "resent": True})
                 self.counters["resent"] += 1
-            if term.outbox:  # owed while it did not resume (after a CP restart, say): marked too
+            if term.outbox:  # owed while it did not resume: kept now ("r") until it confirms, and sent marked
                 for m in term.outbox:
                     if m["id"] > last_reply:
+                        self._keep_reply(term, m["id"], m["data"])
                         proto.send({**m, "resent": True})
                 term.outbox = None
         else:
@@ -529,13 +530,30 @@ class TerminalSide:
             self._served_after_switch(term, held)
         self._backpressure(term)
 
+    def _keep_reply(self: CP, term: Term, mid: int, data: Any) -> None:
+        """A reply already settled ("d") kept after all, until the terminal confirms it: one
+        from a non-resuming run's outbox, handed to a resuming hello (its record, lazy: lost in a
+        crash, the reply was sent once, as to a terminal that does not resume)."""
+        if mid in term.replies:
+            return
+        kept = Kept(mid, data, self.journal.append(["r", term.name, mid, data], lazy=True))
+        self.journal.pin(kept.seg)
+        term.replies[mid] = kept
+        size = data_size(data)
+        term.kept_bytes += size
+        self.counts.kept_data += size
+        self.counts.kept += 1
+
     def _replied(self: CP, term: Term, held: Held, data: Any) -> None:
         """A non-resuming terminal's message is durably discarded: its reply goes out now."""
         self.counters["replies"] += 1
         if self._for_nobody(term, held.id):  # answered at the active; nobody to tell
             self.counters["replies_after_logoff"] += 1
         else:
-            self._to_terminal(term, {"t": "reply", "id": held.id, "data": data})
+            msg: dict[str, Any] = {"t": "reply", "id": held.id, "data": data}
+            if held.recovered:  # (it may hold this reply from before the crash)
+                msg["resent"] = True
+            self._to_terminal(term, msg)
         faults.point("cp.between_reply_and_discard")
         if self.after_switch is not None:
             self._served_after_switch(term, held)
