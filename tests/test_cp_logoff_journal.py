@@ -165,6 +165,17 @@ def test_reading_a_segment_gives_the_state_applying_its_records_one_by_one_gives
     assert view(got) == view(want)
 
 
+async def _one_sent(tmp_path: Path, resume: int | None) -> tuple[Any, Any, Any]:
+    """A CP core with an active, T00001 logged on (`resume`: its hello's last_reply) and its
+    message 1 sent: (cp, the active's link, the terminal's state)."""
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active")
+    recording_terminal(cp, "T00001", resume)
+    t = cp.terms["T00001"]
+    cp.terminal_msg(t, 1, "m1")
+    return cp, h, t
+
+
 def _replies(p: Any) -> list[int]:
     p.flush()
     return [m["id"] for m in p.transport.frames() if m.get("t") == "reply"]
@@ -175,11 +186,7 @@ async def test_a_logoffs_reply_reaches_no_later_run_even_one_that_went_meanwhile
     """Run 1 sends 1 and logs off (1 goes to the active without a session) and goes; run 2
     logs on and goes without a bye; the reply to 1 comes: nobody's (counted), not kept in an
     outbox or as a reply for run 3."""
-    cp = cp_core(tmp_path, 2)
-    h = fake_host(cp, "host-a", "active")
-    recording_terminal(cp, "T00001", resume)
-    t = cp.terms["T00001"]
-    cp.terminal_msg(t, 1, "m1")
+    cp, h, t = await _one_sent(tmp_path, resume)
     cp.terminal_bye(t)
     assert t.leaving and t.bye_upto == 1 and t.held[1].delivered_epoch
     cp.terminal_lost(t)
@@ -441,11 +448,7 @@ async def test_an_outbox_reply_handed_to_a_resuming_hello_is_kept_until_confirme
     """A non-resuming run's reply waits in the outbox; the terminal logs on resuming and gets it
     marked resent, and that connection breaks before it reads it: its next resuming hello gets
     it again (it was kept, "r"), and its confirmation settles it."""
-    cp = cp_core(tmp_path, 2)
-    h = fake_host(cp, "host-a", "active")
-    recording_terminal(cp, "T00001", None)
-    t = cp.terms["T00001"]
-    cp.terminal_msg(t, 1, "m1")
+    cp, h, t = await _one_sent(tmp_path, None)
     cp.terminal_lost(t)
     cp.host_reply(h, "T00001", 1, "R1")
     assert t.outbox and not t.held
