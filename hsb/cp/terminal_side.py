@@ -456,16 +456,12 @@ class TerminalSide:
     def deliver_logoffs(self: CP, term: Term, host: HostProtocol) -> None:
         """A logoff's held messages to `host`, in order, without a session (a later run's own,
         above them, wait for its session)."""
-        upto = term.bye_upto if term.leaving else term.logoff_upto
-        for held in list(term.held.values()):
-            if held.id > upto:
-                break
-            if held.delivered_epoch != self.epoch and held.id <= term.durable_acked and not held.replying:
-                self._deliver(term, held, host)
-                faults.point("cp.mid_redelivery")
+        self._deliver_pending(term, host, term.bye_upto if term.leaving else term.logoff_upto)
 
-    def _deliver_pending(self: CP, term: Term, host: HostProtocol) -> None:
+    def _deliver_pending(self: CP, term: Term, host: HostProtocol, upto: int | None = None) -> None:
         for held in list(term.held.values()):
+            if upto is not None and held.id > upto:
+                break
             if held.delivered_epoch != self.epoch and held.id <= term.durable_acked and not held.replying:
                 self._deliver(term, held, host)
                 faults.point("cp.mid_redelivery")
@@ -488,11 +484,9 @@ class TerminalSide:
         if held is None or held.replying:
             return  # already discarded, or being: never a second reply
         held.replying = True
-        conn = term.conn
-        if conn is not None and conn.reading_paused and not conn.closed and conn.peer_gone():
-            # not read, and gone: lost first (a bye it gave makes this reply nobody's), so that
-            # what is decided below is decided for the terminal as it now is
-            self._connection_gone(term, "reply")
+        # not read, and gone: lost first (a bye it gave makes this reply nobody's), so that what
+        # is decided below is decided for the terminal as it now is
+        self._lost_if_unread_gone(term)
         # recovered at a restart, its terminal not back yet: kept ("r") whichever kind it turns
         # out to be (one that resumes is owed it until it confirms; one that does not gets it
         # marked resent at its hello), never put in the memory-only outbox
@@ -515,16 +509,7 @@ class TerminalSide:
         # message is answered again (redelivered) and the reply resent, marked
         kept.seg = self.journal.append(["r", name, mid, data], lambda: self._settled(term, held), lazy=True)
         if keep:
-            self.journal.pin(kept.seg)
-            old = term.replies.get(mid)
-            size = data_size(data)
-            if old is None:
-                self.counts.kept += 1
-            else:
-                size -= data_size(old.data)
-            term.replies[mid] = kept
-            term.kept_bytes += size
-            self.counts.kept_data += size
+            self._add_kept(term, kept)
         faults.point("cp.between_reply_and_discard")
         if self.after_switch is not None:
             self._served_after_switch(term, held)
@@ -534,15 +519,22 @@ class TerminalSide:
         """A reply already settled ("d") kept after all, until the terminal confirms it: one
         from a non-resuming run's outbox, handed to a resuming hello (its record, lazy: lost in a
         crash, the reply was sent once, as to a terminal that does not resume)."""
-        if mid in term.replies:
-            return
-        kept = Kept(mid, data, self.journal.append(["r", term.name, mid, data], lazy=True))
+        if mid not in term.replies:
+            self._add_kept(term, Kept(mid, data, self.journal.append(["r", term.name, mid, data], lazy=True)))
+
+    def _add_kept(self: CP, term: Term, kept: Kept) -> None:
+        """`kept` among the terminal's kept replies (replacing one of the same id), its record's
+        segment pinned and the counts moved with it."""
         self.journal.pin(kept.seg)
-        term.replies[mid] = kept
-        size = data_size(data)
+        old = term.replies.get(kept.id)
+        size = data_size(kept.data)
+        if old is None:
+            self.counts.kept += 1
+        else:
+            size -= data_size(old.data)
+        term.replies[kept.id] = kept
         term.kept_bytes += size
         self.counts.kept_data += size
-        self.counts.kept += 1
 
     def _replied(self: CP, term: Term, held: Held, data: Any) -> None:
         """A non-resuming terminal's message is durably discarded: its reply goes out now."""
@@ -590,12 +582,16 @@ class TerminalSide:
             term.conn.send_raw(term.notice)
             term.notice = None
 
-    def _to_terminal(self: CP, term: Term, msg: dict[str, Any]) -> None:
+    def _lost_if_unread_gone(self: CP, term: Term) -> None:
+        """Its connection, not read (its held bound), gone by the kernel's word: lost now."""
         conn = term.conn
         if conn is not None and conn.reading_paused and not conn.closed and conn.peer_gone():
-            # not read (its held bound): a reply written into a connection its terminal left is
-            # lost (a non-resuming terminal's is kept nowhere else): it goes to the outbox instead
             self._connection_gone(term, "reply")
+
+    def _to_terminal(self: CP, term: Term, msg: dict[str, Any]) -> None:
+        # not read (its held bound): a reply written into a connection its terminal left is lost
+        # (a non-resuming terminal's is kept nowhere else): it goes to the outbox instead
+        self._lost_if_unread_gone(term)
         if term.conn is not None and not term.conn.closed:
             self._tell(term, msg)
         elif msg["t"] == "reply" and self._logged_off(term):
