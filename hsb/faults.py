@@ -15,7 +15,8 @@ cp.mid_redelivery, cp.between_reply_and_discard, and the CP journal's: cp.after_
 (records durable, their acks not yet sent), cp.mid_journal_group (half a group commit's bytes
 written), cp.after_reply_sent (a reply written to the terminal, not yet confirmed),
 cp.mid_compaction (a settled segment about to be deleted), cp.mid_recovery (the journal read back,
-nothing yet written or accepted).
+nothing yet written or accepted), cp.reply_before_durable (a message handed to the active before
+its record was durable, and answered, the record held back from the disk while the point is armed).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ POINTS = (
     "cp.after_reply_sent",
     "cp.mid_compaction",
     "cp.mid_recovery",
+    "cp.reply_before_durable",
 )
 
 _points = frozenset(p for p in os.environ.get("HSB_CRASH_POINTS", "").split(",") if p)

@@ -94,6 +94,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
             "redelivered": 0,
             "replies": 0,
             "acks": 0,
+            "delivered_early": 0,  # handed to the active while their records were being made durable
             "reacks": 0,
             "resent": 0,
             "classic_closed": 0,
@@ -104,8 +105,8 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
             "replies_after_logoff": 0,  # answered for a terminal that logged off and went: told nobody
             "connections_gone": 0,  # connections not read (a bound) found closed by their terminals
         }
-        # The journal (hsb.cp.journal): nothing is acknowledged, delivered or answered before its
-        # record is durable. None: memory only (`durability = "none"`).
+        # The journal (hsb.cp.journal): nothing is acknowledged or answered before its record is
+        # durable (delivered early only to a host that marks repeats). None: memory only.
         self.journal: Journal = journal if journal is not None else NullJournal()
         self.journal.checkpoint = self._checkpoint
         self.recorded_active: str | None = None  # who holds the active role (journalled with the epoch)

@@ -51,6 +51,7 @@ class HostProtocol(AuthServerProtocol):
         self.known_epoch: int | None = None  # an epoch before the current one still taken from it (arbitration)
         self.instance: str | None = None
         self.server_name = cp.name
+        self.marks_repeats = False  # the host marks an id it handed to its service before redelivered itself
         self.deliver_batch_bytes = 0  # the host reads `deliver_batch` frames of up to this many bytes (0: it does not)
         self.max_frame = 0  # the host's max_frame, said at its register (0: not said)
         # hsb.cp.adopt: the host names its open sessions when registered as the active
@@ -113,6 +114,7 @@ class HostProtocol(AuthServerProtocol):
         self.max_frame = batch_bytes(msg, "max_frame")  # what its frames may hold (0: not said)
         self.adopts = msg.get("adopt") is True
         self.keeps_standby = msg.get("keep_standby") is True  # demoted, it takes its sessions as standby ones
+        self.marks_repeats = msg.get("marks_repeats") is True  # it marks a repeated id redelivered itself (early delivery)
         self.cp.host_register(self, role, sid if isinstance(sid, int) else 0)
 
     def request_session(self, term: Term) -> None:

@@ -35,7 +35,7 @@ class Held:
     when it was acknowledged (monotonic): a switch's worst pause is measured from it.
     """
 
-    __slots__ = ("id", "data", "delivered_epoch", "redelivered", "t", "seg", "replying", "recovered", "wire")
+    __slots__ = ("id", "data", "delivered_epoch", "redelivered", "t", "seg", "replying", "recovered", "wire", "early")
 
     def __init__(self, mid: int, data: Any, t: float, seg: int = 0) -> None:
         self.id = mid
@@ -47,6 +47,9 @@ class Held:
         self.replying = False  # its reply is being made durable: a second one is ignored
         self.recovered = False  # restored from the journal: the terminal may hold its reply already
         self.wire: bytes | None = None  # its deliver_batch item, encoded once (hsb.cp.deliver)
+        # delivered before its record was durable, its reply came first: the reply's data, acted
+        # on once the record is durable (the ack always goes before the reply)
+        self.early: Any = None
 
 
 class Kept:

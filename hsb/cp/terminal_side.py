@@ -4,9 +4,11 @@ journal-before-acknowledge rule, delivery to the active, replies and their confi
 A mixin of `hsb.cp.core.CP` (the one place that decides): the state is the CP's; this module
 only keeps the terminal half of the rules in a file of its own.
 
-The journal rule (hsb.cp.journal): a message is acknowledged and delivered only once its record
-is durable; a reply goes to the terminal only once the record that settles its message is
-durable (with the reply's data for a resuming terminal, which keeps it until it confirms). With
+The journal rule (hsb.cp.journal): a message is acknowledged only once its record is durable,
+and its reply goes to the terminal only after that ack. It is handed to the active at once
+(`_deliver_early`, to a host that marks repeats itself), every other path delivers only durable
+messages. A reply to a terminal that does not resume goes out once the record that settles its
+message ("d") is durable; a resuming terminal's goes at once, its "r" record lazily. With
 `durability = "none"` the journal calls back at once and all of this is the memory-only path.
 """
 
@@ -175,17 +177,40 @@ class TerminalSide:
         self.counts.held += 1
         held.seg = self.journal.append(["a", term.name, mid, data], lambda: self._accepted(term, held))
         self.journal.pin(held.seg)
+        if self.journal.durable and self.journal.state == "ok" and not term.leaving:
+            self._deliver_early(term, held)
         if term.leaving:  # sent after its bye, on the same connection: the logoff's too
             self.logged_off(term)
         self._backpressure(term)
 
+    def _deliver_early(self: CP, term: Term, held: Held) -> None:
+        """Hand a message to the active while its record is being made durable, so that the
+        group commit and the service's work overlap. Its ack still waits for the record, and so
+        does its reply (`host_reply` defers one that comes first). Only to a host that marks an
+        id it handed to its service before as redelivered (`marks_repeats`): if this CP dies
+        before the record is durable, the terminal sends the message again as a new one."""
+        s = term.active
+        a = self.active
+        if s is None or a is None or s.host is not a or not a.marks_repeats or not a.usable or a.released or not self.announced:
+            return
+        self._deliver(term, held, a)
+        self.counters["delivered_early"] += 1
+        if faults.armed("cp.reply_before_durable"):
+            self.journal.hold()  # its record stays off the disk until the reply has come
+
     def _accepted(self: CP, term: Term, held: Held) -> None:
-        """The message's record is durable: acknowledge it, and hand it to the active."""
+        """The message's record is durable: acknowledge it, and hand it to the active (or act on
+        the reply that came for it meanwhile)."""
         if held.id > term.durable_acked:
             term.durable_acked = held.id
         self.counters["acks"] += 1
         if term.conn is not None:
             self._tell(term, {"t": "ack", "id": held.id})
+        if held.early is not None:
+            data, held.early = held.early, None
+            if term.held.get(held.id) is held and not held.replying:
+                self._reply(term, held, data)
+            return
         s = term.active
         a = self.active
         if a is None or not a.usable or a.released or not self.announced or term.held.get(held.id) is not held:
@@ -481,8 +506,19 @@ class TerminalSide:
         if term is None:
             return
         held = term.held.get(mid)
-        if held is None or held.replying:
+        if held is None or held.replying or held.early is not None:
             return  # already discarded, or being: never a second reply
+        if mid > term.durable_acked:  # delivered early, its record not yet durable: the ack goes first
+            held.early = data
+            if faults.armed("cp.reply_before_durable"):
+                faults.point("cp.reply_before_durable")
+                self.journal.release()  # (a visit skipped: the records go on to the disk)
+            return
+        self._reply(term, held, data)
+
+    def _reply(self: CP, term: Term, held: Held, data: Any) -> None:
+        """The reply to a held message whose record is durable (`host_reply`)."""
+        name, mid = term.name, held.id
         held.replying = True
         # not read, and gone: lost first (a bye it gave makes this reply nobody's), so that what
         # is decided below is decided for the terminal as it now is

@@ -110,8 +110,12 @@ class Delivery:
         self.accepting = True
         self.idle = asyncio.Event()
         self.idle.set()
-        self.counters = {"processed": 0, "redelivered": 0, "errors": 0}
+        self.counters = {"processed": 0, "redelivered": 0, "errors": 0, "repeats_marked": 0}
         self.health = ServiceHealth()
+        # each terminal's highest id handed to the service by this process: one handed over again
+        # is marked redelivered here, whatever the CP said (a CP that crashed after delivering a
+        # message it had not yet made durable gets it again from the terminal as a new one)
+        self.handed: dict[str, int] = {}
 
     def deliver(self, terminal: str, mid: int, data: Any, redelivered: bool) -> None:
         q = self.queues.get(terminal)
@@ -129,6 +133,13 @@ class Delivery:
                 if not self.may_handle() and not await self.wait_open():
                     return
                 mid, data, redelivered = q[0]  # it leaves the queue only once answered
+                if mid <= self.handed.get(terminal, 0):
+                    if not redelivered:
+                        self.counters["repeats_marked"] += 1
+                        log.info("repeat_marked_redelivered", terminal=terminal, id=mid, msg="handed to the service before: marked redelivered")
+                    redelivered = True
+                else:
+                    self.handed[terminal] = mid
                 gen0 = self.gen
                 try:
                     reply = await self.service.handle(terminal, mid, data, redelivered)

@@ -315,6 +315,9 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
                 # demoted at a planned switchover, it takes the CP's word for which of its active
                 # sessions are now its standby sessions (standby_kept)
                 "keep_standby": self.srv.cfg.host.fast_switch,  # conventional: no standby sessions at all
+                # it marks a message redelivered itself when it handed that terminal's id (or a
+                # higher one) to its service before: the CP may deliver before its record is durable
+                "marks_repeats": True,
             }
         )
 

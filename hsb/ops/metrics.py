@@ -108,6 +108,11 @@ class HostCollector:
         d = st["delivery"]
         yield _c("hsb_messages_processed", "Messages processed by the service.", d["processed"])
         yield _c("hsb_messages_redelivered", "Processed messages that were marked redelivered.", d["redelivered"])
+        yield _c(
+            "hsb_messages_repeats_marked",
+            "Messages the CP handed over unmarked whose id this host had handed to its service before: marked redelivered here.",
+            d.get("repeats_marked", 0),
+        )
         sv = st.get("service") or {}
         yield _g(
             "hsb_service_healthy",
@@ -203,6 +208,11 @@ class CPCollector:
         c = st["counters"]
         yield _c("hsb_messages_delivered", "First deliveries to an active host.", c["delivered"])
         yield _c("hsb_messages_redelivered", "Deliveries marked redelivered.", c["redelivered"])
+        yield _c(
+            "hsb_messages_delivered_early",
+            "Messages handed to the active while their journal records were being made durable (acknowledged once durable).",
+            c.get("delivered_early", 0),
+        )
         yield _c("hsb_replies", "Replies (with discard) forwarded to terminals.", c["replies"])
         yield _c("hsb_failovers", "Unplanned switchovers granted.", c.get("failovers", 0))
         yield _c("hsb_switchovers", "Planned switchovers.", c.get("switchovers", 0))

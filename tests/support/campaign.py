@@ -65,6 +65,7 @@ ACTIONS: dict[str, tuple[str | None, bool]] = {
     "crash_cp_mid_journal_group": ("cp.mid_journal_group", False),
     "crash_cp_after_reply_sent": ("cp.after_reply_sent", False),
     "crash_cp_mid_compaction": ("cp.mid_compaction", False),
+    "crash_cp_reply_before_durable": ("cp.reply_before_durable", False),
 }
 WEIGHTS = {
     "kill_active": 4,
@@ -79,6 +80,7 @@ WEIGHTS = {
     "crash_cp_mid_journal_group": 1,
     "crash_cp_after_reply_sent": 1,
     "crash_cp_mid_compaction": 1,
+    "crash_cp_reply_before_durable": 1,
 }
 CP_SEGMENT_KIB = 64  # small journal segments, so that compaction (and its crash point) happens in a campaign
 
@@ -117,10 +119,12 @@ class Campaign:
         churners: int = 8,
         say: Any = print,
         ledger: dict[str, Any] | None = None,
+        actions: tuple[str, ...] = (),
     ) -> None:
         """`ledger` ({"dsn": …} or {} for SQLite in the sandbox): the ledger service under a
         transfer load, its books checked after every round, instead of the journal service."""
         self.d = d
+        self.actions = actions  # only these (a test of one crash point); () every action, weighted
         self.ledger = ledger
         self.workload = LedgerWorkload(accounts=40, seed=seed) if ledger is not None else None
         self.id_base = new_id_base()
@@ -218,7 +222,7 @@ class Campaign:
     # ------------------------------------------------------------------ one round
     async def round(self, i: int) -> Round:
         rng = random.Random(f"{self.seed}:{i}")
-        action = rng.choices(list(WEIGHTS), weights=list(WEIGHTS.values()))[0]
+        action = rng.choices(list(WEIGHTS), weights=list(WEIGHTS.values()))[0] if not self.actions else rng.choice(self.actions)
         r = Round(i, f"{self.seed}:{i}", action)
         t0 = time.monotonic()
         s = await self.until(lambda s: s["established"] and s["cp"]["terminals"]["standby_sessions"] >= self.n, 40, f"round {i}: quiet point")
@@ -459,7 +463,9 @@ class Campaign:
             report = await load
             await churn
         d = report.to_dict()
-        journal_problems = self.check_journals(report) if self.workload is None else {"missing": 0, "unmarked_repeats": 0}
+        journal_problems = (
+            self.check_journals(report) if self.workload is None else {"missing": 0, "unmarked_repeats": 0, "processed_more_than_once": 0}
+        )
         summary = {
             "seed": self.seed,
             "rounds": len(self.rounds),
@@ -472,6 +478,7 @@ class Campaign:
             "failures": d["failures"],
             "processed_twice_without_redelivered_mark": journal_problems["unmarked_repeats"],
             "acknowledged_not_in_any_journal": journal_problems["missing"],
+            "processed_more_than_once": journal_problems["processed_more_than_once"],  # (each time but the first marked)
             "disconnects_in_quiet_rounds": sum(r.disconnects for r in self.rounds if ACTIONS[r.action][1]),
             "disconnects_total": d["disconnects"],
             "rounds_with_two_actives": sum(r.two_actives for r in self.rounds),
@@ -497,7 +504,7 @@ class Campaign:
 
     def check_journals(self, report: Any) -> dict[str, int]:
         unmarked: dict[tuple[str, int], int] = {}
-        seen: set[tuple[str, int]] = set()
+        times: dict[tuple[str, int], int] = {}
         for h in HOSTS:
             p = self.d / f"journal-{h}.log"
             if not p.exists():
@@ -507,8 +514,12 @@ class Campaign:
                 if len(parts) != 4:
                     continue
                 key = (parts[1], int(parts[2]))
-                seen.add(key)
+                times[key] = times.get(key, 0) + 1
                 if parts[3] == "0":
                     unmarked[key] = unmarked.get(key, 0) + 1
         acked = {(t, i) for t, rec in report.ids.items() for i in ids(rec["acked"], rec["step"])}
-        return {"missing": len(acked - seen), "unmarked_repeats": sum(1 for v in unmarked.values() if v > 1)}
+        return {
+            "missing": len(acked - times.keys()),
+            "unmarked_repeats": sum(1 for v in unmarked.values() if v > 1),
+            "processed_more_than_once": sum(1 for v in times.values() if v > 1),
+        }

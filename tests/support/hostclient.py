@@ -72,9 +72,18 @@ class FakeHost:
             self.fs.send(m)
 
     async def register(
-        self, role: str, startup_id: int = 1, instance: str | None = None, deliver_batch: int = 0, adopt: bool = False, keep_standby: bool = False
+        self,
+        role: str,
+        startup_id: int = 1,
+        instance: str | None = None,
+        deliver_batch: int = 0,
+        adopt: bool = False,
+        keep_standby: bool = False,
+        marks_repeats: bool = False,
     ) -> dict[str, Any]:
         extra: dict[str, Any] = {"instance": instance} if instance else {}
+        if marks_repeats:
+            extra["marks_repeats"] = True  # it marks an id handed to its service before as redelivered: early delivery
         if deliver_batch:
             extra["deliver_batch"] = deliver_batch  # this host reads deliver_batch frames of up to so many bytes
         if adopt:

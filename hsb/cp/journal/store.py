@@ -87,6 +87,7 @@ class Journal(GroupWriter):
     """Durable, ordered append for the CP (see the module docstring)."""
 
     durable = True
+    _hold = False  # (hold(): test only)
 
     def __init__(self, d: Path, *, timeout: float = 2.0, segment_bytes: int = SEGMENT_BYTES, generation: int = 0, io: str = "auto") -> None:
         if io not in IO_MODES:
@@ -296,12 +297,24 @@ class Journal(GroupWriter):
         if not self._flush_scheduled and self._inflight is None:
             self._flush()
 
+    def hold(self) -> None:
+        """Start no group commit until `release()` (test only: the crash point
+        cp.reply_before_durable, a record that cannot have reached the disk when it fires)."""
+        self._hold = True
+
+    def release(self) -> None:
+        if self._hold:
+            self._hold = False
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self._lazy_timer is not None:
             self._lazy_timer.cancel()
             self._lazy_timer = None
-        if self._stopping:
+        if self._stopping or self._hold:
             return
         if self.superseded is not None:
             self._forget_pending()
