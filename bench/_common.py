@@ -259,6 +259,7 @@ class BenchHost(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.epoch = 0
         self.counts: Counter[str] = Counter()
+        self.handed: dict[str, int] = {}  # each terminal's highest id delivered (marks_repeats)
         self.events: dict[str, float] = {}  # frame type -> monotonic time it last arrived
         self.last: dict[str, dict[str, Any]] = {}  # frame type -> last such frame (not deliver/reply)
         self.closed = False
@@ -286,6 +287,11 @@ class BenchHost(asyncio.Protocol):
             t = m["t"]
             if t == "deliver":
                 self.counts["deliver"] += 1
+                # as hsbd does (marks_repeats): an id handed over before is counted, and answered again
+                if m["id"] <= self.handed.get(m["terminal"], 0):
+                    self.counts["repeats"] += 1
+                else:
+                    self.handed[m["terminal"]] = m["id"]
                 if self.auto_reply:
                     out.append(encode({"t": "reply", "terminal": m["terminal"], "id": m["id"], "data": m["data"], "epoch": self.epoch}))
                 continue
@@ -304,7 +310,7 @@ class BenchHost(asyncio.Protocol):
                 mac = auth.answer(self.secret, m["nonce"], "host", self.name)
                 out.append(encode({"t": "auth", "name": self.name, "link": "host", "mac": mac, "proto": LINK_PROTOCOL, "version": __version__}))
             elif t == "auth_ok":
-                out.append(encode({"t": "register", "role": self.role, "startup_id": int(time.time())}))
+                out.append(encode({"t": "register", "role": self.role, "startup_id": int(time.time()), "marks_repeats": True}))
                 self._beat()
             elif t == "registered":
                 self.epoch = m["epoch"]
