@@ -310,10 +310,12 @@ class BenchHost(asyncio.Protocol):
                 mac = auth.answer(self.secret, m["nonce"], "host", self.name)
                 out.append(encode({"t": "auth", "name": self.name, "link": "host", "mac": mac, "proto": LINK_PROTOCOL, "version": __version__}))
             elif t == "auth_ok":
-                out.append(encode({"t": "register", "role": self.role, "startup_id": int(time.time()), "marks_repeats": True}))
+                out.append(encode({"t": "register", "role": self.role, "startup_id": int(time.time()), "marks_repeats": True, "adopt": True}))
                 self._beat()
             elif t == "registered":
                 self.epoch = m["epoch"]
+                if m.get("adopt") is True:  # it keeps no sessions across a CP restart: names none, and what it handed
+                    out.append(encode({"t": "adopt", "items": [], "handed": self.handed, "epoch": self.epoch, "last": True}))
                 if not self.registered.done():
                     self.registered.set_result(m)
             elif t == "switch_granted":

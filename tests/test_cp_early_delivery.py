@@ -36,6 +36,7 @@ def durable_cp(tmp_path: Path, *, marks: bool = True) -> tuple[Any, Any, Any, He
     cp.journal.durable = True  # (the memory-only journal behind HeldJournal: as if it wrote)
     a = fake_host(cp, "host-a", record=True)
     a.marks_repeats = marks
+    a.adopts = True  # (adoption is how a restarted CP learns what the active had handed over)
     cp.host_register(a, "active", 1)
     t = recording_terminal(cp, "T00001")
     cp.host_open(a, "T00001", "active", {})
@@ -104,6 +105,7 @@ async def test_the_active_lost_before_the_record_is_durable_the_next_gets_it_mar
     cp, a, t, j = durable_cp(tmp_path)
     b = fake_host(cp, "host-b", record=True)
     b.marks_repeats = True
+    b.adopts = True
     b.instance = "b1"
     cp.host_register(b, "standby", 1)
     cp.host_open(b, "T00001", "standby", {})
@@ -117,6 +119,52 @@ async def test_the_active_lost_before_the_record_is_durable_the_next_gets_it_mar
     j.release()
     assert delivered(b) == [(1, True)], "the message host-a had must reach host-b marked redelivered, once"
     assert ("ack", 1) in to_terminal(t)
+
+
+async def test_a_message_never_overtakes_an_earlier_one_still_waiting_for_its_record(tmp_path: Path) -> None:
+    cp = cp_core(tmp_path, 2)
+    cp.journal.durable = True
+    a = fake_host(cp, "host-a", record=True)
+    a.marks_repeats = a.adopts = True
+    cp.host_register(a, "active", 1)
+    t = recording_terminal(cp, "T00001")
+    j = HeldJournal(cp, ("a",))
+    t.data_received(encode({"t": "msg", "id": 1, "data": "x"}))  # no session yet: not delivered
+    cp.host_open(a, "T00001", "active", {})  # 1 is not durable: it waits for its record
+    t.data_received(encode({"t": "msg", "id": 2, "data": "y"}))
+    assert delivered(a) == [], "2 went ahead of 1"
+    j.release()
+    assert delivered(a) == [(1, False), (2, False)]
+    t.data_received(encode({"t": "msg", "id": 3, "data": "z"}))  # 1 and 2 with the active: 3 goes at once
+    assert delivered(a) == [(1, False), (2, False), (3, False)]
+    assert cp.counters["delivered_early"] == 1
+
+
+async def test_what_the_active_had_handed_over_is_marked_for_whoever_serves_next(tmp_path: Path) -> None:
+    """After a CP restart the active names its sessions (adopt) and, with them, the highest id
+    it handed to its service per terminal. A message up to that id, sent again by its terminal
+    (its record died with the CP), is marked redelivered by the CP too: so after a switchover
+    the other host, which never saw it, knows it may have taken effect."""
+    cp = cp_core(tmp_path, 2)
+    a = fake_host(cp, "host-a", record=True)
+    a.marks_repeats = a.adopts = True
+    a.instance = "a1"
+    b = fake_host(cp, "host-b", record=True)
+    b.marks_repeats = b.adopts = True
+    b.instance = "b1"
+    cp.host_register(a, "active", 1)
+    cp.host_register(b, "standby", 1)
+    cp.host_adopt(a, [], True, {"T00001": 5, "T99999": 3})  # (a name the CP does not define: ignored)
+    assert cp.terms["T00001"].handed_floor == 5
+    cp.host_release(a)
+    cp.host_handover(a)  # a planned switchover to host-b before the terminal is back
+    cp.settle_flip()
+    assert cp.active is b
+    t = recording_terminal(cp, "T00001")
+    cp.host_open(b, "T00001", "active", {})
+    for mid in (5, 6):
+        t.data_received(encode({"t": "msg", "id": mid, "data": "x"}))
+    assert delivered(b) == [(5, True), (6, False)]
 
 
 async def test_a_host_marks_an_id_it_handed_to_its_service_before() -> None:
@@ -167,3 +215,28 @@ async def test_sigkill_of_hsbcpd_after_an_early_delivery_was_answered_processes_
     assert summary["acknowledged_not_in_any_journal"] == 0, summary
     # each crash lost the record of a message the active had answered: processed again, marked
     assert summary["processed_more_than_once"] >= 2, summary
+
+
+async def test_the_host_names_with_its_sessions_what_it_handed_to_its_service() -> None:
+    """hsbd's adopt frames carry, per named terminal, the highest id it handed to its service,
+    split with the items when a frame would be too large."""
+    from types import SimpleNamespace
+
+    from hsb.host.sessions_ctl import SessionsCtl
+    from hsb.wire.framing import Decoder
+
+    raw: list[bytes] = []
+    srv = SimpleNamespace(sessions=None, cp=SimpleNamespace(send_raw=raw.append))
+    ctl = SessionsCtl(srv)  # type: ignore[arg-type]
+    ctl.open_batch_bytes = 1024
+    items = [[f"T{i:05d}", {"pad": "x" * 40}] for i in range(1, 41)]
+    handed = {"T00003": 7, "T00039": 2}
+    ctl._send_batched("adopt", items, handed=handed, epoch=4, last=False)
+    frames = [f for r in raw for f in Decoder().feed(r)]
+    assert len(frames) > 1, "not split: the test does not test the split"
+    assert [it[0] for f in frames for it in f["items"]] == [it[0] for it in items]
+    got: dict[str, int] = {}
+    for f in frames:
+        assert set(f["handed"]) <= {it[0] for it in f["items"]}, "an id sent with another frame's terminals"
+        got.update(f["handed"])
+    assert got == handed

@@ -48,8 +48,13 @@ class Adoption:
         host.adopt_t0 = time.monotonic()
         return True
 
-    def host_adopt(self: CP, host: HostProtocol, items: list[tuple[str, dict[str, Any]]], last: bool) -> None:
+    def host_adopt(self: CP, host: HostProtocol, items: list[tuple[str, dict[str, Any]]], last: bool, handed: dict[str, int] | None = None) -> None:
         self.settle_flip()
+        if handed:  # what it processed is processed whoever serves next (even if the role moved on)
+            for name, mid in handed.items():
+                t = self.terms.get(name)
+                if t is not None and mid > t.handed_floor:
+                    t.handed_floor = mid
         if host is not self.active or not host.adopting:
             return  # the role moved on meanwhile: that host's sessions are not the active's any more
         opened = encode({"t": "session", "state": "open", "epoch": self.epoch})  # one encoding for all

@@ -190,7 +190,7 @@ class Flip:
                                     nf += 1
                                 # the choice and marks of CP._deliver_pending
                                 if held.delivered_epoch != epoch and held.id <= durable and not held.replying:
-                                    again = held.delivered_epoch != 0
+                                    again = held.delivered_epoch != 0 or held.id <= term.handed_floor
                                     held.delivered_epoch = epoch
                                     held.redelivered = again
                                     again_n += again

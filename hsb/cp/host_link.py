@@ -180,7 +180,7 @@ class HostProtocol(AuthServerProtocol):
     def on_adopt(self, msg: dict[str, Any]) -> None:
         if self is not self.cp.active:
             return  # demoted (a planned switchover) while it was naming them: they are not the active's now
-        self.cp.host_adopt(self, _session_items(msg), msg.get("last") is True)
+        self.cp.host_adopt(self, _session_items(msg), msg.get("last") is True, _handed(msg))
 
     def on_refuse(self, msg: dict[str, Any]) -> None:
         self.cp.host_refuse(self, require(msg, "terminal", str), str(msg.get("reason", "refused by the host")))
@@ -220,6 +220,15 @@ class HostProtocol(AuthServerProtocol):
         if self.authed:
             log.info("host_link_closed", host=self.name, role=self.role, peer=self.peer)
             self.cp.host_lost(self)
+
+
+def _handed(msg: dict[str, Any]) -> dict[str, int]:
+    """An adopt frame's `handed` {terminal: highest id handed to the service} (entries that are
+    not a name and a positive id are left out: they only mark fewer messages)."""
+    h = msg.get("handed")
+    if not isinstance(h, dict):
+        return {}
+    return {k: v for k, v in h.items() if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v > 0}
 
 
 def _session_items(msg: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

@@ -93,6 +93,7 @@ class Term:
         "kept_bytes",
         "last_acked",
         "durable_acked",
+        "handed_floor",
         "outbox",
         "_paused",
         "leaving",
@@ -120,6 +121,10 @@ class Term:
         self.kept_bytes = 0
         self.last_acked = 0  # highest id accepted
         self.durable_acked = 0  # highest id whose journal record is durable (acknowledged)
+        # the highest id the active said (adopting its sessions after a CP restart) it had handed to
+        # its service: a message up to it, delivered for the first time here, is marked redelivered
+        # (delivered early, its record died with the CP, and its terminal sent it again)
+        self.handed_floor = 0
         self.outbox: deque[dict[str, Any]] | None = None  # replies owed while disconnected
         self._paused = False
         self.leaving = False

@@ -193,7 +193,17 @@ class TerminalSide:
         a = self.active
         if s is None or a is None or s.host is not a or not a.marks_repeats or not a.usable or a.released or not self.announced:
             return
+        if not a.adopts or self.resume_window <= 0 or self.journal.superseded is not None:
+            return  # (without adoption a restarted CP cannot learn what the active had: see handed_floor)
+        for before in reversed(term.held.values()):  # in id order: every earlier one is with this active
+            if before is held or before.replying:
+                continue
+            if before.delivered_epoch != self.epoch:
+                return  # an earlier one waits for its record: this one follows it
+            break  # (the delivered ones are a prefix of what is held)
         self._deliver(term, held, a)
+        if held.delivered_epoch != self.epoch:
+            return  # answered with an error instead (too large for this host)
         self.counters["delivered_early"] += 1
         if faults.armed("cp.reply_before_durable"):
             self.journal.hold()  # its record stays off the disk until the reply has come
@@ -428,7 +438,7 @@ class TerminalSide:
     def _deliver(self: CP, term: Term, held: Held, host: HostProtocol) -> None:
         if host.max_frame and host.max_frame < self.cfg.cp.max_frame and self._too_large_for(term, held, host):
             return
-        redelivered = held.delivered_epoch != 0
+        redelivered = held.delivered_epoch != 0 or held.id <= term.handed_floor
         held.delivered_epoch = self.epoch
         held.redelivered = redelivered
         self.counters["redelivered" if redelivered else "delivered"] += 1

@@ -299,7 +299,7 @@ class SessionsCtl:
                 ts = self.sessions.get(name)
                 if ts is not None and ts.state == ACTIVE:  # closed meanwhile: not named
                     items.append([name, ts.attrs])
-            self._send_batched("adopt", items, epoch=epoch, last=False)
+            self._send_batched("adopt", items, handed=self.srv.delivery.handed, epoch=epoch, last=False)
             n += len(items)
             await cp.drain()
             await asyncio.sleep(0)
@@ -355,15 +355,17 @@ class SessionsCtl:
         """Standby opens in `open_batch` frames within the size the CP takes."""
         self._send_batched("open_batch", batch, kind="standby")
 
-    def _send_batched(self, t: str, batch: list[list[Any]], **fields: Any) -> None:
-        """[terminal, attrs] items in `t` frames within the size the CP takes (halved until they fit)."""
+    def _send_batched(self, t: str, batch: list[list[Any]], handed: dict[str, int] | None = None, **fields: Any) -> None:
+        """[terminal, attrs] items in `t` frames within the size the CP takes (halved until they fit);
+        `handed`: with each frame, the highest id handed to the service of each of its terminals."""
         if not batch:
             return
-        frame = encode({"t": t, **fields, "items": batch})
+        extra = {"handed": {it[0]: handed[it[0]] for it in batch if it[0] in handed}} if handed is not None else {}
+        frame = encode({"t": t, **fields, **extra, "items": batch})
         if len(frame) > self.open_batch_bytes and len(batch) > 1:
             half = len(batch) // 2
-            self._send_batched(t, batch[:half], **fields)
-            self._send_batched(t, batch[half:], **fields)
+            self._send_batched(t, batch[:half], handed, **fields)
+            self._send_batched(t, batch[half:], handed, **fields)
             return
         self.srv.cp.send_raw(frame)
 

@@ -24,6 +24,7 @@ class NullJournal(Journal):
         self.live = {}
         self.segments = deque([1])
         self.state = "ok"
+        self.superseded = None
         self.error = None
         self.sync_counts = [0] * len(SYNC_BUCKETS)
         self.sync_sum = 0.0

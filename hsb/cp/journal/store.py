@@ -38,7 +38,7 @@ from typing import Any
 
 import structlog
 
-from hsb import uring
+from hsb import faults, uring
 from hsb.cp.journal.format import GROUP_BYTES, GROUP_MAX, HEADER, group, packer
 from hsb.cp.journal.generation import Generations, Superseded
 from hsb.cp.journal.writer import IO_MODES, DeletionFailed, Done, GroupWriter, Unchecked
@@ -314,7 +314,7 @@ class Journal(GroupWriter):
         if self._lazy_timer is not None:
             self._lazy_timer.cancel()
             self._lazy_timer = None
-        if self._stopping or self._hold:
+        if self._stopping or (self._hold and faults.armed("cp.reply_before_durable")):
             return
         if self.superseded is not None:
             self._forget_pending()
