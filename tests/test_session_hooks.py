@@ -124,7 +124,7 @@ def standby_ctl(n: int) -> tuple[SessionsCtl, Any]:
         cfg=SimpleNamespace(host=SimpleNamespace(fast_switch=True)),
         ha=SimpleNamespace(granted=False, lost_serving=False, lease=SimpleNamespace(reset=lambda: None), post=lambda *a, **k: None),
         service=SimpleNamespace(open_session=hook, close_session=hook),
-        delivery=SimpleNamespace(cancel=lambda: None),
+        delivery=SimpleNamespace(cancel=lambda: None, handed={"T00002": 9}),  # (what it handed to its service)
     )
     srv.sessions_ctl = c = SessionsCtl(srv)
     srv.cp_down = lambda why: HostServer._cp_down(srv, why)
@@ -210,6 +210,7 @@ async def test_the_active_names_its_open_sessions_in_slices_and_stops_once_not_t
     assert all(m["epoch"] == 7 and not m.get("last") for m in frames[:-1])
     names = [it[0] for m in frames for it in m["items"]]
     assert names == [n for n, ts in srv.sessions.table.items() if ts.state == ACTIVE]
+    assert [m.get("handed") for m in frames[:-1]] == [{"T00002": 9}, {}]  # with the frame naming T00002
     frames = await named(c, srv, stop_after=1)
     assert len(frames) == 1 and not frames[0].get("last"), [len(m["items"]) for m in frames]
 
