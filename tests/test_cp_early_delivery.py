@@ -140,6 +140,41 @@ async def test_a_message_never_overtakes_an_earlier_one_still_waiting_for_its_re
     assert cp.counters["delivered_early"] == 1
 
 
+async def test_messages_stay_in_order_when_the_role_comes_back_to_the_active_in_a_sliced_flip(tmp_path: Path) -> None:
+    """1 waits (the active is released for a handover); the grantee is lost and the role comes
+    back; 2 becomes durable before the sliced flip reaches its terminal, and 3 comes: the host
+    gets 1, 2, 3 in that order (a review found 2, 3, 1)."""
+    cp = cp_core(tmp_path, 3, cp="flip_slice = 1\n")
+    cp.journal.durable = True
+    a = fake_host(cp, "host-a", record=True)
+    a.marks_repeats = a.adopts = True
+    cp.host_register(a, "active", 1)
+    b = fake_host(cp, "host-b", record=True)
+    b.instance = "b1"
+    cp.host_register(b, "standby", 1)
+    terms = [recording_terminal(cp, f"T{i:05d}") for i in range(1, 4)]
+    for t in terms:
+        cp.host_open(a, t.term.name, "active", {})
+        cp.host_open(b, t.term.name, "standby", {})
+    t = terms[2]
+    j = HeldJournal(cp, ("e", "a"))
+    cp.host_release(a)
+    t.data_received(encode({"t": "msg", "id": 1, "data": "one"}))
+    j.release()  # 1 durable, not delivered: host-a is released
+    cp.host_handover(a)  # granted to host-b (its epoch record held)
+    b.connection_lost(None)
+    j.release_one()  # host-b's grant: lost, the role back to host-a (its epoch record held)
+    t.data_received(encode({"t": "msg", "id": 2, "data": "two"}))
+    j.release_one()  # host-a's epoch durable: the flip starts, a terminal a slice
+    j.release_one()  # 2 durable
+    t.data_received(encode({"t": "msg", "id": 3, "data": "three"}))
+    cp.settle_flip()
+    j.release()
+    got = delivered(a)
+    assert [mid for mid, _ in got] == [1, 2, 3], got
+    assert not any(again for _, again in got), got
+
+
 async def test_what_the_active_had_handed_over_is_marked_for_whoever_serves_next(tmp_path: Path) -> None:
     """After a CP restart the active names its sessions (adopt) and, with them, the highest id
     it handed to its service per terminal. A message up to that id, sent again by its terminal
@@ -217,26 +252,42 @@ async def test_sigkill_of_hsbcpd_after_an_early_delivery_was_answered_processes_
     assert summary["processed_more_than_once"] >= 2, summary
 
 
-async def test_the_host_names_with_its_sessions_what_it_handed_to_its_service() -> None:
-    """hsbd's adopt frames carry, per named terminal, the highest id it handed to its service,
-    split with the items when a frame would be too large."""
+async def test_the_host_names_what_it_handed_to_its_service_before_its_sessions() -> None:
+    """hsbd's adoption starts with every terminal's highest id handed to its service, in frames
+    of HANDED_PER_FRAME, before it names a session (the CP marks by them before it delivers)."""
     from types import SimpleNamespace
 
+    from hsb.host.sessions import ACTIVE, SessionTable
     from hsb.host.sessions_ctl import SessionsCtl
+    from hsb.terminals import TerminalDef
+
+    sent: list[dict[str, Any]] = []
+
+    async def drain() -> None:
+        return None
+
+    defs = {f"T{i:05d}": TerminalDef(name=f"T{i:05d}", attrs={}) for i in range(1, 4)}
+    handed = {f"T{i:05d}": i for i in range(1, 601)}  # (terminals gone since: named all the same)
+    srv: Any = SimpleNamespace(
+        sessions=SessionTable(defs),
+        cp=SimpleNamespace(send=sent.append, send_raw=lambda raw: sent.extend(Decoder().feed(raw)), drain=drain),
+        ha=SimpleNamespace(granted=True),
+        delivery=SimpleNamespace(handed=handed),
+    )
     from hsb.wire.framing import Decoder
 
-    raw: list[bytes] = []
-    srv = SimpleNamespace(sessions=None, cp=SimpleNamespace(send_raw=raw.append))
-    ctl = SessionsCtl(srv)  # type: ignore[arg-type]
-    ctl.open_batch_bytes = 1024
-    items = [[f"T{i:05d}", {"pad": "x" * 40}] for i in range(1, 41)]
-    handed = {"T00003": 7, "T00039": 2}
-    ctl._send_batched("adopt", items, handed=handed, epoch=4, last=False)
-    frames = [f for r in raw for f in Decoder().feed(r)]
-    assert len(frames) > 1, "not split: the test does not test the split"
-    assert [it[0] for f in frames for it in f["items"]] == [it[0] for it in items]
+    c = SessionsCtl(srv)
+    c.open_batch_bytes = 1 << 20
+    for ts in srv.sessions.table.values():
+        ts.state = ACTIVE
+    c.adopt_gen += 1
+    await c._adopt(c.adopt_gen, 3, list(defs))
+    firsts = [m for m in sent if m.get("handed")]
+    assert len(firsts) == 3 and all(len(m["handed"]) <= SessionsCtl.HANDED_PER_FRAME for m in firsts)
+    assert sent[: len(firsts)] == firsts, "a session was named before every handed id was said"
     got: dict[str, int] = {}
-    for f in frames:
-        assert set(f["handed"]) <= {it[0] for it in f["items"]}, "an id sent with another frame's terminals"
-        got.update(f["handed"])
+    for m in firsts:
+        assert m["items"] == [] and m["epoch"] == 3 and not m["last"]
+        got.update(m["handed"])
     assert got == handed
+    assert [it[0] for m in sent for it in m["items"]] == list(defs) and sent[-1]["last"] is True

@@ -33,6 +33,7 @@ log = structlog.get_logger("hsb.cp")
 
 SWEEP_EVERY_S, SWEEP_MAX = 1.0, 1000  # connections not read: this many peers asked after a second at most (two getsockopt each)
 WELCOME_WAIT_S = 0.1  # a welcome waits this long at most for the session's opening to go with it
+LOOK_BACK = 64  # early delivery looks at this many earlier held messages at most (more: it waits for the record)
 TOTAL_LOW = 0.9  # past held_total_bytes, the CP's own bound holds until the data is below this share of it
 
 
@@ -195,18 +196,28 @@ class TerminalSide:
             return
         if not a.adopts or self.resume_window <= 0 or self.journal.superseded is not None:
             return  # (without adoption a restarted CP cannot learn what the active had: see handed_floor)
-        for before in reversed(term.held.values()):  # in id order: every earlier one is with this active
-            if before is held or before.replying:
-                continue
-            if before.delivered_epoch != self.epoch:
-                return  # an earlier one waits for its record: this one follows it
-            break  # (the delivered ones are a prefix of what is held)
+        if self._behind_undelivered(term, held) is not False:
+            return  # an earlier one is not with the active yet (or too many to look at): this one follows it
         self._deliver(term, held, a)
         if held.delivered_epoch != self.epoch:
             return  # answered with an error instead (too large for this host)
         self.counters["delivered_early"] += 1
         if faults.armed("cp.reply_before_durable"):
             self.journal.hold()  # its record stays off the disk until the reply has come
+
+    def _behind_undelivered(self: CP, term: Term, held: Held) -> bool | None:
+        """Whether an earlier held message of the terminal (not answered) is not with the active
+        of this epoch; None if more than LOOK_BACK of them would have to be looked at."""
+        seen = 0
+        for before in reversed(term.held.values()):
+            if before.id >= held.id or before.replying:
+                continue
+            if before.delivered_epoch != self.epoch:
+                return True
+            seen += 1
+            if seen >= LOOK_BACK:
+                return None
+        return False
 
     def _accepted(self: CP, term: Term, held: Held) -> None:
         """The message's record is durable: acknowledge it, and hand it to the active (or act on
@@ -227,7 +238,10 @@ class TerminalSide:
             return  # (no active to hand it to now: the grant's flip, or the next active, does)
         if s is not None and s.host is a:
             if held.delivered_epoch != self.epoch:
-                self._deliver(term, held, a)
+                if self._behind_undelivered(term, held) is False:
+                    self._deliver(term, held, a)
+                else:  # an earlier one is not with this active yet (it waited for a flip, say): in order, before it
+                    self._deliver_pending(term, a, held.id)
         elif term.leaving or held.id <= term.logoff_upto:  # logged off after sending it, no session: still answered, in order
             self._answer_leaving(term, a)
 

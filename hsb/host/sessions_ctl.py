@@ -73,6 +73,7 @@ class SessionsCtl:
     HOOK_WORKERS = 256
     HOOKS_PER_TURN = 256
     OPENS_PER_TURN = 1024
+    HANDED_PER_FRAME = 256  # terminals' handed ids in one adopt frame (a name and an int each: well within a frame)
 
     def _hook(self, fn: Callable[..., Awaitable[None]], name: str, *args: Any, done: asyncio.Future[None] | None = None) -> None:
         q = self.hooks.get(name)
@@ -291,6 +292,16 @@ class SessionsCtl:
         cp = self.srv.cp
         t0 = time.monotonic()
         n = 0
+        # first, every terminal's highest id handed to the service (not only those of sessions
+        # still open: a terminal that went away may send again a message the CP lost), so that
+        # the CP marks such a message redelivered before any is delivered (hsb.cp.adopt)
+        handed = list(self.srv.delivery.handed.items())
+        for k in range(0, len(handed), self.HANDED_PER_FRAME):
+            if gen != self.adopt_gen or not self.srv.ha.granted:
+                return
+            cp.send({"t": "adopt", "items": [], "handed": dict(handed[k : k + self.HANDED_PER_FRAME]), "epoch": epoch, "last": False})
+            await cp.drain()
+            await asyncio.sleep(0)
         for k in range(0, len(names), self.OPENS_PER_TURN):  # in slices: heartbeats and replies go on
             if gen != self.adopt_gen or not self.srv.ha.granted:
                 return
@@ -299,7 +310,7 @@ class SessionsCtl:
                 ts = self.sessions.get(name)
                 if ts is not None and ts.state == ACTIVE:  # closed meanwhile: not named
                     items.append([name, ts.attrs])
-            self._send_batched("adopt", items, handed=self.srv.delivery.handed, epoch=epoch, last=False)
+            self._send_batched("adopt", items, epoch=epoch, last=False)
             n += len(items)
             await cp.drain()
             await asyncio.sleep(0)
@@ -355,17 +366,15 @@ class SessionsCtl:
         """Standby opens in `open_batch` frames within the size the CP takes."""
         self._send_batched("open_batch", batch, kind="standby")
 
-    def _send_batched(self, t: str, batch: list[list[Any]], handed: dict[str, int] | None = None, **fields: Any) -> None:
-        """[terminal, attrs] items in `t` frames within the size the CP takes (halved until they fit);
-        `handed`: with each frame, the highest id handed to the service of each of its terminals."""
+    def _send_batched(self, t: str, batch: list[list[Any]], **fields: Any) -> None:
+        """[terminal, attrs] items in `t` frames within the size the CP takes (halved until they fit)."""
         if not batch:
             return
-        extra = {"handed": {it[0]: handed[it[0]] for it in batch if it[0] in handed}} if handed is not None else {}
-        frame = encode({"t": t, **fields, **extra, "items": batch})
+        frame = encode({"t": t, **fields, "items": batch})
         if len(frame) > self.open_batch_bytes and len(batch) > 1:
             half = len(batch) // 2
-            self._send_batched(t, batch[:half], handed, **fields)
-            self._send_batched(t, batch[half:], handed, **fields)
+            self._send_batched(t, batch[:half], **fields)
+            self._send_batched(t, batch[half:], **fields)
             return
         self.srv.cp.send_raw(frame)
 
