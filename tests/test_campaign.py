@@ -8,21 +8,12 @@ from pathlib import Path
 import pytest
 
 from hsb.ctl import sandbox
-from tests.support.campaign import Campaign
+from tests.support.campaign import Campaign, run_campaign
 
 
 @pytest.mark.timeout(600)
 async def test_campaign_20_rounds(tmp_path: Path) -> None:
-    seed = int(os.environ.get("HSB_CAMPAIGN_SEED", "0") or 0) or int.from_bytes(os.urandom(4), "big")
-    print(f"campaign seed {seed} (replay: HSB_CAMPAIGN_SEED={seed})")
-    c = Campaign(tmp_path / "campaign", seed=seed, terminals=100, rate=300)
-    try:
-        summary = await c.run(20)
-    finally:
-        try:
-            sandbox.down(tmp_path / "campaign", timeout=2.0)
-        except sandbox.SandboxError:
-            pass
+    summary = await run_campaign(tmp_path / "campaign", 20, terminals=100, rate=300)
     assert summary["rounds"] == 20
     assert summary["acknowledged"] > 0
     assert summary["lost"] == 0, summary

@@ -7,17 +7,15 @@ its terminal, is never processed twice unmarked (docs/cp-journal.md, "Early deli
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hsb.ctl import sandbox
 from hsb.host.delivery import Delivery
 from hsb.wire.framing import encode
-from tests.support.campaign import Campaign
+from tests.support.campaign import run_campaign
 from tests.support.cpcore import cp_core, fake_host, recording_terminal
 from tests.test_cp_grant_gap import HeldJournal
 
@@ -232,16 +230,7 @@ async def test_sigkill_of_hsbcpd_after_an_early_delivery_was_answered_processes_
     holds the record back), is started again, and the terminal sends that message again as a new
     one. The active processes it a second time, marked redelivered by the host itself; the strict
     verdict holds and every id processed more than once was marked each time but the first."""
-    seed = int(os.environ.get("HSB_CAMPAIGN_SEED", "0") or 0) or int.from_bytes(os.urandom(4), "big")
-    print(f"seed {seed} (replay: HSB_CAMPAIGN_SEED={seed})")
-    c = Campaign(tmp_path / "c", seed=seed, terminals=40, rate=200, churners=0, actions=("crash_cp_reply_before_durable",))
-    try:
-        summary = await c.run(2)
-    finally:
-        try:
-            sandbox.down(tmp_path / "c", timeout=2.0)
-        except sandbox.SandboxError:
-            pass
+    summary = await run_campaign(tmp_path / "c", 2, terminals=40, rate=200, churners=0, actions=("crash_cp_reply_before_durable",))
     assert summary["actions"]["crash_cp_reply_before_durable"] == 2, summary["fallbacks"]
     assert summary["acknowledged"] > 0
     assert summary["lost"] == 0 and summary["duplicates"] == 0, summary

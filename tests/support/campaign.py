@@ -523,3 +523,18 @@ class Campaign:
             "unmarked_repeats": sum(1 for v in unmarked.values() if v > 1),
             "processed_more_than_once": sum(1 for v in times.values() if v > 1),
         }
+
+
+async def run_campaign(d: Path, rounds: int, **kw: Any) -> dict[str, Any]:
+    """`rounds` rounds of a Campaign in `d` (its seed from HSB_CAMPAIGN_SEED, else random, and
+    printed for a replay); the sandbox is taken down afterwards whatever happened."""
+    seed = int(os.environ.get("HSB_CAMPAIGN_SEED", "0") or 0) or int.from_bytes(os.urandom(4), "big")
+    print(f"campaign seed {seed} (replay: HSB_CAMPAIGN_SEED={seed})")
+    c = Campaign(d, seed=seed, **kw)
+    try:
+        return await c.run(rounds)
+    finally:
+        try:
+            sandbox.down(d, timeout=2.0)
+        except sandbox.SandboxError:
+            pass
