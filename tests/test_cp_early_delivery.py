@@ -67,6 +67,17 @@ async def test_a_message_goes_to_the_active_before_its_record_is_durable_and_the
     assert cp.counters["delivered_early"] == 1
 
 
+async def test_many_outstanding_messages_all_go_early_in_order(tmp_path: Path) -> None:
+    cp, a, t, j = durable_cp(tmp_path)
+    for mid in range(1, 201):  # (none durable yet: a terminal with 200 outstanding)
+        t.data_received(encode({"t": "msg", "id": mid, "data": "x"}))
+    assert delivered(a) == [(mid, False) for mid in range(1, 201)]
+    assert cp.counters["delivered_early"] == 200
+    j.release()
+    assert [mid for kind, mid in to_terminal(t) if kind == "ack"] == list(range(1, 201))
+    assert delivered(a) == [(mid, False) for mid in range(1, 201)], "handed over again once durable"
+
+
 async def test_a_reply_that_comes_before_the_record_is_durable_waits_for_the_ack(tmp_path: Path) -> None:
     cp, a, t, j = durable_cp(tmp_path)
     t.data_received(encode({"t": "msg", "id": 1, "data": "x"}))
@@ -243,7 +254,7 @@ async def test_sigkill_of_hsbcpd_after_an_early_delivery_was_answered_processes_
 
 async def test_the_host_names_what_it_handed_to_its_service_before_its_sessions() -> None:
     """hsbd's adoption starts with every terminal's highest id handed to its service, in frames
-    of HANDED_PER_FRAME, before it names a session (the CP marks by them before it delivers)."""
+    within the size the CP takes (`open_batch`), before it names a session."""
     from types import SimpleNamespace
 
     from hsb.host.sessions import ACTIVE, SessionTable
@@ -266,13 +277,13 @@ async def test_the_host_names_what_it_handed_to_its_service_before_its_sessions(
     from hsb.wire.framing import Decoder
 
     c = SessionsCtl(srv)
-    c.open_batch_bytes = 1 << 20
+    c.open_batch_bytes = 2048  # (a CP of max_frame 4096, the smallest allowed)
     for ts in srv.sessions.table.values():
         ts.state = ACTIVE
     c.adopt_gen += 1
     await c._adopt(c.adopt_gen, 3, list(defs))
     firsts = [m for m in sent if m.get("handed")]
-    assert len(firsts) == 3 and all(len(m["handed"]) <= SessionsCtl.HANDED_PER_FRAME for m in firsts)
+    assert len(firsts) > 1 and all(len(encode(m)) <= 2048 for m in firsts), [len(encode(m)) for m in firsts]
     assert sent[: len(firsts)] == firsts, "a session was named before every handed id was said"
     got: dict[str, int] = {}
     for m in firsts:

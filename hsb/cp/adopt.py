@@ -49,12 +49,12 @@ class Adoption:
         return True
 
     def host_adopt(self: CP, host: HostProtocol, items: list[tuple[str, dict[str, Any]]], last: bool, handed: dict[str, int] | None = None) -> None:
-        self.settle_flip()
-        if handed:  # what it processed is processed whoever serves next (even if the role moved on)
-            for name, mid in handed.items():
+        if handed and host is self.active:  # what it processed is processed, whoever serves next
+            for name, mid in handed.items():  # (before the flip below delivers anything)
                 t = self.terms.get(name)
                 if t is not None and mid > t.handed_floor:
                     t.handed_floor = mid
+        self.settle_flip()
         if host is not self.active or not host.adopting:
             return  # the role moved on meanwhile: that host's sessions are not the active's any more
         opened = encode({"t": "session", "state": "open", "epoch": self.epoch})  # one encoding for all

@@ -192,6 +192,7 @@ class Flip:
                                 if held.delivered_epoch != epoch and held.id <= durable and not held.replying:
                                     again = held.delivered_epoch != 0 or held.id <= term.handed_floor
                                     held.delivered_epoch = epoch
+                                    term.delivered(held.id, epoch)
                                     held.redelivered = again
                                     again_n += again
                                     if limit:

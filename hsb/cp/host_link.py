@@ -178,8 +178,8 @@ class HostProtocol(AuthServerProtocol):
         self.cp.host_open_batch(self, _session_items(msg))
 
     def on_adopt(self, msg: dict[str, Any]) -> None:
-        # demoted (a planned switchover) while it was naming them: its sessions are not the
-        # active's now, but what it handed to its service still counts (host_adopt)
+        if self is not self.cp.active:
+            return  # demoted (a planned switchover) while it was naming them: they are not the active's now
         self.cp.host_adopt(self, _session_items(msg), msg.get("last") is True, _handed(msg))
 
     def on_refuse(self, msg: dict[str, Any]) -> None:

@@ -35,7 +35,7 @@ class Held:
     when it was acknowledged (monotonic): a switch's worst pause is measured from it.
     """
 
-    __slots__ = ("id", "data", "delivered_epoch", "redelivered", "t", "seg", "replying", "recovered", "wire", "early")
+    __slots__ = ("id", "data", "delivered_epoch", "redelivered", "t", "seg", "replying", "recovered", "wire", "early", "prev")
 
     def __init__(self, mid: int, data: Any, t: float, seg: int = 0) -> None:
         self.id = mid
@@ -50,6 +50,7 @@ class Held:
         # delivered before its record was durable, its reply came first: the reply's data, acted
         # on once the record is durable (the ack always goes before the reply)
         self.early: Any = None
+        self.prev = 0  # the id of the terminal's message held before it when it came (0: none)
 
 
 class Kept:
@@ -94,6 +95,8 @@ class Term:
         "last_acked",
         "durable_acked",
         "handed_floor",
+        "deliv_upto",
+        "deliv_epoch",
         "outbox",
         "_paused",
         "leaving",
@@ -125,6 +128,10 @@ class Term:
         # its service: a message up to it, delivered for the first time here, is marked redelivered
         # (delivered early, its record died with the CP, and its terminal sent it again)
         self.handed_floor = 0
+        # its delivery mark: every held message up to deliv_upto went to the active of deliv_epoch
+        # (all paths deliver in id order), so early delivery needs no walk of what is held
+        self.deliv_upto = 0
+        self.deliv_epoch = 0
         self.outbox: deque[dict[str, Any]] | None = None  # replies owed while disconnected
         self._paused = False
         self.leaving = False
@@ -173,6 +180,13 @@ class Term:
             else:
                 self.counts.paused_terms.discard(self)
         self._paused = p
+
+    def delivered(self, mid: int, epoch: int) -> None:
+        """Its message `mid` went to the active of `epoch` (every path goes in id order: the mark)."""
+        if self.deliv_epoch != epoch:
+            self.deliv_epoch, self.deliv_upto = epoch, mid
+        elif mid > self.deliv_upto:
+            self.deliv_upto = mid
 
     def forget(self) -> None:
         """Removed from the CP's table (only when it holds no message and keeps no reply): take

@@ -33,7 +33,6 @@ log = structlog.get_logger("hsb.cp")
 
 SWEEP_EVERY_S, SWEEP_MAX = 1.0, 1000  # connections not read: this many peers asked after a second at most (two getsockopt each)
 WELCOME_WAIT_S = 0.1  # a welcome waits this long at most for the session's opening to go with it
-LOOK_BACK = 64  # early delivery looks at this many earlier held messages at most (more: it waits for the record)
 TOTAL_LOW = 0.9  # past held_total_bytes, the CP's own bound holds until the data is below this share of it
 
 
@@ -171,6 +170,8 @@ class TerminalSide:
         held = Held(mid, data, time.monotonic())
         if not term.held:
             self.holding[term] = None
+        else:
+            held.prev = next(reversed(term.held))  # the message before it, still held
         term.held[mid] = held
         size = data_size(data)
         term.held_bytes += size
@@ -196,8 +197,8 @@ class TerminalSide:
             return
         if not a.adopts or self.resume_window <= 0 or self.journal.superseded is not None:
             return  # (without adoption a restarted CP cannot learn what the active had: see handed_floor)
-        if self._behind_undelivered(term, held) is not False:
-            return  # an earlier one is not with the active yet (or too many to look at): this one follows it
+        if not self._follows_delivered(term, held):
+            return  # an earlier one is not with the active yet: this one follows it
         self._deliver(term, held, a)
         if held.delivered_epoch != self.epoch:
             return  # answered with an error instead (too large for this host)
@@ -205,19 +206,11 @@ class TerminalSide:
         if faults.armed("cp.reply_before_durable"):
             self.journal.hold()  # its record stays off the disk until the reply has come
 
-    def _behind_undelivered(self: CP, term: Term, held: Held) -> bool | None:
-        """Whether an earlier held message of the terminal (not answered) is not with the active
-        of this epoch; None if more than LOOK_BACK of them would have to be looked at."""
-        seen = 0
-        for before in reversed(term.held.values()):
-            if before.id >= held.id or before.replying:
-                continue
-            if before.delivered_epoch != self.epoch:
-                return True
-            seen += 1
-            if seen >= LOOK_BACK:
-                return None
-        return False
+    def _follows_delivered(self: CP, term: Term, held: Held) -> bool:
+        """Every earlier held message of the terminal is with the active of this epoch (or
+        answered): its predecessor is at or below the terminal's delivery mark. Every path
+        delivers a terminal's messages in id order, so the delivered ones are a prefix."""
+        return held.prev == 0 or (term.deliv_epoch == self.epoch and held.prev <= term.deliv_upto)
 
     def _accepted(self: CP, term: Term, held: Held) -> None:
         """The message's record is durable: acknowledge it, and hand it to the active (or act on
@@ -238,7 +231,7 @@ class TerminalSide:
             return  # (no active to hand it to now: the grant's flip, or the next active, does)
         if s is not None and s.host is a:
             if held.delivered_epoch != self.epoch:
-                if self._behind_undelivered(term, held) is False:
+                if self._follows_delivered(term, held):
                     self._deliver(term, held, a)
                 else:  # an earlier one is not with this active yet (it waited for a flip, say): in order, before it
                     self._deliver_pending(term, a, held.id)
@@ -457,6 +450,7 @@ class TerminalSide:
         held.redelivered = redelivered
         self.counters["redelivered" if redelivered else "delivered"] += 1
         host.deliver_held(term.name, held, redelivered)
+        term.delivered(held.id, self.epoch)
 
     def _too_large_for(self: CP, term: Term, held: Held, host: HostProtocol) -> bool:
         """A message taken before `host` said its smaller max_frame (it registered later, or the

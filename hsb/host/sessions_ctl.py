@@ -73,7 +73,6 @@ class SessionsCtl:
     HOOK_WORKERS = 256
     HOOKS_PER_TURN = 256
     OPENS_PER_TURN = 1024
-    HANDED_PER_FRAME = 256  # terminals' handed ids in one adopt frame (a name and an int each: well within a frame)
 
     def _hook(self, fn: Callable[..., Awaitable[None]], name: str, *args: Any, done: asyncio.Future[None] | None = None) -> None:
         q = self.hooks.get(name)
@@ -294,14 +293,26 @@ class SessionsCtl:
         n = 0
         # first, every terminal's highest id handed to the service (not only those of sessions
         # still open: a terminal that went away may send again a message the CP lost), so that
-        # the CP marks such a message redelivered before any is delivered (hsb.cp.adopt)
-        handed = list(self.srv.delivery.handed.items())
-        for k in range(0, len(handed), self.HANDED_PER_FRAME):
+        # the CP marks such a message redelivered wherever it goes next (hsb.cp.adopt); in frames
+        # within the size the CP takes (a CP that takes no batches is one that ignores them)
+        limit = self.open_batch_bytes - 64
+        chunk: dict[str, int] = {}
+        size = 0
+        for name, mid in list(self.srv.delivery.handed.items()) if limit > 0 else []:
+            cost = len(name) * 4 + 16  # at most: a name's UTF-8 and its int, encoded
+            if chunk and size + cost > limit:
+                if gen != self.adopt_gen or not self.srv.ha.granted:
+                    return
+                cp.send({"t": "adopt", "items": [], "handed": chunk, "epoch": epoch, "last": False})
+                await cp.drain()
+                await asyncio.sleep(0)
+                chunk, size = {}, 0
+            chunk[name] = mid
+            size += cost
+        if chunk:
             if gen != self.adopt_gen or not self.srv.ha.granted:
                 return
-            cp.send({"t": "adopt", "items": [], "handed": dict(handed[k : k + self.HANDED_PER_FRAME]), "epoch": epoch, "last": False})
-            await cp.drain()
-            await asyncio.sleep(0)
+            cp.send({"t": "adopt", "items": [], "handed": chunk, "epoch": epoch, "last": False})
         for k in range(0, len(names), self.OPENS_PER_TURN):  # in slices: heartbeats and replies go on
             if gen != self.adopt_gen or not self.srv.ha.granted:
                 return
