@@ -211,6 +211,31 @@ async def test_what_the_active_had_handed_over_is_marked_for_whoever_serves_next
     assert delivered(b) == [(5, True), (6, False)]
 
 
+async def test_what_an_active_being_demoted_handed_over_still_counts(tmp_path: Path) -> None:
+    from hsb.cp.host_link import HostProtocol
+
+    cp = cp_core(tmp_path, 2)
+    a = fake_host(cp, "host-a", record=True)
+    a.marks_repeats = a.adopts = True
+    a.instance = "a1"
+    b = fake_host(cp, "host-b", record=True)
+    b.instance = "b1"
+    cp.host_register(a, "active", 1)
+    cp.host_register(b, "standby", 1)
+    j = HeldJournal(cp, ("e",))
+    cp.host_release(a)
+    cp.host_handover(a)  # granted to host-b; host-a has not heard of it yet
+    assert cp.active is b and a.role == "demoting" and j.held
+    HostProtocol.on_adopt(a, {"t": "adopt", "items": [["T00001", {}]], "handed": {"T00001": 4}, "epoch": 1, "last": False})
+    assert cp.terms["T00001"].handed_floor == 4
+    assert cp.terms["T00001"].active is None, "a demoted host's session taken as the active's"
+    j.release()  # the grant takes effect: host-a is told it is demoted
+    cp.settle_flip()
+    assert a.role != "demoting"
+    HostProtocol.on_adopt(a, {"t": "adopt", "items": [], "handed": {"T00002": 9}, "epoch": 1, "last": False})
+    assert cp.terms["T00002"].handed_floor == 0, "a frame of a host told it is no longer the active counted"
+
+
 async def test_a_host_marks_an_id_it_handed_to_its_service_before() -> None:
     seen: list[tuple[int, bool]] = []
 

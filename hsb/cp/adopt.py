@@ -49,11 +49,8 @@ class Adoption:
         return True
 
     def host_adopt(self: CP, host: HostProtocol, items: list[tuple[str, dict[str, Any]]], last: bool, handed: dict[str, int] | None = None) -> None:
-        if handed and host is self.active:  # what it processed is processed, whoever serves next
-            for name, mid in handed.items():  # (before the flip below delivers anything)
-                t = self.terms.get(name)
-                if t is not None and mid > t.handed_floor:
-                    t.handed_floor = mid
+        if handed:
+            self.note_handed(handed)
         self.settle_flip()
         if host is not self.active or not host.adopting:
             return  # the role moved on meanwhile: that host's sessions are not the active's any more
@@ -80,6 +77,14 @@ class Adoption:
                 host.adopt_waiting.append(name)
         if last:
             self._adoption_done(host)
+
+    def note_handed(self: CP, handed: dict[str, int]) -> None:
+        """The highest id an active handed to its service, per terminal: a message up to it is
+        marked redelivered at its first delivery, whoever serves next (docs/cp-journal.md)."""
+        for name, mid in handed.items():
+            t = self.terms.get(name)
+            if t is not None and mid > t.handed_floor:
+                t.handed_floor = mid
 
     def _adoption_done(self: CP, host: HostProtocol) -> None:
         host.adopting = False

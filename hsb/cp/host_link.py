@@ -179,7 +179,11 @@ class HostProtocol(AuthServerProtocol):
 
     def on_adopt(self, msg: dict[str, Any]) -> None:
         if self is not self.cp.active:
-            return  # demoted (a planned switchover) while it was naming them: they are not the active's now
+            # demoted (a planned switchover) while it was naming them: they are not the active's
+            # now; what it handed to its service, said before it heard of the grant, still counts
+            if self.role == "demoting":
+                self.cp.note_handed(_handed(msg))
+            return
         self.cp.host_adopt(self, _session_items(msg), msg.get("last") is True, _handed(msg))
 
     def on_refuse(self, msg: dict[str, Any]) -> None:

@@ -207,9 +207,10 @@ class TerminalSide:
             self.journal.hold()  # its record stays off the disk until the reply has come
 
     def _follows_delivered(self: CP, term: Term, held: Held) -> bool:
-        """Every earlier held message of the terminal is with the active of this epoch (or
-        answered): its predecessor is at or below the terminal's delivery mark. Every path
-        delivers a terminal's messages in id order, so the delivered ones are a prefix."""
+        """Every earlier held message of the terminal is with the active of this epoch: its
+        predecessor is at or below the terminal's delivery mark (every path delivers a
+        terminal's messages in id order, so the delivered ones are a prefix). Cautious: a
+        predecessor answered but not delivered at this epoch says no."""
         return held.prev == 0 or (term.deliv_epoch == self.epoch and held.prev <= term.deliv_upto)
 
     def _accepted(self: CP, term: Term, held: Held) -> None:
