@@ -179,7 +179,7 @@ class TerminalSide:
         self.counts.held += 1
         held.seg = self.journal.append(["a", term.name, mid, data], lambda: self._accepted(term, held))
         self.journal.pin(held.seg)
-        if self.journal.durable and self.journal.state == "ok" and not term.leaving:
+        if not term.leaving:
             self._deliver_early(term, held)
         if term.leaving:  # sent after its bye, on the same connection: the logoff's too
             self.logged_off(term)
@@ -191,11 +191,14 @@ class TerminalSide:
         does its reply (`host_reply` defers one that comes first). Only to a host that marks an
         id it handed to its service before as redelivered (`marks_repeats`): if this CP dies
         before the record is durable, the terminal sends the message again as a new one."""
+        j = self.journal
+        if not j.durable or j.state != "ok" or j.superseded is not None:
+            return  # (memory only: nothing to overlap; a journal that cannot write: nothing ahead of it)
         s = term.active
-        a = self.active
-        if s is None or a is None or s.host is not a or not a.marks_repeats or not a.usable or a.released or not self.announced:
+        a = self._taking()
+        if s is None or a is None or s.host is not a or not a.marks_repeats:
             return
-        if not a.adopts or self.resume_window <= 0 or self.journal.superseded is not None:
+        if not a.adopts or self.resume_window <= 0:
             return  # (without adoption a restarted CP cannot learn what the active had: see handed_floor)
         if not self._follows_delivered(term, held):
             return  # an earlier one is not with the active yet: this one follows it
@@ -205,6 +208,12 @@ class TerminalSide:
         self.counters["delivered_early"] += 1
         if faults.armed("cp.reply_before_durable"):
             self.journal.hold()  # its record stays off the disk until the reply has come
+
+    def _taking(self: CP) -> HostProtocol | None:
+        """The active, if messages may be handed to it now (usable, not releasing its role, its
+        epoch announced); else None."""
+        a = self.active
+        return a if a is not None and a.usable and not a.released and self.announced else None
 
     def _follows_delivered(self: CP, term: Term, held: Held) -> bool:
         """Every earlier held message of the terminal is with the active of this epoch: its
@@ -227,8 +236,8 @@ class TerminalSide:
                 self._reply(term, held, data)
             return
         s = term.active
-        a = self.active
-        if a is None or not a.usable or a.released or not self.announced or term.held.get(held.id) is not held:
+        a = self._taking()
+        if a is None or term.held.get(held.id) is not held:
             return  # (no active to hand it to now: the grant's flip, or the next active, does)
         if s is not None and s.host is a:
             if held.delivered_epoch != self.epoch:
@@ -247,8 +256,8 @@ class TerminalSide:
         self._close_active_session(term, "logoff")
         if not term.held and term.conn is not None:
             term.conn.close()
-        a = self.active
-        if term.held and a is not None and a.usable and not a.released and self.announced:
+        a = self._taking()
+        if term.held and a is not None:
             self._answer_leaving(term, a)  # what never went (it had no session) goes now
 
     def logged_off(self: CP, term: Term) -> None:
@@ -291,8 +300,8 @@ class TerminalSide:
                 # above a message still unanswered (no "c" may pass it): forgotten without a
                 # record; a restart forgets them too (restore), never resends them to a later run
                 self._drop_replies(term, term.logoff_upto, record=False)
-        a = self.active
-        if self.logoff_held(term) and a is not None and a.usable and not a.released and self.announced:
+        a = self._taking()
+        if self.logoff_held(term) and a is not None:
             # a logoff's messages not with this active yet (a flip's classic path closed the
             # connection, say): they go now, nobody will come back for them
             self.deliver_logoffs(term, a)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -293,26 +293,13 @@ class SessionsCtl:
         n = 0
         # first, every terminal's highest id handed to the service (not only those of sessions
         # still open: a terminal that went away may send again a message the CP lost), so that
-        # the CP marks such a message redelivered wherever it goes next (hsb.cp.adopt); in frames
-        # within the size the CP takes (a CP that takes no batches is one that ignores them)
-        limit = self.open_batch_bytes - 64
-        chunk: dict[str, int] = {}
-        size = 0
-        for name, mid in list(self.srv.delivery.handed.items()) if limit > 0 else []:
-            cost = len(name) * 4 + 16  # at most: a name's UTF-8 and its int, encoded
-            if chunk and size + cost > limit:
-                if gen != self.adopt_gen or not self.srv.ha.granted:
-                    return
-                cp.send({"t": "adopt", "items": [], "handed": chunk, "epoch": epoch, "last": False})
-                await cp.drain()
-                await asyncio.sleep(0)
-                chunk, size = {}, 0
-            chunk[name] = mid
-            size += cost
-        if chunk:
+        # the CP marks such a message redelivered wherever it goes next (hsb.cp.adopt)
+        for chunk in self._handed_chunks():
             if gen != self.adopt_gen or not self.srv.ha.granted:
                 return
             cp.send({"t": "adopt", "items": [], "handed": chunk, "epoch": epoch, "last": False})
+            await cp.drain()
+            await asyncio.sleep(0)
         for k in range(0, len(names), self.OPENS_PER_TURN):  # in slices: heartbeats and replies go on
             if gen != self.adopt_gen or not self.srv.ha.granted:
                 return
@@ -376,6 +363,24 @@ class SessionsCtl:
     def _send_open_batch(self, batch: list[list[Any]]) -> None:
         """Standby opens in `open_batch` frames within the size the CP takes."""
         self._send_batched("open_batch", batch, kind="standby")
+
+    def _handed_chunks(self) -> Iterator[dict[str, int]]:
+        """The handed ids (hsb.host.delivery) in pieces that fit the frames the CP takes (none
+        to a CP that takes no batches: one of before, which ignores them)."""
+        limit = self.open_batch_bytes - 64  # (the frame's own fields)
+        if limit <= 0:
+            return
+        chunk: dict[str, int] = {}
+        size = 0
+        for name, mid in list(self.srv.delivery.handed.items()):
+            cost = len(name) * 4 + 16  # at most: a name's UTF-8 and its int, encoded
+            if chunk and size + cost > limit:
+                yield chunk
+                chunk, size = {}, 0
+            chunk[name] = mid
+            size += cost
+        if chunk:
+            yield chunk
 
     def _send_batched(self, t: str, batch: list[list[Any]], **fields: Any) -> None:
         """[terminal, attrs] items in `t` frames within the size the CP takes (halved until they fit)."""
