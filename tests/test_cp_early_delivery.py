@@ -130,6 +130,28 @@ async def test_the_active_lost_before_the_record_is_durable_the_next_gets_it_mar
     assert ("ack", 1) in to_terminal(t)
 
 
+async def test_a_message_sent_again_that_this_cp_does_not_have_goes_marked_redelivered(tmp_path: Path) -> None:
+    """The double faults the hosts' memory cannot cover (hsbd restarted while the CP was down, a
+    second CP crash after the active changed): the terminal marks what it sends again `resent`,
+    and a CP that does not have that id delivers it marked, early or not; its successors are new."""
+    cp, a, t, j = durable_cp(tmp_path)
+    t.data_received(encode({"t": "msg", "id": 3, "data": "x", "resent": True}))
+    t.data_received(encode({"t": "msg", "id": 4, "data": "y"}))
+    assert delivered(a) == [(3, True), (4, False)], "a message an earlier CP may have handed over went unmarked"
+    assert cp.counters["resent_unknown"] == 1
+    j.release()
+    t.data_received(encode({"t": "msg", "id": 4, "data": "y", "resent": True}))  # (one it has: acknowledged again)
+    assert delivered(a) == [(3, True), (4, False)] and cp.counters["resent_unknown"] == 1
+    assert [mid for kind, mid in to_terminal(t) if kind == "ack"] == [3, 4, 4]
+    # to a host that does not mark repeats: delivered once durable, marked all the same
+    (tmp_path / "b").mkdir()
+    cp2, a2, t2, j2 = durable_cp(tmp_path / "b", marks=False)
+    t2.data_received(encode({"t": "msg", "id": 7, "data": "x", "resent": True}))
+    assert delivered(a2) == []
+    j2.release()
+    assert delivered(a2) == [(7, True)]
+
+
 async def test_a_message_never_overtakes_an_earlier_one_still_waiting_for_its_record(tmp_path: Path) -> None:
     cp = cp_core(tmp_path, 2)
     cp.journal.durable = True
@@ -257,6 +279,21 @@ async def test_a_host_marks_an_id_it_handed_to_its_service_before() -> None:
         await asyncio.sleep(0.01)
     assert sorted(seen) == [(1, False), (1, True), (2, False), (2, False), (2, True)]
     assert d.counters["repeats_marked"] == 1 and d.counters["redelivered"] == 2
+
+
+@pytest.mark.timeout(300)
+async def test_hsbcpd_and_then_the_active_killed_after_an_early_delivery_the_next_active_gets_it_marked(tmp_path: Path) -> None:
+    """A double fault, real processes: hsbcpd dies holding a reply to a message it delivered before
+    its record reached the disk, and the active is SIGKILLed while the CP is down, so no host
+    remembers having handed that message to its service. The terminal's `resent` mark alone makes
+    the next active process it marked redelivered (without it: processed twice, unmarked)."""
+    summary = await run_campaign(tmp_path / "c", 2, terminals=40, rate=200, churners=0, actions=("crash_cp_reply_before_durable_then_active",))
+    assert summary["actions"]["crash_cp_reply_before_durable_then_active"] == 2, summary["fallbacks"]
+    assert summary["lost"] == 0 and summary["duplicates"] == 0, summary
+    assert summary["failures"] == [], summary
+    assert summary["processed_twice_without_redelivered_mark"] == 0, summary
+    assert summary["acknowledged_not_in_any_journal"] == 0, summary
+    assert summary["processed_more_than_once"] >= 2, summary
 
 
 @pytest.mark.timeout(300)

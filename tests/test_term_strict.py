@@ -389,3 +389,22 @@ def test_a_welcome_from_another_cp_process_counts_as_the_cp_away() -> None:
 def _connect_to(c: TerminalClient, cp: str) -> None:
     c.connection_made(RecordingTransport("cp"))  # type: ignore[arg-type]
     _feed(c, {"t": "welcome", "terminal": c.name, "last_acked": 0, "cp": cp})
+
+
+async def test_a_message_sent_again_after_a_reconnect_is_marked_resent_and_one_never_sent_is_not() -> None:
+    """hsbterm marks what it sends again (never acknowledged) `resent`: the CP, which may have lost
+    it with an earlier process that handed it to the active, then delivers it marked redelivered.
+    A message submitted while away goes out for the first time: unmarked."""
+    c, _ = _client(resume=True)
+    a = c.submit()
+    tr = c.transport
+    assert isinstance(tr, RecordingTransport)
+    assert [f.get("resent") for f in tr.frames() if f["t"] == "msg"] == [None]
+    c.connection_lost(None)
+    b = c.submit()  # (away: kept for the next welcome)
+    tr2 = _connect(c, last_acked=0)
+    sent = [(f["id"], f.get("resent")) for f in tr2.frames() if f["t"] == "msg"]
+    assert sent == [(a, True), (b, None)]
+    c.connection_lost(None)
+    tr3 = _connect(c, last_acked=a)  # the CP has a now: only b again, sent before on the last connection
+    assert [(f["id"], f.get("resent")) for f in tr3.frames() if f["t"] == "msg"] == [(b, True)]

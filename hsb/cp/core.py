@@ -96,6 +96,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
             "acks": 0,
             "delivered_early": 0,  # handed to the active while their records were being made durable
             "reacks": 0,
+            "resent_unknown": 0,  # messages a terminal sent again (marked resent) that this CP did not have
             "resent": 0,
             "classic_closed": 0,
             "failovers": 0,

@@ -101,7 +101,7 @@ class TerminalProtocol(FramedProtocol):
                 f"msg {mid}: data larger than {limit} bytes, which the CP cannot deliver to a host"
                 " (send less, or raise max_frame on the CP and both hosts)",
             )
-        self.cp.terminal_msg(self.term, mid, data)
+        self.cp.terminal_msg(self.term, mid, data, msg.get("resent") is True)
 
     def on_confirm(self, msg: dict[str, Any]) -> None:
         if self.term is None:

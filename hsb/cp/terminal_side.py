@@ -160,13 +160,19 @@ class TerminalSide:
             self.counts.kept -= 1
 
     # ------------------------------------------------------------------ messages
-    def terminal_msg(self: CP, term: Term, mid: int, data: Any) -> None:
+    def terminal_msg(self: CP, term: Term, mid: int, data: Any, resent: bool = False) -> None:
         if mid <= term.last_acked:
             if mid <= term.durable_acked:  # a resend of what was acknowledged: again, not delivered twice
                 self.counters["reacks"] += 1
                 self._tell(term, {"t": "ack", "id": mid})
             return  # accepted and not yet durable: its ack is on its way
         term.last_acked = mid
+        if resent and mid > term.handed_floor:
+            # sent before and never acknowledged, new here: an earlier CP process may have handed
+            # it to the active before it died (early delivery), and that host's memory of it may
+            # be gone too (restarted, replaced): marked redelivered wherever it goes first
+            term.handed_floor = mid
+            self.counters["resent_unknown"] += 1
         held = Held(mid, data, time.monotonic())
         if not term.held:
             self.holding[term] = None

@@ -213,6 +213,11 @@ class CPCollector:
             "Messages handed to the active while their journal records were being made durable (acknowledged once durable).",
             c.get("delivered_early", 0),
         )
+        yield _c(
+            "hsb_messages_resent_unknown",
+            "Messages a terminal sent again after a reconnect (marked resent) that this CP did not have: delivered marked redelivered.",
+            c.get("resent_unknown", 0),
+        )
         yield _c("hsb_replies", "Replies (with discard) forwarded to terminals.", c["replies"])
         yield _c("hsb_failovers", "Unplanned switchovers granted.", c.get("failovers", 0))
         yield _c("hsb_switchovers", "Planned switchovers.", c.get("switchovers", 0))

@@ -171,6 +171,7 @@ class TerminalClient(asyncio.Protocol):
         "last_switch",
         "protocol_errors",
         "workload",
+        "sent_upto",
     )
 
     def __init__(
@@ -239,6 +240,9 @@ class TerminalClient(asyncio.Protocol):
         # ids above it whose reply this terminal held at that hello: the only replies the CP may
         # send again on this connection (marked resent) to a terminal that has them already
         self.may_resend: set[int] = set()
+        # the highest id written to a connection (ids go out in order): one at or below it, sent
+        # again after a reconnect, is marked resent (an earlier CP may have handed it to the active)
+        self.sent_upto = 0
         self.unexpected_acks = 0  # acknowledgements of ids this terminal never sent
         self.failed_since_drop = False  # a connect failed since the connection dropped: the CP was away
         self.cp_instance: str | None = None  # the CP process of the last welcome (its `cp`)
@@ -286,6 +290,7 @@ class TerminalClient(asyncio.Protocol):
                 self.cork.append(frame)
             else:
                 self.transport.write(frame)
+            self.sent_upto = msg_id
         return msg_id
 
     def unacked_ids(self) -> list[int]:
@@ -492,8 +497,17 @@ class TerminalClient(asyncio.Protocol):
                     self._on_ack(i)
         resend = self.unacked_ids()
         if resend and self.transport is not None:
-            self.transport.write(b"".join(encode({"t": "msg", "id": i, "data": self.payload(i)}) for i in resend))
+            upto = self.sent_upto  # (above it: submitted while away, never sent: a first send)
+            self.transport.write(b"".join(encode(self._msg(i, i <= upto)) for i in resend))
+            self.sent_upto = max(upto, resend[-1])
             self.listener.on_resent(self, len(resend))
+
+    def _msg(self, msg_id: int, again: bool) -> dict[str, Any]:
+        """A `msg` frame; `again`: sent before on an earlier connection, never acknowledged."""
+        msg: dict[str, Any] = {"t": "msg", "id": msg_id, "data": self.payload(msg_id)}
+        if again:
+            msg["resent"] = True
+        return msg
 
     def _on_session(self, msg: dict[str, Any]) -> None:
         state = msg.get("state")

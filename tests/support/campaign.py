@@ -66,6 +66,10 @@ ACTIONS: dict[str, tuple[str | None, bool]] = {
     "crash_cp_after_reply_sent": ("cp.after_reply_sent", False),
     "crash_cp_mid_compaction": ("cp.mid_compaction", False),
     "crash_cp_reply_before_durable": ("cp.reply_before_durable", False),
+    # a double fault, chosen only by name (`actions=`): the same crash, then the active SIGKILLed
+    # while the CP is down, so nothing but the terminal's own mark (`resent`) tells the next
+    # active that it may have processed the message (docs/cp-journal.md, "Early delivery")
+    "crash_cp_reply_before_durable_then_active": ("cp.reply_before_durable", False),
 }
 WEIGHTS = {
     "kill_active": 4,
@@ -253,6 +257,10 @@ class Campaign:
                 self.arm("cp", point, rng.randrange(0, 50) if point != "cp.mid_compaction" else 0)
                 await self._wait_dead_or_kill("cp", 10, r)
             await self._wait_dead("cp")
+            if action.endswith("_then_active"):
+                r.victim = f"cp+{active}"
+                os.kill(self.state()["hosts"][active]["pid"], signal.SIGKILL)
+                await self._wait_dead(active)
             (self.d / "crash-cp").write_text("")
             sandbox.start_cp(self.d, self.env("cp"))  # at once, as systemd's Restart=always does
         elif action == "kill_standby":
