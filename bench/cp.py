@@ -288,7 +288,11 @@ async def bench_throughput(n: int, window: int, a: argparse.Namespace, work: Pat
                     if mode == "cpmem"
                     else {"echo": echo.pid}
                 )
-                runs[mode].append(await load_run(n, window, target, watch, a, d / f"load-{mode}-{rep}", log, f"{mode:<6} rep {rep + 1}"))
+                j0 = await journal_counts(cp) if mode == "cp" else None
+                run = await load_run(n, window, target, watch, a, d / f"load-{mode}-{rep}", log, f"{mode:<6} rep {rep + 1}")
+                if j0 is not None:
+                    run["group_commits"] = group_commits(j0, await journal_counts(cp), run)
+                runs[mode].append(run)
     finally:
         for c in (host, hostmem, echo):
             if c is not None:
@@ -309,6 +313,28 @@ async def bench_throughput(n: int, window: int, a: argparse.Namespace, work: Pat
         "ratios": [round(x, 3) for x in ratios],
         "durable_ratio": round(cps["rate"] / mem["rate"], 3) if mem["rate"] else None,
         "durable_ratios": [round(x, 3) for x in durable],
+    }
+
+
+async def journal_counts(cp: Any) -> dict[str, Any]:
+    """The durable CP's journal counters (status): group commits and records written so far."""
+    h, p = addr(cp.info["admin"])
+    j = (await request(h, p, SECRET, {"t": "status"}, timeout=10))["data"]["journal"]
+    return {"syncs": j["syncs"], "records": j["records_written"]}
+
+
+def group_commits(j0: dict[str, Any], j1: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """Group commits over a load run: how many a second, and messages answered per group (a closed
+    loop whose every message waits for its group commits in lock step: about the window)."""
+    syncs, recs = j1["syncs"] - j0["syncs"], j1["records"] - j0["records"]
+    msgs = run["replied"]
+    return {
+        "syncs": syncs,
+        "records": recs,
+        "per_s": round(syncs / run["duration_s"], 1) if run["duration_s"] else None,
+        "messages_per_group": round(msgs / syncs, 2) if syncs else None,
+        "records_per_message": round(recs / msgs, 2) if msgs else None,
+        "cycle_ms": round(run["duration_s"] * 1000 / syncs, 3) if syncs else None,
     }
 
 
