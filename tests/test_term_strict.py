@@ -408,3 +408,12 @@ async def test_a_message_sent_again_after_a_reconnect_is_marked_resent_and_one_n
     c.connection_lost(None)
     tr3 = _connect(c, last_acked=a)  # the CP has a now: only b again, sent before on the last connection
     assert [(f["id"], f.get("resent")) for f in tr3.frames() if f["t"] == "msg"] == [(b, True)]
+
+
+async def test_a_terminal_told_not_to_mark_sends_again_unmarked() -> None:
+    """(`mark_resent=False`: a test's stand-in for a terminal that does not mark its resends.)"""
+    c, _ = _client(resume=True, mark_resent=False)
+    a = c.submit()
+    c.connection_lost(None)
+    tr = _connect(c, last_acked=0)
+    assert [(f["id"], f.get("resent")) for f in tr.frames() if f["t"] == "msg"] == [(a, None)]

@@ -167,12 +167,13 @@ class TerminalSide:
                 self._tell(term, {"t": "ack", "id": mid})
             return  # accepted and not yet durable: its ack is on its way
         term.last_acked = mid
-        if resent and mid > term.handed_floor:
+        if resent:
             # sent before and never acknowledged, new here: an earlier CP process may have handed
             # it to the active before it died (early delivery), and that host's memory of it may
             # be gone too (restarted, replaced): marked redelivered wherever it goes first
-            term.handed_floor = mid
             self.counters["resent_unknown"] += 1
+            if mid > term.handed_floor:
+                term.handed_floor = mid
         held = Held(mid, data, time.monotonic())
         if not term.held:
             self.holding[term] = None

@@ -172,6 +172,7 @@ class TerminalClient(asyncio.Protocol):
         "protocol_errors",
         "workload",
         "sent_upto",
+        "mark_resent",
     )
 
     def __init__(
@@ -190,8 +191,12 @@ class TerminalClient(asyncio.Protocol):
         workload: Any = None,
         keepalive: int = 1,
         floor: int | None = None,
+        mark_resent: bool = True,
     ) -> None:
         self.name = name
+        # mark what is sent again after a reconnect `resent` (a test turns it off to see the
+        # hosts' own memory of what they handed over at work, as for a terminal that does not mark)
+        self.mark_resent = mark_resent
         self.keepalive = keepalive  # TCP keepalive's idle seconds (0: the system's default, none)
         self.workload = workload  # what each message says and which replies are right (hsb.term.workload)
         self.listener = listener
@@ -498,7 +503,8 @@ class TerminalClient(asyncio.Protocol):
         resend = self.unacked_ids()
         if resend and self.transport is not None:
             upto = self.sent_upto  # (above it: submitted while away, never sent: a first send)
-            self.transport.write(b"".join(encode(self._msg(i, i <= upto)) for i in resend))
+            mark = self.mark_resent
+            self.transport.write(b"".join(encode(self._msg(i, mark and i <= upto)) for i in resend))
             self.sent_upto = max(upto, resend[-1])
             self.listener.on_resent(self, len(resend))
 

@@ -351,6 +351,7 @@ async def run_load(
     ssl: Any = None,
     source: str | None = None,
     keepalive: int = 1,
+    mark_resent: bool = True,
 ) -> LoadReport:
     """Run `terminals` simulated terminals against the CP at `cp` and report.
 
@@ -403,6 +404,7 @@ async def run_load(
             resume=resume,
             workload=workload,
             keepalive=keepalive,
+            mark_resent=mark_resent,
         )
         for i, nm in enumerate(names)
     ]

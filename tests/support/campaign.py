@@ -124,11 +124,13 @@ class Campaign:
         say: Any = print,
         ledger: dict[str, Any] | None = None,
         actions: tuple[str, ...] = (),
+        mark_resent: bool = True,
     ) -> None:
         """`ledger` ({"dsn": …} or {} for SQLite in the sandbox): the ledger service under a
         transfer load, its books checked after every round, instead of the journal service."""
         self.d = d
         self.actions = actions  # only these (a test of one crash point); () every action, weighted
+        self.mark_resent = mark_resent  # False: terminals that do not mark what they send again (the hosts' memory alone)
         self.ledger = ledger
         self.workload = LedgerWorkload(accounts=40, seed=seed) if ledger is not None else None
         self.id_base = new_id_base()
@@ -450,6 +452,7 @@ class Campaign:
                 id_base=self.id_base,
                 workload=self.workload,
                 books=books,
+                mark_resent=self.mark_resent,
             )
         )
         churn = asyncio.ensure_future(self.churn(churn_stop))
