@@ -45,6 +45,7 @@ ACTION_LABELS = {
     "kill_standby": "SIGKILL standby",
     "crash_mid_batch_write": "crash mid batch write",
     "crash_between_batch_and_notice": "crash between batch write and its notice",
+    "crash_cp_reply_before_durable_then_active": "CP crashed before a record was durable, then the active SIGKILLed while the CP was down",
 }
 
 

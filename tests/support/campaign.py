@@ -66,9 +66,9 @@ ACTIONS: dict[str, tuple[str | None, bool]] = {
     "crash_cp_after_reply_sent": ("cp.after_reply_sent", False),
     "crash_cp_mid_compaction": ("cp.mid_compaction", False),
     "crash_cp_reply_before_durable": ("cp.reply_before_durable", False),
-    # a double fault, chosen only by name (`actions=`): the same crash, then the active SIGKILLed
-    # while the CP is down, so nothing but the terminal's own mark (`resent`) tells the next
-    # active that it may have processed the message (docs/cp-journal.md, "Early delivery")
+    # a double fault: the same crash, then the active SIGKILLed while the CP is down, so nothing
+    # but the terminal's own mark (`resent`) tells the next active that it may have processed
+    # the message (docs/cp-journal.md, "Early delivery")
     "crash_cp_reply_before_durable_then_active": ("cp.reply_before_durable", False),
 }
 WEIGHTS = {
@@ -85,6 +85,7 @@ WEIGHTS = {
     "crash_cp_after_reply_sent": 1,
     "crash_cp_mid_compaction": 1,
     "crash_cp_reply_before_durable": 1,
+    "crash_cp_reply_before_durable_then_active": 1,
 }
 CP_SEGMENT_KIB = 64  # small journal segments, so that compaction (and its crash point) happens in a campaign
 
