@@ -305,8 +305,7 @@ async def test_sigkill_of_hsbcpd_after_an_early_delivery_was_answered_processes_
     one. The active processes it a second time, marked redelivered by what the hosts remember
     (the active's own memory, or the ids it names to the restarted CP at adoption); the
     terminals do not mark what they send again here, as a terminal that does not. The strict
-    verdict holds and every id processed more than once was marked
-    each time but the first."""
+    verdict holds and every id processed more than once was marked each time but the first."""
     summary = await run_campaign(tmp_path / "c", 2, terminals=40, rate=200, churners=0, actions=("crash_cp_reply_before_durable",), mark_resent=False)
     assert summary["actions"]["crash_cp_reply_before_durable"] == 2, summary["fallbacks"]
     assert summary["acknowledged"] > 0

@@ -124,9 +124,10 @@ class Term:
         self.kept_bytes = 0
         self.last_acked = 0  # highest id accepted
         self.durable_acked = 0  # highest id whose journal record is durable (acknowledged)
-        # the highest id the active said (adopting its sessions after a CP restart) it had handed to
-        # its service: a message up to it, delivered for the first time here, is marked redelivered
-        # (delivered early, its record died with the CP, and its terminal sent it again)
+        # the highest id that may have reached a service before: named by the active at adoption
+        # (what it handed to its service), or sent again by the terminal (`resent`) and new here.
+        # A message up to it, delivered for the first time here, is marked redelivered (delivered
+        # early, its record died with the CP, and its terminal sent it again)
         self.handed_floor = 0
         # its delivery mark: every held message up to deliv_upto went to the active of deliv_epoch
         # (all paths deliver in id order), so early delivery needs no walk of what is held

@@ -186,10 +186,10 @@ class TerminalSide:
         self.counts.held += 1
         held.seg = self.journal.append(["a", term.name, mid, data], lambda: self._accepted(term, held))
         self.journal.pin(held.seg)
-        if not term.leaving:
-            self._deliver_early(term, held)
         if term.leaving:  # sent after its bye, on the same connection: the logoff's too
             self.logged_off(term)
+        else:
+            self._deliver_early(term, held)
         self._backpressure(term)
 
     def _deliver_early(self: CP, term: Term, held: Held) -> None:

@@ -290,7 +290,7 @@ class TerminalClient(asyncio.Protocol):
             self.payloads[msg_id] = "" if data is None else data
         self.listener.on_sent(self, msg_id, now)
         if self.state == WELCOMED and self.transport is not None:
-            frame = encode({"t": "msg", "id": msg_id, "data": self.payload(msg_id)})
+            frame = encode(self._msg(msg_id, False))
             if self.cork is not None:
                 self.cork.append(frame)
             else:
