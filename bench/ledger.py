@@ -125,7 +125,7 @@ async def hsb_run(pg: Any, n: int, a: argparse.Namespace, work: Path, record: bo
                 st = sandbox.load_state(d)
                 pids = {"hsbcpd": [st["cp"]["pid"]], "active": [st["hosts"]["host-a"]["pid"]], "standby": [st["hosts"]["host-b"]["pid"]]}
                 pids["terminals"] = [child.pid]
-                cpu = await cpu_over(pids, pg, a.duration)
+                cpu = await cpu_over(pids, pg, a.duration, lambda: journal_counts(d))
             if m.get("ev") == "report":
                 rep = m["report"]
         await child.stop()
@@ -151,18 +151,30 @@ def postgres_pids(pg: Any) -> list[int]:
     return out
 
 
-async def cpu_over(pids: dict[str, list[int]], pg: Any, duration: float) -> dict[str, float]:
+async def cpu_over(pids: dict[str, list[int]], pg: Any, duration: float, journal: Any = None) -> dict[str, float]:
     """CPU seconds of each group and of PostgreSQL over the middle of the sending window (from
-    10 % to 90 % of `duration`, away from the start and the books check), and that window."""
+    10 % to 90 % of `duration`, away from the start and the books check), and that window; with
+    `journal` (an async call giving the CP journal's counters) its group commits and records
+    written over the same window (`syncs`, `records`)."""
     await asyncio.sleep(duration * 0.1)
     groups = {**pids, "postgres": postgres_pids(pg)}
+    j0 = await journal() if journal is not None else None
     c0 = {k: proc_cpu(v) for k, v in groups.items()}
     t0 = time.monotonic()
     await asyncio.sleep(duration * 0.8)
     groups["postgres"] = sorted({*groups["postgres"], *postgres_pids(pg)})  # backends that came meanwhile count from 0
     out = {k: round(proc_cpu(v) - c0.get(k, 0.0), 3) for k, v in groups.items()}
     out["window"] = round(time.monotonic() - t0, 3)
+    if j0 is not None:
+        j1 = await journal()
+        out.update({k: j1[k] - j0[k] for k in ("syncs", "records")})
     return out
+
+
+async def journal_counts(d: Path) -> dict[str, int]:
+    """The sandbox CP's journal counters: group commits (syncs) and records written so far."""
+    j = (await status(d))["cp"]["journal"]
+    return {"syncs": int(j["syncs"]), "records": int(j["records_written"])}
 
 
 async def direct_run(pg: Any, n: int, a: argparse.Namespace, record: bool = True) -> dict[str, Any]:
@@ -344,6 +356,20 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
                 ["terminals", "run", "hsbcpd", "active host", "standby host", "terminals' process", "direct clients", "PostgreSQL", "total"], cpu_rows
             ),
         ]
+    gc = []
+    for t in res["throughput"]:
+        per = [
+            (c["syncs"] / (x["rate"] * c["window"]), c["records"] / (x["rate"] * c["window"]))
+            for x in t["runs"]["hsb"]
+            if (c := x.get("cpu_s")) and x["rate"] and c.get("window") and "syncs" in c
+        ]
+        if per:
+            gc.append(
+                f"{t['terminals']:,} terminals: {median([g for g, _ in per]):.2f} group commits and"
+                f" {median([r for _, r in per]):.2f} records written per transfer"
+            )
+    if gc:
+        out += ["", "The CP journal over the same window (hsb runs, median): " + "; ".join(gc) + "."]
     if res["failover"]:
         f = res["failover"]
         out += [

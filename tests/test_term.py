@@ -697,6 +697,30 @@ async def test_pause_of_half_the_terminals_is_the_headline(fake: FakeCP) -> None
     assert op["all_served_ms"] is not None and op["all_served_ms"] >= 450, op
     assert op["terminals_in_flight"] >= 1 and op["messages"] > op["in_flight"] > 0
     assert r.service_gap["ms"] < 400, r.service_gap  # why the aggregated figure is not the headline
+    # nobody was disconnected or switched: "every terminal back" has no figure, and says why
+    assert op["all_back_ms"] is None and op["not_back"] == 10, op
+
+
+async def test_every_terminal_back_after_a_mass_disconnect_is_the_terminals_own_figure(fake: FakeCP) -> None:
+    """The CP drops every connection at the mark: each terminal logs on again, and the report's
+    `all_back_ms` is when the last of them had its session open again, from the terminals' side."""
+    marks: list[tuple[str, float]] = []
+    sending = asyncio.Event()
+    task = asyncio.ensure_future(
+        run_load(("127.0.0.1", fake.port), terminals=20, rate=200, duration=1.5, settle=5, sending=sending, marks=marks, expect_disconnects=True)
+    )
+    await asyncio.wait_for(sending.wait(), 10)
+    await wait_until(lambda: len(fake.deliveries) >= 40, 10, "some traffic")
+    t_mark = time.time()
+    marks.append(("drop", t_mark))
+    assert fake.drop_all() == 20
+    await wait_until(lambda: sum(1 for c in fake.conns if c.tr is not None) == 20, 10, "every terminal connected again")
+    t_seen = time.time()
+    r = await asyncio.wait_for(task, 20)
+    assert r.ok, r.failures
+    op = r.pause
+    assert op is not None and op["not_back"] == 0, op
+    assert op["all_back_ms"] is not None and 0 < op["all_back_ms"] <= (t_seen - t_mark) * 1000 + 1000, (op, t_seen - t_mark)
 
 
 async def test_short_full_outage_is_measured_whole(fake: FakeCP) -> None:

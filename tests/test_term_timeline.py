@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hsb.term.timeline import Timeline
+from hsb.term.timeline import BackTimes, Timeline
 
 
 def test_window_says_when_the_worst_paused_message_was_sent() -> None:
@@ -30,3 +30,16 @@ def test_window_worst_of_a_message_in_flight_is_sent_before_the_operation() -> N
     tl.add(10.1, 10.15, 1)
     w = tl.window(10.0, after_s=1.0)
     assert w["worst_ms"] == 900.0 and w["worst_sent_ms"] == -500.0 and w["worst_by_100ms"][0] == 900.0
+
+
+def test_every_terminal_back_is_the_last_terminals_first_logon_or_switch_after_the_operation() -> None:
+    b = BackTimes(3)
+    for t in range(3):
+        b.add(t, 1.0)  # the first logons, before the operation
+    b.add(0, 10.2)  # back 200 ms after it
+    b.add(0, 10.9)  # a later logon of the same terminal does not count
+    b.add(1, 10.5)  # switched 500 ms after it: the last one back
+    b.add(2, 10.4)
+    assert b.after(10.0) == {"all_back_ms": 500.0, "not_back": 0}
+    assert b.after(10.45) == {"all_back_ms": None, "not_back": 1}  # terminal 2 not back after 10.45
+    assert BackTimes(4).after(0.0) == {"all_back_ms": None, "not_back": 4}  # none ever logged on

@@ -41,7 +41,7 @@ from hsb.term.client import WELCOMED, Listener, TerminalClient, new_id_base, par
 from hsb.term.connector import Connector
 from hsb.term.report import LoadReport, iso
 from hsb.term.stats import GapTracker, LatencyHistogram
-from hsb.term.timeline import Timeline
+from hsb.term.timeline import BackTimes, Timeline
 from hsb.term.verdict import Verdict, id_ranges, judge_marks
 from hsb.wire.framing import ProtocolError
 
@@ -86,6 +86,7 @@ class LoadStats(Listener):
         self.refill = False  # closed loop: each first reply sends the terminal's next message
         self.replied_sending = 0  # first replies that arrived in the sending phase
         self.timeline = Timeline()  # send and reply time of every answered message
+        self.back = BackTimes(terminals)  # when each terminal logged on or was switched
         # sends owed, each its due time: by terminals whose window was full, or not logged on
         self.deferred: dict[TerminalClient, deque[float]] = {}
         # owed sends go out until then (monotonic): the sending phase, and the first part of the
@@ -120,6 +121,8 @@ class LoadStats(Listener):
             asyncio.get_running_loop().call_soon(self.on_welcome_hook, c)
 
     def on_session(self, c: TerminalClient, state: str, epoch: int, reason: str | None, first_open: bool) -> None:
+        if state == "open" and self.counting:
+            self.back.add(c.idx, time.monotonic())
         if first_open:
             self.sessions += 1
             if self.sessions >= self.terminals:
@@ -182,6 +185,7 @@ class LoadStats(Listener):
     def on_switched(self, c: TerminalClient, epoch: int) -> None:
         if self.counting:
             self.switched += 1
+            self.back.add(c.idx, time.monotonic())
 
     def on_error(self, c: TerminalClient, code: str, msg: str) -> None:
         if self.counting:
@@ -491,7 +495,14 @@ async def run_load(
     report.disconnects_standby_capable = sum(c.disconnects for c in clients if c.name not in classic_set)
     report.session_closed_standby_capable = sum(c.session_closed for c in clients if c.name not in classic_set)
     report.operations = [
-        {"label": label, "at": round(at, 6), "at_iso": iso(at), **stats.timeline.window(at - wall_offset, after_s)} for label, at in (marks or [])
+        {
+            "label": label,
+            "at": round(at, 6),
+            "at_iso": iso(at),
+            **stats.timeline.window(at - wall_offset, after_s),
+            **stats.back.after(at - wall_offset),
+        }
+        for label, at in (marks or [])
     ]
     report.after_s = after_s
     report.resume = resume

@@ -15,6 +15,11 @@ the pause around any moment can be measured exactly:
   a message in flight at the operation); `None` if nothing was in flight, or a
   reply never came (`unanswered` tells which).
 
+Apart from the messages, `BackTimes` keeps when each terminal's session opened (a logon) or
+was switched to another active: **every terminal back** after an operation that disconnects or
+switches them all (a CP restart, a CP machine's loss, a failover) is when the last terminal had
+one of those after it, as the terminals themselves saw it (`None` while one never had).
+
 A message's send time is when it was due: one whose turn came while its
 terminal was not logged on (a conventional failover disconnected it) or its
 window was full waits before it can go out, and that wait is part of its reply's
@@ -104,6 +109,35 @@ class Timeline:
             "worst_sent_ms": _ms(None if worst_sent is None else worst_sent - t_op),  # < 0: in flight at it
             "worst_by_100ms": [round(w * 1000.0, 1) for w in buckets],
         }
+
+
+class BackTimes:
+    """When each terminal (by its index in the run) had its session opened or switched."""
+
+    __slots__ = ("at", "terminals")
+
+    def __init__(self, terminals: int) -> None:
+        self.terminals = terminals
+        self.at: dict[int, array[float]] = {}  # a few entries a terminal: one per logon or switch
+
+    def add(self, term: int, now: float) -> None:
+        a = self.at.get(term)
+        if a is None:
+            a = self.at[term] = array("d")
+        a.append(now)
+
+    def after(self, t_op: float) -> dict[str, Any]:
+        """`all_back_ms`: from `t_op` until the last terminal was back (its first logon or switch
+        after it); None, with `not_back` the count, while some terminal had neither."""
+        last = t_op
+        missing = self.terminals - len(self.at)
+        for a in self.at.values():
+            first = next((t for t in a if t >= t_op), None)
+            if first is None:
+                missing += 1
+            elif first > last:
+                last = first
+        return {"all_back_ms": None if missing else _ms(last - t_op), "not_back": missing}
 
 
 def _ms(v: float | None) -> float | None:
