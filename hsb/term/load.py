@@ -86,7 +86,7 @@ class LoadStats(Listener):
         self.refill = False  # closed loop: each first reply sends the terminal's next message
         self.replied_sending = 0  # first replies that arrived in the sending phase
         self.timeline = Timeline()  # send and reply time of every answered message
-        self.back = BackTimes(terminals)  # when each terminal logged on or was switched
+        self.back_times = BackTimes(terminals)  # when each terminal logged on or was switched
         # sends owed, each its due time: by terminals whose window was full, or not logged on
         self.deferred: dict[TerminalClient, deque[float]] = {}
         # owed sends go out until then (monotonic): the sending phase, and the first part of the
@@ -122,7 +122,7 @@ class LoadStats(Listener):
 
     def on_session(self, c: TerminalClient, state: str, epoch: int, reason: str | None, first_open: bool) -> None:
         if state == "open" and self.counting:
-            self.back.add(c.idx, time.monotonic())
+            self.back_times.add(c.idx, time.monotonic())
         if first_open:
             self.sessions += 1
             if self.sessions >= self.terminals:
@@ -185,7 +185,7 @@ class LoadStats(Listener):
     def on_switched(self, c: TerminalClient, epoch: int) -> None:
         if self.counting:
             self.switched += 1
-            self.back.add(c.idx, time.monotonic())
+            self.back_times.add(c.idx, time.monotonic())
 
     def on_error(self, c: TerminalClient, code: str, msg: str) -> None:
         if self.counting:
@@ -500,7 +500,7 @@ async def run_load(
             "at": round(at, 6),
             "at_iso": iso(at),
             **stats.timeline.window(at - wall_offset, after_s),
-            **stats.back.after(at - wall_offset),
+            **stats.back_times.after(at - wall_offset),
         }
         for label, at in (marks or [])
     ]
