@@ -102,6 +102,13 @@ async def test_a_redelivered_request_this_code_cannot_read_gets_the_stored_reply
         assert '"bad_request"' in await svc.handle("T1", 4, deposit, True)  # redelivered, nothing stored
         # another request under a recorded id (ids used again): not that one's reply
         assert '"bad_request"' in await svc.handle("T1", 2, '{"op":"deposit","account":"alice","amount":8}', True)
+        # a refusal is recorded as the answer: the same message redelivered to a host whose code
+        # reads it (a rollback of the upgrade) gets the refusal again, and is not applied
+        refusal = await svc.handle("T1", 3, deposit, True)
+        monkeypatch.setattr(ledger, "parse", read)
+        assert await svc.handle("T1", 3, deposit, True) == refusal
+        assert '"bad_request"' in await svc.handle("T1", 4, deposit, False)  # unmarked: meets the record all the same
+        assert '"balance":7' in await svc.handle("T1", 5, '{"op":"balance","account":"alice"}', False)
     finally:
         await svc.close()
 

@@ -229,27 +229,37 @@ class LedgerService:
         try:
             req: Request | None = parse(data)
             refused = ""
-        except BadRequest as exc:  # nothing to record: the same answer every time this code reads it
+        except BadRequest as exc:
             req, refused = None, dumps({"ok": False, "error": "bad_request", "msg": str(exc)})
-            if not redelivered:
-                return refused
         if not self.ready:
-            try:
-                await self._setup()  # ServiceUnavailable if the database is not there yet: retried
-            except RetryTransaction as exc:  # busy (another host's transaction): waits, not an error reply
-                raise ServiceUnavailable(f"database busy while setting up: {exc}") from exc
-        if req is None:  # redelivered: a host whose code read it (before an upgrade) may have applied it
-            prior = await self.once.stored(terminal, message_id, request=data)
-            return prior if prior is not None else refused
+            await self._setup_or_wait()
 
         async def effect(tx: Tx) -> str:
-            assert req is not None
+            if req is None:  # refused: recorded like any answer, so that it is the only one
+                return refused
             return await apply(tx, terminal, message_id, req)
 
+        # A refusal goes through the record too: a host whose code read the request (before an
+        # upgrade) may be applying it right now, and its record, once committed, is the answer
         try:
             return await self.once.run(terminal, message_id, redelivered, effect, request=data)
         except RequestMismatch as exc:  # the id was used before, by another request: not applied
-            return dumps({"ok": False, "error": "id_reused", "msg": str(exc)})
+            return refused or dumps({"ok": False, "error": "id_reused", "msg": str(exc)})
+
+    async def _setup_or_wait(self) -> None:
+        """The tables made (or found): any failure holds the message (retried, the service shown
+        failing) and names the fix; none is the request's, so none becomes its reply."""
+        try:
+            await self._setup()
+        except ServiceUnavailable:  # the database not there yet
+            raise
+        except RetryTransaction as exc:  # busy (another host's transaction): waits, not an error reply
+            raise ServiceUnavailable(f"database busy while setting up: {exc}") from exc
+        except Exception as exc:
+            raise ServiceUnavailable(
+                f"ledger setup failed ({type(exc).__name__}: {exc}): the database role must own, or be able to create and"
+                " alter, the tables ledger_accounts, ledger_entries and hsb_idempotency (docs/ledger.md)"
+            ) from exc
 
     def cp_bounds(self, held_bound: int) -> None:
         """At each registration: the CP holds up to `held_bound` messages per terminal; a record

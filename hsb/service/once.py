@@ -132,6 +132,7 @@ class ExactlyOnce:
         self._due_sql, self._delete_sql, self._touch_sql = (q.format(now=now) for q in (_DUE, _DELETE, _TOUCH))
         self.keep = float(keep)
         self.keep_last = int(keep_last)
+        self.held_bound = 0  # the largest the CP said (check_keep_last): a prune keeps at least that many
         self.prune_every = float(prune_every)
         self.prune_batch = int(prune_batch)  # rows deleted per transaction
         # record=False runs the effect alone: only for measuring what the record costs
@@ -145,15 +146,18 @@ class ExactlyOnce:
         log.warning("idempotency_request_mismatch", terminal=terminal, id=message_id, msg="not applied, not answered with its reply: ids used again?")
 
     def check_keep_last(self, held_bound: int) -> bool:
-        """Whether `keep_last` covers the CP's `held_bound` (said as an error if not: a message the
-        CP still holds could find its record pruned, and be applied again when redelivered)."""
+        """Whether `keep_last` covers the CP's `held_bound` (said as an error if not). A prune
+        keeps the largest held_bound said so far anyway: a message the CP still holds must not
+        find its record pruned, and be applied again when redelivered."""
+        self.held_bound = max(self.held_bound, int(held_bound))
         if not self.record or self.keep_last >= held_bound:
             return True
         log.error(
             "idempotency_keep_last_below_held_bound",
             keep_last=self.keep_last,
             held_bound=held_bound,
-            msg=f"set [service_options] keep_last to at least {held_bound} (the CP's held_bound), or lower held_bound at the CP",
+            msg=f"prunes keep {held_bound} records a terminal meanwhile; set [service_options] keep_last to at least {held_bound}"
+            " (the CP's held_bound), or lower held_bound at the CP",
         )
         return False
 
@@ -179,6 +183,18 @@ class ExactlyOnce:
             except RetryTransaction:
                 self.counters["collisions"] += 1
                 await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+            except (ServiceUnavailable, RequestMismatch):
+                raise
+            except Exception:
+                # The effect's own error. A redelivered message may have met the first run of
+                # it, still open on the host that had it before (an insert of the same key
+                # waited for that commit, then failed on it): that run's reply is the answer.
+                if redelivered and self.record:
+                    prior = await self.stored(terminal, message_id, request)
+                    if prior is not None:
+                        self.counters["replayed"] += 1
+                        return prior
+                raise
         raise ServiceUnavailable(f"{MAX_RETRIES} transactions in a row collided for {terminal} message {message_id}")
 
     async def _once(self, terminal: str, message_id: int, redelivered: bool, effect: Effect, digest: int | None) -> str:
@@ -236,7 +252,7 @@ class ExactlyOnce:
         deleted = 0
         for terminal in sorted(ids):  # (one order for every host: two prunes at once do not deadlock)
             seen = ids[terminal]
-            cut = await tx.fetchval(_CUT, terminal, self.keep_last - 1)
+            cut = await tx.fetchval(_CUT, terminal, max(self.keep_last, self.held_bound) - 1)
             below = -1 if cut is None else int(cut)  # may go: below its keep_last-th newest
             if min(seen) < below:
                 # the rows this DELETE removed, not a count before it: another host's prune
