@@ -486,3 +486,45 @@ def test_a_reload_sent_while_the_worker_dies_goes_to_the_next_worker(supervised:
         os.kill(master, signal.SIGCONT)
     wait_for(lambda: len(p.events("cp_started")) == 2, 15, what="the next worker listening")
     wait_for(lambda: p.events("config_reloaded"), 15, what="the reload, in the next worker")
+
+
+async def test_a_clean_stop_under_its_master_refuses_new_connections_at_once(supervised: Any, tmp_path: Path) -> None:
+    """SIGTERM to the master while its worker drains (the journal's storage held: the stop waits
+    about 2 s for a group commit): from the moment the worker stops serving, a new connection is
+    refused, as without a master. The listening sockets are the master's too; merely closed in the
+    worker they went on completing connections that nobody would accept, reset only when the
+    master exited (a terminal saw a connect succeed and its hello go unanswered)."""
+    import tomllib
+
+    from hsb.wire.client import request
+    from tests.support.hostclient import FakeTerminal
+    from tests.support.procs import SECRET, addr, arm_faults
+
+    ctl_file = tmp_path / "crash-cp"
+    ctl_file.write_text("")
+    p = supervised(env={"HSB_CRASH_CONTROL": str(ctl_file)}, journal_timeout=30)
+    p.wait_event("cp_started", timeout=15)
+    c = tomllib.loads((tmp_path / "cp.toml").read_text())["cp"]
+    term_host, term_port = c["terminal_listen"].rsplit(":", 1)
+    master = p.popen.pid
+    worker = worker_of(master)
+    t = await FakeTerminal.connect(c["terminal_listen"], "T00001")
+    await t.wait(lambda m: m["t"] == "welcome")
+    await arm_faults(ctl_file, worker, "storage hold")
+    t.send({"t": "msg", "id": 1, "data": "x"})
+    h, port = addr(c["admin_listen"])
+
+    deadline = time.monotonic() + 10
+    while not (await request(h, port, SECRET, {"t": "status"}))["data"]["journal"]["pending_records"]:
+        assert time.monotonic() < deadline, "no group commit held"
+        await asyncio.sleep(0.05)
+    os.kill(master, signal.SIGTERM)
+    await until(lambda: bool(p.events("cp_stopping")), 10, what="the worker stopping")
+    assert not [e for e in p.events() if e.get("event") == "cp_stopped"], "the stop ended before the window was observed"
+    # the worker is still draining (its journal's storage held): a connect now is refused
+    with pytest.raises(ConnectionRefusedError):
+        _, w = await asyncio.open_connection(term_host, int(term_port))
+        w.close()
+    assert p.popen.poll() is None and not gone(worker)  # still inside the stop while it was refused
+    assert await asyncio.to_thread(p.popen.wait, 15) == 0
+    await t.close()

@@ -584,6 +584,15 @@ class CPServer(Waiting):
             self._tickling.cancel()
         for srv in self.servers:
             srv.close()
+        # Under a master (--supervise) these listening sockets are also the master's: closed
+        # here, they would go on completing connections nobody accepts, reset only when the
+        # master exits. Shut down, they refuse at once, as without a master (the master exits
+        # after any worker that stops: no next worker needs them).
+        for held in supervise.LISTENERS.values():
+            try:
+                held.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
         if self.cp is not None and not self.superseded:
             # nothing new is taken from the connections still open (closing the listeners does
             # not stop them): the journal's drain below then finishes instead of meeting new

@@ -283,20 +283,28 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
         while os.read(r, 1):  # nothing is written: its end is the worker's end (signals: PEP 475)
             pass
         os.close(r)
+        worker = 0  # (a reload or wake from now on is owed to the next worker, not sent to a dead pid)
         status = _exit_status(pid)  # how it ended, read before the kernel has closed its sockets
         if status is not None and os.WIFSIGNALED(status):
             dying.append(pid)  # reaped once torn down (SIGCHLD; now if that came already)
             reap(block=False)
         else:  # an exit (or no word from /proc): not in a hurry, wait for it to be gone
             _, status = os.waitpid(pid, 0)
-        worker = 0
         if os.WIFEXITED(status):
             reap(block=True)
             return os.waitstatus_to_exitcode(status)
         if stopping:  # killed while stopping: by the stop itself (before its handlers were up) is a stop
             reap(block=True)
             sig = os.WTERMSIG(status)
-            return 0 if sig in (signal.SIGTERM, signal.SIGINT) else 128 + sig
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                return 0
+            log.warning(
+                "cp_worker_died_stopping",
+                pid=pid,
+                signal=_signal_name(sig),
+                msg="the CP crashed while it stopped: recovered from its journal at the next start",
+            )
+            return 128 + sig
         name = _signal_name(os.WTERMSIG(status))
         now = time.monotonic()
         deaths.append(now)
