@@ -411,6 +411,12 @@ def test_a_driver_in_a_state_it_did_not_expect_is_the_database_not_the_request()
     kind = classify_pg(asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress"))
     assert isinstance(kind, ServiceUnavailable)
     assert classify_pg(ValueError("a bug")) is None  # the application's own: still its error reply
+    # the driver's own DataError (an InterfaceError too): a value it cannot encode, nothing sent: a bug
+    assert classify_pg(asyncpg.exceptions._base.DataError("invalid input for query argument $1: 'x' (an integer is required)")) is None
+    assert isinstance(classify_pg(asyncpg.InterfaceError("cannot perform operation: connection is closed")), ServiceUnavailable)
+    # damaged data or index at the server: held, as SQLite's CORRUPT, not an error reply
+    assert isinstance(classify_pg(asyncpg.exceptions.DataCorruptedError("could not read block")), ServiceUnavailable)
+    assert isinstance(classify_pg(asyncpg.exceptions.IndexCorruptedError("index is corrupted")), ServiceUnavailable)
 
 
 @needs_pg

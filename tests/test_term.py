@@ -97,6 +97,7 @@ class FakeCP:
         self.withhold: Callable[[str], bool] = lambda name: False  # while paused: only these terminals wait
         self.arrivals: list[float] = []  # monotonic time of each new message
         self.paused = False
+        self.release_at_bye = False  # withheld replies go out when a terminal says bye
         self._parked: list[tuple[FakeTerm, int]] = []
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
@@ -207,6 +208,8 @@ class FakeCP:
             term.confirmed = max(term.confirmed, m["id"])
         elif t == "bye":
             term.byes += 1
+            if self.release_at_bye:  # as a CP hands over what it still held when a terminal logs off
+                self.resume()
             conn.tr.close()  # type: ignore[union-attr]
 
     def _schedule_reply(self, term: FakeTerm, mid: int) -> None:
@@ -721,6 +724,24 @@ async def test_every_terminal_back_after_a_mass_disconnect_is_the_terminals_own_
     op = r.pause
     assert op is not None and op["not_back"] == 0, op
     assert op["all_back_ms"] is not None and 0 < op["all_back_ms"] <= (t_seen - t_mark) * 1000 + 1000, (op, t_seen - t_mark)
+
+
+async def test_answers_that_come_only_at_the_logoff_are_late_not_on_time(fake: FakeCP) -> None:
+    """Replies withheld from one terminal until it says bye (a CP hands over what it still held
+    when a terminal logs off): they arrive after the settle time, so the run is not OK. Judged
+    after the logoff, those messages looked answered."""
+    name = terminal_names(4)[0]
+    fake.release_at_bye = True
+    sending = asyncio.Event()
+    task = asyncio.ensure_future(run_load(("127.0.0.1", fake.port), terminals=4, rate=100, duration=0.6, settle=0.5, sending=sending))
+    await asyncio.wait_for(sending.wait(), 10)
+    await wait_until(lambda: len(fake.deliveries) >= 4, 10, "some traffic")
+    fake.pause(lambda n: n == name)
+    r = await asyncio.wait_for(task, 20)
+    assert fake.terms[name].byes == 1  # it logged off, and got the withheld replies then
+    assert r.lost >= 1 and r.late_at_logoff == r.lost + r.unacked, (r.lost, r.unacked, r.late_at_logoff)
+    assert not r.ok and any(f.startswith("lost: ") for f in r.failures), r.failures
+    assert all(i.startswith(f"{name}:") for i in r.lost_ids), r.lost_ids
 
 
 async def test_short_full_outage_is_measured_whole(fake: FakeCP) -> None:

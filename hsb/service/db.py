@@ -89,8 +89,8 @@ _UNAVAILABLE_PREFIXES = ("08", "53", "57P", "58")
 # during the database's own failover); our idle-in-transaction timeout (a stall of this process);
 # the database missing (being restored); authentication refused (being fixed); a lock not had
 # within the role's lock_timeout (a row held by another session: a stopped old active's, say):
-# none is the request's
-_UNAVAILABLE_STATES = {"57014", "25006", "25P03", "3D000", "28000", "28P01", "55P03"}
+# damaged data or index (XX001, XX002: the server's, as SQLite's CORRUPT): none is the request's
+_UNAVAILABLE_STATES = {"57014", "25006", "25P03", "3D000", "28000", "28P01", "55P03", "XX001", "XX002"}
 _RETRY_STATES = {"40001", "40P01"}  # serialization failure, deadlock
 
 
@@ -107,6 +107,10 @@ def classify_pg(exc: BaseException) -> BaseException | None:
         return ServiceUnavailable(f"database unavailable: {type(exc).__name__}: {exc}")
     # InternalClientError: the driver's connection in a state it did not expect (seen while the
     # server restarted): the connection's fault, not the request's
+    # (not the driver's DataError, an InterfaceError too: a value this code gave that it cannot
+    # encode, nothing sent, a bug that an error reply names rather than a retry for ever)
+    if isinstance(exc, asyncpg.exceptions._base.DataError):
+        return None
     if isinstance(exc, (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)):
         return ServiceUnavailable(f"database unreachable: {type(exc).__name__}: {exc}".rstrip(": "))
     return None

@@ -34,7 +34,7 @@ import random
 import resource
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from hsb.term.client import WELCOMED, Listener, TerminalClient, new_id_base, parse_hostport
@@ -87,6 +87,8 @@ class LoadStats(Listener):
         self.replied_sending = 0  # first replies that arrived in the sending phase
         self.timeline = Timeline()  # send and reply time of every answered message
         self.back_times = BackTimes(terminals)  # when each terminal logged on or was switched
+        self.late_at_logoff = 0  # messages answered or acknowledged only after the settle time (failures)
+        self.owed_dropped = 0  # sends owed beyond MAX_DEFERRED a terminal: never made
         # sends owed, each its due time: by terminals whose window was full, or not logged on
         self.deferred: dict[TerminalClient, deque[float]] = {}
         # owed sends go out until then (monotonic): the sending phase, and the first part of the
@@ -176,6 +178,8 @@ class LoadStats(Listener):
         owed = self.deferred.setdefault(c, deque())
         if len(owed) < MAX_DEFERRED:
             owed.append(due)
+        else:
+            self.owed_dropped += 1  # (never sent: reported as owed_unsent)
 
     def on_welcome_hook(self, c: TerminalClient) -> None:
         if c in self.deferred and self.owing():
@@ -421,6 +425,8 @@ async def run_load(
     sched: asyncio.Task[None] | None = None
     send_start = send_end = settle_end = t0
     not_back: list[TerminalClient] = []
+    settled: dict[TerminalClient, bytes] | None = None  # the marks at the end of the settle time
+    owed_unsent = 0
     try:
         connector.start()
         for c in clients:
@@ -470,6 +476,13 @@ async def run_load(
             await asyncio.sleep(NOT_BACK_POLL)
         not_back = _not_back(clients)
         settle_end = time.monotonic()
+        # what each terminal had been acknowledged and answered by now: the logoff that follows
+        # makes the CP hand over what it still held, and an answer that came only then is late,
+        # not on time (lost and unacknowledged are judged on this)
+        settled = {c: bytes(c.marks) for c in clients}
+        # sends that fell due while a terminal could not send (away, or its window full) and were
+        # never made: no message, so nothing lost, but a pause its user saw (in the timeline)
+        owed_unsent = sum(len(q) for q in stats.deferred.values()) + stats.owed_dropped
         stats.gap.finish(settle_end)
         for c in clients:  # (from when each was due: a send that waited, waited for its answer too)
             for mid, t_sent in c.outstanding.items():
@@ -485,7 +498,7 @@ async def run_load(
         await _shutdown(clients, connector)
     if progress is not None:
         progress(stats.snapshot("done", time.monotonic() - t0))
-    report = _report(clients, stats, 0.0 if closed_loop else rate, send_start, send_end, settle_end, t0, wall_offset, not_back)
+    report = _report(clients, stats, 0.0 if closed_loop else rate, send_start, send_end, settle_end, t0, wall_offset, not_back, settled)
     report.closed_loop = closed_loop
     report.window = window
     report.check_data = check_data
@@ -494,6 +507,8 @@ async def run_load(
     report.classic = len(classic_set & set(names))
     report.disconnects_standby_capable = sum(c.disconnects for c in clients if c.name not in classic_set)
     report.session_closed_standby_capable = sum(c.session_closed for c in clients if c.name not in classic_set)
+    report.late_at_logoff = stats.late_at_logoff
+    report.owed_unsent = owed_unsent
     report.operations = [
         {
             "label": label,
@@ -558,10 +573,20 @@ def _report(
     t0: float,
     wall_offset: float,
     not_back: Sequence[TerminalClient] = (),
+    settled: Mapping[TerminalClient, bytes] | None = None,
 ) -> LoadReport:
     total = Verdict()
     for c in clients:
-        total.add(judge_marks(c.marks, base=c.base, stride=c.stride, unexpected=c.unexpected + c.early, name=c.name))
+        v = judge_marks(c.marks, base=c.base, stride=c.stride, unexpected=c.unexpected + c.early, name=c.name)
+        then = settled.get(c) if settled is not None else None
+        if then is not None and then != c.marks:
+            # answers that came only with the logoff (after the settle time) do not count: lost and
+            # unacknowledged as the settle time ended; a second reply is a duplicate whenever it came
+            at = judge_marks(then, base=c.base, stride=c.stride, name=c.name)
+            v.acked, v.replied, v.lost, v.unacked = at.acked, at.replied, at.lost, at.unacked
+            v.lost_ids, v.unacked_ids = at.lost_ids, at.unacked_ids
+            stats.late_at_logoff += at.lost + at.unacked
+        total.add(v)
     welcomed = [c.welcomed_at for c in clients if c.welcomed_at is not None]
     opened = [c.session_at for c in clients if c.session_at is not None]
     gap = stats.gap.longest

@@ -16,7 +16,10 @@ SPEC §5.6 and the terminal link, each with its reason:
   `check_data=False` for services that answer otherwise;
 - **unacknowledged**: sent and never acknowledged by the end of the settle
   time (a CP that silently ignores a message breaks its promise as surely as
-  one that loses it);
+  one that loses it). Lost and unacknowledged are judged as the settle time
+  ends: an answer that comes only with the terminals' logoff after it (the CP
+  hands over what it still held when a terminal says bye) is too late, and
+  `late_at_logoff` counts such messages;
 - **not logged on**: terminals that were never welcomed;
 - **disconnects / session closures** of standby-capable terminals (a
   fast-switch failover must not disconnect them); allowed with
@@ -91,6 +94,8 @@ class LoadReport:
     resent_foreign: int = 0  # resent replies for ids of an earlier run of the terminal (ignored)
     unexpected_acks: int = 0  # acknowledgements of ids never sent (misdelivered or made up)
     not_back: int = 0  # terminals not logged on again, or without their session again, by the end of the run
+    late_at_logoff: int = 0  # of lost + unacked: answered or acknowledged only during the logoff after the settle
+    owed_unsent: int = 0  # sends that fell due while a terminal could not send, never made (a pause, not a loss)
     not_back_names: list[str] = field(default_factory=list)  # a sample
     cp_reconnects: int = 0  # disconnects after which the CP could not be reached for a while (a CP restart)
     resent: int = 0
@@ -248,6 +253,8 @@ def format_table(r: LoadReport) -> str:
         ("unexpected", f"{r.unexpected} ({r.unexpected_early} before their ack)"),
         ("bad data", f"{r.bad_data}{_shape_only(r)}" if r.check_data else "not checked (--no-check-data)"),
         ("unacknowledged", str(r.unacked)),
+        *([("late at logoff", f"{r.late_at_logoff} of those answered only when the terminals logged off (too late)")] if r.late_at_logoff else []),
+        *([("owed, not sent", f"{r.owed_unsent} sends fell due while a terminal could not send and were never made")] if r.owed_unsent else []),
         ("resent", f"{r.resent} messages; {r.resent_ignored} replies resent by the CP were already here" + ("" if r.resume else " (not resuming)")),
         (
             "disconnects",
