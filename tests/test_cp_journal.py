@@ -94,6 +94,38 @@ def test_damage_inside_a_group_stops_with_the_groups_offset_and_until_stops_insi
     assert exc.value.offset == len(first) and "a valid record follows" in str(exc.value)
 
 
+def test_a_last_segment_still_being_written_reads_as_damaged_then_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CP taking over reads the last segment while the superseded CP (on the other machine, not
+    yet aware) still writes it: a flush of two group records, the second landed in the read, the
+    first not yet. That reads as damage in the middle; the read is made again, and the journal
+    recovers whole once the writes have landed. Damage that stays stops the start as before."""
+    from hsb.cp.journal import recovery
+
+    pack = packer()
+    first = group([pack(["ck", 1, "host-a", 0, {}]), pack(["se"])])
+    second = group([pack(["a", "T1", i, b"x"]) for i in (1, 2)])
+    third = group([pack(["a", "T1", i, b"y"]) for i in (3, 4)])
+    p = _segment(tmp_path, 1, [])
+    whole = first + second + third
+    p.write_bytes(whole)
+    landing = first + bytes(len(second)) + third  # the second group not yet there, the third is
+    reads: list[int] = []
+    real = recovery._read
+
+    def read(path: Path) -> bytes:
+        reads.append(1)
+        return landing if len(reads) == 1 else real(path)
+
+    monkeypatch.setattr(recovery, "_read", read)
+    r = recover(tmp_path)
+    assert len(reads) == 2 and sorted(r.held["T1"]) == [1, 2, 3, 4]
+    monkeypatch.setattr(recovery, "_read", lambda path: landing)  # it never lands: damage, with its offset
+    monkeypatch.setattr(recovery, "RETRY_PAUSE_S", 0.001)
+    with pytest.raises(JournalDamaged) as exc:
+        recover(tmp_path)
+    assert exc.value.offset == len(first) and "a valid record follows" in str(exc.value)
+
+
 def test_a_restore_keeps_each_terminals_messages_in_id_order(tmp_path: Path) -> None:
     """Records carried forward sit out of id order; the CP gets every terminal's held messages and
     kept replies in id order all the same, marked as recovered, and counted."""

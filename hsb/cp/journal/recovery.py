@@ -38,6 +38,12 @@ generation check and its stop, deleting the segments it had settled) makes the w
 again from a new listing: a segment read before another was deleted may hold a message whose
 settling record was in the one deleted, and restoring it alone would deliver it again. After
 RETRIES listings in a row that lost a file the start stops (`JournalUnsettled`).
+
+The last segment read as damaged in its middle is read again the same way, RETRIES times at
+most: the CP that wrote it may still be writing it (superseded on another machine, not yet
+aware: its flush of several group records, each synced before the next, can land between two
+parts of this read, so that a record not yet there is followed by one that is). Damage that is
+still there after that stops the start as before, naming the file and the offset.
 """
 
 from __future__ import annotations
@@ -80,6 +86,15 @@ class _Vanished(Exception):
     """A segment file listed a moment ago is gone: read everything again (`_again`)."""
 
 
+class _Moving(Exception):
+    """The last segment read as damaged: read everything again (`_again`); the damage stands
+    once it is still there after RETRIES reads."""
+
+    def __init__(self, damage: JournalDamaged) -> None:
+        super().__init__(str(damage))
+        self.damage = damage
+
+
 def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
@@ -90,13 +105,17 @@ def _read(path: Path) -> bytes:
 def _again(d: Path, read: Callable[[], T]) -> T:
     """`read()` (a listing of `d` and its reads), started again from scratch while a file it
     listed vanishes before it is read, RETRIES times at most."""
+    last = ""
     for tries in range(1, RETRIES + 1):
         try:
             return read()
         except _Vanished as exc:
             last = str(exc)
-            if tries < RETRIES:
-                time.sleep(RETRY_PAUSE_S * tries)  # a superseded CP's deletions are a moment's work: let them end
+        except _Moving as exc:
+            if tries == RETRIES:
+                raise exc.damage from None
+        if tries < RETRIES:
+            time.sleep(RETRY_PAUSE_S * tries)  # a superseded CP's deletions or last writes are a moment's work: let them end
     raise JournalUnsettled(d, RETRIES, last)
 
 
@@ -298,7 +317,12 @@ def _recover(d: Path, truncate: bool) -> Recovered:
         # read before it may need what it held (a message's settling record)
         buf = _read(path)
         r.bytes_read += len(buf)
-        recs, good, torn = scan(buf, str(path))
+        try:
+            recs, good, torn = scan(buf, str(path))
+        except JournalDamaged as exc:
+            if i == len(segs) - 1:
+                raise _Moving(exc) from None
+            raise
         if torn is not None:
             if i != len(segs) - 1:
                 raise JournalDamaged(str(path), good, f"{torn}, in a segment that is not the last one")
