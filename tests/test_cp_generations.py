@@ -344,3 +344,32 @@ async def test_a_cp_superseded_while_it_takes_over_deletes_nothing_and_stops(tmp
         assert recover(journal).held["T00001"].keys() == {5}
     finally:
         await s.shutdown()
+
+
+def test_a_far_behind_cps_check_meeting_a_prune_still_finds_itself_superseded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The newest CP prunes old generation files oldest first, and a check (the thread's, and the
+    io_uring chain's) looks for the next generation's file before its own: a check that lands in
+    the middle of a prune finds the next one still there or its own gone. Deleting newest first
+    (or looking at its own file first) let a CP 10+ generations behind see its own file there and
+    the next one gone, and acknowledge what the new CP never reads."""
+    from hsb.cp.journal import generation as genmod
+
+    for g in range(1, 16):
+        (tmp_path / gen_name(g)).write_text("")
+    gens = Generations(tmp_path)
+    deleted: list[int] = []
+    real_unlink = os.unlink
+
+    def unlink(p: Any) -> None:
+        deleted.append(int(Path(p).name[4:]))
+        real_unlink(p)
+
+    monkeypatch.setattr(genmod.os, "unlink", unlink)
+    gens.prune(15)
+    assert deleted == sorted(deleted) and deleted, deleted  # oldest first
+    # the thread's check: the next generation's file is looked at before its own
+    looked: list[str] = []
+    monkeypatch.setattr(genmod, "_there", lambda p: looked.append(Path(p).name) or Path(p).exists())
+    with pytest.raises(Exception, match="newer|supersed"):
+        gens.check(14)
+    assert looked[0] == gen_name(15), looked

@@ -123,6 +123,29 @@ async def test_a_newer_generation_stops_acknowledgements_through_the_ring(tmp_pa
         j.close()
 
 
+@needs_ring
+async def test_the_rings_check_looks_for_the_next_generation_before_its_own(tmp_path: Path, monkeypatch: Any) -> None:
+    """Newer CPs prune generation files oldest first; the chain's two statx look for the next
+    generation's file, then this CP's own: a check that lands in a prune never sees its own
+    there and the next one already gone (test_cp_generations has the thread's check)."""
+    j = open_journal(tmp_path)
+    try:
+        ring = j._ring
+        assert ring is not None
+        real = ring.write_sync_check
+        seen: list[list[str]] = []
+
+        def chain(fd: int, data: bytes, off: int, paths: Any, done: Any) -> None:
+            seen.append([Path(os.fsdecode(p)).name for p in paths])
+            real(fd, data, off, paths, done)
+
+        monkeypatch.setattr(ring, "write_sync_check", chain)
+        await durable(j, ["a", "T1", 1, "x"])
+        assert seen and seen[-1] == [gen_name(j.gen + 1), gen_name(j.gen)], seen
+    finally:
+        j.close()
+
+
 def hang_segment(j: Journal, w: int) -> tuple[int, int]:
     """The current segment's descriptor swapped for `w`, the write end of a pipe filled up: a
     write to it waits in the kernel as on a hung mount. (segment, its real descriptor)."""

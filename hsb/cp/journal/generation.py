@@ -139,10 +139,12 @@ class Generations:
         return n, max(0.0, time.time() - mtime_ns / 1e9)
 
     def prune(self, own: int) -> None:
-        for name in os.listdir(self.dir):
-            m = GEN.match(name)
-            if m and int(m.group(1)) < own - KEEP:
-                try:
-                    os.unlink(self.dir / name)
-                except FileNotFoundError:
-                    pass
+        """Delete the generation files older than the newest KEEP, oldest first: a far-behind CP
+        checks the next generation's file before its own, so during a prune it finds either the
+        next one still there or its own gone, never its own there and the next one gone."""
+        old = sorted(g for name in os.listdir(self.dir) if (m := GEN.match(name)) and (g := int(m.group(1))) < own - KEEP)
+        for g in old:
+            try:
+                os.unlink(self.dir / gen_name(g))
+            except FileNotFoundError:
+                pass

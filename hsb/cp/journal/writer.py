@@ -119,7 +119,9 @@ class GroupWriter:
             return
         self.io_used = "io_uring"
         own, nxt = self.dir / gen_name(self.gen), self.dir / gen_name(self.gen + 1)
-        self._gen_paths = (os.fsencode(own), os.fsencode(nxt))
+        # the next generation's file first, then our own: newer CPs prune generation files oldest
+        # first, so a check that meets a prune finds either the next one there or ours gone
+        self._gen_paths = (os.fsencode(nxt), os.fsencode(own))
         log.info("journal_io", io="io_uring")
 
     def _through_ring(self, batch: list[tuple[int, bytes]], callbacks: list[Done]) -> bool:
@@ -155,12 +157,12 @@ class GroupWriter:
         return True
 
     def _chained(self, res: list[int], t0: float, seg: int, size: int, batch: list[tuple[int, bytes]], callbacks: list[Done]) -> None:
-        """A group's io_uring chain completed: [bytes written, fdatasync, statx own, statx next]."""
+        """A group's io_uring chain completed: [bytes written, fdatasync, statx next, statx own]."""
         took = time.perf_counter() - t0
         if self._stopping:  # a blocking close() reaped it: nothing more is reported
             self._inflight = None
             return
-        wrote, synced, own, nxt = res
+        wrote, synced, nxt, own = res
         if wrote == size and synced == 0:
             self._offset[seg] += size
             if own == 0 and nxt == -errno.ENOENT:  # still ours: the group is durable, its acks may go
