@@ -113,6 +113,7 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
     from hsb.cp.journal.writer import check_io
     from hsb.cp.server import CPServer
     from hsb.cp.waiting import JournalMissing
+    from hsb.ops.mounts import nfs_fencing_problem
 
     async def run(supervisor: dict[str, Any] | None) -> int:
         cfg, secret = start_cfg, start_secret
@@ -123,6 +124,8 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
                 check_io(cfg.cp.journal_io)  # before any generation is taken
             except JournalIOUnavailable as exc:
                 die(str(exc), EXIT_CONFIG)
+            if cfg.cp.takeover == "on_wake" and (why := nfs_fencing_problem(cfg.cp.journal)):
+                die(why, EXIT_CONFIG)  # two CP machines: their fencing needs the server asked every time
         try:
             server = CPServer(cfg, secret, config_path)
         except OSError as exc:

@@ -34,7 +34,7 @@ from hsb.cp.admin import CPAdminProtocol
 from hsb.cp.config import CPConfig, CPSection
 from hsb.cp.core import CP
 from hsb.cp.host_link import HostProtocol
-from hsb.cp.journal import Journal, recover
+from hsb.cp.journal import Journal, JournalIOUnavailable, recover
 from hsb.cp.journal.generation import Generations, Superseded
 from hsb.cp.terminal_link import TerminalProtocol
 from hsb.cp.tickle import RESEND_AFTER_S, TickleList, not_back, previous_list, send_tickles
@@ -43,6 +43,7 @@ from hsb.ops.http import json_route, start_http
 from hsb.ops.limits import accept_queue_fits, listen_backlog, raise_nofile, somaxconn, storm_timing, terminals_fit
 from hsb.ops.metrics import CPCollector, registry_for
 from hsb.ops.metrics import render as render_metrics
+from hsb.ops.mounts import nfs_fencing_problem
 from hsb.ops.notify import Watchdog, notify
 from hsb.wire.conn import tcp_keepalive
 from hsb.wire.framing import encode
@@ -245,6 +246,8 @@ class CPServer(Waiting):
         d = Path(c.journal)
         if self._journal_missing(said=True):
             raise JournalMissing(MISSING.format(journal=c.journal))
+        if c.takeover == "on_wake" and (why := nfs_fencing_problem(c.journal)):  # (mounted since the start, say)
+            raise JournalIOUnavailable(why)
         gen = self.gens.take()  # durable before anything is read (SPEC §5.8)
         with gcpolicy.paused():
             r = recover(d)  # raises JournalDamaged (file and offset) on damage
