@@ -102,7 +102,7 @@ async def load_with(
     rate: float,
     duration: float | None = None,
     settle: float = 20.0,
-    expect_disconnects: bool = False,
+    expect_disconnects: bool | str = False,
     marks: list[tuple[str, float]] | None = None,
 ) -> Any:
     """Run the load; call `action()` once sending has started; return the report.

@@ -98,6 +98,7 @@ class FakeCP:
         self.arrivals: list[float] = []  # monotonic time of each new message
         self.paused = False
         self.release_at_bye = False  # withheld replies go out when a terminal says bye
+        self.cp_id: str | None = None  # the welcome's `cp` (the CP process), when set
         self._parked: list[tuple[FakeTerm, int]] = []
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
@@ -167,7 +168,7 @@ class FakeCP:
                 return
             term.conn = conn
             conn.term = term
-            conn.send({"t": "welcome", "terminal": name, "last_acked": term.last_acked})
+            conn.send({"t": "welcome", "terminal": name, "last_acked": term.last_acked, **({"cp": self.cp_id} if self.cp_id else {})})
             if self.open_session:
                 conn.send({"t": "session", "state": "open", "epoch": self.epoch})
             outbox, term.outbox = term.outbox, []
@@ -724,6 +725,36 @@ async def test_every_terminal_back_after_a_mass_disconnect_is_the_terminals_own_
     op = r.pause
     assert op is not None and op["not_back"] == 0, op
     assert op["all_back_ms"] is not None and 0 < op["all_back_ms"] <= (t_seen - t_mark) * 1000 + 1000, (op, t_seen - t_mark)
+
+
+async def test_only_the_cps_absence_explains_a_disconnect_when_only_a_cp_restart_is_expected(fake: FakeCP) -> None:
+    """expect_disconnects="cp" (a run that restarts the CP): a drop after which the same CP
+    process welcomes the terminal again, with no failed connect between, is a failure (a
+    failover's disconnect hidden by the CP restart's allowance); one after which another CP
+    process welcomes it is the restart's. True allows both (conventional mode)."""
+
+    async def run(expect: bool | str, restart: bool) -> Any:
+        fake.cp_id = "cp-1"
+        sending = asyncio.Event()
+        task = asyncio.ensure_future(
+            run_load(("127.0.0.1", fake.port), terminals=4, rate=80, duration=0.8, settle=3, sending=sending, expect_disconnects=expect)
+        )
+        await asyncio.wait_for(sending.wait(), 10)
+        await wait_until(lambda: len(fake.arrivals) >= 8, 10, "some traffic")
+        if restart:
+            fake.cp_id = "cp-2"  # another CP process welcomes them
+        fake.drop_all()
+        r = await asyncio.wait_for(task, 20)
+        fake.arrivals.clear()
+        return r
+
+    r = await run("cp", restart=False)
+    assert r.disconnects >= 4 and r.disconnects_cp_present >= 4 and not r.ok
+    assert any(f.startswith("disconnects with the CP present: ") for f in r.failures), r.failures
+    r = await run("cp", restart=True)
+    assert r.disconnects >= 4 and r.disconnects_cp_present == 0 and r.ok, r.failures
+    r = await run(True, restart=False)
+    assert r.disconnects_cp_present >= 4 and r.ok, r.failures
 
 
 async def test_answers_that_come_only_at_the_logoff_are_late_not_on_time(fake: FakeCP) -> None:

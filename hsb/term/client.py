@@ -173,6 +173,8 @@ class TerminalClient(asyncio.Protocol):
         "workload",
         "sent_upto",
         "mark_resent",
+        "dropped",
+        "cp_present_drops",
     )
 
     def __init__(
@@ -254,6 +256,10 @@ class TerminalClient(asyncio.Protocol):
         self.cp_reconnects = 0  # disconnects after which the CP could not be reached for a while
         self.last_switch = ""  # the kind in the last `switched` notice (failover, switchover, promote)
         self.protocol_errors = 0  # frames from the other side that broke the protocol
+        self.dropped = False  # a logged-on connection dropped, and no welcome since
+        # disconnects the CP's absence does not explain: welcomed again by the same CP process
+        # (its `cp`) with no failed connect between (a CP restart or takeover explains the rest)
+        self.cp_present_drops = 0
 
     # -- sending ---------------------------------------------------------
     @property
@@ -413,6 +419,7 @@ class TerminalClient(asyncio.Protocol):
         retry = self._next_backoff()
         if was == WELCOMED:
             self.disconnects += 1
+            self.dropped = True
         if was >= HELLO:
             self.listener.on_disconnect(self, exc, retry, was == WELCOMED)
         if self.connector is not None:
@@ -477,6 +484,10 @@ class TerminalClient(asyncio.Protocol):
 
     def _on_welcome(self, msg: dict[str, Any]) -> None:
         cp = msg.get("cp")
+        if self.dropped:
+            self.dropped = False
+            if isinstance(cp, str) and cp == self.cp_instance and not self.failed_since_drop:
+                self.cp_present_drops += 1
         if isinstance(cp, str):
             if self.cp_instance is not None and cp != self.cp_instance and not self.failed_since_drop:
                 # another CP process than before: it restarted, though its port never refused us

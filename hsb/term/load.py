@@ -348,7 +348,7 @@ async def run_load(
     closed_loop: bool = False,
     record_ids: bool = False,
     check_data: bool = True,
-    expect_disconnects: bool = False,
+    expect_disconnects: bool | str = False,
     classic: Collection[str] = (),
     marks: list[tuple[str, float]] | None = None,
     after_s: float = 1.0,
@@ -506,6 +506,7 @@ async def run_load(
     classic_set = frozenset(classic)
     report.classic = len(classic_set & set(names))
     report.disconnects_standby_capable = sum(c.disconnects for c in clients if c.name not in classic_set)
+    report.disconnects_cp_present = sum(c.cp_present_drops for c in clients if c.name not in classic_set)
     report.session_closed_standby_capable = sum(c.session_closed for c in clients if c.name not in classic_set)
     report.late_at_logoff = stats.late_at_logoff
     report.owed_unsent = owed_unsent

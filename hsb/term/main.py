@@ -160,8 +160,17 @@ async def _load_main(cp: tuple[str, int], **kw: Any) -> LoadReport:
 )
 @click.option(
     "--expect-disconnects",
-    is_flag=True,
+    "expect_disconnects",
+    flag_value=True,
+    default=False,
     help="Disconnects and session closures are expected (conventional mode, a CP restart): do not fail on them.",
+)
+@click.option(
+    "--expect-cp-restart",
+    "expect_disconnects",
+    flag_value="cp",
+    help="Only disconnects the CP's absence explains are expected (a CP restart or takeover): a terminal welcomed"
+    " again by the same CP process, with no failed connect between, still fails the run.",
 )
 @click.option(
     "--classic",

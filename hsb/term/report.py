@@ -23,7 +23,9 @@ SPEC §5.6 and the terminal link, each with its reason:
 - **not logged on**: terminals that were never welcomed;
 - **disconnects / session closures** of standby-capable terminals (a
   fast-switch failover must not disconnect them); allowed with
-  `expect_disconnects` (conventional mode, a CP restart) and always for the
+  `expect_disconnects` (conventional mode, a CP restart; with `"cp"` only those the
+  CP's absence explains: a terminal welcomed again by the same CP process, with no
+  failed connect between, is still a failure) and always for the
   terminals named `classic` (no standby session: the failover closes them by
   design);
 - **CP errors and protocol errors** (an error frame is a refusal; where disconnects
@@ -83,7 +85,10 @@ class LoadReport:
     bad_data: int = 0  # replies whose data was not what the service must answer
     check_data: bool = True
     workload: str = "echo"  # what the messages were: "echo" (answered with their data) or "ledger"
-    expect_disconnects: bool = False
+    # True: any disconnect is allowed (conventional mode); "cp": only those the CP's absence
+    # explains (a CP restart or takeover), not one after which the same CP process welcomed it again
+    expect_disconnects: bool | str = False
+    disconnects_cp_present: int = 0  # of standby-capable terminals, welcomed again by the same CP process
     classic: int = 0  # terminals of the run without a standby session (their disconnects are allowed)
     disconnects_standby_capable: int = 0
     session_closed_standby_capable: int = 0
@@ -178,6 +183,12 @@ class LoadReport:
                 )
             if self.session_closed_standby_capable:
                 out.append(f"session closed: {self.session_closed_standby_capable} session closures of standby-capable terminals")
+        elif self.expect_disconnects == "cp" and self.disconnects_cp_present:
+            out.append(
+                f"disconnects with the CP present: {self.disconnects_cp_present} of terminals that should have kept their"
+                " connection were welcomed again by the same CP process, with no failed connect between (only a CP"
+                " restart or takeover may disconnect them in this run)"
+            )
         # a refusal is a failure even where disconnects are expected; only a reconnect that came
         # before the CP noticed the old connection's loss (already_connected, retried) is not
         errors = self.errors if not self.expect_disconnects else {k: v for k, v in self.errors.items() if k not in RECONNECT_RACES}
@@ -259,7 +270,13 @@ def format_table(r: LoadReport) -> str:
         (
             "disconnects",
             f"{r.disconnects} (failed connects {r.connect_failures}; CP away {r.cp_reconnects})"
-            + ("; expected" if r.expect_disconnects else f"; of standby-capable terminals {r.disconnects_standby_capable}"),
+            + (
+                f"; expected where the CP was away ({r.disconnects_cp_present} with it present)"
+                if r.expect_disconnects == "cp"
+                else "; expected"
+                if r.expect_disconnects
+                else f"; of standby-capable terminals {r.disconnects_standby_capable}"
+            ),
         ),
         ("session closed", str(r.session_closed)),
         ("switched", str(r.switched)),
