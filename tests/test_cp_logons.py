@@ -342,3 +342,14 @@ async def test_a_cp_that_stops_closes_the_sessions_of_the_losses_that_wait(tmp_p
     cp.logons.close()
     await asyncio.sleep(0)
     assert cp.connected == 0 and _closed_for(a) == {n: ["disconnect"] for n in names}
+
+
+async def test_a_superseded_cp_that_stops_sends_nothing_for_the_losses_that_wait(tmp_path: Path) -> None:
+    """A newer CP took the journal over: the losses still queued are dropped, not stepped (their
+    sessions' closing would go to the active from a CP whose word no longer counts)."""
+    cp, a, names, _ = await _lost_at_once(tmp_path, logons.BURST + 3)
+    assert len(cp.logons.queue) == 3
+    before = _closed_for(a)
+    cp.logons.close(step_lost=False)
+    await asyncio.sleep(0)
+    assert not cp.logons.queue and _closed_for(a) == before, "a superseded CP sent session closings"

@@ -167,9 +167,10 @@ class Logons:
             log.exception(event, terminal=name[:64], peer=proto.peer)
             proto.abort()
 
-    def close(self) -> None:
+    def close(self, step_lost: bool = True) -> None:
         """The CP stops: no more logons; the connections still waiting are dropped (they log on
-        at the next CP; a terminal whose bye waited is logged off as its connection goes)."""
+        at the next CP; a terminal whose bye waited is logged off as its connection goes, unless
+        not `step_lost`: a superseded CP, which sends nothing more)."""
         self.closed = True
         for h in (self._slice, self._new_turn):
             if h is not None:
@@ -178,7 +179,8 @@ class Logons:
         while self.queue:
             proto, name, what = self.queue.popleft()
             if what is LOST:
-                self._step(proto, name, what)  # its session closes as any lost terminal's does at a stop
+                if step_lost:
+                    self._step(proto, name, what)  # its session closes as any lost terminal's does at a stop
             else:
                 proto.abort()
         self.newest.clear()

@@ -399,7 +399,16 @@ class CPServer(Waiting):
         back by itself and take the journal back (exit 75, RestartPreventExitStatus)."""
         self.superseded = True
         self.exit_code = 0 if self.cfg.cp.takeover == "on_wake" else EXIT_SUPERSEDED
+        self._abort_all()  # now, not at the stop's turn of the loop: nothing more goes out from here
         self.should_exit.set()
+
+    def _abort_all(self) -> None:
+        for h in list(self.hosts):
+            h.abort()
+        if self.cp is not None:
+            for t in self.cp.terms.values():
+                if t.conn is not None:
+                    t.conn.abort()
 
     def take_early_signals(self) -> None:
         """The reloads and wakes sent while this worker started (hsb.cp.supervise): acted on now."""
@@ -574,15 +583,12 @@ class CPServer(Waiting):
         notify(STOPPING=1, STATUS="stopping")
         held = sum(len(t.held) for t in self.cp.terms.values()) if self.cp is not None else 0
         log.info("cp_stopping", held=held, superseded=self.superseded)
-        if self.cp is not None:
-            self.cp.logons.close()  # hellos still waiting: dropped, they log on at the next CP; byes: logged off now
         if self.superseded:  # at once: close every connection, nothing more goes out
-            for h in list(self.hosts):
-                h.abort()
-            if self.cp is not None:
-                for t in self.cp.terms.values():
-                    if t.conn is not None:
-                        t.conn.abort()
+            self._abort_all()
+        if self.cp is not None:
+            # hellos still waiting: dropped, they log on at the next CP; byes: logged off now (not
+            # by a superseded CP: the newer one has their messages, and nothing more goes out)
+            self.cp.logons.close(step_lost=not self.superseded)
         if self._tickling is not None:
             self._tickling.cancel()
         for srv in self.servers:
