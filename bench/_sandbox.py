@@ -272,6 +272,11 @@ def _ancestry(pid: int) -> list[int]:
     return chain
 
 
+def tree_cpu(root: int) -> float:
+    """CPU seconds (user + system) of `root` and every process below it, so far."""
+    return sum(t for pid, t in _cpu_by_pid().items() if root in _ancestry(pid))
+
+
 async def others_cpu(window: float = 1.0) -> float:
     """Cores used by processes that are not this benchmark or its descendants, over `window` s."""
     me = os.getpid()

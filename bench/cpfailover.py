@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _sandbox import fmt_ms, machine, machine_line, median, proc_cpu, raw_name, run_or_render, sandbox, sandbox_down, say, table, write_section  # noqa: E402
+from _sandbox import fmt_ms, machine, machine_line, median, raw_name, run_or_render, sandbox, sandbox_down, say, table, tree_cpu, write_section  # noqa: E402
 
 COMMAND = "sudo .venv/bin/python bench/cpfailover.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "cpfailover.json"
@@ -125,24 +125,6 @@ async def lab_run(n: int, a: argparse.Namespace, rep: int, base: Path, tickle: b
         "ok": report["ok"],
         "failures": report["failures"],
     }
-
-
-def tree_cpu(root: int) -> float:
-    """CPU seconds (user + system) of `root` and every process below it, so far."""
-    parent: dict[int, int] = {}
-    for e in Path("/proc").iterdir():
-        if e.name.isdigit():
-            try:
-                raw = (e / "stat").read_bytes()
-                parent[int(e.name)] = int(raw[raw.rindex(b")") + 2 :].split()[1])
-            except (OSError, ValueError, IndexError):
-                pass
-    tree, grew = {root}, True
-    while grew:
-        more = {p for p, pp in parent.items() if pp in tree and p not in tree}
-        tree |= more
-        grew = bool(more)
-    return proc_cpu(sorted(tree))
 
 
 async def restart_run(n: int, a: argparse.Namespace, rep: int, base: Path) -> dict[str, Any]:

@@ -105,12 +105,12 @@ def classify_pg(exc: BaseException) -> BaseException | None:
         return RetryTransaction(str(exc))
     if state and (state in _UNAVAILABLE_STATES or state.startswith(_UNAVAILABLE_PREFIXES)):
         return ServiceUnavailable(f"database unavailable: {type(exc).__name__}: {exc}")
-    # InternalClientError: the driver's connection in a state it did not expect (seen while the
-    # server restarted): the connection's fault, not the request's
-    # (not the driver's DataError, an InterfaceError too: a value this code gave that it cannot
-    # encode, nothing sent, a bug that an error reply names rather than a retry for ever)
+    # the driver's own DataError, an InterfaceError too: a value this code gave that it cannot
+    # encode, nothing sent, a bug that an error reply names rather than a retry for ever
     if isinstance(exc, asyncpg.exceptions._base.DataError):
         return None
+    # InternalClientError: the driver's connection in a state it did not expect (seen while the
+    # server restarted): the connection's fault, not the request's
     if isinstance(exc, (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)):
         return ServiceUnavailable(f"database unreachable: {type(exc).__name__}: {exc}".rstrip(": "))
     return None

@@ -87,7 +87,6 @@ class LoadStats(Listener):
         self.replied_sending = 0  # first replies that arrived in the sending phase
         self.timeline = Timeline()  # send and reply time of every answered message
         self.back_times = BackTimes(terminals)  # when each terminal logged on or was switched
-        self.late_at_logoff = 0  # messages answered or acknowledged only after the settle time (failures)
         self.owed_dropped = 0  # sends owed beyond MAX_DEFERRED a terminal: never made
         # sends owed, each its due time: by terminals whose window was full, or not logged on
         self.deferred: dict[TerminalClient, deque[float]] = {}
@@ -508,7 +507,6 @@ async def run_load(
     report.disconnects_standby_capable = sum(c.disconnects for c in clients if c.name not in classic_set)
     report.disconnects_cp_present = sum(c.cp_present_drops for c in clients if c.name not in classic_set)
     report.session_closed_standby_capable = sum(c.session_closed for c in clients if c.name not in classic_set)
-    report.late_at_logoff = stats.late_at_logoff
     report.owed_unsent = owed_unsent
     report.operations = [
         {
@@ -577,6 +575,7 @@ def _report(
     settled: Mapping[TerminalClient, bytes] | None = None,
 ) -> LoadReport:
     total = Verdict()
+    late = 0  # messages answered or acknowledged only after the settle time (failures)
     for c in clients:
         v = judge_marks(c.marks, base=c.base, stride=c.stride, unexpected=c.unexpected + c.early, name=c.name)
         then = settled.get(c) if settled is not None else None
@@ -586,7 +585,7 @@ def _report(
             at = judge_marks(then, base=c.base, stride=c.stride, name=c.name)
             v.acked, v.replied, v.lost, v.unacked = at.acked, at.replied, at.lost, at.unacked
             v.lost_ids, v.unacked_ids = at.lost_ids, at.unacked_ids
-            stats.late_at_logoff += at.lost + at.unacked
+            late += at.lost + at.unacked
         total.add(v)
     welcomed = [c.welcomed_at for c in clients if c.welcomed_at is not None]
     opened = [c.session_at for c in clients if c.session_at is not None]
@@ -598,6 +597,7 @@ def _report(
 
     return LoadReport(
         terminals=len(clients),
+        late_at_logoff=late,
         rate=rate,
         duration_s=round(sending, 3),
         settle_s=round(max(settle_end - send_end, 0.0), 3),
