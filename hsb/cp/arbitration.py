@@ -8,6 +8,7 @@ only keeps the switchover half of the rules in a file of its own.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,10 @@ class Arbitration:
     active_lost_notified: bool
     granting: HostProtocol | None
     demoting: HostProtocol | None
+    recorded_active: str | None
+    recovered_at: float | None
+    restart_lease_s: float
+    deferred_grant: asyncio.TimerHandle | None
 
     def host_switchover(self: CP, host: HostProtocol, reason: str, planned: bool, kind: str = "failover") -> None:
         self.settle_flip()
@@ -51,6 +56,15 @@ class Arbitration:
             log.warning("switchover_refused", requester=host.name, reason=reason, why="paused")
             return
         a = self.active
+        left = self.restart_lease_left(host) if a is None else 0.0
+        if left > 0:
+            # after a restart, the active of before has not registered again: a CP before this one
+            # may have renewed its lease until it stopped (or was superseded): granted once that
+            # lease has surely run out, not before
+            if self.deferred_grant is None:
+                log.info("switchover_deferred", requester=host.name, recorded_active=self.recorded_active, wait_ms=round(left * 1000, 1))
+                self.deferred_grant = asyncio.get_running_loop().call_later(left, self._deferred_switchover, host, reason, planned, kind)
+            return
         # The old active's lease (cp.host_lease, renewed only by heartbeats this CP answered)
         # has surely run out once it has been silent for host_timeout; a link its host closed
         # (its process died or dropped the link) means it stopped serving.
@@ -69,6 +83,19 @@ class Arbitration:
             log.info("switchover_refused", requester=host.name, active=a.name, reason=reason)
             return
         self._grant(host, reason, why, kind="promote" if kind == "promote" or why.startswith("promote") else "failover")
+
+    def restart_lease_left(self: CP, host: HostProtocol) -> float:
+        """Seconds until the lease of the active recorded before a restart (not registered again)
+        has surely run out, if `host` is another host; 0 otherwise."""
+        ra = self.recorded_active
+        if ra is None or ra == host.name or self.recovered_at is None:
+            return 0.0
+        return self.recovered_at + self.restart_lease_s - time.monotonic()
+
+    def _deferred_switchover(self: CP, host: HostProtocol, reason: str, planned: bool, kind: str) -> None:
+        self.deferred_grant = None
+        if host is self.standby and not host.closed:
+            self.host_switchover(host, reason, planned, kind)
 
     def _grant(self: CP, host: HostProtocol, reason: str, why: str, demote: HostProtocol | None = None, kind: str = "switchover") -> None:
         """Decide: the role is the requester's from now on (a new epoch, so the old active's frames

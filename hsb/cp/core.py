@@ -25,6 +25,7 @@ from hsb.cp.arbitration import Arbitration
 from hsb.cp.config import CPConfig
 from hsb.cp.flip import Flip
 from hsb.cp.journal import Journal, NullJournal
+from hsb.cp.journal.store import CHECK_FRESH_S
 from hsb.cp.journal_side import JournalSide
 from hsb.cp.logons import Logons
 from hsb.cp.notices import Notices
@@ -76,6 +77,10 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         self.slowed: set[Term] = set()  # terminals not read for the CP's own bound (rechecked by recheck_slowed)
         self.host_timeout = cfg.cp.host_timeout
         self.host_lease = cfg.cp.host_lease  # the active role's lease, told to the hosts
+        # after a restart or a takeover of the journal: how long a lease the CP before may have
+        # renewed can still run (it answered heartbeats until its last clean generation check, at
+        # most CHECK_FRESH_S before this CP took the journal, and a lease is under host_timeout)
+        self.restart_lease_s = CHECK_FRESH_S + self.host_timeout
         self.counts = Counts()
         self.terms: dict[str, Term] = {n: Term(d, self.counts) for n, d in cfg.terminal_table.items()}
         # terminals holding at least one message, oldest first: a flip reaches them first (hsb.cp.flip)
@@ -117,6 +122,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         self.granting: HostProtocol | None = None  # the host a grant names while its epoch is made durable
         self.demoting: HostProtocol | None = None  # and a planned switchover's old active meanwhile
         self.recovered_at: float | None = None
+        self.deferred_grant: asyncio.TimerHandle | None = None  # a switchover asked too early after a restart
         self.started = time.time()
         # reply frames taken from each host (acted on, or found already answered): a fenced host has none
         self.replies_by_host: Counter[str] = Counter()
@@ -594,7 +600,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
             self.recorded_active is not None
             and self.active is None
             and self.recovered_at is not None
-            and time.monotonic() - self.recovered_at > RECORDED_ACTIVE_WAIT_S
+            and time.monotonic() - self.recovered_at > max(RECORDED_ACTIVE_WAIT_S, self.restart_lease_s)
         ):
             sb = self.standby
             if sb is not None and sb.usable:

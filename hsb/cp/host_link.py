@@ -153,7 +153,7 @@ class HostProtocol(AuthServerProtocol):
         # last_rx is refreshed on every byte received. The answer names the heartbeat: the host
         # renews the active role's lease from the time it *sent* the heartbeat we answered.
         n = msg.get("n")
-        if isinstance(n, int) and self.role is not None and not self.fenced:
+        if isinstance(n, int) and self.role is not None and not self.fenced and self.cp.journal.vouches(time.monotonic()):
             # (a replaced active is fenced from the grant on, before its record is durable and
             # it is told: an answer now would renew its lease beside the new active's)
             answer: dict[str, Any] = {"t": "hb", "ack": n}
@@ -161,9 +161,10 @@ class HostProtocol(AuthServerProtocol):
             if self.told_held_bound is not None and bound != self.told_held_bound:  # a reload changed it
                 answer["held_bound"] = self.told_held_bound = bound
             self.send(answer)
-        elif self.authed and self.role is None and not self.fenced:
-            # not registered yet (its HA loop busy, say): a sign of life, renewing no lease, so
-            # that the host does not take a silent CP for a dead one and connect again
+        elif self.authed and not self.fenced:
+            # not registered yet (its HA loop busy, say), or this CP cannot vouch that it still
+            # owns its journal: a sign of life, renewing no lease, so that the host does not take
+            # a silent CP for a dead one and connect again
             self.send({"t": "hb"})
 
     def on_open_session(self, msg: dict[str, Any]) -> None:

@@ -275,6 +275,11 @@ class CPCollector:
             yield _g("hsb_journal_outstanding_records", "Held messages and kept replies in the CP journal.", j.get("outstanding"))
             yield _c("hsb_journal_stalls", "Times a CP journal write missed its deadline.", j["stalls"])
             yield _c(
+                "hsb_cp_lease_answers_withheld",
+                "Host heartbeats the CP left unanswered (no lease renewed): no clean generation check of its journal for a second.",
+                j.get("lease_answers_withheld", 0),
+            )
+            yield _c(
                 "hsb_journal_records_written",
                 "Records the CP journal's group commits made durable (per group: divide by hsb_journal_sync_seconds_count).",
                 j.get("records_written", 0),

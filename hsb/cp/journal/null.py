@@ -37,6 +37,9 @@ class NullJournal(Journal):
     def heartbeat(self) -> None:
         pass
 
+    def vouches(self, now: float) -> bool:
+        return True  # nothing on disk: no other CP can take it over
+
     async def drain(self, timeout: float = 2.0) -> bool:
         return True
 
@@ -81,6 +84,8 @@ class NullJournal(Journal):
             "syncs": 0,
             "records_written": 0,
             "stalls": 0,
+            "generation_checked_ms_ago": None,
+            "lease_answers_withheld": 0,
         }
 
     def close(self) -> None:

@@ -55,6 +55,11 @@ CARRY_SHARE = 4  # ... if at most this fraction (1/4) of its records is live: el
 RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)  # backoff of a failed write
 LAZY_S = 0.005  # a record nobody waits on rides with the next group, or is written after this long
 REC_HEADER = HEADER.size  # counted per record in `sizes`: as if each went alone (a group shares one)
+# A CP answers the hosts' heartbeats (renewing the active's lease) only while its last generation
+# check that came back clean began less than this long ago: a CP whose check hangs (its journal's
+# mount gone, behind a partition) may already be superseded, and must not keep an old active's
+# lease alive beside the new CP's active (docs/cp-journal.md, "Fencing by generation").
+CHECK_FRESH_S = 1.0
 SYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, float("inf"))
 
 
@@ -107,6 +112,9 @@ class Journal(GroupWriter):
         self.on_superseded: Callable[[Superseded], None] = lambda exc: None
         self._beating = False
         self._beat_exec = Worker("hsb-journal-beat")
+        self.checked_at: float | None = None  # when the last clean generation check began (monotonic)
+        self._unvouched_at: float | None = None  # since when heartbeats go unanswered (`vouches`)
+        self.lease_answers_withheld = 0
         self.timeout = timeout
         self.segment_bytes = segment_bytes
         self.seg = 0  # the segment new records go to
@@ -176,7 +184,9 @@ class Journal(GroupWriter):
         # a CP that took the next generation meanwhile may have listed the journal before this
         # snapshot was complete, and be reading the generation before it: deleting that now would
         # lose it. Superseded here, this CP deletes nothing and stops (hsb.cp.server.take_over).
+        t0 = time.monotonic()
         self.gens.check(self.gen)
+        self.checked_at = t0
         for path in garbage:
             try:
                 os.unlink(path)
@@ -459,8 +469,35 @@ class Journal(GroupWriter):
             log.warning("journal_heartbeat_failed", error=str(exc))
 
     def _beat(self) -> None:
+        t0 = time.monotonic()
+        injected = faults.storage_faults()  # tests: a hung mount hangs the check as it hangs the writes
+        if injected is not None:
+            injected.before("journal_generation_check")
         self.gens.check(self.gen)
+        self.checked_at = t0  # (a float's assignment: the loop reads it without a lock)
         self.gens.beat(self.gen)
+
+    def vouches(self, now: float) -> bool:
+        """This CP may renew a host's lease (answer its heartbeat): its last clean generation
+        check began less than CHECK_FRESH_S before `now`, so no newer CP had taken the journal
+        over before then. Logs when that stops and starts again; counts the answers withheld."""
+        c = self.checked_at
+        if self.superseded is None and c is not None and now - c < CHECK_FRESH_S:
+            if self._unvouched_at is not None:
+                log.info("lease_answers_resumed", withheld_ms=round((now - self._unvouched_at) * 1000, 1))
+                self._unvouched_at = None
+            return True
+        self.lease_answers_withheld += 1
+        if self._unvouched_at is None and self.superseded is None:
+            self._unvouched_at = now
+            log.warning(
+                "lease_answers_withheld",
+                dir=str(self.dir),
+                checked_ms_ago=None if c is None else round((now - c) * 1000, 1),
+                msg=f"no clean generation check of the journal for {CHECK_FRESH_S:g} s (its storage hangs?): this CP may have been"
+                " superseded, so it renews no host's lease until a check comes back; check the journal's mount",
+            )
+        return False
 
     def _deletions_due(self) -> None:
         self._deletions_held = None
@@ -525,6 +562,8 @@ class Journal(GroupWriter):
             "syncs": self.syncs,
             "records_written": self.records_written,
             "stalls": self.stalls,
+            "generation_checked_ms_ago": None if self.checked_at is None else round((time.monotonic() - self.checked_at) * 1000, 1),
+            "lease_answers_withheld": self.lease_answers_withheld,
         }
 
     async def drain(self, timeout: float = 2.0) -> bool:

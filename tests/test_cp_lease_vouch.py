@@ -1,0 +1,112 @@
+"""A CP renews a host's lease only while it can show that it still owns its journal (SPEC §5.8,
+docs/cp-journal.md "Fencing by generation"): its heartbeat's generation check must have come back
+clean less than CHECK_FRESH_S ago. A CP whose journal storage hangs (a lost NFS mount behind a
+partition) may already be superseded by a CP on the other machine, whose own active takes over:
+renewing the old active's lease meanwhile would let two hosts serve at once. And a CP that
+restarted (or took the journal over) grants the role to another host only once a lease the CP
+before it may have renewed has surely run out."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.ctl import sandbox
+from tests.support.hostclient import FakeTerminal
+from tests.support.procs import arm_faults, log_events, until
+from tests.test_failover import wait_status
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _host(st: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(h for h in st["hosts"] if h.get("name") == name)
+
+
+async def test_a_cp_whose_generation_check_hangs_renews_no_lease_until_it_answers(tmp_path: Path) -> None:
+    d = tmp_path / "sb"
+    ctl = d / "ctl-cp"
+    info = await sandbox.aup(d, terminals=4, cp_env={"HSB_CRASH_CONTROL": str(ctl)})
+    try:
+        t = await FakeTerminal.connect(info["cp"]["terminal"], "T00001")
+        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        await wait_status(info, lambda s: _host(s, "host-a")["lease"]["valid"], what="host-a's lease valid")
+        cp_pid = sandbox.load_state(d)["cp"]["pid"]
+        ctl.touch()
+        await arm_faults(ctl, cp_pid, "storage hold")  # the journal's mount hangs: writes and the generation check
+        t.send({"t": "msg", "id": 1, "data": "m1"})
+        st = await wait_status(info, lambda s: not _host(s, "host-a")["lease"]["valid"], timeout=10, what="host-a's lease lost")
+        assert _host(st, "host-a")["role"] == "active"  # still the CP's active: only its lease waits
+        assert st["cp"]["journal"]["lease_answers_withheld"] > 0
+        assert st["cp"]["journal"]["generation_checked_ms_ago"] >= 1000
+        cp_log = log_events(d / "cp.log")
+        assert any(e.get("event") == "lease_answers_withheld" for e in cp_log)
+        assert not [m for m in t.inbox if m["t"] in ("ack", "reply")]  # nothing acknowledged that is not durable
+        await arm_faults(ctl, cp_pid, "storage clear")
+        r = await t.wait(lambda m: m["t"] == "reply" and m["id"] == 1, timeout=15)
+        assert r["data"] == "m1"
+        assert [m["id"] for m in t.inbox if m["t"] == "ack"] == [1]
+        await wait_status(info, lambda s: _host(s, "host-a")["lease"]["valid"], what="host-a's lease renewed")
+        await until(lambda: any(e.get("event") == "lease_answers_resumed" for e in log_events(d / "cp.log")), 10, what="resumed logged")
+        assert any(e.get("event") == "lease_renewed" for e in log_events(d / "host-a.log"))
+        assert not t.closed
+        await t.close()
+    finally:
+        sandbox.down(d, timeout=2.0)
+
+
+def _acks(h: Any) -> list[int]:
+    h.flush()
+    return [f["ack"] for f in h.transport.frames() if f.get("t") == "hb" and "ack" in f]
+
+
+async def test_heartbeats_are_answered_only_while_the_journal_vouches(tmp_path: Path) -> None:
+    from hsb.cp.journal.store import CHECK_FRESH_S
+    from tests.support.cpcore import cp_core, fake_host
+
+    cp = cp_core(tmp_path, 2, cp="host_timeout = 0.5\nhost_lease = 0.35\n")
+    seen: list[float] = []
+
+    def vouches(now: float) -> bool:
+        seen.append(now)
+        return now - checked[0] < CHECK_FRESH_S
+
+    checked = [time.monotonic()]
+    cp.journal.vouches = vouches
+    a = fake_host(cp, "host-a", "active", record=True)
+    a.on_hb({"t": "hb", "n": 1})
+    checked[0] = time.monotonic() - CHECK_FRESH_S  # the last clean check is too old
+    a.on_hb({"t": "hb", "n": 2})
+    checked[0] = time.monotonic()
+    a.on_hb({"t": "hb", "n": 3})
+    assert _acks(a) == [1, 3]
+    a.flush()
+    assert sum(1 for f in a.transport.frames() if f == {"t": "hb"}) == 1  # a sign of life, renewing nothing
+    assert len(seen) == 3
+
+
+async def test_after_a_restart_a_switchover_waits_for_the_old_lease(tmp_path: Path) -> None:
+    """The recorded active has not registered again: the standby's request is granted only once
+    restart_lease_s (CHECK_FRESH_S + host_timeout) has passed since the recovery, not at once."""
+    import asyncio
+
+    from tests.support.cpcore import cp_core, fake_host
+
+    cp = cp_core(tmp_path, 2, cp="host_timeout = 0.5\nhost_lease = 0.35\n")
+    cp.recorded_active = "host-a"
+    cp.recovered_at = time.monotonic()
+    b = fake_host(cp, "host-b", "standby", record=True)
+    t0 = time.monotonic()
+    cp.host_switchover(b, "peer lost", False, "failover")
+    assert cp.active is None and cp.deferred_grant is not None
+    cp.host_switchover(b, "peer lost again", False, "failover")  # asked again: still one timer
+    deadline = t0 + cp.restart_lease_s + 5
+    while cp.active is not b:
+        assert time.monotonic() < deadline, "never granted"
+        await asyncio.sleep(0.02)
+    assert time.monotonic() - t0 >= cp.restart_lease_s - 0.01
+    b.flush()
+    assert [f["t"] for f in b.transport.frames() if f.get("t", "").startswith("switch")] == ["switch_granted"]
