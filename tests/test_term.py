@@ -98,6 +98,7 @@ class FakeCP:
         self.arrivals: list[float] = []  # monotonic time of each new message
         self.paused = False
         self.release_at_bye = False  # withheld replies go out when a terminal says bye
+        self.error_at_bye: str | None = None  # a bye answered with an error frame of this code
         self.cp_id: str | None = None  # the welcome's `cp` (the CP process), when set
         self._parked: list[tuple[FakeTerm, int]] = []
         self.server: asyncio.AbstractServer | None = None
@@ -211,6 +212,8 @@ class FakeCP:
             term.byes += 1
             if self.release_at_bye:  # as a CP hands over what it still held when a terminal logs off
                 self.resume()
+            if self.error_at_bye is not None:
+                conn.send({"t": "error", "code": self.error_at_bye, "msg": "refused at the logoff"})
             conn.tr.close()  # type: ignore[union-attr]
 
     def _schedule_reply(self, term: FakeTerm, mid: int) -> None:
@@ -773,6 +776,15 @@ async def test_answers_that_come_only_at_the_logoff_are_late_not_on_time(fake: F
     assert r.lost >= 1 and r.late_at_logoff == r.lost + r.unacked, (r.lost, r.unacked, r.late_at_logoff)
     assert not r.ok and any(f.startswith("lost: ") for f in r.failures), r.failures
     assert all(i.startswith(f"{name}:") for i in r.lost_ids), r.lost_ids
+
+
+async def test_an_error_frame_at_the_logoff_fails_the_run(fake: FakeCP) -> None:
+    """The CP answering a terminal's bye with an error (a refusal, whatever its code) is a broken
+    promise like any other: the report counts it, and the run is not OK."""
+    fake.error_at_bye = "unconfirmed_replies"
+    r = await run_load(("127.0.0.1", fake.port), terminals=4, rate=100, duration=0.5, settle=2)
+    assert r.errors == {"unconfirmed_replies": 4}, r.errors
+    assert not r.ok and any("unconfirmed_replies x4" in f for f in r.failures), r.failures
 
 
 async def test_short_full_outage_is_measured_whole(fake: FakeCP) -> None:

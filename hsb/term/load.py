@@ -191,8 +191,7 @@ class LoadStats(Listener):
             self.back_times.add(c.idx, time.monotonic())
 
     def on_error(self, c: TerminalClient, code: str, msg: str) -> None:
-        if self.counting:
-            self.errors[code] += 1
+        self.errors[code] += 1  # (also at the logoff: a refusal then is a broken promise too)
 
     def on_protocol_error(self, c: TerminalClient, exc: ProtocolError) -> None:
         self.protocol_errors += 1
