@@ -64,8 +64,9 @@ def _acks(h: Any) -> list[int]:
 
 
 async def test_heartbeats_are_answered_only_while_the_journal_vouches(tmp_path: Path) -> None:
-    from hsb.cp.journal.store import CHECK_FRESH_S
     from tests.support.cpcore import cp_core, fake_host
+
+    CHECK_FRESH_S = 2.0  # (a journal's timeout)
 
     cp = cp_core(tmp_path, 2, cp="host_timeout = 0.5\nhost_lease = 0.35\n")
     seen: list[float] = []
@@ -90,7 +91,8 @@ async def test_heartbeats_are_answered_only_while_the_journal_vouches(tmp_path: 
 
 async def test_after_a_restart_a_switchover_waits_for_the_old_lease(tmp_path: Path) -> None:
     """The recorded active has not registered again: the standby's request is granted only once
-    restart_lease_s (CHECK_FRESH_S + host_timeout) has passed since the recovery, not at once."""
+    restart_lease_s (the journal's fresh_s + host_timeout, and at least the recorded active's 3 s)
+    has passed since the recovery, not at once; the latest request is the one granted."""
     import asyncio
 
     from tests.support.cpcore import cp_core, fake_host
@@ -102,7 +104,7 @@ async def test_after_a_restart_a_switchover_waits_for_the_old_lease(tmp_path: Pa
     t0 = time.monotonic()
     cp.host_switchover(b, "peer lost", False, "failover")
     assert cp.active is None and cp.deferred_grant is not None
-    cp.host_switchover(b, "peer lost again", False, "failover")  # asked again: still one timer
+    cp.host_switchover(b, "promote (operator)", False, "promote")  # asked again: still one timer, the latest taken
     deadline = t0 + cp.restart_lease_s + 5
     while cp.active is not b:
         assert time.monotonic() < deadline, "never granted"
@@ -110,3 +112,29 @@ async def test_after_a_restart_a_switchover_waits_for_the_old_lease(tmp_path: Pa
     assert time.monotonic() - t0 >= cp.restart_lease_s - 0.01
     b.flush()
     assert [f["t"] for f in b.transport.frames() if f.get("t", "").startswith("switch")] == ["switch_granted"]
+    assert cp.history.entries[-1]["kind"] == "promote", cp.history.entries[-1]
+    assert cp.deferred_grant is None and cp.deferred_ask is None
+
+
+async def test_a_group_commit_vouches_like_a_heartbeat_and_a_hung_check_stops_vouching(tmp_path: Path) -> None:
+    """A real journal: its clean group commits refresh what it vouches for, as the heartbeat's
+    check does; once neither has come back for fresh_s, it stops vouching, and says so."""
+    import asyncio
+
+    from hsb.cp.journal.store import Journal
+
+    j = Journal(tmp_path / "j", timeout=1.0, generation=1)
+    j.gens.take()
+    j.open(1, [], [])
+    try:
+        t0 = time.monotonic()
+        assert j.vouches(t0) and not j.vouches(t0 + j.fresh_s + 0.01)
+        before = j.checked_at
+        done = asyncio.get_running_loop().create_future()
+        j.append(["x"], lambda: done.set_result(None))
+        await asyncio.wait_for(done, 10)
+        assert j.checked_at is not None and before is not None and j.checked_at > before
+        assert not j.vouches(j.checked_at + j.fresh_s) and j.lease_answers_withheld == 2
+        assert j.vouches(j.checked_at)  # fresh again: answered again
+    finally:
+        j.close()

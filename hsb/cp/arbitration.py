@@ -43,8 +43,8 @@ class Arbitration:
     demoting: HostProtocol | None
     recorded_active: str | None
     recovered_at: float | None
-    restart_lease_s: float
     deferred_grant: asyncio.TimerHandle | None
+    deferred_ask: tuple[str, str, bool, str] | None
 
     def host_switchover(self: CP, host: HostProtocol, reason: str, planned: bool, kind: str = "failover") -> None:
         self.settle_flip()
@@ -60,10 +60,11 @@ class Arbitration:
         if left > 0:
             # after a restart, the active of before has not registered again: a CP before this one
             # may have renewed its lease until it stopped (or was superseded): granted once that
-            # lease has surely run out, not before
+            # lease has surely run out, not before (the latest request is the one then taken)
+            self.deferred_ask = (host.name, reason, planned, kind)
             if self.deferred_grant is None:
                 log.info("switchover_deferred", requester=host.name, recorded_active=self.recorded_active, wait_ms=round(left * 1000, 1))
-                self.deferred_grant = asyncio.get_running_loop().call_later(left, self._deferred_switchover, host, reason, planned, kind)
+                self.deferred_grant = asyncio.get_running_loop().call_later(left, self._deferred_switchover)
             return
         # The old active's lease (cp.host_lease, renewed only by heartbeats this CP answered)
         # has surely run out once it has been silent for host_timeout; a link its host closed
@@ -92,10 +93,18 @@ class Arbitration:
             return 0.0
         return self.recovered_at + self.restart_lease_s - time.monotonic()
 
-    def _deferred_switchover(self: CP, host: HostProtocol, reason: str, planned: bool, kind: str) -> None:
-        self.deferred_grant = None
-        if host is self.standby and not host.closed:
-            self.host_switchover(host, reason, planned, kind)
+    def _deferred_switchover(self: CP) -> None:
+        """A deferred request's time: asked again for the standby that made it (on its link now)."""
+        ask, self.deferred_ask, self.deferred_grant = self.deferred_ask, None, None
+        sb = self.standby
+        if ask is not None and sb is not None and not sb.closed and sb.name == ask[0]:
+            self.host_switchover(sb, ask[1], ask[2], ask[3])
+
+    def cancel_deferred_grant(self: CP) -> None:
+        """Someone holds the role now, or the CP stops: a deferred request is moot."""
+        if self.deferred_grant is not None:
+            self.deferred_grant.cancel()
+        self.deferred_grant = self.deferred_ask = None
 
     def _grant(self: CP, host: HostProtocol, reason: str, why: str, demote: HostProtocol | None = None, kind: str = "switchover") -> None:
         """Decide: the role is the requester's from now on (a new epoch, so the old active's frames

@@ -25,7 +25,6 @@ from hsb.cp.arbitration import Arbitration
 from hsb.cp.config import CPConfig
 from hsb.cp.flip import Flip
 from hsb.cp.journal import Journal, NullJournal
-from hsb.cp.journal.store import CHECK_FRESH_S
 from hsb.cp.journal_side import JournalSide
 from hsb.cp.logons import Logons
 from hsb.cp.notices import Notices
@@ -77,10 +76,6 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         self.slowed: set[Term] = set()  # terminals not read for the CP's own bound (rechecked by recheck_slowed)
         self.host_timeout = cfg.cp.host_timeout
         self.host_lease = cfg.cp.host_lease  # the active role's lease, told to the hosts
-        # after a restart or a takeover of the journal: how long a lease the CP before may have
-        # renewed can still run (it answered heartbeats until its last clean generation check, at
-        # most CHECK_FRESH_S before this CP took the journal, and a lease is under host_timeout)
-        self.restart_lease_s = CHECK_FRESH_S + self.host_timeout
         self.counts = Counts()
         self.terms: dict[str, Term] = {n: Term(d, self.counts) for n, d in cfg.terminal_table.items()}
         # terminals holding at least one message, oldest first: a flip reaches them first (hsb.cp.flip)
@@ -123,6 +118,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         self.demoting: HostProtocol | None = None  # and a planned switchover's old active meanwhile
         self.recovered_at: float | None = None
         self.deferred_grant: asyncio.TimerHandle | None = None  # a switchover asked too early after a restart
+        self.deferred_ask: tuple[str, str, bool, str] | None = None  # its (host, reason, planned, kind): the latest asked
         self.started = time.time()
         # reply frames taken from each host (acted on, or found already answered): a fenced host has none
         self.replies_by_host: Counter[str] = Counter()
@@ -298,6 +294,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         self.active = host
         host.role = "active"
         host.epoch = epoch
+        self.cancel_deferred_grant()  # (someone holds the role now: a deferred request is moot)
         self.granting = self.demoting = None  # (a grant sets them again)
         self.loss = None
         self.active_lost_notified = False
@@ -593,6 +590,14 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
                 if term.conn is not None:
                     self._tell(term, {"t": "session", "state": "closed", "epoch": self.epoch, "reason": "active host lost, no standby"})
 
+    @property
+    def restart_lease_s(self) -> float:
+        """After a restart or a takeover of the journal, the recorded active has this long to
+        register again, and no other host gets the role before: a lease the CP before renewed may
+        run until then (it answered heartbeats until at most `fresh_s` after its last clean
+        generation check, begun before this CP took the journal, and a lease is under host_timeout)."""
+        return max(RECORDED_ACTIVE_WAIT_S, self.journal.fresh_s + self.host_timeout)
+
     def tick(self) -> None:
         """Periodic: detect a silent active and tell the standby at once; drop a silent standby;
         after a restart, stop waiting for the active of before if it does not come back."""
@@ -600,11 +605,11 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
             self.recorded_active is not None
             and self.active is None
             and self.recovered_at is not None
-            and time.monotonic() - self.recovered_at > max(RECORDED_ACTIVE_WAIT_S, self.restart_lease_s)
+            and time.monotonic() - self.recovered_at > self.restart_lease_s
         ):
             sb = self.standby
             if sb is not None and sb.usable:
-                log.warning("recorded_active_not_back", host=self.recorded_active, waited_s=RECORDED_ACTIVE_WAIT_S)
+                log.warning("recorded_active_not_back", host=self.recorded_active, waited_s=self.restart_lease_s)
                 sb.send({"t": "active_lost", "host": self.recorded_active, "why": "not back after the CP restarted"})
                 self.recorded_active = None
         now = time.monotonic()

@@ -589,6 +589,7 @@ class CPServer(Waiting):
             # hellos still waiting: dropped, they log on at the next CP; byes: logged off now (not
             # by a superseded CP: the newer one has their messages, and nothing more goes out)
             self.cp.logons.close(step_lost=not self.superseded)
+            self.cp.cancel_deferred_grant()  # (no grant during the stop's drain)
         if self._tickling is not None:
             self._tickling.cancel()
         for srv in self.servers:

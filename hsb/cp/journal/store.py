@@ -56,10 +56,11 @@ RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)  # backoff of a failed write
 LAZY_S = 0.005  # a record nobody waits on rides with the next group, or is written after this long
 REC_HEADER = HEADER.size  # counted per record in `sizes`: as if each went alone (a group shares one)
 # A CP answers the hosts' heartbeats (renewing the active's lease) only while its last generation
-# check that came back clean began less than this long ago: a CP whose check hangs (its journal's
-# mount gone, behind a partition) may already be superseded, and must not keep an old active's
-# lease alive beside the new CP's active (docs/cp-journal.md, "Fencing by generation").
-CHECK_FRESH_S = 1.0
+# check that came back clean began less than its journal's timeout ago (and at least this long):
+# a CP whose check hangs (its journal's mount gone, behind a partition) may already be superseded,
+# and must not keep an old active's lease alive beside the new CP's active (docs/cp-journal.md,
+# "No lease without a clean check"). Storage slower than that is stalled anyway: nothing is acked.
+CHECK_FRESH_MIN_S = 1.0
 SYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, float("inf"))
 
 
@@ -113,6 +114,7 @@ class Journal(GroupWriter):
         self._beating = False
         self._beat_exec = Worker("hsb-journal-beat")
         self.checked_at: float | None = None  # when the last clean generation check began (monotonic)
+        self.fresh_s = max(CHECK_FRESH_MIN_S, timeout)  # how long a clean check vouches for this CP (`vouches`)
         self._unvouched_at: float | None = None  # since when heartbeats go unanswered (`vouches`)
         self.lease_answers_withheld = 0
         self.timeout = timeout
@@ -414,6 +416,8 @@ class Journal(GroupWriter):
                 )
                 self._drop_ring()
         self.records_written += self._inflight_n
+        if self.checked_at is None or self._batch_t0 > self.checked_at:  # its check began after the flush did
+            self.checked_at = self._batch_t0
         if batch:  # not a check alone
             self._count_sync(took)
         if self.state != "ok":
@@ -479,10 +483,11 @@ class Journal(GroupWriter):
 
     def vouches(self, now: float) -> bool:
         """This CP may renew a host's lease (answer its heartbeat): its last clean generation
-        check began less than CHECK_FRESH_S before `now`, so no newer CP had taken the journal
-        over before then. Logs when that stops and starts again; counts the answers withheld."""
+        check (a heartbeat's, or a group commit's) began less than `fresh_s` before `now`, so no
+        newer CP had taken the journal over before then. Logs when that stops and starts again;
+        counts the answers withheld."""
         c = self.checked_at
-        if self.superseded is None and c is not None and now - c < CHECK_FRESH_S:
+        if self.superseded is None and c is not None and now - c < self.fresh_s:
             if self._unvouched_at is not None:
                 log.info("lease_answers_resumed", withheld_ms=round((now - self._unvouched_at) * 1000, 1))
                 self._unvouched_at = None
@@ -494,8 +499,8 @@ class Journal(GroupWriter):
                 "lease_answers_withheld",
                 dir=str(self.dir),
                 checked_ms_ago=None if c is None else round((now - c) * 1000, 1),
-                msg=f"no clean generation check of the journal for {CHECK_FRESH_S:g} s (its storage hangs?): this CP may have been"
-                " superseded, so it renews no host's lease until a check comes back; check the journal's mount",
+                msg=f"no clean generation check of the journal for {self.fresh_s:g} s (its storage hangs, or this process stalled):"
+                " this CP may have been superseded, so it renews no host's lease until a check comes back; check the journal's mount",
             )
         return False
 
