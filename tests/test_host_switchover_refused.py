@@ -256,3 +256,33 @@ async def test_a_normal_stop_after_a_hand_over_that_did_not_complete_does_not_ha
         assert b.ha.role == "standby" and a.exit_code == 0
 
     await _run(tmp_path, body)
+
+
+async def test_a_switchover_request_lost_with_the_cp_link_is_asked_again_on_the_next(tmp_path: Path) -> None:
+    """The standby's request goes out and its CP link drops before any answer: on the next link,
+    the next request (the CP tells of the loss again at the registration) goes at once. It was
+    held back for a second after the lost one, and the CP tells of a loss only once per link, so
+    the standby waited for ever with nobody active."""
+
+    async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
+        core = cp.cp
+        real_send = b.cp.send
+        dropped: list[dict[str, Any]] = []
+        b.cp.send = lambda m: dropped.append(m) or True  # type: ignore[method-assign]
+        t0 = time.monotonic()
+        await b.ha.request_switchover("test: a loss told on a link about to drop")
+        b.cp.send = real_send  # type: ignore[method-assign]
+        assert [m["t"] for m in dropped] == ["switchover"]
+        link = core.standby
+        assert link is not None
+        link.abort()  # the link drops: the request (and any answer) is gone with it
+        await until(lambda: b.ha.registered and core.standby is not None and core.standby is not link, "host-b registered again")
+        assert time.monotonic() - t0 < 0.9, "registered again too late to show the fault"
+        refusals = b.ha.switch_refusals
+        await b.ha.request_switchover("test: the loss told again on the new link")
+        # host-a is alive: the CP answers with a refusal, which shows the request went out
+        await until(lambda: b.ha.switch_refusals == refusals + 1, "the request answered", timeout=5)
+        assert core.active is not None and core.active.name == "host-a"
+        await until(lambda: established(a, b), "hot standby again")
+
+    await _run(tmp_path, body)

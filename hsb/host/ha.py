@@ -323,6 +323,9 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
 
     async def ev_cp_down(self, why: str) -> None:
         self.registered = False
+        # a switchover request out on that link is lost with it (and so is its answer): the next
+        # request, when the CP tells of the loss again on the next link, must go at once
+        self.switch_requested_at = None
         self.srv.sessions_ctl.cp_lost()
         if self.role == "active" and self.lost_serving:
             # cut off from the CP we serve nobody, and the CP may already have made the
