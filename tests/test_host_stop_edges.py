@@ -31,7 +31,7 @@ from hsb.wire.framing import encode
 from tests.support.inproc import hot_standby, pair_in_hot_standby, until
 from tests.support.logrec import RecordingLog
 from tests.support.procs import SECRET
-from tests.test_host_switchover_refused import refuse_handovers
+from tests.test_host_switchover_refused import refuse_handovers_finally
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -347,7 +347,7 @@ async def test_a_resync_held_by_a_stops_handover_is_dropped_when_the_cp_refuses_
         core = cp.cp
         real_release = core.host_release
         core.host_release = lambda host: None  # type: ignore[method-assign]
-        refuse_handovers(core)
+        refuse_handovers_finally(core)  # (for good: the normal stop follows at once)
         writes = slow_batch_writes(a, write)
         sent = sent_by(a.peer, monkeypatch)
         a.request_stop(takeover=True)

@@ -112,15 +112,73 @@ async def test_a_sigterm_during_a_planned_switchover_waits_for_it_to_complete(tm
     await _run(tmp_path, body)
 
 
+def refuse_handovers_finally(core: Any) -> Any:
+    """The CP refuses every handover for a reason other than a standby missing just then (no
+    `code`: a CP of before, say); returns its real handler."""
+    real = core.host_handover
+
+    def refuse(host: Any, wait: bool = True) -> None:
+        host.released = False
+        host.send({"t": "handover_refused", "reason": "refused for the test"})
+        for term in core.terms.values():
+            if term.active is not None and term.active.host is host:
+                core._deliver_pending(term, host)
+
+    core.host_handover = refuse
+    return real
+
+
 async def test_a_stop_whose_handover_is_refused_stops_at_once_not_after_the_timeout(tmp_path: Path) -> None:
     async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
         core = cp.cp
-        refuse_handovers(core)
+        refuse_handovers_finally(core)
         t0 = time.monotonic()
         await asyncio.wait_for(a.graceful_stop(), 10)  # the handover's wait is 15 s
         assert time.monotonic() - t0 < 10
         assert "refused by the CP" in (a.ha.last_error or ""), (a.ha.state, a.ha.last_error)
         assert b.ha.role == "standby"  # a normal stop: nobody was made active by it
+
+    await _run(tmp_path, body)
+
+
+async def test_a_stop_whose_handover_meets_the_standby_away_from_the_cp_asks_again_and_hands_over(tmp_path: Path) -> None:
+    """SIGTERM while the standby's CP link blips: the CP refuses the handover (no standby
+    registered just then); the stop asks again while the peer link shows hot standby, and hands
+    over once the standby is back, instead of a normal stop that left nobody active."""
+
+    async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
+        core = cp.cp
+        real = refuse_handovers(core)
+        refused: list[float] = []
+
+        def once(host: Any, wait: bool = True) -> None:
+            refused.append(time.monotonic())
+            core.host_handover = real  # the standby is back at the CP for the next one
+            sb, core.standby = core.standby, None
+            try:
+                real(host, wait)
+            finally:
+                core.standby = sb
+
+        core.host_handover = once
+        await asyncio.wait_for(a.graceful_stop(), 30)
+        assert refused, "the first handover was never refused"
+        assert b.ha.role == "active" and a.ha.role == "standby" and a.exit_code == 0, (b.ha.role, a.ha.role, a.exit_code, a.ha.last_error)
+        assert core.active is not None and core.active.name == "host-b"
+
+    await _run(tmp_path, body)
+
+
+async def test_a_stop_whose_standby_never_comes_back_to_the_cp_stops_normally_within_its_budget(tmp_path: Path) -> None:
+    async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
+        core = cp.cp
+        refuse_handovers(core)  # every handover: no standby registered at the CP
+        t0 = time.monotonic()
+        await asyncio.wait_for(a.graceful_stop(), 40)
+        took = time.monotonic() - t0
+        assert 5 < took < 30, took  # asked again for most of the handover's 15 s, then a normal stop
+        assert b.ha.role == "standby" and core.active is None  # a normal stop: nobody was made active by it
+        assert a.exit_code == 0
 
     await _run(tmp_path, body)
 

@@ -456,7 +456,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         self.end_handover()
         if sb is None or not sb.usable:
             host.released = False
-            host.send({"t": "handover_refused", "reason": "no standby host is registered at the CP"})
+            host.send({"t": "handover_refused", "reason": "no standby host is registered at the CP", "code": "no_standby"})
             for term in self.terms.values():
                 if term.active is not None and term.active.host is host:
                     self._deliver_pending(term, host)

@@ -122,6 +122,8 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         self.deferred_batch: dict[str, Any] | None = None  # a resync/standby startup held during a handover
         self.stopping = False  # the process is ending normally: no switchover or batch starts now
         self.stop_handing_over = False  # a stop waits on a planned switchover: if it ends, the normal stop follows
+        self.stop_asks_until: float | None = None  # ... unless the CP had no standby registered: asked again until then
+        self.stop_may_ask_again = False  # (set when it ended so: HostServer._hand_over_for_stop asks again)
         self.standby_out_of_sight: float | None = None  # active: established standby lost with the peer link (when)
         self.batch_token = 0  # each batch read's; an older one's end is ignored
         self.batch_apply: asyncio.Task[None] | None = None
@@ -386,7 +388,9 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         elif t == "released":
             await self.on_released()
         elif t == "handover_refused":
-            self.switchover_ended("switchover_refused", f"planned switchover refused by the CP: {msg.get('reason')}", msg.get("reason"))
+            code = msg.get("code")
+            why = f"planned switchover refused by the CP: {msg.get('reason')}"
+            self.switchover_ended("switchover_refused", why, msg.get("reason"), code if isinstance(code, str) else None)
         elif t == "demoted":
             await self.on_demoted(str(msg.get("active", "")))
         elif t == "switch_refused":
@@ -395,13 +399,13 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
             log.warning("switchover_refused", reason=msg.get("reason"))
             self.last_error = f"switchover refused by the CP: {msg.get('reason')}"
 
-    def switchover_ended(self, event: str, why: str, reason: Any) -> None:
+    def switchover_ended(self, event: str, why: str, reason: Any, code: str | None = None) -> None:
         """A planned switchover that ends without the grant (`why`, logged as `event` with `reason`):
         the active serves on, established as before unless its standby went meanwhile; a stop
         waiting on it stops waiting."""
         self.last_error = why
         log.warning(event, reason=reason)
-        self.switchover_over()
+        self.switchover_over(code)
         self.switch_token += 1
         self.switch_after_resync = None
         self.release_pending = False

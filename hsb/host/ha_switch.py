@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("hsb.host")
 
+# the CP's handover_refused code when no standby host is registered just then (its CP link blipped)
+NO_STANDBY_AT_CP = "no_standby"
+
 
 class SwitchSide:
     """The failover and switchover rules of `HA` (see the module docstring)."""
@@ -45,6 +48,8 @@ class SwitchSide:
     resyncing: bool
     stopping: bool
     stop_handing_over: bool
+    stop_asks_until: float | None
+    stop_may_ask_again: bool
     deferred_batch: dict[str, Any] | None
     switchovers_ended: int
     counters: dict[str, int]
@@ -144,12 +149,19 @@ class SwitchSide:
             return f"no established standby ({self.describe()}); a planned switchover needs hot standby"
         return None
 
-    def switchover_over(self: HA) -> None:
+    def switchover_over(self: HA, code: str | None = None) -> None:
         """A planned switchover ended without the grant (refused, abandoned). A stop waiting on it
         (`stop_handing_over`) stops waiting and runs the normal stop: from now on, so nothing of
-        hot standby starts in between (a resync held during the handover, or asked now)."""
+        hot standby starts in between (a resync held during the handover, or asked now). Not when
+        the CP refused it only because the standby was not registered just then (its CP link
+        blipped) and the stop may still ask again (`stop_asks_until`): HostServer.graceful_stop
+        asks again while the peer link still shows hot standby."""
         self.switchovers_ended += 1
-        if self.stop_handing_over:
+        if not self.stop_handing_over:
+            return
+        if code == NO_STANDBY_AT_CP and self.stop_asks_until is not None and time.monotonic() < self.stop_asks_until:
+            self.stop_may_ask_again = True
+        else:
             self.stopping = True
 
     def switchover_under_way(self: HA) -> bool:

@@ -53,6 +53,9 @@ STOP_PEER_WAIT_S = 3.0
 # limit runs out after the handover went waits this long from then for that answer. A normal stop
 # instead could not take the handover back (the CP may grant it meanwhile, or end it with the role).
 HANDOVER_ANSWER_S = 5.0
+# A stop's handover that the CP refused only because no standby was registered there just then is
+# asked again this often (within the handover's 15 s).
+STOP_ASK_AGAIN_S = 0.5
 
 
 class HostServer:
@@ -396,6 +399,29 @@ class HostServer:
                 return False
             await asyncio.sleep(0.02)
 
+    async def _hand_over_for_stop(self, under_way: bool, timeout: float = 15.0) -> bool:
+        """`hand_over` for a stop, asked again (every STOP_ASK_AGAIN_S) while the CP refuses it
+        only because no standby is registered there just then (its CP link blipped) and the peer
+        link still shows hot standby, within the handover's `timeout` in all (so within the unit's
+        TimeoutStopSec). True once this host is the standby."""
+        ha = self.ha
+        deadline = time.monotonic() + timeout
+        ha.stop_asks_until = deadline - STOP_ASK_AGAIN_S
+        ha.stop_may_ask_again = False
+        try:
+            ok = await self.hand_over(ask=not under_way)  # (its own timeout: 15 s)
+            while not ok and ha.stop_may_ask_again and ha.exit is None and not ha.stopping:
+                ha.stop_may_ask_again = False
+                log.info("stop_handover_asked_again", reason=ha.last_error, msg="no standby registered at the CP just then; asked again")
+                await asyncio.sleep(STOP_ASK_AGAIN_S)
+                if ha.exit is not None or ha.stopping or ha.switchover_refusal() is not None:  # (hot standby gone: a normal stop)
+                    break
+                ok = await self.hand_over(timeout=max(deadline - time.monotonic(), 1.0))
+            return ok
+        finally:
+            ha.stop_asks_until = None
+            ha.stop_may_ask_again = False
+
     async def standby_back(self) -> bool:
         """An active whose established standby went out of sight with the peer link less than
         STANDBY_BLIP_S ago (`HA.standby_may_return`; one gone longer is taken to be down): wait up
@@ -427,7 +453,7 @@ class HostServer:
             if why is None:
                 notify(STATUS="handing over before stopping")
                 log.info("stop_hands_over", msg="SIGTERM: a planned switchover first, then the process ends", under_way=under_way)
-                if await self.hand_over(ask=not under_way):
+                if await self._hand_over_for_stop(under_way):
                     log.info("stopped_after_handover", new_active=self.peer.peer_name)
                     notify(STOPPING=1, STATUS="stopped after handing over")
                     self.exit_code = 0
