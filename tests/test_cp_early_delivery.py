@@ -356,3 +356,30 @@ async def test_the_host_names_what_it_handed_to_its_service_before_its_sessions(
         got.update(m["handed"])
     assert got == handed
     assert [it[0] for m in sent for it in m["items"]] == list(defs) and sent[-1]["last"] is True
+
+
+async def test_a_reply_settled_for_a_terminal_that_resumed_meanwhile_is_kept_for_it(tmp_path: Path) -> None:
+    """A non-resuming terminal's message is answered; the record that settles it ("d") is not yet
+    durable when its connection drops and the terminal comes back resuming (last_reply), then drops
+    again. Once "d" is durable, the reply must be kept for the resuming terminal and resent at its
+    next hello: it went neither to a connection, nor to the outbox (which is not for resuming
+    terminals), nor to the kept replies, and the acknowledged message was never answered."""
+    cp = cp_core(tmp_path, 2)
+    cp.journal.durable = True
+    a = fake_host(cp, "host-a", "active", record=True)
+    t = recording_terminal(cp, "T00001", last_reply=None)  # does not resume
+    cp.host_open(a, "T00001", "active", {})
+    j = HeldJournal(cp, ("d",))
+    t.data_received(encode({"t": "msg", "id": 1, "data": "x"}))
+    assert to_terminal(t) == [("ack", 1)]
+    cp.host_reply(a, "T00001", 1, "r1")
+    assert j.held, "the settling record is not held"
+    t.connection_lost(ConnectionResetError("gone"))
+    t2 = recording_terminal(cp, "T00001", last_reply=0)  # back, resuming now
+    cp.host_open(a, "T00001", "active", {})
+    t2.connection_lost(ConnectionResetError("gone again"))
+    j.release()  # "d" durable now
+    assert 1 in cp.terms["T00001"].replies, "the reply was dropped"
+    t3 = recording_terminal(cp, "T00001", last_reply=0)
+    replies = [f for f in frames(t3) if f["t"] == "reply"]
+    assert [(f["id"], f["data"]) for f in replies] == [(1, "r1")], frames(t3)

@@ -459,3 +459,22 @@ async def test_a_terminal_at_its_bound_whose_session_was_refused_logs_off_by_its
         assert st["counters"]["replies_after_logoff"] == 4 and st["terminals"]["connected"] == 0
     finally:
         cp.stop()
+
+
+async def test_a_bye_read_behind_the_bound_is_a_logoff_when_the_connection_is_lost_before_any_sweep(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Messages up to the bound, one more and a bye, read in one go: the bye waits, decoded, behind
+    the bound. The connection is then lost (a write into it failed, say) before the once-a-second
+    sweep finds it gone: still a logoff, so its held messages go to an active with the logoff
+    (it was a plain disconnect: they waited for ever for the terminal to come back)."""
+    from hsb.wire.framing import encode
+    from tests.support.cpcore import cp_core, recording_terminal
+
+    cp = cp_core(tmp_path, 2, cp="held_bound = 4\n")
+    t = recording_terminal(cp, "T00001")
+    frames = [{"t": "msg", "id": i, "data": "x"} for i in range(1, 6)] + [{"t": "bye"}]
+    t.data_received(b"".join(encode(m) for m in frames))
+    term = cp.terms["T00001"]
+    assert len(term.held) == 4 and t.reading_paused and not term.leaving  # the bye is read, not taken
+    t.connection_lost(ConnectionResetError("the terminal went"))
+    assert term.leaving and term.conn is None, "a bye read before the connection was lost is a logoff"
+    assert len(term.held) == 4  # nothing acknowledged dropped: they go to the active with the logoff

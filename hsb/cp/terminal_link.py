@@ -186,13 +186,20 @@ class TerminalProtocol(FramedProtocol):
         end had been read; a bye it gave (waiting in the logoff storm's queue, parked, or read
         and waiting behind the held bound) is still a logoff. Nothing else it sent was taken:
         none of it was acknowledged."""
-        if any(m["t"] == "bye" for m in (*self._backlog, *self.unread_frames())):
+        if self._bye_read() or any(m["t"] == "bye" for m in self.unread_frames()):
             self.bye_waiting = True
         self.abort()  # (its connection_lost comes later and finds the terminal no longer its own)
         self.on_lost(None, now=True)
 
+    def _bye_read(self) -> bool:
+        """A bye read and decoded but not taken: waiting behind the held bound in the backlog."""
+        return any(m["t"] == "bye" for m in self._backlog)
+
     def close(self) -> None:
         term = self.term
+        if self._bye_read():  # (what waits behind it is never taken now: nothing of it was acknowledged)
+            self._backlog.clear()
+            self.bye_waiting = True
         if self.bye_waiting and term is not None and term.conn is self:
             # closed by the CP while its bye waited (a timer, a flip's classic path), perhaps
             # inside a flip's slice: its session closes as a logoff when the connection goes
@@ -202,7 +209,7 @@ class TerminalProtocol(FramedProtocol):
 
     def on_lost(self, exc: Exception | None, now: bool = False) -> None:
         term = self.term
-        if self.parked and any(m["t"] == "bye" for m in self.parked):
+        if (self.parked and any(m["t"] == "bye" for m in self.parked)) or self._bye_read():
             self.bye_waiting = True  # it said bye behind the bound, and went: a logoff all the same
         self.parked = None
         if term is not None and term.conn is self:

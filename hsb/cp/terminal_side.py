@@ -616,6 +616,10 @@ class TerminalSide:
             msg: dict[str, Any] = {"t": "reply", "id": held.id, "data": data}
             if held.recovered:  # (it may hold this reply from before the crash)
                 msg["resent"] = True
+            if term.resuming and held.id > term.confirmed:
+                # it said hello with last_reply since this record went: kept until it confirms
+                # (its connection may be gone again, and a resuming terminal has no outbox)
+                self._keep_reply(term, held.id, data)
             self._to_terminal(term, msg)
         faults.point("cp.between_reply_and_discard")
         if self.after_switch is not None:
