@@ -383,3 +383,35 @@ async def test_a_reply_settled_for_a_terminal_that_resumed_meanwhile_is_kept_for
     t3 = recording_terminal(cp, "T00001", last_reply=0)
     replies = [f for f in frames(t3) if f["t"] == "reply"]
     assert [(f["id"], f["data"]) for f in replies] == [(1, "r1")], frames(t3)
+
+
+async def test_a_reply_for_a_non_resuming_terminal_that_is_away_is_kept_in_the_journal(tmp_path: Path) -> None:
+    """A terminal that does not resume is disconnected when the active answers its messages: the
+    replies are kept with a record of their own ("r"), not in the memory-only outbox, which a
+    crash of the CP would lose whole (acknowledged messages never answered); at its next hello
+    they are sent, marked resent, and settled."""
+    cp = cp_core(tmp_path, 2)
+    a = fake_host(cp, "host-a", "active", record=True)
+    t = recording_terminal(cp, "T00001", last_reply=None)
+    cp.host_open(a, "T00001", "active", {})
+    kinds: list[str] = []
+    real = cp.journal.append
+
+    def append(payload: list[Any], done: Any = None, lazy: bool = False) -> int:
+        kinds.append(payload[0])
+        return int(real(payload, done, lazy))
+
+    cp.journal.append = append
+    for mid in (1, 2):
+        t.data_received(encode({"t": "msg", "id": mid, "data": f"m{mid}"}))
+    assert to_terminal(t) == [("ack", 1), ("ack", 2)]
+    t.connection_lost(ConnectionResetError("gone"))
+    for mid in (1, 2):
+        cp.host_reply(a, "T00001", mid, f"r{mid}")
+    term = cp.terms["T00001"]
+    assert sorted(term.replies) == [1, 2] and not term.outbox, (term.replies, term.outbox)
+    assert kinds.count("r") == 2 and "d" not in kinds, kinds
+    t2 = recording_terminal(cp, "T00001", last_reply=None)
+    got = [(f["id"], f["data"], f.get("resent")) for f in frames(t2) if f["t"] == "reply"]
+    assert got == [(1, "r1", True), (2, "r2", True)], got
+    assert not term.replies and not term.held  # sent and settled: a terminal that does not resume confirms nothing

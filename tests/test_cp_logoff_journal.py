@@ -445,12 +445,17 @@ async def test_a_recovered_message_answered_to_a_terminal_back_without_resuming_
 
 
 async def test_an_outbox_reply_handed_to_a_resuming_hello_is_kept_until_confirmed(tmp_path: Path) -> None:
-    """A non-resuming run's reply waits in the outbox; the terminal logs on resuming and gets it
-    marked resent, and that connection breaks before it reads it: its next resuming hello gets
-    it again (it was kept, "r"), and its confirmation settles it."""
+    """A non-resuming run's reply, decided while it was connected, finds it gone once its record
+    ("d") is durable: it waits in the outbox; the terminal logs on resuming and gets it marked
+    resent, and that connection breaks before it reads it: its next resuming hello gets it again
+    (it was kept, "r"), and its confirmation settles it."""
+    from tests.test_cp_grant_gap import HeldJournal
+
     cp, h, t = await _one_sent(tmp_path, None)
-    cp.terminal_lost(t)
+    j = HeldJournal(cp, ("d",))
     cp.host_reply(h, "T00001", 1, "R1")
+    cp.terminal_lost(t)
+    j.release()
     assert t.outbox and not t.held
     assert _replies(recording_terminal(cp, "T00001", 0)) == [1]
     cp.terminal_lost(t)

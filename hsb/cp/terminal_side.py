@@ -558,10 +558,11 @@ class TerminalSide:
         # not read, and gone: lost first (a bye it gave makes this reply nobody's), so that what
         # is decided below is decided for the terminal as it now is
         self._lost_if_unread_gone(term)
-        # recovered at a restart, its terminal not back yet: kept ("r") whichever kind it turns
-        # out to be (one that resumes is owed it until it confirms; one that does not gets it
-        # marked resent at its hello), never put in the memory-only outbox
-        away = held.recovered and term.conn is None
+        # its terminal away (recovered at a restart and not back yet, or disconnected since):
+        # kept ("r") whichever kind it turns out to be (one that resumes is owed it until it
+        # confirms; one that does not gets it marked resent at its hello), never put in the
+        # memory-only outbox, which a crash of the CP would lose whole
+        away = term.conn is None or term.conn.closed
         if (not term.resuming and not away) or self._for_nobody(term, mid):  # (gone for good: nothing to keep it for)
             self.journal.append(["d", name, mid], lambda: self._replied(term, held, data))
             return
