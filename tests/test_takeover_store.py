@@ -246,3 +246,32 @@ async def test_an_operations_own_timeout_error_is_not_a_storage_timeout(path: st
         assert store.responding
     finally:
         await store.close()
+
+
+async def test_a_ring_read_that_misses_its_deadline_and_finishes_later_asks_for_a_resync(path: str) -> None:
+    """A poll stalls past storage_timeout on the storage thread, then finishes: it moved the
+    ring cursor past the records it read, and its result went to nobody. The next poll must not
+    go on from there (those session changes would be lost without a word): it says the reader
+    lost its place, and only a new batch read continues."""
+    f = Faults(ops=frozenset({"ring read"}))
+    active = TakeoverStore(path, terminals=10, host_name="host-a")
+    standby = TakeoverStore(path, terminals=10, host_name="host-b", faults=f, timeout=0.2)
+    try:
+        await active.batch_write(1, [])
+        await standby.batch_read()
+        change = [SessionEntry("T1", {}, True)]
+        await active.append(change)
+        f.hold()
+        with pytest.raises(StorageNotResponding):
+            await standby.poll()
+        f.release()  # the stuck read goes on and reads the change, for nobody
+        await wait_until(lambda: standby.responding)
+        res = await standby.poll()
+        assert res.needs_resync and res.status is PollStatus.LAPPED, res
+        await standby.batch_read()  # a new batch read: the cursor is trusted again, from the batch
+        res = await standby.poll()
+        assert res.status is PollStatus.NEW and res.entries == change, res  # the change, not lost
+    finally:
+        f.release()
+        await active.close()
+        await standby.close()

@@ -33,7 +33,7 @@ from hsb.takeover.errors import HeaderCorrupt, NoBatchWritten, StorageNotRespond
 from hsb.takeover.faults import Faults
 from hsb.takeover.fileio import check_file
 from hsb.takeover.layout import DEFAULT_RECORD_SIZE, Layout, size_check
-from hsb.takeover.reader import BatchSnapshot, PollResult, RingReader, batch_read, read_header
+from hsb.takeover.reader import BatchSnapshot, PollResult, PollStatus, RingReader, batch_read, read_header
 from hsb.takeover.records import Header, SessionEntry
 from hsb.takeover.writer import TakeoverWriter
 from hsb.worker import Worker
@@ -72,10 +72,13 @@ class TakeoverStore:
         self._pending: list[tuple[list[SessionEntry], int, asyncio.Future[tuple[int, int]]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.last_group = 0  # entries in the last group committed
+        self._poll_lost = False  # a ring read ran on past its deadline: the cursor is not to be trusted
 
     # -- plumbing ----------------------------------------------------------
 
-    async def _run(self, op: str, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+    async def _run(
+        self, op: str, fn: Callable[..., T], *args: Any, timeout: float | None = None, left_running: Callable[[], None] | None = None
+    ) -> T:
         self._stuck = [(name, f) for name, f in self._stuck if not f.done()]
         limit = self.timeout if timeout is None else timeout
         if self._stuck:
@@ -99,8 +102,12 @@ class TakeoverStore:
                 raise  # the operation's own error (an OSError with errno ETIMEDOUT, say)
             if afut.done() and not afut.cancelled():
                 return afut.result()  # finished in the same turn as the deadline: it happened
+            if fut.done() and not fut.cancelled():
+                return fut.result()  # finished on the thread, its callback not yet run: it happened
             if not fut.cancel():  # already running: it is stuck on the storage thread
                 self._stuck.append((op, fut))
+                if left_running is not None:
+                    left_running()  # (what it does when it returns, nobody will see)
             log.error("takeover_storage_not_responding", path=self.path, op=op, timeout=limit)
             raise StorageNotResponding(op, limit) from None
         finally:
@@ -251,13 +258,22 @@ class TakeoverStore:
             self._reader = RingReader(self.path, snap.header, faults=self.faults)
             return snap
 
-        return await self._run("batch read", do)
+        snap = await self._run("batch read", do)
+        self._poll_lost = False  # a new cursor, from this batch read
+        return snap
 
     async def poll(self) -> PollResult:
         """S228: one look at the ring (see RingReader.poll)."""
         if self._reader is None:
             raise NoBatchWritten("poll before batch_read: the ring cursor starts after a batch read")
-        return await self._run("ring read", lambda: self._require_reader().poll())
+        if self._poll_lost:
+            # a ring read left running past its deadline finished later: it moved the cursor past
+            # what it read, and its result went to nobody. Never guess: only a new batch read goes on.
+            return PollResult(PollStatus.LAPPED, reason="a ring read that missed its deadline went on after it: what it read was never applied")
+        return await self._run("ring read", lambda: self._require_reader().poll(), left_running=self._lose_poll)
+
+    def _lose_poll(self) -> None:
+        self._poll_lost = True
 
     def _require_reader(self) -> RingReader:
         if self._reader is None:
