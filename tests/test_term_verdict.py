@@ -159,6 +159,11 @@ def test_report_forms() -> None:
         ({"welcomed": 1}, "not logged on: 1 of 2"),
         ({"disconnects": 2, "disconnects_standby_capable": 2}, "disconnects: 2 "),
         ({"session_closed": 1, "session_closed_standby_capable": 1}, "session closed: 1 "),
+        ({"session_closed": 1, "session_closed_standby_capable": 1, "expect_disconnects": "cp"}, "session closed: 1 "),
+        (
+            {"disconnects": 3, "disconnects_standby_capable": 3, "disconnects_cp_present": 1, "expect_disconnects": "cp"},
+            "disconnects with the CP present: 1 ",
+        ),
         ({"errors": {"already_connected": 1}}, "CP errors: already_connected x1"),
         ({"protocol_errors": 1}, "protocol errors: 1 "),
     ],

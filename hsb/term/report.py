@@ -183,12 +183,18 @@ class LoadReport:
                 )
             if self.session_closed_standby_capable:
                 out.append(f"session closed: {self.session_closed_standby_capable} session closures of standby-capable terminals")
-        elif self.expect_disconnects == "cp" and self.disconnects_cp_present:
-            out.append(
-                f"disconnects with the CP present: {self.disconnects_cp_present} of terminals that should have kept their"
-                " connection were welcomed again by the same CP process, with no failed connect between (only a CP"
-                " restart or takeover may disconnect them in this run)"
-            )
+        elif self.expect_disconnects == "cp":
+            if self.disconnects_cp_present:
+                out.append(
+                    f"disconnects with the CP present: {self.disconnects_cp_present} of terminals that should have kept their"
+                    " connection were welcomed again by the same CP process, with no failed connect between (only a CP"
+                    " restart or takeover may disconnect them in this run)"
+                )
+            if self.session_closed_standby_capable:  # (a CP away drops the connection; it closes no session)
+                out.append(
+                    f"session closed: {self.session_closed_standby_capable} session closures of standby-capable terminals"
+                    " (a CP restart or takeover may drop a connection, not close a session on one)"
+                )
         # a refusal is a failure even where disconnects are expected; only a reconnect that came
         # before the CP noticed the old connection's loss (already_connected, retried) is not
         errors = self.errors if not self.expect_disconnects else {k: v for k, v in self.errors.items() if k not in RECONNECT_RACES}
