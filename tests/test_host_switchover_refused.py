@@ -33,12 +33,17 @@ async def held_releasing(cp: CPServer, a: HostServer) -> tuple[Any, Any]:
     return real, core.active
 
 
-def refuse_handovers(core: Any) -> Any:
-    """The CP refuses every handover as it does when no standby is registered just then (the
-    standby's CP link away); returns its real handler."""
+def refuse_handovers(core: Any, times: int | None = None) -> Any:
+    """The CP refuses every handover (or the next `times`) as it does when no standby is
+    registered just then (the standby's CP link away); returns its real handler."""
     real = core.host_handover
+    left = [times]
 
     def no_standby(host: Any, wait: bool = True) -> None:
+        if left[0] is not None:
+            left[0] -= 1
+            if left[0] <= 0:
+                core.host_handover = real  # the standby is back at the CP for the next one
         sb, core.standby = core.standby, None
         try:
             real(host, wait)
@@ -148,21 +153,9 @@ async def test_a_stop_whose_handover_meets_the_standby_away_from_the_cp_asks_aga
 
     async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
         core = cp.cp
-        real = refuse_handovers(core)
-        refused: list[float] = []
-
-        def once(host: Any, wait: bool = True) -> None:
-            refused.append(time.monotonic())
-            core.host_handover = real  # the standby is back at the CP for the next one
-            sb, core.standby = core.standby, None
-            try:
-                real(host, wait)
-            finally:
-                core.standby = sb
-
-        core.host_handover = once
+        real = refuse_handovers(core, times=1)
         await asyncio.wait_for(a.graceful_stop(), 30)
-        assert refused, "the first handover was never refused"
+        assert core.host_handover == real, "the first handover was never refused"
         assert b.ha.role == "active" and a.ha.role == "standby" and a.exit_code == 0, (b.ha.role, a.ha.role, a.exit_code, a.ha.last_error)
         assert core.active is not None and core.active.name == "host-b"
 
