@@ -461,7 +461,11 @@ class Lab:
         self.start_host("b", "standby")
         return await self.wait(lambda s: s["established"], timeout, "hot standby established")
 
-    def load(self, *, rate: float, settle: float = 20.0, terminals: int | None = None, expect_disconnects: bool = False, keepalive: int = 1) -> Load:
+    def load(
+        self, *, rate: float, settle: float = 20.0, terminals: int | None = None, expect_disconnects: bool | str = False, keepalive: int = 1
+    ) -> Load:
+        """The terminals' load in a process of its own; `expect_disconnects` True: any disconnect
+        may happen; "cp": only the CP's absence may disconnect a terminal (a CP failover)."""
         out = self.dir / f"load-{len([p for p in self.dir.glob('load-*.json')])}.json"
         dm = self.spawn(
             "terminals",
@@ -482,7 +486,7 @@ class Lab:
                 str(out),
                 "--keepalive",
                 str(keepalive),
-                *(["--expect-disconnects"] if expect_disconnects else []),
+                *(["--expect-cp-restart"] if expect_disconnects == "cp" else ["--expect-disconnects"] if expect_disconnects else []),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -56,7 +56,7 @@ async def main(a: argparse.Namespace) -> int:
         sending=sending,
         stop=stop,
         marks=marks,
-        expect_disconnects=a.expect_disconnects,
+        expect_disconnects="cp" if a.expect_cp_restart else a.expect_disconnects,
         keepalive=a.keepalive,
     )
     ann.cancel()
@@ -76,5 +76,10 @@ if __name__ == "__main__":
     p.add_argument("--connect-timeout", type=float, default=60.0)
     p.add_argument("--out", required=True)
     p.add_argument("--keepalive", type=int, default=1, help="the terminals' TCP keepalive idle seconds (0: none)")
-    p.add_argument("--expect-disconnects", action="store_true", help="a CP failover: terminals reconnect and resume")
+    p.add_argument("--expect-disconnects", action="store_true", help="any disconnect may happen: terminals reconnect and resume")
+    p.add_argument(
+        "--expect-cp-restart",
+        action="store_true",
+        help="a CP failover: only the CP's absence may disconnect a terminal, and no session may close (hsbterm load --expect-cp-restart)",
+    )
     sys.exit(hsb_loop.run(main(p.parse_args())))
