@@ -175,26 +175,24 @@ class LoadReport:
             out.append(
                 f"not back: {self.not_back} terminals were not logged on again, or not given their session again, by the end of the run{eg(self.not_back_names)}"
             )
-        if not self.expect_disconnects:
-            if self.disconnects_standby_capable:
-                out.append(
-                    f"disconnects: {self.disconnects_standby_capable} of terminals that should have kept their"
-                    " connection (pass --expect-disconnects for conventional mode or a CP restart)"
-                )
-            if self.session_closed_standby_capable:
-                out.append(f"session closed: {self.session_closed_standby_capable} session closures of standby-capable terminals")
-        elif self.expect_disconnects == "cp":
-            if self.disconnects_cp_present:
-                out.append(
-                    f"disconnects with the CP present: {self.disconnects_cp_present} of terminals that should have kept their"
-                    " connection were welcomed again by the same CP process, with no failed connect between (only a CP"
-                    " restart or takeover may disconnect them in this run)"
-                )
-            if self.session_closed_standby_capable:  # (a CP away drops the connection; it closes no session)
-                out.append(
-                    f"session closed: {self.session_closed_standby_capable} session closures of standby-capable terminals"
-                    " (a CP restart or takeover may drop a connection, not close a session on one)"
-                )
+        cp_mode = self.expect_disconnects == "cp"
+        if not self.expect_disconnects and self.disconnects_standby_capable:
+            out.append(
+                f"disconnects: {self.disconnects_standby_capable} of terminals that should have kept their"
+                " connection (pass --expect-disconnects for conventional mode or a CP restart)"
+            )
+        if cp_mode and self.disconnects_cp_present:
+            out.append(
+                f"disconnects with the CP present: {self.disconnects_cp_present} of terminals that should have kept their"
+                " connection were welcomed again by the same CP process, with no failed connect between (only a CP"
+                " restart or takeover may disconnect them in this run)"
+            )
+        if (cp_mode or not self.expect_disconnects) and self.session_closed_standby_capable:
+            # (a CP away drops the connection; it closes no session on one)
+            out.append(
+                f"session closed: {self.session_closed_standby_capable} session closures of standby-capable terminals"
+                + (" (a CP restart or takeover may drop a connection, not close a session on one)" if cp_mode else "")
+            )
         # a refusal is a failure even where disconnects are expected; only a reconnect that came
         # before the CP noticed the old connection's loss (already_connected, retried) is not
         errors = self.errors if not self.expect_disconnects else {k: v for k, v in self.errors.items() if k not in RECONNECT_RACES}
