@@ -357,6 +357,38 @@ async def test_kill9_of_the_cp_loses_nothing_it_promised(cp: Proc) -> None:
         cp2.stop()
 
 
+async def test_a_resend_is_marked_only_by_a_cp_that_follows_another_on_its_journal(cp: Proc) -> None:
+    """A resent id the CP never had may be one an earlier CP process handed to the active early:
+    a CP restarted on the journal marks it redelivered. One started on a new journal had no
+    predecessor, so a resend there (a connection that dropped before the CP read it) is new."""
+    a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+    a.auto_open = ATTRS
+    t = await hello(cp, "T00001")
+    await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+    t.send({"t": "msg", "id": 1, "data": "m1", "resent": True})
+    d = await a.wait(lambda m: m["t"] == "deliver")
+    assert (d["id"], d["redelivered"]) == (1, False), "a new journal's CP marked a message no host ever had"
+    assert (await cp_status(cp))["counters"]["resent_unknown"] == 0
+    cp.kill(signal.SIGKILL)
+    cp.popen.wait(5)
+    await a.close()
+    await t.close()
+    cp2 = restart_cp(cp)
+    try:
+        a2 = await FakeHost.connect(cp2.info["host"], "host-a", "active")
+        a2.auto_open = ATTRS
+        t2 = await hello(cp2, "T00001")
+        await t2.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        t2.send({"t": "msg", "id": 2, "data": "m2", "resent": True})
+        d2 = await a2.wait(lambda m: m["t"] == "deliver" and m["id"] == 2)
+        assert d2["redelivered"] is True, "a resend the CP before may have handed over went unmarked"
+        assert (await cp_status(cp2))["counters"]["resent_unknown"] == 1
+        await a2.close()
+        await t2.close()
+    finally:
+        cp2.stop()
+
+
 async def test_a_reply_sent_before_its_record_was_durable_never_comes_unmarked(tmp_path: Path) -> None:
     """A resuming terminal gets its reply before the "r" record is durable. The CP dies right
     after sending it: the message is recovered and answered again, and the terminal, whose

@@ -133,6 +133,11 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         self._tick_skipped = False
         self.flip_slice = cfg.cp.flip_slice
         self.resume_window = cfg.cp.resume_window  # an adopted session waits this long for its terminal (hsb.cp.adopt)
+        # a CP process wrote this journal before this one (hsb.cp.server sets it from the
+        # generation it took): a terminal's resend this CP never had may be a message that process
+        # handed to the active early, so it is marked. One started on a new journal has nobody's
+        # hand-overs to hide, and marks nothing a host never had.
+        self.follows_a_cp = True
         self.open_batch_bytes = cfg.cp.max_frame // 2  # what an open_batch frame may hold (docs/protocol.md §3)
         # the largest message a terminal may send: what every host that registered can take in a
         # frame too (its max_frame, said at its register), or a message acknowledged here would

@@ -253,6 +253,7 @@ class CPServer(Waiting):
             r = recover(d)  # raises JournalDamaged (file and offset) on damage
             journal = Journal(d, timeout=c.journal_timeout, segment_bytes=c.journal_segment_kib * 1024, generation=gen, io=c.journal_io)
             cp = CP(self.cfg, journal)
+            cp.follows_a_cp = gen > 1  # (take() creates the generation above any before: 1 on a new journal)
             cp.restore(r)
             faults.point("cp.mid_recovery")
             try:

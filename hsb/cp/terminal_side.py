@@ -167,7 +167,7 @@ class TerminalSide:
                 self._tell(term, {"t": "ack", "id": mid})
             return  # accepted and not yet durable: its ack is on its way
         term.last_acked = mid
-        if resent:
+        if resent and self.follows_a_cp:
             # sent before and never acknowledged, new here: an earlier CP process may have handed
             # it to the active before it died (early delivery), and that host's memory of it may
             # be gone too (restarted, replaced): marked redelivered wherever it goes first
