@@ -77,6 +77,26 @@ def machine_line(m: dict[str, Any]) -> str:
     return f"{m['cores']} cores ({m['cpu']}), {m['mem_gib']} GiB RAM, Linux {m['kernel']}, Python {m['python']}, uvloop {m['uvloop']}"
 
 
+def scratch(prefix: str) -> Path:
+    """A fresh working directory for one benchmark's daemons and logs (under the system's temp
+    directory); `finished` removes it again."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def finished(d: Path, ok: bool, keep: bool = False) -> None:
+    """The benchmark is over: its directory goes if every run passed (a lab of 10,000 terminals
+    leaves tens of MB of logs and journals behind each time), and stays, said on stderr, if one
+    failed or `keep` was asked for: its logs are how a failure is read."""
+    import shutil
+
+    if ok and not keep:
+        shutil.rmtree(d, ignore_errors=True)
+    else:
+        print(f"{sys.argv[0]}: logs and journals kept in {d}", file=sys.stderr)
+
+
 def rss_kib(pid: int) -> int:
     """Resident set size of `pid` in KiB (VmRSS of /proc/PID/status)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -768,6 +768,13 @@ def main(argv: list[str] | None = None) -> None:
     lp.add_argument("--connect-timeout", type=float, default=120.0)
     lp.add_argument("--after-s", type=float, default=1.0, help="a mark's window: messages sent this long after it count")
     lp.add_argument("--expect-disconnects", action="store_true", help="conventional mode: disconnects do not fail the verdict")
+    lp.add_argument(
+        "--expect-cp-restart",
+        dest="expect_disconnects",
+        action="store_const",
+        const="cp",
+        help="a CP restart or takeover: only disconnects the CP's absence explains, and no session closure, pass the verdict",
+    )
     lp.add_argument("--closed-loop", action="store_true", help="each terminal keeps --window outstanding (capacity)")
     lp.add_argument("--workload", default="echo", choices=["echo", "ledger"])
     lp.add_argument("--accounts", type=int, default=50)

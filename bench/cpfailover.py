@@ -15,8 +15,8 @@ keepalived becoming master (its notify script's log), its hsbcpd's `journal_reco
 takeover: generation raised, journal read, snapshot written; its own duration beside it), and
 the terminals' view (hsb.term.timeline): the worst pause over the messages in flight at the cut
 or sent in the second after it, and all served (the last reply to a message the cut kept
-waiting). The verdict is strict (disconnects expected: terminals reconnect and resume): 0 lost,
-0 duplicate replies. Needs root, iproute2 and keepalived. Raw results: bench/results/cpfailover.json.
+waiting). The verdict is strict (hsbterm --expect-cp-restart: only the CP's absence may disconnect a
+terminal, and no session may close; terminals reconnect and resume): 0 lost, 0 duplicate replies. Needs root, iproute2 and keepalived. Raw results: bench/results/cpfailover.json.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _sandbox import fmt_ms, machine, machine_line, median, raw_name, run_or_render, sandbox, sandbox_down, say, table, tree_cpu, write_section  # noqa: E402
+
+from bench._common import finished, scratch  # noqa: E402
 
 COMMAND = "sudo .venv/bin/python bench/cpfailover.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "cpfailover.json"
@@ -63,7 +64,7 @@ async def lab_run(n: int, a: argparse.Namespace, rep: int, base: Path, tickle: b
         first = await lab.serving_cp()
         assert first is not None
         other = next(c for c in CPS if c != first)
-        load = lab.load(rate=a.rate, expect_disconnects=True, settle=60, keepalive=a.term_keepalive)
+        load = lab.load(rate=a.rate, expect_disconnects="cp", settle=60, keepalive=a.term_keepalive)
         await load.sending(timeout=300)
         await lab.wait(lambda s: s["cp"].get("terminals", {}).get("standby_sessions") == n, 300, "every standby session", interval=0.2)
         await asyncio.sleep(a.steady)
@@ -146,7 +147,7 @@ async def amain(a: argparse.Namespace) -> int:
     if why:
         say(f"bench/cpfailover.py: {why}")
         return 2
-    base = Path(tempfile.mkdtemp(prefix="hsb-bench-cpfailover-"))
+    base = scratch("hsb-bench-cpfailover-")
     data: dict[str, Any] = {"machine": a.machine, "command": a.command, "rate": a.rate, "results": [], "restart": []}
 
     def save() -> None:
@@ -179,7 +180,9 @@ async def amain(a: argparse.Namespace) -> int:
     print(text)
     if a.write:
         write_section(SECTION, text)
-    return 0 if all(r["ok"] for r in data["results"] + data["restart"]) else 1
+    ok = all(r["ok"] for r in data["results"] + data["restart"])
+    finished(base, ok, a.keep)
+    return 0 if ok else 1
 
 
 def served_again_ms(r: dict[str, Any]) -> float:
@@ -279,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=str(RESULTS))
     p.add_argument("--render", metavar="JSON")
     p.add_argument("--no-write", dest="write", action="store_false")
+    p.add_argument("--keep", action="store_true", help="keep the working directory (logs, journals) even when every run passed")
     a = p.parse_args(argv)
     a.command = COMMAND + (" " + " ".join(argv) if argv else "")
     a.sizes = [int(x) for x in a.sizes.split(",") if x]

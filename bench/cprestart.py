@@ -6,7 +6,8 @@ how long until every terminal is served again; plus the recovery of a large jour
 
 Per size: one sandbox (hsbcpd, host-a active, host-b standby, journal service, default timing,
 `durability = "fsync"`); per repetition a load child (bench/_sandbox.py, 2,000 msg/s, resuming
-terminals, strict verdict with disconnects expected) and, once hot standby is established and
+terminals, strict verdict in its CP-restart mode: only the CP's absence may disconnect a terminal,
+no session may close) and, once hot standby is established and
 the load steady, SIGKILL of hsbcpd and a new hsbcpd started at once on the same journal (what
 systemd's `Restart=always` does). From the kill, on the wall clock (the daemons' JSON logs and
 the load child): the new process's first log line (process start), `journal_recovered` (its
@@ -57,6 +58,8 @@ from _sandbox import (  # noqa: E402
     write_section,
 )
 
+from bench._common import finished, scratch  # noqa: E402
+
 COMMAND = ".venv/bin/python bench/cprestart.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "cprestart.json"
 SECTION = "The CP restarted on its journal (`bench/cprestart.py`)"
@@ -90,7 +93,7 @@ async def ensure_mode(d: Path, n: int, mode: str) -> None:
 async def one(d: Path, n: int, a: argparse.Namespace, rep: int, mode: str = "plain") -> dict[str, Any]:
     await ensure_mode(d, n, mode)
     logs = Logs(d)
-    load = await start_load(sandbox.load_state(d)["cp"]["terminal"], n, a.rate, d / f"load-{rep}.log", settle=30, expect_disconnects=True)
+    load = await start_load(sandbox.load_state(d)["cp"]["terminal"], n, a.rate, d / f"load-{rep}.log", settle=30, expect_cp_restart=True)
     try:
         assert (await load.read(timeout=180))["ev"] == "sending"
         await until(lambda: status(d), lambda s: s["established"] and s["cp"]["terminals"]["standby_sessions"] == n, 180, "hot standby", 0.2)
@@ -342,7 +345,7 @@ async def amain(a: argparse.Namespace) -> int:
         data["recovery"] = recovery_bench(a.recovery)
         say(f"   recovery of {a.recovery:,} outstanding: {data['recovery']}")
         save()
-    base = Path(tempfile.mkdtemp(prefix="hsb-bench-cprestart-"))
+    base = scratch("hsb-bench-cprestart-")
     for n in a.sizes:
         d = base / f"n{n}"
         await sandbox.aup(d, terminals=n, service="journal", timeout=180)
@@ -363,7 +366,9 @@ async def amain(a: argparse.Namespace) -> int:
     print(text)
     if a.write:
         write_section(SECTION, text)
-    return 0 if all(r["ok"] for r in data["results"]) else 1
+    ok = all(r["ok"] for r in data["results"])
+    finished(base, ok, a.keep)
+    return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -382,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=str(RESULTS))
     p.add_argument("--render", metavar="JSON")
     p.add_argument("--no-write", dest="write", action="store_false")
+    p.add_argument("--keep", action="store_true", help="keep the working directory (logs, journals) even when every run passed")
     a = p.parse_args(argv)
     a.command = COMMAND + (" " + " ".join(argv if argv is not None else sys.argv[1:]) if (argv or sys.argv[1:]) else "")
     a.sizes = [int(x) for x in a.sizes.split(",") if x]

@@ -29,7 +29,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +55,8 @@ from _sandbox import (  # noqa: E402
     until,
     write_section,
 )
+
+from bench._common import finished, scratch  # noqa: E402
 
 COMMAND = ".venv/bin/python bench/ledger.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "ledger.json"
@@ -243,7 +244,7 @@ async def amain(a: argparse.Namespace) -> int:
         say(f"bench/ledger.py: {why}")
         return 2
     pg = pgsupport.PgServer()
-    work = Path(tempfile.mkdtemp(prefix="hsb-bench-ledger-"))
+    work = scratch("hsb-bench-ledger-")
     res: dict[str, Any] = {"throughput": [], "failover": []}
     try:
         for n in a.sizes:
@@ -270,6 +271,7 @@ async def amain(a: argparse.Namespace) -> int:
     if a.write:
         write_section(SECTION, text)
     ok = all(r["ok"] for t in res["throughput"] for k in ("hsb", "hsb_norecord") for r in t["runs"][k]) and all(r["ok"] for r in res["failover"])
+    finished(work, ok, a.keep)
     return 0 if ok else 1
 
 
@@ -421,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=str(RESULTS))
     p.add_argument("--render", metavar="JSON")
     p.add_argument("--no-write", dest="write", action="store_false")
+    p.add_argument("--keep", action="store_true", help="keep the working directory (logs, journals) even when every run passed")
     a = p.parse_args(argv)
     a.command = COMMAND + (" " + " ".join(argv) if argv else "")
     a.sizes = [int(x) for x in a.sizes.split(",") if x]

@@ -31,8 +31,9 @@ latency of every message in flight at the operation or sent in the second after 
 children). The verdict is strict: any lost, duplicated, unexpected, wrong-data or unacknowledged
 reply fails a phase, and so do (failover, switchover) any disconnect and (all three) a terminal
 not back or a pair not re-established in time. A CP restart necessarily disconnects every
-terminal: there disconnects are expected (as in bench/cprestart.py) and the terminals that came
-back are counted ("resumed").
+terminal: there only the disconnects the CP's absence explains are expected, and no session may
+close (hsbterm --expect-cp-restart, as in bench/cprestart.py); the terminals that came back are
+counted ("resumed").
 
 Memory is the resident set (VmRSS of /proc/PID/status) of hsbcpd, both hosts and each load child,
 sampled every 0.5 s (peak per phase) and at the phase's end (by role). "KiB per terminal" is
@@ -253,7 +254,7 @@ async def run_phase(d: Path, info: dict[str, Any], n: int, phase: str, a: argpar
                     d / f"load-{phase}-{i + 1}.log",
                     settle=a.settle,
                     after_s=a.steady if phase == "steady" else 1.0,
-                    expect_disconnects=phase == "cp_restart",
+                    expect_cp_restart=phase == "cp_restart",
                     connect_timeout=a.logon_timeout,
                     source=src(phase, i, len(shares)),
                     start=first,
