@@ -167,6 +167,21 @@ async def _exactly_once(db: Any) -> None:
         assert await tx.fetchval("SELECT n FROM t_counter WHERE k = 'x'") == 2
         assert await tx.fetchval("SELECT count(*) FROM hsb_idempotency") == 2
 
+    # an effect that fails when its first run is done (an insert of the same key), the repeat not
+    # marked redelivered (a terminal's resend after a CP crash, to a host that never had it): the
+    # first run's reply, not the error
+    await db.setup(["CREATE TABLE IF NOT EXISTS t_orders (no TEXT PRIMARY KEY)"])
+
+    async def place(tx: Any) -> str:
+        await tx.execute("INSERT INTO t_orders (no) VALUES ('o-1')")
+        return "placed o-1"
+
+    assert await once.run("T5", 1, False, place) == "placed o-1"
+    assert await once.run("T5", 1, False, place) == "placed o-1", "an unmarked repeat got its effect's error"
+    with pytest.raises(Exception) as exc:  # noqa: PT011 - the database's own integrity error, either kind
+        await once.run("T5", 2, False, place)  # a new message whose effect fails: its error stands
+    assert "unique" in str(exc.value).lower() or "duplicate" in str(exc.value).lower()
+
 
 async def _an_old_table_is_upgraded(db: Any) -> None:
     """A table made before the request's hash was kept gets the column at the next start; its
@@ -872,6 +887,59 @@ async def test_sqlite_sandbox_sigstop_active(sb: Any) -> None:
     finally:
         for p in stopped:
             os.kill(p, signal.SIGCONT)
+
+
+def test_every_exactly_once_helper_learns_the_cps_held_bound(tmp_path: Path) -> None:
+    """A user's own service that never forwards `cp_bounds`: hsbd tells every ExactlyOnce of its
+    process the CP's held_bound at registration all the same, so a prune keeps that many."""
+    from hsb.service import once as once_mod
+
+    db = SqliteDatabase(str(tmp_path / "u.sqlite"))
+    mine = ExactlyOnce(db, keep_last=4)
+    once_mod.tell_cp_bounds(1000)
+    assert mine.held_bound == 1000
+
+
+async def test_a_record_lookup_that_collides_after_an_effects_error_is_tried_again(tmp_path: Path) -> None:
+    """The lookup made when an effect fails may itself collide (RetryTransaction): the message is
+    tried again, not answered with that internal error."""
+    from hsb.service.db import RetryTransaction
+
+    db = SqliteDatabase(str(tmp_path / "r.sqlite"))
+    try:
+        once = ExactlyOnce(db)
+        await once.setup()
+        calls = 0
+
+        async def flaky(tx: Any) -> str:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise ValueError("first try fails")
+            return "done"
+
+        real = once.stored
+        looked = 0
+
+        async def stored(*a: Any, **k: Any) -> str | None:
+            nonlocal looked
+            looked += 1
+            if looked == 1:
+                raise RetryTransaction("lookup collided")
+            return await real(*a, **k)
+
+        once.stored = stored  # type: ignore[method-assign]
+        assert await once.run("T1", 1, False, flaky) == "done"
+        assert calls == 2 and once.counters["collisions"] == 1
+    finally:
+        await db.close()
+
+
+def test_an_unknown_op_is_refused_in_a_short_message() -> None:
+    """The op is echoed back cut short: a huge one must not make the refusal too large to send."""
+    with pytest.raises(BadRequest) as exc:
+        parse(json.dumps({"op": "é" * 200_000}))
+    assert len(str(exc.value)) < 200 and "unknown op" in str(exc.value)
 
 
 def test_keep_last_below_the_cps_held_bound_is_said(tmp_path: Path) -> None:

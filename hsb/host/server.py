@@ -36,6 +36,7 @@ from hsb.ops.limits import raise_nofile
 from hsb.ops.metrics import HostCollector, registry_for
 from hsb.ops.metrics import render as render_metrics
 from hsb.ops.notify import notify, watchdog_too_short
+from hsb.service import once
 from hsb.service.api import Service
 from hsb.wire.framing import payload_max
 from hsb.wire.tls import TLS, reload_tls, set_default_client
@@ -127,8 +128,11 @@ class HostServer:
     def tell_service_bounds(self, held_bound: Any) -> None:
         """The CP's per-terminal bound, to a service that asks for it (`cp_bounds`); an error of
         the service's is logged, never the registration's."""
+        if not isinstance(held_bound, int) or isinstance(held_bound, bool):
+            return
+        once.tell_cp_bounds(held_bound)  # every exactly-once helper's prune, asked or not
         hook = getattr(self.service, "cp_bounds", None)
-        if not callable(hook) or not isinstance(held_bound, int) or isinstance(held_bound, bool):
+        if not callable(hook):
             return
         try:
             hook(held_bound)

@@ -111,7 +111,10 @@ def parse(data: Any) -> Request:
         if src == dst:
             raise BadRequest("'from' and 'to' are the same account")
         return Request(op, src, dst, _amount(obj))
-    raise BadRequest(f"unknown op {op!r}: one of open, deposit, withdraw, transfer, balance")
+    shown = repr(op)
+    if len(shown) > 60:  # (echoed back: a huge op must not make the refusal too large to send)
+        shown = shown[:57] + "..."
+    raise BadRequest(f"unknown op {shown}: one of open, deposit, withdraw, transfer, balance")
 
 
 async def apply(tx: Tx, terminal: str, mid: int, r: Request) -> str:

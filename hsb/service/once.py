@@ -46,6 +46,7 @@ import asyncio
 import hashlib
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -55,6 +56,18 @@ from hsb.service.api import ServiceUnavailable
 from hsb.service.db import Database, RetryTransaction, Tx
 
 log = structlog.get_logger("hsb.service")
+
+# every ExactlyOnce of this process: hsbd tells each the CP's held_bound at each registration
+# (tell_cp_bounds), whether or not its service forwards `cp_bounds` itself
+_INSTANCES: weakref.WeakSet[ExactlyOnce] = weakref.WeakSet()
+
+
+def tell_cp_bounds(held_bound: int) -> None:
+    """The CP holds up to `held_bound` messages per terminal: every ExactlyOnce's prune keeps at
+    least that many records per terminal (called by hsbd at each registration with the CP)."""
+    for once in list(_INSTANCES):
+        once.check_keep_last(held_bound)
+
 
 DDL = [
     "CREATE TABLE IF NOT EXISTS hsb_idempotency ("
@@ -140,6 +153,8 @@ class ExactlyOnce:
         self.next_prune = 0.0
         self.pruning: asyncio.Task[None] | None = None  # the prune running (one at a time)
         self.counters = {"applied": 0, "replayed": 0, "collisions": 0, "pruned": 0, "mismatched": 0}
+        self._said_below: int | None = None  # the held_bound last said to be above keep_last (said once)
+        _INSTANCES.add(self)
 
     def _mismatched(self, terminal: str, message_id: int) -> None:
         self.counters["mismatched"] += 1
@@ -152,6 +167,9 @@ class ExactlyOnce:
         self.held_bound = max(self.held_bound, int(held_bound))
         if not self.record or self.keep_last >= held_bound:
             return True
+        if self._said_below == held_bound:  # (the service's own cp_bounds and hsbd's both call this)
+            return False
+        self._said_below = held_bound
         log.error(
             "idempotency_keep_last_below_held_bound",
             keep_last=self.keep_last,
@@ -186,14 +204,22 @@ class ExactlyOnce:
             except (ServiceUnavailable, RequestMismatch):
                 raise
             except Exception:
-                # The effect's own error. A redelivered message may have met the first run of
-                # it, still open on the host that had it before (an insert of the same key
-                # waited for that commit, then failed on it): that run's reply is the answer.
-                if redelivered and self.record:
+                # The effect's own error. The message may have met its own first run, done or
+                # still open on the host that had it before (an insert of the same key waited
+                # for that commit, then failed on it): that run's reply is the answer. Marked
+                # redelivered or not: a terminal's resend after a CP crash can reach a host that
+                # never had it, unmarked, and the mark is only a shortcut to the record.
+                if not self.record:
+                    raise
+                try:
                     prior = await self.stored(terminal, message_id, request)
-                    if prior is not None:
-                        self.counters["replayed"] += 1
-                        return prior
+                except RetryTransaction:  # (the lookup collided: the whole message again)
+                    self.counters["collisions"] += 1
+                    await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                    continue
+                if prior is not None:
+                    self.counters["replayed"] += 1
+                    return prior
                 raise
         raise ServiceUnavailable(f"{MAX_RETRIES} transactions in a row collided for {terminal} message {message_id}")
 
