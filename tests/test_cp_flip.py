@@ -179,3 +179,77 @@ async def test_with_many_terminals_holding_messages_the_flip_keeps_table_order(t
     await _flipped(cp)
     writes = await _notices_written(cp, conns)
     assert all(conns[n].transport.writes == writes[n] + 1 for n in names), "one switch notice each"
+
+
+async def test_a_flip_settled_into_a_new_active_already_gone_marks_nothing_delivered(tmp_path: Path) -> None:
+    """The grantee's link drops mid-flip: host_lost finishes the flip against a closed link.
+    Messages held for terminals not yet reached went to no host, so the next active must get them
+    unmarked (a mark says "may have been processed")."""
+    cp = cp_core(tmp_path, 4, width=1, cp="flip_slice = 1\n")
+    a = fake_host(cp, "A", "active")
+    b = fake_host(cp, "B", "standby")
+    for name in sorted(cp.terms):
+        fake_terminal(cp, name)
+        cp.host_open(a, name, "active", ATTRS)
+        cp.host_open(b, name, "standby", ATTRS)
+    a.connection_lost(None)
+    last = sorted(cp.terms)[-1]
+    cp.terminal_msg(cp.terms[last], 1, b"x")  # held, with no host to go to
+    cp.host_switchover(b, "test", False, "failover")
+    assert cp.flipping is not None, "the flip should still be going (one terminal a slice)"
+    b.connection_lost(None)  # the new active is gone before the flip reaches the last terminal
+    assert cp.flipping is None
+    held = cp.terms[last].held[1]
+    assert held.delivered_epoch == 0, "marked delivered to a host whose link was gone"
+    c = fake_host(cp, "C", "active", record=True)
+    cp.host_open(c, last, "active", ATTRS)
+    c.flush()
+    dl = [m for m in c.transport.frames() if m.get("t") == "deliver"]
+    assert [(m["id"], m["redelivered"]) for m in dl] == [(1, False)], dl
+    _agree(cp)
+
+
+async def test_a_reload_removing_a_terminal_mid_flip_closes_its_standby_session_at_the_new_active(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A terminal gone, its active session closed but its standby session still at B, removed
+    from the table by a reload while the grant's flip has not reached it yet: the flip is
+    settled first, so B is told to close the session it turned active (else an orphan)."""
+    from hsb.cp.core import CP
+    from hsb.cp.server import CPServer
+    from tests.support.cpcore import cp_config
+
+    cfg = cp_config(tmp_path, 4, width=1, cp="flip_slice = 1\n")
+    cp = CP(cfg, None)
+    srv = CPServer(cfg, b"s" * 32, str(tmp_path / "cp.toml"))
+    srv.cp = cp
+    a = fake_host(cp, "A", "active")
+    b = fake_host(cp, "B", "standby", record=True)
+    conns = {}
+    for name in sorted(cp.terms):
+        conns[name] = fake_terminal(cp, name)
+        cp.host_open(a, name, "active", ATTRS)
+        cp.host_open(b, name, "standby", ATTRS)
+    last = sorted(cp.terms)[-1]
+    conns[last].connection_lost(None)
+    cp.host_close(a, last, "active")  # A closed it; the ring change never reached B
+    assert cp.terms[last].standby is not None
+    a.connection_lost(None)
+    cp.host_switchover(b, "test", False, "failover")
+    assert cp.flipping is not None and cp.flipping.i < 4
+    (tmp_path / "cp.toml").write_text((tmp_path / "cp.toml").read_text().replace("count = 4", "count = 3"))
+    loop = asyncio.get_running_loop()
+
+    def at_once(_ex: Any, fn: Any, *args: Any) -> Any:  # the config read on a thread, done within this turn
+        fut = loop.create_future()
+        fut.set_result(fn(*args))
+        return fut
+
+    monkeypatch.setattr(loop, "run_in_executor", at_once)
+    await srv.reload()
+    assert last not in cp.terms
+    await _flipped(cp)
+    assert last not in cp.terms
+    b.flush()
+    closed = [m for m in b.transport.frames() if m.get("t") == "session_closed" and m.get("terminal") == last]
+    assert closed, "the new active was never told to close the removed terminal's session"

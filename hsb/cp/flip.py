@@ -146,6 +146,10 @@ class Flip:
         out: list[Any] = []  # else encoded items and their flags (hsb.cp.deliver)
         again_n = biggest = 0
         TRUE, FALSE = dv.TRUE, dv.FALSE
+        # its link gone (a settle_flip from host_lost): sessions still move, for the loss that
+        # follows to close them, but nothing is marked delivered to it, for nothing reaches it
+        # (a message no host had would go to the next active marked redelivered)
+        dead = host.closed
         mid_switch = faults.armed("cp.mid_switch")
         mid_redelivery = faults.armed("cp.mid_redelivery")
         send_owed = cp._send_owed_notice
@@ -181,7 +185,7 @@ class Flip:
                             gone -= 1
                             kept.append(term.name)
                         held_now = term.held
-                        if held_now:
+                        if held_now and not dead:
                             durable = term.durable_acked
                             resuming = term.resuming
                             nf = 0  # held since before the grant and still to be answered: the switch kept it waiting
