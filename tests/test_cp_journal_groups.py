@@ -156,12 +156,48 @@ async def test_only_a_mostly_settled_old_segment_is_carried_forward(tmp_path: Pa
             segs.append(seg)
         await j.drain()
         assert len(j.segments) > 5, j.segments
-        assert j.oldest_to_clean() is None, "a segment of live records is not carried forward"
+        assert j.to_clean() == set(), "a journal of live records is not carried forward"
         oldest = j.segments[0]
         mine = [i for i, s in enumerate(segs) if s == oldest]
         for _ in mine[1:]:  # all but one of the oldest segment's messages answered
             j.unpin(oldest)
-        assert j.oldest_to_clean() == oldest
+        assert j.to_clean() == {oldest}
+    finally:
+        j.close()
+
+
+async def test_settled_segments_behind_a_mostly_live_old_one_go_once_it_is_carried_forward(tmp_path: Path) -> None:
+    """Terminals away for hours pin an old segment with many of its records (more than a
+    quarter); traffic goes on and settles. The journal as a whole is then mostly settled: the
+    old segment's records are carried forward, so it and the settled ones behind it go, and the
+    journal's size follows what is outstanding, not the traffic."""
+    gen = Generations(tmp_path).take()
+    j = Journal(tmp_path, generation=gen, segment_bytes=2048)
+    j.checkpoint = lambda: ["ck", 1, "host-a", gen, {"T00001": 1}, {}]
+    j.open(1, [], [])
+    try:
+        away = []
+        for i in range(1, 21):  # held for terminals away: live for hours
+            seg = j.append(["a", "T00002", i, "x" * 20])
+            j.pin(seg)
+            away.append((i, seg))
+        for i in range(1, 2001):  # the traffic of everyone else, answered
+            seg = j.append(["a", "T00001", i, "y" * 20])
+            j.pin(seg)
+            j.unpin(seg)
+        await j.drain()
+        assert len(j.segments) > 20, len(j.segments)
+        oldest = j.segments[0]
+        assert all(s == oldest for _, s in away[:10]) and j.live[oldest] * 4 > j.records[oldest], "the scenario: a mostly live old segment"
+        segs = j.to_clean()
+        assert oldest in segs
+        # what the CP's tick does with them (hsb.cp.journal_side.journal_tick)
+        for i, seg in away:
+            if seg in segs:
+                new = j.append(["a", "T00002", i, "x" * 20], lambda old=seg: j.unpin(old))
+                j.pin(new)
+        await j.drain()
+        assert len(j.segments) <= 6, f"settled segments kept behind the carried ones: {list(j.segments)}"
     finally:
         j.close()
 
@@ -411,8 +447,8 @@ def test_a_message_being_answered_is_not_carried_forward(tmp_path: Path) -> None
         def maybe_rotate_idle(self) -> None:
             pass
 
-        def oldest_to_clean(self) -> int:
-            return 3
+        def to_clean(self) -> set[int]:
+            return {3}
 
         def append(self, rec: list[Any], done: Any = None, lazy: bool = False) -> int:
             appended.append(rec)

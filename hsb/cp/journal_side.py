@@ -115,11 +115,11 @@ class JournalSide:
                 kept.seg = seg
 
     def journal_tick(self: CP) -> None:
-        """Periodic: shrink a settled journal; carry the few live records of an old segment forward."""
+        """Periodic: shrink a settled journal; carry the live records of old segments forward."""
         j = self.journal
         j.maybe_rotate_idle()
-        seg = j.oldest_to_clean()
-        if seg is None:
+        segs = j.to_clean()
+        if not segs:
             return
         moved = 0
         for term in self.terms.values():
@@ -127,15 +127,15 @@ class JournalSide:
                 # not one being answered: its settling record is on its way, and an "a" written
                 # after it would bring the message back at a recovery (it settles, and unpins
                 # this segment, soon enough)
-                if held.seg == seg and not held.replying:
+                if held.seg in segs and not held.replying:
                     self._carry(held, ["a", term.name, held.id, held.data])
                     moved += 1
             for kept in term.replies.values():
-                if kept.seg == seg:
+                if kept.seg in segs:
                     self._carry(kept, ["r", term.name, kept.id, kept.data])
                     moved += 1
         if moved:  # (none while its only live messages are being answered: they settle soon)
-            log.info("journal_segment_carried_forward", segment=seg, records=moved)
+            log.info("journal_segment_carried_forward", segments=sorted(segs), records=moved)
 
     def _carry(self: CP, item: Held | Kept, rec: list[Any]) -> None:
         old = item.seg

@@ -58,8 +58,8 @@ class NullJournal(Journal):
     def maybe_rotate_idle(self) -> None:
         pass
 
-    def oldest_to_clean(self) -> int | None:
-        return None
+    def to_clean(self, most: int = 0) -> set[int]:
+        return set()
 
     @property
     def pending(self) -> int:

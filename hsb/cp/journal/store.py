@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import os
 import time
 from collections import deque
@@ -52,6 +53,7 @@ CK_SHARE = 4  # ... and past this many times its checkpoint: checkpoints stay a 
 IDLE_ROTATE_BYTES = 16 * 1024  # a settled current segment with this much beyond its checkpoint is closed when idle
 KEEP_SEGMENTS = 4  # more than this many: the oldest one's live records are carried forward ...
 CARRY_SHARE = 4  # ... if at most this fraction (1/4) of its records is live: else carrying gains nothing
+CARRY_PER_TICK = 16  # segments carried forward a tick at most: more than one a second may close
 RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)  # backoff of a failed write
 LAZY_S = 0.005  # a record nobody waits on rides with the next group, or is written after this long
 REC_HEADER = HEADER.size  # counted per record in `sizes`: as if each went alone (a group shares one)
@@ -290,18 +292,32 @@ class Journal(GroupWriter):
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
-    def oldest_to_clean(self) -> int | None:
-        """The oldest segment, when there are too many and a few live records pin it (the caller
-        carries them forward), else None. A segment mostly live (a host away: messages held, not
-        answered) is left: carrying it forward would only write it again, and again each tick,
-        as the copies fill new segments in turn."""
-        if len(self.segments) <= KEEP_SEGMENTS:
-            return None
-        s = self.segments[0]
-        live = self.live.get(s, 0)
-        if live > 0 and live * CARRY_SHARE <= self.records.get(s, 0):
-            return s
-        return None
+    def to_clean(self, most: int = CARRY_PER_TICK) -> set[int]:
+        """The oldest segments whose live records the caller carries forward so that they can
+        go (only the oldest is ever deleted, so a prefix of them): from the oldest on, each one
+        pinned by a few live records (a quarter or fewer of its own), or any while the journal
+        as a whole is mostly settled (its live records a quarter or fewer of all it holds:
+        terminals away for hours pin an old segment, and the settled ones behind it would stay
+        with it); at most `most` a call, never among the newest KEEP_SEGMENTS. A journal mostly
+        live (a host away: messages held, not answered) is left: carrying would only write it
+        again, and again each tick, as the copies fill new segments in turn."""
+        n = len(self.segments) - KEEP_SEGMENTS
+        if n <= 0:
+            return set()
+        live = self.live
+        records = self.records
+        mostly_settled = sum(live.values()) * CARRY_SHARE <= sum(records.values())
+        out: set[int] = set()
+        for s in itertools.islice(self.segments, n):
+            pins = live.get(s, 0)
+            if pins <= 0:
+                continue  # (dropped with those before it)
+            if not mostly_settled and pins * CARRY_SHARE > records.get(s, 0):
+                break
+            out.add(s)
+            if len(out) >= most:
+                break
+        return out
 
     # ------------------------------------------------------------------ writing (writer thread)
     def _lazy_due(self) -> None:
