@@ -106,8 +106,11 @@ def test_recovery_reads_a_logoff_from_its_record_and_from_a_later_segments_check
     # the segment holding the "o" compacted away: the next segment's checkpoint says it
     ck = ["ck", 1, None, 1, {"T1": 2}, {"history": [], "paused": False, "logoff": {"T1": 2}}]
     assert _recovered(ck, a1, a2).leaving("T1")
+    # a later checkpoint that leaves it out (it held nothing then) does not undo it: records
+    # read before may still be the logoff's
     ck_none = ["ck", 1, None, 1, {"T1": 2}, {"history": [], "paused": False, "logoff": {}}]
-    assert not _recovered(a1, a2, ["o", "T1", 2], ck_none).leaving("T1"), "a later checkpoint is the state then"
+    r = _recovered(a1, a2, ["o", "T1", 2], ck_none)
+    assert r.logoff == {"T1": 2} and r.leaving("T1")
 
 
 def test_a_checkpoint_names_the_terminals_logged_off_holding_messages(tmp_path: Path) -> None:
@@ -258,6 +261,17 @@ async def test_a_logoffs_kept_reply_is_never_resent_to_a_later_run(tmp_path: Pat
     t2 = cp2.terms["T00001"]
     assert not t2.leaving and t2.logoff_upto == 2 and not t2.replies
     assert _replies(recording_terminal(cp2, "T00001", 0)) == []
+    # message 1 answered after the connection went: nothing held, so the next segment's
+    # checkpoint leaves T00001 out; the forgotten reply 2 is still on disk before it
+    cp.host_reply(h, "T00001", 1, "R1")
+    (tmp_path / "c").mkdir()
+    cp3 = cp_core(tmp_path / "c", 2)
+    ck = cp._checkpoint()
+    assert "T00001" not in ck[5]["logoff"]
+    cp3.restore(_recovered(["a", "T00001", 1, "m1"], ["a", "T00001", 2, "m2"], ["o", "T00001", 2], ["r", "T00001", 2, "R2"], ["d", "T00001", 1], ck))
+    t3 = cp3.terms["T00001"]
+    assert not t3.replies, "a logoff's reply restored for a later run"
+    assert _replies(recording_terminal(cp3, "T00001", 0)) == []
 
 
 async def test_a_later_runs_confirmation_does_not_pass_a_logoffs_unanswered_messages(tmp_path: Path) -> None:

@@ -266,8 +266,13 @@ def apply(r: Recovered, rec: list[Any], seg: int) -> None:
         if len(rec) > 5:
             r.history = list(rec[5].get("history", r.history))
             r.paused = bool(rec[5].get("paused", r.paused))
-            if "logoff" in rec[5]:  # (the state when the segment began: every "o" before it)
-                r.logoff = {str(t): int(i) for t, i in rec[5]["logoff"].items()}
+            # the logoffs still holding something when the segment began (every "o" before it,
+            # its segment perhaps dropped). Added to, never replacing, what was read: one left out
+            # because it held nothing then may still be named by records read before (a reply
+            # forgotten without a record at its connection's loss), and is still the logoff's
+            for t, i in rec[5].get("logoff", {}).items():
+                if int(i) > r.logoff.get(str(t), 0):
+                    r.logoff[str(t)] = int(i)
         if epoch >= r.epoch:
             r.epoch, r.active = epoch, active
         r.generation = max(r.generation, generation)
