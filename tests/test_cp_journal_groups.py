@@ -486,3 +486,37 @@ async def test_a_failing_step_after_a_durable_record_does_not_stop_the_rest(tmp_
         assert [r[2] for r in records(tmp_path) if r[0] == "a"] == [1, 2, 3, 4]
     finally:
         j.close()
+
+
+async def test_an_earlier_generations_file_that_cannot_be_deleted_does_not_stop_the_start(tmp_path: Path, monkeypatch: Any) -> None:
+    """The snapshot is durable: an earlier generation's segment that the storage refuses to
+    delete (EIO) is said and left for the next start, and the journal serves; the others go."""
+    import errno
+
+    from hsb.cp.journal import store
+    from tests.support.logrec import RecordingLog
+
+    stuck, other = tmp_path / "stuck-garbage", tmp_path / "other-garbage"
+    stuck.write_bytes(b"x")
+    other.write_bytes(b"y")
+    real = os.unlink
+
+    def unlink(path: Any, *a: Any, **k: Any) -> None:
+        if Path(path) == stuck:
+            raise OSError(errno.EIO, "Input/output error")
+        real(path, *a, **k)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    logs = RecordingLog()
+    monkeypatch.setattr(store, "log", logs)
+    gen = Generations(tmp_path).take()
+    j = Journal(tmp_path, generation=gen, segment_bytes=2048)
+    j.checkpoint = lambda: ["ck", 1, "host-a", gen, {}, {}]
+    try:
+        assert j.open(1, [], [stuck, other]) == 1
+        assert stuck.exists() and not other.exists()
+        said = logs.events("journal_garbage_delete_failed")
+        assert len(said) == 1 and said[0]["count"] == 1 and "stuck-garbage" in said[0]["files"][0], said
+        await durable(j, ["a", "T1", 1, "x"])  # and it serves
+    finally:
+        j.close()

@@ -191,12 +191,30 @@ class Journal(GroupWriter):
         t0 = time.monotonic()
         self.gens.check(self.gen)
         self.checked_at = t0
+        # the snapshot is durable and checked: what is left of earlier generations is garbage,
+        # which a later start lists again. A file that cannot go now (EIO, a permission) is
+        # said and left, never a reason to stop: every start would take a generation, write
+        # its snapshot and fail on the same file again
+        undeleted: list[str] = []
         for path in garbage:
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-        self.gens.prune(self.gen)
+            except OSError as exc:
+                undeleted.append(f"{path.name}: {exc.strerror or exc}")
+        try:
+            self.gens.prune(self.gen)
+        except OSError as exc:
+            undeleted.append(f"generation files: {exc.strerror or exc}")
+        if undeleted:
+            log.warning(
+                "journal_garbage_delete_failed",
+                dir=str(self.dir),
+                files=undeleted[:5],
+                count=len(undeleted),
+                msg="earlier generations' files left in the journal directory; the next start tries again (check the storage)",
+            )
         self._start_ring()
         return first
 
