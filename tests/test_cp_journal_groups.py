@@ -520,3 +520,30 @@ async def test_an_earlier_generations_file_that_cannot_be_deleted_does_not_stop_
         await durable(j, ["a", "T1", 1, "x"])  # and it serves
     finally:
         j.close()
+
+
+async def test_a_segment_that_closed_settled_while_it_was_the_only_one_goes(tmp_path: Path) -> None:
+    """The only segment closes with nothing live (records that pin nothing filled it); then
+    traffic always keeps something live in the newer ones. The next tick drops it: no unpin of
+    the oldest segment will ever come to do it."""
+    gen = Generations(tmp_path).take()
+    j = Journal(tmp_path, generation=gen, segment_bytes=2048)
+    j.checkpoint = lambda: ["ck", 1, "host-a", gen, {}, {}]
+    j.open(1, [], [])
+    try:
+        first = j.segments[0]
+        while j.seg == first:
+            j.append(["h", {"kind": "note", "at": 0.0, "pad": "z" * 40}])  # (pins nothing)
+        held = j.append(["a", "T1", 1, "x"])
+        j.pin(held)  # one message always live from now on, in a newer segment
+        for i in range(2, 40):
+            seg = j.append(["a", "T2", i, "y" * 20])
+            j.pin(seg)
+            j.unpin(seg)
+        await j.drain()
+        assert j.segments[0] == first and j.live.get(first, 0) == 0, "the scenario: the first segment settled and kept"
+        j.maybe_rotate_idle()  # the CP's tick
+        await j.drain()
+        assert first not in j.segments
+    finally:
+        j.close()

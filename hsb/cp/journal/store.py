@@ -294,6 +294,10 @@ class Journal(GroupWriter):
     def maybe_rotate_idle(self) -> None:
         """Called now and then: a settled current segment of some size is closed, so that the
         journal shrinks to a checkpoint when traffic stops."""
+        if len(self.segments) > 1 and self.live.get(self.segments[0], 0) <= 0:
+            # settled when it closed (it was the only segment, so no unpin could drop it then),
+            # and only an unpin of the oldest segment drops settled ones
+            self._drop_settled()
         seg = self.seg
         grown = self.sizes.get(seg, 0) - self.ck_sizes.get(seg, 0)
         if (
