@@ -991,3 +991,30 @@ async def test_a_held_bound_raised_by_a_reload_reaches_the_hosts_ledgers(sb: Any
         assert e["keep_last"] == 300 and e["held_bound"] == 512, e
     await asyncio.sleep(0.5)  # an observation window: a heartbeat's answer telling it again would show in it
     assert len(said("host-a")) == 1 and len(said("host-b")) == 1  # told once, not at every heartbeat
+
+
+@needs_pg
+async def test_a_pool_with_every_connection_in_use_says_busy_not_unreachable(pg: pgsupport.PgServer) -> None:
+    """Waiting past the timeout for a free connection while the database answers: the service
+    waits (ServiceUnavailable, retried) and says the database is busy, not unreachable."""
+    from hsb.service.db import PostgresDatabase
+
+    db = PostgresDatabase(fresh(pg), pool_size=1, connect_timeout=0.3, tx_idle_timeout=30.0)
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def hold() -> None:
+        async with db.transaction() as tx:
+            await tx.fetchval("SELECT 1")
+            held.set()
+            await release.wait()
+
+    task = asyncio.ensure_future(hold())
+    try:
+        await asyncio.wait_for(held.wait(), 10)
+        with pytest.raises(ServiceUnavailable, match="database busy: all 1 pool connections in use"):
+            async with db.transaction() as tx:
+                await tx.fetchval("SELECT 1")
+    finally:
+        release.set()
+        await task
+        await db.close()

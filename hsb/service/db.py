@@ -201,6 +201,13 @@ class PostgresDatabase:
             raise
         except Exception as exc:
             kind = classify_pg(exc)
+            if not entered and isinstance(exc, TimeoutError) and self._pool_busy():
+                # no connection free within the wait, every one of the pool's in use: the
+                # database answers, it is slow or the pool small (not "unreachable")
+                kind = ServiceUnavailable(
+                    f"database busy: all {self.pool_size} pool connections in use for {self.connect_timeout:g} s"
+                    " (the database is slow, or raise [service_options] pool_size)"
+                )
             if kind is None and entered and exc is not own and getattr(exc, "sqlstate", None) is None:
                 # not the body's error, and not one the server answered with (it has a SQLSTATE: a
                 # deferred constraint at COMMIT, rolled back, a known outcome): the COMMIT, the ROLLBACK
@@ -211,6 +218,11 @@ class PostgresDatabase:
             if kind is None:
                 raise
             raise kind from exc
+
+    def _pool_busy(self) -> bool:
+        """Every connection the pool may open is open and handed out."""
+        p = self._pool
+        return p is not None and p.get_size() >= self.pool_size and p.get_idle_size() == 0
 
     async def run(self, body: Callable[[Any], Awaitable[T]]) -> T:
         """`body(tx)` in one transaction (as `transaction()`); what it returns."""
