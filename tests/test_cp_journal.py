@@ -518,6 +518,43 @@ def test_a_damaged_journal_stops_the_start_naming_the_file_and_offset(tmp_path: 
     assert re.search(r"^RestartPreventExitStatus=.*\b65\b", unit, re.M), unit
 
 
+def test_a_torn_tail_is_dropped_but_left_in_the_file_for_a_write_still_finishing(tmp_path: Path) -> None:
+    """A CP taking over reads the last segment while a superseded CP, not yet aware, is still
+    writing a record there: the half it read is dropped, but the file is not cut, so the rest of
+    that write completes the record instead of landing after a gap of zeros (damage that would
+    stop every later start, should this CP die before its own snapshot is durable)."""
+    from hsb.cp.journal.generation import Generations
+
+    d = tmp_path / "cp"
+    cp = start_cp(d, terminals=2)
+    cp.stop()
+    j = d / "cp-journal"
+    gen = Generations(j).current()
+    n = max(k for g, k, _ in segment_files(j) if g == gen)
+    p = next(path for g, k, path in segment_files(j) if g == gen and k == n)
+    _, good, _ = scan(p.read_bytes(), str(p))
+    rec, after = encode(["a", "T00001", 5, b"five"]), encode(["a", "T00001", 6, b"six"])
+    half = len(rec) // 2
+    with open(p, "r+b") as fh:
+        fh.seek(good)
+        fh.write(rec[:half])  # the superseded CP's write, half landed when this CP reads
+    # this CP recovers, then dies before its snapshot is written (its own crash point)
+    dead = restart_cp(cp, env={"HSB_CRASH_POINTS": "cp.mid_recovery"}, wait=False)
+    dead.popen.wait(30)
+    assert dead.wait_event("crash_point")["point"] == "cp.mid_recovery"
+    with open(p, "rb") as fh:
+        fh.seek(good)
+        assert fh.read(half) == rec[:half], "the torn tail was cut off the file"
+    with open(p, "r+b") as fh:
+        fh.seek(good + half)
+        fh.write(rec[half:] + after)  # the rest of that write, and its next record
+    cp2 = restart_cp(dead)
+    try:
+        assert cp2.wait_event("journal_recovered")["held"] == 2  # 5 and 6, read whole: no damage
+    finally:
+        cp2.stop()
+
+
 def test_a_journal_another_cp_is_still_deleting_stops_the_start_with_a_status_systemd_restarts(tmp_path: Path) -> None:
     """Segment files that keep vanishing while the journal is read (another CP still deleting
     them) stop the start, but with 1, not the damaged journal's 65: a start again may succeed."""

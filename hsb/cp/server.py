@@ -250,7 +250,9 @@ class CPServer(Waiting):
             raise JournalIOUnavailable(why)
         gen = self.gens.take()  # durable before anything is read (SPEC §5.8)
         with gcpolicy.paused():
-            r = recover(d)  # raises JournalDamaged (file and offset) on damage
+            # raises JournalDamaged (file and offset) on damage. A torn tail is dropped, the file
+            # not cut: a superseded CP may still be writing that record (docs/cp-journal.md)
+            r = recover(d, truncate=False)
             journal = Journal(d, timeout=c.journal_timeout, segment_bytes=c.journal_segment_kib * 1024, generation=gen, io=c.journal_io)
             cp = CP(self.cfg, journal)
             cp.follows_a_cp = gen > 1  # (take() creates the generation above any before: 1 on a new journal)
