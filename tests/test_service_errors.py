@@ -4,6 +4,7 @@ which would stall the terminal's later messages behind it) for SQL that cannot r
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from pathlib import Path
@@ -154,3 +155,30 @@ async def test_the_journal_service_holds_messages_it_cannot_write_and_leaves_no_
     await j.handle("T1", 2, "x", True)
     await j.close()
     assert (tmp_path / "j.log").read_text() == "host-a T1 1 0\nhost-a T1 2 1\n"
+
+
+async def test_the_journal_services_writer_survives_a_failure_that_is_not_an_os_error(tmp_path: Path) -> None:
+    """A write that fails with anything else (a bug, its worker gone) answers that batch as
+    unavailable (retried) and the writer goes on: it must not die and leave every later message
+    waiting for ever."""
+    from hsb.service.builtin import JournalService
+
+    j = JournalService("host-a", journal=str(tmp_path / "j.log"))
+    real = j._append
+    calls = 0
+
+    def once_broken(blob: bytes) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        real(blob)
+
+    j._append = once_broken  # type: ignore[method-assign]
+    try:
+        with pytest.raises(ServiceUnavailable, match="RuntimeError: a bug"):
+            await asyncio.wait_for(j.handle("T1", 1, "x", False), 5)
+        assert await asyncio.wait_for(j.handle("T1", 1, "x", True), 5) == "x"
+    finally:
+        await j.close()
+    assert (tmp_path / "j.log").read_text() == "host-a T1 1 1\n"

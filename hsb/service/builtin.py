@@ -76,8 +76,12 @@ class JournalService(EchoService):
             blob = b"".join(line for line, _ in batch)
             try:
                 await self.worker.run(functools.partial(self._append, blob))
-            except OSError as exc:  # a full disk, EIO: the messages wait (the CP holds them), not error replies
-                unavailable = ServiceUnavailable(f"journal {self.path} cannot be written: {exc.strerror or exc}")
+            except Exception as exc:  # noqa: BLE001 - each waiting message gets its answer; the loop goes on
+                # a full disk, EIO: the messages wait (the CP holds them), not error replies; any
+                # other failure (a bug, the worker stopped) as unavailable too: a writer that died
+                # here would leave every later message waiting for ever
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+                unavailable = ServiceUnavailable(f"journal {self.path} cannot be written: {why}")
                 for _, f in batch:
                     if not f.done():
                         f.set_exception(unavailable)
