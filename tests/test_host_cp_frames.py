@@ -25,8 +25,10 @@ pytestmark = pytest.mark.timeout(60)
         {"t": "deliver_batch", "items": [["T00001", 1, "x"]]},  # an item short of its flag
         {"t": "session_closed"},  # no terminal
         {"t": "registered", "role": "active", "epoch": "one"},  # an epoch that is no number
+        {"t": "deliver", "terminal": "T00001", "id": "7", "data": "x"},  # an id that is no number
+        {"t": "deliver_batch", "items": [["T00001", 9, "x", False], ["T00001", "10", "y", False]]},
     ],
-    ids=["short_item", "no_terminal", "bad_epoch"],
+    ids=["short_item", "no_terminal", "bad_epoch", "text_id", "text_id_in_batch"],
 )
 async def test_a_frame_the_host_cannot_take_is_a_link_loss_not_a_silent_reconnect(tmp_path: Path, frame: dict[str, Any]) -> None:
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):

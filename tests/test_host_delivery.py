@@ -97,6 +97,29 @@ async def test_a_cancelled_error_of_the_services_own_is_its_error_reply_and_the_
     assert await d.drain(1.0) and d.counters["errors"] == 1
 
 
+async def test_an_error_whose_message_cannot_be_formatted_is_still_answered_and_the_queue_goes_on() -> None:
+    """The application's exception has a __str__ that itself fails: formatting it for the log
+    raised inside the error handling, the worker died, and the terminal's messages waited for good."""
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise AttributeError("missing")
+
+    class Raises:
+        async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
+            if message_id == 5:
+                raise Unprintable()
+            return "ok"
+
+    sent: list[dict[str, Any]] = []
+    d = Delivery(Raises(), lambda m: sent.append(m) or True, lambda: 1)  # type: ignore[arg-type, func-returns-value]
+    d.deliver("T1", 5, "x", False)
+    d.deliver("T1", 6, "x", False)
+    await _until(lambda: len(sent) == 2, "two replies")
+    assert [(m["id"], m["data"]) for m in sent] == [(5, "error: Unprintable"), (6, "ok")]
+    assert await d.drain(1.0) and "T1" not in d.queues
+
+
 @pytest.mark.parametrize("turns_it_into", ["nothing", "unavailable"])
 async def test_a_service_that_will_not_be_cancelled_sends_no_reply_after_a_cancel(turns_it_into: str) -> None:
     """cancel() (demoted, fenced, the CP link lost): a service that catches the cancellation and

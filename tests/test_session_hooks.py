@@ -67,6 +67,31 @@ async def test_run_hook_waits_for_earlier_hooks_and_raises_the_hooks_error() -> 
     assert log == ["close", "open"]
 
 
+@pytest.mark.timeout(10)
+async def test_a_hook_that_raises_cancelled_error_of_its_own_fails_and_the_terminals_hooks_go_on() -> None:
+    """A hook that awaited something another task cancelled raises CancelledError though nobody
+    cancelled it: the worker ended, and that terminal's later hooks (its close) never ran."""
+    c = ctl()
+    log: list[str] = []
+
+    async def open_(name: str) -> None:
+        f: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(f.cancel)  # another task's doing
+        log.append("open")
+        await f
+
+    async def close(name: str) -> None:
+        log.append("close")
+
+    c._hook(open_, "X")
+    c._hook(close, "X")
+    await until(lambda: not c.hooks, 5, what="the terminal's hooks done")
+    assert log == ["open", "close"] and c.hook_workers == 0 and not c.hooks_ready
+    with pytest.raises(Exception, match="raised by the hook"):  # noqa: PT011 - the hook's failure, said
+        await c.run_hook(open_, "Y")  # (run in the caller's task)
+    assert "Y" not in c.hooks
+
+
 @pytest.mark.timeout(20)
 async def test_ten_thousand_hooks_use_a_bounded_pool() -> None:
     c = ctl()
@@ -322,3 +347,31 @@ async def test_standby_kept_frames_after_the_batch_read_gave_up_waiting_are_clos
     closes = [m["terminal"] for m in srv.cp.sent[before:] if m["t"] == "close" and m["kind"] == "standby"]
     assert closes == names[1:3]  # names[0] is a standby session here: kept as it is
     assert all(srv.sessions.table[n].state != STANDBY for n in names[1:])
+
+
+@pytest.mark.timeout(10)
+async def test_a_logon_answered_after_its_cp_link_was_replaced_sends_nothing_on_the_new_one() -> None:
+    """The service's open_session is slow; meanwhile the link the request came on is replaced
+    and the host registered again (granted, a new epoch): the old request's `open` would open a
+    session the CP there never asked for, under that link's epoch. It sends nothing."""
+    c, srv = standby_ctl(2)
+    gate = asyncio.Event()
+
+    async def slow_open(*_: Any) -> None:
+        await gate.wait()
+
+    srv.service.open_session = slow_open
+    srv.ha.granted, srv.ha.epoch, srv.ha.name = True, 3, "host-a"
+    srv.delivery.wait_open = lambda: asyncio.sleep(0, True)
+    srv.cp.fs = object()  # the link the request came on
+    srv.takeover = SimpleNamespace(ring_change=lambda *a: None)
+    task = asyncio.ensure_future(c.session_request("T00001", True, {}))
+    await asyncio.sleep(0.01)
+    srv.cp.fs, srv.ha.epoch = object(), 4  # replaced, registered again
+    gate.set()
+    await asyncio.wait_for(task, 2.0)
+    assert [m for m in srv.cp.sent if m.get("terminal") == "T00001"] == [], srv.cp.sent
+    # on the same link, the answer goes as before
+    task = asyncio.ensure_future(c.session_request("T00002", True, {}))
+    await asyncio.wait_for(task, 2.0)
+    assert [(m["t"], m["epoch"]) for m in srv.cp.sent if m.get("terminal") == "T00002"] == [("open", 4)]

@@ -156,7 +156,7 @@ class Delivery:
                 except ServiceUnavailable as exc:
                     if self.gen != gen0:  # a cancel the service turned into this: not ours any more
                         return
-                    backoff = self.health.failing(terminal, str(exc) or type(exc).__name__)
+                    backoff = self.health.failing(terminal, _text(exc) or type(exc).__name__)
                     await asyncio.sleep(backoff.next())  # cancel() cancels this task meanwhile
                     if self.gen != gen0:
                         return
@@ -166,7 +166,7 @@ class Delivery:
                     continue
                 except Exception as exc:  # the application's error becomes the reply
                     self.counters["errors"] += 1
-                    log.error("service_error", terminal=terminal, id=mid, error=f"{type(exc).__name__}: {exc}")
+                    log.error("service_error", terminal=terminal, id=mid, error=f"{type(exc).__name__}: {_text(exc)}")
                     reply = f"error: {type(exc).__name__}"
                 if self.gen != gen0:  # cancel() came while the service ran, and it would not be cancelled:
                     return  # the CP hands this message on again (marked); this queue is no longer the CP's
@@ -196,6 +196,9 @@ class Delivery:
                     reply = f"error: reply cannot be encoded ({why}); the request may have taken effect"
                     self.send({"t": "reply", "terminal": terminal, "id": mid, "data": reply, "epoch": self.epoch()})
                 self.in_flight -= 1
+        except Exception:  # a bug of ours: said loudly (the terminal's messages wait until the link is renewed)
+            log.exception("delivery_worker_failed", terminal=terminal, waiting=len(q))
+            raise
         finally:
             # no local holding the task: a cancelled task's traceback keeps this frame alive
             if self.workers.get(terminal) is asyncio.current_task():  # a cancel may have replaced us
@@ -239,3 +242,12 @@ class Delivery:
         self.queues.clear()
         self.in_flight = 0
         self.idle.set()
+
+
+def _text(exc: BaseException) -> str:
+    """An exception's message, or a stand-in if the application's __str__ itself fails: the
+    error reply must still go, or that terminal's messages would stop here."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - any failure of the application's own code
+        return "(its message could not be formatted)"

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from hsb.host.delivery import _being_cancelled
 from hsb.host.sessions import ACTIVE, CLOSED, STANDBY
 from hsb.wire.framing import encode
 
@@ -98,7 +99,14 @@ class SessionsCtl:
                 while q:
                     fn, args, done = q[0]  # stays queued while it runs: new hooks of `name` line up behind it
                     try:
-                        await fn(*args)
+                        try:
+                            await fn(*args)
+                        except asyncio.CancelledError:
+                            if _being_cancelled():  # ours (a stop): it goes on up
+                                raise
+                            # the hook's own (it awaited something another task cancelled): its
+                            # failure, or this worker would end and the terminal's hooks stop here
+                            raise _HookCancelled("CancelledError (raised by the hook, not a cancel of ours)") from None
                     except Exception as exc:  # the application's hook failed
                         if done is not None:
                             if not done.done():
@@ -129,6 +137,10 @@ class SessionsCtl:
             q = self.hooks[name] = deque([(fn, (name, *args), None)])  # holds the terminal's turn
             try:
                 await fn(name, *args)
+            except asyncio.CancelledError:
+                if _being_cancelled():
+                    raise
+                raise _HookCancelled("CancelledError (raised by the hook, not a cancel of ours)") from None
             finally:
                 q.popleft()
                 if q:  # hooks of the terminal asked for meanwhile go on in a worker
@@ -146,13 +158,14 @@ class SessionsCtl:
         t = msg["t"]
         if t == "deliver":
             if self.srv.ha.granted:  # with the lease lapsed, it waits in Delivery
-                self.srv.delivery.deliver(msg["terminal"], msg["id"], msg["data"], bool(msg.get("redelivered")))
+                self.srv.delivery.deliver(_name(msg["terminal"]), _id(msg["id"]), msg["data"], bool(msg.get("redelivered")))
             return True
         if t == "deliver_batch":  # [terminal, id, data, redelivered] each: deliveries, and a flip's re-delivery
             if self.srv.ha.granted:
                 deliver = self.srv.delivery.deliver
-                for terminal, mid, data, again in msg["items"]:
-                    deliver(terminal, mid, data, bool(again))
+                items = [(_name(terminal), _id(mid), data, bool(again)) for terminal, mid, data, again in msg["items"]]
+                for item in items:  # (all checked first: a bad item drops the link, none of it delivered)
+                    deliver(*item)
             return True
         if t == "session_request":
             self._spawn(self.session_request(msg["terminal"], bool(msg.get("standby_capable")), msg.get("attrs") or {}))
@@ -228,6 +241,7 @@ class SessionsCtl:
         ha = self.srv.ha
         if not ha.granted or not await self.srv.delivery.wait_open():  # no logon work while the lease lapsed
             return
+        link = cp.fs  # the link it came on: an answer belongs to that link's registration only
         ts = self.sessions.get(name)
         if ts is None:
             reason = f"terminal {name!r} is not defined on host {ha.name}; add it to [[terminals]] there"
@@ -239,9 +253,15 @@ class SessionsCtl:
         except Exception as exc:  # the application's logon failed: refuse, do not leave the terminal hanging
             reason = f"logon of {name!r} failed on host {ha.name}: {type(exc).__name__}: {exc}"[:200]
             log.error("session_refused", terminal=name, reason=reason)
-            cp.send({"t": "refuse", "terminal": name, "reason": reason, "epoch": ha.epoch})
+            if cp.fs is link:
+                cp.send({"t": "refuse", "terminal": name, "reason": reason, "epoch": ha.epoch})
             return
-        if not ha.granted:
+        if not ha.granted or cp.fs is not link:
+            # the link it came on went during the hook (lost, or replaced and registered again):
+            # its answer, stamped with the new link's epoch, would refuse or open a session the
+            # CP there did not ask for (it asks again on that link if it wants one)
+            if cp.fs is not link:
+                log.info("session_request_outlived_its_link", terminal=name)
             return
         ts.state = ACTIVE
         ts.standby_capable = standby_capable
@@ -483,3 +503,21 @@ class SessionsCtl:
             ts.state = ACTIVE
             n += 1
         return n
+
+
+def _id(mid: Any) -> int:
+    """A delivered message's id as the CP sends it: an int (TypeError, said as bad_fields and the
+    link dropped, for anything else: a CP of another make, or a bug)."""
+    if type(mid) is not int:
+        raise TypeError(f"a message id must be an integer, not {type(mid).__name__}")
+    return mid
+
+
+def _name(terminal: Any) -> str:
+    if type(terminal) is not str:
+        raise TypeError(f"a terminal name must be text, not {type(terminal).__name__}")
+    return terminal
+
+
+class _HookCancelled(Exception):
+    """A session hook raised CancelledError though nobody cancelled it: its failure, as any other."""
