@@ -186,6 +186,7 @@ async def _authenticate_against(answer: object) -> tuple[str | None, Exception |
     """A client authenticating at a server that challenges it properly, then answers `auth_ok`
     with `answer(auth frame)` as its proof ('mac'); (server name, error)."""
     from hsb import LINK_PROTOCOL
+    from hsb import LINK_PROTOCOL
     from hsb.wire import auth
     from hsb.wire.framing import Decoder, encode
 
@@ -258,3 +259,37 @@ async def test_frames_ahead_of_a_bad_one_are_still_read() -> None:
     finally:
         await fs.aclose()
         srv.close()
+
+
+@pytest.mark.timeout(30)
+async def test_a_challenge_whose_nonce_is_not_of_our_length_is_refused() -> None:
+    """An impostor at the CP's address could pick a nonce that runs into the role ("X" +
+    "server:") and ask a second host for its answer: exactly the proof the first host expects of
+    the real server. A nonce of any other length than ours is refused before anything is answered."""
+    from hsb import LINK_PROTOCOL
+    from hsb.wire import auth
+    from hsb.wire.framing import Decoder, encode
+
+    got: list[dict] = []  # type: ignore[type-arg]
+
+    async def impostor(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(encode({"t": "challenge", "nonce": b"x" * 32 + b"server:", "server": "hostB", "proto": LINK_PROTOCOL}))
+        try:
+            data = await asyncio.wait_for(r.read(65536), 2)
+            got.extend(Decoder().feed(data) if data else [])
+        except TimeoutError:
+            pass
+        w.close()
+
+    srv = await asyncio.start_server(impostor, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    fs = await FrameStream.connect("127.0.0.1", port)
+    try:
+        with pytest.raises(Exception, match="nonce is 39 bytes, not 32"):  # noqa: PT011
+            await fs.authenticate(b"secret", "host", "hostA")
+        assert not [m for m in got if m.get("t") == "auth"], "answered a challenge it should refuse"
+        assert len(auth.new_nonce()) == auth.NONCE_BYTES
+    finally:
+        await fs.aclose(timeout=1.0)
+        srv.close()
+        await srv.wait_closed()

@@ -95,7 +95,7 @@ class AuthServerProtocol(FramedProtocol):
         self.set_idle_timeout(self._after_auth_idle)
         theirs_nonce = msg.get("nonce")
         proof: dict[str, Any] = {}
-        if isinstance(theirs_nonce, bytes) and len(theirs_nonce) >= auth.NONCE_BYTES:  # the client checks us too
+        if isinstance(theirs_nonce, bytes) and len(theirs_nonce) == auth.NONCE_BYTES:  # the client checks us too
             proof["mac"] = auth.answer(self._secret, theirs_nonce, auth.server_role(link), self.server_name)
         self.send({"t": "auth_ok", "server": self.server_name, **proof, **self.auth_ok_extra()})
         log.info("link_authenticated", link=self.link, peer=self.peer, name=self.name)
