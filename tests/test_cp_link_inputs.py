@@ -171,6 +171,42 @@ async def test_a_field_nested_too_deep_to_print_is_a_protocol_error_of_that_link
     await asyncio.sleep(0)
 
 
+@pytest.mark.parametrize("junk", [b"\x80", b"\x90"], ids=["empty_maps", "empty_arrays"])
+async def test_a_terminal_frame_of_a_million_empty_containers_is_refused_as_it_is_read(tmp_path: Path, junk: bytes) -> None:
+    """A terminal's frames hold plain values only. One of 1 MiB that is an array of empty maps
+    (or arrays), one byte each, used to be built whole: ~70 MB and tens of ms of the loop per
+    frame before any check. It is refused at the first container inside, that connection alone."""
+    import struct
+    import tracemalloc
+
+    import msgpack
+
+    from hsb.wire.framing import encode
+
+    cp = cp_core(tmp_path, 2)
+    p = recording_terminal(cp, "T00001")
+    p.decoder.first_done()  # (its hello was taken in-process, not read)
+    n = 1_000_000
+    # the map with one more key whose value is an array of n one-byte containers
+    body = b"\x83" + msgpack.packb("t") + msgpack.packb("confirm") + msgpack.packb("id") + msgpack.packb(0) + msgpack.packb("x")
+    body += b"\xdd" + struct.pack(">I", n) + junk * n
+    tracemalloc.start()
+    try:
+        p.data_received(struct.pack(">I", len(body)) + body)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    p.flush()
+    err = [f for f in p.transport.frames() if f["t"] == "error"]
+    assert err and err[0]["code"] == "bad_fields" and p.closed, err
+    assert peak < 8 * len(body), f"{peak} bytes allocated for a {len(body)}-byte frame"
+    q = recording_terminal(cp, "T00002")  # another terminal is served as before
+    q.decoder.first_done()
+    q.data_received(encode({"t": "msg", "id": 1, "data": b"x"}))
+    assert not q.closed and list(cp.terms["T00002"].held) == [1]
+    await asyncio.sleep(0)
+
+
 async def test_a_connection_not_yet_logged_on_cannot_make_the_cp_buffer_a_large_frame(tmp_path: Path) -> None:
     """Before its hello (or auth) a connection's first frame may be LOGIN_MAX bytes, not max_frame:
     10,000 unvouched connections announcing 1 MiB each would make the CP buffer 10 GB. The limit

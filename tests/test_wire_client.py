@@ -186,7 +186,6 @@ async def _authenticate_against(answer: object) -> tuple[str | None, Exception |
     """A client authenticating at a server that challenges it properly, then answers `auth_ok`
     with `answer(auth frame)` as its proof ('mac'); (server name, error)."""
     from hsb import LINK_PROTOCOL
-    from hsb import LINK_PROTOCOL
     from hsb.wire import auth
     from hsb.wire.framing import Decoder, encode
 

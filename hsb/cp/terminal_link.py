@@ -24,6 +24,7 @@ class TerminalProtocol(FramedProtocol):
     link = "terminal"
     dispatch = {"hello": "on_hello", "msg": "on_msg", "confirm": "on_confirm", "bye": "on_bye"}
     read_under_write_pressure = False  # a terminal that does not read its replies is not read
+    flat_frames = True  # hello, msg, confirm, bye: plain values, never an array or a map inside
 
     def __init__(self, cp: CP, *, hello_timeout: float, idle_after_hello: float | None, **kw: Any) -> None:
         super().__init__(idle_timeout=hello_timeout, partial_timeout=hello_timeout, **kw)

@@ -112,7 +112,9 @@ class FrameStream:
         if len(ch["nonce"]) != auth.NONCE_BYTES:
             # of our own length only: a nonce that runs into the role could make our answer the
             # proof a server owes another client (an impostor reflecting it)
-            raise ProtocolError("auth_failed", f"the challenge's nonce is {len(ch['nonce'])} bytes, not {auth.NONCE_BYTES}: not an hsb daemon of this version")
+            raise ProtocolError(
+                "auth_failed", f"the challenge's nonce is {len(ch['nonce'])} bytes, not {auth.NONCE_BYTES}: not an hsb daemon of this version"
+            )
         names = tls.peer_names(self.writer.transport)
         server = str(ch.get("server", ""))
         if names is not None and server not in names:  # TLS: the certificate must be the server's it says it is

@@ -28,6 +28,7 @@ _LEN = struct.Struct(">I")
 EMPTY_FRAME = "empty_frame"
 FRAME_TOO_LARGE = "frame_too_large"
 BAD_MSGPACK = "bad_msgpack"
+BAD_FIELDS = "bad_fields"
 NOT_A_MAP = "not_a_map"
 BAD_KEYS = "bad_keys"
 MISSING_TYPE = "missing_type"
@@ -97,9 +98,11 @@ class Decoder:
     anything else is `unknown_type`.
     """
 
-    __slots__ = ("max_frame", "known_types", "_buf", "_failed", "_limit")
+    __slots__ = ("max_frame", "known_types", "_buf", "_failed", "_limit", "_flat", "_maps")
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, known_types: Collection[str] | None = None, first_max: int | None = None) -> None:
+    def __init__(
+        self, max_frame: int = DEFAULT_MAX_FRAME, known_types: Collection[str] | None = None, first_max: int | None = None, flat: bool = False
+    ) -> None:
         if max_frame < 1:
             raise ValueError("max_frame must be positive")
         self.max_frame = max_frame
@@ -109,6 +112,19 @@ class Decoder:
         self.known_types = frozenset(known_types) if known_types is not None else None
         self._buf = bytearray()
         self._failed: tuple[str, str] | None = None  # (code, msg): no exception kept, so no traceback cycle
+        # `flat`: every frame one map of plain values (a terminal's): an array or a map inside it
+        # is refused as it is met, not after a frame of a million empty maps was built (~70 MB
+        # and tens of ms of the loop for 1 MiB of bytes)
+        self._flat = flat
+        self._maps = 0
+
+    def _one_map(self, m: dict[Any, Any]) -> dict[Any, Any]:
+        """msgpack calls this for each map as it is completed, the innermost first: the frame's
+        own map is the last, so a second call is a map inside it."""
+        self._maps += 1
+        if self._maps > 1:
+            raise ProtocolError(BAD_FIELDS, "a map inside the frame: this link's frames are one map of plain values")
+        return m
 
     def first_done(self) -> None:
         """The login happened some other way (in-process users): max_frame from now on."""
@@ -152,7 +168,13 @@ class Decoder:
 
     def _decode(self, body: bytes) -> dict[str, Any]:
         try:
-            msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
+            if self._flat:
+                self._maps = 0
+                msg = msgpack.unpackb(body, raw=False, object_hook=self._one_map, list_hook=_no_array)
+            else:
+                msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        except ProtocolError:
+            raise
         except Exception as exc:  # msgpack raises many types (ExtraData, StackError, ValueError, ...)
             raise ProtocolError(BAD_MSGPACK, f"undecodable MessagePack ({type(exc).__name__})") from None
         if not isinstance(msg, dict):
@@ -166,3 +188,7 @@ class Decoder:
         if self.known_types is not None and t not in self.known_types:
             raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {t[:40]!r}")
         return msg
+
+
+def _no_array(_: Any) -> Any:
+    raise ProtocolError(BAD_FIELDS, "an array: this link's frames are one map of plain values")
