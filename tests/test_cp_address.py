@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -33,3 +34,30 @@ def test_a_check_that_cannot_be_made_is_what_the_caller_says(monkeypatch: pytest
     monkeypatch.setattr(waiting.socket, "socket", no_socket)
     assert waiting.holds_address("10.255.255.9:7000") is True  # the serving CP serves on
     assert waiting.holds_address("10.255.255.9:7000", unknown=False) is False  # a waiting one waits
+
+
+def test_on_wake_refuses_a_wildcard_or_a_name_to_listen_on(tmp_path: Path) -> None:
+    """A wildcard or a name is held on every machine: a waiting CP could take over where the
+    virtual address is not. The config check refuses it, naming the fix."""
+    from hsb.cp.config import CPSection
+
+    for listen in ("0.0.0.0:7000", "[::]:7000", "cp.example.net:7000"):
+        with pytest.raises(ValueError, match="virtual address keepalived moves"):
+            CPSection(secret_file="s", takeover="on_wake", terminal_listen=listen)
+    CPSection(secret_file="s", takeover="on_wake", terminal_listen="10.0.0.5:7000")
+    CPSection(secret_file="s", terminal_listen="0.0.0.0:7000")  # (one CP machine: any address)
+
+
+def test_on_wake_refuses_a_machine_where_every_bind_succeeds(tmp_path: Path) -> None:
+    """net.ipv4.ip_nonlocal_bind = 1 makes every bind succeed: whether this machine holds the
+    address can no longer be told. Said, with the sysctl to set."""
+    from hsb.cp.waiting import nonlocal_bind_problem
+
+    for fam in ("ipv4", "ipv6"):
+        (tmp_path / fam).mkdir()
+        (tmp_path / fam / "ip_nonlocal_bind").write_text("0\n")
+    assert nonlocal_bind_problem("10.0.0.5:7000", str(tmp_path)) is None
+    (tmp_path / "ipv4" / "ip_nonlocal_bind").write_text("1\n")
+    why = nonlocal_bind_problem("10.0.0.5:7000", str(tmp_path))
+    assert why is not None and "sysctl -w net.ipv4.ip_nonlocal_bind=0" in why
+    assert nonlocal_bind_problem("[fd00::5]:7000", str(tmp_path)) is None  # (the IPv6 one is 0)

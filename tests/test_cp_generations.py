@@ -329,8 +329,8 @@ async def test_a_cp_superseded_while_it_takes_over_deletes_nothing_and_stops(tmp
     old.write_bytes(b"".join(encode(r) for r in [["ck", 1, "host-a", 1, {}, {"first": 1}], ["a", "T00001", 5, b"x"], ["se"]]))
     real = srv.recover
 
-    def recover_then_superseded(d: Path) -> Any:
-        r = real(d)
+    def recover_then_superseded(d: Path, **kw: Any) -> Any:
+        r = real(d, **kw)
         Generations(d).take()  # another CP takes the next generation (and reads generation 1)
         return r
 
@@ -373,3 +373,58 @@ def test_a_far_behind_cps_check_meeting_a_prune_still_finds_itself_superseded(tm
     with pytest.raises(Exception, match="newer|supersed"):
         gens.check(14)
     assert looked[0] == gen_name(15), looked
+
+
+async def test_a_storage_error_while_waiting_is_said_as_the_journals_not_the_ports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A waiting CP's polls read the journal directory on the shared storage: an error there
+    (EACCES: the hsb user's uid differs between the machines; ESTALE) ends the start with a line
+    naming the journal and the fix, not "cannot listen ... another hsbcpd on these ports?"."""
+    import errno
+
+    from hsb.config import load
+    from hsb.cp import server as srv
+    from hsb.cp import waiting
+    from hsb.cp.config import CPConfig
+    from hsb.cp.main import os_error_line
+
+    journal = tmp_path / "j"
+    journal.mkdir()
+    cfg = load(cp_config(tmp_path, terminals=2, journal=str(journal), takeover="on_wake"), CPConfig)
+    s = srv.CPServer(cfg, SECRET, str(tmp_path / "cp.toml"))
+    monkeypatch.setattr(waiting, "holds_address", lambda *a: True)
+
+    def refused() -> Any:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    assert s.gens is not None
+    monkeypatch.setattr(s.gens, "stamp", refused)
+    with pytest.raises(PermissionError) as exc:
+        await asyncio.wait_for(s.serve(), 10)
+    line = os_error_line(s.state, cfg.cp.journal, exc.value)
+    assert line.startswith(f"cannot read the CP journal {journal} while waiting to take over: Permission denied"), line
+    assert "same uid" in line and "ports" not in line
+    await s.shutdown()
+
+
+async def test_a_stop_that_comes_during_the_last_poll_takes_nothing_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM (only a flag) arrives while the poll that would decide to take over runs: the CP
+    stops, without raising the journal's generation, recovering and listening first."""
+    from hsb.config import load
+    from hsb.cp import server as srv
+    from hsb.cp import waiting
+    from hsb.cp.config import CPConfig
+
+    journal = tmp_path / "j"
+    journal.mkdir()
+    cfg = load(cp_config(tmp_path, terminals=2, journal=str(journal), takeover="on_wake"), CPConfig)
+    s = srv.CPServer(cfg, SECRET, str(tmp_path / "cp.toml"))
+    monkeypatch.setattr(waiting, "holds_address", lambda *a: True)
+    assert s.gens is not None
+
+    def stamp_then_stop() -> Any:
+        s.should_exit.set()
+        return (0, 0)  # no CP ever served: a reason to take over, were it not stopping
+
+    monkeypatch.setattr(s.gens, "stamp", stamp_then_stop)
+    assert await asyncio.wait_for(s.serve(), 10) == 0
+    assert s.cp is None and not list(journal.glob("gen-*")), list(journal.iterdir())

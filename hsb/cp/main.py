@@ -112,7 +112,7 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
     from hsb.cp.journal.recovery import JournalUnsettled
     from hsb.cp.journal.writer import check_io
     from hsb.cp.server import CPServer
-    from hsb.cp.waiting import JournalMissing
+    from hsb.cp.waiting import JournalMissing, nonlocal_bind_problem
     from hsb.ops.mounts import nfs_fencing_problem
 
     async def run(supervisor: dict[str, Any] | None) -> int:
@@ -126,6 +126,8 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
                 die(str(exc), EXIT_CONFIG)
             if cfg.cp.takeover == "on_wake" and (why := nfs_fencing_problem(cfg.cp.journal)):
                 die(why, EXIT_CONFIG)  # two CP machines: their fencing needs the server asked every time
+            if cfg.cp.takeover == "on_wake" and (why := nonlocal_bind_problem(cfg.cp.terminal_listen)):
+                die(why, EXIT_CONFIG)
         try:
             server = CPServer(cfg, secret, config_path)
         except OSError as exc:
@@ -144,9 +146,7 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
         except JournalIOUnavailable as exc:  # the config asks for what this machine lacks: no restart loop
             die(str(exc), EXIT_CONFIG)
         except OSError as exc:
-            if server.state == "taking_over":
-                die(f"cannot open the CP journal {cfg.cp.journal}: {exc.strerror or exc} (check [cp] journal and its permissions)")
-            die(f"cannot listen: {exc.strerror or exc} (is another hsbcpd running on these ports?)")
+            die(os_error_line(server.state, cfg.cp.journal, exc))
 
     def work(supervisor: dict[str, Any] | None) -> int:
         faults.install()  # in the worker: the master passes SIGUSR2 on
@@ -165,3 +165,13 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
 
         sys.exit(master(work))
     sys.exit(work(None))
+
+
+def os_error_line(state: str, journal: str, exc: OSError) -> str:
+    """The one line an OSError out of the CP's run gets: what it was doing names the problem."""
+    why = exc.strerror or str(exc)
+    if state == "taking_over":
+        return f"cannot open the CP journal {journal}: {why} (check [cp] journal and its permissions)"
+    if state == "waiting":  # its polls read the journal directory on the shared storage
+        return f"cannot read the CP journal {journal} while waiting to take over: {why} (check its mount, and that the hsb user has the same uid on both CP machines)"
+    return f"cannot listen: {why} (is another hsbcpd running on these ports?)"

@@ -502,7 +502,7 @@ class CPServer(Waiting):
         reason = "started"
         if self.cfg.cp.takeover == "on_wake":
             why = await self.wait_for_takeover()
-            if why is None:
+            if why is None or self.should_exit.is_set():  # (a stop during its last poll: no takeover)
                 await self.shutdown()
                 return 0
             reason = why

@@ -36,6 +36,29 @@ class JournalMissing(Exception):
     """`takeover = "on_wake"` and the journal directory is not there (the shared storage not mounted)."""
 
 
+def nonlocal_bind_problem(addr: str, proc: str = "/proc/sys/net") -> str | None:
+    """Why this machine cannot tell whether it holds `addr` (net.ipv4/ipv6.ip_nonlocal_bind = 1:
+    every bind succeeds, so `holds_address` says yes everywhere and a waiting CP could take over
+    on the machine without the address), or None."""
+    host, _ = parse_addr(addr)
+    try:
+        version = ipaddress.ip_address(host.split("%", 1)[0]).version
+    except ValueError:
+        return None  # (refused by the config check already)
+    key = "ipv4/ip_nonlocal_bind" if version == 4 else "ipv6/ip_nonlocal_bind"
+    try:
+        on = Path(proc, key).read_text().strip() == "1"
+    except OSError:
+        return None
+    if not on:
+        return None
+    return (
+        f'takeover = "on_wake": net.{key.replace("/", ".")} is 1 on this machine, so it cannot tell whether it holds'
+        f" {host} (every bind succeeds) and could take the journal over where the address is not;"
+        f" set it to 0 (sysctl -w net.{key.replace('/', '.')}=0) for hsbcpd's machines"
+    )
+
+
 def holds_address(addr: str, unknown: bool = True) -> bool:
     """Whether `addr`'s host is an address of this machine (the virtual address keepalived
     moves); a wildcard or a name counts as held. When it cannot be told (no socket to be had:
