@@ -528,3 +528,23 @@ async def test_a_clean_stop_under_its_master_refuses_new_connections_at_once(sup
     assert p.popen.poll() is None and not gone(worker)  # still inside the stop while it was refused
     assert await asyncio.to_thread(p.popen.wait, 15) == 0
     await t.close()
+
+
+def test_a_worker_forked_again_on_certificates_broken_since_says_so_in_one_line(supervised: Any, tmp_path: Path) -> None:
+    """The certificates were checked at the start; a worker forked again reads them again. One
+    replaced by a file that is no certificate ends that worker with one line naming it (and the
+    config's exit status), not a traceback."""
+    from hsb.ctl.tls_cmd import make_ca_and_certs
+
+    tls = tmp_path / "tls"
+    make_ca_and_certs(tls, ["cp"])
+    p = supervised(tls={"ca_file": str(tls / "ca.pem"), "cert_file": str(tls / "cp.pem"), "key_file": str(tls / "cp.key")})
+    p.wait_event("cp_started", timeout=15)
+    (tls / "cp.pem").write_text("not a certificate\n")
+    os.kill(worker_of(p.popen.pid), signal.SIGKILL)
+    code = p.popen.wait(15)
+    out = (tmp_path / "cp.log").read_text()
+    assert "Traceback" not in out, out[-2000:]
+    line = [s for s in out.splitlines() if "TLS:" in s]
+    assert line and "cert_file" in line[-1], out[-2000:]
+    assert code == 78, code

@@ -114,6 +114,7 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
     from hsb.cp.server import CPServer
     from hsb.cp.waiting import JournalMissing, nonlocal_bind_problem
     from hsb.ops.mounts import nfs_fencing_problem
+    from hsb.wire.tls import TLSError
 
     async def run(supervisor: dict[str, Any] | None) -> int:
         cfg, secret = start_cfg, start_secret
@@ -132,6 +133,8 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
             server = CPServer(cfg, secret, config_path)
         except OSError as exc:
             die(f"cannot open the CP journal {cfg.cp.journal}: {exc.strerror or exc} (check [cp] journal and its permissions)")
+        except TLSError as exc:  # (checked at the start; a worker forked again reads them again: expired, replaced)
+            die(f"TLS: {exc}", EXIT_CONFIG)
         server.supervisor = supervisor
         try:
             code = await server.serve()

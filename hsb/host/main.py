@@ -65,6 +65,7 @@ def main(role: str | None, config_path: str, check_config: bool, log_level: str)
     faults.install()
     from hsb.service.api import ServiceError, load_service
     from hsb.takeover.errors import TakeoverError
+    from hsb.wire.tls import TLSError
 
     async def run() -> int:
         from hsb.host.server import HostServer
@@ -73,7 +74,10 @@ def main(role: str | None, config_path: str, check_config: bool, log_level: str)
             service = load_service(cfg.host.service, cfg.host.name, dict(cfg.service_options))
         except ServiceError as exc:  # checked already; a service can still fail the second time
             die(str(exc), EXIT_CONFIG)
-        server = HostServer(cfg, role, secret, service, config_path)
+        try:
+            server = HostServer(cfg, role, secret, service, config_path)
+        except TLSError as exc:  # (checked at the start; they may have changed since)
+            die(f"TLS: {exc}", EXIT_CONFIG)
         try:
             code = await server.serve()
         except TakeoverError as exc:

@@ -114,6 +114,9 @@ def _contexts(f: TLSFiles) -> tuple[ssl.SSLContext, ssl.SSLContext, ssl.SSLConte
         # 300 s, which `ssl` cannot turn off): hence TLS 1.3 only by default (`min_version`).
         ctx.options |= ssl.OP_NO_TICKET
         ctx.num_tickets = 0
+        # (TLS 1.2, if allowed: a client may not make us run handshakes over and over on one
+        # connection, with no deadline; TLS 1.3 has no renegotiation)
+        ctx.options |= ssl.OP_NO_RENEGOTIATION
     return server, terminal_server, client
 
 
