@@ -361,3 +361,24 @@ async def test_a_message_held_before_a_smaller_host_said_its_max_frame_is_answer
     ids = [i[1] for f in sent if f["t"] == "deliver_batch" for i in f["items"]] + [f["id"] for f in sent if f["t"] == "deliver"]
     assert ids == [2], sent
     assert list(term.held) == [2] and not p.closed
+
+
+async def test_frames_read_ahead_wait_while_the_peer_does_not_read_our_answers(tmp_path: Path) -> None:
+    """A peer pipelining requests without reading the answers: on links that stop reading it
+    (terminals, admin), the frames already read wait too, not all answered into a write buffer
+    that grows without bound; they go on once it reads again."""
+    from hsb.wire.framing import encode
+
+    cp = cp_core(tmp_path, 2)
+    p = recording_terminal(cp, "T00001")
+    p.decoder.first_done()
+    p.pause_writing()  # its socket buffer full: it reads nothing we send
+    p.data_received(b"".join(encode({"t": "msg", "id": i, "data": b"x"}) for i in range(1, 101)))
+    assert not cp.terms["T00001"].held and len(p._backlog) == 100
+    p.resume_writing()
+    for _ in range(10):
+        if not p._backlog:
+            break
+        await asyncio.sleep(0)
+    assert list(cp.terms["T00001"].held) == list(range(1, 101))
+    p.connection_lost(None)

@@ -8,6 +8,7 @@ import asyncio
 import signal
 import socket
 import struct
+from collections import deque
 
 import pytest
 
@@ -84,7 +85,7 @@ def test_a_peer_that_does_not_read_is_not_read_except_on_the_links_that_must_flo
     a burst of deliveries)."""
     p = cls.__new__(cls)  # the write back-pressure hooks only: no daemon behind them
     t = _ReadingTransport()
-    p.transport, p.closed, p.reading_paused, p._yielding = t, False, False, False
+    p.transport, p.closed, p.reading_paused, p._yielding, p._backlog = t, False, False, False, deque()
     p.pause_writing()
     assert t.reading is reads_on
     p.resume_writing()

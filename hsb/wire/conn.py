@@ -204,7 +204,10 @@ class FramedProtocol(asyncio.Protocol):
         unprocessed while reading is paused by back-pressure (back-pressure is exact)."""
         bl = self._backlog
         n = 0
-        while bl and not self.reading_paused and not self.closed:
+        # a peer that does not read our answers (write_paused) gets none made for the frames it
+        # sent ahead either, on links that stop reading it (resume_writing goes on with them)
+        held_by_writes = not self.read_under_write_pressure
+        while bl and not self.reading_paused and not self.closed and not (held_by_writes and self.write_paused):
             if limit is not None and n >= limit:
                 if not self._yielding and self.transport is not None:
                     self._yielding = True
@@ -250,15 +253,17 @@ class FramedProtocol(asyncio.Protocol):
     # while we write a burst (hosts, the peer link) read on.
     read_under_write_pressure = True
 
-    def pause_writing(self) -> None:  # pragma: no cover - depends on slow peers
+    def pause_writing(self) -> None:
         self.write_paused = True
         if not self.read_under_write_pressure and self.transport is not None and not self.closed:
             self.transport.pause_reading()
 
-    def resume_writing(self) -> None:  # pragma: no cover
+    def resume_writing(self) -> None:
         self.write_paused = False
+        if self._backlog and not self._yielding and not self.closed:
+            self._drain_backlog()  # the frames read ahead while our answers waited
         # a turn that yielded while writes were paused left reading off: turn it back on
-        if self.transport is not None and not self.closed and not self.reading_paused and not self._yielding:
+        if self.transport is not None and not self.closed and not self.reading_paused and not self._yielding and not self.write_paused:
             self.transport.resume_reading()
 
     write_paused = False
