@@ -548,3 +548,22 @@ def test_a_worker_forked_again_on_certificates_broken_since_says_so_in_one_line(
     line = [s for s in out.splitlines() if "TLS:" in s]
     assert line and "cert_file" in line[-1], out[-2000:]
     assert code == 78, code
+
+
+def test_a_reload_or_wake_sent_while_a_plain_hsbcpd_starts_is_noted_not_fatal(tmp_path: Path) -> None:
+    """Without --supervise too: SIGHUP's default action ends the process, and SIGUSR1 was
+    ignored (a wake lost) until the loop had its handlers. From main()'s first step both are
+    noted and acted on once the loop is up."""
+    code = (
+        "import os, signal, sys\n"
+        "from hsb.cp import main as m, supervise\n"
+        "def load(*a, **k):\n"
+        "    os.kill(os.getpid(), signal.SIGHUP)\n"
+        "    os.kill(os.getpid(), signal.SIGUSR1)\n"
+        "    print(sorted(supervise.EARLY_SIGNALS)); sys.exit(0)\n"
+        "m.load_or_exit = load\n"
+        "m.main(['--config', 'x.toml'])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert r.returncode == 0, (r.returncode, r.stderr[-1000:])
+    assert r.stdout.strip() == str(sorted([int(signal.SIGHUP), int(signal.SIGUSR1)])), r.stdout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from typing import Any
 
@@ -54,7 +53,11 @@ def _applied(applied: Any) -> CPConfig | None:
 @click.version_option(__version__, prog_name="hsbcpd")
 def main(config_path: str, check_config: bool, supervise: bool, log_level: str) -> None:
     """Run the communications processor in front of the terminals (docs/design.md)."""
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # keepalived's notify may come while starting: never die of it
+    # keepalived's notify (SIGUSR1) or a reload (SIGHUP) may come while starting: never die of
+    # it, nor lose it (noted, acted on once the loop is up: hsb.cp.server.take_early_signals)
+    from hsb.cp.supervise import record_early_signals
+
+    record_early_signals()
     start_cfg = load_or_exit(config_path, CPConfig, check_config, warnings=config_warnings)
     start_secret = load_secret(start_cfg.cp.secret_file)
     logs.setup(log_level, process=f"hsbcpd:{start_cfg.cp.name}", cache=True)
