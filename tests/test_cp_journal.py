@@ -296,6 +296,14 @@ def cp(tmp_path: Path):  # type: ignore[no-untyped-def]
     proc.stop()
 
 
+async def killed(cp: Proc, *links: Any) -> None:
+    """SIGKILL of hsbcpd, and the test's own ends of its links closed."""
+    cp.kill(signal.SIGKILL)
+    cp.popen.wait(5)
+    for link in links:
+        await link.close()
+
+
 async def test_kill9_of_the_cp_loses_nothing_it_promised(cp: Proc) -> None:
     """Held messages, kept replies, last acknowledged ids, the epoch and the active: all back."""
     a = await FakeHost.connect(cp.info["host"], "host-a", "active")
@@ -314,10 +322,7 @@ async def test_kill9_of_the_cp_loses_nothing_it_promised(cp: Proc) -> None:
         assert asyncio.get_running_loop().time() < deadline, "message 1 never settled"
         await asyncio.sleep(0.01)
     epoch = (await cp_status(cp))["epoch"]
-    cp.kill(signal.SIGKILL)
-    cp.popen.wait(5)
-    await a.close()
-    await t1.close()
+    await killed(cp, a, t1)
 
     cp2 = restart_cp(cp)
     try:
@@ -369,10 +374,7 @@ async def test_a_resend_is_marked_only_by_a_cp_that_follows_another_on_its_journ
     d = await a.wait(lambda m: m["t"] == "deliver")
     assert (d["id"], d["redelivered"]) == (1, False), "a new journal's CP marked a message no host ever had"
     assert (await cp_status(cp))["counters"]["resent_unknown"] == 0
-    cp.kill(signal.SIGKILL)
-    cp.popen.wait(5)
-    await a.close()
-    await t.close()
+    await killed(cp, a, t)
     cp2 = restart_cp(cp)
     try:
         a2 = await FakeHost.connect(cp2.info["host"], "host-a", "active")

@@ -75,6 +75,19 @@ async def test_a_reply_too_large_for_a_frame_is_answered_as_an_error() -> None:
     assert sent[0]["data"].startswith("error: reply too large to send (80 bytes > 64)"), sent
 
 
+async def _five_then_six(service: Any, five: str) -> Delivery:
+    """Messages 5 and 6 of one terminal to `service` (5 fails, 6 answers "ok"): 5 is answered
+    `five`, 6 after it, and the queue is idle again."""
+    sent: list[dict[str, Any]] = []
+    d = Delivery(service, lambda m: sent.append(m) or True, lambda: 1)  # type: ignore[func-returns-value]
+    d.deliver("T1", 5, "x", False)
+    d.deliver("T1", 6, "x", False)
+    await _until(lambda: len(sent) == 2, "two replies")
+    assert [(m["id"], m["data"]) for m in sent] == [(5, five), (6, "ok")]
+    assert await d.drain(1.0)
+    return d
+
+
 async def test_a_cancelled_error_of_the_services_own_is_its_error_reply_and_the_queue_goes_on() -> None:
     """A service that awaited something another task cancelled raises CancelledError though
     nobody cancelled the delivery: the terminal's queue stopped there for good (the message never
@@ -88,13 +101,8 @@ async def test_a_cancelled_error_of_the_services_own_is_its_error_reply_and_the_
                 await f
             return "ok"
 
-    sent: list[dict[str, Any]] = []
-    d = Delivery(Awaits(), lambda m: sent.append(m) or True, lambda: 1)  # type: ignore[arg-type, func-returns-value]
-    d.deliver("T1", 5, "x", False)
-    d.deliver("T1", 6, "x", False)
-    await _until(lambda: len(sent) == 2, "two replies")
-    assert [(m["id"], m["data"]) for m in sent] == [(5, "error: CancelledError"), (6, "ok")]
-    assert await d.drain(1.0) and d.counters["errors"] == 1
+    d = await _five_then_six(Awaits(), "error: CancelledError")
+    assert d.counters["errors"] == 1
 
 
 async def test_an_error_whose_message_cannot_be_formatted_is_still_answered_and_the_queue_goes_on() -> None:
@@ -111,13 +119,8 @@ async def test_an_error_whose_message_cannot_be_formatted_is_still_answered_and_
                 raise Unprintable()
             return "ok"
 
-    sent: list[dict[str, Any]] = []
-    d = Delivery(Raises(), lambda m: sent.append(m) or True, lambda: 1)  # type: ignore[arg-type, func-returns-value]
-    d.deliver("T1", 5, "x", False)
-    d.deliver("T1", 6, "x", False)
-    await _until(lambda: len(sent) == 2, "two replies")
-    assert [(m["id"], m["data"]) for m in sent] == [(5, "error: Unprintable"), (6, "ok")]
-    assert await d.drain(1.0) and "T1" not in d.queues
+    d = await _five_then_six(Raises(), "error: Unprintable")
+    assert "T1" not in d.queues
 
 
 @pytest.mark.parametrize("turns_it_into", ["nothing", "unavailable"])
