@@ -428,3 +428,41 @@ async def test_a_stop_that_comes_during_the_last_poll_takes_nothing_over(tmp_pat
     monkeypatch.setattr(s.gens, "stamp", stamp_then_stop)
     assert await asyncio.wait_for(s.serve(), 10) == 0
     assert s.cp is None and not list(journal.glob("gen-*")), list(journal.iterdir())
+
+
+async def test_a_waiting_cp_whose_journal_mount_hangs_stops_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its poll of the journal on a hung NFS mount never returns: a stop (SIGTERM: the flag)
+    must not wait for it. serve() returns at once; the poll's thread is left behind."""
+    import threading
+
+    from hsb.config import load
+    from hsb.cp import server as srv
+    from hsb.cp import waiting
+    from hsb.cp.config import CPConfig
+
+    journal = tmp_path / "j"
+    journal.mkdir()
+    cfg = load(cp_config(tmp_path, terminals=2, journal=str(journal), takeover="on_wake"), CPConfig)
+    s = srv.CPServer(cfg, SECRET, str(tmp_path / "cp.toml"))
+    monkeypatch.setattr(waiting, "holds_address", lambda *a: True)
+    hung, entered = threading.Event(), threading.Event()
+
+    def stamp() -> Any:
+        entered.set()
+        hung.wait(30)  # the mount hangs
+        return (1, 0)
+
+    assert s.gens is not None
+    monkeypatch.setattr(s.gens, "stamp", stamp)
+    task = asyncio.ensure_future(s.serve())
+    try:
+        assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 10)
+        t0 = time.monotonic()
+        s.should_exit.set()
+        assert await asyncio.wait_for(task, 5) == 0
+        assert time.monotonic() - t0 < 2.0
+        assert s.cp is None
+    finally:
+        hung.set()
+        if not task.done():
+            task.cancel()

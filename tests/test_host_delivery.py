@@ -229,3 +229,31 @@ async def test_the_host_stops_serving_before_it_closes_a_dead_cp_link(tmp_path: 
             link.task.cancel()
             await asyncio.gather(link.task, return_exceptions=True)
         cp.stop()
+
+
+async def test_a_closing_host_hands_nothing_more_to_its_service_once_its_cp_link_closes(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """hsbd's close: deliveries are cancelled before the CP link closes. After a stop whose drain
+    ran out (a slow or unavailable service), the workers went on handing queued messages to the
+    service while the link closed, their replies dropped and their effects after the CP had
+    closed the sessions."""
+    from hsb.config import load
+    from hsb.host.config import HostConfig
+    from hsb.host.server import HostServer
+    from hsb.service.builtin import EchoService
+    from hsb.takeover.fileio import create_file
+    from tests.support.procs import SECRET, host_config
+
+    create_file(str(tmp_path / "t.dat"), 16, 4096)
+    p = host_config(tmp_path, "host-a", cp="127.0.0.1:1", peer_listen="127.0.0.1:0", peer="127.0.0.1:1", takeover=tmp_path / "t.dat", records=16)
+    srv = HostServer(load(p, HostConfig), "active", SECRET, EchoService("host-a"), str(p))
+    seen: list[int] = []
+    real = srv.cp.close
+
+    async def cp_close() -> None:
+        seen.append(srv.delivery.gen)
+        await real()
+
+    monkeypatch.setattr(srv.cp, "close", cp_close)
+    gen0 = srv.delivery.gen
+    await srv.close()
+    assert seen == [gen0 + 1], "the CP link closed while deliveries still ran"

@@ -15,6 +15,7 @@ import ipaddress
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -141,7 +142,6 @@ class Waiting:
             msg="waiting to take over the journal: keepalived making this machine master (wake_file, SIGUSR1) while no CP serves it",
         )
         notify(READY=1, STATUS="waiting to take over (keepalived)")
-        loop = asyncio.get_running_loop()
         stamp: tuple[int, int] | None = None
         still_since = time.monotonic()
         watchdog = Watchdog()
@@ -154,16 +154,25 @@ class Waiting:
                 # (reload_requested stays set) once this CP serves
                 sighups_seen = self.sighups
                 reload_tls(self.tls)
-            held = await loop.run_in_executor(None, holds_address, c.terminal_listen, False)
+            polled, held = await self._unless_stopping(holds_address, c.terminal_listen, False)
+            if not polled:
+                break
             woken = self._master_here()
             if woken and not held and self.wake_requested:
                 log.info("cp_wake_ignored", address=c.terminal_listen, msg="woken, but this machine does not hold the address")
             self.wake_requested = False
-            if held and await loop.run_in_executor(None, self._journal_missing, missing):
+            gone = False
+            if held:
+                polled, gone = await self._unless_stopping(self._journal_missing, missing)
+                if not polled:
+                    break
+            if held and gone:
                 missing = True  # the shared storage not mounted: an empty journal made here would lose all it holds
             elif held:
                 missing = False
-                now_stamp = await loop.run_in_executor(None, self.gens.stamp)
+                polled, now_stamp = await self._unless_stopping(self.gens.stamp)
+                if not polled:
+                    break
                 if now_stamp != stamp:
                     stamp, still_since = now_stamp, time.monotonic()
                 if now_stamp[0] == 0:
@@ -191,6 +200,21 @@ class Waiting:
             except TimeoutError:
                 pass
         return None
+
+    async def _unless_stopping(self, fn: Any, *args: Any) -> tuple[bool, Any]:
+        """(True, `fn(*args)`) run on a thread, or (False, None) as soon as a stop is asked: a
+        poll of a hung NFS mount never returns, and SIGTERM must not wait for it (the thread is
+        left; the exit watchdog ends the process if it still holds the teardown)."""
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(None, fn, *args)
+        stop = loop.create_task(self.should_exit.wait())
+        try:
+            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not work.done():
+            return False, None
+        return True, work.result()
 
     def _journal_missing(self, said: bool = False) -> bool:
         """`takeover = "on_wake"` (two CP machines): whether the journal directory is missing. It is

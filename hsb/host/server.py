@@ -520,6 +520,9 @@ class HostServer:
             return
         self.closed = True
         self.ha.close()  # first: a slow close must not log a lease "lost" meanwhile
+        # then nothing more to the service: with the CP link closing, its replies could not go,
+        # and its effects would come after the CP closed the sessions (the CP hands them on)
+        self.delivery.cancel()
         await self.hook.close()
         await self.cp.close()
         await self.peer.close()
@@ -530,7 +533,6 @@ class HostServer:
         await self.takeover.close()
         # nothing calls into the service once it is closing: logon/close hooks, handlers
         await self.sessions_ctl.close()
-        self.delivery.cancel()
         try:
             await self.service.close()
         except Exception:  # pragma: no cover
