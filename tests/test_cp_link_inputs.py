@@ -382,3 +382,48 @@ async def test_frames_read_ahead_wait_while_the_peer_does_not_read_our_answers(t
         await asyncio.sleep(0)
     assert list(cp.terms["T00001"].held) == list(range(1, 101))
     p.connection_lost(None)
+
+
+async def test_an_unauthenticated_peer_gets_its_auth_frame_decoded_and_nothing_more(tmp_path: Path) -> None:
+    """Frames sent behind the auth frame in one write were all decoded before the auth was looked
+    at: ~250 KB of empty containers, tens of MB of objects, for a peer that knows no secret. Now
+    only the auth frame is decoded until it is accepted; the rest follows only then."""
+    import struct
+    import tracemalloc
+
+    import msgpack
+
+    from hsb.cp.host_link import HostProtocol
+    from hsb.wire import auth
+    from hsb.wire.framing import encode
+
+    cp = cp_core(tmp_path, 2)
+    n = 250_000
+    junk = b"\x82" + msgpack.packb("t") + msgpack.packb("hb") + msgpack.packb("x") + b"\xdd" + struct.pack(">I", n) + b"\x80" * n
+    u = HostProtocol(cp, secret=b"s" * 32, auth_timeout=5.0, idle_timeout=None)
+    u.connection_made(RecordingTransport("x"))
+    bad = encode({"t": "auth", "name": "host-b", "link": "host", "mac": b"\0" * 32})
+    tracemalloc.start()
+    try:
+        u.data_received(bad + struct.pack(">I", len(junk)) + junk)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    u.flush()
+    err = [f for f in u.transport.frames() if f["t"] == "error"]
+    assert err and err[0]["code"] == "auth_failed" and u.closed and not u.authed, err
+    assert peak < 4 * len(junk), f"{peak} bytes allocated before the auth was refused"
+    u.clear_deadline()
+    # a right auth with a frame behind it in the same write: that frame is taken once it is accepted
+    v = HostProtocol(cp, secret=b"s" * 32, auth_timeout=5.0, idle_timeout=None)
+    v.connection_made(RecordingTransport("y"))
+    seen: list[dict[str, Any]] = []
+    v.on_hb = seen.append  # type: ignore[method-assign]
+    mac = auth.answer(b"s" * 32, v._nonce, "host", "host-b")
+    from hsb import LINK_PROTOCOL
+
+    v.data_received(encode({"t": "auth", "name": "host-b", "link": "host", "mac": mac, "proto": LINK_PROTOCOL}) + encode({"t": "hb"}))
+    assert v.authed and not v.closed and [m["t"] for m in seen] == ["hb"], (v.closed, seen)
+    v.clear_deadline()
+    v.connection_lost(None)
+    await asyncio.sleep(0)

@@ -24,6 +24,7 @@ class AuthServerProtocol(FramedProtocol):
     """Subclasses set `link` ("host", "peer", "admin"), `dispatch`, and implement `authenticated()`."""
 
     server_name: str = "hsb"
+    hold_until_vouched = True  # an unauthenticated peer gets one frame decoded, its auth, no more
 
     def __init__(self, *, secret: bytes, auth_timeout: float, idle_timeout: float | None = None, **kw: Any) -> None:
         super().__init__(known_types={*self.dispatch, "auth"}, idle_timeout=auth_timeout, **kw)
@@ -100,6 +101,12 @@ class AuthServerProtocol(FramedProtocol):
         self.send({"t": "auth_ok", "server": self.server_name, **proof, **self.auth_ok_extra()})
         log.info("link_authenticated", link=self.link, peer=self.peer, name=self.name)
         self.authenticated()
+        # what came behind the auth frame (a client waits for auth_ok, so normally nothing)
+        self.decoder.first_done()
+        try:
+            self._backlog.extend(self.decoder.feed(b""))  # (taken by the drain that handles this frame)
+        except ProtocolError as exc:
+            self.protocol_error(exc)
 
     def auth_failed(self, code: str, why: str) -> None:
         log.warning("auth_failed", link=self.link, peer=self.peer, reason=why)

@@ -92,6 +92,9 @@ class FramedProtocol(asyncio.Protocol):
     dispatch: ClassVar[dict[str, str]] = {}
     # every frame one map of plain values (hsb.wire.framing.Decoder's `flat`): a terminal's
     flat_frames: ClassVar[bool] = False
+    # nothing decoded after the first frame until it is accepted (Decoder's `hold`): the
+    # authenticated links'
+    hold_until_vouched: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -115,7 +118,7 @@ class FramedProtocol(asyncio.Protocol):
         self._tls_timeout = tls_timeout
         # its first frame (hello, auth) within LOGIN_MAX: unvouched connections cannot make it
         # buffer max_frame bytes each
-        self.decoder = Decoder(max_frame, types, first_max=LOGIN_MAX, flat=self.flat_frames)
+        self.decoder = Decoder(max_frame, types, first_max=LOGIN_MAX, flat=self.flat_frames, hold=self.hold_until_vouched)
         self.transport: asyncio.Transport | None = None
         self.peer: str = "?"
         self.peername: Any = None  # the transport's, as it gave it

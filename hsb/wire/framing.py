@@ -98,10 +98,15 @@ class Decoder:
     anything else is `unknown_type`.
     """
 
-    __slots__ = ("max_frame", "known_types", "_buf", "_failed", "_limit", "_flat", "_maps")
+    __slots__ = ("max_frame", "known_types", "_buf", "_failed", "_limit", "_flat", "_maps", "_hold", "_held")
 
     def __init__(
-        self, max_frame: int = DEFAULT_MAX_FRAME, known_types: Collection[str] | None = None, first_max: int | None = None, flat: bool = False
+        self,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        known_types: Collection[str] | None = None,
+        first_max: int | None = None,
+        flat: bool = False,
+        hold: bool = False,
     ) -> None:
         if max_frame < 1:
             raise ValueError("max_frame must be positive")
@@ -117,6 +122,13 @@ class Decoder:
         # and tens of ms of the loop for 1 MiB of bytes)
         self._flat = flat
         self._maps = 0
+        # `hold`: after the first frame (an auth), nothing more is decoded until `first_done()`
+        # says it was accepted; until then what follows is kept as bytes, within the first
+        # frame's bound (a client waits for auth_ok before it sends more). Else an unvouched
+        # peer had its whole first read decoded (~250 KB: tens of MB of objects) before its
+        # auth frame was even looked at.
+        self._hold = hold and first_max is not None and first_max < max_frame
+        self._held = False
 
     def _one_map(self, m: dict[Any, Any]) -> dict[Any, Any]:
         """msgpack calls this for each map as it is completed, the innermost first: the frame's
@@ -127,8 +139,11 @@ class Decoder:
         return m
 
     def first_done(self) -> None:
-        """The login happened some other way (in-process users): max_frame from now on."""
+        """The login was accepted (or happened some other way: in-process users): max_frame from
+        now on, and what was held back is decoded at the next `feed` (b"" will do)."""
         self._limit = self.max_frame
+        self._held = False
+        self._hold = False
 
     @property
     def buffered(self) -> int:
@@ -140,6 +155,12 @@ class Decoder:
             raise ProtocolError(*self._failed)
         buf = self._buf
         buf += data
+        if self._held:
+            if len(buf) > self._limit:
+                self._failed = (FRAME_TOO_LARGE, f"more than {self._limit} bytes sent before the first frame was answered")
+                self._buf = bytearray()
+                raise ProtocolError(*self._failed)
+            return []
         out: list[dict[str, Any]] = []
         pos = 0
         n = len(buf)
@@ -156,6 +177,9 @@ class Decoder:
                 body = bytes(buf[pos + 4 : pos + 4 + length])
                 pos += 4 + length
                 out.append(self._decode(body))
+                if self._hold:  # the first frame: the rest waits for its answer
+                    self._held = True
+                    break
                 self._limit = self.max_frame
         except ProtocolError as exc:
             self._failed = (exc.code, exc.msg)
