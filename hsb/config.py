@@ -6,6 +6,7 @@ typo is an error); `load()` reports every error at once, each with its key path.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import tomllib
 from pathlib import Path
@@ -108,6 +109,15 @@ def parse_addr(value: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not (0 <= int(port) <= 65535):
         raise ValueError(f"{value!r} is not HOST:PORT")
     return host, int(port)
+
+
+def address_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address of 'host:port' (an IPv6 scope dropped: fe80::1%eth0), or None for a name."""
+    host, _ = parse_addr(value)
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
 
 
 def _addr(v: str) -> str:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 
-from hsb.config import Addr, ConfigPath, OptAddr, OptConfigPath, Strict, TLSSection
+from hsb.config import Addr, ConfigPath, OptAddr, OptConfigPath, Strict, TLSSection, address_ip, parse_addr
 from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, expand_all
 from hsb.wire.framing import DEFAULT_MAX_FRAME, LOGIN_MAX
 
@@ -69,17 +68,12 @@ class CPSection(Strict):
     def _takeover_needs_a_journal(self) -> CPSection:
         if self.takeover == "on_wake" and self.durability == "none":
             raise ValueError('takeover = "on_wake" needs the journal (durability = "fsync"): the CP taking over reads it')
-        if self.takeover == "on_wake":
-            host = self.terminal_listen.rpartition(":")[0].strip("[]").split("%", 1)[0]
-            try:
-                unspecified = ipaddress.ip_address(host).is_unspecified
-            except ValueError:
-                unspecified = None  # a name
-            if unspecified is not False:
-                raise ValueError(
-                    f'takeover = "on_wake" needs terminal_listen on the virtual address keepalived moves, not {host or "an empty host"!r}:'
-                    " a wildcard or a name is held on every machine, so the CP could take over where the address is not"
-                )
+        if self.takeover == "on_wake" and ((ip := address_ip(self.terminal_listen)) is None or ip.is_unspecified):
+            host = parse_addr(self.terminal_listen)[0]
+            raise ValueError(
+                f'takeover = "on_wake" needs terminal_listen on the virtual address keepalived moves, not {host!r}:'
+                " a wildcard or a name is held on every machine, so the CP could take over where the address is not"
+            )
         return self
 
     @staticmethod

@@ -135,7 +135,7 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
         try:
             server = CPServer(cfg, secret, config_path)
         except OSError as exc:
-            die(f"cannot open the CP journal {cfg.cp.journal}: {exc.strerror or exc} (check [cp] journal and its permissions)")
+            die(os_error_line("taking_over", cfg.cp.journal, exc))
         except TLSError as exc:  # (checked at the start; a worker forked again reads them again: expired, replaced)
             die(f"TLS: {exc}", EXIT_CONFIG)
         server.supervisor = supervisor

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import socket
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from hsb.config import parse_addr
+from hsb.config import address_ip, parse_addr
 from hsb.cp.config import CPConfig
 from hsb.cp.journal.generation import Generations
 from hsb.ops.notify import Watchdog, notify
@@ -41,22 +40,21 @@ def nonlocal_bind_problem(addr: str, proc: str = "/proc/sys/net") -> str | None:
     """Why this machine cannot tell whether it holds `addr` (net.ipv4/ipv6.ip_nonlocal_bind = 1:
     every bind succeeds, so `holds_address` says yes everywhere and a waiting CP could take over
     on the machine without the address), or None."""
-    host, _ = parse_addr(addr)
-    try:
-        version = ipaddress.ip_address(host.split("%", 1)[0]).version
-    except ValueError:
+    ip = address_ip(addr)
+    if ip is None:
         return None  # (refused by the config check already)
-    key = "ipv4/ip_nonlocal_bind" if version == 4 else "ipv6/ip_nonlocal_bind"
+    key = f"ipv{ip.version}/ip_nonlocal_bind"
     try:
         on = Path(proc, key).read_text().strip() == "1"
     except OSError:
         return None
     if not on:
         return None
+    sysctl = "net." + key.replace("/", ".")
     return (
-        f'takeover = "on_wake": net.{key.replace("/", ".")} is 1 on this machine, so it cannot tell whether it holds'
-        f" {host} (every bind succeeds) and could take the journal over where the address is not;"
-        f" set it to 0 (sysctl -w net.{key.replace('/', '.')}=0) for hsbcpd's machines"
+        f'takeover = "on_wake": {sysctl} is 1 on this machine, so it cannot tell whether it holds'
+        f" {ip} (every bind succeeds) and could take the journal over where the address is not;"
+        f" set it to 0 (sysctl -w {sysctl}=0) for hsbcpd's machines"
     )
 
 
@@ -65,10 +63,9 @@ def holds_address(addr: str, unknown: bool = True) -> bool:
     moves); a wildcard or a name counts as held. When it cannot be told (no socket to be had:
     the open-files limit, say), `unknown`: the serving CP serves on, a waiting one waits."""
     host, _ = parse_addr(addr)
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])  # (an IPv6 scope: fe80::1%eth0)
-    except ValueError:
-        return True  # a name (or empty): not a moving address this CP can check
+    ip = address_ip(addr)
+    if ip is None:
+        return True  # a name: not a moving address this CP can check
     if ip.is_unspecified:
         return True
     fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET

@@ -74,7 +74,7 @@ class ServiceHealth:
         return {"state": self.state, "error": self.error, "since": self.since, "retries": self.retries, "waiting_terminals": len(self.waiting)}
 
 
-def _being_cancelled() -> bool:
+def being_cancelled() -> bool:
     """The running task is being cancelled (a CancelledError of ours, not one a service raised).
     A function of its own: a local holding the task in `_work`'s frame would make a cycle with
     the traceback a cancelled task keeps."""
@@ -146,7 +146,7 @@ class Delivery:
                     if not isinstance(reply, (bytes, str)):
                         reply = str(reply)
                 except asyncio.CancelledError:
-                    if _being_cancelled():  # ours (cancel(), a stop): it goes on up
+                    if being_cancelled():  # ours (cancel(), a stop): it goes on up
                         raise
                     # the service's own (it awaited something another task cancelled): its error,
                     # answered, or this terminal's queue would stop here for good

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from hsb.host.delivery import _being_cancelled
+from hsb.host.delivery import being_cancelled
 from hsb.host.sessions import ACTIVE, CLOSED, STANDBY
 from hsb.wire.framing import encode
 
@@ -99,14 +99,7 @@ class SessionsCtl:
                 while q:
                     fn, args, done = q[0]  # stays queued while it runs: new hooks of `name` line up behind it
                     try:
-                        try:
-                            await fn(*args)
-                        except asyncio.CancelledError:
-                            if _being_cancelled():  # ours (a stop): it goes on up
-                                raise
-                            # the hook's own (it awaited something another task cancelled): its
-                            # failure, or this worker would end and the terminal's hooks stop here
-                            raise _HookCancelled("CancelledError (raised by the hook, not a cancel of ours)") from None
+                        await _call_hook(fn, *args)
                     except Exception as exc:  # the application's hook failed
                         if done is not None:
                             if not done.done():
@@ -136,11 +129,7 @@ class SessionsCtl:
         if name not in self.hooks:  # nothing of this terminal queued or running: run it in this task
             q = self.hooks[name] = deque([(fn, (name, *args), None)])  # holds the terminal's turn
             try:
-                await fn(name, *args)
-            except asyncio.CancelledError:
-                if _being_cancelled():
-                    raise
-                raise _HookCancelled("CancelledError (raised by the hook, not a cancel of ours)") from None
+                await _call_hook(fn, name, *args)
             finally:
                 q.popleft()
                 if q:  # hooks of the terminal asked for meanwhile go on in a worker
@@ -521,3 +510,14 @@ def _name(terminal: Any) -> str:
 
 class _HookCancelled(Exception):
     """A session hook raised CancelledError though nobody cancelled it: its failure, as any other."""
+
+
+async def _call_hook(fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+    """Run a session hook. A CancelledError of its own (it awaited something another task
+    cancelled) is its failure, or the terminal's hooks would stop there; ours (a stop) goes on up."""
+    try:
+        await fn(*args)
+    except asyncio.CancelledError:
+        if being_cancelled():
+            raise
+        raise _HookCancelled("CancelledError (raised by the hook, not a cancel of ours)") from None

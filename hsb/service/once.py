@@ -199,8 +199,7 @@ class ExactlyOnce:
             except _AlreadyDone:
                 redelivered = True  # the next round reads the stored reply
             except RetryTransaction:
-                self.counters["collisions"] += 1
-                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                await self._collided(attempt)
             except (ServiceUnavailable, RequestMismatch):
                 raise
             except Exception:
@@ -214,14 +213,18 @@ class ExactlyOnce:
                 try:
                     prior = await self.stored(terminal, message_id, request)
                 except RetryTransaction:  # (the lookup collided: the whole message again)
-                    self.counters["collisions"] += 1
-                    await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                    await self._collided(attempt)
                     continue
                 if prior is not None:
                     self.counters["replayed"] += 1
                     return prior
                 raise
         raise ServiceUnavailable(f"{MAX_RETRIES} transactions in a row collided for {terminal} message {message_id}")
+
+    async def _collided(self, attempt: int) -> None:
+        """Another transaction got in the way: counted, and a short random wait before the next try."""
+        self.counters["collisions"] += 1
+        await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
 
     async def _once(self, terminal: str, message_id: int, redelivered: bool, effect: Effect, digest: int | None) -> str:
         async def body(tx: Tx) -> tuple[bool, str]:
