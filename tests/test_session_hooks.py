@@ -356,11 +356,16 @@ async def test_a_logon_answered_after_its_cp_link_was_replaced_sends_nothing_on_
     session the CP there never asked for, under that link's epoch. It sends nothing."""
     c, srv = standby_ctl(2)
     gate = asyncio.Event()
+    hooks: list[tuple[str, str]] = []
 
-    async def slow_open(*_: Any) -> None:
+    async def slow_open(name: str, *_: Any) -> None:
+        hooks.append(("open", name))
         await gate.wait()
 
-    srv.service.open_session = slow_open
+    async def close(name: str) -> None:
+        hooks.append(("close", name))
+
+    srv.service.open_session, srv.service.close_session = slow_open, close
     srv.ha.granted, srv.ha.epoch, srv.ha.name = True, 3, "host-a"
     srv.delivery.wait_open = lambda: asyncio.sleep(0, True)
     srv.cp.fs = object()  # the link the request came on
@@ -371,7 +376,11 @@ async def test_a_logon_answered_after_its_cp_link_was_replaced_sends_nothing_on_
     gate.set()
     await asyncio.wait_for(task, 2.0)
     assert [m for m in srv.cp.sent if m.get("terminal") == "T00001"] == [], srv.cp.sent
+    # ... and the service's logon it made is undone: left open, it would never be closed
+    await until(lambda: ("close", "T00001") in hooks)
+    assert hooks == [("open", "T00001"), ("close", "T00001")]
     # on the same link, the answer goes as before
     task = asyncio.ensure_future(c.session_request("T00002", True, {}))
     await asyncio.wait_for(task, 2.0)
     assert [(m["t"], m["epoch"]) for m in srv.cp.sent if m.get("terminal") == "T00002"] == [("open", 4)]
+    assert ("close", "T00002") not in hooks

@@ -251,6 +251,8 @@ class SessionsCtl:
             # CP there did not ask for (it asks again on that link if it wants one)
             if cp.fs is not link:
                 log.info("session_request_outlived_its_link", terminal=name)
+            if ts.state != ACTIVE:  # the logon the hook made is answered to nobody: undone (the CP asks again)
+                self._hook(self.srv.service.close_session, name)
             return
         ts.state = ACTIVE
         ts.standby_capable = standby_capable
