@@ -154,6 +154,47 @@ async def test_a_service_that_will_not_be_cancelled_sends_no_reply_after_a_cance
     assert d.health.state == "ok" and d.in_flight == 0 and d.idle.is_set()
 
 
+async def test_the_next_worker_of_a_terminal_waits_for_a_call_that_ignored_the_cancel() -> None:
+    """A service that catches the cancellation and goes on working (a cleanup it awaits): the
+    terminal's messages handed over again after the CP link is back must not reach the service
+    beside that call, two at a time and out of order. They wait for it to end."""
+    gate = asyncio.Event()
+    running: list[int] = []
+    overlap: list[list[int]] = []
+    calls: list[tuple[int, bool]] = []
+
+    class Lingers:
+        async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
+            calls.append((message_id, redelivered))
+            if running:
+                overlap.append([*running, message_id])
+            running.append(message_id)
+            try:
+                if len(calls) == 1:
+                    try:
+                        await asyncio.sleep(10)
+                    except asyncio.CancelledError:
+                        await gate.wait()  # goes on regardless
+                return "ok"
+            finally:
+                running.remove(message_id)
+
+    sent: list[dict[str, Any]] = []
+    d = Delivery(Lingers(), lambda m: sent.append(m) or True, lambda: 1)  # type: ignore[arg-type, func-returns-value]
+    d.deliver("T1", 5, "x", False)
+    await _until(lambda: calls, "the first call")
+    d.cancel()  # the CP link lost
+    d.deliver("T1", 5, "x", True)  # registered again: handed over again, then the next one
+    d.deliver("T1", 6, "y", False)
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+    assert calls == [(5, False)], "a call of T1 began while the cancelled one still ran"
+    gate.set()
+    await _until(lambda: len(sent) == 2, "the replies to 5 and 6")
+    assert calls == [(5, False), (5, True), (6, False)] and overlap == []
+    assert [m["id"] for m in sent] == [5, 6] and not d.ending
+
+
 async def test_the_host_stops_serving_before_it_closes_a_dead_cp_link(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The CP link's end: on_down (deliveries cancelled, the lease dropped) came only after the
     link's close, which may wait a second, and messages went on to the service meanwhile; and an

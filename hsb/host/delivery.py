@@ -106,6 +106,10 @@ class Delivery:
         self.gen = 0  # bumped by cancel(): waiters of an older generation give up
         self.queues: dict[str, deque[tuple[int, Any, bool]]] = {}
         self.workers: dict[str, asyncio.Task[None]] = {}
+        # workers cancel() cancelled that have not ended yet (a service that ignores the cancel):
+        # the terminal's next worker waits for its one, so that one terminal's messages never
+        # reach the service two at a time, nor out of order
+        self.ending: dict[str, asyncio.Task[None]] = {}
         self.in_flight = 0
         self.accepting = True
         self.idle = asyncio.Event()
@@ -129,6 +133,10 @@ class Delivery:
 
     async def _work(self, terminal: str, q: deque[tuple[int, Any, bool]]) -> None:
         try:
+            old = self.ending.get(terminal)
+            if old is not None:
+                log.warning("delivery_waits_for_cancelled_call", terminal=terminal, msg="the service has not ended a call cancelled before")
+                await asyncio.wait([old])
             while q:
                 if not self.may_handle() and not await self.wait_open():
                     return
@@ -236,8 +244,10 @@ class Delivery:
         self.gen += 1
         self.open.set()  # waiters wake, see the new generation and give up
         self.health.reset()  # nothing waits for the service here any more: not failing (not "recovered")
-        for t in list(self.workers.values()):
+        for name, t in self.workers.items():
             t.cancel()
+            self.ending[name] = t
+            t.add_done_callback(lambda t, name=name: self.ending.pop(name, None) if self.ending.get(name) is t else None)  # type: ignore[misc]
         self.workers.clear()
         self.queues.clear()
         self.in_flight = 0
