@@ -246,7 +246,7 @@ class Delivery:
         self.health.reset()  # nothing waits for the service here any more: not failing (not "recovered")
         for name, t in self.workers.items():
             t.cancel()
-            self.ending[name] = t
+            self.ending.setdefault(name, t)  # (an older one still running: this one still waits for it)
             t.add_done_callback(lambda t, name=name: self.ending.pop(name, None) if self.ending.get(name) is t else None)  # type: ignore[misc]
         self.workers.clear()
         self.queues.clear()
