@@ -262,3 +262,20 @@ async def test_tls_1_2_is_refused_by_default_for_a_session_id_would_outlive_a_re
     finally:
         srv.close()
         await srv.wait_closed()
+
+
+@pytest.mark.timeout(20)
+def test_the_listeners_refuse_renegotiation_and_tickets_before_and_after_a_reload(tmp_path: Path) -> None:
+    """With TLS 1.2 allowed (`min_version = "1.2"`), a client could make a listener run
+    handshake after handshake on one connection (renegotiation: no deadline covers it), or
+    resume a session made before a reload. Both listeners' contexts refuse both, and so do the
+    contexts a reload makes."""
+    ca = make_ca(tmp_path)
+    make_leaf(tmp_path, ca, "cp", "ec", "cp")
+    t = TLS(TLSFiles(str(tmp_path / "ca.pem"), str(tmp_path / "cp.pem"), str(tmp_path / "cp.key"), min_version="1.2"))
+    first = (t.server, t.terminal_server)
+    assert t.reload() == []
+    for ctx in (*first, *t._current):
+        assert ctx.options & ssl.OP_NO_RENEGOTIATION, ctx
+        assert ctx.options & ssl.OP_NO_TICKET and ctx.num_tickets == 0, ctx
+    assert t._current[0] is not first[0]  # (the reload's own contexts were checked too)
