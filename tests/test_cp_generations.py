@@ -25,7 +25,7 @@ from hsb.cp.journal.generation import Generations, gen_name
 from hsb.cp.journal.recovery import recover
 from hsb.wire.client import request
 from tests.support.hostclient import FakeTerminal
-from tests.support.procs import SECRET, Proc, _run_cp, addr, cp_config, free_port, http_get, log_events, restart_cp, start_cp
+from tests.support.procs import SECRET, Proc, _run_cp, addr, cp_config, free_port, http_get, log_events, restart_cp, start_cp, until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -462,6 +462,60 @@ async def test_a_waiting_cp_whose_journal_mount_hangs_stops_when_asked(tmp_path:
         assert await asyncio.wait_for(task, 5) == 0
         assert time.monotonic() - t0 < 2.0
         assert s.cp is None
+    finally:
+        hung.set()
+        if not task.done():
+            task.cancel()
+
+
+async def test_a_waiting_cps_status_and_health_answer_while_its_storage_hangs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The journal's storage (an NFS mount) hangs under a waiting CP: its status and /health are
+    read from the last look, taken on a thread, so they still answer at once (keepalived's track
+    script and hsbctl status would otherwise hang with the whole event loop). /health fails once a
+    look has gone unanswered for STORAGE_STUCK (it could not take over), and passes once it answers."""
+    import threading
+
+    from hsb.config import load
+    from hsb.cp import server as srv
+    from hsb.cp import waiting
+    from hsb.cp.config import CPConfig
+
+    journal = tmp_path / "j"
+    journal.mkdir()
+    cfg = load(cp_config(tmp_path, terminals=2, journal=str(journal), takeover="on_wake"), CPConfig)
+    s = srv.CPServer(cfg, SECRET, str(tmp_path / "cp.toml"))
+    monkeypatch.setattr(waiting, "holds_address", lambda *a: False)  # (the address elsewhere: only the storage is looked at)
+    monkeypatch.setattr(waiting, "STORAGE_POLL", 0.02)
+    monkeypatch.setattr(waiting, "STORAGE_STUCK", 0.3)
+    assert s.gens is not None
+    hung, entered = threading.Event(), threading.Event()
+    real = s.gens.current
+    looks = 0
+
+    def current(names: Any = None) -> int:
+        nonlocal looks
+        looks += 1
+        if looks == 3:  # the third look hangs: the mount stops answering
+            entered.set()
+            hung.wait(30)
+        return 7 if looks < 3 else real(names)
+
+    monkeypatch.setattr(s.gens, "current", current)
+    task = asyncio.ensure_future(s.serve())
+    try:
+        assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 10)
+        t0 = time.monotonic()
+        st = s.status()
+        assert time.monotonic() - t0 < 0.2
+        assert st["state"] == "waiting" and st["journal_generation"] == 7 and st["journal_missing"] is False
+        assert s._healthy()  # not unanswered for long yet
+        await until(lambda: not s._healthy(), timeout=5)
+        assert s.status()["journal_unanswered_s"] >= 0.3
+        hung.set()
+        await until(lambda: s._healthy() and s.status()["journal_unanswered_s"] is None, timeout=5)
+        assert s.status()["journal_generation"] == 0  # the look that answered: no generation file yet
+        s.should_exit.set()
+        assert await asyncio.wait_for(task, 5) == 0
     finally:
         hung.set()
         if not task.done():

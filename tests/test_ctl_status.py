@@ -284,3 +284,22 @@ def test_a_cp_machine_whose_journal_is_missing_is_shown_so() -> None:
     line = next(x for x in render(st).splitlines() if x.startswith("CP machines:"))
     assert "cp-a at 10.0.0.11:7002 SERVING (generation 7)" in line, line
     assert "cp-b at 10.0.0.12:7002 waiting JOURNAL MISSING: is the shared storage mounted?" in line and "None" not in line, line
+
+
+def test_a_cp_machine_whose_journal_storage_hangs_is_shown_so() -> None:
+    """The waiting CP of the other machine says a look at its journal has gone unanswered (a hung
+    NFS mount): hsbctl status says so, not "generation 7" from the last look that answered."""
+    from hsb.ctl.status import render
+
+    st = {
+        "established": False,
+        "serving": False,
+        "hosts": [],
+        "cp": {"reachable": False, "addr": "10.0.0.11:7002"},
+        "cps": [
+            {"addr": "10.0.0.11:7002", "reachable": True, "name": "cp-a", "state": "serving", "generation": 7},
+            {"addr": "10.0.0.12:7002", "reachable": True, "name": "cp-b", "state": "waiting", "generation": 7, "journal_unanswered_s": 12.5},
+        ],
+    }
+    line = next(x for x in render(st).splitlines() if x.startswith("CP machines:"))
+    assert "cp-b at 10.0.0.12:7002 waiting JOURNAL NOT ANSWERING for 12.5 s: does the shared storage hang?" in line, line

@@ -139,8 +139,10 @@ class CPServer(Waiting):
             "cp_state": self.state,
             "takeover": self.cfg.cp.takeover,
             "generation": None,
-            "journal_generation": self.gens.current() if self.gens is not None and Path(self.cfg.cp.journal).is_dir() else None,
-            "journal_missing": self.gens is not None and not Path(self.cfg.cp.journal).is_dir(),  # (on_wake: not mounted?)
+            # the last look at the storage (on a thread: a hung mount does not block this answer)
+            "journal_generation": self.storage[1] if self.storage is not None else None,
+            "journal_missing": self.storage is not None and self.storage[0],  # (on_wake: not mounted?)
+            "journal_unanswered_s": None if (t := self.storage_unanswered()) is None else round(t, 1),
             "holds_address": holds_address(self.cfg.cp.terminal_listen),
             "tls": tls,
             "supervisor": self.supervisor,
@@ -230,8 +232,10 @@ class CPServer(Waiting):
     def _healthy(self) -> bool:
         if self.state == "stopping":
             return False
-        if self.cp is None and self._journal_missing(said=True):  # waiting, the shared storage not mounted:
+        if self.cp is None and self.storage is not None and self.storage[0]:  # waiting, the shared storage not mounted:
             return False  # keepalived's track script fails, and the address goes to the machine that has it
+        if self.cp is None and self.storage_unanswered() is not None:  # waiting, the storage hangs: it could not take over
+            return False
         j = self._journal()
         return j is None or j.state == "ok"
 

@@ -26,6 +26,8 @@ from hsb.wire.tls import TLS, reload_tls
 
 log = structlog.get_logger("hsb.cp")
 WAIT_POLL = 0.05  # seconds between a waiting CP's looks at the address and the serving CP's heartbeat
+STORAGE_POLL = 0.5  # seconds between looks at the journal's storage for status and /health (on a thread)
+STORAGE_STUCK = 2.0  # a look unanswered this long: the storage hangs, /health fails (a hung NFS mount)
 MISSING = (
     'the CP journal {journal} does not exist: with takeover = "on_wake" it is on the storage both CP machines share.'
     " Is it mounted? This CP takes over only once it is there (made once, on the shared storage: mkdir -p {journal})"
@@ -110,6 +112,34 @@ class Waiting:
     should_exit: asyncio.Event
     sighups: int
     tls: TLS | None
+    # what status and /health say of the journal's storage while waiting, read on a thread
+    # (`_watch_storage`): a hung mount must not block the loop that answers them
+    storage: tuple[bool, int | None] | None = None  # (journal missing, its generation), the last look's
+    storage_asked: float | None = None  # when the look under way began (monotonic)
+
+    def _storage_view(self) -> tuple[bool, int | None]:
+        missing = self._journal_missing(said=True)
+        return missing, None if missing or self.gens is None else self.gens.current()
+
+    async def _watch_storage(self) -> None:
+        while not self.should_exit.is_set():
+            self.storage_asked = time.monotonic()
+            polled, view = await self._unless_stopping(self._storage_view)
+            if not polled:
+                return
+            self.storage, self.storage_asked = view, None
+            try:
+                async with asyncio.timeout(STORAGE_POLL):
+                    await self.should_exit.wait()
+            except TimeoutError:
+                pass
+
+    def storage_unanswered(self) -> float | None:
+        """Seconds the storage has not answered a look (status, /health), past STORAGE_STUCK; else None."""
+        if self.storage_asked is None:
+            return None
+        t = time.monotonic() - self.storage_asked
+        return t if t >= STORAGE_STUCK else None
 
     def _master_here(self) -> bool:
         """keepalived says this machine is master (its notify script's state file), or SIGUSR1 came."""
@@ -130,12 +160,27 @@ class Waiting:
         assert self.gens is not None
         c = self.cfg.cp
         self.state = "waiting"
-        missing = self._journal_missing()
+        polled, view = await self._unless_stopping(self._storage_view)
+        if not polled:
+            return None
+        self.storage = view
+        missing = view[0]
+        if missing:
+            log.error("cp_journal_missing", journal=c.journal, msg=MISSING.format(journal=c.journal))
+        watcher = asyncio.get_running_loop().create_task(self._watch_storage())
+        try:
+            return await self._wait_for_takeover(missing)
+        finally:
+            watcher.cancel()
+
+    async def _wait_for_takeover(self, missing: bool) -> str | None:
+        c = self.cfg.cp
+        assert self.gens is not None
         log.info(
             "cp_waiting",
             name=c.name,
             address=c.terminal_listen,
-            generation=None if missing else self.gens.current(),
+            generation=self.storage[1] if self.storage else None,
             msg="waiting to take over the journal: keepalived making this machine master (wake_file, SIGUSR1) while no CP serves it",
         )
         notify(READY=1, STATUS="waiting to take over (keepalived)")

@@ -85,6 +85,7 @@ async def serving_cp(
                 "state": state,
                 "generation": d.get("generation") if d.get("generation") is not None else d.get("journal_generation"),
                 "journal_missing": d.get("journal_missing") is True,
+                "journal_unanswered_s": d.get("journal_unanswered_s"),
             }
         )
         if state == "serving" and serving is None:

@@ -95,7 +95,13 @@ def render(st: dict[str, Any]) -> str:
             else:
                 parts.append(
                     f"{m.get('name')} at {m['addr']} {'SERVING' if m['state'] == 'serving' else m['state']}"
-                    + (" JOURNAL MISSING: is the shared storage mounted?" if m.get("journal_missing") else f" (generation {m.get('generation')})")
+                    + (
+                        " JOURNAL MISSING: is the shared storage mounted?"
+                        if m.get("journal_missing")
+                        else f" JOURNAL NOT ANSWERING for {m['journal_unanswered_s']} s: does the shared storage hang?"
+                        if m.get("journal_unanswered_s") is not None
+                        else f" (generation {m.get('generation')})"
+                    )
                 )
         out.append("CP machines: " + "; ".join(parts))
     cp = st["cp"]
