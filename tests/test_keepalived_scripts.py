@@ -1,7 +1,8 @@
 """The keepalived notify script shipped in configs/keepalived/, run with stand-ins for systemctl and
-logger: whatever the state, it records it and starts hsbcpd again if hsbcpd is not running (after
+logger: whatever the state, it records it and starts hsbcpd again if its unit failed (after
 reset-failed: a unit that hit a limit would not start); then it wakes the unit's main process.
-(A machine without hsbcpd is in FAULT for keepalived, so "start it when MASTER" never came.)"""
+(A machine without hsbcpd is in FAULT for keepalived, so "start it when MASTER" never came.) An
+hsbcpd stopped by hand (its unit inactive, not failed) is left stopped."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.timeout(30)
 
 
 @pytest.mark.parametrize("state", ["FAULT", "BACKUP", "MASTER"])
-def test_the_notify_script_starts_a_stopped_cp_in_any_state_and_wakes_the_running_one(tmp_path: Path, state: str) -> None:
+def test_the_notify_script_starts_a_failed_cp_in_any_state_and_wakes_the_running_one(tmp_path: Path, state: str) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "calls"
@@ -28,7 +29,7 @@ def test_the_notify_script_starts_a_stopped_cp_in_any_state_and_wakes_the_runnin
             "#!/bin/sh\n"
             f'echo "$*" >> {calls}\n'
             'case "$*" in\n'
-            "  *is-active*) exit 3 ;;\n"  # not running
+            "  *is-failed*) exit 0 ;;\n"  # failed (a start limit hit, say)
             f"  *MainPID*) echo {main.pid} ;;\n"
             "esac\n"
         )
@@ -58,3 +59,29 @@ def _catches_usr1(pid: int) -> bool:
         if line.startswith("SigCgt:"):
             return bool(int(line.split()[1], 16) & (1 << (10 - 1)))  # SIGUSR1 is 10
     return False
+
+
+def test_the_notify_script_leaves_a_cp_stopped_by_hand_stopped(tmp_path: Path) -> None:
+    """`systemctl stop hsbcpd` (maintenance): its track script then fails and keepalived calls
+    the script with FAULT. Starting it again would undo the operator's stop."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (bin_dir / "systemctl").write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {calls}\n'
+        'case "$*" in\n'
+        "  *is-failed*) exit 1 ;;\n"  # inactive: stopped, not failed
+        "  *is-active*) exit 3 ;;\n"
+        "  *MainPID*) echo 0 ;;\n"
+        "esac\n"
+    )
+    (bin_dir / "logger").write_text("#!/bin/sh\nexit 0\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HSB_RUN_DIR": str(tmp_path / "run")}
+    r = subprocess.run(["sh", str(REPO / "configs" / "keepalived" / "hsb-cp-notify"), "INSTANCE", "hsb_cp", "FAULT", "100"], env=env, timeout=10)
+    assert r.returncode == 0
+    assert (tmp_path / "run" / "cp.state").read_text() == "FAULT\n"
+    done = calls.read_text().splitlines()
+    assert not [c for c in done if c.startswith(("start", "restart", "reset-failed"))], done
