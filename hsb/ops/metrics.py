@@ -276,7 +276,7 @@ class CPCollector:
             yield _c("hsb_journal_stalls", "Times a CP journal write missed its deadline.", j["stalls"])
             yield _c(
                 "hsb_cp_lease_answers_withheld",
-                "Host heartbeats the CP left unanswered (no lease renewed): no clean generation check of its journal for a second.",
+                "Host heartbeats the CP left unanswered (no lease renewed): no clean generation check of its journal for max(1 s, journal_timeout).",
                 j.get("lease_answers_withheld", 0),
             )
             yield _c(
