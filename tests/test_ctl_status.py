@@ -303,3 +303,24 @@ def test_a_cp_machine_whose_journal_storage_hangs_is_shown_so() -> None:
     }
     line = next(x for x in render(st).splitlines() if x.startswith("CP machines:"))
     assert "cp-b at 10.0.0.12:7002 waiting JOURNAL NOT ANSWERING for 12.5 s: does the shared storage hang?" in line, line
+
+
+def test_a_switch_whose_record_ended_with_terminals_not_served_is_shown_not_unknown() -> None:
+    """A failover after which a terminal's message in flight got no reply before the record's
+    deadline (its terminal gone, the service failing): the record has a worst pause and no
+    all-served time. hsbctl status says how many were not served; it said UNKNOWN (exit 3,
+    "another version?") about a healthy pair until the next switch."""
+    from types import SimpleNamespace
+
+    from hsb.cp.switchrec import DEADLINE_S, AfterSwitch
+    from hsb.ctl.status import _pause
+
+    rec: dict[str, Any] = {"epoch": 4}
+    after = AfterSwitch(0.0, rec)
+    term = SimpleNamespace(flight_epoch=4, flight=1)
+    after.reply(term, -0.5, True, 0.2)  # ... one of the two terminals in flight is served
+    after.counted(2)
+    assert after.expired(DEADLINE_S + 1)
+    assert rec["all_served_ms"] is None and rec["worst_pause_ms"] is not None and rec["not_served"] == 1
+    line = _pause({**rec, "in_flight_terminals": 2})
+    assert "1 not served when the record ended" in line and "worst pause 700.0 ms" in line, line

@@ -97,6 +97,7 @@ class AfterSwitch:
         if self.counting or now <= self.deadline:
             return False
         log.warning("switched_terminals_not_served", epoch=self.rec["epoch"], waiting=self.left)
+        self.rec["not_served"] = self.left
         self.finish(None)
         return True
 

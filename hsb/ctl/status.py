@@ -50,9 +50,15 @@ def _role_label(h: dict[str, Any]) -> str:
 def _pause(ls: dict[str, Any]) -> str:
     """The worst pause of a switch, measured only over traffic that was in flight (hsb.cp.switchrec)."""
     if ls.get("worst_pause_ms") is not None:
+        # (the record ends at its deadline with terminals still waiting: no all-served time then)
+        served = (
+            f"all served after {ls['all_served_ms']:.1f} ms"
+            if ls.get("all_served_ms") is not None
+            else f"{ls.get('not_served', 'some')} not served when the record ended"
+        )
         return (
             f"worst pause {ls['worst_pause_ms']:.1f} ms (p99 {ls['p99_pause_ms']:.1f}) over"
-            f" {ls.get('in_flight_terminals', 0)} terminals in flight, all served after {ls['all_served_ms']:.1f} ms, "
+            f" {ls.get('in_flight_terminals', 0)} terminals in flight, {served}, "
         )
     if ls.get("in_flight_terminals") == 0:
         return "nothing in flight (no pause to measure), "
