@@ -38,6 +38,21 @@ def attrs_problem(name: str, attrs: dict[str, Any]) -> str | None:
     return None
 
 
+SENT_ATTRS_MAX = 2048  # bytes: a terminal's attrs in the CP's config, sent in each session request
+
+
+def sent_attrs_problem(name: str, attrs: dict[str, Any]) -> str | None:
+    """Why the CP cannot send terminal `name`'s attrs (from its config) to the hosts in a frame,
+    or None: else each session request for it would fail, or its frame be refused, at run time."""
+    try:
+        size = len(msgpack.packb(attrs))
+    except (TypeError, ValueError, OverflowError) as exc:
+        return f"attrs cannot be sent to the hosts ({exc}): use strings, numbers, booleans, arrays and tables"
+    if size > SENT_ATTRS_MAX:
+        return f"attrs of {name!r} take {size} bytes; the CP sends them with each session request: keep them under {SENT_ATTRS_MAX}"
+    return None
+
+
 class TerminalDef(Strict):
     name: str
     standby_capable: bool = True

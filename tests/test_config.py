@@ -236,3 +236,24 @@ def test_file_options_are_relative_to_the_config_files_folder(tmp_path: Path) ->
     assert load(host, HostConfig).service_options == {"sqlite": str(d / "ledger.db")}
     host.write_text(head.format(service="mine.mod:make") + '[service_options]\njournal = "rel.log"\n')
     assert load(host, HostConfig).service_options == {"journal": "rel.log"}
+
+
+def test_cp_terminal_attrs_the_cp_cannot_send_are_a_cp_config_error(tmp_path: Path) -> None:
+    """The CP sends a terminal's attrs from its config in each session request: a value with no
+    MessagePack form (a TOML date) failed every session request at run time (the terminals after
+    it never asked for), and a huge one made a frame the hosts refuse. Both refused by the check,
+    naming the key; attrs of a fair size (more than a takeover file entry holds) are fine."""
+    (tmp_path / "s").write_text("x" * 64)
+    (tmp_path / "s").chmod(0o600)
+    cp = tmp_path / "cp.toml"
+    cp.write_text(
+        '[cp]\nsecret_file = "s"\n'
+        f'[[terminals]]\nname = "OK"\nattrs = {{ note = "{"x" * 1000}" }}\n'
+        '[[terminals]]\nname = "T1"\nattrs = { opened = 1979-05-27 }\n'
+        f'[[terminal_groups]]\nprefix = "G"\ncount = 2\nattrs = {{ note = "{"x" * 3000}" }}\n'
+    )
+    r = run("hsb.cp", "--config", str(cp), "--check-config")
+    assert r.returncode == 78, r.stderr
+    assert "terminals[1].attrs: attrs cannot be sent to the hosts" in r.stderr, r.stderr
+    assert "terminal_groups[0].attrs: attrs of 'G00002' take" in r.stderr and "keep them under 2048" in r.stderr, r.stderr
+    assert "terminals[0]" not in r.stderr and "Traceback" not in r.stderr

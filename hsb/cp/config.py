@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, model_validator
 
 from hsb.config import Addr, ConfigPath, OptAddr, OptConfigPath, Strict, TLSSection, address_ip, parse_addr
-from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, expand_all
+from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, expand_all, sent_attrs_problem
 from hsb.wire.framing import DEFAULT_MAX_FRAME, LOGIN_MAX
 
 # The CP grants the active role to another host only once the old active's lease has surely
@@ -105,6 +105,11 @@ class CPConfig(Strict):
         defs = expand_all(self.terminals, self.terminal_groups)
         if not defs:
             raise ValueError("no terminals defined; add [[terminals]] or [[terminal_groups]]")
+        entries = [(f"terminals[{i}]", t.name, t.attrs) for i, t in enumerate(self.terminals)]
+        entries += [(f"terminal_groups[{i}]", g.last_name(), g.attrs) for i, g in enumerate(self.terminal_groups)]
+        problems = [f"{key}.attrs: {why}" for key, name, attrs in entries if (why := sent_attrs_problem(name, attrs))]
+        if problems:
+            raise ValueError("; ".join(problems))
         self._defs = defs
         return self
 
