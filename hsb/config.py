@@ -79,6 +79,8 @@ def load(path: str | Path, model: type[M], *, overrides: dict[str, Any] | None =
         raise ConfigError(str(p), ["not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(p), [f"TOML syntax error: {exc}"]) from None
+    except RecursionError:  # (tomllib recurses per level: thousands of them)
+        raise ConfigError(str(p), ["arrays or tables nested too deeply to read; flatten them"]) from None
     if overrides:
         data.update(overrides)
     return validate(data, model, str(p), base=p.parent)
@@ -129,6 +131,12 @@ def _opt_addr(v: str) -> str:
     return _addr(v) if v else v
 
 
+def _connect_addr(v: str) -> str:
+    if parse_addr(v)[1] == 0:
+        raise ValueError(f"{v!r} has port 0, which nothing listens on: give the port the other side listens on")
+    return v
+
+
 def _path(v: str, info: ValidationInfo) -> str:
     return resolve_path(v, info)
 
@@ -139,6 +147,7 @@ def _opt_path(v: str, info: ValidationInfo) -> str:
 
 # Field types shared by the daemons' schemas.
 Addr = Annotated[str, AfterValidator(_addr)]  # "host:port"
+ConnectAddr = Annotated[str, AfterValidator(_addr), AfterValidator(_connect_addr)]  # "host:port" to connect to: port 1..65535
 OptAddr = Annotated[str, AfterValidator(_opt_addr)]  # "host:port", or "" for off
 ConfigPath = Annotated[str, AfterValidator(_path)]  # relative to the config file's folder
 OptConfigPath = Annotated[str, AfterValidator(_opt_path)]  # the same, or "" for none

@@ -257,3 +257,62 @@ def test_cp_terminal_attrs_the_cp_cannot_send_are_a_cp_config_error(tmp_path: Pa
     assert "terminals[1].attrs: attrs cannot be sent to the hosts" in r.stderr, r.stderr
     assert "terminal_groups[0].attrs: attrs of 'G00002' take" in r.stderr and "keep them under 2048" in r.stderr, r.stderr
     assert "terminals[0]" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_values_that_could_only_fail_later_are_config_errors(tmp_path: Path) -> None:
+    """A role-change hook that does not split as a shell would split it, or whose program does not
+    exist (found only at the first failover, before), a port 0 to connect to (retried for ever),
+    a takeover file larger than its format allows, a CP name with a space, and a config nested
+    too deeply to read (a traceback before): each one line naming the key and the fix."""
+    from tests.support.procs import host_config
+
+    p = host_config(
+        tmp_path,
+        "a",
+        cp="127.0.0.1:0",
+        peer_listen="127.0.0.1:3",
+        peer="127.0.0.1:0",
+        takeover=tmp_path / "t.dat",
+        records=5_000_000_000,
+        terminals=2,
+        on_role_change="/usr/local/bin/notify 'x",
+    )
+    r = run("hsb.host", "--config", str(p), "--check-config")
+    assert r.returncode == 78 and "Traceback" not in r.stderr, r.stderr
+    for want in (
+        "host.on_role_change",
+        "No closing quotation: quote the command as a shell would",
+        "host.cp",
+        "host.peer",
+        "port 0",
+        "takeover.records",
+    ):
+        assert want in r.stderr, (want, r.stderr)
+    p = host_config(
+        tmp_path,
+        "a",
+        cp="127.0.0.1:2",
+        peer_listen="127.0.0.1:3",
+        peer="127.0.0.1:4",
+        takeover=tmp_path / "t.dat",
+        records=64,
+        terminals=2,
+        on_role_change=str(tmp_path / "no-such-hook") + " --flag",
+    )
+    r = run("hsb.host", "--config", str(p), "--check-config")
+    assert r.returncode == 78 and "no-such-hook' is not an executable program" in r.stderr, r.stderr
+    hook = tmp_path / "hook.sh"
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    hook.chmod(0o755)
+    p.write_text(p.read_text().replace(str(tmp_path / "no-such-hook"), str(hook)))
+    r = run("hsb.host", "--config", str(p), "--check-config")
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "s").write_text("x" * 64)
+    (tmp_path / "s").chmod(0o600)
+    cp = tmp_path / "cp.toml"
+    cp.write_text('[cp]\nname = "cp one"\nsecret_file = "s"\n[[terminals]]\nname = "T1"\n')
+    r = run("hsb.cp", "--config", str(cp), "--check-config")
+    assert r.returncode == 78 and "cp.name" in r.stderr and "has a space" in r.stderr, r.stderr
+    cp.write_text('[cp]\nsecret_file = "s"\nx = ' + "[" * 5000 + "]" * 5000 + '\n[[terminals]]\nname = "T1"\n')
+    r = run("hsb.cp", "--config", str(cp), "--check-config")
+    assert r.returncode == 78 and "nested too deeply to read; flatten them" in r.stderr and "Traceback" not in r.stderr, r.stderr

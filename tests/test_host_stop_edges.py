@@ -500,3 +500,14 @@ async def test_a_switchover_whose_wait_for_replies_fails_goes_on(tmp_path: Path,
         await until(lambda: b.ha.role == "active" and a.ha.role == "standby", "the switchover", timeout=5)
         assert rec.events("ha_task_error"), rec.entries
         await until(lambda: hot_standby(a, b), "hot standby the other way round")
+
+
+@pytest.mark.parametrize("takeover", ["false", "no", 0, None])
+async def test_a_stop_whose_takeover_is_not_a_boolean_is_refused_and_nothing_stops(tmp_path: Path, takeover: Any) -> None:
+    """`{"t": "stop", "takeover": "false"}` (a script's string): bool("false") is True, so the
+    active would have handed over and stopped. Refused, saying why; the pair serves on."""
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        ah, ap = parse_addr(a.bound["admin"])
+        said = await request(ah, ap, SECRET, {"t": "stop", "takeover": takeover})
+        assert said["ok"] is False and "'takeover' must be true or false" in said["msg"], said
+        assert not a.should_exit.is_set() and a.ha.role == "active" and hot_standby(a, b)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from hsb.config import Addr, ConfigPath, OptAddr, OptConfigPath, Strict, TLSSection, address_ip, parse_addr
 from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, expand_all, sent_attrs_problem
@@ -17,7 +17,7 @@ LEASE_MARGIN = 0.1
 
 
 class CPSection(Strict):
-    name: str = "cp"
+    name: str = Field(default="cp", min_length=1, max_length=64)  # (as a host's: its certificate names it)
     terminal_listen: Addr = "127.0.0.1:7000"
     host_listen: Addr = "127.0.0.1:7001"
     admin_listen: Addr = "127.0.0.1:7002"
@@ -63,6 +63,13 @@ class CPSection(Strict):
     # written by keepalived's notify script: MASTER, BACKUP, FAULT or STOP (level, not edge: a
     # hsbcpd started after the transition still reads it); "": SIGUSR1 only
     wake_file: OptConfigPath = ""  # relative: to the config file
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if any(c.isspace() for c in v):
+            raise ValueError(f"{v!r} has a space: a CP's name is one word (hosts and certificates name it)")
+        return v
 
     @model_validator(mode="after")
     def _takeover_needs_a_journal(self) -> CPSection:

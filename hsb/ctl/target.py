@@ -84,6 +84,8 @@ def _read_config(p: Path) -> dict[str, object]:
         raise TargetError(f"ctl config {p} is not a text (UTF-8) file; point --config (or $HSB_CTL_CONFIG) at the ctl TOML file") from None
     except tomllib.TOMLDecodeError as exc:
         raise TargetError(f"ctl config {p}: {exc}") from None
+    except RecursionError:
+        raise TargetError(f"ctl config {p}: arrays or tables nested too deeply to read; flatten them") from None
 
 
 def load_target(config: str | None, cp: str | None, hosts: tuple[str, ...], secret_file: str | None) -> Target:

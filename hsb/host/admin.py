@@ -43,7 +43,10 @@ class HostAdminProtocol(AuthServerProtocol):
 
     def on_stop(self, msg: dict[str, Any]) -> None:
         ha = self.srv.ha
-        takeover = bool(msg.get("takeover", True))
+        takeover = msg.get("takeover", True)
+        if not isinstance(takeover, bool):  # ("false" is true to bool(): it would hand over)
+            self.send({"t": "result", "ok": False, "msg": "stop: field 'takeover' must be true or false; nothing done"})
+            return
         if ha.role == "active" and takeover and ha.switchover_refusal() is None:
             what = "hands over to the standby, then stops"
         elif takeover and ha.standby_may_return():

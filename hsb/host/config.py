@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import shlex
+import shutil
 from typing import Any
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from hsb.config import Addr, ConfigPath, OptAddr, Strict, TLSLinks, resolve_path
+from hsb.config import Addr, ConfigPath, ConnectAddr, OptAddr, Strict, TLSLinks, resolve_path
 from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, attrs_problem, expand_all
 from hsb.wire.framing import DEFAULT_MAX_FRAME, LOGIN_MAX
 
 
 class HostSection(Strict):
     name: str = Field(min_length=1, max_length=64)
-    peer: Addr
+    peer: ConnectAddr
     peer_listen: Addr
-    cp: Addr
+    cp: ConnectAddr
     admin_listen: Addr
     http_listen: OptAddr = ""
     secret_file: ConfigPath
@@ -27,6 +29,23 @@ class HostSection(Strict):
     on_role_change: str = ""  # a command run with: ROLE STATE EPOCH REASON (hsb.host.hooks)
     hook_timeout: float = Field(default=10.0, gt=0, le=3600)
     max_frame: int = Field(default=DEFAULT_MAX_FRAME, ge=LOGIN_MAX, le=64 * 1024 * 1024)
+
+    @field_validator("on_role_change")
+    @classmethod
+    def _hook(cls, v: str) -> str:
+        """The command is split as a shell would and its program found now, not at the first role
+        change (a failover) where a typo would only be logged."""
+        if not v:
+            return v
+        try:
+            argv = shlex.split(v)
+        except ValueError as exc:
+            raise ValueError(f"{exc}: quote the command as a shell would") from None
+        if not argv:
+            raise ValueError('no command in it: leave it out (or "") for none')
+        if shutil.which(argv[0]) is None:
+            raise ValueError(f"{argv[0]!r} is not an executable program: give its full path, executable by hsbd's user")
+        return v
 
     @model_validator(mode="after")
     def _timing(self) -> HostSection:
@@ -40,7 +59,7 @@ class HostSection(Strict):
 
 class TakeoverSection(Strict):
     path: ConfigPath
-    records: int = Field(ge=4)
+    records: int = Field(ge=4, le=0xFFFF_FFFF)  # (the file format's bound: hsb.takeover.layout.MAX_RECORDS)
     record_size: int = Field(default=4096, ge=512, le=1 << 20)
     storage_timeout: float = Field(default=2.0, gt=0, le=600)
 
