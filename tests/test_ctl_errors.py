@@ -472,3 +472,29 @@ async def test_a_daemon_that_trickles_bytes_is_cut_off_by_one_deadline() -> None
         srv.close()
     assert ans.get("reachable") is False, ans
     assert took < 5.0, took
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["promote", "host-b", "--timeout", "nan"], "'nan': give seconds above 0"),  # a wait that never ended
+        (["stop", "host-a", "--timeout", "-1"], "'-1': give seconds above 0"),  # sent the stop, then "did not stop within -1 s"
+        (["sandbox", "up", "--dir", "/tmp/x", "--timeout", "0"], "'0': give seconds above 0"),
+        (["sandbox", "up", "--dir", "/tmp/x", "--logon-ms", "-5"], "'-5': give milliseconds from 0"),
+        (["sandbox", "up", "--dir", "/tmp/x", "--logon-ms", "lots"], "'lots' is not a number of milliseconds"),
+    ],
+)
+def test_numbers_that_make_no_sense_are_usage_errors_and_nothing_is_sent(args: list[str], fragment: str) -> None:
+    code, out, err = invoke("--cp", "127.0.0.1:1", *args)
+    assert code == 2 and fragment in err and "Traceback" not in out + err, (code, out, err)
+
+
+def test_a_sandbox_that_cannot_be_made_for_want_of_room_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The takeover file of a million terminals on a small disk: its OSError was a traceback."""
+    from hsb.ctl import sandbox as sb
+
+    def full(*a: Any, **kw: Any) -> Any:
+        raise OSError(28, "No space left on device", str(tmp_path / "sb" / "takeover.dat"))
+
+    monkeypatch.setattr(sb, "up", full)
+    one_line_error(*invoke("sandbox", "up", "--dir", str(tmp_path / "sb")), 1, "No space left on device", "takeover.dat", "free space")

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from hsb.ctl.file_cmd import file_group
+from hsb.ctl.ops_cmds import SECONDS, Bounded
 from hsb.ctl.ops_cmds import register as register_ops
 from hsb.ctl.target import Target, TargetError, load_target
 from hsb.ctl.tls_cmd import tls_group
@@ -84,7 +85,7 @@ def status(obj: Ctx, as_json: bool, watch: bool) -> None:
 
 
 @main.command()
-@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the CP's answer.")
+@click.option("--timeout", default=10.0, show_default=True, type=SECONDS, help="Seconds to wait for the CP's answer.")
 @click.pass_obj
 def promote(obj: Ctx, timeout: float) -> None:
     """Make the standby the active after a normal stop of the active."""
@@ -131,7 +132,7 @@ def promote(obj: Ctx, timeout: float) -> None:
 
 @main.command()
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for hot standby again.")
+@click.option("--timeout", default=60.0, show_default=True, type=SECONDS, help="Seconds to wait for hot standby again.")
 @click.pass_obj
 def switchover(obj: Ctx, yes: bool, timeout: float) -> None:
     """Planned role swap with no terminal disconnect (needs an established standby)."""
@@ -148,11 +149,16 @@ def sandbox() -> None:
 def _sandbox_call(fn: Any, *args: Any, **kw: Any) -> Any:
     """A sandbox operation; its SandboxError is one line on stderr and exit 1."""
     from hsb.ctl.sandbox import SandboxError
+    from hsb.takeover.errors import TakeoverError
 
     try:
         return fn(*args, **kw)
     except SandboxError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except (OSError, TakeoverError) as exc:  # (its folder, the takeover file: a full disk, say)
+        why = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror and exc.filename else str(exc)
+        click.echo(f"error: {why}; check the sandbox's folder (free space, permissions) or pick another", err=True)
         sys.exit(1)
 
 
@@ -163,8 +169,10 @@ def _sandbox_call(fn: Any, *args: Any, **kw: Any) -> Any:
 @click.option("--dsn", default=None, metavar="DSN", help="ledger: a PostgreSQL database both hosts use (default: SQLite in --dir).")
 @click.option("--tls", is_flag=True, help="TLS on every link, terminals' too: a CA and certificates in D/tls (hsbctl tls init).")
 @click.option("--conventional", is_flag=True, help="fast_switch = false: no standby sessions (the classic hot standby).")
-@click.option("--logon-ms", default=0.0, show_default=True, help="Simulated logon work per session open.")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for hot standby.")
+@click.option(
+    "--logon-ms", default=0.0, show_default=True, type=Bounded(0, 3_600_000, False, "milliseconds"), help="Simulated logon work per session open."
+)
+@click.option("--timeout", default=60.0, show_default=True, type=SECONDS, help="Seconds to wait for hot standby.")
 @click.option("--supervise", is_flag=True, help="hsbcpd under its master process (hsbcpd --supervise): a CP that dies is started again at once.")
 def sandbox_up(
     dir_: str, terminals: int, service: str, dsn: str | None, tls: bool, conventional: bool, logon_ms: float, timeout: float, supervise: bool

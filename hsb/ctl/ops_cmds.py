@@ -17,6 +17,27 @@ from hsb.ctl.target import Target
 from hsb.wire.auth import load_secret
 
 
+class Bounded(click.ParamType):  # type: ignore[type-arg, unused-ignore]  # (generic from click 8.5)
+    """A number within bounds, NaN refused (click.FloatRange lets NaN through: a wait that never ends)."""
+
+    name = "number"
+
+    def __init__(self, lo: float, hi: float, lo_open: bool, what: str) -> None:
+        self.lo, self.hi, self.lo_open, self.what = lo, hi, lo_open, what
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of {self.what}", param, ctx)
+        if not ((self.lo < v) if self.lo_open else (self.lo <= v)) or not v <= self.hi:
+            self.fail(f"{value!r}: give {self.what} {'above' if self.lo_open else 'from'} {self.lo:g} up to {self.hi:g}", param, ctx)
+        return v
+
+
+SECONDS = Bounded(0, 86_400, True, "seconds")
+
+
 def _unknown(st: dict[str, Any]) -> int | None:
     if st.get("unknown"):
         for u in st["unknown"]:
@@ -139,7 +160,7 @@ def register(main: click.Group, obj_type: Any) -> None:
     @main.command()
     @click.option("--no-takeover", is_flag=True, help="The normal termination: nobody takes over (the patent's; see 'hsbctl promote').")
     @click.option("--host", "host", default=None, help="The host to stop, by name (default: the active).")
-    @click.option("--timeout", default=40.0, show_default=True, help="Seconds to wait for the host to stop.")
+    @click.option("--timeout", default=40.0, show_default=True, type=SECONDS, help="Seconds to wait for the host to stop.")
     @pass_obj
     def stop(obj: Any, no_takeover: bool, host: str | None, timeout: float) -> None:
         """Stop a host: the active hands over to an established standby first (as on SIGTERM)."""

@@ -64,7 +64,10 @@ async def _switchover(t: Target, yes: bool, timeout: float) -> int:
     if not yes:  # (the answer may have taken a while: what ended before the request is not ours)
         st = await status_all(t.cp, t.hosts, t.secret_file, timeout=1.0, cp_machines=t.cps)
         old = next((h for h in st["hosts"] if h.get("name") == old["name"]), old)
-    before_epoch = st["cp"]["epoch"]
+    before_epoch = st["cp"].get("epoch")
+    if before_epoch is None:  # (the CP stopped answering while the operator confirmed)
+        click.echo(f"error: cannot ask the CP at {st['cp'].get('addr', '-')} now; nothing was done: try again", err=True)
+        return 3
     ended = old.get("switchovers_ended")
     ans = await ask(old["addr"], load_secret(t.secret_file), {"t": "switchover"})
     failed = refused_or_unasked(ans, old)
