@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from hsb.wire.client import FrameStream, LinkClosed, request
 from hsb.wire.framing import encode
-from tests.support.hostclient import FakeHost, FakeTerminal
+from tests.support.hostclient import FakeHost, FakeTerminal, until_cp_status
 from tests.support.procs import SECRET, Proc, addr, start_cp, until
 
 ATTRS = {"protocol": "hsb1", "codepage": "utf-8"}
@@ -818,3 +818,24 @@ async def test_a_host_not_yet_registered_hears_from_the_cp(cp: Proc) -> None:
         assert got == {"t": "hb"}  # no ack: no lease renewed before registration
     finally:
         await fs.aclose()
+
+
+async def test_another_host_registering_as_active_while_the_actives_link_is_down_is_refused(cp: Proc) -> None:
+    """The active's link is down (here: it went away) and no failover has happened: a host
+    arriving with --role active took the role at once, past the old active's lease and an
+    operator's pause. It is refused; the standby path (or the same host coming back) is not."""
+    a = await FakeHost.connect(cp.info["host"], "host-a")
+    a.auto_open = ATTRS
+    assert (await a.register("active", instance="p1"))["t"] == "registered"
+    h, p = addr(cp.info["admin"])
+    assert (await request(h, p, SECRET, {"t": "pause"}))["t"] == "result"
+    await a.close()
+    await until_cp_status(cp, lambda st: st["active"] is None or st["active"].get("connected") is False, timeout=5)
+    b = await FakeHost.connect(cp.info["host"], "host-b")
+    ans = await b.register("active", instance="q1")
+    assert ans["t"] == "error" and ans["code"] == "active_exists" and "--role standby" in ans["msg"] and "host-a" in ans["msg"], ans
+    st = (await request(h, p, SECRET, {"t": "status"}))["data"]
+    assert st["counters"]["failovers"] == 0 and st["active"]["name"] == "host-a", st["active"]
+    a2 = await FakeHost.connect(cp.info["host"], "host-a")  # the active itself, restarted, takes its role back
+    a2.auto_open = ATTRS
+    assert (await a2.register("active", instance="p2"))["t"] == "registered"

@@ -211,6 +211,18 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
                     f"{self.active.name} is already the active host (epoch {self.epoch}); start {host.name} with --role standby",
                 )
                 return
+            if cur is not None and cur.closed and cur.name != host.name:
+                # the active's link is down and no failover has happened yet: that is the
+                # standby's to ask and the CP's to grant once the old active's lease has run out
+                # (and not while paused). Another host arriving as active took the role at once,
+                # past both, while the old active (a link the CP closed) could still be serving
+                log.warning("registration_refused", host=host.name, role=role, active=cur.name, epoch=self.epoch, reason="active link down")
+                host.close_with_error(
+                    "active_exists",
+                    f"{cur.name} holds the active role at epoch {self.epoch} (its link is down); start {host.name} with --role standby:"
+                    f" it takes over once {cur.name} is lost ('hsbctl promote' after a normal stop)",
+                )
+                return
             ra = self.recorded_active
             if self.active is None and ra is not None and ra != host.name:
                 # after a CP restart: the role is still the host's that held it before
