@@ -316,3 +316,21 @@ def test_values_that_could_only_fail_later_are_config_errors(tmp_path: Path) -> 
     cp.write_text('[cp]\nsecret_file = "s"\nx = ' + "[" * 5000 + "]" * 5000 + '\n[[terminals]]\nname = "T1"\n')
     r = run("hsb.cp", "--config", str(cp), "--check-config")
     assert r.returncode == 78 and "nested too deeply to read; flatten them" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_the_cp_check_says_what_the_start_would_refuse_about_the_journal_directory(tmp_path: Path) -> None:
+    """--check-config (the unit's ExecStartPre) passed a journal the start could not make (under
+    the shipped unit: anywhere but /var/lib/hsb), and the start then failed with exit 1, restarted
+    every 100 ms for ever. Both say it now, naming the key and the fix; exit 78 (not restarted)."""
+    (tmp_path / "s").write_text("x" * 64)
+    (tmp_path / "s").chmod(0o600)
+    (tmp_path / "afile").write_text("not a directory")
+    cp = tmp_path / "cp.toml"
+    cp.write_text('[cp]\nsecret_file = "s"\njournal = "afile/cp-journal"\nadmin_listen = "127.0.0.1:0"\n[[terminals]]\nname = "T1"\n')
+    for args in (["--check-config"], []):
+        r = run("hsb.cp", "--config", str(cp), *args)
+        assert r.returncode == 78, (args, r.stderr)
+        assert "cp.journal" in r.stderr and "cannot be made" in r.stderr and "/var/lib/hsb" in r.stderr, r.stderr
+    cp.write_text(cp.read_text().replace("afile/cp-journal", "fine/cp-journal"))
+    r = run("hsb.cp", "--config", str(cp), "--check-config")
+    assert r.returncode == 0, r.stderr

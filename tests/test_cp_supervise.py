@@ -170,10 +170,11 @@ def test_the_cp_dies_with_its_master(supervised: Any) -> None:
 
 
 def test_a_cp_that_exits_ends_the_master_with_its_code(supervised: Any, tmp_path: Path) -> None:
-    """The worker cannot open its journal (the path is a file): it exits 1, and the master with
-    it, at once and without starting another (a restart would not help; systemd decides)."""
-    (tmp_path / "a-file").write_text("not a directory\n")
-    p = supervised(journal="a-file")
+    """The worker cannot read its journal (a segment that is a directory: past the config check,
+    which sees a journal directory it may write): it exits 1, and the master with it, at once and
+    without starting another (a restart would not help; systemd decides)."""
+    (tmp_path / "j" / "seg-00000001-00000001.hsbj").mkdir(parents=True)
+    p = supervised(journal="j")
     assert p.popen.wait(20) == 1
     assert len(p.events("cp_worker_started")) == 1 and p.events("cp_worker_died") == []
     text = p.log.read_text()

@@ -27,6 +27,40 @@ def config_warnings(cfg: CPConfig) -> list[str]:
     return out
 
 
+def start_problems(cfg: CPConfig) -> list[str]:
+    """What the start refuses about this machine, said by --check-config too (ExecStartPre): the
+    journal's I/O mode, the NFS options two CP machines need, ip_nonlocal_bind, and a journal
+    directory this user can make and write (under the shipped unit, only /var/lib/hsb)."""
+    import os
+    from pathlib import Path
+
+    from hsb.cp.journal import JournalIOUnavailable
+    from hsb.cp.journal.writer import check_io
+    from hsb.cp.waiting import nonlocal_bind_problem
+    from hsb.ops.mounts import nfs_fencing_problem
+
+    c = cfg.cp
+    if c.durability != "fsync":
+        return []
+    out = []
+    try:
+        check_io(c.journal_io)
+    except JournalIOUnavailable as exc:
+        out.append(str(exc))
+    if c.takeover == "on_wake":  # two CP machines: their fencing needs the server asked every time
+        out += [why for why in (nfs_fencing_problem(c.journal), nonlocal_bind_problem(c.terminal_listen)) if why]
+    else:  # (on_wake: made once on the shared storage, perhaps not mounted yet)
+        d = Path(c.journal)
+        there = next((p for p in (d, *d.parents) if p.exists()), None)
+        if there is not None and not (there.is_dir() and os.access(there, os.W_OK | os.X_OK)):
+            what = "cannot be written" if there == d else f"cannot be made ({there} is not a directory this user may write)"
+            out.append(
+                f"cp.journal: {d} {what}: point journal at a directory the CP's user may write"
+                " (under the shipped systemd unit: in /var/lib/hsb, its ReadWritePaths)"
+            )
+    return out
+
+
 def _applied(applied: Any) -> CPConfig | None:
     """The config the workers before this one last applied (hsbcpd --supervise), if any."""
     if applied is None:
@@ -58,7 +92,7 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
     from hsb.cp.supervise import record_early_signals
 
     record_early_signals()
-    start_cfg = load_or_exit(config_path, CPConfig, check_config, warnings=config_warnings)
+    start_cfg = load_or_exit(config_path, CPConfig, check_config, warnings=config_warnings, checks=start_problems)
     start_secret = load_secret(start_cfg.cp.secret_file)
     logs.setup(log_level, process=f"hsbcpd:{start_cfg.cp.name}", cache=True)
 
@@ -113,24 +147,16 @@ def main(config_path: str, check_config: bool, supervise: bool, log_level: str) 
     from hsb import faults, loop
     from hsb.cp.journal import JournalDamaged, JournalIOUnavailable
     from hsb.cp.journal.recovery import JournalUnsettled
-    from hsb.cp.journal.writer import check_io
     from hsb.cp.server import CPServer
-    from hsb.cp.waiting import JournalMissing, nonlocal_bind_problem
-    from hsb.ops.mounts import nfs_fencing_problem
+    from hsb.cp.waiting import JournalMissing
     from hsb.wire.tls import TLSError
 
     async def run(supervisor: dict[str, Any] | None) -> int:
         cfg, secret = start_cfg, start_secret
         if supervisor is not None and supervisor.get("restarts"):
             cfg, secret = reread(cfg, secret)
-        if cfg.cp.durability == "fsync":
-            try:
-                check_io(cfg.cp.journal_io)  # before any generation is taken
-            except JournalIOUnavailable as exc:
-                die(str(exc), EXIT_CONFIG)
-            if cfg.cp.takeover == "on_wake" and (why := nfs_fencing_problem(cfg.cp.journal)):
-                die(why, EXIT_CONFIG)  # two CP machines: their fencing needs the server asked every time
-            if cfg.cp.takeover == "on_wake" and (why := nonlocal_bind_problem(cfg.cp.terminal_listen)):
+        if supervisor is not None and supervisor.get("restarts"):  # (else load_or_exit checked them)
+            for why in start_problems(cfg):  # before any generation is taken
                 die(why, EXIT_CONFIG)
         try:
             server = CPServer(cfg, secret, config_path)
