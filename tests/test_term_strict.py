@@ -131,12 +131,12 @@ async def test_a_last_acked_above_what_the_terminal_sent_is_an_unexpected_ack() 
     ids (after a CP restart), or an earlier run's (below the run's first id). An id of this run
     it never sent (it passed silently) is an unexpected ack, as one in an `ack` frame is."""
     c, stats = _client(stride=10)
+    c.connection_lost(None)
+    _connect(c, last_acked=BASE - 3)  # an earlier run's (nothing of this run acknowledged yet): fine
     a = c.submit()
     _feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": c.payload(a)})
     c.connection_lost(None)
     _connect(c, last_acked=a)  # its own id again (a CP restarted, a reconnect): fine
-    c.connection_lost(None)
-    _connect(c, last_acked=BASE - 3)  # an earlier run's: fine
     assert _verdict(c, stats).ok
     c.connection_lost(None)
     _connect(c, last_acked=BASE + 10_000)  # far above anything it sent
@@ -417,3 +417,18 @@ async def test_a_terminal_told_not_to_mark_sends_again_unmarked() -> None:
     c.connection_lost(None)
     tr = _connect(c, last_acked=0)
     assert [(f["id"], f.get("resent")) for f in tr.frames() if f["t"] == "msg"] == [(a, None)]
+
+
+async def test_a_last_acked_below_an_id_the_cp_acknowledged_fails_the_run() -> None:
+    """After a reconnect (a CP restart) the welcome's last_acked is below an id the CP had
+    acknowledged: that ack was not durable (the CP forgot it). If the message is answered later
+    all the same (the terminal resends it), nothing else would notice: it fails the run."""
+    c, stats = _client(stride=10)
+    a = c.submit()
+    b = c.submit()
+    _feed(c, {"t": "ack", "id": a}, {"t": "ack", "id": b}, {"t": "reply", "id": a, "data": c.payload(a)})
+    c.connection_lost(None)
+    _connect(c, last_acked=a)  # b was acknowledged, and is forgotten
+    _feed(c, {"t": "ack", "id": b}, {"t": "reply", "id": b, "data": c.payload(b)})  # resent, answered
+    r = _verdict(c, stats)
+    assert not r.ok and r.acks_forgotten == 1 and any(f.startswith("acks forgotten: 1") for f in r.failures), r.failures

@@ -165,6 +165,8 @@ class TerminalClient(asyncio.Protocol):
         "may_resend",
         "floor",
         "unexpected_acks",
+        "acked_max",
+        "acks_forgotten",
         "failed_since_drop",
         "cp_instance",
         "cp_reconnects",
@@ -251,6 +253,8 @@ class TerminalClient(asyncio.Protocol):
         # again after a reconnect, is marked resent (an earlier CP may have handed it to the active)
         self.sent_upto = 0
         self.unexpected_acks = 0  # acknowledgements of ids this terminal never sent
+        self.acked_max = 0  # the highest id of this run acknowledged
+        self.acks_forgotten = 0  # welcomes whose last_acked was below an id acknowledged before
         self.failed_since_drop = False  # a connect failed since the connection dropped: the CP was away
         self.cp_instance: str | None = None  # the CP process of the last welcome (its `cp`)
         self.cp_reconnects = 0  # disconnects after which the CP could not be reached for a while
@@ -507,6 +511,8 @@ class TerminalClient(asyncio.Protocol):
             # ack, as in an `ack` frame; one below the run's first id is an earlier run's
             if last_acked >= self.floor and self.index(last_acked) < 0:
                 self.unexpected_acks += 1
+            if last_acked < self.acked_max:  # an ack that was not durable after all: the CP forgot it
+                self.acks_forgotten += 1
             # the CP holds everything up to last_acked: an ack lost with the old connection
             for i in self.unacked_ids():
                 if i <= last_acked:
@@ -546,6 +552,8 @@ class TerminalClient(asyncio.Protocol):
         marks = self.marks
         if k >= 0 and not marks[k] & ACKED:
             marks[k] |= ACKED
+            if msg_id > self.acked_max:
+                self.acked_max = msg_id
             self.listener.on_ack(self, msg_id, True)
         else:
             if k < 0 and msg_id >= self.floor:  # the CP acknowledges only what this terminal sent: misdelivered or made up

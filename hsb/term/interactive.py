@@ -240,6 +240,7 @@ def session_failures(c: TerminalClient) -> list[str]:
         (c.early, f"unexpected: {c.early} replies before their ack"),
         (c.bad_data, f"bad data: {c.bad_data} replies"),
         (c.unexpected_acks, f"unexpected acks: {c.unexpected_acks} acknowledgements of ids never sent"),
+        (c.acks_forgotten, f"acks forgotten: {c.acks_forgotten} welcomes said a last_acked below an id acknowledged before"),
         (c.protocol_errors, f"protocol errors: {c.protocol_errors} frames from the CP broke the protocol"),
     )
     return [text for n, text in checks if n]

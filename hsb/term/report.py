@@ -98,6 +98,7 @@ class LoadReport:
     resent_ignored: int = 0  # replies the CP sent again after a reconnect that the terminal had (ignored)
     resent_foreign: int = 0  # resent replies for ids of an earlier run of the terminal (ignored)
     unexpected_acks: int = 0  # acknowledgements of ids never sent (misdelivered or made up)
+    acks_forgotten: int = 0  # welcomes whose last_acked was below an id the CP had acknowledged
     not_back: int = 0  # terminals not logged on again, or without their session again, by the end of the run
     late_at_logoff: int = 0  # of lost + unacked: answered or acknowledged only during the logoff after the settle
     owed_unsent: int = 0  # sends that fell due while a terminal could not send, never made (a pause, not a loss)
@@ -169,6 +170,10 @@ class LoadReport:
             )
         if self.unexpected_acks:
             out.append(f"unexpected acks: {self.unexpected_acks} acknowledgements of ids the terminal never sent")
+        if self.acks_forgotten:
+            out.append(
+                f"acks forgotten: {self.acks_forgotten} welcomes said a last_acked below an id the CP had acknowledged (an ack that was not durable)"
+            )
         if self.welcomed < self.terminals:
             out.append(f"not logged on: {self.terminals - self.welcomed} of {self.terminals} terminals were never welcomed")
         if self.not_back:
