@@ -88,6 +88,7 @@ class FakeCP:
         self.deliveries: Counter[tuple[str, int]] = Counter()
         self.lose: Callable[[str, int], bool] = lambda name, seq: False  # ack, never reply
         self.duplicate: Callable[[str, int], bool] = lambda name, seq: False  # reply twice
+        self.duplicate_after = 0.0  # ... the second copy this many seconds after the first
         self.drop_before_ack: Callable[[str, int], bool] = lambda name, seq: False  # hold, then drop unacked
         self.drop_in_transit: Callable[[str, int], bool] = lambda name, seq: False  # drop, never held
         self.ignore: Callable[[str, int], bool] = lambda name, seq: False  # neither ack nor reply
@@ -237,7 +238,11 @@ class FakeCP:
             term = self.terms[other]
         r = {"t": "reply", "id": mid, "data": data}
         copies = 2 if self.duplicate(term.name, self.seq(term, mid)) else 1
-        for _ in range(copies):
+        for k in range(copies):
+            if k and self.duplicate_after:
+                conn = term.conn  # (its connection then: a terminal that logged off gets nothing)
+                asyncio.get_running_loop().call_later(self.duplicate_after, lambda: conn is not None and conn.send(r))
+                continue
             if term.conn is None or not term.conn.send(r):
                 term.outbox.append(r)  # sent when the terminal is back
 
@@ -358,6 +363,16 @@ async def test_duplicate_replies_are_detected(fake: FakeCP) -> None:
     assert r.duplicates == sum((n + 9) // 10 for n in per_term.values())
     assert r.replied == r.sent and r.unexpected == 0
     assert r.duplicate_ids
+
+
+async def test_a_duplicate_that_comes_just_after_the_last_answer_is_still_counted(fake: FakeCP) -> None:
+    """The second reply of the last message comes 0.15 s after the first (a failover's race):
+    the run must not log off the moment everything was answered once, or the CP drops that
+    duplicate as for nobody and the verdict never sees it."""
+    fake.duplicate = lambda name, seq: True
+    fake.duplicate_after = 0.15
+    r = await run_load(("127.0.0.1", fake.port), terminals=1, rate=20, duration=0.05, settle=3)
+    assert r.sent >= 1 and r.duplicates == r.sent and not r.ok, r.failures
 
 
 async def test_unexpected_reply_is_counted(fake: FakeCP) -> None:

@@ -49,6 +49,7 @@ Progress = Callable[[dict[str, Any]], None]
 
 SHUTDOWN_WAIT = 2.0  # seconds to wait for the CP to close connections after bye
 NOT_BACK_POLL = 0.02  # seconds between looks for terminals still logging on again at the end
+QUIET_S = 0.3  # seconds after the last answer before the logoff: a duplicate on its way still counts
 TICK = 0.001  # the scheduler's resolution: sends are due at most this late
 LATE_TICKS = 10  # ... or, after the loop was held up, this many ticks: what is later is skipped
 MAX_DEFERRED = 64  # sends a terminal owes (its window was full when they were due) at most
@@ -472,6 +473,9 @@ async def run_load(
             and not (stop is not None and stop.is_set())
         ):
             await asyncio.sleep(NOT_BACK_POLL)
+        # a quiet moment before the logoff: a second reply on its way (a failover's race, a CP
+        # restart's resend) is counted here; after the bye the CP drops it as for nobody
+        await _wait(asyncio.Event(), min(QUIET_S, max(0.0, settle_by - time.monotonic())), stop)
         not_back = _not_back(clients)
         settle_end = time.monotonic()
         # what each terminal had been acknowledged and answered by now: the logoff that follows
