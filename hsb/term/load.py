@@ -219,6 +219,7 @@ class LoadStats(Listener):
             "duplicates": self.duplicates,
             "unexpected": self.unexpected,
             "disconnects": self.disconnects,
+            "session_closed": self.session_closed,
             "connect_failures": self.connect_failures,
             "switched": self.switched,
         }

@@ -99,6 +99,7 @@ class Round:
     epoch_before: int = 0
     epoch_after: int = 0
     disconnects: int = 0
+    session_closed: int = 0  # sessions of load terminals closed (a quiet round's are switched, never closed)
     recovered_by_operator: bool = False
     two_actives: bool = False
     duplicates: int = 0
@@ -143,7 +144,8 @@ class Campaign:
         self.say = say
         self.rounds: list[Round] = []
         self.snap: dict[str, Any] = {}
-        self.counted: tuple[int, int, int] | None = None  # the counts at the end of the last round
+        self.snaps = 0  # snapshots of the load taken so far
+        self.counted: tuple[int, int, int, int] | None = None  # the counts at the end of the last round
         self.two_actives = False
 
     # ------------------------------------------------------------------ plumbing
@@ -172,6 +174,13 @@ class Campaign:
                 brief = [(h.get("name"), h.get("role"), h.get("state")) for h in s["hosts"]]
                 raise TimeoutError(f"{what}: {brief}")
             await asyncio.sleep(0.05)
+
+    async def until_true(self, cond: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                raise TimeoutError(what)
+            await asyncio.sleep(0.02)
 
     def alive(self, name: str) -> bool:
         return sandbox._alive(self.pid(name))
@@ -239,11 +248,7 @@ class Campaign:
         standby = next(h for h in HOSTS if h != active)
         # from where the last round's counts ended, not from now: what came between two rounds
         # (a late disconnect of the last recovery) counts in one of them, never in none
-        disc0, dup0, unx0 = (
-            self.counted
-            if self.counted is not None
-            else (self.snap.get("disconnects", 0), self.snap.get("duplicates", 0), self.snap.get("unexpected", 0))
-        )
+        disc0, dup0, unx0, closed0 = self.counted if self.counted is not None else self.counts()
         point, _ = ACTIONS[action]
         victim_pid = 0
         if action == "kill_active":
@@ -298,9 +303,11 @@ class Campaign:
         s = await self.recover(r)
         await asyncio.sleep(0.3)  # traffic under the recovered pair before judging
         r.epoch_after = s["cp"]["epoch"]
-        end = (self.snap.get("disconnects", 0), self.snap.get("duplicates", 0), self.snap.get("unexpected", 0))
+        seen = self.snaps
+        await self.until_true(lambda: self.snaps > seen, 5, f"round {i}: a snapshot of the load taken now")
+        end = self.counts()
         self.counted = end
-        r.disconnects, r.duplicates, r.unexpected = end[0] - disc0, end[1] - dup0, end[2] - unx0
+        r.disconnects, r.duplicates, r.unexpected, r.session_closed = end[0] - disc0, end[1] - dup0, end[2] - unx0, end[3] - closed0
         r.two_actives = self.two_actives or bool(self.epoch_violations())
         r.ms = round((time.monotonic() - t0) * 1000, 1)
         if r.two_actives:
@@ -311,7 +318,14 @@ class Campaign:
             raise CampaignError(f"seed {r.seed}: {r.unexpected} unexpected replies")
         if ACTIONS[action][1] and r.disconnects:
             raise CampaignError(f"seed {r.seed} ({action}): {r.disconnects} load terminals were disconnected although all had standby sessions")
+        if ACTIONS[action][1] and r.session_closed:
+            raise CampaignError(f"seed {r.seed} ({action}): {r.session_closed} sessions of load terminals closed although all had standby sessions")
         return r
+
+    def counts(self) -> tuple[int, int, int, int]:
+        """The load's disconnects, duplicates, unexpected replies and closed sessions so far (its last snapshot)."""
+        s = self.snap
+        return s.get("disconnects", 0), s.get("duplicates", 0), s.get("unexpected", 0), s.get("session_closed", 0)
 
     async def until_load_terminals_have_standby(self, i: int, timeout: float = 30.0) -> None:
         from hsb.config import parse_addr
@@ -435,6 +449,7 @@ class Campaign:
 
         def progress(snap: dict[str, Any]) -> None:
             self.snap = snap
+            self.snaps += 1
 
         load = asyncio.ensure_future(
             # disconnects are judged per round (allowed only where a terminal could lack a standby session)
