@@ -511,3 +511,30 @@ async def test_a_stop_whose_takeover_is_not_a_boolean_is_refused_and_nothing_sto
         said = await request(ah, ap, SECRET, {"t": "stop", "takeover": takeover})
         assert said["ok"] is False and "'takeover' must be true or false" in said["msg"], said
         assert not a.should_exit.is_set() and a.ha.role == "active" and hot_standby(a, b)
+
+
+async def test_the_old_active_whose_link_took_the_demoted_frame_with_it_becomes_the_standby(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A planned switchover is granted; the CP's `demoted` to the old active is lost with its link.
+    The old active, still the active in its own eyes, registers again as the active: it was
+    refused (active_exists) and fenced itself, exit 75, leaving the pair without a standby after a
+    planned switchover. The CP tells it it handed over; it becomes the standby."""
+    rec = RecordingLog()
+    monkeypatch.setattr(ha_mod, "log", rec)
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        link = cp.cp.active
+        assert link is not None and link.name == "host-a"
+        real = link.send
+
+        def send(msg: dict[str, Any]) -> Any:
+            if msg.get("t") == "demoted":
+                assert link.transport is not None
+                link.transport.abort()  # the link goes, and the frame with it
+                return None
+            return real(msg)
+
+        monkeypatch.setattr(link, "send", send)
+        a.ha.post("switchover")
+        await until(lambda: b.ha.role == "active" and a.ha.role == "standby", "host-a the standby", timeout=10)
+        await until(lambda: hot_standby(b, a), "hot standby the other way round", timeout=15)
+        assert rec.events("handed_over_while_link_down"), rec.entries
+        assert a.ha.state != "fenced" and not a.should_exit.is_set()

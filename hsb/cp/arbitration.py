@@ -42,6 +42,7 @@ class Arbitration:
     granting: HostProtocol | None
     demoting: HostProtocol | None
     recorded_active: str | None
+    handed_over_by: tuple[str, str, int] | None
     recovered_at: float | None
     deferred_grant: asyncio.TimerHandle | None
     deferred_ask: tuple[str, str, bool, str] | None
@@ -164,6 +165,7 @@ class Arbitration:
         self.announced = True
         fenced_old: str | None = None
         keep: HostProtocol | None = None  # the demoted active, when its sessions stay as its standby ones
+        self.handed_over_by = (demote.name, demote.instance or "", self.epoch) if demote is not None and old is demote else None
         log.info("switchover_granted", host=host.name, old=old.name if old else None, epoch=self.epoch, reason=reason, why=why)
         host.send({"t": "switch_granted", "epoch": self.epoch, "lease": self.host_lease})
         host.flush()  # written now: the new active gets ready while the sessions flip here

@@ -116,6 +116,9 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         self.announced = True  # False while a new active's epoch is being made durable
         self.granting: HostProtocol | None = None  # the host a grant names while its epoch is made durable
         self.demoting: HostProtocol | None = None  # and a planned switchover's old active meanwhile
+        # the last planned switchover's old active (name, instance, epoch): if its link went with
+        # the CP's `demoted`, that process registers as the active again; it is told it handed over
+        self.handed_over_by: tuple[str, str, int] | None = None
         self.recovered_at: float | None = None
         self.deferred_grant: asyncio.TimerHandle | None = None  # a switchover asked too early after a restart
         self.deferred_ask: tuple[str, str, bool, str] | None = None  # its (host, reason, planned, kind): the latest asked
@@ -203,6 +206,22 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
                 self.active = None
                 cur.abort()
                 self._become_active(host, reason="registered again on a new link")
+                return
+            ho = self.handed_over_by
+            if cur is not None and not cur.closed and ho is not None and host.instance and (host.name, host.instance) == ho[:2]:
+                # the old active of a planned switchover, its link lost with the `demoted` frame:
+                # it handed over; told so, it registers again as the standby (it is not fenced)
+                log.info("registration_redirected", host=host.name, role=role, active=cur.name, epoch=self.epoch, reason="handed over")
+                host.send(
+                    {
+                        "t": "error",
+                        "code": "handed_over",
+                        "active": cur.name,
+                        "epoch": ho[2],
+                        "msg": f"{host.name} handed the role to {cur.name} at epoch {ho[2]}: register as the standby",
+                    }
+                )
+                host.close()
                 return
             if self.active is not None and not self.active.closed:
                 log.warning("registration_refused", host=host.name, role=role, active=self.active.name, epoch=self.epoch)

@@ -376,6 +376,11 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
                     self.fenced(f"another host is active at the CP: {text}")
             elif code == "fenced":
                 self.fenced(text)
+            elif code == "handed_over" and self.role == "active":
+                # our planned switchover was granted, its `demoted` lost with the link: as if it came
+                self.epoch = max(self.epoch, int(msg.get("epoch") or 0))
+                log.warning("handed_over_while_link_down", active=msg.get("active"), epoch=self.epoch)
+                await self.on_demoted(str(msg.get("active", "")))
             else:
                 self.last_error = f"CP error {code}: {text}"
                 log.error("cp_error", code=code, msg=text)

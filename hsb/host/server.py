@@ -165,7 +165,9 @@ class HostServer:
             return
         if t == "released":
             self.cp_released.set()  # (and on to the HA loop: a planned switchover's next step)
-        if t in ("registered", "switch_granted", "fenced", "demoted") or (t == "error" and msg.get("code") in ("fenced", "active_exists")):
+        if t in ("registered", "switch_granted", "fenced", "demoted") or (
+            t == "error" and msg.get("code") in ("fenced", "active_exists", "handed_over")
+        ):
             self.ha.link_event(msg)
         if not self.sessions_ctl.on_cp_frame(msg):
             self.ha.post("cp_frame", msg=msg)
