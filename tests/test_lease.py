@@ -4,6 +4,7 @@ the lease rule at the grant (tests/netns/test_lease.py proves it end to end)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -96,3 +97,20 @@ async def test_cp_does_not_grant_early_after_closing_the_actives_link_itself(cp:
     finally:
         await a.close()
         await b.close()
+
+
+def test_the_lease_runs_on_through_a_suspend_of_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A suspend (a laptop lid, a VM paused by its host with its clock kept) stops
+    CLOCK_MONOTONIC but not CLOCK_BOOTTIME. An active resumed after a suspend longer than its
+    lease must find the lease run out at once, not still running for what was left of it
+    while the CP has already given the role away."""
+    from hsb.host import lease as lease_mod
+
+    assert abs(lease_mod.clock() - time.clock_gettime(time.CLOCK_BOOTTIME)) < 0.05
+    boot = [100.0]
+    monkeypatch.setattr(lease_mod, "clock", lambda: boot[0])
+    lease = lease_mod.Lease()
+    lease.duration = 0.35
+    assert lease.answered(lease.beat()) and lease.valid()
+    boot[0] += 10.0  # suspended 10 s
+    assert not lease.valid() and lease.remaining() < 0

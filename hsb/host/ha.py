@@ -33,6 +33,7 @@ from hsb.host.ha_standby import HotStandbySide
 from hsb.host.ha_switch import SwitchSide
 from hsb.host.ha_view import HAView
 from hsb.host.lease import Lease
+from hsb.host.lease import clock as lease_clock
 from hsb.host.sessions import ACTIVE, CLOSED, STANDBY
 from hsb.host.states import (
     AWAITING_BATCH,
@@ -78,7 +79,8 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         self.role = role
         self.started_role = role
         self.state = STARTING
-        self.state_since = time.time()
+        self.state_since = time.time()  # (shown in status: wall time)
+        self.state_since_mono = time.monotonic()  # (timers: a step of the wall clock moves no timer)
         self.instance = secrets.token_hex(8)
         self.events: deque[tuple[str, dict[str, Any]]] = deque()
         self.wake = asyncio.Event()
@@ -185,6 +187,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
             self.resyncing = False
         self.state = state
         self.state_since = time.time()
+        self.state_since_mono = time.monotonic()
         log.info("state_change", prev_role=prev_role, prev=prev, role=self.role, state=state, reason=reason)
         if self.role != prev_role:
             self.srv.hook.fire(self.role, state, self.epoch, reason)
@@ -236,7 +239,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
             self.set_state(AWAITING_BATCH, "asked the active for a new batch")
         if self.switch_after_resync is not None:
             self.resync_done()
-        if self.role == "standby" and self.state == AWAITING_BATCH and time.time() - self.state_since > self.batch_wait_s:
+        if self.role == "standby" and self.state == AWAITING_BATCH and time.monotonic() - self.state_since_mono > self.batch_wait_s:
             self.set_state(WAITING, f"no BATCH WRITE COMPLETE within {self.batch_wait_s:.0f}s; starting again")
             self.maybe_standby_startup()
         return self.describe()
@@ -301,7 +304,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
             log.debug("cp_up_stale", link=link, current=cp.connects)
             return
         role = self.role if self.role in ("active", "standby") else self.started_role
-        self.register_sent_at = time.monotonic()
+        self.register_sent_at = lease_clock()  # (the lease runs from it)
         self.srv.cp.send(
             {
                 "t": "register",

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hsb import faults
+from hsb.host.lease import clock as lease_clock
 
 if TYPE_CHECKING:
     from hsb.host.ha import HA
@@ -42,7 +43,7 @@ class LeaseSide:
             self._lease_renewed()
 
     def _lease_renewed(self: HA) -> None:
-        now = time.monotonic()
+        now = lease_clock()
         if self.lease.valid(now):
             self.srv.delivery.reopen()  # whatever waited for a valid lease goes on
             if self.lease.lapsed_at is not None:
@@ -70,7 +71,7 @@ class LeaseSide:
             return
         if not self.lease_lost:
             return
-        now = time.monotonic()
+        now = lease_clock()
         self.lease.lapsed_at = now
         expired_wall = time.time() - (now - self.lease.until)
         log.warning(
@@ -83,7 +84,7 @@ class LeaseSide:
         self.srv.on_state_change()
 
     def lease_status(self: HA) -> dict[str, Any]:
-        now = time.monotonic()
+        now = lease_clock()
         return {
             # the active role's lease: held only while the CP has made this host active
             "valid": self.granted and self.lease.valid(now),

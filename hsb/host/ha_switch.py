@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from hsb.host.lease import clock as lease_clock
 from hsb.host.states import ACTIVE_STOPPED, BATCH_WRITING, ESTABLISHED, HANDING_OVER, RELEASING, SERVING, STOPPING, WAITING
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ class SwitchSide:
         self.switch_requested_at = time.monotonic()
         self.takeover = {"reason": reason, "requested_at": time.time(), "established": self.state == ESTABLISHED, "planned": planned}
         log.info("switchover_requested", reason=reason, established=self.state == ESTABLISHED)
-        self.switch_sent_at = time.monotonic()
+        self.switch_sent_at = lease_clock()  # (the lease runs from it)
         self.srv.cp.send({"t": "switchover", "reason": reason, "planned": planned, "kind": kind})
 
     async def ev_reload(self: HA) -> None:

@@ -7,7 +7,9 @@ heartbeats, and it runs from the moment the answered heartbeat was *sent*:
 
     valid until = (send time of the newest heartbeat the CP answered) + lease
 
-all on this host's monotonic clock. The CP heard that heartbeat, so it heard
+all on this host's boot clock (CLOCK_BOOTTIME: monotonic, and it counts a suspend of the
+machine, which CLOCK_MONOTONIC does not: a host resumed after a suspend that outlasted its lease
+must find it run out, not still running for what was left). The CP heard that heartbeat, so it heard
 from this host no earlier than that send time, and it gives the role to
 another host only after `host_timeout` of silence. With `host_timeout` ≥
 `lease` + margin (the CP's config check), the old active's lease runs out,
@@ -25,8 +27,13 @@ import time
 from collections import deque
 
 
+def clock() -> float:
+    """The lease's clock (seconds): CLOCK_BOOTTIME, which goes on while the machine is suspended."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 class Lease:
-    """Heartbeat bookkeeping and the lease's expiry (monotonic seconds)."""
+    """Heartbeat bookkeeping and the lease's expiry (seconds on the boot clock, `clock()`)."""
 
     __slots__ = ("duration", "until", "_n", "_sent", "lapsed_at")
 
@@ -37,12 +44,12 @@ class Lease:
         self.until = 0.0
         self._n = 0
         self._sent: deque[tuple[int, float]] = deque()
-        self.lapsed_at: float | None = None  # expiry noticed (monotonic), until renewed
+        self.lapsed_at: float | None = None  # expiry noticed (the boot clock), until renewed
 
     def beat(self, now: float | None = None) -> int:
         """A heartbeat is being sent now: its number, to be answered by the CP."""
         self._n += 1
-        self._sent.append((self._n, time.monotonic() if now is None else now))
+        self._sent.append((self._n, clock() if now is None else now))
         if len(self._sent) > self.KEEP:
             self._sent.popleft()
         return self._n
@@ -66,10 +73,10 @@ class Lease:
         return True
 
     def valid(self, now: float | None = None) -> bool:
-        return (time.monotonic() if now is None else now) < self.until
+        return (clock() if now is None else now) < self.until
 
     def remaining(self, now: float | None = None) -> float:
-        return self.until - (time.monotonic() if now is None else now)
+        return self.until - (clock() if now is None else now)
 
     def reset(self) -> None:
         """The CP link is gone: whatever it answered no longer counts."""
