@@ -262,3 +262,29 @@ def test_every_command_in_the_readme_answers_help() -> None:
             continue
         r = run(mod[prog], *sub, "--help")
         assert r.returncode == 0, (prog, sub, r.stderr)
+
+
+async def test_a_fenced_active_runs_its_role_change_hook_before_it_exits(tmp_path: Path) -> None:
+    """host-a frozen (SIGSTOP) past host_timeout: host-b is made active, its hook says so (a
+    command that moves a virtual address takes it). host-a resumed is fenced and exits 75; its
+    role never changed on its own side, so its hook never ran and the address stayed on both
+    machines. It runs now, with `active fenced`, before the process ends."""
+    d = tmp_path / "sb"
+    calls = tmp_path / "calls.txt"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    hook.chmod(0o755)
+    info = await sandbox.aup(d, terminals=10, host_options={"on_role_change": str(hook)}, timeout=60)
+    try:
+        a = pid_of(info, "host-a")
+        os.kill(a, signal.SIGSTOP)
+        try:
+            await wait_status(info, lambda s: active_names(s) == ["host-b"], what="host-b active")
+        finally:
+            os.kill(a, signal.SIGCONT)
+        await until(lambda: not sandbox._alive(a), 20, what="host-a fenced and gone")
+        await until(lambda: calls.exists() and "active fenced " in calls.read_text(), 10, what="host-a's hook")
+        fenced = [x for x in calls.read_text().splitlines() if x.startswith("active fenced ")]
+        assert len(fenced) == 1, calls.read_text()
+    finally:
+        sandbox.down(d)

@@ -79,3 +79,14 @@ async def test_a_hook_still_running_when_the_host_stops_is_killed(tmp_path: Path
         return procstat.state(pid) == "Z"
 
     await _until(gone, "the hook's process gone")
+
+
+async def test_a_fence_waiting_behind_a_running_hook_still_runs_when_the_host_stops(tmp_path: Path) -> None:
+    """A host fenced (it stops acting as the active, then exits) while the hook of its last
+    change still runs: the fence's run waits, and the stop that follows must not drop it, or a
+    command that moved a virtual address here would never hear to take it away."""
+    hook = RoleHook(f"{sys.executable} {_script(tmp_path)}", timeout=10)
+    hook.fire("standby", "x", 1, "test")  # (slow: 0.5 s)
+    hook.fire("active", "fenced", 2, "fenced by the CP")
+    await hook.close()
+    assert (tmp_path / "ended").read_text().split() == ["standby", "active"]

@@ -189,7 +189,8 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         self.state_since = time.time()
         self.state_since_mono = time.monotonic()
         log.info("state_change", prev_role=prev_role, prev=prev, role=self.role, state=state, reason=reason)
-        if self.role != prev_role:
+        if self.role != prev_role or (state == FENCED and prev != FENCED):
+            # (fenced, the role is still "active" here: the command must hear it stops acting)
             self.srv.hook.fire(self.role, state, self.epoch, reason)
         self.srv.on_state_change()
 

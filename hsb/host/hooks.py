@@ -75,15 +75,24 @@ class RoleHook:
             log.info("role_hook_ran", argv=argv, output=text)
 
     async def close(self) -> None:
-        """The host stops: a change still waiting does not run; the one running gets the hook's
-        timeout once, then is killed."""
+        """The host stops: the one running gets the hook's timeout once, then is killed; a change
+        still waiting does not run, unless it is the fence this host stops for (the command must
+        hear that this host no longer acts as the active: it would keep a virtual address), which
+        runs after it within the same timeout."""
+        final = self.pending if self.pending is not None and self.pending[len(self.argv) + 1] == "fenced" else None
         self.pending = None
         t = self.running
         if t is None or t.done():
-            return
+            if final is None:
+                return
+            t = self.running = asyncio.get_running_loop().create_task(self._run(final))
+            final = None
         try:
             async with asyncio.timeout(self.timeout):
                 await asyncio.shield(t)
+                if final is not None:
+                    t = self.running = asyncio.get_running_loop().create_task(self._run(final))
+                    await asyncio.shield(t)
         except TimeoutError:
             pass
         except asyncio.CancelledError:
