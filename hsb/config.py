@@ -90,7 +90,16 @@ def validate(data: dict[str, Any], model: type[M], source: str = "<config>", bas
     try:
         return model.model_validate(data, context={"base": base or Path.cwd()})
     except ValidationError as exc:
-        raise ConfigError(source, format_validation(exc)) from None
+        errors = format_validation(exc)
+        # checks of the model as a whole do not run once a part of it failed: the model says
+        # what they find all the same (`checks_despite`), so that every error comes at once
+        despite = getattr(model, "checks_despite", None)
+        if despite is not None:
+            try:
+                errors += [e for e in despite(data) if e not in errors]
+            except Exception:  # noqa: BLE001, S110 - (a check on data that failed its schema: what it cannot read is reported already)
+                pass
+        raise ConfigError(source, errors) from None
 
 
 def resolve_path(value: str, info: Any) -> str:

@@ -53,6 +53,40 @@ def sent_attrs_problem(name: str, attrs: dict[str, Any]) -> str | None:
     return None
 
 
+def table_problems(
+    terminals: list[TerminalDef], groups: list[TerminalGroup], attrs_check: Any, need_one: bool = False
+) -> tuple[dict[str, TerminalSpec], list[str]]:
+    """The terminal table of a config and every problem with it: a name twice, none at all
+    (`need_one`), attrs `attrs_check(name, attrs)` refuses."""
+    problems: list[str] = []
+    try:
+        defs = expand_all(terminals, groups)
+    except ValueError as exc:
+        defs = {}
+        problems.append(str(exc))
+    else:
+        if need_one and not defs:
+            problems.append("no terminals defined; add [[terminals]] or [[terminal_groups]]")
+    entries = [(f"terminals[{i}]", t.name, t.attrs) for i, t in enumerate(terminals)]
+    entries += [(f"terminal_groups[{i}]", g.last_name(), g.attrs) for i, g in enumerate(groups)]
+    problems += [f"{key}.attrs: {why}" for key, name, attrs in entries if (why := attrs_check(name, attrs))]
+    return defs, problems
+
+
+def raw_table_problems(data: dict[str, Any], attrs_check: Any, need_one: bool = False) -> list[str]:
+    """`table_problems` of a config's raw data, when the rest of it failed its checks (the model's
+    own check of the table then never ran): [] if the lists themselves are malformed (their own
+    errors are reported)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        terms = TypeAdapter(list[TerminalDef]).validate_python(data.get("terminals", []))
+        groups = TypeAdapter(list[TerminalGroup]).validate_python(data.get("terminal_groups", []))
+    except ValidationError:
+        return []
+    return table_problems(terms, groups, attrs_check, need_one)[1]
+
+
 class TerminalDef(Strict):
     name: str
     standby_capable: bool = True

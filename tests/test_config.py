@@ -334,3 +334,42 @@ def test_the_cp_check_says_what_the_start_would_refuse_about_the_journal_directo
     cp.write_text(cp.read_text().replace("afile/cp-journal", "fine/cp-journal"))
     r = run("hsb.cp", "--config", str(cp), "--check-config")
     assert r.returncode == 0, r.stderr
+
+
+def test_independent_problems_across_sections_are_all_reported_at_once(tmp_path: Path) -> None:
+    """Each check of a section, and the checks of the config as a whole (the terminal table, the
+    takeover file's size), ran only until the first failure: one fix, one run, the next error.
+    N independent problems now give N lines (Patroni's --validate-config)."""
+    from tests.support.procs import host_config
+
+    p = host_config(
+        tmp_path,
+        "a",
+        cp="127.0.0.1:2",
+        peer_listen="127.0.0.1:3",
+        peer="127.0.0.1:3",  # this host's own peer_listen
+        takeover=tmp_path / "t.dat",
+        records=4,  # too small for 100 terminals
+        terminals=100,
+        heartbeat_interval=0.5,
+        heartbeat_timeout=0.6,  # one late heartbeat
+    )
+    r = run("hsb.host", "--config", str(p), "--check-config")
+    assert r.returncode == 78, r.stderr
+    for want in ("heartbeat_timeout (0.6s) must be greater", "host.peer must be the other host's peer_listen", "takeover.records"):
+        assert want in r.stderr, (want, r.stderr)
+    (tmp_path / "s").write_text("x" * 64)
+    (tmp_path / "s").chmod(0o600)
+    cp = tmp_path / "cp.toml"
+    cp.write_text(
+        '[cp]\nsecret_file = "s"\ntakeover = "on_wake"\ndurability = "none"\nterminal_listen = "0.0.0.0:7000"\n'
+        "host_timeout = 0.5\nhost_lease = 0.45\n"
+        '[[terminals]]\nname = "T1"\n[[terminals]]\nname = "T1"\n'
+    )
+    r = run("hsb.cp", "--config", str(cp), "--check-config")
+    assert r.returncode == 78, r.stderr
+    for want in ('needs the journal (durability = "fsync")', "needs terminal_listen on the virtual address", "host_lease (0.45 s)", "T1"):
+        assert want in r.stderr, (want, r.stderr)
+    cp.write_text('[cp]\nsecret_file = "s"\nhost_timeout = -1\n[[terminals]]\nname = "T1"\n[[terminals]]\nname = "T1"\n')
+    r = run("hsb.cp", "--config", str(cp), "--check-config")
+    assert r.returncode == 78 and "cp.host_timeout" in r.stderr and "T1" in r.stderr and "twice" in r.stderr, r.stderr

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from hsb.config import Addr, ConfigPath, OptAddr, OptConfigPath, Strict, TLSSection, address_ip, parse_addr
-from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, expand_all, sent_attrs_problem
+from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, raw_table_problems, sent_attrs_problem, table_problems
 from hsb.wire.framing import DEFAULT_MAX_FRAME, LOGIN_MAX
 
 # The CP grants the active role to another host only once the old active's lease has surely
@@ -72,32 +72,32 @@ class CPSection(Strict):
         return v
 
     @model_validator(mode="after")
-    def _takeover_needs_a_journal(self) -> CPSection:
+    def _rules(self) -> CPSection:
+        """Every rule across this section's keys at once (one line each, joined)."""
+        problems = []
         if self.takeover == "on_wake" and self.durability == "none":
-            raise ValueError('takeover = "on_wake" needs the journal (durability = "fsync"): the CP taking over reads it')
+            problems.append('takeover = "on_wake" needs the journal (durability = "fsync"): the CP taking over reads it')
         if self.takeover == "on_wake" and ((ip := address_ip(self.terminal_listen)) is None or ip.is_unspecified):
             host = parse_addr(self.terminal_listen)[0]
-            raise ValueError(
+            problems.append(
                 f'takeover = "on_wake" needs terminal_listen on the virtual address keepalived moves, not {host!r}:'
                 " a wildcard or a name is held on every machine, so the CP could take over where the address is not"
             )
+        if not self.lease_allows(self.host_timeout, self.host_lease):
+            problems.append(
+                f"host_lease ({self.host_lease:g} s) + margin ({LEASE_MARGIN:g} s) must be less than host_timeout"
+                f" ({self.host_timeout:g} s): the old active's lease must surely run out before the CP gives its"
+                f" role to another host; lower cp.host_lease below {max(self.host_timeout - LEASE_MARGIN, 0):g}"
+                " or raise cp.host_timeout"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @staticmethod
     def lease_allows(host_timeout: float, host_lease: float) -> bool:
         """The lease rule: a lease of `host_lease` surely runs out before `host_timeout`."""
         return host_lease + LEASE_MARGIN < host_timeout
-
-    @model_validator(mode="after")
-    def _lease_rule(self) -> CPSection:
-        if not self.lease_allows(self.host_timeout, self.host_lease):
-            raise ValueError(
-                f"host_lease ({self.host_lease:g} s) + margin ({LEASE_MARGIN:g} s) must be less than host_timeout"
-                f" ({self.host_timeout:g} s): the old active's lease must surely run out before the CP gives its"
-                f" role to another host; lower cp.host_lease below {max(self.host_timeout - LEASE_MARGIN, 0):g}"
-                " or raise cp.host_timeout"
-            )
-        return self
 
 
 class CPConfig(Strict):
@@ -109,16 +109,18 @@ class CPConfig(Strict):
 
     @model_validator(mode="after")
     def _terms(self) -> CPConfig:
-        defs = expand_all(self.terminals, self.terminal_groups)
-        if not defs:
-            raise ValueError("no terminals defined; add [[terminals]] or [[terminal_groups]]")
-        entries = [(f"terminals[{i}]", t.name, t.attrs) for i, t in enumerate(self.terminals)]
-        entries += [(f"terminal_groups[{i}]", g.last_name(), g.attrs) for i, g in enumerate(self.terminal_groups)]
-        problems = [f"{key}.attrs: {why}" for key, name, attrs in entries if (why := sent_attrs_problem(name, attrs))]
+        defs, problems = table_problems(self.terminals, self.terminal_groups, sent_attrs_problem, need_one=True)
         if problems:
             raise ValueError("; ".join(problems))
         self._defs = defs
         return self
+
+    @classmethod
+    def checks_despite(cls, data: dict[str, Any]) -> list[str]:
+        """The terminal table's problems when another part of the config failed (its check above
+        then never runs): every error at once (hsb.config.validate)."""
+        problems = raw_table_problems(data, sent_attrs_problem, need_one=True)
+        return ["(top level): " + "; ".join(problems)] if problems else []
 
     @property
     def terminal_table(self) -> dict[str, TerminalSpec]:

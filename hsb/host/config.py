@@ -6,10 +6,10 @@ import shlex
 import shutil
 from typing import Any
 
-from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PrivateAttr, TypeAdapter, ValidationInfo, field_validator, model_validator
 
 from hsb.config import Addr, ConfigPath, ConnectAddr, OptAddr, Strict, TLSLinks, resolve_path
-from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, attrs_problem, expand_all
+from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, attrs_problem, expand_all, raw_table_problems, table_problems
 from hsb.wire.framing import DEFAULT_MAX_FRAME, LOGIN_MAX
 
 
@@ -48,12 +48,18 @@ class HostSection(Strict):
         return v
 
     @model_validator(mode="after")
-    def _timing(self) -> HostSection:
+    def _rules(self) -> HostSection:
+        """Every rule across this section's keys at once (one line each, joined)."""
+        problems = []
         if self.heartbeat_timeout <= 2 * self.heartbeat_interval:
-            raise ValueError(
+            problems.append(
                 f"heartbeat_timeout ({self.heartbeat_timeout}s) must be greater than two heartbeat intervals "
                 f"({2 * self.heartbeat_interval}s), or one late heartbeat looks like a dead peer"
             )
+        if self.peer == self.peer_listen:
+            problems.append("host.peer must be the other host's peer_listen, not this host's own")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
@@ -69,6 +75,17 @@ class TakeoverSection(Strict):
         if v % 512:
             raise ValueError("record_size must be a multiple of 512 (whole, aligned records)")
         return v
+
+
+def _size_problem(records: int, terminals: int, record_size: int, path: str) -> list[str]:
+    from hsb.takeover.errors import TakeoverFileTooSmall
+    from hsb.takeover.layout import size_check
+
+    try:
+        size_check(records, terminals, record_size, path=path)
+    except TakeoverFileTooSmall as exc:
+        return [f"takeover.records: {exc}"]
+    return []
 
 
 class HostConfig(Strict):
@@ -99,26 +116,35 @@ class HostConfig(Strict):
 
     @model_validator(mode="after")
     def _terms(self) -> HostConfig:
-        self._defs = expand_all(self.terminals, self.terminal_groups)
-        if self.host.peer == self.host.peer_listen:
-            raise ValueError("host.peer must be the other host's peer_listen, not this host's own")
-        # the size check of the takeover file (N >= 3B+1), from the config alone: what the start
-        # checks against the file itself refused here already
-        from hsb.takeover.errors import TakeoverFileTooSmall
-        from hsb.takeover.layout import size_check
-
-        try:
-            size_check(self.takeover.records, len(self._defs), self.takeover.record_size, path=self.takeover.path)
-        except TakeoverFileTooSmall as exc:
-            raise ValueError(f"takeover.records: {exc}") from None
         # the session attributes of each terminal fit one entry of the file (whether a terminal
         # is standby-capable is the CP's to say: a host cannot know which ones the file will hold)
-        entries = [(f"terminals[{i}]", t.name, t.attrs) for i, t in enumerate(self.terminals)]
-        entries += [(f"terminal_groups[{i}]", g.last_name(), g.attrs) for i, g in enumerate(self.terminal_groups)]
-        problems = [f"{key}.attrs: {why}" for key, name, attrs in entries if (why := attrs_problem(name, attrs))]
+        self._defs, problems = table_problems(self.terminals, self.terminal_groups, attrs_problem)
+        # the size check of the takeover file (N >= 3B+1), from the config alone: what the start
+        # checks against the file itself refused here already
+        problems += _size_problem(self.takeover.records, len(self._defs), self.takeover.record_size, self.takeover.path)
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @classmethod
+    def checks_despite(cls, data: dict[str, Any]) -> list[str]:
+        """The terminal table's problems and the takeover file's size check when another part of
+        the config failed (its check above then never runs): every error at once."""
+        problems = raw_table_problems(data, attrs_problem)
+        t = data.get("takeover")
+        if not problems and isinstance(t, dict) and all(isinstance(t.get(k, 4096), int) for k in ("records", "record_size")) and "records" in t:
+            try:
+                n = len(
+                    expand_all(
+                        TypeAdapter(list[TerminalDef]).validate_python(data.get("terminals", [])),
+                        TypeAdapter(list[TerminalGroup]).validate_python(data.get("terminal_groups", [])),
+                    )
+                )
+            except (ValueError, TypeError):
+                n = -1
+            if n >= 0:
+                problems += _size_problem(t["records"], n, t.get("record_size", 4096), str(t.get("path", "")))
+        return ["(top level): " + "; ".join(problems)] if problems else []
 
     @property
     def terminal_table(self) -> dict[str, TerminalSpec]:
