@@ -432,3 +432,38 @@ async def test_a_last_acked_below_an_id_the_cp_acknowledged_fails_the_run() -> N
     _feed(c, {"t": "ack", "id": b}, {"t": "reply", "id": b, "data": c.payload(b)})  # resent, answered
     r = _verdict(c, stats)
     assert not r.ok and r.acks_forgotten == 1 and any(f.startswith("acks forgotten: 1") for f in r.failures), r.failures
+
+
+def test_a_drop_while_the_same_cp_process_was_there_counts_whatever_connects_failed() -> None:
+    """CP-restart mode excuses only what the CP's absence explains. A terminal dropped while the
+    same CP process served, parked because a connect of another terminal failed (or one of its
+    own failed for a reason of ours), was excused; the same CP welcoming it again says the CP
+    was there all along. A welcome from another CP process is a restart: excused."""
+    c, _ = _client()
+    _feed(c, {"t": "welcome", "terminal": c.name, "last_acked": 0, "cp": "a"})
+    c.connection_lost(None)
+    c.cp_away()  # parked: the group's probe says the CP is away
+    _connect_to(c, "a")
+    assert c.cp_present_drops == 1
+    c.connection_lost(None)
+    c.cp_away()
+    _connect_to(c, "b")  # another CP process: it restarted
+    assert c.cp_present_drops == 1 and c.cp_reconnects == 2
+
+
+def test_a_connection_refused_before_its_welcome_keeps_the_cps_absence_known() -> None:
+    """The CP away (connects fail), then back, and the first connection is refused before its
+    welcome (already_connected: the new CP has not seen the old connection go): the next welcome
+    is still after the CP's absence. It counted as a drop with the CP present, and the CP's
+    absence twice."""
+    c, _ = _client()
+    _feed(c, {"t": "welcome", "terminal": c.name, "last_acked": 0})  # (a CP that does not say which process)
+    c.connection_lost(None)
+    c.cp_away()  # connects fail: the CP is away
+    c.connection_made(RecordingTransport("cp"))  # type: ignore[arg-type]
+    c.connection_lost(None)  # refused before its welcome
+    c.cp_away()
+    _feed_welcome = {"t": "welcome", "terminal": c.name, "last_acked": 0}
+    c.connection_made(RecordingTransport("cp"))  # type: ignore[arg-type]
+    _feed(c, _feed_welcome)
+    assert c.cp_present_drops == 0 and c.cp_reconnects == 1

@@ -412,7 +412,8 @@ class TerminalClient(asyncio.Protocol):
         if self.confirm_timer is not None:
             self.confirm_timer.cancel()
             self.confirm_timer = None
-        self.failed_since_drop = False
+        if was == WELCOMED:  # (a connection that never got in: the CP's absence, if it was, goes on)
+            self.failed_since_drop = False
         self.transport = None
         self.decoder = None
         self.session_open = False
@@ -490,7 +491,11 @@ class TerminalClient(asyncio.Protocol):
         cp = msg.get("cp")
         if self.dropped:
             self.dropped = False
-            if isinstance(cp, str) and cp == self.cp_instance and not self.failed_since_drop:
+            # the same CP process welcomes it again: that CP was there all along, whatever connects
+            # failed meanwhile (one failed connect anywhere parks every terminal of the group as if
+            # the CP were away, and a connect can fail here for reasons of our own); a CP that does
+            # not say which process it is: away only if a connect of this terminal failed
+            if (cp == self.cp_instance) if isinstance(cp, str) else not self.failed_since_drop:
                 self.cp_present_drops += 1
         if isinstance(cp, str):
             if self.cp_instance is not None and cp != self.cp_instance and not self.failed_since_drop:
