@@ -372,11 +372,15 @@ async def seq_lag(base: Path, ring_poll: float, a: argparse.Namespace, d: Path |
         deadline = time.monotonic() + a.duration + a.hold + 60
         while not done_task.done() and time.monotonic() < deadline:
             q = time.time()
-            ans = await adm.ask({"t": "sessions"}, timeout=10)
+            data: dict[str, Any] = {}
+            offset: int | None = 0
+            while offset is not None:  # (page by page: 4,000 terminals an answer)
+                ans = await adm.ask({"t": "sessions", "offset": offset}, timeout=10)
+                data.update(ans.get("data") or {})
+                offset = ans.get("next")
             r = time.time()
             mid = (q + r) / 2
             rtts.append(r - q)
-            data = ans.get("data") or {}
             now_present = {name for name, v in data.items() if v.get("standby")}
             now_active = {name for name, v in data.items() if v.get("active")}
             if prev_mid is not None:

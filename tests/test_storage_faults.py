@@ -56,13 +56,13 @@ async def served(t: FakeTerminal, mid: int, timeout: float = 2.0) -> None:
 async def standby_has(info: dict[str, Any], name: str, timeout: float = 15.0) -> None:
     from hsb.config import parse_addr
     from hsb.wire.auth import load_secret
-    from hsb.wire.client import request
+    from hsb.wire.client import cp_sessions
 
     h, p = parse_addr(info["cp"]["admin"])
     secret = load_secret(info["secret_file"])
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        s = (await request(h, p, secret, {"t": "sessions"}))["data"]
+        s = await cp_sessions(h, p, secret)
         if s.get(name, {}).get("standby"):
             return
         if asyncio.get_running_loop().time() > deadline:
@@ -109,10 +109,10 @@ async def cp_sessions(info: dict[str, Any]) -> dict[str, Any]:
     """The CP's per-terminal view: each session's host and attributes (active and standby)."""
     from hsb.config import parse_addr
     from hsb.wire.auth import load_secret
-    from hsb.wire.client import request
+    from hsb.wire.client import cp_sessions
 
     h, p = parse_addr(info["cp"]["admin"])
-    data: dict[str, Any] = (await request(h, p, load_secret(info["secret_file"]), {"t": "sessions"}))["data"]
+    data: dict[str, Any] = await cp_sessions(h, p, load_secret(info["secret_file"]))
     return data
 
 

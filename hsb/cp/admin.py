@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hsb.wire.authlink import AuthServerProtocol
+from hsb.wire.framing import ProtocolError
 
 if TYPE_CHECKING:
     from hsb.cp.core import CP
@@ -31,9 +32,17 @@ class CPAdminProtocol(AuthServerProtocol):
     def on_status(self, msg: dict[str, Any]) -> None:
         self.send({"t": "status", "data": self.srv.status()})
 
+    SESSIONS_PAGE = 4000  # terminals per `sessions` answer at most: ~0.8 MB, under any client's frame limit
+
     def on_sessions(self, msg: dict[str, Any]) -> None:
+        offset, limit = msg.get("offset", 0), msg.get("limit", self.SESSIONS_PAGE)
+        if not (isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0):
+            raise ProtocolError("bad_fields", "sessions: offset must be an int >= 0")
+        if not (isinstance(limit, int) and not isinstance(limit, bool) and 1 <= limit <= self.SESSIONS_PAGE):
+            raise ProtocolError("bad_fields", f"sessions: limit must be an int of 1..{self.SESSIONS_PAGE}")
         if (cp := self._serving()) is not None:
-            self.send({"t": "sessions", "data": cp.sessions()})
+            data, after = cp.sessions(offset, limit)
+            self.send({"t": "sessions", "data": data, "next": after})
 
     def on_pause(self, msg: dict[str, Any]) -> None:
         if (cp := self._serving()) is not None:

@@ -180,6 +180,19 @@ class FrameStream:
             exc.__traceback__ = None  # a cycle per reset that full collections would be needed for
 
 
+async def cp_sessions(host: str, port: int, secret: bytes, **kw: Any) -> dict[str, Any]:
+    """The CP's whole session table (`sessions`), page by page."""
+    out: dict[str, Any] = {}
+    offset: int | None = 0
+    while offset is not None:
+        ans = await request(host, port, secret, {"t": "sessions", "offset": offset}, **kw)
+        if ans.get("t") != "sessions":
+            raise LinkClosed(f"the CP answered {ans.get('t')!r} to sessions: {ans.get('msg', '')}")
+        out.update(ans["data"])
+        offset = ans.get("next")
+    return out
+
+
 async def request(
     host: str,
     port: int,

@@ -330,14 +330,14 @@ class Campaign:
     async def until_load_terminals_have_standby(self, i: int, timeout: float = 30.0) -> None:
         from hsb.config import parse_addr
         from hsb.wire.auth import load_secret
-        from hsb.wire.client import request
+        from hsb.wire.client import cp_sessions
 
         h, p = parse_addr(self.state()["cp"]["admin"])
         secret = load_secret(self.d / "secret")
         want = [f"T{k:05d}" for k in range(1, self.n + 1)]
         deadline = time.monotonic() + timeout
         while True:
-            sessions = (await request(h, p, secret, {"t": "sessions"}))["data"]
+            sessions = await cp_sessions(h, p, secret)
             if all(sessions.get(n, {}).get("standby") for n in want):
                 return
             if time.monotonic() > deadline:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hsb.wire.client import request
+from hsb.wire.client import cp_sessions, request
 from tests.support.procs import SECRET, Proc, addr, create_takeover_file, free_port, host_config, start_cp, start_host
 
 
@@ -44,7 +44,7 @@ class Pair:
 
     async def cp_sessions(self) -> dict[str, Any]:
         h, port = addr(self.cp.info["admin"])
-        return (await request(h, port, SECRET, {"t": "sessions"}))["data"]
+        return await cp_sessions(h, port, SECRET)
 
     async def wait_state(self, name: str, state: str, timeout: float = 15.0, role: str | None = None) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + timeout
