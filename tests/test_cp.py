@@ -867,3 +867,28 @@ async def test_the_session_table_comes_in_pages_that_together_are_all_of_it(cp: 
     for t in terms:
         await t.close()
     await a.close()
+
+
+async def test_after_a_normal_stop_the_old_actives_lease_runs_out_before_a_promote_is_granted(cp: Proc) -> None:
+    """The active stops normally (`stopping`): it then drains what its service has in hand for a
+    while, and the CP answered its heartbeats all that time, renewing its lease; a promote was
+    granted at once, so two hosts acted as the active. Its heartbeats go unanswered from the
+    stop on, and the promote waits until that lease has surely run out (host_lease 0.35 s +
+    0.1 s margin here)."""
+    a = await FakeHost.connect(cp.info["host"], "host-a")
+    assert (await a.register("active"))["t"] == "registered"
+    b = await FakeHost.connect(cp.info["host"], "host-b")
+    assert (await b.register("standby"))["t"] == "registered"
+    a.send({"t": "hb", "n": 1})
+    assert await a.wait(lambda m: m["t"] == "hb" and m.get("ack") == 1)
+    a.send({"t": "stopping", "epoch": a.epoch})
+    await a.wait(lambda m: m["t"] == "stopped")
+    t0 = asyncio.get_running_loop().time()
+    a.send({"t": "hb", "n": 2})
+    b.send({"t": "switchover", "reason": "operator promote", "planned": False, "kind": "promote"})
+    g = await b.wait(lambda m: m["t"] in ("switch_granted", "switch_refused"))
+    assert g["t"] == "switch_granted", g
+    assert asyncio.get_running_loop().time() - t0 >= 0.4, "granted while the stopped active's lease could still run"
+    assert not [m for m in a.inbox if m["t"] == "hb" and m.get("ack") == 2], "a stopped host's heartbeat renewed its lease"
+    await a.close()
+    await b.close()

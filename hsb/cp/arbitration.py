@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hsb import faults
+from hsb.cp.config import LEASE_MARGIN
 from hsb.cp.flip import Flip
 from hsb.cp.switchrec import AfterSwitch
 
@@ -42,6 +43,8 @@ class Arbitration:
     granting: HostProtocol | None
     demoting: HostProtocol | None
     recorded_active: str | None
+    stopped_at: float | None
+    host_lease: float
     handed_over_by: tuple[str, str, int] | None
     recovered_at: float | None
     deferred_grant: asyncio.TimerHandle | None
@@ -57,14 +60,20 @@ class Arbitration:
             log.warning("switchover_refused", requester=host.name, reason=reason, why="paused")
             return
         a = self.active
-        left = self.restart_lease_left(host) if a is None else 0.0
+        left = max(self.restart_lease_left(host), self.stop_lease_left()) if a is None else 0.0
         if left > 0:
             # after a restart, the active of before has not registered again: a CP before this one
-            # may have renewed its lease until it stopped (or was superseded): granted once that
-            # lease has surely run out, not before (the latest request is the one then taken)
+            # may have renewed its lease until it stopped (or was superseded); or the active just
+            # stopped normally and still drains: granted once that lease has surely run out, not
+            # before (the latest request is the one then taken)
             self.deferred_ask = (host.name, reason, planned, kind)
             if self.deferred_grant is None:
-                log.info("switchover_deferred", requester=host.name, recorded_active=self.recorded_active, wait_ms=round(left * 1000, 1))
+                log.info(
+                    "switchover_deferred",
+                    requester=host.name,
+                    recorded_active=self.recorded_active or self.active_stopped_normally,
+                    wait_ms=round(left * 1000, 1),
+                )
                 self.deferred_grant = asyncio.get_running_loop().call_later(left, self._deferred_switchover)
             return
         # The old active's lease (cp.host_lease, renewed only by heartbeats this CP answered)
@@ -93,6 +102,13 @@ class Arbitration:
         if ra is None or ra == host.name or self.recovered_at is None:
             return 0.0
         return self.recovered_at + self.restart_lease_s - time.monotonic()
+
+    def stop_lease_left(self: CP) -> float:
+        """Seconds until the lease of an active that stopped normally has surely run out (it drains
+        what its service has in hand for a while: a promote before then made two actives)."""
+        if self.active_stopped_normally is None or self.stopped_at is None:
+            return 0.0
+        return self.stopped_at + self.host_lease + LEASE_MARGIN - time.monotonic()
 
     def _deferred_switchover(self: CP) -> None:
         """A deferred request's time: asked again for the standby that made it (on its link now)."""

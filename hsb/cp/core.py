@@ -119,6 +119,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         # the last planned switchover's old active (name, instance, epoch): if its link went with
         # the CP's `demoted`, that process registers as the active again; it is told it handed over
         self.handed_over_by: tuple[str, str, int] | None = None
+        self.stopped_at: float | None = None  # when the active stopped normally (its lease runs out after)
         self.recovered_at: float | None = None
         self.deferred_grant: asyncio.TimerHandle | None = None  # a switchover asked too early after a restart
         self.deferred_ask: tuple[str, str, bool, str] | None = None  # its (host, reason, planned, kind): the latest asked
@@ -550,6 +551,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
             return
         log.info("active_stopped_normally", host=host.name, epoch=self.epoch)
         self.active_stopped_normally = host.name
+        self.stopped_at = time.monotonic()  # its heartbeats are answered no more from now on
         self.active = None
         self.loss = None  # (a silence just before its stop is no loss: a later promote's record must not count from it)
         # nobody holds the role now, journalled too: another host may register as the active, and

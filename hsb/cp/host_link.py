@@ -153,7 +153,9 @@ class HostProtocol(AuthServerProtocol):
         # last_rx is refreshed on every byte received. The answer names the heartbeat: the host
         # renews the active role's lease from the time it *sent* the heartbeat we answered.
         n = msg.get("n")
-        if isinstance(n, int) and self.role is not None and not self.fenced and self.cp.journal.vouches(time.monotonic()):
+        # (a host stopped normally is no longer the active: its heartbeats renew no lease, so the
+        # one it holds runs out, with the role given to another host no earlier: `stop_lease_left`)
+        if isinstance(n, int) and self.role not in (None, "stopped") and not self.fenced and self.cp.journal.vouches(time.monotonic()):
             # (a replaced active is fenced from the grant on, before its record is durable and
             # it is told: an answer now would renew its lease beside the new active's)
             answer: dict[str, Any] = {"t": "hb", "ack": n}
