@@ -172,3 +172,21 @@ def test_every_alert_has_a_unit_test() -> None:
     alerts = set(re.findall(r"^\s*-\s+alert:\s*(\w+)", RULES.read_text(), re.MULTILINE))
     tested = set(re.findall(r"alertname:\s*(\w+)", RULES_TEST.read_text()))
     assert alerts and sorted(alerts - tested) == []
+
+
+async def test_a_claim_of_two_actives_is_counted_in_the_metrics(tmp_path: Path) -> None:
+    """The active hears ACTIVE STARTUP from the other host (it claims the role too): an overlap
+    shorter than a scrape, which the lease-sum alert cannot see, is counted for
+    HsbTwoActivesClaimed."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from hsb.ops.metrics import HostCollector
+    from hsb.service.builtin import EchoService
+    from tests.support.inproc import pair_in_hot_standby, until
+
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        a.ha.post("peer_frame", msg={"t": "active_startup", "name": "host-b", "instance": "other"})
+        await until(lambda: a.ha.counters["two_actives_claimed"] == 1, "the claim counted")
+        reg = CollectorRegistry()
+        reg.register(HostCollector(a.status))
+        assert "hsb_two_actives_claimed_total 1.0" in generate_latest(reg).decode()

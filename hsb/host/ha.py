@@ -107,7 +107,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         self.batch_failures = 0
         self.resync_at = 0.0
         self.resync_reason = ""
-        self.counters = {"failovers": 0, "switchovers": 0, "resyncs": 0}
+        self.counters = {"failovers": 0, "switchovers": 0, "resyncs": 0, "two_actives_claimed": 0}
         self.peer_ring_next: int | None = None  # the standby's read position, from its heartbeats
         # Made the active by the CP at this epoch (set in link order). Acting on it also needs a
         # valid lease: see `serving`.
@@ -510,6 +510,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
                     log.info("hot_standby_established", peer=msg.get("name"), startup_id=self.partner_startup_id, how="peer link restored")
         elif self.role == "active" and prole == "active" and self.state != HANDING_OVER:
             self.last_error = f"the peer {msg.get('name')} also claims to be active"
+            self.counters["two_actives_claimed"] += 1
             log.error("two_actives_claimed", peer=msg.get("name"))
 
     async def peer_active_stopping(self, msg: dict[str, Any]) -> None:

@@ -126,6 +126,11 @@ class HostCollector:
         c = st.get("counters", {})
         yield _c("hsb_failovers", "Failovers this host took over in.", c.get("failovers", 0))
         yield _c("hsb_switchovers", "Planned switchovers this host took part in.", c.get("switchovers", 0))
+        yield _c(
+            "hsb_two_actives_claimed",
+            "Times the other host said it was active too while this one was (a host started as active beside the active; a lease overlap lasts less than a scrape).",
+            c.get("two_actives_claimed", 0),
+        )
         lt = st.get("last_takeover") or {}
         yield _g("hsb_host_takeover_seconds", "This host's last takeover: its switchover request to the grant.", lt.get("duration_s"))
         yield from _tls(st)
