@@ -98,6 +98,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         self.last_error: str | None = None
         self.last_sentence = ""
         self.takeover: dict[str, Any] | None = None
+        self.takeover_t0 = 0.0  # (monotonic: its duration)
         self.exit: Exit | None = None
         self.next_poll = 0.0
         self.switch_requested_at: float | None = None

@@ -40,6 +40,7 @@ class SwitchSide:
     last_error: str | None
     takeover: dict[str, Any] | None
     switch_requested_at: float | None
+    takeover_t0: float  # when the takeover recorded in `takeover` was asked for (monotonic)
     switch_sent_at: float | None
     active_stopped_by: str | None
     active_stop_confirmed: bool
@@ -100,6 +101,7 @@ class SwitchSide:
             return
         self.switch_requested_at = time.monotonic()
         self.takeover = {"reason": reason, "requested_at": time.time(), "established": self.state == ESTABLISHED, "planned": planned}
+        self.takeover_t0 = time.monotonic()  # (the duration: a step of the wall clock moves nothing)
         log.info("switchover_requested", reason=reason, established=self.state == ESTABLISHED)
         self.switch_sent_at = lease_clock()  # (the lease runs from it)
         self.srv.cp.send({"t": "switchover", "reason": reason, "planned": planned, "kind": kind})
@@ -114,6 +116,7 @@ class SwitchSide:
         """Become the active exactly as one that started active (B from own count) [0051]."""
         if self.takeover is None or self.switch_requested_at is None:
             self.takeover = {"reason": "planned switchover", "requested_at": time.time(), "established": self.state == ESTABLISHED, "planned": True}
+            self.takeover_t0 = time.monotonic()
         self.switch_requested_at = None
         self.epoch = epoch
         self.cancel_batch_apply()  # (a batch read's standby opens still waited for: ours are active now)
@@ -131,7 +134,7 @@ class SwitchSide:
         self.counters["switchovers" if planned else "failovers"] += 1
         if self.takeover is not None:
             self.takeover["granted_at"] = time.time()
-            self.takeover["duration_s"] = round(self.takeover["granted_at"] - self.takeover["requested_at"], 6)
+            self.takeover["duration_s"] = round(time.monotonic() - self.takeover_t0, 6)
             self.takeover["epoch"] = epoch
             self.takeover["sessions_switched"] = n
         log.info("switchover_complete", epoch=epoch, sessions=n, reason=(self.takeover or {}).get("reason"))
