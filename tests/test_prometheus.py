@@ -190,3 +190,24 @@ async def test_a_claim_of_two_actives_is_counted_in_the_metrics(tmp_path: Path) 
         reg = CollectorRegistry()
         reg.register(HostCollector(a.status))
         assert "hsb_two_actives_claimed_total 1.0" in generate_latest(reg).decode()
+
+
+async def test_every_switch_is_counted_even_one_without_a_duration(tmp_path: Path) -> None:
+    """A promote after a normal stop has no loss to count its duration from: the duration
+    histogram leaves it out, so the dashboard's switch count (from that histogram) showed 0
+    promotes while "Last switch" showed one. hsb_switches_total counts every switch."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from hsb.config import load
+    from hsb.cp.config import CPConfig
+    from hsb.cp.core import CP
+    from hsb.ops.metrics import CPCollector
+    from tests.support.procs import cp_config
+
+    cp = CP(load(cp_config(tmp_path, terminals=2, durability="none"), CPConfig), None)
+    cp.history.add({"kind": "promote", "at": 1.0, "epoch": 3, "duration_ms": None})
+    cp.history.add({"kind": "failover", "at": 2.0, "epoch": 4, "duration_ms": 120.0})
+    reg = CollectorRegistry()
+    reg.register(CPCollector(cp.status, lambda: None, lambda: cp.history))
+    text = generate_latest(reg).decode()
+    assert 'hsb_switches_total{kind="promote"} 1.0' in text and 'hsb_switches_total{kind="failover"} 1.0' in text, text

@@ -163,6 +163,7 @@ class History:
         self.duration = Histogram()  # loss (or release) -> grant
         self.pause = Histogram()  # worst pause of the traffic in flight
         self.last_at: dict[str, float] = {}
+        self.counts: dict[str, int] = {}  # switches by kind by this process, with a duration or not
 
     def restore(self, entries: list[dict[str, Any]]) -> None:
         self.entries = list(entries)[-HISTORY_KEEP:]
@@ -177,6 +178,7 @@ class History:
         kind = entry.get("kind", "")
         if kind in KINDS:
             self.last_at[kind] = entry["at"]
+            self.counts[kind] = self.counts.get(kind, 0) + 1  # (a promote after a normal stop has no duration)
             if entry.get("duration_ms") is not None:
                 self.duration.observe(kind, entry["duration_ms"] / 1000)
 

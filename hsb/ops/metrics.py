@@ -264,6 +264,10 @@ class CPCollector:
             yield _kind_histogram(
                 "hsb_switch_worst_pause_seconds", "Switches by kind: the worst wait, ack to reply, of the traffic in flight.", h.pause
             )
+            n = CounterMetricFamily("hsb_switches", "Switches by kind (every one: a promote after a normal stop has no duration).", labels=["kind"])
+            for kind, count in sorted(h.counts.items()):
+                n.add_metric([kind], float(count))
+            yield n
             last = GaugeMetricFamily("hsb_last_switch_timestamp_seconds", "Unix time of the last switch of each kind.", labels=["kind"])
             for kind, at in sorted(h.last_at.items()):
                 last.add_metric([kind], at)
