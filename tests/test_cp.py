@@ -821,9 +821,10 @@ async def test_a_host_not_yet_registered_hears_from_the_cp(cp: Proc) -> None:
 
 
 async def test_another_host_registering_as_active_while_the_actives_link_is_down_is_refused(cp: Proc) -> None:
-    """The active's link is down (here: it went away) and no failover has happened: a host
-    arriving with --role active took the role at once, past the old active's lease and an
-    operator's pause. It is refused; the standby path (or the same host coming back) is not."""
+    """The active's link is down and no failover has happened, and failover is paused or the CP
+    closed that link itself: a host arriving with --role active took the role at once, past the
+    operator's pause or the old active's lease. It is refused; the standby path (or the same
+    host coming back) is not."""
     a = await FakeHost.connect(cp.info["host"], "host-a")
     a.auto_open = ATTRS
     assert (await a.register("active", instance="p1"))["t"] == "registered"
@@ -839,6 +840,14 @@ async def test_another_host_registering_as_active_while_the_actives_link_is_down
     a2 = await FakeHost.connect(cp.info["host"], "host-a")  # the active itself, restarted, takes its role back
     a2.auto_open = ATTRS
     assert (await a2.register("active", instance="p2"))["t"] == "registered"
+    # not paused, but the CP closed the active's link itself (a bad frame): its host may still
+    # be serving on its lease, so another host arriving as active is refused too
+    assert (await request(h, p, SECRET, {"t": "resume"}))["t"] == "result"
+    a2.send({"t": "reply", "terminal": 7, "id": "x", "epoch": a2.epoch})  # bad fields: the CP drops the link
+    await until_cp_status(cp, lambda st: st["active"] is not None and st["active"].get("connected") is False, timeout=5)
+    c = await FakeHost.connect(cp.info["host"], "host-c")
+    ans = await c.register("active", instance="r1")
+    assert ans["t"] == "error" and ans["code"] == "active_exists", ans
 
 
 async def test_the_session_table_comes_in_pages_that_together_are_all_of_it(cp: Proc) -> None:

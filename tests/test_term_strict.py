@@ -467,3 +467,20 @@ def test_a_connection_refused_before_its_welcome_keeps_the_cps_absence_known() -
     c.connection_made(RecordingTransport("cp"))  # type: ignore[arg-type]
     _feed(c, _feed_welcome)
     assert c.cp_present_drops == 0 and c.cp_reconnects == 1
+
+
+def test_a_connection_closed_after_the_hello_without_a_word_fails_a_strict_run() -> None:
+    """The CP reads the hello and closes with neither a welcome nor an error: the terminal gets in
+    at its next try, and nothing else counted it. In a strict run it is a failure; one refused
+    with an error frame (it says why) is not counted."""
+    c, stats = _client()
+    c.connection_lost(None)
+    c.connection_made(RecordingTransport("cp"))  # type: ignore[arg-type]
+    _feed(c, {"t": "error", "code": "already_connected", "msg": "x"})
+    c.connection_lost(None)  # refused, saying why
+    c.connection_made(RecordingTransport("cp"))  # type: ignore[arg-type]
+    c.connection_lost(None)  # closed without a word
+    c.connection_made(RecordingTransport("cp"))  # type: ignore[arg-type]
+    _feed(c, {"t": "welcome", "terminal": c.name, "last_acked": 0})
+    r = _verdict(c, stats)
+    assert r.logon_drops == 1 and not r.ok and any(f.startswith("dropped while logging on: 1") for f in r.failures), r.failures

@@ -231,11 +231,11 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
                     f"{self.active.name} is already the active host (epoch {self.epoch}); start {host.name} with --role standby",
                 )
                 return
-            if cur is not None and cur.closed and cur.name != host.name:
-                # the active's link is down and no failover has happened yet: that is the
-                # standby's to ask and the CP's to grant once the old active's lease has run out
-                # (and not while paused). Another host arriving as active took the role at once,
-                # past both, while the old active (a link the CP closed) could still be serving
+            if cur is not None and cur.closed and cur.name != host.name and self.announced and (cur.closed_here or self.paused):
+                # the active's link is down and no failover has happened yet, and either the CP
+                # closed that link (its host may still be serving on its lease) or the operator
+                # paused failover: another host arriving as active took the role at once, past
+                # both. (A link its host closed, unpaused: the role is free, as for a standby.)
                 log.warning("registration_refused", host=host.name, role=role, active=cur.name, epoch=self.epoch, reason="active link down")
                 host.close_with_error(
                     "active_exists",

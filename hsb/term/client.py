@@ -177,6 +177,8 @@ class TerminalClient(asyncio.Protocol):
         "mark_resent",
         "dropped",
         "cp_present_drops",
+        "logon_drops",
+        "told_why",
     )
 
     def __init__(
@@ -264,6 +266,8 @@ class TerminalClient(asyncio.Protocol):
         # disconnects the CP's absence does not explain: welcomed again by the same CP process
         # (its `cp`) with no failed connect between (a CP restart or takeover explains the rest)
         self.cp_present_drops = 0
+        self.logon_drops = 0  # connections closed after the hello with neither a welcome nor an error
+        self.told_why = False  # this connection had an error frame (a refusal says why it closes)
 
     # -- sending ---------------------------------------------------------
     @property
@@ -373,6 +377,7 @@ class TerminalClient(asyncio.Protocol):
         if self.keepalive:
             dead_peer_detection(transport.get_extra_info("socket"), self.keepalive)
         self.decoder = Decoder(DEFAULT_MAX_FRAME, CP_TYPES)
+        self.told_why = False
         self.state = HELLO
         if self.stopping:
             transport.close()
@@ -425,6 +430,11 @@ class TerminalClient(asyncio.Protocol):
         if was == WELCOMED:
             self.disconnects += 1
             self.dropped = True
+        elif was == HELLO and not self.told_why:
+            # closed after the hello, with neither a welcome nor an error (a refusal says why):
+            # judged as a drop, by the CP that welcomes it next (the same one: it was there)
+            self.logon_drops += 1
+            self.dropped = True
         if was >= HELLO:
             self.listener.on_disconnect(self, exc, retry, was == WELCOMED)
         if self.connector is not None:
@@ -454,6 +464,7 @@ class TerminalClient(asyncio.Protocol):
 
     # -- frames from the CP -------------------------------------------------
     def _protocol_error(self, exc: ProtocolError) -> None:
+        self.told_why = True  # (this side closes: counted as a protocol error, not as the CP's drop)
         self.protocol_errors += 1
         self.listener.on_protocol_error(self, exc)
         if self.transport is not None:
@@ -480,6 +491,7 @@ class TerminalClient(asyncio.Protocol):
             elif t == "error":
                 code, text = str(msg.get("code", "")), str(msg.get("msg", ""))
                 self.last_error = code
+                self.told_why = True
                 if code == "unknown_terminal":
                     self.backoff.slow_down()  # pointless to hurry
                 self.listener.on_error(self, code, text)

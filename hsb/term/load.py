@@ -647,6 +647,7 @@ def _report(
         resent_foreign=sum(c.resent_foreign for c in clients),
         unexpected_acks=sum(c.unexpected_acks for c in clients),
         acks_forgotten=sum(c.acks_forgotten for c in clients),
+        logon_drops=sum(c.logon_drops for c in clients),
         not_back=len(not_back),
         not_back_names=[c.name for c in not_back[:20]],
         workload=str(getattr(clients[0].workload, "name", "ledger")) if clients and clients[0].workload is not None else "echo",

@@ -89,6 +89,7 @@ class LoadReport:
     # explains (a CP restart or takeover), not one after which the same CP process welcomed it again
     expect_disconnects: bool | str = False
     disconnects_cp_present: int = 0  # of standby-capable terminals, welcomed again by the same CP process
+    logon_drops: int = 0  # connections closed after the hello with neither a welcome nor an error
     classic: int = 0  # terminals of the run without a standby session (their disconnects are allowed)
     disconnects_standby_capable: int = 0
     session_closed_standby_capable: int = 0
@@ -185,6 +186,11 @@ class LoadReport:
             out.append(
                 f"disconnects: {self.disconnects_standby_capable} of terminals that should have kept their"
                 " connection (pass --expect-disconnects for conventional mode or a CP restart)"
+            )
+        if not self.expect_disconnects and self.logon_drops:
+            out.append(
+                f"dropped while logging on: {self.logon_drops} connections were closed after their hello with neither a"
+                " welcome nor an error (pass --expect-disconnects for a CP restart)"
             )
         if cp_mode and self.disconnects_cp_present:
             out.append(
