@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -266,17 +267,11 @@ def test_values_that_could_only_fail_later_are_config_errors(tmp_path: Path) -> 
     too deeply to read (a traceback before): each one line naming the key and the fix."""
     from tests.support.procs import host_config
 
-    p = host_config(
-        tmp_path,
-        "a",
-        cp="127.0.0.1:0",
-        peer_listen="127.0.0.1:3",
-        peer="127.0.0.1:0",
-        takeover=tmp_path / "t.dat",
-        records=5_000_000_000,
-        terminals=2,
-        on_role_change="/usr/local/bin/notify 'x",
-    )
+    def config(**host: Any) -> Path:
+        base: dict[str, Any] = {"cp": "127.0.0.1:2", "peer_listen": "127.0.0.1:3", "peer": "127.0.0.1:4", "records": 64}
+        return host_config(tmp_path, "a", takeover=tmp_path / "t.dat", terminals=2, **{**base, **host})
+
+    p = config(cp="127.0.0.1:0", peer="127.0.0.1:0", records=5_000_000_000, on_role_change="/usr/local/bin/notify 'x")
     r = run("hsb.host", "--config", str(p), "--check-config")
     assert r.returncode == 78 and "Traceback" not in r.stderr, r.stderr
     for want in (
@@ -288,17 +283,7 @@ def test_values_that_could_only_fail_later_are_config_errors(tmp_path: Path) -> 
         "takeover.records",
     ):
         assert want in r.stderr, (want, r.stderr)
-    p = host_config(
-        tmp_path,
-        "a",
-        cp="127.0.0.1:2",
-        peer_listen="127.0.0.1:3",
-        peer="127.0.0.1:4",
-        takeover=tmp_path / "t.dat",
-        records=64,
-        terminals=2,
-        on_role_change=str(tmp_path / "no-such-hook") + " --flag",
-    )
+    p = config(on_role_change=str(tmp_path / "no-such-hook") + " --flag")
     r = run("hsb.host", "--config", str(p), "--check-config")
     assert r.returncode == 78 and "no-such-hook' is not an executable program" in r.stderr, r.stderr
     hook = tmp_path / "hook.sh"

@@ -266,9 +266,8 @@ async def _slow_forever(polls: list[int], slow: Any) -> dict[str, Any]:
     return {"hosts": [a], "unknown": []} if len(polls) == 1 else slow("no answer within 1 s")
 
 
-def test_a_cp_machine_whose_journal_is_missing_is_shown_so() -> None:
-    """The waiting CP of the other machine, its shared storage not mounted: said plainly, not
-    as "generation None"."""
+def _cp_machines_line(second: dict[str, Any]) -> str:
+    """hsbctl status's `CP machines:` line for cp-a serving and `second` (cp-b, waiting)."""
     from hsb.ctl.status import render
 
     st = {
@@ -278,30 +277,25 @@ def test_a_cp_machine_whose_journal_is_missing_is_shown_so() -> None:
         "cp": {"reachable": False, "addr": "10.0.0.11:7002"},
         "cps": [
             {"addr": "10.0.0.11:7002", "reachable": True, "name": "cp-a", "state": "serving", "generation": 7},
-            {"addr": "10.0.0.12:7002", "reachable": True, "name": "cp-b", "state": "waiting", "generation": None, "journal_missing": True},
+            {"addr": "10.0.0.12:7002", "reachable": True, "name": "cp-b", "state": "waiting", **second},
         ],
     }
     line = next(x for x in render(st).splitlines() if x.startswith("CP machines:"))
     assert "cp-a at 10.0.0.11:7002 SERVING (generation 7)" in line, line
+    return line
+
+
+def test_a_cp_machine_whose_journal_is_missing_is_shown_so() -> None:
+    """The waiting CP of the other machine, its shared storage not mounted: said plainly, not
+    as "generation None"."""
+    line = _cp_machines_line({"generation": None, "journal_missing": True})
     assert "cp-b at 10.0.0.12:7002 waiting JOURNAL MISSING: is the shared storage mounted?" in line and "None" not in line, line
 
 
 def test_a_cp_machine_whose_journal_storage_hangs_is_shown_so() -> None:
     """The waiting CP of the other machine says a look at its journal has gone unanswered (a hung
     NFS mount): hsbctl status says so, not "generation 7" from the last look that answered."""
-    from hsb.ctl.status import render
-
-    st = {
-        "established": False,
-        "serving": False,
-        "hosts": [],
-        "cp": {"reachable": False, "addr": "10.0.0.11:7002"},
-        "cps": [
-            {"addr": "10.0.0.11:7002", "reachable": True, "name": "cp-a", "state": "serving", "generation": 7},
-            {"addr": "10.0.0.12:7002", "reachable": True, "name": "cp-b", "state": "waiting", "generation": 7, "journal_unanswered_s": 12.5},
-        ],
-    }
-    line = next(x for x in render(st).splitlines() if x.startswith("CP machines:"))
+    line = _cp_machines_line({"generation": 7, "journal_unanswered_s": 12.5})
     assert "cp-b at 10.0.0.12:7002 waiting JOURNAL NOT ANSWERING for 12.5 s: does the shared storage hang?" in line, line
 
 

@@ -156,13 +156,19 @@ async def test_hsbctl_says_what_it_knows(sb: Any, tmp_path: Path) -> None:
     assert r.returncode == 3 and f"CP at {nowhere}" in r.stdout and "Error" not in r.stdout.split("\n")[0], r.stdout
 
 
-async def test_role_change_hook_runs_with_the_right_arguments(tmp_path: Path) -> None:
+async def _sandbox_with_hook(tmp_path: Path) -> tuple[Path, Path, dict[str, Any]]:
+    """A sandbox whose hosts' role-change hook appends its arguments to a file: (dir, file, info)."""
     d = tmp_path / "sb"
     calls = tmp_path / "calls.txt"
     hook = tmp_path / "hook.sh"
     hook.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
     hook.chmod(0o755)
     info = await sandbox.aup(d, terminals=10, host_options={"on_role_change": str(hook)}, timeout=60)
+    return d, calls, info
+
+
+async def test_role_change_hook_runs_with_the_right_arguments(tmp_path: Path) -> None:
+    d, calls, info = await _sandbox_with_hook(tmp_path)
     try:
         os.kill(pid_of(info, "host-a"), signal.SIGKILL)
         await wait_status(info, lambda s: active_names(s) == ["host-b"], what="host-b active")
@@ -269,12 +275,7 @@ async def test_a_fenced_active_runs_its_role_change_hook_before_it_exits(tmp_pat
     command that moves a virtual address takes it). host-a resumed is fenced and exits 75; its
     role never changed on its own side, so its hook never ran and the address stayed on both
     machines. It runs now, with `active fenced`, before the process ends."""
-    d = tmp_path / "sb"
-    calls = tmp_path / "calls.txt"
-    hook = tmp_path / "hook.sh"
-    hook.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
-    hook.chmod(0o755)
-    info = await sandbox.aup(d, terminals=10, host_options={"on_role_change": str(hook)}, timeout=60)
+    d, calls, info = await _sandbox_with_hook(tmp_path)
     try:
         a = pid_of(info, "host-a")
         os.kill(a, signal.SIGSTOP)
