@@ -92,11 +92,15 @@ def validate(data: dict[str, Any], model: type[M], source: str = "<config>", bas
     except ValidationError as exc:
         errors = format_validation(exc)
         # checks of the model as a whole do not run once a part of it failed: the model says
-        # what they find all the same (`checks_despite`), so that every error comes at once
+        # what they find all the same (`checks_despite`: its problems, as one line, as its own
+        # check would have said them), so that every error comes at once
         despite = getattr(model, "checks_despite", None)
         if despite is not None:
             try:
-                errors += [e for e in despite(data) if e not in errors]
+                problems = despite(data)
+                line = "(top level): " + "; ".join(problems)
+                if problems and line not in errors:
+                    errors.append(line)
             except Exception:  # noqa: BLE001, S110 - (a check on data that failed its schema: what it cannot read is reported already)
                 pass
         raise ConfigError(source, errors) from None

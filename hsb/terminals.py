@@ -7,6 +7,7 @@ a 10,000-terminal setup stays readable.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -54,7 +55,7 @@ def sent_attrs_problem(name: str, attrs: dict[str, Any]) -> str | None:
 
 
 def table_problems(
-    terminals: list[TerminalDef], groups: list[TerminalGroup], attrs_check: Any, need_one: bool = False
+    terminals: list[TerminalDef], groups: list[TerminalGroup], attrs_check: Callable[[str, dict[str, Any]], str | None], need_one: bool = False
 ) -> tuple[dict[str, TerminalSpec], list[str]]:
     """The terminal table of a config and every problem with it: a name twice, none at all
     (`need_one`), attrs `attrs_check(name, attrs)` refuses."""
@@ -73,9 +74,11 @@ def table_problems(
     return defs, problems
 
 
-def raw_table_problems(data: dict[str, Any], attrs_check: Any, need_one: bool = False) -> list[str]:
+def raw_table_problems(
+    data: dict[str, Any], attrs_check: Callable[[str, dict[str, Any]], str | None], need_one: bool = False
+) -> tuple[dict[str, TerminalSpec], list[str]] | None:
     """`table_problems` of a config's raw data, when the rest of it failed its checks (the model's
-    own check of the table then never ran): [] if the lists themselves are malformed (their own
+    own check of the table then never ran); None if the lists themselves are malformed (their own
     errors are reported)."""
     from pydantic import TypeAdapter, ValidationError
 
@@ -83,8 +86,8 @@ def raw_table_problems(data: dict[str, Any], attrs_check: Any, need_one: bool = 
         terms = TypeAdapter(list[TerminalDef]).validate_python(data.get("terminals", []))
         groups = TypeAdapter(list[TerminalGroup]).validate_python(data.get("terminal_groups", []))
     except ValidationError:
-        return []
-    return table_problems(terms, groups, attrs_check, need_one)[1]
+        return None
+    return table_problems(terms, groups, attrs_check, need_one)
 
 
 class TerminalDef(Strict):

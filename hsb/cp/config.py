@@ -119,8 +119,8 @@ class CPConfig(Strict):
     def checks_despite(cls, data: dict[str, Any]) -> list[str]:
         """The terminal table's problems when another part of the config failed (its check above
         then never runs): every error at once (hsb.config.validate)."""
-        problems = raw_table_problems(data, sent_attrs_problem, need_one=True)
-        return ["(top level): " + "; ".join(problems)] if problems else []
+        table = raw_table_problems(data, sent_attrs_problem, need_one=True)
+        return [] if table is None else table[1]
 
     @property
     def terminal_table(self) -> dict[str, TerminalSpec]:

@@ -117,8 +117,8 @@ class Waiting:
     storage: tuple[bool, int | None] | None = None  # (journal missing, its generation), the last look's
     storage_asked: float | None = None  # when the look under way began (monotonic)
 
-    def _storage_view(self) -> tuple[bool, int | None]:
-        missing = self._journal_missing(said=True)
+    def _storage_view(self, said: bool = True) -> tuple[bool, int | None]:
+        missing = self._journal_missing(said)
         return missing, None if missing or self.gens is None else self.gens.current()
 
     async def _watch_storage(self) -> None:
@@ -158,15 +158,12 @@ class Waiting:
         journal (woken by keepalived and the serving CP's heartbeat older than takeover_stale on
         this clock, or not seen to move for takeover_stale); the reason, or None if asked to exit."""
         assert self.gens is not None
-        c = self.cfg.cp
         self.state = "waiting"
-        polled, view = await self._unless_stopping(self._storage_view)
+        polled, view = await self._unless_stopping(self._storage_view, False)  # (said if missing)
         if not polled:
             return None
         self.storage = view
         missing = view[0]
-        if missing:
-            log.error("cp_journal_missing", journal=c.journal, msg=MISSING.format(journal=c.journal))
         watcher = asyncio.get_running_loop().create_task(self._watch_storage())
         try:
             return await self._wait_for_takeover(missing)

@@ -6,10 +6,10 @@ import shlex
 import shutil
 from typing import Any
 
-from pydantic import Field, PrivateAttr, TypeAdapter, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from hsb.config import Addr, ConfigPath, ConnectAddr, OptAddr, Strict, TLSLinks, resolve_path
-from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, attrs_problem, expand_all, raw_table_problems, table_problems
+from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, attrs_problem, raw_table_problems, table_problems
 from hsb.wire.framing import DEFAULT_MAX_FRAME, LOGIN_MAX
 
 
@@ -130,21 +130,14 @@ class HostConfig(Strict):
     def checks_despite(cls, data: dict[str, Any]) -> list[str]:
         """The terminal table's problems and the takeover file's size check when another part of
         the config failed (its check above then never runs): every error at once."""
-        problems = raw_table_problems(data, attrs_problem)
+        table = raw_table_problems(data, attrs_problem)
+        if table is None:
+            return []
+        defs, problems = table
         t = data.get("takeover")
-        if not problems and isinstance(t, dict) and all(isinstance(t.get(k, 4096), int) for k in ("records", "record_size")) and "records" in t:
-            try:
-                n = len(
-                    expand_all(
-                        TypeAdapter(list[TerminalDef]).validate_python(data.get("terminals", [])),
-                        TypeAdapter(list[TerminalGroup]).validate_python(data.get("terminal_groups", [])),
-                    )
-                )
-            except (ValueError, TypeError):
-                n = -1
-            if n >= 0:
-                problems += _size_problem(t["records"], n, t.get("record_size", 4096), str(t.get("path", "")))
-        return ["(top level): " + "; ".join(problems)] if problems else []
+        if not problems and isinstance(t, dict) and isinstance(t.get("records"), int) and isinstance(t.get("record_size", 4096), int):
+            problems += _size_problem(t["records"], len(defs), t.get("record_size", 4096), str(t.get("path", "")))
+        return problems
 
     @property
     def terminal_table(self) -> dict[str, TerminalSpec]:

@@ -26,6 +26,7 @@ class RoleHook:
         self.timeout = timeout
         self.running: asyncio.Task[None] | None = None
         self.pending: list[str] | None = None
+        self.pending_fence = False  # the waiting change is a fence: it runs even at the stop (close)
 
     def fire(self, role: str, state: str, epoch: int, reason: str) -> None:
         if not self.argv:
@@ -35,7 +36,7 @@ class RoleHook:
             log.info("role_hook_skipped", argv=self.pending, msg="a newer role change came before it could run")
             self.pending = None
         if self.running is not None and not self.running.done():
-            self.pending = argv
+            self.pending, self.pending_fence = argv, state == "fenced"
             return
         self._start(argv)
 
@@ -79,17 +80,15 @@ class RoleHook:
         still waiting does not run, unless it is the fence this host stops for (the command must
         hear that this host no longer acts as the active: it would keep a virtual address), which
         runs after it within the same timeout."""
-        final = self.pending if self.pending is not None and self.pending[len(self.argv) + 1] == "fenced" else None
+        final = self.pending if self.pending_fence else None
         self.pending = None
         t = self.running
-        if t is None or t.done():
-            if final is None:
-                return
-            t = self.running = asyncio.get_running_loop().create_task(self._run(final))
-            final = None
+        if (t is None or t.done()) and final is None:
+            return
         try:
             async with asyncio.timeout(self.timeout):
-                await asyncio.shield(t)
+                if t is not None and not t.done():
+                    await asyncio.shield(t)
                 if final is not None:
                     t = self.running = asyncio.get_running_loop().create_task(self._run(final))
                     await asyncio.shield(t)
@@ -98,11 +97,12 @@ class RoleHook:
         except asyncio.CancelledError:
             me = asyncio.current_task()
             if me is not None and me.cancelling():  # the close itself is cancelled: the hook with it
-                t.cancel()
-                await asyncio.wait([t])
+                if t is not None:
+                    t.cancel()
+                    await asyncio.wait([t])
                 raise
         except Exception as exc:  # noqa: BLE001 - the hook's own failure: said, the stop goes on
             log.error("role_hook_failed", error=f"{type(exc).__name__}: {exc}")
-        if not t.done():
+        if t is not None and not t.done():
             t.cancel()
             await asyncio.wait([t])
