@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo, model_validator
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -187,6 +187,21 @@ class TLSSection(TLSLinks):
     listener too (the terminals connect to the CP only, so hsbd has no such key)."""
 
     terminals: bool = False
+    # the CAs whose terminal certificates the terminal listener takes ("": those of ca_file).
+    # Trusted there only: a terminal CA listed in ca_file would let a terminal's certificate
+    # onto the host and admin links too
+    terminal_ca_file: OptConfigPath = ""
+
+    @model_validator(mode="after")
+    def _terminal_ca_needs_terminals(self) -> TLSSection:
+        if self.terminal_ca_file and not self.terminals:
+            raise ValueError("terminal_ca_file is set but terminals = false: set terminals = true, or remove terminal_ca_file")
+        return self
+
+    def files(self) -> Any:
+        from hsb.wire.tls import TLSFiles
+
+        return TLSFiles(self.ca_file, self.cert_file, self.key_file, self.min_version, self.terminal_ca_file)
 
 
 def toml_value(v: Any) -> str:

@@ -252,8 +252,9 @@ async def test_tls_1_2_is_refused_by_default_for_a_session_id_would_outlive_a_re
         session, _ = await loop.run_in_executor(None, _handshake, port, client)
         other = tmp_path / "other"
         other.mkdir()
-        make_ca(other)  # the CA the CP trusts replaced: the client's certificate is not trusted any more
+        new_ca = make_ca(other)  # the CA the CP trusts replaced: the client's certificate is not trusted any more
         (tmp_path / "ca.pem").write_bytes((other / "ca.pem").read_bytes())
+        make_leaf(tmp_path, new_ca, "cp", "ec", "cp")  # (and the CP's own from the new CA: one from the old is refused)
         assert lax.reload() == []
         with pytest.raises((ssl.SSLError, ConnectionError)):  # a full handshake: the CP refuses it
             await loop.run_in_executor(None, _handshake, port, client)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -197,6 +198,9 @@ class PeerLink:
         h, p = parse_addr(self.peer_addr)
         backoff = Backoff(0.05, 0.5)
         refusals = RefusalLog("peer_auth_failed", peer=self.peer_addr)
+        tls_refusals = RefusalLog(
+            "peer_link_refused", "tried again every 5 s; check both hosts' certificates (their names, expiry, and CA in ca_file)", peer=self.peer_addr
+        )
         while True:
             try:
                 fs = await FrameStream.connect(h, p, timeout=2.0, max_frame=self.max_frame)
@@ -206,9 +210,16 @@ class PeerLink:
                     await fs.aclose()
                     raise
             except (OSError, LinkClosed, ProtocolError, TimeoutError) as exc:
-                refused = isinstance(exc, LinkClosed) and exc.error and exc.error.get("code") in ("auth_failed", "version_mismatch")
-                if refused:
+                code = exc.error.get("code") if isinstance(exc, LinkClosed) and exc.error else None
+                refused = code in ("auth_failed", "version_mismatch", "tls_name_mismatch")
+                if code == "tls_name_mismatch":  # the peer's certificate names another host, or the peer says so of ours
+                    tls_refusals.seen(f"tls: {exc}")
+                elif refused:
                     refusals.seen(str(exc.error.get("msg")))  # type: ignore[union-attr]
+                elif isinstance(exc, ssl.SSLError) and not isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+                    # we refused the peer's certificate (expired, another CA) or it is no TLS server
+                    refused = True
+                    tls_refusals.seen(f"tls: {getattr(exc, 'verify_message', None) or exc.reason or exc}")
                 self.wake_connect.clear()
                 try:  # the peer connecting to us means it is up: try at once (asyncio.timeout, not
                     # wait_for: on 3.11 wait_for can lose a cancellation, and this loop would not end)
@@ -219,6 +230,7 @@ class PeerLink:
                 continue
             backoff.reset()
             refusals.clear()
+            tls_refusals.clear()
             _user_timeout(fs, max(4 * self.timeout, 2.0))
             self.outbound = fs
             log.debug("peer_sending_link_up", peer=self.peer_addr)

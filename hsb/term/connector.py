@@ -214,5 +214,7 @@ def tls_context(ca: str, cert: str | None = None, key: str | None = None) -> Any
     ctx.check_hostname = False  # the CA is the cluster's own (docs/tls.md)
     ctx.load_verify_locations(ca)
     if cert:
-        ctx.load_cert_chain(cert, key)
+        from hsb.wire.tls import load_chain
+
+        load_chain(ctx, cert, key)
     return ctx

@@ -47,9 +47,20 @@ def _ssl(tls: bool, ca: str | None, cert: str | None, key: str | None) -> Any:
         raise click.UsageError("--tls needs --ca FILE (the CA the CP's certificate chains to)")
     if bool(cert) != bool(key):
         raise click.UsageError("--cert and --key go together")
-    from hsb.term.connector import tls_context
+    import ssl
 
-    return tls_context(ca, cert, key)
+    from hsb.term.connector import tls_context
+    from hsb.wire.tls import TLSError
+
+    try:
+        return tls_context(ca, cert, key)
+    except TLSError as exc:
+        raise click.BadParameter(str(exc).removeprefix("tls.key_file: "), param_hint="--key") from None
+    except (ssl.SSLError, OSError) as exc:
+        which = f"--ca {ca}" + (f" or --cert {cert} with --key {key}" if cert else "")
+        raise click.UsageError(
+            f"cannot use {which}: {getattr(exc, 'reason', None) or exc}; --ca takes the PEM file of the CA, --cert and --key a PEM certificate and its key"
+        ) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -45,14 +45,55 @@ class TLSFiles:
     cert_file: str
     key_file: str
     min_version: str = "1.3"  # the listeners' least TLS version (`[tls] min_version`)
+    # hsbcpd's `[tls] terminal_ca_file`: the CAs whose terminal certificates the terminal
+    # listener takes ("": those of ca_file); trusted there only, never on the host or admin links
+    terminal_ca_file: str = ""
+
+
+class _Passphrase(Exception):
+    """OpenSSL asked for the key's passphrase (raised by `_no_passphrase`: never a prompt)."""
+
+
+def _no_passphrase() -> bytes:
+    # without a password callback OpenSSL prompts on the terminal (a daemon's SIGHUP would wait
+    # on it, and under systemd it fails as EINVAL, which says nothing)
+    raise _Passphrase
+
+
+def load_chain(ctx: ssl.SSLContext, cert_file: str, key_file: str | None) -> None:
+    """`ctx.load_cert_chain` that never prompts: a key protected by a passphrase is a TLSError."""
+    try:
+        ctx.load_cert_chain(cert_file, key_file, password=_no_passphrase)
+    except _Passphrase:
+        key = key_file or cert_file
+        raise TLSError(
+            f"tls.key_file: {key} is protected by a passphrase; hsb needs a key without one, readable only by its user"
+            f" (openssl pkey -in {key} -out {key}.plain, then chmod 600 and use that file)"
+        ) from None
+
+
+def _file_problem(label: str, path: str) -> str | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return f"tls.{label}: {path} does not exist (hsbctl tls init --dir DIR makes a CA and certificates)"
+    except PermissionError:
+        return f"tls.{label}: {path} cannot be reached by this user (permission denied on it or a folder above it); give the daemon's user access"
+    except OSError as exc:
+        return f"tls.{label}: {path} cannot be read ({exc.strerror or exc})"
+    if not stat.S_ISREG(st.st_mode):
+        return f"tls.{label}: {path} is not a regular file; give the path of a PEM file"
+    if not os.access(path, os.R_OK):
+        return f"tls.{label}: {path} cannot be read by this user (permission denied); give the daemon's user read access"
+    return None
 
 
 def check_files(f: TLSFiles) -> list[str]:
     """Every problem with these files, each with its fix (the config check and the start)."""
-    errors: list[str] = []
-    for label, path in (("ca_file", f.ca_file), ("cert_file", f.cert_file), ("key_file", f.key_file)):
-        if not os.path.isfile(path):
-            errors.append(f"tls.{label}: {path} does not exist (hsbctl tls init --dir DIR makes a CA and certificates)")
+    files = [("ca_file", f.ca_file), ("cert_file", f.cert_file), ("key_file", f.key_file)]
+    if f.terminal_ca_file:
+        files.append(("terminal_ca_file", f.terminal_ca_file))
+    errors = [e for e in (_file_problem(label, path) for label, path in files) if e is not None]
     if errors:
         return errors
     mode = os.stat(f.key_file).st_mode
@@ -60,20 +101,71 @@ def check_files(f: TLSFiles) -> list[str]:
         errors.append(f"tls.key_file: {f.key_file} is accessible by group or others (mode {stat.S_IMODE(mode):o}); run 'chmod 600 {f.key_file}'")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        ctx.load_cert_chain(f.cert_file, f.key_file)
+        load_chain(ctx, f.cert_file, f.key_file)
+    except TLSError as exc:
+        errors.append(str(exc))
     except ssl.SSLError as exc:
-        errors.append(
-            f"tls.cert_file/key_file: {f.cert_file} does not go with {f.key_file} ({exc.reason or exc}); use the key the certificate was made for"
-        )
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            errors.append(f"tls.cert_file/key_file: {f.cert_file} does not go with {f.key_file}; use the key the certificate was made for")
+        else:
+            errors.append(
+                f"tls.cert_file/key_file: {f.cert_file} or {f.key_file} is not a PEM certificate or key ({exc.reason or exc});"
+                " give PEM files (openssl x509 -inform der -in CERT -out CERT.pem converts a DER certificate)"
+            )
     except OSError as exc:
         errors.append(f"tls: cannot read {f.cert_file} or {f.key_file}: {exc}")
+    for label, cas in (("ca_file", f.ca_file), ("terminal_ca_file", f.terminal_ca_file)):
+        if not cas:
+            continue
+        try:
+            ctx.load_verify_locations(cas)
+        except (ssl.SSLError, OSError) as exc:
+            errors.append(f"tls.{label}: {cas} is not a CA certificate file ({exc})")
+    if not errors:
+        errors += _chain_problems(f)
+    return errors
+
+
+def _chain_problems(f: TLSFiles) -> list[str]:
+    """The daemon's own certificate must be in date and issued by a CA of ca_file: the other
+    daemons, which trust that file, refuse it otherwise, and only when they next connect (a
+    reload that put it in use would show nothing until a failover)."""
     try:
-        ctx.load_verify_locations(f.ca_file)
-    except (ssl.SSLError, OSError) as exc:
-        errors.append(f"tls.ca_file: {f.ca_file} is not a CA certificate file ({exc})")
-    left = expires_in(f.cert_file)
-    if left is not None and left.total_seconds() <= 0:
-        errors.append(f"tls.cert_file: {f.cert_file} expired {-left.days} days ago; make a new one (hsbctl tls init, or your CA) and send SIGHUP")
+        from cryptography import x509
+        from cryptography.exceptions import InvalidSignature
+
+        with open(f.cert_file, "rb") as fh:
+            chain = x509.load_pem_x509_certificates(fh.read())
+        with open(f.ca_file, "rb") as fh:
+            cas = x509.load_pem_x509_certificates(fh.read())
+    except (OSError, ValueError, ImportError):
+        return []  # unreadable as PEM here: the load above said why
+    leaf, now = chain[0], dt.datetime.now(dt.UTC)
+    errors = []
+    if leaf.not_valid_before_utc > now:
+        errors.append(
+            f"tls.cert_file: {f.cert_file} is not valid until {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC;"
+            " check this machine's clock, or make the certificate again"
+        )
+
+    def issued(child: Any, parent: Any) -> bool:
+        try:
+            child.verify_directly_issued_by(parent)
+            return True
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+
+    cert, seen = leaf, 0
+    while not any(issued(cert, ca) for ca in cas):
+        nxt = next((c for c in chain[1:] if issued(cert, c)), None)
+        seen += 1
+        if nxt is None or seen > len(chain):
+            errors.append(
+                f"tls.cert_file: {f.cert_file} was not issued by a CA in {f.ca_file}: the other daemons, which trust that file,"
+                " would refuse it; make the certificate with that CA (hsbctl tls init --dir DIR), or give the CA that made it"
+            )
+            break
+        cert = nxt
     return errors
 
 
@@ -101,8 +193,8 @@ def _contexts(f: TLSFiles) -> tuple[ssl.SSLContext, ssl.SSLContext, ssl.SSLConte
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     for ctx in (server, terminal_server, client):
         ctx.minimum_version = MIN_VERSION if ctx is client else SERVER_MIN[f.min_version]
-        ctx.load_cert_chain(f.cert_file, f.key_file)
-        ctx.load_verify_locations(f.ca_file)
+        load_chain(ctx, f.cert_file, f.key_file)
+        ctx.load_verify_locations(f.terminal_ca_file or f.ca_file if ctx is terminal_server else f.ca_file)
     client.check_hostname = False  # names are checked against what the link says (module docstring)
     client.verify_mode = ssl.CERT_REQUIRED
     server.verify_mode = ssl.CERT_REQUIRED
@@ -154,16 +246,25 @@ class TLS:
         f = self.files
         tmp = tempfile.mkdtemp(prefix="hsb-tls-")  # mode 700: the key's copy is no one else's
         try:
-            copy = TLSFiles(os.path.join(tmp, "ca.pem"), os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem"), f.min_version)
+            copy = TLSFiles(
+                os.path.join(tmp, "ca.pem"),
+                os.path.join(tmp, "cert.pem"),
+                os.path.join(tmp, "key.pem"),
+                f.min_version,
+                os.path.join(tmp, "terminal-ca.pem") if f.terminal_ca_file else "",
+            )
+            pairs = [(f.ca_file, copy.ca_file), (f.cert_file, copy.cert_file), (f.key_file, copy.key_file)]
+            if f.terminal_ca_file:
+                pairs.append((f.terminal_ca_file, copy.terminal_ca_file))
             try:
-                for src, dst in ((f.ca_file, copy.ca_file), (f.cert_file, copy.cert_file), (f.key_file, copy.key_file)):
+                for src, dst in pairs:
                     with open(src, "rb") as r, open(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as w:
                         w.write(r.read())
                     if src == f.key_file:
                         os.chmod(dst, stat.S_IMODE(os.stat(src).st_mode) & 0o777 or 0o600)  # its mode is checked too
             except OSError as exc:
                 return [f"tls: cannot read {exc.filename or f.cert_file}: {exc.strerror or exc}"]
-            names = {copy.ca_file: f.ca_file, copy.cert_file: f.cert_file, copy.key_file: f.key_file}
+            names = {dst: src for src, dst in pairs}
             errors = check_files(copy)
             if errors:
                 out = []
@@ -174,7 +275,7 @@ class TLS:
                 return out
             try:
                 server, terminal_server, client = _contexts(copy)
-            except (ssl.SSLError, OSError, ValueError) as exc:
+            except (ssl.SSLError, OSError, ValueError, TLSError) as exc:
                 return [f"tls: the files could not be loaded ({exc}); the certificates in use stay"]
             new_after, new_names = not_after(copy.cert_file), sorted(file_names(copy.cert_file))
         finally:
