@@ -1018,3 +1018,45 @@ async def test_a_pool_with_every_connection_in_use_says_busy_not_unreachable(pg:
         release.set()
         await task
         await db.close()
+
+
+async def test_commits_are_durable_on_a_server_set_to_synchronous_commit_off(pg: pgsupport.PgServer) -> None:
+    """A reply goes only after a durable commit: a database whose synchronous_commit is off
+    (a crash of the server would lose commits already answered) gets it on for the service's
+    connections, on every transaction (the pool's RESET ALL at each release brings the
+    database's default back)."""
+    import asyncpg
+
+    from hsb.service.db import PostgresDatabase
+
+    dsn = fresh(pg)
+    admin = await asyncpg.connect(dsn)
+    try:
+        name = await admin.fetchval("SELECT current_database()")
+        await admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+    finally:
+        await admin.close()
+    db = PostgresDatabase(dsn, pool_size=1)
+    try:
+        seen = []
+        for _ in range(3):  # the same connection each time (pool_size 1), released in between
+            async with db.transaction() as tx:
+                seen.append(await tx.fetchval("SHOW synchronous_commit"))
+        assert seen == ["on", "on", "on"], seen
+    finally:
+        await db.close()
+
+
+async def test_a_closed_database_makes_no_new_pool(pg: pgsupport.PgServer) -> None:
+    """After close() (the host stopping) a late transaction (a prune still running, a handler)
+    is unavailable; it does not make a pool whose connections would outlive the stop."""
+    from hsb.service.db import PostgresDatabase
+
+    db = PostgresDatabase(fresh(pg))
+    async with db.transaction() as tx:
+        assert await tx.fetchval("SELECT 1") == 1
+    await db.close()
+    with pytest.raises(ServiceUnavailable, match="stopping"):
+        async with db.transaction() as tx:
+            await tx.fetchval("SELECT 1")
+    assert db._pool is None

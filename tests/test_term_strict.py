@@ -278,6 +278,17 @@ async def test_the_books_catch_a_transfer_applied_with_other_accounts_or_twice(t
         await db.close()
         assert any(f"({failure})" in f for f in bad.failures), (name, bad.failures)
 
+    # a reply that is not the ledger's (a host's `error: …`), the effect applied twice all the same:
+    # both are caught, with or without the idempotency records to compare
+    w.replies = {1: {0: "error: RuntimeError"}}
+    for idempotency in (True, False):
+        db = await _ledger_db(tmp_path / f"err-{idempotency}.db")
+        await fill([(src, dst, amount), (src, dst, amount)])
+        bad = await check_books({"sqlite": str(tmp_path / f"err-{idempotency}.db")}, w, [term], idempotency=idempotency)
+        await db.close()
+        assert any("(applied_twice)" in f for f in bad.failures), (idempotency, bad.failures)
+        assert any("(told_refused_applied)" in f for f in bad.failures), (idempotency, bad.failures)
+
 
 def test_a_run_that_sent_nothing_is_not_ok() -> None:
     """Terminals logged on and nothing sent (a rate of 0, a duration too short for the rate)

@@ -161,16 +161,20 @@ class PostgresDatabase:
         self.connect_timeout = float(connect_timeout)
         self._pool: Any = None
         self._creating: asyncio.Lock | None = None
+        self._closed = False  # close() ran: no pool is made again (its connections would outlive the host's stop)
+        self._said_async = False  # the server's synchronous_commit = off said (once)
 
     async def _get_pool(self) -> Any:
         if self._pool is not None:
             return self._pool
+        if self._closed:
+            raise ServiceUnavailable("database: the service is stopping (its connections are closed)")
         import asyncpg
 
         if self._creating is None:
             self._creating = asyncio.Lock()
         async with self._creating:
-            if self._pool is None:
+            if self._pool is None and not self._closed:
                 # min_size 0: no connection is made here, so a database that is down does not
                 # fail this; each acquire connects, and a dead connection is replaced
                 self._pool = await asyncpg.create_pool(
@@ -181,8 +185,28 @@ class PostgresDatabase:
                     timeout=self.connect_timeout,
                     max_inactive_connection_lifetime=60.0,
                     server_settings={"idle_in_transaction_session_timeout": str(int(self.tx_idle_timeout * 1000))},
+                    init=self._durable_commits,
+                    setup=self._sync_again,
                 )
+        if self._pool is None:
+            raise ServiceUnavailable("database: the service is stopping (its connections are closed)")
         return self._pool
+
+    async def _durable_commits(self, conn: Any) -> None:
+        """A commit must be durable before its reply goes: with synchronous_commit = off (a
+        role's or database's setting) a crash of the server loses commits whose replies the
+        terminals already have. Any other value is kept (remote_apply, with a synchronous
+        standby, is what a failover of the database itself needs: docs/ledger.md)."""
+        if await conn.fetchval("SHOW synchronous_commit") == "off":
+            await conn.execute("SET synchronous_commit = on")
+            if not self._said_async:  # (every connection from now on: _sync_again)
+                self._said_async = True
+                import structlog
+
+                structlog.get_logger("hsb.service").warning(
+                    "database_synchronous_commit_off",
+                    msg="the server has synchronous_commit = off; this service's connections set it to on (a reply goes only after a durable commit)",
+                )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PgTx]:
@@ -235,7 +259,13 @@ class PostgresDatabase:
             for stmt in ddl:
                 await tx.execute(stmt)
 
+    async def _sync_again(self, conn: Any) -> None:
+        # the pool's RESET ALL at each release brings back the server's default
+        if self._said_async:
+            await conn.execute("SET synchronous_commit = on")
+
     async def close(self) -> None:
+        self._closed = True
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:

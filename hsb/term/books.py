@@ -142,10 +142,12 @@ async def check_books(
             if w.is_setup(c.idx, k):
                 continue
             n = per_msg.get(key, 0)
+            if n > 1:  # (before the reply is read: whatever it says, once is the most)
+                b.applied_twice.append(tag)
             try:
                 ok = json.loads(text).get("ok") is True
             except (ValueError, AttributeError):
-                continue  # a malformed reply is the verdict's bad_data already
+                ok = False  # not the ledger's answer (a host's `error: …`): the verdict's bad_data; told nothing was applied
             if ok:
                 b.transfers_ok += 1
                 if n == 0:
@@ -154,8 +156,6 @@ async def check_books(
                 b.transfers_refused += 1
                 if n:
                     b.told_refused_applied.append(tag)
-            if n > 1:
-                b.applied_twice.append(tag)
     for key, n in per_msg.items():
         if n > 1 and key not in told:
             b.applied_twice.append(f"{key[0]}:{key[1]}")
