@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.hostclient import FakeTerminal
 from tests.support.pair import Pair, make_pair
+from tests.support.procs import log_events, until
 
 ATTRS = {"protocol": "hsb1", "codepage": "utf-8"}
 
@@ -160,6 +162,32 @@ async def test_too_small_file_is_refused_at_start(tmp_path: Path, pairs: list[Pa
     assert err.startswith("config error:") and "6 records" in err and "at least 7" in err
 
 
+@pytest.mark.parametrize("who", ["host-a", "host-b"])
+async def test_a_file_this_host_cannot_write_is_refused_at_start(tmp_path: Path, pairs: list[Pair], who: str) -> None:
+    """Either host writes the file once it is the active: a standby that can only read it (a
+    file of another owner, a read-only mount, root_squash) is refused at its start, not found
+    out at its first batch write after a failover. An immutable file (chattr +i) stands for
+    them here: even root cannot open it for writing."""
+    import subprocess
+
+    pair = make_pair(tmp_path, records=64)
+    pairs.append(pair)
+    assert pair.takeover is not None
+    r = subprocess.run(["chattr", "+i", str(pair.takeover)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(
+            f"chattr +i does not work here ({(r.stderr or r.stdout).strip()}): it needs e2fsprogs' chattr and a file system with the immutable flag"
+        )
+    try:
+        p = pair.start(who, "active" if who == "host-a" else "standby", wait=False)
+        rc = await asyncio.get_running_loop().run_in_executor(None, p.popen.wait, 15)
+        assert rc == 78  # EX_CONFIG: a restart cannot fix it
+        err = p.log.read_text().strip().splitlines()[-1]
+        assert err.startswith("config error:") and "cannot be opened for writing" in err and str(pair.takeover) in err, err
+    finally:
+        subprocess.run(["chattr", "-i", str(pair.takeover)], check=False)
+
+
 async def test_different_terminal_counts_standby_uses_active_B(tmp_path: Path, pairs: list[Pair]) -> None:
     pair = make_pair(tmp_path, cp_terminals=600, records=128, host_a={"terminals": 20}, host_b={"terminals": 600})
     pairs.append(pair)
@@ -252,3 +280,70 @@ async def test_property_standby_follows_random_logons_and_logoffs(tmp_path: Path
     b = await pair.status("host-b")
     assert b["state"] == "established" and b["role"] == "standby"
     await fleet.close()
+
+
+async def test_a_ring_record_damaged_for_good_costs_one_resync_not_one_a_pass(tmp_path: Path, pairs: list[Pair]) -> None:
+    """A ring record torn for good (a crash mid ring write) where the standby waits for the
+    ring: it asks for a resync naming the record, and the active's batch write clears it. The
+    batch write rewrites only records 0..B, so without that the standby met the same damage
+    when the new ring came round to it, and asked again, at every pass."""
+    from hsb.takeover import batch_read
+
+    # 20 terminals: B = 2, N = 7: a ring of 4 records (3..6)
+    opts = {"terminals": 20}
+    pair = make_pair(tmp_path, records=7, host_a=opts, host_b=opts)
+    pairs.append(pair)
+    pair.start("host-a", "active")
+    pair.start("host-b", "standby")
+    await pair.wait_state("host-b", "established")
+    path = pair.takeover
+    assert path is not None
+    layout = batch_read(str(path)).header.layout
+    size = batch_read(str(path)).header.record_size
+    waits_at = layout.ring_record(1)  # nothing written to the ring yet: the standby waits at seq 1
+    damaged = layout.ring_record(3)
+    with open(path, "r+b") as f:  # seq 3's slot torn: a byte that is no record's
+        f.seek(damaged * size + 40)
+        b = f.read(1)
+        f.seek(damaged * size + 40)
+        f.write(bytes([b[0] ^ 0x5A]))
+
+    async def read_up_to(seq: int) -> None:
+        deadline = asyncio.get_running_loop().time() + 15
+        while True:
+            st = await pair.status("host-b")
+            rr = (st.get("takeover_file") or {}).get("ring_read") or {}
+            if st["state"] == "established" and rr.get("next_seq", 0) > seq:
+                return
+            assert asyncio.get_running_loop().time() < deadline, f"host-b did not read ring seq {seq}: {st['state']} {rr}"
+            await asyncio.sleep(0.05)
+
+    def resyncs() -> list[dict[str, Any]]:
+        return [e for e in log_events(pair.hosts["host-b"].log) if e.get("event") == "ring_resync_needed"]
+
+    terms = [await logon(pair, "T00001")]  # seq 1
+    await read_up_to(1)
+    terms.append(await logon(pair, "T00002"))  # seq 2: then the standby waits at seq 3, torn
+    await until(resyncs, 15, what="host-b asking for a resync at the torn record")
+    requested = [e for e in log_events(pair.hosts["host-a"].log) if e.get("event") == "resync_requested"]
+    assert requested and requested[-1].get("record") == damaged, requested
+    await pair.wait_state("host-b", "established")
+    assert waits_at == layout.ring_record(1)
+    # the new ring: seq 1 and 2, then the standby waits at seq 3, the slot that was torn
+    for i in (3, 4):
+        terms.append(await logon(pair, f"T{i:05d}"))
+        await read_up_to(i - 2)
+    # it stays there, established, through many more polls than a torn record is given
+    # (TORN_RETRIES at ring_poll_interval 0.05 s: 0.25 s), and finds nothing wrong
+    t_end = asyncio.get_running_loop().time() + 1.0
+    while asyncio.get_running_loop().time() < t_end:
+        st = await pair.status("host-b")
+        rr = (st.get("takeover_file") or {}).get("ring_read") or {}
+        assert st["state"] == "established" and rr.get("next_seq") == 3, (st["state"], rr, st.get("last_error"))
+        assert "torn" not in str(st.get("last_error") or ""), st.get("last_error")
+        await asyncio.sleep(0.05)
+    for i in (5, 6):  # seq 3 and 4 written and read
+        terms.append(await logon(pair, f"T{i:05d}"))
+        await read_up_to(i - 2)
+    assert len(resyncs()) == 1, resyncs()
+    await converged(pair)

@@ -197,6 +197,53 @@ def test_flipped_byte_is_torn_and_never_applied(tmp_path: Path) -> None:
     assert drain(r) == b
 
 
+def test_a_damaged_ring_record_the_standby_names_is_cleared_by_the_next_batch(tmp_path: Path) -> None:
+    """A ring record left torn (a crash mid ring write) past the batch area: a batch write
+    rewrites records 0..B only, so a standby that catches up to it after the resync would find
+    it torn again and ask again, at every pass. The resync names it, and the batch write
+    clears it: the standby then waits there for the ring, and reads what comes."""
+    path = make(tmp_path, 16)
+    w, r = setup_pair(path)
+    ch = Changes()
+    first = ch.take(E)
+    w.append_group(first)
+    w.append_group(ch.take(E))
+    assert w.layout is not None
+    rec2 = w.layout.ring_record(2)
+    with open(path, "r+b") as f:  # seq 2 torn for good
+        f.seek(rec2 * R + 40)
+        orig = f.read(1)
+        f.seek(rec2 * R + 40)
+        f.write(bytes([orig[0] ^ 1]))
+    assert drain_until_torn(r) == first
+    state = ch.take(6)
+    w.batch_write(2, state, clear=rec2)  # the resync, naming the record
+    snap = batch_read(path, expected_startup_id=2)
+    r2 = RingReader(path, snap.header, max_records=1000)
+    assert r2.poll().status is PollStatus.NOTHING_NEW  # the new ring's seq 1: not written yet
+    w.append_group(ch.take(E))
+    assert r2.poll().status is PollStatus.NEW
+    res = r2.poll()  # seq 2 of the new ring is the record that was torn: empty now, not torn
+    assert res.status is PollStatus.NOTHING_NEW, res
+    more = ch.take(2 * E)
+    w.append_group(more)
+    assert drain(r2) == more
+    # a record inside the new batch, or the header, is written over anyway: nothing else changes
+    w.batch_write(3, state, clear=1)
+    assert batch_read(path, expected_startup_id=3).entries == state
+    w.close()
+
+
+def drain_until_torn(reader: RingReader) -> list[SessionEntry]:
+    got: list[SessionEntry] = []
+    while True:
+        res = reader.poll()
+        if res.status is PollStatus.TORN:
+            return got
+        assert res.status is PollStatus.NEW, res
+        got += res.entries
+
+
 def test_short_write_is_torn_until_complete(tmp_path: Path) -> None:
     path = make(tmp_path, 12)
     w, r = setup_pair(path)

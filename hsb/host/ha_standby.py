@@ -82,12 +82,12 @@ class HotStandbySide:
             return
         if msg.get("startup_id") != self.partner_startup_id or self.hold_batch(msg):
             return
-        log.warning("resync_requested", reason=msg.get("reason"))
+        log.warning("resync_requested", reason=msg.get("reason"), record=msg.get("record"))
         if self.state == ESTABLISHED:
             self.resyncing = True  # a planned switchover asked meanwhile waits for it (ev_switchover)
-        await self.batch_write(reason=f"resync: {msg.get('reason')}")
+        await self.batch_write(reason=f"resync: {msg.get('reason')}", clear=msg.get("record"))
 
-    async def batch_write(self: HA, reason: str) -> None:
+    async def batch_write(self: HA, reason: str, clear: int | None = None) -> None:
         """S205-S208: header, batch write of the fast-switch link, durable, BATCH WRITE COMPLETE."""
         assert self.partner_startup_id is not None
         self.set_state(BATCH_WRITING, reason)
@@ -99,7 +99,7 @@ class HotStandbySide:
         entries = await self.srv.sessions.link_entries()
         t0 = time.monotonic()
         try:
-            gen = await tio.batch_write(self.partner_startup_id, entries)
+            gen = await tio.batch_write(self.partner_startup_id, entries, clear)
         except Exception as exc:
             msg = f"batch write failed: {exc}"
             log.error("batch_write_failed", error=str(exc))
@@ -283,9 +283,14 @@ class HotStandbySide:
             log.warning("ring_resync_needed", status=status, detail=detail)
             if status == "corrupt":
                 self.last_error = f"takeover ring {detail}: corrupt"
+            bad = tio.bad_record if status == "corrupt" else None  # the active's batch write clears it
             tio.stop_following()
+            self.torn_polls = 0
             self.counters["resyncs"] += 1
-            self.srv.peer.send({"t": "resync_request", "startup_id": self.own_startup_id, "reason": status})
+            ask: dict[str, Any] = {"t": "resync_request", "startup_id": self.own_startup_id, "reason": status}
+            if bad is not None:
+                ask["record"] = bad
+            self.srv.peer.send(ask)
             self.set_state(AWAITING_BATCH, f"ring {status}: asked the active for a new batch takeover")
         elif status == "new":
             self.next_poll = 0.0  # more may be waiting

@@ -40,6 +40,20 @@ def check_service(cfg: HostConfig) -> list[str]:
         asyncio.run(service.close())
     except Exception:  # closing a service just built for the check is best effort
         pass
+    return takeover_writable(cfg)
+
+
+def takeover_writable(cfg: HostConfig) -> list[str]:
+    """The takeover file, if it is there, can be written by this host (as the start checks)."""
+    from hsb.takeover.errors import NotWritable
+    from hsb.takeover.store import writable
+
+    try:
+        writable(cfg.takeover.path)
+    except NotWritable as exc:
+        return [f"takeover.path: {exc}"]
+    except OSError:
+        pass  # the start says what else is wrong with it (a hung mount included)
     return []
 
 
@@ -64,7 +78,7 @@ def main(role: str | None, config_path: str, check_config: bool, log_level: str)
 
     faults.install()
     from hsb.service.api import ServiceError, load_service
-    from hsb.takeover.errors import TakeoverError
+    from hsb.takeover.errors import NotWritable, TakeoverError
     from hsb.wire.tls import TLSError
 
     async def run() -> int:
@@ -80,6 +94,9 @@ def main(role: str | None, config_path: str, check_config: bool, log_level: str)
             die(f"TLS: {exc}", EXIT_CONFIG)
         try:
             code = await server.serve()
+        except NotWritable as exc:  # a restart cannot fix it
+            await server.close()
+            die(f"takeover.path: {exc}", EXIT_CONFIG)
         except TakeoverError as exc:
             await server.close()
             die(str(exc))

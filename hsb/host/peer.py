@@ -61,7 +61,7 @@ PEER_FIELDS: dict[str, dict[str, tuple[Any, bool]]] = {
     "batch_write_complete": {"startup_id": (int, True), "generation": (int, True)},
     "file_mismatch": {"startup_id": (int, True), "found": ((int, _NONE), False), "path": (str, False)},
     "standby_ready": {"startup_id": (int, True), "instance": (str, False)},
-    "resync_request": {"startup_id": (int, True), "reason": (str, False)},
+    "resync_request": {"startup_id": (int, True), "reason": (str, False), "record": (int, False)},
     "active_stopping": {"name": (str, True), "cp_confirmed": (bool, False)},
 }
 

@@ -62,14 +62,15 @@ class TakeoverIO:
         self.last_error: str | None = None
         self.ring_written = 0
         self.ring_read = 0
+        self.bad_record: int | None = None  # the ring record the last poll found torn or corrupt
 
     async def size_check(self) -> None:
         """S201/S221: raises TakeoverFileError (too small, wrong file) before serving."""
         await self.store.check()
 
     # ------------------------------------------------------------------ active
-    async def batch_write(self, partner_startup_id: int, entries: list[SessionEntry]) -> int:
-        hdr = await self.store.batch_write(partner_startup_id, entries)
+    async def batch_write(self, partner_startup_id: int, entries: list[SessionEntry], clear: int | None = None) -> int:
+        hdr = await self.store.batch_write(partner_startup_id, entries, clear)
         self.last_error = None
         return int(hdr.generation)
 
@@ -182,6 +183,7 @@ class TakeoverIO:
         status = res.status.value if isinstance(res.status, PollStatus) else str(res.status)
         self.ring_read += len(res.entries)
         self.last_error = None if status not in ("torn", "corrupt") else f"record {res.record}: {res.reason}"
+        self.bad_record = res.record if status in ("torn", "corrupt") and res.record else None
         detail = f"record {res.record}: {res.reason}" if res.record is not None else res.reason
         return status, list(res.entries), detail
 

@@ -23,6 +23,10 @@ class NotRegularFile(TakeoverFileError):
     pass
 
 
+class NotWritable(TakeoverFileError):
+    """This host cannot open the file for writing: either host may become the active."""
+
+
 class BadMagic(TakeoverFileError):
     pass
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import errno
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +30,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from hsb.takeover.errors import HeaderCorrupt, NoBatchWritten, StorageNotResponding
+from hsb.takeover.errors import HeaderCorrupt, NoBatchWritten, NotWritable, StorageNotResponding
 from hsb.takeover.faults import Faults
 from hsb.takeover.fileio import check_file
 from hsb.takeover.layout import DEFAULT_RECORD_SIZE, Layout, size_check
@@ -156,6 +157,7 @@ class TakeoverStore:
         left a pair whose active lost power there unable to start either host."""
 
         def do() -> Layout:
+            writable(self.path)
             try:
                 h = check_file(self.path, self.record_size, self.records)
             except HeaderCorrupt as exc:
@@ -191,12 +193,13 @@ class TakeoverStore:
                 ),
             )
 
-    async def batch_write(self, startup_id: int, entries: Sequence[SessionEntry]) -> Header:
-        """S205-S206: durable when this returns; then send BATCH WRITE COMPLETE."""
+    async def batch_write(self, startup_id: int, entries: Sequence[SessionEntry], clear: int | None = None) -> Header:
+        """S205-S206: durable when this returns; then send BATCH WRITE COMPLETE. `clear`: a
+        damaged record the standby named, written empty (TakeoverWriter.batch_write)."""
         await self.open_writer()
         assert self._writer is not None
         snapshot = list(entries)  # later changes go to the ring, not into this batch
-        return await self._run("batch write", self._writer.batch_write, startup_id, snapshot)
+        return await self._run("batch write", self._writer.batch_write, startup_id, snapshot, clear)
 
     async def append(self, entries: Sequence[SessionEntry]) -> tuple[int, int]:
         """S210 with group commit: returns (first_seq, last_seq) of the group that made
@@ -289,3 +292,23 @@ class TakeoverStore:
 def _consume(f: asyncio.Future[Any]) -> None:
     if not f.cancelled():
         f.exception()
+
+
+def writable(path: str) -> None:
+    """NotWritable unless this process can open `path` for writing. Both roles check it at
+    start: a standby writes the file from its first batch write as the active, so a file made
+    by root, a read-only mount or root_squash showed only then, after a failover, as an
+    EACCES at every batch write (the pair never hot again)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except (FileNotFoundError, IsADirectoryError):
+        return  # check_file names these
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise NotWritable(
+            f"takeover file {path} cannot be opened for writing by this host ({exc.strerror}); either host writes it once it is the active:"
+            f" give the daemon's user read and write access (chown USER {path}; chmod 600 {path}) and mount it read-write"
+            " (a daemon run as root needs no_root_squash on the NFS export)"
+        ) from None
+    os.close(fd)

@@ -146,8 +146,14 @@ class TakeoverWriter:
         self.records = h.records
         self.layout, self.next_seq, self._owed = None, 0, []
 
-    def batch_write(self, startup_id: int, entries: Sequence[SessionEntry]) -> Header:
+    def batch_write(self, startup_id: int, entries: Sequence[SessionEntry], clear: int | None = None) -> Header:
         """Batch takeover (S205-S206): the whole fast-switch link into records 1..B, durably.
+
+        `clear`: a record the standby found damaged (torn or corrupt) where it waited for the
+        ring, written empty in the same sync as the batch. A batch rewrites only records 0..B
+        and starts the ring over at seq 1, so damage further on (a crash mid ring write, a
+        burned generation's batch records) would stay until the ring came round to it, and a
+        standby waiting there would ask for a resync at every pass.
 
         Returns the header written; BATCH WRITE COMPLETE may be sent once it returns.
         """
@@ -188,7 +194,10 @@ class TakeoverWriter:
                 pack_record(KIND_BATCH, gen, rec, encode_payload(part), r, len(part), into=buf, at=i * r)
             self._io.write(first, buf)
             faults.point("host.mid_batch_write")
-        if b:
+        cleared = clear if clear is not None and b < clear < self.records else None  # (within the batch: written over already)
+        if cleared is not None:
+            self._io.write(cleared, bytes(r))  # never written, as far as a reader can tell
+        if b or cleared is not None:
             self._io.sync()  # the batch is durable before any header points at it
         header = Header(
             record_size=r,
@@ -212,6 +221,7 @@ class TakeoverWriter:
             batch_records=b,
             entries=len(encoded),
             startup_id=startup_id,
+            cleared=cleared,
             ms=round((time.perf_counter() - t0) * 1000, 1),
         )
         return header
