@@ -568,3 +568,40 @@ def test_a_reload_or_wake_sent_while_a_plain_hsbcpd_starts_is_noted_not_fatal(tm
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert r.returncode == 0, (r.returncode, r.stderr[-1000:])
     assert r.stdout.strip() == str(sorted([int(signal.SIGHUP), int(signal.SIGUSR1)])), r.stdout
+
+
+def test_a_reload_noted_before_the_master_supervises_goes_to_the_first_worker_only() -> None:
+    """A SIGHUP noted while hsbcpd started (before the master's own handlers) is the first
+    worker's: it stayed in the master's list, and every worker forked after a crash reloaded
+    (or, a SIGUSR1, looked for a takeover) again, unasked. Run in a process of its own."""
+    out = python_lines(
+        "import os, signal, sys",
+        "from hsb.cp import supervise",
+        "supervise.record_early_signals()",
+        "os.kill(os.getpid(), signal.SIGHUP)  # as systemctl reload would, during the imports",
+        "def work(info):",
+        "    print('OUT', info['restarts'], sorted(int(s) for s in supervise.EARLY_SIGNALS), flush=True)",
+        "    if info['restarts'] == 0:",
+        "        os.kill(os.getpid(), signal.SIGKILL)  # a crash: the master forks the next",
+        "    return 0",
+        "sys.exit(supervise.supervise(work))",
+    )
+    assert [ln[4:] for ln in out.splitlines() if ln.startswith("OUT ")] == [f"0 [{int(signal.SIGHUP)}]", "1 []"], out
+
+
+def test_a_worker_that_dies_while_it_ends_for_good_is_not_forked_again() -> None:
+    """A worker that had begun to end for good (superseded, exit 75 meant) and then died of a
+    signal (an OOM kill while it stopped): the master forked another, on listeners already shut
+    down, which took the journal back from the newer CP. It exits with the code meant instead
+    (75: systemd's RestartPreventExitStatus holds). Run in a process of its own."""
+    out = python_lines(
+        "import os, signal, sys",
+        "from hsb.cp import supervise",
+        "def work(info):",
+        "    print('OUT worker', info['restarts'], flush=True)",
+        "    supervise.mark_final(75)",
+        "    os.kill(os.getpid(), signal.SIGKILL)",
+        "print('OUT master', supervise.supervise(work), flush=True)",
+    )
+    assert [ln[4:] for ln in out.splitlines() if ln.startswith("OUT ")] == ["worker 0", "master 75"], out
+    assert "cp_worker_died_ending" in out and "cp_worker_died " not in out, out

@@ -85,3 +85,43 @@ def test_the_notify_script_leaves_a_cp_stopped_by_hand_stopped(tmp_path: Path) -
     assert (tmp_path / "run" / "cp.state").read_text() == "FAULT\n"
     done = calls.read_text().splitlines()
     assert not [c for c in done if c.startswith(("start", "restart", "reset-failed"))], done
+
+
+def _stand_ins(tmp_path: Path, answers: str) -> tuple[dict[str, str], Path]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (bin_dir / "systemctl").write_text(f'#!/bin/sh\necho "$*" >> {calls}\ncase "$*" in\n' + answers + "esac\n")
+    (bin_dir / "logger").write_text(f'#!/bin/sh\necho "logger $*" >> {calls}\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HSB_RUN_DIR": str(tmp_path / "run")}, calls
+
+
+@pytest.mark.parametrize("code", [65, 78])
+def test_the_notify_script_leaves_a_cp_failed_on_its_journal_or_config_failed(tmp_path: Path, code: int) -> None:
+    """A damaged journal (65) or a bad config (78): starting it again at every keepalived change
+    would stop the same way (the damaged journal after taking a generation); left failed, said."""
+    env, calls = _stand_ins(
+        tmp_path, f"  *is-failed*) exit 0 ;;\n  *ExecMainStatus*) echo {code} ;;\n  *is-active*) exit 3 ;;\n  *MainPID*) echo 0 ;;\n"
+    )
+    r = subprocess.run(["sh", str(REPO / "configs" / "keepalived" / "hsb-cp-notify"), "INSTANCE", "hsb_cp", "MASTER", "100"], env=env, timeout=10)
+    assert r.returncode == 0
+    done = calls.read_text().splitlines()
+    assert not [c for c in done if c.startswith(("start", "restart", "reset-failed"))], done
+    assert any(c.startswith("logger") and f"exit {code}" in c for c in done), done
+
+
+def test_the_notify_script_does_not_signal_a_cp_still_starting(tmp_path: Path) -> None:
+    """An hsbcpd still starting (activating: its handlers not set yet) would be ended by SIGUSR1's
+    default action; it reads the state file at its start, so it is not signalled."""
+    main = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])  # SIGUSR1: the default action
+    try:
+        env, calls = _stand_ins(tmp_path, f"  *is-failed*) exit 1 ;;\n  *is-active*) exit 3 ;;\n  *MainPID*) echo {main.pid} ;;\n")
+        r = subprocess.run(["sh", str(REPO / "configs" / "keepalived" / "hsb-cp-notify"), "INSTANCE", "hsb_cp", "MASTER", "100"], env=env, timeout=10)
+        assert r.returncode == 0
+        assert (tmp_path / "run" / "cp.state").read_text() == "MASTER\n"
+        assert main.poll() is None, "the starting process was signalled"
+    finally:
+        main.kill()
+        main.wait()

@@ -591,6 +591,7 @@ class CPServer(Waiting):
 
     async def shutdown(self) -> None:
         self.state = "stopping"
+        supervise.mark_final(self.exit_code)  # under a master: no other worker if this one dies now
         notify(STOPPING=1, STATUS="stopping")
         held = sum(len(t.held) for t in self.cp.terms.values()) if self.cp is not None else 0
         log.info("cp_stopping", held=held, superseded=self.superseded)

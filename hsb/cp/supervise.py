@@ -136,6 +136,8 @@ def _flush() -> None:
 
 def _hold_high(fd: int) -> None:
     """Keep `fd` (the pipe's write end) at the highest descriptor this process may have."""
+    global END_FD
+    END_FD = fd
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     top = min(hard if hard != resource.RLIM_INFINITY else HIGH_FD_MAX, HIGH_FD_MAX)
     try:
@@ -143,6 +145,7 @@ def _hold_high(fd: int) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))  # the CP raises it at its start anyway
         os.dup2(fd, top - 1, inheritable=False)
         os.close(fd)
+        END_FD = top - 1
     except (OSError, ValueError):  # a limit it cannot raise: the low descriptor still ends at the exit
         pass
 
@@ -163,6 +166,21 @@ def _signal_name(n: int) -> str:
 
 
 EARLY_SIGNALS: list[int] = []  # (this process's: the worker's, after the fork)
+END_FD: int | None = None  # a worker's end of its pipe to the master (`mark_final`)
+
+
+def mark_final(code: int) -> None:
+    """This worker has begun to end for good (a stop, superseded), meaning to exit with `code`:
+    if it then dies of a signal (a crash, an OOM kill while it stops), the master forks no other
+    (its listeners are shut down already, and a CP superseded must not come back and take the
+    journal) and exits with `code` if it is not 0, so that systemd's RestartPreventExitStatus
+    holds. No-op outside a worker."""
+    if END_FD is None:
+        return
+    try:
+        os.write(END_FD, bytes([code & 0xFF or 0xFF]))  # (0 is said as 255: a byte was written)
+    except OSError:
+        pass
 
 
 def record_early_signals() -> None:
@@ -251,6 +269,10 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
 
     for sig in PASSED_ON:
         signal.signal(sig, pass_on)
+    # a reload or wake noted before these handlers (record_early_signals) is the first worker's
+    # only: left in EARLY_SIGNALS, every worker forked after a crash would act on it again
+    owed.extend(s for s in dict.fromkeys(EARLY_SIGNALS) if s not in owed)
+    EARLY_SIGNALS.clear()
     signal.signal(signal.SIGCHLD, lambda *_: reap(block=False))  # a dead worker is reaped once torn down
     info: dict[str, Any] = {"master_pid": master, "restarts": 0, "last_death": None}
     # Everything the master built (the imports, the config) moves out of the collector's reach:
@@ -280,8 +302,9 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
         owed.clear()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, PASSED_ON)
         log.info("cp_worker_started", pid=pid, master_pid=master, restarts=info["restarts"])
-        while os.read(r, 1):  # nothing is written: its end is the worker's end (signals: PEP 475)
-            pass
+        final: int | None = None  # the exit it meant, once it began to end for good (mark_final)
+        while said := os.read(r, 1):  # its end is the worker's end (signals: PEP 475)
+            final = said[0] if said[0] != 0xFF else 0
         os.close(r)
         worker = 0  # (a reload or wake from now on is owed to the next worker, not sent to a dead pid)
         status = _exit_status(pid)  # how it ended, read before the kernel has closed its sockets
@@ -293,18 +316,28 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
         if os.WIFEXITED(status):
             reap(block=True)
             return os.waitstatus_to_exitcode(status)
-        if stopping:  # killed while stopping: by the stop itself (before its handlers were up) is a stop
+        if final:  # killed while it ended for good, meaning this exit: no other worker
             reap(block=True)
-            sig = os.WTERMSIG(status)
-            if sig in (signal.SIGTERM, signal.SIGINT):
+            log.warning(
+                "cp_worker_died_ending",
+                pid=pid,
+                signal=_signal_name(os.WTERMSIG(status)),
+                exit=final,
+                msg="the CP died while it ended: exiting as it meant to",
+            )
+            return final
+        if stopping or final is not None:  # killed while stopping: by the stop itself (before its handlers were up) is a stop
+            reap(block=True)
+            killed_by = os.WTERMSIG(status)
+            if killed_by in (signal.SIGTERM, signal.SIGINT):
                 return 0
             log.warning(
                 "cp_worker_died_stopping",
                 pid=pid,
-                signal=_signal_name(sig),
+                signal=_signal_name(killed_by),
                 msg="the CP crashed while it stopped: recovered from its journal at the next start",
             )
-            return 128 + sig
+            return 128 + killed_by
         name = _signal_name(os.WTERMSIG(status))
         now = time.monotonic()
         deaths.append(now)
