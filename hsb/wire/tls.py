@@ -121,6 +121,9 @@ def check_files(f: TLSFiles) -> list[str]:
             ctx.load_verify_locations(cas)
         except (ssl.SSLError, OSError) as exc:
             errors.append(f"tls.{label}: {cas} is not a CA certificate file ({exc})")
+    left = expires_in(f.cert_file)
+    if left is not None and left.total_seconds() <= 0:
+        errors.append(f"tls.cert_file: {f.cert_file} expired {-left.days} days ago; make a new one (hsbctl tls init, or your CA) and send SIGHUP")
     if not errors:
         errors += _chain_problems(f)
     return errors
