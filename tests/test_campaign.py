@@ -47,7 +47,7 @@ async def test_campaign_20_rounds_ledger_on_postgresql(tmp_path: Path) -> None:
         summary = await c.run(20)
     finally:
         try:
-            sandbox.down(tmp_path / "campaign", timeout=2.0)
+            sandbox.down(tmp_path / "campaign", timeout=0.5)
         except sandbox.SandboxError:
             pass
         server.close()

@@ -55,7 +55,7 @@ async def test_a_cp_whose_generation_check_hangs_renews_no_lease_until_it_answer
         assert not t.closed
         await t.close()
     finally:
-        sandbox.down(d, timeout=2.0)
+        sandbox.down(d, timeout=0.5)
 
 
 def _acks(h: Any) -> list[int]:

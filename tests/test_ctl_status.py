@@ -60,7 +60,7 @@ async def test_status_exit_codes_and_unreachable(tmp_path: Path) -> None:
         assert st["cp"]["reachable"] is False and st["established"] is False
         assert "Traceback" not in r.stderr
     finally:
-        sandbox.down(d, timeout=2.0)
+        sandbox.down(d, timeout=0.5)
 
 
 def test_status_without_a_target_is_a_one_line_error() -> None:

@@ -337,3 +337,101 @@ async def test_a_switchover_request_lost_with_the_cp_link_is_asked_again_on_the_
         await until(lambda: established(a, b), "hot standby again")
 
     await _run(tmp_path, body)
+
+
+async def test_a_stop_whose_drain_gave_up_hands_nothing_more_to_the_service(tmp_path: Path) -> None:
+    """A normal stop waits for the replies in progress; a service that keeps answering
+    ServiceUnavailable makes that wait give up. The message then stays held at the CP for
+    whoever serves next: it was handed to the service again and again after `stopping` (until
+    the lease ran out), and an answer then was refused and closed the link before the CP's
+    confirmation of the stop."""
+    from hsb.service.api import ServiceUnavailable
+    from tests.support.hostclient import FakeTerminal
+
+    calls: list[tuple[str, float]] = []
+    stopping_sent: list[float] = []
+
+    class Down(EchoService):
+        async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
+            calls.append((self.host, time.monotonic()))
+            if self.host == "host-a":
+                raise ServiceUnavailable("database down")
+            return await super().handle(terminal, message_id, data, redelivered)
+
+    async with pair_in_hot_standby(tmp_path, Down) as (cp, a, b, _tasks):
+        core = cp.cp
+        assert core is not None
+        t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")
+        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        t.send({"t": "msg", "id": 1, "data": "x"})
+        await until(lambda: len(calls) >= 2, "host-a's service failing and retried")
+        drain = a.delivery.drain
+        a.delivery.drain = lambda timeout: drain(0.3)  # type: ignore[method-assign]  # (5 s)
+        real_send = a.cp.send
+
+        def send(m: dict[str, Any]) -> bool:
+            if m.get("t") == "stopping":
+                stopping_sent.append(time.monotonic())
+            return real_send(m)
+
+        a.cp.send = send  # type: ignore[method-assign]
+        real_stopping = core.host_stopping
+        # the CP's confirmation takes a while (its journal write): time for the retries to come
+        core.host_stopping = lambda host: asyncio.get_running_loop().call_later(1.5, real_stopping, host)  # type: ignore[method-assign,assignment,func-returns-value]
+        a.stop_mode = "normal"
+        await asyncio.wait_for(a.graceful_stop(), 20)
+        assert stopping_sent, "the stop never told the CP"
+        late = [c for c in calls if c[0] == "host-a" and c[1] >= stopping_sent[0]]
+        assert late == [], f"host-a's service was handed the message {len(late)} times after `stopping`"
+        assert a.exit_code == 0
+        assert core.active is None and "T00001" in core.terms and core.terms["T00001"].held, "the message is held at the CP"
+
+
+async def test_nothing_new_reaches_the_service_while_it_hands_over_and_all_goes_on_if_refused(tmp_path: Path) -> None:
+    """A planned switchover whose wait for the replies in progress gave up (a service failing,
+    retried) hands over: nothing more is handed to the old active's service from then on (a run
+    started just before the grant would overlap the new active's run of the same message). The
+    CP refuses that handover: the old active serves on, and what waited is handed over again."""
+    from hsb.service.api import ServiceUnavailable
+    from tests.support.hostclient import FakeTerminal
+
+    calls: list[tuple[str, float]] = []
+    handover_sent: list[float] = []
+
+    class Down(EchoService):
+        async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
+            calls.append((self.host, time.monotonic()))
+            if self.host == "host-a":
+                raise ServiceUnavailable("database down")
+            return await super().handle(terminal, message_id, data, redelivered)
+
+    async with pair_in_hot_standby(tmp_path, Down) as (cp, a, b, _tasks):
+        core = cp.cp
+        assert core is not None
+        t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")
+        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        t.send({"t": "msg", "id": 1, "data": "x"})
+        await until(lambda: len(calls) >= 2, "host-a's service failing and retried")
+        drain = a.delivery.drain
+        a.delivery.drain = lambda timeout: drain(0.3)  # type: ignore[method-assign]  # (10 s)
+        real_send = a.cp.send
+
+        def send(m: dict[str, Any]) -> bool:
+            if m.get("t") == "handover":
+                handover_sent.append(time.monotonic())
+            return real_send(m)
+
+        a.cp.send = send  # type: ignore[method-assign]
+        real_handover = refuse_handovers(core, times=1)
+        refusing = core.host_handover
+        # the CP answers the handover after a while: time for the retries to come
+        core.host_handover = lambda host, wait=True: asyncio.get_running_loop().call_later(1.5, refusing, host, wait)  # type: ignore[method-assign,assignment,func-returns-value]
+        a.ha.post("switchover")
+        await until(lambda: handover_sent, "the handover sent")
+        await until(lambda: a.ha.state in ("established", "serving") and a.ha.role == "active", "the handover refused", timeout=10)
+        core.host_handover = real_handover
+        refused_at = time.monotonic()
+        late = [c for c in calls if c[0] == "host-a" and handover_sent[0] <= c[1] < refused_at - 0.05]
+        assert late == [], f"host-a's service was handed the message {len(late)} times while it handed over"
+        # refused: host-a serves on, and the message it held goes to its service again
+        await until(lambda: any(c[0] == "host-a" and c[1] >= refused_at for c in calls), "host-a's service handed it again")

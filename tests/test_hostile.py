@@ -121,7 +121,7 @@ def _up(d: Path, **kw: Any) -> SB:
         return SB(sandbox.up(d, terminals=20, service="echo", timeout=30.0, **kw))
     except BaseException:  # also pytest-timeout's interruption: never leave daemons behind
         try:
-            sandbox.down(d, timeout=2.0)
+            sandbox.down(d, timeout=0.5)
         except sandbox.SandboxError:
             pass
         raise
@@ -133,7 +133,7 @@ def _module_sb(tmp_path_factory: pytest.TempPathFactory, name: str):  # type: ig
     try:
         yield s
     finally:
-        sandbox.down(d, timeout=2.0)
+        sandbox.down(d, timeout=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,7 @@ def own_sb(tmp_path: Path):  # type: ignore[no-untyped-def]
     yield make
     for d in made:
         try:
-            sandbox.down(d, timeout=2.0)
+            sandbox.down(d, timeout=0.5)
         except sandbox.SandboxError:
             pass
 

@@ -28,7 +28,7 @@ async def sbx(tmp_path: Path):  # type: ignore[no-untyped-def]
     env = {h: {"HSB_CRASH_CONTROL": str(d / f"ctl-{h}")} for h in HOSTS}
     info = await sandbox.aup(d, terminals=20, host_env=env)
     yield info
-    sandbox.down(d, timeout=2.0)
+    sandbox.down(d, timeout=0.5)
 
 
 async def control(info: dict[str, Any], host: str, text: str) -> None:
@@ -121,7 +121,7 @@ async def test_corrupt_reads_on_the_standby_are_never_applied(sbx: dict[str, Any
     await standby_has(sbx, "T00001")
     d = Path(sbx["dir"])
     mark = len(log_events(d / "host-b.log"))
-    await control(sbx, "host-b", "storage corrupt 40")  # the next 40 records it reads are damaged
+    await control(sbx, "host-b", "storage corrupt 12")  # the next 12 records it reads are damaged
     t4 = await logon(sbx, "T00004")
 
     def damage_seen() -> list[dict[str, Any]]:
@@ -132,6 +132,8 @@ async def test_corrupt_reads_on_the_standby_are_never_applied(sbx: dict[str, Any
     # it notices the damage, resyncs, and is not established again until a good batch is read
     await until(damage_seen, 20, what="host-b asking for a resync because of corrupt ring records")
     await wait_status(sbx, lambda s: s["established"], timeout=30, what="established after a good batch")
+    # (12 damaged reads: the ring's, then the batch read's, each refused and read again)
+    assert [e for e in log_events(d / "host-b.log")[mark:] if e.get("event") == "batch_read_failed"], "no damaged batch read"
     await standby_has(sbx, "T00004")
     await standby_has(sbx, "T00001")
     # nothing damaged reached host-b's sessions: each standby session is host-b's, with exactly

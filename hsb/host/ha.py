@@ -420,6 +420,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         self.switch_after_resync = None
         self.release_pending = False
         self.set_state(ESTABLISHED if self.established_since else SERVING, why)
+        self.srv.delivery.reopen()  # what waited while it handed over goes on
         deferred, self.deferred_batch = self.deferred_batch, None
         if deferred is None:
             return

@@ -103,7 +103,15 @@ class HostServer:
             hello=self.ha.hello,
         )
         # a reply's frame within max_frame (the CP's, set the same): its other fields take < 1 KiB
-        self.delivery = Delivery(service, self.cp.send, lambda: self.ha.epoch, lambda: self.ha.serving, max_reply=payload_max(h.max_frame))
+        # nothing new to the service once a planned switchover hands over (its drain gave up
+        # waiting): the new active gets those messages, marked (HA.switchover_ended reopens)
+        self.delivery = Delivery(
+            service,
+            self.cp.send,
+            lambda: self.ha.epoch,
+            lambda: self.ha.serving and self.ha.state != HANDING_OVER,
+            max_reply=payload_max(h.max_frame),
+        )
         self.exit_code: int | None = None
         self.exit_msg = ""
         self.should_exit = asyncio.Event()
@@ -480,6 +488,11 @@ class HostServer:
             await self._tell_cp({"t": "release", "epoch": ha.epoch}, self.cp_released, 2.0, "cp_did_not_confirm_release")
             done = await self.delivery.drain(5.0)
             log.info("replies_finished", complete=done)
+            if not done:
+                # what is still in progress (a service failing, retried) stays held at the CP for
+                # whoever serves next, marked: handed to the service after `stopping`, its reply
+                # would be refused and the link closed before the CP's confirmation of the stop
+                self.delivery.cancel()
             # A handover the stop gave up waiting for may still be granted (HA.on_demoted): this
             # host is the standby then, and tells nobody of a normal stop (the CP would not answer).
             if ha.role == "active":
