@@ -90,3 +90,20 @@ async def test_a_fence_waiting_behind_a_running_hook_still_runs_when_the_host_st
     hook.fire("active", "fenced", 2, "fenced by the CP")
     await hook.close()
     assert (tmp_path / "ended").read_text().split() == ["standby", "active"]
+
+
+async def test_a_fence_behind_a_hook_that_hangs_still_runs_when_the_host_stops(tmp_path: Path) -> None:
+    """The running hook hangs past the timeout: it is killed, and the fence's run still gets a
+    timeout of its own (they shared one, and the fence never ran)."""
+    s = tmp_path / "hook.py"
+    s.write_text(
+        "import sys, time\n"
+        "state = sys.argv[2]\n"
+        "time.sleep(60 if state == 'start' else 0.0)\n"
+        f"open({str(tmp_path / 'ended')!r}, 'a').write(state + '\\n')\n"
+    )
+    hook = RoleHook(f"{sys.executable} {s}", timeout=0.5)
+    hook.fire("active", "start", 1, "serving")  # hangs
+    hook.fire("active", "fenced", 2, "fenced by the CP")
+    await hook.close()
+    assert (tmp_path / "ended").read_text().split() == ["fenced"]

@@ -384,3 +384,28 @@ async def test_a_logon_answered_after_its_cp_link_was_replaced_sends_nothing_on_
     await asyncio.wait_for(task, 2.0)
     assert [(m["t"], m["epoch"]) for m in srv.cp.sent if m.get("terminal") == "T00002"] == [("open", 4)]
     assert ("close", "T00002") not in hooks
+
+
+@pytest.mark.timeout(10)
+async def test_no_hook_runs_once_the_host_has_closed_its_session_work() -> None:
+    """A logon's hook running in its own task, another hook of that terminal queued behind it,
+    then the stop: the cancelled hook's turn handed the queued one to a new worker, which ran it
+    on a service already closing (after close() had returned)."""
+    c = ctl()
+    log: list[str] = []
+    gate = asyncio.Event()
+
+    async def slow_open(name: str) -> None:
+        log.append(f"open {name}")
+        await gate.wait()
+
+    async def close_session(name: str) -> None:
+        log.append(f"close {name}")
+
+    c._spawn(c.run_hook(slow_open, "X"))  # a session_request's logon, in a task of the host's
+    await until(lambda: log == ["open X"], 5, what="the open running")
+    c._hook(close_session, "X")  # queued behind it
+    await c.close()
+    for _ in range(20):  # turns of the loop in which a new worker would run it
+        await asyncio.sleep(0)
+    assert log == ["open X"] and not c.tasks, (log, c.tasks)

@@ -79,30 +79,30 @@ class RoleHook:
         """The host stops: the one running gets the hook's timeout once, then is killed; a change
         still waiting does not run, unless it is the fence this host stops for (the command must
         hear that this host no longer acts as the active: it would keep a virtual address), which
-        runs after it within the same timeout."""
+        runs after it with a timeout of its own (one shared with a run that hung left it none)."""
         final = self.pending if self.pending_fence else None
         self.pending = None
-        t = self.running
-        if (t is None or t.done()) and final is None:
-            return
+        if self.running is not None and not self.running.done():
+            await self._finish(self.running)
+        if final is not None:
+            self.running = asyncio.get_running_loop().create_task(self._run(final))
+            await self._finish(self.running)
+
+    async def _finish(self, t: asyncio.Task[None]) -> None:
+        """`t` gets the hook's timeout, then is cancelled (its command killed)."""
         try:
             async with asyncio.timeout(self.timeout):
-                if t is not None and not t.done():
-                    await asyncio.shield(t)
-                if final is not None:
-                    t = self.running = asyncio.get_running_loop().create_task(self._run(final))
-                    await asyncio.shield(t)
+                await asyncio.shield(t)
         except TimeoutError:
             pass
         except asyncio.CancelledError:
             me = asyncio.current_task()
             if me is not None and me.cancelling():  # the close itself is cancelled: the hook with it
-                if t is not None:
-                    t.cancel()
-                    await asyncio.wait([t])
+                t.cancel()
+                await asyncio.wait([t])
                 raise
         except Exception as exc:  # noqa: BLE001 - the hook's own failure: said, the stop goes on
             log.error("role_hook_failed", error=f"{type(exc).__name__}: {exc}")
-        if t is not None and not t.done():
+        if not t.done():
             t.cancel()
             await asyncio.wait([t])

@@ -51,10 +51,13 @@ class SessionsCtl:
         self.hooks_ready: deque[str] = deque()  # terminals with hooks and no worker on them
         self.hook_workers = 0
         self.adopt_gen = 0  # each registration's adoption (adopt_sessions); a newer one stops the older
+        self.closing = False  # close() began: no session work starts any more
 
     async def close(self) -> None:
         """The process ends: its session work (logons, hooks, adoption) is cancelled before the
-        service closes under it."""
+        service closes under it, and none starts from then on (a cancelled hook's `finally` would
+        hand its terminal's next hooks to a new worker, which ran them on a closing service)."""
+        self.closing = True
         tasks = list(self.tasks)
         for t in tasks:
             t.cancel()
@@ -62,6 +65,9 @@ class SessionsCtl:
             await asyncio.wait(tasks, timeout=2.0)  # (a hook that does not end on a cancel is left)
 
     def _spawn(self, coro: Any) -> None:
+        if self.closing:
+            coro.close()
+            return
         t = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(t)
         t.add_done_callback(self.tasks.discard)
@@ -85,7 +91,7 @@ class SessionsCtl:
     def _ready(self, name: str) -> None:
         """`name` has hooks waiting and nobody on them: queue it, with a worker if one is free."""
         self.hooks_ready.append(name)
-        if self.hook_workers < self.HOOK_WORKERS:  # every worker is busy with some terminal
+        if self.hook_workers < self.HOOK_WORKERS and not self.closing:  # every worker is busy with some terminal
             self.hook_workers += 1
             self._spawn(self._hook_worker())
 
