@@ -458,11 +458,11 @@ async def test_a_recovered_message_answered_to_a_terminal_back_without_resuming_
     assert [(m["id"], m.get("resent")) for m in got] == [(1, True)]
 
 
-async def test_an_outbox_reply_handed_to_a_resuming_hello_is_kept_until_confirmed(tmp_path: Path) -> None:
+async def test_a_reply_that_finds_its_terminal_gone_is_kept_until_a_resuming_hello_confirms_it(tmp_path: Path) -> None:
     """A non-resuming run's reply, decided while it was connected, finds it gone once its record
-    ("d") is durable: it waits in the outbox; the terminal logs on resuming and gets it marked
-    resent, and that connection breaks before it reads it: its next resuming hello gets it again
-    (it was kept, "r"), and its confirmation settles it."""
+    ("d") is durable: it is kept ("r", not a memory-only outbox); the terminal logs on resuming
+    and gets it marked resent, and that connection breaks before it reads it: its next resuming
+    hello gets it again, and its confirmation settles it."""
     from tests.test_cp_grant_gap import HeldJournal
 
     cp, h, t = await _one_sent(tmp_path, None)
@@ -470,9 +470,41 @@ async def test_an_outbox_reply_handed_to_a_resuming_hello_is_kept_until_confirme
     cp.host_reply(h, "T00001", 1, "R1")
     cp.terminal_lost(t)
     j.release()
-    assert t.outbox and not t.held
+    assert list(t.replies) == [1] and not t.outbox and not t.held
     assert _replies(recording_terminal(cp, "T00001", 0)) == [1]
     cp.terminal_lost(t)
     assert _replies(recording_terminal(cp, "T00001", 0)) == [1]
     cp.terminal_confirm(t, 1)
     assert not t.replies and cp.counts.kept == 0
+
+
+async def test_a_reply_that_finds_a_non_resuming_terminal_gone_is_kept_in_the_journal(tmp_path: Path) -> None:
+    """The same for a terminal that does not resume: the reply it left behind while the discard
+    was written was held in memory only (the outbox), lost with the CP (an acknowledged message
+    never answered), and sent unmarked after the replies kept for it. It is kept with a record of
+    its own ("r", written at once: a CP started again recovers it), and the terminal's next
+    hello gets it marked resent, in id order with the others kept, and settles it."""
+    from tests.test_cp_grant_gap import HeldJournal
+
+    cp, h, t = await _one_sent(tmp_path, None)
+    cp.terminal_msg(t, 2, "m2")
+    records: list[tuple[Any, bool]] = []
+    real = cp.journal.append
+
+    def append(payload: list[Any], done: Any = None, lazy: bool = False) -> int:
+        records.append((payload, lazy))
+        return int(real(payload, done, lazy))
+
+    cp.journal.append = append
+    j = HeldJournal(cp, ("d",))
+    cp.host_reply(h, "T00001", 1, "R1")  # connected: "d", the reply to go once it is durable
+    cp.terminal_lost(t)
+    cp.host_reply(h, "T00001", 2, "R2")  # away: kept at once ("r")
+    j.release()
+    assert sorted(t.replies) == [1, 2] and not t.outbox and not t.held
+    assert (["r", "T00001", 1, "R1"], False) in records, records
+    p = recording_terminal(cp, "T00001", None)
+    p.flush()
+    got = [(m["id"], m["data"], m.get("resent")) for m in p.transport.frames() if m.get("t") == "reply"]
+    assert got == [(1, "R1", True), (2, "R2", True)], got
+    assert not t.replies and cp.counts.kept == 0  # sent: a terminal that does not resume confirms nothing

@@ -611,8 +611,19 @@ class TerminalSide:
     def _replied(self: CP, term: Term, held: Held, data: Any) -> None:
         """A non-resuming terminal's message is durably discarded: its reply goes out now."""
         self.counters["replies"] += 1
+        self._lost_if_unread_gone(term)
         if self._for_nobody(term, held.id):  # answered at the active; nobody to tell
             self.counters["replies_after_logoff"] += 1
+        elif term.conn is None or term.conn.closed:
+            # it left while the discard was written: the reply is kept ("r", as `_reply` keeps one
+            # for a terminal away), sent marked at its next hello in id order with the others
+            # kept; an outbox in memory was lost with the CP, unmarked, and went after those
+            if held.id not in term.replies:
+                self._add_kept(term, Kept(held.id, data, self.journal.append(["r", term.name, held.id, data])))
+            if self.after_switch is not None:
+                self._served_after_switch(term, held)
+            self._settled(term, held)
+            return
         else:
             msg: dict[str, Any] = {"t": "reply", "id": held.id, "data": data}
             if held.recovered:  # (it may hold this reply from before the crash)
