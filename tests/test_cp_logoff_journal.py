@@ -508,3 +508,31 @@ async def test_a_reply_that_finds_a_non_resuming_terminal_gone_is_kept_in_the_jo
     got = [(m["id"], m["data"], m.get("resent")) for m in p.transport.frames() if m.get("t") == "reply"]
     assert got == [(1, "R1", True), (2, "R2", True)], got
     assert not t.replies and cp.counts.kept == 0  # sent: a terminal that does not resume confirms nothing
+
+
+async def test_frames_held_back_behind_unconfirmed_replies_are_bounded_in_bytes(tmp_path: Path) -> None:
+    """At the bound of kept replies the CP reads on for confirmations and holds the terminal's
+    other frames back, up to as many as the bound: counted in frames only, 256 messages of a
+    megabyte each were held for one terminal (no byte bound, none counted in the CP's total).
+    They are bounded by held_bytes too: past it, the connection is closed with the error that
+    says to confirm; none of them was acknowledged."""
+    from hsb.wire.framing import encode as frame
+    from tests.support.cpcore import cp_core, fake_host
+
+    cp = cp_core(tmp_path, 2, cp="held_bound = 4\nheld_bytes = 65536\n")
+    h = fake_host(cp, "host-a", "active")
+    p = recording_terminal(cp, "T00001", 0)
+    t = cp.terms["T00001"]
+    cp.host_open(h, "T00001", "active", {})
+    for mid in range(1, 5):
+        p.data_received(frame({"t": "msg", "id": mid, "data": f"m{mid}"}))
+        cp.host_reply(h, "T00001", mid, f"r{mid}")
+    assert len(t.replies) == 4 and p.parked is not None  # at the bound: parking
+    for mid in range(5, 8):  # three frames (below the bound of 4), 30,000 bytes each
+        if not p.closed:
+            p.data_received(frame({"t": "msg", "id": mid, "data": "x" * 30_000}))
+    p.flush()
+    errors = [m for m in p.transport.frames() if m.get("t") == "error"]
+    assert [e["code"] for e in errors] == ["unconfirmed_replies"], errors
+    assert p.closed
+    assert max(m["id"] for m in p.transport.frames() if m.get("t") == "ack") == 4

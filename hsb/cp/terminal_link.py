@@ -36,6 +36,7 @@ class TerminalProtocol(FramedProtocol):
         # its kept replies at the bound: frames other than confirm wait here, in order, while
         # confirms are still read and taken (the only way the bound is left); None: not parking
         self.parked: list[dict[str, Any]] | None = None
+        self.parked_bytes = 0  # the data of the parked messages (bounded as held messages are: held_bytes)
         # a message's data must fit, with the fields around it, in the deliver frame to a host
         # (whose max_frame is set the same): one that did not would break the active's link at
         # each re-delivery, and the standby's after a switch (as the hosts limit replies)
@@ -132,8 +133,16 @@ class TerminalProtocol(FramedProtocol):
             return
         parked = self.parked
         if parked is not None and msg["t"] != "confirm":
+            if msg["t"] == "msg":  # its size is checked now, as it would be in its turn (on_msg)
+                data = msg.get("data")
+                limit = min(self.max_data, self.cp.max_data)
+                if isinstance(data, (bytes, str)) and len(data) > limit // 4 and data_size(data) > limit:
+                    self.on_msg(msg)  # (raises message_too_large)
             parked.append(msg)
-            if len(parked) >= self.cp.held_bound:  # as many again as the bound: read no more
+            if msg["t"] == "msg" and isinstance(msg.get("data"), (bytes, str)):
+                self.parked_bytes += data_size(msg["data"])
+            # as many again as the bound, or as many bytes as a terminal may have held: read no more
+            if len(parked) >= self.cp.held_bound or self.parked_bytes >= self.cp.held_bytes:
                 self._park_backlog()
             return
         super()._handle(msg)
@@ -149,6 +158,7 @@ class TerminalProtocol(FramedProtocol):
         if self.parked is None:
             return
         parked, self.parked = self.parked, None
+        self.parked_bytes = 0
         if parked:
             self._backlog.extendleft(reversed(parked))
         if self.reading_paused:

@@ -15,6 +15,7 @@ from typing import Any
 import msgpack
 
 DEFAULT_MAX_FRAME = 1024 * 1024
+FLAT_KEYS_MAX = 16  # keys of a frame on a flat link (the terminals': hello, msg, confirm, bye have 2 to 4)
 LOGIN_MAX = 4096  # bytes: the first frame of a connection (hello, auth) at most; the least max_frame
 # Frames queued on one connection (FramedProtocol, FrameStream) that are written at once,
 # not at the end of the turn: with one busy terminal a whole turn's deliveries went out as one
@@ -194,11 +195,19 @@ class Decoder:
         try:
             if self._flat:
                 self._maps = 0
-                msg = msgpack.unpackb(body, raw=False, object_hook=self._one_map, list_hook=_no_array)
+                # a few keys at most: a map of 100,000 padding keys in a megabyte took 15 MB and
+                # 90 ms of the loop to decode before anything could refuse it
+                msg = msgpack.unpackb(body, raw=False, object_hook=self._one_map, list_hook=_no_array, max_map_len=FLAT_KEYS_MAX)
             else:
                 msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
         except ProtocolError:
             raise
+        except ValueError as exc:
+            if "max_map_len" in str(exc):
+                raise ProtocolError(
+                    BAD_FIELDS, f"a map of more than {FLAT_KEYS_MAX} keys: this link's frames are one map of a few plain values"
+                ) from None
+            raise ProtocolError(BAD_MSGPACK, f"undecodable MessagePack ({type(exc).__name__})") from None
         except Exception as exc:  # msgpack raises many types (ExtraData, StackError, ValueError, ...)
             raise ProtocolError(BAD_MSGPACK, f"undecodable MessagePack ({type(exc).__name__})") from None
         if not isinstance(msg, dict):
