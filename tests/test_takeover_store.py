@@ -275,3 +275,27 @@ async def test_a_ring_read_that_misses_its_deadline_and_finishes_later_asks_for_
         f.release()
         await active.close()
         await standby.close()
+
+
+async def test_a_batch_write_has_a_deadline_that_grows_with_the_file(tmp_path: Path, faults: Faults) -> None:
+    """A batch write moves up to a third of the file (26 MiB and two syncs at 100,000
+    terminals): under the one deadline of a ring write it missed it on storage that is slow but
+    working, at every try, and hot standby never came. It gets storage_timeout plus the time to
+    move its bytes at BULK_RATE; a ring write still has storage_timeout alone."""
+    from hsb.takeover.store import BULK_RATE
+
+    p = str(tmp_path / "big.dat")
+    create_file(p, 4096, 4096, host="test")  # 16 MiB: a batch's share moves in ~0.33 s at BULK_RATE
+    store = TakeoverStore(p, terminals=10, records=4096, timeout=0.1, faults=faults)
+    assert store.bulk_timeout(1 / 3) == pytest.approx(0.1 + 4096 * 4096 / 3 / BULK_RATE)
+    try:
+        await store.open_writer()
+        faults.ops = frozenset({"batch write", "ring write"})
+        faults.delay = 0.2  # slower than storage_timeout, well within the batch's deadline
+        h = await store.batch_write(1, [SessionEntry("T1", {}, True)])
+        assert h.generation == 1
+        with pytest.raises(StorageNotResponding, match="ring write took longer than 0.1s"):
+            await store.append([SessionEntry("T1", {"n": 1}, True)])
+    finally:
+        faults.release()
+        await store.close()

@@ -41,6 +41,11 @@ from hsb.worker import Worker
 
 log = structlog.get_logger("hsb.takeover")
 T = TypeVar("T")
+# An operation whose bytes grow with the file (a batch write or read, the scan for the highest
+# generation) has storage_timeout plus the time to move them at this rate: a storage slower than
+# this is failing. One deadline for all made a batch at 100,000 terminals (26 MiB and two syncs)
+# miss it on storage that is slow but working, at every try: hot standby never came.
+BULK_RATE = 16 * 1024 * 1024  # bytes a second
 
 
 class TakeoverStore:
@@ -179,6 +184,10 @@ class TakeoverStore:
 
     # -- active --------------------------------------------------------------
 
+    def bulk_timeout(self, share: float) -> float:
+        """The deadline of an operation that moves up to `share` of the file (BULK_RATE)."""
+        return self.timeout + share * (self.records or 0) * self.record_size / BULK_RATE
+
     async def open_writer(self) -> None:
         """Open the file for writing (size check included); idempotent."""
         if self._writer is None:
@@ -191,6 +200,7 @@ class TakeoverStore:
                     records=self.records,
                     host_name=self.host_name,
                 ),
+                timeout=self.bulk_timeout(1.0),  # (a header torn by a crash: the whole file scanned for its generation)
             )
 
     async def batch_write(self, startup_id: int, entries: Sequence[SessionEntry], clear: int | None = None) -> Header:
@@ -199,7 +209,8 @@ class TakeoverStore:
         await self.open_writer()
         assert self._writer is not None
         snapshot = list(entries)  # later changes go to the ring, not into this batch
-        return await self._run("batch write", self._writer.batch_write, startup_id, snapshot, clear)
+        # (B ≤ (N - 1) / 3: the size check)
+        return await self._run("batch write", self._writer.batch_write, startup_id, snapshot, clear, timeout=self.bulk_timeout(1 / 3))
 
     async def append(self, entries: Sequence[SessionEntry]) -> tuple[int, int]:
         """S210 with group commit: returns (first_seq, last_seq) of the group that made
@@ -261,7 +272,7 @@ class TakeoverStore:
             self._reader = RingReader(self.path, snap.header, faults=self.faults)
             return snap
 
-        snap = await self._run("batch read", do)
+        snap = await self._run("batch read", do, timeout=self.bulk_timeout(1 / 3))
         self._poll_lost = False  # a new cursor, from this batch read
         return snap
 
