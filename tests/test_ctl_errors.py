@@ -408,7 +408,7 @@ def test_file_create_through_a_link_to_mounted_storage_needs_no_force(tmp_path: 
 def test_a_recorded_pid_another_program_has_now_does_not_block_a_sandbox_restart(tmp_path: Path) -> None:
     """After a reboot the sandbox's recorded pid may be another program's: `down` leaves it
     alone, and `start-host`/`start-cp` took it for the daemon still running ("stop it first"), so
-    the operator was stuck. A pid whose command line names a config in the sandbox is ours."""
+    the operator was stuck. A pid whose command line is a daemon's on a config in the sandbox is ours."""
     import subprocess
     import sys
     import time
@@ -418,7 +418,8 @@ def test_a_recorded_pid_another_program_has_now_does_not_block_a_sandbox_restart
     other = subprocess.Popen(["sleep", "30"])
     cfg = tmp_path / "cp.toml"
     cfg.write_text("")
-    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", str(cfg)])
+    # (a stand-in whose command line is a sandbox daemon's: -m hsb.cp --config D/cp.toml)
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "-m", "hsb.cp", "--config", str(cfg)])
     try:
         deadline = time.monotonic() + 10
         while not Path(f"/proc/{ours.pid}/cmdline").read_bytes().endswith(b"cp.toml\0"):  # (until its exec)

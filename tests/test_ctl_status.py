@@ -152,6 +152,20 @@ def test_a_standby_cut_off_from_the_cp_is_not_hot_standby() -> None:
     assert not cut["established"] and cut["exit_status"] == 1
 
 
+def test_a_standby_whose_takeover_storage_does_not_answer_is_not_hot_standby() -> None:
+    """Its mount hangs: every ring read fails, its state stays established, its sessions go
+    stale. hsbctl said hot standby ready (exit 0); it says serving without a standby (1)."""
+    from hsb.ctl.gather import summarize
+
+    cp = {"reachable": True, "role": "cp", "state": "serving", "epoch": 1}
+    pair = _pair()
+    pair[1]["takeover_file"] = {"responding": True, "storage": "ok"}
+    assert summarize(dict(cp), pair)["exit_status"] == 0
+    pair[1]["takeover_file"] = {"responding": False, "storage": "takeover storage not responding"}
+    hung = summarize(dict(cp), pair)
+    assert not hung["established"] and hung["exit_status"] == 1
+
+
 def _pair() -> list[dict[str, Any]]:
     return [
         {"reachable": True, "name": "a", "role": "active", "state": "established", "serving": True, "epoch": 1},

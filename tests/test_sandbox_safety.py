@@ -134,3 +134,19 @@ def test_a_start_that_failed_before_its_state_was_written_leaves_a_folder_up_may
     assert (d / "cp.toml").exists() and not (d / sandbox.STATE).exists()
     sandbox._check_folder(d)  # its configs are the sandbox's own: not "a folder that is not a sandbox"
     assert _daemons_of(d) == []
+
+
+def test_only_a_daemon_with_a_config_of_the_folder_is_the_sandboxs() -> None:
+    """`down` signals a recorded pid only if it is still the sandbox's daemon: a program that
+    merely names a file of the folder (an editor on cp.toml, hsbctl's --watch on ctl.toml), or a
+    daemon of a sandbox nested in it, took a reused pid and would have been killed."""
+    d = Path("/tmp/sbx-names")
+    cp = f"/usr/bin/python3\0-m\0hsb.cp\0--config\0{d}/cp.toml\0--supervise\0".encode()
+    host = f"/usr/bin/python3\0-m\0hsb.host\0--role\0active\0--config\0{d}/host-a.toml\0".encode()
+    assert sandbox._names_config(d, cp) and sandbox._names_config(d, host)
+    for stranger in (
+        f"vim\0{d}/cp.toml\0",
+        f"/usr/bin/python3\0-m\0hsb.ctl\0-c\0{d}/ctl.toml\0status\0--watch\0",
+        f"/usr/bin/python3\0-m\0hsb.cp\0--config\0{d}/inner/cp.toml\0",
+    ):
+        assert not sandbox._names_config(d, stranger.encode()), stranger

@@ -172,11 +172,11 @@ async def test_a_file_recreated_under_the_running_active_is_the_one_written(sbx:
     t1 = await logon(sbx, "T00001")
     d = Path(sbx["dir"])
     path = Path(sbx["takeover"])
-    subprocess.run(
-        [sys.executable, "-m", "hsb.ctl", "file", "create", str(path), "--records", str(sandbox.records_for(20)), "--force"],
-        check=True,
-        capture_output=True,
-    )
+    create = [sys.executable, "-m", "hsb.ctl", "file", "create", str(path), "--records", str(sandbox.records_for(20)), "--force"]
+    # a file a pair has written: one --force is refused, naming who wrote it and what to do
+    once = subprocess.run(create, capture_output=True, text=True)
+    assert once.returncode == 1 and "in use by a pair" in once.stderr and "host-a" in once.stderr and "--force twice" in once.stderr, once.stderr
+    subprocess.run([*create, "--force"], check=True, capture_output=True)
     b_pid = sandbox.load_state(d)["hosts"]["host-b"]["pid"]
     os.kill(b_pid, signal.SIGKILL)
     await until(lambda: not sandbox._alive(b_pid), 10, what="host-b dead")

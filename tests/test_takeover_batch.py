@@ -297,7 +297,7 @@ def test_a_writer_writes_the_file_recreated_under_it(tmp_path: Path) -> None:
     path = make(tmp_path, 10)
     with TakeoverWriter(path, terminals=45, record_size=4096, records=10) as w:
         w.batch_write(5, entries(3))
-        create_file(path, 10, 4096, host="test", force=True)
+        create_file(path, 10, 4096, host="test", force=True, replace_used=True)
         assert w.batch_write(6, entries(4)).generation == 2
         assert batch_read(path, expected_startup_id=6).entries == entries(4)
         first, last = w.append_group(entries(2))
@@ -305,7 +305,7 @@ def test_a_writer_writes_the_file_recreated_under_it(tmp_path: Path) -> None:
         got = reader.poll()
         assert got.entries == entries(2) and (first, last) == (1, 1)
         reader.close()
-        create_file(path, 12, 4096, host="test", force=True)  # another geometry than the config's
+        create_file(path, 12, 4096, host="test", force=True, replace_used=True)  # another geometry than the config's
         with pytest.raises(TakeoverFileError, match="12 records"):
             w.batch_write(7, entries(1))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -166,6 +168,8 @@ def test_report_forms() -> None:
         ),
         ({"errors": {"already_connected": 1}}, "CP errors: already_connected x1"),
         ({"protocol_errors": 1}, "protocol errors: 1 "),
+        # waiting for every session (the default), one terminal never got one: not served at all
+        ({"sessions_expected": True, "sessions_opened": 1}, "no session: 1 of the 2 terminals welcomed"),
     ],
 )
 def test_every_broken_promise_fails_the_report(fields: dict[str, object], reason: str) -> None:
@@ -198,3 +202,22 @@ def test_the_ok_verdict_claims_only_the_data_checks_made() -> None:
     books = {"accounts": 4, "total": 40, "expected_total": 40, "transfers_ok": 1, "transfers_refused": 0, "entries": 5}
     line = _verdict_line(LoadReport(**done, workload="ledger", books=books))  # type: ignore[arg-type]
     assert "the books agree with every reply" in line and "shape only" not in line, line
+
+
+def test_no_session_is_a_failure_only_where_the_run_waits_for_sessions() -> None:
+    """--no-wait-session runs against a CP that opens none (tests/test_term.py): those pass."""
+    r = LoadReport(terminals=2, welcomed=2, sent=10, acked=10, replied=10, sessions_opened=0, sessions_expected=False)
+    assert r.ok, r.failures
+
+
+def test_an_ids_file_that_cannot_be_written_is_refused_before_the_run(tmp_path: Path) -> None:
+    """--ids-out to a folder that does not exist passed the option's check (click checks only
+    paths that exist), and the run ended in a traceback that lost its report."""
+    from click.testing import CliRunner
+
+    from hsb.term.main import main
+
+    r = CliRunner().invoke(
+        main, ["load", "--cp", "127.0.0.1:1", "-n", "1", "--rate", "1", "--duration", "0.1", "--ids-out", str(tmp_path / "no" / "ids.json")]
+    )
+    assert r.exit_code == 2 and "cannot write" in r.output and "--ids-out" in r.output and "Traceback" not in r.output, r.output

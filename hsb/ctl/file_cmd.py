@@ -59,10 +59,11 @@ def file_group() -> None:
 @click.option("--terminals", "terminals_s", default=None, metavar="T", help="Refuse unless N passes the size check (N >= 3·B+1) for T terminals.")
 @click.option(
     "--force",
-    is_flag=True,
-    help="Overwrite an existing file (its contents are lost); or create one through a link whose storage looks unmounted.",
+    count=True,
+    help="Overwrite an existing file (its contents are lost), twice if a pair has written it (stop both hosts first);"
+    " or create one through a link whose storage looks unmounted.",
 )
-def create_cmd(path: str, records_s: str, record_size_s: str, terminals_s: str | None, force: bool) -> None:
+def create_cmd(path: str, records_s: str, record_size_s: str, terminals_s: str | None, force: int) -> None:
     """Pre-allocate a takeover file of N records of R bytes, with an empty header."""
     records = _int_arg(records_s, "records", "--records")
     record_size = _int_arg(record_size_s, "bytes", "--record-size")
@@ -75,7 +76,7 @@ def create_cmd(path: str, records_s: str, record_size_s: str, terminals_s: str |
             except ValueError as exc:  # as create_file says it, with the fix
                 _die(f"{exc}; choose e.g. --record-size 4096")
             size_check(records, terminals, record_size)
-        h = create_file(path, records, record_size, force=force)
+        h = create_file(path, records, record_size, force=force > 0, replace_used=force > 1)
     except TakeoverFileTooSmall as exc:
         _die(
             f"--records {records} is too small: {terminals} terminals need B={exc.batch_records} batch records "

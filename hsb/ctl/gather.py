@@ -149,6 +149,11 @@ def _epoch(part: dict[str, Any]) -> int:
     return e if isinstance(e, int) else 0
 
 
+def _storage_answers(h: dict[str, Any]) -> bool:
+    tf = h.get("takeover_file")
+    return not isinstance(tf, dict) or tf.get("responding", True) is not False
+
+
 def _newest_epoch(hosts: list[dict[str, Any]]) -> int:
     return max((_epoch(h) for h in hosts if h.get("reachable")), default=0)
 
@@ -170,11 +175,12 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> dict[str, Any]
     journal: dict[str, Any] = cp["journal"] if isinstance(cp.get("journal"), dict) else {}
     journal_ok = journal.get("durability") == "none" or journal.get("state", "ok") == "ok"
     serving = cp_ok and cp.get("state") == "serving" and journal_ok and bool(actives)
-    # a standby cut off from the CP (registered_at_cp false) could not take over: not established
+    # a standby cut off from the CP (registered_at_cp false) could not take over, and one whose
+    # takeover storage does not answer (a hung mount) follows no ring: its sessions go stale
     established = (
         serving
         and any(h.get("state") == "established" for h in actives)
-        and any(h.get("state") == "established" and h.get("registered_at_cp", True) for h in standbys)
+        and any(h.get("state") == "established" and h.get("registered_at_cp", True) and _storage_answers(h) for h in standbys)
     )
     # ring lag: what the active wrote minus what the standby has read (same generation)
     for sb in standbys:

@@ -208,8 +208,14 @@ def _ours(d: Path, pid: int) -> bool:
 
 
 def _names_config(d: Path, cmdline: bytes) -> bool:
+    """The command line is a daemon's (`-m hsb.cp` or `-m hsb.host`, as the sandbox starts
+    them) whose `--config` is a file directly in `d`: not any program that names a file there
+    (an editor on cp.toml, `hsbctl -c ctl.toml status --watch`), nor a sandbox nested in it."""
     where = str(d.resolve()).encode() + b"/"
-    return any(a.startswith(where) and a.endswith(b".toml") for a in cmdline.split(b"\0"))
+    args = cmdline.split(b"\0")
+    pairs = list(zip(args, args[1:], strict=False))
+    daemon = any(a == b"-m" and b in (b"hsb.cp", b"hsb.host") for a, b in pairs)
+    return daemon and any(a == b"--config" and b.startswith(where) and b"/" not in b[len(where) :] and b.endswith(b".toml") for a, b in pairs)
 
 
 def _stranger(d: Path, pid: int) -> bool:
@@ -410,7 +416,7 @@ async def aup(
     if service == "ledger" and not dsn:
         for suffix in ("", "-wal", "-shm"):  # a new sandbox: new books
             (d / f"ledger.sqlite{suffix}").unlink(missing_ok=True)
-    create_file(plan["takeover"], plan["records"], 4096, force=True)
+    create_file(plan["takeover"], plan["records"], 4096, force=True, replace_used=True)  # (the sandbox's own, its daemons not started yet)
     shutil.rmtree(d / "cp-journal", ignore_errors=True)  # a new sandbox: the CP starts empty
     cp_argv = [sys.executable, "-m", "hsb.cp", "--config", str(d / "cp.toml"), *(["--supervise"] if supervise else [])]
     cp_pid = _spawn_env(d, "cp", cp_argv, cp_env)

@@ -265,7 +265,7 @@ def _same_filesystem(a: str, b: str) -> bool:
         return False  # (a folder that is not there: said as such below)
 
 
-def create_file(path: str, records: int, record_size: int, *, force: bool = False, host: str | None = None) -> Header:
+def create_file(path: str, records: int, record_size: int, *, force: bool = False, host: str | None = None, replace_used: bool = False) -> Header:
     """Pre-allocate N records of R bytes: a header (startup id 0, generation 0, B 0), zeros elsewhere.
 
     Zeros are written, not left as holes, so that later writes never allocate
@@ -295,6 +295,8 @@ def create_file(path: str, records: int, record_size: int, *, force: bool = Fals
         raise TakeoverFileError(f"{path} already exists; add --force to overwrite it (its contents are lost)")
     if force and os.path.lexists(path) and not os.path.isfile(path):
         raise NotRegularFile(f"{path} exists and is not a regular file; remove it or choose another path")
+    if force and not replace_used and os.path.isfile(path):
+        _refuse_used(path)
     header = Header(
         record_size=record_size,
         records=records,
@@ -326,3 +328,22 @@ def create_file(path: str, records: int, record_size: int, *, force: bool = Fals
     fsync_dir(parent)
     log.info("takeover_file_created", path=path, records=records, record_size=record_size)
     return header
+
+
+def _refuse_used(path: str) -> None:
+    """A takeover file a pair has written (a batch: generation above 0) is not replaced by
+    `--force` alone: a running active keeps writing the file it has open until its next batch
+    write, which then finds the new one's geometry against its config and stops being hot
+    (docs/operations.md §3)."""
+    try:
+        h = check_file(path)
+    except (TakeoverFileError, OSError):
+        return  # not a takeover file in use (damaged, another kind): --force replaces it as asked
+    if h.generation <= 0:
+        return
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h.written_at_ms / 1000))
+    raise TakeoverFileError(
+        f"{path} is in use by a pair: its last batch (generation {h.generation}) was written by {h.writer_host or '?'} at {when};"
+        " a running active keeps writing the file it has open: stop both hosts first, then give --force twice"
+        ' (or make a new file beside it and move the configs to it: docs/operations.md, "Creating and sizing the file")'
+    )

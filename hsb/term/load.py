@@ -502,6 +502,7 @@ async def run_load(
     if progress is not None:
         progress(stats.snapshot("done", time.monotonic() - t0))
     report = _report(clients, stats, 0.0 if closed_loop else rate, send_start, send_end, settle_end, t0, wall_offset, not_back, settled)
+    report.sessions_expected = wait_session
     report.closed_loop = closed_loop
     report.window = window
     report.check_data = check_data
@@ -555,6 +556,10 @@ async def background_load(cp: str | tuple[str, int], *, sending_within: float = 
     return task, stop
 
 
+class SetupNotAnswered(Exception):
+    """The workload's setup (the ledger's accounts) was not answered in time: no run."""
+
+
 async def _setup(c: TerminalClient, count: int, timeout: float) -> None:
     """The workload's setup: `count` messages from terminal `c`, all answered, before the load."""
     for _ in range(count):
@@ -562,7 +567,7 @@ async def _setup(c: TerminalClient, count: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while c.last_reply() < c.base + (count - 1) * c.stride:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"the workload's setup was not answered in {timeout:g}s ({c.prefix} of {count} replies)")
+            raise SetupNotAnswered(f"the workload's setup was not answered in {timeout:g}s ({c.prefix} of {count} replies)")
         await asyncio.sleep(0.01)
 
 

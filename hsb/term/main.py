@@ -14,7 +14,7 @@ from hsb import gcpolicy
 from hsb import loop as hsb_loop
 from hsb.term.client import parse_hostport
 from hsb.term.interactive import interactive
-from hsb.term.load import run_load
+from hsb.term.load import SetupNotAnswered, run_load
 from hsb.term.report import LoadReport, format_table
 
 
@@ -260,15 +260,26 @@ def load(
     if kw["closed_loop"] and kw["window"] < 1:
         raise click.UsageError("--closed-loop needs --window 1 or more")
     progress = _progress_line if sys.stderr.isatty() else None
+    if ids_out is not None:  # before the run, not after it: a path it cannot write lost the run's report
+        try:
+            open(ids_out, "a").close()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot write {ids_out}: {exc.strerror or exc}", param_hint="--ids-out") from None
     gcpolicy.apply()  # a full collection with 10,000 terminals would show up as a service gap
     try:
         report = hsb_loop.run(_load_main(cp, progress=progress, record_ids=ids_out is not None, **kw))
     except KeyboardInterrupt:
         sys.exit(130)
+    except SetupNotAnswered as exc:  # the workload's setup (the ledger's accounts)
+        click.echo(f"hsbterm: {exc}: is an active serving, and its service (the ledger's database) up?", err=True)
+        sys.exit(1)
     if ids_out is not None:
-        with open(ids_out, "w") as fh:
-            json.dump(report.ids or {}, fh, separators=(",", ":"))
-            fh.write("\n")
+        try:
+            with open(ids_out, "w") as fh:
+                json.dump(report.ids or {}, fh, separators=(",", ":"))
+                fh.write("\n")
+        except OSError as exc:
+            click.echo(f"hsbterm: cannot write {ids_out}: {exc.strerror or exc} (the report follows)", err=True)
     if not report.connected:
         click.echo(f"hsbterm: no terminal was ever welcomed by {cp[0]}:{cp[1]}", err=True)
     if as_json:

@@ -120,6 +120,7 @@ class LoadReport:
     session_open_s: float | None = None  # start → every terminal had an open session
     welcomed: int = 0  # terminals welcomed at least once
     sessions_opened: int = 0  # terminals whose session opened at least once
+    sessions_expected: bool = False  # the run waited for every terminal's session (--wait-session): each must have had one
     achieved_rate: float = 0.0  # messages sent per second while sending
     reply_rate: float = 0.0  # first replies received per second while sending (the capacity, closed loop)
     closed_loop: bool = False  # each terminal kept `window` messages outstanding instead of a total rate
@@ -177,6 +178,12 @@ class LoadReport:
             )
         if self.welcomed < self.terminals:
             out.append(f"not logged on: {self.terminals - self.welcomed} of {self.terminals} terminals were never welcomed")
+        if self.sessions_expected and self.sessions_opened < self.welcomed and self.sent:
+            # (one that sent nothing, at a low rate, failed no other check: it was not served at all)
+            out.append(
+                f"no session: {self.welcomed - self.sessions_opened} of the {self.welcomed} terminals welcomed were never given"
+                " a session (no active serves them: the hosts' terminal tables lack them, or the active refused them)"
+            )
         if self.not_back:
             out.append(
                 f"not back: {self.not_back} terminals were not logged on again, or not given their session again, by the end of the run{eg(self.not_back_names)}"

@@ -374,7 +374,7 @@ class Lab:
         group = self._terminal_group()
         takeover = d / "takeover.dat"
         records = records_for(self.terminals)
-        create_file(str(takeover), records, 4096, force=True)
+        create_file(str(takeover), records, 4096, force=True, replace_used=True)
         attrs = {"protocol": "hsb1", "codepage": "utf-8", "max_msg": 4096, "profile": "default"}
         for me, other in (("a", "b"), ("b", "a")):
             name = HOST_NAMES[me]
