@@ -339,42 +339,55 @@ async def test_a_switchover_request_lost_with_the_cp_link_is_asked_again_on_the_
     await _run(tmp_path, body)
 
 
+class _DownOnA(EchoService):
+    """host-a's service answers ServiceUnavailable to everything (its database down); each call
+    noted in `calls` (host, when)."""
+
+    calls: list[tuple[str, float]] = []
+
+    async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
+        from hsb.service.api import ServiceUnavailable
+
+        self.calls.append((self.host, time.monotonic()))
+        if self.host == "host-a":
+            raise ServiceUnavailable("database down")
+        return await super().handle(terminal, message_id, data, redelivered)
+
+
+async def _retrying_on_a(cp: CPServer, a: HostServer, frame: str) -> tuple[Any, list[float]]:
+    """T00001's message 1 failing at host-a and retried, host-a's drain cut to 0.3 s, and the
+    times host-a sends `frame` to the CP noted; (the terminal, those times)."""
+    from tests.support.hostclient import FakeTerminal
+
+    t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")
+    await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+    t.send({"t": "msg", "id": 1, "data": "x"})
+    await until(lambda: len(_DownOnA.calls) >= 2, "host-a's service failing and retried")
+    drain = a.delivery.drain
+    a.delivery.drain = lambda timeout: drain(0.3)  # type: ignore[method-assign]  # (5 s at a stop, 10 s at a switchover)
+    real_send = a.cp.send
+    sent: list[float] = []
+
+    def send(m: dict[str, Any]) -> bool:
+        if m.get("t") == frame:
+            sent.append(time.monotonic())
+        return real_send(m)
+
+    a.cp.send = send  # type: ignore[method-assign]
+    return t, sent
+
+
 async def test_a_stop_whose_drain_gave_up_hands_nothing_more_to_the_service(tmp_path: Path) -> None:
     """A normal stop waits for the replies in progress; a service that keeps answering
     ServiceUnavailable makes that wait give up. The message then stays held at the CP for
     whoever serves next: it was handed to the service again and again after `stopping` (until
     the lease ran out), and an answer then was refused and closed the link before the CP's
     confirmation of the stop."""
-    from hsb.service.api import ServiceUnavailable
-    from tests.support.hostclient import FakeTerminal
-
-    calls: list[tuple[str, float]] = []
-    stopping_sent: list[float] = []
-
-    class Down(EchoService):
-        async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
-            calls.append((self.host, time.monotonic()))
-            if self.host == "host-a":
-                raise ServiceUnavailable("database down")
-            return await super().handle(terminal, message_id, data, redelivered)
-
-    async with pair_in_hot_standby(tmp_path, Down) as (cp, a, b, _tasks):
+    calls = _DownOnA.calls = []
+    async with pair_in_hot_standby(tmp_path, _DownOnA) as (cp, a, b, _tasks):
         core = cp.cp
         assert core is not None
-        t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")
-        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
-        t.send({"t": "msg", "id": 1, "data": "x"})
-        await until(lambda: len(calls) >= 2, "host-a's service failing and retried")
-        drain = a.delivery.drain
-        a.delivery.drain = lambda timeout: drain(0.3)  # type: ignore[method-assign]  # (5 s)
-        real_send = a.cp.send
-
-        def send(m: dict[str, Any]) -> bool:
-            if m.get("t") == "stopping":
-                stopping_sent.append(time.monotonic())
-            return real_send(m)
-
-        a.cp.send = send  # type: ignore[method-assign]
+        _t, stopping_sent = await _retrying_on_a(cp, a, "stopping")
         real_stopping = core.host_stopping
         # the CP's confirmation takes a while (its journal write): time for the retries to come
         core.host_stopping = lambda host: asyncio.get_running_loop().call_later(1.5, real_stopping, host)  # type: ignore[method-assign,assignment,func-returns-value]
@@ -392,36 +405,11 @@ async def test_nothing_new_reaches_the_service_while_it_hands_over_and_all_goes_
     retried) hands over: nothing more is handed to the old active's service from then on (a run
     started just before the grant would overlap the new active's run of the same message). The
     CP refuses that handover: the old active serves on, and what waited is handed over again."""
-    from hsb.service.api import ServiceUnavailable
-    from tests.support.hostclient import FakeTerminal
-
-    calls: list[tuple[str, float]] = []
-    handover_sent: list[float] = []
-
-    class Down(EchoService):
-        async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
-            calls.append((self.host, time.monotonic()))
-            if self.host == "host-a":
-                raise ServiceUnavailable("database down")
-            return await super().handle(terminal, message_id, data, redelivered)
-
-    async with pair_in_hot_standby(tmp_path, Down) as (cp, a, b, _tasks):
+    calls = _DownOnA.calls = []
+    async with pair_in_hot_standby(tmp_path, _DownOnA) as (cp, a, b, _tasks):
         core = cp.cp
         assert core is not None
-        t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")
-        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
-        t.send({"t": "msg", "id": 1, "data": "x"})
-        await until(lambda: len(calls) >= 2, "host-a's service failing and retried")
-        drain = a.delivery.drain
-        a.delivery.drain = lambda timeout: drain(0.3)  # type: ignore[method-assign]  # (10 s)
-        real_send = a.cp.send
-
-        def send(m: dict[str, Any]) -> bool:
-            if m.get("t") == "handover":
-                handover_sent.append(time.monotonic())
-            return real_send(m)
-
-        a.cp.send = send  # type: ignore[method-assign]
+        _t, handover_sent = await _retrying_on_a(cp, a, "handover")
         real_handover = refuse_handovers(core, times=1)
         refusing = core.host_handover
         # the CP answers the handover after a while: time for the retries to come

@@ -60,11 +60,12 @@ def setup_pair(path: str, terminals: int = 6) -> tuple[TakeoverWriter, RingReade
     return w, RingReader(path, snap.header, max_records=1000)
 
 
-def drain(reader: RingReader) -> list[SessionEntry]:
+def drain(reader: RingReader, until: PollStatus = PollStatus.NOTHING_NEW) -> list[SessionEntry]:
+    """The entries of every new record up to the first poll that finds `until`."""
     got: list[SessionEntry] = []
     while True:
         res = reader.poll()
-        if res.status is PollStatus.NOTHING_NEW:
+        if res.status is until:
             return got
         assert res.status is PollStatus.NEW, res
         got += res.entries
@@ -215,7 +216,7 @@ def test_a_damaged_ring_record_the_standby_names_is_cleared_by_the_next_batch(tm
         orig = f.read(1)
         f.seek(rec2 * R + 40)
         f.write(bytes([orig[0] ^ 1]))
-    assert drain_until_torn(r) == first
+    assert drain(r, until=PollStatus.TORN) == first
     state = ch.take(6)
     w.batch_write(2, state, clear=rec2)  # the resync, naming the record
     snap = batch_read(path, expected_startup_id=2)
@@ -232,16 +233,6 @@ def test_a_damaged_ring_record_the_standby_names_is_cleared_by_the_next_batch(tm
     w.batch_write(3, state, clear=1)
     assert batch_read(path, expected_startup_id=3).entries == state
     w.close()
-
-
-def drain_until_torn(reader: RingReader) -> list[SessionEntry]:
-    got: list[SessionEntry] = []
-    while True:
-        res = reader.poll()
-        if res.status is PollStatus.TORN:
-            return got
-        assert res.status is PollStatus.NEW, res
-        got += res.entries
 
 
 def test_short_write_is_torn_until_complete(tmp_path: Path) -> None:

@@ -312,30 +312,15 @@ async def test_hsbctl_status_shows_tls_and_the_expiry(sb: Any) -> None:
 async def test_a_host_that_does_not_trust_the_cps_certificate_says_so(tmp_path: Path) -> None:
     """The host's side of a refused handshake: one cp_link_refused line naming TLS and the cause,
     not a silent 'CP link down'."""
-    from tests.support.procs import create_takeover_file, free_port, host_config, start_host
+    from tests.support.procs import free_port
 
     good, other = tmp_path / "tls", tmp_path / "other-ca"
     make_ca_and_certs(good, ["cp", "host-a"])
     make_ca_and_certs(other, ["host-a"])  # host-a's CA file names another CA: it cannot trust the CP
-    d = tmp_path / "a"
-    d.mkdir()
-    create_takeover_file(d / "takeover.dat", records=16)
     cp = start_cp(tmp_path / "cp", terminals=2, tls=cp_tls(good, terminals=False))
     host = None
     try:
-        cfg = host_config(
-            d,
-            "host-a",
-            cp=cp.info["host"],
-            peer_listen=f"127.0.0.1:{free_port()}",
-            peer=f"127.0.0.1:{free_port()}",
-            takeover=d / "takeover.dat",
-            records=16,
-            terminals=2,
-        )
-        with cfg.open("a") as f:
-            f.write(f'\n[tls]\nca_file = "{other / "ca.pem"}"\ncert_file = "{other / "host-a.pem"}"\nkey_file = "{other / "host-a.key"}"\n')
-        host = start_host(d, "host-a", "active", cfg, wait=False)
+        host = _host_a(tmp_path, cp, other, f"127.0.0.1:{free_port()}")
         host.wait_event("host_started", timeout=15)
 
         def refused() -> list[str]:
@@ -384,32 +369,16 @@ async def test_a_cp_waiting_to_take_over_serves_new_certificates_after_sighup(tm
 async def test_a_host_that_does_not_trust_the_peers_certificate_says_so(tmp_path: Path) -> None:
     """The connecting side of the peer link: one peer_link_refused line naming TLS and the
     cause (it logged nothing and retried every 0.5 s)."""
-    from tests.support.procs import create_takeover_file, free_port, host_config, start_host
 
     good, other = tmp_path / "tls", tmp_path / "other-ca"
     make_ca_and_certs(good, ["cp", "host-a"])
     make_ca_and_certs(other, ["host-b"])  # a "peer" whose certificate is of another CA
     impostor = TLS(TLSFiles(str(other / "ca.pem"), str(other / "host-b.pem"), str(other / "host-b.key")))
     srv = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=impostor.server)
-    d = tmp_path / "a"
-    d.mkdir()
-    create_takeover_file(d / "takeover.dat", records=16)
     cp = start_cp(tmp_path / "cp", terminals=2, tls=cp_tls(good, terminals=False))
     host = None
     try:
-        cfg = host_config(
-            d,
-            "host-a",
-            cp=cp.info["host"],
-            peer_listen=f"127.0.0.1:{free_port()}",
-            peer=f"127.0.0.1:{srv.sockets[0].getsockname()[1]}",
-            takeover=d / "takeover.dat",
-            records=16,
-            terminals=2,
-        )
-        with cfg.open("a") as f:
-            f.write(f'\n[tls]\nca_file = "{good / "ca.pem"}"\ncert_file = "{good / "host-a.pem"}"\nkey_file = "{good / "host-a.key"}"\n')
-        host = start_host(d, "host-a", "active", cfg, wait=False)
+        host = _host_a(tmp_path, cp, good, f"127.0.0.1:{srv.sockets[0].getsockname()[1]}")
 
         def refused() -> list[str]:
             return [e.get("reason", "") for e in log_events(host.log) if e.get("event") == "peer_link_refused"]
@@ -421,3 +390,18 @@ async def test_a_host_that_does_not_trust_the_peers_certificate_says_so(tmp_path
             host.stop()
         cp.stop()
         srv.close()
+
+
+def _host_a(tmp_path: Path, cp: Proc, tls_dir: Path, peer: str) -> Proc:
+    """host-a, active, on `cp` with the CA and certificate of `tls_dir`, its peer at `peer`."""
+    from tests.support.procs import create_takeover_file, free_port, host_config, start_host
+
+    d = tmp_path / "a"
+    d.mkdir()
+    create_takeover_file(d / "takeover.dat", records=16)
+    cfg = host_config(
+        d, "host-a", cp=cp.info["host"], peer_listen=f"127.0.0.1:{free_port()}", peer=peer, takeover=d / "takeover.dat", records=16, terminals=2
+    )
+    with cfg.open("a") as f:
+        f.write(f'\n[tls]\nca_file = "{tls_dir / "ca.pem"}"\ncert_file = "{tls_dir / "host-a.pem"}"\nkey_file = "{tls_dir / "host-a.key"}"\n')
+    return start_host(d, "host-a", "active", cfg, wait=False)
