@@ -96,14 +96,18 @@ class TerminalProtocol(FramedProtocol):
         data = require(msg, "data", (bytes, str))
         if not 0 < mid <= ID_MAX:
             raise ProtocolError("bad_fields", f"msg: id must be 1..{ID_MAX}")
+        self._deliverable(mid, data)
+        self.cp.terminal_msg(self.term, mid, data, msg.get("resent") is True)
+
+    def _deliverable(self, mid: Any, data: Any) -> None:
+        """message_too_large unless `data` fits the frame that delivers it to a host."""
         limit = min(self.max_data, self.cp.max_data)  # (the smallest max_frame of the CP and its hosts)
-        if len(data) > limit // 4 and data_size(data) > limit:
+        if isinstance(data, (bytes, str)) and len(data) > limit // 4 and data_size(data) > limit:
             raise ProtocolError(
                 "message_too_large",
                 f"msg {mid}: data larger than {limit} bytes, which the CP cannot deliver to a host"
                 " (send less, or raise max_frame on the CP and both hosts)",
             )
-        self.cp.terminal_msg(self.term, mid, data, msg.get("resent") is True)
 
     def on_confirm(self, msg: dict[str, Any]) -> None:
         if self.term is None:
@@ -133,14 +137,11 @@ class TerminalProtocol(FramedProtocol):
             return
         parked = self.parked
         if parked is not None and msg["t"] != "confirm":
-            if msg["t"] == "msg":  # its size is checked now, as it would be in its turn (on_msg)
-                data = msg.get("data")
-                limit = min(self.max_data, self.cp.max_data)
-                if isinstance(data, (bytes, str)) and len(data) > limit // 4 and data_size(data) > limit:
-                    self.on_msg(msg)  # (raises message_too_large)
+            data = msg.get("data") if msg["t"] == "msg" else None
+            if isinstance(data, (bytes, str)):
+                self._deliverable(msg.get("id"), data)  # now, as it would be in its turn (on_msg)
+                self.parked_bytes += data_size(data)
             parked.append(msg)
-            if msg["t"] == "msg" and isinstance(msg.get("data"), (bytes, str)):
-                self.parked_bytes += data_size(msg["data"])
             # as many again as the bound, or as many bytes as a terminal may have held: read no more
             if len(parked) >= self.cp.held_bound or self.parked_bytes >= self.cp.held_bytes:
                 self._park_backlog()

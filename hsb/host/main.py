@@ -40,11 +40,13 @@ def check_service(cfg: HostConfig) -> list[str]:
         asyncio.run(service.close())
     except Exception:  # closing a service just built for the check is best effort
         pass
-    return takeover_writable(cfg)
+    return []
 
 
 def takeover_writable(cfg: HostConfig) -> list[str]:
-    """The takeover file, if it is there, can be written by this host (as the start checks)."""
+    """--check-config: the takeover file, if it is there, can be written by this host. (The
+    start asks the same in its size check, under storage_timeout: this one has no deadline, and
+    a hung mount must not hang a start before it.)"""
     from hsb.takeover.errors import NotWritable
     from hsb.takeover.store import writable
 
@@ -69,7 +71,7 @@ def takeover_writable(cfg: HostConfig) -> list[str]:
 @click.version_option(__version__, prog_name="hsbd")
 def main(role: str | None, config_path: str, check_config: bool, log_level: str) -> None:
     """Run one host of the hot-standby pair (docs/design.md)."""
-    cfg = load_or_exit(config_path, HostConfig, check_config, checks=check_service)
+    cfg = load_or_exit(config_path, HostConfig, check_config, checks=lambda c: check_service(c) + (takeover_writable(c) if check_config else []))
     if role is None:
         raise click.UsageError("--role active|standby is required")
     secret = load_secret(cfg.host.secret_file)
@@ -94,9 +96,11 @@ def main(role: str | None, config_path: str, check_config: bool, log_level: str)
             die(f"TLS: {exc}", EXIT_CONFIG)
         try:
             code = await server.serve()
-        except NotWritable as exc:  # a restart cannot fix it
+        except NotWritable as exc:  # a restart cannot fix it: said as the config check says it
             await server.close()
-            die(f"takeover.path: {exc}", EXIT_CONFIG)
+            click.echo(f"config error: takeover.path: {exc}", err=True)
+            exit_watchdog(EXIT_CONFIG)
+            sys.exit(EXIT_CONFIG)
         except TakeoverError as exc:
             await server.close()
             die(str(exc))

@@ -202,13 +202,11 @@ class Decoder:
                 msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
         except ProtocolError:
             raise
-        except ValueError as exc:
-            if "max_map_len" in str(exc):
+        except Exception as exc:  # msgpack raises many types (ExtraData, StackError, ValueError, ...)
+            if isinstance(exc, ValueError) and "max_map_len" in str(exc):
                 raise ProtocolError(
                     BAD_FIELDS, f"a map of more than {FLAT_KEYS_MAX} keys: this link's frames are one map of a few plain values"
                 ) from None
-            raise ProtocolError(BAD_MSGPACK, f"undecodable MessagePack ({type(exc).__name__})") from None
-        except Exception as exc:  # msgpack raises many types (ExtraData, StackError, ValueError, ...)
             raise ProtocolError(BAD_MSGPACK, f"undecodable MessagePack ({type(exc).__name__})") from None
         if not isinstance(msg, dict):
             raise ProtocolError(NOT_A_MAP, f"frame is a {type(msg).__name__}, not a map")

@@ -28,7 +28,7 @@ import shutil
 import ssl
 import stat
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 MIN_VERSION = ssl.TLSVersion.TLSv1_2  # what a client offers at least (a server may ask for more)
@@ -48,6 +48,11 @@ class TLSFiles:
     # hsbcpd's `[tls] terminal_ca_file`: the CAs whose terminal certificates the terminal
     # listener takes ("": those of ca_file); trusted there only, never on the host or admin links
     terminal_ca_file: str = ""
+
+    def named(self) -> list[tuple[str, str]]:
+        """(key, path) of each file given, as `[tls]` names them."""
+        keys = ("ca_file", "cert_file", "key_file", "terminal_ca_file")
+        return [(k, getattr(self, k)) for k in keys if getattr(self, k)]
 
 
 class _Passphrase(Exception):
@@ -90,10 +95,7 @@ def _file_problem(label: str, path: str) -> str | None:
 
 def check_files(f: TLSFiles) -> list[str]:
     """Every problem with these files, each with its fix (the config check and the start)."""
-    files = [("ca_file", f.ca_file), ("cert_file", f.cert_file), ("key_file", f.key_file)]
-    if f.terminal_ca_file:
-        files.append(("terminal_ca_file", f.terminal_ca_file))
-    errors = [e for e in (_file_problem(label, path) for label, path in files) if e is not None]
+    errors = [e for e in (_file_problem(label, path) for label, path in f.named()) if e is not None]
     if errors:
         return errors
     mode = os.stat(f.key_file).st_mode
@@ -158,17 +160,17 @@ def _chain_problems(f: TLSFiles) -> list[str]:
         except (ValueError, TypeError, InvalidSignature):
             return False
 
-    cert, seen = leaf, 0
-    while not any(issued(cert, ca) for ca in cas):
-        nxt = next((c for c in chain[1:] if issued(cert, c)), None)
-        seen += 1
-        if nxt is None or seen > len(chain):
-            errors.append(
-                f"tls.cert_file: {f.cert_file} was not issued by a CA in {f.ca_file}: the other daemons, which trust that file,"
-                " would refuse it; make the certificate with that CA (hsbctl tls init --dir DIR), or give the CA that made it"
-            )
+    cert: Any = leaf
+    for _ in chain:  # up through the intermediates after it in cert_file, to a CA of ca_file
+        if any(issued(cert, ca) for ca in cas):
+            return errors
+        cert = next((c for c in chain[1:] if issued(cert, c)), None)
+        if cert is None:
             break
-        cert = nxt
+    errors.append(
+        f"tls.cert_file: {f.cert_file} was not issued by a CA in {f.ca_file}: the other daemons, which trust that file,"
+        " would refuse it; make the certificate with that CA (hsbctl tls init --dir DIR), or give the CA that made it"
+    )
     return errors
 
 
@@ -249,16 +251,8 @@ class TLS:
         f = self.files
         tmp = tempfile.mkdtemp(prefix="hsb-tls-")  # mode 700: the key's copy is no one else's
         try:
-            copy = TLSFiles(
-                os.path.join(tmp, "ca.pem"),
-                os.path.join(tmp, "cert.pem"),
-                os.path.join(tmp, "key.pem"),
-                f.min_version,
-                os.path.join(tmp, "terminal-ca.pem") if f.terminal_ca_file else "",
-            )
-            pairs = [(f.ca_file, copy.ca_file), (f.cert_file, copy.cert_file), (f.key_file, copy.key_file)]
-            if f.terminal_ca_file:
-                pairs.append((f.terminal_ca_file, copy.terminal_ca_file))
+            copy = replace(f, **{key: os.path.join(tmp, f"{key}.pem") for key, _ in f.named()})
+            pairs = [(path, getattr(copy, key)) for key, path in f.named()]
             try:
                 for src, dst in pairs:
                     with open(src, "rb") as r, open(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as w:
