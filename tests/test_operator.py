@@ -5,6 +5,7 @@ role-change hook, pause and resume, the history, and the README's commands. Real
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -202,20 +203,26 @@ async def test_paused_no_failover_then_resumed_failover_and_history(sb: Any) -> 
     assert r.returncode == 0 and "resumed" in r.stdout
     # resumed: the CP tells the standby again that the active is gone; it asks and is granted
     await wait_status(info, lambda s: active_names(s) == ["host-b"], what="host-b active after resume")
-    # the history survives a restart of a host and of the CP
+    # the history survives a restart of a host and of the CP. The old active started as active
+    # is refused (76): the command says so and fails, rather than print the pid of a process
+    # about to exit; started as standby it answers once registered (past `starting`)
     d = Path(info["dir"])
-    sandbox.start_host(d, "host-a", "standby")
+    r = run("hsb.ctl", "sandbox", "start-host", "--dir", str(d), "host-a", "--role", "active")
+    assert r.returncode == 1 and "host-a" in r.stderr and "exited with code 76" in r.stderr, (r.stdout, r.stderr)
+    r = run("hsb.ctl", "sandbox", "start-host", "--dir", str(d), "host-a", "--role", "standby")
+    assert r.returncode == 0, r.stderr
+    started = json.loads(r.stdout)
+    assert started["name"] == "host-a" and started["state"] not in ("starting", "fenced") and sandbox._alive(started["pid"]), started
     cp_pid = int(sandbox.load_state(d)["cp"]["pid"])
     os.kill(cp_pid, signal.SIGKILL)
     await until(lambda: not sandbox._alive(cp_pid), 10, what="hsbcpd gone")
-    sandbox.start_cp(d)
+    r = run("hsb.ctl", "sandbox", "start-cp", "--dir", str(d))
+    assert r.returncode == 0 and json.loads(r.stdout)["pid"] == sandbox.load_state(d)["cp"]["pid"], r.stderr
     await wait_status(info, lambda s: s["established"], what="established after the CP restart")
     r = ctl(info, "history")
     kinds = [line.split()[2] for line in r.stdout.splitlines()[1:]]
     assert "pause" in kinds and "resume" in kinds and ("failover" in kinds or "promote" in kinds), r.stdout
     r = ctl(info, "history", "--json")
-    import json
-
     assert r.returncode == 0, r.stderr
     entries = json.loads(r.stdout)
     assert entries and all("at" in e and "kind" in e for e in entries)

@@ -213,19 +213,21 @@ def sandbox_down(dir_: str) -> None:
 @click.option("--role", type=click.Choice(["active", "standby"]), required=True)
 def sandbox_start_host(dir_: str, name: str, role: str) -> None:
     """(Re)start one host of the sandbox, e.g. the old active as standby after a failover."""
-    from hsb.ctl.sandbox import start_host
+    from hsb.ctl.sandbox import start_host, wait_started
 
     pid = _sandbox_call(start_host, Path(dir_), name, role)
-    click.echo(json.dumps({"name": name, "role": role, "pid": pid}))
+    data = _sandbox_call(lambda: asyncio.run(wait_started(Path(dir_), name, pid)))
+    click.echo(json.dumps({"name": name, "role": role, "pid": pid, "state": data.get("state")}))
 
 
 @sandbox.command("start-cp")
 @click.option("--dir", "dir_", required=True, type=click.Path(file_okay=False))
 def sandbox_start_cp(dir_: str) -> None:
     """(Re)start the sandbox's hsbcpd on its journal (after it crashed or was killed)."""
-    from hsb.ctl.sandbox import start_cp
+    from hsb.ctl.sandbox import start_cp, wait_started
 
     pid = _sandbox_call(start_cp, Path(dir_))
+    _sandbox_call(lambda: asyncio.run(wait_started(Path(dir_), "hsbcpd", pid)))
     click.echo(json.dumps({"name": "hsbcpd", "pid": pid}))
 
 

@@ -29,10 +29,11 @@ from typing import Any
 
 from hsb import procstat
 from hsb.config import toml_section, toml_value
-from hsb.ctl.gather import status_all
+from hsb.ctl.gather import ask, status_all
 from hsb.ports import free_port
 from hsb.takeover.fileio import create_file
 from hsb.takeover.layout import batch_records_for
+from hsb.wire.auth import load_secret
 
 STATE = "sandbox.json"
 MARK = ".hsb-sandbox"  # written first by `up`: a folder with it is a sandbox's, even if a start failed
@@ -337,6 +338,60 @@ def client_ssl(d: Path) -> Any:
 
     t = d / "tls"
     return TLS(TLSFiles(str(t / "ca.pem"), str(t / "hsbctl.pem"), str(t / "hsbctl.key"))).client
+
+
+def _exit_code(pid: int) -> int | None:
+    """The exit status of `pid` if it is this process's child and has ended (reaped here), else
+    None (still running, or not our child: its end is seen by `_alive`)."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return os.waitstatus_to_exitcode(status) if done == pid else None
+
+
+def _exited(d: Path, name: str, pid: int) -> SandboxError | None:
+    """`name` (pid) has ended: the error that says how, with its log's last lines; else None."""
+    code = _exit_code(pid)
+    if code is None and _alive(pid):
+        return None
+    log = d / f"{'cp' if name == 'hsbcpd' else name}.log"
+    try:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-5:])
+    except OSError:
+        tail = "(no log)"
+    how = f"exited with code {code}" if code is not None else "exited"
+    return SandboxError(f"{name} (pid {pid}) {how} at start; log {log} ends:\n{tail}")
+
+
+async def wait_started(d: Path, name: str, pid: int, timeout: float = 30.0) -> dict[str, Any]:
+    """After `start_host`/`start_cp`: wait until the daemon answers its admin port in its role (a
+    host past `starting`: registered at the CP), and return its status. A daemon that exits first
+    (a host refused as active: 76; a bad config: 78) or is fenced meanwhile is a SandboxError
+    naming its exit code and its log, so that `hsbctl sandbox start-host` does not say it started."""
+    st = load_state(d)
+    admin = st["cp"]["admin"] if name == "hsbcpd" else st["hosts"][name]["admin"]
+    secret = load_secret(str(d / "secret"))
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] = {}
+    while True:
+        gone = _exited(d, name, pid)
+        if gone is not None:
+            raise gone
+        last = await ask(admin, secret, {"t": "status"}, 1.0, ssl=client_ssl(d))
+        data: dict[str, Any] | None = last["data"] if isinstance(last.get("data"), dict) else None
+        if data is not None:
+            state = data.get("state")
+            if state == "fenced":
+                raise SandboxError(
+                    f"{name} (pid {pid}) started but is fenced ({data.get('last_error') or 'another host is active'}); start it as standby"
+                )
+            if name == "hsbcpd" or state != "starting":
+                return data
+        if time.monotonic() > deadline:
+            why = (data or {}).get("last_error") or last.get("error") or (data or {}).get("state")
+            raise SandboxError(f"{name} (pid {pid}) did not start within {timeout:.0f}s ({why}); see {d}/{'cp' if name == 'hsbcpd' else name}.log")
+        await asyncio.sleep(0.1)
 
 
 async def wait_established(d: Path, timeout: float) -> dict[str, Any]:
