@@ -213,17 +213,26 @@ def test_a_superseded_cp_is_not_started_again(supervised: Any, tmp_path: Path) -
     assert len(p.events("cp_worker_started")) == 1
 
 
-def test_a_crash_loop_gives_up(supervised: Any) -> None:
+def test_a_crash_loop_waits_longer_before_each_worker(supervised: Any) -> None:
     """A worker that dies at every start (a crash point in its recovery) is started again five
-    times, then the master gives up with exit 1 and says why."""
+    times at once; from the sixth death each next worker waits, 0.5 s then 1 s (the master gave
+    up with exit 1 here, and systemd started a new master every 100 ms for ever). A stop during
+    a wait ends the master at once, 0, with every worker reaped."""
+    from datetime import datetime
+
     p = supervised(env={"HSB_CRASH_POINTS": "cp.mid_recovery"})
-    assert p.popen.wait(60) == 1
+    wait_for(lambda: len(p.events("cp_worker_crash_loop")) >= 2, 60, what="two waits of the crash loop")
     died = p.events("cp_worker_died")
     assert [e["restarts"] for e in died] == [1, 2, 3, 4, 5] and {e["signal"] for e in died} == {"SIGKILL"}
     loop = p.events("cp_worker_crash_loop")
-    assert len(loop) == 1 and loop[0]["deaths"] == 6, loop
+    assert [(e["deaths"], e["delay_s"], e["restarts"]) for e in loop[:2]] == [(6, 0.5, 6), (7, 1.0, 7)], loop
     started = p.events("cp_worker_started")
-    assert len(started) == 6 and all(gone(e["pid"]) for e in started)  # every worker dead and reaped
+    at = {e["restarts"]: datetime.fromisoformat(e["timestamp"]) for e in started}
+    waited = (at[6] - datetime.fromisoformat(loop[0]["timestamp"])).total_seconds()
+    assert waited >= 0.45, waited  # (the log's clock: the wait was kept, not skipped)
+    p.popen.send_signal(signal.SIGTERM)
+    assert p.popen.wait(10) == 0
+    assert all(gone(e["pid"]) for e in p.events("cp_worker_started"))  # every worker dead and reaped
 
 
 # --------------------------------------------------------------------------- the parts, in-process

@@ -10,8 +10,11 @@ same idea as PostgreSQL's postmaster or nginx's master process.
 - A worker that *exits* (a clean stop, a damaged journal, a newer CP generation, a config this
   machine cannot run) ends the master with the same code: starting it again would not help, and
   systemd's `Restart=` and `RestartPreventExitStatus=` decide as they do without the master.
-- More than RESTARTS_MAX deaths within RESTARTS_WINDOW_S is a crash loop: the master gives up
-  with exit 1 and says so, and systemd's own restart rules take over.
+- More than RESTARTS_MAX deaths within RESTARTS_WINDOW_S is a crash loop: each next worker
+  waits, 0.5 s after the sixth death, doubling at every death up to DELAY_MAX_S, and the master
+  says so (`cp_worker_crash_loop`, with the wait); a worker that stays up for a whole window
+  clears it. (Giving up left it to systemd, whose `RestartSec` does not grow on Debian 12's
+  systemd 252: a new master every 100 ms, five workers each, for ever.) A stop ends the wait.
 - The master holds nothing of the CP's: no journal, no connections, no threads (fork() is safe);
   only a shared mapping where each worker leaves the config it applied (`AppliedConfig`), for
   the next worker if the config file is broken by then, and (with `takeover = "at_start"`) the
@@ -57,8 +60,9 @@ from hsb import procstat
 
 log = structlog.get_logger("hsb.cp")
 
-RESTARTS_MAX = 5  # deaths within RESTARTS_WINDOW_S before the master gives up
+RESTARTS_MAX = 5  # deaths within RESTARTS_WINDOW_S restarted at once; past them, each waits (crash_loop_delay)
 RESTARTS_WINDOW_S = 60.0
+DELAY_FIRST_S, DELAY_MAX_S = 0.5, 30.0  # the wait before a worker in a crash loop, growing to this
 PASSED_ON = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 PR_SET_PDEATHSIG = 1
 HIGH_FD_MAX = 1 << 20  # the pipe's end goes no higher (a larger fd table costs memory)
@@ -234,6 +238,11 @@ def _worker(work: Callable[[dict[str, Any]], int], info: dict[str, Any], parent:
         os._exit(code)
 
 
+def crash_loop_delay(excess: int) -> float:
+    """The wait before the next worker at the `excess`-th death past RESTARTS_MAX in a window."""
+    return float(min(DELAY_MAX_S, DELAY_FIRST_S * 2 ** min(excess - 1, 16)))
+
+
 def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = RESTARTS_MAX, window: float = RESTARTS_WINDOW_S) -> int:
     """Fork `work` as the worker and keep one running; the exit code for the master."""
     global APPLIED
@@ -343,18 +352,23 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
         deaths.append(now)
         while deaths and deaths[0] < now - window:
             deaths.popleft()
+        info = {"master_pid": master, "restarts": info["restarts"] + 1, "last_death": {"pid": pid, "signal": name, "at": time.time()}}
         if len(deaths) > restarts_max:
+            delay = crash_loop_delay(len(deaths) - restarts_max)
             log.error(
                 "cp_worker_crash_loop",
                 pid=pid,
                 signal=name,
                 deaths=len(deaths),
                 window_s=window,
-                msg=f"the CP died {len(deaths)} times within {window:g} s: not starting it again (see the log above for why it dies)",
+                delay_s=delay,
+                restarts=info["restarts"],
+                msg=f"the CP died {len(deaths)} times within {window:g} s: starting it again in {delay:g} s (see the log above for why it dies)",
             )
-            reap(block=True)
-            return 1
-        info = {"master_pid": master, "restarts": info["restarts"] + 1, "last_death": {"pid": pid, "signal": name, "at": time.time()}}
+            until = time.monotonic() + delay
+            while not stopping and (left := until - time.monotonic()) > 0:
+                time.sleep(min(left, 0.05))  # (a stop's signal ends the wait within this)
+            continue
         log.warning(
             "cp_worker_died",
             pid=pid,
