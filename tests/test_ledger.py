@@ -111,8 +111,42 @@ async def test_the_operations_and_their_refusals_on_sqlite(tmp_path: Path) -> No
         assert s.once.counters["mismatched"] == 3
         bad = await call("{")
         assert bad["ok"] is False and bad["error"] == "bad_request" and "not JSON" in bad["msg"]
+        # each insufficient_funds refusal is an entry, in the order written (the books replay them)
+        async with s.db.transaction() as tx:
+            refused = await tx.fetch("SELECT msg_id, op, account, other, amount FROM ledger_entries WHERE op = 'refused' ORDER BY rowid")
+        assert [tuple(r) for r in refused] == [(6, "refused", "a", None, 101), (8, "refused", "a", "b", 61)], refused
     finally:
         await s.close()
+
+
+@needs_pg
+async def test_an_old_entries_table_gets_its_order_and_refusals_replay_in_it_on_postgresql(pg: pgsupport.PgServer) -> None:
+    """`ledger_entries` made before its `seq` (the order the books replay refusals in) gets the
+    column at the next start, once with two hosts starting; the old rows numbered, new ones after."""
+    dsn = fresh(pg)
+    old = open_database(dsn)
+    try:
+        await old.setup(
+            [
+                "CREATE TABLE ledger_entries (terminal TEXT NOT NULL, msg_id BIGINT NOT NULL, op TEXT NOT NULL,"
+                " account TEXT NOT NULL, other TEXT, amount BIGINT NOT NULL)",
+                "INSERT INTO ledger_entries VALUES ('T0', 1, 'open', 'a', NULL, 0)",
+            ]
+        )
+    finally:
+        await old.close()
+    hosts = [LedgerService(h, dsn=dsn) for h in ("host-a", "host-b")]
+    try:
+        await asyncio.gather(*(h._setup() for h in hosts))
+        a = hosts[0]
+        assert json.loads(await a.handle("T1", 1, '{"op":"open","account":"a"}', False))["ok"] is True
+        assert json.loads(await a.handle("T1", 2, '{"op":"withdraw","account":"a","amount":5}', False))["error"] == "insufficient_funds"
+        async with a.db.transaction() as tx:
+            rows = [tuple(r) for r in await tx.fetch("SELECT op, msg_id, seq FROM ledger_entries ORDER BY seq")]
+        assert [(op, mid) for op, mid, _ in rows] == [("open", 1), ("open", 1), ("refused", 2)], rows
+    finally:
+        for h in hosts:
+            await h.close()
 
 
 async def _exactly_once(db: Any) -> None:
@@ -727,7 +761,7 @@ async def ledger_load(
         rate=rate,
         duration=3600,
         settle=settle,
-        workload=LedgerWorkload(accounts=40),
+        workload=LedgerWorkload(accounts=40, initial=1_000),  # (transfers up to 500: some are refused, and checked)
         books=books,
         expect_disconnects=expect_disconnects,
     )
@@ -741,6 +775,7 @@ async def ledger_load(
     assert report.ok, report.failures
     b = report.books
     assert b["total"] == b["expected_total"] > 0 and b["transfers_ok"] > 0 and b["entries"] >= b["transfers_ok"], b
+    assert b["transfers_refused"] > 0, b  # the refusals' check had some to check
     return report
 
 

@@ -290,6 +290,50 @@ async def test_the_books_catch_a_transfer_applied_with_other_accounts_or_twice(t
         assert any("(told_refused_applied)" in f for f in bad.failures), (idempotency, bad.failures)
 
 
+async def test_the_books_catch_a_refusal_for_insufficient_funds_the_account_could_pay(tmp_path: Path) -> None:
+    """An insufficient_funds refusal is an entry (op `refused`), replayed in the order the entries
+    were written: right while the account held less than asked; wrong if it held enough then
+    (a refusal read from a stale balance, say); and a terminal told it must have that entry."""
+    w = LedgerWorkload(accounts=4, initial=100, tag="r")
+    term = SimpleNamespace(name="T1", idx=1, base=BASE, stride=1)
+    src, dst, _ = w.transfer(1, 0)
+    refusal = '{"ok":false,"error":"insufficient_funds"}'
+
+    async def books(name: str, asked: int, refused_entry: bool, at_start: bool = False) -> list[str]:
+        db = await _ledger_db(tmp_path / f"{name}.db")
+        async with db.transaction() as tx:
+
+            async def entry(t: str, mid: int, op: str, acct: str, other: str | None, n: int) -> None:
+                await tx.execute(
+                    "INSERT INTO ledger_entries (terminal, msg_id, op, account, other, amount) VALUES ($1, $2, $3, $4, $5, $6)",
+                    t,
+                    mid,
+                    op,
+                    acct,
+                    other,
+                    n,
+                )
+
+            if refused_entry and at_start:  # before the deposits: the account held 0 then
+                await entry("T1", BASE, "refused", src, dst, asked)
+            for acct in w.accounts:
+                await tx.execute("INSERT INTO ledger_accounts (account, balance) VALUES ($1, $2)", acct, w.initial)
+                await entry("T0", 0, "deposit", acct, None, w.initial)
+            if refused_entry and not at_start:
+                await entry("T1", BASE, "refused", src, dst, asked)
+            await tx.execute("INSERT INTO hsb_idempotency (terminal, msg_id, reply, at) VALUES ($1, $2, $3, $4)", "T1", BASE, refusal, 0.0)
+        await db.close()
+        return (await check_books({"sqlite": str(tmp_path / f"{name}.db")}, w, [term])).failures
+
+    w.replies = {1: {0: refusal}}
+    assert await books("right", w.initial + 1, True) == []
+    assert await books("right-then", w.initial, True, at_start=True) == []  # it held 0 when refused
+    wrong = await books("wrong", w.initial, True)  # it held exactly enough
+    assert any("(refused_wrongly)" in f for f in wrong), wrong
+    unrecorded = await books("unrecorded", w.initial + 1, False)
+    assert any("(refusal_unrecorded)" in f for f in unrecorded), unrecorded
+
+
 def test_a_run_that_sent_nothing_is_not_ok() -> None:
     """Terminals logged on and nothing sent (a rate of 0, a duration too short for the rate)
     proves nothing: it fails, it does not say every message was answered exactly once."""

@@ -12,7 +12,8 @@ Refusals: `exists`, `no_such_account`, `insufficient_funds`, `id_reused` (a mess
 for another request: hsb.service.once, RequestMismatch); anything malformed gets
 `{"ok":false,"error":"bad_request","msg":…}`. Every effect and its reply are committed in one
 transaction with the idempotency record (hsb.service.once), and every applied effect leaves a
-row in `ledger_entries`, so the books can be checked from outside (hsb.term.books).
+row in `ledger_entries`, as does every `insufficient_funds` refusal (op `refused`), so the books
+can be checked from outside, refusals too (hsb.term.books).
 
 `[service_options]`: `dsn = "postgresql://…"` (both hosts on the same server), or
 `sqlite = "PATH"` (one machine only: the sandbox and the demo); `pool_size`,
@@ -26,9 +27,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
+
 from hsb.service.api import ServiceUnavailable
 from hsb.service.db import Database, RetryTransaction, Tx, open_database
 from hsb.service.once import ExactlyOnce, RequestMismatch
+
+log = structlog.get_logger("hsb.service")
 
 MAX_ACCOUNT = 64
 MAX_AMOUNT = 10**12
@@ -45,6 +50,16 @@ DDL = [
     " account TEXT NOT NULL, other TEXT, amount BIGINT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS ledger_entries_msg ON ledger_entries (terminal, msg_id)",
 ]
+# the order in which entries were written, for the books' replay (an insufficient_funds refusal
+# is an entry too, checked against the balance its account had then). Written under the rows'
+# locks, so one account's entries are numbered in the order they happened. SQLite has its rowid
+# (one transaction at a time, and the newest rows are never deleted: it only grows).
+_HAS_SEQ = (
+    "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = 'ledger_entries' AND column_name = 'seq'"
+)
+_ADD_SEQ = "ALTER TABLE ledger_entries ADD COLUMN seq BIGSERIAL"
+ENTRY_ORDER = {"postgresql": "seq", "sqlite": "rowid"}
+REFUSED = "refused"  # an entry's op: insufficient funds (account: the one debited; amount: asked for)
 
 
 def dumps(obj: dict[str, Any]) -> str:
@@ -120,12 +135,12 @@ def parse(data: Any) -> Request:
 async def apply(tx: Tx, terminal: str, mid: int, r: Request) -> str:
     """Run request `r` in transaction `tx`; the reply (JSON text)."""
 
-    async def entry(account: str, other: str | None, amount: int) -> None:
+    async def entry(account: str, other: str | None, amount: int, op: str = r.op) -> None:
         await tx.execute(
             "INSERT INTO ledger_entries (terminal, msg_id, op, account, other, amount) VALUES ($1, $2, $3, $4, $5, $6)",
             terminal,
             mid,
-            r.op,
+            op,
             account,
             other,
             amount,
@@ -158,6 +173,7 @@ async def apply(tx: Tx, terminal: str, mid: int, r: Request) -> str:
         if bal is None:
             return dumps({"ok": False, "error": "no_such_account"})
         if bal < r.amount:
+            await entry(r.account, None, r.amount, REFUSED)
             return dumps({"ok": False, "error": "insufficient_funds", "balance": int(bal)})
         await tx.execute("UPDATE ledger_accounts SET balance = balance - $2 WHERE account = $1", r.account, r.amount)
         await entry(r.account, None, r.amount)
@@ -173,6 +189,7 @@ async def apply(tx: Tx, terminal: str, mid: int, r: Request) -> str:
     if r.account not in rows or r.other not in rows:
         return dumps({"ok": False, "error": "no_such_account"})
     if rows[r.account] < r.amount:
+        await entry(r.account, r.other, r.amount, REFUSED)
         return dumps({"ok": False, "error": "insufficient_funds"})
     if rows[r.other] > MAX_BALANCE - r.amount:
         return dumps({"ok": False, "error": "balance_limit", "max": MAX_BALANCE})
@@ -225,6 +242,12 @@ class LedgerService:
 
     async def _setup(self) -> None:
         await self.db.setup(DDL)
+        if self.db.kind == "postgresql":
+            async with self.db.transaction() as tx:  # (both hosts may add it)
+                await tx.execute("SELECT pg_advisory_xact_lock(7147)")
+                if not await tx.fetchval(_HAS_SEQ):
+                    await tx.execute(_ADD_SEQ)
+                    log.info("ledger_table_upgraded", column="seq")
         await self.once.setup()
         self.ready = True
 

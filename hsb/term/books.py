@@ -9,6 +9,9 @@ Read straight from the database the `ledger` service writes (PostgreSQL or SQLit
   one refused has none, and no entry exists for a message no terminal got an answer to;
 - **the right effect**: each transfer entry moved the accounts and the amount its message
   asked for (a message delivered with another's data, or applied wrongly, shows here);
+- **refusals right**: each `insufficient_funds` refusal is an entry too (op `refused`), and
+  replayed in the order the entries were written, the account then held less than the amount
+  asked for; a terminal told `insufficient_funds` has its refusal's entry;
 - **same answer**: the reply a terminal got is the reply stored with the message's
   idempotency record (a redelivered message answered differently would show here), and every
   answered message has its record.
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hsb.service.db import open_database
+from hsb.service.ledger import ENTRY_ORDER, REFUSED
 from hsb.term.workload import LedgerWorkload
 
 
@@ -44,6 +48,8 @@ class Books:
     reply_differs: list[str] = field(default_factory=list)
     record_missing: list[str] = field(default_factory=list)
     wrong_transfer: list[str] = field(default_factory=list)
+    refused_wrongly: list[str] = field(default_factory=list)
+    refusal_unrecorded: list[str] = field(default_factory=list)
 
     @property
     def failures(self) -> list[str]:
@@ -59,6 +65,8 @@ class Books:
             ("reply_differs", self.reply_differs, "reply differs from the one stored first"),
             ("record_missing", self.record_missing, "answered without an idempotency record"),
             ("wrong_transfer", self.wrong_transfer, "applied with other accounts or another amount than the message asked for"),
+            ("refused_wrongly", self.refused_wrongly, "refused for insufficient funds while the account held enough"),
+            ("refusal_unrecorded", self.refusal_unrecorded, "told insufficient_funds without the refusal's entry"),
         ):
             if ids:
                 out.append(f"{len(ids)} {what} ({name}): {', '.join(ids[:5])}")
@@ -91,7 +99,10 @@ async def check_books(
             if db.kind == "postgresql":  # one snapshot for every statement below
                 await tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             balances = dict(await tx.fetch("SELECT account, balance FROM ledger_accounts WHERE account LIKE $1", w.prefix + "%"))
-            entries = await tx.fetch("SELECT terminal, msg_id, op, account, other, amount FROM ledger_entries WHERE account LIKE $1", w.prefix + "%")
+            entries = await tx.fetch(
+                f"SELECT terminal, msg_id, op, account, other, amount FROM ledger_entries WHERE account LIKE $1 ORDER BY {ENTRY_ORDER[db.kind]}",
+                w.prefix + "%",
+            )
             names = [c.name for c in clients]
             records: dict[tuple[str, int], str] = {}
             if idempotency:
@@ -105,12 +116,18 @@ async def check_books(
     b.accounts = len(balances)
     b.total = sum(int(v) for v in balances.values())
     b.entries = len(entries)
-    # replay: each balance from its entries
+    # replay, in the order the entries were written: each balance from its entries, and each
+    # refusal against the balance its account had at that point
     moved: Counter[str] = Counter()
     per_msg: Counter[tuple[str, int]] = Counter()
+    refusals: Counter[tuple[str, int]] = Counter()
     by_name = {c.name: c for c in clients}
     for t, mid, op, acct, other, amount in entries:
-        if op == "transfer":
+        if op == REFUSED:
+            refusals[(t, int(mid))] += 1
+            if moved[acct] >= int(amount):
+                b.refused_wrongly.append(f"{t}:{mid} ({acct} held {moved[acct]}, asked {amount})")
+        elif op == "transfer":
             per_msg[(t, int(mid))] += 1
             c = by_name.get(t)
             k, rem = divmod(int(mid) - c.base, c.stride) if c is not None else (-1, 1)
@@ -156,9 +173,18 @@ async def check_books(
                 b.transfers_refused += 1
                 if n:
                     b.told_refused_applied.append(tag)
+                if _insufficient(text) and not refusals.get(key):
+                    b.refusal_unrecorded.append(tag)
     for key, n in per_msg.items():
         if n > 1 and key not in told:
             b.applied_twice.append(f"{key[0]}:{key[1]}")
         if final and key not in told:
             b.applied_unanswered.append(f"{key[0]}:{key[1]}" + (f" x{n}" if n > 1 else ""))
     return b
+
+
+def _insufficient(text: str) -> bool:
+    try:
+        return bool(json.loads(text).get("error") == "insufficient_funds")
+    except (ValueError, AttributeError):
+        return False

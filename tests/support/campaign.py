@@ -137,7 +137,7 @@ class Campaign:
         self.actions = actions  # only these (a test of one crash point); () every action, weighted
         self.mark_resent = mark_resent  # False: terminals that do not mark what they send again (the hosts' memory alone)
         self.ledger = ledger
-        self.workload = LedgerWorkload(accounts=40, seed=seed) if ledger is not None else None
+        self.workload = LedgerWorkload(accounts=40, initial=1_000, seed=seed) if ledger is not None else None
         self.id_base = new_id_base()
         self.books_checked = 0
         self.seed = seed
