@@ -70,7 +70,7 @@ def load(path: str | Path, model: type[M], *, overrides: dict[str, Any] | None =
     except FileNotFoundError:
         raise ConfigError(str(p), ["file not found; pass an existing file with --config"]) from None
     except IsADirectoryError:
-        raise ConfigError(str(p), ["is a directory, not a config file"]) from None
+        raise ConfigError(str(p), ["is a directory, not a config file; pass the TOML file with --config"]) from None
     except OSError as exc:
         raise ConfigError(str(p), [f"cannot read: {exc.strerror}"]) from None
     try:
@@ -121,6 +121,8 @@ def parse_addr(value: str) -> tuple[str, int]:
         host, _, port = value[1:].partition("]:")
     else:
         host, _, port = value.rpartition(":")
+        if ":" in host:  # "fd00::2" (its port forgotten) would be host "fd00:", port 2
+            raise ValueError(f"{value!r} is not HOST:PORT: write an IPv6 address in brackets, [ADDR]:PORT")
     if not host or not port.isdigit() or not (0 <= int(port) <= 65535):
         raise ValueError(f"{value!r} is not HOST:PORT")
     return host, int(port)
@@ -133,6 +135,33 @@ def address_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
         return ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return None
+
+
+def _host_key(host: str) -> str:
+    """A listening host as one spelling (an IP in its normal form; "" for any address)."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host.lower()
+    return "" if ip.is_unspecified else str(ip)
+
+
+def same_addr(a: str, b: str) -> bool:
+    """Two 'host:port' that name one address ('[::1]:7' and '[0:0::1]:7'; names compared as text)."""
+    (ha, pa), (hb, pb) = parse_addr(a), parse_addr(b)
+    return pa == pb and _host_key(ha) == _host_key(hb)
+
+
+def listen_clashes(listens: dict[str, str]) -> list[str]:
+    """Listeners of one daemon (key: 'host:port', '' for none) that would take the same port: the
+    same address, or one of them any address (0.0.0.0, [::]). Port 0 (any free one) never clashes."""
+    given = [(k, parse_addr(v)) for k, v in listens.items() if v]
+    out = []
+    for i, (ka, (ha, pa)) in enumerate(given):
+        for kb, (hb, pb) in given[i + 1 :]:
+            if pa and pa == pb and ("" in (_host_key(ha), _host_key(hb)) or _host_key(ha) == _host_key(hb)):
+                out.append(f"{ka} and {kb} both listen on port {pa} ({listens[ka]}, {listens[kb]}): give each its own port")
+    return out
 
 
 def _addr(v: str) -> str:

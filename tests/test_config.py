@@ -358,3 +358,62 @@ def test_independent_problems_across_sections_are_all_reported_at_once(tmp_path:
     cp.write_text('[cp]\nsecret_file = "s"\nhost_timeout = -1\n[[terminals]]\nname = "T1"\n[[terminals]]\nname = "T1"\n')
     r = run("hsb.cp", "--config", str(cp), "--check-config")
     assert r.returncode == 78 and "cp.host_timeout" in r.stderr and "T1" in r.stderr and "twice" in r.stderr, r.stderr
+
+
+def test_addresses_and_timings_that_would_misbehave_are_config_errors(tmp_path: Path) -> None:
+    """An IPv6 address without brackets (its port forgotten: "fd00::2" read as host "fd00:", port
+    2), two listeners of one daemon on one port, timings too small to run (a loop that never
+    sleeps, every login timed out), and a --config that is a directory (a click usage error, exit
+    2, which systemd restarts for ever): each one line, exit 78. A host_timeout in milliseconds
+    by mistake is a warning."""
+    from tests.support.procs import cp_config, host_config
+
+    p = host_config(
+        tmp_path, "a", cp="fd00::2", peer_listen="127.0.0.1:7101", peer="127.0.0.1:7102", takeover=tmp_path / "t.dat", records=64,
+        admin_listen="0.0.0.0:7101", heartbeat_interval=0.001, heartbeat_timeout=0.01,
+    )  # fmt: skip
+    r = run("hsb.host", "--config", str(p), "--check-config")
+    assert r.returncode == 78 and "Traceback" not in r.stderr, r.stderr
+    for want in ("host.cp: ", "write an IPv6 address in brackets, [ADDR]:PORT", "host.heartbeat_interval", "host.heartbeat_timeout"):
+        assert want in r.stderr, (want, r.stderr)
+    p.write_text(p.read_text().replace('"fd00::2"', '"[fd00::2]:7000"').replace("0.001", "0.1").replace("0.01", "0.5"))
+    r = run("hsb.host", "--config", str(p), "--check-config")  # (the rules across keys, once each key is valid)
+    assert r.returncode == 78 and "peer_listen and admin_listen both listen on port 7101" in r.stderr, r.stderr
+    cp = cp_config(tmp_path, terminals=1, auth_timeout=0.001)
+    r = run("hsb.cp", "--config", str(cp), "--check-config")
+    assert r.returncode == 78 and "cp.auth_timeout" in r.stderr, r.stderr
+    cp = cp_config(tmp_path, terminals=1, admin_listen="127.0.0.1:7200", http_listen="[::]:7200")
+    r = run("hsb.cp", "--config", str(cp), "--check-config")
+    assert r.returncode == 78 and "admin_listen and http_listen both listen on port 7200" in r.stderr, r.stderr
+    cp = cp_config(tmp_path, terminals=1, host_timeout=500, host_lease=0.35)
+    r = run("hsb.cp", "--config", str(cp), "--check-config")
+    assert r.returncode == 0 and "config warning: cp.host_timeout = 500 s" in r.stderr and "not milliseconds" in r.stderr, r.stderr
+    for mod in ("hsb.cp", "hsb.host"):
+        r = run(mod, "--config", str(tmp_path), "--check-config")
+        assert r.returncode == 78 and "is a directory, not a config file" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+async def test_a_cp_address_that_does_not_resolve_is_logged_not_retried_in_silence(tmp_path: Path) -> None:
+    """A CP name the resolver does not know passes the config check (names resolve at connect
+    time), and its lookup failure was an OSError retried with backoff in silence: hsbd ran and
+    nobody said why it never registered. Now said once (then once a minute), and the same for
+    the peer."""
+    from tests.support.procs import create_takeover_file, host_config, log_events, start_host, until
+
+    create_takeover_file(tmp_path / "t.dat", 64)
+    p = host_config(
+        tmp_path, "a", cp="no-such-cp.invalid:7000", peer_listen="127.0.0.1:0", peer="no-such-peer.invalid:7101",
+        takeover=tmp_path / "t.dat", records=64,
+    )  # fmt: skip
+    h = start_host(tmp_path, "a", "standby", p)
+    try:
+        log = tmp_path / "a.log"
+
+        def said() -> set[str]:
+            return {str(e.get("event")) for e in log_events(log) if "unresolved" in str(e.get("event"))}
+
+        await until(lambda: said() == {"cp_address_unresolved", "peer_address_unresolved"}, 20, what="both lookups said")
+        e = next(e for e in log_events(log) if e.get("event") == "cp_address_unresolved")
+        assert "no-such-cp.invalid" in e["reason"] and "host.cp" in e["msg"], e
+    finally:
+        h.stop()

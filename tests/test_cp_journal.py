@@ -438,6 +438,37 @@ async def test_a_reply_sent_before_its_record_was_durable_never_comes_unmarked(t
         cp2.stop()
 
 
+async def test_a_restart_on_a_shorter_lease_waits_for_the_lease_granted_before(tmp_path: Path) -> None:
+    """The CP before granted leases of 5 s (host_timeout 6); restarted with the defaults (0.35 s,
+    0.5), it gave the role to the standby after max(3 s, fresh_s + host_timeout): 3 s, while the
+    old active, cut off, could still serve on its lease for 5. Its journal says the lease it
+    granted: the wait is for that lease (fresh_s 2 + 5 + the margin), not for the new config's."""
+    from tests.support.procs import log_events
+
+    cp = start_cp(tmp_path / "cp", terminals=2, host_timeout=6.0, host_lease=5.0)
+    cp2: Proc | None = None
+    try:
+        a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+        await killed(cp, a)  # (as if cut off: it never registers with the new CP)
+        cfg = Path(cp.argv[-1])
+        text = cfg.read_text()
+        assert "host_timeout = 6.0" in text and "host_lease = 5.0" in text, text
+        cfg.write_text(text.replace("host_timeout = 6.0", "host_timeout = 0.5").replace("host_lease = 5.0", "host_lease = 0.35"))
+        cp2 = restart_cp(cp)
+        b = await FakeHost.connect(cp2.info["host"], "host-b", "standby")
+        b.send({"t": "switchover", "reason": "test", "planned": False})
+        log = tmp_path / "cp" / "cp.log"
+        await until(lambda: any(e.get("event") == "switchover_deferred" for e in log_events(log)), 10, what="the deferral")
+        deferred = next(e for e in log_events(log) if e.get("event") == "switchover_deferred")
+        assert deferred["recorded_active"] == "host-a" and deferred["wait_ms"] > 5_500, deferred
+        assert not [m for m in b.inbox if m["t"] == "switch_granted"]
+        await b.close()
+    finally:
+        cp.stop()
+        if cp2 is not None:
+            cp2.stop()
+
+
 async def test_a_host_fenced_before_the_crash_stays_fenced(cp: Proc) -> None:
     a = await FakeHost.connect(cp.info["host"], "host-a", "active")
     b = await FakeHost.connect(cp.info["host"], "host-b", "standby")

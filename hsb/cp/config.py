@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from hsb.config import Addr, ConfigPath, OptAddr, OptConfigPath, Strict, TLSSection, address_ip, parse_addr
+from hsb.config import Addr, ConfigPath, OptAddr, OptConfigPath, Strict, TLSSection, address_ip, listen_clashes, parse_addr
 from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, raw_table_problems, sent_attrs_problem, table_problems
 from hsb.wire.framing import DEFAULT_MAX_FRAME, LOGIN_MAX
 
@@ -29,9 +29,9 @@ class CPSection(Strict):
     # until they are answered (the per-terminal bounds alone allow 8 MiB x the terminals: an
     # out-of-memory kill, then the same again at every restart on the journal)
     held_total_bytes: int = Field(default=1 << 30, ge=LOGIN_MAX, le=1 << 44)
-    host_timeout: float = Field(default=0.5, gt=0, le=3600)
-    host_lease: float = Field(default=0.35, gt=0, le=3600)
-    auth_timeout: float = Field(default=5.0, gt=0, le=3600)
+    host_timeout: float = Field(default=0.5, ge=0.05, le=3600)
+    host_lease: float = Field(default=0.35, ge=0.01, le=3600)
+    auth_timeout: float = Field(default=5.0, ge=0.1, le=3600)
     terminal_idle_timeout: float = Field(default=0.0, ge=0, le=86400)
     # TCP keepalive on terminal connections: a dead terminal's connection (its machine gone, its
     # reset lost) is dropped about this + 3 s after it went silent, so the terminal can log on again
@@ -48,7 +48,7 @@ class CPSection(Strict):
     # the CP's journal (docs/cp-journal.md): what it accepted and what it owes, durable first
     journal: ConfigPath = Field(default="cp-journal", validate_default=True)  # relative: to the config file
     durability: Literal["fsync", "none"] = "fsync"
-    journal_timeout: float = Field(default=2.0, gt=0, le=600)
+    journal_timeout: float = Field(default=2.0, ge=0.05, le=600)
     # how a group commit reaches the disk (docs/cp-journal.md): "auto" uses io_uring where the
     # kernel allows it and the writer thread elsewhere; "io_uring" refuses to start without it
     journal_io: Literal["auto", "io_uring", "thread"] = "auto"
@@ -83,6 +83,14 @@ class CPSection(Strict):
                 f'takeover = "on_wake" needs terminal_listen on the virtual address keepalived moves, not {host!r}:'
                 " a wildcard or a name is held on every machine, so the CP could take over where the address is not"
             )
+        problems += listen_clashes(
+            {
+                "terminal_listen": self.terminal_listen,
+                "host_listen": self.host_listen,
+                "admin_listen": self.admin_listen,
+                "http_listen": self.http_listen,
+            }
+        )
         if not self.lease_allows(self.host_timeout, self.host_lease):
             problems.append(
                 f"host_lease ({self.host_lease:g} s) + margin ({LEASE_MARGIN:g} s) must be less than host_timeout"

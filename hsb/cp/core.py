@@ -22,7 +22,7 @@ import structlog
 
 from hsb.cp.adopt import Adoption
 from hsb.cp.arbitration import Arbitration
-from hsb.cp.config import CPConfig
+from hsb.cp.config import LEASE_MARGIN, CPConfig
 from hsb.cp.flip import Flip
 from hsb.cp.journal import Journal, NullJournal
 from hsb.cp.journal_side import JournalSide
@@ -121,6 +121,9 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         self.handed_over_by: tuple[str, str, int] | None = None
         self.stopped_at: float | None = None  # when the active stopped normally (its lease runs out after)
         self.recovered_at: float | None = None
+        # the lease bound the CP of before recorded (its host_lease, its fresh_s): a lease it granted
+        # may run that long after it stopped renewing, whatever this CP's config says now
+        self.recovered_lease: tuple[float, float] = (0.0, 0.0)
         self.deferred_grant: asyncio.TimerHandle | None = None  # a switchover asked too early after a restart
         self.deferred_ask: tuple[str, str, bool, str] | None = None  # its (host, reason, planned, kind): the latest asked
         self.started = time.time()
@@ -633,8 +636,22 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         """After a restart or a takeover of the journal, the recorded active has this long to
         register again, and no other host gets the role before: a lease the CP before renewed may
         run until then (it answered heartbeats until at most `fresh_s` after its last clean
-        generation check, begun before this CP took the journal, and a lease is under host_timeout)."""
-        return max(RECORDED_ACTIVE_WAIT_S, self.journal.fresh_s + self.host_timeout)
+        generation check, begun before this CP took the journal, and a lease is under host_timeout).
+        The lease and fresh_s of the CP before, as its journal recorded them, count too: a config
+        with a shorter host_lease (or two CP machines configured apart) must not shorten the wait
+        for a lease granted under the longer one."""
+        lease, fresh = self.recovered_lease
+        before = fresh + lease + LEASE_MARGIN if lease else 0.0
+        return max(RECORDED_ACTIVE_WAIT_S, self.journal.fresh_s + self.host_timeout, before)
+
+    def lease_bound(self) -> tuple[float, float]:
+        """(host_lease, fresh_s) for this CP's checkpoints: its own, or while the wait after a
+        restart runs, the recovered ones if longer (a second crash meanwhile still waits for them)."""
+        own = (self.host_lease, self.journal.fresh_s)
+        if self.recovered_at is None or time.monotonic() - self.recovered_at > self.restart_lease_s:
+            return own
+        lease, fresh = self.recovered_lease
+        return (max(own[0], lease), max(own[1], fresh))
 
     def tick(self) -> None:
         """Periodic: detect a silent active and tell the standby at once; drop a silent standby;

@@ -36,6 +36,7 @@ class JournalSide:
         self.paused = r.paused
         self.history.restore(r.history)
         self.recovered_at = time.monotonic()
+        self.recovered_lease = r.lease
         unknown: list[str] = []
         holding = self.holding
         held_n = kept_n = held_data = kept_data = 0
@@ -90,7 +91,8 @@ class JournalSide:
         # ("o" records before it) the logoffs whose messages are still held
         logoff = {t.name: t.bye_upto for t in self.terms.values() if t.bye_upto and (t.held or t.replies)}
         j = self.journal
-        extra = {"history": self.history.entries, "paused": self.paused, "first": j.first_seg, "logoff": logoff}
+        lease, fresh = self.lease_bound()
+        extra = {"history": self.history.entries, "paused": self.paused, "first": j.first_seg, "logoff": logoff, "lease": [lease, fresh]}
         return ["ck", self.epoch, self.recorded_active, j.gen, acked, extra]
 
     def snapshot(self: CP) -> list[list[Any]]:

@@ -21,6 +21,11 @@ def config_warnings(cfg: CPConfig) -> list[str]:
             'cp.durability = "none": hsbcpd keeps what it accepted in memory only; a crash or restart of'
             ' hsbcpd loses it (for benchmark comparison only; use "fsync")'
         )
+    if cfg.cp.host_timeout > 30:
+        out.append(
+            f"cp.host_timeout = {cfg.cp.host_timeout:g} s: a silent active is noticed only that long after it went"
+            " silent, and the same after a restart of hsbcpd (seconds, not milliseconds; the default is 0.5)"
+        )
     storm = storm_timing(len(cfg.terminal_table), cfg.cp.host_timeout)
     if storm is not None:
         out.append(storm)
@@ -76,7 +81,7 @@ def _applied(applied: Any) -> CPConfig | None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="CP TOML config.")
+@click.option("--config", "config_path", required=True, type=click.Path(), help="CP TOML config.")
 @click.option("--check-config", is_flag=True, help="Check the config as the start would (schema, secret, timings), print every error, exit 0 or 78.")
 @click.option(
     "--supervise",

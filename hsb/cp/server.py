@@ -434,8 +434,6 @@ class CPServer(Waiting):
 
     async def tick_loop(self) -> None:
         assert self.cp is not None
-        interval = min(self.cfg.cp.host_timeout / 10, 0.05)
-        hb_every = min(self.cfg.cp.host_timeout / 4, 0.1)
         last_hb = 0.0
         last_journal = 0.0
         last_beat = 0.0
@@ -478,7 +476,8 @@ class CPServer(Waiting):
                 last_state = st
                 notify(STATUS=st)
             now = time.monotonic()
-            if now - last_hb >= hb_every:
+            timeout = self.cp.host_timeout  # (each pass: a reload may change it)
+            if now - last_hb >= min(timeout / 4, 0.1):
                 last_hb = now
                 for h in list(self.hosts):
                     if h.closed:
@@ -486,7 +485,7 @@ class CPServer(Waiting):
                     elif h.authed and h.role is not None:
                         h.send_raw(_HB)
             try:
-                await asyncio.wait_for(self.should_exit.wait(), interval)
+                await asyncio.wait_for(self.should_exit.wait(), min(timeout / 10, 0.05))
             except TimeoutError:
                 pass
 

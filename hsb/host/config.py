@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from hsb.config import Addr, ConfigPath, ConnectAddr, OptAddr, Strict, TLSLinks, resolve_path
+from hsb.config import Addr, ConfigPath, ConnectAddr, OptAddr, Strict, TLSLinks, listen_clashes, resolve_path, same_addr
 from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, attrs_problem, raw_table_problems, table_problems
 from hsb.wire.framing import DEFAULT_MAX_FRAME, LOGIN_MAX
 
@@ -22,12 +22,12 @@ class HostSection(Strict):
     http_listen: OptAddr = ""
     secret_file: ConfigPath
     fast_switch: bool = True
-    heartbeat_interval: float = Field(default=0.1, gt=0, le=60)
-    heartbeat_timeout: float = Field(default=0.5, gt=0, le=600)
-    ring_poll_interval: float = Field(default=0.05, gt=0, le=60)
+    heartbeat_interval: float = Field(default=0.1, ge=0.01, le=60)  # (below: a loop that never sleeps)
+    heartbeat_timeout: float = Field(default=0.5, ge=0.05, le=600)
+    ring_poll_interval: float = Field(default=0.05, ge=0.001, le=60)
     service: str = "echo"
     on_role_change: str = ""  # a command run with: ROLE STATE EPOCH REASON (hsb.host.hooks)
-    hook_timeout: float = Field(default=10.0, gt=0, le=3600)
+    hook_timeout: float = Field(default=10.0, ge=0.1, le=3600)
     max_frame: int = Field(default=DEFAULT_MAX_FRAME, ge=LOGIN_MAX, le=64 * 1024 * 1024)
 
     @field_validator("on_role_change")
@@ -56,8 +56,9 @@ class HostSection(Strict):
                 f"heartbeat_timeout ({self.heartbeat_timeout}s) must be greater than two heartbeat intervals "
                 f"({2 * self.heartbeat_interval}s), or one late heartbeat looks like a dead peer"
             )
-        if self.peer == self.peer_listen:
+        if same_addr(self.peer, self.peer_listen):
             problems.append("host.peer must be the other host's peer_listen, not this host's own")
+        problems += listen_clashes({"peer_listen": self.peer_listen, "admin_listen": self.admin_listen, "http_listen": self.http_listen})
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -67,7 +68,7 @@ class TakeoverSection(Strict):
     path: ConfigPath
     records: int = Field(ge=4, le=0xFFFF_FFFF)  # (the file format's bound: hsb.takeover.layout.MAX_RECORDS)
     record_size: int = Field(default=4096, ge=512, le=1 << 20)
-    storage_timeout: float = Field(default=2.0, gt=0, le=600)
+    storage_timeout: float = Field(default=2.0, ge=0.05, le=600)
 
     @field_validator("record_size")
     @classmethod

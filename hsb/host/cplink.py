@@ -9,6 +9,7 @@ Heartbeats are numbered; the CP's answer to one renews the active's lease
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -117,6 +118,9 @@ class CPLink:
             "cp_link_refused", "tried again every 5 s; check the CP's certificate (its expiry, its CA in this host's ca_file)", cp=self.addr
         )
         gen_refusals = RefusalLog("cp_generation_refused", "tried again; the serving CP holds the address soon (keepalived)", cp=self.addr)
+        unresolved = RefusalLog(
+            "cp_address_unresolved", "tried again; check host.cp in this host's config (a name the resolver knows, or an IP)", cp=self.addr
+        )
         while not self.stopped:
             try:
                 fs = await FrameStream.connect(h, p, timeout=2.0, max_frame=self.max_frame)
@@ -136,6 +140,8 @@ class CPLink:
                     refused = True
                     why = getattr(exc, "verify_message", None) or exc.reason or str(exc)
                     tls_refusals.seen(f"tls: {why}")
+                elif isinstance(exc, socket.gaierror):  # (a name not known: else retried in silence)
+                    unresolved.seen(f"cannot resolve {h!r}: {exc.strerror}")
                 await asyncio.sleep(backoff.next() if not refused else 5.0)
                 continue
             gen = fs.auth_ok.get("generation")
@@ -156,6 +162,7 @@ class CPLink:
             refusals.clear()
             tls_refusals.clear()
             gen_refusals.clear()
+            unresolved.clear()
             self.fs = fs
             self.connects += 1
             self.last_rx = time.monotonic()

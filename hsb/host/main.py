@@ -61,7 +61,7 @@ def takeover_writable(cfg: HostConfig) -> list[str]:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--role", type=click.Choice(["active", "standby"]), required=False, help="Role to start in.")
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Host TOML config.")
+@click.option("--config", "config_path", required=True, type=click.Path(), help="Host TOML config.")
 @click.option(
     "--check-config",
     is_flag=True,

@@ -201,6 +201,9 @@ class PeerLink:
         tls_refusals = RefusalLog(
             "peer_link_refused", "tried again every 5 s; check both hosts' certificates (their names, expiry, and CA in ca_file)", peer=self.peer_addr
         )
+        unresolved = RefusalLog(
+            "peer_address_unresolved", "tried again; check host.peer in this host's config (a name the resolver knows, or an IP)", peer=self.peer_addr
+        )
         while True:
             try:
                 fs = await FrameStream.connect(h, p, timeout=2.0, max_frame=self.max_frame)
@@ -220,6 +223,8 @@ class PeerLink:
                     # we refused the peer's certificate (expired, another CA) or it is no TLS server
                     refused = True
                     tls_refusals.seen(f"tls: {getattr(exc, 'verify_message', None) or exc.reason or exc}")
+                elif isinstance(exc, socket.gaierror):  # (a name not known: else retried in silence)
+                    unresolved.seen(f"cannot resolve {h!r}: {exc.strerror}")
                 self.wake_connect.clear()
                 try:  # the peer connecting to us means it is up: try at once (asyncio.timeout, not
                     # wait_for: on 3.11 wait_for can lose a cancellation, and this loop would not end)
@@ -231,6 +236,7 @@ class PeerLink:
             backoff.reset()
             refusals.clear()
             tls_refusals.clear()
+            unresolved.clear()
             _user_timeout(fs, max(4 * self.timeout, 2.0))
             self.outbound = fs
             log.debug("peer_sending_link_up", peer=self.peer_addr)

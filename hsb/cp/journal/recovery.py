@@ -4,9 +4,11 @@ record applied to the state it describes. Pure: files in, a `Recovered` out.
 Record kinds (the first element of each MessagePack array):
 
     ["ck", epoch, active, generation, {terminal: last acked id},
-     {"history": [...], "paused": bool, "logoff": {terminal: id}}]
+     {"history": [...], "paused": bool, "logoff": {terminal: id}, "lease": [host_lease, fresh_s]}]
                                    checkpoint, first in every segment ("logoff": as the "o"
-                                   records of the terminals logged off holding messages then)
+                                   records of the terminals logged off holding messages then;
+                                   "lease": how long a lease this CP granted may outlive its last
+                                   renewal, for the wait after a restart: hsb.cp.core)
     ["a", terminal, id, data]      a message accepted (and acknowledged once durable)
     ["r", terminal, id, data]      its reply, kept until the terminal confirms it; the message is settled
     ["d", terminal, id]            its reply, not kept (a terminal that does not resume); settled
@@ -186,6 +188,7 @@ class Recovered:
     logoff: dict[str, int] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     paused: bool = False
+    lease: tuple[float, float] = (0.0, 0.0)  # (host_lease, fresh_s) of the CP that wrote the newest checkpoint
     segments: list[int] = field(default_factory=list)
     last_segment: int = 0
     head_generation: int = 0  # the generation whose segments were read
@@ -273,6 +276,9 @@ def apply(r: Recovered, rec: list[Any], seg: int) -> None:
             for t, i in rec[5].get("logoff", {}).items():
                 if int(i) > r.logoff.get(str(t), 0):
                     r.logoff[str(t)] = int(i)
+            lease = rec[5].get("lease")
+            if isinstance(lease, list) and len(lease) == 2:  # (the newest checkpoint's: segments are read in order)
+                r.lease = (float(lease[0]), float(lease[1]))
         if epoch >= r.epoch:
             r.epoch, r.active = epoch, active
         r.generation = max(r.generation, generation)
