@@ -191,3 +191,78 @@ async def test_a_standby_registering_again_during_a_handover_wait_has_it_wait_fo
     await asyncio.sleep(0)
     cp.settle_flip()
     assert cp.active is b2 and not any(t.closed for t in terms)
+
+
+async def test_the_recorded_active_not_back_is_told_again_until_a_host_holds_the_role(tmp_path: Path) -> None:
+    """After a restart the recorded active does not come back: the standby was told once, and
+    the CP forgot it. Its request refused (failover paused) or lost with its link, nothing told it
+    again: no active at all until an operator's promote. Told again at the resume and to a
+    standby link made again, until a host holds the role."""
+    cp = cp_core(tmp_path, 2)
+    cp.recorded_active = "host-a"
+    cp.recovered_at = time.monotonic() - 60  # its wait is over
+    cp.set_paused(True, "test")
+    b = standby(cp, record=True)
+
+    def lost(h: Any) -> list[dict[str, Any]]:
+        h.flush()
+        return [f for f in h.transport.frames() if f.get("t") == "active_lost"]
+
+    cp.tick()
+    assert [f["host"] for f in lost(b)] == ["host-a"]
+    cp.host_switchover(b, "active lost", False, "failover")
+    assert cp.active is None  # refused: paused
+    cp.set_paused(False, "test")
+    assert len(lost(b)) == 2, "not told again at the resume"
+    b.connection_lost(None)  # its link goes before it asked
+    cp.host_lost(b)
+    b2 = standby(cp, record=True)
+    assert [f["host"] for f in lost(b2)] == ["host-a"], "a standby link made again was not told"
+    cp.host_switchover(b2, "active lost", False, "failover")
+    assert cp.active is b2 and cp.not_back is None
+
+
+async def test_the_old_active_whose_link_breaks_while_the_grant_is_made_durable_is_told_it_handed_over(tmp_path: Path) -> None:
+    """A planned switchover is granted; while its epoch is written to the journal the old active's
+    link breaks and it registers again, as the active. It was refused `active_exists` (the
+    redirect knew only grants already durable) and exited fenced (75): the switchover ended with
+    no standby. It is told it handed over, and registers as the standby."""
+    cp, a, b, terms = pair_waiting_for_a_handover(tmp_path)
+    a.instance = "ia"
+    writes: list[Any] = []
+    append = cp.journal.append
+    cp.journal.append = lambda payload, done=None, **kw: writes.append((payload, done)) or 0  # held: not durable yet
+    cp.host_open(b, "T00003", "standby", {})  # the last owed session: granted, its epoch being written
+    assert cp.granting is b and cp.demoting is a and [p[0] for p, _ in writes] == ["e"]
+    a.connection_lost(None)
+    a2 = fake_host(cp, "host-a", record=True)
+    a2.instance = "ia"
+    cp.host_register(a2, "active", 1)
+    a2.flush()
+    errors = [f for f in a2.transport.frames() if f.get("t") == "error"]
+    assert [e["code"] for e in errors] == ["handed_over"] and errors[0]["active"] == "host-b", errors
+    cp.journal.append = append
+    for _, done in writes:  # durable now
+        if done is not None:
+            done()
+    await asyncio.sleep(0)
+    cp.settle_flip()
+    assert cp.active is b and not any(t.closed for t in terms)
+
+
+async def test_a_late_reply_of_the_demoted_active_does_not_drop_its_new_standby_link(tmp_path: Path) -> None:
+    """A planned switchover went ahead after its reply wait ran out; a service call of the old
+    active finishes after the grant made it the standby and before it read `demoted`: its reply
+    was a protocol error (`not_active`) that closed the link and dropped the standby sessions the
+    switchover had just kept. It is ignored (the new active answers the message)."""
+    cp, a, b, terms = pair_waiting_for_a_handover(tmp_path)
+    a.instance = "ia"
+    cp.host_open(b, "T00003", "standby", {})
+    await asyncio.sleep(0)
+    cp.settle_flip()
+    assert cp.active is b and cp.standby is a and a.role == "standby"
+    a._handle({"t": "reply", "terminal": "T00001", "id": 1, "data": "late", "epoch": cp.epoch - 1})
+    assert not a.closed and cp.standby is a
+    cp.handed_over_by = None  # (a standby that was not this epoch's old active: still refused)
+    a._handle({"t": "reply", "terminal": "T00001", "id": 1, "data": "late", "epoch": cp.epoch - 1})
+    assert a.closed

@@ -121,6 +121,9 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         self.handed_over_by: tuple[str, str, int] | None = None
         self.stopped_at: float | None = None  # when the active stopped normally (its lease runs out after)
         self.recovered_at: float | None = None
+        # the active recorded before a restart, told to the standby as not back (tick): told again
+        # at a resume and to a standby that registers, until a host holds the role
+        self.not_back: str | None = None
         # the lease bound the CP of before recorded (its host_lease, its fresh_s): a lease it granted
         # may run that long after it stopped renewing, whatever this CP's config says now
         self.recovered_lease: tuple[float, float] = (0.0, 0.0)
@@ -169,6 +172,9 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         if not paused and a is not None and (a.closed or self.loss is not None):
             self.active_lost_notified = False  # lost while paused: the standby hears it again now
             self._notify_active_lost(a.name, "eof" if a.closed else "silent")
+        elif not paused and a is None and self.not_back is not None:
+            self.active_lost_notified = False  # (its request was refused while paused)
+            self._notify_active_lost(self.not_back, "not back after the CP restarted")
         return "paused: no automatic failover until 'hsbctl resume'" if paused else "resumed: automatic failover on"
 
     # ------------------------------------------------------------------ hosts
@@ -212,6 +218,9 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
                 self._become_active(host, reason="registered again on a new link")
                 return
             ho = self.handed_over_by
+            dm = self.demoting  # a planned switchover's grant being made durable: its old active
+            if dm is not None and self.granting is cur and dm is not host and host.instance and (host.name, host.instance) == (dm.name, dm.instance):
+                ho = (dm.name, dm.instance or "", self.epoch)  # (whose link broke meanwhile) handed over too
             if cur is not None and not cur.closed and ho is not None and host.instance and (host.name, host.instance) == ho[:2]:
                 # the old active of a planned switchover, its link lost with the `demoted` frame:
                 # it handed over; told so, it registers again as the standby (it is not fenced)
@@ -311,6 +320,9 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
                 # of the standby's that is gone now): say so now, on this link
                 self.active_lost_notified = False
                 self._notify_active_lost(a.name, "eof" if a.closed else "silent")
+            elif a is None and self.not_back is not None:  # (told to a link of the standby's that is gone now)
+                self.active_lost_notified = False
+                self._notify_active_lost(self.not_back, "not back after the CP restarted")
         else:
             host.close_with_error("bad_role", f"role must be 'active' or 'standby', not {role[:20]!r}")
 
@@ -335,6 +347,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         host.role = "active"
         host.epoch = epoch
         self.cancel_deferred_grant()  # (someone holds the role now: a deferred request is moot)
+        self.not_back = None
         self.granting = self.demoting = None  # (a grant sets them again)
         self.loss = None
         self.active_lost_notified = False
@@ -666,6 +679,9 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
             if sb is not None and sb.usable:
                 log.warning("recorded_active_not_back", host=self.recorded_active, waited_s=self.restart_lease_s)
                 sb.send({"t": "active_lost", "host": self.recorded_active, "why": "not back after the CP restarted"})
+                # said once; owed again until someone holds the role: the standby's request may be
+                # refused (paused) or lost with its link, and nothing else would tell it again
+                self.not_back = self.recorded_active
                 self.recorded_active = None
         now = time.monotonic()
         last, self._last_tick = self._last_tick, now

@@ -199,6 +199,13 @@ class HostProtocol(AuthServerProtocol):
         # (the old active of a planned switchover, until its grant takes effect, answers too: it
         # was handed the message, and the new active has not been yet)
         if self is not self.cp.active and self.role != "demoting":
+            ho = self.cp.handed_over_by
+            if self.role == "standby" and ho is not None and ho == (self.name, self.instance or "", self.cp.epoch):
+                # demoted by this epoch's planned switchover, a service call of before it heard
+                # (a handover whose reply wait ran out): the message was re-delivered to the new
+                # active, which answers it. Closing the link would drop the standby sessions kept.
+                log.info("reply_after_handover_ignored", host=self.name, terminal=msg.get("terminal"), id=msg.get("id"), epoch=self.cp.epoch)
+                return
             raise ProtocolError("not_active", "only the active host may reply")
         data = require(msg, "data", (bytes, str))
         self.cp.host_reply(self, require(msg, "terminal", str), require(msg, "id", int), data)
