@@ -137,17 +137,31 @@ class TerminalGroup(Strict):
         return [Member(f"{p}{i:0{w}d}", sc, attrs) for i in range(self.start, self.start + self.count)]
 
 
+MAX_TERMINALS = 1_000_000  # in one table, all groups together (each group's count has the same bound)
+
+
 def expand_all(terms: list[TerminalDef], groups: list[TerminalGroup]) -> dict[str, TerminalSpec]:
-    """All definitions by name; a name defined twice is a ValueError naming it."""
+    """All definitions by name. A ValueError names every problem (its entry, one each): a name
+    defined twice, a group's names refused, more than MAX_TERMINALS in all."""
+    total = len(terms) + sum(g.count for g in groups)
+    if total > MAX_TERMINALS:  # (before expanding: a mistyped count must not take the memory)
+        raise ValueError(f"{total:,} terminals in all: at most {MAX_TERMINALS:,} (check the groups' counts)")
     out: dict[str, TerminalSpec] = {}
-    for t in terms:  # each name validated with its entry
+    problems: list[str] = []
+    for i, t in enumerate(terms):  # each name validated with its entry
         if t.name in out:
-            raise ValueError(f"terminal {t.name!r} is defined twice")
+            problems.append(f"terminals[{i}]: terminal {t.name!r} is defined twice")
         out[t.name] = t
-    for g in groups:
-        members = g.expand()
+    for i, g in enumerate(groups):
+        try:
+            members = g.expand()
+        except ValueError as exc:
+            problems.append(f"terminal_groups[{i}] (prefix {g.prefix[:60]!r}): {exc}")
+            continue
         if not out.keys().isdisjoint(m.name for m in members):
             dup = next(m.name for m in members if m.name in out)
-            raise ValueError(f"terminal {dup!r} is defined twice")
+            problems.append(f"terminal_groups[{i}]: terminal {dup!r} is defined twice")
         out.update((m.name, m) for m in members)
+    if problems:
+        raise ValueError("; ".join(problems))
     return out

@@ -142,6 +142,14 @@ def test_terminal_groups_expand_with_their_names_checked_and_no_name_twice() -> 
         expand_all([], [TerminalGroup(prefix="T ", count=1)])
     with pytest.raises(ValueError, match="1..48 bytes"):  # only the last name is too long
         expand_all([], [TerminalGroup(prefix="P" * 43, count=2, start=99_999)])
+    # every problem at once, each naming its entry (the first one found was all that was said,
+    # and a bad prefix named no group)
+    with pytest.raises(ValueError) as both:
+        expand_all([TerminalDef(name="T00002")], [TerminalGroup(prefix="T", count=3), TerminalGroup(prefix="B AD", count=2)])
+    assert "terminal_groups[0]: terminal 'T00002' is defined twice" in str(both.value), both.value
+    assert "terminal_groups[1] (prefix 'B AD'): " in str(both.value) and "no spaces" in str(both.value), both.value
+    with pytest.raises(ValueError, match="1,800,000 terminals in all: at most 1,000,000"):  # before anything is expanded
+        expand_all([], [TerminalGroup(prefix=f"G{i}", count=600_000) for i in range(3)])
 
 
 def test_session_attributes_the_takeover_file_cannot_hold_are_a_host_config_error(tmp_path: Path) -> None:
@@ -379,6 +387,14 @@ def test_addresses_and_timings_that_would_misbehave_are_config_errors(tmp_path: 
     p.write_text(p.read_text().replace('"fd00::2"', '"[fd00::2]:7000"').replace("0.001", "0.1").replace("0.01", "0.5"))
     r = run("hsb.host", "--config", str(p), "--check-config")  # (the rules across keys, once each key is valid)
     assert r.returncode == 78 and "peer_listen and admin_listen both listen on port 7101" in r.stderr, r.stderr
+    # the takeover file: not there yet is a warning (made later, or a mount not up yet: the start
+    # waits, exit 1); a directory is an error, as the start says it
+    p.write_text(p.read_text().replace('admin_listen = "0.0.0.0:7101"', 'admin_listen = "127.0.0.1:0"'))
+    r = run("hsb.host", "--config", str(p), "--check-config")
+    assert r.returncode == 0 and "config warning: takeover.path: takeover file" in r.stderr and "does not exist" in r.stderr, r.stderr
+    (tmp_path / "t.dat").mkdir()
+    r = run("hsb.host", "--config", str(p), "--check-config")
+    assert r.returncode == 78 and "takeover.path: takeover file" in r.stderr and "is a directory" in r.stderr, r.stderr
     cp = cp_config(tmp_path, terminals=1, auth_timeout=0.001)
     r = run("hsb.cp", "--config", str(cp), "--check-config")
     assert r.returncode == 78 and "cp.auth_timeout" in r.stderr, r.stderr

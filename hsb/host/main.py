@@ -43,17 +43,36 @@ def check_service(cfg: HostConfig) -> list[str]:
     return []
 
 
+def takeover_missing(cfg: HostConfig) -> list[str]:
+    """--check-config's warning: no takeover file at the path yet (the start stops with exit 1 until
+    one is made: `hsbctl file create`; on NFS, a mount not there yet)."""
+    from hsb.takeover.errors import FileMissing
+    from hsb.takeover.fileio import stat_regular
+
+    try:
+        stat_regular(cfg.takeover.path)
+    except FileMissing as exc:
+        return [f"takeover.path: {exc} before this host starts"]
+    except Exception:  # noqa: BLE001 - (anything else: the errors above said it)
+        pass
+    return []
+
+
 def takeover_writable(cfg: HostConfig) -> list[str]:
-    """--check-config: the takeover file, if it is there, can be written by this host. (The
+    """--check-config: the takeover file, if it is there, is a regular file this host can write. (The
     start asks the same in its size check, under storage_timeout: this one has no deadline, and
     a hung mount must not hang a start before it.)"""
-    from hsb.takeover.errors import NotWritable
+    from hsb.takeover.errors import NotRegularFile, NotWritable, TakeoverError
+    from hsb.takeover.fileio import stat_regular
     from hsb.takeover.store import writable
 
     try:
+        stat_regular(cfg.takeover.path)  # (missing: a warning, takeover_missing; the start waits on neither)
         writable(cfg.takeover.path)
-    except NotWritable as exc:
+    except (NotWritable, NotRegularFile) as exc:
         return [f"takeover.path: {exc}"]
+    except TakeoverError:
+        pass
     except OSError:
         pass  # the start says what else is wrong with it (a hung mount included)
     return []
@@ -71,7 +90,13 @@ def takeover_writable(cfg: HostConfig) -> list[str]:
 @click.version_option(__version__, prog_name="hsbd")
 def main(role: str | None, config_path: str, check_config: bool, log_level: str) -> None:
     """Run one host of the hot-standby pair (docs/design.md)."""
-    cfg = load_or_exit(config_path, HostConfig, check_config, checks=lambda c: check_service(c) + (takeover_writable(c) if check_config else []))
+    cfg = load_or_exit(
+        config_path,
+        HostConfig,
+        check_config,
+        warnings=takeover_missing,
+        checks=lambda c: check_service(c) + (takeover_writable(c) if check_config else []),
+    )
     if role is None:
         raise click.UsageError("--role active|standby is required")
     secret = load_secret(cfg.host.secret_file)

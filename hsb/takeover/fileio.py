@@ -182,6 +182,11 @@ class RecordWriter:
         self.close()
 
 
+def stat_regular(path: str) -> os.stat_result:
+    """The file's stat; FileMissing or NotRegularFile, each naming the fix, if it is not one."""
+    return _stat_regular(path)
+
+
 def _stat_regular(path: str) -> os.stat_result:
     try:
         st = os.stat(path)
