@@ -266,3 +266,28 @@ async def test_a_late_reply_of_the_demoted_active_does_not_drop_its_new_standby_
     cp.handed_over_by = None  # (a standby that was not this epoch's old active: still refused)
     a._handle({"t": "reply", "terminal": "T00001", "id": 1, "data": "late", "epoch": cp.epoch - 1})
     assert a.closed
+
+
+async def test_a_failover_request_right_after_a_stall_of_the_cp_is_judged_after_a_read(tmp_path: Path) -> None:
+    """The CP's own loop stalled past host_timeout (a logon storm): the active's heartbeats of
+    that time are unread, so it looks silent. tick() judges silence again after a read; a
+    standby's request met then was granted at once, fencing a healthy active. It is judged again
+    shortly: heard from meanwhile, the active keeps the role; still silent, the standby gets it."""
+    cp = cp_core(tmp_path, 2)
+    a = fake_host(cp, "host-a", "active")
+    b = standby(cp, record=True)
+    now = time.monotonic()
+    a.last_rx = now - 1.0  # (its heartbeats wait unread in the socket)
+    cp._last_tick = now - 1.0  # the loop did not run for a second
+    cp.host_switchover(b, "peer lost", False, "failover")
+    assert cp.active is a and cp.deferred_grant is not None, "granted on a silence the CP did not read"
+    a.last_rx = cp._last_tick = time.monotonic()  # the read: it was alive all along
+    await asyncio.sleep(0.15)
+    b.flush()
+    assert cp.active is a and [f["t"] for f in b.transport.frames() if f.get("t", "").startswith("switch")] == ["switch_refused"]
+    a.last_rx = time.monotonic() - 1.0  # really silent, the loop running: granted at once
+    cp._last_tick = time.monotonic()
+    cp.host_switchover(b, "peer lost", False, "failover")
+    await asyncio.sleep(0)
+    cp.settle_flip()
+    assert cp.active is b

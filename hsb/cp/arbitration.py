@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from hsb.cp.host_link import HostProtocol
     from hsb.cp.state import Held, Term
 
+STALL_RECHECK_S = 0.05  # a request met just after a stall of this process: judged again this much later
+
 log = structlog.get_logger("hsb.cp")
 
 
@@ -49,6 +51,8 @@ class Arbitration:
     recovered_at: float | None
     deferred_grant: asyncio.TimerHandle | None
     deferred_ask: tuple[str, str, bool, str] | None
+    _last_tick: float | None
+    _tick_skipped: bool
 
     def host_switchover(self: CP, host: HostProtocol, reason: str, planned: bool, kind: str = "failover") -> None:
         self.settle_flip()
@@ -83,6 +87,14 @@ class Arbitration:
             why = "promote after normal stop" if self.active_stopped_normally else "no active host"
         elif a.closed and not a.closed_here:
             why = "active host link closed"
+        elif time.monotonic() - a.last_rx > self.host_timeout and self.stalled():
+            # this process did not run for a while: the active's heartbeats of that time may be
+            # unread yet, so its silence is judged again shortly, after a read (as tick() does)
+            self.deferred_ask = (host.name, reason, planned, kind)
+            if self.deferred_grant is None:
+                log.info("switchover_deferred", requester=host.name, recorded_active=a.name, wait_ms=STALL_RECHECK_S * 1000, why="cp loop stalled")
+                self.deferred_grant = asyncio.get_running_loop().call_later(STALL_RECHECK_S, self._deferred_switchover)
+            return
         elif time.monotonic() - a.last_rx > self.host_timeout:
             why = f"active host link silent for {time.monotonic() - a.last_rx:.3f}s"
         elif planned and a.released:
@@ -94,6 +106,12 @@ class Arbitration:
             log.info("switchover_refused", requester=host.name, active=a.name, reason=reason)
             return
         self._grant(host, reason, why, kind="promote" if kind == "promote" or why.startswith("promote") else "failover")
+
+    def stalled(self: CP) -> bool:
+        """This process did not run for half a host_timeout just now (tick's stall guard): the
+        hosts' frames of that time may still be unread."""
+        last = self._last_tick
+        return self._tick_skipped or (last is not None and time.monotonic() - last > self.host_timeout / 2)
 
     def restart_lease_left(self: CP, host: HostProtocol) -> float:
         """Seconds until the lease of the active recorded before a restart (not registered again)
