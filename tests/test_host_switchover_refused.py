@@ -423,3 +423,33 @@ async def test_nothing_new_reaches_the_service_while_it_hands_over_and_all_goes_
         assert late == [], f"host-a's service was handed the message {len(late)} times while it handed over"
         # refused: host-a serves on, and the message it held goes to its service again
         await until(lambda: any(c[0] == "host-a" and c[1] >= refused_at for c in calls), "host-a's service handed it again")
+
+
+async def test_a_switchover_the_cp_undoes_ends_it_at_the_old_active(tmp_path: Path) -> None:
+    """The standby's link goes while its grant is made durable: the CP gives the old active the
+    role back at a new epoch (`switch_granted` to the active). hsbd took that for a takeover of its
+    own: `switchover_complete` of a "planned switchover", a failover counted, its partner state
+    reset, and the switchover never ended (a stop waiting on it waited its whole 15 s). It ends
+    there, as a refused one does: established again, nothing counted, a stop not kept waiting."""
+
+    async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
+        core = cp.cp
+        real = core._granted
+
+        def lose_grantee(host: Any, *args: Any) -> None:
+            core._granted = real  # type: ignore[method-assign]
+            host.abort()  # host-b's link goes before the epoch is durable
+            real(host, *args)
+
+        core._granted = lose_grantee  # type: ignore[method-assign]
+        ended, counted = a.ha.status()["switchovers_ended"], dict(a.ha.counters)
+        epoch = a.ha.epoch
+        a.ha.post("switchover")
+        await until(lambda: a.ha.status()["switchovers_ended"] == ended + 1, "the switchover ended at host-a")
+        assert a.ha.role == "active" and a.ha.epoch > epoch and "undone" in (a.ha.last_error or ""), (a.ha.role, a.ha.last_error)
+        assert (a.ha.counters["failovers"], a.ha.counters["switchovers"]) == (counted["failovers"], counted["switchovers"])
+        await until(lambda: established(a, b), "hot standby again (host-b registered again)")
+        assert core.active is not None and core.active.name == "host-a"
+        await switched_over(a, b)
+
+    await _run(tmp_path, body)

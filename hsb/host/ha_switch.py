@@ -114,6 +114,16 @@ class SwitchSide:
 
     async def on_switch_granted(self: HA, epoch: int) -> None:
         """Become the active exactly as one that started active (B from own count) [0051]."""
+        if self.role == "active":
+            # the role back, at a new epoch: our planned switchover's standby was lost before its
+            # grant took effect (the CP's switchover_undone). No takeover of ours: it ended
+            # without the grant, the active serves on (a stop waiting on it stops waiting)
+            self.epoch = epoch
+            self.switch_requested_at = None
+            self.switchover_ended(
+                "switchover_undone", f"planned switchover undone at epoch {epoch}: the standby was lost before it took effect", "standby lost"
+            )
+            return
         if self.takeover is None or self.switch_requested_at is None:
             self.takeover = {"reason": "planned switchover", "requested_at": time.time(), "established": self.state == ESTABLISHED, "planned": True}
             self.takeover_t0 = time.monotonic()
