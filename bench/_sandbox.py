@@ -598,6 +598,21 @@ def table(headers: list[str], rows: list[list[str]], align: str | None = None) -
 # end sending (then it settles, logs the terminals off and reports). EOF also stops it.
 
 
+def fault_window_failures(report: dict[str, Any], terminals: int) -> list[str]:
+    """What a run with ONE fault (a kill, a cut) made at its mark must also fail on: a terminal
+    dropped before the fault (the CP-restart verdict lets a drop pass when another CP process
+    welcomes it next: a second, unplanned restart would), or more changes of CP process than one
+    per terminal."""
+    out = []
+    before = (report.get("extras") or {}).get("disconnects_before") or 0
+    if before:
+        out.append(f"disconnects before the fault: {before} welcomed terminals dropped before it was made")
+    again = report.get("cp_reconnects") or 0
+    if again > terminals:
+        out.append(f"CP processes: {again} changes seen by {terminals} terminals, more than the one the fault explains")
+    return out
+
+
 def _load_stats_class() -> type:
     import hsb.term.load as L
 
@@ -614,6 +629,7 @@ def _load_stats_class() -> type:
             self.switched_after = 0
             self.reopened_after = 0
             self.disc_after = 0
+            self.disc_before = 0  # welcomed terminals dropped before the arm: no fault was made yet
             self.recovered_sent = False
 
         def arm(self) -> float:
@@ -652,6 +668,8 @@ def _load_stats_class() -> type:
             super().on_disconnect(c, exc, retry_in, welcomed)
             if self.mark_at is not None and self.counting and welcomed:
                 self.disc_after += 1
+            elif self.mark_at is None and self.counting and welcomed:
+                self.disc_before += 1
 
         def extras(self) -> dict[str, Any]:
             def wall(t: float | None) -> float | None:
@@ -665,6 +683,7 @@ def _load_stats_class() -> type:
                 "switched_after": self.switched_after,
                 "reopened_after": self.reopened_after,
                 "disconnects_after": self.disc_after,
+                "disconnects_before": self.disc_before,
             }
 
     return FailoverStats

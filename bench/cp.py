@@ -658,10 +658,11 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
         failed: list[str] = []
         for t in res["throughput"]:
             c, dr = t["cp"], t["direct"]
+            mem = t.get("memory_only") or {"runs": []}
             cc, dc = c["cpu"], dr["cpu"]
-            disturbed += sum(r.get("disturbed", False) for r in c["runs"] + dr["runs"])
-            total += len(c["runs"]) + len(dr["runs"])
-            for mode, side in (("via hsbcpd", c), ("direct", dr)):
+            disturbed += sum(r.get("disturbed", False) for r in c["runs"] + dr["runs"] + mem["runs"])
+            total += len(c["runs"]) + len(dr["runs"]) + len(mem["runs"])
+            for mode, side in (("via hsbcpd", c), ("direct", dr), ("memory-only hsbcpd", mem)):
                 failed += [
                     f"{t['terminals']:,} terminals, window {t['window']}, {mode}: {'; '.join(r.get('failures') or [])}"
                     for r in side["runs"]
@@ -976,7 +977,9 @@ async def amain(a: argparse.Namespace) -> int:
     if a.write:
         write_section(SECTION, text)
         print("written to BENCHMARKS.md", file=sys.stderr)
-    bad = sum(1 for t in res["throughput"] for side in ("cp", "direct") for r in t[side]["runs"] if not r.get("ok", True))
+    bad = sum(
+        1 for t in res["throughput"] for side in ("cp", "direct", "memory_only") for r in (t.get(side) or {}).get("runs", []) if not r.get("ok", True)
+    )
     bad += sum(1 for t in res.get("ack", []) for side in ("cp", "memory_only") for r in t[side]["runs"] if not r.get("ok", True))
     return 1 if bad else 0
 

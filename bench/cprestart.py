@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _sandbox import (  # noqa: E402
     Logs,
+    fault_window_failures,
     fmt_ms,
     machine,
     machine_line,
@@ -143,6 +144,7 @@ async def one(d: Path, n: int, a: argparse.Namespace, rep: int, mode: str = "pla
     started = logs.cp.find("cp_started", after=t_kill)
     reg = logs.cp.find("host_registered", after=t_kill, role="active")
     op = (report.get("operations") or [{}])[0]
+    extra_failures = fault_window_failures(report, n)
     return {
         "terminals": n,
         "rep": rep,
@@ -157,6 +159,8 @@ async def one(d: Path, n: int, a: argparse.Namespace, rep: int, mode: str = "pla
         "worst_ms": op.get("worst_ms"),
         "p99_ms": op.get("p99_ms"),
         "all_served_ms": op.get("all_served_ms"),
+        "unanswered": op.get("unanswered"),
+        "in_flight": op.get("in_flight"),
         "cp_reconnects": report.get("cp_reconnects"),
         # CPU seconds from the new hsbcpd's start to every terminal back: each process, and the
         # machine ("busy": every core's non-idle time; "cores": what the machine has)
@@ -165,8 +169,8 @@ async def one(d: Path, n: int, a: argparse.Namespace, rep: int, mode: str = "pla
         "duplicates": report["duplicates"],
         "unexpected": report["unexpected"],
         "acked": report["acked"],
-        "ok": report["ok"],
-        "failures": report["failures"],
+        "ok": report["ok"] and not extra_failures,
+        "failures": report["failures"] + extra_failures,
     }
 
 
@@ -231,6 +235,15 @@ def recovery_bench(n: int, group: int = GROUP_RECORDS) -> dict[str, Any]:
         }
 
 
+def served_again_ms(r: dict[str, Any]) -> float:
+    """One run's "every terminal served again" (ms from the kill): every session back, the worst
+    pause and the last reply to what was in flight at the kill (none in flight: no such figure);
+    infinite if a session never came back or a message of the window was never answered."""
+    if r.get("kill_to_all_back_ms") is None or r.get("unanswered") or r.get("worst_ms") is None:
+        return float("inf")
+    return float(max(r.get(k) or 0 for k in ("kill_to_all_back_ms", "worst_ms", "all_served_ms")))
+
+
 def render(data: dict[str, Any], a: argparse.Namespace) -> str:
     rows = data.get("results", [])
     out = [
@@ -250,7 +263,9 @@ def render(data: dict[str, Any], a: argparse.Namespace) -> str:
             continue
 
         def mm(k: str) -> str:
-            v = [r[k] for r in rs if r.get(k) is not None]
+            # a run without the figure never got there (a terminal not back within the wait, a
+            # message never answered): infinite, not left out of the median or the worst
+            v = [r[k] if r.get(k) is not None else float("inf") for r in rs if k in r]
             return f"{fmt_ms(median(v), 1)} ({fmt_ms(max(v), 1)})" if v else "–"
 
         body.append(
@@ -296,13 +311,16 @@ def render(data: dict[str, Any], a: argparse.Namespace) -> str:
         runs = [r for r in rows if r["terminals"] == big and r.get("mode", "plain") == mode]
         if not runs:
             continue
-        # a run in which not every terminal came back (no figure) is the worst run, never left out
-        back = [float("inf") if r.get("kill_to_all_back_ms") is None else r["kill_to_all_back_ms"] for r in runs]
+        # "served again": every terminal's session back, and every message of the window around
+        # the kill answered (the worst pause, the last of those served): a session reopened
+        # while held messages still wait is not service. A run without one of these figures
+        # (not every terminal back, a message never answered) is the worst run, never left out
+        back = [served_again_ms(r) for r in runs]
         failed = sum(1 for r in runs if not r["ok"])
         met = max(back) <= 1000 and not failed
         out += [
             "",
-            f"Goal at {big:,} terminals ({MODES[mode]}): every terminal served again ≤ 1 s after the kill: worst run {fmt_ms(max(back))} ms"
+            f"Goal at {big:,} terminals ({MODES[mode]}): every terminal served again ≤ 1 s after the kill (its session back, and the worst pause and the last reply of the messages around the kill): worst run {fmt_ms(max(back))} ms"
             + (f", {failed} of {len(runs)} runs failed the verdict" if failed else "")
             + f" (**{'met' if met else 'missed'}**); lost {sum(r['lost'] for r in rows)}, duplicates"
             f" {sum(r['duplicates'] for r in rows)}.",

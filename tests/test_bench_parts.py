@@ -20,3 +20,22 @@ def test_scale_core_recovery_reads_back_what_it_wrote() -> None:
     r = scale_core.recovery(6000)  # past one group record (4,096): the snapshot is several
     assert r["total_s"] > 0 and r["snapshot_s"] > 0 and r["snapshot_read_s"] > 0
     assert r["start_s"] == pytest.approx(r["total_s"] + r["snapshot_s"], abs=0.002)
+
+
+def test_a_restart_figure_is_service_and_a_missing_one_is_the_worst() -> None:
+    """bench/cprestart.py judged "served again ≤ 1 s" on sessions reopened alone (a session back
+    at 0.8 s, held messages answered at 3 s, was "met"), and a run without a figure fell out of
+    its median and worst; a drop before the kill (a second, unplanned restart) passed the verdict."""
+    import cprestart
+    from _sandbox import fault_window_failures
+
+    run = {"kill_to_all_back_ms": 800.0, "worst_ms": 3000.0, "all_served_ms": 2500.0, "unanswered": 0}
+    assert cprestart.served_again_ms(run) == 3000.0
+    assert cprestart.served_again_ms({**run, "worst_ms": None}) == float("inf")  # a message never answered
+    assert cprestart.served_again_ms({**run, "kill_to_all_back_ms": None}) == float("inf")
+    assert cprestart.served_again_ms({**run, "all_served_ms": None}) == 3000.0  # (nothing in flight at the kill)
+    assert fault_window_failures({"extras": {"disconnects_before": 2}, "cp_reconnects": 10}, 10) == [
+        "disconnects before the fault: 2 welcomed terminals dropped before it was made"
+    ]
+    assert fault_window_failures({"extras": {}, "cp_reconnects": 11}, 10)
+    assert fault_window_failures({"extras": {"disconnects_before": 0}, "cp_reconnects": 10}, 10) == []
