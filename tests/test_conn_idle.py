@@ -108,3 +108,21 @@ def test_a_dispatch_table_naming_no_method_is_refused_when_the_class_is_made() -
 
             def on_ping(self, msg: dict[str, Any]) -> None:
                 pass
+
+
+async def test_a_peer_that_reads_nothing_of_ours_is_told_so_not_that_it_was_silent() -> None:
+    """A client that does not read its replies: its writes fill, this link stops reading it, and
+    the idle timeout fired with "nothing received" (it sent plenty). It says what is wrong."""
+    from tests.support.transports import RecordingTransport
+
+    class Strict(Echo):
+        read_under_write_pressure = False  # (as the terminal and admin links: a peer not reading is not read)
+
+    p = Strict(idle_timeout=0.2)
+    p.connection_made(RecordingTransport("peer"))  # type: ignore[arg-type]
+    p.data_received(encode({"t": "ping"}))
+    p.pause_writing()  # our replies are not read: the kernel's buffer is full
+    await until_closed(p, 5.0)
+    p.flush()
+    errors = [f for f in p.transport.frames() if f.get("t") == "error"]  # type: ignore[union-attr]
+    assert [e["code"] for e in errors] == ["not_reading"] and "read the replies" in errors[0]["msg"], errors

@@ -536,3 +536,26 @@ async def test_frames_held_back_behind_unconfirmed_replies_are_bounded_in_bytes(
     assert [e["code"] for e in errors] == ["unconfirmed_replies"], errors
     assert p.closed
     assert max(m["id"] for m in p.transport.frames() if m.get("t") == "ack") == 4
+
+
+async def test_a_message_too_large_held_back_at_the_bound_is_the_terminals_error_not_a_traceback(tmp_path: Path) -> None:
+    """A terminal parked behind its unconfirmed replies sends a message that fits the frame but
+    not a delivery to a host: checked before it is held back, outside the dispatch's own catch,
+    its ProtocolError escaped into the event loop (a traceback, the connection closed with no
+    error frame, or left open with its reading stuck). It is the terminal's one-line error."""
+    from hsb.wire.framing import encode as frame
+    from tests.support.cpcore import cp_core, fake_host
+
+    cp = cp_core(tmp_path, 2, cp="held_bound = 4\nmax_frame = 65536\n")
+    h = fake_host(cp, "host-a", "active")
+    p = recording_terminal(cp, "T00001", 0)
+    cp.host_open(h, "T00001", "active", {})
+    for mid in range(1, 5):
+        p.data_received(frame({"t": "msg", "id": mid, "data": f"m{mid}"}))
+        cp.host_reply(h, "T00001", mid, f"r{mid}")
+    assert p.parked is not None
+    p.data_received(frame({"t": "msg", "id": 5, "data": "x" * (65536 - 900)}))  # fits max_frame, not a deliver
+    p.flush()
+    errors = [m for m in p.transport.frames() if m.get("t") == "error"]
+    assert [e["code"] for e in errors] == ["message_too_large"] and "max_frame" in errors[0]["msg"], errors
+    assert p.closed and max(m["id"] for m in p.transport.frames() if m.get("t") == "ack") == 4

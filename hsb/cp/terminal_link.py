@@ -139,7 +139,11 @@ class TerminalProtocol(FramedProtocol):
         if parked is not None and msg["t"] != "confirm":
             data = msg.get("data") if msg["t"] == "msg" else None
             if isinstance(data, (bytes, str)):
-                self._deliverable(msg.get("id"), data)  # now, as it would be in its turn (on_msg)
+                try:
+                    self._deliverable(msg.get("id"), data)  # now, as it would be in its turn (on_msg)
+                except ProtocolError as exc:  # (outside the dispatch's own catch: said here, not a traceback)
+                    self.protocol_error(exc)
+                    return
                 self.parked_bytes += data_size(data)
             parked.append(msg)
             # as many again as the bound, or as many bytes as a terminal may have held: read no more

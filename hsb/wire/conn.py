@@ -217,7 +217,10 @@ class FramedProtocol(asyncio.Protocol):
                     self.transport.pause_reading()
                     self._loop.call_soon(self._next_turn)
                 return
-            self._handle(bl.popleft())
+            try:
+                self._handle(bl.popleft())
+            except ProtocolError as exc:  # (a subclass's _handle outside the dispatch's catch: one line, this link only)
+                self.protocol_error(exc)
             n += 1
 
     def _next_turn(self) -> None:
@@ -502,6 +505,11 @@ class FramedProtocol(asyncio.Protocol):
             self._idle_handle = self._loop.call_at(due, self._idle_fired)
             return
         seconds = self._idle_t
+        if self.write_paused and not self.read_under_write_pressure:
+            # we read nothing because it read nothing of ours: say that, not "nothing received"
+            log.warning("idle_timeout", link=self.link, peer=self.peer, seconds=seconds, why="not_reading")
+            self.close_with_error("not_reading", f"your side read nothing of what was sent for {seconds}s; read the replies while sending")
+            return
         log.warning("idle_timeout", link=self.link, peer=self.peer, seconds=seconds)
         self.close_with_error("idle_timeout", f"nothing received for {seconds}s")
 

@@ -203,11 +203,14 @@ class Decoder:
         except ProtocolError:
             raise
         except Exception as exc:  # msgpack raises many types (ExtraData, StackError, ValueError, ...)
-            if isinstance(exc, ValueError) and "max_map_len" in str(exc):
+            if self._flat and isinstance(exc, ValueError) and "max_map_len" in str(exc):
                 raise ProtocolError(
                     BAD_FIELDS, f"a map of more than {FLAT_KEYS_MAX} keys: this link's frames are one map of a few plain values"
                 ) from None
-            raise ProtocolError(BAD_MSGPACK, f"undecodable MessagePack ({type(exc).__name__})") from None
+            raise ProtocolError(
+                BAD_MSGPACK,
+                f"undecodable MessagePack ({type(exc).__name__}): send one MessagePack map with string keys per frame (docs/protocol.md)",
+            ) from None
         if not isinstance(msg, dict):
             raise ProtocolError(NOT_A_MAP, f"frame is a {type(msg).__name__}, not a map")
         for key in msg:
