@@ -148,3 +148,25 @@ def test_a_flat_frame_with_many_keys_is_refused_before_it_is_built() -> None:
     assert err.value.code == "bad_fields" and "more than 16 keys" in err.value.msg, err.value
     ok = Decoder(max_frame=4 << 20, flat=True)  # the frames a terminal sends still pass
     assert ok.feed(frame(msgpack.packb({"t": "msg", "id": 1, "data": "x", "resent": True}))) == [{"t": "msg", "id": 1, "data": "x", "resent": True}]
+
+
+def test_a_frame_type_is_found_in_a_gone_connections_queue_without_decoding_the_rest() -> None:
+    """A gone connection's unread queue is searched for a `bye` (hsb.cp.terminal_link.gone): it
+    was decoded whole, up to 16 MiB of small frames in one call (over a second of the loop). Now
+    only a frame holding "t": "bye" is decoded, with the framing walked only when such bytes are
+    there; a "bye" inside a message's data is no bye; a frame split across the read still counts."""
+    from hsb.wire.framing import Decoder, encode
+
+    d = Decoder()
+    d.first_done()
+    many = encode({"t": "confirm", "id": 1}) * 50_000
+    assert not d.has_type(many, "bye")
+    assert d.has_type(many + encode({"t": "bye"}), "bye")
+    assert d.has_type(encode({"id": 3, "t": "bye"}), "bye")  # (not its first key)
+    assert not d.has_type(encode({"t": "msg", "id": 1, "data": "bye"}) * 100, "bye")
+    assert not d.has_type(encode({"t": "msg", "id": 1, "data": {"t": "bye"}}), "bye")  # (nested: its own frame is a msg)
+    assert not d.has_type(b"\x00\x00\x00\x00" + encode({"t": "bye"}), "bye")  # behind a malformed frame: not read
+    d2 = Decoder()
+    d2.first_done()
+    bye = encode({"t": "bye"})
+    assert d2.feed(bye[:3]) == [] and d2.has_type(bye[3:], "bye")

@@ -202,7 +202,7 @@ class TerminalProtocol(FramedProtocol):
         end had been read; a bye it gave (waiting in the logoff storm's queue, parked, or read
         and waiting behind the held bound) is still a logoff. Nothing else it sent was taken:
         none of it was acknowledged."""
-        if any(m["t"] == "bye" for m in self.unread_frames()):  # (one read already: `on_lost` finds it)
+        if self.unread_has("bye"):  # (one read already: `on_lost` finds it)
             self.bye_waiting = True
         self.abort()  # (its connection_lost comes later and finds the terminal no longer its own)
         self.on_lost(None, now=True)

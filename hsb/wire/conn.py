@@ -393,14 +393,16 @@ class FramedProtocol(asyncio.Protocol):
             return True
         return peer_gone(tr.get_extra_info("socket"))
 
-    def unread_frames(self) -> list[dict[str, Any]]:
-        """The frames its peer sent that this side never read (reading paused), decoded, not
-        handled: read from the kernel's receive queue, which keeps them after the peer's close
-        or reset. For a connection about to be dropped (`peer_gone`): the bytes are taken."""
+    def unread_has(self, t: str) -> bool:
+        """Whether the frames its peer sent that this side never read (reading paused) include
+        one of type `t`: read from the kernel's receive queue, which keeps them after the peer's
+        close or reset, and found without decoding the others (megabytes of small frames took
+        over a second of the loop to decode, for one `bye`). For a connection about to be
+        dropped (`peer_gone`): the bytes are taken."""
         tr = self.transport
         sock = tr.get_extra_info("socket") if tr is not None else None
         if sock is None or self.closed:
-            return []
+            return False
         chunks: list[bytes] = []
         size = 0
         try:
@@ -415,11 +417,9 @@ class FramedProtocol(asyncio.Protocol):
         try:
             if self._tls is not None:
                 data = self._tls.feed(data)[0]
-            return self.decoder.feed(data)
-        except ProtocolError as exc:
-            return list(exc.before)
         except TLSFailed:
-            return []
+            return False
+        return self.decoder.has_type(data, t)
 
     def abort(self) -> None:
         if self.transport is not None:

@@ -146,6 +146,30 @@ class Decoder:
         self._held = False
         self._hold = False
 
+    def has_type(self, data: bytes, t: str) -> bool:
+        """Whether the frames held and those in `data` include a frame of type `t` (a small one:
+        a `bye`), up to the first malformed frame. Only frames whose bytes hold "t": `t` are
+        decoded, and none is walked when those bytes are nowhere. The decoder's state is
+        left as it was (for a connection about to be dropped)."""
+        buf = bytes(self._buf) + data
+        mark = msgpack.packb("t") + msgpack.packb(t)  # the key and its value, as every frame of that type has them
+        if self._failed is not None or buf.find(mark) < 0:
+            return False
+        pos, n = 0, len(buf)
+        while n - pos >= 4:
+            (length,) = _LEN.unpack_from(buf, pos)
+            end = pos + 4 + length
+            if length == 0 or length > self.max_frame or end > n:
+                return False
+            if length <= 64 and buf.find(mark, pos + 4, end) >= 0:
+                try:
+                    if self._decode(buf[pos + 4 : end]).get("t") == t:
+                        return True
+                except ProtocolError:
+                    return False
+            pos = end
+        return False
+
     @property
     def buffered(self) -> int:
         """Bytes held that do not yet form a whole frame."""
