@@ -462,6 +462,9 @@ async def test_a_restart_on_a_shorter_lease_waits_for_the_lease_granted_before(t
         deferred = next(e for e in log_events(log) if e.get("event") == "switchover_deferred")
         assert deferred["recorded_active"] == "host-a" and deferred["wait_ms"] > 5_500, deferred
         assert not [m for m in b.inbox if m["t"] == "switch_granted"]
+        # each start said its snapshot durable (snap-N); an older generation's mark goes with it
+        gens = sorted(p.name for p in (tmp_path / "cp" / "cp-journal").iterdir() if p.name.startswith(("gen-", "snap-")))
+        assert [g for g in gens if g.startswith("snap-")] == [f"snap-{max(int(g[4:]) for g in gens if g.startswith('gen-')):08d}"], gens
         await b.close()
     finally:
         cp.stop()
@@ -817,3 +820,47 @@ async def test_a_terminal_removed_from_the_table_keeps_its_unconfirmed_replies(c
     assert again == {"t": "reply", "id": 1, "data": "one", "resent": True}
     await t2.close()
     await a.close()
+
+
+def test_a_damaged_checkpoint_of_a_generation_whose_snapshot_was_durable_stops_the_start(tmp_path: Path) -> None:
+    """A quiet journal shrinks to one checkpoint-only segment of its newest generation. One bad
+    bit in that record read as a torn write: the generation was skipped as one a CP died creating,
+    no older one was left (deleted once its snapshot was durable), and the CP started empty: epoch
+    0 (a fenced host no longer fenced), every held message and acknowledged id gone, the files
+    deleted as garbage. Its snapshot was said durable (snap-N): this is damage, and the start stops."""
+    from hsb.cp.journal.generation import Generations
+
+    gens = Generations(tmp_path)
+    gen = gens.take()
+    p = _segment(tmp_path, 9, [["ck", 42, "host-a", gen, {"T1": 7}, {"first": 5}]], gen=gen)
+    (tmp_path / f"snap-{gen:08d}").touch()  # (as Journal.open leaves it: gens.mark_snapshot)
+    assert recover(tmp_path, truncate=False).epoch == 42
+    blob = bytearray(p.read_bytes())
+    blob[20] ^= 0x01
+    p.write_bytes(bytes(blob))
+    with pytest.raises(JournalDamaged) as exc:
+        recover(tmp_path, truncate=False)
+    assert exc.value.path == str(p) and f"snap-{gen:08d}" in str(exc.value), str(exc.value)
+    # without the mark, a CP that died writing its snapshot: skipped, as before (nothing was
+    # acknowledged under it; an older generation, if any, is read)
+    (tmp_path / f"snap-{gen:08d}").unlink()
+    assert recover(tmp_path, truncate=False).epoch == 0
+
+
+def test_a_torn_record_whose_payload_holds_a_record_is_a_torn_tail_not_damage(tmp_path: Path) -> None:
+    """A terminal's data is kept verbatim and may hold a journal record's bytes. A crash that tore
+    the record holding them after those bytes made the start see "a valid record follows": exit
+    65 at every start. A record met inside the bad one's own extent counts only if valid records
+    run from it to the end of what was written."""
+    inner = encode(["a", "T9", 2, b"y"])
+    first = encode(["a", "T1", 1, b"x"])
+    holder = encode(["a", "T1", 2, b"P" * 40 + inner + b"Q" * 400])
+    cut = len(first) + holder.index(inner) + len(inner) + 17  # torn a little after the bytes it holds
+    got, end, torn = scan((first + holder)[:cut] + b"\x00" * 64)
+    assert got == [["a", "T1", 1, b"x"]] and end == len(first) and torn is not None
+    # a real record after a damaged one is still damage, inside the extent its header claims or not
+    second = encode(["a", "T1", 3, b"z"])
+    blob = bytearray(first + holder + second)
+    blob[len(first) + 30] ^= 0xFF  # the holder's payload
+    with pytest.raises(JournalDamaged, match=f"follows at offset {len(first) + len(holder)}"):
+        scan(bytes(blob))

@@ -143,13 +143,43 @@ def scan(buf: bytes, path: str = "?", until: str | None = None) -> tuple[list[An
             return out, off, None  # the rest of a segment allocated whole (hsb.fsutil.preallocate): not written yet
         _, why = _check(buf, off)
         # torn only if nothing valid follows
-        nxt = buf.find(MAGIC, off + 1)
-        while nxt != -1:
-            if _check(buf, nxt)[1] is None:
-                raise JournalDamaged(path, off, f"{why}, and a valid record follows at offset {nxt}")
-            nxt = buf.find(MAGIC, nxt + 1)
+        nxt = _follower(buf, off)
+        if nxt is not None:
+            raise JournalDamaged(path, off, f"{why}, and a valid record follows at offset {nxt}")
         return out, off, why
     return out, off, None
+
+
+def _follower(buf: bytes, off: int) -> int | None:
+    """Where a valid record follows the bad one at `off`, if one does: then it is damage, not a
+    torn write (a crash tears the last record only). A valid record met inside the bad one's own
+    extent, as its header gives it, counts only if valid records run from it to the end of what
+    was written: else it is a record's bytes inside that record's payload (a terminal's data may
+    hold anything), met because its write was torn after them."""
+    hsize = HEADER.size
+    claimed = None
+    if len(buf) - off >= hsize:
+        magic, n, _ = HEADER.unpack_from(buf, off)
+        if magic == MAGIC and n <= MAX_RECORD:
+            claimed = off + hsize + n
+    written = len(buf.rstrip(b"\x00"))
+    nxt = buf.find(MAGIC, off + 1)
+    while nxt != -1:
+        end, bad = _check(buf, nxt)
+        if bad is None and (claimed is None or nxt >= claimed or _runs_to(buf, end, written)):
+            return nxt
+        nxt = buf.find(MAGIC, nxt + 1)
+    return None
+
+
+def _runs_to(buf: bytes, off: int, written: int) -> bool:
+    """Whether valid records follow one another from `off` to `written` (the end of the data)."""
+    while off < written:
+        end, bad = _check(buf, off)
+        if bad is not None:
+            return False
+        off = end
+    return True
 
 
 def locate(buf: bytes, index: int) -> tuple[int, int | None]:

@@ -12,6 +12,11 @@ whatever the old CP made durable before its last successful check was there to r
 The serving CP also touches its `gen-N` file every tick (its heartbeat): a CP waiting to take
 over can tell a serving CP from a dead one without comparing clocks (it watches the file's
 modification time change, on its own monotonic clock).
+
+Once a CP's takeover snapshot is durable (before it deletes anything of older generations) it
+creates `snap-N`: from then on, a first segment of generation N that does not hold the
+snapshot whole is damage (JournalDamaged at recovery), never "a CP that died creating the
+generation", which recovery skips: skipping it would start empty, the older generations gone.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 from hsb.fsutil import fsync_dir
 
 GEN = re.compile(r"^gen-(\d{8})$")
+SNAP = re.compile(r"^snap-(\d{8})$")  # the generation's takeover snapshot was durable
 SEG_GEN = re.compile(r"^seg-(\d{8})-\d{8}\.hsbj$")  # a segment's generation, in its name
 KEEP = 8  # older generation files are removed, the newest few kept for the record
 
@@ -97,6 +103,20 @@ class Generations:
         fsync_dir(self.dir)
         return True
 
+    def mark_snapshot(self, own: int) -> None:
+        """`own`'s takeover snapshot is durable: said durably (snap-N), before older generations go."""
+        path = self.dir / f"snap-{own:08d}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(self.dir)
+
+    def snapshots(self, names: list[str] | None = None) -> set[int]:
+        """The generations whose takeover snapshot was made durable (snap-N)."""
+        return {int(m.group(1)) for name in (os.listdir(self.dir) if names is None else names) if (m := SNAP.match(name))}
+
     def newer_than(self, own: int) -> int | None:
         """A generation above `own` if one exists (cheap: one or two stats), else None. A CP whose
         own file is gone was superseded long ago (newer CPs prune old generation files)."""
@@ -142,9 +162,15 @@ class Generations:
         """Delete the generation files older than the newest KEEP, oldest first: a far-behind CP
         checks the next generation's file before its own, so during a prune it finds either the
         next one still there or its own gone, never its own there and the next one gone."""
-        old = sorted(g for name in os.listdir(self.dir) if (m := GEN.match(name)) and (g := int(m.group(1))) < own - KEEP)
+        names = os.listdir(self.dir)
+        old = sorted(g for name in names if (m := GEN.match(name)) and (g := int(m.group(1))) < own - KEEP)
         for g in old:
             try:
                 os.unlink(self.dir / gen_name(g))
+            except FileNotFoundError:
+                pass
+        for g in sorted(g for g in self.snapshots(names) if g < own):  # (older generations' segments are gone)
+            try:
+                os.unlink(self.dir / f"snap-{g:08d}")
             except FileNotFoundError:
                 pass

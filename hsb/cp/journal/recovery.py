@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hsb.cp.journal.format import JournalDamaged, locate, scan
+from hsb.cp.journal.generation import Generations
 from hsb.cp.state import Held, Kept
 
 SEGMENT = re.compile(r"^seg-(?:(\d{8})-)?(\d{8})\.hsbj$")
@@ -135,24 +136,33 @@ def segment_files(d: Path) -> list[tuple[int, int, Path]]:
     return sorted(out)
 
 
-def _complete(gen: int, segs: list[tuple[int, Path]]) -> bool:
+def _complete(gen: int, segs: list[tuple[int, Path]], marked: bool = False) -> bool:
     """Whether generation `gen`'s segments hold a complete takeover snapshot (see the module
     docstring). Damage found on the way raises JournalDamaged: it stops the start, never makes a
-    generation look unfinished (that would skip it, and delete it, for an older one)."""
+    generation look unfinished (that would skip it, and delete it, for an older one). `marked`:
+    its snapshot was said durable (snap-N, hsb.cp.journal.generation): one that does not check
+    out is damage too (a flipped bit in a checkpoint-only segment read as a torn write: the CP
+    started empty, epoch 0, its older generations deleted long before)."""
     if gen == 0:
         return True  # from before generations: no snapshot, the segments are the whole journal
     for first_n, path in segs:
         buf = _read(path)  # gone meanwhile (a superseded CP compacting): all is listed and read again
-        recs, _, _ = scan(buf, str(path), until="ck")  # the checkpoint alone first
+        recs, end, why = scan(buf, str(path), until="ck")  # the checkpoint alone first
         if not recs or recs[0][0] != "ck":
+            if marked:
+                raise JournalDamaged(str(path), end, f"generation {gen}'s snapshot was durable (snap-{gen:08d}), its checkpoint is not there ({why})")
             return False  # torn before its first record: a CP that died creating the generation
         extra = recs[0][5] if len(recs[0]) > 5 and isinstance(recs[0][5], dict) else {}
         if first_n > int(extra.get("first", first_n)):
             return True  # the snapshot's segment was settled and deleted: it was durable
         # the snapshot segment: complete once its end ("se") is there (the traffic after it is
         # read, and checked, by recover())
-        recs, _, _ = scan(buf, str(path), until="se")
-        return any(r[0] == "se" for r in recs)
+        recs, end, why = scan(buf, str(path), until="se")
+        if any(r[0] == "se" for r in recs):
+            return True
+        if marked:
+            raise JournalDamaged(str(path), end, f"generation {gen}'s snapshot was durable (snap-{gen:08d}), its end is not there ({why})")
+        return False
     return False
 
 
@@ -166,7 +176,8 @@ def _lineage(d: Path) -> tuple[int, list[tuple[int, Path]], list[Path]]:
     by_gen: dict[int, list[tuple[int, Path]]] = {}
     for gen, n, path in files:
         by_gen.setdefault(gen, []).append((n, path))
-    head = next((g for g in sorted(by_gen, reverse=True) if _complete(g, by_gen[g])), None)
+    marked = Generations(d).snapshots()
+    head = next((g for g in sorted(by_gen, reverse=True) if _complete(g, by_gen[g], g in marked)), None)
     segs = by_gen.get(head, []) if head is not None else []
     keep = {p for _, p in segs}
     return head or 0, segs, [p for _, _, p in files if p not in keep]

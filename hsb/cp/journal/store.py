@@ -191,6 +191,7 @@ class Journal(GroupWriter):
         t0 = time.monotonic()
         self.gens.check(self.gen)
         self.checked_at = t0
+        self.gens.mark_snapshot(self.gen)  # (before older generations go: recovery tells damage from a torn snapshot by it)
         # the snapshot is durable and checked: what is left of earlier generations is garbage,
         # which a later start lists again. A file that cannot go now (EIO, a permission) is
         # said and left, never a reason to stop: every start would take a generation, write
