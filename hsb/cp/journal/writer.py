@@ -216,6 +216,10 @@ class GroupWriter:
                     os.close(fd)  # (released even when it reports an error)
                 self._offset.pop(s, None)
                 os.unlink(self.dir / segment_name(s, self.gen))
+                # made durable before the next one goes: oldest first on the disk too, so that a
+                # crash never leaves a gap (a segment missing between two others), which recovery
+                # takes for damage (rare: one segment settles per segment_kib written)
+                fsync_dir(self.dir)
             except FileNotFoundError:
                 pass
             except OSError as exc:
