@@ -81,6 +81,7 @@ def load_or_exit(
         cfg = load(path, model)
     except ConfigError as exc:
         errors += exc.lines()
+        errors += _raw_secret_problem(path, exc.lines())  # (every error at once: the schema's need not come first)
     if cfg is not None:
         secret = _secret_path(cfg)
         if secret is not None:
@@ -140,6 +141,31 @@ def _daemon_section(cfg: BaseModel) -> Any:
         if sec is not None:
             return sec
     return None
+
+
+def _raw_secret_problem(path: str | Path, said: list[str]) -> list[str]:
+    """The secret file's problem when the rest of the config failed its schema (the check of the
+    loaded config never runs then): read from the TOML as it is, its section's `secret_file`."""
+    import tomllib
+
+    from hsb.wire.auth import SecretFileError, load_secret
+
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except (OSError, ValueError):
+        return []  # (said already: the file, its syntax)
+    for section in ("cp", "host"):
+        value = data.get(section, {}).get("secret_file") if isinstance(data.get(section), dict) else None
+        if isinstance(value, str) and value and not any(f"{section}.secret_file" in line for line in said):
+            secret = Path(value) if Path(value).is_absolute() else p.parent / value
+            try:
+                load_secret(str(secret))
+            except SecretFileError as exc:
+                return [str(exc)]
+            except OSError:
+                return []
+    return []
 
 
 def _secret_path(cfg: BaseModel) -> str | None:

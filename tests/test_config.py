@@ -433,3 +433,20 @@ async def test_a_cp_address_that_does_not_resolve_is_logged_not_retried_in_silen
         assert "no-such-cp.invalid" in e["reason"] and "host.cp" in e["msg"], e
     finally:
         h.stop()
+
+
+def test_the_secret_is_checked_even_when_the_schema_fails_and_a_wake_file_dir_is_refused(tmp_path: Path) -> None:
+    """Every error at once: a config with a schema error and a secret readable by others said only
+    the schema's (the secret's came at the next run). And a `wake_file` naming a directory was
+    read as "not master" for ever, in silence."""
+    (tmp_path / "s").write_text("s3cret\n")
+    (tmp_path / "s").chmod(0o644)
+    p = tmp_path / "cp.toml"
+    p.write_text('[cp]\nsecret_file = "s"\nheld_bound = 0\n[[terminals]]\nname = "T1"\n')
+    r = run("hsb.cp", "--config", str(p), "--check-config")
+    assert r.returncode == 78 and "cp.held_bound" in r.stderr and "secret" in r.stderr and "chmod" in r.stderr, r.stderr
+    (tmp_path / "s").chmod(0o600)
+    (tmp_path / "state").mkdir()
+    p.write_text('[cp]\nsecret_file = "s"\nwake_file = "state"\n[[terminals]]\nname = "T1"\n')
+    r = run("hsb.cp", "--config", str(p), "--check-config")
+    assert r.returncode == 78 and "cp.wake_file" in r.stderr and "is a directory" in r.stderr, r.stderr

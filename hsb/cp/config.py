@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
@@ -63,6 +64,15 @@ class CPSection(Strict):
     # written by keepalived's notify script: MASTER, BACKUP, FAULT or STOP (level, not edge: a
     # hsbcpd started after the transition still reads it); "": SIGUSR1 only
     wake_file: OptConfigPath = ""  # relative: to the config file
+
+    @field_validator("wake_file")
+    @classmethod
+    def _wake_file(cls, v: str) -> str:
+        """Not there yet is fine (keepalived's notify script writes it); a directory never works:
+        it was read as "not master" for ever, in silence."""
+        if v and Path(v).is_dir():
+            raise ValueError(f"{v} is a directory: name the file keepalived's notify script writes (docs/operations.md, two CP machines)")
+        return v
 
     @field_validator("name")
     @classmethod
