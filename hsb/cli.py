@@ -153,8 +153,8 @@ def _raw_secret_problem(path: str | Path, said: list[str]) -> list[str]:
     p = Path(path)
     try:
         data = tomllib.loads(p.read_text())
-    except (OSError, ValueError):
-        return []  # (said already: the file, its syntax)
+    except (OSError, ValueError, RecursionError):
+        return []  # (said already: the file, its syntax, its depth)
     for section in ("cp", "host"):
         value = data.get(section, {}).get("secret_file") if isinstance(data.get(section), dict) else None
         if isinstance(value, str) and value and not any(f"{section}.secret_file" in line for line in said):
