@@ -190,6 +190,13 @@ async def test_a_claim_of_two_actives_is_counted_in_the_metrics(tmp_path: Path) 
         reg = CollectorRegistry()
         reg.register(HostCollector(a.status))
         assert "hsb_two_actives_claimed_total 1.0" in generate_latest(reg).decode()
+        # an ordinary failover: this active lost its CP link (no lease), the peer was made active
+        # and says so. That is no overlap: the alert meant for one ("treat it as a bug") must not fire
+        a.ha.granted = False
+        a.ha.last_error = None
+        a.ha.post("peer_frame", msg={"t": "active_startup", "name": "host-b", "instance": "other"})
+        await until(lambda: "is the active now" in (a.ha.last_error or ""), "the takeover said")
+        assert a.ha.counters["two_actives_claimed"] == 1
 
 
 async def test_every_switch_is_counted_even_one_without_a_duration(tmp_path: Path) -> None:
@@ -205,6 +212,12 @@ async def test_every_switch_is_counted_even_one_without_a_duration(tmp_path: Pat
     from tests.support.procs import cp_config
 
     cp = CP(load(cp_config(tmp_path, terminals=2, durability="none"), CPConfig), None)
+    reg0 = CollectorRegistry()
+    reg0.register(CPCollector(cp.status, lambda: None, lambda: cp.history))
+    # every kind from 0 before its first switch: a series that first appears at 1 is not counted
+    # by increase() (the dashboard's switch count showed 0 for a site's only failover)
+    before = generate_latest(reg0).decode()
+    assert all(f'hsb_switches_total{{kind="{k}"}} 0.0' in before for k in ("failover", "switchover", "promote")), before
     cp.history.add({"kind": "promote", "at": 1.0, "epoch": 3, "duration_ms": None})
     cp.history.add({"kind": "failover", "at": 2.0, "epoch": 4, "duration_ms": 120.0})
     reg = CollectorRegistry()

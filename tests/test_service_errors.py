@@ -182,3 +182,20 @@ async def test_the_journal_services_writer_survives_a_failure_that_is_not_an_os_
     finally:
         await j.close()
     assert (tmp_path / "j.log").read_text() == "host-a T1 1 1\n"
+
+
+async def test_a_services_own_status_cannot_hide_the_hosts_view_of_its_health(tmp_path: Path) -> None:
+    """A service's `status()` is shown beside the host's view of it; a key of the same name
+    (`state`, `retries`) overrode the host's, so a failing service could show healthy and keep
+    hsb_service_healthy, and its alert, quiet."""
+    from hsb.service.builtin import EchoService
+    from tests.support.inproc import pair_in_hot_standby
+
+    class Says(EchoService):
+        def status(self) -> dict[str, object]:
+            return {"state": "fine", "retries": 0, "mine": 1}
+
+    async with pair_in_hot_standby(tmp_path, Says) as (cp, a, b, tasks):
+        a.delivery.health.state = "failing"  # (as after a ServiceUnavailable)
+        st = a.service_status()
+        assert st["state"] == "failing" and st["mine"] == 1, st

@@ -163,7 +163,7 @@ class History:
         self.duration = Histogram()  # loss (or release) -> grant
         self.pause = Histogram()  # worst pause of the traffic in flight
         self.last_at: dict[str, float] = {}
-        self.counts: dict[str, int] = {}  # switches by kind by this process, with a duration or not
+        self.counts: dict[str, int] = dict.fromkeys(KINDS, 0)  # switches by kind by this process (each from 0: increase() counts the first)
 
     def restore(self, entries: list[dict[str, Any]]) -> None:
         self.entries = list(entries)[-HISTORY_KEEP:]

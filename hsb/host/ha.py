@@ -511,9 +511,19 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
                     self.established_since = time.time()
                     log.info("hot_standby_established", peer=msg.get("name"), startup_id=self.partner_startup_id, how="peer link restored")
         elif self.role == "active" and prole == "active" and self.state != HANDING_OVER:
+            self.peer_claims_active(msg)
+
+    def peer_claims_active(self, msg: dict[str, Any]) -> None:
+        """The peer says it is the active while this host's role is too. Two actives only while
+        this one still holds the role at the CP with a valid lease (the alert's metric); one whose
+        CP link is gone (its lease lapsed or not renewed) was taken over from: a failover, said so."""
+        if self.granted and self.lease.valid():
             self.last_error = f"the peer {msg.get('name')} also claims to be active"
             self.counters["two_actives_claimed"] += 1
             log.error("two_actives_claimed", peer=msg.get("name"))
+        else:
+            self.last_error = f"the peer {msg.get('name')} is the active now; this host holds no lease (its CP link is down)"
+            log.warning("peer_took_over", peer=msg.get("name"), msg=self.last_error)
 
     async def peer_active_stopping(self, msg: dict[str, Any]) -> None:
         confirmed = msg.get("cp_confirmed")

@@ -148,8 +148,7 @@ class HotStandbySide:
             if self.state == HANDING_OVER:  # the CP's "demoted" is on its way
                 log.info("peer_took_over", peer=msg.get("name"))
             elif self.role == "active":
-                self.counters["two_actives_claimed"] += 1
-                log.error("two_actives_claimed", peer=msg.get("name"))
+                self.peer_claims_active(msg)
             return
         if self.stopping:  # (demoted during its stop: it does not start again as the standby)
             return

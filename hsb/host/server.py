@@ -131,7 +131,9 @@ class HostServer:
         """The service's name, whether it answers (hsb.host.delivery), and what it says of itself."""
         own = getattr(self.service, "status", None)
         extra = own() if callable(own) else {}
-        return {"name": self.cfg.host.service, **self.delivery.health.as_dict(), **extra}
+        # the host's own health last: a service's `status()` naming a key of it (state, retries)
+        # must not hide a failing service from hsb_service_healthy and its alert
+        return {**(extra if isinstance(extra, dict) else {}), "name": self.cfg.host.service, **self.delivery.health.as_dict()}
 
     def tell_service_bounds(self, held_bound: Any) -> None:
         """The CP's per-terminal bound, to a service that asks for it (`cp_bounds`); an error of
