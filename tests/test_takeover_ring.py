@@ -788,3 +788,36 @@ async def test_the_store_refuses_a_group_queued_before_a_batch_write_that_ran_fi
         assert drain(RingReader(path, snap.header)) == []
     finally:
         await store.close()
+
+
+async def test_a_ring_error_does_not_outlive_the_ring_writer_or_the_polls(tmp_path: Path) -> None:
+    """A ring write failed, then the standby went (the ring writer stops); or a poll failed, then
+    this standby took over (its polls stop): the error stayed in the status for good, and
+    hsb_takeover_storage_ok (HsbTakeoverStorageStalled) kept saying the storage failed while it
+    answered. It ends with the writer or the polls; the next operation asks the storage again."""
+    from hsb.host.config import TakeoverSection
+    from hsb.host.takeover_io import TakeoverIO
+
+    tio = TakeoverIO(TakeoverSection(path=str(tmp_path / "t.dat"), records=64), 10, "host-a")
+
+    async def failing(group: Any) -> None:
+        raise OSError(5, "Input/output error")
+
+    tio.store.append = failing  # type: ignore[method-assign]
+    tio.start_ring_writer(1)
+    try:
+        tio.ring_change("T1", {}, True)
+        deadline = asyncio.get_running_loop().time() + 10
+        while tio.last_error is None:
+            assert asyncio.get_running_loop().time() < deadline, "the write never failed"
+            await asyncio.sleep(0.01)
+        assert tio.status()["storage"] != "ok"
+    finally:
+        tio.stop_ring_writer()
+        assert tio.flusher is not None
+        tio.flusher.cancel()
+    assert tio.status()["storage"] == "ok"
+    tio.follow()
+    tio.last_error, tio.bad_record = "record 7: torn", 7  # (what a poll leaves)
+    tio.become_writer()
+    assert tio.status()["storage"] == "ok" and tio.bad_record is None

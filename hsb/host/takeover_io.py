@@ -93,6 +93,9 @@ class TakeoverIO:
     def stop_ring_writer(self) -> None:
         self.mode = OFF
         self.pending = []
+        # a ring write's error ends with the ring writer: the storage is asked again by the next
+        # batch write (said at once if it still fails), not shown failing, and alerted on, meanwhile
+        self.last_error = None
 
     def ring_change(self, name: str, attrs: dict[str, Any], is_open: bool) -> None:
         if self.mode == OFF:
@@ -171,6 +174,8 @@ class TakeoverIO:
 
     def stop_following(self) -> None:
         self.following = False
+        self.last_error = None  # (a poll's error, or a torn record it met, ends with the polls: as above)
+        self.bad_record = None
 
     async def ring_poll(self) -> tuple[str, list[SessionEntry], str]:
         if not self.following:
