@@ -87,16 +87,18 @@ class Arbitration:
             why = "promote after normal stop" if self.active_stopped_normally else "no active host"
         elif a.closed and not a.closed_here:
             why = "active host link closed"
-        elif time.monotonic() - a.last_rx > self.host_timeout and self.stalled():
-            # this process did not run for a while: the active's heartbeats of that time may be
-            # unread yet, so its silence is judged again shortly, after a read (as tick() does)
-            self.deferred_ask = (host.name, reason, planned, kind)
-            if self.deferred_grant is None:
-                log.info("switchover_deferred", requester=host.name, recorded_active=a.name, wait_ms=STALL_RECHECK_S * 1000, why="cp loop stalled")
-                self.deferred_grant = asyncio.get_running_loop().call_later(STALL_RECHECK_S, self._deferred_switchover)
-            return
-        elif time.monotonic() - a.last_rx > self.host_timeout:
-            why = f"active host link silent for {time.monotonic() - a.last_rx:.3f}s"
+        elif (silent := time.monotonic() - a.last_rx) > self.host_timeout:
+            if self.stalled():
+                # this process did not run for a while: the active's heartbeats of that time may be
+                # unread yet, so its silence is judged again shortly, after a read (as tick() does)
+                self.deferred_ask = (host.name, reason, planned, kind)
+                if self.deferred_grant is None:
+                    log.info(
+                        "switchover_deferred", requester=host.name, recorded_active=a.name, wait_ms=STALL_RECHECK_S * 1000, why="cp loop stalled"
+                    )
+                    self.deferred_grant = asyncio.get_running_loop().call_later(STALL_RECHECK_S, self._deferred_switchover)
+                return
+            why = f"active host link silent for {silent:.3f}s"
         elif planned and a.released:
             why = "planned switchover released by the active"
         else:

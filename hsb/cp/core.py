@@ -172,9 +172,8 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         if not paused and a is not None and (a.closed or self.loss is not None):
             self.active_lost_notified = False  # lost while paused: the standby hears it again now
             self._notify_active_lost(a.name, "eof" if a.closed else "silent")
-        elif not paused and a is None and self.not_back is not None:
-            self.active_lost_notified = False  # (its request was refused while paused)
-            self._notify_active_lost(self.not_back, "not back after the CP restarted")
+        elif not paused and a is None:
+            self._tell_not_back()  # (its request was refused while paused)
         return "paused: no automatic failover until 'hsbctl resume'" if paused else "resumed: automatic failover on"
 
     # ------------------------------------------------------------------ hosts
@@ -320,9 +319,8 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
                 # of the standby's that is gone now): say so now, on this link
                 self.active_lost_notified = False
                 self._notify_active_lost(a.name, "eof" if a.closed else "silent")
-            elif a is None and self.not_back is not None:  # (told to a link of the standby's that is gone now)
-                self.active_lost_notified = False
-                self._notify_active_lost(self.not_back, "not back after the CP restarted")
+            elif a is None:  # (told to a link of the standby's that is gone now)
+                self._tell_not_back()
         else:
             host.close_with_error("bad_role", f"role must be 'active' or 'standby', not {role[:20]!r}")
 
@@ -629,6 +627,12 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
                 # that standby is gone: with none now, refused (the active serves on); with a new
                 # one (its link made again), the wait for its standby sessions begins again
                 self.host_handover(active)
+
+    def _tell_not_back(self) -> None:
+        """The recorded active not back after a restart (tick), said again: owed until a host holds the role."""
+        if self.not_back is not None:
+            self.active_lost_notified = False
+            self._notify_active_lost(self.not_back, "not back after the CP restarted")
 
     def _notify_active_lost(self, name: str, why: str) -> None:
         if self.active_lost_notified:

@@ -55,6 +55,10 @@ class Superseded(Exception):
         self.newer = newer
 
 
+def snap_name(n: int) -> str:
+    return f"snap-{n:08d}"
+
+
 def gen_name(n: int) -> str:
     return f"gen-{n:08d}"
 
@@ -105,7 +109,7 @@ class Generations:
 
     def mark_snapshot(self, own: int) -> None:
         """`own`'s takeover snapshot is durable: said durably (snap-N), before older generations go."""
-        path = self.dir / f"snap-{own:08d}"
+        path = self.dir / snap_name(own)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             os.fsync(fd)
@@ -171,6 +175,6 @@ class Generations:
                 pass
         for g in sorted(g for g in self.snapshots(names) if g < own):  # (older generations' segments are gone)
             try:
-                os.unlink(self.dir / f"snap-{g:08d}")
+                os.unlink(self.dir / snap_name(g))
             except FileNotFoundError:
                 pass

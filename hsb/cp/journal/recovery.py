@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hsb.cp.journal.format import JournalDamaged, locate, scan
-from hsb.cp.journal.generation import Generations
+from hsb.cp.journal.generation import Generations, snap_name
 from hsb.cp.state import Held, Kept
 
 SEGMENT = re.compile(r"^seg-(?:(\d{8})-)?(\d{8})\.hsbj$")
@@ -150,7 +150,9 @@ def _complete(gen: int, segs: list[tuple[int, Path]], marked: bool = False) -> b
         recs, end, why = scan(buf, str(path), until="ck")  # the checkpoint alone first
         if not recs or recs[0][0] != "ck":
             if marked:
-                raise JournalDamaged(str(path), end, f"generation {gen}'s snapshot was durable (snap-{gen:08d}), its checkpoint is not there ({why})")
+                raise JournalDamaged(
+                    str(path), end, f"generation {gen}'s snapshot was durable ({snap_name(gen)}), its checkpoint is not there ({why})"
+                )
             return False  # torn before its first record: a CP that died creating the generation
         extra = recs[0][5] if len(recs[0]) > 5 and isinstance(recs[0][5], dict) else {}
         if first_n > int(extra.get("first", first_n)):
@@ -161,7 +163,7 @@ def _complete(gen: int, segs: list[tuple[int, Path]], marked: bool = False) -> b
         if any(r[0] == "se" for r in recs):
             return True
         if marked:
-            raise JournalDamaged(str(path), end, f"generation {gen}'s snapshot was durable (snap-{gen:08d}), its end is not there ({why})")
+            raise JournalDamaged(str(path), end, f"generation {gen}'s snapshot was durable ({snap_name(gen)}), its end is not there ({why})")
         return False
     return False
 
