@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ WHY = uring.available()
 pytestmark = pytest.mark.skipif(WHY is not None, reason=f"this kernel does not run io_uring: {WHY}")
 
 
-def run(ring: uring.Ring, fd: int, data: bytes, off: int, paths: list[bytes]) -> list[int]:
+def run(ring: uring.Ring, fd: int, data: bytes, off: int, paths: Sequence[bytes]) -> list[int]:
     got: list[list[int]] = []
     ring.write_sync_check(fd, data, off, paths, got.append)
     assert ring.wait(5.0), "the chain did not complete"
@@ -87,3 +88,21 @@ def test_one_chain_at_a_time(tmp_path: Path) -> None:
         ring.close()
         os.close(r)
         os.close(w)
+
+
+def test_each_chain_checks_the_paths_it_is_given(tmp_path: Path) -> None:
+    """The paths' addresses are kept from one chain to the next (the journal's two never change):
+    a chain given other paths stats those, not the last ones."""
+    ring = uring.Ring()
+    fd = os.open(tmp_path / "seg", os.O_WRONLY | os.O_CREAT, 0o600)
+    (tmp_path / "here").touch()
+    here, gone = os.fsencode(tmp_path / "here"), os.fsencode(tmp_path / "gone")
+    try:
+        assert run(ring, fd, b"a", 0, (here, gone)) == [1, 0, 0, -errno.ENOENT]
+        assert run(ring, fd, b"b", 1, (gone, here)) == [1, 0, -errno.ENOENT, 0]
+        assert run(ring, fd, b"c", 2, (gone,)) == [1, 0, -errno.ENOENT]
+        assert run(ring, fd, b"d", 3, (here, here)) == [1, 0, 0, 0]
+        assert (tmp_path / "seg").read_bytes() == b"abcd"
+    finally:
+        os.close(fd)
+        ring.close()
