@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from tests.support.cpcore import cp_core, fake_host, fake_terminal
 
@@ -253,3 +254,31 @@ async def test_a_reload_removing_a_terminal_mid_flip_closes_its_standby_session_
     b.flush()
     closed = [m for m in b.transport.frames() if m.get("t") == "session_closed" and m.get("terminal") == last]
     assert closed, "the new active was never told to close the removed terminal's session"
+
+
+async def test_a_terminal_whose_flip_raises_is_passed_over_and_the_flip_goes_on(tmp_path: Path) -> None:
+    """A bug in one terminal's flip (here: its held messages raise when read) is logged, and every
+    other terminal is flipped: stopped there, the flip never ended and no terminal after it had
+    its session at the new active."""
+    cp, a, b, names = _setup(tmp_path, keeps=False)
+
+    class Boom(dict):  # type: ignore[type-arg]
+        def values(self) -> Any:
+            raise RuntimeError("boom")
+
+    bad = names[10]  # in the second slice of 7: after the first, which runs inside the grant
+    cp.terms[bad].held = Boom(cp.terms[bad].held)
+    a.connection_lost(None)
+    with structlog.testing.capture_logs() as logs:
+        cp.host_switchover(b, "test", False, "failover")
+        await _flipped(cp)
+    failed = [e for e in logs if e["event"] == "flip_terminal_failed"]
+    assert [e["terminal"] for e in failed] == [bad] and failed[0]["log_level"] == "error"
+    _agree(cp)
+    for name in names[:20]:
+        t = cp.terms[name]
+        assert t.active is not None and t.active.host is b and t.standby is None, name
+        if name != bad:
+            assert all(h.delivered_epoch == cp.epoch for h in t.held.values()), name
+    for name in names[20:25]:
+        assert cp.terms[name].active is None and cp.terms[name].conn.closed, name

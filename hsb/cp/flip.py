@@ -126,11 +126,33 @@ class Flip:
             self.run(None)
 
     def run(self, budget: int | None) -> bool:
-        """Flip up to `budget` more terminals (None: all); True once every terminal is done."""
+        """Flip up to `budget` more terminals (None: all); True once every terminal is done.
+
+        A terminal whose flip raises (a bug) is logged and passed over: the pass goes on with
+        the next one. Stopped there, it would have left every terminal after it without its new
+        active session, and the CP waiting for a flip that never ends."""
         self.running = True
         self.slices += 1
         try:
-            return self._run(budget)
+            while True:
+                try:
+                    return self._run(budget)
+                except Exception:
+                    if self.finished:  # raised by `done`, after the last terminal: not the pass's
+                        raise
+                    at = self.i - 1  # (the pass moves past a terminal before it touches it)
+                    log.exception(
+                        "flip_terminal_failed",
+                        epoch=self.epoch,
+                        terminal=self.terms[at].name if 0 <= at < len(self.terms) else None,
+                        at=at,
+                        of=len(self.terms),
+                        msg="a bug: this terminal's sessions may be wrong (it logs on again to mend them); the flip goes on",
+                    )
+                    if budget is not None:
+                        if self.i < len(self.terms):
+                            return False  # the rest of this slice's share goes on the next turn
+                        budget = 0  # only the end of the pass is left
         finally:
             self.running = False
 
