@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cpcore import cp_core, fake_host, fake_terminal, recording_terminal
+from tests.support.cpcore import HeldJournal, cp_core, fake_host, fake_terminal, recording_terminal
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -74,3 +74,32 @@ async def test_a_terminal_back_while_its_adopted_sessions_host_is_lost_is_opened
         b.flush()
         assert any(f["t"] == "session_request" and f["terminal"] == "T00001" for f in b.transport.frames())
     await asyncio.sleep(0)
+
+
+async def test_an_adoption_cut_short_by_a_grant_still_closes_the_sessions_whose_terminal_never_came_back(tmp_path: Path) -> None:
+    """The active names a session for a terminal not back, then a planned switchover begins and
+    its grantee is lost before the grant is durable: the old active is given the role back. The
+    grant ended the adoption; the session it adopted must still be closed at the active once
+    `resume_window` has passed without its terminal (it was forgotten: kept open for good)."""
+    cp = cp_core(tmp_path, 3, cp="resume_window = 0.2\n")
+    a = fake_host(cp, "host-a", record=True)
+    a.adopts = True
+    cp.host_register(a, "active", 1)
+    cp.host_adopt(a, [("T00001", {})], last=False)  # its last adopt frame not sent yet
+    assert cp.terms["T00001"].active is not None and cp.terms["T00001"].conn is None
+    b = fake_host(cp, "host-b", "standby")
+    held = HeldJournal(cp)
+    cp.host_release(a)
+    cp.host_handover(a, wait=False)
+    b.connection_lost(None)  # the grantee lost before its epoch is durable: a gets the role back
+    assert held.release() >= 2  # the grant to host-b, then the one back to host-a
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while cp.active is not a or cp.granting is not None or not cp.announced:
+        assert loop.time() < deadline, "the role never went back to host-a"
+        await asyncio.sleep(0.01)
+    while cp.terms["T00001"].active is not None:
+        assert loop.time() < deadline, "the adopted session of a terminal that never came back was kept for good"
+        await asyncio.sleep(0.02)
+    a.flush()
+    assert any(f["t"] == "session_closed" and f["terminal"] == "T00001" for f in a.transport.frames())

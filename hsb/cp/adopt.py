@@ -103,6 +103,16 @@ class Adoption:
             asyncio.get_running_loop().call_later(self.resume_window, self._adopted_expire, host, host.adopt_waiting)
             host.adopt_waiting = []
 
+    def _adoption_cut(self: CP, host: HostProtocol) -> None:
+        """A grant ends `host`'s adoption before its last frame: what it adopted for terminals not
+        back is still closed at it after `resume_window` if they stay away (those the grant moves
+        away from it are passed over then); forgotten, they stayed open at the active for good."""
+        host.adopting = False
+        if host.adopt_waiting:
+            log.info("adoption_cut", host=host.name, epoch=self.epoch, adopted=host.adopt_n, waiting_for_terminal=len(host.adopt_waiting))
+            asyncio.get_running_loop().call_later(self.resume_window, self._adopted_expire, host, host.adopt_waiting)
+        host.adopt_waiting = []
+
     def _adopted_expire(self: CP, host: HostProtocol, names: list[str]) -> None:
         """`resume_window` after the adoption: close the sessions whose terminal never came back."""
         self.settle_flip()

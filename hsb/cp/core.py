@@ -339,8 +339,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         epoch = self._raise_epoch(host.name)
         for h in (self.active, host):  # an adoption under the epoch before ends with it (hsb.cp.adopt):
             if h is not None and h.adopting:  # its last frame may never come, and logons would wait for it
-                h.adopting = False
-                h.adopt_waiting = []
+                self._adoption_cut(h)
         self.active = host
         host.role = "active"
         host.epoch = epoch
