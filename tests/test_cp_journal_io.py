@@ -17,6 +17,7 @@ import structlog
 
 from hsb import uring
 from hsb.cp.journal.generation import Generations, gen_name
+from hsb.cp.journal.recovery import segment_name
 from hsb.cp.journal.store import Journal
 from hsb.cp.journal.writer import JournalIOUnavailable
 from tests.support.journal import durable, open_journal, records
@@ -162,11 +163,11 @@ def hang_segment(j: Journal, w: int) -> tuple[int, int]:
 
 
 @needs_ring
-async def test_a_hung_chain_is_reported_stalled_and_its_group_lands_once_storage_answers(tmp_path: Path, monkeypatch: Any) -> None:
+async def test_a_hung_chain_is_reported_stalled_and_its_group_lands_once_storage_answers(tmp_path: Path) -> None:
     """The segment's descriptor swapped for a full pipe: the chain's write waits in the kernel as
     on a hung mount. The loop runs on, the journal says `stalled`, nothing is acknowledged; once
-    the pipe is read the chain ends (fdatasync of a pipe: EINVAL, an error of the ring's kind),
-    the writer thread writes the group again into the real segment and the ring is dropped."""
+    the pipe is read the write completes (its own sync with it), the group is acknowledged once,
+    with the bytes meant for the segment, and the journal carries on through the ring."""
     from tests.support.ticker import Ticker
 
     j = open_journal(tmp_path, timeout=0.5)
@@ -175,6 +176,7 @@ async def test_a_hung_chain_is_reported_stalled_and_its_group_lands_once_storage
     try:
         await durable(j, ["a", "T1", 1, "x"])
         seg, real = hang_segment(j, w)
+        at = j._offset[seg]
         done: list[int] = []
         j.append(["a", "T1", 2, "held"], lambda: done.append(2))
         async with Ticker() as turns:
@@ -184,27 +186,66 @@ async def test_a_hung_chain_is_reported_stalled_and_its_group_lands_once_storage
                 await asyncio.sleep(0.01)
             assert turns.ticks >= 50, "the loop was blocked by the hung chain"
         assert not done and j.status()["pending_records"] >= 1
-        j._fds[seg] = real  # the storage answers: the redo goes to the real segment
         os.set_blocking(r, False)
+        out = b""
         with structlog.testing.capture_logs() as logs:
             while not done:
                 try:
-                    os.read(r, 1 << 20)
+                    out += os.read(r, 1 << 20)
                 except BlockingIOError:
                     pass
                 assert loop.time() - t0 < 10.0, "the group was never acknowledged"
                 await asyncio.sleep(0.01)
-        assert j.state == "ok"
-        events = [e["event"] for e in logs]
-        assert "journal_io_uring_error" in events and "journal_io_fallback" in events, events
-        assert j.io_used == "thread"
-        assert [x for x in records(tmp_path) if x[0] == "a"] == [["a", "T1", 1, "x"], ["a", "T1", 2, "held"]]
+        try:
+            out += os.read(r, 1 << 20)  # the write's last bytes, read after it completed
+        except BlockingIOError:
+            pass
+        assert done == [2] and j.state == "ok" and j.io_used == "io_uring"
+        assert "journal_recovered_from_fault" in [e["event"] for e in logs]
+        group = out.lstrip(b"x")  # the pipe's filling first, then what the chain wrote
+        assert group and j._offset[seg] == at + len(group)
+        os.pwrite(real, group, at)  # what the storage was given lands where the journal put it
+        j._fds[seg] = real
         await durable(j, ["a", "T1", 3, "after"])  # and the journal carries on
-        assert ["a", "T1", 3, "after"] in records(tmp_path)
+        assert [x for x in records(tmp_path) if x[0] == "a"] == [["a", "T1", 1, "x"], ["a", "T1", 2, "held"], ["a", "T1", 3, "after"]]
     finally:
         j.close()
         os.close(r)
         os.close(w)
+
+
+@needs_ring
+async def test_a_chain_the_ring_cannot_run_is_written_again_by_the_thread_and_the_ring_dropped(tmp_path: Path) -> None:
+    """The segment's descriptor swapped for one open read-only: the chain's write fails with
+    EBADF, an error of the ring's kind, not the storage's. The thread writes the group again (once
+    the real descriptor is back); as it succeeds, the ring is dropped and the thread takes every
+    group from then on, with nothing lost and nothing acknowledged before it is durable."""
+    j = open_journal(tmp_path, timeout=0.5)
+    loop = asyncio.get_running_loop()
+    try:
+        await durable(j, ["a", "T1", 1, "x"])
+        seg = j.seg
+        real = j._fds[seg]
+        ro = os.open(j.dir / segment_name(seg, j.gen), os.O_RDONLY)
+        j._fds[seg] = ro
+        done: list[int] = []
+        with structlog.testing.capture_logs() as logs:
+            j.append(["a", "T1", 2, "again"], lambda: done.append(2))
+            t0 = loop.time()
+            while "journal_io_uring_error" not in [e["event"] for e in logs]:
+                assert loop.time() - t0 < 5.0, "the chain's EBADF was never seen"
+                await asyncio.sleep(0.005)
+            assert not done, "acknowledged although nothing was written"
+            j._fds[seg] = real
+            while not done:
+                assert loop.time() - t0 < 10.0, "the group was never written again"
+                await asyncio.sleep(0.01)
+            os.close(ro)
+        assert "journal_io_fallback" in [e["event"] for e in logs] and j.io_used == "thread"
+        await durable(j, ["a", "T1", 3, "after"])
+        assert [x for x in records(tmp_path) if x[0] == "a"] == [["a", "T1", 1, "x"], ["a", "T1", 2, "again"], ["a", "T1", 3, "after"]]
+    finally:
+        j.close()
 
 
 @needs_ring

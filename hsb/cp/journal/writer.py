@@ -1,6 +1,6 @@
 """How a group commit of the CP journal reaches the disk (docs/cp-journal.md): as one io_uring
-chain where the kernel runs it (the write at the segment's offset, `fdatasync`, and the
-generation check's two `statx`; hsb.uring), else, and for what is rare or must be exact (a new
+chain where the kernel runs it (the write at the segment's offset, durable by its own flag, and
+the generation check's two `statx`; hsb.uring), else, and for what is rare or must be exact (a new
 segment, deletions, a chain that did not end cleanly, a flush of several group records: each
 synced before the next is written), on the writer thread.
 
@@ -125,7 +125,7 @@ class GroupWriter:
         log.info("journal_io", io="io_uring")
 
     def _through_ring(self, batch: list[tuple[int, bytes]], callbacks: list[Done]) -> bool:
-        """The group as one io_uring chain (write, fdatasync, then the generation check's two
+        """The group as one io_uring chain (a durable write, then the generation check's two
         statx), when it can go so: one record (one group record) for a segment already open, no
         fault being injected. False: the writer thread takes it (a new segment, deletions, a
         retry, a flush split into several group records: the thread syncs each before it writes
@@ -157,7 +157,7 @@ class GroupWriter:
         return True
 
     def _chained(self, res: list[int], t0: float, seg: int, size: int, batch: list[tuple[int, bytes]], callbacks: list[Done]) -> None:
-        """A group's io_uring chain completed: [bytes written, fdatasync, statx next, statx own]."""
+        """A group's io_uring chain completed: [bytes written, its sync, statx next, statx own]."""
         took = time.perf_counter() - t0
         if self._stopping:  # a blocking close() reaped it: nothing more is reported
             self._inflight = None
