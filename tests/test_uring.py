@@ -1,4 +1,4 @@
-"""hsb.uring on real files: the journal's chain (write, fdatasync, statx of two paths) as the
+"""hsb.uring on real files: the journal's chain (a durable write, statx of two paths) as the
 kernel runs it, and what a failing link does to the rest of the chain."""
 
 from __future__ import annotations
@@ -118,6 +118,7 @@ def test_the_write_is_durable_by_its_own_flag(tmp_path: Path) -> None:
         assert run(ring, fd, b"abc", 0, (os.fsencode(tmp_path),)) == [3, 0, 0]
         write = ring.sqes[0]  # a new ring's first chain starts at slot 0
         assert (write.opcode, write.op_flags, write.len) == (uring.OP_WRITE, uring.RWF_DSYNC, 3)
+        assert write.flags & uring.SQE_ASYNC  # never tried inside io_uring_enter: the sync would run on the caller's thread
         assert len([e for e in ring.sqes[:2] if e.opcode == uring.OP_WRITE]) == 1  # one entry for the write and its sync
     finally:
         os.close(fd)

@@ -5,8 +5,8 @@ The event loop appends records (`append`) and learns when they are durable (a ca
 caller that asked). Everything appended during one turn of the loop, and whatever arrives while
 a write is in progress, goes out in one write and one `fdatasync`: group commit (a flush of
 more than one group record, `_groups`, as one write and one sync per group record, in order).
-Where the kernel runs it, a group goes as one io_uring chain (write, fdatasync, the generation
-check: hsb.uring), its completion an eventfd the loop watches; a new segment, deletions, a flush
+Where the kernel runs it, a group goes as one io_uring chain (a write durable by its own
+RWF_DSYNC flag, the generation check: hsb.uring), its completion an eventfd the loop watches; a new segment, deletions, a flush
 of several group records and any group whose chain did not end cleanly go through a writer
 thread (`journal_io`; both paths in hsb.cp.journal.writer). A write that fails
 (a full disk, EIO) or takes longer than `timeout` (a hung mount) leaves its records pending:
