@@ -103,3 +103,12 @@ async def test_an_adoption_cut_short_by_a_grant_still_closes_the_sessions_whose_
         await asyncio.sleep(0.02)
     a.flush()
     assert any(f["t"] == "session_closed" and f["terminal"] == "T00001" for f in a.transport.frames())
+    # given the role back, host-a names on (it never heard of the cut): kept, and expired likewise
+    cp.host_adopt(a, [("T00002", {})], last=True)
+    assert cp.terms["T00002"].active is not None and cp.terms["T00002"].active.host is a
+    while cp.terms["T00002"].active is not None:
+        assert loop.time() < deadline + 5, "a session named after the cut was kept for good"
+        await asyncio.sleep(0.02)
+    a.flush()
+    assert any(f["t"] == "session_closed" and f["terminal"] == "T00002" for f in a.transport.frames())
+    assert (cp.counters["adopted"], cp.counters["adopted_expired"]) == (2, 2)

@@ -16,8 +16,7 @@ import pytest
 from hsb.host.delivery import Delivery
 from hsb.wire.framing import encode
 from tests.support.campaign import run_campaign
-from tests.support.cpcore import cp_core, fake_host, recording_terminal
-from tests.test_cp_grant_gap import HeldJournal
+from tests.support.cpcore import HeldJournal, cp_core, fake_host, recording_terminal
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -256,29 +256,65 @@ async def test_a_reload_removing_a_terminal_mid_flip_closes_its_standby_session_
     assert closed, "the new active was never told to close the removed terminal's session"
 
 
-async def test_a_terminal_whose_flip_raises_is_passed_over_and_the_flip_goes_on(tmp_path: Path) -> None:
-    """A bug in one terminal's flip (here: its held messages raise when read) is logged, and every
-    other terminal is flipped: stopped there, the flip never ended and no terminal after it had
-    its session at the new active."""
-    cp, a, b, names = _setup(tmp_path, keeps=False)
+def _break(term: Any) -> type:
+    """`term` raises at the first thing the flip reads of it (its standby session); the class it
+    had, to put back."""
+    was = type(term)
 
-    class Boom(dict):  # type: ignore[type-arg]
-        def values(self) -> Any:
+    class Broken(was):  # type: ignore[valid-type,misc]
+        __slots__ = ()
+
+        @property
+        def _standby(self) -> Any:
             raise RuntimeError("boom")
 
-    bad = names[10]  # in the second slice of 7: after the first, which runs inside the grant
-    cp.terms[bad].held = Boom(cp.terms[bad].held)
-    a.connection_lost(None)
+    term.__class__ = Broken
+    return was
+
+
+@pytest.mark.parametrize("case", ["mid_pass", "last_terminal", "settled_at_once", "planned", "planned_last_terminal"])
+async def test_a_terminal_whose_flip_raises_is_passed_over_and_the_flip_goes_on(tmp_path: Path, case: str) -> None:
+    """A bug in one terminal's flip is logged, naming that terminal, and every other terminal is
+    flipped: stopped there, the flip never ended and no terminal after it had its session at the
+    new active. In a slice after the first, at the very last terminal of the pass, in a pass
+    settled at once (no slices), and in a planned switchover (the demoted active told which
+    sessions it keeps, the last frame marked once)."""
+    planned = case.startswith("planned")
+    cp, a, b, names = _setup(tmp_path, keeps=planned)
+    bad = names[39] if case.endswith("last_terminal") else names[10]  # names[10]: in the second slice of 7
+    t_bad = cp.terms[bad]
+    was = _break(t_bad)
+    kept: list[dict[str, Any]] = []
+    if planned:
+        real_send = a.send
+        a.send = lambda m: (kept.append(m) if m.get("t") == "standby_kept" else None, real_send(m))[1]
     with structlog.testing.capture_logs() as logs:
-        cp.host_switchover(b, "test", False, "failover")
+        if planned:
+            cp.host_release(a)
+            cp.host_handover(a, wait=False)
+        else:
+            a.connection_lost(None)
+            cp.host_switchover(b, "test", False, "failover")
+        if case == "settled_at_once":
+            cp.settle_flip()
         await _flipped(cp)
+    t_bad.__class__ = was
     failed = [e for e in logs if e["event"] == "flip_terminal_failed"]
-    assert [e["terminal"] for e in failed] == [bad] and failed[0]["log_level"] == "error"
+    assert [e["terminal"] for e in failed] == [bad] and failed[0]["log_level"] == "error", failed
     _agree(cp)
-    for name in names[:20]:
+    flipped = [n for n in names[:20] if n != bad]
+    assert cp.switchovers[-1]["switched"] == len(flipped)
+    for name in flipped:
         t = cp.terms[name]
-        assert t.active is not None and t.active.host is b and t.standby is None, name
-        if name != bad:
-            assert all(h.delivered_epoch == cp.epoch for h in t.held.values()), name
-    for name in names[20:25]:
-        assert cp.terms[name].active is None and cp.terms[name].conn.closed, name
+        assert t.active is not None and t.active.host is b, name
+        assert all(h.delivered_epoch == cp.epoch for h in t.held.values()), name
+        if planned:
+            assert t.standby is not None and t.standby.host is a, name
+        else:
+            assert t.standby is None, name
+    if planned:
+        assert sorted(n for m in kept for n in m["items"]) == flipped
+        assert [m["last"] for m in kept].count(True) == 1 and kept[-1]["last"], kept
+    else:
+        for name in names[20:25]:
+            assert cp.terms[name].active is None and cp.terms[name].conn.closed, name

@@ -463,7 +463,7 @@ async def test_a_reply_that_finds_its_terminal_gone_is_kept_until_a_resuming_hel
     ("d") is durable: it is kept ("r", not a memory-only outbox); the terminal logs on resuming
     and gets it marked resent, and that connection breaks before it reads it: its next resuming
     hello gets it again, and its confirmation settles it."""
-    from tests.test_cp_grant_gap import HeldJournal
+    from tests.support.cpcore import HeldJournal
 
     cp, h, t = await _one_sent(tmp_path, None)
     j = HeldJournal(cp, ("d",))
@@ -484,7 +484,7 @@ async def test_a_reply_that_finds_a_non_resuming_terminal_gone_is_kept_in_the_jo
     never answered), and sent unmarked after the replies kept for it. It is kept with a record of
     its own ("r", written at once: a CP started again recovers it), and the terminal's next
     hello gets it marked resent, in id order with the others kept, and settles it."""
-    from tests.test_cp_grant_gap import HeldJournal
+    from tests.support.cpcore import HeldJournal
 
     cp, h, t = await _one_sent(tmp_path, None)
     cp.terminal_msg(t, 2, "m2")

@@ -52,8 +52,10 @@ class Adoption:
         if handed:
             self.note_handed(handed)
         self.settle_flip()
-        if host is not self.active or not host.adopting:
+        if host is not self.active or not (host.adopting or host.adopt_cut):
             return  # the role moved on meanwhile: that host's sessions are not the active's any more
+        # (cut by a grant and the active again, given the role back: it goes on naming, unaware of
+        # the cut, and what it names is kept as at any adoption, and expires likewise)
         opened = encode({"t": "session", "state": "open", "epoch": self.epoch})  # one encoding for all
         for name, attrs in items:
             term = self.terms.get(name)
@@ -87,7 +89,7 @@ class Adoption:
                 t.handed_floor = mid
 
     def _adoption_done(self: CP, host: HostProtocol) -> None:
-        host.adopting = False
+        host.adopting = host.adopt_cut = False
         asked = self._request_sessions(host)
         log.info(
             "sessions_adopted",
@@ -106,10 +108,15 @@ class Adoption:
     def _adoption_cut(self: CP, host: HostProtocol) -> None:
         """A grant ends `host`'s adoption before its last frame: what it adopted for terminals not
         back is still closed at it after `resume_window` if they stay away (those the grant moves
-        away from it are passed over then); forgotten, they stayed open at the active for good."""
+        away from it are passed over then); forgotten, they stayed open at the active for good.
+        Given the role back, it names on (it does not know of the cut): `host_adopt` takes those
+        too, and its last frame ends the adoption as usual."""
         host.adopting = False
+        host.adopt_cut = True
+        log.info("adoption_cut", host=host.name, epoch=self.epoch, adopted=host.adopt_n, waiting_for_terminal=len(host.adopt_waiting))
+        self.counters["adopted"] += host.adopt_n  # (what it names later counts at its last frame)
+        host.adopt_n = 0
         if host.adopt_waiting:
-            log.info("adoption_cut", host=host.name, epoch=self.epoch, adopted=host.adopt_n, waiting_for_terminal=len(host.adopt_waiting))
             asyncio.get_running_loop().call_later(self.resume_window, self._adopted_expire, host, host.adopt_waiting)
         host.adopt_waiting = []
 

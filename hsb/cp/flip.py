@@ -126,35 +126,26 @@ class Flip:
             self.run(None)
 
     def run(self, budget: int | None) -> bool:
-        """Flip up to `budget` more terminals (None: all); True once every terminal is done.
-
-        A terminal whose flip raises (a bug) is logged and passed over: the pass goes on with
-        the next one. Stopped there, it would have left every terminal after it without its new
-        active session, and the CP waiting for a flip that never ends."""
+        """Flip up to `budget` more terminals (None: all); True once every terminal is done."""
         self.running = True
         self.slices += 1
         try:
-            while True:
-                try:
-                    return self._run(budget)
-                except Exception:
-                    if self.finished:  # raised by `done`, after the last terminal: not the pass's
-                        raise
-                    at = self.i - 1  # (the pass moves past a terminal before it touches it)
-                    log.exception(
-                        "flip_terminal_failed",
-                        epoch=self.epoch,
-                        terminal=self.terms[at].name if 0 <= at < len(self.terms) else None,
-                        at=at,
-                        of=len(self.terms),
-                        msg="a bug: this terminal's sessions may be wrong (it logs on again to mend them); the flip goes on",
-                    )
-                    if budget is not None:
-                        if self.i < len(self.terms):
-                            return False  # the rest of this slice's share goes on the next turn
-                        budget = 0  # only the end of the pass is left
+            return self._run(budget)
         finally:
             self.running = False
+
+    def _failed(self, term: Any, at: int) -> None:
+        """Flipping `term` raised (a bug): logged, and the pass goes on with the next terminal.
+        Stopped there, it would have left every terminal after it without its new active
+        session, and the CP waiting for a flip that never ends."""
+        log.exception(
+            "flip_terminal_failed",
+            epoch=self.epoch,
+            terminal=term.name,
+            at=at,
+            of=len(self.terms),
+            msg="a bug: this terminal's sessions may be wrong (it logs on again to mend them); the flip goes on",
+        )
 
     def _run(self, budget: int | None) -> bool:
         terms = self.terms
@@ -185,97 +176,100 @@ class Flip:
             while i < end:
                 term = terms[i]
                 i += 1
-                # the sessions' slots directly, the totals kept here: properties cost ~30 ms at 100,000
-                sb = term._standby
-                if sb is not None and sb.host is host:
-                    term._standby = None
-                    gone += 1
-                    if term.conn is not None and not term.leaving:
-                        # a session closed by a normal stop reopens; a live one is switched.
-                        # The notice is owed, not written: it goes out ahead of the next frame
-                        # to that terminal (a reply to a re-delivered message, say), or with
-                        # the rest once service has resumed (hsb.cp.notices).
-                        if term.notice is not None:
-                            send_owed(term)  # still owed from the grant before: it goes first
-                        was = term._active
-                        term.notice = switched_frame if was is not None else opened_frame
-                        term._active = sb
-                        if was is None:
-                            opened += 1
-                        elif keep is not None and was.host is keep:
-                            term._standby = was  # the demoted active's session, now its standby session
-                            gone -= 1
-                            kept.append(term.name)
-                        held_now = term.held
-                        if held_now and not dead:
-                            durable = term.durable_acked
-                            resuming = term.resuming
-                            nf = 0  # held since before the grant and still to be answered: the switch kept it waiting
-                            for held in held_now.values():
-                                if held.t <= t0 and not (held.replying and resuming):
-                                    nf += 1
-                                # the choice and marks of CP._deliver_pending
-                                if held.delivered_epoch != epoch and held.id <= durable and not held.replying:
-                                    again = held.delivered_epoch != 0 or held.id <= term.handed_floor
-                                    held.delivered_epoch = epoch
-                                    term.delivered(held.id, epoch)
-                                    held.redelivered = again
-                                    again_n += again
-                                    if limit:
-                                        w = held.wire or dv.item_of(term.name, held, limit)  # kept: no call
-                                        if len(w) > biggest:
-                                            biggest = len(w)
-                                        out.append(w)
-                                        out.append(TRUE if again else FALSE)
-                                    else:
-                                        out.append((term.name, held.id, held.data, again))
-                            if nf:
-                                term.flight = nf
-                                term.flight_epoch = epoch
-                                flight_msgs += nf
-                                waiting += 1
-                            if mid_redelivery and out:  # a crash part-way: what was collected goes first
-                                self._send(out, again_n, biggest)
+                try:
+                    # the sessions' slots directly, the totals kept here: properties cost ~30 ms at 100,000
+                    sb = term._standby
+                    if sb is not None and sb.host is host:
+                        term._standby = None
+                        gone += 1
+                        if term.conn is not None and not term.leaving:
+                            # a session closed by a normal stop reopens; a live one is switched.
+                            # The notice is owed, not written: it goes out ahead of the next frame
+                            # to that terminal (a reply to a re-delivered message, say), or with
+                            # the rest once service has resumed (hsb.cp.notices).
+                            if term.notice is not None:
+                                send_owed(term)  # still owed from the grant before: it goes first
+                            was = term._active
+                            term.notice = switched_frame if was is not None else opened_frame
+                            term._active = sb
+                            if was is None:
+                                opened += 1
+                            elif keep is not None and was.host is keep:
+                                term._standby = was  # the demoted active's session, now its standby session
+                                gone -= 1
+                                kept.append(term.name)
+                            held_now = term.held
+                            if held_now and not dead:
+                                durable = term.durable_acked
+                                resuming = term.resuming
+                                nf = 0  # held since before the grant and still to be answered: the switch kept it waiting
+                                for held in held_now.values():
+                                    if held.t <= t0 and not (held.replying and resuming):
+                                        nf += 1
+                                    # the choice and marks of CP._deliver_pending
+                                    if held.delivered_epoch != epoch and held.id <= durable and not held.replying:
+                                        again = held.delivered_epoch != 0 or held.id <= term.handed_floor
+                                        held.delivered_epoch = epoch
+                                        term.delivered(held.id, epoch)
+                                        held.redelivered = again
+                                        again_n += again
+                                        if limit:
+                                            w = held.wire or dv.item_of(term.name, held, limit)  # kept: no call
+                                            if len(w) > biggest:
+                                                biggest = len(w)
+                                            out.append(w)
+                                            out.append(TRUE if again else FALSE)
+                                        else:
+                                            out.append((term.name, held.id, held.data, again))
+                                if nf:
+                                    term.flight = nf
+                                    term.flight_epoch = epoch
+                                    flight_msgs += nf
+                                    waiting += 1
+                                if mid_redelivery and out:  # a crash part-way: what was collected goes first
+                                    self._send(out, again_n, biggest)
+                                    out, again_n = [], 0
+                                    faults.point("cp.mid_redelivery")
+                            switched += 1
+                            if mid_switch:
+                                self._send(out, again_n, biggest)  # as a pass that sent each as it went
                                 out, again_n = [], 0
-                                faults.point("cp.mid_redelivery")
-                        switched += 1
-                        if mid_switch:
-                            self._send(out, again_n, biggest)  # as a pass that sent each as it went
-                            out, again_n = [], 0
-                            faults.point("cp.mid_switch")
+                                faults.point("cp.mid_switch")
+                            continue
+                        term.active = None
+                        host.send({"t": "session_closed", "terminal": term.name, "reason": "disconnect"})
+                        if cp.logoff_held(term):
+                            cp.deliver_logoffs(term, host)  # logged off, its messages still to answer
                         continue
-                    term.active = None
-                    host.send({"t": "session_closed", "terminal": term.name, "reason": "disconnect"})
-                    if cp.logoff_held(term):
+                    was = term._active
+                    if term.conn is not None and was is not None and was.host is not host:
+                        # Classic path of [0002]: no standby session; the terminal reconnects.
+                        # (An active session with the new active: switched already, it went first.)
+                        term.active = None
+                        term.conn.close()
+                        self.classic += 1
+                        nf = sum(1 for h in term.held.values() if h.t <= t0 and not (h.replying and term.resuming))
+                        if nf:
+                            term.flight = nf
+                            term.flight_epoch = epoch
+                            self.flight_msgs += nf
+                            self.flight_terms += 1
+                    elif was is not None and was.host is host:
+                        # already the new active's: switched earlier in this pass (nothing left to
+                        # deliver), or it serves on after its planned switchover's grantee was lost
+                        # (what waited while it was released goes to it now)
+                        if term.held:
+                            cp._deliver_pending(term, host)
+                    elif term.conn is not None and term.active is None and not term.leaving:
+                        host.request_session(term)
+                        self.requested += 1
+                    elif cp.logoff_held(term):  # (connected or not: logged off, it does not come back for them)
                         cp.deliver_logoffs(term, host)  # logged off, its messages still to answer
-                    continue
-                was = term._active
-                if term.conn is not None and was is not None and was.host is not host:
-                    # Classic path of [0002]: no standby session; the terminal reconnects.
-                    # (An active session with the new active: switched already, it went first.)
-                    term.active = None
-                    term.conn.close()
-                    self.classic += 1
-                    nf = sum(1 for h in term.held.values() if h.t <= t0 and not (h.replying and term.resuming))
-                    if nf:
-                        term.flight = nf
-                        term.flight_epoch = epoch
-                        self.flight_msgs += nf
-                        self.flight_terms += 1
-                elif was is not None and was.host is host:
-                    # already the new active's: switched earlier in this pass (nothing left to
-                    # deliver), or it serves on after its planned switchover's grantee was lost
-                    # (what waited while it was released goes to it now)
-                    if term.held:
-                        cp._deliver_pending(term, host)
-                elif term.conn is not None and term.active is None and not term.leaving:
-                    host.request_session(term)
-                    self.requested += 1
-                elif cp.logoff_held(term):  # (connected or not: logged off, it does not come back for them)
-                    cp.deliver_logoffs(term, host)  # logged off, its messages still to answer
-                elif term.conn is None and term._active is not None and term._active.host is not host:
-                    # kept for a terminal not back yet (hsb.cp.adopt): it went with the old active
-                    term.active = None
+                    elif term.conn is None and term._active is not None and term._active.host is not host:
+                        # kept for a terminal not back yet (hsb.cp.adopt): it went with the old active
+                        term.active = None
+                except Exception:  # (a bug) this terminal only: the pass goes on
+                    self._failed(term, i - 1)
         finally:  # what this slice did counts, and what it collected goes, even if it stopped early
             counts.standby -= gone
             counts.active += opened

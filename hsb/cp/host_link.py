@@ -58,6 +58,7 @@ class HostProtocol(AuthServerProtocol):
         self.adopts = False  # it said it can (`adopt` in its register)
         self.keeps_standby = False
         self.adopting = False  # asked, and its last `adopt` frame not yet here
+        self.adopt_cut = False  # a grant ended its adoption before that frame (hsb.cp.adopt._adoption_cut)
         self.adopt_n = 0
         self.adopt_waiting: list[str] = []  # adopted for terminals not connected (yet)
         self.adopt_t0 = 0.0
