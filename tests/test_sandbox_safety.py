@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,27 @@ def test_only_a_daemon_with_a_config_of_the_folder_is_the_sandboxs() -> None:
         f"/usr/bin/python3\0-m\0hsb.cp\0--config\0{d}/inner/cp.toml\0",
     ):
         assert not sandbox._names_config(d, stranger.encode()), stranger
+
+
+def test_a_daemon_that_ends_between_the_two_looks_is_reported_with_its_exit_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hsbctl sandbox start-host` names the exit code of a daemon that exits at its start (76: refused
+    as the active). Had it ended just after the first look (still running then) and before the
+    second (a zombie now), the code was lost: "exited at start" without it."""
+    from hsb import procstat
+
+    p = subprocess.Popen([sys.executable, "-c", "raise SystemExit(76)"])
+    deadline = time.monotonic() + 10
+    while procstat.state(p.pid) != "Z":
+        assert time.monotonic() < deadline, "the child never ended"
+        time.sleep(0.01)
+    real = sandbox._exit_code
+    looks: list[int] = []
+
+    def first_look_too_early(pid: int) -> int | None:
+        looks.append(pid)
+        return None if len(looks) == 1 else real(pid)  # the first look came before its end
+
+    monkeypatch.setattr(sandbox, "_exit_code", first_look_too_early)
+    err = sandbox._exited(tmp_path, "host-a", p.pid)
+    assert err is not None and "exited with code 76 at start" in str(err), err
+    p.returncode = 76  # (reaped by the look above: Popen must not wait for it again)

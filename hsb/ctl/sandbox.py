@@ -353,8 +353,10 @@ def _exit_code(pid: int) -> int | None:
 def _exited(d: Path, name: str, pid: int) -> SandboxError | None:
     """`name` (pid) has ended: the error that says how, with its log's last lines; else None."""
     code = _exit_code(pid)
-    if code is None and _alive(pid):
-        return None
+    if code is None:
+        if _alive(pid):
+            return None
+        code = _exit_code(pid)  # it ended between the two looks: its status is there now
     log = d / f"{'cp' if name == 'hsbcpd' else name}.log"
     try:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-5:])
