@@ -32,6 +32,17 @@ async def _flipped(cp: Any) -> None:
         await asyncio.sleep(0)
 
 
+def _switch(cp: Any, a: Any, b: Any, planned: bool) -> None:
+    """A planned switchover from A to B (A keeps its sessions as standby ones), or A lost and B
+    granted the role: the flip's first slice runs inside the grant."""
+    if planned:
+        cp.host_release(a)
+        cp.host_handover(a, wait=False)
+    else:
+        a.connection_lost(None)
+        cp.host_switchover(b, "test", False, "failover")
+
+
 def _setup(tmp_path: Path, keeps: bool) -> tuple[Any, Any, Any, list[str]]:
     """40 terminals: 1-20 with both sessions and a held message, 21-25 an active session only,
     26-30 connected without a session, 31-35 with both sessions and then gone."""
@@ -121,12 +132,7 @@ async def test_the_few_terminals_holding_messages_are_flipped_first(tmp_path: Pa
     for name in holders:
         cp.terminal_msg(cp.terms[name], 1, name.encode())
     assert list(cp.holding) == [cp.terms[n] for n in holders]
-    if keeps:
-        cp.host_release(a)
-        cp.host_handover(a, wait=False)
-    else:
-        a.connection_lost(None)
-        cp.host_switchover(b, "test", False, "failover")
+    _switch(cp, a, b, planned=keeps)
     assert cp.flipping is not None, "the first slice only"
     b.flush()
     items = [it for m in b.transport.frames() if m["t"] == "deliver_batch" for it in m["items"]]
@@ -289,12 +295,7 @@ async def test_a_terminal_whose_flip_raises_is_passed_over_and_the_flip_goes_on(
         real_send = a.send
         a.send = lambda m: (kept.append(m) if m.get("t") == "standby_kept" else None, real_send(m))[1]
     with structlog.testing.capture_logs() as logs:
-        if planned:
-            cp.host_release(a)
-            cp.host_handover(a, wait=False)
-        else:
-            a.connection_lost(None)
-            cp.host_switchover(b, "test", False, "failover")
+        _switch(cp, a, b, planned)
         if case == "settled_at_once":
             cp.settle_flip()
         await _flipped(cp)
