@@ -224,3 +224,30 @@ async def test_every_switch_is_counted_even_one_without_a_duration(tmp_path: Pat
     reg.register(CPCollector(cp.status, lambda: None, lambda: cp.history))
     text = generate_latest(reg).decode()
     assert 'hsb_switches_total{kind="promote"} 1.0' in text and 'hsb_switches_total{kind="failover"} 1.0' in text, text
+
+
+def test_protocol_errors_and_dropped_connections_are_exported_from_zero(tmp_path: Path) -> None:
+    """Every link a daemon serves has its protocol-error codes and its dropped connections
+    exported before the first one (at 0): a series that first appears at 1 is no increase to
+    rate() or increase(), so the first malformed frame or dropped connection after a start was
+    never seen on the dashboard."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from hsb.config import load
+    from hsb.cp.config import CPConfig
+    from hsb.cp.core import CP
+    from hsb.ops.metrics import CP_LINKS, HOST_LINKS, STARTING_CODES, CPCollector, _proto_errors
+    from hsb.wire.conn import CONNECTIONS_DROPPED, PROTOCOL_ERRORS
+    from tests.support.procs import cp_config
+
+    cp = CP(load(cp_config(tmp_path, terminals=2, durability="none"), CPConfig), None)
+    reg = CollectorRegistry()
+    reg.register(CPCollector(cp.status, lambda: None, lambda: cp.history))
+    text = generate_latest(reg).decode()
+    for link in CP_LINKS:
+        assert f'hsb_connections_dropped_total{{link="{link}"}} {float(CONNECTIONS_DROPPED.get(link, 0))}' in text, text
+        for code in STARTING_CODES:
+            n = float(PROTOCOL_ERRORS.get((link, code), 0))
+            assert f'hsb_protocol_errors_total{{code="{code}",link="{link}"}} {n}' in text, (link, code)
+    host = {s.labels["link"] for m in _proto_errors(HOST_LINKS) for s in m.samples if "code" not in s.labels}
+    assert host >= set(HOST_LINKS)

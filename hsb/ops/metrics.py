@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric, StateSetMetricFamily
 
 from hsb.wire.conn import CONNECTIONS_DROPPED, PROTOCOL_ERRORS
+from hsb.wire.framing import BAD_FIELDS, ERROR_CODES
 
 HOST_STATES = (
     "starting",
@@ -53,10 +54,18 @@ def _tls(st: dict[str, Any]) -> Iterator[Metric]:
         yield _g("hsb_tls_cert_expiry_days", "Days until this daemon's TLS certificate expires.", t["days_left"])
 
 
-def _common() -> Iterator[Metric]:
+# the links each daemon serves, and the codes any of them can count (a frame broken, an
+# authentication refused, TLS refused): exported at 0 from the start, so that rate() and
+# increase() see the first one (a series that first appears at 1 counts as no increase)
+CP_LINKS = ("terminal", "host", "admin")
+HOST_LINKS = ("peer", "admin")
+STARTING_CODES = (*ERROR_CODES, BAD_FIELDS, "auth_required", "auth_failed", "version_mismatch", "tls_refused")
+
+
+def _common(links: tuple[str, ...]) -> Iterator[Metric]:
     """What both daemons export: build info, protocol errors, dropped connections."""
     yield _build()
-    yield from _proto_errors()
+    yield from _proto_errors(links)
 
 
 def _build() -> Metric:
@@ -67,13 +76,17 @@ def _build() -> Metric:
     return m
 
 
-def _proto_errors() -> Iterator[CounterMetricFamily]:
+def _proto_errors(links: tuple[str, ...]) -> Iterator[CounterMetricFamily]:
     m = CounterMetricFamily("hsb_protocol_errors", "Protocol errors by link and code.", labels=["link", "code"])
-    for (link, code), n in sorted(PROTOCOL_ERRORS.items()):
+    errors = {(link, code): 0 for link in links for code in STARTING_CODES}
+    errors.update(PROTOCOL_ERRORS)
+    for (link, code), n in sorted(errors.items()):
         m.add_metric([link, code], float(n))
     yield m
     d = CounterMetricFamily("hsb_connections_dropped", "Closed connections dropped with bytes unsent (peer not reading).", labels=["link"])
-    for link, n in sorted(CONNECTIONS_DROPPED.items()):
+    dropped = dict.fromkeys(links, 0)
+    dropped.update(CONNECTIONS_DROPPED)
+    for link, n in sorted(dropped.items()):
         d.add_metric([link], float(n))
     yield d
 
@@ -134,7 +147,7 @@ class HostCollector:
         lt = st.get("last_takeover") or {}
         yield _g("hsb_host_takeover_seconds", "This host's last takeover: its switchover request to the grant.", lt.get("duration_s"))
         yield from _tls(st)
-        yield from _common()
+        yield from _common(HOST_LINKS)
 
 
 def _cumulative(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
@@ -189,7 +202,7 @@ class CPCollector:
         if sup is not None:  # hsbcpd --supervise
             yield _c("hsb_cp_worker_restarts", "Times the supervising master started the CP again after it died of a signal.", sup["restarts"])
         if st["state"] == "waiting":
-            yield from _common()
+            yield from _common(CP_LINKS)
             return
         yield _g("hsb_epoch", "Current epoch.", st["epoch"])
         yield _g("hsb_cp_active_connected", "1 while an active host is connected.", 1 if st["state"] == "serving" else 0)
@@ -300,7 +313,7 @@ class CPCollector:
                     self.journal.sync_counts,
                     self.journal.sync_sum,
                 )
-        yield from _common()
+        yield from _common(CP_LINKS)
 
 
 FDS_INLINE = 2000  # open files counted at the scrape itself while there are fewer than this
