@@ -114,8 +114,8 @@ class _Cqe(ctypes.Structure):
 
 
 assert ctypes.sizeof(_Params) == 120 and ctypes.sizeof(_Sqe) == 64 and ctypes.sizeof(_Cqe) == 16
-# an entry packed in one call (the fields of _Sqe, in order): ctypes' field by field cost a chain
-# about 40 µs of the event loop's time, at every group commit
+# an entry packed in one call (the fields of _Sqe, in order): set field by field through ctypes,
+# a chain's entries took about half of the 53 µs a submission cost the event loop
 _SQE = struct.Struct("<BBHiQQIIQHHiQQ")
 assert _SQE.size == ctypes.sizeof(_Sqe)
 
