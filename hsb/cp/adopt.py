@@ -100,10 +100,7 @@ class Adoption:
             asked=asked,
             took_ms=round((time.monotonic() - host.adopt_t0) * 1000, 1),
         )
-        self.counters["adopted"] += host.adopt_n
-        if host.adopt_waiting:
-            asyncio.get_running_loop().call_later(self.resume_window, self._adopted_expire, host, host.adopt_waiting)
-            host.adopt_waiting = []
+        self._adopted_so_far(host)
 
     def _adoption_cut(self: CP, host: HostProtocol) -> None:
         """A grant ends `host`'s adoption before its last frame: what it adopted for terminals not
@@ -114,11 +111,16 @@ class Adoption:
         host.adopting = False
         host.adopt_cut = True
         log.info("adoption_cut", host=host.name, epoch=self.epoch, adopted=host.adopt_n, waiting_for_terminal=len(host.adopt_waiting))
-        self.counters["adopted"] += host.adopt_n  # (what it names later counts at its last frame)
+        self._adopted_so_far(host)  # (what it names later counts, and expires, from its last frame)
+
+    def _adopted_so_far(self: CP, host: HostProtocol) -> None:
+        """What `host` adopted until now is counted, and its sessions kept for terminals not back
+        are closed `resume_window` from now if their terminals stay away."""
+        self.counters["adopted"] += host.adopt_n
         host.adopt_n = 0
         if host.adopt_waiting:
             asyncio.get_running_loop().call_later(self.resume_window, self._adopted_expire, host, host.adopt_waiting)
-        host.adopt_waiting = []
+            host.adopt_waiting = []
 
     def _adopted_expire(self: CP, host: HostProtocol, names: list[str]) -> None:
         """`resume_window` after the adoption: close the sessions whose terminal never came back."""
