@@ -6,7 +6,8 @@ two statx), side by side on one file system in one run.
 
 Each round times `--chains` chains of each kind, one after the other, alternating which goes
 first: from the submission to the completion of the last entry as the event loop (uvloop) sees
-it, and how many times the loop was woken for one chain. Both write `--size` bytes at the next
+it, how many times the loop was woken for one chain, and the loop's own time in the submission
+(packing the entries and io_uring_enter). Both write `--size` bytes at the next
 offset of a file allocated whole beforehand (as a journal segment is) in `--dir` (default: a
 temporary directory under bench/results/.., on the repository's file system). The old chain is
 built here, from hsb.uring's pieces: hsbcpd no longer has it. Raw results:
@@ -108,12 +109,14 @@ async def chains(kind: str, d: Path, n: int, size: int) -> dict[str, Any]:
 
     loop.add_reader(ring.efd, on_ready)
     took: list[float] = []
+    submit: list[float] = []  # the event loop's own time in write_sync_check (packing + io_uring_enter)
     data = b"j" * size
     try:
         for i in range(n):
             fut: asyncio.Future[list[int]] = loop.create_future()
             t0 = time.perf_counter()
             ring.write_sync_check(fd, data, i * size, paths, fut.set_result)
+            submit.append(time.perf_counter() - t0)
             res = await fut
             took.append(time.perf_counter() - t0)
             assert res[0] == size and res[-2:] == [-2, 0], res
@@ -123,7 +126,9 @@ async def chains(kind: str, d: Path, n: int, size: int) -> dict[str, Any]:
         os.close(fd)
         path.unlink()
     took.sort()
+    submit.sort()
     return {
+        "submit_p50_us": round(submit[n // 2] * 1e6, 1),
         "kind": kind,
         "chains": n,
         "p50_ms": round(took[n // 2] * 1000, 4),
@@ -147,7 +152,7 @@ async def amain(a: argparse.Namespace) -> dict[str, Any]:
                 flush=True,
             )
     med = {
-        k: {m: statistics.median(r[k][m] for r in rounds) for m in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "wakes_per_chain")}
+        k: {m: statistics.median(r[k][m] for r in rounds) for m in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "wakes_per_chain", "submit_p50_us")}
         for k in ("dsync", "fdatasync")
     }
     return {"rounds": rounds, "median": med, "ratio_p50": round(med["dsync"]["p50_ms"] / med["fdatasync"]["p50_ms"], 3)}
@@ -174,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     m = res["median"]
     print(
         f"median p50: RWF_DSYNC {m['dsync']['p50_ms']:.3f} ms, linked fdatasync {m['fdatasync']['p50_ms']:.3f} ms"
-        f" (ratio {res['ratio_p50']:.2f}); wakes per chain {m['dsync']['wakes_per_chain']} / {m['fdatasync']['wakes_per_chain']}"
+        f" (ratio {res['ratio_p50']:.2f}); wakes per chain {m['dsync']['wakes_per_chain']} / {m['fdatasync']['wakes_per_chain']};"
+        f" submission p50 {m['dsync']['submit_p50_us']:.1f} / {m['fdatasync']['submit_p50_us']:.1f} µs"
     )
     return 0
 

@@ -5,8 +5,8 @@ of ours takes part, so a group commit costs neither a thread's wake-up nor the G
 back (docs/cp-journal.md, "How a group commit is written").
 
 The sync is the write's own, not an `fdatasync` linked after it: one hop through the kernel's
-workers instead of two, one wake-up of the loop instead of two, and 7-9 % less time from the
-submission to the last completion (p50 0.32 against 0.34 ms on the test machine, side by side:
+workers instead of two, one wake-up of the loop instead of two, and less time from the
+submission to the last completion (p50 0.322 against 0.365 ms on the test machine, side by side:
 bench/ring.py, bench/results/ring-dsync-session35.json).
 It covers this write's bytes only, which is all there is to sync: every earlier group of the
 segment was made durable before this one was written (hsb.cp.journal.writer).
@@ -114,8 +114,8 @@ class _Cqe(ctypes.Structure):
 
 
 assert ctypes.sizeof(_Params) == 120 and ctypes.sizeof(_Sqe) == 64 and ctypes.sizeof(_Cqe) == 16
-# an entry packed in one call (the fields of _Sqe, in order): set field by field through ctypes,
-# a chain's entries took about half of the 53 µs a submission cost the event loop
+# an entry packed in one call (the fields of _Sqe, in order), not field by field through ctypes:
+# the submission runs on the event loop at every group commit
 _SQE = struct.Struct("<BBHiQQIIQHHiQQ")
 assert _SQE.size == ctypes.sizeof(_Sqe)
 
