@@ -520,3 +520,67 @@ async def test_a_waiting_cps_status_and_health_answer_while_its_storage_hangs(tm
         hung.set()
         if not task.done():
             task.cancel()
+
+
+async def test_a_waiting_cp_pings_systemds_watchdog_while_its_journal_mount_hangs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hung mount stops the waiting CP's polls, not its event loop: the watchdog (WatchdogSec)
+    is still pinged, as a serving CP's tick pings it while its journal hangs. Before, the pings
+    came from the polling loop itself, so systemd killed the waiting CP and restarted it onto the
+    same hung mount (its /health failing already says it cannot take over)."""
+    import socket
+    import threading
+
+    from hsb.config import load
+    from hsb.cp import server as srv
+    from hsb.cp import waiting
+    from hsb.cp.config import CPConfig
+
+    journal = tmp_path / "j"
+    journal.mkdir()
+    cfg = load(cp_config(tmp_path, terminals=2, journal=str(journal), takeover="on_wake"), CPConfig)
+    sock_path = tmp_path / "notify.sock"
+    sd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sd.bind(str(sock_path))
+    sd.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")  # WatchdogSec=0.1: a ping every 0.05 s
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    s = srv.CPServer(cfg, SECRET, str(tmp_path / "cp.toml"))
+    monkeypatch.setattr(waiting, "holds_address", lambda *a: True)
+    hung, entered = threading.Event(), threading.Event()
+
+    def stamp() -> Any:
+        entered.set()
+        hung.wait(30)  # the mount hangs
+        return (1, 0)
+
+    def pings() -> int:
+        n = 0
+        while True:
+            try:
+                n += sd.recv(256).count(b"WATCHDOG=1")
+            except BlockingIOError:
+                return n
+
+    assert s.gens is not None
+    monkeypatch.setattr(s.gens, "stamp", stamp)
+    task = asyncio.ensure_future(s.serve())
+    try:
+        assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 10)
+        pings()  # those sent before the mount hung
+        seen = 0
+
+        def enough() -> bool:
+            nonlocal seen
+            seen += pings()
+            return seen >= 5
+
+        await until(enough, timeout=5)
+        assert not task.done() and s.cp is None  # still waiting, never took over
+        s.should_exit.set()
+        assert await asyncio.wait_for(task, 5) == 0
+    finally:
+        hung.set()
+        sd.close()
+        if not task.done():
+            task.cancel()

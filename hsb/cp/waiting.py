@@ -164,11 +164,25 @@ class Waiting:
             return None
         self.storage = view
         missing = view[0]
-        watcher = asyncio.get_running_loop().create_task(self._watch_storage())
+        loop = asyncio.get_running_loop()
+        watchers = [loop.create_task(self._watch_storage())]
+        watchdog = Watchdog()
+        if watchdog.every is not None:
+            watchers.append(loop.create_task(self._ping_watchdog(watchdog)))
         try:
             return await self._wait_for_takeover(missing)
         finally:
-            watcher.cancel()
+            for w in watchers:
+                w.cancel()
+
+    @staticmethod
+    async def _ping_watchdog(watchdog: Watchdog) -> None:
+        """systemd's watchdog pinged while this loop turns, as a serving CP's tick pings it: the
+        waiting's polls of a hung mount stop, the loop does not (and a restart would hang on the
+        same mount; /health already fails, which is what keepalived acts on)."""
+        while True:
+            watchdog.tick(time.monotonic())
+            await asyncio.sleep(WAIT_POLL)
 
     async def _wait_for_takeover(self, missing: bool) -> str | None:
         c = self.cfg.cp
@@ -183,11 +197,9 @@ class Waiting:
         notify(READY=1, STATUS="waiting to take over (keepalived)")
         stamp: tuple[int, int] | None = None
         still_since = time.monotonic()
-        watchdog = Watchdog()
         told = False
         sighups_seen = self.sighups
         while not self.should_exit.is_set():
-            watchdog.tick(time.monotonic())
             if self.sighups != sighups_seen:
                 # new certificates for the admin link and /health now; the rest of the config
                 # (reload_requested stays set) once this CP serves
