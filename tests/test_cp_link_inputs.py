@@ -427,3 +427,18 @@ async def test_an_unauthenticated_peer_gets_its_auth_frame_decoded_and_nothing_m
     v.clear_deadline()
     v.connection_lost(None)
     await asyncio.sleep(0)
+    # ... and frames behind it ahead of a malformed one: taken, then the link closed for the bad one
+    # (they were dropped with the connection: one more reason a host had to send them again)
+    w = HostProtocol(cp, secret=b"s" * 32, auth_timeout=5.0, idle_timeout=None)
+    w.connection_made(RecordingTransport("z"))
+    seen_w: list[dict[str, Any]] = []
+    w.on_hb = seen_w.append  # type: ignore[method-assign]
+    mac = auth.answer(b"s" * 32, w._nonce, "host", "host-b")
+    malformed = struct.pack(">I", 1) + b"\xc1"  # msgpack's one byte that is never valid
+    w.data_received(encode({"t": "auth", "name": "host-b", "link": "host", "mac": mac, "proto": LINK_PROTOCOL}) + encode({"t": "hb"}) * 2 + malformed)
+    w.flush()
+    err = [f for f in w.transport.frames() if f["t"] == "error"]
+    assert w.authed and w.closed and [m["t"] for m in seen_w] == ["hb", "hb"] and err, (w.closed, seen_w, err)
+    w.clear_deadline()
+    w.connection_lost(None)
+    await asyncio.sleep(0)

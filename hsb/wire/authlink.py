@@ -105,8 +105,11 @@ class AuthServerProtocol(FramedProtocol):
         self.decoder.first_done()
         try:
             self._backlog.extend(self.decoder.feed(b""))  # (taken by the drain that handles this frame)
-        except ProtocolError as exc:
-            self.protocol_error(exc)
+        except ProtocolError as exc:  # the frames ahead of the bad one are taken first, as on any read
+            self._backlog.extend(exc.before)
+            self._drain_backlog(limit=None)
+            if not self.closed:
+                self.protocol_error(exc)
 
     def auth_failed(self, code: str, why: str) -> None:
         log.warning("auth_failed", link=self.link, peer=self.peer, reason=why)
