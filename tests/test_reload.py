@@ -221,3 +221,36 @@ async def test_a_cp_reload_runs_beside_its_tick_loop_and_a_failing_one_is_logged
             assert asyncio.get_running_loop().time() < deadline, logs.entries
             await asyncio.sleep(0.01)
         assert hot_standby(a, b)
+
+
+async def test_a_cp_waiting_to_take_over_checks_its_config_at_sighup_and_says_what_needs_a_restart(tmp_path: Path) -> None:
+    """A second CP machine's hsbcpd waits for months maybe: a config edited meanwhile and SIGHUPed
+    is checked at once, every error named now (not at the takeover, in the middle of a failover),
+    and a valid one says what applies once it serves and what needs this waiting hsbcpd restarted.
+    Before, a waiting CP reloaded its certificates only and said nothing of the rest."""
+    import signal as sig
+
+    from tests.support.procs import _run_cp, cp_config, until
+
+    d = tmp_path / "cp"
+    d.mkdir()
+    # its address is on no interface here: it waits for good
+    cfg = cp_config(d, terminals=2, takeover="on_wake", terminal_listen="192.0.2.1:7000")
+    good = cfg.read_text()
+    cp = _run_cp(d, cfg, None, wait=False)
+    try:
+        cp.wait_event("cp_waiting", timeout=15)
+        cfg.write_text(good.replace("[cp]\n", '[cp]\nheld_bound = "many"\n'))
+        cp.popen.send_signal(sig.SIGHUP)
+        await until(lambda: cp.events("config_reload_failed"), 10, what="config_reload_failed while waiting")
+        assert "held_bound" in json.dumps(cp.events("config_reload_failed")[0]["errors"])
+        assert not cp.events("config_checked")
+        cfg.write_text(good.replace("[cp]\n", "[cp]\nheld_bound = 7\n").replace('name = "cp"', 'name = "cp-2"'))
+        cp.popen.send_signal(sig.SIGHUP)
+        await until(lambda: cp.events("config_checked"), 10, what="config_checked while waiting")
+        checked = cp.events("config_checked")[0]
+        assert checked["applies_when_serving"] == ["cp.held_bound"] and checked["needs_restart"] == ["cp.name"], checked
+        assert "cp.name" in cp.events("config_reload_incomplete")[0]["msg"]
+        assert not cp.events("journal_recovered") and cp.popen.poll() is None  # still waiting
+    finally:
+        cp.stop()

@@ -112,6 +112,9 @@ class Waiting:
     should_exit: asyncio.Event
     sighups: int
     tls: TLS | None
+    config_path: str | None
+    RELOADABLE: tuple[str, ...]
+    _config_check: asyncio.Task[None] | None = None  # the config file's check at a SIGHUP
     # what status and /health say of the journal's storage while waiting, read on a thread
     # (`_watch_storage`): a hung mount must not block the loop that answers them
     storage: tuple[bool, int | None] | None = None  # (journal missing, its generation), the last look's
@@ -201,10 +204,14 @@ class Waiting:
         sighups_seen = self.sighups
         while not self.should_exit.is_set():
             if self.sighups != sighups_seen:
-                # new certificates for the admin link and /health now; the rest of the config
-                # (reload_requested stays set) once this CP serves
+                # new certificates for the admin link and /health now; the file checked now; the
+                # rest of the config (reload_requested stays set) once this CP serves
                 sighups_seen = self.sighups
                 reload_tls(self.tls)
+                if self._config_check is None or self._config_check.done():
+                    self._config_check = asyncio.get_running_loop().create_task(self._check_config())
+                else:  # (a check is under way: the file is read again after it)
+                    self._config_check.add_done_callback(lambda _: self._sighup_again())
             polled, held = await self._unless_stopping(holds_address, c.terminal_listen, False)
             if not polled:
                 break
@@ -251,6 +258,27 @@ class Waiting:
             except TimeoutError:
                 pass
         return None
+
+    def _sighup_again(self) -> None:
+        self.sighups += 1
+
+    async def _check_config(self) -> None:
+        """SIGHUP while waiting: the file read and checked now, and said now, rather than at the
+        takeover, in the middle of a failover. What it changes that a serving CP reloads applies
+        once this CP serves (`reload_requested` stays set); the rest needs this waiting hsbcpd
+        restarted, which costs nothing while it serves nobody."""
+        from hsb.ops import reload
+
+        planned = await asyncio.get_running_loop().run_in_executor(None, reload.plan, self.config_path, CPConfig, self.cfg, self.RELOADABLE)
+        if planned is None:
+            return  # (config_reload_failed named every error; the config it runs stays)
+        _, applies, restart = planned
+        log.info("config_checked", applies_when_serving=applies, needs_restart=restart, msg="waiting to take over: the config is valid")
+        if restart:
+            log.warning(
+                "config_reload_incomplete",
+                msg=f"these settings change only on restart: {', '.join(restart)} (restart this waiting hsbcpd now: it serves nobody)",
+            )
 
     async def _unless_stopping(self, fn: Any, *args: Any) -> tuple[bool, Any]:
         """(True, `fn(*args)`) run on a thread, or (False, None) as soon as a stop is asked: a
