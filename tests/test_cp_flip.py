@@ -319,3 +319,34 @@ async def test_a_terminal_whose_flip_raises_is_passed_over_and_the_flip_goes_on(
     else:
         for name in names[20:25]:
             assert cp.terms[name].active is None and cp.terms[name].conn.closed, name
+
+
+@pytest.mark.parametrize("planned", [False, True])
+async def test_a_slice_whose_send_to_a_host_raises_closes_that_link_and_the_flip_goes_on(tmp_path: Path, planned: bool) -> None:
+    """Sending what a slice collected (the held messages to the new active, or the demoted
+    active's `standby_kept`) raises (a bug): logged, naming the host, that host's link closed as
+    if lost, and the flip ends; the messages stay held, for the next active, nothing lost.
+    Before, the error left the slice and no slice came after it: the flip never ended."""
+    cp, a, b, names = _setup(tmp_path, keeps=planned)
+    broken = a if planned else b
+
+    def boom(*_a: Any, **_k: Any) -> None:
+        raise RuntimeError("boom")
+
+    if planned:
+        real_send = a.send
+        a.send = lambda m: boom() if m.get("t") == "standby_kept" else real_send(m)
+    else:
+        b.deliver_all = boom
+    with structlog.testing.capture_logs() as logs:
+        _switch(cp, a, b, planned)
+        await _flipped(cp)
+    failed = [e for e in logs if e["event"] == "flip_send_failed"]
+    assert failed and failed[0]["host"] == broken.name and failed[0]["log_level"] == "error", failed
+    assert broken.closed
+    if planned:  # the new active's link is not what failed: it serves on
+        assert not b.closed and cp.active is b
+    assert cp.switchovers[-1]["switched"] == 20
+    for name in names[:20]:
+        assert len(cp.terms[name].held) == 1, name  # held still: answered by the next active
+    _agree(cp)

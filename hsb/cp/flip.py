@@ -147,6 +147,21 @@ class Flip:
             msg="a bug: this terminal's sessions may be wrong (it logs on again to mend them); the flip goes on",
         )
 
+    def _send_failed(self, host: Any, what: str) -> None:
+        """Sending a slice's frames to `host` raised (a bug): logged, and its link closed, as if
+        lost, so that what it missed is not taken for delivered: the held messages go again,
+        marked redelivered, to the next active, as after any lost link. Raised out of the
+        slice, it stopped the flip for good, as a terminal's error did (`_failed`)."""
+        log.exception(
+            "flip_send_failed",
+            epoch=self.epoch,
+            host=host.name,
+            at=self.i,
+            of=len(self.terms),
+            msg=f"a bug: {what} could not be sent to {host.name}; its link is closed (it connects again) and the flip goes on",
+        )
+        host.close()
+
     def _run(self, budget: int | None) -> bool:
         terms = self.terms
         end = len(terms) if budget is None else min(len(terms), self.i + budget)
@@ -278,13 +293,19 @@ class Flip:
             self.waiting += waiting
             self.flight_msgs += flight_msgs
             if out:
-                self._send(out, again_n, biggest)
+                try:
+                    self._send(out, again_n, biggest)
+                except Exception:  # (a bug) not this slice's end: the flip goes on
+                    self._send_failed(host, "the held messages it was handing over")
             if keep is not None and (kept or i >= len(terms)):
                 self.kept += len(kept)
                 last = i >= len(terms)
-                for k in range(0, max(len(kept), 1), KEPT_PER_FRAME):  # within what the host's frames hold
-                    part = kept[k : k + KEPT_PER_FRAME]
-                    keep.send({"t": "standby_kept", "epoch": epoch, "items": part, "last": last and k + KEPT_PER_FRAME >= len(kept)})
+                try:
+                    for k in range(0, max(len(kept), 1), KEPT_PER_FRAME):  # within what the host's frames hold
+                        part = kept[k : k + KEPT_PER_FRAME]
+                        keep.send({"t": "standby_kept", "epoch": epoch, "items": part, "last": last and k + KEPT_PER_FRAME >= len(kept)})
+                except Exception:
+                    self._send_failed(keep, "which sessions it keeps as standby ones")
         if i < len(terms):
             return False
         self.finished = True
