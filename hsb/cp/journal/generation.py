@@ -59,6 +59,18 @@ def snap_name(n: int) -> str:
     return f"snap-{n:08d}"
 
 
+def _durable_file(path: Path, content: bytes, flags: int = 0) -> None:
+    """`path` created (or opened) with `content` written, its bytes and its name durable."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o600)
+    try:
+        if content:
+            os.write(fd, content)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(path.parent)
+
+
 def gen_name(n: int) -> str:
     return f"gen-{n:08d}"
 
@@ -95,27 +107,14 @@ class Generations:
     def _create(self, n: int, content: bytes) -> bool:
         """Create gen-`n` with `content`, durably (its name too); False if it exists already."""
         try:
-            fd = os.open(self.dir / gen_name(n), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            _durable_file(self.dir / gen_name(n), content, os.O_EXCL)
         except FileExistsError:
             return False
-        try:
-            if content:
-                os.write(fd, content)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fsync_dir(self.dir)
         return True
 
     def mark_snapshot(self, own: int) -> None:
         """`own`'s takeover snapshot is durable: said durably (snap-N), before older generations go."""
-        path = self.dir / snap_name(own)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fsync_dir(self.dir)
+        _durable_file(self.dir / snap_name(own), b"")
 
     def snapshots(self, names: list[str] | None = None) -> set[int]:
         """The generations whose takeover snapshot was made durable (snap-N)."""
