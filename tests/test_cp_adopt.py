@@ -112,3 +112,43 @@ async def test_an_adoption_cut_short_by_a_grant_still_closes_the_sessions_whose_
     a.flush()
     assert any(f["t"] == "session_closed" and f["terminal"] == "T00002" for f in a.transport.frames())
     assert (cp.counters["adopted"], cp.counters["adopted_expired"]) == (2, 2)
+
+
+async def test_sessions_named_while_a_grant_that_cut_the_adoption_was_pending_are_adopted_when_the_role_comes_back(tmp_path: Path) -> None:
+    """The active names sessions while a planned grant to the standby is being made durable (its
+    adoption cut by that grant, and not the active for that moment); the grantee is lost and the
+    role comes back. What it named meanwhile is its own again: a terminal connected then is told
+    its session is open (served by the grant's flip), one not back has its session closed at the
+    active after `resume_window`, and the last frame among them ends the adoption. Before, those
+    frames were ignored: the sessions stayed open at the active for good."""
+    cp = cp_core(tmp_path, 4, cp="resume_window = 0.2\n")
+    a = fake_host(cp, "host-a", record=True)
+    a.adopts = True
+    cp.host_register(a, "active", 1)
+    cp.host_adopt(a, [("T00001", {})], last=False)
+    b = fake_host(cp, "host-b", "standby")
+    held = HeldJournal(cp)
+    cp.host_release(a)
+    cp.host_handover(a, wait=False)  # the grant to host-b waits on its record: host-a not the active now
+    assert cp.active is b and a.adopt_cut
+    t3 = recording_terminal(cp, "T00003")  # logged on meanwhile: waits for its session
+    cp.host_adopt(a, [("T00002", {}), ("T00003", {})], last=True)  # named during the gap
+    b.connection_lost(None)  # the grantee lost before its epoch is durable: host-a gets the role back
+    assert held.release() >= 2
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while cp.active is not a or cp.granting is not None or not cp.announced or cp.flipping is not None:
+        assert loop.time() < deadline, "the role never went back to host-a"
+        await asyncio.sleep(0.01)
+    assert cp.terms["T00003"].active is not None and cp.terms["T00003"].active.host is a
+    t3.flush()
+    assert any(f.get("t") == "session" and f.get("state") == "open" for f in t3.transport.frames()), t3.transport.frames()
+    assert not a.adopt_cut and not a.adopting  # its last frame, named in the gap, ended the adoption
+    for name in ("T00001", "T00002"):  # never came back: closed at the active
+        while cp.terms[name].active is not None:
+            assert loop.time() < deadline + 5, f"{name}'s adopted session was kept for good"
+            await asyncio.sleep(0.02)
+    a.flush()
+    closed = {f["terminal"] for f in a.transport.frames() if f["t"] == "session_closed"}
+    assert {"T00001", "T00002"} <= closed and "T00003" not in closed, closed
+    assert cp.counters["adopted"] == 3 and cp.counters["adopted_expired"] == 2

@@ -43,6 +43,7 @@ class Adoption:
         if not host.adopts or self.resume_window <= 0:
             return False
         host.adopting = True
+        host.adopt_gap = []
         host.adopt_waiting = []
         host.adopt_n = 0
         host.adopt_t0 = time.monotonic()
@@ -53,9 +54,29 @@ class Adoption:
             self.note_handed(handed)
         self.settle_flip()
         if host is not self.active or not (host.adopting or host.adopt_cut):
+            if host.adopt_cut and host.role == "demoting" and not host.closed:
+                # cut by a planned grant not yet durable: it may be given the role back (its
+                # grantee lost), and then these sessions are its own again (`adopt_gap_taken`)
+                host.adopt_gap.append((items, last))
             return  # the role moved on meanwhile: that host's sessions are not the active's any more
         # (cut by a grant and the active again, given the role back: it goes on naming, unaware of
         # the cut, and what it names is kept as at any adoption, and expires likewise)
+        self._adopt(host, items, deliver=True)
+        if last:
+            self._adoption_done(host)
+
+    def adopt_gap_taken(self: CP, host: HostProtocol) -> None:
+        """`host` is made the active again after a grant cut its adoption: what it named while that
+        grant was pending is adopted now (ignored, those sessions stayed open at it for good when
+        their terminals never came back). Nothing is delivered here: the grant's flip delivers
+        to the terminals whose session is with it."""
+        gap, host.adopt_gap = host.adopt_gap, []
+        for items, last in gap:
+            self._adopt(host, items, deliver=False)
+            if last:
+                self._adoption_done(host)
+
+    def _adopt(self: CP, host: HostProtocol, items: list[tuple[str, dict[str, Any]]], deliver: bool) -> None:
         opened = encode({"t": "session", "state": "open", "epoch": self.epoch})  # one encoding for all
         for name, attrs in items:
             term = self.terms.get(name)
@@ -73,12 +94,10 @@ class Adoption:
             if conn is not None and not conn.closed:  # logged on again before its session was named
                 self._send_owed_notice(term)
                 conn.send_raw(opened)
-                if not host.released:
+                if deliver and not host.released:
                     self._deliver_pending(term, host)
             else:
                 host.adopt_waiting.append(name)
-        if last:
-            self._adoption_done(host)
 
     def note_handed(self: CP, handed: dict[str, int]) -> None:
         """The highest id an active handed to its service, per terminal: a message up to it is

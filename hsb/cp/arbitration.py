@@ -217,6 +217,7 @@ class Arbitration:
             # planned: the old active becomes the standby on the same link
             old.role = "standby"
             old.released = False
+            old.adopt_gap = []  # (what it named after its adoption was cut is its standby's now, or nobody's)
             self.standby = old
             # keeps: its active sessions become its standby sessions in the flip (hsb.cp.flip),
             # named to it in `standby_kept` frames, instead of 10,000 standby opens after it

@@ -343,6 +343,8 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         self.active = host
         host.role = "active"
         host.epoch = epoch
+        if host.adopt_gap:  # given the role back by a grant it had lost (hsb.cp.adopt)
+            self.adopt_gap_taken(host)
         self.cancel_deferred_grant()  # (someone holds the role now: a deferred request is moot)
         self.not_back = None
         self.granting = self.demoting = None  # (a grant sets them again)

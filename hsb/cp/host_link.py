@@ -61,6 +61,7 @@ class HostProtocol(AuthServerProtocol):
         self.adopt_cut = False  # a grant ended its adoption before that frame (hsb.cp.adopt._adoption_cut)
         self.adopt_n = 0
         self.adopt_waiting: list[str] = []  # adopted for terminals not connected (yet)
+        self.adopt_gap: list[tuple[list[tuple[str, dict[str, Any]]], bool]] = []  # named while a grant that cut it was pending
         self.adopt_t0 = 0.0
 
     @property
