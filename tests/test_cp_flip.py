@@ -125,8 +125,9 @@ async def _notices_written(cp: Any, conns: dict[str, Any]) -> dict[str, int]:
 @pytest.mark.parametrize("keeps", [False, True])
 async def test_the_few_terminals_holding_messages_are_flipped_first(tmp_path: Path, keeps: bool) -> None:
     """A grant with three terminals of 64 holding messages, last in the table: their re-delivery
-    leaves in the first slice, and the pass that meets them again later leaves them switched
-    (not closed as if they had no standby session, not asked for a session)."""
+    leaves in the first slices (4 a slice, a message counting as a terminal: two holders, then the
+    third), before any other terminal is reached, and the pass that meets them again later leaves
+    them switched (not closed as if they had no standby session, not asked for a session)."""
     cp, a, b, names, conns = _sixty_four(tmp_path, keeps)
     holders = names[-3:]
     for name in holders:
@@ -136,8 +137,12 @@ async def test_the_few_terminals_holding_messages_are_flipped_first(tmp_path: Pa
     assert cp.flipping is not None, "the first slice only"
     b.flush()
     items = [it for m in b.transport.frames() if m["t"] == "deliver_batch" for it in m["items"]]
-    assert [(n, i) for n, i, _, _ in items] == [(n, 1) for n in holders]
+    assert [(n, i) for n, i, _, _ in items] == [(n, 1) for n in holders[:2]]
+    assert cp.terms[names[0]].active.host is a, "a terminal without messages was reached first"
     await _flipped(cp)
+    b.flush()
+    items = [it for m in b.transport.frames() if m["t"] == "deliver_batch" for it in m["items"]]
+    assert [(n, i) for n, i, _, _ in items] == [(n, 1) for n in holders]
     _agree(cp)
     rec = cp.switchovers[-1]
     assert rec["switched"] == 64 and rec["classic"] == 0 and rec["requested"] == 0, rec
@@ -147,7 +152,7 @@ async def test_the_few_terminals_holding_messages_are_flipped_first(tmp_path: Pa
         assert (t.standby is not None and t.standby.host is a) if keeps else t.standby is None, name
     for name in holders:  # re-delivered once
         assert cp.terms[name].held[1].delivered_epoch == cp.epoch
-    assert sum(1 for m in b.transport.frames() if m["t"] == "deliver_batch") == 1
+    assert sum(1 for m in b.transport.frames() if m["t"] == "deliver_batch") == 2  # one a slice
     writes = await _notices_written(cp, conns)
     assert all(conns[n].transport.writes == writes[n] + 1 for n in names), "one switch notice each, the holders too"
     # settled: the index follows
@@ -350,3 +355,23 @@ async def test_a_slice_whose_send_to_a_host_raises_closes_that_link_and_the_flip
     for name in names[:20]:
         assert len(cp.terms[name].held) == 1, name  # held still: answered by the next active
     _agree(cp)
+
+
+async def test_a_slice_counts_the_messages_it_hands_over(tmp_path: Path) -> None:
+    """A terminal holding many messages costs its slice as many terminals: with slices of 4, a
+    holder of 10 fills the first slice alone (the others wait for the next turns). Counted in
+    terminals only, 4,096 terminals holding 256 messages each made one slice of about a second,
+    with no heartbeat relayed meanwhile."""
+    cp, a, b, names, conns = _sixty_four(tmp_path, keeps=False)
+    holder = cp.terms[names[-1]]
+    for mid in range(1, 11):
+        cp.terminal_msg(holder, mid, b"x")
+    _switch(cp, a, b, planned=False)
+    f = cp.flipping
+    assert f is not None and f.i == 1, "the holder alone in the first slice"
+    b.flush()
+    items = [it for m in b.transport.frames() if m["t"] == "deliver_batch" for it in m["items"]]
+    assert [(n, i) for n, i, _, _ in items] == [(holder.name, i) for i in range(1, 11)]
+    await _flipped(cp)
+    _agree(cp)
+    assert cp.switchovers[-1]["switched"] == 64 and cp.switchovers[-1]["slices"] >= 1 + 63 // 4

@@ -2,7 +2,8 @@
 terminal's active session, and what each terminal holds is re-delivered to the new active.
 
 Owns the pass over the terminals, a slice at a time (`[cp] flip_slice` terminals per turn
-of the event loop, about 1-2 µs each), so heartbeats, acknowledgements and the new active's
+of the event loop, about 1-2 µs each, each message handed over counting as one more terminal:
+4,096 terminals holding 256 each were a second of the loop in one slice), so heartbeats, acknowledgements and the new active's
 first replies keep flowing while 100,000 sessions flip. Between slices a terminal not yet
 reached is exactly as every terminal was between the old active's loss and the grant: its
 messages are held (and acknowledged) and go out with its re-delivery when its turn comes.
@@ -187,10 +188,14 @@ class Flip:
         gone = opened = 0  # standby sessions taken, active sessions added: the CP's totals at the end
         keep = self.keep if self.keep is not None and not self.keep.closed and cp.standby is self.keep else None
         kept: list[str] = []
+        work = 0  # terminals passed and messages handed over: a slice's budget counts both
         try:
             while i < end:
+                if budget is not None and work >= budget:
+                    break  # (a terminal holding 256 messages costs as much as 256 without any)
                 term = terms[i]
                 i += 1
+                work += 1
                 try:
                     # the sessions' slots directly, the totals kept here: properties cost ~30 ms at 100,000
                     sb = term._standby
@@ -228,6 +233,7 @@ class Flip:
                                         term.delivered(held.id, epoch)
                                         held.redelivered = again
                                         again_n += again
+                                        work += 1
                                         if limit:
                                             w = held.wire or dv.item_of(term.name, held, limit)  # kept: no call
                                             if len(w) > biggest:
