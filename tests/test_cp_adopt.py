@@ -132,7 +132,9 @@ async def test_sessions_named_while_a_grant_that_cut_the_adoption_was_pending_ar
     cp.host_handover(a, wait=False)  # the grant to host-b waits on its record: host-a not the active now
     assert cp.active is b and a.adopt_cut
     t3 = recording_terminal(cp, "T00003")  # logged on meanwhile: waits for its session
-    cp.host_adopt(a, [("T00002", {}), ("T00003", {})], last=True)  # named during the gap
+    # named during the gap, through the link's own dispatch (the frame of the epoch it knows)
+    a._handle({"t": "adopt", "epoch": a.epoch, "items": [["T00002", {}], ["T00003", {}]], "last": True, "handed": {"T00002": 4}})
+    assert not a.closed and cp.terms["T00002"].handed_floor == 4
     b.connection_lost(None)  # the grantee lost before its epoch is durable: host-a gets the role back
     assert held.release() >= 2
     loop = asyncio.get_running_loop()

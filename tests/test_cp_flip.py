@@ -351,9 +351,30 @@ async def test_a_slice_whose_send_to_a_host_raises_closes_that_link_and_the_flip
     assert broken.closed
     if planned:  # the new active's link is not what failed: it serves on
         assert not b.closed and cp.active is b
+        assert cp.switchovers[-1]["standby_kept"] == 0  # none was told it: not counted as kept
+        return
     assert cp.switchovers[-1]["switched"] == 20
+    assert cp.counters["redelivered"] == 0  # none went: none counted
+    b.connection_lost(None)  # (the loop's own call after the abort)
     for name in names[:20]:
-        assert len(cp.terms[name].held) == 1, name  # held still: answered by the next active
+        assert len(cp.terms[name].held) == 1, name  # held still
+    # host-b registers again on a new link, at a new epoch: it gets every one of them, marked
+    # redelivered (they were counted as handed to it once)
+    c = fake_host(cp, "host-b", batch=64 * 1024, record=True)
+    epoch = cp.epoch
+    cp.host_register(c, "active", 1)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while cp.active is not c or not cp.announced:
+        assert loop.time() < deadline, "host-b never became the active again"
+        await asyncio.sleep(0.01)
+    assert cp.epoch > epoch
+    for name in names[:25]:
+        if cp.terms[name].conn is not None and not cp.terms[name].conn.closed:
+            cp.host_open(c, name, "active", ATTRS)
+    c.flush()
+    items = [it for m in c.transport.frames() if m["t"] == "deliver_batch" for it in m["items"]]
+    assert sorted((n, i, again) for n, i, _, again in items) == [(n, 1, True) for n in names[:20]], items
     _agree(cp)
 
 

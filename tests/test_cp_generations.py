@@ -534,6 +534,7 @@ async def test_a_waiting_cp_pings_systemds_watchdog_while_its_journal_mount_hang
     from hsb.cp import server as srv
     from hsb.cp import waiting
     from hsb.cp.config import CPConfig
+    from tests.support.logrec import RecordingLog
 
     journal = tmp_path / "j"
     journal.mkdir()
@@ -577,6 +578,75 @@ async def test_a_waiting_cp_pings_systemds_watchdog_while_its_journal_mount_hang
 
         await until(enough, timeout=5)
         assert not task.done() and s.cp is None  # still waiting, never took over
+        # a SIGHUP meanwhile is acted on too: the config file checked now, not once the mount answers
+        rec = RecordingLog()
+        monkeypatch.setattr(waiting, "log", rec)
+        toml = tmp_path / "cp.toml"
+        toml.write_text(toml.read_text().replace("[cp]\n", "[cp]\nheld_bound = 7\n", 1))
+        s._sighup()
+        await until(lambda: rec.events("config_checked"), timeout=5)
+        assert rec.events("config_checked")[0]["applies_when_serving"] == ["cp.held_bound"]
+        s.should_exit.set()
+        assert await asyncio.wait_for(task, 5) == 0
+    finally:
+        hung.set()
+        sd.close()
+        if not task.done():
+            task.cancel()
+
+
+async def test_a_waiting_cp_whose_journal_mount_hangs_from_the_start_is_ready_and_says_the_storage_hangs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mount hangs already when the waiting CP starts: its first look at the storage never
+    returns. It still tells systemd it is ready (READY=1 came only after that look: the start
+    timeout killed it) and pings the watchdog, and /health fails once the look has gone
+    unanswered for STORAGE_STUCK (it could not take over)."""
+    import socket
+    import threading
+
+    from hsb.config import load
+    from hsb.cp import server as srv
+    from hsb.cp import waiting
+    from hsb.cp.config import CPConfig
+
+    journal = tmp_path / "j"
+    journal.mkdir()
+    cfg = load(cp_config(tmp_path, terminals=2, journal=str(journal), takeover="on_wake"), CPConfig)
+    sock_path = tmp_path / "notify.sock"
+    sd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sd.bind(str(sock_path))
+    sd.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    monkeypatch.setattr(waiting, "STORAGE_STUCK", 0.3)
+    s = srv.CPServer(cfg, SECRET, str(tmp_path / "cp.toml"))
+    monkeypatch.setattr(waiting, "holds_address", lambda *a: False)
+    hung = threading.Event()
+
+    def current(names: Any = None) -> int:
+        hung.wait(30)  # the mount hangs from the first look on
+        return 0
+
+    assert s.gens is not None
+    monkeypatch.setattr(s.gens, "current", current)
+    got: list[bytes] = []
+
+    def said(what: bytes) -> bool:
+        while True:
+            try:
+                got.append(sd.recv(256))
+            except BlockingIOError:
+                break
+        return sum(what in g for g in got) >= (5 if what == b"WATCHDOG=1" else 1)
+
+    task = asyncio.ensure_future(s.serve())
+    try:
+        await until(lambda: said(b"READY=1"), timeout=5)
+        await until(lambda: said(b"WATCHDOG=1"), timeout=5)
+        await until(lambda: not s._healthy(), timeout=5)
+        assert s.status()["journal_unanswered_s"] >= 0.3 and s.cp is None
         s.should_exit.set()
         assert await asyncio.wait_for(task, 5) == 0
     finally:

@@ -161,7 +161,7 @@ class Flip:
             of=len(self.terms),
             msg=f"a bug: {what} could not be sent to {host.name}; its link is closed (it connects again) and the flip goes on",
         )
-        host.close()
+        host.abort()  # (not close(): its flush would write, and raise, again)
 
     def _run(self, budget: int | None) -> bool:
         terms = self.terms
@@ -304,12 +304,12 @@ class Flip:
                 except Exception:  # (a bug) not this slice's end: the flip goes on
                     self._send_failed(host, "the held messages it was handing over")
             if keep is not None and (kept or i >= len(terms)):
-                self.kept += len(kept)
                 last = i >= len(terms)
                 try:
                     for k in range(0, max(len(kept), 1), KEPT_PER_FRAME):  # within what the host's frames hold
                         part = kept[k : k + KEPT_PER_FRAME]
                         keep.send({"t": "standby_kept", "epoch": epoch, "items": part, "last": last and k + KEPT_PER_FRAME >= len(kept)})
+                    self.kept += len(kept)
                 except Exception:
                     self._send_failed(keep, "which sessions it keeps as standby ones")
         if i < len(terms):
@@ -324,9 +324,9 @@ class Flip:
         counters = self.cp.counters
         batched = self.host.deliver_batch_bytes > 0
         n = len(out) // 2 if batched else len(out)
-        counters["redelivered"] += redelivered
-        counters["delivered"] += n - redelivered
         if batched:
             self.host.deliver_parts(out, biggest)
         else:
             self.host.deliver_all(out)
+        counters["redelivered"] += redelivered  # (counted once sent: a failed send's go again, and count then)
+        counters["delivered"] += n - redelivered

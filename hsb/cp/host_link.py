@@ -183,12 +183,11 @@ class HostProtocol(AuthServerProtocol):
         self.cp.host_open_batch(self, _session_items(msg))
 
     def on_adopt(self, msg: dict[str, Any]) -> None:
-        if self is not self.cp.active:
-            # demoted (a planned switchover) while it was naming them: they are not the active's
-            # now; what it handed to its service, said before it heard of the grant, still counts
-            if self.role == "demoting":
-                self.cp.note_handed(_handed(msg))
+        if self is not self.cp.active and self.role != "demoting":
             return
+        # demoted (a planned switchover) while it was naming them: not the active's sessions now,
+        # kept aside in case the role comes back (hsb.cp.adopt); what it handed to its service,
+        # said before it heard of the grant, still counts
         self.cp.host_adopt(self, _session_items(msg), msg.get("last") is True, _handed(msg))
 
     def on_refuse(self, msg: dict[str, Any]) -> None:

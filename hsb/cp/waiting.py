@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from hsb.config import address_ip, parse_addr
-from hsb.cp.config import CPConfig
+from hsb.cp.config import CPConfig, CPSection
 from hsb.cp.journal.generation import Generations
 from hsb.ops.notify import Watchdog, notify
 from hsb.wire.tls import TLS, reload_tls
@@ -114,7 +114,6 @@ class Waiting:
     tls: TLS | None
     config_path: str | None
     RELOADABLE: tuple[str, ...]
-    _config_check: asyncio.Task[None] | None = None  # the config file's check at a SIGHUP
     # what status and /health say of the journal's storage while waiting, read on a thread
     # (`_watch_storage`): a hung mount must not block the loop that answers them
     storage: tuple[bool, int | None] | None = None  # (journal missing, its generation), the last look's
@@ -162,29 +161,39 @@ class Waiting:
         this clock, or not seen to move for takeover_stale); the reason, or None if asked to exit."""
         assert self.gens is not None
         self.state = "waiting"
-        polled, view = await self._unless_stopping(self._storage_view, False)  # (said if missing)
-        if not polled:
-            return None
-        self.storage = view
-        missing = view[0]
         loop = asyncio.get_running_loop()
-        watchers = [loop.create_task(self._watch_storage())]
-        watchdog = Watchdog()
-        if watchdog.every is not None:
-            watchers.append(loop.create_task(self._ping_watchdog(watchdog)))
+        watchers = [loop.create_task(self._chores())]
+        # ready (up and waiting) before the first look: a mount hung already at the start would
+        # otherwise hold READY=1 back until systemd's start timeout killed this CP
+        notify(READY=1, STATUS="waiting to take over (keepalived)")
         try:
-            return await self._wait_for_takeover(missing)
+            self.storage_asked = time.monotonic()  # (status and /health say it if this look hangs)
+            polled, view = await self._unless_stopping(self._storage_view, False)  # (said if missing)
+            if not polled:
+                return None
+            self.storage, self.storage_asked = view, None
+            watchers.append(loop.create_task(self._watch_storage()))
+            return await self._wait_for_takeover(view[0])
         finally:
             for w in watchers:
                 w.cancel()
 
-    @staticmethod
-    async def _ping_watchdog(watchdog: Watchdog) -> None:
-        """systemd's watchdog pinged while this loop turns, as a serving CP's tick pings it: the
-        waiting's polls of a hung mount stop, the loop does not (and a restart would hang on the
-        same mount; /health already fails, which is what keepalived acts on)."""
+    async def _chores(self) -> None:
+        """What a waiting CP does whatever its polls wait on (a hung mount stops them, not this
+        loop): systemd's watchdog pinged, as a serving CP's tick pings it (a restart would hang
+        on the same mount; /health already fails, which is what keepalived acts on), and a
+        SIGHUP acted on at once: new certificates for the admin link and /health now, the config
+        file checked now (`_check_config`); the rest of it (reload_requested stays set) once
+        this CP serves."""
+        watchdog = Watchdog()
+        seen = self.sighups
+        check: asyncio.Task[None] | None = None
         while True:
             watchdog.tick(time.monotonic())
+            if self.sighups != seen and (check is None or check.done()):  # (one under way: the next turn after it)
+                seen = self.sighups
+                reload_tls(self.tls)
+                check = asyncio.get_running_loop().create_task(self._check_config_logged())
             await asyncio.sleep(WAIT_POLL)
 
     async def _wait_for_takeover(self, missing: bool) -> str | None:
@@ -197,21 +206,10 @@ class Waiting:
             generation=self.storage[1] if self.storage else None,
             msg="waiting to take over the journal: keepalived making this machine master (wake_file, SIGUSR1) while no CP serves it",
         )
-        notify(READY=1, STATUS="waiting to take over (keepalived)")
         stamp: tuple[int, int] | None = None
         still_since = time.monotonic()
         told = False
-        sighups_seen = self.sighups
         while not self.should_exit.is_set():
-            if self.sighups != sighups_seen:
-                # new certificates for the admin link and /health now; the file checked now; the
-                # rest of the config (reload_requested stays set) once this CP serves
-                sighups_seen = self.sighups
-                reload_tls(self.tls)
-                if self._config_check is None or self._config_check.done():
-                    self._config_check = asyncio.get_running_loop().create_task(self._check_config())
-                else:  # (a check is under way: the file is read again after it)
-                    self._config_check.add_done_callback(lambda _: self._sighup_again())
             polled, held = await self._unless_stopping(holds_address, c.terminal_listen, False)
             if not polled:
                 break
@@ -259,8 +257,11 @@ class Waiting:
                 pass
         return None
 
-    def _sighup_again(self) -> None:
-        self.sighups += 1
+    async def _check_config_logged(self) -> None:
+        try:
+            await self._check_config()
+        except Exception:  # a bug: said in the log, the CP waits on with what it has
+            log.exception("config_check_error")
 
     async def _check_config(self) -> None:
         """SIGHUP while waiting: the file read and checked now, and said now, rather than at the
@@ -272,7 +273,10 @@ class Waiting:
         planned = await asyncio.get_running_loop().run_in_executor(None, reload.plan, self.config_path, CPConfig, self.cfg, self.RELOADABLE)
         if planned is None:
             return  # (config_reload_failed named every error; the config it runs stays)
-        _, applies, restart = planned
+        new, applies, restart = planned
+        if "cp.host_timeout" in applies and not CPSection.lease_allows(new.cp.host_timeout, self.cfg.cp.host_lease):
+            applies = [k for k in applies if k != "cp.host_timeout"]  # (as the serving CP's reload would refuse it)
+            restart = [*restart, f"cp.host_timeout (below the running host_lease {self.cfg.cp.host_lease:g} s + margin)"]
         log.info("config_checked", applies_when_serving=applies, needs_restart=restart, msg="waiting to take over: the config is valid")
         if restart:
             log.warning(
