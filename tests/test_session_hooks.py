@@ -409,3 +409,36 @@ async def test_no_hook_runs_once_the_host_has_closed_its_session_work() -> None:
     for _ in range(20):  # turns of the loop in which a new worker would run it
         await asyncio.sleep(0)
     assert log == ["open X"] and not c.tasks, (log, c.tasks)
+
+
+@pytest.mark.timeout(10)
+async def test_a_session_asked_for_again_is_answered_without_a_second_logon() -> None:
+    """The CP asks twice for a terminal's session (an adoption's end and a grant's flip both ask
+    for one without a session there): the service's logon runs once, whether the second request
+    comes while the first logon runs or after it opened the session; the one open is answered
+    again as it is. Before, each request ran open_session: the terminal was logged on twice."""
+    c, srv = standby_ctl(2)
+    gate = asyncio.Event()
+    hooks: list[str] = []
+
+    async def slow_open(name: str, *_: Any) -> None:
+        hooks.append(name)
+        await gate.wait()
+
+    srv.service.open_session = slow_open
+    srv.ha.granted, srv.ha.epoch, srv.ha.name = True, 3, "host-a"
+    srv.delivery.wait_open = lambda: asyncio.sleep(0, True)
+    srv.cp.fs = object()
+    srv.takeover = SimpleNamespace(ring_change=lambda *a: None)
+    first = asyncio.ensure_future(c.session_request("T00001", True, {}))
+    await until(lambda: hooks == ["T00001"])
+    second = asyncio.ensure_future(c.session_request("T00001", True, {}))  # while its logon runs
+    await asyncio.wait_for(second, 2.0)
+    gate.set()
+    await asyncio.wait_for(first, 2.0)
+    third = asyncio.ensure_future(c.session_request("T00001", True, {}))  # once it is open
+    await asyncio.wait_for(third, 2.0)
+    assert hooks == ["T00001"], hooks
+    opens = [m for m in srv.cp.sent if m.get("terminal") == "T00001" and m["t"] == "open"]
+    assert [(m["kind"], m["epoch"]) for m in opens] == [("active", 3), ("active", 3)], opens
+    assert srv.sessions.table["T00001"].state == "active"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hsb.host.delivery import being_cancelled
-from hsb.host.sessions import ACTIVE, CLOSED, STANDBY
+from hsb.host.sessions import ACTIVE, CLOSED, STANDBY, TerminalState
 from hsb.wire.framing import encode
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ class SessionsCtl:
         self.srv = server
         self.sessions = server.sessions
         self.pending_standby: dict[str, float] = {}  # standby opens not yet answered by the CP
+        self.opening: set[str] = set()  # terminals whose logon (a session_request) is under way
         # registered on the CP link now (set and cleared as the frames arrive, not by the HA
         # loop): a standby session changed while not registered is only marked, and all of
         # them are sent again once registered (reopen_standby_sessions)
@@ -243,6 +244,22 @@ class SessionsCtl:
             log.error("session_refused", terminal=name, reason=reason)
             cp.send({"t": "refuse", "terminal": name, "reason": reason, "epoch": ha.epoch})
             return
+        if ts.state == ACTIVE or name in self.opening:
+            # open here already, or its logon under way: asked again (an adoption's end and the
+            # flip of a grant both ask for a terminal without a session at the CP). Answered as
+            # it is: the service's logon ran once, and a second one would log it on twice
+            if ts.state == ACTIVE:
+                cp.send({"t": "open", "terminal": name, "kind": "active", "attrs": ts.attrs, "epoch": ha.epoch})
+            return
+        self.opening.add(name)
+        try:
+            await self._session_request(name, ts, standby_capable, link)
+        finally:
+            self.opening.discard(name)
+
+    async def _session_request(self, name: str, ts: TerminalState, standby_capable: bool, link: Any) -> None:
+        cp = self.srv.cp
+        ha = self.srv.ha
         try:
             await self.run_hook(self.srv.service.open_session, name, dict(ts.attrs), False)
         except Exception as exc:  # the application's logon failed: refuse, do not leave the terminal hanging
