@@ -325,8 +325,12 @@ async def test_a_ring_record_damaged_for_good_costs_one_resync_not_one_a_pass(tm
     await read_up_to(1)
     terms.append(await logon(pair, "T00002"))  # seq 2: then the standby waits at seq 3, torn
     await until(resyncs, 15, what="host-b asking for a resync at the torn record")
-    requested = [e for e in log_events(pair.hosts["host-a"].log) if e.get("event") == "resync_requested"]
-    assert requested and requested[-1].get("record") == damaged, requested
+
+    def requested() -> list[dict[str, Any]]:  # (host-a logs it when the request arrives: after host-b logged it)
+        return [e for e in log_events(pair.hosts["host-a"].log) if e.get("event") == "resync_requested"]
+
+    await until(requested, 15, what="host-a receiving the resync request")
+    assert requested()[-1].get("record") == damaged, requested()
     await pair.wait_state("host-b", "established")
     assert waits_at == layout.ring_record(1)
     # the new ring: seq 1 and 2, then the standby waits at seq 3, the slot that was torn
