@@ -381,7 +381,7 @@ async def test_a_slice_whose_send_to_a_host_raises_closes_that_link_and_the_flip
 async def test_a_slice_counts_the_messages_it_hands_over(tmp_path: Path) -> None:
     """A terminal holding many messages costs its slice as many terminals: with slices of 4, a
     holder of 10 fills the first slice alone (the others wait for the next turns). Counted in
-    terminals only, 4,096 terminals holding 256 messages each made one slice of about a second,
+    terminals only, 4,096 terminals holding 256 messages each made one slice of 0.4-0.6 s,
     with no heartbeat relayed meanwhile."""
     cp, a, b, names, conns = _sixty_four(tmp_path, keeps=False)
     holder = cp.terms[names[-1]]

@@ -3,7 +3,7 @@ terminal's active session, and what each terminal holds is re-delivered to the n
 
 Owns the pass over the terminals, a slice at a time (`[cp] flip_slice` terminals per turn
 of the event loop, about 1-2 µs each, each message handed over counting as one more terminal:
-4,096 terminals holding 256 each were a second of the loop in one slice), so heartbeats, acknowledgements and the new active's
+4,096 terminals holding 256 each were one slice of 0.4-0.6 s, bench/flip_backlog.py), so heartbeats, acknowledgements and the new active's
 first replies keep flowing while 100,000 sessions flip. Between slices a terminal not yet
 reached is exactly as every terminal was between the old active's loss and the grant: its
 messages are held (and acknowledged) and go out with its re-delivery when its turn comes.
