@@ -522,19 +522,14 @@ async def test_a_waiting_cps_status_and_health_answer_while_its_storage_hangs(tm
             task.cancel()
 
 
-async def test_a_waiting_cp_pings_systemds_watchdog_while_its_journal_mount_hangs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A hung mount stops the waiting CP's polls, not its event loop: the watchdog (WatchdogSec)
-    is still pinged, as a serving CP's tick pings it while its journal hangs. Before, the pings
-    came from the polling loop itself, so systemd killed the waiting CP and restarted it onto the
-    same hung mount (its /health failing already says it cannot take over)."""
+def _waiting_cp_under_systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    """A CP of `takeover = "on_wake"` (not started) whose systemd is a datagram socket of the
+    test's, with WatchdogSec=0.1 (a ping every 0.05 s): (the server, that socket, non-blocking)."""
     import socket
-    import threading
 
     from hsb.config import load
     from hsb.cp import server as srv
-    from hsb.cp import waiting
     from hsb.cp.config import CPConfig
-    from tests.support.logrec import RecordingLog
 
     journal = tmp_path / "j"
     journal.mkdir()
@@ -544,9 +539,22 @@ async def test_a_waiting_cp_pings_systemds_watchdog_while_its_journal_mount_hang
     sd.bind(str(sock_path))
     sd.setblocking(False)
     monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
-    monkeypatch.setenv("WATCHDOG_USEC", "100000")  # WatchdogSec=0.1: a ping every 0.05 s
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
-    s = srv.CPServer(cfg, SECRET, str(tmp_path / "cp.toml"))
+    return srv.CPServer(cfg, SECRET, str(tmp_path / "cp.toml")), sd
+
+
+async def test_a_waiting_cp_pings_systemds_watchdog_while_its_journal_mount_hangs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hung mount stops the waiting CP's polls, not its event loop: the watchdog (WatchdogSec)
+    is still pinged, as a serving CP's tick pings it while its journal hangs. Before, the pings
+    came from the polling loop itself, so systemd killed the waiting CP and restarted it onto the
+    same hung mount (its /health failing already says it cannot take over)."""
+    import threading
+
+    from hsb.cp import waiting
+    from tests.support.logrec import RecordingLog
+
+    s, sd = _waiting_cp_under_systemd(tmp_path, monkeypatch)
     monkeypatch.setattr(waiting, "holds_address", lambda *a: True)
     hung, entered = threading.Event(), threading.Event()
 
@@ -602,26 +610,12 @@ async def test_a_waiting_cp_whose_journal_mount_hangs_from_the_start_is_ready_an
     returns. It still tells systemd it is ready (READY=1 came only after that look: the start
     timeout killed it) and pings the watchdog, and /health fails once the look has gone
     unanswered for STORAGE_STUCK (it could not take over)."""
-    import socket
     import threading
 
-    from hsb.config import load
-    from hsb.cp import server as srv
     from hsb.cp import waiting
-    from hsb.cp.config import CPConfig
 
-    journal = tmp_path / "j"
-    journal.mkdir()
-    cfg = load(cp_config(tmp_path, terminals=2, journal=str(journal), takeover="on_wake"), CPConfig)
-    sock_path = tmp_path / "notify.sock"
-    sd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sd.bind(str(sock_path))
-    sd.setblocking(False)
-    monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
-    monkeypatch.setenv("WATCHDOG_USEC", "100000")
-    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
     monkeypatch.setattr(waiting, "STORAGE_STUCK", 0.3)
-    s = srv.CPServer(cfg, SECRET, str(tmp_path / "cp.toml"))
+    s, sd = _waiting_cp_under_systemd(tmp_path, monkeypatch)
     monkeypatch.setattr(waiting, "holds_address", lambda *a: False)
     hung = threading.Event()
 
