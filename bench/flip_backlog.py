@@ -10,8 +10,9 @@ counted terminals only, so 4,096 terminals holding 256 messages each were one sl
 as bench/flip_inflight.py (the CP's code on stand-in transports, no sockets): `--terminals`
 terminals with both sessions, each holding `--held` messages acknowledged and delivered to the
 old active; its link is lost and the standby asks. Each slice is timed: the longest is how long
-the loop did nothing else. Run it from a clone of older code (`PYTHONPATH=<clone>`) beside this
-one for the comparison.
+the loop did nothing else. For a comparison with older code, copy this file into a clone of that
+code and run it there (`cd <clone> && PYTHONPATH=<clone> .../.venv/bin/python bench/flip_backlog.py`):
+it imports the hsb of the checkout it sits in.
 """
 
 from __future__ import annotations

@@ -396,3 +396,43 @@ async def test_a_slice_counts_the_messages_it_hands_over(tmp_path: Path) -> None
     await _flipped(cp)
     _agree(cp)
     assert cp.switchovers[-1]["switched"] == 64 and cp.switchovers[-1]["slices"] >= 1 + 63 // 4
+
+
+async def test_messages_held_while_a_switchover_was_undone_count_in_the_slice(tmp_path: Path) -> None:
+    """A planned switchover undone (its grantee lost before its grant was durable): the old active
+    gets the role back, and the flip hands it what was held while it was releasing. Those
+    messages count in the slice too: with slices of 4, the terminal holding 10 fills the first
+    slice alone."""
+    from tests.support.cpcore import HeldJournal
+
+    cp, a, b, names, conns = _sixty_four(tmp_path, keeps=True)
+    holder = cp.terms[names[0]]  # first in the table (its standby session goes with host-b: not taken first)
+    cp.host_release(a)  # releasing: what comes now waits for the grant
+    for mid in range(1, 11):
+        cp.terminal_msg(holder, mid, b"x")
+    await asyncio.sleep(0)
+    assert len(holder.held) == 10 and all(h.delivered_epoch == 0 for h in holder.held.values())
+    held = HeldJournal(cp)
+    cp.host_handover(a, wait=False)  # the grant to host-b waits on its record
+    b.connection_lost(None)  # lost before it is durable: host-a gets the role back
+    slices: list[int] = []
+    from hsb.cp import flip as flipmod
+
+    real_run = flipmod.Flip.run
+
+    def run(self: Any, budget: Any) -> bool:
+        before = self.i
+        try:
+            return bool(real_run(self, budget))
+        finally:
+            slices.append(self.i - before)
+
+    flipmod.Flip.run = run  # type: ignore[method-assign]
+    try:
+        held.release()
+        await _flipped(cp)
+    finally:
+        flipmod.Flip.run = real_run  # type: ignore[method-assign]
+    assert cp.active is a
+    assert all(h.delivered_epoch == cp.epoch for h in holder.held.values())
+    assert slices and slices[0] == 1, slices  # the holder alone: 1 + 10 past the budget of 4

@@ -442,3 +442,36 @@ async def test_a_session_asked_for_again_is_answered_without_a_second_logon() ->
     opens = [m for m in srv.cp.sent if m.get("terminal") == "T00001" and m["t"] == "open"]
     assert [(m["kind"], m["epoch"]) for m in opens] == [("active", 3), ("active", 3)], opens
     assert srv.sessions.table["T00001"].state == "active"
+
+
+@pytest.mark.timeout(10)
+async def test_a_session_asked_for_again_on_a_new_link_while_its_logon_runs_is_answered_there() -> None:
+    """A logon under way for a request of a CP link since lost (the CP restarted in a logon
+    storm), and the CP on the new link asks for the same terminal meanwhile: the logon, once
+    done, answers the new link's request (one logon, the session open); undone, as an answer to
+    nobody, the terminal would wait for a session the CP never asks for again."""
+    c, srv = standby_ctl(2)
+    gate = asyncio.Event()
+    hooks: list[tuple[str, str]] = []
+
+    async def slow_open(name: str, *_: Any) -> None:
+        hooks.append(("open", name))
+        await gate.wait()
+
+    async def close(name: str) -> None:
+        hooks.append(("close", name))
+
+    srv.service.open_session, srv.service.close_session = slow_open, close
+    srv.ha.granted, srv.ha.epoch, srv.ha.name = True, 3, "host-a"
+    srv.delivery.wait_open = lambda: asyncio.sleep(0, True)
+    srv.cp.fs = object()
+    srv.takeover = SimpleNamespace(ring_change=lambda *a: None)
+    first = asyncio.ensure_future(c.session_request("T00001", True, {}))
+    await until(lambda: hooks == [("open", "T00001")])
+    srv.cp.fs, srv.ha.epoch = object(), 4  # the link replaced, registered again
+    await asyncio.wait_for(c.session_request("T00001", True, {}), 2.0)  # asked again there
+    gate.set()
+    await asyncio.wait_for(first, 2.0)
+    assert [(m["t"], m["epoch"]) for m in srv.cp.sent if m.get("terminal") == "T00001"] == [("open", 4)], srv.cp.sent
+    assert hooks == [("open", "T00001")] and srv.sessions.table["T00001"].state == "active"
+    assert not c.opening and not c.reasked

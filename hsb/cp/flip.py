@@ -260,7 +260,7 @@ class Flip:
                         term.active = None
                         host.send({"t": "session_closed", "terminal": term.name, "reason": "disconnect"})
                         if cp.logoff_held(term):
-                            cp.deliver_logoffs(term, host)  # logged off, its messages still to answer
+                            work += cp.deliver_logoffs(term, host)  # logged off, its messages still to answer
                         continue
                     was = term._active
                     if term.conn is not None and was is not None and was.host is not host:
@@ -280,12 +280,12 @@ class Flip:
                         # deliver), or it serves on after its planned switchover's grantee was lost
                         # (what waited while it was released goes to it now)
                         if term.held:
-                            cp._deliver_pending(term, host)
+                            work += cp._deliver_pending(term, host)
                     elif term.conn is not None and term.active is None and not term.leaving:
                         host.request_session(term)
                         self.requested += 1
                     elif cp.logoff_held(term):  # (connected or not: logged off, it does not come back for them)
-                        cp.deliver_logoffs(term, host)  # logged off, its messages still to answer
+                        work += cp.deliver_logoffs(term, host)  # logged off, its messages still to answer
                     elif term.conn is None and term._active is not None and term._active.host is not host:
                         # kept for a terminal not back yet (hsb.cp.adopt): it went with the old active
                         term.active = None

@@ -513,18 +513,22 @@ class TerminalSide:
         """Messages of a logoff are held (`_for_nobody`): they go to the active without a session."""
         return bool(term.held) and (term.leaving or next(iter(term.held)) <= term.logoff_upto)
 
-    def deliver_logoffs(self: CP, term: Term, host: HostProtocol) -> None:
+    def deliver_logoffs(self: CP, term: Term, host: HostProtocol) -> int:
         """A logoff's held messages to `host`, in order, without a session (a later run's own,
-        above them, wait for its session)."""
-        self._deliver_pending(term, host, term.bye_upto if term.leaving else term.logoff_upto)
+        above them, wait for its session); how many went."""
+        return self._deliver_pending(term, host, term.bye_upto if term.leaving else term.logoff_upto)
 
-    def _deliver_pending(self: CP, term: Term, host: HostProtocol, upto: int | None = None) -> None:
+    def _deliver_pending(self: CP, term: Term, host: HostProtocol, upto: int | None = None) -> int:
+        """`term`'s held messages not yet with `host` at this epoch to it, in order; how many went."""
+        n = 0
         for held in list(term.held.values()):
             if upto is not None and held.id > upto:
                 break
             if held.delivered_epoch != self.epoch and held.id <= term.durable_acked and not held.replying:
                 self._deliver(term, held, host)
+                n += 1
                 faults.point("cp.mid_redelivery")
+        return n
 
     # ------------------------------------------------------------------ replies
     def host_reply(self: CP, host: HostProtocol, name: str, mid: int, data: Any) -> None:

@@ -33,7 +33,8 @@ class SessionsCtl:
         self.srv = server
         self.sessions = server.sessions
         self.pending_standby: dict[str, float] = {}  # standby opens not yet answered by the CP
-        self.opening: set[str] = set()  # terminals whose logon (a session_request) is under way
+        self.opening: dict[str, Any] = {}  # terminals whose logon (a session_request) is under way: the link it came on
+        self.reasked: dict[str, tuple[Any, bool]] = {}  # ... asked for again on a newer link meanwhile: (that link, standby_capable)
         # registered on the CP link now (set and cleared as the frames arrive, not by the HA
         # loop): a standby session changed while not registered is only marked, and all of
         # them are sent again once registered (reopen_standby_sessions)
@@ -244,18 +245,21 @@ class SessionsCtl:
             log.error("session_refused", terminal=name, reason=reason)
             cp.send({"t": "refuse", "terminal": name, "reason": reason, "epoch": ha.epoch})
             return
-        if ts.state == ACTIVE or name in self.opening:
-            # open here already, or its logon under way: asked again (an adoption's end and the
-            # flip of a grant both ask for a terminal without a session at the CP). Answered as
-            # it is: the service's logon ran once, and a second one would log it on twice
-            if ts.state == ACTIVE:
-                cp.send({"t": "open", "terminal": name, "kind": "active", "attrs": ts.attrs, "epoch": ha.epoch})
+        # Asked again (an adoption's end and the flip of a grant both ask for a terminal without
+        # a session at the CP): the service's logon runs once, a second would log it on twice.
+        if ts.state == ACTIVE:  # open here already: answered as it is
+            cp.send({"t": "open", "terminal": name, "kind": "active", "attrs": ts.attrs, "epoch": ha.epoch})
             return
-        self.opening.add(name)
+        if name in self.opening:  # its logon under way: that logon answers this request too
+            if self.opening[name] is not link:  # (asked for on a link since lost: it answers on this one)
+                self.reasked[name] = (link, standby_capable)
+            return
+        self.opening[name] = link
         try:
             await self._session_request(name, ts, standby_capable, link)
         finally:
-            self.opening.discard(name)
+            del self.opening[name]
+            self.reasked.pop(name, None)
 
     async def _session_request(self, name: str, ts: TerminalState, standby_capable: bool, link: Any) -> None:
         cp = self.srv.cp
@@ -265,9 +269,14 @@ class SessionsCtl:
         except Exception as exc:  # the application's logon failed: refuse, do not leave the terminal hanging
             reason = f"logon of {name!r} failed on host {ha.name}: {type(exc).__name__}: {exc}"[:200]
             log.error("session_refused", terminal=name, reason=reason)
-            if cp.fs is link:
+            again = self.reasked.pop(name, None)
+            if cp.fs is link or (again is not None and again[0] is cp.fs):
                 cp.send({"t": "refuse", "terminal": name, "reason": reason, "epoch": ha.epoch})
             return
+        if cp.fs is not link and ha.granted:
+            again = self.reasked.pop(name, None)
+            if again is not None and again[0] is cp.fs:  # asked for again on the link it has now: answered there
+                link, standby_capable = again
         if not ha.granted or cp.fs is not link:
             # the link it came on went during the hook (lost, or replaced and registered again):
             # its answer, stamped with the new link's epoch, would refuse or open a session the
