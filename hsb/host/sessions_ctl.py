@@ -270,10 +270,10 @@ class SessionsCtl:
             reason = f"logon of {name!r} failed on host {ha.name}: {type(exc).__name__}: {exc}"[:200]
             log.error("session_refused", terminal=name, reason=reason)
             again = self.reasked.pop(name, None)
-            if cp.fs is link or (again is not None and again[0] is cp.fs):
+            if cp.fs is link or (again is not None and cp.fs is not None and again[0] is cp.fs and ha.granted):
                 cp.send({"t": "refuse", "terminal": name, "reason": reason, "epoch": ha.epoch})
             return
-        if cp.fs is not link and ha.granted:
+        if cp.fs is not link and cp.fs is not None and ha.granted:
             again = self.reasked.pop(name, None)
             if again is not None and again[0] is cp.fs:  # asked for again on the link it has now: answered there
                 link, standby_capable = again
