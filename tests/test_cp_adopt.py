@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -154,3 +155,32 @@ async def test_sessions_named_while_a_grant_that_cut_the_adoption_was_pending_ar
     closed = {f["terminal"] for f in a.transport.frames() if f["t"] == "session_closed"}
     assert {"T00001", "T00002"} <= closed and "T00003" not in closed, closed
     assert cp.counters["adopted"] == 3 and cp.counters["adopted_expired"] == 2
+
+
+async def test_adopted_sessions_of_terminals_that_stayed_away_expire_a_slice_a_turn(tmp_path: Path) -> None:
+    """`resume_window` after an adoption, the sessions of the terminals that never came back are
+    closed `flip_slice` a turn of the event loop (100,000 in one pass were one long turn with
+    nothing else relayed): with slices of 3, ten take four turns, and each is closed once."""
+    cp = cp_core(tmp_path, 10, cp="resume_window = 0.1\nflip_slice = 3\n")
+    a = fake_host(cp, "host-a", record=True)
+    a.adopts = True
+    cp.host_register(a, "active", 1)
+    names = sorted(cp.terms)
+    turns: list[int] = []
+    real = type(cp)._adopted_expire
+
+    def expire(host: Any, todo: list[str], start: int = 0, closed: int = 0) -> None:
+        turns.append(start)
+        real(cp, host, todo, start, closed)
+
+    cp._adopted_expire = expire  # type: ignore[method-assign]
+    cp.host_adopt(a, [(n, {}) for n in names], last=True)  # none of them connected
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while any(cp.terms[n].active is not None for n in names):
+        assert loop.time() < deadline, "the adopted sessions never expired"
+        await asyncio.sleep(0.01)
+    assert turns == [0, 3, 6, 9], turns
+    a.flush()
+    closed = [f["terminal"] for f in a.transport.frames() if f["t"] == "session_closed"]
+    assert sorted(closed) == names and cp.counters["adopted_expired"] == 10

@@ -141,20 +141,25 @@ class Adoption:
             asyncio.get_running_loop().call_later(self.resume_window, self._adopted_expire, host, host.adopt_waiting)
             host.adopt_waiting = []
 
-    def _adopted_expire(self: CP, host: HostProtocol, names: list[str]) -> None:
-        """`resume_window` after the adoption: close the sessions whose terminal never came back."""
+    def _adopted_expire(self: CP, host: HostProtocol, names: list[str], start: int = 0, closed: int = 0) -> None:
+        """`resume_window` after the adoption: close the sessions whose terminal never came back,
+        `flip_slice` names a turn of the loop (as the flip goes: 100,000 terminals that stayed
+        away made one long turn, nothing else relayed meanwhile); `closed` so far."""
         self.settle_flip()
-        n = 0
-        for name in names:
+        end = min(len(names), start + max(1, self.flip_slice))
+        for name in names[start:end]:
             term = self.terms.get(name)
             if term is None or term.conn is not None:
                 continue
             s = term.active
             if s is not None and s.host is host:
                 term.active = None
-                n += 1
+                closed += 1
                 if host.usable:
                     host.send({"t": "session_closed", "terminal": name, "reason": "disconnect"})
-        if n:
-            self.counters["adopted_expired"] += n
-            log.info("adopted_sessions_expired", host=host.name, sessions=n, window_s=self.resume_window)
+        if end < len(names):
+            asyncio.get_running_loop().call_soon(self._adopted_expire, host, names, end, closed)
+            return
+        if closed:
+            self.counters["adopted_expired"] += closed
+            log.info("adopted_sessions_expired", host=host.name, sessions=closed, window_s=self.resume_window)
