@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -177,6 +178,15 @@ async def test_adopted_sessions_of_terminals_that_stayed_away_expire_a_slice_a_t
     cp.host_adopt(a, [(n, {}) for n in names], last=True)  # none of them connected
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 5
+    # a grant's flip going when the window ends: let finish in its own slices, not settled at once
+    flip = cp.flipping = SimpleNamespace(finish=lambda: pytest.fail("the flip was settled by the expiry"))
+    while len(turns) < 3:
+        assert loop.time() < deadline, "the expiry never came"
+        await asyncio.sleep(0.01)
+    assert all(cp.terms[n].active is not None for n in names) and set(turns) == {0}, turns
+    assert cp.flipping is flip
+    cp.flipping = None
+    turns.clear()
     while any(cp.terms[n].active is not None for n in names):
         assert loop.time() < deadline, "the adopted sessions never expired"
         await asyncio.sleep(0.01)

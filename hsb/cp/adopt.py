@@ -144,8 +144,11 @@ class Adoption:
     def _adopted_expire(self: CP, host: HostProtocol, names: list[str], start: int = 0, closed: int = 0) -> None:
         """`resume_window` after the adoption: close the sessions whose terminal never came back,
         `flip_slice` names a turn of the loop (as the flip goes: 100,000 terminals that stayed
-        away made one long turn, nothing else relayed meanwhile); `closed` so far."""
-        self.settle_flip()
+        away made one long turn, nothing else relayed meanwhile); `closed` so far. A grant's flip
+        going is let finish first, in its own slices (settled here, it would be one long turn)."""
+        if self.flipping is not None:
+            asyncio.get_running_loop().call_later(0.01, self._adopted_expire, host, names, start, closed)
+            return
         end = min(len(names), start + max(1, self.flip_slice))
         for name in names[start:end]:
             term = self.terms.get(name)
