@@ -475,3 +475,34 @@ async def test_a_session_asked_for_again_on_a_new_link_while_its_logon_runs_is_a
     assert [(m["t"], m["epoch"]) for m in srv.cp.sent if m.get("terminal") == "T00001"] == [("open", 4)], srv.cp.sent
     assert hooks == [("open", "T00001")] and srv.sessions.table["T00001"].state == "active"
     assert not c.opening and not c.reasked
+
+
+@pytest.mark.timeout(10)
+async def test_a_logon_that_fails_after_its_link_was_replaced_is_refused_to_the_link_that_asked_again() -> None:
+    """The same as above, but the service's logon fails: the refusal goes to the new link, which
+    asked for the session meanwhile (the old link is gone: a refusal there reached nobody, and the
+    terminal waited for a session for good); with nobody asking on the new link, nothing is sent."""
+    c, srv = standby_ctl(2)
+    gates = {"T00001": asyncio.Event(), "T00002": asyncio.Event()}
+    hooks: list[str] = []
+
+    async def failing_open(name: str, *_: Any) -> None:
+        hooks.append(name)
+        await gates[name].wait()
+        raise RuntimeError("the application refused the logon")
+
+    srv.service.open_session = failing_open
+    srv.ha.granted, srv.ha.epoch, srv.ha.name = True, 3, "host-a"
+    srv.delivery.wait_open = lambda: asyncio.sleep(0, True)
+    srv.cp.fs = object()
+    first = asyncio.ensure_future(c.session_request("T00001", True, {}))
+    other = asyncio.ensure_future(c.session_request("T00002", True, {}))
+    await until(lambda: sorted(hooks) == ["T00001", "T00002"])
+    srv.cp.fs, srv.ha.epoch = object(), 4  # the link replaced, registered again
+    await asyncio.wait_for(c.session_request("T00001", True, {}), 2.0)  # T00001 asked for again there
+    for g in gates.values():
+        g.set()
+    await asyncio.wait_for(asyncio.gather(first, other), 2.0)
+    sent = [(m["t"], m.get("terminal"), m["epoch"]) for m in srv.cp.sent if m.get("terminal") in gates]
+    assert sent == [("refuse", "T00001", 4)], srv.cp.sent
+    assert not c.opening and not c.reasked
