@@ -430,10 +430,24 @@ async def test_a_stop_that_comes_during_the_last_poll_takes_nothing_over(tmp_pat
     assert s.cp is None and not list(journal.glob("gen-*")), list(journal.iterdir())
 
 
+def _hanging_stamp() -> tuple[Any, Any, Any]:
+    """A stand-in for `Generations.stamp` on a hung mount: (it, `hung`: set it to let the look
+    return, `entered`: set once a look is under way)."""
+    import threading
+
+    hung, entered = threading.Event(), threading.Event()
+
+    def stamp() -> Any:
+        entered.set()
+        hung.wait(30)  # the mount hangs
+        return (1, 0)
+
+    return stamp, hung, entered
+
+
 async def test_a_waiting_cp_whose_journal_mount_hangs_stops_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Its poll of the journal on a hung NFS mount never returns: a stop (SIGTERM: the flag)
     must not wait for it. serve() returns at once; the poll's thread is left behind."""
-    import threading
 
     from hsb.config import load
     from hsb.cp import server as srv
@@ -445,12 +459,7 @@ async def test_a_waiting_cp_whose_journal_mount_hangs_stops_when_asked(tmp_path:
     cfg = load(cp_config(tmp_path, terminals=2, journal=str(journal), takeover="on_wake"), CPConfig)
     s = srv.CPServer(cfg, SECRET, str(tmp_path / "cp.toml"))
     monkeypatch.setattr(waiting, "holds_address", lambda *a: True)
-    hung, entered = threading.Event(), threading.Event()
-
-    def stamp() -> Any:
-        entered.set()
-        hung.wait(30)  # the mount hangs
-        return (1, 0)
+    stamp, hung, entered = _hanging_stamp()
 
     assert s.gens is not None
     monkeypatch.setattr(s.gens, "stamp", stamp)
@@ -549,19 +558,13 @@ async def test_a_waiting_cp_pings_systemds_watchdog_while_its_journal_mount_hang
     is still pinged, as a serving CP's tick pings it while its journal hangs. Before, the pings
     came from the polling loop itself, so systemd killed the waiting CP and restarted it onto the
     same hung mount (its /health failing already says it cannot take over)."""
-    import threading
 
     from hsb.cp import waiting
     from tests.support.logrec import RecordingLog
 
     s, sd = _waiting_cp_under_systemd(tmp_path, monkeypatch)
     monkeypatch.setattr(waiting, "holds_address", lambda *a: True)
-    hung, entered = threading.Event(), threading.Event()
-
-    def stamp() -> Any:
-        entered.set()
-        hung.wait(30)  # the mount hangs
-        return (1, 0)
+    stamp, hung, entered = _hanging_stamp()
 
     def pings() -> int:
         n = 0

@@ -349,6 +349,15 @@ async def test_standby_kept_frames_after_the_batch_read_gave_up_waiting_are_clos
     assert all(srv.sessions.table[n].state != STANDBY for n in names[1:])
 
 
+def _granted_on_a_link(srv: Any) -> None:
+    """`standby_ctl`'s host made the active (epoch 3, its lease granted, deliveries open) on a CP
+    link of its own (`srv.cp.fs`), its ring writes dropped."""
+    srv.ha.granted, srv.ha.epoch, srv.ha.name = True, 3, "host-a"
+    srv.delivery.wait_open = lambda: asyncio.sleep(0, True)
+    srv.cp.fs = object()
+    srv.takeover = SimpleNamespace(ring_change=lambda *a: None)
+
+
 @pytest.mark.timeout(10)
 async def test_a_logon_answered_after_its_cp_link_was_replaced_sends_nothing_on_the_new_one() -> None:
     """The service's open_session is slow; meanwhile the link the request came on is replaced
@@ -366,10 +375,7 @@ async def test_a_logon_answered_after_its_cp_link_was_replaced_sends_nothing_on_
         hooks.append(("close", name))
 
     srv.service.open_session, srv.service.close_session = slow_open, close
-    srv.ha.granted, srv.ha.epoch, srv.ha.name = True, 3, "host-a"
-    srv.delivery.wait_open = lambda: asyncio.sleep(0, True)
-    srv.cp.fs = object()  # the link the request came on
-    srv.takeover = SimpleNamespace(ring_change=lambda *a: None)
+    _granted_on_a_link(srv)  # the link the request came on
     task = asyncio.ensure_future(c.session_request("T00001", True, {}))
     await asyncio.sleep(0.01)
     srv.cp.fs, srv.ha.epoch = object(), 4  # replaced, registered again
@@ -426,10 +432,7 @@ async def test_a_session_asked_for_again_is_answered_without_a_second_logon() ->
         await gate.wait()
 
     srv.service.open_session = slow_open
-    srv.ha.granted, srv.ha.epoch, srv.ha.name = True, 3, "host-a"
-    srv.delivery.wait_open = lambda: asyncio.sleep(0, True)
-    srv.cp.fs = object()
-    srv.takeover = SimpleNamespace(ring_change=lambda *a: None)
+    _granted_on_a_link(srv)
     first = asyncio.ensure_future(c.session_request("T00001", True, {}))
     await until(lambda: hooks == ["T00001"])
     second = asyncio.ensure_future(c.session_request("T00001", True, {}))  # while its logon runs
@@ -462,10 +465,7 @@ async def test_a_session_asked_for_again_on_a_new_link_while_its_logon_runs_is_a
         hooks.append(("close", name))
 
     srv.service.open_session, srv.service.close_session = slow_open, close
-    srv.ha.granted, srv.ha.epoch, srv.ha.name = True, 3, "host-a"
-    srv.delivery.wait_open = lambda: asyncio.sleep(0, True)
-    srv.cp.fs = object()
-    srv.takeover = SimpleNamespace(ring_change=lambda *a: None)
+    _granted_on_a_link(srv)
     first = asyncio.ensure_future(c.session_request("T00001", True, {}))
     await until(lambda: hooks == [("open", "T00001")])
     srv.cp.fs, srv.ha.epoch = object(), 4  # the link replaced, registered again
@@ -492,9 +492,7 @@ async def test_a_logon_that_fails_after_its_link_was_replaced_is_refused_to_the_
         raise RuntimeError("the application refused the logon")
 
     srv.service.open_session = failing_open
-    srv.ha.granted, srv.ha.epoch, srv.ha.name = True, 3, "host-a"
-    srv.delivery.wait_open = lambda: asyncio.sleep(0, True)
-    srv.cp.fs = object()
+    _granted_on_a_link(srv)
     first = asyncio.ensure_future(c.session_request("T00001", True, {}))
     other = asyncio.ensure_future(c.session_request("T00002", True, {}))
     await until(lambda: sorted(hooks) == ["T00001", "T00002"])

@@ -117,6 +117,18 @@ class CPSection(Strict):
         """The lease rule: a lease of `host_lease` surely runs out before `host_timeout`."""
         return host_lease + LEASE_MARGIN < host_timeout
 
+    @staticmethod
+    def reload_host_timeout(applied: list[str], restart: list[str], host_timeout: float, running_lease: float) -> tuple[list[str], list[str]]:
+        """A reload's keys (applied, needs a restart) under the lease rule: the hosts hold leases
+        of the running host_lease, so a host_timeout that no longer exceeds it would grant too
+        early and waits for a restart."""
+        if CPSection.lease_allows(host_timeout, running_lease):
+            return applied, restart
+        return [k for k in applied if k != "cp.host_timeout"], [
+            *restart,
+            f"cp.host_timeout (below the running host_lease {running_lease:g} s + margin)",
+        ]
+
 
 class CPConfig(Strict):
     cp: CPSection

@@ -550,9 +550,7 @@ class CPServer(Waiting):
         cp.recheck_slowed()  # a bound raised lets go the terminals it held, now
         if CPSection.lease_allows(new.cp.host_timeout, cp.host_lease):
             cp.host_timeout = self.cfg.cp.host_timeout = new.cp.host_timeout
-        else:  # the hosts hold leases of the running host_lease: a shorter timeout would grant too early
-            applied = [k for k in applied if k != "cp.host_timeout"]
-            restart = [*restart, f"cp.host_timeout (below the running host_lease {cp.host_lease:g} s + margin)"]
+        applied, restart = CPSection.reload_host_timeout(applied, restart, new.cp.host_timeout, cp.host_lease)
         added = 0
         for name, d in new.terminal_table.items():
             t = cp.terms.get(name)

@@ -274,9 +274,8 @@ class Waiting:
         if planned is None:
             return  # (config_reload_failed named every error; the config it runs stays)
         new, applies, restart = planned
-        if "cp.host_timeout" in applies and not CPSection.lease_allows(new.cp.host_timeout, self.cfg.cp.host_lease):
-            applies = [k for k in applies if k != "cp.host_timeout"]  # (as the serving CP's reload would refuse it)
-            restart = [*restart, f"cp.host_timeout (below the running host_lease {self.cfg.cp.host_lease:g} s + margin)"]
+        if "cp.host_timeout" in applies:  # (as the serving CP's reload would take it)
+            applies, restart = CPSection.reload_host_timeout(applies, restart, new.cp.host_timeout, self.cfg.cp.host_lease)
         log.info("config_checked", applies_when_serving=applies, needs_restart=restart, msg="waiting to take over: the config is valid")
         if restart:
             log.warning(

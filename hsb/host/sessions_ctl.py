@@ -264,19 +264,20 @@ class SessionsCtl:
     async def _session_request(self, name: str, ts: TerminalState, standby_capable: bool, link: Any) -> None:
         cp = self.srv.cp
         ha = self.srv.ha
+        failed: Exception | None = None
         try:
             await self.run_hook(self.srv.service.open_session, name, dict(ts.attrs), False)
-        except Exception as exc:  # the application's logon failed: refuse, do not leave the terminal hanging
-            reason = f"logon of {name!r} failed on host {ha.name}: {type(exc).__name__}: {exc}"[:200]
+        except Exception as exc:
+            failed = exc
+        again = self.reasked.pop(name, None)
+        if cp.fs is not link and cp.fs is not None and ha.granted and again is not None and again[0] is cp.fs:
+            link, standby_capable = again  # asked for again on the link it has now: answered there
+        if failed is not None:  # the application's logon failed: refuse, do not leave the terminal hanging
+            reason = f"logon of {name!r} failed on host {ha.name}: {type(failed).__name__}: {failed}"[:200]
             log.error("session_refused", terminal=name, reason=reason)
-            again = self.reasked.pop(name, None)
-            if cp.fs is link or (again is not None and cp.fs is not None and again[0] is cp.fs and ha.granted):
+            if cp.fs is link:
                 cp.send({"t": "refuse", "terminal": name, "reason": reason, "epoch": ha.epoch})
             return
-        if cp.fs is not link and cp.fs is not None and ha.granted:
-            again = self.reasked.pop(name, None)
-            if again is not None and again[0] is cp.fs:  # asked for again on the link it has now: answered there
-                link, standby_capable = again
         if not ha.granted or cp.fs is not link:
             # the link it came on went during the hook (lost, or replaced and registered again):
             # its answer, stamped with the new link's epoch, would refuse or open a session the

@@ -106,10 +106,7 @@ class AuthServerProtocol(FramedProtocol):
         try:
             self._backlog.extend(self.decoder.feed(b""))  # (taken by the drain that handles this frame)
         except ProtocolError as exc:  # the frames ahead of the bad one are taken first, as on any read
-            self._backlog.extend(exc.before)
-            self._drain_backlog(limit=None)
-            if not self.closed:
-                self.protocol_error(exc)
+            self.refuse_after_frames_before(exc)
 
     def auth_failed(self, code: str, why: str) -> None:
         log.warning("auth_failed", link=self.link, peer=self.peer, reason=why)

@@ -191,10 +191,7 @@ class FramedProtocol(asyncio.Protocol):
         try:
             msgs = self.decoder.feed(data)
         except ProtocolError as exc:
-            self._backlog.extend(exc.before)
-            self._drain_backlog(limit=None)
-            if not self.closed:
-                self.protocol_error(exc)
+            self.refuse_after_frames_before(exc)
             return
         self._arm_idle()
         self._backlog.extend(msgs)
@@ -222,6 +219,14 @@ class FramedProtocol(asyncio.Protocol):
             except ProtocolError as exc:  # (a subclass's _handle outside the dispatch's catch: one line, this link only)
                 self.protocol_error(exc)
             n += 1
+
+    def refuse_after_frames_before(self, exc: ProtocolError) -> None:
+        """A read that decoded frames ahead of a bad one: those are taken, then the link is
+        refused for the bad one (unless one of them closed it)."""
+        self._backlog.extend(exc.before)
+        self._drain_backlog(limit=None)
+        if not self.closed:
+            self.protocol_error(exc)
 
     def _next_turn(self) -> None:
         self._yielding = False
