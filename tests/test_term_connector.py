@@ -97,3 +97,29 @@ async def test_the_group_probes_while_the_cp_is_away_and_all_connect_when_it_ans
             server.close()
         else:
             sock.close()
+
+
+async def test_a_connect_whose_timeout_falls_due_as_it_connects_is_not_a_failure() -> None:
+    """The connect's timeout can fall due in the same turn of the loop as connection_made: the
+    connection is then closed by the cancelled connect, and its connection_lost reschedules the
+    terminal. It is not also a failed connect (which would park the group as if the CP were
+    away, count a CP reconnect and schedule the terminal a second time)."""
+    from hsb.term.client import CONNECTING
+
+    conn = Connector("127.0.0.1", 1, concurrency=1)
+    t = FakeTerminal(0.01)
+    conn.attach(t)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+
+    async def connect_then_time_out(*a: Any, **kw: Any) -> Any:
+        assert t.state == CONNECTING
+        t.connection_made(object())  # the CP answered ...
+        raise TimeoutError  # ... and the deadline fell due in the same turn
+
+    loop_create = loop.create_connection
+    loop.create_connection = connect_then_time_out  # type: ignore[method-assign,assignment]
+    try:
+        exc = await conn._connect(t)  # type: ignore[arg-type]
+    finally:
+        loop.create_connection = loop_create  # type: ignore[method-assign]
+    assert exc is None and not conn.down and t.failures == 0 and t.away == 0

@@ -494,8 +494,8 @@ def test_a_drop_while_the_same_cp_process_was_there_counts_whatever_connects_fai
     same CP process served, parked because a connect of another terminal failed (or one of its
     own failed for a reason of ours), was excused; the same CP welcoming it again says the CP
     was there all along. A welcome from another CP process is a restart: excused."""
-    c, _ = _client()
-    _feed(c, {"t": "welcome", "terminal": c.name, "last_acked": 0, "cp": "a"})
+    c = TerminalClient("T1", LoadStats(1), base=BASE)
+    _connect_to(c, "a")
     c.connection_lost(None)
     c.cp_away()  # parked: the group's probe says the CP is away
     _connect_to(c, "a")
@@ -539,3 +539,63 @@ def test_a_connection_closed_after_the_hello_without_a_word_fails_a_strict_run()
     _feed(c, {"t": "welcome", "terminal": c.name, "last_acked": 0})
     r = _verdict(c, stats)
     assert r.logon_drops == 1 and not r.ok and any(f.startswith("dropped while logging on: 1") for f in r.failures), r.failures
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [{"t": "welcome", "terminal": "T2", "last_acked": 0}],  # logged on as another terminal
+        [{"t": "welcome", "terminal": "T1"}],  # no last_acked: what the CP holds is unknown
+        [{"t": "welcome", "terminal": "T1", "last_acked": 0}, {"t": "welcome", "terminal": "T1", "last_acked": 0}],
+        [{"t": "ack", "id": BASE}, {"t": "welcome", "terminal": "T1", "last_acked": 0}],  # before the welcome
+    ],
+    ids=["other-terminal", "no-last-acked", "second-welcome", "ack-first"],
+)
+async def test_a_welcome_that_breaks_the_protocol_fails_the_run(frames: list[dict[str, Any]]) -> None:
+    """A CP that welcomes a terminal under another name serves its messages as that terminal's
+    (an echo reply still matches the id and data sent); one that says no last_acked, welcomes
+    twice, or answers before welcoming breaks the protocol. Each is a protocol error."""
+    stats = LoadStats(1)
+    stats.counting = True
+    c = TerminalClient("T1", stats, base=BASE, check_data=True)
+    tr = RecordingTransport("cp")
+    c.connection_made(tr)  # type: ignore[arg-type]
+    _feed(c, *frames)
+    assert c.protocol_errors == 1 and tr.closing
+    assert [f["code"] for f in tr.frames() if f["t"] == "error"] == ["bad_fields"]
+    r = _verdict(c, stats)
+    assert not r.ok and any(f.startswith("protocol errors: 1") for f in r.failures), r.failures
+
+
+class _ClosedLoop(LoadStats):
+    """Sends the next message on each first reply, as a closed-loop load does."""
+
+    def on_reply(self, c: TerminalClient, msg_id: int, data: Any, latency: float | None, kind: str) -> None:
+        super().on_reply(c, msg_id, data, latency, kind)
+        if kind == "first":
+            c.submit()
+
+
+async def test_a_message_whose_write_went_with_its_connection_is_a_first_send_after_the_welcome() -> None:
+    """The next message, submitted while one read is handled, waits for the end of the read to be
+    written; if the read closed the connection (an error frame) it never left. After the next
+    welcome it goes unmarked (a resent mark would say an earlier CP may have handed it to the
+    active), and a last_acked that covers it is an ack of an id the CP cannot have."""
+    stats = _ClosedLoop(1)
+    stats.counting = True
+    c = TerminalClient("T1", stats, base=BASE, check_data=True)
+    _connect(c)
+    a = c.submit()
+    _feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": c.payload(a)}, {"t": "error", "code": "x", "msg": "going"})
+    b = a + 1
+    assert c.sent == 2 and c.sent_upto == a  # b was submitted, never written
+    c.connection_lost(None)
+    tr = _connect(c, last_acked=a)
+    assert [(f["id"], f.get("resent")) for f in tr.frames() if f["t"] == "msg"] == [(b, None)]
+    c.connection_lost(None)
+    c.submit()  # (away: kept for the next welcome, never written yet)
+    c2 = c.base + 2
+    tr = _connect(c, last_acked=c2)  # covers an id that never left this terminal
+    assert c.unexpected_acks == 1
+    # b (written on the last connection) is taken as acknowledged; c2 is still sent: nothing took it
+    assert [f["id"] for f in tr.frames() if f["t"] == "msg"] == [c2]

@@ -179,6 +179,7 @@ class TerminalClient(asyncio.Protocol):
         "cp_present_drops",
         "logon_drops",
         "told_why",
+        "cork_upto",
     )
 
     def __init__(
@@ -268,6 +269,7 @@ class TerminalClient(asyncio.Protocol):
         self.cp_present_drops = 0
         self.logon_drops = 0  # connections closed after the hello with neither a welcome nor an error
         self.told_why = False  # this connection had an error frame (a refusal says why it closes)
+        self.cork_upto = 0  # the highest id in the cork (`sent_upto` once the cork is written)
 
     # -- sending ---------------------------------------------------------
     @property
@@ -307,9 +309,10 @@ class TerminalClient(asyncio.Protocol):
             frame = encode(self._msg(msg_id, False))
             if self.cork is not None:
                 self.cork.append(frame)
+                self.cork_upto = msg_id  # written with the cork, if the connection is still there then
             else:
                 self.transport.write(frame)
-            self.sent_upto = msg_id
+                self.sent_upto = msg_id
         return msg_id
 
     def unacked_ids(self) -> list[int]:
@@ -395,6 +398,7 @@ class TerminalClient(asyncio.Protocol):
         # Messages submitted while these frames are handled (a closed-loop load sends one per
         # reply) go out in one write after the batch, not one write each.
         self.cork = []
+        self.cork_upto = 0
         try:
             try:
                 msgs = self.decoder.feed(data)
@@ -410,6 +414,9 @@ class TerminalClient(asyncio.Protocol):
             tr = self.transport
             if cork and tr is not None and not tr.is_closing():
                 tr.write(cork[0] if len(cork) == 1 else b"".join(cork))
+                if self.cork_upto > self.sent_upto:
+                    self.sent_upto = self.cork_upto
+            # (else nothing of it left: what it held is sent after the next welcome, as a first send)
 
     def connection_lost(self, exc: Exception | None) -> None:
         was = self.state
@@ -476,6 +483,9 @@ class TerminalClient(asyncio.Protocol):
             return
         try:
             t = msg["t"]
+            if self.state != WELCOMED and t not in ("welcome", "error"):
+                # the CP welcomes before anything else on a connection (it may refuse instead)
+                raise ProtocolError("bad_fields", f"{str(t)[:40]} before the welcome")
             if t == "reply":
                 self._on_reply(_int(msg, "id"), msg.get("data"), bool(msg.get("resent")))
             elif t == "ack":
@@ -500,6 +510,12 @@ class TerminalClient(asyncio.Protocol):
             self._protocol_error(exc)
 
     def _on_welcome(self, msg: dict[str, Any]) -> None:
+        if self.state == WELCOMED:
+            raise ProtocolError("bad_fields", "welcome: a second one on the same connection")
+        if msg.get("terminal") != self.name:
+            # logged on as another terminal: its acks and replies would pass for this one's
+            raise ProtocolError("bad_fields", f"welcome: for terminal {str(msg.get('terminal'))[:64]!r}, not {self.name!r}")
+        last_acked = _int(msg, "last_acked")
         cp = msg.get("cp")
         if self.dropped:
             self.dropped = False
@@ -522,18 +538,17 @@ class TerminalClient(asyncio.Protocol):
         if first:
             self.welcomed_at = time.monotonic()
         self.listener.on_welcome(self, first)
-        last_acked = msg.get("last_acked")
-        if isinstance(last_acked, int) and not isinstance(last_acked, bool):
-            # an id of this run this terminal never sent (above its last, say) is an unexpected
-            # ack, as in an `ack` frame; one below the run's first id is an earlier run's
-            if last_acked >= self.floor and self.index(last_acked) < 0:
-                self.unexpected_acks += 1
-            if last_acked < self.acked_max:  # an ack that was not durable after all: the CP forgot it
-                self.acks_forgotten += 1
-            # the CP holds everything up to last_acked: an ack lost with the old connection
-            for i in self.unacked_ids():
-                if i <= last_acked:
-                    self._on_ack(i)
+        # an id of this run this terminal never sent (above its last, or submitted while away and
+        # not yet written, say) is an unexpected ack, as in an `ack` frame; one below the run's
+        # first id is an earlier run's
+        if last_acked >= self.floor and (self.index(last_acked) < 0 or last_acked > self.sent_upto):
+            self.unexpected_acks += 1
+        if last_acked < self.acked_max:  # an ack that was not durable after all: the CP forgot it
+            self.acks_forgotten += 1
+        # the CP holds everything up to last_acked: an ack lost with the old connection
+        for i in self.unacked_ids():
+            if i <= min(last_acked, self.sent_upto):
+                self._on_ack(i)
         resend = self.unacked_ids()
         if resend and self.transport is not None:
             upto = self.sent_upto  # (above it: submitted while away, never sent: a first send)
@@ -567,6 +582,8 @@ class TerminalClient(asyncio.Protocol):
     def _on_ack(self, msg_id: int) -> None:
         k = self.index(msg_id)
         marks = self.marks
+        if msg_id > self.sent_upto:
+            k = -1  # never written to a connection: the CP cannot have it
         if k >= 0 and not marks[k] & ACKED:
             marks[k] |= ACKED
             if msg_id > self.acked_max:

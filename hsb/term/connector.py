@@ -103,6 +103,10 @@ class Connector:
         except asyncio.CancelledError:
             raise
         except (TimeoutError, OSError) as exc:
+            if c.state != CONNECTING:
+                # connected after all (the timeout fell due in the same turn as connection_made):
+                # the CP answered, and the connection's connection_lost reschedules the terminal
+                return None
             return exc
         return None
 
