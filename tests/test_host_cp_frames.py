@@ -27,8 +27,12 @@ pytestmark = pytest.mark.timeout(60)
         {"t": "registered", "role": "active", "epoch": "one"},  # an epoch that is no number
         {"t": "deliver", "terminal": "T00001", "id": "7", "data": "x"},  # an id that is no number
         {"t": "deliver_batch", "items": [["T00001", 9, "x", False], ["T00001", "10", "y", False]]},
+        {"t": "session_request", "terminal": ["T00001"]},  # (raised in a task: the request was dropped unsaid)
+        {"t": "session_request", "terminal": 5},  # (answered with a refusal naming 5: the CP dropped the link)
+        {"t": "session_request", "terminal": "T00001", "attrs": ["x"]},
+        {"t": "open_failed", "terminal": 5, "kind": "standby"},
     ],
-    ids=["short_item", "no_terminal", "bad_epoch", "text_id", "text_id_in_batch"],
+    ids=["short_item", "no_terminal", "bad_epoch", "text_id", "text_id_in_batch", "list_name", "int_name", "list_attrs", "int_name_failed"],
 )
 async def test_a_frame_the_host_cannot_take_is_a_link_loss_not_a_silent_reconnect(tmp_path: Path, frame: dict[str, Any]) -> None:
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):

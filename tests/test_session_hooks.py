@@ -210,11 +210,15 @@ async def test_the_active_names_its_open_sessions_in_slices_and_stops_once_not_t
     and sends no `last` (the CP would take it from a host that is not the active)."""
     from hsb.host.sessions import ACTIVE, STANDBY
 
-    async def named(c: SessionsCtl, srv: Any, stop_after: int | None = None) -> list[dict[str, Any]]:
+    async def named(c: SessionsCtl, srv: Any, stop_after: int | None = None, regrant_after: int | None = None) -> list[dict[str, Any]]:
         srv.cp.sent.clear()
-        c.adopt_sessions(7)
+        srv.ha.epoch = 7
+        c.adopt_sessions()
         for _ in range(1000):
             frames = [m for m in srv.cp.sent if m["t"] == "adopt"]
+            if regrant_after is not None and len(frames) >= regrant_after:
+                srv.ha.epoch = 9  # a planned grant undone: re-granted at a newer epoch, naming goes on
+                regrant_after = None
             if stop_after is not None and len(frames) >= stop_after:
                 srv.ha.granted = False  # demoted (a planned switchover) while naming
                 stop_after = None
@@ -240,6 +244,11 @@ async def test_the_active_names_its_open_sessions_in_slices_and_stops_once_not_t
     assert names == [n for n, ts in srv.sessions.table.items() if ts.state == ACTIVE]
     frames = await named(c, srv, stop_after=2)
     assert len(frames) == 2 and not frames[-1].get("last"), [len(m["items"]) for m in frames]
+    # re-granted at a newer epoch part-way (a planned grant undone: its grantee lost): every frame
+    # from then on carries it (the CP refuses the older epoch once it has seen the newer one)
+    srv.ha.granted = True
+    frames = await named(c, srv, regrant_after=2)
+    assert [m["epoch"] for m in frames] == [7, 7, 9, 9] and frames[-1]["last"] is True
 
 
 @pytest.mark.timeout(10)

@@ -274,7 +274,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
             if self.granted:
                 log.info("serving_as_active", epoch=self.epoch, how="registered", lease_s=self.lease.duration)
                 if msg.get("adopt") is True:  # the CP keeps our open sessions: name them (hsb.cp.adopt)
-                    self.srv.sessions_ctl.adopt_sessions(self.epoch)
+                    self.srv.sessions_ctl.adopt_sessions()
                 else:  # it keeps none (resume_window 0, a CP of before): ours are closed, and opened
                     self.srv.sessions_ctl.close_unkept()  # again as the CP asks for them
             self._lease_renewed()

@@ -164,25 +164,29 @@ class SessionsCtl:
                 for item in items:  # (all checked first: a bad item drops the link, none of it delivered)
                     deliver(*item)
             return True
+        # (a field of the wrong type raises here, before anything is done: the link's protocol error)
         if t == "session_request":
-            self._spawn(self.session_request(msg["terminal"], bool(msg.get("standby_capable")), msg.get("attrs") or {}))
+            attrs = msg.get("attrs") or {}
+            if not isinstance(attrs, dict):
+                raise TypeError(f"session_request: attrs must be a map, not {type(attrs).__name__}")
+            self._spawn(self.session_request(_name(msg["terminal"]), bool(msg.get("standby_capable")), attrs))
             return True
         if t == "session_closed":
-            self.active_closed(msg["terminal"], str(msg.get("reason", "")))
+            self.active_closed(_name(msg["terminal"]), str(msg.get("reason", "")))
             return True
         if t == "opened":
             if msg.get("kind") == "standby":
-                self._answered(msg["terminal"])
+                self._answered(_name(msg["terminal"]))
             return True
         if t == "standby_kept":
             self.standby_kept(msg)
             return True
         if t == "opened_batch":
-            for name in msg["terminals"]:
+            for name in [_name(n) for n in msg["terminals"]]:
                 self._answered(name)
             return True
         if t == "open_failed":
-            name, reason = msg["terminal"], str(msg.get("reason", ""))
+            name, reason = _name(msg["terminal"]), str(msg.get("reason", ""))
             ts = self.sessions.get(name)
             if msg.get("kind") == "standby":
                 if ts is not None and ts.state == STANDBY:
@@ -323,16 +327,20 @@ class SessionsCtl:
         self.kept_done.set()
         self.adopt_gen += 1  # an adoption under way stops: the next registration starts its own
 
-    def adopt_sessions(self, epoch: int) -> None:
+    def adopt_sessions(self) -> None:
         """Registered as the active at a CP that keeps sessions (after its restart, say): name every
         session open here in `adopt` frames, the last one marked, so its terminals resume on them
         instead of logging on here again (hsb.cp.adopt)."""
         self.adopt_gen += 1
         names = [ts.name for ts in self.sessions.in_state(ACTIVE)]
-        self._spawn(self._adopt(self.adopt_gen, epoch, names))
+        self._spawn(self._adopt(self.adopt_gen, names))
 
-    async def _adopt(self, gen: int, epoch: int, names: list[str]) -> None:
+    async def _adopt(self, gen: int, names: list[str]) -> None:
+        """Each frame carries the host's epoch as it is when the frame goes: a planned grant undone
+        part-way re-grants this host at a newer epoch (the naming goes on, protocol.md), and once a
+        frame of ours carried that one the CP refuses the older as stale and fences the host."""
         cp = self.srv.cp
+        ha = self.srv.ha
         t0 = time.monotonic()
         n = 0
         # first, every terminal's highest id handed to the service (not only those of sessions
@@ -341,7 +349,7 @@ class SessionsCtl:
         for chunk in self._handed_chunks():
             if gen != self.adopt_gen or not self.srv.ha.granted:
                 return
-            cp.send({"t": "adopt", "items": [], "handed": chunk, "epoch": epoch, "last": False})
+            cp.send({"t": "adopt", "items": [], "handed": chunk, "epoch": ha.epoch, "last": False})
             await cp.drain()
             await asyncio.sleep(0)
         for k in range(0, len(names), self.OPENS_PER_TURN):  # in slices: heartbeats and replies go on
@@ -352,13 +360,13 @@ class SessionsCtl:
                 ts = self.sessions.get(name)
                 if ts is not None and ts.state == ACTIVE:  # closed meanwhile: not named
                     items.append([name, ts.attrs])
-            self._send_batched("adopt", items, epoch=epoch, last=False)
+            self._send_batched("adopt", items, epoch=ha.epoch, last=False)
             n += len(items)
             await cp.drain()
             await asyncio.sleep(0)
         if gen == self.adopt_gen and self.srv.ha.granted:  # not if demoted or fenced meanwhile
-            cp.send({"t": "adopt", "items": [], "epoch": epoch, "last": True})
-            log.info("sessions_named_for_adoption", sessions=n, epoch=epoch, took_ms=round((time.monotonic() - t0) * 1000, 1))
+            cp.send({"t": "adopt", "items": [], "epoch": ha.epoch, "last": True})
+            log.info("sessions_named_for_adoption", sessions=n, epoch=ha.epoch, took_ms=round((time.monotonic() - t0) * 1000, 1))
 
     # ------------------------------------------------------------------ standby side
     def _check(self, name: str, attrs: dict[str, Any]) -> str | None:
