@@ -335,7 +335,7 @@ async def test_the_host_names_what_it_handed_to_its_service_before_its_sessions(
     srv: Any = SimpleNamespace(
         sessions=SessionTable(defs),
         cp=SimpleNamespace(send=sent.append, send_raw=lambda raw: sent.extend(Decoder().feed(raw)), drain=drain),
-        ha=SimpleNamespace(granted=True),
+        ha=SimpleNamespace(granted=True, epoch=3),
         delivery=SimpleNamespace(handed=handed),
     )
     from hsb.wire.framing import Decoder
@@ -345,7 +345,7 @@ async def test_the_host_names_what_it_handed_to_its_service_before_its_sessions(
     for ts in srv.sessions.table.values():
         ts.state = ACTIVE
     c.adopt_gen += 1
-    await c._adopt(c.adopt_gen, 3, list(defs))
+    await c._adopt(c.adopt_gen, list(defs))
     firsts = [m for m in sent if m.get("handed")]
     assert len(firsts) > 1 and all(len(encode(m)) <= 2048 for m in firsts), [len(encode(m)) for m in firsts]
     assert sent[: len(firsts)] == firsts, "a session was named before every handed id was said"

@@ -453,3 +453,37 @@ async def test_a_switchover_the_cp_undoes_ends_it_at_the_old_active(tmp_path: Pa
         await switched_over(a, b)
 
     await _run(tmp_path, body)
+
+
+async def test_a_switchover_the_cp_undoes_drops_what_the_old_active_had_queued(tmp_path: Path) -> None:
+    """Undone, the CP gives the old active the role back and hands it every message it holds
+    again, marked redelivered. What the old active's queue still held from before the grant (a
+    message its service kept failing, retried) went to its service as well: twice, and after
+    messages that followed it. Its queue is dropped when the role comes back, before those frames."""
+    _DownOnA.calls = []
+    async with pair_in_hot_standby(tmp_path, _DownOnA) as (cp, a, b, _tasks):
+        core = cp.cp
+        assert core is not None
+        await _retrying_on_a(cp, a, "handover")
+        real = core._granted
+
+        def lose_grantee(host: Any, *args: Any) -> None:
+            core._granted = real  # type: ignore[method-assign]
+            host.abort()  # host-b's link goes before the epoch is durable
+            real(host, *args)
+
+        core._granted = lose_grantee  # type: ignore[method-assign]
+        epoch = a.ha.epoch
+        again: list[int] = []
+        deliver = a.delivery.deliver
+
+        def spy(terminal: str, mid: int, data: Any, redelivered: bool) -> None:
+            deliver(terminal, mid, data, redelivered)
+            if a.ha.epoch > epoch:  # handed over again after the role came back
+                again.append(mid)
+
+        a.delivery.deliver = spy  # type: ignore[method-assign]
+        a.ha.post("switchover")
+        await until(lambda: bool(again), "message 1 handed to host-a again after the undo", timeout=10)
+        assert a.ha.role == "active" and again == [1]
+        assert [m for m, _, _ in a.delivery.queues.get("T00001", ())] == [1], list(a.delivery.queues.get("T00001", ()))

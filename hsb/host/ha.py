@@ -279,6 +279,12 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
                     self.srv.sessions_ctl.close_unkept()  # again as the CP asks for them
             self._lease_renewed()
         elif t == "switch_granted":
+            if self.granted:
+                # the role back at a new epoch (our planned switchover undone, its grantee lost):
+                # the CP hands every message it holds to us again, marked, right after this
+                # frame; what our queues still hold from before would reach the service twice,
+                # and out of order. Dropped now, before those frames are read.
+                self.srv.delivery.cancel()
             self.epoch = int(msg["epoch"])
             self.lease.duration = float(msg.get("lease", self.lease.duration))
             if self.switch_sent_at is not None:
