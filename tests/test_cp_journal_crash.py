@@ -384,3 +384,42 @@ async def test_a_segment_is_allocated_whole_and_its_zeros_end_its_records(tmp_pa
     with pytest.raises(JournalDamaged) as exc:
         recover(tmp_path, truncate=False)
     assert exc.value.path == str(seg) and exc.value.offset == end
+
+
+async def test_segment_numbers_past_eight_digits_are_recovered(tmp_path: Path) -> None:
+    """Segment numbers grow for the life of the journal (16 KiB segments at a few thousand
+    messages a second pass 99,999,999 in about a month). Their names grow a digit there, and
+    recovery read only eight: what the newer segments held was skipped, its last_acked went
+    backwards, and with the older segment settled and deleted the CP started empty at epoch 0."""
+    gen = Generations(tmp_path).take()
+    j = Journal(tmp_path, generation=gen, segment_bytes=4096, io="thread")
+    j.open(99_999_999, [], [])
+    try:
+        for mid in range(1, 80):
+            await durable(j, ["a", "T1", mid, "x" * 100])
+        assert j.seg >= 100_000_001
+    finally:
+        j.close()
+    assert sorted(recover(tmp_path).held["T1"]) == list(range(1, 80))
+
+
+def test_a_durable_snapshot_whose_segments_are_all_gone_stops_the_start(tmp_path: Path) -> None:
+    """A generation whose snapshot was said durable (snap-N) always keeps a segment (its current
+    one). With every one of them gone, recovery fell back to an older generation or to nothing,
+    and started empty at epoch 0 without a word: damage, named."""
+    gens = Generations(tmp_path)
+    gen = gens.take()
+    gens.mark_snapshot(gen)
+    with pytest.raises(JournalDamaged, match=f"generation {gen}'s snapshot was durable but none of its segment files"):
+        recover(tmp_path)
+
+
+@pytest.mark.parametrize("first", [encode(7), encode(["ck", 1, None, 0, {}, {"first": "x"}])], ids=["not-a-list", "first-not-a-number"])
+def test_a_checkpoint_that_is_no_record_is_damage_named_not_a_traceback(tmp_path: Path, first: bytes) -> None:
+    """A checksummed payload where the generation's checkpoint should be, of the wrong shape (a
+    bug's, or a crafted file): the start stops with the file named, not with a TypeError."""
+    gens = Generations(tmp_path)
+    gen = gens.take()
+    (tmp_path / segment_name(1, gen)).write_bytes(first)
+    with pytest.raises(JournalDamaged, match=segment_name(1, gen)):
+        recover(tmp_path)

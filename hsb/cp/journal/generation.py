@@ -29,9 +29,9 @@ from pathlib import Path
 
 from hsb.fsutil import fsync_dir
 
-GEN = re.compile(r"^gen-(\d{8})$")
-SNAP = re.compile(r"^snap-(\d{8})$")  # the generation's takeover snapshot was durable
-SEG_GEN = re.compile(r"^seg-(\d{8})-\d{8}\.hsbj$")  # a segment's generation, in its name
+GEN = re.compile(r"^gen-(\d{8,})$")
+SNAP = re.compile(r"^snap-(\d{8,})$")  # the generation's takeover snapshot was durable
+SEG_GEN = re.compile(r"^seg-(\d{8,})-\d{8,}\.hsbj$")  # a segment's generation, in its name
 KEEP = 8  # older generation files are removed, the newest few kept for the record
 
 

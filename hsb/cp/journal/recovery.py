@@ -62,7 +62,8 @@ from hsb.cp.journal.format import JournalDamaged, locate, scan
 from hsb.cp.journal.generation import Generations, snap_name
 from hsb.cp.state import Held, Kept
 
-SEGMENT = re.compile(r"^seg-(?:(\d{8})-)?(\d{8})\.hsbj$")
+# (numbers are written in 8 digits at least: a journal that rotates fast passes 99,999,999)
+SEGMENT = re.compile(r"^seg-(?:(\d{8,})-)?(\d{8,})\.hsbj$")
 HISTORY_KEEP = 1000
 RETRIES = 8  # listings in a row that lost a segment file before the start stops
 RETRY_PAUSE_S = 0.05  # the pause before a listing again (times the tries so far)
@@ -148,6 +149,8 @@ def _complete(gen: int, segs: list[tuple[int, Path]], marked: bool = False) -> b
     for first_n, path in segs:
         buf = _read(path)  # gone meanwhile (a superseded CP compacting): all is listed and read again
         recs, end, why = scan(buf, str(path), until="ck")  # the checkpoint alone first
+        if recs and not (isinstance(recs[0], list) and recs[0]):  # checksummed, yet no record: a bug's, or a crafted file
+            raise JournalDamaged(str(path), 0, f"its first record is not a record ({str(recs[0])[:40]})")
         if not recs or recs[0][0] != "ck":
             if marked:
                 raise JournalDamaged(
@@ -155,12 +158,15 @@ def _complete(gen: int, segs: list[tuple[int, Path]], marked: bool = False) -> b
                 )
             return False  # torn before its first record: a CP that died creating the generation
         extra = recs[0][5] if len(recs[0]) > 5 and isinstance(recs[0][5], dict) else {}
-        if first_n > int(extra.get("first", first_n)):
+        first = extra.get("first", first_n)
+        if not isinstance(first, int) or isinstance(first, bool):
+            raise JournalDamaged(str(path), 0, f"its checkpoint's first segment is not a number ({str(first)[:40]})")
+        if first_n > first:
             return True  # the snapshot's segment was settled and deleted: it was durable
         # the snapshot segment: complete once its end ("se") is there (the traffic after it is
         # read, and checked, by recover())
         recs, end, why = scan(buf, str(path), until="se")
-        if any(r[0] == "se" for r in recs):
+        if any(isinstance(r, list) and r and r[0] == "se" for r in recs):
             return True
         if marked:
             raise JournalDamaged(str(path), end, f"generation {gen}'s snapshot was durable ({snap_name(gen)}), its end is not there ({why})")
@@ -180,6 +186,17 @@ def _lineage(d: Path) -> tuple[int, list[tuple[int, Path]], list[Path]]:
         by_gen.setdefault(gen, []).append((n, path))
     marked = Generations(d).snapshots()
     head = next((g for g in sorted(by_gen, reverse=True) if _complete(g, by_gen[g], g in marked)), None)
+    newest = max(marked, default=0)
+    if newest > (head or 0) and newest not in by_gen:
+        # its snapshot was durable, and a CP never deletes the last segment of its generation:
+        # every one of them removed. Starting from an older generation (or empty, at epoch 0)
+        # would lose what it held and let a host it had fenced back in
+        raise JournalDamaged(
+            str(d / snap_name(newest)),
+            0,
+            f"generation {newest}'s snapshot was durable but none of its segment files (seg-{newest:08d}-*.hsbj) is there"
+            " (a journal cleared on purpose: remove its gen-* and snap-* files too)",
+        )
     segs = by_gen.get(head, []) if head is not None else []
     keep = {p for _, p in segs}
     return head or 0, segs, [p for _, _, p in files if p not in keep]
