@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from hsb import uring
-from hsb.cp.journal.format import GROUP_MAX, JournalDamaged, encode, group, packer
+from hsb.cp.journal.format import GROUP_MAX, JournalDamaged, encode, group, packer, scan
 from hsb.cp.journal.generation import Generations
 from hsb.cp.journal.recovery import JournalUnsettled, lineage, recover, segment_name
 from hsb.cp.journal.store import Journal
@@ -422,4 +422,34 @@ def test_a_checkpoint_that_is_no_record_is_damage_named_not_a_traceback(tmp_path
     gen = gens.take()
     (tmp_path / segment_name(1, gen)).write_bytes(first)
     with pytest.raises(JournalDamaged, match=segment_name(1, gen)):
+        recover(tmp_path)
+
+
+async def test_a_closed_segment_whose_last_records_read_as_zeros_stops_the_start(tmp_path: Path) -> None:
+    """A segment is allocated whole, so its unwritten rest reads as zeros: a clean end. Storage
+    that lost a write (or zeroed it) at the end of a segment that is not the last one made its
+    last group of records read the same way, and recovery went on without them (acknowledged
+    messages gone, last_acked back). The next segment's checkpoint says how many records the
+    one before it closed with: fewer is damage, named."""
+    from hsb.cp.journal.format import locate
+
+    gen = Generations(tmp_path).take()
+    j = Journal(tmp_path, generation=gen, segment_bytes=4096, io="thread")
+    j.open(1, [], [])
+    try:
+        for mid in range(1, 150):
+            j.pin(j.append(["a", "T1", mid, "x" * 100]))  # held: every segment stays
+            await durable(j, ["c", "T1", 0])
+        assert j.seg >= 3
+    finally:
+        j.close()
+    assert sorted(recover(tmp_path).held["T1"]) == list(range(1, 150))  # whole: recovered, and checked
+    seg2 = tmp_path / segment_name(2, gen)
+    buf = bytearray(seg2.read_bytes())
+    recs, end, torn = scan(bytes(buf), str(seg2))
+    assert torn is None
+    off, _ = locate(bytes(buf), len(recs) - 1)  # its last (group) record
+    buf[off:end] = bytes(end - off)
+    seg2.write_bytes(bytes(buf))
+    with pytest.raises(JournalDamaged, match=rf"{segment_name(2, gen)} at offset {off}: the segment ends after"):
         recover(tmp_path)

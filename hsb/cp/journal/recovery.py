@@ -4,11 +4,14 @@ record applied to the state it describes. Pure: files in, a `Recovered` out.
 Record kinds (the first element of each MessagePack array):
 
     ["ck", epoch, active, generation, {terminal: last acked id},
-     {"history": [...], "paused": bool, "logoff": {terminal: id}, "lease": [host_lease, fresh_s]}]
+     {"history": [...], "paused": bool, "logoff": {terminal: id}, "lease": [host_lease, fresh_s],
+      "closed": [segment, records]}]
                                    checkpoint, first in every segment ("logoff": as the "o"
                                    records of the terminals logged off holding messages then;
                                    "lease": how long a lease this CP granted may outlive its last
-                                   renewal, for the wait after a restart: hsb.cp.core)
+                                   renewal, for the wait after a restart: hsb.cp.core; "closed":
+                                   how many records the segment before it ended with, so that
+                                   one whose end was lost, zeros where records were, is damage)
     ["a", terminal, id, data]      a message accepted (and acknowledged once durable)
     ["r", terminal, id, data]      its reply, kept until the terminal confirms it; the message is settled
     ["d", terminal, id]            its reply, not kept (a terminal that does not resume); settled
@@ -353,6 +356,7 @@ def _recover(d: Path, truncate: bool) -> Recovered:
     for (before, _), (n, path) in zip(segs, segs[1:], strict=False):
         if n != before + 1:  # only the oldest segment is ever deleted: a gap is a file lost
             raise JournalDamaged(str(path), 0, f"segment {before + 1} is missing (the segments before this one end at {before})")
+    read: tuple[int, int, int, Path] | None = None  # the segment read before: (number, records, end, path)
     for i, (n, path) in enumerate(segs):
         # gone meanwhile (a superseded CP compacting): not skipped, all is read again, for what was
         # read before it may need what it held (a message's settling record)
@@ -375,6 +379,9 @@ def _recover(d: Path, truncate: bool) -> Recovered:
                         os.fsync(fh.fileno())
                 except FileNotFoundError:
                     raise _Vanished(path.name) from None
+        if read is not None:
+            _closed_whole(read, recs)
+        read = (n, len(recs), good, path)
         held, last_acked, confirmed, replies = r.held, r.last_acked, r.confirmed, r.replies
         at = r.at
         for rec in recs:
@@ -425,6 +432,22 @@ def _recover(d: Path, truncate: bool) -> Recovered:
         for term in [t for t, v in per.items() if not v]:
             del per[term]
     return r
+
+
+def _closed_whole(before: tuple[int, int, int, Path], recs: list[Any]) -> None:
+    """The segment read before this one (`recs`) holds at least the records this one's checkpoint
+    says it closed with; fewer is damage at its end (a segment is allocated whole, so a lost
+    write there reads as zeros: a clean end, not a torn one). Journals of before the count say
+    nothing: not checked."""
+    ck = recs[0] if recs and isinstance(recs[0], list) and recs[0] and recs[0][0] == "ck" else None
+    closed = ck[5].get("closed") if ck is not None and len(ck) > 5 and isinstance(ck[5], dict) else None
+    n, got, end, path = before
+    if isinstance(closed, list) and len(closed) == 2 and closed[0] == n and isinstance(closed[1], int) and got < closed[1]:
+        raise JournalDamaged(
+            str(path),
+            end,
+            f"the segment ends after {got} records, but the next one's checkpoint says it closed with {closed[1]}: its last records are lost",
+        )
 
 
 def in_id_order(items: dict[int, T]) -> dict[int, T]:

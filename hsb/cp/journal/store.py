@@ -227,11 +227,20 @@ class Journal(GroupWriter):
 
     def _new_segment(self) -> None:
         n = self.seg
+        ck = self.checkpoint()
+        prev = self.segments[-1] if self.segments else None
+        if prev == n - 1 and prev in self.records:
+            # how many records the segment it closes holds (final: nothing is appended to it from
+            # now on): a recovery that finds fewer there knows its end was lost (zeros where
+            # records were, on storage that lost a write), which reads as a clean end otherwise
+            extra = dict(ck[5]) if len(ck) > 5 and isinstance(ck[5], dict) else {}
+            extra["closed"] = [prev, self.records[prev]]
+            ck = [*ck[:5], extra]
         self.segments.append(n)
         self.live.setdefault(n, 0)
         self.records[n] = 1  # its checkpoint
         self.sizes[n] = 0
-        rec = self._packer(self.checkpoint())
+        rec = self._packer(ck)
         self._pending.append((n, rec))
         self.sizes[n] += len(rec) + REC_HEADER
         self.ck_sizes[n] = len(rec) + REC_HEADER
