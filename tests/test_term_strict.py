@@ -299,7 +299,7 @@ async def test_the_books_catch_a_refusal_for_insufficient_funds_the_account_coul
     src, dst, _ = w.transfer(1, 0)
     refusal = '{"ok":false,"error":"insufficient_funds"}'
 
-    async def books(name: str, asked: int, refused_entry: bool, at_start: bool = False) -> list[str]:
+    async def books(name: str, asked: int, refused_entry: bool, at_start: bool = False, twice: bool = False) -> list[str]:
         db = await _ledger_db(tmp_path / f"{name}.db")
         async with db.transaction() as tx:
 
@@ -321,6 +321,8 @@ async def test_the_books_catch_a_refusal_for_insufficient_funds_the_account_coul
                 await entry("T0", 0, "deposit", acct, None, w.initial)
             if refused_entry and not at_start:
                 await entry("T1", BASE, "refused", src, dst, asked)
+            if twice:
+                await entry("T1", BASE, "refused", src, dst, asked)
             await tx.execute("INSERT INTO hsb_idempotency (terminal, msg_id, reply, at) VALUES ($1, $2, $3, $4)", "T1", BASE, refusal, 0.0)
         await db.close()
         return (await check_books({"sqlite": str(tmp_path / f"{name}.db")}, w, [term])).failures
@@ -332,6 +334,13 @@ async def test_the_books_catch_a_refusal_for_insufficient_funds_the_account_coul
     assert any("(refused_wrongly)" in f for f in wrong), wrong
     unrecorded = await books("unrecorded", w.initial + 1, False)
     assert any("(refusal_unrecorded)" in f for f in unrecorded), unrecorded
+    # the same message refused twice (processed twice: its idempotency record did not hold), or
+    # refused with nobody told: counted as any effect is
+    twice = await books("twice", w.initial + 1, True, twice=True)
+    assert any("(applied_twice)" in f for f in twice), twice
+    w.replies = {}
+    unanswered = await books("unanswered", w.initial + 1, True)
+    assert any("(applied_unanswered)" in f for f in unanswered), unanswered
 
 
 def test_a_run_that_sent_nothing_is_not_ok() -> None:

@@ -6,7 +6,8 @@ Read straight from the database the `ledger` service writes (PostgreSQL or SQLit
   (transfers move money, never make or lose it), and each account's balance is its deposit
   plus what its entries moved in, less what they moved out;
 - **exactly once**: every transfer a terminal was told succeeded has exactly one entry, every
-  one refused has none, and no entry exists for a message no terminal got an answer to;
+  one refused has none, no message has more than one entry of any kind (a transfer's or a
+  refusal's), and no entry exists for a message no terminal got an answer to;
 - **the right effect**: each transfer entry moved the accounts and the amount its message
   asked for (a message delivered with another's data, or applied wrongly, shows here);
 - **refusals right**: each `insufficient_funds` refusal is an entry too (op `refused`), and
@@ -159,7 +160,7 @@ async def check_books(
             if w.is_setup(c.idx, k):
                 continue
             n = per_msg.get(key, 0)
-            if n > 1:  # (before the reply is read: whatever it says, once is the most)
+            if n + refusals.get(key, 0) > 1:  # (before the reply is read: whatever it says, once is the most, a refusal's entry included)
                 b.applied_twice.append(tag)
             try:
                 ok = json.loads(text).get("ok") is True
@@ -175,7 +176,10 @@ async def check_books(
                     b.told_refused_applied.append(tag)
                 if _insufficient(text) and not refusals.get(key):
                     b.refusal_unrecorded.append(tag)
-    for key, n in per_msg.items():
+    # entries of messages nobody was told about: a transfer's or a refusal's (the message was
+    # processed: its answer was committed with it), once at most either way
+    for key in sorted(per_msg.keys() | refusals.keys()):
+        n = per_msg.get(key, 0) + refusals.get(key, 0)
         if n > 1 and key not in told:
             b.applied_twice.append(f"{key[0]}:{key[1]}")
         if final and key not in told:
