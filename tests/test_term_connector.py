@@ -123,3 +123,32 @@ async def test_a_connect_whose_timeout_falls_due_as_it_connects_is_not_a_failure
     finally:
         loop.create_connection = loop_create  # type: ignore[method-assign]
     assert exc is None and not conn.down and t.failures == 0 and t.away == 0
+
+
+async def test_a_connect_cut_by_its_timeout_after_connecting_is_no_drop_of_the_cps() -> None:
+    """The same with hsbterm's terminal: the cancelled connect closes the connection after its
+    hello went out, and that close is this side's, not a drop by the CP (it failed a strict run
+    as `dropped while logging on`, and made the next welcome count a drop with the CP there)."""
+    from hsb.term.client import TerminalClient
+    from hsb.term.load import LoadStats
+    from tests.support.transports import RecordingTransport
+
+    conn = Connector("127.0.0.1", 1, concurrency=1)
+    c = TerminalClient("T1", LoadStats(1))
+    conn.attach(c)
+    tr = RecordingTransport("cp")
+    loop = asyncio.get_running_loop()
+
+    async def connect_then_time_out(*a: Any, **kw: Any) -> Any:
+        c.connection_made(tr)  # type: ignore[arg-type]
+        raise TimeoutError
+
+    loop_create = loop.create_connection
+    loop.create_connection = connect_then_time_out  # type: ignore[method-assign,assignment]
+    try:
+        assert await conn._connect(c) is None
+    finally:
+        loop.create_connection = loop_create  # type: ignore[method-assign]
+    c.connection_lost(None)  # (asyncio closes the transport of a cancelled connect)
+    assert c.logon_drops == 0 and not c.dropped and c.cp_reconnects == 0
+    await conn.close()

@@ -105,7 +105,9 @@ class Connector:
         except (TimeoutError, OSError) as exc:
             if c.state != CONNECTING:
                 # connected after all (the timeout fell due in the same turn as connection_made):
-                # the CP answered, and the connection's connection_lost reschedules the terminal
+                # the CP answered, the cancelled connect closes the connection (this side: no
+                # drop of the CP's, `told_why`), and its connection_lost reschedules the terminal
+                c.told_why = True
                 return None
             return exc
         return None

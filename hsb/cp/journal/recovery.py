@@ -130,10 +130,11 @@ def segment_name(n: int, gen: int = 0) -> str:
     return f"seg-{gen:08d}-{n:08d}.hsbj" if gen else f"seg-{n:08d}.hsbj"
 
 
-def segment_files(d: Path) -> list[tuple[int, int, Path]]:
-    """(generation, number, path) of every segment file of a journal directory, oldest first."""
+def segment_files(d: Path, names: list[str] | None = None) -> list[tuple[int, int, Path]]:
+    """(generation, number, path) of every segment file of a journal directory, oldest first
+    (`names`: its listing, if taken)."""
     out = []
-    for name in os.listdir(d):
+    for name in os.listdir(d) if names is None else names:
         m = SEGMENT.match(name)
         if m:
             out.append((int(m.group(1) or 0), int(m.group(2)), d / name))
@@ -183,11 +184,12 @@ def lineage(d: Path) -> tuple[int, list[tuple[int, Path]], list[Path]]:
 
 
 def _lineage(d: Path) -> tuple[int, list[tuple[int, Path]], list[Path]]:
-    files = segment_files(d)
+    names = os.listdir(d)  # one listing for the segments and the snapshot marks: never a mark newer than the segments seen
+    files = segment_files(d, names)
     by_gen: dict[int, list[tuple[int, Path]]] = {}
     for gen, n, path in files:
         by_gen.setdefault(gen, []).append((n, path))
-    marked = Generations(d).snapshots()
+    marked = Generations(d).snapshots(names)
     head = next((g for g in sorted(by_gen, reverse=True) if _complete(g, by_gen[g], g in marked)), None)
     newest = max(marked, default=0)
     if newest > (head or 0) and newest not in by_gen:
