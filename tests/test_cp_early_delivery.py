@@ -414,3 +414,25 @@ async def test_a_reply_for_a_non_resuming_terminal_that_is_away_is_kept_in_the_j
     got = [(f["id"], f["data"], f.get("resent")) for f in frames(t2) if f["t"] == "reply"]
     assert got == [(1, "r1", True), (2, "r2", True)], got
     assert not term.replies and not term.held  # sent and settled: a terminal that does not resume confirms nothing
+
+
+async def test_another_message_under_an_id_accepted_from_an_earlier_connection_is_refused(tmp_path: Path) -> None:
+    """A terminal sent message 1 and its connection went before 1's record was durable; its next
+    welcome says last_acked 0. A terminal that lost what it sent goes on from there with another
+    message as 1. Taken for a resend of the first (dropped, "its ack is on its way"), it was
+    acknowledged and answered with the first message's reply. Refused, `id_reused`; a resend of
+    the same message is still taken as one."""
+    from tests.support.cpcore import recording_terminal
+
+    cp, a, t, j = durable_cp(tmp_path)
+    t.data_received(encode({"t": "msg", "id": 1, "data": "withdraw 50"}))
+    t.connection_lost(None)
+    t2 = recording_terminal(cp, "T00001")
+    t2.data_received(encode({"t": "msg", "id": 1, "data": "withdraw 50", "resent": True}))  # the same: a resend
+    assert not t2.closed
+    t2.data_received(encode({"t": "msg", "id": 1, "data": "balance?"}))
+    assert t2.closed and [f["code"] for f in frames(t2) if f["t"] == "error"] == ["id_reused"]
+    assert [f["last_acked"] for f in frames(t2) if f["t"] == "welcome"] == [0]
+    j.release()
+    assert delivered(a) and all(m == 1 for m, _ in delivered(a))  # only the first message went to the host
+    assert "balance?" not in str(frames(a))

@@ -22,7 +22,7 @@ import structlog
 
 from hsb import faults
 from hsb.cp.state import Held, Kept, Term
-from hsb.wire.framing import data_size, payload_max
+from hsb.wire.framing import ProtocolError, data_size, payload_max
 
 if TYPE_CHECKING:
     from hsb.cp.core import CP
@@ -165,6 +165,18 @@ class TerminalSide:
             if mid <= term.durable_acked:  # a resend of what was acknowledged: again, not delivered twice
                 self.counters["reacks"] += 1
                 self._tell(term, {"t": "ack", "id": mid})
+                return
+            held = term.held.get(mid)
+            if held is not None and held.data != data:
+                # accepted from an earlier connection, its record not yet durable (so the welcome
+                # said a lower last_acked), and this is another message under its id: a terminal
+                # that lost what it sent and went on from that last_acked. Taken for a resend, it
+                # would be acknowledged and answered with the other message's reply
+                raise ProtocolError(
+                    "id_reused",
+                    f"msg {mid}: an earlier connection sent another message with this id, not yet acknowledged;"
+                    " connect again (the welcome then says whether it was acknowledged) and go on above it",
+                )
             return  # accepted and not yet durable: its ack is on its way
         term.last_acked = mid
         if resent and self.follows_a_cp:
