@@ -138,3 +138,23 @@ async def test_a_group_commit_vouches_like_a_heartbeat_and_a_hung_check_stops_vo
         assert j.vouches(j.checked_at)  # fresh again: answered again
     finally:
         j.close()
+
+
+async def test_a_deferred_switchover_made_moot_by_the_active_coming_back_is_answered(tmp_path: Path) -> None:
+    """The standby's request waits for the old active's lease after a restart, and that active
+    registers again meanwhile: the request is moot. It was dropped without a word, and the
+    standby asks again only after an answer (or a second later) while the CP says active_lost
+    once per loss: that active lost within the second left the pair with no active. Refused."""
+    from tests.support.cpcore import cp_core, fake_host
+
+    cp = cp_core(tmp_path, 2, cp="host_timeout = 0.5\nhost_lease = 0.35\n")
+    cp.recorded_active = "host-a"
+    cp.recovered_at = time.monotonic()
+    b = fake_host(cp, "host-b", "standby", record=True)
+    cp.host_switchover(b, "peer lost", False, "failover")
+    assert cp.active is None and cp.deferred_grant is not None
+    a = fake_host(cp, "host-a", "active")
+    assert cp.active is a and cp.deferred_grant is None and cp.deferred_ask is None
+    b.flush()
+    refused = [f for f in b.transport.frames() if f.get("t") == "switch_refused"]
+    assert len(refused) == 1 and "host-a holds the active role now" in refused[0]["reason"], refused

@@ -137,11 +137,20 @@ class Arbitration:
         if ask is not None and sb is not None and not sb.closed and sb.name == ask[0]:
             self.host_switchover(sb, ask[1], ask[2], ask[3])
 
-    def cancel_deferred_grant(self: CP) -> None:
-        """Someone holds the role now, or the CP stops: a deferred request is moot."""
+    def cancel_deferred_grant(self: CP, holder: HostProtocol | None = None) -> None:
+        """Someone (`holder`) holds the role now, or the CP stops: a deferred request is moot. Its
+        standby is told, as a refusal: it asks again only after an answer (or a second later),
+        and the CP says `active_lost` once per loss, so a request left unanswered here could
+        leave the pair with no active when that holder is lost soon after."""
+        ask = self.deferred_ask
         if self.deferred_grant is not None:
             self.deferred_grant.cancel()
         self.deferred_grant = self.deferred_ask = None
+        sb = self.standby
+        if ask is not None and sb is not None and not sb.closed and sb.name == ask[0] and sb is not holder:
+            why = f"host {holder.name} holds the active role now" if holder is not None else "the CP is stopping"
+            sb.send({"t": "switch_refused", "reason": f"the request waited (deferred) and is moot: {why}"})
+            log.info("switchover_refused", requester=sb.name, reason=ask[1], why=f"deferred request moot: {why}")
 
     def _grant(self: CP, host: HostProtocol, reason: str, why: str, demote: HostProtocol | None = None, kind: str = "switchover") -> None:
         """Decide: the role is the requester's from now on (a new epoch, so the old active's frames

@@ -345,7 +345,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         host.epoch = epoch
         if host.adopt_gap:  # given the role back by a grant it had lost (hsb.cp.adopt)
             self.adopt_gap_taken(host)
-        self.cancel_deferred_grant()  # (someone holds the role now: a deferred request is moot)
+        self.cancel_deferred_grant(host)  # (someone holds the role now: a deferred request is moot)
         self.not_back = None
         self.granting = self.demoting = None  # (a grant sets them again)
         self.loss = None
