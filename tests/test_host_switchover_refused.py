@@ -487,3 +487,47 @@ async def test_a_switchover_the_cp_undoes_drops_what_the_old_active_had_queued(t
         await until(lambda: bool(again), "message 1 handed to host-a again after the undo", timeout=10)
         assert a.ha.role == "active" and again == [1]
         assert [m for m, _, _ in a.delivery.queues.get("T00001", ())] == [1], list(a.delivery.queues.get("T00001", ()))
+
+
+async def _cp_link_just_back(a: HostServer) -> None:
+    """host-a's CP link dropped and connected again: its register sent, not yet answered."""
+    old = a.cp.connects
+    assert a.cp.fs is not None
+    a.cp.fs.writer.transport.abort()
+    deadline = time.monotonic() + 10
+    while a.cp.connects == old:  # every turn of the loop (not `until`'s 10 ms): the moment it is back
+        assert time.monotonic() < deadline, "host-a's CP link never came back"
+        await asyncio.sleep(0)
+
+
+async def test_a_switchover_asked_before_the_registration_is_answered_is_refused_not_fenced(tmp_path: Path) -> None:
+    """The active's CP link came back; the CP raises the epoch at its register and the host learns
+    it only from `registered`. A switchover asked in between sent `release` at the epoch before:
+    stale, the host fenced (exit 75). It is refused until the host is registered."""
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, _tasks):
+        core = cp.cp
+        assert core is not None
+        core.paused = True  # (host-a comes back as the active: nobody takes over meanwhile)
+        ended = a.ha.status()["switchovers_ended"]
+        await _cp_link_just_back(a)
+        a.ha.post("switchover")  # queued behind cp_up: in the same pass as its register
+        await until(lambda: a.ha.status()["switchovers_ended"] > ended or a.ha.exit is not None, "the switchover answered")
+        assert a.ha.exit is None, a.ha.exit
+        assert "not registered at the CP" in (a.ha.last_error or ""), a.ha.last_error
+        await until(lambda: a.ha.registered and established(a, b), "host-a registered, hot standby again")
+        core.paused = False
+        await switched_over(a, b)
+
+
+async def test_a_stop_just_after_the_cp_link_came_back_waits_for_the_registration_and_hands_over(tmp_path: Path) -> None:
+    """The same for a stop (SIGTERM): its release went at the epoch before and fenced the host;
+    it waits for the registration's answer, then hands over as usual."""
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, _tasks):
+        core = cp.cp
+        assert core is not None
+        core.paused = True
+        await _cp_link_just_back(a)
+        core.paused = False
+        await asyncio.wait_for(a.graceful_stop(), 30)
+        assert a.ha.exit is None and a.exit_code == 0
+        await until(lambda: b.ha.role == "active", "host-b the active")

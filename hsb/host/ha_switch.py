@@ -159,6 +159,9 @@ class SwitchSide:
             return f"{self.name} is the {self.role}, not the active; run it against the active host"
         if self.stopping:
             return f"{self.name} is stopping"
+        if not self.registered:
+            # its release would carry the epoch before the registration's: a stale frame, fenced
+            return f"{self.name} is not registered at the CP (its link to the CP is down or just came back); ask again once it is"
         if self.state != ESTABLISHED and not (self.state == BATCH_WRITING and self.resyncing):
             return f"no established standby ({self.describe()}); a planned switchover needs hot standby"
         return None

@@ -49,6 +49,9 @@ log = structlog.get_logger("hsb.host")
 # over; else it stops normally. Within systemd's TimeoutStopSec=40 with the handover's 15 s (+ up
 # to HANDOVER_ANSWER_S) and a normal stop's ~11 s.
 STOP_PEER_WAIT_S = 3.0
+# A stop whose CP link just came back waits this long at most for the registration's answer (its
+# new epoch) before it tells the CP anything (within the same TimeoutStopSec=40 budget)
+REGISTER_WAIT_S = 2.0
 # A handover sent to the CP is answered (granted or refused) within the CP's own wait for the
 # standby's sessions (HANDOVER_WAIT_S, 2 s) and its journal write of the new epoch: a stop whose
 # limit runs out after the handover went waits this long from then for that answer. A normal stop
@@ -438,6 +441,18 @@ class HostServer:
             ha.stop_asks_until = None
             ha.stop_may_ask_again = False
 
+    async def registered_again(self) -> None:
+        """An active whose CP link is up but whose registration is not answered yet (the link
+        just came back): wait up to REGISTER_WAIT_S for it, so that the stop's frames carry the
+        epoch the registration gives."""
+        ha = self.ha
+        if ha.registered or not self.cp.up:
+            return
+        log.info("stop_waits_for_registration", at_most_s=REGISTER_WAIT_S)
+        deadline = time.monotonic() + REGISTER_WAIT_S
+        while not ha.registered and self.cp.up and ha.exit is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
     async def standby_back(self) -> bool:
         """An active whose established standby went out of sight with the peer link less than
         STANDBY_BLIP_S ago (`HA.standby_may_return`; one gone longer is taken to be down): wait up
@@ -459,6 +474,8 @@ class HostServer:
     async def graceful_stop(self) -> None:
         """Stop: hand over to an established standby first (§5.3), else the normal termination."""
         ha = self.ha
+        if ha.role == "active":
+            await self.registered_again()
         if ha.role == "active" and self.stop_mode == "takeover":
             # a planned switchover under way (hsbctl switchover) is waited for, not cut short by
             # a normal stop that would leave nobody active
@@ -484,7 +501,13 @@ class HostServer:
         ha.abandon_switchover()
         notify(STOPPING=1, STATUS="stopping")
         ha.set_state("stopping", "normal termination" if self.stop_mode == "normal" else "stop: normal termination (no established standby)")
-        if ha.role == "active":
+        if ha.role == "active" and not ha.registered:
+            # its link to the CP is down, or came back and the registration is not answered: a
+            # release or stopping now would carry the epoch before (stale: fenced). The CP takes
+            # the end of the link for a loss, and the standby takes over
+            log.warning("stop_not_registered", msg="not registered at the CP: the stop is a lost link to it, and the standby takes over")
+            self.delivery.cancel()
+        elif ha.role == "active":
             # the CP first stops delivering (as at a planned switchover's release), so that the
             # replies in progress can finish under load; the rest stays held at the CP
             await self._tell_cp({"t": "release", "epoch": ha.epoch}, self.cp_released, 2.0, "cp_did_not_confirm_release")
