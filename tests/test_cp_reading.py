@@ -479,3 +479,21 @@ async def test_a_bye_read_behind_the_bound_is_a_logoff_when_the_connection_is_lo
     t.connection_lost(ConnectionResetError("the terminal went"))
     assert term.leaving and term.conn is None, "a bye read before the connection was lost is a logoff"
     assert len(term.held) == 4  # nothing acknowledged dropped: they go to the active with the logoff
+
+
+async def test_a_reload_raising_a_terminals_own_bound_reads_it_again(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A terminal held at its own held_bound (its session refused: its messages wait for its
+    logoff) was read again only once one of them settled, which nothing did: raising held_bound
+    by a reload let go only the terminals held at the CP's own bound."""
+    cp = cp_core(tmp_path, 3, cp="held_bound = 2\n")
+    a = fake_host(cp, "host-a", "active", record=True)
+    t = recording_terminal(cp, "T00001", None)
+    cp.host_refuse(a, "T00001", "not here")
+    term = cp.terms["T00001"]
+    t.data_received(encode({"t": "msg", "id": 1, "data": "x"}) + encode({"t": "msg", "id": 2, "data": "y"}))
+    assert term.paused and t.reading_paused and len(term.held) == 2
+    cp.held_bound = 10  # a reload raises it (hsb.cp.server: then recheck_slowed)
+    cp.recheck_slowed()
+    assert not term.paused and not t.reading_paused
+    t.data_received(encode({"t": "bye"}))
+    assert term.leaving, "its bye was not read"

@@ -447,9 +447,12 @@ class TerminalSide:
             self._backpressure(term)
 
     def recheck_slowed(self: CP) -> None:
-        """A reload changed the bound: the terminals not read for it, again (a walk over those only)."""
+        """A reload changed the bounds: the terminals not read for one of them (the CP's own, a
+        terminal's held_bound or held_bytes, its kept replies), looked at again. Those held at
+        their own bound were let go only when one of their messages settled, which a terminal
+        whose session was refused waits for in vain: its logoff is not read."""
         self._follow_total()
-        for term in list(self.slowed):
+        for term in [t for t in self.terms.values() if t.paused or t in self.slowed or (t.conn is not None and t.conn.parked is not None)]:
             self._backpressure(term)
 
     def _total_bound(self: CP, over: bool) -> None:
