@@ -497,3 +497,26 @@ async def test_a_reload_raising_a_terminals_own_bound_reads_it_again(tmp_path) -
     assert not term.paused and not t.reading_paused
     t.data_received(encode({"t": "bye"}))
     assert term.leaving, "its bye was not read"
+
+
+async def test_a_bye_parked_behind_unconfirmed_replies_is_a_logoff_when_the_cp_closes_the_connection(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A resuming terminal at the kept-replies bound: what it sends is parked until it confirms,
+    its bye too. The CP closes the connection (an idle timer, say) and the terminal says hello
+    again before that connection's connection_lost: the bye was lost (the close looked for one
+    only among frames read and not parked), and the replies of its logoff went to the next logon."""
+    cp = cp_core(tmp_path, 3, cp="held_bound = 2\n")
+    a = fake_host(cp, "host-a", "active", record=True)
+    t = recording_terminal(cp, "T00001", 0)
+    t.decoder.first_done()
+    cp.host_open(a, "T00001", "active", {})
+    term = cp.terms["T00001"]
+    for i in (1, 2):
+        t.data_received(encode({"t": "msg", "id": i, "data": f"m{i}"}))
+        cp.host_reply(a, "T00001", i, f"r{i}")
+    assert len(term.replies) == 2 and t.parked is not None  # at the bound, unconfirmed
+    t.data_received(encode({"t": "msg", "id": 3, "data": "m3"}) + encode({"t": "bye"}))
+    assert [m["t"] for m in t.parked] == ["msg", "bye"]
+    t.close_with_error("idle_timeout", "nothing received")
+    recording_terminal(cp, "T00001", 0)  # back before the old connection's connection_lost
+    t.connection_lost(None)
+    assert term.logoff_upto == 2, "its bye was not taken as a logoff"

@@ -213,7 +213,10 @@ class TerminalProtocol(FramedProtocol):
 
     def close(self) -> None:
         term = self.term
-        if self._bye_read():  # (what waits behind it is never taken now: nothing of it was acknowledged)
+        # (what waits behind it is never taken now: nothing of it was acknowledged). A bye parked
+        # behind unconfirmed replies too: its terminal may say hello again before this
+        # connection's connection_lost, which then finds the terminal no longer its own
+        if self._bye_read() or (self.parked and any(m["t"] == "bye" for m in self.parked)):
             self._backlog.clear()
             self.bye_waiting = True
         if self.bye_waiting and term is not None and term.conn is self:
