@@ -531,3 +531,23 @@ async def test_a_stop_just_after_the_cp_link_came_back_waits_for_the_registratio
         await asyncio.wait_for(a.graceful_stop(), 30)
         assert a.ha.exit is None and a.exit_code == 0
         await until(lambda: b.ha.role == "active", "host-b the active")
+
+
+async def test_a_grant_extends_the_lease_from_the_oldest_request_still_unanswered(tmp_path: Path) -> None:
+    """A request the CP defers is answered by a grant later; a second request sent meanwhile (a
+    second after the first) may never reach the CP. The lease ran from the latest request's
+    sending, so it could outlast what the CP allows from the one it granted. It runs from the
+    oldest one still unanswered; an answer (a refusal) starts afresh."""
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, _tasks):
+        sent: list[dict[str, Any]] = []
+        b.cp.send = lambda m: (sent.append(m), True)[1]  # type: ignore[method-assign]  # (nothing reaches the CP)
+        await b.ha.request_switchover("test: first")
+        first = b.ha.switch_sent_at
+        assert first is not None and [m["t"] for m in sent] == ["switchover"]
+        b.ha.switch_requested_at = time.monotonic() - 2.0  # a second later, asked again
+        await b.ha.request_switchover("test: second")
+        assert len(sent) == 2 and b.ha.switch_sent_at == first
+        await b.ha.ev_cp_frame({"t": "switch_refused", "reason": "test"})
+        assert b.ha.switch_sent_at is None
+        await b.ha.request_switchover("test: third")
+        assert b.ha.switch_sent_at is not None and b.ha.switch_sent_at > first

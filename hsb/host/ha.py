@@ -289,6 +289,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
             self.lease.duration = float(msg.get("lease", self.lease.duration))
             if self.switch_sent_at is not None:
                 self.lease.extend(self.switch_sent_at)  # the CP answered the request sent then
+                self.switch_sent_at = None
             self.granted = True
             log.info("serving_as_active", epoch=self.epoch, how="switch granted", lease_valid=self.lease.valid())
             self._lease_renewed()
@@ -339,6 +340,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         # a switchover request out on that link is lost with it (and so is its answer): the next
         # request, when the CP tells of the loss again on the next link, must go at once
         self.switch_requested_at = None
+        self.switch_sent_at = None
         self.srv.sessions_ctl.cp_lost()
         if self.role == "active" and self.lost_serving:
             # cut off from the CP we serve nobody, and the CP may already have made the
@@ -410,6 +412,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         elif t == "demoted":
             await self.on_demoted(str(msg.get("active", "")))
         elif t == "switch_refused":
+            self.switch_sent_at = None  # (answered: a request after it is timed from its own sending)
             self.switch_requested_at = None
             self.switch_refusals += 1
             log.warning("switchover_refused", reason=msg.get("reason"))

@@ -103,7 +103,10 @@ class SwitchSide:
         self.takeover = {"reason": reason, "requested_at": time.time(), "established": self.state == ESTABLISHED, "planned": planned}
         self.takeover_t0 = time.monotonic()  # (the duration: a step of the wall clock moves nothing)
         log.info("switchover_requested", reason=reason, established=self.state == ESTABLISHED)
-        self.switch_sent_at = lease_clock()  # (the lease runs from it)
+        if self.switch_sent_at is None:
+            # the oldest request still unanswered: the grant may answer that one (deferred at the
+            # CP), and a lease run from a later one could outlast what the CP allows
+            self.switch_sent_at = lease_clock()
         self.srv.cp.send({"t": "switchover", "reason": reason, "planned": planned, "kind": kind})
 
     async def ev_reload(self: HA) -> None:
