@@ -538,3 +538,27 @@ async def test_the_old_active_whose_link_took_the_demoted_frame_with_it_becomes_
         await until(lambda: hot_standby(b, a), "hot standby the other way round", timeout=15)
         assert rec.events("handed_over_while_link_down"), rec.entries
         assert a.ha.state != "fenced" and not a.should_exit.is_set()
+
+
+async def test_nothing_reaches_the_service_once_the_host_is_closing(tmp_path: Path) -> None:
+    """The host's close cancels the deliveries, then waits for a role hook still running (up to
+    hook_timeout) before it closes the CP link: a deliver read meanwhile, the host still granted,
+    started a new worker and went to a service that is shutting down."""
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, _tasks):
+        hook_done = asyncio.Event()
+        in_hook: list[bool] = []
+        real_close = a.hook.close
+
+        async def slow_hook_close() -> None:
+            in_hook.append(True)
+            await hook_done.wait()
+            await real_close()
+
+        a.hook.close = slow_hook_close  # type: ignore[method-assign]
+        closing = asyncio.ensure_future(a.close())
+        await until(lambda: bool(in_hook), "host-a's close waiting for its role hook")
+        assert a.ha.granted  # (still the active in its own eyes while the hook finishes)
+        a.sessions_ctl.on_cp_frame({"t": "deliver", "terminal": "T00001", "id": 99, "data": "late", "redelivered": False})
+        assert not a.delivery.queues and not a.delivery.workers
+        hook_done.set()
+        await asyncio.wait_for(closing, 10)

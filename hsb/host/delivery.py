@@ -111,7 +111,7 @@ class Delivery:
         # reach the service two at a time, nor out of order
         self.ending: dict[str, asyncio.Task[None]] = {}
         self.in_flight = 0
-        self.accepting = True
+        self.accepting = True  # False once the host closes (HostServer.close): nothing more is taken
         self.idle = asyncio.Event()
         self.idle.set()
         self.counters = {"processed": 0, "redelivered": 0, "errors": 0, "repeats_marked": 0}
@@ -122,6 +122,8 @@ class Delivery:
         self.handed: dict[str, int] = {}
 
     def deliver(self, terminal: str, mid: int, data: Any, redelivered: bool) -> None:
+        if not self.accepting:  # the host is closing: the CP hands it on to whoever serves next
+            return
         q = self.queues.get(terminal)
         if q is None:
             q = self.queues[terminal] = deque()

@@ -561,7 +561,9 @@ class HostServer:
         self.closed = True
         self.ha.close()  # first: a slow close must not log a lease "lost" meanwhile
         # then nothing more to the service: with the CP link closing, its replies could not go,
-        # and its effects would come after the CP closed the sessions (the CP hands them on)
+        # and its effects would come after the CP closed the sessions (the CP hands them on); and
+        # none of what the CP link still brings while a role hook finishes below
+        self.delivery.accepting = False
         self.delivery.cancel()
         await self.hook.close()
         await self.cp.close()
