@@ -425,6 +425,19 @@ async def test_nothing_new_reaches_the_service_while_it_hands_over_and_all_goes_
         await until(lambda: any(c[0] == "host-a" and c[1] >= refused_at for c in calls), "host-a's service handed it again")
 
 
+def lose_the_next_grantee(core: Any) -> None:
+    """The next grant's host loses its link before the grant's epoch is durable: the CP undoes
+    the switchover (the old active gets the role back at a new epoch)."""
+    real = core._granted
+
+    def lose_grantee(host: Any, *args: Any) -> None:
+        core._granted = real
+        host.abort()  # host-b's link goes before the epoch is durable
+        real(host, *args)
+
+    core._granted = lose_grantee
+
+
 async def test_a_switchover_the_cp_undoes_ends_it_at_the_old_active(tmp_path: Path) -> None:
     """The standby's link goes while its grant is made durable: the CP gives the old active the
     role back at a new epoch (`switch_granted` to the active). hsbd took that for a takeover of its
@@ -434,14 +447,7 @@ async def test_a_switchover_the_cp_undoes_ends_it_at_the_old_active(tmp_path: Pa
 
     async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
         core = cp.cp
-        real = core._granted
-
-        def lose_grantee(host: Any, *args: Any) -> None:
-            core._granted = real  # type: ignore[method-assign]
-            host.abort()  # host-b's link goes before the epoch is durable
-            real(host, *args)
-
-        core._granted = lose_grantee  # type: ignore[method-assign]
+        lose_the_next_grantee(core)
         ended, counted = a.ha.status()["switchovers_ended"], dict(a.ha.counters)
         epoch = a.ha.epoch
         a.ha.post("switchover")
@@ -465,14 +471,7 @@ async def test_a_switchover_the_cp_undoes_drops_what_the_old_active_had_queued(t
         core = cp.cp
         assert core is not None
         await _retrying_on_a(cp, a, "handover")
-        real = core._granted
-
-        def lose_grantee(host: Any, *args: Any) -> None:
-            core._granted = real  # type: ignore[method-assign]
-            host.abort()  # host-b's link goes before the epoch is durable
-            real(host, *args)
-
-        core._granted = lose_grantee  # type: ignore[method-assign]
+        lose_the_next_grantee(core)
         epoch = a.ha.epoch
         again: list[int] = []
         deliver = a.delivery.deliver
