@@ -212,13 +212,25 @@ def median(xs: list[float]) -> float:
 
 
 async def load_run(
-    n: int, window: int, target: str, watch: dict[str, int], a: argparse.Namespace, logbase: Path, log: Any, mode: str, rate: float = 0.0
+    n: int,
+    window: int,
+    target: str,
+    watch: dict[str, int],
+    a: argparse.Namespace,
+    logbase: Path,
+    log: Any,
+    mode: str,
+    rate: float = 0.0,
+    journal: Any = None,
 ) -> dict[str, Any]:
     """One load child against `target` (closed loop, or open loop at `rate` msg/s in all), with the
-    strict verdict; a run disturbed by other load on the machine is repeated (`--retries`)."""
+    strict verdict; a run disturbed by other load on the machine is repeated (`--retries`).
+    `journal`: the durable CP, whose group commits over the kept attempt are counted (not over the
+    attempts repeated before it, whose messages the kept one does not count)."""
     label = f"window {window:<4}" if rate <= 0 else f"{rate:,.0f} msg/s"
     for attempt in range(1 + max(0, getattr(a, "retries", 0))):
         await await_quiet(a, log)
+        j0 = await journal_counts(journal) if journal is not None else None
         argv = ["--cp", target, "--terminals", str(n), "--window", str(window), "--duration", str(a.duration), "--watch", json.dumps(watch)]
         load = await Child.start(child_argv("_load", *argv, "--rate", str(rate)), Path(f"{logbase}-{attempt}.log"))
         try:
@@ -255,6 +267,8 @@ async def load_run(
             f"ack p99 {run['ack_p99'] or float('nan'):.2f} ms  cpu {run['cpu']}"
         )
         run["attempts"] = attempt + 1
+        if j0 is not None:
+            run["group_commits"] = group_commits(j0, await journal_counts(journal), run)
         run["disturbed"] = other > getattr(a, "max_other", float("inf"))
         if not run["disturbed"] or not run["ok"]:  # a failed run is kept, never run again
             break
@@ -288,10 +302,9 @@ async def bench_throughput(n: int, window: int, a: argparse.Namespace, work: Pat
                     if mode == "cpmem"
                     else {"echo": echo.pid}
                 )
-                j0 = await journal_counts(cp) if mode == "cp" else None
-                run = await load_run(n, window, target, watch, a, d / f"load-{mode}-{rep}", log, f"{mode:<6} rep {rep + 1}")
-                if j0 is not None:
-                    run["group_commits"] = group_commits(j0, await journal_counts(cp), run)
+                run = await load_run(
+                    n, window, target, watch, a, d / f"load-{mode}-{rep}", log, f"{mode:<6} rep {rep + 1}", journal=cp if mode == "cp" else None
+                )
                 runs[mode].append(run)
     finally:
         for c in (host, hostmem, echo):
