@@ -531,6 +531,55 @@ async def test_a_waiting_cps_status_and_health_answer_while_its_storage_hangs(tm
             task.cancel()
 
 
+async def test_a_waiting_cp_whose_storage_fails_once_says_so_and_recovers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One look at the journal's storage fails (ESTALE after the NFS server restarted, EIO): the
+    watcher of a waiting CP died of it, silently, and the look it left unanswered kept /health
+    failing for good (keepalived's track script held the machine in FAULT, so it could never take
+    over). The error is said in status and /health fails while it lasts; the next look that
+    answers makes it healthy again."""
+    import errno
+
+    from hsb.config import load
+    from hsb.cp import server as srv
+    from hsb.cp import waiting
+    from hsb.cp.config import CPConfig
+
+    journal = tmp_path / "j"
+    journal.mkdir()
+    cfg = load(cp_config(tmp_path, terminals=2, journal=str(journal), takeover="on_wake"), CPConfig)
+    s = srv.CPServer(cfg, SECRET, str(tmp_path / "cp.toml"))
+    monkeypatch.setattr(waiting, "holds_address", lambda *a: False)
+    monkeypatch.setattr(waiting, "STORAGE_POLL", 0.02)
+    monkeypatch.setattr(waiting, "STORAGE_STUCK", 0.3)
+    assert s.gens is not None
+    real = s.gens.current
+    looks = 0
+    failing = True
+
+    def current(names: Any = None) -> int:
+        nonlocal looks
+        looks += 1
+        if looks >= 3 and failing:
+            raise OSError(errno.ESTALE, "Stale file handle")
+        return real(names)
+
+    monkeypatch.setattr(s.gens, "current", current)
+    task = asyncio.ensure_future(s.serve())
+    try:
+        await until(lambda: s.status().get("journal_error") is not None, timeout=5)
+        assert "Stale file handle" in s.status()["journal_error"] and not s._healthy()
+        seen = looks
+        await until(lambda: looks > seen + 2, timeout=5)  # still looking
+        failing = False
+        await until(lambda: s._healthy() and s.status()["journal_error"] is None, timeout=5)
+        assert s.status()["journal_unanswered_s"] is None
+        s.should_exit.set()
+        assert await asyncio.wait_for(task, 5) == 0
+    finally:
+        if not task.done():
+            task.cancel()
+
+
 def _waiting_cp_under_systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
     """A CP of `takeover = "on_wake"` (not started) whose systemd is a datagram socket of the
     test's, with WatchdogSec=0.1 (a ping every 0.05 s): (the server, that socket, non-blocking)."""

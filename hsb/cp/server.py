@@ -143,6 +143,7 @@ class CPServer(Waiting):
             "journal_generation": self.storage[1] if self.storage is not None else None,
             "journal_missing": self.storage is not None and self.storage[0],  # (on_wake: not mounted?)
             "journal_unanswered_s": None if (t := self.storage_unanswered()) is None else round(t, 1),
+            "journal_error": self.storage_error,
             "holds_address": holds_address(self.cfg.cp.terminal_listen),
             "tls": tls,
             "supervisor": self.supervisor,
@@ -234,8 +235,8 @@ class CPServer(Waiting):
             return False
         if self.cp is None and self.storage is not None and self.storage[0]:  # waiting, the shared storage not mounted:
             return False  # keepalived's track script fails, and the address goes to the machine that has it
-        if self.cp is None and self.storage_unanswered() is not None:  # waiting, the storage hangs: it could not take over
-            return False
+        if self.cp is None and (self.storage_unanswered() is not None or self.storage_error is not None):
+            return False  # waiting, the storage hangs or fails: it could not take over
         j = self._journal()
         return j is None or j.state == "ok"
 

@@ -118,6 +118,7 @@ class Waiting:
     # (`_watch_storage`): a hung mount must not block the loop that answers them
     storage: tuple[bool, int | None] | None = None  # (journal missing, its generation), the last look's
     storage_asked: float | None = None  # when the look under way began (monotonic)
+    storage_error: str | None = None  # the last look's error, until a look answers
 
     def _storage_view(self, said: bool = True) -> tuple[bool, int | None]:
         missing = self._journal_missing(said)
@@ -126,10 +127,28 @@ class Waiting:
     async def _watch_storage(self) -> None:
         while not self.should_exit.is_set():
             self.storage_asked = time.monotonic()
-            polled, view = await self._unless_stopping(self._storage_view)
+            try:
+                polled, view = await self._unless_stopping(self._storage_view)
+            except OSError as exc:
+                # the storage answered with an error (ESTALE after an NFS server's restart, EIO):
+                # said, and looked at again. Raised here, it ended this watcher for good, and the
+                # look it left unanswered kept /health failing after the storage came back
+                self.storage_asked = None
+                if self.storage_error is None:
+                    log.warning(
+                        "journal_storage_error",
+                        dir=self.cfg.cp.journal,
+                        error=str(exc),
+                        msg="the waiting CP could not take over now; looked at again",
+                    )
+                self.storage_error = f"{type(exc).__name__}: {exc}"
+                polled, view = True, None
             if not polled:
                 return
-            self.storage, self.storage_asked = view, None
+            if view is not None:
+                if self.storage_error is not None:
+                    log.info("journal_storage_answers", dir=self.cfg.cp.journal)
+                self.storage, self.storage_asked, self.storage_error = view, None, None
             try:
                 async with asyncio.timeout(STORAGE_POLL):
                     await self.should_exit.wait()

@@ -86,6 +86,7 @@ async def serving_cp(
                 "generation": d.get("generation") if d.get("generation") is not None else d.get("journal_generation"),
                 "journal_missing": d.get("journal_missing") is True,
                 "journal_unanswered_s": d.get("journal_unanswered_s"),
+                "journal_error": d.get("journal_error"),
             }
         )
         if state == "serving" and serving is None:

@@ -106,6 +106,8 @@ def render(st: dict[str, Any]) -> str:
                         if m.get("journal_missing")
                         else f" JOURNAL NOT ANSWERING for {m['journal_unanswered_s']} s: does the shared storage hang?"
                         if m.get("journal_unanswered_s") is not None
+                        else f" JOURNAL FAILING ({m['journal_error']}): can the shared storage be read?"
+                        if m.get("journal_error")
                         else f" (generation {m.get('generation')})"
                     )
                 )
