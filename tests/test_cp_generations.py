@@ -580,6 +580,50 @@ async def test_a_waiting_cp_whose_storage_fails_once_says_so_and_recovers(tmp_pa
             task.cancel()
 
 
+async def test_the_loop_answers_while_a_cp_takes_its_journal_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Taking the journal over reads it back and writes the snapshot: seconds for a journal that
+    holds much. It ran on the event loop, so /health, status and the watchdog went unanswered
+    meanwhile (keepalived's track script failed and took the address away in the middle of the
+    takeover). The file work runs on a thread: the loop answers."""
+    import threading
+
+    from hsb.config import load
+    from hsb.cp import server as srv
+    from hsb.cp.config import CPConfig
+
+    journal = tmp_path / "j"
+    cfg = load(cp_config(tmp_path, terminals=2, journal=str(journal)), CPConfig)
+    s = srv.CPServer(cfg, SECRET, str(tmp_path / "cp.toml"))
+    entered, release = threading.Event(), threading.Event()
+    real = srv.recover
+
+    def slow_recover(d: Path, truncate: bool = True) -> Any:
+        entered.set()
+        release.wait(3)  # (without the thread: the loop itself waits here)
+        return real(d, truncate=truncate)
+
+    monkeypatch.setattr(srv, "recover", slow_recover)
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(s.startup())
+    try:
+        assert await loop.run_in_executor(None, entered.wait, 10)
+        assert not release.is_set()
+        t0 = loop.time()
+        await asyncio.sleep(0.05)
+        assert loop.time() - t0 < 0.5, "the loop did not run while the journal was read"
+        st = (await request(*addr(s.bound["admin"]), SECRET, {"t": "status"}, timeout=2))["data"]
+        assert st["cp_state"] == "taking_over", st
+        assert not release.is_set(), "answered only after the recovery"
+        release.set()
+        await asyncio.wait_for(task, 10)
+        assert s.cp is not None and s.took_over["generation"] == 1
+    finally:
+        release.set()
+        if not task.done():
+            task.cancel()
+        await s.shutdown()
+
+
 def _waiting_cp_under_systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
     """A CP of `takeover = "on_wake"` (not started) whose systemd is a datagram socket of the
     test's, with WatchdogSec=0.1 (a ping every 0.05 s): (the server, that socket, non-blocking)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import os
 import signal
@@ -240,8 +241,12 @@ class CPServer(Waiting):
         j = self._journal()
         return j is None or j.state == "ok"
 
-    def take_over(self, reason: str) -> None:
-        """Take the journal's next generation, recover, write the snapshot; then `self.cp`."""
+    async def take_over(self, reason: str) -> None:
+        """Take the journal's next generation, recover, write the snapshot; then `self.cp`. The
+        file work (the generation, reading the journal back, writing and syncing the snapshot)
+        runs on a thread: a journal holding much takes seconds, and meanwhile the loop answers
+        /health (keepalived's track script would otherwise fail and take the address away in the
+        middle of the takeover), status, and the watchdog."""
         c = self.cfg.cp
         t0 = time.perf_counter()
         if self.gens is None:
@@ -253,18 +258,20 @@ class CPServer(Waiting):
             raise JournalMissing(MISSING.format(journal=c.journal))
         if c.takeover == "on_wake" and (why := nfs_fencing_problem(c.journal)):  # (mounted since the start, say)
             raise JournalIOUnavailable(why)
-        gen = self.gens.take()  # durable before anything is read (SPEC §5.8)
+        loop = asyncio.get_running_loop()
+        gen = await loop.run_in_executor(None, self.gens.take)  # durable before anything is read (SPEC §5.8)
         with gcpolicy.paused():
             # raises JournalDamaged (file and offset) on damage. A torn tail is dropped, the file
             # not cut: a superseded CP may still be writing that record (docs/cp-journal.md)
-            r = recover(d, truncate=False)
+            r = await loop.run_in_executor(None, functools.partial(recover, d, truncate=False))
             journal = Journal(d, timeout=c.journal_timeout, segment_bytes=c.journal_segment_kib * 1024, generation=gen, io=c.journal_io)
             cp = CP(self.cfg, journal)
             cp.follows_a_cp = gen > 1  # (take() creates the generation above any before: 1 on a new journal)
             cp.restore(r)
             faults.point("cp.mid_recovery")
+            snapshot = cp.snapshot()
             try:
-                seg = journal.open(r.highest_segment + 1, cp.snapshot(), [*r.garbage, *r.paths])
+                seg = await loop.run_in_executor(None, journal.open, r.highest_segment + 1, snapshot, [*r.garbage, *r.paths])
             except Superseded as exc:  # a newer CP took over while this one recovered: it serves
                 journal.close()
                 log.error("cp_superseded", generation=exc.own, newer=exc.newer, at="takeover", msg=str(exc))
@@ -358,7 +365,7 @@ class CPServer(Waiting):
             await self.start_admin()
         if self.cp is None and not self.superseded:  # (a CP forked again by its master has taken the journal over already)
             self.state = "taking_over"
-            self.take_over(reason)
+            await self.take_over(reason)
         if self.superseded:  # superseded while taking over: nothing to serve
             return
         self.state = "starting"  # the listeners next: an error now is the ports', not the journal's
@@ -500,7 +507,7 @@ class CPServer(Waiting):
         if self.supervisor and self.supervisor["restarts"] and self.cfg.cp.takeover == "at_start":
             # forked again after a crash: recover first, while the kernel frees the dead CP's ports
             self.state = "taking_over"
-            self.take_over("started")
+            await self.take_over("started")
             self.state = "starting"
         await self.start_admin()
         reason = "started"
