@@ -7,6 +7,7 @@ import errno
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -299,3 +300,33 @@ async def test_a_batch_write_has_a_deadline_that_grows_with_the_file(tmp_path: P
     finally:
         faults.release()
         await store.close()
+
+
+async def test_a_batch_read_hung_on_its_storage_leaves_garbage_collection_on(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch read paused the garbage collector (the whole process's) for its whole run, reads
+    included: a read that a hung mount never ends, left behind on its thread after its deadline,
+    kept collections off for the daemon that went on without it. Paused for the decode only."""
+    import gc
+    import threading
+
+    active = TakeoverStore(path, terminals=300, host_name="host-a", records=200)
+    standby = TakeoverStore(path, terminals=300, host_name="host-b", timeout=0.3)
+    release = threading.Event()
+    real = fileio.os.preadv
+
+    def preadv(fd: int, bufs: Any, offset: int) -> int:
+        if offset > 0 and threading.current_thread() is not threading.main_thread():
+            release.wait(10)  # past the header: the mount stops answering
+        return real(fd, bufs, offset)
+
+    try:
+        await active.batch_write(777, [SessionEntry(f"T{i}", {"p": i}, True) for i in range(50)])
+        assert gc.isenabled()
+        monkeypatch.setattr(fileio.os, "preadv", preadv)
+        with pytest.raises(StorageNotResponding):
+            await standby.batch_read(expected_startup_id=777)
+        assert gc.isenabled(), "collections off while the read hangs"
+    finally:
+        release.set()
+        await active.close()
+        await standby.close()

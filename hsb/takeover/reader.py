@@ -86,15 +86,18 @@ def batch_read(
     r, b, e = h.record_size, h.batch_records, h.entries_per_record
     entries: list[SessionEntry] = []
     per = max(1, _CHUNK_BYTES // r)
-    with FreshReader(path, r, AlignedBuffer(min(b, per) * r or r), faults) as f, gcpolicy.paused():
+    with FreshReader(path, r, AlignedBuffer(min(b, per) * r or r), faults) as f:
         for first in range(1, b + 1, per):
             count = min(per, b + 1 - first)
             view = f.read(first, count)
-            for i in range(count):
-                recno = first + i
-                if (i + 1) * r > len(view):
-                    raise BatchReadError(recno, "short read: the file ends inside the batch area", path=path)
-                entries.extend(_batch_record(view[i * r : (i + 1) * r], recno, h, e, path))
+            # collections paused for the decode only: not across a read, which a hung mount never
+            # ends (the pause is the whole process's, and the daemon goes on without this thread)
+            with gcpolicy.paused():
+                for i in range(count):
+                    recno = first + i
+                    if (i + 1) * r > len(view):
+                        raise BatchReadError(recno, "short read: the file ends inside the batch area", path=path)
+                    entries.extend(_batch_record(view[i * r : (i + 1) * r], recno, h, e, path))
     if len(entries) != h.batch_entries:
         raise BatchReadError(0, f"header says {h.batch_entries} batch entries, the batch area holds {len(entries)}", path=path)
     log.info(
