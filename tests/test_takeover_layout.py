@@ -232,3 +232,10 @@ def test_header_round_trip_and_consistency() -> None:
     assert rec is not None
     with pytest.raises(ValueError, match="B=9"):
         decode_header(rec)
+
+
+def test_a_startup_identifier_is_larger_than_the_last_one_even_at_the_days_last_millisecond() -> None:
+    t = datetime(2024, 12, 31, 23, 59, 59, 999000)
+    last = startup_id(t)
+    assert startup_id(t, after=last) > last  # (it was equal: a late BATCH WRITE COMPLETE of the earlier start could match)
+    assert startup_id(datetime(2024, 6, 1, 12), after=startup_id(datetime(2024, 6, 1, 12))) == startup_id(datetime(2024, 6, 1, 12)) + 1

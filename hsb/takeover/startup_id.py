@@ -25,8 +25,10 @@ def startup_id(now: datetime | None = None, *, after: int = 0) -> int:
     date = (t.year % 100) * 366 + t.timetuple().tm_yday
     ms = ((t.hour * 60 + t.minute) * 60 + t.second) * 1000 + t.microsecond // 1000
     ident = (date << 32) | ms
-    if ident <= after and (after >> 32) == date and (after & 0xFFFF_FFFF) + 1 < MS_PER_DAY:
-        ident = after + 1
+    if ident <= after and (after >> 32) == date:
+        # the next millisecond; after the day's last one, the next day's first (a date one
+        # higher decodes as the next day, or the year's next: still larger, which is the point)
+        ident = after + 1 if (after & 0xFFFF_FFFF) + 1 < MS_PER_DAY else ((after >> 32) + 1) << 32
     return ident
 
 
