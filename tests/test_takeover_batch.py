@@ -325,3 +325,17 @@ def test_create_file_goes_on_after_short_writes(tmp_path: Path, monkeypatch: pyt
     with TakeoverWriter(path, terminals=45) as w:
         w.batch_write(5, entries(3))
     assert batch_read(path).entries == entries(3)
+
+
+def test_a_torn_header_of_a_file_larger_than_configured_is_rewritten_with_the_configs_count(tmp_path: Path) -> None:
+    """Recovering from a torn record 0 took the record count from the file's size, and a file
+    larger than the config says won: the next batch wrote that count into the header, and both
+    hosts' next start failed with RecordCountMismatch, naming a count nobody configured."""
+    path = _written(tmp_path)
+    with open(path, "ab") as f:  # two records more than the config's 10
+        f.write(bytes(2 * 4096))
+    flip(path, 300)
+    with TakeoverWriter(path, terminals=45, record_size=4096, records=10) as w:
+        assert w.records == 10
+        w.batch_write(9, entries(5))
+    assert check_file(path, 4096, 10).records == 10

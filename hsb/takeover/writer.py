@@ -80,6 +80,10 @@ class TakeoverWriter:
             self.records = os.stat(self.path).st_size // record_size
             if records is not None and self.records < records:
                 raise
+            if records is not None:
+                # the config's count, not the file's size (a file made larger than configured):
+                # the next batch writes it into record 0, and the other host checks it against its own
+                self.records = records
             self.generation = self._scan_max_generation()
             log.warning("takeover_header_recovered", path=self.path, generation=self.generation)
         self.terminals = terminals
