@@ -330,3 +330,22 @@ async def test_a_batch_read_hung_on_its_storage_leaves_garbage_collection_on(pat
         release.set()
         await active.close()
         await standby.close()
+
+
+async def test_a_large_ring_group_on_slow_storage_gets_a_deadline_of_its_size(tmp_path: Path, faults: Faults) -> None:
+    """A logon storm's ring group can be megabytes; its write had the plain per-operation
+    deadline, so on storage slow but working it read as hung (`ring_write_failed`, the storage
+    said failing) and its entries were queued to be written a second time. Its deadline grows
+    with its size, as a batch write's does."""
+    p = str(tmp_path / "big.dat")
+    create_file(p, 2000, 4096, host="test")
+    store = TakeoverStore(p, terminals=3000, host_name="host-a", timeout=0.3, faults=faults)
+    try:
+        await store.batch_write(5, [SessionEntry("T1", {}, True)])
+        group = [SessionEntry(f"T{i}", {"p": i}, True) for i in range(20_000)]  # ~680 records: 2.7 MB
+        faults.delay, faults.ops = 0.4, frozenset({"ring write"})  # slower than the plain deadline, as fast as its size allows
+        await store.append(group)
+        faults.delay = 0.0
+        assert store.write_position is not None and store.write_position[0] == 1
+    finally:
+        await store.close()

@@ -33,7 +33,7 @@ import structlog
 from hsb.takeover.errors import HeaderCorrupt, NoBatchWritten, NotWritable, StorageNotResponding
 from hsb.takeover.faults import Faults
 from hsb.takeover.fileio import check_file
-from hsb.takeover.layout import DEFAULT_RECORD_SIZE, Layout, size_check
+from hsb.takeover.layout import DEFAULT_RECORD_SIZE, Layout, entries_per_record, size_check
 from hsb.takeover.reader import BatchSnapshot, PollResult, PollStatus, RingReader, batch_read, read_header
 from hsb.takeover.records import Header, SessionEntry
 from hsb.takeover.writer import TakeoverWriter
@@ -235,7 +235,12 @@ class TakeoverStore:
             t0 = time.perf_counter()
             try:
                 assert self._writer is not None
-                res = await self._run("ring write", self._writer.append_group, entries, gen)
+                # its deadline grows with the group (a logon storm's can be megabytes), as a batch
+                # write's does: a slow storage that is working must not read as a hung one, whose
+                # entries are then written a second time once the first write ends
+                rs = self._writer.record_size
+                recs = -(-len(entries) // entries_per_record(rs)) or 1
+                res = await self._run("ring write", self._writer.append_group, entries, gen, timeout=self.timeout + recs * rs / BULK_RATE)
             except BaseException as exc:
                 # without this frame's traceback: it would hold this frame, `group` and the
                 # futures in a reference cycle, never collected (hsb/gcpolicy.py)
