@@ -282,7 +282,7 @@ async def test_a_batch_write_has_a_deadline_that_grows_with_the_file(tmp_path: P
     """A batch write moves up to a third of the file (26 MiB and two syncs at 100,000
     terminals): under the one deadline of a ring write it missed it on storage that is slow but
     working, at every try, and hot standby never came. It gets storage_timeout plus the time to
-    move its bytes at BULK_RATE; a ring write still has storage_timeout alone."""
+    move its bytes at BULK_RATE; a ring write of one record has little more than storage_timeout."""
     from hsb.takeover.store import BULK_RATE
 
     p = str(tmp_path / "big.dat")

@@ -101,6 +101,6 @@ class StorageNotResponding(TakeoverError):
     """A file operation missed its deadline (a hung NFS mount, a dead disk)."""
 
     def __init__(self, op: str, timeout: float) -> None:
-        super().__init__(f"takeover storage not responding: {op} took longer than {timeout:g}s")
+        super().__init__(f"takeover storage not responding: {op} took longer than {timeout:.3g}s")
         self.op = op
         self.timeout = timeout
