@@ -744,3 +744,27 @@ async def test_a_waiting_cp_whose_journal_mount_hangs_from_the_start_is_ready_an
         sd.close()
         if not task.done():
             task.cancel()
+
+
+async def test_a_serving_cps_health_fails_once_its_generation_check_has_not_come_back(tmp_path: Path) -> None:
+    """An idle serving CP whose journal's mount hangs writes nothing, so its journal still says
+    ok, and /health answered 200: keepalived kept the address on a CP that renews no lease (its
+    generation check hangs) until traffic stalled a write. It fails once no clean check has come
+    back for fresh_s, as the lease answers stop."""
+    from hsb.config import load
+    from hsb.cp import server as srv
+    from hsb.cp.config import CPConfig
+
+    cfg = load(cp_config(tmp_path, terminals=2, journal=str(tmp_path / "j")), CPConfig)
+    s = srv.CPServer(cfg, SECRET, str(tmp_path / "cp.toml"))
+    await s.startup()
+    try:
+        assert s.cp is not None
+        j = s.cp.journal
+        assert s._healthy() and j.checked_at is not None
+        j.checked_at = time.monotonic() - j.fresh_s - 0.1  # its last clean check, too long ago (the next one hangs)
+        assert j.state == "ok" and not s._healthy()
+        j.checked_at = time.monotonic()  # a check came back
+        assert s._healthy()
+    finally:
+        await s.shutdown()

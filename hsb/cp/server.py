@@ -239,7 +239,12 @@ class CPServer(Waiting):
         if self.cp is None and (self.storage_unanswered() is not None or self.storage_error is not None):
             return False  # waiting, the storage hangs or fails: it could not take over
         j = self._journal()
-        return j is None or j.state == "ok"
+        if j is None:
+            return True
+        # no clean generation check for fresh_s (its mount hangs: an idle CP writes nothing, so its
+        # journal still says ok): it may be superseded and renews no lease, so it cannot serve here
+        c = j.checked_at
+        return j.state == "ok" and (c is None or time.monotonic() - c < j.fresh_s)
 
     async def take_over(self, reason: str) -> None:
         """Take the journal's next generation, recover, write the snapshot; then `self.cp`. The
