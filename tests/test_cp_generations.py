@@ -768,3 +768,22 @@ async def test_a_serving_cps_health_fails_once_its_generation_check_has_not_come
         assert s._healthy()
     finally:
         await s.shutdown()
+
+
+async def test_a_reload_asked_while_waiting_is_applied_before_the_cp_listens(tmp_path: Path) -> None:
+    """A SIGHUP to a waiting CP only checks its file then; the rest applied once it serves, at its
+    first tick, after its listeners opened: a terminal added meanwhile was refused as unknown,
+    and its session the active named at its registration closed. Applied before it listens."""
+    from hsb.config import load
+    from hsb.cp import server as srv
+    from hsb.cp.config import CPConfig
+
+    path = cp_config(tmp_path, terminals=2, journal=str(tmp_path / "j"))
+    s = srv.CPServer(load(path, CPConfig), SECRET, str(path))
+    path.write_text(path.read_text().replace("count = 2", "count = 3"))  # a terminal added
+    s._sighup()  # (while it waited: checked, applied once it serves)
+    await s.startup()
+    try:
+        assert s.cp is not None and "T00003" in s.cp.terms
+    finally:
+        await s.shutdown()

@@ -373,6 +373,12 @@ class CPServer(Waiting):
             await self.take_over(reason)
         if self.superseded:  # superseded while taking over: nothing to serve
             return
+        if self.reload_requested and self.cp is not None:
+            # a SIGHUP while it waited was only checked then: applied now, before the listeners
+            # open (terminals added meanwhile would be refused, and their sessions the active
+            # names at its registration closed)
+            self.reload_requested = False
+            await self._reload_logged()
         self.state = "starting"  # the listeners next: an error now is the ports', not the journal's
         await self.start_serving()
         if self.cp is not None and self.cp.tickles is not None:
