@@ -449,9 +449,14 @@ async def test_a_switchover_the_cp_undoes_ends_it_at_the_old_active(tmp_path: Pa
         core = cp.cp
         lose_the_next_grantee(core)
         ended, counted = a.ha.status()["switchovers_ended"], dict(a.ha.counters)
+        cp_counted = dict(core.counters)
         epoch = a.ha.epoch
         a.ha.post("switchover")
         await until(lambda: a.ha.status()["switchovers_ended"] == ended + 1, "the switchover ended at host-a")
+        # the CP counts it, and its history says it, as undone: not a failover (no other host served)
+        await until(lambda: core.counters["switchovers_undone"] == cp_counted["switchovers_undone"] + 1, "the undo counted at the CP")
+        assert (core.counters["failovers"], core.counters["switchovers"]) == (cp_counted["failovers"], cp_counted["switchovers"])
+        assert core.history.entries[-1]["kind"] == "undone" and core.history.entries[-1]["to"] == "host-a", core.history.entries[-1]
         assert a.ha.role == "active" and a.ha.epoch > epoch and "undone" in (a.ha.last_error or ""), (a.ha.role, a.ha.last_error)
         assert (a.ha.counters["failovers"], a.ha.counters["switchovers"]) == (counted["failovers"], counted["switchovers"])
         await until(lambda: established(a, b), "hot standby again (host-b registered again)")

@@ -258,7 +258,9 @@ class Arbitration:
         self.after_switch = AfterSwitch(t0, rec, self.history.switch_done)
         lead = loss[1] if loss is not None and demote is None else release_t0  # silence (or release) -> grant
         self.refuse_too_large(host)  # (nothing to do unless its max_frame is below the CP's)
-        self.flipping = Flip(self, host, kind, t0, self.flip_slice, lambda f: self._flipped(f, rec, t0, lead, fenced_old), keep)
+        # (an undone switchover's terminals are told of a switchover: their sessions stay where they were)
+        flip_kind = "switchover" if kind == "undone" else kind
+        self.flipping = Flip(self, host, flip_kind, t0, self.flip_slice, lambda f: self._flipped(f, rec, t0, lead, fenced_old), keep)
         self.flipping.start()
 
     def _grantee_lost(self: CP, host: HostProtocol, reason: str, demote: HostProtocol | None, old: HostProtocol | None) -> None:
@@ -274,7 +276,7 @@ class Arbitration:
             demote.released = False
             demote.known_epoch = demote.epoch  # what it stamps until it hears of the new one
             log.warning("switchover_undone", host=demote.name, lost=host.name, msg="the old active serves on")
-            self._grant(demote, f"{host.name} was lost before the {reason} took effect", "granted host lost", kind="failover")
+            self._grant(demote, f"{host.name} was lost before the {reason} took effect", "granted host lost", kind="undone")
             return
         self.announced = True
         self.loss = (time.monotonic(), host.last_rx)
@@ -299,7 +301,9 @@ class Arbitration:
         if self.flipping is f:
             self.flipping = None
         self.counters["classic_closed"] += f.classic
-        self.counters["switchovers" if rec["planned"] else "failovers"] += 1
+        # an undone switchover (its grantee lost, the role back to the active that asked) is
+        # neither: no other host served, and an alert on failovers must not fire for it
+        self.counters["switchovers_undone" if rec["kind"] == "undone" else "switchovers" if rec["planned"] else "failovers"] += 1
         rec.update(
             switch_ms=round((time.monotonic() - t0) * 1000, 3),
             switched=f.switched,

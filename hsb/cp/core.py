@@ -100,6 +100,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
             "resent": 0,
             "classic_closed": 0,
             "failovers": 0,
+            "switchovers_undone": 0,
             "switchovers": 0,
             "adopted": 0,
             "adopted_expired": 0,

@@ -141,7 +141,7 @@ def run_history(t: Target, as_json: bool) -> int:
     click.echo(f"{'when':<19}  {'kind':<10} {'epoch':>5}  {'what':<28} {'took':>9} {'worst pause':>12}  reason")
     for e in entries:
         kind = e.get("kind", "?")
-        if kind in ("failover", "switchover", "promote"):
+        if kind in ("failover", "switchover", "promote", "undone"):
             what = f"{e.get('from') or '-'} -> {e.get('to')}"
         elif kind == "fence":
             what = f"{e.get('host')} fenced"

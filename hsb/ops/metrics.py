@@ -240,6 +240,11 @@ class CPCollector:
         yield _c("hsb_failovers", "Unplanned switchovers granted.", c.get("failovers", 0))
         yield _c("hsb_switchovers", "Planned switchovers.", c.get("switchovers", 0))
         yield _c(
+            "hsb_switchovers_undone",
+            "Planned switchovers undone: the grantee lost before the grant took effect, the role back to the active that asked.",
+            c.get("switchovers_undone", 0),
+        )
+        yield _c(
             "hsb_sessions_adopted", "Active sessions the active named at its registration (a CP restart) and kept: no new logon.", c.get("adopted", 0)
         )
         yield _c(

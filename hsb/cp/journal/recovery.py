@@ -325,7 +325,7 @@ def apply(r: Recovered, rec: list[Any], seg: int) -> None:
         e = rec[1]
         if "update" in e:
             for old in reversed(r.history):
-                if old.get("epoch") == e.get("epoch") and old.get("kind") in ("failover", "switchover", "promote"):
+                if old.get("epoch") == e.get("epoch") and old.get("kind") in ("failover", "switchover", "promote", "undone"):
                     old.update(e["update"])
                     break
         else:
