@@ -221,6 +221,36 @@ async def test_a_flip_settled_into_a_new_active_already_gone_marks_nothing_deliv
     _agree(cp)
 
 
+async def test_a_flip_settled_into_a_new_active_already_gone_hands_no_logoff_to_it(tmp_path: Path) -> None:
+    """The same for a terminal that logged off holding a message while no host was active: the
+    flip handed its messages over (marked delivered, counted) to the grantee whose link was gone,
+    and the next active got them marked redelivered although no host ever had them."""
+    cp = cp_core(tmp_path, 4, width=1, cp="flip_slice = 1\n")
+    a = fake_host(cp, "A", "active")
+    b = fake_host(cp, "B", "standby")
+    for name in sorted(cp.terms):
+        fake_terminal(cp, name)
+        cp.host_open(a, name, "active", ATTRS)
+        cp.host_open(b, name, "standby", ATTRS)
+    a.connection_lost(None)
+    last = sorted(cp.terms)[-1]
+    term = cp.terms[last]
+    cp.terminal_msg(term, 1, b"x")  # held, with no host to go to
+    cp.terminal_bye(term)  # and logged off
+    delivered = cp.counters.get("delivered", 0)
+    cp.host_switchover(b, "test", False, "failover")
+    assert cp.flipping is not None
+    b.connection_lost(None)  # gone before the flip reaches the last terminal
+    assert cp.flipping is None
+    assert term.held[1].delivered_epoch == 0, "marked delivered to a host whose link was gone"
+    assert cp.counters.get("delivered", 0) == delivered
+    c = fake_host(cp, "C", "active", record=True)
+    c.flush()
+    dl = [(it[1], it[3]) for m in c.transport.frames() if m.get("t") == "deliver_batch" for it in m["items"]]
+    dl += [(m["id"], m["redelivered"]) for m in c.transport.frames() if m.get("t") == "deliver"]
+    assert dl == [(1, False)], dl
+
+
 async def test_a_reload_removing_a_terminal_mid_flip_closes_its_standby_session_at_the_new_active(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

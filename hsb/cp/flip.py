@@ -259,7 +259,7 @@ class Flip:
                             continue
                         term.active = None
                         host.send({"t": "session_closed", "terminal": term.name, "reason": "disconnect"})
-                        if cp.logoff_held(term):
+                        if cp.logoff_held(term) and not dead:
                             work += cp.deliver_logoffs(term, host)  # logged off, its messages still to answer
                         continue
                     was = term._active
@@ -279,13 +279,14 @@ class Flip:
                         # already the new active's: switched earlier in this pass (nothing left to
                         # deliver), or it serves on after its planned switchover's grantee was lost
                         # (what waited while it was released goes to it now)
-                        if term.held:
+                        if term.held and not dead:
                             work += cp._deliver_pending(term, host)
                     elif term.conn is not None and term.active is None and not term.leaving:
                         host.request_session(term)
                         self.requested += 1
                     elif cp.logoff_held(term):  # (connected or not: logged off, it does not come back for them)
-                        work += cp.deliver_logoffs(term, host)  # logged off, its messages still to answer
+                        if not dead:  # (else they wait, unmarked, for the next active)
+                            work += cp.deliver_logoffs(term, host)  # logged off, its messages still to answer
                     elif term.conn is None and term._active is not None and term._active.host is not host:
                         # kept for a terminal not back yet (hsb.cp.adopt): it went with the old active
                         term.active = None
