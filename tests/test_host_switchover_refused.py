@@ -457,6 +457,7 @@ async def test_a_switchover_the_cp_undoes_ends_it_at_the_old_active(tmp_path: Pa
         await until(lambda: core.counters["switchovers_undone"] == cp_counted["switchovers_undone"] + 1, "the undo counted at the CP")
         assert (core.counters["failovers"], core.counters["switchovers"]) == (cp_counted["failovers"], cp_counted["switchovers"])
         assert core.history.entries[-1]["kind"] == "undone" and core.history.entries[-1]["to"] == "host-a", core.history.entries[-1]
+        assert core.history.counts["undone"] == 1  # (the switches metric by kind, and its pause figures later)
         assert a.ha.role == "active" and a.ha.epoch > epoch and "undone" in (a.ha.last_error or ""), (a.ha.role, a.ha.last_error)
         assert (a.ha.counters["failovers"], a.ha.counters["switchovers"]) == (counted["failovers"], counted["switchovers"])
         await until(lambda: established(a, b), "hot standby again (host-b registered again)")

@@ -130,7 +130,7 @@ def _ms(s: float) -> float:
 HISTORY_KEEP = 1000  # entries kept (and journalled in every checkpoint)
 # Histogram bounds (seconds) of switch durations and worst pauses.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, float("inf"))
-KINDS = ("failover", "switchover", "promote")
+KINDS = ("failover", "switchover", "promote", "undone")
 
 
 class Histogram:

@@ -239,7 +239,8 @@ class TakeoverStore:
                 # write's does: a slow storage that is working must not read as a hung one, whose
                 # entries are then written a second time once the first write ends
                 rs = self._writer.record_size
-                recs = -(-len(entries) // entries_per_record(rs)) or 1
+                # (and the records a failed group owes, written again first)
+                recs = (-(-len(entries) // entries_per_record(rs)) or 1) + self._writer.owed_records
                 res = await self._run("ring write", self._writer.append_group, entries, gen, timeout=self.timeout + recs * rs / BULK_RATE)
             except BaseException as exc:
                 # without this frame's traceback: it would hold this frame, `group` and the
