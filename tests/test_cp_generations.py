@@ -614,6 +614,9 @@ async def test_the_loop_answers_while_a_cp_takes_its_journal_over(tmp_path: Path
         st = (await request(*addr(s.bound["admin"]), SECRET, {"t": "status"}, timeout=2))["data"]
         assert st["cp_state"] == "taking_over", st
         assert not release.is_set(), "answered only after the recovery"
+        assert s._healthy() and s.takeover_step is not None and s.takeover_step[0] == "recovery"
+        s.takeover_step_s = 0.2  # a step past its bound (a hung mount): /health fails, the watchdog pings stop
+        await until(lambda: not s._healthy(), timeout=5)
         release.set()
         await asyncio.wait_for(task, 10)
         assert s.cp is not None and s.took_over["generation"] == 1
@@ -787,3 +790,54 @@ async def test_a_reload_asked_while_waiting_is_applied_before_the_cp_listens(tmp
         assert s.cp is not None and "T00003" in s.cp.terms
     finally:
         await s.shutdown()
+
+
+async def test_a_cp_taking_its_journal_over_pings_the_watchdog_while_each_step_keeps_to_its_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal read back for seconds (a big one) went unpinged, and systemd (WatchdogSec)
+    killed the CP in the middle of its takeover; a step past its bound (a hung mount) stops the
+    pings, as /health fails then."""
+    import threading
+
+    from hsb.cp import server as srv
+
+    s, sd = _waiting_cp_under_systemd(tmp_path, monkeypatch)
+    entered, release = threading.Event(), threading.Event()
+    real = srv.recover
+
+    def slow_recover(d: Path, truncate: bool = True) -> Any:
+        entered.set()
+        release.wait(10)
+        return real(d, truncate=truncate)
+
+    def pings() -> int:
+        n = 0
+        while True:
+            try:
+                n += sd.recv(256).count(b"WATCHDOG=1")
+            except BlockingIOError:
+                return n
+
+    monkeypatch.setattr(srv, "recover", slow_recover)
+    task = asyncio.ensure_future(s.take_over("woken"))
+    try:
+        assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 10)
+        pings()
+        seen = [0]
+        await until(lambda: (seen.__setitem__(0, seen[0] + pings()), seen[0] >= 2)[1], timeout=5)  # pinged while the journal is read
+        s.takeover_step_s = 0.1  # past its bound now
+        await asyncio.sleep(0.3)  # (the ping task's next turn sees it)
+        pings()
+        await asyncio.sleep(0.6)  # a window of twelve of WatchdogSec's half intervals: not one ping in it
+        assert pings() == 0, "pinged while a step hung"
+        release.set()
+        await asyncio.wait_for(task, 10)
+        assert s.cp is not None
+    finally:
+        release.set()
+        if not task.done():
+            task.cancel()
+        sd.close()
+        if s.cp is not None:
+            s.cp.journal.close()

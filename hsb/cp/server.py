@@ -57,6 +57,7 @@ BIND_WAIT_S = 3.0  # a CP forked again after a crash waits this long at most for
 BIND_RETRY_S = 0.005
 T = TypeVar("T")
 STOP_AFTER_DRAIN_S = 0.5  # a stop whose journal did not drain: how much longer the write still out may take
+TAKEOVER_STEP_MIN_S = 10.0  # a takeover's file step may take this long at least (5 x journal_timeout if more)
 KEEP_APPLIED_AFTER_S = 5.0  # a worker forked again leaves its config for the next one this long after it starts serving
 
 
@@ -90,6 +91,10 @@ class CPServer(Waiting):
         self.config_path = config_path
         self.reload_requested = False
         self._reloading: asyncio.Future[None] | None = None
+        # the takeover's file step under way (name, since when: monotonic), and how long one may
+        # take before /health fails and the watchdog pings stop (a hung mount, not a big journal)
+        self.takeover_step: tuple[str, float] | None = None
+        self.takeover_step_s = max(TAKEOVER_STEP_MIN_S, 5 * cfg.cp.journal_timeout)
         self.sighups = 0
         self.wake_requested = False
         self.secret = secret
@@ -234,6 +239,9 @@ class CPServer(Waiting):
     def _healthy(self) -> bool:
         if self.state == "stopping":
             return False
+        if self.state == "taking_over":  # its file work on a thread: healthy while each step keeps to its bound
+            step = self.takeover_step
+            return step is None or time.monotonic() - step[1] < self.takeover_step_s
         if self.cp is None and self.storage is not None and self.storage[0]:  # waiting, the shared storage not mounted:
             return False  # keepalived's track script fails, and the address goes to the machine that has it
         if self.cp is None and (self.storage_unanswered() is not None or self.storage_error is not None):
@@ -243,15 +251,16 @@ class CPServer(Waiting):
             return True
         # no clean generation check for fresh_s (its mount hangs: an idle CP writes nothing, so its
         # journal still says ok): it may be superseded and renews no lease, so it cannot serve here
-        c = j.checked_at
-        return j.state == "ok" and (c is None or time.monotonic() - c < j.fresh_s)
+        c = j.checked_at  # (once serving: the ticks check it every 0.1 s, and a reload before the listeners is no tick)
+        return j.state == "ok" and (self.state != "serving" or c is None or time.monotonic() - c < j.fresh_s)
 
     async def take_over(self, reason: str) -> None:
         """Take the journal's next generation, recover, write the snapshot; then `self.cp`. The
         file work (the generation, reading the journal back, writing and syncing the snapshot)
         runs on a thread: a journal holding much takes seconds, and meanwhile the loop answers
         /health (keepalived's track script would otherwise fail and take the address away in the
-        middle of the takeover), status, and the watchdog."""
+        middle of the takeover), status, and pings the watchdog. A step that takes longer than
+        `takeover_step_s` (a hung mount) stops the pings and fails /health."""
         c = self.cfg.cp
         t0 = time.perf_counter()
         if self.gens is None:
@@ -263,12 +272,38 @@ class CPServer(Waiting):
             raise JournalMissing(MISSING.format(journal=c.journal))
         if c.takeover == "on_wake" and (why := nfs_fencing_problem(c.journal)):  # (mounted since the start, say)
             raise JournalIOUnavailable(why)
-        loop = asyncio.get_running_loop()
-        gen = await loop.run_in_executor(None, self.gens.take)  # durable before anything is read (SPEC §5.8)
+        pinging = asyncio.get_running_loop().create_task(self._takeover_pings())
+        try:
+            await self._take_over(reason, c, d, t0)
+        finally:
+            pinging.cancel()
+            self.takeover_step = None
+
+    async def _takeover_pings(self) -> None:
+        """systemd's watchdog pinged while the takeover's steps keep to their bound (a hung one
+        stops the pings, and /health fails: `_healthy`)."""
+        watchdog = Watchdog()
+        while True:
+            step = self.takeover_step
+            if step is None or time.monotonic() - step[1] < self.takeover_step_s:
+                watchdog.tick(time.monotonic())
+            await asyncio.sleep(0.25)
+
+    async def _step(self, name: str, fn: Callable[..., T], *args: Any) -> T:
+        """One file step of the takeover, on a thread, timed for /health and the watchdog."""
+        self.takeover_step = (name, time.monotonic())
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
+        finally:
+            self.takeover_step = None
+
+    async def _take_over(self, reason: str, c: Any, d: Path, t0: float) -> None:
+        assert self.gens is not None
+        gen = await self._step("generation", self.gens.take)  # durable before anything is read (SPEC §5.8)
         with gcpolicy.paused():
             # raises JournalDamaged (file and offset) on damage. A torn tail is dropped, the file
             # not cut: a superseded CP may still be writing that record (docs/cp-journal.md)
-            r = await loop.run_in_executor(None, functools.partial(recover, d, truncate=False))
+            r = await self._step("recovery", functools.partial(recover, d, truncate=False))
             journal = Journal(d, timeout=c.journal_timeout, segment_bytes=c.journal_segment_kib * 1024, generation=gen, io=c.journal_io)
             cp = CP(self.cfg, journal)
             cp.follows_a_cp = gen > 1  # (take() creates the generation above any before: 1 on a new journal)
@@ -276,7 +311,7 @@ class CPServer(Waiting):
             faults.point("cp.mid_recovery")
             snapshot = cp.snapshot()
             try:
-                seg = await loop.run_in_executor(None, journal.open, r.highest_segment + 1, snapshot, [*r.garbage, *r.paths])
+                seg = await self._step("snapshot", journal.open, r.highest_segment + 1, snapshot, [*r.garbage, *r.paths])
             except Superseded as exc:  # a newer CP took over while this one recovered: it serves
                 journal.close()
                 log.error("cp_superseded", generation=exc.own, newer=exc.newer, at="takeover", msg=str(exc))

@@ -196,6 +196,8 @@ class Waiting:
         finally:
             for w in watchers:
                 w.cancel()
+            # (a look cut off by the cancel says nothing of the storage: not "unanswered")
+            self.storage_asked = self.storage_error = None
 
     async def _chores(self) -> None:
         """What a waiting CP does whatever its polls wait on (a hung mount stops them, not this
