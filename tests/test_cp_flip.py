@@ -193,10 +193,9 @@ async def test_with_many_terminals_holding_messages_the_flip_keeps_table_order(t
     assert all(conns[n].transport.writes == writes[n] + 1 for n in names), "one switch notice each"
 
 
-async def test_a_flip_settled_into_a_new_active_already_gone_marks_nothing_delivered(tmp_path: Path) -> None:
-    """The grantee's link drops mid-flip: host_lost finishes the flip against a closed link.
-    Messages held for terminals not yet reached went to no host, so the next active must get them
-    unmarked (a mark says "may have been processed")."""
+def _active_lost_one_terminal_a_slice(tmp_path: Path) -> tuple[Any, Any, str]:
+    """Four terminals with sessions at A (active) and B (standby), a flip of one terminal a slice,
+    and A's link lost: (the CP, B, the terminal the flip reaches last)."""
     cp = cp_core(tmp_path, 4, width=1, cp="flip_slice = 1\n")
     a = fake_host(cp, "A", "active")
     b = fake_host(cp, "B", "standby")
@@ -205,7 +204,14 @@ async def test_a_flip_settled_into_a_new_active_already_gone_marks_nothing_deliv
         cp.host_open(a, name, "active", ATTRS)
         cp.host_open(b, name, "standby", ATTRS)
     a.connection_lost(None)
-    last = sorted(cp.terms)[-1]
+    return cp, b, sorted(cp.terms)[-1]
+
+
+async def test_a_flip_settled_into_a_new_active_already_gone_marks_nothing_delivered(tmp_path: Path) -> None:
+    """The grantee's link drops mid-flip: host_lost finishes the flip against a closed link.
+    Messages held for terminals not yet reached went to no host, so the next active must get them
+    unmarked (a mark says "may have been processed")."""
+    cp, b, last = _active_lost_one_terminal_a_slice(tmp_path)
     cp.terminal_msg(cp.terms[last], 1, b"x")  # held, with no host to go to
     cp.host_switchover(b, "test", False, "failover")
     assert cp.flipping is not None, "the flip should still be going (one terminal a slice)"
@@ -225,15 +231,7 @@ async def test_a_flip_settled_into_a_new_active_already_gone_hands_no_logoff_to_
     """The same for a terminal that logged off holding a message while no host was active: the
     flip handed its messages over (marked delivered, counted) to the grantee whose link was gone,
     and the next active got them marked redelivered although no host ever had them."""
-    cp = cp_core(tmp_path, 4, width=1, cp="flip_slice = 1\n")
-    a = fake_host(cp, "A", "active")
-    b = fake_host(cp, "B", "standby")
-    for name in sorted(cp.terms):
-        fake_terminal(cp, name)
-        cp.host_open(a, name, "active", ATTRS)
-        cp.host_open(b, name, "standby", ATTRS)
-    a.connection_lost(None)
-    last = sorted(cp.terms)[-1]
+    cp, b, last = _active_lost_one_terminal_a_slice(tmp_path)
     term = cp.terms[last]
     cp.terminal_msg(term, 1, b"x")  # held, with no host to go to
     cp.terminal_bye(term)  # and logged off

@@ -627,6 +627,16 @@ async def test_the_loop_answers_while_a_cp_takes_its_journal_over(tmp_path: Path
         await s.shutdown()
 
 
+def _watchdog_pings(sd: Any) -> int:
+    """The WATCHDOG=1 pings waiting on the test's systemd socket `sd` (non-blocking), read."""
+    n = 0
+    while True:
+        try:
+            n += sd.recv(256).count(b"WATCHDOG=1")
+        except BlockingIOError:
+            return n
+
+
 def _waiting_cp_under_systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
     """A CP of `takeover = "on_wake"` (not started) whose systemd is a datagram socket of the
     test's, with WatchdogSec=0.1 (a ping every 0.05 s): (the server, that socket, non-blocking)."""
@@ -663,12 +673,7 @@ async def test_a_waiting_cp_pings_systemds_watchdog_while_its_journal_mount_hang
     stamp, hung, entered = _hanging_stamp()
 
     def pings() -> int:
-        n = 0
-        while True:
-            try:
-                n += sd.recv(256).count(b"WATCHDOG=1")
-            except BlockingIOError:
-                return n
+        return _watchdog_pings(sd)
 
     assert s.gens is not None
     monkeypatch.setattr(s.gens, "stamp", stamp)
@@ -812,12 +817,7 @@ async def test_a_cp_taking_its_journal_over_pings_the_watchdog_while_each_step_k
         return real(d, truncate=truncate)
 
     def pings() -> int:
-        n = 0
-        while True:
-            try:
-                n += sd.recv(256).count(b"WATCHDOG=1")
-            except BlockingIOError:
-                return n
+        return _watchdog_pings(sd)
 
     monkeypatch.setattr(srv, "recover", slow_recover)
     task = asyncio.ensure_future(s.take_over("woken"))
