@@ -162,21 +162,24 @@ class TerminalSide:
     # ------------------------------------------------------------------ messages
     def terminal_msg(self: CP, term: Term, mid: int, data: Any, resent: bool = False) -> None:
         if mid <= term.last_acked:
-            held = term.held.get(mid)
-            if held is not None and held.data != data:
-                # another message under the id of one still held: a terminal that lost what it
-                # sent and went on from a welcome's last_acked given while that one's record was
-                # not yet durable (durable now, or not). Taken for a resend, it would be
-                # acknowledged and answered with the other message's reply
-                raise ProtocolError(
-                    "id_reused",
-                    f"msg {mid}: an earlier connection sent another message with this id;"
-                    " connect again (the welcome then says whether it was acknowledged) and go on above it",
-                )
-            if mid <= term.durable_acked:  # a resend of what was acknowledged: again, not delivered twice
+            if mid <= term.durable_acked:  # a repeat of an acknowledged id: acknowledged again, not delivered twice (SPEC §6.2)
                 self.counters["reacks"] += 1
                 self._tell(term, {"t": "ack", "id": mid})
-            return  # (else accepted and not yet durable: its ack is on its way)
+                return
+            held = term.held.get(mid)
+            if held is not None and held.data != data:
+                # accepted from an earlier connection, its record not yet durable (so the welcome
+                # said a lower last_acked), and this is another message under its id: a terminal
+                # that lost what it sent and went on from that last_acked. Taken for a resend, it
+                # would be acknowledged and answered with the other message's reply. (Once that
+                # record is durable its ack has gone to this connection, before this frame: the
+                # id is an acknowledged one, and a repeat of one is acknowledged again)
+                raise ProtocolError(
+                    "id_reused",
+                    f"msg {mid}: an earlier connection sent another message with this id, not yet acknowledged;"
+                    " connect again (the welcome then says whether it was acknowledged) and go on above it",
+                )
+            return  # accepted and not yet durable: its ack is on its way
         term.last_acked = mid
         if resent and self.follows_a_cp:
             # sent before and never acknowledged, new here: an earlier CP process may have handed
