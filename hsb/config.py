@@ -125,6 +125,14 @@ def parse_addr(value: str) -> tuple[str, int]:
             raise ValueError(f"{value!r} is not HOST:PORT: write an IPv6 address in brackets, [ADDR]:PORT")
     if not host or not port.isdigit() or not (0 <= int(port) <= 65535):
         raise ValueError(f"{value!r} is not HOST:PORT")
+    name = host.split("%", 1)[0]
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        try:  # a name the resolver cannot even encode (an empty label, one over 63 characters)
+            name.encode("idna")
+        except UnicodeError:
+            raise ValueError(f"{value!r}: {host!r} is not a valid host name (an empty label, or one over 63 characters)") from None
     return host, int(port)
 
 
@@ -179,12 +187,18 @@ def _connect_addr(v: str) -> str:
     return v
 
 
+def _no_nul(v: str) -> str:
+    if "\0" in v:  # (TOML allows the escape; every open() of it would fail with a traceback)
+        raise ValueError("contains a NUL character: give a plain file path")
+    return v
+
+
 def _path(v: str, info: ValidationInfo) -> str:
-    return resolve_path(v, info)
+    return resolve_path(_no_nul(v), info)
 
 
 def _opt_path(v: str, info: ValidationInfo) -> str:
-    return resolve_path(v, info) if v else v
+    return resolve_path(_no_nul(v), info) if v else v
 
 
 # Field types shared by the daemons' schemas.

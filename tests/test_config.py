@@ -450,3 +450,23 @@ def test_the_secret_is_checked_even_when_the_schema_fails_and_a_wake_file_dir_is
     p.write_text('[cp]\nsecret_file = "s"\nwake_file = "state"\n[[terminals]]\nname = "T1"\n')
     r = run("hsb.cp", "--config", str(p), "--check-config")
     assert r.returncode == 78 and "cp.wake_file" in r.stderr and "is a directory" in r.stderr, r.stderr
+
+
+def test_a_host_name_the_resolver_cannot_encode_and_a_path_with_a_nul_are_config_errors(tmp_path: Path) -> None:
+    """`a..b:7000` (an empty label) passed the check and the start died with uvloop's UnicodeError
+    traceback (hsbd retried it for ever, logging it every 0.1 s); a path with a NUL (TOML allows
+    the escape) passed and every open of it failed with a traceback. Each is one line, exit 78;
+    hsbctl asked at such an address says it cannot ask, with no traceback."""
+    from tests.support.procs import SECRET, cp_config
+
+    cp = cp_config(tmp_path, terminals=1, terminal_listen="a..b:7000")
+    r = run("hsb.cp", "--config", str(cp), "--check-config")
+    assert r.returncode == 78 and "Traceback" not in r.stderr and "cp.terminal_listen" in r.stderr and "not a valid host name" in r.stderr, r.stderr
+    cp = cp_config(tmp_path, terminals=1)
+    cp.write_text(cp.read_text().replace('secret_file = "secret"', 'secret_file = "sec\\u0000ret"'))
+    r = run("hsb.cp", "--config", str(cp), "--check-config")
+    assert r.returncode == 78 and "Traceback" not in r.stderr and "cp.secret_file" in r.stderr and "NUL" in r.stderr, r.stderr
+    (tmp_path / "ctl-secret").write_bytes(SECRET)
+    (tmp_path / "ctl-secret").chmod(0o600)
+    r = run("hsb.ctl", "--cp", "a..b:7002", "--host", "127.0.0.1:1", "--secret-file", str(tmp_path / "ctl-secret"), "status")
+    assert r.returncode == 3 and "Traceback" not in r.stderr + r.stdout and "not a valid host name" in r.stderr, r.stderr

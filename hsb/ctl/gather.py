@@ -53,7 +53,7 @@ async def ask(addr: str, secret: bytes, msg: dict[str, Any], timeout: float = 2.
     h, p = parse_addr(addr)
     try:
         ans = await request(h, p, secret, msg, timeout=timeout, ssl=ssl)
-    except (OSError, TimeoutError, LinkClosed, ProtocolError) as exc:
+    except (OSError, TimeoutError, LinkClosed, ProtocolError, UnicodeError) as exc:  # (a name the resolver cannot encode)
         return {"reachable": False, "addr": addr, "error": why_not(exc, timeout)}
     if ans.get("t") == "error":
         return {"reachable": False, "addr": addr, "error": f"{ans.get('code')}: {ans.get('msg')}"}
