@@ -534,7 +534,8 @@ def require(msg: dict[str, Any], key: str, typ: type | tuple[type, ...]) -> Any:
     if key not in msg:
         raise ProtocolError("bad_fields", f"{msg.get('t')}: missing field {key!r}")
     val = msg[key]
-    if typ is int and isinstance(val, bool):
+    types = typ if isinstance(typ, tuple) else (typ,)
+    if isinstance(val, bool) and int in types and bool not in types:  # (a bool is an int to isinstance)
         raise ProtocolError("bad_fields", f"{msg.get('t')}: field {key!r} must be int")
     if not isinstance(val, typ):
         name = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)

@@ -221,7 +221,8 @@ class Decoder:
                 self._maps = 0
                 # a few keys at most: a map of 100,000 padding keys in a megabyte took 15 MB and
                 # 90 ms of the loop to decode before anything could refuse it
-                msg = msgpack.unpackb(body, raw=False, object_hook=self._one_map, list_hook=_no_array, max_map_len=FLAT_KEYS_MAX)
+                # and no array: refused by its length as it is met, not once a megabyte of it is built
+                msg = msgpack.unpackb(body, raw=False, object_hook=self._one_map, list_hook=_no_array, max_map_len=FLAT_KEYS_MAX, max_array_len=0)
             else:
                 msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
         except ProtocolError:
@@ -231,6 +232,8 @@ class Decoder:
                 raise ProtocolError(
                     BAD_FIELDS, f"a map of more than {FLAT_KEYS_MAX} keys: this link's frames are one map of a few plain values"
                 ) from None
+            if self._flat and isinstance(exc, ValueError) and "max_array_len" in str(exc):
+                raise ProtocolError(BAD_FIELDS, "an array: this link's frames are one map of plain values") from None
             raise ProtocolError(
                 BAD_MSGPACK,
                 f"undecodable MessagePack ({type(exc).__name__}): send one MessagePack map with string keys per frame (docs/protocol.md)",
