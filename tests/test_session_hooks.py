@@ -367,12 +367,8 @@ def _granted_on_a_link(srv: Any) -> None:
     srv.takeover = SimpleNamespace(ring_change=lambda *a: None)
 
 
-@pytest.mark.timeout(10)
-async def test_a_logon_answered_after_its_cp_link_was_replaced_sends_nothing_on_the_new_one() -> None:
-    """The service's open_session is slow; meanwhile the link the request came on is replaced
-    and the host registered again (granted, a new epoch): the old request's `open` would open a
-    session the CP there never asked for, under that link's epoch. It sends nothing."""
-    c, srv = standby_ctl(2)
+def _slow_logons(srv: Any) -> tuple[asyncio.Event, list[tuple[str, str]]]:
+    """The service's open_session waits for the gate returned; its hooks' calls noted in order."""
     gate = asyncio.Event()
     hooks: list[tuple[str, str]] = []
 
@@ -384,6 +380,16 @@ async def test_a_logon_answered_after_its_cp_link_was_replaced_sends_nothing_on_
         hooks.append(("close", name))
 
     srv.service.open_session, srv.service.close_session = slow_open, close
+    return gate, hooks
+
+
+@pytest.mark.timeout(10)
+async def test_a_logon_answered_after_its_cp_link_was_replaced_sends_nothing_on_the_new_one() -> None:
+    """The service's open_session is slow; meanwhile the link the request came on is replaced
+    and the host registered again (granted, a new epoch): the old request's `open` would open a
+    session the CP there never asked for, under that link's epoch. It sends nothing."""
+    c, srv = standby_ctl(2)
+    gate, hooks = _slow_logons(srv)
     _granted_on_a_link(srv)  # the link the request came on
     task = asyncio.ensure_future(c.session_request("T00001", True, {}))
     await asyncio.sleep(0.01)
@@ -463,17 +469,7 @@ async def test_a_session_asked_for_again_on_a_new_link_while_its_logon_runs_is_a
     done, answers the new link's request (one logon, the session open); undone, as an answer to
     nobody, the terminal would wait for a session the CP never asks for again."""
     c, srv = standby_ctl(2)
-    gate = asyncio.Event()
-    hooks: list[tuple[str, str]] = []
-
-    async def slow_open(name: str, *_: Any) -> None:
-        hooks.append(("open", name))
-        await gate.wait()
-
-    async def close(name: str) -> None:
-        hooks.append(("close", name))
-
-    srv.service.open_session, srv.service.close_session = slow_open, close
+    gate, hooks = _slow_logons(srv)
     _granted_on_a_link(srv)
     first = asyncio.ensure_future(c.session_request("T00001", True, {}))
     await until(lambda: hooks == [("open", "T00001")])

@@ -240,8 +240,7 @@ class CPServer(Waiting):
         if self.state == "stopping":
             return False
         if self.state == "taking_over":  # its file work on a thread: healthy while each step keeps to its bound
-            step = self.takeover_step
-            return step is None or time.monotonic() - step[1] < self.takeover_step_s
+            return self._takeover_on_time()
         if self.cp is None and self.storage is not None and self.storage[0]:  # waiting, the shared storage not mounted:
             return False  # keepalived's track script fails, and the address goes to the machine that has it
         if self.cp is None and (self.storage_unanswered() is not None or self.storage_error is not None):
@@ -284,16 +283,20 @@ class CPServer(Waiting):
         stops the pings, and /health fails: `_healthy`)."""
         watchdog = Watchdog()
         while True:
-            step = self.takeover_step
-            if step is None or time.monotonic() - step[1] < self.takeover_step_s:
+            if self._takeover_on_time():
                 watchdog.tick(time.monotonic())
             await asyncio.sleep(0.25)
+
+    def _takeover_on_time(self) -> bool:
+        """No file step of the takeover under way, or the one under way within its bound."""
+        step = self.takeover_step
+        return step is None or time.monotonic() - step[1] < self.takeover_step_s
 
     async def _step(self, name: str, fn: Callable[..., T], *args: Any) -> T:
         """One file step of the takeover, on a thread, timed for /health and the watchdog."""
         self.takeover_step = (name, time.monotonic())
         try:
-            return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
+            return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
         finally:
             self.takeover_step = None
 

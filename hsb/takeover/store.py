@@ -33,7 +33,7 @@ import structlog
 from hsb.takeover.errors import HeaderCorrupt, NoBatchWritten, NotWritable, StorageNotResponding
 from hsb.takeover.faults import Faults
 from hsb.takeover.fileio import check_file
-from hsb.takeover.layout import DEFAULT_RECORD_SIZE, Layout, entries_per_record, size_check
+from hsb.takeover.layout import DEFAULT_RECORD_SIZE, Layout, batch_records_for, size_check
 from hsb.takeover.reader import BatchSnapshot, PollResult, PollStatus, RingReader, batch_read, read_header
 from hsb.takeover.records import Header, SessionEntry
 from hsb.takeover.writer import TakeoverWriter
@@ -240,7 +240,7 @@ class TakeoverStore:
                 # entries are then written a second time once the first write ends
                 rs = self._writer.record_size
                 # (and the records a failed group owes, written again first)
-                recs = (-(-len(entries) // entries_per_record(rs)) or 1) + self._writer.owed_records
+                recs = max(1, batch_records_for(len(entries), rs)) + self._writer.owed_records
                 res = await self._run("ring write", self._writer.append_group, entries, gen, timeout=self.timeout + recs * rs / BULK_RATE)
             except BaseException as exc:
                 # without this frame's traceback: it would hold this frame, `group` and the

@@ -161,7 +161,7 @@ def _complete(gen: int, segs: list[tuple[int, Path]], marked: bool = False) -> b
                     str(path), end, f"generation {gen}'s snapshot was durable ({snap_name(gen)}), its checkpoint is not there ({why})"
                 )
             return False  # torn before its first record: a CP that died creating the generation
-        extra = recs[0][5] if len(recs[0]) > 5 and isinstance(recs[0][5], dict) else {}
+        extra = ck_extra(recs[0])
         first = extra.get("first", first_n)
         if not isinstance(first, int) or isinstance(first, bool):
             raise JournalDamaged(str(path), 0, f"its checkpoint's first segment is not a number ({str(first)[:40]})")
@@ -436,13 +436,18 @@ def _recover(d: Path, truncate: bool) -> Recovered:
     return r
 
 
+def ck_extra(ck: list[Any]) -> dict[str, Any]:
+    """A checkpoint record's map of the rest ({}: a checkpoint of before it, or of none)."""
+    return ck[5] if len(ck) > 5 and isinstance(ck[5], dict) else {}
+
+
 def _closed_whole(before: tuple[int, int, int, Path], recs: list[Any]) -> None:
     """The segment read before this one (`recs`) holds at least the records this one's checkpoint
     says it closed with; fewer is damage at its end (a segment is allocated whole, so a lost
     write there reads as zeros: a clean end, not a torn one). Journals of before the count say
     nothing: not checked."""
     ck = recs[0] if recs and isinstance(recs[0], list) and recs[0] and recs[0][0] == "ck" else None
-    closed = ck[5].get("closed") if ck is not None and len(ck) > 5 and isinstance(ck[5], dict) else None
+    closed = ck_extra(ck).get("closed") if ck is not None else None
     n, got, end, path = before
     if isinstance(closed, list) and len(closed) == 2 and closed[0] == n and isinstance(closed[1], int) and got < closed[1]:
         raise JournalDamaged(

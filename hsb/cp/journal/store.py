@@ -42,6 +42,7 @@ import structlog
 from hsb import faults, uring
 from hsb.cp.journal.format import GROUP_BYTES, GROUP_MAX, HEADER, group, packer
 from hsb.cp.journal.generation import Generations, Superseded
+from hsb.cp.journal.recovery import ck_extra
 from hsb.cp.journal.writer import IO_MODES, DeletionFailed, Done, GroupWriter, Unchecked
 from hsb.worker import Worker
 
@@ -233,9 +234,7 @@ class Journal(GroupWriter):
             # how many records the segment it closes holds (final: nothing is appended to it from
             # now on): a recovery that finds fewer there knows its end was lost (zeros where
             # records were, on storage that lost a write), which reads as a clean end otherwise
-            extra = dict(ck[5]) if len(ck) > 5 and isinstance(ck[5], dict) else {}
-            extra["closed"] = [prev, self.records[prev]]
-            ck = [*ck[:5], extra]
+            ck = [*ck[:5], {**ck_extra(ck), "closed": [prev, self.records[prev]]}]
         self.segments.append(n)
         self.live.setdefault(n, 0)
         self.records[n] = 1  # its checkpoint
