@@ -604,8 +604,13 @@ def fault_window_failures(report: dict[str, Any], terminals: int) -> list[str]:
     welcomes it next: a second, unplanned restart would), or more changes of CP process than one
     per terminal."""
     out = []
-    before = (report.get("extras") or {}).get("disconnects_before") or 0
-    if before:
+    before = (report.get("extras") or {}).get("disconnects_before")
+    if before is None:  # a run of tests/netns/loadrun.py: its first marked operation's
+        ops = report.get("operations") or []
+        before = ops[0].get("disconnects_before") if ops else None
+    if before is None:
+        out.append("disconnects before the fault: the load's report does not say (no extras, no marked operation)")
+    elif before:
         out.append(f"disconnects before the fault: {before} welcomed terminals dropped before it was made")
     again = report.get("cp_reconnects") or 0
     if again > terminals:

@@ -39,3 +39,9 @@ def test_a_restart_figure_is_service_and_a_missing_one_is_the_worst() -> None:
     ]
     assert fault_window_failures({"extras": {}, "cp_reconnects": 11}, 10)
     assert fault_window_failures({"extras": {"disconnects_before": 0}, "cp_reconnects": 10}, 10) == []
+    # a netns lab's load (no extras): its first marked operation says; a report that says nothing fails
+    assert fault_window_failures({"operations": [{"disconnects_before": 3}], "cp_reconnects": 10}, 10) == [
+        "disconnects before the fault: 3 welcomed terminals dropped before it was made"
+    ]
+    assert fault_window_failures({"operations": [{"disconnects_before": 0}], "cp_reconnects": 10}, 10) == []
+    assert fault_window_failures({"cp_reconnects": 10}, 10)

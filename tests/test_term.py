@@ -745,6 +745,27 @@ async def test_every_terminal_back_after_a_mass_disconnect_is_the_terminals_own_
     assert op["all_back_ms"] is not None and 0 < op["all_back_ms"] <= (t_seen - t_mark) * 1000 + 1000, (op, t_seen - t_mark)
 
 
+async def test_a_marked_operation_counts_the_drops_before_it(fake: FakeCP) -> None:
+    """A bench judging one fault (bench/cpfailover.py) must see a terminal dropped before the
+    fault was made: the operation's `disconnects_before` counts the welcomed terminals dropped
+    before its mark, not those after."""
+    marks: list[tuple[str, float]] = []
+    sending = asyncio.Event()
+    task = asyncio.ensure_future(
+        run_load(("127.0.0.1", fake.port), terminals=10, rate=100, duration=1.5, settle=5, sending=sending, marks=marks, expect_disconnects=True)
+    )
+    await asyncio.wait_for(sending.wait(), 10)
+    assert fake.drop_all() == 10
+    await wait_until(lambda: sum(1 for c in fake.conns if c.tr is not None) == 10, 10, "every terminal connected again")
+    await wait_until(lambda: len(fake.deliveries) >= 20, 10, "some traffic")
+    marks.append(("drop", time.time()))
+    assert fake.drop_all() == 10
+    r = await asyncio.wait_for(task, 20)
+    assert r.ok, r.failures
+    assert r.disconnects == 20, r.disconnects
+    assert r.pause is not None and r.pause["disconnects_before"] == 10, r.pause
+
+
 async def test_only_the_cps_absence_explains_a_disconnect_when_only_a_cp_restart_is_expected(fake: FakeCP) -> None:
     """expect_disconnects="cp" (a run that restarts the CP): a drop after which the same CP
     process welcomes the terminal again, with no failed connect between, is a failure (a

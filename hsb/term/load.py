@@ -33,6 +33,7 @@ import math
 import random
 import resource
 import time
+from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
@@ -72,6 +73,7 @@ class LoadStats(Listener):
         self.unexpected = 0
         self.resent = 0
         self.disconnects = 0
+        self.dropped_at = array("d")  # when each of those disconnects came (monotonic)
         self.connect_failures = 0
         self.session_closed = 0
         self.switched = 0
@@ -200,6 +202,7 @@ class LoadStats(Listener):
     def on_disconnect(self, c: TerminalClient, exc: Exception | None, retry_in: float, welcomed: bool) -> None:
         if self.counting and welcomed:
             self.disconnects += 1
+            self.dropped_at.append(time.monotonic())
 
     def on_connect_failed(self, c: TerminalClient, exc: BaseException, retry_in: float) -> None:
         if self.counting:
@@ -520,6 +523,8 @@ async def run_load(
             "at_iso": iso(at),
             **stats.timeline.window(at - wall_offset, after_s),
             **stats.back_times.after(at - wall_offset),
+            # welcomed terminals dropped before the operation: none was caused by it
+            "disconnects_before": sum(1 for t in stats.dropped_at if t < at - wall_offset),
         }
         for label, at in (marks or [])
     ]
