@@ -59,6 +59,7 @@ def problems(s: dict[str, Any]) -> list[str]:
         ("processed_twice_without_redelivered_mark", "processed twice without the redelivered mark"),
         ("acknowledged_not_in_any_journal", "acknowledged but in no journal"),
         ("disconnects_in_quiet_rounds", "disconnects of terminals that had a standby session"),
+        ("sessions_closed_in_quiet_rounds", "sessions closed of terminals that had a standby session"),
         ("rounds_with_two_actives", "rounds with two actives serving"),
     ):
         if s.get(key):
@@ -126,6 +127,7 @@ def render(saved: dict[str, Any], a: argparse.Namespace) -> str:
         ["processed twice without the redelivered mark", b("processed_twice_without_redelivered_mark")],
         ["acknowledged but in no journal", b("acknowledged_not_in_any_journal")],
         ["disconnects of terminals that had a standby session (quiet rounds)", b("disconnects_in_quiet_rounds")],
+        ["sessions closed of terminals that had a standby session (quiet rounds)", b("sessions_closed_in_quiet_rounds")],
         [
             "rounds with two actives serving",
             b("rounds_with_two_actives") + (f" ({len(s['epoch_violations'])} epoch-record violations)" if s.get("epoch_violations") else ""),

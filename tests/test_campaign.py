@@ -22,6 +22,7 @@ async def test_campaign_20_rounds(tmp_path: Path) -> None:
     assert summary["processed_twice_without_redelivered_mark"] == 0, summary
     assert summary["acknowledged_not_in_any_journal"] == 0, summary
     assert summary["disconnects_in_quiet_rounds"] == 0, summary
+    assert summary["sessions_closed_in_quiet_rounds"] == 0, summary
     assert summary["rounds_with_two_actives"] == 0, summary
     assert summary["epoch_violations"] == [], summary
 
@@ -57,5 +58,26 @@ async def test_campaign_20_rounds_ledger_on_postgresql(tmp_path: Path) -> None:
     books = summary["books"]
     assert books and books["total"] == books["expected_total"] and books["transfers_ok"] > 0, books
     assert summary["disconnects_in_quiet_rounds"] == 0, summary
+    assert summary["sessions_closed_in_quiet_rounds"] == 0, summary
     assert summary["rounds_with_two_actives"] == 0, summary
     assert summary["epoch_violations"] == [], summary
+
+
+def test_a_late_disconnect_is_charged_to_the_round_it_came_after(tmp_path: Path) -> None:
+    """A disconnect the load counts after a quiet round was judged (its recovery's, late) is that
+    round's, and fails it; it is not forgiven by a next round that allows disconnects, nor lost
+    after the last round."""
+    from tests.support.campaign import CampaignError, Round
+
+    c = Campaign(tmp_path, seed=1)
+    quiet = Round(0, "1:0", "kill_active")
+    c.counted = (5, 0, 0, 0)
+    with pytest.raises(CampaignError, match="disconnected although all had standby sessions"):
+        c.charge_late(quiet, (6, 0, 0, 0), judge=True)
+    assert quiet.disconnects == 1 and c.counted == (6, 0, 0, 0)
+    loud = Round(1, "1:1", "kill_cp")
+    c.charge_late(loud, (9, 0, 0, 0), judge=True)  # allowed there: no error
+    assert loud.disconnects == 3 and loud.notes == ["late: 3 disconnects"]
+    closed = Round(2, "1:2", "kill_active")
+    c.charge_late(closed, (9, 0, 0, 2), judge=False)  # after the last round: counted, judged by the summary
+    assert closed.session_closed == 2

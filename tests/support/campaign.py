@@ -249,9 +249,13 @@ class Campaign:
         r.epoch_before = s["cp"]["epoch"]
         active = self.actives(s)[0]
         standby = next(h for h in HOSTS if h != active)
-        # from where the last round's counts ended, not from now: what came between two rounds
-        # (a late disconnect of the last recovery) counts in one of them, never in none
-        disc0, dup0, unx0, closed0 = self.counted if self.counted is not None else self.counts()
+        # what came since the last round's counts ended (a late disconnect of its recovery) is
+        # that round's, judged by its rules, not this one's: counted from a snapshot taken now
+        seen = self.snaps
+        await self.until_true(lambda: self.snaps > seen, 5, f"round {i}: a snapshot of the load before the fault")
+        if self.rounds:
+            self.charge_late(self.rounds[-1], self.counts(), judge=True)
+        disc0, dup0, unx0, closed0 = self.counted = self.counts()
         point, _ = ACTIONS[action]
         victim_pid = 0
         if action == "kill_active":
@@ -315,15 +319,37 @@ class Campaign:
         r.ms = round((time.monotonic() - t0) * 1000, 1)
         if r.two_actives:
             raise CampaignError(f"seed {r.seed}: two hosts served as active: {self.epoch_violations() or 'seen in a status poll'}")
+        self.judge(r)
+        return r
+
+    def charge_late(self, r: Round, now: tuple[int, int, int, int], *, judge: bool) -> None:
+        """What the load counted after round `r` was judged (`self.counted`) up to `now` is `r`'s:
+        added to it, and with `judge` failed by its rules, as if it had come before its end."""
+        assert self.counted is not None
+        late = [b - a for a, b in zip(self.counted, now, strict=True)]
+        self.counted = now
+        if not any(late):
+            return
+        r.disconnects += late[0]
+        r.duplicates += late[1]
+        r.unexpected += late[2]
+        r.session_closed += late[3]
+        r.notes.append(
+            "late: " + ", ".join(f"{n} {k}" for n, k in zip(late, ("disconnects", "duplicates", "unexpected", "sessions closed"), strict=True) if n)
+        )
+        if judge:
+            self.judge(r)
+
+    def judge(self, r: Round) -> None:
+        """A round's counts against what its action allows (CampaignError: a broken promise)."""
         if r.duplicates:
             raise CampaignError(f"seed {r.seed}: {r.duplicates} duplicate replies")
         if r.unexpected:
             raise CampaignError(f"seed {r.seed}: {r.unexpected} unexpected replies")
-        if ACTIONS[action][1] and r.disconnects:
-            raise CampaignError(f"seed {r.seed} ({action}): {r.disconnects} load terminals were disconnected although all had standby sessions")
-        if ACTIONS[action][1] and action not in BOTH_HOSTS_DIE and r.session_closed:
-            raise CampaignError(f"seed {r.seed} ({action}): {r.session_closed} sessions of load terminals closed although all had standby sessions")
-        return r
+        if ACTIONS[r.action][1] and r.disconnects:
+            raise CampaignError(f"seed {r.seed} ({r.action}): {r.disconnects} load terminals were disconnected although all had standby sessions")
+        if ACTIONS[r.action][1] and r.action not in BOTH_HOSTS_DIE and r.session_closed:
+            raise CampaignError(f"seed {r.seed} ({r.action}): {r.session_closed} sessions of load terminals closed although all had standby sessions")
 
     def counts(self) -> tuple[int, int, int, int]:
         """The load's disconnects, duplicates, unexpected replies and closed sessions so far (its last snapshot)."""
@@ -493,6 +519,8 @@ class Campaign:
             report = await load
             await churn
         d = report.to_dict()
+        if self.rounds and self.counted is not None:  # what came after the last round was judged is its own
+            self.charge_late(self.rounds[-1], (d["disconnects"], d["duplicates"], d["unexpected"], d["session_closed"]), judge=False)
         journal_problems = (
             self.check_journals(report) if self.workload is None else {"missing": 0, "unmarked_repeats": 0, "processed_more_than_once": 0}
         )
@@ -510,6 +538,7 @@ class Campaign:
             "acknowledged_not_in_any_journal": journal_problems["missing"],
             "processed_more_than_once": journal_problems["processed_more_than_once"],  # (each time but the first marked)
             "disconnects_in_quiet_rounds": sum(r.disconnects for r in self.rounds if ACTIONS[r.action][1]),
+            "sessions_closed_in_quiet_rounds": sum(r.session_closed for r in self.rounds if ACTIONS[r.action][1] and r.action not in BOTH_HOSTS_DIE),
             "disconnects_total": d["disconnects"],
             "rounds_with_two_actives": sum(r.two_actives for r in self.rounds),
             "epoch_violations": self.epoch_violations(),
