@@ -827,7 +827,7 @@ async def test_a_cp_taking_its_journal_over_pings_the_watchdog_while_each_step_k
         seen = [0]
         await until(lambda: (seen.__setitem__(0, seen[0] + pings()), seen[0] >= 2)[1], timeout=5)  # pinged while the journal is read
         s.takeover_step_s = 0.1  # past its bound now
-        await asyncio.sleep(0.3)  # (the ping task's next turn sees it)
+        await until(lambda: not s._takeover_on_time(), timeout=5)  # (no turn of the ping task after this pings)
         pings()
         await asyncio.sleep(0.6)  # a window of twelve of WatchdogSec's half intervals: not one ping in it
         assert pings() == 0, "pinged while a step hung"

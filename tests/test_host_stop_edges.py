@@ -372,14 +372,18 @@ async def test_a_batch_write_that_ends_after_a_normal_stop_began_leaves_it_stopp
     """`hsbctl stop --no-takeover` while a batch write waits on storage: the write ending after
     the stop began sends no BATCH WRITE COMPLETE (standby sessions for a stopping host) and, failed,
     does not make the host `serving` (/active true) during its stop."""
+    rec = RecordingLog()
+    monkeypatch.setattr(ha_standby_mod, "log", rec)
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         writes = slow_batch_writes(a, write)
         a.ha.post("peer_frame", msg={"t": "resync_request", "startup_id": a.ha.partner_startup_id, "reason": "test"})
         await until(lambda: writes, "the resync's batch write under way")
         sent = sent_by(a.peer, monkeypatch)
+        ended = "batch_write_complete" if write == "succeeds" else "batch_write_failed"
+        before = len(rec.events(ended))  # (the pair's first batch write logged one)
         a.request_stop(takeover=False)
         await asyncio.wait_for(a.graceful_stop(), 15)
-        await asyncio.sleep(0.5)  # (the batch write ends by now)
+        await until(lambda: len(rec.events(ended)) > before, "the batch write's end")
         assert [m for m in sent if m["t"] == "batch_write_complete"] == []
         assert a.ha.state == "stopping" and not a.is_serving_active(), (a.ha.state, a.ha.last_error)
 

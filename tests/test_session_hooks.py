@@ -392,7 +392,7 @@ async def test_a_logon_answered_after_its_cp_link_was_replaced_sends_nothing_on_
     gate, hooks = _slow_logons(srv)
     _granted_on_a_link(srv)  # the link the request came on
     task = asyncio.ensure_future(c.session_request("T00001", True, {}))
-    await asyncio.sleep(0.01)
+    await until(lambda: ("open", "T00001") in hooks)  # the service's logon under way
     srv.cp.fs, srv.ha.epoch = object(), 4  # replaced, registered again
     gate.set()
     await asyncio.wait_for(task, 2.0)
