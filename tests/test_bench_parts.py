@@ -45,3 +45,6 @@ def test_a_restart_figure_is_service_and_a_missing_one_is_the_worst() -> None:
     ]
     assert fault_window_failures({"operations": [{"disconnects_before": 0}], "cp_reconnects": 10}, 10) == []
     assert fault_window_failures({"cp_reconnects": 10}, 10)
+    # the new process's first line under --supervise is a worker's, not its master's
+    assert cprestart.master_line({"event": "cp_worker_started"}) and cprestart.master_line({"event": "cp_worker_died"})
+    assert not cprestart.master_line({"event": "journal_recovered"})
