@@ -46,6 +46,7 @@ from hsb.host.states import (
     RELEASING,
     SERVING,
     STARTING,
+    STOPPING,
     WAITING,
 )
 from hsb.ops.notify import Watchdog, watchdog_too_short
@@ -78,6 +79,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         self.name = server.cfg.host.name
         self.role = role
         self.started_role = role
+        self.role_announced = False  # the role-change hook has run for a role this process holds
         self.state = STARTING
         self.state_since = time.time()  # (shown in status: wall time)
         self.state_since_mono = time.monotonic()  # (timers: a step of the wall clock moves no timer)
@@ -190,10 +192,21 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         self.state_since = time.time()
         self.state_since_mono = time.monotonic()
         log.info("state_change", prev_role=prev_role, prev=prev, role=self.role, state=state, reason=reason)
-        if self.role != prev_role or (state == FENCED and prev != FENCED):
-            # (fenced, the role is still "active" here: the command must hear it stops acting)
+        if self.role != prev_role or (state == FENCED and prev != FENCED) or self._first_held(state):
+            # (fenced, the role is still "active" here: the command must hear it stops acting; the
+            # role it started in is announced once it holds it, as keepalived's notify at its start)
+            self.role_announced = True
             self.srv.hook.fire(self.role, state, self.epoch, reason)
         self.srv.on_state_change()
+
+    def _first_held(self, state: str) -> bool:
+        """This process holds the role it started in for the first time: the active serving (the CP
+        granted it), the standby past its start (following an active, or waiting for one)."""
+        if self.role_announced:
+            return False
+        if self.role == "active":
+            return state in (SERVING, BATCH_WRITING, ESTABLISHED)
+        return state not in (STARTING, STOPPING, FENCED)
 
     async def run(self) -> None:
         watchdog = Watchdog()  # systemd's WatchdogSec: pinged from this loop, which runs every 0.2 s at least

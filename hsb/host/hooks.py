@@ -1,4 +1,5 @@
-"""`on_role_change`: an operator's command run when this host's role changes, as keepalived's
+"""`on_role_change`: an operator's command run when this host first holds the role it started in
+and whenever its role changes, as keepalived's
 `notify_master` and Patroni's `on_role_change` are (to move a virtual address, page someone,
 warm a cache). Run in a task of its own with a timeout: it never holds up the HA loop, and a
 failing or hanging hook is logged, not fatal.
