@@ -464,3 +464,38 @@ async def test_messages_held_while_a_switchover_was_undone_count_in_the_slice(tm
     assert cp.active is a
     assert all(h.delivered_epoch == cp.epoch for h in holder.held.values())
     assert slices and slices[0] == 1, slices  # the holder alone: 1 + 10 past the budget of 4
+
+
+async def test_a_standby_close_sent_before_the_grant_was_heard_of_is_not_left_switched_to_a_host_without_it(tmp_path: Path) -> None:
+    """The standby closes its standby session of T (it read the old active's close from the
+    ring) just as it is granted: its `close` (kind standby) reaches the CP after the flip switched
+    T to it. It promotes only the standby sessions it still holds, so it holds none of T: the CP
+    must not keep T's session there. T is told its session closed, and the new active is asked
+    for a new one."""
+    from tests.support.cpcore import recording_terminal
+
+    cp = cp_core(tmp_path, 2, width=2)
+    a = fake_host(cp, "host-a", "active")
+    b = fake_host(cp, "host-b", "standby", record=True)
+    t = recording_terminal(cp, "T01")
+    cp.host_open(a, "T01", "active", ATTRS)
+    cp.host_open(b, "T01", "standby", ATTRS)
+    cp.host_close(a, "T01", "active")  # the old active closed it, then died before anything else
+    _switch(cp, a, b, planned=False)
+    await _flipped(cp)
+    assert cp.terms["T01"].active is not None and cp.terms["T01"].active.host is b  # switched to B's standby session
+    b.flush()
+    before = [f for f in b.transport.frames() if f["t"] == "session_request"]
+    cp.host_close(b, "T01", "standby")  # sent before B heard of its grant
+    assert cp.terms["T01"].active is None
+    _agree(cp)
+    t.flush()
+    sessions = [f for f in t.transport.frames() if f["t"] == "session"]
+    assert sessions and sessions[-1]["state"] == "closed", sessions
+    b.flush()
+    asked = [f for f in b.transport.frames() if f["t"] == "session_request"]
+    assert len(asked) == len(before) + 1 and asked[-1]["terminal"] == "T01", asked
+    # B answers as a new active does: the session is open again, at B
+    cp.host_open(b, "T01", "active", ATTRS)
+    assert cp.terms["T01"].active is not None and cp.terms["T01"].active.host is b
+    _agree(cp)

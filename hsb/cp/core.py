@@ -480,6 +480,16 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         if kind == "standby":
             if term.standby is not None and term.standby.host is host:
                 term.standby = None
+            elif host is self.active and term.active is not None and term.active.host is host:
+                # closed before the host heard of its grant, and switched by the flip meanwhile: the
+                # new active does not hold it (it promotes only the standby sessions it still has)
+                log.info("switched_session_closed_by_host", terminal=name, host=host.name, msg="a new session is asked for")
+                term.active = None
+                if term.conn is not None:
+                    self._tell(term, {"t": "session", "state": "closed", "epoch": self.epoch, "reason": "closed by the host"})
+                    if not term.leaving:
+                        host.request_session(term)
+                self.session_gone(term)
         elif kind == "active":
             if term.active is not None and term.active.host is host:
                 term.active = None
