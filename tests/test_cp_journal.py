@@ -563,6 +563,46 @@ def test_a_damaged_journal_stops_the_start_naming_the_file_and_offset(tmp_path: 
     assert re.search(r"^RestartPreventExitStatus=.*\b65\b", unit, re.M), unit
 
 
+async def test_a_damaged_journal_set_aside_starts_empty_above_every_generation_the_hosts_saw(tmp_path: Path) -> None:
+    """The damage's fix as the error names it: `hsbcpd --set-journal-aside` moves the records
+    aside, kept, and keeps the generation files, so the next start begins empty at a generation
+    above every one before (started on an empty directory it would take generation 1, and every
+    hsbd that saw a higher one refuses it as an older CP until restarted)."""
+    from hsb.cp.journal.aside import AsideRefused, set_aside
+    from hsb.cp.journal.generation import Generations
+
+    d = tmp_path / "cp"
+    cp = start_cp(d, terminals=2)
+    cp = restart_cp(cp)  # a generation above 1, as any CP that ever restarted has
+    cp.stop()
+    j = d / "cp-journal"
+    gen = Generations(j).current()
+    assert gen >= 2
+    n = max(k for g, k, _ in segment_files(j) if g == gen) + 1
+    p = _segment(j, n, [["ck", 1, None, 0, {}], ["a", "T00001", 1, b"one"], ["a", "T00001", 2, b"two"]], gen=gen)
+    blob = bytearray(p.read_bytes())
+    blob[len(encode(["ck", 1, None, 0, {}])) + 3] ^= 0x40
+    p.write_bytes(bytes(blob))
+    hsbcpd = [sys.executable, "-m", "hsb.cp", "--config", str(d / "cp.toml")]
+    r = subprocess.run(hsbcpd, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 65 and "--set-journal-aside" in r.stderr, r.stderr
+    seen = Generations(j).current()  # (the failed start took one too)
+    r = subprocess.run([*hsbcpd, "--set-journal-aside"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert f"generation {seen + 1}" in r.stdout and r.stdout.count("\n") == 1, r.stdout
+    kept = [q for q in tmp_path.joinpath("cp").iterdir() if q.name.startswith("cp-journal.damaged-")]
+    assert len(kept) == 1 and (kept[0] / p.name).exists()  # kept for inspection
+    assert all(name.startswith("gen-") for name in os.listdir(j)), os.listdir(j)
+    cp = restart_cp(cp)  # starts, empty, above every generation a host saw
+    try:
+        st = await cp_status(cp)
+        assert st["journal"]["generation"] == seen + 1, st["journal"]
+        with pytest.raises(AsideRefused, match="is serving"):  # never under a serving CP
+            set_aside(j, watch=0.5)
+    finally:
+        cp.stop()
+
+
 def test_a_torn_tail_is_dropped_but_left_in_the_file_for_a_write_still_finishing(tmp_path: Path) -> None:
     """A CP taking over reads the last segment while a superseded CP, not yet aware, is still
     writing a record there: the half it read is dropped, but the file is not cut, so the rest of

@@ -80,6 +80,24 @@ def _applied(applied: Any) -> CPConfig | None:
     return cfg
 
 
+def _set_journal_aside(config_path: str) -> None:
+    """`--set-journal-aside`: one line said, exit 0; or one line why not, exit 1."""
+    from pathlib import Path
+
+    from hsb.cp.journal.aside import AsideRefused, set_aside
+
+    cfg = load_or_exit(config_path, CPConfig, False)  # (a bad config: its lines, exit 78)
+    d = Path(cfg.cp.journal)
+    try:
+        to, n, gen = set_aside(d)
+    except (AsideRefused, OSError) as exc:
+        die(f"journal not set aside: {exc}")
+    click.echo(
+        f"moved {n} files of {d} to {to} (keep them for inspection: the messages in them were acknowledged);"
+        f" {d} keeps generation {gen}: the next hsbcpd starts empty at generation {gen + 1}"
+    )
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", required=True, type=click.Path(), help="CP TOML config.")
 @click.option("--check-config", is_flag=True, help="Check the config as the start would (schema, secret, timings), print every error, exit 0 or 78.")
@@ -88,10 +106,19 @@ def _applied(applied: Any) -> CPConfig | None:
     is_flag=True,
     help="Run the CP under a small master process that starts it again at once when it dies of a signal (docs/operations.md §11).",
 )
+@click.option(
+    "--set-journal-aside",
+    is_flag=True,
+    help="With every hsbcpd on this journal stopped: move a damaged journal's records aside (kept for inspection)"
+    " and keep its generation, so the next start begins empty and the hosts still take it (docs/operations.md §11).",
+)
 @log_level_option
 @click.version_option(__version__, prog_name="hsbcpd")
-def main(config_path: str, check_config: bool, supervise: bool, log_level: str) -> None:
+def main(config_path: str, check_config: bool, supervise: bool, set_journal_aside: bool, log_level: str) -> None:
     """Run the communications processor in front of the terminals (docs/design.md)."""
+    if set_journal_aside:
+        _set_journal_aside(config_path)
+        return
     # keepalived's notify (SIGUSR1) or a reload (SIGHUP) may come while starting: never die of
     # it, nor lose it (noted, acted on once the loop is up: hsb.cp.server.take_early_signals)
     from hsb.cp.supervise import record_early_signals

@@ -40,7 +40,8 @@ class JournalDamaged(Exception):
     def __init__(self, path: str, offset: int, why: str) -> None:
         super().__init__(
             f"CP journal damaged: {path} at offset {offset}: {why}; the start is stopped rather than"
-            " skip it (move the journal directory aside to start empty, and keep it for inspection)"
+            " skip it (to start empty: `hsbcpd --config FILE --set-journal-aside` moves the records aside, kept for"
+            " inspection, and keeps the generation the hosts know)"
         )
         self.path = path
         self.offset = offset
