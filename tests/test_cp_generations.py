@@ -841,3 +841,50 @@ async def test_a_cp_taking_its_journal_over_pings_the_watchdog_while_each_step_k
         sd.close()
         if s.cp is not None:
             s.cp.journal.close()
+
+
+async def test_a_takeover_that_reads_long_beats_so_a_woken_waiting_cp_does_not_supersede_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A split brain: the other machine's hsbcpd waits, holds the address too, and is woken. A
+    CP taking the journal over beats its new generation file from the moment it takes it, not
+    only once it serves: a takeover that reads for longer than takeover_stale was taken for a
+    dead CP's and superseded in the middle (the two then superseding each other in turn)."""
+    import threading
+
+    from hsb.config import load
+    from hsb.cp import server as srv
+    from hsb.cp.config import CPConfig
+
+    journal = tmp_path / "j"
+    (tmp_path / "cp1").mkdir()
+    cfg = load(cp_config(tmp_path / "cp1", terminals=2, journal=str(journal)), CPConfig)
+    s = srv.CPServer(cfg, SECRET, str(tmp_path / "cp1" / "cp.toml"))
+    entered, release = threading.Event(), threading.Event()
+    real = srv.recover
+
+    def slow_recover(d: Path, truncate: bool = True) -> Any:
+        entered.set()
+        release.wait(10)
+        return real(d, truncate=truncate)
+
+    monkeypatch.setattr(srv, "recover", slow_recover)
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(s.startup())
+    cp2: Proc | None = None
+    try:
+        assert await loop.run_in_executor(None, entered.wait, 10)  # generation 1 taken, the journal being read
+        cp2 = second_cp(tmp_path / "cp2", journal, wait=False, takeover="on_wake", takeover_stale=0.3)
+        cp2.wait_event("cp_waiting")
+        cp2.kill(signal.SIGUSR1)  # keepalived's notify: master here too
+        cp2.wait_event("cp_wake_deferred", timeout=10)
+        await asyncio.sleep(1.0)  # three times takeover_stale more, the takeover still reading: a window in which nothing may happen
+        assert not cp2.events("journal_recovered") and Generations(journal).current() == 1
+        release.set()
+        await asyncio.wait_for(task, 10)
+        assert s.cp is not None and not s.superseded and s.took_over["generation"] == 1
+    finally:
+        release.set()
+        if not task.done():
+            task.cancel()
+        if cp2 is not None:
+            cp2.stop()
+        await s.shutdown()

@@ -112,6 +112,7 @@ class CPServer(Waiting):
         self.hosts: set[HostProtocol] = set()
         self.bound: dict[str, str] = {}
         self._tickling: asyncio.Future[None] | None = None
+        self._takeover_beats: asyncio.Task[None] | None = None  # its generation's heartbeat until the tick loop beats
         # TLS (hsb.wire.tls): mutual on the host and admin listeners, optional on the terminals'
         self.tls = TLS(cfg.tls.files(), terminals=cfg.tls.terminals) if cfg.tls is not None else None
         set_default_client(self.tls.client if self.tls is not None else None)
@@ -277,6 +278,25 @@ class CPServer(Waiting):
         finally:
             pinging.cancel()
             self.takeover_step = None
+            if self.cp is None:  # failed or superseded: nothing of this generation beats
+                self._end_takeover_beats()
+
+    async def _beat_while_taking_over(self, gen: int) -> None:
+        """The heartbeat of generation `gen` (its file's time moved every 0.1 s, on a thread: a
+        hung mount stops only the beat) until the tick loop beats, as the serving CP does."""
+        assert self.gens is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await loop.run_in_executor(None, self.gens.beat, gen)
+            except OSError:
+                pass  # (the storage's trouble shows in the takeover's own steps)
+            await asyncio.sleep(0.1)
+
+    def _end_takeover_beats(self) -> None:
+        if self._takeover_beats is not None:
+            self._takeover_beats.cancel()
+            self._takeover_beats = None
 
     async def _takeover_pings(self) -> None:
         """systemd's watchdog pinged while the takeover's steps keep to their bound (a hung one
@@ -303,6 +323,10 @@ class CPServer(Waiting):
     async def _take_over(self, reason: str, c: Any, d: Path, t0: float) -> None:
         assert self.gens is not None
         gen = await self._step("generation", self.gens.take)  # durable before anything is read (SPEC §5.8)
+        # beaten from now on: a CP waiting on the other machine (a split brain: it holds the
+        # address too) takes a generation file that stands still for takeover_stale for a dead
+        # CP's, and a takeover that reads much would be superseded in the middle, for ever in turn
+        self._takeover_beats = asyncio.get_running_loop().create_task(self._beat_while_taking_over(gen))
         with gcpolicy.paused():
             # raises JournalDamaged (file and offset) on damage. A torn tail is dropped, the file
             # not cut: a superseded CP may still be writing that record (docs/cp-journal.md)
@@ -503,6 +527,7 @@ class CPServer(Waiting):
             if time.monotonic() - last_beat >= 0.1:  # the generation check and heartbeat, also when idle
                 last_beat = time.monotonic()
                 self.cp.journal.heartbeat()
+                self._end_takeover_beats()  # (its own from now on)
                 if follow:  # serve only while this machine holds the address (keepalived)
                     self.wake_requested = False
                     if not await asyncio.get_running_loop().run_in_executor(None, holds_address, self.cfg.cp.terminal_listen):
@@ -656,6 +681,7 @@ class CPServer(Waiting):
             # by a superseded CP: the newer one has their messages, and nothing more goes out)
             self.cp.logons.close(step_lost=not self.superseded)
             self.cp.cancel_deferred_grant()  # (no grant during the stop's drain)
+        self._end_takeover_beats()
         if self._tickling is not None:
             self._tickling.cancel()
         for srv in self.servers:

@@ -9,8 +9,9 @@ and every tick while idle. So a CP alive behind a partition can never acknowledg
 the new CP did not see: the new CP made its generation durable before it read anything, and
 whatever the old CP made durable before its last successful check was there to read.
 
-The serving CP also touches its `gen-N` file every tick (its heartbeat): a CP waiting to take
-over can tell a serving CP from a dead one without comparing clocks (it watches the file's
+The serving CP also touches its `gen-N` file every tick (its heartbeat; a CP taking the journal
+over, from the moment it created the file): a CP waiting to take over can tell a serving CP from
+a dead one without comparing clocks (it watches the file's
 modification time change, on its own monotonic clock).
 
 Once a CP's takeover snapshot is durable (before it deletes anything of older generations) it
