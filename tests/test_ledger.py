@@ -28,7 +28,7 @@ from hsb.service.once import ExactlyOnce, RequestMismatch
 from hsb.term.load import background_load
 from hsb.term.workload import LedgerWorkload
 from tests.support import pg as pgsupport
-from tests.support.procs import log_events, wait_for
+from tests.support.procs import log_events, until, wait_for
 from tests.test_failover import active_names, pid_of, wait_status
 
 pytestmark = pytest.mark.timeout(120)
@@ -445,6 +445,46 @@ async def test_a_ledger_whose_role_may_not_create_its_tables_holds_messages_and_
         pg._psql(f"ALTER DATABASE {db} OWNER TO {role}")  # (schema public's owner is the database's: CREATE granted)
         assert json.loads(await s.handle("T1", 1, '{"op":"open","account":"a"}', True)) == {"ok": True, "balance": 0}
     finally:
+        await s.close()
+
+
+async def test_a_right_revoked_after_setup_holds_the_message_and_the_service_fails_until_granted(pg: pgsupport.PgServer) -> None:
+    """INSERT on ledger_entries revoked from the service's role once its tables exist: a transfer
+    was answered with an error reply and discarded, the service shown ok. It waits (no reply), the
+    service fails with the fix named; granted again, it is applied once and answered."""
+    import asyncpg
+
+    from hsb.host.delivery import Delivery
+
+    dsn = fresh(pg)
+    db = dsn.split("@/", 1)[1].split("?")[0]
+    role = f"g{os.getpid()}"
+    pg._psql(f"CREATE ROLE {role} LOGIN")
+    pg._psql(f"ALTER DATABASE {db} OWNER TO {role}")  # (it may create its tables)
+    s = LedgerService("host-a", dsn=dsn.replace("postgres@", f"{role}@"))
+    sent: list[dict[str, Any]] = []
+    d = Delivery(s, lambda m: sent.append(m) or True, lambda: 1)  # type: ignore[func-returns-value]
+    admin = await asyncpg.connect(dsn)
+    try:
+        for mid, req in enumerate(
+            ({"op": "open", "account": "a"}, {"op": "open", "account": "b"}, {"op": "deposit", "account": "a", "amount": 100}), 1
+        ):
+            d.deliver("T1", mid, json.dumps(req), False)
+        await until(lambda: len(sent) == 3, 10, what="the setup's replies")
+        await admin.execute(f"REVOKE INSERT ON ledger_entries FROM {role}")
+        d.deliver("T1", 4, json.dumps({"op": "transfer", "from": "a", "to": "b", "amount": 10}), False)
+        await until(lambda: d.health.retries >= 3, 10, what="the transfer tried three times")
+        assert len(sent) == 3, sent[3:]  # no reply: it waits
+        assert d.health.state == "failing" and "permission denied" in (d.health.error or "") and "grant" in (d.health.error or ""), d.health.as_dict()
+        await admin.execute(f"GRANT INSERT ON ledger_entries TO {role}")
+        await until(lambda: len(sent) == 4, 10, what="the transfer's reply")
+        assert sent[3]["id"] == 4 and json.loads(sent[3]["data"]) == {"ok": True}, sent[3]
+        assert d.health.state == "ok"
+        assert await admin.fetchval("SELECT count(*) FROM ledger_entries WHERE msg_id = 4") == 1
+        assert dict(await admin.fetch("SELECT account, balance FROM ledger_accounts")) == {"a": 90, "b": 10}
+    finally:
+        d.cancel()
+        await admin.close()
         await s.close()
 
 

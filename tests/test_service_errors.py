@@ -123,6 +123,24 @@ def test_postgresql_states_of_a_database_not_there_for_us_are_unavailable() -> N
         assert isinstance(classify_pg(exc), ServiceUnavailable), exc
 
 
+def test_postgresql_a_right_revoked_or_a_table_missing_is_the_deployments_and_names_the_fix() -> None:
+    """A grant revoked or a restore that left a table (or schema) out: every message would get an
+    error reply and be discarded, the service shown ok. The message waits, with the fix; other
+    class-42 errors (a column, the syntax) stay the application's."""
+    asyncpg = pytest.importorskip("asyncpg", reason="asyncpg (a dependency of hsb) is not installed")
+    from hsb.service.db import classify_pg
+
+    for exc, fix in (
+        (asyncpg.exceptions.InsufficientPrivilegeError("permission denied for table ledger_entries"), "grant"),
+        (asyncpg.exceptions.UndefinedTableError('relation "ledger_entries" does not exist'), "restore the missing table"),
+        (asyncpg.exceptions.InvalidSchemaNameError('schema "app" does not exist'), "restore the missing schema"),
+    ):
+        kind = classify_pg(exc)
+        assert isinstance(kind, ServiceUnavailable) and str(exc) in str(kind) and fix in str(kind), (exc, kind)
+    assert classify_pg(asyncpg.exceptions.UndefinedColumnError("x")) is None
+    assert classify_pg(asyncpg.exceptions.PostgresSyntaxError("x")) is None
+
+
 def test_a_postgresql_statement_cache_gone_stale_is_run_again_not_answered_with_an_error() -> None:
     """A table altered while the host ran: asyncpg raises InvalidCachedStatementError (0A000, a
     "feature not supported") and drops its cache; the transaction runs again, not an error reply.

@@ -9,8 +9,9 @@ sorted here, once, into three kinds, because the host treats them differently:
 - `RetryTransaction`: a serialization failure or deadlock (PostgreSQL): the transaction is
   rolled back and may simply run again;
 - `ServiceUnavailable` (hsb.service.api): the database cannot be reached or is shutting
-  down or out of resources, or (SQLite) it stayed locked past `busy_timeout` (the other host
-  stopped inside a transaction, say): the host keeps the message, retries it with backoff, and
+  down or out of resources, refuses the service a right or lacks one of its tables (PostgreSQL:
+  a grant revoked, a restore that left a table out), or (SQLite) it stayed locked past
+  `busy_timeout` (the other host stopped inside a transaction, say): the host keeps the message, retries it with backoff, and
   shows the service as failing (the message stays held at the CP, nothing is lost);
 - anything else is the application's error (a bug): it becomes the message's error reply.
   Except on our side of a PostgreSQL transaction's end: a failure of the COMMIT, the ROLLBACK
@@ -92,6 +93,14 @@ _UNAVAILABLE_PREFIXES = ("08", "53", "57P", "58")
 # damaged data or index (XX001, XX002: the server's, as SQLite's CORRUPT): none is the request's
 _UNAVAILABLE_STATES = {"57014", "25006", "25P03", "3D000", "28000", "28P01", "55P03", "XX001", "XX002"}
 _RETRY_STATES = {"40001", "40P01"}  # serialization failure, deadlock
+# the deployment's, not the request's (the tables were set up, so a statement of the service does
+# not lack them by itself): a right revoked, a table or schema missing (a restore that left it out).
+# Messages wait, as for SQLite's READONLY, PERM and CANTOPEN, and the reason names the fix
+DEPLOYMENT_STATES = {
+    "42501": "grant the service's database role its rights on the tables again (docs/ledger.md, 'Rights')",
+    "42P01": "restore the missing table (from a backup: made anew, empty, it would lose what it recorded)",
+    "3F000": "restore the missing schema and its tables, or set the role's search_path to theirs",
+}
 
 
 def classify_pg(exc: BaseException) -> BaseException | None:
@@ -103,6 +112,8 @@ def classify_pg(exc: BaseException) -> BaseException | None:
     # dropped its cache, and the same transaction run again prepares it anew
     if state in _RETRY_STATES or isinstance(exc, asyncpg.InvalidCachedStatementError):
         return RetryTransaction(str(exc))
+    if state in DEPLOYMENT_STATES:
+        return ServiceUnavailable(f"database: {type(exc).__name__}: {exc}: {DEPLOYMENT_STATES[state]}")
     if state and (state in _UNAVAILABLE_STATES or state.startswith(_UNAVAILABLE_PREFIXES)):
         return ServiceUnavailable(f"database unavailable: {type(exc).__name__}: {exc}")
     # the driver's own DataError, an InterfaceError too: a value this code gave that it cannot
@@ -281,8 +292,8 @@ _PLACEHOLDER = re.compile(r"\$(\d+)")
 # database being unavailable: the file, the disk or its memory; BUSY and LOCKED are the lock (after
 # busy_timeout: SQLite's busy handler has waited already). Any other code is the statement's
 # (SQLITE_ERROR: no such table or function, a misused value, a syntax error; SQLITE_CONSTRAINT: a
-# constraint or a trigger's RAISE), as PostgreSQL's SQLSTATE classes 42, 22 and 23 are the
-# application's: an error reply, not a retry for ever that would hold every later message of the
+# constraint or a trigger's RAISE), as PostgreSQL's SQLSTATE classes 42 (but for a right or a
+# table missing: DEPLOYMENT_STATES), 22 and 23 are the application's: an error reply, not a retry for ever that would hold every later message of the
 # terminal. (By code, not by the words of the message: "account is locked" may be a trigger's.)
 _SQLITE_BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _SQLITE_UNAVAILABLE = frozenset(

@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 
 from hsb.service.api import ServiceUnavailable
-from hsb.service.db import Database, RetryTransaction, Tx, open_database
+from hsb.service.db import DEPLOYMENT_STATES, Database, RetryTransaction, Tx, open_database
 from hsb.service.once import ExactlyOnce, RequestMismatch
 
 log = structlog.get_logger("hsb.service")
@@ -277,15 +277,19 @@ class LedgerService:
         failing) and names the fix; none is the request's, so none becomes its reply."""
         try:
             await self._setup()
-        except ServiceUnavailable:  # the database not there yet
-            raise
         except RetryTransaction as exc:  # busy (another host's transaction): waits, not an error reply
             raise ServiceUnavailable(f"database busy while setting up: {exc}") from exc
         except Exception as exc:
+            why: BaseException = exc
+            if isinstance(exc, ServiceUnavailable):
+                # the database not there yet; a right missing is the setup's fix, said below
+                if exc.__cause__ is None or getattr(exc.__cause__, "sqlstate", None) not in DEPLOYMENT_STATES:
+                    raise
+                why = exc.__cause__
             raise ServiceUnavailable(
-                f"ledger setup failed ({type(exc).__name__}: {exc}): the database role must own, or be able to create and"
+                f"ledger setup failed ({type(why).__name__}: {why}): the database role must own, or be able to create and"
                 " alter, the tables ledger_accounts, ledger_entries and hsb_idempotency (docs/ledger.md)"
-            ) from exc
+            ) from why
 
     def cp_bounds(self, held_bound: int) -> None:
         """At each registration: the CP holds up to `held_bound` messages per terminal; a record
