@@ -1,7 +1,8 @@
 """The active host's hand-over of messages to the service (hsb.host.delivery), in-process: a
 message handed over again after the service was unavailable is marked redelivered (the failed
-try may have had its effect), status is not left failing after a cancel, and a reply too large
-for a frame becomes an error reply instead of taking the host link down again and again."""
+try may have had its effect), status stays failing across a cancel until the service answers,
+and a reply too large for a frame becomes an error reply instead of taking the host link down
+again and again."""
 
 from __future__ import annotations
 
@@ -50,13 +51,23 @@ async def test_a_message_handed_over_again_after_the_service_failed_is_marked_re
     assert d.counters["redelivered"] == 1 and d.health.state == "ok"
 
 
-async def test_a_cancel_while_the_service_fails_leaves_status_not_failing() -> None:
-    svc = Flaky(fail=10**6)
-    d = Delivery(svc, lambda m: True, lambda: 1)  # type: ignore[arg-type]
+async def test_a_cancel_while_the_service_fails_leaves_it_failing_until_it_answers() -> None:
+    """A cancel (the CP link lost, demoted, a switch granted) set the health back to ok: with a
+    flapping link during a database outage hsb_service_healthy went back to 1 between failed
+    tries, and the alert's `for: 1m` started over each time."""
+    svc = Flaky(fail=3)
+    sent: list[dict[str, Any]] = []
+    d = Delivery(svc, lambda m: sent.append(m) or True, lambda: 1)  # type: ignore[arg-type, func-returns-value]
     d.deliver("T1", 5, "x", False)
     await _until(lambda: d.health.state == "failing", "failing")
-    d.cancel()  # demoted or fenced: nothing waits for the service here any more
-    assert d.health.state == "ok" and not d.health.waiting
+    since = d.health.since
+    d.cancel()  # nothing waits for the service here any more, but it has not answered
+    assert d.health.state == "failing" and d.health.since == since and not d.health.waiting
+    await asyncio.sleep(0.1)
+    assert d.health.state == "failing"
+    d.deliver("T1", 5, "x", True)  # handed over again after the link is back: answered at last
+    await _until(lambda: sent, "the reply")
+    assert d.health.state == "ok" and d.health.error is None
 
 
 async def test_a_reply_too_large_for_a_frame_is_answered_as_an_error() -> None:

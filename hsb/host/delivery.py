@@ -36,7 +36,7 @@ RETRY_CAP = 2.0
 
 class ServiceHealth:
     """Whether the service answers: "ok", or "failing" with the last error, since when, and
-    how many messages are waiting for it."""
+    how many messages are waiting for it. Failing lasts until the service answers a call."""
 
     def __init__(self) -> None:
         self.state = "ok"
@@ -63,12 +63,11 @@ class ServiceHealth:
             log.info("service_recovered", after_s=round(time.time() - self.since, 3), retries=self.retries)
             self.state, self.error, self.since = "ok", None, time.time()
 
-    def reset(self) -> None:
-        """Nothing waits for the service here any more (a cancel): not failing, without a
-        `service_recovered`, which would say the service answered."""
+    def dropped(self) -> None:
+        """Nothing waits for the service here any more (a cancel). Still failing if it was: only
+        a call it answers says it recovered (a CP link that flaps while the database is down
+        must not set hsb_service_healthy back to 1 between two failed tries)."""
         self.waiting.clear()
-        if self.state != "ok":
-            self.state, self.error, self.since = "ok", None, time.time()
 
     def as_dict(self) -> dict[str, Any]:
         return {"state": self.state, "error": self.error, "since": self.since, "retries": self.retries, "waiting_terminals": len(self.waiting)}
@@ -245,7 +244,7 @@ class Delivery:
         """Drop everything in progress: the CP re-delivers it (marked) to whoever serves next."""
         self.gen += 1
         self.open.set()  # waiters wake, see the new generation and give up
-        self.health.reset()  # nothing waits for the service here any more: not failing (not "recovered")
+        self.health.dropped()  # nothing waits here any more; failing until the service answers
         for name, t in self.workers.items():
             t.cancel()
             self.ending.setdefault(name, t)  # (an older one still running: this one still waits for it)
