@@ -1122,6 +1122,38 @@ async def test_commits_are_durable_on_a_server_set_to_synchronous_commit_off(pg:
         await db.close()
 
 
+async def test_commits_stay_durable_when_the_server_turns_synchronous_commit_off_under_a_pool(pg: pgsupport.PgServer) -> None:
+    """`ALTER SYSTEM SET synchronous_commit = off` and a reload while the pool holds a connection:
+    the reload reached its session (and the RESET ALL at each release), and nothing set it on
+    again. Given at connect (a startup parameter), `on` outranks the server's files and is what
+    RESET ALL restores."""
+    import asyncpg
+
+    from hsb.service.db import PostgresDatabase
+
+    db = PostgresDatabase(fresh(pg), pool_size=1)
+    admin = await asyncpg.connect(pg.dsn)
+    try:
+        async with db.transaction() as tx:  # the pool's one connection, made before the change
+            assert await tx.fetchval("SHOW synchronous_commit") == "on"
+        await admin.execute("ALTER SYSTEM SET synchronous_commit = off")
+        await admin.fetchval("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + 10
+        while await admin.fetchval("SHOW synchronous_commit") != "off":  # (the reload reached the sessions)
+            assert time.monotonic() < deadline, "the reload never reached a session"
+            await asyncio.sleep(0.02)
+        seen = []
+        for _ in range(3):  # the same connection, released (RESET ALL) in between
+            async with db.transaction() as tx:
+                seen.append(await tx.fetchval("SHOW synchronous_commit"))
+        assert seen == ["on", "on", "on"], seen
+    finally:
+        await admin.execute("ALTER SYSTEM RESET synchronous_commit")
+        await admin.fetchval("SELECT pg_reload_conf()")
+        await admin.close()
+        await db.close()
+
+
 async def test_a_closed_database_makes_no_new_pool(pg: pgsupport.PgServer) -> None:
     """After close() (the host stopping) a late transaction (a prune still running, a handler)
     is unavailable; it does not make a pool whose connections would outlive the stop."""

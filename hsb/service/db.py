@@ -173,7 +173,6 @@ class PostgresDatabase:
         self._pool: Any = None
         self._creating: asyncio.Lock | None = None
         self._closed = False  # close() ran: no pool is made again (its connections would outlive the host's stop)
-        self._said_async = False  # the server's synchronous_commit = off said (once)
 
     async def _get_pool(self) -> Any:
         if self._pool is not None:
@@ -195,29 +194,17 @@ class PostgresDatabase:
                     command_timeout=self.command_timeout,
                     timeout=self.connect_timeout,
                     max_inactive_connection_lifetime=60.0,
-                    server_settings={"idle_in_transaction_session_timeout": str(int(self.tx_idle_timeout * 1000))},
-                    init=self._durable_commits,
-                    setup=self._sync_again,
+                    server_settings={
+                        "idle_in_transaction_session_timeout": str(int(self.tx_idle_timeout * 1000)),
+                        # a commit durable before its reply goes, whatever the server, the database or
+                        # the role say (off would lose answered commits in a crash): given at connect,
+                        # it outranks them and a reload, and it is what the pool's RESET ALL restores
+                        "synchronous_commit": "on",
+                    },
                 )
         if self._pool is None:
             raise ServiceUnavailable("database: the service is stopping (its connections are closed)")
         return self._pool
-
-    async def _durable_commits(self, conn: Any) -> None:
-        """A commit must be durable before its reply goes: with synchronous_commit = off (a
-        role's or database's setting) a crash of the server loses commits whose replies the
-        terminals already have. Any other value is kept (remote_apply, with a synchronous
-        standby, is what a failover of the database itself needs: docs/ledger.md)."""
-        if await conn.fetchval("SHOW synchronous_commit") == "off":
-            await conn.execute("SET synchronous_commit = on")
-            if not self._said_async:  # (every connection from now on: _sync_again)
-                self._said_async = True
-                import structlog
-
-                structlog.get_logger("hsb.service").warning(
-                    "database_synchronous_commit_off",
-                    msg="the server has synchronous_commit = off; this service's connections set it to on (a reply goes only after a durable commit)",
-                )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PgTx]:
@@ -269,11 +256,6 @@ class PostgresDatabase:
             await tx.execute("SELECT pg_advisory_xact_lock(7147)")  # both hosts may start at once
             for stmt in ddl:
                 await tx.execute(stmt)
-
-    async def _sync_again(self, conn: Any) -> None:
-        # the pool's RESET ALL at each release brings back the server's default
-        if self._said_async:
-            await conn.execute("SET synchronous_commit = on")
 
     async def close(self) -> None:
         self._closed = True
