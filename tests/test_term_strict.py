@@ -343,6 +343,52 @@ async def test_the_books_catch_a_refusal_for_insufficient_funds_the_account_coul
     assert any("(applied_unanswered)" in f for f in unanswered), unanswered
 
 
+async def test_the_books_catch_a_transfer_refused_for_a_reason_they_contradict(tmp_path: Path) -> None:
+    """Only insufficient_funds refusals were checked: a transfer between two of the run's accounts
+    answered no_such_account (or balance_limit, bad_request), with its record and no entry,
+    counted as refused and passed. Each fails now where the books contradict it, and passes where
+    they do not (an account missing, a request the workload made malformed)."""
+
+    async def books(name: str, w: LedgerWorkload, reply: str, opened: list[str]) -> list[str]:
+        db = await _ledger_db(tmp_path / f"{name}.db")
+        async with db.transaction() as tx:
+            for acct in opened:
+                await tx.execute("INSERT INTO ledger_accounts (account, balance) VALUES ($1, $2)", acct, w.initial)
+                await tx.execute(
+                    "INSERT INTO ledger_entries (terminal, msg_id, op, account, other, amount) VALUES ($1, $2, $3, $4, $5, $6)",
+                    "T0",
+                    0,
+                    "deposit",
+                    acct,
+                    None,
+                    w.initial,
+                )
+            await tx.execute("INSERT INTO hsb_idempotency (terminal, msg_id, reply, at) VALUES ($1, $2, $3, $4)", "T1", BASE, reply, 0.0)
+        await db.close()
+        w.replies = {1: {0: reply}}
+        term = SimpleNamespace(name="T1", idx=1, base=BASE, stride=1)
+        return (await check_books({"sqlite": str(tmp_path / f"{name}.db")}, w, [term])).failures
+
+    w = LedgerWorkload(accounts=4, initial=100, tag="c")
+    _, dst, _ = w.transfer(1, 0)
+    for name, reply in (
+        ("missing", '{"ok":false,"error":"no_such_account"}'),
+        ("limit", '{"ok":false,"error":"balance_limit","max":4611686018427387904}'),
+        ("bad", '{"ok":false,"error":"bad_request","msg":"not JSON"}'),
+        ("exists", '{"ok":false,"error":"exists"}'),
+        ("none", '{"ok":false}'),
+    ):
+        failures = await books(name, w, reply, w.accounts)
+        assert any("(refusal_contradicted)" in f and f"T1:{BASE}" in f for f in failures), (name, failures)
+        assert len(failures) == 1, (name, failures)  # the rest holds: balanced, recorded, nothing applied
+    # where the books agree: the account was never opened; the request was malformed as made
+    gone = await books("gone", w, '{"ok":false,"error":"no_such_account"}', [a for a in w.accounts if a != dst])
+    assert not any("(refusal_contradicted)" in f for f in gone), gone
+    long = LedgerWorkload(accounts=4, initial=100, tag="x" * 70)  # account names past 64 characters
+    malformed = await books("malformed", long, '{"ok":false,"error":"bad_request","msg":"too long"}', long.accounts)
+    assert malformed == [], malformed
+
+
 def test_a_run_that_sent_nothing_is_not_ok() -> None:
     """Terminals logged on and nothing sent (a rate of 0, a duration too short for the rate)
     proves nothing: it fails, it does not say every message was answered exactly once."""

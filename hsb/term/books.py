@@ -12,7 +12,12 @@ Read straight from the database the `ledger` service writes (PostgreSQL or SQLit
   asked for (a message delivered with another's data, or applied wrongly, shows here);
 - **refusals right**: each `insufficient_funds` refusal is an entry too (op `refused`), and
   replayed in the order the entries were written, the account then held less than the amount
-  asked for; a terminal told `insufficient_funds` has its refusal's entry;
+  asked for; a terminal told `insufficient_funds` has its refusal's entry; no transfer is refused
+  for a reason the books contradict (`no_such_account` while both accounts exist: the setup
+  opened them before any transfer and none is ever removed; `balance_limit` while the run's money
+  cannot reach it; `bad_request` for the well-formed request the workload made; an error the
+  ledger never gives a transfer). (`id_reused` is left to **same answer**: its reply is not the
+  stored one);
 - **same answer**: the reply a terminal got is the reply stored with the message's
   idempotency record (a redelivered message answered differently would show here), and every
   answered message has its record.
@@ -29,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hsb.service.db import open_database
-from hsb.service.ledger import ENTRY_ORDER, REFUSED
+from hsb.service.ledger import ENTRY_ORDER, MAX_BALANCE, REFUSED, BadRequest, parse
 from hsb.term.workload import LedgerWorkload
 
 
@@ -51,6 +56,7 @@ class Books:
     wrong_transfer: list[str] = field(default_factory=list)
     refused_wrongly: list[str] = field(default_factory=list)
     refusal_unrecorded: list[str] = field(default_factory=list)
+    refusal_contradicted: list[str] = field(default_factory=list)
 
     @property
     def failures(self) -> list[str]:
@@ -68,6 +74,7 @@ class Books:
             ("wrong_transfer", self.wrong_transfer, "applied with other accounts or another amount than the message asked for"),
             ("refused_wrongly", self.refused_wrongly, "refused for insufficient funds while the account held enough"),
             ("refusal_unrecorded", self.refusal_unrecorded, "told insufficient_funds without the refusal's entry"),
+            ("refusal_contradicted", self.refusal_contradicted, "refused for a reason the books contradict"),
         ):
             if ids:
                 out.append(f"{len(ids)} {what} ({name}): {', '.join(ids[:5])}")
@@ -174,8 +181,12 @@ async def check_books(
                 b.transfers_refused += 1
                 if n:
                     b.told_refused_applied.append(tag)
-                if _insufficient(text) and not refusals.get(key):
-                    b.refusal_unrecorded.append(tag)
+                error = _error(text)
+                if error == "insufficient_funds":
+                    if not refusals.get(key):
+                        b.refusal_unrecorded.append(tag)
+                elif error is not None and (why := _contradicted(error, w, c.idx, k, balances, b)):
+                    b.refusal_contradicted.append(f"{tag} ({error}: {why})")
     # entries of messages nobody was told about: a transfer's or a refusal's (the message was
     # processed: its answer was committed with it), once at most either way
     for key in sorted(per_msg.keys() | refusals.keys()):
@@ -187,8 +198,35 @@ async def check_books(
     return b
 
 
-def _insufficient(text: str) -> bool:
+def _error(text: str) -> str | None:
+    """The error a ledger refusal names ("" if none); None for a reply that is no refusal of the
+    ledger's (not JSON: the verdict's bad_data)."""
     try:
-        return bool(json.loads(text).get("error") == "insufficient_funds")
-    except (ValueError, AttributeError):
-        return False
+        r = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(r, dict) or r.get("ok") is True:
+        return None
+    return str(r.get("error", ""))
+
+
+# what the ledger may answer a transfer with besides insufficient_funds (hsb.service.ledger)
+_TRANSFER_REFUSALS = {"no_such_account", "balance_limit", "bad_request", "id_reused"}
+
+
+def _contradicted(error: str, w: LedgerWorkload, idx: int, k: int, balances: dict[str, Any], b: Books) -> str:
+    """Why the books contradict a refusal of terminal `idx`'s transfer `k` for `error`; "" if not."""
+    src, dst, amount = w.transfer(idx, k)
+    if error not in _TRANSFER_REFUSALS:
+        return "the ledger gives a transfer no such refusal"
+    if error == "no_such_account" and src in balances and dst in balances:
+        return f"{src} and {dst} exist"
+    if error == "balance_limit" and max(b.total, b.expected_total) + amount <= MAX_BALANCE:
+        return f"the run's accounts hold {max(b.total, b.expected_total)} in all"
+    if error == "bad_request":
+        try:
+            parse(w.payload(idx, k))
+        except BadRequest:
+            return ""
+        return "the request was well formed"
+    return ""
