@@ -387,6 +387,10 @@ async def test_the_books_catch_a_transfer_refused_for_a_reason_they_contradict(t
     long = LedgerWorkload(accounts=4, initial=100, tag="x" * 70)  # account names past 64 characters
     malformed = await books("malformed", long, '{"ok":false,"error":"bad_request","msg":"too long"}', long.accounts)
     assert malformed == [], malformed
+    # a reply nested past the JSON reader's depth is no answer of the ledger's (the verdict's
+    # bad_data), not a crash of the check: nothing applied, as it was told
+    deep = await books("deep", w, "[" * 100_000, w.accounts)
+    assert deep == [], deep
 
 
 def test_a_run_that_sent_nothing_is_not_ok() -> None:

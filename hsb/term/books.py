@@ -171,7 +171,7 @@ async def check_books(
                 b.applied_twice.append(tag)
             try:
                 ok = json.loads(text).get("ok") is True
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, RecursionError):
                 ok = False  # not the ledger's answer (a host's `error: …`): the verdict's bad_data; told nothing was applied
             if ok:
                 b.transfers_ok += 1
