@@ -268,6 +268,33 @@ async def test_a_late_reply_of_the_demoted_active_does_not_drop_its_new_standby_
     assert a.closed
 
 
+async def test_a_late_reply_of_the_demoted_active_is_ignored_after_the_epoch_moved_on(tmp_path: Path) -> None:
+    """The same late reply, after the new active registered again on a replaced link (the epoch
+    one higher, nothing to do with the old active): the reply was sent under the epoch before the
+    handover, by the host the handover demoted, and is ignored; closing the link would drop every
+    standby session it holds, and the next failover would disconnect every terminal."""
+    cp, a, b, terms = pair_waiting_for_a_handover(tmp_path)
+    a.instance = "ia"
+    cp.host_open(b, "T00003", "standby", {})
+    await asyncio.sleep(0)
+    cp.settle_flip()
+    assert cp.active is b and cp.standby is a
+    handed = cp.epoch
+    b2 = fake_host(cp, "host-b")
+    b2.instance = b.instance
+    cp.host_register(b2, "active", 1)  # the same process on a new link: the old one replaced
+    for _ in range(200):
+        if cp.active is b2 and cp.epoch > handed:
+            break
+        await asyncio.sleep(0.01)
+    assert cp.active is b2 and cp.epoch == handed + 1
+    kept = cp.counts.standby
+    a._handle({"t": "reply", "terminal": "T00001", "id": 1, "data": "late", "epoch": handed - 1})
+    assert not a.closed and cp.standby is a and cp.counts.standby == kept
+    a._handle({"t": "reply", "terminal": "T00001", "id": 1, "data": "late", "epoch": handed})  # (not of before the handover)
+    assert a.closed
+
+
 async def test_a_failover_request_right_after_a_stall_of_the_cp_is_judged_after_a_read(tmp_path: Path) -> None:
     """The CP's own loop stalled past host_timeout (a logon storm): the active's heartbeats of
     that time are unread, so it looks silent. tick() judges silence again after a read; a

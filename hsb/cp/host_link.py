@@ -201,10 +201,12 @@ class HostProtocol(AuthServerProtocol):
         # was handed the message, and the new active has not been yet)
         if self is not self.cp.active and self.role != "demoting":
             ho = self.cp.handed_over_by
-            if self.role == "standby" and ho is not None and ho == (self.name, self.instance or "", self.cp.epoch):
-                # demoted by this epoch's planned switchover, a service call of before it heard
-                # (a handover whose reply wait ran out): the message was re-delivered to the new
-                # active, which answers it. Closing the link would drop the standby sessions kept.
+            epoch = msg.get("epoch")
+            if self.role == "standby" and ho is not None and ho[:2] == (self.name, self.instance or "") and type(epoch) is int and epoch < ho[2]:
+                # demoted by the last planned switchover, a service call of before it heard (a
+                # handover whose reply wait ran out; sent under the epoch before it, whatever the
+                # epoch is now): the message was re-delivered to the new active, which answers it.
+                # Closing the link would drop the standby sessions kept.
                 log.info("reply_after_handover_ignored", host=self.name, terminal=msg.get("terminal"), id=msg.get("id"), epoch=self.cp.epoch)
                 return
             raise ProtocolError("not_active", "only the active host may reply")
