@@ -295,6 +295,39 @@ async def test_a_late_reply_of_the_demoted_active_is_ignored_after_the_epoch_mov
     assert a.closed
 
 
+async def test_a_terminal_gone_while_a_planned_grant_is_made_durable_is_closed_at_the_old_active_too(tmp_path: Path) -> None:
+    """A terminal leaves while the grant of a planned switchover is being made durable: its
+    session is at the old active, no longer `self.active`, and it was not told. The grantee is
+    lost before the grant took effect, the switchover is undone and the old active serves on with
+    the terminal's session still open there (its logoff never run, carried in its takeover file);
+    the CP held none. It is told, as the active would have been."""
+    from tests.support.cpcore import HeldJournal
+
+    cp = cp_core(tmp_path, 3)
+    a = fake_host(cp, "host-a", "active", record=True)
+    a.instance = "ia"
+    b = standby(cp)
+    terms = [recording_terminal(cp, f"T0000{i}") for i in (1, 2, 3)]
+    for i in (1, 2, 3):
+        cp.host_open(a, f"T0000{i}", "active", {})
+    for i in (1, 2):
+        cp.host_open(b, f"T0000{i}", "standby", {})
+    cp.host_release(a)
+    cp.host_handover(a)
+    held = HeldJournal(cp)
+    cp.host_open(b, "T00003", "standby", {})  # the last owed session: granted, its epoch being written
+    assert cp.granting is b and cp.demoting is a
+    terms[0].connection_lost(None)  # T00001 leaves in that window
+    b.connection_lost(None)  # the grantee lost before its grant took effect: undone
+    held.release()
+    await asyncio.sleep(0)
+    cp.settle_flip()
+    assert cp.active is a and cp.terms["T00001"].active is None
+    a.flush()
+    closed = [f for f in a.transport.frames() if f.get("t") == "session_closed" and f.get("terminal") == "T00001"]
+    assert len(closed) == 1, [f for f in a.transport.frames() if f.get("terminal") == "T00001"]
+
+
 async def test_a_failover_request_right_after_a_stall_of_the_cp_is_judged_after_a_read(tmp_path: Path) -> None:
     """The CP's own loop stalled past host_timeout (a logon storm): the active's heartbeats of
     that time are unread, so it looks silent. tick() judges silence again after a read; a

@@ -377,7 +377,9 @@ class TerminalSide:
     def _close_active_session(self: CP, term: Term, reason: str) -> None:
         s = term.active
         term.active = None
-        if s is not None and s.host is self.active and s.host.usable:
+        # (the old active of a planned switchover whose grant is being made durable still holds
+        # it: told too, or the switchover undone would give it the role back with it still open)
+        if s is not None and (s.host is self.active or s.host is self.demoting) and s.host.usable:
             s.host.send({"t": "session_closed", "terminal": term.name, "reason": reason})
 
     def _backpressure(self: CP, term: Term) -> None:
