@@ -134,9 +134,8 @@ class CPLink:
                 if refused:  # a wrong secret or version: said once (then once a minute), tried slowly
                     refusals.seen(f"{exc.error.get('code')}: {exc.error.get('msg')}")  # type: ignore[union-attr]
                 elif isinstance(exc, ssl.SSLError) and not isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
-                    # we refused the CP's certificate (expired, another CA) or it is no TLS
-                    # server. (A CP that refuses ours closes the connection: its own
-                    # tls_refused line says why; here it is a plain reconnect.)
+                    # we refused the CP's certificate (expired, another CA), it refused ours
+                    # (its alert: expired, unknown CA), or it is no TLS server
                     refused = True
                     why = getattr(exc, "verify_message", None) or exc.reason or str(exc)
                     tls_refusals.seen(f"tls: {why}")

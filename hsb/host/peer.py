@@ -220,7 +220,8 @@ class PeerLink:
                 elif refused:
                     refusals.seen(str(exc.error.get("msg")))  # type: ignore[union-attr]
                 elif isinstance(exc, ssl.SSLError) and not isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
-                    # we refused the peer's certificate (expired, another CA) or it is no TLS server
+                    # we refused the peer's certificate (expired, another CA), it refused ours (its
+                    # alert), or it is no TLS server
                     refused = True
                     tls_refusals.seen(f"tls: {getattr(exc, 'verify_message', None) or exc.reason or exc}")
                 elif isinstance(exc, socket.gaierror):  # (a name not known: else retried in silence)

@@ -151,9 +151,17 @@ class FramedProtocol(asyncio.Protocol):
         self._arm_idle()
         self.on_open()
 
-    def _tls_refused(self, reason: str) -> None:
+    def _tls_refused(self, reason: str, alert: bytes = b"") -> None:
         self._deadline_handle = None
         self._log_tls_refused(reason)
+        tr = self.transport
+        if alert and tr is not None and not self.closed:
+            # the alert first (an expired certificate, another CA): the peer's own error then says
+            # why, instead of a connection closed for no reason it can see
+            self.closed_here = self.closed = True
+            tr.write(alert)
+            tr.close()
+            return
         self.abort()
 
     def _log_tls_refused(self, reason: str) -> None:
@@ -178,7 +186,7 @@ class FramedProtocol(asyncio.Protocol):
                 data, out = t.feed(data)
             except TLSFailed as exc:
                 self.clear_deadline()
-                self._tls_refused(exc.reason)
+                self._tls_refused(exc.reason, exc.alert)
                 return
             if out and self.transport is not None:
                 self.transport.write(out)

@@ -14,9 +14,10 @@ import ssl
 class TLSFailed(Exception):
     """The handshake or a record failed: `reason` says why in a few words."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, alert: bytes = b"") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.alert = alert  # the TLS alert to send the peer before the connection closes: it then knows why
 
 
 def _reason(exc: ssl.SSLError) -> str:
@@ -62,7 +63,7 @@ class ServerTLS:
             except ssl.SSLWantReadError:
                 return b"", self._out.read()
             except ssl.SSLError as exc:
-                raise TLSFailed(_reason(exc)) from None
+                raise TLSFailed(_reason(exc), self._out.read()) from None
         chunks = []
         while True:
             try:
