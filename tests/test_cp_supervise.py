@@ -235,6 +235,60 @@ def test_a_crash_loop_waits_longer_before_each_worker(supervised: Any) -> None:
     assert all(gone(e["pid"]) for e in p.events("cp_worker_started"))  # every worker dead and reaped
 
 
+def test_the_master_feeds_systemds_watchdog_while_a_crash_loop_waits(tmp_path: Path) -> None:
+    """A crash loop's wait (up to 30 s) has no worker to ping systemd's watchdog, whose
+    WATCHDOG_PID names the master: with the unit's WatchdogSec=10 systemd killed the master in
+    the 16 s wait and started a new one with its crash loop forgotten. The master pings while no
+    worker runs. Here: a worker that dies at once, the first wait made 3 s, WatchdogSec=1."""
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.1)
+    code = "\n".join(
+        (
+            "import os, signal, sys, time",
+            "os.environ['WATCHDOG_PID'] = str(os.getpid())  # as systemd sets it: the master",
+            "from hsb.cp import supervise",
+            "supervise.DELAY_FIRST_S = 3.0",
+            "def work(info):",
+            "    with open(os.environ['STARTS'], 'a') as f:  # (not stdout: the master's log lines share it)",
+            "        f.write(f\"{info['restarts']} {time.monotonic()}\\n\")",
+            "    if info['restarts'] == 0:",
+            "        os.kill(os.getpid(), signal.SIGKILL)  # dies at once: the master waits 3 s",
+            "    return 0",
+            "sys.exit(supervise.supervise(work, restarts_max=0))",
+        )
+    )
+    starts_file = tmp_path / "starts"
+    env = {**os.environ, "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000", "STARTS": str(starts_file)}
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    pings: list[float] = []  # when each WATCHDOG=1 came (CLOCK_MONOTONIC: the same clock as the child's)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                got = sock.recv(4096).decode().split("\n")
+                pings += [time.monotonic()] * got.count("WATCHDOG=1")
+            except TimeoutError:
+                if p.poll() is not None:
+                    break
+            assert time.monotonic() < deadline, f"the master did not end; pings {pings}"
+        out = p.communicate(timeout=10)[0]
+    finally:
+        sock.close()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, out[-2000:]
+    starts = {int(w[0]): float(w[1]) for w in (ln.split() for ln in starts_file.read_text().splitlines())}
+    assert set(starts) == {0, 1} and starts[1] - starts[0] >= 2.9, (starts, out[-2000:])
+    during = [t for t in pings if starts[0] < t < starts[1]]
+    # every half second of the wait (0.5 s: half of WATCHDOG_USEC), not one interval left unpinged
+    assert len(during) >= 5, (starts, pings)
+    gaps = [b - a for a, b in zip([starts[0], *during], [*during, starts[1]], strict=True)]
+    assert max(gaps) < 1.0, gaps
+
+
 # --------------------------------------------------------------------------- the parts, in-process
 
 

@@ -15,6 +15,11 @@ same idea as PostgreSQL's postmaster or nginx's master process.
   says so (`cp_worker_crash_loop`, with the wait); a worker that stays up for a whole window
   clears it. (Giving up left it to systemd, whose `RestartSec` does not grow on Debian 12's
   systemd 252: a new master every 100 ms, five workers each, for ever.) A stop ends the wait.
+- systemd's watchdog (`WatchdogSec`, `WATCHDOG_PID` naming the master) is pinged by the worker's
+  loop while one runs, and by the master while none does: from a death to the next fork, the
+  wait of a crash loop included (up to DELAY_MAX_S, longer than the unit's WatchdogSec=10:
+  unpinged, systemd killed the master in the wait and started a new one, its crash loop
+  forgotten, so the longer waits were never reached).
 - The master holds nothing of the CP's: no journal, no connections, no threads (fork() is safe);
   only a shared mapping where each worker leaves the config it applied (`AppliedConfig`), for
   the next worker if the config file is broken by then, and (with `takeover = "at_start"`) the
@@ -57,6 +62,7 @@ import msgpack
 import structlog
 
 from hsb import procstat
+from hsb.ops.notify import Watchdog
 
 log = structlog.get_logger("hsb.cp")
 
@@ -218,7 +224,8 @@ def _worker(work: Callable[[dict[str, Any]], int], info: dict[str, Any], parent:
         worker_signals()
         if os.environ.get("WATCHDOG_PID") == str(parent):
             # systemd's watchdog watches the master (the unit's main process), which runs no loop
-            # to ping it from: the worker's tick loop pings for it (NotifyAccess=all)
+            # to ping it from: the worker's tick loop pings for it (NotifyAccess=all); the master
+            # pings only while no worker runs (supervise)
             os.environ["WATCHDOG_PID"] = str(os.getpid())
         signal.pthread_sigmask(signal.SIG_UNBLOCK, PASSED_ON)
         _die_with_parent(parent)
@@ -284,6 +291,9 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
     EARLY_SIGNALS.clear()
     signal.signal(signal.SIGCHLD, lambda *_: reap(block=False))  # a dead worker is reaped once torn down
     info: dict[str, Any] = {"master_pid": master, "restarts": 0, "last_death": None}
+    # systemd's watchdog names the master: pinged by the worker while it runs (_worker), here while
+    # no worker does (a dead one's, a crash loop's wait), each time just before the next fork too
+    watchdog = Watchdog()
     # Everything the master built (the imports, the config) moves out of the collector's reach:
     # a worker's first full collection would otherwise walk, and so copy, every page it shares
     # with the master (copy-on-write), with its event loop stopped.
@@ -353,6 +363,7 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
         while deaths and deaths[0] < now - window:
             deaths.popleft()
         info = {"master_pid": master, "restarts": info["restarts"] + 1, "last_death": {"pid": pid, "signal": name, "at": time.time()}}
+        watchdog.tick(now, force=True)  # no worker pings now: the next one starts with a whole interval
         if len(deaths) > restarts_max:
             delay = crash_loop_delay(len(deaths) - restarts_max)
             log.error(
@@ -367,7 +378,9 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
             )
             until = time.monotonic() + delay
             while not stopping and (left := until - time.monotonic()) > 0:
+                watchdog.tick(time.monotonic())  # (every half WatchdogSec)
                 time.sleep(min(left, 0.05))  # (a stop's signal ends the wait within this)
+            watchdog.tick(time.monotonic(), force=True)
             continue
         log.warning(
             "cp_worker_died",

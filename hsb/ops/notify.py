@@ -58,7 +58,8 @@ class Watchdog:
         self.every = watchdog_every()
         self.last = 0.0
 
-    def tick(self, now: float) -> None:
-        if self.every is not None and now - self.last >= self.every:
+    def tick(self, now: float, force: bool = False) -> None:
+        """`force`: now, however recent the last ping (a fresh interval for what comes next)."""
+        if self.every is not None and (force or now - self.last >= self.every):
             self.last = now
             notify(WATCHDOG=1)
