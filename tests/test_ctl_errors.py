@@ -9,6 +9,8 @@ import asyncio
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -500,3 +502,36 @@ def test_a_sandbox_that_cannot_be_made_for_want_of_room_is_one_line(tmp_path: Pa
 
     monkeypatch.setattr(sb, "up", full)
     one_line_error(*invoke("sandbox", "up", "--dir", str(tmp_path / "sb")), 1, "No space left on device", "takeover.dat", "free space")
+
+
+# -- what hsbctl says of a CP that does not serve --------------------------------------------------
+
+
+def hsbctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hsb.ctl", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_a_single_cp_address_whose_cp_waits_is_named_with_its_state(tmp_path: Path) -> None:
+    """`hsbctl status` given one CP address whose hsbcpd waits to take over (`takeover =
+    "on_wake"`): the error read `no CP serves: ` and nothing after it (only the two-machine list
+    was named). It names that CP, its address and its state."""
+    import json
+    import tomllib
+
+    from tests.support.procs import _run_cp, cp_config
+
+    d = tmp_path / "cp"
+    d.mkdir()
+    # its address is on no interface here: it waits for good
+    cfg = cp_config(d, terminals=2, takeover="on_wake", terminal_listen="192.0.2.1:7000", name="cp-a")
+    cp = _run_cp(d, cfg, None, wait=False)
+    try:
+        cp.wait_event("cp_waiting", timeout=15)
+        admin = str(tomllib.loads(cfg.read_text())["cp"]["admin_listen"])
+        r = hsbctl("--cp", admin, "--secret-file", str(d / "secret"), "status", "--json")
+        assert r.returncode == 3, (r.returncode, r.stdout, r.stderr)
+        err = json.loads(r.stdout)["cp"]["error"]
+        assert err.startswith(f"no CP serves: cp-a at {admin} waiting"), err
+        assert "keepalived" in err and "both CP machines" in err, err
+    finally:
+        cp.stop()

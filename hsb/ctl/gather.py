@@ -133,16 +133,25 @@ async def status_all(
         again = await one(cp)
         if again.get("reachable"):  # else keep the first answer rather than call the CP down
             cps = again
-    if cps.get("reachable") and cps.get("state") == "waiting":  # two CP machines, none serving
-        cps = {
-            "reachable": False,
-            "addr": cp,
-            "error": "no CP serves: " + ", ".join(f"{m['addr']} {m.get('state', 'unreachable')}" for m in machines or []),
-        }
+    if cps.get("reachable") and cps.get("state") == "waiting":  # no CP serves: waiting, or taking the journal over
+        said = machines
+        if said is None:  # one CP address: the one asked (a waiting CP of two CP machines, or one still taking over)
+            said = [{"addr": cp, "reachable": True, "name": cps.get("name"), "state": cps.get("cp_state") or "waiting"}]
+        why = "no CP serves: " + ", ".join(_machine(m) for m in said)
+        if machines is None and cps.get("takeover") == "on_wake" and cps.get("cp_state") == "waiting":
+            why += " (it waits for keepalived to make its machine master; name both CP machines in the ctl config's cp to find the serving one)"
+        cps = {"reachable": False, "addr": cp, "error": why}
     out = summarize(cps, list(hs))
     if machines is not None:
         out["cps"] = machines
     return out
+
+
+def _machine(m: dict[str, Any]) -> str:
+    """A CP machine as `no CP serves` names it: its name, address and state."""
+    if not m.get("reachable"):
+        return f"{m['addr']} unreachable"
+    return f"{m['name']} at {m['addr']} {m.get('state')}" if m.get("name") else f"{m['addr']} {m.get('state')}"
 
 
 def _epoch(part: dict[str, Any]) -> int:
