@@ -504,7 +504,7 @@ def test_a_sandbox_that_cannot_be_made_for_want_of_room_is_one_line(tmp_path: Pa
     one_line_error(*invoke("sandbox", "up", "--dir", str(tmp_path / "sb")), 1, "No space left on device", "takeover.dat", "free space")
 
 
-# -- what hsbctl says of a CP that does not serve --------------------------------------------------
+# -- what hsbctl says of a CP that does not serve, and of a certificate that names another --------
 
 
 def hsbctl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -535,3 +535,44 @@ def test_a_single_cp_address_whose_cp_waits_is_named_with_its_state(tmp_path: Pa
         assert "keepalived" in err and "both CP machines" in err, err
     finally:
         cp.stop()
+
+
+def test_a_daemon_certificate_that_does_not_name_it_is_said_so_not_blamed_on_the_address(tmp_path: Path) -> None:
+    """The CP's certificate names another ('other', not its name 'cp'): hsbctl's own check
+    refuses it, and said `it closed the connection (…); is this its admin_listen address?`. It
+    says the certificate does not name the daemon, and what it names."""
+    import json
+    import tomllib
+
+    from hsb.ctl.tls_cmd import make_ca_and_certs
+    from tests.support.procs import start_cp
+
+    tls = tmp_path / "tls"
+    make_ca_and_certs(tls, ["cp", "other", "hsbctl"])
+    files = {"ca_file": str(tls / "ca.pem"), "cert_file": str(tls / "other.pem"), "key_file": str(tls / "other.key")}
+    cp = start_cp(tmp_path / "cp", terminals=2, tls={**files, "terminals": False})
+    try:
+        admin = str(tomllib.loads((tmp_path / "cp" / "cp.toml").read_text())["cp"]["admin_listen"])
+        ctl = tmp_path / "ctl.toml"
+        ctl.write_text(
+            f'cp = "{admin}"\nsecret_file = "{tmp_path / "cp" / "secret"}"\n'
+            f'tls = {{ ca_file = "{tls / "ca.pem"}", cert_file = "{tls / "hsbctl.pem"}", key_file = "{tls / "hsbctl.key"}" }}\n'
+        )
+        r = hsbctl("--config", str(ctl), "status", "--json")
+        assert r.returncode == 3, (r.returncode, r.stdout, r.stderr)
+        err = json.loads(r.stdout)["cp"]["error"]
+        assert err.startswith("the daemon's TLS certificate does not name it: the daemon says it is 'cp', its certificate names other"), err
+        assert "closed the connection" not in err and "admin_listen" not in err, err
+    finally:
+        cp.stop()
+
+
+def test_hsbctls_own_certificate_refused_for_its_name_is_said_so() -> None:
+    """The other way round: the daemon refuses hsbctl's certificate, which names another (its
+    error frame, tls_name_mismatch): said as that, not as a wrong address."""
+    from hsb.wire.client import LinkClosed
+
+    told = {"t": "error", "code": "tls_name_mismatch", "msg": "the link claims to be 'hsbctl' but its certificate is for ['host-a']"}
+    why = gather.why_not(LinkClosed(f"tls_name_mismatch: {told['msg']}", told), 2.0)
+    assert why.startswith("the daemon refused hsbctl's TLS certificate: the link claims to be 'hsbctl'"), why
+    assert "tls.cert_file" in why and "admin_listen" not in why, why

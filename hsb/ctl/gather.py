@@ -17,7 +17,7 @@ from typing import Any
 
 from hsb.config import parse_addr
 from hsb.wire.auth import load_secret
-from hsb.wire.client import LinkClosed, request
+from hsb.wire.client import LinkClosed, ServerNameMismatch, request
 from hsb.wire.framing import ProtocolError
 
 
@@ -27,6 +27,12 @@ def why_not(exc: BaseException, timeout: float) -> str:
         return "connection refused: nothing listens there (is the daemon running? is the address in the ctl config its admin_listen?)"
     if isinstance(exc, TimeoutError):
         return f"no answer within {timeout:g} s (a wrong port, a firewall, the daemon is stuck, or it speaks TLS and the ctl config has no tls)"
+    if isinstance(exc, ServerNameMismatch):  # hsbctl's own check of the daemon's certificate
+        has = f"names {', '.join(exc.names)}" if exc.names else "names nobody"
+        return (
+            f"the daemon's TLS certificate does not name it: the daemon says it is {exc.server!r}, its certificate {has}"
+            " (give it a certificate that names its [cp] name or [host] name: docs/tls.md §2)"
+        )
     if isinstance(exc, LinkClosed):
         code = (exc.error or {}).get("code")
         msg = str((exc.error or {}).get("msg", ""))
@@ -36,6 +42,8 @@ def why_not(exc: BaseException, timeout: float) -> str:
             return "authentication failed: the secret differs from the daemon's (check secret_file in the ctl config)"
         if code == "version_mismatch" or "version_mismatch" in str(exc):
             return str(exc).removeprefix("version_mismatch: ")
+        if code == "tls_name_mismatch":  # the daemon's check of hsbctl's certificate
+            return f"the daemon refused hsbctl's TLS certificate: {msg} (the ctl config's tls.cert_file must name 'hsbctl')"
         return f"it closed the connection ({exc}); is this its admin_listen address?"
     if isinstance(exc, ProtocolError):
         return f"it does not speak hsb's admin link ({exc.code}): a wrong port?"

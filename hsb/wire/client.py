@@ -21,6 +21,18 @@ class LinkClosed(ConnectionError):
         self.error = error
 
 
+class ServerNameMismatch(LinkClosed):
+    """Over TLS, the server's certificate does not name the server its challenge says it is: this
+    end's own finding (not an error frame of the server's), with the names it has (`names`)."""
+
+    def __init__(self, server: str, names: list[str]) -> None:
+        super().__init__(
+            f"tls_name_mismatch: the server says it is {server!r} but its certificate is for {names}",
+            {"t": "error", "code": "tls_name_mismatch", "msg": f"the server's certificate is for {names}, not {server!r}"},
+        )
+        self.server, self.names = server, names
+
+
 class FrameStream:
     """Send and receive frames over one TCP connection."""
 
@@ -118,10 +130,7 @@ class FrameStream:
         names = tls.peer_names(self.writer.transport)
         server = str(ch.get("server", ""))
         if names is not None and server not in names:  # TLS: the certificate must be the server's it says it is
-            raise LinkClosed(
-                f"tls_name_mismatch: the server says it is {server[:64]!r} but its certificate is for {sorted(names)[:4]}",
-                {"t": "error", "code": "tls_name_mismatch", "msg": f"the server's certificate is for {sorted(names)[:4]}, not {server[:64]!r}"},
-            )
+            raise ServerNameMismatch(server[:64], sorted(names)[:4])
         theirs = ch.get("proto", 1)
         if theirs != LINK_PROTOCOL:
             raise LinkClosed(
