@@ -59,9 +59,10 @@ def supervised(tmp_path: Path) -> Iterator[Any]:
     """Start `hsbcpd --supervise` on a config of its own; every process is killed at the end."""
     procs: list[tuple[Proc, list[int]]] = []  # the masters
 
-    def start(env: dict[str, str] | None = None, watchdog_pid: bool = False, **cp: Any) -> Proc:
+    def start(env: dict[str, str] | None = None, watchdog_pid: bool = False, code: str | None = None, **cp: Any) -> Proc:
         cfg = cp_config(tmp_path, terminals=5, **{"journal": "journal", **cp})
-        argv = [sys.executable, "-m", "hsb.cp", "--config", str(cfg), "--supervise"]
+        # code: Python run instead of `-m hsb.cp`, which then calls hsbcpd's main itself
+        argv = [sys.executable, *(("-c", code) if code else ("-m", "hsb.cp")), "--config", str(cfg), "--supervise"]
         if watchdog_pid:  # as systemd sets it: the unit's main process, the master
             argv = ["sh", "-c", 'export WATCHDOG_PID=$$; exec "$@"', "sh", *argv]
         p = spawn("hsbcpd", argv, tmp_path / "cp.log", env)
@@ -233,6 +234,75 @@ def test_a_crash_loop_waits_longer_before_each_worker(supervised: Any) -> None:
     p.popen.send_signal(signal.SIGTERM)
     assert p.popen.wait(10) == 0
     assert all(gone(e["pid"]) for e in p.events("cp_worker_started"))  # every worker dead and reaped
+
+
+# hsbcpd whose journal recovery waits while the file named by HOLD_RECOVERY exists (a slow recovery)
+SLOW_RECOVERY = """
+import os, sys, time
+from hsb.cp import server
+real = server.recover
+def held(*a, **kw):
+    deadline = time.monotonic() + 60
+    while os.path.exists(os.environ["HOLD_RECOVERY"]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return real(*a, **kw)
+server.recover = held
+from hsb.cp.main import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("admin_host", ["127.0.0.1", "localhost"])
+async def test_a_worker_forked_again_answers_status_and_health_while_it_recovers(supervised: Any, tmp_path: Path, admin_host: str) -> None:
+    """A worker forked again after a crash took the journal over before it started its admin
+    link and /health: the master held those listeners, so `hsbctl status` and keepalived's
+    track script waited unanswered through the whole recovery (any other start answers them
+    meanwhile: `take_over`). Here the recovery is held; both answer, the CP taking over. Also
+    with the admin and http addresses given as a host name, which each worker binds itself."""
+    import tomllib
+
+    from hsb.wire.client import LinkClosed, request
+    from tests.support.procs import SECRET, addr, free_port, http_get
+
+    hold = tmp_path / "hold-recovery"
+    listen = {"admin_listen": f"{admin_host}:{free_port()}", "http_listen": f"{admin_host}:{free_port()}"}
+    p = supervised(env={"HOLD_RECOVERY": str(hold)}, code=SLOW_RECOVERY, **listen)
+    p.wait_event("cp_started", timeout=15)
+    c = tomllib.loads((tmp_path / "cp.toml").read_text())["cp"]
+    master = p.popen.pid
+    first = worker_of(master)
+    hold.write_text("")
+    os.kill(first, signal.SIGKILL)
+    p.wait_event("cp_worker_started", timeout=15, restarts=1)
+    h, port = addr(c["admin_listen"])
+
+    async def status() -> dict[str, Any] | None:
+        try:
+            ans = await request(h, port, SECRET, {"t": "status"}, timeout=1.0)
+        except (OSError, TimeoutError, LinkClosed):
+            return None
+        return ans.get("data")
+
+    deadline = time.monotonic() + 20
+    while (st := await status()) is None:
+        assert time.monotonic() < deadline, "no status answered while the worker forked again recovers"
+    assert st["cp_state"] == "taking_over" and st["supervisor"]["restarts"] == 1, st
+    code, body = await asyncio.to_thread(http_get, c["http_listen"], "/health")
+    assert code == 200 and json.loads(body)["cp_state"] == "taking_over", (code, body)
+    r = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "hsb.ctl", "--cp", c["admin_listen"], "--secret-file", str(tmp_path / "secret"), "status", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    err = json.loads(r.stdout)["cp"]["error"]
+    assert err == f"no CP serves: cp at {c['admin_listen']} taking_over", err
+    assert len(p.events("journal_recovered")) == 1  # all this while the recovery was held
+    hold.unlink()
+    await until(lambda: len(p.events("cp_started")) == 2, 20, what="the worker forked again serving")
+    st = await status()
+    assert st is not None and st["cp_state"] == "serving", st
 
 
 def test_the_master_feeds_systemds_watchdog_while_a_crash_loop_waits(tmp_path: Path) -> None:

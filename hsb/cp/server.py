@@ -579,11 +579,9 @@ class CPServer(Waiting):
         loop.add_signal_handler(signal.SIGUSR1, self._wake)
         self.take_early_signals()
         if self.supervisor and self.supervisor["restarts"] and self.cfg.cp.takeover == "at_start":
-            # forked again after a crash: recover first, while the kernel frees the dead CP's ports
-            self.state = "taking_over"
-            await self.take_over("started")
-            self.state = "starting"
-        await self.start_admin()
+            await self._recover_beside_admin()  # forked again after a crash
+        else:
+            await self.start_admin()
         reason = "started"
         if self.cfg.cp.takeover == "on_wake":
             why = await self.wait_for_takeover()
@@ -601,6 +599,23 @@ class CPServer(Waiting):
         finally:
             await self.shutdown()
         return self.exit_code
+
+    async def _recover_beside_admin(self) -> None:
+        """A worker forked again after a crash: the journal taken over while the admin link and
+        /health come up beside it, as at any start they answer during the takeover (`take_over`).
+        Not one after the other: on the master's listeners the admin link is up at once, but one
+        this worker binds itself (an address given as a host name) may wait for the dead CP's port
+        (`_bind`, up to BIND_WAIT_S), and the recovery does not wait for that."""
+        admin = asyncio.ensure_future(self.start_admin())
+        admin.add_done_callback(lambda t: t.cancelled() or t.exception())  # (said below, or dropped with a takeover that failed)
+        self.state = "taking_over"
+        try:
+            await self.take_over("started")
+        except BaseException:
+            admin.cancel()
+            raise
+        self.state = "starting"  # an error of the admin listener's now is the ports', not the journal's
+        await admin
 
     def _sighup(self) -> None:
         self.reload_requested = True  # the flags only; the tick loop reloads (a waiting CP: its TLS)
