@@ -703,6 +703,12 @@ def test_a_reload_or_wake_sent_while_a_plain_hsbcpd_starts_is_noted_not_fatal(tm
     assert r.stdout.strip() == str(sorted([int(signal.SIGHUP), int(signal.SIGUSR1)])), r.stdout
 
 
+def outs(out: str) -> list[str]:
+    """The OUT lines of a worker and its master, which share stdout with the master's log lines:
+    each OUT line is one write, but it may land after a log line's text and before its newline."""
+    return re.findall(r"OUT ([^\n]*)", out)
+
+
 def test_a_reload_noted_before_the_master_supervises_goes_to_the_first_worker_only() -> None:
     """A SIGHUP noted while hsbcpd started (before the master's own handlers) is the first
     worker's: it stayed in the master's list, and every worker forked after a crash reloaded
@@ -719,7 +725,7 @@ def test_a_reload_noted_before_the_master_supervises_goes_to_the_first_worker_on
         "    return 0",
         "sys.exit(supervise.supervise(work))",
     )
-    assert [ln[4:] for ln in out.splitlines() if ln.startswith("OUT ")] == [f"0 [{int(signal.SIGHUP)}]", "1 []"], out
+    assert outs(out) == [f"0 [{int(signal.SIGHUP)}]", "1 []"], out
 
 
 def test_a_worker_that_dies_while_it_ends_for_good_is_not_forked_again() -> None:
@@ -736,5 +742,5 @@ def test_a_worker_that_dies_while_it_ends_for_good_is_not_forked_again() -> None
         "    os.kill(os.getpid(), signal.SIGKILL)",
         "print('OUT master', supervise.supervise(work), flush=True)",
     )
-    assert [ln[4:] for ln in out.splitlines() if ln.startswith("OUT ")] == ["worker 0", "master 75"], out
+    assert outs(out) == ["worker 0", "master 75"], out
     assert "cp_worker_died_ending" in out and "cp_worker_died " not in out, out
