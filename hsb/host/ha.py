@@ -200,13 +200,17 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         self.srv.on_state_change()
 
     def _first_held(self, state: str) -> bool:
-        """This process holds the role it started in for the first time: the active serving (the CP
-        granted it), the standby past its start (following an active, or waiting for one)."""
-        if self.role_announced:
-            return False
-        if self.role == "active":
-            return state in (SERVING, BATCH_WRITING, ESTABLISHED)
-        return state not in (STARTING, STOPPING, FENCED)
+        """This process holds the standby role it started in for the first time: past its start
+        (following an active, or waiting for one). The active's is its grant (`_announce_active`)."""
+        return not self.role_announced and self.role == "standby" and state not in (STARTING, STOPPING, FENCED)
+
+    def _announce_active(self) -> None:
+        """The CP granted the active role this process started in, at its registration: the
+        role-change hook runs once for it, whatever state the host is in (a batch write for a
+        standby that came first, say), as keepalived's notify does at its start."""
+        if not self.role_announced and self.role == "active":
+            self.role_announced = True
+            self.srv.hook.fire(self.role, self.state, self.epoch, "registered with the CP as the active")
 
     async def run(self) -> None:
         watchdog = Watchdog()  # systemd's WatchdogSec: pinged from this loop, which runs every 0.2 s at least
@@ -286,6 +290,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
             self.granted = msg.get("role") == "active"
             if self.granted:
                 log.info("serving_as_active", epoch=self.epoch, how="registered", lease_s=self.lease.duration)
+                self._announce_active()
                 if msg.get("adopt") is True:  # the CP keeps our open sessions: name them (hsb.cp.adopt)
                     self.srv.sessions_ctl.adopt_sessions()
                 else:  # it keeps none (resume_window 0, a CP of before): ours are closed, and opened
