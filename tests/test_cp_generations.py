@@ -888,3 +888,42 @@ async def test_a_takeover_that_reads_long_beats_so_a_woken_waiting_cp_does_not_s
         if cp2 is not None:
             cp2.stop()
         await s.shutdown()
+
+
+async def test_a_takeovers_first_looks_at_the_storage_run_off_the_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The takeover asks first whether the journal is there and how its storage is mounted: on
+    the event loop, a hung mount stopped the loop there (no /health, no status, no watchdog ping
+    for keepalived and systemd to act on). They run on the takeover's timed thread steps now."""
+    import threading
+
+    from hsb.cp import server as srv
+
+    s, sd = _waiting_cp_under_systemd(tmp_path, monkeypatch)
+    entered, release = threading.Event(), threading.Event()
+
+    def hung(path: str) -> str | None:
+        entered.set()
+        release.wait(10)
+        return None
+
+    monkeypatch.setattr(srv, "nfs_fencing_problem", hung)
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(s.take_over("woken"))
+    try:
+        assert await loop.run_in_executor(None, entered.wait, 10)
+        t0 = loop.time()
+        await asyncio.sleep(0.05)
+        assert loop.time() - t0 < 0.5, "the loop did not run while the storage was asked"
+        assert s.takeover_step is not None and s.takeover_step[0] == "mount options"
+        s.takeover_step_s = 0.1  # past its bound: the watchdog's pings stop, as for any hung step
+        await until(lambda: not s._takeover_on_time(), timeout=5)
+        release.set()
+        await asyncio.wait_for(task, 10)
+        assert s.cp is not None
+    finally:
+        release.set()
+        if not task.done():
+            task.cancel()
+        sd.close()
+        if s.cp is not None:
+            s.cp.journal.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from hsb.ops.mounts import mount_of, nfs_fencing_problem
 
 
@@ -41,3 +43,38 @@ def test_a_journal_on_nfs_mounted_as_asked_or_not_on_nfs_is_fine(tmp_path: Path)
     # this machine's own mounts (no NFS in the sandbox): nothing to say
     assert nfs_fencing_problem(str(tmp_path / "cp-journal")) is None
     assert mount_of("/x", "garbage\nnot - enough\n") is None  # lines it cannot read: no mount, no error
+
+
+def test_a_hung_mount_does_not_hold_hsbcpds_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two CP machines: the start (and --check-config) looks at how the journal's storage is
+    mounted. A hung mount held the start there, before READY, /health and status, until
+    systemd's start timeout killed it, again and again. The look has a bound: past it the start
+    goes on (waiting says what the storage does), and the takeover asks again."""
+    import threading
+    import time
+
+    from hsb.config import load
+    from hsb.cp import main as cp_main
+    from hsb.cp.config import CPConfig
+    from hsb.ops import mounts
+    from tests.support.procs import cp_config
+
+    release = threading.Event()
+
+    def hung(path: str, mountinfo: str | None = None) -> str | None:
+        release.wait(10)
+        return None
+
+    journal = tmp_path / "j"
+    journal.mkdir()
+    cfg = load(cp_config(tmp_path, terminals=2, journal=str(journal), takeover="on_wake"), CPConfig)
+    monkeypatch.setattr(mounts, "nfs_fencing_problem", hung)
+    monkeypatch.setattr(cp_main, "STORAGE_LOOK_S", 0.2)
+    monkeypatch.setattr("hsb.cp.waiting.nonlocal_bind_problem", lambda addr: None)
+    t0 = time.monotonic()
+    try:
+        problems = cp_main.start_problems(cfg)
+    finally:
+        release.set()
+    assert time.monotonic() - t0 < 3 and problems == [], problems
+    assert "did not answer within 0.2 s" in capsys.readouterr().err

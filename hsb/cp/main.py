@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -53,7 +54,14 @@ def start_problems(cfg: CPConfig) -> list[str]:
     except JournalIOUnavailable as exc:
         out.append(str(exc))
     if c.takeover == "on_wake":  # two CP machines: their fencing needs the server asked every time
-        out += [why for why in (nfs_fencing_problem(c.journal), nonlocal_bind_problem(c.terminal_listen)) if why]
+        done, fencing = _within(STORAGE_LOOK_S, nfs_fencing_problem, c.journal)
+        if not done:  # a hung mount: the start goes on, waiting says so, and the takeover asks again
+            click.echo(
+                f"warning: the CP journal's storage ({c.journal}) did not answer within {STORAGE_LOOK_S:g} s (a hung mount?);"
+                " its mount options are checked again when this CP takes the journal over",
+                err=True,
+            )
+        out += [why for why in (fencing, nonlocal_bind_problem(c.terminal_listen)) if why]
     else:  # (on_wake: made once on the shared storage, perhaps not mounted yet)
         d = Path(c.journal)
         there = next((p for p in (d, *d.parents) if p.exists()), None)
@@ -64,6 +72,28 @@ def start_problems(cfg: CPConfig) -> list[str]:
                 " (under the shipped systemd unit: in /var/lib/hsb, its ReadWritePaths)"
             )
     return out
+
+
+STORAGE_LOOK_S = 2.0  # the start's look at the journal's mount: a hung one does not hold the start
+
+
+def _within(timeout: float, fn: Callable[[str], str | None], arg: str) -> tuple[bool, str | None]:
+    """`fn(arg)` on a daemon thread: (done, its answer), or (False, None) after `timeout` (a
+    thread stuck on a hung mount is left behind; it holds nothing the process needs)."""
+    import threading
+
+    box: list[str | None] = []
+
+    def look() -> None:
+        try:
+            box.append(fn(arg))
+        except OSError:  # the storage's error: nothing known about its options (the takeover asks again)
+            box.append(None)
+
+    t = threading.Thread(target=look, daemon=True, name="storage-look")
+    t.start()
+    t.join(timeout)
+    return (True, box[0]) if box else (False, None)
 
 
 def _applied(applied: Any) -> CPConfig | None:

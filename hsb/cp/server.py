@@ -268,12 +268,13 @@ class CPServer(Waiting):
             self.cp = CP(self.cfg, None)
             return
         d = Path(c.journal)
-        if self._journal_missing(said=True):
-            raise JournalMissing(MISSING.format(journal=c.journal))
-        if c.takeover == "on_wake" and (why := nfs_fencing_problem(c.journal)):  # (mounted since the start, say)
-            raise JournalIOUnavailable(why)
         pinging = asyncio.get_running_loop().create_task(self._takeover_pings())
         try:
+            # (on the timed thread too: a hung mount answers neither, and the loop must)
+            if await self._step("journal there", self._journal_missing, True):
+                raise JournalMissing(MISSING.format(journal=c.journal))
+            if c.takeover == "on_wake" and (why := await self._step("mount options", nfs_fencing_problem, c.journal)):
+                raise JournalIOUnavailable(why)  # (mounted since the start, say)
             await self._take_over(reason, c, d, t0)
         finally:
             pinging.cancel()
