@@ -221,10 +221,25 @@ def main(config_path: str, check_config: bool, supervise: bool, set_journal_asid
             for why in start_problems(cfg):  # before any generation is taken
                 die(why, EXIT_CONFIG)
         try:
-            server = CPServer(cfg, secret, config_path)
+            try:
+                server = CPServer(cfg, secret, config_path)
+            except TLSError as exc:  # (checked at the start; a worker forked again reads them again: expired, replaced)
+                from hsb.cp import supervise as sv
+
+                pem = sv.applied_tls() if supervisor is not None and supervisor.get("restarts") else None
+                if pem is None:
+                    raise
+                import structlog
+
+                structlog.get_logger("hsb.cp").error(
+                    "tls_files_broken_since",
+                    error=str(exc),
+                    msg="serving on the certificates the worker before loaded; fix the files, then reload (SIGHUP)",
+                )
+                server = CPServer(cfg, secret, config_path, tls_pem=pem)
         except OSError as exc:
             die(os_error_line("taking_over", cfg.cp.journal, exc))
-        except TLSError as exc:  # (checked at the start; a worker forked again reads them again: expired, replaced)
+        except TLSError as exc:
             die(f"TLS: {exc}", EXIT_CONFIG)
         server.supervisor = supervisor
         try:

@@ -86,7 +86,7 @@ def master_listeners(cfg: CPConfig) -> dict[str, socket.socket]:
 class CPServer(Waiting):
     RELOADABLE = ("cp.held_bound", "cp.held_bytes", "cp.held_total_bytes", "cp.host_timeout", "terminals", "terminal_groups")
 
-    def __init__(self, cfg: CPConfig, secret: bytes, config_path: str | None = None) -> None:
+    def __init__(self, cfg: CPConfig, secret: bytes, config_path: str | None = None, tls_pem: dict[str, bytes] | None = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.reload_requested = False
@@ -114,7 +114,14 @@ class CPServer(Waiting):
         self._tickling: asyncio.Future[None] | None = None
         self._takeover_beats: asyncio.Task[None] | None = None  # its generation's heartbeat until the tick loop beats
         # TLS (hsb.wire.tls): mutual on the host and admin listeners, optional on the terminals'
-        self.tls = TLS(cfg.tls.files(), terminals=cfg.tls.terminals) if cfg.tls is not None else None
+        if cfg.tls is None:
+            self.tls = None
+        elif tls_pem is not None:  # forked again while the files are broken: what the worker before loaded
+            self.tls = TLS.from_pem(cfg.tls.files(), tls_pem, terminals=cfg.tls.terminals)
+        else:
+            self.tls = TLS(cfg.tls.files(), terminals=cfg.tls.terminals)
+        if self.tls is not None:
+            supervise.keep_tls(self.tls.pem)
         set_default_client(self.tls.client if self.tls is not None else None)
         durable = cfg.cp.durability != "none"
         self.gens = Generations(Path(cfg.cp.journal)) if durable else None
@@ -632,7 +639,8 @@ class CPServer(Waiting):
         from hsb.cp.state import Term
         from hsb.ops import reload
 
-        reload_tls(self.tls)
+        if reload_tls(self.tls) and self.tls is not None:
+            supervise.keep_tls(self.tls.pem)
         # read and checked on a thread (0.6 s for 19,000 terminals listed one by one): the loop
         # answers heartbeats meanwhile; applied here, on the loop
         planned = await asyncio.get_running_loop().run_in_executor(None, reload.plan, self.config_path, CPConfig, self.cfg, self.RELOADABLE)

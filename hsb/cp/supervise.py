@@ -74,52 +74,91 @@ PR_SET_PDEATHSIG = 1
 HIGH_FD_MAX = 1 << 20  # the pipe's end goes no higher (a larger fd table costs memory)
 
 
-class AppliedConfig:
-    """The config the last worker applied (at its start and at each SIGHUP), kept where the next
-    worker finds it: an anonymous mapping the master makes before its first fork and every worker
-    inherits. A worker forked again after its predecessor died reads the config file again; if
-    the file is broken meanwhile, it takes this one, not the config of the master's start (which
-    would lose the terminals added by SIGHUP since).
+class Applied:
+    """Bytes the last worker applied, kept where the next worker finds them: an anonymous mapping
+    the master makes before its first fork and every worker inherits.
 
-    Two slots, each a header (sequence number, length, CRC-32) and the msgpack of the config: a
-    store writes the older slot, its data before its header, so a worker killed in the middle of
-    a store leaves the other slot whole."""
+    Two slots, each a header (sequence number, length, CRC-32) and the data: a store writes the
+    older slot, its data before its header, so a worker killed in the middle of a store leaves
+    the other slot whole."""
 
-    SLOT = 16 * 1024 * 1024  # a config past this is not kept (logged): 100,000 terminals listed one by one fit
     HEAD = struct.Struct("<QII")
 
-    def __init__(self) -> None:
-        self.mem = mmap.mmap(-1, 2 * self.SLOT, flags=mmap.MAP_SHARED)  # pages are used only once written
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+        self.mem = mmap.mmap(-1, 2 * slot, flags=mmap.MAP_SHARED)  # pages are used only once written
 
     def _slot(self, i: int) -> tuple[int, bytes | None]:
-        base = i * self.SLOT
+        base = i * self.slot
         seq, n, crc = self.HEAD.unpack_from(self.mem, base)
-        if not seq or not n or n > self.SLOT - self.HEAD.size:  # (n 0: a header half written)
+        if not seq or not n or n > self.slot - self.HEAD.size:  # (n 0: a header half written)
             return 0, None
         data = self.mem[base + self.HEAD.size : base + self.HEAD.size + n]
         return (seq, data) if zlib.crc32(data) == crc else (0, None)
 
-    def store(self, cfg: Any) -> None:
-        data = msgpack.packb(cfg.model_dump(mode="json"))
-        if len(data) > self.SLOT - self.HEAD.size:
-            log.warning("applied_config_not_kept", bytes=len(data), msg="a worker started again would use the config file, or the start's")
-            return
+    def store_data(self, data: bytes) -> bool:
+        """Kept for the next worker; False if too large for a slot."""
+        if len(data) > self.slot - self.HEAD.size:
+            return False
         (s0, _), (s1, _) = self._slot(0), self._slot(1)
         i = 0 if s0 <= s1 else 1
-        base = i * self.SLOT
+        base = i * self.slot
         self.HEAD.pack_into(self.mem, base, 0, 0, 0)  # invalid until its data is whole
         self.mem[base + self.HEAD.size : base + self.HEAD.size + len(data)] = data
         self.HEAD.pack_into(self.mem, base, max(s0, s1) + 1, len(data), zlib.crc32(data))
+        return True
+
+    def load_data(self) -> bytes | None:
+        """The newest data stored; None if there is none."""
+        return max((self._slot(0), self._slot(1)), key=lambda s: s[0])[1]
+
+
+class AppliedConfig(Applied):
+    """The config the last worker applied (at its start and at each SIGHUP). A worker forked
+    again after its predecessor died reads the config file again; if the file is broken
+    meanwhile, it takes this one, not the config of the master's start (which would lose the
+    terminals added by SIGHUP since)."""
+
+    SLOT = 16 * 1024 * 1024  # a config past this is not kept (logged): 100,000 terminals listed one by one fit
+
+    def __init__(self) -> None:
+        super().__init__(self.SLOT)
+
+    def store(self, cfg: Any) -> None:
+        data = msgpack.packb(cfg.model_dump(mode="json"))
+        if not self.store_data(data):
+            log.warning("applied_config_not_kept", bytes=len(data), msg="a worker started again would use the config file, or the start's")
 
     def load(self, model: type[Any]) -> Any | None:
         """The newest config stored, checked against `model` again; None if there is none."""
-        best = max((self._slot(0), self._slot(1)), key=lambda s: s[0])
-        if best[1] is None:
+        data = self.load_data()
+        if data is None:
             return None
-        return model.model_validate(msgpack.unpackb(best[1]), context={"base": Path.cwd()})
+        return model.model_validate(msgpack.unpackb(data), context={"base": Path.cwd()})
+
+
+TLS_SLOT = 1024 * 1024  # certificate, key and CA files: a few KiB each
+
+
+def keep_tls(pem: dict[str, bytes]) -> None:
+    """The TLS files' bytes a worker loaded (at its start, at a SIGHUP), for the next worker:
+    forked again after a crash while the files are broken (a renewal half done), it serves on
+    these rather than exit (hsb.wire.tls.TLS.from_pem). Nothing without a master."""
+    if APPLIED_TLS is not None and not APPLIED_TLS.store_data(msgpack.packb(pem)):
+        log.warning("applied_tls_not_kept", msg="a worker started again reads the certificate files only")
+
+
+def applied_tls() -> dict[str, bytes] | None:
+    """The TLS files' bytes the last worker loaded, if any."""
+    data = APPLIED_TLS.load_data() if APPLIED_TLS is not None else None
+    if data is None:
+        return None
+    pem = msgpack.unpackb(data)
+    return pem if isinstance(pem, dict) else None
 
 
 APPLIED: AppliedConfig | None = None  # made by the master (`supervise`), inherited by its workers
+APPLIED_TLS: Applied | None = None  # the same for the TLS files' bytes (keep_tls)
 # The terminal, host, admin and http listeners, when the master holds them (hsb.cp.server.master_listeners):
 # made once, inherited by every worker, open across a worker's death.
 LISTENERS: dict[str, Any] = {}
@@ -252,8 +291,9 @@ def crash_loop_delay(excess: int) -> float:
 
 def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = RESTARTS_MAX, window: float = RESTARTS_WINDOW_S) -> int:
     """Fork `work` as the worker and keep one running; the exit code for the master."""
-    global APPLIED
+    global APPLIED, APPLIED_TLS
     APPLIED = AppliedConfig()
+    APPLIED_TLS = Applied(TLS_SLOT)
     master = os.getpid()
     worker = 0
     stopping = False

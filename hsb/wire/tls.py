@@ -236,6 +236,27 @@ class TLS:
         # what is in use now (status and the expiry metric: not the file, which may be newer)
         self.not_after = not_after(files.cert_file)
         self.names = sorted(file_names(files.cert_file))
+        self.pem = _read_all(files)  # the files' bytes as loaded: a worker forked again may need them
+
+    @classmethod
+    def from_pem(cls, files: TLSFiles, pem: dict[str, bytes], terminals: bool = False) -> TLS:
+        """The certificates a worker before this one loaded (`pem`, by `[tls]` key), for a worker
+        forked again after a crash while the files are broken (hsb.cp.supervise.keep_tls): loaded
+        from a private copy; `files` stay what a reload reads. Raises TLSError as the files would."""
+        tmp = tempfile.mkdtemp(prefix="hsb-tls-")  # mode 700
+        try:
+            copy = replace(files, **{key: os.path.join(tmp, f"{key}.pem") for key, _ in files.named()})
+            for key, _ in files.named():
+                data = pem.get(key)
+                if not isinstance(data, bytes):
+                    raise TLSError(f"the certificates kept by the worker before have no {key}")
+                with open(os.open(getattr(copy, key), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as w:
+                    w.write(data)
+            t = cls(copy, terminals)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        t.files = files
+        return t
 
     def _to_current(self, i: int) -> Any:
         def pick(sslobj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
@@ -275,13 +296,14 @@ class TLS:
             except (ssl.SSLError, OSError, ValueError, TLSError) as exc:
                 return [f"tls: the files could not be loaded ({exc}); the certificates in use stay"]
             new_after, new_names = not_after(copy.cert_file), sorted(file_names(copy.cert_file))
+            new_pem = _read_all(copy)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self._current = (server, terminal_server)
         old, self.client = self.client, client
         if _default_client is old:  # this process's links connect with it: the new one from now on
             set_default_client(client)
-        self.not_after, self.names = new_after, new_names
+        self.not_after, self.names, self.pem = new_after, new_names, new_pem
         self.loaded_at = dt.datetime.now(dt.UTC)
         return []
 
@@ -297,6 +319,18 @@ class TLS:
             "terminals": self.terminals,
             "loaded_at": self.loaded_at.isoformat(),
         }
+
+
+def _read_all(f: TLSFiles) -> dict[str, bytes]:
+    """Each file's bytes, by its `[tls]` key (one unreadable now: left out)."""
+    out = {}
+    for key, path in f.named():
+        try:
+            with open(path, "rb") as fh:
+                out[key] = fh.read()
+        except OSError:
+            pass
+    return out
 
 
 def file_names(cert_file: str) -> set[str]:
@@ -341,10 +375,11 @@ def peer_names(transport: Any) -> set[str] | None:
     return names_der(der)
 
 
-def reload_tls(t: TLS | None) -> None:
-    """SIGHUP: the certificate files again (logged either way); established links stay."""
+def reload_tls(t: TLS | None) -> bool:
+    """SIGHUP: the certificate files again (logged either way); established links stay. True if
+    the new ones are in use."""
     if t is None:
-        return
+        return False
     import structlog
 
     log = structlog.get_logger("hsb.tls")
@@ -354,6 +389,7 @@ def reload_tls(t: TLS | None) -> None:
         errors = [f"tls: reload failed: {type(exc).__name__}: {exc}"]
     if errors:
         log.error("tls_reload_failed", errors=errors, msg="the certificates in use stay; fix the files and send SIGHUP again")
+        return False
     else:
         st = t.status()
         log.info(
@@ -363,6 +399,7 @@ def reload_tls(t: TLS | None) -> None:
             not_after=st["not_after"],
             msg="new connections use these; established ones are kept",
         )
+        return True
 
 
 _default_client: ssl.SSLContext | None = None
