@@ -927,3 +927,31 @@ async def test_a_takeovers_first_looks_at_the_storage_run_off_the_loop(tmp_path:
         sd.close()
         if s.cp is not None:
             s.cp.journal.close()
+
+
+async def test_a_takeover_step_past_its_bound_stops_the_takeovers_beat(tmp_path: Path) -> None:
+    """A step of the takeover past its bound fails /health and stops the watchdog's pings, so
+    keepalived moves the address: the takeover's beat stops too, or the CP woken on the other
+    machine would see a live one and defer for ever, nobody serving."""
+    import time as _time
+
+    from hsb.config import load
+    from hsb.cp import server as srv
+    from hsb.cp.config import CPConfig
+
+    journal = tmp_path / "j"
+    cfg = load(cp_config(tmp_path, terminals=2, journal=str(journal)), CPConfig)
+    s = srv.CPServer(cfg, SECRET, str(tmp_path / "cp.toml"))
+    assert s.gens is not None
+    gen = s.gens.take()
+    path = journal / gen_name(gen)
+    os.utime(path, (0, 0))
+    s.takeover_step, s.takeover_step_s = ("recovery", _time.monotonic() - 10), 1.0  # hung past its bound
+    task = asyncio.ensure_future(s._beat_while_taking_over(gen))
+    try:
+        await asyncio.sleep(0.4)  # four beats' time: a window in which none may come
+        assert os.stat(path).st_mtime == 0, "beat while a step hung"
+        s.takeover_step = None  # the step ended: beats again
+        await until(lambda: os.stat(path).st_mtime > 0, timeout=5)
+    finally:
+        task.cancel()

@@ -291,14 +291,17 @@ class CPServer(Waiting):
 
     async def _beat_while_taking_over(self, gen: int) -> None:
         """The heartbeat of generation `gen` (its file's time moved every 0.1 s, on a thread: a
-        hung mount stops only the beat) until the tick loop beats, as the serving CP does."""
+        hung mount stops only the beat) until the tick loop beats, as the serving CP does; none
+        while a step of the takeover is past its bound (then /health fails and keepalived moves
+        the address: the CP there must see a dead one)."""
         assert self.gens is not None
         loop = asyncio.get_running_loop()
         while True:
-            try:
-                await loop.run_in_executor(None, self.gens.beat, gen)
-            except OSError:
-                pass  # (the storage's trouble shows in the takeover's own steps)
+            if self._takeover_on_time():  # (a step past its bound: no beat, as no /health and no ping)
+                try:
+                    await loop.run_in_executor(None, self.gens.beat, gen)
+                except OSError:
+                    pass  # (the storage's trouble shows in the takeover's own steps)
             await asyncio.sleep(0.1)
 
     def _end_takeover_beats(self) -> None:
