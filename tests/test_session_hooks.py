@@ -509,3 +509,18 @@ async def test_a_logon_that_fails_after_its_link_was_replaced_is_refused_to_the_
     sent = [(m["t"], m.get("terminal"), m["epoch"]) for m in srv.cp.sent if m.get("terminal") in gates]
     assert sent == [("refuse", "T00001", 4)], srv.cp.sent
     assert not c.opening and not c.reasked
+
+
+@pytest.mark.timeout(10)
+async def test_a_standby_session_opened_again_sends_no_close_first() -> None:
+    """The active's ring says a terminal's session opened while the standby holds its standby
+    session already (a logon again there): the standby asks the CP to open it again, which
+    replaces it. A `close` sent first could reach the CP after a grant had switched that
+    session to this host, and be taken for this host losing it: the terminal told its session
+    closed, though it never was."""
+    c, srv = standby_ctl(2)
+    c.cp_registered = True
+    assert c._open_standby("T00001", {"k": 1})
+    assert c._open_standby("T00001", {"k": 1})  # again: still open here
+    frames = [(m["t"], m.get("kind")) for m in srv.cp.sent if m.get("terminal") == "T00001"]
+    assert frames == [("open", "standby"), ("open", "standby")], frames

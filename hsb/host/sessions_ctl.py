@@ -391,8 +391,9 @@ class SessionsCtl:
         self.sessions.join_link(ts)
         if not self.srv.cfg.host.fast_switch:
             return False  # conventional hot standby: no standby sessions at the CP [0002]
-        if ts.state == STANDBY and self.cp_registered:
-            self.srv.cp.send({"t": "close", "terminal": name, "kind": "standby"})
+        # (open already: the CP replaces it, attributes and all, on the `open` below; a `close`
+        # first could reach the CP after a grant had switched the session to this host, and be
+        # taken for this host losing it)
         self.sessions.join_link(ts)
         ts.state = STANDBY
         ts.standby_capable = True
