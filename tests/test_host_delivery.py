@@ -70,6 +70,18 @@ async def test_a_cancel_while_the_service_fails_leaves_it_failing_until_it_answe
     assert d.health.state == "ok" and d.health.error is None
 
 
+async def test_a_host_that_no_longer_holds_the_active_role_does_not_say_its_service_fails() -> None:
+    """Demoted (or fenced, or back as the standby) while its service failed: nothing asks the
+    service there any more, so nothing would clear it. It stayed `failing` on the standby for
+    good, and a failover hours later made it active with that stale state, paging at once."""
+    svc = Flaky(fail=100)
+    d = Delivery(svc, lambda m: True, lambda: 1)  # type: ignore[arg-type]
+    d.deliver("T1", 5, "x", False)
+    await _until(lambda: d.health.state == "failing", "failing")
+    d.cancel(role_ended=True)
+    assert d.health.state == "ok" and d.health.error is None and not d.health.waiting
+
+
 async def test_a_reply_too_large_for_a_frame_is_answered_as_an_error() -> None:
     sent: list[dict[str, Any]] = []
     d = Delivery(Flaky(fail=0, reply="y" * 100), lambda m: sent.append(m) or True, lambda: 1, max_reply=64)  # type: ignore[arg-type, func-returns-value]

@@ -69,6 +69,13 @@ class ServiceHealth:
         must not set hsb_service_healthy back to 1 between two failed tries)."""
         self.waiting.clear()
 
+    def cleared(self) -> None:
+        """This host no longer holds the active role (demoted, fenced, registered as the standby):
+        nothing of the service is asked here, so nothing says it fails; the next active's calls
+        say how it is (a host active again hours later starts from its own calls, not this)."""
+        self.waiting.clear()
+        self.state, self.error, self.since = "ok", None, time.time()
+
     def as_dict(self) -> dict[str, Any]:
         return {"state": self.state, "error": self.error, "since": self.since, "retries": self.retries, "waiting_terminals": len(self.waiting)}
 
@@ -240,11 +247,15 @@ class Delivery:
         except TimeoutError:
             return False
 
-    def cancel(self) -> None:
-        """Drop everything in progress: the CP re-delivers it (marked) to whoever serves next."""
+    def cancel(self, role_ended: bool = False) -> None:
+        """Drop everything in progress: the CP re-delivers it (marked) to whoever serves next.
+        `role_ended`: this host no longer holds the active role (its service health cleared)."""
         self.gen += 1
         self.open.set()  # waiters wake, see the new generation and give up
-        self.health.dropped()  # nothing waits here any more; failing until the service answers
+        if role_ended:
+            self.health.cleared()
+        else:
+            self.health.dropped()  # nothing waits here any more; failing until the service answers
         for name, t in self.workers.items():
             t.cancel()
             self.ending.setdefault(name, t)  # (an older one still running: this one still waits for it)

@@ -288,6 +288,8 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
             self.lease.duration = float(msg.get("lease", 0.0))
             self.lease.extend(self.register_sent_at)  # the CP answered the register sent then
             self.granted = msg.get("role") == "active"
+            if not self.granted:
+                self.srv.delivery.health.cleared()  # (a host that was active, back as the standby)
             if self.granted:
                 log.info("serving_as_active", epoch=self.epoch, how="registered", lease_s=self.lease.duration)
                 self._announce_active()
@@ -315,12 +317,12 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         elif t == "demoted":
             self.epoch = int(msg["epoch"])
             self.granted = False
-            self.srv.delivery.cancel()
+            self.srv.delivery.cancel(role_ended=True)
             if msg.get("keeps") is True:  # before the CP's standby_kept frames, which follow on this link
                 self.srv.sessions_ctl.expect_kept()
         else:
             self.granted = False
-            self.srv.delivery.cancel()
+            self.srv.delivery.cancel(role_ended=True)
 
     async def ev_cp_up(self, link: int = 0) -> None:
         cp = self.srv.cp
@@ -461,7 +463,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
             log.warning("fence_ignored", why=why, msg="self-fencing disabled (test only)")
             return
         self.set_state(FENCED, why)
-        self.srv.delivery.cancel()
+        self.srv.delivery.cancel(role_ended=True)
         from hsb.cli import EXIT_FENCED
 
         self.fail(EXIT_FENCED, f"this host was fenced by the CP and must stop serving: {why}", "fenced")
