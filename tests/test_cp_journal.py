@@ -591,8 +591,9 @@ async def test_a_damaged_journal_set_aside_starts_empty_above_every_generation_t
     assert r.returncode == 0, r.stderr
     assert f"generation {seen + 1}" in r.stdout and r.stdout.count("\n") == 1, r.stdout
     kept = [q for q in tmp_path.joinpath("cp").iterdir() if q.name.startswith("cp-journal.damaged-")]
-    assert len(kept) == 1 and (kept[0] / p.name).exists()  # kept for inspection
+    assert len(kept) == 1 and (kept[0] / p.name).exists()  # kept for inspection, whole
     assert all(name.startswith("gen-") for name in os.listdir(j)), os.listdir(j)
+    assert sorted(os.listdir(j)) == sorted(n for n in os.listdir(kept[0]) if n.startswith("gen-"))
     cp = restart_cp(cp)  # starts, empty, above every generation a host saw
     try:
         st = await cp_status(cp)
@@ -601,6 +602,11 @@ async def test_a_damaged_journal_set_aside_starts_empty_above_every_generation_t
             set_aside(j, watch=0.5)
     finally:
         cp.stop()
+    # a journal that recovers whole is not set aside (what it holds is owed) unless forced
+    with pytest.raises(AsideRefused, match="is not damaged"):
+        set_aside(j, watch=0.1)
+    to, _, _ = set_aside(j, watch=0.1, force=True)
+    assert to.exists() and all(name.startswith("gen-") for name in os.listdir(j))
 
 
 def test_a_torn_tail_is_dropped_but_left_in_the_file_for_a_write_still_finishing(tmp_path: Path) -> None:

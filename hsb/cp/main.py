@@ -110,7 +110,7 @@ def _applied(applied: Any) -> CPConfig | None:
     return cfg
 
 
-def _set_journal_aside(config_path: str) -> None:
+def _set_journal_aside(config_path: str, force: bool) -> None:
     """`--set-journal-aside`: one line said, exit 0; or one line why not, exit 1."""
     from pathlib import Path
 
@@ -119,12 +119,12 @@ def _set_journal_aside(config_path: str) -> None:
     cfg = load_or_exit(config_path, CPConfig, False)  # (a bad config: its lines, exit 78)
     d = Path(cfg.cp.journal)
     try:
-        to, n, gen = set_aside(d)
+        to, n, gen = set_aside(d, force=force)
     except (AsideRefused, OSError) as exc:
         die(f"journal not set aside: {exc}")
     click.echo(
-        f"moved {n} files of {d} to {to} (keep them for inspection: the messages in them were acknowledged);"
-        f" {d} keeps generation {gen}: the next hsbcpd starts empty at generation {gen + 1}"
+        f"moved {d} ({n} files) to {to} (keep it for inspection: the messages in it were acknowledged);"
+        f" {d} is new, with generation {gen}: the next hsbcpd starts empty at generation {gen + 1}"
     )
 
 
@@ -142,12 +142,13 @@ def _set_journal_aside(config_path: str) -> None:
     help="With every hsbcpd on this journal stopped: move a damaged journal's records aside (kept for inspection)"
     " and keep its generation, so the next start begins empty and the hosts still take it (docs/operations.md §11).",
 )
+@click.option("--force", is_flag=True, help="With --set-journal-aside: set aside a journal that is not damaged too (what it holds is lost).")
 @log_level_option
 @click.version_option(__version__, prog_name="hsbcpd")
-def main(config_path: str, check_config: bool, supervise: bool, set_journal_aside: bool, log_level: str) -> None:
+def main(config_path: str, check_config: bool, supervise: bool, set_journal_aside: bool, force: bool, log_level: str) -> None:
     """Run the communications processor in front of the terminals (docs/design.md)."""
     if set_journal_aside:
-        _set_journal_aside(config_path)
+        _set_journal_aside(config_path, force)
         return
     # keepalived's notify (SIGUSR1) or a reload (SIGHUP) may come while starting: never die of
     # it, nor lose it (noted, acted on once the loop is up: hsb.cp.server.take_early_signals)

@@ -1,11 +1,11 @@
 """Setting a damaged CP journal aside (`hsbcpd --set-journal-aside`, docs/operations.md §11).
 
 A journal that recovery refuses as damaged stops every start of hsbcpd (exit 65): the operator
-moves its records aside, keeps them for inspection, and starts empty. Started on an empty
-directory, a CP would take generation 1, and every hsbd that saw a higher one refuses it as an
-older CP (SPEC §5.8) until it is restarted. So the records (segments, snapshot marks, anything
-else) go to a sibling directory and the generation files stay: the next CP takes the generation
-above the highest one, as after any restart.
+moves it aside, keeps it for inspection, and starts empty. Started on an empty directory, a CP
+would take generation 1, and every hsbd that saw a higher one refuses it as an older CP (SPEC
+§5.8) until it is restarted. So the directory goes to a sibling one, whole, and a new one gets
+copies of its generation files: the next CP takes the generation above the highest one, as after
+any restart. A journal that recovers whole is refused unless forced: what it holds is owed.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import os
 import time
 from pathlib import Path
 
+from hsb.cp.journal.format import JournalDamaged
 from hsb.cp.journal.generation import GEN, Generations, gen_name
+from hsb.cp.journal.recovery import recover
 from hsb.fsutil import fsync_dir
 
 WATCH_S = 1.0  # a serving CP touches its generation file every 0.1 s (its heartbeat)
@@ -24,11 +26,12 @@ class AsideRefused(Exception):
     """The journal cannot be set aside (one line: what and what to do)."""
 
 
-def set_aside(d: Path, watch: float = WATCH_S) -> tuple[Path, int, int]:
-    """Move everything of journal directory `d` but its generation files into `d.damaged-STAMP`:
-    (that directory, files moved, the highest generation kept). Refused while a CP serves it:
-    the newest generation file's time changes while it is watched for `watch` seconds (the
-    serving CP's heartbeat)."""
+def set_aside(d: Path, watch: float = WATCH_S, force: bool = False) -> tuple[Path, int, int]:
+    """Move journal directory `d` to `d.damaged-STAMP` and make `d` again with its generation
+    files only: (the moved directory, files in it, the highest generation kept). Refused while a
+    CP serves it (the newest generation file's time changes while it is watched for `watch`
+    seconds: the serving CP's heartbeat), and, unless `force`, for a journal that recovers whole
+    (what it holds was acknowledged: set aside, it would be lost)."""
     if not d.is_dir():
         raise AsideRefused(f"{d} is not a directory: nothing to set aside (check [cp] journal)")
     names = os.listdir(d)
@@ -42,20 +45,46 @@ def set_aside(d: Path, watch: float = WATCH_S) -> tuple[Path, int, int]:
                 f"a CP is serving {d} (its generation file {path.name} changed within {watch:g} s): stop every hsbcpd"
                 " that uses this journal (on both CP machines) and try again"
             )
-    now = time.time()
-    rest = [n for n in names if not GEN.match(n)]
-    if not rest:
+    if not [n for n in names if not GEN.match(n)]:
         raise AsideRefused(f"{d} holds no records (only its generation files): start hsbcpd on it as it is")
+    if not force:
+        try:
+            r = recover(d, truncate=False)
+        except JournalDamaged:
+            pass
+        except Exception as exc:  # noqa: BLE001 - (another CP's deletions under way, the storage's error): said
+            raise AsideRefused(f"{d} could not be read to see whether it is damaged ({type(exc).__name__}: {exc})") from exc
+        else:
+            held = sum(len(v) for v in r.held.values())
+            kept = sum(len(v) for v in r.replies.values())
+            raise AsideRefused(
+                f"{d} is not damaged: it recovers whole ({held} held messages, {kept} replies kept, all acknowledged);"
+                " set aside, they would be lost. Start hsbcpd on it (--force sets it aside anyway)"
+            )
+    now = time.time()
     stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(now))
     to = d.with_name(f"{d.name}.damaged-{stamp}")
     k = 1
     while to.exists():
         k += 1
         to = d.with_name(f"{d.name}.damaged-{stamp}-{k}")
-    to.mkdir(mode=0o700)
-    for n in rest:
-        os.rename(d / n, to / n)
-    fsync_dir(to)
-    fsync_dir(d)
+    # the whole directory in one rename: a CP starting meanwhile finds it whole or not there (and
+    # one taking over on a second machine waits for a journal directory, never makes one)
+    os.rename(d, to)
     fsync_dir(d.parent)
-    return to, len(rest), newest
+    d.mkdir(mode=0o700)
+    for n in sorted(os.listdir(to)):
+        if GEN.match(n):
+            _durable_copy(to / n, d / n)
+    fsync_dir(d)
+    return to, len(os.listdir(to)), newest
+
+
+def _durable_copy(src: Path, dst: Path) -> None:
+    data = src.read_bytes()
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
