@@ -125,6 +125,27 @@ async def test_files_that_cannot_be_used_leave_the_certificates_in_use_serving(t
     assert got.subject == _name("cp")
 
 
+async def test_the_bytes_kept_for_a_worker_forked_again_are_the_ones_loaded(tmp_path: Path) -> None:
+    """hsbcpd's master keeps the TLS files' bytes a worker loaded, for the next worker should the
+    files be broken by then: they are read once and loaded from that read, so a file replaced
+    just after the load is not what is kept, and the kept bytes load as they did."""
+    ca = make_ca(tmp_path)
+    make_leaf(tmp_path, ca, "cp", "ec", "cp")
+    make_leaf(tmp_path, ca, "client", "ec", "client")
+    files = TLSFiles(str(tmp_path / "ca.pem"), str(tmp_path / "cp.pem"), str(tmp_path / "cp.key"))
+    good = (tmp_path / "cp.pem").read_bytes()
+    t = TLS(files)
+    assert t.pem["cert_file"] == good and set(t.pem) == {"ca_file", "cert_file", "key_file"}
+    (tmp_path / "cp.pem").write_text("not a certificate\n")  # broken since
+    with pytest.raises(tlsmod.TLSError):
+        TLS(files)
+    again = TLS.from_pem(files, t.pem)
+    assert again.names == ["cp"] and again.files == files  # (a reload reads the files themselves)
+    client = TLS(TLSFiles(str(tmp_path / "ca.pem"), str(tmp_path / "client.pem"), str(tmp_path / "client.key"))).client
+    got = await presented(again.server, client)
+    assert got.subject == _name("cp")
+
+
 async def test_the_processs_client_context_follows_a_reload(tmp_path: Path) -> None:
     ca = make_ca(tmp_path)
     make_leaf(tmp_path, ca, "host-a", "ec", "a")

@@ -222,41 +222,27 @@ class TLS:
     and `terminal_server` are the listeners' (kept: they hand each handshake the current ones),
     `client` is the current client context."""
 
-    def __init__(self, files: TLSFiles, terminals: bool = False) -> None:
-        errors = check_files(files)
-        if errors:
+    def __init__(self, files: TLSFiles, terminals: bool = False, pem: dict[str, bytes] | None = None) -> None:
+        """Loaded from a private copy of the files (`pem`: of these bytes instead: what a worker
+        before this one loaded, hsb.cp.supervise.keep_tls), so that what is kept for a worker
+        forked again is what was loaded. Raises TLSError naming what is wrong with the files."""
+        errors, loaded = _load(files, pem)
+        if loaded is None:
             raise TLSError("; ".join(errors))
-        self.files = files
+        self.files = files  # what a reload reads
         self.terminals = terminals
-        self.server, self.terminal_server, self.client = _contexts(files)
+        self.server, self.terminal_server, self.client, self.not_after, names, self.pem = loaded
+        self.names = sorted(names)  # (what is in use now, as not_after: not the file, which may be newer)
         self._current = (self.server, self.terminal_server)
         self.server.sni_callback = self._to_current(0)
         self.terminal_server.sni_callback = self._to_current(1)
         self.loaded_at = dt.datetime.now(dt.UTC)
-        # what is in use now (status and the expiry metric: not the file, which may be newer)
-        self.not_after = not_after(files.cert_file)
-        self.names = sorted(file_names(files.cert_file))
-        self.pem = _read_all(files)  # the files' bytes as loaded: a worker forked again may need them
 
     @classmethod
     def from_pem(cls, files: TLSFiles, pem: dict[str, bytes], terminals: bool = False) -> TLS:
         """The certificates a worker before this one loaded (`pem`, by `[tls]` key), for a worker
-        forked again after a crash while the files are broken (hsb.cp.supervise.keep_tls): loaded
-        from a private copy; `files` stay what a reload reads. Raises TLSError as the files would."""
-        tmp = tempfile.mkdtemp(prefix="hsb-tls-")  # mode 700
-        try:
-            copy = replace(files, **{key: os.path.join(tmp, f"{key}.pem") for key, _ in files.named()})
-            for key, _ in files.named():
-                data = pem.get(key)
-                if not isinstance(data, bytes):
-                    raise TLSError(f"the certificates kept by the worker before have no {key}")
-                with open(os.open(getattr(copy, key), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as w:
-                    w.write(data)
-            t = cls(copy, terminals)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        t.files = files
-        return t
+        forked again after a crash while the files are broken; `files` stay what a reload reads."""
+        return cls(files, terminals, pem=pem)
 
     def _to_current(self, i: int) -> Any:
         def pick(sslobj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
@@ -269,41 +255,15 @@ class TLS:
     def reload(self) -> list[str]:
         """The certificate files again, into new contexts that new connections use; the
         problems instead, if the files are not usable (then nothing changes)."""
-        f = self.files
-        tmp = tempfile.mkdtemp(prefix="hsb-tls-")  # mode 700: the key's copy is no one else's
-        try:
-            copy = replace(f, **{key: os.path.join(tmp, f"{key}.pem") for key, _ in f.named()})
-            pairs = [(path, getattr(copy, key)) for key, path in f.named()]
-            try:
-                for src, dst in pairs:
-                    with open(src, "rb") as r, open(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as w:
-                        w.write(r.read())
-                    if src == f.key_file:
-                        os.chmod(dst, stat.S_IMODE(os.stat(src).st_mode) & 0o777 or 0o600)  # its mode is checked too
-            except OSError as exc:
-                return [f"tls: cannot read {exc.filename or f.cert_file}: {exc.strerror or exc}"]
-            names = {dst: src for src, dst in pairs}
-            errors = check_files(copy)
-            if errors:
-                out = []
-                for e in errors:
-                    for c, real in names.items():
-                        e = e.replace(c, real)
-                    out.append(e)
-                return out
-            try:
-                server, terminal_server, client = _contexts(copy)
-            except (ssl.SSLError, OSError, ValueError, TLSError) as exc:
-                return [f"tls: the files could not be loaded ({exc}); the certificates in use stay"]
-            new_after, new_names = not_after(copy.cert_file), sorted(file_names(copy.cert_file))
-            new_pem = _read_all(copy)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        errors, loaded = _load(self.files, None)
+        if loaded is None:
+            return errors
+        server, terminal_server, client, new_after, names, new_pem = loaded
         self._current = (server, terminal_server)
         old, self.client = self.client, client
         if _default_client is old:  # this process's links connect with it: the new one from now on
             set_default_client(client)
-        self.not_after, self.names, self.pem = new_after, new_names, new_pem
+        self.not_after, self.names, self.pem = new_after, sorted(names), new_pem
         self.loaded_at = dt.datetime.now(dt.UTC)
         return []
 
@@ -321,16 +281,51 @@ class TLS:
         }
 
 
-def _read_all(f: TLSFiles) -> dict[str, bytes]:
-    """Each file's bytes, by its `[tls]` key (one unreadable now: left out)."""
-    out = {}
-    for key, path in f.named():
+Loaded = tuple[ssl.SSLContext, ssl.SSLContext, ssl.SSLContext, "dt.datetime | None", set[str], dict[str, bytes]]
+
+
+def _load(f: TLSFiles, pem: dict[str, bytes] | None) -> tuple[list[str], Loaded | None]:
+    """Contexts loaded from a private copy of `f`'s files (or of `pem`, their bytes as loaded
+    before), each file read once, so that the bytes kept are the ones loaded: (problems, None),
+    or ([], (server, terminal server, client, not_after, names, the bytes))."""
+    tmp = tempfile.mkdtemp(prefix="hsb-tls-")  # mode 700: the key's copy is no one else's
+    try:
+        copy = replace(f, **{key: os.path.join(tmp, f"{key}.pem") for key, _ in f.named()})
+        pairs = [(path, getattr(copy, key), key) for key, path in f.named()]
+        got: dict[str, bytes] = {}
         try:
-            with open(path, "rb") as fh:
-                out[key] = fh.read()
-        except OSError:
-            pass
-    return out
+            for src, dst, key in pairs:
+                if pem is None:
+                    with open(src, "rb") as r:
+                        data = r.read()
+                else:
+                    kept = pem.get(key)
+                    if not isinstance(kept, bytes):
+                        return [f"tls: the certificates kept by the worker before have no {key}"], None
+                    data = kept
+                got[key] = data
+                with open(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as w:
+                    w.write(data)
+                if src == f.key_file and pem is None:
+                    os.chmod(dst, stat.S_IMODE(os.stat(src).st_mode) & 0o777 or 0o600)  # its mode is checked too
+        except OSError as exc:
+            return [f"tls: cannot read {exc.filename or f.cert_file}: {exc.strerror or exc}"], None
+        names = {dst: src for src, dst, _ in pairs}
+        errors = check_files(copy)
+        if errors:
+            out = []
+            for e in errors:
+                for c, real in names.items():
+                    e = e.replace(c, real)
+                out.append(e)
+            return out, None
+        try:
+            server, terminal_server, client = _contexts(copy)
+        except (ssl.SSLError, OSError, ValueError, TLSError) as exc:
+            return [f"tls: the files could not be loaded ({exc})"], None
+        return [], (server, terminal_server, client, not_after(copy.cert_file), file_names(copy.cert_file), got)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def file_names(cert_file: str) -> set[str]:
