@@ -416,6 +416,36 @@ async def test_a_reply_for_a_non_resuming_terminal_that_is_away_is_kept_in_the_j
     assert not term.replies and not term.held  # sent and settled: a terminal that does not resume confirms nothing
 
 
+async def test_another_message_under_an_id_whose_ack_reached_the_new_connection_unseen_is_refused(tmp_path: Path) -> None:
+    """The same, with message 1's record made durable between the welcome (last_acked 0) and the
+    other message: its ack goes to the new connection, which had sent nothing under 1 yet. The
+    terminal has not seen that ack when it sends its own 1: taken for a repeat of an acknowledged
+    id, it was acknowledged, never processed, and answered with the first message's reply."""
+    from tests.support.cpcore import recording_terminal
+
+    cp, a, t, j = durable_cp(tmp_path)
+    t.data_received(encode({"t": "msg", "id": 1, "data": "withdraw 50"}))
+    t.connection_lost(None)
+    t2 = recording_terminal(cp, "T00001")
+    assert [f["last_acked"] for f in frames(t2) if f["t"] == "welcome"] == [0]
+    j.release()  # durable now: its ack goes to this connection
+    t2.data_received(encode({"t": "msg", "id": 1, "data": "balance?"}))
+    assert t2.closed and [f["code"] for f in frames(t2) if f["t"] == "error"] == ["id_reused"], frames(t2)
+    assert "balance?" not in str(frames(a))
+
+
+async def test_an_id_below_one_accepted_and_never_sent_is_refused_not_dropped(tmp_path: Path) -> None:
+    """Ids strictly increase (SPEC §6.2): a message 3 after 5, while 5 is not yet durable, was
+    dropped without a word ("its ack is on its way"), and the next welcome's last_acked 5 told the
+    terminal it had been acknowledged: lost. Refused, `bad_id`."""
+    cp, a, t, j = durable_cp(tmp_path)
+    t.data_received(encode({"t": "msg", "id": 5, "data": "five"}))
+    t.data_received(encode({"t": "msg", "id": 3, "data": "three"}))
+    assert t.closed and [f["code"] for f in frames(t) if f["t"] == "error"] == ["bad_id"], frames(t)
+    j.release()
+    assert "three" not in str(frames(a))
+
+
 async def test_another_message_under_an_id_accepted_from_an_earlier_connection_is_refused(tmp_path: Path) -> None:
     """A terminal sent message 1 and its connection went before 1's record was durable; its next
     welcome says last_acked 0. A terminal that lost what it sent goes on from there with another

@@ -33,6 +33,8 @@ class TerminalProtocol(FramedProtocol):
         self._idle_after = idle_after_hello
         self._hello_timeout = hello_timeout
         self.bye_waiting = False  # its bye waits in the logoff storm's queue (hsb.cp.logons)
+        self.welcome_acked = 0  # the last_acked its welcome said: above it, this terminal was told nothing yet
+        self.sent_upto = 0  # the highest message id this connection sent
         # its kept replies at the bound: frames other than confirm wait here, in order, while
         # confirms are still read and taken (the only way the bound is left); None: not parking
         self.parked: list[dict[str, Any]] | None = None

@@ -68,6 +68,7 @@ class TerminalSide:
         # opening and both go in one write: in a logon storm that is a write per terminal less.
         active = self.active if self.active is not None and self.active.usable and self.announced else None
         welcome = {"t": "welcome", "terminal": name, "last_acked": term.durable_acked, "cp": self.instance}
+        proto.welcome_acked = term.durable_acked
         adopted = term.active is not None and active is not None and term.active.host is active
         if term.active is not None and (not term.active.host.usable or term.active.host is not self.active):
             # adopted for it by an active since lost (or whose role a grant is giving away), and
@@ -161,24 +162,35 @@ class TerminalSide:
 
     # ------------------------------------------------------------------ messages
     def terminal_msg(self: CP, term: Term, mid: int, data: Any, resent: bool = False) -> None:
+        conn = term.conn
+        first_here = conn is None or mid > conn.sent_upto  # (not a repeat on this connection)
+        if conn is not None and first_here:
+            conn.sent_upto = mid
         if mid <= term.last_acked:
+            held = term.held.get(mid)
+            if held is not None and held.data != data:
+                if first_here and conn is not None and mid <= conn.welcome_acked:
+                    pass  # its welcome said it was acknowledged: a repeat of an acknowledged id (below)
+                elif first_here or mid > term.durable_acked:
+                    # another message under an id held from an earlier connection, unacknowledged when
+                    # this one was welcomed (a terminal that lost what it sent and went on from that
+                    # last_acked; its ack may have reached this connection since, unseen when this was
+                    # sent), or a repeat here before its ack: taken for a resend, it would be
+                    # acknowledged and answered with the other message's reply, never processed
+                    raise ProtocolError(
+                        "id_reused",
+                        f"msg {mid}: another message with this id was sent before and not acknowledged when this"
+                        " connection was welcomed; connect again (the welcome then says whether it was acknowledged) and go on above it",
+                    )
             if mid <= term.durable_acked:  # a repeat of an acknowledged id: acknowledged again, not delivered twice (SPEC §6.2)
                 self.counters["reacks"] += 1
                 self._tell(term, {"t": "ack", "id": mid})
                 return
-            held = term.held.get(mid)
-            if held is not None and held.data != data:
-                # accepted from an earlier connection, its record not yet durable (so the welcome
-                # said a lower last_acked), and this is another message under its id: a terminal
-                # that lost what it sent and went on from that last_acked. Taken for a resend, it
-                # would be acknowledged and answered with the other message's reply. (Once that
-                # record is durable its ack has gone to this connection, before this frame: the
-                # id is an acknowledged one, and a repeat of one is acknowledged again)
-                raise ProtocolError(
-                    "id_reused",
-                    f"msg {mid}: an earlier connection sent another message with this id, not yet acknowledged;"
-                    " connect again (the welcome then says whether it was acknowledged) and go on above it",
-                )
+            if held is None:
+                # never accepted (held until durable, and answered only after): an id below one
+                # accepted, which ids may not be (SPEC §6.2); dropped silently, the terminal would
+                # take it for acknowledged once a welcome said a higher last_acked
+                raise ProtocolError("bad_id", f"msg {mid}: ids must increase (the last accepted is {term.last_acked})")
             return  # accepted and not yet durable: its ack is on its way
         term.last_acked = mid
         if resent and self.follows_a_cp:
