@@ -133,8 +133,10 @@ class Logons:
                     if what is not BYE:  # a hello
                         if self.newest.get(name) is proto:
                             del self.newest[name]
-                        elif not proto.closed:  # its terminal connected again meanwhile: that one counts
+                        elif not proto.closed and proto.peer_gone():  # its terminal connected again meanwhile: that one counts
                             proto.abort()
+                        # (else both are there, a duplicate device, say: this one is welcomed, as
+                        # outside a storm, and the newer is refused already_connected at its turn)
                     if not proto.closed:  # (a bye's connection lost meanwhile: the logoff was done then)
                         term = proto.term  # (a hello's: None; a bye's may be at its held bound, not to be read)
                         if term is None or not term.paused:
