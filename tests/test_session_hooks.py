@@ -524,3 +524,45 @@ async def test_a_standby_session_opened_again_sends_no_close_first() -> None:
     assert c._open_standby("T00001", {"k": 1})  # again: still open here
     frames = [(m["t"], m.get("kind")) for m in srv.cp.sent if m.get("terminal") == "T00001"]
     assert frames == [("open", "standby"), ("open", "standby")], frames
+
+
+@pytest.mark.timeout(10)
+async def test_a_standby_session_whose_new_opening_is_refused_is_closed() -> None:
+    """The active's session of a terminal opened again with other attributes (a reload changed
+    them while it was closed there, and its close never reached this host: a ring lap, or one
+    pending window): the standby refuses the new opening, as it must, and closed nothing, so a
+    switch carried the terminal onto the attributes the active no longer used."""
+    from hsb.host.sessions import STANDBY
+    from hsb.takeover.records import SessionEntry
+
+    c, srv = standby_ctl(2)
+    c.cp_registered = True
+    assert c._open_standby("T00001", {"k": 1})
+    c.apply_ring([SessionEntry("T00001", {"k": 2}, True)])
+    assert c.sessions.table["T00001"].state != STANDBY and "T00001" in c.refused
+    frames = [(m["t"], m.get("kind")) for m in srv.cp.sent if m.get("terminal") == "T00001"]
+    assert frames == [("open", "standby"), ("close", "standby")], frames
+
+
+@pytest.mark.timeout(10)
+async def test_the_services_standby_logons_and_logoffs_stay_paired() -> None:
+    """A standby session opened again (a resync's batch opens every one) ran the service's
+    open_session again with no close between (two logons for one session); one the CP refused
+    (open_failed) was closed without the service hearing it (a logon left for good)."""
+    c, srv = standby_ctl(2)
+    hooks: list[tuple[str, str]] = []
+
+    async def open_session(name: str, *_: Any) -> None:
+        hooks.append(("open", name))
+
+    async def close_session(name: str) -> None:
+        hooks.append(("close", name))
+
+    srv.service.open_session, srv.service.close_session = open_session, close_session
+    c.cp_registered = True
+    assert c._open_standby("T00001", {"k": 1})
+    assert c._open_standby("T00001", {"k": 1})  # again: still the one logon
+    await until(lambda: hooks)
+    c.on_cp_frame({"t": "open_failed", "terminal": "T00001", "kind": "standby", "reason": "test"})
+    await until(lambda: ("close", "T00001") in hooks)
+    assert hooks == [("open", "T00001"), ("close", "T00001")], hooks

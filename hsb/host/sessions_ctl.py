@@ -191,6 +191,7 @@ class SessionsCtl:
             if msg.get("kind") == "standby":
                 if ts is not None and ts.state == STANDBY:
                     ts.state = CLOSED
+                    self._hook(self.srv.service.close_session, name)  # (its open ran: the service hears it close)
                 self.refused[name] = reason
                 log.error("standby_session_refused", terminal=name, reason=f"CP: {reason}")
                 self._answered(name)
@@ -380,6 +381,10 @@ class SessionsCtl:
     def _open_standby(self, name: str, active_attrs: dict[str, Any], batch: list[list[Any]] | None = None) -> bool:
         why = self._check(name, active_attrs)
         if why is not None:
+            # refused (its attributes here differ): one open already, with the attributes of
+            # before, is closed, so that a switch never carries the terminal onto them (§5.2.7:
+            # close, then open with the same checks)
+            self._close_standby(name)
             self.refused[name] = why
             log.error("standby_session_refused", terminal=name, reason=why)
             return False
@@ -395,6 +400,7 @@ class SessionsCtl:
         # first could reach the CP after a grant had switched the session to this host, and be
         # taken for this host losing it)
         self.sessions.join_link(ts)
+        already = ts.state == STANDBY
         ts.state = STANDBY
         ts.standby_capable = True
         self.refused.pop(name, None)
@@ -402,7 +408,8 @@ class SessionsCtl:
             self.pending_standby[name] = time.monotonic()
             self.answered.clear()
             self._ask_standby(name, ts.attrs, batch)
-        self._hook(self.srv.service.open_session, name, dict(ts.attrs), True)
+        if not already:  # (open at the service already, the same attributes: a second logon would be one too many)
+            self._hook(self.srv.service.open_session, name, dict(ts.attrs), True)
         return True
 
     def _ask_standby(self, name: str, attrs: dict[str, Any], batch: list[list[Any]] | None) -> None:
