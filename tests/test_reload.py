@@ -69,7 +69,7 @@ async def test_a_host_reload_keeps_what_waits_on_storage_in_step_and_the_batch_a
     text = p.read_text()
     p.write_text(text.replace("[takeover]\n", "[takeover]\nstorage_timeout = 4.0\n", 1))
     await srv.reload()
-    assert srv.ha.batch_wait_s == 12.0 and srv.takeover.store.timeout == 4.0
+    assert 12.0 <= srv.ha.batch_wait_s < 12.01 and srv.takeover.store.timeout == 4.0
     p.write_text(text.replace('prefix = "T"', 'prefix = "U"'))
     await srv.reload()
     assert srv.sessions.get("U00001") is None and len(srv.sessions.table) == 10
@@ -254,3 +254,21 @@ async def test_a_cp_waiting_to_take_over_checks_its_config_at_sighup_and_says_wh
         assert not cp.events("journal_recovered") and cp.popen.poll() is None  # still waiting
     finally:
         cp.stop()
+
+
+def test_a_standby_waits_for_a_batch_write_as_long_as_the_active_may_take_for_it(tmp_path: Path) -> None:
+    """The active gives its batch write (a third of the file) and the open before it (a torn
+    header: the whole file scanned) the time to move those bytes at 16 MiB/s beyond the storage
+    timeout; the standby waited 6 s whatever the size, so past about 250,000 terminals it gave
+    up on every batch while it was still being written, and hot standby never came."""
+    from types import SimpleNamespace
+
+    from hsb.host.ha import batch_wait
+    from hsb.takeover.store import BULK_RATE
+
+    tk = SimpleNamespace(storage_timeout=2.0, records=1_000_000, record_size=4096)
+    active_may_take = (tk.storage_timeout + tk.records * tk.record_size / BULK_RATE) + (
+        tk.storage_timeout + tk.records / 3 * tk.record_size / BULK_RATE
+    )
+    assert batch_wait(tk) >= active_may_take, (batch_wait(tk), active_may_take)
+    assert batch_wait(SimpleNamespace(storage_timeout=2.0, records=64, record_size=4096)) < 6.1  # (small files: as before)

@@ -50,6 +50,7 @@ from hsb.host.states import (
     WAITING,
 )
 from hsb.ops.notify import Watchdog, watchdog_too_short
+from hsb.takeover.store import BULK_RATE
 from hsb.wire.framing import batch_bytes, payload_max
 
 if TYPE_CHECKING:
@@ -71,6 +72,11 @@ class Exit(Exception):
         super().__init__(msg)
         self.code = code
         self.msg = msg
+
+
+def batch_wait(tk: Any) -> float:
+    """How long a standby waits for BATCH WRITE COMPLETE (`tk`: the [takeover] section)."""
+    return float(max(5.0, 3 * tk.storage_timeout) + (1 + 1 / 3) * tk.records * tk.record_size / BULK_RATE)
 
 
 class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
@@ -135,8 +141,11 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         self.tasks: set[asyncio.Task[None]] = set()
         self.closed = False
         self.switched_sessions = 0
-        # how long a standby waits for BATCH WRITE COMPLETE before it starts again
-        self.batch_wait_s = max(5.0, 3 * server.cfg.takeover.storage_timeout)
+        # how long a standby waits for BATCH WRITE COMPLETE before it starts again: longer than
+        # the active may take, by the same bound it allows itself (hsb.takeover.store: a batch of
+        # a third of the file, and opening it for writing, which may scan it whole), or at a few
+        # 100,000 terminals the standby gave up on every batch while it was still being written
+        self.batch_wait_s = batch_wait(server.cfg.takeover)
 
     # ------------------------------------------------------------------ plumbing
     def post(self, kind: str, **data: Any) -> None:

@@ -24,7 +24,7 @@ from hsb.host.admin import HostAdminProtocol
 from hsb.host.config import HostConfig
 from hsb.host.cplink import CPLink
 from hsb.host.delivery import Delivery
-from hsb.host.ha import HA
+from hsb.host.ha import HA, batch_wait
 from hsb.host.hooks import RoleHook
 from hsb.host.peer import PeerLink
 from hsb.host.sessions import SessionTable
@@ -348,7 +348,7 @@ class HostServer:
         self.takeover.store.timeout = new.takeover.storage_timeout
         # what waits on storage follows it: the standby's wait for a batch write, and the check
         # that systemd's watchdog outlasts an operation the HA loop waits on
-        self.ha.batch_wait_s = max(5.0, 3 * new.takeover.storage_timeout)
+        self.ha.batch_wait_s = batch_wait(new.takeover)
         too_short = watchdog_too_short(new.takeover.storage_timeout)
         if too_short:
             log.warning("watchdog_shorter_than_storage_timeout", msg=too_short)
