@@ -93,24 +93,16 @@ _UNAVAILABLE_PREFIXES = ("08", "53", "57P", "58")
 # damaged data or index (XX001, XX002: the server's, as SQLite's CORRUPT): none is the request's
 _UNAVAILABLE_STATES = {"57014", "25006", "25P03", "3D000", "28000", "28P01", "55P03", "XX001", "XX002"}
 _RETRY_STATES = {"40001", "40P01"}  # serialization failure, deadlock
-# the deployment's, not the request's, for the tables hsb sets up itself (the ledger's, the
-# idempotency records: set up, a statement does not lack them by itself): a right revoked, a table
-# missing (a restore that left it out). Messages wait, as for SQLite's READONLY, PERM and
-# CANTOPEN, and the reason names the fix. On another table (a user's service) they stay the
-# application's: its error reply, not every later message of the terminal held behind it
+# the deployment's, not the request's: a right revoked (on a table, its sequence, the schema), a
+# table or schema missing (a restore that left it out). Told by the code alone (the server's
+# words may be another language): messages wait, as for SQLite's READONLY, PERM and CANTOPEN,
+# and the reason names the fix. In a user's own service a statement that names a table never
+# made waits too, failing with its name: nothing is answered with an error and discarded
 DEPLOYMENT_STATES = {
-    "42501": "grant the service's database role its rights on the tables again (docs/ledger.md, 'Rights')",
-    "42P01": "restore the missing table (from a backup: made anew, empty, it would lose what it recorded)",
+    "42501": "grant the service's database role its rights again (docs/ledger.md, 'Rights')",
+    "42P01": "restore the missing table (from a backup: made anew, empty, it would lose what it recorded), or fix the statement that names it",
+    "3F000": "restore the missing schema, or set the role's search_path to it",
 }
-OWN_TABLES = frozenset({"ledger_accounts", "ledger_entries", "hsb_idempotency"})
-_TABLE_NAMED = re.compile(r'(?:relation|table) "?([\w.]+)"?')
-
-
-def _own_table(exc: BaseException) -> bool:
-    """The error names one of the tables hsb sets up (its message: `relation "x" does not
-    exist`, `permission denied for table x`)."""
-    m = _TABLE_NAMED.search(str(exc))
-    return m is not None and m.group(1).rsplit(".", 1)[-1] in OWN_TABLES
 
 
 def classify_pg(exc: BaseException) -> BaseException | None:
@@ -122,7 +114,7 @@ def classify_pg(exc: BaseException) -> BaseException | None:
     # dropped its cache, and the same transaction run again prepares it anew
     if state in _RETRY_STATES or isinstance(exc, asyncpg.InvalidCachedStatementError):
         return RetryTransaction(str(exc))
-    if state in DEPLOYMENT_STATES and _own_table(exc):
+    if state in DEPLOYMENT_STATES:
         return ServiceUnavailable(f"database: {type(exc).__name__}: {exc}: {DEPLOYMENT_STATES[state]}")
     if state and (state in _UNAVAILABLE_STATES or state.startswith(_UNAVAILABLE_PREFIXES)):
         return ServiceUnavailable(f"database unavailable: {type(exc).__name__}: {exc}")
@@ -285,7 +277,7 @@ _PLACEHOLDER = re.compile(r"\$(\d+)")
 # busy_timeout: SQLite's busy handler has waited already). Any other code is the statement's
 # (SQLITE_ERROR: no such table or function, a misused value, a syntax error; SQLITE_CONSTRAINT: a
 # constraint or a trigger's RAISE), as PostgreSQL's SQLSTATE classes 42 (but for a right or a
-# table of hsb's own missing: DEPLOYMENT_STATES), 22 and 23 are the application's: an error reply, not a retry for ever that would hold every later message of the
+# table missing: DEPLOYMENT_STATES), 22 and 23 are the application's: an error reply, not a retry for ever that would hold every later message of the
 # terminal. (By code, not by the words of the message: "account is locked" may be a trigger's.)
 _SQLITE_BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _SQLITE_UNAVAILABLE = frozenset(

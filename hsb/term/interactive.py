@@ -110,6 +110,14 @@ class Printer(Listener):
         self.say(f"cannot connect to {self.target}: {type(exc).__name__}; retrying in {retry_in:.2f} s")
 
 
+def _giving_up(target: str, code: str | None) -> str:
+    if code == "not_a_cp":
+        return f"giving up: {target} does not speak the terminal link (a wrong port?)"
+    if code == "message_too_large":
+        return f"giving up: the CP refused a message that cannot be delivered ({code})"
+    return f"giving up: the CP refused this terminal ({code})"
+
+
 class BadLine(NamedTuple):
     """Line `number` of the input is not valid text in `encoding`: the input ends there."""
 
@@ -179,13 +187,7 @@ async def interactive(
             done, _ = await asyncio.wait({get, fatal_wait}, return_when=asyncio.FIRST_COMPLETED)
             if fatal_wait in done:
                 get.cancel()
-                printer.say(
-                    f"giving up: {target} does not speak the terminal link (a wrong port?)"
-                    if printer.fatal_code == "not_a_cp"
-                    else f"giving up: the CP refused a message that cannot be delivered ({printer.fatal_code})"
-                    if printer.fatal_code == "message_too_large"
-                    else f"giving up: the CP refused this terminal ({printer.fatal_code})"
-                )
+                printer.say(_giving_up(target, printer.fatal_code))
                 status = 1
                 break
             line = get.result()
@@ -202,10 +204,12 @@ async def interactive(
             printer.say(f"end of input: waiting up to {linger:g} s for {len(client.outstanding)} outstanding reply(ies)")
             printer.drained.clear()
             if client.outstanding:
-                try:
-                    await asyncio.wait_for(printer.drained.wait(), linger)
-                except TimeoutError:
-                    pass
+                drained = asyncio.ensure_future(printer.drained.wait())
+                await asyncio.wait([drained, fatal_wait], timeout=linger, return_when=asyncio.FIRST_COMPLETED)
+                drained.cancel()
+        if printer.fatal.is_set() and status == 0:  # refused after the input had ended
+            printer.say(_giving_up(target, printer.fatal_code))
+            status = 1
         if not printer.fatal.is_set() and client.outstanding:  # a script feeding it must see that something was not answered
             printer.say(f"{len(client.outstanding)} message(s) still without a reply")
             status = 1
