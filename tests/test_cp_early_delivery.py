@@ -434,6 +434,26 @@ async def test_another_message_under_an_id_whose_ack_reached_the_new_connection_
     assert "balance?" not in str(frames(a))
 
 
+async def test_another_message_under_an_id_answered_since_the_welcome_is_refused(tmp_path: Path) -> None:
+    """The same once the first message was answered and let go as well (its reply record made
+    durable, a few milliseconds): the CP no longer holds it to compare, but its connection's
+    welcome noted what it held then."""
+    from tests.support.cpcore import recording_terminal
+
+    cp, a, t, j = durable_cp(tmp_path)
+    t.data_received(encode({"t": "msg", "id": 1, "data": "withdraw 50"}))
+    t.connection_lost(None)
+    t2 = recording_terminal(cp, "T00001")
+    j.release()
+    cp.host_reply(a, "T00001", 1, "r1")  # answered: settled, no longer held
+    assert 1 not in cp.terms["T00001"].held
+    t2.data_received(encode({"t": "msg", "id": 1, "data": "balance?"}))
+    assert t2.closed and [f["code"] for f in frames(t2) if f["t"] == "error"] == ["id_reused"], frames(t2)
+    t3 = recording_terminal(cp, "T00001")  # welcomed with last_acked 1: a repeat now is acknowledged again
+    t3.data_received(encode({"t": "msg", "id": 1, "data": "balance?"}))
+    assert not t3.closed and [f["id"] for f in frames(t3) if f["t"] == "ack"] == [1]
+
+
 async def test_an_id_below_one_accepted_and_never_sent_is_refused_not_dropped(tmp_path: Path) -> None:
     """Ids strictly increase (SPEC §6.2): a message 3 after 5, while 5 is not yet durable, was
     dropped without a word ("its ack is on its way"), and the next welcome's last_acked 5 told the

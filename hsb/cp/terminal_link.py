@@ -34,6 +34,9 @@ class TerminalProtocol(FramedProtocol):
         self._hello_timeout = hello_timeout
         self.bye_waiting = False  # its bye waits in the logoff storm's queue (hsb.cp.logons)
         self.welcome_acked = 0  # the last_acked its welcome said: above it, this terminal was told nothing yet
+        # the data of the messages held above it then (accepted, not yet durable): another message
+        # under one of those ids is a reuse, even once the first was answered and let go
+        self.unacked_at_welcome: dict[int, Any] = {}
         self.sent_upto = 0  # the highest message id this connection sent
         # its kept replies at the bound: frames other than confirm wait here, in order, while
         # confirms are still read and taken (the only way the bound is left); None: not parking

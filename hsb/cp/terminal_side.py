@@ -69,6 +69,8 @@ class TerminalSide:
         active = self.active if self.active is not None and self.active.usable and self.announced else None
         welcome = {"t": "welcome", "terminal": name, "last_acked": term.durable_acked, "cp": self.instance}
         proto.welcome_acked = term.durable_acked
+        if term.last_acked > term.durable_acked:  # (rare: a connection gone before its group commit)
+            proto.unacked_at_welcome = {mid: h.data for mid, h in term.held.items() if mid > term.durable_acked}
         adopted = term.active is not None and active is not None and term.active.host is active
         if term.active is not None and (not term.active.host.usable or term.active.host is not self.active):
             # adopted for it by an active since lost (or whose role a grant is giving away), and
@@ -168,7 +170,8 @@ class TerminalSide:
             conn.sent_upto = mid
         if mid <= term.last_acked:
             held = term.held.get(mid)
-            if held is not None and held.data != data:
+            before = held.data if held is not None else conn.unacked_at_welcome.get(mid, data) if conn is not None and first_here else data
+            if before != data:
                 if first_here and conn is not None and mid <= conn.welcome_acked:
                     pass  # its welcome said it was acknowledged: a repeat of an acknowledged id (below)
                 elif first_here or mid > term.durable_acked:
