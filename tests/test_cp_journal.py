@@ -602,11 +602,22 @@ async def test_a_damaged_journal_set_aside_starts_empty_above_every_generation_t
             set_aside(j, watch=0.5)
     finally:
         cp.stop()
-    # a journal that recovers whole is not set aside (what it holds is owed) unless forced
+    # a journal that recovers whole holding nothing (a clean stop, before a downgrade) is set
+    # aside; one holding what is owed is not, unless forced
+    set_aside(j, watch=0.1)
+    cp = restart_cp(cp)
+    cp.stop()
+    gen = Generations(j).current()
+    _segment(j, max(k for g, k, _ in segment_files(j) if g == gen) + 1, [["ck", 1, None, 0, {}], ["a", "T00001", 7, b"owed"]], gen=gen)
     with pytest.raises(AsideRefused, match="is not damaged"):
         set_aside(j, watch=0.1)
+    if os.geteuid() == 0:  # the CP's user keeps owning it when root sets it aside
+        for q in (j, *j.iterdir()):
+            os.chown(q, 65534, 65534)
     to, _, _ = set_aside(j, watch=0.1, force=True)
     assert to.exists() and all(name.startswith("gen-") for name in os.listdir(j))
+    if os.geteuid() == 0:
+        assert {(os.stat(q).st_uid, os.stat(q).st_gid) for q in (j, *j.iterdir())} == {(65534, 65534)}
 
 
 def test_a_torn_tail_is_dropped_but_left_in_the_file_for_a_write_still_finishing(tmp_path: Path) -> None:

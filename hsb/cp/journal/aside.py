@@ -11,6 +11,7 @@ any restart. A journal that recovers whole is refused unless forced: what it hol
 from __future__ import annotations
 
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def set_aside(d: Path, watch: float = WATCH_S, force: bool = False) -> tuple[Pat
     files only: (the moved directory, files in it, the highest generation kept). Refused while a
     CP serves it (the newest generation file's time changes while it is watched for `watch`
     seconds: the serving CP's heartbeat), and, unless `force`, for a journal that recovers whole
-    (what it holds was acknowledged: set aside, it would be lost)."""
+    holding messages or replies (acknowledged: set aside, they would be lost)."""
     if not d.is_dir():
         raise AsideRefused(f"{d} is not a directory: nothing to set aside (check [cp] journal)")
     names = os.listdir(d)
@@ -57,10 +58,11 @@ def set_aside(d: Path, watch: float = WATCH_S, force: bool = False) -> tuple[Pat
         else:
             held = sum(len(v) for v in r.held.values())
             kept = sum(len(v) for v in r.replies.values())
-            raise AsideRefused(
-                f"{d} is not damaged: it recovers whole ({held} held messages, {kept} replies kept, all acknowledged);"
-                " set aside, they would be lost. Start hsbcpd on it (--force sets it aside anyway)"
-            )
+            if held or kept:  # (nothing outstanding, after a clean stop: nothing is owed, as for a downgrade)
+                raise AsideRefused(
+                    f"{d} is not damaged: it recovers whole ({held} held messages, {kept} replies kept, all acknowledged);"
+                    " set aside, they would be lost. Start hsbcpd on it (--force sets it aside anyway)"
+                )
     now = time.time()
     stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(now))
     to = d.with_name(f"{d.name}.damaged-{stamp}")
@@ -68,19 +70,31 @@ def set_aside(d: Path, watch: float = WATCH_S, force: bool = False) -> tuple[Pat
     while to.exists():
         k += 1
         to = d.with_name(f"{d.name}.damaged-{stamp}-{k}")
-    # the whole directory in one rename: a CP starting meanwhile finds it whole or not there (and
-    # one taking over on a second machine waits for a journal directory, never makes one)
-    os.rename(d, to)
-    fsync_dir(d.parent)
-    d.mkdir(mode=0o700)
-    for n in sorted(os.listdir(to)):
+    # the new directory made whole first, beside it (its generation files, the old one's owner and
+    # mode: run as root, the CP's user must still own it), then two renames: a CP starting
+    # meanwhile finds the old journal whole, or the new one (a moment with none at all between
+    # the two, which a CP taking over on a second machine waits out: it never makes one)
+    new = d.with_name(f".{d.name}.new-{os.getpid()}")
+    st = os.stat(d)
+    new.mkdir(mode=0o700)
+    for n in names:
         if GEN.match(n):
-            _durable_copy(to / n, d / n)
-    fsync_dir(d)
+            _durable_copy(d / n, new / n, st)
+    _same_owner(new, st)
+    os.chmod(new, stat.S_IMODE(st.st_mode))
+    fsync_dir(new)
+    os.rename(d, to)
+    os.rename(new, d)
+    fsync_dir(d.parent)
     return to, len(os.listdir(to)), newest
 
 
-def _durable_copy(src: Path, dst: Path) -> None:
+def _same_owner(p: Path, st: os.stat_result) -> None:
+    if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
+        os.chown(p, st.st_uid, st.st_gid)
+
+
+def _durable_copy(src: Path, dst: Path, owner: os.stat_result) -> None:
     data = src.read_bytes()
     fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -88,3 +102,4 @@ def _durable_copy(src: Path, dst: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    _same_owner(dst, owner)
