@@ -83,6 +83,20 @@ def master_listeners(cfg: CPConfig) -> dict[str, socket.socket]:
     return out
 
 
+BULK_RATE = 16 * 1024 * 1024  # bytes a second a takeover's read or write of the journal is given beyond its step's bound
+
+
+def _journal_bytes(d: Path) -> int:
+    """What a takeover reads back: the journal directory's files, in bytes."""
+    n = 0
+    for e in os.scandir(d):
+        try:
+            n += e.stat().st_size
+        except OSError:
+            pass
+    return n
+
+
 class CPServer(Waiting):
     RELOADABLE = ("cp.held_bound", "cp.held_bytes", "cp.held_total_bytes", "cp.host_timeout", "terminals", "terminal_groups")
 
@@ -93,7 +107,7 @@ class CPServer(Waiting):
         self._reloading: asyncio.Future[None] | None = None
         # the takeover's file step under way (name, since when: monotonic), and how long one may
         # take before /health fails and the watchdog pings stop (a hung mount, not a big journal)
-        self.takeover_step: tuple[str, float] | None = None
+        self.takeover_step: tuple[str, float, float] | None = None  # (name, began, extra seconds its bytes get)
         self.takeover_step_s = max(TAKEOVER_STEP_MIN_S, 5 * cfg.cp.journal_timeout)
         self.sighups = 0
         self.wake_requested = False
@@ -321,11 +335,13 @@ class CPServer(Waiting):
     def _takeover_on_time(self) -> bool:
         """No file step of the takeover under way, or the one under way within its bound."""
         step = self.takeover_step
-        return step is None or time.monotonic() - step[1] < self.takeover_step_s
+        return step is None or time.monotonic() - step[1] < self.takeover_step_s + step[2]
 
-    async def _step(self, name: str, fn: Callable[..., T], *args: Any) -> T:
-        """One file step of the takeover, on a thread, timed for /health and the watchdog."""
-        self.takeover_step = (name, time.monotonic())
+    async def _step(self, name: str, fn: Callable[..., T], *args: Any, size: int = 0) -> T:
+        """One file step of the takeover, on a thread, timed for /health and the watchdog: its
+        bound, `takeover_step_s`, plus the time to move `size` bytes at BULK_RATE (a journal that
+        holds much is read back for longer than a hung mount may stay unnoticed)."""
+        self.takeover_step = (name, time.monotonic(), size / BULK_RATE)
         try:
             return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
         finally:
@@ -341,7 +357,8 @@ class CPServer(Waiting):
         with gcpolicy.paused():
             # raises JournalDamaged (file and offset) on damage. A torn tail is dropped, the file
             # not cut: a superseded CP may still be writing that record (docs/cp-journal.md)
-            r = await self._step("recovery", functools.partial(recover, d, truncate=False))
+            size = await self._step("journal size", _journal_bytes, d)
+            r = await self._step("recovery", functools.partial(recover, d, truncate=False), size=size)
             journal = Journal(d, timeout=c.journal_timeout, segment_bytes=c.journal_segment_kib * 1024, generation=gen, io=c.journal_io)
             cp = CP(self.cfg, journal)
             cp.follows_a_cp = gen > 1  # (take() creates the generation above any before: 1 on a new journal)
@@ -349,7 +366,7 @@ class CPServer(Waiting):
             faults.point("cp.mid_recovery")
             snapshot = cp.snapshot()
             try:
-                seg = await self._step("snapshot", journal.open, r.highest_segment + 1, snapshot, [*r.garbage, *r.paths])
+                seg = await self._step("snapshot", journal.open, r.highest_segment + 1, snapshot, [*r.garbage, *r.paths], size=size)
             except Superseded as exc:  # a newer CP took over while this one recovered: it serves
                 journal.close()
                 log.error("cp_superseded", generation=exc.own, newer=exc.newer, at="takeover", msg=str(exc))
