@@ -762,6 +762,7 @@ async def test_a_serving_cps_health_fails_once_its_generation_check_has_not_come
     from hsb.config import load
     from hsb.cp import server as srv
     from hsb.cp.config import CPConfig
+    from hsb.cp.journal.store import boot_now
 
     cfg = load(cp_config(tmp_path, terminals=2, journal=str(tmp_path / "j")), CPConfig)
     s = srv.CPServer(cfg, SECRET, str(tmp_path / "cp.toml"))
@@ -770,9 +771,9 @@ async def test_a_serving_cps_health_fails_once_its_generation_check_has_not_come
         assert s.cp is not None
         j = s.cp.journal
         assert s._healthy() and j.checked_at is not None
-        j.checked_at = time.monotonic() - j.fresh_s - 0.1  # its last clean check, too long ago (the next one hangs)
+        j.checked_at = boot_now() - j.fresh_s - 0.1  # its last clean check, too long ago (the next one hangs)
         assert j.state == "ok" and not s._healthy()
-        j.checked_at = time.monotonic()  # a check came back
+        j.checked_at = boot_now()  # a check came back
         assert s._healthy()
     finally:
         await s.shutdown()

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from hsb.cp.journal.store import boot_now
 from hsb.ctl import sandbox
 from tests.support.hostclient import FakeTerminal
 from tests.support.procs import arm_faults, log_events, until
@@ -75,18 +76,37 @@ async def test_heartbeats_are_answered_only_while_the_journal_vouches(tmp_path: 
         seen.append(now)
         return now - checked[0] < CHECK_FRESH_S
 
-    checked = [time.monotonic()]
+    checked = [boot_now()]
     cp.journal.vouches = vouches
     a = fake_host(cp, "host-a", "active", record=True)
     a.on_hb({"t": "hb", "n": 1})
-    checked[0] = time.monotonic() - CHECK_FRESH_S  # the last clean check is too old
+    checked[0] = boot_now() - CHECK_FRESH_S  # the last clean check is too old
     a.on_hb({"t": "hb", "n": 2})
-    checked[0] = time.monotonic()
+    checked[0] = boot_now()
     a.on_hb({"t": "hb", "n": 3})
     assert _acks(a) == [1, 3]
     a.flush()
     assert sum(1 for f in a.transport.frames() if f == {"t": "hb"}) == 1  # a sign of life, renewing nothing
     assert len(seen) == 3
+
+
+async def test_a_cp_machine_suspended_past_its_fresh_check_renews_no_lease_when_it_wakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CP's machine suspended for longer than a clean generation check vouches for: the
+    monotonic clock stood still meanwhile, so the CP woke still vouching and renewed an old
+    active's lease from the heartbeats waiting in its buffers (another CP may have granted the
+    role meanwhile). The check's age is on the boot clock, which counts the suspend, as the
+    hosts' leases are."""
+    from hsb.cp import host_link
+    from tests.support.cpcore import cp_core, fake_host
+
+    cp = cp_core(tmp_path, 2, cp="host_timeout = 0.5\nhost_lease = 0.35\n")
+    checked = boot_now()
+    cp.journal.vouches = lambda now: now - checked < 2.0  # (a journal's: its last clean check, fresh for 2 s)
+    a = fake_host(cp, "host-a", "active", record=True)
+    asleep = checked + 30.0  # the boot clock after 30 s suspended (monotonic: a moment later)
+    monkeypatch.setattr(host_link, "boot_now", lambda: asleep)
+    a.on_hb({"t": "hb", "n": 1})
+    assert _acks(a) == [], "a lease renewed by a CP that was suspended past its check"
 
 
 async def test_after_a_restart_a_switchover_waits_for_the_old_lease(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hsb.cp import deliver as dv
+from hsb.cp.journal.store import boot_now
 from hsb.wire.authlink import AuthServerProtocol
 from hsb.wire.conn import require
 from hsb.wire.framing import ProtocolError, batch_bytes
@@ -157,7 +158,7 @@ class HostProtocol(AuthServerProtocol):
         n = msg.get("n")
         # (a host stopped normally is no longer the active: its heartbeats renew no lease, so the
         # one it holds runs out, with the role given to another host no earlier: `stop_lease_left`)
-        if isinstance(n, int) and self.role not in (None, "stopped") and not self.fenced and self.cp.journal.vouches(time.monotonic()):
+        if isinstance(n, int) and self.role not in (None, "stopped") and not self.fenced and self.cp.journal.vouches(boot_now()):
             # (a replaced active is fenced from the grant on, before its record is durable and
             # it is told: an answer now would renew its lease beside the new active's)
             answer: dict[str, Any] = {"t": "hb", "ack": n}

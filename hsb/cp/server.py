@@ -37,6 +37,7 @@ from hsb.cp.core import CP
 from hsb.cp.host_link import HostProtocol
 from hsb.cp.journal import Journal, JournalIOUnavailable, recover
 from hsb.cp.journal.generation import Generations, Superseded
+from hsb.cp.journal.store import boot_now
 from hsb.cp.terminal_link import TerminalProtocol
 from hsb.cp.tickle import RESEND_AFTER_S, TickleList, not_back, previous_list, send_tickles
 from hsb.cp.waiting import MISSING, JournalMissing, Waiting, holds_address
@@ -273,7 +274,7 @@ class CPServer(Waiting):
         # no clean generation check for fresh_s (its mount hangs: an idle CP writes nothing, so its
         # journal still says ok): it may be superseded and renews no lease, so it cannot serve here
         c = j.checked_at  # (once serving: the ticks check it every 0.1 s, and a reload before the listeners is no tick)
-        return j.state == "ok" and (self.state != "serving" or c is None or time.monotonic() - c < j.fresh_s)
+        return j.state == "ok" and (self.state != "serving" or c is None or boot_now() - c < j.fresh_s)
 
     async def take_over(self, reason: str) -> None:
         """Take the journal's next generation, recover, write the snapshot; then `self.cp`. The

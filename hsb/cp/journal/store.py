@@ -67,6 +67,14 @@ CHECK_FRESH_MIN_S = 1.0
 SYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, float("inf"))
 
 
+def boot_now() -> float:
+    """The clock a clean generation check vouches by (`vouches`): CLOCK_BOOTTIME, which counts a
+    suspend of the machine, as the hosts' leases do (hsb.host.lease). On the monotonic clock a CP
+    machine suspended past fresh_s woke still vouching, and renewed an old active's lease from the
+    heartbeats waiting in its buffers while another CP had granted the role elsewhere."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 def _backoff(tries: int) -> float:
     """How long the `tries`-th retry in a row waits (RETRY_S, its last value from then on)."""
     return RETRY_S[min(tries, len(RETRY_S) - 1)]
@@ -116,7 +124,7 @@ class Journal(GroupWriter):
         self.on_superseded: Callable[[Superseded], None] = lambda exc: None
         self._beating = False
         self._beat_exec = Worker("hsb-journal-beat")
-        self.checked_at: float | None = None  # when the last clean generation check began (monotonic)
+        self.checked_at: float | None = None  # when the last clean generation check began (boot_now)
         self.fresh_s = max(CHECK_FRESH_MIN_S, timeout)  # how long a clean check vouches for this CP (`vouches`)
         self._unvouched_at: float | None = None  # since when heartbeats go unanswered (`vouches`)
         self.lease_answers_withheld = 0
@@ -189,7 +197,7 @@ class Journal(GroupWriter):
         # a CP that took the next generation meanwhile may have listed the journal before this
         # snapshot was complete, and be reading the generation before it: deleting that now would
         # lose it. Superseded here, this CP deletes nothing and stops (hsb.cp.server.take_over).
-        t0 = time.monotonic()
+        t0 = boot_now()
         self.gens.check(self.gen)
         self.checked_at = t0
         self.gens.mark_snapshot(self.gen)  # (before older generations go: recovery tells damage from a torn snapshot by it)
@@ -393,7 +401,7 @@ class Journal(GroupWriter):
             deletions, self._deletions = self._deletions, []
         self._urgent = False
         self._inflight = batch
-        self._batch_t0 = time.monotonic()
+        self._batch_t0 = boot_now()
         if self._timer is None:  # one timer serves many groups (not one armed and cancelled each)
             self._timer = asyncio.get_running_loop().call_later(self.timeout, self._deadline)
         if not deletions and self._through_ring(batch, callbacks):
@@ -520,7 +528,7 @@ class Journal(GroupWriter):
             log.warning("journal_heartbeat_failed", error=str(exc))
 
     def _beat(self) -> None:
-        t0 = time.monotonic()
+        t0 = boot_now()
         injected = faults.storage_faults()  # tests: a hung mount hangs the check as it hangs the writes
         if injected is not None:
             injected.before("journal_generation_check")
@@ -566,7 +574,7 @@ class Journal(GroupWriter):
         self._timer = None
         if self._inflight is None:
             return
-        left = self._batch_t0 + self.timeout - time.monotonic()
+        left = self._batch_t0 + self.timeout - boot_now()
         if left > 0:  # a later group: its own time
             self._timer = asyncio.get_running_loop().call_later(left, self._deadline)
             return
@@ -614,7 +622,7 @@ class Journal(GroupWriter):
             "syncs": self.syncs,
             "records_written": self.records_written,
             "stalls": self.stalls,
-            "generation_checked_ms_ago": None if self.checked_at is None else round((time.monotonic() - self.checked_at) * 1000, 1),
+            "generation_checked_ms_ago": None if self.checked_at is None else round((boot_now() - self.checked_at) * 1000, 1),
             "lease_answers_withheld": self.lease_answers_withheld,
         }
 
