@@ -566,3 +566,32 @@ async def test_nothing_reaches_the_service_once_the_host_is_closing(tmp_path: Pa
         assert not a.delivery.queues and not a.delivery.workers
         hook_done.set()
         await asyncio.wait_for(closing, 10)
+
+
+async def test_a_stop_whose_handover_went_unanswered_hands_nothing_more_to_its_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stop's handover went to the CP and got no answer in time (the CP's journal slow, say):
+    the stop goes on as a normal one, but the CP may still grant the handover and hand what this
+    host holds to the new active. The normal stop's state reopened the delivery's gate, which the
+    handover had closed, and the waiting messages went to this host's service too: both hosts
+    ran them at once. Nothing more goes to its service; the CP holds them, marked."""
+    handled: list[tuple[str, int]] = []
+
+    class Recording(EchoService):
+        async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
+            handled.append((terminal, message_id))
+            return data
+
+    rec = RecordingLog()
+    monkeypatch.setattr(server_mod, "log", rec)
+    monkeypatch.setattr(server_mod, "HANDOVER_ANSWER_S", 0.3)
+    async with pair_in_hot_standby(tmp_path, Recording) as (cp, a, b, tasks):
+        core = cp.cp
+        core.host_handover = lambda host, wait=True: None  # never answered (nor granted) in time
+        short_hand_over(a, monkeypatch, 0.3)
+        a.request_stop(takeover=True)
+        stop = asyncio.ensure_future(a.graceful_stop())
+        await until(lambda: a.ha.state == "handing_over", "the handover sent")
+        a.delivery.deliver("T00002", 1, "x", False)  # held back by the handover's gate
+        await asyncio.wait_for(stop, 20)
+        assert rec.events("stop_handover_unanswered") and rec.events("stop_handover_failed"), rec.entries
+        assert ("T00002", 1) not in handled, handled

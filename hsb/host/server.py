@@ -117,6 +117,7 @@ class HostServer:
         )
         self.exit_code: int | None = None
         self.exit_msg = ""
+        self.handover_unanswered = False  # a stop's handover went to the CP and got no answer
         self.should_exit = asyncio.Event()
         self.admin_server: asyncio.base_events.Server | None = None
         self.bound: dict[str, str] = {}
@@ -415,6 +416,7 @@ class HostServer:
             if now >= deadline and (answer_by is None or now >= answer_by):
                 if answer_by is not None:
                     log.warning("stop_handover_unanswered", at_most_s=HANDOVER_ANSWER_S, msg="the CP did not answer the handover")
+                    self.handover_unanswered = True  # (the CP may grant it still)
                 return False
             await asyncio.sleep(0.02)
 
@@ -494,6 +496,12 @@ class HostServer:
                 if ha.exit is not None:  # fenced (or failed) meanwhile: it exits with that code, and tells nobody
                     return
                 log.warning("stop_handover_failed", msg="the planned switchover did not complete; stopping normally (nobody takes over)")
+                if self.handover_unanswered:
+                    # the CP may still grant it (its journal slow, say) and hand what this host
+                    # holds to the new active: nothing more goes to this host's service, or the
+                    # two would run the same messages at once (it stays held at the CP, marked)
+                    self.delivery.accepting = False
+                    self.delivery.cancel()
             else:
                 log.info("stop_without_takeover", reason=why)
         # Nothing of a planned switchover goes on beside the normal stop (its "released", a resync
