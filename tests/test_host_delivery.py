@@ -321,3 +321,41 @@ async def test_a_closing_host_hands_nothing_more_to_its_service_once_its_cp_link
     gen0 = srv.delivery.gen
     await srv.close()
     assert seen == [gen0 + 1], "the CP link closed while deliveries still ran"
+
+
+async def test_a_host_beats_often_until_the_cp_has_told_it_its_lease() -> None:
+    """Before any registration is answered the lease is not known: the host beat at its
+    heartbeat_interval (up to 60 s in a valid config), so with 1 s the first lease (register +
+    0.35 s) lapsed and the CP took the new active for silent and failed it over. It beats often
+    until the lease is told, then at a third of it."""
+    from hsb.host import cplink as cplink_mod
+    from hsb.host.lease import Lease
+    from tests.support.procs import SECRET
+
+    sent: list[float] = []
+
+    class Fs:
+        def send(self, msg: dict[str, Any]) -> None:
+            sent.append(time.monotonic())
+
+        async def drain(self) -> None:
+            return None
+
+        def close(self) -> None:
+            return None
+
+    lease = Lease()
+    link = cplink_mod.CPLink(
+        name="host-a", addr="127.0.0.1:1", secret=SECRET, interval=1.0, timeout=3.0, max_frame=1 << 20,
+        on_up=lambda: None, on_frame=lambda m: None, on_down=lambda why: None, lease=lease, on_answer=lambda n: None,
+    )  # fmt: skip
+    task = asyncio.ensure_future(link._beat(Fs()))  # type: ignore[arg-type]
+    try:
+        await _until(lambda: len(sent) >= 3, "three beats before the lease is known")
+        assert sent[2] - sent[0] < 0.5, sent
+        lease.duration = 0.35  # told: a third of it from now on
+        n = len(sent)
+        await _until(lambda: len(sent) >= n + 3, "three beats at a third of the lease")
+        assert max(b - a for a, b in zip(sent[n:], sent[n + 1 :], strict=False)) < 0.3, sent
+    finally:
+        task.cancel()

@@ -30,6 +30,9 @@ CP_RETRY_CAP = 0.25  # s: the longest wait between two tries to reach the CP (be
 log = structlog.get_logger("hsb.host")
 
 
+LEASE_UNKNOWN_BEAT_S = 0.05  # the beat while no registration has told the lease yet
+
+
 class CPLink:
     def __init__(
         self,
@@ -231,9 +234,11 @@ class CPLink:
                 fs.send({"t": "hb", "n": self.lease.beat()})
                 # no deadline on drain: a CP slow to read is not a dead CP (the recv timeout judges that)
                 await fs.drain()
-                # at least three beats per lease, so one lost or late answer does not lapse it
+                # at least three beats per lease, so one lost or late answer does not lapse it; the
+                # lease not known yet (no registration answered): often, until it is (a long
+                # heartbeat_interval let the first lease lapse and the CP take the host for silent)
                 lease = self.lease.duration
-                await asyncio.sleep(min(self.interval, lease / 3) if lease > 0 else self.interval)
+                await asyncio.sleep(min(self.interval, lease / 3) if lease > 0 else min(self.interval, LEASE_UNKNOWN_BEAT_S))
         except (ConnectionError, OSError, TimeoutError, RuntimeError):
             fs.close()
 
