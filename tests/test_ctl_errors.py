@@ -161,6 +161,39 @@ def test_switchover_exits_3_when_the_active_cannot_be_asked_and_1_when_it_refuse
     one_line_error(0, "", capsys.readouterr().err, 0, "switchover refused: the standby is not established")
 
 
+def test_switchover_with_the_standby_not_asked_is_unknown_unless_the_cp_says_there_is_none(
+    secret: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """host-b's admin port cannot be reached from here (a firewall, a typo): the pair is not
+    known to be established, and the switchover said "refused: no established standby", exit 1.
+    Not knowing is not "no standby": exit 3, naming what could not be asked. When the CP says no
+    standby is registered, that settles it: exit 1."""
+    gone = closed_port()
+
+    def state(cp_standby: Any) -> dict[str, Any]:
+        st = _pair("127.0.0.1:1", gone)
+        st["hosts"][1] = {"reachable": False, "name": "host-b", "addr": gone, "error": "connection refused"}
+        st.update(established=False, unknown=[{"name": "host-b", "addr": gone, "error": "connection refused"}])
+        st["cp"]["standby"] = cp_standby
+        return st
+
+    t = Target(cp="127.0.0.1:1", cps=["127.0.0.1:1"], hosts=["127.0.0.1:1", gone], secret_file=str(secret))
+
+    async def registered(*a: Any, **kw: Any) -> dict[str, Any]:
+        return state({"name": "host-b"})
+
+    monkeypatch.setattr(switchover_mod, "status_all", registered)
+    assert switchover_mod.run_switchover(t, True, 1.0) == 3
+    assert f"cannot ask host-b at {gone}" in capsys.readouterr().err
+
+    async def none_registered(*a: Any, **kw: Any) -> dict[str, Any]:
+        return state(None)
+
+    monkeypatch.setattr(switchover_mod, "status_all", none_registered)
+    assert switchover_mod.run_switchover(t, True, 1.0) == 1
+    assert "no established standby" in capsys.readouterr().err
+
+
 def _switchover_taken(monkeypatch: pytest.MonkeyPatch, secret: Path, status_all: Any, timeout: float) -> int:
     """hsbctl switchover against `status_all`, its request taken by host-a: the exit code."""
 

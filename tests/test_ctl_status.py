@@ -190,6 +190,13 @@ def test_the_verdict_says_what_it_cannot_know_and_what_is_critical() -> None:
         stuck = summarize({**cp, "journal": {"durability": "fsync", "state": state}}, _pair())
         assert not stuck["serving"] and stuck["exit_status"] == 2
     assert summarize({**cp, "journal": {"durability": "none"}}, _pair())["exit_status"] == 0
+    # one host named, or the same one twice: the pair's state is not known (3), and one host
+    # named twice is not two actives
+    one = summarize(dict(cp), _pair()[:1])
+    assert one["exit_status"] == 3 and [u["name"] for u in one["unknown"]] == ["hosts"], one["unknown"]
+    twice = [{**_pair()[0], "addr": "10.0.0.1:7112"}, {**_pair()[0], "addr": "10.0.0.1:7112"}]
+    dup = summarize(dict(cp), twice)
+    assert dup["exit_status"] == 3 and not dup["two_actives"], dup
 
 
 def test_status_of_a_shape_hsbctl_cannot_read_is_unknown_not_a_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

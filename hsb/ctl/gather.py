@@ -215,7 +215,13 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> dict[str, Any]
     unknown += [(h["name"], h.get("addr", "-"), h.get("error")) for h in hosts if not h.get("reachable")]
     if not hosts:  # only the CP asked: nothing can be said of the hosts
         unknown.append(("hosts", "-", "none named (give --host twice, or hosts in the ctl config)"))
-    two = [h["name"] for h in actives] if len(actives) > 1 else []
+    elif len(hosts) == 1:  # the pair's state cannot be told from one of its hosts
+        unknown.append(("hosts", "-", "only one named (give --host twice, or both hosts in the ctl config)"))
+    addrs = [h["addr"] for h in hosts if h.get("addr")]
+    if len(set(addrs)) < len(addrs):  # one host named twice: its two answers are not two hosts
+        unknown.append(("hosts", "-", "the same address named twice (name both hosts in the ctl config)"))
+    distinct = {h.get("addr") or h["name"]: h for h in actives}  # (one host named twice is one active)
+    two = [h["name"] for h in distinct.values()] if len(distinct) > 1 else []
     return {
         "established": established,
         "serving": serving,

@@ -40,7 +40,10 @@ async def _switchover(t: Target, yes: bool, timeout: float) -> int:
     unknown = st.get("unknown") or []
     cp_known = not any(u["name"] == "CP" for u in unknown)
     actives = [h for h in st["hosts"] if h.get("reachable") and h.get("role") == "active"]
-    if unknown and not (cp_known and not st["established"]):
+    # the CP answered that no standby is registered: that settles it, whatever host could not be
+    # asked; anything else with a host unknown is not known
+    cp_says_none = cp_known and not st["cp"].get("standby")
+    if unknown and not cp_says_none:
         # not knowing is not "no standby": say who could not be asked, and why
         for u in unknown:
             click.echo(f"error: cannot ask {u['name']} at {u['addr']}: {u['error']}", err=True)
