@@ -63,3 +63,27 @@ async def test_connect_input_that_is_not_utf8_is_an_error_not_the_end_of_input(f
     assert status == 1 and "error: input is not valid UTF-8 at line 2; it and the lines after it were not sent" in out, out
     assert "reply id=" in out and ": balance?" in out and "without a reply" not in out, out
     assert len(fake.deliveries) == 1  # "balance?" only
+
+
+async def test_connect_fed_by_a_pipe_exits_nonzero_when_the_cp_refuses_the_terminal() -> None:
+    """`echo hi | hsbterm connect NOSUCH`: the input ends before the CP's answer comes, and its
+    refusal (unknown_terminal) came while the end of input waited for replies: it exited 0, with
+    no word of giving up, though the CP had refused the terminal."""
+    from hsb.wire.framing import encode
+
+    async def refuse_late(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)  # its hello begins
+        await asyncio.sleep(0.5)  # the input (one line) has ended by now
+        writer.write(encode({"t": "error", "code": "unknown_terminal", "msg": "no terminal T09999"}))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse_late, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        out = io.StringIO()
+        status = await asyncio.wait_for(interactive("T09999", "127.0.0.1", port, linger=5, inp=io.StringIO("hi\n"), out=out), 20)
+    finally:
+        server.close()
+    text = out.getvalue()
+    assert status == 1 and "giving up: the CP refused this terminal (unknown_terminal)" in text, text
