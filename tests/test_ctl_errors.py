@@ -363,6 +363,31 @@ def test_stop_without_a_name_stops_the_serving_active(secret: Path, monkeypatch:
     assert code == 0 and "host-b stopped" in out, (code, out, err)
 
 
+def test_a_stop_whose_announced_handover_did_not_complete_is_an_error(secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The active said it hands over, then stops; the handover failed (the CP refused it, say)
+    and it stopped normally, nobody taking over: `hsbctl stop` said "stopped; no host serves
+    now", exit 0, and a script running `hsbctl stop && …` believed the service had moved."""
+    from hsb.ctl import ops_cmds
+
+    asked: list[str] = []
+
+    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
+        st = _pair("127.0.0.1:1", "127.0.0.1:2")
+        if asked:  # after the stop: host-a gone, host-b still the standby
+            st["hosts"] = st["hosts"][1:]
+            st["unknown"] = [{"addr": "127.0.0.1:1", "error": "connection refused: nothing listens there"}]
+        return st
+
+    async def ask(addr: str, *a: Any, **kw: Any) -> dict[str, Any]:
+        asked.append(addr)
+        return {"t": "result", "ok": True, "msg": "host-a hands over to the standby, then stops", "hands_over": True}
+
+    monkeypatch.setattr(ops_cmds, "status_all", status_all)
+    monkeypatch.setattr(ops_cmds, "ask", ask)
+    code, out, err = invoke("--host", "127.0.0.1:1", "--host", "127.0.0.1:2", "--secret-file", str(secret), "stop", "--timeout", "5")
+    assert code == 1 and "handover did not complete" in err, (code, out, err)
+
+
 def test_a_tls_handshake_that_fails_says_what_to_check() -> None:
     import ssl
 

@@ -47,7 +47,8 @@ class HostAdminProtocol(AuthServerProtocol):
         if not isinstance(takeover, bool):  # ("false" is true to bool(): it would hand over)
             self.send({"t": "result", "ok": False, "msg": "stop: field 'takeover' must be true or false; nothing done"})
             return
-        if ha.role == "active" and takeover and ha.switchover_refusal() is None:
+        hands_over = ha.role == "active" and takeover and ha.switchover_refusal() is None
+        if hands_over:
             what = "hands over to the standby, then stops"
         elif takeover and ha.standby_may_return():
             what = "waits a moment for the standby the peer link lost, hands over if it comes back, else stops normally"
@@ -55,6 +56,7 @@ class HostAdminProtocol(AuthServerProtocol):
             what = "stops normally: nobody takes over (" + ("no established standby" if takeover else "--no-takeover") + ")"
         else:
             what = "stops (it is the standby: the active serves on without one)"
-        self.send({"t": "result", "ok": True, "msg": f"{ha.name} {what}"})
+        # `hands_over`: hsbctl stop then checks the standby became the active (else it failed)
+        self.send({"t": "result", "ok": True, "msg": f"{ha.name} {what}", "hands_over": hands_over})
         self.flush()
         self.srv.request_stop(takeover)
