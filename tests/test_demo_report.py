@@ -61,6 +61,9 @@ def test_the_ratio_is_printed_only_when_both_failovers_passed() -> None:
     bad = demo.render([_failover("fast switch", 20.0, ["lost: 1"]), _failover("conventional", 200.0)])
     assert "worst pause:" not in bad.split("conventional mode disconnected")[0].split("aggregated service gap")[1]
     assert "VERDICT: FAILED" in bad and "  - fast switch: lost: 1" in bad
+    # an act that did not complete proves nothing: the verdict of the one that did is not the report's
+    half = demo.render([_failover("fast switch", 20.0)], ["conventional: did not complete: TimeoutError: hot standby"])
+    assert "VERDICT: FAILED" in half and "  - conventional: did not complete" in half, half
 
 
 def test_the_cp_act_says_failed_with_its_reasons() -> None:
