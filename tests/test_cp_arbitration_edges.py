@@ -26,11 +26,12 @@ def standby(cp: Any, name: str = "host-b", instance: str = "i1", **kw: Any) -> A
     return b
 
 
-def pair_waiting_for_a_handover(tmp_path: Path) -> tuple[Any, Any, Any, list[Any]]:
+def pair_waiting_for_a_handover(tmp_path: Path, record: bool = False) -> tuple[Any, Any, Any, list[Any]]:
     """host-a active with 3 terminals' sessions, host-b standby with standby sessions for 2 of
-    them; host-a released and handing over: the CP waits for the third standby session."""
+    them; host-a released and handing over: the CP waits for the third standby session.
+    `record`: host-a's transport keeps what the CP sends it."""
     cp = cp_core(tmp_path, 3)
-    a = fake_host(cp, "host-a", "active")
+    a = fake_host(cp, "host-a", "active", record=record)
     b = standby(cp)
     terms = [recording_terminal(cp, f"T0000{i}") for i in (1, 2, 3)]
     for i in (1, 2, 3):
@@ -303,17 +304,8 @@ async def test_a_terminal_gone_while_a_planned_grant_is_made_durable_is_closed_a
     the CP held none. It is told, as the active would have been."""
     from tests.support.cpcore import HeldJournal
 
-    cp = cp_core(tmp_path, 3)
-    a = fake_host(cp, "host-a", "active", record=True)
+    cp, a, b, terms = pair_waiting_for_a_handover(tmp_path, record=True)
     a.instance = "ia"
-    b = standby(cp)
-    terms = [recording_terminal(cp, f"T0000{i}") for i in (1, 2, 3)]
-    for i in (1, 2, 3):
-        cp.host_open(a, f"T0000{i}", "active", {})
-    for i in (1, 2):
-        cp.host_open(b, f"T0000{i}", "standby", {})
-    cp.host_release(a)
-    cp.host_handover(a)
     held = HeldJournal(cp)
     cp.host_open(b, "T00003", "standby", {})  # the last owed session: granted, its epoch being written
     assert cp.granting is b and cp.demoting is a

@@ -585,7 +585,6 @@ async def test_the_loop_answers_while_a_cp_takes_its_journal_over(tmp_path: Path
     holds much. It ran on the event loop, so /health, status and the watchdog went unanswered
     meanwhile (keepalived's track script failed and took the address away in the middle of the
     takeover). The file work runs on a thread: the loop answers."""
-    import threading
 
     from hsb.config import load
     from hsb.cp import server as srv
@@ -594,15 +593,8 @@ async def test_the_loop_answers_while_a_cp_takes_its_journal_over(tmp_path: Path
     journal = tmp_path / "j"
     cfg = load(cp_config(tmp_path, terminals=2, journal=str(journal)), CPConfig)
     s = srv.CPServer(cfg, SECRET, str(tmp_path / "cp.toml"))
-    entered, release = threading.Event(), threading.Event()
-    real = srv.recover
+    entered, release = _held_recovery(monkeypatch, 3)
 
-    def slow_recover(d: Path, truncate: bool = True) -> Any:
-        entered.set()
-        release.wait(3)  # (without the thread: the loop itself waits here)
-        return real(d, truncate=truncate)
-
-    monkeypatch.setattr(srv, "recover", slow_recover)
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(s.startup())
     try:
@@ -635,6 +627,35 @@ def _watchdog_pings(sd: Any) -> int:
             n += sd.recv(256).count(b"WATCHDOG=1")
         except BlockingIOError:
             return n
+
+
+def _held_recovery(monkeypatch: pytest.MonkeyPatch, most: float) -> tuple[Any, Any]:
+    """The takeover's read of the journal held on its thread (at most `most` s) until the test
+    lets it go: (entered, release), two threading.Events."""
+    import threading
+
+    from hsb.cp import server as srv
+
+    entered, release = threading.Event(), threading.Event()
+    real = srv.recover
+
+    def slow_recover(d: Path, truncate: bool = True) -> Any:
+        entered.set()
+        release.wait(most)  # (on the takeover's thread: without it, the loop itself waits here)
+        return real(d, truncate=truncate)
+
+    monkeypatch.setattr(srv, "recover", slow_recover)
+    return entered, release
+
+
+def _taken_over_or_not(s: Any, task: Any, release: Any, sd: Any) -> None:
+    """The end of a test of a takeover held on a thread: let it go, cancel what is left, close."""
+    release.set()
+    if not task.done():
+        task.cancel()
+    sd.close()
+    if s.cp is not None:
+        s.cp.journal.close()
 
 
 def _waiting_cp_under_systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
@@ -804,23 +825,13 @@ async def test_a_cp_taking_its_journal_over_pings_the_watchdog_while_each_step_k
     """The journal read back for seconds (a big one) went unpinged, and systemd (WatchdogSec)
     killed the CP in the middle of its takeover; a step past its bound (a hung mount) stops the
     pings, as /health fails then."""
-    import threading
-
-    from hsb.cp import server as srv
 
     s, sd = _waiting_cp_under_systemd(tmp_path, monkeypatch)
-    entered, release = threading.Event(), threading.Event()
-    real = srv.recover
-
-    def slow_recover(d: Path, truncate: bool = True) -> Any:
-        entered.set()
-        release.wait(10)
-        return real(d, truncate=truncate)
+    entered, release = _held_recovery(monkeypatch, 10)
 
     def pings() -> int:
         return _watchdog_pings(sd)
 
-    monkeypatch.setattr(srv, "recover", slow_recover)
     task = asyncio.ensure_future(s.take_over("woken"))
     try:
         assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 10)
@@ -836,12 +847,7 @@ async def test_a_cp_taking_its_journal_over_pings_the_watchdog_while_each_step_k
         await asyncio.wait_for(task, 10)
         assert s.cp is not None
     finally:
-        release.set()
-        if not task.done():
-            task.cancel()
-        sd.close()
-        if s.cp is not None:
-            s.cp.journal.close()
+        _taken_over_or_not(s, task, release, sd)
 
 
 async def test_a_takeover_that_reads_long_beats_so_a_woken_waiting_cp_does_not_supersede_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -849,7 +855,6 @@ async def test_a_takeover_that_reads_long_beats_so_a_woken_waiting_cp_does_not_s
     CP taking the journal over beats its new generation file from the moment it takes it, not
     only once it serves: a takeover that reads for longer than takeover_stale was taken for a
     dead CP's and superseded in the middle (the two then superseding each other in turn)."""
-    import threading
 
     from hsb.config import load
     from hsb.cp import server as srv
@@ -859,15 +864,8 @@ async def test_a_takeover_that_reads_long_beats_so_a_woken_waiting_cp_does_not_s
     (tmp_path / "cp1").mkdir()
     cfg = load(cp_config(tmp_path / "cp1", terminals=2, journal=str(journal)), CPConfig)
     s = srv.CPServer(cfg, SECRET, str(tmp_path / "cp1" / "cp.toml"))
-    entered, release = threading.Event(), threading.Event()
-    real = srv.recover
+    entered, release = _held_recovery(monkeypatch, 10)
 
-    def slow_recover(d: Path, truncate: bool = True) -> Any:
-        entered.set()
-        release.wait(10)
-        return real(d, truncate=truncate)
-
-    monkeypatch.setattr(srv, "recover", slow_recover)
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(s.startup())
     cp2: Proc | None = None
@@ -922,12 +920,7 @@ async def test_a_takeovers_first_looks_at_the_storage_run_off_the_loop(tmp_path:
         await asyncio.wait_for(task, 10)
         assert s.cp is not None
     finally:
-        release.set()
-        if not task.done():
-            task.cancel()
-        sd.close()
-        if s.cp is not None:
-            s.cp.journal.close()
+        _taken_over_or_not(s, task, release, sd)
 
 
 async def test_a_takeover_step_past_its_bound_stops_the_takeovers_beat(tmp_path: Path) -> None:

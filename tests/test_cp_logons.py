@@ -157,41 +157,32 @@ async def test_a_cp_that_stops_drops_the_hellos_still_waiting(tmp_path: Path) ->
     assert cp.connected == logons.BURST
 
 
-async def test_a_terminal_that_connected_again_while_waiting_logs_on_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("first_gone", [True, False], ids=["reconnected", "duplicate-device"])
+async def test_a_terminal_that_connected_again_while_waiting_logs_on_once(tmp_path: Path, first_gone: bool) -> None:
     """Its first connection waited so long that it connected again (that connection is not
-    read, so its end is not seen): the newer one is logged on, the older dropped, and nobody
-    is refused as already connected."""
+    read, so its end is not seen, but the kernel knows it): the newer one is logged on, the
+    older dropped, and nobody is refused as already connected. Both there (a duplicate device):
+    as outside a storm, the first is logged on and the second refused already_connected, said in
+    the log; the first was reset without a word and the genuine terminal locked out."""
     cp = cp_core(tmp_path, logons.BURST + 5)
     fake_host(cp, "host-a", "active")
     names = sorted(cp.terms)
     again = names[logons.BURST + 1]
     protos = _queue_up(cp, names)
     first = protos[names.index(again)]
-    first.peer_gone = lambda: True  # (its terminal closed it: the kernel says so, unread here)
+    if first_gone:
+        first.peer_gone = lambda: True  # (its terminal closed it: the kernel says so, unread here)
     second = _queue_up(cp, [again])[0]  # queued behind the rest
     await _until(lambda: not cp.logons.queue, "the queue worked off")
-    assert first.closed and not second.closed
-    assert cp.terms[again].conn is second and second.term is cp.terms[again]
-    assert not [f for f in second.transport.frames() if f["t"] == "error"]
-    assert cp.connected == len(names) and not cp.logons.newest
-
-
-async def test_two_live_connections_of_one_terminal_in_a_storm_are_taken_as_outside_one(tmp_path: Path) -> None:
-    """Two connections under one name, both there (a duplicate device): outside a storm the
-    first is logged on and the second refused already_connected, said in the log. In a storm the
-    first was reset without a word and the second logged on (the genuine terminal locked out).
-    It is as outside one now: only a first connection whose peer is gone is dropped."""
-    cp = cp_core(tmp_path, logons.BURST + 5)
-    fake_host(cp, "host-a", "active")
-    names = sorted(cp.terms)
-    again = names[logons.BURST + 1]
-    protos = _queue_up(cp, names)
-    first = protos[names.index(again)]
-    second = _queue_up(cp, [again])[0]
-    await _until(lambda: not cp.logons.queue, "the queue worked off")
-    assert not first.closed and cp.terms[again].conn is first
-    second.flush()
-    assert second.closed and [f["code"] for f in second.transport.frames() if f["t"] == "error"] == ["already_connected"]
+    kept, dropped = (second, first) if first_gone else (first, second)
+    assert dropped.closed and not kept.closed
+    assert cp.terms[again].conn is kept and kept.term is cp.terms[again]
+    assert not [f for f in kept.transport.frames() if f["t"] == "error"]
+    if first_gone:
+        assert cp.connected == len(names) and not cp.logons.newest
+    else:
+        second.flush()
+        assert [f["code"] for f in second.transport.frames() if f["t"] == "error"] == ["already_connected"]
 
 
 async def _logged_on(cp: Any, names: list[str]) -> tuple[Any, list[Any]]:

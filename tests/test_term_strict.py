@@ -220,6 +220,13 @@ async def test_a_terminal_logged_on_without_its_session_again_is_not_back() -> N
     assert _not_back([c]) == []
 
 
+async def _entry(tx: Any, t: str, mid: int, op: str, acct: str, other: str | None, n: int) -> None:
+    """One ledger entry, as the ledger writes it."""
+    await tx.execute(
+        "INSERT INTO ledger_entries (terminal, msg_id, op, account, other, amount) VALUES ($1, $2, $3, $4, $5, $6)", t, mid, op, acct, other, n
+    )
+
+
 async def _ledger_db(path: Path) -> Any:
     db = open_database(None, str(path))
     await db.setup(ledger.DDL)
@@ -240,25 +247,9 @@ async def test_the_books_catch_a_transfer_applied_with_other_accounts_or_twice(t
             for s_, d_, n in entries:
                 await tx.execute("UPDATE ledger_accounts SET balance = balance - $2 WHERE account = $1", s_, n)
                 await tx.execute("UPDATE ledger_accounts SET balance = balance + $2 WHERE account = $1", d_, n)
-                await tx.execute(
-                    "INSERT INTO ledger_entries (terminal, msg_id, op, account, other, amount) VALUES ($1, $2, $3, $4, $5, $6)",
-                    "T1",
-                    BASE,
-                    "transfer",
-                    s_,
-                    d_,
-                    n,
-                )
+                await _entry(tx, "T1", BASE, "transfer", s_, d_, n)
             for acct in w.accounts:
-                await tx.execute(
-                    "INSERT INTO ledger_entries (terminal, msg_id, op, account, other, amount) VALUES ($1, $2, $3, $4, $5, $6)",
-                    "T0",
-                    0,
-                    "deposit",
-                    acct,
-                    None,
-                    w.initial,
-                )
+                await _entry(tx, "T0", 0, "deposit", acct, None, w.initial)
             await tx.execute("INSERT INTO hsb_idempotency (terminal, msg_id, reply, at) VALUES ($1, $2, $3, $4)", "T1", BASE, '{"ok":true}', 0.0)
 
     w.replies = {1: {0: '{"ok":true}'}}
@@ -302,27 +293,15 @@ async def test_the_books_catch_a_refusal_for_insufficient_funds_the_account_coul
     async def books(name: str, asked: int, refused_entry: bool, at_start: bool = False, twice: bool = False) -> list[str]:
         db = await _ledger_db(tmp_path / f"{name}.db")
         async with db.transaction() as tx:
-
-            async def entry(t: str, mid: int, op: str, acct: str, other: str | None, n: int) -> None:
-                await tx.execute(
-                    "INSERT INTO ledger_entries (terminal, msg_id, op, account, other, amount) VALUES ($1, $2, $3, $4, $5, $6)",
-                    t,
-                    mid,
-                    op,
-                    acct,
-                    other,
-                    n,
-                )
-
             if refused_entry and at_start:  # before the deposits: the account held 0 then
-                await entry("T1", BASE, "refused", src, dst, asked)
+                await _entry(tx, "T1", BASE, "refused", src, dst, asked)
             for acct in w.accounts:
                 await tx.execute("INSERT INTO ledger_accounts (account, balance) VALUES ($1, $2)", acct, w.initial)
-                await entry("T0", 0, "deposit", acct, None, w.initial)
+                await _entry(tx, "T0", 0, "deposit", acct, None, w.initial)
             if refused_entry and not at_start:
-                await entry("T1", BASE, "refused", src, dst, asked)
+                await _entry(tx, "T1", BASE, "refused", src, dst, asked)
             if twice:
-                await entry("T1", BASE, "refused", src, dst, asked)
+                await _entry(tx, "T1", BASE, "refused", src, dst, asked)
             await tx.execute("INSERT INTO hsb_idempotency (terminal, msg_id, reply, at) VALUES ($1, $2, $3, $4)", "T1", BASE, refusal, 0.0)
         await db.close()
         return (await check_books({"sqlite": str(tmp_path / f"{name}.db")}, w, [term])).failures
@@ -354,15 +333,7 @@ async def test_the_books_catch_a_transfer_refused_for_a_reason_they_contradict(t
         async with db.transaction() as tx:
             for acct in opened:
                 await tx.execute("INSERT INTO ledger_accounts (account, balance) VALUES ($1, $2)", acct, w.initial)
-                await tx.execute(
-                    "INSERT INTO ledger_entries (terminal, msg_id, op, account, other, amount) VALUES ($1, $2, $3, $4, $5, $6)",
-                    "T0",
-                    0,
-                    "deposit",
-                    acct,
-                    None,
-                    w.initial,
-                )
+                await _entry(tx, "T0", 0, "deposit", acct, None, w.initial)
             await tx.execute("INSERT INTO hsb_idempotency (terminal, msg_id, reply, at) VALUES ($1, $2, $3, $4)", "T1", BASE, reply, 0.0)
         await db.close()
         w.replies = {1: {0: reply}}
