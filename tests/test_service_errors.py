@@ -142,6 +142,15 @@ def test_postgresql_a_right_revoked_or_a_table_missing_is_the_deployments_and_na
         assert isinstance(kind, ServiceUnavailable) and str(exc) in str(kind) and fix in str(kind), (exc, kind)
     assert classify_pg(asyncpg.exceptions.UndefinedColumnError("x")) is None
     assert classify_pg(asyncpg.exceptions.PostgresSyntaxError("x")) is None
+    # the same code raised for the request's own sake (as PostgreSQL 15 says where): a row-level
+    # security policy's WITH CHECK, a PL/pgSQL RAISE: the application's, its error reply
+    for source in ("ExecWithCheckOptions", "exec_stmt_raise"):
+        exc = asyncpg.exceptions.InsufficientPrivilegeError('new row violates row-level security policy for table "t"')
+        exc.server_source_function = source
+        assert classify_pg(exc) is None, source
+    denied = asyncpg.exceptions.InsufficientPrivilegeError("permission denied for table u")
+    denied.server_source_function = "aclcheck_error"
+    assert isinstance(classify_pg(denied), ServiceUnavailable)
 
 
 def test_a_postgresql_statement_cache_gone_stale_is_run_again_not_answered_with_an_error() -> None:

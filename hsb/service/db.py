@@ -103,6 +103,9 @@ DEPLOYMENT_STATES = {
     "42P01": "restore the missing table (from a backup: made anew, empty, it would lose what it recorded), or fix the statement that names it",
     "3F000": "restore the missing schema, or set the role's search_path to it",
 }
+# where the server raised them for the request's own sake (the same codes): a row-level security
+# policy's WITH CHECK, a PL/pgSQL RAISE with one of these codes: the application's, an error reply
+_REQUEST_SOURCES = frozenset({"ExecWithCheckOptions", "exec_stmt_raise"})
 
 
 def classify_pg(exc: BaseException) -> BaseException | None:
@@ -114,7 +117,7 @@ def classify_pg(exc: BaseException) -> BaseException | None:
     # dropped its cache, and the same transaction run again prepares it anew
     if state in _RETRY_STATES or isinstance(exc, asyncpg.InvalidCachedStatementError):
         return RetryTransaction(str(exc))
-    if state in DEPLOYMENT_STATES:
+    if state in DEPLOYMENT_STATES and getattr(exc, "server_source_function", None) not in _REQUEST_SOURCES:
         return ServiceUnavailable(f"database: {type(exc).__name__}: {exc}: {DEPLOYMENT_STATES[state]}")
     if state and (state in _UNAVAILABLE_STATES or state.startswith(_UNAVAILABLE_PREFIXES)):
         return ServiceUnavailable(f"database unavailable: {type(exc).__name__}: {exc}")
