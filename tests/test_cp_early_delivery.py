@@ -454,6 +454,21 @@ async def test_another_message_under_an_id_answered_since_the_welcome_is_refused
     assert not t3.closed and [f["id"] for f in frames(t3) if f["t"] == "ack"] == [1]
 
 
+async def test_what_a_welcome_noted_goes_once_its_connection_sent_past_it(tmp_path: Path) -> None:
+    """The data a welcome noted of the messages held unacknowledged (for id_reused) is let go once
+    the connection has sent past them: kept, it held those messages' data for the connection's
+    whole life, outside every bound."""
+    from tests.support.cpcore import recording_terminal
+
+    cp, a, t, j = durable_cp(tmp_path)
+    t.data_received(encode({"t": "msg", "id": 1, "data": "withdraw 50"}))
+    t.connection_lost(None)
+    t2 = recording_terminal(cp, "T00001")
+    assert t2.unacked_at_welcome == {1: "withdraw 50"}
+    t2.data_received(encode({"t": "msg", "id": 1, "data": "withdraw 50", "resent": True}))  # its resend
+    assert not t2.closed and t2.unacked_at_welcome == {}
+
+
 async def test_an_id_below_one_accepted_and_never_sent_is_refused_not_dropped(tmp_path: Path) -> None:
     """Ids strictly increase (SPEC §6.2): a message 3 after 5, while 5 is not yet durable, was
     dropped without a word ("its ack is on its way"), and the next welcome's last_acked 5 told the

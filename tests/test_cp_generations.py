@@ -835,6 +835,7 @@ async def test_a_cp_taking_its_journal_over_pings_the_watchdog_while_each_step_k
     task = asyncio.ensure_future(s.take_over("woken"))
     try:
         assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 10)
+        assert s.takeover_step is not None and s.takeover_step[0] == "recovery" and s.takeover_step[2] > 0  # (its bytes' time)
         pings()
         seen = [0]
         await until(lambda: (seen.__setitem__(0, seen[0] + pings()), seen[0] >= 2)[1], timeout=5)  # pinged while the journal is read

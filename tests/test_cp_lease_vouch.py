@@ -121,7 +121,7 @@ async def test_after_a_restart_a_switchover_waits_for_the_old_lease(tmp_path: Pa
     cp.recorded_active = "host-a"
     cp.recovered_at = time.monotonic()
     b = fake_host(cp, "host-b", "standby", record=True)
-    t0 = time.monotonic()
+    t0 = boot_now()
     cp.host_switchover(b, "peer lost", False, "failover")
     assert cp.active is None and cp.deferred_grant is not None
     cp.host_switchover(b, "promote (operator)", False, "promote")  # asked again: still one timer, the latest taken
@@ -147,7 +147,7 @@ async def test_a_group_commit_vouches_like_a_heartbeat_and_a_hung_check_stops_vo
     j.gens.take()
     j.open(1, [], [])
     try:
-        t0 = time.monotonic()
+        t0 = boot_now()
         assert j.vouches(t0) and not j.vouches(t0 + j.fresh_s + 0.01)
         before = j.checked_at
         done = asyncio.get_running_loop().create_future()

@@ -386,6 +386,19 @@ def test_a_stop_whose_announced_handover_did_not_complete_is_an_error(secret: Pa
     monkeypatch.setattr(ops_cmds, "ask", ask)
     code, out, err = invoke("--host", "127.0.0.1:1", "--host", "127.0.0.1:2", "--secret-file", str(secret), "stop", "--timeout", "5")
     assert code == 1 and "handover did not complete" in err, (code, out, err)
+    # the other host not asked (not named, its admin port out of reach) but the CP says it serves:
+    # the handover did complete
+    asked.clear()
+
+    async def cp_knows(*a: Any, **kw: Any) -> dict[str, Any]:
+        st = await status_all()
+        st["hosts"] = [h for h in st["hosts"] if h["name"] != "host-b"]
+        st["cp"]["active"] = {"name": "host-b"} if asked else {"name": "host-a"}
+        return st
+
+    monkeypatch.setattr(ops_cmds, "status_all", cp_knows)
+    code, out, err = invoke("--host", "127.0.0.1:1", "--secret-file", str(secret), "stop", "--timeout", "5")
+    assert code == 0 and "host-b is the active host" in out, (code, out, err)
 
 
 def test_a_tls_handshake_that_fails_says_what_to_check() -> None:

@@ -197,6 +197,9 @@ def test_the_verdict_says_what_it_cannot_know_and_what_is_critical() -> None:
     twice = [{**_pair()[0], "addr": "10.0.0.1:7112"}, {**_pair()[0], "addr": "10.0.0.1:7112"}]
     dup = summarize(dict(cp), twice)
     assert dup["exit_status"] == 3 and not dup["two_actives"], dup
+    # the same process named by two addresses (localhost and 127.0.0.1): one active, not two
+    aliases = [{**_pair()[0], "addr": "localhost:7112", "pid": 41}, {**_pair()[0], "addr": "127.0.0.1:7112", "pid": 41}]
+    assert not summarize(dict(cp), aliases)["two_actives"]
 
 
 def test_status_of_a_shape_hsbctl_cannot_read_is_unknown_not_a_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

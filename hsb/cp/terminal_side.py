@@ -168,9 +168,12 @@ class TerminalSide:
         first_here = conn is None or mid > conn.sent_upto  # (not a repeat on this connection)
         if conn is not None and first_here:
             conn.sent_upto = mid
+        noted = conn.unacked_at_welcome if conn is not None and first_here else None
+        if noted and conn is not None and mid >= max(noted):
+            conn.unacked_at_welcome = {}  # (none of those ids can come first on this connection after this one)
         if mid <= term.last_acked:
             held = term.held.get(mid)
-            before = held.data if held is not None else conn.unacked_at_welcome.get(mid, data) if conn is not None and first_here else data
+            before = held.data if held is not None else noted.get(mid, data) if noted else data
             if before != data:
                 if first_here and conn is not None and mid <= conn.welcome_acked:
                     pass  # its welcome said it was acknowledged: a repeat of an acknowledged id (below)

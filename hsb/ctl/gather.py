@@ -220,7 +220,8 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> dict[str, Any]
     addrs = [h["addr"] for h in hosts if h.get("addr")]
     if len(set(addrs)) < len(addrs):  # one host named twice: its two answers are not two hosts
         unknown.append(("hosts", "-", "the same address named twice (name both hosts in the ctl config)"))
-    distinct = {h.get("addr") or h["name"]: h for h in actives}  # (one host named twice is one active)
+    # (one host named twice, even by two addresses, is one active: the same process says the same)
+    distinct = {(h["name"], h["pid"]) if h.get("pid") else h.get("addr") or h["name"]: h for h in actives}
     two = [h["name"] for h in distinct.values()] if len(distinct) > 1 else []
     return {
         "established": established,

@@ -83,12 +83,21 @@ async def _stop(t: Target, host: str | None, takeover: bool, timeout: float) -> 
         # it hands over, say, has not stopped)
         if any(u.get("addr") == target["addr"] and _gone(str(u.get("error", ""))) for u in st.get("unknown", [])):
             active = next((h["name"] for h in st["hosts"] if h.get("reachable") and h.get("role") == "active" and h.get("serving")), None)
-            if ans.get("hands_over") is True and active is None:  # it said it hands over: nobody took over
-                click.echo(
-                    f"error: {name} stopped, but its handover did not complete: no host serves now (see its log, stop_handover_failed; start one, or 'hsbctl promote')",
-                    err=True,
-                )
-                return 1
+            if ans.get("hands_over") is True and active is None:  # it said it hands over: did anybody take over?
+                cp = st.get("cp") or {}
+                by_cp = (cp.get("active") or {}).get("name") if cp.get("reachable") else None
+                if by_cp is not None and by_cp != name:
+                    active = by_cp  # (a host not asked here, or not named: the CP says it serves)
+                elif not cp.get("reachable"):
+                    click.echo(f"error: {name} stopped; whether its handover completed is not known (the CP cannot be asked)", err=True)
+                    return 3
+                else:
+                    click.echo(
+                        f"error: {name} stopped, but its handover did not complete: no host serves now"
+                        " (see its log, stop_handover_failed; start one, or 'hsbctl promote')",
+                        err=True,
+                    )
+                    return 1
             click.echo(f"{name} stopped; " + (f"{active} is the active host" if active else "no host serves now (start one, or 'hsbctl promote')"))
             return 0
         await asyncio.sleep(0.1)

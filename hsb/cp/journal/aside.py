@@ -32,7 +32,8 @@ def set_aside(d: Path, watch: float = WATCH_S, force: bool = False) -> tuple[Pat
     files only: (the moved directory, files in it, the highest generation kept). Refused while a
     CP serves it (the newest generation file's time changes while it is watched for `watch`
     seconds: the serving CP's heartbeat), and, unless `force`, for a journal that recovers whole
-    holding messages or replies (acknowledged: set aside, they would be lost)."""
+    (what it holds was acknowledged, and the ids acknowledged to each terminal keep a resend from
+    being processed twice: set aside, they would be lost)."""
     if not d.is_dir():
         raise AsideRefused(f"{d} is not a directory: nothing to set aside (check [cp] journal)")
     names = os.listdir(d)
@@ -58,11 +59,11 @@ def set_aside(d: Path, watch: float = WATCH_S, force: bool = False) -> tuple[Pat
         else:
             held = sum(len(v) for v in r.held.values())
             kept = sum(len(v) for v in r.replies.values())
-            if held or kept:  # (nothing outstanding, after a clean stop: nothing is owed, as for a downgrade)
-                raise AsideRefused(
-                    f"{d} is not damaged: it recovers whole ({held} held messages, {kept} replies kept, all acknowledged);"
-                    " set aside, they would be lost. Start hsbcpd on it (--force sets it aside anyway)"
-                )
+            raise AsideRefused(
+                f"{d} is not damaged: it recovers whole ({held} held messages, {kept} replies kept, and the ids acknowledged to"
+                f" {len(r.last_acked)} terminals, which a terminal sending one again is acknowledged for, not answered twice);"
+                " set aside, that is lost. Start hsbcpd on it (--force sets it aside anyway: a downgrade, say)"
+            )
     now = time.time()
     stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(now))
     to = d.with_name(f"{d.name}.damaged-{stamp}")
