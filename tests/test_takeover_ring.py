@@ -821,3 +821,33 @@ async def test_a_ring_error_does_not_outlive_the_ring_writer_or_the_polls(tmp_pa
     tio.last_error, tio.bad_record = "record 7: torn", 7  # (what a poll leaves)
     tio.become_writer()
     assert tio.status()["storage"] == "ok" and tio.bad_record is None
+
+
+async def test_a_demoted_active_waits_for_its_ring_write_still_on_its_way(tmp_path: Path) -> None:
+    """A planned switchover while one of the old active's ring groups is on its way to slow
+    storage: stopping the ring writer did not wait for it, so it could land in a slot the new
+    active had written meanwhile, and the new standby (this host) took that older record for
+    "nothing new" until the ring came round again. The demotion waits for it first."""
+    from hsb.host.config import TakeoverSection
+    from hsb.host.takeover_io import TakeoverIO
+
+    tio = TakeoverIO(TakeoverSection(path=str(tmp_path / "t.dat"), records=64), 10, "host-a")
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(group: Any) -> None:
+        entered.set()
+        await release.wait()
+
+    tio.store.append = slow  # type: ignore[method-assign]
+    tio.start_ring_writer(1)
+    try:
+        tio.ring_change("T1", {}, True)
+        await asyncio.wait_for(entered.wait(), 5)
+        tio.stop_ring_writer()  # demoted: its group still on its way
+        assert not await tio.ring_write_done(0.2)
+        asyncio.get_running_loop().call_later(0.1, release.set)
+        assert await tio.ring_write_done(5)
+    finally:
+        release.set()
+        assert tio.flusher is not None
+        tio.flusher.cancel()

@@ -57,6 +57,8 @@ class TakeoverIO:
         self.ring_generation = 0  # the batch write the ring writer follows
         self.pending: list[SessionEntry] = []
         self.wake = asyncio.Event()
+        self.ring_idle = asyncio.Event()  # no ring group on its way to the storage
+        self.ring_idle.set()
         self.flusher: asyncio.Task[None] | None = None
         self.following = False
         self.last_error: str | None = None
@@ -97,6 +99,17 @@ class TakeoverIO:
         # batch write (said at once if it still fails), not shown failing, and alerted on, meanwhile
         self.last_error = None
 
+    async def ring_write_done(self, timeout: float) -> bool:
+        """No ring group on its way to the storage (waited up to `timeout`). A host that stops
+        writing the ring (demoted at a planned switchover) must not have a group of its land in a
+        slot the new active has written meanwhile: the new standby's reader would take that older
+        record for "nothing new" until the ring came round again, every change in between unseen."""
+        try:
+            await asyncio.wait_for(self.ring_idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
     def ring_change(self, name: str, attrs: dict[str, Any], is_open: bool) -> None:
         if self.mode == OFF:
             return  # no standby has started: write nothing to the file [0092]
@@ -115,7 +128,11 @@ class TakeoverIO:
                 group, self.pending = latest_per_terminal(self.pending), []
                 taken_under = self.ring_generation
                 try:
-                    await self.store.append(group)  # group commit: one sync per group
+                    self.ring_idle.clear()
+                    try:
+                        await self.store.append(group)  # group commit: one sync per group
+                    finally:
+                        self.ring_idle.set()
                 except asyncio.CancelledError:
                     raise
                 except StaleGroup:  # a batch write came first: its snapshot holds these (not an error)
