@@ -264,6 +264,14 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
                     f"{ra} held the active role at epoch {self.epoch} when the CP restarted; start {host.name} with --role standby",
                 )
                 return
+            left = self.stop_lease_left()
+            if self.active is None and left > 0 and self.active_stopped_normally != host.name:
+                # the active of before stopped normally a moment ago and may still drain on its
+                # lease: the role is this host's once that lease has surely run out (as a promote's
+                # is), asked again then
+                log.info("registration_deferred", host=host.name, wait_ms=round(left * 1000, 1), stopped=self.active_stopped_normally)
+                asyncio.get_running_loop().call_later(left, self._registered_later, host, startup_id)
+                return
             if self.standby is host:
                 self.standby = None
             self._become_active(host, reason="registered")
@@ -327,6 +335,11 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
 
     def _active_name(self) -> str | None:
         return self.active.name if self.active is not None and not self.active.closed else None
+
+    def _registered_later(self, host: HostProtocol, startup_id: int) -> None:
+        """A registration as the active deferred by `stop_lease_left`: taken now, if its link is."""
+        if not host.closed and host.role is None:
+            self.host_register(host, "active", startup_id)
 
     def _raise_epoch(self, active: str) -> int:
         """A new epoch, journalled: it is announced only once durable, so that after a crash the
