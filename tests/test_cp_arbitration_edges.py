@@ -82,6 +82,23 @@ async def test_after_a_normal_stop_another_host_may_register_as_the_active_once_
         assert loop.time() - t0 < 5, "never registered"
         await asyncio.sleep(0.01)
     assert loop.time() - t0 >= 0.3, loop.time() - t0  # (host_lease 0.35 s after the stop, and a margin)
+    # the same host registering again on a new link meanwhile: only its newest registration is
+    # taken when due (the old link's would replace the live one); a CP that stops takes none
+    a2 = fake_host(cp, "host-a", "active")
+    cp.host_stopping(b)
+    c1 = fake_host(cp, "host-c", "active")
+    c2 = fake_host(cp, "host-c", "active")
+    assert list(cp.deferred_registrations) == ["host-c"] and a2.closed  # (host-a refused: host-b held the role then)
+    t0 = loop.time()
+    while cp.active is not c2:
+        assert loop.time() - t0 < 5, "never registered"
+        await asyncio.sleep(0.01)
+    assert c1.role is None and not cp.deferred_registrations
+    cp.host_stopping(c2)
+    fake_host(cp, "host-d", "active")
+    assert cp.deferred_registrations
+    cp.cancel_deferred_grant()  # (the CP's stop)
+    assert not cp.deferred_registrations
 
 
 async def test_no_automatic_takeover_after_a_normal_stop_on_a_restored_cp(tmp_path: Path) -> None:

@@ -399,6 +399,17 @@ def test_a_stop_whose_announced_handover_did_not_complete_is_an_error(secret: Pa
     monkeypatch.setattr(ops_cmds, "status_all", cp_knows)
     code, out, err = invoke("--host", "127.0.0.1:1", "--secret-file", str(secret), "stop", "--timeout", "5")
     assert code == 0 and "host-b is the active host" in out, (code, out, err)
+    # ... but not for a host whose link to it is down (nobody serves then)
+    asked.clear()
+
+    async def cp_lost_it(*a: Any, **kw: Any) -> dict[str, Any]:
+        st = await cp_knows()
+        st["cp"]["active"] = {"name": "host-b", "connected": False} if asked else {"name": "host-a", "connected": True}
+        return st
+
+    monkeypatch.setattr(ops_cmds, "status_all", cp_lost_it)
+    code, out, err = invoke("--host", "127.0.0.1:1", "--secret-file", str(secret), "stop", "--timeout", "5")
+    assert code == 1 and "handover did not complete" in err, (code, out, err)
 
 
 def test_a_tls_handshake_that_fails_says_what_to_check() -> None:

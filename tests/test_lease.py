@@ -33,6 +33,23 @@ def test_lease_runs_from_the_send_time_of_the_answered_heartbeat() -> None:
     assert not lease.valid(now=10.2)
 
 
+def test_a_registration_answered_late_renews_from_the_heartbeats_acked_meanwhile() -> None:
+    """The CP defers a registration as the active (the active of before stopped normally a moment
+    ago) by more than a lease: renewed only from the register's send time, the lease was over as
+    it began (a LEASE-LOST blip at every such start). The CP acks heartbeats once the host holds
+    the role, before its "registered" comes: the lease runs from the newest of those too."""
+    lease = Lease()
+    register_sent_at = 10.0
+    n = lease.beat(now=10.4)  # acked: the CP made it the active, its epoch being written
+    assert lease.answered(n) is True or lease.until <= 10.4  # (no duration yet: no lease)
+    assert lease.answered_at == pytest.approx(10.4)
+    lease.duration = 0.35  # "registered" comes at 10.45
+    lease.extend(max(register_sent_at, lease.answered_at))
+    assert lease.valid(now=10.5) and lease.until == pytest.approx(10.75)
+    lease.reset()
+    assert lease.answered_at == 0.0  # (a link lost: what it answered counts no more)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.floats(0.001, 0.3), st.booleans()), min_size=1, max_size=40))
 def test_lease_never_outlives_the_last_answered_send_plus_duration(beats: list[tuple[float, bool]]) -> None:

@@ -50,6 +50,7 @@ class Arbitration:
     handed_over_by: tuple[str, str, int] | None
     recovered_at: float | None
     deferred_grant: asyncio.TimerHandle | None
+    deferred_registrations: dict[str, asyncio.TimerHandle]
     deferred_ask: tuple[str, str, bool, str] | None
     _last_tick: float | None
     _tick_skipped: bool
@@ -146,6 +147,10 @@ class Arbitration:
         if self.deferred_grant is not None:
             self.deferred_grant.cancel()
         self.deferred_grant = self.deferred_ask = None
+        if holder is None:  # the CP stops: no registration as the active taken during its drain
+            for timer in self.deferred_registrations.values():  # (a holder: each is refused active_exists when due)
+                timer.cancel()
+            self.deferred_registrations.clear()
         sb = self.standby
         if ask is not None and sb is not None and not sb.closed and sb.name == ask[0] and sb is not holder:
             why = f"host {holder.name} holds the active role now" if holder is not None else "the CP is stopping"

@@ -121,6 +121,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         # the CP's `demoted`, that process registers as the active again; it is told it handed over
         self.handed_over_by: tuple[str, str, int] | None = None
         self.stopped_at: float | None = None  # when the active stopped normally (its lease runs out after)
+        self.deferred_registrations: dict[str, asyncio.TimerHandle] = {}  # hosts waiting out that lease to register as the active
         self.recovered_at: float | None = None
         # the active recorded before a restart, told to the standby as not back (tick): told again
         # at a resume and to a standby that registers, until a host holds the role
@@ -270,7 +271,10 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
                 # lease: the role is this host's once that lease has surely run out (as a promote's
                 # is), asked again then
                 log.info("registration_deferred", host=host.name, wait_ms=round(left * 1000, 1), stopped=self.active_stopped_normally)
-                asyncio.get_running_loop().call_later(left, self._registered_later, host, startup_id)
+                earlier = self.deferred_registrations.pop(host.name, None)
+                if earlier is not None:  # (the same host on a new link: only its newest registration counts)
+                    earlier.cancel()
+                self.deferred_registrations[host.name] = asyncio.get_running_loop().call_later(left, self._registered_later, host, startup_id)
                 return
             if self.standby is host:
                 self.standby = None
@@ -338,6 +342,7 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
 
     def _registered_later(self, host: HostProtocol, startup_id: int) -> None:
         """A registration as the active deferred by `stop_lease_left`: taken now, if its link is."""
+        self.deferred_registrations.pop(host.name, None)
         if not host.closed and host.role is None:
             self.host_register(host, "active", startup_id)
 

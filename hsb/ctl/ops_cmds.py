@@ -85,8 +85,10 @@ async def _stop(t: Target, host: str | None, takeover: bool, timeout: float) -> 
             active = next((h["name"] for h in st["hosts"] if h.get("reachable") and h.get("role") == "active" and h.get("serving")), None)
             if ans.get("hands_over") is True and active is None:  # it said it hands over: did anybody take over?
                 cp = st.get("cp") or {}
-                by_cp = (cp.get("active") or {}).get("name") if cp.get("reachable") else None
-                if by_cp is not None and by_cp != name:
+                cp_active = (cp.get("active") or {}) if cp.get("reachable") else {}
+                by_cp = cp_active.get("name") if cp_active.get("connected", True) else None
+                not_serving = {h["name"] for h in st["hosts"] if h.get("reachable")}  # (asked, and not the serving active)
+                if by_cp is not None and by_cp != name and by_cp not in not_serving:
                     active = by_cp  # (a host not asked here, or not named: the CP says it serves)
                 elif not cp.get("reachable"):
                     click.echo(f"error: {name} stopped; whether its handover completed is not known (the CP cannot be asked)", err=True)

@@ -295,7 +295,9 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
             self.srv.tell_service_bounds(msg.get("held_bound"))
             self.epoch = int(msg.get("epoch", 0))
             self.lease.duration = float(msg.get("lease", 0.0))
-            self.lease.extend(self.register_sent_at)  # the CP answered the register sent then
+            # the CP answered the register sent then, and any heartbeat it acked since (it acks once
+            # this host holds the role: a registration it deferred comes after a lease's time)
+            self.lease.extend(max(self.register_sent_at, self.lease.answered_at))
             self.granted = msg.get("role") == "active"
             if not self.granted:
                 self.srv.delivery.health.cleared()  # (a host that was active, back as the standby)

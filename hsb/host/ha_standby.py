@@ -169,6 +169,10 @@ class HotStandbySide:
         """S222-S224: a new startup identifier, then STANDBY STARTUP."""
         if self.role != "standby" or self.state != WAITING or not self.registered:
             return
+        if (
+            not self.srv.takeover.ring_settled()
+        ):  # (a ring write of ours as the active still out: not over the new batch; asked again at the active's next heartbeat)
+            return
         hello = self.srv.peer.peer_hello
         if not self.srv.peer.up or self.srv.peer.outbound is None or hello is None or hello.get("role") != "active":
             return

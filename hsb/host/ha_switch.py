@@ -291,5 +291,8 @@ class SwitchSide:
         # (before the new active hears of this host as its standby, so before its batch and ring:
         # a group of ours still on its way would land over them)
         if not await self.srv.takeover.ring_write_done(self.srv.cfg.takeover.storage_timeout):
-            log.warning("ring_write_outstanding", msg="a ring write of this host's is still on its way to the storage at its demotion")
+            log.warning(
+                "ring_write_outstanding",
+                msg="a ring write of this host's is still on its way to the storage: the standby startup waits for it",
+            )
         self.maybe_standby_startup()

@@ -35,13 +35,17 @@ def clock() -> float:
 class Lease:
     """Heartbeat bookkeeping and the lease's expiry (seconds on the boot clock, `clock()`)."""
 
-    __slots__ = ("duration", "until", "_n", "_sent", "lapsed_at")
+    __slots__ = ("duration", "until", "_n", "_sent", "lapsed_at", "answered_at")
 
     KEEP = 256  # heartbeats remembered while unanswered (a lease is a few of them long)
 
     def __init__(self) -> None:
         self.duration = 0.0  # told by the CP (`lease` in registered / switch_granted)
         self.until = 0.0
+        # the send time of the newest heartbeat the CP answered with an ack (it acks only a host
+        # holding a role): a registration answered late (deferred) renews from it, not only from
+        # the register's own send time, which may be a lease ago
+        self.answered_at = 0.0
         self._n = 0
         self._sent: deque[tuple[int, float]] = deque()
         self.lapsed_at: float | None = None  # expiry noticed (the boot clock), until renewed
@@ -62,6 +66,7 @@ class Lease:
         if not sent or sent[0][0] != n:
             return False
         _, t = sent.popleft()
+        self.answered_at = max(self.answered_at, t)
         return self.extend(t)
 
     def extend(self, sent_at: float) -> bool:
@@ -81,4 +86,5 @@ class Lease:
     def reset(self) -> None:
         """The CP link is gone: whatever it answered no longer counts."""
         self.until = 0.0
+        self.answered_at = 0.0
         self._sent.clear()

@@ -104,11 +104,23 @@ class TakeoverIO:
         writing the ring (demoted at a planned switchover) must not have a group of its land in a
         slot the new active has written meanwhile: the new standby's reader would take that older
         record for "nothing new" until the ring came round again, every change in between unseen."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
             await asyncio.wait_for(self.ring_idle.wait(), timeout)
         except TimeoutError:
             return False
+        # a write past its deadline may still run on the storage thread (the store no longer
+        # waits for it, but it can still land): that one too
+        while not self.ring_settled():
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
         return True
+
+    def ring_settled(self) -> bool:
+        """No ring group of this host's on its way to the storage, nor a write stuck on it."""
+        return self.ring_idle.is_set() and self.store.responding
 
     def ring_change(self, name: str, attrs: dict[str, Any], is_open: bool) -> None:
         if self.mode == OFF:
