@@ -33,3 +33,11 @@ def preallocate(fd: int, size: int) -> bool:
     if _fallocate is None or size <= 0:
         return False
     return bool(_fallocate(fd, 0, 0, size) == 0)
+
+
+BULK_RATE = 16 * 1024 * 1024  # bytes a second: what storage that works moves, given to operations on many bytes
+
+
+def bulk_seconds(n_bytes: float) -> float:
+    """The time `n_bytes` get beyond an operation's own deadline (BULK_RATE)."""
+    return n_bytes / BULK_RATE

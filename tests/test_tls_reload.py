@@ -139,7 +139,7 @@ async def test_the_bytes_kept_for_a_worker_forked_again_are_the_ones_loaded(tmp_
     (tmp_path / "cp.pem").write_text("not a certificate\n")  # broken since
     with pytest.raises(tlsmod.TLSError):
         TLS(files)
-    again = TLS.from_pem(files, t.pem)
+    again = TLS(files, pem=t.pem)
     assert again.names == ["cp"] and again.files == files  # (a reload reads the files themselves)
     client = TLS(TLSFiles(str(tmp_path / "ca.pem"), str(tmp_path / "client.pem"), str(tmp_path / "client.key"))).client
     got = await presented(again.server, client)

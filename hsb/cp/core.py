@@ -495,25 +495,21 @@ class CP(TerminalSide, Arbitration, Adoption, JournalSide, StatusView):
         term = self.terms.get(name)
         if term is None:
             return
-        if kind == "standby":
-            if term.standby is not None and term.standby.host is host:
-                term.standby = None
-            elif host is self.active and term.active is not None and term.active.host is host:
-                # closed before the host heard of its grant, and switched by the flip meanwhile: the
-                # new active does not hold it (it promotes only the standby sessions it still has)
+        if kind == "standby" and term.standby is not None and term.standby.host is host:
+            term.standby = None
+        elif term.active is not None and term.active.host is host and (kind == "active" or (kind == "standby" and host is self.active)):
+            # (a standby's close: sent before the host heard of its grant, the flip having switched
+            # the session to it meanwhile: the new active does not hold it, it promotes only the
+            # standby sessions it still has, so a new one is asked for)
+            switched = kind == "standby"
+            if switched:
                 log.info("switched_session_closed_by_host", terminal=name, host=host.name, msg="a new session is asked for")
-                term.active = None
-                if term.conn is not None:
-                    self._tell(term, {"t": "session", "state": "closed", "epoch": self.epoch, "reason": "closed by the host"})
-                    if not term.leaving:
-                        host.request_session(term)
-                self.session_gone(term)
-        elif kind == "active":
-            if term.active is not None and term.active.host is host:
-                term.active = None
-                if term.conn is not None:
-                    self._tell(term, {"t": "session", "state": "closed", "epoch": self.epoch, "reason": "closed by the host"})
-                self.session_gone(term)
+            term.active = None
+            if term.conn is not None:
+                self._tell(term, {"t": "session", "state": "closed", "epoch": self.epoch, "reason": "closed by the host"})
+                if switched and not term.leaving:
+                    host.request_session(term)
+            self.session_gone(term)
 
     def host_release(self, host: HostProtocol) -> None:
         """Planned switchover, step 1: stop delivering to the active; it finishes what it has."""

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from hsb.bootclock import boot_now
 from hsb.cp import deliver as dv
-from hsb.cp.journal.store import boot_now
 from hsb.wire.authlink import AuthServerProtocol
 from hsb.wire.conn import require
 from hsb.wire.framing import ProtocolError, batch_bytes

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import structlog
 
 from hsb import __version__, faults, gcpolicy
+from hsb.bootclock import boot_now
 from hsb.config import parse_addr
 from hsb.cp import supervise
 from hsb.cp.admin import CPAdminProtocol
@@ -37,10 +38,11 @@ from hsb.cp.core import CP
 from hsb.cp.host_link import HostProtocol
 from hsb.cp.journal import Journal, JournalIOUnavailable, recover
 from hsb.cp.journal.generation import Generations, Superseded
-from hsb.cp.journal.store import boot_now
 from hsb.cp.terminal_link import TerminalProtocol
 from hsb.cp.tickle import RESEND_AFTER_S, TickleList, not_back, previous_list, send_tickles
 from hsb.cp.waiting import MISSING, JournalMissing, Waiting, holds_address
+from hsb.fsutil import BULK_RATE as BULK_RATE  # (what a takeover step moving the journal is given: bulk_seconds)
+from hsb.fsutil import bulk_seconds
 from hsb.ops.http import json_route, start_http
 from hsb.ops.limits import accept_queue_fits, listen_backlog, raise_nofile, somaxconn, storm_timing, terminals_fit
 from hsb.ops.metrics import CPCollector, registry_for
@@ -82,9 +84,6 @@ def master_listeners(cfg: CPConfig) -> dict[str, socket.socket]:
             tcp_keepalive(s, c.terminal_keepalive)
         out[key] = s
     return out
-
-
-BULK_RATE = 16 * 1024 * 1024  # bytes a second a takeover's read or write of the journal is given beyond its step's bound
 
 
 def _journal_bytes(d: Path) -> int:
@@ -131,10 +130,8 @@ class CPServer(Waiting):
         # TLS (hsb.wire.tls): mutual on the host and admin listeners, optional on the terminals'
         if cfg.tls is None:
             self.tls = None
-        elif tls_pem is not None:  # forked again while the files are broken: what the worker before loaded
-            self.tls = TLS.from_pem(cfg.tls.files(), tls_pem, terminals=cfg.tls.terminals)
-        else:
-            self.tls = TLS(cfg.tls.files(), terminals=cfg.tls.terminals)
+        else:  # (tls_pem: forked again while the files are broken, what the worker before loaded)
+            self.tls = TLS(cfg.tls.files(), terminals=cfg.tls.terminals, pem=tls_pem)
         if self.tls is not None:
             supervise.keep_tls(self.tls.pem)
         set_default_client(self.tls.client if self.tls is not None else None)
@@ -300,7 +297,6 @@ class CPServer(Waiting):
             await self._take_over(reason, c, d, t0)
         finally:
             pinging.cancel()
-            self.takeover_step = None
             if self.cp is None:  # failed or superseded: nothing of this generation beats
                 self._end_takeover_beats()
 
@@ -340,9 +336,9 @@ class CPServer(Waiting):
 
     async def _step(self, name: str, fn: Callable[..., T], *args: Any, size: int = 0) -> T:
         """One file step of the takeover, on a thread, timed for /health and the watchdog: its
-        bound, `takeover_step_s`, plus the time to move `size` bytes at BULK_RATE (a journal that
+        bound, `takeover_step_s`, plus the time to move `size` bytes (hsb.fsutil.bulk_seconds) (a journal that
         holds much is read back for longer than a hung mount may stay unnoticed)."""
-        self.takeover_step = (name, time.monotonic(), size / BULK_RATE)
+        self.takeover_step = (name, time.monotonic(), bulk_seconds(size))
         try:
             return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
         finally:

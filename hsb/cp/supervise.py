@@ -143,7 +143,7 @@ TLS_SLOT = 1024 * 1024  # certificate, key and CA files: a few KiB each
 def keep_tls(pem: dict[str, bytes]) -> None:
     """The TLS files' bytes a worker loaded (at its start, at a SIGHUP), for the next worker:
     forked again after a crash while the files are broken (a renewal half done), it serves on
-    these rather than exit (hsb.wire.tls.TLS.from_pem). Nothing without a master."""
+    these rather than exit (hsb.wire.tls.TLS, its `pem`). Nothing without a master."""
     if APPLIED_TLS is not None and not APPLIED_TLS.store_data(msgpack.packb(pem)):
         log.warning("applied_tls_not_kept", msg="a worker started again reads the certificate files only")
 

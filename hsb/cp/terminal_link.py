@@ -213,15 +213,16 @@ class TerminalProtocol(FramedProtocol):
         self.on_lost(None, now=True)
 
     def _bye_read(self) -> bool:
-        """A bye read and decoded but not taken: waiting behind the held bound in the backlog."""
-        return any(m["t"] == "bye" for m in self._backlog)
+        """A bye read and decoded but not taken: waiting behind the held bound in the backlog, or
+        parked behind unconfirmed replies."""
+        return any(m["t"] == "bye" for m in self._backlog) or bool(self.parked and any(m["t"] == "bye" for m in self.parked))
 
     def close(self) -> None:
         term = self.term
         # (what waits behind it is never taken now: nothing of it was acknowledged). A bye parked
         # behind unconfirmed replies too: its terminal may say hello again before this
         # connection's connection_lost, which then finds the terminal no longer its own
-        if self._bye_read() or (self.parked and any(m["t"] == "bye" for m in self.parked)):
+        if self._bye_read():
             self._backlog.clear()
             self.bye_waiting = True
         if self.bye_waiting and term is not None and term.conn is self:
@@ -233,7 +234,7 @@ class TerminalProtocol(FramedProtocol):
 
     def on_lost(self, exc: Exception | None, now: bool = False) -> None:
         term = self.term
-        if (self.parked and any(m["t"] == "bye" for m in self.parked)) or self._bye_read():
+        if self._bye_read():
             self.bye_waiting = True  # it said bye behind the bound, and went: a logoff all the same
         self.parked = None
         if term is not None and term.conn is self:

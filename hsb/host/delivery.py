@@ -117,7 +117,7 @@ class Delivery:
         # reach the service two at a time, nor out of order
         self.ending: dict[str, asyncio.Task[None]] = {}
         self.in_flight = 0
-        self.accepting = True  # False once the host closes (HostServer.close): nothing more is taken
+        self.accepting = True  # False once nothing more is taken (`stop_taking`)
         self.idle = asyncio.Event()
         self.idle.set()
         self.counters = {"processed": 0, "redelivered": 0, "errors": 0, "repeats_marked": 0}
@@ -246,6 +246,12 @@ class Delivery:
             return True
         except TimeoutError:
             return False
+
+    def stop_taking(self) -> None:
+        """Nothing more goes to the service (the host closes, or its stop's handover may still be
+        granted): what is in hand is dropped, the CP hands it on to whoever serves next."""
+        self.accepting = False
+        self.cancel()
 
     def cancel(self, role_ended: bool = False) -> None:
         """Drop everything in progress: the CP re-delivers it (marked) to whoever serves next.

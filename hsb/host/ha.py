@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hsb import faults
+from hsb.fsutil import bulk_seconds
 from hsb.host.ha_lease import LeaseSide
 from hsb.host.ha_standby import HotStandbySide
 from hsb.host.ha_switch import SwitchSide
@@ -50,7 +51,6 @@ from hsb.host.states import (
     WAITING,
 )
 from hsb.ops.notify import Watchdog, watchdog_too_short
-from hsb.takeover.store import BULK_RATE
 from hsb.wire.framing import batch_bytes, payload_max
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ class Exit(Exception):
 
 def batch_wait(tk: Any) -> float:
     """How long a standby waits for BATCH WRITE COMPLETE (`tk`: the [takeover] section)."""
-    return float(max(5.0, 3 * tk.storage_timeout) + (1 + 1 / 3) * tk.records * tk.record_size / BULK_RATE)
+    return float(max(5.0, 3 * tk.storage_timeout) + bulk_seconds((1 + 1 / 3) * tk.records * tk.record_size))
 
 
 class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
@@ -301,7 +301,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
             self.granted = msg.get("role") == "active"
             if not self.granted:
                 self.srv.delivery.health.cleared()  # (a host that was active, back as the standby)
-            if self.granted:
+            else:
                 log.info("serving_as_active", epoch=self.epoch, how="registered", lease_s=self.lease.duration)
                 self._announce_active()
                 if msg.get("adopt") is True:  # the CP keeps our open sessions: name them (hsb.cp.adopt)

@@ -23,13 +23,11 @@ Sans-IO: the caller supplies the clock readings and sends the heartbeats.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 
+from hsb.bootclock import boot_now
 
-def clock() -> float:
-    """The lease's clock (seconds): CLOCK_BOOTTIME, which goes on while the machine is suspended."""
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
+clock = boot_now  # the lease's clock (hsb.bootclock: it goes on while the machine is suspended)
 
 
 class Lease:

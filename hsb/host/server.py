@@ -500,8 +500,7 @@ class HostServer:
                     # the CP may still grant it (its journal slow, say) and hand what this host
                     # holds to the new active: nothing more goes to this host's service, or the
                     # two would run the same messages at once (it stays held at the CP, marked)
-                    self.delivery.accepting = False
-                    self.delivery.cancel()
+                    self.delivery.stop_taking()
             else:
                 log.info("stop_without_takeover", reason=why)
         # Nothing of a planned switchover goes on beside the normal stop (its "released", a resync
@@ -571,8 +570,7 @@ class HostServer:
         # then nothing more to the service: with the CP link closing, its replies could not go,
         # and its effects would come after the CP closed the sessions (the CP hands them on); and
         # none of what the CP link still brings while a role hook finishes below
-        self.delivery.accepting = False
-        self.delivery.cancel()
+        self.delivery.stop_taking()
         await self.hook.close()
         await self.cp.close()
         await self.peer.close()

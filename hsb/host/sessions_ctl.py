@@ -399,7 +399,6 @@ class SessionsCtl:
         # (open already: the CP replaces it, attributes and all, on the `open` below; a `close`
         # first could reach the CP after a grant had switched the session to this host, and be
         # taken for this host losing it)
-        self.sessions.join_link(ts)
         already = ts.state == STANDBY
         ts.state = STANDBY
         ts.standby_capable = True

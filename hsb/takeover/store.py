@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 
 import structlog
 
+from hsb.fsutil import BULK_RATE as BULK_RATE  # (bytes a second an operation on many bytes is given)
+from hsb.fsutil import bulk_seconds
 from hsb.takeover.errors import HeaderCorrupt, NoBatchWritten, NotWritable, StorageNotResponding
 from hsb.takeover.faults import Faults
 from hsb.takeover.fileio import check_file
@@ -45,7 +47,6 @@ T = TypeVar("T")
 # generation) has storage_timeout plus the time to move them at this rate: a storage slower than
 # this is failing. One deadline for all made a batch at 100,000 terminals (26 MiB and two syncs)
 # miss it on storage that is slow but working, at every try: hot standby never came.
-BULK_RATE = 16 * 1024 * 1024  # bytes a second
 
 
 class TakeoverStore:
@@ -186,7 +187,7 @@ class TakeoverStore:
 
     def bulk_timeout(self, share: float) -> float:
         """The deadline of an operation that moves up to `share` of the file (BULK_RATE)."""
-        return self.timeout + share * (self.records or 0) * self.record_size / BULK_RATE
+        return self.timeout + bulk_seconds(share * (self.records or 0) * self.record_size)
 
     async def open_writer(self) -> None:
         """Open the file for writing (size check included); idempotent."""
@@ -241,7 +242,7 @@ class TakeoverStore:
                 rs = self._writer.record_size
                 # (and the records a failed group owes, written again first)
                 recs = max(1, batch_records_for(len(entries), rs)) + self._writer.owed_records
-                res = await self._run("ring write", self._writer.append_group, entries, gen, timeout=self.timeout + recs * rs / BULK_RATE)
+                res = await self._run("ring write", self._writer.append_group, entries, gen, timeout=self.timeout + bulk_seconds(recs * rs))
             except BaseException as exc:
                 # without this frame's traceback: it would hold this frame, `group` and the
                 # futures in a reference cycle, never collected (hsb/gcpolicy.py)

@@ -169,11 +169,8 @@ async def check_books(
             n = per_msg.get(key, 0)
             if n + refusals.get(key, 0) > 1:  # (before the reply is read: whatever it says, once is the most, a refusal's entry included)
                 b.applied_twice.append(tag)
-            try:
-                ok = json.loads(text).get("ok") is True
-            except (ValueError, AttributeError, RecursionError):
-                ok = False  # not the ledger's answer (a host's `error: …`): the verdict's bad_data; told nothing was applied
-            if ok:
+            r = _reply(text)  # (None: not the ledger's answer, a host's `error: …`: the verdict's bad_data; told nothing was applied)
+            if r is not None and r.get("ok") is True:
                 b.transfers_ok += 1
                 if n == 0:
                     b.told_ok_not_applied.append(tag)
@@ -181,7 +178,7 @@ async def check_books(
                 b.transfers_refused += 1
                 if n:
                     b.told_refused_applied.append(tag)
-                error = _error(text)
+                error = None if r is None else str(r.get("error", ""))  # (the error a refusal names, "" if none)
                 if error == "insufficient_funds":
                     if not refusals.get(key):
                         b.refusal_unrecorded.append(tag)
@@ -198,16 +195,14 @@ async def check_books(
     return b
 
 
-def _error(text: str) -> str | None:
-    """The error a ledger refusal names ("" if none); None for a reply that is no refusal of the
-    ledger's (not JSON: the verdict's bad_data)."""
+def _reply(text: str) -> dict[str, Any] | None:
+    """A ledger reply, parsed once; None for one that is no answer of the ledger's (not a JSON
+    object, or nested past the reader's depth)."""
     try:
         r = json.loads(text)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(r, dict) or r.get("ok") is True:
-        return None
-    return str(r.get("error", ""))
+    return r if isinstance(r, dict) else None
 
 
 # what the ledger may answer a transfer with besides insufficient_funds (hsb.service.ledger)

@@ -238,12 +238,6 @@ class TLS:
         self.terminal_server.sni_callback = self._to_current(1)
         self.loaded_at = dt.datetime.now(dt.UTC)
 
-    @classmethod
-    def from_pem(cls, files: TLSFiles, pem: dict[str, bytes], terminals: bool = False) -> TLS:
-        """The certificates a worker before this one loaded (`pem`, by `[tls]` key), for a worker
-        forked again after a crash while the files are broken; `files` stay what a reload reads."""
-        return cls(files, terminals, pem=pem)
-
     def _to_current(self, i: int) -> Any:
         def pick(sslobj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
             cur = self._current[i]

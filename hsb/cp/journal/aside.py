@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from hsb.cp.journal.format import JournalDamaged
-from hsb.cp.journal.generation import GEN, Generations, gen_name
+from hsb.cp.journal.generation import GEN, Generations, _durable_file, gen_name
 from hsb.cp.journal.recovery import recover
 from hsb.fsutil import fsync_dir
 
@@ -37,12 +37,13 @@ def set_aside(d: Path, watch: float = WATCH_S, force: bool = False) -> tuple[Pat
     if not d.is_dir():
         raise AsideRefused(f"{d} is not a directory: nothing to set aside (check [cp] journal)")
     names = os.listdir(d)
-    newest = Generations(d).current(names)
+    gens = Generations(d)
+    newest = gens.current(names)
     if newest:
         path = d / gen_name(newest)
         t0 = os.stat(path).st_mtime_ns
         time.sleep(watch)
-        if os.stat(path).st_mtime_ns != t0 or Generations(d).current() != newest:
+        if os.stat(path).st_mtime_ns != t0 or gens.current() != newest:
             raise AsideRefused(
                 f"a CP is serving {d} (its generation file {path.name} changed within {watch:g} s): stop every hsbcpd"
                 " that uses this journal (on both CP machines) and try again"
@@ -80,27 +81,17 @@ def set_aside(d: Path, watch: float = WATCH_S, force: bool = False) -> tuple[Pat
     new.mkdir(mode=0o700)
     for n in names:
         if GEN.match(n):
-            _durable_copy(d / n, new / n, st)
+            _durable_file(new / n, (d / n).read_bytes(), os.O_EXCL)
+            _same_owner(new / n, st)
     _same_owner(new, st)
     os.chmod(new, stat.S_IMODE(st.st_mode))
     fsync_dir(new)
     os.rename(d, to)
     os.rename(new, d)
     fsync_dir(d.parent)
-    return to, len(os.listdir(to)), newest
+    return to, len(names), newest
 
 
 def _same_owner(p: Path, st: os.stat_result) -> None:
     if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
         os.chown(p, st.st_uid, st.st_gid)
-
-
-def _durable_copy(src: Path, dst: Path, owner: os.stat_result) -> None:
-    data = src.read_bytes()
-    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    _same_owner(dst, owner)

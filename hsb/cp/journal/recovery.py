@@ -64,6 +64,7 @@ from typing import Any, TypeVar
 from hsb.cp.journal.format import JournalDamaged, locate, scan
 from hsb.cp.journal.generation import Generations, snap_name
 from hsb.cp.state import Held, Kept
+from hsb.cp.switchrec import KINDS
 
 # (numbers are written in 8 digits at least: a journal that rotates fast passes 99,999,999)
 SEGMENT = re.compile(r"^seg-(?:(\d{8,})-)?(\d{8,})\.hsbj$")
@@ -325,7 +326,7 @@ def apply(r: Recovered, rec: list[Any], seg: int) -> None:
         e = rec[1]
         if "update" in e:
             for old in reversed(r.history):
-                if old.get("epoch") == e.get("epoch") and old.get("kind") in ("failover", "switchover", "promote", "undone"):
+                if old.get("epoch") == e.get("epoch") and old.get("kind") in KINDS:
                     old.update(e["update"])
                     break
         else:

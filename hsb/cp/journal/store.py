@@ -40,6 +40,7 @@ from typing import Any
 import structlog
 
 from hsb import faults, uring
+from hsb.bootclock import boot_now as boot_now  # whether a clean check vouches: a suspend of the machine counts (`vouches`)
 from hsb.cp.journal.format import GROUP_BYTES, GROUP_MAX, HEADER, group, packer
 from hsb.cp.journal.generation import Generations, Superseded
 from hsb.cp.journal.recovery import ck_extra
@@ -65,14 +66,6 @@ REC_HEADER = HEADER.size  # counted per record in `sizes`: as if each went alone
 # "No lease without a clean check"). Storage slower than that is stalled anyway: nothing is acked.
 CHECK_FRESH_MIN_S = 1.0
 SYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, float("inf"))
-
-
-def boot_now() -> float:
-    """The clock a clean generation check vouches by (`vouches`): CLOCK_BOOTTIME, which counts a
-    suspend of the machine, as the hosts' leases do (hsb.host.lease). On the monotonic clock a CP
-    machine suspended past fresh_s woke still vouching, and renewed an old active's lease from the
-    heartbeats waiting in its buffers while another CP had granted the role elsewhere."""
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 def _backoff(tries: int) -> float:
