@@ -318,6 +318,7 @@ async def test_a_cp_superseded_while_it_takes_over_deletes_nothing_and_stops(tmp
     would be lost), and must not serve."""
     from hsb.config import load
     from hsb.cp import server as srv
+    from hsb.cp import taking_over
     from hsb.cp.config import CPConfig
     from hsb.cp.journal.format import encode
     from hsb.cp.journal.recovery import segment_name
@@ -327,14 +328,14 @@ async def test_a_cp_superseded_while_it_takes_over_deletes_nothing_and_stops(tmp
     Generations(journal).take()  # generation 1, whose segment holds an acknowledged message
     old = journal / segment_name(1, 1)
     old.write_bytes(b"".join(encode(r) for r in [["ck", 1, "host-a", 1, {}, {"first": 1}], ["a", "T00001", 5, b"x"], ["se"]]))
-    real = srv.recover
+    real = taking_over.recover
 
     def recover_then_superseded(d: Path, **kw: Any) -> Any:
         r = real(d, **kw)
         Generations(d).take()  # another CP takes the next generation (and reads generation 1)
         return r
 
-    monkeypatch.setattr(srv, "recover", recover_then_superseded)
+    monkeypatch.setattr(taking_over, "recover", recover_then_superseded)
     cfg = load(cp_config(tmp_path, terminals=2, journal=str(journal)), CPConfig)
     s = srv.CPServer(cfg, SECRET, str(tmp_path / "cp.toml"))
     try:
@@ -634,17 +635,17 @@ def _held_recovery(monkeypatch: pytest.MonkeyPatch, most: float) -> tuple[Any, A
     lets it go: (entered, release), two threading.Events."""
     import threading
 
-    from hsb.cp import server as srv
+    from hsb.cp import taking_over
 
     entered, release = threading.Event(), threading.Event()
-    real = srv.recover
+    real = taking_over.recover
 
     def slow_recover(d: Path, truncate: bool = True) -> Any:
         entered.set()
         release.wait(most)  # (on the takeover's thread: without it, the loop itself waits here)
         return real(d, truncate=truncate)
 
-    monkeypatch.setattr(srv, "recover", slow_recover)
+    monkeypatch.setattr(taking_over, "recover", slow_recover)
     return entered, release
 
 
@@ -896,7 +897,7 @@ async def test_a_takeovers_first_looks_at_the_storage_run_off_the_loop(tmp_path:
     for keepalived and systemd to act on). They run on the takeover's timed thread steps now."""
     import threading
 
-    from hsb.cp import server as srv
+    from hsb.cp import taking_over
 
     s, sd = _waiting_cp_under_systemd(tmp_path, monkeypatch)
     entered, release = threading.Event(), threading.Event()
@@ -906,7 +907,7 @@ async def test_a_takeovers_first_looks_at_the_storage_run_off_the_loop(tmp_path:
         release.wait(10)
         return None
 
-    monkeypatch.setattr(srv, "nfs_fencing_problem", hung)
+    monkeypatch.setattr(taking_over, "nfs_fencing_problem", hung)
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(s.take_over("woken"))
     try:

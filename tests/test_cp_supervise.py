@@ -239,14 +239,14 @@ def test_a_crash_loop_waits_longer_before_each_worker(supervised: Any) -> None:
 # hsbcpd whose journal recovery waits while the file named by HOLD_RECOVERY exists (a slow recovery)
 SLOW_RECOVERY = """
 import os, sys, time
-from hsb.cp import server
-real = server.recover
+from hsb.cp import taking_over
+real = taking_over.recover
 def held(*a, **kw):
     deadline = time.monotonic() + 60
     while os.path.exists(os.environ["HOLD_RECOVERY"]) and time.monotonic() < deadline:
         time.sleep(0.01)
     return real(*a, **kw)
-server.recover = held
+taking_over.recover = held
 from hsb.cp.main import main
 main(sys.argv[1:])
 """

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import functools
 import ipaddress
 import os
 import signal
@@ -28,7 +27,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from hsb import __version__, faults, gcpolicy
+from hsb import __version__, gcpolicy
 from hsb.bootclock import boot_now
 from hsb.config import parse_addr
 from hsb.cp import supervise
@@ -36,18 +35,16 @@ from hsb.cp.admin import CPAdminProtocol
 from hsb.cp.config import CPConfig, CPSection
 from hsb.cp.core import CP
 from hsb.cp.host_link import HostProtocol
-from hsb.cp.journal import Journal, JournalIOUnavailable, recover
+from hsb.cp.journal import Journal
 from hsb.cp.journal.generation import Generations, Superseded
+from hsb.cp.taking_over import TAKEOVER_STEP_MIN_S, TakingOver
 from hsb.cp.terminal_link import TerminalProtocol
-from hsb.cp.tickle import RESEND_AFTER_S, TickleList, not_back, previous_list, send_tickles
-from hsb.cp.waiting import MISSING, JournalMissing, Waiting, holds_address
+from hsb.cp.waiting import Waiting, holds_address
 from hsb.fsutil import BULK_RATE as BULK_RATE  # (what a takeover step moving the journal is given: bulk_seconds)
-from hsb.fsutil import bulk_seconds
 from hsb.ops.http import json_route, start_http
 from hsb.ops.limits import accept_queue_fits, listen_backlog, raise_nofile, somaxconn, storm_timing, terminals_fit
 from hsb.ops.metrics import CPCollector, registry_for
 from hsb.ops.metrics import render as render_metrics
-from hsb.ops.mounts import nfs_fencing_problem
 from hsb.ops.notify import Watchdog, notify
 from hsb.wire.conn import tcp_keepalive
 from hsb.wire.framing import encode
@@ -60,7 +57,6 @@ BIND_WAIT_S = 3.0  # a CP forked again after a crash waits this long at most for
 BIND_RETRY_S = 0.005
 T = TypeVar("T")
 STOP_AFTER_DRAIN_S = 0.5  # a stop whose journal did not drain: how much longer the write still out may take
-TAKEOVER_STEP_MIN_S = 10.0  # a takeover's file step may take this long at least (5 x journal_timeout if more)
 KEEP_APPLIED_AFTER_S = 5.0  # a worker forked again leaves its config for the next one this long after it starts serving
 
 
@@ -86,18 +82,7 @@ def master_listeners(cfg: CPConfig) -> dict[str, socket.socket]:
     return out
 
 
-def _journal_bytes(d: Path) -> int:
-    """What a takeover reads back: the journal directory's files, in bytes."""
-    n = 0
-    for e in os.scandir(d):
-        try:
-            n += e.stat().st_size
-        except OSError:
-            pass
-    return n
-
-
-class CPServer(Waiting):
+class CPServer(Waiting, TakingOver):
     RELOADABLE = ("cp.held_bound", "cp.held_bytes", "cp.held_total_bytes", "cp.host_timeout", "terminals", "terminal_groups")
 
     def __init__(self, cfg: CPConfig, secret: bytes, config_path: str | None = None, tls_pem: dict[str, bytes] | None = None) -> None:
@@ -273,126 +258,6 @@ class CPServer(Waiting):
         c = j.checked_at  # (once serving: the ticks check it every 0.1 s, and a reload before the listeners is no tick)
         return j.state == "ok" and (self.state != "serving" or c is None or boot_now() - c < j.fresh_s)
 
-    async def take_over(self, reason: str) -> None:
-        """Take the journal's next generation, recover, write the snapshot; then `self.cp`. The
-        file work (the generation, reading the journal back, writing and syncing the snapshot)
-        runs on a thread: a journal holding much takes seconds, and meanwhile the loop answers
-        /health (keepalived's track script would otherwise fail and take the address away in the
-        middle of the takeover), status, and pings the watchdog. A step that takes longer than
-        `takeover_step_s` (a hung mount) stops the pings and fails /health."""
-        c = self.cfg.cp
-        t0 = time.perf_counter()
-        if self.gens is None:
-            log.warning("journal_off", msg='durability = "none": a crash of hsbcpd loses what it holds (for benchmarks only)')
-            self.cp = CP(self.cfg, None)
-            return
-        d = Path(c.journal)
-        pinging = asyncio.get_running_loop().create_task(self._takeover_pings())
-        try:
-            # (on the timed thread too: a hung mount answers neither, and the loop must)
-            if await self._step("journal there", self._journal_missing, True):
-                raise JournalMissing(MISSING.format(journal=c.journal))
-            if c.takeover == "on_wake" and (why := await self._step("mount options", nfs_fencing_problem, c.journal)):
-                raise JournalIOUnavailable(why)  # (mounted since the start, say)
-            await self._take_over(reason, c, d, t0)
-        finally:
-            pinging.cancel()
-            if self.cp is None:  # failed or superseded: nothing of this generation beats
-                self._end_takeover_beats()
-
-    async def _beat_while_taking_over(self, gen: int) -> None:
-        """The heartbeat of generation `gen` (its file's time moved every 0.1 s, on a thread: a
-        hung mount stops only the beat) until the tick loop beats, as the serving CP does; none
-        while a step of the takeover is past its bound (then /health fails and keepalived moves
-        the address: the CP there must see a dead one)."""
-        assert self.gens is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            if self._takeover_on_time():  # (a step past its bound: no beat, as no /health and no ping)
-                try:
-                    await loop.run_in_executor(None, self.gens.beat, gen)
-                except OSError:
-                    pass  # (the storage's trouble shows in the takeover's own steps)
-            await asyncio.sleep(0.1)
-
-    def _end_takeover_beats(self) -> None:
-        if self._takeover_beats is not None:
-            self._takeover_beats.cancel()
-            self._takeover_beats = None
-
-    async def _takeover_pings(self) -> None:
-        """systemd's watchdog pinged while the takeover's steps keep to their bound (a hung one
-        stops the pings, and /health fails: `_healthy`)."""
-        watchdog = Watchdog()
-        while True:
-            if self._takeover_on_time():
-                watchdog.tick(time.monotonic())
-            await asyncio.sleep(0.25)
-
-    def _takeover_on_time(self) -> bool:
-        """No file step of the takeover under way, or the one under way within its bound."""
-        step = self.takeover_step
-        return step is None or time.monotonic() - step[1] < self.takeover_step_s + step[2]
-
-    async def _step(self, name: str, fn: Callable[..., T], *args: Any, size: int = 0) -> T:
-        """One file step of the takeover, on a thread, timed for /health and the watchdog: its
-        bound, `takeover_step_s`, plus the time to move `size` bytes (hsb.fsutil.bulk_seconds) (a journal that
-        holds much is read back for longer than a hung mount may stay unnoticed)."""
-        self.takeover_step = (name, time.monotonic(), bulk_seconds(size))
-        try:
-            return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
-        finally:
-            self.takeover_step = None
-
-    async def _take_over(self, reason: str, c: Any, d: Path, t0: float) -> None:
-        assert self.gens is not None
-        gen = await self._step("generation", self.gens.take)  # durable before anything is read (SPEC §5.8)
-        # beaten from now on: a CP waiting on the other machine (a split brain: it holds the
-        # address too) takes a generation file that stands still for takeover_stale for a dead
-        # CP's, and a takeover that reads much would be superseded in the middle, for ever in turn
-        self._takeover_beats = asyncio.get_running_loop().create_task(self._beat_while_taking_over(gen))
-        with gcpolicy.paused():
-            # raises JournalDamaged (file and offset) on damage. A torn tail is dropped, the file
-            # not cut: a superseded CP may still be writing that record (docs/cp-journal.md)
-            size = await self._step("journal size", _journal_bytes, d)
-            r = await self._step("recovery", functools.partial(recover, d, truncate=False), size=size)
-            journal = Journal(d, timeout=c.journal_timeout, segment_bytes=c.journal_segment_kib * 1024, generation=gen, io=c.journal_io)
-            cp = CP(self.cfg, journal)
-            cp.follows_a_cp = gen > 1  # (take() creates the generation above any before: 1 on a new journal)
-            cp.restore(r)
-            faults.point("cp.mid_recovery")
-            snapshot = cp.snapshot()
-            try:
-                seg = await self._step("snapshot", journal.open, r.highest_segment + 1, snapshot, [*r.garbage, *r.paths], size=size)
-            except Superseded as exc:  # a newer CP took over while this one recovered: it serves
-                journal.close()
-                log.error("cp_superseded", generation=exc.own, newer=exc.newer, at="takeover", msg=str(exc))
-                self._superseded(exc)
-                return
-        cp.repin(seg)
-        journal.on_superseded = self._superseded
-        if c.tickle_acks:
-            cp.tickles = TickleList(d, gen)
-        self.cp = cp
-        self.took_over = {"generation": gen, "took_over": {"reason": reason, "at": time.time(), "from_generation": r.head_generation}}
-        log.info(
-            "journal_recovered",
-            dir=c.journal,
-            generation=gen,
-            from_generation=r.head_generation,
-            reason=reason,
-            segments=len(r.segments),
-            records=r.records,
-            held=sum(len(v) for v in r.held.values()),
-            replies_kept=sum(len(v) for v in r.replies.values()),
-            terminals=len(r.last_acked),
-            epoch=r.epoch,
-            active=r.active,
-            torn_tail=r.torn,
-            bytes=r.bytes_read,
-            ms=round((time.perf_counter() - t0) * 1000, 1),
-        )
-
     async def start_serving(self) -> None:
         c = self.cfg.cp
         cp = self.cp
@@ -470,41 +335,6 @@ class CPServer(Waiting):
         await self.start_serving()
         if self.cp is not None and self.cp.tickles is not None:
             self._tickling = asyncio.ensure_future(self.tickle(self.cp.tickles.gen))
-
-    async def tickle(self, gen: int) -> None:
-        """Tickle ACKs to the terminal connections of the CP this one took over from (hsb.cp.tickle),
-        off the event loop: they reconnect at once instead of when their keepalive notices."""
-        loop = asyncio.get_running_loop()
-        t0 = time.perf_counter()
-        info: dict[str, Any] = {"from_generation": 0, "connections": 0, "here": False, "sent": 0, "failed": 0, "resent": 0, "ms": None, "error": None}
-        self.took_over["tickles"] = info
-        try:
-            prev, conns, here = await loop.run_in_executor(None, previous_list, Path(self.cfg.cp.journal), gen)
-            info.update(from_generation=prev, connections=len(conns), here=here)
-            if not conns or here:  # here: this kernel reset them when their process died
-                return
-            sent, failed, why = await loop.run_in_executor(None, send_tickles, conns)
-            info.update(sent=sent, failed=failed, ms=round((time.perf_counter() - t0) * 1000, 1), error=why)
-            log.info("tickle_acks_sent", from_generation=prev, connections=len(conns), sent=sent, failed=failed, ms=info["ms"])
-            if failed:
-                log.warning(
-                    "tickle_acks_failed",
-                    failed=failed,
-                    error=why,
-                    msg="terminals of the old CP notice by keepalive instead; a raw socket needs CAP_NET_RAW (the systemd unit grants it)",
-                )
-            if sent:
-                for wait in RESEND_AFTER_S:  # a tickle, or the terminal's answer to it, may be lost
-                    await asyncio.sleep(wait)
-                    away = not_back(conns, self.cp.terms if self.cp is not None else {})
-                    if not away:
-                        break
-                    n, _, _ = await loop.run_in_executor(None, send_tickles, away)
-                    info["resent"] += n
-                    log.info("tickle_acks_resent", terminals=len(away), sent=n, after_s=wait)
-        except Exception as exc:  # only tickles: never the CP's concern beyond a warning
-            info["error"] = f"{type(exc).__name__}: {exc}"
-            log.warning("tickle_acks_failed", error=info["error"], msg="terminals of the old CP notice by keepalive instead")
 
     def _superseded(self, exc: Superseded) -> None:
         """A newer CP owns the journal: stop at once (nothing more is acknowledged already).
