@@ -29,6 +29,7 @@ from hsb.cp.journal import Journal, NullJournal
 from hsb.cp.journal_side import JournalSide
 from hsb.cp.logons import Logons
 from hsb.cp.notices import Notices
+from hsb.cp.replies import Replies
 from hsb.cp.state import Counts, Term
 from hsb.cp.status_view import StatusView
 from hsb.cp.switchrec import AfterSwitch, History
@@ -44,7 +45,7 @@ log = structlog.get_logger("hsb.cp")
 RECORDED_ACTIVE_WAIT_S = 3.0  # after a restart, the active of before has this long to register again
 
 
-class CP(TerminalSide, HostSessions, Arbitration, Adoption, JournalSide, StatusView):
+class CP(TerminalSide, Replies, HostSessions, Arbitration, Adoption, JournalSide, StatusView):
     def __init__(self, cfg: CPConfig, journal: Journal | None = None) -> None:
         self.cfg = cfg
         self.name = cfg.cp.name

@@ -1,0 +1,198 @@
+"""The CP's replies (SPEC §5.5, §5.7): a host's reply and discard, the reply kept until a
+resuming terminal confirms it, sent once the discard is durable to one that does not resume,
+and the confirmations that settle kept replies.
+
+A mixin of `hsb.cp.core.CP` (the one place that decides): the state is the CP's. The journal
+rule it keeps is hsb.cp.terminal_side's (a reply never overtakes its message's ack).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from hsb import faults
+from hsb.cp.state import Held, Kept, Term
+from hsb.wire.framing import data_size
+
+if TYPE_CHECKING:
+    from hsb.cp.core import CP
+    from hsb.cp.host_link import HostProtocol
+
+
+class Replies:
+    """Replies and confirmations; mixed into `CP` (see the module docstring)."""
+
+    def terminal_confirm(self: CP, term: Term, upto: int) -> None:
+        """The terminal holds every reply up to `upto`: those are settled. Not past the highest id
+        accepted from it (a terminal that claimed more, a bug, would otherwise go without the
+        replies to every message it sends after), nor past one still unanswered (`_confirmable`)."""
+        upto = self._confirmable(term, upto)
+        if upto <= term.confirmed:
+            return
+        term.confirmed = upto
+        if term.replies and min(term.replies) <= upto:
+            self._drop_replies(term, upto)
+            self._backpressure(term)
+
+    def _settle_unconfirmable(self: CP, term: Term) -> None:
+        """A terminal that no longer resumes will confirm nothing: the replies kept for it from
+        when it did are settled once sent, as far as no message of its still waits below them
+        (the rest when that one is answered, `_replied`)."""
+        upto = self._confirmable(term, max(term.replies), trust_terminal=False)
+        if upto and min(term.replies) <= upto:
+            self._drop_replies(term, upto)
+            self._backpressure(term)
+
+    @staticmethod
+    def _confirmable(term: Term, upto: int, trust_terminal: bool = True) -> int:
+        """`upto` as far as a confirmation can go: not past the highest id accepted, nor up to a
+        message accepted by this CP and not yet answered (the terminal cannot hold that reply).
+        A "c" record past such a message would drop it at a recovery that reads its record after
+        the "c" (one carried forward), and its reply would never be sent. (A message recovered
+        from the journal may have been answered before the crash: the terminal's word counts,
+        when it gave one: `trust_terminal`.)"""
+        upto = min(upto, term.last_acked)
+        for held in term.held.values():  # id order: the first not being answered bounds it
+            # (a logoff's message, `_for_nobody`: no later run can hold its reply, whatever it says)
+            if not held.replying and not (held.recovered and trust_terminal and held.id > term.logoff_upto):
+                return min(upto, held.id - 1)
+        return upto
+
+    def _drop_replies(self: CP, term: Term, upto: int, record: bool = True) -> None:
+        if record:
+            self.journal.append(["c", term.name, upto], lazy=True)  # need not wait: a lost one only resends
+        for mid in [m for m in term.replies if m <= upto]:
+            kept = term.replies.pop(mid)
+            self.journal.unpin(kept.seg)
+            size = data_size(kept.data)
+            term.kept_bytes -= size
+            self.counts.kept_data -= size
+            self.counts.kept -= 1
+
+    def host_reply(self: CP, host: HostProtocol, name: str, mid: int, data: Any) -> None:
+        """Reply and discard in one frame (SPEC §5.5).
+
+        A resuming terminal gets the reply at once: it is kept (its "r" record on the way) until
+        the terminal confirms it, and the message is discarded once that record is durable. If
+        the CP dies first, the message is recovered and answered again, and that reply goes out
+        marked resent (the terminal may hold it) or not at all (its hello said it has it). A
+        terminal that does not resume gets the reply only once the discard ("d") is durable.
+        """
+        self.replies_by_host[host.name] += 1
+        term = self.terms.get(name)
+        if term is None:
+            return
+        held = term.held.get(mid)
+        if held is None or held.replying or held.early is not None:
+            return  # already discarded, or being: never a second reply
+        if mid > term.durable_acked:  # delivered early, its record not yet durable: the ack goes first
+            held.early = data
+            if faults.armed("cp.reply_before_durable"):
+                faults.point("cp.reply_before_durable")
+                self.journal.release()  # (a visit skipped: the records go on to the disk)
+            return
+        self._reply(term, held, data)
+
+    def _reply(self: CP, term: Term, held: Held, data: Any) -> None:
+        """The reply to a held message whose record is durable (`host_reply`)."""
+        name, mid = term.name, held.id
+        held.replying = True
+        # not read, and gone: lost first (a bye it gave makes this reply nobody's), so that what
+        # is decided below is decided for the terminal as it now is
+        self._lost_if_unread_gone(term)
+        # its terminal away (recovered at a restart and not back yet, or disconnected since):
+        # kept ("r") whichever kind it turns out to be (one that resumes is owed it until it
+        # confirms; one that does not gets it marked resent at its hello), never put in the
+        # memory-only outbox, which a crash of the CP would lose whole
+        away = term.conn is None or term.conn.closed
+        if (not term.resuming and not away) or self._for_nobody(term, mid):  # (gone for good: nothing to keep it for)
+            self.journal.append(["d", name, mid], lambda: self._replied(term, held, data))
+            return
+        self.counters["replies"] += 1
+        keep = mid > term.confirmed  # else its hello said it holds this reply
+        if keep and not away:
+            msg: dict[str, Any] = {"t": "reply", "id": mid, "data": data}
+            if held.recovered:
+                msg["resent"] = True
+            self._to_terminal(term, msg)
+            if faults.armed("cp.after_reply_sent") and term.conn is not None:
+                term.conn.flush()  # the crash comes after the bytes left, not with them queued
+            faults.point("cp.after_reply_sent")  # sent, its record not yet written
+        kept = Kept(mid, data, 0)
+        # lazy: the reply has gone out already; a crash before this record only means the
+        # message is answered again (redelivered) and the reply resent, marked
+        kept.seg = self.journal.append(["r", name, mid, data], lambda: self._settled(term, held), lazy=True)
+        if keep:
+            self._add_kept(term, kept)
+        faults.point("cp.between_reply_and_discard")
+        if self.after_switch is not None:
+            self._served_after_switch(term, held)
+        self._backpressure(term)
+
+    def _keep_reply(self: CP, term: Term, mid: int, data: Any) -> None:
+        """A reply already settled ("d") kept after all, until the terminal confirms it: one
+        from a non-resuming run's outbox, handed to a resuming hello (its record, lazy: lost in a
+        crash, the reply was sent once, as to a terminal that does not resume)."""
+        if mid not in term.replies:
+            self._add_kept(term, Kept(mid, data, self.journal.append(["r", term.name, mid, data], lazy=True)))
+
+    def _add_kept(self: CP, term: Term, kept: Kept) -> None:
+        """`kept` among the terminal's kept replies (replacing one of the same id), its record's
+        segment pinned and the counts moved with it."""
+        self.journal.pin(kept.seg)
+        old = term.replies.get(kept.id)
+        size = data_size(kept.data)
+        if old is None:
+            self.counts.kept += 1
+        else:
+            size -= data_size(old.data)
+        term.replies[kept.id] = kept
+        term.kept_bytes += size
+        self.counts.kept_data += size
+
+    def _replied(self: CP, term: Term, held: Held, data: Any) -> None:
+        """A non-resuming terminal's message is durably discarded: its reply goes out now."""
+        self.counters["replies"] += 1
+        self._lost_if_unread_gone(term)
+        if self._for_nobody(term, held.id):  # answered at the active; nobody to tell
+            self.counters["replies_after_logoff"] += 1
+        elif term.conn is None or term.conn.closed:
+            # it left while the discard was written: the reply is kept ("r", as `_reply` keeps one
+            # for a terminal away), sent marked at its next hello in id order with the others
+            # kept; an outbox in memory was lost with the CP, unmarked, and went after those
+            if held.id not in term.replies:
+                self._add_kept(term, Kept(held.id, data, self.journal.append(["r", term.name, held.id, data])))
+            if self.after_switch is not None:
+                self._served_after_switch(term, held)
+            self._settled(term, held)
+            return
+        else:
+            msg: dict[str, Any] = {"t": "reply", "id": held.id, "data": data}
+            if held.recovered:  # (it may hold this reply from before the crash)
+                msg["resent"] = True
+            if term.resuming and held.id > term.confirmed:
+                # it said hello with last_reply since this record went: kept until it confirms
+                # (its connection may be gone again, and a resuming terminal has no outbox)
+                self._keep_reply(term, held.id, data)
+            self._to_terminal(term, msg)
+        faults.point("cp.between_reply_and_discard")
+        if self.after_switch is not None:
+            self._served_after_switch(term, held)
+        self._settled(term, held)
+        if term.replies and (not term.resuming or self._logged_off(term)):  # kept from when it resumed: those below are settled now
+            self._settle_unconfirmable(term)
+        faults.point("cp.after_reply_sent")
+
+    def _settled(self: CP, term: Term, held: Held) -> None:
+        """The record that settles the message is durable: it is no longer held."""
+        if term.held.pop(held.id, None) is not None:
+            size = data_size(held.data)
+            term.held_bytes -= size
+            self.counts.held_data -= size
+            self.counts.held -= 1
+            self.journal.unpin(held.seg)
+            if not term.held:
+                self.holding.pop(term, None)
+        self._backpressure(term)
+        if term.leaving and not term.held and term.conn is not None:
+            term.conn.close()
