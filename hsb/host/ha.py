@@ -490,6 +490,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
             "partner": self.partner_instance,
             "startup_id": self.own_startup_id if self.role == "standby" else self.partner_startup_id,
             "ring_next": self.ring_next(),
+            "epoch": self.epoch,
         }
 
     async def ev_peer_up(self) -> None:
@@ -556,7 +557,22 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
     def peer_claims_active(self, msg: dict[str, Any]) -> None:
         """The peer says it is the active while this host's role is too. Two actives only while
         this one still holds the role at the CP with a valid lease (the alert's metric); one whose
-        CP link is gone (its lease lapsed or not renewed) was taken over from: a failover, said so."""
+        CP link is gone (its lease lapsed or not renewed) was taken over from: a failover, said so.
+        A peer granted a higher epoch than this host's was granted after it: the CP took the role
+        from this host though its lease still runs here (its link reset on the CP's side alone,
+        which the CP takes for the host's close): this host stops serving now, fenced, rather
+        than at its lease's end."""
+        peer_epoch = msg.get("epoch")
+        if self.granted and self.lease.valid() and isinstance(peer_epoch, int) and peer_epoch > self.epoch:
+            log.error(
+                "taken_over_while_serving",
+                peer=msg.get("name"),
+                epoch=self.epoch,
+                peer_epoch=peer_epoch,
+                lease_left_s=round(self.lease.remaining(), 3),
+            )
+            self.fenced(f"the peer {msg.get('name')} holds epoch {peer_epoch}, granted by the CP after this host's {self.epoch}")
+            return
         if self.granted and self.lease.valid():
             self.last_error = f"the peer {msg.get('name')} also claims to be active"
             self.counters["two_actives_claimed"] += 1

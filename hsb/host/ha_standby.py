@@ -53,7 +53,9 @@ class HotStandbySide:
     # --- active side (§5.1)
     def send_active_startup(self: HA) -> None:
         log.info("active_startup_sent", peer_up=self.srv.peer.up)
-        self.srv.peer.send({"t": "active_startup", "name": self.name, "instance": self.instance})
+        # with the epoch the CP granted: an active still serving on a lease the CP no longer
+        # counts (its link reset on the CP's side only) learns from it that it was taken over from
+        self.srv.peer.send({"t": "active_startup", "name": self.name, "instance": self.instance, "epoch": self.epoch})
 
     def hold_batch(self: HA, msg: dict[str, Any]) -> bool:
         """A batch write asked for (`msg`) while it must not start: during a planned switchover's

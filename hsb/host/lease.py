@@ -18,6 +18,13 @@ direction first, a frozen process, a slow network), two hosts never both
 hold a valid lease. Registration starts a lease the same way, from the time
 `register` was sent.
 
+One exception, by the spec's rule that a closed host link is grounds for a switch: the CP grants
+at once when the active's link is closed by the other end, which is the host's own close (it
+stops serving first) or its process's death. A reset that a middlebox sent to the CP alone looks
+the same to the CP while the host, alive, still holds its lease for up to `lease`; the new active's
+ACTIVE STARTUP on the peer link carries its epoch, and an active that hears a higher epoch than
+its own stops serving at once (fenced), so the overlap lasts only while the peer link is down too.
+
 Sans-IO: the caller supplies the clock readings and sends the heartbeats.
 """
 

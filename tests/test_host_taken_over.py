@@ -1,0 +1,61 @@
+"""An active whose CP link was reset on the CP's side alone (a middlebox's reset: the CP takes
+it for the host's close and grants the standby at once) stops serving as soon as the new
+active's ACTIVE STARTUP tells it a higher epoch, not when its lease runs out. hsbcpd and both
+hsbd in this process (tests/support/inproc.py)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from hsb.host.ha import HA
+from hsb.service.builtin import EchoService
+from tests.support.inproc import pair_in_hot_standby, until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_an_active_reset_at_the_cp_alone_stops_when_the_peer_says_its_epoch(tmp_path: Path) -> None:
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        core = cp.cp
+        assert core is not None and core.active is not None and a.ha.serving
+        link = core.active
+        assert link.transport is not None
+        epoch_a = a.ha.epoch
+        # nothing more is read from host-a at the CP (its heartbeats go unanswered there), and the
+        # CP's end of the link meets a reset that host-a's end never sees
+        link.transport.pause_reading()
+        link.connection_lost(ConnectionResetError(104, "Connection reset by peer"))
+        try:
+            await until(lambda: b.ha.serving, "host-b granted and serving")
+            granted_at = time.monotonic()
+            assert b.ha.epoch > epoch_a
+            await until(lambda: a.ha.state == "fenced", "host-a stopped serving", timeout=5)
+            stopped_after = time.monotonic() - granted_at
+            assert not a.is_serving_active()
+            # it stopped on the peer's word, well before its lease would have run out by itself
+            assert stopped_after < a.ha.lease.duration / 2, stopped_after
+            assert a.ha.counters["two_actives_claimed"] == 0
+            assert a.ha.exit is not None and "epoch" in a.ha.exit.msg
+        finally:
+            link.transport.abort()
+
+
+def test_a_peer_without_an_epoch_or_with_a_lower_one_is_only_counted(tmp_path: Path) -> None:
+    """A peer of an older version (no epoch) or one whose epoch is not above this host's (a stale
+    claim) does not stop the active: the claim is counted, as before."""
+    for peer_epoch in (None, 3, 2):
+        ha = HA.__new__(HA)
+        calls: list[str] = []
+        ha.granted, ha.epoch = True, 3
+        ha.counters = {"two_actives_claimed": 0}
+        ha.last_error = None
+        ha.lease = type("L", (), {"valid": lambda self: True, "remaining": lambda self: 0.2})()
+        ha.fenced = lambda why: calls.append(why)  # type: ignore[method-assign]
+        msg = {"t": "active_startup", "name": "host-b", "instance": "x"}
+        if peer_epoch is not None:
+            msg["epoch"] = peer_epoch
+        ha.peer_claims_active(msg)
+        assert calls == [] and ha.counters["two_actives_claimed"] == 1, peer_epoch
