@@ -538,21 +538,28 @@ async def test_a_stop_just_after_the_cp_link_came_back_waits_for_the_registratio
         await until(lambda: b.ha.role == "active", "host-b the active")
 
 
-async def test_a_grant_extends_the_lease_from_the_oldest_request_still_unanswered(tmp_path: Path) -> None:
-    """A request the CP defers is answered by a grant later; a second request sent meanwhile (a
-    second after the first) may never reach the CP. The lease ran from the latest request's
-    sending, so it could outlast what the CP allows from the one it granted. It runs from the
-    oldest one still unanswered; an answer (a refusal) starts afresh."""
+async def test_a_grant_extends_the_lease_from_the_request_it_names(tmp_path: Path) -> None:
+    """Requests are numbered and the grant names the one it answers: the lease runs from that
+    one's sending. A request the CP never had (the second here, lost on the way) renews nothing,
+    and neither does a grant that names none (a planned handover's): it renews from the newest
+    heartbeat the CP answered. The lease used to run from the oldest request unanswered here,
+    which a grant of another request could stretch past what the CP allows."""
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, _tasks):
         sent: list[dict[str, Any]] = []
         b.cp.send = lambda m: (sent.append(m), True)[1]  # type: ignore[method-assign]  # (nothing reaches the CP)
         await b.ha.request_switchover("test: first")
-        first = b.ha.switch_sent_at
-        assert first is not None and [m["t"] for m in sent] == ["switchover"]
         b.ha.switch_requested_at = time.monotonic() - 2.0  # a second later, asked again
         await b.ha.request_switchover("test: second")
-        assert len(sent) == 2 and b.ha.switch_sent_at == first
-        await b.ha.ev_cp_frame({"t": "switch_refused", "reason": "test"})
-        assert b.ha.switch_sent_at is None
-        await b.ha.request_switchover("test: third")
-        assert b.ha.switch_sent_at is not None and b.ha.switch_sent_at > first
+        assert [m["t"] for m in sent] == ["switchover", "switchover"]
+        first, second = sent[0]["req"], sent[1]["req"]
+        assert second == first + 1 and b.ha.switch_sent[first] < b.ha.switch_sent[second]
+        first_at = b.ha.switch_sent[first]
+        ha = b.ha
+        ha.lease.answered_at = first_at - 0.2  # the newest heartbeat the CP answered, before both
+        ha.link_event({"t": "switch_granted", "epoch": 7, "lease": 0.35, "req": first})
+        assert ha.lease.until == first_at + 0.35 and ha.switch_sent == {}
+        # a grant naming no request: from the newest heartbeat answered, not from any request
+        ha.lease.until = 0.0
+        await ha.request_switchover("test: third")
+        ha.link_event({"t": "switch_granted", "epoch": 8, "lease": 0.35})
+        assert ha.lease.until == ha.lease.answered_at + 0.35

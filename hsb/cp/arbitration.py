@@ -51,11 +51,11 @@ class Arbitration:
     recovered_at: float | None
     deferred_grant: asyncio.TimerHandle | None
     deferred_registrations: dict[str, asyncio.TimerHandle]
-    deferred_ask: tuple[str, str, bool, str] | None
+    deferred_ask: tuple[str, str, bool, str, int | None] | None
     _last_tick: float | None
     _tick_skipped: bool
 
-    def host_switchover(self: CP, host: HostProtocol, reason: str, planned: bool, kind: str = "failover") -> None:
+    def host_switchover(self: CP, host: HostProtocol, reason: str, planned: bool, kind: str = "failover", req: int | None = None) -> None:
         self.settle_flip()
         if host is not self.standby:
             host.send({"t": "switch_refused", "reason": "only the registered standby host may ask for a switchover"})
@@ -71,7 +71,7 @@ class Arbitration:
             # may have renewed its lease until it stopped (or was superseded); or the active just
             # stopped normally and still drains: granted once that lease has surely run out, not
             # before (the latest request is the one then taken)
-            self.deferred_ask = (host.name, reason, planned, kind)
+            self.deferred_ask = (host.name, reason, planned, kind, req)
             if self.deferred_grant is None:
                 log.info(
                     "switchover_deferred",
@@ -92,7 +92,7 @@ class Arbitration:
             if self.stalled():
                 # this process did not run for a while: the active's heartbeats of that time may be
                 # unread yet, so its silence is judged again shortly, after a read (as tick() does)
-                self.deferred_ask = (host.name, reason, planned, kind)
+                self.deferred_ask = (host.name, reason, planned, kind, req)
                 if self.deferred_grant is None:
                     log.info(
                         "switchover_deferred", requester=host.name, recorded_active=a.name, wait_ms=STALL_RECHECK_S * 1000, why="cp loop stalled"
@@ -108,7 +108,7 @@ class Arbitration:
             host.send({"t": "switch_refused", "reason": f"active host {a.name}: {what} (heard {age_ms:.0f} ms ago; its lease may still run)"})
             log.info("switchover_refused", requester=host.name, active=a.name, reason=reason)
             return
-        self._grant(host, reason, why, kind="promote" if kind == "promote" or why.startswith("promote") else "failover")
+        self._grant(host, reason, why, kind="promote" if kind == "promote" or why.startswith("promote") else "failover", req=req)
 
     def stalled(self: CP) -> bool:
         """This process did not run for half a host_timeout just now (tick's stall guard): the
@@ -136,7 +136,7 @@ class Arbitration:
         ask, self.deferred_ask, self.deferred_grant = self.deferred_ask, None, None
         sb = self.standby
         if ask is not None and sb is not None and not sb.closed and sb.name == ask[0]:
-            self.host_switchover(sb, ask[1], ask[2], ask[3])
+            self.host_switchover(sb, ask[1], ask[2], ask[3], ask[4])
 
     def cancel_deferred_grant(self: CP, holder: HostProtocol | None = None) -> None:
         """Someone (`holder`) holds the role now, or the CP stops: a deferred request is moot. Its
@@ -157,7 +157,9 @@ class Arbitration:
             sb.send({"t": "switch_refused", "reason": f"the request waited (deferred) and is moot: {why}"})
             log.info("switchover_refused", requester=sb.name, reason=ask[1], why=f"deferred request moot: {why}")
 
-    def _grant(self: CP, host: HostProtocol, reason: str, why: str, demote: HostProtocol | None = None, kind: str = "switchover") -> None:
+    def _grant(
+        self: CP, host: HostProtocol, reason: str, why: str, demote: HostProtocol | None = None, kind: str = "switchover", req: int | None = None
+    ) -> None:
         """Decide: the role is the requester's from now on (a new epoch, so the old active's frames
         are refused); announced, and the sessions flipped, once the epoch is durable (`_granted`)."""
         self.settle_flip()
@@ -183,7 +185,7 @@ class Arbitration:
         self.announced = False
         self.granting = host
         self.demoting = demote
-        self.journal.append(["e", epoch, host.name], lambda: self._granted(host, reason, why, demote, old, t0, loss, release_t0, epoch, kind))
+        self.journal.append(["e", epoch, host.name], lambda: self._granted(host, reason, why, demote, old, t0, loss, release_t0, epoch, kind, req))
 
     def _granted(
         self: CP,
@@ -197,6 +199,7 @@ class Arbitration:
         release_t0: float | None,
         epoch: int,
         kind: str,
+        req: int | None = None,
     ) -> None:
         if epoch != self.epoch:  # a newer epoch was raised while this one was made durable
             log.warning("grant_superseded", host=host.name, epoch=epoch, current=self.epoch)
@@ -217,7 +220,10 @@ class Arbitration:
         keep: HostProtocol | None = None  # the demoted active, when its sessions stay as its standby ones
         self.handed_over_by = (demote.name, demote.instance or "", self.epoch) if demote is not None and old is demote else None
         log.info("switchover_granted", host=host.name, old=old.name if old else None, epoch=self.epoch, reason=reason, why=why)
-        host.send({"t": "switch_granted", "epoch": self.epoch, "lease": self.host_lease})
+        granted: dict[str, Any] = {"t": "switch_granted", "epoch": self.epoch, "lease": self.host_lease}
+        if req is not None:  # the request this grant answers: the host's lease runs from its sending
+            granted["req"] = req
+        host.send(granted)
         host.flush()  # written now: the new active gets ready while the sessions flip here
         faults.point("cp.after_grant")
         # the old active hears it now too, not after the flip: the new active's

@@ -115,7 +115,7 @@ class CP(TerminalSide, Replies, HostSessions, Arbitration, Adoption, JournalSide
         # may run that long after it stopped renewing, whatever this CP's config says now
         self.recovered_lease: tuple[float, float] = (0.0, 0.0)
         self.deferred_grant: asyncio.TimerHandle | None = None  # a switchover asked too early after a restart
-        self.deferred_ask: tuple[str, str, bool, str] | None = None  # its (host, reason, planned, kind): the latest asked
+        self.deferred_ask: tuple[str, str, bool, str, int | None] | None = None  # its (host, reason, planned, kind, req): the latest asked
         self.started = time.time()
         # reply frames taken from each host (acted on, or found already answered): a fenced host has none
         self.replies_by_host: Counter[str] = Counter()

@@ -226,8 +226,13 @@ class HostProtocol(AuthServerProtocol):
 
     def on_switchover(self, msg: dict[str, Any]) -> None:
         kind = msg.get("kind", "failover")
+        req = msg.get("req")  # the host's number for this request, named again in the grant
         self.cp.host_switchover(
-            self, str(msg.get("reason", ""))[:200], bool(msg.get("planned", False)), kind if kind in ("failover", "promote") else "failover"
+            self,
+            str(msg.get("reason", ""))[:200],
+            bool(msg.get("planned", False)),
+            kind if kind in ("failover", "promote") else "failover",
+            req=req if isinstance(req, int) and not isinstance(req, bool) else None,
         )
 
     def on_error(self, msg: dict[str, Any]) -> None:

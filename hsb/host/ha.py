@@ -123,7 +123,11 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         self.granted = False
         self.lease = Lease()
         self.register_sent_at = 0.0
-        self.switch_sent_at: float | None = None  # when the last switchover request went to the CP
+        # switchover requests still unanswered: number -> when it went (lease clock). The CP's grant
+        # names the one it answers (`req`): the lease runs from that one's sending, never from a
+        # request the CP may not have had
+        self.switch_sent: dict[int, float] = {}
+        self.switch_req_n = 0
         self._lease_timer: asyncio.TimerHandle | None = None
         self.lost_serving = False
         self.release_pending = False
@@ -318,9 +322,13 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
                 self.srv.delivery.cancel()
             self.epoch = int(msg["epoch"])
             self.lease.duration = float(msg.get("lease", self.lease.duration))
-            if self.switch_sent_at is not None:
-                self.lease.extend(self.switch_sent_at)  # the CP answered the request sent then
-                self.switch_sent_at = None
+            # the CP answered the request it names (sent then); a grant that answers none (a
+            # planned switchover's handover, a CP that does not name it) renews from the newest
+            # heartbeat the CP answered, as any frame it answered
+            req = msg.get("req")
+            sent_at = self.switch_sent.get(req) if isinstance(req, int) else None
+            self.lease.extend(max(self.lease.answered_at, sent_at or 0.0))
+            self.switch_sent.clear()
             self.granted = True
             log.info("serving_as_active", epoch=self.epoch, how="switch granted", lease_valid=self.lease.valid())
             self._lease_renewed()
@@ -371,7 +379,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         # a switchover request out on that link is lost with it (and so is its answer): the next
         # request, when the CP tells of the loss again on the next link, must go at once
         self.switch_requested_at = None
-        self.switch_sent_at = None
+        self.switch_sent.clear()
         self.srv.sessions_ctl.cp_lost()
         if self.role == "active" and self.lost_serving:
             # cut off from the CP we serve nobody, and the CP may already have made the
@@ -443,7 +451,6 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         elif t == "demoted":
             await self.on_demoted(str(msg.get("active", "")))
         elif t == "switch_refused":
-            self.switch_sent_at = None  # (answered: a request after it is timed from its own sending)
             self.switch_requested_at = None
             self.switch_refusals += 1
             log.warning("switchover_refused", reason=msg.get("reason"))

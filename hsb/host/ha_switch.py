@@ -24,6 +24,7 @@ log = structlog.get_logger("hsb.host")
 
 # the CP's handover_refused code when no standby host is registered just then (its CP link blipped)
 NO_STANDBY_AT_CP = "no_standby"
+SWITCH_SENT_KEPT = 16  # unanswered switchover requests remembered (for the grant that names one)
 
 
 class SwitchSide:
@@ -41,7 +42,8 @@ class SwitchSide:
     takeover: dict[str, Any] | None
     switch_requested_at: float | None
     takeover_t0: float  # when the takeover recorded in `takeover` was asked for (monotonic)
-    switch_sent_at: float | None
+    switch_sent: dict[int, float]
+    switch_req_n: int
     active_stopped_by: str | None
     active_stop_confirmed: bool
     release_pending: bool
@@ -103,11 +105,11 @@ class SwitchSide:
         self.takeover = {"reason": reason, "requested_at": time.time(), "established": self.state == ESTABLISHED, "planned": planned}
         self.takeover_t0 = time.monotonic()  # (the duration: a step of the wall clock moves nothing)
         log.info("switchover_requested", reason=reason, established=self.state == ESTABLISHED)
-        if self.switch_sent_at is None:
-            # the oldest request still unanswered: the grant may answer that one (deferred at the
-            # CP), and a lease run from a later one could outlast what the CP allows
-            self.switch_sent_at = lease_clock()
-        self.srv.cp.send({"t": "switchover", "reason": reason, "planned": planned, "kind": kind})
+        self.switch_req_n += 1
+        self.switch_sent[self.switch_req_n] = lease_clock()  # (the grant names the request it answers)
+        while len(self.switch_sent) > SWITCH_SENT_KEPT:  # (one a second at most: the oldest long refused)
+            del self.switch_sent[min(self.switch_sent)]
+        self.srv.cp.send({"t": "switchover", "reason": reason, "planned": planned, "kind": kind, "req": self.switch_req_n})
 
     async def ev_reload(self: HA) -> None:
         self.srv.start_reload()
