@@ -453,3 +453,31 @@ async def test_a_closed_segment_whose_last_records_read_as_zeros_stops_the_start
     seg2.write_bytes(bytes(buf))
     with pytest.raises(JournalDamaged, match=rf"{segment_name(2, gen)} at offset {off}: the segment ends after"):
         recover(tmp_path)
+
+
+@pytest.mark.parametrize("io", ["thread", pytest.param("io_uring", marks=needs_ring)])
+async def test_a_new_segment_whose_size_could_not_be_read_once_is_opened_again(tmp_path: Path, io: str, monkeypatch: Any) -> None:
+    """The storage fails once (EIO) just after a new segment was opened, when its size is read:
+    the group is tried again at the backoff's pace and written, and acknowledgements resume by
+    themselves. The segment's descriptor used to be kept without its offset, and every retry
+    failed on that (KeyError) until the process was restarted."""
+    j = open_journal(tmp_path, io=io)
+    try:
+        j.segment_bytes = 200
+        real = os.fstat
+        failed = [0]
+
+        def fstat(fd: Any) -> Any:
+            if not failed[0] and isinstance(fd, int) and os.readlink(f"/proc/self/fd/{fd}").endswith(segment_name(2, j.gen)):
+                failed[0] += 1
+                raise OSError(errno.EIO, "injected")
+            return real(fd)
+
+        monkeypatch.setattr(os, "fstat", fstat)
+        # past the segment's size: a new segment begins, opened in the same group commit
+        await durable(j, ["a", "T", 1, b"x" * 300])
+        await durable(j, ["a", "T", 2, b"y"])
+        assert failed[0] == 1 and j.state == "ok", (j.state, j.error)
+        assert [r[2] for r in records(tmp_path) if r[0] == "a"] == [1, 2]
+    finally:
+        j.close()

@@ -245,11 +245,17 @@ class GroupWriter:
             if seg not in self._fds:
                 for old in [s for s in self._fds if s < seg]:  # closed segments are never written again (each record already synced)
                     os.close(self._fds.pop(old))
-                fd = self._fds[seg] = os.open(self.dir / segment_name(seg, self.gen), os.O_WRONLY | os.O_CREAT, 0o600)
-                if seg not in self._offset:
-                    self._offset[seg] = os.fstat(fd).st_size
-                    if self._offset[seg] == 0:  # new: allocated whole, so no group commit in it changes its size
-                        preallocate(fd, self._segment_room(seg))
+                fd = os.open(self.dir / segment_name(seg, self.gen), os.O_WRONLY | os.O_CREAT, 0o600)
+                try:
+                    if seg not in self._offset:
+                        size = os.fstat(fd).st_size
+                        if size == 0:  # new: allocated whole, so no group commit in it changes its size
+                            preallocate(fd, self._segment_room(seg))
+                        self._offset[seg] = size
+                except BaseException:
+                    os.close(fd)  # (kept only once its offset is known: the retry opens it again)
+                    raise
+                self._fds[seg] = fd
                 self._name_pending.add(seg)
             fd = self._fds[seg]
             off = ends.get(seg, self._offset[seg])
