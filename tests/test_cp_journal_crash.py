@@ -481,3 +481,85 @@ async def test_a_new_segment_whose_size_could_not_be_read_once_is_opened_again(t
         assert [r[2] for r in records(tmp_path) if r[0] == "a"] == [1, 2]
     finally:
         j.close()
+
+
+def _snapshot_being_written(d: Path) -> tuple[Path, bytes, bytes]:
+    """Generation 1 complete, and generation 2's takeover snapshot written as three group records:
+    (its segment, the bytes a read catches while the second group is half written and the third
+    is already there, the bytes once it is all written)."""
+    Generations(d).take()
+    _segment(d, 1, [["ck", 1, "host-a", 1, {"T1": 2}, {"first": 1}], ["a", "T1", 1, b"m"], ["a", "T1", 2, b"n"], ["se"]], gen=1)
+    Generations(d).take()
+    pack = packer()
+    ck = encode(["ck", 1, "host-a", 2, {"T1": 2, "T2": 1}, {"first": 2}])
+    g2 = group([pack(["a", "T1", 1, b"m"]), pack(["a", "T2", 1, b"o"])])
+    g3 = group([pack(["a", "T1", 2, b"n"]), pack(["se"])])
+    whole = ck + g2 + g3
+    half = len(g2) // 2
+    torn = ck + g2[:half] + bytes(len(g2) - half) + g3
+    return d / segment_name(2, 2), torn, whole
+
+
+def test_a_snapshot_read_while_another_cp_still_writes_it_is_read_again(tmp_path: Path, monkeypatch: Any) -> None:
+    """A newer CP's takeover snapshot, larger than a group record, is being written while this CP
+    reads the journal: the read catches a group half written with the next already there. Not
+    damage (the snapshot was not said durable): read again until whole, as for the last segment;
+    it stopped the start (exit 65, not restarted) though nothing was damaged."""
+    from hsb.cp.journal import recovery
+
+    monkeypatch.setattr(recovery, "RETRY_PAUSE_S", 0.0)
+    seg, torn, whole = _snapshot_being_written(tmp_path)
+    seg.write_bytes(torn)
+    real_read = recovery._read
+    reads = [0]
+
+    def read(path: Path) -> bytes:
+        if path == seg:
+            reads[0] += 1
+            if reads[0] == 2:  # its writer goes on between this CP's reads
+                seg.write_bytes(whole)
+        return real_read(path)
+
+    monkeypatch.setattr(recovery, "_read", read)
+    r = recover(tmp_path, truncate=False)
+    assert r.head_generation == 2 and sorted(r.held["T1"]) == [1, 2]
+    assert reads[0] >= 2
+
+
+def test_damage_that_stays_in_a_snapshot_not_yet_durable_still_stops_the_start(tmp_path: Path, monkeypatch: Any) -> None:
+    from hsb.cp.journal import recovery
+
+    monkeypatch.setattr(recovery, "RETRY_PAUSE_S", 0.0)
+    seg, torn, _whole = _snapshot_being_written(tmp_path)
+    seg.write_bytes(torn)
+    with pytest.raises(JournalDamaged) as exc:
+        recover(tmp_path, truncate=False)
+    assert not isinstance(exc.value, JournalUnsettled) and seg.name in str(exc.value)
+
+
+def test_files_vanishing_do_not_use_up_the_reads_again_of_a_segment_still_written(tmp_path: Path, monkeypatch: Any) -> None:
+    """Seven listings lose a file (a superseded CP deleting), then the eighth catches the last
+    segment half written (the same CP's last flush): read again, not stopped as damage; the
+    two kinds of retry used to share one count of eight."""
+    from hsb.cp.journal import recovery
+
+    monkeypatch.setattr(recovery, "RETRY_PAUSE_S", 0.0)
+    seg, torn, whole = _snapshot_being_written(tmp_path)
+    seg.write_bytes(whole)
+    real_read = recovery._read
+    reads = [0]
+
+    def read(path: Path) -> bytes:
+        if path == seg:
+            reads[0] += 1
+            if reads[0] < recovery.RETRIES:
+                raise recovery._Vanished(path.name)
+            if reads[0] == recovery.RETRIES:
+                seg.write_bytes(torn)
+            elif reads[0] == recovery.RETRIES + 1:
+                seg.write_bytes(whole)
+        return real_read(path)
+
+    monkeypatch.setattr(recovery, "_read", read)
+    r = recover(tmp_path, truncate=False)
+    assert r.head_generation == 2 and sorted(r.held["T1"]) == [1, 2]

@@ -42,10 +42,11 @@ A segment file that vanishes while the journal is read (a superseded CP, between
 generation check and its stop, deleting the segments it had settled) makes the whole read start
 again from a new listing: a segment read before another was deleted may hold a message whose
 settling record was in the one deleted, and restoring it alone would deliver it again. After
-RETRIES listings in a row that lost a file the start stops (`JournalUnsettled`).
+RETRIES listings that lost a file the start stops (`JournalUnsettled`).
 
-The last segment read as damaged in its middle is read again the same way, RETRIES times at
-most: the CP that wrote it may still be writing it (superseded on another machine, not yet
+The last segment read as damaged in its middle, or a snapshot not yet said durable (a newer
+generation's, being written), is read again the same way, RETRIES times at most (counted apart
+from the vanished files): the CP that wrote it may still be writing it (superseded on another machine, not yet
 aware: its flush of several group records, each synced before the next, can land between two
 parts of this read, so that a record not yet there is followed by one that is). Damage that is
 still there after that stops the start as before, naming the file and the offset.
@@ -112,19 +113,25 @@ def _read(path: Path) -> bytes:
 
 def _again(d: Path, read: Callable[[], T]) -> T:
     """`read()` (a listing of `d` and its reads), started again from scratch while a file it
-    listed vanishes before it is read, RETRIES times at most."""
+    listed vanishes before it is read, or the last segment (or a snapshot still being written)
+    reads as damaged, RETRIES times at most each."""
+    # each kind has its own count: damage stands only once seen RETRIES times, and files are
+    # said to keep vanishing only once they did RETRIES times, whatever came in between
+    vanished = moving = 0
     last = ""
-    for tries in range(1, RETRIES + 1):
+    while True:
         try:
             return read()
         except _Vanished as exc:
-            last = str(exc)
+            vanished, last = vanished + 1, str(exc)
+            if vanished >= RETRIES:
+                raise JournalUnsettled(d, RETRIES, last) from None
         except _Moving as exc:
-            if tries == RETRIES:
+            moving += 1
+            if moving >= RETRIES:
                 raise exc.damage from None
-        if tries < RETRIES:
-            time.sleep(RETRY_PAUSE_S * tries)  # a superseded CP's deletions or last writes are a moment's work: let them end
-    raise JournalUnsettled(d, RETRIES, last)
+        # a superseded CP's deletions or last writes are a moment's work: let them end
+        time.sleep(RETRY_PAUSE_S * min(vanished + moving, RETRIES))
 
 
 def segment_name(n: int, gen: int = 0) -> str:
@@ -159,7 +166,9 @@ def _complete(gen: int, segs: list[tuple[int, Path]], marked: bool = False) -> b
         if not recs or recs[0][0] != "ck":
             if marked:
                 raise JournalDamaged(
-                    str(path), end, f"generation {gen}'s snapshot was durable ({snap_name(gen)}), its checkpoint is not there ({why})"
+                    str(path),
+                    end,
+                    f"generation {gen}'s snapshot was durable ({snap_name(gen)}), its checkpoint is not there ({why or 'the file reads as zeros there'})",
                 )
             return False  # torn before its first record: a CP that died creating the generation
         extra = ck_extra(recs[0])
@@ -170,7 +179,15 @@ def _complete(gen: int, segs: list[tuple[int, Path]], marked: bool = False) -> b
             return True  # the snapshot's segment was settled and deleted: it was durable
         # the snapshot segment: complete once its end ("se") is there (the traffic after it is
         # read, and checked, by recover())
-        recs, end, why = scan(buf, str(path), until="se")
+        try:
+            recs, end, why = scan(buf, str(path), until="se")
+        except JournalDamaged as exc:
+            if marked:
+                raise
+            # not said durable: a CP may be writing it right now, one group record after another
+            # (a snapshot larger than a group), and this read caught one half written with the next
+            # already there: read again, and only damage still there stops the start
+            raise _Moving(exc) from None
         if any(isinstance(r, list) and r and r[0] == "se" for r in recs):
             return True
         if marked:
