@@ -595,3 +595,53 @@ async def test_a_stop_whose_handover_went_unanswered_hands_nothing_more_to_its_s
         await asyncio.wait_for(stop, 20)
         assert rec.events("stop_handover_unanswered") and rec.events("stop_handover_failed"), rec.entries
         assert ("T00002", 1) not in handled, handled
+
+
+async def test_nothing_reaches_the_service_after_the_stop_is_announced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A normal stop whose release the CP confirms late (after the stop's 2 s wait): the drain
+    finds nothing in progress and the stop says `stopping` while the CP still delivers. Those
+    messages went to the service after `stopping`; their replies were refused (not_active) and
+    the link closed before the CP confirmed the stop. They stay held at the CP, marked (one
+    arriving just after `stopping` is given here, as a late delivery would be)."""
+    from tests.support.hostclient import FakeTerminal
+    from tests.support.inproc import keep_sending
+
+    handled: list[tuple[float, int]] = []  # host-a's service
+
+    class Recording(EchoService):
+        async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
+            if self.host == "host-a":
+                handled.append((time.monotonic(), message_id))
+            return data
+
+    async with pair_in_hot_standby(tmp_path, Recording) as (cp, a, b, tasks):
+        core = cp.cp
+        assert core is not None
+        real_release = core.host_release
+        loop = asyncio.get_running_loop()
+        core.host_release = lambda host: loop.call_later(2.5, real_release, host)  # type: ignore[method-assign]
+        stopping_at: list[float] = []
+        real_send = a.cp.send
+
+        def send(msg: dict[str, Any]) -> bool:
+            if msg.get("t") == "stopping":
+                stopping_at.append(time.monotonic())
+                # a delivery the CP sent before it read `stopping`, arriving just after it
+                loop.call_soon(a.delivery.deliver, "T00002", 1, "late", False)
+            return real_send(msg)
+
+        a.cp.send = send  # type: ignore[method-assign]
+        t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")
+        sending = keep_sending(t, every=0.005)
+        try:
+            await until(lambda: len(handled) >= 20, "the load handled")
+            a.request_stop(takeover=False)
+            await asyncio.wait_for(a.graceful_stop(), 20)
+            assert stopping_at, "no stopping was sent"
+            late = [mid for at, mid in handled if at > stopping_at[0]]
+            assert late == [], f"handed to the service after stopping: {late}"
+            # a reply refused after `stopping` closed the link: the CP took the stop for a loss
+            assert cp.cp.active_stopped_normally == "host-a" and b.ha.role == "standby"
+        finally:
+            sending.cancel()
+            await t.close()

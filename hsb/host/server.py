@@ -520,11 +520,12 @@ class HostServer:
             await self._tell_cp({"t": "release", "epoch": ha.epoch}, self.cp_released, 2.0, "cp_did_not_confirm_release")
             done = await self.delivery.drain(5.0)
             log.info("replies_finished", complete=done)
-            if not done:
-                # what is still in progress (a service failing, retried) stays held at the CP for
-                # whoever serves next, marked: handed to the service after `stopping`, its reply
-                # would be refused and the link closed before the CP's confirmation of the stop
-                self.delivery.cancel()
+            # nothing more goes to the service from here: what is still in progress (a service
+            # failing, retried), or delivered since (a release the CP did not confirm in time, its
+            # deliveries still coming), stays held at the CP for whoever serves next, marked.
+            # Handed to the service after `stopping`, its reply would be refused and the link
+            # closed before the CP's confirmation of the stop
+            self.delivery.stop_taking()
             # A handover the stop gave up waiting for may still be granted (HA.on_demoted): this
             # host is the standby then, and tells nobody of a normal stop (the CP would not answer).
             if ha.role == "active":
