@@ -86,6 +86,10 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         self.role = role
         self.started_role = role
         self.role_announced = False  # the role-change hook has run for a role this process holds
+        # whether the hook's last run for the active role said it acts as the active (None: no run
+        # for the active role yet): a host that stops acting without a role change (its CP link
+        # lost, its lease run out, a normal stop) is announced too, and again when it acts again
+        self.acting_told: bool | None = None
         self.state = STARTING
         self.state_since = time.time()  # (shown in status: wall time)
         self.state_since_mono = time.monotonic()  # (timers: a step of the wall clock moves no timer)
@@ -209,7 +213,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
             # (fenced, the role is still "active" here: the command must hear it stops acting; the
             # role it started in is announced once it holds it, as keepalived's notify at its start)
             self.role_announced = True
-            self.srv.hook.fire(self.role, state, self.epoch, reason)
+            self._fire_hook(state, reason)
         self.srv.on_state_change()
 
     def _first_held(self, state: str) -> bool:
@@ -223,7 +227,29 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         standby that came first, say), as keepalived's notify does at its start."""
         if not self.role_announced and self.role == "active":
             self.role_announced = True
-            self.srv.hook.fire(self.role, self.state, self.epoch, "registered with the CP as the active")
+            self._fire_hook(self.state, "registered with the CP as the active")
+
+    def _fire_hook(self, state: str, reason: str) -> None:
+        self.acting_told = self.srv.is_serving_active() if self.role == "active" else None
+        self.srv.hook.fire(self.role, state, self.epoch, reason)
+
+    def hook_acting(self) -> None:
+        """The active stopped acting as the active, or acts again, with no role change (its CP
+        link lost or back, its lease run out or renewed, a normal stop): the role-change hook runs
+        with state `not_serving` (or `stopping`), then with its state once it acts again, so that
+        a command holding a virtual address for the active gives it up (a fence has its own run)."""
+        if self.role != "active" or self.acting_told is None or self.state == FENCED:
+            return
+        acting = self.srv.is_serving_active()
+        if acting == self.acting_told:
+            return
+        self.acting_told = acting
+        if acting:
+            self.srv.hook.fire(self.role, self.state, self.epoch, "acting as the active again")
+        else:
+            state = STOPPING if self.state == STOPPING else "not_serving"
+            why = "normal termination" if state == STOPPING else (self.last_error or "its lease from the CP ran out")
+            self.srv.hook.fire(self.role, state, self.epoch, why)
 
     async def run(self) -> None:
         watchdog = Watchdog()  # systemd's WatchdogSec: pinged from this loop, which runs every 0.2 s at least

@@ -50,6 +50,7 @@ class LeaseSide:
                 log.info("lease_renewed", epoch=self.epoch, lost_ms=round((now - self.lease.lapsed_at) * 1000, 1))
                 self.lease.lapsed_at = None
                 self.srv.on_state_change()
+            self.hook_acting()  # (registered again after its CP link was lost: acting again)
         self._arm_lease_timer()
 
     def _arm_lease_timer(self: HA) -> None:

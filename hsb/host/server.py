@@ -188,6 +188,7 @@ class HostServer:
 
     def on_state_change(self) -> None:
         ha = self.ha
+        ha.hook_acting()
         notify(STATUS=ha.describe())
         if not self.ready_sent and (
             (ha.role == "active" and ha.state in ("serving", "established")) or (ha.role == "standby" and ha.state == "established")
