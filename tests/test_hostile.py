@@ -848,8 +848,10 @@ def peer_sb(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
 
 def _peer_send(s: SB, host: str, frames: list[dict[str, Any]]) -> Conn:
     c = Conn(s.addr(f"{host}.peer"))
-    # in the same write as the answer: the real peer reconnects within ~50 ms and supersedes this connection
-    c.authenticate(s.secret, "peer", "fuzz", then=b"".join(encode(f) for f in frames))
+    # as the host's own peer (any other name is refused: wrong_peer), and in the same write as the
+    # answer: the real peer reconnects within ~50 ms and supersedes this connection
+    peer = "host-b" if host == "host-a" else "host-a"
+    c.authenticate(s.secret, "peer", peer, then=b"".join(encode(f) for f in frames))
     c.frames = c.frames[2:]  # challenge, auth_ok
     return c
 

@@ -7,6 +7,10 @@ host may start first. Heartbeats flow every `heartbeat_interval`; the peer is
 declared lost after `heartbeat_timeout` of silence on the receiving connection,
 or at once on EOF. A notice sent while the sending connection is down is lost,
 as in the patent [0056]: nothing is queued.
+
+Only the peer may take the receiving side: a host that authenticates under another name (a
+third host whose `host.peer` names this host's `peer_listen` by mistake) is refused with
+`wrong_peer` while this host knows who its peer is, so two senders never knock each other off.
 """
 
 from __future__ import annotations
@@ -94,6 +98,10 @@ class PeerInbound(AuthServerProtocol):
         self.owner.accepted.add(self)
         super().on_open()
 
+    def refusal(self, name: str) -> tuple[str, str] | None:
+        why = self.owner._stranger(name, self.peer.rsplit(":", 1)[0])  # (the address, not the port: one line per host)
+        return None if why is None else ("wrong_peer", why)
+
     def authenticated(self) -> None:
         self.owner._inbound_up(self)
 
@@ -141,7 +149,8 @@ class PeerLink:
         self.inbound: PeerInbound | None = None
         self.outbound: FrameStream | None = None
         self.last_rx: float | None = None
-        self.peer_name: str | None = None
+        self.peer_name: str | None = None  # the name the receiving connection authenticated with
+        self.peer_proved: str | None = None  # the name the host at `peer` proved on our sending connection
         self.peer_hello: dict[str, Any] | None = None
         self.up = False
         self.server: asyncio.base_events.Server | None = None
@@ -152,6 +161,9 @@ class PeerLink:
         self.wake_connect = asyncio.Event()
         self.closed = False
         self.accepted: set[PeerInbound] = set()  # inbound connections, authenticated or not yet
+        self.strangers = RefusalLog(
+            "peer_host_refused", "only that connection was closed; refused again at each attempt (logged once a minute)", listen=listen
+        )
 
     async def start(self, ssl: Any = None) -> None:
         """Listen (with TLS when `ssl` is a server context) and start connecting to the peer."""
@@ -202,6 +214,11 @@ class PeerLink:
         tls_refusals = RefusalLog(
             "peer_link_refused", "tried again every 5 s; check both hosts' certificates (their names, expiry, and CA in ca_file)", peer=self.peer_addr
         )
+        not_peer = RefusalLog(
+            "peer_link_refused",
+            "tried again every 5 s; check host.peer in this host's config: the peer_listen of this host's own peer",
+            peer=self.peer_addr,
+        )
         unresolved = RefusalLog(
             "peer_address_unresolved", "tried again; check host.peer in this host's config (a name the resolver knows, or an IP)", peer=self.peer_addr
         )
@@ -209,14 +226,16 @@ class PeerLink:
             try:
                 fs = await FrameStream.connect(h, p, timeout=2.0, max_frame=self.max_frame)
                 try:
-                    await fs.authenticate(self.secret, "peer", self.name, timeout=2.0)
+                    proved = await fs.authenticate(self.secret, "peer", self.name, timeout=2.0)
                 except BaseException:
                     await fs.aclose()
                     raise
             except (OSError, LinkClosed, ProtocolError, TimeoutError) as exc:
                 code = exc.error.get("code") if isinstance(exc, LinkClosed) and exc.error else None
-                refused = code in ("auth_failed", "version_mismatch", "tls_name_mismatch")
-                if code == "tls_name_mismatch":  # the peer's certificate names another host, or the peer says so of ours
+                refused = code in ("auth_failed", "version_mismatch", "tls_name_mismatch", "wrong_peer")
+                if code == "wrong_peer":  # that host has another peer: our host.peer names the wrong one
+                    not_peer.seen(str(exc.error.get("msg")))  # type: ignore[union-attr]
+                elif code == "tls_name_mismatch":  # the peer's certificate names another host, or the peer says so of ours
                     tls_refusals.seen(f"tls: {exc}")
                 elif refused:
                     refusals.seen(str(exc.error.get("msg")))  # type: ignore[union-attr]
@@ -239,6 +258,10 @@ class PeerLink:
             refusals.clear()
             tls_refusals.clear()
             unresolved.clear()
+            not_peer.clear()
+            if proved != self.peer_proved:
+                log.info("peer_host_known", peer=self.peer_addr, name=proved, was=self.peer_proved)
+                self.peer_proved = proved
             _user_timeout(fs, max(4 * self.timeout, 2.0))
             self.outbound = fs
             log.debug("peer_sending_link_up", peer=self.peer_addr)
@@ -269,6 +292,32 @@ class PeerLink:
         return {k: h[k] for k in ("role", "state", "instance", "ring_next") if k in h}
 
     # -- receiving side -----------------------------------------------------
+    def _stranger(self, name: str, remote: str) -> str | None:
+        """Why a receiving connection authenticated as `name` is not our peer's, or None.
+
+        The config names the peer by address only. Its name is the one the host at that address
+        proved on our sending connection; before that (or if it never answers), the name of the
+        receiving connection that is up. A connection under that name (the peer restarted, or a
+        second connection of it) replaces the current one, as does any name when none is known
+        and none is up."""
+        cur = self.inbound
+        if self.peer_proved is not None and name != self.peer_proved:
+            why = (
+                f"{name} (from {remote}) connected to {self.name}'s peer port, but {self.name}'s peer is {self.peer_proved}"
+                f" (at host.peer {self.peer_addr}): check host.peer in {name}'s config, it must be its own peer's peer_listen"
+            )
+        elif self.peer_proved is None and cur is not None and name != cur.name:
+            why = (
+                f"{name} (from {remote}) connected to {self.name}'s peer port while its peer link with {cur.name} is up:"
+                f" check host.peer in {name}'s config, it must be its own peer's peer_listen"
+            )
+        else:
+            if self.peer_name is not None and name != self.peer_name:
+                log.warning("peer_host_changed", was=self.peer_name, name=name, remote=remote)
+            return None
+        self.strangers.seen(why)
+        return why
+
     def _inbound_up(self, proto: PeerInbound) -> None:
         old = self.inbound
         self.inbound = proto

@@ -36,6 +36,11 @@ class AuthServerProtocol(FramedProtocol):
         self.name = "?"
         self.last_rx = time.monotonic()
 
+    def refusal(self, name: str) -> tuple[str, str] | None:
+        """(code, why) to refuse a link that authenticated as `name` in place of `auth_ok`, or
+        None to take it (the peer link: another host than the peer). The subclass logs it."""
+        return None
+
     def auth_ok_extra(self) -> dict[str, Any]:
         """More for the `auth_ok` frame (the CP's host link: its journal generation)."""
         return {}
@@ -88,6 +93,11 @@ class AuthServerProtocol(FramedProtocol):
                 "tls_name_mismatch",
                 f"the link claims to be {name[:64]!r} but its certificate is for {sorted(names)[:4] or 'nobody (none presented)'}",
             )
+            return
+        refused = self.refusal(name[:64])
+        if refused is not None:  # (one line, logged by the subclass; only this connection is closed)
+            PROTOCOL_ERRORS[(self.link, refused[0])] += 1
+            self.close_with_error(*refused)
             return
         self._nonce = b""  # used once
         self.authed = True
