@@ -14,7 +14,7 @@ import click
 from pydantic import BaseModel
 
 from hsb import logs
-from hsb.config import ConfigError, load
+from hsb.config import ConfigError, Partial, TLSLinks, load
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -69,11 +69,13 @@ def load_or_exit(
     check_only: bool,
     warnings: Callable[[M], list[str]] | None = None,
     checks: Callable[[M], list[str]] | None = None,
+    partial_checks: Callable[[Partial], list[str]] | None = None,
 ) -> M:
     """Load a config and run every check that needs no network: the schema (every error at
     once), the secret file, and the daemon's own `checks` (its service, say). The same code for
     `--check-config` and for the start, so the check passes only what the start accepts. Every
-    problem is one line; a bad config exits 78 (EX_CONFIG) either way."""
+    problem is one line; a bad config exits 78 (EX_CONFIG) either way. When the schema failed,
+    the checks of what is valid run all the same (the TLS files, `partial_checks`)."""
     errors: list[str] = []
     notes: list[str] = []  # warnings found here, shown by --check-config with the daemon's own
     cfg = None
@@ -82,6 +84,8 @@ def load_or_exit(
     except ConfigError as exc:
         errors += exc.lines()
         errors += _raw_secret_problem(path, exc.lines())  # (every error at once: the schema's need not come first)
+        if exc.partial is not None:
+            errors += _partial_problems(exc.partial, partial_checks)
     if cfg is not None:
         secret = _secret_path(cfg)
         if secret is not None:
@@ -112,6 +116,16 @@ def load_or_exit(
         click.echo(f"{path}: config OK")
         sys.exit(EXIT_OK)
     return cfg
+
+
+def _partial_problems(part: Partial, checks: Callable[[Partial], list[str]] | None) -> list[str]:
+    """The checks of a loaded config on what of it is valid, when another part failed its schema:
+    the TLS files (of a `[tls]` valid itself) and the daemon's own `checks`."""
+    from hsb.wire.tls import check_files
+
+    tls_cfg = part.section("tls")
+    errors = check_files(tls_cfg.files()) if isinstance(tls_cfg, TLSLinks) else []
+    return errors + (checks(part) if checks is not None else [])
 
 
 def _tls_name_warning(cfg: BaseModel, cert_file: str) -> list[str]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo, model_validator
 
@@ -23,12 +25,110 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=False)
 
 
-class ConfigError(Exception):
-    """A config file could not be used; `errors` lists every problem, one line each."""
+@dataclass(frozen=True)
+class Rule:
+    """A check across keys of one section: `check(values)` says its problems, one each. It runs
+    when every key of `needs` validated fine (a key not in `needs` may be missing from `values`)."""
 
-    def __init__(self, path: str, errors: list[str]) -> None:
+    needs: tuple[str, ...]
+    check: Callable[[Mapping[str, Any]], list[str]]
+
+
+def rule_problems(rules: tuple[Rule, ...], values: Mapping[str, Any]) -> list[str]:
+    return [p for r in rules if all(k in values for k in r.needs) for p in r.check(values)]
+
+
+class Ruled(Strict):
+    """A section with rules across its keys (`RULES`): checked once its keys are valid, all of them
+    at once (one line, joined); on the raw values of the valid keys when another key failed
+    (`Partial.rule_lines`), for then this check never runs."""
+
+    RULES: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _rules(self, info: ValidationInfo) -> Ruled:
+        if (info.context or {}).get("rules", True):
+            problems = rule_problems(self.RULES, {k: getattr(self, k) for k in type(self).model_fields})
+            if problems:
+                raise ValueError("; ".join(problems))
+        return self
+
+
+def section_model(model: type[BaseModel], name: str) -> type[BaseModel] | None:
+    """The model of `model`'s section `name` (`X` of a field `X | None`), or None."""
+    field = model.model_fields.get(name)
+    if field is None:
+        return None
+    for t in (field.annotation, *get_args(field.annotation)):
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return t
+    return None
+
+
+class Partial:
+    """A config that failed its schema: its raw data and which keys failed, so that the checks of
+    what validated fine still run (every error at once; a check whose keys failed is skipped)."""
+
+    def __init__(self, data: dict[str, Any], model: type[BaseModel], failed: list[tuple[Any, ...]], base: Path) -> None:
+        self.data = data
+        self.model = model
+        self.failed = failed  # the key path of each error
+        self.base = base
+
+    def failed_under(self, *loc: Any) -> bool:
+        """A key at or under `loc` failed (("host", "name"): that key; ("host",): the section or a key of it)."""
+        return any(f[: len(loc)] == loc for f in self.failed)
+
+    def key_failed_in(self, section: str) -> bool:
+        """A key of `section` failed (so its own checks across keys never ran)."""
+        return any(len(f) > 1 and f[0] == section for f in self.failed)
+
+    def values(self, section: str) -> dict[str, Any]:
+        """The keys of `section` that validated fine: their raw values (paths not resolved), or
+        their defaults when not given; {} for a section that is not a table."""
+        raw, model = self.data.get(section), section_model(self.model, section)
+        if not isinstance(raw, dict) or model is None:
+            return {}
+        out = {}
+        for name, field in model.model_fields.items():
+            if self.failed_under(section, name) or (name not in raw and field.is_required()):
+                continue
+            value = raw[name] if name in raw else field.get_default(call_default_factory=True)
+            out[name] = float(value) if field.annotation is float and type(value) is int else value
+        return out
+
+    def section(self, name: str) -> BaseModel | None:
+        """Section `name` validated on its own (paths resolved) but for its rules across keys, or
+        None: not given, not a table, a key of it failed."""
+        model = section_model(self.model, name)
+        if model is None or self.key_failed_in(name) or not isinstance(self.data.get(name), dict):
+            return None
+        try:
+            return model.model_validate(self.data[name], context={"base": self.base, "rules": False})
+        except ValidationError:
+            return None
+
+    def rule_lines(self) -> list[str]:
+        """Each section's rules over its valid keys, where another key of it failed: the line its
+        own check would have said."""
+        out = []
+        for name in self.model.model_fields:
+            model = section_model(self.model, name)
+            if model is not None and issubclass(model, Ruled) and self.key_failed_in(name):
+                problems = rule_problems(model.RULES, self.values(name))
+                if problems:
+                    out.append(f"{name}: " + "; ".join(problems))
+        return out
+
+
+class ConfigError(Exception):
+    """A config file could not be used; `errors` lists every problem, one line each; `partial`:
+    the config as read when it failed its schema (None: it could not be read)."""
+
+    def __init__(self, path: str, errors: list[str], partial: Partial | None = None) -> None:
         self.path = path
         self.errors = errors
+        self.partial = partial
         super().__init__(f"{path}: " + "; ".join(errors))
 
     def lines(self) -> list[str]:
@@ -45,10 +145,14 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return "".join(parts) or "(top level)"
 
 
+def _err_loc(err: Any) -> tuple[Any, ...]:
+    return tuple(p for p in err["loc"] if p not in ("function-after",))
+
+
 def format_validation(exc: ValidationError) -> list[str]:
     out = []
     for err in exc.errors(include_url=False):
-        loc = tuple(p for p in err["loc"] if p not in ("function-after",))
+        loc = _err_loc(err)
         kind = err["type"]
         if kind == "extra_forbidden":
             out.append(f"{_loc(loc)}: unknown key (typo?); remove it or check the config reference")
@@ -87,28 +191,37 @@ def load(path: str | Path, model: type[M], *, overrides: dict[str, Any] | None =
 
 
 def validate(data: dict[str, Any], model: type[M], source: str = "<config>", base: Path | None = None) -> M:
+    base = base or Path.cwd()
     try:
-        return model.model_validate(data, context={"base": base or Path.cwd()})
+        return model.model_validate(data, context={"base": base})
     except ValidationError as exc:
         errors = format_validation(exc)
-        # checks of the model as a whole do not run once a part of it failed: the model says
-        # what they find all the same (`checks_despite`: its problems, as one line, as its own
-        # check would have said them), so that every error comes at once
-        despite = getattr(model, "checks_despite", None)
+        part = Partial(data, model, [_err_loc(e) for e in exc.errors(include_url=False)], base)
+        # a check across keys does not run once one of them failed: each section's rules run on
+        # its valid keys, and the model's checks of itself as a whole on its valid parts
+        # (`checks_despite`: its problems, as one line, as its own check would have said them),
+        # so that every error comes at once. (Every error of the whole model: its check ran.)
+        despite: Any = getattr(model, "checks_despite", None) if any(part.failed) else None
+        if any(part.failed):
+            errors += [line for line in part.rule_lines() if line not in errors]
         if despite is not None:
             try:
-                problems = despite(data)
+                problems = despite(part)
                 line = "(top level): " + "; ".join(problems)
                 if problems and line not in errors:
                     errors.append(line)
             except Exception:  # noqa: BLE001, S110 - (a check on data that failed its schema: what it cannot read is reported already)
                 pass
-        raise ConfigError(source, errors) from None
+        raise ConfigError(source, errors, part) from None
 
 
 def resolve_path(value: str, info: Any) -> str:
     """Resolve a relative path in a config against the config file's folder."""
-    base = (info.context or {}).get("base") if info is not None else None
+    return resolve_under(value, (info.context or {}).get("base") if info is not None else None)
+
+
+def resolve_under(value: str, base: Path | str | None) -> str:
+    """A config's path `value` relative to `base` (the config file's folder) unless absolute."""
     p = Path(value)
     if not p.is_absolute() and base is not None:
         p = Path(base) / p
@@ -209,7 +322,7 @@ ConfigPath = Annotated[str, AfterValidator(_path)]  # relative to the config fil
 OptConfigPath = Annotated[str, AfterValidator(_opt_path)]  # the same, or "" for none
 
 
-class TLSLinks(Strict):
+class TLSLinks(Ruled):
     """`[tls]` of hsbd (docs/tls.md): mutual TLS on the host, peer and admin links with these files."""
 
     ca_file: ConfigPath
@@ -235,11 +348,16 @@ class TLSSection(TLSLinks):
     # onto the host and admin links too
     terminal_ca_file: OptConfigPath = ""
 
-    @model_validator(mode="after")
-    def _terminal_ca_needs_terminals(self) -> TLSSection:
-        if self.terminal_ca_file and not self.terminals:
-            raise ValueError("terminal_ca_file is set but terminals = false: set terminals = true, or remove terminal_ca_file")
-        return self
+    RULES = (
+        Rule(
+            ("terminal_ca_file", "terminals"),
+            lambda v: (
+                ["terminal_ca_file is set but terminals = false: set terminals = true, or remove terminal_ca_file"]
+                if v["terminal_ca_file"] and not v["terminals"]
+                else []
+            ),
+        ),
+    )
 
     def files(self) -> Any:
         from hsb.wire.tls import TLSFiles

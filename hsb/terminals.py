@@ -7,7 +7,7 @@ a 10,000-terminal setup stays readable.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -16,6 +16,9 @@ from pydantic import Field, field_validator
 from hsb.config import Strict
 
 NAME_MAX = 48  # bytes of UTF-8; bounds the takeover file's entry size
+
+# the places in the config of the `[[terminals]]` and `[[terminal_groups]]` entries given
+Positions = tuple[Sequence[int], Sequence[int]]
 
 
 def _check_name(v: str) -> str:
@@ -55,39 +58,56 @@ def sent_attrs_problem(name: str, attrs: dict[str, Any]) -> str | None:
 
 
 def table_problems(
-    terminals: list[TerminalDef], groups: list[TerminalGroup], attrs_check: Callable[[str, dict[str, Any]], str | None], need_one: bool = False
+    terminals: list[TerminalDef],
+    groups: list[TerminalGroup],
+    attrs_check: Callable[[str, dict[str, Any]], str | None],
+    need_one: bool = False,
+    at: Positions | None = None,
 ) -> tuple[dict[str, TerminalSpec], list[str]]:
     """The terminal table of a config and every problem with it: a name twice, none at all
-    (`need_one`), attrs `attrs_check(name, attrs)` refuses."""
+    (`need_one`), attrs `attrs_check(name, attrs)` refuses (`at`: as in `expand_all`)."""
     problems: list[str] = []
+    ti, gi = at or (range(len(terminals)), range(len(groups)))
     try:
-        defs = expand_all(terminals, groups)
+        defs = expand_all(terminals, groups, at)
     except ValueError as exc:
         defs = {}
         problems.append(str(exc))
     else:
         if need_one and not defs:
             problems.append("no terminals defined; add [[terminals]] or [[terminal_groups]]")
-    entries = [(f"terminals[{i}]", t.name, t.attrs) for i, t in enumerate(terminals)]
-    entries += [(f"terminal_groups[{i}]", g.last_name(), g.attrs) for i, g in enumerate(groups)]
+    entries = [(f"terminals[{i}]", t.name, t.attrs) for i, t in zip(ti, terminals, strict=True)]
+    entries += [(f"terminal_groups[{i}]", g.last_name(), g.attrs) for i, g in zip(gi, groups, strict=True)]
     problems += [f"{key}.attrs: {why}" for key, name, attrs in entries if (why := attrs_check(name, attrs))]
     return defs, problems
 
 
 def raw_table_problems(
     data: dict[str, Any], attrs_check: Callable[[str, dict[str, Any]], str | None], need_one: bool = False
-) -> tuple[dict[str, TerminalSpec], list[str]] | None:
+) -> tuple[dict[str, TerminalSpec] | None, list[str]]:
     """`table_problems` of a config's raw data, when the rest of it failed its checks (the model's
-    own check of the table then never ran); None if the lists themselves are malformed (their own
-    errors are reported)."""
-    from pydantic import TypeAdapter, ValidationError
+    own check of the table then never ran): of the entries that are valid (the others' errors
+    are reported), so a name twice among them is said too. The table is None when an entry was
+    left out (its size would be wrong); none at all is said only when none was given."""
+    from pydantic import ValidationError
 
-    try:
-        terms = TypeAdapter(list[TerminalDef]).validate_python(data.get("terminals", []))
-        groups = TypeAdapter(list[TerminalGroup]).validate_python(data.get("terminal_groups", []))
-    except ValidationError:
-        return None
-    return table_problems(terms, groups, attrs_check, need_one)
+    lists: list[Any] = []
+    at: list[list[int]] = []  # the valid entries' places in the config
+    whole = True
+    for key, model in (("terminals", TerminalDef), ("terminal_groups", TerminalGroup)):
+        entries = data.get(key, [])
+        valid, places = [], []
+        for i, entry in enumerate(entries if isinstance(entries, list) else []):
+            try:
+                valid.append(model.model_validate(entry))
+            except ValidationError:
+                continue
+            places.append(i)
+        whole = whole and isinstance(entries, list) and len(valid) == len(entries)
+        lists.append(valid)
+        at.append(places)
+    defs, problems = table_problems(lists[0], lists[1], attrs_check, need_one and whole, (at[0], at[1]))
+    return (defs if whole else None), problems
 
 
 class TerminalDef(Strict):
@@ -140,19 +160,21 @@ class TerminalGroup(Strict):
 MAX_TERMINALS = 1_000_000  # in one table, all groups together (each group's count has the same bound)
 
 
-def expand_all(terms: list[TerminalDef], groups: list[TerminalGroup]) -> dict[str, TerminalSpec]:
+def expand_all(terms: list[TerminalDef], groups: list[TerminalGroup], at: Positions | None = None) -> dict[str, TerminalSpec]:
     """All definitions by name. A ValueError names every problem (its entry, one each): a name
-    defined twice, a group's names refused, more than MAX_TERMINALS in all."""
+    defined twice, a group's names refused, more than MAX_TERMINALS in all. `at`: the entries'
+    places in the config, as its errors name them (default: 0, 1, ...; other entries left out)."""
+    ti, gi = at or (range(len(terms)), range(len(groups)))
     total = len(terms) + sum(g.count for g in groups)
     if total > MAX_TERMINALS:  # (before expanding: a mistyped count must not take the memory)
         raise ValueError(f"{total:,} terminals in all: at most {MAX_TERMINALS:,} (check the groups' counts)")
     out: dict[str, TerminalSpec] = {}
     problems: list[str] = []
-    for i, t in enumerate(terms):  # each name validated with its entry
+    for i, t in zip(ti, terms, strict=True):  # each name validated with its entry
         if t.name in out:
             problems.append(f"terminals[{i}]: terminal {t.name!r} is defined twice")
         out[t.name] = t
-    for i, g in enumerate(groups):
+    for i, g in zip(gi, groups, strict=True):
         try:
             members = g.expand()
         except ValueError as exc:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from hsb.config import Addr, ConfigPath, OptAddr, OptConfigPath, Strict, TLSSection, address_ip, listen_clashes, parse_addr
+from hsb.config import Addr, ConfigPath, OptAddr, OptConfigPath, Partial, Rule, Ruled, Strict, TLSSection, address_ip, listen_clashes, parse_addr
 from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, raw_table_problems, sent_attrs_problem, table_problems
 from hsb.wire.framing import DEFAULT_MAX_FRAME, LOGIN_MAX
 
@@ -17,7 +17,36 @@ from hsb.wire.framing import DEFAULT_MAX_FRAME, LOGIN_MAX
 LEASE_MARGIN = 0.1
 
 
-class CPSection(Strict):
+def _on_wake_journal(takeover: str, durability: str) -> list[str]:
+    if takeover == "on_wake" and durability == "none":
+        return ['takeover = "on_wake" needs the journal (durability = "fsync"): the CP taking over reads it']
+    return []
+
+
+def _on_wake_address(takeover: str, terminal_listen: str) -> list[str]:
+    if takeover == "on_wake" and ((ip := address_ip(terminal_listen)) is None or ip.is_unspecified):
+        host = parse_addr(terminal_listen)[0]
+        return [
+            f'takeover = "on_wake" needs terminal_listen on the virtual address keepalived moves, not {host!r}:'
+            " a wildcard or a name is held on every machine, so the CP could take over where the address is not"
+        ]
+    return []
+
+
+def _lease_rule(host_timeout: float, host_lease: float) -> list[str]:
+    if CPSection.lease_allows(host_timeout, host_lease):
+        return []
+    return [
+        f"host_lease ({host_lease:g} s) + margin ({LEASE_MARGIN:g} s) must be less than host_timeout"
+        f" ({host_timeout:g} s): the old active's lease must surely run out before the CP gives its"
+        f" role to another host; lower cp.host_lease below {max(host_timeout - LEASE_MARGIN, 0):g}"
+        " or raise cp.host_timeout"
+    ]
+
+
+class CPSection(Ruled):
+    """`[cp]`; its rules across keys (RULES) checked at once, each one line."""
+
     name: str = Field(default="cp", min_length=1, max_length=64)  # (as a host's: its certificate names it)
     terminal_listen: Addr = "127.0.0.1:7000"
     host_listen: Addr = "127.0.0.1:7001"
@@ -81,36 +110,13 @@ class CPSection(Strict):
             raise ValueError(f"{v!r} has a space: a CP's name is one word (hosts and certificates name it)")
         return v
 
-    @model_validator(mode="after")
-    def _rules(self) -> CPSection:
-        """Every rule across this section's keys at once (one line each, joined)."""
-        problems = []
-        if self.takeover == "on_wake" and self.durability == "none":
-            problems.append('takeover = "on_wake" needs the journal (durability = "fsync"): the CP taking over reads it')
-        if self.takeover == "on_wake" and ((ip := address_ip(self.terminal_listen)) is None or ip.is_unspecified):
-            host = parse_addr(self.terminal_listen)[0]
-            problems.append(
-                f'takeover = "on_wake" needs terminal_listen on the virtual address keepalived moves, not {host!r}:'
-                " a wildcard or a name is held on every machine, so the CP could take over where the address is not"
-            )
-        problems += listen_clashes(
-            {
-                "terminal_listen": self.terminal_listen,
-                "host_listen": self.host_listen,
-                "admin_listen": self.admin_listen,
-                "http_listen": self.http_listen,
-            }
-        )
-        if not self.lease_allows(self.host_timeout, self.host_lease):
-            problems.append(
-                f"host_lease ({self.host_lease:g} s) + margin ({LEASE_MARGIN:g} s) must be less than host_timeout"
-                f" ({self.host_timeout:g} s): the old active's lease must surely run out before the CP gives its"
-                f" role to another host; lower cp.host_lease below {max(self.host_timeout - LEASE_MARGIN, 0):g}"
-                " or raise cp.host_timeout"
-            )
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+    RULES = (
+        Rule(("takeover", "durability"), lambda v: _on_wake_journal(v["takeover"], v["durability"])),
+        Rule(("takeover", "terminal_listen"), lambda v: _on_wake_address(v["takeover"], v["terminal_listen"])),
+        # (the listeners that are valid: one given wrong is said, not counted free)
+        Rule((), lambda v: listen_clashes({k: v.get(k, "") for k in ("terminal_listen", "host_listen", "admin_listen", "http_listen")})),
+        Rule(("host_timeout", "host_lease"), lambda v: _lease_rule(v["host_timeout"], v["host_lease"])),
+    )
 
     @staticmethod
     def lease_allows(host_timeout: float, host_lease: float) -> bool:
@@ -146,11 +152,10 @@ class CPConfig(Strict):
         return self
 
     @classmethod
-    def checks_despite(cls, data: dict[str, Any]) -> list[str]:
+    def checks_despite(cls, part: Partial) -> list[str]:
         """The terminal table's problems when another part of the config failed (its check above
         then never runs): every error at once (hsb.config.validate)."""
-        table = raw_table_problems(data, sent_attrs_problem, need_one=True)
-        return [] if table is None else table[1]
+        return raw_table_problems(part.data, sent_attrs_problem, need_one=True)[1]
 
     @property
     def terminal_table(self) -> dict[str, TerminalSpec]:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import shlex
 import shutil
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from hsb.config import Addr, ConfigPath, ConnectAddr, OptAddr, Strict, TLSLinks, listen_clashes, resolve_path, same_addr
+from hsb.config import Addr, ConfigPath, ConnectAddr, OptAddr, Partial, Rule, Ruled, Strict, TLSLinks, listen_clashes, resolve_under, same_addr
 from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, attrs_problem, raw_table_problems, table_problems
 from hsb.wire.framing import DEFAULT_MAX_FRAME, LOGIN_MAX
 
 
-class HostSection(Strict):
+class HostSection(Ruled):
+    """`[host]`; its rules across keys (RULES) checked at once, each one line."""
+
     name: str = Field(min_length=1, max_length=64)
     peer: ConnectAddr
     peer_listen: Addr
@@ -47,21 +50,24 @@ class HostSection(Strict):
             raise ValueError(f"{argv[0]!r} is not an executable program: give its full path, executable by hsbd's user")
         return v
 
-    @model_validator(mode="after")
-    def _rules(self) -> HostSection:
-        """Every rule across this section's keys at once (one line each, joined)."""
-        problems = []
-        if self.heartbeat_timeout <= 2 * self.heartbeat_interval:
-            problems.append(
-                f"heartbeat_timeout ({self.heartbeat_timeout}s) must be greater than two heartbeat intervals "
-                f"({2 * self.heartbeat_interval}s), or one late heartbeat looks like a dead peer"
-            )
-        if same_addr(self.peer, self.peer_listen):
-            problems.append("host.peer must be the other host's peer_listen, not this host's own")
-        problems += listen_clashes({"peer_listen": self.peer_listen, "admin_listen": self.admin_listen, "http_listen": self.http_listen})
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+    RULES = (
+        Rule(("heartbeat_timeout", "heartbeat_interval"), lambda v: _heartbeat_rule(v["heartbeat_timeout"], v["heartbeat_interval"])),
+        Rule(
+            ("peer", "peer_listen"),
+            lambda v: ["host.peer must be the other host's peer_listen, not this host's own"] if same_addr(v["peer"], v["peer_listen"]) else [],
+        ),
+        # (the listeners that are valid: one given wrong is said, not counted free)
+        Rule((), lambda v: listen_clashes({k: v.get(k, "") for k in ("peer_listen", "admin_listen", "http_listen")})),
+    )
+
+
+def _heartbeat_rule(timeout: float, interval: float) -> list[str]:
+    if timeout <= 2 * interval:
+        return [
+            f"heartbeat_timeout ({timeout}s) must be greater than two heartbeat intervals "
+            f"({2 * interval}s), or one late heartbeat looks like a dead peer"
+        ]
+    return []
 
 
 class TakeoverSection(Strict):
@@ -76,6 +82,19 @@ class TakeoverSection(Strict):
         if v % 512:
             raise ValueError("record_size must be a multiple of 512 (whole, aligned records)")
         return v
+
+
+def service_paths(service: str, options: dict[str, Any], base: Path | None) -> dict[str, Any]:
+    """`options` of `service` with its file options (the journal service's `journal`, the
+    ledger's `sqlite`) relative to `base`, the config file's folder, as every path in the config is."""
+    from hsb.service.api import path_options
+
+    out = dict(options)
+    for key, default in path_options(service).items():
+        value = out.get(key, default)
+        if isinstance(value, str) and value:
+            out[key] = resolve_under(value, base)
+    return out
 
 
 def _size_problem(records: int, terminals: int, record_size: int, path: str) -> list[str]:
@@ -103,17 +122,10 @@ class HostConfig(Strict):
     def _service_paths(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         """The built-in services' file options (the journal service's `journal`, the ledger's
         `sqlite`) are relative to the config file's folder, as every path in the config is."""
-        from hsb.service.api import path_options
-
         host = info.data.get("host")
         if host is None:  # (its own errors are reported)
             return v
-        out = dict(v)
-        for key, default in path_options(host.service).items():
-            value = out.get(key, default)
-            if isinstance(value, str) and value:
-                out[key] = resolve_path(value, info)
-        return out
+        return service_paths(host.service, v, (info.context or {}).get("base"))
 
     @model_validator(mode="after")
     def _terms(self) -> HostConfig:
@@ -128,16 +140,14 @@ class HostConfig(Strict):
         return self
 
     @classmethod
-    def checks_despite(cls, data: dict[str, Any]) -> list[str]:
+    def checks_despite(cls, part: Partial) -> list[str]:
         """The terminal table's problems and the takeover file's size check when another part of
-        the config failed (its check above then never runs): every error at once."""
-        table = raw_table_problems(data, attrs_problem)
-        if table is None:
-            return []
-        defs, problems = table
-        t = data.get("takeover")
-        if not problems and isinstance(t, dict) and isinstance(t.get("records"), int) and isinstance(t.get("record_size", 4096), int):
-            problems += _size_problem(t["records"], len(defs), t.get("record_size", 4096), str(t.get("path", "")))
+        the config failed (its check above then never runs), on what of them is valid: every
+        error at once."""
+        defs, problems = raw_table_problems(part.data, attrs_problem)
+        t = part.values("takeover")
+        if defs is not None and not problems and all(k in t for k in ("records", "record_size", "path")):
+            problems += _size_problem(t["records"], len(defs), t["record_size"], resolve_under(t["path"], part.base))
         return problems
 
     @property

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import errno
 import sys
+from typing import Any
 
 import click
 
 from hsb import __version__, logs
 from hsb.cli import EXIT_CONFIG, die, exit_watchdog, load_or_exit, log_level_option
-from hsb.host.config import HostConfig
+from hsb.config import Partial, resolve_under
+from hsb.host.config import HostConfig, service_paths
 from hsb.wire.auth import load_secret
 
 
@@ -26,21 +28,38 @@ def start_error(exc: OSError) -> str:
 
 def check_service(cfg: HostConfig) -> list[str]:
     """The service is importable and constructible with [service_options] (then closed again)."""
+    return service_problems(cfg.host.service, cfg.host.name, dict(cfg.service_options))
+
+
+def service_problems(spec: str, name: str, options: dict[str, Any]) -> list[str]:
     import asyncio
 
     from hsb.service.api import ServiceError, load_service
 
     try:
-        service = load_service(cfg.host.service, cfg.host.name, dict(cfg.service_options))
+        service = load_service(spec, name, options)
     except ServiceError as exc:
         return [f"host.service: {exc}"]
     except Exception as exc:  # the factory itself failed: a config problem as far as the operator can tell
-        return [f"host.service: {cfg.host.service!r} could not be built with [service_options]: {type(exc).__name__}: {exc}"]
+        return [f"host.service: {spec!r} could not be built with [service_options]: {type(exc).__name__}: {exc}"]
     try:
         asyncio.run(service.close())
     except Exception:  # closing a service just built for the check is best effort
         pass
     return []
+
+
+def partial_checks(part: Partial, check_config: bool) -> list[str]:
+    """`check_service` and `takeover_writable` when another part of the config failed its
+    schema: on the raw values of host.service, host.name, [service_options] and takeover.path,
+    each check when its values are valid (every error at once)."""
+    host, options, out = part.values("host"), part.data.get("service_options", {}), []
+    if "service" in host and "name" in host and isinstance(options, dict) and not part.failed_under("service_options"):
+        out += service_problems(host["service"], host["name"], service_paths(host["service"], options, part.base))
+    takeover = part.values("takeover")
+    if check_config and "path" in takeover:
+        out += _writable_problem(resolve_under(takeover["path"], part.base))
+    return out
 
 
 def takeover_missing(cfg: HostConfig) -> list[str]:
@@ -62,13 +81,17 @@ def takeover_writable(cfg: HostConfig) -> list[str]:
     """--check-config: the takeover file, if it is there, is a regular file this host can write. (The
     start asks the same in its size check, under storage_timeout: this one has no deadline, and
     a hung mount must not hang a start before it.)"""
+    return _writable_problem(cfg.takeover.path)
+
+
+def _writable_problem(path: str) -> list[str]:
     from hsb.takeover.errors import NotRegularFile, NotWritable, TakeoverError
     from hsb.takeover.fileio import stat_regular
     from hsb.takeover.store import writable
 
     try:
-        stat_regular(cfg.takeover.path)  # (missing: a warning, takeover_missing; the start waits on neither)
-        writable(cfg.takeover.path)
+        stat_regular(path)  # (missing: a warning, takeover_missing; the start waits on neither)
+        writable(path)
     except (NotWritable, NotRegularFile) as exc:
         return [f"takeover.path: {exc}"]
     except TakeoverError:
@@ -96,6 +119,7 @@ def main(role: str | None, config_path: str, check_config: bool, log_level: str)
         check_config,
         warnings=takeover_missing,
         checks=lambda c: check_service(c) + (takeover_writable(c) if check_config else []),
+        partial_checks=lambda part: partial_checks(part, check_config),
     )
     if role is None:
         raise click.UsageError("--role active|standby is required")
