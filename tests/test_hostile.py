@@ -585,7 +585,9 @@ def test_replayed_authentication_is_refused(sb: SB, witness: Witness) -> None:
         a = Conn(address)
         b = Conn(address)
         try:
-            recorded = a.authenticate(sb.secret, link, "host-a" if link != "admin" else "hsbctl")
+            # (a peer port takes only its host's peer: wrong_peer for any other name)
+            name = "hsbctl" if link == "admin" else ("host-a" if link != "peer" or target.startswith("host-b") else "host-b")
+            recorded = a.authenticate(sb.secret, link, name)
             chb = b.challenge()
             assert chb["nonce"] != a.nonce, f"{target}: two connections got the same nonce"
             b.send_raw(recorded)  # the exact bytes that authenticated connection a
