@@ -145,7 +145,8 @@ def _human(r: dict[str, Any], limit: int) -> str:
         f"  layout       {r['records']} records x {r['record_size']} bytes "
         f"({_human_bytes(r['records'] * r['record_size'])}); {r['entries_per_record']} entries of <= {r['entry_size']} bytes per record",
         f"  header       generation {r['generation']}, written {r['written_at'] or 'never'}"
-        + (f" by {r['writer_host']}" if r["writer_host"] else ""),
+        + (f" by {r['writer_host']}" if r["writer_host"] else "")
+        + (f" (pair tag {r['pair_tag']})" if r.get("pair_tag") else ""),
         f"  startup id   {r['startup_id']} = {r['startup_id_text']}",
     ]
     if r["batch_records"]:

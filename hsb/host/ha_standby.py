@@ -101,7 +101,8 @@ class HotStandbySide:
         entries = await self.srv.sessions.link_entries()
         t0 = time.monotonic()
         try:
-            gen = await tio.batch_write(self.partner_startup_id, entries, clear)
+            # (the standby's name: a header by neither host of this pair is another pair's, not written over)
+            gen = await tio.batch_write(self.partner_startup_id, entries, clear, peer=self.srv.peer.peer_name)
         except Exception as exc:
             msg = f"batch write failed: {exc}"
             log.error("batch_write_failed", error=str(exc))
@@ -201,7 +202,9 @@ class HotStandbySide:
         tio = self.srv.takeover
         t0 = time.monotonic()
         try:
-            gen, b, entries = await tio.batch_read(self.own_startup_id)
+            # (a header another pair's host wrote is ForeignWriter, a failed batch read naming it: its
+            # startup id is that pair's standby's, and "different files" would be the wrong diagnosis)
+            gen, b, entries = await tio.batch_read(self.own_startup_id, peer=self.srv.peer.peer_name)
         except StartupIdMismatch as exc:
             found = getattr(exc, "found", None)
             self.srv.peer.send({"t": "file_mismatch", "startup_id": self.own_startup_id, "found": found, "path": self.srv.cfg.takeover.path})
@@ -288,6 +291,8 @@ class HotStandbySide:
             log.warning("ring_resync_needed", status=status, detail=detail)
             if status == "corrupt":
                 self.last_error = f"takeover ring {detail}: corrupt"
+            if tio.foreign_writer is not None:  # another pair's host wrote the new batch (logged by the reader)
+                self.last_error = tio.foreign_writer
             bad = tio.bad_record if status == "corrupt" else None  # the active's batch write clears it
             tio.stop_following()
             self.torn_polls = 0

@@ -38,6 +38,7 @@ from hsb.ops.metrics import render as render_metrics
 from hsb.ops.notify import notify, watchdog_too_short
 from hsb.service import once
 from hsb.service.api import Service
+from hsb.takeover.pair import pair_tag
 from hsb.wire.framing import payload_max
 from hsb.wire.tls import TLS, reload_tls, set_default_client
 
@@ -70,7 +71,7 @@ class HostServer:
         self.secret = secret
         self.service = service
         self.sessions = SessionTable(cfg.terminal_table)
-        self.takeover = TakeoverIO(cfg.takeover, self.sessions.own_total, cfg.host.name)
+        self.takeover = TakeoverIO(cfg.takeover, self.sessions.own_total, cfg.host.name, pair_tag(secret))
         self.ha = HA(self, role)
         self.sessions_ctl = SessionsCtl(self)
         h = cfg.host

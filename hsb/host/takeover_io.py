@@ -39,7 +39,9 @@ def latest_per_terminal(entries: list[SessionEntry]) -> list[SessionEntry]:
 
 
 class TakeoverIO:
-    def __init__(self, cfg: TakeoverSection, own_total: int, host_name: str) -> None:
+    def __init__(self, cfg: TakeoverSection, own_total: int, host_name: str, pair_tag: int | None = None) -> None:
+        """`pair_tag`: the pair's (hsb.takeover.pair, from its secret): another pair's header is
+        then neither written over nor read (ForeignWriter). None: no such check (tests)."""
         self.cfg = cfg
         self.own_total = own_total
         self.own_batch_records = batch_records_for(own_total, cfg.record_size)
@@ -52,6 +54,7 @@ class TakeoverIO:
             host_name=host_name,
             timeout=cfg.storage_timeout,
             faults=faults.storage_faults(),  # None unless fault injection is on
+            pair_tag=pair_tag,
         )
         self.mode = OFF
         self.ring_generation = 0  # the batch write the ring writer follows
@@ -65,14 +68,15 @@ class TakeoverIO:
         self.ring_written = 0
         self.ring_read = 0
         self.bad_record: int | None = None  # the ring record the last poll found torn or corrupt
+        self.foreign_writer: str | None = None  # the last poll's new generation was another pair's (its message)
 
     async def size_check(self) -> None:
         """S201/S221: raises TakeoverFileError (too small, wrong file) before serving."""
         await self.store.check()
 
     # ------------------------------------------------------------------ active
-    async def batch_write(self, partner_startup_id: int, entries: list[SessionEntry], clear: int | None = None) -> int:
-        hdr = await self.store.batch_write(partner_startup_id, entries, clear)
+    async def batch_write(self, partner_startup_id: int, entries: list[SessionEntry], clear: int | None = None, peer: str | None = None) -> int:
+        hdr = await self.store.batch_write(partner_startup_id, entries, clear, peer)
         self.last_error = None
         return int(hdr.generation)
 
@@ -185,9 +189,9 @@ class TakeoverIO:
         self.mode = OFF
 
     # ------------------------------------------------------------------ standby
-    async def batch_read(self, expected: int | None) -> tuple[int, int, list[SessionEntry]]:
+    async def batch_read(self, expected: int | None, peer: str | None = None) -> tuple[int, int, list[SessionEntry]]:
         try:
-            snap = await self.store.batch_read(expected)
+            snap = await self.store.batch_read(expected, peer)
         except StartupIdMismatch as exc:
             try:
                 exc.found = (await self.store.read_header()).startup_id
@@ -218,6 +222,7 @@ class TakeoverIO:
         self.ring_read += len(res.entries)
         self.last_error = None if status not in ("torn", "corrupt") else f"record {res.record}: {res.reason}"
         self.bad_record = res.record if status in ("torn", "corrupt") and res.record else None
+        self.foreign_writer = res.reason if res.foreign else None
         detail = f"record {res.record}: {res.reason}" if res.record is not None else res.reason
         return status, list(res.entries), detail
 

@@ -60,6 +60,15 @@ class StartupIdMismatch(TakeoverFileError):
         self.found = found
 
 
+class ForeignWriter(TakeoverFileError):
+    """The file's last batch was written by a host of another pair (hsb.takeover.pair): the
+    active does not write it, the standby does not read it."""
+
+    def __init__(self, message: str, *, writer: str = "") -> None:
+        super().__init__(message)
+        self.writer = writer
+
+
 class TakeoverFileTooSmall(TakeoverFileError):
     """Size check (331/531): N < 3·B + 1."""
 

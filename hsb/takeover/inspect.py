@@ -96,6 +96,7 @@ def inspect_file(path: str) -> dict[str, Any]:
         "batch_entries": h.batch_entries,
         "generation": h.generation,
         "writer_host": h.writer_host,
+        "pair_tag": f"{h.pair_tag:08x}" if h.pair_tag else None,  # (hsb.takeover.pair: which pair wrote it)
         "written_at": _iso(h),
         "ring": {
             "first_record": b + 1,

@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 import structlog
 
 from hsb import gcpolicy
-from hsb.takeover.errors import BatchReadError, StartupIdMismatch
+from hsb.takeover.errors import BatchReadError, ForeignWriter, StartupIdMismatch
 from hsb.takeover.faults import Faults
 from hsb.takeover.fileio import AlignedBuffer, FreshReader, check_file
 from hsb.takeover.layout import KIND_BATCH, KIND_HEADER, KIND_RING, Layout
+from hsb.takeover.pair import Pair
 from hsb.takeover.records import (
     BadRecord,
     Header,
@@ -71,11 +72,18 @@ def batch_read(
     record_size: int | None = None,
     expected_startup_id: int | None = None,
     faults: Faults | None = None,
+    pair: Pair | None = None,
+    peer: str | None = None,
 ) -> BatchSnapshot:
-    """Batch read (S225): header, then records 1..B with B from the header."""
+    """Batch read (S225): header, then records 1..B with B from the header.
+
+    `pair`, `peer`: this host's pair and the active's name: a header another pair's host wrote
+    raises ForeignWriter naming it (before the startup id is compared: it is that pair's)."""
     path = os.fspath(path)
     t0 = time.perf_counter()
     h = check_file(path, record_size)
+    if pair is not None:
+        pair.check(path, h, peer, role="standby")
     if expected_startup_id is not None and h.startup_id != expected_startup_id:
         raise StartupIdMismatch(
             f"takeover file {path} holds startup id {h.startup_id}, not {expected_startup_id} sent by this standby: "
@@ -150,6 +158,7 @@ class PollResult:
     record: int | None = None  # the record that stopped the poll (TORN, CORRUPT, LAPPED...)
     reason: str = ""
     generation: int = 0  # the generation this poll saw, when it differs from the cursor's
+    foreign: bool = False  # NEW_GENERATION: its header was written by another pair's host (reason names it)
 
     @property
     def needs_resync(self) -> bool:
@@ -169,8 +178,14 @@ class RingReader:
         max_records: int = 256,
         check_header: bool = True,
         faults: Faults | None = None,
+        pair: Pair | None = None,
+        peer: str | None = None,
     ) -> None:
+        """`pair`, `peer`: as for `batch_read`; a new generation in record 0 written by another
+        pair's host is reported with `foreign` set and the reason naming it."""
         self.path = os.fspath(path)
+        self.pair = pair
+        self.peer = peer
         self.layout = header.layout
         self.generation = header.generation
         self.e = header.entries_per_record
@@ -245,12 +260,20 @@ class RingReader:
         if rec is None or rec.kind != KIND_HEADER:
             return PollResult(PollStatus.CORRUPT, record=0, reason="record 0 is no longer a header")
         if rec.generation != self.generation:
-            return PollResult(
+            res = PollResult(
                 PollStatus.NEW_GENERATION,
                 record=0,
                 generation=rec.generation,
                 reason=f"header generation {rec.generation}, cursor generation {self.generation}",
             )
+            if self.pair is not None:
+                try:
+                    self.pair.check(self.path, decode_header(rec), self.peer, role="standby")
+                except ValueError:
+                    pass  # (a new generation all the same: the batch read that follows names the damage)
+                except ForeignWriter as exc:
+                    res.foreign, res.reason = True, str(exc)
+            return res
         try:
             decode_header(rec)
         except ValueError as exc:

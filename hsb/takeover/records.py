@@ -41,7 +41,7 @@ from hsb.terminals import NAME_MAX
 
 HOST_MAX = 64
 # Payload of record 0: record size, records, entry size, E, B, startup id,
-# batch entries, reserved, written at (ms since the Unix epoch), host name.
+# batch entries, pair tag (hsb.takeover.pair; 0: none), written at (ms since the Unix epoch), host name.
 HEADER_PAYLOAD = struct.Struct("<IIHHIQIIQB64s")
 
 
@@ -184,6 +184,7 @@ class Header:
     entry_size: int = ENTRY_SIZE
     written_at_ms: int = 0
     writer_host: str = ""
+    pair_tag: int = 0  # the writing pair's tag (hsb.takeover.pair); 0: none (a tool, or an earlier version)
 
     @property
     def layout(self) -> Layout:
@@ -204,7 +205,7 @@ def encode_header(h: Header) -> bytearray:
         h.batch_records,
         h.startup_id,
         h.batch_entries,
-        0,
+        h.pair_tag,
         h.written_at_ms or int(time.time() * 1000),
         len(host),
         host,
@@ -218,8 +219,8 @@ def decode_header(rec: Record) -> Header:
         raise ValueError(f"record 0 is a {kind_name(rec.kind)} record, not the header")
     if len(rec.payload) < HEADER_PAYLOAD.size:
         raise ValueError(f"header payload is {len(rec.payload)} bytes, expected {HEADER_PAYLOAD.size}")
-    rs, n, es, e, b, sid, be, _res, when, hlen, host = HEADER_PAYLOAD.unpack_from(rec.payload)
-    h = Header(rs, n, b, rec.generation, sid, be, es, when, bytes(host[: min(hlen, HOST_MAX)]).decode(errors="replace"))
+    rs, n, es, e, b, sid, be, tag, when, hlen, host = HEADER_PAYLOAD.unpack_from(rec.payload)
+    h = Header(rs, n, b, rec.generation, sid, be, es, when, bytes(host[: min(hlen, HOST_MAX)]).decode(errors="replace"), tag)
     if es == 0 or e != h.entries_per_record or e == 0:
         raise ValueError(f"header says {e} entries of {es} bytes per {rs}-byte record, which is inconsistent")
     if n < 2 or b > n - 2:  # the ring needs at least one slot

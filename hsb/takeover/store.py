@@ -36,6 +36,7 @@ from hsb.takeover.errors import HeaderCorrupt, NoBatchWritten, NotWritable, Stor
 from hsb.takeover.faults import Faults
 from hsb.takeover.fileio import check_file
 from hsb.takeover.layout import DEFAULT_RECORD_SIZE, Layout, batch_records_for, size_check
+from hsb.takeover.pair import Pair
 from hsb.takeover.reader import BatchSnapshot, PollResult, PollStatus, RingReader, batch_read, read_header
 from hsb.takeover.records import Header, SessionEntry
 from hsb.takeover.writer import TakeoverWriter
@@ -62,9 +63,12 @@ class TakeoverStore:
         host_name: str | None = None,
         timeout: float = 2.0,
         faults: Faults | None = None,
+        pair_tag: int | None = None,
     ) -> None:
         """`terminals`: this host's own total terminal count (321/521); `timeout`:
-        the deadline of each operation ([takeover] storage_timeout)."""
+        the deadline of each operation ([takeover] storage_timeout); `pair_tag`: the pair's
+        (hsb.takeover.pair.pair_tag of its secret): with it and `host_name`, a header another
+        pair's host wrote is neither written over nor read (ForeignWriter)."""
         self.path = os.fspath(path)
         self.terminals = terminals
         self.record_size = record_size
@@ -72,6 +76,8 @@ class TakeoverStore:
         self.host_name = host_name
         self.timeout = timeout
         self.faults = faults
+        self.pair_tag = pair_tag
+        self.pair = Pair(host_name, pair_tag) if host_name is not None and pair_tag is not None else None
         self._pool = Worker("hsb-takeover")
         self._stuck: list[tuple[str, cf.Future[Any]]] = []
         self._writer: TakeoverWriter | None = None
@@ -200,18 +206,20 @@ class TakeoverStore:
                     record_size=self.record_size,
                     records=self.records,
                     host_name=self.host_name,
+                    pair_tag=self.pair_tag if self.pair is not None else None,
                 ),
                 timeout=self.bulk_timeout(1.0),  # (a header torn by a crash: the whole file scanned for its generation)
             )
 
-    async def batch_write(self, startup_id: int, entries: Sequence[SessionEntry], clear: int | None = None) -> Header:
+    async def batch_write(self, startup_id: int, entries: Sequence[SessionEntry], clear: int | None = None, peer: str | None = None) -> Header:
         """S205-S206: durable when this returns; then send BATCH WRITE COMPLETE. `clear`: a
-        damaged record the standby named, written empty (TakeoverWriter.batch_write)."""
+        damaged record the standby named, written empty; `peer`: the standby's name, for the
+        check of the header's writer (TakeoverWriter.batch_write)."""
         await self.open_writer()
         assert self._writer is not None
         snapshot = list(entries)  # later changes go to the ring, not into this batch
         # (B ≤ (N - 1) / 3: the size check)
-        return await self._run("batch write", self._writer.batch_write, startup_id, snapshot, clear, timeout=self.bulk_timeout(1 / 3))
+        return await self._run("batch write", self._writer.batch_write, startup_id, snapshot, clear, peer, timeout=self.bulk_timeout(1 / 3))
 
     async def append(self, entries: Sequence[SessionEntry]) -> tuple[int, int]:
         """S210 with group commit: returns (first_seq, last_seq) of the group that made
@@ -268,15 +276,18 @@ class TakeoverStore:
 
     # -- standby -------------------------------------------------------------
 
-    async def batch_read(self, expected_startup_id: int | None = None) -> BatchSnapshot:
+    async def batch_read(self, expected_startup_id: int | None = None, peer: str | None = None) -> BatchSnapshot:
         """S225: read record 0 and the batch area (B from the header); the ring cursor
-        starts after it. StartupIdMismatch if record 0 holds another standby's id."""
+        starts after it. StartupIdMismatch if record 0 holds another standby's id, ForeignWriter
+        if another pair's host wrote it (`peer`: the active's name)."""
 
         def do() -> BatchSnapshot:
-            snap = batch_read(self.path, record_size=self.record_size, expected_startup_id=expected_startup_id, faults=self.faults)
+            snap = batch_read(
+                self.path, record_size=self.record_size, expected_startup_id=expected_startup_id, faults=self.faults, pair=self.pair, peer=peer
+            )
             if self._reader is not None:
                 self._reader.close()
-            self._reader = RingReader(self.path, snap.header, faults=self.faults)
+            self._reader = RingReader(self.path, snap.header, faults=self.faults, pair=self.pair, peer=peer)
             return snap
 
         snap = await self._run("batch read", do, timeout=self.bulk_timeout(1 / 3))

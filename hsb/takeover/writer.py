@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import structlog
 
 from hsb import faults
-from hsb.takeover.errors import HeaderCorrupt, NoBatchWritten, StaleGroup
+from hsb.takeover.errors import ForeignWriter, HeaderCorrupt, NoBatchWritten, StaleGroup
 from hsb.takeover.fileio import FreshReader, RecordWriter, check_file
 from hsb.takeover.layout import (
     ENTRY_SIZE,
@@ -35,6 +35,7 @@ from hsb.takeover.layout import (
     entries_per_record,
     size_check,
 )
+from hsb.takeover.pair import Pair
 from hsb.takeover.records import (
     BadRecord,
     Header,
@@ -63,12 +64,16 @@ class TakeoverWriter:
         record_size: int | None = None,
         records: int | None = None,
         host_name: str | None = None,
+        pair_tag: int | None = None,
     ) -> None:
         """`terminals`: this host's own total terminal count; fixes B and runs the
         size check (TakeoverFileTooSmall). None: B is sized to each batch (tools, tests).
-        `record_size`/`records`: the config's values, checked against the file."""
+        `record_size`/`records`: the config's values, checked against the file.
+        `pair_tag`: the pair's (hsb.takeover.pair), written into every header; with it a
+        batch write over another pair's header is refused (ForeignWriter). None: no check (tools)."""
         self.path = os.fspath(path)
         self.host_name = host_name if host_name is not None else socket.gethostname()
+        self.pair = Pair(self.host_name, pair_tag) if pair_tag is not None else None
         try:
             header = check_file(self.path, record_size, records)
             self.record_size, self.records, self.generation = header.record_size, header.records, header.generation
@@ -150,8 +155,12 @@ class TakeoverWriter:
         self.records = h.records
         self.layout, self.next_seq, self._owed = None, 0, []
 
-    def batch_write(self, startup_id: int, entries: Sequence[SessionEntry], clear: int | None = None) -> Header:
+    def batch_write(self, startup_id: int, entries: Sequence[SessionEntry], clear: int | None = None, peer: str | None = None) -> Header:
         """Batch takeover (S205-S206): the whole fast-switch link into records 1..B, durably.
+
+        `peer`: the other host's name (the peer link's), for the check of the header's writer:
+        a header another pair wrote raises ForeignWriter and nothing is written (ring writes
+        stop too: NoBatchWritten until a batch write succeeds).
 
         `clear`: a record the standby found damaged (torn or corrupt) where it waited for the
         ring, written empty in the same sync as the batch. A batch rewrites only records 0..B
@@ -179,9 +188,17 @@ class TakeoverWriter:
         # again in the same process); its ring records of a generation reused here would read
         # as new to a standby following this batch, and ours as old
         try:
-            on_file = check_file(self.path, r).generation
+            found = check_file(self.path, r)
         except HeaderCorrupt:  # a crash while record 0 was rewritten: the highest in the records
             on_file = self._scan_max_generation()
+        else:
+            on_file = found.generation
+            if self.pair is not None:
+                try:
+                    self.pair.check(self.path, found, peer, role="active")
+                except ForeignWriter:
+                    self.layout, self.next_seq, self._owed = None, 0, []  # nor ring records after another pair's batch
+                    raise
         last = max(self.generation, on_file)
         gen = last + 1 if last < GEN_MAX else 1
         # From here on a failure leaves the file in an unknown state: burn the
@@ -213,6 +230,7 @@ class TakeoverWriter:
             entry_size=self.entry_size,
             written_at_ms=int(time.time() * 1000),
             writer_host=self.host_name,
+            pair_tag=self.pair.tag if self.pair is not None else 0,
         )
         self._io.write(0, encode_header(header))
         self._io.sync()
