@@ -658,3 +658,69 @@ def test_hsbctls_own_certificate_refused_for_its_name_is_said_so() -> None:
     why = gather.why_not(LinkClosed(f"tls_name_mismatch: {told['msg']}", told), 2.0)
     assert why.startswith("the daemon refused hsbctl's TLS certificate: the link claims to be 'hsbctl'"), why
     assert "tls.cert_file" in why and "admin_listen" not in why, why
+
+
+# -- the ctl config: every problem at once, each one line with its fix -------------------------
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('secret_file = "s2\\u0000x"\n', "secret_file"),
+        ('secret_file = "SECRET"\ntls = {ca_file = "ca\\u0000.pem", cert_file = "c.pem", key_file = "c.key"}\n', "tls.ca_file"),
+    ],
+)
+def test_a_nul_character_in_a_ctl_config_path_is_a_one_line_error(tmp_path: Path, secret: Path, toml: str, key: str) -> None:
+    """TOML allows the escape: the path reached stat()/open(), whose ValueError ('embedded null
+    byte') was a traceback, exit 1."""
+    cfg = tmp_path / "c7.toml"
+    cfg.write_text('hosts = ["127.0.0.1:7103"]\n' + toml.replace("SECRET", str(secret)))
+    one_line_error(*invoke("-c", str(cfg), "status"), 3, f"ctl config {cfg}: {key}", "contains a NUL character", "give a plain file path")
+
+
+def test_a_nul_character_in_a_secret_or_tls_path_is_said_by_the_checks_themselves(tmp_path: Path) -> None:
+    """The secret file's and the TLS files' own checks (the daemons' too) say it, not ValueError."""
+    from hsb.wire.auth import SecretFileError, load_secret
+    from hsb.wire.tls import TLS, TLSError, TLSFiles, check_files
+
+    with pytest.raises(SecretFileError, match="contains a NUL character"):
+        load_secret(str(tmp_path / "s\0x"))
+    files = TLSFiles(str(tmp_path / "ca\0.pem"), str(tmp_path / "c.pem"), str(tmp_path / "c.key"))
+    assert any("tls.ca_file" in e and "NUL character" in e for e in check_files(files)), check_files(files)
+    with pytest.raises(TLSError, match="NUL character"):
+        TLS(files)
+
+
+def test_every_ctl_config_problem_is_said_at_once(tmp_path: Path) -> None:
+    """A cp of the wrong type, a hosts of the wrong type and no secret: three lines, one run (the
+    first alone was said, and the next run said the next)."""
+    cfg = tmp_path / "ctl.toml"
+    cfg.write_text('cp = 5\nhosts = "127.0.0.1:7103"\n')
+    code, out, err = invoke("-c", str(cfg), "status")
+    assert code == 3 and "Traceback" not in out + err, (code, out, err)
+    lines = err.strip().splitlines()
+    assert all(line.startswith("error: ") for line in lines), err
+    assert len(lines) == 3, err
+    assert f"ctl config {cfg}: cp must be a" in lines[0] and "HOST:PORT" in lines[0], lines
+    assert f"ctl config {cfg}: hosts must be a list of" in lines[1] and 'hosts = ["10.0.0.1:7103"]' in lines[1], lines
+    assert "no secret file" in lines[2] and "set secret_file in the ctl config" in lines[2], lines
+    # (the daemons named badly: "no daemons named" would mislead, the lines above say what to fix)
+    assert "no daemons named" not in err
+    # a secret file that is not there, beside an unknown key and a bad address: all three
+    cfg.write_text(f'hosts = ["127.0.0.1"]\nsecret_file = "{tmp_path / "nope"}"\nhots = 1\n')
+    code, out, err = invoke("-c", str(cfg), "status")
+    lines = err.strip().splitlines()
+    assert code == 3 and len(lines) == 3 and all(line.startswith("error: ") for line in lines), err
+    for want in ("unknown key 'hots'", "'127.0.0.1' is not HOST:PORT", "secret file"):
+        assert any(want in line for line in lines), (want, err)
+
+
+def test_an_unknown_ctl_config_key_names_the_known_ones(tmp_path: Path, secret: Path) -> None:
+    cfg = tmp_path / "ctl.toml"
+    cfg.write_text(f'hosts = ["127.0.0.1:7103"]\nsecret_file = "{secret}"\ntypo = 1\n')
+    line = one_line_error(
+        *invoke("-c", str(cfg), "status"), 3, f"ctl config {cfg}: unknown key 'typo'", "the known keys are cp, hosts, secret_file, tls"
+    )
+    assert "did you mean" not in line
+    cfg.write_text(f'hosts = ["127.0.0.1:7103"]\nsecret_file = "{secret}"\nsecret = "s"\n')
+    one_line_error(*invoke("-c", str(cfg), "status"), 3, "unknown key 'secret'", "did you mean 'secret_file'?", "the known keys are")

@@ -30,7 +30,8 @@ class Ctx:
         try:
             return load_target(*self.args)
         except TargetError as exc:
-            click.echo(f"error: {exc}", err=True)
+            for line in exc.errors:  # every problem at once, one line each
+                click.echo(f"error: {line}", err=True)
             sys.exit(3)  # nothing could be asked: unknown
 
 

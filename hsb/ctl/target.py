@@ -9,6 +9,7 @@ addresses of the CP and both hosts and the secret file.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,12 @@ from hsb.config import parse_addr
 
 
 class TargetError(Exception):
-    pass
+    """The ctl config or the flags cannot be used: `errors` lists every problem, one line each, each
+    with its fix (hsbctl prints each as an `error:` line)."""
+
+    def __init__(self, errors: str | list[str]) -> None:
+        self.errors = [errors] if isinstance(errors, str) else list(errors)
+        super().__init__("; ".join(self.errors))
 
 
 @dataclass
@@ -27,9 +33,13 @@ class Target:
     cps: list[str] = field(default_factory=list)
     tls: dict[str, str] | None = None  # {ca_file, cert_file, key_file}: hsbctl's own certificate
 
-    def validate(self) -> None:
-        if not self.cp and not self.hosts:
-            raise TargetError(
+    def validate(self, errors: list[str] | None = None, said: frozenset[str] = frozenset()) -> None:
+        """Every problem at once: `errors` (those found reading the ctl config, about the keys in
+        `said`, whose absence is then not said again) and those of the values themselves; raises a
+        TargetError listing them all. Sets hsbctl's TLS client only when there is no problem."""
+        errors = list(errors or [])
+        if not self.cp and not self.hosts and not said & {"cp", "hosts"}:
+            errors.append(
                 "no daemons named: pass --config CTL.toml (hsbctl sandbox up prints one), set $HSB_CTL_CONFIG, write /etc/hsb/ctl.toml, or pass --cp/--host"
             )
         for a in [*self.cps, *self.hosts]:
@@ -37,24 +47,33 @@ class Target:
                 try:
                     parse_addr(a)
                 except ValueError as exc:
-                    raise TargetError(f"{exc}: give each daemon's admin_listen address (HOST:PORT)") from None
-        if not self.secret_file:
-            raise TargetError("no secret file: pass --secret-file or set secret_file in the ctl config")
-        from hsb.wire.auth import SecretFileError, load_secret
-
-        try:
-            load_secret(self.secret_file)
-        except SecretFileError as exc:
-            raise TargetError(str(exc)) from None
-        if self.tls is not None:  # the daemons speak TLS: hsbctl presents its own certificate
-            from hsb.wire.tls import TLS, TLSError, TLSFiles, set_default_client
+                    errors.append(f"{exc}: give each daemon's admin_listen address (HOST:PORT)")
+        if self.secret_file:
+            from hsb.wire.auth import SecretFileError, load_secret
 
             try:
-                set_default_client(TLS(TLSFiles(**self.tls)).client)
+                load_secret(self.secret_file)
+            except SecretFileError as exc:
+                errors.append(str(exc))
+        elif "secret_file" not in said:
+            errors.append("no secret file: pass --secret-file or set secret_file in the ctl config")
+        client = None
+        if self.tls is not None:  # the daemons speak TLS: hsbctl presents its own certificate
+            from hsb.wire.tls import TLS, TLSError, TLSFiles
+
+            try:
+                client = TLS(TLSFiles(**self.tls)).client
             except TLSError as exc:
-                raise TargetError(str(exc)) from None
+                errors.append(str(exc))
+        if errors:
+            raise TargetError(errors)
+        if client is not None:
+            from hsb.wire.tls import set_default_client
+
+            set_default_client(client)
 
 
+KNOWN_KEYS = ("cp", "hosts", "secret_file", "tls")
 _TLS_EXAMPLE = {"ca_file": "ca.pem", "cert_file": "hsbctl.pem", "key_file": "hsbctl.key"}
 
 
@@ -88,35 +107,82 @@ def _read_config(p: Path) -> dict[str, object]:
         raise TargetError(f"ctl config {p}: arrays or tables nested too deeply to read; flatten them") from None
 
 
+def _path(p: Path, key: str, value: object, example: str) -> str:
+    """`value`, a path string, resolved against the ctl config's folder; else a TargetError naming
+    the key and a fix (`example`: the setting as it could be written)."""
+    if not isinstance(value, str) or not value:
+        raise TargetError(f"ctl config {p}: {key} must be a path string, e.g. {example}, not {value!r}")
+    if "\0" in value:  # (TOML allows the escape; every open() of it would fail with a traceback)
+        raise TargetError(f"ctl config {p}: {key} {value!r} contains a NUL character; give a plain file path, e.g. {example}")
+    return str(value if Path(value).is_absolute() else p.parent / value)
+
+
+def _unknown_key(p: Path, key: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, KNOWN_KEYS, n=1)
+    fix = f"did you mean {close[0]!r}? " if close else ""
+    return f"ctl config {p}: unknown key {key!r}; {fix}the known keys are {', '.join(KNOWN_KEYS)} (remove or rename it)"
+
+
+def _from_config(p: Path, data: dict[str, object], t: Target) -> tuple[list[str], set[str]]:
+    """The ctl config's values into `t`: (every problem, the keys they are about)."""
+    errors: list[str] = [_unknown_key(p, k) for k in sorted(set(data) - set(KNOWN_KEYS))]
+    said: set[str] = set()
+
+    def check(key: str, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except TargetError as exc:
+            errors.extend(exc.errors)
+            said.add(key)
+
+    def cp() -> None:
+        t.cps = [a for a in _strings(p, "cp", data["cp"], 'a "HOST:PORT" string, or a list of two for two CP machines') if a]
+
+    def hosts() -> None:
+        hs = data["hosts"]
+        if not isinstance(hs, list):  # one string would be taken apart into characters
+            raise TargetError(f'ctl config {p}: hosts must be a list of "HOST:PORT" strings, e.g. hosts = ["10.0.0.1:7103"], not {hs!r}')
+        t.hosts = _strings(p, "hosts", hs, 'a list of "HOST:PORT" strings, e.g. hosts = ["10.0.0.1:7103", "10.0.0.2:7203"]')
+
+    def secret_file() -> None:
+        sf = data["secret_file"]
+        if sf != "":  # (an empty one: as if not set)
+            t.secret_file = _path(p, "secret_file", sf, 'secret_file = "secret"')
+
+    def tls() -> None:
+        tl = data["tls"]
+        if not isinstance(tl, dict) or set(tl) != set(_TLS_EXAMPLE):
+            got = f"keys {sorted(tl)}" if isinstance(tl, dict) else repr(tl)
+            raise TargetError(
+                f'ctl config {p}: tls must be a table with ca_file, cert_file and key_file, e.g. tls = {{ca_file = "ca.pem",'
+                f' cert_file = "hsbctl.pem", key_file = "hsbctl.key"}}, not {got}'
+            )
+        problems, files = [], {}
+        for k, v in tl.items():
+            try:
+                files[k] = _path(p, f"tls.{k}", v, f'{k} = "/etc/hsb/tls/{_TLS_EXAMPLE[k]}"')
+            except TargetError as exc:
+                problems += exc.errors
+        if problems:
+            raise TargetError(problems)
+        t.tls = files
+
+    for key, fn in (("cp", cp), ("hosts", hosts), ("secret_file", secret_file), ("tls", tls)):
+        if data.get(key) is not None:
+            check(key, fn)
+    return errors, said
+
+
 def load_target(config: str | None, cp: str | None, hosts: tuple[str, ...], secret_file: str | None) -> Target:
+    """The daemons to ask, from the ctl config and the flags (which win); a TargetError listing
+    every problem with either at once."""
     t = Target()
+    errors: list[str] = []
+    said: set[str] = set()
     if config:
-        p = Path(config)
-        data = _read_config(p)
-        unknown = set(data) - {"cp", "hosts", "secret_file", "tls"}
-        if unknown:
-            raise TargetError(f"ctl config {p}: unknown keys {sorted(unknown)}")
-        if "cp" in data:
-            t.cps = [a for a in _strings(p, "cp", data["cp"], 'a "HOST:PORT" string, or a list of two for two CP machines') if a]
-        if "hosts" in data:
-            hs = data["hosts"]
-            if not isinstance(hs, list):  # one string would be taken apart into characters
-                raise TargetError(f'ctl config {p}: hosts must be a list of "HOST:PORT" strings, e.g. hosts = ["10.0.0.1:7103"], not {hs!r}')
-            t.hosts = _strings(p, "hosts", hs, 'a list of "HOST:PORT" strings, e.g. hosts = ["10.0.0.1:7103", "10.0.0.2:7203"]')
-        sf = data.get("secret_file")
-        if sf is not None:
-            if not isinstance(sf, str):
-                raise TargetError(f'ctl config {p}: secret_file must be a path string, e.g. secret_file = "secret", not {sf!r}')
-            if sf:
-                t.secret_file = str(sf if Path(sf).is_absolute() else p.parent / sf)
-        tl = data.get("tls")
-        if tl is not None:
-            if not isinstance(tl, dict) or set(tl) != {"ca_file", "cert_file", "key_file"}:
-                raise TargetError(f"ctl config {p}: tls must be a table with ca_file, cert_file and key_file")
-            for k, v in tl.items():
-                if not isinstance(v, str) or not v:
-                    raise TargetError(f'ctl config {p}: tls.{k} must be a path string, e.g. {k} = "/etc/hsb/tls/{_TLS_EXAMPLE[k]}", not {v!r}')
-            t.tls = {k: str(v if Path(v).is_absolute() else p.parent / v) for k, v in tl.items()}
+        errors, said = _from_config(Path(config), _read_config(Path(config)), t)
     if cp:
         t.cps = [a.strip() for a in cp.split(",") if a.strip()]
     t.cp = t.cps[0] if t.cps else None
@@ -124,5 +190,5 @@ def load_target(config: str | None, cp: str | None, hosts: tuple[str, ...], secr
         t.hosts = list(hosts)
     if secret_file:
         t.secret_file = secret_file
-    t.validate()
+    t.validate(errors, frozenset(said))
     return t

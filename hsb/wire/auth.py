@@ -22,6 +22,8 @@ class SecretFileError(Exception):
 
 def load_secret(path: str | os.PathLike[str]) -> bytes:
     p = Path(path)
+    if "\0" in str(p):  # (a TOML escape can put one there; stat() would raise ValueError)
+        raise SecretFileError(f"secret file {str(p)!r} contains a NUL character; give a plain file path")
     try:
         st = p.stat()
     except FileNotFoundError:

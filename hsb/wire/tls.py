@@ -78,6 +78,8 @@ def load_chain(ctx: ssl.SSLContext, cert_file: str, key_file: str | None) -> Non
 
 
 def _file_problem(label: str, path: str) -> str | None:
+    if "\0" in path:  # (os.stat would raise ValueError)
+        return f"tls.{label}: {path!r} contains a NUL character; give a plain file path"
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -304,6 +306,9 @@ def _load(f: TLSFiles, pem: dict[str, bytes] | None) -> tuple[list[str], Loaded 
                     os.chmod(dst, stat.S_IMODE(os.stat(src).st_mode) & 0o777 or 0o600)  # its mode is checked too
         except OSError as exc:
             return [f"tls: cannot read {exc.filename or f.cert_file}: {exc.strerror or exc}"], None
+        except ValueError:  # open() of a path with a NUL character in it
+            bad = [f"tls.{key}" for key, path in f.named() if "\0" in path]
+            return [f"tls: {', '.join(bad) or 'a path'} contains a NUL character; give plain file paths"], None
         names = {dst: src for src, dst, _ in pairs}
         errors = check_files(copy)
         if errors:
