@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -150,3 +151,91 @@ def test_the_installed_command(tmp_path: Path) -> None:
     assert p.returncode == 0 and p.stderr == ""
     p = subprocess.run([str(HSBCTL), "file", "inspect", missing], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and "8 records x 4096 bytes" in p.stdout and p.stderr == ""
+
+
+def _little_room(free_blocks: int) -> os.statvfs_result:
+    """A filesystem of 4096-byte blocks with `free_blocks` of them free."""
+    return os.statvfs_result((4096, 4096, 1_000_000, free_blocks, free_blocks, 1000, 1000, 1000, 0, 255))
+
+
+@pytest.mark.timeout(60)
+def test_create_refuses_a_file_larger_than_the_free_space_before_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--records 4294967295` (16 TiB) on a disk with less free: it wrote a temporary file until
+    killed or the disk was full. Now refused up front, naming the size, the space and the fix."""
+    real_pwrite = os.pwrite
+
+    def pwrite(fd: int, data: Any, off: int) -> int:  # (and without the check: no 16 TiB written here)
+        raise AssertionError("written before the free space was checked")
+
+    monkeypatch.setattr(os, "statvfs", lambda _p: _little_room(100))  # 400 KiB free
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    new = tmp_path / "x2.dat"
+    assert_one_line_error(
+        *run("create", str(new), "--records", "4294967295"),
+        f"{new} needs 16.0 TiB (4294967295 records of 4096 bytes)",
+        f"{tmp_path} has 400.0 KiB free",
+        "free space there, or choose fewer --records (at most 100 fit now) or a path on another filesystem",
+    )
+    assert os.listdir(tmp_path) == []  # nothing written, no temporary file
+    monkeypatch.setattr(os, "pwrite", real_pwrite)
+    code, out, err = run("create", str(new), "--records", "100")  # (what fits is made)
+    assert code == 0 and new.stat().st_size == 100 * 4096, err
+
+
+@pytest.mark.timeout(60)
+def test_a_filesystem_that_fills_up_while_creating_is_said_as_such_and_the_temporary_file_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC during the write said `check the directory and its permissions`: the wrong fix."""
+    import errno
+
+    real_pwrite = os.pwrite
+    calls = 0
+
+    def pwrite(fd: int, data: Any, off: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 3:  # (the header and one chunk went through: the filesystem fills up now)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_pwrite(fd, data, off)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    new = tmp_path / "x2.dat"
+    code, out, err = run("create", str(new), "--records", "1000")
+    assert_one_line_error(code, out, err, f"cannot create {new}: no space left on the filesystem of {tmp_path}", "free space there")
+    assert code == 1 and "permission" not in err
+    assert calls == 3 and os.listdir(tmp_path) == []
+
+
+_SIGTERM_MID_WRITE = """
+import os, signal, sys
+from hsb.ctl.main import main
+real, calls = os.pwrite, [0]
+def pwrite(fd, data, off):
+    calls[0] += 1
+    if calls[0] == 3:  # the header and one chunk written: SIGTERM, as `kill PID` would send it
+        signal.raise_signal(signal.SIGTERM)
+    return real(fd, data, off)
+os.pwrite = pwrite
+main(["file", "create", sys.argv[1], "--records", "1000"])
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_sigterm_while_creating_removes_the_temporary_file(tmp_path: Path) -> None:
+    """Killed (SIGTERM) while it wrote, `create` left `PATH.tmp-PID` behind (only a Python
+    exception removed it). (A process of its own: without the fix the signal ends it.)"""
+    new = tmp_path / "x2.dat"
+    p = subprocess.run([sys.executable, "-c", _SIGTERM_MID_WRITE, str(new)], capture_output=True, text=True, timeout=60)
+    assert os.listdir(tmp_path) == [], (p.returncode, p.stderr)
+    assert p.returncode == 128 + 15, (p.returncode, p.stderr)
+    assert_one_line_error(p.returncode, p.stdout, p.stderr, f"stopped by SIGTERM while writing {new}", "was removed", "run the command again")
+
+
+@pytest.mark.timeout(60)
+def test_create_leaves_the_signal_handlers_as_it_found_them(tmp_path: Path) -> None:
+    import signal
+
+    before = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)]
+    assert run("create", str(tmp_path / "tk"), "--records", "40")[0] == 0
+    assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)] == before

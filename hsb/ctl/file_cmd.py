@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import click
 
 from hsb import logs
-from hsb.takeover.errors import TakeoverError, TakeoverFileTooSmall
+from hsb.takeover.errors import CreateInterrupted, TakeoverError, TakeoverFileTooSmall
 from hsb.takeover.fileio import check_file, create_file
 from hsb.takeover.inspect import inspect_file
 from hsb.takeover.layout import DEFAULT_RECORD_SIZE, check_record_size, entries_per_record, max_terminals, size_check
@@ -83,6 +83,8 @@ def create_cmd(path: str, records_s: str, record_size_s: str, terminals_s: str |
             f"of {entries_per_record(record_size)} entries, so N must be at least {exc.needed} (3·B+1); "
             f"use --records {exc.needed} or more"
         )
+    except CreateInterrupted as exc:
+        _die(str(exc), 128 + exc.signum)  # (as if the signal had ended it, its temporary file removed)
     except (TakeoverError, ValueError) as exc:
         _die(str(exc))
     except OSError as exc:

@@ -69,6 +69,20 @@ class ForeignWriter(TakeoverFileError):
         self.writer = writer
 
 
+class NoSpace(TakeoverFileError):
+    """`hsbctl file create`: the filesystem has not the room for the file (refused up front, or
+    ENOSPC/EDQUOT while writing it); its temporary file is removed."""
+
+
+class CreateInterrupted(TakeoverFileError):
+    """`hsbctl file create` was stopped by a signal while it wrote the file: its temporary file is
+    removed, nothing is created or replaced; `signum` is the signal's number."""
+
+    def __init__(self, message: str, *, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
 class TakeoverFileTooSmall(TakeoverFileError):
     """Size check (331/531): N < 3·B + 1."""
 

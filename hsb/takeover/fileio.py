@@ -13,22 +13,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
+import signal
 import socket
 import stat
+import threading
 import time
-from types import TracebackType
+from collections.abc import Iterator
+from types import FrameType, TracebackType
+from typing import Any
 
 import structlog
 
 from hsb.fsutil import fsync_dir
 from hsb.takeover.errors import (
     BadMagic,
+    CreateInterrupted,
     FileMissing,
     FileTruncated,
     HeaderCorrupt,
+    NoSpace,
     NotRegularFile,
     RecordCountMismatch,
     RecordSizeMismatch,
@@ -312,27 +319,108 @@ def create_file(path: str, records: int, record_size: int, *, force: bool = Fals
         written_at_ms=int(time.time() * 1000),
         writer_host=host if host is not None else socket.gethostname(),
     )
+    size = records * record_size
+    free = _free_bytes(parent)
+    if free is not None and size > free:
+        raise NoSpace(
+            f"{path} needs {_bytes_text(size)} ({records} records of {record_size} bytes) but {parent} has {_bytes_text(free)} free; {_room_fix(free, record_size)}"
+        )
     tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    fd = -1
     try:
-        head = memoryview(encode_header(header))
-        done = 0
-        while done < len(head):  # (a short write goes on where it stopped)
-            done += os.pwrite(fd, head[done:], done)
-        chunk = memoryview(bytes(min(1 << 20, (records - 1) * record_size) // record_size * record_size or record_size))
-        off, end = record_size, records * record_size
-        while off < end:
-            off += os.pwrite(fd, chunk[: min(len(chunk), end - off)], off)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
+        with _signals_raise(path, tmp):  # (a SIGTERM meanwhile: the temporary file is removed, not left behind)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            head = memoryview(encode_header(header))
+            done = 0
+            while done < len(head):  # (a short write goes on where it stopped)
+                done += os.pwrite(fd, head[done:], done)
+            chunk = memoryview(bytes(min(1 << 20, (records - 1) * record_size) // record_size * record_size or record_size))
+            off = record_size
+            while off < size:
+                off += os.pwrite(fd, chunk[: min(len(chunk), size - off)], off)
+            os.fsync(fd)
+    except BaseException as exc:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):  # (not made at all: the error that said why is the one to see)
+            os.unlink(tmp)
+        if isinstance(exc, CreateInterrupted) and os.path.lexists(tmp):  # (its message says it was removed)
+            raise CreateInterrupted(
+                f"stopped by {signal.Signals(exc.signum).name} while writing {path}, and its partly written {tmp} could not be removed; remove it",
+                signum=exc.signum,
+            ) from None
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            why = "no space left on the filesystem" if exc.errno == errno.ENOSPC else "the disk quota is used up"
+            now = _free_bytes(parent)
+            raise NoSpace(
+                f"cannot create {path}: {why} of {parent} while writing its {_bytes_text(size)}"
+                f"{'' if now is None else f' ({_bytes_text(now)} free now)'}; {_room_fix(now, record_size)}"
+            ) from None
         raise
     os.close(fd)
     os.replace(tmp, path)  # never a half-made file under the real name
     fsync_dir(parent)
     log.info("takeover_file_created", path=path, records=records, record_size=record_size)
     return header
+
+
+def _free_bytes(folder: str) -> int | None:
+    """The bytes free on `folder`'s filesystem for any user (as `df` shows them: a root's file does
+    not eat the blocks reserved for root either); None where the filesystem does not say (no
+    statvfs, or no size reported)."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    if st.f_blocks == 0:  # (some FUSE and pseudo filesystems report no size at all)
+        return None
+    return int(st.f_bavail) * int(st.f_frsize or st.f_bsize)
+
+
+def _bytes_text(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _room_fix(free: int | None, record_size: int) -> str:
+    fit = None if free is None else free // record_size
+    fewer = f"fewer --records (at most {fit} fit now)" if fit is not None and fit >= MIN_RECORDS else "fewer --records"
+    return f"free space there, or choose {fewer} or a path on another filesystem"
+
+
+@contextlib.contextmanager
+def _signals_raise(path: str, tmp: str) -> Iterator[None]:
+    """SIGTERM, SIGHUP and SIGINT, where this process leaves them as Python starts (the main
+    thread only: no one else's handler is replaced), raise CreateInterrupted in here, so that
+    the caller removes its half-written temporary file instead of dying with it left behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = False
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal fired
+        if fired:  # (a second signal while the first one's exception unwinds: that one is said)
+            return
+        fired = True
+        raise CreateInterrupted(
+            f"stopped by {signal.Signals(signum).name} while writing {path}: its partly written {tmp} was removed"
+            f" and nothing was created or replaced; run the command again to create it",
+            signum=signum,
+        )
+
+    saved: list[tuple[signal.Signals, Any]] = []
+    for sig, untouched in ((signal.SIGTERM, signal.SIG_DFL), (signal.SIGHUP, signal.SIG_DFL), (signal.SIGINT, signal.default_int_handler)):
+        if signal.getsignal(sig) is untouched:
+            saved.append((sig, signal.signal(sig, stop)))
+    try:
+        yield
+    finally:
+        for sig, old in saved:
+            signal.signal(sig, old)
 
 
 def _refuse_used(path: str) -> None:
