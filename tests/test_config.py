@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -470,3 +471,49 @@ def test_a_host_name_the_resolver_cannot_encode_and_a_path_with_a_nul_are_config
     (tmp_path / "ctl-secret").chmod(0o600)
     r = run("hsb.ctl", "--cp", "a..b:7002", "--host", "127.0.0.1:1", "--secret-file", str(tmp_path / "ctl-secret"), "status")
     assert r.returncode == 3 and "Traceback" not in r.stderr + r.stdout and "not a valid host name" in r.stderr, r.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_takeover_path_that_is_a_directory_exits_78_at_the_start_as_at_the_check(tmp_path: Path) -> None:
+    """--check-config said it with 78 (a config error: a restart cannot fix it) and the start with
+    1, which systemd restarts for ever; docs/operations.md §17 promises the same code from both."""
+    from tests.support.procs import host_config
+
+    takeover = tmp_path / "t.dat"
+    takeover.mkdir()
+    p = host_config(tmp_path, "a", cp="127.0.0.1:1", peer_listen="127.0.0.1:0", peer="127.0.0.1:2", takeover=takeover, records=64)
+    r = run("hsb.host", "--config", str(p), "--check-config")
+    assert r.returncode == 78 and "config error: takeover.path: takeover file" in r.stderr and "is a directory" in r.stderr, r.stderr
+    for role in ("active", "standby"):
+        r = run("hsb.host", "--config", str(p), "--role", role)
+        assert r.returncode == 78 and "Traceback" not in r.stderr, (role, r.returncode, r.stderr)
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("config error: takeover.path: takeover file") and "is a directory" in last and "hsbctl file create" in last, last
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("flags", "fragments"),
+    [
+        (("--check-config", "--set-journal-aside"), ("--set-journal-aside does not go with --check-config", "--set-journal-aside' alone")),
+        (("--set-journal-aside", "--force", "--check-config"), ("--set-journal-aside does not go with --check-config",)),
+        (("--set-journal-aside", "--supervise"), ("--set-journal-aside does not go with --supervise",)),
+        (("--check-config", "--force"), ("--force goes with --set-journal-aside only", "drop it")),
+    ],
+)
+def test_hsbcpd_refuses_contradictory_flags(tmp_path: Path, flags: tuple[str, ...], fragments: tuple[str, ...]) -> None:
+    """`--check-config --set-journal-aside` moved the journal aside (with --force, one that was not
+    damaged: what it held was lost) instead of checking; `--force` alone was ignored. A usage
+    error (exit 2) now, and the journal untouched."""
+    from tests.support.procs import cp_config
+
+    cp = cp_config(tmp_path, terminals=1)
+    journal = tmp_path / "cp-journal"
+    journal.mkdir()
+    (journal / "gen-00000003").write_text("3\n")
+    before = sorted(os.listdir(tmp_path)), sorted(os.listdir(journal))
+    r = run("hsb.cp", "--config", str(cp), *flags)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, (r.returncode, r.stdout, r.stderr)
+    for f in fragments:
+        assert f in r.stderr, (f, r.stderr)
+    assert (sorted(os.listdir(tmp_path)), sorted(os.listdir(journal))) == before

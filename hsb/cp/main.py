@@ -147,6 +147,16 @@ def _set_journal_aside(config_path: str, force: bool) -> None:
 @click.version_option(__version__, prog_name="hsbcpd")
 def main(config_path: str, check_config: bool, supervise: bool, set_journal_aside: bool, force: bool, log_level: str) -> None:
     """Run the communications processor in front of the terminals (docs/design.md)."""
+    if set_journal_aside and (check_config or supervise):  # (it ran the set-aside, neither checking nor starting)
+        flag = "--check-config" if check_config else "--supervise"
+        raise click.UsageError(
+            f"--set-journal-aside does not go with {flag}: it moves the journal aside and exits, neither checking nor starting;"
+            f" run 'hsbcpd --config FILE --set-journal-aside' alone, then 'hsbcpd --config FILE {flag}'"
+        )
+    if force and not set_journal_aside:  # (it was ignored: a start is never forced)
+        raise click.UsageError(
+            "--force goes with --set-journal-aside only (hsbcpd --config FILE --set-journal-aside --force); drop it to start or check"
+        )
     if set_journal_aside:
         _set_journal_aside(config_path, force)
         return

@@ -129,7 +129,7 @@ def main(role: str | None, config_path: str, check_config: bool, log_level: str)
 
     faults.install()
     from hsb.service.api import ServiceError, load_service
-    from hsb.takeover.errors import NotWritable, TakeoverError
+    from hsb.takeover.errors import NotRegularFile, NotWritable, TakeoverError
     from hsb.wire.tls import TLSError
 
     async def run() -> int:
@@ -145,7 +145,7 @@ def main(role: str | None, config_path: str, check_config: bool, log_level: str)
             die(f"TLS: {exc}", EXIT_CONFIG)
         try:
             code = await server.serve()
-        except NotWritable as exc:  # a restart cannot fix it: said as the config check says it
+        except (NotWritable, NotRegularFile) as exc:  # a restart cannot fix it: said, and exit 78, as the config check says it
             await server.close()
             click.echo(f"config error: takeover.path: {exc}", err=True)
             exit_watchdog(EXIT_CONFIG)
