@@ -117,6 +117,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         self.active_stopped_by: str | None = None
         self.active_stop_confirmed = False  # the CP knows of that normal stop (its word, or the peer's)
         self.torn_polls = 0
+        self.ring_failing: tuple[float, float, int] | None = None  # the ring's reads failing: (since, last logged, failures)
         self.batch_failures = 0
         self.resync_at = 0.0
         self.resync_reason = ""

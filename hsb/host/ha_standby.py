@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("hsb.host")
 
 TORN_RETRIES = 5  # polls a torn ring record may stay torn (a write in progress) before it counts as damage
+RING_FAIL_LOG_S = 10.0  # a ring that keeps failing to read is logged once this often (with the count), not at every poll
+RING_FAIL_RESYNC_S = 2.0  # failing for this long (or storage_timeout, if longer), the standby asks for a new batch
 
 
 class HotStandbySide:
@@ -48,6 +50,7 @@ class HotStandbySide:
     resync_at: float
     next_poll: float
     torn_polls: int
+    ring_failing: tuple[float, float, int] | None  # (since, last logged, failures): monotonic
     counters: dict[str, int]
 
     # --- active side (§5.1)
@@ -273,8 +276,20 @@ class HotStandbySide:
             status, entries, detail = await tio.ring_poll()
         except Exception as exc:
             self.last_error = f"ring read failed: {exc}"
-            log.error("ring_read_failed", error=str(exc))
-            return
+            now = time.monotonic()
+            since, logged, n = self.ring_failing or (now, -RING_FAIL_LOG_S, 0)
+            self.ring_failing = since, logged, n + 1
+            if now - logged >= RING_FAIL_LOG_S:  # (at every poll it filled the log, 20 lines a second)
+                log.error("ring_read_failed", error=str(exc), failures=n + 1, failing_s=round(now - since, 1))
+                self.ring_failing = since, now, n + 1
+            if now - since < max(RING_FAIL_RESYNC_S, self.srv.cfg.takeover.storage_timeout):
+                return
+            # it cannot follow the active: not established (its view of the sessions is frozen),
+            # a new batch asked for; a batch read that fails too retries and says so
+            self.ring_failing = None
+            status, entries, detail = "unreadable", [], f"unreadable for {now - since:.1f} s ({exc})"
+        else:
+            self.ring_failing = None
         if entries:
             self.srv.sessions_ctl.apply_ring(entries)
         if status == "torn":
@@ -286,7 +301,7 @@ class HotStandbySide:
             status = "corrupt"
         else:
             self.torn_polls = 0
-        if status in ("lapped", "new_generation", "corrupt"):
+        if status in ("lapped", "new_generation", "corrupt", "unreadable"):
             # never guess: ask the active for a new batch takeover (SPEC §5.2 step 8)
             log.warning("ring_resync_needed", status=status, detail=detail)
             if status == "corrupt":
