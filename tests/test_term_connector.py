@@ -43,6 +43,9 @@ class FakeTerminal(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = DOWN
 
+    def abandoned(self) -> None:
+        pass  # (its transport is no real one: nothing closed it under it)
+
 
 async def until(pred: Any, timeout: float, what: str) -> None:
     loop = asyncio.get_running_loop()

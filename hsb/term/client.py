@@ -358,11 +358,24 @@ class TerminalClient(asyncio.Protocol):
         self.stopping = True
         if self.transport is None or self.transport.is_closing():
             return  # closed by the CP (a refusal, say) and connection_lost not run yet: nothing to say
-        if self.state >= HELLO:
-            self._confirm(force=True)
-            self.transport.write(_BYE)
-        else:
-            self.transport.close()
+        try:
+            if self.state >= HELLO:
+                self._confirm(force=True)
+                self.transport.write(_BYE)
+            else:
+                self.transport.close()
+        except RuntimeError:  # uvloop: its handle is closed though is_closing() says not
+            self.abandoned()
+
+    def abandoned(self) -> None:
+        """This connection's transport was closed under it without a connection_lost to come
+        (uvloop closes the handle of a connection made just as its connect was cancelled, and
+        says nothing): it is lost now, closed by this side (not a drop of the CP's)."""
+        tr = self.transport
+        if tr is None or tr.is_closing():
+            return  # (a transport closing calls connection_lost)
+        self.told_why = True
+        self.connection_lost(None)
 
     def close(self, abort: bool = False) -> None:
         """Stop for good: close the connection without logging off."""

@@ -101,13 +101,19 @@ class Connector:
                         functools.partial(_same, c), self.host, self.port, ssl=self.ssl, server_hostname="", local_addr=self.local_addr
                     )
         except asyncio.CancelledError:
+            if c.state != CONNECTING:
+                # connected just before the cancel (close()): the connect closes that connection,
+                # and uvloop does it without a connection_lost; the terminal must not keep it
+                c.abandoned()
             raise
         except (TimeoutError, OSError) as exc:
             if c.state != CONNECTING:
                 # connected after all (the timeout fell due in the same turn as connection_made):
                 # the CP answered, the cancelled connect closes the connection (this side: no
                 # drop of the CP's, `told_why`), and its connection_lost reschedules the terminal
+                # (uvloop closes it without one: `abandoned` runs it then)
                 c.told_why = True
+                c.abandoned()
                 return None
             return exc
         return None

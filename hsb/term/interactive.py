@@ -15,6 +15,11 @@ duplicated, to an id never sent or before its ack, an ack of an id never sent, o
 that broke the protocol makes it 1, as do a message without a reply at the end, a refusal
 by the CP and input that is not valid text.
 
+A terminal that cannot log on for a reason no retry can change (hsb.term.hopeless: the CP
+refused its name, the address is not a CP's terminal port, TLS fails there) gives up with one
+line naming the cause and the fix, exit 1. End of input before the CP has answered the logon
+waits for that answer (up to `linger`, at least BYE_WAIT seconds), so that a refusal is told.
+
 stdin is read by a daemon thread, so a regular file, a pipe and a TTY all
 work and a blocked read never holds up the exit.
 """
@@ -29,11 +34,12 @@ from typing import Any, NamedTuple, TextIO
 
 from hsb.term.client import WELCOMED, Listener, TerminalClient
 from hsb.term.connector import Connector
+from hsb.term.hopeless import REFUSALS, Hopeless, refusal_fix, tls_failure
 from hsb.term.verdict import judge_marks
 from hsb.wire.framing import ProtocolError
 
 # Errors after which retrying is pointless for a person at the keyboard.
-FATAL_ERRORS = frozenset({"unknown_terminal", "bad_hello", "message_too_large"})  # (that message would be sent again, and again)
+FATAL_ERRORS = REFUSALS | {"message_too_large"}  # (that message would be sent again, and again)
 BYE_WAIT = 2.0
 
 
@@ -56,6 +62,16 @@ class Printer(Listener):
         self.drained = asyncio.Event()
         self.fatal: asyncio.Event = asyncio.Event()
         self.fatal_code: str | None = None
+        self.fatal_msg = ""  # the CP's words with a refusal
+        self.hopeless = Hopeless(target, 1, load=False)
+        self.cause: str | None = None  # a port's fault no retry can change (fatal_code "hopeless")
+        self.changed = asyncio.Event()  # anything happened to the connection
+        self.unreachable = False  # the last connect failed (nothing there now: no answer to wait for)
+
+    def _fatal(self, code: str, msg: str = "") -> None:
+        if not self.fatal.is_set():
+            self.fatal_code, self.fatal_msg = code, msg
+            self.fatal.set()
 
     def say(self, line: str) -> None:
         self.out.write(line + "\n")
@@ -70,6 +86,8 @@ class Printer(Listener):
 
     def on_welcome(self, c: TerminalClient, first: bool) -> None:
         self.say(f"welcome {c.name}" + ("" if first else " (logged on again)"))
+        self.unreachable = False
+        self.changed.set()
 
     def on_session(self, c: TerminalClient, state: str, epoch: int, reason: str | None, first_open: bool) -> None:
         self.say(f"session {state} epoch={epoch}" + (f" reason={reason}" if reason else ""))
@@ -91,31 +109,47 @@ class Printer(Listener):
 
     def on_error(self, c: TerminalClient, code: str, msg: str) -> None:
         self.say(f"error {code}: {msg}")
+        self.unreachable = False
         if code in FATAL_ERRORS:
-            self.fatal_code = code
-            self.fatal.set()
+            self._fatal(code, msg)
+        self.changed.set()
 
     def on_protocol_error(self, c: TerminalClient, exc: ProtocolError) -> None:
         self.say(f"protocol error from the CP: {exc.code}: {exc.msg}")
-        if c.welcomed_at is None and c.protocol_errors >= 3:  # never logged on: not a CP's terminal port
-            self.fatal_code = "not_a_cp"
-            self.fatal.set()
+        self.unreachable = False
+        if c.welcomed_at is None:  # never logged on: not a CP's terminal port, after a few
+            self._hopeless(self.hopeless.protocol_error(exc.msg))
+        self.changed.set()
 
     def on_disconnect(self, c: TerminalClient, exc: Exception | None, retry_in: float, welcomed: bool) -> None:
         why = f" ({type(exc).__name__})" if exc is not None else ""
         what = "disconnected" if welcomed else "connection closed before logon"
         self.say(f"{what}{why}; reconnecting in {retry_in:.2f} s")
+        self.unreachable = False
+        self.changed.set()
 
     def on_connect_failed(self, c: TerminalClient, exc: BaseException, retry_in: float) -> None:
         self.say(f"cannot connect to {self.target}: {type(exc).__name__}; retrying in {retry_in:.2f} s")
+        # (a TLS handshake the peer failed: something answers there, and says so again)
+        self.unreachable = tls_failure(exc) is None
+        if c.welcomed_at is None:  # TLS that cannot work there (a plain port, another CA), after a few
+            self._hopeless(self.hopeless.connect_failed(exc))
+        self.changed.set()
+
+    def _hopeless(self, cause: str | None) -> None:
+        if cause is not None and not self.fatal.is_set():
+            self.cause = cause
+            self._fatal("hopeless")
 
 
-def _giving_up(target: str, code: str | None) -> str:
-    if code == "not_a_cp":
-        return f"giving up: {target} does not speak the terminal link (a wrong port?)"
+def _giving_up(p: Printer) -> str:
+    code = p.fatal_code
+    if code == "hopeless":
+        return f"giving up: {p.cause}"
     if code == "message_too_large":
-        return f"giving up: the CP refused a message that cannot be delivered ({code})"
-    return f"giving up: the CP refused this terminal ({code})"
+        return f"giving up: the CP refused a message that cannot be delivered ({code}): send less, or raise max_frame on the CP and both hosts"
+    words = f": {p.fatal_msg[:200]}" if p.fatal_msg else ""
+    return f"giving up: the CP refused this terminal ({code}){words}; {refusal_fix(str(code), load=False)}"
 
 
 class BadLine(NamedTuple):
@@ -180,6 +214,7 @@ async def interactive(
     reader = threading.Thread(target=_read_lines, args=(inp if inp is not None else sys.stdin, loop, lines), daemon=True)
     reader.start()
     status = 0
+    told = False  # the giving-up line was said
     fatal_wait = asyncio.ensure_future(printer.fatal.wait())
     try:
         while True:
@@ -187,8 +222,6 @@ async def interactive(
             done, _ = await asyncio.wait({get, fatal_wait}, return_when=asyncio.FIRST_COMPLETED)
             if fatal_wait in done:
                 get.cancel()
-                printer.say(_giving_up(target, printer.fatal_code))
-                status = 1
                 break
             line = get.result()
             if isinstance(line, BadLine):
@@ -207,10 +240,15 @@ async def interactive(
                 drained = asyncio.ensure_future(printer.drained.wait())
                 await asyncio.wait([drained, fatal_wait], timeout=linger, return_when=asyncio.FIRST_COMPLETED)
                 drained.cancel()
-        if printer.fatal.is_set() and status == 0:  # refused after the input had ended
-            printer.say(_giving_up(target, printer.fatal_code))
+        # never logged on yet (the input ended at once, or had nothing to send): the CP's answer to
+        # the logon is waited for before the bye, a refusal above all (it was lost, or the bye met
+        # the connection the refusal had closed); not when nothing answers there (a connect failed)
+        await _await_logon(client, printer, max(linger, BYE_WAIT))
+        if printer.fatal.is_set():
+            printer.say(_giving_up(printer))
+            told = True
             status = 1
-        if not printer.fatal.is_set() and client.outstanding:  # a script feeding it must see that something was not answered
+        elif client.outstanding:  # a script feeding it must see that something was not answered
             printer.say(f"{len(client.outstanding)} message(s) still without a reply")
             status = 1
     finally:
@@ -225,6 +263,9 @@ async def interactive(
                 client.close(abort=True)
         else:
             client.close()
+    if printer.fatal.is_set() and not told:  # refused while it logged off
+        printer.say(_giving_up(printer))
+        status = 1
     # judged after the bye: what the CP sent up to its close is in
     broken = session_failures(client)
     if broken:
@@ -232,6 +273,22 @@ async def interactive(
         status = 1
     printer.say("bye")
     return status
+
+
+async def _await_logon(client: TerminalClient, printer: Printer, timeout: float) -> None:
+    """Until the terminal is welcomed, refused for good, or cannot reach the CP (its last
+    connect failed), at most `timeout` seconds; at once if it was ever welcomed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while client.welcomed_at is None and not printer.fatal.is_set() and not printer.unreachable:
+        left = deadline - loop.time()
+        if left <= 0:
+            return
+        printer.changed.clear()
+        try:
+            await asyncio.wait_for(printer.changed.wait(), left)
+        except TimeoutError:
+            return
 
 
 def session_failures(c: TerminalClient) -> list[str]:

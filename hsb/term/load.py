@@ -40,6 +40,7 @@ from typing import Any
 
 from hsb.term.client import WELCOMED, Listener, TerminalClient, new_id_base, parse_hostport
 from hsb.term.connector import Connector
+from hsb.term.hopeless import Hopeless
 from hsb.term.report import LoadReport, iso
 from hsb.term.stats import GapTracker, LatencyHistogram
 from hsb.term.timeline import BackTimes, Timeline
@@ -64,8 +65,13 @@ def terminal_names(count: int, prefix: str = "T", start: int = 1, width: int = 5
 class LoadStats(Listener):
     """Counts the events of every terminal of a run (one shared listener)."""
 
-    def __init__(self, terminals: int) -> None:
+    def __init__(self, terminals: int, target: str = "the CP") -> None:
         self.terminals = terminals
+        # before any terminal is welcomed: the answers no retry can change (hsb.term.hopeless);
+        # `gave_up` is set (the cause, with its fix) once they leave no doubt, and the run ends
+        self.hopeless = Hopeless(target, terminals, load=True)
+        self.gave_up = asyncio.Event()
+        self.last_connect_error: str | None = None  # the last failed connect's error (for a run never welcomed)
         self.sent = 0
         self.acked = 0
         self.replied = 0
@@ -195,9 +201,17 @@ class LoadStats(Listener):
 
     def on_error(self, c: TerminalClient, code: str, msg: str) -> None:
         self.errors[code] += 1  # (also at the logoff: a refusal then is a broken promise too)
+        if self.welcomed == 0 and self.counting:
+            self._hopeless(self.hopeless.refusal(c, code, msg))
 
     def on_protocol_error(self, c: TerminalClient, exc: ProtocolError) -> None:
         self.protocol_errors += 1
+        if self.welcomed == 0 and self.counting:
+            self._hopeless(self.hopeless.protocol_error(exc.msg))
+
+    def _hopeless(self, cause: str | None) -> None:
+        if cause is not None:
+            self.gave_up.set()
 
     def on_disconnect(self, c: TerminalClient, exc: Exception | None, retry_in: float, welcomed: bool) -> None:
         if self.counting and welcomed:
@@ -207,6 +221,9 @@ class LoadStats(Listener):
     def on_connect_failed(self, c: TerminalClient, exc: BaseException, retry_in: float) -> None:
         if self.counting:
             self.connect_failures += 1
+            self.last_connect_error = f"{type(exc).__name__}: {exc}"[:200]
+            if self.welcomed == 0:
+                self._hopeless(self.hopeless.connect_failed(exc))
 
     def snapshot(self, phase: str, elapsed: float) -> dict[str, Any]:
         return {
@@ -250,13 +267,14 @@ def _raise_nofile(need: int) -> None:
         pass
 
 
-async def _wait(event: asyncio.Event, timeout: float, stop: asyncio.Event | None) -> None:
-    """Until `event` is set, `stop` is set, or `timeout` passes."""
-    if event.is_set() or (stop is not None and stop.is_set()) or timeout <= 0:
+async def _wait(event: asyncio.Event, timeout: float, stop: asyncio.Event | None, also: asyncio.Event | None = None) -> None:
+    """Until `event` is set, `stop` (or `also`) is set, or `timeout` passes."""
+    if event.is_set() or (stop is not None and stop.is_set()) or (also is not None and also.is_set()) or timeout <= 0:
         return
     waits = [asyncio.ensure_future(event.wait())]
-    if stop is not None:
-        waits.append(asyncio.ensure_future(stop.wait()))
+    for e in (stop, also):
+        if e is not None:
+            waits.append(asyncio.ensure_future(e.wait()))
     try:
         await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -399,7 +417,7 @@ async def run_load(
     _raise_nofile(len(names) + 256)
     base = new_id_base() if id_base is None else id_base
     pad = "x" * max(0, payload_size)
-    stats = LoadStats(len(names))
+    stats = LoadStats(len(names), f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     stride = max(1, len(names))
     clients = [
         TerminalClient(
@@ -435,7 +453,9 @@ async def run_load(
         for c in clients:
             connector.attach(c)
             connector.schedule(c)
-        await _wait(stats.all_sessions if wait_session else stats.all_welcomed, connect_timeout, stop)
+        await _wait(stats.all_sessions if wait_session else stats.all_welcomed, connect_timeout, stop, stats.gave_up)
+        if stats.gave_up.is_set() and stats.welcomed == 0:
+            raise _GaveUp  # refused for good before anyone logged on: no run (the report says why)
         if stop is not None:
             stop.clear()
         if workload is not None and clients:
@@ -495,6 +515,8 @@ async def run_load(
                 stats.timeline.unanswered(t_sent - c.waited.get(mid, 0.0), c.idx)
             for due in stats.deferred.get(c, ()):
                 stats.timeline.unanswered(due, c.idx)  # due, and never sent: the run ended first
+    except _GaveUp:
+        pass  # (nothing sent: the report has no phases after the connect)
     finally:
         stats.counting = stats.sending = stats.refill = False
         if sched is not None:
@@ -506,6 +528,9 @@ async def run_load(
         progress(stats.snapshot("done", time.monotonic() - t0))
     report = _report(clients, stats, 0.0 if closed_loop else rate, send_start, send_end, settle_end, t0, wall_offset, not_back, settled)
     report.sessions_expected = wait_session
+    if stats.welcomed == 0:
+        report.gave_up = stats.hopeless.cause if stats.gave_up.is_set() else None
+        report.connect_error = stats.last_connect_error
     report.closed_loop = closed_loop
     report.window = window
     report.check_data = check_data
@@ -559,6 +584,10 @@ async def background_load(cp: str | tuple[str, int], *, sending_within: float = 
         task.cancel()
         raise
     return task, stop
+
+
+class _GaveUp(Exception):
+    """No terminal was welcomed, and every answer said no retry would be (hsb.term.hopeless)."""
 
 
 class SetupNotAnswered(Exception):

@@ -240,8 +240,11 @@ def load(
     --books-sqlite, also books that do not balance, a transfer applied twice
     or not as told, or a reply that differs from the stored first one. Each
     reason is printed. 2 if no terminal
-    was ever welcomed (nothing connected), or on a usage error. Ctrl-C ends the
-    current phase (connect, send, settle) early.
+    was ever welcomed (nothing connected; the reason is printed), or on a usage
+    error; such a run gives up at once when every answer says no retry can
+    help (the CP refused every terminal's name, --cp is not a CP's terminal
+    port, TLS fails there). Ctrl-C ends the current phase (connect, send,
+    settle) early.
     """
     kw["classic"] = [n for n in classic.split(",") if n]
     kw["ssl"] = _ssl(tls, tls_ca, tls_cert, tls_key)
@@ -280,8 +283,10 @@ def load(
                 fh.write("\n")
         except OSError as exc:
             click.echo(f"hsbterm: cannot write {ids_out}: {exc.strerror or exc} (the report follows)", err=True)
-    if not report.connected:
-        click.echo(f"hsbterm: no terminal was ever welcomed by {cp[0]}:{cp[1]}", err=True)
+    if report.gave_up:  # refused for good before anyone logged on: the run ended at once
+        click.echo(f"hsbterm: giving up, no terminal was welcomed: {report.gave_up}", err=True)
+    elif not report.connected:
+        click.echo(f"hsbterm: no terminal was ever welcomed by {cp[0]}:{cp[1]}: {report.never_welcomed}", err=True)
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     else:

@@ -137,11 +137,33 @@ class LoadReport:
     # ledger workload: the books check (hsb.term.books) and what it found wrong
     books: dict[str, Any] | None = None
     books_failures: list[str] = field(default_factory=list)
+    # no terminal ever welcomed: the cause no retry could change (with its fix) for which the run
+    # gave up at once (hsb.term.hopeless), and the last failed connect's error
+    gave_up: str | None = None
+    connect_error: str | None = None
 
     @property
     def connected(self) -> bool:
         """At least one terminal was welcomed by the CP (or the run had no terminals)."""
         return self.terminals == 0 or self.welcomed > 0
+
+    @property
+    def never_welcomed(self) -> str:
+        """Why no terminal was ever welcomed, as far as the run saw (for a run not `connected`)."""
+        if self.gave_up:
+            return self.gave_up
+        if self.errors:
+            return "the CP refused the terminals (" + ", ".join(f"{k} x{v}" for k, v in sorted(self.errors.items())) + ")"
+        if self.protocol_errors:
+            return f"what answers broke the terminal link ({self.protocol_errors} protocol errors): is --cp the CP's terminal_listen address?"
+        if self.logon_drops:
+            return (
+                f"every connection was closed after its hello with no answer ({self.logon_drops}): a CP whose terminal"
+                " listener has TLS needs --tls --ca (docs/tls.md); else is --cp the CP's terminal_listen address?"
+            )
+        if self.connect_failures:
+            return f"no connect got through ({self.connect_failures} failed, the last {self.connect_error}): is the CP running, and --cp its terminal_listen address?"
+        return "no welcome came within the connect timeout (--connect-timeout)"
 
     @property
     def failures(self) -> list[str]:
@@ -233,7 +255,8 @@ class LoadReport:
 
     @property
     def exit_status(self) -> int:
-        """2: no terminal was ever welcomed (a run that connected to nothing must not look green);
+        """2: no terminal was ever welcomed (a run that connected to nothing must not look green;
+        `never_welcomed` says why);
         1: any promise broken (`failures`); else 0."""
         if not self.connected:
             return 2
@@ -253,6 +276,7 @@ class LoadReport:
         d["ok"] = self.ok
         d["exit_status"] = self.exit_status
         d["failures"] = self.failures
+        d["never_welcomed"] = None if self.connected else self.never_welcomed
         return d
 
 
@@ -344,7 +368,7 @@ def format_table(r: LoadReport) -> str:
     if r.ok:
         verdict = "OK: every message acknowledged and answered exactly once" + _data_checked(r)
     elif r.exit_status == 2:
-        verdict = "FAILED: no terminal was ever welcomed (nothing connected to a CP)"
+        verdict = f"FAILED: no terminal was ever welcomed: {r.never_welcomed}"
     else:
         verdict = "FAILED: " + "; ".join(r.failures)
     rows.append(("verdict", verdict))

@@ -1,0 +1,110 @@
+"""When trying again cannot help: the causes for which `hsbterm` stops retrying a logon.
+
+A terminal retries whatever keeps it from logging on (a CP restarting refuses connects, resets
+them, or closes them after the hello), and so must a load run during a CP restart. Some answers
+say that no retry will ever get through, and while no terminal of a run was ever welcomed they
+mean the run is pointed at the wrong thing:
+
+- the CP refused the terminal for good (`unknown_terminal`, `bad_hello`, `tls_name_mismatch`):
+  the name, or the certificate, is wrong;
+- what answers breaks the terminal link (a protocol error before any welcome: a CP's host or
+  admin port sends a challenge, say): not a CP's terminal port;
+- a TLS handshake failed for a reason of the peer's or the certificates' (not TLS at all there,
+  a certificate that does not chain to --ca): not a connection dropped midway.
+
+`Hopeless` counts them for a group of terminals none of which was ever welcomed and says, once
+they leave no doubt, the one-line cause and its fix. A refused terminal counts once every
+terminal of the group has been refused (a CP that knows only some names welcomes those); a
+port's fault (a protocol error, a TLS failure) after STRIKES of them. Anything else (a refused
+or reset connect, a close without a reason) is what a CP restart looks like, and never counts.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections import Counter
+from typing import Any
+
+STRIKES = 3  # a port's faults (protocol errors, TLS failures) before a group gives up
+
+# a CP's refusals that the same terminal, trying again, always meets again
+REFUSALS = frozenset({"unknown_terminal", "bad_hello", "tls_name_mismatch"})
+
+# TLS errors of a peer that does not speak TLS (a plain port answers a ClientHello with its own bytes)
+_NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE"})
+
+
+def tls_failure(exc: BaseException) -> str | None:
+    """The cause and fix of a TLS handshake failure that trying again cannot change; None for
+    anything else (a connect refused or reset, a peer that went away mid-handshake: a restart)."""
+    if not isinstance(exc, ssl.SSLError) or isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)):
+        return None
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"the CP's certificate was not accepted ({exc.verify_message or exc.reason}):"
+            " give --ca the CA that signed the CP's certificate (the cluster's ca.pem, docs/tls.md)"
+        )
+    reason = str(exc.reason or exc)
+    if reason in _NOT_TLS:
+        return f"it does not speak TLS ({reason.lower().replace('_', ' ')}): leave out --tls (the CP's [tls] terminals is off), or check --cp"
+    return f"the TLS handshake failed ({reason.lower().replace('_', ' ')}): check --ca, --cert and --key against the CP's [tls] (docs/tls.md)"
+
+
+def refusal_fix(code: str, load: bool) -> str:
+    """What to change after the CP refused a terminal with `code` (one of REFUSALS)."""
+    if code == "unknown_terminal":
+        if load:
+            return (
+                "name terminals the CP defines: --prefix, --start, --width and -n make the names (prefix + zero-padded number),"
+                " as the CP's [[terminal_groups]] do (new ones load with SIGHUP)"
+            )
+        return "connect as a terminal the CP defines ([[terminals]] or [[terminal_groups]] in its config; new ones load with SIGHUP)"
+    if code == "tls_name_mismatch":
+        return "--cert must be the terminal's own certificate (naming it), or leave --cert and --key out"
+    return "give the terminal's name (as the CP's config defines it)" if not load else "give terminal names the CP defines"
+
+
+def not_a_terminal_port(target: str, detail: str) -> str:
+    return f"{target} does not speak the terminal link ({detail}): --cp takes the CP's terminal_listen address (not its host_listen or admin_listen)"
+
+
+class Hopeless:
+    """Counts the answers no retry can change for a group of `terminals` terminals none of which
+    was ever welcomed; each method returns the cause (one line, with its fix) once it is time to
+    give up, else None."""
+
+    def __init__(self, target: str, terminals: int, *, load: bool) -> None:
+        self.target = target
+        self.terminals = terminals
+        self.load = load
+        self.refused: dict[Any, tuple[str, str]] = {}  # terminal -> (code, the CP's words)
+        self.strikes = 0  # the port's faults
+        self.cause: str | None = None
+
+    def refusal(self, who: Any, code: str, msg: str) -> str | None:
+        if code not in REFUSALS or self.cause is not None:
+            return self.cause
+        self.refused[who] = (code, msg)
+        if len(self.refused) >= self.terminals:
+            codes = Counter(c for c, _ in self.refused.values())
+            code, _ = codes.most_common(1)[0]
+            words = next(m for c, m in self.refused.values() if c == code)
+            whom = "every terminal" if self.terminals > 1 else "the terminal"
+            self.cause = f"the CP at {self.target} refused {whom} ({code}: {words[:120]}): {refusal_fix(code, self.load)}"
+        return self.cause
+
+    def protocol_error(self, detail: str) -> str | None:
+        return self._strike(not_a_terminal_port(self.target, detail))
+
+    def connect_failed(self, exc: BaseException) -> str | None:
+        why = tls_failure(exc)
+        if why is None:
+            return self.cause
+        return self._strike(f"TLS with {self.target} failed: {why}")
+
+    def _strike(self, cause: str) -> str | None:
+        if self.cause is None:
+            self.strikes += 1
+            if self.strikes >= STRIKES:
+                self.cause = cause
+        return self.cause
