@@ -12,6 +12,7 @@ from hsb import __version__, logs
 from hsb.cli import EXIT_CONFIG, EXIT_DATA, die, exit_watchdog, load_or_exit, log_level_option
 from hsb.cp.config import CPConfig, CPSection
 from hsb.ops.limits import storm_timing
+from hsb.ops.listen import ListenError, listen_problems, listen_warnings
 from hsb.wire.auth import load_secret
 
 
@@ -72,6 +73,23 @@ def start_problems(cfg: CPConfig) -> list[str]:
                 " (under the shipped systemd unit: in /var/lib/hsb, its ReadWritePaths)"
             )
     return out
+
+
+def _listens(cfg: CPConfig) -> list[tuple[str, str]]:
+    return [(f"cp.{k}_listen", getattr(cfg.cp, f"{k}_listen")) for k in ("terminal", "host", "admin", "http")]
+
+
+def listen_addresses(cfg: CPConfig) -> list[str]:
+    """--check-config: a listen address on a name that does not resolve (no start could bind it)."""
+    return listen_problems(_listens(cfg))
+
+
+def listen_foreign(cfg: CPConfig) -> list[str]:
+    """--check-config's warning: a listen address that is not this machine's. With takeover =
+    "on_wake" the terminal and host listeners are on the virtual address, which the other CP
+    machine holds until this one takes over."""
+    moving = ("cp.terminal_listen", "cp.host_listen") if cfg.cp.takeover == "on_wake" else ()
+    return listen_warnings(_listens(cfg), moving)
 
 
 STORAGE_LOOK_S = 2.0  # the start's look at the journal's mount: a hung one does not hold the start
@@ -165,7 +183,13 @@ def main(config_path: str, check_config: bool, supervise: bool, set_journal_asid
     from hsb.cp.supervise import record_early_signals
 
     record_early_signals()
-    start_cfg = load_or_exit(config_path, CPConfig, check_config, warnings=config_warnings, checks=start_problems)
+    start_cfg = load_or_exit(
+        config_path,
+        CPConfig,
+        check_config,
+        warnings=lambda c: config_warnings(c) + listen_foreign(c),
+        checks=lambda c: start_problems(c) + (listen_addresses(c) if check_config else []),
+    )
     start_secret = load_secret(start_cfg.cp.secret_file)
     logs.setup(log_level, process=f"hsbcpd:{start_cfg.cp.name}", cache=True)
 
@@ -280,15 +304,18 @@ def main(config_path: str, check_config: bool, supervise: bool, set_journal_asid
         if start_cfg.cp.takeover == "at_start":  # (a waiting CP listens only once it takes over)
             try:
                 sv.LISTENERS.update(master_listeners(start_cfg))
-            except OSError as exc:
-                die(f"cannot listen: {exc.strerror or exc} (is another hsbcpd running on these ports?)")
+            except OSError as exc:  # (a ListenError: its line names the key and the fix)
+                die(str(exc) if isinstance(exc, ListenError) else f"cannot listen: {exc.strerror or exc} (is another hsbcpd running on these ports?)")
 
         sys.exit(master(work))
     sys.exit(work(None))
 
 
 def os_error_line(state: str, journal: str, exc: OSError) -> str:
-    """The one line an OSError out of the CP's run gets: what it was doing names the problem."""
+    """The one line an OSError out of the CP's run gets: what it was doing names the problem (a
+    listener's own error, hsb.ops.listen.ListenError, names its config key and the fix)."""
+    if isinstance(exc, ListenError):
+        return str(exc)
     why = exc.strerror or str(exc)
     if state == "taking_over":
         return f"cannot open the CP journal {journal}: {why} (check [cp] journal and its permissions)"

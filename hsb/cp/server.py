@@ -43,6 +43,7 @@ from hsb.cp.waiting import Waiting, holds_address
 from hsb.fsutil import BULK_RATE as BULK_RATE  # (what a takeover step moving the journal is given: bulk_seconds)
 from hsb.ops.http import json_route, start_http
 from hsb.ops.limits import accept_queue_fits, listen_backlog, raise_nofile, somaxconn, storm_timing, terminals_fit
+from hsb.ops.listen import ListenError, listening
 from hsb.ops.metrics import CPCollector, registry_for
 from hsb.ops.metrics import render as render_metrics
 from hsb.ops.notify import Watchdog, notify
@@ -75,7 +76,12 @@ def master_listeners(cfg: CPConfig) -> dict[str, socket.socket]:
             family = socket.AF_INET6 if ipaddress.ip_address(h).version == 6 else socket.AF_INET
         except ValueError:  # a name (each of its addresses): the worker binds it itself, as without a master
             continue
-        s = socket.create_server((h, p), family=family, backlog=backlog)  # (SO_REUSEADDR, as the worker's own)
+        try:
+            s = socket.create_server((h, p), family=family, backlog=backlog)  # (SO_REUSEADDR, as the worker's own)
+        except OSError as exc:
+            for made in out.values():
+                made.close()
+            raise ListenError(f"cp.{key}_listen", addr, exc) from exc
         if key == "terminal" and c.terminal_keepalive:  # inherited by every terminal connection
             tcp_keepalive(s, c.terminal_keepalive)
         out[key] = s
@@ -171,7 +177,8 @@ class CPServer(Waiting, TakingOver):
         held = supervise.LISTENERS.get(key)
         if held is not None:
             return await on_held(held.dup())
-        return await self._bind(on_addr)
+        # an error names the config key and the fix for its kind (hsb.ops.listen)
+        return await listening(f"cp.{key}_listen", getattr(self.cfg.cp, f"{key}_listen"), lambda: self._bind(on_addr))
 
     async def _bind(self, start: Callable[[], Awaitable[T]]) -> T:
         """`start()`, a listener's bind. A CP forked again by its master (--supervise) may find

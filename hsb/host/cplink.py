@@ -21,11 +21,12 @@ from hsb import faults
 from hsb.backoff import Backoff
 from hsb.config import parse_addr
 from hsb.host.lease import Lease
-from hsb.ops.refusals import RefusalLog
+from hsb.ops.refusals import RefusalLog, not_hsb, refusal_hint
 from hsb.wire.client import FrameStream, LinkClosed
 from hsb.wire.framing import ProtocolError, encode
 
 CP_RETRY_CAP = 0.25  # s: the longest wait between two tries to reach the CP (before jitter)
+AUTH_TIMEOUT_S = 2.0  # s: for the connect, and again for the challenge and for the answer to the auth
 
 log = structlog.get_logger("hsb.host")
 
@@ -49,6 +50,7 @@ class CPLink:
         lease: Lease,
         on_answer: Callable[[int], None],
         on_bounds: Callable[[Any], None] = lambda _: None,
+        on_problem: Callable[[str | None], None] = lambda _: None,
     ) -> None:
         self.name = name
         self.addr = addr
@@ -62,6 +64,8 @@ class CPLink:
         self.lease = lease  # heartbeats are numbered; the CP's answers renew the active's lease
         self.on_answer = on_answer
         self.on_bounds = on_bounds  # the CP's held_bound changed (a reload): said in a heartbeat's answer
+        # why the link cannot be made, as logged (a refusal, a wrong port), for the status; None once it is
+        self.on_problem = on_problem
         self.fs: FrameStream | None = None
         self.last_rx: float | None = None
         self.task: asyncio.Task[None] | None = None
@@ -116,26 +120,43 @@ class CPLink:
         # capped low: after a CP restart nothing is served until the active registers again, and
         # one link trying four times a second costs the CP nothing
         backoff = Backoff(0.05, CP_RETRY_CAP)
-        refusals = RefusalLog("cp_link_refused", cp=self.addr)
+        said = self.on_problem
+        refusals = RefusalLog("cp_link_refused", on_said=said, cp=self.addr)
         tls_refusals = RefusalLog(
-            "cp_link_refused", "tried again every 5 s; check the CP's certificate (its expiry, its CA in this host's ca_file)", cp=self.addr
+            "cp_link_refused",
+            "tried again every 5 s; check the CP's certificate (its expiry, its CA in this host's ca_file)",
+            on_said=said,
+            cp=self.addr,
         )
-        gen_refusals = RefusalLog("cp_generation_refused", "tried again; the serving CP holds the address soon (keepalived)", cp=self.addr)
+        gen_refusals = RefusalLog(
+            "cp_generation_refused", "tried again; the serving CP holds the address soon (keepalived)", on_said=said, cp=self.addr
+        )
         unresolved = RefusalLog(
-            "cp_address_unresolved", "tried again; check host.cp in this host's config (a name the resolver knows, or an IP)", cp=self.addr
+            "cp_address_unresolved",
+            "tried again; check host.cp in this host's config (a name the resolver knows, or an IP)",
+            on_said=said,
+            cp=self.addr,
         )
+        # a port that answers but is no hsb link (the CP's terminal port): said once, not retried in silence
+        wrong_port = RefusalLog("cp_link_wrong_port", level="warning", on_said=said, cp=self.addr)
         while not self.stopped:
+            fs: FrameStream | None = None
             try:
-                fs = await FrameStream.connect(h, p, timeout=2.0, max_frame=self.max_frame)
+                fs = await FrameStream.connect(h, p, timeout=AUTH_TIMEOUT_S, max_frame=self.max_frame)
                 try:
-                    await fs.authenticate(self.secret, "host", self.name, timeout=2.0)
+                    await fs.authenticate(self.secret, "host", self.name, timeout=AUTH_TIMEOUT_S)
                 except BaseException:
                     await fs.aclose()
                     raise
             except (OSError, LinkClosed, ProtocolError, TimeoutError) as exc:
+                foreign = not_hsb(exc, fs, AUTH_TIMEOUT_S, "host.cp", "the CP's host_listen")
                 refused = isinstance(exc, LinkClosed) and exc.error is not None
-                if refused:  # a wrong secret or version: said once (then once a minute), tried slowly
-                    refusals.seen(f"{exc.error.get('code')}: {exc.error.get('msg')}")  # type: ignore[union-attr]
+                if foreign is not None:  # no answer, or not hsb's: most likely the wrong port
+                    wrong_port.seen(*foreign)
+                    refused = refused or isinstance(exc, ProtocolError)
+                elif refused:  # a wrong secret or version, another link's port: said once (then once a minute), tried slowly
+                    err = exc.error  # type: ignore[union-attr]
+                    refusals.seen(f"{err.get('code')}: {err.get('msg')}", refusal_hint(err, "host.cp", "host", "the CP's host_listen"))
                 elif isinstance(exc, ssl.SSLError) and not isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
                     # we refused the CP's certificate (expired, another CA), it refused ours
                     # (its alert: expired, unknown CA), or it is no TLS server
@@ -165,6 +186,7 @@ class CPLink:
             tls_refusals.clear()
             gen_refusals.clear()
             unresolved.clear()
+            wrong_port.clear()
             self.fs = fs
             self.connects += 1
             self.last_rx = time.monotonic()

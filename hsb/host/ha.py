@@ -63,6 +63,8 @@ log = structlog.get_logger("hsb.host")
 # connect and 2 s to authenticate, so this is two tries and more): a stop of the active waits for
 # it briefly (HostServer.standby_back). One gone longer is taken to be down (stopped, crashed).
 STANDBY_BLIP_S = 10.0
+# the status's last error while a link cannot be made (ev_link_problem): what begins it, by link
+LINK_PROBLEM = {"cp": "host link to the CP not made: ", "peer": "peer link not made: "}
 
 
 class Exit(Exception):
@@ -401,6 +403,15 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
             }
         )
 
+    async def ev_link_problem(self, link: str, why: str | None) -> None:
+        """The CP link or the peer link cannot be made, as its log said (a refusal, a wrong port):
+        the status's last error, until that link is made (`why` None)."""
+        prefix = LINK_PROBLEM[link]
+        if why is not None:
+            self.last_error = prefix + why
+        elif self.last_error is not None and self.last_error.startswith(prefix):
+            self.last_error = None
+
     async def ev_cp_down(self, why: str) -> None:
         self.registered = False
         # a switchover request out on that link is lost with it (and so is its answer): the next
@@ -430,7 +441,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         if t == "registered":
             self.registered = True
             self.epoch = int(msg.get("epoch", 0))
-            if self.last_error and self.last_error.startswith("host link to the CP lost"):
+            if self.last_error and self.last_error.startswith(("host link to the CP lost", LINK_PROBLEM["cp"])):
                 self.last_error = None
             log.info("registered_at_cp", role=msg.get("role"), epoch=self.epoch, active=msg.get("active"))
             if self.role == "active":

@@ -12,13 +12,17 @@ from hsb import __version__, logs
 from hsb.cli import EXIT_CONFIG, die, exit_watchdog, load_or_exit, log_level_option
 from hsb.config import Partial, resolve_under
 from hsb.host.config import HostConfig, service_paths
+from hsb.ops.listen import ListenError, listen_problems, listen_warnings
 from hsb.wire.auth import load_secret
 
 
 def start_error(exc: OSError) -> str:
     """The one-line error for a system call that failed at start: a port's (in use, or not this
     machine's address), a named file's, or else most likely the takeover file's storage (a read
-    or sync on the open file names none)."""
+    or sync on the open file names none). A listener's own error (hsb.ops.listen.ListenError)
+    names its config key and the fix for its kind."""
+    if isinstance(exc, ListenError):
+        return str(exc)
     if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
         return f"cannot start: {exc.strerror or exc} (is another hsbd using these ports, or is the address not this machine's?)"
     if exc.filename is not None:
@@ -101,6 +105,15 @@ def _writable_problem(path: str) -> list[str]:
     return []
 
 
+def _listens(cfg: HostConfig) -> list[tuple[str, str]]:
+    return [(f"host.{k}_listen", getattr(cfg.host, f"{k}_listen")) for k in ("peer", "admin", "http")]
+
+
+def listen_addresses(cfg: HostConfig) -> list[str]:
+    """--check-config: a listen address on a name that does not resolve (no start could bind it)."""
+    return listen_problems(_listens(cfg))
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--role", type=click.Choice(["active", "standby"]), required=False, help="Role to start in.")
 @click.option("--config", "config_path", required=True, type=click.Path(), help="Host TOML config.")
@@ -117,8 +130,8 @@ def main(role: str | None, config_path: str, check_config: bool, log_level: str)
         config_path,
         HostConfig,
         check_config,
-        warnings=takeover_missing,
-        checks=lambda c: check_service(c) + (takeover_writable(c) if check_config else []),
+        warnings=lambda c: takeover_missing(c) + listen_warnings(_listens(c)),
+        checks=lambda c: check_service(c) + (takeover_writable(c) + listen_addresses(c) if check_config else []),
         partial_checks=lambda part: partial_checks(part, check_config),
     )
     if role is None:

@@ -26,13 +26,15 @@ import structlog
 
 from hsb.backoff import Backoff
 from hsb.config import parse_addr
-from hsb.ops.refusals import RefusalLog
+from hsb.ops.listen import listening
+from hsb.ops.refusals import RefusalLog, not_hsb, refusal_hint
 from hsb.wire.authlink import AuthServerProtocol
-from hsb.wire.client import FrameStream, LinkClosed
+from hsb.wire.client import FrameStream, LinkClosed, NoChallenge
 from hsb.wire.conn import require
 from hsb.wire.framing import ProtocolError
 
 log = structlog.get_logger("hsb.host")
+AUTH_TIMEOUT_S = 2.0  # s: for the connect, and again for the challenge and for the answer to the auth
 
 PEER_TYPES = (
     "peer_hello",
@@ -134,6 +136,7 @@ class PeerLink:
         on_down: Callable[[str], None],
         on_up: Callable[[], None],
         hello: Callable[[], dict[str, Any]],
+        on_problem: Callable[[str | None], None] = lambda _: None,
     ) -> None:
         self.name = name
         self.listen = listen
@@ -146,6 +149,8 @@ class PeerLink:
         self.on_down = on_down
         self.on_up = on_up
         self.hello = hello
+        # why the sending connection cannot be made, as logged (a refusal, a wrong port), for the status; None once it is
+        self.on_problem = on_problem
         self.inbound: PeerInbound | None = None
         self.outbound: FrameStream | None = None
         self.last_rx: float | None = None
@@ -169,11 +174,15 @@ class PeerLink:
         """Listen (with TLS when `ssl` is a server context) and start connecting to the peer."""
         h, p = parse_addr(self.listen)
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
-            lambda: PeerInbound(self, secret=self.secret, auth_timeout=max(self.timeout * 4, 2.0), max_frame=self.max_frame, tls=ssl),
-            h,
-            p,
-            reuse_address=True,
+        self.server = await listening(
+            "host.peer_listen",
+            self.listen,
+            lambda: loop.create_server(
+                lambda: PeerInbound(self, secret=self.secret, auth_timeout=max(self.timeout * 4, 2.0), max_frame=self.max_frame, tls=ssl),
+                h,
+                p,
+                reuse_address=True,
+            ),
         )
         s = self.server.sockets[0].getsockname()
         self.bound = f"{s[0]}:{s[1]}"
@@ -210,35 +219,51 @@ class PeerLink:
     async def _connect_loop_inner(self) -> None:
         h, p = parse_addr(self.peer_addr)
         backoff = Backoff(0.05, 0.5)
-        refusals = RefusalLog("peer_auth_failed", peer=self.peer_addr)
+        said = self.on_problem
+        refusals = RefusalLog("peer_auth_failed", on_said=said, peer=self.peer_addr)
         tls_refusals = RefusalLog(
-            "peer_link_refused", "tried again every 5 s; check both hosts' certificates (their names, expiry, and CA in ca_file)", peer=self.peer_addr
+            "peer_link_refused",
+            "tried again every 5 s; check both hosts' certificates (their names, expiry, and CA in ca_file)",
+            on_said=said,
+            peer=self.peer_addr,
         )
         not_peer = RefusalLog(
             "peer_link_refused",
             "tried again every 5 s; check host.peer in this host's config: the peer_listen of this host's own peer",
+            on_said=said,
             peer=self.peer_addr,
         )
         unresolved = RefusalLog(
-            "peer_address_unresolved", "tried again; check host.peer in this host's config (a name the resolver knows, or an IP)", peer=self.peer_addr
+            "peer_address_unresolved",
+            "tried again; check host.peer in this host's config (a name the resolver knows, or an IP)",
+            on_said=said,
+            peer=self.peer_addr,
         )
+        # a port that answers but is no hsb link (the CP's terminal port): said once, not retried in silence
+        wrong_port = RefusalLog("peer_link_wrong_port", level="warning", on_said=said, peer=self.peer_addr)
         while True:
+            fs: FrameStream | None = None
             try:
-                fs = await FrameStream.connect(h, p, timeout=2.0, max_frame=self.max_frame)
+                fs = await FrameStream.connect(h, p, timeout=AUTH_TIMEOUT_S, max_frame=self.max_frame)
                 try:
-                    proved = await fs.authenticate(self.secret, "peer", self.name, timeout=2.0)
+                    proved = await fs.authenticate(self.secret, "peer", self.name, timeout=AUTH_TIMEOUT_S)
                 except BaseException:
                     await fs.aclose()
                     raise
             except (OSError, LinkClosed, ProtocolError, TimeoutError) as exc:
                 code = exc.error.get("code") if isinstance(exc, LinkClosed) and exc.error else None
+                foreign = not_hsb(exc, fs, AUTH_TIMEOUT_S, "host.peer", "the other host's peer_listen")
                 refused = code in ("auth_failed", "version_mismatch", "tls_name_mismatch", "wrong_peer")
                 if code == "wrong_peer":  # that host has another peer: our host.peer names the wrong one
                     not_peer.seen(str(exc.error.get("msg")))  # type: ignore[union-attr]
+                elif foreign is not None:  # no answer, or not hsb's: most likely the wrong port
+                    wrong_port.seen(*foreign)
+                    refused = isinstance(exc, (NoChallenge, ProtocolError))
                 elif code == "tls_name_mismatch":  # the peer's certificate names another host, or the peer says so of ours
                     tls_refusals.seen(f"tls: {exc}")
                 elif refused:
-                    refusals.seen(str(exc.error.get("msg")))  # type: ignore[union-attr]
+                    err = exc.error  # type: ignore[union-attr]
+                    refusals.seen(str(err.get("msg")), refusal_hint(err, "host.peer", "peer", "the other host's peer_listen"))
                 elif isinstance(exc, ssl.SSLError) and not isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
                     # we refused the peer's certificate (expired, another CA), it refused ours (its
                     # alert), or it is no TLS server
@@ -259,6 +284,7 @@ class PeerLink:
             tls_refusals.clear()
             unresolved.clear()
             not_peer.clear()
+            wrong_port.clear()
             if proved != self.peer_proved:
                 log.info("peer_host_known", peer=self.peer_addr, name=proved, was=self.peer_proved)
                 self.peer_proved = proved

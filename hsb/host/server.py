@@ -33,6 +33,7 @@ from hsb.host.states import HANDING_OVER
 from hsb.host.takeover_io import TakeoverIO
 from hsb.ops.http import json_route, start_http
 from hsb.ops.limits import raise_nofile
+from hsb.ops.listen import listening
 from hsb.ops.metrics import HostCollector, registry_for
 from hsb.ops.metrics import render as render_metrics
 from hsb.ops.notify import notify, watchdog_too_short
@@ -92,6 +93,7 @@ class HostServer:
             lease=self.ha.lease,
             on_answer=lambda n: self.ha.lease_answered(n),
             on_bounds=self.tell_service_bounds,
+            on_problem=lambda why: self.ha.post("link_problem", link="cp", why=why),
         )
         self.peer = PeerLink(
             name=h.name,
@@ -105,6 +107,7 @@ class HostServer:
             on_down=lambda why: self.ha.post("peer_down", why=why),
             on_up=lambda: self.ha.post("peer_up"),
             hello=self.ha.hello,
+            on_problem=lambda why: self.ha.post("link_problem", link="peer", why=why),
         )
         # a reply's frame within max_frame (the CP's, set the same): its other fields take < 1 KiB
         # nothing new to the service once a planned switchover hands over (its drain gave up
@@ -254,25 +257,32 @@ class HostServer:
         raise_nofile()
         loop = asyncio.get_running_loop()
         ah, ap = parse_addr(h.admin_listen)
-        self.admin_server = await loop.create_server(
-            lambda: HostAdminProtocol(
-                self,
-                secret=self.secret,
-                auth_timeout=5.0,
-                idle_timeout=30.0,
-                max_frame=h.max_frame,
-                tls=self.tls.server if self.tls is not None else None,
+        # an error names the config key and the fix for its kind (hsb.ops.listen)
+        self.admin_server = await listening(
+            "host.admin_listen",
+            h.admin_listen,
+            lambda: loop.create_server(
+                lambda: HostAdminProtocol(
+                    self,
+                    secret=self.secret,
+                    auth_timeout=5.0,
+                    idle_timeout=30.0,
+                    max_frame=h.max_frame,
+                    tls=self.tls.server if self.tls is not None else None,
+                ),
+                ah,
+                ap,
+                reuse_address=True,
             ),
-            ah,
-            ap,
-            reuse_address=True,
         )
         s = self.admin_server.sockets[0].getsockname()
         self.bound["admin"] = f"{s[0]}:{s[1]}"
         await self.peer.start(self.tls.server if self.tls is not None else None)
         self.bound["peer"] = self.peer.bound
         if h.http_listen:
-            self.http_server, self.bound["http"] = await start_http(h.http_listen, self.routes())
+            self.http_server, self.bound["http"] = await listening(
+                "host.http_listen", h.http_listen, lambda: start_http(h.http_listen, self.routes())
+            )
         log.info(
             "host_started",
             name=h.name,

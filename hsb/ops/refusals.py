@@ -1,43 +1,121 @@
 """Saying a refusal once: a link refused for a wrong secret or version is tried again slowly,
-and logged the first time and then once a minute with a count, not at every attempt."""
+and logged the first time and then once a minute with a count, not at every attempt. The fix
+named with it follows the reason (`refusal_hint`): a port of another link names the config key
+and the listener it should point at, a wrong answer the secret, a version the versions. A port
+that answers but is no hsb link at all (`not_hsb`: the CP's terminal port) is said the same way."""
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
 
+from hsb.wire.client import FrameStream, NoChallenge
+from hsb.wire.framing import ProtocolError
+
 log = structlog.get_logger("hsb.ops")
 
 EVERY_S = 60.0
+DEFAULT_HINT = "tried again every 5 s; fix the secret or install the same hsb version on both sides"
+# the listener that serves each authenticated link, for a hint naming the one to point at
+SERVED_BY = {"host": "the CP's host_listen", "peer": "a host's peer_listen", "admin": "an admin_listen (the CP's or a host's)"}
+_SERVES = re.compile(r"this port serves the (\w+) link")  # (the text of a daemon that does not send `serves` yet)
 
 
 class RefusalLog:
+    """`on_said(text)`, if given, is told each line logged (the reason and its fix), and
+    `on_said(None)` when the refusals end: a host's status shows the problem as its last error."""
+
     def __init__(
-        self, event: str, hint: str = "tried again every 5 s; fix the secret or install the same hsb version on both sides", **fields: Any
+        self,
+        event: str,
+        hint: str = DEFAULT_HINT,
+        *,
+        level: str = "error",
+        on_said: Callable[[str | None], None] | None = None,
+        **fields: Any,
     ) -> None:
         self.event = event
         self.hint = hint
+        self.level = level
+        self.on_said = on_said
         self.fields = fields
         self.last: str | None = None
         self.count = 0
         self.logged_at = 0.0
 
-    def seen(self, why: str) -> None:
+    def seen(self, why: str, hint: str | None = None) -> None:
+        """A refusal for `why`; `hint`: its fix, when it depends on the reason (else the log's own)."""
         self.count += 1
         now = time.monotonic()
         if why != self.last or now - self.logged_at >= EVERY_S:
-            log.error(
-                self.event,
-                reason=why,
-                refusals=self.count,
-                **self.fields,
-                msg=self.hint,
-            )
+            msg = hint or self.hint
+            getattr(log, self.level)(self.event, reason=why, refusals=self.count, **self.fields, msg=msg)
             self.last, self.logged_at = why, now
+            if self.on_said is not None:
+                self.on_said(f"{why} ({msg})")
 
     def clear(self) -> None:
         if self.count:
             log.info(self.event + "_cleared", refusals=self.count, **self.fields)
+            if self.on_said is not None:
+                self.on_said(None)
         self.last, self.count = None, 0
+
+
+def refusal_hint(error: Mapping[str, Any], key: str, link: str, target: str) -> str:
+    """The fix for an error frame that refused this daemon's `link` ("host", "peer") at the
+    address set as `key` (`host.cp`), which should be `target` ("the CP's host_listen")."""
+    code = error.get("code")
+    cause = error.get("cause")
+    serves = error.get("serves")
+    if not isinstance(serves, str):
+        m = _SERVES.search(str(error.get("msg") or ""))
+        serves = m.group(1) if m else None
+    if serves is not None and serves != link:
+        there = SERVED_BY.get(serves, f"the port of the {serves[:32]} link")
+        return f"tried again every 5 s; {key} points at {there}, not at {target}: set {key} to {target}'s address"
+    if code == "version_mismatch" or cause == "version":
+        return "tried again every 5 s; install the same hsb version on both sides"
+    if cause == "secret":
+        return "tried again every 5 s; the two sides' secrets differ: give both the same secret file (secret_file; sha256sum must match)"
+    if code == "tls_name_mismatch":
+        return "tried again every 5 s; give each daemon a certificate that names it (its [cp] name or [host] name: docs/tls.md §2)"
+    return DEFAULT_HINT
+
+
+def not_hsb(exc: BaseException, fs: FrameStream | None, timeout: float, key: str, target: str) -> tuple[str, str] | None:
+    """(reason, fix) when the far end of a connection made (`fs`) answered as no hsb daemon's
+    link does: no challenge within `timeout`, an error frame in its place (the CP's terminal port
+    closing a connection that sent no hello), or bytes that are no hsb frame. None otherwise (not
+    connected: unreachable, refused, a name; or a refusal of the authentication itself)."""
+    if fs is None:
+        return None
+    fix = f"point {key} at {target}"
+    others = "(the CP's terminal_listen, an HTTP port, another program)"
+    if isinstance(exc, NoChallenge):
+        err = exc.error or {}
+        return (
+            f"the port sent {str(err.get('code'))[:40]}: {str(err.get('msg'))[:120]!r} where an hsb link sends its challenge",
+            f"tried again every 5 s; {key} points at another kind of port {others}: {fix}",
+        )
+    if isinstance(exc, TimeoutError):
+        if fs.challenged:  # an hsb daemon, which took the auth and did not answer it
+            return (
+                f"no answer to the authentication within {timeout:g} s (the challenge came)",
+                f"tried again; the daemon at {key} is overloaded or stuck (its log says why), or {key} is not {target}: {fix}",
+            )
+        return (
+            f"no challenge within {timeout:g} s of the connect (an hsb link sends it at once)",
+            f"tried again; most likely {key} points at a port that is no hsb link {others}: {fix}."
+            " If it is that, the daemon there is stuck, or it speaks TLS and this host has no [tls] (give it the same [tls])",
+        )
+    if isinstance(exc, ProtocolError):
+        return (
+            f"the port does not speak hsb's link protocol ({exc.code}: {exc.msg[:120]})",
+            f"tried again every 5 s; {key} points at another kind of port {others}: {fix}",
+        )
+    return None

@@ -60,7 +60,7 @@ class AuthServerProtocol(FramedProtocol):
         try:
             self._authenticate(msg)
         except FIELD_ERRORS as exc:
-            self.auth_failed("auth_failed", f"an auth frame of the wrong shape: {type(exc).__name__}")
+            self.auth_failed("auth_failed", f"an auth frame of the wrong shape: {type(exc).__name__}", cause="version")
 
     def _authenticate(self, msg: dict[str, Any]) -> None:
         if msg["t"] != "auth":
@@ -71,13 +71,14 @@ class AuthServerProtocol(FramedProtocol):
             link = require(msg, "link", str)
             mac = require(msg, "mac", bytes)
         except ProtocolError as exc:
-            self.auth_failed("auth_failed", exc.msg)
+            self.auth_failed("auth_failed", exc.msg, cause="version")
             return
         if link != self.link:
-            self.auth_failed("auth_failed", f"this port serves the {self.link} link, not {link!r}")
+            # (`serves`: the client names the listener it should be pointed at, hsb.ops.refusals)
+            self.auth_failed("auth_failed", f"this port serves the {self.link} link, not {link[:32]!r}", cause="link", serves=self.link)
             return
         if not auth.verify(self._secret, self._nonce, link, name, mac):
-            self.auth_failed("auth_failed", "wrong answer to the challenge (secret differs?)")
+            self.auth_failed("auth_failed", "wrong answer to the challenge (secret differs?)", cause="secret")
             return
         theirs = msg.get("proto", 1)
         if theirs != LINK_PROTOCOL:
@@ -118,10 +119,13 @@ class AuthServerProtocol(FramedProtocol):
         except ProtocolError as exc:  # the frames ahead of the bad one are taken first, as on any read
             self.refuse_after_frames_before(exc)
 
-    def auth_failed(self, code: str, why: str) -> None:
+    def auth_failed(self, code: str, why: str, **extra: str) -> None:
+        """Refused: an error frame, the connection closed. `extra`: `cause` ("link", "secret",
+        "version") and `serves`, for the client's own line naming the fix (hsb.ops.refusals)."""
         log.warning("auth_failed", link=self.link, peer=self.peer, reason=why)
         PROTOCOL_ERRORS[(self.link, code)] += 1
-        self.close_with_error(code, why)
+        self.send({"t": "error", "code": code, "msg": why, **extra})
+        self.close()
 
     def authenticated(self) -> None:
         pass

@@ -21,6 +21,12 @@ class LinkClosed(ConnectionError):
         self.error = error
 
 
+class NoChallenge(LinkClosed):
+    """The server's first frame was an error, not the challenge every hsb authenticated link
+    opens with: another kind of port (the CP's terminal port closing a connection that sent no
+    hello), with that error in `error`."""
+
+
 class ServerNameMismatch(LinkClosed):
     """Over TLS, the server's certificate does not name the server its challenge says it is: this
     end's own finding (not an error frame of the server's), with the names it has (`names`)."""
@@ -45,6 +51,7 @@ class FrameStream:
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self.auth_ok: dict[str, Any] = {}  # the server's auth_ok frame (the CP's generation, for one)
+        self.challenged = False  # the server's challenge came (an hsb daemon's authenticated link)
 
     @classmethod
     async def connect(cls, host: str, port: int, *, timeout: float = 5.0, max_frame: int = DEFAULT_MAX_FRAME, ssl: Any = "default") -> FrameStream:
@@ -118,9 +125,10 @@ class FrameStream:
         """Answer the server's challenge; return the server's name."""
         ch = await self.recv(timeout)
         if ch.get("t") == "error":
-            raise LinkClosed(f"{ch.get('code')}: {ch.get('msg')}", ch)
+            raise NoChallenge(f"{ch.get('code')}: {ch.get('msg')}", ch)
         if ch.get("t") != "challenge" or not isinstance(ch.get("nonce"), bytes):
             raise ProtocolError("auth_failed", f"expected a challenge, got {ch.get('t')!r}")
+        self.challenged = True
         if len(ch["nonce"]) != auth.NONCE_BYTES:
             # of our own length only: a nonce that runs into the role could make our answer the
             # proof a server owes another client (an impostor reflecting it)
@@ -158,7 +166,7 @@ class FrameStream:
         proof = ok.get("mac")
         if not isinstance(proof, bytes) or not auth.verify(secret, mine, auth.server_role(link), server, proof):
             why = f"the server {server[:64]!r} did not prove that it knows the shared secret (another secret, or not an hsb daemon)"
-            raise LinkClosed(f"auth_failed: {why}", {"t": "error", "code": "auth_failed", "msg": why})
+            raise LinkClosed(f"auth_failed: {why}", {"t": "error", "code": "auth_failed", "msg": why, "cause": "secret"})
         self.auth_ok = ok
         return str(ok.get("server", "?"))
 
