@@ -50,7 +50,7 @@ from hsb.host.states import (
     STOPPING,
     WAITING,
 )
-from hsb.ops.notify import Watchdog, watchdog_too_short
+from hsb.ops.notify import Watchdog
 from hsb.wire.framing import batch_bytes, payload_max
 
 if TYPE_CHECKING:
@@ -232,6 +232,39 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
             self.role_announced = True
             self._fire_hook(self.state, "registered with the CP as the active")
 
+    def _idle_wait(self, ping_every: float | None) -> float:
+        """How long the loop waits for an event before its next pass: 0.2 s, an established
+        standby until its next ring poll, a retry until it is due; never past the watchdog's
+        half interval (a ring_poll_interval longer than that went unpinged)."""
+        now = time.monotonic()
+        wait = 0.2
+        if self.role == "standby" and self.state == ESTABLISHED:
+            wait = max(0.0, self.next_poll - now)
+        elif self.state == BATCH_RETRY:
+            wait = max(0.0, self.resync_at - now)
+        return wait if ping_every is None else min(wait, ping_every)
+
+    async def _cycle_pinged(self, watchdog: Watchdog) -> str:
+        """One `run_cycle()`, the watchdog pinged meanwhile for as long as the cycle's storage
+        operations may legitimately take (each has its deadline: the first batch write of a large
+        file opens and writes it, seconds on a slow mount); a cycle that outlasts them all is hung,
+        the pings stop, and systemd restarts the daemon."""
+        if watchdog.every is None:
+            return await self.run_cycle()
+        cycle = asyncio.ensure_future(self.run_cycle())
+        bound = time.monotonic() + 2 * self.srv.takeover.store.bulk_timeout(1.0) + watchdog.every
+        try:
+            while True:
+                done, _ = await asyncio.wait({cycle}, timeout=watchdog.every / 2)
+                if done:
+                    return cycle.result()
+                now = time.monotonic()
+                if now < bound:
+                    watchdog.tick(now)
+        finally:
+            if not cycle.done():  # (this loop cancelled: the host stops)
+                cycle.cancel()
+
     def _fire_hook(self, state: str, reason: str) -> None:
         self.acting_told = self.srv.is_serving_active() if self.role == "active" else None
         self.srv.hook.fire(self.role, state, self.epoch, reason)
@@ -256,16 +289,9 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
 
     async def run(self) -> None:
         watchdog = Watchdog()  # systemd's WatchdogSec: pinged from this loop, which runs every 0.2 s at least
-        too_short = watchdog_too_short(self.srv.cfg.takeover.storage_timeout)  # (it waits on storage inline)
-        if too_short:
-            log.warning("watchdog_shorter_than_storage_timeout", msg=too_short)
         while self.exit is None:
             watchdog.tick(time.monotonic())
-            timeout = 0.2
-            if self.role == "standby" and self.state == ESTABLISHED:
-                timeout = max(0.0, self.next_poll - time.monotonic())
-            elif self.state == BATCH_RETRY:
-                timeout = max(0.0, self.resync_at - time.monotonic())
+            timeout = self._idle_wait(watchdog.every)
             try:
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
                 # comes as the event is set, and this loop then never ends (a stop that hangs)
@@ -275,7 +301,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
                 pass
             self.wake.clear()
             try:
-                sentence = await self.run_cycle()
+                sentence = await self._cycle_pinged(watchdog)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug in one procedure must not leave the daemon headless

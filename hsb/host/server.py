@@ -36,7 +36,7 @@ from hsb.ops.limits import raise_nofile
 from hsb.ops.listen import listening
 from hsb.ops.metrics import HostCollector, registry_for
 from hsb.ops.metrics import render as render_metrics
-from hsb.ops.notify import notify, watchdog_too_short
+from hsb.ops.notify import notify
 from hsb.service import once
 from hsb.service.api import Service
 from hsb.takeover.pair import pair_tag
@@ -359,12 +359,8 @@ class HostServer:
         self.peer.interval = self.cp.interval = h.heartbeat_interval
         self.peer.timeout = self.cp.timeout = h.heartbeat_timeout
         self.takeover.store.timeout = new.takeover.storage_timeout
-        # what waits on storage follows it: the standby's wait for a batch write, and the check
-        # that systemd's watchdog outlasts an operation the HA loop waits on
+        # what waits on storage follows it: the standby's wait for a batch write
         self.ha.batch_wait_s = batch_wait(new.takeover)
-        too_short = watchdog_too_short(new.takeover.storage_timeout)
-        if too_short:
-            log.warning("watchdog_shorter_than_storage_timeout", msg=too_short)
         added = 0
         capacity = self.takeover.own_batch_records * self.takeover.entries_per_record
         # removed terminals stay in the table (and on the fast-switch link) until a restart: the

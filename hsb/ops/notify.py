@@ -37,20 +37,6 @@ def watchdog_every() -> float | None:
         return None
 
 
-def watchdog_too_short(blocking_s: float) -> str | None:
-    """Why systemd's watchdog may kill a daemon whose pinging loop can wait `blocking_s` on one
-    operation (hsbd's HA loop on the takeover file's storage, up to `storage_timeout`), or None:
-    the loop must ping within WatchdogSec, and pings at half of it."""
-    every = watchdog_every()
-    if every is None or blocking_s < every:
-        return None
-    return (
-        f"takeover.storage_timeout {blocking_s:g} s is not below half of the unit's WatchdogSec ({2 * every:g} s): a hung"
-        " mount can stop the HA loop long enough for systemd to kill this daemon; raise WatchdogSec above"
-        f" {2 * blocking_s:g} s (systemctl edit) or lower storage_timeout"
-    )
-
-
 class Watchdog:
     """Call `tick()` from the event loop's periodic work; it pings at most every half interval."""
 
