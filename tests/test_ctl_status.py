@@ -344,3 +344,26 @@ def test_a_switch_whose_record_ended_with_terminals_not_served_is_shown_not_unkn
     assert rec["all_served_ms"] is None and rec["worst_pause_ms"] is not None and rec["not_served"] == 1
     line = _pause({**rec, "in_flight_terminals": 2})
     assert "1 not served when the record ended" in line and "worst pause 700.0 ms" in line, line
+
+
+def test_with_the_cp_unreachable_the_first_line_says_what_the_hosts_say_not_a_verdict() -> None:
+    """The CP decides who serves: without its answer the first line said "from the others: NOT
+    SERVING" though host-a reported itself the active, established. It gives no verdict then,
+    only what each host said of itself."""
+    from hsb.ctl.status import headline
+
+    a = {"reachable": True, "name": "host-a", "role": "active", "state": "established"}
+    st = {
+        "established": False,
+        "serving": False,
+        "hosts": [a, {"reachable": False, "name": "host-b", "addr": "10.0.0.2:7003"}],
+        "cp": {"reachable": False, "addr": "10.0.0.11:7002"},
+        "unknown": [
+            {"name": "CP", "addr": "10.0.0.11:7002", "error": "refused"},
+            {"name": "host-b", "addr": "10.0.0.2:7003", "error": "refused"},
+        ],
+    }
+    first = headline(st)[0]
+    assert first == "hsb: UNKNOWN (CP, host-b cannot be asked); the hosts say: host-a ACTIVE (established)", first
+    st["hosts"], st["unknown"] = [], st["unknown"][:1]
+    assert headline(st)[0].endswith("the hosts say: nothing (none answered)")

@@ -76,16 +76,24 @@ def _tls_line(t: dict[str, Any], links: str) -> str:
     )
 
 
+def headline(st: dict[str, Any]) -> list[str]:
+    """The verdict line, and a line for each daemon that could not be asked."""
+    verdict = "ESTABLISHED (hot standby ready)" if st["established"] else "SERVING WITHOUT A STANDBY" if st["serving"] else "NOT SERVING"
+    if not st.get("unknown"):
+        return [f"hsb: {verdict}"]
+    names = ", ".join(u["name"] for u in st["unknown"])
+    if any(u["name"] == "CP" for u in st["unknown"]):
+        # the CP decides who serves: without it no verdict, only what the hosts say of themselves
+        said = [f"{h['name']} {str(h.get('role', '?')).upper()} ({h.get('state', '?')})" for h in st.get("hosts", []) if h.get("reachable")]
+        first = f"hsb: UNKNOWN ({names} cannot be asked); the hosts say: {', '.join(said) or 'nothing (none answered)'}"
+    else:
+        first = f"hsb: UNKNOWN ({names} cannot be asked); from the others: {verdict}"
+    return [first, *(f"  {u['name']} at {u['addr']}: {u['error']}" for u in st["unknown"])]
+
+
 def render(st: dict[str, Any]) -> str:
     out: list[str] = []
-    verdict = "ESTABLISHED (hot standby ready)" if st["established"] else "SERVING WITHOUT A STANDBY" if st["serving"] else "NOT SERVING"
-    if st.get("unknown"):
-        names = ", ".join(u["name"] for u in st["unknown"])
-        out.append(f"hsb: UNKNOWN ({names} cannot be asked); from the others: {verdict}")
-        for u in st["unknown"]:
-            out.append(f"  {u['name']} at {u['addr']}: {u['error']}")
-    else:
-        out.append(f"hsb: {verdict}")
+    out.extend(headline(st))
     if st["cp"].get("paused"):
         out.append("PAUSED: automatic failover is off ('hsbctl resume' turns it on; a planned switchover and promote still work)")
     if st.get("two_actives"):
@@ -188,7 +196,7 @@ def render(st: dict[str, Any]) -> str:
             ring = f"ring write gen {tf['ring_write']['generation']} seq {tf['ring_write']['last_seq']}"
         if tf.get("ring_read"):
             ring = f"ring read gen {tf['ring_read']['generation']} next {tf['ring_read']['next_seq']}" + (
-                f" lag {h['ring_lag']}" if "ring_lag" in h else ""
+                f" lag {h['ring_lag']}" if h.get("ring_lag") is not None else ""
             )
         sid = h["startup_id"]
         out.append(
