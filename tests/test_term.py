@@ -907,18 +907,19 @@ async def test_each_terminal_connection_sets_tcp_keepalive_to_probe_when_idle(fa
     finds out by TCP keepalive (first probe after 1 s by default), not only at its next message.
     `keepalive` sets the idle time; 0 leaves the system's default (no probes), as many devices do."""
     import hsb.term.client as client
+    import hsb.term.net as net
 
     real = client.dead_peer_detection
     seen: list[tuple[int, int]] = []
 
-    def spy(sock: Any, idle: int = client.KEEPALIVE_IDLE_S) -> None:
+    def spy(sock: Any, idle: int = net.KEEPALIVE_IDLE_S) -> None:
         real(sock, idle)
         seen.append((sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)))
 
     monkeypatch.setattr(client, "dead_peer_detection", spy)
     r = await run_load(("127.0.0.1", fake.port), terminals=3, rate=30, duration=0.3, settle=5)
     assert r.ok
-    assert len(seen) == 3 and all(ka == 1 and idle == client.KEEPALIVE_IDLE_S for ka, idle in seen), seen
+    assert len(seen) == 3 and all(ka == 1 and idle == net.KEEPALIVE_IDLE_S for ka, idle in seen), seen
     seen.clear()
     r = await run_load(("127.0.0.1", fake.port), terminals=2, rate=30, duration=0.3, settle=5, keepalive=7)
     assert r.ok and seen == [(1, 7), (1, 7)], seen

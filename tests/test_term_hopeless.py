@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from hsb.term.client import DOWN, Listener, TerminalClient
+from hsb.term.client import DOWN, TerminalClient
 from hsb.term.connector import Connector, tls_context
 from hsb.term.interactive import interactive
+from hsb.term.listener import Listener
 from hsb.term.load import run_load
 from hsb.term.report import format_table
 from hsb.wire.framing import encode

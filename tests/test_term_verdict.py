@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hsb.term.client import parse_hostport
 from hsb.term.load import terminal_names
+from hsb.term.net import parse_hostport
 from hsb.term.report import LoadReport, format_table
 from hsb.term.stats import GapTracker, LatencyHistogram
 from hsb.term.verdict import ACKED, REPLY_MAX, REPLY_ONE, SENT, Verdict, judge, judge_marks

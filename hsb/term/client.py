@@ -39,11 +39,12 @@ a reply to an id it never sent, or to one the CP had not yet acknowledged, is
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from typing import TYPE_CHECKING, Any, cast
 
 from hsb.backoff import Backoff
+from hsb.term.listener import Listener
+from hsb.term.net import dead_peer_detection, new_id_base
 from hsb.term.verdict import ACKED, REPLY_MAX, REPLY_ONE, REPLY_SHIFT, SENT
 from hsb.wire.framing import DEFAULT_MAX_FRAME, Decoder, ProtocolError, encode
 
@@ -62,60 +63,6 @@ BACKOFF_MIN = 0.05
 BACKOFF_MAX = 0.5  # a terminal tries again at least twice a second: a restarted CP is back in ~0.3 s
 
 _BYE = encode({"t": "bye"})
-
-
-def new_id_base() -> int:
-    """A fresh id base: the wall clock in microseconds (ids above anything sent before)."""
-    return time.time_ns() // 1000
-
-
-def parse_hostport(text: str) -> tuple[str, int]:
-    """'HOST:PORT' or '[v6]:PORT' → (host, port); ValueError if malformed."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
-
-
-class Listener:
-    """Receives a terminal's events; every method is a no-op here."""
-
-    def on_sent(self, c: TerminalClient, msg_id: int, now: float) -> None:
-        """A new message (not a resend) was recorded as outstanding."""
-
-    def on_resent(self, c: TerminalClient, count: int) -> None:
-        """`count` unacknowledged messages were sent again after a welcome."""
-
-    def on_welcome(self, c: TerminalClient, first: bool) -> None:
-        """Logged on; `first` is True for this terminal's first welcome ever."""
-
-    def on_session(self, c: TerminalClient, state: str, epoch: int, reason: str | None, first_open: bool) -> None:
-        """A session event; `first_open` is True for this terminal's first open session."""
-
-    def on_ack(self, c: TerminalClient, msg_id: int, first: bool) -> None:
-        """`first` is False for a re-acknowledgement (after a resend) or an ack of an unknown id."""
-
-    def on_reply(self, c: TerminalClient, msg_id: int, data: Any, latency: float | None, kind: str) -> None:
-        """`kind` is "first", "early" (a first reply that came before the message's ack),
-        "duplicate" or "unexpected" (an id never sent); `latency` (s) is set for the first reply."""
-
-    def on_switched(self, c: TerminalClient, epoch: int) -> None:
-        pass
-
-    def on_error(self, c: TerminalClient, code: str, msg: str) -> None:
-        """The CP sent an error frame (it closes the connection next)."""
-
-    def on_protocol_error(self, c: TerminalClient, exc: ProtocolError) -> None:
-        """The CP sent something that breaks the protocol; the terminal drops the connection."""
-
-    def on_disconnect(self, c: TerminalClient, exc: Exception | None, retry_in: float, welcomed: bool) -> None:
-        """A connection dropped (`welcomed`: after logging on, else a refusal or a drop before
-        the welcome); a reconnect follows in `retry_in` seconds."""
-
-    def on_connect_failed(self, c: TerminalClient, exc: BaseException, retry_in: float) -> None:
-        pass
 
 
 class TerminalClient(asyncio.Protocol):
@@ -673,34 +620,3 @@ def _int(msg: dict[str, Any], key: str) -> int:
     if not isinstance(v, int) or isinstance(v, bool):
         raise ProtocolError("bad_fields", f"{msg.get('t')}: field {key!r} must be int")
     return v
-
-
-# A terminal finds out that its CP is gone without sending: after a CP machine's loss the
-# address moves (keepalived) and the old connection is dead, but a terminal that sends only
-# every few seconds would learn it only then. TCP keepalive probes an idle connection after
-# KEEPALIVE_IDLE_S (the new holder of the address answers with a reset; a silent peer is given
-# up after KEEPALIVE_COUNT probes); data in flight is retransmitted to the new holder, which
-# resets it too. The kernel does it all: no frames, no CP work, at any number of terminals.
-# (No TCP_USER_TIMEOUT: it would also cut a terminal the CP back-pressures for a while.)
-KEEPALIVE_IDLE_S = 1
-KEEPALIVE_INTERVAL_S = 1
-KEEPALIVE_COUNT = 3
-
-
-def dead_peer_detection(sock: Any, idle: int = KEEPALIVE_IDLE_S) -> None:
-    """TCP keepalive on a terminal's connection, probing after `idle` s (Linux; elsewhere the default)."""
-    if sock is None:
-        return
-    opts = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
-    for name, value in (
-        ("TCP_KEEPIDLE", idle),
-        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
-        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
-    ):
-        if hasattr(socket, name):
-            opts.append((socket.IPPROTO_TCP, getattr(socket, name), value))
-    for level, opt, value in opts:
-        try:
-            sock.setsockopt(level, opt, value)
-        except OSError:  # pragma: no cover - a platform without it
-            pass

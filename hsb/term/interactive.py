@@ -32,9 +32,10 @@ import sys
 import threading
 from typing import Any, NamedTuple, TextIO
 
-from hsb.term.client import WELCOMED, Listener, TerminalClient
+from hsb.term.client import WELCOMED, TerminalClient
 from hsb.term.connector import Connector
 from hsb.term.hopeless import REFUSALS, Hopeless, refusal_fix, tls_failure
+from hsb.term.listener import Listener
 from hsb.term.verdict import judge_marks
 from hsb.wire.framing import ProtocolError
 

@@ -38,9 +38,11 @@ from collections import Counter, deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
-from hsb.term.client import WELCOMED, Listener, TerminalClient, new_id_base, parse_hostport
+from hsb.term.client import WELCOMED, TerminalClient
 from hsb.term.connector import Connector
 from hsb.term.hopeless import Hopeless
+from hsb.term.listener import Listener
+from hsb.term.net import new_id_base, parse_hostport
 from hsb.term.report import LoadReport, iso
 from hsb.term.stats import GapTracker, LatencyHistogram
 from hsb.term.timeline import BackTimes, Timeline

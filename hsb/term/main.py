@@ -12,9 +12,9 @@ import click
 
 from hsb import gcpolicy
 from hsb import loop as hsb_loop
-from hsb.term.client import parse_hostport
 from hsb.term.interactive import interactive
 from hsb.term.load import SetupNotAnswered, run_load
+from hsb.term.net import parse_hostport
 from hsb.term.report import LoadReport, format_table
 
 

@@ -42,8 +42,8 @@ from typing import Any
 from hsb.ctl import sandbox
 from hsb.ctl.gather import status_all
 from hsb.term.books import check_books
-from hsb.term.client import new_id_base
 from hsb.term.load import run_load, terminal_names
+from hsb.term.net import new_id_base
 from hsb.term.verdict import ids
 from hsb.term.workload import LedgerWorkload
 from tests.support.massterm import Fleet
