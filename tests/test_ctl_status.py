@@ -365,5 +365,7 @@ def test_with_the_cp_unreachable_the_first_line_says_what_the_hosts_say_not_a_ve
     }
     first = headline(st)[0]
     assert first == "hsb: UNKNOWN (CP, host-b cannot be asked); the hosts say: host-a ACTIVE (established)", first
+    a["serving"] = False  # (cut off from the CP too, most likely: its lease gone)
+    assert "host-a NOT-SERVING (established)" in headline(st)[0], headline(st)[0]
     st["hosts"], st["unknown"] = [], st["unknown"][:1]
     assert headline(st)[0].endswith("the hosts say: nothing (none answered)")

@@ -51,3 +51,15 @@ async def test_a_host_that_keeps_acting_runs_no_hook(tmp_path: Path) -> None:
         for _ in range(3):
             a.on_state_change()
         assert runs == []
+
+
+async def test_a_planned_switchover_tells_the_old_active_why_it_stops_acting(tmp_path: Path) -> None:
+    """The handover stops the old active acting before its demotion: the run says so (it said
+    'its lease from the CP ran out', or a stale error of another link)."""
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        runs = recorded(a)
+        a.ha.post("switchover")
+        await until(lambda: b.ha.role == "active" and b.is_serving_active(), "host-b the active")
+        await until(lambda: any(r[0] == "standby" for r in runs), "host-a's hook told it is the standby")
+        not_serving = [r for r in runs if r[:2] == ("active", "not_serving")]
+        assert not_serving and "handing over" in not_serving[0][3], runs

@@ -1,7 +1,9 @@
 """An active whose CP link was reset on the CP's side alone (a middlebox's reset: the CP takes
 it for the host's close and grants the standby at once) stops serving as soon as the new
-active's ACTIVE STARTUP tells it a higher epoch, not when its lease runs out. hsbcpd and both
-hsbd in this process (tests/support/inproc.py)."""
+active's ACTIVE STARTUP tells it a higher epoch, not when its lease runs out: it drops its CP
+link and registers again, and the CP, which has the other host active, refuses it. A claim
+whose higher epoch is stale (a CP journal set aside starts again from epoch 0) costs the real
+active only a registration again. hsbcpd and both hsbd in this process (tests/support/inproc.py)."""
 
 from __future__ import annotations
 
@@ -38,9 +40,26 @@ async def test_an_active_reset_at_the_cp_alone_stops_when_the_peer_says_its_epoc
             # it stopped on the peer's word, well before its lease would have run out by itself
             assert stopped_after < a.ha.lease.duration / 2, stopped_after
             assert a.ha.counters["two_actives_claimed"] == 0
-            assert a.ha.exit is not None and "epoch" in a.ha.exit.msg
+            assert a.ha.exit is not None and "active" in a.ha.exit.msg, a.ha.exit  # the CP's refusal: another host is active
         finally:
             link.transport.abort()
+
+
+async def test_a_stale_claim_of_a_higher_epoch_costs_the_active_only_a_registration(tmp_path: Path) -> None:
+    """The peer claims the active role at an epoch above this active's, but the CP still has
+    this host as its active (the claim is stale: epochs of a journal set aside began again at
+    0). The active drops its CP link and registers again; the CP gives it the role back, and
+    it serves on, not fenced."""
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        core = cp.cp
+        assert core is not None
+        core.paused = True  # (the link it drops is no failover: the standby is not made active)
+        links = a.cp.connects
+        a.ha.post("peer_frame", msg={"t": "active_startup", "name": "host-b", "instance": "stale", "epoch": a.ha.epoch + 40})
+        await until(lambda: a.cp.connects > links, "host-a's CP link made again")
+        await until(lambda: a.is_serving_active(), "host-a the active again")
+        assert a.ha.exit is None and a.ha.state != "fenced"
+        assert core.active is not None and core.active.name == "host-a"
 
 
 def test_a_peer_without_an_epoch_or_with_a_lower_one_is_only_counted(tmp_path: Path) -> None:
@@ -49,11 +68,12 @@ def test_a_peer_without_an_epoch_or_with_a_lower_one_is_only_counted(tmp_path: P
     for peer_epoch in (None, 3, 2):
         ha = HA.__new__(HA)
         calls: list[str] = []
-        ha.granted, ha.epoch = True, 3
+        ha.granted, ha.epoch, ha.state = True, 3, "established"
         ha.counters = {"two_actives_claimed": 0}
         ha.last_error = None
         ha.lease = type("L", (), {"valid": lambda self: True, "remaining": lambda self: 0.2})()
         ha.fenced = lambda why: calls.append(why)  # type: ignore[method-assign]
+        ha.srv = type("S", (), {"cp": type("C", (), {"drop": lambda self, why: calls.append(why)})()})()  # type: ignore[assignment]
         msg = {"t": "active_startup", "name": "host-b", "instance": "x"}
         if peer_epoch is not None:
             msg["epoch"] = peer_epoch

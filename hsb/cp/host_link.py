@@ -64,7 +64,6 @@ class HostProtocol(AuthServerProtocol):
         self.adopt_waiting: list[str] = []  # adopted for terminals not connected (yet)
         self.adopt_gap: list[tuple[list[tuple[str, dict[str, Any]]], bool]] = []  # named while a grant that cut it was pending
         self.adopt_t0 = 0.0
-        self.lost_error: Exception | None = None  # why its link ended, when it ended with an error
 
     @property
     def usable(self) -> bool:
@@ -241,9 +240,9 @@ class HostProtocol(AuthServerProtocol):
         self.close()
 
     def on_lost(self, exc: Exception | None) -> None:
-        # an end of file is the host's own close (or its process's death); an error (a reset) may
-        # be a middlebox's, which the host never saw: its lease is then waited out (arbitration)
-        self.lost_error = exc
+        # (an error, a reset, may be a middlebox's that the host never saw: the grant is at once
+        # all the same, and the new active's ACTIVE STARTUP on the peer link stops the old one,
+        # docs/design.md §6; said here for the log)
         if self.authed:
             log.info("host_link_closed", host=self.name, role=self.role, peer=self.peer, error=None if exc is None else type(exc).__name__)
             self.cp.host_lost(self)

@@ -84,7 +84,7 @@ def headline(st: dict[str, Any]) -> list[str]:
     names = ", ".join(u["name"] for u in st["unknown"])
     if any(u["name"] == "CP" for u in st["unknown"]):
         # the CP decides who serves: without it no verdict, only what the hosts say of themselves
-        said = [f"{h['name']} {str(h.get('role', '?')).upper()} ({h.get('state', '?')})" for h in st.get("hosts", []) if h.get("reachable")]
+        said = [f"{h['name']} {_role_label(h)} ({h.get('state', '?')})" for h in st.get("hosts", []) if h.get("reachable")]
         first = f"hsb: UNKNOWN ({names} cannot be asked); the hosts say: {', '.join(said) or 'nothing (none answered)'}"
     else:
         first = f"hsb: UNKNOWN ({names} cannot be asked); from the others: {verdict}"

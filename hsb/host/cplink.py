@@ -70,6 +70,7 @@ class CPLink:
         self.last_rx: float | None = None
         self.task: asyncio.Task[None] | None = None
         self.stopped = False
+        self.dropping: str | None = None  # why `drop()` closed the link (said at its loss)
         self.connects = 0
         # the highest CP journal generation seen (SPEC §5.8): a CP with a lower one was
         # superseded by another CP machine and is refused
@@ -188,6 +189,7 @@ class CPLink:
             unresolved.clear()
             wrong_port.clear()
             self.fs = fs
+            self.dropping = None
             self.connects += 1
             self.last_rx = time.monotonic()
             log.info("cp_link_up", cp=self.addr)
@@ -216,7 +218,7 @@ class CPLink:
             except TimeoutError:
                 why = f"CP silent for {self.timeout}s"
             except LinkClosed:
-                why = "eof"
+                why = self.dropping or "eof"
             except ProtocolError as exc:
                 why = f"protocol error from CP: {exc}"
                 try:  # said to the CP too, if it can be (then the link closes, and is made again)
@@ -262,6 +264,14 @@ class CPLink:
                 lease = self.lease.duration
                 await asyncio.sleep(min(self.interval, lease / 3) if lease > 0 else min(self.interval, LEASE_UNKNOWN_BEAT_S))
         except (ConnectionError, OSError, TimeoutError, RuntimeError):
+            fs.close()
+
+    def drop(self, why: str) -> None:
+        """Close the link now (this host stops serving, as on any loss of it) and make it again:
+        the CP decides anew at the registration that follows."""
+        fs = self.fs
+        if fs is not None:
+            self.dropping = why
             fs.close()
 
     async def close(self) -> None:

@@ -232,17 +232,17 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
             self.role_announced = True
             self._fire_hook(self.state, "registered with the CP as the active")
 
-    def _idle_wait(self, ping_every: float | None) -> float:
+    def _idle_wait(self, ping_due: float | None) -> float:
         """How long the loop waits for an event before its next pass: 0.2 s, an established
-        standby until its next ring poll, a retry until it is due; never past the watchdog's
-        half interval (a ring_poll_interval longer than that went unpinged)."""
+        standby until its next ring poll, a retry until it is due; never past the watchdog's next
+        ping (`ping_due` seconds from now: a ring_poll_interval longer than that went unpinged)."""
         now = time.monotonic()
         wait = 0.2
         if self.role == "standby" and self.state == ESTABLISHED:
             wait = max(0.0, self.next_poll - now)
         elif self.state == BATCH_RETRY:
             wait = max(0.0, self.resync_at - now)
-        return wait if ping_every is None else min(wait, ping_every)
+        return wait if ping_due is None else min(wait, ping_due)
 
     async def _cycle_pinged(self, watchdog: Watchdog) -> str:
         """One `run_cycle()`, the watchdog pinged meanwhile for as long as the cycle's storage
@@ -284,14 +284,27 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
             self.srv.hook.fire(self.role, self.state, self.epoch, "acting as the active again")
         else:
             state = STOPPING if self.state == STOPPING else "not_serving"
-            why = "normal termination" if state == STOPPING else (self.last_error or "its lease from the CP ran out")
-            self.srv.hook.fire(self.role, state, self.epoch, why)
+            self.srv.hook.fire(self.role, state, self.epoch, self._not_acting_why())
+
+    def _not_acting_why(self) -> str:
+        if self.state == STOPPING:
+            return "normal termination"
+        if self.state == HANDING_OVER:
+            return "handing over to the standby (planned switchover)"
+        if not self.granted:
+            return "its link to the CP is lost: not serving until registered again"
+        if not self.lease.valid():
+            return f"no heartbeat answered by the CP within its {self.lease.duration:g} s lease"
+        return f"not serving ({self.state})"
 
     async def run(self) -> None:
         watchdog = Watchdog()  # systemd's WatchdogSec: pinged from this loop, which runs every 0.2 s at least
         while self.exit is None:
-            watchdog.tick(time.monotonic())
-            timeout = self._idle_wait(watchdog.every)
+            now = time.monotonic()
+            watchdog.tick(now)
+            # (until the next ping is due, counted from the last one: an event just before it would
+            # otherwise put a whole WatchdogSec between two pings)
+            timeout = self._idle_wait(None if watchdog.every is None else max(0.0, watchdog.last + watchdog.every - now))
             try:
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
                 # comes as the event is set, and this loop then never ends (a stop that hangs)
@@ -629,12 +642,18 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         """The peer says it is the active while this host's role is too. Two actives only while
         this one still holds the role at the CP with a valid lease (the alert's metric); one whose
         CP link is gone (its lease lapsed or not renewed) was taken over from: a failover, said so.
-        A peer granted a higher epoch than this host's was granted after it: the CP took the role
-        from this host though its lease still runs here (its link reset on the CP's side alone,
-        which the CP takes for the host's close): this host stops serving now, fenced, rather
-        than at its lease's end."""
+        A peer granted a higher epoch than this host's may have been granted after it: the CP
+        took the role from this host though its lease still runs here (its link reset on the CP's
+        side alone, which the CP takes for the host's close). This host then drops its CP link,
+        which stops it serving at once, and registers again: the CP decides, and refuses it if
+        the other host holds the role (an epoch is not compared across CP journals: one set aside
+        starts again from 0, and the peer's may be the stale one)."""
         peer_epoch = msg.get("epoch")
+        if self.state == STOPPING:  # (a stop's handover granted late: the CP's `demoted` follows)
+            log.info("peer_took_over", peer=msg.get("name"), msg="during this host's stop")
+            return
         if self.granted and self.lease.valid() and isinstance(peer_epoch, int) and peer_epoch > self.epoch:
+            why = f"the peer {msg.get('name')} claims the active role at epoch {peer_epoch}, above this host's {self.epoch}"
             log.error(
                 "taken_over_while_serving",
                 peer=msg.get("name"),
@@ -642,7 +661,8 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
                 peer_epoch=peer_epoch,
                 lease_left_s=round(self.lease.remaining(), 3),
             )
-            self.fenced(f"the peer {msg.get('name')} holds epoch {peer_epoch}, granted by the CP after this host's {self.epoch}")
+            self.last_error = f"{why}: the CP link dropped, the CP asked again who is active"
+            self.srv.cp.drop(why)
             return
         if self.granted and self.lease.valid():
             self.last_error = f"the peer {msg.get('name')} also claims to be active"

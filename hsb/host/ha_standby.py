@@ -262,6 +262,7 @@ class HotStandbySide:
         self.batch_apply = None
         tio = self.srv.takeover
         tio.follow()
+        self.ring_failing = None  # (a failure before this batch read counts for nothing now)
         self.last_error = None
         self.set_state(ESTABLISHED, "batch read done and standby sessions open")
         self.established_since = time.time()
@@ -306,7 +307,7 @@ class HotStandbySide:
             log.warning("ring_resync_needed", status=status, detail=detail)
             if status == "corrupt":
                 self.last_error = f"takeover ring {detail}: corrupt"
-            if tio.foreign_writer is not None:  # another pair's host wrote the new batch (logged by the reader)
+            if status != "unreadable" and tio.foreign_writer is not None:  # another pair's host wrote the new batch (logged by the reader)
                 self.last_error = tio.foreign_writer
             bad = tio.bad_record if status == "corrupt" else None  # the active's batch write clears it
             tio.stop_following()

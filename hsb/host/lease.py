@@ -23,7 +23,8 @@ at once when the active's link is closed by the other end, which is the host's o
 stops serving first) or its process's death. A reset that a middlebox sent to the CP alone looks
 the same to the CP while the host, alive, still holds its lease for up to `lease`; the new active's
 ACTIVE STARTUP on the peer link carries its epoch, and an active that hears a higher epoch than
-its own stops serving at once (fenced), so the overlap lasts only while the peer link is down too.
+its own drops its CP link at once (it stops serving) and registers again, for the CP to decide;
+the overlap lasts only while the peer link is down too.
 
 Sans-IO: the caller supplies the clock readings and sends the heartbeats.
 """

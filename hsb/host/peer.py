@@ -310,6 +310,9 @@ class PeerLink:
                 pass
             finally:
                 self.outbound = None
+                # the host at host.peer proves its name again on the next connection (it may be
+                # another host now, put in place of the one before at that address)
+                self.peer_proved = None
                 await fs.aclose()
                 log.debug("peer_sending_link_down", peer=self.peer_addr)
 
