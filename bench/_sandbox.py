@@ -624,8 +624,8 @@ def _load_stats_class() -> type:
     class FailoverStats(L.LoadStats):  # type: ignore[misc, valid-type]
         """LoadStats that also tells when every terminal is back after the last mark."""
 
-        def __init__(self, terminals: int) -> None:
-            super().__init__(terminals)
+        def __init__(self, terminals: int, target: str = "the CP") -> None:
+            super().__init__(terminals, target)
             self.offset = time.time() - time.monotonic()
             self.mark_at: float | None = None  # monotonic
             self.back: set[str] = set()  # switched, or session open again, after the mark
@@ -704,8 +704,8 @@ async def _load_child(a: Any) -> None:
     cls = _load_stats_class()
     made: list[Any] = []
 
-    def factory(n: int) -> Any:
-        s = cls(n)
+    def factory(*args: Any) -> Any:  # (as hsb.term.load.run_load makes its LoadStats)
+        s = cls(*args)
         made.append(s)
         return s
 

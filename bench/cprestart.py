@@ -227,7 +227,7 @@ def recovery_bench(n: int, group: int = GROUP_RECORDS) -> dict[str, Any]:
         cfgp = Path(tmp) / "cp.toml"
         cfgp.write_text(f'[cp]\nsecret_file = "s"\n[[terminal_groups]]\nprefix = "T"\nwidth = 6\nstart = 0\ncount = {terminals}\n')
         cfg = load(cfgp, CPConfig)
-        with gcpolicy.paused():  # as hsbcpd recovers (hsb.cp.server.take_over)
+        with gcpolicy.paused():  # as hsbcpd recovers (hsb.cp.taking_over.take_over)
             t0 = time.perf_counter()
             r = recover(d)
             t1 = time.perf_counter()

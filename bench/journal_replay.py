@@ -77,7 +77,7 @@ async def amain(a: argparse.Namespace) -> int:
             w = await write_history(d, mib, a.terminals, a.group)
             runs = []
             for _ in range(a.reps):
-                with gcpolicy.paused():  # as hsbcpd recovers (hsb.cp.server)
+                with gcpolicy.paused():  # as hsbcpd recovers (hsb.cp.taking_over)
                     t0 = time.perf_counter()
                     r = recover(d, truncate=False)
                     runs.append(round((time.perf_counter() - t0) * 1000, 1))

@@ -48,3 +48,20 @@ def test_a_restart_figure_is_service_and_a_missing_one_is_the_worst() -> None:
     # the new process's first line under --supervise is a worker's, not its master's
     assert cprestart.master_line({"event": "cp_worker_started"}) and cprestart.master_line({"event": "cp_worker_died"})
     assert not cprestart.master_line({"event": "journal_recovered"})
+
+
+async def test_the_load_childs_stats_take_what_run_load_gives_them() -> None:
+    """The benches' load child puts its own LoadStats in hsbterm's place: it must take the
+    arguments run_load makes it with (a second, the target, was added and every bench's load
+    died with a TypeError while the suite stayed green)."""
+    import inspect
+
+    import _sandbox
+
+    from hsb.term import load
+
+    src = inspect.getsource(load.run_load)
+    call = next(line for line in src.splitlines() if "LoadStats(" in line)
+    assert call.count(",") == 1, call  # (the two arguments given below, if this fails: update both)
+    stats = _sandbox._load_stats_class()(3, "127.0.0.1:1")
+    assert stats.terminals == 3 and stats.extras()["back"] == 0
