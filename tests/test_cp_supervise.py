@@ -719,7 +719,9 @@ def test_a_reload_or_wake_sent_while_a_plain_hsbcpd_starts_is_noted_not_fatal(tm
 
 def outs(out: str) -> list[str]:
     """The OUT lines of a worker and its master, which share stdout with the master's log lines:
-    each OUT line is one write, but it may land after a log line's text and before its newline."""
+    each OUT line is one write (os.write: a print of several values may be several writes, and a
+    log line's newline landed in the middle of one), but it may land after a log line's text and
+    before its newline."""
     return re.findall(r"OUT ([^\n]*)", out)
 
 
@@ -732,8 +734,14 @@ def test_a_reload_noted_before_the_master_supervises_goes_to_the_first_worker_on
         "from hsb.cp import supervise",
         "supervise.record_early_signals()",
         "os.kill(os.getpid(), signal.SIGHUP)  # as systemctl reload would, during the imports",
+        # (its handler runs in the main thread once the signal is taken, which another thread of
+        # the process may do a moment later: noted before the master supervises, as the test says)
+        "import time",
+        "deadline = time.monotonic() + 5",
+        "while not supervise.EARLY_SIGNALS and time.monotonic() < deadline:",
+        "    time.sleep(0.001)",
         "def work(info):",
-        "    print('OUT', info['restarts'], sorted(int(s) for s in supervise.EARLY_SIGNALS), flush=True)",
+        "    os.write(1, f\"OUT {info['restarts']} {sorted(int(s) for s in supervise.EARLY_SIGNALS)}\\n\".encode())",
         "    if info['restarts'] == 0:",
         "        os.kill(os.getpid(), signal.SIGKILL)  # a crash: the master forks the next",
         "    return 0",
@@ -751,10 +759,10 @@ def test_a_worker_that_dies_while_it_ends_for_good_is_not_forked_again() -> None
         "import os, signal, sys",
         "from hsb.cp import supervise",
         "def work(info):",
-        "    print('OUT worker', info['restarts'], flush=True)",
+        "    os.write(1, f\"OUT worker {info['restarts']}\\n\".encode())",
         "    supervise.mark_final(75)",
         "    os.kill(os.getpid(), signal.SIGKILL)",
-        "print('OUT master', supervise.supervise(work), flush=True)",
+        "os.write(1, f'OUT master {supervise.supervise(work)}\\n'.encode())",
     )
     assert outs(out) == ["worker 0", "master 75"], out
     assert "cp_worker_died_ending" in out and "cp_worker_died " not in out, out

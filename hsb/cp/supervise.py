@@ -261,6 +261,7 @@ def _worker(work: Callable[[dict[str, Any]], int], info: dict[str, Any], parent:
     code = 1
     try:
         worker_signals()
+        EARLY_SIGNALS.extend(info.pop("owed", []))  # (the master's, at the fork: noted as if they came now)
         if os.environ.get("WATCHDOG_PID") == str(parent):
             # systemd's watchdog watches the master (the unit's main process), which runs no loop
             # to ping it from: the worker's tick loop pings for it (NotifyAccess=all); the master
@@ -346,6 +347,9 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
             return 0
         try:
             r, w = os.pipe()
+            # owed reloads and wakes go with the fork's copy of this memory: sent as signals after
+            # it, one could come after the new worker had read its list (it then went unheeded)
+            info["owed"] = list(owed)
             pid = os.fork()
         except OSError as exc:
             log.error("cp_worker_fork_failed", error=str(exc), msg="cannot start the CP (memory? process limit?)")
@@ -356,8 +360,6 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
             _worker(work, info, master, w)
         os.close(w)
         worker = pid
-        for late in owed:  # (pending in the new worker until its handlers note them)
-            os.kill(pid, late)
         owed.clear()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, PASSED_ON)
         log.info("cp_worker_started", pid=pid, master_pid=master, restarts=info["restarts"])
