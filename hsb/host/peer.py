@@ -155,7 +155,8 @@ class PeerLink:
         self.outbound: FrameStream | None = None
         self.last_rx: float | None = None
         self.peer_name: str | None = None  # the name the receiving connection authenticated with
-        self.peer_proved: str | None = None  # the name the host at `peer` proved on our sending connection
+        self.peer_proved: str | None = None  # the name the host at `peer` proved on our sending connection (while it is up)
+        self.peer_last_proved: str | None = None  # the name proved on the connection before (for the log)
         self.peer_hello: dict[str, Any] | None = None
         self.up = False
         self.server: asyncio.base_events.Server | None = None
@@ -285,9 +286,9 @@ class PeerLink:
             unresolved.clear()
             not_peer.clear()
             wrong_port.clear()
-            if proved != self.peer_proved:
-                log.info("peer_host_known", peer=self.peer_addr, name=proved, was=self.peer_proved)
-                self.peer_proved = proved
+            if proved != self.peer_last_proved:  # (said the first time, and when another name answers)
+                log.info("peer_host_known", peer=self.peer_addr, name=proved, was=self.peer_last_proved)
+            self.peer_proved = self.peer_last_proved = proved
             _user_timeout(fs, max(4 * self.timeout, 2.0))
             self.outbound = fs
             log.debug("peer_sending_link_up", peer=self.peer_addr)
