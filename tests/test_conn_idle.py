@@ -126,3 +126,52 @@ async def test_a_peer_that_reads_nothing_of_ours_is_told_so_not_that_it_was_sile
     p.flush()
     errors = [f for f in p.transport.frames() if f.get("t") == "error"]  # type: ignore[union-attr]
     assert [e["code"] for e in errors] == ["not_reading"] and "read the replies" in errors[0]["msg"], errors
+
+
+class ReadingTransport(CountingTransport):
+    """Records whether the protocol has the transport reading."""
+
+    reading = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+async def test_a_link_that_reads_under_write_pressure_reads_on_after_a_burst_yielded() -> None:
+    """A host link: 300 frames in one read are handled in turns (reading paused meanwhile), and
+    our writes to that host pause just then (a flip re-delivering). Reading stayed off until the
+    writes resumed: the host's heartbeats went unread, the CP took the live active for silent
+    and renewed no lease."""
+    p = Echo()  # (read_under_write_pressure = True: the host and peer links)
+    t = ReadingTransport("peer")
+    p.connection_made(t)  # type: ignore[arg-type]
+    p.data_received(b"".join(encode({"t": "ping"}) for _ in range(300)))
+    p.pause_writing()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while p.pings < 300 or p._yielding:
+        assert loop.time() - t0 < 5, p.pings
+        await asyncio.sleep(0.01)
+    assert t.reading, "the link stopped reading while its writes were paused"
+
+
+async def test_a_frame_begun_while_our_writes_are_paused_does_not_close_a_terminal_that_reads_slowly() -> None:
+    """A terminal link (reads nothing while it does not read ours) with no idle timeout: a frame
+    begun when our writes paused fired the partial-frame timer and closed it (not_reading after
+    5 s), while one with no frame begun was kept for ever. The stall is ours: it is kept."""
+
+    class Strict(Echo):
+        read_under_write_pressure = False
+
+    p = Strict(idle_timeout=None, partial_timeout=0.2)
+    p.connection_made(CountingTransport("peer"))  # type: ignore[arg-type]
+    frame = encode({"t": "ping"})
+    p.data_received(frame + frame[:3])
+    p.pause_writing()
+    await asyncio.sleep(0.5)  # an observation window: 2.5 partial timeouts
+    assert not p.transport.closing  # type: ignore[union-attr]
+    p.resume_writing()
+    await until_closed(p, 5.0)  # (reading again, the frame still unfinished: the partial timer is its own again)

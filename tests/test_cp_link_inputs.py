@@ -442,3 +442,22 @@ async def test_an_unauthenticated_peer_gets_its_auth_frame_decoded_and_nothing_m
     w.clear_deadline()
     w.connection_lost(None)
     await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize(("presented", "names", "refused"), [(True, set(), True), (True, {"T00001"}, False), (False, set(), False)])
+async def test_a_terminal_certificate_that_names_nobody_is_no_terminals(tmp_path: Path, presented: bool, names: set[str], refused: bool) -> None:
+    """Over TLS a terminal that presents a certificate logs on only as a name it names. One that
+    names nobody (an IP-only SAN device certificate) skipped the check and could log on as any
+    terminal; no certificate at all (they are optional on terminals) is still let in."""
+    from hsb.wire.framing import encode
+
+    cp = cp_core(tmp_path, 2)
+    p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
+    p.tls_peer_names = lambda: set(names)  # type: ignore[method-assign]  # (TLS: the certificate's names)
+    p.tls_cert_presented = lambda: presented  # type: ignore[method-assign]
+    p.connection_made(RecordingTransport("T00001"))
+    p.clear_deadline()
+    p.data_received(encode({"t": "hello", "terminal": "T00001", "last_reply": 0}))
+    p.flush()
+    errors = [f["code"] for f in p.transport.frames() if f["t"] == "error"]
+    assert (errors == ["tls_name_mismatch"]) is refused and (cp.terms["T00001"].conn is p) is not refused, errors

@@ -182,15 +182,16 @@ async def test_terminal_keepalive_set_on_a_uvloop_listener_reaches_each_connecti
 SECRET = b"a shared secret for the test"
 
 
-async def _authenticate_against(answer: object) -> tuple[str | None, Exception | None]:
-    """A client authenticating at a server that challenges it properly, then answers `auth_ok`
-    with `answer(auth frame)` as its proof ('mac'); (server name, error)."""
+async def _authenticate_against(answer: object, ok_server: str = "cp", proto: int | None = None) -> tuple[str | None, Exception | None]:
+    """A client authenticating at a server that challenges it properly (as "cp", speaking `proto`,
+    this version's by default), then answers `auth_ok` (naming `ok_server`) with `answer(auth
+    frame)` as its proof ('mac'); (server name, error)."""
     from hsb import LINK_PROTOCOL
     from hsb.wire import auth
     from hsb.wire.framing import Decoder, encode
 
     async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        w.write(encode({"t": "challenge", "nonce": auth.new_nonce(), "server": "cp", "proto": LINK_PROTOCOL}))
+        w.write(encode({"t": "challenge", "nonce": auth.new_nonce(), "server": "cp", "proto": LINK_PROTOCOL if proto is None else proto}))
         dec = Decoder()
         frames: list[dict] = []
         while not frames:
@@ -198,7 +199,7 @@ async def _authenticate_against(answer: object) -> tuple[str | None, Exception |
             if not data:
                 return
             frames = dec.feed(data)
-        ok = {"t": "auth_ok", "server": "cp"}
+        ok = {"t": "auth_ok", "server": ok_server}
         mac = answer(frames[0])  # type: ignore[operator]
         if mac is not None:
             ok["mac"] = mac
@@ -292,3 +293,31 @@ async def test_a_challenge_whose_nonce_is_not_of_our_length_is_refused() -> None
         await fs.aclose(timeout=1.0)
         srv.close()
         await srv.wait_closed()
+
+
+@pytest.mark.timeout(30)
+async def test_the_name_returned_is_the_one_proved_and_a_version_mismatch_says_both() -> None:
+    """authenticate() returned auth_ok's `server`, a name nothing checked (the proof and the
+    certificate cover the challenge's), and the peer link refuses others by it; and a version
+    mismatch it finds itself had no text (logged as reason None)."""
+    from hsb import LINK_PROTOCOL
+    from hsb.wire import auth
+    from hsb.wire.client import LinkClosed
+
+    good = lambda a: auth.answer(SECRET, a["nonce"], auth.server_role("host"), "cp")  # noqa: E731
+    assert await _authenticate_against(good, ok_server="host-c") == ("cp", None)
+    name, exc = await _authenticate_against(good, proto=LINK_PROTOCOL + 1)
+    assert name is None and isinstance(exc, LinkClosed) and exc.error is not None
+    msg = str(exc.error.get("msg"))
+    assert str(LINK_PROTOCOL) in msg and str(LINK_PROTOCOL + 1) in msg, exc.error
+
+
+def test_a_refusals_reason_is_bounded() -> None:
+    """What answers at a host's cp or peer address may be anyone: its error text is logged, and
+    put in status, at most a few hundred characters long."""
+    from hsb.ops import refusals
+
+    said: list[str] = []
+    r = refusals.RefusalLog("test_refused", "fix it", on_said=said.append)
+    r.seen("x" * 500_000)
+    assert said and len(said[0]) < 400, len(said[0])

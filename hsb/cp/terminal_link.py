@@ -70,7 +70,9 @@ class TerminalProtocol(FramedProtocol):
         if last_reply is not None and (not isinstance(last_reply, int) or isinstance(last_reply, bool) or not 0 <= last_reply <= ID_MAX):
             raise ProtocolError("bad_hello", f"hello: last_reply must be an id 0..{ID_MAX}")
         names = self.tls_peer_names()
-        if names:  # TLS with a terminal certificate: it must be this terminal's
+        if (
+            names is not None and self.tls_cert_presented()
+        ):  # TLS with a terminal certificate: it must be this terminal's (one naming nobody is no one's)
             if name not in names:
                 why = f"terminal {name[:64]!r} presented the certificate of {sorted(names)[:4]}"
                 log.warning("tls_refused", link=self.link, peer=self.peer, reason=why)

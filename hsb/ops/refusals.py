@@ -19,6 +19,7 @@ from hsb.wire.framing import ProtocolError
 log = structlog.get_logger("hsb.ops")
 
 EVERY_S = 60.0
+WHY_MAX = 300  # characters of a refusal's reason logged (the far end's text: not to be trusted for its size)
 DEFAULT_HINT = "tried again every 5 s; fix the secret or install the same hsb version on both sides"
 # the listener that serves each authenticated link, for a hint naming the one to point at
 SERVED_BY = {"host": "the CP's host_listen", "peer": "a host's peer_listen", "admin": "an admin_listen (the CP's or a host's)"}
@@ -50,6 +51,7 @@ class RefusalLog:
     def seen(self, why: str, hint: str | None = None) -> None:
         """A refusal for `why`; `hint`: its fix, when it depends on the reason (else the log's own)."""
         self.count += 1
+        why = why if len(why) <= WHY_MAX else why[:WHY_MAX] + "…"  # (what answers may be anyone: its text is bounded)
         now = time.monotonic()
         if why != self.last or now - self.logged_at >= EVERY_S:
             msg = hint or self.hint

@@ -144,7 +144,12 @@ class FrameStream:
             raise LinkClosed(
                 f"version_mismatch: {ch.get('server', 'the daemon')} speaks link protocol {theirs} (hsb {ch.get('version', 'older than 0.4')}),"
                 f" this program speaks {LINK_PROTOCOL} (hsb {__version__}): install the same hsb version everywhere",
-                {"t": "error", "code": "version_mismatch"},
+                {
+                    "t": "error",
+                    "code": "version_mismatch",
+                    "msg": f"the daemon speaks link protocol {theirs}, this program {LINK_PROTOCOL}",
+                    "cause": "version",
+                },
             )
         mine = auth.new_nonce()  # the server answers it too: a process that merely listens at the address is refused
         self.send(
@@ -168,7 +173,7 @@ class FrameStream:
             why = f"the server {server[:64]!r} did not prove that it knows the shared secret (another secret, or not an hsb daemon)"
             raise LinkClosed(f"auth_failed: {why}", {"t": "error", "code": "auth_failed", "msg": why, "cause": "secret"})
         self.auth_ok = ok
-        return str(ok.get("server", "?"))
+        return server  # (the name its certificate and its proof were checked for, not auth_ok's word)
 
     def close(self) -> None:
         if not self.writer.is_closing():

@@ -169,6 +169,15 @@ class FramedProtocol(asyncio.Protocol):
         log.warning("tls_refused", link=self.link, peer=self.peer, reason=reason)
         PROTOCOL_ERRORS[(self.link, "tls_refused")] += 1
 
+    def _held_by_writes(self) -> bool:
+        """Not read because it does not read what we write (links that read on under write
+        pressure, the host links and the peer link, are never held so: their frames must flow)."""
+        return self.write_paused and not self.read_under_write_pressure
+
+    def tls_cert_presented(self) -> bool:
+        """The other side presented a certificate over TLS (one that names nobody included)."""
+        return self._tls is not None and bool(self._tls.obj.getpeercert(binary_form=True))
+
     def tls_peer_names(self) -> set[str] | None:
         """Names in the certificate the other side presented (None: not TLS; empty: none)."""
         if self._tls is None:
@@ -239,7 +248,7 @@ class FramedProtocol(asyncio.Protocol):
     def _next_turn(self) -> None:
         self._yielding = False
         self._drain_backlog()
-        if not self._yielding and self.transport is not None and not self.closed and not self.reading_paused and not self.write_paused:
+        if not self._yielding and self.transport is not None and not self.closed and not self.reading_paused and not self._held_by_writes():
             self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -455,7 +464,7 @@ class FramedProtocol(asyncio.Protocol):
             return
         if self.transport is not None and not self.closed and self.reading_paused:
             self.reading_paused = False
-            if not self.write_paused and not self._yielding:
+            if not self._held_by_writes() and not self._yielding:
                 self.transport.resume_reading()
             if self._backlog and not self._yielding:
                 self._loop.call_soon(self._drain_backlog)
@@ -509,9 +518,11 @@ class FramedProtocol(asyncio.Protocol):
         if self.closed:
             return
         due = self._idle_due
-        if self.reading_paused and not self.write_paused:
-            # we stopped reading it (held messages at their bound, a logon's turn): the silence
-            # is ours, not the peer's; the timeout starts again once we read
+        if (self.reading_paused and not self.write_paused) or (self.idle_timeout is None and self._held_by_writes()):
+            # we stopped reading it (held messages at their bound, a logon's turn; or, a frame
+            # begun and no idle timeout set, our writes it does not read yet, which without a frame
+            # begun would close nothing either): the silence is ours, not the peer's; the timeout
+            # starts again once we read
             due = self._idle_due = self._loop.time() + self._idle_t
         if due - self._loop.time() > 0.001:  # heard from since it was set (uvloop's timers: whole ms)
             self._idle_at = due
