@@ -520,3 +520,25 @@ async def test_a_bye_parked_behind_unconfirmed_replies_is_a_logoff_when_the_cp_c
     recording_terminal(cp, "T00001", 0)  # back before the old connection's connection_lost
     t.connection_lost(None)
     assert term.logoff_upto == 2, "its bye was not taken as a logoff"
+
+
+async def test_a_bye_unread_behind_the_bound_is_a_logoff_when_a_failover_closes_the_terminal(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A terminal with no standby session, at its bound (the CP reads it no more), says bye and
+    waits for the CP to close; the active dies and the grant takes the classic path, closing the
+    connection. Its bye, unread in the kernel, was thrown away with it: not a logoff, and its
+    acknowledged messages waited for a next logon under that name instead of going to the new
+    active (protocol.md, `bye`: handed over across a failover)."""
+    cp = start_cp(tmp_path / "cp", terminals=2, held_bound=4)
+    try:
+        a, t = await _at_bound_with_an_active(cp, [{"t": "msg", "id": i, "data": "x"} for i in range(1, 6)])
+        b = await FakeHost.connect(cp.info["host"], "host-b", "standby")
+        t.send({"t": "bye"})  # (a write of its own, after the bound: in the kernel's receive queue)
+        await t.fs.drain()
+        await a.close()  # the active dies
+        b.send({"t": "switchover", "reason": "test: the active is gone", "planned": False})
+        await b.wait(lambda m: m["t"] == "switch_granted")
+        delivered = await b.wait_count(lambda m: m["t"] == "deliver" and m["terminal"] == "T00001", 4)
+        assert sorted(m["id"] for m in delivered) == [1, 2, 3, 4], delivered
+        await t.wait_closed()
+    finally:
+        cp.stop()

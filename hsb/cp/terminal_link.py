@@ -227,6 +227,10 @@ class TerminalProtocol(FramedProtocol):
         if self._bye_read():
             self._backlog.clear()
             self.bye_waiting = True
+        elif not self.bye_waiting and self.reading_paused and term is not None and term.conn is self and self.unread_has("bye"):
+            # a bye it wrote after its bound, unread in the kernel (a flip's classic path closes it
+            # while it waits for that close): a logoff all the same, as when it goes (`gone`)
+            self.bye_waiting = True
         if self.bye_waiting and term is not None and term.conn is self:
             # closed by the CP while its bye waited (a timer, a flip's classic path), perhaps
             # inside a flip's slice: its session closes as a logoff when the connection goes
