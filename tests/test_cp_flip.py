@@ -499,3 +499,36 @@ async def test_a_standby_close_sent_before_the_grant_was_heard_of_is_not_left_sw
     cp.host_open(b, "T01", "active", ATTRS)
     assert cp.terms["T01"].active is not None and cp.terms["T01"].active.host is b
     _agree(cp)
+
+
+async def test_a_new_run_is_not_switched_onto_the_standby_session_of_the_run_that_logged_off(tmp_path: Path) -> None:
+    """The active dies; its terminal says bye (the dead active cannot be told, and the standby's
+    session of that run stays), goes, and a new run logs on. At the grant the new run was
+    switched onto the old run's standby session: the new active never heard of the logoff, and
+    the new run never logged on there. The old session is closed at the new active as a logoff,
+    and a session asked for the new run."""
+    from tests.support.transports import RecordingTransport
+
+    cp = cp_core(tmp_path, 2, width=2)
+    a = fake_host(cp, "host-a", "active")
+    b = fake_host(cp, "host-b", "standby", record=True)
+    assert isinstance(b.transport, RecordingTransport)
+    name = next(iter(cp.terms))
+    p = fake_terminal(cp, name)
+    cp.host_open(a, name, "active", {"k": 1})
+    cp.host_open(b, name, "standby", {"k": 1})
+    term = cp.terms[name]
+    old = term.standby
+    assert old is not None
+    a.connection_lost(None)  # the active dies
+    cp.terminal_bye(term)
+    p.connection_lost(None)
+    fake_terminal(cp, name)  # a new run
+    cp.host_switchover(b, "test", False, "failover")
+    await _flipped(cp)
+    assert term.active is not old, "the new run was switched onto the old run's session"
+    b.flush()
+    frames = [f for f in b.transport.frames() if f.get("terminal") == name]
+    closed = [f for f in frames if f["t"] == "session_closed"]
+    assert closed and closed[0]["reason"] == "logoff", frames
+    assert any(f["t"] == "session_request" for f in frames), frames

@@ -202,7 +202,7 @@ class Flip:
                     if sb is not None and sb.host is host:
                         term._standby = None
                         gone += 1
-                        if term.conn is not None and not term.leaving:
+                        if term.conn is not None and not term.leaving and not sb.stale:
                             # a session closed by a normal stop reopens; a live one is switched.
                             # The notice is owed, not written: it goes out ahead of the next frame
                             # to that terminal (a reply to a re-delivered message, say), or with
@@ -258,9 +258,12 @@ class Flip:
                                 faults.point("cp.mid_switch")
                             continue
                         term.active = None
-                        host.send({"t": "session_closed", "terminal": term.name, "reason": "disconnect"})
+                        host.send({"t": "session_closed", "terminal": term.name, "reason": "logoff" if sb.stale else "disconnect"})
                         if cp.logoff_held(term) and not dead:
                             work += cp.deliver_logoffs(term, host)  # logged off, its messages still to answer
+                        if sb.stale and term.conn is not None and not term.leaving:
+                            host.request_session(term)  # a later run: a session of its own
+                            self.requested += 1
                         continue
                     was = term._active
                     if term.conn is not None and was is not None and was.host is not host:

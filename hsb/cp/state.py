@@ -20,11 +20,14 @@ class Session:
     """A session of one host to one terminal. Whether it is the active or the standby session
     is where the terminal holds it (`Term.active`, `Term.standby`): a flip moves it over."""
 
-    __slots__ = ("host", "attrs")
+    __slots__ = ("host", "attrs", "stale")
 
     def __init__(self, host: HostProtocol, attrs: dict[str, Any]) -> None:
         self.host = host
         self.attrs = attrs
+        # a standby session of a run that has logged off since (its bye came while its standby
+        # host had not yet closed it): never switched to a later run of the terminal
+        self.stale = False
 
 
 class Held:

@@ -259,6 +259,9 @@ class TerminalSide:
         that loses it came before any of them, as if the bye had not been read)."""
         term.leaving = True
         term.bye_upto = term.last_acked
+        sb = term.standby
+        if sb is not None:  # that run's: its host closes it once it reads of the logoff (the ring)
+            sb.stale = True
         if term.held or term.replies:
             self.journal.append(["o", term.name, term.last_acked], lazy=True)
 
