@@ -194,3 +194,28 @@ async def test_adopted_sessions_of_terminals_that_stayed_away_expire_a_slice_a_t
     a.flush()
     closed = [f["terminal"] for f in a.transport.frames() if f["t"] == "session_closed"]
     assert sorted(closed) == names and cp.counters["adopted_expired"] == 10
+
+
+async def test_a_session_named_after_its_run_logged_off_is_closed_not_adopted_for_the_next_run(tmp_path: Path) -> None:
+    """A restarted CP: the terminal comes back before the active names its sessions, says bye
+    (no session here to close: the active was told nothing), goes, and logs on again. The
+    active's adopt frame then names the old run's session: it was adopted for the new run, with
+    `opened` and deliveries, and the logoff was never handled at the active. It is closed there
+    as a logoff, and the new run gets a session of its own."""
+    cp = cp_core(tmp_path, 2, cp="resume_window = 5\n")
+    a = fake_host(cp, "host-a", record=True)
+    a.adopts = True
+    cp.host_register(a, "active", 1)
+    assert a.adopting
+    p = fake_terminal(cp, "T00001")
+    term = cp.terms["T00001"]
+    cp.terminal_bye(term)
+    p.connection_lost(None)
+    fake_terminal(cp, "T00001")  # a new run
+    cp.host_adopt(a, [("T00001", {})], last=True)
+    a.flush()
+    frames = [f for f in a.transport.frames() if f.get("terminal") == "T00001"]
+    closed = [f for f in frames if f["t"] == "session_closed"]
+    assert closed and closed[0]["reason"] == "logoff", frames
+    assert term.active is None and any(f["t"] == "session_request" for f in frames), frames
+    await asyncio.sleep(0)

@@ -83,7 +83,8 @@ class Adoption:
             if term is None:
                 host.send({"t": "session_closed", "terminal": name, "reason": f"terminal {name!r} is not defined at the CP"})
                 continue
-            if term.leaving:
+            if term.leaving or term.bye_unannounced:  # (that run's session: a later run gets its own)
+                term.bye_unannounced = False
                 host.send({"t": "session_closed", "terminal": name, "reason": "logoff"})
                 continue
             if term.active is not None:

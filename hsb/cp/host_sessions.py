@@ -70,6 +70,7 @@ class HostSessions:
                 host.send({"t": "session_closed", "terminal": name, "reason": "disconnect"})
                 return
             term.active = Session(host, attrs)
+            term.bye_unannounced = False  # (the active's session is this run's now)
             self._tell(term, {"t": "session", "state": "open", "epoch": self.epoch})
             host.send({"t": "opened", "terminal": name, "kind": "active"})
             if not host.released and self.announced:  # a releasing active gets no new work, nor one not yet announced

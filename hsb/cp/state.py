@@ -103,6 +103,7 @@ class Term:
         "outbox",
         "_paused",
         "leaving",
+        "bye_unannounced",
         "logoff_upto",
         "bye_upto",
         "notice",
@@ -139,6 +140,10 @@ class Term:
         self.outbox: deque[dict[str, Any]] | None = None  # replies owed while disconnected
         self._paused = False
         self.leaving = False
+        # its last run logged off with no session here to close (a CP restarted, its active not
+        # yet naming its sessions): a session of that run the active names later is closed as a
+        # logoff, never adopted for a later run
+        self.bye_unannounced = False
         # its last bye's highest acknowledged id (journalled, "o"), and the same once the connection
         # that said it is gone: replies up to logoff_upto are told nobody, not even a later logon
         self.bye_upto = 0

@@ -246,6 +246,8 @@ class TerminalSide:
         log.debug("terminal_logoff", terminal=term.name)
         self.logged_off(term)
         term.notice = None  # logged off: no session news any more
+        if term.active is None:
+            term.bye_unannounced = True
         self._close_active_session(term, "logoff")
         if not term.held and term.conn is not None:
             term.conn.close()
