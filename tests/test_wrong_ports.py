@@ -242,3 +242,30 @@ def test_a_listen_error_line_fits_its_errno() -> None:
     assert 'cp.host_listen = "127.0.0.1:7001"' in inuse and "another hsbcpd" in inuse and "another port" in inuse, inuse
     low = listen_error_line("host.admin_listen", "0.0.0.0:80", OSError(errno.EACCES, "Permission denied"))
     assert "host.admin_listen" in low and "above 1023" in low, low
+
+
+async def test_tls_against_a_plaintext_daemon_is_told_to_give_it_tls_not_to_check_certificates() -> None:
+    """A host with [tls] pointed at a CP (or peer) without it: our handshake meets the daemon's
+    plaintext challenge (WRONG_VERSION_NUMBER). It was logged with the certificates' hint; the
+    fix is the same [tls] on the other side. A certificate refused keeps its own hint."""
+    import ssl
+
+    from hsb.ops.refusals import tls_plaintext_hint
+    from hsb.wire.framing import encode
+
+    async def plaintext(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(encode({"t": "challenge", "nonce": b"n" * 32, "server": "cp", "proto": 5}))  # as hsbcpd speaks first
+        await r.read(100)
+        w.close()
+
+    srv = await asyncio.start_server(plaintext, "127.0.0.1", 0)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    try:
+        with pytest.raises(ssl.SSLError) as exc:
+            await asyncio.open_connection("127.0.0.1", srv.sockets[0].getsockname()[1], ssl=ctx)
+    finally:
+        srv.close()
+    hint = tls_plaintext_hint(exc.value, "the CP at 127.0.0.1:1")
+    assert hint is not None and "plaintext" in hint and "[tls]" in hint, (exc.value.reason, hint)
+    assert tls_plaintext_hint(ssl.SSLCertVerificationError(1, "certificate verify failed"), "x") is None

@@ -68,6 +68,16 @@ class RefusalLog:
         self.last, self.count = None, 0
 
 
+def tls_plaintext_hint(exc: BaseException, where: str) -> str | None:
+    """The fix when our TLS handshake met a daemon that speaks plaintext (its challenge came
+    back where the server's hello should be: WRONG_VERSION_NUMBER), or None: it is no
+    certificate's fault, the other side has no `[tls]`."""
+    reason = getattr(exc, "reason", None)
+    if reason in ("WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST", "RECORD_LAYER_FAILURE"):
+        return f"{where} speaks plaintext: give it the same [tls] section (every daemon of the pair and the CP use TLS, or none)"
+    return None
+
+
 def refusal_hint(error: Mapping[str, Any], key: str, link: str, target: str) -> str:
     """The fix for an error frame that refused this daemon's `link` ("host", "peer") at the
     address set as `key` (`host.cp`), which should be `target` ("the CP's host_listen")."""
