@@ -350,13 +350,25 @@ def _exit_code(pid: int) -> int | None:
     return os.waitstatus_to_exitcode(status) if done == pid else None
 
 
+def _is_child(pid: int) -> bool:
+    """`pid` is still a child of this process not yet reaped (its status will come)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].split()[1] == str(os.getpid())
+    except (OSError, IndexError):
+        return False
+
+
 def _exited(d: Path, name: str, pid: int) -> SandboxError | None:
     """`name` (pid) has ended: the error that says how, with its log's last lines; else None."""
     code = _exit_code(pid)
     if code is None:
         if _alive(pid):
             return None
-        code = _exit_code(pid)  # it ended between the two looks: its status is there now
+        # it ended between the two looks: its status is there once the kernel has made it a
+        # zombie, a moment after /proc stops showing it alive (it was read too soon: "exited")
+        deadline = time.monotonic() + 2.0
+        while (code := _exit_code(pid)) is None and time.monotonic() < deadline and _is_child(pid):
+            time.sleep(0.01)
     log = d / f"{'cp' if name == 'hsbcpd' else name}.log"
     try:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-5:])
