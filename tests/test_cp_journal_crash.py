@@ -500,6 +500,24 @@ def _snapshot_being_written(d: Path) -> tuple[Path, bytes, bytes]:
     return d / segment_name(2, 2), torn, whole
 
 
+def _on_each_read(monkeypatch: Any, seg: Path, nth: Callable[[int], None]) -> list[int]:
+    """Recovery's reads of `seg` counted: `nth(n)` runs before the n-th (it may raise, or rewrite
+    the file as a CP still writing it would); the count, as a one-item list."""
+    from hsb.cp.journal import recovery
+
+    real_read = recovery._read
+    reads = [0]
+
+    def read(path: Path) -> bytes:
+        if path == seg:
+            reads[0] += 1
+            nth(reads[0])
+        return real_read(path)
+
+    monkeypatch.setattr(recovery, "_read", read)
+    return reads
+
+
 def test_a_snapshot_read_while_another_cp_still_writes_it_is_read_again(tmp_path: Path, monkeypatch: Any) -> None:
     """A newer CP's takeover snapshot, larger than a group record, is being written while this CP
     reads the journal: the read catches a group half written with the next already there. Not
@@ -510,17 +528,12 @@ def test_a_snapshot_read_while_another_cp_still_writes_it_is_read_again(tmp_path
     monkeypatch.setattr(recovery, "RETRY_PAUSE_S", 0.0)
     seg, torn, whole = _snapshot_being_written(tmp_path)
     seg.write_bytes(torn)
-    real_read = recovery._read
-    reads = [0]
 
-    def read(path: Path) -> bytes:
-        if path == seg:
-            reads[0] += 1
-            if reads[0] == 2:  # its writer goes on between this CP's reads
-                seg.write_bytes(whole)
-        return real_read(path)
+    def nth(n: int) -> None:
+        if n == 2:  # its writer goes on between this CP's reads
+            seg.write_bytes(whole)
 
-    monkeypatch.setattr(recovery, "_read", read)
+    reads = _on_each_read(monkeypatch, seg, nth)
     r = recover(tmp_path, truncate=False)
     assert r.head_generation == 2 and sorted(r.held["T1"]) == [1, 2]
     assert reads[0] >= 2
@@ -546,20 +559,15 @@ def test_files_vanishing_do_not_use_up_the_reads_again_of_a_segment_still_writte
     monkeypatch.setattr(recovery, "RETRY_PAUSE_S", 0.0)
     seg, torn, whole = _snapshot_being_written(tmp_path)
     seg.write_bytes(whole)
-    real_read = recovery._read
-    reads = [0]
 
-    def read(path: Path) -> bytes:
-        if path == seg:
-            reads[0] += 1
-            if reads[0] < recovery.RETRIES:
-                raise recovery._Vanished(path.name)
-            if reads[0] == recovery.RETRIES:
-                seg.write_bytes(torn)
-            elif reads[0] == recovery.RETRIES + 1:
-                seg.write_bytes(whole)
-        return real_read(path)
+    def nth(n: int) -> None:
+        if n < recovery.RETRIES:
+            raise recovery._Vanished(seg.name)
+        if n == recovery.RETRIES:
+            seg.write_bytes(torn)
+        elif n == recovery.RETRIES + 1:
+            seg.write_bytes(whole)
 
-    monkeypatch.setattr(recovery, "_read", read)
+    _on_each_read(monkeypatch, seg, nth)
     r = recover(tmp_path, truncate=False)
     assert r.head_generation == 2 and sorted(r.held["T1"]) == [1, 2]

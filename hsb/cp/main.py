@@ -305,7 +305,7 @@ def main(config_path: str, check_config: bool, supervise: bool, set_journal_asid
             try:
                 sv.LISTENERS.update(master_listeners(start_cfg))
             except OSError as exc:  # (a ListenError: its line names the key and the fix)
-                die(str(exc) if isinstance(exc, ListenError) else f"cannot listen: {exc.strerror or exc} (is another hsbcpd running on these ports?)")
+                die(os_error_line("starting", start_cfg.cp.journal, exc))
 
         sys.exit(master(work))
     sys.exit(work(None))

@@ -529,7 +529,7 @@ class FramedProtocol(asyncio.Protocol):
             self._idle_handle = self._loop.call_at(due, self._idle_fired)
             return
         seconds = self._idle_t
-        if self.write_paused and not self.read_under_write_pressure:
+        if self._held_by_writes():
             # we read nothing because it read nothing of ours: say that, not "nothing received"
             log.warning("idle_timeout", link=self.link, peer=self.peer, seconds=seconds, why="not_reading")
             self.close_with_error("not_reading", f"your side read nothing of what was sent for {seconds}s; read the replies while sending")
