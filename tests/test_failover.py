@@ -16,6 +16,7 @@ from hsb.ctl import sandbox
 from hsb.ctl.gather import status_all
 from hsb.term.load import background_load
 from hsb.term.verdict import ids
+from tests.support.hostjournal import read_host_journal, unmarked_repeats
 from tests.support.procs import log_events, until, wait_for
 
 
@@ -52,28 +53,8 @@ def journals(info: dict[str, Any]) -> dict[str, dict[tuple[str, int], list[int]]
     for path in info["journals"]:
         p = Path(path)
         host = p.stem.removeprefix("journal-")
-        entries: dict[tuple[str, int], list[int]] = {}
-        if p.exists():
-            # a last line without its newline is a write the SIGKILL cut short: never answered
-            # (the service replies once its line is durable), so it is re-delivered elsewhere
-            lines = p.read_text().split("\n")[:-1]
-            for line in lines:
-                h, term, mid, red = line.split()
-                assert h == host
-                entries.setdefault((term, int(mid)), []).append(int(red))
-        out[host] = entries
+        out[host] = read_host_journal(p, host)
     return out
-
-
-def unmarked_repeats(j: dict[str, dict[tuple[str, int], list[int]]]) -> list[tuple[str, int]]:
-    """Ids processed again without the redelivered mark: a second line of one host's journal
-    unmarked, or more than one unmarked line over all journals."""
-    bad = {k for e in j.values() for k, marks in e.items() if not all(marks[1:])}
-    unmarked: dict[tuple[str, int], int] = {}
-    for e in j.values():
-        for k, marks in e.items():
-            unmarked[k] = unmarked.get(k, 0) + marks.count(0)
-    return sorted(bad | {k for k, n in unmarked.items() if n > 1})
 
 
 def test_journal_check_sees_an_unmarked_repeat() -> None:

@@ -57,6 +57,7 @@ from hsb.ctl.gather import status_all
 from hsb.ctl.sandbox import lease_for, records_for
 from hsb.takeover.fileio import create_file
 from hsb.term.verdict import ids
+from tests.support.hostjournal import read_host_journal, unmarked_repeats
 
 REPO = Path(__file__).resolve().parents[2]
 PORT = {"terminal": 7000, "host": 7001, "admin": 7002, "http": 7003, "peer": 7100}
@@ -696,16 +697,8 @@ def acked_ids(report: dict[str, Any]) -> set[tuple[str, int]]:
 
 
 def read_journal(path: Path) -> dict[tuple[str, int], list[int]]:
-    """{(terminal, id): [redelivered flag of each line]} of one host's journal."""
-    out: dict[tuple[str, int], list[int]] = {}
-    if path.exists():
-        host = path.stem.removeprefix("journal-")
-        # a last line without its newline is a write a kill cut short: never answered, re-delivered
-        for line in path.read_text().split("\n")[:-1]:
-            h, term, mid, red = line.split()
-            assert h == host, f"{path}: line of {h}"
-            out.setdefault((term, int(mid)), []).append(int(red))
-    return out
+    """{(terminal, id): [redelivered mark of each line]} of a host's `journal` service file."""
+    return read_host_journal(path, path.stem.removeprefix("journal-"))
 
 
 def read_journal_tail(path: Path, skip: int) -> list[tuple[str, int]]:
@@ -733,12 +726,12 @@ def check_delivery(lab: Lab, report: dict[str, Any], order: list[str]) -> dict[s
     for host in j:
         if host not in order:
             assert not j[host], f"{host} processed {len(j[host])} messages but was never active"
+    # an id processed again, on the same host or the next, is marked every time after its first
+    bad = unmarked_repeats(j)
+    assert not bad, f"ids processed again without the redelivered mark: {bad[:5]}"
     redelivered = 0
     for earlier, later in zip(order, order[1:], strict=False):
-        both = set(j.get(earlier, {})) & set(j.get(later, {}))
-        bad = [k for k in both if not j[later][k][0]]
-        assert not bad, f"ids processed by {earlier} and again by {later} without the redelivered mark: {bad[:5]}"
-        redelivered += len(both)
+        redelivered += len(set(j.get(earlier, {})) & set(j.get(later, {})))
     return {"acked": len(acked), "journal_lines": sum(len(v) for e in j.values() for v in e.values()), "processed_twice": redelivered}
 
 

@@ -46,6 +46,7 @@ from hsb.term.load import run_load, terminal_names
 from hsb.term.net import new_id_base
 from hsb.term.verdict import ids
 from hsb.term.workload import LedgerWorkload
+from tests.support.hostjournal import read_host_journal, unmarked_repeats
 from tests.support.massterm import Fleet
 from tests.support.procs import signal_faults
 
@@ -562,24 +563,18 @@ class Campaign:
             raise CampaignError(f"seed {r.seed} ({r.action}): the books after the round: {b.failures}")
 
     def check_journals(self, report: Any) -> dict[str, int]:
-        unmarked: dict[tuple[str, int], int] = {}
-        times: dict[tuple[str, int], int] = {}
-        for h in HOSTS:
-            p = self.d / f"journal-{h}.log"
-            if not p.exists():
-                continue
-            for line in p.read_text().splitlines():
-                parts = line.split()
-                if len(parts) != 4:
-                    continue
-                key = (parts[1], int(parts[2]))
-                times[key] = times.get(key, 0) + 1
-                if parts[3] == "0":
-                    unmarked[key] = unmarked.get(key, 0) + 1
+        """Every acknowledged id in a host journal, and one processed again marked every time
+        after its first (on the same host or another: tests.support.hostjournal's rule)."""
+        j = {h: read_host_journal(self.d / f"journal-{h}.log", h) for h in HOSTS}
         acked = {(t, i) for t, rec in report.ids.items() for i in ids(rec["acked"], rec["step"])}
+        seen = {k for e in j.values() for k in e}
+        times: dict[tuple[str, int], int] = {}
+        for e in j.values():
+            for k, marks in e.items():
+                times[k] = times.get(k, 0) + len(marks)
         return {
-            "missing": len(acked - times.keys()),
-            "unmarked_repeats": sum(1 for v in unmarked.values() if v > 1),
+            "missing": len(acked - seen),
+            "unmarked_repeats": len(unmarked_repeats(j)),
             "processed_more_than_once": sum(1 for v in times.values() if v > 1),
         }
 

@@ -1,0 +1,78 @@
+"""The checks the failover tests, the netns lab and the fault campaign apply to the hosts'
+journal files: each must fail when an id is processed again without the redelivered mark,
+on the same host or on another, whatever order the hosts were active in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from tests.netns.harness import check_delivery
+from tests.support.campaign import Campaign
+from tests.support.hostjournal import read_host_journal, unmarked_repeats
+
+
+def write(d: Path, host: str, lines: list[tuple[str, int, int]], torn: str = "") -> Path:
+    p = d / f"journal-{host}.log"
+    p.write_text("".join(f"{host} {t} {i} {r}\n" for t, i, r in lines) + torn)
+    return p
+
+
+def report(acked: dict[str, list[list[int]]]) -> dict[str, Any]:
+    n = sum(last - first + 1 for r in acked.values() for first, last in r)
+    return {
+        "acked": n,
+        "replied": n,
+        "ok": True,
+        "failures": [],
+        "lost": 0,
+        "duplicates": 0,
+        "unexpected": 0,
+        "ids": {t: {"acked": r, "step": 1} for t, r in acked.items()},
+    }
+
+
+def test_unmarked_repeats_rule() -> None:
+    assert unmarked_repeats({"host-a": {("T1", 1): [0, 1]}, "host-b": {("T1", 1): [1], ("T1", 2): [0]}}) == []
+    assert unmarked_repeats({"host-a": {("T1", 1): [0, 0]}}) == [("T1", 1)]
+    assert unmarked_repeats({"host-a": {("T1", 1): [1, 0]}}) == [("T1", 1)]
+    assert unmarked_repeats({"host-a": {("T1", 1): [0]}, "host-b": {("T1", 1): [0]}}) == [("T1", 1)]
+
+
+def test_torn_last_line_is_not_counted(tmp_path: Path) -> None:
+    p = write(tmp_path, "host-a", [("T1", 1, 0)], torn="host-a T1 2")
+    assert read_host_journal(p, "host-a") == {("T1", 1): [0]}
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ([("T1", 5, 0), ("T1", 5, 0)], []),  # the same host twice, unmarked
+        ([("T1", 5, 0), ("T1", 5, 1), ("T1", 5, 0)], []),  # marked once, then unmarked again
+        ([("T1", 5, 0)], [("T1", 5, 1), ("T1", 5, 0)]),  # the next host: marked, then unmarked
+    ],
+)
+def test_netns_check_delivery_fails_on_an_unmarked_repeat(tmp_path: Path, a: list[Any], b: list[Any]) -> None:
+    write(tmp_path, "host-a", a)
+    write(tmp_path, "host-b", b)
+    lab = SimpleNamespace(journal=lambda node: tmp_path / f"journal-host-{node}.log")
+    with pytest.raises(AssertionError, match="without the redelivered mark"):
+        check_delivery(lab, report({"T1": [[5, 5]]}), ["host-a"] if not b else ["host-a", "host-b"])  # type: ignore[arg-type]
+
+
+def test_netns_check_delivery_passes_marked_repeats(tmp_path: Path) -> None:
+    write(tmp_path, "host-a", [("T1", 5, 0), ("T1", 5, 1)])
+    write(tmp_path, "host-b", [("T1", 5, 1), ("T1", 6, 0)])
+    lab = SimpleNamespace(journal=lambda node: tmp_path / f"journal-host-{node}.log")
+    out = check_delivery(lab, report({"T1": [[5, 6]]}), ["host-a", "host-b"])  # type: ignore[arg-type]
+    assert out["processed_twice"] == 1
+
+
+def test_campaign_counts_an_unmarked_repeat_after_a_marked_line(tmp_path: Path) -> None:
+    write(tmp_path, "host-a", [("T1", 4, 0)])
+    write(tmp_path, "host-b", [("T1", 5, 1), ("T1", 5, 0), ("T1", 6, 0)])
+    got = Campaign.check_journals(SimpleNamespace(d=tmp_path), SimpleNamespace(ids={"T1": {"acked": [[5, 7]], "step": 1}}))  # type: ignore[arg-type]
+    assert got == {"missing": 1, "unmarked_repeats": 1, "processed_more_than_once": 1}
