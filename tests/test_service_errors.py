@@ -229,3 +229,22 @@ async def test_a_services_own_status_cannot_hide_the_hosts_view_of_its_health(tm
         a.delivery.health.state = "failing"  # (as after a ServiceUnavailable)
         st = a.service_status()
         assert st["state"] == "failing" and st["mine"] == 1, st
+
+
+async def test_the_journal_service_cuts_a_line_torn_by_a_kill_before_it_appends(tmp_path: Path) -> None:
+    """A host killed in the middle of a batch's write leaves a last line without its newline
+    (never answered); the host started again must not glue its first line to it."""
+    from hsb.service.builtin import JournalService
+
+    p = tmp_path / "j.log"
+    p.write_text("host-a T1 1 0\nhost-a T1 2")
+    j = JournalService("host-a", journal=str(p))
+    try:
+        await asyncio.wait_for(j.handle("T1", 2, "x", True), 5)
+    finally:
+        await j.close()
+    assert p.read_text() == "host-a T1 1 0\nhost-a T1 2 1\n"
+    p.write_text("host-a T1")  # the first line torn: nothing whole to keep
+    j = JournalService("host-a", journal=str(p))
+    await j.close()
+    assert p.read_text() == ""

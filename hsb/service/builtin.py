@@ -51,7 +51,8 @@ class JournalService(EchoService):
         super().__init__(host, logon_ms)
         self.path = Path(journal)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        self._drop_torn_line()
         self.pending: list[tuple[bytes, asyncio.Future[None]]] = []
         self.wake = asyncio.Event()
         self.writer: asyncio.Task[None] | None = None
@@ -89,6 +90,20 @@ class JournalService(EchoService):
             for _, f in batch:
                 if not f.done():
                     f.set_result(None)
+
+    def _drop_torn_line(self) -> None:
+        """A kill in the middle of a batch's write leaves a last line without its newline (never
+        answered: replies wait for the fsync); cut it off, so the next line is not glued to it."""
+        size = os.fstat(self.fd).st_size
+        if size == 0 or os.pread(self.fd, 1, size - 1) == b"\n":
+            return
+        tail = os.pread(self.fd, min(size, 4096), max(0, size - 4096))
+        if b"\n" not in tail and len(tail) < size:
+            return  # no line is this long: not a line torn by a kill, leave the file as it is
+        keep = size - len(tail) + tail.rfind(b"\n") + 1
+        os.ftruncate(self.fd, keep)
+        os.fsync(self.fd)
+        log.warning("journal_torn_line_dropped", path=str(self.path), bytes=size - keep)
 
     def _append(self, blob: bytes) -> None:
         end = os.lseek(self.fd, 0, os.SEEK_END)
