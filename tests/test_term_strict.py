@@ -629,3 +629,23 @@ async def test_a_message_whose_write_went_with_its_connection_is_a_first_send_af
     assert c.unexpected_acks == 1
     # b (written on the last connection) is taken as acknowledged; c2 is still sent: nothing took it
     assert [f["id"] for f in tr.frames() if f["t"] == "msg"] == [c2]
+
+
+async def test_an_earlier_runs_reply_resent_after_a_hello_that_holds_this_runs_is_unexpected() -> None:
+    """The CP resends only replies above the hello's last_reply: once a hello said this terminal
+    holds a reply of this run, a resent reply below the run's first id is the CP's mistake (a
+    stale or another terminal's kept reply), not an earlier run's to ignore."""
+    c, stats = _client()
+    a = c.submit()
+    _feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": c.payload(a)})
+    c.connection_lost(None)
+    _connect(c, last_acked=a)
+    assert c.told_last_reply == a
+    _feed(c, {"t": "reply", "id": BASE - 5, "data": "T2:0", "resent": True})
+    r = _verdict(c, stats)
+    assert not r.ok and r.unexpected == 1 and r.resent_foreign == 0, r.failures
+
+
+def test_a_run_of_no_terminals_proves_nothing() -> None:
+    r = LoadReport(terminals=0)
+    assert not r.ok and any("no terminals" in f for f in r.failures), r.failures

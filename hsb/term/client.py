@@ -558,7 +558,9 @@ class TerminalClient(asyncio.Protocol):
         k = self.index(msg_id)
         marks = self.marks
         if k < 0:
-            if resent and msg_id < self.floor:  # kept by the CP for an earlier run of this terminal: not ours to judge
+            if resent and self.told_last_reply < msg_id < self.floor:
+                # kept by the CP for an earlier run of this terminal: not ours to judge (above
+                # the hello's last_reply only: the CP resends nothing the terminal said it holds)
                 self.resent_foreign += 1
                 return
             self.unexpected += 1  # never sent by this terminal (another's id, say): resent or not
