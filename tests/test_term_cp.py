@@ -133,3 +133,29 @@ async def test_a_cp_flip_mid_run_loses_nothing(cp: Proc) -> None:
     assert len(marked) == len(redelivered) == owed, (len(marked), len(redelivered), owed)
     # the pause the terminals saw: the messages in flight waited for the switchover
     assert r.pause is not None and r.pause["worst_ms"] is not None and r.pause["worst_ms"] > 0
+
+
+async def test_a_send_schedule_that_fails_fails_the_run(cp: Proc, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The schedule that makes the terminals send dying on an error must not leave a run that
+    sent a little and then nothing judged OK on what it did send."""
+    from hsb.term.client import TerminalClient
+
+    real = TerminalClient.submit
+    calls = 0
+
+    def flaky(self: TerminalClient, *a: Any, **kw: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 5:
+            raise RuntimeError("a bug in the sender")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(TerminalClient, "submit", flaky)
+    a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+    a.auto_open, a.auto_reply = ATTRS, True
+    try:
+        r = await run_load(addr(cp.info["terminal"]), terminals=N, rate=400, duration=1.0, settle=5)
+    finally:
+        await a.close()
+    assert r.sent == 4 and r.acked == r.replied == 4  # what it sent was answered ...
+    assert not r.ok and any("sender stopped" in f and "a bug in the sender" in f for f in r.failures), r.failures  # ... and still not OK

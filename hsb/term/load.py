@@ -255,6 +255,7 @@ async def run_load(
     wall_offset = time.time() - t0
     ticker = asyncio.ensure_future(_progress_loop(stats, phase, t0, progress, progress_interval)) if progress is not None else None
     sched: asyncio.Task[None] | None = None
+    sender_failed: str | None = None
     send_start = send_end = settle_end = t0
     not_back: list[TerminalClient] = []
     settled: dict[TerminalClient, bytes] | None = None  # the marks at the end of the settle time
@@ -287,6 +288,8 @@ async def run_load(
             sched = asyncio.ensure_future(_schedule(clients, rate, stats, rng))
         await _wait(asyncio.Event(), duration, stop)
         if sched is not None:
+            if sched.done() and not sched.cancelled() and (exc := sched.exception()) is not None:
+                sender_failed = f"{type(exc).__name__}: {exc}"
             sched.cancel()
         stats.refill = stats.sending = False
         send_end = time.monotonic()
@@ -343,6 +346,7 @@ async def run_load(
         report.gave_up = stats.hopeless.cause if stats.gave_up.is_set() else None
         report.connect_error = stats.last_connect_error
     report.closed_loop = closed_loop
+    report.sender_failed = sender_failed
     report.window = window
     report.check_data = check_data
     report.expect_disconnects = expect_disconnects

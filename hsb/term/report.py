@@ -140,11 +140,12 @@ class LoadReport:
     # no terminal ever welcomed: the cause no retry could change (with its fix) for which the run
     # gave up at once (hsb.term.hopeless), and the last failed connect's error
     gave_up: str | None = None
+    sender_failed: str | None = None  # the send schedule stopped on an error: nothing more was sent
     connect_error: str | None = None
 
     @property
     def connected(self) -> bool:
-        """At least one terminal was welcomed by the CP (or the run had no terminals)."""
+        """At least one terminal was welcomed by the CP (a run of no terminals is judged by `failures`)."""
         return self.terminals == 0 or self.welcomed > 0
 
     @property
@@ -173,6 +174,10 @@ class LoadReport:
         def eg(ids: list[str]) -> str:
             return f" (e.g. {', '.join(ids[:5])})" if ids else ""
 
+        if self.terminals == 0:
+            out.append("no terminals: the run had none, so nothing was proven")
+        if self.sender_failed:
+            out.append(f"the load's sender stopped on an error ({self.sender_failed}): the run sent nothing after it")
         if self.lost:
             out.append(f"lost: {self.lost} acknowledged messages never answered{eg(self.lost_ids)}")
         if self.duplicates:
