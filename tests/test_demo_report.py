@@ -126,3 +126,23 @@ def test_any_act_failing_or_not_completing_exits_1(
     assert "FAILED" in out
     if any(isinstance(v, BaseException) for v in broken.values()):
         assert "ACTS THAT DID NOT COMPLETE (FAILED):" in out
+
+
+def test_the_cp_act_judges_its_load_as_a_cp_restart(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Act three's load passes only the drops a new CP process explains (`"cp"`): with `True`
+    a session closed, a drop while the same CP is there or one during a logon would pass."""
+    seen: dict[str, Any] = {}
+
+    async def aup(d: Path, **kw: Any) -> dict[str, Any]:
+        return {"cp": {"terminal": "127.0.0.1:1"}}
+
+    async def background_load(cp: Any, **kw: Any) -> Any:
+        seen.update(kw)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(demo.sandbox, "aup", aup)
+    monkeypatch.setattr(demo, "_background_load", background_load)
+    monkeypatch.setattr(demo, "_down", lambda d: None)
+    with pytest.raises(RuntimeError, match="stop here"):
+        asyncio.run(demo.cp_restart(tmp_path, terminals=4, rate=10, say=lambda s: None))
+    assert seen["expect_disconnects"] == "cp"
