@@ -253,8 +253,9 @@ async def test_a_reload_removing_a_terminal_mid_flip_closes_its_standby_session_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A terminal gone, its active session closed but its standby session still at B, removed
-    from the table by a reload while the grant's flip has not reached it yet: the flip is
-    settled first, so B is told to close the session it turned active (else an orphan)."""
+    from the table by a reload while the grant's flip has not reached it yet: that terminal is
+    flipped first (alone: the flip goes on in its slices), so B is told to close the session it
+    turned active (else an orphan)."""
     from hsb.cp.core import CP
     from hsb.cp.server import CPServer
     from tests.support.cpcore import cp_config
@@ -288,6 +289,7 @@ async def test_a_reload_removing_a_terminal_mid_flip_closes_its_standby_session_
     monkeypatch.setattr(loop, "run_in_executor", at_once)
     await srv.reload()
     assert last not in cp.terms
+    assert cp.flipping is not None and cp.flipping.ahead == 1, "the whole flip was settled for one terminal removed"
     await _flipped(cp)
     assert last not in cp.terms
     b.flush()

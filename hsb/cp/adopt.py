@@ -52,13 +52,18 @@ class Adoption:
     def host_adopt(self: CP, host: HostProtocol, items: list[tuple[str, dict[str, Any]]], last: bool, handed: dict[str, int] | None = None) -> None:
         if handed:
             self.note_handed(handed)
-        self.settle_flip()
         if host is not self.active or not (host.adopting or host.adopt_cut):
             if host.adopt_cut and host.role == "demoting" and not host.closed:
                 # cut by a planned grant not yet durable: it may be given the role back (its
                 # grantee lost), and then these sessions are its own again (`adopt_gap_taken`)
                 host.adopt_gap.append((items, last))
             return  # the role moved on meanwhile: that host's sessions are not the active's any more
+        if last:  # its end asks a session for every terminal without one: all of them flipped first
+            self.settle_flip()
+        else:
+            for name, _ in items:
+                if (t := self.terms.get(name)) is not None:
+                    self.settle_flip_for(t)
         # (cut by a grant and the active again, given the role back: it goes on naming, unaware of
         # the cut, and what it names is kept as at any adoption, and expires likewise)
         self._adopt(host, items, deliver=True)

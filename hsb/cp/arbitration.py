@@ -56,7 +56,7 @@ class Arbitration:
     _tick_skipped: bool
 
     def host_switchover(self: CP, host: HostProtocol, reason: str, planned: bool, kind: str = "failover", req: int | None = None) -> None:
-        self.settle_flip()
+        # (no settle_flip: a refusal or a deferral changes no session, and a grant settles in `_grant`)
         if host is not self.standby:
             host.send({"t": "switch_refused", "reason": "only the registered standby host may ask for a switchover"})
             return
@@ -302,10 +302,20 @@ class Arbitration:
         h.close()
 
     def settle_flip(self: CP) -> None:
-        """A grant's flip still going is completed now, before sessions change otherwise (hsb.cp.flip)."""
+        """A grant's flip still going is completed now, in one pass, before something changes
+        more than one terminal's sessions (a host lost, registering or stopping, a release, a
+        grant, an adoption's end: hsb.cp.flip)."""
         f = self.flipping
         if f is not None:
             f.finish()
+
+    def settle_flip_for(self: CP, term: Term) -> None:
+        """A grant's flip still going that has not reached `term` flips it alone now, before a
+        frame about it alone changes its sessions (its hello or bye, a host opening or closing
+        its session); the rest of the flip goes on in its slices (hsb.cp.flip `Flip.one`)."""
+        f = self.flipping
+        if f is not None:
+            f.one(term)
 
     def _flipped(self: CP, f: Flip, rec: dict[str, Any], t0: float, lead: float | None, fenced_old: str | None) -> None:
         """Every terminal flipped: the switch's record, its history entry and the notices owed."""
@@ -322,6 +332,7 @@ class Arbitration:
             classic=f.classic,
             requested=f.requested,
             slices=f.slices,
+            ahead=f.ahead,
             in_flight_terminals=f.flight_terms,
             in_flight_messages=f.flight_msgs,
         )

@@ -399,9 +399,9 @@ class CP(TerminalSide, Replies, HostSessions, Arbitration, Adoption, JournalSide
 
     def host_stopping(self, host: HostProtocol) -> None:
         """Normal termination of the active (SPEC §5.3): close its sessions, keep held, no switch."""
-        self.settle_flip()
         if host is not self.active:
             return
+        self.settle_flip()
         log.info("active_stopped_normally", host=host.name, epoch=self.epoch)
         self.active_stopped_normally = host.name
         self.stopped_at = time.monotonic()  # its heartbeats are answered no more from now on

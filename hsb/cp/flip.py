@@ -7,16 +7,21 @@ of the event loop, about 1-2 µs each, each message handed over counting as one 
 first replies keep flowing while 100,000 sessions flip. Between slices a terminal not yet
 reached is exactly as every terminal was between the old active's loss and the grant: its
 messages are held (and acknowledged) and go out with its re-delivery when its turn comes.
-The only frames handled in between are the frequent, safe ones (messages, confirmations,
-replies of the new active, heartbeats, a terminal going away); anything else that touches
-sessions (a logon, a logoff, a host opening or closing a session, the active or standby host
-lost, another grant) first completes the flip (`CP.settle_flip`), which is then one pass, as
-a flip always was before slicing.
+The frequent, safe frames (messages, confirmations, replies of the new active, heartbeats, a
+terminal going away) are handled in between as they come. A frame about one terminal that
+touches its sessions (its hello or bye, a host opening, refusing or closing its session, its
+adoption, its removal by a reload) first flips that terminal alone, ahead of the pass
+(`CP.settle_flip_for`, `Flip.one`): the same work the pass does for it, its re-delivery
+included; the pass then passes it over (`Term.flipped`, the epoch of the flip that reached it).
+One terminal logging on during a flip of 100,000 costs that terminal, not the whole pass.
+What changes more than one terminal's sessions (the active or standby host lost or stopping,
+a new host registering, a release, another grant, an adoption's end) first completes the flip
+(`CP.settle_flip`), which is then one pass, as a flip always was before slicing.
 
 When few terminals hold messages (those in flight at the grant, at most one terminal in
 FIRST_SHARE), the pass takes them first (`CP.holding`), so what was kept waiting by the switch
 goes to the new active in the first slice instead of when each terminal's turn in the table
-comes; the pass meets them again later and leaves them as they are.
+comes; the pass meets them again later and passes them over, as it does those flipped ahead.
 
 Re-delivery is batched: each slice's messages go to the new active in `deliver_batch`
 frames joined from the items kept encoded since each message's first delivery
@@ -38,6 +43,7 @@ from hsb.wire.framing import encode
 if TYPE_CHECKING:
     from hsb.cp.core import CP
     from hsb.cp.host_link import HostProtocol
+    from hsb.cp.state import Term
 
 log = structlog.get_logger("hsb.cp")
 
@@ -69,6 +75,7 @@ class Flip:
         "finished",
         "running",
         "slices",
+        "ahead",
         "keep",
         "kept",
     )
@@ -101,6 +108,7 @@ class Flip:
         self.finished = False
         self.running = False  # a close inside a slice can call back into the CP: no pass within a pass
         self.slices = 0  # passes it took (1: at once; the last may have been a settle_flip)
+        self.ahead = 0  # terminals flipped alone, ahead of the pass, for a frame of their own (`one`)
         # a planned switchover: the demoted active's sessions become its standby sessions, named
         # to it after each slice (`standby_kept`), the last frame marked
         self.keep = keep
@@ -125,6 +133,23 @@ class Flip:
             self.handle = None
         if not self.finished:
             self.run(None)
+
+    def one(self, term: Term) -> None:
+        """Flip `term` alone now, if the pass has not reached it (a frame about it is to be
+        handled: its hello or bye, a host opening or closing its session): what the pass would do
+        for it, its held messages handed over in order; the pass passes it over when it comes."""
+        if self.finished or term.flipped == self.epoch:
+            return
+        if self.running:  # as in finish(): cannot happen on asyncio or uvloop
+            log.error("flip_settled_from_within_a_slice", epoch=self.epoch, at=self.i, of=len(self.terms), terminal=term.name)
+            return
+        self.running = True
+        try:
+            self._run(None, term)
+        finally:
+            self.running = False
+        self.ahead += 1
+        log.debug("terminal_flipped_ahead", terminal=term.name, epoch=self.epoch, at=self.i, of=len(self.terms))
 
     def run(self, budget: int | None) -> bool:
         """Flip up to `budget` more terminals (None: all); True once every terminal is done."""
@@ -163,9 +188,13 @@ class Flip:
         )
         host.abort()  # (not close(): its flush would write, and raise, again)
 
-    def _run(self, budget: int | None) -> bool:
-        terms = self.terms
-        end = len(terms) if budget is None else min(len(terms), self.i + budget)
+    def _run(self, budget: int | None, one: Term | None = None) -> bool:
+        """Up to `budget` more terminals of the pass (None: all), or `one` terminal alone, ahead
+        of it (the pass's place and end untouched)."""
+        whole = one is None
+        terms = self.terms if one is None else [one]
+        start = self.i if whole else 0
+        end = len(terms) if budget is None else min(len(terms), start + budget)
         host = self.host
         epoch = self.epoch
         t0 = self.t0
@@ -183,7 +212,7 @@ class Flip:
         mid_redelivery = faults.armed("cp.mid_redelivery")
         send_owed = cp._send_owed_notice
         counts = cp.counts
-        i = self.i
+        i = start
         switched = waiting = flight_msgs = 0  # this slice's; added to the totals at its end
         gone = opened = 0  # standby sessions taken, active sessions added: the CP's totals at the end
         keep = self.keep if self.keep is not None and not self.keep.closed and cp.standby is self.keep else None
@@ -197,6 +226,9 @@ class Flip:
                 i += 1
                 work += 1
                 try:
+                    if term.flipped == epoch:
+                        continue  # flipped already: ahead of the pass (`one`), or met first among the holders
+                    term.flipped = epoch
                     # the sessions' slots directly, the totals kept here: properties cost ~30 ms at 100,000
                     sb = term._standby
                     if sb is not None and sb.host is host:
@@ -279,9 +311,8 @@ class Flip:
                             self.flight_msgs += nf
                             self.flight_terms += 1
                     elif was is not None and was.host is host:
-                        # already the new active's: switched earlier in this pass (nothing left to
-                        # deliver), or it serves on after its planned switchover's grantee was lost
-                        # (what waited while it was released goes to it now)
+                        # already the new active's: it serves on after its planned switchover's
+                        # grantee was lost (what waited while it was released goes to it now)
                         if term.held and not dead:
                             work += cp._deliver_pending(term, host)
                     elif term.conn is not None and term.active is None and not term.leaving:
@@ -294,11 +325,12 @@ class Flip:
                         # kept for a terminal not back yet (hsb.cp.adopt): it went with the old active
                         term.active = None
                 except Exception:  # (a bug) this terminal only: the pass goes on
-                    self._failed(term, i - 1)
+                    self._failed(term, i - 1 if whole else self.i)
         finally:  # what this slice did counts, and what it collected goes, even if it stopped early
             counts.standby -= gone
             counts.active += opened
-            self.i = i
+            if whole:
+                self.i = i
             self.switched += switched
             self.waiting += waiting
             self.flight_msgs += flight_msgs
@@ -307,8 +339,8 @@ class Flip:
                     self._send(out, again_n, biggest)
                 except Exception:  # (a bug) not this slice's end: the flip goes on
                     self._send_failed(host, "the held messages it was handing over")
-            if keep is not None and (kept or i >= len(terms)):
-                last = i >= len(terms)
+            last = whole and i >= len(terms)
+            if keep is not None and (kept or last):
                 try:
                     for k in range(0, max(len(kept), 1), KEPT_PER_FRAME):  # within what the host's frames hold
                         part = kept[k : k + KEPT_PER_FRAME]
@@ -316,7 +348,7 @@ class Flip:
                     self.kept += len(kept)
                 except Exception:
                     self._send_failed(keep, "which sessions it keeps as standby ones")
-        if i < len(terms):
+        if not last:
             return False
         self.finished = True
         self.flight_terms += self.waiting

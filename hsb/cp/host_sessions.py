@@ -57,11 +57,11 @@ class HostSessions:
         return asked
 
     def host_open(self: CP, host: HostProtocol, name: str, kind: str, attrs: dict[str, Any]) -> None:
-        self.settle_flip()
         term = self.terms.get(name)
         if term is None:
             host.send({"t": "open_failed", "terminal": name, "kind": kind, "reason": f"terminal {name!r} is not defined at the CP"})
             return
+        self.settle_flip_for(term)
         if kind == "active":
             if host is not self.active:
                 host.send({"t": "open_failed", "terminal": name, "kind": kind, "reason": "this host is not the active host"})
@@ -108,10 +108,11 @@ class HostSessions:
         """Standby sessions for many terminals from one frame (the standby's open storm after a
         batch read or a new registration): one `opened_batch` for those opened, an `open_failed`
         for each of the others, as single opens would have had."""
-        self.settle_flip()
         opened: list[str] = []
         for name, attrs in items:
             term = self.terms.get(name)
+            if term is not None:
+                self.settle_flip_for(term)  # (each alone: at most what the whole pass would have done)
             why = f"terminal {name!r} is not defined at the CP" if term is None else self._open_standby(host, term, attrs)
             if why is None:
                 opened.append(name)
@@ -122,10 +123,10 @@ class HostSessions:
             self._standby_opened(host, opened)
 
     def host_refuse(self: CP, host: HostProtocol, name: str, reason: str) -> None:
-        self.settle_flip()
         term = self.terms.get(name)
         if term is None or host is not self.active:
             return
+        self.settle_flip_for(term)
         term.active = None
         log.warning("session_refused", terminal=name, host=host.name, reason=reason)
         if term.conn is not None:
@@ -133,10 +134,10 @@ class HostSessions:
         self.session_gone(term)
 
     def host_close(self: CP, host: HostProtocol, name: str, kind: str) -> None:
-        self.settle_flip()
         term = self.terms.get(name)
         if term is None:
             return
+        self.settle_flip_for(term)
         if kind == "standby" and term.standby is not None and term.standby.host is host:
             term.standby = None
         elif term.active is not None and term.active.host is host and (kind == "active" or (kind == "standby" and host is self.active)):

@@ -523,11 +523,10 @@ class CPServer(Waiting, TakingOver):
         removed = [
             n for n in cp.terms if n not in new.terminal_table and (t := cp.terms[n]).conn is None and not t.held and not t.replies and not t.outbox
         ]
-        if removed:
-            # a grant's flip still going closes a removed terminal's standby session at the new
-            # active when it reaches it: it must reach it before the terminal is forgotten
-            cp.settle_flip()
         for n in removed:
+            # a grant's flip still going closes a removed terminal's standby session at the new
+            # active: it must flip it before the terminal is forgotten (that one alone)
+            cp.settle_flip_for(cp.terms[n])
             t = cp.terms.pop(n)
             cp._close_active_session(t, "disconnect")  # one kept for it (hsb.cp.adopt) is closed at the active
             t.forget()

@@ -112,6 +112,7 @@ class Term:
         "confirmed",
         "flight",
         "flight_epoch",
+        "flipped",
     )
 
     def __init__(self, defn: TerminalSpec, counts: Counts | None = None) -> None:
@@ -155,6 +156,7 @@ class Term:
         # messages held at the grant of epoch `flight_epoch` and not yet answered (hsb.cp.switchrec)
         self.flight = 0
         self.flight_epoch = 0
+        self.flipped = 0  # the epoch whose grant's flip has reached it (hsb.cp.flip): not flipped twice
 
     @property
     def active(self) -> Session | None:

@@ -44,12 +44,12 @@ class TerminalSide:
 
     # ------------------------------------------------------------------ logon and resume
     def terminal_hello(self: CP, proto: TerminalProtocol, name: str, last_reply: int | None = None) -> None:
-        self.settle_flip()
         term = self.terms.get(name)
         if term is None:
             log.warning("terminal_refused", terminal=name[:64], peer=proto.peer, reason="unknown_terminal")
             proto.close_with_error("unknown_terminal", f"terminal {name[:64]!r} is not in the CP's terminal table")
             return
+        self.settle_flip_for(term)
         if term.conn is not None and not term.conn.closed and term.conn.peer_gone():
             # not read (at a bound, say), so its reset or close was not seen yet: it went, and this
             # is its reconnect (else refused as already connected until the bound is left)
@@ -242,7 +242,7 @@ class TerminalSide:
             self._answer_leaving(term, a)
 
     def terminal_bye(self: CP, term: Term) -> None:
-        self.settle_flip()
+        self.settle_flip_for(term)
         log.debug("terminal_logoff", terminal=term.name)
         self.logged_off(term)
         term.notice = None  # logged off: no session news any more
@@ -270,11 +270,11 @@ class TerminalSide:
     def _answer_leaving(self: CP, term: Term, a: HostProtocol) -> None:
         """A terminal that logged off still holds messages: every one not yet with the active
         goes to it, in order (its connection closes once all are answered, `_settled`)."""
-        self.settle_flip()
+        self.settle_flip_for(term)
         self.deliver_logoffs(term, a)
 
     def terminal_lost(self: CP, term: Term) -> None:
-        # no settle_flip: a terminal not yet flipped that goes is closed by the flip when reached
+        # no settle_flip(_for): a terminal not yet flipped that goes is closed by the flip when reached
         # (its old active is no longer the active, so nothing is sent for it here)
         if term.conn is None:
             return
