@@ -100,6 +100,7 @@ class FakeCP:
         self.paused = False
         self.release_at_bye = False  # withheld replies go out when a terminal says bye
         self.error_at_bye: str | None = None  # a bye answered with an error frame of this code
+        self.error_after: Callable[[str, int], str | None] = lambda name, seq: None  # an error frame of this code after the ack
         self.cp_id: str | None = None  # the welcome's `cp` (the CP process), when set
         self._parked: list[tuple[FakeTerm, int]] = []
         self.server: asyncio.AbstractServer | None = None
@@ -207,6 +208,9 @@ class FakeCP:
                 return
             conn.send({"t": "ack", "id": mid})
             self._schedule_reply(term, mid)
+            code = self.error_after(term.name, self.seq(term, mid))
+            if code is not None:
+                conn.send({"t": "error", "code": code, "msg": f"made up by the fake CP after id {mid}"})
         elif t == "confirm":
             term.confirmed = max(term.confirmed, m["id"])
         elif t == "bye":

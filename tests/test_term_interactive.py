@@ -46,6 +46,14 @@ async def test_connect_exits_nonzero_when_the_cp_breaks_a_promise(fake: FakeCP, 
     assert status == 0 and "FAILED" not in out, out
 
 
+async def test_connect_exits_nonzero_when_the_cp_sent_an_error_frame(fake: FakeCP) -> None:
+    """An error frame of the CP (an id it says was reused, say) is a broken promise, as in the
+    load's verdict, even when every message was answered afterwards."""
+    fake.error_after = lambda name, seq: "id_reused" if seq == 0 else None
+    status, out = await _connect(fake, "T00054", io.StringIO("balance?\nwithdraw 20\n"))
+    assert status == 1 and "FAILED: CP errors: id_reused x1" in out, out
+
+
 @pytest.mark.parametrize(
     "inp",
     [

@@ -12,7 +12,8 @@ with an error naming the line: it and the lines after it are not sent.
 The exit status is 0 only if every message was answered and the session broke no promise of
 the terminal link (as `hsbterm load`'s verdict has them, for one terminal): a reply
 duplicated, to an id never sent or before its ack, an ack of an id never sent, or a frame
-that broke the protocol makes it 1, as do a message without a reply at the end, a refusal
+that broke the protocol makes it 1, as do an error frame of the CP (but `already_connected`,
+which a reconnect meets and retries past), a message without a reply at the end, a refusal
 by the CP and input that is not valid text.
 
 A terminal that cannot log on for a reason no retry can change (hsb.term.hopeless: the CP
@@ -36,6 +37,7 @@ from hsb.term.client import WELCOMED, TerminalClient
 from hsb.term.connector import Connector
 from hsb.term.hopeless import REFUSALS, Hopeless, refusal_fix, tls_failure
 from hsb.term.listener import Listener
+from hsb.term.report import RECONNECT_RACES
 from hsb.term.verdict import judge_marks
 from hsb.wire.framing import ProtocolError
 
@@ -68,6 +70,7 @@ class Printer(Listener):
         self.cause: str | None = None  # a port's fault no retry can change (fatal_code "hopeless")
         self.changed = asyncio.Event()  # anything happened to the connection
         self.unreachable = False  # the last connect failed (nothing there now: no answer to wait for)
+        self.errors: dict[str, int] = {}  # the CP's error frames by code (a broken promise, as in the load's verdict)
 
     def _fatal(self, code: str, msg: str = "") -> None:
         if not self.fatal.is_set():
@@ -110,6 +113,7 @@ class Printer(Listener):
 
     def on_error(self, c: TerminalClient, code: str, msg: str) -> None:
         self.say(f"error {code}: {msg}")
+        self.errors[code] = self.errors.get(code, 0) + 1
         self.unreachable = False
         if code in FATAL_ERRORS:
             self._fatal(code, msg)
@@ -268,7 +272,7 @@ async def interactive(
         printer.say(_giving_up(printer))
         status = 1
     # judged after the bye: what the CP sent up to its close is in
-    broken = session_failures(client)
+    broken = session_failures(client, printer.errors)
     if broken:
         printer.say("FAILED: " + "; ".join(broken))
         status = 1
@@ -292,9 +296,10 @@ async def _await_logon(client: TerminalClient, printer: Printer, timeout: float)
             return
 
 
-def session_failures(c: TerminalClient) -> list[str]:
+def session_failures(c: TerminalClient, errors: dict[str, int] | None = None) -> list[str]:
     """What the CP did wrong in this terminal's session, as `hsbterm load`'s verdict counts it
-    (hsb.term.report); a message still without a reply is said apart."""
+    (hsb.term.report): its error frames too, but for the refusals a reconnect meets and retries
+    past (RECONNECT_RACES); a message still without a reply is said apart."""
     v = judge_marks(c.marks, base=c.base, stride=c.stride, name=c.name)
     checks = (
         (v.duplicates, f"duplicates: {v.duplicates} replies beyond the first (e.g. {', '.join(v.duplicate_ids[:5])})"),
@@ -305,4 +310,8 @@ def session_failures(c: TerminalClient) -> list[str]:
         (c.acks_forgotten, f"acks forgotten: {c.acks_forgotten} welcomes said a last_acked below an id acknowledged before"),
         (c.protocol_errors, f"protocol errors: {c.protocol_errors} frames from the CP broke the protocol"),
     )
-    return [text for n, text in checks if n]
+    out = [text for n, text in checks if n]
+    bad = {k: v for k, v in (errors or {}).items() if k not in RECONNECT_RACES and k not in FATAL_ERRORS}
+    if bad:  # (a refusal is told as the reason it gave up)
+        out.append("CP errors: " + ", ".join(f"{k} x{v}" for k, v in sorted(bad.items())))
+    return out
