@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hsb.ctl import sandbox
+from hsb.ctl import sandbox, sandbox_files
 from tests.support.procs import until
 
 pytestmark = pytest.mark.timeout(60)
@@ -129,7 +129,7 @@ def test_a_start_that_failed_before_its_state_was_written_leaves_a_folder_up_may
     def no_space(*_: object, **__: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(sandbox, "create_file", no_space)
+    monkeypatch.setattr(sandbox_files, "create_file", no_space)
     with pytest.raises(OSError):
         sandbox.up(d, terminals=2)
     assert (d / "cp.toml").exists() and not (d / sandbox.STATE).exists()

@@ -1,24 +1,21 @@
-"""`hsbctl sandbox up|down|start-host`: a complete system on loopback for trying it out,
-for tests, benchmarks and the demo.
+"""`hsbctl sandbox up|down|start-host|start-cp`: a complete system on loopback for trying it
+out, for tests, benchmarks and the demo; this module owns its processes.
 
-`up` writes a secret, configs for hsbcpd and two hosts (free ports), a takeover
-file sized for the terminals, starts hsbcpd, host A as active and host B as
-standby (each in its own session, logs in DIR), waits for hot standby, and
-prints one JSON object. `up` in the folder of an earlier sandbox starts a new
-one (new takeover file, CP journal and ledger); it refuses any other folder that
-is not empty. `down` stops what `up` (and `restart`) started and removes
-nothing; it signals only processes that are still this sandbox's (a recorded
-pid now used by another program is left alone). The daemons run as separate
-processes: hsbctl talks to them only over their admin links.
+`up` has the sandbox's files made (hsb.ctl.sandbox_files: secret, configs with free ports, a
+takeover file sized for the terminals, the state file), starts hsbcpd, host A as active and
+host B as standby (each in its own session, logs in DIR), waits for hot standby, and prints one
+JSON object. `up` in the folder of an earlier sandbox starts a new one (new takeover file, CP
+journal and ledger); it refuses any other folder that is not empty. `down` stops what `up` (and
+`start-host`, `start-cp`) started and removes nothing; it signals only processes that are still
+this sandbox's (a recorded pid now used by another program is left alone). The daemons run as
+separate processes: hsbctl talks to them only over their admin links. What the files module
+holds is used through this one too (`sandbox.load_state`, `sandbox.write_configs`, ...).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,155 +25,52 @@ from pathlib import Path
 from typing import Any
 
 from hsb import procstat
-from hsb.config import toml_section, toml_value
 from hsb.ctl.gather import ask, status_all
-from hsb.ports import free_port
-from hsb.takeover.fileio import create_file
-from hsb.takeover.layout import batch_records_for
+from hsb.ctl.sandbox_files import (
+    HOSTS,
+    MARK,
+    STATE,
+    SandboxError,
+    check_folder,
+    client_ssl,
+    describe,
+    lease_for,
+    load_state,
+    new_state,
+    prepare,
+    records_for,
+    save_state,
+    write_configs,
+)
 from hsb.wire.auth import load_secret
 
-STATE = "sandbox.json"
-MARK = ".hsb-sandbox"  # written first by `up`: a folder with it is a sandbox's, even if a start failed
-HOSTS = ("host-a", "host-b")
+__all__ = [  # (the files' part, hsb.ctl.sandbox_files, is used through this module too)
+    "HOSTS",
+    "MARK",
+    "STATE",
+    "SandboxError",
+    "actives",
+    "aup",
+    "check_folder",
+    "client_ssl",
+    "cp_process",
+    "describe",
+    "down",
+    "lease_for",
+    "load_state",
+    "records_for",
+    "save_state",
+    "start_cp",
+    "start_host",
+    "status",
+    "until",
+    "up",
+    "wait_established",
+    "wait_started",
+    "write_configs",
+]
 
-
-class SandboxError(Exception):
-    pass
-
-
-_toml = toml_value
-_section = toml_section
-
-
-def records_for(terminals: int, record_size: int = 4096) -> int:
-    """A comfortable file: header, batch, and a ring of 3·B + 64 records (size check needs 2·B)."""
-    b = batch_records_for(terminals, record_size)
-    return 1 + b + 3 * b + 64
-
-
-def lease_for(host_timeout: float) -> float:
-    """The active's lease for a CP host timeout: the default 0.35 s, shorter when the timeout is,
-    always below host_timeout - the margin (hsb.cp.config.LEASE_MARGIN)."""
-    return round(max(0.02, min(0.35, host_timeout * 0.7 - 0.1)), 3) if host_timeout < 0.5 else 0.35
-
-
-def write_configs(
-    d: Path,
-    *,
-    terminals: int,
-    service: str,
-    conventional: bool,
-    prefix: str = "T",
-    host_timeout: float = 0.5,
-    heartbeat_interval: float = 0.1,
-    heartbeat_timeout: float = 0.5,
-    logon_ms: float = 0,
-    durability: str = "fsync",
-    journal_segment_kib: int = 1024,
-    host_options: dict[str, Any] | None = None,
-    dsn: str | None = None,
-    service_options: dict[str, Any] | None = None,
-    tls: bool = False,
-    cp_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    d.mkdir(parents=True, exist_ok=True)
-    tls_dir = d / "tls"
-    if tls:  # every link over TLS, terminals too: a CA and a certificate per daemon (hsbctl tls init)
-        from hsb.ctl.tls_cmd import make_ca_and_certs
-
-        if not (tls_dir / "hsbctl.pem").exists():
-            make_ca_and_certs(tls_dir, ["cp", "host-a", "host-b", "hsbctl"])
-
-    def tls_section(name: str, terminals: bool = False) -> list[str]:
-        if not tls:
-            return []
-        return _section(
-            "tls",
-            {
-                "ca_file": str(tls_dir / "ca.pem"),
-                "cert_file": str(tls_dir / f"{name}.pem"),
-                "key_file": str(tls_dir / f"{name}.key"),
-                **({"terminals": True} if terminals else {}),
-            },
-        )
-
-    secret = d / "secret"
-    try:  # created 0600: never readable by others, not even for a moment
-        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        secret.chmod(0o600)
-    else:
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32) + "\n")
-    ports = {
-        k: f"127.0.0.1:{free_port()}" for k in ("terminal", "host", "admin", "http", "a_peer", "a_admin", "a_http", "b_peer", "b_admin", "b_http")
-    }
-    group = {"prefix": prefix, "count": terminals, "width": 5}
-    attrs = {"protocol": "hsb1", "codepage": "utf-8", "max_msg": 4096, "profile": "default"}
-    cp = (
-        _section(
-            "cp",
-            {
-                "name": "cp",
-                "terminal_listen": ports["terminal"],
-                "host_listen": ports["host"],
-                "admin_listen": ports["admin"],
-                "http_listen": ports["http"],
-                "secret_file": "secret",
-                "held_bound": 256,
-                "host_timeout": host_timeout,
-                "host_lease": lease_for(host_timeout),
-                "journal": "cp-journal",
-                "durability": durability,
-                "journal_segment_kib": journal_segment_kib,
-                **(cp_options or {}),
-            },
-        )
-        + tls_section("cp", terminals=True)
-        + _section("[terminal_groups]", {**group, "standby_capable": True, "attrs": {"kind": "till"}})
-    )
-    (d / "cp.toml").write_text("\n".join(cp))
-    takeover = d / "takeover.dat"
-    records = records_for(terminals)
-    cfgs = {}
-    for name, me, other in (("host-a", "a", "b"), ("host-b", "b", "a")):
-        opts: dict[str, Any] = {"logon_ms": logon_ms}
-        if service == "journal":
-            opts["journal"] = str(d / f"journal-{name}.log")
-        if service == "ledger":  # PostgreSQL if given, else SQLite in this folder (one machine)
-            opts.update({"dsn": dsn} if dsn else {"sqlite": str(d / "ledger.sqlite")})
-        opts.update(service_options or {})
-        text = (
-            _section(
-                "host",
-                {
-                    "name": name,
-                    "peer_listen": ports[f"{me}_peer"],
-                    "peer": ports[f"{other}_peer"],
-                    "cp": ports["host"],
-                    "admin_listen": ports[f"{me}_admin"],
-                    "http_listen": ports[f"{me}_http"],
-                    "secret_file": "secret",
-                    "service": service,
-                    "fast_switch": not conventional,
-                    "heartbeat_interval": heartbeat_interval,
-                    "heartbeat_timeout": heartbeat_timeout,
-                    **(host_options or {}),
-                },
-            )
-            + _section("takeover", {"path": str(takeover), "records": records, "record_size": 4096})
-            + tls_section(name)
-            + _section("service_options", opts)
-            + _section("[terminal_groups]", {**group, "attrs": attrs})
-        )
-        p = d / f"{name}.toml"
-        p.write_text("\n".join(text))
-        cfgs[name] = str(p.resolve())
-    ctl = f'cp = "{ports["admin"]}"\nhosts = ["{ports["a_admin"]}", "{ports["b_admin"]}"]\nsecret_file = "secret"\n'
-    if tls:
-        ctl += 'tls = { ca_file = "tls/ca.pem", cert_file = "tls/hsbctl.pem", key_file = "tls/hsbctl.key" }\n'
-    (d / "ctl.toml").write_text(ctl)
-    return {"ports": ports, "configs": cfgs, "takeover": str(takeover), "records": records, "tls": str(tls_dir) if tls else None}
+_check_folder = check_folder
 
 
 def _spawn(d: Path, name: str, argv: list[str]) -> int:
@@ -244,38 +138,6 @@ def _running(pid: int, grace: float = 3.0) -> bool:
     return False
 
 
-def load_state(d: Path) -> dict[str, Any]:
-    try:
-        state: dict[str, Any] = json.loads((d / STATE).read_text())
-        state["cp"], state["hosts"]  # noqa: B018 - the shape every caller relies on
-        return state
-    except FileNotFoundError:
-        raise SandboxError(f"{d} holds no sandbox ({STATE} missing); start one with 'hsbctl sandbox up --dir {d}'") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SandboxError(
-            f"{d / STATE} cannot be read ({type(exc).__name__}: {exc}); stop the sandbox's processes by hand"
-            f" (pgrep -af {d}) and start a new one in an empty folder"
-        ) from None
-
-
-def _check_folder(d: Path) -> None:
-    """`up` replaces the takeover file, CP journal, ledger and configs of the folder it is given:
-    only a new or empty folder, or an earlier sandbox's, is that safe for."""
-    try:
-        entries = sorted(p.name for p in d.iterdir()) if d.exists() else []
-    except OSError as exc:
-        raise SandboxError(f"cannot read {d}: {exc.strerror}; give a folder you can write") from None
-    if entries and STATE not in entries and MARK not in entries:
-        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-        raise SandboxError(f"{d} is not empty and holds no sandbox ({shown}); up would replace files in it: give a new or empty folder")
-
-
-def save_state(d: Path, st: dict[str, Any]) -> None:
-    tmp = d / (STATE + ".tmp")
-    tmp.write_text(json.dumps(st, indent=2))
-    tmp.replace(d / STATE)
-
-
 def _spawn_env(d: Path, name: str, argv: list[str], env_extra: dict[str, str] | None) -> int:
     if not env_extra:
         return _spawn(d, name, argv)
@@ -328,16 +190,6 @@ def start_host(d: Path, name: str, role: str, env_extra: dict[str, str] | None =
     h.setdefault("pids", []).append(pid)
     save_state(d, st)
     return pid
-
-
-def client_ssl(d: Path) -> Any:
-    """hsbctl's client context for a sandbox made with --tls (None: plain links)."""
-    if not (d / "tls" / "hsbctl.pem").exists():
-        return None
-    from hsb.wire.tls import TLS, TLSFiles
-
-    t = d / "tls"
-    return TLS(TLSFiles(str(t / "ca.pem"), str(t / "hsbctl.pem"), str(t / "hsbctl.key"))).client
 
 
 def _exit_code(pid: int) -> int | None:
@@ -455,17 +307,12 @@ async def aup(
     """Start the sandbox in `d` and wait for hot standby (see module docstring); `supervise`:
     hsbcpd under its master process (`hsbcpd --supervise`), restarted at once if it dies."""
     d = d.resolve()
-    _check_folder(d)
+    check_folder(d)
     if (d / STATE).exists():
         old = load_state(d)
         if any(_ours(d, p["pid"]) for p in [old["cp"], *old["hosts"].values()]):
             raise SandboxError(f"a sandbox is already running in {d}; 'hsbctl sandbox down --dir {d}' first")
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        (d / MARK).touch()
-    except OSError as exc:
-        raise SandboxError(f"cannot make {d}: {exc.strerror}; give a folder you can write") from None
-    plan = write_configs(
+    plan = prepare(
         d,
         terminals=terminals,
         service=service,
@@ -480,13 +327,6 @@ async def aup(
         tls=tls,
         cp_options=cp_options,
     )
-    if not tls:
-        shutil.rmtree(d / "tls", ignore_errors=True)
-    if service == "ledger" and not dsn:
-        for suffix in ("", "-wal", "-shm"):  # a new sandbox: new books
-            (d / f"ledger.sqlite{suffix}").unlink(missing_ok=True)
-    create_file(plan["takeover"], plan["records"], 4096, force=True, replace_used=True)  # (the sandbox's own, its daemons not started yet)
-    shutil.rmtree(d / "cp-journal", ignore_errors=True)  # a new sandbox: the CP starts empty
     cp_argv = [sys.executable, "-m", "hsb.cp", "--config", str(d / "cp.toml"), *(["--supervise"] if supervise else [])]
     cp_pid = _spawn_env(d, "cp", cp_argv, cp_env)
     try:
@@ -514,49 +354,9 @@ async def _started(
     timeout: float,
 ) -> dict[str, Any]:
     """`aup` once hsbcpd was started: the state file, both hosts, and the wait for hot standby."""
-    ports = plan["ports"]
-    st: dict[str, Any] = {
-        "dir": str(d),
-        "cp": {
-            "pid": cp_pid,
-            "pids": [cp_pid],
-            "terminal": ports["terminal"],
-            "host": ports["host"],
-            "admin": ports["admin"],
-            "http": ports["http"],
-            "config": str(d / "cp.toml"),
-            "supervise": supervise,
-        },
-        "hosts": {
-            "host-a": {
-                "name": "host-a",
-                "role": "active",
-                "pid": 0,
-                "config": plan["configs"]["host-a"],
-                "admin": ports["a_admin"],
-                "peer": ports["a_peer"],
-                "http": ports["a_http"],
-            },
-            "host-b": {
-                "name": "host-b",
-                "role": "standby",
-                "pid": 0,
-                "config": plan["configs"]["host-b"],
-                "admin": ports["b_admin"],
-                "peer": ports["b_peer"],
-                "http": ports["b_http"],
-            },
-        },
-        "service": service,
-        "conventional": conventional,
-        "terminal_count": terminals,
-        "takeover": plan["takeover"],
-        "journals": [str(d / f"journal-{n}.log") for n in HOSTS] if service == "journal" else [],
-        "ledger": ({"dsn": dsn} if dsn else {"sqlite": str(d / "ledger.sqlite")}) if service == "ledger" else None,
-        "tls": plan["tls"],
-    }
+    st = new_state(d, cp_pid, plan, service=service, conventional=conventional, terminals=terminals, dsn=dsn, supervise=supervise)
     save_state(d, st)
-    _wait_port(ports["host"], 15.0, d, cp_pid)
+    _wait_port(st["cp"]["host"], 15.0, d, cp_pid)
     start_host(d, "host-a", "active", (host_env or {}).get("host-a"))
     start_host(d, "host-b", "standby", (host_env or {}).get("host-b"))
     await wait_established(d, timeout)
@@ -601,25 +401,6 @@ def _wait_port(addr: str, timeout: float, d: Path, pid: int = 0) -> None:
             if time.monotonic() > deadline:
                 raise SandboxError(f"hsbcpd did not listen on {addr} within {timeout:.0f}s; see {d}/cp.log") from None
             time.sleep(0.05)
-
-
-def describe(d: Path) -> dict[str, Any]:
-    st = load_state(d)
-    prefix_n = st["terminal_count"]
-    return {
-        "dir": st["dir"],
-        "cp": {k: st["cp"][k] for k in ("pid", "terminal", "admin", "host", "http", "config")},
-        "hosts": [{k: h[k] for k in ("name", "role", "pid", "config", "admin", "http")} for h in st["hosts"].values()],
-        "terminals": [f"T{i:05d}" for i in range(1, prefix_n + 1)],
-        "ctl": ["--config", str(Path(st["dir"]) / "ctl.toml")],
-        "service": st["service"],
-        "conventional": st["conventional"],
-        "journals": st["journals"],
-        "ledger": st.get("ledger"),
-        "tls": st.get("tls"),
-        "takeover": st["takeover"],
-        "secret_file": str(Path(st["dir"]) / "secret"),
-    }
 
 
 def down(d: Path, timeout: float = 5.0) -> list[int]:
