@@ -27,6 +27,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench._common import machine as _common_machine  # noqa: E402
+from bench._interrupt import exit_status, stop_children, stop_on_signals  # noqa: E402
 from hsb.ctl import sandbox  # noqa: E402
 from hsb.ctl.gather import status_all  # noqa: E402
 from hsb.wire.auth import load_secret  # noqa: E402
@@ -539,7 +540,8 @@ def run_or_render(a: Any, section: str, rerender: Callable[[dict[str, Any]], str
     """A bench's entry: with `--render FILE`, print the report of a saved run (and with
     `--write` put it into BENCHMARKS.md as `## section`) instead of measuring; else measure.
     `daemon_loop`: measure on the daemons' own event loop (uvloop, hsb.loop), for a bench that
-    runs daemon code in-process."""
+    runs daemon code in-process. A SIGTERM or SIGINT while measuring stops every sandbox and
+    child the bench started (bench/_interrupt.py) and returns 128 + the signal's number."""
     if a.render:
         saved = json.loads(Path(a.render).read_text())
         a.machine = saved["machine"]
@@ -550,15 +552,22 @@ def run_or_render(a: Any, section: str, rerender: Callable[[dict[str, Any]], str
             write_section(section, text)
         return 0
     print(a.command, flush=True)
-    byte_compile()
-    from hsb import logs
+    stop_on_signals()  # SIGTERM, SIGINT: unwind through every `finally`, which stop the sandboxes
+    try:
+        byte_compile()
+        from hsb import logs
 
-    logs.setup("warning")
-    if daemon_loop:
-        from hsb.loop import run
+        logs.setup("warning")
+        if daemon_loop:
+            from hsb.loop import run
 
-        return int(run(amain(a)))
-    return int(asyncio.run(amain(a)))
+            return int(run(amain(a)))
+        return int(asyncio.run(amain(a)))
+    except KeyboardInterrupt as exc:
+        code = exit_status(exc)
+        left = stop_children()  # (the net under the `finally` blocks: none should be left)
+        say(f"{sys.argv[0]}: stopped by {signal.Signals(code - 128).name}; its sandboxes stopped" + (f", and children {left}" if left else ""))
+        return code
 
 
 def byte_compile() -> None:

@@ -845,16 +845,6 @@ async def orchestrate(a: argparse.Namespace) -> dict[str, Any]:
     def log(s: str) -> None:
         print(s, file=sys.stderr, flush=True)
 
-    # SIGTERM / SIGINT (also when started in the background, where SIGINT is ignored): unwind,
-    # so every `finally` stops its children.
-    import signal
-
-    loop = asyncio.get_running_loop()
-    me = asyncio.current_task()
-    assert me is not None
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, me.cancel)
-
     only = set(a.only.split(",")) if a.only else {"throughput", "switch", "memory"}
     work = Path(tempfile.mkdtemp(prefix="hsb-bench-cp-"))
     res: dict[str, Any] = {
@@ -971,11 +961,7 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.setswitchinterval(hsb_loop.SWITCH_INTERVAL)
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    try:
-        return run_or_render(a, SECTION, lambda saved: render(saved["results"], a), amain)
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        print("bench/cp.py: interrupted; child processes stopped", file=sys.stderr)
-        return 130
+    return run_or_render(a, SECTION, lambda saved: render(saved["results"], a), amain)  # (SIGTERM, SIGINT: stops its children, 128 + the signal)
 
 
 async def amain(a: argparse.Namespace) -> int:

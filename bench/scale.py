@@ -631,17 +631,13 @@ def main(argv: list[str] | None = None) -> int:
     def rerender(saved: dict[str, Any]) -> str:
         return render(saved, a)
 
-    def on_term(*_: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    try:
-        return run_or_render(a, SECTION, rerender, amain)
-    except KeyboardInterrupt:
-        say(f"interrupted: every load child and sandbox stopped; partial results in {a.json}")
-        return 130
+    try:  # (SIGTERM, SIGINT: run_or_render unwinds, stops what is left and returns 128 + the signal)
+        code = run_or_render(a, SECTION, rerender, amain)
     finally:
         kill_everything()
+    if code > 128:
+        say(f"interrupted: every load child and sandbox stopped; partial results in {a.json}")
+    return code
 
 
 if __name__ == "__main__":

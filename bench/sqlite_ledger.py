@@ -34,7 +34,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _sandbox import machine, proc_cpu, say  # noqa: E402
+from _sandbox import exit_status, machine, proc_cpu, say, stop_on_signals  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sqlite-ledger.json"
 
@@ -104,12 +104,12 @@ def at_rate(code: Path, cp: str, d: Path, a: argparse.Namespace) -> dict[str, An
 def one(code: Path, work: Path, a: argparse.Namespace) -> dict[str, Any]:
     """One sandbox of checkout `code`, a closed-loop load per window; the rates and verdicts."""
     d = work / f"box-{time.monotonic_ns()}"
-    up = run_py(code, ["-m", "hsb.ctl", "sandbox", "up", "--dir", str(d), "--service", "ledger", "--terminals", str(a.terminals)], 120)
-    if up.returncode != 0:
-        raise RuntimeError(f"sandbox up failed ({code}): {up.stderr[-2000:]}")
-    cp = json.loads(up.stdout)["cp"]["terminal"]
     out: dict[str, Any] = {"code": head(code), "windows": {}}
-    try:
+    try:  # (an `up` cut short by SIGTERM leaves the daemons it started: `down` stops them)
+        up = run_py(code, ["-m", "hsb.ctl", "sandbox", "up", "--dir", str(d), "--service", "ledger", "--terminals", str(a.terminals)], 120)
+        if up.returncode != 0:
+            raise RuntimeError(f"sandbox up failed ({code}): {up.stderr[-2000:]}")
+        cp = json.loads(up.stdout)["cp"]["terminal"]
         for w in a.windows:
             load = run_py(code, load_args(cp, d, a, ["--closed-loop", "--window", str(w)]), a.duration + 180)
             rep = json.loads(load.stdout.strip().splitlines()[-1])
@@ -146,19 +146,24 @@ def main(argv: list[str] | None = None) -> int:
     cmd = ".venv/bin/python bench/sqlite_ledger.py" + (" " + " ".join(sys.argv[1:] if argv is None else argv))
     res: dict[str, Any] = {"command": cmd, "machine": machine(), "terminals": a.terminals, "duration_s": a.duration, "runs": []}
     ok = True
-    for rep in range(a.reps):
-        for code in codes if rep % 2 == 0 else codes[::-1]:
-            r = one(code, work, a)
-            r["rep"] = rep + 1
-            res["runs"].append(r)
-            say(
-                f"[sqlite-ledger] code {r['code']} rep {rep + 1}: "
-                + ", ".join(f"window {w}: {v['rate']} /s {'OK' if v['ok'] else 'FAILED'}" for w, v in r["windows"].items())
-            )
-            if "at_rate" in r:
-                say(f"   at {a.rate:g}/s: {r['at_rate']['us_per_transfer']} µs of CPU per transfer, {'OK' if r['at_rate']['ok'] else 'FAILED'}")
-            ok = ok and all(v["ok"] for v in r["windows"].values()) and r.get("at_rate", {}).get("ok", True)
-            Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
+    stop_on_signals()  # SIGTERM, SIGINT: unwind through `one`'s `finally`, which stops its sandbox
+    try:
+        for rep in range(a.reps):
+            for code in codes if rep % 2 == 0 else codes[::-1]:
+                r = one(code, work, a)
+                r["rep"] = rep + 1
+                res["runs"].append(r)
+                say(
+                    f"[sqlite-ledger] code {r['code']} rep {rep + 1}: "
+                    + ", ".join(f"window {w}: {v['rate']} /s {'OK' if v['ok'] else 'FAILED'}" for w, v in r["windows"].items())
+                )
+                if "at_rate" in r:
+                    say(f"   at {a.rate:g}/s: {r['at_rate']['us_per_transfer']} µs of CPU per transfer, {'OK' if r['at_rate']['ok'] else 'FAILED'}")
+                ok = ok and all(v["ok"] for v in r["windows"].values()) and r.get("at_rate", {}).get("ok", True)
+                Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
+    except KeyboardInterrupt as exc:
+        say(f"[sqlite-ledger] stopped by {exc or 'SIGINT'}; its sandbox stopped; partial results in {a.json}")
+        return exit_status(exc)
     say(f"raw results: {a.json}")
     return 0 if ok else 1
 

@@ -1,0 +1,90 @@
+"""A bench stopped by SIGTERM or SIGINT stops its sandbox's daemons, as a normal exit does: they
+run in sessions of their own, and a bench killed by the signal's default action left them
+running (one pair ran idle for 38 minutes beside later benches). A bench-like program goes
+through the benches' entry (bench/_sandbox.py run_or_render) with a sandbox up, and is stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hsb import procstat
+from hsb.ctl import sandbox
+from tests.support.procs import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+REPO = Path(__file__).resolve().parent.parent
+
+# a bench as bench/*.py are: run_or_render, a sandbox up, its teardown in a `finally`; "bare":
+# one with no such `finally` (what is left is stopped by the net under them)
+BENCH = """
+import asyncio, sys
+from pathlib import Path
+sys.path.insert(0, {bench!r})
+from _sandbox import run_or_render, sandbox, sandbox_down
+
+d, ready, bare = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "bare"
+
+async def amain(a):
+    await sandbox.aup(d, terminals=2, timeout=30)
+    if bare:
+        ready.touch()
+        await asyncio.sleep(600)
+    try:
+        ready.touch()
+        await asyncio.sleep(600)
+    finally:
+        sandbox_down(d)
+    return 0
+
+class A:
+    render = None
+    command = "interrupted bench"
+
+sys.exit(run_or_render(A(), "unused", lambda saved: "", amain))
+"""
+
+
+def _daemons_left(d: Path) -> list[int]:
+    st = sandbox.load_state(d)
+    pids = {p for proc in [st["cp"], *st["hosts"].values()] for p in proc.get("pids", [proc["pid"]]) if p}
+    left = []
+    for pid in sorted(pids):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        if procstat.state(pid) not in ("Z", None):  # (a zombie waits for init to reap it: gone)
+            left.append(pid)
+    return left
+
+
+@pytest.mark.parametrize(("sig", "kind"), [(signal.SIGTERM, "teardown"), (signal.SIGINT, "bare")], ids=["sigterm-teardown", "sigint-bare"])
+def test_a_stopped_bench_leaves_no_daemon_of_its_sandbox(tmp_path: Path, sig: int, kind: str) -> None:
+    prog = tmp_path / "bench_like.py"
+    prog.write_text(BENCH.format(bench=str(REPO / "bench")))
+    d, ready, log = tmp_path / "sb", tmp_path / "ready", tmp_path / "bench.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with open(log, "wb") as out:  # (its own session: a SIGINT from the test's terminal does not reach it)
+        bench = subprocess.Popen([sys.executable, str(prog), str(d), str(ready), kind], stdout=out, stderr=out, env=env, start_new_session=True)
+    try:
+        wait_for(lambda: ready.exists() or bench.poll() is not None, 40, what="the bench's sandbox up")
+        assert ready.exists(), log.read_text()[-3000:]
+        assert _daemons_left(d), "the sandbox runs"
+        bench.send_signal(sig)
+        code = bench.wait(timeout=20)
+        wait_for(lambda: not _daemons_left(d), 5, what=f"every daemon of the sandbox gone (left: {_daemons_left(d)})")
+        assert code == 128 + sig, (code, log.read_text()[-3000:])
+        assert f"stopped by {signal.Signals(sig).name}" in log.read_text()
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait(timeout=10)
+        if (d / sandbox.STATE).exists():
+            sandbox.down(d, timeout=2)
