@@ -108,3 +108,22 @@ def test_a_host_config_with_independent_errors_says_every_one_in_one_run(tmp_pat
         "takeover.path: takeover file",
     )
     assert len(lines) == 12, lines  # (one line for the rules of [host], one for the terminal table)
+
+
+def test_the_cp_check_says_a_schema_error_and_what_the_start_refuses_of_this_machine_in_one_run(tmp_path: Path) -> None:
+    """The machine checks of [cp] (the journal directory this user can make and write, the
+    journal's I/O mode, the NFS options and ip_nonlocal_bind of two CP machines) ran only once
+    the whole config loaded: fixed one batch of errors, the operator got another. Each runs now
+    when the keys it needs are valid, beside the schema's errors; not on a key that failed."""
+    secret(tmp_path)
+    (tmp_path / "afile").write_text("not a directory")
+    cfg = tmp_path / "cp.toml"
+    cfg.write_text('[cp]\nsecret_file = "secret"\nheld_bound = 0\njournal = "afile/cp-journal"\n[[terminals]]\nname = "T1"\n')
+    lines = check("hsb.cp", cfg)
+    said(lines, "cp.held_bound: Input should be greater than or equal to 1", f"cp.journal: {tmp_path / 'afile' / 'cp-journal'} cannot be made")
+    assert len(lines) == 2, lines
+    # a check whose keys failed is not made: durability given wrong, the journal may not be used
+    cfg.write_text(cfg.read_text().replace("held_bound = 0", 'durability = "sometimes"'))
+    lines = check("hsb.cp", cfg)
+    said(lines, "cp.durability: ")
+    assert len(lines) == 1, lines

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
 
 from hsb import __version__, logs
 from hsb.cli import EXIT_CONFIG, EXIT_DATA, die, exit_watchdog, load_or_exit, log_level_option
+from hsb.config import Partial, resolve_under
 from hsb.cp.config import CPConfig, CPSection
 from hsb.ops.limits import storm_timing
 from hsb.ops.listen import ListenError, listen_problems, listen_warnings
@@ -38,6 +39,15 @@ def start_problems(cfg: CPConfig) -> list[str]:
     """What the start refuses about this machine, said by --check-config too (ExecStartPre): the
     journal's I/O mode, the NFS options two CP machines need, ip_nonlocal_bind, and a journal
     directory this user can make and write (under the shipped unit, only /var/lib/hsb)."""
+    return machine_problems({k: getattr(cfg.cp, k) for k in MACHINE_KEYS})
+
+
+MACHINE_KEYS = ("durability", "journal_io", "takeover", "journal", "terminal_listen")  # what the machine checks read of [cp]
+
+
+def machine_problems(c: Mapping[str, Any]) -> list[str]:
+    """`start_problems` on [cp]'s values: each check made when the keys it needs are there (a
+    config that failed its schema gives only its valid keys: `partial_problems`)."""
     import os
     from pathlib import Path
 
@@ -46,25 +56,28 @@ def start_problems(cfg: CPConfig) -> list[str]:
     from hsb.cp.waiting import nonlocal_bind_problem
     from hsb.ops.mounts import nfs_fencing_problem
 
-    c = cfg.cp
-    if c.durability != "fsync":
+    if c.get("durability") != "fsync":  # (none, or given wrong: whether the journal is used is not known)
         return []
     out = []
-    try:
-        check_io(c.journal_io)
-    except JournalIOUnavailable as exc:
-        out.append(str(exc))
-    if c.takeover == "on_wake":  # two CP machines: their fencing needs the server asked every time
-        done, fencing = _within(STORAGE_LOOK_S, nfs_fencing_problem, c.journal)
-        if not done:  # a hung mount: the start goes on, waiting says so, and the takeover asks again
-            click.echo(
-                f"warning: the CP journal's storage ({c.journal}) did not answer within {STORAGE_LOOK_S:g} s (a hung mount?);"
-                " its mount options are checked again when this CP takes the journal over",
-                err=True,
-            )
-        out += [why for why in (fencing, nonlocal_bind_problem(c.terminal_listen)) if why]
-    else:  # (on_wake: made once on the shared storage, perhaps not mounted yet)
-        d = Path(c.journal)
+    if "journal_io" in c:
+        try:
+            check_io(c["journal_io"])
+        except JournalIOUnavailable as exc:
+            out.append(str(exc))
+    if c.get("takeover") == "on_wake":  # two CP machines: their fencing needs the server asked every time
+        if "journal" in c:
+            done, fencing = _within(STORAGE_LOOK_S, nfs_fencing_problem, c["journal"])
+            if not done:  # a hung mount: the start goes on, waiting says so, and the takeover asks again
+                click.echo(
+                    f"warning: the CP journal's storage ({c['journal']}) did not answer within {STORAGE_LOOK_S:g} s (a hung mount?);"
+                    " its mount options are checked again when this CP takes the journal over",
+                    err=True,
+                )
+            out += [fencing] if fencing else []
+        if "terminal_listen" in c and (why := nonlocal_bind_problem(c["terminal_listen"])):
+            out.append(why)
+    elif c.get("takeover") == "at_start" and "journal" in c:  # (on_wake: made once on the shared storage, perhaps not mounted yet)
+        d = Path(c["journal"])
         there = next((p for p in (d, *d.parents) if p.exists()), None)
         if there is not None and not (there.is_dir() and os.access(there, os.W_OK | os.X_OK)):
             what = "cannot be written" if there == d else f"cannot be made ({there} is not a directory this user may write)"
@@ -75,8 +88,21 @@ def start_problems(cfg: CPConfig) -> list[str]:
     return out
 
 
+def partial_problems(part: Partial, check_config: bool) -> list[str]:
+    """The machine checks (and with `check_config` the listen names) when another part of the
+    config failed its schema, on the valid keys of [cp]: every error at once."""
+    c = part.values("cp")
+    if "journal" in c:
+        c["journal"] = resolve_under(c["journal"], part.base)
+    listens = [(f"cp.{k}", c[k]) for k in LISTEN_KEYS if k in c]
+    return machine_problems(c) + (listen_problems(listens) if check_config else [])
+
+
+LISTEN_KEYS = ("terminal_listen", "host_listen", "admin_listen", "http_listen")
+
+
 def _listens(cfg: CPConfig) -> list[tuple[str, str]]:
-    return [(f"cp.{k}_listen", getattr(cfg.cp, f"{k}_listen")) for k in ("terminal", "host", "admin", "http")]
+    return [(f"cp.{k}", getattr(cfg.cp, k)) for k in LISTEN_KEYS]
 
 
 def listen_addresses(cfg: CPConfig) -> list[str]:
@@ -189,6 +215,7 @@ def main(config_path: str, check_config: bool, supervise: bool, set_journal_asid
         check_config,
         warnings=lambda c: config_warnings(c) + listen_foreign(c),
         checks=lambda c: start_problems(c) + (listen_addresses(c) if check_config else []),
+        partial_checks=lambda part: partial_problems(part, check_config),
     )
     start_secret = load_secret(start_cfg.cp.secret_file)
     logs.setup(log_level, process=f"hsbcpd:{start_cfg.cp.name}", cache=True)
