@@ -204,3 +204,16 @@ def test_a_bool_is_no_int_where_a_field_may_be_an_int_or_null() -> None:
         with pytest.raises(ProtocolError) as ei:
             require({"t": "x", "a": True}, "a", typ)
         assert ei.value.code == "bad_fields"
+
+
+def test_a_hold_without_a_bound_of_its_own_keeps_what_follows_the_first_frame_undecoded() -> None:
+    """A terminal's (held_max None): its hello decoded alone, whatever follows kept as bytes
+    (more than the first frame's bound: a terminal may send on), all of it decoded once it is taken."""
+    from hsb.wire.framing import LOGIN_MAX
+
+    d = Decoder(known_types=("hello", "msg"), first_max=LOGIN_MAX, hold=True, held_max=None)
+    rest = b"".join(encode({"t": "msg", "id": i, "data": b"x" * 100}) for i in range(1, 101))
+    assert [m["t"] for m in d.feed(encode({"t": "hello"}) + rest[:5000])] == ["hello"]
+    assert d.feed(rest[5000:]) == [] and d.buffered == len(rest) > LOGIN_MAX
+    d.first_done()
+    assert [m["id"] for m in d.feed(b"")] == list(range(1, 101)) and d.buffered == 0

@@ -112,12 +112,7 @@ class AuthServerProtocol(FramedProtocol):
         self.send({"t": "auth_ok", "server": self.server_name, **proof, **self.auth_ok_extra()})
         log.info("link_authenticated", link=self.link, peer=self.peer, name=self.name)
         self.authenticated()
-        # what came behind the auth frame (a client waits for auth_ok, so normally nothing)
-        self.decoder.first_done()
-        try:
-            self._backlog.extend(self.decoder.feed(b""))  # (taken by the drain that handles this frame)
-        except ProtocolError as exc:  # the frames ahead of the bad one are taken first, as on any read
-            self.refuse_after_frames_before(exc)
+        self.release_held()  # what came behind the auth frame (a client waits for auth_ok, so normally nothing)
 
     def auth_failed(self, code: str, why: str, **extra: str) -> None:
         """Refused: an error frame, the connection closed. `extra`: `cause` ("link", "secret",

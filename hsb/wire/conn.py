@@ -92,9 +92,12 @@ class FramedProtocol(asyncio.Protocol):
     dispatch: ClassVar[dict[str, str]] = {}
     # every frame one map of plain values (hsb.wire.framing.Decoder's `flat`): a terminal's
     flat_frames: ClassVar[bool] = False
-    # nothing decoded after the first frame until it is accepted (Decoder's `hold`): the
-    # authenticated links'
+    # nothing decoded after the first frame until it is accepted (Decoder's `hold`; then
+    # `release_held`): the authenticated links' and the terminals'
     hold_until_vouched: ClassVar[bool] = False
+    # the bytes kept behind that frame meanwhile (Decoder's `held_max`; -1: within the first
+    # frame's bound, for clients that wait for its answer)
+    held_max: ClassVar[int | None] = -1
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -118,7 +121,7 @@ class FramedProtocol(asyncio.Protocol):
         self._tls_timeout = tls_timeout
         # its first frame (hello, auth) within LOGIN_MAX: unvouched connections cannot make it
         # buffer max_frame bytes each
-        self.decoder = Decoder(max_frame, types, first_max=LOGIN_MAX, flat=self.flat_frames, hold=self.hold_until_vouched)
+        self.decoder = Decoder(max_frame, types, first_max=LOGIN_MAX, flat=self.flat_frames, hold=self.hold_until_vouched, held_max=self.held_max)
         self.transport: asyncio.Transport | None = None
         self.peer: str = "?"
         self.peername: Any = None  # the transport's, as it gave it
@@ -244,6 +247,16 @@ class FramedProtocol(asyncio.Protocol):
         self._drain_backlog(limit=None)
         if not self.closed:
             self.protocol_error(exc)
+
+    def release_held(self) -> None:
+        """The first frame was accepted (`hold_until_vouched`): what came behind it, kept as bytes,
+        is decoded now and waits in the backlog (taken by the drain that handles that frame, if
+        any); frames ahead of a bad one are taken first, as on any read."""
+        self.decoder.first_done()
+        try:
+            self._backlog.extend(self.decoder.feed(b""))
+        except ProtocolError as exc:
+            self.refuse_after_frames_before(exc)
 
     def _next_turn(self) -> None:
         self._yielding = False

@@ -99,7 +99,7 @@ class Decoder:
     anything else is `unknown_type`.
     """
 
-    __slots__ = ("max_frame", "known_types", "_buf", "_failed", "_limit", "_flat", "_maps", "_hold", "_held")
+    __slots__ = ("max_frame", "known_types", "_buf", "_failed", "_limit", "_flat", "_maps", "_hold", "_held", "_held_max")
 
     def __init__(
         self,
@@ -108,6 +108,7 @@ class Decoder:
         first_max: int | None = None,
         flat: bool = False,
         hold: bool = False,
+        held_max: int | None = -1,
     ) -> None:
         if max_frame < 1:
             raise ValueError("max_frame must be positive")
@@ -128,8 +129,12 @@ class Decoder:
         # frame's bound (a client waits for auth_ok before it sends more). Else an unvouched
         # peer had its whole first read decoded (~250 KB: tens of MB of objects) before its
         # auth frame was even looked at.
-        self._hold = hold and first_max is not None and first_max < max_frame
+        # `held_max`: the bytes kept so, at most (-1: the first frame's bound; None: no bound of
+        # its own, for a link whose peer may send on without waiting, a terminal's: what one read
+        # brings, as its first frame is answered, or its reading stopped, in the read that ends it)
+        self._hold = hold and (held_max != -1 or (first_max is not None and first_max < max_frame))
         self._held = False
+        self._held_max = self._limit if held_max == -1 else held_max
 
     def _one_map(self, m: dict[Any, Any]) -> dict[Any, Any]:
         """msgpack calls this for each map as it is completed, the innermost first: the frame's
@@ -181,8 +186,8 @@ class Decoder:
         buf = self._buf
         buf += data
         if self._held:
-            if len(buf) > self._limit:
-                self._failed = (FRAME_TOO_LARGE, f"more than {self._limit} bytes sent before the first frame was answered")
+            if self._held_max is not None and len(buf) > self._held_max:
+                self._failed = (FRAME_TOO_LARGE, f"more than {self._held_max} bytes sent before the first frame was answered")
                 self._buf = bytearray()
                 raise ProtocolError(*self._failed)
             return []

@@ -60,6 +60,7 @@ def recording_terminal(cp: Any, name: str, last_reply: int | None = 0) -> Any:
     p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
     p.connection_made(RecordingTransport(name))
     p.clear_deadline()
+    p.decoder.first_done()  # (logged on without a hello frame)
     cp.terminal_hello(p, name, last_reply)
     return p
 
@@ -71,6 +72,7 @@ def fake_terminal(cp: Any, name: str, *, timeout: float = 5.0) -> Any:
     p = TerminalProtocol(cp, hello_timeout=timeout, idle_after_hello=None)
     p.connection_made(CountingTransport(name))
     p.clear_deadline()
+    p.decoder.first_done()  # (logged on without a hello frame)
     cp.terminal_hello(p, name, 0)
     return p
 
