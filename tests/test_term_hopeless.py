@@ -45,6 +45,18 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(d / "ca.pem")
 
 
+@pytest.fixture(scope="module")
+def tls_cp(tmp_path_factory: pytest.TempPathFactory, ca: str) -> Iterator[Proc]:
+    """A real hsbcpd with TLS on its terminal port ([tls] terminals = true), terminals T00001..T00004."""
+    from pathlib import Path
+
+    d = Path(ca).parent
+    tls = {"ca_file": ca, "cert_file": str(d / "cp.pem"), "key_file": str(d / "cp.key"), "terminals": True}
+    proc = start_cp(tmp_path_factory.mktemp("tls-cp"), terminals=4, tls=tls)
+    yield proc
+    proc.stop()
+
+
 # --------------------------------------------------------------------------- the connector
 
 
@@ -312,3 +324,28 @@ async def test_cli_load_gives_up_at_once_naming_the_cause(cp: Proc, ca: str, por
     assert code == 2 and len(lines) == 1 and lines[0].startswith("hsbterm: giving up, no terminal was welcomed: ") and cause in lines[0], err
     verdict = next(ln for ln in out.splitlines() if ln.strip().startswith("verdict"))
     assert "FAILED: no terminal was ever welcomed: " in verdict and cause in verdict, out
+
+
+TLS_CAUSE = "speaks TLS on its terminal port (tls_required): give the terminal the CP's TLS settings: --tls --ca FILE"
+
+
+async def test_cli_load_without_tls_against_a_tls_terminal_port_gives_up_at_once(tls_cp: Proc) -> None:
+    """The CP closed after the plaintext hello without a word: taken for a CP restart, the run
+    connected again and again until --connect-timeout, then said only that nothing connected.
+    The CP now answers a plaintext hello with error tls_required; the run stops at once."""
+    t0 = time.monotonic()
+    code, out, err = await _run(
+        "load", "--cp", tls_cp.info["terminal"], "-n", "2", "--rate", "10", "--duration", "1", "--connect-timeout", "30", within=20
+    )
+    assert time.monotonic() - t0 < 10
+    lines = err.splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("hsbterm: giving up, no terminal was welcomed: "), err
+    assert f"the CP at {tls_cp.info['terminal']} {TLS_CAUSE}" in lines[0], err
+
+
+async def test_cli_connect_without_tls_against_a_tls_terminal_port_gives_up(tls_cp: Proc) -> None:
+    t0 = time.monotonic()
+    code, out, err = await _run("connect", "T00001", "--cp", tls_cp.info["terminal"], "--linger", "15")
+    assert time.monotonic() - t0 < 10
+    assert code == 1 and err == "", err
+    assert f"giving up: {tls_cp.info['terminal']} {TLS_CAUSE}" in out and out.count("giving up:") == 1, out

@@ -32,7 +32,7 @@ from hsb.ctl.tls_cmd import make_ca_and_certs
 from hsb.term.connector import tls_context
 from hsb.term.load import run_load
 from hsb.wire.client import FrameStream, LinkClosed
-from hsb.wire.framing import encode
+from hsb.wire.framing import Decoder, encode
 from hsb.wire.tls import TLS, TLSFiles
 from tests.support.hostclient import FakeHost, FakeTerminal
 from tests.support.procs import SECRET, Proc, addr, log_events, start_cp, until
@@ -122,7 +122,7 @@ def raw_plain(addr_: str, data: bytes) -> bytes:
     with socket.create_connection((h, p), timeout=5) as s:
         s.sendall(data)
         try:
-            return s.recv(100)
+            return s.recv(4096)
         except (TimeoutError, OSError):
             return b""
 
@@ -176,7 +176,9 @@ async def test_plaintext_wrong_ca_expired_and_someone_elses_certificate_are_refu
             assert "not TLS" in text and "another CA" in text and "expired" in text and "certificate is for" in text, text
         # the terminal port: TLS, certificates optional; one that is presented must be the terminal's
         term = cp.info["terminal"]
-        assert raw_plain(term, encode({"t": "hello", "terminal": "T00001"})) == b""
+        # plaintext: answered in plaintext, so that the terminal knows to use TLS (not a restart to wait out)
+        refused = Decoder().feed(raw_plain(term, encode({"t": "hello", "terminal": "T00001"})))
+        assert [(f["t"], f["code"]) for f in refused] == [("error", "tls_required")] and "--tls" in refused[0]["msg"], refused
         ok = await FakeTerminal.connect(term, "T00001", ssl=tls_context(str(good / "ca.pem")))
         assert (await ok.wait(lambda m: m["t"] in ("welcome", "error")))["t"] == "welcome"
         wrong = await FakeTerminal.connect(term, "T00001", ssl=tls_context(str(good / "ca.pem"), str(good / "T00002.pem"), str(good / "T00002.key")))

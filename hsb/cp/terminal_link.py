@@ -61,6 +61,14 @@ class TerminalProtocol(FramedProtocol):
             self.cp.tickles.closed(self)
         super().connection_lost(exc)
 
+    def plaintext_refusal(self) -> dict[str, Any] | None:
+        # (PROTOCOL_ERRORS counts it as tls_refused, with the log line that names the peer)
+        return {
+            "t": "error",
+            "code": "tls_required",
+            "msg": "this port speaks TLS (the CP's [tls] terminals = true): connect with TLS, trusting the CP's CA (hsbterm: --tls --ca FILE)",
+        }
+
     def on_open(self) -> None:
         self.set_deadline(self._hello_timeout)  # hello within hello_timeout of the connect, however slowly bytes arrive
 

@@ -6,7 +6,8 @@ say that no retry will ever get through, and while no terminal of a run was ever
 mean the run is pointed at the wrong thing:
 
 - the CP refused the terminal for good (`unknown_terminal`, `bad_hello`, `tls_name_mismatch`):
-  the name, or the certificate, is wrong;
+  the name, or the certificate, is wrong; or its port did (`tls_required`: it speaks TLS and
+  the terminal did not), which every terminal meets alike;
 - what answers breaks the terminal link (a protocol error before any welcome: a CP's host or
   admin port sends a challenge, say): not a CP's terminal port;
 - a TLS handshake failed for a reason of the peer's or the certificates' (not TLS at all there,
@@ -14,9 +15,10 @@ mean the run is pointed at the wrong thing:
 
 `Hopeless` counts them for a group of terminals none of which was ever welcomed and says, once
 they leave no doubt, the one-line cause and its fix. A refused terminal counts once every
-terminal of the group has been refused (a CP that knows only some names welcomes those); a
-port's fault (a protocol error, a TLS failure) after STRIKES of them. Anything else (a refused
-or reset connect, a close without a reason) is what a CP restart looks like, and never counts.
+terminal of the group has been refused (a CP that knows only some names welcomes those), a
+refusal by the port at once; a port's fault (a protocol error, a TLS failure) after STRIKES of
+them. Anything else (a refused or reset connect, a close without a reason) is what a CP
+restart looks like, and never counts.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from typing import Any
 
 STRIKES = 3  # a port's faults (protocol errors, TLS failures) before a group gives up
 
+# refusals of the CP's port itself, whatever the terminal: the first one decides
+PORT_REFUSALS = frozenset({"tls_required"})
 # a CP's refusals that the same terminal, trying again, always meets again
-REFUSALS = frozenset({"unknown_terminal", "bad_hello", "tls_name_mismatch"})
+REFUSALS = frozenset({"unknown_terminal", "bad_hello", "tls_name_mismatch"}) | PORT_REFUSALS
 
 # TLS errors of a peer that does not speak TLS (a plain port answers a ClientHello with its own bytes)
 _NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE"})
@@ -61,6 +65,11 @@ def refusal_fix(code: str, load: bool) -> str:
         return "connect as a terminal the CP defines ([[terminals]] or [[terminal_groups]] in its config; new ones load with SIGHUP)"
     if code == "tls_name_mismatch":
         return "--cert must be the terminal's own certificate (naming it), or leave --cert and --key out"
+    if code == "tls_required":
+        return (
+            "give the terminal the CP's TLS settings: --tls --ca FILE (the CA that signed the CP's certificate, the cluster's ca.pem),"
+            " and --cert/--key if it has its own certificate (docs/tls.md)"
+        )
     return "give the terminal's name (as the CP's config defines it)" if not load else "give terminal names the CP defines"
 
 
@@ -85,7 +94,9 @@ class Hopeless:
         if code not in REFUSALS or self.cause is not None:
             return self.cause
         self.refused[who] = (code, msg)
-        if len(self.refused) >= self.terminals:
+        if code in PORT_REFUSALS:
+            self.cause = f"the CP at {self.target} speaks TLS on its terminal port ({code}): {refusal_fix(code, self.load)}"
+        elif len(self.refused) >= self.terminals:
             codes = Counter(c for c, _ in self.refused.values())
             code, _ = codes.most_common(1)[0]
             words = next(m for c, m in self.refused.values() if c == code)

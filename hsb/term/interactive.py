@@ -35,7 +35,7 @@ from typing import Any, NamedTuple, TextIO
 
 from hsb.term.client import WELCOMED, TerminalClient
 from hsb.term.connector import Connector
-from hsb.term.hopeless import REFUSALS, Hopeless, refusal_fix, tls_failure
+from hsb.term.hopeless import PORT_REFUSALS, REFUSALS, Hopeless, refusal_fix, tls_failure
 from hsb.term.listener import Listener
 from hsb.term.report import RECONNECT_RACES
 from hsb.term.verdict import judge_marks
@@ -151,6 +151,8 @@ def _giving_up(p: Printer) -> str:
     code = p.fatal_code
     if code == "hopeless":
         return f"giving up: {p.cause}"
+    if code in PORT_REFUSALS:
+        return f"giving up: {p.target} speaks TLS on its terminal port ({code}): {refusal_fix(code, load=False)}"
     if code == "message_too_large":
         return f"giving up: the CP refused a message that cannot be delivered ({code}): send less, or raise max_frame on the CP and both hosts"
     words = f": {p.fatal_msg[:200]}" if p.fatal_msg else ""

@@ -154,10 +154,15 @@ class FramedProtocol(asyncio.Protocol):
         self._arm_idle()
         self.on_open()
 
-    def _tls_refused(self, reason: str, alert: bytes = b"") -> None:
+    def _tls_refused(self, reason: str, alert: bytes = b"", plaintext: bool = False) -> None:
         self._deadline_handle = None
         self._log_tls_refused(reason)
         tr = self.transport
+        said = self.plaintext_refusal() if plaintext else None
+        if said is not None:
+            # a client that spoke plaintext first (a terminal without TLS) is answered in its
+            # language, or it takes the close for a restart and tries again for ever
+            alert = encode(said)
         if alert and tr is not None and not self.closed:
             # the alert first (an expired certificate, another CA): the peer's own error then says
             # why, instead of a connection closed for no reason it can see
@@ -166,6 +171,12 @@ class FramedProtocol(asyncio.Protocol):
             tr.close()
             return
         self.abort()
+
+    def plaintext_refusal(self) -> dict[str, Any] | None:
+        """The error frame, sent unencrypted, for a client that spoke plaintext to this TLS
+        listener; None: closed without a word (clients of links where the server speaks first
+        never get here: they wait for its challenge)."""
+        return None
 
     def _log_tls_refused(self, reason: str) -> None:
         """One line per refused handshake, naming the peer and why; counted by link."""
@@ -198,7 +209,7 @@ class FramedProtocol(asyncio.Protocol):
                 data, out = t.feed(data)
             except TLSFailed as exc:
                 self.clear_deadline()
-                self._tls_refused(exc.reason, exc.alert)
+                self._tls_refused(exc.reason, exc.alert, exc.plaintext)
                 return
             if out and self.transport is not None:
                 self.transport.write(out)

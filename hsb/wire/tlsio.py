@@ -14,10 +14,11 @@ import ssl
 class TLSFailed(Exception):
     """The handshake or a record failed: `reason` says why in a few words."""
 
-    def __init__(self, reason: str, alert: bytes = b"") -> None:
+    def __init__(self, reason: str, alert: bytes = b"", plaintext: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.alert = alert  # the TLS alert to send the peer before the connection closes: it then knows why
+        self.plaintext = plaintext  # what came is no TLS at all: a client speaking plaintext (OpenSSL sends no alert)
 
 
 def _reason(exc: ssl.SSLError) -> str:
@@ -28,9 +29,9 @@ def _reason(exc: ssl.SSLError) -> str:
         return "its certificate is not valid yet (a clock off?)"
     if verify:
         return f"its certificate does not chain to our CA ({verify})"
-    r = (exc.reason or str(exc)).lower().replace("_", " ")
-    if "wrong version number" in r or "http request" in r or "unknown protocol" in r:
+    if _not_tls(exc):
         return "not TLS (a plaintext client?)"
+    r = (exc.reason or str(exc)).lower().replace("_", " ")
     if "certificate required" in r or "peer did not return a certificate" in r:
         return "no client certificate (mutual TLS: the client must present one)"
     if "certificate expired" in r:
@@ -38,6 +39,11 @@ def _reason(exc: ssl.SSLError) -> str:
     if "unknown ca" in r or "certificate verify failed" in r or "unable to get local issuer" in r:
         return f"its certificate does not chain to our CA ({exc.reason})"
     return str(exc.reason or exc)
+
+
+def _not_tls(exc: ssl.SSLError) -> bool:
+    r = (exc.reason or str(exc)).lower().replace("_", " ")
+    return "wrong version number" in r or "http request" in r or "unknown protocol" in r
 
 
 class ServerTLS:
@@ -63,7 +69,7 @@ class ServerTLS:
             except ssl.SSLWantReadError:
                 return b"", self._out.read()
             except ssl.SSLError as exc:
-                raise TLSFailed(_reason(exc), self._out.read()) from None
+                raise TLSFailed(_reason(exc), self._out.read(), plaintext=_not_tls(exc)) from None
         chunks = []
         while True:
             try:
