@@ -219,3 +219,42 @@ async def test_a_session_named_after_its_run_logged_off_is_closed_not_adopted_fo
     assert closed and closed[0]["reason"] == "logoff", frames
     assert term.active is None and any(f["t"] == "session_request" for f in frames), frames
     await asyncio.sleep(0)
+
+
+async def test_a_terminal_back_while_an_undone_switchover_is_made_durable_is_told_its_session_is_open(tmp_path: Path) -> None:
+    """host-a adopted the sessions of T00001 (not back yet) and T00002 (back: told `session open`
+    then). A planned switchover to host-b is undone (host-b lost before its grant was durable),
+    and T00001 comes back, resuming, while host-a's grant of the role back is made durable: its
+    welcome went alone (nothing announced), its adopted session was kept, and the flip left it
+    as it was: welcomed, served, and never told its session was open."""
+    cp = cp_core(tmp_path, 3, cp="resume_window = 30\n")
+    a = fake_host(cp, "host-a")
+    a.adopts = True
+    cp.host_register(a, "active", 1)
+    b = fake_host(cp, "host-b", "standby")
+    t2 = recording_terminal(cp, "T00002")
+    cp.host_adopt(a, [("T00001", {}), ("T00002", {})], last=True)
+    for name in ("T00001", "T00002"):
+        cp.host_open(b, name, "standby", {})
+    cp.host_release(a)
+    held = HeldJournal(cp)
+    cp.host_handover(a, wait=False)  # the grant to host-b waits on its record
+    b.connection_lost(None)
+    held.release_one()  # durable, its grantee gone: undone, host-a granted the role back (its record held)
+    assert cp.active is a and not cp.announced and cp.terms["T00001"].active is not None
+    t1 = recording_terminal(cp, "T00001", 0)
+    held.release()
+    assert cp.announced and cp.switchovers[-1]["kind"] == "undone"
+
+    def sessions(p: Any) -> list[tuple[str, int]]:
+        p.flush()
+        return [(f["state"], f["epoch"]) for f in p.transport.frames() if f["t"] == "session"]
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 2  # (the notices start within notices.DEFER_S of the grant)
+    while not sessions(t1):
+        assert loop.time() < deadline, f"T00001 never told its session is open: {[f['t'] for f in t1.transport.frames()]}"
+        await asyncio.sleep(0.01)
+    assert sessions(t1) == [("open", cp.epoch)], sessions(t1)
+    assert t1.transport.frames()[0]["t"] == "welcome"
+    assert sessions(t2) == [("open", 1)]  # told at its adoption; its session stayed where it was

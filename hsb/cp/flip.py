@@ -313,6 +313,14 @@ class Flip:
                     elif was is not None and was.host is host:
                         # already the new active's: it serves on after its planned switchover's
                         # grantee was lost (what waited while it was released goes to it now)
+                        conn = term.conn
+                        if conn is not None and conn.session_untold is was:
+                            # back during that grant's wait, its session kept: its welcome went
+                            # alone, and the session's opening is owed now as the others' notices are
+                            conn.session_untold = None
+                            if term.notice is not None:
+                                send_owed(term)
+                            term.notice = opened_frame
                         if term.held and not dead:
                             work += cp._deliver_pending(term, host)
                     elif term.conn is not None and term.active is None and not term.leaving:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from hsb.cp.state import Term
+from hsb.cp.state import Session, Term
 from hsb.wire.conn import PROTOCOL_ERRORS, FramedProtocol, require
 from hsb.wire.framing import ProtocolError, data_size, payload_max
 
@@ -42,6 +42,9 @@ class TerminalProtocol(FramedProtocol):
         # under one of those ids is a reuse, even once the first was answered and let go
         self.unacked_at_welcome: dict[int, Any] = {}
         self.sent_upto = 0  # the highest message id this connection sent
+        # its terminal's session, kept at its hello for a grant not yet announced and not told to
+        # it then: the grant's flip owes it the session's opening (hsb.cp.flip)
+        self.session_untold: Session | None = None
         # its kept replies at the bound: frames other than confirm wait here, in order, while
         # confirms are still read and taken (the only way the bound is left); None: not parking
         self.parked: list[dict[str, Any]] | None = None

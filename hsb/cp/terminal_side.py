@@ -84,6 +84,10 @@ class TerminalSide:
             proto.send(welcome)
             if adopted:  # its session outlived the CP (hsb.cp.adopt): open at once, nothing to ask
                 proto.send({"t": "session", "state": "open", "epoch": self.epoch})
+            elif term.active is not None:
+                # kept for it with the host a grant not yet announced gives the role back to (a
+                # planned switchover undone): the flip that follows tells it, as it tells the others
+                proto.session_untold = term.active
         log.debug("terminal_connected", terminal=name, peer=proto.peer, last_reply=last_reply)
         if last_reply is not None:
             term.resuming = True
