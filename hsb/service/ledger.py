@@ -23,6 +23,7 @@ can be checked from outside, refusals too (hsb.term.books).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -239,6 +240,10 @@ class LedgerService:
         self.db: Database = open_database(dsn or None, sqlite or None, **opts)
         self.once = ExactlyOnce(self.db, keep=float(keep_hours) * 3600.0, record=bool(idempotency), keep_last=int(keep_last))
         self.ready = False
+        # the one setup running, shared by every message that comes meanwhile: after a failover
+        # each terminal's first message would run it again (four transactions, on PostgreSQL a
+        # pool connection and the advisory lock each; 300 terminals ran it 300 times)
+        self._setting_up: asyncio.Task[None] | None = None
 
     async def _setup(self) -> None:
         await self.db.setup(DDL)
@@ -273,10 +278,16 @@ class LedgerService:
             return refused or dumps({"ok": False, "error": "id_reused", "msg": str(exc)})
 
     async def _setup_or_wait(self) -> None:
-        """The tables made (or found): any failure holds the message (retried, the service shown
-        failing) and names the fix; none is the request's, so none becomes its reply."""
+        """The tables made (or found), once for every message that waits for it: any failure
+        holds the message (retried, the service shown failing) and names the fix; none is the
+        request's, so none becomes its reply."""
+        t = self._setting_up
+        if t is None or t.done():  # none yet, or the last one failed: the next message tries again
+            t = self._setting_up = asyncio.get_running_loop().create_task(self._setup(), name="ledger-setup")
         try:
-            await self._setup()
+            # shielded: a message cancelled while it waits (the CP link lost) leaves the setup
+            # to the others; shield retrieves its error even when no one waits any more
+            await asyncio.shield(t)
         except RetryTransaction as exc:  # busy (another host's transaction): waits, not an error reply
             raise ServiceUnavailable(f"database busy while setting up: {exc}") from exc
         except Exception as exc:
