@@ -13,7 +13,9 @@ sorted here, once, into three kinds, because the host treats them differently:
   a grant revoked, a restore that left a table out), or (SQLite) it stayed locked past
   `busy_timeout` (the other host stopped inside a transaction, say): the host keeps the message, retries it with backoff, and
   shows the service as failing (the message stays held at the CP, nothing is lost);
-- anything else is the application's error (a bug): it becomes the message's error reply.
+- anything else is the application's error (a bug): it becomes the message's error reply;
+  so is a call asyncpg refuses while the connection is still open (an `InterfaceError`: the
+  wrong number of arguments, two statements at once), as the same bug is on SQLite.
   Except on our side of a PostgreSQL transaction's end: a failure of the COMMIT, the ROLLBACK
   or handing the connection back that the server did not answer leaves it unknown whether the
   effect committed, and is `ServiceUnavailable` (an error the server answered the COMMIT with,
@@ -108,8 +110,9 @@ DEPLOYMENT_STATES = {
 _REQUEST_SOURCES = frozenset({"ExecWithCheckOptions", "exec_stmt_raise"})
 
 
-def classify_pg(exc: BaseException) -> BaseException | None:
-    """The kind of an asyncpg error (see the module docstring); None: the application's."""
+def classify_pg(exc: BaseException, conn_open: bool = False) -> BaseException | None:
+    """The kind of an asyncpg error (see the module docstring); None: the application's.
+    `conn_open`: the transaction's body raised it while its connection was still open."""
     import asyncpg
 
     state = getattr(exc, "sqlstate", None)
@@ -125,11 +128,24 @@ def classify_pg(exc: BaseException) -> BaseException | None:
     # encode, nothing sent, a bug that an error reply names rather than a retry for ever
     if isinstance(exc, asyncpg.exceptions._base.DataError):
         return None
+    # the driver refusing a call on a connection that is still open (the wrong number of
+    # arguments, two statements at once on one transaction, a transaction used after its end):
+    # the body's own bug, an error reply; held, it would stall the terminal for ever and blame
+    # the database. On a closed connection ("connection is closed") it is the connection's
+    if conn_open and isinstance(exc, asyncpg.InterfaceError):
+        return None
     # InternalClientError: the driver's connection in a state it did not expect (seen while the
     # server restarted): the connection's fault, not the request's
     if isinstance(exc, (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)):
         return ServiceUnavailable(f"database unreachable: {type(exc).__name__}: {exc}".rstrip(": "))
     return None
+
+
+def _still_open(conn: Any) -> bool:
+    try:
+        return not conn.is_closed()
+    except Exception:  # noqa: BLE001 - a pool's proxy whose connection was terminated (released): not open
+        return False
 
 
 class _PgTx:
@@ -215,6 +231,7 @@ class PostgresDatabase:
     async def transaction(self) -> AsyncIterator[_PgTx]:
         entered = False  # the body ran: an error after this point may follow a commit
         own: BaseException | None = None  # what the body itself raised, if anything
+        own_open = False  # its connection was still open when it raised that
         try:
             pool = await self._get_pool()
             async with pool.acquire(timeout=self.connect_timeout) as conn, conn.transaction():
@@ -222,12 +239,22 @@ class PostgresDatabase:
                 try:
                     yield _PgTx(conn)
                 except BaseException as exc:
-                    own = exc
+                    own, own_open = exc, _still_open(conn)
                     raise
         except (RetryTransaction, ServiceUnavailable):
             raise
         except Exception as exc:
-            kind = classify_pg(exc)
+            if isinstance(own, Exception) and exc is not own:
+                # the body raised and its ROLLBACK (or handing the connection back) failed too:
+                # nothing was committed, so what the body raised is what happened (a statement
+                # still running on the connection, the body's bug, fails that ROLLBACK as well)
+                if isinstance(own, (RetryTransaction, ServiceUnavailable)):
+                    raise own from None
+                kind = classify_pg(own, conn_open=own_open)
+                if kind is None:
+                    raise own from None
+                raise kind from own
+            kind = classify_pg(exc, conn_open=exc is own and own_open)
             if not entered and isinstance(exc, TimeoutError) and self._pool_busy():
                 # no connection free within the wait, every one of the pool's in use: the
                 # database answers, it is slow or the pool small (not "unreachable")
