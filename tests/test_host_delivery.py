@@ -1,6 +1,6 @@
 """The active host's hand-over of messages to the service (hsb.host.delivery), in-process: a
 message handed over again after the service was unavailable is marked redelivered (the failed
-try may have had its effect), status stays failing across a cancel until the service answers,
+try may have had its effect), as is one whose transaction the service must run again, status stays failing across a cancel until the service answers,
 and a reply too large for a frame becomes an error reply instead of taking the host link down
 again and again."""
 
@@ -14,6 +14,7 @@ import pytest
 
 from hsb.host.delivery import Delivery
 from hsb.service.api import ServiceUnavailable
+from hsb.service.db import RetryTransaction
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -80,6 +81,52 @@ async def test_a_host_that_no_longer_holds_the_active_role_does_not_say_its_serv
     await _until(lambda: d.health.state == "failing", "failing")
     d.cancel(role_ended=True)
     assert d.health.state == "ok" and d.health.error is None and not d.health.waiting
+
+
+class Collides:
+    """Its transaction rolled back (RetryTransaction) for the first `fail` hand-overs."""
+
+    def __init__(self, fail: int) -> None:
+        self.fail = fail
+        self.flags: list[bool] = []
+
+    async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
+        self.flags.append(redelivered)
+        if len(self.flags) <= self.fail:
+            raise RetryTransaction("deadlock detected")
+        return f"done {message_id}"
+
+
+async def test_a_transaction_the_service_must_run_again_is_handed_over_again_not_answered_as_an_error() -> None:
+    """A service of one's own on hsb.service.db (no ExactlyOnce) met a deadlock: its transaction
+    was rolled back and it raised RetryTransaction, which db.py says is run again; the host
+    answered `error: RetryTransaction` and the message was gone."""
+    sent: list[dict[str, Any]] = []
+    svc = Collides(fail=1)
+    d = Delivery(svc, lambda m: sent.append(m) or True, lambda: 1)  # type: ignore[arg-type, func-returns-value]
+    d.deliver("T1", 5, "x", False)
+    d.deliver("T1", 6, "x", False)
+    await _until(lambda: len(sent) == 2, "two replies")
+    assert [(m["id"], m["data"]) for m in sent] == [(5, "done 5"), (6, "done 6")]
+    assert svc.flags == [False, True, False]  # handed over again marked, as every retry is
+    assert d.counters["transactions_retried"] == 1 and d.counters["errors"] == 0
+    assert d.health.state == "ok" and d.health.retries == 0
+
+
+async def test_a_transaction_that_keeps_colliding_holds_its_message_as_the_service_failing() -> None:
+    """Bounded: past MAX_COLLISIONS in a row the message is held as for ServiceUnavailable (the
+    service shown failing, backoff), never answered with an error, and answered once it goes."""
+    from hsb.host.delivery import MAX_COLLISIONS
+
+    sent: list[dict[str, Any]] = []
+    svc = Collides(fail=MAX_COLLISIONS + 1)
+    d = Delivery(svc, lambda m: sent.append(m) or True, lambda: 1)  # type: ignore[arg-type, func-returns-value]
+    d.deliver("T1", 5, "x", False)
+    await _until(lambda: d.health.state == "failing", "the service failing")
+    assert not sent and "transactions in a row rolled back (RetryTransaction): deadlock detected" in (d.health.error or "")
+    await _until(lambda: sent, "the reply")
+    assert sent[0]["data"] == "done 5" and d.health.state == "ok"
+    assert d.counters["transactions_retried"] == MAX_COLLISIONS - 1 and d.counters["errors"] == 0
 
 
 async def test_a_reply_too_large_for_a_frame_is_answered_as_an_error() -> None:

@@ -9,13 +9,17 @@ CP re-delivers them to whoever serves next).
 
 A service that raises `ServiceUnavailable` (its database is down, say) keeps the message:
 it is handed over again, with backoff, until it is answered, and the terminal's later
-messages wait behind it. `health` says whether the service is answering, for status and
+messages wait behind it. One that raises `RetryTransaction` (a deadlock, a serialization
+failure: its transaction was rolled back) gets the message again after a short random wait,
+up to `MAX_COLLISIONS` times in a row, and then as if it were unavailable: a message that
+collides is a valid one, which an error reply would discard. `health` says whether the service is answering, for status and
 metrics; the message stays held at the CP all along, so nothing is lost if this host dies.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,13 +29,17 @@ import structlog
 
 from hsb import faults
 from hsb.backoff import Backoff
-from hsb.service.api import Service, ServiceUnavailable
+from hsb.service.api import RetryTransaction, Service, ServiceUnavailable
 from hsb.wire.framing import data_size
 
 log = structlog.get_logger("hsb.host")
 
 RETRY_FIRST = 0.05  # seconds before a message the service could not take is handed over again
 RETRY_CAP = 2.0
+# a service's RetryTransactions in a row for one message before it counts as failing (as
+# hsb.service.once's own retries), and the random wait before the n-th retry: up to n times this
+MAX_COLLISIONS = 20
+COLLISION_WAIT = 0.002
 
 
 class ServiceHealth:
@@ -120,7 +128,7 @@ class Delivery:
         self.accepting = True  # False once nothing more is taken (`stop_taking`)
         self.idle = asyncio.Event()
         self.idle.set()
-        self.counters = {"processed": 0, "redelivered": 0, "errors": 0, "repeats_marked": 0}
+        self.counters = {"processed": 0, "redelivered": 0, "errors": 0, "repeats_marked": 0, "transactions_retried": 0}
         self.health = ServiceHealth()
         # each terminal's highest id handed to the service by this process: one handed over again
         # is marked redelivered here, whatever the CP said (a CP that crashed after delivering a
@@ -145,6 +153,7 @@ class Delivery:
             if old is not None:
                 log.warning("delivery_waits_for_cancelled_call", terminal=terminal, msg="the service has not ended a call cancelled before")
                 await asyncio.wait([old])
+            collided = 0  # RetryTransactions in a row for the message at the head of the queue
             while q:
                 if not self.may_handle() and not await self.wait_open():
                     return
@@ -169,11 +178,20 @@ class Delivery:
                     self.counters["errors"] += 1
                     log.error("service_error", terminal=terminal, id=mid, error="CancelledError (raised by the service, not a cancel of ours)")
                     reply = "error: CancelledError"
-                except ServiceUnavailable as exc:
+                except (RetryTransaction, ServiceUnavailable) as exc:
                     if self.gen != gen0:  # a cancel the service turned into this: not ours any more
                         return
-                    backoff = self.health.failing(terminal, _text(exc) or type(exc).__name__)
-                    await asyncio.sleep(backoff.next())  # cancel() cancels this task meanwhile
+                    why = _text(exc) or type(exc).__name__
+                    if isinstance(exc, RetryTransaction):
+                        collided += 1
+                        why = f"{collided} transactions in a row rolled back (RetryTransaction): {why}"
+                    if isinstance(exc, RetryTransaction) and collided < MAX_COLLISIONS:
+                        # rolled back: run again soon, a random wait apart from whatever it met
+                        self.counters["transactions_retried"] += 1
+                        wait = random.uniform(0, COLLISION_WAIT * collided)
+                    else:
+                        wait = self.health.failing(terminal, why).next()
+                    await asyncio.sleep(wait)  # cancel() cancels this task meanwhile
                     if self.gen != gen0:
                         return
                     # handed over again marked redelivered: the failed try may have had its
@@ -194,6 +212,7 @@ class Delivery:
                         " raise max_frame on the CP and both hosts"
                     )
                 q.popleft()
+                collided = 0
                 if self.health.state != "ok":
                     self.health.answered(terminal)
                 self.counters["processed"] += 1

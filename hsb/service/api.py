@@ -17,6 +17,10 @@ What `handle` raises decides what happens to the message:
 - `ServiceUnavailable` (the database is down, say): the message is kept and handed to the
   service again, in order, with backoff, until it is answered; the host's status shows the
   service as failing meanwhile. Nothing is lost and nothing is answered with an error.
+- `RetryTransaction` (hsb.service.db raises it: a deadlock, a serialization failure; the
+  transaction was rolled back): the message is handed to the service again after a short random
+  wait, marked redelivered, up to 20 times in a row, and then as for `ServiceUnavailable`
+  (`ExactlyOnce.run` retries its own transactions already: this is for a service's own).
 - any other exception is the application's error: the reply is "error: <ExceptionType>".
 An optional `status()` method returns a dict shown in the host's status. An optional
 `cp_bounds(held_bound)` is called at every registration with the CP, with the most messages the
@@ -45,6 +49,11 @@ class ServiceError(Exception):
 
 class ServiceUnavailable(Exception):
     """The service cannot answer now (its database is unreachable, say): retry the message later."""
+
+
+class RetryTransaction(Exception):
+    """The transaction lost a race (serialization failure, deadlock, busy) and was rolled back:
+    run it again (hsb.service.db raises it; the host hands the message over again)."""
 
 
 # The built-in services' options that name a file, with their defaults: relative to the host

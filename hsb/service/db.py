@@ -7,7 +7,9 @@ in one call on the database's thread, see `SqliteDatabase.run`), and writes SQL 
 sorted here, once, into three kinds, because the host treats them differently:
 
 - `RetryTransaction`: a serialization failure or deadlock (PostgreSQL): the transaction is
-  rolled back and may simply run again;
+  rolled back and may simply run again (`ExactlyOnce.run` does; raised out of a service's
+  `handle`, the host hands the message over again, up to 20 times in a row, then holds it as
+  for the next kind);
 - `ServiceUnavailable` (hsb.service.api): the database cannot be reached or is shutting
   down or out of resources, refuses the service a right or lacks one of its tables (PostgreSQL:
   a grant revoked, a restore that left a table out), or (SQLite) it stayed locked past
@@ -38,12 +40,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+# (RetryTransaction lives in the plug-in interface, as the host acts on it; services import it from here)
+from hsb.service.api import RetryTransaction as RetryTransaction
 from hsb.service.api import ServiceUnavailable
 from hsb.worker import Worker
-
-
-class RetryTransaction(Exception):
-    """The transaction lost a race (serialization failure, deadlock, busy): run it again."""
 
 
 class Tx(Protocol):
