@@ -248,3 +248,42 @@ async def test_the_journal_service_cuts_a_line_torn_by_a_kill_before_it_appends(
     j = JournalService("host-a", journal=str(p))
     await j.close()
     assert p.read_text() == ""
+
+
+async def test_a_services_status_that_raises_leaves_health_metrics_and_status_answering(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service's `status()` that raises took /health, /active and /standby down with a 500,
+    /metrics and the admin status with them. It is shown as the service's `status_error`, beside
+    the host's own view of it, and logged once per change, not at every scrape."""
+    from hsb.host import delivery
+    from hsb.service.builtin import EchoService
+    from tests.support.inproc import pair_in_hot_standby
+    from tests.support.logrec import RecordingLog
+
+    broken = True
+
+    class Broken(EchoService):
+        def status(self) -> dict[str, object]:
+            if broken:
+                raise KeyError("pool")
+            return {"mine": 1}
+
+    logs = RecordingLog()
+    monkeypatch.setattr(delivery, "log", logs)
+    async with pair_in_hot_standby(tmp_path, Broken) as (cp, a, b, tasks):
+        routes = a.routes()
+        for path in ("/health", "/active", "/health"):
+            code, _, body = routes[path]()
+            assert code == 200, (path, body)
+            sv = json.loads(body)["service"]
+            assert sv["status_error"] == "KeyError: 'pool'" and sv["state"] == "ok" and sv["name"] == "echo", sv  # (the configured name)
+        assert json.loads(b.routes()["/standby"]()[2])["service"]["status_error"] == "KeyError: 'pool'"
+        code, _, text = routes["/metrics"]()
+        assert code == 200 and b"hsb_service_healthy 1.0" in text and b"hsb_serving 1.0" in text
+        a.delivery.health.state = "failing"  # (as after a ServiceUnavailable): still shown
+        assert b"hsb_service_healthy 0.0" in routes["/metrics"]()[2]
+        assert a.status()["service"]["state"] == "failing"
+        said = [e for e in logs.events("service_status_failed") if e["error"] == "KeyError: 'pool'"]
+        assert len(said) == 2, logs.entries  # once by each host, not once per call
+        broken = False
+        assert a.status()["service"]["mine"] == 1 and "status_error" not in a.status()["service"]
+        assert len(logs.events("service_status_recovered")) == 1

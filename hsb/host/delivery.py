@@ -52,6 +52,7 @@ class ServiceHealth:
         self.since = time.time()
         self.retries = 0  # hand-overs that the service answered with ServiceUnavailable
         self.waiting: dict[str, Backoff] = {}  # terminals whose next message waits for the service
+        self.status_failed: str | None = None  # what the service's own status() raised last (said once)
 
     def failing(self, terminal: str, error: str) -> Backoff:
         """The service could not take `terminal`'s message; the backoff before handing it over again."""
@@ -86,6 +87,27 @@ class ServiceHealth:
 
     def as_dict(self) -> dict[str, Any]:
         return {"state": self.state, "error": self.error, "since": self.since, "retries": self.retries, "waiting_terminals": len(self.waiting)}
+
+    def report(self, service: Any, name: str) -> dict[str, Any]:
+        """The service's status: what it says of itself (its optional `status()`), its name, and
+        this view of whether it answers. A `status()` that raises is shown as `status_error` (and
+        logged once per change): it took /health, /active, /standby, /metrics and status down."""
+        own = getattr(service, "status", None)
+        why: str | None = None
+        try:
+            extra = own() if callable(own) else {}
+        except Exception as exc:  # noqa: BLE001 - the service's own bug: the host's view still answers
+            why = f"{type(exc).__name__}: {error_text(exc)}"
+            extra = {"status_error": why}
+        if why != self.status_failed:
+            if why is None:
+                log.info("service_status_recovered")
+            else:
+                log.error("service_status_failed", error=why, msg="the service's status() raised: shown as its status_error")
+            self.status_failed = why
+        # this view last: a service's `status()` naming a key of it (state, retries) must not
+        # hide a failing service from hsb_service_healthy and its alert
+        return {**(extra if isinstance(extra, dict) else {}), "name": name, **self.as_dict()}
 
 
 def being_cancelled() -> bool:
@@ -181,7 +203,7 @@ class Delivery:
                 except (RetryTransaction, ServiceUnavailable) as exc:
                     if self.gen != gen0:  # a cancel the service turned into this: not ours any more
                         return
-                    why = _text(exc) or type(exc).__name__
+                    why = error_text(exc) or type(exc).__name__
                     if isinstance(exc, RetryTransaction):
                         collided += 1
                         why = f"{collided} transactions in a row rolled back (RetryTransaction): {why}"
@@ -200,7 +222,7 @@ class Delivery:
                     continue
                 except Exception as exc:  # the application's error becomes the reply
                     self.counters["errors"] += 1
-                    log.error("service_error", terminal=terminal, id=mid, error=f"{type(exc).__name__}: {_text(exc)}")
+                    log.error("service_error", terminal=terminal, id=mid, error=f"{type(exc).__name__}: {error_text(exc)}")
                     reply = f"error: {type(exc).__name__}"
                 if self.gen != gen0:  # cancel() came while the service ran, and it would not be cancelled:
                     return  # the CP hands this message on again (marked); this queue is no longer the CP's
@@ -291,7 +313,7 @@ class Delivery:
         self.idle.set()
 
 
-def _text(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
     """An exception's message, or a stand-in if the application's __str__ itself fails: the
     error reply must still go, or that terminal's messages would stop here."""
     try:

@@ -137,11 +137,7 @@ class HostServer:
 
     def service_status(self) -> dict[str, Any]:
         """The service's name, whether it answers (hsb.host.delivery), and what it says of itself."""
-        own = getattr(self.service, "status", None)
-        extra = own() if callable(own) else {}
-        # the host's own health last: a service's `status()` naming a key of it (state, retries)
-        # must not hide a failing service from hsb_service_healthy and its alert
-        return {**(extra if isinstance(extra, dict) else {}), "name": self.cfg.host.service, **self.delivery.health.as_dict()}
+        return self.delivery.health.report(self.service, self.cfg.host.service)
 
     def tell_service_bounds(self, held_bound: Any) -> None:
         """The CP's per-terminal bound, to a service that asks for it (`cp_bounds`); an error of
