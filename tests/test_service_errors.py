@@ -1,5 +1,5 @@
 """What the service layer makes of a configuration or a statement that cannot work: a clear
-start error for idempotency records kept too briefly, and an error reply (not a retry for ever,
+start error for idempotency records kept too briefly or a SQLite library too old, and an error reply (not a retry for ever,
 which would stall the terminal's later messages behind it) for SQL that cannot run on SQLite."""
 
 from __future__ import annotations
@@ -15,6 +15,23 @@ from hsb.service.api import ServiceError, ServiceUnavailable, load_service
 from hsb.service.db import open_database
 
 pytestmark = pytest.mark.timeout(30)
+
+
+def test_a_sqlite_library_too_old_for_the_statements_is_refused_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RETURNING needs SQLite 3.35: on an older library every message was answered with an
+    error. The database is refused where it is opened, in one line naming the version found, the
+    version needed and the fix."""
+    from hsb.host.main import service_problems
+
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 31, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.31.1")
+    with pytest.raises(ServiceError, match=r"SQLite 3\.31\.1 is too old: .* need SQLite 3\.35\.0 or later .*use PostgreSQL .*newer SQLite"):
+        open_database(None, str(tmp_path / "l.db"))
+    problems = service_problems("ledger", "host-a", {"sqlite": str(tmp_path / "l.db")})
+    assert len(problems) == 1 and problems[0].startswith("host.service: SQLite 3.31.1 is too old") and "\n" not in problems[0], problems
+    assert not (tmp_path / "l.db").exists()
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 35, 0))
+    assert service_problems("ledger", "host-a", {"sqlite": str(tmp_path / "l.db")}) == []
 
 
 def test_idempotency_records_kept_less_than_an_hour_are_refused_at_start(tmp_path: Path) -> None:

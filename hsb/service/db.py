@@ -42,7 +42,7 @@ from typing import Any, Protocol, TypeVar
 
 # (RetryTransaction lives in the plug-in interface, as the host acts on it; services import it from here)
 from hsb.service.api import RetryTransaction as RetryTransaction
-from hsb.service.api import ServiceUnavailable
+from hsb.service.api import ServiceError, ServiceUnavailable
 from hsb.worker import Worker
 
 
@@ -428,6 +428,22 @@ def _begin(c: sqlite3.Connection) -> None:
     c.execute("BEGIN IMMEDIATE")
 
 
+# RETURNING (3.35: the ledger and the idempotency record), upsert's ON CONFLICT (3.24), row values (3.15)
+SQLITE_NEEDED = (3, 35, 0)
+
+
+def check_sqlite_version() -> None:
+    """Refuse a SQLite library too old for the statements of hsb.service (each would fail, and
+    every message be answered with an error), naming what to do."""
+    found = tuple(sqlite3.sqlite_version_info)
+    if found < SQLITE_NEEDED:
+        need = ".".join(map(str, SQLITE_NEEDED))
+        raise ServiceError(
+            f"SQLite {sqlite3.sqlite_version} is too old: the service's statements need SQLite {need} or later (RETURNING);"
+            " use PostgreSQL ([service_options] dsn = 'postgresql://…'), or run hsbd on a Python linked with a newer SQLite"
+        )
+
+
 class SqliteDatabase:
     """One connection on one thread of its own; one transaction at a time (BEGIN IMMEDIATE);
     WAL, synchronous=FULL: a commit is on disk before the reply goes out."""
@@ -435,6 +451,7 @@ class SqliteDatabase:
     kind = "sqlite"
 
     def __init__(self, path: str, busy_timeout: float = 5.0) -> None:
+        check_sqlite_version()  # at the start (hsbd's config check builds the service), not at each message
         self.path = Path(path)
         self.busy_timeout = float(busy_timeout)
         # one thread for the connection; the loop gives it the GIL (hsb.worker) once a
