@@ -21,7 +21,7 @@ class TLSFailed(Exception):
         self.plaintext = plaintext  # what came is no TLS at all: a client speaking plaintext (OpenSSL sends no alert)
 
 
-def _reason(exc: ssl.SSLError) -> str:
+def _reason(exc: ssl.SSLError, first: int | None = None) -> str:
     verify = str(getattr(exc, "verify_message", "") or "")
     if "expired" in verify:
         return "its certificate has expired"
@@ -29,7 +29,7 @@ def _reason(exc: ssl.SSLError) -> str:
         return "its certificate is not valid yet (a clock off?)"
     if verify:
         return f"its certificate does not chain to our CA ({verify})"
-    if _not_tls(exc):
+    if _not_tls(exc, first):
         return "not TLS (a plaintext client?)"
     r = (exc.reason or str(exc)).lower().replace("_", " ")
     if "certificate required" in r or "peer did not return a certificate" in r:
@@ -41,15 +41,22 @@ def _reason(exc: ssl.SSLError) -> str:
     return str(exc.reason or exc)
 
 
-def _not_tls(exc: ssl.SSLError) -> bool:
+TLS_HANDSHAKE = 0x16  # the content type of a TLS record that opens a connection (a ClientHello)
+
+
+def _not_tls(exc: ssl.SSLError, first: int | None) -> bool:
+    """The client does not speak TLS: its first byte opens no TLS handshake record (whatever
+    words this OpenSSL has for it: RECORD_LAYER_FAILURE from 3.2), or OpenSSL's words say so."""
+    if first is not None and first != TLS_HANDSHAKE:
+        return True
     r = (exc.reason or str(exc)).lower().replace("_", " ")
-    return "wrong version number" in r or "http request" in r or "unknown protocol" in r
+    return any(w in r for w in ("wrong version number", "http request", "unknown protocol", "record layer failure", "packet length too long"))
 
 
 class ServerTLS:
     """One server connection's TLS state (see the module docstring)."""
 
-    __slots__ = ("_in", "_out", "obj", "done", "started")
+    __slots__ = ("_in", "_out", "obj", "done", "started", "first")
 
     def __init__(self, ctx: ssl.SSLContext) -> None:
         self._in = ssl.MemoryBIO()
@@ -57,9 +64,12 @@ class ServerTLS:
         self.obj = ctx.wrap_bio(self._in, self._out, server_side=True)
         self.done = False  # handshake complete
         self.started = False  # the client sent something
+        self.first: int | None = None  # its first byte
 
     def feed(self, data: bytes) -> tuple[bytes, bytes]:
         """Network bytes in: (plaintext, bytes to send back). Raises TLSFailed."""
+        if self.first is None and data:
+            self.first = data[0]
         self.started = True
         self._in.write(data)
         if not self.done:
@@ -69,7 +79,7 @@ class ServerTLS:
             except ssl.SSLWantReadError:
                 return b"", self._out.read()
             except ssl.SSLError as exc:
-                raise TLSFailed(_reason(exc), self._out.read(), plaintext=_not_tls(exc)) from None
+                raise TLSFailed(_reason(exc, self.first), self._out.read(), plaintext=_not_tls(exc, self.first)) from None
         chunks = []
         while True:
             try:
