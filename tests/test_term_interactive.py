@@ -54,6 +54,14 @@ async def test_connect_exits_nonzero_when_the_cp_sent_an_error_frame(fake: FakeC
     assert status == 1 and "FAILED: CP errors: id_reused x1" in out, out
 
 
+async def test_connect_closed_for_sitting_idle_is_no_failure(fake: FakeCP) -> None:
+    """A CP with terminal_idle_timeout closes a person who sat idle: its own setting, not a
+    broken promise; the terminal reconnects and the session goes on (exit 0)."""
+    fake.error_after = lambda name, seq: "idle_timeout" if seq == 1 else None  # (after the last reply: the fake keeps none for a reconnect)
+    status, out = await _connect(fake, "T00055", io.StringIO("balance?\nwithdraw 20\n"))
+    assert status == 0 and "FAILED" not in out, out
+
+
 @pytest.mark.parametrize(
     "inp",
     [

@@ -13,7 +13,7 @@ The exit status is 0 only if every message was answered and the session broke no
 the terminal link (as `hsbterm load`'s verdict has them, for one terminal): a reply
 duplicated, to an id never sent or before its ack, an ack of an id never sent, or a frame
 that broke the protocol makes it 1, as do an error frame of the CP (but `already_connected`,
-which a reconnect meets and retries past), a message without a reply at the end, a refusal
+which a reconnect meets and retries past, and `idle_timeout`, the CP's own setting), a message without a reply at the end, a refusal
 by the CP and input that is not valid text.
 
 A terminal that cannot log on for a reason no retry can change (hsb.term.hopeless: the CP
@@ -44,6 +44,9 @@ from hsb.wire.framing import ProtocolError
 # Errors after which retrying is pointless for a person at the keyboard.
 FATAL_ERRORS = REFUSALS | {"message_too_large"}  # (that message would be sent again, and again)
 BYE_WAIT = 2.0
+# the CP closing on a setting of its own, no broken promise: a person who sat idle past
+# [cp] terminal_idle_timeout is reconnected and goes on
+OWN_SETTINGS = frozenset({"idle_timeout"})
 
 
 def show(data: Any) -> str:
@@ -313,7 +316,7 @@ def session_failures(c: TerminalClient, errors: dict[str, int] | None = None) ->
         (c.protocol_errors, f"protocol errors: {c.protocol_errors} frames from the CP broke the protocol"),
     )
     out = [text for n, text in checks if n]
-    bad = {k: v for k, v in (errors or {}).items() if k not in RECONNECT_RACES and k not in FATAL_ERRORS}
+    bad = {k: v for k, v in (errors or {}).items() if k not in RECONNECT_RACES and k not in FATAL_ERRORS and k not in OWN_SETTINGS}
     if bad:  # (a refusal is told as the reason it gave up)
         out.append("CP errors: " + ", ".join(f"{k} x{v}" for k, v in sorted(bad.items())))
     return out
