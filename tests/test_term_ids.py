@@ -70,7 +70,7 @@ def test_nothing_welcomed_is_not_green() -> None:
     assert not r.connected and not r.ok and r.exit_status == 2
     assert "no terminal was ever welcomed" in format_table(r)
     assert r.to_dict()["exit_status"] == 2
-    assert LoadReport(terminals=0).exit_status == 0  # no terminals asked for: nothing to reach
+    assert LoadReport(terminals=0).exit_status == 1  # no terminals: nothing to reach, and nothing proven (a failure, not unreachable)
     lossy = LoadReport(terminals=3, welcomed=3, sent=5, acked=5, replied=4, lost=1)
     assert lossy.exit_status == 1
 
