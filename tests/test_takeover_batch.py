@@ -32,6 +32,7 @@ from hsb.takeover.errors import (
     RecordCountMismatch,
     RecordSizeMismatch,
 )
+from hsb.takeover.inspect import inspect_file
 from hsb.takeover.layout import KIND_BATCH, size_check
 from hsb.takeover.records import encode_entry, encode_payload, pack_record
 
@@ -184,8 +185,9 @@ def test_never_written_batch_record(tmp_path: Path) -> None:
 
 def test_entry_count_mismatch_with_header(tmp_path: Path) -> None:
     path = _written(tmp_path, 40)
+    a = check_file(path).attempt
     with fileio.RecordWriter(path, 4096) as io:  # record 3 now holds 5 entries instead of 10
-        io.write(3, pack_record(KIND_BATCH, 1, 3, encode_payload([encode_entry(e) for e in entries(5)]), 4096, 5))
+        io.write(3, pack_record(KIND_BATCH, 1, 3, encode_payload([encode_entry(e) for e in entries(5)]), 4096, 5, attempt=a))
     with pytest.raises(BatchReadError, match="record 0: header says 40 batch entries, the batch area holds 35"):
         batch_read(path)
 
@@ -339,3 +341,50 @@ def test_a_torn_header_of_a_file_larger_than_configured_is_rewritten_with_the_co
         assert w.records == 10
         w.batch_write(9, entries(5))
     assert check_file(path, 4096, 10).records == 10
+
+
+def test_a_generation_burned_by_a_failed_batch_is_never_mixed_with_its_rewrite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch write of 10 records at generation 2 fails at the header: the burn is the failed
+    writer's only, and a new writer (a restart, the other host) going by the header (generation
+    1) writes generation 2 again. Its batch is another attempt: the failed one's records left in
+    the ring are stale to the standby (they read as "a batch record of this generation in the
+    ring", corrupt), and one of them landing late over the new batch (an NFS writeback of a
+    fenced host) makes the batch read refuse instead of mixing two writers' entries."""
+    path = make(tmp_path, 40, 512)  # E = 1: one entry per record
+    with TakeoverWriter(path, terminals=10) as w:
+        w.batch_write(1, entries(10, "OLD"))
+        real = fileio.RecordWriter.write
+
+        def header_fails(self: fileio.RecordWriter, first_record: int, data: Any) -> None:
+            if first_record == 0:
+                raise OSError(5, "Input/output error")
+            real(self, first_record, data)
+
+        monkeypatch.setattr(fileio.RecordWriter, "write", header_fails)
+        with pytest.raises(OSError):
+            w.batch_write(2, entries(10, "OLD"))
+        monkeypatch.undo()
+    assert w.generation == 2 and check_file(path).generation == 1
+    with open(path, "rb") as fh:
+        fh.seek(512)
+        late = fh.read(512)  # record 1 of the failed try
+
+    with TakeoverWriter(path, terminals=4) as w2:
+        h = w2.batch_write(3, entries(4, "N"))
+    assert h.generation == 2 and h.batch_records == 4  # the generation again
+    snap = batch_read(path, expected_startup_id=3)
+    assert snap.entries == entries(4, "N")
+    ring = RingReader(path, snap.header)
+    try:  # records 5..10 still hold the failed try's batch records: left over, not damage
+        assert ring.poll().status.value == "nothing_new"
+    finally:
+        ring.close()
+
+    with fileio.RecordWriter(path, 512) as io:
+        io.write(1, late)
+    with pytest.raises(BatchReadError) as ei:
+        batch_read(path)
+    assert ei.value.record == 1 and "another batch write of generation 2" in ei.value.reason
+    errors = inspect_file(path)["errors"]
+    assert [e["record"] for e in errors] == [1] and "attempt" in errors[0]["reason"]
+    assert (h.generation, h.attempt) != (w.generation, w.attempt)  # not the same batch write

@@ -246,7 +246,7 @@ def test_short_write_is_torn_until_complete(tmp_path: Path) -> None:
     seq = w.next_seq
     recno = w.layout.ring_record(seq)
     group = ch.take(E)
-    full = pack_record(KIND_RING, w.generation, seq, encode_payload([encode_entry(e) for e in group]), R, E)
+    full = pack_record(KIND_RING, w.generation, seq, encode_payload([encode_entry(e) for e in group]), R, E, attempt=w.attempt)
     fd = os.open(path, os.O_RDWR)
     try:
         os.pwrite(fd, full[:40], recno * R)  # only the first 40 bytes landed
@@ -275,7 +275,7 @@ def test_consistent_but_misplaced_record_is_corrupt(tmp_path: Path) -> None:
     assert w.layout is not None
     payload = encode_payload([encode_entry(SessionEntry("X", {}, True))])
     with fileio.RecordWriter(path, R) as io:  # seq 5 in the slot of seq 1
-        io.write(w.layout.ring_record(1), pack_record(KIND_RING, w.generation, 5, payload, R, 1))
+        io.write(w.layout.ring_record(1), pack_record(KIND_RING, w.generation, 5, payload, R, 1, attempt=w.attempt))
     res = r.poll()
     assert res.status is PollStatus.CORRUPT and "does not belong" in res.reason and res.needs_resync
 

@@ -146,7 +146,9 @@ def _human(r: dict[str, Any], limit: int) -> str:
         f"takeover file {r['path']}",
         f"  layout       {r['records']} records x {r['record_size']} bytes "
         f"({_human_bytes(r['records'] * r['record_size'])}); {r['entries_per_record']} entries of <= {r['entry_size']} bytes per record",
-        f"  header       generation {r['generation']}, written {r['written_at'] or 'never'}"
+        f"  header       generation {r['generation']}"
+        + (f" (attempt {r['attempt']})" if r.get("attempt") else "")
+        + f", written {r['written_at'] or 'never'}"
         + (f" by {r['writer_host']}" if r["writer_host"] else "")
         + (f" (pair tag {r['pair_tag']})" if r.get("pair_tag") else ""),
         f"  startup id   {r['startup_id']} = {r['startup_id_text']}",

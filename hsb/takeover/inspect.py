@@ -53,11 +53,18 @@ def inspect_file(path: str) -> dict[str, Any]:
                     else:
                         never += 1
                     continue
-                if rec.generation != h.generation:
-                    if in_batch:
+                if rec.generation != h.generation or rec.attempt != h.attempt:
+                    if in_batch and rec.generation != h.generation:
                         errors.append({"record": recno, "reason": f"generation {rec.generation}, header says {h.generation}"})
+                    elif in_batch:
+                        errors.append(
+                            {
+                                "record": recno,
+                                "reason": f"attempt {rec.attempt:08x}, header says {h.attempt:08x} (another batch write of this generation)",
+                            }
+                        )
                     else:
-                        stale += 1  # left over from an earlier generation: normal
+                        stale += 1  # left over from an earlier generation (or a failed try of this one): normal
                     continue
                 want_kind = KIND_BATCH if in_batch else KIND_RING
                 if rec.kind != want_kind:
@@ -95,6 +102,7 @@ def inspect_file(path: str) -> dict[str, Any]:
         "batch_records": b,
         "batch_entries": h.batch_entries,
         "generation": h.generation,
+        "attempt": f"{h.attempt:08x}" if h.attempt else None,  # (which try of the generation: docs/takeover-file.md §7)
         "writer_host": h.writer_host,
         "pair_tag": f"{h.pair_tag:08x}" if h.pair_tag else None,  # (hsb.takeover.pair: which pair wrote it)
         "written_at": _iso(h),

@@ -23,7 +23,9 @@ KIND_RING = 3
 KIND_NAMES = {KIND_EMPTY: "empty", KIND_HEADER: "header", KIND_BATCH: "batch", KIND_RING: "ring"}
 
 # Every record starts with this: magic, kind, version, entry count, generation,
-# payload length, seq, reserved, crc32. The crc field is the last 4 bytes.
+# payload length, seq, attempt, crc32. The crc field is the last 4 bytes.
+# `attempt` (once a reserved 0) names the batch write a record belongs to, random per try:
+# a generation a failed batch write burned may be written again by another process or host.
 RECORD_HEADER = struct.Struct("<4sBBHIIQII")
 RECORD_HEADER_SIZE = RECORD_HEADER.size  # 32
 CRC_OFFSET = RECORD_HEADER_SIZE - 4

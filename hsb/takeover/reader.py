@@ -2,7 +2,7 @@
 
 `batch_read` takes B from the header (partner batch area size 522, [0075]),
 never from the reader's own terminal count, verifies every batch record
-(checksum, kind, generation, record number) and returns all entries or
+(checksum, kind, generation, attempt, record number) and returns all entries or
 raises `BatchReadError` naming the record: it never returns partial data.
 
 `RingReader` follows the sequential area from a cursor (generation, next_seq).
@@ -10,7 +10,8 @@ Each poll opens the file afresh, checks record 0 for a newer generation, then
 reads the record that must hold `next_seq` (and, while they are new, the ones
 after it). Per record, against the cursor:
 
-    all zeros, older generation, or seq < next_seq   -> NOTHING_NEW
+    all zeros, older generation, seq < next_seq      -> NOTHING_NEW
+    same generation, another attempt (a failed try)  -> NOTHING_NEW
     same generation and seq == next_seq              -> NEW (applied, cursor +1)
     same generation and seq > next_seq               -> LAPPED (writer overtook us)
     newer generation (here or in record 0)           -> NEW_GENERATION
@@ -130,6 +131,13 @@ def _batch_record(view: memoryview, recno: int, h: Header, e: int, path: str) ->
         raise BatchReadError(recno, f"holds a {kind_name(rec.kind)} record, expected batch", path=path)
     if rec.generation != h.generation:
         raise BatchReadError(recno, f"generation {rec.generation}, header says {h.generation} (stale or unfinished batch write)", path=path)
+    if rec.attempt != h.attempt:  # a generation can be written twice: by a failed try, then by a writer that never saw it
+        raise BatchReadError(
+            recno,
+            f"attempt {rec.attempt:08x}, header says {h.attempt:08x}: a record of another batch write of generation {h.generation}"
+            " (a failed one's, or a late write)",
+            path=path,
+        )
     if rec.seq != recno:
         raise BatchReadError(recno, f"says it is record {rec.seq}", path=path)
     if rec.n_entries > e:
@@ -188,6 +196,7 @@ class RingReader:
         self.peer = peer
         self.layout = header.layout
         self.generation = header.generation
+        self.attempt = header.attempt
         self.e = header.entries_per_record
         self.next_seq = next_seq
         self.max_records = max(1, max_records)
@@ -259,13 +268,11 @@ class RingReader:
             return PollResult(PollStatus.TORN if exc.torn else PollStatus.CORRUPT, record=0, reason=exc.reason)
         if rec is None or rec.kind != KIND_HEADER:
             return PollResult(PollStatus.CORRUPT, record=0, reason="record 0 is no longer a header")
-        if rec.generation != self.generation:
-            res = PollResult(
-                PollStatus.NEW_GENERATION,
-                record=0,
-                generation=rec.generation,
-                reason=f"header generation {rec.generation}, cursor generation {self.generation}",
-            )
+        if rec.generation != self.generation or rec.attempt != self.attempt:
+            reason = f"header generation {rec.generation}, cursor generation {self.generation}"
+            if rec.generation == self.generation:
+                reason = f"header of another batch write of generation {rec.generation} (attempt {rec.attempt:08x}, the cursor's {self.attempt:08x})"
+            res = PollResult(PollStatus.NEW_GENERATION, record=0, generation=rec.generation, reason=reason)
             if self.pair is not None:
                 try:
                     self.pair.check(self.path, decode_header(rec), self.peer, role="standby")
@@ -287,8 +294,8 @@ class RingReader:
             rec = parse_record(view)
         except BadRecord as exc:
             return PollResult(PollStatus.TORN if exc.torn else PollStatus.CORRUPT, record=recno, reason=exc.reason)
-        if rec is None or rec.generation < gen:
-            return PollResult(PollStatus.NOTHING_NEW)
+        if rec is None or rec.generation < gen or (rec.generation == gen and rec.attempt != self.attempt):
+            return PollResult(PollStatus.NOTHING_NEW)  # (another attempt: a failed batch write's leftover)
         if rec.generation > gen:
             return PollResult(
                 PollStatus.NEW_GENERATION,

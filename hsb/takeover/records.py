@@ -1,7 +1,7 @@
 """Encoding of records and of session information entries (docs/takeover-file.md).
 
 A record is R bytes: a 32-byte record header (magic, kind, version, entry
-count, generation, payload length, seq, crc32) then the payload, zero-padded.
+count, generation, payload length, seq, attempt, crc32) then the payload, zero-padded.
 The crc32 covers every byte of the record except the crc field itself, so a
 torn write anywhere, padding included, is caught. An all-zero record is
 "never written", not corrupt.
@@ -113,6 +113,7 @@ class Record(NamedTuple):
     generation: int
     seq: int
     payload: memoryview
+    attempt: int = 0  # the batch write this record belongs to (0: an earlier version wrote it)
 
 
 class BadRecord(Exception):
@@ -130,13 +131,22 @@ def crc_of(buf: memoryview | bytes | bytearray) -> int:
 
 
 def pack_record(
-    kind: int, generation: int, seq: int, payload: bytes, record_size: int, count: int = 0, into: bytearray | None = None, at: int = 0
+    kind: int,
+    generation: int,
+    seq: int,
+    payload: bytes,
+    record_size: int,
+    count: int = 0,
+    into: bytearray | None = None,
+    at: int = 0,
+    attempt: int = 0,
 ) -> bytearray:
-    """One whole record (R bytes) with its checksum; written into `into` at `at` if given."""
+    """One whole record (R bytes) with its checksum; written into `into` at `at` if given.
+    `attempt`: the batch write's (docs/takeover-file.md §7), in the header and every record of it."""
     if len(payload) > record_size - RECORD_HEADER_SIZE:
         raise ValueError(f"payload of {len(payload)} bytes does not fit a {record_size}-byte record")
     buf = into if into is not None else bytearray(record_size)
-    RECORD_HEADER.pack_into(buf, at, MAGIC, kind, VERSION, count, generation, len(payload), seq, 0, 0)
+    RECORD_HEADER.pack_into(buf, at, MAGIC, kind, VERSION, count, generation, len(payload), seq, attempt, 0)
     end = at + RECORD_HEADER_SIZE + len(payload)
     buf[at + RECORD_HEADER_SIZE : end] = payload
     if into is not None:
@@ -153,7 +163,7 @@ def parse_record(view: memoryview) -> Record | None:
     """The record in `view` (exactly R bytes); None if never written; BadRecord otherwise."""
     if view[:RECORD_HEADER_SIZE] == _ZERO_HEADER and view == bytes(len(view)):
         return None
-    magic, kind, version, count, gen, plen, seq, _res, crc = RECORD_HEADER.unpack_from(view)
+    magic, kind, version, count, gen, plen, seq, attempt, crc = RECORD_HEADER.unpack_from(view)
     if crc != crc_of(view):
         raise BadRecord("checksum mismatch (torn write or corruption)", torn=True)
     if magic != MAGIC:
@@ -164,7 +174,7 @@ def parse_record(view: memoryview) -> Record | None:
         raise BadRecord(f"unknown record kind {kind}", torn=False)
     if plen > len(view) - RECORD_HEADER_SIZE:
         raise BadRecord(f"payload length {plen} exceeds the record", torn=False)
-    return Record(kind, version, count, gen, seq, view[RECORD_HEADER_SIZE : RECORD_HEADER_SIZE + plen])
+    return Record(kind, version, count, gen, seq, view[RECORD_HEADER_SIZE : RECORD_HEADER_SIZE + plen], attempt)
 
 
 def kind_name(kind: int) -> str:
@@ -185,6 +195,9 @@ class Header:
     written_at_ms: int = 0
     writer_host: str = ""
     pair_tag: int = 0  # the writing pair's tag (hsb.takeover.pair); 0: none (a tool, or an earlier version)
+    # the batch write's own random identifier, in its every record: the generation alone can be
+    # written twice (a failed try's, reused by a writer that never saw it); 0: an earlier version
+    attempt: int = 0
 
     @property
     def layout(self) -> Layout:
@@ -210,7 +223,7 @@ def encode_header(h: Header) -> bytearray:
         len(host),
         host,
     )
-    return pack_record(KIND_HEADER, h.generation, 0, payload, h.record_size)
+    return pack_record(KIND_HEADER, h.generation, 0, payload, h.record_size, attempt=h.attempt)
 
 
 def decode_header(rec: Record) -> Header:
@@ -220,7 +233,7 @@ def decode_header(rec: Record) -> Header:
     if len(rec.payload) < HEADER_PAYLOAD.size:
         raise ValueError(f"header payload is {len(rec.payload)} bytes, expected {HEADER_PAYLOAD.size}")
     rs, n, es, e, b, sid, be, tag, when, hlen, host = HEADER_PAYLOAD.unpack_from(rec.payload)
-    h = Header(rs, n, b, rec.generation, sid, be, es, when, bytes(host[: min(hlen, HOST_MAX)]).decode(errors="replace"), tag)
+    h = Header(rs, n, b, rec.generation, sid, be, es, when, bytes(host[: min(hlen, HOST_MAX)]).decode(errors="replace"), tag, rec.attempt)
     if es == 0 or e != h.entries_per_record or e == 0:
         raise ValueError(f"header says {e} entries of {es} bytes per {rs}-byte record, which is inconsistent")
     if n < 2 or b > n - 2:  # the ring needs at least one slot

@@ -4,9 +4,11 @@
 `hsb.takeover.store.TakeoverStore`, which runs it off the event loop.
 
 Batch write, in this order (why: docs/takeover-file.md, "Crash safety"):
-1. records 1..B, each tagged with the new generation, then fdatasync;
-2. record 0 (startup id, B, the new generation), then fdatasync;
-only then may the caller send BATCH WRITE COMPLETE.
+1. records 1..B, each tagged with the new generation and a new random attempt, then fdatasync;
+2. record 0 (startup id, B, the new generation and attempt), then fdatasync;
+only then may the caller send BATCH WRITE COMPLETE. The attempt tells two tries
+of one generation apart: a failed try's generation is burned only in this
+process, so a writer after a restart or on the other host may write it again.
 
 Ring with group commit: `append_group` packs the entries of one group into as
 few records as possible (E per record), writes them as one or two runs of
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import socket
 import time
 from collections.abc import Sequence
@@ -97,6 +100,7 @@ class TakeoverWriter:
         self.own_batch_records: int | None = None
         if terminals is not None:
             self.own_batch_records = size_check(self.records, terminals, self.record_size, path=self.path).batch_records
+        self.attempt = 0  # the last batch write's (records.Header.attempt)
         self.layout: Layout | None = None  # set by the first batch write
         self.next_seq = 0  # 0: no batch written by this writer yet
         self._owed: list[tuple[int, bytes]] = []  # (seq, record) of a failed ring group
@@ -203,8 +207,12 @@ class TakeoverWriter:
         gen = last + 1 if last < GEN_MAX else 1
         # From here on a failure leaves the file in an unknown state: burn the
         # generation (a retry must not reuse it, or a reader could mix records of
-        # two attempts) and stop ring writes until a batch write succeeds.
-        self.generation, self.layout, self.next_seq, self._owed = gen, None, 0, []
+        # two attempts) and stop ring writes until a batch write succeeds. The burn
+        # is this process's only: a writer that never saw this try (after a restart,
+        # on the other host) goes by the header and writes the generation again, so
+        # every try has an attempt of its own too, in the header and its every record.
+        attempt = new_attempt(self.attempt)
+        self.generation, self.attempt, self.layout, self.next_seq, self._owed = gen, attempt, None, 0, []
         per_chunk = max(1, _CHUNK_BYTES // r)
         for first in range(1, b + 1, per_chunk):
             count = min(per_chunk, b + 1 - first)
@@ -212,7 +220,7 @@ class TakeoverWriter:
             for i in range(count):
                 rec = first + i
                 part = encoded[(rec - 1) * self.e : rec * self.e]
-                pack_record(KIND_BATCH, gen, rec, encode_payload(part), r, len(part), into=buf, at=i * r)
+                pack_record(KIND_BATCH, gen, rec, encode_payload(part), r, len(part), into=buf, at=i * r, attempt=attempt)
             self._io.write(first, buf)
             faults.point("host.mid_batch_write")
         cleared = clear if clear is not None and b < clear < self.records else None  # (within the batch: written over already)
@@ -231,6 +239,7 @@ class TakeoverWriter:
             written_at_ms=int(time.time() * 1000),
             writer_host=self.host_name,
             pair_tag=self.pair.tag if self.pair is not None else 0,
+            attempt=attempt,
         )
         self._io.write(0, encode_header(header))
         self._io.sync()
@@ -240,6 +249,7 @@ class TakeoverWriter:
             "takeover_batch_written",
             path=self.path,
             generation=gen,
+            attempt=f"{attempt:08x}",
             batch_records=b,
             entries=len(encoded),
             startup_id=startup_id,
@@ -286,7 +296,8 @@ class TakeoverWriter:
         recs: list[tuple[int, bytes]] = []
         for i in range(nrec):
             part = encoded[i * e : (i + 1) * e]
-            recs.append((first_seq + i, bytes(pack_record(KIND_RING, self.generation, first_seq + i, encode_payload(part), r, len(part)))))
+            seq = first_seq + i
+            recs.append((seq, bytes(pack_record(KIND_RING, self.generation, seq, encode_payload(part), r, len(part), attempt=self.attempt))))
         if not recs:
             return first_seq, first_seq - 1
         self.next_seq = first_seq + nrec
@@ -322,3 +333,11 @@ class TakeoverWriter:
     def owed_records(self) -> int:
         """Ring records of a failed group still to be rewritten by the next append."""
         return len(self._owed)
+
+
+def new_attempt(previous: int = 0) -> int:
+    """A batch write's attempt: random, never 0 (an earlier version's), never `previous`."""
+    while True:
+        a = secrets.randbits(32)
+        if a and a != previous:
+            return a
