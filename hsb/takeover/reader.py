@@ -20,6 +20,15 @@ after it). Per record, against the cursor:
 
 A poll that found new records returns NEW with them and reports whatever
 stopped it on the next poll, so entries are never stale, reordered or skipped.
+
+A stale record (older generation, another attempt) where `next_seq` belongs is
+normally a leftover the writer has not reached yet. But an earlier writer's
+write landing late (an NFS writeback of a fenced host) can put one over a
+record of this generation not yet read, and the reader would wait there until
+the ring came round. So while it waits at a stale record each poll also reads
+one record further on, at 1, 2, 4 ... slots (one more each poll): one of this
+generation with a later seq there means the awaited one was written over, or is
+a write still in progress: TORN (damage if it stays).
 """
 
 from __future__ import annotations
@@ -204,6 +213,8 @@ class RingReader:
         self.faults = faults
         self._buf = AlignedBuffer(self.layout.record_size * min(self.max_records, 64))
         self._last_stop: tuple[PollStatus, int | None] | None = None
+        self._stale: tuple[int, str] | None = None  # the stale record awaited, and what it holds
+        self._probe = 0  # which distance the next look past a stale awaited record takes (_overtaken)
 
     def close(self) -> None:
         self._buf.close()
@@ -223,6 +234,7 @@ class RingReader:
         got: list[SessionEntry] = []
         first = nxt = self.next_seq
         stop: PollResult | None = None
+        self._stale = None
         with FreshReader(self.path, r, self._buf, self.faults) as f:
             if self.check_header:
                 stop = self._check_header(f.read(0, 1))
@@ -241,9 +253,11 @@ class RingReader:
                         break
                     nxt += 1
                 chunk = min(chunk * 2, 64)
+            if nxt == first and self._stale is not None:
+                stop = self._overtaken(f, nxt) or stop
         self.next_seq = nxt
         if nxt > first:
-            self._last_stop = None
+            self._last_stop, self._probe = None, 0
             return PollResult(PollStatus.NEW, got, first, nxt - 1, generation=self.generation)
         assert stop is not None
         key = (stop.status, stop.record)
@@ -294,8 +308,12 @@ class RingReader:
             rec = parse_record(view)
         except BadRecord as exc:
             return PollResult(PollStatus.TORN if exc.torn else PollStatus.CORRUPT, record=recno, reason=exc.reason)
-        if rec is None or rec.generation < gen or (rec.generation == gen and rec.attempt != self.attempt):
-            return PollResult(PollStatus.NOTHING_NEW)  # (another attempt: a failed batch write's leftover)
+        if rec is None:
+            return PollResult(PollStatus.NOTHING_NEW)
+        if rec.generation < gen or (rec.generation == gen and rec.attempt != self.attempt):
+            # (another attempt: a failed batch write's leftover)
+            self._stale = recno, f"generation {rec.generation}" if rec.generation < gen else f"another attempt of generation {gen}"
+            return PollResult(PollStatus.NOTHING_NEW)
         if rec.generation > gen:
             return PollResult(
                 PollStatus.NEW_GENERATION,
@@ -319,3 +337,32 @@ class RingReader:
         except ValueError as exc:
             return PollResult(PollStatus.CORRUPT, record=recno, reason=str(exc))
         return None
+
+    def _overtaken(self, f: FreshReader, want: int) -> PollResult | None:
+        """The awaited record is stale: TORN if a record further on already holds a later seq of
+        this generation (the awaited one written over late by an earlier writer, or a write in
+        progress); None if the one looked at does not. One record a poll, at 1, 2, 4 ... slots on
+        (the next distance each poll, the same one again while it finds one)."""
+        assert self._stale is not None
+        lay, k = self.layout, self.layout.ring_slots
+        spans = max(1, (k - 1).bit_length())  # distances 1, 2, 4 ... below k
+        d = 1 << (self._probe % spans)
+        if d >= k:
+            return None  # (a ring of one slot: nothing further on)
+        recno = lay.ring_first + (want - 1 + d) % k
+        view = f.read(recno, 1)
+        try:
+            rec = parse_record(view) if len(view) == lay.record_size else None
+        except BadRecord:
+            rec = None  # (its own poll will say what it is)
+        mine = rec is not None and rec.kind == KIND_RING and (rec.generation, rec.attempt) == (self.generation, self.attempt)
+        if rec is None or not mine or rec.seq <= want or (rec.seq - want) % k != d:
+            self._probe += 1
+            return None
+        stale, what = self._stale
+        return PollResult(
+            PollStatus.TORN,
+            record=stale,
+            reason=f"holds a record of {what} where seq {want} of generation {self.generation} belongs, but record {recno}"
+            f" already holds seq {rec.seq}: written over late by an earlier writer, or a write still in progress",
+        )
