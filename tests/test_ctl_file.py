@@ -239,3 +239,59 @@ def test_create_leaves_the_signal_handlers_as_it_found_them(tmp_path: Path) -> N
     before = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)]
     assert run("create", str(tmp_path / "tk"), "--records", "40")[0] == 0
     assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)] == before
+
+
+def _tear_header(path: str) -> None:
+    with open(path, "r+b") as f:  # a byte of record 0's padding: its checksum fails, as after a torn rewrite
+        f.seek(300)
+        b = f.read(1)
+        f.seek(300)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+def test_a_torn_header_of_a_file_a_pair_wrote_is_not_replaced_by_one_force(tmp_path: Path, populated: str) -> None:
+    """A power loss while the active rewrote record 0: its writer mends it from the records at the
+    next batch write, so a single --force does not replace the pair's file (a running active would
+    go on writing the unlinked one); twice, with both hosts stopped, it does."""
+    _tear_header(populated)
+    before = Path(populated).read_bytes()
+    assert_one_line_error(
+        *run("create", populated, "--records", "40", "--force"),
+        "in use by a pair though its header is unreadable (corrupt: checksum mismatch",
+        "40 records of 4096 bytes hold batch writes up to generation 1",
+        "its next batch write",
+        "--force twice",
+    )
+    assert Path(populated).read_bytes() == before
+    code, _, err = run("create", populated, "--records", "40", "--force", "--force")
+    assert code == 0, err
+    code, out, _ = run("inspect", populated, "--json")
+    assert code == 0 and json.loads(out)["generation"] == 0
+    # a torn header over records no pair wrote: nothing to keep, one --force replaces it
+    fresh = str(tmp_path / "fresh")
+    assert run("create", fresh, "--records", "40")[0] == 0
+    _tear_header(fresh)
+    code, _, err = run("create", fresh, "--records", "40", "--force")
+    assert code == 0, err
+
+
+def test_a_torn_header_names_the_files_record_count_and_the_active_that_mends_it(populated: str) -> None:
+    """Not `--records N`: a count the configs do not say fails every batch write after it
+    (RecordCountMismatch). The file's own count from its size, or the config's where given."""
+    from hsb.takeover import check_file
+    from hsb.takeover.errors import HeaderCorrupt
+
+    _tear_header(populated)
+    code, out, err = run("inspect", populated)
+    assert "--records N" not in err
+    assert_one_line_error(
+        code,
+        out,
+        err,
+        "record 0 (header)",
+        "if a pair uses the file, its active rewrites the header at its next batch write",
+        f"hsbctl file create {populated} --records 40 --record-size 4096 --force`",
+    )
+    with pytest.raises(HeaderCorrupt, match=r"--records 30 --record-size 4096 --force`") as ei:
+        check_file(populated, 4096, 30)  # (a file larger than the config says: the config's count)
+    assert "--records N" not in str(ei.value)

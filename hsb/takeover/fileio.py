@@ -44,6 +44,7 @@ from hsb.takeover.errors import (
 )
 from hsb.takeover.faults import Faults
 from hsb.takeover.layout import (
+    DEFAULT_RECORD_SIZE,
     MAGIC,
     MAX_RECORD_SIZE,
     MAX_RECORDS,
@@ -215,7 +216,7 @@ def check_file(path: str, record_size: int | None = None, records: int | None = 
     """
     path = os.fspath(path)
     st = _stat_regular(path)
-    recreate = f"recreate it with `hsbctl file create {path} --records N --force`"
+    recreate = _recreate(path, st.st_size, record_size, records)
     # not a takeover file at all (the wrong path?): no hint to recreate it, which would destroy
     # whatever file this is; only an empty file has nothing to lose
     if st.st_size < MIN_RECORD_SIZE:
@@ -232,8 +233,11 @@ def check_file(path: str, record_size: int | None = None, records: int | None = 
         if version != VERSION:
             raise UnsupportedVersion(f"takeover file {path} has format version {version}; this hsb reads version {VERSION}; {recreate}")
         rs = int.from_bytes(first[32:36], "little")
-        if rs % RECORD_ALIGN or not MIN_RECORD_SIZE <= rs <= MAX_RECORD_SIZE:
-            raise HeaderCorrupt(f"record 0 of takeover file {path} is corrupt (record size {rs}); {recreate}")
+        if not _sane_record_size(rs):
+            raise HeaderCorrupt(
+                f"record 0 of takeover file {path} is corrupt (record size {rs}); {_torn_fix(path, st.st_size, record_size, records)}"
+            )
+        recreate = _recreate(path, st.st_size, record_size or rs, records)
         if st.st_size < rs:
             raise FileTruncated(f"takeover file {path} is {st.st_size} bytes, shorter than its {rs}-byte header record; {recreate}")
         f.record_size = rs
@@ -243,9 +247,11 @@ def check_file(path: str, record_size: int | None = None, records: int | None = 
                 raise BadRecord("never written", torn=False)
             h = decode_header(rec)
         except (BadRecord, ValueError) as exc:
-            raise HeaderCorrupt(f"record 0 (header) of takeover file {path} is corrupt: {exc}; {recreate}") from None
+            fix = _torn_fix(path, st.st_size, record_size or rs, records)
+            raise HeaderCorrupt(f"record 0 (header) of takeover file {path} is corrupt: {exc}; {fix}") from None
     if h.record_size != rs:
-        raise HeaderCorrupt(f"record 0 (header) of takeover file {path} is corrupt: record size fields disagree; {recreate}")
+        fix = _torn_fix(path, st.st_size, record_size or rs, records)
+        raise HeaderCorrupt(f"record 0 (header) of takeover file {path} is corrupt: record size fields disagree; {fix}")
     if st.st_size < h.records * h.record_size:
         raise FileTruncated(
             f"takeover file {path} is {st.st_size} bytes, but its header says {h.records} records of "
@@ -263,6 +269,46 @@ def check_file(path: str, record_size: int | None = None, records: int | None = 
             f"set records = {h.records} or recreate it with `hsbctl file create {path} --records {records} --force`"
         )
     return h
+
+
+def _sane_record_size(r: int) -> bool:
+    return r % RECORD_ALIGN == 0 and MIN_RECORD_SIZE <= r <= MAX_RECORD_SIZE
+
+
+def _recreate(path: str, size: int, record_size: int | None, records: int | None) -> str:
+    """The command that recreates the file, with the count the config gives or the file's size at
+    its record size: a count the configs do not say fails every batch write after it
+    (RecordCountMismatch). A placeholder only where neither says (a file shorter than a record)."""
+    n = records or (size // record_size if record_size else 0)
+    if not record_size or n < MIN_RECORDS:
+        return f"recreate it with `hsbctl file create {path} --records N --force` (N: [takeover] records in the hosts' configs)"
+    return f"recreate it with `hsbctl file create {path} --records {n} --record-size {record_size} --force`"
+
+
+def _torn_fix(path: str, size: int, record_size: int | None, records: int | None) -> str:
+    """What to do about an unreadable header: normally a power loss while it was rewritten, which
+    the pair's active mends (TakeoverWriter goes by the records), so not a file to replace."""
+    return (
+        "if a pair uses the file, its active rewrites the header at its next batch write (start it);"
+        f" if none does, {_recreate(path, size, record_size, records)}"
+    )
+
+
+def scan_generation(path: str, record_size: int, records: int) -> tuple[int, int]:
+    """(highest generation, a record holding it) over every checksummed record of the first
+    `records`; (0, 0) when none holds one. Reads the whole file once."""
+    best, where, r, per = 0, 0, record_size, max(1, (1 << 20) // record_size)
+    with FreshReader(path, r) as f:
+        for first in range(0, records, per):
+            view = f.read(first, min(per, records - first))
+            for i in range(len(view) // r):
+                try:
+                    rec = parse_record(view[i * r : (i + 1) * r])
+                except BadRecord:
+                    continue  # only checksummed generations count
+                if rec is not None and rec.generation > best:
+                    best, where = rec.generation, first + i
+    return best, where
 
 
 def _starts_with_magic(path: str) -> bool:
@@ -308,7 +354,7 @@ def create_file(path: str, records: int, record_size: int, *, force: bool = Fals
     if force and os.path.lexists(path) and not os.path.isfile(path):
         raise NotRegularFile(f"{path} exists and is not a regular file; remove it or choose another path")
     if force and not replace_used and os.path.isfile(path):
-        _refuse_used(path)
+        _refuse_used(path, record_size)
     header = Header(
         record_size=record_size,
         records=records,
@@ -423,13 +469,17 @@ def _signals_raise(path: str, tmp: str) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _refuse_used(path: str) -> None:
+def _refuse_used(path: str, record_size: int) -> None:
     """A takeover file a pair has written (a batch: generation above 0) is not replaced by
     `--force` alone: a running active keeps writing the file it has open until its next batch
     write, which then finds the new one's geometry against its config and stops being hot
-    (docs/operations.md §3)."""
+    (docs/operations.md §3). Nor is one whose header is torn (a power loss while it was
+    rewritten) but whose records hold a pair's batch writes: its active mends the header."""
     try:
         h = check_file(path)
+    except HeaderCorrupt as exc:
+        _refuse_torn(path, record_size, str(exc))
+        return
     except (TakeoverFileError, OSError):
         return  # not a takeover file in use (damaged, another kind): --force replaces it as asked
     if h.generation <= 0:
@@ -439,4 +489,30 @@ def _refuse_used(path: str) -> None:
         f"{path} is in use by a pair: its last batch (generation {h.generation}) was written by {h.writer_host or '?'} at {when};"
         " a running active keeps writing the file it has open: stop both hosts first, then give --force twice"
         ' (or make a new file beside it and move the configs to it: docs/operations.md, "Creating and sizing the file")'
+    )
+
+
+def _refuse_torn(path: str, record_size: int, why: str) -> None:
+    """Refuse to replace a file with a torn header whose records hold generations (at the header's
+    own record size, which a torn write rarely reaches, else at the one asked for or 4096)."""
+    gen = recno = 0
+    r = record_size
+    try:
+        size = os.stat(path).st_size
+        with open(path, "rb") as fh:
+            rs = int.from_bytes(fh.read(36)[32:36], "little")
+        for r in dict.fromkeys(x for x in (rs, record_size, DEFAULT_RECORD_SIZE) if _sane_record_size(x)):
+            gen, recno = scan_generation(path, r, size // r)
+            if gen > 0:
+                break
+    except OSError:
+        return  # (unreadable: nothing known to protect, as for a file of another kind)
+    if gen <= 0:
+        return  # nothing any pair wrote: --force replaces it as asked
+    why = why.split("; ", 1)[0].split(f"{path} is ", 1)[-1]  # ("corrupt: checksum mismatch ...")
+    raise TakeoverFileError(
+        f"{path} is in use by a pair though its header is unreadable ({why}: a power loss while it was rewritten?): its"
+        f" {size // r} records of {r} bytes hold batch writes up to generation {gen} (record {recno}), and the pair's active"
+        " rewrites the header from them at its next batch write: start it rather than replace the file; to replace it all"
+        " the same, stop both hosts first, then give --force twice"
     )

@@ -28,7 +28,7 @@ import structlog
 
 from hsb import faults
 from hsb.takeover.errors import ForeignWriter, HeaderCorrupt, NoBatchWritten, StaleGroup
-from hsb.takeover.fileio import FreshReader, RecordWriter, check_file
+from hsb.takeover.fileio import RecordWriter, check_file, scan_generation
 from hsb.takeover.layout import (
     ENTRY_SIZE,
     KIND_BATCH,
@@ -40,14 +40,12 @@ from hsb.takeover.layout import (
 )
 from hsb.takeover.pair import Pair
 from hsb.takeover.records import (
-    BadRecord,
     Header,
     SessionEntry,
     encode_entries,
     encode_header,
     encode_payload,
     pack_record,
-    parse_record,
 )
 
 log = structlog.get_logger("hsb.takeover")
@@ -122,18 +120,7 @@ class TakeoverWriter:
 
     def _scan_max_generation(self) -> int:
         """Highest generation in any record (header recovery; reads the whole file once)."""
-        best, r, per = 0, self.record_size, max(1, _CHUNK_BYTES // self.record_size)
-        with FreshReader(self.path, r) as f:
-            for first in range(0, self.records, per):
-                view = f.read(first, min(per, self.records - first))
-                for i in range(len(view) // r):
-                    try:
-                        rec = parse_record(view[i * r : (i + 1) * r])
-                    except BadRecord:
-                        continue  # only checksummed generations count
-                    if rec is not None:
-                        best = max(best, rec.generation)
-        return best
+        return scan_generation(self.path, self.record_size, self.records)[0]
 
     def _reopen_if_replaced(self) -> None:
         """The file at the path is no longer the one open here (recreated by `hsbctl file create
