@@ -1,4 +1,5 @@
-"""Shared fixtures: `sb` starts sandboxes (real processes) and always brings them down."""
+"""Shared fixtures: `sb` starts sandboxes (real processes) and always brings them down; `pg` is a
+throwaway PostgreSQL server of the module's own (skipped, saying what is missing, without one)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,15 @@ def sb(tmp_path: Path):  # type: ignore[no-untyped-def]
             sandbox.down(d, timeout=0.5)
         except sandbox.SandboxError:
             pass
+
+
+@pytest.fixture(scope="module")
+def pg():  # type: ignore[no-untyped-def]
+    from tests.support import pg as pgsupport
+
+    why = pgsupport.missing()
+    if why is not None:
+        pytest.skip(why)
+    server = pgsupport.PgServer()
+    yield server
+    server.close()

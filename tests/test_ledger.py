@@ -37,15 +37,6 @@ NO_PG = pgsupport.missing()
 needs_pg = pytest.mark.skipif(NO_PG is not None, reason=NO_PG or "")
 
 
-@pytest.fixture(scope="module")
-def pg():  # type: ignore[no-untyped-def]
-    if NO_PG is not None:
-        pytest.skip(NO_PG)
-    server = pgsupport.PgServer()
-    yield server
-    server.close()
-
-
 _dbs = iter(range(1, 10**6))
 
 

@@ -11,7 +11,6 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,17 +19,6 @@ from hsb.service.ledger import LedgerService
 from tests.support import pg as pgsupport
 
 pytestmark = pytest.mark.timeout(120)
-
-NO_PG = pgsupport.missing()
-
-
-@pytest.fixture(scope="module")
-def pg() -> Any:
-    if NO_PG is not None:
-        pytest.skip(NO_PG)
-    server = pgsupport.PgServer()
-    yield server
-    server.close()
 
 
 def counted(svc: LedgerService) -> list[int]:

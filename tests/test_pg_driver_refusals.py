@@ -23,17 +23,6 @@ from tests.support import pg as pgsupport
 
 pytestmark = pytest.mark.timeout(120)
 
-NO_PG = pgsupport.missing()
-
-
-@pytest.fixture(scope="module")
-def pg() -> Any:
-    if NO_PG is not None:
-        pytest.skip(NO_PG)
-    server = pgsupport.PgServer()
-    yield server
-    server.close()
-
 
 @pytest.fixture
 async def db(pg: pgsupport.PgServer) -> AsyncIterator[Database]:
