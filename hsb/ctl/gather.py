@@ -172,6 +172,26 @@ def _storage_answers(h: dict[str, Any]) -> bool:
     return not isinstance(tf, dict) or tf.get("responding", True) is not False
 
 
+def _ring_unwritten(h: dict[str, Any]) -> str | None:
+    """Why the standby's view of the sessions is stale (the active cannot write its takeover ring:
+    a dead disk, a read-only or hung mount), with the fix; None if it is not."""
+    if not h.get("standby_view_stale") or h.get("role") != "active":
+        return None
+    tf = h.get("takeover_file")
+    fail = tf.get("ring_write_failing") if isinstance(tf, dict) else None
+    fail = fail if isinstance(fail, dict) else {}
+    path = tf.get("path") if isinstance(tf, dict) else None
+    return (
+        f"{h['name']} cannot write its takeover ring"
+        + (f" ({fail['error']})" if fail.get("error") else "")
+        + (f" for {fail['failing_s']:.0f} s" if isinstance(fail.get("failing_s"), (int, float)) else "")
+        + (f", {fail['pending']} session change(s) not written" if fail.get("pending") is not None else "")
+        + ": the standby's view of the sessions is stale and a failover now would take over that view;"
+        + f" check the takeover storage on {h['name']}"
+        + (f" ({path}: the mount, its permissions, the NFS server)" if path else "")
+    )
+
+
 def _newest_epoch(hosts: list[dict[str, Any]]) -> int:
     return max((_epoch(h) for h in hosts if h.get("reachable")), default=0)
 
@@ -194,9 +214,13 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> dict[str, Any]
     journal_ok = journal.get("durability") == "none" or journal.get("state", "ok") == "ok"
     serving = cp_ok and cp.get("state") == "serving" and journal_ok and bool(actives)
     # a standby cut off from the CP (registered_at_cp false) could not take over, and one whose
-    # takeover storage does not answer (a hung mount) follows no ring: its sessions go stale
+    # takeover storage does not answer (a hung mount) follows no ring: its sessions go stale; so
+    # do they while the active cannot write the ring (standby_view_stale, on either host)
+    stale = [why for why in (_ring_unwritten(h) for h in actives) if why]
     established = (
         serving
+        and not stale
+        and not any(h.get("standby_view_stale") for h in standbys)
         and any(h.get("state") == "established" for h in actives)
         and any(h.get("state") == "established" and h.get("registered_at_cp", True) and _storage_answers(h) for h in standbys)
     )
@@ -210,7 +234,9 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> dict[str, Any]
             if isinstance(rr, dict) and isinstance(rw, dict) and rr.get("generation") == rw.get("generation"):
                 last, nxt = rw.get("last_seq"), rr.get("next_seq")
                 if isinstance(last, int) and isinstance(nxt, int):  # (another version's shape: no lag shown)
-                    sb["ring_lag"] = max(0, last - (nxt - 1))
+                    # (and the records the active's changes not yet written will take)
+                    owed = atf.get("ring_pending_records") if isinstance(atf, dict) else None
+                    sb["ring_lag"] = max(0, last - (nxt - 1)) + (owed if isinstance(owed, int) else 0)
     unknown = [] if cp_ok else [("CP", cp.get("addr", "-"), cp.get("error"))]
     unknown += [(h["name"], h.get("addr", "-"), h.get("error")) for h in hosts if not h.get("reachable")]
     if not hosts:  # only the CP asked: nothing can be said of the hosts
@@ -226,6 +252,8 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> dict[str, Any]
     return {
         "established": established,
         "serving": serving,
+        # why hot standby is not ready though both hosts say established, each with its fix
+        "not_ready": stale if serving else [],
         # daemons that could not be asked: the verdict is then unknown (exit 3)
         "unknown": [{"name": n, "addr": a, "error": e} for n, a, e in unknown],
         # two hosts both serving with a valid lease at once: must never happen

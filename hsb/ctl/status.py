@@ -79,8 +79,9 @@ def _tls_line(t: dict[str, Any], links: str) -> str:
 def headline(st: dict[str, Any]) -> list[str]:
     """The verdict line, and a line for each daemon that could not be asked."""
     verdict = "ESTABLISHED (hot standby ready)" if st["established"] else "SERVING WITHOUT A STANDBY" if st["serving"] else "NOT SERVING"
+    why = [f"  {line}" for line in st.get("not_ready") or []]
     if not st.get("unknown"):
-        return [f"hsb: {verdict}"]
+        return [f"hsb: {verdict}", *why]
     names = ", ".join(u["name"] for u in st["unknown"])
     if any(u["name"] == "CP" for u in st["unknown"]):
         # the CP decides who serves: without it no verdict, only what the hosts say of themselves
@@ -88,7 +89,7 @@ def headline(st: dict[str, Any]) -> list[str]:
         first = f"hsb: UNKNOWN ({names} cannot be asked); the hosts say: {', '.join(said) or 'nothing (none answered)'}"
     else:
         first = f"hsb: UNKNOWN ({names} cannot be asked); from the others: {verdict}"
-    return [first, *(f"  {u['name']} at {u['addr']}: {u['error']}" for u in st["unknown"])]
+    return [first, *(f"  {u['name']} at {u['addr']}: {u['error']}" for u in st["unknown"]), *why]
 
 
 def render(st: dict[str, Any]) -> str:
@@ -204,6 +205,12 @@ def render(st: dict[str, Any]) -> str:
             + (f" (partner B={h['batch_records']['partner']})" if h["batch_records"].get("partner") is not None else "")
             + f"  {ring}  storage {tf['storage']}"
         )
+        fail = tf.get("ring_write_failing")
+        if isinstance(fail, dict):  # (shown at once; hot standby is not ready once it lasts: the verdict's line)
+            out.append(
+                f"            RING WRITES FAILING since {_age(fail.get('since'))} ({fail.get('failures')} tries): {fail.get('error')};"
+                f" {fail.get('pending')} session change(s) not written, retried until the storage answers"
+            )
         out.append(f"            startup id own {sid['own'] or '-'} partner {sid['partner'] or '-'}")
         if (h.get("tls") or {}).get("enabled"):
             out.append("            " + _tls_line(h["tls"], "peer, CP and admin links"))

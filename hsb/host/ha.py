@@ -120,6 +120,8 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         self.active_stop_confirmed = False  # the CP knows of that normal stop (its word, or the peer's)
         self.torn_polls = 0
         self.ring_failing: tuple[float, float, int] | None = None  # the ring's reads failing: (since, last logged, failures)
+        self.ring_unwritten = False  # active: its ring writes have failed too long, the standby's view is stale
+        self.active_ring_failing: str | None = None  # standby: the active says it cannot write the ring (why)
         self.batch_failures = 0
         self.resync_at = 0.0
         self.resync_reason = ""
@@ -334,6 +336,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
             return f"exiting: {self.exit.msg}"
         if self.role == "standby" and self.state == ESTABLISHED and time.monotonic() >= self.next_poll:
             await self.ring_poll()
+        self.check_ring_writes()
         if self.role == "standby" and self.state == BATCH_RETRY and time.monotonic() >= self.resync_at:
             self.srv.peer.send({"t": "resync_request", "startup_id": self.own_startup_id, "reason": self.resync_reason})
             self.set_state(AWAITING_BATCH, "asked the active for a new batch")
@@ -564,19 +567,6 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         self.fail(EXIT_FENCED, f"this host was fenced by the CP and must stop serving: {why}", "fenced")
 
     # ------------------------------------------------------------------ peer link events
-    def hello(self) -> dict[str, Any]:
-        return {
-            "t": "peer_hello",
-            "name": self.name,
-            "role": self.role,
-            "state": self.state,
-            "instance": self.instance,
-            "partner": self.partner_instance,
-            "startup_id": self.own_startup_id if self.role == "standby" else self.partner_startup_id,
-            "ring_next": self.ring_next(),
-            "epoch": self.epoch,
-        }
-
     async def ev_peer_up(self) -> None:
         self.maybe_standby_startup()  # the sending side may have come up after the peer's hello
 
@@ -613,6 +603,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         if t == "hb":
             rn = msg.get("ring_next")
             self.peer_ring_next = rn if isinstance(rn, int) else None
+            self.note_active_ring(msg)
             if self.role == "standby" and self.state == WAITING and msg.get("role") == "active":
                 self.maybe_standby_startup()
             return

@@ -25,6 +25,7 @@ log = structlog.get_logger("hsb.host")
 TORN_RETRIES = 5  # polls a torn ring record may stay torn (a write in progress) before it counts as damage
 RING_FAIL_LOG_S = 10.0  # a ring that keeps failing to read is logged once this often (with the count), not at every poll
 RING_FAIL_RESYNC_S = 2.0  # failing for this long (or storage_timeout, if longer), the standby asks for a new batch
+RING_WRITE_STALE_S = 2.0  # the active's ring writes failing this long (or storage_timeout, if longer): hot standby not ready
 
 
 class HotStandbySide:
@@ -51,6 +52,8 @@ class HotStandbySide:
     next_poll: float
     torn_polls: int
     ring_failing: tuple[float, float, int] | None  # (since, last logged, failures): monotonic
+    ring_unwritten: bool
+    active_ring_failing: str | None
     counters: dict[str, int]
 
     # --- active side (§5.1)
@@ -124,6 +127,46 @@ class HotStandbySide:
         self.srv.peer.send({"t": "batch_write_complete", "startup_id": self.partner_startup_id, "generation": gen})
         log.info("service_start_notice", monitor="local")
 
+    def check_ring_writes(self: HA) -> None:
+        """Active: ring writes that keep failing (EIO, a read-only or hung mount) were retried for
+        ever while status said established: the standby's polls found nothing new, and a failover
+        took over a view frozen for as long as the outage lasted. Failing for RING_WRITE_STALE_S
+        (or storage_timeout), hot standby is not ready (status, /standby, the verdict, the metrics)
+        and the standby is told (heartbeats), until a write succeeds."""
+        tio = self.srv.takeover
+        failing = tio.write_failing_for() if self.role == "active" else None
+        stale = failing is not None and failing >= max(RING_WRITE_STALE_S, self.srv.cfg.takeover.storage_timeout)
+        if stale == self.ring_unwritten:
+            return
+        self.ring_unwritten = stale
+        if stale:
+            log.error(
+                "standby_view_stale",
+                peer=self.srv.peer.peer_name,
+                failing_s=round(failing or 0.0, 1),
+                pending=len(tio.pending),
+                error=tio.last_error,
+                msg="the takeover ring cannot be written: the standby's view of the sessions is stale; check the takeover storage",
+            )
+        else:
+            log.info("standby_view_current", peer=self.srv.peer.peer_name, msg="the takeover ring is written again")
+        self.srv.on_state_change()
+
+    def note_active_ring(self: HA, msg: dict[str, Any]) -> None:
+        """Standby: the active's heartbeat (or hello) says whether it can write the ring."""
+        if self.role != "standby" or msg.get("role") != "active":
+            return
+        why = msg.get("ring_write_failing")
+        why = why if isinstance(why, str) else None
+        if why == self.active_ring_failing:
+            return
+        if why is not None and self.active_ring_failing is None:
+            log.warning("active_ring_writes_failing", peer=self.srv.peer.peer_name, error=why, msg="this host's view of the sessions is stale")
+        elif why is None:
+            log.info("active_ring_writes_recovered", peer=self.srv.peer.peer_name)
+        self.active_ring_failing = why
+        self.srv.on_state_change()
+
     async def peer_standby_ready(self: HA, msg: dict[str, Any]) -> None:
         if self.role != "active" or msg.get("startup_id") != self.partner_startup_id or self.stopping:
             return
@@ -165,6 +208,7 @@ class HotStandbySide:
             log.info("active_restarted", peer=msg.get("name"), standby_sessions_closed=n)
         self.cancel_batch_apply()
         self.partner_instance = msg.get("instance")
+        self.active_ring_failing = None  # (that active's word; the new one's comes with its heartbeats)
         self.active_stopped_by = None
         self.active_stop_confirmed = False
         self.established_since = None

@@ -29,6 +29,11 @@ class HAView:
                 )
             if not self.serving and self.state not in (STARTING, STOPPING, FENCED):
                 return f"active at epoch {self.epoch}: not serving (host link to the CP down; waiting to register again)"
+            if self.state == ESTABLISHED and self.ring_unwritten:
+                return (
+                    f"active at epoch {self.epoch}: hot standby with {pn} NOT ready: this host cannot write the takeover ring"
+                    f" ({self.srv.takeover.last_error}); {pn}'s view of the sessions is stale"
+                )
             if self.state == ESTABLISHED:
                 return f"active at epoch {self.epoch}: hot standby established with {pn}"
             if self.state == BATCH_WRITING:
@@ -39,6 +44,8 @@ class HAView:
             return f"active: {self.state}"
         if self.state == ESTABLISHED and not self.registered:
             return f"standby: following {pn}'s ring, but not registered at the CP (its link is down): it cannot take over until it is"
+        if self.state == ESTABLISHED and self.active_ring_failing is not None:
+            return f"standby: following {pn}'s ring, but {pn} cannot write it ({self.active_ring_failing}): this host's view of the sessions is stale"
         if self.state == ESTABLISHED:
             return f"standby: hot standby established, following {pn}'s ring"
         if self.state == ACTIVE_STOPPED:
@@ -54,8 +61,34 @@ class HAView:
 
     def is_established(self: HA) -> bool:
         """Hot standby from this host's side; a standby also needs to be registered at the CP (it
-        asks the CP for the active role: cut off from it, it could not take over)."""
-        return self.state == ESTABLISHED and (self.role != "standby" or self.registered)
+        asks the CP for the active role: cut off from it, it could not take over). Not while the
+        active cannot write the ring (`check_ring_writes`): the standby's view of the sessions is
+        then frozen where the writes stopped, and a failover would take over that view."""
+        if self.state != ESTABLISHED or self.standby_view_stale():
+            return False
+        return self.role != "standby" or self.registered
+
+    def standby_view_stale(self: HA) -> bool:
+        """The active's ring writes have been failing too long (its own word, or on the standby
+        the active's, from its heartbeats): the standby reads none of the changes meanwhile."""
+        return self.ring_unwritten if self.role == "active" else self.role == "standby" and self.active_ring_failing is not None
+
+    def hello(self: HA) -> dict[str, Any]:
+        return {
+            "t": "peer_hello",
+            "name": self.name,
+            "role": self.role,
+            "state": self.state,
+            "instance": self.instance,
+            "partner": self.partner_instance,
+            "startup_id": self.own_startup_id if self.role == "standby" else self.partner_startup_id,
+            "ring_next": self.ring_next(),
+            "epoch": self.epoch,
+            # (the standby is told: it then says it is not ready either)
+            "ring_write_failing": (self.srv.takeover.last_error or "ring writes failing")[:200]
+            if self.role == "active" and self.ring_unwritten
+            else None,
+        }
 
     def status(self: HA) -> dict[str, Any]:
         peer = self.srv.peer
@@ -73,6 +106,7 @@ class HAView:
             "pid": os.getpid(),
             "instance": self.instance,
             "established": self.is_established(),
+            "standby_view_stale": self.standby_view_stale(),
             "established_since": self.established_since,
             "registered_at_cp": self.registered,
             "cp_link": "up" if self.srv.cp.up else "down",
@@ -102,11 +136,12 @@ class HAView:
         }
 
     def ring_lag(self: HA) -> int | None:
-        """On the active: ring records written that the standby has not read (from its heartbeats)."""
+        """On the active: ring records written that the standby has not read (from its heartbeats),
+        and those its changes still waiting to be written will take (none read while writes fail)."""
         wp = self.srv.takeover.store.write_position
         if self.role != "active" or wp is None or self.peer_ring_next is None or self.state != ESTABLISHED:
             return None
-        return max(0, wp[1] - (self.peer_ring_next - 1))
+        return max(0, wp[1] - (self.peer_ring_next - 1)) + self.srv.takeover.pending_records()
 
     def ring_next(self: HA) -> int | None:
         rp = self.srv.takeover.store.read_position if self.role == "standby" and self.state == ESTABLISHED else None

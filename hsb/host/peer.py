@@ -61,8 +61,15 @@ PEER_FIELDS: dict[str, dict[str, tuple[Any, bool]]] = {
         "startup_id": ((int, _NONE), False),
         "ring_next": ((int, _NONE), False),
         "epoch": (int, False),
+        "ring_write_failing": ((str, _NONE), False),
     },
-    "hb": {"role": (str, False), "state": (str, False), "instance": (str, False), "ring_next": ((int, _NONE), False)},
+    "hb": {
+        "role": (str, False),
+        "state": (str, False),
+        "instance": (str, False),
+        "ring_next": ((int, _NONE), False),
+        "ring_write_failing": ((str, _NONE), False),
+    },
     "active_startup": {"name": (str, True), "instance": (str, True), "epoch": (int, False)},
     "standby_startup": {"startup_id": (int, True), "name": (str, False)},
     "batch_write_complete": {"startup_id": (int, True), "generation": (int, True)},
@@ -321,7 +328,7 @@ class PeerLink:
 
     def hello_brief(self) -> dict[str, Any]:
         h = self.hello()
-        return {k: h[k] for k in ("role", "state", "instance", "ring_next") if k in h}
+        return {k: h[k] for k in ("role", "state", "instance", "ring_next", "ring_write_failing") if k in h}
 
     # -- receiving side -----------------------------------------------------
     def _stranger(self, name: str, remote: str) -> str | None:

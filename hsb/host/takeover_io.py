@@ -9,6 +9,7 @@ the ring writer only runs after a batch write.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import structlog
@@ -65,6 +66,8 @@ class TakeoverIO:
         self.flusher: asyncio.Task[None] | None = None
         self.following = False
         self.last_error: str | None = None
+        # the active's ring writes failing: (since: wall, since: monotonic, failures); None while they succeed
+        self.write_failing: tuple[float, float, int] | None = None
         self.ring_written = 0
         self.ring_read = 0
         self.bad_record: int | None = None  # the ring record the last poll found torn or corrupt
@@ -102,6 +105,7 @@ class TakeoverIO:
         # a ring write's error ends with the ring writer: the storage is asked again by the next
         # batch write (said at once if it still fails), not shown failing, and alerted on, meanwhile
         self.last_error = None
+        self.write_failing = None
 
     async def ring_write_done(self, timeout: float) -> bool:
         """No ring group on its way to the storage (waited up to `timeout`). A host that stops
@@ -163,12 +167,26 @@ class TakeoverIO:
                     if len(good) < len(group):  # an entry that cannot be encoded: the rest go on
                         continue
                     self.last_error = str(exc)
-                    log.error("ring_write_failed", error=str(exc), pending=len(self.pending))
+                    wall, mono, n = self.write_failing or (time.time(), time.monotonic(), 0)
+                    self.write_failing = wall, mono, n + 1
+                    log.error("ring_write_failed", error=str(exc), pending=len(self.pending), failures=n + 1)
                     await asyncio.sleep(backoff.next())
                     continue
                 backoff.reset()
                 self.last_error = None
                 self.ring_written += len(group)
+                if self.write_failing is not None:
+                    _, mono, n = self.write_failing
+                    self.write_failing = None
+                    log.info("ring_write_recovered", failing_s=round(time.monotonic() - mono, 1), failures=n, entries=len(group))
+
+    def write_failing_for(self) -> float | None:
+        """Seconds the active's ring writes have been failing (None: they succeed, or none is due)."""
+        return None if self.write_failing is None else time.monotonic() - self.write_failing[1]
+
+    def pending_records(self) -> int:
+        """Ring records the changes waiting to be written will take (at most one per terminal's entry)."""
+        return -(-len(self.pending) // self.entries_per_record)
 
     def _drop_unencodable(self, group: list[SessionEntry]) -> list[SessionEntry]:
         """The entries of `group` that encode; each one that does not is logged and never
@@ -239,6 +257,17 @@ class TakeoverIO:
             "ring_write": {"generation": wp[0], "last_seq": wp[1]} if wp else None,
             "ring_read": {"generation": rp[0], "next_seq": rp[1]} if rp else None,
             "ring_pending": len(self.pending),
+            "ring_pending_records": self.pending_records(),
+            # the active's ring writes failing: the standby reads none of these changes meanwhile
+            "ring_write_failing": None
+            if self.write_failing is None
+            else {
+                "since": self.write_failing[0],
+                "failing_s": round(time.monotonic() - self.write_failing[1], 1),
+                "failures": self.write_failing[2],
+                "error": self.last_error,
+                "pending": len(self.pending),
+            },
             "responding": self.store.responding,
             "storage": "ok"
             if self.store.responding and not self.last_error

@@ -114,6 +114,18 @@ class HostCollector:
         yield _g("hsb_ring_lag_records", "Ring records written by the active and not yet read by the standby.", st.get("ring_lag"))
         tf = st["takeover_file"]
         yield _g("hsb_takeover_storage_ok", "1 while takeover-file I/O answers in time.", 1 if tf["storage"] == "ok" else 0)
+        fail = tf.get("ring_write_failing") or {}
+        yield _g(
+            "hsb_ring_write_failing_seconds",
+            "Seconds the active's takeover ring writes have been failing (0: they succeed); the standby reads none of its changes meanwhile.",
+            fail.get("failing_s", 0),
+        )
+        yield _g("hsb_ring_pending_entries", "Session changes the active has not yet written to the takeover ring.", tf.get("ring_pending", 0))
+        yield _g(
+            "hsb_standby_view_stale",
+            "1 while the active cannot write the takeover ring (for longer than max(2 s, storage_timeout)): the standby's view of the sessions is stale.",
+            1 if st.get("standby_view_stale") else 0,
+        )
         t = st["terminals"]
         yield _sessions("Sessions of this host by kind.", t)
         yield _g("hsb_terminals_defined", "Own total terminal count.", t["defined"])

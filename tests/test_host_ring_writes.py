@@ -1,0 +1,74 @@
+"""An active whose writes of the takeover ring keep failing (EIO on every ring write: a dead
+disk, a read-only or hung mount): its status, its metrics, the standby and hsbctl status's
+verdict say that hot standby is not ready (the standby's view of the sessions is stale) instead
+of "established", until a write succeeds again. hsbcpd and both hsbd in this process
+(tests/support/inproc.py), the storage fault injected into the active's store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.service.builtin import EchoService
+from tests.support.inproc import pair_in_hot_standby, until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def verdict(cp: Any, *hosts: Any) -> dict[str, Any]:
+    """What hsbctl status makes of the daemons' status answers (hsb.ctl.gather.summarize)."""
+    from hsb.ctl.gather import summarize
+
+    return summarize({**cp.status(), "reachable": True}, [{**h.status(), "reachable": True} for h in hosts])
+
+
+def metrics(h: Any) -> dict[str, float]:
+    from hsb.ops.metrics import HostCollector
+
+    return {s.name: s.value for m in HostCollector(h.status).collect() for s in m.samples if not s.labels}
+
+
+async def test_an_active_that_cannot_write_its_ring_is_not_hot_standby(tmp_path: Path) -> None:
+    """Status said established with ring_lag 0 and hsbctl ESTABLISHED (exit 0) while every change
+    stayed unwritten; a failover then took over a view frozen for as long as the outage lasted."""
+    from hsb.ctl.status import headline
+    from hsb.takeover.faults import Faults
+    from tests.support.hostclient import FakeTerminal
+
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        assert verdict(cp, a, b)["exit_status"] == 0
+        hook = Faults(ops=frozenset({"ring write"}))
+        a.takeover.store.faults = hook  # (the active's store: only its ring writes fail)
+        hook.eio()
+        t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")  # a session change for the ring
+        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        await until(lambda: a.status()["takeover_file"]["storage"] != "ok", "the ring write failing", timeout=10)
+        failing = a.status()["takeover_file"].get("ring_write_failing")  # said at once
+        assert failing and "Input/output error" in failing["error"] and failing["pending"] >= 1 and failing["since"] > 0, failing
+
+        await until(lambda: not a.status()["established"], "the active saying hot standby is not ready", timeout=10)
+        st = a.status()
+        assert st["state"] == "established" and st["standby_view_stale"], st
+        assert "cannot write the takeover ring" in st["sentence"], st["sentence"]
+        assert st["ring_lag"] is not None and st["ring_lag"] >= 1, st["ring_lag"]  # (the records pending count)
+        m = metrics(a)
+        assert m["hsb_established"] == 0 and m["hsb_standby_view_stale"] == 1, m
+        assert m["hsb_ring_pending_entries"] >= 1 and m["hsb_ring_write_failing_seconds"] > 0, m
+        v = verdict(cp, a, b)
+        assert not v["established"] and v["serving"] and v["exit_status"] == 1, v
+        lines = headline(v)
+        assert lines[0] == "hsb: SERVING WITHOUT A STANDBY", lines
+        assert any("host-a cannot write its takeover ring" in ln and "check the takeover storage on host-a" in ln for ln in lines), lines
+        # the standby is told (the active's heartbeats) and does not claim readiness either
+        await until(lambda: b.ha.active_ring_failing is not None, "the standby told", timeout=10)
+        assert not b.status()["established"] and "view of the sessions is stale" in b.status()["sentence"]
+
+        hook.error = None  # the storage answers again: the change is written, hot standby is back
+        await until(lambda: a.status()["established"] and b.status()["established"], "established again", timeout=15)
+        assert a.status()["takeover_file"]["ring_write_failing"] is None
+        await until(lambda: verdict(cp, a, b)["exit_status"] == 0, "hsbctl ESTABLISHED again", timeout=10)
+        await until(lambda: b.sessions.counts()["standby_sessions"] >= 1, "the change read by the standby", timeout=10)
+        assert metrics(a)["hsb_standby_view_stale"] == 0
+        await t.close()
