@@ -125,6 +125,10 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         self.batch_failures = 0
         self.resync_at = 0.0
         self.resync_reason = ""
+        self.resync_held = False  # standby: a batch asked for waits for its takeover storage to answer
+        self.batch_ended: tuple[float, float] | None = None  # active: the last batch write's end and duration (monotonic)
+        self.batches_unread = 0  # active: batch writes in a row the standby did not say ready after
+        self.held_batch: tuple[float, dict[str, Any]] | None = None  # active: a batch write asked too soon after one unread (when due, what)
         self.counters = {"failovers": 0, "switchovers": 0, "resyncs": 0, "two_actives_claimed": 0}
         self.peer_ring_next: int | None = None  # the standby's read position, from its heartbeats
         # Made the active by the CP at this epoch (set in link order). Acting on it also needs a
@@ -337,9 +341,8 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         if self.role == "standby" and self.state == ESTABLISHED and time.monotonic() >= self.next_poll:
             await self.ring_poll()
         self.check_ring_writes()
-        if self.role == "standby" and self.state == BATCH_RETRY and time.monotonic() >= self.resync_at:
-            self.srv.peer.send({"t": "resync_request", "startup_id": self.own_startup_id, "reason": self.resync_reason})
-            self.set_state(AWAITING_BATCH, "asked the active for a new batch")
+        self.resync_if_due()
+        self.held_batch_if_due()
         if self.switch_after_resync is not None:
             self.resync_done()
         if self.role == "standby" and self.state == AWAITING_BATCH and time.monotonic() - self.state_since_mono > self.batch_wait_s:

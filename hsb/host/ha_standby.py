@@ -25,6 +25,14 @@ log = structlog.get_logger("hsb.host")
 TORN_RETRIES = 5  # polls a torn ring record may stay torn (a write in progress) before it counts as damage
 RING_FAIL_LOG_S = 10.0  # a ring that keeps failing to read is logged once this often (with the count), not at every poll
 RING_FAIL_RESYNC_S = 2.0  # failing for this long (or storage_timeout, if longer), the standby asks for a new batch
+BATCH_RETRY_MAX_S = 30.0  # a standby's batch reads that keep failing ask again at most this far apart (from 50 ms, doubling)
+STORAGE_RECHECK_S = 0.25  # a batch asked for while this host's takeover storage does not answer: looked at again this often
+# after a batch write the standby did not read (its read failed, it never said ready) the active
+# writes the next one only BATCH_GAP_FIRST_S after it ended, doubling with each unread one in a row
+# up to BATCH_EVERY_S (and never sooner than 4 times the last one's duration): each is the whole
+# link (26 MiB and two syncs at 100,000 terminals), likely aimed at the storage that is struggling
+BATCH_GAP_FIRST_S = 0.5
+BATCH_EVERY_S = 10.0
 RING_WRITE_STALE_S = 2.0  # the active's ring writes failing this long (or storage_timeout, if longer): hot standby not ready
 
 
@@ -49,6 +57,10 @@ class HotStandbySide:
     batch_apply: asyncio.Task[None] | None
     resync_reason: str
     resync_at: float
+    resync_held: bool
+    batch_ended: tuple[float, float] | None
+    batches_unread: int
+    held_batch: tuple[float, dict[str, Any]] | None
     next_poll: float
     torn_polls: int
     ring_failing: tuple[float, float, int] | None  # (since, last logged, failures): monotonic
@@ -79,6 +91,8 @@ class HotStandbySide:
     async def peer_standby_startup(self: HA, msg: dict[str, Any]) -> None:
         if self.role != "active" or self.hold_batch(msg):
             return
+        if self.batch_too_soon(msg):
+            return
         self.resyncing = False  # a standby starting again is not established
         sid = int(msg["startup_id"])
         self.partner_startup_id = sid
@@ -88,16 +102,44 @@ class HotStandbySide:
     async def peer_resync_request(self: HA, msg: dict[str, Any]) -> None:
         if self.role != "active":
             return
-        if msg.get("startup_id") != self.partner_startup_id or self.hold_batch(msg):
+        if msg.get("startup_id") != self.partner_startup_id or self.hold_batch(msg) or self.batch_too_soon(msg):
             return
         log.warning("resync_requested", reason=msg.get("reason"), record=msg.get("record"))
         if self.state == ESTABLISHED:
             self.resyncing = True  # a planned switchover asked meanwhile waits for it (ev_switchover)
         await self.batch_write(reason=f"resync: {msg.get('reason')}", clear=msg.get("record"))
 
+    def batch_too_soon(self: HA, msg: dict[str, Any]) -> bool:
+        """A batch write asked for (`msg`) too soon after the last one ended, which the standby did
+        not read (BATCH_GAP_FIRST_S, doubling per unread one up to BATCH_EVERY_S): held until then
+        (the newest ask replaces one held; a standby startup is not replaced by a resync). A
+        standby whose reads failed at once (a hung mount) asked every 2 s, each ask a full batch
+        write with two syncs."""
+        if self.batches_unread == 0 or self.batch_ended is None:
+            return False
+        ended, took = self.batch_ended
+        gap = min(BATCH_EVERY_S, BATCH_GAP_FIRST_S * 2 ** min(self.batches_unread - 1, 20))
+        due = ended + max(gap, 4 * took)
+        if time.monotonic() >= due:
+            return False
+        if self.held_batch is not None and self.held_batch[1].get("t") == "standby_startup" and msg.get("t") == "resync_request":
+            return True
+        if self.held_batch is None:
+            log.info("batch_write_held", notice=msg.get("t"), reason=msg.get("reason"), in_s=round(due - time.monotonic(), 1))
+        self.held_batch = due, msg
+        return True
+
+    def held_batch_if_due(self: HA) -> None:
+        """A held batch write's turn: asked again as it came (the state may have moved on meanwhile)."""
+        if self.held_batch is not None and time.monotonic() >= self.held_batch[0]:
+            msg, self.held_batch = self.held_batch[1], None
+            self.post("peer_frame", msg=msg)
+
     async def batch_write(self: HA, reason: str, clear: int | None = None) -> None:
         """S205-S208: header, batch write of the fast-switch link, durable, BATCH WRITE COMPLETE."""
         assert self.partner_startup_id is not None
+        self.held_batch = None  # (this one writes what it asked for)
+        self.batches_unread += 1  # (until the standby says ready)
         self.set_state(BATCH_WRITING, reason)
         tio = self.srv.takeover
         tio.stop_ring_writer()
@@ -110,6 +152,7 @@ class HotStandbySide:
             # (the standby's name: a header by neither host of this pair is another pair's, not written over)
             gen = await tio.batch_write(self.partner_startup_id, entries, clear, peer=self.srv.peer.peer_name)
         except Exception as exc:
+            self.batch_ended = time.monotonic(), time.monotonic() - t0
             msg = f"batch write failed: {exc}"
             log.error("batch_write_failed", error=str(exc))
             self.last_error = msg
@@ -118,6 +161,7 @@ class HotStandbySide:
                 self.set_state(SERVING, msg)
             return
         faults.point("host.between_batch_and_notice")
+        self.batch_ended = time.monotonic(), time.monotonic() - t0
         self.generation = gen
         tio.start_ring_writer(gen)
         log.info("batch_write_complete", generation=gen, entries=len(entries), ms=round((time.monotonic() - t0) * 1000, 1))
@@ -170,6 +214,8 @@ class HotStandbySide:
     async def peer_standby_ready(self: HA, msg: dict[str, Any]) -> None:
         if self.role != "active" or msg.get("startup_id") != self.partner_startup_id or self.stopping:
             return
+        self.batches_unread = 0  # (the next batch asked for is written at once)
+        self.held_batch = None
         if self.state in (RELEASING, HANDING_OVER):  # (the peer link back during a planned switchover)
             if self.established_since is None:
                 self.established_since = time.time()  # a refused handover leaves it established
@@ -209,6 +255,7 @@ class HotStandbySide:
         self.cancel_batch_apply()
         self.partner_instance = msg.get("instance")
         self.active_ring_failing = None  # (that active's word; the new one's comes with its heartbeats)
+        self.resync_held = False
         self.active_stopped_by = None
         self.active_stop_confirmed = False
         self.established_since = None
@@ -277,12 +324,34 @@ class HotStandbySide:
         """A batch read that cannot be used: ask the active again, backing off so that a damaged
         disk is not hammered (BATCH_RETRY, then `resync_request` from `run_cycle`)."""
         self.batch_failures += 1
-        delay = min(0.05 * 2 ** (self.batch_failures - 1), 2.0)
+        delay = min(0.05 * 2 ** min(self.batch_failures - 1, 20), BATCH_RETRY_MAX_S)
         self.last_error = f"batch read failed: {why}"
         log.error("batch_read_failed", error=why, retry_in_s=delay, failures=self.batch_failures)
         self.set_state(BATCH_RETRY, self.last_error)
         self.resync_reason = why[:200]
         self.resync_at = time.monotonic() + delay
+
+    def resync_if_due(self: HA) -> None:
+        """BATCH_RETRY: ask the active for a new batch once the backoff has passed, but not while
+        this host's takeover storage does not answer (an operation stuck on a hung mount): every
+        batch read would fail at once, and each ask costs the active a full batch write. Asked
+        as soon as the storage answers again."""
+        if self.role != "standby" or self.state != BATCH_RETRY or time.monotonic() < self.resync_at:
+            return
+        if not self.srv.takeover.store.responding:
+            self.resync_at = time.monotonic() + STORAGE_RECHECK_S
+            if not self.resync_held:
+                self.resync_held = True
+                self.last_error = f"takeover storage not responding: no new batch asked for until it answers ({self.resync_reason})"
+                log.warning(
+                    "resync_waits_for_storage", reason=self.resync_reason, msg="a batch read would fail at once: asked once the storage answers"
+                )
+            return
+        if self.resync_held:
+            self.resync_held = False
+            log.info("resync_storage_answers", reason=self.resync_reason)
+        self.srv.peer.send({"t": "resync_request", "startup_id": self.own_startup_id, "reason": self.resync_reason})
+        self.set_state(AWAITING_BATCH, "asked the active for a new batch")
 
     async def _apply_batch(self: HA, token: int, entries: list[Any]) -> None:
         await self.srv.sessions_ctl.apply_batch(entries)
@@ -307,6 +376,7 @@ class HotStandbySide:
         tio = self.srv.takeover
         tio.follow()
         self.ring_failing = None  # (a failure before this batch read counts for nothing now)
+        self.resync_held = False
         self.last_error = None
         self.set_state(ESTABLISHED, "batch read done and standby sessions open")
         self.established_since = time.time()
@@ -357,6 +427,10 @@ class HotStandbySide:
             tio.stop_following()
             self.torn_polls = 0
             self.counters["resyncs"] += 1
+            if not tio.store.responding:  # (a hung mount: asked once it answers, resync_if_due)
+                self.resync_reason, self.resync_at = status, 0.0
+                self.set_state(BATCH_RETRY, f"ring {status}: a new batch is asked for once the takeover storage answers")
+                return
             ask: dict[str, Any] = {"t": "resync_request", "startup_id": self.own_startup_id, "reason": status}
             if bad is not None:
                 ask["record"] = bad

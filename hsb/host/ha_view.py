@@ -8,6 +8,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from hsb import __version__
+from hsb.host.ha_standby import BATCH_EVERY_S
 from hsb.host.states import ACTIVE_STOPPED, BATCH_WRITING, ESTABLISHED, FENCED, SERVING, STARTING, STOPPING, WAITING
 
 if TYPE_CHECKING:
@@ -36,6 +37,11 @@ class HAView:
                 )
             if self.state == ESTABLISHED:
                 return f"active at epoch {self.epoch}: hot standby established with {pn}"
+            if self.held_batch is not None:
+                return (
+                    f"active at epoch {self.epoch}: a batch write for {pn} waits: the last {self.batches_unread} were not read"
+                    f" (written further apart each time, up to {BATCH_EVERY_S:g} s)"
+                )
             if self.state == BATCH_WRITING:
                 return f"active at epoch {self.epoch}: batch writing for {pn}"
             if self.state == SERVING:
