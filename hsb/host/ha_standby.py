@@ -26,6 +26,7 @@ TORN_RETRIES = 5  # polls a torn ring record may stay torn (a write in progress)
 RING_FAIL_LOG_S = 10.0  # a ring that keeps failing to read is logged once this often (with the count), not at every poll
 RING_FAIL_RESYNC_S = 2.0  # failing for this long (or storage_timeout, if longer), the standby asks for a new batch
 BATCH_RETRY_MAX_S = 30.0  # a standby's batch reads that keep failing ask again at most this far apart (from 50 ms, doubling)
+STALE_HEADER_RETRY_S = (0.05, 1.0)  # a header older than BATCH WRITE COMPLETE says: read again after (first, doubling to)
 STORAGE_RECHECK_S = 0.25  # a batch asked for while this host's takeover storage does not answer: looked at again this often
 # after a batch write the standby did not read (its read failed, it never said ready) the active
 # writes the next one only BATCH_GAP_FIRST_S after it ended, doubling with each unread one in a row
@@ -53,6 +54,7 @@ class HotStandbySide:
     active_stop_confirmed: bool
     deferred_batch: dict[str, Any] | None
     batch_token: int
+    batch_announced: tuple[int, float] | None
     batch_failures: int
     batch_apply: asyncio.Task[None] | None
     resync_reason: str
@@ -284,6 +286,33 @@ class HotStandbySide:
             return
         if msg.get("startup_id") != self.own_startup_id:
             return  # for an earlier attempt
+        # a header read older than this (the page cache of the O_DIRECT fallback) is read again until
+        # then, not taken for another file's: as long as the active's wait for a batch allows
+        tk = self.srv.cfg.takeover
+        self.batch_announced = int(msg["generation"]), time.monotonic() + max(5.0, 3 * tk.storage_timeout)
+        await self.batch_read()
+
+    def stale_header(self: HA, found: int | None, own_id: bool = False) -> bool:
+        """The header read (generation `found`) is older than BATCH WRITE COMPLETE announced (or,
+        `own_id`, read again it holds this standby's id after all), and there is time to read it
+        again: a retry is set (`ev_batch_reread`), said, and True."""
+        announced = self.batch_announced
+        if announced is None or time.monotonic() >= announced[1]:
+            return False
+        if not own_id and (found is None or found >= announced[0]):
+            return False
+        self.batch_failures += 1  # (this batch read's tries: reset by the read that succeeds)
+        first, cap = STALE_HEADER_RETRY_S
+        delay = min(cap, first * 2 ** min(self.batch_failures - 1, 20))
+        log.warning("batch_read_stale", generation=found, announced=announced[0], retry_in_s=delay)
+        self.last_error = f"batch read: the takeover file's header says generation {found}, BATCH WRITE COMPLETE {announced[0]}: read again"
+        token = self.batch_token
+        asyncio.get_running_loop().call_later(delay, lambda: self.post("batch_reread", token=token))
+        return True
+
+    async def ev_batch_reread(self: HA, token: int) -> None:
+        if token != self.batch_token or self.role != "standby" or self.state != BATCH_READING:
+            return  # (another batch read since, or the state moved on)
         await self.batch_read()
 
     async def batch_read(self: HA) -> None:
@@ -301,6 +330,8 @@ class HotStandbySide:
             gen, b, entries = await tio.batch_read(self.own_startup_id, peer=self.srv.peer.peer_name)
         except StartupIdMismatch as exc:
             found = getattr(exc, "found", None)
+            if self.stale_header(tio.mismatch_generation, own_id=found == self.own_startup_id):
+                return  # a stale read (an older generation than announced, or this standby's id read again)
             self.srv.peer.send({"t": "file_mismatch", "startup_id": self.own_startup_id, "found": found, "path": self.srv.cfg.takeover.path})
             await self.srv.peer_drain()
             self.fail(1, f"takeover file mismatch: {exc}", "takeover_file_mismatch")
@@ -308,7 +339,10 @@ class HotStandbySide:
         except Exception as exc:
             self.batch_failed(str(exc))  # never apply a bad batch
             return
+        if self.stale_header(gen):  # (this standby's id, an older batch: a resync's stale read)
+            return
         self.batch_failures = 0
+        self.batch_announced = None
         self.generation = gen
         self.partner_batch_records = b
         log.info("batch_read_complete", generation=gen, partner_batch_records=b, entries=len(entries), ms=round((time.monotonic() - t0) * 1000, 1))

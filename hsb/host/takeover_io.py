@@ -72,6 +72,7 @@ class TakeoverIO:
         self.ring_read = 0
         self.bad_record: int | None = None  # the ring record the last poll found torn or corrupt
         self.foreign_writer: str | None = None  # the last poll's new generation was another pair's (its message)
+        self.mismatch_generation: int | None = None  # the header's generation, read again after a StartupIdMismatch
 
     async def size_check(self) -> None:
         """S201/S221: raises TakeoverFileError (too small, wrong file) before serving."""
@@ -211,8 +212,10 @@ class TakeoverIO:
         try:
             snap = await self.store.batch_read(expected, peer)
         except StartupIdMismatch as exc:
+            self.mismatch_generation = None
             try:
-                exc.found = (await self.store.read_header()).startup_id
+                hdr = await self.store.read_header()
+                exc.found, self.mismatch_generation = hdr.startup_id, int(hdr.generation)
             except Exception:
                 exc.found = None
             raise

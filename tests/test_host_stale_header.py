@@ -1,0 +1,77 @@
+"""BATCH WRITE COMPLETE's generation against the header the standby reads: a header older than
+announced is a stale read (the O_DIRECT fallback reads through the page cache), read again until
+it is current, not taken for another file's (the standby exited 1 saying the hosts name
+different takeover files). hsbcpd and both hsbd in this process (tests/support/inproc.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.host.states import WAITING
+from hsb.service.builtin import EchoService
+from tests.support.inproc import hot_standby, pair_in_hot_standby, until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_a_header_older_than_batch_write_complete_is_read_again_not_a_file_mismatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The standby starts again (a new startup id) and hears BATCH WRITE COMPLETE for generation
+    g+1 while the header it reads still says g, with its old startup id: it reads again, and is
+    established on g+1 once the header says so; it never exits."""
+    from hsb.host import ha_standby as ha_standby_mod
+    from hsb.takeover.faults import Faults
+    from tests.support.logrec import RecordingLog
+
+    rec = RecordingLog()
+    monkeypatch.setattr(ha_standby_mod, "log", rec)
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        g = a.ha.generation
+        assert g is not None and b.ha.generation == g
+        # the active's own notice is not sent: only the standby's read of the header can end this
+        send = a.peer.send
+
+        def without_notice(msg: dict[str, Any]) -> bool:
+            return True if msg.get("t") == "batch_write_complete" else bool(send(msg))
+
+        monkeypatch.setattr(a.peer, "send", without_notice)
+        hook = Faults(ops=frozenset({"batch write"}))
+        a.takeover.store.timeout = 20.0  # (the held batch write is not given up meanwhile)
+        a.takeover.store.faults = hook
+        hook.hold()  # the header stays at generation g with the old startup id
+        try:
+            b.ha.set_state(WAITING, "test: starting again")
+            b.ha.maybe_standby_startup()  # a new startup id: the active's batch write for it is held
+            await until(lambda: hook.holding.is_set(), "the active's batch write held", timeout=10)
+            b.ha.post("peer_frame", msg={"t": "batch_write_complete", "startup_id": b.ha.own_startup_id, "generation": g + 1})
+            await until(lambda: rec.events("batch_read_stale") or b.ha.exit is not None, "the standby reading the header", timeout=10)
+            assert b.ha.exit is None, b.ha.exit.msg
+        finally:
+            hook.release()  # the batch lands: the header says g+1 and the new startup id
+        await until(lambda: hot_standby(a, b) and b.takeover.following, "hot standby on the new batch", timeout=15)
+        assert b.ha.generation == g + 1 and b.ha.exit is None
+        assert not rec.events("takeover_file_mismatch"), rec.events("takeover_file_mismatch")
+
+
+async def test_a_header_of_the_announced_generation_with_another_startup_id_is_still_a_file_mismatch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not older than announced, the header with another standby's id is what it always meant:
+    the hosts name different takeover files; the standby says so and exits 1."""
+    from hsb.host import ha_standby as ha_standby_mod
+    from tests.support.logrec import RecordingLog
+
+    rec = RecordingLog()
+    monkeypatch.setattr(ha_standby_mod, "log", rec)
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        g = a.ha.generation
+        assert g is not None
+        monkeypatch.setattr(b.peer, "send", lambda msg: True)  # (the active hears nothing of this)
+        b.ha.set_state(WAITING, "test: starting again")
+        b.ha.maybe_standby_startup()
+        b.ha.post("peer_frame", msg={"t": "batch_write_complete", "startup_id": b.ha.own_startup_id, "generation": g})
+        await until(lambda: b.ha.exit is not None, "the standby exiting", timeout=10)
+        assert b.ha.exit is not None and b.ha.exit.code == 1 and "different takeover files" in b.ha.exit.msg
+        assert not rec.events("batch_read_stale")
