@@ -294,12 +294,16 @@ async def test_conventional_mode_disconnects_but_loses_nothing(sb: Any) -> None:
 
 
 async def test_active_restarted_as_active_while_other_is_active_is_refused(sb: Any) -> None:
+    """After a failover, the old active started again with --role active and --no-rejoin (the
+    strict start) is refused and exits 76; without the flag it rejoins as the standby
+    (tests/test_rejoin.py)."""
     info = await sb(terminals=10)
     os.kill(pid_of(info, "host-a"), signal.SIGKILL)
     await wait_status(info, lambda s: active_names(s) == ["host-b"], what="host-b active")
     cfg = next(h["config"] for h in info["hosts"] if h["name"] == "host-a")
-    r = subprocess.run([sys.executable, "-m", "hsb.host", "--role", "active", "--config", cfg], capture_output=True, text=True, timeout=30)
-    assert r.returncode != 0
+    argv = [sys.executable, "-m", "hsb.host", "--role", "active", "--no-rejoin", "--config", cfg]
+    r = await asyncio.get_running_loop().run_in_executor(None, lambda: subprocess.run(argv, capture_output=True, text=True, timeout=30))
+    assert r.returncode == 76, r.stderr[-2000:]
     last = r.stderr.strip().splitlines()[-1]
     assert "host-b is already the active host" in last and "--role standby" in last
 

@@ -227,6 +227,7 @@ class CP(TerminalSide, Replies, HostSessions, Arbitration, Adoption, JournalSide
                 host.close_with_error(
                     "active_exists",
                     f"{self.active.name} is already the active host (epoch {self.epoch}); start {host.name} with --role standby",
+                    active=self.active.name,  # (a host started as active rejoins as its standby: hsb.host.rejoin)
                 )
                 return
             if cur is not None and cur.closed and cur.name != host.name and self.announced and (cur.closed_here or self.paused):
@@ -239,6 +240,7 @@ class CP(TerminalSide, Replies, HostSessions, Arbitration, Adoption, JournalSide
                     "active_exists",
                     f"{cur.name} holds the active role at epoch {self.epoch} (its link is down); start {host.name} with --role standby:"
                     f" it takes over once {cur.name} is lost ('hsbctl promote' after a normal stop)",
+                    active=cur.name,
                 )
                 return
             ra = self.recorded_active
@@ -248,6 +250,7 @@ class CP(TerminalSide, Replies, HostSessions, Arbitration, Adoption, JournalSide
                 host.close_with_error(
                     "active_exists",
                     f"{ra} held the active role at epoch {self.epoch} when the CP restarted; start {host.name} with --role standby",
+                    active=ra,
                 )
                 return
             left = self.stop_lease_left()

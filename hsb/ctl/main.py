@@ -218,7 +218,8 @@ def sandbox_start_host(dir_: str, name: str, role: str) -> None:
 
     pid = _sandbox_call(start_host, Path(dir_), name, role)
     data = _sandbox_call(lambda: asyncio.run(wait_started(Path(dir_), name, pid)))
-    click.echo(json.dumps({"name": name, "role": role, "pid": pid, "state": data.get("state")}))
+    # (the role it holds: one started as active while the other host is rejoins as the standby)
+    click.echo(json.dumps({"name": name, "role": data.get("role", role), "started_as": role, "pid": pid, "state": data.get("state")}))
 
 
 @sandbox.command("start-cp")

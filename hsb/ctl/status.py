@@ -186,7 +186,9 @@ def render(st: dict[str, Any]) -> str:
             continue
         peer = h["peer_link"]
         hb = f"{peer['heartbeat_age_ms']:.0f} ms" if peer.get("heartbeat_age_ms") is not None else "-"
-        out.append(f"  {h['name']:<9} {_role_label(h):<11} {h['state']:<19} epoch {h['epoch']}  pid {h['pid']}")
+        # (started with --role active, the CP refused it: the unit's name says active, the host serves as the standby)
+        rejoined = "  (unit role active: rejoined as the standby)" if h.get("rejoined_as_standby_of") and h.get("role") == "standby" else ""
+        out.append(f"  {h['name']:<9} {_role_label(h):<11} {h['state']:<19} epoch {h['epoch']}  pid {h['pid']}{rejoined}")
         out.append(f"            {h['sentence']}")
         out.append(
             f"            peer link {'up' if peer['up'] else 'DOWN'} (heartbeat {hb})  CP link {h['cp_link']}  established since {_age(h.get('established_since'))}"

@@ -35,6 +35,7 @@ from hsb.host.ha_switch import SwitchSide
 from hsb.host.ha_view import HAView
 from hsb.host.lease import Lease
 from hsb.host.lease import clock as lease_clock
+from hsb.host.rejoin import refused_at_start
 from hsb.host.sessions import ACTIVE, CLOSED, STANDBY
 from hsb.host.states import (
     AWAITING_BATCH,
@@ -505,9 +506,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
             code, text = msg.get("code"), msg.get("msg", "")
             if code == "active_exists":
                 if self.started_role == "active" and self.epoch == 0 and faults.SELF_FENCING:
-                    from hsb.cli import EXIT_NOT_ACTIVE
-
-                    self.fail(EXIT_NOT_ACTIVE, f"refused by the CP: {text}", "start_refused")
+                    refused_at_start(self, msg)  # the standby's role now, or exit 76
                 else:
                     self.fenced(f"another host is active at the CP: {text}")
             elif code == "fenced":
@@ -630,7 +629,8 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
                     self.set_state(ESTABLISHED, "peer link restored; the standby kept following the ring")
                     self.established_since = time.time()
                     log.info("hot_standby_established", peer=msg.get("name"), startup_id=self.partner_startup_id, how="peer link restored")
-        elif self.role == "active" and prole == "active" and self.state != HANDING_OVER:
+        elif self.role == "active" and prole == "active" and self.state != HANDING_OVER and msg.get("state") != STARTING:
+            # (a peer still starting holds no role: it asks the CP; one granted says so by ACTIVE STARTUP)
             self.peer_claims_active(msg)
 
     def peer_claims_active(self, msg: dict[str, Any]) -> None:

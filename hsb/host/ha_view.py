@@ -103,6 +103,8 @@ class HAView:
             "name": self.name,
             "version": __version__,
             "role": self.role,
+            "started_as": self.started_role,  # (--role: the unit's name)
+            "rejoined_as_standby_of": self.srv.rejoined_from,  # started as the active while this one was (hsb.host.rejoin)
             "state": self.state,
             "state_since": self.state_since,
             "sentence": self.describe(),

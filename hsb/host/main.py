@@ -116,6 +116,11 @@ def listen_addresses(cfg: HostConfig) -> list[str]:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--role", type=click.Choice(["active", "standby"]), required=False, help="Role to start in.")
+@click.option(
+    "--no-rejoin",
+    is_flag=True,
+    help="Started with --role active while another host is the active: exit 76 (start_refused) instead of rejoining as the standby.",
+)
 @click.option("--config", "config_path", required=True, type=click.Path(), help="Host TOML config.")
 @click.option(
     "--check-config",
@@ -124,7 +129,7 @@ def listen_addresses(cfg: HostConfig) -> list[str]:
 )
 @log_level_option
 @click.version_option(__version__, prog_name="hsbd")
-def main(role: str | None, config_path: str, check_config: bool, log_level: str) -> None:
+def main(role: str | None, no_rejoin: bool, config_path: str, check_config: bool, log_level: str) -> None:
     """Run one host of the hot-standby pair (docs/design.md)."""
     cfg = load_or_exit(
         config_path,
@@ -153,7 +158,7 @@ def main(role: str | None, config_path: str, check_config: bool, log_level: str)
         except ServiceError as exc:  # checked already; a service can still fail the second time
             die(str(exc), EXIT_CONFIG)
         try:
-            server = HostServer(cfg, role, secret, service, config_path)
+            server = HostServer(cfg, role, secret, service, config_path, rejoin=not no_rejoin)
         except TLSError as exc:  # (checked at the start; they may have changed since)
             die(f"TLS: {exc}", EXIT_CONFIG)
         try:

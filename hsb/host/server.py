@@ -65,8 +65,11 @@ STOP_ASK_AGAIN_S = 0.5
 
 
 class HostServer:
-    def __init__(self, cfg: HostConfig, role: str, secret: bytes, service: Service, config_path: str | None = None) -> None:
+    def __init__(self, cfg: HostConfig, role: str, secret: bytes, service: Service, config_path: str | None = None, rejoin: bool = True) -> None:
         self.cfg = cfg
+        # started as the active and refused (another host is): the standby then (hsb.host.rejoin), else exit 76
+        self.rejoin = rejoin
+        self.rejoined_from: str | None = None  # ... and the active it rejoined as the standby of
         self.config_path = config_path
         self._reloading: asyncio.Future[None] | None = None
         self.secret = secret

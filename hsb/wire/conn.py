@@ -392,8 +392,9 @@ class FramedProtocol(asyncio.Protocol):
         self.on_protocol_error(exc)
         self.close_with_error(exc.code, exc.msg)
 
-    def close_with_error(self, code: str, msg: str) -> None:
-        self.send({"t": "error", "code": code, "msg": msg})
+    def close_with_error(self, code: str, msg: str, **fields: Any) -> None:
+        """Send an `error` frame (with `fields` beside code and msg) and close the link."""
+        self.send({"t": "error", "code": code, "msg": msg, **fields})
         self.close()
 
     def close(self) -> None:
