@@ -26,6 +26,10 @@ EXIT_CONFIG = 78  # EX_CONFIG
 EXIT_FENCED = 75  # distinct, and RestartPreventExitStatus in the unit
 EXIT_NOT_ACTIVE = 76  # started as active while another host is active: start it as standby
 EXIT_DATA = 65  # EX_DATAERR: the CP journal is damaged; starting again cannot help (RestartPreventExitStatus)
+# EX_CANTCREAT: hsbcpd cannot make its listeners or open its journal here for a reason that lasts
+# until someone acts (a port another process holds, an address not this machine's, a journal its
+# user may not read or write): every start would fail the same way (RestartPreventExitStatus)
+EXIT_CANNOT_START = 73
 
 
 log_level_option = click.option(

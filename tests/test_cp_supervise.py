@@ -172,11 +172,12 @@ def test_the_cp_dies_with_its_master(supervised: Any) -> None:
 
 def test_a_cp_that_exits_ends_the_master_with_its_code(supervised: Any, tmp_path: Path) -> None:
     """The worker cannot read its journal (a segment that is a directory: past the config check,
-    which sees a journal directory it may write): it exits 1, and the master with it, at once and
-    without starting another (a restart would not help; systemd decides)."""
+    which sees a journal directory it may write): it exits 73, a start that cannot succeed (it
+    exited 1, which systemd restarted every 100 ms for ever), and the master with it, at once
+    and without starting another (a restart would not help; systemd decides)."""
     (tmp_path / "j" / "seg-00000001-00000001.hsbj").mkdir(parents=True)
     p = supervised(journal="j")
-    assert p.popen.wait(20) == 1
+    assert p.popen.wait(20) == 73
     assert len(p.events("cp_worker_started")) == 1 and p.events("cp_worker_died") == []
     text = p.log.read_text()
     assert "cannot open the CP journal" in text and "Traceback" not in text
@@ -184,7 +185,7 @@ def test_a_cp_that_exits_ends_the_master_with_its_code(supervised: Any, tmp_path
 
 def test_a_master_that_cannot_listen_says_so_and_starts_no_worker(supervised: Any, tmp_path: Path) -> None:
     """The master holds the listeners (takeover at start): a port already taken is its one-line
-    error, exit 1, before any worker is forked."""
+    error, exit 73 (it lasts: not restarted by the unit), before any worker is forked."""
     taken = socket.socket()
     taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     taken.bind(("127.0.0.1", 0))
@@ -192,7 +193,7 @@ def test_a_master_that_cannot_listen_says_so_and_starts_no_worker(supervised: An
     try:
         port = taken.getsockname()[1]
         p = supervised(terminal_listen=f"127.0.0.1:{port}")
-        assert p.popen.wait(20) == 1
+        assert p.popen.wait(20) == 73
     finally:
         taken.close()
     assert p.events("cp_worker_started") == []
@@ -234,6 +235,48 @@ def test_a_crash_loop_waits_longer_before_each_worker(supervised: Any) -> None:
     p.popen.send_signal(signal.SIGTERM)
     assert p.popen.wait(10) == 0
     assert all(gone(e["pid"]) for e in p.events("cp_worker_started"))  # every worker dead and reaped
+
+
+# hsbcpd whose journal recovery fails (EIO) while the file named by FAIL_RECOVERY exists
+FAILING_RECOVERY = """
+import errno, os, sys
+from hsb.cp import taking_over
+real = taking_over.recover
+def failing(*a, **kw):
+    if os.path.exists(os.environ["FAIL_RECOVERY"]):
+        raise OSError(errno.EIO, "Input/output error")
+    return real(*a, **kw)
+taking_over.recover = failing
+from hsb.cp.main import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_worker_that_fails_at_start_is_started_again_after_a_growing_wait(supervised: Any, tmp_path: Path) -> None:
+    """A start that fails for a reason that may pass (the journal's storage answers EIO): the
+    worker exits 1 and the master starts another, after 0.1 s, 0.2 s, 0.4 s ... (up to 5 s),
+    rather than ending with 1, which systemd answered with a new master, a new interpreter,
+    every 100 ms for ever. Once the storage answers, the next worker serves."""
+    from datetime import datetime
+
+    from hsb.cp import supervise as sv
+
+    assert [sv.failed_delay(n) for n in (1, 2, 3, 4, 6, 7, 20)] == [0.1, 0.2, 0.4, 0.8, 3.2, 5.0, 5.0]
+    flag = tmp_path / "storage-fails"
+    flag.touch()
+    p = supervised(env={"FAIL_RECOVERY": str(flag)}, code=FAILING_RECOVERY)
+    wait_for(lambda: len(p.events("cp_worker_failed")) >= 4, 30, what="four failed starts")
+    failed = p.events("cp_worker_failed")[:4]
+    assert [(e["exit"], e["failures"], e["delay_s"]) for e in failed] == [(1, 1, 0.1), (1, 2, 0.2), (1, 3, 0.4), (1, 4, 0.8)], failed
+    started = p.events("cp_worker_started")
+    assert all(e["restarts"] == 0 for e in started) and p.events("cp_worker_died") == []  # no crash: a start again
+    waited = (datetime.fromisoformat(started[3]["timestamp"]) - datetime.fromisoformat(failed[2]["timestamp"])).total_seconds()
+    assert waited >= 0.35, waited  # (the log's clock: the wait was kept)
+    assert p.popen.poll() is None and "cannot open the CP journal" in p.log.read_text()
+    flag.unlink()
+    p.wait_event("cp_started", timeout=20)
+    p.popen.send_signal(signal.SIGTERM)
+    assert p.popen.wait(10) == 0
 
 
 # hsbcpd whose journal recovery waits while the file named by HOLD_RECOVERY exists (a slow recovery)

@@ -86,6 +86,9 @@ def test_the_units_stop_a_restart_loop_on_a_config_error() -> None:
         for hardening in ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "ProtectHome=yes", "WatchdogSec="):
             assert hardening in text, (unit, hardening)
     cp = (ROOT / "configs" / "systemd" / "hsbcpd.service").read_text()
+    # a start that cannot succeed here (73: a port taken, the journal's permissions) ends failed,
+    # not restarted every 100 ms for ever (no start limit)
+    assert re.search(r"^RestartPreventExitStatus=.*\b73\b", cp, re.M) and re.search(r"^StartLimitIntervalSec=0$", cp, re.M)
     # the CP under its master: a crash is forked again at once; the worker's notifications count
     assert re.search(r"^ExecStart=.*hsbcpd .*--supervise", cp, re.M) and re.search(r"^NotifyAccess=all$", cp, re.M)
 

@@ -193,16 +193,18 @@ def test_hsbcpd_that_cannot_listen_names_the_key_and_the_fix_for_the_errno(tmp_p
         # --check-config: a name that does not resolve is an error; an address not this
         # machine's a warning (a config may be checked elsewhere); a port taken nothing (the
         # daemon itself may hold it)
+        # the start's exit: 73 for what lasts (not restarted by the unit), 1 for a name that may
+        # resolve at the next start
         cases = [
-            ("terminal_listen", f"{NOT_HERE}:0", "is not an address of this machine", 0),
-            ("terminal_listen", "nohost.invalid:0", "does not resolve", 78),
-            ("host_listen", f"127.0.0.1:{port}", f"port {port} is taken by another process", None),
+            ("terminal_listen", f"{NOT_HERE}:0", "is not an address of this machine", 0, 73),
+            ("terminal_listen", "nohost.invalid:0", "does not resolve", 78, 1),
+            ("host_listen", f"127.0.0.1:{port}", f"port {port} is taken by another process", None, 73),
         ]
-        for key, addr, why, checked in cases:
+        for key, addr, why, checked, code in cases:
             cp = cp_config(tmp_path, terminals=1, journal=str(tmp_path / "j"), **{key: addr})
             r = run("hsb.cp", "--config", str(cp))
             lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
-            assert r.returncode == 1 and len(lines) == 1, r.stderr
+            assert r.returncode == code and len(lines) == 1, (key, addr, r.returncode, r.stderr)
             assert f'cp.{key} = "{addr}"' in lines[0] and why in lines[0] and "Traceback" not in r.stderr, lines
             if "taken" not in why:
                 assert "another hsbcpd" not in lines[0], lines
@@ -242,6 +244,37 @@ def test_a_listen_error_line_fits_its_errno() -> None:
     assert 'cp.host_listen = "127.0.0.1:7001"' in inuse and "another hsbcpd" in inuse and "another port" in inuse, inuse
     low = listen_error_line("host.admin_listen", "0.0.0.0:80", OSError(errno.EACCES, "Permission denied"))
     assert "host.admin_listen" in low and "above 1023" in low, low
+
+
+def test_an_error_of_the_cps_start_that_lasts_exits_73_and_one_that_may_pass_1() -> None:
+    """Exit 1 is restarted by the unit (Restart=always, no start limit) and, under the master, by
+    the master after a growing wait; a port taken, an address not this machine's or a journal
+    the CP's user may not write would fail every start the same way: 73, which the unit does not
+    restart (RestartPreventExitStatus), so it ends failed with the error in the journal."""
+    import socket
+
+    from hsb.cp.main import os_error_code
+    from hsb.ops.listen import ListenError
+
+    def listen(cause: OSError) -> ListenError:
+        return ListenError("cp.terminal_listen", "10.0.0.10:7000", cause)
+
+    for state, exc, code in (
+        ("starting", listen(OSError(errno.EADDRINUSE, "Address already in use")), 73),
+        ("starting", listen(OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")), 73),
+        ("starting", listen(OSError(errno.EACCES, "Permission denied")), 73),
+        ("starting", listen(socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")), 1),
+        ("starting", OSError(errno.EMFILE, "Too many open files"), 1),
+        ("taking_over", PermissionError(errno.EACCES, "Permission denied"), 73),
+        ("taking_over", OSError(errno.EROFS, "Read-only file system"), 73),
+        ("taking_over", IsADirectoryError(errno.EISDIR, "Is a directory"), 73),
+        ("taking_over", OSError(errno.EIO, "Input/output error"), 1),
+        ("taking_over", OSError(errno.ESTALE, "Stale file handle"), 1),
+        ("taking_over", OSError(errno.ENOSPC, "No space left on device"), 1),
+        ("waiting", PermissionError(errno.EACCES, "Permission denied"), 73),
+        ("serving", OSError(errno.EADDRINUSE, "Address already in use"), 1),
+    ):
+        assert os_error_code(state, exc) == code, (state, exc)
 
 
 async def test_tls_against_a_plaintext_daemon_is_told_to_give_it_tls_not_to_check_certificates() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -9,7 +11,7 @@ from typing import Any
 import click
 
 from hsb import __version__, logs
-from hsb.cli import EXIT_CONFIG, EXIT_DATA, die, exit_watchdog, load_or_exit, log_level_option
+from hsb.cli import EXIT_CANNOT_START, EXIT_CONFIG, EXIT_DATA, EXIT_FAILED, die, exit_watchdog, load_or_exit, log_level_option
 from hsb.config import Partial, resolve_under
 from hsb.cp.config import CPConfig, CPSection
 from hsb.ops.limits import storm_timing
@@ -300,7 +302,7 @@ def main(config_path: str, check_config: bool, supervise: bool, set_journal_asid
                 )
                 server = CPServer(cfg, secret, config_path, tls_pem=pem)
         except OSError as exc:
-            die(os_error_line("taking_over", cfg.cp.journal, exc))
+            die(os_error_line("taking_over", cfg.cp.journal, exc), os_error_code("taking_over", exc))
         except TLSError as exc:
             die(f"TLS: {exc}", EXIT_CONFIG)
         server.supervisor = supervisor
@@ -317,7 +319,7 @@ def main(config_path: str, check_config: bool, supervise: bool, set_journal_asid
         except JournalIOUnavailable as exc:  # the config asks for what this machine lacks: no restart loop
             die(str(exc), EXIT_CONFIG)
         except OSError as exc:
-            die(os_error_line(server.state, cfg.cp.journal, exc))
+            die(os_error_line(server.state, cfg.cp.journal, exc), os_error_code(server.state, exc))
 
     def work(supervisor: dict[str, Any] | None) -> int:
         faults.install()  # in the worker: the master passes SIGUSR2 on
@@ -332,10 +334,33 @@ def main(config_path: str, check_config: bool, supervise: bool, set_journal_asid
             try:
                 sv.LISTENERS.update(master_listeners(start_cfg))
             except OSError as exc:  # (a ListenError: its line names the key and the fix)
-                die(os_error_line("starting", start_cfg.cp.journal, exc))
+                die(os_error_line("starting", start_cfg.cp.journal, exc), os_error_code("starting", exc))
 
         sys.exit(master(work))
     sys.exit(work(None))
+
+
+# Errors of a start that last until someone acts: every start would fail the same way, so the
+# CP exits EXIT_CANNOT_START (73), which the unit does not restart (RestartPreventExitStatus),
+# rather than 1, which it restarts (at once, for ever: StartLimitIntervalSec=0). A listener: a
+# port another process holds, an address that is not this machine's, a port below 1024, an
+# address family it lacks (a name that does not resolve may resolve at the next start). The
+# journal: permissions, a read-only file system, a path through a file (a hung or missing mount,
+# EIO, ESTALE and the like may come back: 1).
+LASTING_LISTEN = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES, errno.EAFNOSUPPORT})
+LASTING_JOURNAL = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG})
+
+
+def os_error_code(state: str, exc: OSError) -> int:
+    """The exit status for an OSError out of the CP's start (`os_error_line` says it): 73 for one
+    that lasts (LASTING_LISTEN, LASTING_JOURNAL), else 1."""
+    if isinstance(exc, ListenError):
+        lasting = not isinstance(exc.cause, socket.gaierror) and exc.errno in LASTING_LISTEN
+    elif state in ("taking_over", "waiting"):
+        lasting = exc.errno in LASTING_JOURNAL
+    else:  # (serving or stopping: not the start's; restarted as before)
+        lasting = state == "starting" and exc.errno in LASTING_LISTEN
+    return EXIT_CANNOT_START if lasting else EXIT_FAILED
 
 
 def os_error_line(state: str, journal: str, exc: OSError) -> str:

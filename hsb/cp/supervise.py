@@ -8,8 +8,17 @@ recovers the journal as any restart does (hsb.cp.journal), without starting Pyth
 same idea as PostgreSQL's postmaster or nginx's master process.
 
 - A worker that *exits* (a clean stop, a damaged journal, a newer CP generation, a config this
-  machine cannot run) ends the master with the same code: starting it again would not help, and
-  systemd's `Restart=` and `RestartPreventExitStatus=` decide as they do without the master.
+  machine cannot run, a port taken) ends the master with the same code: starting it again would
+  not help, and systemd's `Restart=` and `RestartPreventExitStatus=` decide as they do without
+  the master. But 1 at a start:
+- A worker that exits 1 before it began to end (`mark_final`; a start that failed for a reason
+  that may pass: the journal's storage not mounted or not answering, segments another CP still
+  deletes) is started again by the master too, after FAIL_DELAY_FIRST_S, doubling at each such
+  exit in a row up to FAIL_DELAY_MAX_S (`cp_worker_failed`, with the wait); a worker that stays up
+  for RESTARTS_WINDOW_S clears it. Ending the master with 1 left it to systemd, which started a
+  new master (a new interpreter, ~0.4 s of CPU) every 100 ms for ever (Restart=always,
+  StartLimitIntervalSec=0). A start that fails for a reason that lasts exits 73 (hsb.cp.main,
+  LASTING_*), which ends the master like any other status.
 - More than RESTARTS_MAX deaths within RESTARTS_WINDOW_S is a crash loop: each next worker
   waits, 0.5 s after the sixth death, doubling at every death up to DELAY_MAX_S, and the master
   says so (`cp_worker_crash_loop`, with the wait); a worker that stays up for a whole window
@@ -69,6 +78,8 @@ log = structlog.get_logger("hsb.cp")
 RESTARTS_MAX = 5  # deaths within RESTARTS_WINDOW_S restarted at once; past them, each waits (crash_loop_delay)
 RESTARTS_WINDOW_S = 60.0
 DELAY_FIRST_S, DELAY_MAX_S = 0.5, 30.0  # the wait before a worker in a crash loop, growing to this
+FAILED = 1  # a worker's exit that may pass (hsb.cli.EXIT_FAILED): started again, after a wait
+FAIL_DELAY_FIRST_S, FAIL_DELAY_MAX_S = 0.1, 5.0  # the wait before a worker after such exits in a row, growing to this
 PASSED_ON = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 PR_SET_PDEATHSIG = 1
 HIGH_FD_MAX = 1 << 20  # the pipe's end goes no higher (a larger fd table costs memory)
@@ -290,6 +301,11 @@ def crash_loop_delay(excess: int) -> float:
     return float(min(DELAY_MAX_S, DELAY_FIRST_S * 2 ** min(excess - 1, 16)))
 
 
+def failed_delay(failures: int) -> float:
+    """The wait before the next worker after `failures` workers in a row exited FAILED."""
+    return float(min(FAIL_DELAY_MAX_S, FAIL_DELAY_FIRST_S * 2 ** min(failures - 1, 16)))
+
+
 def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = RESTARTS_MAX, window: float = RESTARTS_WINDOW_S) -> int:
     """Fork `work` as the worker and keep one running; the exit code for the master."""
     global APPLIED, APPLIED_TLS
@@ -299,6 +315,7 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
     worker = 0
     stopping = False
     deaths: deque[float] = deque()
+    failures = 0  # workers in a row that exited FAILED (none of them up for a whole window)
     dying: list[int] = []  # dead workers the kernel is still tearing down: reaped when they are gone
     owed: list[int] = []  # reloads and wakes that came while no worker ran: for the next one
 
@@ -335,6 +352,15 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
     # systemd's watchdog names the master: pinged by the worker while it runs (_worker), here while
     # no worker does (a dead one's, a crash loop's wait), each time just before the next fork too
     watchdog = Watchdog()
+
+    def hold(delay: float) -> None:
+        """Wait `delay` s before the next worker, pinging the watchdog; a stop ends the wait."""
+        until = time.monotonic() + delay
+        while not stopping and (left := until - time.monotonic()) > 0:
+            watchdog.tick(time.monotonic())  # (every half WatchdogSec)
+            time.sleep(min(left, 0.05))  # (a stop's signal ends the wait within this)
+        watchdog.tick(time.monotonic(), force=True)
+
     # Everything the master built (the imports, the config) moves out of the collector's reach:
     # a worker's first full collection would otherwise walk, and so copy, every page it shares
     # with the master (copy-on-write), with its event loop stopped.
@@ -363,6 +389,7 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
         owed.clear()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, PASSED_ON)
         log.info("cp_worker_started", pid=pid, master_pid=master, restarts=info["restarts"])
+        began = time.monotonic()
         final: int | None = None  # the exit it meant, once it began to end for good (mark_final)
         while said := os.read(r, 1):  # its end is the worker's end (signals: PEP 475)
             final = said[0] if said[0] != 0xFF else 0
@@ -376,7 +403,24 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
             _, status = os.waitpid(pid, 0)
         if os.WIFEXITED(status):
             reap(block=True)
-            return os.waitstatus_to_exitcode(status)
+            code = os.waitstatus_to_exitcode(status)
+            if code != FAILED or final is not None or stopping:
+                return code
+            # a start that failed for a reason that may pass: again, after a wait that grows
+            now = time.monotonic()
+            failures = 1 if now - began >= window else failures + 1
+            delay = failed_delay(failures)
+            watchdog.tick(now, force=True)
+            log.error(
+                "cp_worker_failed",
+                pid=pid,
+                exit=code,
+                failures=failures,
+                delay_s=delay,
+                msg=f"the CP exited {code} ({failures} in a row; the log above says why): starting it again in {delay:g} s",
+            )
+            hold(delay)
+            continue
         if final:  # killed while it ended for good, meaning this exit: no other worker
             reap(block=True)
             log.warning(
@@ -418,11 +462,7 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
                 restarts=info["restarts"],
                 msg=f"the CP died {len(deaths)} times within {window:g} s: starting it again in {delay:g} s (see the log above for why it dies)",
             )
-            until = time.monotonic() + delay
-            while not stopping and (left := until - time.monotonic()) > 0:
-                watchdog.tick(time.monotonic())  # (every half WatchdogSec)
-                time.sleep(min(left, 0.05))  # (a stop's signal ends the wait within this)
-            watchdog.tick(time.monotonic(), force=True)
+            hold(delay)
             continue
         log.warning(
             "cp_worker_died",
