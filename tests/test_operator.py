@@ -85,6 +85,10 @@ def test_the_units_stop_a_restart_loop_on_a_config_error() -> None:
         assert not re.search(r"^ExecStartPre=", text, re.M), unit
         for hardening in ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "ProtectHome=yes", "WatchdogSec="):
             assert hardening in text, (unit, hardening)
+        # the stop's SIGTERM to the main process alone: hsbd gives a role-change hook still running
+        # hook_timeout (docs/operations.md §9); hsbcpd's master passes it on to its worker
+        # (tests/test_cp_supervise.py, test_sigterm_to_the_master_stops_the_cp_cleanly)
+        assert re.search(r"^KillMode=mixed$", text, re.M), unit
     cp = (ROOT / "configs" / "systemd" / "hsbcpd.service").read_text()
     # a start that cannot succeed here (73: a port taken, the journal's permissions) ends failed,
     # not restarted every 100 ms for ever (no start limit)
