@@ -126,3 +126,34 @@ def test_the_notify_script_does_not_signal_a_cp_still_starting(tmp_path: Path) -
     finally:
         main.kill()
         main.wait()
+
+
+def test_runs_at_once_leave_the_state_of_the_last_transition(tmp_path: Path) -> None:
+    """keepalived starts a notify run per transition without waiting for the one before: BACKUP's
+    run, slow here (its mkdir), finished after MASTER's, which keepalived started 0.3 s later, and
+    its rename overwrote MASTER (the rename that finished last won). Now one run writes at a time
+    (flock) and a run started before the one that wrote last writes nothing; a later run writes."""
+    import shutil
+
+    env, calls = _stand_ins(tmp_path, "  *is-failed*) exit 1 ;;\n  *is-active*) exit 3 ;;\n  *MainPID*) echo 0 ;;\n")
+    mkdir = tmp_path / "bin" / "mkdir"
+    mkdir.write_text(f'#!/bin/sh\n[ -n "$SLOW" ] && sleep 1.5\nexec {shutil.which("mkdir")} "$@"\n')
+    mkdir.chmod(0o755)
+    script = str(REPO / "configs" / "keepalived" / "hsb-cp-notify")
+    backup = subprocess.Popen(["sh", script, "INSTANCE", "hsb_cp", "BACKUP", "100"], env={**env, "SLOW": "1"})
+    try:
+        time.sleep(0.3)
+        master = subprocess.run(["sh", script, "INSTANCE", "hsb_cp", "MASTER", "100"], env=env, timeout=10)
+        assert master.returncode == 0
+        assert (tmp_path / "run" / "cp.state").read_text() == "MASTER\n"
+        assert backup.wait(10) == 0
+    finally:
+        if backup.poll() is None:
+            backup.kill()
+            backup.wait()
+    assert (tmp_path / "run" / "cp.state").read_text() == "MASTER\n"  # not the late BACKUP
+    said = [c for c in calls.read_text().splitlines() if c.startswith("logger")]
+    assert any("is BACKUP, but a later change is written already" in c for c in said), said
+    assert not list((tmp_path / "run").glob("cp.state.[0-9]*")), "a temporary file was left"
+    fault = subprocess.run(["sh", script, "INSTANCE", "hsb_cp", "FAULT", "100"], env=env, timeout=10)
+    assert fault.returncode == 0 and (tmp_path / "run" / "cp.state").read_text() == "FAULT\n"
