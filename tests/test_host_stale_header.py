@@ -75,3 +75,41 @@ async def test_a_header_of_the_announced_generation_with_another_startup_id_is_s
         await until(lambda: b.ha.exit is not None, "the standby exiting", timeout=10)
         assert b.ha.exit is not None and b.ha.exit.code == 1 and "different takeover files" in b.ha.exit.msg
         assert not rec.events("batch_read_stale")
+
+
+async def test_a_header_still_older_past_the_rereads_fails_the_batch_read_and_is_never_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BATCH WRITE COMPLETE announces g+1 for this standby's id while the header stays at g with
+    that id (a resync's stale read that never clears): past max(5 s, 3 x storage_timeout) the
+    batch read fails and the active is asked again; generation g is never applied as the new
+    batch. The re-reads are not batch read failures: the first real one backs off from 50 ms."""
+    from hsb.host import ha_standby as ha_standby_mod
+    from tests.support.logrec import RecordingLog
+
+    rec = RecordingLog()
+    monkeypatch.setattr(ha_standby_mod, "log", rec)
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        g = a.ha.generation
+        assert g is not None and b.ha.generation == g
+        sent: list[dict[str, Any]] = []
+        send = b.peer.send
+
+        def recording(msg: dict[str, Any]) -> bool:
+            sent.append(msg)
+            return bool(send(msg))
+
+        monkeypatch.setattr(b.peer, "send", recording)
+        seen = len(rec.entries)
+        b.ha.post("peer_frame", msg={"t": "batch_write_complete", "startup_id": b.ha.own_startup_id, "generation": g + 1})
+        await until(lambda: rec.events("batch_read_failed") or b.ha.exit is not None, "the stale batch read to end", timeout=20)
+        completed = [e for e in rec.entries[seen:] if e["event"] == "batch_read_complete"]
+        assert all(e["generation"] >= g + 1 for e in completed), completed
+        assert rec.events("batch_read_stale") and b.ha.exit is None
+        failed = rec.events("batch_read_failed")[0]
+        assert failed["failures"] == 1 and failed["retry_in_s"] == 0.05, failed
+        await until(lambda: any(m.get("t") == "resync_request" for m in sent), "a resync request", timeout=10)
+        # the active writes g+1 for that ask: the standby is established on it
+        await until(lambda: hot_standby(a, b) and b.ha.generation == g + 1, "hot standby on the new batch", timeout=15)
+        completed = [e for e in rec.entries[seen:] if e["event"] == "batch_read_complete"]
+        assert completed and all(e["generation"] >= g + 1 for e in completed), completed

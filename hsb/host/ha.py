@@ -155,7 +155,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         self.stop_may_ask_again = False  # (set when it ended so: HostServer._hand_over_for_stop asks again)
         self.standby_out_of_sight: float | None = None  # active: established standby lost with the peer link (when)
         self.batch_token = 0  # each batch read's; an older one's end is ignored
-        self.batch_announced: tuple[int, float] | None = None  # standby: BATCH WRITE COMPLETE's generation, re-read until (monotonic)
+        self.batch_announced: tuple[int, float, int] | None = None  # standby: BATCH WRITE COMPLETE's generation, re-read until (monotonic), re-reads
         self.batch_apply: asyncio.Task[None] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.closed = False

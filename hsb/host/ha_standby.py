@@ -54,7 +54,7 @@ class HotStandbySide:
     active_stop_confirmed: bool
     deferred_batch: dict[str, Any] | None
     batch_token: int
-    batch_announced: tuple[int, float] | None
+    batch_announced: tuple[int, float, int] | None
     batch_failures: int
     batch_apply: asyncio.Task[None] | None
     resync_reason: str
@@ -289,7 +289,7 @@ class HotStandbySide:
         # a header read older than this (the page cache of the O_DIRECT fallback) is read again until
         # then, not taken for another file's: as long as the active's wait for a batch allows
         tk = self.srv.cfg.takeover
-        self.batch_announced = int(msg["generation"]), time.monotonic() + max(5.0, 3 * tk.storage_timeout)
+        self.batch_announced = int(msg["generation"]), time.monotonic() + max(5.0, 3 * tk.storage_timeout), 0
         await self.batch_read()
 
     def stale_header(self: HA, found: int | None, own_id: bool = False) -> bool:
@@ -301,9 +301,12 @@ class HotStandbySide:
             return False
         if not own_id and (found is None or found >= announced[0]):
             return False
-        self.batch_failures += 1  # (this batch read's tries: reset by the read that succeeds)
+        # re-reads are counted apart: batch_failures is the backoff of a read that failed, which
+        # a stale read followed by a real failure would otherwise start too high
+        gen, until, rereads = announced
+        self.batch_announced = gen, until, rereads + 1
         first, cap = STALE_HEADER_RETRY_S
-        delay = min(cap, first * 2 ** min(self.batch_failures - 1, 20))
+        delay = min(cap, first * 2 ** min(rereads, 20))
         log.warning("batch_read_stale", generation=found, announced=announced[0], retry_in_s=delay)
         self.last_error = f"batch read: the takeover file's header says generation {found}, BATCH WRITE COMPLETE {announced[0]}: read again"
         token = self.batch_token
@@ -332,6 +335,9 @@ class HotStandbySide:
             found = getattr(exc, "found", None)
             if self.stale_header(tio.mismatch_generation, own_id=found == self.own_startup_id):
                 return  # a stale read (an older generation than announced, or this standby's id read again)
+            if found == self.own_startup_id and found is not None:  # (its own id after all: no file mismatch)
+                self.batch_failed(f"{exc}; read again, the header holds this standby's startup id")
+                return
             self.srv.peer.send({"t": "file_mismatch", "startup_id": self.own_startup_id, "found": found, "path": self.srv.cfg.takeover.path})
             await self.srv.peer_drain()
             self.fail(1, f"takeover file mismatch: {exc}", "takeover_file_mismatch")
@@ -340,6 +346,14 @@ class HotStandbySide:
             self.batch_failed(str(exc))  # never apply a bad batch
             return
         if self.stale_header(gen):  # (this standby's id, an older batch: a resync's stale read)
+            return
+        announced = self.batch_announced
+        if announced is not None and gen < announced[0]:
+            # still older past the re-reads' deadline: never applied (a resync's stale header would
+            # be taken for the new batch); failed, so the active is asked again
+            self.batch_failed(
+                f"the takeover file's header says generation {gen}, BATCH WRITE COMPLETE {announced[0]}: still older after the re-reads"
+            )
             return
         self.batch_failures = 0
         self.batch_announced = None
@@ -358,6 +372,7 @@ class HotStandbySide:
         """A batch read that cannot be used: ask the active again, backing off so that a damaged
         disk is not hammered (BATCH_RETRY, then `resync_request` from `run_cycle`)."""
         self.batch_failures += 1
+        self.batch_announced = None  # (the next BATCH WRITE COMPLETE announces its own)
         delay = min(0.05 * 2 ** min(self.batch_failures - 1, 20), BATCH_RETRY_MAX_S)
         self.last_error = f"batch read failed: {why}"
         log.error("batch_read_failed", error=why, retry_in_s=delay, failures=self.batch_failures)
