@@ -30,10 +30,21 @@ STALE_HEADER_RETRY_S = (0.05, 1.0)  # a header older than BATCH WRITE COMPLETE s
 STORAGE_RECHECK_S = 0.25  # a batch asked for while this host's takeover storage does not answer: looked at again this often
 # after a batch write the standby did not read (its read failed, it never said ready) the active
 # writes the next one only BATCH_GAP_FIRST_S after it ended, doubling with each unread one in a row
-# up to BATCH_EVERY_S (and never sooner than 4 times the last one's duration): each is the whole
+# (and never sooner than 4 times the last one's duration), up to batch_hold_max: each is the whole
 # link (26 MiB and two syncs at 100,000 terminals), likely aimed at the storage that is struggling
 BATCH_GAP_FIRST_S = 0.5
 BATCH_EVERY_S = 10.0
+
+
+def batch_hold_max(tk: Any) -> float:
+    """The longest gap the active puts after an unread batch write (`tk`: its [takeover] section):
+    half the standby's own wait for BATCH WRITE COMPLETE (max(5 s, 3 x storage_timeout), plus the
+    transfer, `ha.batch_wait`), at most BATCH_EVERY_S. Held longer, the write (within its own
+    storage_timeout) landed after the standby had given up and asked again with a new startup id:
+    a whole batch for an id nobody waits for, and the next ask held as long again."""
+    return float(min(BATCH_EVERY_S, 0.5 * max(5.0, 3 * tk.storage_timeout)))
+
+
 RING_WRITE_STALE_S = 2.0  # the active's ring writes failing this long (or storage_timeout, if longer): hot standby not ready
 
 
@@ -93,10 +104,14 @@ class HotStandbySide:
     async def peer_standby_startup(self: HA, msg: dict[str, Any]) -> None:
         if self.role != "active" or self.hold_batch(msg):
             return
+        sid = int(msg["startup_id"])
+        if sid != self.partner_startup_id:
+            # a new start of the standby (a new process, or one whose wait ran out): the batches
+            # another startup id did not read count as one step, not all (a 10 s hold for each)
+            self.batches_unread = min(self.batches_unread, 1)
         if self.batch_too_soon(msg):
             return
         self.resyncing = False  # a standby starting again is not established
-        sid = int(msg["startup_id"])
         self.partner_startup_id = sid
         log.info("standby_startup_received", startup_id=sid, peer=self.srv.peer.peer_name)
         await self.batch_write(reason="standby startup")
@@ -113,15 +128,15 @@ class HotStandbySide:
 
     def batch_too_soon(self: HA, msg: dict[str, Any]) -> bool:
         """A batch write asked for (`msg`) too soon after the last one ended, which the standby did
-        not read (BATCH_GAP_FIRST_S, doubling per unread one up to BATCH_EVERY_S): held until then
-        (the newest ask replaces one held; a standby startup is not replaced by a resync). A
-        standby whose reads failed at once (a hung mount) asked every 2 s, each ask a full batch
-        write with two syncs."""
+        not read (BATCH_GAP_FIRST_S, doubling per unread one, at least 4 times the last one's
+        duration, at most `batch_hold_max`): held until then (the newest ask replaces one held; a
+        standby startup is not replaced by a resync). A standby whose reads failed at once (a hung
+        mount) asked every 2 s, each ask a full batch write with two syncs."""
         if self.batches_unread == 0 or self.batch_ended is None:
             return False
         ended, took = self.batch_ended
-        gap = min(BATCH_EVERY_S, BATCH_GAP_FIRST_S * 2 ** min(self.batches_unread - 1, 20))
-        due = ended + max(gap, 4 * took)
+        gap = max(BATCH_GAP_FIRST_S * 2 ** min(self.batches_unread - 1, 20), 4 * took)
+        due = ended + min(gap, batch_hold_max(self.srv.cfg.takeover))
         if time.monotonic() >= due:
             return False
         if self.held_batch is not None and self.held_batch[1].get("t") == "standby_startup" and msg.get("t") == "resync_request":

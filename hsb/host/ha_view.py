@@ -8,7 +8,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from hsb import __version__
-from hsb.host.ha_standby import BATCH_EVERY_S
+from hsb.host.ha_standby import batch_hold_max
 from hsb.host.states import ACTIVE_STOPPED, BATCH_WRITING, ESTABLISHED, FENCED, SERVING, STARTING, STOPPING, WAITING
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ class HAView:
             if self.held_batch is not None:
                 return (
                     f"active at epoch {self.epoch}: a batch write for {pn} waits: the last {self.batches_unread} were not read"
-                    f" (written further apart each time, up to {BATCH_EVERY_S:g} s)"
+                    f" (written further apart each time, up to {batch_hold_max(self.srv.cfg.takeover):g} s)"
                 )
             if self.state == BATCH_WRITING:
                 return f"active at epoch {self.epoch}: batch writing for {pn}"
