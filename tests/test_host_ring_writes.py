@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from hsb.service.builtin import EchoService
-from tests.support.inproc import pair_in_hot_standby, until
+from tests.support.inproc import hot_standby, pair_in_hot_standby, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -71,4 +71,41 @@ async def test_an_active_that_cannot_write_its_ring_is_not_hot_standby(tmp_path:
         await until(lambda: verdict(cp, a, b)["exit_status"] == 0, "hsbctl ESTABLISHED again", timeout=10)
         await until(lambda: b.sessions.counts()["standby_sessions"] >= 1, "the change read by the standby", timeout=10)
         assert metrics(a)["hsb_standby_view_stale"] == 0
+        await t.close()
+
+
+async def test_a_ring_write_failing_behind_a_batch_write_does_not_say_the_standby_view_stale(tmp_path: Path) -> None:
+    """One ring write fails (EIO) while a batch write is queued behind it on the storage thread:
+    the batch write's stop of the ring writer cleared the failure, the group's failure set it
+    again, and with no change after the batch nothing cleared it: 2 s later a quiet pair said
+    standby_view_stale (established 0) though the batch, which holds that change, was read."""
+    import asyncio
+    import time
+
+    from hsb.takeover.faults import Faults
+    from tests.support.hostclient import FakeTerminal
+
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        hook = Faults(ops=frozenset({"ring write"}))
+        a.takeover.store.faults = hook
+        hook.eio()
+        hook.hold()  # the ring write stuck on the storage thread until released, then failing
+        try:
+            t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")  # a session change for the ring
+            await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+            await until(lambda: hook.holding.is_set(), "the ring write on the storage thread", timeout=10)
+            written = a.ha.generation
+            b.peer.send({"t": "resync_request", "startup_id": b.ha.own_startup_id, "reason": "test"})
+            b.ha.set_state("awaiting_batch", "test: asked for a new batch")
+            await until(lambda: a.ha.state == "batch_writing", "the batch write queued behind the ring write", timeout=10)
+        finally:
+            hook.release()
+        await until(lambda: a.ha.generation != written and hot_standby(a, b), "hot standby on the new batch", timeout=15)
+        hook.error = None
+        # a quiet pair (no session change) for longer than max(2 s, storage_timeout)
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end:
+            assert not a.ha.ring_unwritten and a.status()["established"], a.status()["takeover_file"]
+            await asyncio.sleep(0.05)  # (a measurement window: the state looked at every 50 ms)
+        assert a.status()["takeover_file"]["ring_write_failing"] is None
         await t.close()

@@ -59,6 +59,7 @@ class TakeoverIO:
         )
         self.mode = OFF
         self.ring_generation = 0  # the batch write the ring writer follows
+        self.ring_epoch = 0  # each start and stop of the ring writer's: a group's failure from an earlier one says nothing now
         self.pending: list[SessionEntry] = []
         self.wake = asyncio.Event()
         self.ring_idle = asyncio.Event()  # no ring group on its way to the storage
@@ -96,12 +97,17 @@ class TakeoverIO:
         """S210: from now on every open/close of a linked terminal goes to the ring."""
         self.mode = WRITING
         self.ring_generation = generation
+        self.ring_epoch += 1
+        # the batch write just succeeded: a failure said before it (or one landing since, from a
+        # group taken before it) is no longer the ring's state
+        self.write_failing = None
         if self.flusher is None or self.flusher.done():
             self.flusher = asyncio.get_running_loop().create_task(self._flush_loop())
         self.wake.set()
 
     def stop_ring_writer(self) -> None:
         self.mode = OFF
+        self.ring_epoch += 1
         self.pending = []
         # a ring write's error ends with the ring writer: the storage is asked again by the next
         # batch write (said at once if it still fails), not shown failing, and alerted on, meanwhile
@@ -147,7 +153,7 @@ class TakeoverIO:
                 # each terminal's last entry only: a group never holds more records than a batch
                 # (B), so it cannot lap the ring (K >= 2B) however fast sessions come and go
                 group, self.pending = latest_per_terminal(self.pending), []
-                taken_under = self.ring_generation
+                taken_under = self.ring_epoch
                 try:
                     self.ring_idle.clear()
                     try:
@@ -163,9 +169,15 @@ class TakeoverIO:
                     good = self._drop_unencodable(group) if isinstance(exc, ValueError) else group
                     # keep them: nothing may be skipped, but each entry only sets a state; not
                     # after a batch write came between (its snapshot holds them, or newer states)
-                    if self.mode == WRITING and self.ring_generation == taken_under:
+                    if self.mode == WRITING and self.ring_epoch == taken_under:
                         self.pending = latest_per_terminal(good + self.pending)
                     if len(good) < len(group):  # an entry that cannot be encoded: the rest go on
+                        continue
+                    if self.ring_epoch != taken_under:
+                        # a group taken before the ring writer stopped (a batch write queued behind
+                        # it on the storage thread): its failure set the flag again after the stop
+                        # cleared it, and a quiet pair said standby_view_stale after a good batch
+                        log.info("ring_write_failed_before_batch", error=str(exc), entries=len(group))
                         continue
                     self.last_error = str(exc)
                     wall, mono, n = self.write_failing or (time.time(), time.monotonic(), 0)
