@@ -55,3 +55,39 @@ def test_an_earlier_generations_record_over_an_unread_one_is_not_waited_on_for_e
             assert r.poll().status is PollStatus.NEW_GENERATION
         finally:
             r.close()
+
+
+def test_an_in_order_write_landing_between_the_awaited_read_and_the_look_ahead_is_not_torn(tmp_path: Path) -> None:
+    """The reader awaits seq 1 of generation 2 over a leftover of generation 1 (the ring's first
+    pass) and reads it stale; the writer's seq 1 and 2 land before it looks one record on, where
+    seq 2 now is: that said torn (takeover_ring_torn), though nothing was written over. The
+    awaited record is read again first: new, on that poll or the next, never torn."""
+    from hsb.takeover.faults import Faults
+
+    path = str(tmp_path / "takeover.dat")
+    create_file(path, 40, R, host="test")
+    with TakeoverWriter(path, terminals=6) as w:  # B = 2, K = 37
+        w.batch_write(1, [])
+        w.append_group([e for n in range(37) for e in group(n)])  # every slot: a record of generation 1
+        w.batch_write(2, [])
+        assert w.layout is not None
+        awaited = w.layout.ring_record(1)
+
+        class WriteAfterTheAwaitedRead(Faults):
+            armed = True
+
+            def after_read(self, first_record: int, view: memoryview, record_size: int) -> None:
+                if self.armed and first_record == awaited:  # (the awaited record read, stale: seq 1, 2 land now)
+                    self.armed = False
+                    w.append_group(group(100) + group(101))
+
+        hook = WriteAfterTheAwaitedRead()
+        r = RingReader(path, batch_read(path).header, faults=hook)
+        try:
+            res = [r.poll() for _ in range(2)]
+            assert not hook.armed, "the write between the two reads never happened"
+            assert all(x.status is not PollStatus.TORN for x in res), [(x.status, x.reason) for x in res]
+            assert [e for x in res for e in x.entries] == group(100) + group(101), res
+            assert PollStatus.NEW in [x.status for x in res] and r.next_seq == 3
+        finally:
+            r.close()

@@ -341,8 +341,9 @@ class RingReader:
     def _overtaken(self, f: FreshReader, want: int) -> PollResult | None:
         """The awaited record is stale: TORN if a record further on already holds a later seq of
         this generation (the awaited one written over late by an earlier writer, or a write in
-        progress); None if the one looked at does not. One record a poll, at 1, 2, 4 ... slots on
-        (the next distance each poll, the same one again while it finds one)."""
+        progress) and the awaited one, read again, still does not hold `want`; None otherwise. One
+        record a poll, at 1, 2, 4 ... slots on (the next distance each poll, the same one again
+        while it finds one)."""
         assert self._stale is not None
         lay, k = self.layout, self.layout.ring_slots
         spans = max(1, (k - 1).bit_length())  # distances 1, 2, 4 ... below k
@@ -359,10 +360,19 @@ class RingReader:
         if rec is None or not mine or rec.seq <= want or (rec.seq - want) % k != d:
             self._probe += 1
             return None
-        stale, what = self._stale
+        seq, (stale, what) = rec.seq, self._stale
+        # the awaited record read again: an ordinary write of seq `want` and on (the ring's first
+        # pass) landing between the two reads is no damage; the next poll reads it as new
+        again = f.read(stale, 1)
+        try:
+            now = parse_record(again) if len(again) == lay.record_size else None
+        except BadRecord:
+            now = None
+        if now is not None and now.kind == KIND_RING and (now.generation, now.attempt, now.seq) == (self.generation, self.attempt, want):
+            return None
         return PollResult(
             PollStatus.TORN,
             record=stale,
             reason=f"holds a record of {what} where seq {want} of generation {self.generation} belongs, but record {recno}"
-            f" already holds seq {rec.seq}: written over late by an earlier writer, or a write still in progress",
+            f" already holds seq {seq}: written over late by an earlier writer, or a write still in progress",
         )
