@@ -44,3 +44,41 @@ async def test_a_cp_that_keeps_stalling_still_judges_every_other_tick(tmp_path: 
         cp.tick()
         judged += cp.loss is not None
     assert cp.loss is not None and judged >= 2
+
+
+class _HeldJournal:
+    """A journal whose records are never durable until `release`."""
+
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+        self.waiting: list[Any] = []
+
+    def append(self, payload: list[Any], done: Any = None, lazy: bool = False) -> int:
+        self.records.append(payload)
+        if done is not None:
+            self.waiting.append(done)
+        return 1
+
+    def release(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for done in waiting:
+            done()
+
+
+async def test_pause_is_answered_only_once_its_record_is_durable(tmp_path: Path) -> None:
+    """`hsbctl pause` said done while its record was not durable (a failing journal, a crash in
+    the commit's window) was lost by a restart, and automatic failover came back on in the middle
+    of a maintenance: the answer waits for the record."""
+    cp, _a, _b = _pair(tmp_path)
+    j = cp.journal = _HeldJournal()
+    said: list[str] = []
+    cp.set_paused(True, "test", said.append)
+    assert cp.paused and j.records == [["p", True]] and said == []
+    cp.set_paused(True, "test", said.append)  # again while the first is on its way: waits too
+    assert said == []
+    j.release()
+    assert said[0].startswith("paused") and said[1] == "already paused"
+    cp.set_paused(False, "test", said.append)
+    assert len(said) == 2
+    j.release()
+    assert said[2].startswith("resumed")

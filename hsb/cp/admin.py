@@ -46,11 +46,11 @@ class CPAdminProtocol(AuthServerProtocol):
 
     def on_pause(self, msg: dict[str, Any]) -> None:
         if (cp := self._serving()) is not None:
-            self.send({"t": "result", "ok": True, "msg": cp.set_paused(True, self.name)})
+            cp.set_paused(True, self.name, lambda text: self.send({"t": "result", "ok": True, "msg": text}))
 
     def on_resume(self, msg: dict[str, Any]) -> None:
         if (cp := self._serving()) is not None:
-            self.send({"t": "result", "ok": True, "msg": cp.set_paused(False, self.name)})
+            cp.set_paused(False, self.name, lambda text: self.send({"t": "result", "ok": True, "msg": text}))
 
     def on_history(self, msg: dict[str, Any]) -> None:
         if (cp := self._serving()) is not None:

@@ -16,6 +16,7 @@ import asyncio
 import secrets
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -144,13 +145,19 @@ class CP(TerminalSide, Replies, HostSessions, Arbitration, Adoption, JournalSide
         self.flipping: Flip | None = None  # a grant's flip still going, a slice per turn (hsb.cp.flip)
 
     # ------------------------------------------------------------------ the operator
-    def set_paused(self, paused: bool, by: str) -> str:
+    def set_paused(self, paused: bool, by: str, answer: Callable[[str], None] | None = None) -> None:
         """`hsbctl pause|resume`: no automatic failover while paused (a planned switchover and a
-        promote still work); journalled, so a restarted CP stays paused."""
+        promote still work); journalled, so a restarted CP stays paused: `answer` gets the
+        operator's line once the record is durable (a pause said done and lost by a restart
+        would turn automatic failover on again in the middle of a maintenance)."""
         if paused == self.paused:
-            return f"already {'paused' if paused else 'running'}"
+            # (its record may still be on the way: this answer waits for one of its own)
+            text = f"already {'paused' if paused else 'running'}"
+            self.journal.append(["p", paused], None if answer is None else lambda: answer(text))
+            return
         self.paused = paused
-        self.journal.append(["p", paused])
+        text = "paused: no automatic failover until 'hsbctl resume'" if paused else "resumed: automatic failover on"
+        self.journal.append(["p", paused], None if answer is None else lambda: answer(text))
         log.warning(
             "paused" if paused else "resumed", by=by, msg="no automatic failover until 'hsbctl resume'" if paused else "automatic failover on again"
         )
@@ -161,7 +168,6 @@ class CP(TerminalSide, Replies, HostSessions, Arbitration, Adoption, JournalSide
             self._notify_active_lost(a.name, "eof" if a.closed else "silent")
         elif not paused and a is None:
             self._tell_not_back()  # (its request was refused while paused)
-        return "paused: no automatic failover until 'hsbctl resume'" if paused else "resumed: automatic failover on"
 
     # ------------------------------------------------------------------ hosts
     def _host_frame(self, host: HostProtocol) -> None:
