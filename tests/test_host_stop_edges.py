@@ -4,8 +4,8 @@ survives a resync and a peer-link blip (§5.3: a pause, never an outage); the HA
 while replies or standby opens are waited for (systemd's watchdog is pinged from it); a reply that
 cannot be encoded is answered with an error; the named events of losing and regaining hot standby;
 a stop whose handover ends without the grant writes no resync beside its normal stop, waits for
-the answer to a handover already at the CP, and ends as the standby when granted during its normal
-stop; a standby long gone is not waited for; an exception in a task of the HA loop ends its step."""
+the answer to a handover already at the CP (a `--no-takeover` one too, handing the service nothing
+meanwhile), and ends as the standby when granted during its normal stop; a standby long gone is not waited for; an exception in a task of the HA loop ends its step."""
 
 from __future__ import annotations
 
@@ -644,4 +644,80 @@ async def test_nothing_reaches_the_service_after_the_stop_is_announced(tmp_path:
             assert cp.cp.active_stopped_normally == "host-a" and b.ha.role == "standby"
         finally:
             sending.cancel()
+            await t.close()
+
+
+@pytest.mark.parametrize("answer", ["demoted", "handover_refused"])
+async def test_a_normal_stop_during_a_handover_hands_nothing_to_the_service_until_the_cp_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: str
+) -> None:
+    """`hsbctl stop --no-takeover` while a planned switchover's handover is at the CP (its drain
+    gave up with messages queued): the normal stop's state reopened the delivery's gate, and the
+    next heartbeat answer handed the queued messages to this host's service while the CP could
+    still grant the handover and hand them to the standby: both ran them at once. Until the CP
+    answers, nothing goes to the service; granted, the stop ends as the standby; refused, the
+    normal stop may hand them over."""
+    from tests.support.hostclient import FakeTerminal
+
+    hold = asyncio.Event()  # host-a's service is slow with T00001's first message
+    handled: list[tuple[int, float]] = []  # host-a's service: (id, when)
+
+    class Slow(EchoService):
+        async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
+            if self.host == "host-a":
+                handled.append((message_id, time.monotonic()))
+                if message_id == 1:
+                    await hold.wait()
+            return data
+
+    rec = RecordingLog()
+    monkeypatch.setattr(server_mod, "log", rec)
+    async with pair_in_hot_standby(tmp_path, Slow) as (cp, a, b, tasks):
+        core = cp.cp
+        held: list[Any] = []
+        real_handover = core.host_handover
+        core.host_handover = lambda host, wait=True: held.append((host, wait))  # the answer held back
+        real_drain = a.delivery.drain
+        monkeypatch.setattr(a.delivery, "drain", lambda timeout: real_drain(min(timeout, 0.3)))  # (10 s for a switchover's)
+        answered: list[float] = []
+        real_answered = a.ha.lease_answered
+        monkeypatch.setattr(a.ha, "lease_answered", lambda n: (answered.append(time.monotonic()), real_answered(n))[1])
+        t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")
+        try:
+            await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+            t.send({"t": "msg", "id": 1, "data": "m1"})
+            t.send({"t": "msg", "id": 2, "data": "m2"})
+            await until(lambda: a.delivery.in_flight == 2 and [m for m, _ in handled] == [1], "1 in the service, 2 queued behind it")
+            a.ha.post("switchover")
+            await until(lambda: held and a.ha.state == "handing_over", "the handover at the CP, unanswered")
+            hold.set()  # 1 is answered; 2 waits at the handover's gate
+            await until(lambda: a.delivery.in_flight == 1, "1 answered")
+            a.request_stop(takeover=False)
+            stop = asyncio.ensure_future(a.graceful_stop())
+            n = len(answered)
+            # (or the stop ended: the normal stop went on without the answer)
+            await until(lambda: len(answered) >= n + 4 or stop.done(), "heartbeats answered during the stop")
+            assert [m for m, _ in handled] == [1], handled
+            assert not stop.done()  # it waits for the CP's answer
+            answered_at = time.monotonic()
+            host, wait = held[0]
+            if answer == "demoted":
+                real_handover(host, wait)
+            else:
+                refuse_handovers_finally(core)
+                core.host_handover(host, wait)
+            await asyncio.wait_for(stop, 20)
+            assert a.exit_code == 0
+            if answer == "demoted":
+                assert a.ha.role == "standby" and rec.events("stopped_after_handover"), rec.entries
+                assert [m for m, _ in handled] == [1], handled
+                await until(lambda: b.ha.role == "active" and b.ha.serving, "host-b the active")
+                r = await t.wait(lambda m: m["t"] == "reply" and m["id"] == 2)
+                assert r["data"] == "m2"
+            else:
+                assert a.ha.state == "stopping" and not rec.events("stopped_after_handover"), rec.entries
+                # handed to the service only after the refusal, by the normal stop
+                assert [m for m, at in handled if m == 2 and at > answered_at] and all(at > answered_at for m, at in handled if m == 2), handled
+        finally:
+            hold.set()
             await t.close()

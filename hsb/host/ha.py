@@ -145,6 +145,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         self._lease_timer: asyncio.TimerHandle | None = None
         self.lost_serving = False
         self.release_pending = False
+        self.handover_sent = False  # our handover is at the CP, unanswered: nothing goes to the service
         self.switch_token = 0  # each planned switchover's; an ended one's late steps are ignored
         self.switch_after_resync: float | None = None  # a planned switchover waits for a resync (until then)
         self.resyncing = False  # active: batch writing for a resync of the established standby

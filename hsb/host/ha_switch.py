@@ -47,6 +47,7 @@ class SwitchSide:
     active_stopped_by: str | None
     active_stop_confirmed: bool
     release_pending: bool
+    handover_sent: bool
     switch_token: int
     switch_after_resync: float | None
     resyncing: bool
@@ -179,12 +180,21 @@ class SwitchSide:
         blipped) and the stop may still ask again (`stop_asks_until`): HostServer.graceful_stop
         asks again while the peer link still shows hot standby."""
         self.switchovers_ended += 1
+        self.handover_sent = False  # (answered, or lost with the link: the CP holds it no more)
         if not self.stop_handing_over:
             return
         if code == NO_STANDBY_AT_CP and self.stop_asks_until is not None and time.monotonic() < self.stop_asks_until:
             self.stop_may_ask_again = True
         else:
             self.stopping = True
+
+    @property
+    def may_deliver(self: HA) -> bool:
+        """Messages may go to the service now: this host serves (its lease, `serving`) and has no
+        handover at the CP. From the handover on, until the CP answers it, what waits here stays
+        there: the CP may grant it and hand those messages to the new active (marked), and the two
+        would run them at once; a stop meanwhile (its state `stopping`) does not change that."""
+        return self.serving and self.state != HANDING_OVER and not self.handover_sent
 
     def switchover_under_way(self: HA) -> bool:
         """A planned switchover was started and has neither completed nor ended."""
@@ -256,7 +266,9 @@ class SwitchSide:
             return  # that switchover ended meanwhile (the CP link lost, a stop, a fence)
         log.info("replies_finished", complete=complete, for_="planned switchover")
         self.set_state(HANDING_OVER, "replies finished; handing over to the standby")
-        if not self.srv.cp.send({"t": "handover", "epoch": self.epoch}):
+        if self.srv.cp.send({"t": "handover", "epoch": self.epoch}):
+            self.handover_sent = True  # (until its answer: `may_deliver`)
+        else:
             self.switchover_ended("switchover_not_sent", "planned switchover abandoned: the host link to the CP is down", "host link to the CP down")
 
     def abandon_switchover(self: HA) -> None:
@@ -274,6 +286,7 @@ class SwitchSide:
         it) is the standby of a process that ends: it stays `stopping`, does not start as the
         standby, and the stop ends as one after a handover (HostServer.graceful_stop)."""
         self.switch_token += 1
+        self.handover_sent = False
         self.deferred_batch = None  # (a resync or standby startup of the new active's standby: moot)
         n = self.srv.sessions_ctl.drop_active_sessions()
         self.srv.takeover.stop_ring_writer()

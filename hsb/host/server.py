@@ -20,11 +20,12 @@ import structlog
 
 from hsb import faults, gcpolicy
 from hsb.config import parse_addr
+from hsb.host import reload as host_reload
 from hsb.host.admin import HostAdminProtocol
 from hsb.host.config import HostConfig
 from hsb.host.cplink import CPLink
 from hsb.host.delivery import Delivery
-from hsb.host.ha import HA, batch_wait
+from hsb.host.ha import HA
 from hsb.host.hooks import RoleHook
 from hsb.host.peer import PeerLink
 from hsb.host.sessions import SessionTable
@@ -41,7 +42,7 @@ from hsb.service import once
 from hsb.service.api import Service
 from hsb.takeover.pair import pair_tag
 from hsb.wire.framing import payload_max
-from hsb.wire.tls import TLS, reload_tls, set_default_client
+from hsb.wire.tls import TLS, set_default_client
 
 log = structlog.get_logger("hsb.host")
 
@@ -114,14 +115,9 @@ class HostServer:
         )
         # a reply's frame within max_frame (the CP's, set the same): its other fields take < 1 KiB
         # nothing new to the service once a planned switchover hands over (its drain gave up
-        # waiting): the new active gets those messages, marked (HA.switchover_ended reopens)
-        self.delivery = Delivery(
-            service,
-            self.cp.send,
-            lambda: self.ha.epoch,
-            lambda: self.ha.serving and self.ha.state != HANDING_OVER,
-            max_reply=payload_max(h.max_frame),
-        )
+        # waiting), until the CP answers: the new active may get those messages, marked
+        # (HA.may_deliver; HA.switchover_ended reopens)
+        self.delivery = Delivery(service, self.cp.send, lambda: self.ha.epoch, lambda: self.ha.may_deliver, max_reply=payload_max(h.max_frame))
         self.exit_code: int | None = None
         self.exit_msg = ""
         self.handover_unanswered = False  # a stop's handover went to the CP and got no answer
@@ -345,44 +341,8 @@ class HostServer:
         self._reloading = asyncio.ensure_future(run())
 
     async def reload(self) -> None:
-        """Apply what can change while running; name what needs a restart. The file is read and
-        checked on a thread (the loop serves meanwhile), and applied on the loop."""
-        from hsb.ops import reload
-
-        reload_tls(self.tls)
-        planned = await asyncio.get_running_loop().run_in_executor(None, reload.plan, self.config_path, HostConfig, self.cfg, self.RELOADABLE)
-        if planned is None:
-            return
-        new, applied, restart = planned
-        h = new.host
-        self.peer.interval = self.cp.interval = h.heartbeat_interval
-        self.peer.timeout = self.cp.timeout = h.heartbeat_timeout
-        self.takeover.store.timeout = new.takeover.storage_timeout
-        # what waits on storage follows it: the standby's wait for a batch write
-        self.ha.batch_wait_s = batch_wait(new.takeover)
-        added = 0
-        capacity = self.takeover.own_batch_records * self.takeover.entries_per_record
-        # removed terminals stay in the table (and on the fast-switch link) until a restart: the
-        # batch must hold them and the new ones together
-        if len(self.sessions.table.keys() | new.terminal_table.keys()) > capacity:
-            restart += ["terminals (the batch area B was sized at start)"]
-            applied = [k for k in applied if k not in ("terminals", "terminal_groups")]
-            new_defs = {}
-        else:
-            new_defs = new.terminal_table
-            self.cfg.terminals, self.cfg.terminal_groups, self.cfg._defs = new.terminals, new.terminal_groups, new.terminal_table
-        for name, d in new_defs.items():
-            ts = self.sessions.get(name)
-            if ts is None:
-                self.sessions.add(d)
-                added += 1
-            elif ts.state == "closed":
-                ts.attrs = d.attrs  # attributes of an open session change at its next open
-        self.cfg.host.heartbeat_interval = h.heartbeat_interval
-        self.cfg.host.heartbeat_timeout = h.heartbeat_timeout
-        self.cfg.host.ring_poll_interval = h.ring_poll_interval
-        self.cfg.takeover.storage_timeout = new.takeover.storage_timeout
-        reload.report(applied, restart, terminals_added=added)
+        """Apply what can change while running; name what needs a restart (hsb.host.reload)."""
+        await host_reload.apply(self)
 
     def _sighup(self) -> None:
         self.reload_requested = True  # the flag only; the HA loop reloads
@@ -496,20 +456,27 @@ class HostServer:
                 notify(STATUS="handing over before stopping")
                 log.info("stop_hands_over", msg="SIGTERM: a planned switchover first, then the process ends", under_way=under_way)
                 if await self._hand_over_for_stop(under_way):
-                    log.info("stopped_after_handover", new_active=self.peer.peer_name)
-                    notify(STOPPING=1, STATUS="stopped after handing over")
-                    self.exit_code = 0
-                    return
+                    return self._stopped_after_handover()
                 if ha.exit is not None:  # fenced (or failed) meanwhile: it exits with that code, and tells nobody
                     return
                 log.warning("stop_handover_failed", msg="the planned switchover did not complete; stopping normally (nobody takes over)")
-                if self.handover_unanswered:
-                    # the CP may still grant it (its journal slow, say) and hand what this host
-                    # holds to the new active: nothing more goes to this host's service, or the
-                    # two would run the same messages at once (it stays held at the CP, marked)
-                    self.delivery.stop_taking()
             else:
                 log.info("stop_without_takeover", reason=why)
+        elif ha.role == "active" and ha.handover_sent:
+            # `stop --no-takeover` once a planned switchover's handover is at the CP: it cannot be
+            # taken back, and the CP may grant it and hand what waits here to the new active. Its
+            # answer is waited for as a SIGTERM's stop waits for it (the normal stop's state must
+            # not let those messages go to this host's service meanwhile)
+            log.info("stop_waits_for_handover", at_most_s=HANDOVER_ANSWER_S, msg="a planned switchover's handover is at the CP")
+            if await self.hand_over(timeout=0.0, ask=False):
+                return self._stopped_after_handover()
+            if ha.exit is not None:
+                return
+        if self.handover_unanswered:
+            # the CP may still grant it (its journal slow, say) and hand what this host holds to
+            # the new active: nothing more goes to this host's service, or the two would run the
+            # same messages at once (it stays held at the CP, marked)
+            self.delivery.stop_taking()
         # Nothing of a planned switchover goes on beside the normal stop (its "released", a resync
         # it held): the stop's release, stopping and the handover would race at the CP.
         ha.abandon_switchover()
@@ -549,6 +516,11 @@ class HostServer:
                 notify(STOPPING=1, STATUS="stopped after handing over")
         if ha.exit is None:  # (a fence during the stop keeps its own exit code, 75)
             self.exit_code = 0
+
+    def _stopped_after_handover(self) -> None:
+        log.info("stopped_after_handover", new_active=self.peer.peer_name)
+        notify(STOPPING=1, STATUS="stopped after handing over")
+        self.exit_code = 0
 
     async def _tell_cp(self, msg: dict[str, Any], answered: asyncio.Event, timeout: float, unanswered: str) -> bool:
         """Send `msg` to the CP and wait up to `timeout` for `answered` (set by its answer); True
