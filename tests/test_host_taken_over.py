@@ -3,12 +3,15 @@ it for the host's close and grants the standby at once) stops serving as soon as
 active's ACTIVE STARTUP tells it a higher epoch, not when its lease runs out: it drops its CP
 link and registers again, and the CP, which has the other host active, refuses it. A claim
 whose higher epoch is stale (a CP journal set aside starts again from epoch 0) costs the real
-active only a registration again. hsbcpd and both hsbd in this process (tests/support/inproc.py)."""
+active only a registration again. It stops serving in that moment: nothing queued goes to its
+service after the claim. hsbcpd and both hsbd in this process (tests/support/inproc.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,6 +63,42 @@ async def test_a_stale_claim_of_a_higher_epoch_costs_the_active_only_a_registrat
         await until(lambda: a.is_serving_active(), "host-a the active again")
         assert a.ha.exit is None and a.ha.state != "fenced"
         assert core.active is not None and core.active.name == "host-a"
+
+
+async def test_an_active_that_hears_a_higher_epoch_hands_nothing_more_to_its_service(tmp_path: Path) -> None:
+    """The peer's claim of a higher epoch drops the CP link: the host stops serving there and
+    then, not when its read loop sees the link's end (a few turns of the loop later, or, with
+    unsent replies buffered, not before they went). A message queued behind one in the service
+    is not handed over after the drop, nor is the one in the service answered."""
+    hold = asyncio.Event()
+    started: list[int] = []
+
+    class Slow(EchoService):
+        async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
+            if self.host == "host-a":
+                started.append(message_id)
+                if message_id == 1:
+                    await hold.wait()
+            return data
+
+    async with pair_in_hot_standby(tmp_path, Slow) as (cp, a, b, tasks):
+        core = cp.cp
+        assert core is not None
+        core.paused = True  # (the link it drops is no failover: the standby is not made active)
+        sent: list[dict[str, Any]] = []
+        real_send = a.cp.send
+        a.cp.send = lambda msg: (sent.append(msg), real_send(msg))[1]  # type: ignore[method-assign]
+        a.delivery.deliver("T00002", 1, "x", False)
+        a.delivery.deliver("T00002", 2, "y", False)
+        await until(lambda: started == [1], "1 in the service, 2 queued behind it")
+        links = a.cp.connects
+        hold.set()  # 1 ends in the same turn of the loop as the claim
+        a.ha.peer_claims_active({"t": "active_startup", "name": "host-b", "instance": "x", "epoch": a.ha.epoch + 1})
+        at_once = (a.ha.serving, dict(a.delivery.workers), dict(a.delivery.queues))
+        await until(lambda: a.cp.connects > links and a.is_serving_active(), "host-a registered again, the active")
+        assert started == [1], started  # 2 never reached host-a's service on that link
+        assert at_once == (False, {}, {}), at_once  # it stopped serving there and then
+        assert [m for m in sent if m["t"] == "reply"] == [], sent
 
 
 def test_a_peer_without_an_epoch_or_with_a_lower_one_is_only_counted(tmp_path: Path) -> None:

@@ -71,6 +71,7 @@ class CPLink:
         self.task: asyncio.Task[None] | None = None
         self.stopped = False
         self.dropping: str | None = None  # why `drop()` closed the link (said at its loss)
+        self.dropped: FrameStream | None = None  # the link `drop()` ended (its loss said there already)
         self.connects = 0
         # the highest CP journal generation seen (SPEC §5.8): a CP with a lower one was
         # superseded by another CP machine and is refused
@@ -203,6 +204,8 @@ class CPLink:
                     # a CP silent past the timeout is dropped: this host stops serving on its own
                     # (unless a test switched self-fencing off, hsb.faults)
                     msg = await fs.recv(timeout=self.timeout if faults.SELF_FENCING else None)
+                    if self.dropped is fs:  # (frames read before the drop: a lost link's, not taken)
+                        raise LinkClosed("dropped")
                     self.last_rx = time.monotonic()
                     if msg["t"] != "hb":
                         try:
@@ -236,8 +239,9 @@ class CPLink:
             finally:
                 hb.cancel()
                 self.fs = None
+                told, self.dropped = self.dropped is fs, None  # (said by `drop()` already)
                 try:
-                    if down and not self.stopped:
+                    if down and not self.stopped and not told:
                         # before the close, which may wait a second: this host stops serving at
                         # once (deliveries cancelled, the lease dropped), as the protocol promises
                         log.warning("cp_link_down", cp=self.addr, reason=why)
@@ -267,12 +271,24 @@ class CPLink:
             fs.close()
 
     def drop(self, why: str) -> None:
-        """Close the link now (this host stops serving, as on any loss of it) and make it again:
-        the CP decides anew at the registration that follows."""
+        """End the link now and make it again: the CP decides anew at the registration that
+        follows. This host stops serving here, synchronously (`on_down`: deliveries cancelled, the
+        lease ended), not when the read loop sees the link's end: that is a few turns of the loop
+        later, and a close with unsent data buffered (a backlog of replies) sends no EOF until it
+        has gone, so hand-offs to the service went on meanwhile, their replies dropped. Aborted:
+        what is still queued to the CP is moot (the CP hands those messages on again, marked)."""
         fs = self.fs
-        if fs is not None:
-            self.dropping = why
-            fs.close()
+        if fs is None:
+            return
+        self.dropping = why
+        self.dropped = fs
+        self.fs = None  # nothing more is sent on it
+        log.warning("cp_link_down", cp=self.addr, reason=why)
+        try:
+            self.on_down(why)
+        except Exception:  # a bug: said; the link is made again all the same
+            log.exception("cp_link_down_failed", cp=self.addr)
+        fs.writer.transport.abort()
 
     async def close(self) -> None:
         self.stopped = True
