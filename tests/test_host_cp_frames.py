@@ -7,6 +7,7 @@ still thinking itself registered and granted. CP and both hosts in-process (test
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +185,54 @@ async def test_the_hosts_say_their_max_frame_and_cap_their_replies_at_the_cps(tm
         assert core.host_frames == {"host-a": a.cfg.host.max_frame, "host-b": b.cfg.host.max_frame}
         assert core.max_data == payload_max(cp_frame)  # the CP's own is the smallest
         assert a.delivery.max_reply == b.delivery.max_reply == payload_max(cp_frame) < payload_max(a.cfg.host.max_frame)
+
+
+async def test_a_cp_that_sends_a_bad_frame_after_every_registration_is_not_reconnected_to_in_a_tight_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CP that answers every registration of host-a with a frame it cannot take (another
+    version, a bug): each link was made again at once (the backoff reset at every registration),
+    a tight loop of registrations, each one an epoch journalled at the CP and every delivery
+    cancelled. The links back off, doubling, said as `cp_link_backoff`; a link that then stays up
+    starts the backoff over."""
+    from hsb.host import cplink as cplink_mod
+    from tests.support.logrec import RecordingLog
+
+    rec = RecordingLog()
+    monkeypatch.setattr(cplink_mod, "log", rec)
+    monkeypatch.setattr(cplink_mod, "LINK_SETTLED_S", 0.5, raising=False)  # (2 s)
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        core = cp.cp
+        assert core is not None
+        core.set_paused(True, "test")  # host-a comes back as the active: nobody takes over meanwhile
+        real_register = core.host_register
+        bad = True
+
+        def register(host: Any, role: str, startup_id: int) -> None:
+            real_register(host, role, startup_id)
+            if bad and host.name == "host-a":
+                host.send({"t": "session_request", "terminal": "T00001", "attrs": ["x"]})
+
+        monkeypatch.setattr(core, "host_register", register)
+        link = core.active
+        assert link is not None
+        links = a.cp.connects
+        t0 = time.monotonic()
+        link.abort()  # host-a registers again, and meets the bad frame
+        await until(lambda: a.cp.connects >= links + 4, "host-a's link made four times", timeout=20)
+        assert time.monotonic() - t0 >= 0.8, time.monotonic() - t0  # three backoffs: at least 0.125 + 0.25 + 0.5 s
+        took = [e["wait_s"] for e in rec.events("cp_link_backoff")]
+        assert len(took) >= 3 and took[1] > took[0] * 0.5 and sum(took[:3]) >= 0.8, took  # 0.25, 0.5, 1 s (±50 %)
+        assert [e["in_a_row"] for e in rec.events("cp_link_backoff")][:3] == [1, 2, 3]
+        assert "bad_fields" in rec.events("cp_link_backoff")[0]["reason"]
+        bad = False
+        c = a.cp.connects
+        await until(lambda: a.cp.connects > c and a.ha.registered and a.cp.up, "host-a registered on a good link", timeout=20)
+        n, up = len(rec.events("cp_link_backoff")), a.cp.connects
+        await asyncio.sleep(0.6)  # (an observation window: the link stays up past LINK_SETTLED_S)
+        assert a.cp.connects == up and core.active is not None
+        bad = True
+        core.active.abort()
+        await until(lambda: len(rec.events("cp_link_backoff")) > n, "the next bad link")
+        assert rec.events("cp_link_backoff")[n]["in_a_row"] == 1  # started over
+        core.set_paused(False, "test")

@@ -27,6 +27,14 @@ from hsb.wire.framing import ProtocolError, encode
 
 CP_RETRY_CAP = 0.25  # s: the longest wait between two tries to reach the CP (before jitter)
 AUTH_TIMEOUT_S = 2.0  # s: for the connect, and again for the challenge and for the answer to the auth
+# A link that ends for a protocol error (a frame from the CP this host cannot take) or a bug of
+# ours is made again only after a backoff from BAD_LINK_FIRST doubling up to BAD_LINK_CAP: a CP
+# that sends the same bad frame after every registration (another version, a bug) made a tight
+# loop, each turn a registration (an epoch journalled at the CP), every delivery cancelled and
+# made again. It starts again from the first once a link has stayed up LINK_SETTLED_S.
+BAD_LINK_FIRST = 0.25
+BAD_LINK_CAP = 5.0
+LINK_SETTLED_S = 2.0
 
 log = structlog.get_logger("hsb.host")
 
@@ -122,6 +130,7 @@ class CPLink:
         # capped low: after a CP restart nothing is served until the active registers again, and
         # one link trying four times a second costs the CP nothing
         backoff = Backoff(0.05, CP_RETRY_CAP)
+        bad_links = Backoff(BAD_LINK_FIRST, BAD_LINK_CAP)  # links ended by a bad frame, in a row
         said = self.on_problem
         refusals = RefusalLog("cp_link_refused", on_said=said, cp=self.addr)
         tls_refusals = RefusalLog(
@@ -192,12 +201,12 @@ class CPLink:
             self.fs = fs
             self.dropping = None
             self.connects += 1
-            self.last_rx = time.monotonic()
+            self.last_rx = up_at = time.monotonic()
             log.info("cp_link_up", cp=self.addr)
             hb = asyncio.get_running_loop().create_task(self._beat(fs))
             why = "eof"
             down = True  # (false: a cancel, a stop, went through)
-            unexpected = False
+            bad = False  # ended by a protocol error, or a bug: made again only after a backoff
             try:
                 self.on_up()
                 while True:
@@ -224,6 +233,7 @@ class CPLink:
                 why = self.dropping or "eof"
             except ProtocolError as exc:
                 why = f"protocol error from CP: {exc}"
+                bad = True
                 try:  # said to the CP too, if it can be (then the link closes, and is made again)
                     fs.send(exc.frame())
                 except Exception:  # noqa: BLE001,S110 - the link is going anyway
@@ -232,7 +242,7 @@ class CPLink:
                 why = f"{type(exc).__name__}"
             except Exception as exc:  # anything else (a bug): the link is gone all the same, and said
                 why = f"{type(exc).__name__}: {str(exc)[:200]}"
-                unexpected = True
+                bad = True
             except BaseException:
                 down = False
                 raise
@@ -253,8 +263,12 @@ class CPLink:
                     await fs.aclose()
             if self.stopped:
                 return
-            if unexpected:  # (not at once again: it may well happen again)
-                await asyncio.sleep(backoff.next())
+            if time.monotonic() - up_at >= LINK_SETTLED_S:
+                bad_links.reset()
+            if bad:  # (not at once again: the same frame may well come after the next registration)
+                wait = bad_links.next()
+                log.warning("cp_link_backoff", cp=self.addr, wait_s=round(wait, 3), in_a_row=bad_links.n, reason=why[:200])
+                await asyncio.sleep(wait)
 
     async def _beat(self, fs: FrameStream) -> None:
         try:
