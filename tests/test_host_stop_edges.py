@@ -721,3 +721,60 @@ async def test_a_normal_stop_during_a_handover_hands_nothing_to_the_service_unti
         finally:
             hold.set()
             await t.close()
+
+
+class Shielding(EchoService):
+    """host-a's service finishes a section it shields (`section`, `ends` set when done) before it
+    takes the cancel of its call, and says whether a call was still running when it was closed."""
+
+    ends = asyncio.Event()
+    running = 0
+    closed_while_running: list[int] = []
+
+    async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
+        if self.host != "host-a":
+            return data
+        Shielding.running += 1
+        try:
+            section = asyncio.ensure_future(Shielding.ends.wait())
+            try:
+                await asyncio.shield(section)
+            except asyncio.CancelledError:
+                await section  # (its commit, say: not left half done)
+                raise
+            return data
+        finally:
+            Shielding.running -= 1
+
+    async def close(self) -> None:
+        if self.host == "host-a":
+            Shielding.closed_while_running.append(Shielding.running)
+
+
+@pytest.mark.parametrize("section", ["ends", "outlasts_the_bound"])
+async def test_the_service_is_closed_once_its_cancelled_calls_have_ended(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, section: str) -> None:
+    """The host's close cancels the calls under way and closed the service at once: a call that
+    finishes a section it shields before taking the cancel still ran in a service closed under
+    it. The close waits for those calls (up to CALLS_END_S from the cancel, then says so)."""
+    Shielding.ends, Shielding.running, Shielding.closed_while_running = asyncio.Event(), 0, []
+    rec = RecordingLog()
+    monkeypatch.setattr(delivery_mod, "log", rec)
+    monkeypatch.setattr(server_mod, "CALLS_END_S", 10.0 if section == "ends" else 0.3, raising=False)
+    async with pair_in_hot_standby(tmp_path, Shielding) as (cp, a, b, tasks):
+        a.delivery.deliver("T00001", 1, "x", False)
+        await until(lambda: Shielding.running == 1, "the call in its section")
+        if section == "ends":  # the section takes a second
+            asyncio.get_running_loop().call_later(1.0, Shielding.ends.set)
+        try:
+            await asyncio.wait_for(stopped(a, tasks), 15)
+        finally:
+            Shielding.ends.set()
+        if section == "ends":
+            assert Shielding.closed_while_running == [0] and not rec.events("service_calls_outlive_close"), (
+                Shielding.closed_while_running,
+                rec.entries,
+            )
+        else:  # not for ever: said, and closed
+            assert Shielding.closed_while_running == [1], Shielding.closed_while_running
+            ev = rec.events("service_calls_outlive_close")
+            assert len(ev) == 1 and ev[0]["calls"] == 1, rec.entries

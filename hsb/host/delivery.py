@@ -288,6 +288,24 @@ class Delivery:
         except TimeoutError:
             return False
 
+    async def calls_ended(self, timeout: float) -> bool:
+        """Wait up to `timeout` for the service calls still running to end: those `cancel()`
+        cancelled that the service has not ended yet (one that finishes a section it shields
+        first, `ending`). False, and said, if some still run then."""
+        running = [t for t in (*self.ending.values(), *self.workers.values()) if not t.done()]
+        if not running:
+            return True
+        _, left = await asyncio.wait(running, timeout=max(timeout, 0.0))
+        if not left:
+            return True
+        log.warning(
+            "service_calls_outlive_close",
+            calls=len(left),
+            waited_s=round(max(timeout, 0.0), 3),
+            msg="the service did not end calls cancelled at the close in time: it is closed with them still running",
+        )
+        return False
+
     def stop_taking(self) -> None:
         """Nothing more goes to the service (the host closes, or its stop's handover may still be
         granted): what is in hand is dropped, the CP hands it on to whoever serves next."""

@@ -63,6 +63,9 @@ HANDOVER_ANSWER_S = 5.0
 # A stop's handover that the CP refused only because no standby was registered there just then is
 # asked again this often (within the handover's 15 s).
 STOP_ASK_AGAIN_S = 0.5
+# At the close, the service calls cancelled then (a service may finish a section it shields first)
+# are waited for this long at most from the cancel, before the service itself is closed.
+CALLS_END_S = 5.0
 
 
 class HostServer:
@@ -551,6 +554,7 @@ class HostServer:
         # and its effects would come after the CP closed the sessions (the CP hands them on); and
         # none of what the CP link still brings while a role hook finishes below
         self.delivery.stop_taking()
+        calls_end_by = time.monotonic() + CALLS_END_S
         await self.hook.close()
         await self.cp.close()
         await self.peer.close()
@@ -561,6 +565,8 @@ class HostServer:
         await self.takeover.close()
         # nothing calls into the service once it is closing: logon/close hooks, handlers
         await self.sessions_ctl.close()
+        # and not while a call it was given still runs (cancelled above, it may not end at once)
+        await self.delivery.calls_ended(calls_end_by - time.monotonic())
         try:
             await self.service.close()
         except Exception:  # pragma: no cover

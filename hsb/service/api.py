@@ -7,7 +7,9 @@ table and returns an object with:
     async handle(terminal, message_id, data, redelivered) -> reply data
     async open_session(terminal, attrs, standby) -> None   (logon work)
     async close_session(terminal) -> None
-    async close() -> None
+    async close() -> None                                  (once the calls of handle have ended:
+                                                            cancelled at the host's close, they
+                                                            are waited for up to 5 s)
 
 The host sends the reply and the discard of the message in one frame once `handle` returns.
 `open_session` runs for active *and* standby sessions, so an application can do its logon
