@@ -369,3 +369,68 @@ def test_with_the_cp_unreachable_the_first_line_says_what_the_hosts_say_not_a_ve
     assert "host-a NOT-SERVING (established)" in headline(st)[0], headline(st)[0]
     st["hosts"], st["unknown"] = [], st["unknown"][:1]
     assert headline(st)[0].endswith("the hosts say: nothing (none answered)")
+
+
+def _two_cps_ask(asked: list[tuple[str, str]]) -> Any:
+    """Admin answers after cp-b (second in the ctl config) took over at generation 7 from cp-a,
+    whose journal mount hangs: cp-a still says it serves (generation 6), the hosts moved to cp-b."""
+
+    async def ask(addr: str, secret: bytes, msg: dict[str, Any], timeout: float = 2.0, **_: Any) -> dict[str, Any]:
+        asked.append((addr, msg["t"]))
+        if msg["t"] in ("pause", "resume"):
+            return {"t": "result", "ok": True, "msg": f"paused at {addr}"}
+        cp = {"role": "cp", "cp_state": "serving", "journal": {"durability": "fsync", "state": "ok"}}
+        if addr == "cp-a:1":
+            return {"data": {**cp, "name": "cp-a", "state": "no_active", "epoch": 4, "generation": 6, "active": None, "standby": None}}
+        if addr == "cp-b:1":
+            b, a = {"name": "host-b", "connected": True}, {"name": "host-a", "connected": True}
+            return {"data": {**cp, "name": "cp-b", "state": "serving", "epoch": 5, "generation": 7, "active": b, "standby": a}}
+        role = "active" if addr == "b:1" else "standby"
+        host = {"name": "host-" + addr[0], "role": role, "state": "established", "serving": role == "active", "epoch": 5, "pid": ord(addr[0])}
+        return {"data": {**host, "cp_generation": {"seen": 7, "refusals": 0}}}
+
+    return ask
+
+
+@pytest.mark.timeout(30)
+def test_of_two_cps_that_say_they_serve_the_newest_generation_is_believed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cp-a, first in the ctl config, was superseded by cp-b (generation 7) but still says it
+    serves: hsbctl status gave its verdict from cp-a (NOT SERVING, exit 2, though cp-b served
+    with hot standby) with no word of two CPs, and pause went to cp-a. The newest generation's
+    status is the verdict, an ERROR line names the older one (exit at least 1), and pause,
+    resume and history ask the newest."""
+    from hsb.ctl import gather, ops_cmds
+    from hsb.ctl.status import render
+    from hsb.ctl.target import Target
+
+    secret = tmp_path / "secret"
+    secret.write_text("x" * 64)
+    secret.chmod(0o600)
+    asked: list[tuple[str, str]] = []
+    monkeypatch.setattr(gather, "ask", _two_cps_ask(asked))
+    monkeypatch.setattr(ops_cmds, "ask", _two_cps_ask(asked))
+    st = asyncio.run(gather.status_all("cp-a:1", ["a:1", "b:1"], str(secret), cp_machines=["cp-a:1", "cp-b:1"]))
+    assert st["cp"]["name"] == "cp-b" and st["established"], st
+    assert st["exit_status"] == 1 and len(st["cp_errors"]) == 1 and "cp-a at cp-a:1 (generation 6) is superseded by cp-b" in st["cp_errors"][0]
+    text = render({**st, "cp": {"reachable": False}, "hosts": []})  # (the daemons' lines: their whole status)
+    assert text.startswith("hsb: ESTABLISHED") and "\nERROR: two CPs say they serve: cp-a" in text, text
+    assert "cp-a at cp-a:1 SUPERSEDED (says it serves)" in text and "cp-b at cp-b:1 SERVING (generation 7)" in text, text
+    # pause asks the newest CP
+    asked.clear()
+    t = Target(cp="cp-a:1", cps=["cp-a:1", "cp-b:1"], hosts=["a:1", "b:1"], secret_file=str(secret))
+    assert ops_cmds.run_pause(t, True) == 0
+    assert ("cp-b:1", "pause") in asked and ("cp-a:1", "pause") not in asked, asked
+
+
+def test_a_cp_older_than_the_hosts_have_seen_is_said_superseded() -> None:
+    """One CP address in the ctl config, and the CP there has a generation below one the hosts
+    have seen: a superseded CP still answering there (or one on a new journal directory)."""
+    from hsb.ctl.gather import summarize
+
+    cp = {"reachable": True, "name": "cp-a", "addr": "vip:1", "state": "serving", "epoch": 1, "generation": 6}
+    pair = _pair()
+    st = summarize(dict(cp), [dict(h) for h in pair])
+    assert st["exit_status"] == 0 and not st["cp_errors"]
+    pair[0]["cp_generation"] = {"seen": 7, "refusals": 2}
+    st = summarize(dict(cp), pair)
+    assert st["exit_status"] == 1 and "has generation 6, below the 7 a has seen" in st["cp_errors"][0], st["cp_errors"]

@@ -73,12 +73,12 @@ async def serving_cp(
 ) -> tuple[str | None, list[dict[str, Any]]]:
     """Of two CP machines' admin addresses, the one whose hsbcpd serves (None: none does), and
     what each said (name, state, generation). `answers_out` receives each one's whole answer
-    (status_all shows the serving one's without asking it again)."""
+    (status_all shows the serving one's without asking it again). Of several that say they
+    serve, the newest generation's (`newest_serving`); the others are marked `superseded`."""
     answers = await asyncio.gather(*(ask(a, secret, {"t": "status"}, timeout, ssl=ssl) for a in cps))
     if answers_out is not None:
         answers_out.update(zip(cps, answers, strict=True))
     seen: list[dict[str, Any]] = []
-    serving = None
     for a, ans in zip(cps, answers, strict=True):
         if ans.get("reachable") is False:
             seen.append({"addr": a, "reachable": False, "error": ans.get("error")})
@@ -97,9 +97,29 @@ async def serving_cp(
                 "journal_error": d.get("journal_error"),
             }
         )
-        if state == "serving" and serving is None:
-            serving = a
+    serving = newest_serving(seen)
     return serving, seen
+
+
+def _generation(m: dict[str, Any]) -> int:
+    g = m.get("generation")
+    return g if isinstance(g, int) and not isinstance(g, bool) else -1
+
+
+def newest_serving(seen: list[dict[str, Any]]) -> str | None:
+    """The address of the CP machine to believe, of those that say they serve: the highest
+    generation's. A CP that took the journal over fenced every older one, and the hosts refuse
+    a CP older than one they saw; an older one that still says it serves has not noticed (its
+    journal mount hangs, say). Among equal generations, the first in the ctl config. Each other
+    one that says it serves is marked `superseded` (hsbctl status: an ERROR line, §18)."""
+    claims = [m for m in seen if m.get("reachable") and m.get("state") == "serving"]
+    if not claims:
+        return None
+    best = max(claims, key=_generation)  # (the first of the highest)
+    for m in claims:
+        if m is not best:
+            m["superseded"] = {"by": best.get("name") or best["addr"], "generation": best.get("generation")}
+    return str(best["addr"])
 
 
 async def status_all(
@@ -149,10 +169,7 @@ async def status_all(
         if machines is None and cps.get("takeover") == "on_wake" and cps.get("cp_state") == "waiting":
             why += " (it waits for keepalived to make its machine master; name both CP machines in the ctl config's cp to find the serving one)"
         cps = {"reachable": False, "addr": cp, "error": why}
-    out = summarize(cps, list(hs))
-    if machines is not None:
-        out["cps"] = machines
-    return out
+    return summarize(cps, list(hs), machines)
 
 
 def _machine(m: dict[str, Any]) -> str:
@@ -196,7 +213,32 @@ def _newest_epoch(hosts: list[dict[str, Any]]) -> int:
     return max((_epoch(h) for h in hosts if h.get("reachable")), default=0)
 
 
-def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> dict[str, Any]:
+def superseded_cps(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[dict[str, Any]] | None) -> list[str]:
+    """Each CP that says it serves though a newer one took over, with what to do: one of two CP
+    machines marked superseded (`newest_serving`), or the CP asked whose generation is below one
+    a host has seen (the newer CP not named in the ctl config, or not answering here)."""
+    out = [
+        f"two CPs say they serve: {m.get('name') or m['addr']} at {m['addr']} (generation {m.get('generation')}) is superseded by"
+        f" {m['superseded']['by']} (generation {m['superseded']['generation']}), whose status is shown; stop the older one (§18)"
+        for m in machines or []
+        if isinstance(m.get("superseded"), dict)
+    ]
+    gen = cp.get("generation")
+    if cp.get("reachable") and isinstance(gen, int) and not isinstance(gen, bool) and not out:
+        for h in hosts:
+            cg = h.get("cp_generation")
+            seen = cg.get("seen") if h.get("reachable") and isinstance(cg, dict) else None
+            if isinstance(seen, int) and seen > gen:
+                out.append(
+                    f"the CP {cp.get('name')} at {cp.get('addr', '-')} has generation {gen}, below the {seen} {h.get('name')} has seen:"
+                    " a superseded CP (stop it; the serving one took the journal over), or one started on a new journal directory (§11, §18)"
+                )
+                break
+    return out
+
+
+def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The verdict of one status. `machines`: what each of two CP machines said (serving_cp)."""
     for i, h in enumerate(hosts):
         h.setdefault("name", f"host{i + 1}")
         h.setdefault("role", "unknown")
@@ -249,7 +291,9 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> dict[str, Any]
     # (one host named twice, even by two addresses, is one active: the same process says the same)
     distinct = {(h["name"], h["pid"]) if h.get("pid") else h.get("addr") or h["name"]: h for h in actives}
     two = [h["name"] for h in distinct.values()] if len(distinct) > 1 else []
-    return {
+    cp_errors = superseded_cps(cp, hosts, machines)
+    exit_status = 2 if two else 3 if unknown else 0 if established else 1 if serving else 2
+    out = {
         "established": established,
         "serving": serving,
         # why hot standby is not ready though both hosts say established, each with its fix
@@ -260,7 +304,13 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> dict[str, Any]
         "two_actives": two,
         # as monitoring plugins do: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (two actives: critical,
         # whatever else could not be asked)
-        "exit_status": 2 if two else 3 if unknown else 0 if established else 1 if serving else 2,
+        # (a CP still saying it serves after a newer one took over: at least a warning, 1)
+        "exit_status": max(exit_status, 1) if cp_errors else exit_status,
+        # CPs that say they serve though superseded (one ERROR line each, exit at least 1)
+        "cp_errors": cp_errors,
         "cp": cp,
         "hosts": hosts,
     }
+    if machines is not None:
+        out["cps"] = machines
+    return out

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from hsb.ctl.gather import ask, serving_cp, status_all
+from hsb.ctl.gather import ask, serving_cp, status_all, superseded_cps
 from hsb.ctl.target import Target
 from hsb.wire.auth import load_secret
 
@@ -112,10 +112,13 @@ def run_stop(t: Target, host: str | None, takeover: bool, timeout: float) -> int
 
 
 def _the_cp(t: Target) -> str | None:
-    """The CP to ask: the serving one of two CP machines, else the one named."""
+    """The CP to ask: the serving one of two CP machines (of two that say so, the newest
+    generation's, as hsbctl status has it), else the one named."""
     if len(t.cps) > 1:
         assert t.secret_file is not None
-        chosen, _ = asyncio.run(serving_cp(t.cps, load_secret(t.secret_file)))
+        chosen, seen = asyncio.run(serving_cp(t.cps, load_secret(t.secret_file)))
+        for e in superseded_cps({}, [], seen):
+            click.echo(f"warning: {e}", err=True)
         return chosen or t.cp
     return t.cp
 

@@ -102,6 +102,7 @@ def render(st: dict[str, Any]) -> str:
         out.append(
             f"ERROR: two hosts serve as the active with a valid lease at once: {', '.join(st['two_actives'])} (the CP's active is {cp_active})"
         )
+    out.extend(f"ERROR: {e}" for e in st.get("cp_errors") or [])
     if st.get("cps"):  # two CP machines
         parts = []
         for m in st["cps"]:
@@ -109,7 +110,7 @@ def render(st: dict[str, Any]) -> str:
                 parts.append(f"{m['addr']} cannot be asked ({m.get('error')})")
             else:
                 parts.append(
-                    f"{m.get('name')} at {m['addr']} {'SERVING' if m['state'] == 'serving' else m['state']}"
+                    f"{m.get('name')} at {m['addr']} {('SUPERSEDED (says it serves)' if m.get('superseded') else 'SERVING') if m['state'] == 'serving' else m['state']}"
                     + (
                         " JOURNAL MISSING: is the shared storage mounted?"
                         if m.get("journal_missing")
