@@ -213,13 +213,65 @@ def _newest_epoch(hosts: list[dict[str, Any]]) -> int:
     return max((_epoch(h) for h in hosts if h.get("reachable")), default=0)
 
 
+_INT = (int,)
+_STR = (str,)
+_MAP = (dict, type(None))
+# the fields summarize (and status's verdict) use, with the types they may have (absent: fine)
+HOST_FIELDS: dict[str, tuple[type, ...]] = {
+    "name": _STR,
+    "addr": _STR,
+    "pid": (int, type(None)),
+    "role": _STR,
+    "state": _STR,
+    "serving": (bool,),
+    "epoch": (int, type(None)),
+    "registered_at_cp": (bool,),
+    "takeover_file": _MAP,
+    "cp_generation": _MAP,
+    "lease": _MAP,
+}
+CP_FIELDS: dict[str, tuple[type, ...]] = {
+    "name": (str, type(None)),
+    "addr": _STR,
+    "state": _STR,
+    "epoch": (int, type(None)),
+    "generation": (int, type(None)),
+    "journal": _MAP,
+    "active": _MAP,
+    "standby": _MAP,
+}
+
+
+def _readable(part: dict[str, Any], fields: dict[str, tuple[type, ...]], default_name: str) -> dict[str, Any]:
+    """`part` as it is, or, for a field of another type than `fields` has (a list as pid, a map
+    as name: another version's answer, or not an hsb daemon's), a daemon that could not be
+    asked, saying which field (its name and address only if they are text)."""
+    bad = next(
+        (k for k, types in fields.items() if k in part and (not isinstance(part[k], types) or (isinstance(part[k], bool) and bool not in types))),
+        None,
+    )
+    if bad is None:
+        return part
+    name, addr = part.get("name"), part.get("addr")
+    return {
+        "reachable": False,
+        "name": name if isinstance(name, str) else default_name,
+        "addr": addr if isinstance(addr, str) else "-",
+        "error": (
+            f"answered a status this hsbctl cannot read ({bad} is {str(part[bad])[:40]!r}, a {type(part[bad]).__name__}): is it of another version?"
+        )
+        if part.get("reachable")
+        else str(part.get("error")),
+    }
+
+
 def superseded_cps(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[dict[str, Any]] | None) -> list[str]:
     """Each CP that says it serves though a newer one took over, with what to do: one of two CP
     machines marked superseded (`newest_serving`), or the CP asked whose generation is below one
     a host has seen (the newer CP not named in the ctl config, or not answering here)."""
     out = [
         f"two CPs say they serve: {m.get('name') or m['addr']} at {m['addr']} (generation {m.get('generation')}) is superseded by"
-        f" {m['superseded']['by']} (generation {m['superseded']['generation']}), whose status is shown; stop the older one (§18)"
+        f" {m['superseded'].get('by')} (generation {m['superseded'].get('generation')}), whose status is shown; stop the older one (§18)"
         for m in machines or []
         if isinstance(m.get("superseded"), dict)
     ]
@@ -238,8 +290,12 @@ def superseded_cps(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: li
 
 
 def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The verdict of one status. `machines`: what each of two CP machines said (serving_cp)."""
+    """The verdict of one status. `machines`: what each of two CP machines said (serving_cp).
+    A daemon whose answer has a field of a type this hsbctl does not know cannot be read: it
+    counts as one that could not be asked (UNKNOWN, 3), never a traceback (exit 1)."""
+    cp = _readable(cp, CP_FIELDS, "CP")
     for i, h in enumerate(hosts):
+        hosts[i] = h = _readable(h, HOST_FIELDS, f"host{i + 1}")
         h.setdefault("name", f"host{i + 1}")
         h.setdefault("role", "unknown")
         h.setdefault("state", "unreachable")

@@ -254,8 +254,14 @@ def run_status(target: Target, as_json: bool, watch: bool, interval: float = 0.5
         return asyncio.run(status_all(target.cp, target.hosts, target.secret_file, cp_machines=target.cps))  # type: ignore[arg-type]
 
     if not watch:
-        st = once()
-        click.echo(json.dumps(st, indent=2, default=str) if as_json else shown(st))
+        try:
+            st = once()
+            text = json.dumps(st, indent=2, default=str) if as_json else shown(st)
+        except Exception as exc:  # noqa: BLE001 - a verdict, never a traceback: exit 1 would read as a warning
+            why = f"hsbctl could not make a verdict: {type(exc).__name__}: {exc}"
+            click.echo(json.dumps({"exit_status": 3, "error": why}) if as_json else f"hsb: UNKNOWN ({why}; is a daemon of another version?)")
+            return 3
+        click.echo(text)
         return int(st["exit_status"])
     last = None
     try:
