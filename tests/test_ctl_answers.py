@@ -3,6 +3,7 @@ hsbctl cannot read are UNKNOWN (3), never a traceback (docs/operations.md ยง7, ย
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +92,80 @@ def test_summarize_never_raises_whatever_the_daemons_answer(cp: dict[str, Any], 
     out = summarize(cp, hosts, machines)
     assert out["exit_status"] in (0, 1, 2, 3)
     status_mod.shown(out)  # (and the text: the verdict, or UNKNOWN with the raw status)
+
+
+def test_an_undone_switchover_is_an_error_at_once_with_its_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Granted to host-b, host-b lost before the grant took effect, the role given back to
+    host-a at a newer epoch: the epoch moved, so hsbctl waited its whole timeout and said only
+    "did not complete", though host-a's last error said why at once."""
+    from hsb.ctl import switchover as switchover_mod
+
+    secret = tmp_path / "secret"
+    secret.write_text("a shared secret\n")
+    secret.chmod(0o600)
+    calls = 0
+    why = "planned switchover undone at epoch 5: the standby was lost before it took effect"
+
+    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        a_, b_ = _host("host-a", "active", 3, switchovers_ended=0), _host("host-b", "standby", 3)
+        cp = _cp(epoch=3, active={"name": "host-a"}, standby={"name": "host-b"})
+        if calls > 1:  # (host-b restarting: waiting for the active, not registered yet)
+            a_.update(epoch=5, switchovers_ended=1, last_error=why)
+            b_.update(epoch=0, state="waiting_for_active")
+            cp.update(epoch=5, standby=None, last_switchover={"kind": "undone", "epoch": 5, "reason": "granted host lost"})
+        return summarize(cp, [a_, b_])
+
+    async def accepts(*a: Any, **kw: Any) -> dict[str, Any]:
+        return {"t": "result", "ok": True, "msg": "planned switchover started on host-a"}
+
+    monkeypatch.setattr(switchover_mod, "status_all", status_all)
+    monkeypatch.setattr(switchover_mod, "ask", accepts)
+    t = Target(cp="cp:1", cps=["cp:1"], hosts=["host-a:1", "host-b:1"], secret_file=str(secret))
+    t0 = time.monotonic()
+    assert switchover_mod.run_switchover(t, True, 10.0) == 1
+    assert time.monotonic() - t0 < 5.0, "waited for the timeout"
+    err = capsys.readouterr().err
+    assert why in err and "host-a has the role back" in err, err
+
+
+def test_a_switchover_granted_while_the_old_actives_link_was_down_is_not_undone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Granted to host-b, host-a's link dropped before it heard (its count up, still saying
+    active, not serving) and host-b not answering this once: not undone; it completes."""
+    from hsb.ctl import switchover as switchover_mod
+
+    secret = tmp_path / "secret"
+    secret.write_text("a shared secret\n")
+    secret.chmod(0o600)
+    calls = 0
+
+    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        a_, b_ = _host("host-a", "active", 3, switchovers_ended=0), _host("host-b", "standby", 3)
+        cp = _cp(epoch=3, active={"name": "host-a"}, standby={"name": "host-b"})
+        if calls == 2:
+            a_.update(switchovers_ended=1, serving=False, last_error="planned switchover abandoned: host link to the CP lost")
+            b_ = {"reachable": False, "name": "host-b", "addr": "host-b:1", "error": "no answer within 1 s"}
+            cp.update(epoch=4, active={"name": "host-b"}, standby=None)
+        elif calls > 2:
+            a_.update(role="standby", serving=False, epoch=4, switchovers_ended=1)
+            b_.update(role="active", serving=True, epoch=4)
+            cp.update(
+                epoch=4, active={"name": "host-b"}, standby={"name": "host-a"}, last_switchover={"switched": 2, "classic": 0, "all_served_ms": 1.0}
+            )
+        return summarize(cp, [a_, b_])
+
+    async def accepts(*a: Any, **kw: Any) -> dict[str, Any]:
+        return {"t": "result", "ok": True, "msg": "planned switchover started on host-a"}
+
+    monkeypatch.setattr(switchover_mod, "status_all", status_all)
+    monkeypatch.setattr(switchover_mod, "ask", accepts)
+    t = Target(cp="cp:1", cps=["cp:1"], hosts=["host-a:1", "host-b:1"], secret_file=str(secret))
+    assert switchover_mod.run_switchover(t, True, 10.0) == 0, capsys.readouterr()
+    assert "switchover complete" in capsys.readouterr().out

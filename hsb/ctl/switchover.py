@@ -85,17 +85,30 @@ async def _switchover(t: Target, yes: bool, timeout: float) -> int:
         last = await status_all(t.cp, t.hosts, t.secret_file, timeout=left, cp_machines=t.cps)
         roles = {h.get("name"): h.get("role") for h in last["hosts"]}
         was: dict[str, Any] = next((h for h in last["hosts"] if h.get("name") == old["name"]), {})
-        if switched_at is None and last["cp"].get("epoch", 0) > before_epoch and roles.get(new["name"]) == "active":
+        epoch = last["cp"].get("epoch") if isinstance(last["cp"].get("epoch"), int) else 0
+        grew = isinstance(ended, int) and isinstance(was.get("switchovers_ended"), int) and was["switchovers_ended"] > ended
+        rec_now = last["cp"].get("last_switchover")
+        cp_active = last["cp"].get("active") if isinstance(last["cp"].get("active"), dict) else {}
+        if (
+            last["cp"].get("reachable", True)
+            and epoch > before_epoch
+            # (the CP's word: granted, a link that dropped before the old active heard of it also
+            # leaves it saying active, its count up, but not serving and not the CP's active)
+            and cp_active.get("name") == old["name"]
+            and roles.get(old["name"]) == "active"
+            and was.get("serving") is True
+            and roles.get(new["name"]) != "active"
+            and (grew or (isinstance(rec_now, dict) and rec_now.get("kind") == "undone" and rec_now.get("epoch") == epoch))
+        ):
+            # undone: granted, the standby lost before the grant took effect, and the role given
+            # back to the old active at a newer epoch: it serves on, and nothing more will come
+            why = was.get("last_error") or (rec_now or {}).get("reason") or "the switchover was undone"
+            click.echo(f"error: {why}; {old['name']} has the role back and is still the active (epoch {epoch})", err=True)
+            return 1
+        if switched_at is None and epoch > before_epoch and roles.get(new["name"]) == "active":
             switched_at = time.monotonic()
             click.echo(f"{new['name']} is active at epoch {last['cp']['epoch']}; {old['name']} is becoming the standby")
-        elif (
-            switched_at is None
-            and last["cp"].get("reachable", True)
-            and last["cp"].get("epoch", 0) == before_epoch
-            and isinstance(ended, int)
-            and isinstance(was.get("switchovers_ended"), int)
-            and was["switchovers_ended"] > ended
-        ):
+        elif switched_at is None and last["cp"].get("reachable", True) and epoch == before_epoch and grew:
             # the host took the request and it ended without a grant (the CP refused it, the link dropped);
             # a grant moves the epoch first (the host may still call its end "abandoned": its link dropped after)
             click.echo(f"error: {was.get('last_error') or 'the switchover ended without the grant'}; {old['name']} is still the active", err=True)
