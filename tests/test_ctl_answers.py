@@ -1,5 +1,7 @@
-"""hsbctl status's verdict from the daemons' answers as they come: answers of a shape this
-hsbctl cannot read are UNKNOWN (3), never a traceback (docs/operations.md §7, §17)."""
+"""hsbctl's verdicts from the daemons' answers as they come: answers of a shape this hsbctl
+cannot read are UNKNOWN (3), never a traceback; answers of different moments of a role change
+are asked again, and never make a verdict none of them gave (docs/operations.md §7, §17); a
+switchover undone is said at once (§8)."""
 
 from __future__ import annotations
 
@@ -169,3 +171,99 @@ def test_a_switchover_granted_while_the_old_actives_link_was_down_is_not_undone(
     t = Target(cp="cp:1", cps=["cp:1"], hosts=["host-a:1", "host-b:1"], secret_file=str(secret))
     assert switchover_mod.run_switchover(t, True, 10.0) == 0, capsys.readouterr()
     assert "switchover complete" in capsys.readouterr().out
+
+
+def _rounds(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
+    """gather.ask answering each address from its list, one per question (the last one again
+    after the end); how often each was asked."""
+    from hsb.ctl import gather
+
+    asked = dict.fromkeys(answers, 0)
+
+    async def ask(addr: str, secret: bytes, msg: dict[str, Any], timeout: float = 2.0, **_: Any) -> dict[str, Any]:
+        n = asked[addr] = asked[addr] + 1
+        data = {k: v for k, v in answers[addr][min(n, len(answers[addr])) - 1].items() if k not in ("reachable", "addr")}
+        return {"t": "status", "data": data}
+
+    monkeypatch.setattr(gather, "ask", ask)
+    return asked
+
+
+def _status(tmp_path: Path) -> dict[str, Any]:
+    import asyncio
+
+    from hsb.ctl import gather
+
+    secret = tmp_path / "secret"
+    secret.write_text("x" * 64)
+    secret.chmod(0o600)
+    return asyncio.run(gather.status_all("cp:1", ["host-a:1", "host-b:1"], str(secret)))
+
+
+_BEFORE = [_host("host-a", "active", 5), _host("host-b", "standby", 5)]
+_GRANTED = _cp(epoch=6, active={"name": "host-b"}, standby=None)
+
+
+def test_a_cp_that_answered_after_a_grant_the_hosts_had_not_heard_of_is_asked_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CP answered after granting host-b (epoch 6, no standby), the hosts just before (host-a
+    active, host-b standby, established at 5): that was ESTABLISHED, exit 0, in the middle of a
+    failover. The answers disagree: all three are asked again, and the verdict is the later ones'."""
+    after = [_host("host-a", "active", 5, serving=False, state="fenced"), _host("host-b", "active", 6, state="serving")]
+    asked = _rounds(monkeypatch, {"cp:1": [_GRANTED], "host-a:1": [_BEFORE[0], after[0]], "host-b:1": [_BEFORE[1], after[1]]})
+    st_ = _status(tmp_path)
+    assert st_["exit_status"] == 1 and not st_["established"] and not st_["changing"], st_
+    assert asked == {"cp:1": 2, "host-a:1": 2, "host-b:1": 2}, asked
+
+
+def test_answers_that_still_disagree_are_a_role_change_not_a_verdict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asked again within the timeout, the answers still disagree: UNKNOWN (3), saying a role
+    change is under way and where they disagree; never ESTABLISHED."""
+    from hsb.ctl.status import headline
+
+    asked = _rounds(monkeypatch, {"cp:1": [_GRANTED], "host-a:1": [_BEFORE[0]], "host-b:1": [_BEFORE[1]]})
+    st_ = _status(tmp_path)
+    assert st_["exit_status"] == 3 and not st_["established"] and not st_["two_actives"], st_
+    assert "host-a says it is the active at epoch 5, the CP's active is host-b at epoch 6" in st_["changing"], st_["changing"]
+    lines = headline(st_)
+    assert lines[0] == "hsb: UNKNOWN (a role change is under way)" and "roles are changing" in lines[1], lines
+    assert 2 <= asked["cp:1"] <= 1 + len(gather_pauses()), asked
+
+
+def gather_pauses() -> tuple[float, ...]:
+    from hsb.ctl.agree import REASK_PAUSES
+
+    return REASK_PAUSES
+
+
+def test_an_old_active_answering_just_before_its_lease_ended_is_not_two_actives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """host-a answered shortly before its lease ended (epoch 5), host-b after its grant (epoch 6):
+    that was two actives, exit 2, "stop one of them". Asked again, host-a's lease has ended."""
+    b = _host("host-b", "active", 6, state="serving")
+    a_late = _host("host-a", "active", 5, serving=False, lease={"valid": False, "lost_ms_ago": 50.0})
+    _rounds(monkeypatch, {"cp:1": [_GRANTED], "host-a:1": [_host("host-a", "active", 5), a_late], "host-b:1": [b]})
+    st_ = _status(tmp_path)
+    assert st_["exit_status"] == 1 and not st_["two_actives"] and not st_["changing"], st_
+
+
+def test_two_actives_are_said_only_when_the_answers_cannot_be_of_different_moments() -> None:
+    """Same epoch: one grant makes one active, two actives whatever the timing (2). Different
+    epochs, the CP's active the newer: a role change (3). The CP's active the older one at the
+    CP's epoch, the other claiming a newer epoch the CP never granted (another CP's): two (2)."""
+    a5, b6 = _host("host-a", "active", 5), _host("host-b", "active", 6)
+    same = summarize(_cp(epoch=6, active={"name": "host-b"}), [_host("host-a", "active", 6), dict(b6)])
+    assert same["two_actives"] == ["host-a", "host-b"] and same["exit_status"] == 2, same
+    moving = summarize(_cp(epoch=6, active={"name": "host-b"}), [dict(a5), dict(b6)])
+    assert not moving["two_actives"] and moving["exit_status"] == 3 and moving["changing"], moving
+    other_cp = summarize(_cp(epoch=5, active={"name": "host-a"}), [dict(a5), dict(b6)])
+    assert other_cp["two_actives"] == ["host-a", "host-b"] and other_cp["exit_status"] == 2, other_cp
+    # the CP not asked: no one to say which is the older one's grant; different epochs are a change under way
+    no_cp = summarize({"reachable": False, "addr": "cp:1", "error": "refused"}, [dict(a5), dict(b6)])
+    assert not no_cp["two_actives"] and no_cp["exit_status"] == 3 and "host-a says it is the active at epoch 5" in no_cp["changing"]
+
+
+def test_agreeing_answers_are_asked_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = _rounds(
+        monkeypatch, {"cp:1": [_cp(active={"name": "host-a"}, standby={"name": "host-b"})], "host-a:1": [_BEFORE[0]], "host-b:1": [_BEFORE[1]]}
+    )
+    st_ = _status(tmp_path)
+    assert st_["exit_status"] == 0 and st_["established"] and asked == {"cp:1": 1, "host-a:1": 1, "host-b:1": 1}, (st_, asked)

@@ -4,18 +4,23 @@ An unreachable daemon is reported as `{"reachable": false, "error": ...}`,
 never as a traceback.
 
 All three are asked at once, so their answers are taken at slightly different moments.
-When a host reports a newer epoch than the CP's answer (it heard of a grant the CP had not
-yet made when it answered), the CP is asked again: the CP records a switchover in the same
-step in which it grants it, so its second answer holds the grant the host reports.
+When they disagree on who is the active (hsb.ctl.agree: a host at a newer epoch than the CP's
+answer, a host that says it is the active and is not the CP's, the CP's active that says it
+is the standby), all three are asked again, a few times within the timeout: the CP records a
+switchover in the same step in which it grants it, so a later answer holds the grant a host
+reports, and a lease running out ends. Answers that still disagree are a role change under
+way (UNKNOWN), never a verdict none of them gave.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl as ssl_module
+import time
 from typing import Any
 
 from hsb.config import parse_addr
+from hsb.ctl.agree import REASK_PAUSES, claims_active, disagreement, two_actives
 from hsb.wire.auth import load_secret
 from hsb.wire.client import LinkClosed, ServerNameMismatch, request
 from hsb.wire.framing import ProtocolError
@@ -134,10 +139,10 @@ async def status_all(
         chosen, machines = await serving_cp(cp_machines, secret, timeout, ssl=ssl, answers_out=asked)
         cp = chosen or cp
 
-    async def one(addr: str) -> dict[str, Any]:
+    async def one(addr: str, wait: float) -> dict[str, Any]:
         ans = asked.pop(addr, None) if addr == cp else None  # the serving CP's answer is in hand
         if ans is None or ans.get("reachable") is False:
-            ans = await ask(addr, secret, {"t": "status"}, timeout, ssl=ssl)
+            ans = await ask(addr, secret, {"t": "status"}, wait, ssl=ssl)
         if ans.get("reachable") is False:
             return ans
         if not isinstance(ans.get("data"), dict) or not isinstance(ans["data"].get("state"), str):
@@ -151,16 +156,27 @@ async def status_all(
         data["addr"] = addr
         return data
 
-    results = await asyncio.gather(*(one(a) for a in ([cp] if cp else []) + hosts))
-    cps = results[0] if cp else {"reachable": False, "error": "not configured"}
-    hs = results[1:] if cp else results
-    for i, h in enumerate(hs):
-        if not h.get("reachable"):
-            h.setdefault("name", f"host{i + 1}")
-    if cp and cps.get("reachable") and _newest_epoch(hs) > _epoch(cps):
-        again = await one(cp)
-        if again.get("reachable"):  # else keep the first answer rather than call the CP down
-            cps = again
+    async def ask_all(wait: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        results = await asyncio.gather(*(one(a, wait) for a in ([cp] if cp else []) + hosts))
+        hs = list(results[1:] if cp else results)
+        for i, h in enumerate(hs):
+            if not h.get("reachable"):
+                h.setdefault("name", f"host{i + 1}")
+        return (results[0] if cp else {"reachable": False, "error": "not configured"}), hs
+
+    end = time.monotonic() + timeout
+    cps, hs = await ask_all(timeout)
+    # answers that disagree on who is the active (taken at different moments of a role change):
+    # all three asked again, a few times within the timeout; summarize judges what is left
+    for pause in REASK_PAUSES:
+        left = end - time.monotonic() - pause
+        if not cp or not cps.get("reachable") or disagreement(cps, hs) is None or left < 0.05:
+            break
+        await asyncio.sleep(pause)
+        cps2, hs2 = await ask_all(left)
+        if not cps2.get("reachable") or any(h.get("reachable") and not h2.get("reachable") for h, h2 in zip(hs, hs2, strict=True)):
+            break  # one that answered before and not now: keep the answers it gave rather than call it down
+        cps, hs = cps2, hs2
     if cps.get("reachable") and cps.get("state") == "waiting":  # no CP serves: waiting, or taking the journal over
         said = machines
         if said is None:  # one CP address: the one asked (a waiting CP of two CP machines, or one still taking over)
@@ -177,11 +193,6 @@ def _machine(m: dict[str, Any]) -> str:
     if not m.get("reachable"):
         return f"{m['addr']} unreachable"
     return f"{m['name']} at {m['addr']} {m.get('state')}" if m.get("name") else f"{m['addr']} {m.get('state')}"
-
-
-def _epoch(part: dict[str, Any]) -> int:
-    e = part.get("epoch")
-    return e if isinstance(e, int) else 0
 
 
 def _storage_answers(h: dict[str, Any]) -> bool:
@@ -207,10 +218,6 @@ def _ring_unwritten(h: dict[str, Any]) -> str | None:
         + f" check the takeover storage on {h['name']}"
         + (f" ({path}: the mount, its permissions, the NFS server)" if path else "")
     )
-
-
-def _newest_epoch(hosts: list[dict[str, Any]]) -> int:
-    return max((_epoch(h) for h in hosts if h.get("reachable")), default=0)
 
 
 _INT = (int,)
@@ -300,11 +307,10 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
         h.setdefault("role", "unknown")
         h.setdefault("state", "unreachable")
     # a host counts as the active only while it serves: made active by the CP, its lease valid
-    actives = [
-        h
-        for h in hosts
-        if h.get("reachable") and h.get("role") == "active" and h.get("state") not in ("fenced", "stopping") and h.get("serving", True)
-    ]
+    actives = [h for h in hosts if claims_active(h)]
+    # the CP's answer and the hosts' still disagreeing on who is the active (gather asked again):
+    # roles are changing, and no verdict is given from answers of different moments
+    changing = disagreement(cp, hosts)
     standbys = [h for h in hosts if h.get("reachable") and h.get("role") == "standby"]
     cp_ok = bool(cp.get("reachable"))
     # a CP whose journal cannot be written acknowledges nothing: terminals wait, nothing new is served
@@ -316,7 +322,8 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
     # do they while the active cannot write the ring (standby_view_stale, on either host)
     stale = [why for why in (_ring_unwritten(h) for h in actives) if why]
     established = (
-        serving
+        not changing
+        and serving
         and not stale
         and not any(h.get("standby_view_stale") for h in standbys)
         and any(h.get("state") == "established" for h in actives)
@@ -346,9 +353,12 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
         unknown.append(("hosts", "-", "the same address named twice (name both hosts in the ctl config)"))
     # (one host named twice, even by two addresses, is one active: the same process says the same)
     distinct = {(h["name"], h["pid"]) if h.get("pid") else h.get("addr") or h["name"]: h for h in actives}
-    two = [h["name"] for h in distinct.values()] if len(distinct) > 1 else []
+    many = list(distinct.values())
+    two = [h["name"] for h in many] if len(many) > 1 and two_actives(cp, many) else []
+    if len(many) > 1 and not two and not changing:  # (the CP not asked, or not saying who its active is)
+        changing = "; ".join(f"{h['name']} says it is the active at epoch {h.get('epoch')}" for h in many)
     cp_errors = superseded_cps(cp, hosts, machines)
-    exit_status = 2 if two else 3 if unknown else 0 if established else 1 if serving else 2
+    exit_status = 2 if two else 3 if unknown or changing else 0 if established else 1 if serving else 2
     out = {
         "established": established,
         "serving": serving,
@@ -358,6 +368,8 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
         "unknown": [{"name": n, "addr": a, "error": e} for n, a, e in unknown],
         # two hosts both serving with a valid lease at once: must never happen
         "two_actives": two,
+        # the answers disagree on who is the active, asked again: a role change under way (3)
+        "changing": changing,
         # as monitoring plugins do: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (two actives: critical,
         # whatever else could not be asked)
         # (a CP still saying it serves after a newer one took over: at least a warning, 1)

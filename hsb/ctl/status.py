@@ -2,7 +2,8 @@
 
 Exit status, as monitoring plugins have it: 0 hot standby established, 1 serving without a
 standby, 2 not serving, 3 unknown (a daemon could not be asked: down, a wrong address or port,
-a wrong secret, a timeout), each unknown daemon named with its address, why and the fix.
+a wrong secret, a timeout; or the answers, asked again, still disagree on who is the active: a
+role change under way), each unknown daemon named with its address, why and the fix.
 """
 
 from __future__ import annotations
@@ -80,7 +81,13 @@ def headline(st: dict[str, Any]) -> list[str]:
     """The verdict line, and a line for each daemon that could not be asked."""
     verdict = "ESTABLISHED (hot standby ready)" if st["established"] else "SERVING WITHOUT A STANDBY" if st["serving"] else "NOT SERVING"
     why = [f"  {line}" for line in st.get("not_ready") or []]
+    # (answers that disagree on who is the active, asked again: no verdict from them)
+    changing = (
+        [f"  roles are changing (asked again, the answers still disagree; ask again in a moment): {st['changing']}"] if st.get("changing") else []
+    )
     if not st.get("unknown"):
+        if changing:
+            return ["hsb: UNKNOWN (a role change is under way)", *changing, *why]
         return [f"hsb: {verdict}", *why]
     names = ", ".join(u["name"] for u in st["unknown"])
     if any(u["name"] == "CP" for u in st["unknown"]):
@@ -89,7 +96,7 @@ def headline(st: dict[str, Any]) -> list[str]:
         first = f"hsb: UNKNOWN ({names} cannot be asked); the hosts say: {', '.join(said) or 'nothing (none answered)'}"
     else:
         first = f"hsb: UNKNOWN ({names} cannot be asked); from the others: {verdict}"
-    return [first, *(f"  {u['name']} at {u['addr']}: {u['error']}" for u in st["unknown"]), *why]
+    return [first, *(f"  {u['name']} at {u['addr']}: {u['error']}" for u in st["unknown"]), *changing, *why]
 
 
 def render(st: dict[str, Any]) -> str:
