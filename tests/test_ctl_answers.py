@@ -267,3 +267,26 @@ def test_agreeing_answers_are_asked_once(tmp_path: Path, monkeypatch: pytest.Mon
     )
     st_ = _status(tmp_path)
     assert st_["exit_status"] == 0 and st_["established"] and asked == {"cp:1": 1, "host-a:1": 1, "host-b:1": 1}, (st_, asked)
+
+
+def test_a_switchover_refused_for_a_stale_standby_view_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both hosts say established, but the active cannot write its takeover ring: the refusal
+    named both hosts 'established' and not the cause an operator has to fix."""
+    from hsb.ctl import switchover as switchover_mod
+
+    secret = tmp_path / "secret"
+    secret.write_text("a shared secret\n")
+    secret.chmod(0o600)
+    failing = {"path": "/var/lib/hsb/takeover", "ring_write_failing": {"error": "Input/output error", "failing_s": 12.0}}
+
+    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
+        a_ = _host("host-a", "active", standby_view_stale=True, takeover_file=failing)
+        return summarize(_cp(active={"name": "host-a"}, standby={"name": "host-b"}), [a_, _host("host-b", "standby")])
+
+    monkeypatch.setattr(switchover_mod, "status_all", status_all)
+    t = Target(cp="cp:1", cps=["cp:1"], hosts=["host-a:1", "host-b:1"], secret_file=str(secret))
+    assert switchover_mod.run_switchover(t, True, 10.0) == 1
+    err = capsys.readouterr().err
+    assert "switchover refused" in err and "host-a cannot write its takeover ring (Input/output error)" in err, err

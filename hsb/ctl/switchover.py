@@ -57,6 +57,8 @@ async def _switchover(t: Target, yes: bool, timeout: float) -> int:
             f"error: switchover refused: no established standby ({states}); wait for hot standby or use 'hsbctl promote' after a normal stop",
             err=True,
         )
+        for why in st.get("not_ready") or []:  # both say established, and why it is not ready
+            click.echo(f"  {why}", err=True)
         for u in unknown:
             click.echo(f"  {u['name']} at {u['addr']}: {u['error']}", err=True)
         return 1
