@@ -37,6 +37,13 @@ def stop_on_signals() -> None:
         signal.signal(sig, _unwind)
 
 
+def default_signals() -> None:
+    """SIGTERM and SIGINT as they were before `stop_on_signals` (the bench's sandboxes are down:
+    nothing is left to unwind, and a signal must end the process, not raise where it lands)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _unwind(signum: int, frame: FrameType | None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):  # (a handler of our own, not SIG_IGN: children would inherit that)
         signal.signal(sig, _ignore)

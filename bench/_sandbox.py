@@ -27,7 +27,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench._common import machine as _common_machine  # noqa: E402
-from bench._interrupt import exit_status, stop_children, stop_on_signals  # noqa: E402
+from bench._interrupt import default_signals, exit_status, stop_children, stop_on_signals  # noqa: E402
 from hsb.ctl import sandbox  # noqa: E402
 from hsb.ctl.gather import status_all  # noqa: E402
 from hsb.wire.auth import load_secret  # noqa: E402
@@ -568,6 +568,8 @@ def run_or_render(a: Any, section: str, rerender: Callable[[dict[str, Any]], str
         left = stop_children()  # (the net under the `finally` blocks: none should be left)
         say(f"{sys.argv[0]}: stopped by {signal.Signals(code - 128).name}; its sandboxes stopped" + (f", and children {left}" if left else ""))
         return code
+    finally:
+        default_signals()  # (a signal after the measuring, while results are written, ends it as before)
 
 
 def byte_compile() -> None:

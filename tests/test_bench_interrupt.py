@@ -88,3 +88,26 @@ def test_a_stopped_bench_leaves_no_daemon_of_its_sandbox(tmp_path: Path, sig: in
             bench.wait(timeout=10)
         if (d / sandbox.STATE).exists():
             sandbox.down(d, timeout=2)
+
+
+def test_the_signals_are_the_defaults_again_once_the_bench_has_measured(tmp_path: Path) -> None:
+    """After run_or_render returns (the sandboxes down), a SIGTERM ends the bench as the default
+    action does; it raised the unwinding's interrupt wherever it landed, a traceback, exit 1."""
+    prog = f"""
+import signal, sys
+sys.path.insert(0, {str(REPO / "bench")!r})
+from _sandbox import run_or_render
+
+async def amain(a):
+    return 0
+
+class A:
+    render = None
+    command = "a bench"
+
+assert run_or_render(A(), "unused", lambda saved: "", amain) == 0
+print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+"""
+    out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "True True", out.stdout
