@@ -236,3 +236,50 @@ async def test_a_cp_that_sends_a_bad_frame_after_every_registration_is_not_recon
         await until(lambda: len(rec.events("cp_link_backoff")) > n, "the next bad link")
         assert rec.events("cp_link_backoff")[n]["in_a_row"] == 1  # started over
         core.set_paused(False, "test")
+
+
+@pytest.mark.parametrize(
+    ("frame", "said"),
+    [
+        ({"t": "deliver", "terminal": "T" * 10_000, "id": 1, "data": "x"}, "(10000 characters) must be 1..48 bytes"),
+        ({"t": "deliver", "terminal": "", "id": 1, "data": "x"}, "terminal name '' (0 characters) must be 1..48 bytes"),
+        ({"t": "deliver", "terminal": "T 1", "id": 1, "data": "x"}, "with no spaces"),
+        ({"t": "deliver", "terminal": "T00001", "id": 0, "data": "x"}, "a message id must be positive, not 0"),
+        ({"t": "deliver", "terminal": "T00001", "id": -5, "data": "x"}, "a message id must be positive, not -5"),
+        ({"t": "deliver_batch", "items": [["T00001", 1, "x", False], ["é" * 25, 2, "y", False]]}, "(25 characters) must be 1..48 bytes"),
+    ],
+    ids=["long_name", "empty_name", "spaced_name", "id_0", "negative_id", "long_utf8_name_in_batch"],
+)
+async def test_a_delivery_for_a_name_or_id_the_cp_could_not_have_is_a_protocol_error_not_handed_to_the_service(
+    tmp_path: Path, frame: dict[str, Any], said: str
+) -> None:
+    """The host took any text as a terminal name and any integer as an id: a 10 KB name went to
+    the service and stayed a key of Delivery.handed for good, an id 0 or below was delivered. A
+    name the CP's config could not hold (hsb.terminals.name_problem: 1..48 bytes of UTF-8, no
+    spaces) or an id below 1 is the link's protocol error (bad_fields, said to the CP), and
+    nothing of the frame reaches the service."""
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        core = cp.cp
+        assert core is not None
+        core.set_paused(True, "test")  # host-a comes back as the active: nobody takes over meanwhile
+        handled: list[Any] = []
+        real_handle = a.service.handle
+
+        async def handle(terminal: str, mid: int, data: Any, redelivered: bool) -> Any:
+            handled.append((terminal, mid))
+            return await real_handle(terminal, mid, data, redelivered)
+
+        a.service.handle = handle  # type: ignore[method-assign]
+        downs: list[str] = []
+        real_down = a.cp.on_down
+        a.cp.on_down = lambda why: (downs.append(why), real_down(why))[1]
+        link = core.active
+        assert link is not None and link.name == "host-a" and a.ha.granted
+        link.send(frame)
+        await until(lambda: bool(downs), "the host's link-loss handling")
+        assert "bad_fields" in downs[0] and said in downs[0], downs
+        assert len(downs[0]) < 600, downs[0]  # (the name shown cut short)
+        await until(lambda: core.active is not None and core.active is not link and core.active.usable and a.ha.registered, "host-a registered again")
+        assert handled == [] and all(len(k) <= 48 for k in a.delivery.handed), (handled, list(a.delivery.handed))
+        core.set_paused(False, "test")
+        await until(lambda: established(a, b), "hot standby again")

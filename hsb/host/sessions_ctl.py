@@ -18,6 +18,7 @@ import structlog
 
 from hsb.host.delivery import being_cancelled
 from hsb.host.sessions import ACTIVE, CLOSED, STANDBY, TerminalState
+from hsb.terminals import name_problem
 from hsb.wire.framing import encode
 
 if TYPE_CHECKING:
@@ -154,13 +155,14 @@ class SessionsCtl:
         """Handle a session/traffic frame; False if it is for the HA loop."""
         t = msg["t"]
         if t == "deliver":
+            name, mid = _name(msg["terminal"]), _id(msg["id"])  # (a bad one is the link's protocol error, granted or not)
             if self.srv.ha.granted:  # with the lease lapsed, it waits in Delivery
-                self.srv.delivery.deliver(_name(msg["terminal"]), _id(msg["id"]), msg["data"], bool(msg.get("redelivered")))
+                self.srv.delivery.deliver(name, mid, msg["data"], bool(msg.get("redelivered")))
             return True
         if t == "deliver_batch":  # [terminal, id, data, redelivered] each: deliveries, and a flip's re-delivery
+            items = [(_name(terminal), _id(mid), data, bool(again)) for terminal, mid, data, again in msg["items"]]
             if self.srv.ha.granted:
                 deliver = self.srv.delivery.deliver
-                items = [(_name(terminal), _id(mid), data, bool(again)) for terminal, mid, data, again in msg["items"]]
                 for item in items:  # (all checked first: a bad item drops the link, none of it delivered)
                     deliver(*item)
             return True
@@ -545,17 +547,26 @@ class SessionsCtl:
 
 
 def _id(mid: Any) -> int:
-    """A delivered message's id as the CP sends it: an int (TypeError, said as bad_fields and the
-    link dropped, for anything else: a CP of another make, or a bug)."""
+    """A delivered message's id as the CP sends it: a positive int (TypeError or ValueError, said
+    as bad_fields and the link dropped, for anything else: a CP of another make, or a bug)."""
     if type(mid) is not int:
         raise TypeError(f"a message id must be an integer, not {type(mid).__name__}")
+    if mid <= 0:  # (the CP numbers a terminal's messages from 1; Delivery.handed keeps the highest)
+        raise ValueError(f"a message id must be positive, not {mid}")
     return mid
 
 
 def _name(terminal: Any) -> str:
+    """A terminal name as the CP sends it: one its config could hold (hsb.terminals.name_problem).
+    Anything else is the CP link's protocol error, never handed on: a name reaches the service
+    and stays a key of Delivery.handed for the process's life."""
+    why = name_problem(terminal)
+    if why is None:
+        return terminal  # type: ignore[no-any-return]
     if type(terminal) is not str:
-        raise TypeError(f"a terminal name must be text, not {type(terminal).__name__}")
-    return terminal
+        raise TypeError(f"a terminal name {why}")
+    shown = repr(terminal[:32]) + ("..." if len(terminal) > 32 else "")
+    raise ValueError(f"terminal name {shown} ({len(terminal)} characters) {why}")
 
 
 class _HookCancelled(Exception):
