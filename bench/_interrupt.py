@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from hsb import procstat
+
 EXIT_GRACE = 5.0  # seconds a child has after SIGTERM (sandbox.down's own) before SIGKILL
 
 
@@ -71,11 +73,7 @@ def children() -> list[int]:
 
 
 def _running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+    return procstat.state(pid) not in (None, "Z", "X")
 
 
 def stop_children(grace: float = EXIT_GRACE) -> list[int]:

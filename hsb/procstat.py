@@ -7,7 +7,7 @@ from pathlib import Path
 
 PF_EXITING = 0x4  # flags: the process is exiting
 PF_KTHREAD = 0x00200000  # flags: a kernel thread
-STATE, FLAGS, EXIT_CODE = 0, 6, 49  # indexes into `fields()` (proc(5)'s numbering less 3)
+STATE, PPID, FLAGS, EXIT_CODE = 0, 1, 6, 49  # indexes into `fields()` (proc(5)'s numbering less 3)
 
 
 def fields(pid: int) -> list[str] | None:

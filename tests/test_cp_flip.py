@@ -11,36 +11,11 @@ from typing import Any
 import pytest
 import structlog.testing
 
-from tests.support.cpcore import cp_core, fake_host, fake_terminal
+from tests.support.cpcore import agree_counts, cp_core, fake_host, fake_terminal, flip_pair, flipped, switch
 
 pytestmark = pytest.mark.timeout(30)
 
 ATTRS = {"protocol": "hsb1"}
-
-
-def _agree(cp: Any) -> None:
-    """The totals are what a walk over the terminals counts."""
-    assert cp.counts.active == sum(t.active is not None for t in cp.terms.values())
-    assert cp.counts.standby == sum(t.standby is not None for t in cp.terms.values())
-
-
-async def _flipped(cp: Any) -> None:
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    while cp.flipping is not None:
-        assert loop.time() - t0 < 5.0, "the flip never finished"
-        await asyncio.sleep(0)
-
-
-def _switch(cp: Any, a: Any, b: Any, planned: bool) -> None:
-    """A planned switchover from A to B (A keeps its sessions as standby ones), or A lost and B
-    granted the role: the flip's first slice runs inside the grant."""
-    if planned:
-        cp.host_release(a)
-        cp.host_handover(a, wait=False)
-    else:
-        a.connection_lost(None)
-        cp.host_switchover(b, "test", False, "failover")
 
 
 def _setup(tmp_path: Path, keeps: bool) -> tuple[Any, Any, Any, list[str]]:
@@ -63,7 +38,7 @@ def _setup(tmp_path: Path, keeps: bool) -> tuple[Any, Any, Any, list[str]]:
             cp.terminal_msg(cp.terms[name], 1, b"x")
     for name in names[30:35]:
         conns[name].connection_lost(None)
-    _agree(cp)
+    agree_counts(cp)
     assert cp.counts.active == 20 + 5 and cp.counts.standby == 20 + 5
     return cp, a, b, names
 
@@ -72,9 +47,9 @@ async def test_a_failover_flip_in_slices_leaves_every_terminal_consistent(tmp_pa
     cp, a, b, names = _setup(tmp_path, keeps=False)
     a.connection_lost(None)  # the active's link is gone: the standby asks
     cp.host_switchover(b, "test", False, "failover")
-    await _flipped(cp)
+    await flipped(cp)
     assert cp.switchovers[-1]["slices"] > 1  # in slices, a turn of the loop between them
-    _agree(cp)
+    agree_counts(cp)
     for name in names[:20]:
         t = cp.terms[name]
         assert t.active is not None and t.active.host is b and t.standby is None, name
@@ -89,26 +64,12 @@ async def test_a_planned_flip_keeps_the_demoted_actives_sessions_as_standby_ones
     cp, a, b, names = _setup(tmp_path, keeps=True)
     cp.host_release(a)
     cp.host_handover(a, wait=False)
-    await _flipped(cp)
+    await flipped(cp)
     assert cp.active is b and cp.standby is a and cp.switchovers[-1]["slices"] > 1
-    _agree(cp)
+    agree_counts(cp)
     for name in names[:20]:
         t = cp.terms[name]
         assert t.active is not None and t.active.host is b and t.standby is not None and t.standby.host is a, name
-
-
-def _sixty_four(tmp_path: Path, keeps: bool) -> tuple[Any, Any, Any, list[str], dict[str, Any]]:
-    """64 terminals with both sessions, flips of 4 per turn; B records what it is sent."""
-    cp = cp_core(tmp_path, 64, width=2, cp="flip_slice = 4\n")
-    a = fake_host(cp, "host-a", "active", keeps=keeps)
-    b = fake_host(cp, "host-b", "standby", batch=64 * 1024, record=True)
-    names = sorted(cp.terms)
-    conns = {}
-    for name in names:
-        conns[name] = fake_terminal(cp, name)
-        cp.host_open(a, name, "active", ATTRS)
-        cp.host_open(b, name, "standby", ATTRS)
-    return cp, a, b, names, conns
 
 
 async def _notices_written(cp: Any, conns: dict[str, Any]) -> dict[str, int]:
@@ -128,22 +89,22 @@ async def test_the_few_terminals_holding_messages_are_flipped_first(tmp_path: Pa
     leaves in the first slices (4 a slice, a message counting as a terminal: two holders, then the
     third), before any other terminal is reached, and the pass that meets them again later leaves
     them switched (not closed as if they had no standby session, not asked for a session)."""
-    cp, a, b, names, conns = _sixty_four(tmp_path, keeps)
+    cp, a, b, names, conns = flip_pair(tmp_path, 64, keeps, ATTRS)
     holders = names[-3:]
     for name in holders:
         cp.terminal_msg(cp.terms[name], 1, name.encode())
     assert list(cp.holding) == [cp.terms[n] for n in holders]
-    _switch(cp, a, b, planned=keeps)
+    switch(cp, a, b, planned=keeps)
     assert cp.flipping is not None, "the first slice only"
     b.flush()
     items = [it for m in b.transport.frames() if m["t"] == "deliver_batch" for it in m["items"]]
     assert [(n, i) for n, i, _, _ in items] == [(n, 1) for n in holders[:2]]
     assert cp.terms[names[0]].active.host is a, "a terminal without messages was reached first"
-    await _flipped(cp)
+    await flipped(cp)
     b.flush()
     items = [it for m in b.transport.frames() if m["t"] == "deliver_batch" for it in m["items"]]
     assert [(n, i) for n, i, _, _ in items] == [(n, 1) for n in holders]
-    _agree(cp)
+    agree_counts(cp)
     rec = cp.switchovers[-1]
     assert rec["switched"] == 64 and rec["classic"] == 0 and rec["requested"] == 0, rec
     for name in names:
@@ -179,7 +140,7 @@ async def test_with_many_terminals_holding_messages_the_flip_keeps_table_order(t
     """More than one terminal in eight holding messages: no reordering (most must be reached
     anyway); the first slice re-delivers only what the first terminals in the table hold, and
     each terminal gets one switch notice."""
-    cp, a, b, names, conns = _sixty_four(tmp_path, False)
+    cp, a, b, names, conns = flip_pair(tmp_path, 64, False, ATTRS)
     holders = names[::6]  # 11 of 64
     for name in holders:
         cp.terminal_msg(cp.terms[name], 1, b"m")
@@ -188,7 +149,7 @@ async def test_with_many_terminals_holding_messages_the_flip_keeps_table_order(t
     b.flush()
     first = [it[0] for m in b.transport.frames() if m["t"] == "deliver_batch" for it in m["items"]]
     assert first == [n for n in holders if n in names[:4]]
-    await _flipped(cp)
+    await flipped(cp)
     writes = await _notices_written(cp, conns)
     assert all(conns[n].transport.writes == writes[n] + 1 for n in names), "one switch notice each"
 
@@ -224,7 +185,7 @@ async def test_a_flip_settled_into_a_new_active_already_gone_marks_nothing_deliv
     c.flush()
     dl = [m for m in c.transport.frames() if m.get("t") == "deliver"]
     assert [(m["id"], m["redelivered"]) for m in dl] == [(1, False)], dl
-    _agree(cp)
+    agree_counts(cp)
 
 
 async def test_a_flip_settled_into_a_new_active_already_gone_hands_no_logoff_to_it(tmp_path: Path) -> None:
@@ -290,7 +251,7 @@ async def test_a_reload_removing_a_terminal_mid_flip_closes_its_standby_session_
     await srv.reload()
     assert last not in cp.terms
     assert cp.flipping is not None and cp.flipping.ahead == 1, "the whole flip was settled for one terminal removed"
-    await _flipped(cp)
+    await flipped(cp)
     assert last not in cp.terms
     b.flush()
     closed = [m for m in b.transport.frames() if m.get("t") == "session_closed" and m.get("terminal") == last]
@@ -330,17 +291,17 @@ async def test_a_terminal_whose_flip_raises_is_passed_over_and_the_flip_goes_on(
         real_send = a.send
         a.send = lambda m: (kept.append(m) if m.get("t") == "standby_kept" else None, real_send(m))[1]
     with structlog.testing.capture_logs() as logs:
-        _switch(cp, a, b, planned)
+        switch(cp, a, b, planned)
         if case == "settled_at_once":
             cp.settle_flip()
-        await _flipped(cp)
+        await flipped(cp)
     t_bad.__class__ = was
     failed = [e for e in logs if e["event"] == "flip_terminal_failed"]
     assert [e["terminal"] for e in failed] == [bad] and failed[0]["log_level"] == "error", failed
-    _agree(cp)
-    flipped = [n for n in names[:20] if n != bad]
-    assert cp.switchovers[-1]["switched"] == len(flipped)
-    for name in flipped:
+    agree_counts(cp)
+    switched = [n for n in names[:20] if n != bad]
+    assert cp.switchovers[-1]["switched"] == len(switched)
+    for name in switched:
         t = cp.terms[name]
         assert t.active is not None and t.active.host is b, name
         assert all(h.delivered_epoch == cp.epoch for h in t.held.values()), name
@@ -349,7 +310,7 @@ async def test_a_terminal_whose_flip_raises_is_passed_over_and_the_flip_goes_on(
         else:
             assert t.standby is None, name
     if planned:
-        assert sorted(n for m in kept for n in m["items"]) == flipped
+        assert sorted(n for m in kept for n in m["items"]) == switched
         assert [m["last"] for m in kept].count(True) == 1 and kept[-1]["last"], kept
     else:
         for name in names[20:25]:
@@ -374,8 +335,8 @@ async def test_a_slice_whose_send_to_a_host_raises_closes_that_link_and_the_flip
     else:
         b.deliver_all = boom
     with structlog.testing.capture_logs() as logs:
-        _switch(cp, a, b, planned)
-        await _flipped(cp)
+        switch(cp, a, b, planned)
+        await flipped(cp)
     failed = [e for e in logs if e["event"] == "flip_send_failed"]
     assert failed and failed[0]["host"] == broken.name and failed[0]["log_level"] == "error", failed
     assert broken.closed
@@ -405,7 +366,7 @@ async def test_a_slice_whose_send_to_a_host_raises_closes_that_link_and_the_flip
     c.flush()
     items = [it for m in c.transport.frames() if m["t"] == "deliver_batch" for it in m["items"]]
     assert sorted((n, i, again) for n, i, _, again in items) == [(n, 1, True) for n in names[:20]], items
-    _agree(cp)
+    agree_counts(cp)
 
 
 async def test_a_slice_counts_the_messages_it_hands_over(tmp_path: Path) -> None:
@@ -413,18 +374,18 @@ async def test_a_slice_counts_the_messages_it_hands_over(tmp_path: Path) -> None
     holder of 10 fills the first slice alone (the others wait for the next turns). Counted in
     terminals only, 4,096 terminals holding 256 messages each made one slice of 0.4-0.6 s,
     with no heartbeat relayed meanwhile."""
-    cp, a, b, names, conns = _sixty_four(tmp_path, keeps=False)
+    cp, a, b, names, conns = flip_pair(tmp_path, 64, False, ATTRS)
     holder = cp.terms[names[-1]]
     for mid in range(1, 11):
         cp.terminal_msg(holder, mid, b"x")
-    _switch(cp, a, b, planned=False)
+    switch(cp, a, b, planned=False)
     f = cp.flipping
     assert f is not None and f.i == 1, "the holder alone in the first slice"
     b.flush()
     items = [it for m in b.transport.frames() if m["t"] == "deliver_batch" for it in m["items"]]
     assert [(n, i) for n, i, _, _ in items] == [(holder.name, i) for i in range(1, 11)]
-    await _flipped(cp)
-    _agree(cp)
+    await flipped(cp)
+    agree_counts(cp)
     assert cp.switchovers[-1]["switched"] == 64 and cp.switchovers[-1]["slices"] >= 1 + 63 // 4
 
 
@@ -435,7 +396,7 @@ async def test_messages_held_while_a_switchover_was_undone_count_in_the_slice(tm
     slice alone."""
     from tests.support.cpcore import HeldJournal
 
-    cp, a, b, names, conns = _sixty_four(tmp_path, keeps=True)
+    cp, a, b, names, conns = flip_pair(tmp_path, 64, True, ATTRS)
     holder = cp.terms[names[0]]  # first in the table (its standby session goes with host-b: not taken first)
     cp.host_release(a)  # releasing: what comes now waits for the grant
     for mid in range(1, 11):
@@ -460,7 +421,7 @@ async def test_messages_held_while_a_switchover_was_undone_count_in_the_slice(tm
     flipmod.Flip.run = run  # type: ignore[method-assign]
     try:
         held.release()
-        await _flipped(cp)
+        await flipped(cp)
     finally:
         flipmod.Flip.run = real_run  # type: ignore[method-assign]
     assert cp.active is a
@@ -483,14 +444,14 @@ async def test_a_standby_close_sent_before_the_grant_was_heard_of_is_not_left_sw
     cp.host_open(a, "T01", "active", ATTRS)
     cp.host_open(b, "T01", "standby", ATTRS)
     cp.host_close(a, "T01", "active")  # the old active closed it, then died before anything else
-    _switch(cp, a, b, planned=False)
-    await _flipped(cp)
+    switch(cp, a, b, planned=False)
+    await flipped(cp)
     assert cp.terms["T01"].active is not None and cp.terms["T01"].active.host is b  # switched to B's standby session
     b.flush()
     before = [f for f in b.transport.frames() if f["t"] == "session_request"]
     cp.host_close(b, "T01", "standby")  # sent before B heard of its grant
     assert cp.terms["T01"].active is None
-    _agree(cp)
+    agree_counts(cp)
     t.flush()
     sessions = [f for f in t.transport.frames() if f["t"] == "session"]
     assert sessions and sessions[-1]["state"] == "closed", sessions
@@ -500,7 +461,7 @@ async def test_a_standby_close_sent_before_the_grant_was_heard_of_is_not_left_sw
     # B answers as a new active does: the session is open again, at B
     cp.host_open(b, "T01", "active", ATTRS)
     assert cp.terms["T01"].active is not None and cp.terms["T01"].active.host is b
-    _agree(cp)
+    agree_counts(cp)
 
 
 async def test_a_new_run_is_not_switched_onto_the_standby_session_of_the_run_that_logged_off(tmp_path: Path) -> None:
@@ -527,7 +488,7 @@ async def test_a_new_run_is_not_switched_onto_the_standby_session_of_the_run_tha
     p.connection_lost(None)
     fake_terminal(cp, name)  # a new run
     cp.host_switchover(b, "test", False, "failover")
-    await _flipped(cp)
+    await flipped(cp)
     assert term.active is not old, "the new run was switched onto the old run's session"
     b.flush()
     frames = [f for f in b.transport.frames() if f.get("terminal") == name]

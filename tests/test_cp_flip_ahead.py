@@ -5,13 +5,12 @@ What changes more than one terminal (a host registering) still completes the fli
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.cpcore import cp_core, fake_host, fake_terminal
+from tests.support.cpcore import agree_counts, fake_host, fake_terminal, flip_pair, flipped, switch
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -22,15 +21,8 @@ N, HELD = 64, 3  # terminals, messages each holds: 1 + 3 of a slice of 4, a term
 def _setup(tmp_path: Path, keeps: bool = False) -> tuple[Any, Any, Any, list[str], dict[str, Any]]:
     """N terminals with sessions at A (active) and B (standby), each holding HELD messages
     delivered to A (more than one in eight hold: the pass keeps table order); B records."""
-    cp = cp_core(tmp_path, N, width=2, cp="flip_slice = 4\n")
-    a = fake_host(cp, "host-a", "active", keeps=keeps)
-    b = fake_host(cp, "host-b", "standby", batch=64 * 1024, record=True)
-    names = sorted(cp.terms)
-    conns = {}
+    cp, a, b, names, conns = flip_pair(tmp_path, N, keeps, ATTRS)
     for name in names:
-        conns[name] = fake_terminal(cp, name)
-        cp.host_open(a, name, "active", ATTRS)
-        cp.host_open(b, name, "standby", ATTRS)
         for mid in range(1, HELD + 1):
             cp.terminal_msg(cp.terms[name], mid, f"{name}-{mid}".encode())
     for name in names:
@@ -41,12 +33,7 @@ def _setup(tmp_path: Path, keeps: bool = False) -> tuple[Any, Any, Any, list[str
 def _grant(cp: Any, a: Any, b: Any, planned: bool) -> Any:
     """A failover to B (A's link lost), or a planned switchover from A; the flip going (its first
     slice run inside the grant)."""
-    if planned:
-        cp.host_release(a)
-        cp.host_handover(a, wait=False)
-    else:
-        a.connection_lost(None)
-        cp.host_switchover(b, "test", False, "failover")
+    switch(cp, a, b, planned)
     f = cp.flipping
     assert f is not None and 0 < f.i < N // 2, "the flip should be going, a terminal a slice"
     return f
@@ -67,19 +54,6 @@ def _deliveries(b: Any) -> list[tuple[str, int, bool]]:
         elif m["t"] == "deliver":
             out.append((m["terminal"], m["id"], bool(m["redelivered"])))
     return out
-
-
-async def _flipped(cp: Any) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5.0
-    while cp.flipping is not None:
-        assert loop.time() < deadline, "the flip never finished"
-        await asyncio.sleep(0)
-
-
-def _agree(cp: Any) -> None:
-    assert cp.counts.active == sum(t.active is not None for t in cp.terms.values())
-    assert cp.counts.standby == sum(t.standby is not None for t in cp.terms.values())
 
 
 def _once_each(got: list[tuple[str, int, bool]], names: list[str]) -> None:
@@ -125,8 +99,8 @@ async def test_a_frame_about_one_unreached_terminal_flips_that_terminal_alone(tm
         b.flush()
         asked = [m for m in b.transport.frames() if m["t"] == "session_request" and m["terminal"] == x]
         assert len(asked) == 1, asked
-    await _flipped(cp)
-    _agree(cp)
+    await flipped(cp)
+    agree_counts(cp)
     got = _deliveries(b)
     _once_each(got, names)
     assert len(got) == N * HELD
@@ -161,8 +135,8 @@ async def test_a_hello_for_an_unreached_terminal_flips_that_terminal_alone(tmp_p
     assert [(m["t"], m.get("reason")) for m in mine] == [("session_closed", "disconnect"), ("session_request", None)], mine
     cp.host_open(b, x, "active", ATTRS)
     assert _deliveries(b)[sent:] == [(x, i, True) for i in range(1, HELD + 1)]
-    await _flipped(cp)
-    _agree(cp)
+    await flipped(cp)
+    agree_counts(cp)
     got = _deliveries(b)
     _once_each(got, names)
     assert len(got) == N * HELD
@@ -181,7 +155,7 @@ async def test_a_terminal_reached_already_is_not_flipped_again(tmp_path: Path) -
     cp.terminal_bye(cp.terms[first])
     assert cp.flipping is f and f.i == at, "the whole flip was settled for one terminal's frame"
     assert f.ahead == 0 and len(_deliveries(b)) == sent
-    await _flipped(cp)
+    await flipped(cp)
     _once_each(_deliveries(b), names)
 
 
@@ -202,7 +176,7 @@ async def test_a_global_event_after_a_terminal_flipped_ahead_still_settles_the_w
         fake_host(cp, "host-c", "standby")  # registers: global
     assert cp.flipping is None, "a global event did not settle the flip"
     assert not _unreached(cp, b)
-    _agree(cp)
+    agree_counts(cp)
     got = _deliveries(b)
     _once_each(got, names)
     assert len(got) == N * HELD

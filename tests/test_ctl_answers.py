@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from hsb.ctl import status as status_mod
 from hsb.ctl.gather import summarize
 from hsb.ctl.target import Target
+from tests.support.procs import write_secret
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -104,9 +105,7 @@ def test_an_undone_switchover_is_an_error_at_once_with_its_reason(
     "did not complete", though host-a's last error said why at once."""
     from hsb.ctl import switchover as switchover_mod
 
-    secret = tmp_path / "secret"
-    secret.write_text("a shared secret\n")
-    secret.chmod(0o600)
+    secret = write_secret(tmp_path)
     calls = 0
     why = "planned switchover undone at epoch 5: the standby was lost before it took effect"
 
@@ -141,9 +140,7 @@ def test_a_switchover_granted_while_the_old_actives_link_was_down_is_not_undone(
     active, not serving) and host-b not answering this once: not undone; it completes."""
     from hsb.ctl import switchover as switchover_mod
 
-    secret = tmp_path / "secret"
-    secret.write_text("a shared secret\n")
-    secret.chmod(0o600)
+    secret = write_secret(tmp_path)
     calls = 0
 
     async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
@@ -194,9 +191,7 @@ def _status(tmp_path: Path) -> dict[str, Any]:
 
     from hsb.ctl import gather
 
-    secret = tmp_path / "secret"
-    secret.write_text("x" * 64)
-    secret.chmod(0o600)
+    secret = write_secret(tmp_path)
     return asyncio.run(gather.status_all("cp:1", ["host-a:1", "host-b:1"], str(secret)))
 
 
@@ -276,9 +271,7 @@ def test_a_switchover_refused_for_a_stale_standby_view_says_why(
     named both hosts 'established' and not the cause an operator has to fix."""
     from hsb.ctl import switchover as switchover_mod
 
-    secret = tmp_path / "secret"
-    secret.write_text("a shared secret\n")
-    secret.chmod(0o600)
+    secret = write_secret(tmp_path)
     failing = {"path": "/var/lib/hsb/takeover", "ring_write_failing": {"error": "Input/output error", "failing_s": 12.0}}
 
     async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:

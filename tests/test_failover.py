@@ -57,15 +57,6 @@ def journals(info: dict[str, Any]) -> dict[str, dict[tuple[str, int], list[int]]
     return out
 
 
-def test_journal_check_sees_an_unmarked_repeat() -> None:
-    """The check the failover tests lean on: a repeat on one host, or a second unmarked line on
-    another, is caught; a marked repeat is not."""
-    assert unmarked_repeats({"host-a": {("T1", 1): [0, 1]}, "host-b": {("T1", 1): [1], ("T1", 2): [0]}}) == []
-    assert unmarked_repeats({"host-a": {("T1", 1): [0, 0]}}) == [("T1", 1)]
-    assert unmarked_repeats({"host-a": {("T1", 1): [1, 0]}}) == [("T1", 1)]
-    assert unmarked_repeats({"host-a": {("T1", 1): [0]}, "host-b": {("T1", 1): [0]}}) == [("T1", 1)]
-
-
 def check_journals(info: dict[str, Any], report: Any, order: list[str]) -> None:
     """Every acknowledged id is in a journal; an id processed again (on the same host or a later
     one) is marked redelivered every time after its first."""

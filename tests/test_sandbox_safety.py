@@ -83,7 +83,7 @@ def test_a_cp_that_exits_at_start_is_reported_at_once_and_nothing_is_left(tmp_pa
         sandbox.up(d, terminals=2, cp_options={"held_bound": 0})
     assert _daemons_of(d) == []
     assert oct((d / "secret").stat().st_mode & 0o777) == "0o600"
-    sandbox._check_folder(d)  # the failed start's folder is still a sandbox's: the next up may use it
+    sandbox.check_folder(d)  # the failed start's folder is still a sandbox's: the next up may use it
 
 
 async def test_an_interrupted_up_leaves_no_daemon_running(tmp_path: Path) -> None:
@@ -133,7 +133,7 @@ def test_a_start_that_failed_before_its_state_was_written_leaves_a_folder_up_may
     with pytest.raises(OSError):
         sandbox.up(d, terminals=2)
     assert (d / "cp.toml").exists() and not (d / sandbox.STATE).exists()
-    sandbox._check_folder(d)  # its configs are the sandbox's own: not "a folder that is not a sandbox"
+    sandbox.check_folder(d)  # its configs are the sandbox's own: not "a folder that is not a sandbox"
     assert _daemons_of(d) == []
 
 

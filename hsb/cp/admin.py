@@ -46,11 +46,14 @@ class CPAdminProtocol(AuthServerProtocol):
 
     def on_pause(self, msg: dict[str, Any]) -> None:
         if (cp := self._serving()) is not None:
-            cp.set_paused(True, self.name, lambda text: self.send({"t": "result", "ok": True, "msg": text}))
+            cp.set_paused(True, self.name, self._result)
 
     def on_resume(self, msg: dict[str, Any]) -> None:
         if (cp := self._serving()) is not None:
-            cp.set_paused(False, self.name, lambda text: self.send({"t": "result", "ok": True, "msg": text}))
+            cp.set_paused(False, self.name, self._result)
+
+    def _result(self, text: str) -> None:
+        self.send({"t": "result", "ok": True, "msg": text})
 
     def on_history(self, msg: dict[str, Any]) -> None:
         if (cp := self._serving()) is not None:

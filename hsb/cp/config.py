@@ -15,6 +15,7 @@ from hsb.wire.framing import DEFAULT_MAX_FRAME, LOGIN_MAX
 # run out: host_timeout must exceed host_lease by at least this much (scheduling delay between
 # a host checking its lease and acting on it, and clock rate; docs/design.md, the lease rule).
 LEASE_MARGIN = 0.1
+LISTEN_KEYS = ("terminal_listen", "host_listen", "admin_listen", "http_listen")  # [cp]'s listening addresses
 
 
 def _on_wake_journal(takeover: str, durability: str) -> list[str]:
@@ -114,7 +115,7 @@ class CPSection(Ruled):
         Rule(("takeover", "durability"), lambda v: _on_wake_journal(v["takeover"], v["durability"])),
         Rule(("takeover", "terminal_listen"), lambda v: _on_wake_address(v["takeover"], v["terminal_listen"])),
         # (the listeners that are valid: one given wrong is said, not counted free)
-        Rule((), lambda v: listen_clashes({k: v.get(k, "") for k in ("terminal_listen", "host_listen", "admin_listen", "http_listen")})),
+        Rule((), lambda v: listen_clashes({k: v.get(k, "") for k in LISTEN_KEYS})),
         Rule(("host_timeout", "host_lease"), lambda v: _lease_rule(v["host_timeout"], v["host_lease"])),
     )
 

@@ -150,14 +150,15 @@ class CP(TerminalSide, Replies, HostSessions, Arbitration, Adoption, JournalSide
         promote still work); journalled, so a restarted CP stays paused: `answer` gets the
         operator's line once the record is durable (a pause said done and lost by a restart
         would turn automatic failover on again in the middle of a maintenance)."""
-        if paused == self.paused:
-            # (its record may still be on the way: this answer waits for one of its own)
+        again = paused == self.paused  # (its record may still be on the way: this answer waits for one of its own)
+        if again:
             text = f"already {'paused' if paused else 'running'}"
-            self.journal.append(["p", paused], None if answer is None else lambda: answer(text))
-            return
-        self.paused = paused
-        text = "paused: no automatic failover until 'hsbctl resume'" if paused else "resumed: automatic failover on"
+        else:
+            text = "paused: no automatic failover until 'hsbctl resume'" if paused else "resumed: automatic failover on"
+        self.paused = paused  # (before the append: a memory-only journal answers at once)
         self.journal.append(["p", paused], None if answer is None else lambda: answer(text))
+        if again:
+            return
         log.warning(
             "paused" if paused else "resumed", by=by, msg="no automatic failover until 'hsbctl resume'" if paused else "automatic failover on again"
         )

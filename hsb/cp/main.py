@@ -13,7 +13,7 @@ import click
 from hsb import __version__, logs
 from hsb.cli import EXIT_CANNOT_START, EXIT_CONFIG, EXIT_DATA, EXIT_FAILED, die, exit_watchdog, load_or_exit, log_level_option
 from hsb.config import Partial, resolve_under
-from hsb.cp.config import CPConfig, CPSection
+from hsb.cp.config import LISTEN_KEYS, CPConfig, CPSection
 from hsb.ops.limits import storm_timing
 from hsb.ops.listen import ListenError, listen_problems, listen_warnings
 from hsb.wire.auth import load_secret
@@ -98,9 +98,6 @@ def partial_problems(part: Partial, check_config: bool) -> list[str]:
         c["journal"] = resolve_under(c["journal"], part.base)
     listens = [(f"cp.{k}", c[k]) for k in LISTEN_KEYS if k in c]
     return machine_problems(c) + (listen_problems(listens) if check_config else [])
-
-
-LISTEN_KEYS = ("terminal_listen", "host_listen", "admin_listen", "http_listen")
 
 
 def _listens(cfg: CPConfig) -> list[tuple[str, str]]:

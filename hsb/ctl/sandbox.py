@@ -28,7 +28,6 @@ from hsb import procstat
 from hsb.ctl.gather import ask, status_all
 from hsb.ctl.sandbox_files import (
     HOSTS,
-    MARK,
     STATE,
     SandboxError,
     check_folder,
@@ -46,7 +45,6 @@ from hsb.wire.auth import load_secret
 
 __all__ = [  # (the files' part, hsb.ctl.sandbox_files, is used through this module too)
     "HOSTS",
-    "MARK",
     "STATE",
     "SandboxError",
     "actives",
@@ -69,8 +67,6 @@ __all__ = [  # (the files' part, hsb.ctl.sandbox_files, is used through this mod
     "wait_started",
     "write_configs",
 ]
-
-_check_folder = check_folder
 
 
 def _spawn(d: Path, name: str, argv: list[str]) -> int:
@@ -204,10 +200,8 @@ def _exit_code(pid: int) -> int | None:
 
 def _is_child(pid: int) -> bool:
     """`pid` is still a child of this process not yet reaped (its status will come)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].split()[1] == str(os.getpid())
-    except (OSError, IndexError):
-        return False
+    f = procstat.fields(pid)
+    return f is not None and f[procstat.PPID] == str(os.getpid())
 
 
 def _exited(d: Path, name: str, pid: int) -> SandboxError | None:

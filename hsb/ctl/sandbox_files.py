@@ -30,9 +30,6 @@ class SandboxError(Exception):
     pass
 
 
-_section = toml_section
-
-
 def records_for(terminals: int, record_size: int = 4096) -> int:
     """A comfortable file: header, batch, and a ring of 3·B + 64 records (size check needs 2·B)."""
     b = batch_records_for(terminals, record_size)
@@ -75,7 +72,7 @@ def write_configs(
     def tls_section(name: str, terminals: bool = False) -> list[str]:
         if not tls:
             return []
-        return _section(
+        return toml_section(
             "tls",
             {
                 "ca_file": str(tls_dir / "ca.pem"),
@@ -99,7 +96,7 @@ def write_configs(
     group = {"prefix": prefix, "count": terminals, "width": 5}
     attrs = {"protocol": "hsb1", "codepage": "utf-8", "max_msg": 4096, "profile": "default"}
     cp = (
-        _section(
+        toml_section(
             "cp",
             {
                 "name": "cp",
@@ -118,7 +115,7 @@ def write_configs(
             },
         )
         + tls_section("cp", terminals=True)
-        + _section("[terminal_groups]", {**group, "standby_capable": True, "attrs": {"kind": "till"}})
+        + toml_section("[terminal_groups]", {**group, "standby_capable": True, "attrs": {"kind": "till"}})
     )
     (d / "cp.toml").write_text("\n".join(cp))
     takeover = d / "takeover.dat"
@@ -132,7 +129,7 @@ def write_configs(
             opts.update({"dsn": dsn} if dsn else {"sqlite": str(d / "ledger.sqlite")})
         opts.update(service_options or {})
         text = (
-            _section(
+            toml_section(
                 "host",
                 {
                     "name": name,
@@ -149,10 +146,10 @@ def write_configs(
                     **(host_options or {}),
                 },
             )
-            + _section("takeover", {"path": str(takeover), "records": records, "record_size": 4096})
+            + toml_section("takeover", {"path": str(takeover), "records": records, "record_size": 4096})
             + tls_section(name)
-            + _section("service_options", opts)
-            + _section("[terminal_groups]", {**group, "attrs": attrs})
+            + toml_section("service_options", opts)
+            + toml_section("[terminal_groups]", {**group, "attrs": attrs})
         )
         p = d / f"{name}.toml"
         p.write_text("\n".join(text))

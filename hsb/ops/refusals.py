@@ -15,6 +15,7 @@ import structlog
 
 from hsb.wire.client import FrameStream, NoChallenge
 from hsb.wire.framing import ProtocolError
+from hsb.wire.tlsio import NOT_TLS_REASONS
 
 log = structlog.get_logger("hsb.ops")
 
@@ -73,7 +74,7 @@ def tls_plaintext_hint(exc: BaseException, where: str) -> str | None:
     back where the server's hello should be: WRONG_VERSION_NUMBER), or None: it is no
     certificate's fault, the other side has no `[tls]`."""
     reason = getattr(exc, "reason", None)
-    if reason in ("WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST", "RECORD_LAYER_FAILURE"):
+    if reason in NOT_TLS_REASONS - {"UNKNOWN_PROTOCOL"}:  # (a daemon's plaintext answer, not a stranger's)
         return f"{where} speaks plaintext: give it the same [tls] section (every daemon of the pair and the CP use TLS, or none)"
     return None
 

@@ -27,15 +27,14 @@ import ssl
 from collections import Counter
 from typing import Any
 
+from hsb.wire.tlsio import NOT_TLS_REASONS
+
 STRIKES = 3  # a port's faults (protocol errors, TLS failures) before a group gives up
 
 # refusals of the CP's port itself, whatever the terminal: the first one decides
 PORT_REFUSALS = frozenset({"tls_required"})
 # a CP's refusals that the same terminal, trying again, always meets again
 REFUSALS = frozenset({"unknown_terminal", "bad_hello", "tls_name_mismatch"}) | PORT_REFUSALS
-
-# TLS errors of a peer that does not speak TLS (a plain port answers a ClientHello with its own bytes)
-_NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE"})
 
 
 def tls_failure(exc: BaseException) -> str | None:
@@ -49,7 +48,7 @@ def tls_failure(exc: BaseException) -> str | None:
             " give --ca the CA that signed the CP's certificate (the cluster's ca.pem, docs/tls.md)"
         )
     reason = str(exc.reason or exc)
-    if reason in _NOT_TLS:
+    if reason in NOT_TLS_REASONS:  # (a plain port answers a ClientHello with its own bytes)
         return f"it does not speak TLS ({reason.lower().replace('_', ' ')}): leave out --tls (the CP's [tls] terminals is off), or check --cp"
     return f"the TLS handshake failed ({reason.lower().replace('_', ' ')}): check --ca, --cert and --key against the CP's [tls] (docs/tls.md)"
 

@@ -47,6 +47,8 @@ BYE_WAIT = 2.0
 # the CP closing on a setting of its own, no broken promise: a person who sat idle past
 # [cp] terminal_idle_timeout is reconnected and goes on
 OWN_SETTINGS = frozenset({"idle_timeout"})
+# error frames that are no broken promise of the session (a refusal is told as the reason it gave up)
+NOT_BROKEN = RECONNECT_RACES | FATAL_ERRORS | OWN_SETTINGS
 
 
 def show(data: Any) -> str:
@@ -316,7 +318,7 @@ def session_failures(c: TerminalClient, errors: dict[str, int] | None = None) ->
         (c.protocol_errors, f"protocol errors: {c.protocol_errors} frames from the CP broke the protocol"),
     )
     out = [text for n, text in checks if n]
-    bad = {k: v for k, v in (errors or {}).items() if k not in RECONNECT_RACES and k not in FATAL_ERRORS and k not in OWN_SETTINGS}
+    bad = {k: v for k, v in (errors or {}).items() if k not in NOT_BROKEN}
     if bad:  # (a refusal is told as the reason it gave up)
         out.append("CP errors: " + ", ".join(f"{k} x{v}" for k, v in sorted(bad.items())))
     return out

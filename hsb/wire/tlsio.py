@@ -42,6 +42,10 @@ def _reason(exc: ssl.SSLError, first: int | None = None) -> str:
 
 
 TLS_HANDSHAKE = 0x16  # the content type of a TLS record that opens a connection (a ClientHello)
+# OpenSSL's reasons for a peer that speaks no TLS (plaintext where a TLS record should be; 3.2 and
+# later say RECORD_LAYER_FAILURE): for a server, a client's; for a client, a server's answer
+NOT_TLS_REASONS = frozenset({"WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE"})
+_NOT_TLS_WORDS = tuple(r.lower().replace("_", " ") for r in NOT_TLS_REASONS)
 
 
 def _not_tls(exc: ssl.SSLError, first: int | None) -> bool:
@@ -50,7 +54,7 @@ def _not_tls(exc: ssl.SSLError, first: int | None) -> bool:
     if first is not None and first != TLS_HANDSHAKE:
         return True
     r = (exc.reason or str(exc)).lower().replace("_", " ")
-    return any(w in r for w in ("wrong version number", "http request", "unknown protocol", "record layer failure", "packet length too long"))
+    return any(w in r for w in _NOT_TLS_WORDS)
 
 
 class ServerTLS:

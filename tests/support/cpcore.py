@@ -4,6 +4,7 @@ that drive the CP's own code in-process (tests/support/inproc.py runs whole daem
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +106,47 @@ class HeldJournal:
             return 0
         self.held.pop(0)()
         return 1
+
+
+# -- a grant's flip (hsb.cp.flip), shared by the flip's tests -----------------------------------
+
+
+def flip_pair(d: Path, terminals: int, keeps: bool, attrs: dict[str, Any]) -> tuple[Any, Any, Any, list[str], dict[str, Any]]:
+    """`terminals` terminals with sessions at A (active) and B (standby), flips of 4 per turn;
+    B records what it is sent."""
+    cp = cp_core(d, terminals, width=2, cp="flip_slice = 4\n")
+    a = fake_host(cp, "host-a", "active", keeps=keeps)
+    b = fake_host(cp, "host-b", "standby", batch=64 * 1024, record=True)
+    names = sorted(cp.terms)
+    conns = {}
+    for name in names:
+        conns[name] = fake_terminal(cp, name)
+        cp.host_open(a, name, "active", attrs)
+        cp.host_open(b, name, "standby", attrs)
+    return cp, a, b, names, conns
+
+
+def switch(cp: Any, a: Any, b: Any, planned: bool) -> None:
+    """A planned switchover from A to B (A keeps its sessions as standby ones), or A lost and B
+    granted the role: the flip's first slice runs inside the grant."""
+    if planned:
+        cp.host_release(a)
+        cp.host_handover(a, wait=False)
+    else:
+        a.connection_lost(None)
+        cp.host_switchover(b, "test", False, "failover")
+
+
+async def flipped(cp: Any) -> None:
+    """Until the flip going has ended (5 s at most)."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while cp.flipping is not None:
+        assert loop.time() - t0 < 5.0, "the flip never finished"
+        await asyncio.sleep(0)
+
+
+def agree_counts(cp: Any) -> None:
+    """The totals are what a walk over the terminals counts."""
+    assert cp.counts.active == sum(t.active is not None for t in cp.terms.values())
+    assert cp.counts.standby == sum(t.standby is not None for t in cp.terms.values())
