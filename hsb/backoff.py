@@ -12,6 +12,11 @@ from __future__ import annotations
 import random
 
 
+def doubling(first: float, cap: float, n: int) -> float:
+    """`first` doubled `n` times, at most `cap` (n past 30 counts as 30: the cap long reached)."""
+    return min(cap, first * 2.0 ** min(n, 30))
+
+
 class Backoff:
     """delay(n) = min(cap, first * 2**n) * uniform(0.5, 1.5); `reset()` after a success."""
 
@@ -25,7 +30,7 @@ class Backoff:
 
     def next(self) -> float:
         """The next wait, in seconds."""
-        base = min(self.cap, self.first * (2.0 ** min(self.n, 30)))
+        base = doubling(self.first, self.cap, self.n)
         self.n += 1
         return base * (0.5 + self._random())
 

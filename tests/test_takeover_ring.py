@@ -566,7 +566,7 @@ async def test_ring_entries_waiting_on_failing_storage_stay_one_per_terminal(tmp
         raise OSError(5, "Input/output error")
 
     tio.store.append = failing  # type: ignore[method-assign]
-    tio.start_ring_writer(1)
+    tio.start_ring_writer()
     try:
         for i in range(10_000):
             tio.ring_change(f"T{i % 10}", {"n": i}, i % 2 == 0)
@@ -628,7 +628,7 @@ async def test_a_ring_group_holds_each_terminals_last_entry_only(tmp_path: Path)
     tio.buffer_ring_changes()  # as during a batch write: changes wait
     for i in range(1000):
         tio.ring_change(f"T{i % 10}", {"n": i}, i % 2 == 0)
-    tio.start_ring_writer(1)
+    tio.start_ring_writer()
     try:
         deadline = asyncio.get_running_loop().time() + 10
         while not groups or tio.pending:
@@ -657,7 +657,7 @@ async def test_an_entry_that_cannot_be_encoded_does_not_stop_the_ring(tmp_path: 
         written.extend(e.terminal for e in group)
 
     tio.store.append = append  # type: ignore[method-assign]
-    tio.start_ring_writer(1)
+    tio.start_ring_writer()
     try:
         tio.ring_change("T1", {"n": 1}, True)
         tio.ring_change("T2", {"bad": object()}, True)
@@ -720,7 +720,7 @@ async def test_a_stale_group_that_failed_is_not_queued_again_after_a_batch(tmp_p
         written.extend((e.terminal, e.open) for e in group)
 
     tio.store.append = append  # type: ignore[method-assign]
-    tio.start_ring_writer(1)
+    tio.start_ring_writer()
     import hsb.host.takeover_io as tio_mod
     from tests.support.logrec import RecordingLog
 
@@ -735,7 +735,7 @@ async def test_a_stale_group_that_failed_is_not_queued_again_after_a_batch(tmp_p
         tio.stop_ring_writer()  # the batch write of generation 2, as HA.batch_write does it
         tio.buffer_ring_changes()
         tio.ring_change("T2", {}, True)
-        tio.start_ring_writer(2)
+        tio.start_ring_writer()
         release.set()
         while written != [("T2", True)]:
             assert asyncio.get_running_loop().time() < deadline, f"written {written}, pending {tio.pending}"
@@ -804,7 +804,7 @@ async def test_a_ring_error_does_not_outlive_the_ring_writer_or_the_polls(tmp_pa
         raise OSError(5, "Input/output error")
 
     tio.store.append = failing  # type: ignore[method-assign]
-    tio.start_ring_writer(1)
+    tio.start_ring_writer()
     try:
         tio.ring_change("T1", {}, True)
         deadline = asyncio.get_running_loop().time() + 10
@@ -839,7 +839,7 @@ async def test_a_demoted_active_waits_for_its_ring_write_still_on_its_way(tmp_pa
         await release.wait()
 
     tio.store.append = slow  # type: ignore[method-assign]
-    tio.start_ring_writer(1)
+    tio.start_ring_writer()
     try:
         tio.ring_change("T1", {}, True)
         await asyncio.wait_for(entered.wait(), 5)

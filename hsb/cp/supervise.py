@@ -71,6 +71,8 @@ import msgpack
 import structlog
 
 from hsb import procstat
+from hsb.backoff import doubling
+from hsb.cli import EXIT_FAILED as FAILED  # a worker's exit that may pass: started again, after a wait
 from hsb.ops.notify import Watchdog
 
 log = structlog.get_logger("hsb.cp")
@@ -78,7 +80,6 @@ log = structlog.get_logger("hsb.cp")
 RESTARTS_MAX = 5  # deaths within RESTARTS_WINDOW_S restarted at once; past them, each waits (crash_loop_delay)
 RESTARTS_WINDOW_S = 60.0
 DELAY_FIRST_S, DELAY_MAX_S = 0.5, 30.0  # the wait before a worker in a crash loop, growing to this
-FAILED = 1  # a worker's exit that may pass (hsb.cli.EXIT_FAILED): started again, after a wait
 FAIL_DELAY_FIRST_S, FAIL_DELAY_MAX_S = 0.1, 5.0  # the wait before a worker after such exits in a row, growing to this
 PASSED_ON = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 PR_SET_PDEATHSIG = 1
@@ -298,12 +299,12 @@ def _worker(work: Callable[[dict[str, Any]], int], info: dict[str, Any], parent:
 
 def crash_loop_delay(excess: int) -> float:
     """The wait before the next worker at the `excess`-th death past RESTARTS_MAX in a window."""
-    return float(min(DELAY_MAX_S, DELAY_FIRST_S * 2 ** min(excess - 1, 16)))
+    return doubling(DELAY_FIRST_S, DELAY_MAX_S, excess - 1)
 
 
 def failed_delay(failures: int) -> float:
     """The wait before the next worker after `failures` workers in a row exited FAILED."""
-    return float(min(FAIL_DELAY_MAX_S, FAIL_DELAY_FIRST_S * 2 ** min(failures - 1, 16)))
+    return doubling(FAIL_DELAY_FIRST_S, FAIL_DELAY_MAX_S, failures - 1)
 
 
 def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = RESTARTS_MAX, window: float = RESTARTS_WINDOW_S) -> int:

@@ -78,8 +78,8 @@ class CPLink:
         self.last_rx: float | None = None
         self.task: asyncio.Task[None] | None = None
         self.stopped = False
-        self.dropping: str | None = None  # why `drop()` closed the link (said at its loss)
-        self.dropped: FrameStream | None = None  # the link `drop()` ended (its loss said there already)
+        # why `drop()` closed the live link (its loss said there already); None from each link's start
+        self.dropping: str | None = None
         self.connects = 0
         # the highest CP journal generation seen (SPEC §5.8): a CP with a lower one was
         # superseded by another CP machine and is refused
@@ -213,7 +213,7 @@ class CPLink:
                     # a CP silent past the timeout is dropped: this host stops serving on its own
                     # (unless a test switched self-fencing off, hsb.faults)
                     msg = await fs.recv(timeout=self.timeout if faults.SELF_FENCING else None)
-                    if self.dropped is fs:  # (frames read before the drop: a lost link's, not taken)
+                    if self.dropping is not None:  # (frames read before the drop: a lost link's, not taken)
                         raise LinkClosed("dropped")
                     self.last_rx = time.monotonic()
                     if msg["t"] != "hb":
@@ -249,16 +249,11 @@ class CPLink:
             finally:
                 hb.cancel()
                 self.fs = None
-                told, self.dropped = self.dropped is fs, None  # (said by `drop()` already)
                 try:
-                    if down and not self.stopped and not told:
+                    if down and not self.stopped and self.dropping is None:  # (else said by `drop()` already)
                         # before the close, which may wait a second: this host stops serving at
                         # once (deliveries cancelled, the lease dropped), as the protocol promises
-                        log.warning("cp_link_down", cp=self.addr, reason=why)
-                        try:
-                            self.on_down(why)
-                        except Exception:  # a bug: said; the link is made again all the same
-                            log.exception("cp_link_down_failed", cp=self.addr)
+                        self._went_down(why)
                 finally:
                     await fs.aclose()
             if self.stopped:
@@ -295,14 +290,17 @@ class CPLink:
         if fs is None:
             return
         self.dropping = why
-        self.dropped = fs
         self.fs = None  # nothing more is sent on it
+        self._went_down(why)
+        fs.writer.transport.abort()
+
+    def _went_down(self, why: str) -> None:
+        """The link's loss said, and this host stops serving (`on_down`)."""
         log.warning("cp_link_down", cp=self.addr, reason=why)
         try:
             self.on_down(why)
         except Exception:  # a bug: said; the link is made again all the same
             log.exception("cp_link_down_failed", cp=self.addr)
-        fs.writer.transport.abort()
 
     async def close(self) -> None:
         self.stopped = True

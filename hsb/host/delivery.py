@@ -29,17 +29,13 @@ import structlog
 
 from hsb import faults
 from hsb.backoff import Backoff
-from hsb.service.api import RetryTransaction, Service, ServiceUnavailable
+from hsb.service.api import COLLISION_WAIT, MAX_COLLISIONS, RetryTransaction, Service, ServiceUnavailable
 from hsb.wire.framing import data_size
 
 log = structlog.get_logger("hsb.host")
 
 RETRY_FIRST = 0.05  # seconds before a message the service could not take is handed over again
 RETRY_CAP = 2.0
-# a service's RetryTransactions in a row for one message before it counts as failing (as
-# hsb.service.once's own retries), and the random wait before the n-th retry: up to n times this
-MAX_COLLISIONS = 20
-COLLISION_WAIT = 0.002
 
 
 class ServiceHealth:
@@ -292,7 +288,7 @@ class Delivery:
         """Wait up to `timeout` for the service calls still running to end: those `cancel()`
         cancelled that the service has not ended yet (one that finishes a section it shields
         first, `ending`). False, and said, if some still run then."""
-        running = [t for t in (*self.ending.values(), *self.workers.values()) if not t.done()]
+        running = [t for t in self.ending.values() if not t.done()]
         if not running:
             return True
         _, left = await asyncio.wait(running, timeout=max(timeout, 0.0))

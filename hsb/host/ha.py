@@ -30,7 +30,7 @@ import structlog
 from hsb import faults
 from hsb.fsutil import bulk_seconds
 from hsb.host.ha_lease import LeaseSide
-from hsb.host.ha_standby import HotStandbySide
+from hsb.host.ha_standby import HotStandbySide, batch_complete_wait
 from hsb.host.ha_switch import SwitchSide
 from hsb.host.ha_view import HAView
 from hsb.host.lease import Lease
@@ -79,7 +79,7 @@ class Exit(Exception):
 
 def batch_wait(tk: Any) -> float:
     """How long a standby waits for BATCH WRITE COMPLETE (`tk`: the [takeover] section)."""
-    return float(max(5.0, 3 * tk.storage_timeout) + bulk_seconds((1 + 1 / 3) * tk.records * tk.record_size))
+    return batch_complete_wait(tk) + bulk_seconds((1 + 1 / 3) * tk.records * tk.record_size)
 
 
 class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):

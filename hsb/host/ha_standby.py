@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hsb import faults
+from hsb.backoff import doubling
 from hsb.host.states import AWAITING_BATCH, BATCH_READING, BATCH_RETRY, BATCH_WRITING, ESTABLISHED, HANDING_OVER, RELEASING, SERVING, WAITING
 from hsb.takeover.startup_id import startup_id as new_startup_id
 
@@ -36,13 +37,19 @@ BATCH_GAP_FIRST_S = 0.5
 BATCH_EVERY_S = 10.0
 
 
+def batch_complete_wait(tk: Any) -> float:
+    """How long a standby waits for BATCH WRITE COMPLETE before the transfer's own time (`tk`: its
+    [takeover] section; `ha.batch_wait` adds that), and re-reads a header older than it announced."""
+    return float(max(5.0, 3 * tk.storage_timeout))
+
+
 def batch_hold_max(tk: Any) -> float:
     """The longest gap the active puts after an unread batch write (`tk`: its [takeover] section):
     half the standby's own wait for BATCH WRITE COMPLETE (max(5 s, 3 x storage_timeout), plus the
     transfer, `ha.batch_wait`), at most BATCH_EVERY_S. Held longer, the write (within its own
     storage_timeout) landed after the standby had given up and asked again with a new startup id:
     a whole batch for an id nobody waits for, and the next ask held as long again."""
-    return float(min(BATCH_EVERY_S, 0.5 * max(5.0, 3 * tk.storage_timeout)))
+    return min(BATCH_EVERY_S, 0.5 * batch_complete_wait(tk))
 
 
 RING_WRITE_STALE_S = 2.0  # the active's ring writes failing this long (or storage_timeout, if longer): hot standby not ready
@@ -135,8 +142,8 @@ class HotStandbySide:
         if self.batches_unread == 0 or self.batch_ended is None:
             return False
         ended, took = self.batch_ended
-        gap = max(BATCH_GAP_FIRST_S * 2 ** min(self.batches_unread - 1, 20), 4 * took)
-        due = ended + min(gap, batch_hold_max(self.srv.cfg.takeover))
+        hold = batch_hold_max(self.srv.cfg.takeover)
+        due = ended + min(max(doubling(BATCH_GAP_FIRST_S, hold, self.batches_unread - 1), 4 * took), hold)
         if time.monotonic() >= due:
             return False
         if self.held_batch is not None and self.held_batch[1].get("t") == "standby_startup" and msg.get("t") == "resync_request":
@@ -180,7 +187,7 @@ class HotStandbySide:
         faults.point("host.between_batch_and_notice")
         self.batch_ended = time.monotonic(), time.monotonic() - t0
         self.generation = gen
-        tio.start_ring_writer(gen)
+        tio.start_ring_writer()
         log.info("batch_write_complete", generation=gen, entries=len(entries), ms=round((time.monotonic() - t0) * 1000, 1))
         if self.stopping:  # a normal stop began while it was written: no standby sessions for a stopping host
             log.info("batch_write_complete_not_sent", msg="this host is stopping")
@@ -303,8 +310,7 @@ class HotStandbySide:
             return  # for an earlier attempt
         # a header read older than this (the page cache of the O_DIRECT fallback) is read again until
         # then, not taken for another file's: as long as the active's wait for a batch allows
-        tk = self.srv.cfg.takeover
-        self.batch_announced = int(msg["generation"]), time.monotonic() + max(5.0, 3 * tk.storage_timeout), 0
+        self.batch_announced = int(msg["generation"]), time.monotonic() + batch_complete_wait(self.srv.cfg.takeover), 0
         await self.batch_read()
 
     def stale_header(self: HA, found: int | None, own_id: bool = False) -> bool:
@@ -320,8 +326,7 @@ class HotStandbySide:
         # a stale read followed by a real failure would otherwise start too high
         gen, until, rereads = announced
         self.batch_announced = gen, until, rereads + 1
-        first, cap = STALE_HEADER_RETRY_S
-        delay = min(cap, first * 2 ** min(rereads, 20))
+        delay = doubling(*STALE_HEADER_RETRY_S, rereads)
         log.warning("batch_read_stale", generation=found, announced=announced[0], retry_in_s=delay)
         self.last_error = f"batch read: the takeover file's header says generation {found}, BATCH WRITE COMPLETE {announced[0]}: read again"
         token = self.batch_token
@@ -388,7 +393,7 @@ class HotStandbySide:
         disk is not hammered (BATCH_RETRY, then `resync_request` from `run_cycle`)."""
         self.batch_failures += 1
         self.batch_announced = None  # (the next BATCH WRITE COMPLETE announces its own)
-        delay = min(0.05 * 2 ** min(self.batch_failures - 1, 20), BATCH_RETRY_MAX_S)
+        delay = doubling(0.05, BATCH_RETRY_MAX_S, self.batch_failures - 1)
         self.last_error = f"batch read failed: {why}"
         log.error("batch_read_failed", error=why, retry_in_s=delay, failures=self.batch_failures)
         self.set_state(BATCH_RETRY, self.last_error)

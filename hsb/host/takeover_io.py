@@ -58,7 +58,6 @@ class TakeoverIO:
             pair_tag=pair_tag,
         )
         self.mode = OFF
-        self.ring_generation = 0  # the batch write the ring writer follows
         self.ring_epoch = 0  # each start and stop of the ring writer's: a group's failure from an earlier one says nothing now
         self.pending: list[SessionEntry] = []
         self.wake = asyncio.Event()
@@ -93,10 +92,9 @@ class TakeoverIO:
         self.mode = OFF
         self.pending = []
 
-    def start_ring_writer(self, generation: int) -> None:
+    def start_ring_writer(self) -> None:
         """S210: from now on every open/close of a linked terminal goes to the ring."""
         self.mode = WRITING
-        self.ring_generation = generation
         self.ring_epoch += 1
         # the batch write just succeeded: a failure said before it (or one landing since, from a
         # group taken before it) is no longer the ring's state
@@ -278,7 +276,7 @@ class TakeoverIO:
             if self.write_failing is None
             else {
                 "since": self.write_failing[0],
-                "failing_s": round(time.monotonic() - self.write_failing[1], 1),
+                "failing_s": round(self.write_failing_for() or 0.0, 1),  # (never None here)
                 "failures": self.write_failing[2],
                 "error": self.last_error,
                 "pending": len(self.pending),

@@ -58,6 +58,13 @@ class RetryTransaction(Exception):
     run it again (hsb.service.db raises it; the host hands the message over again)."""
 
 
+# RetryTransactions in a row for one message before the service counts as failing (the host's
+# hand-overs and ExactlyOnce.run's own tries alike), and the random wait before the n-th retry:
+# up to n times COLLISION_WAIT seconds
+MAX_COLLISIONS = 20
+COLLISION_WAIT = 0.002
+
+
 # The built-in services' options that name a file, with their defaults: relative to the host
 # config file's folder, like every path in it (hsb.host.config), not to the working directory
 # (`/` under systemd). A service of one's own gets its [service_options] as written.

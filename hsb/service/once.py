@@ -52,7 +52,7 @@ from typing import Any
 
 import structlog
 
-from hsb.service.api import ServiceUnavailable
+from hsb.service.api import COLLISION_WAIT, MAX_COLLISIONS, ServiceUnavailable
 from hsb.service.db import Database, RetryTransaction, Tx
 
 log = structlog.get_logger("hsb.service")
@@ -99,8 +99,6 @@ _DELETE = (
 )
 _TOUCH = "UPDATE hsb_idempotency SET at = {now} WHERE terminal = $1 AND msg_id >= $2 AND at < {now} - $3"
 _RECORD = "INSERT INTO hsb_idempotency (terminal, msg_id, reply, at, request_hash) VALUES ($1, $2, $3, {now}, $4) ON CONFLICT DO NOTHING RETURNING 1"
-
-MAX_RETRIES = 20  # collisions in a row before the service counts as failing
 
 
 class _AlreadyDone(Exception):
@@ -193,7 +191,7 @@ class ExactlyOnce:
         """The reply to (terminal, message_id), its effect applied exactly once. With `request`
         (the message's data), a record of another request for the same id raises RequestMismatch."""
         digest = None if request is None else request_hash(request)
-        for attempt in range(MAX_RETRIES):
+        for attempt in range(MAX_COLLISIONS):
             try:
                 return await self._once(terminal, message_id, redelivered, effect, digest)
             except _AlreadyDone:
@@ -219,12 +217,12 @@ class ExactlyOnce:
                     self.counters["replayed"] += 1
                     return prior
                 raise
-        raise ServiceUnavailable(f"{MAX_RETRIES} transactions in a row collided for {terminal} message {message_id}")
+        raise ServiceUnavailable(f"{MAX_COLLISIONS} transactions in a row collided for {terminal} message {message_id}")
 
     async def _collided(self, attempt: int) -> None:
         """Another transaction got in the way: counted, and a short random wait before the next try."""
         self.counters["collisions"] += 1
-        await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+        await asyncio.sleep(random.uniform(0, COLLISION_WAIT * (attempt + 1)))
 
     async def _once(self, terminal: str, message_id: int, redelivered: bool, effect: Effect, digest: int | None) -> str:
         async def body(tx: Tx) -> tuple[bool, str]:
