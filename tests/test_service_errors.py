@@ -263,8 +263,39 @@ async def test_the_journal_service_cuts_a_line_torn_by_a_kill_before_it_appends(
     assert p.read_text() == "host-a T1 1 0\nhost-a T1 2 1\n"
     p.write_text("host-a T1")  # the first line torn: nothing whole to keep
     j = JournalService("host-a", journal=str(p))
-    await j.close()
-    assert p.read_text() == ""
+    try:
+        await asyncio.wait_for(j.handle("T1", 1, "x", False), 5)
+    finally:
+        await j.close()
+    assert p.read_text() == "host-a T1 1 0\n"
+
+
+def test_a_config_check_leaves_a_journal_with_a_torn_line_as_it_is(tmp_path: Path) -> None:
+    """hsbd --check-config builds the service to check it, and the journal service cut a torn
+    last line in its constructor: a check changed the file. The line is cut at the first append
+    now (above); the check leaves every byte."""
+    import subprocess
+    import sys
+
+    from tests.support.procs import host_config
+
+    p = tmp_path / "j.log"
+    torn = b"host-a T1 1 0\nhost-a T1 2"
+    p.write_bytes(torn)
+    cfg = host_config(
+        tmp_path,
+        "a",
+        cp="127.0.0.1:2",
+        peer_listen="127.0.0.1:3",
+        peer="127.0.0.1:4",
+        takeover=tmp_path / "t.dat",
+        records=64,
+        service="journal",
+        service_options={"journal": str(p)},
+    )
+    r = subprocess.run([sys.executable, "-m", "hsb.host", "--config", str(cfg), "--check-config"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "config OK" in r.stdout, r.stderr
+    assert p.read_bytes() == torn
 
 
 async def test_a_services_status_that_raises_leaves_health_metrics_and_status_answering(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -52,7 +52,9 @@ class JournalService(EchoService):
         self.path = Path(journal)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        self._drop_torn_line()
+        # a torn last line is cut before the first append, not here: hsbd --check-config builds
+        # the service too, and a check must leave the file as it found it
+        self.repaired = False
         self.pending: list[tuple[bytes, asyncio.Future[None]]] = []
         self.wake = asyncio.Event()
         self.writer: asyncio.Task[None] | None = None
@@ -76,6 +78,11 @@ class JournalService(EchoService):
                 continue
             blob = b"".join(line for line, _ in batch)
             try:
+                if not self.repaired:
+                    dropped = await self.worker.run(self._drop_torn_line)
+                    self.repaired = True
+                    if dropped:
+                        log.warning("journal_torn_line_dropped", path=str(self.path), bytes=dropped)
                 await self.worker.run(functools.partial(self._append, blob))
             except Exception as exc:  # noqa: BLE001 - each waiting message gets its answer; the loop goes on
                 # a full disk, EIO: the messages wait (the CP holds them), not error replies; any
@@ -91,19 +98,20 @@ class JournalService(EchoService):
                 if not f.done():
                     f.set_result(None)
 
-    def _drop_torn_line(self) -> None:
+    def _drop_torn_line(self) -> int:
         """A kill in the middle of a batch's write leaves a last line without its newline (never
-        answered: replies wait for the fsync); cut it off, so the next line is not glued to it."""
+        answered: replies wait for the fsync); cut it off, so the next line is not glued to it.
+        Returns the bytes cut."""
         size = os.fstat(self.fd).st_size
         if size == 0 or os.pread(self.fd, 1, size - 1) == b"\n":
-            return
+            return 0
         tail = os.pread(self.fd, min(size, 4096), max(0, size - 4096))
         if b"\n" not in tail and len(tail) < size:
-            return  # no line is this long: not a line torn by a kill, leave the file as it is
+            return 0  # no line is this long: not a line torn by a kill, leave the file as it is
         keep = size - len(tail) + tail.rfind(b"\n") + 1
         os.ftruncate(self.fd, keep)
         os.fsync(self.fd)
-        log.warning("journal_torn_line_dropped", path=str(self.path), bytes=size - keep)
+        return size - keep
 
     def _append(self, blob: bytes) -> None:
         end = os.lseek(self.fd, 0, os.SEEK_END)
