@@ -283,3 +283,59 @@ async def test_a_delivery_for_a_name_or_id_the_cp_could_not_have_is_a_protocol_e
         assert handled == [] and all(len(k) <= 48 for k in a.delivery.handed), (handled, list(a.delivery.handed))
         core.set_paused(False, "test")
         await until(lambda: established(a, b), "hot standby again")
+
+
+async def test_an_active_session_the_cp_refuses_is_shown_counted_and_cleared_once_it_opens(tmp_path: Path) -> None:
+    """A session the CP refused to open (`open_failed`) was only logged: the terminal was not
+    served and hsbctl status and the metrics said nothing. The host's status keeps the last
+    refused terminals with the CP's reason (cleared for one once its session opens), the metric
+    counts them by kind, and hsbctl status shows them in one line."""
+    import json
+
+    from hsb.ctl.gather import summarize
+    from hsb.ctl.status import render
+    from hsb.ops.metrics import HostCollector
+    from tests.support.hostclient import FakeTerminal
+
+    def refused_count(kind: str) -> float:
+        ms = [s for m in HostCollector(a.status).collect() for s in m.samples if s.name == "hsb_session_open_failed_total"]
+        return next(s.value for s in ms if s.labels == {"kind": kind})
+
+    def ctl_lines() -> list[str]:  # (hsbctl reads the status as JSON)
+        hosts = [{**json.loads(json.dumps(h.status(), default=str)), "reachable": True} for h in (a, b)]
+        return render(summarize({**cp.status(), "reachable": True}, hosts)).splitlines()
+
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        core = cp.cp
+        assert core is not None
+        real_open = core.host_open
+        refusals = 0
+
+        def host_open(host: Any, name: str, kind: str, attrs: dict[str, Any]) -> None:
+            nonlocal refusals
+            if name == "T00001" and kind == "active" and refusals == 0:  # (as for a role moved meanwhile)
+                refusals += 1
+                host.send({"t": "open_failed", "terminal": name, "kind": kind, "reason": "this host is not the active host"})
+                return
+            real_open(host, name, kind, attrs)
+
+        core.host_open = host_open  # type: ignore[method-assign]
+        assert refused_count("active") == 0 and a.status()["open_failed"]["recent"] == []
+        t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")
+        await until(lambda: a.status()["open_failed"]["recent"], "the refusal in host-a's status")
+        st = a.status()["open_failed"]
+        assert st["active"] == 1 and st["standby"] == 0, st
+        (r,) = st["recent"]
+        assert (r["terminal"], r["kind"], r["reason"]) == ("T00001", "active", "this host is not the active host") and r["at"] > 0, r
+        assert refused_count("active") == 1 and refused_count("standby") == 0
+        line = next((x for x in ctl_lines() if "SESSIONS REFUSED" in x), None)
+        assert line is not None and "T00001 (active)" in line and "this host is not the active host" in line, ctl_lines()
+
+        await t.close()  # the terminal logs on again: this time the CP opens its session
+        await until(lambda: core.terms["T00001"].conn is None, "the CP seeing the terminal gone")
+        t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")
+        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        await until(lambda: not a.status()["open_failed"]["recent"], "the refusal cleared once the session opened")
+        assert a.status()["open_failed"]["active"] == 1 and refused_count("active") == 1  # (a counter: it stays)
+        assert not any("SESSIONS REFUSED" in x for x in ctl_lines())
+        await t.close()

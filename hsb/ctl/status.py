@@ -234,6 +234,13 @@ def render(st: dict[str, Any]) -> str:
                 f"            SERVICE FAILING ({sv.get('name')}): {sv.get('error')}; {sv.get('waiting_terminals')} terminal(s) wait,"
                 f" their messages held at the CP and retried ({sv.get('retries')} retries so far)"
             )
+        refused = (h.get("open_failed") or {}).get("recent") or []
+        if refused:  # (cleared for a terminal once its session opens)
+            last = refused[-1]
+            out.append(
+                f"            SESSIONS REFUSED by the CP, not open here: {', '.join(r['terminal'] for r in refused)};"
+                f" last {last['terminal']} ({last['kind']}) {_age(last.get('at'))}: {last['reason']}"
+            )
         if h.get("file_mismatch"):
             out.append(f"            ERROR {h['file_mismatch']}")
         if h.get("last_error"):

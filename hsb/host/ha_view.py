@@ -130,6 +130,7 @@ class HAView:
             "generation": self.generation,
             "takeover_file": self.srv.takeover.status(),
             "terminals": self.srv.sessions.counts(),
+            "open_failed": self.srv.sessions_ctl.open_failures.status(),  # session opens the CP refused
             "file_mismatch": self.file_mismatch,
             "active_stopped_by": self.active_stopped_by,
             "last_takeover": self.takeover,

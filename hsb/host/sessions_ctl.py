@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hsb.host.delivery import being_cancelled
+from hsb.host.open_failures import OpenFailures
 from hsb.host.sessions import ACTIVE, CLOSED, STANDBY, TerminalState
 from hsb.terminals import name_problem
 from hsb.wire.framing import encode
@@ -48,6 +49,7 @@ class SessionsCtl:
         self.kept_done = asyncio.Event()
         self.kept_done.set()
         self.refused: dict[str, str] = {}
+        self.open_failures = OpenFailures()  # the CP's open_failed answers, for the status and metrics
         self.tasks: set[asyncio.Task[None]] = set()
         # the service's session hooks, in order per terminal (see _hook)
         self.hooks: dict[str, deque[tuple[Callable[..., Awaitable[None]], tuple[Any, ...], asyncio.Future[None] | None]]] = {}
@@ -177,19 +179,23 @@ class SessionsCtl:
             self.active_closed(_name(msg["terminal"]), str(msg.get("reason", "")))
             return True
         if t == "opened":
+            name = _name(msg["terminal"])
+            self.open_failures.opened(name)
             if msg.get("kind") == "standby":
-                self._answered(_name(msg["terminal"]))
+                self._answered(name)
             return True
         if t == "standby_kept":
             self.standby_kept(msg)
             return True
         if t == "opened_batch":
             for name in [_name(n) for n in msg["terminals"]]:
+                self.open_failures.opened(name)
                 self._answered(name)
             return True
         if t == "open_failed":
             name, reason = _name(msg["terminal"]), str(msg.get("reason", ""))
             ts = self.sessions.get(name)
+            self.open_failures.failed(name, str(msg.get("kind")), reason)
             if msg.get("kind") == "standby":
                 if ts is not None and ts.state == STANDBY:
                     ts.state = CLOSED

@@ -130,6 +130,11 @@ class HostCollector:
         yield _sessions("Sessions of this host by kind.", t)
         yield _g("hsb_terminals_defined", "Own total terminal count.", t["defined"])
         yield _g("hsb_terminals_linked", "Terminals on the fast-switch link.", t["linked"])
+        of = st.get("open_failed") or {}
+        m = CounterMetricFamily("hsb_session_open_failed", "Session opens of this host the CP refused (open_failed), by kind.", labels=["kind"])
+        for kind in ("active", "standby"):
+            m.add_metric([kind], float(of.get(kind, 0)))
+        yield m
         d = st["delivery"]
         yield _c("hsb_messages_processed", "Messages processed by the service.", d["processed"])
         yield _c("hsb_messages_redelivered", "Processed messages that were marked redelivered.", d["redelivered"])
