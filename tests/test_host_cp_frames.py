@@ -339,3 +339,47 @@ async def test_an_active_session_the_cp_refuses_is_shown_counted_and_cleared_onc
         assert a.status()["open_failed"]["active"] == 1 and refused_count("active") == 1  # (a counter: it stays)
         assert not any("SESSIONS REFUSED" in x for x in ctl_lines())
         await t.close()
+
+
+@pytest.mark.parametrize(
+    ("items", "said"),
+    [
+        (["T" * 10_000], "(10000 characters) must be 1..48 bytes"),
+        ([5], "a terminal name must be text, not int"),
+        (["T00001", "é" * 25], "(25 characters) must be 1..48 bytes"),
+        ("T00001", "items must be an array, not str"),
+    ],
+    ids=["long_name", "int_name", "bad_name_after_a_good_one", "text_items"],
+)
+async def test_standby_kept_names_the_cp_could_not_have_are_a_protocol_error_and_none_is_kept(tmp_path: Path, items: Any, said: str) -> None:
+    """The deliveries' names are checked (above), a `standby_kept` frame's were not: a 10 KB name
+    or a number would have been kept as a standby session's key. The whole frame is checked
+    before any item is taken: a bad name is the link's protocol error (bad_fields, the name cut
+    short), and no item of the frame becomes a standby session, nor reaches the service."""
+    from hsb.host.sessions import STANDBY
+
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        core = cp.cp
+        assert core is not None
+        opened: list[str] = []
+        real_open = b.service.open_session
+
+        async def open_session(terminal: str, attrs: dict[str, Any], standby: bool) -> None:
+            opened.append(terminal)
+            await real_open(terminal, attrs, standby)
+
+        b.service.open_session = open_session  # type: ignore[method-assign]
+        downs: list[str] = []
+        real_down = b.cp.on_down
+        b.cp.on_down = lambda why: (downs.append(why), real_down(why))[1]
+        link = core.standby
+        assert link is not None and link.name == "host-b" and not b.ha.granted
+        b.sessions_ctl.expect_kept()  # as at a demotion: this host waits for the CP's standby_kept
+        link.send({"t": "standby_kept", "epoch": b.ha.epoch, "items": items, "last": True})
+        await until(lambda: bool(downs), "the host's link-loss handling")
+        assert "bad_fields" in downs[0] and "standby_kept" in downs[0] and said in downs[0], downs
+        assert len(downs[0]) < 600, downs[0]  # (the name shown cut short)
+        assert opened == [] and b.sessions.get("T00001").state != STANDBY, opened
+        assert all(type(k) is str and len(k) <= 48 for k in b.sessions_ctl.kept), b.sessions_ctl.kept
+        await until(lambda: core.standby is not None and core.standby is not link and b.ha.registered, "host-b registered again")
+        await until(lambda: established(a, b), "hot standby again")

@@ -184,8 +184,11 @@ class SessionsCtl:
             if msg.get("kind") == "standby":
                 self._answered(name)
             return True
-        if t == "standby_kept":
-            self.standby_kept(msg)
+        if t == "standby_kept":  # (every name checked before any is taken, for this demotion or not)
+            items = msg.get("items") or []
+            if not isinstance(items, list):
+                raise TypeError(f"standby_kept: items must be an array, not {type(items).__name__}")
+            self.standby_kept(msg, [_name(n) for n in items])
             return True
         if t == "opened_batch":
             for name in [_name(n) for n in msg["terminals"]]:
@@ -213,20 +216,21 @@ class SessionsCtl:
         self.kept.clear()
         self.kept_done.clear()
 
-    def standby_kept(self, msg: dict[str, Any]) -> None:
-        """The CP made these active sessions of ours our standby sessions (hsb.cp.flip): the
-        service hears the active one close and the standby one open, and nothing goes to the CP."""
+    def standby_kept(self, msg: dict[str, Any], names: list[str]) -> None:
+        """The CP made these active sessions of ours (`names`, the frame's items checked) our
+        standby sessions (hsb.cp.flip): the service hears the active one close and the standby
+        one open, and nothing goes to the CP."""
         if self.srv.ha.granted or msg.get("epoch") != self.srv.ha.epoch:
             return  # not for this demotion
         if self.kept_done.is_set():
             # after the batch read gave up waiting (or the CP link was lost): whatever the CP
             # kept that this host does not hold as a standby session is closed there
-            for name in msg.get("items") or ():
+            for name in names:
                 ts = self.sessions.get(name)
                 if self.cp_registered and (ts is None or ts.state != STANDBY):
                     self.srv.cp.send({"t": "close", "terminal": name, "kind": "standby"})
             return
-        for name in msg.get("items") or ():
+        for name in names:
             ts = self.sessions.get(name)
             if ts is None or ts.state == STANDBY:
                 continue
