@@ -1,4 +1,4 @@
-"""File-system durability shared by the takeover file and the CP's journal."""
+"""File-system durability shared by the takeover file, the CP's journal and small state files."""
 
 from __future__ import annotations
 
@@ -13,6 +13,29 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def replace_durably(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
+    """`path` holds `data` whole, or what it held before, whenever the machine stops: written to
+    PATH.tmp, fsynced, renamed over `path`, then the folder fsynced (the rename itself durable)."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:  # (a short write goes on where it stopped)
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path) or ".")
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -232,6 +232,38 @@ async def test_a_host_refuses_a_cp_older_than_one_it_saw(tmp_path: Path) -> None
         pair.stop()
 
 
+async def test_a_restarted_host_still_refuses_a_cp_older_than_one_it_saw(tmp_path: Path) -> None:
+    """The generation seen is kept across the host's own restart (hsb.host.cpgen): a host that
+    crashed and started again while a superseded CP answers at its address started from 0 and
+    registered with that CP. Now it reads the generation from its file beside the takeover file
+    and refuses the older CP, as the process before it would have."""
+    from tests.support.pair import make_pair
+
+    pair = make_pair(tmp_path)
+    try:
+        pair.cp = restart_cp(pair.cp)  # generation 2
+        pair.start("host-a", "active")
+        st = await pair.wait_state("host-a", "serving")
+        assert st["cp_generation"]["seen"] == 2 and st["cp_generation"]["remembered"] == 2, st["cp_generation"]
+        kept = Path(st["cp_generation"]["file"])
+        assert kept == tmp_path / "host-a.cp-generation" and kept.exists()
+        pair.hosts["host-a"].stop()  # a crash (SIGKILL): nothing written at the end
+        # while it is down, a CP on another (older) journal answers at the same address
+        pair.cp.stop()
+        (tmp_path / "cp" / "cp-journal").rename(tmp_path / "cp-journal-newer")
+        pair.cp = restart_cp(pair.cp)
+        assert pair.cp.wait_event("journal_recovered")["generation"] == 1
+        host = pair.start("host-a", "active")  # a new process
+        assert host.wait_event("cp_generation_loaded")["generation"] == 2
+        ev = host.wait_event("cp_generation_refused", timeout=10)
+        assert "generation 1, below 2" in ev["reason"], ev
+        st = await pair.status("host-a")
+        assert st["cp_generation"]["refusals"] >= 1 and st["cp_generation"]["seen"] == 2 and not st["registered_at_cp"], st
+        assert (await pair.cp_status())["active"] is None  # the restarted host never registered with it
+    finally:
+        pair.stop()
+
+
 def test_generation_files_are_taken_once_each(tmp_path: Path) -> None:
     """Two CPs taking the next generation at once get different ones (O_EXCL)."""
     import threading

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hsb.config import toml_section
+from hsb.host.cpgen import generation_path
 from hsb.ports import free_port
 from hsb.takeover.fileio import create_file
 from hsb.takeover.layout import batch_records_for
@@ -195,8 +196,8 @@ def save_state(d: Path, st: dict[str, Any]) -> None:
 
 def prepare(d: Path, *, tls: bool, service: str, dsn: str | None, **configs: Any) -> dict[str, Any]:
     """A new sandbox's files in `d` (checked by `check_folder`, its daemons not started): the mark,
-    configs (`write_configs`, with `configs`), a new takeover file, and no CP journal, ledger or
-    certificates left from an earlier sandbox there. Returns the plan of `write_configs`."""
+    configs (`write_configs`, with `configs`), a new takeover file, and no CP journal, ledger,
+    hosts' CP generation files or certificates left from an earlier sandbox there. Returns the plan of `write_configs`."""
     try:
         d.mkdir(parents=True, exist_ok=True)
         (d / MARK).touch()
@@ -210,6 +211,8 @@ def prepare(d: Path, *, tls: bool, service: str, dsn: str | None, **configs: Any
             (d / f"ledger.sqlite{suffix}").unlink(missing_ok=True)
     create_file(plan["takeover"], plan["records"], 4096, force=True, replace_used=True)  # (the sandbox's own, its daemons not started yet)
     shutil.rmtree(d / "cp-journal", ignore_errors=True)  # a new sandbox: the CP starts empty
+    for name in HOSTS:  # ... at generation 1, which hosts that kept an earlier sandbox's higher one would refuse
+        generation_path(plan["takeover"], name).unlink(missing_ok=True)
     return plan
 
 

@@ -20,6 +20,7 @@ import structlog
 from hsb import faults
 from hsb.backoff import Backoff
 from hsb.config import parse_addr
+from hsb.host.cpgen import GenerationFile
 from hsb.host.lease import Lease
 from hsb.ops.refusals import RefusalLog, not_hsb, refusal_hint, tls_plaintext_hint
 from hsb.wire.client import FrameStream, LinkClosed
@@ -59,6 +60,7 @@ class CPLink:
         on_answer: Callable[[int], None],
         on_bounds: Callable[[Any], None] = lambda _: None,
         on_problem: Callable[[str | None], None] = lambda _: None,
+        memory: GenerationFile | None = None,
     ) -> None:
         self.name = name
         self.addr = addr
@@ -82,9 +84,18 @@ class CPLink:
         self.dropping: str | None = None
         self.connects = 0
         # the highest CP journal generation seen (SPEC §5.8): a CP with a lower one was
-        # superseded by another CP machine and is refused
+        # superseded by another CP machine and is refused; kept across restarts in `memory`
+        # (hsb.host.cpgen), which the start reads it from
         self.cp_generation = 0
         self.generation_refusals = 0
+        self.memory = memory
+
+    def generation_status(self) -> dict[str, Any]:
+        """The CP generations of this host's status (hsbctl status --json, the metrics)."""
+        st: dict[str, Any] = {"seen": self.cp_generation, "refusals": self.generation_refusals}
+        if self.memory is not None:
+            st.update(self.memory.status())
+        return st
 
     @property
     def up(self) -> bool:
@@ -182,7 +193,8 @@ class CPLink:
             if isinstance(gen, int) and gen < self.cp_generation:
                 self.generation_refusals += 1
                 gen_refusals.seen(
-                    f"the CP at {self.addr} has journal generation {gen}, below {self.cp_generation} seen before:"
+                    f"the CP at {self.addr} has journal generation {gen}, below {self.cp_generation} seen before"
+                    f"{f' (kept in {self.memory.path})' if self.memory is not None else ''}:"
                     " a superseded CP (two CP machines, another one serves); not registering with it"
                 )
                 await fs.aclose()
@@ -192,6 +204,13 @@ class CPLink:
                 if self.cp_generation:
                     log.info("cp_generation_raised", cp=self.addr, generation=gen, was=self.cp_generation)
                 self.cp_generation = gen
+            if self.memory is not None and self.cp_generation > self.memory.saved:
+                # durable before this host registers with it: restarted, it refuses an older CP too
+                try:
+                    await self.memory.save(self.cp_generation)
+                except BaseException:
+                    fs.close()
+                    raise
             backoff.reset()
             refusals.clear()
             tls_refusals.clear()

@@ -118,7 +118,7 @@ class HAView:
             "established_since": self.established_since,
             "registered_at_cp": self.registered,
             "cp_link": "up" if self.srv.cp.up else "down",
-            "cp_generation": {"seen": self.srv.cp.cp_generation, "refusals": self.srv.cp.generation_refusals},
+            "cp_generation": self.srv.cp.generation_status(),
             "peer_link": {
                 "up": peer.up,
                 "peer": peer.peer_name,

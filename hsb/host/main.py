@@ -105,6 +105,20 @@ def _writable_problem(path: str) -> list[str]:
     return []
 
 
+def cp_generation_problem(cfg: HostConfig) -> list[str]:
+    """--check-config: this host's CP generation file, if it is there, is one the start takes
+    (hsb.host.cpgen). (The start reads it under storage_timeout; this read has no deadline.)"""
+    from hsb.host.cpgen import GenerationFileError, generation_path, read_generation
+
+    try:
+        read_generation(generation_path(cfg.takeover.path, cfg.host.name), cfg.host.name)
+    except GenerationFileError as exc:
+        return [str(exc)]
+    except OSError:
+        pass  # the storage's: the start says it (the takeover file's checks say it too)
+    return []
+
+
 def _listens(cfg: HostConfig) -> list[tuple[str, str]]:
     return [(f"host.{k}_listen", getattr(cfg.host, f"{k}_listen")) for k in ("peer", "admin", "http")]
 
@@ -136,7 +150,7 @@ def main(role: str | None, no_rejoin: bool, config_path: str, check_config: bool
         HostConfig,
         check_config,
         warnings=lambda c: takeover_missing(c) + listen_warnings(_listens(c)),
-        checks=lambda c: check_service(c) + (takeover_writable(c) + listen_addresses(c) if check_config else []),
+        checks=lambda c: check_service(c) + (takeover_writable(c) + listen_addresses(c) + cp_generation_problem(c) if check_config else []),
         partial_checks=lambda part: partial_checks(part, check_config),
     )
     if role is None:
@@ -144,6 +158,7 @@ def main(role: str | None, no_rejoin: bool, config_path: str, check_config: bool
     secret = load_secret(cfg.host.secret_file)
     logs.setup(log_level, process=f"hsbd:{cfg.host.name}", cache=True)
     from hsb import faults, loop
+    from hsb.host.cpgen import GenerationFileError
 
     faults.install()
     from hsb.service.api import ServiceError, load_service
@@ -171,6 +186,9 @@ def main(role: str | None, no_rejoin: bool, config_path: str, check_config: bool
         except TakeoverError as exc:
             await server.close()
             die(str(exc))
+        except GenerationFileError as exc:  # a restart would find the same file: exit 78, not restarted
+            await server.close()
+            die(str(exc), EXIT_CONFIG)
         except OSError as exc:
             await server.close()
             die(start_error(exc))

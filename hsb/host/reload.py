@@ -26,7 +26,7 @@ async def apply(srv: HostServer) -> None:
     h = new.host
     srv.peer.interval = srv.cp.interval = h.heartbeat_interval
     srv.peer.timeout = srv.cp.timeout = h.heartbeat_timeout
-    srv.takeover.store.timeout = new.takeover.storage_timeout
+    srv.takeover.store.timeout = srv.cp_memory.timeout = new.takeover.storage_timeout
     # what waits on storage follows it: the standby's wait for a batch write
     srv.ha.batch_wait_s = batch_wait(new.takeover)
     added = 0

@@ -23,6 +23,7 @@ from hsb.config import parse_addr
 from hsb.host import reload as host_reload
 from hsb.host.admin import HostAdminProtocol
 from hsb.host.config import HostConfig
+from hsb.host.cpgen import GenerationFile, generation_path
 from hsb.host.cplink import CPLink
 from hsb.host.delivery import Delivery
 from hsb.host.ha import HA
@@ -87,6 +88,8 @@ class HostServer:
         # on its peer and admin listeners
         self.tls = TLS(cfg.tls.files()) if cfg.tls is not None else None
         set_default_client(self.tls.client if self.tls is not None else None)
+        # the highest CP generation seen, kept across restarts beside the takeover file (hsb.host.cpgen)
+        self.cp_memory = GenerationFile(generation_path(cfg.takeover.path, h.name), h.name, cfg.takeover.storage_timeout)
         self.cp = CPLink(
             name=h.name,
             addr=h.cp,
@@ -101,6 +104,7 @@ class HostServer:
             on_answer=lambda n: self.ha.lease_answered(n),
             on_bounds=self.tell_service_bounds,
             on_problem=lambda why: self.ha.post("link_problem", link="cp", why=why),
+            memory=self.cp_memory,
         )
         self.peer = PeerLink(
             name=h.name,
@@ -252,6 +256,8 @@ class HostServer:
             own_terminals=self.sessions.own_total,
             batch_records=self.takeover.own_batch_records,
         )
+        # the highest CP generation seen before this start: a CP below it is refused
+        self.cp.cp_generation = await self.cp_memory.load()
         raise_nofile()
         loop = asyncio.get_running_loop()
         ah, ap = parse_addr(h.admin_listen)
@@ -557,6 +563,7 @@ class HostServer:
         calls_end_by = time.monotonic() + CALLS_END_S
         await self.hook.close()
         await self.cp.close()
+        self.cp_memory.close()
         await self.peer.close()
         if self.admin_server is not None:
             self.admin_server.close()

@@ -1,0 +1,160 @@
+"""The highest CP journal generation this host has seen, kept across its restarts (SPEC §5.8).
+
+A host refuses a CP whose generation is below one it has seen (hsb.host.cplink): a superseded
+CP machine still answering. Kept in the process only, a host restarted while such a CP answered
+(a split brain, a config naming the old machine) started from 0 and registered with it. So the
+generation is written durably before the host registers with a CP that raised it, and read at
+the start. The file is `<host name>.cp-generation` in the takeover file's folder: hsbd writes
+there already (the unit's ReadWritePaths), and one file per host keeps the two hosts of a pair
+that share the folder on NFS apart. Missing: generation 0 (a host's first start). Damaged or
+not readable: the start stops, naming the file and the fix, rather than trust any CP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import structlog
+
+from hsb.fsutil import replace_durably
+from hsb.worker import Worker
+
+log = structlog.get_logger("hsb.host")
+T = TypeVar("T")
+
+SUFFIX = ".cp-generation"
+MAX_BYTES = 4096  # the file holds one short line: anything longer is not this file
+RESET_FIX = (
+    "remove it and start hsbd again (this host then starts from generation 0 and trusts the first CP it reaches:"
+    " check first with hsbctl status that only the serving CP answers)"
+)
+
+
+class GenerationFileError(Exception):
+    """The file is there but cannot be taken (damaged, another host's, not readable): one line
+    that names it and the fix."""
+
+
+def generation_path(takeover_path: str | os.PathLike[str], host: str) -> Path:
+    """The file of host `host` beside its takeover file (its name quoted: a host name is any text)."""
+    return Path(takeover_path).parent / f"{quote(host, safe='')}{SUFFIX}"
+
+
+def read_generation(path: Path, host: str) -> int:
+    """The generation in `path`; 0 if there is none. GenerationFileError for a file that is there
+    but cannot be taken; the storage's own error (EIO, ESTALE) raised as it is."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        return 0
+    except PermissionError:
+        raise GenerationFileError(
+            f"cannot read the CP generation file {path}: permission denied; give it to hsbd's user (chown) and start again"
+        ) from None
+    except IsADirectoryError:
+        raise GenerationFileError(f"the CP generation file {path} is a directory; {RESET_FIX}") from None
+    why = _problem(raw, host)
+    if why is not None:
+        raise GenerationFileError(f"the CP generation file {path} is damaged ({why}); {RESET_FIX}")
+    return int(json.loads(raw)["cp_generation"])
+
+
+def _problem(raw: bytes, host: str) -> str | None:
+    if len(raw) > MAX_BYTES:
+        return f"over {MAX_BYTES} bytes"
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return "not JSON" if raw.strip() else "empty"
+    if not isinstance(doc, dict):
+        return "not a JSON object"
+    gen = doc.get("cp_generation")
+    if not isinstance(gen, int) or isinstance(gen, bool) or gen < 0:
+        return f"cp_generation is {str(gen)[:20]!r}, not a generation"
+    if doc.get("host") != host:
+        return f"written for host {str(doc.get('host'))[:64]!r}, not {host!r}"
+    return None
+
+
+def write_generation(path: Path, host: str, generation: int) -> None:
+    """`generation` durable in `path` (hsb.fsutil.replace_durably): whole, or the one before."""
+    replace_durably(path, (json.dumps({"host": host, "cp_generation": generation}) + "\n").encode())
+
+
+class GenerationFile:
+    """One host's file, read and written off the event loop (a hung mount must not stop it)
+    within the takeover file's storage_timeout."""
+
+    def __init__(self, path: Path, host: str, timeout: float) -> None:
+        self.path = path
+        self.host = host
+        self.timeout = timeout  # ([takeover] storage_timeout: the file is on the same storage)
+        self.saved = 0  # what a restart would start from: read at the start, then each one written
+        self.error: str | None = None  # why the last write failed; None once one succeeded
+        self._worker: Worker | None = None
+        self._busy = False  # a read or write out on the thread (one past its deadline: hung)
+
+    async def _run(self, op: str, fn: Callable[[], T]) -> T:
+        if self._busy:
+            raise OSError(errno.EBUSY, f"its last {op} has not returned (the storage hangs?)", str(self.path))
+        if self._worker is None:
+            self._worker = Worker("hsb-cpgen")
+        self._busy = True
+
+        def call() -> T:
+            try:
+                return fn()
+            finally:
+                self._busy = False  # (on the thread: a write that returns late frees the next one)
+
+        try:
+            async with asyncio.timeout(self.timeout) as deadline:
+                return await self._worker.run(call)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the storage's own (an OSError with errno ETIMEDOUT)
+            raise OSError(errno.ETIMEDOUT, f"its {op} did not return within {self.timeout:g} s (the storage hangs?)", str(self.path)) from None
+
+    async def load(self) -> int:
+        """At the start: the generation kept (0 if none). GenerationFileError, or OSError (the
+        storage's error, a read past the deadline), naming the file."""
+        self.saved = await self._run("read", lambda: read_generation(self.path, self.host))
+        log.info("cp_generation_loaded", path=str(self.path), generation=self.saved)
+        return self.saved
+
+    async def save(self, generation: int) -> bool:
+        """`generation` durable before this host registers with the CP that showed it. A failure is
+        said (and in the status) and tried again at the next link to a CP; the host registers all
+        the same (hsb.host.cplink)."""
+        try:
+            await self._run("write", lambda: write_generation(self.path, self.host, generation))
+        except Exception as exc:  # (a bug too: said, and the host registers all the same)
+            self.error = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+            log.error(
+                "cp_generation_not_saved",
+                path=str(self.path),
+                generation=generation,
+                kept=self.saved,
+                error=self.error,
+                msg=f"a restart of this host would start from generation {self.saved}; check the storage of {self.path.parent}"
+                " and that hsbd's user may write there; tried again at the next link to the CP",
+            )
+            return False
+        self.saved, self.error = generation, None
+        log.info("cp_generation_saved", path=str(self.path), generation=generation)
+        return True
+
+    def status(self) -> dict[str, Any]:
+        return {"remembered": self.saved, "file": str(self.path), "save_error": self.error}
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown()  # (does not wait: a write hung on dead storage is left behind)
