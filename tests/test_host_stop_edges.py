@@ -19,6 +19,7 @@ import pytest
 from hsb.config import parse_addr
 from hsb.host import delivery as delivery_mod
 from hsb.host import ha as ha_mod
+from hsb.host import ha_cp as ha_cp_mod
 from hsb.host import ha_standby as ha_standby_mod
 from hsb.host import ha_switch as ha_switch_mod
 from hsb.host import server as server_mod
@@ -524,6 +525,7 @@ async def test_the_old_active_whose_link_took_the_demoted_frame_with_it_becomes_
     planned switchover. The CP tells it it handed over; it becomes the standby."""
     rec = RecordingLog()
     monkeypatch.setattr(ha_mod, "log", rec)
+    monkeypatch.setattr(ha_cp_mod, "log", rec)  # (the CP link's events log there)
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         link = cp.cp.active
         assert link is not None and link.name == "host-a"

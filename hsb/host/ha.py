@@ -27,15 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from hsb import faults
 from hsb.fsutil import bulk_seconds
+from hsb.host.ha_cp import CPSide
 from hsb.host.ha_lease import LeaseSide
 from hsb.host.ha_standby import HotStandbySide, batch_complete_wait
 from hsb.host.ha_switch import SwitchSide
 from hsb.host.ha_view import HAView
 from hsb.host.lease import Lease
-from hsb.host.lease import clock as lease_clock
-from hsb.host.rejoin import refused_at_start
 from hsb.host.sessions import ACTIVE, CLOSED, STANDBY
 from hsb.host.states import (
     AWAITING_BATCH,
@@ -52,7 +50,6 @@ from hsb.host.states import (
     WAITING,
 )
 from hsb.ops.notify import Watchdog
-from hsb.wire.framing import batch_bytes, payload_max
 
 if TYPE_CHECKING:
     from hsb.host.server import HostServer
@@ -64,8 +61,6 @@ log = structlog.get_logger("hsb.host")
 # connect and 2 s to authenticate, so this is two tries and more): a stop of the active waits for
 # it briefly (HostServer.standby_back). One gone longer is taken to be down (stopped, crashed).
 STANDBY_BLIP_S = 10.0
-# the status's last error while a link cannot be made (ev_link_problem): what begins it, by link
-LINK_PROBLEM = {"cp": "host link to the CP not made: ", "peer": "peer link not made: "}
 
 
 class Exit(Exception):
@@ -82,7 +77,7 @@ def batch_wait(tk: Any) -> float:
     return batch_complete_wait(tk) + bulk_seconds((1 + 1 / 3) * tk.records * tk.record_size)
 
 
-class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
+class HA(CPSide, LeaseSide, SwitchSide, HotStandbySide, HAView):
     def __init__(self, server: HostServer, role: str) -> None:
         self.srv = server
         self.name = server.cfg.host.name
@@ -233,14 +228,6 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         (following an active, or waiting for one). The active's is its grant (`_announce_active`)."""
         return not self.role_announced and self.role == "standby" and state not in (STARTING, STOPPING, FENCED)
 
-    def _announce_active(self) -> None:
-        """The CP granted the active role this process started in, at its registration: the
-        role-change hook runs once for it, whatever state the host is in (a batch write for a
-        standby that came first, say), as keepalived's notify does at its start."""
-        if not self.role_announced and self.role == "active":
-            self.role_announced = True
-            self._fire_hook(self.state, "registered with the CP as the active")
-
     def _idle_wait(self, ping_due: float | None) -> float:
         """How long the loop waits for an event before its next pass: 0.2 s, an established
         standby until its next ring poll, a retry until it is due; never past the watchdog's next
@@ -362,184 +349,7 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
         self.exit = Exit(code, msg)
         self.srv.request_exit(code, msg)
 
-    # ------------------------------------------------------------------ CP link events
-    def link_event(self, msg: dict[str, Any]) -> None:
-        """The synchronous part of registered / switch_granted / fenced (see HostServer._cp_frame)."""
-        t = msg["t"]
-        if not faults.SELF_FENCING and t in ("fenced", "error"):
-            return
-        if t == "registered":
-            self.srv.sessions_ctl.cp_registered = True
-            self.srv.sessions_ctl.open_batch_bytes = batch_bytes(msg, "open_batch")  # the CP takes standby opens batched
-            own = self.srv.cfg.host.max_frame  # a reply must fit the CP's frames too
-            self.srv.delivery.max_reply = payload_max(min(own, batch_bytes(msg, "max_frame") or own))
-            self.srv.tell_service_bounds(msg.get("held_bound"))
-            self.epoch = int(msg.get("epoch", 0))
-            self.lease.duration = float(msg.get("lease", 0.0))
-            # the CP answered the register sent then, and any heartbeat it acked since (it acks once
-            # this host holds the role: a registration it deferred comes after a lease's time)
-            self.lease.extend(max(self.register_sent_at, self.lease.answered_at))
-            self.granted = msg.get("role") == "active"
-            if not self.granted:
-                self.srv.delivery.health.cleared()  # (a host that was active, back as the standby)
-            else:
-                log.info("serving_as_active", epoch=self.epoch, how="registered", lease_s=self.lease.duration)
-                self._announce_active()
-                if msg.get("adopt") is True:  # the CP keeps our open sessions: name them (hsb.cp.adopt)
-                    self.srv.sessions_ctl.adopt_sessions()
-                else:  # it keeps none (resume_window 0, a CP of before): ours are closed, and opened
-                    self.srv.sessions_ctl.close_unkept()  # again as the CP asks for them
-            self._lease_renewed()
-        elif t == "switch_granted":
-            if self.granted:
-                # the role back at a new epoch (our planned switchover undone, its grantee lost):
-                # the CP hands every message it holds to us again, marked, right after this
-                # frame; what our queues still hold from before would reach the service twice,
-                # and out of order. Dropped now, before those frames are read.
-                self.srv.delivery.cancel()
-            self.epoch = int(msg["epoch"])
-            self.lease.duration = float(msg.get("lease", self.lease.duration))
-            # the CP answered the request it names (sent then); a grant that answers none (a
-            # planned switchover's handover, a CP that does not name it) renews from the newest
-            # heartbeat the CP answered, as any frame it answered
-            req = msg.get("req")
-            sent_at = self.switch_sent.get(req) if isinstance(req, int) else None
-            self.lease.extend(max(self.lease.answered_at, sent_at or 0.0))
-            self.switch_sent.clear()
-            self.granted = True
-            log.info("serving_as_active", epoch=self.epoch, how="switch granted", lease_valid=self.lease.valid())
-            self._lease_renewed()
-            self.switched_sessions = self.srv.sessions_ctl.promote_standby_sessions()
-        elif t == "demoted":
-            self.epoch = int(msg["epoch"])
-            self.granted = False
-            self.srv.delivery.cancel(role_ended=True)
-            if msg.get("keeps") is True:  # before the CP's standby_kept frames, which follow on this link
-                self.srv.sessions_ctl.expect_kept()
-        else:
-            self.granted = False
-            self.srv.delivery.cancel(role_ended=True)
-
-    async def ev_cp_up(self, link: int = 0) -> None:
-        cp = self.srv.cp
-        if link and (link != cp.connects or cp.fs is None):
-            # a link since lost (this loop was held up meanwhile): the register goes on the link
-            # it came up with, once; a second one on the live link would be refused (bad_role)
-            # and that link closed
-            log.debug("cp_up_stale", link=link, current=cp.connects)
-            return
-        role = self.role if self.role in ("active", "standby") else self.started_role
-        self.register_sent_at = lease_clock()  # (the lease runs from it)
-        self.srv.cp.send(
-            {
-                "t": "register",
-                "role": role,
-                "startup_id": self.own_startup_id or 0,
-                "instance": self.instance,
-                # re-deliveries may come batched, within what this host's frames may hold
-                "deliver_batch": self.srv.cfg.host.max_frame // 4,
-                # the CP limits the terminals' messages to what this host's frames can take
-                "max_frame": self.srv.cfg.host.max_frame,
-                # registered as the active, it names the sessions it has open, which the CP keeps
-                "adopt": True,
-                # demoted at a planned switchover, it takes the CP's word for which of its active
-                # sessions are now its standby sessions (standby_kept)
-                "keep_standby": self.srv.cfg.host.fast_switch,  # conventional: no standby sessions at all
-                # it marks a message redelivered itself when it handed that terminal's id (or a
-                # higher one) to its service before: the CP may deliver before its record is durable
-                "marks_repeats": True,
-            }
-        )
-
-    async def ev_link_problem(self, link: str, why: str | None) -> None:
-        """The CP link or the peer link cannot be made, as its log said (a refusal, a wrong port):
-        the status's last error, until that link is made (`why` None)."""
-        prefix = LINK_PROBLEM[link]
-        if why is not None:
-            self.last_error = prefix + why
-        elif self.last_error is not None and self.last_error.startswith(prefix):
-            self.last_error = None
-
-    async def ev_cp_down(self, why: str) -> None:
-        self.registered = False
-        # a switchover request out on that link is lost with it (and so is its answer): the next
-        # request, when the CP tells of the loss again on the next link, must go at once
-        self.switch_requested_at = None
-        self.switch_sent.clear()
-        self.srv.sessions_ctl.cp_lost()
-        if self.role == "active" and self.lost_serving:
-            # cut off from the CP we serve nobody, and the CP may already have made the
-            # standby active: stop saying we are the active (/active, status) until registered again
-            self.lost_serving = False
-            self.last_error = f"host link to the CP lost ({why}); not serving until registered again"
-            log.warning("active_not_serving", reason=self.last_error)
-            self.srv.on_state_change()
-        if self.role == "standby" and self.state == ESTABLISHED:
-            # the standby sessions were dropped at the CP with the link; reopen on reconnect
-            self.last_error = f"host link to the CP lost: {why}"
-        if self.role == "active" and self.state in (RELEASING, HANDING_OVER):
-            # the CP forgets a release with the link (and a handover answer is lost with it): the
-            # planned switchover is over, not pending for ever; the operator may ask again
-            self.release_pending = False
-            why = f"planned switchover abandoned: host link to the CP lost ({why})"
-            self.switchover_ended("switchover_abandoned", why, why)
-
-    async def ev_cp_frame(self, msg: dict[str, Any]) -> None:
-        t = msg["t"]
-        if t == "registered":
-            self.registered = True
-            self.epoch = int(msg.get("epoch", 0))
-            if self.last_error and self.last_error.startswith(("host link to the CP lost", LINK_PROBLEM["cp"])):
-                self.last_error = None
-            log.info("registered_at_cp", role=msg.get("role"), epoch=self.epoch, active=msg.get("active"))
-            if self.role == "active":
-                if self.state == STARTING:
-                    self.set_state(SERVING, "registered at the CP as active")
-                    self.send_active_startup()
-            else:
-                # a new link holds none of our standby sessions (opens sent while it was down went
-                # nowhere; those the CP kept at a demotion went with the old link): open them again
-                self.srv.sessions_ctl.reopen_standby_sessions()
-                if self.state in (STARTING, WAITING):
-                    self.set_state(WAITING, "registered at the CP as standby")
-                    self.maybe_standby_startup()
-        elif t == "error":
-            code, text = msg.get("code"), msg.get("msg", "")
-            if code == "active_exists":
-                if self.started_role == "active" and self.epoch == 0 and faults.SELF_FENCING:
-                    refused_at_start(self, msg)  # the standby's role now, or exit 76
-                else:
-                    self.fenced(f"another host is active at the CP: {text}")
-            elif code == "fenced":
-                self.fenced(text)
-            elif code == "handed_over" and self.role == "active":
-                # our planned switchover was granted, its `demoted` lost with the link: as if it came
-                self.epoch = max(self.epoch, int(msg.get("epoch") or 0))
-                log.warning("handed_over_while_link_down", active=msg.get("active"), epoch=self.epoch)
-                await self.on_demoted(str(msg.get("active", "")))
-            else:
-                self.last_error = f"CP error {code}: {text}"
-                log.error("cp_error", code=code, msg=text)
-        elif t == "fenced":
-            self.fenced(str(msg.get("msg", f"fenced at epoch {msg.get('epoch')}")))
-        elif t == "active_lost":
-            await self.on_active_lost(str(msg.get("host", "")), str(msg.get("why", "")), via="cp")
-        elif t == "switch_granted":
-            await self.on_switch_granted(int(msg["epoch"]))
-        elif t == "released":
-            await self.on_released()
-        elif t == "handover_refused":
-            code = msg.get("code")
-            why = f"planned switchover refused by the CP: {msg.get('reason')}"
-            self.switchover_ended("switchover_refused", why, msg.get("reason"), code if isinstance(code, str) else None)
-        elif t == "demoted":
-            await self.on_demoted(str(msg.get("active", "")))
-        elif t == "switch_refused":
-            self.switch_requested_at = None
-            self.switch_refusals += 1
-            log.warning("switchover_refused", reason=msg.get("reason"))
-            self.last_error = f"switchover refused by the CP: {msg.get('reason')}"
-
+    # ------------------------------------------------------------------ a planned switchover's end
     def switchover_ended(self, event: str, why: str, reason: Any, code: str | None = None) -> None:
         """A planned switchover that ends without the grant (`why`, logged as `event` with `reason`):
         the active serves on, established as before unless its standby went meanwhile; a stop
@@ -559,16 +369,6 @@ class HA(LeaseSide, SwitchSide, HotStandbySide, HAView):
             log.info("batch_write_dropped", notice=deferred.get("t"), msg="a stop follows the ended switchover")
             return
         self.post("peer_frame", msg=deferred)  # held during the handover: its turn now
-
-    def fenced(self, why: str) -> None:
-        if not faults.SELF_FENCING:
-            log.warning("fence_ignored", why=why, msg="self-fencing disabled (test only)")
-            return
-        self.set_state(FENCED, why)
-        self.srv.delivery.cancel(role_ended=True)
-        from hsb.cli import EXIT_FENCED
-
-        self.fail(EXIT_FENCED, f"this host was fenced by the CP and must stop serving: {why}", "fenced")
 
     # ------------------------------------------------------------------ peer link events
     async def ev_peer_up(self) -> None:
