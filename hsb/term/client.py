@@ -29,11 +29,8 @@ same answer (the CP sends again what it kept after a reconnect); any other secon
 duplicate. `resume=False` is the
 older terminal that says none of this.
 
-A terminal is strict about what comes back (the verdict of `hsb.term.report`):
-a reply to an id it never sent, or to one the CP had not yet acknowledged, is
-*unexpected*; with `check_data`, a first reply whose data is not what was sent
-(the `echo` and `journal` services answer with the message's own data) is
-*bad data*.
+A terminal is strict about what comes back (the verdict of `hsb.term.report`): how it
+judges each acknowledgement and reply is `hsb.term.answers`, a mixin of `TerminalClient`.
 """
 
 from __future__ import annotations
@@ -43,9 +40,10 @@ import time
 from typing import TYPE_CHECKING, Any, cast
 
 from hsb.backoff import Backoff
+from hsb.term.answers import Answers
 from hsb.term.listener import Listener
 from hsb.term.net import dead_peer_detection, new_id_base
-from hsb.term.verdict import ACKED, REPLY_MAX, REPLY_ONE, REPLY_SHIFT, SENT
+from hsb.term.verdict import ACKED, REPLY_SHIFT, SENT
 from hsb.wire.framing import DEFAULT_MAX_FRAME, Decoder, ProtocolError, encode
 
 if TYPE_CHECKING:
@@ -65,7 +63,7 @@ BACKOFF_MAX = 0.5  # a terminal tries again at least twice a second: a restarted
 _BYE = encode({"t": "bye"})
 
 
-class TerminalClient(asyncio.Protocol):
+class TerminalClient(Answers, asyncio.Protocol):
     """State of one terminal plus the protocol of its current connection."""
 
     __slots__ = (
@@ -538,83 +536,6 @@ class TerminalClient(asyncio.Protocol):
             self.session_at = time.monotonic()
         reason = msg.get("reason")
         self.listener.on_session(self, state, epoch, None if reason is None else str(reason), first_open)
-
-    def _on_ack(self, msg_id: int) -> None:
-        k = self.index(msg_id)
-        marks = self.marks
-        if msg_id > self.sent_upto:
-            k = -1  # never written to a connection: the CP cannot have it
-        if k >= 0 and not marks[k] & ACKED:
-            marks[k] |= ACKED
-            if msg_id > self.acked_max:
-                self.acked_max = msg_id
-            self.listener.on_ack(self, msg_id, True)
-        else:
-            if k < 0 and msg_id >= self.floor:  # the CP acknowledges only what this terminal sent: misdelivered or made up
-                self.unexpected_acks += 1  # (below the run's first id: an earlier run's, made durable late)
-            self.listener.on_ack(self, msg_id, False)
-
-    def _on_reply(self, msg_id: int, data: Any, resent: bool = False) -> None:
-        k = self.index(msg_id)
-        marks = self.marks
-        if k < 0:
-            if resent and self.told_last_reply < msg_id < self.floor:
-                # kept by the CP for an earlier run of this terminal: not ours to judge (above
-                # the hello's last_reply only: the CP resends nothing the terminal said it holds)
-                self.resent_foreign += 1
-                return
-            self.unexpected += 1  # never sent by this terminal (another's id, say): resent or not
-            self.listener.on_reply(self, msg_id, data, None, "unexpected")
-            return
-        m = marks[k]
-        count = m >> REPLY_SHIFT
-        if count and resent and msg_id in self.may_resend:
-            # sent again after a reconnect and this terminal had it then (its hello could not say
-            # so: an earlier reply is missing): ignored once, if it is the same answer. A resent
-            # copy of a reply that first came on this connection is a duplicate
-            self.may_resend.discard(msg_id)
-            if self._same_again(k, msg_id, data):
-                self.resent_ignored += 1
-            else:
-                self._bad(msg_id)
-            return
-        # a second reply (a resent one for an id its hello said it holds is one too: a duplicate)
-        if count < REPLY_MAX:
-            marks[k] = m + REPLY_ONE
-        if count:
-            self.listener.on_reply(self, msg_id, data, None, "duplicate")
-            return
-        if self.workload is not None:
-            right = self.workload.check(self.idx, k, data)
-        else:
-            right = not self.check_data or data == self.payload(msg_id)
-        if self.check_data and not right:
-            self._bad(msg_id)
-        early = not m & ACKED
-        if early:
-            self.early += 1
-        t0 = self.outstanding.pop(msg_id, None)
-        if self.payloads is not None:
-            self.payloads.pop(msg_id, None)
-        latency = time.monotonic() - t0 + self.waited.pop(msg_id, 0.0) if t0 is not None else None
-        self.listener.on_reply(self, msg_id, data, latency, "early" if early else "first")
-        if self.resume:
-            self._confirm()
-
-    def _same_again(self, k: int, msg_id: int, data: Any) -> bool:
-        """A reply sent again is the answer this terminal got the first time."""
-        if not self.check_data:
-            return True
-        if self.workload is not None:
-            return bool(self.workload.same_reply(self.idx, k, data))
-        if self.payloads is not None and msg_id not in self.payloads:
-            return True  # its data went with the first reply: nothing to compare with
-        return bool(data == self.payload(msg_id))
-
-    def _bad(self, msg_id: int) -> None:
-        self.bad_data += 1
-        if len(self.bad_data_ids) < 5:
-            self.bad_data_ids.append(msg_id)
 
 
 def _int(msg: dict[str, Any], key: str) -> int:
