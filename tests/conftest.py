@@ -1,5 +1,6 @@
 """Shared fixtures: `sb` starts sandboxes (real processes) and always brings them down; `pg` is a
-throwaway PostgreSQL server of the module's own (skipped, saying what is missing, without one)."""
+throwaway PostgreSQL server of the module's own (skipped, saying what is missing, without one);
+`secret` a shared secret file in the test's tmp_path (hsbctl's --secret-file)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,14 @@ def sb(tmp_path: Path):  # type: ignore[no-untyped-def]
             sandbox.down(d, timeout=0.5)
         except sandbox.SandboxError:
             pass
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    s = tmp_path / "secret"
+    s.write_text("a shared secret\n")
+    s.chmod(0o600)
+    return s
 
 
 @pytest.fixture(scope="module")

@@ -1,18 +1,17 @@
-"""hsbctl's operator-facing errors: a ctl config it cannot use (unreadable, not text, values of
-the wrong type) is one line and exit 3 (docs/operations.md §17); promote and switchover exit 3
-when the host cannot be asked at request time and 1 when it refuses; `hsbctl file` never
-suggests recreating (with --force) a file that is not a takeover file at all."""
+"""hsbctl's operator-facing errors of what it is given and of the daemons it reaches: a ctl config
+it cannot use (unreadable, not text, values of the wrong type) is one line and exit 3
+(docs/operations.md §17); `hsbctl file` never suggests recreating (with --force) a file that is
+not a takeover file at all; a number or sandbox it cannot use is one line; a daemon that trickles,
+waits or shows a certificate naming another is said so. (promote, switchover, stop and status
+--watch against the pair: tests/test_ctl_errors_requests.py.)"""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,26 +19,9 @@ import pytest
 
 from hsb.ctl import gather
 from hsb.ctl import main as main_mod
-from hsb.ctl import switchover as switchover_mod
-from hsb.ctl.target import Target
 from tests.support.cli import invoke, one_line_error
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def secret(tmp_path: Path) -> Path:
-    s = tmp_path / "secret"
-    s.write_text("a shared secret\n")
-    s.chmod(0o600)
-    return s
-
-
-def closed_port() -> str:
-    """An address where nothing listens (bound, then closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
 
 
 # -- the ctl config ----------------------------------------------------------------------
@@ -111,198 +93,6 @@ def test_the_default_ctl_config_a_directory_or_unreadable_is_a_one_line_error(tm
     one_line_error(*invoke("status"), 3, f"cannot read ctl config {hidden}: permission denied")
 
 
-# -- promote and switchover: the request itself ------------------------------------------
-
-
-def _pair(active_addr: str, standby_addr: str) -> dict[str, Any]:
-    hosts = [
-        {"reachable": True, "name": "host-a", "addr": active_addr, "role": "active", "state": "established", "serving": True},
-        {"reachable": True, "name": "host-b", "addr": standby_addr, "role": "standby", "state": "established"},
-    ]
-    return {"hosts": hosts, "unknown": [], "established": True, "cp": {"reachable": True, "epoch": 3}}
-
-
-def test_promote_exits_3_when_the_standby_cannot_be_asked_and_1_when_it_refuses(secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The status step found the standby; by the time promote is asked, nothing listens there."""
-    gone = closed_port()
-
-    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
-        return _pair("127.0.0.1:1", gone)
-
-    monkeypatch.setattr(gather, "status_all", status_all)
-    args = ("--host", "127.0.0.1:1", "--host", gone, "--secret-file", str(secret), "promote")
-    one_line_error(*invoke(*args), 3, f"cannot ask host-b at {gone}: connection refused")
-
-    async def refuses(*a: Any, **kw: Any) -> dict[str, Any]:
-        return {"t": "result", "ok": False, "msg": "host-b is active, not a standby"}
-
-    monkeypatch.setattr(gather, "ask", refuses)
-    one_line_error(*invoke(*args), 1, "host-b is active, not a standby")
-
-
-def test_switchover_exits_3_when_the_active_cannot_be_asked_and_1_when_it_refuses(
-    secret: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    gone = closed_port()
-
-    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
-        return _pair(gone, "127.0.0.1:1")
-
-    monkeypatch.setattr(switchover_mod, "status_all", status_all)
-    t = Target(cp="127.0.0.1:1", cps=["127.0.0.1:1"], hosts=[gone, "127.0.0.1:1"], secret_file=str(secret))
-    assert switchover_mod.run_switchover(t, True, 1.0) == 3
-    one_line_error(0, "", capsys.readouterr().err, 0, f"cannot ask host-a at {gone}: connection refused")
-
-    async def refuses(*a: Any, **kw: Any) -> dict[str, Any]:
-        return {"t": "result", "ok": False, "msg": "switchover refused: the standby is not established"}
-
-    monkeypatch.setattr(switchover_mod, "ask", refuses)
-    assert switchover_mod.run_switchover(t, True, 1.0) == 1
-    one_line_error(0, "", capsys.readouterr().err, 0, "switchover refused: the standby is not established")
-
-
-def test_switchover_with_the_standby_not_asked_is_unknown_unless_the_cp_says_there_is_none(
-    secret: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """host-b's admin port cannot be reached from here (a firewall, a typo): the pair is not
-    known to be established, and the switchover said "refused: no established standby", exit 1.
-    Not knowing is not "no standby": exit 3, naming what could not be asked. When the CP says no
-    standby is registered, that settles it: exit 1."""
-    gone = closed_port()
-
-    def state(cp_standby: Any) -> dict[str, Any]:
-        st = _pair("127.0.0.1:1", gone)
-        st["hosts"][1] = {"reachable": False, "name": "host-b", "addr": gone, "error": "connection refused"}
-        st.update(established=False, unknown=[{"name": "host-b", "addr": gone, "error": "connection refused"}])
-        st["cp"]["standby"] = cp_standby
-        return st
-
-    t = Target(cp="127.0.0.1:1", cps=["127.0.0.1:1"], hosts=["127.0.0.1:1", gone], secret_file=str(secret))
-
-    async def registered(*a: Any, **kw: Any) -> dict[str, Any]:
-        return state({"name": "host-b"})
-
-    monkeypatch.setattr(switchover_mod, "status_all", registered)
-    assert switchover_mod.run_switchover(t, True, 1.0) == 3
-    assert f"cannot ask host-b at {gone}" in capsys.readouterr().err
-
-    async def none_registered(*a: Any, **kw: Any) -> dict[str, Any]:
-        return state(None)
-
-    monkeypatch.setattr(switchover_mod, "status_all", none_registered)
-    assert switchover_mod.run_switchover(t, True, 1.0) == 1
-    assert "no established standby" in capsys.readouterr().err
-
-
-def _switchover_taken(monkeypatch: pytest.MonkeyPatch, secret: Path, status_all: Any, timeout: float) -> int:
-    """hsbctl switchover against `status_all`, its request taken by host-a: the exit code."""
-
-    async def accepts(*a: Any, **kw: Any) -> dict[str, Any]:
-        return {"t": "result", "ok": True, "msg": "planned switchover started on host-a"}
-
-    monkeypatch.setattr(switchover_mod, "status_all", status_all)
-    monkeypatch.setattr(switchover_mod, "ask", accepts)
-    t = Target(cp="127.0.0.1:1", cps=["127.0.0.1:1"], hosts=["127.0.0.1:1", "127.0.0.1:2"], secret_file=str(secret))
-    return switchover_mod.run_switchover(t, True, timeout)
-
-
-def test_a_switchover_the_cp_refuses_after_the_host_took_it_is_an_error_at_once(
-    secret: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The active took the request, then the CP refused the handover: said at once, not after
-    the whole timeout of waiting for a switch that will not come."""
-    calls = 0
-
-    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
-        nonlocal calls
-        calls += 1
-        st = _pair("127.0.0.1:1", "127.0.0.1:2")
-        ended = 0 if calls == 1 else 1
-        st["hosts"][0].update(switchovers_ended=ended, last_error="planned switchover refused by the CP: no standby registered" if ended else None)
-        return st
-
-    t0 = time.monotonic()
-    assert _switchover_taken(monkeypatch, secret, status_all, 30.0) == 1
-    assert time.monotonic() - t0 < 5.0
-    err = capsys.readouterr().err
-    assert "planned switchover refused by the CP: no standby registered" in err and "host-a is still the active" in err, err
-
-
-def test_a_switchover_granted_before_the_old_actives_link_dropped_is_no_error(
-    secret: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Granted, then the old active's link to the CP dropped before it heard: it calls its
-    switchover abandoned (its count goes up), but the epoch moved and the other host is active:
-    the switchover happened, and hsbctl says so (it said "still the active", exit 1)."""
-    calls = 0
-
-    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
-        nonlocal calls
-        calls += 1
-        st = _pair("127.0.0.1:1", "127.0.0.1:2")
-        st["hosts"][0]["switchovers_ended"] = 0
-        if calls > 1:
-            st["hosts"][0].update(role="standby", switchovers_ended=1, last_error="planned switchover abandoned: the host link to the CP is down")
-            st["hosts"][1].update(role="active")
-            st["cp"].update(epoch=4, last_switchover={"switched": 10, "classic": 0, "all_served_ms": 1.0, "worst_pause_ms": None})
-        return st
-
-    assert _switchover_taken(monkeypatch, secret, status_all, 10.0) == 0
-    out = capsys.readouterr()
-    assert "switchover complete" in out.out and "still the active" not in out.err, out
-
-
-def test_promote_is_not_refused_by_a_refusal_from_before_it(secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A promote refused earlier (the active was alive) left its last error; the operator stops
-    the active and promotes again: the old refusal is not this request's answer."""
-    calls = 0
-
-    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
-        nonlocal calls
-        calls += 1
-        st = _pair("127.0.0.1:1", "127.0.0.1:2")
-        st["hosts"][1].update(switch_refusals=1, last_error="switchover refused by the CP: active host host-a: alive")
-        if calls > 2:
-            st["hosts"][1].update(role="active", epoch=5)
-        return st
-
-    async def accepts(*a: Any, **kw: Any) -> dict[str, Any]:
-        return {"t": "result", "ok": True, "msg": "promotion of host-b requested"}
-
-    monkeypatch.setattr(gather, "status_all", status_all)
-    monkeypatch.setattr(gather, "ask", accepts)
-    code, out, err = invoke("--host", "127.0.0.1:1", "--host", "127.0.0.1:2", "--secret-file", str(secret), "promote")
-    assert code == 0 and "host-b is the active host now" in out, (code, out, err)
-
-
-def test_promote_waits_its_timeout_not_a_count_of_polls(secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each poll may wait (a host slow to answer, up to the poll's own timeout): promote gives up
-    after --timeout seconds, not after 100 polls of however long each took, nor after a last
-    poll that began just before the deadline."""
-    polls = 0
-
-    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
-        nonlocal polls
-        polls += 1
-        await asyncio.sleep(0.0 if polls == 1 else kw.get("timeout", 1.0))  # no answer until the poll's timeout; never active
-        return _pair("127.0.0.1:1", "127.0.0.1:2")
-
-    async def accepts(*a: Any, **kw: Any) -> dict[str, Any]:
-        return {"t": "result", "ok": True, "msg": "promotion of host-b requested"}
-
-    monkeypatch.setattr(gather, "status_all", status_all)
-    monkeypatch.setattr(gather, "ask", accepts)
-    t0 = time.monotonic()
-    args = ("--host", "127.0.0.1:1", "--host", "127.0.0.1:2", "--secret-file", str(secret), "promote", "--timeout", "1.5")
-    code, out, err = invoke(*args)
-    assert code == 1 and "host-b did not become active within 1.5 s" in err, (code, out, err)
-    assert time.monotonic() - t0 < 1.5 + 0.4, "a poll ran past the deadline"  # (the 1 s polls: 2.1 s and more)
-
-
-def test_an_accepted_request_is_no_error() -> None:
-    assert switchover_mod.refused_or_unasked({"t": "result", "ok": True, "msg": "promotion of host-b requested"}, {"name": "host-b"}) is None
-
-
 # -- hsbctl file: hints that never destroy what the path wrongly names --------------------
 
 
@@ -336,109 +126,11 @@ def test_an_empty_host_address_is_a_one_line_error(secret: Path) -> None:
     one_line_error(*invoke("--cp", "127.0.0.1:1", "--host", "", "--secret-file", str(secret), "status"), 3, "'' is not HOST:PORT", "admin_listen")
 
 
-def test_stop_without_a_name_stops_the_serving_active(secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An old active cut off from the CP (its lease lost) still says role "active", and came first
-    in the list: `hsbctl stop` stopped it, not the host that serves."""
-    from hsb.ctl import ops_cmds
-
-    asked: list[str] = []
-
-    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
-        st = _pair("127.0.0.1:1", "127.0.0.1:2")
-        st["hosts"][0]["serving"] = False  # host-a: lease lost, not serving
-        st["hosts"][1].update(role="active", serving=True)  # host-b took over
-        if asked:  # after the stop: host-b gone
-            st["hosts"] = st["hosts"][:1]
-            st["unknown"] = [{"addr": "127.0.0.1:2", "error": "connection refused: nothing listens there"}]
-        return st
-
-    async def ask(addr: str, *a: Any, **kw: Any) -> dict[str, Any]:
-        asked.append(addr)
-        return {"t": "result", "ok": True, "msg": "stopping"}
-
-    monkeypatch.setattr(ops_cmds, "status_all", status_all)
-    monkeypatch.setattr(ops_cmds, "ask", ask)
-    code, out, err = invoke("--host", "127.0.0.1:1", "--host", "127.0.0.1:2", "--secret-file", str(secret), "stop", "--timeout", "5")
-    assert asked == ["127.0.0.1:2"], (asked, out, err)
-    assert code == 0 and "host-b stopped" in out, (code, out, err)
-
-
-def test_a_stop_whose_announced_handover_did_not_complete_is_an_error(secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The active said it hands over, then stops; the handover failed (the CP refused it, say)
-    and it stopped normally, nobody taking over: `hsbctl stop` said "stopped; no host serves
-    now", exit 0, and a script running `hsbctl stop && …` believed the service had moved."""
-    from hsb.ctl import ops_cmds
-
-    asked: list[str] = []
-
-    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
-        st = _pair("127.0.0.1:1", "127.0.0.1:2")
-        if asked:  # after the stop: host-a gone, host-b still the standby
-            st["hosts"] = st["hosts"][1:]
-            st["unknown"] = [{"addr": "127.0.0.1:1", "error": "connection refused: nothing listens there"}]
-        return st
-
-    async def ask(addr: str, *a: Any, **kw: Any) -> dict[str, Any]:
-        asked.append(addr)
-        return {"t": "result", "ok": True, "msg": "host-a hands over to the standby, then stops", "hands_over": True}
-
-    monkeypatch.setattr(ops_cmds, "status_all", status_all)
-    monkeypatch.setattr(ops_cmds, "ask", ask)
-    code, out, err = invoke("--host", "127.0.0.1:1", "--host", "127.0.0.1:2", "--secret-file", str(secret), "stop", "--timeout", "5")
-    assert code == 1 and "handover did not complete" in err, (code, out, err)
-    # the other host not asked (not named, its admin port out of reach) but the CP says it serves:
-    # the handover did complete
-    asked.clear()
-
-    async def cp_knows(*a: Any, **kw: Any) -> dict[str, Any]:
-        st = await status_all()
-        st["hosts"] = [h for h in st["hosts"] if h["name"] != "host-b"]
-        st["cp"]["active"] = {"name": "host-b"} if asked else {"name": "host-a"}
-        return st
-
-    monkeypatch.setattr(ops_cmds, "status_all", cp_knows)
-    code, out, err = invoke("--host", "127.0.0.1:1", "--secret-file", str(secret), "stop", "--timeout", "5")
-    assert code == 0 and "host-b is the active host" in out, (code, out, err)
-    # ... but not for a host whose link to it is down (nobody serves then)
-    asked.clear()
-
-    async def cp_lost_it(*a: Any, **kw: Any) -> dict[str, Any]:
-        st = await cp_knows()
-        st["cp"]["active"] = {"name": "host-b", "connected": False} if asked else {"name": "host-a", "connected": True}
-        return st
-
-    monkeypatch.setattr(ops_cmds, "status_all", cp_lost_it)
-    code, out, err = invoke("--host", "127.0.0.1:1", "--secret-file", str(secret), "stop", "--timeout", "5")
-    assert code == 1 and "handover did not complete" in err, (code, out, err)
-
-
 def test_a_tls_handshake_that_fails_says_what_to_check() -> None:
     import ssl
 
     why = gather.why_not(ssl.SSLError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"), 2.0)
     assert why.startswith("TLS handshake failed") and "ca_file" in why, why
-
-
-def test_status_watch_goes_on_after_a_poll_that_failed(secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`status --watch` ended with a traceback at one poll that failed (a secret file being
-    rotated, say): it says so and polls on."""
-    from hsb.ctl import status as status_mod
-
-    polls: list[int] = []
-
-    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
-        polls.append(1)
-        if len(polls) == 1:
-            raise ValueError("the secret file is empty")
-        if len(polls) >= 3:
-            raise KeyboardInterrupt  # the operator's Ctrl-C
-        return {**_pair("127.0.0.1:1", "127.0.0.1:2"), "exit_status": 0}
-
-    monkeypatch.setattr(status_mod, "status_all", status_all)
-    monkeypatch.setattr(status_mod, "shown", lambda st: "hsb: OK")
-    code, out, err = invoke("--host", "127.0.0.1:1", "--secret-file", str(secret), "status", "--watch")
-    assert code == 0 and len(polls) == 3, (code, out, err)
-    assert "this poll failed: ValueError: the secret file is empty" in err and "hsb: OK" in out, (out, err)
 
 
 def test_file_create_force_through_a_link_replaces_the_file_it_names(tmp_path: Path) -> None:
