@@ -157,3 +157,29 @@ def test_runs_at_once_leave_the_state_of_the_last_transition(tmp_path: Path) -> 
     assert not list((tmp_path / "run").glob("cp.state.[0-9]*")), "a temporary file was left"
     fault = subprocess.run(["sh", script, "INSTANCE", "hsb_cp", "FAULT", "100"], env=env, timeout=10)
     assert fault.returncode == 0 and (tmp_path / "run" / "cp.state").read_text() == "FAULT\n"
+
+
+def test_two_runs_started_in_one_clock_tick_are_ordered_by_pid(tmp_path: Path) -> None:
+    """The runs are ordered by their start time in clock ticks (10 ms): two transitions within
+    one tick compared equal, so the earlier run, finishing last, overwrote the later one's state.
+    Within a tick the later fork's higher pid decides; a run's own record carries its pid."""
+    env, calls = _stand_ins(tmp_path, "  *is-failed*) exit 1 ;;\n  *is-active*) exit 3 ;;\n  *MainPID*) echo 0 ;;\n")
+    script = str(REPO / "configs" / "keepalived" / "hsb-cp-notify")
+    state = tmp_path / "run" / "cp.state"
+
+    def run(to: str, born: str | None = None) -> None:
+        extra = {"HSB_NOTIFY_BORN": born} if born is not None else {}
+        assert subprocess.run(["sh", script, "INSTANCE", "hsb_cp", to, "100"], env={**env, **extra}, timeout=10).returncode == 0
+
+    run("BACKUP")  # a real run: its record is the boot, its start tick and its pid
+    boot, tick, pid = (tmp_path / "run" / "cp.state.born").read_text().split()
+    assert int(tick) > 0 and int(pid) > 0 and boot == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    t = int(tick) + 500  # (later than that run)
+    run("MASTER", f"{boot} {t} 2000")
+    run("BACKUP", f"{boot} {t} 1990")  # the same tick, forked before MASTER's run: late, not written
+    assert state.read_text() == "MASTER\n"
+    assert "is BACKUP, but a later change is written already" in calls.read_text()
+    run("FAULT", f"{boot} {t} 2010")  # the same tick, forked after: written
+    assert state.read_text() == "FAULT\n"
+    run("BACKUP", f"{boot} {t - 1} 9000")  # an earlier tick, whatever its pid: not written
+    assert state.read_text() == "FAULT\n"
