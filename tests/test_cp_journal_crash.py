@@ -414,6 +414,29 @@ def test_a_durable_snapshot_whose_segments_are_all_gone_stops_the_start(tmp_path
         recover(tmp_path)
 
 
+def test_the_fix_named_for_a_journal_without_segments_keeps_the_generation_the_hosts_saw(tmp_path: Path) -> None:
+    """The error for a durable snapshot with no segment left told an operator who cleared the
+    journal on purpose to remove its gen-* and snap-* files too: the next CP then took generation
+    1, and every hsbd that had seen 5 refused it (even restarted: HOST.cp-generation), so nothing
+    was served. It names the aside, which keeps them: the next CP takes a generation above 5."""
+    from hsb.cp.journal.aside import set_aside
+
+    d = tmp_path / "cp-journal"
+    gens = Generations(d)
+    for _ in range(5):
+        gens.take()
+    gens.mark_snapshot(5)
+    with pytest.raises(JournalDamaged) as exc:
+        recover(d)
+    msg = str(exc.value)
+    assert "keep its gen-* files" in msg and "remove its gen-" not in msg, msg
+    assert "--set-journal-aside" in msg, msg
+    set_aside(d, watch=0)  # the fix it names
+    r = recover(d)
+    assert r.head_generation == 0 and not r.held
+    assert Generations(d).take() == 6
+
+
 @pytest.mark.parametrize("first", [encode(7), encode(["ck", 1, None, 0, {}, {"first": "x"}])], ids=["not-a-list", "first-not-a-number"])
 def test_a_checkpoint_that_is_no_record_is_damage_named_not_a_traceback(tmp_path: Path, first: bytes) -> None:
     """A checksummed payload where the generation's checkpoint should be, of the wrong shape (a

@@ -213,12 +213,15 @@ def _lineage(d: Path) -> tuple[int, list[tuple[int, Path]], list[Path]]:
     if newest > (head or 0) and newest not in by_gen:
         # its snapshot was durable, and a CP never deletes the last segment of its generation:
         # every one of them removed. Starting from an older generation (or empty, at epoch 0)
-        # would lose what it held and let a host it had fenced back in
+        # would lose what it held and let a host it had fenced back in. The fix named is the
+        # aside (it keeps the gen- files): without them the next CP takes generation 1, which
+        # every hsbd that saw this one refuses, and without snap- an older generation's segments
+        # left behind would be restored, stale
         raise JournalDamaged(
             str(d / snap_name(newest)),
             0,
             f"generation {newest}'s snapshot was durable but none of its segment files (seg-{newest:08d}-*.hsbj) is there"
-            " (a journal cleared on purpose: remove its gen-* and snap-* files too)",
+            " (cleared on purpose too: keep its gen-* files, whose generation the hosts know, and set it aside as follows)",
         )
     segs = by_gen.get(head, []) if head is not None else []
     keep = {p for _, p in segs}
