@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
+
+# Errors of the file system that last until someone acts (permissions, a read-only file system, a
+# path through a file): every try fails the same way. Others (a hung or missing mount, EIO,
+# ESTALE after an NFS server restarted) may pass
+LASTING = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG})
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

@@ -439,6 +439,61 @@ async def test_a_storage_error_while_waiting_is_said_as_the_journals_not_the_por
     await s.shutdown()
 
 
+async def test_a_storage_error_while_waiting_is_said_and_looked_at_again_not_the_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ESTALE (the NFS server restarted) or EIO on a waiting CP's look at the generation files
+    ended it, exit 1, down for its restart's backoff just when a failover may be needed: it goes
+    on waiting, the error said once (journal_storage_error), in status and /health (503), looked
+    at again with a backoff (50 ms doubling to 0.5 s), and takes over once the storage answers."""
+    import errno
+
+    import structlog
+
+    from hsb.config import load
+    from hsb.cp import server as srv
+    from hsb.cp import waiting
+    from hsb.cp.config import CPConfig
+
+    journal = tmp_path / "j"
+    journal.mkdir()
+    cfg = load(cp_config(tmp_path, terminals=2, journal=str(journal), takeover="on_wake"), CPConfig)
+    s = srv.CPServer(cfg, SECRET, str(tmp_path / "cp.toml"))
+    monkeypatch.setattr(waiting, "holds_address", lambda *a: True)
+    assert s.gens is not None
+    real_stamp, real_current = s.gens.stamp, s.gens.current
+    failing = True
+    stamps: list[float] = []  # when the wait looked (failing)
+
+    def stamp() -> Any:
+        if failing:
+            stamps.append(time.monotonic())
+            raise OSError(errno.ESTALE, "Stale file handle")
+        return real_stamp()
+
+    def current(names: Any = None) -> int:  # (the status watcher's look fails alike)
+        if failing:
+            raise OSError(errno.ESTALE, "Stale file handle")
+        return real_current(names)
+
+    monkeypatch.setattr(s.gens, "stamp", stamp)
+    monkeypatch.setattr(s.gens, "current", current)
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.ensure_future(s.wait_for_takeover())
+        try:
+            await until(lambda: len(stamps) >= 6 or task.done(), timeout=10)
+            assert not task.done(), task.exception()
+            assert "Stale file handle" in (s.status()["journal_error"] or "") and not s._healthy()
+            gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+            assert gaps[-1] >= 0.4, gaps  # backed off (no pause between the first few: 50 ms)
+            failing = False
+            assert await asyncio.wait_for(task, 5) == "the address is here and no CP ever served this journal"
+            assert s.storage_error is None
+        finally:
+            if not task.done():
+                task.cancel()
+    said = [e["event"] for e in logs if e["event"].startswith("journal_storage")]
+    assert said == ["journal_storage_error", "journal_storage_answers"], said
+
+
 async def test_a_stop_that_comes_during_the_last_poll_takes_nothing_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGTERM (only a flag) arrives while the poll that would decide to take over runs: the CP
     stops, without raising the journal's generation, recovering and listening first."""

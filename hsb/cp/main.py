@@ -14,6 +14,7 @@ from hsb import __version__, logs
 from hsb.cli import EXIT_CANNOT_START, EXIT_CONFIG, EXIT_DATA, EXIT_FAILED, die, exit_watchdog, load_or_exit, log_level_option
 from hsb.config import Partial, resolve_under
 from hsb.cp.config import LISTEN_KEYS, CPConfig, CPSection
+from hsb.fsutil import LASTING
 from hsb.ops.limits import storm_timing
 from hsb.ops.listen import ListenError, listen_problems, listen_warnings
 from hsb.wire.auth import load_secret
@@ -345,7 +346,7 @@ def main(config_path: str, check_config: bool, supervise: bool, set_journal_asid
 # journal: permissions, a read-only file system, a path through a file (a hung or missing mount,
 # EIO, ESTALE and the like may come back: 1).
 LASTING_LISTEN = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES, errno.EAFNOSUPPORT})
-LASTING_JOURNAL = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG})
+LASTING_JOURNAL = LASTING  # (hsb.fsutil: a waiting CP's looks at its journal go on through the others)
 
 
 def os_error_code(state: str, exc: OSError) -> int:

@@ -21,6 +21,7 @@ import structlog
 from hsb.config import address_ip, parse_addr
 from hsb.cp.config import CPConfig, CPSection
 from hsb.cp.journal.generation import Generations
+from hsb.fsutil import LASTING
 from hsb.ops.notify import Watchdog, notify
 from hsb.wire.tls import TLS, reload_tls
 
@@ -28,6 +29,7 @@ log = structlog.get_logger("hsb.cp")
 WAIT_POLL = 0.05  # seconds between a waiting CP's looks at the address and the serving CP's heartbeat
 STORAGE_POLL = 0.5  # seconds between looks at the journal's storage for status and /health (on a thread)
 STORAGE_STUCK = 2.0  # a look unanswered this long: the storage hangs, /health fails (a hung NFS mount)
+FAILED = object()  # what a look at the storage that failed returns (`_look`)
 MISSING = (
     'the CP journal {journal} does not exist: with takeover = "on_wake" it is on the storage both CP machines share.'
     " Is it mounted? This CP takes over only once it is there (made once, on the shared storage: mkdir -p {journal})"
@@ -134,26 +136,50 @@ class Waiting:
                 # said, and looked at again. Raised here, it ended this watcher for good, and the
                 # look it left unanswered kept /health failing after the storage came back
                 self.storage_asked = None
-                if self.storage_error is None:
-                    log.warning(
-                        "journal_storage_error",
-                        dir=self.cfg.cp.journal,
-                        error=str(exc),
-                        msg="the waiting CP could not take over now; looked at again",
-                    )
-                self.storage_error = f"{type(exc).__name__}: {exc}"
+                self._storage_failed(exc)
                 polled, view = True, None
             if not polled:
                 return
             if view is not None:
-                if self.storage_error is not None:
-                    log.info("journal_storage_answers", dir=self.cfg.cp.journal)
-                self.storage, self.storage_asked, self.storage_error = view, None, None
+                self._storage_answered()
+                self.storage, self.storage_asked = view, None
             try:
                 async with asyncio.timeout(STORAGE_POLL):
                     await self.should_exit.wait()
             except TimeoutError:
                 pass
+
+    def _storage_failed(self, exc: OSError) -> None:
+        """A look at the journal's storage failed: said once, and in status and /health (503)
+        until a look answers (`_watch_storage`)."""
+        if self.storage_error is None:
+            log.warning(
+                "journal_storage_error",
+                dir=self.cfg.cp.journal,
+                error=str(exc),
+                msg="the waiting CP could not take over now; looked at again",
+            )
+        self.storage_error = f"{type(exc).__name__}: {exc}"
+
+    def _storage_answered(self) -> None:
+        if self.storage_error is not None:
+            log.info("journal_storage_answers", dir=self.cfg.cp.journal)
+        self.storage_error = None
+
+    async def _look(self, fn: Any, *args: Any) -> tuple[bool, Any]:
+        """`_unless_stopping(fn, *args)` for a look at the journal's storage that the wait decides
+        on: an error that may pass (ESTALE while the NFS server restarts, EIO) is said and comes
+        back as FAILED, and the wait looks again after a backoff. Raised, it ended the waiting CP
+        (exit 1) just when the other CP may need it, down for its restart's backoff. One that
+        lasts (permissions, the uid differing between the machines: hsb.fsutil.LASTING) is
+        raised: the start stops, naming the journal (exit 73)."""
+        try:
+            return await self._unless_stopping(fn, *args)
+        except OSError as exc:
+            if exc.errno in LASTING:
+                raise
+            self._storage_failed(exc)
+            return True, FAILED
 
     def storage_unanswered(self) -> float | None:
         """Seconds the storage has not answered a look (status, /health), past STORAGE_STUCK; else None."""
@@ -187,12 +213,14 @@ class Waiting:
         notify(READY=1, STATUS="waiting to take over (keepalived)")
         try:
             self.storage_asked = time.monotonic()  # (status and /health say it if this look hangs)
-            polled, view = await self._unless_stopping(self._storage_view, False)  # (said if missing)
+            polled, view = await self._look(self._storage_view, False)  # (said if missing)
             if not polled:
                 return None
-            self.storage, self.storage_asked = view, None
+            self.storage_asked = None
+            if view is not FAILED:
+                self.storage = view
             watchers.append(loop.create_task(self._watch_storage()))
-            return await self._wait_for_takeover(view[0])
+            return await self._wait_for_takeover(view is not FAILED and view[0])
         finally:
             for w in watchers:
                 w.cancel()
@@ -230,26 +258,35 @@ class Waiting:
         stamp: tuple[int, int] | None = None
         still_since = time.monotonic()
         told = False
+        failed = 0  # looks at the storage that failed in a row: each waits longer before the next
         while not self.should_exit.is_set():
             polled, held = await self._unless_stopping(holds_address, c.terminal_listen, False)
             if not polled:
                 break
-            woken = self._master_here()
-            if woken and not held and self.wake_requested:
+            woken, asked = self._master_here(), self.wake_requested
+            if woken and not held and asked:
                 log.info("cp_wake_ignored", address=c.terminal_listen, msg="woken, but this machine does not hold the address")
             self.wake_requested = False
-            gone = False
+            gone: Any = False
+            now_stamp: Any = None
             if held:
-                polled, gone = await self._unless_stopping(self._journal_missing, missing)
+                polled, gone = await self._look(self._journal_missing, missing)
                 if not polled:
                     break
-            if held and gone:
+                if gone is False:
+                    polled, now_stamp = await self._look(self.gens.stamp)
+                    if not polled:
+                        break
+            failed = failed + 1 if gone is FAILED or now_stamp is FAILED else 0
+            if failed:  # nothing decided on a look that failed: looked at again below, after a backoff
+                self.wake_requested = self.wake_requested or asked  # (a SIGUSR1 is kept for it)
+                stamp = None  # a time it was not looked at is not a time the heartbeat was seen still
+            elif held and gone:
+                self._storage_answered()
                 missing = True  # the shared storage not mounted: an empty journal made here would lose all it holds
             elif held:
+                self._storage_answered()
                 missing = False
-                polled, now_stamp = await self._unless_stopping(self.gens.stamp)
-                if not polled:
-                    break
                 if now_stamp != stamp:
                     stamp, still_since = now_stamp, time.monotonic()
                 if now_stamp[0] == 0:
@@ -272,7 +309,7 @@ class Waiting:
                 stamp = None
             self.woken.clear()
             try:
-                async with asyncio.timeout(WAIT_POLL):  # (not wait_for: on 3.11 it can lose a cancellation)
+                async with asyncio.timeout(min(WAIT_POLL * 2 ** min(failed, 8), STORAGE_POLL)):  # (not wait_for: on 3.11 it can lose a cancellation)
                     await self.woken.wait()
             except TimeoutError:
                 pass
