@@ -151,6 +151,7 @@ class Ring:
             self._unmap()
             os.close(self.fd)
             raise
+        self.closed = False
         self.out: dict[int, int] = {}  # user_data -> result, for the chain out
         self._want = 0
         self._keep: object = None  # the chain's buffers, until every entry has completed
@@ -320,7 +321,11 @@ class Ring:
         self._done = None
 
     def close(self) -> None:
-        """Only once no chain is out (else `abandon()` first)."""
+        """Only once no chain is out (else `abandon()` first). Once: a second call does nothing
+        (its descriptors' numbers may be another file's by then)."""
+        if self.closed:
+            return
+        self.closed = True
         if self._done is not None:
             self.abandon()
         self._unmap()

@@ -82,7 +82,9 @@ async def test_journal_io_uring_refuses_to_start_where_the_kernel_cannot(tmp_pat
 
 async def test_a_ring_that_cannot_be_set_up_is_refused_or_falls_back(tmp_path: Path, monkeypatch: Any) -> None:
     """The probe said yes but the journal's own ring cannot be set up (say, out of locked memory):
-    "io_uring" refuses with the reason, "auto" takes the writer thread."""
+    "io_uring" refuses with the reason, "auto" takes the writer thread. Refused before anything
+    is durable: it was found after the snapshot was marked (snap-N) and the older generations'
+    files deleted, the old CP fenced for a CP that then exited 78."""
 
     def no_ring(*_: Any) -> None:
         raise OSError(errno.ENOMEM, "Cannot allocate memory")
@@ -92,11 +94,40 @@ async def test_a_ring_that_cannot_be_set_up_is_refused_or_falls_back(tmp_path: P
     j = open_journal(tmp_path / "auto")
     j.close()
     assert j.io_used == "thread"
-    gen = Generations(tmp_path / "strict").take()
-    j = Journal(tmp_path / "strict", generation=gen, io="io_uring")
+    d = tmp_path / "strict"
+    gen = Generations(d).take()
+    old = d / segment_name(1, gen - 1 or 7)  # an older generation's segment: garbage once the snapshot is durable
+    old.write_bytes(b"")
+    j = Journal(d, generation=gen, io="io_uring")
     with pytest.raises(JournalIOUnavailable, match="its ring could not be set up .io_uring_setup failed: Cannot allocate memory"):
-        j.open(1, [], [])
+        j.open(2, [["a", "T1", 1, "x"]], [old])
     j.close()
+    assert old.exists() and sorted(p.name for p in d.iterdir()) == sorted([gen_name(gen), old.name]), list(d.iterdir())
+
+
+def test_hsbcpd_whose_ring_cannot_be_set_up_refuses_before_it_takes_a_generation(tmp_path: Path) -> None:
+    """`journal_io = "io_uring"`, the probe at the start said yes (it is cached), and the ring of
+    the takeover cannot be set up (ENOMEM, the memlock limit): hsbcpd exits 78 before it takes
+    the journal's next generation. It took it, wrote and marked its snapshot and deleted the old
+    generation's files first: the serving CP was fenced for one that then exited."""
+    import subprocess
+    import sys
+
+    from tests.support.procs import cp_config
+
+    cfg = cp_config(tmp_path, terminals=2, journal_io="io_uring")
+    (tmp_path / "cp-journal").mkdir()
+    (tmp_path / "cp-journal" / gen_name(1)).write_text("the serving CP\n")
+    code = (
+        "import errno, sys, hsb.uring as u; u.available = lambda: None\n"
+        "def ring(*a):\n    raise OSError(errno.ENOMEM, 'Cannot allocate memory')\n"
+        "u.Ring = ring\n"
+        "from hsb.cp.main import main; sys.argv = ['hsbcpd', '--config', sys.argv[1]]; main()"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 78, (r.returncode, r.stderr[-2000:])
+    assert "its ring could not be set up (io_uring_setup failed: Cannot allocate memory)" in r.stderr, r.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "cp-journal").iterdir()) == [gen_name(1)], "a generation was taken"
 
 
 @needs_ring

@@ -25,6 +25,7 @@ from hsb.cp.config import CPConfig
 from hsb.cp.core import CP
 from hsb.cp.journal import Journal, JournalIOUnavailable, recover
 from hsb.cp.journal.generation import Generations, Superseded
+from hsb.cp.journal.writer import IOReady, open_ring
 from hsb.cp.tickle import RESEND_AFTER_S, TickleList, not_back, previous_list, send_tickles
 from hsb.cp.waiting import MISSING, JournalMissing
 from hsb.fsutil import bulk_seconds
@@ -136,6 +137,17 @@ class TakingOver:
             self.takeover_step = None
 
     async def _take_over(self, reason: str, c: Any, d: Path, t0: float) -> None:
+        # the journal's ring before the generation: a CP that cannot serve (journal_io =
+        # "io_uring", its ring refused: ENOMEM, the memlock limit) must never fence one that can
+        io = await self._step("journal io", open_ring, c.journal_io)
+        try:
+            await self._take_over_with(reason, c, d, t0, io)
+        except BaseException:
+            if io[0] is not None and self.cp is None:  # (a journal that took it may have closed it: once only)
+                io[0].close()
+            raise
+
+    async def _take_over_with(self, reason: str, c: Any, d: Path, t0: float, io: IOReady) -> None:
         assert self.gens is not None
         gen = await self._step("generation", self.gens.take)  # durable before anything is read (SPEC §5.8)
         # beaten from now on: a CP waiting on the other machine (a split brain: it holds the
@@ -147,7 +159,7 @@ class TakingOver:
             # not cut: a superseded CP may still be writing that record (docs/cp-journal.md)
             size = await self._step("journal size", _journal_bytes, d)
             r = await self._step("recovery", functools.partial(recover, d, truncate=False), size=size)
-            journal = Journal(d, timeout=c.journal_timeout, segment_bytes=c.journal_segment_kib * 1024, generation=gen, io=c.journal_io)
+            journal = Journal(d, timeout=c.journal_timeout, segment_bytes=c.journal_segment_kib * 1024, generation=gen, io=c.journal_io, io_ready=io)
             cp = CP(self.cfg, journal)
             cp.follows_a_cp = gen > 1  # (take() creates the generation above any before: 1 on a new journal)
             cp.restore(r)

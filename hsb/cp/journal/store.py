@@ -45,7 +45,7 @@ from hsb.cp.journal.format import GROUP_BYTES, GROUP_MAX, HEADER, group, packer
 from hsb.cp.journal.generation import Generations, Superseded
 from hsb.cp.journal.recovery import ck_extra
 from hsb.cp.journal.vouching import Vouching
-from hsb.cp.journal.writer import IO_MODES, DeletionFailed, Done, GroupWriter, Unchecked
+from hsb.cp.journal.writer import IO_MODES, DeletionFailed, Done, GroupWriter, IOReady, Unchecked
 from hsb.worker import Worker
 
 log = structlog.get_logger("hsb.cp")
@@ -100,13 +100,25 @@ class Journal(GroupWriter, Vouching):
     durable = True
     _hold = False  # (hold(): test only)
 
-    def __init__(self, d: Path, *, timeout: float = 2.0, segment_bytes: int = SEGMENT_BYTES, generation: int = 0, io: str = "auto") -> None:
+    def __init__(
+        self,
+        d: Path,
+        *,
+        timeout: float = 2.0,
+        segment_bytes: int = SEGMENT_BYTES,
+        generation: int = 0,
+        io: str = "auto",
+        io_ready: IOReady | None = None,
+    ) -> None:
         if io not in IO_MODES:
             raise ValueError(f"journal io {io!r}: one of {', '.join(IO_MODES)}")
         self.dir = d
         self.io = io
         self.io_used = "thread"  # what group commits go through: "io_uring" once its ring is up
         self._ring: uring.Ring | None = None
+        # its ring set up before this CP took its generation (hsb.cp.journal.writer.open_ring);
+        # None: by `open`, before it writes anything
+        self._io_ready = io_ready
         self._ring_loop: asyncio.AbstractEventLoop | None = None
         self._ring_failed = False  # the last group through the ring failed: the next goes through the thread
         self._gen_paths: tuple[bytes, bytes] = (b"", b"")
@@ -176,6 +188,9 @@ class Journal(GroupWriter, Vouching):
         (above every segment number in the directory), holding the checkpoint, the `snapshot`
         (every live record) and `se`, written and synced now; then every older segment file
         goes. Returns the segment the snapshot's records are in."""
+        # the ring first: a CP that cannot serve stops before its snapshot is durable and the
+        # older generations are gone (`journal_io = "io_uring"` whose ring cannot be set up)
+        self.prepare_io()
         self.seg = self.first_seg = first
         self._new_segment()
         for rec in snapshot:
@@ -610,6 +625,7 @@ class Journal(GroupWriter, Vouching):
                 h.cancel()
         self._timer = self._lazy_timer = self._retry_timer = None
         self._beat_exec.shutdown()
+        self._drop_prepared()
         if self._ring is not None:
             if self._ring.busy:
                 self._ring.abandon()  # its buffers are kept: the kernel may still read them

@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeAlias
 
 import structlog
 
@@ -65,6 +66,27 @@ def check_io(io: str) -> str | None:
     return why
 
 
+IOReady: TypeAlias = "tuple[uring.Ring | None, str | None]"  # (the ring group commits go through, or None and why not)
+
+
+def open_ring(io: str) -> IOReady:
+    """The ring group commits will go through (`io`: "auto", "io_uring"), set up now, or None and
+    why not ("thread" included: the log says which path they take). Raises JournalIOUnavailable
+    for `io = "io_uring"` when it cannot be had. hsbcpd asks before it takes a generation, and
+    `Journal.open` before it writes anything: the probe at the start is cached, and a ring that
+    cannot be set up afterwards (ENOMEM, the memlock limit) found only after the takeover had
+    fenced the old CP left nothing serving."""
+    why = check_io(io)
+    if why is None:
+        try:
+            return uring.Ring(), None
+        except OSError as exc:
+            why = f"io_uring_setup failed: {exc.strerror}"
+            if io == "io_uring":
+                raise _refused("its ring could not be set up", why) from exc
+    return None, why
+
+
 def _refused(what: str, why: str) -> JournalIOUnavailable:
     return JournalIOUnavailable(f'[cp] journal_io = "io_uring" but {what} ({why}); set journal_io = "auto" or "thread"')
 
@@ -85,6 +107,7 @@ class GroupWriter:
     gen: int
     gens: Generations
     _ring: uring.Ring | None
+    _io_ready: IOReady | None  # (`prepare_io`)
     _ring_loop: asyncio.AbstractEventLoop | None
     _ring_failed: bool
     _gen_paths: tuple[bytes, bytes]
@@ -101,19 +124,27 @@ class GroupWriter:
     def _segment_room(self, seg: int) -> int:
         raise NotImplementedError  # the journal's: the bytes a new segment is allocated with
 
+    def prepare_io(self) -> None:
+        """The ring set up (`open_ring`) unless given or set up already: before anything durable."""
+        if self._io_ready is None:
+            self._io_ready = open_ring(self.io)
+
+    def _drop_prepared(self) -> None:
+        """A ring set up and never started (a journal closed before `open` ended) closed."""
+        ring = self._io_ready[0] if self._io_ready is not None else None
+        self._io_ready = None
+        if ring is not None and ring is not self._ring:
+            ring.close()
+
     def _start_ring(self) -> None:
-        """Group commits through io_uring from now on, if the kernel runs it (`io`: "auto",
-        "io_uring"); else through the writer thread."""
+        """Group commits through io_uring from now on, if the kernel runs it (the ring set up by
+        `prepare_io`); else through the writer thread."""
         if self._ring is not None:
             return
-        why = check_io(self.io)  # "thread" included: the log says which path group commits take
-        if why is None:
-            try:
-                self._ring = uring.Ring()
-            except OSError as exc:
-                why = f"io_uring_setup failed: {exc.strerror}"
-                if self.io == "io_uring":
-                    raise _refused("its ring could not be set up", why) from exc
+        self.prepare_io()
+        assert self._io_ready is not None
+        self._ring, why = self._io_ready
+        self._io_ready = (None, why)
         if self._ring is None:
             log.info("journal_io", io="thread", why=why)
             return
