@@ -135,6 +135,43 @@ def test_a_last_segment_still_being_written_reads_as_damaged_then_whole(tmp_path
     assert exc.value.offset == len(first) and "a valid record follows" in str(exc.value)
 
 
+def test_a_newer_snapshot_whose_first_group_is_still_landing_is_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two CPs take over at once: the newer one reads the first segment of the other's generation
+    (not yet said durable: no snap-N) while its snapshot of two group records is being written,
+    the first half landed, the second whole. Its checkpoint's read stopped the start as damage
+    (exit 65, not restarted; the other CP, superseded, stopped too: nothing served an intact
+    journal). It is read again, as the snapshot's end is; damage that stays still stops it."""
+    from hsb.cp.journal import recovery
+    from hsb.cp.journal.generation import Generations
+
+    pack = packer()
+    gens = Generations(tmp_path)
+    g1 = gens.take()
+    _segment(tmp_path, 1, [["ck", 3, "host-a", g1, {"T1": 5}, {"first": 1}], ["a", "T1", 5, b"x"], ["se"]], gen=g1)
+    gens.mark_snapshot(g1)
+    g2 = gens.take()
+    first = group([pack(["ck", 3, "host-a", g2, {"T1": 5}, {"first": 2}]), pack(["a", "T1", 5, b"x"])])
+    second = group([pack(["c", "T1", 1]), pack(["se"])])
+    p = tmp_path / segment_name(2, g2)
+    p.write_bytes(first + second)
+    landing = first[: len(first) // 2] + bytes(len(first) - len(first) // 2) + second
+    reads: list[str] = []
+    real = recovery._read
+
+    def read(path: Path) -> bytes:
+        reads.append(path.name)
+        return landing if path == p and reads.count(p.name) == 1 else real(path)
+
+    monkeypatch.setattr(recovery, "_read", read)
+    r = recover(tmp_path, truncate=False)
+    assert r.head_generation == g2 and list(r.held["T1"]) == [5] and reads.count(p.name) >= 2, reads
+    monkeypatch.setattr(recovery, "_read", lambda path: landing if path == p else real(path))  # it never lands
+    monkeypatch.setattr(recovery, "RETRY_PAUSE_S", 0.001)
+    with pytest.raises(JournalDamaged) as exc:
+        recover(tmp_path, truncate=False)
+    assert exc.value.path == str(p) and exc.value.offset == 0 and "a valid record follows" in str(exc.value)
+
+
 def test_a_restore_keeps_each_terminals_messages_in_id_order(tmp_path: Path) -> None:
     """Records carried forward sit out of id order; the CP gets every terminal's held messages and
     kept replies in id order all the same, marked as recovered, and counted."""

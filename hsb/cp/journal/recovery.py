@@ -160,7 +160,14 @@ def _complete(gen: int, segs: list[tuple[int, Path]], marked: bool = False) -> b
         return True  # from before generations: no snapshot, the segments are the whole journal
     for first_n, path in segs:
         buf = _read(path)  # gone meanwhile (a superseded CP compacting): all is listed and read again
-        recs, end, why = scan(buf, str(path), until="ck")  # the checkpoint alone first
+        try:
+            recs, end, why = scan(buf, str(path), until="ck")  # the checkpoint alone first
+        except JournalDamaged as exc:
+            if marked:
+                raise
+            # its first group record caught half written, the next one already there: read again,
+            # as for the snapshot's end below
+            raise _Moving(exc) from None
         if recs and not (isinstance(recs[0], list) and recs[0]):  # checksummed, yet no record: a bug's, or a crafted file
             raise JournalDamaged(str(path), 0, f"its first record is not a record ({str(recs[0])[:40]})")
         if not recs or recs[0][0] != "ck":
