@@ -242,12 +242,13 @@ async def test_kept_replies_at_the_bound_still_let_the_terminals_confirm_through
 
 
 async def test_a_terminal_that_never_confirms_is_told_so_not_left_unread(cp: Proc) -> None:
-    """At the bound of kept replies, a terminal that sends as many frames again without one
-    confirmation is closed with an error that says what to do (it was left unread for ever, its
-    loss unseen); what waited was never acknowledged, so nothing acknowledged is lost."""
+    """At the bound of kept replies, a terminal that sends as much as it may have held
+    (held_bytes, 8 MiB) without one confirmation is closed with an error that says what to do (it
+    was left unread for ever, its loss unseen); what waited was never acknowledged, so nothing
+    acknowledged is lost."""
     t = await at_the_kept_bound(cp, "T00011")
-    for i in range(9, 17):  # no confirm: 8 more wait behind the bound
-        t.send({"t": "msg", "id": i, "data": f"m{i}"})
+    for i in range(9, 9 + 130):  # no confirm: 130 messages of 64 KiB wait behind the bound
+        t.send({"t": "msg", "id": i, "data": "x" * 65536})
     err = await t.wait(lambda m: m["t"] == "error")
     assert err["code"] == "unconfirmed_replies" and "confirm" in err["msg"], err
     await t.wait_closed()

@@ -18,6 +18,9 @@ log = structlog.get_logger("hsb.cp")
 
 TERMINAL_TYPES = ("hello", "msg", "confirm", "bye")
 ID_MAX = 2**63 - 1
+# what a decoded frame held back behind unconfirmed replies takes besides its data (its map and
+# fields, about 280 bytes measured): the frames held back are bounded by their memory, held_bytes
+PARKED_FRAME_COST = 300
 
 
 class TerminalProtocol(FramedProtocol):
@@ -48,7 +51,9 @@ class TerminalProtocol(FramedProtocol):
         # its kept replies at the bound: frames other than confirm wait here, in order, while
         # confirms are still read and taken (the only way the bound is left); None: not parking
         self.parked: list[dict[str, Any]] | None = None
-        self.parked_bytes = 0  # the data of the parked messages (bounded as held messages are: held_bytes)
+        # the memory of the parked frames, their data and PARKED_FRAME_COST each (bounded as the
+        # data of held messages is: held_bytes)
+        self.parked_bytes = 0
         # a message's data must fit, with the fields around it, in the deliver frame to a host
         # (whose max_frame is set the same): one that did not would break the active's link at
         # each re-delivery, and the standby's after a switch (as the hosts limit replies)
@@ -172,8 +177,10 @@ class TerminalProtocol(FramedProtocol):
                     return
                 self.parked_bytes += data_size(data)
             parked.append(msg)
-            # as many again as the bound, or as many bytes as a terminal may have held: read no more
-            if len(parked) >= self.cp.held_bound or self.parked_bytes >= self.cp.held_bytes:
+            self.parked_bytes += PARKED_FRAME_COST
+            # bounded by memory, not by a count tied to held_bound: these were mostly sent before
+            # the replies reached the terminal (unread at its held bound), its confirm behind them
+            if self.parked_bytes >= self.cp.held_bytes:
                 self._park_backlog()
             return
         super()._handle(msg)
@@ -199,11 +206,11 @@ class TerminalProtocol(FramedProtocol):
             self._loop.call_soon(self._drain_backlog)
 
     def _park_backlog(self) -> None:
-        """The parked frames reached the bound: take the confirmations already read; if that
-        does not end the parking, the terminal does not confirm what it holds, and the connection
-        is closed with an error saying so (not left unread for ever). Nothing parked was
-        acknowledged: the terminal sends it again, and its next hello's last_reply settles the
-        replies it holds."""
+        """The parked frames reached their bound (held_bytes of memory): take the confirmations
+        already read; if that does not end the parking, the terminal sent that much without
+        confirming what it holds, and the connection is closed with an error saying so (not left
+        unread for ever). Nothing parked was acknowledged: the terminal sends it again, and its
+        next hello's last_reply settles the replies it holds."""
         bl = self._backlog
         while bl and self.parked is not None and not self.closed:
             m = bl.popleft()

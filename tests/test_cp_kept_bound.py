@@ -1,0 +1,110 @@
+"""The bound of replies a resuming terminal has not confirmed (docs/protocol.md §1): at it the
+CP reads on for the terminal's confirmations and holds its other frames back (`park`). A terminal
+that sent ahead of its replies is served, not closed; one that restarts is not stuck behind the
+replies kept for its earlier run."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.wire.framing import encode
+from tests.support.cpcore import cp_core, fake_host, recording_terminal
+from tests.support.hostclient import FakeHost, FakeTerminal
+from tests.support.procs import start_cp
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def _until(cond: Callable[[], bool], what: str, within: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while not cond():
+        assert loop.time() - t0 < within, f"never: {what}"
+        await asyncio.sleep(0)
+
+
+def _acks(p: Any) -> list[int]:
+    p.flush()
+    return [m["id"] for m in p.transport.frames() if m.get("t") == "ack"]
+
+
+def _errors(p: Any) -> list[str]:
+    p.flush()
+    return [m["code"] for m in p.transport.frames() if m.get("t") == "error"]
+
+
+@pytest.mark.parametrize("bound", [4, 256])
+async def test_a_terminal_that_sent_ahead_of_its_replies_is_served_not_closed(tmp_path: Path, bound: int) -> None:
+    """A resuming terminal sends twice the held bound back to back (allowed: at the bound the CP
+    stops reading it). The active answers the first half, which brings its unconfirmed replies
+    to the bound; the other half, sent before any reply could reach it, is read then and held
+    back. It was closed with `unconfirmed_replies` as if it had sent all that after its replies
+    and never confirmed, though its confirm was the next frame. It waits now, and its confirm
+    lets the rest in, in order."""
+    cp = cp_core(tmp_path, 2, cp=f"held_bound = {bound}\n")
+    h = fake_host(cp, "host-a", "active")
+    p = recording_terminal(cp, "T00001", 0)
+    cp.host_open(h, "T00001", "active", {})
+    p.data_received(b"".join(encode({"t": "msg", "id": i, "data": f"m{i}"}) for i in range(1, 2 * bound + 1)))
+    assert _acks(p) == list(range(1, bound + 1))  # the held bound: the rest not read yet
+    for i in range(1, bound + 1):
+        cp.host_reply(h, "T00001", i, f"r{i}")
+    await _until(lambda: p.parked is not None and len(p.parked) == bound or p.closed, "the second half read and held back")
+    assert not p.closed and _errors(p) == [], _errors(p)
+    p.data_received(encode({"t": "confirm", "id": bound}))
+    await _until(lambda: len(_acks(p)) == 2 * bound, "the held-back messages taken after the confirm")
+    assert _acks(p) == list(range(1, 2 * bound + 1)) and p.parked is None
+
+
+async def test_over_sockets_a_terminal_that_sent_ahead_confirms_and_is_served(tmp_path: Path) -> None:
+    """The same through hsbcpd's sockets: the second half waits in the kernel while the CP is at
+    its held bound, is read once the first half is answered and held back; the terminal's
+    confirm, written when the replies reach it, comes after it and lets it in."""
+    cp = start_cp(tmp_path / "cp", terminals=2, held_bound=8)
+    try:
+        a = await FakeHost.connect(cp.info["host"], "host-a", "active")
+        a.auto_open = {"protocol": "hsb1", "codepage": "utf-8"}
+        t = await FakeTerminal.connect(cp.info["terminal"], "T00001", hello=False)
+        t.send({"t": "hello", "terminal": "T00001", "last_reply": 0})
+        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        for i in range(1, 17):
+            t.send({"t": "msg", "id": i, "data": f"m{i}"})
+        first = await a.wait_count(lambda m: m["t"] == "deliver", 8)
+        for m in first:
+            a.send({"t": "reply", "terminal": "T00001", "id": m["id"], "data": f"r{m['id']}", "epoch": a.epoch})
+        await t.wait_count(lambda m: m["t"] == "reply", 8)
+        t.send({"t": "confirm", "id": 8})
+        rest = await a.wait_count(lambda m: m["t"] == "deliver", 16)
+        assert [m["id"] for m in rest] == list(range(1, 17))
+        assert not [m for m in t.inbox if m["t"] == "error"], t.inbox[-3:]
+        assert [m["id"] for m in t.inbox if m["t"] == "ack"] == list(range(1, 17))
+    finally:
+        cp.stop()
+
+
+async def test_small_frames_held_back_without_a_confirm_are_bounded_by_their_memory(tmp_path: Path) -> None:
+    """Frames held back count their own memory, not only their data: a terminal that never
+    confirms and sends small messages is closed once they take held_bytes (here 8 KiB: 28 small
+    frames), with none of them acknowledged."""
+    from hsb.cp.terminal_link import PARKED_FRAME_COST
+
+    cp = cp_core(tmp_path, 2, cp="held_bound = 4\nheld_bytes = 8192\n")
+    h = fake_host(cp, "host-a", "active")
+    p = recording_terminal(cp, "T00001", 0)
+    cp.host_open(h, "T00001", "active", {})
+    p.data_received(b"".join(encode({"t": "msg", "id": i, "data": f"m{i}"}) for i in range(1, 5)))
+    for i in range(1, 5):
+        cp.host_reply(h, "T00001", i, f"r{i}")
+    assert p.parked is not None
+    sent = 4
+    while not p.closed and sent < 1000:
+        sent += 1
+        p.data_received(encode({"t": "msg", "id": sent, "data": "x"}))
+    assert _errors(p) == ["unconfirmed_replies"]
+    assert sent - 4 == -(-8192 // (PARKED_FRAME_COST + 1)), sent
+    assert _acks(p) == [1, 2, 3, 4]
