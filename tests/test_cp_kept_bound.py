@@ -108,3 +108,107 @@ async def test_small_frames_held_back_without_a_confirm_are_bounded_by_their_mem
     assert _errors(p) == ["unconfirmed_replies"]
     assert sent - 4 == -(-8192 // (PARKED_FRAME_COST + 1)), sent
     assert _acks(p) == [1, 2, 3, 4]
+
+
+class _Pipe:
+    """One direction of an in-memory connection: what is written arrives at `to` on the next
+    turn of the loop, as from a socket; a close ends both sides."""
+
+    def __init__(self, to: Any) -> None:
+        self.to = to
+        self.other: _Pipe | None = None
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        if not self.closing:
+            asyncio.get_running_loop().call_soon(self._arrive, bytes(data))
+
+    def _arrive(self, data: bytes) -> None:
+        if not self.closing:
+            self.to.data_received(data)
+
+    def writelines(self, chunks: Any) -> None:
+        self.write(b"".join(chunks))
+
+    def close(self) -> None:
+        for side in (self, self.other):
+            if side is not None and not side.closing:
+                side.closing = True
+                asyncio.get_running_loop().call_soon(side.to.connection_lost, None)
+
+    abort = close
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+
+def _connect_hsbterm(cp: Any, c: Any) -> Any:
+    """hsbterm's terminal `c` connected to the CP's terminal link in memory; the CP's side."""
+    from hsb.cp.terminal_link import TerminalProtocol
+
+    p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
+    to_cp, to_term = _Pipe(p), _Pipe(c)
+    to_cp.other, to_term.other = to_term, to_cp
+    p.connection_made(to_term)
+    c.connection_made(to_cp)
+    return p
+
+
+async def test_a_restarted_terminal_is_not_stuck_behind_the_replies_kept_for_its_earlier_run(tmp_path: Path) -> None:
+    """Run 1 of a resuming terminal sends up to its held bound and dies without a bye; the
+    active answers all of it meanwhile, so the replies kept for it reach the bound. Run 2, a
+    fresh hsbterm, says hello with last_reply 0 and gets them, resent; they are an earlier run's,
+    which it ignored without confirming them, and it could confirm nothing else: none of its own
+    messages was taken, each waited behind those replies, for good (a window below the bound
+    never fills what is held back). Now hsbterm confirms the earlier run's replies it got: its
+    messages are taken and answered, and its verdict is clean."""
+    from hsb.term.client import TerminalClient
+    from hsb.term.load import LoadStats, _report
+
+    cp = cp_core(tmp_path, 2, cp="held_bound = 4\n")
+    h = fake_host(cp, "host-a", "active", record=True)
+    run1 = recording_terminal(cp, "T00001", 0)
+    cp.host_open(h, "T00001", "active", {})
+    run1.data_received(b"".join(encode({"t": "msg", "id": i, "data": f"m{i}"}) for i in range(1, 5)))
+    run1.connection_lost(None)  # no bye: gone in an outage, say
+    for i in range(1, 5):
+        cp.host_reply(h, "T00001", i, f"r{i}")
+    term = cp.terms["T00001"]
+    assert sorted(term.replies) == [1, 2, 3, 4]  # kept for it: the bound
+    stats = LoadStats(1)
+    stats.counting = True
+    c = TerminalClient("T00001", stats, base=1000, window=3, check_data=True, keepalive=0)
+    p = _connect_hsbterm(cp, c)
+    await _until(lambda: c.state == 3, "run 2 welcomed")
+    cp.host_open(h, "T00001", "active", {})
+    ids = [c.submit() for _ in range(3)]
+    assert ids == [1000, 1001, 1002]
+    await _until(lambda: all(("T00001", i) in _delivered(h) for i in ids), "run 2's messages delivered to the active")
+    for i in ids:
+        cp.host_reply(h, "T00001", i, c.payload(i))
+    await _until(lambda: not c.outstanding, "run 2's messages answered")
+    c.bye()
+    await _until(lambda: p.closed, "the logoff")
+    r = _report([c], stats, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, [])
+    assert r.ok and r.resent_foreign == 4 and r.unexpected == 0, r.failures
+    assert not term.replies and cp.counts.kept == 0  # the earlier run's replies confirmed: let go
+
+
+def _delivered(h: Any) -> set[tuple[str, int]]:
+    h.flush()
+    return {(m["terminal"], m["id"]) for m in h.transport.frames() if m.get("t") == "deliver"}

@@ -5,6 +5,7 @@ database whose entries are wrong."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -111,6 +112,37 @@ async def test_a_resent_reply_for_an_id_never_sent_is_unexpected_unless_an_earli
     _feed(c, {"t": "reply", "id": BASE + 500, "data": "x", "resent": True})  # not sent yet
     r = _verdict(c, stats)
     assert not r.ok and r.unexpected == 2, r.failures
+
+
+async def test_an_earlier_runs_resent_replies_are_confirmed_and_said_at_the_next_hello() -> None:
+    """Replies the CP kept for an earlier run of this terminal (it died without a bye) come
+    resent after this run's first hello. Ignored, never confirmed, they stayed kept for good, and
+    at the CP's bound of kept replies none of this run's messages was taken: this run, with no
+    reply of its own, could confirm nothing. It confirms them now (it holds every reply up to
+    the highest: none of its own ids is below it), and its next hello says so."""
+    c, stats = _client()
+    assert c.transport is not None
+    tr: Any = c.transport
+    _feed(c, {"t": "reply", "id": BASE - 9, "data": "x", "resent": True}, {"t": "reply", "id": BASE - 5, "data": "y", "resent": True})
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while BASE - 5 not in [f["id"] for f in tr.frames() if f["t"] == "confirm"]:
+        assert loop.time() - t0 < 5, tr.frames()
+        await asyncio.sleep(0.01)
+    assert all(f["id"] <= BASE - 5 for f in tr.frames() if f["t"] == "confirm")
+    c.connection_lost(None)
+    tr = RecordingTransport("cp")
+    c.connection_made(tr)  # type: ignore[arg-type]
+    assert tr.frames()[0] == {"t": "hello", "terminal": "T1", "last_reply": BASE - 5}
+    _feed(c, {"t": "welcome", "terminal": c.name, "last_acked": 0})
+    a = c.submit()
+    _feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": c.payload(a)})
+    r = _verdict(c, stats)
+    assert r.ok and r.resent_foreign == 2, r.failures
+    # its hello said it holds them: the same again is the CP's mistake, not an earlier run's
+    _feed(c, {"t": "reply", "id": BASE - 5, "data": "y", "resent": True})
+    r = _verdict(c, stats)
+    assert not r.ok and r.unexpected == 1, r.failures
 
 
 async def test_an_ack_for_an_id_never_sent_fails_the_run() -> None:

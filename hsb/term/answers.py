@@ -4,7 +4,8 @@ CP had not yet acknowledged, is *unexpected* or *early*; with `check_data`, a fi
 data is not what was sent (the `echo` and `journal` services answer with the message's own data)
 is *bad data*; a second reply is a *duplicate*, but for a reply the CP sends again after a
 reconnect (marked `resent`) that the terminal held when it said hello, ignored once if it is the
-same answer. Each lands in the terminal's marks (`hsb.term.verdict`) and is told to its
+same answer; a resent reply for an id below its first (an earlier run's) is not judged, and is
+confirmed. Each lands in the terminal's marks (`hsb.term.verdict`) and is told to its
 `Listener`. A mixin of `hsb.term.client.TerminalClient`, whose state it reads and changes; the
 connection and what the terminal sends are there."""
 
@@ -34,6 +35,7 @@ class Answers:
     unexpected_acks: int
     unexpected: int
     resent_foreign: int
+    foreign_upto: int
     resent_ignored: int
     early: int
     bad_data: int
@@ -60,8 +62,14 @@ class Answers:
         if k < 0:
             if resent and self.told_last_reply < msg_id < self.floor:
                 # kept by the CP for an earlier run of this terminal: not ours to judge (above
-                # the hello's last_reply only: the CP resends nothing the terminal said it holds)
+                # the hello's last_reply only: the CP resends nothing the terminal said it holds),
+                # but confirmed, received: else the CP keeps it for good, and at its bound of
+                # kept replies takes none of this run's messages, so nothing of ours is answered
                 self.resent_foreign += 1
+                if msg_id > self.foreign_upto:
+                    self.foreign_upto = msg_id
+                if self.resume:
+                    self._confirm()
                 return
             self.unexpected += 1  # never sent by this terminal (another's id, say): resent or not
             self.listener.on_reply(self, msg_id, data, None, "unexpected")

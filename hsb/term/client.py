@@ -26,7 +26,8 @@ highest id up to which it holds every reply; it confirms replies as they arrive 
 every few replies or 50 ms, and before it logs off); a reply marked `resent` for an id whose
 reply it already held when it said hello (above its `last_reply`) is ignored once, if it is the
 same answer (the CP sends again what it kept after a reconnect); any other second copy is a
-duplicate. `resume=False` is the
+duplicate. One marked `resent` for an id below its first is an earlier run's, kept by the CP
+for a run that died without a `bye`: not judged, and confirmed like its own. `resume=False` is the
 older terminal that says none of this.
 
 A terminal is strict about what comes back (the verdict of `hsb.term.report`): how it
@@ -106,6 +107,7 @@ class TerminalClient(Answers, asyncio.Protocol):
         "confirm_timer",
         "resent_ignored",
         "resent_foreign",
+        "foreign_upto",
         "told_last_reply",
         "may_resend",
         "floor",
@@ -193,6 +195,7 @@ class TerminalClient(Answers, asyncio.Protocol):
         self.confirm_timer: asyncio.TimerHandle | None = None
         self.resent_ignored = 0  # resent replies for ids already answered (as the protocol says)
         self.resent_foreign = 0  # resent replies for ids of an earlier run (below this run's base)
+        self.foreign_upto = 0  # the highest of those: it holds every reply up to it (none of its own is below)
         self.told_last_reply = 0  # the last_reply of the latest hello: the CP may resend nothing up to it
         # ids above it whose reply this terminal held at that hello: the only replies the CP may
         # send again on this connection (marked resent) to a terminal that has them already
@@ -266,12 +269,13 @@ class TerminalClient(Answers, asyncio.Protocol):
         return [i for i in self.outstanding if not marks[(i - base) // stride] & ACKED]
 
     def last_reply(self) -> int:
-        """The highest id up to which this terminal holds every reply (0: none)."""
+        """The highest id up to which this terminal holds every reply (0: none): of its own, or
+        of an earlier run's that the CP resent to it (`foreign_upto`, below all of its own)."""
         marks, k = self.marks, self.prefix
         while k < len(marks) and marks[k] >> REPLY_SHIFT:
             k += 1
         self.prefix = k
-        return self.base + (k - 1) * self.stride if k else 0
+        return self.base + (k - 1) * self.stride if k else self.foreign_upto
 
     def _confirm(self, force: bool = False) -> None:
         """Tell the CP which replies it may forget: every 8 replies, after 50 ms, or now (`force`)."""
