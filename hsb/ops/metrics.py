@@ -178,7 +178,7 @@ def _cumulative(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[st
 
 
 def _histogram(name: str, doc: str, counts: list[int], total: float) -> Metric:
-    from hsb.cp.journal.store import SYNC_BUCKETS
+    from hsb.cp.journal.completion import SYNC_BUCKETS
 
     return HistogramMetricFamily(name, doc, buckets=_cumulative(SYNC_BUCKETS, counts), sum_value=total)
 

@@ -7,7 +7,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from hsb.cp.journal.store import SYNC_BUCKETS, Journal
+from hsb.cp.journal.completion import SYNC_BUCKETS
+from hsb.cp.journal.store import Journal
 from hsb.cp.journal.writer import Done
 
 

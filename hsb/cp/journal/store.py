@@ -1,5 +1,7 @@
 """The CP journal's files: append-only segments, group commit off the event loop, a deadline,
-and dropping settled segments (docs/cp-journal.md).
+and dropping settled segments (docs/cp-journal.md). This module appends the records, starts each
+group commit and keeps the segments' books; what follows a group commit (its acknowledgements,
+a retry, the deadline, the journal's health) is hsb.cp.journal.completion's.
 
 The event loop appends records (`append`) and learns when they are durable (a callback per
 caller that asked). Everything appended during one turn of the loop, and whatever arrives while
@@ -28,7 +30,6 @@ message without the record that settled it.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import itertools
 import os
 import time
@@ -41,11 +42,12 @@ import structlog
 
 from hsb import faults, uring
 from hsb.bootclock import boot_now as boot_now  # whether a clean check vouches: a suspend of the machine counts (`vouches`)
+from hsb.cp.journal.completion import LAZY_S, SYNC_BUCKETS, Completion
 from hsb.cp.journal.format import GROUP_BYTES, GROUP_MAX, HEADER, group, packer
 from hsb.cp.journal.generation import Generations, Superseded
 from hsb.cp.journal.recovery import ck_extra
 from hsb.cp.journal.vouching import Vouching
-from hsb.cp.journal.writer import IO_MODES, DeletionFailed, Done, GroupWriter, IOReady, Unchecked
+from hsb.cp.journal.writer import IO_MODES, Done, GroupWriter, IOReady
 from hsb.worker import Worker
 
 log = structlog.get_logger("hsb.cp")
@@ -57,8 +59,7 @@ IDLE_ROTATE_BYTES = 16 * 1024  # a settled current segment with this much beyond
 KEEP_SEGMENTS = 4  # more than this many: the oldest one's live records are carried forward ...
 CARRY_SHARE = 4  # ... if at most this fraction (1/4) of its records is live: else carrying gains nothing
 CARRY_PER_TICK = 16  # segments carried forward a tick at most: more than one a second may close
-RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)  # backoff of a failed write
-LAZY_S = 0.005  # a record nobody waits on rides with the next group, or is written after this long
+RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)  # backoff of a failed write or deletion (`Journal._backoff`)
 REC_HEADER = HEADER.size  # counted per record in `sizes`: as if each went alone (a group shares one)
 # A CP answers the hosts' heartbeats (renewing the active's lease) only while its last generation
 # check that came back clean began less than its journal's timeout ago (and at least this long):
@@ -66,12 +67,6 @@ REC_HEADER = HEADER.size  # counted per record in `sizes`: as if each went alone
 # and must not keep an old active's lease alive beside the new CP's active (docs/cp-journal.md,
 # "No lease without a clean check"). Storage slower than that is stalled anyway: nothing is acked.
 CHECK_FRESH_MIN_S = 1.0
-SYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, float("inf"))
-
-
-def _backoff(tries: int) -> float:
-    """How long the `tries`-th retry in a row waits (RETRY_S, its last value from then on)."""
-    return RETRY_S[min(tries, len(RETRY_S) - 1)]
 
 
 def _groups(pending: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
@@ -94,11 +89,16 @@ def _groups(pending: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
     return out
 
 
-class Journal(GroupWriter, Vouching):
+class Journal(Completion, GroupWriter, Vouching):  # (Completion first: its `_written` is what GroupWriter's ends in)
     """Durable, ordered append for the CP (see the module docstring)."""
 
     durable = True
     _hold = False  # (hold(): test only)
+
+    @staticmethod
+    def _backoff(tries: int) -> float:
+        """How long the `tries`-th retry in a row waits (RETRY_S, its last value from then on)."""
+        return RETRY_S[min(tries, len(RETRY_S) - 1)]
 
     def __init__(
         self,
@@ -368,11 +368,6 @@ class Journal(GroupWriter, Vouching):
         return out
 
     # ------------------------------------------------------------------ writing (writer thread)
-    def _lazy_due(self) -> None:
-        self._lazy_timer = None
-        if not self._flush_scheduled and self._inflight is None:
-            self._flush()
-
     def hold(self) -> None:
         """Start no group commit until `release()` (test only: the crash point
         cp.reply_before_durable, a record that cannot have reached the disk when it fires)."""
@@ -416,141 +411,6 @@ class Journal(GroupWriter, Vouching):
         if not deletions and self._through_ring(batch, callbacks):
             return
         self._exec.call(lambda: self._write_and_delete(batch, deletions), lambda took, exc: self._written(took, exc, batch, callbacks, deletions))
-
-    # ------------------------------------------------------------------ completion (event loop)
-    def _written(self, took: float, exc: BaseException | None, batch: list[tuple[int, bytes]], callbacks: list[Done], deletions: list[int]) -> None:
-        """A group commit came back: stop (superseded), keep it for another try (`_failed`), or
-        acknowledge it (`_succeeded`; a settled segment whose deletion was refused goes again later)."""
-        self._inflight = None
-        if self.superseded is not None:  # stopped meanwhile (the heartbeat's check): nothing more is acknowledged
-            return
-        if isinstance(exc, Superseded):
-            self._stop_superseded(exc)
-            return
-        if isinstance(exc, Unchecked):  # written and synced: only its check is done again
-            self.records_written += self._inflight_n  # durable now (counted once: `_failed` keeps none of them)
-            self._inflight_n = 0
-            if batch:
-                self._count_sync(took if exc.took is None else exc.took)
-        undeleted: list[int] = []
-        if isinstance(exc, DeletionFailed):  # the group is durable and checked: its acks go now
-            undeleted, took = exc.left, exc.took
-            log.warning("journal_segment_delete_failed", dir=str(self.dir), segment=undeleted[0], error=str(exc.__cause__))
-            exc = None
-        if exc is not None:
-            self._failed(exc, batch, callbacks, deletions)
-        else:
-            self._succeeded(took, batch, callbacks, deletions, undeleted)
-
-    def _failed(self, exc: BaseException, batch: list[tuple[int, bytes]], callbacks: list[Done], deletions: list[int]) -> None:
-        """Keep the records (written again in place, before anything newer) and whatever waits
-        on them; a group already durable whose check failed is only checked again (its records
-        are no longer pending, `_written` counted them written). Nothing is tried again before
-        the backoff has passed."""
-        unchecked = isinstance(exc, Unchecked)
-        self._again, self._again_n = ([], 0) if unchecked else (batch, self._inflight_n)
-        self._recheck = self._recheck or unchecked
-        self._callbacks[:0] = callbacks
-        self._deletions[:0] = deletions
-        self._urgent = True
-        self._set_state("failing", str(exc) if unchecked else f"{type(exc).__name__}: {exc}")
-        if self._retry_timer is not None:
-            self._retry_timer.cancel()
-        self._retry_timer = asyncio.get_running_loop().call_later(_backoff(self._retry), self._retry_flush)
-        self._retry += 1
-
-    def _succeeded(self, took: float, batch: list[tuple[int, bytes]], callbacks: list[Done], deletions: list[int], undeleted: list[int]) -> None:
-        """The group is durable and checked: its acknowledgements go, and the next group starts."""
-        self._recheck = False
-        self._retry = 0
-        if undeleted:  # tried again after a backoff, before any newer segment's deletion
-            self._deletions[:0] = undeleted
-            if self._deletions_held is None:
-                self._deletions_held = asyncio.get_running_loop().call_later(_backoff(self._delete_retry), self._deletions_due)
-                self._delete_retry += 1
-        elif deletions:
-            self._delete_retry = 0
-        if self._ring_failed:
-            self._ring_failed = False
-            if self._ring is not None and not self._ring.busy:
-                log.warning(
-                    "journal_io_fallback",
-                    io="thread",
-                    msg="a group commit failed through io_uring and then succeeded through the writer thread: the thread from now on",
-                )
-                self._drop_ring()
-        self.records_written += self._inflight_n
-        if self.checked_at is None or self._batch_t0 > self.checked_at:  # its check began after the flush did
-            self.checked_at = self._batch_t0
-        if batch:  # not a check alone
-            self._count_sync(took)
-        if self.state != "ok":
-            self._set_state("ok", None)
-        for cb in callbacks:
-            try:
-                cb()
-            except Exception:  # a bug in one: the rest of the group (acks, replies) still go, and the journal goes on
-                log.exception("journal_callback_failed", msg="a step after a durable record failed; the others went on")
-        if self._urgent or (self._deletions and self._deletions_held is None):
-            self._flush()
-        elif self._pending and self._lazy_timer is None:
-            self._lazy_timer = asyncio.get_running_loop().call_later(LAZY_S, self._lazy_due)
-
-    def _count_sync(self, took: float) -> None:
-        """A group's write and `fdatasync` done (the sync histogram's count is the groups)."""
-        self.syncs += 1
-        self.last_sync_s = took
-        self.last_sync_at = time.time()
-        self.sync_sum += took
-        self.sync_counts[bisect.bisect_left(SYNC_BUCKETS, took)] += 1
-
-    def _forget_pending(self) -> None:
-        """Superseded: nothing pending is written or reported durable."""
-        self._pending.clear()
-        self._again.clear()
-        self._again_n = 0
-        self._recheck = False
-        self._callbacks.clear()
-
-    def _stop_superseded(self, exc: Superseded) -> None:
-        """A newer CP owns the journal: nothing pending is reported durable, ever."""
-        if self.superseded is None:
-            self.superseded = exc
-            self._forget_pending()
-            self._deletions.clear()
-            log.error("cp_superseded", generation=exc.own, newer=exc.newer, msg=str(exc))
-            self.on_superseded(exc)
-
-    def _deletions_due(self) -> None:
-        self._deletions_held = None
-        if self._inflight is None and not self._flush_scheduled:
-            self._flush()
-
-    def _retry_flush(self) -> None:
-        self._retry_timer = None
-        if self._inflight is None:
-            self._flush()
-
-    def _deadline(self) -> None:
-        """`timeout` after a group began: still in flight, the storage is not answering."""
-        self._timer = None
-        if self._inflight is None:
-            return
-        left = self._batch_t0 + self.timeout - boot_now()
-        if left > 0:  # a later group: its own time
-            self._timer = asyncio.get_running_loop().call_later(left, self._deadline)
-            return
-        if self.state == "ok":
-            self.stalls += 1
-            self._set_state("stalled", f"a write has not completed in {self.timeout:g} s (storage not responding)")
-
-    def _set_state(self, state: str, error: str | None) -> None:
-        prev, self.state, self.error = self.state, state, error
-        if state == "ok":
-            log.info("journal_recovered_from_fault", was=prev)
-        elif prev != state:
-            log.error("journal_" + state, dir=str(self.dir), error=error, msg="acknowledgements stop until the journal can be written")
-        self.on_health(state)
 
     # ------------------------------------------------------------------ status
     @property

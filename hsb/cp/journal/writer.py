@@ -6,7 +6,7 @@ synced before the next is written), on the writer thread.
 
 A mixin of `hsb.cp.journal.store.Journal`: the files, offsets and the ring are the journal's;
 this module keeps the path of the bytes apart from the records' bookkeeping. Either path ends
-in `Journal._written` on the event loop, with the group's outcome.
+in `Journal._written` (hsb.cp.journal.completion) on the event loop, with the group's outcome.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ class GroupWriter:
     _exec: Worker
 
     def _written(self, took: float, exc: BaseException | None, batch: list[tuple[int, bytes]], callbacks: list[Done], deletions: list[int]) -> None:
-        raise NotImplementedError  # the journal's: the group's outcome, on the event loop
+        raise NotImplementedError  # hsb.cp.journal.completion's: the group's outcome, on the event loop
 
     def _segment_room(self, seg: int) -> int:
         raise NotImplementedError  # the journal's: the bytes a new segment is allocated with
