@@ -15,6 +15,8 @@ from hsb.host.config import HostConfig, service_paths
 from hsb.ops.listen import ListenError, listen_problems, listen_warnings
 from hsb.wire.auth import load_secret
 
+LISTEN_KEYS = ("peer_listen", "admin_listen", "http_listen")  # of [host]
+
 
 def start_error(exc: OSError) -> str:
     """The one-line error for a system call that failed at start: a port's (in use, or not this
@@ -54,15 +56,21 @@ def service_problems(spec: str, name: str, options: dict[str, Any]) -> list[str]
 
 
 def partial_checks(part: Partial, check_config: bool) -> list[str]:
-    """`check_service` and `takeover_writable` when another part of the config failed its
-    schema: on the raw values of host.service, host.name, [service_options] and takeover.path,
-    each check when its values are valid (every error at once)."""
+    """`check_service` and (with `check_config`) `takeover_writable`, `listen_addresses` and
+    `cp_generation_problem` when another part of the config failed its schema: on the raw
+    values of the keys each needs, each check when its keys are valid (every error at once)."""
     host, options, out = part.values("host"), part.data.get("service_options", {}), []
     if "service" in host and "name" in host and isinstance(options, dict) and not part.failed_under("service_options"):
         out += service_problems(host["service"], host["name"], service_paths(host["service"], options, part.base))
+    if not check_config:
+        return out
     takeover = part.values("takeover")
-    if check_config and "path" in takeover:
-        out += _writable_problem(resolve_under(takeover["path"], part.base))
+    path = resolve_under(takeover["path"], part.base) if "path" in takeover else None
+    if path is not None:
+        out += _writable_problem(path)
+    out += listen_problems([(f"host.{k}", host[k]) for k in LISTEN_KEYS if k in host])
+    if path is not None and "name" in host:
+        out += _generation_problem(path, host["name"])
     return out
 
 
@@ -108,10 +116,14 @@ def _writable_problem(path: str) -> list[str]:
 def cp_generation_problem(cfg: HostConfig) -> list[str]:
     """--check-config: this host's CP generation file, if it is there, is one the start takes
     (hsb.host.cpgen). (The start reads it under storage_timeout; this read has no deadline.)"""
+    return _generation_problem(cfg.takeover.path, cfg.host.name)
+
+
+def _generation_problem(takeover_path: str, name: str) -> list[str]:
     from hsb.host.cpgen import GenerationFileError, generation_path, read_generation
 
     try:
-        read_generation(generation_path(cfg.takeover.path, cfg.host.name), cfg.host.name)
+        read_generation(generation_path(takeover_path, name), name)
     except GenerationFileError as exc:
         return [str(exc)]
     except OSError:
@@ -120,7 +132,7 @@ def cp_generation_problem(cfg: HostConfig) -> list[str]:
 
 
 def _listens(cfg: HostConfig) -> list[tuple[str, str]]:
-    return [(f"host.{k}_listen", getattr(cfg.host, f"{k}_listen")) for k in ("peer", "admin", "http")]
+    return [(f"host.{k}", getattr(cfg.host, k)) for k in LISTEN_KEYS]
 
 
 def listen_addresses(cfg: HostConfig) -> list[str]:
