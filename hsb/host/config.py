@@ -97,15 +97,10 @@ def service_paths(service: str, options: dict[str, Any], base: Path | None) -> d
     return out
 
 
-def _size_problem(records: int, terminals: int, record_size: int, path: str) -> list[str]:
-    from hsb.takeover.errors import TakeoverFileTooSmall
-    from hsb.takeover.layout import size_check
+def _size_problem(records: int, terminals: int, record_size: int, path: str, timeout: float) -> list[str]:
+    from hsb.host.takeover_size import size_problem
 
-    try:
-        size_check(records, terminals, record_size, path=path)
-    except TakeoverFileTooSmall as exc:
-        return [f"takeover.records: {exc}"]
-    return []
+    return size_problem(records, terminals, record_size, path, timeout)
 
 
 class HostConfig(Strict):
@@ -132,9 +127,10 @@ class HostConfig(Strict):
         # the session attributes of each terminal fit one entry of the file (whether a terminal
         # is standby-capable is the CP's to say: a host cannot know which ones the file will hold)
         self._defs, problems = table_problems(self.terminals, self.terminal_groups, attrs_problem)
-        # the size check of the takeover file (N >= 3B+1), from the config alone: what the start
-        # checks against the file itself refused here already
-        problems += _size_problem(self.takeover.records, len(self._defs), self.takeover.record_size, self.takeover.path)
+        # the size check of the takeover file (N >= 3B+1) on the config's records: what the start
+        # checks against the file itself refused here already (the file looked at for the fix)
+        t = self.takeover
+        problems += _size_problem(t.records, len(self._defs), t.record_size, t.path, t.storage_timeout)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -146,8 +142,8 @@ class HostConfig(Strict):
         error at once."""
         defs, problems = raw_table_problems(part.data, attrs_problem)
         t = part.values("takeover")
-        if defs is not None and not problems and all(k in t for k in ("records", "record_size", "path")):
-            problems += _size_problem(t["records"], len(defs), t["record_size"], resolve_under(t["path"], part.base))
+        if defs is not None and not problems and all(k in t for k in ("records", "record_size", "path", "storage_timeout")):
+            problems += _size_problem(t["records"], len(defs), t["record_size"], resolve_under(t["path"], part.base), t["storage_timeout"])
         return problems
 
     @property

@@ -89,6 +89,22 @@ class Layout:
         return record * self.record_size
 
 
+def needed_records(terminals: int, record_size: int = DEFAULT_RECORD_SIZE, entry_size: int = ENTRY_SIZE) -> int:
+    """The N the size check asks of a file for `terminals`: 3·B + 1, at least MIN_RECORDS."""
+    return max(3 * batch_records_for(terminals, record_size, entry_size) + 1, MIN_RECORDS)
+
+
+def needs_text(terminals: int, record_size: int = DEFAULT_RECORD_SIZE, entry_size: int = ENTRY_SIZE) -> str:
+    """What the size check asks, in words: `2000 terminals need B=134 batch records (…), so N
+    must be at least 403 (3·B+1)`."""
+    b = batch_records_for(terminals, record_size, entry_size)
+    needed = needed_records(terminals, record_size, entry_size)
+    if b == 0:
+        return f"the smallest usable file has {needed}"
+    e = entries_per_record(record_size, entry_size)
+    return f"{terminals} terminals need B={b} batch records ({e} entries per {record_size}-byte record), so N must be at least {needed} (3·B+1)"
+
+
 def size_check(
     records: int,
     terminals: int,
@@ -102,22 +118,17 @@ def size_check(
     B for the batch area, 2·B for the ring so that all terminals changing at
     once fill only half of it, 1 for the header. Returns the layout for this
     terminal count, or raises `TakeoverFileTooSmall` giving N, B and the N needed.
+    `records` are the file's (its header's): the message says so, and with `path`
+    it names the command that recreates the file. (A config's records are checked
+    with hsb.host.takeover_size, which says the fix that fits the file there.)
     """
     check_record_size(record_size)
     b = batch_records_for(terminals, record_size, entry_size)
-    needed = max(3 * b + 1, MIN_RECORDS)
+    needed = needed_records(terminals, record_size, entry_size)
     if records < needed:
-        name = path or "the takeover file"
-        e = entries_per_record(record_size, entry_size)
-        fix = f"hsbctl file create {path} --records {needed} --record-size {record_size} --force" if path else None
-        msg = (
-            f"takeover file {name} has {records} records; {terminals} terminals need B={b} batch records "
-            f"({e} entries per {record_size}-byte record), so N must be at least {needed} (3·B+1)"
-        )
-        if b == 0:
-            msg = f"takeover file {name} has {records} records; the smallest usable file has {needed}"
-        if fix:
-            msg += f"; recreate it with `{fix}`"
+        msg = f"takeover file {path or 'the takeover file'} has {records} records; {needs_text(terminals, record_size, entry_size)}"
+        if path:
+            msg += f"; recreate it with `hsbctl file create {path} --records {needed} --record-size {record_size} --force`"
         raise TakeoverFileTooSmall(msg, records=records, batch_records=b, needed=needed)
     return Layout(record_size=record_size, records=records, batch_records=b, entry_size=entry_size)
 

@@ -1,0 +1,70 @@
+"""The size check of a host's config: `[takeover] records` against its terminals (N >= 3·B+1,
+hsb.takeover.layout), with the fix that fits the file at takeover.path, whose header is the truth.
+
+Only a config that fails the check looks at the file, and for no longer than its
+storage_timeout (a hung mount does not hold a start that is refused anyway). The fix then is:
+the file has the records needed: set records to the file's in the config; the file is too
+small: recreate it (its contents are lost) or give the host fewer terminals; no file yet:
+create it; the file cannot be read now: set the records needed, once the file has them.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from hsb.takeover.errors import FileMissing, TakeoverError, TakeoverFileTooSmall
+from hsb.takeover.fileio import check_file
+from hsb.takeover.layout import max_terminals, needed_records, needs_text, size_check
+from hsb.takeover.records import Header
+
+
+def size_problem(records: int, terminals: int, record_size: int, path: str, timeout: float) -> list[str]:
+    """`takeover.records: …`, one line, if the config's `records` are too few for `terminals`."""
+    try:
+        size_check(records, terminals, record_size)
+    except TakeoverFileTooSmall:
+        return [f"takeover.records: {_fix(records, terminals, record_size, path, timeout)}"]
+    return []
+
+
+def _fix(records: int, terminals: int, record_size: int, path: str, timeout: float) -> str:
+    needed, needs = needed_records(terminals, record_size), needs_text(terminals, record_size)
+    create = f"hsbctl file create {path} --records {needed} --record-size {record_size}"
+    said = f"the config says records = {records}, but {needs}"
+    header = _header(path, timeout)
+    if isinstance(header, FileMissing):
+        return f"{said}; there is no file there yet: create it with `{create}` and set records = {needed}"
+    if isinstance(header, str):
+        return f"{said}; set records = {needed} once the file there has that many ({header})"
+    of = f" of {header.record_size} bytes" if header.record_size != record_size else ""
+    try:
+        size_check(header.records, terminals, header.record_size)
+    except TakeoverFileTooSmall:
+        fewer = f"fewer terminals (at most {max_terminals(header.records, header.record_size)})"
+        if header.records != records:
+            fewer += f" and set records = {header.records}"
+        return (
+            f"takeover file {path} has {header.records} records{of}; {needs}; recreate it with `{create} --force`"
+            f" (not under a running active) and set records = {needed}, or give this host {fewer}"
+        )
+    keys = f"records = {header.records}" + (f" and record_size = {header.record_size}" if of else "")
+    return f"{said}; takeover file {path} has {header.records} records{of}, enough: set {keys} in the config (the file is the truth)"
+
+
+def _header(path: str, timeout: float) -> Header | FileMissing | str:
+    """The file's header; FileMissing; or why it cannot be read (within `timeout`: a thread
+    stuck on a hung mount is left behind, holding nothing the process needs)."""
+    box: list[Header | FileMissing | str] = []
+
+    def look() -> None:
+        try:
+            box.append(check_file(path))
+        except FileMissing as exc:
+            box.append(exc)
+        except (TakeoverError, OSError):
+            box.append(f"its header cannot be read: `hsbctl file inspect {path}` says why")
+
+    t = threading.Thread(target=look, daemon=True, name="takeover-size-look")
+    t.start()
+    t.join(timeout)
+    return box[0] if box else f"its storage did not answer within {timeout:g} s"
