@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +119,10 @@ def test_a_folder_given_as_a_file_is_not_a_regular_file(tmp_path: Path) -> None:
     f = files(tmp_path)
     f.ca_file = str(tmp_path)
     errors = check_files(f)
-    assert errors == [f"tls.ca_file: {tmp_path} is not a regular file; give the path of a PEM file"], errors
+    assert errors == [
+        f"tls.ca_file: {tmp_path} is not a regular file; give the path of a PEM file;"
+        f" whether {tmp_path / 'cp.pem'} was issued by a CA in it is checked once it can be read"
+    ], errors
 
 
 def test_a_certificate_of_another_ca_is_refused_before_a_peer_refuses_it(tmp_path: Path) -> None:
@@ -203,3 +208,52 @@ def test_terminal_ca_file_without_terminals_is_a_config_error(tmp_path: Path) ->
     with pytest.raises(ConfigError) as err:
         load(tmp_path / "cp.toml", CPConfig)
     assert len(err.value.lines()) == 1 and "terminal_ca_file is set but terminals = false" in err.value.lines()[0], err.value.lines()
+
+
+def test_independent_problems_of_the_files_come_in_one_run(tmp_path: Path) -> None:
+    """A key readable by others hid a certificate of another CA (the CA check ran only when
+    nothing else was wrong), and a ca_file that does not exist hid the key's mode: each came
+    in the run after the first was fixed. Each check runs now when its own files can be read;
+    one that cannot run says so on the line of the file it waits for."""
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    ours.mkdir()
+    theirs.mkdir()
+    make_ca(ours, "our CA")
+    make_leaf(ours, make_ca(theirs, "their CA"), "cp", "ec", "cp")
+    (ours / "cp.key").chmod(0o644)
+    errors = check_files(files(ours))
+    key, crt, ca = ours / "cp.key", ours / "cp.pem", ours / "ca.pem"
+    assert len(errors) == 2, errors
+    assert f"tls.key_file: {key} is accessible by group or others (mode 644); run 'chmod 600 {key}'" in errors
+    assert any(e.startswith(f"tls.cert_file: {crt} was not issued by a CA in {ca}") for e in errors), errors
+    # no ca_file: the key's mode is said all the same, and the CA check waits for the file, said so
+    ca.unlink()
+    errors = check_files(files(ours))
+    assert len(errors) == 2 and errors[1].startswith(f"tls.key_file: {key} is accessible by group or others"), errors
+    assert errors[0].startswith(f"tls.ca_file: {ca} does not exist") and f"whether {crt} was issued by a CA" in errors[0], errors
+    # no cert_file: the key's mode is said, and what waits for the certificate is named
+    make_ca(ours, "our CA")
+    crt.unlink()
+    errors = check_files(files(ours))
+    assert len(errors) == 2 and errors[1].startswith(f"tls.key_file: {key} is accessible by group or others"), errors
+    assert errors[0].startswith(f"tls.cert_file: {crt} does not exist") and "checked once it can be read" in errors[0], errors
+
+
+def test_the_cp_check_says_the_key_mode_and_the_ca_in_one_run(tmp_path: Path) -> None:
+    """The reviewer's config: a key in mode 644 and a certificate of another CA, both said by one
+    hsbcpd --check-config."""
+    other = tmp_path / "other"
+    other.mkdir()
+    make_ca(tmp_path, "our CA")
+    make_leaf(tmp_path, make_ca(other, "their CA"), "cp", "ec", "cp")
+    (tmp_path / "cp.key").chmod(0o644)
+    (tmp_path / "secret").write_text("x" * 64)
+    (tmp_path / "secret").chmod(0o600)
+    (tmp_path / "cp.toml").write_text(
+        f'[cp]\nsecret_file = "secret"\njournal = "{tmp_path / "j"}"\n'
+        '[tls]\nca_file = "ca.pem"\ncert_file = "cp.pem"\nkey_file = "cp.key"\n[[terminals]]\nname = "A"\n'
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "hsb.cp", "--config", str(tmp_path / "cp.toml"), "--check-config"], capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == 78 and "chmod 600" in r.stderr and "was not issued by a CA in" in r.stderr, r.stderr

@@ -96,57 +96,87 @@ def _file_problem(label: str, path: str) -> str | None:
 
 
 def check_files(f: TLSFiles) -> list[str]:
-    """Every problem with these files, each with its fix (the config check and the start)."""
-    errors = [e for e in (_file_problem(label, path) for label, path in f.named()) if e is not None]
-    if errors:
-        return errors
-    mode = os.stat(f.key_file).st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        errors.append(f"tls.key_file: {f.key_file} is accessible by group or others (mode {stat.S_IMODE(mode):o}); run 'chmod 600 {f.key_file}'")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        load_chain(ctx, f.cert_file, f.key_file)
-    except TLSError as exc:
-        errors.append(str(exc))
-    except ssl.SSLError as exc:
-        if exc.reason == "KEY_VALUES_MISMATCH":
-            errors.append(f"tls.cert_file/key_file: {f.cert_file} does not go with {f.key_file}; use the key the certificate was made for")
+    """Every problem with these files, each with its fix (the config check and the start), at
+    once: each check runs when the files it reads can be read, whatever the others found; the
+    line of a file that cannot be read names the checks that wait for it."""
+    errors, readable = [], set()
+    for label, path in f.named():
+        problem = _file_problem(label, path)
+        if problem is None:
+            readable.add(label)
         else:
-            errors.append(
-                f"tls.cert_file/key_file: {f.cert_file} or {f.key_file} is not a PEM certificate or key ({exc.reason or exc});"
-                " give PEM files (openssl x509 -inform der -in CERT -out CERT.pem converts a DER certificate)"
-            )
-    except OSError as exc:
-        errors.append(f"tls: cannot read {f.cert_file} or {f.key_file}: {exc}")
+            errors.append(problem + _waiting(label, f))
+    mode = _key_mode(f.key_file)  # (a key there but not readable by this user has a mode too)
+    if mode is not None and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        errors.append(f"tls.key_file: {f.key_file} is accessible by group or others (mode {stat.S_IMODE(mode):o}); run 'chmod 600 {f.key_file}'")
+    if {"cert_file", "key_file"} <= readable:
+        errors += _pair_problems(f)
     for label, cas in (("ca_file", f.ca_file), ("terminal_ca_file", f.terminal_ca_file)):
-        if not cas:
+        if label not in readable:
             continue
         try:
-            ctx.load_verify_locations(cas)
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cas)
         except (ssl.SSLError, OSError) as exc:
-            errors.append(f"tls.{label}: {cas} is not a CA certificate file ({exc})")
-    left = expires_in(f.cert_file)
-    if left is not None and left.total_seconds() <= 0:
-        errors.append(f"tls.cert_file: {f.cert_file} expired {-left.days} days ago; make a new one (hsbctl tls init, or your CA) and send SIGHUP")
-    if not errors:
-        errors += _chain_problems(f)
+            errors.append(f"tls.{label}: {cas} is not a CA certificate file ({exc})" + _waiting(label, f))
+            readable.discard(label)
+    if "cert_file" in readable:
+        left = expires_in(f.cert_file)
+        if left is not None and left.total_seconds() <= 0:
+            errors.append(f"tls.cert_file: {f.cert_file} expired {-left.days} days ago; make a new one (hsbctl tls init, or your CA) and send SIGHUP")
+        errors += _chain_problems(f, "ca_file" in readable)
     return errors
 
 
-def _chain_problems(f: TLSFiles) -> list[str]:
-    """The daemon's own certificate must be in date and issued by a CA of ca_file: the other
-    daemons, which trust that file, refuse it otherwise, and only when they next connect (a
-    reload that put it in use would show nothing until a failover)."""
+def _waiting(label: str, f: TLSFiles) -> str:
+    """What is not checked while file `label` cannot be used: said on its line."""
+    if label == "cert_file":
+        return "; its key, its dates and its CA are checked once it can be read"
+    if label == "key_file":
+        return f"; whether it goes with {f.cert_file} is checked once it can be read"
+    if label == "ca_file":
+        return f"; whether {f.cert_file} was issued by a CA in it is checked once it can be read"
+    return ""
+
+
+def _key_mode(key_file: str) -> int | None:
+    try:
+        st = os.stat(key_file)
+    except (OSError, ValueError):
+        return None  # (said by _file_problem)
+    return st.st_mode if stat.S_ISREG(st.st_mode) else None
+
+
+def _pair_problems(f: TLSFiles) -> list[str]:
+    """The certificate and the key load, without a prompt, and go together."""
+    try:
+        load_chain(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), f.cert_file, f.key_file)
+    except TLSError as exc:
+        return [str(exc)]
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            return [f"tls.cert_file/key_file: {f.cert_file} does not go with {f.key_file}; use the key the certificate was made for"]
+        return [
+            f"tls.cert_file/key_file: {f.cert_file} or {f.key_file} is not a PEM certificate or key ({exc.reason or exc});"
+            " give PEM files (openssl x509 -inform der -in CERT -out CERT.pem converts a DER certificate)"
+        ]
+    except OSError as exc:
+        return [f"tls: cannot read {f.cert_file} or {f.key_file}: {exc}"]
+    return []
+
+
+def _chain_problems(f: TLSFiles, with_ca: bool) -> list[str]:
+    """The daemon's own certificate must be in date and (`with_ca`: ca_file is a CA file)
+    issued by a CA of ca_file: the other daemons, which trust that file, refuse it otherwise,
+    and only when they next connect (a reload that put it in use would show nothing until a
+    failover)."""
     try:
         from cryptography import x509
         from cryptography.exceptions import InvalidSignature
 
         with open(f.cert_file, "rb") as fh:
             chain = x509.load_pem_x509_certificates(fh.read())
-        with open(f.ca_file, "rb") as fh:
-            cas = x509.load_pem_x509_certificates(fh.read())
     except (OSError, ValueError, ImportError):
-        return []  # unreadable as PEM here: the load above said why
+        return []  # unreadable as PEM here: the load of the pair said why
     leaf, now = chain[0], dt.datetime.now(dt.UTC)
     errors = []
     if leaf.not_valid_before_utc > now:
@@ -154,6 +184,13 @@ def _chain_problems(f: TLSFiles) -> list[str]:
             f"tls.cert_file: {f.cert_file} is not valid until {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC;"
             " check this machine's clock, or make the certificate again"
         )
+    if not with_ca:
+        return errors  # (ca_file's line says this waits for it)
+    try:
+        with open(f.ca_file, "rb") as fh:
+            cas = x509.load_pem_x509_certificates(fh.read())
+    except (OSError, ValueError):
+        return errors  # (its load as a CA file said why)
 
     def issued(child: Any, parent: Any) -> bool:
         try:
