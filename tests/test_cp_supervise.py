@@ -279,6 +279,60 @@ def test_a_worker_that_fails_at_start_is_started_again_after_a_growing_wait(supe
     assert p.popen.wait(10) == 0
 
 
+# hsbcpd whose journal recovery, once begun (it makes HOLD_RECOVERY.in), waits while the file named
+# by HOLD_RECOVERY exists, then fails (EIO) while the file named by FAIL_RECOVERY exists
+HELD_THEN_FAILING_RECOVERY = """
+import errno, os, sys, time
+from hsb.cp import taking_over
+real = taking_over.recover
+def held_then_failing(*a, **kw):
+    open(os.environ["HOLD_RECOVERY"] + ".in", "w").close()
+    deadline = time.monotonic() + 60
+    while os.path.exists(os.environ["HOLD_RECOVERY"]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if os.path.exists(os.environ["FAIL_RECOVERY"]):
+        raise OSError(errno.EIO, "Input/output error")
+    return real(*a, **kw)
+taking_over.recover = held_then_failing
+from hsb.cp.main import main
+main(sys.argv[1:])
+"""
+
+
+async def test_a_worker_started_again_after_a_failed_start_keeps_a_reload_sent_before(supervised: Any, tmp_path: Path) -> None:
+    """A terminal added and SIGHUP sent while the worker recovers the journal; the recovery then
+    fails (EIO: exit 1) and the master starts the next worker. That one ran on the master's start
+    config (only a worker forked after a death read the file again): the reload, noted by the
+    worker that exited only, was lost and the added terminal refused until the next SIGHUP. Any
+    worker forked again reads the config file again: once the storage answers, it logs on."""
+    import tomllib
+
+    from tests.support.hostclient import FakeTerminal
+
+    hold, fail = tmp_path / "hold-recovery", tmp_path / "storage-fails"
+    hold.touch()
+    fail.touch()
+    p = supervised(env={"HOLD_RECOVERY": str(hold), "FAIL_RECOVERY": str(fail)}, code=HELD_THEN_FAILING_RECOVERY)
+    wait_for(lambda: (tmp_path / "hold-recovery.in").exists(), 20, what="the first worker recovering")
+    cfg_path = tmp_path / "cp.toml"
+    text = cfg_path.read_text()
+    cfg_path.write_text(text.replace("count = 5", "count = 6"))
+    first = worker_of(p.popen.pid)
+    os.kill(p.popen.pid, signal.SIGHUP)  # the master passes it on to the worker recovering
+    hold.unlink()  # its recovery fails now: exit 1
+    failed = p.wait_event("cp_worker_failed", timeout=20)
+    assert failed["pid"] == first and failed["exit"] == 1, failed
+    fail.unlink()  # the storage answers: the next worker serves
+    await until(lambda: bool(p.events("cp_started")), 20, what="a worker serving")
+    assert [e["restarts"] for e in p.events("cp_worker_started")][:2] == [0, 0]  # (no death: a start again)
+    term_addr = tomllib.loads(text)["cp"]["terminal_listen"]
+    for name in ("T00001", "T00006"):
+        t = await FakeTerminal.connect(term_addr, name)
+        got = await t.wait(lambda m: m["t"] in ("welcome", "error"))
+        await t.close()
+        assert got["t"] == "welcome", (name, got)
+
+
 # hsbcpd whose journal recovery waits while the file named by HOLD_RECOVERY exists (a slow recovery)
 SLOW_RECOVERY = """
 import os, sys, time
@@ -590,6 +644,33 @@ def test_a_worker_killed_while_it_leaves_its_config_leaves_the_one_before(tmp_pa
     # the newer slot (the second's) torn, as by a worker killed while writing it: the first is read
     ac.mem[AppliedConfig.SLOT + AppliedConfig.HEAD.size + 5] ^= 0xFF
     assert len(ac.load(CPConfig).terminal_table) == 5
+
+
+async def test_a_config_a_waiting_worker_checked_is_kept_for_the_next_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A waiting CP (takeover = "on_wake") checks the file at SIGHUP and applies it only once it
+    serves; a worker that then exits 1 at its takeover left nothing for the next one, which ran
+    on the file or, broken by then, on the master's start config (the added terminals refused).
+    The checked config is kept for it; one that fails its check is not."""
+    from hsb.config import load
+    from hsb.cp import server as srv
+    from hsb.cp import supervise
+    from hsb.cp.config import CPConfig
+
+    (tmp_path / "j").mkdir()
+    cfg_path = cp_config(tmp_path, terminals=5, journal="j", takeover="on_wake")
+    s = srv.CPServer(load(cfg_path, CPConfig), SECRET, str(cfg_path))
+    applied = supervise.AppliedConfig()
+    monkeypatch.setattr(supervise, "APPLIED", applied)
+    text = cfg_path.read_text()
+    cfg_path.write_text(text.replace("count = 5", "count = 7"))
+    await s._check_config()
+    kept = applied.load(CPConfig)
+    assert kept is not None and "T00007" in kept.terminal_table
+    cfg_path.write_text(text.replace("count = 5", "count = 9").replace("[cp]", "[cp\n"))  # fails its check
+    await s._check_config()
+    kept = applied.load(CPConfig)
+    assert kept is not None and len(kept.terminal_table) == 7
+    assert len(s.cfg.terminal_table) == 5  # (applied only once it serves)
 
 
 async def test_terminals_that_come_back_between_two_workers_wait_in_the_masters_accept_queue(supervised: Any, tmp_path: Path) -> None:

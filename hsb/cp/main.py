@@ -221,9 +221,9 @@ def main(config_path: str, check_config: bool, supervise: bool, set_journal_asid
     logs.setup(log_level, process=f"hsbcpd:{start_cfg.cp.name}", cache=True)
 
     def reread(cfg: CPConfig, secret: bytes) -> tuple[CPConfig, bytes]:
-        """A worker forked again after its predecessor died: what a SIGHUP applies (the CP's
-        RELOADABLE keys) as the config file has it now, so what SIGHUPs applied since the start
-        stays applied; the rest as at the start (a journal path or a listen address changed in
+        """A worker forked again after its predecessor died or exited 1 at its start: what a SIGHUP
+        applies (the CP's RELOADABLE keys) as the config file has it now, so what SIGHUPs applied
+        (or, waiting, checked) since the start stays applied; the rest as at the start (a journal path or a listen address changed in
         the file waits for a restart of the unit, as it did for the worker that died)."""
         import structlog
 
@@ -276,19 +276,21 @@ def main(config_path: str, check_config: bool, supervise: bool, set_journal_asid
     from hsb.wire.tls import TLSError
 
     async def run(supervisor: dict[str, Any] | None) -> int:
+        from hsb.cp import supervise as sv
+
         cfg, secret = start_cfg, start_secret
-        if supervisor is not None and supervisor.get("restarts"):
+        # any worker but the master's first, after a death or an exit 1 at its start: one that took
+        # a SIGHUP and then exited 1 leaves it in the file (or in APPLIED), not on the start's config
+        again = supervisor is not None and sv.FORKED_AGAIN
+        if again:
             cfg, secret = reread(cfg, secret)
-        if supervisor is not None and supervisor.get("restarts"):  # (else load_or_exit checked them)
-            for why in start_problems(cfg):  # before any generation is taken
+            for why in start_problems(cfg):  # before any generation is taken (else load_or_exit checked them)
                 die(why, EXIT_CONFIG)
         try:
             try:
                 server = CPServer(cfg, secret, config_path)
             except TLSError as exc:  # (checked at the start; a worker forked again reads them again: expired, replaced)
-                from hsb.cp import supervise as sv
-
-                pem = sv.applied_tls() if supervisor is not None and supervisor.get("restarts") else None
+                pem = sv.applied_tls() if again else None
                 if pem is None:
                     raise
                 import structlog

@@ -383,7 +383,7 @@ class CPServer(Waiting, TakingOver):
         last_state = ""
         watchdog = Watchdog()
         follow = self.cfg.cp.takeover == "on_wake"
-        keep_at = time.monotonic() + KEEP_APPLIED_AFTER_S if self.supervisor and self.supervisor.get("restarts") else None
+        keep_at = time.monotonic() + KEEP_APPLIED_AFTER_S if self.supervisor and supervise.FORKED_AGAIN else None
         while not self.should_exit.is_set():
             self.cp.tick()
             if time.monotonic() - last_beat >= 0.1:  # the generation check and heartbeat, also when idle
@@ -535,13 +535,14 @@ class CPServer(Waiting, TakingOver):
         await self.keep_applied()  # before it is said: a worker forked again from then on finds it
         reload.report(applied, restart, terminals_added=added, terminals_removed=len(removed))
 
-    async def keep_applied(self) -> None:
-        """Under a master (--supervise): leave the config this worker runs on where a worker
-        forked again finds it if the file is broken by then (hsb.cp.supervise.AppliedConfig).
-        Encoded on a thread: 19,000 terminals listed one by one take a while."""
+    async def keep_applied(self, cfg: CPConfig | None = None) -> None:
+        """Under a master (--supervise): leave the config this worker runs on (or `cfg`, one it
+        checked while waiting) where a worker forked again finds it if the file is broken by then
+        (hsb.cp.supervise.AppliedConfig). Encoded on a thread: 19,000 terminals listed one by one
+        take a while."""
         if supervise.APPLIED is not None:
             try:
-                await asyncio.get_running_loop().run_in_executor(None, supervise.APPLIED.store, self.cfg)
+                await asyncio.get_running_loop().run_in_executor(None, supervise.APPLIED.store, cfg if cfg is not None else self.cfg)
             except Exception:  # a bug: said; the next worker falls back to the file or the start's config
                 log.exception("applied_config_store_failed")
 

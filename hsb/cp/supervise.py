@@ -15,7 +15,9 @@ same idea as PostgreSQL's postmaster or nginx's master process.
   that may pass: the journal's storage not mounted or not answering, segments another CP still
   deletes) is started again by the master too, after FAIL_DELAY_FIRST_S, doubling at each such
   exit in a row up to FAIL_DELAY_MAX_S (`cp_worker_failed`, with the wait); a worker that stays up
-  for RESTARTS_WINDOW_S clears it. Ending the master with 1 left it to systemd, which started a
+  for RESTARTS_WINDOW_S clears it. It starts on the config as a worker forked after a death does
+  (FORKED_AGAIN: the file read again, or what the workers before applied or checked), not on the
+  master's start's: a SIGHUP the one that exited took is not lost with it. Ending the master with 1 left it to systemd, which started a
   new master (a new interpreter, ~0.4 s of CPU) every 100 ms for ever (Restart=always,
   StartLimitIntervalSec=0). A start that fails for a reason that lasts exits 73 (hsb.cp.main,
   LASTING_*), which ends the master like any other status.
@@ -30,8 +32,8 @@ same idea as PostgreSQL's postmaster or nginx's master process.
   unpinged, systemd killed the master in the wait and started a new one, its crash loop
   forgotten, so the longer waits were never reached).
 - The master holds nothing of the CP's: no journal, no connections, no threads (fork() is safe);
-  only a shared mapping where each worker leaves the config it applied (`AppliedConfig`), for
-  the next worker if the config file is broken by then, and (with `takeover = "at_start"`) the
+  only a shared mapping where each worker leaves the config it applied, or waiting checked
+  (`AppliedConfig`), for the next worker if the config file is broken by then, and (with `takeover = "at_start"`) the
   terminal, host, admin and http listening sockets (`LISTENERS`): they stay open while a dead worker's
   descriptors are torn down and the next one starts, so the terminals and hosts that come back
   meanwhile wait in the accept queue instead of being refused, and the next worker serves them
@@ -228,6 +230,7 @@ def _signal_name(n: int) -> str:
 
 EARLY_SIGNALS: list[int] = []  # (this process's: the worker's, after the fork)
 END_FD: int | None = None  # a worker's end of its pipe to the master (`mark_final`)
+FORKED_AGAIN = False  # this worker is not the master's first (whatever the one before ended with)
 
 
 def mark_final(code: int) -> None:
@@ -270,10 +273,12 @@ def worker_signals() -> None:
 
 def _worker(work: Callable[[dict[str, Any]], int], info: dict[str, Any], parent: int, end: int) -> NoReturn:
     """The forked CP: run `work(info)` and leave with its code (never return into the master)."""
+    global FORKED_AGAIN
     code = 1
     try:
         worker_signals()
         EARLY_SIGNALS.extend(info.pop("owed", []))  # (the master's, at the fork: noted as if they came now)
+        FORKED_AGAIN = info.pop("forked_again", False)
         if os.environ.get("WATCHDOG_PID") == str(parent):
             # systemd's watchdog watches the master (the unit's main process), which runs no loop
             # to ping it from: the worker's tick loop pings for it (NotifyAccess=all); the master
@@ -319,6 +324,7 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
     failures = 0  # workers in a row that exited FAILED (none of them up for a whole window)
     dying: list[int] = []  # dead workers the kernel is still tearing down: reaped when they are gone
     owed: list[int] = []  # reloads and wakes that came while no worker ran: for the next one
+    forked = False  # a worker was forked before: the next reads the config again (FORKED_AGAIN)
 
     def pass_on(sig: int, _: Any) -> None:
         nonlocal stopping
@@ -377,6 +383,7 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
             # owed reloads and wakes go with the fork's copy of this memory: sent as signals after
             # it, one could come after the new worker had read its list (it then went unheeded)
             info["owed"] = list(owed)
+            info["forked_again"] = forked  # (not in `info` as the worker keeps it: status shows that)
             pid = os.fork()
         except OSError as exc:
             log.error("cp_worker_fork_failed", error=str(exc), msg="cannot start the CP (memory? process limit?)")
@@ -387,6 +394,7 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
             _worker(work, info, master, w)
         os.close(w)
         worker = pid
+        forked = True
         owed.clear()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, PASSED_ON)
         log.info("cp_worker_started", pid=pid, master_pid=master, restarts=info["restarts"])

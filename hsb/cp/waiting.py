@@ -14,7 +14,7 @@ import errno
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -121,6 +121,10 @@ class Waiting:
     storage: tuple[bool, int | None] | None = None  # (journal missing, its generation), the last look's
     storage_asked: float | None = None  # when the look under way began (monotonic)
     storage_error: str | None = None  # the last look's error, until a look answers
+
+    if TYPE_CHECKING:  # (CPServer's)
+
+        async def keep_applied(self, cfg: CPConfig | None = None) -> None: ...
 
     def _storage_view(self, said: bool = True) -> tuple[bool, int | None]:
         missing = self._journal_missing(said)
@@ -334,6 +338,9 @@ class Waiting:
         new, applies, restart = planned
         if "cp.host_timeout" in applies:  # (as the serving CP's reload would take it)
             applies, restart = CPSection.reload_host_timeout(applies, restart, new.cp.host_timeout, self.cfg.cp.host_lease)
+        # under a master: a worker forked again (this one exiting 1 at its takeover, say) takes what
+        # it reloads from this one if the file is broken by then (only those keys: hsb.cp.main's reread)
+        await self.keep_applied(new)
         log.info("config_checked", applies_when_serving=applies, needs_restart=restart, msg="waiting to take over: the config is valid")
         if restart:
             log.warning(
