@@ -2,7 +2,8 @@
 CP with `takeover = "on_wake"` asks every 0.1 s: an IPv6 address that starts with a letter or a
 colon is an address, not a name (it was taken for a name, so always "held"); a check that
 cannot be made (no socket: the open-files limit) keeps the serving CP serving and the waiting
-one waiting, and never stops the process."""
+one waiting, and never stops the process. The address leaving during a takeover, before the CP
+listens, is a release (exit 0), not an address that is not this machine's (73)."""
 
 from __future__ import annotations
 
@@ -61,3 +62,63 @@ def test_on_wake_refuses_a_machine_where_every_bind_succeeds(tmp_path: Path) -> 
     why = nonlocal_bind_problem("10.0.0.5:7000", str(tmp_path))
     assert why is not None and "sysctl -w net.ipv4.ip_nonlocal_bind=0" in why
     assert nonlocal_bind_problem("[fd00::5]:7000", str(tmp_path)) is None  # (the IPv6 one is 0)
+
+
+async def test_the_address_moved_away_during_a_takeover_is_a_release_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A waiting CP (takeover = "on_wake") checks that it holds the virtual address, recovers the
+    journal (seconds, for a large one) and only then binds it. keepalived moving the address away
+    in between (a flap, a split brain ending) failed the bind with EADDRNOTAVAIL: exit 73, which
+    the unit and the notify script do not restart, so the machine was out of the pair until
+    someone acted, with a line telling the operator to write 0.0.0.0 there (which on_wake
+    refuses). It is the address leaving, as `cp_released`: said so, exit 0 (systemd starts a
+    waiting hsbcpd). A listen address that is not this machine's while the virtual address is
+    still here stays 73, as does any on a CP that takes over at its start."""
+    import asyncio
+    import errno
+
+    import structlog
+
+    from hsb.config import load
+    from hsb.cp import server as srv
+    from hsb.cp.config import CPConfig
+    from hsb.cp.main import os_error_code
+    from hsb.ops.listen import ListenError
+    from tests.support.procs import SECRET, cp_config
+
+    # 192.0.2.1 (TEST-NET-1) is on no interface here: held while the CP waited (so the wait says),
+    # gone by its bind
+    journal = tmp_path / "j"
+    journal.mkdir()
+    moving = "192.0.2.1:7000"
+    cfg = load(cp_config(tmp_path, terminals=2, journal=str(journal), takeover="on_wake", terminal_listen=moving), CPConfig)
+    monkeypatch.setattr(waiting, "holds_address", lambda *a: True)
+    s = srv.CPServer(cfg, SECRET, str(tmp_path / "cp.toml"))
+    with structlog.testing.capture_logs() as logs:
+        code = await asyncio.wait_for(s.serve(), 20)
+    assert code == 0
+    assert [e["event"] for e in logs if e["event"] in ("journal_recovered", "cp_address_lost_at_takeover", "cp_stopped")] == [
+        "journal_recovered",
+        "cp_address_lost_at_takeover",
+        "cp_stopped",
+    ], logs
+    lost = next(e for e in logs if e["event"] == "cp_address_lost_at_takeover")
+    assert lost["address"] == moving and lost["key"] == "cp.terminal_listen", lost
+    assert not [e for e in logs if e["event"] == "cp_started"]
+    monkeypatch.undo()
+
+    # the virtual address still here, the host listener on one that is not: the config's error
+    for d in ("b", "c"):
+        (tmp_path / d).mkdir()
+    cfg = load(cp_config(tmp_path / "b", terminals=2, journal=str(journal), takeover="on_wake", host_listen=moving), CPConfig)
+    s = srv.CPServer(cfg, SECRET, str(tmp_path / "b" / "cp.toml"))
+    with pytest.raises(ListenError) as exc:
+        await asyncio.wait_for(s.serve(), 20)
+    assert exc.value.errno == errno.EADDRNOTAVAIL and os_error_code(s.state, exc.value) == 73
+    await s.shutdown()
+    # a CP that takes over at its start (one CP machine): an address that is not this machine's
+    cfg = load(cp_config(tmp_path / "c", terminals=2, journal="j", terminal_listen=moving), CPConfig)
+    s = srv.CPServer(cfg, SECRET, str(tmp_path / "c" / "cp.toml"))
+    with pytest.raises(ListenError) as exc:
+        await asyncio.wait_for(s.serve(), 20)
+    assert exc.value.errno == errno.EADDRNOTAVAIL and os_error_code(s.state, exc.value) == 73
+    await s.shutdown()

@@ -451,7 +451,20 @@ class CPServer(Waiting, TakingOver):
                 await self.shutdown()
                 return 0
             reason = why
-        await self.startup(reason)
+        try:
+            await self.startup(reason)
+        except ListenError as exc:
+            if not await self._address_lost(exc):
+                raise
+            log.warning(
+                "cp_address_lost_at_takeover",
+                address=exc.addr,
+                key=exc.key,
+                error=str(exc.cause),
+                msg="the address left this machine (keepalived) while the CP took over, before it listened: not serving; systemd starts a waiting hsbcpd",
+            )
+            await self.shutdown()  # (as cp_released: exit 0, restarted by the unit, waiting)
+            return 0
         if self.superseded:
             await self.shutdown()
             return self.exit_code

@@ -22,6 +22,7 @@ from hsb.config import address_ip, parse_addr
 from hsb.cp.config import CPConfig, CPSection
 from hsb.cp.journal.generation import Generations
 from hsb.fsutil import LASTING
+from hsb.ops.listen import ListenError
 from hsb.ops.notify import Watchdog, notify
 from hsb.wire.tls import TLS, reload_tls
 
@@ -318,6 +319,19 @@ class Waiting:
             except TimeoutError:
                 pass
         return None
+
+    async def _address_lost(self, exc: ListenError) -> bool:
+        """A takeover's bind refused with EADDRNOTAVAIL while `takeover = "on_wake"`: the virtual
+        address the wait saw here has moved away since (keepalived; the journal's recovery in
+        between can take seconds), not a config naming another machine's address (exit 73).
+        Either the failed address is the terminal one the wait checked, or that one is gone too."""
+        c = self.cfg.cp
+        if c.takeover != "on_wake" or exc.errno != errno.EADDRNOTAVAIL or exc.key not in ("cp.terminal_listen", "cp.host_listen"):
+            return False
+        if address_ip(exc.addr) == address_ip(c.terminal_listen):
+            return True
+        held = await asyncio.get_running_loop().run_in_executor(None, holds_address, c.terminal_listen, False)
+        return not held
 
     async def _check_config_logged(self) -> None:
         try:
