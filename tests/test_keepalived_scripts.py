@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from hsb.cli import NOT_RESTARTED
+
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(30)
 
@@ -98,11 +100,12 @@ def _stand_ins(tmp_path: Path, answers: str) -> tuple[dict[str, str], Path]:
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HSB_RUN_DIR": str(tmp_path / "run")}, calls
 
 
-@pytest.mark.parametrize("code", [65, 73, 78])
+@pytest.mark.parametrize("code", NOT_RESTARTED["hsbcpd"])
 def test_the_notify_script_leaves_a_cp_failed_on_its_journal_or_config_failed(tmp_path: Path, code: int) -> None:
-    """A damaged journal (65), a start that cannot succeed here (73: a port taken, the journal's
-    permissions) or a bad config (78): starting it again at every keepalived change would stop
-    the same way (the damaged journal after taking a generation); left failed, said."""
+    """The statuses the unit does not restart: a usage error (2), a damaged journal (65), a start
+    that cannot succeed here (73: a port taken, the journal's permissions), superseded (75) or a
+    bad config (78): starting it again at every keepalived change would stop the same way (the
+    damaged journal after taking a generation); left failed, said."""
     env, calls = _stand_ins(
         tmp_path, f"  *is-failed*) exit 0 ;;\n  *ExecMainStatus*) echo {code} ;;\n  *is-active*) exit 3 ;;\n  *MainPID*) echo 0 ;;\n"
     )

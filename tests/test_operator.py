@@ -97,6 +97,29 @@ def test_the_units_stop_a_restart_loop_on_a_config_error() -> None:
     assert re.search(r"^ExecStart=.*hsbcpd .*--supervise", cp, re.M) and re.search(r"^NotifyAccess=all$", cp, re.M)
 
 
+def test_the_units_do_not_restart_an_exit_no_restart_can_change() -> None:
+    """Each status a daemon exits with when a start again would end the same way (hsb.cli.NOT_RESTARTED)
+    is in its unit's RestartPreventExitStatus, and only those: a usage error (2) was not, and
+    hsbcpd.service (Restart=always, RestartSec=100ms, no start limit) started `hsbcpd --log-level
+    verbose` (click's usage error, a drop-in's ExecStart) every 100 ms for ever; hsbd@.service
+    until its start limit. The units' 2 is the status the daemons really give a usage error."""
+    from hsb.cli import EXIT_USAGE, NOT_RESTARTED
+    from hsb.cp.server import EXIT_SUPERSEDED
+
+    for daemon, unit in (("hsbcpd", "hsbcpd.service"), ("hsbd", "hsbd@.service")):
+        text = (ROOT / "configs" / "systemd" / unit).read_text()
+        prevented = {int(w) for line in re.findall(r"^RestartPreventExitStatus=(.*)$", text, re.M) for w in line.split() if w.isdigit()}
+        assert prevented == set(NOT_RESTARTED[daemon]), (unit, sorted(prevented), NOT_RESTARTED[daemon])
+        assert EXIT_USAGE in prevented, unit
+    assert EXIT_SUPERSEDED in NOT_RESTARTED["hsbcpd"]
+    for argv in (
+        ("hsb.cp", "--config", "cp.toml", "--log-level", "verbose"),
+        ("hsb.host", "--role", "active", "--config", "host.toml", "--log-level", "verbose"),
+    ):
+        r = run(*argv)
+        assert r.returncode == EXIT_USAGE and "Usage:" in r.stderr, (argv, r.returncode, r.stderr[-500:])
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not found (Debian's systemd package)")
 @pytest.mark.parametrize("unit", ["hsbcpd.service", "hsbd@.service"])
 def test_the_units_are_rated_ok_or_medium_by_systemd_analyze(tmp_path: Path, unit: str) -> None:
