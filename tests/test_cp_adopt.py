@@ -258,3 +258,40 @@ async def test_a_terminal_back_while_an_undone_switchover_is_made_durable_is_tol
     assert sessions(t1) == [("open", cp.epoch)], sessions(t1)
     assert t1.transport.frames()[0]["t"] == "welcome"
     assert sessions(t2) == [("open", 1)]  # told at its adoption; its session stayed where it was
+
+
+async def test_a_message_of_a_terminal_named_while_an_undone_switchover_is_made_durable_goes_after_the_grant(tmp_path: Path) -> None:
+    """host-a adopts after a CP restart; T00001 is back, its message 1 held (no session yet). A
+    planned switchover to host-b cuts the adoption, host-b is lost before its grant is durable,
+    and host-a is granted the role back. While that epoch is made durable, host-a, unaware of the
+    cut, names T00001's session. Message 1 went to it then, before the `switch_granted` at which
+    hsbd drops what it was handed (ha_cp.link_event), and the flip, finding it delivered at its
+    epoch, did not send it again: it stayed held, and message 2 was delivered alone, before it."""
+    cp = cp_core(tmp_path, 3, cp="resume_window = 30\n")
+    a = fake_host(cp, "host-a", record=True)
+    a.adopts = True
+    cp.host_register(a, "active", 1)
+    b = fake_host(cp, "host-b", "standby")
+    recording_terminal(cp, "T00001")
+    term = cp.terms["T00001"]
+    cp.terminal_msg(term, 1, b"one")  # held and durable, not delivered: no session yet
+    held = HeldJournal(cp)
+    cp.host_release(a)
+    cp.host_handover(a, wait=False)  # the grant to host-b waits on its record; host-a's adoption cut
+    b.connection_lost(None)
+    assert held.release_one() == 1  # durable, its grantee gone: host-a granted the role back (its record held)
+    assert cp.active is a and not cp.announced and a.adopt_cut
+    a._handle({"t": "adopt", "epoch": a.known_epoch, "items": [["T00001", {}]], "last": True})
+    held.release()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while cp.flipping is not None or not cp.announced:
+        assert loop.time() < deadline, "the role never went back to host-a"
+        await asyncio.sleep(0.01)
+    cp.terminal_msg(term, 2, b"two")
+    a.flush()
+    frames = a.transport.frames()
+    granted = max(i for i, f in enumerate(frames) if f["t"] == "switch_granted")
+    assert frames[granted]["epoch"] == cp.epoch
+    delivered = [(i > granted, f["id"]) for i, f in enumerate(frames) if f["t"] == "deliver" and f["terminal"] == "T00001"]
+    assert delivered == [(True, 1), (True, 2)], delivered
