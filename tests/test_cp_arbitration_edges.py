@@ -26,14 +26,17 @@ def standby(cp: Any, name: str = "host-b", instance: str = "i1", **kw: Any) -> A
     return b
 
 
-def pair_waiting_for_a_handover(tmp_path: Path, record: bool = False) -> tuple[Any, Any, Any, list[Any]]:
+def pair_waiting_for_a_handover(tmp_path: Path, record: bool = False, extra: int = 0, adopts: bool = False) -> tuple[Any, Any, Any, list[Any]]:
     """host-a active with 3 terminals' sessions, host-b standby with standby sessions for 2 of
     them; host-a released and handing over: the CP waits for the third standby session.
-    `record`: host-a's transport keeps what the CP sends it."""
-    cp = cp_core(tmp_path, 3)
-    a = fake_host(cp, "host-a", "active", record=record)
+    `record`: host-a's transport keeps what the CP sends it; `extra`: terminals T00004… connected
+    too, without a session; `adopts`: host-a is still naming its sessions (hsb.cp.adopt)."""
+    cp = cp_core(tmp_path, 3 + extra)
+    a = fake_host(cp, "host-a", record=record)
+    a.adopts = adopts
+    cp.host_register(a, "active", 1)
     b = standby(cp)
-    terms = [recording_terminal(cp, f"T0000{i}") for i in (1, 2, 3)]
+    terms = [recording_terminal(cp, f"T0000{i}") for i in range(1, 4 + extra)]
     for i in (1, 2, 3):
         cp.host_open(a, f"T0000{i}", "active", {})
     for i in (1, 2):
@@ -65,6 +68,28 @@ async def test_another_hosts_handover_frame_does_not_cancel_the_actives_wait(tmp
     await asyncio.sleep(0)
     cp.settle_flip()
     assert cp.active is b and not any(t.closed for t in terms)
+
+
+@pytest.mark.parametrize("late", ["open", "adopt"])
+async def test_a_session_the_released_active_opens_during_the_handover_wait_is_waited_for_too(tmp_path: Path, late: str) -> None:
+    """T00004's logon hook began at host-a before its release and ended after its handover (or
+    host-a, still naming its sessions after a CP restart, names T00004's then): host-a's `open`
+    as the active is taken. The wait was for the standby sessions owed at the handover only: the
+    grant came once host-b opened T00003's, and T00004, with no standby session, was disconnected
+    by the flip, in a switchover that disconnects no terminal."""
+    cp, a, b, terms = pair_waiting_for_a_handover(tmp_path, extra=1, adopts=late == "adopt")
+    if late == "open":
+        cp.host_open(a, "T00004", "active", {})
+    else:
+        cp.host_adopt(a, [("T00004", {})], last=False)
+    assert cp.terms["T00004"].active is not None and cp.terms["T00004"].active.host is a
+    cp.host_open(b, "T00003", "standby", {})  # the one owed at the handover
+    assert cp.active is a, "granted without T00004's standby session"
+    cp.host_open(b, "T00004", "standby", {})
+    await asyncio.sleep(0)
+    cp.settle_flip()
+    assert cp.active is b and not any(t.closed for t in terms)
+    assert cp.terms["T00004"].active is not None and cp.terms["T00004"].active.host is b
 
 
 async def test_after_a_normal_stop_another_host_may_register_as_the_active_once_the_old_lease_ran_out(tmp_path: Path) -> None:

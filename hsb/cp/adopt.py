@@ -100,6 +100,7 @@ class Adoption:
             if conn is not None and not conn.closed:  # logged on again before its session was named
                 self._send_owed_notice(term)
                 conn.send_raw(opened)
+                self.owe_if_handing_over(term)
                 # not while the epoch that gives it the role back is made durable: the host drops
                 # what it is sent then at the `switch_granted` that follows, and the flip, finding
                 # it delivered at its epoch, would not send it again (it delivers it instead)

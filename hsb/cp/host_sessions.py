@@ -73,6 +73,7 @@ class HostSessions:
             term.bye_unannounced = False  # (the active's session is this run's now)
             self._tell(term, {"t": "session", "state": "open", "epoch": self.epoch})
             host.send({"t": "opened", "terminal": name, "kind": "active"})
+            self.owe_if_handing_over(term)
             if not host.released and self.announced:  # a releasing active gets no new work, nor one not yet announced
                 self._deliver_pending(term, host)
         elif kind == "standby":
@@ -184,22 +185,34 @@ class HostSessions:
                     self.deliver_logoffs(term, host)
             return
         if wait:
-            owed = {
-                t.name
-                for t in self.terms.values()
-                if t.active is not None
-                and t.active.host is host
-                and t.conn is not None
-                and not t.leaving
-                and t.defn.standby_capable
-                and (t.standby is None or t.standby.host is not sb)
-            }
+            owed = {t.name for t in self.terms.values() if self._owes_standby(t, host, sb)}
             if owed:
                 log.info("handover_waits_for_standby_sessions", active=host.name, standby=sb.name, owed=len(owed), at_most_s=HANDOVER_WAIT_S)
                 timer = asyncio.get_running_loop().call_later(HANDOVER_WAIT_S, self.host_handover, host, False)
                 self._handover = _Handover(host, sb, owed, timer)
                 return
         self._grant(sb, "planned switchover", f"released by {host.name}", demote=host)
+
+    @staticmethod
+    def _owes_standby(t: Term, active: HostProtocol, sb: HostProtocol) -> bool:
+        """A handover from `active` to `sb` waits for `t`'s standby session: it is served at the
+        active, connected, can have one, and has none at `sb` yet."""
+        return (
+            t.active is not None
+            and t.active.host is active
+            and t.conn is not None
+            and not t.leaving
+            and t.defn.standby_capable
+            and (t.standby is None or t.standby.host is not sb)
+        )
+
+    def owe_if_handing_over(self: CP, term: Term) -> None:
+        """The released active opened (or named) `term`'s session while its handover waits (a
+        logon hook that ended after the release): its standby session is waited for too, within
+        the same HANDOVER_WAIT_S, or the grant would disconnect it."""
+        h = self._handover
+        if h is not None and self._owes_standby(term, h.active, h.standby):
+            h.owed.add(term.name)
 
     def end_handover(self: CP) -> None:
         """A planned switchover's wait for standby sessions (`_handover`), if one is under way, ends."""
