@@ -92,6 +92,32 @@ async def test_a_session_the_released_active_opens_during_the_handover_wait_is_w
     assert cp.terms["T00004"].active is not None and cp.terms["T00004"].active.host is b
 
 
+@pytest.mark.parametrize("gone", ["bye", "close", "refuse"])
+async def test_a_terminal_owed_a_standby_session_that_no_longer_needs_one_is_not_waited_for(tmp_path: Path, gone: str) -> None:
+    """The handover waits for T00003's standby session. T00003 sends a message (held: host-a is
+    released) and logs off, still connected for its reply; or host-a closes or refuses its session.
+    The standby may never open that session (the ring keeps a terminal's last change only): the
+    grant waited the full HANDOVER_WAIT_S for it, every terminal's service paused meanwhile."""
+    cp, a, b, terms = pair_waiting_for_a_handover(tmp_path)
+    assert cp._handover is not None and cp._handover.owed == {"T00003"}
+    t3 = cp.terms["T00003"]
+    if gone == "bye":
+        cp.terminal_msg(t3, 1, b"x")
+        cp.terminal_bye(t3)
+        assert t3.conn is not None, "closed before its reply"
+    elif gone == "close":
+        cp.host_close(a, "T00003", "active")
+    else:
+        cp.host_refuse(a, "T00003", "logon failed")
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while cp.active is not b:
+        assert loop.time() - t0 < 1.0, f"still waiting for {cp._handover and cp._handover.owed} (HANDOVER_WAIT_S is 2 s)"
+        await asyncio.sleep(0.01)
+    cp.settle_flip()
+    assert not any(t.closed for t in terms)
+
+
 async def test_after_a_normal_stop_another_host_may_register_as_the_active_once_the_old_lease_ran_out(tmp_path: Path) -> None:
     """After a normal stop nobody holds the role and another host may register as the active; but
     the host that stopped drains on its lease for a moment, so, as a promote does, the new one

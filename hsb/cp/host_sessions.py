@@ -133,6 +133,7 @@ class HostSessions:
         if term.conn is not None:
             self._tell(term, {"t": "session", "state": "closed", "epoch": self.epoch, "reason": reason[:200]})
         self.session_gone(term)
+        self.owed_no_more(term)
 
     def host_close(self: CP, host: HostProtocol, name: str, kind: str) -> None:
         term = self.terms.get(name)
@@ -154,6 +155,7 @@ class HostSessions:
                 if switched and not term.leaving:
                     host.request_session(term)
             self.session_gone(term)
+            self.owed_no_more(term)
 
     def host_release(self: CP, host: HostProtocol) -> None:
         """Planned switchover, step 1: stop delivering to the active; it finishes what it has."""
@@ -213,6 +215,14 @@ class HostSessions:
         h = self._handover
         if h is not None and self._owes_standby(term, h.active, h.standby):
             h.owed.add(term.name)
+
+    def owed_no_more(self: CP, term: Term) -> None:
+        """`term` may no longer need the standby session a handover waits for (it logged off or
+        went, its active session was closed or refused): not waited for then, or every terminal's
+        service paused HANDOVER_WAIT_S for a session the standby may never open."""
+        h = self._handover
+        if h is not None and term.name in h.owed and not self._owes_standby(term, h.active, h.standby):
+            self._owed_standby(term.name)
 
     def end_handover(self: CP) -> None:
         """A planned switchover's wait for standby sessions (`_handover`), if one is under way, ends."""

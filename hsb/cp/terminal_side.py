@@ -258,6 +258,7 @@ class TerminalSide:
         a = self._taking()
         if term.held and a is not None:
             self._answer_leaving(term, a)  # what never went (it had no session) goes now
+        self.owed_no_more(term)
 
     def logged_off(self: CP, term: Term) -> None:
         """Its logoff: what it holds is answered without it, and so after a CP restart too (its
@@ -284,8 +285,7 @@ class TerminalSide:
             return
         term.conn = None
         term.notice = None  # a new connection gets a new welcome and session state instead
-        if self._handover is not None and term.name in self._handover.owed:
-            self._owed_standby(term.name)
+        self.owed_no_more(term)
         term.paused = False
         self.connected -= 1
         log.debug("terminal_disconnected", terminal=term.name, held=len(term.held))
