@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -221,3 +222,38 @@ def test_an_ids_file_that_cannot_be_written_is_refused_before_the_run(tmp_path: 
         main, ["load", "--cp", "127.0.0.1:1", "-n", "1", "--rate", "1", "--duration", "0.1", "--ids-out", str(tmp_path / "no" / "ids.json")]
     )
     assert r.exit_code == 2 and "cannot write" in r.output and "--ids-out" in r.output and "Traceback" not in r.output, r.output
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [([], False), (["--expect-disconnects"], True), (["--expect-cp-restart"], "cp")],
+    ids=["none", "disconnects", "cp_restart"],
+)
+def test_the_expect_flags_reach_the_run_from_the_command_line(monkeypatch: pytest.MonkeyPatch, flags: list[str], expected: object) -> None:
+    """--expect-cp-restart and --expect-disconnects were two flags on one parameter, and click
+    took the first's type for both: `hsbterm load --expect-cp-restart` stopped with "'cp' is not
+    a valid boolean", so the procedures of a CP restart in the docs could not be run."""
+    from click.testing import CliRunner
+
+    from hsb.term import main as term_main
+
+    seen: dict[str, Any] = {}
+
+    async def fake_load_main(cp: tuple[str, int], **kw: Any) -> LoadReport:
+        seen.update(kw)
+        return LoadReport(terminals=1, welcomed=1, sent=1, acked=1, replied=1)
+
+    monkeypatch.setattr(term_main, "_load_main", fake_load_main)
+    r = CliRunner().invoke(term_main.main, ["load", "--cp", "127.0.0.1:1", "-n", "1", "--rate", "1", "--duration", "0.1", *flags])
+    assert "not a valid boolean" not in r.output and seen.get("expect_disconnects") == expected, (r.output, seen)
+
+
+def test_both_expect_flags_at_once_are_a_usage_error() -> None:
+    from click.testing import CliRunner
+
+    from hsb.term.main import main
+
+    r = CliRunner().invoke(
+        main, ["load", "--cp", "127.0.0.1:1", "-n", "1", "--rate", "1", "--duration", "0.1", "--expect-disconnects", "--expect-cp-restart"]
+    )
+    assert r.exit_code == 2 and "give one" in r.output, r.output
