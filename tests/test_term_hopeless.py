@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -349,3 +350,69 @@ async def test_cli_connect_without_tls_against_a_tls_terminal_port_gives_up(tls_
     assert time.monotonic() - t0 < 10
     assert code == 1 and err == "", err
     assert f"giving up: {tls_cp.info['terminal']} {TLS_CAUSE}" in out and out.count("giving up:") == 1, out
+
+
+# --------------------------------------------------------------------------- the terminal's own certificate refused
+
+
+@pytest.fixture(scope="module")
+def refused(ca: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, str, str]]:
+    """T00001 certificates the TLS CP refuses: (cert, key, the CP's alert), expired (of its CA)
+    and of another CA."""
+    import datetime as dt
+    from pathlib import Path
+
+    from hsb.ctl.tls_cmd import make_ca_and_certs
+
+    d = Path(ca).parent  # (its CA: ca.pem and ca.key)
+    make_ca_and_certs(d, ["T00001"], days=1, not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=3))
+    other = tmp_path_factory.mktemp("other-ca")
+    make_ca_and_certs(other, ["T00001"])
+    return {
+        "expired": (str(d / "T00001.pem"), str(d / "T00001.key"), "sslv3 alert certificate expired"),
+        "other-ca": (str(other / "T00001.pem"), str(other / "T00001.key"), "tlsv1 alert unknown ca"),
+    }
+
+
+@pytest.mark.parametrize("which", ["expired", "other-ca"])
+async def test_cli_connect_whose_own_certificate_is_refused_gives_up(
+    tls_cp: Proc, ca: str, refused: dict[str, tuple[str, str, str]], which: str
+) -> None:
+    """Under TLS 1.3 the terminal's handshake ends before the CP checks its certificate: the
+    hello went out, the CP's alert closed the connection after it, and that was taken for a drop
+    while logging on: retried ~3 times a second for ever, `giving up:` never said. It is the
+    connect failure it is: one line naming the certificate and the fix, exit 1, stdin still open."""
+    cert, key, alert = refused[which]
+    target = tls_cp.info["terminal"]
+    proc = await _spawn("connect", "T00001", "--cp", target, "--tls", "--ca", ca, "--cert", cert, "--key", key, stdin=True)
+    try:
+        out = (await asyncio.wait_for(proc.stdout.read(), 5)).decode()  # type: ignore[union-attr]
+        code = await asyncio.wait_for(proc.wait(), 5)
+        err = (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        await _reap(proc)
+    assert code == 1 and err == "", (code, err, out)
+    said = f"giving up: TLS with {target} failed: the CP refused this terminal's certificate {cert} ({alert}): "
+    assert said in out and out.count("giving up:") == 1, out
+    assert ("make a new one" if which == "expired" else "--cert must be issued by the CA of the CP's [tls] terminal_ca_file") in out, out
+
+
+async def test_cli_load_whose_own_certificate_is_refused_gives_up_at_once(tls_cp: Proc, ca: str, refused: dict[str, tuple[str, str, str]]) -> None:
+    """The same for a run: it retried until --connect-timeout, then said nothing connected."""
+    cert, key, alert = refused["expired"]
+    target = tls_cp.info["terminal"]
+    t0 = time.monotonic()
+    code, out, err = await _run(
+        "load", "--cp", target, "-n", "1", "--rate", "10", "--duration", "1", "--connect-timeout", "30",
+        "--tls", "--ca", ca, "--cert", cert, "--key", key, within=20,
+    )  # fmt: skip
+    assert time.monotonic() - t0 < 10
+    lines = err.splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith(
+        f"hsbterm: giving up, no terminal was welcomed: TLS with {target} failed: the CP refused this terminal's certificate {cert} ({alert})"
+    ), err
+    # counted as the failed connects they are (no drop while logging on)
+    assert re.search(r"disconnects\s+0 \(failed connects [1-9]", out), out

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from hsb.backoff import Backoff
 from hsb.term.answers import Answers
+from hsb.term.hopeless import cert_refused
 from hsb.term.listener import Listener
 from hsb.term.net import dead_peer_detection, new_id_base
 from hsb.term.verdict import ACKED, REPLY_SHIFT, SENT
@@ -394,6 +395,11 @@ class TerminalClient(Answers, asyncio.Protocol):
         if self.stopping:
             if self.closed is not None and not self.closed.done():
                 self.closed.set_result(None)
+            return
+        if was == HELLO and exc is not None and cert_refused(exc):
+            # the CP refused our certificate: TLS 1.3 ends the client's handshake before the CP
+            # checks it, so its alert comes after the hello; a failed connect, not a drop
+            self.connect_failed(exc)
             return
         retry = self._next_backoff()
         if was == WELCOMED:

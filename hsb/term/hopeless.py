@@ -11,7 +11,10 @@ mean the run is pointed at the wrong thing:
 - what answers breaks the terminal link (a protocol error before any welcome: a CP's host or
   admin port sends a challenge, say): not a CP's terminal port;
 - a TLS handshake failed for a reason of the peer's or the certificates' (not TLS at all there,
-  a certificate that does not chain to --ca): not a connection dropped midway.
+  a certificate that does not chain to --ca, the terminal's own --cert refused by the CP): not
+  a connection dropped midway. Under TLS 1.3 the CP's refusal of the terminal's certificate
+  comes after the client's side of the handshake is done, so after the hello: the connection
+  is lost with that alert (`cert_refused`), which counts as the connect failure it is.
 
 `Hopeless` counts them for a group of terminals none of which was ever welcomed and says, once
 they leave no doubt, the one-line cause and its fix. A refused terminal counts once every
@@ -35,11 +38,42 @@ STRIKES = 3  # a port's faults (protocol errors, TLS failures) before a group gi
 PORT_REFUSALS = frozenset({"tls_required"})
 # a CP's refusals that the same terminal, trying again, always meets again
 REFUSALS = frozenset({"unknown_terminal", "bad_hello", "tls_name_mismatch"}) | PORT_REFUSALS
+# the TLS alerts of a CP that refuses the certificate the terminal presented (--cert)
+CERT_REFUSED = frozenset(
+    {
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_REVOKED",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+    }
+)
 
 
-def tls_failure(exc: BaseException) -> str | None:
+def cert_refused(exc: BaseException) -> bool:
+    """The CP refused the terminal's own certificate (its TLS alert ended the connection)."""
+    return isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLCertVerificationError) and str(exc.reason) in CERT_REFUSED
+
+
+def _cert_fix(reason: str) -> str:
+    if reason == "SSLV3_ALERT_CERTIFICATE_EXPIRED":
+        return "make a new one (hsbctl tls init, or your CA), or leave --cert and --key out"
+    if reason == "TLSV13_ALERT_CERTIFICATE_REQUIRED":
+        return "give --cert and --key, the terminal's own certificate"
+    if reason == "TLSV1_ALERT_UNKNOWN_CA":
+        return "--cert must be issued by the CA of the CP's [tls] terminal_ca_file (or its ca_file), or leave --cert and --key out"
+    return (
+        "--cert must be in date, name the terminal and come from the CA of the CP's [tls] terminal_ca_file"
+        " (or its ca_file), or leave --cert and --key out"
+    )
+
+
+def tls_failure(exc: BaseException, cert: str | None = None) -> str | None:
     """The cause and fix of a TLS handshake failure that trying again cannot change; None for
-    anything else (a connect refused or reset, a peer that went away mid-handshake: a restart)."""
+    anything else (a connect refused or reset, a peer that went away mid-handshake: a restart).
+    `cert` is the terminal's --cert, named when the CP refused it."""
     if not isinstance(exc, ssl.SSLError) or isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)):
         return None
     if isinstance(exc, ssl.SSLCertVerificationError):
@@ -48,6 +82,9 @@ def tls_failure(exc: BaseException) -> str | None:
             " give --ca the CA that signed the CP's certificate (the cluster's ca.pem, docs/tls.md)"
         )
     reason = str(exc.reason or exc)
+    if reason in CERT_REFUSED:
+        which = f" {cert}" if cert else ""
+        return f"the CP refused this terminal's certificate{which} ({reason.lower().replace('_', ' ')}): {_cert_fix(reason)}"
     if reason in NOT_TLS_REASONS:  # (a plain port answers a ClientHello with its own bytes)
         return f"it does not speak TLS ({reason.lower().replace('_', ' ')}): leave out --tls (the CP's [tls] terminals is off), or check --cp"
     return f"the TLS handshake failed ({reason.lower().replace('_', ' ')}): check --ca, --cert and --key against the CP's [tls] (docs/tls.md)"
@@ -79,10 +116,11 @@ def not_a_terminal_port(target: str, detail: str) -> str:
 class Hopeless:
     """Counts the answers no retry can change for a group of `terminals` terminals none of which
     was ever welcomed; each method returns the cause (one line, with its fix) once it is time to
-    give up, else None."""
+    give up, else None. `cert` is the terminals' --cert, if any."""
 
-    def __init__(self, target: str, terminals: int, *, load: bool) -> None:
+    def __init__(self, target: str, terminals: int, *, load: bool, cert: str | None = None) -> None:
         self.target = target
+        self.cert = cert
         self.terminals = terminals
         self.load = load
         self.refused: dict[Any, tuple[str, str]] = {}  # terminal -> (code, the CP's words)
@@ -107,7 +145,7 @@ class Hopeless:
         return self._strike(not_a_terminal_port(self.target, detail))
 
     def connect_failed(self, exc: BaseException) -> str | None:
-        why = tls_failure(exc)
+        why = tls_failure(exc, self.cert)
         if why is None:
             return self.cause
         return self._strike(f"TLS with {self.target} failed: {why}")

@@ -17,7 +17,8 @@ which a reconnect meets and retries past, and `idle_timeout`, the CP's own setti
 by the CP and input that is not valid text.
 
 A terminal that cannot log on for a reason no retry can change (hsb.term.hopeless: the CP
-refused its name, the address is not a CP's terminal port, TLS fails there) gives up with one
+refused its name, the address is not a CP's terminal port, TLS fails there, its own
+certificate is refused) gives up with one
 line naming the cause and the fix, exit 1. End of input before the CP has answered the logon
 waits for that answer (up to `linger`, at least BYE_WAIT seconds), so that a refusal is told.
 
@@ -64,14 +65,14 @@ def show(data: Any) -> str:
 class Printer(Listener):
     """Prints each event as one line; tracks when nothing is outstanding any more."""
 
-    def __init__(self, out: TextIO, target: str) -> None:
+    def __init__(self, out: TextIO, target: str, cert: str | None = None) -> None:
         self.out = out
         self.target = target
         self.drained = asyncio.Event()
         self.fatal: asyncio.Event = asyncio.Event()
         self.fatal_code: str | None = None
         self.fatal_msg = ""  # the CP's words with a refusal
-        self.hopeless = Hopeless(target, 1, load=False)
+        self.hopeless = Hopeless(target, 1, load=False, cert=cert)
         self.cause: str | None = None  # a port's fault no retry can change (fatal_code "hopeless")
         self.changed = asyncio.Event()  # anything happened to the connection
         self.unreachable = False  # the last connect failed (nothing there now: no answer to wait for)
@@ -210,12 +211,14 @@ async def interactive(
     inp: TextIO | None = None,
     out: TextIO | None = None,
     ssl: Any = None,
+    cert: str | None = None,
 ) -> int:
-    """Run the interactive terminal until end of input; the exit status."""
+    """Run the interactive terminal until end of input; the exit status. `cert` is the path of
+    the certificate in `ssl` (named if the CP refuses it)."""
     loop = asyncio.get_running_loop()
     out = out if out is not None else sys.stdout
     target = f"{host}:{port}"
-    printer = Printer(out, target)
+    printer = Printer(out, target, cert)
     client = TerminalClient(name, printer, base=id_base, keep_payloads=True)
     connector = Connector(host, port, concurrency=1, ssl=ssl)
     connector.attach(client)

@@ -189,6 +189,7 @@ async def run_load(
     workload: Any = None,
     books: dict[str, Any] | None = None,
     ssl: Any = None,
+    tls_cert: str | None = None,
     source: str | None = None,
     keepalive: int = 1,
     mark_resent: bool = True,
@@ -220,6 +221,9 @@ async def run_load(
     before the timed load starts. With `books` (`{"dsn": …}` or `{"sqlite": …}`) the
     database is checked against the replies after the run (hsb.term.books); any breach is a
     failure of the run.
+
+    `ssl` is the terminals' TLS context; `tls_cert` the path of the certificate in it, if any
+    (named when the CP refuses it).
     """
     if closed_loop and window < 1:
         raise ValueError("closed_loop needs window >= 1 (the messages each terminal keeps outstanding)")
@@ -228,7 +232,7 @@ async def run_load(
     _raise_nofile(len(names) + 256)
     base = new_id_base() if id_base is None else id_base
     pad = "x" * max(0, payload_size)
-    stats = LoadStats(len(names), f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    stats = LoadStats(len(names), f"[{host}]:{port}" if ":" in host else f"{host}:{port}", cert=tls_cert)
     stride = max(1, len(names))
     clients = [
         TerminalClient(

@@ -25,11 +25,11 @@ MAX_DEFERRED = 64  # sends a terminal owes (its window was full when they were d
 class LoadStats(Listener):
     """Counts the events of every terminal of a run (one shared listener)."""
 
-    def __init__(self, terminals: int, target: str = "the CP") -> None:
+    def __init__(self, terminals: int, target: str = "the CP", cert: str | None = None) -> None:
         self.terminals = terminals
         # before any terminal is welcomed: the answers no retry can change (hsb.term.hopeless);
         # `gave_up` is set (the cause, with its fix) once they leave no doubt, and the run ends
-        self.hopeless = Hopeless(target, terminals, load=True)
+        self.hopeless = Hopeless(target, terminals, load=True, cert=cert)
         self.gave_up = asyncio.Event()
         self.last_connect_error: str | None = None  # the last failed connect's error (for a run never welcomed)
         self.sent = 0

@@ -86,7 +86,7 @@ def connect(
     """Interactive terminal NAME: each stdin line is a message; events are printed. Ctrl-D logs off."""
     ssl = _ssl(tls, tls_ca, tls_cert, tls_key)
     try:
-        status = hsb_loop.run(interactive(name, cp[0], cp[1], id_base=id_base, linger=linger, ssl=ssl))
+        status = hsb_loop.run(interactive(name, cp[0], cp[1], id_base=id_base, linger=linger, ssl=ssl, cert=tls_cert))
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(status)
@@ -252,6 +252,7 @@ def load(
             raise click.UsageError("--expect-disconnects and --expect-cp-restart: give one (every disconnect, or only the CP's)")
         kw["expect_disconnects"] = "cp"
     kw["ssl"] = _ssl(tls, tls_ca, tls_cert, tls_key)
+    kw["tls_cert"] = tls_cert
     if workload == "ledger":
         from hsb.term.workload import LedgerWorkload
 
