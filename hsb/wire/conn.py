@@ -374,7 +374,17 @@ class FramedProtocol(asyncio.Protocol):
             self._out.append(data)
             self.flush()
         else:
-            self.transport.write(data if self._tls is None else self._tls.wrap(data))
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        t = self._tls
+        if t is not None:
+            data = t.wrap(data)
+            if t.failed:  # its TLS broke (a record that did not decrypt): nothing can go out on it
+                self.abort()
+                return
+        assert self.transport is not None
+        self.transport.write(data)
 
     def flush(self) -> None:
         self._flush_scheduled = False
@@ -382,8 +392,7 @@ class FramedProtocol(asyncio.Protocol):
             self._late.cancel()
             self._late = None
         if self._out and self.transport is not None and not self.closed:
-            data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
-            self.transport.write(data if self._tls is None else self._tls.wrap(data))
+            self._write(self._out[0] if len(self._out) == 1 else b"".join(self._out))
         self._out.clear()
 
     def protocol_error(self, exc: ProtocolError) -> None:
@@ -399,7 +408,14 @@ class FramedProtocol(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
+            if self._tls is not None and self._tls.failed:
+                # its TLS broke (a record that did not decrypt, found by unread_has): nothing can
+                # be sent on it, an error frame neither, and a close would wait for nothing
+                self.abort()
+                return
             self.flush()
+            if self.closed:  # (the flush found its TLS broken and dropped it)
+                return
             self.closed = True
             self.closed_here = True
             self.transport.close()
@@ -464,7 +480,8 @@ class FramedProtocol(asyncio.Protocol):
         try:
             if self._tls is not None:
                 data = self._tls.feed(data)[0]
-        except TLSFailed:
+        except TLSFailed as exc:  # (its close that follows drops it: nothing can be sent on it now)
+            self._log_tls_refused(exc.reason)
             return False
         return self.decoder.has_type(data, t)
 

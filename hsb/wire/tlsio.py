@@ -60,7 +60,7 @@ def _not_tls(exc: ssl.SSLError, first: int | None) -> bool:
 class ServerTLS:
     """One server connection's TLS state (see the module docstring)."""
 
-    __slots__ = ("_in", "_out", "obj", "done", "started", "first")
+    __slots__ = ("_in", "_out", "obj", "done", "started", "first", "failed")
 
     def __init__(self, ctx: ssl.SSLContext) -> None:
         self._in = ssl.MemoryBIO()
@@ -69,9 +69,21 @@ class ServerTLS:
         self.done = False  # handshake complete
         self.started = False  # the client sent something
         self.first: int | None = None  # its first byte
+        # why the TLS state broke (a handshake refused, a record that did not decrypt), or "":
+        # once broken, nothing more can be sent or read on it
+        self.failed = ""
 
     def feed(self, data: bytes) -> tuple[bytes, bytes]:
         """Network bytes in: (plaintext, bytes to send back). Raises TLSFailed."""
+        try:
+            return self._feed(data)
+        except TLSFailed as exc:
+            self.failed = exc.reason
+            raise
+
+    def _feed(self, data: bytes) -> tuple[bytes, bytes]:
+        if self.failed:
+            raise TLSFailed(self.failed)
         if self.first is None and data:
             self.first = data[0]
         self.started = True
@@ -100,6 +112,13 @@ class ServerTLS:
         return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), self._out.read()
 
     def wrap(self, plaintext: bytes) -> bytes:
-        """Plaintext out: the bytes to send."""
-        self.obj.write(plaintext)
+        """Plaintext out: the bytes to send; none once the TLS state has broken (`failed`: OpenSSL
+        refuses to write on it), which the caller checks and then drops the connection."""
+        if self.failed:
+            return b""
+        try:
+            self.obj.write(plaintext)
+        except ssl.SSLError as exc:
+            self.failed = f"TLS cannot send on it any more ({exc.reason or exc})"
+            return b""
         return self._out.read()

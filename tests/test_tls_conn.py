@@ -1,0 +1,90 @@
+"""A connection's life over the server's own TLS (hsb.wire.tlsio run by hsb.wire.conn), with real
+sockets on loopback: a connection whose TLS broke while it was not read (a record that does not
+decrypt, found by `unread_has`) is still closed by `close()`, which raised before."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import socket
+import ssl
+import struct
+import termios
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.wire import conn as connmod
+from hsb.wire.conn import FramedProtocol
+from hsb.wire.tls import TLS, TLSFiles
+from tests.support.logrec import RecordingLog
+from tests.support.procs import until
+from tests.test_tls_reload import make_ca, make_leaf
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Term(FramedProtocol):
+    link = "terminal"
+    dispatch = {"hello": "on_hello"}
+
+    def on_hello(self, msg: dict[str, Any]) -> None:
+        self.send({"t": "welcome"})
+
+
+def cp_tls(d: Path) -> TLS:
+    ca = make_ca(d)
+    make_leaf(d, ca, "cp", "ec", "cp")
+    return TLS(TLSFiles(str(d / "ca.pem"), str(d / "cp.pem"), str(d / "cp.key")), terminals=True)
+
+
+def client_ctx(d: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(str(d / "ca.pem"))
+    return ctx
+
+
+def queued(sock: Any) -> int:
+    """Bytes in a socket's kernel receive queue, not read yet."""
+    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
+
+
+async def test_close_drops_a_connection_whose_unread_bytes_do_not_decrypt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    logs = RecordingLog()
+    monkeypatch.setattr(connmod, "log", logs)
+    tls = cp_tls(tmp_path)
+    conns: list[Term] = []
+
+    def make() -> Term:
+        conns.append(Term(tls=tls.terminal_server))
+        return conns[-1]
+
+    srv = await asyncio.get_running_loop().create_server(make, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx(tmp_path), server_hostname="")
+    try:
+        p = await until(lambda: conns and conns[0]._tls is not None and conns[0]._tls.done and conns[0])
+        p.pause_reading()  # not read (held messages at their bound), as the CP does
+        with socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno())) as raw:
+            raw.send(b"\x17\x03\x03\x00\x20" + b"\0" * 32)  # a record that does not decrypt, written into the stream
+        server_sock = p.transport.get_extra_info("socket")  # type: ignore[union-attr]
+        await until(lambda: queued(server_sock) >= 37, what="the bad record in the server's receive queue")
+        assert not p.unread_has("bye")  # (the terminal link asks this before it closes)
+        p.close_with_error("idle_timeout", "nothing received")  # raised SSLEOFError, the connection left open
+        assert p.closed and p.transport is not None and p.transport.is_closing()
+        assert [e["reason"] for e in logs.events("tls_refused")] == [
+            "a record that is not valid TLS after the handshake (DECRYPTION_FAILED_OR_BAD_RECORD_MAC): injected or damaged bytes"
+        ]
+        async with asyncio.timeout(5):  # dropped: the client sees its end (a reset), and nothing before it
+            try:
+                rest = await reader.read()
+            except (ConnectionError, ssl.SSLError):
+                rest = b""
+        assert rest == b""
+    finally:
+        writer.transport.abort()
+        srv.close()
+        await srv.wait_closed()
