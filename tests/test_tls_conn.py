@@ -1,6 +1,8 @@
 """A connection's life over the server's own TLS (hsb.wire.tlsio run by hsb.wire.conn), with real
 sockets on loopback: a connection whose TLS broke while it was not read (a record that does not
-decrypt, found by `unread_has`) is still closed by `close()`, which raised before."""
+decrypt, found by `unread_has`) is still closed by `close()`, which raised before; a client's
+close_notify is answered and the connection closed, as a plaintext client's FIN (hsbctl's request
+over TLS took 1 s, its close waiting for ours until it gave up)."""
 
 from __future__ import annotations
 
@@ -11,12 +13,15 @@ import socket
 import ssl
 import struct
 import termios
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hsb.wire import conn as connmod
+from hsb.wire.authlink import AuthServerProtocol
+from hsb.wire.client import request
 from hsb.wire.conn import FramedProtocol
 from hsb.wire.tls import TLS, TLSFiles
 from tests.support.logrec import RecordingLog
@@ -37,6 +42,7 @@ class Term(FramedProtocol):
 def cp_tls(d: Path) -> TLS:
     ca = make_ca(d)
     make_leaf(d, ca, "cp", "ec", "cp")
+    make_leaf(d, ca, "hsbctl", "ec", "hsbctl")
     return TLS(TLSFiles(str(d / "ca.pem"), str(d / "cp.pem"), str(d / "cp.key")), terminals=True)
 
 
@@ -86,5 +92,39 @@ async def test_close_drops_a_connection_whose_unread_bytes_do_not_decrypt(tmp_pa
         assert rest == b""
     finally:
         writer.transport.abort()
+        srv.close()
+        await srv.wait_closed()
+
+
+class Admin(AuthServerProtocol):
+    link = "admin"
+    server_name = "cp"
+    dispatch = {"status": "on_status"}
+
+    def on_status(self, msg: dict[str, Any]) -> None:
+        self.send({"t": "status", "data": {}})
+
+
+async def test_a_clients_close_notify_is_answered_and_the_connection_closed(tmp_path: Path) -> None:
+    tls = cp_tls(tmp_path)
+    conns: list[Admin] = []
+
+    def make() -> Admin:
+        conns.append(Admin(secret=b"s" * 32, auth_timeout=5.0, idle_timeout=30.0, tls=tls.server))
+        return conns[-1]
+
+    srv = await asyncio.get_running_loop().create_server(make, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    hsbctl = TLS(TLSFiles(str(tmp_path / "ca.pem"), str(tmp_path / "hsbctl.pem"), str(tmp_path / "hsbctl.key"))).client
+    try:
+        for _ in range(2):
+            t0 = time.monotonic()
+            ans = await request("127.0.0.1", port, b"s" * 32, {"t": "status"}, ssl=hsbctl)
+            took = time.monotonic() - t0
+            assert ans["t"] == "status"
+            assert took < 0.3, f"request over TLS took {took:.3f}s: its close waited for our close_notify"
+        await until(lambda: all(c.closed for c in conns), what="the server's connections closed")
+        assert not any(c.closed_here for c in conns)  # closed by the client, as its FIN would
+    finally:
         srv.close()
         await srv.wait_closed()

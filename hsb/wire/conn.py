@@ -218,6 +218,7 @@ class FramedProtocol(asyncio.Protocol):
                 self._arm_idle()
                 self.on_open()
             if not data or self.closed:
+                self._tls_eof_if_due()
                 return
         try:
             msgs = self.decoder.feed(data)
@@ -250,6 +251,22 @@ class FramedProtocol(asyncio.Protocol):
             except ProtocolError as exc:  # (a subclass's _handle outside the dispatch's catch: one line, this link only)
                 self.protocol_error(exc)
             n += 1
+        self._tls_eof_if_due()
+
+    def _tls_eof_if_due(self) -> None:
+        """The peer's TLS close_notify came and every frame before it was taken: its end, as a
+        plaintext peer's FIN. What is queued goes out, then our close_notify, and the connection
+        closes (a client's TLS waits for ours: without it, it gave up after its timeout, hsbctl's
+        and hsbd's 1 s, and reset the connection)."""
+        t = self._tls
+        if t is None or not t.peer_closed or self._backlog or self.closed or self.transport is None:
+            return
+        self.flush()
+        if self.closed:  # (its TLS broke on that write: dropped)
+            return
+        self.closed = True  # (by the peer: closed_here stays False)
+        self.transport.write(t.shutdown())
+        self.transport.close()
 
     def refuse_after_frames_before(self, exc: ProtocolError) -> None:
         """A read that decoded frames ahead of a bad one: those are taken, then the link is

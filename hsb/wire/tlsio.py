@@ -60,7 +60,7 @@ def _not_tls(exc: ssl.SSLError, first: int | None) -> bool:
 class ServerTLS:
     """One server connection's TLS state (see the module docstring)."""
 
-    __slots__ = ("_in", "_out", "obj", "done", "started", "first", "failed")
+    __slots__ = ("_in", "_out", "obj", "done", "started", "first", "failed", "peer_closed")
 
     def __init__(self, ctx: ssl.SSLContext) -> None:
         self._in = ssl.MemoryBIO()
@@ -72,6 +72,7 @@ class ServerTLS:
         # why the TLS state broke (a handshake refused, a record that did not decrypt), or "":
         # once broken, nothing more can be sent or read on it
         self.failed = ""
+        self.peer_closed = False  # its close_notify came: it sends nothing more (its EOF)
 
     def feed(self, data: bytes) -> tuple[bytes, bytes]:
         """Network bytes in: (plaintext, bytes to send back). Raises TLSFailed."""
@@ -102,11 +103,13 @@ class ServerTLS:
                 chunk = self.obj.read(262144)
             except ssl.SSLWantReadError:
                 break
-            except ssl.SSLZeroReturnError:
+            except ssl.SSLZeroReturnError:  # its close_notify
+                self.peer_closed = True
                 break
             except ssl.SSLError as exc:  # a record that does not decrypt: injected or damaged bytes
                 raise TLSFailed(f"a record that is not valid TLS after the handshake ({exc.reason or exc}): injected or damaged bytes") from None
-            if not chunk:
+            if not chunk:  # its close_notify (Python's read says it so: no data, no SSLWantReadError)
+                self.peer_closed = True
                 break
             chunks.append(chunk)
         return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), self._out.read()
@@ -118,6 +121,19 @@ class ServerTLS:
             return b""
         try:
             self.obj.write(plaintext)
+        except ssl.SSLError as exc:
+            self.failed = f"TLS cannot send on it any more ({exc.reason or exc})"
+            return b""
+        return self._out.read()
+
+    def shutdown(self) -> bytes:
+        """Our close_notify, the bytes to send (after the peer's, which completes the close)."""
+        if self.failed:
+            return b""
+        try:
+            self.obj.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # (the peer's close_notify not come: ours goes all the same)
         except ssl.SSLError as exc:
             self.failed = f"TLS cannot send on it any more ({exc.reason or exc})"
             return b""
