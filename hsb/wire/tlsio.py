@@ -8,6 +8,7 @@ drops such connections without a word.
 
 from __future__ import annotations
 
+import re
 import ssl
 
 
@@ -22,7 +23,7 @@ class TLSFailed(Exception):
 
 
 def _reason(exc: ssl.SSLError, first: int | None = None) -> str:
-    verify = str(getattr(exc, "verify_message", "") or "")
+    verify = str(getattr(exc, "verify_message", "") or "")  # we refused the client's certificate
     if "expired" in verify:
         return "its certificate has expired"
     if "not yet valid" in verify:
@@ -34,11 +35,36 @@ def _reason(exc: ssl.SSLError, first: int | None = None) -> str:
     r = (exc.reason or str(exc)).lower().replace("_", " ")
     if "certificate required" in r or "peer did not return a certificate" in r:
         return "no client certificate (mutual TLS: the client must present one)"
-    if "certificate expired" in r:
-        return "its certificate has expired"
-    if "unknown ca" in r or "certificate verify failed" in r or "unable to get local issuer" in r:
+    alert = _alert_received(exc)
+    if alert:  # the client's alert: it refused the handshake, most often our certificate
+        for name, what in _REFUSED_OURS:
+            if name in alert:
+                return f"the client refused our certificate: {what} (alert {alert})"
+        return f"the client ended the handshake (alert {alert})"
+    if "certificate verify failed" in r or "unable to get local issuer" in r:
         return f"its certificate does not chain to our CA ({exc.reason})"
     return str(exc.reason or exc)
+
+
+# the alerts a client sends when it refuses the certificate this server presented (OpenSSL's
+# names for them, as received), and what each says of ours
+_REFUSED_OURS = (
+    ("CERTIFICATE_EXPIRED", "it has expired, by the client's clock"),
+    ("UNKNOWN_CA", "it does not trust our CA"),
+    ("BAD_CERTIFICATE", "it finds it bad, perhaps not valid yet by the client's clock"),
+    ("DECRYPT_ERROR", "its signature does not check against the client's CA, another CA of our CA's name?"),
+    ("UNSUPPORTED_CERTIFICATE", "it cannot be used for a server, its extendedKeyUsage?"),
+    ("CERTIFICATE_REVOKED", "it is revoked"),
+    ("CERTIFICATE_UNKNOWN", "it does not accept it"),
+)
+_ALERT = re.compile(r"^(?:SSLV3|TLSV1|TLSV13)_ALERT_[A-Z0-9_]+$")
+
+
+def _alert_received(exc: ssl.SSLError) -> str:
+    """The name of the TLS alert the peer sent, which ended the handshake, or "" (OpenSSL names a
+    received alert SSLV3_ALERT_*, TLSV1_ALERT_* or TLSV13_ALERT_*; one this side sends is not)."""
+    reason = str(exc.reason or "")
+    return reason if _ALERT.match(reason) else ""
 
 
 TLS_HANDSHAKE = 0x16  # the content type of a TLS record that opens a connection (a ClientHello)
