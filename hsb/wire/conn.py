@@ -15,12 +15,14 @@ import errno
 import os
 import socket
 import ssl
+import time
 from collections.abc import Collection
 from typing import Any, ClassVar
 
 import structlog
 
 from hsb.wire.framing import DEFAULT_MAX_FRAME, FLUSH_AT, LOGIN_MAX, Decoder, ProtocolError, encode
+from hsb.wire.handshakes import HANDSHAKES
 from hsb.wire.tls import names_der as tls_names_der
 from hsb.wire.tlsio import ServerTLS, TLSFailed
 
@@ -119,6 +121,7 @@ class FramedProtocol(asyncio.Protocol):
         # TLS run here, not by the loop (hsb.wire.tlsio): a failed handshake is then ours to log
         self._tls = ServerTLS(tls) if tls is not None else None
         self._tls_timeout = tls_timeout
+        self._tls_waiting = False  # its handshake queued (hsb.wire.handshakes): not read meanwhile
         # its first frame (hello, auth) within LOGIN_MAX: unvouched connections cannot make it
         # buffer max_frame bytes each
         self.decoder = Decoder(max_frame, types, first_max=LOGIN_MAX, flat=self.flat_frames, hold=self.hold_until_vouched, held_max=self.held_max)
@@ -204,22 +207,50 @@ class FramedProtocol(asyncio.Protocol):
             return
         t = self._tls
         if t is not None:
-            was_done = t.done
-            try:
-                data, out = t.feed(data)
-            except TLSFailed as exc:
-                self.clear_deadline()
-                self._tls_refused(exc.reason, exc.alert, exc.plaintext)
+            if not t.done and (self._tls_waiting or not HANDSHAKES.admit(self, self._loop)):
+                t.keep(data)  # its handshake waits for its turn (hsb.wire.handshakes), unread meanwhile
+                if not self._tls_waiting and self.transport is not None:
+                    self._tls_waiting = True
+                    self.transport.pause_reading()
                 return
-            if out and self.transport is not None:
-                self.transport.write(out)
-            if t.done and not was_done:
-                self.clear_deadline()
-                self._arm_idle()
-                self.on_open()
-            if not data or self.closed:
-                self._tls_eof_if_due()
-                return
+            self._tls_in(t, data)
+            return
+        self._frames_in(data)
+
+    def _tls_in(self, t: ServerTLS, data: bytes) -> None:
+        """Network bytes through TLS, then the frames in the plaintext."""
+        was_done = t.done
+        t0 = 0.0 if was_done else time.perf_counter()
+        try:
+            data, out = t.feed(data)
+        except TLSFailed as exc:
+            self.clear_deadline()
+            self._tls_refused(exc.reason, exc.alert, exc.plaintext)
+            return
+        finally:
+            if not was_done:
+                HANDSHAKES.charge(time.perf_counter() - t0)
+        if out and self.transport is not None:
+            self.transport.write(out)
+        if t.done and not was_done:
+            self.clear_deadline()
+            self._arm_idle()
+            self.on_open()
+        if not data or self.closed:
+            self._tls_eof_if_due()
+            return
+        self._frames_in(data)
+
+    def tls_turn(self) -> None:
+        """Its handshake's turn (hsb.wire.handshakes): run it on the bytes kept, read again."""
+        self._tls_waiting = False
+        if self.closed or self.transport is None or self._tls is None:
+            return
+        if not self.reading_paused and not self._yielding and not self._held_by_writes():
+            self.transport.resume_reading()
+        self._tls_in(self._tls, b"")
+
+    def _frames_in(self, data: bytes) -> None:
         try:
             msgs = self.decoder.feed(data)
         except ProtocolError as exc:

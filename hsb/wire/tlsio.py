@@ -100,6 +100,13 @@ class ServerTLS:
         self.failed = ""
         self.peer_closed = False  # its close_notify came: it sends nothing more (its EOF)
 
+    def keep(self, data: bytes) -> None:
+        """Network bytes in, for a later `feed` (a handshake waiting for its turn)."""
+        if self.first is None and data:
+            self.first = data[0]
+        self.started = True
+        self._in.write(data)
+
     def feed(self, data: bytes) -> tuple[bytes, bytes]:
         """Network bytes in: (plaintext, bytes to send back). Raises TLSFailed."""
         try:
@@ -111,10 +118,7 @@ class ServerTLS:
     def _feed(self, data: bytes) -> tuple[bytes, bytes]:
         if self.failed:
             raise TLSFailed(self.failed)
-        if self.first is None and data:
-            self.first = data[0]
-        self.started = True
-        self._in.write(data)
+        self.keep(data)
         if not self.done:
             try:
                 self.obj.do_handshake()
