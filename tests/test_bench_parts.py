@@ -62,6 +62,6 @@ async def test_the_load_childs_stats_take_what_run_load_gives_them() -> None:
 
     src = inspect.getsource(load.run_load)
     call = next(line for line in src.splitlines() if "LoadStats(" in line)
-    assert call.count(",") == 1, call  # (the two arguments given below, if this fails: update both)
-    stats = _sandbox._load_stats_class()(3, "127.0.0.1:1")
+    assert call.count(",") == 2, call  # (the three arguments given below, if this fails: update both)
+    stats = _sandbox._load_stats_class()(3, "127.0.0.1:1", cert="t.pem")
     assert stats.terminals == 3 and stats.extras()["back"] == 0
