@@ -118,6 +118,28 @@ async def test_a_terminal_owed_a_standby_session_that_no_longer_needs_one_is_not
     assert not any(t.closed for t in terms)
 
 
+@pytest.mark.parametrize("how", ["closed", "back"])
+async def test_a_standby_session_the_standby_closes_during_the_handover_wait_is_waited_for_again(tmp_path: Path, how: str) -> None:
+    """The handover waits for T00003's standby session; host-b closes T00001's meanwhile, while
+    T00001 is served at host-a: "back", T00001 went and logged on again, host-a closed its session
+    and opened a new one, and host-b read the close on the ring before the open; "closed", host-b
+    closed it alone. T00001 was not owed again: the grant came once T00003's was open, and the
+    flip, finding no standby session for T00001, closed its connection."""
+    cp, a, b, terms = pair_waiting_for_a_handover(tmp_path)
+    if how == "back":
+        terms[0].connection_lost(None)
+        terms[0] = recording_terminal(cp, "T00001")
+        cp.host_open(a, "T00001", "active", {})  # (its standby session of before still at host-b: not owed)
+    cp.host_close(b, "T00001", "standby")
+    cp.host_open(b, "T00003", "standby", {})
+    assert cp.active is a, "granted without T00001's standby session"
+    cp.host_open(b, "T00001", "standby", {})  # open again: granted
+    await asyncio.sleep(0)
+    cp.settle_flip()
+    assert cp.active is b and not any(t.closed for t in terms)
+    assert cp.terms["T00001"].active is not None and cp.terms["T00001"].active.host is b
+
+
 async def test_after_a_normal_stop_another_host_may_register_as_the_active_once_the_old_lease_ran_out(tmp_path: Path) -> None:
     """After a normal stop nobody holds the role and another host may register as the active; but
     the host that stopped drains on its lease for a moment, so, as a promote does, the new one

@@ -142,6 +142,7 @@ class HostSessions:
         self.settle_flip_for(term)
         if kind == "standby" and term.standby is not None and term.standby.host is host:
             term.standby = None
+            self.owe_if_handing_over(term)  # (still served at the active: its standby session is owed again)
         elif term.active is not None and term.active.host is host and (kind == "active" or (kind == "standby" and host is self.active)):
             # (a standby's close: sent before the host heard of its grant, the flip having switched
             # the session to it meanwhile: the new active does not hold it, it promotes only the
@@ -209,9 +210,10 @@ class HostSessions:
         )
 
     def owe_if_handing_over(self: CP, term: Term) -> None:
-        """The released active opened (or named) `term`'s session while its handover waits (a
-        logon hook that ended after the release): its standby session is waited for too, within
-        the same HANDOVER_WAIT_S, or the grant would disconnect it."""
+        """`term` came to need a standby session while a handover waits: the released active
+        opened (or named) its session (a logon hook that ended after the release), or the standby
+        closed the one it held (it read a close on the ring before the open after it, say). It is
+        waited for too, within the same HANDOVER_WAIT_S, or the grant would disconnect it."""
         h = self._handover
         if h is not None and self._owes_standby(term, h.active, h.standby):
             h.owed.add(term.name)
