@@ -140,6 +140,35 @@ async def test_a_standby_session_the_standby_closes_during_the_handover_wait_is_
     assert cp.terms["T00001"].active is not None and cp.terms["T00001"].active.host is b
 
 
+async def test_a_terminal_back_during_the_handover_wait_to_a_session_adopted_for_it_is_waited_for(tmp_path: Path) -> None:
+    """After a CP restart host-a named T00003's session (adopted, kept for it until it comes back);
+    host-b holds no standby session for it yet. The handover waits for T00004's, and T00003, not
+    connected then, is not owed. It comes back during the wait: its welcome opens the adopted
+    session at once, with no `open` from host-a, and nothing owed it: the grant came once
+    T00004's standby session was open, and the flip closed T00003's connection."""
+    cp = cp_core(tmp_path, 4)
+    a = fake_host(cp, "host-a")
+    a.adopts = True
+    cp.host_register(a, "active", 1)
+    b = standby(cp)
+    terms = [recording_terminal(cp, n) for n in ("T00001", "T00002", "T00004")]
+    cp.host_adopt(a, [(f"T0000{i}", {}) for i in (1, 2, 3, 4)], last=True)
+    for i in (1, 2):
+        cp.host_open(b, f"T0000{i}", "standby", {})
+    cp.host_release(a)
+    cp.host_handover(a)
+    assert cp._handover is not None and cp._handover.owed == {"T00004"}
+    terms.append(recording_terminal(cp, "T00003"))  # back: its adopted session is open at once
+    assert cp.terms["T00003"].active is not None and cp.terms["T00003"].active.host is a
+    cp.host_open(b, "T00004", "standby", {})
+    assert cp.active is a, "granted without T00003's standby session"
+    cp.host_open(b, "T00003", "standby", {})
+    await asyncio.sleep(0)
+    cp.settle_flip()
+    assert cp.active is b and not any(t.closed for t in terms)
+    assert cp.terms["T00003"].active is not None and cp.terms["T00003"].active.host is b
+
+
 async def test_after_a_normal_stop_another_host_may_register_as_the_active_once_the_old_lease_ran_out(tmp_path: Path) -> None:
     """After a normal stop nobody holds the role and another host may register as the active; but
     the host that stopped drains on its lease for a moment, so, as a promote does, the new one

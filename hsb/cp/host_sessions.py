@@ -211,9 +211,10 @@ class HostSessions:
 
     def owe_if_handing_over(self: CP, term: Term) -> None:
         """`term` came to need a standby session while a handover waits: the released active
-        opened (or named) its session (a logon hook that ended after the release), or the standby
-        closed the one it held (it read a close on the ring before the open after it, say). It is
-        waited for too, within the same HANDOVER_WAIT_S, or the grant would disconnect it."""
+        opened (or named) its session (a logon hook that ended after the release), its terminal
+        came back to a session adopted for it, or the standby closed the one it held (it read a
+        close on the ring before the open after it, say). It is waited for too, within the same
+        HANDOVER_WAIT_S, or the grant would disconnect it."""
         h = self._handover
         if h is not None and self._owes_standby(term, h.active, h.standby):
             h.owed.add(term.name)

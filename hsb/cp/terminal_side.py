@@ -115,6 +115,7 @@ class TerminalSide:
                 term.outbox = None
         self._backpressure(term)
         if adopted:
+            self.owe_if_handing_over(term)  # (not connected at the handover: its standby session is waited for now)
             if active is not None and not active.released:
                 self._deliver_pending(term, active)
         elif active is not None and not active.adopting:  # else the announcement, or the adoption's end, asks
