@@ -5,6 +5,8 @@ handler named in the subclass's table, and turns a protocol error into an
 error frame, a log line and a close of *this* connection only (SPEC §6.1).
 It also enforces the idle timeout (a peer that sends a partial frame and
 stalls, or never authenticates, is dropped) and write-side back-pressure.
+The server side of TLS, where a listener has it, is hsb.wire.conn_tls's mixin
+(`ServerSideTLS`); its bytes pass through it in `data_received` and `_write`.
 """
 
 from __future__ import annotations
@@ -15,15 +17,14 @@ import errno
 import os
 import socket
 import ssl
-import time
 from collections.abc import Collection
 from typing import Any, ClassVar
 
 import structlog
 
+from hsb.wire.conn_tls import ServerSideTLS
 from hsb.wire.framing import DEFAULT_MAX_FRAME, FLUSH_AT, LOGIN_MAX, Decoder, ProtocolError, encode
 from hsb.wire.handshakes import HANDSHAKES
-from hsb.wire.tls import names_der as tls_names_der
 from hsb.wire.tlsio import ServerTLS, TLSFailed
 
 log = structlog.get_logger("hsb.wire")
@@ -87,7 +88,7 @@ def peer_gone(sock: Any) -> bool:
 FIELD_ERRORS = (KeyError, TypeError, ValueError, IndexError, OverflowError, RecursionError)
 
 
-class FramedProtocol(asyncio.Protocol):
+class FramedProtocol(ServerSideTLS, asyncio.Protocol):
     """Base class: subclasses set `link` and fill `dispatch` with {type: method name}."""
 
     link: ClassVar[str] = "link"
@@ -157,30 +158,6 @@ class FramedProtocol(asyncio.Protocol):
         self._arm_idle()
         self.on_open()
 
-    def _tls_refused(self, reason: str, alert: bytes = b"", plaintext: bool = False) -> None:
-        self._deadline_handle = None
-        self._log_tls_refused(reason)
-        tr = self.transport
-        said = self.plaintext_refusal() if plaintext else None
-        if said is not None:
-            # a client that spoke plaintext first (a terminal without TLS) is answered in its
-            # language, or it takes the close for a restart and tries again for ever
-            alert = encode(said)
-        if alert and tr is not None and not self.closed:
-            # the alert first (an expired certificate, another CA): the peer's own error then says
-            # why, instead of a connection closed for no reason it can see
-            self.closed_here = self.closed = True
-            tr.write(alert)
-            tr.close()
-            return
-        self.abort()
-
-    def plaintext_refusal(self) -> dict[str, Any] | None:
-        """The error frame, sent unencrypted, for a client that spoke plaintext to this TLS
-        listener; None: closed without a word (clients of links where the server speaks first
-        never get here: they wait for its challenge)."""
-        return None
-
     def _log_tls_refused(self, reason: str) -> None:
         """One line per refused handshake, naming the peer and why; counted by link."""
         log.warning("tls_refused", link=self.link, peer=self.peer, reason=reason)
@@ -190,17 +167,6 @@ class FramedProtocol(asyncio.Protocol):
         """Not read because it does not read what we write (links that read on under write
         pressure, the host links and the peer link, are never held so: their frames must flow)."""
         return self.write_paused and not self.read_under_write_pressure
-
-    def tls_cert_presented(self) -> bool:
-        """The other side presented a certificate over TLS (one that names nobody included)."""
-        return self._tls is not None and bool(self._tls.obj.getpeercert(binary_form=True))
-
-    def tls_peer_names(self) -> set[str] | None:
-        """Names in the certificate the other side presented (None: not TLS; empty: none)."""
-        if self._tls is None:
-            return None
-        der = self._tls.obj.getpeercert(binary_form=True)
-        return tls_names_der(der) if der else set()
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -216,39 +182,6 @@ class FramedProtocol(asyncio.Protocol):
             self._tls_in(t, data)
             return
         self._frames_in(data)
-
-    def _tls_in(self, t: ServerTLS, data: bytes) -> None:
-        """Network bytes through TLS, then the frames in the plaintext."""
-        was_done = t.done
-        t0 = 0.0 if was_done else time.perf_counter()
-        try:
-            data, out = t.feed(data)
-        except TLSFailed as exc:
-            self.clear_deadline()
-            self._tls_refused(exc.reason, exc.alert, exc.plaintext)
-            return
-        finally:
-            if not was_done:
-                HANDSHAKES.charge(time.perf_counter() - t0)
-        if out and self.transport is not None:
-            self.transport.write(out)
-        if t.done and not was_done:
-            self.clear_deadline()
-            self._arm_idle()
-            self.on_open()
-        if not data or self.closed:
-            self._tls_eof_if_due()
-            return
-        self._frames_in(data)
-
-    def tls_turn(self) -> None:
-        """Its handshake's turn (hsb.wire.handshakes): run it on the bytes kept, read again."""
-        self._tls_waiting = False
-        if self.closed or self.transport is None or self._tls is None:
-            return
-        if not self.reading_paused and not self._yielding and not self._held_by_writes():
-            self.transport.resume_reading()
-        self._tls_in(self._tls, b"")
 
     def _frames_in(self, data: bytes) -> None:
         try:
@@ -284,21 +217,6 @@ class FramedProtocol(asyncio.Protocol):
             n += 1
         self._tls_eof_if_due()
 
-    def _tls_eof_if_due(self) -> None:
-        """The peer's TLS close_notify came and every frame before it was taken: its end, as a
-        plaintext peer's FIN. What is queued goes out, then our close_notify, and the connection
-        closes (a client's TLS waits for ours: without it, it gave up after its timeout, hsbctl's
-        and hsbd's 1 s, and reset the connection)."""
-        t = self._tls
-        if t is None or not t.peer_closed or self._backlog or self.closed or self.transport is None:
-            return
-        self.flush()
-        if self.closed:  # (its TLS broke on that write: dropped)
-            return
-        self.closed = True  # (by the peer: closed_here stays False)
-        self.transport.write(t.shutdown())
-        self.transport.close()
-
     def refuse_after_frames_before(self, exc: ProtocolError) -> None:
         """A read that decoded frames ahead of a bad one: those are taken, then the link is
         refused for the bad one (unless one of them closed it)."""
@@ -325,13 +243,7 @@ class FramedProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._tls is not None and not self._tls.done and not self.closed:
-            self.clear_deadline()
-            why = (
-                "the client gave up during the TLS handshake (it does not trust our certificate: another CA?)"
-                if self._tls.started
-                else "closed before a TLS handshake (a plaintext client waiting for the server to speak first?)"
-            )
-            self._log_tls_refused(why)
+            self._tls_gave_up()
         self.closed = True
         self.clear_deadline()
         if self._late is not None:
