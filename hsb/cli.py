@@ -32,7 +32,7 @@ EXIT_DATA = 65  # EX_DATAERR: the CP journal is damaged; starting again cannot h
 EXIT_CANNOT_START = 73
 # The statuses a restart cannot change, each daemon's: its unit's RestartPreventExitStatus lists
 # them (tests/test_operator.py). A usage error (click's 2: the unit's own command line, a drop-in's
-# ExecStart) among them; hsbcpd's 75 is a superseded CP (hsb.cp.server.EXIT_SUPERSEDED)
+# ExecStart) among them; hsbcpd's 75 is a superseded CP (hsb.cp.stopping.EXIT_SUPERSEDED)
 NOT_RESTARTED = {
     "hsbd": (EXIT_USAGE, EXIT_FENCED, EXIT_NOT_ACTIVE, EXIT_CONFIG),
     "hsbcpd": (EXIT_USAGE, EXIT_DATA, EXIT_CANNOT_START, EXIT_FENCED, EXIT_CONFIG),

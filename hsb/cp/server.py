@@ -1,5 +1,5 @@
 """hsbcpd's lifecycle: startup (admin, then the journal taken over and the listeners), tick
-(host-link silence, heartbeats, the journal's generation), graceful shutdown.
+(host-link silence, heartbeats, the journal's generation); its stops are hsb.cp.stopping's.
 
 Two ways to start (`[cp] takeover`): "at_start" takes the journal over at once; "on_wake"
 (two CP machines behind keepalived, docs/operations.md) first waits with the config loaded and
@@ -36,7 +36,9 @@ from hsb.cp.config import CPConfig, CPSection
 from hsb.cp.core import CP
 from hsb.cp.host_link import HostProtocol
 from hsb.cp.journal import Journal
-from hsb.cp.journal.generation import Generations, Superseded
+from hsb.cp.journal.generation import Generations
+from hsb.cp.stopping import EXIT_SUPERSEDED as EXIT_SUPERSEDED  # (hsbcpd's exit when superseded)
+from hsb.cp.stopping import Stopping
 from hsb.cp.taking_over import TAKEOVER_STEP_MIN_S, TakingOver
 from hsb.cp.terminal_link import TerminalProtocol
 from hsb.cp.waiting import Waiting, holds_address
@@ -53,11 +55,9 @@ from hsb.wire.tls import TLS, reload_tls, set_default_client
 
 log = structlog.get_logger("hsb.cp")
 _HB = encode({"t": "hb"})
-EXIT_SUPERSEDED = 75  # a newer CP took the journal over: not restarted as the serving CP by itself
 BIND_WAIT_S = 3.0  # a CP forked again after a crash waits this long at most for the dead one's ports
 BIND_RETRY_S = 0.005
 T = TypeVar("T")
-STOP_AFTER_DRAIN_S = 0.5  # a stop whose journal did not drain: how much longer the write still out may take
 KEEP_APPLIED_AFTER_S = 5.0  # a worker forked again leaves its config for the next one this long after it starts serving
 
 
@@ -88,7 +88,7 @@ def master_listeners(cfg: CPConfig) -> dict[str, socket.socket]:
     return out
 
 
-class CPServer(Waiting, TakingOver):
+class CPServer(Waiting, TakingOver, Stopping):
     RELOADABLE = ("cp.held_bound", "cp.held_bytes", "cp.held_total_bytes", "cp.host_timeout", "terminals", "terminal_groups")
 
     def __init__(self, cfg: CPConfig, secret: bytes, config_path: str | None = None, tls_pem: dict[str, bytes] | None = None) -> None:
@@ -343,23 +343,6 @@ class CPServer(Waiting, TakingOver):
         if self.cp is not None and self.cp.tickles is not None:
             self._tickling = asyncio.ensure_future(self.tickle(self.cp.tickles.gen))
 
-    def _superseded(self, exc: Superseded) -> None:
-        """A newer CP owns the journal: stop at once (nothing more is acknowledged already).
-        With `on_wake` systemd starts it again, waiting (exit 0); with `at_start` it must not come
-        back by itself and take the journal back (exit 75, RestartPreventExitStatus)."""
-        self.superseded = True
-        self.exit_code = 0 if self.cfg.cp.takeover == "on_wake" else EXIT_SUPERSEDED
-        self._abort_all()  # now, not at the stop's turn of the loop: nothing more goes out from here
-        self.should_exit.set()
-
-    def _abort_all(self) -> None:
-        for h in list(self.hosts):
-            h.abort()
-        if self.cp is not None:
-            for t in self.cp.terms.values():
-                if t.conn is not None:
-                    t.conn.abort()
-
     def take_early_signals(self) -> None:
         """The reloads and wakes sent while this worker started (hsb.cp.supervise): acted on now."""
         from hsb.cp.supervise import EARLY_SIGNALS as early
@@ -558,58 +541,3 @@ class CPServer(Waiting, TakingOver):
                 await asyncio.get_running_loop().run_in_executor(None, supervise.APPLIED.store, cfg if cfg is not None else self.cfg)
             except Exception:  # a bug: said; the next worker falls back to the file or the start's config
                 log.exception("applied_config_store_failed")
-
-    async def shutdown(self) -> None:
-        self.state = "stopping"
-        supervise.mark_final(self.exit_code)  # under a master: no other worker if this one dies now
-        notify(STOPPING=1, STATUS="stopping")
-        held = sum(len(t.held) for t in self.cp.terms.values()) if self.cp is not None else 0
-        log.info("cp_stopping", held=held, superseded=self.superseded)
-        if self.superseded:  # at once: close every connection, nothing more goes out
-            self._abort_all()
-        if self.cp is not None:
-            # hellos still waiting: dropped, they log on at the next CP; byes: logged off now (not
-            # by a superseded CP: the newer one has their messages, and nothing more goes out)
-            self.cp.logons.close(step_lost=not self.superseded)
-            self.cp.cancel_deferred_grant()  # (no grant during the stop's drain)
-        self._end_takeover_beats()
-        if self._tickling is not None:
-            self._tickling.cancel()
-        for srv in self.servers:
-            srv.close()
-        # Under a master (--supervise) these listening sockets are also the master's: closed
-        # here, they would go on completing connections nobody accepts, reset only when the
-        # master exits. Shut down, they refuse at once, as without a master (the master exits
-        # after any worker that stops: no next worker needs them).
-        for held in supervise.LISTENERS.values():
-            try:
-                held.shutdown(socket.SHUT_RD)
-            except OSError:
-                pass
-        if self.cp is not None and not self.superseded:
-            # nothing new is taken from the connections still open (closing the listeners does
-            # not stop them): the journal's drain below then finishes instead of meeting new
-            # records until its timeout; what they send meanwhile is sent again to the next CP
-            for t in self.cp.terms.values():
-                if t.conn is not None:
-                    t.conn.freeze()
-            for h in list(self.hosts):
-                h.freeze()
-        for srv in self.servers:
-            try:
-                await asyncio.wait_for(srv.wait_closed(), 1.0)
-            except TimeoutError:
-                pass
-        if self.cp is not None:
-            drained = self.superseded or await self.cp.journal.drain()
-            if not drained:
-                log.warning(
-                    "journal_not_drained",
-                    pending=self.cp.journal.pending,
-                    msg="records still unwritten at the stop: recovered as if the CP had crashed",
-                )
-            # the loop runs on meanwhile; a write that drain() already waited for gets only a little more
-            await self.cp.journal.stop(timeout=None if drained else STOP_AFTER_DRAIN_S)
-            if self.cp.tickles is not None:
-                self.cp.tickles.close()
-        log.info("cp_stopped", exit=self.exit_code)

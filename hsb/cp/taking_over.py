@@ -59,7 +59,7 @@ class TakingOver:
     takeover_step_s: float
     _takeover_beats: asyncio.Task[None] | None
 
-    if TYPE_CHECKING:  # (CPServer's and hsb.cp.waiting.Waiting's)
+    if TYPE_CHECKING:  # (hsb.cp.stopping.Stopping's and hsb.cp.waiting.Waiting's)
 
         def _superseded(self, exc: Superseded) -> None: ...
 
