@@ -16,6 +16,7 @@ from hsb.wire.framing import encode
 from tests.support.cpcore import cp_core, fake_host, recording_terminal
 from tests.support.hostclient import FakeHost, FakeTerminal
 from tests.support.procs import start_cp
+from tests.support.transports import NoFlowControl
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -110,7 +111,7 @@ async def test_small_frames_held_back_without_a_confirm_are_bounded_by_their_mem
     assert _acks(p) == [1, 2, 3, 4]
 
 
-class _Pipe:
+class _Pipe(NoFlowControl):
     """One direction of an in-memory connection: what is written arrives at `to` on the next
     turn of the loop, as from a socket; a close ends both sides."""
 
@@ -143,18 +144,6 @@ class _Pipe:
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 1) if name == "peername" else default
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
 
 
 def _connect_hsbterm(cp: Any, c: Any) -> Any:

@@ -5,7 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 
-class CountingTransport:
+class NoFlowControl:
+    """A stand-in transport's flow control: reading never paused, writes never buffered."""
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+
+class CountingTransport(NoFlowControl):
     """A transport that takes every write (counting bytes) and never blocks."""
 
     def __init__(self, peer: str) -> None:
@@ -33,18 +49,6 @@ class CountingTransport:
 
     def abort(self) -> None:
         self.closing = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
 
 
 class RecordingTransport(CountingTransport):
