@@ -629,6 +629,20 @@ def fault_window_failures(report: dict[str, Any], terminals: int) -> list[str]:
     return out
 
 
+def _stats_factory(made: list[Any]) -> Any:
+    """What the load child puts in hsb.term.load's LoadStats: its own LoadStats, made with
+    whatever run_load gives (positional and keyword: a keyword it did not pass on stopped every
+    bench's load), each one kept in `made`."""
+    cls = _load_stats_class()
+
+    def factory(*args: Any, **kw: Any) -> Any:
+        s = cls(*args, **kw)
+        made.append(s)
+        return s
+
+    return factory
+
+
 def _load_stats_class() -> type:
     import hsb.term.load as L
 
@@ -712,15 +726,8 @@ async def _load_child(a: Any) -> None:
 
     gcpolicy.apply()  # as hsbterm load does
 
-    cls = _load_stats_class()
     made: list[Any] = []
-
-    def factory(*args: Any) -> Any:  # (as hsb.term.load.run_load makes its LoadStats)
-        s = cls(*args)
-        made.append(s)
-        return s
-
-    L.LoadStats = factory  # type: ignore[assignment, misc]
+    L.LoadStats = _stats_factory(made)  # type: ignore[assignment, misc]
     sending, stop = asyncio.Event(), asyncio.Event()
     marks: list[tuple[str, float]] = []
     reader = await stdin_reader()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,5 +64,6 @@ async def test_the_load_childs_stats_take_what_run_load_gives_them() -> None:
     src = inspect.getsource(load.run_load)
     call = next(line for line in src.splitlines() if "LoadStats(" in line)
     assert call.count(",") == 2, call  # (the three arguments given below, if this fails: update both)
-    stats = _sandbox._load_stats_class()(3, "127.0.0.1:1", cert="t.pem")
-    assert stats.terminals == 3 and stats.extras()["back"] == 0
+    made: list[Any] = []
+    stats = _sandbox._stats_factory(made)(3, "127.0.0.1:1", cert="t.pem")  # (the load child's, as run_load calls it)
+    assert made == [stats] and stats.terminals == 3 and stats.extras()["back"] == 0
