@@ -32,12 +32,11 @@ connection's close and its loss (a reply for it is kept, a reconnect takes its p
 from __future__ import annotations
 
 import asyncio
-import time
-from collections import deque
 from typing import TYPE_CHECKING
 
 import structlog
 
+from hsb.slices import SlicedQueue
 from hsb.wire.framing import ProtocolError
 
 if TYPE_CHECKING:
@@ -45,26 +44,25 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("hsb.cp")
 
-BURST = 64  # hellos and byes handled inline in one turn of the loop
-SLICE_S = 0.002  # seconds of queued logons per turn
+BURST = 64  # hellos and byes handled inline in one turn of the loop (queued: hsb.slices.SLICE_S a turn)
 BYE = object()  # in the queue instead of a hello's last_reply: a bye
 LOST = object()  # ... a connection lost without a bye
 
 
-class Logons:
-    __slots__ = ("queue", "newest", "inline", "_new_turn", "_slice", "_loop", "deferred", "deferred_byes", "deferred_losses", "closed")
+# (connection, terminal, last_reply): a hello; (connection, terminal, BYE): a bye; LOST: a loss
+Queued = tuple["TerminalProtocol", str, "int | None | object"]
+
+
+class Logons(SlicedQueue[Queued]):
+    __slots__ = ("newest", "inline", "deferred", "deferred_byes", "deferred_losses", "closed")
 
     def __init__(self) -> None:
-        # (connection, terminal, last_reply): a hello; (connection, terminal, BYE): a bye; LOST: a loss
-        self.queue: deque[tuple[TerminalProtocol, str, int | None | object]] = deque()
+        super().__init__()
         # each waiting terminal's newest connection: one that waited so long that its terminal
         # connected again is dropped when its turn comes (its EOF is unread, since it is not
         # read), rather than logged on and the new one refused as already connected
         self.newest: dict[str, TerminalProtocol] = {}
         self.inline = 0  # hellos handled inline this turn
-        self._new_turn: asyncio.Handle | None = None
-        self._slice: asyncio.Handle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.deferred = 0  # hellos that waited in the queue (status, tests)
         self.deferred_byes = 0  # byes that waited in it
         self.deferred_losses = 0  # connections lost (no bye) whose terminal_lost waited in it
@@ -105,48 +103,38 @@ class Logons:
     def _now(self, loop: asyncio.AbstractEventLoop) -> bool:
         if not self.queue and self.inline < BURST:
             self.inline += 1
-            if self._new_turn is None:
-                self._new_turn = loop.call_soon(self._turned)
+            self._mark_turn(loop)
             return True
         return False
 
     def _wait(self, proto: TerminalProtocol, name: str, what: int | None | object, loop: asyncio.AbstractEventLoop) -> None:
-        self.queue.append((proto, name, what))
         proto.pause_reading()
-        if self._slice is None:
-            self._slice = loop.call_soon(self._run)
+        self._enqueue((proto, name, what), loop)
 
     def _turned(self) -> None:
-        self._new_turn = None
+        super()._turned()
         self.inline = 0
 
-    def _run(self) -> None:
-        self._slice = None
-        q = self.queue
-        until = time.perf_counter() + SLICE_S
-        try:
-            while q:
-                proto, name, what = q.popleft()
-                if what is LOST:
-                    self._step(proto, name, what)
-                else:
-                    if what is not BYE:  # a hello
-                        if self.newest.get(name) is proto:
-                            del self.newest[name]
-                        elif not proto.closed and proto.peer_gone():  # its terminal connected again meanwhile: that one counts
-                            proto.abort()
-                        # (else both are there, a duplicate device, say: this one is welcomed, as
-                        # outside a storm, and the newer is refused already_connected at its turn)
-                    if not proto.closed:  # (a bye's connection lost meanwhile: the logoff was done then)
-                        term = proto.term  # (a hello's: None; a bye's may be at its held bound, not to be read)
-                        if term is None or not term.paused:
-                            proto.resume_reading()  # first: a logon may pause it again (the held bound)
-                        self._step(proto, name, what)
-                if time.perf_counter() >= until:
-                    break
-        finally:  # the rest wait for the next slice, whatever became of this one
-            if q and self._loop is not None and not self.closed:
-                self._slice = self._loop.call_soon(self._run)
+    def _goes_on(self) -> bool:
+        return not self.closed
+
+    def _take(self, item: Queued) -> None:
+        proto, name, what = item
+        if what is LOST:
+            self._step(proto, name, what)
+            return
+        if what is not BYE:  # a hello
+            if self.newest.get(name) is proto:
+                del self.newest[name]
+            elif not proto.closed and proto.peer_gone():  # its terminal connected again meanwhile: that one counts
+                proto.abort()
+            # (else both are there, a duplicate device, say: this one is welcomed, as
+            # outside a storm, and the newer is refused already_connected at its turn)
+        if not proto.closed:  # (a bye's connection lost meanwhile: the logoff was done then)
+            term = proto.term  # (a hello's: None; a bye's may be at its held bound, not to be read)
+            if term is None or not term.paused:
+                proto.resume_reading()  # first: a logon may pause it again (the held bound)
+            self._step(proto, name, what)
 
     @staticmethod
     def _step(proto: TerminalProtocol, name: str, what: int | None | object) -> None:

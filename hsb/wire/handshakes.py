@@ -16,9 +16,9 @@ the state is this module's, made again when another loop asks (tests).
 from __future__ import annotations
 
 import asyncio
-import time
-from collections import deque
 from typing import Protocol
+
+from hsb.slices import SlicedQueue
 
 
 class Waiting(Protocol):
@@ -26,20 +26,16 @@ class Waiting(Protocol):
         """Its turn: run the handshake on the bytes kept, read again."""
 
 
-TURN_S = 0.002  # seconds of handshakes run inline in one turn of the loop
-SLICE_S = 0.002  # seconds of queued handshakes per turn
+TURN_S = 0.002  # seconds of handshakes run inline in one turn of the loop (queued: hsb.slices.SLICE_S)
 
 
-class Handshakes:
-    __slots__ = ("queue", "spent", "deferred", "_loop", "_new_turn", "_slice")
+class Handshakes(SlicedQueue[Waiting]):
+    __slots__ = ("spent", "deferred")
 
     def __init__(self) -> None:
-        self.queue: deque[Waiting] = deque()
+        super().__init__()
         self.spent = 0.0  # seconds of handshakes this turn
         self.deferred = 0  # handshake steps that waited in the queue (tests)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._new_turn: asyncio.Handle | None = None
-        self._slice: asyncio.Handle | None = None
 
     def admit(self, conn: Waiting, loop: asyncio.AbstractEventLoop) -> bool:
         """True: run this handshake step now. False: it was queued (the caller keeps its bytes and
@@ -51,34 +47,22 @@ class Handshakes:
             self._loop = loop
         if not self.queue and self.spent < TURN_S:
             return True
-        self.queue.append(conn)
         self.deferred += 1
-        if self._slice is None:
-            self._slice = loop.call_soon(self._run)
+        self._enqueue(conn, loop)
         return False
 
     def charge(self, seconds: float) -> None:
         """A handshake step took `seconds` (inline or in its turn)."""
         self.spent += seconds
-        if self._new_turn is None and self._loop is not None:
-            self._new_turn = self._loop.call_soon(self._turned)
+        if self._loop is not None:
+            self._mark_turn(self._loop)
 
     def _turned(self) -> None:
-        self._new_turn = None
+        super()._turned()
         self.spent = 0.0
 
-    def _run(self) -> None:
-        self._slice = None
-        q = self.queue
-        until = time.perf_counter() + SLICE_S
-        try:
-            while q:
-                q.popleft().tls_turn()
-                if time.perf_counter() >= until:
-                    break
-        finally:  # the rest wait for the next slice, whatever became of this one
-            if q and self._loop is not None:
-                self._slice = self._loop.call_soon(self._run)
+    def _take(self, conn: Waiting) -> None:
+        conn.tls_turn()
 
 
 HANDSHAKES = Handshakes()
