@@ -366,9 +366,9 @@ async def test_a_segment_that_cannot_be_deleted_leaves_its_group_acknowledged_on
     its backoff has passed; then the segment is deleted."""
     import errno
 
-    from hsb.cp.journal import store
+    from hsb.cp.journal import completion, store
 
-    monkeypatch.setattr(store, "RETRY_S", (3.0,))  # the backoff, long enough to append during it
+    monkeypatch.setattr(completion, "RETRY_S", (3.0,))  # the backoff, long enough to append during it
     gen = Generations(tmp_path).take()
     j = Journal(tmp_path, generation=gen, io="thread")
     j.open(1, [], [])

@@ -133,7 +133,6 @@ class HostSessions:
         if term.conn is not None:
             self._tell(term, {"t": "session", "state": "closed", "epoch": self.epoch, "reason": reason[:200]})
         self.session_gone(term)
-        self.owed_no_more(term)
 
     def host_close(self: CP, host: HostProtocol, name: str, kind: str) -> None:
         term = self.terms.get(name)
@@ -156,7 +155,6 @@ class HostSessions:
                 if switched and not term.leaving:
                     host.request_session(term)
             self.session_gone(term)
-            self.owed_no_more(term)
 
     def host_release(self: CP, host: HostProtocol) -> None:
         """Planned switchover, step 1: stop delivering to the active; it finishes what it has."""

@@ -349,16 +349,15 @@ def main(config_path: str, check_config: bool, supervise: bool, set_journal_asid
 # journal: permissions, a read-only file system, a path through a file (a hung or missing mount,
 # EIO, ESTALE and the like may come back: 1).
 LASTING_LISTEN = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES, errno.EAFNOSUPPORT})
-LASTING_JOURNAL = LASTING  # (hsb.fsutil: a waiting CP's looks at its journal go on through the others)
 
 
 def os_error_code(state: str, exc: OSError) -> int:
     """The exit status for an OSError out of the CP's start (`os_error_line` says it): 73 for one
-    that lasts (LASTING_LISTEN, LASTING_JOURNAL), else 1."""
+    that lasts (LASTING_LISTEN, hsb.fsutil.LASTING), else 1."""
     if isinstance(exc, ListenError):
         lasting = not isinstance(exc.cause, socket.gaierror) and exc.errno in LASTING_LISTEN
     elif state in ("taking_over", "waiting"):
-        lasting = exc.errno in LASTING_JOURNAL
+        lasting = exc.errno in LASTING
     else:  # (serving or stopping: not the start's; restarted as before)
         lasting = state == "starting" and exc.errno in LASTING_LISTEN
     return EXIT_CANNOT_START if lasting else EXIT_FAILED

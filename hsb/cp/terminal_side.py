@@ -428,9 +428,11 @@ class TerminalSide:
 
     def session_gone(self: CP, term: Term) -> None:
         """The active refused or closed `term`'s session: held for the CP's own bound, it is read
-        again (its messages now go only with its logoff or a new session)."""
+        again (its messages now go only with its logoff or a new session); a handover waiting for
+        its standby session waits no more."""
         if term in self.slowed:
             self._backpressure(term)
+        self.owed_no_more(term)
 
     def recheck_slowed(self: CP) -> None:
         """A reload changed the bounds: the terminals not read for one of them (the CP's own, a

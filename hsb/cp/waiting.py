@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from hsb.backoff import doubling
 from hsb.config import address_ip, parse_addr
 from hsb.cp.config import CPConfig, CPSection
 from hsb.cp.journal.generation import Generations
@@ -314,7 +315,7 @@ class Waiting:
                 stamp = None
             self.woken.clear()
             try:
-                async with asyncio.timeout(min(WAIT_POLL * 2 ** min(failed, 8), STORAGE_POLL)):  # (not wait_for: on 3.11 it can lose a cancellation)
+                async with asyncio.timeout(doubling(WAIT_POLL, STORAGE_POLL, failed)):  # (not wait_for: on 3.11 it can lose a cancellation)
                     await self.woken.wait()
             except TimeoutError:
                 pass

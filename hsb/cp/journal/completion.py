@@ -27,8 +27,14 @@ from hsb.cp.journal.writer import DeletionFailed, Done, Unchecked
 
 log = structlog.get_logger("hsb.cp")
 
+RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)  # backoff of a failed write or deletion (`_backoff`)
 LAZY_S = 0.005  # a record nobody waits on rides with the next group, or is written after this long
 SYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, float("inf"))
+
+
+def _backoff(tries: int) -> float:
+    """How long the `tries`-th retry in a row waits (RETRY_S, its last value from then on)."""
+    return RETRY_S[min(tries, len(RETRY_S) - 1)]
 
 
 class Completion:
@@ -75,9 +81,6 @@ class Completion:
 
         def _drop_ring(self) -> None: ...
 
-        @staticmethod
-        def _backoff(tries: int) -> float: ...
-
     def _lazy_due(self) -> None:
         self._lazy_timer = None
         if not self._flush_scheduled and self._inflight is None:
@@ -121,7 +124,7 @@ class Completion:
         self._set_state("failing", str(exc) if unchecked else f"{type(exc).__name__}: {exc}")
         if self._retry_timer is not None:
             self._retry_timer.cancel()
-        self._retry_timer = asyncio.get_running_loop().call_later(self._backoff(self._retry), self._retry_flush)
+        self._retry_timer = asyncio.get_running_loop().call_later(_backoff(self._retry), self._retry_flush)
         self._retry += 1
 
     def _succeeded(self, took: float, batch: list[tuple[int, bytes]], callbacks: list[Done], deletions: list[int], undeleted: list[int]) -> None:
@@ -131,7 +134,7 @@ class Completion:
         if undeleted:  # tried again after a backoff, before any newer segment's deletion
             self._deletions[:0] = undeleted
             if self._deletions_held is None:
-                self._deletions_held = asyncio.get_running_loop().call_later(self._backoff(self._delete_retry), self._deletions_due)
+                self._deletions_held = asyncio.get_running_loop().call_later(_backoff(self._delete_retry), self._deletions_due)
                 self._delete_retry += 1
         elif deletions:
             self._delete_retry = 0

@@ -59,7 +59,6 @@ IDLE_ROTATE_BYTES = 16 * 1024  # a settled current segment with this much beyond
 KEEP_SEGMENTS = 4  # more than this many: the oldest one's live records are carried forward ...
 CARRY_SHARE = 4  # ... if at most this fraction (1/4) of its records is live: else carrying gains nothing
 CARRY_PER_TICK = 16  # segments carried forward a tick at most: more than one a second may close
-RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)  # backoff of a failed write or deletion (`Journal._backoff`)
 REC_HEADER = HEADER.size  # counted per record in `sizes`: as if each went alone (a group shares one)
 # A CP answers the hosts' heartbeats (renewing the active's lease) only while its last generation
 # check that came back clean began less than its journal's timeout ago (and at least this long):
@@ -94,11 +93,6 @@ class Journal(Completion, GroupWriter, Vouching):  # (Completion first: its `_wr
 
     durable = True
     _hold = False  # (hold(): test only)
-
-    @staticmethod
-    def _backoff(tries: int) -> float:
-        """How long the `tries`-th retry in a row waits (RETRY_S, its last value from then on)."""
-        return RETRY_S[min(tries, len(RETRY_S) - 1)]
 
     def __init__(
         self,
