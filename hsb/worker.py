@@ -210,3 +210,15 @@ class _Settle:
             self.fut.set_exception(error)
         else:
             self.fut.set_result(result)
+
+
+def within(timeout: float, fn: Callable[[], T], name: str) -> tuple[bool, T | None]:
+    """`fn()` on a daemon thread of its own: (True, its answer), or (False, None) after `timeout`
+    seconds (a thread stuck on a hung mount or a dead resolver is left behind; it holds nothing
+    the process needs). For the one-off looks of a start or a config check; `fn` catches its own
+    errors (one raised is lost with its thread, and reads as no answer)."""
+    box: list[T] = []
+    t = threading.Thread(target=lambda: box.append(fn()), daemon=True, name=name)
+    t.start()
+    t.join(timeout)
+    return (True, box[0]) if box else (False, None)

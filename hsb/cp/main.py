@@ -18,6 +18,7 @@ from hsb.fsutil import LASTING
 from hsb.ops.limits import storm_timing
 from hsb.ops.listen import ListenError, listen_problems, listen_warnings
 from hsb.wire.auth import load_secret
+from hsb.worker import within
 
 
 def config_warnings(cfg: CPConfig) -> list[str]:
@@ -122,22 +123,16 @@ STORAGE_LOOK_S = 2.0  # the start's look at the journal's mount: a hung one does
 
 
 def _within(timeout: float, fn: Callable[[str], str | None], arg: str) -> tuple[bool, str | None]:
-    """`fn(arg)` on a daemon thread: (done, its answer), or (False, None) after `timeout` (a
-    thread stuck on a hung mount is left behind; it holds nothing the process needs)."""
-    import threading
+    """`fn(arg)` within `timeout` (hsb.worker.within); a storage error is no answer: nothing known
+    about its options (the takeover asks again)."""
 
-    box: list[str | None] = []
-
-    def look() -> None:
+    def look() -> str | None:
         try:
-            box.append(fn(arg))
-        except OSError:  # the storage's error: nothing known about its options (the takeover asks again)
-            box.append(None)
+            return fn(arg)
+        except OSError:
+            return None
 
-    t = threading.Thread(target=look, daemon=True, name="storage-look")
-    t.start()
-    t.join(timeout)
-    return (True, box[0]) if box else (False, None)
+    return within(timeout, look, "storage-look")
 
 
 def _applied(applied: Any) -> CPConfig | None:

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from hsb.config import Addr, ConfigPath, ConnectAddr, OptAddr, Partial, Rule, Ruled, Strict, TLSLinks, listen_clashes, resolve_under, same_addr
+from hsb.host.takeover_size import size_problem
 from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, attrs_problem, raw_table_problems, table_problems
 from hsb.wire.framing import DEFAULT_MAX_FRAME, LOGIN_MAX
 
@@ -97,12 +98,6 @@ def service_paths(service: str, options: dict[str, Any], base: Path | None) -> d
     return out
 
 
-def _size_problem(records: int, terminals: int, record_size: int, path: str, timeout: float) -> list[str]:
-    from hsb.host.takeover_size import size_problem
-
-    return size_problem(records, terminals, record_size, path, timeout)
-
-
 class HostConfig(Strict):
     host: HostSection
     takeover: TakeoverSection
@@ -130,7 +125,7 @@ class HostConfig(Strict):
         # the size check of the takeover file (N >= 3B+1) on the config's records: what the start
         # checks against the file itself refused here already (the file looked at for the fix)
         t = self.takeover
-        problems += _size_problem(t.records, len(self._defs), t.record_size, t.path, t.storage_timeout)
+        problems += size_problem(t.records, len(self._defs), t.record_size, t.path, t.storage_timeout)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -143,7 +138,7 @@ class HostConfig(Strict):
         defs, problems = raw_table_problems(part.data, attrs_problem)
         t = part.values("takeover")
         if defs is not None and not problems and all(k in t for k in ("records", "record_size", "path", "storage_timeout")):
-            problems += _size_problem(t["records"], len(defs), t["record_size"], resolve_under(t["path"], part.base), t["storage_timeout"])
+            problems += size_problem(t["records"], len(defs), t["record_size"], resolve_under(t["path"], part.base), t["storage_timeout"])
         return problems
 
     @property

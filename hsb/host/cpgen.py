@@ -61,13 +61,14 @@ def read_generation(path: Path, host: str) -> int:
         ) from None
     except IsADirectoryError:
         raise GenerationFileError(f"the CP generation file {path} is a directory; {RESET_FIX}") from None
-    why = _problem(raw, host)
-    if why is not None:
-        raise GenerationFileError(f"the CP generation file {path} is damaged ({why}); {RESET_FIX}")
-    return int(json.loads(raw)["cp_generation"])
+    gen = _generation(raw, host)
+    if isinstance(gen, str):
+        raise GenerationFileError(f"the CP generation file {path} is damaged ({gen}); {RESET_FIX}")
+    return gen
 
 
-def _problem(raw: bytes, host: str) -> str | None:
+def _generation(raw: bytes, host: str) -> int | str:
+    """The generation the file's bytes hold for `host`, or why they hold none."""
     if len(raw) > MAX_BYTES:
         return f"over {MAX_BYTES} bytes"
     try:
@@ -81,7 +82,7 @@ def _problem(raw: bytes, host: str) -> str | None:
         return f"cp_generation is {str(gen)[:20]!r}, not a generation"
     if doc.get("host") != host:
         return f"written for host {str(doc.get('host'))[:64]!r}, not {host!r}"
-    return None
+    return gen
 
 
 def write_generation(path: Path, host: str, generation: int) -> None:

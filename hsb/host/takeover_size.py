@@ -10,12 +10,11 @@ create it; the file cannot be read now: set the records needed, once the file ha
 
 from __future__ import annotations
 
-import threading
-
 from hsb.takeover.errors import FileMissing, TakeoverError, TakeoverFileTooSmall
 from hsb.takeover.fileio import check_file
 from hsb.takeover.layout import max_terminals, needed_records, needs_text, size_check
 from hsb.takeover.records import Header
+from hsb.worker import within
 
 
 def size_problem(records: int, terminals: int, record_size: int, path: str, timeout: float) -> list[str]:
@@ -54,17 +53,14 @@ def _fix(records: int, terminals: int, record_size: int, path: str, timeout: flo
 def _header(path: str, timeout: float) -> Header | FileMissing | str:
     """The file's header; FileMissing; or why it cannot be read (within `timeout`: a thread
     stuck on a hung mount is left behind, holding nothing the process needs)."""
-    box: list[Header | FileMissing | str] = []
 
-    def look() -> None:
+    def look() -> Header | FileMissing | str:
         try:
-            box.append(check_file(path))
+            return check_file(path)
         except FileMissing as exc:
-            box.append(exc)
+            return exc
         except (TakeoverError, OSError):
-            box.append(f"its header cannot be read: `hsbctl file inspect {path}` says why")
+            return f"its header cannot be read: `hsbctl file inspect {path}` says why"
 
-    t = threading.Thread(target=look, daemon=True, name="takeover-size-look")
-    t.start()
-    t.join(timeout)
-    return box[0] if box else f"its storage did not answer within {timeout:g} s"
+    done, header = within(timeout, look, "takeover-size-look")
+    return header if done and header is not None else f"its storage did not answer within {timeout:g} s"

@@ -8,11 +8,11 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import threading
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 from hsb.config import address_ip, parse_addr
+from hsb.worker import within
 
 T = TypeVar("T")
 RESOLVE_S = 2.0  # --check-config's look-up of a listen name: a resolver that does not answer holds no check longer
@@ -120,18 +120,14 @@ def _bind_problem(addr: str) -> OSError | None:
 
 def _resolve_problem(addr: str) -> OSError | None:
     host, port = parse_addr(addr)
-    box: list[OSError | None] = []
 
-    def look() -> None:
+    def look() -> OSError | None:
         try:
             socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-            box.append(None)
+            return None
         except socket.gaierror as exc:
-            box.append(exc if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)) else None)
+            return exc if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)) else None
         except (OSError, UnicodeError):
-            box.append(None)
+            return None
 
-    t = threading.Thread(target=look, daemon=True, name="listen-lookup")
-    t.start()
-    t.join(RESOLVE_S)
-    return box[0] if box else None
+    return within(RESOLVE_S, look, "listen-lookup")[1]
