@@ -649,8 +649,8 @@ def _load_stats_class() -> type:
     class FailoverStats(L.LoadStats):  # type: ignore[misc, valid-type]
         """LoadStats that also tells when every terminal is back after the last mark."""
 
-        def __init__(self, terminals: int, target: str = "the CP", cert: str | None = None) -> None:
-            super().__init__(terminals, target, cert=cert)
+        def __init__(self, *args: Any, **kw: Any) -> None:  # (LoadStats's, whatever they become)
+            super().__init__(*args, **kw)
             self.offset = time.time() - time.monotonic()
             self.mark_at: float | None = None  # monotonic
             self.back: set[str] = set()  # switched, or session open again, after the mark

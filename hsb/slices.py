@@ -25,6 +25,13 @@ class SlicedQueue(Generic[T]):
         self._new_turn: asyncio.Handle | None = None  # the callback that marks the next turn
         self._slice: asyncio.Handle | None = None  # the next slice's callback
 
+    def _new_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Another loop (tests): what was queued on the last one is gone with it; a new turn."""
+        self.queue.clear()
+        self._slice = None
+        self._loop = loop
+        self._turned()
+
     def _enqueue(self, item: T, loop: asyncio.AbstractEventLoop) -> None:
         self.queue.append(item)
         if self._slice is None:

@@ -215,7 +215,8 @@ class FramedProtocol(ServerSideTLS, asyncio.Protocol):
             except ProtocolError as exc:  # (a subclass's _handle outside the dispatch's catch: one line, this link only)
                 self.protocol_error(exc)
             n += 1
-        self._tls_eof_if_due()
+        if self._tls is not None and self._tls.peer_closed:  # (a plaintext link: nothing to look at)
+            self._tls_eof_if_due()
 
     def refuse_after_frames_before(self, exc: ProtocolError) -> None:
         """A read that decoded frames ahead of a bad one: those are taken, then the link is
@@ -235,11 +236,15 @@ class FramedProtocol(ServerSideTLS, asyncio.Protocol):
         except ProtocolError as exc:
             self.refuse_after_frames_before(exc)
 
+    def _may_read(self) -> bool:
+        """Nothing of ours holds its reading off: not paused, not yielding a turn, no writes held."""
+        return self.transport is not None and not self.closed and not self.reading_paused and not self._yielding and not self._held_by_writes()
+
     def _next_turn(self) -> None:
         self._yielding = False
         self._drain_backlog()
-        if not self._yielding and self.transport is not None and not self.closed and not self.reading_paused and not self._held_by_writes():
-            self.transport.resume_reading()
+        if self._may_read():
+            self.transport.resume_reading()  # type: ignore[union-attr]  # (_may_read: it is there)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._tls is not None and not self._tls.done and not self.closed:

@@ -70,7 +70,7 @@ class ServerSideTLS:
         self._tls_waiting = False
         if self.closed or self.transport is None or self._tls is None:
             return
-        if not self.reading_paused and not self._yielding and not self._held_by_writes():
+        if self._may_read():
             self.transport.resume_reading()
         self._tls_in(self._tls, b"")
 

@@ -40,11 +40,8 @@ class Handshakes(SlicedQueue[Waiting]):
     def admit(self, conn: Waiting, loop: asyncio.AbstractEventLoop) -> bool:
         """True: run this handshake step now. False: it was queued (the caller keeps its bytes and
         stops reading it); `conn.tls_turn()` is called in its turn."""
-        if loop is not self._loop:  # (another loop: what was queued on the last one is gone with it)
-            self.queue.clear()
-            self.spent = 0.0
-            self._new_turn = self._slice = None
-            self._loop = loop
+        if loop is not self._loop:
+            self._new_loop(loop)
         if not self.queue and self.spent < TURN_S:
             return True
         self.deferred += 1

@@ -108,25 +108,22 @@ class ServerTLS:
         self._in.write(data)
 
     def feed(self, data: bytes) -> tuple[bytes, bytes]:
-        """Network bytes in: (plaintext, bytes to send back). Raises TLSFailed."""
-        try:
-            return self._feed(data)
-        except TLSFailed as exc:
-            self.failed = exc.reason
-            raise
-
-    def _feed(self, data: bytes) -> tuple[bytes, bytes]:
+        """Network bytes in: (plaintext, bytes to send back). Raises TLSFailed (and `failed` says
+        why from then on)."""
         if self.failed:
             raise TLSFailed(self.failed)
-        self.keep(data)
         if not self.done:
+            self.keep(data)
             try:
                 self.obj.do_handshake()
                 self.done = True
             except ssl.SSLWantReadError:
                 return b"", self._out.read()
             except ssl.SSLError as exc:
-                raise TLSFailed(_reason(exc, self.first), self._out.read(), plaintext=_not_tls(exc, self.first)) from None
+                self.failed = _reason(exc, self.first)
+                raise TLSFailed(self.failed, self._out.read(), plaintext=_not_tls(exc, self.first)) from None
+        else:
+            self._in.write(data)
         chunks = []
         while True:
             try:
@@ -137,7 +134,8 @@ class ServerTLS:
                 self.peer_closed = True
                 break
             except ssl.SSLError as exc:  # a record that does not decrypt: injected or damaged bytes
-                raise TLSFailed(f"a record that is not valid TLS after the handshake ({exc.reason or exc}): injected or damaged bytes") from None
+                self.failed = f"a record that is not valid TLS after the handshake ({exc.reason or exc}): injected or damaged bytes"
+                raise TLSFailed(self.failed) from None
             if not chunk:  # its close_notify (Python's read says it so: no data, no SSLWantReadError)
                 self.peer_closed = True
                 break
