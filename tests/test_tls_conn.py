@@ -23,6 +23,7 @@ from hsb.wire import conn as connmod
 from hsb.wire.authlink import AuthServerProtocol
 from hsb.wire.client import request
 from hsb.wire.conn import FramedProtocol
+from hsb.wire.framing import encode
 from hsb.wire.tls import TLS, TLSFiles
 from tests.support.logrec import RecordingLog
 from tests.support.procs import until
@@ -125,6 +126,41 @@ async def test_a_clients_close_notify_is_answered_and_the_connection_closed(tmp_
             assert took < 0.3, f"request over TLS took {took:.3f}s: its close waited for our close_notify"
         await until(lambda: all(c.closed for c in conns), what="the server's connections closed")
         assert not any(c.closed_here for c in conns)  # closed by the client, as its FIN would
+    finally:
+        srv.close()
+        await srv.wait_closed()
+
+
+class Refusing(FramedProtocol):
+    link = "terminal"
+    dispatch = {"hello": "on_hello"}
+
+    def on_hello(self, msg: dict[str, Any]) -> None:
+        self.close_with_error("unknown_terminal", "no such terminal")
+
+
+def _read_to_end(port: int, ctx: ssl.SSLContext) -> tuple[bytes, str]:
+    """A blocking TLS client that sends a hello and reads to the end; how the end came: a clean
+    TLS close (close_notify) or a truncation (an EOF without it, which OpenSSL 3 reports)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(raw, suppress_ragged_eofs=False) as s:
+        s.sendall(encode({"t": "hello", "terminal": "T1"}))
+        got = b""
+        try:
+            while chunk := s.recv(65536):
+                got += chunk
+        except ssl.SSLEOFError:
+            return got, "truncated"
+        return got, "close_notify"
+
+
+async def test_a_connection_we_close_ends_with_our_close_notify(tmp_path: Path) -> None:
+    tls = cp_tls(tmp_path)
+    srv = await asyncio.get_running_loop().create_server(lambda: Refusing(tls=tls.terminal_server), "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        got, end = await asyncio.wait_for(asyncio.to_thread(_read_to_end, port, client_ctx(tmp_path)), 10)
+        assert b"unknown_terminal" in got  # the error frame came first
+        assert end == "close_notify", "our close sent no close_notify: the client read a truncated TLS stream"
     finally:
         srv.close()
         await srv.wait_closed()

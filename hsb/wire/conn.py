@@ -383,6 +383,10 @@ class FramedProtocol(ServerSideTLS, asyncio.Protocol):
                 return
             self.closed = True
             self.closed_here = True
+            if self._tls is not None and self._tls.done:
+                # our close_notify: the peer's TLS then reads a clean end, not a truncation
+                # (OpenSSL 3 reports an EOF without it as an error, the frames before it aside)
+                self.transport.write(self._tls.shutdown())
             self.transport.close()
             left = self.transport.get_write_buffer_size()
             if left:
