@@ -335,3 +335,44 @@ async def test_a_services_status_that_raises_leaves_health_metrics_and_status_an
         broken = False
         assert a.status()["service"]["mine"] == 1 and "status_error" not in a.status()["service"]
         assert len(logs.events("service_status_recovered")) == 1
+
+
+def test_a_config_check_makes_neither_the_journal_nor_its_folder(tmp_path: Path) -> None:
+    """hsbd --check-config built the journal service to check it, and the build made the journal's
+    folder and file: a check (the unit's ExecStartPre, an operator trying a config) changed the
+    disk. It looks now: a journal not there yet is a warning saying the start makes it, one the
+    start could not make an error naming the key; nothing is made either way."""
+    import subprocess
+    import sys
+
+    from tests.support.procs import host_config
+
+    def check(journal: Path) -> subprocess.CompletedProcess[str]:
+        cfg = host_config(
+            tmp_path,
+            "a",
+            cp="127.0.0.1:2",
+            peer_listen="127.0.0.1:3",
+            peer="127.0.0.1:4",
+            takeover=tmp_path / "t.dat",
+            records=64,
+            service="journal",
+            service_options={"journal": str(journal)},
+        )
+        return subprocess.run([sys.executable, "-m", "hsb.host", "--config", str(cfg), "--check-config"], capture_output=True, text=True, timeout=60)
+
+    journal = tmp_path / "jdir" / "sub" / "j.log"
+    r = check(journal)
+    assert r.returncode == 0 and "config OK" in r.stdout, r.stderr
+    assert not (tmp_path / "jdir").exists()
+    assert f"config warning: service_options.journal: {journal} does not exist; the start makes it" in r.stderr, r.stderr
+    assert f"and its folder {tmp_path / 'jdir'}" in r.stderr, r.stderr
+    (tmp_path / "afile").write_text("not a folder")
+    r = check(tmp_path / "afile" / "j.log")
+    assert r.returncode == 78 and "config error: service_options.journal:" in r.stderr and "cannot be made" in r.stderr, r.stderr
+    assert (tmp_path / "afile").read_text() == "not a folder"
+    journal = tmp_path / "j.log"  # (there already: no warning, and left as it is)
+    journal.write_bytes(b"host-a T1 1 0\n")
+    r = check(journal)
+    assert r.returncode == 0 and "service_options.journal" not in r.stderr, r.stderr
+    assert journal.read_bytes() == b"host-a T1 1 0\n"

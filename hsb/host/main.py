@@ -32,17 +32,33 @@ def start_error(exc: OSError) -> str:
     return f"cannot start: {exc.strerror or exc} (check the takeover file's storage, and the listen addresses in the config)"
 
 
-def check_service(cfg: HostConfig) -> list[str]:
-    """The service is importable and constructible with [service_options] (then closed again)."""
-    return service_problems(cfg.host.service, cfg.host.name, dict(cfg.service_options))
+def check_service(cfg: HostConfig, check_only: bool = False) -> list[str]:
+    """The service is importable and constructible with [service_options] (then closed again);
+    `check_only` (--check-config): one whose build changes the disk is looked at instead."""
+    return service_problems(cfg.host.service, cfg.host.name, dict(cfg.service_options), check_only)
 
 
-def service_problems(spec: str, name: str, options: dict[str, Any]) -> list[str]:
-    import asyncio
-
-    from hsb.service.api import ServiceError, load_service
+def service_warnings(cfg: HostConfig) -> list[str]:
+    """--check-config's warnings of a service looked at instead of built (the journal's: the
+    start makes its file)."""
+    from hsb.service.api import look_at_options
 
     try:
+        said = look_at_options(cfg.host.service, cfg.host.name, dict(cfg.service_options))
+    except Exception:  # noqa: BLE001 - (check_service said it, as an error)
+        return []
+    return [] if said is None else said[1]
+
+
+def service_problems(spec: str, name: str, options: dict[str, Any], check_only: bool = False) -> list[str]:
+    import asyncio
+
+    from hsb.service.api import ServiceError, load_service, look_at_options
+
+    try:
+        said = look_at_options(spec, name, options) if check_only else None
+        if said is not None:
+            return said[0]
         service = load_service(spec, name, options)
     except ServiceError as exc:
         return [f"host.service: {exc}"]
@@ -61,7 +77,7 @@ def partial_checks(part: Partial, check_config: bool) -> list[str]:
     values of the keys each needs, each check when its keys are valid (every error at once)."""
     host, options, out = part.values("host"), part.data.get("service_options", {}), []
     if "service" in host and "name" in host and isinstance(options, dict) and not part.failed_under("service_options"):
-        out += service_problems(host["service"], host["name"], service_paths(host["service"], options, part.base))
+        out += service_problems(host["service"], host["name"], service_paths(host["service"], options, part.base), check_config)
     if not check_config:
         return out
     takeover = part.values("takeover")
@@ -161,8 +177,10 @@ def main(role: str | None, no_rejoin: bool, config_path: str, check_config: bool
         config_path,
         HostConfig,
         check_config,
-        warnings=lambda c: takeover_missing(c) + listen_warnings(_listens(c)),
-        checks=lambda c: check_service(c) + (takeover_writable(c) + listen_addresses(c) + cp_generation_problem(c) if check_config else []),
+        warnings=lambda c: takeover_missing(c) + listen_warnings(_listens(c)) + service_warnings(c),
+        checks=lambda c: (
+            check_service(c, check_config) + (takeover_writable(c) + listen_addresses(c) + cp_generation_problem(c) if check_config else [])
+        ),
         partial_checks=lambda part: partial_checks(part, check_config),
     )
     if role is None:

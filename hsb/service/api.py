@@ -27,6 +27,9 @@ What `handle` raises decides what happens to the message:
 An optional `status()` method returns a dict shown in the host's status. An optional
 `cp_bounds(held_bound)` is called at every registration with the CP, with the most messages the
 CP holds per terminal (a service that keeps per-terminal records can check it keeps enough).
+A factory whose build changes the disk (the journal's makes its file) may have
+`check_options(host, **options) -> (errors, warnings)`: hsbd --check-config asks it instead of
+building the service, so that a check changes nothing.
 """
 
 from __future__ import annotations
@@ -91,6 +94,28 @@ def builtins() -> dict[str, Any]:
 
 def load_service(spec: str, host: str, options: dict[str, Any]) -> Service:
     """Build the service named by `spec` ("echo", "journal" or "pkg.mod:factory")."""
+    factory = _factory(spec)
+    try:
+        return factory(host, **options)  # type: ignore[no-any-return]
+    except TypeError as exc:
+        raise ServiceError(f"service {spec!r}: bad [service_options]: {exc}") from None
+
+
+def look_at_options(spec: str, host: str, options: dict[str, Any]) -> tuple[list[str], list[str]] | None:
+    """hsbd --check-config's look at the service's options without building it, for a service
+    whose build changes the disk (the journal's makes its file): (what the build would refuse,
+    what the start will do), from the factory's `check_options(host, **options)`. None: the
+    factory has none (the check builds the service, then closes it)."""
+    look: Any = getattr(_factory(spec), "check_options", None)
+    if look is None:
+        return None
+    try:
+        return look(host, **options)  # type: ignore[no-any-return]
+    except TypeError as exc:
+        raise ServiceError(f"service {spec!r}: bad [service_options]: {exc}") from None
+
+
+def _factory(spec: str) -> Any:
     known = builtins()
     if spec in known:
         factory: Any = known[spec]
@@ -105,7 +130,4 @@ def load_service(spec: str, host: str, options: dict[str, Any]) -> Service:
         factory = getattr(mod, attr, None)
         if factory is None:
             raise ServiceError(f"service {spec!r}: {mod_name} has no {attr!r}")
-    try:
-        return factory(host, **options)  # type: ignore[no-any-return]
-    except TypeError as exc:
-        raise ServiceError(f"service {spec!r}: bad [service_options]: {exc}") from None
+    return factory

@@ -60,6 +60,13 @@ class JournalService(EchoService):
         self.writer: asyncio.Task[None] | None = None
         self.worker = Worker("hsb-journal-service")  # the loop gives it the GIL while it writes (hsb.worker)
 
+    @staticmethod
+    def check_options(host: str, journal: str = "journal.log", logon_ms: float = 0, **_: Any) -> tuple[list[str], list[str]]:
+        """hsbd --check-config's look at the options instead of a build, which makes the file and
+        its folder: (what the build would refuse, what the start will do); nothing is made."""
+        EchoService(host, logon_ms)  # (its option read as the build reads it)
+        return journal_look(Path(journal))
+
     async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
         if self.writer is None:
             self.writer = asyncio.get_running_loop().create_task(self._write_loop())
@@ -139,3 +146,23 @@ class JournalService(EchoService):
             log.warning(
                 "journal_service_close_abandoned_write", path=str(self.path), msg=f"a journal write did not return within {self.close_timeout:g} s"
             )
+
+
+def journal_look(path: Path) -> tuple[list[str], list[str]]:
+    """Whether the journal service's build could open `path` (read and write, made with its
+    folders when missing): (errors, warnings), looked at only."""
+    key = "service_options.journal"
+    if path.exists():
+        if path.is_dir():
+            return [f"{key}: {path} is a directory: name the journal's file in it"], []
+        if not os.access(path, os.R_OK | os.W_OK):
+            return [f"{key}: {path} cannot be written by this user: give hsbd's user read and write on it"], []
+        return [], []
+    there = next((p for p in path.parents if p.exists()), None)
+    if there is not None and not (there.is_dir() and os.access(there, os.W_OK | os.X_OK)):
+        return [
+            f"{key}: {path} cannot be made ({there} is not a directory this user may write): point journal at a file in"
+            " a folder hsbd's user may write (under the shipped systemd unit: in /var/lib/hsb, its ReadWritePaths)"
+        ], []
+    made = next((p for p in reversed(path.parents) if not p.exists()), None)  # the outermost folder missing
+    return [], [f"{key}: {path} does not exist; the start makes it" + (f" and its folder {made}" if made is not None else "")]
