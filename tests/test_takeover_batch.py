@@ -218,9 +218,9 @@ def test_file_checks(tmp_path: Path) -> None:
     with pytest.raises(BadMagic):
         check_file(str(empty))
     path = make(tmp_path, 50)
-    with pytest.raises(RecordSizeMismatch, match="4096-byte records but the config says record_size = 8192"):
+    with pytest.raises(RecordSizeMismatch, match="50 records of 4096 bytes but the config says record_size = 8192"):
         check_file(path, 8192)
-    with pytest.raises(RecordCountMismatch, match="50 records but the config says records = 60"):
+    with pytest.raises(RecordCountMismatch, match="50 records of 4096 bytes but the config says records = 60"):
         check_file(path, 4096, 60)
     assert check_file(path, 4096, 50).records == 50
     os.truncate(path, 40 * 4096)

@@ -72,9 +72,10 @@ def service_problems(spec: str, name: str, options: dict[str, Any], check_only: 
 
 
 def partial_checks(part: Partial, check_config: bool) -> list[str]:
-    """`check_service` and (with `check_config`) `takeover_writable`, `listen_addresses` and
-    `cp_generation_problem` when another part of the config failed its schema: on the raw
-    values of the keys each needs, each check when its keys are valid (every error at once)."""
+    """`check_service` and (with `check_config`) `takeover_writable`, `takeover_geometry`,
+    `listen_addresses` and `cp_generation_problem` when another part of the config failed its
+    schema: on the raw values of the keys each needs, each check when its keys are valid (every
+    error at once)."""
     host, options, out = part.values("host"), part.data.get("service_options", {}), []
     if "service" in host and "name" in host and isinstance(options, dict) and not part.failed_under("service_options"):
         out += service_problems(host["service"], host["name"], service_paths(host["service"], options, part.base), check_config)
@@ -83,11 +84,31 @@ def partial_checks(part: Partial, check_config: bool) -> list[str]:
     takeover = part.values("takeover")
     path = resolve_under(takeover["path"], part.base) if "path" in takeover else None
     if path is not None:
-        out += _writable_problem(path)
+        out += _writable_problem(path) + _partial_geometry(part, takeover, path)
     out += listen_problems([(f"host.{k}", host[k]) for k in LISTEN_KEYS if k in host])
     if path is not None and "name" in host:
         out += _generation_problem(path, host["name"])
     return out
+
+
+def takeover_geometry(cfg: HostConfig) -> list[str]:
+    """--check-config: the takeover file, if it is there, has the config's records and
+    record_size; else the line the start gives (its header read within storage_timeout)."""
+    from hsb.host.takeover_size import geometry_problem
+
+    t = cfg.takeover
+    return geometry_problem(t.records, len(cfg.terminal_table), t.record_size, t.path, t.storage_timeout)
+
+
+def _partial_geometry(part: Partial, takeover: dict[str, Any], path: str) -> list[str]:
+    """`takeover_geometry` on the valid keys of a config that failed its schema elsewhere."""
+    from hsb.host.takeover_size import geometry_problem
+    from hsb.terminals import attrs_problem, raw_table_problems
+
+    defs, problems = raw_table_problems(part.data, attrs_problem)
+    if defs is None or problems or not all(k in takeover for k in ("records", "record_size", "storage_timeout")):
+        return []
+    return geometry_problem(takeover["records"], len(defs), takeover["record_size"], path, takeover["storage_timeout"])
 
 
 def takeover_missing(cfg: HostConfig) -> list[str]:
@@ -179,7 +200,8 @@ def main(role: str | None, no_rejoin: bool, config_path: str, check_config: bool
         check_config,
         warnings=lambda c: takeover_missing(c) + listen_warnings(_listens(c)) + service_warnings(c),
         checks=lambda c: (
-            check_service(c, check_config) + (takeover_writable(c) + listen_addresses(c) + cp_generation_problem(c) if check_config else [])
+            check_service(c, check_config)
+            + (takeover_writable(c) + takeover_geometry(c) + listen_addresses(c) + cp_generation_problem(c) if check_config else [])
         ),
         partial_checks=lambda part: partial_checks(part, check_config),
     )

@@ -6,13 +6,15 @@ storage_timeout (a hung mount does not hold a start that is refused anyway). The
 the file has the records needed: set records to the file's in the config; the file is too
 small: recreate it (its contents are lost) or give the host fewer terminals; no file yet:
 create it; the file cannot be read now: set the records needed, once the file has them.
+And hsbd --check-config's look at a file there for a config that passes: its geometry is the
+config's, or the check says the line the start would (`geometry_problem`).
 """
 
 from __future__ import annotations
 
 from hsb.takeover.errors import FileMissing, TakeoverError, TakeoverFileTooSmall
 from hsb.takeover.fileio import check_file
-from hsb.takeover.layout import max_terminals, needed_records, needs_text, size_check
+from hsb.takeover.layout import geometry_mismatch, max_terminals, needed_records, needs_text, size_check
 from hsb.takeover.records import Header
 from hsb.worker import within
 
@@ -24,6 +26,20 @@ def size_problem(records: int, terminals: int, record_size: int, path: str, time
     except TakeoverFileTooSmall:
         return [f"takeover.records: {_fix(records, terminals, record_size, path, timeout)}"]
     return []
+
+
+def geometry_problem(records: int, terminals: int, record_size: int, path: str, timeout: float) -> list[str]:
+    """--check-config: the start's one line if the file at `path` (its header read, within
+    `timeout`) has another geometry than the config's; nothing for no file, one whose header
+    cannot be read now (the other checks and the start say those), or a config whose records
+    are too few (`size_problem` says it, with the fix for the file there)."""
+    if records < needed_records(terminals, record_size):
+        return []
+    header = _header(path, timeout)
+    if not isinstance(header, Header):
+        return []
+    mismatch = geometry_mismatch(path, header.records, header.record_size, records, record_size, terminals)
+    return [] if mismatch is None else [str(mismatch)]
 
 
 def _fix(records: int, terminals: int, record_size: int, path: str, timeout: float) -> str:

@@ -37,8 +37,6 @@ from hsb.takeover.errors import (
     HeaderCorrupt,
     NoSpace,
     NotRegularFile,
-    RecordCountMismatch,
-    RecordSizeMismatch,
     TakeoverFileError,
     UnsupportedVersion,
 )
@@ -54,6 +52,7 @@ from hsb.takeover.layout import (
     RECORD_HEADER,
     VERSION,
     check_record_size,
+    geometry_mismatch,
 )
 from hsb.takeover.records import BadRecord, Header, decode_header, encode_header, parse_record
 
@@ -208,11 +207,12 @@ def _stat_regular(path: str) -> os.stat_result:
     return st
 
 
-def check_file(path: str, record_size: int | None = None, records: int | None = None) -> Header:
+def check_file(path: str, record_size: int | None = None, records: int | None = None, terminals: int | None = None) -> Header:
     """Every file-level check, in order; returns the header or raises a TakeoverFileError.
 
     `record_size`/`records`: what the caller's config says; a mismatch with the
-    header is an error naming both values.
+    header is an error naming both geometries and the fix, which with `terminals` (the
+    host's) fits them (hsb.takeover.layout.geometry_mismatch).
     """
     path = os.fspath(path)
     st = _stat_regular(path)
@@ -258,16 +258,9 @@ def check_file(path: str, record_size: int | None = None, records: int | None = 
             f"{h.record_size} bytes ({h.records * h.record_size} bytes): it was truncated; recreate it with "
             f"`hsbctl file create {path} --records {h.records} --record-size {h.record_size} --force`"
         )
-    if record_size is not None and record_size != h.record_size:
-        raise RecordSizeMismatch(
-            f"takeover file {path} has {h.record_size}-byte records but the config says record_size = {record_size}; "
-            f"set record_size = {h.record_size} or {recreate}"
-        )
-    if records is not None and records != h.records:
-        raise RecordCountMismatch(
-            f"takeover file {path} has {h.records} records but the config says records = {records}; "
-            f"set records = {h.records} or recreate it with `hsbctl file create {path} --records {records} --force`"
-        )
+    mismatch = geometry_mismatch(path, h.records, h.record_size, records, record_size, terminals)
+    if mismatch is not None:
+        raise mismatch
     return h
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from hsb.takeover.errors import TakeoverFileTooSmall
+from hsb.takeover.errors import RecordCountMismatch, RecordSizeMismatch, TakeoverFileTooSmall
 
 MAGIC = b"HSBT"
 VERSION = 1
@@ -136,3 +136,27 @@ def size_check(
 def max_terminals(records: int, record_size: int = DEFAULT_RECORD_SIZE, entry_size: int = ENTRY_SIZE) -> int:
     """The largest terminal count that passes the size check for N records."""
     return max(0, (records - 1) // 3) * entries_per_record(record_size, entry_size)
+
+
+def geometry_mismatch(
+    path: str, has_records: int, has_record_size: int, records: int | None, record_size: int | None, terminals: int | None = None
+) -> RecordSizeMismatch | RecordCountMismatch | None:
+    """The file's geometry (its header's N records of R bytes) against the config's `records` and
+    `record_size` (None: not asked): None when they agree, else the one line the start and hsbd
+    --check-config give, naming both and the fix. The config's keys set to the file's when that
+    geometry holds `terminals` (this host's; None: not known); else only the file recreated at
+    the config's (setting the keys to a file too small for the terminals fails the size check)."""
+    count_off = records is not None and records != has_records
+    size_off = record_size is not None and record_size != has_record_size
+    if not (count_off or size_off):
+        return None
+    said = " and ".join([f"records = {records}"] * count_off + [f"record_size = {record_size}"] * size_off)
+    keys = " and ".join([f"records = {has_records}"] * count_off + [f"record_size = {has_record_size}"] * size_off)
+    n, r = records or has_records, record_size or has_record_size
+    recreate = f"recreate it with `hsbctl file create {path} --records {n} --record-size {r} --force` (not under a running active)"
+    line = f"takeover file {path} has {has_records} records of {has_record_size} bytes but the config says {said}; "
+    if terminals is not None and has_records < needed_records(terminals, has_record_size):
+        line += f"too few for this host: {needs_text(terminals, has_record_size)}; {recreate}"
+    else:
+        line += f"set {keys} in the config (the file is the truth), or {recreate}"
+    return RecordSizeMismatch(line) if size_off else RecordCountMismatch(line)

@@ -171,7 +171,7 @@ class TakeoverStore:
         def do() -> Layout:
             writable(self.path)
             try:
-                h = check_file(self.path, self.record_size, self.records)
+                h = check_file(self.path, self.record_size, self.records, self.terminals)
             except HeaderCorrupt as exc:
                 if self.records is None or os.stat(self.path).st_size < self.records * self.record_size:
                     raise

@@ -76,7 +76,7 @@ class TakeoverWriter:
         self.host_name = host_name if host_name is not None else socket.gethostname()
         self.pair = Pair(self.host_name, pair_tag) if pair_tag is not None else None
         try:
-            header = check_file(self.path, record_size, records)
+            header = check_file(self.path, record_size, records, terminals)
             self.record_size, self.records, self.generation = header.record_size, header.records, header.generation
         except HeaderCorrupt:
             # A crash while record 0 was being rewritten: recover rather than refuse to serve.
@@ -137,7 +137,7 @@ class TakeoverWriter:
             same = False
         if same:
             return
-        h = check_file(self.path, self.record_size, self.records)  # a wrong file is refused as at start
+        h = check_file(self.path, self.record_size, self.records, self.terminals)  # a wrong file is refused as at start
         if self.terminals is not None:
             self.own_batch_records = size_check(h.records, self.terminals, self.record_size, path=self.path).batch_records
         log.warning("takeover_file_replaced", path=self.path, records=h.records, msg="the file was recreated: the new one is written from now on")
