@@ -196,3 +196,34 @@ def test_a_new_sandbox_in_an_earlier_ones_folder_forgets_its_hosts_generations(t
         write_generation(generation_path(plan["takeover"], name), name, 5)
     plan = sandbox_files.prepare(d, tls=False, service="echo", dsn=None, terminals=2, conventional=False)
     assert [read_generation(generation_path(plan["takeover"], n), n) for n in sandbox_files.HOSTS] == [0, 0]
+
+
+async def test_the_remembered_generation_is_a_metric_beside_the_seen_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The generation a host keeps in its file (what a restart starts from, below which it
+    refuses a CP) was in its status only: a write that kept failing left a host that would,
+    once restarted, trust a superseded CP, with nothing for an alert to see. The metrics have it
+    as hsb_cp_generation_remembered, beside hsb_cp_generation_seen."""
+    from hsb.host.server import HostServer
+    from hsb.ops.metrics import HostCollector
+    from hsb.service.builtin import EchoService
+    from tests.support.inproc import pair_in_hot_standby
+
+    real = cpgen.write_generation
+
+    def write(path: Path, host: str, generation: int) -> None:
+        if host == "host-a":  # (host-a's storage refuses the write; host-b's takes it)
+            raise OSError(5, "Input/output error", str(path))
+        real(path, host, generation)
+
+    monkeypatch.setattr(cpgen, "write_generation", write)
+
+    def metrics(h: HostServer) -> dict[str, float]:
+        return {s.name: s.value for m in HostCollector(h.status).collect() for s in m.samples if not s.labels}
+
+    async with pair_in_hot_standby(tmp_path, EchoService) as (_, a, b, _tasks):
+        gen = b.status()["cp_generation"]["seen"]
+        assert gen >= 1 and read_generation(b.cp_memory.path, "host-b") == gen
+        m = metrics(b)
+        assert m["hsb_cp_generation_remembered"] == gen and m["hsb_cp_generation_seen"] == gen, m
+        m = metrics(a)
+        assert m["hsb_cp_generation_seen"] == gen and m["hsb_cp_generation_remembered"] == 0, m

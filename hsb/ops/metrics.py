@@ -152,6 +152,11 @@ class HostCollector:
         yield _c("hsb_service_retries", "Messages handed to the service again because it was unavailable.", sv.get("retries", 0))
         cg = st.get("cp_generation") or {}
         yield _g("hsb_cp_generation_seen", "The highest CP journal generation this host has seen (two CP machines).", cg.get("seen", 0))
+        yield _g(
+            "hsb_cp_generation_remembered",
+            "The CP journal generation kept in this host's file: a restart starts from it (below seen: its write failed).",
+            cg.get("remembered"),
+        )
         yield _c("hsb_cp_generation_refusals", "Connections to a CP with an older generation than seen before, refused.", cg.get("refusals", 0))
         c = st.get("counters", {})
         yield _c("hsb_failovers", "Failovers this host took over in.", c.get("failovers", 0))
