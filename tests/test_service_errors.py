@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -270,18 +272,10 @@ async def test_the_journal_service_cuts_a_line_torn_by_a_kill_before_it_appends(
     assert p.read_text() == "host-a T1 1 0\n"
 
 
-def test_a_config_check_leaves_a_journal_with_a_torn_line_as_it_is(tmp_path: Path) -> None:
-    """hsbd --check-config builds the service to check it, and the journal service cut a torn
-    last line in its constructor: a check changed the file. The line is cut at the first append
-    now (above); the check leaves every byte."""
-    import subprocess
-    import sys
-
+def _check_journal_config(tmp_path: Path, journal: Path) -> subprocess.CompletedProcess[str]:
+    """hsbd --check-config (a real process) on a config with the journal service at `journal`."""
     from tests.support.procs import host_config
 
-    p = tmp_path / "j.log"
-    torn = b"host-a T1 1 0\nhost-a T1 2"
-    p.write_bytes(torn)
     cfg = host_config(
         tmp_path,
         "a",
@@ -291,9 +285,19 @@ def test_a_config_check_leaves_a_journal_with_a_torn_line_as_it_is(tmp_path: Pat
         takeover=tmp_path / "t.dat",
         records=64,
         service="journal",
-        service_options={"journal": str(p)},
+        service_options={"journal": str(journal)},
     )
-    r = subprocess.run([sys.executable, "-m", "hsb.host", "--config", str(cfg), "--check-config"], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "hsb.host", "--config", str(cfg), "--check-config"], capture_output=True, text=True, timeout=60)
+
+
+def test_a_config_check_leaves_a_journal_with_a_torn_line_as_it_is(tmp_path: Path) -> None:
+    """hsbd --check-config builds the service to check it, and the journal service cut a torn
+    last line in its constructor: a check changed the file. The line is cut at the first append
+    now (above); the check leaves every byte."""
+    p = tmp_path / "j.log"
+    torn = b"host-a T1 1 0\nhost-a T1 2"
+    p.write_bytes(torn)
+    r = _check_journal_config(tmp_path, p)
     assert r.returncode == 0 and "config OK" in r.stdout, r.stderr
     assert p.read_bytes() == torn
 
@@ -342,24 +346,9 @@ def test_a_config_check_makes_neither_the_journal_nor_its_folder(tmp_path: Path)
     folder and file: a check (the unit's ExecStartPre, an operator trying a config) changed the
     disk. It looks now: a journal not there yet is a warning saying the start makes it, one the
     start could not make an error naming the key; nothing is made either way."""
-    import subprocess
-    import sys
-
-    from tests.support.procs import host_config
 
     def check(journal: Path) -> subprocess.CompletedProcess[str]:
-        cfg = host_config(
-            tmp_path,
-            "a",
-            cp="127.0.0.1:2",
-            peer_listen="127.0.0.1:3",
-            peer="127.0.0.1:4",
-            takeover=tmp_path / "t.dat",
-            records=64,
-            service="journal",
-            service_options={"journal": str(journal)},
-        )
-        return subprocess.run([sys.executable, "-m", "hsb.host", "--config", str(cfg), "--check-config"], capture_output=True, text=True, timeout=60)
+        return _check_journal_config(tmp_path, journal)
 
     journal = tmp_path / "jdir" / "sub" / "j.log"
     r = check(journal)
