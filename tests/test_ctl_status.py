@@ -204,6 +204,28 @@ def test_the_verdict_says_what_it_cannot_know_and_what_is_critical() -> None:
     assert not summarize(dict(cp), aliases)["two_actives"]
 
 
+def test_the_actives_service_failing_is_critical_and_the_first_line_says_so() -> None:
+    """The ledger's database down: the active's service fails and every message waits at the CP.
+    hsbctl said `ESTABLISHED (hot standby ready)`, exit 0 (nothing to do), the SERVICE FAILING
+    line further down. It is critical (2) and the first line names it; a standby's does not count."""
+    from hsb.ctl.gather import summarize
+    from hsb.ctl.status import headline
+
+    cp = {"reachable": True, "role": "cp", "state": "serving", "epoch": 1, "journal": {"durability": "fsync", "state": "ok"}}
+    down = {"state": "failing", "name": "ledger", "error": "database unavailable: ConnectionRefusedError", "waiting_terminals": 3, "retries": 9}
+    pair = _pair()
+    pair[0]["service"] = down
+    st = summarize(dict(cp), pair)
+    assert st["exit_status"] == 2, st
+    lines = headline(st)
+    assert lines[0].startswith("hsb: SERVICE FAILING on the active") and "ESTABLISHED" in lines[0], lines
+    assert "a's service ledger is failing (database unavailable: ConnectionRefusedError)" in lines[1], lines
+    # the standby's service is asked nothing: its state is not the verdict's
+    pair[0]["service"], pair[1]["service"] = {"state": "ok"}, down
+    st = summarize(dict(cp), pair)
+    assert st["exit_status"] == 0 and headline(st)[0] == "hsb: ESTABLISHED (hot standby ready)", st
+
+
 def test_status_of_a_shape_hsbctl_cannot_read_is_unknown_not_a_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A daemon (of another version, say) that answers a status without the fields hsbctl shows,
     or without a status at all, gives UNKNOWN (exit 3) and a line saying so, never a traceback

@@ -220,6 +220,18 @@ def _ring_unwritten(h: dict[str, Any]) -> str | None:
     )
 
 
+def service_down(h: dict[str, Any]) -> str | None:
+    """Why the active's service answers no message (it reports itself unavailable: its database
+    down), with the fix; None if it answers. Every message then waits at the CP: nothing is served."""
+    sv = h.get("service")
+    if not isinstance(sv, dict) or sv.get("state") != "failing":
+        return None
+    name = f"{h['name']}'s service {sv.get('name') or ''}".rstrip()
+    return (
+        f"{name} is failing ({sv.get('error')}): messages wait at the CP and are retried; fix what it names (the ledger's database: docs/ledger.md)"
+    )
+
+
 _INT = (int,)
 _STR = (str,)
 _MAP = (dict, type(None))
@@ -236,6 +248,7 @@ HOST_FIELDS: dict[str, tuple[type, ...]] = {
     "takeover_file": _MAP,
     "cp_generation": _MAP,
     "lease": _MAP,
+    "service": _MAP,
 }
 CP_FIELDS: dict[str, tuple[type, ...]] = {
     "name": (str, type(None)),
@@ -358,12 +371,17 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
     if len(many) > 1 and not two and not changing:  # (the CP not asked, or not saying who its active is)
         changing = "; ".join(f"{h['name']} says it is the active at epoch {h.get('epoch')}" for h in many)
     cp_errors = superseded_cps(cp, hosts, machines)
-    exit_status = 2 if two else 3 if unknown or changing else 0 if established else 1 if serving else 2
+    # the active's service answers nothing (failing, or a call hung): every message waits at the
+    # CP, so nothing is served whatever the pair's state: critical, as the CP's journal failing
+    service_failing = [why for why in (service_down(h) for h in many) if why]
+    exit_status = 2 if two else 3 if unknown or changing else 2 if service_failing else 0 if established else 1 if serving else 2
     out = {
         "established": established,
         "serving": serving,
         # why hot standby is not ready though both hosts say established, each with its fix
         "not_ready": stale if serving else [],
+        # the active's service answers no message (exit 2), each with its fix
+        "service_failing": service_failing,
         # daemons that could not be asked: the verdict is then unknown (exit 3)
         "unknown": [{"name": n, "addr": a, "error": e} for n, a, e in unknown],
         # two hosts both serving with a valid lease at once: must never happen

@@ -1,7 +1,7 @@
 """`hsbctl status [--json] [--watch]`: one view of the CP and both hosts.
 
 Exit status, as monitoring plugins have it: 0 hot standby established, 1 serving without a
-standby, 2 not serving, 3 unknown (a daemon could not be asked: down, a wrong address or port,
+standby, 2 not serving (or the active's service failing: no message is answered), 3 unknown (a daemon could not be asked: down, a wrong address or port,
 a wrong secret, a timeout; or the answers, asked again, still disagree on who is the active: a
 role change under way), each unknown daemon named with its address, why and the fix.
 """
@@ -80,7 +80,10 @@ def _tls_line(t: dict[str, Any], links: str) -> str:
 def headline(st: dict[str, Any]) -> list[str]:
     """The verdict line, and a line for each daemon that could not be asked."""
     verdict = "ESTABLISHED (hot standby ready)" if st["established"] else "SERVING WITHOUT A STANDBY" if st["serving"] else "NOT SERVING"
-    why = [f"  {line}" for line in st.get("not_ready") or []]
+    failing = st.get("service_failing") or []
+    if failing:  # (exit 2: no message is answered, whatever the pair's state)
+        verdict = f"SERVICE FAILING on the active: no message is answered, each waits at the CP (the pair: {verdict})"
+    why = [f"  {line}" for line in [*failing, *(st.get("not_ready") or [])]]
     # (answers that disagree on who is the active, asked again: no verdict from them)
     changing = (
         [f"  roles are changing (asked again, the answers still disagree; ask again in a moment): {st['changing']}"] if st.get("changing") else []
