@@ -220,6 +220,10 @@ def test_the_actives_service_failing_is_critical_and_the_first_line_says_so() ->
     lines = headline(st)
     assert lines[0].startswith("hsb: SERVICE FAILING on the active") and "ESTABLISHED" in lines[0], lines
     assert "a's service ledger is failing (database unavailable: ConnectionRefusedError)" in lines[1], lines
+    # a call that has not returned (a hung disk) is as critical
+    pair[0]["service"] = {"state": "stalled", "name": "ledger", "oldest_call_s": 12.4}
+    st = summarize(dict(cp), pair)
+    assert st["exit_status"] == 2 and "has not returned from a call for 12 s" in headline(st)[1], headline(st)
     # the standby's service is asked nothing: its state is not the verdict's
     pair[0]["service"], pair[1]["service"] = {"state": "ok"}, down
     st = summarize(dict(cp), pair)

@@ -83,6 +83,53 @@ async def test_a_host_that_no_longer_holds_the_active_role_does_not_say_its_serv
     assert d.health.state == "ok" and d.health.error is None and not d.health.waiting
 
 
+class Hangs:
+    """Its handle for `hold` waits until `free` is set (a hung disk under an fsync): it raises
+    nothing; every other message is answered at once."""
+
+    def __init__(self) -> None:
+        self.free = asyncio.Event()
+        self.calls = 0
+
+    async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
+        self.calls += 1
+        if data == "hold":
+            await self.free.wait()
+        return data
+
+
+async def test_a_call_of_the_service_that_does_not_return_makes_it_stalled_until_it_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call that never returns raised nothing, so status said ok, 0 waiting, and
+    hsb_service_healthy 1 while that terminal's messages queued behind it. Past the threshold the
+    service is stalled, said once; the call is left to run (never made again), and once it returns
+    the service is ok again, said once."""
+    from hsb.host import delivery
+    from tests.support.logrec import RecordingLog
+
+    rec = RecordingLog()
+    monkeypatch.setattr(delivery, "log", rec)
+    svc = Hangs()
+    sent: list[dict[str, Any]] = []
+    d = Delivery(svc, lambda m: sent.append(m) or True, lambda: 1, stalled_after=0.2)  # type: ignore[arg-type, func-returns-value]
+    d.deliver("T1", 5, "hold", False)
+    d.deliver("T1", 6, "after", False)  # waits behind it
+    d.deliver("T2", 7, "other", False)  # another terminal goes on
+    await _until(lambda: len(sent) == 1, "T2's reply")
+    assert d.health.as_dict()["state"] == "ok" and d.health.as_dict()["calls_in_progress"] == 1
+    await _until(lambda: rec.events("service_stalled"), "service_stalled said")
+    st = d.health.as_dict()
+    assert st["state"] == "stalled" and st["oldest_call_s"] >= 0.2 and st["oldest_call_terminal"] == "T1", st
+    assert rec.events("service_stalled")[0]["terminal"] == "T1" and rec.events("service_stalled")[0]["id"] == 5
+    await asyncio.sleep(0.3)  # (still stalled a while later: said once, the call neither dropped nor made again)
+    assert len(rec.events("service_stalled")) == 1 and svc.calls == 2 and d.health.as_dict()["state"] == "stalled"
+    svc.free.set()
+    await _until(lambda: len(sent) == 3, "T1's replies")
+    assert [m["id"] for m in sent] == [7, 5, 6] and svc.calls == 3
+    st = d.health.as_dict()
+    assert st["state"] == "ok" and st["oldest_call_s"] == 0 and st["calls_in_progress"] == 0, st
+    assert len(rec.events("service_stall_ended")) == 1 and len(rec.events("service_stalled")) == 1
+
+
 class Collides:
     """Its transaction rolled back (RetryTransaction) for the first `fail` hand-overs."""
 

@@ -251,3 +251,42 @@ def test_protocol_errors_and_dropped_connections_are_exported_from_zero(tmp_path
             assert f'hsb_protocol_errors_total{{code="{code}",link="{link}"}} {n}' in text, (link, code)
     host = {s.labels["link"] for m in _proto_errors(HOST_LINKS) for s in m.samples if "code" not in s.labels}
     assert host >= set(HOST_LINKS)
+
+
+def _host_status(**over: Any) -> dict[str, Any]:
+    """A host's status as HostCollector reads it (an active in hot standby), with `over` on top."""
+    st: dict[str, Any] = {
+        "role": "active",
+        "state": "established",
+        "established": True,
+        "serving": True,
+        "lease": {"valid": True},
+        "epoch": 3,
+        "peer_link": {"up": True, "heartbeat_age_ms": 12.0},
+        "takeover_file": {"storage": "ok"},
+        "terminals": {"defined": 2, "linked": 2, "active_sessions": 2, "standby_sessions": 0},
+        "delivery": {"processed": 10, "redelivered": 0, "errors": 0, "repeats_marked": 0, "transactions_retried": 0},
+        "service": {"state": "ok", "retries": 0, "oldest_call_s": 0.0},
+    }
+    st.update(over)
+    return st
+
+
+def _scrape(st: dict[str, Any]) -> dict[str, float]:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from hsb.ops.metrics import HostCollector
+
+    reg = CollectorRegistry()
+    reg.register(HostCollector(lambda: st))
+    return {s.name: s.value for f in text_string_to_metric_families(generate_latest(reg).decode()) for s in f.samples if not s.labels}
+
+
+def test_a_stalled_service_is_not_healthy_and_its_oldest_call_is_exported() -> None:
+    """A call of the service that has not returned (a hung disk) said hsb_service_healthy 1:
+    the state "stalled" counts as not answering, and the oldest call's age is a gauge."""
+    ok = _scrape(_host_status(service={"state": "ok", "retries": 0, "oldest_call_s": 0.4}))
+    assert ok["hsb_service_healthy"] == 1 and ok["hsb_service_oldest_call_seconds"] == 0.4
+    stalled = _scrape(_host_status(service={"state": "stalled", "retries": 0, "oldest_call_s": 12.5}))
+    assert stalled["hsb_service_healthy"] == 0 and stalled["hsb_service_oldest_call_seconds"] == 12.5

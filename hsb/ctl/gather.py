@@ -222,11 +222,19 @@ def _ring_unwritten(h: dict[str, Any]) -> str | None:
 
 def service_down(h: dict[str, Any]) -> str | None:
     """Why the active's service answers no message (it reports itself unavailable: its database
-    down), with the fix; None if it answers. Every message then waits at the CP: nothing is served."""
+    down; or a call of it has run past the host's threshold: a hung disk), with the fix; None if
+    it answers. Every message then waits at the CP: nothing is served."""
     sv = h.get("service")
-    if not isinstance(sv, dict) or sv.get("state") != "failing":
+    if not isinstance(sv, dict) or sv.get("state") not in ("failing", "stalled"):
         return None
     name = f"{h['name']}'s service {sv.get('name') or ''}".rstrip()
+    if sv.get("state") == "stalled":
+        age = sv.get("oldest_call_s")
+        return (
+            f"{name} has not returned from a call"
+            + (f" for {age:.0f} s" if isinstance(age, (int, float)) else "")
+            + ": that terminal's later messages wait behind it; look at what the service waits on (a hung disk, its database)"
+        )
     return (
         f"{name} is failing ({sv.get('error')}): messages wait at the CP and are retried; fix what it names (the ledger's database: docs/ledger.md)"
     )

@@ -237,6 +237,12 @@ def render(st: dict[str, Any]) -> str:
                 f"            SERVICE FAILING ({sv.get('name')}): {sv.get('error')}; {sv.get('waiting_terminals')} terminal(s) wait,"
                 f" their messages held at the CP and retried ({sv.get('retries')} retries so far)"
             )
+        elif sv.get("state") == "stalled":
+            out.append(
+                f"            SERVICE STALLED ({sv.get('name')}): a call for {sv.get('oldest_call_terminal')} has not returned for"
+                f" {sv.get('oldest_call_s', 0):.0f} s ({sv.get('calls_in_progress')} call(s) in progress); the terminals' later messages"
+                " wait behind them, held at the CP: what does the service wait on (a hung disk, its database)?"
+            )
         refused = (h.get("open_failed") or {}).get("recent") or []
         if refused:  # (cleared for a terminal once its session opens)
             last = refused[-1]

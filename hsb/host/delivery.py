@@ -14,6 +14,13 @@ failure: its transaction was rolled back) gets the message again after a short r
 up to `MAX_COLLISIONS` times in a row, and then as if it were unavailable: a message that
 collides is a valid one, which an error reply would discard. `health` says whether the service is answering, for status and
 metrics; the message stays held at the CP all along, so nothing is lost if this host dies.
+
+A call that never returns (a hung disk under SQLite's fsync, a database that stopped answering
+without an error) raises nothing: the terminal's later messages wait behind it all the same. A
+call in progress for longer than `STALLED_AFTER` makes the service "stalled" in `health` (said
+once, `service_stalled`, and once its calls are back under it, `service_stall_ended`). It is
+only reported: the call is neither abandoned nor made again, either of which could apply its
+effect twice.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -36,19 +44,74 @@ log = structlog.get_logger("hsb.host")
 
 RETRY_FIRST = 0.05  # seconds before a message the service could not take is handed over again
 RETRY_CAP = 2.0
+# seconds a call of the service's handle may run before the service counts as stalled: past the
+# ledger's waits (SQLite's busy_timeout, a pool connection: 5 s) and at PostgreSQL's
+# command_timeout (10 s), after which a call that still answers has raised ServiceUnavailable
+STALLED_AFTER = 10.0
 
 
 class ServiceHealth:
     """Whether the service answers: "ok", or "failing" with the last error, since when, and
-    how many messages are waiting for it. Failing lasts until the service answers a call."""
+    how many messages are waiting for it. Failing lasts until the service answers a call.
+    Reported "stalled" (unless failing) while a call has run for `stalled_after` or longer."""
 
-    def __init__(self) -> None:
+    def __init__(self, stalled_after: float = STALLED_AFTER) -> None:
         self.state = "ok"
         self.error: str | None = None
         self.since = time.time()
         self.retries = 0  # hand-overs that the service answered with ServiceUnavailable
         self.waiting: dict[str, Backoff] = {}  # terminals whose next message waits for the service
         self.status_failed: str | None = None  # what the service's own status() raised last (said once)
+        self.stalled_after = stalled_after
+        self.calls: dict[int, tuple[float, str, int]] = {}  # calls of handle in progress: when (monotonic), terminal, id
+        self._last_call = 0
+        self.stalled = False  # service_stalled said, service_stall_ended not yet
+        # the next look at the oldest call (a handle holding a weak reference: no cycle through it)
+        self._look: asyncio.TimerHandle | None = None
+
+    def call_started(self, terminal: str, mid: int) -> int:
+        """A call of handle goes out; its token for `call_ended`."""
+        self._last_call += 1
+        self.calls[self._last_call] = (time.monotonic(), terminal, mid)
+        if self._look is None and not self.stalled:
+            self._look_in(self.stalled_after)
+        return self._last_call
+
+    def call_ended(self, token: int) -> None:
+        self.calls.pop(token, None)
+        if self.stalled and self.oldest_call_s() < self.stalled_after:
+            self.stalled = False
+            log.info("service_stall_ended", calls=len(self.calls), msg="no call of the service has run for stalled_after any more")
+            if self.calls and self._look is None:
+                self._look_in(self.stalled_after - self.oldest_call_s())
+
+    def oldest_call_s(self) -> float:
+        """How long the oldest call of handle in progress has run (0: none runs)."""
+        return time.monotonic() - min(t for t, _, _ in self.calls.values()) if self.calls else 0.0
+
+    def _look_in(self, delay: float) -> None:
+        self._look = asyncio.get_running_loop().call_later(max(delay, 0.0), _look_at, weakref.ref(self))
+
+    def look(self) -> None:
+        """The timer's look: the oldest call past the threshold is said once; else look again
+        when it would be (a call that ends first is not said)."""
+        self._look = None
+        if not self.calls or self.stalled:
+            return
+        age = self.oldest_call_s()
+        if age < self.stalled_after:
+            self._look_in(self.stalled_after - age)
+            return
+        self.stalled = True
+        _, terminal, mid = min(self.calls.values())
+        log.error(
+            "service_stalled",
+            oldest_call_s=round(age, 3),
+            terminal=terminal,
+            id=mid,
+            calls=len(self.calls),
+            msg="a call of the service has not returned: that terminal's later messages wait behind it (left to run, never made again)",
+        )
 
     def failing(self, terminal: str, error: str) -> Backoff:
         """The service could not take `terminal`'s message; the backoff before handing it over again."""
@@ -82,7 +145,19 @@ class ServiceHealth:
         self.state, self.error, self.since = "ok", None, time.time()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"state": self.state, "error": self.error, "since": self.since, "retries": self.retries, "waiting_terminals": len(self.waiting)}
+        oldest = self.oldest_call_s()
+        state = "stalled" if self.state == "ok" and self.calls and oldest >= self.stalled_after else self.state
+        return {
+            "state": state,
+            "error": self.error,
+            "since": self.since,
+            "retries": self.retries,
+            "waiting_terminals": len(self.waiting),
+            "calls_in_progress": len(self.calls),
+            "oldest_call_s": round(oldest, 3),
+            "oldest_call_terminal": min(self.calls.values())[1] if self.calls else None,
+            "stalled_after_s": self.stalled_after,
+        }
 
     def report(self, service: Any, name: str) -> dict[str, Any]:
         """The service's status: what it says of itself (its optional `status()`), its name, and
@@ -106,6 +181,12 @@ class ServiceHealth:
         return {**(extra if isinstance(extra, dict) else {}), "name": name, **self.as_dict()}
 
 
+def _look_at(health: weakref.ref[ServiceHealth]) -> None:
+    h = health()
+    if h is not None:
+        h.look()
+
+
 def being_cancelled() -> bool:
     """The running task is being cancelled (a CancelledError of ours, not one a service raised).
     A function of its own: a local holding the task in `_work`'s frame would make a cycle with
@@ -122,6 +203,7 @@ class Delivery:
         epoch: Callable[[], int],
         may_handle: Callable[[], bool] = lambda: True,
         max_reply: int | None = None,
+        stalled_after: float = STALLED_AFTER,
     ) -> None:
         self.service = service
         # a reply longer than this (bytes, or characters: its frame's size) is not sent: the CP would
@@ -147,7 +229,7 @@ class Delivery:
         self.idle = asyncio.Event()
         self.idle.set()
         self.counters = {"processed": 0, "redelivered": 0, "errors": 0, "repeats_marked": 0, "transactions_retried": 0}
-        self.health = ServiceHealth()
+        self.health = ServiceHealth(stalled_after)
         # each terminal's highest id handed to the service by this process: one handed over again
         # is marked redelivered here, whatever the CP said (a CP that crashed after delivering a
         # message it had not yet made durable gets it again from the terminal as a new one)
@@ -185,7 +267,11 @@ class Delivery:
                     self.handed[terminal] = mid
                 gen0 = self.gen
                 try:
-                    reply = await self.service.handle(terminal, mid, data, redelivered)
+                    call = self.health.call_started(terminal, mid)
+                    try:
+                        reply = await self.service.handle(terminal, mid, data, redelivered)
+                    finally:
+                        self.health.call_ended(call)
                     if not isinstance(reply, (bytes, str)):
                         reply = str(reply)
                 except asyncio.CancelledError:
