@@ -359,6 +359,42 @@ async def test_sqlite_run_is_the_whole_transaction_in_one_call_on_its_thread(tmp
         await db.close()
 
 
+async def test_sqlite_close_gives_up_on_a_statement_that_does_not_return(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hung disk: the statement on the database's thread does not return (fsync blocks;
+    busy_timeout bounds only lock waits). close() queued its close behind it with no bound, so
+    hsbd's stop hung (PostgreSQL's gives up after 5 s, the journal service's after 2 s). It gives
+    up after close_timeout, and says so; the statement is left to end on its thread."""
+    import threading
+
+    from hsb.service import db as dbmod
+    from tests.support.logrec import RecordingLog
+
+    rec = RecordingLog()
+    monkeypatch.setattr(dbmod, "log", rec, raising=False)
+    db = SqliteDatabase(str(tmp_path / "hung.sqlite"))
+    db.close_timeout = 0.3
+    disk = threading.Event()
+    on_thread = threading.Event()
+
+    async def hangs(tx: Any) -> int:
+        await tx.execute("CREATE TABLE IF NOT EXISTS t (k INTEGER)")
+        on_thread.set()
+        disk.wait(30)  # (on the database's thread: as an fsync that does not return)
+        return 1
+
+    hung = asyncio.ensure_future(db.run(hangs))
+    try:
+        await until(lambda: on_thread.is_set(), 5, what="the statement running")
+        t0 = time.monotonic()
+        await asyncio.wait_for(db.close(), 3)
+        assert time.monotonic() - t0 < 2
+        assert [e["path"] for e in rec.events("sqlite_close_abandoned")] == [str(tmp_path / "hung.sqlite")], rec.entries
+    finally:
+        disk.set()
+    assert await hung == 1  # not abandoned: it ended, its answer delivered
+    await until(lambda: not db._exec._thread.is_alive(), 5, what="the database's thread ended")
+
+
 @needs_pg
 async def test_exactly_once_on_postgresql(pg: pgsupport.PgServer) -> None:
     db = open_database(fresh(pg))

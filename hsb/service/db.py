@@ -40,10 +40,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import structlog
+
 # (RetryTransaction lives in the plug-in interface, as the host acts on it; services import it from here)
 from hsb.service.api import RetryTransaction as RetryTransaction
 from hsb.service.api import ServiceError, ServiceUnavailable
 from hsb.worker import Worker
+
+log = structlog.get_logger("hsb.service")
 
 
 class Tx(Protocol):
@@ -449,6 +453,9 @@ class SqliteDatabase:
     WAL, synchronous=FULL: a commit is on disk before the reply goes out."""
 
     kind = "sqlite"
+    # how long close() waits for the statement still running (an fsync on a hung disk): as
+    # PostgresDatabase's close, a dead disk must not hang hsbd's stop
+    close_timeout = 5.0
 
     def __init__(self, path: str, busy_timeout: float = 5.0) -> None:
         check_sqlite_version()  # at the start (hsbd's config check builds the service), not at each message
@@ -539,8 +546,24 @@ class SqliteDatabase:
         if self._closed:
             return
         self._closed = True  # later statements are refused; one in flight finishes or fails
+        # the connection is closed on its thread, after the statement running there (the
+        # sqlite3 connection is not closed under it); given up after close_timeout
+        shutting = asyncio.ensure_future(self._exec.run(shut))
         try:
-            await self._exec.run(shut)
+            await asyncio.wait_for(asyncio.shield(shutting), self.close_timeout)
+        except TimeoutError:
+            shutting.add_done_callback(_quietly)  # (shutdown below drops it: never run, its error unread)
+            log.warning(
+                "sqlite_close_abandoned",
+                path=str(self.path),
+                waited_s=self.close_timeout,
+                msg="a statement on the database's thread did not return (a hung disk?): closed without waiting for it",
+            )
         finally:
             self._conn = None
             self._exec.shutdown()
+
+
+def _quietly(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # read: no "exception was never retrieved" at the loop's close
