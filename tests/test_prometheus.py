@@ -290,3 +290,11 @@ def test_a_stalled_service_is_not_healthy_and_its_oldest_call_is_exported() -> N
     assert ok["hsb_service_healthy"] == 1 and ok["hsb_service_oldest_call_seconds"] == 0.4
     stalled = _scrape(_host_status(service={"state": "stalled", "retries": 0, "oldest_call_s": 12.5}))
     assert stalled["hsb_service_healthy"] == 0 and stalled["hsb_service_oldest_call_seconds"] == 12.5
+
+
+def test_error_replies_and_transactions_run_again_are_counted() -> None:
+    """An error reply discards its message at the CP, and nothing a scrape saw counted them; nor
+    the transactions the service had to run again (deadlocks, serialization failures)."""
+    d = {"processed": 10, "redelivered": 0, "errors": 5, "repeats_marked": 0, "transactions_retried": 3}
+    m = _scrape(_host_status(delivery=d))
+    assert m["hsb_service_errors_total"] == 5 and m["hsb_service_transactions_retried_total"] == 3, m

@@ -155,6 +155,18 @@ class HostCollector:
             sv.get("oldest_call_s", 0),
         )
         yield _c("hsb_service_retries", "Messages handed to the service again because it was unavailable.", sv.get("retries", 0))
+        # an error reply discards its message at the CP: an application's exception, a reply too
+        # large or not encodable; the terminal is answered, the request's effect may be lost
+        yield _c(
+            "hsb_service_errors",
+            "Messages answered with an error reply (the service raised, or its reply could not be sent): discarded at the CP.",
+            d.get("errors", 0),
+        )
+        yield _c(
+            "hsb_service_transactions_retried",
+            "Messages handed to the service again at once because its transaction was rolled back (RetryTransaction: a deadlock, a serialization failure).",
+            d.get("transactions_retried", 0),
+        )
         cg = st.get("cp_generation") or {}
         yield _g("hsb_cp_generation_seen", "The highest CP journal generation this host has seen (two CP machines).", cg.get("seen", 0))
         yield _g(
