@@ -140,6 +140,72 @@ async def test_an_old_entries_table_gets_its_order_and_refusals_replay_in_it_on_
             await h.close()
 
 
+@needs_pg
+async def test_the_books_check_reads_only_this_runs_idempotency_records_on_postgresql(
+    pg: pgsupport.PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database kept across runs holds every earlier run's records of the same terminal names:
+    the check read them all, in one snapshot with the service's 10 s statement and 1 s idle
+    timeouts, and with millions of them said the books could not be checked. It reads this run's
+    records only (from each terminal's id base on), on a connection of its own timeouts, and is
+    as strict for them: a reply that differs from this run's record still fails it."""
+    from types import SimpleNamespace
+
+    from hsb.service import db as dbmod
+    from hsb.term.books import check_books
+
+    dsn = fresh(pg)
+    base = 1_700_000_000_000_000  # this run's id base (the clock in µs); the earlier run's are below
+    w = LedgerWorkload(accounts=4, initial=10_000, tag="b")
+    term = SimpleNamespace(name="T1", idx=1, base=base, stride=1)
+    src, dst, amount = w.transfer(1, 0)
+    svc = LedgerService("host-a", dsn=dsn)
+    try:
+        await svc._setup()
+        async with svc.db.transaction() as tx:
+            for acct in w.accounts:
+                await tx.execute("INSERT INTO ledger_accounts (account, balance) VALUES ($1, $2)", acct, w.initial)
+                await tx.execute(
+                    "INSERT INTO ledger_entries (terminal, msg_id, op, account, amount) VALUES ('T0', 0, 'deposit', $1, $2)", acct, w.initial
+                )
+            await tx.execute("UPDATE ledger_accounts SET balance = balance - $2 WHERE account = $1", src, amount)
+            await tx.execute("UPDATE ledger_accounts SET balance = balance + $2 WHERE account = $1", dst, amount)
+            await tx.execute(
+                "INSERT INTO ledger_entries (terminal, msg_id, op, account, other, amount) VALUES ('T1', $1, 'transfer', $2, $3, $4)",
+                base,
+                src,
+                dst,
+                amount,
+            )
+            await tx.execute("INSERT INTO hsb_idempotency (terminal, msg_id, reply, at) VALUES ('T1', $1, $2, 0)", base, '{"ok":true}')
+            # an earlier run of the same terminal names: its records, none of this run's
+            await tx.execute(
+                "INSERT INTO hsb_idempotency (terminal, msg_id, reply, at) SELECT 'T1', g, 'earlier', 0 FROM generate_series($1::bigint, $2::bigint) g",
+                base - 3000,
+                base - 1,
+            )
+    finally:
+        await svc.close()
+    read: list[tuple[str, int, Any]] = []
+    real_fetch = dbmod._PgTx.fetch
+
+    async def fetch(self: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        rows = await real_fetch(self, sql, *args)
+        read.append((sql, len(rows), await self.conn.fetchval("SHOW idle_in_transaction_session_timeout")))
+        return rows
+
+    monkeypatch.setattr(dbmod._PgTx, "fetch", fetch)
+    w.replies = {1: {0: '{"ok":true}'}}
+    good = await check_books({"dsn": dsn}, w, [term])
+    assert good.failures == [] and good.transfers_ok == 1, good.failures
+    records = [(n, idle) for sql, n, idle in read if "hsb_idempotency" in sql]
+    assert [n for n, _ in records] == [1], read  # this run's one record, not the earlier run's 3000
+    assert all(idle == "1min" for _, _, idle in read), read  # its own timeouts, not the service's 1 s
+    w.replies = {1: {0: '{"ok":false,"error":"insufficient_funds"}'}}  # told otherwise than its record says
+    bad = await check_books({"dsn": dsn}, w, [term])
+    assert any("(reply_differs)" in f for f in bad.failures), bad.failures
+
+
 async def _exactly_once(db: Any) -> None:
     once = ExactlyOnce(db)
     await once.setup()

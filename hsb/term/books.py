@@ -23,6 +23,13 @@ Read straight from the database the `ledger` service writes (PostgreSQL or SQLit
   answered message has its record.
 
 Any breach is a failure of the run (`hsbterm load` exits 1).
+
+The idempotency records read are this run's only (each terminal's from its id base on): a
+database kept across runs holds every earlier run's records of the same terminal names, and
+reading them all made the check time out. It reads on a connection of its own settings
+(`READ_TIMEOUTS`: the ledger's own, 10 s a statement and 1 s idle in a transaction, are for a
+service's short transactions, not one long snapshot), and leaves its Python work on the rows
+until the snapshot is read.
 """
 
 from __future__ import annotations
@@ -36,6 +43,12 @@ from typing import Any
 from hsb.service.db import open_database
 from hsb.service.ledger import ENTRY_ORDER, MAX_BALANCE, REFUSED, BadRequest, parse
 from hsb.term.workload import LedgerWorkload
+
+# PostgreSQL: a statement of the check may scan the whole entries table, and the snapshot is
+# held across its statements; the server must not end it as a stalled service's transaction
+READ_TIMEOUTS = {"command_timeout": 600.0, "tx_idle_timeout": 60.0}
+# (terminal, id base) pairs per statement: two placeholders each, within both databases' limits
+RECORDS_CHUNK = 250
 
 
 @dataclass
@@ -101,7 +114,8 @@ async def check_books(
     # what the terminals were told, taken before the database is read: each of these replies
     # went out after its commit, so the snapshot below must hold its effect
     replies = {idx: dict(r) for idx, r in w.replies.items()}
-    db = open_database(db_opts.get("dsn") or None, db_opts.get("sqlite") or None)
+    db = open_database(db_opts.get("dsn") or None, db_opts.get("sqlite") or None, **READ_TIMEOUTS)
+    rows: list[tuple[Any, ...]] = []
     try:
         async with db.transaction() as tx:
             if db.kind == "postgresql":  # one snapshot for every statement below
@@ -111,16 +125,16 @@ async def check_books(
                 f"SELECT terminal, msg_id, op, account, other, amount FROM ledger_entries WHERE account LIKE $1 ORDER BY {ENTRY_ORDER[db.kind]}",
                 w.prefix + "%",
             )
-            names = [c.name for c in clients]
-            records: dict[tuple[str, int], str] = {}
-            if idempotency:
-                for i in range(0, len(names), 500):
-                    chunk = names[i : i + 500]
-                    marks = ", ".join(f"${j + 1}" for j in range(len(chunk)))
-                    for t, mid, reply in await tx.fetch(f"SELECT terminal, msg_id, reply FROM hsb_idempotency WHERE terminal IN ({marks})", *chunk):
-                        records[(t, int(mid))] = reply
+            # each terminal's records from its id base on: every id of this run (base + k * stride),
+            # none of an earlier run's (the bases grow with the clock)
+            own = sorted({(c.name, int(c.base)) for c in clients}) if idempotency else []
+            for i in range(0, len(own), RECORDS_CHUNK):
+                chunk = own[i : i + RECORDS_CHUNK]
+                where = " OR ".join(f"(terminal = ${2 * j + 1} AND msg_id >= ${2 * j + 2})" for j in range(len(chunk)))
+                rows += await tx.fetch(f"SELECT terminal, msg_id, reply FROM hsb_idempotency WHERE {where}", *(v for pair in chunk for v in pair))
     finally:
         await db.close()
+    records: dict[tuple[str, int], str] = {(t, int(mid)): reply for t, mid, reply in rows}
     b.accounts = len(balances)
     b.total = sum(int(v) for v in balances.values())
     b.entries = len(entries)
