@@ -194,7 +194,48 @@ async def test_a_restarted_terminal_is_not_stuck_behind_the_replies_kept_for_its
     c.bye()
     await _until(lambda: p.closed, "the logoff")
     r = _report([c], stats, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, [])
-    assert r.ok and r.resent_foreign == 4 and r.unexpected == 0, r.failures
+    assert r.ok and r.earlier_run_replies == 4 and r.unexpected == 0, r.failures
+    assert not term.replies and cp.counts.kept == 0  # the earlier run's replies confirmed: let go
+
+
+async def test_an_earlier_runs_replies_made_after_the_new_run_logged_on_are_confirmed_not_unexpected(tmp_path: Path) -> None:
+    """Run 1 sends up to its held bound, all delivered to the active, and dies without a bye;
+    run 2, a fresh hsbterm, is welcomed and only then does the active answer run 1's messages.
+    The CP sends those replies as they come, unmarked (nothing was kept at the hello to resend).
+    hsbterm counted them unexpected (an id it never sent, not marked resent) and never confirmed
+    them, so the CP kept them, at its bound: run 2's messages were never taken. Now they are an
+    earlier run's, resent or not: not judged, confirmed, and run 2 is served."""
+    from hsb.term.client import TerminalClient
+    from hsb.term.load import LoadStats, _report
+
+    cp = cp_core(tmp_path, 2, cp="held_bound = 4\n")
+    h = fake_host(cp, "host-a", "active", record=True)
+    run1 = recording_terminal(cp, "T00001", 0)
+    cp.host_open(h, "T00001", "active", {})
+    run1.data_received(b"".join(encode({"t": "msg", "id": i, "data": f"m{i}"}) for i in range(1, 5)))
+    await _until(lambda: all(("T00001", i) in _delivered(h) for i in range(1, 5)), "run 1's messages delivered")
+    run1.connection_lost(None)  # no bye; the active still working on them
+    term = cp.terms["T00001"]
+    assert not term.replies
+    stats = LoadStats(1)
+    stats.counting = True
+    c = TerminalClient("T00001", stats, base=1000, window=3, check_data=True, keepalive=0)
+    p = _connect_hsbterm(cp, c)
+    await _until(lambda: c.state == 3, "run 2 welcomed")
+    cp.host_open(h, "T00001", "active", {})
+    for i in range(1, 5):  # the active answers run 1's messages now
+        cp.host_reply(h, "T00001", i, f"r{i}")
+    await _until(lambda: c.earlier_run_replies + c.unexpected == 4, "run 1's replies reach run 2")
+    assert c.unexpected == 0 and c.earlier_run_replies == 4
+    ids = [c.submit() for _ in range(3)]
+    await _until(lambda: all(("T00001", i) in _delivered(h) for i in ids), "run 2's messages delivered to the active")
+    for i in ids:
+        cp.host_reply(h, "T00001", i, c.payload(i))
+    await _until(lambda: not c.outstanding, "run 2's messages answered")
+    c.bye()
+    await _until(lambda: p.closed, "the logoff")
+    r = _report([c], stats, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, [])
+    assert r.ok and r.earlier_run_replies == 4 and r.unexpected == 0, r.failures
     assert not term.replies and cp.counts.kept == 0  # the earlier run's replies confirmed: let go
 
 

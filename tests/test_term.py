@@ -383,9 +383,10 @@ async def test_unexpected_reply_is_counted(fake: FakeCP) -> None:
     sending = asyncio.Event()
     task = asyncio.ensure_future(run_load(("127.0.0.1", fake.port), terminals=2, rate=50, duration=0.5, settle=2, sending=sending))
     await asyncio.wait_for(sending.wait(), 10)
-    fake.send_all({"t": "reply", "id": 12345, "data": "?"})  # an id far below the clock-based base
+    fake.send_all({"t": "reply", "id": 12345, "data": "?"})  # far below the clock-based base: an earlier run's
+    fake.send_all({"t": "reply", "id": 2**62, "data": "?"})  # far above anything this run sends
     r = await asyncio.wait_for(task, 10)
-    assert r.unexpected == 2 and not r.ok and r.exit_status == 1
+    assert r.unexpected == 2 and r.earlier_run_replies == 2 and not r.ok and r.exit_status == 1
     assert any(f.startswith("unexpected: 2 ") for f in r.failures), r.failures
 
 

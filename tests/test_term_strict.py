@@ -107,7 +107,7 @@ async def test_a_resent_reply_for_an_id_never_sent_is_unexpected_unless_an_earli
     _feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": c.payload(a)})
     _feed(c, {"t": "reply", "id": BASE - 5, "data": "x", "resent": True})  # below this run's ids: an earlier run's
     r = _verdict(c, stats)
-    assert r.ok and r.resent_foreign == 1, r.failures
+    assert r.ok and r.earlier_run_replies == 1, r.failures
     _feed(c, {"t": "reply", "id": BASE + 1, "data": "x", "resent": True})  # another terminal's id
     _feed(c, {"t": "reply", "id": BASE + 500, "data": "x", "resent": True})  # not sent yet
     r = _verdict(c, stats)
@@ -138,11 +138,50 @@ async def test_an_earlier_runs_resent_replies_are_confirmed_and_said_at_the_next
     a = c.submit()
     _feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": c.payload(a)})
     r = _verdict(c, stats)
-    assert r.ok and r.resent_foreign == 2, r.failures
+    assert r.ok and r.earlier_run_replies == 2, r.failures
     # its hello said it holds them: the same again is the CP's mistake, not an earlier run's
     _feed(c, {"t": "reply", "id": BASE - 5, "data": "y", "resent": True})
     r = _verdict(c, stats)
     assert not r.ok and r.unexpected == 1, r.failures
+
+
+async def test_an_earlier_runs_reply_made_after_this_run_logged_on_is_confirmed_not_unexpected() -> None:
+    """The active may answer an earlier run's messages (it died without a bye) after this run
+    logged on: the CP sends those replies as they come, not marked resent. They were counted
+    unexpected and never confirmed (the CP kept them, at its bound for good). They are an earlier
+    run's now, confirmed; one the CP sends after a confirm of ours covered it (it took that
+    confirm short of a message then unanswered: answered out of order) is confirmed again. An
+    id at or above the run's first that it never sent is still unexpected."""
+    c, stats = _client(stride=10)
+    tr: Any = c.transport
+
+    def confirms() -> list[int]:
+        return [f["id"] for f in tr.frames() if f["t"] == "confirm"]
+
+    async def until(n: int) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        while len(confirms()) < n:
+            assert loop.time() - t0 < 5, tr.frames()
+            await asyncio.sleep(0.01)
+
+    _feed(c, {"t": "reply", "id": BASE - 5, "data": "x"})
+    await until(1)
+    assert confirms() == [BASE - 5]
+    _feed(c, {"t": "reply", "id": BASE - 7, "data": "y"})  # answered after BASE - 5: the CP kept both
+    await until(2)
+    assert confirms() == [BASE - 5, BASE - 5]
+    a = c.submit()
+    _feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": c.payload(a)})
+    c.connection_lost(None)
+    tr = _connect(c, last_acked=a)
+    assert c.told_last_reply == a
+    _feed(c, {"t": "reply", "id": BASE - 3, "data": "z"})  # sent as it came: the CP took that hello short of it
+    r = _verdict(c, stats)
+    assert r.ok and r.earlier_run_replies == 3 and r.unexpected == 0, r.failures
+    _feed(c, {"t": "reply", "id": BASE + 1, "data": "x"}, {"t": "reply", "id": BASE + 500, "data": "x"})
+    r = _verdict(c, stats)
+    assert not r.ok and r.unexpected == 2 and r.earlier_run_replies == 3, r.failures
 
 
 async def test_an_ack_for_an_id_never_sent_fails_the_run() -> None:
@@ -675,7 +714,7 @@ async def test_an_earlier_runs_reply_resent_after_a_hello_that_holds_this_runs_i
     assert c.told_last_reply == a
     _feed(c, {"t": "reply", "id": BASE - 5, "data": "T2:0", "resent": True})
     r = _verdict(c, stats)
-    assert not r.ok and r.unexpected == 1 and r.resent_foreign == 0, r.failures
+    assert not r.ok and r.unexpected == 1 and r.earlier_run_replies == 0, r.failures
 
 
 def test_a_run_of_no_terminals_proves_nothing() -> None:

@@ -4,8 +4,8 @@ CP had not yet acknowledged, is *unexpected* or *early*; with `check_data`, a fi
 data is not what was sent (the `echo` and `journal` services answer with the message's own data)
 is *bad data*; a second reply is a *duplicate*, but for a reply the CP sends again after a
 reconnect (marked `resent`) that the terminal held when it said hello, ignored once if it is the
-same answer; a resent reply for an id below its first (an earlier run's) is not judged, and is
-confirmed. Each lands in the terminal's marks (`hsb.term.verdict`) and is told to its
+same answer; a reply for an id below its first (an earlier run's: resent, or made after this run
+logged on) is not judged, and is confirmed. Each lands in the terminal's marks (`hsb.term.verdict`) and is told to its
 `Listener`. A mixin of `hsb.term.client.TerminalClient`, whose state it reads and changes; the
 connection and what the terminal sends are there."""
 
@@ -34,8 +34,10 @@ class Answers:
     acked_max: int
     unexpected_acks: int
     unexpected: int
-    resent_foreign: int
+    earlier_run_replies: int
     foreign_upto: int
+    confirmed: int
+    told_last_reply: int
     resent_ignored: int
     early: int
     bad_data: int
@@ -60,14 +62,19 @@ class Answers:
         k = self.index(msg_id)
         marks = self.marks
         if k < 0:
-            if resent and self.told_last_reply < msg_id < self.floor:
-                # kept by the CP for an earlier run of this terminal: not ours to judge (above
-                # the hello's last_reply only: the CP resends nothing the terminal said it holds),
-                # but confirmed, received: else the CP keeps it for good, and at its bound of
-                # kept replies takes none of this run's messages, so nothing of ours is answered
-                self.resent_foreign += 1
+            if msg_id < self.floor and (not resent or msg_id > self.told_last_reply):
+                # a reply to an earlier run of this terminal (it died without a bye): kept by the
+                # CP and resent, or made after this run logged on and sent as it came. Not ours to
+                # judge, but confirmed, received: else the CP keeps it for good, and at its bound
+                # of kept replies takes none of this run's messages. (Resent, only above the
+                # hello's last_reply: the CP resends nothing the terminal said it holds.)
+                self.earlier_run_replies += 1
                 if msg_id > self.foreign_upto:
                     self.foreign_upto = msg_id
+                if msg_id <= self.confirmed:
+                    # sent though a confirm of ours covered it: the CP took that confirm short of
+                    # it (a message below was unanswered then), so say it again
+                    self.confirmed = msg_id - 1
                 if self.resume:
                     self._confirm()
                 return

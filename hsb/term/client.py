@@ -26,8 +26,8 @@ highest id up to which it holds every reply; it confirms replies as they arrive 
 every few replies or 50 ms, and before it logs off); a reply marked `resent` for an id whose
 reply it already held when it said hello (above its `last_reply`) is ignored once, if it is the
 same answer (the CP sends again what it kept after a reconnect); any other second copy is a
-duplicate. One marked `resent` for an id below its first is an earlier run's, kept by the CP
-for a run that died without a `bye`: not judged, and confirmed like its own. `resume=False` is the
+duplicate. One for an id below its first is an earlier run's (one that died without a `bye`),
+resent or made after this run logged on: not judged, and confirmed like its own. `resume=False` is the
 older terminal that says none of this.
 
 A terminal is strict about what comes back (the verdict of `hsb.term.report`): how it
@@ -107,7 +107,7 @@ class TerminalClient(Answers, asyncio.Protocol):
         "confirm_at",
         "confirm_timer",
         "resent_ignored",
-        "resent_foreign",
+        "earlier_run_replies",
         "foreign_upto",
         "told_last_reply",
         "may_resend",
@@ -195,7 +195,7 @@ class TerminalClient(Answers, asyncio.Protocol):
         self.confirm_at = 0.0  # when (monotonic)
         self.confirm_timer: asyncio.TimerHandle | None = None
         self.resent_ignored = 0  # resent replies for ids already answered (as the protocol says)
-        self.resent_foreign = 0  # resent replies for ids of an earlier run (below this run's base)
+        self.earlier_run_replies = 0  # replies for ids of an earlier run (below this run's first id)
         self.foreign_upto = 0  # the highest of those: it holds every reply up to it (none of its own is below)
         self.told_last_reply = 0  # the last_reply of the latest hello: the CP may resend nothing up to it
         # ids above it whose reply this terminal held at that hello: the only replies the CP may
@@ -271,7 +271,7 @@ class TerminalClient(Answers, asyncio.Protocol):
 
     def last_reply(self) -> int:
         """The highest id up to which this terminal holds every reply (0: none): of its own, or
-        of an earlier run's that the CP resent to it (`foreign_upto`, below all of its own)."""
+        of an earlier run's that the CP sent it (`foreign_upto`, below all of its own)."""
         marks, k = self.marks, self.prefix
         while k < len(marks) and marks[k] >> REPLY_SHIFT:
             k += 1

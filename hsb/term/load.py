@@ -502,7 +502,7 @@ def _report(
         bad_data_ids=[f"{c.name}:{i}" for c in clients for i in c.bad_data_ids][:20],
         unacked_ids=total.unacked_ids,
         resent_ignored=sum(c.resent_ignored for c in clients),
-        resent_foreign=sum(c.resent_foreign for c in clients),
+        earlier_run_replies=sum(c.earlier_run_replies for c in clients),
         unexpected_acks=sum(c.unexpected_acks for c in clients),
         acks_forgotten=sum(c.acks_forgotten for c in clients),
         logon_drops=sum(c.logon_drops for c in clients),

@@ -97,7 +97,7 @@ class LoadReport:
     after_s: float = 1.0  # an operation's window: messages in flight at it or sent this long after it
     resume: bool = True  # the terminals resumed (last_reply, confirm, resent replies)
     resent_ignored: int = 0  # replies the CP sent again after a reconnect that the terminal had (ignored)
-    resent_foreign: int = 0  # resent replies for ids of an earlier run of the terminal (ignored)
+    earlier_run_replies: int = 0  # replies for ids of an earlier run of the terminal (not judged, confirmed)
     unexpected_acks: int = 0  # acknowledgements of ids never sent (misdelivered or made up)
     acks_forgotten: int = 0  # welcomes whose last_acked was below an id the CP had acknowledged
     not_back: int = 0  # terminals not logged on again, or without their session again, by the end of the run
