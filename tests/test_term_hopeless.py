@@ -293,6 +293,24 @@ async def test_cli_connect_with_no_input_tells_why_it_cannot_log_on(cp: Proc, na
     assert code == 1 and said in out and out.count("giving up:") == 1, out
 
 
+@pytest.mark.parametrize("stdin", [None, b"balance?\n"], ids=["no-input", "a-line"])
+async def test_cli_connect_that_never_logged_on_exits_nonzero(stdin: bytes | None) -> None:
+    """`hsbterm connect T00001 --cp <a closed port> < /dev/null`: nothing listens there, nothing
+    was outstanding, no refusal: it exited 0, and a script checking a terminal this way saw
+    success against a dead CP. It says why it never logged on and exits 2 (as `load` that
+    connected nothing)."""
+    port = free_port()  # (the OS's free port, closed again: nothing listens there)
+    code, out, err = await _run("connect", "T00001", "--cp", f"127.0.0.1:{port}", "--linger", "0.5", stdin=stdin)
+    assert "Traceback" not in err and err == "", err
+    said = [line for line in out.splitlines() if line.startswith("error: never logged on")]
+    assert code == 2 and len(said) == 1, out
+    assert re.fullmatch(
+        r"error: never logged on: no connect got through \(\d+ failed, the last ConnectionRefusedError\):"
+        rf" is the CP running, and --cp its terminal_listen address \(127\.0\.0\.1:{port}\)\?",
+        said[0],
+    ), said
+
+
 async def test_cli_connect_with_tls_against_a_plain_cp_gives_up(cp: Proc, ca: str) -> None:
     """It retried `SSLError` for ever and exited 0 at the end of input."""
     code, out, err = await _run("connect", "T00001", "--cp", cp.info["terminal"], "--tls", "--ca", ca)

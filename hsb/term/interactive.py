@@ -21,6 +21,9 @@ refused its name, the address is not a CP's terminal port, TLS fails there, its 
 certificate is refused) gives up with one
 line naming the cause and the fix, exit 1. End of input before the CP has answered the logon
 waits for that answer (up to `linger`, at least BYE_WAIT seconds), so that a refusal is told.
+One that never logged on otherwise (nothing listens there, or nothing answered its hello) says
+why in one `error: never logged on` line with the fix, exit 2 (as `hsbterm load` that connected
+nothing): a script checking a terminal this way must not see success against a dead CP.
 
 stdin is read by a daemon thread, so a regular file, a pipe and a TTY all
 work and a blocked read never holds up the exit.
@@ -45,6 +48,7 @@ from hsb.wire.framing import ProtocolError
 # Errors after which retrying is pointless for a person at the keyboard.
 FATAL_ERRORS = REFUSALS | {"message_too_large"}  # (that message would be sent again, and again)
 BYE_WAIT = 2.0
+NOT_LOGGED_ON = 2  # the exit status of a terminal never welcomed (hsbterm load's "nothing connected")
 # the CP closing on a setting of its own, no broken promise: a person who sat idle past
 # [cp] terminal_idle_timeout is reconnected and goes on
 OWN_SETTINGS = frozenset({"idle_timeout"})
@@ -77,6 +81,8 @@ class Printer(Listener):
         self.changed = asyncio.Event()  # anything happened to the connection
         self.unreachable = False  # the last connect failed (nothing there now: no answer to wait for)
         self.errors: dict[str, int] = {}  # the CP's error frames by code (a broken promise, as in the load's verdict)
+        self.connect_failures = 0
+        self.connect_error = ""  # the last failed connect's error
 
     def _fatal(self, code: str, msg: str = "") -> None:
         if not self.fatal.is_set():
@@ -141,6 +147,8 @@ class Printer(Listener):
 
     def on_connect_failed(self, c: TerminalClient, exc: BaseException, retry_in: float) -> None:
         self.say(f"cannot connect to {self.target}: {type(exc).__name__}; retrying in {retry_in:.2f} s")
+        self.connect_failures += 1
+        self.connect_error = type(exc).__name__
         # (a TLS handshake the peer failed: something answers there, and says so again)
         self.unreachable = tls_failure(exc) is None
         if c.welcomed_at is None:  # TLS that cannot work there (a plain port, another CA), after a few
@@ -258,11 +266,15 @@ async def interactive(
         # never logged on yet (the input ended at once, or had nothing to send): the CP's answer to
         # the logon is waited for before the bye, a refusal above all (it was lost, or the bye met
         # the connection the refusal had closed); not when nothing answers there (a connect failed)
-        await _await_logon(client, printer, max(linger, BYE_WAIT))
+        waited = max(linger, BYE_WAIT)
+        await _await_logon(client, printer, waited)
         if printer.fatal.is_set():
             printer.say(_giving_up(printer))
             told = True
             status = 1
+        elif client.welcomed_at is None:
+            printer.say(f"error: never logged on: {_not_logged_on(printer, client, waited)}")
+            status = NOT_LOGGED_ON
         elif client.outstanding:  # a script feeding it must see that something was not answered
             printer.say(f"{len(client.outstanding)} message(s) still without a reply")
             status = 1
@@ -288,6 +300,19 @@ async def interactive(
         status = 1
     printer.say("bye")
     return status
+
+
+def _not_logged_on(p: Printer, c: TerminalClient, waited: float) -> str:
+    """Why a terminal was never welcomed, with no refusal to tell, and the fix."""
+    fix = f"is the CP running, and --cp its terminal_listen address ({p.target})?"
+    if p.unreachable:
+        return f"no connect got through ({p.connect_failures} failed, the last {p.connect_error}): {fix}"
+    if c.logon_drops:
+        return (
+            f"every connection was closed after its hello with no answer ({c.logon_drops}): a CP whose terminal"
+            f" listener has TLS needs --tls --ca (docs/tls.md); else {fix}"
+        )
+    return f"no welcome came within {waited:g} s of the end of input: {fix}"
 
 
 async def _await_logon(client: TerminalClient, printer: Printer, timeout: float) -> None:
