@@ -184,6 +184,33 @@ async def test_an_earlier_runs_reply_made_after_this_run_logged_on_is_confirmed_
     assert not r.ok and r.unexpected == 2 and r.earlier_run_replies == 3, r.failures
 
 
+async def test_nothing_follows_the_bye_on_the_wire() -> None:
+    """A terminal that logs off while its welcome is still to come writes its bye; the welcome
+    then came and had it send what was not acknowledged, after the bye (stats.resent counting
+    them). Logged on, a reply the CP still owed it after its bye was confirmed after it, and a
+    message submitted then was sent. Nothing follows the bye now."""
+    stats = LoadStats(1)
+    stats.counting = True
+    c = TerminalClient("T1", stats, base=BASE, check_data=True)
+    tr = RecordingTransport("cp")
+    c.connection_made(tr)  # type: ignore[arg-type]
+    c.submit()  # not logged on yet: sent after the welcome
+    c.bye()
+    _feed(c, {"t": "welcome", "terminal": "T1", "last_acked": 0})
+    assert [f["t"] for f in tr.frames()] == ["hello", "bye"], tr.frames()
+    assert stats.resent == 0
+    c, stats = _client()
+    tr = c.transport  # type: ignore[assignment]
+    a = c.submit()
+    _feed(c, {"t": "ack", "id": a})
+    c.bye()
+    _feed(c, {"t": "reply", "id": a, "data": c.payload(a)}, {"t": "reply", "id": BASE - 5, "data": "x"})  # owed; an earlier run's
+    c.submit()
+    c.bye()
+    assert [f["t"] for f in tr.frames()] == ["hello", "msg", "bye"], tr.frames()
+    assert c.confirm_timer is None  # (nor one to come)
+
+
 async def test_an_ack_for_an_id_never_sent_fails_the_run() -> None:
     c, stats = _client(stride=10)
     a = c.submit()

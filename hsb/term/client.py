@@ -90,6 +90,7 @@ class TerminalClient(Answers, asyncio.Protocol):
         "unexpected",
         "backoff",
         "stopping",
+        "bye_said",
         "closed",
         "last_error",
         "cork",
@@ -179,6 +180,7 @@ class TerminalClient(Answers, asyncio.Protocol):
         self.unexpected = 0  # replies to ids never sent
         self.backoff = Backoff(BACKOFF_MIN, BACKOFF_MAX)
         self.stopping = False
+        self.bye_said = False  # its bye written: nothing may follow it on the wire
         self.closed: asyncio.Future[None] | None = None
         self.last_error: str | None = None
         self.cork: list[bytes] | None = None  # frames submitted while handling one read, written at once
@@ -254,7 +256,7 @@ class TerminalClient(Answers, asyncio.Protocol):
         if self.payloads is not None:
             self.payloads[msg_id] = "" if data is None else data
         self.listener.on_sent(self, msg_id, now)
-        if self.state == WELCOMED and self.transport is not None:
+        if self.state == WELCOMED and self.transport is not None and not self.bye_said:
             frame = encode(self._msg(msg_id, False))
             if self.cork is not None:
                 self.cork.append(frame)
@@ -280,7 +282,7 @@ class TerminalClient(Answers, asyncio.Protocol):
 
     def _confirm(self, force: bool = False) -> None:
         """Tell the CP which replies it may forget: every 8 replies, after 50 ms, or now (`force`)."""
-        if not self.resume or self.state != WELCOMED or self.transport is None:
+        if not self.resume or self.state != WELCOMED or self.transport is None or self.bye_said:
             return
         upto = self.last_reply()
         if upto <= self.confirmed:
@@ -304,14 +306,20 @@ class TerminalClient(Answers, asyncio.Protocol):
         self._confirm(force=True)
 
     def bye(self) -> None:
-        """Log off: confirm what it holds, send bye, stop reconnecting; the CP closes the connection."""
+        """Log off: confirm what it holds, send bye, stop reconnecting; the CP closes the connection.
+        Nothing is written after the bye: not a reply's confirm, nor (its welcome still to come
+        when it said bye) the messages the welcome would have had it send again."""
         self.stopping = True
-        if self.transport is None or self.transport.is_closing():
+        if self.transport is None or self.transport.is_closing() or self.bye_said:
             return  # closed by the CP (a refusal, say) and connection_lost not run yet: nothing to say
         try:
             if self.state >= HELLO:
                 self._confirm(force=True)
-                self.transport.write(_BYE)
+                if self.cork is not None:  # (said while frames are handled: after what they corked)
+                    self.cork.append(_BYE)
+                else:
+                    self.transport.write(_BYE)
+                self.bye_said = True
             else:
                 self.transport.close()
         except RuntimeError:  # uvloop: its handle is closed though is_closing() says not
@@ -518,7 +526,7 @@ class TerminalClient(Answers, asyncio.Protocol):
             if i <= min(last_acked, self.sent_upto):
                 self._on_ack(i)
         resend = self.unacked_ids()
-        if resend and self.transport is not None:
+        if resend and self.transport is not None and not self.bye_said:
             upto = self.sent_upto  # (above it: submitted while away, never sent: a first send)
             mark = self.mark_resent
             self.transport.write(b"".join(encode(self._msg(i, mark and i <= upto)) for i in resend))
