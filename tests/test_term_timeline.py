@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
+from hsb.term.client import TerminalClient
+from hsb.term.loadstats import LoadStats
 from hsb.term.timeline import BackTimes, Timeline
+from hsb.wire.framing import encode
+from tests.support.transports import RecordingTransport
 
 
 def test_window_says_when_the_worst_paused_message_was_sent() -> None:
@@ -43,3 +49,22 @@ def test_every_terminal_back_is_the_last_terminals_first_logon_or_switch_after_t
     assert b.after(10.0) == {"all_back_ms": 500.0, "not_back": 0}
     assert b.after(10.45) == {"all_back_ms": None, "not_back": 1}  # terminal 2 not back after 10.45
     assert BackTimes(4).after(0.0) == {"all_back_ms": None, "not_back": 4}  # none ever logged on
+
+
+async def test_a_message_answered_only_at_the_logoff_counts_once_unanswered() -> None:
+    """At the settle's end a message still without a reply enters the timeline unanswered; its
+    reply, if the logoff brings it, added a second entry, so each such message counted twice in
+    an operation's `messages` (once answered). It stays one, unanswered (late, as the verdict
+    has it)."""
+    stats = LoadStats(1)
+    c = TerminalClient("T1", stats, base=1000, keepalive=0)
+    c.connection_made(RecordingTransport("cp"))  # type: ignore[arg-type]
+    c.data_received(encode({"t": "welcome", "terminal": "T1", "last_acked": 0}))
+    op = time.monotonic()
+    a, b = c.submit(), c.submit()
+    c.data_received(encode({"t": "ack", "id": a}) + encode({"t": "reply", "id": a, "data": c.payload(a)}) + encode({"t": "ack", "id": b}))
+    stats.settled([c])  # b still without its reply
+    c.data_received(encode({"t": "reply", "id": b, "data": c.payload(b)}))  # brought by the logoff
+    assert not c.outstanding and len(stats.timeline) == 2
+    w = stats.timeline.window(op - 0.5, after_s=5.0)
+    assert w["messages"] == 2 and w["unanswered"] == 1 and w["worst_ms"] is None, w

@@ -328,11 +328,7 @@ async def run_load(
         # never made: no message, so nothing lost, but a pause its user saw (in the timeline)
         owed_unsent = sum(len(q) for q in stats.deferred.values()) + stats.owed_dropped
         stats.gap.finish(settle_end)
-        for c in clients:  # (from when each was due: a send that waited, waited for its answer too)
-            for mid, t_sent in c.outstanding.items():
-                stats.timeline.unanswered(t_sent - c.waited.get(mid, 0.0), c.idx)
-            for due in stats.deferred.get(c, ()):
-                stats.timeline.unanswered(due, c.idx)  # due, and never sent: the run ended first
+        stats.settled(clients)
     except _GaveUp:
         pass  # (nothing sent: the report has no phases after the connect)
     finally:

@@ -10,6 +10,7 @@ import math
 import time
 from array import array
 from collections import Counter, deque
+from collections.abc import Sequence
 from typing import Any
 
 from hsb.term.client import TerminalClient
@@ -123,7 +124,8 @@ class LoadStats(Listener):
                 self._owed_send(c)
             if latency is not None:
                 self.latency.add(latency)
-                self.timeline.add(now - latency, now, c.idx)
+                if self.counting:  # (after the settle, its entry is the unanswered one: `settled`)
+                    self.timeline.add(now - latency, now, c.idx)
             gap = self.gap
             gap.replied(now)
             if gap.outstanding == 0:
@@ -132,6 +134,18 @@ class LoadStats(Listener):
             self.duplicates += 1
         else:
             self.unexpected += 1
+
+    def settled(self, clients: Sequence[TerminalClient]) -> None:
+        """The settle's end: every message still without a reply, and every send owed and never
+        made, enters the timeline unanswered, from when it was due (a send that waited, waited
+        for its answer too). The run stops counting then: an answer the logoff brings is late,
+        and not added to the timeline a second time (`on_reply`)."""
+        for c in clients:
+            for mid, t_sent in c.outstanding.items():
+                self.timeline.unanswered(t_sent - c.waited.get(mid, 0.0), c.idx)
+            for due in self.deferred.get(c, ()):
+                self.timeline.unanswered(due, c.idx)  # due, and never sent: the run ended first
+        self.counting = False
 
     def _owed_send(self, c: TerminalClient) -> None:
         owed = self.deferred[c]
