@@ -26,7 +26,7 @@ class FakeTerminal(asyncio.Protocol):
         self.away = 0
         self.transport: Any = None
 
-    def cp_away(self) -> None:
+    def cp_away(self, found: bool = True) -> None:
         self.state = DOWN
         self.away += 1
 
@@ -155,3 +155,40 @@ async def test_a_connect_cut_by_its_timeout_after_connecting_is_no_drop_of_the_c
     c.connection_lost(None)  # (asyncio closes the transport of a cancelled connect)
     assert c.logon_drops == 0 and not c.dropped and c.cp_reconnects == 0
     await conn.close()
+
+
+async def test_only_terminals_whose_own_connect_failed_count_the_cp_away() -> None:
+    """Terminals welcomed by a CP that then goes: the first connect refused takes the group
+    down, and every terminal due after it is parked (it tries nothing; the probe tries one at a
+    time). Each parked terminal counted the CP's absence as if it had found it away, so one
+    failed connect in a failover's reconnect storm counted every terminal as a CP restart. Only
+    a terminal whose own connect failed counts it now, once."""
+    from hsb.term.client import TerminalClient
+    from hsb.term.listener import Listener
+    from hsb.wire.framing import encode
+    from tests.support.transports import RecordingTransport
+
+    failed: set[str] = set()
+
+    class Failures(Listener):
+        def on_connect_failed(self, c: TerminalClient, exc: BaseException, retry_in: float) -> None:
+            failed.add(c.name)
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound, not listening: every connect is refused
+    conn = Connector("127.0.0.1", sock.getsockname()[1], concurrency=4)
+    terms = [TerminalClient(f"T{i}", Failures(), base=1000, keepalive=0) for i in range(40)]
+    try:
+        for c in terms:
+            conn.attach(c)
+            c.connection_made(RecordingTransport("cp"))  # type: ignore[arg-type]
+            c.data_received(encode({"t": "welcome", "terminal": c.name, "last_acked": 0, "cp": "a"}))
+        conn.start()
+        for c in terms:
+            c.connection_lost(None)  # the CP gone: each reconnects after its backoff
+        await until(lambda: conn.down and len(conn._parked) >= 10, 10, "terminals parked")
+    finally:
+        await conn.close()
+        sock.close()
+    assert 0 < len(failed) < len(terms), failed
+    assert {c.name: c.cp_reconnects for c in terms} == {c.name: int(c.name in failed) for c in terms}

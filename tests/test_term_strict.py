@@ -569,6 +569,32 @@ def test_a_welcome_from_another_cp_process_counts_as_the_cp_away() -> None:
     assert c.cp_reconnects == 2
 
 
+def test_each_change_of_cp_process_a_terminal_lived_through_counts_once() -> None:
+    """Welcomed by CP process a, which dies: a connect refused counts the CP away. Process b
+    listens, takes the hello and dies before welcoming (a drop while logging on), and a connect
+    is refused again: b is gone too, a second change, which went uncounted (the absence was
+    counted once per drop that came after a welcome). c welcomes: two changes, no more. A
+    connect that failed while c was there all along (c welcomes it again) was no change; a
+    welcome from another process after the terminal was only parked is one."""
+    c = TerminalClient("T1", LoadStats(1), base=BASE, keepalive=0)
+    _connect_to(c, "a")
+    c.connection_lost(None)  # a killed
+    c.cp_away()  # a connect refused while nothing listens
+    c.connection_made(RecordingTransport("cp"))  # type: ignore[arg-type]  # b listens: hello sent
+    c.connection_lost(None)  # b dies before welcoming
+    c.cp_away()
+    _connect_to(c, "c")
+    assert c.cp_reconnects == 2 and c.logon_drops == 1
+    c.connection_lost(None)
+    c.cp_away()  # refused, or timed out in an overloaded backlog: c welcomes it again
+    _connect_to(c, "c")
+    assert c.cp_reconnects == 2
+    c.connection_lost(None)
+    c.cp_away(found=False)  # parked: another terminal's connect failed
+    _connect_to(c, "d")
+    assert c.cp_reconnects == 3
+
+
 def _connect_to(c: TerminalClient, cp: str) -> None:
     c.connection_made(RecordingTransport("cp"))  # type: ignore[arg-type]
     _feed(c, {"t": "welcome", "terminal": c.name, "last_acked": 0, "cp": cp})
@@ -621,17 +647,18 @@ def test_a_drop_while_the_same_cp_process_was_there_counts_whatever_connects_fai
     """CP-restart mode excuses only what the CP's absence explains. A terminal dropped while the
     same CP process served, parked because a connect of another terminal failed (or one of its
     own failed for a reason of ours), was excused; the same CP welcoming it again says the CP
-    was there all along. A welcome from another CP process is a restart: excused."""
+    was there all along. A welcome from another CP process is a restart: excused, and the one
+    change of CP process it lived through (a → b)."""
     c = TerminalClient("T1", LoadStats(1), base=BASE)
     _connect_to(c, "a")
     c.connection_lost(None)
-    c.cp_away()  # parked: the group's probe says the CP is away
+    c.cp_away(found=False)  # parked: the group's probe says the CP is away
     _connect_to(c, "a")
     assert c.cp_present_drops == 1
     c.connection_lost(None)
     c.cp_away()
     _connect_to(c, "b")  # another CP process: it restarted
-    assert c.cp_present_drops == 1 and c.cp_reconnects == 2
+    assert c.cp_present_drops == 1 and c.cp_reconnects == 1
 
 
 def test_a_connection_refused_before_its_welcome_keeps_the_cps_absence_known() -> None:
@@ -644,6 +671,7 @@ def test_a_connection_refused_before_its_welcome_keeps_the_cps_absence_known() -
     c.connection_lost(None)
     c.cp_away()  # connects fail: the CP is away
     c.connection_made(RecordingTransport("cp"))  # type: ignore[arg-type]
+    _feed(c, {"t": "error", "code": "already_connected", "msg": "T1 is connected"})
     c.connection_lost(None)  # refused before its welcome
     c.cp_away()
     _feed_welcome = {"t": "welcome", "terminal": c.name, "last_acked": 0}

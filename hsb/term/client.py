@@ -119,6 +119,8 @@ class TerminalClient(Answers, asyncio.Protocol):
         "failed_since_drop",
         "cp_instance",
         "cp_reconnects",
+        "away_counted",
+        "away_since_welcome",
         "last_switch",
         "protocol_errors",
         "workload",
@@ -211,7 +213,13 @@ class TerminalClient(Answers, asyncio.Protocol):
         self.acks_forgotten = 0  # welcomes whose last_acked was below an id acknowledged before
         self.failed_since_drop = False  # a connect failed since the connection dropped: the CP was away
         self.cp_instance: str | None = None  # the CP process of the last welcome (its `cp`)
-        self.cp_reconnects = 0  # disconnects after which the CP could not be reached for a while
+        # changes of CP process this terminal lived through: a connect of its own that failed after
+        # it had a connection to a CP (counted once until it has another), or a welcome from
+        # another process than the last (`cp`) when none failed; a welcome from the same process
+        # takes back what it counted since the last (the CP was there all along)
+        self.cp_reconnects = 0
+        self.away_counted = False  # the CP's absence counted since its last connection to one
+        self.away_since_welcome = 0  # how many times, since its last welcome
         self.last_switch = ""  # the kind in the last `switched` notice (failover, switchover, promote)
         self.protocol_errors = 0  # frames from the other side that broke the protocol
         self.dropped = False  # a logged-on connection dropped, and no welcome since
@@ -413,21 +421,30 @@ class TerminalClient(Answers, asyncio.Protocol):
         if was == WELCOMED:
             self.disconnects += 1
             self.dropped = True
+            self.away_counted = False
         elif was == HELLO and not self.told_why:
             # closed after the hello, with neither a welcome nor an error (a refusal says why):
-            # judged as a drop, by the CP that welcomes it next (the same one: it was there)
+            # judged as a drop, by the CP that welcomes it next (the same one: it was there); a
+            # failed connect after it is another CP process gone (one that died before welcoming)
             self.logon_drops += 1
             self.dropped = True
+            self.away_counted = False
         if was >= HELLO:
             self.listener.on_disconnect(self, exc, retry, was == WELCOMED)
         if self.connector is not None:
             self.connector.schedule(self, retry)
 
-    def cp_away(self) -> None:
-        """The CP cannot be reached now (a connect failed, or the connector knows it is away)."""
+    def cp_away(self, found: bool = True) -> None:
+        """The CP cannot be reached now: a connect of this terminal failed (`found`), or the
+        connector parked it, knowing the group's CP away (one failed connect anywhere: this
+        terminal found nothing itself, and counts no change of CP process for it)."""
         self.state = DOWN
-        if self.welcomed_at is not None and not self.failed_since_drop:
-            self.failed_since_drop = True  # the CP is not there: a restart of it, not a failover
+        if self.welcomed_at is None:
+            return
+        self.failed_since_drop = True  # the CP is not there: a restart of it, not a failover
+        if found and not self.away_counted:
+            self.away_counted = True
+            self.away_since_welcome += 1
             self.cp_reconnects += 1
 
     def connect_failed(self, exc: BaseException) -> None:
@@ -502,11 +519,16 @@ class TerminalClient(Answers, asyncio.Protocol):
             if (cp == self.cp_instance) if isinstance(cp, str) else not self.failed_since_drop:
                 self.cp_present_drops += 1
         if isinstance(cp, str):
-            if self.cp_instance is not None and cp != self.cp_instance and not self.failed_since_drop:
-                # another CP process than before: it restarted, though its port never refused us
-                self.failed_since_drop = True
-                self.cp_reconnects += 1
+            if self.cp_instance is not None:
+                if cp == self.cp_instance:
+                    # the same CP process: what failed meanwhile (an overloaded CP's backlog, a
+                    # connect failing for reasons of ours) was no change of it
+                    self.cp_reconnects -= self.away_since_welcome
+                elif not self.away_since_welcome:
+                    self.cp_reconnects += 1  # another CP process, though its port never refused us
             self.cp_instance = cp
+        self.away_since_welcome = 0
+        self.away_counted = False
         self.state = WELCOMED
         self.backoff.reset()
         self.last_error = None

@@ -10,7 +10,8 @@ the group is *down*: terminals due to reconnect are parked and one of them tries
 The first connect that succeeds brings the group up: every parked terminal, and every terminal
 still waiting out its backoff, is connected at once (at most `concurrency` connects in flight,
 so the CP's listen backlog does not overflow). Each terminal still keeps its own backoff for
-the connects it makes itself, and counts the CP's absence (`cp_reconnects`) as before.
+the connects it makes itself, and counts the CP's absence (`cp_reconnects`) only from those: a
+terminal parked found nothing itself.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ class Connector:
             if c.stopping or c.state != DOWN:
                 continue
             if self.down:
-                c.cp_away()
+                c.cp_away(found=False)  # (parked: it tried nothing, and counts no change of CP)
                 self._parked.append(c)
                 continue
             exc = await self._connect(c)

@@ -104,7 +104,7 @@ class LoadReport:
     late_at_logoff: int = 0  # of lost + unacked: answered or acknowledged only during the logoff after the settle
     owed_unsent: int = 0  # sends that fell due while a terminal could not send, never made (a pause, not a loss)
     not_back_names: list[str] = field(default_factory=list)  # a sample
-    cp_reconnects: int = 0  # disconnects after which the CP could not be reached for a while (a CP restart)
+    cp_reconnects: int = 0  # changes of CP process the terminals lived through (a CP restart: one a terminal)
     resent: int = 0
     disconnects: int = 0
     connect_failures: int = 0
