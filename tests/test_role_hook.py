@@ -107,3 +107,40 @@ async def test_a_fence_behind_a_hook_that_hangs_still_runs_when_the_host_stops(t
     hook.fire("active", "fenced", 2, "fenced by the CP")
     await hook.close()
     assert (tmp_path / "ended").read_text().split() == ["fenced"]
+
+
+def _state_script(tmp_path: Path) -> Path:
+    """A hook that takes long for the state "serving" and records ROLE:STATE when each run ended."""
+    s = tmp_path / "hook.py"
+    s.write_text(
+        "import sys, time\n"
+        "time.sleep(0.5 if sys.argv[2] == 'serving' else 0.0)\n"
+        f"open({str(tmp_path / 'ended')!r}, 'a').write(sys.argv[1] + ':' + sys.argv[2] + '\\n')\n"
+    )
+    return s
+
+
+@pytest.mark.parametrize(
+    "role,state",
+    [("active", "stopping"), ("active", "not_serving"), ("standby", "waiting_for_active")],
+    ids=["stop", "handing_over", "demoted"],
+)
+async def test_a_change_taking_the_role_away_waiting_behind_a_running_hook_runs_at_the_stop(tmp_path: Path, role: str, state: str) -> None:
+    """The active registers (its hook, moving a virtual address here, runs for a while) and is
+    stopped meanwhile: the stop's `stopping` (a handover's `not_serving`, then `standby` once
+    demoted) waits behind it, and the close that follows within milliseconds must run it after
+    it, or the command never hears that this host no longer holds the address."""
+    hook = RoleHook(f"{sys.executable} {_state_script(tmp_path)}", timeout=10)
+    hook.fire("active", "serving", 1, "registered with the CP as the active")  # (slow: 0.5 s)
+    hook.fire(role, state, 1, "normal termination")
+    await hook.close()
+    assert (tmp_path / "ended").read_text().split() == ["active:serving", f"{role}:{state}"]
+
+
+async def test_a_change_to_act_as_the_active_waiting_at_the_stop_does_not_run(tmp_path: Path) -> None:
+    """The host is going: a command told to take the address for it now would keep it."""
+    hook = RoleHook(f"{sys.executable} {_state_script(tmp_path)}", timeout=10)
+    hook.fire("active", "serving", 1, "registered with the CP as the active")  # (slow: 0.5 s)
+    hook.fire("active", "established", 1, "acting as the active again")
+    await hook.close()
+    assert (tmp_path / "ended").read_text().split() == ["active:serving"]

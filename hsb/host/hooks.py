@@ -16,6 +16,10 @@ import structlog
 
 log = structlog.get_logger("hsb.host")
 
+# The active's states the hook is told when it no longer acts as the active (hsb.host.ha.hook_acting,
+# a fence); with a change to another role, what a command holding a virtual address must hear.
+NOT_ACTING = frozenset({"not_serving", "stopping", "fenced"})
+
 
 class RoleHook:
     """One command run at a time, in the order of the changes; while one runs, only the newest
@@ -27,7 +31,7 @@ class RoleHook:
         self.timeout = timeout
         self.running: asyncio.Task[None] | None = None
         self.pending: list[str] | None = None
-        self.pending_fence = False  # the waiting change is a fence: it runs even at the stop (close)
+        self.pending_final = False  # the waiting change takes the role away: it runs even at the stop (close)
 
     def fire(self, role: str, state: str, epoch: int, reason: str) -> None:
         if not self.argv:
@@ -37,7 +41,7 @@ class RoleHook:
             log.info("role_hook_skipped", argv=self.pending, msg="a newer role change came before it could run")
             self.pending = None
         if self.running is not None and not self.running.done():
-            self.pending, self.pending_fence = argv, state == "fenced"
+            self.pending, self.pending_final = argv, role != "active" or state in NOT_ACTING
             return
         self._start(argv)
 
@@ -78,10 +82,12 @@ class RoleHook:
 
     async def close(self) -> None:
         """The host stops: the one running gets the hook's timeout once, then is killed; a change
-        still waiting does not run, unless it is the fence this host stops for (the command must
-        hear that this host no longer acts as the active: it would keep a virtual address), which
-        runs after it with a timeout of its own (one shared with a run that hung left it none)."""
-        final = self.pending if self.pending_fence else None
+        still waiting does not run, unless it takes the role away (the stop's `stopping`, a
+        handover's `not_serving` or `standby`, a fence: the command must hear that this host no
+        longer acts as the active, or it would keep a virtual address), which runs after it with a
+        timeout of its own (one shared with a run that hung left it none). A waiting change to
+        act as the active does not run: the host is going."""
+        final = self.pending if self.pending_final else None
         self.pending = None
         if self.running is not None and not self.running.done():
             await self._finish(self.running)
