@@ -133,3 +133,91 @@ def test_a_refusal_at_the_start_rejoins_once_and_the_strict_start_exits_76() -> 
     strict: Any = _HA(rejoin=False)
     refused_at_start(strict, {"t": "error", "code": "active_exists", "msg": "host-b is already the active host (epoch 3)", "active": "host-b"})
     assert strict.role == "active" and strict.srv.rejoined_from is None and [f[0] for f in strict.failed] == [EXIT_NOT_ACTIVE]
+
+
+def _unstarted_host(tmp_path: Path, role: str) -> Any:
+    """hsbd's own HostServer for `role`, built and not started (no CP, no peer): its HA is driven
+    by hand."""
+    from hsb.config import load
+    from hsb.host.config import HostConfig
+    from hsb.host.server import HostServer
+    from hsb.service.builtin import EchoService
+    from hsb.takeover.fileio import create_file
+    from tests.support.procs import SECRET, host_config
+
+    create_file(str(tmp_path / "t.dat"), 16, 4096)
+    p = host_config(tmp_path, "host-a", cp="127.0.0.1:1", peer_listen="127.0.0.1:0", peer="127.0.0.1:1", takeover=tmp_path / "t.dat", records=16)
+    return HostServer(load(p, HostConfig), role, SECRET, EchoService("host-a"), str(p))
+
+
+@pytest.mark.timeout(10)
+async def test_an_active_still_starting_writes_no_batch_and_a_refusal_then_rejoins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole site restarted, the CP's recorded active the other host: host-a (hsbd@active,
+    still `starting`) got the standby's STANDBY STARTUP before the CP's answer. It wrote a batch
+    to the shared file for a role it did not hold (state batch_writing), and the CP's refusal,
+    no longer at `starting`, was exit 76: the pair had no standby. It now writes nothing until
+    registered as the active, and the refusal rejoins as the standby."""
+    srv = _unstarted_host(tmp_path, "active")
+    written: list[int] = []
+
+    async def batch_write(partner: int, *args: Any, **kw: Any) -> int:
+        written.append(partner)
+        return 1
+
+    monkeypatch.setattr(srv.takeover, "batch_write", batch_write)
+    ha = srv.ha
+    await ha.peer_standby_startup({"t": "standby_startup", "startup_id": 42, "name": "host-b"})
+    assert written == [] and ha.state == "starting" and ha.partner_startup_id is None, (written, ha.state)
+    refusal = {"t": "error", "code": "active_exists", "msg": "host-b held the active role at epoch 4 when the CP restarted", "active": "host-b"}
+    srv._cp_frame(refusal)
+    await ha.run_cycle()
+    assert ha.exit is None and srv.exit_code is None, ha.exit
+    assert ha.role == "standby" and srv.rejoined_from == "host-b" and ha.state == "starting"
+
+
+class _Outbound:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self.sent.append(msg)
+
+
+@pytest.mark.timeout(10)
+async def test_a_standby_asks_an_active_for_a_batch_once_it_is_registered(tmp_path: Path) -> None:
+    """A standby waiting for an active does not send STANDBY STARTUP to one whose hello or
+    heartbeat says `starting` (the CP may refuse it the role); it does at its first heartbeat
+    past `starting`, or at its ACTIVE STARTUP (sent once registered), even while its last
+    heartbeat still says `starting`."""
+    from hsb.host.states import WAITING
+
+    srv = _unstarted_host(tmp_path, "standby")
+    ha = srv.ha
+    out = _Outbound()
+    srv.peer.up, srv.peer.outbound = True, out
+    ha.registered = True
+    ha.set_state(WAITING, "registered at the CP as standby (test)")
+
+    async def hello(instance: str, state: str) -> None:
+        srv.peer.peer_hello = {"t": "peer_hello", "name": "host-b", "role": "active", "state": state, "instance": instance, "epoch": 0}
+        await ha.peer_peer_hello(srv.peer.peer_hello)
+
+    async def hb(instance: str, state: str) -> None:  # (PeerLink keeps its peer_hello current from each)
+        assert srv.peer.peer_hello is not None
+        srv.peer.peer_hello = {**srv.peer.peer_hello, "state": state}
+        await ha.ev_peer_frame({"t": "hb", "role": "active", "state": state, "instance": instance})
+
+    await hello("i1", "starting")
+    await hb("i1", "starting")
+    assert out.sent == [] and ha.state == WAITING, out.sent
+    await hb("i1", "serving")  # registered, its ACTIVE STARTUP lost
+    assert [m["t"] for m in out.sent] == ["standby_startup"] and ha.state == "awaiting_batch", out.sent
+    out.sent.clear()
+    await hello("i2", "starting")  # the active restarted
+    assert out.sent == [] and ha.state == WAITING, out.sent
+    await ha.ev_peer_frame({"t": "active_startup", "name": "host-b", "instance": "i2", "epoch": 5})
+    assert [m["t"] for m in out.sent] == ["standby_startup"], out.sent
+    out.sent.clear()
+    ha.set_state(WAITING, "test: no BATCH WRITE COMPLETE")  # before a heartbeat past `starting`
+    ha.maybe_standby_startup()
+    assert [m["t"] for m in out.sent] == ["standby_startup"], out.sent

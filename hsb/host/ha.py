@@ -102,6 +102,7 @@ class HA(CPSide, LeaseSide, SwitchSide, HotStandbySide, HAView):
         self.own_startup_id: int | None = None  # standby: the id sent in STANDBY STARTUP
         self.partner_startup_id: int | None = None  # active: the standby's id (311)
         self.partner_instance: str | None = None  # standby: the active process it follows
+        self.announced_by: str | None = None  # standby: the last active process whose ACTIVE STARTUP came (it is registered)
         self.partner_batch_records: int | None = None  # standby: B read from the file (522)
         self.generation: int | None = None
         self.file_mismatch: str | None = None

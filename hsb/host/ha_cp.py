@@ -224,8 +224,7 @@ class CPSide:
 
     def _announce_active(self: HA) -> None:
         """The CP granted the active role this process started in, at its registration: the
-        role-change hook runs once for it, whatever state the host is in (a batch write for a
-        standby that came first, say), as keepalived's notify does at its start."""
+        role-change hook runs once for it, as keepalived's notify does at its start."""
         if not self.role_announced and self.role == "active":
             self.role_announced = True
             self._fire_hook(self.state, "registered with the CP as the active")

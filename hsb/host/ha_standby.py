@@ -15,7 +15,18 @@ import structlog
 
 from hsb import faults
 from hsb.backoff import doubling
-from hsb.host.states import AWAITING_BATCH, BATCH_READING, BATCH_RETRY, BATCH_WRITING, ESTABLISHED, HANDING_OVER, RELEASING, SERVING, WAITING
+from hsb.host.states import (
+    AWAITING_BATCH,
+    BATCH_READING,
+    BATCH_RETRY,
+    BATCH_WRITING,
+    ESTABLISHED,
+    HANDING_OVER,
+    RELEASING,
+    SERVING,
+    STARTING,
+    WAITING,
+)
 from hsb.takeover.startup_id import startup_id as new_startup_id
 
 if TYPE_CHECKING:
@@ -63,6 +74,7 @@ class HotStandbySide:
     partner_startup_id: int | None
     own_startup_id: int | None
     partner_instance: str | None
+    announced_by: str | None
     partner_batch_records: int | None
     generation: int | None
     last_error: str | None
@@ -110,6 +122,12 @@ class HotStandbySide:
 
     async def peer_standby_startup(self: HA, msg: dict[str, Any]) -> None:
         if self.role != "active" or self.hold_batch(msg):
+            return
+        if self.state == STARTING:
+            # not yet the active at the CP, which may refuse it (another host is: it rejoins as the
+            # standby, hsb.host.rejoin): no batch for a role it does not hold. Its ACTIVE STARTUP
+            # once registered makes the standby ask again (peer_active_startup)
+            log.info("standby_startup_ignored", peer=msg.get("name"), msg="not registered at the CP as the active yet")
             return
         sid = int(msg["startup_id"])
         if sid != self.partner_startup_id:
@@ -283,11 +301,15 @@ class HotStandbySide:
         self.active_stopped_by = None
         self.active_stop_confirmed = False
         self.established_since = None
+        if msg.get("t") == "active_startup":  # (not a hello taken for it: sent once registered at the CP)
+            self.announced_by = msg.get("instance")
         self.set_state(WAITING, "ACTIVE STARTUP received")
         self.maybe_standby_startup()
 
     def maybe_standby_startup(self: HA) -> None:
-        """S222-S224: a new startup identifier, then STANDBY STARTUP."""
+        """S222-S224: a new startup identifier, then STANDBY STARTUP. Not to an active still
+        starting (not registered at the CP, which may refuse it the role), unless its ACTIVE STARTUP
+        came (sent once registered: its heartbeats say so only at the next one)."""
         if self.role != "standby" or self.state != WAITING or not self.registered:
             return
         if (
@@ -296,6 +318,8 @@ class HotStandbySide:
             return
         hello = self.srv.peer.peer_hello
         if not self.srv.peer.up or self.srv.peer.outbound is None or hello is None or hello.get("role") != "active":
+            return
+        if hello.get("state") == STARTING and hello.get("instance") != self.announced_by:  # (asked at its next heartbeat or ACTIVE STARTUP)
             return
         self.partner_instance = hello.get("instance")
         self.own_startup_id = new_startup_id(after=self.own_startup_id or 0)
