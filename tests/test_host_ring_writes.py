@@ -109,3 +109,42 @@ async def test_a_ring_write_failing_behind_a_batch_write_does_not_say_the_standb
             await asyncio.sleep(0.05)  # (a measurement window: the state looked at every 50 ms)
         assert a.status()["takeover_file"]["ring_write_failing"] is None
         await t.close()
+
+
+async def test_no_handover_to_a_standby_whose_view_is_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The active's ring writes failing past max(2 s, storage_timeout) (status: SERVING WITHOUT A
+    STANDBY): hsbctl switchover was accepted and handed the service to a standby whose view
+    stopped where the writes stopped (terminals logged on since have no standby session there,
+    sessions closed since are promoted), and SIGTERM did the same. The switchover is now refused
+    naming the cause and the fix; a stop says it stops normally (hands_over false) and is the
+    normal termination: nobody takes over."""
+    import asyncio
+
+    from hsb.host import server as server_mod
+    from hsb.takeover.faults import Faults
+    from hsb.wire.client import request
+    from tests.support.hostclient import FakeTerminal
+    from tests.support.logrec import RecordingLog
+    from tests.support.procs import SECRET, addr
+
+    rec = RecordingLog()
+    monkeypatch.setattr(server_mod, "log", rec)
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        hook = Faults(ops=frozenset({"ring write"}))
+        a.takeover.store.faults = hook
+        hook.eio()
+        t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")  # a session change for the ring
+        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        await until(lambda: a.ha.ring_unwritten, "the standby's view stale", timeout=10)
+        assert a.ha.state == "established"
+        r = await request(*addr(a.bound["admin"]), SECRET, {"t": "switchover"}, timeout=2)
+        assert r["ok"] is False and "standby's view of the sessions is stale" in r["msg"] and "check the takeover storage" in r["msg"], r
+        assert a.ha.role == "active" and a.ha.state == "established" and b.ha.role == "standby"
+        r = await request(*addr(a.bound["admin"]), SECRET, {"t": "stop", "takeover": True}, timeout=2)
+        assert r["ok"] is True and r["hands_over"] is False and "nobody takes over (the standby's view of the sessions is stale)" in r["msg"], r
+        await asyncio.wait_for(a.graceful_stop(), 20)
+        assert not rec.events("stop_hands_over") and rec.events("stop_without_takeover"), rec.entries
+        assert a.ha.role == "active" and a.exit_code == 0
+        await until(lambda: b.ha.state == "active_stopped", "host-b sees the normal stop", timeout=10)
+        assert b.ha.role == "standby" and cp.cp.active is None and cp.cp.active_stopped_normally == "host-a"
+        await t.close()

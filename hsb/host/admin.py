@@ -53,7 +53,14 @@ class HostAdminProtocol(AuthServerProtocol):
         elif takeover and ha.standby_may_return():
             what = "waits a moment for the standby the peer link lost, hands over if it comes back, else stops normally"
         elif ha.role == "active":
-            what = "stops normally: nobody takes over (" + ("no established standby" if takeover else "--no-takeover") + ")"
+            why = (
+                "--no-takeover"
+                if not takeover
+                else "the standby's view of the sessions is stale"
+                if ha.standby_view_stale()
+                else "no established standby"
+            )
+            what = f"stops normally: nobody takes over ({why})"
         else:
             what = "stops (it is the standby: the active serves on without one)"
         # `hands_over`: hsbctl stop then checks the standby became the active (else it failed)

@@ -170,6 +170,13 @@ class SwitchSide:
             return f"{self.name} is not registered at the CP (its link to the CP is down or just came back); ask again once it is"
         if self.state != ESTABLISHED and not (self.state == BATCH_WRITING and self.resyncing):
             return f"no established standby ({self.describe()}); a planned switchover needs hot standby"
+        if self.standby_view_stale():
+            # (`check_ring_writes`) it would hand over a view stopped where the writes stopped: the
+            # terminals logged on since have no standby session, those closed since are promoted there
+            return (
+                f"the standby's view of the sessions is stale: {self.name} cannot write the takeover ring "
+                f"({self.srv.takeover.last_error or 'ring writes failing'}); check the takeover storage, and ask again once hot standby is back"
+            )
         return None
 
     def switchover_over(self: HA, code: str | None = None) -> None:
