@@ -289,9 +289,13 @@ class SwitchSide:
 
     async def on_demoted(self: HA, new_active: str) -> None:
         """The old active of a planned switchover turns into the standby (new startup id, batch
-        read). One demoted while stopping (the CP's grant came after the stop gave up waiting for
-        it) is the standby of a process that ends: it stays `stopping`, does not start as the
-        standby, and the stop ends as one after a handover (HostServer.graceful_stop)."""
+        read). One demoted while stopping (a stop's handover: SIGTERM, hsbctl stop; or the CP's
+        grant came after the stop gave up waiting for it) is the standby of a process that ends:
+        it is `stopping`, does not start as the standby (a STANDBY STARTUP in the moments before
+        the process ends costs the new active a batch write for nobody), and the stop ends as one
+        after a handover (HostServer.graceful_stop)."""
+        if self.stop_handing_over:
+            self.stopping = True
         self.switch_token += 1
         self.handover_sent = False
         self.deferred_batch = None  # (a resync or standby startup of the new active's standby: moot)

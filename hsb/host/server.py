@@ -379,7 +379,7 @@ class HostServer:
         answer_by: float | None = None  # the handover went to the CP: its answer is due by then
         while True:
             if ha.role == "standby":
-                ha.stop_handing_over = False  # (done: a host that lives on, as in tests, is not stopping)
+                ha.stop_handing_over = False  # (done: the standby now, stopping: HA.on_demoted)
                 return True
             # Refused (no standby any more, say) or abandoned: a normal stop then. Not the state:
             # a switchover waits for a resync under way (batch_writing), and a resync asked during
