@@ -23,6 +23,8 @@ async def test_campaign_20_rounds(tmp_path: Path) -> None:
     assert summary["acknowledged_not_in_any_journal"] == 0, summary
     assert summary["disconnects_in_quiet_rounds"] == 0, summary
     assert summary["sessions_closed_in_quiet_rounds"] == 0, summary
+    assert summary["sessions_closed_in_cp_rounds"] == 0, summary
+    assert summary["disconnects_cp_present_in_cp_rounds"] == 0, summary
     assert summary["rounds_with_two_actives"] == 0, summary
     assert summary["epoch_violations"] == [], summary
 
@@ -71,13 +73,54 @@ def test_a_late_disconnect_is_charged_to_the_round_it_came_after(tmp_path: Path)
 
     c = Campaign(tmp_path, seed=1)
     quiet = Round(0, "1:0", "kill_active")
-    c.counted = (5, 0, 0, 0)
+    c.counted = (5, 0, 0, 0, 0)
     with pytest.raises(CampaignError, match="disconnected although all had standby sessions"):
-        c.charge_late(quiet, (6, 0, 0, 0), judge=True)
-    assert quiet.disconnects == 1 and c.counted == (6, 0, 0, 0)
+        c.charge_late(quiet, (6, 0, 0, 0, 0), judge=True)
+    assert quiet.disconnects == 1 and c.counted == (6, 0, 0, 0, 0)
     loud = Round(1, "1:1", "kill_cp")
-    c.charge_late(loud, (9, 0, 0, 0), judge=True)  # allowed there: no error
+    c.charge_late(loud, (9, 0, 0, 0, 0), judge=True)  # allowed there: no error
     assert loud.disconnects == 3 and loud.notes == ["late: 3 disconnects"]
     closed = Round(2, "1:2", "kill_active")
-    c.charge_late(closed, (9, 0, 0, 2), judge=False)  # after the last round: counted, judged by the summary
+    c.charge_late(closed, (9, 0, 0, 2, 0), judge=False)  # after the last round: counted, judged by the summary
     assert closed.session_closed == 2
+    again = Round(3, "1:3", "kill_cp")
+    with pytest.raises(CampaignError, match="welcomed again by the same CP process"):  # a CP round's late drop with the CP there
+        c.charge_late(again, (10, 0, 0, 2, 1), judge=True)
+
+
+def test_a_round_that_kills_only_the_cp_is_judged_as_a_cp_restart(tmp_path: Path) -> None:
+    """A CP round ran under the campaign's conventional-mode load, and judge() looked at closed
+    sessions and drops only in quiet rounds: a CP restart that closed sessions, or dropped a
+    terminal that the same CP process then welcomed again, passed (bench/cprestart.py and the
+    demo's act three fail it). Now such a round is judged as hsb.term.report's "cp" mode does."""
+    from tests.support.campaign import CP_ONLY, CampaignError, Round
+
+    c = Campaign(tmp_path, seed=1)
+    assert {"kill_cp", "crash_cp_after_journal_write", "crash_cp_reply_before_durable"} <= CP_ONLY
+    assert "crash_cp_reply_before_durable_then_active" not in CP_ONLY
+    with pytest.raises(CampaignError, match=r"kill_cp\): session closed: 7 session closures"):
+        c.judge(Round(0, "1:0", "kill_cp", session_closed=7))
+    with pytest.raises(CampaignError, match="disconnects with the CP present: 2 "):
+        c.judge(Round(0, "1:0", "crash_cp_after_journal_write", disconnects=100, disconnects_cp_present=2))
+    c.judge(Round(0, "1:0", "kill_cp", disconnects=100))  # every terminal dropped by the CP's death: its absence explains them
+    # the active dies too (while the CP is down): its terminals' sessions may close
+    c.judge(Round(0, "1:0", "crash_cp_reply_before_durable_then_active", disconnects=100, session_closed=7))
+    c.judge(Round(0, "1:0", "crash_mid_batch_write", disconnects=5, session_closed=7, disconnects_cp_present=5))  # a host's crash
+
+
+async def test_the_campaigns_load_counts_drops_with_the_cp_present() -> None:
+    """The campaign's load (campaignload.start_load) is run_load with CountingStats, whose
+    snapshots carry each terminal's drops with the CP present, summed."""
+    import asyncio
+
+    from tests.support.campaignload import CountingStats, start_load
+
+    snaps: list[dict[str, object]] = []
+    load = await start_load("127.0.0.1:1", terminals=2, rate=1.0, duration=1, connect_timeout=0.2, progress=snaps.append, progress_interval=0.01)
+    await asyncio.wait_for(load, 10)
+    assert snaps and snaps[-1]["disconnects_cp_present"] == 0
+    s = CountingStats(2, "x")
+    a, b = (type("C", (), {"cp_present_drops": n})() for n in (1, 2))
+    s.on_welcome(a, True)  # type: ignore[arg-type]
+    s.on_welcome(b, True)  # type: ignore[arg-type]
+    assert s.snapshot("send", 0.0)["disconnects_cp_present"] == 3

@@ -226,18 +226,10 @@ class LoadReport:
                 f"dropped while logging on: {self.logon_drops} connections were closed after their hello with neither a"
                 " welcome nor an error (pass --expect-disconnects for a CP restart)"
             )
-        if cp_mode and self.disconnects_cp_present:
-            out.append(
-                f"disconnects with the CP present: {self.disconnects_cp_present} of terminals that should have kept their"
-                " connection were welcomed again by the same CP process, with no failed connect between (only a CP"
-                " restart or takeover may disconnect them in this run)"
-            )
-        if (cp_mode or not self.expect_disconnects) and self.session_closed_standby_capable:
-            # (a CP away drops the connection; it closes no session on one)
-            out.append(
-                f"session closed: {self.session_closed_standby_capable} session closures of standby-capable terminals"
-                + (" (a CP restart or takeover may drop a connection, not close a session on one)" if cp_mode else "")
-            )
+        if cp_mode:
+            out.extend(cp_restart_failures(self.disconnects_cp_present, self.session_closed_standby_capable))
+        elif not self.expect_disconnects and self.session_closed_standby_capable:
+            out.append(f"session closed: {self.session_closed_standby_capable} session closures of standby-capable terminals")
         # a refusal is a failure even where disconnects are expected; only a reconnect that came
         # before the CP noticed the old connection's loss (already_connected, retried) is not
         errors = self.errors if not self.expect_disconnects else {k: v for k, v in self.errors.items() if k not in RECONNECT_RACES}
@@ -283,6 +275,26 @@ class LoadReport:
         d["failures"] = self.failures
         d["never_welcomed"] = None if self.connected else self.never_welcomed
         return d
+
+
+def cp_restart_failures(disconnects_cp_present: int, session_closed: int) -> list[str]:
+    """What a CP restart or takeover may not do to standby-capable terminals (the verdict of
+    `expect_disconnects="cp"`; the fault campaign judges its rounds that kill only the CP by it
+    too): drop one that the same CP process then welcomes again (a drop during a logon
+    included), or close a session (a CP away drops the connection; it closes no session on one)."""
+    out = []
+    if disconnects_cp_present:
+        out.append(
+            f"disconnects with the CP present: {disconnects_cp_present} of terminals that should have kept their"
+            " connection were welcomed again by the same CP process, with no failed connect between (only a CP"
+            " restart or takeover may disconnect them in this run)"
+        )
+    if session_closed:
+        out.append(
+            f"session closed: {session_closed} session closures of standby-capable terminals"
+            " (a CP restart or takeover may drop a connection, not close a session on one)"
+        )
+    return out
 
 
 def format_table(r: LoadReport) -> str:

@@ -15,6 +15,8 @@ died) and checks the invariants:
   ever (the strict verdict of hsb.term, disconnects judged per round);
 - no disconnect of a load terminal in a round whose kill came while hot standby
   was established (those terminals all had standby sessions);
+- in a round that kills only the CP, the CP-restart verdict of hsb.term.report: no
+  session closed, and no terminal dropped while the same CP process was there;
 - at the end: nothing acknowledged lost, every acknowledged id in a journal, and
   no (terminal, id) processed twice without the redelivered mark.
 
@@ -42,10 +44,12 @@ from typing import Any
 from hsb.ctl import sandbox
 from hsb.ctl.gather import status_all
 from hsb.term.books import check_books
-from hsb.term.load import run_load, terminal_names
+from hsb.term.load import terminal_names
 from hsb.term.net import new_id_base
+from hsb.term.report import cp_restart_failures
 from hsb.term.verdict import ids
 from hsb.term.workload import LedgerWorkload
+from tests.support.campaignload import start_load
 from tests.support.hostjournal import read_host_journal, unmarked_repeats
 from tests.support.massterm import Fleet
 from tests.support.procs import signal_faults
@@ -75,6 +79,11 @@ ACTIONS: dict[str, tuple[str | None, bool]] = {
 # quiet rounds in which both hosts die (the new active crashes too): the terminals keep their
 # connections, but with no host left their sessions close, and open again with the next one
 BOTH_HOSTS_DIE = {"crash_new_active_mid_redelivery"}
+# rounds in which only the CP dies: judged as a CP restart (hsb.term.report's "cp" mode, as
+# bench/cprestart.py and the demo's act three judge it); not those in which the active dies too
+CP_ONLY = frozenset(a for a in ACTIONS if a.startswith(("kill_cp", "crash_cp_")) and not a.endswith("_then_active"))
+# what the load counts, per round (its progress snapshots; the CP-present drops: campaignload)
+COUNTED = ("disconnects", "duplicates", "unexpected", "session_closed", "disconnects_cp_present")
 WEIGHTS = {
     "kill_active": 4,
     "crash_before_reply": 3,
@@ -104,6 +113,7 @@ class Round:
     epoch_after: int = 0
     disconnects: int = 0
     session_closed: int = 0  # sessions of load terminals closed (a quiet round's are switched, never closed)
+    disconnects_cp_present: int = 0  # drops the CP's absence does not explain (hsb.term.report)
     recovered_by_operator: bool = False
     two_actives: bool = False
     duplicates: int = 0
@@ -149,7 +159,7 @@ class Campaign:
         self.rounds: list[Round] = []
         self.snap: dict[str, Any] = {}
         self.snaps = 0  # snapshots of the load taken so far
-        self.counted: tuple[int, int, int, int] | None = None  # the counts at the end of the last round
+        self.counted: tuple[int, ...] | None = None  # the counts (COUNTED) at the end of the last round
         self.two_actives = False
 
     # ------------------------------------------------------------------ plumbing
@@ -256,7 +266,7 @@ class Campaign:
         await self.until_true(lambda: self.snaps > seen, 5, f"round {i}: a snapshot of the load before the fault")
         if self.rounds:
             self.charge_late(self.rounds[-1], self.counts(), judge=True)
-        disc0, dup0, unx0, closed0 = self.counted = self.counts()
+        before = self.counted = self.counts()
         point, _ = ACTIONS[action]
         victim_pid = 0
         if action == "kill_active":
@@ -315,7 +325,8 @@ class Campaign:
         await self.until_true(lambda: self.snaps > seen, 5, f"round {i}: a snapshot of the load taken now")
         end = self.counts()
         self.counted = end
-        r.disconnects, r.duplicates, r.unexpected, r.session_closed = end[0] - disc0, end[1] - dup0, end[2] - unx0, end[3] - closed0
+        for k, b, e in zip(COUNTED, before, end, strict=True):
+            setattr(r, k, e - b)
         r.two_actives = self.two_actives or bool(self.epoch_violations())
         r.ms = round((time.monotonic() - t0) * 1000, 1)
         if r.two_actives:
@@ -323,7 +334,7 @@ class Campaign:
         self.judge(r)
         return r
 
-    def charge_late(self, r: Round, now: tuple[int, int, int, int], *, judge: bool) -> None:
+    def charge_late(self, r: Round, now: tuple[int, ...], *, judge: bool) -> None:
         """What the load counted after round `r` was judged (`self.counted`) up to `now` is `r`'s:
         added to it, and with `judge` failed by its rules, as if it had come before its end."""
         assert self.counted is not None
@@ -331,13 +342,9 @@ class Campaign:
         self.counted = now
         if not any(late):
             return
-        r.disconnects += late[0]
-        r.duplicates += late[1]
-        r.unexpected += late[2]
-        r.session_closed += late[3]
-        r.notes.append(
-            "late: " + ", ".join(f"{n} {k}" for n, k in zip(late, ("disconnects", "duplicates", "unexpected", "sessions closed"), strict=True) if n)
-        )
+        for k, n in zip(COUNTED, late, strict=True):
+            setattr(r, k, getattr(r, k) + n)
+        r.notes.append("late: " + ", ".join(f"{n} {k.replace('_', ' ')}" for n, k in zip(late, COUNTED, strict=True) if n))
         if judge:
             self.judge(r)
 
@@ -351,11 +358,13 @@ class Campaign:
             raise CampaignError(f"seed {r.seed} ({r.action}): {r.disconnects} load terminals were disconnected although all had standby sessions")
         if ACTIONS[r.action][1] and r.action not in BOTH_HOSTS_DIE and r.session_closed:
             raise CampaignError(f"seed {r.seed} ({r.action}): {r.session_closed} sessions of load terminals closed although all had standby sessions")
+        if r.action in CP_ONLY and (broken := cp_restart_failures(r.disconnects_cp_present, r.session_closed)):
+            raise CampaignError(f"seed {r.seed} ({r.action}): " + "; ".join(broken))
 
-    def counts(self) -> tuple[int, int, int, int]:
-        """The load's disconnects, duplicates, unexpected replies and closed sessions so far (its last snapshot)."""
-        s = self.snap
-        return s.get("disconnects", 0), s.get("duplicates", 0), s.get("unexpected", 0), s.get("session_closed", 0)
+    def counts(self) -> tuple[int, ...]:
+        """The load's counts (COUNTED: disconnects, duplicates, unexpected replies, closed sessions,
+        drops with the CP present) so far: its last snapshot."""
+        return tuple(self.snap.get(k, 0) for k in COUNTED)
 
     async def until_load_terminals_have_standby(self, i: int, timeout: float = 30.0) -> None:
         from hsb.config import parse_addr
@@ -481,25 +490,24 @@ class Campaign:
             self.snap = snap
             self.snaps += 1
 
-        load = asyncio.ensure_future(
-            # disconnects are judged per round (allowed only where a terminal could lack a standby session)
-            run_load(
-                self.state()["cp"]["terminal"],
-                terminals=self.n,
-                rate=self.rate,
-                duration=86400,
-                settle=30,
-                record_ids=True,
-                sending=sending,
-                stop=stop,
-                progress=progress,
-                progress_interval=0.1,
-                expect_disconnects=True,
-                id_base=self.id_base,
-                workload=self.workload,
-                books=books,
-                mark_resent=self.mark_resent,
-            )
+        load = await start_load(
+            # disconnects are judged per round (allowed only where a terminal could lack a standby
+            # session; in a round that kills only the CP, only those its absence explains)
+            self.state()["cp"]["terminal"],
+            terminals=self.n,
+            rate=self.rate,
+            duration=86400,
+            settle=30,
+            record_ids=True,
+            sending=sending,
+            stop=stop,
+            progress=progress,
+            progress_interval=0.1,
+            expect_disconnects=True,
+            id_base=self.id_base,
+            workload=self.workload,
+            books=books,
+            mark_resent=self.mark_resent,
         )
         churn = asyncio.ensure_future(self.churn(churn_stop))
         try:
@@ -521,7 +529,7 @@ class Campaign:
             await churn
         d = report.to_dict()
         if self.rounds and self.counted is not None:  # what came after the last round was judged is its own
-            self.charge_late(self.rounds[-1], (d["disconnects"], d["duplicates"], d["unexpected"], d["session_closed"]), judge=False)
+            self.charge_late(self.rounds[-1], tuple(d[k] for k in COUNTED), judge=False)
         journal_problems = (
             self.check_journals(report) if self.workload is None else {"missing": 0, "unmarked_repeats": 0, "processed_more_than_once": 0}
         )
@@ -540,6 +548,9 @@ class Campaign:
             "processed_more_than_once": journal_problems["processed_more_than_once"],  # (each time but the first marked)
             "disconnects_in_quiet_rounds": sum(r.disconnects for r in self.rounds if ACTIONS[r.action][1]),
             "sessions_closed_in_quiet_rounds": sum(r.session_closed for r in self.rounds if ACTIONS[r.action][1] and r.action not in BOTH_HOSTS_DIE),
+            # rounds that kill only the CP (a CP restart: hsb.term.report's "cp" verdict)
+            "sessions_closed_in_cp_rounds": sum(r.session_closed for r in self.rounds if r.action in CP_ONLY),
+            "disconnects_cp_present_in_cp_rounds": sum(r.disconnects_cp_present for r in self.rounds if r.action in CP_ONLY),
             "disconnects_total": d["disconnects"],
             "rounds_with_two_actives": sum(r.two_actives for r in self.rounds),
             "epoch_violations": self.epoch_violations(),
