@@ -21,6 +21,7 @@ async def test_campaign_20_rounds(tmp_path: Path) -> None:
     assert summary["failures"] == [], summary  # the strict verdict: unexpected, unacked, bad data, ...
     assert summary["processed_twice_without_redelivered_mark"] == 0, summary
     assert summary["acknowledged_not_in_any_journal"] == 0, summary
+    assert summary["processed_never_sent"] == 0, summary
     assert summary["disconnects_in_quiet_rounds"] == 0, summary
     assert summary["sessions_closed_in_quiet_rounds"] == 0, summary
     assert summary["sessions_closed_in_cp_rounds"] == 0, summary

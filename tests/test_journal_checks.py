@@ -71,8 +71,28 @@ def test_netns_check_delivery_passes_marked_repeats(tmp_path: Path) -> None:
     assert out["processed_twice"] == 1
 
 
+def campaign(d: Path, base: int) -> Campaign:
+    c = Campaign(d, seed=1, terminals=1, churners=1)  # the load's T00001, the churner T00002
+    c.id_base = base
+    return c
+
+
 def test_campaign_counts_an_unmarked_repeat_after_a_marked_line(tmp_path: Path) -> None:
     write(tmp_path, "host-a", [("T1", 4, 0)])
     write(tmp_path, "host-b", [("T1", 5, 1), ("T1", 5, 0), ("T1", 6, 0)])
-    got = Campaign.check_journals(SimpleNamespace(d=tmp_path), SimpleNamespace(ids={"T1": {"acked": [[5, 7]], "step": 1}}))  # type: ignore[arg-type]
-    assert got == {"missing": 1, "unmarked_repeats": 1, "processed_more_than_once": 1}
+    got = campaign(tmp_path, 4).check_journals(SimpleNamespace(ids={"T1": {"acked": [[4, 7]], "replied": [[4, 7]], "step": 1}}))
+    assert got == {"missing": 1, "unmarked_repeats": 1, "processed_more_than_once": 1, "never_sent": 0}
+
+
+def test_campaign_counts_what_a_host_processed_that_no_terminal_sent(tmp_path: Path) -> None:
+    """check_journals compared only the acknowledged ids with the journals: a host that processed
+    an id no terminal sent (a stale takeover entry, a message delivered to another terminal; the
+    CP drops such a reply, so the load never sees it) passed."""
+    ids = {"T1": {"acked": [[5, 7]], "replied": [[5, 8]], "step": 1}, "T3": {"acked": [[6, 6]], "replied": [], "step": 1}}
+    write(tmp_path, "host-a", [("T1", 5, 0), ("T1", 6, 0), ("T1", 999, 0)])  # 999: never sent by T1
+    write(tmp_path, "host-b", [("T1", 7, 1), ("T1", 8, 1), ("T3", 6, 0)])  # (8: answered, its ack lost: sent)
+    assert campaign(tmp_path, 5).check_journals(SimpleNamespace(ids=ids))["never_sent"] == 1
+    # a terminal the run did not have, another terminal's id; not an earlier run's id (below the
+    # base) nor the churner's id 1
+    write(tmp_path, "host-b", [("T1", 7, 1), ("T9", 7, 0), ("T3", 7, 0), ("T1", 2, 0), ("T00002", 1, 0), ("T00002", 1, 0)])
+    assert campaign(tmp_path, 5).check_journals(SimpleNamespace(ids=ids))["never_sent"] == 3

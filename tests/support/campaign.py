@@ -17,8 +17,9 @@ died) and checks the invariants:
   was established (those terminals all had standby sessions);
 - in a round that kills only the CP, the CP-restart verdict of hsb.term.report: no
   session closed, and no terminal dropped while the same CP process was there;
-- at the end: nothing acknowledged lost, every acknowledged id in a journal, and
-  no (terminal, id) processed twice without the redelivered mark.
+- at the end: nothing acknowledged lost, every acknowledged id in a journal, no
+  (terminal, id) processed twice without the redelivered mark, and nothing processed
+  that no terminal sent.
 
 A round armed at a crash point counts under that point only if the point was
 reached (its `crash_point` line is in the victim's log); when the path was
@@ -47,10 +48,9 @@ from hsb.term.books import check_books
 from hsb.term.load import terminal_names
 from hsb.term.net import new_id_base
 from hsb.term.report import cp_restart_failures
-from hsb.term.verdict import ids
 from hsb.term.workload import LedgerWorkload
 from tests.support.campaignload import start_load
-from tests.support.hostjournal import read_host_journal, unmarked_repeats
+from tests.support.hostjournal import journal_counts, read_host_journal
 from tests.support.massterm import Fleet
 from tests.support.procs import signal_faults
 
@@ -447,9 +447,13 @@ class Campaign:
             await asyncio.sleep(0.02)
 
     # ------------------------------------------------------------------ churn
+    def churner_names(self) -> list[str]:
+        """The terminals that log on and off through the run (beside the load's): each sends id 1 at each session open."""
+        return [f"T{i:05d}" for i in range(self.n + 1, self.n + 1 + self.churners)]
+
     async def churn(self, stop: asyncio.Event) -> None:
         st = self.state()
-        names = [f"T{i:05d}" for i in range(self.n + 1, self.n + 1 + self.churners)]
+        names = self.churner_names()
         fleet = Fleet(st["cp"]["terminal"])
         rng = random.Random(self.seed)
         try:
@@ -531,7 +535,9 @@ class Campaign:
         if self.rounds and self.counted is not None:  # what came after the last round was judged is its own
             self.charge_late(self.rounds[-1], tuple(d[k] for k in COUNTED), judge=False)
         journal_problems = (
-            self.check_journals(report) if self.workload is None else {"missing": 0, "unmarked_repeats": 0, "processed_more_than_once": 0}
+            self.check_journals(report)
+            if self.workload is None
+            else {"missing": 0, "unmarked_repeats": 0, "processed_more_than_once": 0, "never_sent": 0}
         )
         summary = {
             "seed": self.seed,
@@ -546,6 +552,7 @@ class Campaign:
             "processed_twice_without_redelivered_mark": journal_problems["unmarked_repeats"],
             "acknowledged_not_in_any_journal": journal_problems["missing"],
             "processed_more_than_once": journal_problems["processed_more_than_once"],  # (each time but the first marked)
+            "processed_never_sent": journal_problems["never_sent"],  # (terminal, id) no terminal sent, in a journal
             "disconnects_in_quiet_rounds": sum(r.disconnects for r in self.rounds if ACTIONS[r.action][1]),
             "sessions_closed_in_quiet_rounds": sum(r.session_closed for r in self.rounds if ACTIONS[r.action][1] and r.action not in BOTH_HOSTS_DIE),
             # rounds that kill only the CP (a CP restart: hsb.term.report's "cp" verdict)
@@ -574,19 +581,10 @@ class Campaign:
             raise CampaignError(f"seed {r.seed} ({r.action}): the books after the round: {b.failures}")
 
     def check_journals(self, report: Any) -> dict[str, int]:
-        """Every acknowledged id in a host journal, and one processed again marked every time
-        after its first (on the same host or another: tests.support.hostjournal's rule)."""
+        """The load's ids (report.ids) against the hosts' journals: tests.support.hostjournal's
+        `counts` (the churners send id 1 at each session open)."""
         j = {h: read_host_journal(self.d / f"journal-{h}.log", h) for h in HOSTS}
-        acked = {(t, i) for t, rec in report.ids.items() for i in ids(rec["acked"], rec["step"])}
-        times: dict[tuple[str, int], int] = {}
-        for e in j.values():
-            for k, marks in e.items():
-                times[k] = times.get(k, 0) + len(marks)
-        return {
-            "missing": len(acked - times.keys()),
-            "unmarked_repeats": len(unmarked_repeats(j)),
-            "processed_more_than_once": sum(1 for v in times.values() if v > 1),
-        }
+        return journal_counts(j, report.ids, self.id_base, {n: {1} for n in self.churner_names()})
 
 
 async def run_campaign(d: Path, rounds: int, **kw: Any) -> dict[str, Any]:

@@ -1,10 +1,13 @@
-"""The hosts' `journal` service files as evidence (SPEC §5.6): reading them, and the one rule
-every failover check applies to them: an id processed again, on the same host or another, is
-marked redelivered every time after its first."""
+"""The hosts' `journal` service files as evidence (SPEC §5.6): reading them, the one rule
+every failover check applies to them (an id processed again, on the same host or another, is
+marked redelivered every time after its first), and what a host processed that no terminal sent."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from hsb.term.verdict import ids
 
 Journals = dict[str, dict[tuple[str, int], list[int]]]
 
@@ -31,3 +34,33 @@ def unmarked_repeats(j: Journals) -> list[tuple[str, int]]:
         for k, marks in e.items():
             unmarked[k] = unmarked.get(k, 0) + marks.count(0)
     return sorted(bad | {k for k, n in unmarked.items() if n > 1})
+
+
+def never_sent(j: Journals, sent: dict[str, set[int]], base: int) -> list[tuple[str, int]]:
+    """(terminal, id) processed that no terminal sent: of a terminal not in `sent` (it names
+    every terminal of the run, with the ids each sent), or an id at or above the run's first
+    (`base`) that its terminal never sent (another terminal's, misdelivered; a stale entry of
+    the takeover file). An id below `base` is an earlier run's: not judged. The CP drops the
+    reply of an id it does not hold, so the load never sees such processing: only this does."""
+    return sorted({(t, i) for e in j.values() for t, i in e if t not in sent or (i >= base and i not in sent[t])})
+
+
+def journal_counts(j: Journals, run_ids: dict[str, Any], base: int, others: dict[str, set[int]]) -> dict[str, int]:
+    """A load's ids (its report's `ids`, the run's first id `base`) against the journals: the
+    acknowledged ids in none (`missing`), the ids processed again without the mark, those
+    processed more than once (each time but the first marked), and those `never_sent` (what a
+    terminal sent: its acknowledged and answered ids; one sent and neither is counted too, and
+    the run fails on it anyway, as unacknowledged; `others`: terminals beside the load's, with
+    the ids they send)."""
+    acked = {(t, i) for t, rec in run_ids.items() for i in ids(rec["acked"], rec["step"])}
+    sent = {t: set(ids(rec["acked"], rec["step"])) | set(ids(rec["replied"], rec["step"])) for t, rec in run_ids.items()}
+    times: dict[tuple[str, int], int] = {}
+    for e in j.values():
+        for k, marks in e.items():
+            times[k] = times.get(k, 0) + len(marks)
+    return {
+        "missing": len(acked - times.keys()),
+        "unmarked_repeats": len(unmarked_repeats(j)),
+        "processed_more_than_once": sum(1 for v in times.values() if v > 1),
+        "never_sent": len(never_sent(j, {**others, **sent}, base)),
+    }
