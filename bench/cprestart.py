@@ -11,7 +11,8 @@ no session may close) and, once hot standby is established and
 the load steady, SIGKILL of hsbcpd and a new hsbcpd started at once on the same journal (what
 systemd's `Restart=always` does). From the kill, on the wall clock (the daemons' JSON logs and
 the load child): the new process's first log line (process start), `journal_recovered` (its
-own duration beside it), `cp_started` (listening), the active's registration (`host_registered`
+own duration beside it; exactly one, as one `cp_started` and, under --supervise, one worker
+dead and one forked: a second death fails the run), `cp_started` (listening), the active's registration (`host_registered`
 with role active), every terminal with its session back (reconnected, resumed, the active's
 session open), and the terminals' headline: the worst pause (reply latency of every message in
 flight at the kill or sent in the second after it) and all served (the last reply to a message in
@@ -60,6 +61,7 @@ from _sandbox import (  # noqa: E402
 )
 
 from bench._common import finished, scratch  # noqa: E402
+from hsb.demo import one_restart_failures  # noqa: E402
 
 COMMAND = ".venv/bin/python bench/cprestart.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "cprestart.json"
@@ -150,7 +152,7 @@ async def one(d: Path, n: int, a: argparse.Namespace, rep: int, mode: str = "pla
     started = logs.cp.find("cp_started", after=t_kill)
     reg = logs.cp.find("host_registered", after=t_kill, role="active")
     op = (report.get("operations") or [{}])[0]
-    extra_failures = fault_window_failures(report, n)
+    extra_failures = run_failures(report, n, cp, t_kill, mode)
     return {
         "terminals": n,
         "rep": rep,
@@ -178,6 +180,16 @@ async def one(d: Path, n: int, a: argparse.Namespace, rep: int, mode: str = "pla
         "ok": report["ok"] and not extra_failures,
         "failures": report["failures"] + extra_failures,
     }
+
+
+def run_failures(report: dict[str, Any], n: int, cp: list[dict[str, Any]], t_kill: float, mode: str) -> list[str]:
+    """What a run fails on beside the load's verdict: its fault window (a drop before the kill,
+    more changes of CP process than one per terminal) and the CP's log from the kill on (`cp`,
+    as Logs reads it): one restart on the journal, under --supervise one worker dead and one
+    forked (a second death before any terminal came back, in the recovery say, adds no change
+    of CP process that the terminals could count)."""
+    after = [e for e in cp if e.get("_t", 0.0) >= t_kill]
+    return fault_window_failures(report, n) + one_restart_failures(after, supervised=mode == "supervise")
 
 
 def master_line(e: dict[str, Any]) -> bool:

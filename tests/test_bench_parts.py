@@ -67,3 +67,41 @@ async def test_the_load_childs_stats_take_what_run_load_gives_them() -> None:
     made: list[Any] = []
     stats = _sandbox._stats_factory(made)(3, "127.0.0.1:1", cert="t.pem")  # (the load child's, as run_load calls it)
     assert made == [stats] and stats.terminals == 3 and stats.extras()["back"] == 0
+
+
+def test_a_second_death_of_the_cp_after_the_kill_fails_the_restart_run(tmp_path: Path) -> None:
+    """bench/cprestart.py's only check against a second death was more changes of CP process than
+    terminals: a new worker that died before it welcomed anyone (in its journal's recovery, say)
+    added none, its master forked a third, and the run was OK. The CP's log from the kill on
+    must show one restart: under --supervise one worker dead and one forked."""
+    import json
+    from datetime import UTC, datetime
+
+    import cprestart
+    from _sandbox import LogTail
+
+    t_kill = 1_700_000_000.0
+
+    def line(event: str, at: float) -> str:
+        iso = datetime.fromtimestamp(t_kill + at, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return json.dumps({"event": event, "timestamp": iso}) + "\n"
+
+    def judged(events: list[tuple[str, float]], mode: str) -> list[str]:
+        log = tmp_path / f"cp-{len(list(tmp_path.iterdir()))}.log"
+        log.write_text("".join(line(e, at) for e, at in events))
+        report = {"extras": {"disconnects_before": 0}, "cp_reconnects": 10}  # each of the 10 terminals saw one new CP
+        return cprestart.run_failures(report, 10, LogTail(log).read(), t_kill, mode)
+
+    before = [("cp_worker_started", -9.0), ("journal_recovered", -8.9), ("cp_started", -8.8)]  # the first worker's start
+    once = [("cp_worker_died", 0.01), ("cp_worker_started", 0.02), ("journal_recovered", 0.05), ("cp_started", 0.06)]
+    assert judged(before + once, "supervise") == []
+    # the next worker dies in its recovery and a third one is forked: the terminals see one new CP
+    twice = [("cp_worker_died", 0.01), ("cp_worker_started", 0.02), ("cp_worker_died", 0.04), ("cp_worker_started", 0.05)] + once[2:]
+    assert judged(before + twice, "supervise") == [
+        "not one restart of the CP on its journal: 2 worker deaths, 2 workers forked, 1 starts, 1 journal recoveries"
+    ]
+    crash_loop = [*once, ("cp_worker_crash_loop", 0.5), ("cp_worker_started", 1.5), ("journal_recovered", 1.6), ("cp_started", 1.7)]
+    assert judged(before + crash_loop, "supervise")
+    # a plain hsbcpd started again by hand: its start and recovery, no master's lines
+    assert judged([("journal_recovered", -8.9), ("cp_started", -8.8), ("journal_recovered", 0.3), ("cp_started", 0.4)], "plain") == []
+    assert judged([("journal_recovered", 0.3), ("cp_started", 0.4), ("journal_recovered", 0.9), ("cp_started", 1.0)], "plain")
