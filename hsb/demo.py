@@ -117,9 +117,22 @@ async def _background_load(
     return load, stop, marks
 
 
+async def _stop_load(load: asyncio.Future[Any] | None) -> None:
+    """An act's load that is still running when the act ends (a wait timed out, a daemon would not
+    start): cancelled, and its terminals logged off, before the act's daemons are stopped, not
+    left reconnecting through the next act."""
+    if load is None or load.done():
+        return
+    load.cancel()
+    await asyncio.wait([load])  # (its own end; a cancel of this act still ends this wait)
+    if not load.cancelled():
+        load.exception()  # (retrieved: the act's own error is the one said)
+
+
 async def scenario(d: Path, *, conventional: bool, terminals: int, rate: float, say: Any) -> dict[str, Any]:
     mode = "conventional" if conventional else "fast switch"
     say(f"\n== {mode}: starting hsbcpd, host-a (active), host-b (standby), {terminals} terminals ==")
+    load = None
     try:
         info = await sandbox.aup(d, terminals=terminals, service="journal", conventional=conventional, timeout=60)
         load, stop, marks = await _background_load(info["cp"]["terminal"], terminals=terminals, rate=rate, expect_disconnects=conventional)
@@ -145,6 +158,7 @@ async def scenario(d: Path, *, conventional: bool, terminals: int, rate: float, 
         report = rep.to_dict()
         dead = _dead(d)
     finally:
+        await _stop_load(load)
         _down(d)
     cp_log = d / "cp.log"
     lost = _between(_events(cp_log, "active_host_link_lost"), t_kill, t_est)
@@ -259,6 +273,7 @@ async def cp_restart(d: Path, *, terminals: int, rate: float, say: Any) -> dict[
     """Act three: the CP itself is SIGKILLed under load, and its master (`hsbcpd --supervise`, as
     the systemd unit runs it) forks it again at once on its journal."""
     say(f"\n== the CP itself: starting hsbcpd --supervise, host-a (active), host-b (standby), {terminals} resuming terminals ==")
+    load = None
     try:
         info = await sandbox.aup(d, terminals=terminals, service="journal", timeout=60, supervise=True)
         # "cp": only drops a new CP process explains pass (not sessions closed, nor a drop while
@@ -287,6 +302,7 @@ async def cp_restart(d: Path, *, terminals: int, rate: float, say: Any) -> dict[
         t_end = time.time()  # (the teardown's lines come after)
         dead = _dead(d)
     finally:
+        await _stop_load(load)
         _down(d)
     cp_log = d / "cp.log"
     recovered = _between(_events(cp_log, "journal_recovered"), t_kill, t_back)
@@ -354,6 +370,7 @@ async def ledger_act(d: Path, *, terminals: int, rate: float, dsn: str | None, s
     where = "PostgreSQL" if dsn else "SQLite in the demo's folder"
     say(f"\n== the ledger: {terminals} terminals sending transfers, the books in {where} ==")
     w = LedgerWorkload(accounts=50)
+    load = None
     try:
         info = await sandbox.aup(d, terminals=terminals, service="ledger", dsn=dsn, timeout=60)
         load, stop, marks = await _background_load(
@@ -373,6 +390,7 @@ async def ledger_act(d: Path, *, terminals: int, rate: float, dsn: str | None, s
         rep = await load
         dead = [n for n in _dead(d) if n != "host-a"]  # (host-a was killed and stays down in this act)
     finally:
+        await _stop_load(load)
         _down(d)
     checks = [f"daemons not running at the end: {', '.join(dead)}"] if dead else []
     pause = rep.pause or {}

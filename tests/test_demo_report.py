@@ -146,3 +146,37 @@ def test_the_cp_act_judges_its_load_as_a_cp_restart(monkeypatch: pytest.MonkeyPa
     with pytest.raises(RuntimeError, match="stop here"):
         asyncio.run(demo.cp_restart(tmp_path, terminals=4, rate=10, say=lambda s: None))
     assert seen["expect_disconnects"] == "cp"
+
+
+async def test_an_act_that_does_not_complete_stops_its_load(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An act whose wait timed out after its load had started tore its sandbox down and left the
+    load running: the next act ran beside ~200 terminals still reconnecting. Each act's load is
+    stopped when the act ends, however it ends."""
+    loads: list[asyncio.Future[None]] = []
+    pending_at_start: list[int] = []  # loads of earlier acts still running when an act starts its own
+
+    async def aup(d: Path, **kw: Any) -> dict[str, Any]:
+        return {"cp": {"terminal": "127.0.0.1:1"}, "ledger": {"sqlite": str(d / "ledger.db")}}
+
+    async def background_load(cp: Any, **kw: Any) -> Any:
+        pending_at_start.append(sum(not t.done() for t in loads))
+
+        async def run_load() -> None:  # (as hsb.term.load's: runs until stopped or cancelled)
+            await asyncio.Event().wait()
+
+        loads.append(asyncio.ensure_future(run_load()))
+        return loads[-1], asyncio.Event(), []
+
+    async def until(d: Path, pred: Any, timeout: float, what: str) -> Any:
+        raise TimeoutError(f"{what} not reached in {timeout:g} s")
+
+    monkeypatch.setattr(demo.sandbox, "aup", aup)
+    monkeypatch.setattr(demo, "_background_load", background_load)
+    monkeypatch.setattr(demo, "_until", until)
+    monkeypatch.setattr(demo, "_down", lambda d: None)
+    args = demo.argparse.Namespace(
+        json=True, terminals=4, rate=10.0, dir=str(tmp_path), fast_only=False, no_cp_restart=False, no_ledger=False, dsn=None
+    )
+    assert await demo.amain(args) == 1  # (every act did not complete)
+    assert len(loads) == 4 and pending_at_start == [0, 0, 0, 0]
+    assert all(t.done() for t in loads)  # (checked in the loop: asyncio.run cancels what is left only as it ends)
