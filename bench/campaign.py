@@ -4,7 +4,8 @@ Same rounds and invariants as tests/test_campaign.py (tests/support/campaign.py)
 run 1,000 times against one sandbox; prints every round with its seed and a
 summary JSON; exits 1 on the first broken invariant (with the seed to replay), and
 when the load's strict verdict (hsb.term: nothing lost, duplicated, unexpected, wrong
-or unacknowledged) or any invariant failed at the end.
+or unacknowledged) or any invariant failed at the end, or an armed crash point did not fire in
+its round (the process SIGKILLed instead: a round that tested nothing of its point).
 
 The raw results (the summary, without the per-round detail) go to
 `bench/results/campaign.json` (`--json FILE` elsewhere; `--out FILE` also writes the
@@ -35,6 +36,7 @@ from tests.support.campaign import ACTIONS, Campaign, CampaignError  # noqa: E40
 COMMAND = ".venv/bin/python bench/campaign.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "campaign.json"
 SECTION = "Fault campaign (`bench/campaign.py`)"
+NOT_REACHED = ", crash point not reached"  # round_ms's key for an action's rounds that fell back to SIGKILL
 
 # what each action does, for the table
 ACTION_LABELS = {
@@ -49,23 +51,40 @@ ACTION_LABELS = {
 }
 
 
+# the summary's counts that must be zero, and what each counts
+CHECKED = (
+    ("lost", "acknowledged messages lost"),
+    ("duplicates", "duplicate replies"),
+    ("unexpected", "unexpected replies"),
+    ("processed_twice_without_redelivered_mark", "processed twice without the redelivered mark"),
+    ("acknowledged_not_in_any_journal", "acknowledged but in no journal"),
+    ("disconnects_in_quiet_rounds", "disconnects of terminals that had a standby session"),
+    ("sessions_closed_in_quiet_rounds", "sessions closed of terminals that had a standby session"),
+    ("rounds_with_two_actives", "rounds with two actives serving"),
+)
+
+
 def problems(s: dict[str, Any]) -> list[str]:
     """Every broken promise in a campaign summary (empty: the campaign passed)."""
     out = [f"load: {f}" for f in s.get("failures") or []]
-    for key, what in (
-        ("lost", "acknowledged messages lost"),
-        ("duplicates", "duplicate replies"),
-        ("unexpected", "unexpected replies"),
-        ("processed_twice_without_redelivered_mark", "processed twice without the redelivered mark"),
-        ("acknowledged_not_in_any_journal", "acknowledged but in no journal"),
-        ("disconnects_in_quiet_rounds", "disconnects of terminals that had a standby session"),
-        ("sessions_closed_in_quiet_rounds", "sessions closed of terminals that had a standby session"),
-        ("rounds_with_two_actives", "rounds with two actives serving"),
-    ):
+    for key, what in CHECKED:
         if s.get(key):
             out.append(f"{s[key]:,} {what}")
     if s.get("epoch_violations"):
         out.append(f"epoch records: {'; '.join(s['epoch_violations'][:5])}")
+    return out + not_reached(s)
+
+
+def not_reached(s: dict[str, Any]) -> list[str]:
+    """The armed crash points that did not fire in some of their rounds (the process SIGKILLed
+    instead): such a round tested nothing of its point, so the campaign did not pass it."""
+    acts = s.get("actions") or {}
+    out = []
+    for a, n in sorted((s.get("fallbacks") or {}).items()):
+        if n:
+            point = ACTIONS[a][0] if a in ACTIONS else None
+            how = "never reached" if not acts.get(a) else f"not reached in {n:,} of its {n + acts[a]:,} rounds"
+            out.append(f"crash point {point or a} ({ACTION_LABELS.get(a, a)}) {how} (SIGKILLed instead)")
     return out
 
 
@@ -74,11 +93,17 @@ def compact(summary: dict[str, Any]) -> dict[str, Any]:
     detail = summary.get("rounds_detail") or []
     res = {k: v for k, v in summary.items() if k != "rounds_detail"}
     by: dict[str, list[float]] = {}
-    for r in detail:
-        by.setdefault(r["action"], []).append(r["ms"])
+    for r in detail:  # a round whose crash point never fired is not one of its action's
+        by.setdefault(r["action"] + (NOT_REACHED if r.get("fallback") else ""), []).append(r["ms"])
     res["round_ms"] = {a: {"rounds": len(v), "median": round(statistics.median(v), 1), "max": max(v)} for a, v in by.items()}
     res["notes"] = [f"round {i} ({r['action']}): {'; '.join(r['notes'])}" for i, r in enumerate(detail) if r.get("notes")][:50]
     return res
+
+
+def label(key: str) -> str:
+    """An action's words for the table (a `round_ms` key: its rounds that fell back say so)."""
+    a = key.removesuffix(NOT_REACHED)
+    return ACTION_LABELS.get(a, a) + (NOT_REACHED if a != key else "")
 
 
 def render(saved: dict[str, Any], a: argparse.Namespace) -> str:
@@ -117,8 +142,13 @@ def render(saved: dict[str, Any], a: argparse.Namespace) -> str:
             f"{ACTION_LABELS.get(k, k)} {v:,}" for k, v in fb.items()
         )
     classic = [k for k, (_, has_standby) in ACTIONS.items() if not has_standby]
+    fell = sum(fb.values())
     rows = [
-        ["rounds", f'{s["rounds"]:,} (seed {s["seed"]}; a round replays from `Random("{s["seed"]}:<round>")`)'],
+        [
+            "rounds",
+            f'{s["rounds"]:,} (seed {s["seed"]}; a round replays from `Random("{s["seed"]}:<round>")`)'
+            + (f"; **{fell:,}** of them armed at a crash point that never fired, so no fault round" if fell else ""),
+        ],
         ["messages acknowledged", f"{s['acknowledged']:,}"],
         ["lost", b("lost")],
         ["duplicated replies", b("duplicates")],
@@ -148,7 +178,7 @@ def render(saved: dict[str, Any], a: argparse.Namespace) -> str:
         out += [
             "",
             "Round time (kill → pair recovered and checked), ms, median (max): "
-            + ", ".join(f"{ACTION_LABELS.get(k, k)} {v['median']:,.0f} ({v['max']:,.0f})" for k, v in rm.items())
+            + ", ".join(f"{label(k)} {v['median']:,.0f} ({v['max']:,.0f})" for k, v in rm.items())
             + ".",
         ]
     return "\n".join(out)

@@ -1,0 +1,64 @@
+"""The fault campaign's verdict (bench/campaign.py's `problems` and `render`) on summaries made
+up here: what it must not call "all OK"."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+import campaign  # noqa: E402
+
+MACHINE = {"cpu": "x", "cores": 2, "kernel": "k", "python": "3", "uvloop": "u", "loadavg": [0.0], "date": "d", "code": "c"}
+
+
+def passing() -> dict[str, Any]:
+    """A summary of a campaign that kept every promise (every figure measured, each zero)."""
+    s: dict[str, Any] = {"seed": 1, "rounds": 10, "acknowledged": 500, "failures": [], "epoch_violations": []}
+    s |= {k: 0 for k, _ in campaign.CHECKED}
+    s["actions"] = {"kill_active": 5, "crash_cp_mid_compaction": 5}
+    s["fallbacks"] = {}
+    return s
+
+
+def rendered(s: dict[str, Any]) -> str:
+    a = argparse.Namespace(command="c", machine=MACHINE, json=str(campaign.RESULTS), render=None)
+    return campaign.render({"machine": MACHINE, "settings": {"rounds": s["rounds"]}, "results": s}, a)
+
+
+def verdict(text: str) -> str:
+    return next(ln for ln in text.splitlines() if ln.startswith("| verdict"))
+
+
+def test_a_passing_summary_is_all_ok() -> None:
+    s = passing()
+    assert campaign.problems(s) == []
+    assert verdict(rendered(s)) == "| verdict | all OK |"
+
+
+def test_a_crash_point_that_never_fired_fails_the_verdict() -> None:
+    """An armed round whose point was never reached (the campaign SIGKILLed the process after
+    10 s) tested nothing of that point: such rounds, five of five, were reported "all OK"."""
+    s = passing() | {"actions": {"kill_active": 5, "crash_cp_mid_compaction": 0}, "fallbacks": {"crash_cp_mid_compaction": 5}}
+    bad = campaign.problems(s)
+    assert bad and "cp.mid_compaction" in bad[0] and "never reached" in bad[0], bad
+    text = rendered(s)
+    assert "**FAILED**" in verdict(text) and "cp.mid_compaction" in verdict(text)
+    assert "**5** of them armed at a crash point that never fired" in text
+    some = passing() | {"actions": {"crash_cp_mid_compaction": 3}, "fallbacks": {"crash_cp_mid_compaction": 1}}
+    assert campaign.problems(some) == ["crash point cp.mid_compaction (crash_cp_mid_compaction) not reached in 1 of its 4 rounds (SIGKILLed instead)"]
+
+
+def test_round_times_keep_the_rounds_that_fell_back_apart() -> None:
+    detail = [
+        {"action": "crash_cp_mid_compaction", "ms": 1000.0, "fallback": False},
+        {"action": "crash_cp_mid_compaction", "ms": 11000.0, "fallback": True},
+    ]
+    rm = campaign.compact({"rounds_detail": detail})["round_ms"]
+    assert rm == {
+        "crash_cp_mid_compaction": {"rounds": 1, "median": 1000.0, "max": 1000.0},
+        "crash_cp_mid_compaction, crash point not reached": {"rounds": 1, "median": 11000.0, "max": 11000.0},
+    }
