@@ -43,7 +43,7 @@ ACTION_LABELS = {
     "kill_active": "SIGKILL active",
     "crash_before_reply": "crash before reply",
     "crash_mid_ring_group": "crash mid ring group",
-    "crash_new_active_mid_redelivery": "new active crashed mid re-delivery (operator restart)",
+    "crash_new_active_mid_redelivery": "active crashed before a reply, then the new active mid re-delivery (operator restart)",
     "kill_standby": "SIGKILL standby",
     "crash_mid_batch_write": "crash mid batch write",
     "crash_between_batch_and_notice": "crash between batch write and its notice",

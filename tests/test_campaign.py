@@ -28,6 +28,9 @@ async def test_campaign_20_rounds(tmp_path: Path) -> None:
     assert summary["disconnects_cp_present_in_cp_rounds"] == 0, summary
     assert summary["rounds_with_two_actives"] == 0, summary
     assert summary["epoch_violations"] == [], summary
+    # every armed crash point fired in its round (none SIGKILLed instead: that round tested nothing of it)
+    assert summary["fallbacks"] == {}, summary["fallbacks"]
+    assert sum(summary["actions"].values()) == 20, summary["actions"]
 
 
 @pytest.mark.timeout(600)
@@ -64,6 +67,8 @@ async def test_campaign_20_rounds_ledger_on_postgresql(tmp_path: Path) -> None:
     assert summary["sessions_closed_in_quiet_rounds"] == 0, summary
     assert summary["rounds_with_two_actives"] == 0, summary
     assert summary["epoch_violations"] == [], summary
+    assert summary["fallbacks"] == {}, summary["fallbacks"]
+    assert sum(summary["actions"].values()) == 20, summary["actions"]
 
 
 def test_a_late_disconnect_is_charged_to_the_round_it_came_after(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ died) and checks the invariants:
 A round armed at a crash point counts under that point only if the point was
 reached (its `crash_point` line is in the victim's log); when the path was
 never taken and the host was killed instead, the round is a *fallback*,
-reported apart.
+reported apart, and the campaign's verdict fails (tests/test_campaign.py asserts none).
 
 Replay one round: the printed seed is the campaign seed; the round's choices
 come from Random(f"{seed}:{round}").
@@ -52,7 +52,7 @@ from hsb.term.workload import LedgerWorkload
 from tests.support.campaignload import start_load
 from tests.support.hostjournal import journal_counts, read_host_journal
 from tests.support.massterm import Fleet
-from tests.support.procs import signal_faults
+from tests.support.procs import arm_faults, signal_faults
 
 HOSTS = ("host-a", "host-b")
 # action -> (crash point armed in the active, or None), whether load terminals must stay connected
@@ -300,8 +300,11 @@ class Campaign:
         elif action == "crash_new_active_mid_redelivery":
             r.victim = f"{active}+{standby}"
             victim_pid = self.state()["hosts"][standby]["pid"]
-            self.arm(standby, point, 0)  # type: ignore[arg-type]
-            os.kill(self.state()["hosts"][active]["pid"], signal.SIGKILL)
+            await arm_faults(self.d / f"crash-{standby}", victim_pid, f"{point} 0")
+            # the active dies holding a message it processed and did not answer (a SIGKILL may
+            # find none in flight, and then there is nothing to re-deliver): one to hand over again
+            self.arm(active, "host.before_reply", 0)
+            await self._wait_dead_or_kill(active, 10, r)
             await self._wait_dead_or_kill(standby, 10, r)
         else:  # a crash of the active while it batch-writes for a restarting standby
             r.victim = active
