@@ -43,7 +43,7 @@ ACTION_LABELS = {
     "kill_active": "SIGKILL active",
     "crash_before_reply": "crash before reply",
     "crash_mid_ring_group": "crash mid ring group",
-    "crash_new_active_mid_redelivery": "active crashed before a reply, then the new active mid re-delivery (operator restart)",
+    "crash_new_active_mid_redelivery": "new active crashed mid re-delivery (operator restart)",
     "kill_standby": "SIGKILL standby",
     "crash_mid_batch_write": "crash mid batch write",
     "crash_between_batch_and_notice": "crash between batch write and its notice",
@@ -62,11 +62,22 @@ CHECKED = (
     ("sessions_closed_in_quiet_rounds", "sessions closed of terminals that had a standby session"),
     ("rounds_with_two_actives", "rounds with two actives serving"),
 )
+# what else the verdict reads: a results file without one of these (an older campaign's) did not
+# measure it, and passes nothing on it
+MEASURED = (
+    ("failures", "the load's strict verdict"),
+    ("unacked", "unacknowledged messages"),
+    ("bad_data", "replies with wrong data"),
+    ("epoch_violations", "the epoch records"),
+    ("fallbacks", "whether each armed crash point fired"),
+)
+NOT_MEASURED = "not measured"
 
 
 def problems(s: dict[str, Any]) -> list[str]:
     """Every broken promise in a campaign summary (empty: the campaign passed)."""
-    out = [f"load: {f}" for f in s.get("failures") or []]
+    out = [f"{what}: {NOT_MEASURED}" for key, what in (*CHECKED, *MEASURED) if key not in s]
+    out += [f"load: {f}" for f in s.get("failures") or []]
     for key, what in CHECKED:
         if s.get(key):
             out.append(f"{s[key]:,} {what}")
@@ -132,8 +143,11 @@ def render(saved: dict[str, Any], a: argparse.Namespace) -> str:
         return "\n".join(out)
     bad = problems(s)
 
+    def n(key: str) -> str:  # a figure the run did not measure (an older results file) is not a 0
+        return f"{s[key]:,}" if key in s else NOT_MEASURED
+
     def b(key: str) -> str:
-        return f"**{s.get(key, 0):,}**"
+        return f"**{n(key)}**"
 
     acts = ", ".join(f"{ACTION_LABELS.get(k, k)} {v:,}" for k, v in sorted(s["actions"].items(), key=lambda kv: -kv[1]) if v)
     fb = s.get("fallbacks") or {}
@@ -141,7 +155,8 @@ def render(saved: dict[str, Any], a: argparse.Namespace) -> str:
         acts += "; armed but the crash point never reached (SIGKILLed instead): " + ", ".join(
             f"{ACTION_LABELS.get(k, k)} {v:,}" for k, v in fb.items()
         )
-    classic = [k for k, (_, has_standby) in ACTIONS.items() if not has_standby]
+    ran = s["actions"].keys() | fb.keys()  # (a results file of older code had fewer actions)
+    classic = [k for k, (_, has_standby) in ACTIONS.items() if not has_standby and k in ran]
     fell = sum(fb.values())
     rows = [
         [
@@ -153,9 +168,10 @@ def render(saved: dict[str, Any], a: argparse.Namespace) -> str:
         ["lost", b("lost")],
         ["duplicated replies", b("duplicates")],
         ["unexpected replies", b("unexpected")],
-        ["unacknowledged / wrong data", f"**{s.get('unacked', 0):,} / {s.get('bad_data', 0):,}**"],
+        ["unacknowledged / wrong data", f"**{n('unacked')} / {n('bad_data')}**"],
         ["processed twice without the redelivered mark", b("processed_twice_without_redelivered_mark")],
         ["acknowledged but in no journal", b("acknowledged_not_in_any_journal")],
+        ["processed more than once (marked redelivered every time after the first)", n("processed_more_than_once")],
         ["disconnects of terminals that had a standby session (quiet rounds)", b("disconnects_in_quiet_rounds")],
         ["sessions closed of terminals that had a standby session (quiet rounds)", b("sessions_closed_in_quiet_rounds")],
         [
@@ -174,11 +190,15 @@ def render(saved: dict[str, Any], a: argparse.Namespace) -> str:
     ]
     out.append(table(["total", "value"], rows, "ll"))
     rm = s.get("round_ms") or {}
+
+    def lumped(k: str) -> str:  # older results counted the rounds that fell back under their action
+        return f" (with {fb[k]:,} not reached)" if fb.get(k) and k + NOT_REACHED not in rm else ""
+
     if rm:
         out += [
             "",
             "Round time (kill → pair recovered and checked), ms, median (max): "
-            + ", ".join(f"{label(k)} {v['median']:,.0f} ({v['max']:,.0f})" for k, v in rm.items())
+            + ", ".join(f"{label(k)}{lumped(k)} {v['median']:,.0f} ({v['max']:,.0f})" for k, v in rm.items())
             + ".",
         ]
     return "\n".join(out)

@@ -17,7 +17,8 @@ MACHINE = {"cpu": "x", "cores": 2, "kernel": "k", "python": "3", "uvloop": "u", 
 
 def passing() -> dict[str, Any]:
     """A summary of a campaign that kept every promise (every figure measured, each zero)."""
-    s: dict[str, Any] = {"seed": 1, "rounds": 10, "acknowledged": 500, "failures": [], "epoch_violations": []}
+    s: dict[str, Any] = {"seed": 1, "rounds": 10, "acknowledged": 500, "failures": [], "epoch_violations": [], "unacked": 0, "bad_data": 0}
+    s["processed_more_than_once"] = 3  # (allowed: marked every time after the first)
     s |= {k: 0 for k, _ in campaign.CHECKED}
     s["actions"] = {"kill_active": 5, "crash_cp_mid_compaction": 5}
     s["fallbacks"] = {}
@@ -62,3 +63,31 @@ def test_round_times_keep_the_rounds_that_fell_back_apart() -> None:
         "crash_cp_mid_compaction": {"rounds": 1, "median": 1000.0, "max": 1000.0},
         "crash_cp_mid_compaction, crash point not reached": {"rounds": 1, "median": 11000.0, "max": 11000.0},
     }
+
+
+def test_a_figure_the_run_did_not_measure_is_not_a_zero() -> None:
+    """Results saved by an older campaign lack later figures (campaign.json of 2fc39a7 has no
+    sessions_closed_in_quiet_rounds): their rows said **0** and the verdict "all OK"."""
+    s = passing()
+    del s["sessions_closed_in_quiet_rounds"]
+    s.pop("processed_more_than_once", None)
+    assert campaign.problems(s) == ["sessions closed of terminals that had a standby session: not measured"]
+    text = rendered(s)
+    assert "| sessions closed of terminals that had a standby session (quiet rounds) | **not measured** |" in text
+    assert "| processed more than once (marked redelivered every time after the first) | not measured |" in text
+    assert "**FAILED**" in verdict(text) and "not measured" in verdict(text)
+    del s["fallbacks"]
+    assert "whether each armed crash point fired: not measured" in campaign.problems(s)
+
+
+def test_old_results_are_not_described_with_what_they_did_not_run() -> None:
+    """Rendered again, a results file of older code: the rounds that allow disconnects are the
+    ones it ran, and round times that counted the fallbacks with their action say so."""
+    s = passing() | {
+        "fallbacks": {"crash_cp_mid_compaction": 2},
+        "round_ms": {"crash_cp_mid_compaction": {"rounds": 7, "median": 900.0, "max": 11000.0}},
+    }
+    text = rendered(s)
+    row = next(ln for ln in text.splitlines() if ln.startswith("| disconnects in all rounds"))
+    assert "crash_cp_mid_compaction" in row and "kill_cp" not in row, row
+    assert "crash_cp_mid_compaction (with 2 not reached) 900 (11,000)" in text
