@@ -48,6 +48,10 @@ ACTION_LABELS = {
     "crash_mid_batch_write": "crash mid batch write",
     "crash_between_batch_and_notice": "crash between batch write and its notice",
     "crash_cp_reply_before_durable_then_active": "CP crashed before a record was durable, then the active SIGKILLed while the CP was down",
+    "crash_cp_between_reply_and_discard": "CP crashed between a reply and its record",
+    "crash_cp_after_grant": "active SIGKILLed, CP crashed right after granting the standby",
+    "crash_cp_mid_switch": "active SIGKILLed, CP crashed while switching the sessions",
+    "crash_cp_mid_redelivery": "active crashed before a reply, CP crashed while handing its messages to the new active",
 }
 
 

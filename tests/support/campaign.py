@@ -3,9 +3,10 @@
 One sandbox, continuous load from `hsb.term`, a few churning terminals (so the
 active keeps writing ring groups), and N rounds. Each round, from its own seed,
 kills the active (SIGKILL, or an armed crash point), sometimes the standby, or
-the new active in the middle of its takeover; then recovers the pair the way an
-operator would (restart the dead host as standby; start one as active if both
-died) and checks the invariants:
+the new active in the middle of its takeover, or the CP (alone, or in the middle
+of a failover: after its grant, switching the sessions, handing messages over);
+then recovers the pair the way an operator would (restart the dead host as
+standby; start one as active if both died) and checks the invariants:
 
 - never two hosts serving as active: sampled all through the round, and from
   the records themselves: the CP's log of grants (one host per epoch, epochs
@@ -71,6 +72,12 @@ ACTIONS: dict[str, tuple[str | None, bool]] = {
     "crash_cp_after_reply_sent": ("cp.after_reply_sent", False),
     "crash_cp_mid_compaction": ("cp.mid_compaction", False),
     "crash_cp_reply_before_durable": ("cp.reply_before_durable", False),
+    "crash_cp_between_reply_and_discard": ("cp.between_reply_and_discard", False),
+    # the CP crashes in the middle of a failover (the active gone): after its grant, part-way through
+    # switching the sessions, part-way through handing the old active's messages to the new one
+    "crash_cp_after_grant": ("cp.after_grant", False),
+    "crash_cp_mid_switch": ("cp.mid_switch", False),
+    "crash_cp_mid_redelivery": ("cp.mid_redelivery", False),
     # a double fault: the same crash, then the active SIGKILLed while the CP is down, so nothing
     # but the terminal's own mark (`resent`) tells the next active that it may have processed
     # the message (docs/cp-journal.md, "Early delivery")
@@ -99,7 +106,12 @@ WEIGHTS = {
     "crash_cp_mid_compaction": 1,
     "crash_cp_reply_before_durable": 1,
     "crash_cp_reply_before_durable_then_active": 1,
+    "crash_cp_between_reply_and_discard": 1,
+    "crash_cp_after_grant": 1,
+    "crash_cp_mid_switch": 1,
+    "crash_cp_mid_redelivery": 1,
 }
+CP_FAILOVER_POINTS = {"cp.after_grant", "cp.mid_switch", "cp.mid_redelivery"}  # armed, then the active goes
 CP_SEGMENT_KIB = 64  # small journal segments, so that compaction (and its crash point) happens in a campaign
 
 
@@ -280,7 +292,17 @@ class Campaign:
                 await asyncio.sleep(rng.uniform(0, 0.3))
                 os.kill(victim_pid, signal.SIGKILL)
             else:
-                self.arm("cp", point, rng.randrange(0, 50) if point != "cp.mid_compaction" else 0)
+                skip = rng.randrange(0, 50) if point not in ("cp.mid_compaction", "cp.after_grant", "cp.mid_redelivery") else 0
+                if point in CP_FAILOVER_POINTS:
+                    await arm_faults(self.d / "crash-cp", victim_pid, f"{point} {skip}")
+                    r.victim = f"{active}+cp"
+                    if point == "cp.mid_redelivery":  # it dies holding a message processed, not answered: one to hand over again
+                        self.arm(active, "host.before_reply", 0)
+                        await self._wait_dead_or_kill(active, 10, r)
+                    else:
+                        os.kill(self.state()["hosts"][active]["pid"], signal.SIGKILL)
+                else:
+                    self.arm("cp", point, skip)
                 await self._wait_dead_or_kill("cp", 10, r)
             await self._wait_dead("cp")
             if action.endswith("_then_active"):
