@@ -65,6 +65,9 @@ CHECKED = (
     ("disconnects_in_quiet_rounds", "disconnects of terminals that had a standby session"),
     ("sessions_closed_in_quiet_rounds", "sessions closed of terminals that had a standby session"),
     ("rounds_with_two_actives", "rounds with two actives serving"),
+    ("processed_never_sent", "processed by a host though no terminal sent them"),
+    ("sessions_closed_in_cp_rounds", "sessions closed in rounds where only the CP died"),
+    ("disconnects_cp_present_in_cp_rounds", "drops while the same CP process was there, in rounds where only the CP died"),
 )
 # what else the verdict reads: a results file without one of these (an older campaign's) did not
 # measure it, and passes nothing on it

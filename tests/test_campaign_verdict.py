@@ -91,3 +91,15 @@ def test_old_results_are_not_described_with_what_they_did_not_run() -> None:
     row = next(ln for ln in text.splitlines() if ln.startswith("| disconnects in all rounds"))
     assert "crash_cp_mid_compaction" in row and "kill_cp" not in row, row
     assert "crash_cp_mid_compaction (with 2 not reached) 900 (11,000)" in text
+
+
+def test_what_the_rounds_judge_per_round_fails_the_summary_too() -> None:
+    """The campaign's summary counts what a host processed that no terminal sent, and the closed
+    sessions and drops of rounds where only the CP died: each fails the verdict (the bench read
+    none of them), and a results file without them did not measure them."""
+    for key in ("processed_never_sent", "sessions_closed_in_cp_rounds", "disconnects_cp_present_in_cp_rounds"):
+        bad = campaign.problems(passing() | {key: 2})
+        assert len(bad) == 1 and bad[0].startswith("2 "), (key, bad)
+        older = passing()
+        del older[key]
+        assert campaign.problems(older) == [f"{dict(campaign.CHECKED)[key]}: {campaign.NOT_MEASURED}"]
