@@ -50,11 +50,11 @@ log = structlog.get_logger("hsb.host")
 # A stop of an active whose established standby went out of sight with the peer link less than
 # STANDBY_BLIP_S (hsb.host.ha) before (a blip: the standby itself stays established at the CP,
 # following the ring) waits this long at most for the link to restore hot standby, and then hands
-# over; else it stops normally. Within systemd's TimeoutStopSec=40 with the handover's 15 s (+ up
+# over; else it stops normally. Within systemd's TimeoutStopSec=60 with the handover's 15 s (+ up
 # to HANDOVER_ANSWER_S) and a normal stop's ~11 s.
 STOP_PEER_WAIT_S = 3.0
 # A stop whose CP link just came back waits this long at most for the registration's answer (its
-# new epoch) before it tells the CP anything (within the same TimeoutStopSec=40 budget)
+# new epoch) before it tells the CP anything (within the same TimeoutStopSec=60 budget)
 REGISTER_WAIT_S = 2.0
 # A handover sent to the CP is answered (granted or refused) within the CP's own wait for the
 # standby's sessions (HANDOVER_WAIT_S, 2 s) and its journal write of the new epoch: a stop whose
@@ -369,7 +369,7 @@ class HostServer:
         max(5 s, 3 x storage_timeout) more, cut at `timeout`, but never while the handover is at
         the CP: then its answer is waited for, up to HANDOVER_ANSWER_S from when it went.
         STOP_PEER_WAIT_S before it, 15 + 5 s, and then a normal stop's ~11 s, stay within the
-        unit's TimeoutStopSec=40, after which systemd would SIGKILL."""
+        unit's TimeoutStopSec=60, after which systemd would SIGKILL."""
         ha = self.ha
         ended = ha.switchovers_ended
         ha.stop_handing_over = True  # (the switchover ending, the normal stop follows: HA.switchover_over)
