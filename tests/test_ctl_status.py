@@ -192,8 +192,9 @@ def test_the_verdict_says_what_it_cannot_know_and_what_is_critical() -> None:
         stuck = summarize({**cp, "journal": {"durability": "fsync", "state": state}}, _pair())
         assert not stuck["serving"] and stuck["exit_status"] == 2
     assert summarize({**cp, "journal": {"durability": "none"}}, _pair())["exit_status"] == 0
-    # one host named, or the same one twice: the pair's state is not known (3), and one host
-    # named twice is not two actives
+    # one host named, or the same one twice (the same address, or two addresses at which the same
+    # process answers): the pair's state is not known (3), with a line naming the one named twice,
+    # and one host named twice is not two actives
     one = summarize(dict(cp), _pair()[:1])
     assert one["exit_status"] == 3 and [u["name"] for u in one["unknown"]] == ["hosts"], one["unknown"]
     twice = [{**_pair()[0], "addr": "10.0.0.1:7112"}, {**_pair()[0], "addr": "10.0.0.1:7112"}]
@@ -202,6 +203,56 @@ def test_the_verdict_says_what_it_cannot_know_and_what_is_critical() -> None:
     # the same process named by two addresses (localhost and 127.0.0.1): one active, not two
     aliases = [{**_pair()[0], "addr": "localhost:7112", "pid": 41}, {**_pair()[0], "addr": "127.0.0.1:7112", "pid": 41}]
     assert not summarize(dict(cp), aliases)["two_actives"]
+
+
+@pytest.mark.parametrize("role", ["standby", "active"])
+def test_one_host_named_by_two_addresses_is_one_host_and_said(role: str) -> None:
+    """The ctl config names host-a twice (hosts = ["10.0.0.1:7103", "hosta:7103"]): its two answers
+    were judged as two hosts. As the standby: no active among them, `NOT SERVING` (2), while the CP
+    serves with host-b; as the active: `SERVING WITHOUT A STANDBY` (1). One daemon, judged once:
+    the pair is not known (3), and a line says host-a is named twice and how to fix the config."""
+    from hsb.ctl.gather import summarize
+    from hsb.ctl.status import headline
+
+    cp = {"reachable": True, "role": "cp", "state": "serving", "epoch": 1, "journal": {"durability": "fsync", "state": "ok"}}
+    cp.update(active={"name": "host-b" if role == "standby" else "host-a"}, standby={"name": "host-a" if role == "standby" else "host-b"})
+    a = {"reachable": True, "name": "host-a", "role": role, "state": "established", "serving": role == "active", "epoch": 1, "pid": 41}
+    st = summarize(dict(cp), [{**a, "addr": "10.0.0.1:7103"}, {**a, "addr": "hosta:7103"}])
+    assert st["exit_status"] == 3 and [h["name"] for h in st["hosts"]] == ["host-a"], st
+    why = [u["error"] for u in st["unknown"]]
+    assert why == [
+        "host-a is named twice (10.0.0.1:7103 and hosta:7103: the same process, pid 41); name each of the pair's two hosts once in the ctl config's hosts"
+    ], why
+    assert headline(st)[0].startswith("hsb: UNKNOWN ("), headline(st)
+    # another process of the same name (a restart between the two answers) is not the same daemon
+    st = summarize(dict(cp), [{**a, "addr": "10.0.0.1:7103"}, {**a, "addr": "hosta:7103", "pid": 42}])
+    assert len(st["hosts"]) == 2 and not any("named twice" in u["error"] for u in st["unknown"]), st
+
+
+def test_one_cp_named_by_two_addresses_is_not_two_cps() -> None:
+    """cp = [the virtual address, cp-a's own] while cp-a holds the virtual address: both answer,
+    the same hsbcpd at the same generation, and one was marked superseded: `ERROR … superseded by
+    cp-a … stop the older one`, advice to stop the CP that serves. It is the same CP: no error,
+    the verdict stands, and a warning says the ctl config names it twice."""
+    from hsb.ctl.gather import newest_serving, summarize
+
+    seen = [
+        {"addr": "10.0.0.100:7002", "reachable": True, "name": "cp-a", "pid": 77, "state": "serving", "generation": 6},
+        {"addr": "10.0.0.10:7002", "reachable": True, "name": "cp-a", "pid": 77, "state": "serving", "generation": 6},
+    ]
+    assert newest_serving(seen) == "10.0.0.100:7002"
+    cp = {"reachable": True, "name": "cp-a", "addr": "10.0.0.100:7002", "role": "cp", "state": "serving", "epoch": 1, "generation": 6}
+    st = summarize({**cp, "journal": {"durability": "fsync", "state": "ok"}}, _pair(), seen)
+    assert st["cp_errors"] == [] and st["exit_status"] == 0, st
+    assert st["cp_warnings"] == [
+        "the ctl config's cp names cp-a twice (10.0.0.100:7002 and 10.0.0.10:7002: the same hsbcpd, pid 77); name each CP machine's own admin address once (§18)"
+    ], st["cp_warnings"]
+    assert "stop the older one" not in str(st)
+    # two processes of one name (cp-a restarted, the old one hung) at different generations are two
+    seen = [{**m, "pid": 77 + i, "generation": 6 + i} for i, m in enumerate(seen)]
+    seen = [{k: v for k, v in m.items() if k not in ("superseded", "same_as")} for m in seen]
+    assert newest_serving(seen) == "10.0.0.10:7002" and "superseded" in seen[0]
+    assert summarize({**cp, "generation": 7}, _pair(), seen)["cp_errors"]
 
 
 def test_the_actives_service_failing_is_critical_and_the_first_line_says_so() -> None:

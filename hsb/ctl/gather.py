@@ -95,6 +95,7 @@ async def serving_cp(
                 "addr": a,
                 "reachable": True,
                 "name": d.get("name"),
+                "pid": d.get("pid"),
                 "state": state,
                 "generation": d.get("generation") if d.get("generation") is not None else d.get("journal_generation"),
                 "journal_missing": d.get("journal_missing") is True,
@@ -122,9 +123,33 @@ def newest_serving(seen: list[dict[str, Any]]) -> str | None:
         return None
     best = max(claims, key=_generation)  # (the first of the highest)
     for m in claims:
-        if m is not best:
+        if m is best:
+            continue
+        if same_daemon(m, best) and m.get("generation") == best.get("generation"):
+            m["same_as"] = best["addr"]  # (one hsbcpd named by two addresses: its VIP and its own, say)
+        else:
             m["superseded"] = {"by": best.get("name") or best["addr"], "generation": best.get("generation")}
     return str(best["addr"])
+
+
+def same_daemon(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two answers from one process (its name and pid, and its instance where it has one): one
+    daemon named by two addresses in the ctl config, not two daemons."""
+    pid = a.get("pid")
+    if not (a.get("reachable") and b.get("reachable") and isinstance(pid, int) and not isinstance(pid, bool) and pid > 0):
+        return False
+    return isinstance(a.get("name"), str) and (a.get("name"), pid, a.get("instance")) == (b.get("name"), b.get("pid"), b.get("instance"))
+
+
+def cp_named_twice(machines: list[dict[str, Any]] | None) -> list[str]:
+    """A warning for each CP machine the ctl config names twice (the same hsbcpd answered at both
+    addresses), with the fix: the other CP machine is then never asked."""
+    return [
+        f"the ctl config's cp names {m.get('name')} twice ({m['same_as']} and {m['addr']}: the same hsbcpd, pid {m.get('pid')});"
+        " name each CP machine's own admin address once (§18)"
+        for m in machines or []
+        if m.get("same_as")
+    ]
 
 
 async def status_all(
@@ -317,6 +342,27 @@ def superseded_cps(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: li
     return out
 
 
+def _one_each(hosts: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each daemon once: the answers of one host named twice in the ctl config (the same address,
+    or two addresses at which the same process answered) are one host, not two; and a line for
+    each one named twice, with the fix."""
+    kept: list[dict[str, Any]] = []
+    twice: list[str] = []
+    for h in hosts:
+        first = next((k for k in kept if same_daemon(h, k) or (h.get("addr") and h.get("addr") == k.get("addr"))), None)
+        if first is None:
+            kept.append(h)
+            continue
+        who = first["name"] if first.get("reachable") else first.get("addr")
+        where = (
+            f"{h.get('addr')} both times"
+            if h.get("addr") == first.get("addr")
+            else f"{first.get('addr')} and {h.get('addr')}: the same process, pid {h.get('pid')}"
+        )
+        twice.append(f"{who} is named twice ({where}); name each of the pair's two hosts once in the ctl config's hosts")
+    return kept, twice
+
+
 def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The verdict of one status. `machines`: what each of two CP machines said (serving_cp).
     A daemon whose answer has a field of a type this hsbctl does not know cannot be read: it
@@ -327,6 +373,7 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
         h.setdefault("name", f"host{i + 1}")
         h.setdefault("role", "unknown")
         h.setdefault("state", "unreachable")
+    hosts, twice = _one_each(hosts)
     # a host counts as the active only while it serves: made active by the CP, its lease valid
     actives = [h for h in hosts if claims_active(h)]
     # the CP's answer and the hosts' still disagreeing on who is the active (gather asked again):
@@ -367,14 +414,11 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
     unknown += [(h["name"], h.get("addr", "-"), h.get("error")) for h in hosts if not h.get("reachable")]
     if not hosts:  # only the CP asked: nothing can be said of the hosts
         unknown.append(("hosts", "-", "none named (give --host twice, or hosts in the ctl config)"))
-    elif len(hosts) == 1:  # the pair's state cannot be told from one of its hosts
+    elif len(hosts) == 1 and not twice:  # the pair's state cannot be told from one of its hosts
         unknown.append(("hosts", "-", "only one named (give --host twice, or both hosts in the ctl config)"))
-    addrs = [h["addr"] for h in hosts if h.get("addr")]
-    if len(set(addrs)) < len(addrs):  # one host named twice: its two answers are not two hosts
-        unknown.append(("hosts", "-", "the same address named twice (name both hosts in the ctl config)"))
-    # (one host named twice, even by two addresses, is one active: the same process says the same)
-    distinct = {(h["name"], h["pid"]) if h.get("pid") else h.get("addr") or h["name"]: h for h in actives}
-    many = list(distinct.values())
+    # one host named twice (even by two addresses): one daemon, judged once; the pair not known
+    unknown += [("hosts", "-", why) for why in twice]
+    many = actives
     two = [h["name"] for h in many] if len(many) > 1 and two_actives(cp, many) else []
     if len(many) > 1 and not two and not changing:  # (the CP not asked, or not saying who its active is)
         changing = "; ".join(f"{h['name']} says it is the active at epoch {h.get('epoch')}" for h in many)
@@ -402,6 +446,8 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
         "exit_status": max(exit_status, 1) if cp_errors else exit_status,
         # CPs that say they serve though superseded (one ERROR line each, exit at least 1)
         "cp_errors": cp_errors,
+        # a CP machine the ctl config names twice (one WARNING line each; the verdict stands)
+        "cp_warnings": cp_named_twice(machines),
         "cp": cp,
         "hosts": hosts,
     }

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from hsb.ctl.gather import ask, serving_cp, status_all, superseded_cps
+from hsb.ctl.gather import ask, cp_named_twice, serving_cp, status_all, superseded_cps
 from hsb.ctl.target import Target
 from hsb.wire.auth import load_secret
 
@@ -117,7 +117,7 @@ def _the_cp(t: Target) -> str | None:
     if len(t.cps) > 1:
         assert t.secret_file is not None
         chosen, seen = asyncio.run(serving_cp(t.cps, load_secret(t.secret_file)))
-        for e in superseded_cps({}, [], seen):
+        for e in superseded_cps({}, [], seen) + cp_named_twice(seen):
             click.echo(f"warning: {e}", err=True)
         return chosen or t.cp
     return t.cp

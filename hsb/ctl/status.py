@@ -113,6 +113,7 @@ def render(st: dict[str, Any]) -> str:
             f"ERROR: two hosts serve as the active with a valid lease at once: {', '.join(st['two_actives'])} (the CP's active is {cp_active})"
         )
     out.extend(f"ERROR: {e}" for e in st.get("cp_errors") or [])
+    out.extend(f"WARNING: {w}" for w in st.get("cp_warnings") or [])
     if st.get("cps"):  # two CP machines
         parts = []
         for m in st["cps"]:
@@ -121,6 +122,7 @@ def render(st: dict[str, Any]) -> str:
             else:
                 parts.append(
                     f"{m.get('name')} at {m['addr']} {('SUPERSEDED (says it serves)' if m.get('superseded') else 'SERVING') if m['state'] == 'serving' else m['state']}"
+                    + (f" (the same hsbcpd as at {m['same_as']})" if m.get("same_as") else "")
                     + (
                         " JOURNAL MISSING: is the shared storage mounted?"
                         if m.get("journal_missing")
