@@ -170,6 +170,44 @@ def test_a_switchover_granted_before_the_old_actives_link_dropped_is_no_error(
     assert "switchover complete" in out.out and "still the active" not in out.err, out
 
 
+def test_promote_asks_the_standby_the_cp_names(secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """host-b, the active, stopped normally and was started again by a unit named standby; the CP
+    refused it (standby_exists: host-a is its standby), so host-b says standby but is not
+    registered. Listed first, it was asked to promote, took the request and dropped it: hsbctl
+    waited 10 s, "did not become active", and host-a could not be promoted. The CP's standby is
+    asked (else one the CP registered)."""
+    asked: list[str] = []
+
+    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
+        b = {"reachable": True, "name": "host-b", "addr": "127.0.0.1:2", "role": "standby", "state": "waiting_for_active"}
+        a_ = {"reachable": True, "name": "host-a", "addr": "127.0.0.1:1", "role": "standby", "state": "active_stopped"}
+        b["registered_at_cp"], a_["registered_at_cp"] = False, True
+        if asked == ["127.0.0.1:1"]:
+            a_.update(role="active", epoch=7)
+        return {"hosts": [b, a_], "unknown": [], "established": False, "cp": {"reachable": True, "epoch": 6, "standby": {"name": "host-a"}}}
+
+    async def accepts(addr: str, *a: Any, **kw: Any) -> dict[str, Any]:
+        asked.append(addr)
+        return {"t": "result", "ok": True, "msg": "promotion requested"}
+
+    monkeypatch.setattr(gather, "status_all", status_all)
+    monkeypatch.setattr(gather, "ask", accepts)
+    args = ("--host", "127.0.0.1:2", "--host", "127.0.0.1:1", "--secret-file", str(secret), "promote", "--timeout", "5")
+    code, out, err = invoke(*args)
+    assert asked == ["127.0.0.1:1"] and code == 0 and "host-a is the active host now" in out, (asked, code, out, err)
+
+    # the CP not saying (an older CP): the standby it registered
+    async def no_cp_word(*a: Any, **kw: Any) -> dict[str, Any]:
+        st = await status_all()
+        del st["cp"]["standby"]
+        return st
+
+    asked.clear()
+    monkeypatch.setattr(gather, "status_all", no_cp_word)
+    code, out, err = invoke(*args)
+    assert asked == ["127.0.0.1:1"] and code == 0, (asked, code, out, err)
+
+
 def test_promote_is_not_refused_by_a_refusal_from_before_it(secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A promote refused earlier (the active was alive) left its last error; the operator stops
     the active and promotes again: the old refusal is not this request's answer."""

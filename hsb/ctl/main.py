@@ -97,6 +97,11 @@ def promote(obj: Ctx, timeout: float) -> None:
     t = obj.target()
     st = asyncio.run(status_all(t.cp, t.hosts, t.secret_file, cp_machines=t.cps))  # type: ignore[arg-type]
     sb = [h for h in st["hosts"] if h.get("reachable") and h.get("role") == "standby"]
+    # the standby the CP names (a host that says standby may not be registered: the CP refused it
+    # as a second standby, and it could not ask for the role), else one the CP registered
+    cp_sb = st["cp"].get("standby") if st["cp"].get("reachable") else None
+    named = cp_sb.get("name") if isinstance(cp_sb, dict) else None
+    sb.sort(key=lambda h: (named is not None and h.get("name") != named, h.get("registered_at_cp", True) is not True))
     if not sb:
         for u in st.get("unknown", []):
             click.echo(f"error: cannot ask {u['name']} at {u['addr']}: {u['error']}", err=True)

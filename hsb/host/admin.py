@@ -26,8 +26,9 @@ class HostAdminProtocol(AuthServerProtocol):
 
     def on_promote(self, msg: dict[str, Any]) -> None:
         ha = self.srv.ha
-        if ha.role != "standby":
-            self.send({"t": "result", "ok": False, "msg": f"{ha.name} is {ha.role}, not a standby"})
+        why = ha.promote_refusal()
+        if why is not None:
+            self.send({"t": "result", "ok": False, "msg": why})
             return
         ha.post("promote")  # record the intent; only the HA loop acts
         self.send({"t": "result", "ok": True, "msg": f"promotion of {ha.name} requested"})

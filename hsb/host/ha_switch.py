@@ -179,6 +179,21 @@ class SwitchSide:
             )
         return None
 
+    def promote_refusal(self: HA) -> str | None:
+        """Why this host cannot ask the CP for the active role now, or None: one the CP has not
+        registered (its CP link down, or refused as the standby because the CP has another) would
+        drop the request (`request_switchover`), and hsbctl promote would wait for nothing."""
+        if self.role != "standby":
+            return f"{self.name} is {self.role}, not a standby"
+        if self.stopping:
+            return f"promote refused: {self.name} is stopping"
+        if not self.registered:
+            return (
+                f"promote refused: {self.name} is not registered at the CP (its link to the CP is down, or the CP has another standby);"
+                " promote the standby the CP names ('hsbctl status')"
+            )
+        return None
+
     def switchover_over(self: HA, code: str | None = None) -> None:
         """A planned switchover ended without the grant (refused, abandoned). A stop waiting on it
         (`stop_handing_over`) stops waiting and runs the normal stop: from now on, so nothing of

@@ -1,0 +1,49 @@
+"""A promote the standby cannot carry out is refused in its answer, not taken and dropped: a
+standby the CP has not registered (its CP link down, or refused as the standby because the CP
+has another) dropped the request in request_switchover, while its admin answer said "promotion
+requested", and hsbctl promote waited its whole timeout for nothing (docs/operations.md §9)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from hsb.host.admin import HostAdminProtocol
+from hsb.host.ha import HA
+
+
+def _promote(**state: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    """What host-b's admin link answers a promote with `state`, and the intents it posted."""
+    ha = HA.__new__(HA)  # the fields the check reads: no daemon behind them
+    posted: list[str] = []
+    ha.name, ha.role, ha.stopping, ha.registered = "host-b", "standby", False, True
+    ha.post = posted.append  # type: ignore[method-assign]
+    for k, v in state.items():
+        setattr(ha, k, v)
+    p = HostAdminProtocol.__new__(HostAdminProtocol)
+    sent: list[dict[str, Any]] = []
+    p.srv = SimpleNamespace(ha=ha)  # type: ignore[assignment]
+    p.send = sent.append  # type: ignore[method-assign]
+    p.on_promote({"t": "promote"})
+    return sent, posted
+
+
+def test_a_registered_standby_takes_the_promote() -> None:
+    sent, posted = _promote()
+    assert sent == [{"t": "result", "ok": True, "msg": "promotion of host-b requested"}] and posted == ["promote"]
+
+
+@pytest.mark.parametrize(
+    ("state", "why"),
+    [
+        ({"registered": False}, "promote refused: host-b is not registered at the CP"),
+        ({"stopping": True}, "promote refused: host-b is stopping"),
+        ({"role": "active"}, "host-b is active, not a standby"),
+    ],
+)
+def test_a_promote_the_standby_cannot_ask_for_is_refused_with_the_reason(state: dict[str, Any], why: str) -> None:
+    sent, posted = _promote(**state)
+    assert posted == [] and len(sent) == 1 and sent[0]["ok"] is False and sent[0]["msg"].startswith(why), sent
+    assert "\n" not in sent[0]["msg"]
