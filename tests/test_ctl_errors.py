@@ -93,6 +93,29 @@ def test_the_default_ctl_config_a_directory_or_unreadable_is_a_one_line_error(tm
     one_line_error(*invoke("status"), 3, f"cannot read ctl config {hidden}: permission denied")
 
 
+def test_a_ctl_config_or_secret_file_that_is_a_directory_is_one_line_and_unknown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hsbctl -c /tmp status`, `--secret-file /tmp`, `HSB_CTL_CONFIG=/tmp`: click's own check of
+    the path (a file, not a folder) ended them with its three-line usage error and exit 2, which a
+    monitor reads as CRITICAL; a bad ctl config is UNKNOWN (3, docs/operations.md §17)."""
+    for var in ("HSB_CTL_CONFIG", "HSBCTL_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    one_line_error(*invoke("--config", str(tmp_path), "status"), 3, f"ctl config {tmp_path} is a directory", "--config")
+    hosts = ("--host", "127.0.0.1:1", "--host", "127.0.0.1:2")
+    one_line_error(*invoke(*hosts, "--secret-file", str(tmp_path), "status"), 3, f"secret file {tmp_path} is a directory")
+    monkeypatch.setenv("HSB_CTL_CONFIG", str(tmp_path))
+    one_line_error(*invoke("status"), 3, f"ctl config {tmp_path} is a directory", "$HSB_CTL_CONFIG")
+
+
+def test_a_usage_error_of_status_is_unknown(secret: Path) -> None:
+    """`hsbctl status --jsno` (a monitoring check run with a typo) exited 2, CRITICAL; a check's
+    usage error is UNKNOWN (3), as monitoring plugins have it. Other commands keep click's 2."""
+    hosts = ("--host", "127.0.0.1:1", "--host", "127.0.0.1:2", "--secret-file", str(secret))
+    code, out, err = invoke(*hosts, "status", "--jsno")
+    assert code == 3 and "No such option '--jsno'" in err and "Traceback" not in out + err, (code, out, err)
+    code, out, err = invoke(*hosts, "history", "--jsno")
+    assert code == 2 and "No such option '--jsno'" in err, (code, out, err)
+
+
 # -- hsbctl file: hints that never destroy what the path wrongly names --------------------
 
 

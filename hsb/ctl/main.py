@@ -52,12 +52,12 @@ def _default_config_there() -> bool:
     "--config",
     "-c",
     envvar=["HSB_CTL_CONFIG", "HSBCTL_CONFIG"],
-    type=click.Path(dir_okay=False),
+    # (a plain string: a folder or a missing file is said by the config's own reading, one line, exit 3)
     help="ctl TOML naming the daemons' admin addresses (default: $HSB_CTL_CONFIG, then /etc/hsb/ctl.toml; sandbox up writes one).",
 )
 @click.option("--cp", help="Admin address of hsbcpd, HOST:PORT (two CP machines: HOST:PORT,HOST:PORT).")
 @click.option("--host", "hosts", multiple=True, help="Admin address of an hsbd, HOST:PORT (twice for the pair).")
-@click.option("--secret-file", type=click.Path(dir_okay=False), help="The shared secret (mode 600).")
+@click.option("--secret-file", help="The shared secret (mode 600).")
 @click.pass_context
 def main(ctx: click.Context, config: str | None, cp: str | None, hosts: tuple[str, ...], secret_file: str | None) -> None:
     """Operate an hsb hot-standby pair."""
@@ -74,7 +74,22 @@ main.add_command(tls_group)
 register_ops(main, Ctx)
 
 
-@main.command()
+class CheckUsageError(click.UsageError):
+    exit_code = 3  # UNKNOWN
+
+
+class CheckCommand(click.Command):
+    """A monitoring check (hsbctl status): a usage error of its own is UNKNOWN (3), as monitoring
+    plugins have it, not click's 2, which a monitor reads as CRITICAL."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise CheckUsageError(exc.message, exc.ctx) from None
+
+
+@main.command(cls=CheckCommand)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.option("--watch", is_flag=True, help="Redraw whenever something changes.")
 @click.pass_obj

@@ -30,6 +30,8 @@ def load_secret(path: str | os.PathLike[str]) -> bytes:
         raise SecretFileError(f"secret file {p} does not exist; create it with 'head -c 32 /dev/urandom | base64 > {p}; chmod 600 {p}'") from None
     except OSError as exc:
         raise SecretFileError(f"secret file {p} cannot be read: {exc.strerror or exc} (check the directories' permissions)") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise SecretFileError(f"secret file {p} is a directory; give the path of the secret file in it, not its folder")
     if not stat.S_ISREG(st.st_mode):
         raise SecretFileError(f"secret file {p} is not a regular file")
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
