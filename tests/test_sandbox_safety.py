@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,6 +76,39 @@ def test_a_broken_state_file_is_one_clear_error(tmp_path: Path, text: str) -> No
     (tmp_path / sandbox.STATE).write_text(text)
     with pytest.raises(sandbox.SandboxError, match="cannot be read .*stop the sandbox's processes by hand"):
         sandbox.down(tmp_path)
+
+
+_SHAPES = [
+    ({"cp": 5, "hosts": {}}, "cp is '5', not an object with its process's pid"),
+    ({"cp": {"pid": 1}, "hosts": {"host-a": {"pid": "x"}}}, "hosts.host-a.pid is 'x', not a process id"),
+    ({"cp": {"pid": 1}, "hosts": []}, "hosts is '[]', not an object of the hosts"),
+]
+
+
+@pytest.mark.parametrize("command", [["down"], ["up"], ["start-host", "host-a", "--role", "standby"]])
+@pytest.mark.parametrize(("state", "what"), _SHAPES)
+def test_a_state_file_of_the_wrong_shape_is_one_line_naming_what_is_wrong(tmp_path: Path, command: list[str], state: Any, what: str) -> None:
+    """sandbox.json was checked only for its cp and hosts keys: {"cp": 5, "hosts": {}} was an
+    AttributeError traceback, a pid "x" a TypeError from os.kill, in down, up and start-host
+    alike. It is one line naming the file, what is wrong and the fix, exit 1 (docs/operations.md
+    §17), and nothing is started."""
+    from tests.support.cli import invoke, one_line_error
+
+    (tmp_path / sandbox.STATE).write_text(json.dumps(state))
+    verb, *rest = command
+    line = one_line_error(*invoke("sandbox", verb, "--dir", str(tmp_path), *rest), 1, f"{tmp_path / sandbox.STATE} cannot be read", what)
+    assert "stop the sandbox's processes by hand" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == [sandbox.STATE], "something was started"
+
+
+def test_start_host_of_a_state_file_without_its_config_is_one_line(tmp_path: Path) -> None:
+    from tests.support.cli import invoke, one_line_error
+
+    (tmp_path / sandbox.STATE).write_text(json.dumps({"cp": {"pid": 0}, "hosts": {"host-a": {"pid": 0}}}))
+    args = ("sandbox", "start-host", "--dir", str(tmp_path), "host-b", "--role", "standby")
+    one_line_error(*invoke(*args), 1, "has no host-b with its config and admin address")
+    one_line_error(*invoke(*args[:4], "host-a", "--role", "standby"), 1, "has no host-a with its config and admin address")
+    one_line_error(*invoke("sandbox", "start-cp", "--dir", str(tmp_path)), 1, "has no hsbcpd with its config and admin address")
 
 
 def test_a_cp_that_exits_at_start_is_reported_at_once_and_nothing_is_left(tmp_path: Path) -> None:

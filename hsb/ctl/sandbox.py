@@ -37,6 +37,7 @@ from hsb.ctl.sandbox_files import (
     load_state,
     new_state,
     prepare,
+    process,
     records_for,
     save_state,
     write_configs,
@@ -162,7 +163,7 @@ def cp_process(st: dict[str, Any]) -> int:
 def start_cp(d: Path, env_extra: dict[str, str] | None = None) -> int:
     """(Re)start the sandbox's hsbcpd on the same config, ports and journal; returns its pid."""
     st = load_state(d)
-    cp = st["cp"]
+    cp = process(d, st, "hsbcpd")
     if not _stranger(d, cp["pid"]) and _running(cp["pid"]):
         raise SandboxError(f"hsbcpd is still running (pid {cp['pid']}); stop it first")
     argv = [sys.executable, "-m", "hsb.cp", "--config", cp["config"], *(["--supervise"] if cp.get("supervise") else [])]
@@ -176,7 +177,7 @@ def start_cp(d: Path, env_extra: dict[str, str] | None = None) -> int:
 def start_host(d: Path, name: str, role: str, env_extra: dict[str, str] | None = None) -> int:
     """(Re)start one host of the sandbox with `role`; returns its pid."""
     st = load_state(d)
-    h = st["hosts"][name]
+    h = process(d, st, name)
     if not _stranger(d, h["pid"]) and _running(h["pid"]):
         raise SandboxError(f"{name} is still running (pid {h['pid']}); stop it first")
     argv = [sys.executable, "-m", "hsb.host", "--role", role, "--config", h["config"]]
@@ -230,7 +231,7 @@ async def wait_started(d: Path, name: str, pid: int, timeout: float = 30.0) -> d
     (a host refused as active: 76; a bad config: 78) or is fenced meanwhile is a SandboxError
     naming its exit code and its log, so that `hsbctl sandbox start-host` does not say it started."""
     st = load_state(d)
-    admin = st["cp"]["admin"] if name == "hsbcpd" else st["hosts"][name]["admin"]
+    admin = process(d, st, name)["admin"]
     secret = load_secret(str(d / "secret"))
     deadline = time.monotonic() + timeout
     last: dict[str, Any] = {}

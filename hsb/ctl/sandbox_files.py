@@ -162,18 +162,73 @@ def write_configs(
     return {"ports": ports, "configs": cfgs, "takeover": str(takeover), "records": records, "tls": str(tls_dir) if tls else None}
 
 
+def _pid(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0  # (0: not started)
+
+
+def _text(v: object) -> bool:
+    return isinstance(v, str)
+
+
+# the shape of each process in the state file that down, up and start-* rely on: (check, what it
+# must be); "pid" is required, the others checked when there (an older sandbox's may lack them)
+PROC_FIELDS: dict[str, tuple[Any, str]] = {
+    "pid": (_pid, "a process id (a whole number, 0 when not started)"),
+    "pids": (lambda v: isinstance(v, list) and all(_pid(p) for p in v), "a list of process ids"),
+    "config": (_text, "a path"),
+    "admin": (_text, "an address"),
+    "role": (_text, "a role"),
+    "supervise": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def state_problem(state: object) -> str | None:
+    """What is wrong with the state file's contents, in a few words; None if it has the shape."""
+    if not isinstance(state, dict):
+        return f"it holds {type(state).__name__}, not an object"
+    missing = [k for k in ("cp", "hosts") if k not in state]
+    if missing:
+        return f"it has no {' and no '.join(repr(k) for k in missing)}"
+    if not isinstance(state["hosts"], dict):
+        return f"hosts is {str(state['hosts'])[:40]!r}, not an object of the hosts"
+    for where, proc in [("cp", state["cp"]), *((f"hosts.{n}", h) for n, h in state["hosts"].items())]:
+        if not isinstance(proc, dict):
+            return f"{where} is {str(proc)[:40]!r}, not an object with its process's pid"
+        if "pid" not in proc:
+            return f"{where} has no pid"
+        bad = next((k for k, (ok, _) in PROC_FIELDS.items() if k in proc and not ok(proc[k])), None)
+        if bad is not None:
+            return f"{where}.{bad} is {str(proc[bad])[:40]!r}, not {PROC_FIELDS[bad][1]}"
+    return None
+
+
 def load_state(d: Path) -> dict[str, Any]:
+    """The state file of the sandbox in `d`, its shape checked (`state_problem`): a SandboxError
+    naming the file, what is wrong and the fix, never a traceback further on."""
     try:
         state: dict[str, Any] = json.loads((d / STATE).read_text())
-        state["cp"], state["hosts"]  # noqa: B018 - the shape every caller relies on
-        return state
+        why = state_problem(state)
     except FileNotFoundError:
         raise SandboxError(f"{d} holds no sandbox ({STATE} missing); start one with 'hsbctl sandbox up --dir {d}'") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
+        why = f"{type(exc).__name__}: {exc}"
+    if why is not None:
         raise SandboxError(
-            f"{d / STATE} cannot be read ({type(exc).__name__}: {exc}); stop the sandbox's processes by hand"
+            f"{d / STATE} cannot be read ({why}); stop the sandbox's processes by hand (pgrep -af {d}) and start a new one in an empty folder"
+        )
+    return state
+
+
+def process(d: Path, st: dict[str, Any], name: str) -> dict[str, Any]:
+    """The entry of `name` (hsbcpd, or a host) in the state file, with the config and admin
+    address that starting it and waiting for it need; else a SandboxError naming the file."""
+    proc = st["cp"] if name == "hsbcpd" else st["hosts"].get(name)
+    if not isinstance(proc, dict) or "config" not in proc or "admin" not in proc:
+        raise SandboxError(
+            f"{d / STATE} has no {name} with its config and admin address; stop the sandbox's processes by hand"
             f" (pgrep -af {d}) and start a new one in an empty folder"
-        ) from None
+        )
+    return proc
 
 
 def check_folder(d: Path) -> None:
