@@ -7,8 +7,11 @@ after a poll that failed. (hsbctl's errors of its inputs: tests/test_ctl_errors.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +209,94 @@ def test_promote_asks_the_standby_the_cp_names(secret: Path, monkeypatch: pytest
     monkeypatch.setattr(gather, "status_all", no_cp_word)
     code, out, err = invoke(*args)
     assert asked == ["127.0.0.1:1"] and code == 0, (asked, code, out, err)
+
+
+@contextlib.contextmanager
+def silent_admin(secret: Path) -> Iterator[tuple[str, list[str]]]:
+    """An admin port that authenticates hsbctl, takes promote, switchover, stop and pause
+    (recorded, as a daemon acts on them) and never answers: a host whose loop is slow. (address, what it took)"""
+    from hsb.wire.auth import load_secret
+    from hsb.wire.authlink import AuthServerProtocol
+
+    took: list[str] = []
+
+    class Silent(AuthServerProtocol):
+        link = "admin"
+        server_name = "host-a"
+        dispatch = {"promote": "on_request", "switchover": "on_request", "stop": "on_request", "pause": "on_request"}
+
+        def on_request(self, msg: dict[str, Any]) -> None:
+            took.append(msg["t"])
+
+    loop = asyncio.new_event_loop()
+    key = load_secret(secret)
+    srv = loop.run_until_complete(loop.create_server(lambda: Silent(secret=key, auth_timeout=5.0, idle_timeout=30.0), "127.0.0.1", 0))
+    th = threading.Thread(target=loop.run_forever, daemon=True)
+    th.start()
+    try:
+        yield f"127.0.0.1:{srv.sockets[0].getsockname()[1]}", took
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        th.join(5)
+        srv.close()
+        loop.run_until_complete(srv.wait_closed())
+        loop.close()
+
+
+def test_a_request_taken_and_not_answered_in_time_is_no_cannot_ask(secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host's loop slow past hsbctl's 2 s: it acts on the request (the intent posted, the stop
+    begun) and its answer comes late. hsbctl said "cannot ask host-a … no answer within 2 s (a
+    wrong port, a firewall…)", exit 3, for a request the host had taken. switchover and promote
+    now say so and watch the pair's status for the outcome, as after an answer; stop says its
+    outcome is not known and to look at the status."""
+    from hsb.ctl import ops_cmds
+
+    polls: list[int] = []
+    with silent_admin(secret) as (addr, took):
+
+        async def pair_then_swapped(*a: Any, **kw: Any) -> dict[str, Any]:
+            polls.append(len(took))
+            st = _pair(addr, "127.0.0.1:2")
+            st["hosts"][0]["switchovers_ended"] = 0
+            if took:  # it acted: host-b the active, host-a the standby, hot standby again
+                st["hosts"][0].update(role="standby", serving=False)
+                st["hosts"][1].update(role="active", serving=True, epoch=4)
+                rec = {"all_served_ms": 1.0, "worst_pause_ms": None, "switched": 3, "classic": 0}
+                st["cp"] = {"reachable": True, "epoch": 4, "active": {"name": "host-b"}, "last_switchover": rec}
+            return st
+
+        monkeypatch.setattr(switchover_mod, "status_all", pair_then_swapped)
+        code, out, err = invoke("--host", addr, "--host", "127.0.0.1:2", "--secret-file", str(secret), "switchover", "--yes", "--timeout", "10")
+        assert took == ["switchover"] and code == 0 and "switchover complete" in out, (code, out, err)
+        assert "cannot ask" not in err and "took the request and gave no answer in time" in err, err
+        assert polls[-1] == 1 and len(polls) >= 2, polls  # the status watched after the request
+
+        took.clear()
+
+        async def standby_then_active(*a: Any, **kw: Any) -> dict[str, Any]:
+            st = _pair("127.0.0.1:2", addr)  # (host-a the active at :2, host-b the standby here)
+            st["hosts"][0].update(serving=False, state="stopping")  # (stopped normally)
+            if took:
+                st["hosts"][1].update(role="active", epoch=5)
+            return st
+
+        monkeypatch.setattr(gather, "status_all", standby_then_active)
+        code, out, err = invoke("--host", addr, "--host", "127.0.0.1:2", "--secret-file", str(secret), "promote", "--timeout", "10")
+        assert took == ["promote"] and code == 0 and "host-b is the active host now" in out, (code, out, err)
+        assert "cannot ask" not in err, err
+
+        took.clear()
+        monkeypatch.setattr(ops_cmds, "status_all", lambda *a, **kw: gather_pair(addr))
+        code, out, err = invoke("--host", addr, "--host", "127.0.0.1:2", "--secret-file", str(secret), "stop", "--timeout", "10")
+        line = one_line_error(code, out, err, 3, "host-a at", "took the stop request and gave no answer in time", "see 'hsbctl status'")
+        assert took == ["stop"] and "cannot ask" not in line, line
+        # (and the CP taking a pause so: whether it applied is not known)
+        line = one_line_error(*invoke("--cp", addr, "--secret-file", str(secret), "pause"), 3, "whether it applied is not known")
+        assert took == ["stop", "pause"] and "cannot ask" not in line, line
+
+
+async def gather_pair(addr: str) -> dict[str, Any]:
+    return _pair(addr, "127.0.0.1:2")
 
 
 def test_promote_is_not_refused_by_a_refusal_from_before_it(secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from hsb.config import parse_addr
 from hsb.ctl.agree import REASK_PAUSES, claims_active, disagreement, two_actives
 from hsb.wire.auth import load_secret
-from hsb.wire.client import LinkClosed, ServerNameMismatch, request
+from hsb.wire.client import LinkClosed, ServerNameMismatch, Unanswered, request
 from hsb.wire.framing import ProtocolError
 
 
@@ -63,9 +63,14 @@ def why_not(exc: BaseException, timeout: float) -> str:
 
 
 async def ask(addr: str, secret: bytes, msg: dict[str, Any], timeout: float = 2.0, ssl: Any = "default") -> dict[str, Any]:
+    """The daemon's answer to `msg`; else `reachable` false with why (one line and its fix), and
+    `unanswered` true when it took the request and gave no answer in time: it may have acted."""
     h, p = parse_addr(addr)
     try:
         ans = await request(h, p, secret, msg, timeout=timeout, ssl=ssl)
+    except Unanswered:
+        why = f"it authenticated and did not answer the request within {timeout:g} s (it is slow or stuck)"
+        return {"reachable": False, "unanswered": True, "addr": addr, "error": why}
     except (OSError, TimeoutError, LinkClosed, ProtocolError, UnicodeError) as exc:  # (a name the resolver cannot encode)
         return {"reachable": False, "addr": addr, "error": why_not(exc, timeout)}
     if ans.get("t") == "error":

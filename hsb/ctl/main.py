@@ -126,7 +126,8 @@ def promote(obj: Ctx, timeout: float) -> None:
     failed = refused_or_unasked(ans, sb[0])
     if failed is not None:
         sys.exit(failed)
-    click.echo(ans["msg"])
+    if ans.get("msg"):
+        click.echo(ans["msg"])
     name = sb[0]["name"]
     refusals = sb[0].get("switch_refusals")  # (a refusal from before this request is not its answer)
 

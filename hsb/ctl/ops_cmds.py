@@ -72,6 +72,12 @@ async def _stop(t: Target, host: str | None, takeover: bool, timeout: float) -> 
             return code or 1
     name = target["name"]
     ans = await ask(target["addr"], load_secret(t.secret_file), {"t": "stop", "takeover": takeover})
+    if ans.get("unanswered"):  # (it may be stopping, or handing over first: not known)
+        click.echo(
+            f"error: {name} at {target['addr']} took the stop request and gave no answer in time: whether it stops is not known; see 'hsbctl status'",
+            err=True,
+        )
+        return 3
     if ans.get("reachable") is False or not ans.get("ok"):
         click.echo(f"error: {ans.get('error') or ans.get('msg')}", err=True)
         return 3 if ans.get("reachable") is False else 1
@@ -130,6 +136,12 @@ def run_pause(t: Target, paused: bool) -> int:
         click.echo("error: the CP's admin address is needed (cp in the ctl config, or --cp)", err=True)
         return 3
     ans = asyncio.run(ask(cp, load_secret(t.secret_file), {"t": "pause" if paused else "resume"}))
+    if ans.get("unanswered"):
+        click.echo(
+            f"error: the CP at {cp} took the request and gave no answer in time: whether it applied is not known; see 'hsbctl status' (its PAUSED line)",
+            err=True,
+        )
+        return 3
     if ans.get("reachable") is False:
         click.echo(f"error: cannot ask the CP at {cp}: {ans['error']}", err=True)
         return 3

@@ -24,7 +24,14 @@ from hsb.wire.auth import load_secret
 def refused_or_unasked(ans: dict[str, Any], host: dict[str, Any]) -> int | None:
     """The exit status of a request (promote, switchover) the host did not carry out, with its
     line on stderr: 3 when it could not be asked (docs/operations.md §17), 1 when it refused;
-    None when it accepted."""
+    None when it accepted, or took it and did not answer in time (said here: the caller watches
+    the pair's status for the outcome, as after an answer)."""
+    if ans.get("unanswered"):
+        click.echo(
+            f"{host.get('name')} at {ans.get('addr') or host.get('addr')} took the request and gave no answer in time; watching the pair's status for what it did",
+            err=True,
+        )
+        return None
     if ans.get("reachable") is False:
         click.echo(f"error: cannot ask {host.get('name')} at {ans.get('addr') or host.get('addr')}: {ans.get('error')}", err=True)
         return 3
@@ -78,7 +85,8 @@ async def _switchover(t: Target, yes: bool, timeout: float) -> int:
     failed = refused_or_unasked(ans, old)
     if failed is not None:
         return failed
-    click.echo(ans["msg"])
+    if ans.get("msg"):
+        click.echo(ans["msg"])
     deadline = time.monotonic() + timeout
     switched_at: float | None = None
     last: dict[str, Any] = st

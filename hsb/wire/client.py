@@ -39,6 +39,12 @@ class ServerNameMismatch(LinkClosed):
         self.server, self.names = server, names
 
 
+class Unanswered(TimeoutError):
+    """A request sent on an authenticated link got no answer in time (or the link closed before
+    one): the daemon may have acted on it. `request`'s own, so that hsbctl does not call it a
+    daemon it could not ask (a TimeoutError still, for callers that do not tell them apart)."""
+
+
 class FrameStream:
     """Send and receive frames over one TCP connection."""
 
@@ -229,12 +235,19 @@ async def request(
     """One admin request/answer round trip on a fresh connection: `timeout` for each of its steps
     (the connect, the challenge, the authentication's answer, the answer), and four times it for
     the whole, so that a peer sending a byte now and then, never a whole frame, is cut off too."""
-    async with asyncio.timeout(timeout * 4):
-        fs = await FrameStream.connect(host, port, timeout=timeout, ssl=ssl)
-        try:
-            await fs.authenticate(secret, link, name, timeout)
-            fs.send(msg)
-            await fs.drain()
-            return await fs.recv(timeout)
-        finally:
-            await fs.aclose()
+    sent = False
+    try:
+        async with asyncio.timeout(timeout * 4):
+            fs = await FrameStream.connect(host, port, timeout=timeout, ssl=ssl)
+            try:
+                await fs.authenticate(secret, link, name, timeout)
+                fs.send(msg)
+                sent = True
+                await fs.drain()
+                return await fs.recv(timeout)
+            finally:
+                await fs.aclose()
+    except (TimeoutError, LinkClosed, ConnectionError) as exc:
+        if not sent or (isinstance(exc, LinkClosed) and exc.error is not None):  # (an error frame: its answer)
+            raise
+        raise Unanswered(f"sent {msg.get('t')!r}, no answer within {timeout:g} s") from exc
