@@ -283,3 +283,22 @@ def test_a_switchover_refused_for_a_stale_standby_view_says_why(
     assert switchover_mod.run_switchover(t, True, 10.0) == 1
     err = capsys.readouterr().err
     assert "switchover refused" in err and "host-a cannot write its takeover ring (Input/output error)" in err, err
+
+
+def test_no_standby_at_the_cp_is_not_hot_standby_ready() -> None:
+    """Both hosts said established and the CP answered standby None (host-b's registration lost,
+    or refused): `ESTABLISHED (hot standby ready)`, exit 0, though no failover could happen. It is
+    SERVING WITHOUT A STANDBY (1) with a line saying the CP has no standby registered."""
+    from hsb.ctl.status import headline
+
+    hosts = [_host("host-a", "active"), _host("host-b", "standby")]
+    st_ = summarize(_cp(active={"name": "host-a"}, standby=None), hosts)
+    assert st_["exit_status"] == 1 and not st_["established"] and st_["serving"], st_
+    lines = headline(st_)
+    assert lines[0] == "hsb: SERVING WITHOUT A STANDBY", lines
+    assert "the CP has no standby registered, though host-b (established) says it is the standby" in lines[1], lines
+    # the CP naming it: ready; a CP that does not say (an older one): as before
+    hosts = [_host("host-a", "active"), _host("host-b", "standby")]
+    assert summarize(_cp(active={"name": "host-a"}, standby={"name": "host-b"}), hosts)["exit_status"] == 0
+    hosts = [_host("host-a", "active"), _host("host-b", "standby")]
+    assert summarize(_cp(), hosts)["exit_status"] == 0

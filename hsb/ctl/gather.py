@@ -394,6 +394,14 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
     # takeover storage does not answer (a hung mount) follows no ring: its sessions go stale; so
     # do they while the active cannot write the ring (standby_view_stale, on either host)
     stale = [why for why in (_ring_unwritten(h) for h in actives) if why]
+    # the CP names no standby (its answer says so: older CPs do not say): a host that says it is
+    # the standby is not the CP's, and could not take over
+    if cp_ok and "standby" in cp and cp["standby"] is None and standbys:
+        said = ", ".join(f"{h['name']} ({h.get('state')})" for h in standbys)
+        stale.append(
+            f"the CP has no standby registered, though {said} says it is the standby: it could not take over;"
+            " look at its CP link and last error (its link to the CP down, or refused as a second standby)"
+        )
     established = (
         not changing
         and serving
