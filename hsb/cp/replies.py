@@ -79,6 +79,11 @@ class Replies:
         terminal that does not resume gets the reply only once the discard ("d") is durable.
         """
         self.replies_by_host[host.name] += 1
+        self._answer(name, mid, data)
+
+    def _answer(self: CP, name: str, mid: int, data: Any) -> None:
+        """The reply to `name`'s message `mid` (`host_reply`): the active's, or the CP's own error
+        for a message it cannot deliver (`_too_large_for`), which no host sent."""
         term = self.terms.get(name)
         if term is None:
             return

@@ -491,8 +491,7 @@ class TerminalSide:
             msg=f"not delivered to {host.name}, whose frames take {limit} bytes of data: answered with an error;"
             " set the same max_frame on the CP and both hosts",
         )
-        self.host_reply(
-            host,
+        self._answer(
             term.name,
             held.id,
             f"error: message too large for the host ({size} bytes > {limit}); it was not processed:"
