@@ -1,8 +1,10 @@
 """A CP and hosts of different max_frame, driven in-process through the CP's own code.
 
 A message the CP took that a host's smaller frames cannot hold is answered by the CP itself
-with an error reply (hsb.cp.terminal_side `_too_large_for`): that reply is nobody's reply
-frame (`replies_by_host`)."""
+with an error reply (hsb.cp.terminal_side `_too_large_for`): one an earlier active had (or one
+recovered from the journal) may have been processed, and the error says so and by whom; that
+reply is nobody's reply frame (`replies_by_host`) and no service by the new active (the
+switch's record)."""
 
 from __future__ import annotations
 
@@ -12,12 +14,15 @@ from typing import Any
 
 import pytest
 
+from hsb.cp.journal.format import encode as record
+from hsb.cp.journal.recovery import recover, segment_name
 from hsb.wire.framing import encode, payload_max
-from tests.support.cpcore import cp_core, fake_host, recording_terminal
+from tests.support.cpcore import cp_core, fake_host, flipped, recording_terminal
 
 pytestmark = pytest.mark.timeout(60)
 
 BIG, SMALL = 64 * 1024, 8 * 1024
+TOO_BIG = payload_max(SMALL) + 10  # what the CP and a host of its max_frame take, a host of SMALL's not
 
 
 def replies(p: Any) -> list[dict[str, Any]]:
@@ -42,4 +47,78 @@ async def test_the_cps_own_error_reply_is_no_reply_frame_of_the_host(tmp_path: P
     assert cp.replies_by_host.get("host-a", 0) == 0
     cp.host_reply(h, "T00001", 2, "ok")
     assert [r["id"] for r in replies(p)] == [1, 2] and cp.replies_by_host["host-a"] == 1
+    h.connection_lost(None)
+
+
+def host(cp: Any, name: str, role: str, max_frame: int) -> Any:
+    h = fake_host(cp, name, None, record=True)
+    h.max_frame = max_frame  # (as its register said)
+    cp.host_register(h, role, 1)
+    return h
+
+
+async def test_a_message_the_old_active_had_is_answered_as_maybe_processed_not_as_a_reply_of_the_new_one(tmp_path: Path) -> None:
+    """Host A (the CP's max_frame) had message 1; B, of smaller frames, registered as the standby
+    after it came, and A is lost: B cannot take message 1, which the CP answers with an error.
+    A may have processed it, so the error says so and names A (the terminal must check before it
+    sends it again, not be told it may); B's first reply is the switch's, not that error."""
+    cp = cp_core(tmp_path, 2, cp=f"max_frame = {BIG}\n")
+    a = host(cp, "host-a", "active", BIG)
+    p = recording_terminal(cp, "T00001", None)
+    cp.host_open(a, "T00001", "active", {})
+    p.data_received(encode({"t": "msg", "id": 1, "data": b"x" * TOO_BIG}))
+    p.data_received(encode({"t": "msg", "id": 2, "data": b"fits"}))
+    term = cp.terms["T00001"]
+    assert term.held[1].delivered_epoch == 1 == term.held[2].delivered_epoch  # both with A
+    b = host(cp, "host-b", "standby", SMALL)
+    cp.host_open(b, "T00001", "standby", {})
+    a.connection_lost(None)
+    cp.host_switchover(b, "test", False, "failover")
+    await flipped(cp)
+    got = replies(p)
+    assert [r["id"] for r in got] == [1], got
+    text = got[0]["data"]
+    assert "too large for the active host host-b" in text and "may have been processed by host-a" in text, text
+    assert "check whether it took effect before sending it again" in text and "not processed" not in text, text
+    rec = cp.switchovers[-1]
+    assert rec["to"] == "host-b" and rec["first_reply_ms"] is None and rec["first_redelivered_reply_ms"] is None, rec
+    assert cp.replies_by_host.get("host-b", 0) == 0
+    cp.host_reply(b, "T00001", 2, "ok")  # B's own reply to the message it did get: the switch's first
+    assert [r["id"] for r in replies(p)] == [1, 2]
+    assert rec["first_reply_ms"] is not None and rec["all_served_ms"] is not None, rec
+    b.connection_lost(None)
+
+
+async def test_a_message_no_host_had_is_answered_as_not_processed(tmp_path: Path) -> None:
+    """Taken while no host was registered, and too large for the first that registers: nobody
+    had it, and the error says it was not processed."""
+    cp = cp_core(tmp_path, 2, cp=f"max_frame = {BIG}\n")
+    p = recording_terminal(cp, "T00001", None)
+    p.data_received(encode({"t": "msg", "id": 1, "data": b"x" * TOO_BIG}))
+    h = host(cp, "host-a", "active", SMALL)
+    cp.host_open(h, "T00001", "active", {})
+    await asyncio.sleep(0)
+    got = replies(p)
+    assert [r["id"] for r in got] == [1] and "it was not processed" in got[0]["data"] and "may have" not in got[0]["data"], got
+    h.connection_lost(None)
+
+
+async def test_a_recovered_message_is_answered_as_maybe_processed_by_the_active_before_the_restart(tmp_path: Path) -> None:
+    """Restored from the journal (the CP restarted, maybe after delivering it), too large for the
+    active that registers now with smaller frames: it may have been processed before the
+    restart, and the error says so and names the active the journal recorded."""
+    d = tmp_path / "j"
+    d.mkdir()
+    (d / segment_name(1)).write_bytes(record(["ck", 3, "host-a", 0, {}]) + record(["a", "T00001", 1, b"x" * TOO_BIG]))
+    cp = cp_core(tmp_path, 2, cp=f"max_frame = {BIG}\n")
+    cp.restore(recover(d))
+    assert cp.terms["T00001"].held[1].delivered_epoch == -1
+    p = recording_terminal(cp, "T00001", None)
+    h = host(cp, "host-a", "active", SMALL)  # (restarted with a smaller max_frame)
+    cp.host_open(h, "T00001", "active", {})
+    await asyncio.sleep(0)
+    got = replies(p)
+    assert [r["id"] for r in got] == [1], got
+    text = got[0]["data"]
+    assert "may have been processed by host-a (the active before the CP restarted)" in text and "not processed" not in text, text
     h.connection_lost(None)

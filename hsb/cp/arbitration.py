@@ -361,11 +361,15 @@ class Arbitration:
         self.notices.owe(f.terms, rec, t0, wait_for_reply=f.waiting > 0)  # the switched ones have a notice set
 
     def _served_after_switch(self: CP, term: Term, held: Held) -> None:
+        """A reply went out after a grant. The CP's own error for a message too large for the new
+        active (`_too_large_for`) is no service by it: it ends that message's wait, and is neither
+        the first reply the switch notices wait for nor a pause."""
         a = self.after_switch
         assert a is not None
         now = time.monotonic()
-        if a.rec["first_reply_ms"] is None:
+        served = not held.made_here
+        if served and a.rec["first_reply_ms"] is None:
             a.rec["first_reply_ms"] = round((now - a.t0) * 1000, 3)
             self.notices.first_reply()
-        if a.reply(term, held.t, held.redelivered, now):
+        if a.reply(term, held.t, held.redelivered, now, served):
             self.after_switch = None

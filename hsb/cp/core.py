@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("hsb.cp")
 
 RECORDED_ACTIVE_WAIT_S = 3.0  # after a restart, the active of before has this long to register again
+EPOCH_HOSTS_KEPT = 64  # the actives of this many recent epochs are named in error replies (older: by epoch)
 
 
 class CP(TerminalSide, Replies, HostSessions, Arbitration, Adoption, JournalSide, StatusView):
@@ -98,6 +99,10 @@ class CP(TerminalSide, Replies, HostSessions, Arbitration, Adoption, JournalSide
         self.journal: Journal = journal if journal is not None else NullJournal()
         self.journal.checkpoint = self._checkpoint
         self.recorded_active: str | None = None  # who holds the active role (journalled with the epoch)
+        # the recent epochs' actives, and the one recorded when this CP restored its journal: who
+        # may have processed a message answered with an error later (`_too_large_for`)
+        self.epoch_hosts: dict[int, str] = {}
+        self.restored_active: str | None = None
         self.paused = False  # the operator's pause: no automatic failover (journalled)
         self.history = History(self.journal.append)  # every failover, switchover, promote and fence
         self.announced = True  # False while a new active's epoch is being made durable
@@ -346,6 +351,8 @@ class CP(TerminalSide, Replies, HostSessions, Arbitration, Adoption, JournalSide
         CP never goes back to an older one (a host fenced before it stays fenced)."""
         self.epoch += 1
         self.recorded_active = active
+        self.epoch_hosts[self.epoch] = active
+        self.epoch_hosts.pop(self.epoch - EPOCH_HOSTS_KEPT, None)
         return self.epoch
 
     def _make_active(self, host: HostProtocol) -> int:

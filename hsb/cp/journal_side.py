@@ -32,7 +32,7 @@ class JournalSide:
     def restore(self: CP, r: Recovered) -> None:
         """Before anything is accepted: what the journal holds (hsb.cp.journal.recovery)."""
         self.epoch = r.epoch
-        self.recorded_active = r.active
+        self.recorded_active = self.restored_active = r.active
         self.paused = r.paused
         self.history.restore(r.history)
         self.recovered_at = time.monotonic()

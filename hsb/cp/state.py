@@ -38,7 +38,7 @@ class Held:
     when it was acknowledged (monotonic): a switch's worst pause is measured from it.
     """
 
-    __slots__ = ("id", "data", "delivered_epoch", "redelivered", "t", "seg", "replying", "recovered", "wire", "early", "prev")
+    __slots__ = ("id", "data", "delivered_epoch", "redelivered", "t", "seg", "replying", "recovered", "wire", "early", "prev", "made_here")
 
     def __init__(self, mid: int, data: Any, t: float, seg: int = 0) -> None:
         self.id = mid
@@ -54,6 +54,7 @@ class Held:
         # on once the record is durable (the ack always goes before the reply)
         self.early: Any = None
         self.prev = 0  # the id of the terminal's message held before it when it came (0: none)
+        self.made_here = False  # answered by the CP's own error (too large for the active's frames): no host served it
 
 
 class Kept:

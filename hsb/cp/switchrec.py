@@ -13,6 +13,9 @@ one of those messages is answered (or `DEADLINE_S` passes) and fills in the reco
   reply, over every message answered from the grant until all were served: the messages in
   flight at the grant and those that arrived meanwhile. Idle time is not a pause: with nothing
   in flight the figures are None.
+
+A message the CP answers itself with an error (too large for the new active's frames) no longer
+waits, but its reply is no service: it counts in none of the figures above but `all_served_ms`.
 """
 
 from __future__ import annotations
@@ -69,15 +72,16 @@ class AfterSwitch:
             return True
         return False
 
-    def reply(self, term: Term, acked_at: float, redelivered: bool, now: float) -> bool:
-        """A reply went out for a message acknowledged at `acked_at`; True once the record is done."""
+    def reply(self, term: Term, acked_at: float, redelivered: bool, now: float, served: bool = True) -> bool:
+        """A reply went out for a message acknowledged at `acked_at`; True once the record is done.
+        Not `served`: the CP's own error reply, which ends the message's wait and is no pause."""
         rec = self.rec
-        if redelivered and rec["first_redelivered_reply_ms"] is None:
+        if served and redelivered and rec["first_redelivered_reply_ms"] is None:
             rec["first_redelivered_reply_ms"] = _ms(now - self.t0)
         wait = now - acked_at
-        if wait > self.worst:
+        if served and wait > self.worst:
             self.worst = wait
-        if len(self.waits) < MAX_WAITS:
+        if served and len(self.waits) < MAX_WAITS:
             self.waits.append(wait)
         if acked_at <= self.t0 and term.flight_epoch == self.epoch and term.flight > 0:
             term.flight -= 1
