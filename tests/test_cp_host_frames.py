@@ -4,7 +4,9 @@ A message the CP took that a host's smaller frames cannot hold is answered by th
 with an error reply (hsb.cp.terminal_side `_too_large_for`): one an earlier active had (or one
 recovered from the journal) may have been processed, and the error says so and by whom; that
 reply is nobody's reply frame (`replies_by_host`) and no service by the new active (the
-switch's record)."""
+switch's record). The limit on what terminals may send is what the two hosts of the pair can
+take: a refused registration does not lower it, and a host another took the place of no longer
+does."""
 
 from __future__ import annotations
 
@@ -122,3 +124,35 @@ async def test_a_recovered_message_is_answered_as_maybe_processed_by_the_active_
     text = got[0]["data"]
     assert "may have been processed by host-a (the active before the CP restarted)" in text and "not processed" not in text, text
     h.connection_lost(None)
+
+
+@pytest.mark.parametrize("refusal", ["bad_role", "active_exists", "standby_exists"])
+async def test_a_refused_registration_leaves_the_terminals_limit_as_it_was(tmp_path: Path, refusal: str) -> None:
+    """A third hsbd (or one misconfigured) with a small max_frame is refused: it is no host of the
+    pair, and terminals may still send what the two hosts take."""
+    cp = cp_core(tmp_path, 2, cp=f"max_frame = {BIG}\n")
+    host(cp, "host-a", "active", BIG)
+    host(cp, "host-b", "standby", BIG)
+    before = cp.max_data
+    assert before == payload_max(BIG)
+    role = {"bad_role": "primary", "active_exists": "active", "standby_exists": "standby"}[refusal]
+    c = host(cp, "host-c", role, 2048)
+    c.flush()
+    assert c.closed and [f["code"] for f in c.transport.frames() if f["t"] == "error"] == [refusal]
+    assert cp.max_data == before
+
+
+async def test_a_host_whose_place_another_took_no_longer_limits_the_terminals(tmp_path: Path) -> None:
+    """B (small frames) was the standby. While it is away it still counts (it may come back);
+    once C takes its place as the standby, the pair is A and C, and the limit is theirs."""
+    cp = cp_core(tmp_path, 2, cp=f"max_frame = {BIG}\n")
+    host(cp, "host-a", "active", BIG)
+    b = host(cp, "host-b", "standby", SMALL)
+    assert cp.max_data == payload_max(SMALL)
+    b.connection_lost(None)
+    assert cp.standby is None and cp.max_data == payload_max(SMALL)  # away, not gone: it may come back
+    b2 = host(cp, "host-b", "standby", SMALL)  # back: still the pair's
+    assert cp.standby is b2 and cp.max_data == payload_max(SMALL)
+    b2.connection_lost(None)
+    c = host(cp, "host-c", "standby", BIG)
+    assert cp.standby is c and cp.max_data == payload_max(BIG)

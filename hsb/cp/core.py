@@ -142,9 +142,9 @@ class CP(TerminalSide, Replies, HostSessions, Arbitration, Adoption, JournalSide
         # hand-overs to hide, and marks nothing a host never had.
         self.follows_a_cp = True
         self.open_batch_bytes = cfg.cp.max_frame // 2  # what an open_batch frame may hold (docs/protocol.md §3)
-        # the largest message a terminal may send: what every host that registered can take in a
-        # frame too (its max_frame, said at its register), or a message acknowledged here would
-        # drop that host's link at each delivery, for ever
+        # the largest message a terminal may send: what both hosts of the pair can take in a frame
+        # too (their max_frame, said at their registers: `_host_frame`), or a message acknowledged
+        # here would drop that host's link at each delivery, for ever
         self.host_frames: dict[str, int] = {}
         self.max_data = payload_max(cfg.cp.max_frame)
         self.flipping: Flip | None = None  # a grant's flip still going, a slice per turn (hsb.cp.flip)
@@ -177,14 +177,22 @@ class CP(TerminalSide, Replies, HostSessions, Arbitration, Adoption, JournalSide
 
     # ------------------------------------------------------------------ hosts
     def _host_frame(self, host: HostProtocol) -> None:
-        """A host said its max_frame at its register: the terminals' messages must fit the
-        smallest any host said (a host of an older hsb says none)."""
-        frame = host.max_frame
-        if not frame or self.host_frames.get(host.name) == frame:
-            return
-        self.host_frames[host.name] = frame
-        self.max_data = payload_max(min(self.cfg.cp.max_frame, *self.host_frames.values()))
-        if frame != self.cfg.cp.max_frame:
+        """`host`'s registration was taken (it holds a role now): the terminals' messages must fit
+        the smallest max_frame the two hosts of the pair said at theirs (a host of an older hsb
+        says none). The pair: the last two hosts, by name, whose registrations were taken; one
+        away for a while (a reconnect, a reboot, a normal stop) still counts, and one that a host
+        of a third name took the place of (the standby role, or the active's after it was lost
+        or stopped) no longer does. A host holding a role, or the active the journal recorded, is
+        never dropped: while three do, all three count."""
+        frames = self.host_frames
+        before = frames.pop(host.name, 0)
+        frames[host.name] = frame = host.max_frame or before  # (latest last)
+        if len(frames) > 2:
+            holding = {self.recorded_active} | {h.name for h in (self.active, self.standby, self.demoting, self.granting) if h is not None}
+            for name in [n for n in frames if n not in holding][: len(frames) - 2]:
+                del frames[name]
+        self.max_data = payload_max(min([self.cfg.cp.max_frame, *(f for f in frames.values() if f)]))
+        if frame and frame != before and frame != self.cfg.cp.max_frame:
             log.warning(
                 "max_frame_mismatch",
                 host=host.name,
@@ -197,7 +205,6 @@ class CP(TerminalSide, Replies, HostSessions, Arbitration, Adoption, JournalSide
 
     def host_register(self, host: HostProtocol, role: str, startup_id: int) -> None:
         self.settle_flip()
-        self._host_frame(host)
         if role == "active":
             cur = self.active
             if cur is not None and not cur.closed and cur is not host and cur.name == host.name and host.instance and cur.instance == host.instance:
@@ -214,6 +221,7 @@ class CP(TerminalSide, Replies, HostSessions, Arbitration, Adoption, JournalSide
                 self.active = None
                 cur.abort()
                 self._become_active(host, reason="registered again on a new link")
+                self._host_frame(host)
                 return
             ho = self.handed_over_by
             dm = self.demoting  # a planned switchover's grant being made durable: its old active
@@ -279,6 +287,7 @@ class CP(TerminalSide, Replies, HostSessions, Arbitration, Adoption, JournalSide
             if self.standby is host:
                 self.standby = None
             self._become_active(host, reason="registered")
+            self._host_frame(host)
         elif role == "standby":
             old = self.standby
             if old is not None and not old.closed and old is not host and old.name == host.name and host.instance and old.instance == host.instance:
@@ -303,6 +312,7 @@ class CP(TerminalSide, Replies, HostSessions, Arbitration, Adoption, JournalSide
                 self._drop_standby_sessions(gone)
             self.standby = host
             host.role = "standby"
+            self._host_frame(host)
             log.info("host_registered", host=host.name, role="standby", startup_id=startup_id, epoch=self.epoch)
             h = self._handover
             if h is not None and h.standby is not host:
