@@ -100,6 +100,7 @@ class TerminalSide:
                     if m["id"] > last_reply:
                         self._keep_reply(term, m["id"], m["data"])
                         proto.send({**m, "resent": True})
+                        self.counters["resent"] += 1
                 term.outbox = None
         else:
             term.resuming = False

@@ -1,0 +1,55 @@
+"""`counters.resent` (docs/protocol.md §4: replies sent again to a terminal at its logon, marked
+`resent`) counts every such reply, in-process: those kept for it while it was away, and those
+a run that did not resume was owed in its outbox, handed to a resuming hello."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.wire.framing import encode
+from tests.support.cpcore import cp_core, fake_host, recording_terminal
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def resent(p: Any) -> list[int]:
+    p.flush()
+    return [f["id"] for f in p.transport.frames() if f.get("t") == "reply" and f.get("resent")]
+
+
+async def test_a_reply_kept_while_the_terminal_was_away_is_counted_resent(tmp_path: Path) -> None:
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active")
+    p = recording_terminal(cp, "T00001", None)
+    cp.host_open(h, "T00001", "active", {})
+    p.data_received(encode({"t": "msg", "id": 1, "data": b"m"}))
+    p.connection_lost(None)
+    cp.host_reply(h, "T00001", 1, "r1")  # away: kept
+    q = recording_terminal(cp, "T00001", 0)
+    assert resent(q) == [1] and cp.counters["resent"] == 1
+    h.connection_lost(None)
+    await asyncio.sleep(0)
+
+
+async def test_a_reply_from_the_outbox_sent_at_a_resuming_hello_is_counted_resent(tmp_path: Path) -> None:
+    """A run that did not resume was owed a reply in its outbox (hsb.cp.terminal_side
+    `_to_terminal`, its connection gone); the terminal then says hello resuming: the reply goes
+    marked resent, and is counted so."""
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active")
+    p = recording_terminal(cp, "T00001", None)
+    cp.host_open(h, "T00001", "active", {})
+    p.data_received(encode({"t": "msg", "id": 1, "data": b"m"}))
+    p.connection_lost(None)
+    term = cp.terms["T00001"]
+    assert term.conn is None and not term.resuming
+    cp._to_terminal(term, {"t": "reply", "id": 1, "data": "r1"})  # owed while away: the outbox
+    assert term.outbox
+    q = recording_terminal(cp, "T00001", 0)
+    assert resent(q) == [1] and cp.counters["resent"] == 1
+    h.connection_lost(None)
+    await asyncio.sleep(0)
