@@ -1,7 +1,8 @@
 """TLS handshakes sliced (hsb.wire.handshakes): 5,000 ClientHellos in one poll of a uvloop
 listener (terminals coming back over TLS after a CP restart) are handshaken a slice at a time,
 the loop turning in between; run inline they held it for over a second, while the hosts'
-heartbeats (0.5 s timeouts) waited."""
+heartbeats (0.5 s timeouts) waited. A host link's handshake goes ahead of the terminals' queued
+ones."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 import resource
 import socket
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +123,77 @@ def test_a_storm_of_client_hellos_never_holds_the_loop(tmp_path: Path) -> None:
     worst, deferred = uvloop.run(storm())
     assert worst < 0.5, f"the loop stalled {worst * 1e3:.0f} ms"
     assert deferred > 0  # (the slices did it: some waited for their turn)
+
+
+class Queued:
+    """A terminal's handshake waiting in the queue: FAKE_S of the loop's CPU in its turn, as a
+    ClientHello with a client certificate to check takes (none once `stop` is set)."""
+
+    def __init__(self, taken: list[int], stop: list[bool]) -> None:
+        self.taken, self.stop = taken, stop
+
+    def tls_turn(self) -> None:
+        if self.stop[0]:
+            return
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < FAKE_S:
+            pass
+        HANDSHAKES.charge(time.perf_counter() - t0)
+        self.taken[0] += 1
+
+
+FAKE_S = 0.0005
+QUEUED = 4000  # 2 s of handshakes: first in, first out, a host link behind them waited that long
+
+
+def test_a_host_links_handshake_goes_ahead_of_the_terminals_queued_ones(tmp_path: Path) -> None:
+    """A CP restarted with thousands of TLS terminals: their handshakes wait in the queue, worked
+    off 2 ms a turn. The active's host link connects meanwhile: its handshake (and the challenge
+    after it) comes within a bound that does not grow with the queue, long before the queue is
+    worked off (it must not time out, or the lease it registers again within run out)."""
+    import uvloop
+
+    from hsb.cp.admin import CPAdminProtocol
+    from hsb.cp.host_link import HostProtocol
+    from hsb.cp.terminal_link import TerminalProtocol
+    from tests.support.cpcore import cp_core
+
+    assert HostProtocol.tls_first and CPAdminProtocol.tls_first and not TerminalProtocol.tls_first
+    ca = make_ca(tmp_path)
+    make_leaf(tmp_path, ca, "cp", "ec", "cp")
+    tls = TLS(TLSFiles(str(tmp_path / "ca.pem"), str(tmp_path / "cp.pem"), str(tmp_path / "cp.key")), terminals=True)
+    cp = cp_core(tmp_path, 1)
+
+    async def connect() -> tuple[float, int]:
+        loop = asyncio.get_running_loop()
+        taken, stop = [0], [False]
+        links: list[HostProtocol] = []
+
+        def host() -> HostProtocol:
+            links.append(HostProtocol(cp, secret=b"s" * 32, auth_timeout=30.0, idle_timeout=None, tls=tls.server, tls_timeout=30.0))
+            return links[-1]
+
+        srv = await loop.create_server(host, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        try:
+            for _ in range(QUEUED):
+                q = Queued(taken, stop)
+                if HANDSHAKES.admit(q, loop):
+                    q.tls_turn()
+            assert len(HANDSHAKES.queue) > QUEUED - 100
+            t0 = loop.time()
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, ssl=tls.client), 30)
+            challenge = await asyncio.wait_for(reader.read(1), 30)  # the link opened: its challenge came
+            elapsed, before = loop.time() - t0, taken[0]
+            assert challenge and links and not links[0].closed
+            writer.close()
+            stop[0] = True  # the rest of the queue: nothing more to spend
+            await until(lambda: not HANDSHAKES.queue, 30, what="the queue worked off")
+            return elapsed, before
+        finally:
+            srv.close()
+            await srv.wait_closed()
+
+    elapsed, before = uvloop.run(connect())
+    assert before < QUEUED // 4, f"the host link waited for {before} of the {QUEUED} terminals' handshakes queued before it"
+    assert elapsed < 1.0, f"the host link's handshake took {elapsed * 1e3:.0f} ms"

@@ -25,6 +25,7 @@ class AuthServerProtocol(FramedProtocol):
 
     server_name: str = "hsb"
     hold_until_vouched = True  # an unauthenticated peer gets one frame decoded, its auth, no more
+    tls_first = True  # host, peer and admin links: their handshakes go ahead of the terminals'
 
     def __init__(self, *, secret: bytes, auth_timeout: float, idle_timeout: float | None = None, **kw: Any) -> None:
         super().__init__(known_types={*self.dispatch, "auth"}, idle_timeout=auth_timeout, **kw)

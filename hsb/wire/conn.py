@@ -101,6 +101,9 @@ class FramedProtocol(ServerSideTLS, asyncio.Protocol):
     # the bytes kept behind that frame meanwhile (Decoder's `held_max`; -1: within the first
     # frame's bound, for clients that wait for its answer)
     held_max: ClassVar[int | None] = -1
+    # its TLS handshake goes ahead of the terminals' queued ones (hsb.wire.handshakes): the
+    # authenticated links', few and the pair's own (a host's must not time out behind a storm)
+    tls_first: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -173,7 +176,7 @@ class FramedProtocol(ServerSideTLS, asyncio.Protocol):
             return
         t = self._tls
         if t is not None:
-            if not t.done and (self._tls_waiting or not HANDSHAKES.admit(self, self._loop)):
+            if not t.done and (self._tls_waiting or not HANDSHAKES.admit(self, self._loop, self.tls_first)):
                 t.keep(data)  # its handshake waits for its turn (hsb.wire.handshakes), unread meanwhile
                 if not self._tls_waiting and self.transport is not None:
                     self._tls_waiting = True

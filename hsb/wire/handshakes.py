@@ -9,8 +9,16 @@ for the same reason (hsb.cp.logons).
 So a turn of the loop runs handshake steps inline for at most TURN_S of CPU; past that, a
 connection's handshake bytes are kept in its TLS state, its reading stops, and it waits in a
 queue worked off SLICE_S at a time with the loop turning in between. The queue is first in,
-first out: while it holds anything, every new handshake step joins it. One process, one loop:
-the state is this module's, made again when another loop asks (tests).
+first out: while it holds anything, every new handshake step joins it.
+
+Except the links that go first (`FramedProtocol.tls_first`: host, peer and admin links, a
+handful): theirs run inline within the turn's TURN_S whatever the terminals' queue holds
+(while none of theirs waits), and otherwise wait at the head of the queue, behind their own
+kind only. A CP restarted with
+10,000 TLS terminals queued (5 s of handshakes) would otherwise make the active's host link
+wait past its handshake timeout, and past the lease it has to register again in.
+
+One process, one loop: the state is this module's, made again when another loop asks (tests).
 """
 
 from __future__ import annotations
@@ -30,22 +38,30 @@ TURN_S = 0.002  # seconds of handshakes run inline in one turn of the loop (queu
 
 
 class Handshakes(SlicedQueue[Waiting]):
-    __slots__ = ("spent", "deferred")
+    __slots__ = ("spent", "deferred", "first")
 
     def __init__(self) -> None:
         super().__init__()
         self.spent = 0.0  # seconds of handshakes this turn
         self.deferred = 0  # handshake steps that waited in the queue (tests)
+        self.first = 0  # the queue's first this many are of links that go first
 
-    def admit(self, conn: Waiting, loop: asyncio.AbstractEventLoop) -> bool:
+    def admit(self, conn: Waiting, loop: asyncio.AbstractEventLoop, first: bool = False) -> bool:
         """True: run this handshake step now. False: it was queued (the caller keeps its bytes and
-        stops reading it); `conn.tls_turn()` is called in its turn."""
+        stops reading it); `conn.tls_turn()` is called in its turn. `first`: a link that goes
+        ahead of the terminals (the module docstring)."""
         if loop is not self._loop:
             self._new_loop(loop)
-        if not self.queue and self.spent < TURN_S:
+        if not (self.first if first else self.queue) and self.spent < TURN_S:
             return True
         self.deferred += 1
-        self._enqueue(conn, loop)
+        if first:
+            self.queue.insert(self.first, conn)  # (near the head: cheap)
+            self.first += 1
+            if self._slice is None:
+                self._slice = loop.call_soon(self._run)
+        else:
+            self._enqueue(conn, loop)
         return False
 
     def charge(self, seconds: float) -> None:
@@ -58,7 +74,13 @@ class Handshakes(SlicedQueue[Waiting]):
         super()._turned()
         self.spent = 0.0
 
+    def _new_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        super()._new_loop(loop)
+        self.first = 0
+
     def _take(self, conn: Waiting) -> None:
+        if self.first:  # (taken from the head: one of those that go first)
+            self.first -= 1
         conn.tls_turn()
 
 
