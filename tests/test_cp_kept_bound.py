@@ -167,7 +167,7 @@ async def test_a_restarted_terminal_is_not_stuck_behind_the_replies_kept_for_its
     never fills what is held back). Now hsbterm confirms the earlier run's replies it got: its
     messages are taken and answered, and its verdict is clean."""
     from hsb.term.client import TerminalClient
-    from hsb.term.load import LoadStats, _report
+    from hsb.term.load import LoadStats
 
     cp = cp_core(tmp_path, 2, cp="held_bound = 4\n")
     h = fake_host(cp, "host-a", "active", record=True)
@@ -185,17 +185,7 @@ async def test_a_restarted_terminal_is_not_stuck_behind_the_replies_kept_for_its
     p = _connect_hsbterm(cp, c)
     await _until(lambda: c.state == 3, "run 2 welcomed")
     cp.host_open(h, "T00001", "active", {})
-    ids = [c.submit() for _ in range(3)]
-    assert ids == [1000, 1001, 1002]
-    await _until(lambda: all(("T00001", i) in _delivered(h) for i in ids), "run 2's messages delivered to the active")
-    for i in ids:
-        cp.host_reply(h, "T00001", i, c.payload(i))
-    await _until(lambda: not c.outstanding, "run 2's messages answered")
-    c.bye()
-    await _until(lambda: p.closed, "the logoff")
-    r = _report([c], stats, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, [])
-    assert r.ok and r.earlier_run_replies == 4 and r.unexpected == 0, r.failures
-    assert not term.replies and cp.counts.kept == 0  # the earlier run's replies confirmed: let go
+    await _run2_served(cp, h, c, p, stats)
 
 
 async def test_an_earlier_runs_replies_made_after_the_new_run_logged_on_are_confirmed_not_unexpected(tmp_path: Path) -> None:
@@ -206,7 +196,7 @@ async def test_an_earlier_runs_replies_made_after_the_new_run_logged_on_are_conf
     them, so the CP kept them, at its bound: run 2's messages were never taken. Now they are an
     earlier run's, resent or not: not judged, confirmed, and run 2 is served."""
     from hsb.term.client import TerminalClient
-    from hsb.term.load import LoadStats, _report
+    from hsb.term.load import LoadStats
 
     cp = cp_core(tmp_path, 2, cp="held_bound = 4\n")
     h = fake_host(cp, "host-a", "active", record=True)
@@ -227,7 +217,16 @@ async def test_an_earlier_runs_replies_made_after_the_new_run_logged_on_are_conf
         cp.host_reply(h, "T00001", i, f"r{i}")
     await _until(lambda: c.earlier_run_replies + c.unexpected == 4, "run 1's replies reach run 2")
     assert c.unexpected == 0 and c.earlier_run_replies == 4
+    await _run2_served(cp, h, c, p, stats)
+
+
+async def _run2_served(cp: Any, h: Any, c: Any, p: Any, stats: Any) -> None:
+    """Run 2 of T00001 sends three messages, each delivered and answered, and logs off: its
+    verdict is clean, and run 1's four replies were an earlier run's, confirmed and let go."""
+    from hsb.term.load import _report
+
     ids = [c.submit() for _ in range(3)]
+    assert ids == [1000, 1001, 1002]
     await _until(lambda: all(("T00001", i) in _delivered(h) for i in ids), "run 2's messages delivered to the active")
     for i in ids:
         cp.host_reply(h, "T00001", i, c.payload(i))
@@ -236,6 +235,7 @@ async def test_an_earlier_runs_replies_made_after_the_new_run_logged_on_are_conf
     await _until(lambda: p.closed, "the logoff")
     r = _report([c], stats, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, [])
     assert r.ok and r.earlier_run_replies == 4 and r.unexpected == 0, r.failures
+    term = cp.terms["T00001"]
     assert not term.replies and cp.counts.kept == 0  # the earlier run's replies confirmed: let go
 
 
