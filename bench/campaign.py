@@ -182,6 +182,11 @@ def render(saved: dict[str, Any], a: argparse.Namespace) -> str:
         ["disconnects of terminals that had a standby session (quiet rounds)", b("disconnects_in_quiet_rounds")],
         ["sessions closed of terminals that had a standby session (quiet rounds)", b("sessions_closed_in_quiet_rounds")],
         [
+            "sessions closed / drops while the same CP process was there (rounds where only the CP died)",
+            f"**{n('sessions_closed_in_cp_rounds')} / {n('disconnects_cp_present_in_cp_rounds')}**",
+        ],
+        ["processed by a host though no terminal sent them", b("processed_never_sent")],
+        [
             "rounds with two actives serving",
             b("rounds_with_two_actives") + (f" ({len(s['epoch_violations'])} epoch-record violations)" if s.get("epoch_violations") else ""),
         ],

@@ -103,3 +103,13 @@ def test_what_the_rounds_judge_per_round_fails_the_summary_too() -> None:
         older = passing()
         del older[key]
         assert campaign.problems(older) == [f"{dict(campaign.CHECKED)[key]}: {campaign.NOT_MEASURED}"]
+
+
+def test_every_figure_the_verdict_reads_has_its_row() -> None:
+    """A count the verdict fails on is shown in the table too: the three counts the rounds
+    judge were read by the verdict with no row, so a failed verdict named a figure the table never
+    showed."""
+    s = passing() | {"processed_never_sent": 7, "sessions_closed_in_cp_rounds": 5, "disconnects_cp_present_in_cp_rounds": 6}
+    text = rendered(s)
+    assert "| processed by a host though no terminal sent them | **7** |" in text
+    assert "(rounds where only the CP died) | **5 / 6** |" in text

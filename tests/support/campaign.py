@@ -86,9 +86,13 @@ ACTIONS: dict[str, tuple[str | None, bool]] = {
 # quiet rounds in which both hosts die (the new active crashes too): the terminals keep their
 # connections, but with no host left their sessions close, and open again with the next one
 BOTH_HOSTS_DIE = {"crash_new_active_mid_redelivery"}
+CP_FAILOVER_POINTS = {"cp.after_grant", "cp.mid_switch", "cp.mid_redelivery"}  # armed, then the active goes
 # rounds in which only the CP dies: judged as a CP restart (hsb.term.report's "cp" mode, as
 # bench/cprestart.py and the demo's act three judge it); not those in which the active dies too
-CP_ONLY = frozenset(a for a in ACTIONS if a.startswith(("kill_cp", "crash_cp_")) and not a.endswith("_then_active"))
+# (after the CP, `_then_active`; before it, the CP's crash points of a failover)
+CP_ONLY = frozenset(
+    a for a in ACTIONS if a.startswith(("kill_cp", "crash_cp_")) and not a.endswith("_then_active") and ACTIONS[a][0] not in CP_FAILOVER_POINTS
+)
 # what the load counts, per round (its progress snapshots; the CP-present drops: campaignload)
 COUNTED = ("disconnects", "duplicates", "unexpected", "session_closed", "disconnects_cp_present")
 WEIGHTS = {
@@ -111,7 +115,6 @@ WEIGHTS = {
     "crash_cp_mid_switch": 1,
     "crash_cp_mid_redelivery": 1,
 }
-CP_FAILOVER_POINTS = {"cp.after_grant", "cp.mid_switch", "cp.mid_redelivery"}  # armed, then the active goes
 CP_SEGMENT_KIB = 64  # small journal segments, so that compaction (and its crash point) happens in a campaign
 
 
