@@ -271,14 +271,44 @@ def test_the_actives_service_failing_is_critical_and_the_first_line_says_so() ->
     lines = headline(st)
     assert lines[0].startswith("hsb: SERVICE FAILING on the active") and "ESTABLISHED" in lines[0], lines
     assert "a's service ledger is failing (database unavailable: ConnectionRefusedError)" in lines[1], lines
-    # a call that has not returned (a hung disk) is as critical
-    pair[0]["service"] = {"state": "stalled", "name": "ledger", "oldest_call_s": 12.4}
-    st = summarize(dict(cp), pair)
-    assert st["exit_status"] == 2 and "has not returned from a call for 12 s" in headline(st)[1], headline(st)
     # the standby's service is asked nothing: its state is not the verdict's
     pair[0]["service"], pair[1]["service"] = {"state": "ok"}, down
     st = summarize(dict(cp), pair)
     assert st["exit_status"] == 0 and headline(st)[0] == "hsb: ESTABLISHED (hot standby ready)", st
+
+
+def test_a_stalled_call_of_the_actives_service_is_a_warning_that_says_the_others_are_served() -> None:
+    """One call of the active's service hangs (a hung disk): that terminal's later messages wait
+    behind it, the other terminals are served. hsbctl said `SERVICE FAILING on the active: no
+    message is answered`, exit 2, which is false. It is a warning (1) of its own, naming the call's
+    age and terminal; it does not hide a worse verdict, and a standby's stall does not count."""
+    from hsb.ctl.gather import summarize
+    from hsb.ctl.status import headline
+
+    cp = {"reachable": True, "role": "cp", "state": "serving", "epoch": 1, "journal": {"durability": "fsync", "state": "ok"}}
+    stalled = {"state": "stalled", "name": "ledger", "oldest_call_s": 42.4, "oldest_call_terminal": "T1", "calls_in_progress": 1}
+    pair = _pair()
+    pair[0]["service"] = stalled
+    st = summarize(dict(cp), pair)
+    lines = headline(st)
+    assert st["exit_status"] == 1 and not st["service_failing"], st
+    assert lines[0] == (
+        "hsb: SERVICE STALLED on the active: a call has not returned for 42 s (terminal T1's later messages wait; others are served)"
+        " (the pair: ESTABLISHED (hot standby ready))"
+    ), lines
+    assert "no message is answered" not in "\n".join(lines)
+    assert lines[1].startswith("  a's service ledger: a call for T1 has not returned in 42 s: that terminal's later messages wait"), lines
+    # without a standby it stays a warning; the CP's journal stalled (nothing served) stays critical
+    st = summarize(dict(cp), pair[:1] + [{**pair[1], "state": "starting"}])
+    assert st["exit_status"] == 1 and headline(st)[0].endswith("(the pair: SERVING WITHOUT A STANDBY)"), headline(st)
+    st = summarize({**cp, "journal": {"durability": "fsync", "state": "stalled"}}, pair)
+    assert st["exit_status"] == 2 and headline(st)[0] == "hsb: NOT SERVING", headline(st)
+    # failing as well: critical, the failing verdict
+    st = summarize(dict(cp), [{**pair[0], "service": {**stalled, "state": "failing", "error": "database unavailable"}}, pair[1]])
+    assert st["exit_status"] == 2 and headline(st)[0].startswith("hsb: SERVICE FAILING on the active"), headline(st)
+    # the standby's calls are not the verdict's
+    st = summarize(dict(cp), [{**pair[0], "service": {"state": "ok"}}, {**pair[1], "service": stalled}])
+    assert st["exit_status"] == 0 and headline(st)[0] == "hsb: ESTABLISHED (hot standby ready)", headline(st)
 
 
 def test_status_of_a_shape_hsbctl_cannot_read_is_unknown_not_a_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -130,6 +130,23 @@ async def test_a_call_of_the_service_that_does_not_return_makes_it_stalled_until
     assert len(rec.events("service_stall_ended")) == 1 and len(rec.events("service_stalled")) == 1
 
 
+def test_a_loaded_but_healthy_ledger_call_is_not_stalled() -> None:
+    """The threshold was 10 s: below one ledger transaction's own bound (a pool connection's wait,
+    5 s, then a statement up to command_timeout, 10 s), so a loaded but healthy PostgreSQL made the
+    service stalled. It is above that bound, and above SQLite's busy_timeout, with room for a
+    collision's retry on top."""
+    import inspect
+
+    from hsb.host.delivery import STALLED_AFTER, ServiceHealth
+    from hsb.service.db import PostgresDatabase, SqliteDatabase
+
+    pg = {k: p.default for k, p in inspect.signature(PostgresDatabase).parameters.items()}
+    one_try = pg["connect_timeout"] + pg["command_timeout"]
+    assert 2 * one_try <= STALLED_AFTER, (STALLED_AFTER, one_try)
+    assert inspect.signature(SqliteDatabase).parameters["busy_timeout"].default < STALLED_AFTER
+    assert ServiceHealth().stalled_after == STALLED_AFTER
+
+
 class Collides:
     """Its transaction rolled back (RetryTransaction) for the first `fail` hand-overs."""
 

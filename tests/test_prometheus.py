@@ -283,13 +283,21 @@ def _scrape(st: dict[str, Any]) -> dict[str, float]:
     return {s.name: s.value for f in text_string_to_metric_families(generate_latest(reg).decode()) for s in f.samples if not s.labels}
 
 
-def test_a_stalled_service_is_not_healthy_and_its_oldest_call_is_exported() -> None:
-    """A call of the service that has not returned (a hung disk) said hsb_service_healthy 1:
-    the state "stalled" counts as not answering, and the oldest call's age is a gauge."""
+def test_a_stalled_service_is_healthy_and_its_oldest_call_is_exported() -> None:
+    """A call of the service that has not returned (a hung disk) holds its terminal's later
+    messages only: the others are answered. It made hsb_service_healthy 0, and the critical
+    HsbServiceFailing (no terminal answered) fired. Healthy stays 1 (0 for "failing" only); the
+    oldest call's age is its own gauge, which HsbServiceStalled reads at hsbd's own threshold."""
+    from hsb.host.delivery import STALLED_AFTER
+
     ok = _scrape(_host_status(service={"state": "ok", "retries": 0, "oldest_call_s": 0.4}))
     assert ok["hsb_service_healthy"] == 1 and ok["hsb_service_oldest_call_seconds"] == 0.4
-    stalled = _scrape(_host_status(service={"state": "stalled", "retries": 0, "oldest_call_s": 12.5}))
-    assert stalled["hsb_service_healthy"] == 0 and stalled["hsb_service_oldest_call_seconds"] == 12.5
+    stalled = _scrape(_host_status(service={"state": "stalled", "retries": 0, "oldest_call_s": 42.5}))
+    assert stalled["hsb_service_healthy"] == 1 and stalled["hsb_service_oldest_call_seconds"] == 42.5
+    failing = _scrape(_host_status(service={"state": "failing", "retries": 3, "oldest_call_s": 0.0}))
+    assert failing["hsb_service_healthy"] == 0
+    stall_rule = [e for e in rule_exprs(RULES.read_text()) if "hsb_service_oldest_call_seconds" in e]
+    assert stall_rule == [f'hsb_service_oldest_call_seconds{{job="hsbd"}} >= {STALLED_AFTER:g} and on(instance) hsb_serving{{job="hsbd"}} == 1']
 
 
 def test_error_replies_and_transactions_run_again_are_counted() -> None:

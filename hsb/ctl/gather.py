@@ -252,22 +252,36 @@ def _ring_unwritten(h: dict[str, Any]) -> str | None:
 
 def service_down(h: dict[str, Any]) -> str | None:
     """Why the active's service answers no message (it reports itself unavailable: its database
-    down; or a call of it has run past the host's threshold: a hung disk), with the fix; None if
-    it answers. Every message then waits at the CP: nothing is served."""
+    down), with the fix; None if it answers. Every message then waits at the CP: nothing is served."""
     sv = h.get("service")
-    if not isinstance(sv, dict) or sv.get("state") not in ("failing", "stalled"):
+    if not isinstance(sv, dict) or sv.get("state") != "failing":
         return None
     name = f"{h['name']}'s service {sv.get('name') or ''}".rstrip()
-    if sv.get("state") == "stalled":
-        age = sv.get("oldest_call_s")
-        return (
-            f"{name} has not returned from a call"
-            + (f" for {age:.0f} s" if isinstance(age, (int, float)) else "")
-            + ": that terminal's later messages wait behind it; look at what the service waits on (a hung disk, its database)"
-        )
     return (
         f"{name} is failing ({sv.get('error')}): messages wait at the CP and are retried; fix what it names (the ledger's database: docs/ledger.md)"
     )
+
+
+def service_stalled(h: dict[str, Any]) -> dict[str, Any] | None:
+    """The active's service has a call that has not returned past the host's threshold (a hung
+    disk, a database that stopped answering): that terminal's later messages wait behind it, the
+    other terminals are served. What the verdict names (the call's age, its terminal) and the line
+    under it, with the fix; None if no call is stalled."""
+    sv = h.get("service")
+    if not isinstance(sv, dict) or sv.get("state") != "stalled":
+        return None
+    age = sv.get("oldest_call_s")
+    age = age if isinstance(age, (int, float)) and not isinstance(age, bool) else None
+    terminal = sv.get("oldest_call_terminal") if isinstance(sv.get("oldest_call_terminal"), str) else None
+    name = f"{h['name']}'s service {sv.get('name') or ''}".rstrip()
+    why = (
+        f"{name}: a call"
+        + (f" for {terminal}" if terminal else "")
+        + " has not returned"
+        + (f" in {age:.0f} s" if age is not None else "")
+        + ": that terminal's later messages wait behind it, the others are served; look at what the service waits on (a hung disk, its database)"
+    )
+    return {"host": h["name"], "oldest_call_s": age, "terminal": terminal, "why": why}
 
 
 _INT = (int,)
@@ -436,10 +450,14 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
     if len(many) > 1 and not two and not changing:  # (the CP not asked, or not saying who its active is)
         changing = "; ".join(f"{h['name']} says it is the active at epoch {h.get('epoch')}" for h in many)
     cp_errors = superseded_cps(cp, hosts, machines)
-    # the active's service answers nothing (failing, or a call hung): every message waits at the
-    # CP, so nothing is served whatever the pair's state: critical, as the CP's journal failing
+    # the active's service answers nothing: every message waits at the CP, so nothing is served
+    # whatever the pair's state: critical, as the CP's journal failing
     service_failing = [why for why in (service_down(h) for h in many) if why]
+    # a call of it hung: that terminal's messages wait, the others are served: a warning
+    stalls = [s for s in (service_stalled(h) for h in many) if s]
     exit_status = 2 if two else 3 if unknown or changing else 2 if service_failing else 0 if established else 1 if serving else 2
+    if stalls and exit_status == 0:
+        exit_status = 1
     out = {
         "established": established,
         "serving": serving,
@@ -447,6 +465,8 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
         "not_ready": stale if serving else [],
         # the active's service answers no message (exit 2), each with its fix
         "service_failing": service_failing,
+        # a call of the active's service has not returned: its terminal waits (at least 1)
+        "service_stalled": stalls,
         # daemons that could not be asked: the verdict is then unknown (exit 3)
         "unknown": [{"name": n, "addr": a, "error": e} for n, a, e in unknown],
         # two hosts both serving with a valid lease at once: must never happen

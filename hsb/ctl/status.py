@@ -81,9 +81,17 @@ def headline(st: dict[str, Any]) -> list[str]:
     """The verdict line, and a line for each daemon that could not be asked."""
     verdict = "ESTABLISHED (hot standby ready)" if st["established"] else "SERVING WITHOUT A STANDBY" if st["serving"] else "NOT SERVING"
     failing = st.get("service_failing") or []
+    stalls = st.get("service_stalled") or []
     if failing:  # (exit 2: no message is answered, whatever the pair's state)
         verdict = f"SERVICE FAILING on the active: no message is answered, each waits at the CP (the pair: {verdict})"
-    why = [f"  {line}" for line in [*failing, *(st.get("not_ready") or [])]]
+    elif stalls and st["serving"]:  # (exit 1 at least: one terminal waits, the others are served)
+        first = stalls[0]
+        age = f" for {first['oldest_call_s']:.0f} s" if first.get("oldest_call_s") is not None else ""
+        verdict = (
+            f"SERVICE STALLED on the active: a call has not returned{age}"
+            f" (terminal {first.get('terminal') or '?'}'s later messages wait; others are served) (the pair: {verdict})"
+        )
+    why = [f"  {line}" for line in [*failing, *(x["why"] for x in stalls), *(st.get("not_ready") or [])]]
     # (answers that disagree on who is the active, asked again: no verdict from them)
     changing = (
         [f"  roles are changing (asked again, the answers still disagree; ask again in a moment): {st['changing']}"] if st.get("changing") else []
@@ -242,8 +250,8 @@ def render(st: dict[str, Any]) -> str:
         elif sv.get("state") == "stalled":
             out.append(
                 f"            SERVICE STALLED ({sv.get('name')}): a call for {sv.get('oldest_call_terminal')} has not returned for"
-                f" {sv.get('oldest_call_s', 0):.0f} s ({sv.get('calls_in_progress')} call(s) in progress); the terminals' later messages"
-                " wait behind them, held at the CP: what does the service wait on (a hung disk, its database)?"
+                f" {sv.get('oldest_call_s', 0):.0f} s ({sv.get('calls_in_progress')} call(s) in progress); that terminal's later messages"
+                " wait behind it, held at the CP, the others are served: what does the service wait on (a hung disk, its database)?"
             )
         refused = (h.get("open_failed") or {}).get("recent") or []
         if refused:  # (cleared for a terminal once its session opens)

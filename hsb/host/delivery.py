@@ -44,10 +44,12 @@ log = structlog.get_logger("hsb.host")
 
 RETRY_FIRST = 0.05  # seconds before a message the service could not take is handed over again
 RETRY_CAP = 2.0
-# seconds a call of the service's handle may run before the service counts as stalled: past the
-# ledger's waits (SQLite's busy_timeout, a pool connection: 5 s) and at PostgreSQL's
-# command_timeout (10 s), after which a call that still answers has raised ServiceUnavailable
-STALLED_AFTER = 10.0
+# seconds a call of the service's handle may run before the service counts as stalled. Twice one
+# ledger transaction's bound (a pool connection's wait, 5 s, then a statement up to PostgreSQL's
+# command_timeout, 10 s; SQLite's busy_timeout, 5 s), so a loaded but healthy database (a full
+# pool, a slow statement, a collision's retry on top) does not trip it: a call past it waits on
+# something none of those bounds ends (a hung disk, a database that stopped answering)
+STALLED_AFTER = 30.0
 
 
 class ServiceHealth:

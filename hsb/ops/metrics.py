@@ -146,12 +146,13 @@ class HostCollector:
         sv = st.get("service") or {}
         yield _g(
             "hsb_service_healthy",
-            "1 while the service answers (0: it reported itself unavailable, or a call of it has run for 10 s; messages wait).",
-            0 if sv.get("state") in ("failing", "stalled") else 1,
+            "1 while the service answers (0: it reported itself unavailable; messages wait and are retried).",
+            # (a stalled call holds its terminal's later messages only: the others are answered)
+            0 if sv.get("state") == "failing" else 1,
         )
         yield _g(
             "hsb_service_oldest_call_seconds",
-            "Seconds the oldest call of the service in progress has run (0: none); from 10 s on the service counts as stalled.",
+            "Seconds the oldest call of the service in progress has run (0: none); from 30 s on the service counts as stalled.",
             sv.get("oldest_call_s", 0),
         )
         yield _c("hsb_service_retries", "Messages handed to the service again because it was unavailable.", sv.get("retries", 0))
