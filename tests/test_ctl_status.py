@@ -201,7 +201,7 @@ def test_the_verdict_says_what_it_cannot_know_and_what_is_critical() -> None:
     dup = summarize(dict(cp), twice)
     assert dup["exit_status"] == 3 and not dup["two_actives"], dup
     # the same process named by two addresses (localhost and 127.0.0.1): one active, not two
-    aliases = [{**_pair()[0], "addr": "localhost:7112", "pid": 41}, {**_pair()[0], "addr": "127.0.0.1:7112", "pid": 41}]
+    aliases = [{**_pair()[0], "addr": a, "pid": 41, "instance": "a41"} for a in ("localhost:7112", "127.0.0.1:7112")]
     assert not summarize(dict(cp), aliases)["two_actives"]
 
 
@@ -216,7 +216,16 @@ def test_one_host_named_by_two_addresses_is_one_host_and_said(role: str) -> None
 
     cp = {"reachable": True, "role": "cp", "state": "serving", "epoch": 1, "journal": {"durability": "fsync", "state": "ok"}}
     cp.update(active={"name": "host-b" if role == "standby" else "host-a"}, standby={"name": "host-a" if role == "standby" else "host-b"})
-    a = {"reachable": True, "name": "host-a", "role": role, "state": "established", "serving": role == "active", "epoch": 1, "pid": 41}
+    a = {
+        "reachable": True,
+        "name": "host-a",
+        "role": role,
+        "state": "established",
+        "serving": role == "active",
+        "epoch": 1,
+        "pid": 41,
+        "instance": "a41",
+    }
     st = summarize(dict(cp), [{**a, "addr": "10.0.0.1:7103"}, {**a, "addr": "hosta:7103"}])
     assert st["exit_status"] == 3 and [h["name"] for h in st["hosts"]] == ["host-a"], st
     why = [u["error"] for u in st["unknown"]]
@@ -226,6 +235,9 @@ def test_one_host_named_by_two_addresses_is_one_host_and_said(role: str) -> None
     assert headline(st)[0].startswith("hsb: UNKNOWN ("), headline(st)
     # another process of the same name (a restart between the two answers) is not the same daemon
     st = summarize(dict(cp), [{**a, "addr": "10.0.0.1:7103"}, {**a, "addr": "hosta:7103", "pid": 42}])
+    assert len(st["hosts"]) == 2 and not any("named twice" in u["error"] for u in st["unknown"]), st
+    # nor is one of the same name and pid on another machine (its own process: another instance)
+    st = summarize(dict(cp), [{**a, "addr": "10.0.0.1:7103"}, {**a, "addr": "10.0.0.2:7103", "instance": "b41"}])
     assert len(st["hosts"]) == 2 and not any("named twice" in u["error"] for u in st["unknown"]), st
 
 
@@ -237,8 +249,8 @@ def test_one_cp_named_by_two_addresses_is_not_two_cps() -> None:
     from hsb.ctl.gather import newest_serving, summarize
 
     seen = [
-        {"addr": "10.0.0.100:7002", "reachable": True, "name": "cp-a", "pid": 77, "state": "serving", "generation": 6},
-        {"addr": "10.0.0.10:7002", "reachable": True, "name": "cp-a", "pid": 77, "state": "serving", "generation": 6},
+        {"addr": "10.0.0.100:7002", "reachable": True, "name": "cp-a", "pid": 77, "instance": "c77", "state": "serving", "generation": 6},
+        {"addr": "10.0.0.10:7002", "reachable": True, "name": "cp-a", "pid": 77, "instance": "c77", "state": "serving", "generation": 6},
     ]
     assert newest_serving(seen) == "10.0.0.100:7002"
     cp = {"reachable": True, "name": "cp-a", "addr": "10.0.0.100:7002", "role": "cp", "state": "serving", "epoch": 1, "generation": 6}
@@ -253,6 +265,53 @@ def test_one_cp_named_by_two_addresses_is_not_two_cps() -> None:
     seen = [{k: v for k, v in m.items() if k not in ("superseded", "same_as")} for m in seen]
     assert newest_serving(seen) == "10.0.0.10:7002" and "superseded" in seen[0]
     assert summarize({**cp, "generation": 7}, _pair(), seen)["cp_errors"]
+
+
+def _cps_of_one_name_ask(instances: tuple[str | None, str | None]) -> Any:
+    """Two CP machines, each hsbcpd named "cp" with pid 7 (each in its container) at generation 6,
+    both saying they serve, with these instances; and a pair in hot standby."""
+
+    async def ask(addr: str, secret: bytes, msg: dict[str, Any], timeout: float = 2.0, **_: Any) -> dict[str, Any]:
+        if addr.startswith("cp-"):
+            inst = instances[0] if addr == "cp-1:1" else instances[1]
+            b, a = {"name": "host-b", "connected": True}, {"name": "host-a", "connected": True}
+            cp = {"name": "cp", "pid": 7, "role": "cp", "state": "serving", "cp_state": "serving", "epoch": 5, "generation": 6}
+            cp.update({"journal": {"durability": "fsync", "state": "ok"}, "active": b, "standby": a})
+            return {"data": {**cp, **({"instance": inst} if inst else {})}}
+        role = "active" if addr == "b:1" else "standby"
+        host = {"name": "host-" + addr[0], "role": role, "state": "established", "serving": role == "active", "epoch": 5}
+        return {"data": {**host, "pid": 40, "instance": addr[0] + "40", "cp_generation": {"seen": 6, "refusals": 0}}}
+
+    return ask
+
+
+@pytest.mark.timeout(30)
+def test_two_cps_of_one_name_and_pid_are_one_only_with_one_instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two CP machines whose hsbcpd are both named "cp", with the same pid (in containers), both
+    serving at one generation: a split brain. Their answers carried no instance, so hsbctl took
+    them for one hsbcpd named twice (a WARNING, the verdict unchanged). The CP's status carries its
+    process's instance (its welcome's `cp`), and two answers are one hsbcpd only with one instance:
+    else the ERROR as before (exit at least 1); without an instance they are two."""
+    from hsb.config import load
+    from hsb.cp.config import CPConfig
+    from hsb.cp.core import CP
+    from hsb.ctl import gather
+    from tests.support.procs import cp_config
+
+    own = CP(load(cp_config(tmp_path, terminals=2, durability="none"), CPConfig), None)
+    assert own.status()["instance"] == own.instance and len(own.instance) >= 16
+    secret = tmp_path / "secret"
+    secret.write_text("x" * 64)
+    secret.chmod(0o600)
+    for instances in (("c1", "c2"), (None, None)):
+        monkeypatch.setattr(gather, "ask", _cps_of_one_name_ask(instances))
+        st = asyncio.run(gather.status_all("cp-1:1", ["a:1", "b:1"], str(secret), cp_machines=["cp-1:1", "cp-2:1"]))
+        assert st["cp_errors"] and not st["cp_warnings"] and st["exit_status"] == 1, (instances, st)
+        assert [m.get("superseded") is not None for m in st["cps"]] == [False, True], st["cps"]
+    monkeypatch.setattr(gather, "ask", _cps_of_one_name_ask(("c1", "c1")))
+    st = asyncio.run(gather.status_all("cp-1:1", ["a:1", "b:1"], str(secret), cp_machines=["cp-1:1", "cp-2:1"]))
+    assert not st["cp_errors"] and st["exit_status"] == 0 and st["cps"][1]["same_as"] == "cp-1:1", st
+    assert st["cp_warnings"] and "names cp twice" in st["cp_warnings"][0], st["cp_warnings"]
 
 
 def test_the_actives_service_failing_is_critical_and_the_first_line_says_so() -> None:

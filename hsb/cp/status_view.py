@@ -50,6 +50,7 @@ class StatusView:
             "role": "cp",
             "version": __version__,
             "pid": os.getpid(),
+            "instance": self.instance,  # (the welcome's `cp`: this process, random at each start)
             "state": "serving" if self.active is not None and self.active.usable else "no_active",
             "epoch": self.epoch,
             "terminals": {

@@ -101,6 +101,7 @@ async def serving_cp(
                 "reachable": True,
                 "name": d.get("name"),
                 "pid": d.get("pid"),
+                "instance": d.get("instance"),  # (per process: two CPs of one name and pid are not one)
                 "state": state,
                 "generation": d.get("generation") if d.get("generation") is not None else d.get("journal_generation"),
                 "journal_missing": d.get("journal_missing") is True,
@@ -138,12 +139,16 @@ def newest_serving(seen: list[dict[str, Any]]) -> str | None:
 
 
 def same_daemon(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Two answers from one process (its name and pid, and its instance where it has one): one
-    daemon named by two addresses in the ctl config, not two daemons."""
-    pid = a.get("pid")
+    """Two answers from one process (its name, pid and instance, random at each start): one
+    daemon named by two addresses in the ctl config, not two daemons. Name and pid alone are not
+    enough (two machines' daemons of one name, each in a container, often have the same pid), so
+    answers without an instance (another version's) are never one."""
+    pid, inst = a.get("pid"), a.get("instance")
     if not (a.get("reachable") and b.get("reachable") and isinstance(pid, int) and not isinstance(pid, bool) and pid > 0):
         return False
-    return isinstance(a.get("name"), str) and (a.get("name"), pid, a.get("instance")) == (b.get("name"), b.get("pid"), b.get("instance"))
+    if not (isinstance(inst, str) and inst):
+        return False
+    return isinstance(a.get("name"), str) and (a.get("name"), pid, inst) == (b.get("name"), b.get("pid"), b.get("instance"))
 
 
 def cp_named_twice(machines: list[dict[str, Any]] | None) -> list[str]:
