@@ -311,6 +311,16 @@ async def test_cli_connect_that_never_logged_on_exits_nonzero(stdin: bytes | Non
     ), said
 
 
+async def test_cli_connect_with_invalid_input_and_no_logon_exits_1() -> None:
+    """An invalid input line exits 1 (docs/operations.md §17); with no CP there as well, the
+    never-logged-on branch overwrote that with 2. Both are said, and the status stays 1."""
+    port = free_port()
+    code, out, err = await _run("connect", "T00001", "--cp", f"127.0.0.1:{port}", "--linger", "0.5", stdin=b"balance?\n\xff\xfe\n")
+    assert "Traceback" not in err and err == "", err
+    assert "error: input is not valid" in out and out.count("error: never logged on") == 1, out
+    assert code == 1, out
+
+
 async def test_cli_connect_with_tls_against_a_plain_cp_gives_up(cp: Proc, ca: str) -> None:
     """It retried `SSLError` for ever and exited 0 at the end of input."""
     code, out, err = await _run("connect", "T00001", "--cp", cp.info["terminal"], "--tls", "--ca", ca)

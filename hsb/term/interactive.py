@@ -274,7 +274,8 @@ async def interactive(
             status = 1
         elif client.welcomed_at is None:
             printer.say(f"error: never logged on: {_not_logged_on(printer, client, waited)}")
-            status = NOT_LOGGED_ON
+            if status == 0:  # (an invalid input line keeps its 1)
+                status = NOT_LOGGED_ON
         elif client.outstanding:  # a script feeding it must see that something was not answered
             printer.say(f"{len(client.outstanding)} message(s) still without a reply")
             status = 1
