@@ -111,13 +111,16 @@ async def test_a_ring_write_failing_behind_a_batch_write_does_not_say_the_standb
         await t.close()
 
 
-async def test_no_handover_to_a_standby_whose_view_is_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_stop_hands_over_to_a_standby_whose_view_is_stale_an_admin_switchover_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The active's ring writes failing past max(2 s, storage_timeout) (status: SERVING WITHOUT A
-    STANDBY): hsbctl switchover was accepted and handed the service to a standby whose view
-    stopped where the writes stopped (terminals logged on since have no standby session there,
-    sessions closed since are promoted), and SIGTERM did the same. The switchover is now refused
-    naming the cause and the fix; a stop says it stops normally (hands_over false) and is the
-    normal termination: nobody takes over."""
+    STANDBY): the operator's switchover is refused, naming the cause and the fix. A stop (SIGTERM,
+    hsbctl stop) was refused the handover too and ended the service for everyone (the CP closed
+    every session, the standby did not take over), though a crash fails over to that same view:
+    it now hands over, warning (stop_hands_over_stale_view, and hsbctl stop's answer) that the
+    terminals logged on since the writes stopped are switched the classic way. T00002, logged on
+    before, is switched; T00001, logged on after, is disconnected."""
     import asyncio
 
     from hsb.host import server as server_mod
@@ -130,21 +133,30 @@ async def test_no_handover_to_a_standby_whose_view_is_stale(tmp_path: Path, monk
     rec = RecordingLog()
     monkeypatch.setattr(server_mod, "log", rec)
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        t0 = await FakeTerminal.connect(cp.bound["terminal"], "T00002")  # before: in the standby's view
+        await t0.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        await until(lambda: cp.cp.terms["T00002"].standby is not None, "T00002's standby session at the CP", timeout=10)
         hook = Faults(ops=frozenset({"ring write"}))
         a.takeover.store.faults = hook
         hook.eio()
-        t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")  # a session change for the ring
-        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        t1 = await FakeTerminal.connect(cp.bound["terminal"], "T00001")  # a session change for the ring
+        await t1.wait(lambda m: m["t"] == "session" and m["state"] == "open")
         await until(lambda: a.ha.ring_unwritten, "the standby's view stale", timeout=10)
-        assert a.ha.state == "established"
+        assert a.ha.state == "established" and cp.cp.terms["T00001"].standby is None
         r = await request(*addr(a.bound["admin"]), SECRET, {"t": "switchover"}, timeout=2)
         assert r["ok"] is False and "standby's view of the sessions is stale" in r["msg"] and "check the takeover storage" in r["msg"], r
         assert a.ha.role == "active" and a.ha.state == "established" and b.ha.role == "standby"
         r = await request(*addr(a.bound["admin"]), SECRET, {"t": "stop", "takeover": True}, timeout=2)
-        assert r["ok"] is True and r["hands_over"] is False and "nobody takes over (the standby's view of the sessions is stale)" in r["msg"], r
-        await asyncio.wait_for(a.graceful_stop(), 20)
-        assert not rec.events("stop_hands_over") and rec.events("stop_without_takeover"), rec.entries
-        assert a.ha.role == "active" and a.exit_code == 0
-        await until(lambda: b.ha.state == "active_stopped", "host-b sees the normal stop", timeout=10)
-        assert b.ha.role == "standby" and cp.cp.active is None and cp.cp.active_stopped_normally == "host-a"
-        await t.close()
+        assert r["ok"] is True and r["hands_over"] is True, r
+        assert "hands over to the standby" in r["msg"] and "the standby's view of the sessions is stale" in r["msg"], r
+        assert "switched the classic way" in r["msg"], r
+        await asyncio.wait_for(a.graceful_stop(), 25)
+        assert rec.events("stop_hands_over_stale_view") and rec.events("stop_hands_over"), rec.entries
+        assert not rec.events("stop_without_takeover") and not rec.events("stop_handover_failed"), rec.entries
+        assert a.ha.role == "standby" and a.exit_code == 0
+        await until(lambda: b.ha.role == "active" and cp.cp.active is not None and cp.cp.active.name == "host-b", "host-b active", timeout=10)
+        await t0.wait(lambda m: m["t"] == "switched")  # its session kept, on host-b
+        assert not t0.closed
+        await t1.wait_closed()  # no standby session: the classic way
+        await t0.close()
+        await t1.close()

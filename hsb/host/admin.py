@@ -48,20 +48,15 @@ class HostAdminProtocol(AuthServerProtocol):
         if not isinstance(takeover, bool):  # ("false" is true to bool(): it would hand over)
             self.send({"t": "result", "ok": False, "msg": "stop: field 'takeover' must be true or false; nothing done"})
             return
-        hands_over = ha.role == "active" and takeover and ha.switchover_refusal() is None
+        hands_over = ha.role == "active" and takeover and ha.switchover_refusal(stop=True) is None
         if hands_over:
             what = "hands over to the standby, then stops"
+            if ha.standby_view_stale():  # (still: a normal stop would end the service for everyone)
+                what += f"; {ha.stale_view_caveat()}"
         elif takeover and ha.standby_may_return():
             what = "waits a moment for the standby the peer link lost, hands over if it comes back, else stops normally"
         elif ha.role == "active":
-            why = (
-                "--no-takeover"
-                if not takeover
-                else "the standby's view of the sessions is stale"
-                if ha.standby_view_stale()
-                else "no established standby"
-            )
-            what = f"stops normally: nobody takes over ({why})"
+            what = "stops normally: nobody takes over (" + ("no established standby" if takeover else "--no-takeover") + ")"
         else:
             what = "stops (it is the standby: the active serves on without one)"
         # `hands_over`: hsbctl stop then checks the standby became the active (else it failed)

@@ -158,9 +158,12 @@ class SwitchSide:
         self.send_active_startup()
 
     # ------------------------------------------------------------------ planned switchover (§7)
-    def switchover_refusal(self: HA) -> str | None:
+    def switchover_refusal(self: HA, stop: bool = False) -> str | None:
         """Why a planned switchover cannot start now, or None. A batch write for a resync of the
-        established standby is no refusal: the switchover starts once the standby is ready again."""
+        established standby is no refusal: the switchover starts once the standby is ready again.
+        A standby whose view of the sessions is stale refuses the operator's switchover, not a
+        stop's handover (`stop`): the stop would otherwise end the service for everyone, while a
+        crash fails over to that same view anyway (`stale_view_caveat`)."""
         if self.role != "active":
             return f"{self.name} is the {self.role}, not the active; run it against the active host"
         if self.stopping:
@@ -170,7 +173,7 @@ class SwitchSide:
             return f"{self.name} is not registered at the CP (its link to the CP is down or just came back); ask again once it is"
         if self.state != ESTABLISHED and not (self.state == BATCH_WRITING and self.resyncing):
             return f"no established standby ({self.describe()}); a planned switchover needs hot standby"
-        if self.standby_view_stale():
+        if self.standby_view_stale() and not stop:
             # (`check_ring_writes`) it would hand over a view stopped where the writes stopped: the
             # terminals logged on since have no standby session, those closed since are promoted there
             return (
@@ -178,6 +181,14 @@ class SwitchSide:
                 f"({self.srv.takeover.last_error or 'ring writes failing'}); check the takeover storage, and ask again once hot standby is back"
             )
         return None
+
+    def stale_view_caveat(self: HA) -> str:
+        """What a stop's handover to a standby whose view of the sessions is stale costs."""
+        return (
+            f"the standby's view of the sessions is stale ({self.name} cannot write the takeover ring: "
+            f"{self.srv.takeover.last_error or 'ring writes failing'}): terminals logged on since the writes stopped "
+            "are switched the classic way (disconnected, they log on again)"
+        )
 
     def promote_refusal(self: HA) -> str | None:
         """Why this host cannot ask the CP for the active role now, or None: one the CP has not
@@ -225,7 +236,7 @@ class SwitchSide:
     async def ev_switchover(self: HA) -> None:
         if self.role == "active" and self.switchover_under_way():
             return  # asked again (an operator's, then a stop's): that one goes on
-        why = self.switchover_refusal()
+        why = self.switchover_refusal(stop=self.stop_handing_over)
         if why is not None:
             self.last_error = f"planned switchover refused: {why}"
             log.warning("switchover_refused", reason=why)

@@ -411,7 +411,7 @@ class HostServer:
                 ha.stop_may_ask_again = False
                 log.info("stop_handover_asked_again", reason=ha.last_error, msg="no standby registered at the CP just then; asked again")
                 await asyncio.sleep(STOP_ASK_AGAIN_S)
-                if ha.exit is not None or ha.stopping or ha.switchover_refusal() is not None:  # (hot standby gone: a normal stop)
+                if ha.exit is not None or ha.stopping or ha.switchover_refusal(stop=True) is not None:  # (hot standby gone: a normal stop)
                     break
                 ok = await self.hand_over(timeout=max(deadline - time.monotonic(), 1.0))
             return ok
@@ -447,7 +447,7 @@ class HostServer:
             if ha.role != "active" or ha.state != "serving" or ha.standby_out_of_sight is None:
                 break
             await asyncio.sleep(0.02)
-        return ha.switchover_refusal() is None
+        return ha.switchover_refusal(stop=True) is None
 
     async def graceful_stop(self) -> None:
         """Stop: hand over to an established standby first (§5.3), else the normal termination."""
@@ -460,8 +460,12 @@ class HostServer:
             under_way = ha.switchover_under_way()
             if not under_way:
                 await self.standby_back()
-            why = None if under_way else ha.switchover_refusal()
+            why = None if under_way else ha.switchover_refusal(stop=True)
             if why is None:
+                if ha.standby_view_stale():
+                    # handed over all the same: a normal stop would end the service for everyone,
+                    # and a crash now would fail over to that same view
+                    log.warning("stop_hands_over_stale_view", error=self.takeover.last_error, msg=ha.stale_view_caveat())
                 notify(STATUS="handing over before stopping")
                 log.info("stop_hands_over", msg="SIGTERM: a planned switchover first, then the process ends", under_way=under_way)
                 if await self._hand_over_for_stop(under_way):
