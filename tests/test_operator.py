@@ -97,6 +97,21 @@ def test_the_units_stop_a_restart_loop_on_a_config_error() -> None:
     assert re.search(r"^ExecStart=.*hsbcpd .*--supervise", cp, re.M) and re.search(r"^NotifyAccess=all$", cp, re.M)
 
 
+def test_hsbctl_stop_waits_as_long_as_the_unit_lets_a_stop_take() -> None:
+    """hsbctl stop waited 40 s by default, the unit's TimeoutStopSec is 60 (a handover, then a
+    normal stop, ~34 s, + 2 x hook_timeout: 54 s), and hsbd's admin port closes only after the
+    role hook's last run: a stop that was proceeding was said not to have stopped, exit 1."""
+    from hsb.ctl.main import main
+
+    text = (ROOT / "configs" / "systemd" / "hsbd@.service").read_text()
+    m = re.search(r"^TimeoutStopSec=(\d+)$", text, re.M)
+    assert m is not None
+    (opt,) = [p for p in main.commands["stop"].params if p.name == "timeout"]
+    assert isinstance(opt.default, float) and opt.default >= int(m.group(1)), (opt.default, m.group(0))
+    row = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `hsbctl … stop "))
+    assert f"(default {opt.default:g}" in row, row
+
+
 def test_the_units_do_not_restart_an_exit_no_restart_can_change() -> None:
     """Each status a daemon exits with when a start again would end the same way (hsb.cli.NOT_RESTARTED)
     is in its unit's RestartPreventExitStatus, and only those: a usage error (2) was not, and

@@ -192,7 +192,9 @@ def register(main: click.Group, obj_type: Any) -> None:
     @main.command()
     @click.option("--no-takeover", is_flag=True, help="The normal termination: nobody takes over (the patent's; see 'hsbctl promote').")
     @click.option("--host", "host", default=None, help="The host to stop, by name (default: the active).")
-    @click.option("--timeout", default=40.0, show_default=True, type=SECONDS, help="Seconds to wait for the host to stop.")
+    @click.option(
+        "--timeout", default=60.0, show_default=True, type=SECONDS, help="Seconds to wait for the host to stop (as hsbd@.service's TimeoutStopSec)."
+    )
     @pass_obj
     def stop(obj: Any, no_takeover: bool, host: str | None, timeout: float) -> None:
         """Stop a host: the active hands over to an established standby first (as on SIGTERM)."""
