@@ -122,14 +122,15 @@ def _state_script(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize(
     "role,state",
-    [("active", "stopping"), ("active", "not_serving"), ("standby", "waiting_for_active")],
-    ids=["stop", "handing_over", "demoted"],
+    [("active", "stopping"), ("active", "not_serving"), ("standby", "stopping"), ("standby", "waiting_for_active")],
+    ids=["stop", "handing_over", "demoted_by_the_stop", "demoted"],
 )
 async def test_a_change_taking_the_role_away_waiting_behind_a_running_hook_runs_at_the_stop(tmp_path: Path, role: str, state: str) -> None:
     """The active registers (its hook, moving a virtual address here, runs for a while) and is
     stopped meanwhile: the stop's `stopping` (a handover's `not_serving`, then `standby` once
-    demoted) waits behind it, and the close that follows within milliseconds must run it after
-    it, or the command never hears that this host no longer holds the address."""
+    demoted: `stopping` when the stop's handover demoted it, HA.on_demoted, `waiting_for_active`
+    at a switchover's) waits behind it, and the close that follows within milliseconds must run
+    it after it, or the command never hears that this host no longer holds the address."""
     hook = RoleHook(f"{sys.executable} {_state_script(tmp_path)}", timeout=10)
     hook.fire("active", "serving", 1, "registered with the CP as the active")  # (slow: 0.5 s)
     hook.fire(role, state, 1, "normal termination")
