@@ -250,7 +250,7 @@ def render(st: dict[str, Any]) -> str:
         elif sv.get("state") == "stalled":
             out.append(
                 f"            SERVICE STALLED ({sv.get('name')}): a call for {sv.get('oldest_call_terminal')} has not returned for"
-                f" {sv.get('oldest_call_s', 0):.0f} s ({sv.get('calls_in_progress')} call(s) in progress); that terminal's later messages"
+                f" {sv.get('oldest_call_s') or 0:.0f} s ({sv.get('calls_in_progress')} call(s) in progress); that terminal's later messages"
                 " wait behind it, held at the CP, the others are served: what does the service wait on (a hung disk, its database)?"
             )
         refused = (h.get("open_failed") or {}).get("recent") or []
