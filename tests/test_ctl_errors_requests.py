@@ -213,8 +213,8 @@ def test_promote_asks_the_standby_the_cp_names(secret: Path, monkeypatch: pytest
 
 @contextlib.contextmanager
 def silent_admin(secret: Path) -> Iterator[tuple[str, list[str]]]:
-    """An admin port that authenticates hsbctl, takes promote, switchover, stop and pause
-    (recorded, as a daemon acts on them) and never answers: a host whose loop is slow. (address, what it took)"""
+    """An admin port that authenticates hsbctl, takes promote, switchover, stop, pause, history
+    and status (recorded, as a daemon acts on them) and never answers: a host whose loop is slow. (address, what it took)"""
     from hsb.wire.auth import load_secret
     from hsb.wire.authlink import AuthServerProtocol
 
@@ -223,7 +223,7 @@ def silent_admin(secret: Path) -> Iterator[tuple[str, list[str]]]:
     class Silent(AuthServerProtocol):
         link = "admin"
         server_name = "host-a"
-        dispatch = {"promote": "on_request", "switchover": "on_request", "stop": "on_request", "pause": "on_request"}
+        dispatch = {t: "on_request" for t in ("promote", "switchover", "stop", "pause", "history", "status")}
 
         def on_request(self, msg: dict[str, Any]) -> None:
             took.append(msg["t"])
@@ -293,6 +293,22 @@ def test_a_request_taken_and_not_answered_in_time_is_no_cannot_ask(secret: Path,
         # (and the CP taking a pause so: whether it applied is not known)
         line = one_line_error(*invoke("--cp", addr, "--secret-file", str(secret), "pause"), 3, "whether it applied is not known")
         assert took == ["stop", "pause"] and "cannot ask" not in line, line
+
+
+def test_a_read_not_answered_in_time_is_asked_not_cannot_ask(secret: Path) -> None:
+    """A CP or host whose loop is slow past 2 s authenticates hsbctl and answers late. history said
+    "cannot ask the CP at …", and a command's list of daemons its status could not read said
+    "cannot ask host1 at …", the line of a wrong address or secret, for a daemon that was asked:
+    they now say asked, no answer within 2 s, busy or stuck; one never reached still cannot be asked."""
+    with silent_admin(secret) as (addr, took):
+        line = one_line_error(*invoke("--cp", addr, "--secret-file", str(secret), "history"), 3, f"asked the CP at {addr}, no answer within 2 s")
+        assert took == ["history"] and "busy or stuck" in line and "cannot ask" not in line, line
+        refused = closed_port()
+        code, out, err = invoke("--host", addr, "--host", refused, "--secret-file", str(secret), "stop", "--host", "host-a")
+        assert code == 3 and "Traceback" not in err, (code, out, err)
+        assert f"error: asked host1 at {addr}, no answer within 2 s: it authenticated and is busy or stuck" in err, err
+        assert f"error: cannot ask host2 at {refused}: connection refused" in err, err
+        assert "status" in took and "stop" not in took, took
 
 
 async def gather_pair(addr: str) -> dict[str, Any]:

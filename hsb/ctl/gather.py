@@ -70,12 +70,23 @@ async def ask(addr: str, secret: bytes, msg: dict[str, Any], timeout: float = 2.
         ans = await request(h, p, secret, msg, timeout=timeout, ssl=ssl)
     except Unanswered:
         why = f"it authenticated and did not answer the request within {timeout:g} s (it is slow or stuck)"
-        return {"reachable": False, "unanswered": True, "addr": addr, "error": why}
+        return {"reachable": False, "unanswered": True, "addr": addr, "timeout": timeout, "error": why}
     except (OSError, TimeoutError, LinkClosed, ProtocolError, UnicodeError) as exc:  # (a name the resolver cannot encode)
         return {"reachable": False, "addr": addr, "error": why_not(exc, timeout)}
     if ans.get("t") == "error":
         return {"reachable": False, "addr": addr, "error": f"{ans.get('code')}: {ans.get('msg')}"}
     return ans
+
+
+def unasked(who: str, ans: dict[str, Any]) -> str:
+    """The line for a daemon that gave no answer: asked and not answered in time (it authenticated:
+    busy or stuck, no address or secret to fix) is not one hsbctl could not ask (connect, auth)."""
+    if ans.get("unanswered"):
+        return (
+            f"asked {who} at {ans.get('addr')}, no answer within {ans.get('timeout', 2.0):g} s: it authenticated and is busy or stuck;"
+            " ask again in a moment, and if it persists see its log and whether its process is spinning (top)"
+        )
+    return f"cannot ask {who} at {ans.get('addr')}: {ans.get('error')}"
 
 
 async def serving_cp(
@@ -444,6 +455,8 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
                     sb["ring_lag"] = max(0, last - (nxt - 1)) + (owed if isinstance(owed, int) else 0)
     unknown = [] if cp_ok else [("CP", cp.get("addr", "-"), cp.get("error"))]
     unknown += [(h["name"], h.get("addr", "-"), h.get("error")) for h in hosts if not h.get("reachable")]
+    # (one that authenticated and gave no answer in time: busy or stuck, said so by `unasked`)
+    late = {n: {"unanswered": True, "timeout": d.get("timeout")} for n, d in [("CP", cp), *((h["name"], h) for h in hosts)] if d.get("unanswered")}
     if not hosts:  # only the CP asked: nothing can be said of the hosts
         unknown.append(("hosts", "-", "none named (give --host twice, or hosts in the ctl config)"))
     elif len(hosts) == 1 and not twice:  # the pair's state cannot be told from one of its hosts
@@ -473,7 +486,7 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
         # a call of the active's service has not returned: its terminal waits (at least 1)
         "service_stalled": stalls,
         # daemons that could not be asked: the verdict is then unknown (exit 3)
-        "unknown": [{"name": n, "addr": a, "error": e} for n, a, e in unknown],
+        "unknown": [{"name": n, "addr": a, "error": e} | late.get(n, {}) for n, a, e in unknown],
         # two hosts both serving with a valid lease at once: must never happen
         "two_actives": two,
         # the answers disagree on who is the active, asked again: a role change under way (3)

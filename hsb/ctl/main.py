@@ -105,7 +105,7 @@ def status(obj: Ctx, as_json: bool, watch: bool) -> None:
 @click.pass_obj
 def promote(obj: Ctx, timeout: float) -> None:
     """Make the standby the active after a normal stop of the active."""
-    from hsb.ctl.gather import ask, status_all
+    from hsb.ctl.gather import ask, status_all, unasked
     from hsb.ctl.switchover import refused_or_unasked
     from hsb.wire.auth import load_secret
 
@@ -119,7 +119,7 @@ def promote(obj: Ctx, timeout: float) -> None:
     sb.sort(key=lambda h: (named is not None and h.get("name") != named, h.get("registered_at_cp", True) is not True))
     if not sb:
         for u in st.get("unknown", []):
-            click.echo(f"error: cannot ask {u['name']} at {u['addr']}: {u['error']}", err=True)
+            click.echo(f"error: {unasked(u['name'], u)}", err=True)
         click.echo("error: no reachable standby host to promote", err=True)
         sys.exit(3 if st.get("unknown") else 1)
     ans = asyncio.run(ask(sb[0]["addr"], load_secret(t.secret_file), {"t": "promote"}))  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from hsb.ctl.gather import ask, cp_named_twice, serving_cp, status_all, superseded_cps
+from hsb.ctl.gather import ask, cp_named_twice, serving_cp, status_all, superseded_cps, unasked
 from hsb.ctl.target import Target
 from hsb.wire.auth import load_secret
 
@@ -41,7 +41,7 @@ SECONDS = Bounded(0, 86_400, True, "seconds")
 def _unknown(st: dict[str, Any]) -> int | None:
     if st.get("unknown"):
         for u in st["unknown"]:
-            click.echo(f"error: cannot ask {u['name']} at {u['addr']}: {u['error']}", err=True)
+            click.echo(f"error: {unasked(u['name'], u)}", err=True)
         return 3
     return None
 
@@ -161,7 +161,7 @@ def run_history(t: Target, as_json: bool) -> int:
         return 3
     ans = asyncio.run(ask(cp, load_secret(t.secret_file), {"t": "history"}))
     if ans.get("reachable") is False:
-        click.echo(f"error: cannot ask the CP at {cp}: {ans['error']}", err=True)
+        click.echo(f"error: {unasked('the CP', ans)}", err=True)
         return 3
     entries: list[dict[str, Any]] = ans.get("data", [])
     if as_json:

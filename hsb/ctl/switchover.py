@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from hsb.ctl.gather import ask, status_all
+from hsb.ctl.gather import ask, status_all, unasked
 from hsb.ctl.target import Target
 from hsb.wire.auth import load_secret
 
@@ -53,7 +53,7 @@ async def _switchover(t: Target, yes: bool, timeout: float) -> int:
     if unknown and not cp_says_none:
         # not knowing is not "no standby": say who could not be asked, and why
         for u in unknown:
-            click.echo(f"error: cannot ask {u['name']} at {u['addr']}: {u['error']}", err=True)
+            click.echo(f"error: {unasked(u['name'], u)}", err=True)
         return 3
     if not st["established"] or not actives:
         # the CP answered: what it says (no standby registered, say) settles it
