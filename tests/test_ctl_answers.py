@@ -302,3 +302,21 @@ def test_no_standby_at_the_cp_is_not_hot_standby_ready() -> None:
     assert summarize(_cp(active={"name": "host-a"}, standby={"name": "host-b"}), hosts)["exit_status"] == 0
     hosts = [_host("host-a", "active"), _host("host-b", "standby")]
     assert summarize(_cp(), hosts)["exit_status"] == 0
+
+
+def test_the_cps_link_to_the_standby_down_is_not_hot_standby_ready() -> None:
+    """The CP closed its link to the standby (silence, a protocol error) and the connection is
+    not yet gone: its status names the standby with connected false. Both hosts saying
+    established made it ESTABLISHED (hot standby ready), exit 0, though the CP could grant the
+    standby nothing. It is SERVING WITHOUT A STANDBY (1) with a line saying the link is down."""
+    from hsb.ctl.status import headline
+
+    hosts = [_host("host-a", "active"), _host("host-b", "standby")]
+    st_ = summarize(_cp(active={"name": "host-a", "connected": True}, standby={"name": "host-b", "connected": False}), hosts)
+    assert st_["exit_status"] == 1 and not st_["established"] and st_["serving"], st_
+    lines = headline(st_)
+    assert lines[0] == "hsb: SERVING WITHOUT A STANDBY", lines
+    assert "the CP's link to the standby host-b is down" in lines[1] and "host-b says it is the standby" in lines[1], lines
+    # the link up: ready
+    hosts = [_host("host-a", "active"), _host("host-b", "standby")]
+    assert summarize(_cp(active={"name": "host-a", "connected": True}, standby={"name": "host-b", "connected": True}), hosts)["exit_status"] == 0

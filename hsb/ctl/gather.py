@@ -432,6 +432,15 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
             f"the CP has no standby registered, though {said} says it is the standby: it could not take over;"
             " look at its CP link and last error (its link to the CP down, or refused as a second standby)"
         )
+    # the CP names it with its link closed (the CP dropped it: silence, a protocol error; the
+    # connection not yet gone, its queued bytes lingering): it could not take over either
+    cp_sb = cp.get("standby") if cp_ok else None
+    if isinstance(cp_sb, dict) and cp_sb.get("connected") is False and standbys:
+        stale.append(
+            f"the CP's link to the standby {cp_sb.get('name') or '?'} is down (the CP closed it), though"
+            f" {', '.join(h['name'] for h in standbys)} says it is the standby: it could not take over until it registers again;"
+            " look at its CP link and last error, and the CP's log (host_link_closed)"
+        )
     established = (
         not changing
         and serving
