@@ -320,3 +320,46 @@ def test_the_cps_link_to_the_standby_down_is_not_hot_standby_ready() -> None:
     # the link up: ready
     hosts = [_host("host-a", "active"), _host("host-b", "standby")]
     assert summarize(_cp(active={"name": "host-a", "connected": True}, standby={"name": "host-b", "connected": True}), hosts)["exit_status"] == 0
+
+
+def test_a_status_with_its_optional_figures_null_is_rendered_not_unknown() -> None:
+    """Fields a status may give as null (a CP without a name, which summarize takes; a journal's
+    size; a switch record's p99 or silence, each null without the other): the CP's line put them
+    through a format spec and raised, so hsbctl status said UNKNOWN ("another version?", exit 3)
+    about a healthy pair. Each is left out or 0, and the verdict stands."""
+    ls = {
+        "kind": "failover", "from": "host-a", "to": "host-b", "epoch": 5, "at": time.time(), "reason": "active_lost",
+        "silence_to_loss_ms": None, "loss_to_grant_ms": 12.5, "worst_pause_ms": 30.0, "p99_pause_ms": None,
+        "all_served_ms": 40.0, "in_flight_terminals": 2, "switch_ms": 3.0, "switched": 10, "classic": 0,
+    }  # fmt: skip
+    journal = {"durability": "fsync", "state": "ok", "dir": "/j", "size_bytes": None, "segments": 1, "last_sync_ms": None}
+    cp = _cp(
+        name=None,
+        active={"name": "host-b", "connected": True},
+        standby={"name": "host-a", "connected": True},
+        terminals={"defined": 10, "connected": 10, "active_sessions": 10, "standby_sessions": 10},
+        held_messages=0,
+        journal=journal,
+        last_switchover=ls,
+    )
+
+    def host(who: str, role: str) -> dict[str, Any]:
+        return _host(
+            who,
+            role,
+            sentence="ok",
+            cp_link="up",
+            peer_link={"up": True, "heartbeat_age_ms": None},
+            takeover_file={"path": "/t", "records": 10, "storage": "ok"},
+            batch_records={"own": 8},
+            startup_id={"own": "x", "partner": "y"},
+            terminals={"defined": 10, "linked": 10, "active_sessions": 10, "standby_sessions": 10},
+        )
+
+    st_ = summarize(cp, [host("host-a", "standby"), host("host-b", "active")])
+    text = status_mod.shown(st_)
+    assert st_["exit_status"] == 0 and text.startswith("hsb: ESTABLISHED (hot standby ready)"), text
+    lines = text.splitlines()
+    assert lines[1].startswith("  CP -      epoch 5"), lines
+    assert "noticed to grant 12.5 ms, worst pause 30.0 ms over 2 terminals in flight" in text and "silent" not in text, text
+    assert "journal ok /j  0 KiB in 1 segment(s)" in text, text

@@ -58,7 +58,9 @@ def _pause(ls: dict[str, Any]) -> str:
             else f"{ls.get('not_served', 'some')} not served when the record ended"
         )
         return (
-            f"worst pause {ls['worst_pause_ms']:.1f} ms (p99 {ls['p99_pause_ms']:.1f}) over"
+            f"worst pause {ls['worst_pause_ms']:.1f} ms"
+            + (f" (p99 {ls['p99_pause_ms']:.1f})" if ls.get("p99_pause_ms") is not None else "")
+            + " over"
             f" {ls.get('in_flight_terminals', 0)} terminals in flight, {served}, "
         )
     if ls.get("in_flight_terminals") == 0:
@@ -148,7 +150,7 @@ def render(st: dict[str, Any]) -> str:
     else:
         t = cp["terminals"]
         out.append(
-            f"  CP {cp['name']:<7}epoch {cp['epoch']}"
+            f"  CP {cp.get('name') or '-':<7}epoch {cp['epoch']}"
             + (f" generation {cp['generation']}" if cp.get("generation") else "")
             + f"  terminals {t['connected']}/{t['defined']} connected  "
             f"sessions {t['active_sessions']} active / {t['standby_sessions']} standby  held {cp['held_messages']}"
@@ -178,11 +180,8 @@ def render(st: dict[str, Any]) -> str:
             frm = ls["from"] or "(none: after a normal stop)"
             out.append(
                 f"            last {kind}: {frm} -> {ls['to']} at epoch {ls['epoch']}, {_age(ls['at'])}, "
-                + (
-                    f"silent {ls['silence_to_loss_ms']:.0f} ms before the CP noticed, noticed to grant {ls['loss_to_grant_ms']:.1f} ms, "
-                    if ls.get("loss_to_grant_ms") is not None
-                    else ""
-                )
+                + (f"silent {ls['silence_to_loss_ms']:.0f} ms before the CP noticed, " if ls.get("silence_to_loss_ms") is not None else "")
+                + (f"noticed to grant {ls['loss_to_grant_ms']:.1f} ms, " if ls.get("loss_to_grant_ms") is not None else "")
                 + _pause(ls)
                 + f"switch {ls['switch_ms']:.1f} ms, {ls['switched']} sessions switched, {ls['classic']} reconnected ({ls['reason']})"
             )
@@ -194,7 +193,7 @@ def render(st: dict[str, Any]) -> str:
                 sync = f"last sync {j['last_sync_ms']:.2f} ms {_age(j.get('last_sync_at'))}" if j.get("last_sync_ms") is not None else "no sync yet"
                 state = j.get("state", "?")
                 out.append(
-                    f"            journal {'ok' if state == 'ok' else state.upper()} {j.get('dir')}  {j.get('size_bytes', 0) / 1024:.0f} KiB in"
+                    f"            journal {'ok' if state == 'ok' else state.upper()} {j.get('dir')}  {(j.get('size_bytes') or 0) / 1024:.0f} KiB in"
                     f" {j.get('segments')} segment(s), {j.get('outstanding', 0)} outstanding, {sync}"
                     + (f" ({j['io']})" if j.get("io") else "")
                     + (f"  ERROR {j.get('error')}: acknowledgements stopped until it can be written" if state != "ok" else "")
