@@ -136,3 +136,46 @@ def test_the_check_compares_the_files_geometry_and_says_the_starts_line(tmp_path
         timeout=30,
     )
     assert r.returncode == 0 and "config OK" in r.stdout, r.stderr
+
+
+def spoil(path: Path, how: str) -> None:
+    """The file at `path` (403 records of 4096 bytes) made into one the start refuses, or (`torn`)
+    one whose header a crash tore, which the start takes (it goes by the config's geometry)."""
+    if how == "truncated":
+        with open(path, "r+b") as fh:
+            fh.truncate(402 * 4096)
+        return
+    if how == "corrupt_short":  # a torn header on a file shorter than the config's records: refused
+        with open(path, "r+b") as fh:
+            fh.truncate(300 * 4096)
+    at, byte = {"magic": (0, b"X"), "version": (5, b"\x09"), "corrupt_short": (300, None), "torn": (300, None)}[how]
+    with open(path, "r+b") as fh:
+        fh.seek(at)
+        old = fh.read(1)
+        fh.seek(at)
+        fh.write(byte if byte is not None else bytes([old[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("how", ["magic", "version", "truncated", "corrupt_short"])
+def test_the_check_says_the_starts_line_for_a_file_the_start_refuses(tmp_path: Path, how: str) -> None:
+    """--check-config read the header for its geometry only: a file with a bad magic, another
+    format version, cut short or with a corrupt header passed the check, and the start then
+    stopped on it. The check runs the start's file checks (read-only, within storage_timeout)
+    and says the start's line, exit 78."""
+    path = tmp_path / "big.dat"
+    create_file(str(path), 403, 4096)
+    spoil(path, how)
+    cfg = geometry_config(tmp_path, 403)
+    r = subprocess.run([sys.executable, "-m", "hsb.host", "--config", str(cfg), "--check-config"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 78 and r.stderr == f"config error: {start_line(cfg)}\n", r.stderr
+
+
+def test_the_check_passes_a_torn_header_the_start_takes(tmp_path: Path) -> None:
+    """A header torn by a crash, on a file of the config's size, is no reason to refuse a start
+    (its active rewrites it): nor is it the check's."""
+    path = tmp_path / "big.dat"
+    create_file(str(path), 403, 4096)
+    spoil(path, "torn")
+    cfg = geometry_config(tmp_path, 403)
+    r = subprocess.run([sys.executable, "-m", "hsb.host", "--config", str(cfg), "--check-config"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "config OK" in r.stdout, r.stderr

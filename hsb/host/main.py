@@ -92,8 +92,9 @@ def partial_checks(part: Partial, check_config: bool) -> list[str]:
 
 
 def takeover_geometry(cfg: HostConfig) -> list[str]:
-    """--check-config: the takeover file, if it is there, has the config's records and
-    record_size; else the line the start gives (its header read within storage_timeout)."""
+    """--check-config: the takeover file, if it is there, passes the start's file checks (its
+    magic, version, size, header, and the config's records and record_size); else the line the
+    start gives (read-only, within storage_timeout)."""
     from hsb.host.takeover_size import geometry_problem
 
     t = cfg.takeover

@@ -6,15 +6,17 @@ storage_timeout (a hung mount does not hold a start that is refused anyway). The
 the file has the records needed: set records to the file's in the config; the file is too
 small: recreate it (its contents are lost) or give the host fewer terminals; no file yet:
 create it; the file cannot be read now: set the records needed, once the file has them.
-And hsbd --check-config's look at a file there for a config that passes: its geometry is the
-config's, or the check says the line the start would (`geometry_problem`).
+And hsbd --check-config's look at a file there for a config that passes: the start's file
+checks, or the check says the line the start would (`geometry_problem`).
 """
 
 from __future__ import annotations
 
-from hsb.takeover.errors import FileMissing, TakeoverError, TakeoverFileTooSmall
+import os
+
+from hsb.takeover.errors import FileMissing, HeaderCorrupt, NotRegularFile, TakeoverError, TakeoverFileTooSmall
 from hsb.takeover.fileio import check_file
-from hsb.takeover.layout import geometry_mismatch, max_terminals, needed_records, needs_text, size_check
+from hsb.takeover.layout import max_terminals, needed_records, needs_text, size_check
 from hsb.takeover.records import Header
 from hsb.worker import within
 
@@ -29,17 +31,34 @@ def size_problem(records: int, terminals: int, record_size: int, path: str, time
 
 
 def geometry_problem(records: int, terminals: int, record_size: int, path: str, timeout: float) -> list[str]:
-    """--check-config: the start's one line if the file at `path` (its header read, within
-    `timeout`) has another geometry than the config's; nothing for no file, one whose header
-    cannot be read now (the other checks and the start say those), or a config whose records
+    """--check-config: the start's one line if the file at `path` fails the start's file checks
+    (hsb.takeover.fileio.check_file with the config's geometry, run read-only within `timeout`):
+    another geometry than the config's, a bad magic, another format version, a file cut short, a
+    corrupt header (but a torn one on a file of the config's size, which the start takes).
+    Nothing for no file (a warning: `takeover_missing`), one not a regular file (the writable
+    check says it), one that cannot be read now (the start says it), or a config whose records
     are too few (`size_problem` says it, with the fix for the file there)."""
     if records < needed_records(terminals, record_size):
         return []
-    header = _header(path, timeout)
-    if not isinstance(header, Header):
-        return []
-    mismatch = geometry_mismatch(path, header.records, header.record_size, records, record_size, terminals)
-    return [] if mismatch is None else [str(mismatch)]
+
+    def look() -> str | None:
+        try:
+            check_file(path, record_size, records, terminals)
+        except (FileMissing, NotRegularFile):
+            return None
+        except HeaderCorrupt as exc:  # (as TakeoverStore.check: a torn header on a file of the config's size is taken)
+            try:
+                return None if os.stat(path).st_size >= records * record_size else str(exc)
+            except OSError:
+                return None
+        except TakeoverError as exc:
+            return str(exc)
+        except OSError:
+            return None
+        return None
+
+    done, line = within(timeout, look, "takeover-file-look")
+    return [line] if done and line is not None else []
 
 
 def _fix(records: int, terminals: int, record_size: int, path: str, timeout: float) -> str:
