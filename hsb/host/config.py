@@ -135,13 +135,21 @@ class HostConfig(Strict):
         """The terminal table's problems and the takeover file's size check when another part of
         the config failed (its check above then never runs), on what of them is valid: every
         error at once."""
-        defs, problems = raw_table_problems(part.data, attrs_problem)
-        t = part.values("takeover")
-        if defs is not None and not problems and all(k in t for k in ("records", "record_size", "path", "storage_timeout")):
-            problems += size_problem(t["records"], len(defs), t["record_size"], resolve_under(t["path"], part.base), t["storage_timeout"])
-        return problems
+        problems, size = raw_size_keys(part)
+        return problems + (size_problem(*size) if size is not None else [])
 
     @property
     def terminal_table(self) -> dict[str, TerminalSpec]:
         """This host's terminal definitions (attrs = this host's session attributes)."""
         return self._defs
+
+
+def raw_size_keys(part: Partial) -> tuple[list[str], tuple[int, int, int, str, float] | None]:
+    """Of a config that failed its schema: its terminal table's problems, and when it has none
+    and the takeover keys are valid, what the file's size checks take (records, terminals,
+    record_size, path resolved, storage_timeout); else None."""
+    defs, problems = raw_table_problems(part.data, attrs_problem)
+    t = part.values("takeover")
+    if defs is None or problems or not all(k in t for k in ("records", "record_size", "path", "storage_timeout")):
+        return problems, None
+    return problems, (t["records"], len(defs), t["record_size"], resolve_under(t["path"], part.base), t["storage_timeout"])

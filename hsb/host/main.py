@@ -11,7 +11,7 @@ import click
 from hsb import __version__, logs
 from hsb.cli import EXIT_CONFIG, die, exit_watchdog, load_or_exit, log_level_option
 from hsb.config import Partial, resolve_under
-from hsb.host.config import HostConfig, service_paths
+from hsb.host.config import HostConfig, raw_size_keys, service_paths
 from hsb.ops.listen import ListenError, listen_problems, listen_warnings
 from hsb.wire.auth import load_secret
 
@@ -32,25 +32,42 @@ def start_error(exc: OSError) -> str:
     return f"cannot start: {exc.strerror or exc} (check the takeover file's storage, and the listen addresses in the config)"
 
 
-def check_service(cfg: HostConfig, check_only: bool = False) -> list[str]:
-    """The service is importable and constructible with [service_options] (then closed again);
-    `check_only` (--check-config): one whose build changes the disk is looked at instead."""
-    return service_problems(cfg.host.service, cfg.host.name, dict(cfg.service_options), check_only)
+class HostChecks:
+    """The loader's `checks` and `warnings` of one config: what both need (the service's look at
+    its options) is looked at once per config, not again for the warnings."""
 
+    def __init__(self, check_only: bool) -> None:
+        self.check_only = check_only  # --check-config: a service whose build changes the disk is looked at instead
+        self._service: tuple[HostConfig, list[str], list[str]] | None = None
 
-def service_warnings(cfg: HostConfig) -> list[str]:
-    """--check-config's warnings of a service looked at instead of built (the journal's: the
-    start makes its file)."""
-    from hsb.service.api import look_at_options
+    def _service_look(self, cfg: HostConfig) -> tuple[list[str], list[str]]:
+        if self._service is None or self._service[0] is not cfg:
+            opts = dict(cfg.service_options)
+            self._service = (cfg, *service_look(cfg.host.service, cfg.host.name, opts, self.check_only))
+        return self._service[1], self._service[2]
 
-    try:
-        said = look_at_options(cfg.host.service, cfg.host.name, dict(cfg.service_options))
-    except Exception:  # noqa: BLE001 - (check_service said it, as an error)
-        return []
-    return [] if said is None else said[1]
+    def checks(self, cfg: HostConfig) -> list[str]:
+        """The service is importable and constructible with [service_options] (then closed again);
+        with --check-config, the takeover file, the listen addresses and the CP generation file."""
+        out = list(self._service_look(cfg)[0])
+        if self.check_only:
+            out += takeover_writable(cfg) + takeover_geometry(cfg) + listen_addresses(cfg) + cp_generation_problem(cfg)
+        return out
+
+    def warnings(self, cfg: HostConfig) -> list[str]:
+        """--check-config's warnings: no takeover file yet, the listen addresses', and a service
+        looked at instead of built (the journal's: the start makes its file)."""
+        return takeover_missing(cfg) + listen_warnings(_listens(cfg)) + self._service_look(cfg)[1]
 
 
 def service_problems(spec: str, name: str, options: dict[str, Any], check_only: bool = False) -> list[str]:
+    """The service is importable and constructible with `options` (then closed again);
+    `check_only` (--check-config): one whose build changes the disk is looked at instead."""
+    return service_look(spec, name, options, check_only)[0]
+
+
+def service_look(spec: str, name: str, options: dict[str, Any], check_only: bool = False) -> tuple[list[str], list[str]]:
+    """`service_problems`, and the warnings of a service looked at instead of built."""
     import asyncio
 
     from hsb.service.api import ServiceError, load_service, look_at_options
@@ -58,24 +75,24 @@ def service_problems(spec: str, name: str, options: dict[str, Any], check_only: 
     try:
         said = look_at_options(spec, name, options) if check_only else None
         if said is not None:
-            return said[0]
+            return said
         service = load_service(spec, name, options)
     except ServiceError as exc:
-        return [f"host.service: {exc}"]
+        return [f"host.service: {exc}"], []
     except Exception as exc:  # the factory itself failed: a config problem as far as the operator can tell
-        return [f"host.service: {spec!r} could not be built with [service_options]: {type(exc).__name__}: {exc}"]
+        return [f"host.service: {spec!r} could not be built with [service_options]: {type(exc).__name__}: {exc}"], []
     try:
         asyncio.run(service.close())
     except Exception:  # closing a service just built for the check is best effort
         pass
-    return []
+    return [], []
 
 
 def partial_checks(part: Partial, check_config: bool) -> list[str]:
-    """`check_service` and (with `check_config`) `takeover_writable`, `takeover_geometry`,
-    `listen_addresses` and `cp_generation_problem` when another part of the config failed its
-    schema: on the raw values of the keys each needs, each check when its keys are valid (every
-    error at once)."""
+    """`HostChecks.checks` (`service_problems`, and with `check_config` `takeover_writable`,
+    `takeover_geometry`, `listen_addresses` and `cp_generation_problem`) when another part of the
+    config failed its schema: on the raw values of the keys each needs, each check when its keys
+    are valid (every error at once)."""
     host, options, out = part.values("host"), part.data.get("service_options", {}), []
     if "service" in host and "name" in host and isinstance(options, dict) and not part.failed_under("service_options"):
         out += service_problems(host["service"], host["name"], service_paths(host["service"], options, part.base), check_config)
@@ -84,7 +101,7 @@ def partial_checks(part: Partial, check_config: bool) -> list[str]:
     takeover = part.values("takeover")
     path = resolve_under(takeover["path"], part.base) if "path" in takeover else None
     if path is not None:
-        out += _writable_problem(path) + _partial_geometry(part, takeover, path)
+        out += _writable_problem(path) + _partial_geometry(part)
     out += listen_problems([(f"host.{k}", host[k]) for k in LISTEN_KEYS if k in host])
     if path is not None and "name" in host:
         out += _generation_problem(path, host["name"])
@@ -101,15 +118,12 @@ def takeover_geometry(cfg: HostConfig) -> list[str]:
     return geometry_problem(t.records, len(cfg.terminal_table), t.record_size, t.path, t.storage_timeout)
 
 
-def _partial_geometry(part: Partial, takeover: dict[str, Any], path: str) -> list[str]:
+def _partial_geometry(part: Partial) -> list[str]:
     """`takeover_geometry` on the valid keys of a config that failed its schema elsewhere."""
     from hsb.host.takeover_size import geometry_problem
-    from hsb.terminals import attrs_problem, raw_table_problems
 
-    defs, problems = raw_table_problems(part.data, attrs_problem)
-    if defs is None or problems or not all(k in takeover for k in ("records", "record_size", "storage_timeout")):
-        return []
-    return geometry_problem(takeover["records"], len(defs), takeover["record_size"], path, takeover["storage_timeout"])
+    size = raw_size_keys(part)[1]
+    return [] if size is None else geometry_problem(*size)
 
 
 def takeover_missing(cfg: HostConfig) -> list[str]:
@@ -195,15 +209,13 @@ def listen_addresses(cfg: HostConfig) -> list[str]:
 @click.version_option(__version__, prog_name="hsbd")
 def main(role: str | None, no_rejoin: bool, config_path: str, check_config: bool, log_level: str) -> None:
     """Run one host of the hot-standby pair (docs/design.md)."""
+    looks = HostChecks(check_config)
     cfg = load_or_exit(
         config_path,
         HostConfig,
         check_config,
-        warnings=lambda c: takeover_missing(c) + listen_warnings(_listens(c)) + service_warnings(c),
-        checks=lambda c: (
-            check_service(c, check_config)
-            + (takeover_writable(c) + takeover_geometry(c) + listen_addresses(c) + cp_generation_problem(c) if check_config else [])
-        ),
+        warnings=looks.warnings,
+        checks=looks.checks,
         partial_checks=lambda part: partial_checks(part, check_config),
     )
     if role is None:
