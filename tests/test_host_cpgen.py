@@ -185,6 +185,37 @@ def test_hsbd_with_a_damaged_file_does_not_start_and_check_config_says_so(tmp_pa
     assert r.returncode == 0, r.stderr
 
 
+def test_check_config_reads_the_file_within_storage_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--check-config read the file without a deadline (the start has one): a hung mount held the
+    check for as long. It reads it within storage_timeout now and, past it, says so as a warning
+    (the start then stops on the same deadline, or reads the file)."""
+    import time
+
+    from click.testing import CliRunner
+
+    from hsb.host.main import main
+
+    cfg = _host_setup(tmp_path)
+    cfg.write_text(cfg.read_text().replace("record_size = 4096\n", "record_size = 4096\nstorage_timeout = 0.3\n", 1))
+    hung = threading.Event()
+
+    def read(path: Path, host: str) -> int:  # a read on a hung mount (let go at the end of the test)
+        hung.wait(20)
+        return 0
+
+    monkeypatch.setattr(cpgen, "read_generation", read)
+    try:
+        began = time.monotonic()
+        r = CliRunner().invoke(main, ["--config", str(cfg), "--check-config"])
+        took = time.monotonic() - began
+    finally:
+        hung.set()
+    assert r.exit_code == 0 and "config OK" in r.stdout, r.output
+    assert took < 10, took
+    path = tmp_path / "host-a.cp-generation"
+    assert f"config warning: the CP generation file {path} was not read within storage_timeout (0.3 s)" in r.stderr, r.stderr
+
+
 def test_a_new_sandbox_in_an_earlier_ones_folder_forgets_its_hosts_generations(tmp_path: Path) -> None:
     """`hsbctl sandbox up` starts its CP on an empty journal (generation 1): the hosts' files of
     the sandbox before in the folder (a higher generation) would have it refused."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -34,30 +35,40 @@ def start_error(exc: OSError) -> str:
 
 class HostChecks:
     """The loader's `checks` and `warnings` of one config: what both need (the service's look at
-    its options) is looked at once per config, not again for the warnings."""
+    its options, the CP generation file's) is looked at once per config, not again for the
+    warnings (a hung mount costs the check one deadline, not two)."""
 
     def __init__(self, check_only: bool) -> None:
         self.check_only = check_only  # --check-config: a service whose build changes the disk is looked at instead
-        self._service: tuple[HostConfig, list[str], list[str]] | None = None
+        self._seen: dict[str, tuple[HostConfig, list[str], list[str]]] = {}
+
+    def _once(self, what: str, cfg: HostConfig, look: Callable[[], tuple[list[str], list[str]]]) -> tuple[list[str], list[str]]:
+        seen = self._seen.get(what)
+        if seen is None or seen[0] is not cfg:
+            seen = self._seen[what] = (cfg, *look())
+        return seen[1], seen[2]
 
     def _service_look(self, cfg: HostConfig) -> tuple[list[str], list[str]]:
-        if self._service is None or self._service[0] is not cfg:
-            opts = dict(cfg.service_options)
-            self._service = (cfg, *service_look(cfg.host.service, cfg.host.name, opts, self.check_only))
-        return self._service[1], self._service[2]
+        opts = dict(cfg.service_options)
+        return self._once("service", cfg, lambda: service_look(cfg.host.service, cfg.host.name, opts, self.check_only))
+
+    def _generation_look(self, cfg: HostConfig) -> tuple[list[str], list[str]]:
+        t = cfg.takeover
+        return self._once("cp_generation", cfg, lambda: generation_look(t.path, cfg.host.name, t.storage_timeout))
 
     def checks(self, cfg: HostConfig) -> list[str]:
         """The service is importable and constructible with [service_options] (then closed again);
         with --check-config, the takeover file, the listen addresses and the CP generation file."""
         out = list(self._service_look(cfg)[0])
         if self.check_only:
-            out += takeover_writable(cfg) + takeover_geometry(cfg) + listen_addresses(cfg) + cp_generation_problem(cfg)
+            out += takeover_writable(cfg) + takeover_geometry(cfg) + listen_addresses(cfg) + self._generation_look(cfg)[0]
         return out
 
     def warnings(self, cfg: HostConfig) -> list[str]:
-        """--check-config's warnings: no takeover file yet, the listen addresses', and a service
-        looked at instead of built (the journal's: the start makes its file)."""
-        return takeover_missing(cfg) + listen_warnings(_listens(cfg)) + self._service_look(cfg)[1]
+        """--check-config's warnings: no takeover file yet, the listen addresses', a service looked
+        at instead of built (the journal's: the start makes its file), a CP generation file not
+        read within the deadline."""
+        return takeover_missing(cfg) + listen_warnings(_listens(cfg)) + self._service_look(cfg)[1] + self._generation_look(cfg)[1]
 
 
 def service_problems(spec: str, name: str, options: dict[str, Any], check_only: bool = False) -> list[str]:
@@ -90,7 +101,7 @@ def service_look(spec: str, name: str, options: dict[str, Any], check_only: bool
 
 def partial_checks(part: Partial, check_config: bool) -> list[str]:
     """`HostChecks.checks` (`service_problems`, and with `check_config` `takeover_writable`,
-    `takeover_geometry`, `listen_addresses` and `cp_generation_problem`) when another part of the
+    `takeover_geometry`, `listen_addresses` and `generation_look`) when another part of the
     config failed its schema: on the raw values of the keys each needs, each check when its keys
     are valid (every error at once)."""
     host, options, out = part.values("host"), part.data.get("service_options", {}), []
@@ -103,8 +114,8 @@ def partial_checks(part: Partial, check_config: bool) -> list[str]:
     if path is not None:
         out += _writable_problem(path) + _partial_geometry(part)
     out += listen_problems([(f"host.{k}", host[k]) for k in LISTEN_KEYS if k in host])
-    if path is not None and "name" in host:
-        out += _generation_problem(path, host["name"])
+    if path is not None and "name" in host and "storage_timeout" in takeover:
+        out += generation_look(path, host["name"], takeover["storage_timeout"])[0]
     return out
 
 
@@ -165,22 +176,31 @@ def _writable_problem(path: str) -> list[str]:
     return []
 
 
-def cp_generation_problem(cfg: HostConfig) -> list[str]:
+def generation_look(takeover_path: str, name: str, timeout: float) -> tuple[list[str], list[str]]:
     """--check-config: this host's CP generation file, if it is there, is one the start takes
-    (hsb.host.cpgen). (The start reads it under storage_timeout; this read has no deadline.)"""
-    return _generation_problem(cfg.takeover.path, cfg.host.name)
-
-
-def _generation_problem(takeover_path: str, name: str) -> list[str]:
+    (hsb.host.cpgen), read within `timeout` as the start reads it: (its line, []), or, past the
+    deadline, ([], a warning; a thread stuck on a hung mount is left behind)."""
     from hsb.host.cpgen import GenerationFileError, generation_path, read_generation
+    from hsb.worker import within
 
-    try:
-        read_generation(generation_path(takeover_path, name), name)
-    except GenerationFileError as exc:
-        return [str(exc)]
-    except OSError:
-        pass  # the storage's: the start says it (the takeover file's checks say it too)
-    return []
+    path = generation_path(takeover_path, name)
+
+    def look() -> list[str]:
+        try:
+            read_generation(path, name)
+        except GenerationFileError as exc:
+            return [str(exc)]
+        except OSError:
+            pass  # the storage's: the start says it (the takeover file's checks say it too)
+        return []
+
+    done, said = within(timeout, look, "cp-generation-look")
+    if done and said is not None:
+        return said, []
+    return [], [
+        f"the CP generation file {path} was not read within storage_timeout ({timeout:g} s): does its storage hang?"
+        " the start reads it within the same deadline, and stops if it still does not answer"
+    ]
 
 
 def _listens(cfg: HostConfig) -> list[tuple[str, str]]:
