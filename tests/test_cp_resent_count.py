@@ -21,13 +21,19 @@ def resent(p: Any) -> list[int]:
     return [f["id"] for f in p.transport.frames() if f.get("t") == "reply" and f.get("resent")]
 
 
-async def test_a_reply_kept_while_the_terminal_was_away_is_counted_resent(tmp_path: Path) -> None:
+def message_then_gone(tmp_path: Path) -> tuple[Any, Any]:
+    """A CP with an active; T00001, not resuming, sends message 1 and its connection goes."""
     cp = cp_core(tmp_path, 2)
     h = fake_host(cp, "host-a", "active")
     p = recording_terminal(cp, "T00001", None)
     cp.host_open(h, "T00001", "active", {})
     p.data_received(encode({"t": "msg", "id": 1, "data": b"m"}))
     p.connection_lost(None)
+    return cp, h
+
+
+async def test_a_reply_kept_while_the_terminal_was_away_is_counted_resent(tmp_path: Path) -> None:
+    cp, h = message_then_gone(tmp_path)
     cp.host_reply(h, "T00001", 1, "r1")  # away: kept
     q = recording_terminal(cp, "T00001", 0)
     assert resent(q) == [1] and cp.counters["resent"] == 1
@@ -39,12 +45,7 @@ async def test_a_reply_from_the_outbox_sent_at_a_resuming_hello_is_counted_resen
     """A run that did not resume was owed a reply in its outbox (hsb.cp.terminal_side
     `_to_terminal`, its connection gone); the terminal then says hello resuming: the reply goes
     marked resent, and is counted so."""
-    cp = cp_core(tmp_path, 2)
-    h = fake_host(cp, "host-a", "active")
-    p = recording_terminal(cp, "T00001", None)
-    cp.host_open(h, "T00001", "active", {})
-    p.data_received(encode({"t": "msg", "id": 1, "data": b"m"}))
-    p.connection_lost(None)
+    cp, h = message_then_gone(tmp_path)
     term = cp.terms["T00001"]
     assert term.conn is None and not term.resuming
     cp._to_terminal(term, {"t": "reply", "id": 1, "data": "r1"})  # owed while away: the outbox
