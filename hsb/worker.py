@@ -222,3 +222,10 @@ def within(timeout: float, fn: Callable[[], T], name: str) -> tuple[bool, T | No
     t.start()
     t.join(timeout)
     return (True, box[0]) if box else (False, None)
+
+
+def consume(fut: asyncio.Future[Any]) -> None:
+    """A done callback reading a future's exception: one left after a timeout or a shutdown that
+    fails later is not reported "never retrieved" at the loop's close."""
+    if not fut.cancelled():
+        fut.exception()

@@ -65,7 +65,9 @@ class ServiceHealth:
         self.waiting: dict[str, Backoff] = {}  # terminals whose next message waits for the service
         self.status_failed: str | None = None  # what the service's own status() raised last (said once)
         self.stalled_after = stalled_after
-        self.calls: dict[int, tuple[float, str, int]] = {}  # calls of handle in progress: when (monotonic), terminal, id
+        # calls of handle in progress: when (monotonic), terminal, id; in the order they started,
+        # so the first is the oldest
+        self.calls: dict[int, tuple[float, str, int]] = {}
         self._last_call = 0
         self.stalled = False  # service_stalled said, service_stall_ended not yet
         # the next look at the oldest call (a handle holding a weak reference: no cycle through it)
@@ -87,9 +89,13 @@ class ServiceHealth:
             if self.calls and self._look is None:
                 self._look_in(self.stalled_after - self.oldest_call_s())
 
+    def _oldest(self) -> tuple[float, str, int] | None:
+        return next(iter(self.calls.values()), None)
+
     def oldest_call_s(self) -> float:
         """How long the oldest call of handle in progress has run (0: none runs)."""
-        return time.monotonic() - min(t for t, _, _ in self.calls.values()) if self.calls else 0.0
+        oldest = self._oldest()
+        return 0.0 if oldest is None else time.monotonic() - oldest[0]
 
     def _look_in(self, delay: float) -> None:
         self._look = asyncio.get_running_loop().call_later(max(delay, 0.0), _look_at, weakref.ref(self))
@@ -105,7 +111,7 @@ class ServiceHealth:
             self._look_in(self.stalled_after - age)
             return
         self.stalled = True
-        _, terminal, mid = min(self.calls.values())
+        _, terminal, mid = self.calls[next(iter(self.calls))]  # (the oldest: calls is not empty here)
         log.error(
             "service_stalled",
             oldest_call_s=round(age, 3),
@@ -147,8 +153,9 @@ class ServiceHealth:
         self.state, self.error, self.since = "ok", None, time.time()
 
     def as_dict(self) -> dict[str, Any]:
-        oldest = self.oldest_call_s()
-        state = "stalled" if self.state == "ok" and self.calls and oldest >= self.stalled_after else self.state
+        first = self._oldest()
+        oldest = 0.0 if first is None else time.monotonic() - first[0]
+        state = "stalled" if self.state == "ok" and first is not None and oldest >= self.stalled_after else self.state
         return {
             "state": state,
             "error": self.error,
@@ -157,7 +164,7 @@ class ServiceHealth:
             "waiting_terminals": len(self.waiting),
             "calls_in_progress": len(self.calls),
             "oldest_call_s": round(oldest, 3),
-            "oldest_call_terminal": min(self.calls.values())[1] if self.calls else None,
+            "oldest_call_terminal": None if first is None else first[1],
             "stalled_after_s": self.stalled_after,
         }
 

@@ -94,11 +94,7 @@ def builtins() -> dict[str, Any]:
 
 def load_service(spec: str, host: str, options: dict[str, Any]) -> Service:
     """Build the service named by `spec` ("echo", "journal" or "pkg.mod:factory")."""
-    factory = _factory(spec)
-    try:
-        return factory(host, **options)  # type: ignore[no-any-return]
-    except TypeError as exc:
-        raise ServiceError(f"service {spec!r}: bad [service_options]: {exc}") from None
+    return _with_options(spec, _factory(spec), host, options)  # type: ignore[no-any-return]
 
 
 def look_at_options(spec: str, host: str, options: dict[str, Any]) -> tuple[list[str], list[str]] | None:
@@ -107,10 +103,13 @@ def look_at_options(spec: str, host: str, options: dict[str, Any]) -> tuple[list
     what the start will do), from the factory's `check_options(host, **options)`. None: the
     factory has none (the check builds the service, then closes it)."""
     look: Any = getattr(_factory(spec), "check_options", None)
-    if look is None:
-        return None
+    return None if look is None else _with_options(spec, look, host, options)
+
+
+def _with_options(spec: str, fn: Any, host: str, options: dict[str, Any]) -> Any:
+    """`fn(host, **options)`; options it does not take are the config's error, said so."""
     try:
-        return look(host, **options)  # type: ignore[no-any-return]
+        return fn(host, **options)
     except TypeError as exc:
         raise ServiceError(f"service {spec!r}: bad [service_options]: {exc}") from None
 

@@ -45,7 +45,7 @@ import structlog
 # (RetryTransaction lives in the plug-in interface, as the host acts on it; services import it from here)
 from hsb.service.api import RetryTransaction as RetryTransaction
 from hsb.service.api import ServiceError, ServiceUnavailable
-from hsb.worker import Worker
+from hsb.worker import Worker, consume
 
 log = structlog.get_logger("hsb.service")
 
@@ -552,7 +552,7 @@ class SqliteDatabase:
         try:
             await asyncio.wait_for(asyncio.shield(shutting), self.close_timeout)
         except TimeoutError:
-            shutting.add_done_callback(_quietly)  # (shutdown below drops it: never run, its error unread)
+            shutting.add_done_callback(consume)  # (shutdown below drops it: never run, its error unread)
             log.warning(
                 "sqlite_close_abandoned",
                 path=str(self.path),
@@ -562,8 +562,3 @@ class SqliteDatabase:
         finally:
             self._conn = None
             self._exec.shutdown()
-
-
-def _quietly(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()  # read: no "exception was never retrieved" at the loop's close

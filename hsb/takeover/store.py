@@ -40,7 +40,7 @@ from hsb.takeover.pair import Pair
 from hsb.takeover.reader import BatchSnapshot, PollResult, PollStatus, RingReader, batch_read, read_header
 from hsb.takeover.records import Header, SessionEntry
 from hsb.takeover.writer import TakeoverWriter
-from hsb.worker import Worker
+from hsb.worker import Worker, consume
 
 log = structlog.get_logger("hsb.takeover")
 T = TypeVar("T")
@@ -105,7 +105,7 @@ class TakeoverStore:
 
         fut = self._pool.submit(call)
         afut = asyncio.wrap_future(fut)
-        afut.add_done_callback(_consume)  # a late failure after a timeout is not "never retrieved"
+        afut.add_done_callback(consume)  # a late failure after a timeout is not "never retrieved"
         try:
             # not wait_for: on 3.11 a failure under it is a reference cycle
             async with asyncio.timeout(limit) as deadline:
@@ -316,11 +316,6 @@ class TakeoverStore:
     def read_position(self) -> tuple[int, int] | None:
         """(generation, next seq to read) after a batch read."""
         return None if self._reader is None else self._reader.position
-
-
-def _consume(f: asyncio.Future[Any]) -> None:
-    if not f.cancelled():
-        f.exception()
 
 
 def writable(path: str) -> None:
