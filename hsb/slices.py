@@ -32,8 +32,12 @@ class SlicedQueue(Generic[T]):
         self._loop = loop
         self._turned()
 
-    def _enqueue(self, item: T, loop: asyncio.AbstractEventLoop) -> None:
-        self.queue.append(item)
+    def _enqueue(self, item: T, loop: asyncio.AbstractEventLoop, at: int | None = None) -> None:
+        """Queue `item` last, or at index `at` (ahead of what is from there on)."""
+        if at is None:
+            self.queue.append(item)
+        else:
+            self.queue.insert(at, item)
         if self._slice is None:
             self._slice = loop.call_soon(self._run)
 

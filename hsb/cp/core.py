@@ -221,7 +221,6 @@ class CP(TerminalSide, Replies, HostSessions, Arbitration, Adoption, JournalSide
                 self.active = None
                 cur.abort()
                 self._become_active(host, reason="registered again on a new link")
-                self._host_frame(host)
                 return
             ho = self.handed_over_by
             dm = self.demoting  # a planned switchover's grant being made durable: its old active
@@ -287,7 +286,6 @@ class CP(TerminalSide, Replies, HostSessions, Arbitration, Adoption, JournalSide
             if self.standby is host:
                 self.standby = None
             self._become_active(host, reason="registered")
-            self._host_frame(host)
         elif role == "standby":
             old = self.standby
             if old is not None and not old.closed and old is not host and old.name == host.name and host.instance and old.instance == host.instance:
@@ -388,6 +386,7 @@ class CP(TerminalSide, Replies, HostSessions, Arbitration, Adoption, JournalSide
         epoch = self._make_active(host)
         self.announced = False
         self.journal.append(["e", epoch, host.name], lambda: self._registered_active(host, epoch, reason))
+        self._host_frame(host)  # (its frames count once it is registered)
 
     def _registered_active(self, host: HostProtocol, epoch: int, reason: str) -> None:
         if host is not self.active or host.closed or epoch != self.epoch:

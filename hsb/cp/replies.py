@@ -81,15 +81,17 @@ class Replies:
         self.replies_by_host[host.name] += 1
         self._answer(name, mid, data)
 
-    def _answer(self: CP, name: str, mid: int, data: Any) -> None:
-        """The reply to `name`'s message `mid` (`host_reply`): the active's, or the CP's own error
-        for a message it cannot deliver (`_too_large_for`), which no host sent."""
+    def _answer(self: CP, name: str, mid: int, data: Any, made_here: bool = False) -> None:
+        """The reply to `name`'s message `mid` (`host_reply`): the active's, or (`made_here`) the
+        CP's own error for a message it cannot deliver (`_too_large_for`), which no host sent."""
         term = self.terms.get(name)
         if term is None:
             return
         held = term.held.get(mid)
         if held is None or held.replying or held.early is not None:
             return  # already discarded, or being: never a second reply
+        if made_here:
+            held.made_here = True
         if mid > term.durable_acked:  # delivered early, its record not yet durable: the ack goes first
             held.early = data
             if faults.armed("cp.reply_before_durable"):

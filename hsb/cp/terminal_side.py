@@ -506,9 +506,7 @@ class TerminalSide:
             maybe_processed_by=who,
             msg=f"not delivered to {host.name}, whose frames take {limit} bytes of data: answered with an error ({said}); {fix}",
         )
-        if not held.replying and held.early is None:  # (else a reply came, or is on its way: it stays the host's)
-            held.made_here = True
-        self._answer(term.name, held.id, text)
+        self._answer(term.name, held.id, text, made_here=True)  # (unless a reply came, or is on its way)
         return True
 
     def _maybe_processed_by(self: CP, term: Term, held: Held) -> str | None:

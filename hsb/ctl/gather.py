@@ -472,16 +472,15 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
         unknown.append(("hosts", "-", "only one named (give --host twice, or both hosts in the ctl config)"))
     # one host named twice (even by two addresses): one daemon, judged once; the pair not known
     unknown += [("hosts", "-", why) for why in twice]
-    many = actives
-    two = [h["name"] for h in many] if len(many) > 1 and two_actives(cp, many) else []
-    if len(many) > 1 and not two and not changing:  # (the CP not asked, or not saying who its active is)
-        changing = "; ".join(f"{h['name']} says it is the active at epoch {h.get('epoch')}" for h in many)
+    two = [h["name"] for h in actives] if len(actives) > 1 and two_actives(cp, actives) else []
+    if len(actives) > 1 and not two and not changing:  # (the CP not asked, or not saying who its active is)
+        changing = "; ".join(f"{h['name']} says it is the active at epoch {h.get('epoch')}" for h in actives)
     cp_errors = superseded_cps(cp, hosts, machines)
     # the active's service answers nothing: every message waits at the CP, so nothing is served
     # whatever the pair's state: critical, as the CP's journal failing
-    service_failing = [why for why in (service_down(h) for h in many) if why]
+    service_failing = [why for why in (service_down(h) for h in actives) if why]
     # a call of it hung: that terminal's messages wait, the others are served: a warning
-    stalls = [s for s in (service_stalled(h) for h in many) if s]
+    stalls = [s for s in (service_stalled(h) for h in actives) if s]
     exit_status = 2 if two else 3 if unknown or changing else 2 if service_failing else 0 if established else 1 if serving else 2
     if stalls and exit_status == 0:
         exit_status = 1

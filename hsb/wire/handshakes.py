@@ -55,13 +55,9 @@ class Handshakes(SlicedQueue[Waiting]):
         if not (self.first if first else self.queue) and self.spent < TURN_S:
             return True
         self.deferred += 1
+        self._enqueue(conn, loop, self.first if first else None)  # (near the head: cheap)
         if first:
-            self.queue.insert(self.first, conn)  # (near the head: cheap)
             self.first += 1
-            if self._slice is None:
-                self._slice = loop.call_soon(self._run)
-        else:
-            self._enqueue(conn, loop)
         return False
 
     def charge(self, seconds: float) -> None:
