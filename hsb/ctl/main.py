@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from hsb.ctl.file_cmd import file_group
-from hsb.ctl.ops_cmds import SECONDS, Bounded
+from hsb.ctl.ops_cmds import SECONDS, Bounded, say_unknown
 from hsb.ctl.ops_cmds import register as register_ops
 from hsb.ctl.target import Target, TargetError, load_target
 from hsb.ctl.tls_cmd import tls_group
@@ -105,7 +105,7 @@ def status(obj: Ctx, as_json: bool, watch: bool) -> None:
 @click.pass_obj
 def promote(obj: Ctx, timeout: float) -> None:
     """Make the standby the active after a normal stop of the active."""
-    from hsb.ctl.gather import ask, status_all, unasked
+    from hsb.ctl.gather import ask, status_all
     from hsb.ctl.switchover import refused_or_unasked
     from hsb.wire.auth import load_secret
 
@@ -118,10 +118,9 @@ def promote(obj: Ctx, timeout: float) -> None:
     named = cp_sb.get("name") if isinstance(cp_sb, dict) else None
     sb.sort(key=lambda h: (named is not None and h.get("name") != named, h.get("registered_at_cp", True) is not True))
     if not sb:
-        for u in st.get("unknown", []):
-            click.echo(f"error: {unasked(u['name'], u)}", err=True)
+        code = say_unknown(st.get("unknown") or []) or 1
         click.echo("error: no reachable standby host to promote", err=True)
-        sys.exit(3 if st.get("unknown") else 1)
+        sys.exit(code)
     ans = asyncio.run(ask(sb[0]["addr"], load_secret(t.secret_file), {"t": "promote"}))  # type: ignore[arg-type]
     failed = refused_or_unasked(ans, sb[0])
     if failed is not None:

@@ -38,12 +38,12 @@ class Bounded(click.ParamType):  # type: ignore[type-arg, unused-ignore]  # (gen
 SECONDS = Bounded(0, 86_400, True, "seconds")
 
 
-def _unknown(st: dict[str, Any]) -> int | None:
-    if st.get("unknown"):
-        for u in st["unknown"]:
-            click.echo(f"error: {unasked(u['name'], u)}", err=True)
-        return 3
-    return None
+def say_unknown(unknown: list[dict[str, Any]]) -> int | None:
+    """One line per daemon that could not be asked or did not answer, and exit status 3; None:
+    every daemon answered."""
+    for u in unknown:
+        click.echo(f"error: {unasked(u['name'], u)}", err=True)
+    return 3 if unknown else None
 
 
 def _gone(why: str) -> bool:
@@ -59,7 +59,7 @@ async def _stop(t: Target, host: str | None, takeover: bool, timeout: float) -> 
     if host is not None:
         target = next((h for h in hosts if h.get("name") == host), None)
         if target is None:
-            code = _unknown(st)
+            code = say_unknown(st.get("unknown") or [])
             click.echo(f"error: no reachable host named {host!r} (known: {', '.join(h['name'] for h in hosts) or 'none'})", err=True)
             return code or 1
     else:
@@ -67,7 +67,7 @@ async def _stop(t: Target, host: str | None, takeover: bool, timeout: float) -> 
         actives = sorted((h for h in hosts if h.get("role") == "active"), key=lambda h: not h.get("serving", True))
         target = actives[0] if actives else None
         if target is None:
-            code = _unknown(st)
+            code = say_unknown(st.get("unknown") or [])
             click.echo("error: no reachable active host to stop; name one with --host", err=True)
             return code or 1
     name = target["name"]

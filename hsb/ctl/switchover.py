@@ -16,7 +16,8 @@ from typing import Any
 
 import click
 
-from hsb.ctl.gather import ask, status_all, unasked
+from hsb.ctl.gather import ask, status_all
+from hsb.ctl.ops_cmds import say_unknown
 from hsb.ctl.target import Target
 from hsb.wire.auth import load_secret
 
@@ -52,9 +53,7 @@ async def _switchover(t: Target, yes: bool, timeout: float) -> int:
     cp_says_none = cp_known and not st["cp"].get("standby")
     if unknown and not cp_says_none:
         # not knowing is not "no standby": say who could not be asked, and why
-        for u in unknown:
-            click.echo(f"error: {unasked(u['name'], u)}", err=True)
-        return 3
+        return say_unknown(unknown) or 3
     if not st["established"] or not actives:
         # the CP answered: what it says (no standby registered, say) settles it
         states = ", ".join(
