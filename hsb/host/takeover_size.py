@@ -12,10 +12,8 @@ checks, or the check says the line the start would (`geometry_problem`).
 
 from __future__ import annotations
 
-import os
-
 from hsb.takeover.errors import FileMissing, HeaderCorrupt, NotRegularFile, TakeoverError, TakeoverFileTooSmall
-from hsb.takeover.fileio import check_file
+from hsb.takeover.fileio import check_file, torn_header_taken
 from hsb.takeover.layout import max_terminals, needed_records, needs_text, size_check
 from hsb.takeover.records import Header
 from hsb.worker import within
@@ -46,9 +44,9 @@ def geometry_problem(records: int, terminals: int, record_size: int, path: str, 
             check_file(path, record_size, records, terminals)
         except (FileMissing, NotRegularFile):
             return None
-        except HeaderCorrupt as exc:  # (as TakeoverStore.check: a torn header on a file of the config's size is taken)
+        except HeaderCorrupt as exc:  # (a torn header the start takes: no error)
             try:
-                return None if os.stat(path).st_size >= records * record_size else str(exc)
+                return None if torn_header_taken(path, records, record_size) else str(exc)
             except OSError:
                 return None
         except TakeoverError as exc:

@@ -264,6 +264,16 @@ def check_file(path: str, record_size: int | None = None, records: int | None = 
     return h
 
 
+def torn_header_taken(path: str, records: int | None, record_size: int) -> bool:
+    """Whether check_file's HeaderCorrupt is taken as a header torn by a crash while it was
+    rewritten (at a batch write), going by the config's `records` and `record_size`: when the
+    file holds that many records. One rule for the start's size check (TakeoverStore.check), the
+    active's writer (which rewrites it) and hsbd --check-config; a shorter file is refused, and
+    so is a torn header with no config's records to go by (a tool's writer, given none, goes by
+    the file's size). An OSError of the file's stat is the caller's."""
+    return records is not None and os.stat(path).st_size >= records * record_size
+
+
 def _sane_record_size(r: int) -> bool:
     return r % RECORD_ALIGN == 0 and MIN_RECORD_SIZE <= r <= MAX_RECORD_SIZE
 

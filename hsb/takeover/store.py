@@ -34,7 +34,7 @@ from hsb.fsutil import BULK_RATE as BULK_RATE  # (bytes a second an operation on
 from hsb.fsutil import bulk_seconds
 from hsb.takeover.errors import HeaderCorrupt, NoBatchWritten, NotWritable, StorageNotResponding
 from hsb.takeover.faults import Faults
-from hsb.takeover.fileio import check_file
+from hsb.takeover.fileio import check_file, torn_header_taken
 from hsb.takeover.layout import DEFAULT_RECORD_SIZE, Layout, batch_records_for, size_check
 from hsb.takeover.pair import Pair
 from hsb.takeover.reader import BatchSnapshot, PollResult, PollStatus, RingReader, batch_read, read_header
@@ -173,8 +173,9 @@ class TakeoverStore:
             try:
                 h = check_file(self.path, self.record_size, self.records, self.terminals)
             except HeaderCorrupt as exc:
-                if self.records is None or os.stat(self.path).st_size < self.records * self.record_size:
+                if not torn_header_taken(self.path, self.records, self.record_size):
                     raise
+                assert self.records is not None  # (taken only with the config's records)
                 log.warning(
                     "takeover_header_corrupt",
                     path=self.path,

@@ -28,7 +28,7 @@ import structlog
 
 from hsb import faults
 from hsb.takeover.errors import ForeignWriter, HeaderCorrupt, NoBatchWritten, StaleGroup
-from hsb.takeover.fileio import RecordWriter, check_file, scan_generation
+from hsb.takeover.fileio import RecordWriter, check_file, scan_generation, torn_header_taken
 from hsb.takeover.layout import (
     ENTRY_SIZE,
     KIND_BATCH,
@@ -80,16 +80,12 @@ class TakeoverWriter:
             self.record_size, self.records, self.generation = header.record_size, header.records, header.generation
         except HeaderCorrupt:
             # A crash while record 0 was being rewritten: recover rather than refuse to serve.
-            if record_size is None:
+            if record_size is None or (records is not None and not torn_header_taken(self.path, records, record_size)):
                 raise
             self.record_size = record_size
-            self.records = os.stat(self.path).st_size // record_size
-            if records is not None and self.records < records:
-                raise
-            if records is not None:
-                # the config's count, not the file's size (a file made larger than configured):
-                # the next batch writes it into record 0, and the other host checks it against its own
-                self.records = records
+            # the config's count, not the file's size (a file made larger than configured): the
+            # next batch writes it into record 0, and the other host checks it against its own
+            self.records = records if records is not None else os.stat(self.path).st_size // record_size
             self.generation = self._scan_max_generation()
             log.warning("takeover_header_recovered", path=self.path, generation=self.generation)
         self.terminals = terminals
