@@ -85,34 +85,49 @@ def geometry_config(d: Path, records: int, record_size: int = 4096) -> Path:
     return cfg
 
 
-def start_line(cfg: Path) -> str:
-    """The one line the start gives (exit 1)."""
+def start_says(cfg: Path) -> tuple[int, str]:
+    """The start's exit status and the one line it gives (`error: …` or `config error: …`)."""
     r = subprocess.run([sys.executable, "-m", "hsb.host", "--role", "standby", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
-    said = [line.removeprefix("error: ") for line in r.stderr.splitlines() if line.startswith("error: ")]
-    assert r.returncode == 1 and len(said) == 1, r.stderr
-    return said[0]
+    said = [line for line in r.stderr.splitlines() if line.startswith(("error: ", "config error: "))]
+    assert len(said) == 1, r.stderr
+    return r.returncode, said[0]
+
+
+def start_line(cfg: Path) -> str:
+    """The one line the start gives for a file it refuses, exit 1."""
+    code, line = start_says(cfg)
+    assert code == 1 and line.startswith("error: "), line
+    return line.removeprefix("error: ")
+
+
+def geometry_line(cfg: Path) -> str:
+    """The start's one line for a file whose geometry is not the config's: a config error, exit 78
+    (not restarted by the unit: every start would find the same)."""
+    code, line = start_says(cfg)
+    assert code == 78 and line.startswith("config error: "), line
+    return line.removeprefix("config error: ")
 
 
 def test_the_starts_geometry_line_names_the_files_geometry_and_the_fix_that_fits(tmp_path: Path) -> None:
     """The start's line for a file whose header is not the config's said `set records = 64` for a
     file of 64 records too few for the terminals (the next start failed its size check), named
     one key when both differed, and recreated the file without its record size. It names the
-    file's geometry now, and the fix that fits it and the terminals."""
+    file's geometry now, and the fix that fits it and the terminals: a config error, exit 78."""
     path = tmp_path / "big.dat"
     # the file too small for the terminals: recreate it at the config's geometry, not set records = 64
     create_file(str(path), 64, 4096)
-    line = start_line(geometry_config(tmp_path, 403))
+    line = geometry_line(geometry_config(tmp_path, 403))
     assert line.startswith(f"takeover file {path} has 64 records of 4096 bytes but the config says records = 403;"), line
     assert f"hsbctl file create {path} --records 403 --record-size 4096 --force`" in line and "N must be at least 403" in line, line
     assert "set records = 64" not in line, line
     # a file that holds the terminals: set the config's keys to it (or recreate it at the config's)
     create_file(str(path), 403, 4096, force=True)
-    line = start_line(geometry_config(tmp_path, 500))
+    line = geometry_line(geometry_config(tmp_path, 500))
     assert "has 403 records of 4096 bytes but the config says records = 500; set records = 403 in the config" in line, line
     assert f"hsbctl file create {path} --records 500 --record-size 4096 --force`" in line, line
     # both keys differ: both named
     create_file(str(path), 300, 8192, force=True)
-    line = start_line(geometry_config(tmp_path, 403))
+    line = geometry_line(geometry_config(tmp_path, 403))
     assert "has 300 records of 8192 bytes but the config says records = 403 and record_size = 4096" in line, line
     assert "set records = 300 and record_size = 8192 in the config" in line, line
 
@@ -120,14 +135,17 @@ def test_the_starts_geometry_line_names_the_files_geometry_and_the_fix_that_fits
 def test_the_check_compares_the_files_geometry_and_says_the_starts_line(tmp_path: Path) -> None:
     """--check-config went by the config alone: records enough for the terminals passed, whatever
     the file at takeover.path held, and the start then stopped on its header. The check reads the
-    header (read-only, within storage_timeout) and says the start's line, exit 78."""
+    header (read-only, within storage_timeout) and says the start's line, exit 78. And the start
+    exits 78 with it, as the check: it exited 1, which the unit restarts (a loop until its start
+    limit) though only the operator can fix the config or the file."""
     path = tmp_path / "big.dat"
     for records, record_size, config_records in ((64, 4096, 403), (403, 4096, 500), (300, 8192, 403)):
         create_file(str(path), records, record_size, force=True)
         cfg = geometry_config(tmp_path, config_records)
         r = subprocess.run([sys.executable, "-m", "hsb.host", "--config", str(cfg), "--check-config"], capture_output=True, text=True, timeout=30)
         assert r.returncode == 78 and r.stderr.count("\n") == 1, r.stderr
-        assert r.stderr == f"config error: {start_line(cfg)}\n", r.stderr
+        code, line = start_says(cfg)
+        assert (r.returncode, r.stderr) == (code, f"{line}\n"), (r.stderr, line)
     # the file's geometry: config OK
     r = subprocess.run(
         [sys.executable, "-m", "hsb.host", "--config", str(geometry_config(tmp_path, 300, 8192)), "--check-config"],

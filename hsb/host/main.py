@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -247,8 +247,14 @@ def main(role: str | None, no_rejoin: bool, config_path: str, check_config: bool
 
     faults.install()
     from hsb.service.api import ServiceError, load_service
-    from hsb.takeover.errors import NotRegularFile, NotWritable, TakeoverError
+    from hsb.takeover.errors import NotRegularFile, NotWritable, RecordCountMismatch, RecordSizeMismatch, TakeoverError
     from hsb.wire.tls import TLSError
+
+    def config_error(line: str) -> NoReturn:
+        """A config problem the start found past the config's load: --check-config's line, exit 78."""
+        click.echo(f"config error: {line}", err=True)
+        exit_watchdog(EXIT_CONFIG)
+        sys.exit(EXIT_CONFIG)
 
     async def run() -> int:
         from hsb.host.server import HostServer
@@ -265,9 +271,10 @@ def main(role: str | None, no_rejoin: bool, config_path: str, check_config: bool
             code = await server.serve()
         except (NotWritable, NotRegularFile) as exc:  # a restart cannot fix it: said, and exit 78, as the config check says it
             await server.close()
-            click.echo(f"config error: takeover.path: {exc}", err=True)
-            exit_watchdog(EXIT_CONFIG)
-            sys.exit(EXIT_CONFIG)
+            config_error(f"takeover.path: {exc}")
+        except (RecordCountMismatch, RecordSizeMismatch) as exc:  # the config's geometry is not the file's: the same
+            await server.close()
+            config_error(str(exc))
         except TakeoverError as exc:
             await server.close()
             die(str(exc))
