@@ -247,7 +247,17 @@ def main(role: str | None, no_rejoin: bool, config_path: str, check_config: bool
 
     faults.install()
     from hsb.service.api import ServiceError, load_service
-    from hsb.takeover.errors import NotRegularFile, NotWritable, RecordCountMismatch, RecordSizeMismatch, TakeoverError
+    from hsb.takeover.errors import (
+        BadMagic,
+        FileTruncated,
+        HeaderCorrupt,
+        NotRegularFile,
+        NotWritable,
+        RecordCountMismatch,
+        RecordSizeMismatch,
+        TakeoverError,
+        UnsupportedVersion,
+    )
     from hsb.wire.tls import TLSError
 
     def config_error(line: str) -> NoReturn:
@@ -272,7 +282,10 @@ def main(role: str | None, no_rejoin: bool, config_path: str, check_config: bool
         except (NotWritable, NotRegularFile) as exc:  # a restart cannot fix it: said, and exit 78, as the config check says it
             await server.close()
             config_error(f"takeover.path: {exc}")
-        except (RecordCountMismatch, RecordSizeMismatch) as exc:  # the config's geometry is not the file's: the same
+        except (RecordCountMismatch, RecordSizeMismatch, BadMagic, UnsupportedVersion, FileTruncated, HeaderCorrupt) as exc:
+            # the file there is not one this config can use (another geometry, another file or
+            # version, cut short, a damaged header on a file short of the config's records):
+            # every start finds the same; --check-config's line, exit 78
             await server.close()
             config_error(str(exc))
         except TakeoverError as exc:
