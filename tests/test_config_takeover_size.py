@@ -184,12 +184,21 @@ def test_the_check_says_the_starts_line_for_a_file_the_start_refuses(tmp_path: P
     assert (r.returncode, r.stderr) == (code, f"{line}\n"), (r.stderr, line)
 
 
-def test_the_check_passes_a_torn_header_the_start_takes(tmp_path: Path) -> None:
+def test_the_check_passes_a_torn_header_the_start_takes_with_a_warning(tmp_path: Path) -> None:
     """A header torn by a crash, on a file of the config's size, is no reason to refuse a start
-    (its active rewrites it): nor is it the check's."""
+    (its active rewrites it): nor is it the check's. But the check says it, a warning naming the
+    file and what the start does with it: it passed in silence, while the start logs it."""
     path = tmp_path / "big.dat"
     create_file(str(path), 403, 4096)
     spoil(path, "torn")
     cfg = geometry_config(tmp_path, 403)
     r = subprocess.run([sys.executable, "-m", "hsb.host", "--config", str(cfg), "--check-config"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "config OK" in r.stdout, r.stderr
+    warned = [line for line in r.stderr.splitlines() if line.startswith("config warning: ")]
+    assert len(warned) == 1 and "config error" not in r.stderr, r.stderr
+    assert f"takeover file {path}" in warned[0] and "the start takes it" in warned[0], warned
+    assert "rewrites it at its next batch write" in warned[0] and "records = 403 and record_size = 4096" in warned[0], warned
+    # a sound header: no warning
+    create_file(str(path), 403, 4096, force=True)
+    r = subprocess.run([sys.executable, "-m", "hsb.host", "--config", str(cfg), "--check-config"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "config OK" in r.stdout and "config warning" not in r.stderr, r.stderr

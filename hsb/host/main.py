@@ -35,8 +35,8 @@ def start_error(exc: OSError) -> str:
 
 class HostChecks:
     """The loader's `checks` and `warnings` of one config: what both need (the service's look at
-    its options, the CP generation file's) is looked at once per config, not again for the
-    warnings (a hung mount costs the check one deadline, not two)."""
+    its options, the takeover file's and the CP generation file's) is looked at once per config,
+    not again for the warnings (a hung mount costs the check one deadline, not two)."""
 
     def __init__(self, check_only: bool) -> None:
         self.check_only = check_only  # --check-config: a service whose build changes the disk is looked at instead
@@ -52,6 +52,9 @@ class HostChecks:
         opts = dict(cfg.service_options)
         return self._once("service", cfg, lambda: service_look(cfg.host.service, cfg.host.name, opts, self.check_only))
 
+    def _geometry_look(self, cfg: HostConfig) -> tuple[list[str], list[str]]:
+        return self._once("takeover_file", cfg, lambda: takeover_geometry(cfg))
+
     def _generation_look(self, cfg: HostConfig) -> tuple[list[str], list[str]]:
         t = cfg.takeover
         return self._once("cp_generation", cfg, lambda: generation_look(t.path, cfg.host.name, t.storage_timeout))
@@ -61,14 +64,20 @@ class HostChecks:
         with --check-config, the takeover file, the listen addresses and the CP generation file."""
         out = list(self._service_look(cfg)[0])
         if self.check_only:
-            out += takeover_writable(cfg) + takeover_geometry(cfg) + listen_addresses(cfg) + self._generation_look(cfg)[0]
+            out += takeover_writable(cfg) + self._geometry_look(cfg)[0] + listen_addresses(cfg) + self._generation_look(cfg)[0]
         return out
 
     def warnings(self, cfg: HostConfig) -> list[str]:
-        """--check-config's warnings: no takeover file yet, the listen addresses', a service looked
-        at instead of built (the journal's: the start makes its file), a CP generation file not
-        read within the deadline."""
-        return takeover_missing(cfg) + listen_warnings(_listens(cfg)) + self._service_look(cfg)[1] + self._generation_look(cfg)[1]
+        """--check-config's warnings: no takeover file yet or its header torn (the start takes it),
+        the listen addresses', a service looked at instead of built (the journal's: the start makes
+        its file), a CP generation file not read within the deadline."""
+        return (
+            takeover_missing(cfg)
+            + self._geometry_look(cfg)[1]
+            + listen_warnings(_listens(cfg))
+            + self._service_look(cfg)[1]
+            + self._generation_look(cfg)[1]
+        )
 
 
 def service_problems(spec: str, name: str, options: dict[str, Any], check_only: bool = False) -> list[str]:
@@ -119,22 +128,23 @@ def partial_checks(part: Partial, check_config: bool) -> list[str]:
     return out
 
 
-def takeover_geometry(cfg: HostConfig) -> list[str]:
+def takeover_geometry(cfg: HostConfig) -> tuple[list[str], list[str]]:
     """--check-config: the takeover file, if it is there, passes the start's file checks (its
     magic, version, size, header, and the config's records and record_size); else the line the
-    start gives (read-only, within storage_timeout)."""
-    from hsb.host.takeover_size import geometry_problem
+    start gives (read-only, within storage_timeout). And a warning for a torn header the start
+    takes (hsb.host.takeover_size.geometry_look)."""
+    from hsb.host.takeover_size import geometry_look
 
     t = cfg.takeover
-    return geometry_problem(t.records, len(cfg.terminal_table), t.record_size, t.path, t.storage_timeout)
+    return geometry_look(t.records, len(cfg.terminal_table), t.record_size, t.path, t.storage_timeout)
 
 
 def _partial_geometry(part: Partial) -> list[str]:
     """`takeover_geometry` on the valid keys of a config that failed its schema elsewhere."""
-    from hsb.host.takeover_size import geometry_problem
+    from hsb.host.takeover_size import geometry_look
 
     size = raw_size_keys(part)[1]
-    return [] if size is None else geometry_problem(*size)
+    return [] if size is None else geometry_look(*size)[0]
 
 
 def takeover_missing(cfg: HostConfig) -> list[str]:

@@ -7,7 +7,8 @@ the file has the records needed: set records to the file's in the config; the fi
 small: recreate it (its contents are lost) or give the host fewer terminals; no file yet:
 create it; the file cannot be read now: set the records needed, once the file has them.
 And hsbd --check-config's look at a file there for a config that passes: the start's file
-checks, or the check says the line the start would (`geometry_problem`).
+checks, or the check says the line the start would, and a warning for a torn header the start
+takes (`geometry_look`).
 """
 
 from __future__ import annotations
@@ -28,35 +29,45 @@ def size_problem(records: int, terminals: int, record_size: int, path: str, time
     return []
 
 
-def geometry_problem(records: int, terminals: int, record_size: int, path: str, timeout: float) -> list[str]:
-    """--check-config: the start's one line if the file at `path` fails the start's file checks
-    (hsb.takeover.fileio.check_file with the config's geometry, run read-only within `timeout`):
-    another geometry than the config's, a bad magic, another format version, a file cut short, a
-    corrupt header (but a torn one on a file of the config's size, which the start takes).
-    Nothing for no file (a warning: `takeover_missing`), one not a regular file (the writable
-    check says it), one that cannot be read now (the start says it), or a config whose records
-    are too few (`size_problem` says it, with the fix for the file there)."""
+def geometry_look(records: int, terminals: int, record_size: int, path: str, timeout: float) -> tuple[list[str], list[str]]:
+    """--check-config: ([the start's one line], []) if the file at `path` fails the start's file
+    checks (hsb.takeover.fileio.check_file with the config's geometry, run read-only within
+    `timeout`): another geometry than the config's, a bad magic, another format version, a file
+    cut short, a corrupt header on a file short of the config's records. ([], [a warning]) for a
+    header the start takes as torn (torn_header_taken): it says so only in its log. Nothing for
+    no file (a warning: `takeover_missing`), one not a regular file (the writable check says it),
+    one that cannot be read now (the start says it), or a config whose records are too few
+    (`size_problem` says it, with the fix for the file there)."""
     if records < needed_records(terminals, record_size):
-        return []
+        return [], []
 
-    def look() -> str | None:
+    def look() -> tuple[list[str], list[str]]:
         try:
             check_file(path, record_size, records, terminals)
         except (FileMissing, NotRegularFile):
-            return None
-        except HeaderCorrupt as exc:  # (a torn header the start takes: no error)
+            pass
+        except HeaderCorrupt as exc:
             try:
-                return None if torn_header_taken(path, records, record_size) else str(exc)
+                taken = torn_header_taken(path, records, record_size)
             except OSError:
-                return None
+                return [], []
+            return ([], [_torn(path, records, record_size)]) if taken else ([str(exc)], [])
         except TakeoverError as exc:
-            return str(exc)
+            return [str(exc)], []
         except OSError:
-            return None
-        return None
+            pass
+        return [], []
 
-    done, line = within(timeout, look, "takeover-file-look")
-    return [line] if done and line is not None else []
+    done, said = within(timeout, look, "takeover-file-look")
+    return said if done and said is not None else ([], [])
+
+
+def _torn(path: str, records: int, record_size: int) -> str:
+    return (
+        f"takeover.path: the header (record 0) of takeover file {path} is corrupt, most likely torn by a crash while it was"
+        f" rewritten: the start takes it, going by the config's records = {records} and record_size = {record_size}, and the"
+        f" pair's active rewrites it at its next batch write (`hsbctl file inspect {path}` shows it)"
+    )
 
 
 def _fix(records: int, terminals: int, record_size: int, path: str, timeout: float) -> str:
