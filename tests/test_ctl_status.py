@@ -600,3 +600,36 @@ def test_a_cp_older_than_the_hosts_have_seen_is_said_superseded() -> None:
     pair[0]["cp_generation"] = {"seen": 7, "refusals": 2}
     st = summarize(dict(cp), pair)
     assert st["exit_status"] == 1 and "has generation 6, below the 7 a has seen" in st["cp_errors"][0], st["cp_errors"]
+
+
+def test_a_daemon_that_answered_late_is_said_to_have_not_answered_in_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CP authenticated hsbctl and its status came past the deadline (its loop busy): the
+    first line said "hsb: UNKNOWN (CP cannot be asked)", the words of a wrong address or secret,
+    for a daemon that was asked. It now says the CP did not answer in time (as hsbctl's other
+    commands tell the two apart), apart from a host that could not be asked at all."""
+    from hsb.ctl import gather
+    from hsb.ctl.status import headline, render
+    from hsb.wire.client import Unanswered
+
+    late = {1}  # the ports whose daemon is asked and answers late (1: the CP's)
+
+    async def request(host: str, port: int, secret: bytes, msg: dict[str, Any], **_: Any) -> dict[str, Any]:
+        if port in late:
+            raise Unanswered("no answer")
+        if port == 3:
+            raise ConnectionRefusedError
+        return {"data": {"name": "host-a", "role": "active", "state": "established", "serving": True, "epoch": 5, "pid": 40}}
+
+    secret = tmp_path / "secret"
+    secret.write_text("x" * 64)
+    secret.chmod(0o600)
+    monkeypatch.setattr(gather, "request", request)
+    st = asyncio.run(gather.status_all("cp:1", ["a:2", "b:3"], str(secret)))
+    first = headline(st)[0]
+    assert first == "hsb: UNKNOWN (CP did not answer in time; host2 cannot be asked); the hosts say: host-a ACTIVE (established)", first
+    assert st["exit_status"] == 3, st
+    late.add(2)  # (host-a late too: the rest of the view, of daemons that gave no answer)
+    text = render(asyncio.run(gather.status_all("cp:1", ["a:2", "b:3"], str(secret))))
+    assert text.startswith("hsb: UNKNOWN (CP, host1 did not answer in time; host2 cannot be asked); the hosts say: nothing"), text
+    assert "  CP        did not answer in time (cp:1)" in text and "  host1     did not answer in time (a:2)" in text, text
+    assert "  host2     cannot be asked (b:3)" in text, text

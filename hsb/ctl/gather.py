@@ -78,6 +78,12 @@ async def ask(addr: str, secret: bytes, msg: dict[str, Any], timeout: float = 2.
     return ans
 
 
+def unheard(ans: dict[str, Any]) -> str:
+    """Why a daemon gave no answer, in the verdict's words: asked and not answered in time (it
+    authenticated: busy or stuck) is not one hsbctl could not ask (`unasked` says the rest)."""
+    return "did not answer in time" if ans.get("unanswered") else "cannot be asked"
+
+
 def unasked(who: str, ans: dict[str, Any]) -> str:
     """The line for a daemon that gave no answer: asked and not answered in time (it authenticated:
     busy or stuck, no address or secret to fix) is not one hsbctl could not ask (connect, auth)."""
@@ -102,7 +108,7 @@ async def serving_cp(
     seen: list[dict[str, Any]] = []
     for a, ans in zip(cps, answers, strict=True):
         if ans.get("reachable") is False:
-            seen.append({"addr": a, "reachable": False, "error": ans.get("error")})
+            seen.append({"addr": a, "reachable": False, "error": ans.get("error"), "unanswered": ans.get("unanswered") is True})
             continue
         d: dict[str, Any] = ans["data"] if isinstance(ans.get("data"), dict) else {}
         state = d.get("cp_state") or ("waiting" if d.get("state") == "waiting" else "serving")

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from hsb.ctl.gather import ask, cp_named_twice, serving_cp, status_all, superseded_cps, unasked
+from hsb.ctl.gather import ask, cp_named_twice, serving_cp, status_all, superseded_cps, unasked, unheard
 from hsb.ctl.target import Target
 from hsb.wire.auth import load_secret
 
@@ -97,7 +97,7 @@ async def _stop(t: Target, host: str | None, takeover: bool, timeout: float) -> 
                 if by_cp is not None and by_cp != name and by_cp not in not_serving:
                     active = by_cp  # (a host not asked here, or not named: the CP says it serves)
                 elif not cp.get("reachable"):
-                    click.echo(f"error: {name} stopped; whether its handover completed is not known (the CP cannot be asked)", err=True)
+                    click.echo(f"error: {name} stopped; whether its handover completed is not known (the CP {unheard(cp)})", err=True)
                     return 3
                 else:
                     click.echo(

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from hsb.ctl.gather import status_all
+from hsb.ctl.gather import status_all, unheard
 from hsb.ctl.target import Target
 
 
@@ -102,13 +102,17 @@ def headline(st: dict[str, Any]) -> list[str]:
         if changing:
             return ["hsb: UNKNOWN (a role change is under way)", *changing, *why]
         return [f"hsb: {verdict}", *why]
-    names = ", ".join(u["name"] for u in st["unknown"])
+    # (those asked that did not answer in time apart from those that could not be asked)
+    groups: dict[str, list[str]] = {}
+    for u in st["unknown"]:
+        groups.setdefault(unheard(u), []).append(u["name"])
+    names = "; ".join(f"{', '.join(n)} {w}" for w, n in groups.items())
     if any(u["name"] == "CP" for u in st["unknown"]):
         # the CP decides who serves: without it no verdict, only what the hosts say of themselves
         said = [f"{h['name']} {_role_label(h)} ({h.get('state', '?')})" for h in st.get("hosts", []) if h.get("reachable")]
-        first = f"hsb: UNKNOWN ({names} cannot be asked); the hosts say: {', '.join(said) or 'nothing (none answered)'}"
+        first = f"hsb: UNKNOWN ({names}); the hosts say: {', '.join(said) or 'nothing (none answered)'}"
     else:
-        first = f"hsb: UNKNOWN ({names} cannot be asked); from the others: {verdict}"
+        first = f"hsb: UNKNOWN ({names}); from the others: {verdict}"
     return [first, *(f"  {u['name']} at {u['addr']}: {u['error']}" for u in st["unknown"]), *changing, *why]
 
 
@@ -128,7 +132,7 @@ def render(st: dict[str, Any]) -> str:
         parts = []
         for m in st["cps"]:
             if not m.get("reachable"):
-                parts.append(f"{m['addr']} cannot be asked ({m.get('error')})")
+                parts.append(f"{m['addr']} {unheard(m)} ({m.get('error')})")
             else:
                 parts.append(
                     f"{m.get('name')} at {m['addr']} {('SUPERSEDED (says it serves)' if m.get('superseded') else 'SERVING') if m['state'] == 'serving' else m['state']}"
@@ -146,7 +150,7 @@ def render(st: dict[str, Any]) -> str:
         out.append("CP machines: " + "; ".join(parts))
     cp = st["cp"]
     if not cp.get("reachable"):
-        out.append(f"  CP        cannot be asked ({cp.get('addr', '-')})")
+        out.append(f"  CP        {unheard(cp)} ({cp.get('addr', '-')})")
     else:
         t = cp["terminals"]
         out.append(
@@ -202,7 +206,7 @@ def render(st: dict[str, Any]) -> str:
             out.append(f"            active {cp['active_stopped_normally']} stopped normally; 'hsbctl promote' moves the service to the standby")
     for h in st["hosts"]:
         if not h.get("reachable"):
-            out.append(f"  {h.get('name', 'host'):<9} cannot be asked ({h.get('addr', '-')})")
+            out.append(f"  {h.get('name', 'host'):<9} {unheard(h)} ({h.get('addr', '-')})")
             continue
         peer = h["peer_link"]
         hb = f"{peer['heartbeat_age_ms']:.0f} ms" if peer.get("heartbeat_age_ms") is not None else "-"

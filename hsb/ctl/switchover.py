@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from hsb.ctl.gather import ask, status_all
+from hsb.ctl.gather import ask, status_all, unheard
 from hsb.ctl.ops_cmds import say_unknown
 from hsb.ctl.target import Target
 from hsb.wire.auth import load_secret
@@ -57,7 +57,7 @@ async def _switchover(t: Target, yes: bool, timeout: float) -> int:
     if not st["established"] or not actives:
         # the CP answered: what it says (no standby registered, say) settles it
         states = ", ".join(
-            f"{h['name']} {h.get('role')}/{h.get('state')}" if h.get("reachable") else f"{h['name']} cannot be asked" for h in st["hosts"]
+            f"{h['name']} {h.get('role')}/{h.get('state')}" if h.get("reachable") else f"{h['name']} {unheard(h)}" for h in st["hosts"]
         )
         click.echo(
             f"error: switchover refused: no established standby ({states}); wait for hot standby or use 'hsbctl promote' after a normal stop",
