@@ -95,6 +95,12 @@ def unasked(who: str, ans: dict[str, Any]) -> str:
     return f"cannot ask {who} at {ans.get('addr')}: {ans.get('error')}"
 
 
+def untold(who: str, ans: dict[str, Any], request: str, outcome: str) -> str:
+    """The line for a request (not a read) a daemon took and did not answer in time: it may have
+    acted on it, so `outcome` says what is known of it and where to look."""
+    return f"{who} at {ans.get('addr')} took {request} and gave no answer in time{outcome}"
+
+
 async def serving_cp(
     cps: list[str], secret: bytes, timeout: float = 2.0, ssl: Any = "default", answers_out: dict[str, dict[str, Any]] | None = None
 ) -> tuple[str | None, list[dict[str, Any]]]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from hsb.ctl.gather import ask, cp_named_twice, serving_cp, status_all, superseded_cps, unasked, unheard
+from hsb.ctl.gather import ask, cp_named_twice, serving_cp, status_all, superseded_cps, unasked, unheard, untold
 from hsb.ctl.target import Target
 from hsb.wire.auth import load_secret
 
@@ -36,6 +36,8 @@ class Bounded(click.ParamType):  # type: ignore[type-arg, unused-ignore]  # (gen
 
 
 SECONDS = Bounded(0, 86_400, True, "seconds")
+# what a request taken and not answered in time leaves known (gather.untold)
+NOT_KNOWN = ": whether {} is not known; see 'hsbctl status'"
 
 
 def say_unknown(unknown: list[dict[str, Any]]) -> int | None:
@@ -73,14 +75,14 @@ async def _stop(t: Target, host: str | None, takeover: bool, timeout: float) -> 
     name = target["name"]
     ans = await ask(target["addr"], load_secret(t.secret_file), {"t": "stop", "takeover": takeover})
     if ans.get("unanswered"):  # (it may be stopping, or handing over first: not known)
-        click.echo(
-            f"error: {name} at {target['addr']} took the stop request and gave no answer in time: whether it stops is not known; see 'hsbctl status'",
-            err=True,
-        )
+        click.echo(f"error: {untold(name, ans, 'the stop request', NOT_KNOWN.format('it stops'))}", err=True)
         return 3
-    if ans.get("reachable") is False or not ans.get("ok"):
-        click.echo(f"error: {ans.get('error') or ans.get('msg')}", err=True)
-        return 3 if ans.get("reachable") is False else 1
+    if ans.get("reachable") is False:
+        click.echo(f"error: {unasked(name, ans)}", err=True)
+        return 3
+    if not ans.get("ok"):
+        click.echo(f"error: {ans.get('msg') or ans.get('error')}", err=True)
+        return 1
     click.echo(ans["msg"])
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -137,13 +139,10 @@ def run_pause(t: Target, paused: bool) -> int:
         return 3
     ans = asyncio.run(ask(cp, load_secret(t.secret_file), {"t": "pause" if paused else "resume"}))
     if ans.get("unanswered"):
-        click.echo(
-            f"error: the CP at {cp} took the request and gave no answer in time: whether it applied is not known; see 'hsbctl status' (its PAUSED line)",
-            err=True,
-        )
+        click.echo(f"error: {untold('the CP', ans, 'the request', NOT_KNOWN.format('it applied') + ' (its PAUSED line)')}", err=True)
         return 3
     if ans.get("reachable") is False:
-        click.echo(f"error: cannot ask the CP at {cp}: {ans['error']}", err=True)
+        click.echo(f"error: {unasked('the CP', ans)}", err=True)
         return 3
     click.echo(ans.get("msg", ans))
     return 0 if ans.get("ok") else 1

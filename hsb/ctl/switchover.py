@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from hsb.ctl.gather import ask, status_all, unheard
+from hsb.ctl.gather import ask, status_all, unasked, unheard, untold
 from hsb.ctl.ops_cmds import say_unknown
 from hsb.ctl.target import Target
 from hsb.wire.auth import load_secret
@@ -28,13 +28,10 @@ def refused_or_unasked(ans: dict[str, Any], host: dict[str, Any]) -> int | None:
     None when it accepted, or took it and did not answer in time (said here: the caller watches
     the pair's status for the outcome, as after an answer)."""
     if ans.get("unanswered"):
-        click.echo(
-            f"{host.get('name')} at {ans.get('addr') or host.get('addr')} took the request and gave no answer in time; watching the pair's status for what it did",
-            err=True,
-        )
+        click.echo(untold(str(host.get("name")), ans, "the request", "; watching the pair's status for what it did"), err=True)
         return None
     if ans.get("reachable") is False:
-        click.echo(f"error: cannot ask {host.get('name')} at {ans.get('addr') or host.get('addr')}: {ans.get('error')}", err=True)
+        click.echo(f"error: {unasked(str(host.get('name')), ans)}", err=True)
         return 3
     if not ans.get("ok"):
         click.echo(f"error: {ans.get('msg') or ans.get('error')}", err=True)
