@@ -39,17 +39,18 @@ def _ts(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-def _events(path: Path, name: str) -> list[dict[str, Any]]:
-    return [e for e in _log(path, name) if e.get("event") == name]
+def _events(lines: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """The lines of a log (`_log`) of the event `name`."""
+    return [e for e in lines if e.get("event") == name]
 
 
-def _log(path: Path, name: str = "") -> list[dict[str, Any]]:
-    """The JSON lines of a daemon's log (those that mention `name`, if given) with a timestamp."""
+def _log(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of a daemon's log with a timestamp (read once per act: its checks filter them)."""
     out: list[dict[str, Any]] = []
     if not path.exists():
         return out
     for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("{") and (not name or f'"{name}"' in line):
+        if line.startswith("{"):
             try:
                 e = json.loads(line)
             except ValueError:
@@ -160,7 +161,7 @@ async def scenario(d: Path, *, conventional: bool, terminals: int, rate: float, 
     finally:
         await _stop_load(load)
         _down(d)
-    cp_log = d / "cp.log"
+    cp_log = _log(d / "cp.log")
     lost = _between(_events(cp_log, "active_host_link_lost"), t_kill, t_est)
     granted = _between(_events(cp_log, "switchover_granted"), t_kill, t_est)
     complete = _between(_events(cp_log, "switchover_complete"), t_kill, t_est)
@@ -304,7 +305,7 @@ async def cp_restart(d: Path, *, terminals: int, rate: float, say: Any) -> dict[
     finally:
         await _stop_load(load)
         _down(d)
-    cp_log = d / "cp.log"
+    cp_log = _log(d / "cp.log")
     recovered = _between(_events(cp_log, "journal_recovered"), t_kill, t_back)
     rec = recovered[-1] if recovered else {}
     started = [_ts(e["timestamp"]) for e in _between(_events(cp_log, "cp_started"), t_kill, t_back)]
@@ -312,7 +313,7 @@ async def cp_restart(d: Path, *, terminals: int, rate: float, say: Any) -> dict[
     report = rep.to_dict()
     resumed = len(report["per_terminal_disconnects"])  # terminals (not events) cut off and back
     # (every line from the kill to the act's end: a second death after t_back counts too)
-    checks = one_restart_failures(_between(_log(cp_log), t_kill, t_end), supervised=True)
+    checks = one_restart_failures(_between(cp_log, t_kill, t_end), supervised=True)
     if resumed != terminals:
         checks.append(f"{resumed} of {terminals} terminals were cut off and resumed (the CP's crash cuts off every one)")
     if report["cp_reconnects"] > terminals:
