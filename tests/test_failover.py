@@ -70,7 +70,7 @@ def check_journals(info: dict[str, Any], report: Any, order: list[str]) -> None:
     assert not again, f"{len(again)} ids processed again without the redelivered mark: {again[:5]}"
     for earlier, later in zip(order, order[1:], strict=False):
         both = set(j.get(earlier, {})) & set(j.get(later, {}))
-        bad = [k for k in both if not j[later][k][0]]
+        bad = [k for k in both if not j[later][k][0].redelivered]
         assert not bad, f"ids processed by {earlier} and again by {later} without the redelivered mark: {bad[:5]}"
 
 

@@ -12,13 +12,18 @@ import pytest
 
 from tests.netns.harness import check_delivery
 from tests.support.campaign import Campaign
-from tests.support.hostjournal import read_host_journal, unmarked_repeats
+from tests.support.hostjournal import Line, read_host_journal, unmarked_repeats
 
 
-def write(d: Path, host: str, lines: list[tuple[str, int, int]], torn: str = "") -> Path:
+def write(d: Path, host: str, lines: list[tuple[Any, ...]], torn: str = "") -> Path:
+    """A host's journal of (terminal, id, redelivered) lines, or with the epoch after them."""
     p = d / f"journal-{host}.log"
-    p.write_text("".join(f"{host} {t} {i} {r}\n" for t, i, r in lines) + torn)
+    p.write_text("".join(f"{host} {' '.join(map(str, line))}\n" for line in lines) + torn)
     return p
+
+
+def marks(*m: int) -> list[Line]:
+    return [Line(x) for x in m]
 
 
 def report(acked: dict[str, list[list[int]]]) -> dict[str, Any]:
@@ -36,15 +41,44 @@ def report(acked: dict[str, list[list[int]]]) -> dict[str, Any]:
 
 
 def test_unmarked_repeats_rule() -> None:
-    assert unmarked_repeats({"host-a": {("T1", 1): [0, 1]}, "host-b": {("T1", 1): [1], ("T1", 2): [0]}}) == []
-    assert unmarked_repeats({"host-a": {("T1", 1): [0, 0]}}) == [("T1", 1)]
-    assert unmarked_repeats({"host-a": {("T1", 1): [1, 0]}}) == [("T1", 1)]
-    assert unmarked_repeats({"host-a": {("T1", 1): [0]}, "host-b": {("T1", 1): [0]}}) == [("T1", 1)]
+    assert unmarked_repeats({"host-a": {("T1", 1): marks(0, 1)}, "host-b": {("T1", 1): marks(1), ("T1", 2): marks(0)}}) == []
+    assert unmarked_repeats({"host-a": {("T1", 1): marks(0, 0)}}) == [("T1", 1)]
+    assert unmarked_repeats({"host-a": {("T1", 1): marks(1, 0)}}) == [("T1", 1)]
+    assert unmarked_repeats({"host-a": {("T1", 1): marks(0)}, "host-b": {("T1", 1): marks(0)}}) == [("T1", 1)]
+
+
+def test_an_unmarked_repeat_on_the_other_host_after_a_marked_first_is_caught() -> None:
+    """A message processed first marked redelivered (the CP handed it over again; the host it had
+    gone to never processed it) and later again without the mark, on the other host: each host's
+    file had one line and there was one unmarked line in all, so the rule passed it, in either
+    order. The epoch on each line orders them: the later one unmarked fails; the unmarked one
+    first (the old active's, at the older epoch, then the new active's, marked) passes."""
+    k = ("T1", 5)
+    assert unmarked_repeats({"host-a": {k: [Line(1, 6)]}, "host-b": {k: [Line(0, 7)]}}) == [k]
+    assert unmarked_repeats({"host-b": {k: [Line(0, 7)]}, "host-a": {k: [Line(1, 6)]}}) == [k]  # (whichever host is read first)
+    assert unmarked_repeats({"host-a": {k: [Line(1, 8)]}, "host-b": {k: [Line(0, 7)]}}) == []
+    # back on the first host at a newer epoch, unmarked: a third processing after two
+    assert unmarked_repeats({"host-a": {k: [Line(1, 6), Line(0, 8)]}, "host-b": {k: [Line(1, 7)]}}) == [k]
+    assert unmarked_repeats({"host-a": {k: [Line(0, 6), Line(1, 8)]}, "host-b": {k: [Line(1, 7)]}}) == []
+    # the CP restarted under the same active (one epoch): that host's file order
+    assert unmarked_repeats({"host-a": {k: [Line(0, 6), Line(1, 6)]}, "host-b": {k: [Line(1, 7)]}}) == []
+    assert unmarked_repeats({"host-a": {k: [Line(1, 6), Line(0, 6)]}}) == [k]
+
+
+def test_the_campaign_fails_on_an_unmarked_repeat_on_the_other_host_after_a_marked_first(tmp_path: Path) -> None:
+    write(tmp_path, "host-a", [("T1", 4, 0, 6), ("T1", 5, 1, 6)])
+    write(tmp_path, "host-b", [("T1", 5, 0, 7), ("T1", 6, 0, 7)])
+    ids = SimpleNamespace(ids={"T1": {"acked": [[4, 6]], "replied": [[4, 6]], "step": 1}})
+    assert campaign(tmp_path, 4).check_journals(ids)["unmarked_repeats"] == 1
+    write(tmp_path, "host-a", [("T1", 4, 0, 6), ("T1", 5, 1, 8)])  # marked, at the newer epoch: the later one
+    assert campaign(tmp_path, 4).check_journals(ids)["unmarked_repeats"] == 0
 
 
 def test_torn_last_line_is_not_counted(tmp_path: Path) -> None:
     p = write(tmp_path, "host-a", [("T1", 1, 0)], torn="host-a T1 2")
-    assert read_host_journal(p, "host-a") == {("T1", 1): [0]}
+    assert read_host_journal(p, "host-a") == {("T1", 1): [Line(0)]}
+    p = write(tmp_path, "host-a", [("T1", 1, 0, 6), ("T1", 1, 1, 7)], torn="host-a T1 2 0")
+    assert read_host_journal(p, "host-a") == {("T1", 1): [Line(0, 6), Line(1, 7)]}
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,35 @@ async def test_lines_are_written_before_the_replies(tmp_path: Path) -> None:
         os.fstat(s.fd)  # closed
 
 
+async def test_each_line_carries_the_epoch_the_host_served_at(tmp_path: Path) -> None:
+    """A line said host, terminal, id and mark only: one message's lines on two hosts could not
+    be ordered (a first processing marked and a later one unmarked on the other host passed the
+    checks). The host's delivery gives the service its epoch at each call (serving_epoch), and
+    the line ends with it; without a host there is none, and no fifth field."""
+    from hsb.host.delivery import Delivery
+
+    epoch = [5]
+    s = JournalService("host-a", journal=str(tmp_path / "j.log"))
+    sent: list[dict[str, object]] = []
+    d = Delivery(s, lambda m: sent.append(m) or True, lambda: epoch[0])  # type: ignore[func-returns-value]
+    try:
+        d.deliver("T1", 1, "a", False)
+        deadline = time.monotonic() + 10
+        while len(sent) < 1:
+            assert time.monotonic() < deadline, "no reply"
+            await asyncio.sleep(0.01)
+        epoch[0] = 7  # (a newer grant)
+        d.deliver("T1", 2, "b", True)
+        while len(sent) < 2:
+            assert time.monotonic() < deadline, "no second reply"
+            await asyncio.sleep(0.01)
+        await s.handle("T2", 1, "c", False)  # (called outside a host's delivery)
+        assert (tmp_path / "j.log").read_text().splitlines() == ["host-a T1 1 0 5", "host-a T1 2 1 7", "host-a T2 1 0"]
+    finally:
+        d.cancel()
+        await s.close()
+
+
 async def test_close_while_a_write_hangs_keeps_the_file_open_and_the_loop_running(tmp_path: Path) -> None:
     s = JournalService("host-a", journal=str(tmp_path / "j.log"))
     s.close_timeout = 0.3

@@ -37,7 +37,7 @@ import structlog
 
 from hsb import faults
 from hsb.backoff import Backoff
-from hsb.service.api import COLLISION_WAIT, MAX_COLLISIONS, RetryTransaction, Service, ServiceUnavailable
+from hsb.service.api import COLLISION_WAIT, MAX_COLLISIONS, SERVING_EPOCH, RetryTransaction, Service, ServiceUnavailable
 from hsb.wire.framing import data_size
 
 log = structlog.get_logger("hsb.host")
@@ -278,6 +278,7 @@ class Delivery:
                 try:
                     call = self.health.call_started(terminal, mid)
                     try:
+                        SERVING_EPOCH.set(self.epoch())  # (this terminal's task's own context)
                         reply = await self.service.handle(terminal, mid, data, redelivered)
                     finally:
                         self.health.call_ended(call)

@@ -30,11 +30,15 @@ CP holds per terminal (a service that keeps per-terminal records can check it ke
 A factory whose build changes the disk (the journal's makes its file) may have
 `check_options(host, **options) -> (errors, warnings)`: hsbd --check-config asks it instead of
 building the service, so that a check changes nothing.
+During a call of `handle`, `serving_epoch()` is the epoch the host serves at (the CP's grant):
+a service that records what it processed may keep it (the journal service writes it on each
+line, which orders one message's processings across both hosts).
 """
 
 from __future__ import annotations
 
 import importlib
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 
@@ -46,6 +50,16 @@ class Service(Protocol):
     async def close_session(self, terminal: str) -> None: ...
 
     async def close(self) -> None: ...
+
+
+# set by the host's delivery in each terminal's task, before each call of handle
+SERVING_EPOCH: ContextVar[int | None] = ContextVar("hsb_serving_epoch", default=None)
+
+
+def serving_epoch() -> int | None:
+    """The epoch the host served at when it handed the message in hand to `handle` (None outside
+    a host's call: a service called by a test, say)."""
+    return SERVING_EPOCH.get()
 
 
 class ServiceError(Exception):

@@ -10,7 +10,7 @@ from typing import Any
 
 import structlog
 
-from hsb.service.api import ServiceUnavailable
+from hsb.service.api import ServiceUnavailable, serving_epoch
 from hsb.worker import Worker
 
 log = structlog.get_logger("hsb.service")
@@ -40,7 +40,9 @@ class EchoService:
 class JournalService(EchoService):
     """Echo, and append one line per processed message to a journal file, durably.
 
-    Line: "<host> <terminal> <id> <redelivered 0|1>". Lines are group-committed:
+    Line: "<host> <terminal> <id> <redelivered 0|1> <epoch>" (the epoch the host served at,
+    `serving_epoch`: one message's lines on both hosts are in its order; without a host, no
+    epoch and four fields). Lines are group-committed:
     one write + fsync for everything that arrived meanwhile, and no reply goes
     out before its line is on disk, so the journal proves SPEC §5.6 from outside.
     """
@@ -71,7 +73,9 @@ class JournalService(EchoService):
         if self.writer is None:
             self.writer = asyncio.get_running_loop().create_task(self._write_loop())
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.pending.append((f"{self.host} {terminal} {message_id} {int(redelivered)}\n".encode(), fut))
+        epoch = serving_epoch()
+        line = f"{self.host} {terminal} {message_id} {int(redelivered)}" + ("" if epoch is None else f" {epoch}")
+        self.pending.append((f"{line}\n".encode(), fut))
         self.wake.set()
         await fut
         return data

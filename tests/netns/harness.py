@@ -57,7 +57,7 @@ from hsb.ctl.gather import status_all
 from hsb.ctl.sandbox import lease_for, records_for
 from hsb.takeover.fileio import create_file
 from hsb.term.verdict import ids
-from tests.support.hostjournal import read_host_journal, unmarked_repeats
+from tests.support.hostjournal import Line, read_host_journal, unmarked_repeats
 
 REPO = Path(__file__).resolve().parents[2]
 PORT = {"terminal": 7000, "host": 7001, "admin": 7002, "http": 7003, "peer": 7100}
@@ -696,8 +696,8 @@ def acked_ids(report: dict[str, Any]) -> set[tuple[str, int]]:
     return {(t, i) for t, rec in (report.get("ids") or {}).items() for i in ids(rec["acked"], rec["step"])}
 
 
-def read_journal(path: Path) -> dict[tuple[str, int], list[int]]:
-    """{(terminal, id): [redelivered mark of each line]} of a host's `journal` service file."""
+def read_journal(path: Path) -> dict[tuple[str, int], list[Line]]:
+    """{(terminal, id): [each line's redelivered mark and epoch]} of a host's `journal` service file."""
     return read_host_journal(path, path.stem.removeprefix("journal-"))
 
 
@@ -705,7 +705,7 @@ def read_journal_tail(path: Path, skip: int) -> list[tuple[str, int]]:
     """(terminal, id) of the lines of a journal after its first `skip` lines."""
     if not path.exists():
         return []
-    return [(t, int(i)) for _, t, i, _ in (line.split() for line in path.read_text().splitlines()[skip:])]
+    return [(t, int(i)) for _, t, i, *_ in (line.split() for line in path.read_text().splitlines()[skip:])]
 
 
 def check_delivery(lab: Lab, report: dict[str, Any], order: list[str]) -> dict[str, int]:

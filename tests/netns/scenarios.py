@@ -117,7 +117,7 @@ async def run(name: str, d: Path, *, terminals: int = 200, rate: float = 400.0, 
             # was cut), so the new active must have processed it again, marked redelivered.
             late = read_journal_tail(lab.journal("a"), out["journal_at_grant"])
             b = read_journal(lab.journal("b"))
-            redone = [k for k in late if k in b and b[k][0] == 1]
+            redone = [k for k in late if k in b and b[k][0].redelivered == 1]
             assert len(redone) == len(late), (
                 f"host-a processed {len(late) - len(redone)} messages after the grant that host-b did not redo as redelivered: {sorted(set(late) - set(redone))[:5]}"
             )

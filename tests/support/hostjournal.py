@@ -5,35 +5,55 @@ marked redelivered every time after its first), and what a host processed that n
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hsb.term.verdict import ids
 
-Journals = dict[str, dict[tuple[str, int], list[int]]]
+
+class Line(NamedTuple):
+    """One processing of a message: its redelivered mark, and the epoch the host served at
+    (None: a line of a journal written without it)."""
+
+    redelivered: int
+    epoch: int | None = None
 
 
-def read_host_journal(path: Path, host: str | None = None) -> dict[tuple[str, int], list[int]]:
-    """{(terminal, id): [redelivered mark of each line, in the file's order]}. A last line
-    without its newline is a write a kill cut short: never answered (the service replies once
-    its line is durable), so it is re-delivered elsewhere and is not counted."""
-    out: dict[tuple[str, int], list[int]] = {}
+Journals = dict[str, dict[tuple[str, int], list[Line]]]
+
+
+def read_host_journal(path: Path, host: str | None = None) -> dict[tuple[str, int], list[Line]]:
+    """{(terminal, id): [each line's mark and epoch, in the file's order]}. A last line without
+    its newline is a write a kill cut short: never answered (the service replies once its line
+    is durable), so it is re-delivered elsewhere and is not counted."""
+    out: dict[tuple[str, int], list[Line]] = {}
     if path.exists():
         for line in path.read_text().split("\n")[:-1]:
-            h, term, mid, red = line.split()
+            h, term, mid, red, *epoch = line.split()
             assert host is None or h == host, f"{path}: a line of {h}"
-            out.setdefault((term, int(mid)), []).append(int(red))
+            out.setdefault((term, int(mid)), []).append(Line(int(red), int(epoch[0]) if epoch else None))
     return out
 
 
 def unmarked_repeats(j: Journals) -> list[tuple[str, int]]:
-    """Ids processed again without the redelivered mark: a line of one host's journal after
-    the id's first there unmarked, or more than one unmarked line over all journals."""
-    bad = {k for e in j.values() for k, marks in e.items() if not all(marks[1:])}
-    unmarked: dict[tuple[str, int], int] = {}
+    """Ids processed again without the redelivered mark. One host's lines are in its file's
+    order; one id's lines on both hosts are in the order of their epochs (a host processes only
+    at an epoch the CP granted it, and a later grant is a newer epoch), so a line after the
+    first, on whichever host, that is unmarked is one: a first processing marked (a message the
+    CP handed over again, that the host it had gone to never processed) and a later one unmarked
+    on the other host included. Lines without their epoch (the service called outside a host)
+    are judged without that order: more than one unmarked line over all journals."""
+    bad = {k for e in j.values() for k, lines in e.items() if not all(x.redelivered for x in lines[1:])}
+    every: dict[tuple[str, int], list[Line]] = {}
     for e in j.values():
-        for k, marks in e.items():
-            unmarked[k] = unmarked.get(k, 0) + marks.count(0)
-    return sorted(bad | {k for k, n in unmarked.items() if n > 1})
+        for k, lines in e.items():
+            every.setdefault(k, []).extend(lines)
+    for k, lines in every.items():
+        if sum(not x.redelivered for x in lines) > 1:
+            bad.add(k)
+        elif all(x.epoch is not None for x in lines):  # (a stable sort: one host's file order at one epoch)
+            if not all(x.redelivered for x in sorted(lines, key=lambda x: x.epoch or 0)[1:]):
+                bad.add(k)
+    return sorted(bad)
 
 
 def never_sent(j: Journals, sent: dict[str, set[int]], base: int) -> list[tuple[str, int]]:
@@ -56,8 +76,8 @@ def journal_counts(j: Journals, run_ids: dict[str, Any], base: int, others: dict
     sent = {t: set(ids(rec["acked"], rec["step"])) | set(ids(rec["replied"], rec["step"])) for t, rec in run_ids.items()}
     times: dict[tuple[str, int], int] = {}
     for e in j.values():
-        for k, marks in e.items():
-            times[k] = times.get(k, 0) + len(marks)
+        for k, lines in e.items():
+            times[k] = times.get(k, 0) + len(lines)
     return {
         "missing": len(acked - times.keys()),
         "unmarked_repeats": len(unmarked_repeats(j)),
