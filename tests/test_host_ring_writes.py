@@ -160,3 +160,47 @@ async def test_a_stop_hands_over_to_a_standby_whose_view_is_stale_an_admin_switc
         await t1.wait_closed()  # no standby session: the classic way
         await t0.close()
         await t1.close()
+
+
+async def test_a_switchover_waiting_for_a_resync_is_refused_if_the_standby_view_goes_stale_meanwhile(tmp_path: Path) -> None:
+    """An operator's switchover asked while a resync's batch is out waits for the standby to be
+    ready again. The active's ring writes failing meanwhile (the standby's view of the sessions
+    stale), it went on once the standby said ready: it handed over the stale view that the same
+    switchover asked at that moment is refused for. It now ends as soon as the view is stale,
+    saying so, and the active serves on, established again once the standby is ready."""
+    from hsb.takeover.faults import Faults
+    from tests.support.hostclient import FakeTerminal
+
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        held: list[dict[str, Any]] = []
+
+        async def hold_ready(msg: dict[str, Any]) -> None:
+            held.append(msg)  # (the standby's "ready" after its resync, handed on below)
+
+        ready = a.ha.peer_standby_ready
+        a.ha.peer_standby_ready = hold_ready  # type: ignore[method-assign]
+        written = a.ha.generation
+        b.peer.send({"t": "resync_request", "startup_id": b.ha.own_startup_id, "reason": "test"})
+        b.ha.set_state("awaiting_batch", "test: asked for a new batch")
+        await until(lambda: a.ha.state == "batch_writing" and a.ha.resyncing, "the resync's batch write", timeout=10)
+        ended = a.ha.switchovers_ended
+        a.ha.post("switchover")
+        await until(lambda: a.ha.switch_after_resync is not None, "the switchover waiting for the resync", timeout=10)
+        await until(lambda: a.ha.generation != written and held, "the batch read by the standby, its ready held", timeout=15)
+        hook = Faults(ops=frozenset({"ring write"}))
+        a.takeover.store.faults = hook
+        hook.eio()
+        t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")  # a session change for the ring
+        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        await until(lambda: a.ha.ring_unwritten, "the standby's view stale", timeout=10)
+        await until(lambda: a.ha.switch_after_resync is None, "the switchover no longer waiting for the resync", timeout=10)
+        assert a.ha.switchovers_ended == ended + 1, (a.ha.state, a.ha.last_error)
+        assert a.ha.last_error is not None and "standby's view of the sessions is stale" in a.ha.last_error, a.ha.last_error
+        assert "check the takeover storage" in a.ha.last_error, a.ha.last_error
+        a.ha.peer_standby_ready = ready  # type: ignore[method-assign]
+        a.ha.post("peer_frame", msg=held[0])
+        # (the pass that takes the ready also looks at the switchover: it started the release there)
+        await until(lambda: a.ha.state == "established", "the active established (its view stale)", timeout=10)
+        assert a.ha.role == "active" and a.ha.state == "established" and b.ha.role == "standby", (a.ha.state, b.ha.role)
+        hook.error = None
+        await t.close()

@@ -263,20 +263,26 @@ class SwitchSide:
 
     def resync_done(self: HA) -> None:
         """A switchover that waited for a resync: started now the standby is ready again, or ended
-        if the resync ended otherwise (the standby lost, the batch write failed) or took too long."""
-        if self.switch_after_resync is None or (self.state == BATCH_WRITING and time.monotonic() < self.switch_after_resync):
+        if the resync ended otherwise (the standby lost, the batch write failed) or took too long,
+        or if it may not start any more (`switchover_refusal`): the standby's view of the sessions
+        went stale meanwhile (the active's ring writes failing) ends it at once, saying so."""
+        if self.switch_after_resync is None:
             return
-        if self.state == ESTABLISHED and self.role == "active" and not self.stopping:
+        stale = self.standby_view_stale() and not self.stop_handing_over  # (a stop hands over all the same)
+        if self.state == BATCH_WRITING and time.monotonic() < self.switch_after_resync and not stale:
+            return
+        refusal = self.switchover_refusal(stop=self.stop_handing_over) if self.state == ESTABLISHED or stale else None
+        if self.state == ESTABLISHED and refusal is None:
             self.start_release()
             return
         self.switch_after_resync = None
-        why = f"planned switchover refused: the standby did not become ready again after its resync ({self.describe()})"
+        why = f"planned switchover refused: {refusal or f'the standby did not become ready again after its resync ({self.describe()})'}"
         if self.state == BATCH_WRITING:  # (still waiting for the standby: the resync goes on, the switchover not)
             self.last_error = why
-            log.warning("switchover_refused", reason="the standby was not ready again in time after its resync")
+            log.warning("switchover_refused", reason=refusal or "the standby was not ready again in time after its resync")
             self.switchover_over()
             return
-        self.switchover_ended("switchover_refused", why, "no established standby after the resync")
+        self.switchover_ended("switchover_refused", why, refusal or "no established standby after the resync")
 
     async def on_released(self: HA) -> None:
         """Every delivery the CP will send us has arrived: finish them (in a task: the loop goes
