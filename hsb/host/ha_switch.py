@@ -178,7 +178,7 @@ class SwitchSide:
             # terminals logged on since have no standby session, those closed since are promoted there
             return (
                 f"the standby's view of the sessions is stale: {self.name} cannot write the takeover ring "
-                f"({self.srv.takeover.last_error or 'ring writes failing'}); check the takeover storage, and ask again once hot standby is back"
+                f"({self.ring_write_error()}); check the takeover storage, and ask again once hot standby is back"
             )
         return None
 
@@ -186,7 +186,7 @@ class SwitchSide:
         """What a stop's handover to a standby whose view of the sessions is stale costs."""
         return (
             f"the standby's view of the sessions is stale ({self.name} cannot write the takeover ring: "
-            f"{self.srv.takeover.last_error or 'ring writes failing'}): terminals logged on since the writes stopped "
+            f"{self.ring_write_error()}): terminals logged on since the writes stopped "
             "are switched the classic way (disconnected, they log on again)"
         )
 

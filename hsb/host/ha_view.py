@@ -33,7 +33,7 @@ class HAView:
             if self.state == ESTABLISHED and self.ring_unwritten:
                 return (
                     f"active at epoch {self.epoch}: hot standby with {pn} NOT ready: this host cannot write the takeover ring"
-                    f" ({self.srv.takeover.last_error}); {pn}'s view of the sessions is stale"
+                    f" ({self.ring_write_error()}); {pn}'s view of the sessions is stale"
                 )
             if self.state == ESTABLISHED:
                 return f"active at epoch {self.epoch}: hot standby established with {pn}"
@@ -79,6 +79,11 @@ class HAView:
         the active's, from its heartbeats): the standby reads none of the changes meanwhile."""
         return self.ring_unwritten if self.role == "active" else self.role == "standby" and self.active_ring_failing is not None
 
+    def ring_write_error(self: HA) -> str:
+        """Active: why it cannot write the takeover ring (the sentence, a refused switchover, the
+        standby's heartbeats): the last error, or that the writes fail."""
+        return self.srv.takeover.last_error or "ring writes failing"
+
     def hello(self: HA) -> dict[str, Any]:
         return {
             "t": "peer_hello",
@@ -91,9 +96,7 @@ class HAView:
             "ring_next": self.ring_next(),
             "epoch": self.epoch,
             # (the standby is told: it then says it is not ready either)
-            "ring_write_failing": (self.srv.takeover.last_error or "ring writes failing")[:200]
-            if self.role == "active" and self.ring_unwritten
-            else None,
+            "ring_write_failing": self.ring_write_error()[:200] if self.role == "active" and self.ring_unwritten else None,
         }
 
     def status(self: HA) -> dict[str, Any]:
