@@ -63,3 +63,20 @@ async def test_a_planned_switchover_tells_the_old_active_why_it_stops_acting(tmp
         await until(lambda: any(r[0] == "standby" for r in runs), "host-a's hook told it is the standby")
         not_serving = [r for r in runs if r[:2] == ("active", "not_serving")]
         assert not_serving and "handing over" in not_serving[0][3], runs
+
+
+async def test_the_first_runs_name_the_state_each_host_holds_not_starting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The active's first run, at its registration, said `active starting EPOCH registered with
+    the CP as the active`: the CP's answer is read ahead of the HA loop, which moves it from
+    `starting` to `serving`; a command told `starting` cannot tell that the host now acts as the
+    active (docs/operations.md §9: it first holds the role). Both first runs name a state of the
+    role they hold."""
+    from hsb.host.hooks import RoleHook
+
+    runs: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(RoleHook, "fire", lambda self, role, state, epoch, reason: runs.append((role, state, reason)))
+    async with pair_in_hot_standby(tmp_path, EchoService):
+        first = {role: (state, reason) for role, state, reason in reversed(runs)}
+        assert first["active"] == ("serving", "registered with the CP as the active"), runs
+        assert first["standby"][0] == "waiting_for_active", runs
+        assert all(state != "starting" for _, state, _ in runs), runs

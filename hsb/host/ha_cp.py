@@ -224,10 +224,12 @@ class CPSide:
 
     def _announce_active(self: HA) -> None:
         """The CP granted the active role this process started in, at its registration: the
-        role-change hook runs once for it, as keepalived's notify does at its start."""
+        role-change hook runs once for it, as keepalived's notify does at its start. The frame is
+        read ahead of the loop, which moves a host still `starting` to `serving` (ev_cp_frame):
+        the hook hears that state, the one it holds as the active (`starting` holds no role)."""
         if not self.role_announced and self.role == "active":
             self.role_announced = True
-            self._fire_hook(self.state, "registered with the CP as the active")
+            self._fire_hook(SERVING if self.state == STARTING else self.state, "registered with the CP as the active")
 
     def fenced(self: HA, why: str) -> None:
         if not faults.SELF_FENCING:
