@@ -33,6 +33,7 @@ from hsb.host.ha_lease import LeaseSide
 from hsb.host.ha_standby import HotStandbySide, batch_complete_wait
 from hsb.host.ha_switch import SwitchSide
 from hsb.host.ha_view import HAView
+from hsb.host.hooks import NOT_SERVING
 from hsb.host.lease import Lease
 from hsb.host.sessions import ACTIVE, CLOSED, STANDBY
 from hsb.host.states import (
@@ -280,7 +281,7 @@ class HA(CPSide, LeaseSide, SwitchSide, HotStandbySide, HAView):
         if acting:
             self.srv.hook.fire(self.role, self.state, self.epoch, "acting as the active again")
         else:
-            state = STOPPING if self.state == STOPPING else "not_serving"
+            state = STOPPING if self.state == STOPPING else NOT_SERVING
             self.srv.hook.fire(self.role, state, self.epoch, self._not_acting_why())
 
     def _not_acting_why(self) -> str:

@@ -14,11 +14,16 @@ import shlex
 
 import structlog
 
+from hsb.host.states import FENCED, STOPPING
+
 log = structlog.get_logger("hsb.host")
 
+# The state the hook is told when the active stops acting as the active without a role change
+# and is not stopping (hsb.host.ha.hook_acting): no state of the machine, the hook's word only.
+NOT_SERVING = "not_serving"
 # The active's states the hook is told when it no longer acts as the active (hsb.host.ha.hook_acting,
 # a fence); with a change to another role, what a command holding a virtual address must hear.
-NOT_ACTING = frozenset({"not_serving", "stopping", "fenced"})
+NOT_ACTING = frozenset({NOT_SERVING, STOPPING, FENCED})
 
 
 class RoleHook:
