@@ -369,6 +369,39 @@ def test_independent_problems_across_sections_are_all_reported_at_once(tmp_path:
     assert r.returncode == 78 and "cp.host_timeout" in r.stderr and "T1" in r.stderr and "twice" in r.stderr, r.stderr
 
 
+def test_a_hook_timeout_that_lets_a_stop_outlast_the_unit_is_a_warning(tmp_path: Path) -> None:
+    """A role hook with hook_timeout = 50: a stop may take 40 s + 2 x 50 s, and systemd kills hsbd
+    after the unit's TimeoutStopSec=60 (a failover, not a stop) while hsbctl stop says it did not
+    stop: --check-config said nothing. It warns, naming both fixes; the default 10 s does not, nor
+    a hook_timeout without a hook."""
+    import re
+
+    from hsb.ctl.main import main
+    from hsb.host.main import UNIT_STOP_S
+    from tests.support.procs import free_port, host_config
+
+    unit = (Path(__file__).parent.parent / "configs" / "systemd" / "hsbd@.service").read_text()
+    assert re.search(rf"^TimeoutStopSec={UNIT_STOP_S:g}$", unit, re.M)  # (the warning's numbers are the unit's)
+    (opt,) = [o for o in main.commands["stop"].params if o.name == "timeout"]
+    assert opt.default == UNIT_STOP_S, opt.default
+
+    def check(**host: object) -> str:
+        p = host_config(
+            tmp_path, "a", cp="127.0.0.1:7000", peer_listen=f"127.0.0.1:{free_port()}", peer="127.0.0.1:7102",
+            takeover=tmp_path / "t.dat", records=64, **host,
+        )  # fmt: skip
+        r = run("hsb.host", "--config", str(p), "--check-config")
+        assert r.returncode == 0, r.stderr
+        return r.stderr
+
+    err = check(on_role_change="/bin/true", hook_timeout=50)
+    line = next((ln for ln in err.splitlines() if "host.hook_timeout" in ln), "")
+    assert line.startswith("config warning: host.hook_timeout = 50 s: a stop may take up to 140 s"), err
+    assert "TimeoutStopSec=140 in a drop-in" in line and "hsbctl stop --timeout 140" in line and "hook_timeout to 10 or less" in line, line
+    assert "host.hook_timeout" not in check(on_role_change="/bin/true")
+    assert "host.hook_timeout" not in check(hook_timeout=50)
+
+
 def test_addresses_and_timings_that_would_misbehave_are_config_errors(tmp_path: Path) -> None:
     """An IPv6 address without brackets (its port forgotten: "fd00::2" read as host "fd00:", port
     2), two listeners of one daemon on one port, timings too small to run (a loop that never
