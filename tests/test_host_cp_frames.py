@@ -238,6 +238,45 @@ async def test_a_cp_that_sends_a_bad_frame_after_every_registration_is_not_recon
         core.set_paused(False, "test")
 
 
+async def test_a_cp_that_refuses_every_registration_is_not_reconnected_to_in_a_tight_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CP that refuses host-b's registration (standby_exists: the link of a standby it still
+    takes for alive, a second process of that name) sends its error and closes the link: host-b
+    made it again at once (the backoff reset once authenticated), a tight loop of links and
+    refused registrations at the CP. Such links back off as bad ones do, said as
+    `cp_link_backoff` with the CP's error; once the CP takes the registration the host is the
+    standby again."""
+    from hsb.host import cplink as cplink_mod
+    from tests.support.logrec import RecordingLog
+
+    rec = RecordingLog()
+    monkeypatch.setattr(cplink_mod, "log", rec)
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        core = cp.cp
+        assert core is not None
+        real_register = core.host_register
+        refusing = True
+
+        def register(host: Any, role: str, startup_id: int) -> None:
+            if refusing and host.name == "host-b":
+                host.close_with_error("standby_exists", "host-x is already the standby host")
+                return
+            real_register(host, role, startup_id)
+
+        monkeypatch.setattr(core, "host_register", register)
+        link = core.standby
+        assert link is not None
+        links = b.cp.connects
+        t0 = time.monotonic()
+        link.abort()  # host-b registers again, and is refused
+        await until(lambda: b.cp.connects >= links + 4, "host-b's link made four times", timeout=20)
+        assert time.monotonic() - t0 >= 0.8, time.monotonic() - t0  # three backoffs: at least 0.125 + 0.25 + 0.5 s
+        said = rec.events("cp_link_backoff")
+        assert [e["in_a_row"] for e in said][:3] == [1, 2, 3], said
+        assert "the CP ended the link: standby_exists: host-x is already the standby host" in said[0]["reason"]
+        refusing = False
+        await until(lambda: core.standby is not None and not core.standby.closed and b.ha.registered, "host-b the standby again", timeout=20)
+
+
 @pytest.mark.parametrize(
     ("frame", "said"),
     [

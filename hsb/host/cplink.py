@@ -28,11 +28,13 @@ from hsb.wire.framing import ProtocolError, encode
 
 CP_RETRY_CAP = 0.25  # s: the longest wait between two tries to reach the CP (before jitter)
 AUTH_TIMEOUT_S = 2.0  # s: for the connect, and again for the challenge and for the answer to the auth
-# A link that ends for a protocol error (a frame from the CP this host cannot take) or a bug of
-# ours is made again only after a backoff from BAD_LINK_FIRST doubling up to BAD_LINK_CAP: a CP
-# that sends the same bad frame after every registration (another version, a bug) made a tight
-# loop, each turn a registration (an epoch journalled at the CP), every delivery cancelled and
-# made again. It starts again from the first once a link has stayed up LINK_SETTLED_S.
+# A link that ends for a protocol error (a frame from the CP this host cannot take), a bug of
+# ours, or the CP's error (it closes the link after one: a registration refused, a frame of ours
+# it cannot take) is made again only after a backoff from BAD_LINK_FIRST doubling up to
+# BAD_LINK_CAP: a CP that sends the same bad frame, or refuses the same registration, each time
+# made a tight loop of links and registrations (an epoch journalled at the CP each, every
+# delivery cancelled and made again). It starts again from the first once a link has stayed up
+# LINK_SETTLED_S.
 BAD_LINK_FIRST = 0.25
 BAD_LINK_CAP = 5.0
 LINK_SETTLED_S = 2.0
@@ -226,6 +228,7 @@ class CPLink:
             why = "eof"
             down = True  # (false: a cancel, a stop, went through)
             bad = False  # ended by a protocol error, or a bug: made again only after a backoff
+            ended: str | None = None  # the CP's error, after which it closes the link: backed off too
             try:
                 self.on_up()
                 while True:
@@ -235,6 +238,8 @@ class CPLink:
                     if self.dropping is not None:  # (frames read before the drop: a lost link's, not taken)
                         raise LinkClosed("dropped")
                     self.last_rx = time.monotonic()
+                    if msg["t"] == "error":
+                        ended = f"the CP ended the link: {str(msg.get('code'))[:40]}: {str(msg.get('msg', ''))[:160]}"
                     if msg["t"] != "hb":
                         try:
                             self.on_frame(msg)
@@ -279,7 +284,9 @@ class CPLink:
                 return
             if time.monotonic() - up_at >= LINK_SETTLED_S:
                 bad_links.reset()
-            if bad:  # (not at once again: the same frame may well come after the next registration)
+            if ended is not None and not bad:
+                why, bad = ended, True
+            if bad:  # (not at once again: the same frame or refusal may well come after the next registration)
                 wait = bad_links.next()
                 log.warning("cp_link_backoff", cp=self.addr, wait_s=round(wait, 3), in_a_row=bad_links.n, reason=why[:200])
                 await asyncio.sleep(wait)
