@@ -1,15 +1,27 @@
-"""File-system durability shared by the takeover file, the CP's journal and small state files."""
+"""File-system durability shared by the takeover file, the CP's journal and small state files,
+and the look at whether a path can be made that the config checks share."""
 
 from __future__ import annotations
 
 import ctypes
 import errno
 import os
+from pathlib import Path
 
 # Errors of the file system that last until someone acts (permissions, a read-only file system, a
 # path through a file): every try fails the same way. Others (a hung or missing mount, EIO,
 # ESTALE after an NFS server restarted) may pass
 LASTING = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG})
+
+
+def unwritable_above(path: Path) -> Path | None:
+    """Where making `path` (a folder, or a file in one; its missing folders too) fails for this
+    user: the nearest of `path` and the folders above it that exists, if that is not a directory
+    this user may write into; None if it is (or nothing of it exists). Looked at only."""
+    there = next((p for p in (path, *path.parents) if p.exists()), None)
+    if there is not None and not (there.is_dir() and os.access(there, os.W_OK | os.X_OK)):
+        return there
+    return None
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

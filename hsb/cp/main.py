@@ -14,7 +14,7 @@ from hsb import __version__, logs
 from hsb.cli import EXIT_CANNOT_START, EXIT_CONFIG, EXIT_DATA, EXIT_FAILED, die, exit_watchdog, load_or_exit, log_level_option
 from hsb.config import Partial, resolve_under
 from hsb.cp.config import LISTEN_KEYS, CPConfig, CPSection
-from hsb.fsutil import LASTING
+from hsb.fsutil import LASTING, unwritable_above
 from hsb.ops.limits import storm_timing
 from hsb.ops.listen import ListenError, listen_problems, listen_warnings
 from hsb.wire.auth import load_secret
@@ -52,7 +52,6 @@ MACHINE_KEYS = ("durability", "journal_io", "takeover", "journal", "terminal_lis
 def machine_problems(c: Mapping[str, Any]) -> list[str]:
     """`start_problems` on [cp]'s values: each check made when the keys it needs are there (a
     config that failed its schema gives only its valid keys: `partial_problems`)."""
-    import os
     from pathlib import Path
 
     from hsb.cp.journal import JournalIOUnavailable
@@ -82,8 +81,8 @@ def machine_problems(c: Mapping[str, Any]) -> list[str]:
             out.append(why)
     elif c.get("takeover") == "at_start" and "journal" in c:  # (on_wake: made once on the shared storage, perhaps not mounted yet)
         d = Path(c["journal"])
-        there = next((p for p in (d, *d.parents) if p.exists()), None)
-        if there is not None and not (there.is_dir() and os.access(there, os.W_OK | os.X_OK)):
+        there = unwritable_above(d)
+        if there is not None:
             what = "cannot be written" if there == d else f"cannot be made ({there} is not a directory this user may write)"
             out.append(
                 f"cp.journal: {d} {what}: point journal at a directory the CP's user may write"

@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 
+from hsb.fsutil import unwritable_above
 from hsb.service.api import ServiceUnavailable, serving_epoch
 from hsb.worker import Worker
 
@@ -162,8 +163,8 @@ def journal_look(path: Path) -> tuple[list[str], list[str]]:
         if not os.access(path, os.R_OK | os.W_OK):
             return [f"{key}: {path} cannot be written by this user: give hsbd's user read and write on it"], []
         return [], []
-    there = next((p for p in path.parents if p.exists()), None)
-    if there is not None and not (there.is_dir() and os.access(there, os.W_OK | os.X_OK)):
+    there = unwritable_above(path)  # (path itself does not exist)
+    if there is not None:
         return [
             f"{key}: {path} cannot be made ({there} is not a directory this user may write): point journal at a file in"
             " a folder hsbd's user may write (under the shipped systemd unit: in /var/lib/hsb, its ReadWritePaths)"
