@@ -1,7 +1,7 @@
 """A CP and hosts of different max_frame, driven in-process through the CP's own code.
 
 A message the CP took that a host's smaller frames cannot hold is answered by the CP itself
-with an error reply (hsb.cp.terminal_side `_too_large_for`): one an earlier active had (or one
+with an error reply (hsb.cp.pair_frames `_too_large_for`): one an earlier active had (or one
 recovered from the journal) may have been processed, and the error says so and by whom; that
 reply is nobody's reply frame (`replies_by_host`) and no service by the new active (the
 switch's record). The limit on what terminals may send is what the two hosts of the pair can

@@ -274,7 +274,7 @@ async def test_a_host_with_a_smaller_max_frame_limits_what_terminals_may_send(tm
     drop that host's link at every delivery. The CP limits the terminals to the smallest
     max_frame a host said at its register, says so once, and tells the hosts its own, which
     bounds their replies."""
-    import hsb.cp.core as core
+    import hsb.cp.pair_frames as pair_frames
     from hsb.cp.host_link import HostProtocol
     from hsb.wire.framing import Decoder, encode, payload_max
     from tests.support.logrec import RecordingLog
@@ -282,7 +282,7 @@ async def test_a_host_with_a_smaller_max_frame_limits_what_terminals_may_send(tm
     big, small = 64 * 1024, 8 * 1024
     cp = cp_core(tmp_path, 2, cp=f"max_frame = {big}\n")
     rec = RecordingLog()
-    monkeypatch.setattr(core, "log", rec)
+    monkeypatch.setattr(pair_frames, "log", rec)
     h = fake_host(cp, "host-a", None, record=True)
     assert isinstance(h, HostProtocol)
     h.max_frame = small  # (as its register said: on_register)

@@ -6,8 +6,9 @@ and call into `CP`; only `CP` changes state. Every state change is a named
 structlog event. This file holds the hosts' half (registration, a normal
 stop, a lost link, the tick); the terminals' half, the sessions hosts open and
 close with the planned switchover, the arbitration of the active role, the
-journal's half and the status answers are mixins in files of their own
-(terminal_side, host_sessions, arbitration, journal_side, status_view).
+journal's half, the pair's frame sizes and the status answers are mixins in
+files of their own (terminal_side, host_sessions, arbitration, journal_side,
+pair_frames, status_view).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from hsb.cp.journal import Journal, NullJournal
 from hsb.cp.journal_side import JournalSide
 from hsb.cp.logons import Logons
 from hsb.cp.notices import Notices
+from hsb.cp.pair_frames import PairFrames
 from hsb.cp.replies import Replies
 from hsb.cp.state import Counts, Term
 from hsb.cp.status_view import StatusView
@@ -47,7 +49,7 @@ RECORDED_ACTIVE_WAIT_S = 3.0  # after a restart, the active of before has this l
 EPOCH_HOSTS_KEPT = 64  # the actives of this many recent epochs are named in error replies (older: by epoch)
 
 
-class CP(TerminalSide, Replies, HostSessions, Arbitration, Adoption, JournalSide, StatusView):
+class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption, JournalSide, StatusView):
     def __init__(self, cfg: CPConfig, journal: Journal | None = None) -> None:
         self.cfg = cfg
         self.name = cfg.cp.name
@@ -146,7 +148,7 @@ class CP(TerminalSide, Replies, HostSessions, Arbitration, Adoption, JournalSide
         # too (their max_frame, said at their registers: `_host_frame`), or a message acknowledged
         # here would drop that host's link at each delivery, for ever
         self.host_frames: dict[str, int] = {}
-        self.max_data = payload_max(cfg.cp.max_frame)
+        self.max_data: int = payload_max(cfg.cp.max_frame)
         self.flipping: Flip | None = None  # a grant's flip still going, a slice per turn (hsb.cp.flip)
 
     # ------------------------------------------------------------------ the operator
@@ -176,33 +178,6 @@ class CP(TerminalSide, Replies, HostSessions, Arbitration, Adoption, JournalSide
             self._tell_not_back()  # (its request was refused while paused)
 
     # ------------------------------------------------------------------ hosts
-    def _host_frame(self, host: HostProtocol) -> None:
-        """`host`'s registration was taken (it holds a role now): the terminals' messages must fit
-        the smallest max_frame the two hosts of the pair said at theirs (a host of an older hsb
-        says none). The pair: the last two hosts, by name, whose registrations were taken; one
-        away for a while (a reconnect, a reboot, a normal stop) still counts, and one that a host
-        of a third name took the place of (the standby role, or the active's after it was lost
-        or stopped) no longer does. A host holding a role, or the active the journal recorded, is
-        never dropped: while three do, all three count."""
-        frames = self.host_frames
-        before = frames.pop(host.name, 0)
-        frames[host.name] = frame = host.max_frame or before  # (latest last)
-        if len(frames) > 2:
-            holding = {self.recorded_active} | {h.name for h in (self.active, self.standby, self.demoting, self.granting) if h is not None}
-            for name in [n for n in frames if n not in holding][: len(frames) - 2]:
-                del frames[name]
-        self.max_data = payload_max(min([self.cfg.cp.max_frame, *(f for f in frames.values() if f)]))
-        if frame and frame != before and frame != self.cfg.cp.max_frame:
-            log.warning(
-                "max_frame_mismatch",
-                host=host.name,
-                host_max_frame=frame,
-                cp_max_frame=self.cfg.cp.max_frame,
-                max_data=self.max_data,
-                msg=f"{host.name} has max_frame {frame}, the CP {self.cfg.cp.max_frame}: terminals' messages are limited to"
-                f" {self.max_data} bytes and replies to the smaller of the two; set the same max_frame on the CP and both hosts",
-            )
-
     def host_register(self, host: HostProtocol, role: str, startup_id: int) -> None:
         self.settle_flip()
         if role == "active":

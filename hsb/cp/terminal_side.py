@@ -1,6 +1,7 @@
 """The CP's decisions about terminals (SPEC §5.5-§5.7): logon and resume, holding, the
 journal-before-acknowledge rule, delivery to the active, bounds and back-pressure (the replies
-and their confirmation: hsb.cp.replies).
+and their confirmation: hsb.cp.replies; a message too large for the host's frames:
+hsb.cp.pair_frames).
 
 A mixin of `hsb.cp.core.CP` (the one place that decides): the state is the CP's; this module
 only keeps the terminal half of the rules in a file of its own.
@@ -23,7 +24,7 @@ import structlog
 
 from hsb import faults
 from hsb.cp.state import Held, Term
-from hsb.wire.framing import ProtocolError, data_size, payload_max
+from hsb.wire.framing import ProtocolError, data_size
 
 if TYPE_CHECKING:
     from hsb.cp.core import CP
@@ -472,67 +473,6 @@ class TerminalSide:
         self.counters["redelivered" if redelivered else "delivered"] += 1
         host.deliver_held(term.name, held, redelivered)
         term.delivered(held.id, self.epoch)
-
-    def _too_large_for(self: CP, term: Term, held: Held, host: HostProtocol) -> bool:
-        """A message taken before `host` said its smaller max_frame (it registered later, the CP
-        restarted on its journal, or a standby of smaller frames was granted the role) that its
-        frames cannot hold: delivered, it would drop that host's link at every try. It is answered
-        with an error instead, as the reply that discards it. The error says whether it was
-        processed: not if no host ever had it; else it may have been, by the host named (it was
-        delivered to an earlier active, or recovered from the journal): the terminal is told to
-        check before it sends it again, not that it may."""
-        size = data_size(held.data)
-        limit = payload_max(host.max_frame)
-        if size <= limit:
-            return False
-        who = self._maybe_processed_by(term, held)
-        fix = "set the same max_frame on the CP and both hosts"
-        if who is None:
-            text = f"error: message too large for the host ({size} bytes > {limit}); it was not processed: send less, or {fix}"
-            said = "it was not processed"
-        else:
-            text = (
-                f"error: message too large for the active host {host.name} ({size} bytes > {limit}), not delivered to it;"
-                f" it may have been processed by {who}: check whether it took effect before sending it again ({fix})"
-            )
-            said = f"it may have been processed by {who}: the terminal is told to check before sending it again"
-        log.error(
-            "message_too_large_for_host",
-            terminal=term.name,
-            id=held.id,
-            size=size,
-            host=host.name,
-            host_max_frame=host.max_frame,
-            maybe_processed_by=who,
-            msg=f"not delivered to {host.name}, whose frames take {limit} bytes of data: answered with an error ({said}); {fix}",
-        )
-        self._answer(term.name, held.id, text, made_here=True)  # (unless a reply came, or is on its way)
-        return True
-
-    def _maybe_processed_by(self: CP, term: Term, held: Held) -> str | None:
-        """Who may have processed `held` already, as said to its terminal: the active it was
-        delivered to at an earlier epoch, or the active before the CP restarted (a message
-        recovered from the journal, or a resend an earlier CP process may have handed over
-        early); None if no host ever had it."""
-        e = held.delivered_epoch
-        if e > 0:
-            name = self.epoch_hosts.get(e)
-            return f"{name} (the active at epoch {e})" if name else f"the active host at epoch {e}"
-        if e < 0 or held.id <= term.handed_floor:
-            ra = self.restored_active
-            return f"{ra} (the active before the CP restarted)" if ra else "the active host before the CP restarted"
-        return None
-
-    def refuse_too_large(self: CP, host: HostProtocol) -> None:
-        """Before a flip to `host`: the held messages its frames cannot hold are answered with an
-        error (`_too_large_for`), so the flip never sends one. Only when its max_frame is below the
-        CP's (a walk of what is held; none otherwise)."""
-        if not host.max_frame or host.max_frame >= self.cfg.cp.max_frame:
-            return
-        for term in list(self.holding):
-            for held in list(term.held.values()):
-                if not held.replying:
-                    self._too_large_for(term, held, host)
 
     @staticmethod
     def logoff_held(term: Term) -> bool:
