@@ -311,7 +311,8 @@ def hsbctl(*args: str) -> subprocess.CompletedProcess[str]:
 def test_a_single_cp_address_whose_cp_waits_is_named_with_its_state(tmp_path: Path) -> None:
     """`hsbctl status` given one CP address whose hsbcpd waits to take over (`takeover =
     "on_wake"`): the error read `no CP serves: ` and nothing after it (only the two-machine list
-    was named). It names that CP, its address and its state."""
+    was named). It names that CP, its address and its state. pause and history, answered
+    `cp_waiting`, said `cannot ask the CP`: they say it answered with that error, and the fix."""
     import json
     import tomllib
 
@@ -330,6 +331,12 @@ def test_a_single_cp_address_whose_cp_waits_is_named_with_its_state(tmp_path: Pa
         err = json.loads(r.stdout)["cp"]["error"]
         assert err.startswith(f"no CP serves: cp-a at {admin} waiting"), err
         assert "keepalived" in err and "both CP machines" in err, err
+        # pause and history: it answers `cp_waiting`; said as its answer, not `cannot ask` (§17)
+        for cmd in ("pause", "history"):
+            r = hsbctl("--cp", admin, "--secret-file", str(d / "secret"), cmd)
+            assert r.returncode == 3 and r.stderr.count("\n") == 1, (cmd, r.returncode, r.stdout, r.stderr)
+            assert r.stderr.startswith(f"error: the CP at {admin} answered with an error (cp_waiting: cp-a is waiting to take over"), r.stderr
+            assert "ask the serving CP ('hsbctl status'" in r.stderr and "cannot ask" not in r.stderr, r.stderr
     finally:
         cp.stop()
 

@@ -1,7 +1,8 @@
 """Collect the status of the CP and both hosts over their admin links, in parallel.
 
 An unreachable daemon is reported as `{"reachable": false, "error": ...}`,
-never as a traceback.
+never as a traceback; one that answered with an error frame (a CP waiting to take over:
+`cp_waiting`) has `error_answer` true besides, and is said to have answered, not to be unreachable.
 
 All three are asked at once, so their answers are taken at slightly different moments.
 When they disagree on who is the active (hsb.ctl.agree: a host at a newer epoch than the CP's
@@ -63,8 +64,9 @@ def why_not(exc: BaseException, timeout: float) -> str:
 
 
 async def ask(addr: str, secret: bytes, msg: dict[str, Any], timeout: float = 2.0, ssl: Any = "default") -> dict[str, Any]:
-    """The daemon's answer to `msg`; else `reachable` false with why (one line and its fix), and
-    `unanswered` true when it took the request and gave no answer in time: it may have acted."""
+    """The daemon's answer to `msg`; else `reachable` false with why (one line and its fix),
+    `unanswered` true when it took the request and gave no answer in time (it may have acted), or
+    `error_answer` true (and its `code`) when it answered with an error frame: it did nothing."""
     h, p = parse_addr(addr)
     try:
         ans = await request(h, p, secret, msg, timeout=timeout, ssl=ssl)
@@ -73,20 +75,45 @@ async def ask(addr: str, secret: bytes, msg: dict[str, Any], timeout: float = 2.
         return {"reachable": False, "unanswered": True, "addr": addr, "timeout": timeout, "error": why}
     except (OSError, TimeoutError, LinkClosed, ProtocolError, UnicodeError) as exc:  # (a name the resolver cannot encode)
         return {"reachable": False, "addr": addr, "error": why_not(exc, timeout)}
-    if ans.get("t") == "error":
-        return {"reachable": False, "addr": addr, "error": f"{ans.get('code')}: {ans.get('msg')}"}
+    if ans.get("t") == "error":  # it answered, and not with what was asked: not a network problem
+        code, said = str(ans.get("code"))[:40], str(ans.get("msg", ""))[:300]
+        return {
+            "reachable": False,
+            "error_answer": True,
+            "addr": addr,
+            "code": code,
+            "error": f"answered with an error ({code}: {said}): {_fix(code)}",
+        }
     return ans
+
+
+def _fix(code: str) -> str:
+    """What to do about a daemon's error answer (hsb.cp.admin, hsb.wire.conn's protocol errors)."""
+    if code == "cp_waiting":
+        return (
+            "this hsbcpd does not serve, it waits to take the journal over (or is taking it over now): nothing was done;"
+            " ask the serving CP ('hsbctl status' shows which one serves; with both CP machines in the ctl config's cp hsbctl asks it, §18)"
+        )
+    if code == "unknown_type":
+        return "it does not know this request: a daemon of another hsb version, or another daemon's admin port; check the address in the ctl config and install the same hsb version everywhere"
+    return "nothing was done; see the daemon's log (protocol_error) and install the same hsb version everywhere"
 
 
 def unheard(ans: dict[str, Any]) -> str:
     """Why a daemon gave no answer, in the verdict's words: asked and not answered in time (it
     authenticated: busy or stuck) is not one hsbctl could not ask (`unasked` says the rest)."""
+    if ans.get("error_answer"):
+        return "answered with an error"
     return "did not answer in time" if ans.get("unanswered") else "cannot be asked"
 
 
 def unasked(who: str, ans: dict[str, Any]) -> str:
     """The line for a daemon that gave no answer: asked and not answered in time (it authenticated:
-    busy or stuck, no address or secret to fix) is not one hsbctl could not ask (connect, auth)."""
+    busy or stuck, no address or secret to fix) is not one hsbctl could not ask (connect, auth),
+    and neither is one that answered with an error (a CP waiting to take over: its code, its
+    message and the fix)."""
+    if ans.get("error_answer"):
+        return f"{who} at {ans.get('addr')} {ans.get('error')}"
     if ans.get("unanswered"):
         return (
             f"asked {who} at {ans.get('addr')}, no answer within {ans.get('timeout', 2.0):g} s: it authenticated and is busy or stuck;"
@@ -114,7 +141,15 @@ async def serving_cp(
     seen: list[dict[str, Any]] = []
     for a, ans in zip(cps, answers, strict=True):
         if ans.get("reachable") is False:
-            seen.append({"addr": a, "reachable": False, "error": ans.get("error"), "unanswered": ans.get("unanswered") is True})
+            seen.append(
+                {
+                    "addr": a,
+                    "reachable": False,
+                    "error": ans.get("error"),
+                    "unanswered": ans.get("unanswered") is True,
+                    "error_answer": ans.get("error_answer") is True,
+                }
+            )
             continue
         d: dict[str, Any] = ans["data"] if isinstance(ans.get("data"), dict) else {}
         state = d.get("cp_state") or ("waiting" if d.get("state") == "waiting" else "serving")
@@ -476,8 +511,10 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
                     sb["ring_lag"] = max(0, last - (nxt - 1)) + (owed if isinstance(owed, int) else 0)
     unknown = [] if cp_ok else [("CP", cp.get("addr", "-"), cp.get("error"))]
     unknown += [(h["name"], h.get("addr", "-"), h.get("error")) for h in hosts if not h.get("reachable")]
-    # (one that authenticated and gave no answer in time: busy or stuck, said so by `unasked`)
+    # (one that authenticated and gave no answer in time: busy or stuck, and one that answered
+    # with an error: said so by `unasked`)
     late = {n: {"unanswered": True, "timeout": d.get("timeout")} for n, d in [("CP", cp), *((h["name"], h) for h in hosts)] if d.get("unanswered")}
+    late |= {n: {"error_answer": True} for n, d in [("CP", cp), *((h["name"], h) for h in hosts)] if d.get("error_answer")}
     if not hosts:  # only the CP asked: nothing can be said of the hosts
         unknown.append(("hosts", "-", "none named (give --host twice, or hosts in the ctl config)"))
     elif len(hosts) == 1 and not twice:  # the pair's state cannot be told from one of its hosts

@@ -132,7 +132,7 @@ def render(st: dict[str, Any]) -> str:
         parts = []
         for m in st["cps"]:
             if not m.get("reachable"):
-                parts.append(f"{m['addr']} {unheard(m)} ({m.get('error')})")
+                parts.append(f"{m['addr']} {m.get('error')}" if m.get("error_answer") else f"{m['addr']} {unheard(m)} ({m.get('error')})")
             else:
                 parts.append(
                     f"{m.get('name')} at {m['addr']} {('SUPERSEDED (says it serves)' if m.get('superseded') else 'SERVING') if m['state'] == 'serving' else m['state']}"

@@ -24,7 +24,8 @@ from hsb.wire.auth import load_secret
 
 def refused_or_unasked(ans: dict[str, Any], host: dict[str, Any]) -> int | None:
     """The exit status of a request (promote, switchover) the host did not carry out, with its
-    line on stderr: 3 when it could not be asked (docs/operations.md §17), 1 when it refused;
+    line on stderr: 3 when it could not be asked or answered with an error frame instead of an
+    answer (another version's, say: nothing done; docs/operations.md §17), 1 when it refused;
     None when it accepted, or took it and did not answer in time (said here: the caller watches
     the pair's status for the outcome, as after an answer)."""
     if ans.get("unanswered"):
