@@ -19,8 +19,7 @@ import pytest
 
 from hsb.ctl import gather, ops_cmds
 from hsb.ctl import switchover as switchover_mod
-from tests.support.cli import invoke, one_line_error
-from tests.test_ctl_errors_requests import _pair, closed_port
+from tests.support.cli import closed_port, invoke, one_line_error, pair_status
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -96,7 +95,7 @@ def test_a_request_a_host_does_not_know_is_its_error_answer_not_cannot_ask(secre
         fix = "a daemon of another hsb version, or another daemon's admin port"
 
         async def active_here(*a: Any, **kw: Any) -> dict[str, Any]:
-            return _pair(addr, "127.0.0.1:2")
+            return pair_status(addr, "127.0.0.1:2")
 
         monkeypatch.setattr(switchover_mod, "status_all", active_here)
         line = one_line_error(*ctl(*hosts, "switchover", "--yes"), 3, f"error: host-a at {addr} answered with an error (unknown_type: ", fix)
@@ -106,7 +105,7 @@ def test_a_request_a_host_does_not_know_is_its_error_answer_not_cannot_ask(secre
         assert "'stop'" in line and "cannot ask" not in line, line
 
         async def standby_here(*a: Any, **kw: Any) -> dict[str, Any]:
-            st = _pair("127.0.0.1:2", addr)
+            st = pair_status("127.0.0.1:2", addr)
             st["hosts"][0].update(serving=False, state="stopping")
             return st
 

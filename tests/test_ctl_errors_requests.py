@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -20,27 +19,12 @@ import pytest
 from hsb.ctl import gather
 from hsb.ctl import switchover as switchover_mod
 from hsb.ctl.target import Target
-from tests.support.cli import invoke, one_line_error
+from tests.support.cli import closed_port, invoke, one_line_error, pair_status
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def closed_port() -> str:
-    """An address where nothing listens (bound, then closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
-
-
 # -- promote and switchover: the request itself ------------------------------------------
-
-
-def _pair(active_addr: str, standby_addr: str) -> dict[str, Any]:
-    hosts = [
-        {"reachable": True, "name": "host-a", "addr": active_addr, "role": "active", "state": "established", "serving": True},
-        {"reachable": True, "name": "host-b", "addr": standby_addr, "role": "standby", "state": "established"},
-    ]
-    return {"hosts": hosts, "unknown": [], "established": True, "cp": {"reachable": True, "epoch": 3}}
 
 
 def test_promote_exits_3_when_the_standby_cannot_be_asked_and_1_when_it_refuses(secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,7 +32,7 @@ def test_promote_exits_3_when_the_standby_cannot_be_asked_and_1_when_it_refuses(
     gone = closed_port()
 
     async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
-        return _pair("127.0.0.1:1", gone)
+        return pair_status("127.0.0.1:1", gone)
 
     monkeypatch.setattr(gather, "status_all", status_all)
     args = ("--host", "127.0.0.1:1", "--host", gone, "--secret-file", str(secret), "promote")
@@ -67,7 +51,7 @@ def test_switchover_exits_3_when_the_active_cannot_be_asked_and_1_when_it_refuse
     gone = closed_port()
 
     async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
-        return _pair(gone, "127.0.0.1:1")
+        return pair_status(gone, "127.0.0.1:1")
 
     monkeypatch.setattr(switchover_mod, "status_all", status_all)
     t = Target(cp="127.0.0.1:1", cps=["127.0.0.1:1"], hosts=[gone, "127.0.0.1:1"], secret_file=str(secret))
@@ -92,7 +76,7 @@ def test_switchover_with_the_standby_not_asked_is_unknown_unless_the_cp_says_the
     gone = closed_port()
 
     def state(cp_standby: Any) -> dict[str, Any]:
-        st = _pair("127.0.0.1:1", gone)
+        st = pair_status("127.0.0.1:1", gone)
         st["hosts"][1] = {"reachable": False, "name": "host-b", "addr": gone, "error": "connection refused"}
         st.update(established=False, unknown=[{"name": "host-b", "addr": gone, "error": "connection refused"}])
         st["cp"]["standby"] = cp_standby
@@ -137,7 +121,7 @@ def test_a_switchover_the_cp_refuses_after_the_host_took_it_is_an_error_at_once(
     async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
         nonlocal calls
         calls += 1
-        st = _pair("127.0.0.1:1", "127.0.0.1:2")
+        st = pair_status("127.0.0.1:1", "127.0.0.1:2")
         ended = 0 if calls == 1 else 1
         st["hosts"][0].update(switchovers_ended=ended, last_error="planned switchover refused by the CP: no standby registered" if ended else None)
         return st
@@ -160,7 +144,7 @@ def test_a_switchover_granted_before_the_old_actives_link_dropped_is_no_error(
     async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
         nonlocal calls
         calls += 1
-        st = _pair("127.0.0.1:1", "127.0.0.1:2")
+        st = pair_status("127.0.0.1:1", "127.0.0.1:2")
         st["hosts"][0]["switchovers_ended"] = 0
         if calls > 1:
             st["hosts"][0].update(role="standby", switchovers_ended=1, last_error="planned switchover abandoned: the host link to the CP is down")
@@ -256,7 +240,7 @@ def test_a_request_taken_and_not_answered_in_time_is_no_cannot_ask(secret: Path,
 
         async def pair_then_swapped(*a: Any, **kw: Any) -> dict[str, Any]:
             polls.append(len(took))
-            st = _pair(addr, "127.0.0.1:2")
+            st = pair_status(addr, "127.0.0.1:2")
             st["hosts"][0]["switchovers_ended"] = 0
             if took:  # it acted: host-b the active, host-a the standby, hot standby again
                 st["hosts"][0].update(role="standby", serving=False)
@@ -274,7 +258,7 @@ def test_a_request_taken_and_not_answered_in_time_is_no_cannot_ask(secret: Path,
         took.clear()
 
         async def standby_then_active(*a: Any, **kw: Any) -> dict[str, Any]:
-            st = _pair("127.0.0.1:2", addr)  # (host-a the active at :2, host-b the standby here)
+            st = pair_status("127.0.0.1:2", addr)  # (host-a the active at :2, host-b the standby here)
             st["hosts"][0].update(serving=False, state="stopping")  # (stopped normally)
             if took:
                 st["hosts"][1].update(role="active", epoch=5)
@@ -312,7 +296,7 @@ def test_a_read_not_answered_in_time_is_asked_not_cannot_ask(secret: Path) -> No
 
 
 async def gather_pair(addr: str) -> dict[str, Any]:
-    return _pair(addr, "127.0.0.1:2")
+    return pair_status(addr, "127.0.0.1:2")
 
 
 def test_promote_is_not_refused_by_a_refusal_from_before_it(secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -323,7 +307,7 @@ def test_promote_is_not_refused_by_a_refusal_from_before_it(secret: Path, monkey
     async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
         nonlocal calls
         calls += 1
-        st = _pair("127.0.0.1:1", "127.0.0.1:2")
+        st = pair_status("127.0.0.1:1", "127.0.0.1:2")
         st["hosts"][1].update(switch_refusals=1, last_error="switchover refused by the CP: active host host-a: alive")
         if calls > 2:
             st["hosts"][1].update(role="active", epoch=5)
@@ -348,7 +332,7 @@ def test_promote_waits_its_timeout_not_a_count_of_polls(secret: Path, monkeypatc
         nonlocal polls
         polls += 1
         await asyncio.sleep(0.0 if polls == 1 else kw.get("timeout", 1.0))  # no answer until the poll's timeout; never active
-        return _pair("127.0.0.1:1", "127.0.0.1:2")
+        return pair_status("127.0.0.1:1", "127.0.0.1:2")
 
     async def accepts(*a: Any, **kw: Any) -> dict[str, Any]:
         return {"t": "result", "ok": True, "msg": "promotion of host-b requested"}
@@ -377,7 +361,7 @@ def test_stop_without_a_name_stops_the_serving_active(secret: Path, monkeypatch:
     asked: list[str] = []
 
     async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
-        st = _pair("127.0.0.1:1", "127.0.0.1:2")
+        st = pair_status("127.0.0.1:1", "127.0.0.1:2")
         st["hosts"][0]["serving"] = False  # host-a: lease lost, not serving
         st["hosts"][1].update(role="active", serving=True)  # host-b took over
         if asked:  # after the stop: host-b gone
@@ -405,7 +389,7 @@ def test_a_stop_whose_announced_handover_did_not_complete_is_an_error(secret: Pa
     asked: list[str] = []
 
     async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
-        st = _pair("127.0.0.1:1", "127.0.0.1:2")
+        st = pair_status("127.0.0.1:1", "127.0.0.1:2")
         if asked:  # after the stop: host-a gone, host-b still the standby
             st["hosts"] = st["hosts"][1:]
             st["unknown"] = [{"addr": "127.0.0.1:1", "error": "connection refused: nothing listens there"}]
@@ -458,7 +442,7 @@ def test_status_watch_goes_on_after_a_poll_that_failed(secret: Path, monkeypatch
             raise ValueError("the secret file is empty")
         if len(polls) >= 3:
             raise KeyboardInterrupt  # the operator's Ctrl-C
-        return {**_pair("127.0.0.1:1", "127.0.0.1:2"), "exit_status": 0}
+        return {**pair_status("127.0.0.1:1", "127.0.0.1:2"), "exit_status": 0}
 
     monkeypatch.setattr(status_mod, "status_all", status_all)
     monkeypatch.setattr(status_mod, "shown", lambda st: "hsb: OK")

@@ -1,6 +1,10 @@
-"""Running hsbctl's click commands in-process (CliRunner) and checking a one-line error."""
+"""Running hsbctl's click commands in-process (CliRunner), checking a one-line error, and what
+its tests feed it: an address where nothing listens, a pair's status."""
 
 from __future__ import annotations
+
+import socket
+from typing import Any
 
 from click.testing import CliRunner
 
@@ -23,3 +27,20 @@ def one_line_error(code: int, out: str, err: str, expected_code: int, *fragments
     for f in fragments:
         assert f in lines[0], lines[0]
     return lines[0]
+
+
+def closed_port() -> str:
+    """An address where nothing listens (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def pair_status(active_addr: str, standby_addr: str) -> dict[str, Any]:
+    """status_all's answer for a pair in hot standby (host-a active at epoch 3): what promote and
+    switchover read before they ask a host."""
+    hosts = [
+        {"reachable": True, "name": "host-a", "addr": active_addr, "role": "active", "state": "established", "serving": True},
+        {"reachable": True, "name": "host-b", "addr": standby_addr, "role": "standby", "state": "established"},
+    ]
+    return {"hosts": hosts, "unknown": [], "established": True, "cp": {"reachable": True, "epoch": 3}}
