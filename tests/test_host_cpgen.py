@@ -176,10 +176,11 @@ def test_hsbd_with_a_damaged_file_does_not_start_and_check_config_says_so(tmp_pa
     r = run("--role", "active")
     assert r.returncode == 78, r.stderr
     lines = [line for line in r.stderr.splitlines() if not line.startswith("{")]  # (the log's JSON lines go to stderr too)
-    assert len(lines) == 1 and lines[0].startswith("error: the CP generation file"), r.stderr
+    assert len(lines) == 1 and lines[0].startswith("config error: the CP generation file"), r.stderr
     assert str(tmp_path / "host-a.cp-generation") in lines[0] and "remove it and start hsbd again" in lines[0]
+    # --check-config says the start's line, with the same status (the start said it as 'error: …')
     r = run("--check-config")
-    assert r.returncode == 78 and "config error: the CP generation file" in r.stderr and "damaged (not JSON)" in r.stderr, r.stderr
+    assert r.returncode == 78 and r.stderr.splitlines() == lines and "damaged (not JSON)" in r.stderr, (r.stderr, lines)
     (tmp_path / "host-a.cp-generation").unlink()
     r = run("--check-config")
     assert r.returncode == 0, r.stderr

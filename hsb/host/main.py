@@ -326,9 +326,9 @@ def main(role: str | None, no_rejoin: bool, config_path: str, check_config: bool
         except TakeoverError as exc:
             await server.close()
             die(str(exc))
-        except GenerationFileError as exc:  # a restart would find the same file: exit 78, not restarted
+        except GenerationFileError as exc:  # a restart would find the same file: --check-config's line, exit 78
             await server.close()
-            die(str(exc), EXIT_CONFIG)
+            config_error(str(exc))
         except OSError as exc:
             await server.close()
             die(start_error(exc))
