@@ -71,6 +71,34 @@ def test_no_file_yet_names_the_create_command_without_force(tmp_path: Path) -> N
     assert "--force" not in line and "has 64 records" not in line, line
 
 
+def test_a_torn_header_is_said_torn_with_the_fix_its_size_gives(tmp_path: Path) -> None:
+    """The config's records too few for the terminals and the file's header torn by a crash (a
+    power loss while it was rewritten): the line said "its header cannot be read" and "set records
+    = 403 once the file there has that many", as for a file it could not read at all, though the
+    file held them, and the start takes such a header once the config's records say them. It says
+    the header is torn now, and the fix by the records the file's size holds."""
+    path = tmp_path / "big.dat"
+    create_file(str(path), 403, 4096)
+    spoil(path, "torn")
+    line = size_line(config(tmp_path, 64))
+    assert "the config says records = 64" in line and "N must be at least 403" in line, line
+    assert f"the header (record 0) of takeover file {path} is corrupt, most likely torn by a crash while it was rewritten" in line, line
+    assert "holds 403 records of 4096 bytes, enough: set records = 403 in the config" in line, line
+    assert "rewrites it at its next batch write" in line and "cannot be read" not in line and "--force" not in line, line
+    # the fix it names: the check passes, with its warning of the torn header the start takes
+    r = subprocess.run(
+        [sys.executable, "-m", "hsb.host", "--config", str(config(tmp_path, 403)), "--check-config"], capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == 0 and "config OK" in r.stdout and "the start takes it" in r.stderr, r.stderr
+    # a torn header on a file too small for the terminals: recreate it, or fewer terminals
+    create_file(str(path), 300, 4096, force=True)
+    spoil(path, "torn")
+    line = size_line(config(tmp_path, 64))
+    assert "is corrupt, most likely torn by a crash" in line and "holds 300 records of 4096 bytes, too few" in line, line
+    assert f"`hsbctl file create {path} --records 403 --record-size 4096 --force`" in line and "set records = 403" in line, line
+    assert "fewer terminals (at most 1485) and set records = 300" in line and "cannot be read" not in line, line
+
+
 def geometry_config(d: Path, records: int, record_size: int = 4096) -> Path:
     """A config for a start that stops at the takeover file's check: nothing to listen on for long
     (ports 0), and a CP nobody listens on (it is asked only after the check)."""

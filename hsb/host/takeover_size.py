@@ -5,7 +5,9 @@ Only a config that fails the check looks at the file, and for no longer than its
 storage_timeout (a hung mount does not hold a start that is refused anyway). The fix then is:
 the file has the records needed: set records to the file's in the config; the file is too
 small: recreate it (its contents are lost) or give the host fewer terminals; no file yet:
-create it; the file cannot be read now: set the records needed, once the file has them.
+create it; its header torn by a crash (a power loss while it was rewritten): the same, going by
+the file's size, which the start takes with the config's records; the file cannot be read now:
+set the records needed, once the file has them.
 And hsbd --check-config's look at a file there for a config that passes: the start's file
 checks, or the check says the line the start would, and a warning for a torn header the start
 takes (`geometry_look`).
@@ -13,11 +15,21 @@ takes (`geometry_look`).
 
 from __future__ import annotations
 
+import os
+from typing import NamedTuple
+
 from hsb.takeover.errors import FileMissing, HeaderCorrupt, NotRegularFile, TakeoverError, TakeoverFileTooSmall
 from hsb.takeover.fileio import check_file, torn_header_taken
 from hsb.takeover.layout import max_terminals, needed_records, needs_text, size_check
 from hsb.takeover.records import Header
 from hsb.worker import within
+
+
+class Torn(NamedTuple):
+    """A file whose header is corrupt, most likely torn by a crash while it was rewritten: its
+    size in bytes, all that tells how many records it holds."""
+
+    size: int
 
 
 def size_problem(records: int, terminals: int, record_size: int, path: str, timeout: float) -> list[str]:
@@ -79,6 +91,8 @@ def _fix(records: int, terminals: int, record_size: int, path: str, timeout: flo
         return f"{said}; there is no file there yet: create it with `{create}` and set records = {needed}"
     if isinstance(header, str):
         return f"{said}; set records = {needed} once the file there has that many ({header})"
+    if isinstance(header, Torn):
+        return f"{said}; {_torn_fix(path, header.size, records, terminals, record_size, create)}"
     of = f" of {header.record_size} bytes" if header.record_size != record_size else ""
     try:
         size_check(header.records, terminals, header.record_size)
@@ -94,15 +108,39 @@ def _fix(records: int, terminals: int, record_size: int, path: str, timeout: flo
     return f"{said}; takeover file {path} has {header.records} records{of}, enough: set {keys} in the config (the file is the truth)"
 
 
-def _header(path: str, timeout: float) -> Header | FileMissing | str:
-    """The file's header; FileMissing; or why it cannot be read (within `timeout`: a thread
-    stuck on a hung mount is left behind, holding nothing the process needs)."""
+def _torn_fix(path: str, size: int, records: int, terminals: int, record_size: int, create: str) -> str:
+    """The fix for a file whose header is torn, by the records its size holds at the config's
+    record_size: set records to them (the start takes a torn header going by the config's records
+    when the file holds them, hsb.takeover.fileio.torn_header_taken), or, too few, recreate it."""
+    held, needed = size // record_size, needed_records(terminals, record_size)
+    torn = (
+        f"the header (record 0) of takeover file {path} is corrupt, most likely torn by a crash while it was rewritten;"
+        f" by its size it holds {held} records of {record_size} bytes"
+    )
+    if held >= needed:
+        return (
+            f"{torn}, enough: set records = {held} in the config (the start then takes the torn header, going by the config's"
+            f" records and record_size, and the pair's active rewrites it at its next batch write; `hsbctl file inspect {path}` shows it)"
+        )
+    fewer = f"fewer terminals (at most {max_terminals(held, record_size)})" + (f" and set records = {held}" if held != records else "")
+    return f"{torn}, too few: recreate it with `{create} --force` (not under a running active) and set records = {needed}, or give this host {fewer}"
 
-    def look() -> Header | FileMissing | str:
+
+def _header(path: str, timeout: float) -> Header | FileMissing | Torn | str:
+    """The file's header; FileMissing; Torn (its size) for a corrupt header; or why it cannot be
+    read (within `timeout`: a thread stuck on a hung mount is left behind, holding nothing the
+    process needs)."""
+
+    def look() -> Header | FileMissing | Torn | str:
         try:
             return check_file(path)
         except FileMissing as exc:
             return exc
+        except HeaderCorrupt:
+            try:
+                return Torn(os.stat(path).st_size)
+            except OSError:
+                return f"its header cannot be read: `hsbctl file inspect {path}` says why"
         except (TakeoverError, OSError):
             return f"its header cannot be read: `hsbctl file inspect {path}` says why"
 
