@@ -69,7 +69,9 @@ def exit_watchdog(code: int, seconds: float = EXIT_GRACE) -> None:
 
 
 def die(msg: str, code: int = EXIT_FAILED) -> NoReturn:
-    click.echo(f"error: {msg}", err=True)
+    """One line on stderr and exit `code`: a config problem (78, EX_CONFIG), one a restart cannot
+    fix, is said `config error:` as --check-config says it, anything else `error:`."""
+    click.echo(f"{'config error' if code == EXIT_CONFIG else 'error'}: {msg}", err=True)
     exit_watchdog(code)
     sys.exit(code)
 

@@ -6,7 +6,7 @@ import errno
 import math
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
@@ -295,12 +295,6 @@ def main(role: str | None, no_rejoin: bool, config_path: str, check_config: bool
     )
     from hsb.wire.tls import TLSError
 
-    def config_error(line: str) -> NoReturn:
-        """A config problem the start found past the config's load: --check-config's line, exit 78."""
-        click.echo(f"config error: {line}", err=True)
-        exit_watchdog(EXIT_CONFIG)
-        sys.exit(EXIT_CONFIG)
-
     async def run() -> int:
         from hsb.host.server import HostServer
 
@@ -316,19 +310,19 @@ def main(role: str | None, no_rejoin: bool, config_path: str, check_config: bool
             code = await server.serve()
         except (NotWritable, NotRegularFile) as exc:  # a restart cannot fix it: said, and exit 78, as the config check says it
             await server.close()
-            config_error(f"takeover.path: {exc}")
+            die(f"takeover.path: {exc}", EXIT_CONFIG)
         except (RecordCountMismatch, RecordSizeMismatch, BadMagic, UnsupportedVersion, FileTruncated, HeaderCorrupt) as exc:
             # the file there is not one this config can use (another geometry, another file or
             # version, cut short, a damaged header on a file short of the config's records):
             # every start finds the same; --check-config's line, exit 78
             await server.close()
-            config_error(str(exc))
+            die(str(exc), EXIT_CONFIG)
         except TakeoverError as exc:
             await server.close()
             die(str(exc))
         except GenerationFileError as exc:  # a restart would find the same file: --check-config's line, exit 78
             await server.close()
-            config_error(str(exc))
+            die(str(exc), EXIT_CONFIG)
         except OSError as exc:
             await server.close()
             die(start_error(exc))
