@@ -242,3 +242,52 @@ async def _run2_served(cp: Any, h: Any, c: Any, p: Any, stats: Any) -> None:
 def _delivered(h: Any) -> set[tuple[str, int]]:
     h.flush()
     return {(m["terminal"], m["id"]) for m in h.transport.frames() if m.get("t") == "deliver"}
+
+
+@pytest.mark.parametrize("own", [False, True], ids=["earlier-runs-only", "with-its-own"])
+async def test_a_hello_taken_short_of_an_unanswered_message_resends_nothing_it_said_it_holds(tmp_path: Path, own: bool) -> None:
+    """Run 1 sends two messages and dies without a bye; run 2 logs on, and the active answers
+    run 1's second message first: run 2 gets that reply and confirms it (with its own, when it
+    has one), but the CP takes the confirmation short of the first message, still unanswered,
+    and keeps the replies. Run 2's connection drops, and its hello says it holds them: the CP
+    took that hello short of the same message and sent every kept reply again, marked resent,
+    those the hello named included; run 2 counted the earlier run's unexpected (and its own a
+    duplicate), by a race with the active's answer. Now the CP sends again only what is above
+    the hello's last_reply; run 2 confirms them all once the first message is answered."""
+    from hsb.term.client import TerminalClient
+    from hsb.term.load import LoadStats, _report
+
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active", record=True)
+    run1 = recording_terminal(cp, "T00001", 0)
+    cp.host_open(h, "T00001", "active", {})
+    run1.data_received(b"".join(encode({"t": "msg", "id": i, "data": f"m{i}"}) for i in (1, 2)))
+    await _until(lambda: {("T00001", 1), ("T00001", 2)} <= _delivered(h), "run 1's messages delivered")
+    run1.connection_lost(None)  # no bye; the active still working on them
+    stats = LoadStats(1)
+    stats.counting = True
+    c = TerminalClient("T00001", stats, base=1000, check_data=True, keepalive=0)
+    p = _connect_hsbterm(cp, c)
+    await _until(lambda: c.state == 3, "run 2 welcomed")
+    cp.host_open(h, "T00001", "active", {})
+    cp.host_reply(h, "T00001", 2, "r2")  # answered before message 1
+    await _until(lambda: c.earlier_run_replies == 1, "run 1's second reply reaches run 2")
+    if own:
+        a = c.submit()
+        await _until(lambda: ("T00001", a) in _delivered(h), "run 2's message delivered")
+        cp.host_reply(h, "T00001", a, c.payload(a))
+        await _until(lambda: not c.outstanding, "run 2's message answered")
+    held = c.last_reply()
+    p.transport.close()  # the connection drops
+    await _until(lambda: c.state == 0 and p.closed, "the drop seen by both sides")
+    p = _connect_hsbterm(cp, c)
+    await _until(lambda: c.state == 3, "run 2 welcomed again")
+    assert c.told_last_reply == held
+    cp.host_open(h, "T00001", "active", {})
+    cp.host_reply(h, "T00001", 1, "r1")
+    await _until(lambda: c.earlier_run_replies + c.unexpected >= 2, "run 1's first reply reaches run 2")
+    c.bye()
+    await _until(lambda: p.closed, "the logoff")
+    r = _report([c], stats, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, [])
+    assert r.unexpected == 0 and r.duplicates == 0 and r.earlier_run_replies == 2, r.failures
+    assert not cp.terms["T00001"].replies and cp.counts.kept == 0  # all confirmed: let go

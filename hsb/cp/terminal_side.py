@@ -94,6 +94,10 @@ class TerminalSide:
             term.resuming = True
             self.terminal_confirm(term, last_reply)
             for kept in sorted(term.replies.values(), key=lambda k: k.id):  # STSN: what it lacks, marked
+                if kept.id <= last_reply:
+                    # it holds it: kept only because the hello was taken short of a message still
+                    # unanswered below it (a terminal's confirm covers it once that is answered)
+                    continue
                 proto.send({"t": "reply", "id": kept.id, "data": kept.data, "resent": True})
                 self.counters["resent"] += 1
             if term.outbox:  # owed while it did not resume: kept now ("r") until it confirms, and sent marked
