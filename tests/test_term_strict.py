@@ -570,29 +570,31 @@ def test_a_welcome_from_another_cp_process_counts_as_the_cp_away() -> None:
 
 
 def test_each_change_of_cp_process_a_terminal_lived_through_counts_once() -> None:
-    """Welcomed by CP process a, which dies: a connect refused counts the CP away. Process b
-    listens, takes the hello and dies before welcoming (a drop while logging on), and a connect
-    is refused again: b is gone too, a second change, which went uncounted (the absence was
-    counted once per drop that came after a welcome). c welcomes: two changes, no more. A
-    connect that failed while c was there all along (c welcomes it again) was no change; a
-    welcome from another process after the terminal was only parked is one."""
+    """Welcomed by CP process a, which stalls: a connect of the terminal times out in its full
+    accept queue, which counts the CP away. The next connect gets into that queue, the hello goes,
+    and a dies: the queue is reset (a drop while logging on, naming no CP process), and a connect
+    is refused. b welcomes: one change of CP process, a to b. The reset connection counted a
+    second (taken for a process that died before welcoming), more than the one crash explains;
+    only a welcome names a process (one that dies before welcoming is the CP log's to show). A
+    connect that failed while b was there all along (b welcomes it again) was no change; a welcome
+    from another process after the terminal was only parked is one."""
     c = TerminalClient("T1", LoadStats(1), base=BASE, keepalive=0)
     _connect_to(c, "a")
-    c.connection_lost(None)  # a killed
-    c.cp_away()  # a connect refused while nothing listens
-    c.connection_made(RecordingTransport("cp"))  # type: ignore[arg-type]  # b listens: hello sent
-    c.connection_lost(None)  # b dies before welcoming
-    c.cp_away()
-    _connect_to(c, "c")
-    assert c.cp_reconnects == 2 and c.logon_drops == 1
+    c.connection_lost(OSError("timed out"))  # a stalls: the dead-peer detection ends the connection
+    c.cp_away()  # a connect timed out in a's full accept queue
+    c.connection_made(RecordingTransport("cp"))  # type: ignore[arg-type]  # queued: hello sent
+    c.connection_lost(None)  # a dies: its accept queue reset, no welcome
+    c.cp_away()  # refused: nothing listens
+    _connect_to(c, "b")
+    assert c.cp_reconnects == 1 and c.logon_drops == 1
     c.connection_lost(None)
-    c.cp_away()  # refused, or timed out in an overloaded backlog: c welcomes it again
-    _connect_to(c, "c")
-    assert c.cp_reconnects == 2
+    c.cp_away()  # refused, or timed out in an overloaded backlog: b welcomes it again
+    _connect_to(c, "b")
+    assert c.cp_reconnects == 1
     c.connection_lost(None)
     c.cp_away(found=False)  # parked: another terminal's connect failed
-    _connect_to(c, "d")
-    assert c.cp_reconnects == 3
+    _connect_to(c, "c")
+    assert c.cp_reconnects == 2
 
 
 def _connect_to(c: TerminalClient, cp: str) -> None:

@@ -214,11 +214,11 @@ class TerminalClient(Answers, asyncio.Protocol):
         self.failed_since_drop = False  # a connect failed since the connection dropped: the CP was away
         self.cp_instance: str | None = None  # the CP process of the last welcome (its `cp`)
         # changes of CP process this terminal lived through: a connect of its own that failed after
-        # it had a connection to a CP (counted once until it has another), or a welcome from
-        # another process than the last (`cp`) when none failed; a welcome from the same process
-        # takes back what it counted since the last (the CP was there all along)
+        # it was logged on (counted once until it is again: only a welcome names a CP process), or
+        # a welcome from another process than the last (`cp`) when none failed; a welcome from the
+        # same process takes back what it counted since the last (the CP was there all along)
         self.cp_reconnects = 0
-        self.away_counted = False  # the CP's absence counted since its last connection to one
+        self.away_counted = False  # the CP's absence counted since it was last logged on
         self.away_since_welcome = 0  # how many times, since its last welcome
         self.last_switch = ""  # the kind in the last `switched` notice (failover, switchover, promote)
         self.protocol_errors = 0  # frames from the other side that broke the protocol
@@ -424,11 +424,12 @@ class TerminalClient(Answers, asyncio.Protocol):
             self.away_counted = False
         elif was == HELLO and not self.told_why:
             # closed after the hello, with neither a welcome nor an error (a refusal says why):
-            # judged as a drop, by the CP that welcomes it next (the same one: it was there); a
-            # failed connect after it is another CP process gone (one that died before welcoming)
+            # judged as a drop, by the CP that welcomes it next (the same one: it was there). It
+            # names no CP process (a dying CP's accept queue reset, say): a failed connect after
+            # it is the same absence, counted once (a CP that died before welcoming anyone is
+            # the CP log's to show)
             self.logon_drops += 1
             self.dropped = True
-            self.away_counted = False
         if was >= HELLO:
             self.listener.on_disconnect(self, exc, retry, was == WELCOMED)
         if self.connector is not None:
