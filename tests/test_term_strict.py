@@ -533,6 +533,26 @@ async def test_a_send_owed_from_the_sending_phase_goes_out_when_the_terminal_is_
     assert stats.latency.max >= 1.0
 
 
+def test_answers_the_logoff_brings_are_not_in_the_latencies() -> None:
+    """A message the CP held until the terminal logged off (its active gone, say), acknowledged
+    and answered only then: it is late at the logoff, and its wait was the logoff's, not the
+    service's. It went into both latency histograms, five seconds at their top for a run whose
+    answers all took milliseconds; now neither, and the answered count is as before."""
+    c, stats = _client()
+    a, b = c.submit(), c.submit()
+    _feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": c.payload(a)})
+    c.outstanding[b] -= 5.0  # sent five seconds ago, held since
+    settled = {c: bytes(c.marks)}
+    stats.settled([c])
+    c.bye()
+    _feed(c, {"t": "ack", "id": b}, {"t": "reply", "id": b, "data": c.payload(b)})  # the logoff's answers
+    assert stats.latency.count == 1 and stats.ack_latency.count == 1
+    assert stats.latency.max < 5.0 and stats.ack_latency.max < 5.0
+    assert stats.replied == 2  # (the progress lines' count: every first reply)
+    r = _report([c], stats, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, [], settled)
+    assert r.replied == 1 and r.late_at_logoff == 1 and r.latency_ms["max"] is not None and r.latency_ms["max"] < 5000.0, r
+
+
 async def test_owed_sends_stop_before_the_end_of_the_settle_time() -> None:
     """Past `owed_until` (the last part of the settle time, left for answers) what a terminal
     owes is not sent: sent then, it could not be answered before the end and would fail the run."""

@@ -105,7 +105,9 @@ class LoadStats(Listener):
         if first:
             self.acked += 1
             t0 = c.outstanding.get(msg_id)
-            if t0 is not None:  # send -> ack: what the CP's journal adds shows here
+            # send -> ack: what the CP's journal adds shows here (not one the logoff brings: it
+            # waited for the logoff, `settled`)
+            if t0 is not None and self.counting:
                 self.ack_latency.add(time.monotonic() - t0)
 
     def on_reply(self, c: TerminalClient, msg_id: int, data: Any, latency: float | None, kind: str) -> None:
@@ -122,10 +124,11 @@ class LoadStats(Listener):
                     self._owed_send(c)
             elif c in self.deferred and c.can_send and self.owing():  # owed from the sending phase
                 self._owed_send(c)
-            if latency is not None:
+            # after the settle (the logoff's answers) neither: it waited for the logoff, not the
+            # service, and its entry in the timeline is the unanswered one (`settled`)
+            if latency is not None and self.counting:
                 self.latency.add(latency)
-                if self.counting:  # (after the settle, its entry is the unanswered one: `settled`)
-                    self.timeline.add(now - latency, now, c.idx)
+                self.timeline.add(now - latency, now, c.idx)
             gap = self.gap
             gap.replied(now)
             if gap.outstanding == 0:
@@ -139,7 +142,8 @@ class LoadStats(Listener):
         """The settle's end: every message still without a reply, and every send owed and never
         made, enters the timeline unanswered, from when it was due (a send that waited, waited
         for its answer too). The run stops counting then: an answer the logoff brings is late,
-        and not added to the timeline a second time (`on_reply`)."""
+        not added to the timeline a second time, nor its latency to the histograms (`on_reply`,
+        `on_ack`): it waited for the logoff, not for the service."""
         for c in clients:
             for mid, t_sent in c.outstanding.items():
                 self.timeline.unanswered(t_sent - c.waited.get(mid, 0.0), c.idx)
