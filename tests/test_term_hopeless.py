@@ -444,3 +444,25 @@ async def test_cli_load_whose_own_certificate_is_refused_gives_up_at_once(tls_cp
     ), err
     # counted as the failed connects they are (no drop while logging on)
     assert re.search(r"disconnects\s+0 \(failed connects [1-9]", out), out
+
+
+def test_connect_and_load_say_why_they_never_logged_on_in_the_same_words() -> None:
+    """`hsbterm connect` that never logged on and a load whose terminals never did say the same
+    line for the same cause (the connect's naming the address, the load's line names it before):
+    the connect's was a near-copy of the load report's, and a closed connection's fix said
+    otherwise ("is the CP running" for a CP that took the hello)."""
+    import io
+
+    from hsb.term.client import TerminalClient
+    from hsb.term.interactive import Printer, _not_logged_on
+    from hsb.term.report import LoadReport
+
+    target = "127.0.0.1:7000"
+    p = Printer(io.StringIO(), target)
+    c = TerminalClient("T1", p)
+    c.logon_drops = 3
+    load = LoadReport(terminals=1, logon_drops=3)
+    assert _not_logged_on(p, c, 2.0) == load.never_welcomed.replace("address?", f"address ({target})?")
+    p.unreachable, p.connect_failures, p.connect_error = True, 4, "ConnectionRefusedError"
+    load = LoadReport(terminals=1, connect_failures=4, connect_error="ConnectionRefusedError")
+    assert _not_logged_on(p, c, 2.0) == load.never_welcomed.replace("address?", f"address ({target})?")

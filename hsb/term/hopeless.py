@@ -109,6 +109,30 @@ def refusal_fix(code: str, load: bool) -> str:
     return "give the terminal's name (as the CP's config defines it)" if not load else "give terminal names the CP defines"
 
 
+# Why a terminal (`hsbterm connect`), or every terminal of a load, never logged on though nothing
+# said it never could; `target`: the CP's address, named unless the line names it already.
+
+
+def check_cp(target: str = "") -> str:
+    """The fix when nothing at --cp welcomed the terminal."""
+    where = f" ({target})" if target else ""
+    return f"is the CP running, and --cp its terminal_listen address{where}?"
+
+
+def no_connect(failed: int, last: str | None, target: str = "") -> str:
+    """No connect got through."""
+    return f"no connect got through ({failed} failed, the last {last}): {check_cp(target)}"
+
+
+def closed_after_hello(drops: int, target: str = "") -> str:
+    """Why it never logged on: every connection was closed after its hello, with no answer."""
+    where = f" ({target})" if target else ""
+    return (
+        f"every connection was closed after its hello with no answer ({drops}): a CP whose terminal"
+        f" listener has TLS needs --tls --ca (docs/tls.md); else is --cp the CP's terminal_listen address{where}?"
+    )
+
+
 def not_a_terminal_port(target: str, detail: str) -> str:
     return f"{target} does not speak the terminal link ({detail}): --cp takes the CP's terminal_listen address (not its host_listen or admin_listen)"
 

@@ -39,7 +39,7 @@ from typing import Any, NamedTuple, TextIO
 
 from hsb.term.client import WELCOMED, TerminalClient
 from hsb.term.connector import Connector
-from hsb.term.hopeless import PORT_REFUSALS, REFUSALS, Hopeless, refusal_fix, tls_failure
+from hsb.term.hopeless import PORT_REFUSALS, REFUSALS, Hopeless, check_cp, closed_after_hello, no_connect, refusal_fix, tls_failure
 from hsb.term.listener import Listener
 from hsb.term.report import RECONNECT_RACES
 from hsb.term.verdict import judge_marks
@@ -305,15 +305,11 @@ async def interactive(
 
 def _not_logged_on(p: Printer, c: TerminalClient, waited: float) -> str:
     """Why a terminal was never welcomed, with no refusal to tell, and the fix."""
-    fix = f"is the CP running, and --cp its terminal_listen address ({p.target})?"
     if p.unreachable:
-        return f"no connect got through ({p.connect_failures} failed, the last {p.connect_error}): {fix}"
+        return no_connect(p.connect_failures, p.connect_error, p.target)
     if c.logon_drops:
-        return (
-            f"every connection was closed after its hello with no answer ({c.logon_drops}): a CP whose terminal"
-            f" listener has TLS needs --tls --ca (docs/tls.md); else {fix}"
-        )
-    return f"no welcome came within {waited:g} s of the end of input: {fix}"
+        return closed_after_hello(c.logon_drops, p.target)
+    return f"no welcome came within {waited:g} s of the end of input: {check_cp(p.target)}"
 
 
 async def _await_logon(client: TerminalClient, printer: Printer, timeout: float) -> None:

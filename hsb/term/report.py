@@ -56,6 +56,8 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from hsb.term.hopeless import closed_after_hello, no_connect
+
 RECONNECT_RACES = frozenset({"already_connected"})  # refusals a reconnect can meet and retry past
 
 
@@ -158,12 +160,9 @@ class LoadReport:
         if self.protocol_errors:
             return f"what answers broke the terminal link ({self.protocol_errors} protocol errors): is --cp the CP's terminal_listen address?"
         if self.logon_drops:
-            return (
-                f"every connection was closed after its hello with no answer ({self.logon_drops}): a CP whose terminal"
-                " listener has TLS needs --tls --ca (docs/tls.md); else is --cp the CP's terminal_listen address?"
-            )
+            return closed_after_hello(self.logon_drops)
         if self.connect_failures:
-            return f"no connect got through ({self.connect_failures} failed, the last {self.connect_error}): is the CP running, and --cp its terminal_listen address?"
+            return no_connect(self.connect_failures, self.connect_error)
         return "no welcome came within the connect timeout (--connect-timeout)"
 
     @property
