@@ -797,3 +797,66 @@ async def test_an_earlier_runs_reply_resent_after_a_hello_that_holds_this_runs_i
 def test_a_run_of_no_terminals_proves_nothing() -> None:
     r = LoadReport(terminals=0)
     assert not r.ok and any("no terminals" in f for f in r.failures), r.failures
+
+
+class _FlowTransport(RecordingTransport):
+    """A transport with asyncio's flow control: past `high` bytes not yet read by the CP it
+    pauses its protocol's writing (from inside `write`, as asyncio's do); `read_all` (the CP reads
+    everything) resumes it."""
+
+    def __init__(self, protocol: TerminalClient, high: int) -> None:
+        super().__init__("cp")
+        self.protocol, self.high = protocol, high
+        self.unread = 0
+        self.paused = False
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.unread += len(data)
+        if self.unread > self.high and not self.paused:
+            self.paused = True
+            self.protocol.pause_writing()
+
+    def read_all(self) -> None:
+        self.unread = 0
+        if self.paused:
+            self.paused = False
+            self.protocol.resume_writing()
+
+    def msgs(self) -> list[tuple[int, bool]]:
+        return [(f["id"], bool(f.get("resent"))) for f in self.frames() if f["t"] == "msg"]
+
+
+def test_a_cp_that_does_not_read_stops_the_terminals_writes_until_it_reads_again() -> None:
+    """A CP that stops reading a terminal (at its held bound, or stalled): the terminal's writes
+    fill its transport's buffer, which asks it to pause. hsbterm went on writing every message
+    (and, after a reconnect, its whole resend) into that buffer, without bound. It now writes
+    nothing new while paused, the load owing its sends; when the CP reads again, what waited goes
+    out in id order, each once, then the owed sends. The same for what it sends again after a
+    reconnect: marked resent, the rest when the CP reads."""
+    stats = LoadStats(1)
+    stats.counting = True
+    c = TerminalClient("T1", stats, base=BASE, pad="x" * 1000)  # 100 of them: more than a chunk of the resend
+    tr = _FlowTransport(c, high=4096)
+    c.connection_made(tr)  # type: ignore[arg-type]
+    _feed(c, {"t": "welcome", "terminal": c.name, "last_acked": 0})
+    ids = [c.submit() for _ in range(100)]  # the CP reads none of it
+    written = len(tr.msgs())
+    assert tr.paused and tr.unread < 4096 + 1100 and written < 6, (tr.unread, written)
+    assert not c.can_send
+    stats.sending = True
+    stats.defer(c, 0.0)  # the load's next turn while paused: owed, not written
+    tr.read_all()  # the CP reads again: the rest goes, in chunks, pausing again past the mark
+    while tr.paused:
+        tr.read_all()
+    assert tr.msgs() == [(i, False) for i in [*ids, ids[-1] + 1]]  # (the owed send last)
+    assert c.can_send and not stats.deferred
+    c.connection_lost(None)  # none of it acknowledged: all of it goes again after the welcome
+    tr = _FlowTransport(c, high=4096)
+    c.connection_made(tr)  # type: ignore[arg-type]
+    _feed(c, {"t": "welcome", "terminal": c.name, "last_acked": ids[9]})  # the first ten acknowledged
+    assert tr.paused and len(tr.msgs()) < 91, len(tr.msgs())
+    c.submit()  # while paused: waits behind the resend
+    while tr.paused:
+        tr.read_all()
+    assert tr.msgs() == [(i, True) for i in [*ids[10:], ids[-1] + 1]] + [(ids[-1] + 2, False)]

@@ -63,6 +63,7 @@ BACKOFF_MIN = 0.05
 BACKOFF_MAX = 0.5  # a terminal tries again at least twice a second: a restarted CP is back in ~0.3 s
 
 _BYE = encode({"t": "bye"})
+WRITE_CHUNK = 64  # messages a terminal owes go out this many a write, until its transport pauses
 
 
 class TerminalClient(Answers, asyncio.Protocol):
@@ -131,6 +132,8 @@ class TerminalClient(Answers, asyncio.Protocol):
         "logon_drops",
         "told_why",
         "cork_upto",
+        "paused",
+        "conn_upto",
     )
 
     def __init__(
@@ -229,6 +232,10 @@ class TerminalClient(Answers, asyncio.Protocol):
         self.logon_drops = 0  # connections closed after the hello with neither a welcome nor an error
         self.told_why = False  # this connection had an error frame (a refusal says why it closes)
         self.cork_upto = 0  # the highest id in the cork (`sent_upto` once the cork is written)
+        # the connection's transport asked for no more writes (its buffer is full: the CP does not
+        # read): messages wait, unwritten, until it resumes (asyncio flow control)
+        self.paused = False
+        self.conn_upto = 0  # the highest id written on this connection (ids go out in order)
 
     # -- sending ---------------------------------------------------------
     @property
@@ -237,8 +244,8 @@ class TerminalClient(Answers, asyncio.Protocol):
 
     @property
     def can_send(self) -> bool:
-        """Welcomed, not stopping, and below the outstanding window."""
-        return self.state == WELCOMED and not self.stopping and (self.window <= 0 or len(self.outstanding) < self.window)
+        """Welcomed, not stopping, its writes not paused, and below the outstanding window."""
+        return self.state == WELCOMED and not self.stopping and not self.paused and (self.window <= 0 or len(self.outstanding) < self.window)
 
     def index(self, msg_id: int) -> int:
         """Position of `msg_id` in the marks array, or -1 if this terminal never sent it."""
@@ -253,8 +260,9 @@ class TerminalClient(Answers, asyncio.Protocol):
         return f"{self.name}:{(msg_id - self.base) // self.stride}{self.pad}"
 
     def submit(self, data: Any = None, due: float | None = None) -> int:
-        """Record a new message and send it now if logged on (else on the next welcome). `due`:
-        when it was meant to go (monotonic), if it waited: its reply's latency counts from then."""
+        """Record a new message and send it now if logged on and its writes are not paused (else
+        on the next welcome, or when they resume). `due`: when it was meant to go (monotonic), if
+        it waited: its reply's latency counts from then."""
         msg_id = self.base + len(self.marks) * self.stride
         self.marks.append(SENT)
         now = time.monotonic()
@@ -264,8 +272,9 @@ class TerminalClient(Answers, asyncio.Protocol):
         if self.payloads is not None:
             self.payloads[msg_id] = "" if data is None else data
         self.listener.on_sent(self, msg_id, now)
-        if self.state == WELCOMED and self.transport is not None and not self.bye_said:
+        if self.state == WELCOMED and self.transport is not None and not self.bye_said and not self.paused:
             frame = encode(self._msg(msg_id, False))
+            self.conn_upto = msg_id
             if self.cork is not None:
                 self.cork.append(frame)
                 self.cork_upto = msg_id  # written with the cork, if the connection is still there then
@@ -273,6 +282,23 @@ class TerminalClient(Answers, asyncio.Protocol):
                 self.transport.write(frame)
                 self.sent_upto = msg_id
         return msg_id
+
+    def _write_owed(self) -> None:
+        """Write, in id order, what this connection owes the CP: every message not acknowledged
+        and not yet written on it (after a welcome all of them, marked `resent` if an earlier
+        connection had them), WRITE_CHUNK at a time until its transport pauses (then on resume)."""
+        tr = self.transport
+        if self.state != WELCOMED or tr is None or self.bye_said or self.paused:
+            return
+        upto, mark = self.sent_upto, self.mark_resent  # (above upto: never sent, a first send)
+        owed = [i for i in self.unacked_ids() if i > self.conn_upto]
+        for k in range(0, len(owed), WRITE_CHUNK):
+            if self.paused or self.transport is not tr:
+                return
+            chunk = owed[k : k + WRITE_CHUNK]
+            self.conn_upto = chunk[-1]
+            self.sent_upto = max(self.sent_upto, chunk[-1])
+            tr.write(b"".join(encode(self._msg(i, mark and i <= upto)) for i in chunk))  # (it may pause)
 
     def unacked_ids(self) -> list[int]:
         """Outstanding ids the CP has not acknowledged, in id order."""
@@ -360,6 +386,8 @@ class TerminalClient(Answers, asyncio.Protocol):
             dead_peer_detection(transport.get_extra_info("socket"), self.keepalive)
         self.decoder = Decoder(DEFAULT_MAX_FRAME, CP_TYPES)
         self.told_why = False
+        self.paused = False
+        self.conn_upto = 0
         self.state = HELLO
         if self.stopping:
             transport.close()
@@ -397,9 +425,22 @@ class TerminalClient(Answers, asyncio.Protocol):
                     self.sent_upto = self.cork_upto
             # (else nothing of it left: what it held is sent after the next welcome, as a first send)
 
+    def pause_writing(self) -> None:
+        """The transport's buffer is full (the CP does not read): no new message is written, nor
+        sent again, until `resume_writing` (frames of its own, a confirm or the bye, still go)."""
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        """The CP reads again: what waited goes out, and the listener may send on."""
+        self.paused = False
+        self._write_owed()
+        if not self.paused and self.state == WELCOMED:
+            self.listener.on_writable(self)
+
     def connection_lost(self, exc: Exception | None) -> None:
         was = self.state
         self.state = DOWN
+        self.paused = False
         if self.confirm_timer is not None:
             self.confirm_timer.cancel()
             self.confirm_timer = None
@@ -548,13 +589,10 @@ class TerminalClient(Answers, asyncio.Protocol):
         for i in self.unacked_ids():
             if i <= min(last_acked, self.sent_upto):
                 self._on_ack(i)
-        resend = self.unacked_ids()
+        resend = len(self.unacked_ids())
         if resend and self.transport is not None and not self.bye_said:
-            upto = self.sent_upto  # (above it: submitted while away, never sent: a first send)
-            mark = self.mark_resent
-            self.transport.write(b"".join(encode(self._msg(i, mark and i <= upto)) for i in resend))
-            self.sent_upto = max(upto, resend[-1])
-            self.listener.on_resent(self, len(resend))
+            self.listener.on_resent(self, resend)
+            self._write_owed()
 
     def _msg(self, msg_id: int, again: bool) -> dict[str, Any]:
         """A `msg` frame; `again`: sent before on an earlier connection, never acknowledged."""

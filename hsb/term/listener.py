@@ -20,6 +20,9 @@ class Listener:
     def on_resent(self, c: TerminalClient, count: int) -> None:
         """`count` unacknowledged messages were sent again after a welcome."""
 
+    def on_writable(self, c: TerminalClient) -> None:
+        """Its connection takes writes again (the CP reads again): it can send."""
+
     def on_welcome(self, c: TerminalClient, first: bool) -> None:
         """Logged on; `first` is True for this terminal's first welcome ever."""
 

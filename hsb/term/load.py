@@ -118,7 +118,7 @@ async def _schedule(clients: Sequence[TerminalClient], rate: float, stats: LoadS
             c = clients[i]
             if c.can_send:
                 c.submit()
-            elif c.welcomed_at is not None:  # window full, or not logged on right now: owed
+            elif c.welcomed_at is not None:  # window full, writes paused, or not logged on right now: owed
                 stats.defer(c, due)  # (never logged on, a refused name say: it owes nothing)
             nxt = due + period
             if nxt < now - late:  # the loop was held up: skip what is later than that
@@ -324,8 +324,9 @@ async def run_load(
         # makes the CP hand over what it still held, and an answer that came only then is late,
         # not on time (lost and unacknowledged are judged on this)
         settled = {c: bytes(c.marks) for c in clients}
-        # sends that fell due while a terminal could not send (away, or its window full) and were
-        # never made: no message, so nothing lost, but a pause its user saw (in the timeline)
+        # sends that fell due while a terminal could not send (away, its window full, or its writes
+        # paused) and were never made: no message, so nothing lost, but a pause its user saw (in
+        # the timeline)
         owed_unsent = sum(len(q) for q in stats.deferred.values()) + stats.owed_dropped
         stats.gap.finish(settle_end)
         stats.settled(clients)

@@ -13,14 +13,14 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any
 
-from hsb.term.client import TerminalClient
+from hsb.term.client import WELCOMED, TerminalClient
 from hsb.term.hopeless import Hopeless
 from hsb.term.listener import Listener
 from hsb.term.stats import GapTracker, LatencyHistogram
 from hsb.term.timeline import BackTimes, Timeline
 from hsb.wire.framing import ProtocolError
 
-MAX_DEFERRED = 64  # sends a terminal owes (its window was full when they were due) at most
+MAX_DEFERRED = 64  # sends a terminal owes (it could not send when they were due) at most
 
 
 class LoadStats(Listener):
@@ -58,7 +58,8 @@ class LoadStats(Listener):
         self.timeline = Timeline()  # send and reply time of every answered message
         self.back_times = BackTimes(terminals)  # when each terminal logged on or was switched
         self.owed_dropped = 0  # sends owed beyond MAX_DEFERRED a terminal: never made
-        # sends owed, each its due time: by terminals whose window was full, or not logged on
+        # sends owed, each its due time: by terminals whose window was full, whose writes were
+        # paused (the CP did not read them), or not logged on
         self.deferred: dict[TerminalClient, deque[float]] = {}
         # owed sends go out until then (monotonic): the sending phase, and the first part of the
         # settle time (a terminal back late sends them, with time left for their answers)
@@ -120,6 +121,8 @@ class LoadStats(Listener):
                 self.replied_sending += 1
                 if self.refill and c.can_send:
                     c.submit()
+                elif self.refill and c.state == WELCOMED:  # its writes paused (the CP does not read): owed
+                    self.defer(c, now)
                 elif c in self.deferred and c.can_send:
                     self._owed_send(c)
             elif c in self.deferred and c.can_send and self.owing():  # owed from the sending phase
@@ -159,13 +162,16 @@ class LoadStats(Listener):
         c.submit(due=due)  # its latency counts from when it was due: the wait is the terminal's too
 
     def defer(self, c: TerminalClient, due: float) -> None:
-        """`c`'s turn came (at `due`) with its window full or while it was not logged on: it
-        sends as soon as it can."""
+        """`c`'s turn came (at `due`) with its window full, its writes paused (the CP did not read)
+        or while it was not logged on: it sends as soon as it can."""
         owed = self.deferred.setdefault(c, deque())
         if len(owed) < MAX_DEFERRED:
             owed.append(due)
         else:
             self.owed_dropped += 1  # (never sent: reported as owed_unsent)
+
+    def on_writable(self, c: TerminalClient) -> None:
+        self.on_welcome_hook(c)  # (what it owes, as after a welcome)
 
     def on_welcome_hook(self, c: TerminalClient) -> None:
         if c in self.deferred and self.owing():
