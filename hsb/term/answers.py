@@ -5,7 +5,7 @@ data is not what was sent (the `echo` and `journal` services answer with the mes
 is *bad data*; a second reply is a *duplicate*, but for a reply the CP sends again after a
 reconnect (marked `resent`) that the terminal held when it said hello, ignored once if it is the
 same answer; a reply for an id below its first (an earlier run's: resent, or made after this run
-logged on) is not judged, and is confirmed. Each lands in the terminal's marks (`hsb.term.verdict`) and is told to its
+logged on) is not judged, and is confirmed (`hsb.term.resume`). Each lands in the terminal's marks (`hsb.term.verdict`) and is told to its
 `Listener`. A mixin of `hsb.term.client.TerminalClient`, whose state it reads and changes; the
 connection and what the terminal sends are there."""
 
@@ -30,13 +30,9 @@ class Answers:
     outstanding: dict[int, float]
     waited: dict[int, float]
     payloads: dict[int, Any] | None
-    may_resend: set[int]
     acked_max: int
     unexpected_acks: int
     unexpected: int
-    earlier_run_replies: int
-    foreign_upto: int
-    confirmed: int
     told_last_reply: int
     resent_ignored: int
     early: int
@@ -63,31 +59,19 @@ class Answers:
         marks = self.marks
         if k < 0:
             if msg_id < self.floor and (not resent or msg_id > self.told_last_reply):
-                # a reply to an earlier run of this terminal (it died without a bye): kept by the
-                # CP and resent, or made after this run logged on and sent as it came. Not ours to
-                # judge, but confirmed, received: else the CP keeps it for good, and at its bound
-                # of kept replies takes none of this run's messages. (Resent, only above the
-                # hello's last_reply: the CP resends nothing the terminal said it holds.)
-                self.earlier_run_replies += 1
-                if msg_id > self.foreign_upto:
-                    self.foreign_upto = msg_id
-                if msg_id <= self.confirmed:
-                    # sent though a confirm of ours covered it: the CP took that confirm short of
-                    # it (a message below was unanswered then), so say it again
-                    self.confirmed = msg_id - 1
-                if self.resume:
-                    self._confirm()
+                # an earlier run's (hsb.term.resume); resent, only above the hello's last_reply:
+                # the CP resends nothing the terminal said it holds
+                self.earlier_runs_reply(msg_id)
                 return
             self.unexpected += 1  # never sent by this terminal (another's id, say): resent or not
             self.listener.on_reply(self, msg_id, data, None, "unexpected")
             return
         m = marks[k]
         count = m >> REPLY_SHIFT
-        if count and resent and msg_id in self.may_resend:
+        if count and resent and self.held_at_hello(msg_id):
             # sent again after a reconnect and this terminal had it then (its hello could not say
             # so: an earlier reply is missing): ignored once, if it is the same answer. A resent
             # copy of a reply that first came on this connection is a duplicate
-            self.may_resend.discard(msg_id)
             if self._same_again(k, msg_id, data):
                 self.resent_ignored += 1
             else:

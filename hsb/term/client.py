@@ -21,14 +21,12 @@ so no two terminals of a run ever use the same id and a reply delivered to the
 wrong terminal is caught; the ids still grow faster than the clock only above
 a million messages a second.
 
-By default a terminal **resumes** (docs/protocol.md §1): its hello says `last_reply`, the
-highest id up to which it holds every reply; it confirms replies as they arrive (`confirm`,
-every few replies or 50 ms, and before it logs off); a reply marked `resent` for an id whose
-reply it already held when it said hello (above its `last_reply`) is ignored once, if it is the
-same answer (the CP sends again what it kept after a reconnect); any other second copy is a
-duplicate. One for an id below its first is an earlier run's (one that died without a `bye`),
-resent or made after this run logged on: not judged, and confirmed like its own. `resume=False` is the
-older terminal that says none of this.
+By default a terminal **resumes** (docs/protocol.md §1): its hello says `last_reply`, it
+confirms replies as they arrive, and a reply the CP sends again after a reconnect (marked
+`resent`) that it held at its hello is ignored once, if it is the same answer; any other second
+copy is a duplicate. What it claims and confirms, and an earlier run's replies (below its first
+id: not judged, confirmed), are `hsb.term.resume`, a mixin of `TerminalClient`. `resume=False`
+is the older terminal that says none of this.
 
 A terminal is strict about what comes back (the verdict of `hsb.term.report`): how it
 judges each acknowledgement and reply is `hsb.term.answers`, a mixin of `TerminalClient`.
@@ -45,7 +43,8 @@ from hsb.term.answers import Answers
 from hsb.term.hopeless import cert_refused
 from hsb.term.listener import Listener
 from hsb.term.net import dead_peer_detection, new_id_base
-from hsb.term.verdict import ACKED, REPLY_SHIFT, SENT
+from hsb.term.resume import Resume
+from hsb.term.verdict import ACKED, SENT
 from hsb.wire.framing import DEFAULT_MAX_FRAME, Decoder, ProtocolError, encode
 
 if TYPE_CHECKING:
@@ -66,7 +65,7 @@ _BYE = encode({"t": "bye"})
 WRITE_CHUNK = 64  # messages a terminal owes go out this many a write, until its transport pauses
 
 
-class TerminalClient(Answers, asyncio.Protocol):
+class TerminalClient(Answers, Resume, asyncio.Protocol):
     """State of one terminal plus the protocol of its current connection."""
 
     __slots__ = (
@@ -197,17 +196,8 @@ class TerminalClient(Answers, asyncio.Protocol):
         self.check_data = check_data
         self.session_closed = 0  # session closed notices while not logging off
         self.resume = resume
-        self.prefix = 0  # marks[0:prefix] all have a reply: last_reply is the id of marks[prefix - 1]
-        self.confirmed = 0  # the last id confirmed to the CP
-        self.confirm_at = 0.0  # when (monotonic)
-        self.confirm_timer: asyncio.TimerHandle | None = None
+        self._resume_init()  # (hsb.term.resume: last_reply, confirmations, what may come again)
         self.resent_ignored = 0  # resent replies for ids already answered (as the protocol says)
-        self.earlier_run_replies = 0  # replies for ids of an earlier run (below this run's first id)
-        self.foreign_upto = 0  # the highest of those: it holds every reply up to it (none of its own is below)
-        self.told_last_reply = 0  # the last_reply of the latest hello: the CP may resend nothing up to it
-        # ids above it whose reply this terminal held at that hello: the only replies the CP may
-        # send again on this connection (marked resent) to a terminal that has them already
-        self.may_resend: set[int] = set()
         # the highest id written to a connection (ids go out in order): one at or below it, sent
         # again after a reconnect, is marked resent (an earlier CP may have handed it to the active)
         self.sent_upto = 0
@@ -246,6 +236,11 @@ class TerminalClient(Answers, asyncio.Protocol):
     def can_send(self) -> bool:
         """Welcomed, not stopping, its writes not paused, and below the outstanding window."""
         return self.state == WELCOMED and not self.stopping and not self.paused and (self.window <= 0 or len(self.outstanding) < self.window)
+
+    @property
+    def logged_on(self) -> bool:
+        """Welcomed on a connection it has not said bye on: a frame of its own may go."""
+        return self.state == WELCOMED and self.transport is not None and not self.bye_said
 
     def index(self, msg_id: int) -> int:
         """Position of `msg_id` in the marks array, or -1 if this terminal never sent it."""
@@ -305,40 +300,6 @@ class TerminalClient(Answers, asyncio.Protocol):
         marks, base, stride = self.marks, self.base, self.stride
         return [i for i in self.outstanding if not marks[(i - base) // stride] & ACKED]
 
-    def last_reply(self) -> int:
-        """The highest id up to which this terminal holds every reply (0: none): of its own, or
-        of an earlier run's that the CP sent it (`foreign_upto`, below all of its own)."""
-        marks, k = self.marks, self.prefix
-        while k < len(marks) and marks[k] >> REPLY_SHIFT:
-            k += 1
-        self.prefix = k
-        return self.base + (k - 1) * self.stride if k else self.foreign_upto
-
-    def _confirm(self, force: bool = False) -> None:
-        """Tell the CP which replies it may forget: every 8 replies, after 50 ms, or now (`force`)."""
-        if not self.resume or self.state != WELCOMED or self.transport is None or self.bye_said:
-            return
-        upto = self.last_reply()
-        if upto <= self.confirmed:
-            return
-        now = time.monotonic()
-        if force or (upto - self.confirmed) >= 8 * self.stride or now - self.confirm_at >= 0.05:
-            if self.confirm_timer is not None:
-                self.confirm_timer.cancel()
-                self.confirm_timer = None
-            self.confirmed, self.confirm_at = upto, now
-            frame = encode({"t": "confirm", "id": upto})
-            if self.cork is not None:
-                self.cork.append(frame)
-            else:
-                self.transport.write(frame)
-        elif self.confirm_timer is None:
-            self.confirm_timer = asyncio.get_running_loop().call_later(0.05, self._confirm_due)
-
-    def _confirm_due(self) -> None:
-        self.confirm_timer = None
-        self._confirm(force=True)
-
     def bye(self) -> None:
         """Log off: confirm what it holds, send bye, stop reconnecting; the CP closes the connection.
         Nothing is written after the bye: not a reply's confirm, nor (its welcome still to come
@@ -393,11 +354,8 @@ class TerminalClient(Answers, asyncio.Protocol):
             transport.close()
             return
         hello: dict[str, Any] = {"t": "hello", "terminal": self.name}
-        self.may_resend = set()
         if self.resume:
-            hello["last_reply"] = self.told_last_reply = self.last_reply()
-            marks, base, stride = self.marks, self.base, self.stride
-            self.may_resend = {base + k * stride for k in range(self.prefix, len(marks)) if marks[k] >> REPLY_SHIFT}
+            hello["last_reply"] = self.hello_last_reply()
         transport.write(encode(hello))
 
     def data_received(self, data: bytes) -> None:
