@@ -249,14 +249,11 @@ async def test_a_hello_taken_short_of_an_unanswered_message_resends_nothing_it_s
     """Run 1 sends two messages and dies without a bye; run 2 logs on, and the active answers
     run 1's second message first: run 2 gets that reply and confirms it (with its own, when it
     has one), but the CP takes the confirmation short of the first message, still unanswered,
-    and keeps the replies. Run 2's connection drops, and its hello says it holds them: the CP
-    took that hello short of the same message and sent every kept reply again, marked resent,
-    those the hello named included; run 2 counted the earlier run's unexpected (and its own a
-    duplicate), by a race with the active's answer. Now the CP sends again only what is above
-    the hello's last_reply; run 2 confirms them all once the first message is answered."""
-    from hsb.term.client import TerminalClient
-    from hsb.term.load import LoadStats, _report
-
+    and keeps the replies. Run 2's connection drops, and its hello says it holds them (a terminal
+    that knows the earlier run's ids may: hsbterm says 0, below): the CP took that hello short of
+    the same message and sent every kept reply again, marked resent, those the hello named
+    included. Now the CP sends again only what is above the hello's last_reply; the confirm that
+    follows the answer to the first message lets them all go."""
     cp = cp_core(tmp_path, 2)
     h = fake_host(cp, "host-a", "active", record=True)
     run1 = recording_terminal(cp, "T00001", 0)
@@ -264,30 +261,81 @@ async def test_a_hello_taken_short_of_an_unanswered_message_resends_nothing_it_s
     run1.data_received(b"".join(encode({"t": "msg", "id": i, "data": f"m{i}"}) for i in (1, 2)))
     await _until(lambda: {("T00001", 1), ("T00001", 2)} <= _delivered(h), "run 1's messages delivered")
     run1.connection_lost(None)  # no bye; the active still working on them
+    run2 = recording_terminal(cp, "T00001", 0)
+    cp.host_open(h, "T00001", "active", {})
+    cp.host_reply(h, "T00001", 2, "r2")  # answered before message 1
+    held = 2
+    if own:
+        held = 1000
+        run2.data_received(encode({"t": "msg", "id": held, "data": "m"}))
+        await _until(lambda: ("T00001", held) in _delivered(h), "run 2's message delivered")
+        cp.host_reply(h, "T00001", held, "r")
+    assert [m["id"] for m in _replies(run2)] == ([2, held] if own else [2])
+    run2.data_received(encode({"t": "confirm", "id": held}))
+    assert sorted(cp.terms["T00001"].replies) == ([2, held] if own else [2])  # taken short of 1
+    run2.connection_lost(None)  # the connection drops
+    again = recording_terminal(cp, "T00001", held)
+    assert _replies(again) == []  # it said it holds them
+    cp.host_open(h, "T00001", "active", {})
+    cp.host_reply(h, "T00001", 1, "r1")
+    assert _replies(again) == [{"t": "reply", "id": 1, "data": "r1"}]
+    again.data_received(encode({"t": "confirm", "id": held}))
+    assert not cp.terms["T00001"].replies and cp.counts.kept == 0  # all confirmed: let go
+
+
+def _replies(p: Any) -> list[dict[str, Any]]:
+    p.flush()
+    return [m for m in p.transport.frames() if m.get("t") == "reply"]
+
+
+@pytest.mark.parametrize("first", ["earlier", "both", "own"])
+async def test_an_earlier_runs_replies_made_while_the_next_run_was_away_reach_it(tmp_path: Path, first: str) -> None:
+    """Run 1 sends three messages and dies without a bye; run 2 logs on and the active answers
+    run 1's third first (`earlier`), or a message of run 2 (`own`), or both: run 2 gets them and
+    confirms, the CP taking that short of message 1, still unanswered. Run 2's connection drops,
+    and the active answers run 1's messages while it is away: kept for it, sent to nobody. Run
+    2's next hello said last_reply 3 (or its own id): every reply up to it, though it never had
+    the others, and the CP forgot them unsent. It says 0 now (it cannot know which of an earlier
+    run's messages are still to be answered): the CP sends every reply it kept, and run 2 gets
+    all three, ignoring (once) its own it had."""
+    from hsb.term.client import TerminalClient
+    from hsb.term.load import LoadStats, _report
+
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active", record=True)
+    run1 = recording_terminal(cp, "T00001", 0)
+    cp.host_open(h, "T00001", "active", {})
+    run1.data_received(b"".join(encode({"t": "msg", "id": i, "data": f"m{i}"}) for i in (1, 2, 3)))
+    await _until(lambda: {("T00001", i) for i in (1, 2, 3)} <= _delivered(h), "run 1's messages delivered")
+    run1.connection_lost(None)  # no bye; the active still working on them
     stats = LoadStats(1)
     stats.counting = True
     c = TerminalClient("T00001", stats, base=1000, check_data=True, keepalive=0)
     p = _connect_hsbterm(cp, c)
     await _until(lambda: c.state == 3, "run 2 welcomed")
     cp.host_open(h, "T00001", "active", {})
-    cp.host_reply(h, "T00001", 2, "r2")  # answered before message 1
-    await _until(lambda: c.earlier_run_replies == 1, "run 1's second reply reaches run 2")
-    if own:
+    away = [1, 2]
+    if first == "own":
+        away.append(3)
+    else:
+        cp.host_reply(h, "T00001", 3, "r3")  # answered before 1 and 2
+        await _until(lambda: c.earlier_run_replies == 1, "run 1's third reply reaches run 2")
+    if first != "earlier":
         a = c.submit()
         await _until(lambda: ("T00001", a) in _delivered(h), "run 2's message delivered")
         cp.host_reply(h, "T00001", a, c.payload(a))
         await _until(lambda: not c.outstanding, "run 2's message answered")
-    held = c.last_reply()
     p.transport.close()  # the connection drops
     await _until(lambda: c.state == 0 and p.closed, "the drop seen by both sides")
+    for i in away:  # answered while run 2 is away
+        cp.host_reply(h, "T00001", i, f"r{i}")
+    assert set(away) <= set(cp.terms["T00001"].replies)  # kept for it
     p = _connect_hsbterm(cp, c)
     await _until(lambda: c.state == 3, "run 2 welcomed again")
-    assert c.told_last_reply == held
-    cp.host_open(h, "T00001", "active", {})
-    cp.host_reply(h, "T00001", 1, "r1")
-    await _until(lambda: c.earlier_run_replies + c.unexpected >= 2, "run 1's first reply reaches run 2")
+    await _until(lambda: c.earlier_run_replies == 3, "the replies made while it was away reach run 2", within=2.0)
     c.bye()
     await _until(lambda: p.closed, "the logoff")
     r = _report([c], stats, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, [])
-    assert r.unexpected == 0 and r.duplicates == 0 and r.earlier_run_replies == 2, r.failures
+    assert r.unexpected == 0 and r.duplicates == 0 and r.bad_data == 0 and r.earlier_run_replies == 3, r.failures
+    assert r.resent_ignored == (0 if first == "earlier" else 1)  # its own reply, kept (taken short of 1)
     assert not cp.terms["T00001"].replies and cp.counts.kept == 0  # all confirmed: let go

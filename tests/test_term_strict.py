@@ -114,12 +114,14 @@ async def test_a_resent_reply_for_an_id_never_sent_is_unexpected_unless_an_earli
     assert not r.ok and r.unexpected == 2, r.failures
 
 
-async def test_an_earlier_runs_resent_replies_are_confirmed_and_said_at_the_next_hello() -> None:
+async def test_an_earlier_runs_resent_replies_are_confirmed_and_not_claimed_at_the_next_hello() -> None:
     """Replies the CP kept for an earlier run of this terminal (it died without a bye) come
     resent after this run's first hello. Ignored, never confirmed, they stayed kept for good, and
     at the CP's bound of kept replies none of this run's messages was taken: this run, with no
-    reply of its own, could confirm nothing. It confirms them now (it holds every reply up to
-    the highest: none of its own ids is below it), and its next hello says so."""
+    reply of its own, could confirm nothing. It confirms them now. Its next hello said it holds
+    every reply up to the highest, and the CP would forget unsent one of the earlier run's made
+    while it was away (it cannot know their ids): it says 0 at every hello now, and ignores once
+    each what the CP sends again that it holds, its own and the earlier run's."""
     c, stats = _client()
     assert c.transport is not None
     tr: Any = c.transport
@@ -133,16 +135,22 @@ async def test_an_earlier_runs_resent_replies_are_confirmed_and_said_at_the_next
     c.connection_lost(None)
     tr = RecordingTransport("cp")
     c.connection_made(tr)  # type: ignore[arg-type]
-    assert tr.frames()[0] == {"t": "hello", "terminal": "T1", "last_reply": BASE - 5}
+    assert tr.frames()[0] == {"t": "hello", "terminal": "T1", "last_reply": 0}
     _feed(c, {"t": "welcome", "terminal": c.name, "last_acked": 0})
+    _feed(c, {"t": "reply", "id": BASE - 5, "data": "y", "resent": True})  # one it has: counted once
     a = c.submit()
     _feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": c.payload(a)})
     r = _verdict(c, stats)
     assert r.ok and r.earlier_run_replies == 2, r.failures
-    # its hello said it holds them: the same again is the CP's mistake, not an earlier run's
-    _feed(c, {"t": "reply", "id": BASE - 5, "data": "y", "resent": True})
+    c.connection_lost(None)
+    tr = _connect(c, last_acked=a)
+    assert tr.frames()[0]["last_reply"] == 0  # none of its own claimed either
+    _feed(c, {"t": "reply", "id": a, "data": c.payload(a), "resent": True})
     r = _verdict(c, stats)
-    assert not r.ok and r.unexpected == 1, r.failures
+    assert r.ok and r.resent_ignored == 1, r.failures
+    _feed(c, {"t": "reply", "id": a, "data": c.payload(a), "resent": True})  # twice on one connection
+    r = _verdict(c, stats)
+    assert not r.ok and r.duplicates == 1, r.failures
 
 
 async def test_an_earlier_runs_reply_made_after_this_run_logged_on_is_confirmed_not_unexpected() -> None:
@@ -175,8 +183,8 @@ async def test_an_earlier_runs_reply_made_after_this_run_logged_on_is_confirmed_
     _feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": c.payload(a)})
     c.connection_lost(None)
     tr = _connect(c, last_acked=a)
-    assert c.told_last_reply == a
-    _feed(c, {"t": "reply", "id": BASE - 3, "data": "z"})  # sent as it came: the CP took that hello short of it
+    assert c.told_last_reply == 0  # (an earlier run's replies came: it claims none)
+    _feed(c, {"t": "reply", "id": BASE - 3, "data": "z"})  # sent as it came
     r = _verdict(c, stats)
     assert r.ok and r.earlier_run_replies == 3 and r.unexpected == 0, r.failures
     _feed(c, {"t": "reply", "id": BASE + 1, "data": "x"}, {"t": "reply", "id": BASE + 500, "data": "x"})

@@ -33,6 +33,7 @@ class Answers:
     acked_max: int
     unexpected_acks: int
     unexpected: int
+    earlier_run: bool
     told_last_reply: int
     resent_ignored: int
     early: int
@@ -51,7 +52,9 @@ class Answers:
             self.listener.on_ack(self, msg_id, True)
         else:
             if k < 0 and msg_id >= self.floor:  # the CP acknowledges only what this terminal sent: misdelivered or made up
-                self.unexpected_acks += 1  # (below the run's first id: an earlier run's, made durable late)
+                self.unexpected_acks += 1
+            elif k < 0:  # below the run's first id: an earlier run's, made durable late
+                self.earlier_run = True
             self.listener.on_ack(self, msg_id, False)
 
     def _on_reply(self: TerminalClient, msg_id: int, data: Any, resent: bool = False) -> None:
@@ -70,8 +73,8 @@ class Answers:
         count = m >> REPLY_SHIFT
         if count and resent and self.held_at_hello(msg_id):
             # sent again after a reconnect and this terminal had it then (its hello could not say
-            # so: an earlier reply is missing): ignored once, if it is the same answer. A resent
-            # copy of a reply that first came on this connection is a duplicate
+            # so: an earlier reply is missing, or it claimed none): ignored once, if it is the same
+            # answer. A resent copy of a reply that first came on this connection is a duplicate
             if self._same_again(k, msg_id, data):
                 self.resent_ignored += 1
             else:

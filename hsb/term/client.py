@@ -108,10 +108,14 @@ class TerminalClient(Answers, Resume, asyncio.Protocol):
         "confirm_at",
         "confirm_timer",
         "resent_ignored",
+        "earlier_run",
+        "earlier_ids",
         "earlier_run_replies",
         "foreign_upto",
         "told_last_reply",
+        "held_upto",
         "may_resend",
+        "resent_below",
         "floor",
         "unexpected_acks",
         "acked_max",
@@ -541,6 +545,8 @@ class TerminalClient(Answers, Resume, asyncio.Protocol):
         # first id is an earlier run's
         if last_acked >= self.floor and (self.index(last_acked) < 0 or last_acked > self.sent_upto):
             self.unexpected_acks += 1
+        if 0 < last_acked < self.floor:  # an earlier run's messages: some may be answered yet
+            self.earlier_run = True
         if last_acked < self.acked_max:  # an ack that was not durable after all: the CP forgot it
             self.acks_forgotten += 1
         # the CP holds everything up to last_acked: an ack lost with the old connection

@@ -2,12 +2,17 @@
 `reply`): the `last_reply` of its hello, its confirmations as replies arrive (every 8 replies or
 50 ms, and before it logs off), and which replies the CP may send it again after a reconnect.
 
-Its hello says the highest id up to which it holds every reply: of its own (ids in order from
-its first), or else of an earlier run's that the CP sent it (below all of its own). A reply to an
-earlier run's message (one that died without a `bye`) is not judged; it is counted and confirmed
-like its own (the CP keeps it until confirmed, and at its bound of kept replies would take none
-of this run's messages). A mixin of `hsb.term.client.TerminalClient`, whose state it reads and
-changes (its slots are there); `hsb.term.answers` judges the replies.
+Its hello says the highest id up to which it holds every reply, of its own (ids in order from its
+first) — unless an earlier run of the terminal (one that died without a `bye`) may still have
+messages to be answered: it cannot know which, and one answered while it was away is kept at the
+CP, sent to nobody, below its own ids; a hello that said it holds every reply up to one of its
+own would have the CP forget that one unsent. Such a run says `last_reply` 0 at every hello: the
+CP sends again every reply it keeps, and the terminal ignores, once each, those it held then.
+
+A reply to an earlier run's message is not judged; it is counted once and confirmed like its own
+(the CP keeps it until confirmed, and at its bound of kept replies would take none of this run's
+messages). A mixin of `hsb.term.client.TerminalClient`, whose state it reads and changes (its
+slots are there); `hsb.term.answers` judges the replies.
 """
 
 from __future__ import annotations
@@ -33,26 +38,38 @@ class Resume:
     confirmed: int
     confirm_at: float
     confirm_timer: asyncio.TimerHandle | None
+    earlier_run: bool
+    earlier_ids: set[int] | None
     earlier_run_replies: int
     foreign_upto: int
     told_last_reply: int
+    held_upto: int
     may_resend: set[int]
+    resent_below: set[int] | None
 
     def _resume_init(self: TerminalClient) -> None:
-        self.prefix = 0  # marks[0:prefix] all have a reply: last_reply is the id of marks[prefix - 1]
+        self.prefix = 0  # marks[0:prefix] all have a reply: the id of marks[prefix - 1] is its own last_reply
         self.confirmed = 0  # the last id confirmed to the CP
         self.confirm_at = 0.0  # when (monotonic)
         self.confirm_timer = None
-        self.earlier_run_replies = 0  # replies for ids of an earlier run (below this run's first id)
-        self.foreign_upto = 0  # the highest of those: it holds every reply up to it (none of its own is below)
+        # an earlier run of this terminal may have messages still to be answered (a welcome's
+        # last_acked, an ack or a reply below this run's first id): its hellos claim nothing
+        self.earlier_run = False
+        self.earlier_ids = None  # ids of the earlier run's replies it got (made when first needed)
+        self.earlier_run_replies = 0  # how many (below this run's first id: not judged, confirmed)
+        self.foreign_upto = 0  # the highest of those: a confirm with no reply of its own says it
         self.told_last_reply = 0  # the last_reply of the latest hello: the CP may resend nothing up to it
-        # ids above it whose reply this terminal held at that hello: the only replies the CP may
-        # send again on this connection (marked resent) to a terminal that has them already
+        self.held_upto = 0  # the id up to which it held every reply of its own at that hello
+        # ids above it whose reply this terminal held at that hello: with those up to held_upto
+        # (above told_last_reply), the only replies the CP may send again on this connection
+        # (marked resent) to a terminal that has them already, once each
         self.may_resend = set()
+        self.resent_below = None  # those up to held_upto sent again so far on this connection
 
     def last_reply(self: TerminalClient) -> int:
-        """The highest id up to which this terminal holds every reply (0: none): of its own, or
-        of an earlier run's that the CP sent it (`foreign_upto`, below all of its own)."""
+        """The highest id up to which this terminal holds every reply of its own (0: none), else
+        the highest of an earlier run's it was sent (`foreign_upto`, below all of its own): what
+        a `confirm` says (the CP has sent it every reply it keeps below, at the hello)."""
         marks, k = self.marks, self.prefix
         while k < len(marks) and marks[k] >> REPLY_SHIFT:
             k += 1
@@ -61,9 +78,13 @@ class Resume:
 
     def hello_last_reply(self: TerminalClient) -> int:
         """The `last_reply` of a new connection's hello, and what the CP may send again on it."""
-        self.told_last_reply = self.last_reply()
+        self.last_reply()  # (moves `prefix` on)
+        own = self.base + (self.prefix - 1) * self.stride if self.prefix else 0
+        self.held_upto = own
+        self.told_last_reply = 0 if self.earlier_run else own
         marks, base, stride = self.marks, self.base, self.stride
         self.may_resend = {base + k * stride for k in range(self.prefix, len(marks)) if marks[k] >> REPLY_SHIFT}
+        self.resent_below = None
         return self.told_last_reply
 
     def held_at_hello(self: TerminalClient, msg_id: int) -> bool:
@@ -72,14 +93,26 @@ class Resume:
         if msg_id in self.may_resend:
             self.may_resend.discard(msg_id)
             return True
-        return False
+        if not self.told_last_reply < msg_id <= self.held_upto:
+            return False
+        if self.resent_below is None:
+            self.resent_below = set()
+        if msg_id in self.resent_below:
+            return False
+        self.resent_below.add(msg_id)
+        return True
 
     def earlier_runs_reply(self: TerminalClient, msg_id: int) -> None:
         """A reply to an earlier run's message (below this run's first id): kept by the CP and
         resent, or made after this run logged on and sent as it came. Not judged, but confirmed,
         received: else the CP keeps it for good, and at its bound of kept replies takes none of
         this run's messages."""
-        self.earlier_run_replies += 1
+        self.earlier_run = True
+        if self.earlier_ids is None:
+            self.earlier_ids = set()
+        if msg_id not in self.earlier_ids:  # (one it had, resent after a hello that claimed none)
+            self.earlier_ids.add(msg_id)
+            self.earlier_run_replies += 1
         if msg_id > self.foreign_upto:
             self.foreign_upto = msg_id
         if msg_id <= self.confirmed:
