@@ -32,7 +32,10 @@ async def _connect(fake: FakeCP, name: str, inp: TextIO) -> tuple[int, str]:
 
 @pytest.mark.parametrize(
     ("knob", "said"),
-    [("duplicate", "duplicates: 1 replies beyond the first"), ("reply_before_ack", "unexpected: 1 replies before their ack")],
+    [
+        ("duplicate", "duplicates: 1 replies beyond the first"),
+        ("reply_before_ack", "unexpected: 1 replies to ids never sent or not yet acknowledged (1 before their ack)"),
+    ],
 )
 async def test_connect_exits_nonzero_when_the_cp_breaks_a_promise(fake: FakeCP, knob: str, said: str) -> None:
     """Every message answered, but one twice (or before its ack): the session's verdict fails, so
@@ -103,3 +106,44 @@ async def test_connect_fed_by_a_pipe_exits_nonzero_when_the_cp_refuses_the_termi
         server.close()
     text = out.getvalue()
     assert status == 1 and "giving up: the CP refused this terminal (unknown_terminal)" in text, text
+
+
+async def test_connect_and_load_say_a_broken_promise_in_the_same_words() -> None:
+    """One terminal's session breaks every promise `hsbterm connect` judges: a reply twice, one
+    to an id never sent, one before its ack, an ack of an id never sent, a welcome that forgot
+    an ack, an error frame, a frame that breaks the protocol. Each line connect says is the load
+    verdict's own for the same terminal (connect said some otherwise: the unexpected replies in
+    two lines, the acks in other words)."""
+    from hsb.term.client import TerminalClient
+    from hsb.term.interactive import session_failures
+    from hsb.term.load import LoadStats, _report
+    from hsb.wire.framing import encode
+    from tests.support.transports import RecordingTransport
+
+    stats = LoadStats(1)
+    stats.counting = True
+    c = TerminalClient("T1", stats, base=1000, keep_payloads=True, keepalive=0)
+
+    def logon(last_acked: int, *frames: dict[str, object]) -> None:
+        c.connection_made(RecordingTransport("cp"))  # type: ignore[arg-type]
+        c.data_received(b"".join(encode(m) for m in ({"t": "welcome", "terminal": "T1", "last_acked": last_acked}, *frames)))
+        c.connection_lost(None)
+
+    a, b = c.submit("x"), c.submit("y")
+    logon(
+        0,
+        {"t": "ack", "id": a},
+        {"t": "reply", "id": a, "data": "x"},
+        {"t": "reply", "id": a, "data": "x"},  # a duplicate
+        {"t": "reply", "id": b, "data": "y"},  # before its ack
+        {"t": "ack", "id": b},
+        {"t": "reply", "id": 1500, "data": "?"},  # an id never sent
+        {"t": "ack", "id": 1600},  # an ack of one
+    )
+    logon(a)  # below b, acknowledged before
+    logon(b, {"t": "error", "code": "id_reused", "msg": "?"})
+    logon(b, {"t": "reply"})  # no id: a protocol error
+    said = session_failures(c, dict(stats.errors))
+    assert [s.split(":")[0] for s in said] == ["duplicates", "unexpected", "unexpected acks", "acks forgotten", "protocol errors", "CP errors"], said
+    load = _report([c], stats, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, []).failures
+    assert [s for s in said if s not in load] == [], load

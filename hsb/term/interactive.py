@@ -41,7 +41,15 @@ from hsb.term.client import WELCOMED, TerminalClient
 from hsb.term.connector import Connector
 from hsb.term.hopeless import PORT_REFUSALS, REFUSALS, Hopeless, check_cp, closed_after_hello, no_connect, refusal_fix, tls_failure
 from hsb.term.listener import Listener
-from hsb.term.report import RECONNECT_RACES
+from hsb.term.report import (
+    RECONNECT_RACES,
+    acks_forgotten_failure,
+    cp_errors_failure,
+    duplicates_failure,
+    protocol_errors_failure,
+    unexpected_acks_failure,
+    unexpected_failure,
+)
 from hsb.term.verdict import judge_marks
 from hsb.wire.framing import ProtocolError
 
@@ -330,20 +338,18 @@ async def _await_logon(client: TerminalClient, printer: Printer, timeout: float)
 
 def session_failures(c: TerminalClient, errors: dict[str, int] | None = None) -> list[str]:
     """What the CP did wrong in this terminal's session, as `hsbterm load`'s verdict counts it
-    (hsb.term.report): its error frames too, but for the refusals a reconnect meets and retries
-    past (RECONNECT_RACES); a message still without a reply is said apart."""
+    and in its words (hsb.term.report): its error frames too, but for the refusals a reconnect
+    meets and retries past (RECONNECT_RACES); a message still without a reply is said apart.
+    (Its replies' data is not checked: `connect` prints them.)"""
     v = judge_marks(c.marks, base=c.base, stride=c.stride, name=c.name)
+    unexpected = c.unexpected + c.early
+    bad = {k: n for k, n in (errors or {}).items() if k not in NOT_BROKEN}  # (a refusal is told as the reason it gave up)
     checks = (
-        (v.duplicates, f"duplicates: {v.duplicates} replies beyond the first (e.g. {', '.join(v.duplicate_ids[:5])})"),
-        (c.unexpected, f"unexpected: {c.unexpected} replies to ids never sent"),
-        (c.early, f"unexpected: {c.early} replies before their ack"),
-        (c.bad_data, f"bad data: {c.bad_data} replies"),
-        (c.unexpected_acks, f"unexpected acks: {c.unexpected_acks} acknowledgements of ids never sent"),
-        (c.acks_forgotten, f"acks forgotten: {c.acks_forgotten} welcomes said a last_acked below an id acknowledged before"),
-        (c.protocol_errors, f"protocol errors: {c.protocol_errors} frames from the CP broke the protocol"),
+        (v.duplicates, duplicates_failure(v.duplicates, v.duplicate_ids)),
+        (unexpected, unexpected_failure(unexpected, c.early)),
+        (c.unexpected_acks, unexpected_acks_failure(c.unexpected_acks)),
+        (c.acks_forgotten, acks_forgotten_failure(c.acks_forgotten)),
+        (c.protocol_errors, protocol_errors_failure(c.protocol_errors)),
+        (len(bad), cp_errors_failure(bad)),
     )
-    out = [text for n, text in checks if n]
-    bad = {k: v for k, v in (errors or {}).items() if k not in NOT_BROKEN}
-    if bad:  # (a refusal is told as the reason it gave up)
-        out.append("CP errors: " + ", ".join(f"{k} x{v}" for k, v in sorted(bad.items())))
-    return out
+    return [said for n, said in checks if n]

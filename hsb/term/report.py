@@ -61,6 +61,45 @@ from hsb.term.hopeless import closed_after_hello, no_connect
 RECONNECT_RACES = frozenset({"already_connected"})  # refusals a reconnect can meet and retry past
 
 
+# The verdict's words for the broken promises one terminal's session shows as well: `hsbterm
+# connect` says them as the load's verdict does (hsb.term.interactive.session_failures).
+
+
+def eg(ids: list[str]) -> str:
+    """A sample of the ids concerned, if there are any."""
+    return f" (e.g. {', '.join(ids[:5])})" if ids else ""
+
+
+def error_counts(errors: dict[str, int]) -> str:
+    """The CP's error frames by code: `code xN, ...`."""
+    return ", ".join(f"{k} x{v}" for k, v in sorted(errors.items()))
+
+
+def duplicates_failure(n: int, ids: list[str]) -> str:
+    return f"duplicates: {n} replies beyond the first{eg(ids)}"
+
+
+def unexpected_failure(n: int, early: int) -> str:
+    """`n` replies to ids never sent or not yet acknowledged, `early` of them before their ack."""
+    return f"unexpected: {n} replies to ids never sent or not yet acknowledged ({early} before their ack)"
+
+
+def unexpected_acks_failure(n: int) -> str:
+    return f"unexpected acks: {n} acknowledgements of ids the terminal never sent"
+
+
+def acks_forgotten_failure(n: int) -> str:
+    return f"acks forgotten: {n} welcomes said a last_acked below an id the CP had acknowledged (an ack that was not durable)"
+
+
+def cp_errors_failure(errors: dict[str, int]) -> str:
+    return "CP errors: " + error_counts(errors)
+
+
+def protocol_errors_failure(n: int) -> str:
+    return f"protocol errors: {n} frames from the CP broke the protocol"
+
+
 def iso(ts: float | None) -> str | None:
     """Epoch seconds → ISO 8601 UTC with milliseconds (None stays None)."""
     if ts is None:
@@ -156,7 +195,7 @@ class LoadReport:
         if self.gave_up:
             return self.gave_up
         if self.errors:
-            return "the CP refused the terminals (" + ", ".join(f"{k} x{v}" for k, v in sorted(self.errors.items())) + ")"
+            return f"the CP refused the terminals ({error_counts(self.errors)})"
         if self.protocol_errors:
             return f"what answers broke the terminal link ({self.protocol_errors} protocol errors): is --cp the CP's terminal_listen address?"
         if self.logon_drops:
@@ -169,10 +208,6 @@ class LoadReport:
     def failures(self) -> list[str]:
         """Every broken promise of the run, one readable reason each (empty: the run is OK)."""
         out: list[str] = []
-
-        def eg(ids: list[str]) -> str:
-            return f" (e.g. {', '.join(ids[:5])})" if ids else ""
-
         if self.terminals == 0:
             out.append("no terminals: the run had none, so nothing was proven")
         if self.sender_failed:
@@ -180,9 +215,9 @@ class LoadReport:
         if self.lost:
             out.append(f"lost: {self.lost} acknowledged messages never answered{eg(self.lost_ids)}")
         if self.duplicates:
-            out.append(f"duplicates: {self.duplicates} replies beyond the first{eg(self.duplicate_ids)}")
+            out.append(duplicates_failure(self.duplicates, self.duplicate_ids))
         if self.unexpected:
-            out.append(f"unexpected: {self.unexpected} replies to ids never sent or not yet acknowledged ({self.unexpected_early} before their ack)")
+            out.append(unexpected_failure(self.unexpected, self.unexpected_early))
         if self.bad_data:
             if self.workload == "echo":
                 out.append(
@@ -197,11 +232,9 @@ class LoadReport:
                 f" the {self.settle_s:.1f} s settle time{eg(self.unacked_ids)}"
             )
         if self.unexpected_acks:
-            out.append(f"unexpected acks: {self.unexpected_acks} acknowledgements of ids the terminal never sent")
+            out.append(unexpected_acks_failure(self.unexpected_acks))
         if self.acks_forgotten:
-            out.append(
-                f"acks forgotten: {self.acks_forgotten} welcomes said a last_acked below an id the CP had acknowledged (an ack that was not durable)"
-            )
+            out.append(acks_forgotten_failure(self.acks_forgotten))
         if self.welcomed < self.terminals:
             out.append(f"not logged on: {self.terminals - self.welcomed} of {self.terminals} terminals were never welcomed")
         if self.sessions_expected and self.sessions_opened < self.welcomed and self.sent:
@@ -233,9 +266,9 @@ class LoadReport:
         # before the CP noticed the old connection's loss (already_connected, retried) is not
         errors = self.errors if not self.expect_disconnects else {k: v for k, v in self.errors.items() if k not in RECONNECT_RACES}
         if errors:
-            out.append("CP errors: " + ", ".join(f"{k} x{v}" for k, v in sorted(errors.items())))
+            out.append(cp_errors_failure(errors))
         if self.protocol_errors:
-            out.append(f"protocol errors: {self.protocol_errors} frames from the CP broke the protocol")
+            out.append(protocol_errors_failure(self.protocol_errors))
         out.extend(f"books: {f}" for f in self.books_failures)
         if self.terminals and self.sent == 0:
             out.append(
@@ -366,7 +399,7 @@ def format_table(r: LoadReport) -> str:
         )
     )
     if r.errors:
-        rows.append(("CP errors", ", ".join(f"{k} x{v}" for k, v in sorted(r.errors.items()))))
+        rows.append(("CP errors", error_counts(r.errors)))
     if r.protocol_errors:
         rows.append(("protocol errors", str(r.protocol_errors)))
     if r.books is not None:
