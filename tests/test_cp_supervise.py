@@ -890,3 +890,33 @@ def test_a_worker_that_dies_while_it_ends_for_good_is_not_forked_again() -> None
     )
     assert outs(out) == ["worker 0", "master 75"], out
     assert "cp_worker_died_ending" in out and "cp_worker_died " not in out, out
+
+
+def test_a_wake_a_worker_took_before_it_failed_goes_to_the_next_worker(tmp_path: Path) -> None:
+    """keepalived's wake (SIGUSR1) reaches a waiting worker, whose takeover then fails for a
+    reason that may pass (exit 1: the journal's storage not answering, segments another CP still
+    deletes): the master forked the next worker without it, which (with wake_file = "", SIGUSR1
+    only) waited until it had seen the heartbeat still for takeover_stale, although keepalived had
+    made this machine master already. The wake goes to every worker forked again after such an
+    exit, until one does not exit 1; a worker that was never woken passes none on. Run in a process
+    of its own (signal dispositions)."""
+    count = tmp_path / "workers"
+    out = python_lines(
+        "import os, signal, sys, time",
+        "from pathlib import Path",
+        "from hsb.cp import supervise",
+        f"count = Path({str(count)!r})",
+        "def work(info):",
+        "    n = len(count.read_text()) if count.exists() else 0",
+        "    count.write_text('x' * (n + 1))",
+        "    os.write(1, f'OUT {n} {sorted(int(s) for s in supervise.EARLY_SIGNALS)}\\n'.encode())",
+        "    if n == 1:  # keepalived wakes it (through the master), then its takeover fails",
+        "        os.kill(os.getppid(), signal.SIGUSR1)",
+        "        deadline = time.monotonic() + 10",
+        "        while signal.SIGUSR1 not in supervise.EARLY_SIGNALS and time.monotonic() < deadline:",
+        "            time.sleep(0.001)",
+        "    return 0 if n == 3 else 1",
+        "os.write(1, f'OUT master {supervise.supervise(work)}\\n'.encode())",
+    )
+    usr1 = int(signal.SIGUSR1)
+    assert outs(out) == ["0 []", "1 []", f"2 [{usr1}]", f"3 [{usr1}]", "master 0"], out

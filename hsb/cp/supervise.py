@@ -17,7 +17,9 @@ same idea as PostgreSQL's postmaster or nginx's master process.
   exit in a row up to FAIL_DELAY_MAX_S (`cp_worker_failed`, with the wait); a worker that stays up
   for RESTARTS_WINDOW_S clears it. It starts on the config as a worker forked after a death does
   (FORKED_AGAIN: the file read again, or what the workers before applied or checked), not on the
-  master's start's: a SIGHUP the one that exited took is not lost with it. Ending the master with 1 left it to systemd, which started a
+  master's start's: a SIGHUP the one that exited took is not lost with it, nor a wake (SIGUSR1,
+  keepalived's) it was sent or owed: the next is woken too, as the takeover it asked for is not
+  done. Ending the master with 1 left it to systemd, which started a
   new master (a new interpreter, ~0.4 s of CPU) every 100 ms for ever (Restart=always,
   StartLimitIntervalSec=0). A start that fails for a reason that lasts exits 73 (hsb.cp.main,
   LASTING_*), which ends the master like any other status.
@@ -324,12 +326,15 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
     failures = 0  # workers in a row that exited FAILED (none of them up for a whole window)
     dying: list[int] = []  # dead workers the kernel is still tearing down: reaped when they are gone
     owed: list[int] = []  # reloads and wakes that came while no worker ran: for the next one
+    woken = False  # the worker running was woken (SIGUSR1 sent to it, or owed it at its fork)
     forked = False  # a worker was forked before: the next reads the config again (FORKED_AGAIN)
 
     def pass_on(sig: int, _: Any) -> None:
-        nonlocal stopping
+        nonlocal stopping, woken
         if sig in (signal.SIGTERM, signal.SIGINT):
             stopping = True
+        if sig == signal.SIGUSR1 and worker:
+            woken = True
         # a reload or a wake with no worker, or one dying (its teardown can take a while): for the next
         if sig in (signal.SIGHUP, signal.SIGUSR1) and sig not in owed and (not worker or _exit_status(worker) is not None):
             owed.append(sig)
@@ -395,6 +400,7 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
         os.close(w)
         worker = pid
         forked = True
+        woken = signal.SIGUSR1 in owed
         owed.clear()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, PASSED_ON)
         log.info("cp_worker_started", pid=pid, master_pid=master, restarts=info["restarts"])
@@ -416,6 +422,10 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
             if code != FAILED or final is not None or stopping:
                 return code
             # a start that failed for a reason that may pass: again, after a wait that grows
+            if woken and signal.SIGUSR1 not in owed:
+                # keepalived's wake was for a takeover this worker did not finish (the storage
+                # not answering): the next one is woken too, not left to wait out takeover_stale
+                owed.append(signal.SIGUSR1)
             now = time.monotonic()
             failures = 1 if now - began >= window else failures + 1
             delay = failed_delay(failures)
