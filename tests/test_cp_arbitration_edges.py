@@ -471,3 +471,54 @@ async def test_a_failover_request_right_after_a_stall_of_the_cp_is_judged_after_
     await asyncio.sleep(0)
     cp.settle_flip()
     assert cp.active is b
+
+
+@pytest.mark.parametrize("held", [False, True])
+async def test_a_standby_session_the_standby_refuses_during_the_handover_wait_is_not_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: bool
+) -> None:
+    """The handover waits for T00003's standby session; host-b refuses it (its attributes there
+    differ: a `close` with its reason). Nothing told the CP that the standby would never open it:
+    the grant waited the full HANDOVER_WAIT_S, every terminal's service paused, and nothing said
+    why T00003 was then disconnected. The grant comes at once; T00003 takes the classic path, and
+    the warning and the grant's `why` give the standby's reason. `held`: host-b refuses T00002's
+    too, which it held: closed, and not waited for again as a plain close would be."""
+    from hsb.cp import host_sessions
+    from tests.support.logrec import RecordingLog
+
+    rec = RecordingLog()
+    monkeypatch.setattr(host_sessions, "log", rec)
+    cp, a, b, terms = pair_waiting_for_a_handover(tmp_path)
+    why = "terminal 'T00003': this host's session attributes {'kind': 'x'} differ from the active's {}"
+    if held:
+        cp.host_close(b, "T00002", "standby", why.replace("T00003", "T00002"))
+        assert cp.terms["T00002"].standby is None and cp.active is a
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    cp.host_close(b, "T00003", "standby", why)
+    while cp.active is not b:
+        assert loop.time() - t0 < 1.0, f"still waiting for {cp._handover and cp._handover.owed} (HANDOVER_WAIT_S is 2 s)"
+        await asyncio.sleep(0.01)
+    cp.settle_flip()
+    assert [t.closed for t in terms] == [False, held, True]  # refused: the classic path
+    said = rec.events("handover_without_refused_standby_sessions")
+    assert len(said) == 1 and sorted(said[0]["terminals"]) == ["T00002", "T00003"][1 - held :], rec.entries
+    assert said[0]["count"] == 1 + held and "the classic path" in said[0]["msg"], said
+    assert said[0]["msg"].count("differ") == 1 and "make their attrs identical on both hosts" in said[0]["msg"], said
+    assert "take the classic path" in cp.switchovers[-1]["why"] and "differ" in cp.switchovers[-1]["why"], cp.switchovers[-1]
+
+
+async def test_a_standby_session_opened_after_its_refusal_is_waited_for_again(tmp_path: Path) -> None:
+    """host-b refuses T00001's standby session, then opens it after all (its attributes made the
+    same, a reload). Closed again during the handover's wait, it is waited for as any other: the
+    refusal does not outlive the open."""
+    cp, a, b, terms = pair_waiting_for_a_handover(tmp_path)
+    cp.host_close(b, "T00001", "standby", "attributes differ")
+    cp.host_open(b, "T00001", "standby", {})
+    cp.host_close(b, "T00001", "standby")
+    cp.host_open(b, "T00003", "standby", {})
+    assert cp.active is a, "granted without T00001's standby session"
+    cp.host_open(b, "T00001", "standby", {})
+    await asyncio.sleep(0)
+    cp.settle_flip()
+    assert cp.active is b and not any(t.closed for t in terms)

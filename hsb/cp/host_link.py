@@ -64,6 +64,9 @@ class HostProtocol(AuthServerProtocol):
         self.adopt_waiting: list[str] = []  # adopted for terminals not connected (yet)
         self.adopt_gap: list[tuple[list[tuple[str, dict[str, Any]]], bool]] = []  # named while a grant that cut it was pending
         self.adopt_t0 = 0.0
+        # standby: the terminals whose standby session it refused (their attributes there differ),
+        # with its reason: a planned handover does not wait for those (hsb.cp.host_sessions)
+        self.refused_standby: dict[str, str] = {}
 
     @property
     def usable(self) -> bool:
@@ -195,7 +198,8 @@ class HostProtocol(AuthServerProtocol):
         self.cp.host_refuse(self, require(msg, "terminal", str), str(msg.get("reason", "refused by the host")))
 
     def on_close_session(self, msg: dict[str, Any]) -> None:
-        self.cp.host_close(self, require(msg, "terminal", str), require(msg, "kind", str))
+        refused = msg.get("refused")  # (a standby's: it will not hold this session, and why)
+        self.cp.host_close(self, require(msg, "terminal", str), require(msg, "kind", str), refused[:300] if isinstance(refused, str) else None)
 
     def on_reply(self, msg: dict[str, Any]) -> None:
         # (the old active of a planned switchover, until its grant takes effect, answers too: it

@@ -95,6 +95,7 @@ class HostSessions:
         if not term.defn.standby_capable:
             return f"terminal {term.name!r} is not standby-capable at the CP"
         term.standby = Session(host, attrs)
+        host.refused_standby.pop(term.name, None)
         return None
 
     def _standby_opened(self: CP, host: HostProtocol, names: list[str]) -> None:
@@ -134,12 +135,19 @@ class HostSessions:
             self._tell(term, {"t": "session", "state": "closed", "epoch": self.epoch, "reason": reason[:200]})
         self.session_gone(term)
 
-    def host_close(self: CP, host: HostProtocol, name: str, kind: str) -> None:
+    def host_close(self: CP, host: HostProtocol, name: str, kind: str, refused: str | None = None) -> None:
         term = self.terms.get(name)
         if term is None:
             return
         self.settle_flip_for(term)
-        if kind == "standby" and term.standby is not None and term.standby.host is host:
+        if kind == "standby" and refused is not None and host is self.standby:
+            # the standby will not hold this session (its attributes there differ, say): a
+            # handover waiting for it would wait HANDOVER_WAIT_S for nothing, every terminal paused
+            host.refused_standby[name] = refused
+            if term.standby is not None and term.standby.host is host:
+                term.standby = None
+            self.owed_no_more(term)
+        elif kind == "standby" and term.standby is not None and term.standby.host is host:
             term.standby = None
             self.owe_if_handing_over(term)  # (still served at the active: its standby session is owed again)
         elif term.active is not None and term.active.host is host and (kind == "active" or (kind == "standby" and host is self.active)):
@@ -192,12 +200,29 @@ class HostSessions:
                 timer = asyncio.get_running_loop().call_later(HANDOVER_WAIT_S, self.host_handover, host, False)
                 self._handover = _Handover(host, sb, owed, timer)
                 return
-        self._grant(sb, "planned switchover", f"released by {host.name}", demote=host)
+        self._grant(sb, "planned switchover", f"released by {host.name}{self._refused_at_handover(host, sb)}", demote=host)
+
+    def _refused_at_handover(self: CP, active: HostProtocol, sb: HostProtocol) -> str:
+        """The terminals a handover from `active` grants without the standby session that `sb`
+        refused them, said (a warning) with its reason; what the grant's `why` adds ("" if none)."""
+        names = [n for n in sb.refused_standby if (t := self.terms.get(n)) is not None and self._needs_standby(t, active, sb)]
+        if not names:
+            return ""
+        first = names[0]
+        said = f"{len(names)} terminal(s) take the classic path: {sb.name} refused their standby session ({first}: {sb.refused_standby[first]})"
+        log.warning(
+            "handover_without_refused_standby_sessions",
+            active=active.name,
+            standby=sb.name,
+            count=len(names),
+            terminals=names[:8],
+            msg=f"{said}: disconnected, they log on again; make their attrs identical on both hosts",
+        )
+        return f"; {said}"
 
     @staticmethod
-    def _owes_standby(t: Term, active: HostProtocol, sb: HostProtocol) -> bool:
-        """A handover from `active` to `sb` waits for `t`'s standby session: it is served at the
-        active, connected, can have one, and has none at `sb` yet."""
+    def _needs_standby(t: Term, active: HostProtocol, sb: HostProtocol) -> bool:
+        """`t` is served at `active`, connected, can have a standby session, and has none at `sb`."""
         return (
             t.active is not None
             and t.active.host is active
@@ -206,6 +231,12 @@ class HostSessions:
             and t.defn.standby_capable
             and (t.standby is None or t.standby.host is not sb)
         )
+
+    @classmethod
+    def _owes_standby(cls, t: Term, active: HostProtocol, sb: HostProtocol) -> bool:
+        """A handover from `active` to `sb` waits for `t`'s standby session: it needs one
+        (`_needs_standby`) that `sb` has not refused (it never opens that one)."""
+        return cls._needs_standby(t, active, sb) and t.name not in sb.refused_standby
 
     def owe_if_handing_over(self: CP, term: Term) -> None:
         """`term` came to need a standby session while a handover waits: the released active

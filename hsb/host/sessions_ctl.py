@@ -49,6 +49,7 @@ class SessionsCtl:
         self.kept_done = asyncio.Event()
         self.kept_done.set()
         self.refused: dict[str, str] = {}
+        self.refusing: dict[str, str] = {}  # the standby sessions this host refuses, told to the CP (`_close_standby`)
         self.open_failures = OpenFailures()  # the CP's open_failed answers, for the status and metrics
         self.tasks: set[asyncio.Task[None]] = set()
         # the service's session hooks, in order per terminal (see _hook)
@@ -396,7 +397,7 @@ class SessionsCtl:
             # refused (its attributes here differ): one open already, with the attributes of
             # before, is closed, so that a switch never carries the terminal onto them (§5.2.7:
             # close, then open with the same checks)
-            self._close_standby(name)
+            self._close_standby(name, refused=why)
             self.refused[name] = why
             log.error("standby_session_refused", terminal=name, reason=why)
             return False
@@ -415,6 +416,7 @@ class SessionsCtl:
         ts.state = STANDBY
         ts.standby_capable = True
         self.refused.pop(name, None)
+        self.refusing.pop(name, None)
         if self.cp_registered:
             self.pending_standby[name] = time.monotonic()
             self.answered.clear()
@@ -465,13 +467,21 @@ class SessionsCtl:
             return
         self.srv.cp.send_raw(frame)
 
-    def _close_standby(self, name: str) -> bool:
+    def _close_standby(self, name: str, refused: str | None = None) -> bool:
+        """Close `name`'s standby session, if open. `refused`: this host refuses it (why), which the
+        CP is told even with none open (a handover must not wait for it), and again on a new link."""
         ts = self.sessions.get(name)
-        if ts is None or ts.state != STANDBY:
+        was = ts is not None and ts.state == STANDBY
+        if refused is not None and self.srv.cfg.host.fast_switch:  # (conventional: none is asked for)
+            self.refusing[name] = refused
+        else:
+            self.refusing.pop(name, None)
+            refused = None
+        if self.cp_registered and (was or refused):  # else the CP dropped it with the link
+            self.srv.cp.send({"t": "close", "terminal": name, "kind": "standby", **({"refused": refused} if refused else {})})
+        if ts is None or not was:
             return False
         ts.state = CLOSED
-        if self.cp_registered:  # else the CP dropped it with the link
-            self.srv.cp.send({"t": "close", "terminal": name, "kind": "standby"})
         self._hook(self.srv.service.close_session, name)
         return True
 
@@ -538,6 +548,8 @@ class SessionsCtl:
                 self._send_open_batch(batch)
                 batch = []
         self._send_open_batch(batch)
+        for name, why in self.refusing.items():  # (what it refuses, the new link's CP is told again)
+            self.srv.cp.send({"t": "close", "terminal": name, "kind": "standby", "refused": why})
 
     def drop_active_sessions(self) -> int:
         """After a planned switchover: our active sessions now belong to the other host."""

@@ -1,0 +1,63 @@
+"""A planned switchover with a terminal whose standby session the standby refuses (its attributes
+differ on the two hosts): the standby tells the CP, whose handover then does not wait for that
+session (up to 2 s, every terminal's service paused) and says why it takes the classic path.
+hsbcpd and both hsbd in this process (tests/support/inproc.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hsb.service.builtin import EchoService
+from tests.support.inproc import pair_in_hot_standby, until
+from tests.support.logrec import RecordingLog
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.mark.parametrize("relinked", [False, True])
+async def test_a_handover_does_not_wait_for_a_standby_session_the_standby_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, relinked: bool
+) -> None:
+    """T00003's attributes differ on host-b: host-b refuses its standby session when it reads its
+    open on the ring (`standby_session_refused`), and said nothing to the CP, whose handover then
+    waited the full 2 s for it (`handover_waits_for_standby_sessions`) before the grant closed
+    T00003's connection anyway, saying nothing of why. Now the CP is told: the grant comes without
+    that wait, and its warning gives host-b's reason. `relinked`: host-b's CP link is made again
+    after the refusal (a CP restart would do the same): the new link is told again."""
+    from hsb.cp import host_sessions
+    from tests.support.hostclient import FakeTerminal
+
+    rec = RecordingLog()
+    monkeypatch.setattr(host_sessions, "log", rec)
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, _tasks):
+        core = cp.cp
+        assert core is not None
+        b.sessions_ctl.sessions.table["T00003"].attrs = {"kind": "kiosk"}  # (host-a's: {"kind": "till"})
+        terms = []
+        for name in ("T00001", "T00002", "T00003"):
+            t = await FakeTerminal.connect(cp.bound["terminal"], name)
+            await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+            terms.append(t)
+        await until(lambda: "T00003" in b.sessions_ctl.refused, "host-b refusing T00003's standby session")
+        await until(lambda: all(core.terms[n].standby is not None for n in ("T00001", "T00002")), "the other standby sessions")
+        await until(lambda: core.standby is not None and "T00003" in core.standby.refused_standby, "the CP told of the refusal")
+        if relinked:
+            old = core.standby
+            old.abort()
+            await until(lambda: core.standby not in (None, old) and b.ha.state == "established", "host-b registered again")
+            await until(lambda: all(core.terms[n].standby is not None for n in ("T00001", "T00002")), "the standby sessions again")
+            await until(lambda: core.standby is not None and "T00003" in core.standby.refused_standby, "the new link told of the refusal")
+        a.ha.post("switchover")
+        await until(lambda: b.ha.role == "active" and a.ha.role == "standby", "the switchover")
+        await until(lambda: bool(core.switchovers) and core.switchovers[-1]["to"] == "host-b", "the switch's record")
+        await terms[2].wait_closed()  # T00003: the classic path
+        assert rec.events("handover_waits_for_standby_sessions") == [], rec.entries
+        said = rec.events("handover_without_refused_standby_sessions")
+        assert len(said) == 1 and said[0]["terminals"] == ["T00003"] and said[0]["standby"] == "host-b", rec.entries
+        assert "differ from the active's" in said[0]["msg"], said
+        last = core.switchovers[-1]
+        assert last["switched"] == 2 and last["classic"] == 1 and not terms[0].closed and not terms[1].closed, last
+        for t in terms:
+            await t.close()
