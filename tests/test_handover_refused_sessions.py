@@ -61,3 +61,41 @@ async def test_a_handover_does_not_wait_for_a_standby_session_the_standby_refuse
         assert last["switched"] == 2 and last["classic"] == 1 and not terms[0].closed and not terms[1].closed, last
         for t in terms:
             await t.close()
+
+
+@pytest.mark.parametrize("late", ["ring", "frame"])
+async def test_a_late_refusal_at_the_new_active_does_not_close_its_session(tmp_path: Path, late: str) -> None:
+    """T00003's attributes differ on host-b: at the switchover it takes the classic path and logs
+    on again, now at host-b. A ring entry of host-a's read before the grant and applied after it
+    (`ring`) made host-b refuse T00003's standby session, a `close` with `refused` to the CP,
+    which took it for the active closing its session: T00003 was told `session closed`. The new
+    active refuses no standby session; and the CP takes no `refused` from a host that is not its
+    standby (`frame`: as a host of before sends it)."""
+    from hsb.takeover.records import SessionEntry
+    from tests.support.hostclient import FakeTerminal
+
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, _tasks):
+        core = cp.cp
+        assert core is not None
+        b.sessions_ctl.sessions.table["T00003"].attrs = {"kind": "kiosk"}  # (not host-a's)
+        t = await FakeTerminal.connect(cp.bound["terminal"], "T00003")
+        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        await until(lambda: core.standby is not None and "T00003" in core.standby.refused_standby, "the CP told of the refusal")
+        a.ha.post("switchover")
+        await until(lambda: b.ha.role == "active" and a.ha.role == "standby", "the switchover")
+        await t.wait_closed()  # the classic path
+        await t.close()
+        t = await FakeTerminal.connect(cp.bound["terminal"], "T00003")
+        await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
+        assert b.sessions_ctl.sessions.table["T00003"].state == "active"
+        if late == "ring":
+            b.sessions_ctl.apply_ring([SessionEntry("T00003", dict(a.sessions_ctl.sessions.table["T00003"].attrs), True)])
+            assert "T00003" not in b.sessions_ctl.refusing, "the active refused a standby session"
+        else:
+            b.cp.send({"t": "close", "terminal": "T00003", "kind": "standby", "refused": "attributes differ"})
+        t.send({"t": "msg", "id": 1, "data": "after"})  # (its reply comes after anything b sent before)
+        await t.wait(lambda m: m["t"] == "reply" and m["id"] == 1)
+        closed = [m for m in t.inbox if m["t"] == "session" and m["state"] == "closed"]
+        assert closed == [] and not t.closed, t.inbox
+        assert b.sessions_ctl.sessions.table["T00003"].state == "active"
+        await t.close()

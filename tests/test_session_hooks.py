@@ -540,8 +540,9 @@ async def test_a_standby_session_whose_new_opening_is_refused_is_closed() -> Non
     assert c._open_standby("T00001", {"k": 1})
     c.apply_ring([SessionEntry("T00001", {"k": 2}, True)])
     assert c.sessions.table["T00001"].state != STANDBY and "T00001" in c.refused
-    frames = [(m["t"], m.get("kind")) for m in srv.cp.sent if m.get("terminal") == "T00001"]
-    assert frames == [("open", "standby"), ("close", "standby")], frames
+    frames = [(m["t"], m.get("kind"), "refused" in m) for m in srv.cp.sent if m.get("terminal") == "T00001"]
+    # (closed plainly, then refused: the CP takes a refusal from its standby only)
+    assert frames == [("open", "standby", False), ("close", "standby", False), ("close", "standby", True)], frames
 
 
 @pytest.mark.timeout(10)

@@ -140,7 +140,13 @@ class HostSessions:
         if term is None:
             return
         self.settle_flip_for(term)
-        if kind == "standby" and refused is not None and host is self.standby:
+        if refused is not None and host is not self.standby:
+            # (the refusal of a host that is active now, or becoming it: a ring entry read before
+            # its grant and applied after, say. Never taken as the active closing its session,
+            # which may be the terminal's new one there; one it held it closes first, plainly)
+            log.info("standby_refusal_ignored", terminal=name, host=host.name, msg="not from the standby host")
+            return
+        if kind == "standby" and refused is not None:
             # the standby will not hold this session (its attributes there differ, say): a
             # handover waiting for it would wait HANDOVER_WAIT_S for nothing, every terminal paused
             host.refused_standby[name] = refused

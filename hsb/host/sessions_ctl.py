@@ -392,6 +392,12 @@ class SessionsCtl:
         return None
 
     def _open_standby(self, name: str, active_attrs: dict[str, Any], batch: list[list[Any]] | None = None) -> bool:
+        ts = self.sessions.get(name)
+        if self.srv.ha.granted or (ts is not None and ts.state == ACTIVE):
+            # made active meanwhile (a ring entry or a batch slice read just before the switch was
+            # granted): the session is ours now, never turned back into a standby one, nor refused
+            # (the CP would take that for its new active closing the terminal's session)
+            return False
         why = self._check(name, active_attrs)
         if why is not None:
             # refused (its attributes here differ): one open already, with the attributes of
@@ -402,10 +408,6 @@ class SessionsCtl:
             log.error("standby_session_refused", terminal=name, reason=why)
             return False
         ts = self.sessions.table[name]
-        if ts.state == ACTIVE or self.srv.ha.granted:
-            # made active meanwhile (a ring entry read just before the switch was granted): the
-            # session is ours now, never turned back into a standby one
-            return False
         self.sessions.join_link(ts)
         if not self.srv.cfg.host.fast_switch:
             return False  # conventional hot standby: no standby sessions at the CP [0002]
@@ -469,7 +471,8 @@ class SessionsCtl:
 
     def _close_standby(self, name: str, refused: str | None = None) -> bool:
         """Close `name`'s standby session, if open. `refused`: this host refuses it (why), which the
-        CP is told even with none open (a handover must not wait for it), and again on a new link."""
+        CP is told even with none open (a handover must not wait for it), and again on a new link.
+        A host made active refuses nothing."""
         ts = self.sessions.get(name)
         was = ts is not None and ts.state == STANDBY
         if refused is not None and self.srv.cfg.host.fast_switch:  # (conventional: none is asked for)
@@ -477,8 +480,12 @@ class SessionsCtl:
         else:
             self.refusing.pop(name, None)
             refused = None
-        if self.cp_registered and (was or refused):  # else the CP dropped it with the link
-            self.srv.cp.send({"t": "close", "terminal": name, "kind": "standby", **({"refused": refused} if refused else {})})
+        if self.cp_registered and was:  # else the CP dropped it with the link
+            # (plain, and first: a grant not yet heard of may have switched it to this host, which
+            # the CP then closes and asks for again; it takes no `refused` from its active)
+            self.srv.cp.send({"t": "close", "terminal": name, "kind": "standby"})
+        if self.cp_registered and refused is not None and not self.srv.ha.granted:
+            self.srv.cp.send({"t": "close", "terminal": name, "kind": "standby", "refused": refused})
         if ts is None or not was:
             return False
         ts.state = CLOSED
@@ -561,6 +568,7 @@ class SessionsCtl:
         return n
 
     def promote_standby_sessions(self) -> int:
+        self.refusing.clear()  # (the active's sessions are its own: it refuses none)
         n = 0
         for ts in self.sessions.in_state(STANDBY):
             ts.state = ACTIVE
