@@ -506,6 +506,7 @@ async def test_a_standby_session_the_standby_refuses_during_the_handover_wait_is
     assert said[0]["count"] == 1 + held and "the classic path" in said[0]["msg"], said
     assert said[0]["msg"].count("differ") == 1 and "make their attrs identical on both hosts" in said[0]["msg"], said
     assert "take the classic path" in cp.switchovers[-1]["why"] and "differ" in cp.switchovers[-1]["why"], cp.switchovers[-1]
+    assert b.refused_standby == {}, "an active's link keeps its refusals as the standby (a later demotion finds them stale)"
 
 
 async def test_a_standby_session_opened_after_its_refusal_is_waited_for_again(tmp_path: Path) -> None:
@@ -519,6 +520,47 @@ async def test_a_standby_session_opened_after_its_refusal_is_waited_for_again(tm
     cp.host_open(b, "T00003", "standby", {})
     assert cp.active is a, "granted without T00001's standby session"
     cp.host_open(b, "T00001", "standby", {})
+    await asyncio.sleep(0)
+    cp.settle_flip()
+    assert cp.active is b and not any(t.closed for t in terms)
+
+
+@pytest.mark.parametrize("how", ["closed", "logoff", "gone", "no_longer_refused"])
+async def test_a_refusal_ends_with_the_session_it_refused(tmp_path: Path, how: str) -> None:
+    """host-b refused T00003's standby session (its attributes differ); then T00003's session
+    ends (`closed` by the active, a `logoff`, its connection `gone`) and T00003 logs on again, or
+    host-b says it no longer refuses it (a plain `close`: it read of the logoff). The refusal stayed
+    on host-b's link: the operator having made the attributes the same and reloaded host-b, a
+    switchover asked before host-b reads the new open did not wait for that session, and T00003
+    was disconnected with the old reason. It is waited for, as any terminal that just logged on."""
+    cp = cp_core(tmp_path, 3)
+    a = fake_host(cp, "host-a")
+    cp.host_register(a, "active", 1)
+    b = standby(cp)
+    terms = [recording_terminal(cp, f"T0000{i}") for i in range(1, 4)]
+    for i in (1, 2, 3):
+        cp.host_open(a, f"T0000{i}", "active", {})
+    for i in (1, 2):
+        cp.host_open(b, f"T0000{i}", "standby", {})
+    cp.host_close(b, "T00003", "standby", "terminal 'T00003': this host's session attributes {'k': 1} differ from the active's {}")
+    term = cp.terms["T00003"]
+    if how == "closed":
+        cp.host_close(a, "T00003", "active")
+    elif how in ("logoff", "gone"):
+        if how == "logoff":
+            cp.terminal_bye(term)
+        cp.terminal_lost(term)
+        terms[2] = recording_terminal(cp, "T00003")
+    else:
+        cp.host_close(b, "T00003", "standby")
+    if how != "no_longer_refused":
+        assert term.active is None
+        cp.host_open(a, "T00003", "active", {})
+    assert term.active is not None and term.active.host is a
+    cp.host_release(a)
+    cp.host_handover(a)
+    assert cp._handover is not None and cp._handover.owed == {"T00003"}, "granted without waiting for T00003's standby session"
+    cp.host_open(b, "T00003", "standby", {})
     await asyncio.sleep(0)
     cp.settle_flip()
     assert cp.active is b and not any(t.closed for t in terms)

@@ -545,6 +545,26 @@ async def test_a_standby_session_whose_new_opening_is_refused_is_closed() -> Non
     assert frames == [("open", "standby", False), ("close", "standby", False), ("close", "standby", True)], frames
 
 
+@pytest.mark.parametrize("ends_at", ["ring", "batch"])
+async def test_a_refusal_the_standby_no_longer_makes_is_ended_at_the_cp(ends_at: str) -> None:
+    """The standby refused T00001's standby session (its attributes differ), the CP told; then
+    it read T00001's close (a logoff), on the ring or as a batch without it: it refuses nothing
+    now, but nothing was open, so it told the CP nothing, which went on not waiting for T00001's
+    next standby session at a handover. A plain `close` ends the refusal there."""
+    from hsb.takeover.records import SessionEntry
+
+    c, srv = standby_ctl(2)
+    c.cp_registered = True
+    c.apply_ring([SessionEntry("T00001", {"k": 2}, True)])
+    if ends_at == "ring":
+        c.apply_ring([SessionEntry("T00001", {"k": 2}, False)])
+    else:
+        await c.apply_batch([SessionEntry("T00002", {"k": 1}, True)], timeout=0.01)
+    frames = [(m["t"], "refused" in m) for m in srv.cp.sent if m.get("terminal") == "T00001"]
+    assert frames == [("close", True), ("close", False)], frames
+    assert c.refusing == {}
+
+
 @pytest.mark.timeout(10)
 async def test_the_services_standby_logons_and_logoffs_stay_paired() -> None:
     """A standby session opened again (a resync's batch opens every one) ran the service's

@@ -173,6 +173,7 @@ class Arbitration:
         epoch = self._make_active(host)
         if self.standby is host:
             self.standby = None
+            host.refused_standby.clear()  # (its refusals were a standby's: made active, it refuses none)
         if old is not None and old is not demote:
             old.fenced = True  # refused from now on, told when the grant is announced
         if demote is not None:

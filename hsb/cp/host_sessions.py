@@ -146,6 +146,8 @@ class HostSessions:
             # which may be the terminal's new one there; one it held it closes first, plainly)
             log.info("standby_refusal_ignored", terminal=name, host=host.name, msg="not from the standby host")
             return
+        if kind == "standby" and host is self.standby and refused is None:
+            host.refused_standby.pop(name, None)  # (it refuses it no more: it read of its logoff, say)
         if kind == "standby" and refused is not None:
             # the standby will not hold this session (its attributes there differ, say): a
             # handover waiting for it would wait HANDOVER_WAIT_S for nothing, every terminal paused
@@ -243,6 +245,14 @@ class HostSessions:
         """A handover from `active` to `sb` waits for `t`'s standby session: it needs one
         (`_needs_standby`) that `sb` has not refused (it never opens that one)."""
         return cls._needs_standby(t, active, sb) and t.name not in sb.refused_standby
+
+    def refusal_ends(self: CP, term: Term) -> None:
+        """`term`'s active session went: the standby's refusal was of that session's standby one.
+        Its next session the standby opens or refuses again once it reads of it, and a handover
+        meanwhile waits for it (the attrs made the same and the standby reloaded, say)."""
+        sb = self.standby
+        if sb is not None:
+            sb.refused_standby.pop(term.name, None)
 
     def owe_if_handing_over(self: CP, term: Term) -> None:
         """`term` came to need a standby session while a handover waits: the released active

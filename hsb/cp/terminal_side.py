@@ -365,6 +365,8 @@ class TerminalSide:
     def _close_active_session(self: CP, term: Term, reason: str) -> None:
         s = term.active
         term.active = None
+        if s is not None:
+            self.refusal_ends(term)
         # (the old active of a planned switchover whose grant is being made durable still holds
         # it: told too, or the switchover undone would give it the role back with it still open)
         if s is not None and (s.host is self.active or s.host is self.demoting) and s.host.usable:
@@ -438,6 +440,7 @@ class TerminalSide:
         its standby session waits no more."""
         if term in self.slowed:
             self._backpressure(term)
+        self.refusal_ends(term)
         self.owed_no_more(term)
 
     def recheck_slowed(self: CP) -> None:

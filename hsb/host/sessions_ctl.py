@@ -472,15 +472,16 @@ class SessionsCtl:
     def _close_standby(self, name: str, refused: str | None = None) -> bool:
         """Close `name`'s standby session, if open. `refused`: this host refuses it (why), which the
         CP is told even with none open (a handover must not wait for it), and again on a new link.
-        A host made active refuses nothing."""
+        A refusal ends with a plain `close` (it read of the terminal's logoff, say): the CP then
+        waits for its next standby session again. A host made active refuses nothing."""
         ts = self.sessions.get(name)
         was = ts is not None and ts.state == STANDBY
-        if refused is not None and self.srv.cfg.host.fast_switch:  # (conventional: none is asked for)
-            self.refusing[name] = refused
-        else:
-            self.refusing.pop(name, None)
+        if not self.srv.cfg.host.fast_switch:  # (conventional: none is asked for)
             refused = None
-        if self.cp_registered and was:  # else the CP dropped it with the link
+        ended = self.refusing.pop(name, None) is not None and refused is None and not self.srv.ha.granted
+        if refused is not None:
+            self.refusing[name] = refused
+        if self.cp_registered and (was or ended):  # else the CP dropped it with the link
             # (plain, and first: a grant not yet heard of may have switched it to this host, which
             # the CP then closes and asks for again; it takes no `refused` from its active)
             self.srv.cp.send({"t": "close", "terminal": name, "kind": "standby"})
@@ -510,6 +511,8 @@ class SessionsCtl:
         for ts in self.sessions.in_state(STANDBY):
             if ts.name not in want_open:
                 self._close_standby(ts.name)
+        for name in [n for n in self.refusing if n not in want_open]:  # (closed at the active since)
+            self._close_standby(name)
         self.answered.set()
         batch: list[list[Any]] = []  # opens for one open_batch frame, when the CP takes them
         for k, (name, attrs) in enumerate(want_open.items(), 1):
