@@ -238,13 +238,17 @@ async def test_a_cp_that_sends_a_bad_frame_after_every_registration_is_not_recon
         core.set_paused(False, "test")
 
 
-async def test_a_cp_that_refuses_every_registration_is_not_reconnected_to_in_a_tight_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("code", ["standby_exists", "handed_over"])
+async def test_a_cp_that_refuses_every_registration_is_not_reconnected_to_in_a_tight_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: str
+) -> None:
     """A CP that refuses host-b's registration (standby_exists: the link of a standby it still
     takes for alive, a second process of that name) sends its error and closes the link: host-b
     made it again at once (the backoff reset once authenticated), a tight loop of links and
     refused registrations at the CP. Such links back off as bad ones do, said as
     `cp_link_backoff` with the CP's error; once the CP takes the registration the host is the
-    standby again."""
+    standby again. `handed_over`, an error the host acts on by registering otherwise (not as a
+    standby: it goes on as one), is made again at once the first time only."""
     from hsb.host import cplink as cplink_mod
     from tests.support.logrec import RecordingLog
 
@@ -258,7 +262,7 @@ async def test_a_cp_that_refuses_every_registration_is_not_reconnected_to_in_a_t
 
         def register(host: Any, role: str, startup_id: int) -> None:
             if refusing and host.name == "host-b":
-                host.close_with_error("standby_exists", "host-x is already the standby host")
+                host.close_with_error(code, "host-x is already the standby host")
                 return
             real_register(host, role, startup_id)
 
@@ -268,13 +272,52 @@ async def test_a_cp_that_refuses_every_registration_is_not_reconnected_to_in_a_t
         links = b.cp.connects
         t0 = time.monotonic()
         link.abort()  # host-b registers again, and is refused
-        await until(lambda: b.cp.connects >= links + 4, "host-b's link made four times", timeout=20)
+        more = 4 if code == "standby_exists" else 5  # (handed_over: the second refused link is the first backed off)
+        await until(lambda: b.cp.connects >= links + more, f"host-b's link made {more} times", timeout=20)
         assert time.monotonic() - t0 >= 0.8, time.monotonic() - t0  # three backoffs: at least 0.125 + 0.25 + 0.5 s
         said = rec.events("cp_link_backoff")
         assert [e["in_a_row"] for e in said][:3] == [1, 2, 3], said
-        assert "the CP ended the link: standby_exists: host-x is already the standby host" in said[0]["reason"]
+        assert f"the CP ended the link: {code}: host-x is already the standby host" in said[0]["reason"]
         refusing = False
         await until(lambda: core.standby is not None and not core.standby.closed and b.ha.registered, "host-b the standby again", timeout=20)
+
+
+async def test_a_host_started_as_the_active_rejoins_as_the_standby_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """host-b, started with --role active while host-a is the active, is refused (active_exists)
+    and rejoins as the standby (hsb.host.rejoin), nothing to do, operations.md says. The CP's
+    error ended that link, and every such link was backed off, as if the CP would refuse the same
+    registration again: a `cp_link_backoff` warning and a wait before the standby's registration,
+    in a normal start. A refusal this host acts on by registering otherwise is made again at once
+    (the first backoff made 30 s here: a wait fails the test)."""
+    from hsb.host import cplink as cplink_mod
+    from hsb.host.server import HostServer
+    from tests.support.logrec import RecordingLog
+    from tests.support.procs import SECRET
+
+    rec = RecordingLog()
+    monkeypatch.setattr(cplink_mod, "log", rec)
+    monkeypatch.setattr(cplink_mod, "BAD_LINK_FIRST", 30.0)
+    monkeypatch.setattr(cplink_mod, "BAD_LINK_CAP", 30.0)
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        core = cp.cp
+        assert core is not None
+        tasks[2].cancel()  # (host-b's HA loop: host-b stops)
+        await asyncio.gather(tasks[2], return_exceptions=True)
+        await b.close()
+        await until(lambda: core.standby is None, "host-b gone")
+        b2 = HostServer(b.cfg, "active", SECRET, EchoService("host-b"))
+        ha: asyncio.Future[Any] | None = None
+        try:
+            await b2.startup()
+            ha = asyncio.ensure_future(b2.ha.run())
+            await until(lambda: b2.ha.role == "standby" and b2.ha.registered and core.standby is not None, "host-b the standby", timeout=10)
+            assert b2.rejoined_from == "host-a" and b2.cp.connects == 2, b2.cp.connects
+            assert rec.events("cp_link_backoff") == [], rec.events("cp_link_backoff")
+        finally:
+            if ha is not None:
+                ha.cancel()
+                await asyncio.gather(ha, return_exceptions=True)
+            await b2.close()
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,10 @@ AUTH_TIMEOUT_S = 2.0  # s: for the connect, and again for the challenge and for 
 BAD_LINK_FIRST = 0.25
 BAD_LINK_CAP = 5.0
 LINK_SETTLED_S = 2.0
+# The CP's errors this host acts on by registering otherwise (hsb.host.rejoin: started as the
+# active, it rejoins as the standby; handed_over: demoted, it registers as the standby): the next
+# link is made at once. The same one again on the next link is the same registration refused.
+ACTED_ON = frozenset({"active_exists", "handed_over"})
 
 log = structlog.get_logger("hsb.host")
 
@@ -163,6 +167,7 @@ class CPLink:
         )
         # a port that answers but is no hsb link (the CP's terminal port): said once, not retried in silence
         wrong_port = RefusalLog("cp_link_wrong_port", level="warning", on_said=said, cp=self.addr)
+        acted: str | None = None  # the last link ended with this error of ACTED_ON's
         while not self.stopped:
             fs: FrameStream | None = None
             try:
@@ -229,6 +234,7 @@ class CPLink:
             down = True  # (false: a cancel, a stop, went through)
             bad = False  # ended by a protocol error, or a bug: made again only after a backoff
             ended: str | None = None  # the CP's error, after which it closes the link: backed off too
+            code: str | None = None  # (its code)
             try:
                 self.on_up()
                 while True:
@@ -239,7 +245,8 @@ class CPLink:
                         raise LinkClosed("dropped")
                     self.last_rx = time.monotonic()
                     if msg["t"] == "error":
-                        ended = f"the CP ended the link: {str(msg.get('code'))[:40]}: {str(msg.get('msg', ''))[:160]}"
+                        code = str(msg.get("code"))[:40]
+                        ended = f"the CP ended the link: {code}: {str(msg.get('msg', ''))[:160]}"
                     if msg["t"] != "hb":
                         try:
                             self.on_frame(msg)
@@ -284,7 +291,8 @@ class CPLink:
                 return
             if time.monotonic() - up_at >= LINK_SETTLED_S:
                 bad_links.reset()
-            if ended is not None and not bad:
+            again, acted = acted, (code if ended is not None and code in ACTED_ON else None)
+            if ended is not None and not bad and (acted is None or acted == again):
                 why, bad = ended, True
             if bad:  # (not at once again: the same frame or refusal may well come after the next registration)
                 wait = bad_links.next()
