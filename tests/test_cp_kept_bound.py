@@ -339,3 +339,70 @@ async def test_an_earlier_runs_replies_made_while_the_next_run_was_away_reach_it
     assert r.unexpected == 0 and r.duplicates == 0 and r.bad_data == 0 and r.earlier_run_replies == 3, r.failures
     assert r.resent_ignored == (0 if first == "earlier" else 1)  # its own reply, kept (taken short of 1)
     assert not cp.terms["T00001"].replies and cp.counts.kept == 0  # all confirmed: let go
+
+
+@pytest.mark.parametrize("claim", [3, 1000], ids=["claims-the-earlier-runs", "claims-its-own"])
+async def test_a_hello_that_claims_replies_never_sent_gets_them(tmp_path: Path, claim: int) -> None:
+    """Run 1 sends three messages and dies without a bye; run 2 logs on, a raw terminal, and the
+    active answers run 1's third (and run 2's own 1000) first: run 2 gets them and confirms, the
+    CP taking that short of message 1, still unanswered. Run 2's connection drops, and the active
+    answers 1 and 2 while it is away: kept, sent to nobody. Run 2's next hello says last_reply 3
+    (or 1000): every reply up to it, counting the earlier run's, as the protocol lets it. The CP
+    took that as a confirm and forgot 1 and 2, which no run ever received. Now a hello's claim
+    never lets it forget a reply it never sent: it sends them, resent, and keeps them until the
+    next confirm, which lets all go."""
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active", record=True)
+    run1 = recording_terminal(cp, "T00001", 0)
+    cp.host_open(h, "T00001", "active", {})
+    run1.data_received(b"".join(encode({"t": "msg", "id": i, "data": f"m{i}"}) for i in (1, 2, 3)))
+    await _until(lambda: {("T00001", i) for i in (1, 2, 3)} <= _delivered(h), "run 1's messages delivered")
+    run1.connection_lost(None)  # no bye; the active still working on them
+    run2 = recording_terminal(cp, "T00001", 0)
+    cp.host_open(h, "T00001", "active", {})
+    cp.host_reply(h, "T00001", 3, "r3")  # answered before 1 and 2
+    got = [3]
+    if claim == 1000:
+        run2.data_received(encode({"t": "msg", "id": 1000, "data": "m"}))
+        await _until(lambda: ("T00001", 1000) in _delivered(h), "run 2's message delivered")
+        cp.host_reply(h, "T00001", 1000, "r")
+        got.append(1000)
+    assert [m["id"] for m in _replies(run2)] == got
+    run2.data_received(encode({"t": "confirm", "id": claim}))
+    term = cp.terms["T00001"]
+    assert sorted(term.replies) == got  # taken short of 1
+    run2.connection_lost(None)  # the connection drops
+    for i in (1, 2):  # answered while run 2 is away: kept, sent to nobody
+        cp.host_reply(h, "T00001", i, f"r{i}")
+    again = recording_terminal(cp, "T00001", claim)
+    assert _replies(again) == [{"t": "reply", "id": i, "data": f"r{i}", "resent": True} for i in (1, 2)]  # not those it had
+    assert sorted(term.replies) == [1, 2, *got]  # none forgotten: the hello taken short of 1
+    again.data_received(encode({"t": "confirm", "id": claim}))  # the next confirm covers them all
+    assert not term.replies and cp.counts.kept == 0 and term.confirmed == claim
+
+
+async def test_a_reply_recovered_after_a_cp_restart_is_sent_again_whatever_the_hello_says(tmp_path: Path) -> None:
+    """A restarted CP recovers kept replies from its journal: whether its process before ever
+    wrote them to the terminal it cannot know (one made while the terminal was away was not).
+    They go at the hello, resent, those at or below its last_reply too (the terminal ignores one
+    it holds), and stay kept until the confirm that follows; one sent at that hello counts as
+    sent from then on (a later hello claiming it has it sent no more)."""
+    from hsb.cp.journal.format import encode as record
+    from hsb.cp.journal.recovery import recover, segment_name
+
+    d = tmp_path / "j"
+    d.mkdir()
+    recs = [["ck", 3, "host-a", 0, {}]]
+    for i in (1, 2, 3):
+        recs += [["a", "T00001", i, f"m{i}"], ["r", "T00001", i, f"r{i}"]]
+    (d / segment_name(1, 0)).write_bytes(b"".join(record(r) for r in recs))
+    cp = cp_core(tmp_path, 2)
+    cp.restore(recover(d))
+    term = cp.terms["T00001"]
+    assert sorted(term.replies) == [1, 2, 3] and term.confirmed == 0
+    p = recording_terminal(cp, "T00001", 2)
+    assert [(m["id"], m.get("resent")) for m in _replies(p)] == [(1, True), (2, True), (3, True)]
+    assert sorted(term.replies) == [1, 2, 3] and term.confirmed == 0  # the hello taken short of 1
+    p.connection_lost(None)  # before it confirmed
+    q = recording_terminal(cp, "T00001", 3)
+    assert _replies(q) == [] and not term.replies and cp.counts.kept == 0  # sent before: its claim settles them

@@ -101,6 +101,37 @@ async def test_a_resent_reply_up_to_the_hellos_last_reply_is_a_duplicate() -> No
     assert not r.ok and r.duplicates == 1, r.failures
 
 
+async def test_a_resent_reply_up_to_the_hellos_last_reply_from_a_restarted_cp_is_ignored_and_confirmed_again() -> None:
+    """A restarted CP (another `cp` in the welcome) cannot know which of the replies it recovered
+    its process before wrote to the terminal: it sends them all again, marked, those the hello
+    said it holds too, and keeps them until a confirm covers them. hsbterm counted one at or below
+    its hello's last_reply a duplicate, and never confirmed it again (its confirm had gone). Now
+    it ignores each once and confirms it again; a second copy is still a duplicate."""
+    c, stats = _client()
+    c.connection_lost(None)
+    _connect_to(c, "a")
+    a = c.submit()
+    _feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": c.payload(a)})
+    assert c.confirmed == a
+    c.connection_lost(None)
+    tr = RecordingTransport("cp")
+    c.connection_made(tr)  # type: ignore[arg-type]
+    assert [f["last_reply"] for f in tr.frames() if f["t"] == "hello"] == [a]
+    _feed(c, {"t": "welcome", "terminal": c.name, "last_acked": a, "cp": "b"})  # another CP process
+    _feed(c, {"t": "reply", "id": a, "data": c.payload(a), "resent": True})
+    r = _verdict(c, stats)
+    assert r.ok and r.resent_ignored == 1, r.failures
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while not [f for f in tr.frames() if f["t"] == "confirm"]:
+        assert loop.time() - t0 < 2.0, "never confirmed again"
+        await asyncio.sleep(0.005)
+    assert [f["id"] for f in tr.frames() if f["t"] == "confirm"] == [a]
+    _feed(c, {"t": "reply", "id": a, "data": c.payload(a), "resent": True})  # once more on this connection
+    r = _verdict(c, stats)
+    assert not r.ok and r.duplicates == 1, r.failures
+
+
 async def test_a_resent_reply_for_an_id_never_sent_is_unexpected_unless_an_earlier_runs() -> None:
     c, stats = _client(stride=10)  # this terminal's ids: 1000, 1010, ...; 1001 is another terminal's
     a = c.submit()

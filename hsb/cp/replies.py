@@ -25,11 +25,12 @@ class Replies:
     def terminal_confirm(self: CP, term: Term, upto: int) -> None:
         """The terminal holds every reply up to `upto`: those are settled. Not past the highest id
         accepted from it (a terminal that claimed more, a bug, would otherwise go without the
-        replies to every message it sends after), nor past one still unanswered (`_confirmable`)."""
+        replies to every message it sends after), nor past one still unanswered, nor past a kept
+        reply never sent (`_confirmable`). One that does not move `confirmed` still settles the
+        replies kept below it (sent since: at a hello, say)."""
         upto = self._confirmable(term, upto)
-        if upto <= term.confirmed:
-            return
-        term.confirmed = upto
+        if upto > term.confirmed:
+            term.confirmed = upto
         if term.replies and min(term.replies) <= upto:
             self._drop_replies(term, upto)
             self._backpressure(term)
@@ -50,12 +51,21 @@ class Replies:
         A "c" record past such a message would drop it at a recovery that reads its record after
         the "c" (one carried forward), and its reply would never be sent. (A message recovered
         from the journal may have been answered before the crash: the terminal's word counts,
-        when it gave one: `trust_terminal`.)"""
+        when it gave one: `trust_terminal`.) The terminal's word (`trust_terminal`) also stops
+        short of a kept reply this CP never wrote to a connection of the terminal: made while it
+        was away, or recovered from the journal. It cannot hold that one, though a claim that
+        covers an earlier run's ids says it does; the hello sends it, and the next confirm
+        settles it."""
         upto = min(upto, term.last_acked)
         for held in term.held.values():  # id order: the first not being answered bounds it
             # (a logoff's message, `_for_nobody`: no later run can hold its reply, whatever it says)
             if not held.replying and not (held.recovered and trust_terminal and held.id > term.logoff_upto):
-                return min(upto, held.id - 1)
+                upto = min(upto, held.id - 1)
+                break
+        if trust_terminal:
+            for kept in term.replies.values():  # (not in id order: the active answers out of order)
+                if kept.id <= upto and not kept.sent:
+                    upto = kept.id - 1
         return upto
 
     def _drop_replies(self: CP, term: Term, upto: int, record: bool = True) -> None:
@@ -117,7 +127,8 @@ class Replies:
             return
         self.counters["replies"] += 1
         keep = mid > term.confirmed  # else its hello said it holds this reply
-        if keep and not away:
+        sent = keep and not away
+        if sent:
             msg: dict[str, Any] = {"t": "reply", "id": mid, "data": data}
             if held.recovered:
                 msg["resent"] = True
@@ -125,7 +136,7 @@ class Replies:
             if faults.armed("cp.after_reply_sent") and term.conn is not None:
                 term.conn.flush()  # the crash comes after the bytes left, not with them queued
             faults.point("cp.after_reply_sent")  # sent, its record not yet written
-        kept = Kept(mid, data, 0)
+        kept = Kept(mid, data, 0, sent)
         # lazy: the reply has gone out already; a crash before this record only means the
         # message is answered again (redelivered) and the reply resent, marked
         kept.seg = self.journal.append(["r", name, mid, data], lambda: self._settled(term, held), lazy=True)
@@ -136,12 +147,16 @@ class Replies:
             self._served_after_switch(term, held)
         self._backpressure(term)
 
-    def _keep_reply(self: CP, term: Term, mid: int, data: Any) -> None:
+    def _keep_reply(self: CP, term: Term, mid: int, data: Any, sent: bool = False) -> None:
         """A reply already settled ("d") kept after all, until the terminal confirms it: one
-        from a non-resuming run's outbox, handed to a resuming hello (its record, lazy: lost in a
-        crash, the reply was sent once, as to a terminal that does not resume)."""
-        if mid not in term.replies:
-            self._add_kept(term, Kept(mid, data, self.journal.append(["r", term.name, mid, data], lazy=True)))
+        from a non-resuming run's outbox, handed to a resuming hello, or (`sent`) one being
+        written to a terminal that said hello resuming since (its record, lazy: lost in a crash,
+        the reply was sent once, as to a terminal that does not resume)."""
+        kept = term.replies.get(mid)
+        if kept is None:
+            self._add_kept(term, Kept(mid, data, self.journal.append(["r", term.name, mid, data], lazy=True), sent))
+        elif sent:
+            kept.sent = True
 
     def _add_kept(self: CP, term: Term, kept: Kept) -> None:
         """`kept` among the terminal's kept replies (replacing one of the same id), its record's
@@ -180,7 +195,7 @@ class Replies:
             if term.resuming and held.id > term.confirmed:
                 # it said hello with last_reply since this record went: kept until it confirms
                 # (its connection may be gone again, and a resuming terminal has no outbox)
-                self._keep_reply(term, held.id, data)
+                self._keep_reply(term, held.id, data, sent=True)
             self._to_terminal(term, msg)
         faults.point("cp.between_reply_and_discard")
         if self.after_switch is not None:

@@ -60,12 +60,15 @@ class Held:
 class Kept:
     """A reply kept for a resuming terminal until it confirms it (docs/protocol.md §1)."""
 
-    __slots__ = ("id", "data", "seg")
+    __slots__ = ("id", "data", "seg", "sent")
 
-    def __init__(self, mid: int, data: Any, seg: int) -> None:
+    def __init__(self, mid: int, data: Any, seg: int, sent: bool = False) -> None:
         self.id = mid
         self.data = data
         self.seg = seg
+        # written to a connection of its terminal by this CP process (one recovered from the
+        # journal was not): until it is, no claim of the terminal's lets the CP forget it
+        self.sent = sent
 
 
 class Counts:

@@ -92,27 +92,28 @@ class TerminalSide:
         log.debug("terminal_connected", terminal=name, peer=proto.peer, last_reply=last_reply)
         if last_reply is not None:
             term.resuming = True
-            self.terminal_confirm(term, last_reply)
+            if term.outbox:  # owed while it did not resume, never sent: kept now ("r") until it confirms
+                for m in term.outbox:
+                    self._keep_reply(term, m["id"], m["data"])
+                term.outbox = None
+            self.terminal_confirm(term, last_reply)  # (no further than a reply kept and never sent)
             for kept in sorted(term.replies.values(), key=lambda k: k.id):  # STSN: what it lacks, marked
-                if kept.id <= last_reply:
+                if kept.id <= last_reply and kept.sent:
                     # it holds it: kept only because the hello was taken short of a message still
-                    # unanswered below it (a terminal's confirm covers it once that is answered)
+                    # unanswered (or a reply never sent) below it: the next confirm covers it. One
+                    # never sent goes whatever the hello said: its claim may cover an earlier run's
+                    # ids, and a recovered one may be held already (it ignores it, marked)
                     continue
                 proto.send({"t": "reply", "id": kept.id, "data": kept.data, "resent": True})
+                kept.sent = True
                 self.counters["resent"] += 1
-            if term.outbox:  # owed while it did not resume: kept now ("r") until it confirms, and sent marked
-                for m in term.outbox:
-                    if m["id"] > last_reply:
-                        self._keep_reply(term, m["id"], m["data"])
-                        proto.send({**m, "resent": True})
-                        self.counters["resent"] += 1
-                term.outbox = None
         else:
             term.resuming = False
             if term.replies:  # kept for it before (it resumed then): served as an outbox now,
                 # marked (it may hold them already); settled as far as no message still waits below
                 for kept in sorted(term.replies.values(), key=lambda k: k.id):
                     proto.send({"t": "reply", "id": kept.id, "data": kept.data, "resent": True})
+                    kept.sent = True
                     self.counters["resent"] += 1
                 self._settle_unconfirmable(term)
             if term.outbox:

@@ -4,7 +4,7 @@ CP had not yet acknowledged, is *unexpected* or *early*; with `check_data`, a fi
 data is not what was sent (the `echo` and `journal` services answer with the message's own data)
 is *bad data*; a second reply is a *duplicate*, but for a reply the CP sends again after a
 reconnect (marked `resent`) that the terminal held when it said hello, ignored once if it is the
-same answer; a reply for an id below its first (an earlier run's: resent, or made after this run
+same answer (and confirmed again: the CP keeps it until then); a reply for an id below its first (an earlier run's: resent, or made after this run
 logged on) is not judged, and is confirmed (`hsb.term.resume`). Each lands in the terminal's marks (`hsb.term.verdict`) and is told to its
 `Listener`. A mixin of `hsb.term.client.TerminalClient`, whose state it reads and changes; the
 connection and what the terminal sends are there."""
@@ -63,7 +63,7 @@ class Answers:
         if k < 0:
             if msg_id < self.floor and (not resent or msg_id > self.told_last_reply):
                 # an earlier run's (hsb.term.resume); resent, only above the hello's last_reply:
-                # the CP resends nothing the terminal said it holds
+                # the CP resends nothing the terminal said it holds (but a restarted CP: 0 then)
                 self.earlier_runs_reply(msg_id)
                 return
             self.unexpected += 1  # never sent by this terminal (another's id, say): resent or not
@@ -79,6 +79,8 @@ class Answers:
                 self.resent_ignored += 1
             else:
                 self._bad(msg_id)
+            if self.resume:
+                self.held_resent(msg_id)
             return
         # a second reply (a resent one for an id its hello said it holds is one too: a duplicate)
         if count < REPLY_MAX:

@@ -523,6 +523,8 @@ class TerminalClient(Answers, Resume, asyncio.Protocol):
             if (cp == self.cp_instance) if isinstance(cp, str) else not self.failed_since_drop:
                 self.cp_present_drops += 1
         if isinstance(cp, str):
+            if self.cp_instance is not None and cp != self.cp_instance:
+                self.other_cp_process()  # (it resends what it recovered, below the hello's last_reply too)
             if self.cp_instance is not None:
                 if cp == self.cp_instance:
                     # the same CP process: what failed meanwhile (an overloaded CP's backlog, a

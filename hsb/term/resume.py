@@ -8,6 +8,8 @@ messages to be answered: it cannot know which, and one answered while it was awa
 CP, sent to nobody, below its own ids; a hello that said it holds every reply up to one of its
 own would have the CP forget that one unsent. Such a run says `last_reply` 0 at every hello: the
 CP sends again every reply it keeps, and the terminal ignores, once each, those it held then.
+So it does after a welcome from another CP process than the last: that one sends every reply it
+recovered from its journal, whatever the hello said.
 
 A reply to an earlier run's message is not judged; it is counted once and confirmed like its own
 (the CP keeps it until confirmed, and at its bound of kept replies would take none of this run's
@@ -101,6 +103,20 @@ class Resume:
             return False
         self.resent_below.add(msg_id)
         return True
+
+    def other_cp_process(self: TerminalClient) -> None:
+        """Welcomed by another CP process than the last (restarted, or taking over on its
+        journal): it sends again every reply it recovered, those the hello said it holds too (it
+        cannot know which the process before it wrote): each it held then is ignored once."""
+        self.told_last_reply = 0
+
+    def held_resent(self: TerminalClient, msg_id: int) -> None:
+        """A reply it held, sent again (and ignored): the CP keeps it until a confirm covers it,
+        and took one of ours that did short of it (it had not sent it, as far as it knew: one
+        recovered after a restart), so say it again."""
+        if msg_id <= self.confirmed:
+            self.confirmed = msg_id - 1
+        self._confirm()
 
     def earlier_runs_reply(self: TerminalClient, msg_id: int) -> None:
         """A reply to an earlier run's message (below this run's first id): kept by the CP and
