@@ -47,19 +47,21 @@ class Replies:
     @staticmethod
     def _confirmable(term: Term, upto: int, trust_terminal: bool = True) -> int:
         """`upto` as far as a confirmation can go: not past the highest id accepted, nor up to a
-        message accepted by this CP and not yet answered (the terminal cannot hold that reply).
-        A "c" record past such a message would drop it at a recovery that reads its record after
-        the "c" (one carried forward), and its reply would never be sent. (A message recovered
-        from the journal may have been answered before the crash: the terminal's word counts,
-        when it gave one: `trust_terminal`.) The terminal's word (`trust_terminal`) also stops
-        short of a kept reply this CP never wrote to a connection of the terminal: made while it
-        was away, or recovered from the journal. It cannot hold that one, though a claim that
-        covers an earlier run's ids says it does; the hello sends it, and the next confirm
+        held message whose reply has not gone out: not yet answered, or answered with its discard
+        ("d") on the way, the reply to go once that is durable, kept ("r") if the terminal is away
+        then (the terminal cannot hold that reply). A "c" record past such a message would drop
+        its "a" (one carried forward) or that "r" at a recovery that reads it after the "c", and
+        its reply would never be sent. (A message recovered from the journal may have been
+        answered before the crash: the terminal's word counts, when it gave one:
+        `trust_terminal`.) The terminal's word (`trust_terminal`)
+        also stops short of a kept reply this CP never wrote to a connection of the terminal: made
+        while it was away, or recovered from the journal. It cannot hold that one, though a claim
+        that covers an earlier run's ids says it does; the hello sends it, and the next confirm
         settles it."""
         upto = min(upto, term.last_acked)
-        for held in term.held.values():  # id order: the first not being answered bounds it
+        for held in term.held.values():  # id order: the first whose reply has not gone out bounds it
             # (a logoff's message, `_for_nobody`: no later run can hold its reply, whatever it says)
-            if not held.replying and not (held.recovered and trust_terminal and held.id > term.logoff_upto):
+            if held.discarding or not held.replying and not (held.recovered and trust_terminal and held.id > term.logoff_upto):
                 upto = min(upto, held.id - 1)
                 break
         if trust_terminal:
@@ -122,7 +124,9 @@ class Replies:
         # confirms; one that does not gets it marked resent at its hello), never put in the
         # memory-only outbox, which a crash of the CP would lose whole
         away = term.conn is None or term.conn.closed
-        if (not term.resuming and not away) or self._for_nobody(term, mid):  # (gone for good: nothing to keep it for)
+        nobody = self._for_nobody(term, mid)  # (gone for good: nothing to keep it for)
+        if (not term.resuming and not away) or nobody:
+            held.discarding = not nobody  # (no confirmation passes it until its reply has gone)
             self.journal.append(["d", name, mid], lambda: self._replied(term, held, data))
             return
         self.counters["replies"] += 1

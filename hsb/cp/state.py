@@ -38,7 +38,21 @@ class Held:
     when it was acknowledged (monotonic): a switch's worst pause is measured from it.
     """
 
-    __slots__ = ("id", "data", "delivered_epoch", "redelivered", "t", "seg", "replying", "recovered", "wire", "early", "prev", "made_here")
+    __slots__ = (
+        "id",
+        "data",
+        "delivered_epoch",
+        "redelivered",
+        "t",
+        "seg",
+        "replying",
+        "recovered",
+        "wire",
+        "early",
+        "prev",
+        "made_here",
+        "discarding",
+    )
 
     def __init__(self, mid: int, data: Any, t: float, seg: int = 0) -> None:
         self.id = mid
@@ -55,6 +69,9 @@ class Held:
         self.early: Any = None
         self.prev = 0  # the id of the terminal's message held before it when it came (0: none)
         self.made_here = False  # answered by the CP's own error (too large for the active's frames): no host served it
+        # answered, its discard ("d") on the way: its reply goes out only once that is durable
+        # (kept then if its terminal is away): no confirmation may pass it until then
+        self.discarding = False
 
 
 class Kept:

@@ -1,0 +1,90 @@
+"""Kept replies across a CP restart (docs/protocol.md §1, docs/cp-journal.md): the journal a CP
+writes, read back by the next one, keeps every reply no terminal received. A confirmation ("c")
+never passes a message whose reply has not gone out: one whose discard is on its way."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.wire.framing import encode
+from tests.support.cpcore import cp_core, fake_host, recording_terminal
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _replies(p: Any) -> list[tuple[int, Any, bool]]:
+    p.flush()
+    return [(m["id"], m["data"], bool(m.get("resent"))) for m in p.transport.frames() if m.get("t") == "reply"]
+
+
+def _journalled(cp: Any) -> tuple[list[list[Any]], list[Callable[[], None]]]:
+    """Every record the CP appends, in order (as its journal writes them), and the callbacks of
+    its "d" records, held until called (their group commit)."""
+    records: list[list[Any]] = []
+    held: list[Callable[[], None]] = []
+    real = cp.journal.append
+
+    def append(payload: list[Any], done: Any = None, lazy: bool = False) -> int:
+        records.append(payload)
+        if payload[0] == "d" and done is not None:
+            held.append(done)
+            return 1
+        return int(real(payload, done, lazy))
+
+    cp.journal.append = append
+    return records, held
+
+
+def _restart(tmp_path: Path, records: list[list[Any]]) -> Any:
+    """A CP started on a journal of `records` (the CP before it died with them durable)."""
+    from hsb.cp.journal.format import encode as record
+    from hsb.cp.journal.recovery import recover, segment_name
+
+    d = tmp_path / "j"
+    d.mkdir()
+    (d / segment_name(1, 0)).write_bytes(b"".join(record(r) for r in [["ck", 1, "host-a", 0, {}], *records]))
+    cp = cp_core(tmp_path, 2)
+    cp.restore(recover(d))
+    return cp
+
+
+@pytest.mark.parametrize("last_reply", [None, 2], ids=["not-resuming", "claiming-2"])
+async def test_a_reply_kept_once_its_discard_is_durable_survives_a_cp_restart(tmp_path: Path, last_reply: int | None) -> None:
+    """T00001 (not resuming) sends 1 and 2; its connection drops and the active answers 2 while it
+    is away (kept, "r"). It reconnects (gets 2, marked) and the active answers 1: a discard ("d"),
+    the reply to go once that is durable. Meanwhile the connection drops and T00001 says hello
+    again: not resuming (the kept 2, sent again, is settled) or resuming with last_reply 2 (a
+    claim the protocol lets count an earlier run's replies; taken as a confirm). Either wrote "c"
+    up to 2, past message 1, whose reply no connection had; the connection drops again, the
+    discard is durable and reply 1 is kept ("r") for the next logon, after that "c". The CP dies:
+    its successor read the "r" as confirmed already and dropped it, and reply 1 never reached the
+    terminal. Now no confirmation passes a message whose discard is on its way: the restarted CP
+    recovers reply 1 and sends it at the next hello."""
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active")
+    p = recording_terminal(cp, "T00001", None)
+    cp.host_open(h, "T00001", "active", {})
+    records, discards = _journalled(cp)
+    p.data_received(encode({"t": "msg", "id": 1, "data": "m1"}) + encode({"t": "msg", "id": 2, "data": "m2"}))
+    p.connection_lost(None)
+    cp.host_reply(h, "T00001", 2, "r2")  # away: kept ("r")
+    p = recording_terminal(cp, "T00001", None)
+    assert _replies(p) == [(2, "r2", True)]
+    cp.host_open(h, "T00001", "active", {})
+    cp.host_reply(h, "T00001", 1, "r1")  # connected, not resuming: "d", the reply once it is durable
+    assert len(discards) == 1
+    p.connection_lost(None)
+    p = recording_terminal(cp, "T00001", last_reply)
+    p.connection_lost(None)
+    discards.pop()()  # the discard durable, the terminal away: reply 1 kept ("r")
+    term = cp.terms["T00001"]
+    assert 1 in term.replies and not term.held
+    assert not [r for r in records if r[0] == "c" and r[2] >= 1], records  # no "c" passed message 1
+    after = _restart(tmp_path, records)
+    assert 1 in after.terms["T00001"].replies, records
+    q = recording_terminal(after, "T00001", 0)
+    assert (1, "r1", True) in _replies(q)
