@@ -440,7 +440,8 @@ async def test_a_resend_is_marked_only_by_a_cp_that_follows_another_on_its_journ
 async def test_a_reply_sent_before_its_record_was_durable_never_comes_unmarked(tmp_path: Path) -> None:
     """A resuming terminal gets its reply before the "r" record is durable. The CP dies right
     after sending it: the message is recovered and answered again, and the terminal, whose
-    hello says it holds that reply, never gets it a second time."""
+    hello says it holds that reply, gets it a second time only marked resent (the restarted CP
+    cannot know whether its process before sent it: a claim may count an earlier run's ids)."""
     cp = start_cp(tmp_path / "cp", env={"HSB_CRASH_POINTS": "cp.after_reply_sent"}, terminals=2, host_timeout=0.5)
     try:
         a = await FakeHost.connect(cp.info["host"], "host-a", "active")
@@ -473,7 +474,10 @@ async def test_a_reply_sent_before_its_record_was_durable_never_comes_unmarked(t
         assert not d2["redelivered"]
         a2.send({"t": "reply", "terminal": "T00001", "id": 2, "data": "r2", "epoch": a2.epoch})
         await t.wait(lambda m: m["t"] == "reply" and m["id"] == 2)
-        assert [m for m in t.inbox if m["t"] == "reply"] == [{"t": "reply", "id": 2, "data": "r2"}]
+        assert [m for m in t.inbox if m["t"] == "reply"] == [
+            {"t": "reply", "id": 1, "data": "r1", "resent": True},
+            {"t": "reply", "id": 2, "data": "r2"},
+        ]
         deadline = asyncio.get_running_loop().time() + 5  # settled once the "r" record is durable
         while (await cp_status(cp2))["held_messages"] != 0:
             assert asyncio.get_running_loop().time() < deadline, "messages 1 and 2 never settled"

@@ -1,6 +1,7 @@
 """Kept replies across a CP restart (docs/protocol.md §1, docs/cp-journal.md): the journal a CP
 writes, read back by the next one, keeps every reply no terminal received. A confirmation ("c")
-never passes a message whose reply has not gone out: one whose discard is on its way."""
+never passes a message whose reply has not gone out: one whose discard is on its way, or one
+recovered from the journal, whatever the terminal's hello says."""
 
 from __future__ import annotations
 
@@ -88,3 +89,27 @@ async def test_a_reply_kept_once_its_discard_is_durable_survives_a_cp_restart(tm
     assert 1 in after.terms["T00001"].replies, records
     q = recording_terminal(after, "T00001", 0)
     assert (1, "r1", True) in _replies(q)
+
+
+async def test_the_reply_to_a_recovered_message_goes_whatever_the_hello_claims(tmp_path: Path) -> None:
+    """Run 1 of T00001 sent 1 and 2 and died without a bye, unanswered; run 2 sent 1000 and got
+    its reply (kept, unconfirmed), and the CP died. The restarted CP recovers messages 1 and 2
+    and reply 1000; run 2's hello says last_reply 1000, as the protocol lets a claim count an
+    earlier run's replies. The CP trusted that claim for the recovered messages: it took the
+    hello as far as 999, and when the active answered 1 and 2 again, their replies were neither
+    sent nor kept, though no run ever had them. Now a recovered message bounds a confirmation as
+    any unanswered one does: its reply goes, marked resent (a terminal holding it ignores it), and
+    is kept until the confirm that follows."""
+    cp = _restart(tmp_path, [["a", "T00001", 1, "m1"], ["a", "T00001", 2, "m2"], ["a", "T00001", 1000, "m"], ["r", "T00001", 1000, "r"]])
+    h = fake_host(cp, "host-a", "active")
+    p = recording_terminal(cp, "T00001", 1000)
+    assert _replies(p) == [(1000, "r", True)]  # recovered: sent whatever the hello said
+    term = cp.terms["T00001"]
+    assert term.confirmed == 0  # not past the recovered messages
+    cp.host_open(h, "T00001", "active", {})
+    for i in (1, 2):
+        cp.host_reply(h, "T00001", i, f"r{i}")
+    assert _replies(p)[1:] == [(1, "r1", True), (2, "r2", True)]
+    assert sorted(term.replies) == [1, 2, 1000]
+    p.data_received(encode({"t": "confirm", "id": 1000}))
+    assert not term.replies and cp.counts.kept == 0 and term.confirmed == 1000

@@ -132,6 +132,43 @@ async def test_a_resent_reply_up_to_the_hellos_last_reply_from_a_restarted_cp_is
     assert not r.ok and r.duplicates == 1, r.failures
 
 
+async def test_the_reply_to_a_recovered_message_on_a_later_connection_to_the_restarted_cp_is_ignored_and_confirmed_again() -> None:
+    """A restarted CP redelivers the messages it recovered from its journal and sends each reply,
+    marked, whatever a hello said (its process before may never have sent it), when the active
+    answers: possibly after the terminal's connection dropped and a new one said hello to the
+    same process, its last_reply covering that id. hsbterm took the resend as a duplicate (it
+    allowed one below the hello's last_reply only on the first connection to the new process).
+    Now one up to that welcome's last_acked is ignored once per connection, and confirmed again;
+    above it, the CP recovered nothing: still a duplicate."""
+    c, stats = _client()
+    c.connection_lost(None)
+    _connect_to(c, "a")
+    a, b = c.submit(), c.submit()
+    _feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": c.payload(a)})
+    c.connection_lost(None)
+    c.connection_made(RecordingTransport("cp"))  # type: ignore[arg-type]
+    _feed(c, {"t": "welcome", "terminal": c.name, "last_acked": a, "cp": "b"})  # restarted: a recovered
+    _feed(c, {"t": "ack", "id": b}, {"t": "reply", "id": b, "data": c.payload(b)})
+    c.connection_lost(None)  # before the active answered a again
+    tr = RecordingTransport("cp")
+    c.connection_made(tr)  # type: ignore[arg-type]
+    assert [f["last_reply"] for f in tr.frames() if f["t"] == "hello"] == [b]
+    _feed(c, {"t": "welcome", "terminal": c.name, "last_acked": b, "cp": "b"})  # the same process
+    assert c.told_last_reply == b
+    _feed(c, {"t": "reply", "id": a, "data": c.payload(a), "resent": True})
+    r = _verdict(c, stats)
+    assert r.ok and r.resent_ignored == 1, r.failures
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while not [f for f in tr.frames() if f["t"] == "confirm"]:
+        assert loop.time() - t0 < 2.0, "never confirmed again"
+        await asyncio.sleep(0.005)
+    assert [f["id"] for f in tr.frames() if f["t"] == "confirm"] == [b]
+    _feed(c, {"t": "reply", "id": b, "data": c.payload(b), "resent": True})  # not recovered: the hello said it holds it
+    r = _verdict(c, stats)
+    assert not r.ok and r.duplicates == 1, r.failures
+
+
 async def test_a_resent_reply_for_an_id_never_sent_is_unexpected_unless_an_earlier_runs() -> None:
     c, stats = _client(stride=10)  # this terminal's ids: 1000, 1010, ...; 1001 is another terminal's
     a = c.submit()

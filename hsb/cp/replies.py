@@ -51,17 +51,16 @@ class Replies:
         ("d") on the way, the reply to go once that is durable, kept ("r") if the terminal is away
         then (the terminal cannot hold that reply). A "c" record past such a message would drop
         its "a" (one carried forward) or that "r" at a recovery that reads it after the "c", and
-        its reply would never be sent. (A message recovered from the journal may have been
-        answered before the crash: the terminal's word counts, when it gave one:
-        `trust_terminal`.) The terminal's word (`trust_terminal`)
+        its reply would never be sent. A message recovered from the journal is one of them: this
+        CP never sent its reply, and the process before it may not have (the reply goes marked
+        resent, and a terminal that holds it ignores it). The terminal's word (`trust_terminal`)
         also stops short of a kept reply this CP never wrote to a connection of the terminal: made
         while it was away, or recovered from the journal. It cannot hold that one, though a claim
         that covers an earlier run's ids says it does; the hello sends it, and the next confirm
         settles it."""
         upto = min(upto, term.last_acked)
         for held in term.held.values():  # id order: the first whose reply has not gone out bounds it
-            # (a logoff's message, `_for_nobody`: no later run can hold its reply, whatever it says)
-            if held.discarding or not held.replying and not (held.recovered and trust_terminal and held.id > term.logoff_upto):
+            if not held.replying or held.discarding:
                 upto = min(upto, held.id - 1)
                 break
         if trust_terminal:
@@ -87,7 +86,7 @@ class Replies:
         A resuming terminal gets the reply at once: it is kept (its "r" record on the way) until
         the terminal confirms it, and the message is discarded once that record is durable. If
         the CP dies first, the message is recovered and answered again, and that reply goes out
-        marked resent (the terminal may hold it) or not at all (its hello said it has it). A
+        marked resent (the terminal may hold it, and ignores it then), whatever its hello said. A
         terminal that does not resume gets the reply only once the discard ("d") is durable.
         """
         self.replies_by_host[host.name] += 1
@@ -130,7 +129,9 @@ class Replies:
             self.journal.append(["d", name, mid], lambda: self._replied(term, held, data))
             return
         self.counters["replies"] += 1
-        keep = mid > term.confirmed  # else its hello said it holds this reply
+        # (a confirmation passes no message whose reply has not gone out, `_confirmable`: only a
+        # journal of a CP before that rule can have one here below it)
+        keep = mid > term.confirmed
         sent = keep and not away
         if sent:
             msg: dict[str, Any] = {"t": "reply", "id": mid, "data": data}

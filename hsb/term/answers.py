@@ -35,6 +35,7 @@ class Answers:
     unexpected: int
     earlier_run: bool
     told_last_reply: int
+    recovered_upto: int
     resent_ignored: int
     early: int
     bad_data: int
@@ -61,9 +62,9 @@ class Answers:
         k = self.index(msg_id)
         marks = self.marks
         if k < 0:
-            if msg_id < self.floor and (not resent or msg_id > self.told_last_reply):
+            if msg_id < self.floor and (not resent or not self.recovered_upto < msg_id <= self.told_last_reply):
                 # an earlier run's (hsb.term.resume); resent, only above the hello's last_reply:
-                # the CP resends nothing the terminal said it holds (but a restarted CP: 0 then)
+                # the CP resends nothing the terminal said it holds (but what a restarted CP recovered)
                 self.earlier_runs_reply(msg_id)
                 return
             self.unexpected += 1  # never sent by this terminal (another's id, say): resent or not

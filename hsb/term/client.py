@@ -113,6 +113,7 @@ class TerminalClient(Answers, Resume, asyncio.Protocol):
         "earlier_run_replies",
         "foreign_upto",
         "told_last_reply",
+        "recovered_upto",
         "held_upto",
         "may_resend",
         "resent_below",
@@ -524,7 +525,7 @@ class TerminalClient(Answers, Resume, asyncio.Protocol):
                 self.cp_present_drops += 1
         if isinstance(cp, str):
             if self.cp_instance is not None and cp != self.cp_instance:
-                self.other_cp_process()  # (it resends what it recovered, below the hello's last_reply too)
+                self.other_cp_process(last_acked)  # (it resends what it recovered, below the hello's last_reply too)
             if self.cp_instance is not None:
                 if cp == self.cp_instance:
                     # the same CP process: what failed meanwhile (an overloaded CP's backlog, a

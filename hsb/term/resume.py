@@ -9,7 +9,9 @@ CP, sent to nobody, below its own ids; a hello that said it holds every reply up
 own would have the CP forget that one unsent. Such a run says `last_reply` 0 at every hello: the
 CP sends again every reply it keeps, and the terminal ignores, once each, those it held then.
 So it does after a welcome from another CP process than the last: that one sends every reply it
-recovered from its journal, whatever the hello said.
+recovered from its journal, whatever the hello said, and the reply to every message it recovered
+(answered again: the process before may not have sent it), on whichever of its connections that
+reply is made.
 
 A reply to an earlier run's message is not judged; it is counted once and confirmed like its own
 (the CP keeps it until confirmed, and at its bound of kept replies would take none of this run's
@@ -45,6 +47,7 @@ class Resume:
     earlier_run_replies: int
     foreign_upto: int
     told_last_reply: int
+    recovered_upto: int
     held_upto: int
     may_resend: set[int]
     resent_below: set[int] | None
@@ -61,6 +64,9 @@ class Resume:
         self.earlier_run_replies = 0  # how many (below this run's first id: not judged, confirmed)
         self.foreign_upto = 0  # the highest of those: a confirm with no reply of its own says it
         self.told_last_reply = 0  # the last_reply of the latest hello: the CP may resend nothing up to it
+        # the ids the CP process now serving may have recovered from its journal (up to its first
+        # welcome's last_acked; 0: none): it sends their replies again whatever a hello said
+        self.recovered_upto = 0
         self.held_upto = 0  # the id up to which it held every reply of its own at that hello
         # ids above it whose reply this terminal held at that hello: with those up to held_upto
         # (above told_last_reply), the only replies the CP may send again on this connection
@@ -91,11 +97,12 @@ class Resume:
 
     def held_at_hello(self: TerminalClient, msg_id: int) -> bool:
         """A reply of its own sent again (marked resent) that it held at this connection's hello
-        and has not been sent again on it before: to be ignored (if it is the same answer)."""
+        and has not been sent again on it before: to be ignored (if it is the same answer). Up to
+        the hello's last_reply only for a message the serving CP process may have recovered."""
         if msg_id in self.may_resend:
             self.may_resend.discard(msg_id)
             return True
-        if not self.told_last_reply < msg_id <= self.held_upto:
+        if msg_id > self.held_upto or self.recovered_upto < msg_id <= self.told_last_reply:
             return False
         if self.resent_below is None:
             self.resent_below = set()
@@ -104,11 +111,14 @@ class Resume:
         self.resent_below.add(msg_id)
         return True
 
-    def other_cp_process(self: TerminalClient) -> None:
+    def other_cp_process(self: TerminalClient, last_acked: int) -> None:
         """Welcomed by another CP process than the last (restarted, or taking over on its
         journal): it sends again every reply it recovered, those the hello said it holds too (it
-        cannot know which the process before it wrote): each it held then is ignored once."""
+        cannot know which the process before it wrote), and the reply to every message it
+        recovered (up to this welcome's `last_acked`), on this connection or a later one: each
+        it held then is ignored once per connection."""
         self.told_last_reply = 0
+        self.recovered_upto = last_acked
 
     def held_resent(self: TerminalClient, msg_id: int) -> None:
         """A reply it held, sent again (and ignored): the CP keeps it until a confirm covers it,
