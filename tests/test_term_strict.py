@@ -138,8 +138,9 @@ async def test_the_reply_to_a_recovered_message_on_a_later_connection_to_the_res
     answers: possibly after the terminal's connection dropped and a new one said hello to the
     same process, its last_reply covering that id. hsbterm took the resend as a duplicate (it
     allowed one below the hello's last_reply only on the first connection to the new process).
-    Now one up to that welcome's last_acked is ignored once per connection, and confirmed again;
-    above it, the CP recovered nothing: still a duplicate."""
+    Now one up to that welcome's last_acked is ignored, and confirmed again, once while that
+    process serves (a third connection to it that gets it again: a duplicate); above it, the CP
+    recovered nothing: still a duplicate."""
     c, stats = _client()
     c.connection_lost(None)
     _connect_to(c, "a")
@@ -167,6 +168,16 @@ async def test_the_reply_to_a_recovered_message_on_a_later_connection_to_the_res
     _feed(c, {"t": "reply", "id": b, "data": c.payload(b), "resent": True})  # not recovered: the hello said it holds it
     r = _verdict(c, stats)
     assert not r.ok and r.duplicates == 1, r.failures
+    # a third connection to the same process, its hello covering a: that process sent a's reply
+    # once already (it sends each recovered one once), so a second copy is a duplicate
+    c.connection_lost(None)
+    tr = RecordingTransport("cp")
+    c.connection_made(tr)  # type: ignore[arg-type]
+    assert [f["last_reply"] for f in tr.frames() if f["t"] == "hello"] == [b]
+    _feed(c, {"t": "welcome", "terminal": c.name, "last_acked": b, "cp": "b"})
+    _feed(c, {"t": "reply", "id": a, "data": c.payload(a), "resent": True})
+    r = _verdict(c, stats)
+    assert not r.ok and r.duplicates == 2 and r.resent_ignored == 1, r.failures
 
 
 async def test_a_resent_reply_for_an_id_never_sent_is_unexpected_unless_an_earlier_runs() -> None:

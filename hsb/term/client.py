@@ -117,6 +117,8 @@ class TerminalClient(Answers, Resume, asyncio.Protocol):
         "held_upto",
         "may_resend",
         "resent_below",
+        "said_last_reply",
+        "recovered_resent",
         "floor",
         "unexpected_acks",
         "acked_max",

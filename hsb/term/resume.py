@@ -51,6 +51,8 @@ class Resume:
     held_upto: int
     may_resend: set[int]
     resent_below: set[int] | None
+    said_last_reply: int
+    recovered_resent: set[int] | None
 
     def _resume_init(self: TerminalClient) -> None:
         self.prefix = 0  # marks[0:prefix] all have a reply: the id of marks[prefix - 1] is its own last_reply
@@ -73,6 +75,10 @@ class Resume:
         # (marked resent) to a terminal that has them already, once each
         self.may_resend = set()
         self.resent_below = None  # those up to held_upto sent again so far on this connection
+        self.said_last_reply = 0  # what the latest hello said (told_last_reply, before a welcome changed it)
+        # ids up to recovered_upto that a hello said it holds, sent again by the CP process now
+        # serving: it sends each at most once (not again at a later hello that covers it)
+        self.recovered_resent = None
 
     def last_reply(self: TerminalClient) -> int:
         """The highest id up to which this terminal holds every reply of its own (0: none), else
@@ -89,7 +95,7 @@ class Resume:
         self.last_reply()  # (moves `prefix` on)
         own = self.base + (self.prefix - 1) * self.stride if self.prefix else 0
         self.held_upto = own
-        self.told_last_reply = 0 if self.earlier_run else own
+        self.told_last_reply = self.said_last_reply = 0 if self.earlier_run else own
         marks, base, stride = self.marks, self.base, self.stride
         self.may_resend = {base + k * stride for k in range(self.prefix, len(marks)) if marks[k] >> REPLY_SHIFT}
         self.resent_below = None
@@ -104,11 +110,18 @@ class Resume:
             return True
         if msg_id > self.held_upto or self.recovered_upto < msg_id <= self.told_last_reply:
             return False
-        if self.resent_below is None:
-            self.resent_below = set()
-        if msg_id in self.resent_below:
+        if msg_id <= self.recovered_upto and msg_id <= self.said_last_reply:
+            # recovered, and the hello said it holds it: once per CP process, whichever connection
+            if self.recovered_resent is None:
+                self.recovered_resent = set()
+            seen = self.recovered_resent
+        else:  # kept above the hello's word: sent again at every hello until confirmed
+            if self.resent_below is None:
+                self.resent_below = set()
+            seen = self.resent_below
+        if msg_id in seen:
             return False
-        self.resent_below.add(msg_id)
+        seen.add(msg_id)
         return True
 
     def other_cp_process(self: TerminalClient, last_acked: int) -> None:
@@ -116,9 +129,11 @@ class Resume:
         journal): it sends again every reply it recovered, those the hello said it holds too (it
         cannot know which the process before it wrote), and the reply to every message it
         recovered (up to this welcome's `last_acked`), on this connection or a later one: each
-        it held then is ignored once per connection."""
+        it held then is ignored once while this process serves (once per connection if the
+        hello said less: the CP resends at each hello what it keeps above the hello's word)."""
         self.told_last_reply = 0
         self.recovered_upto = last_acked
+        self.recovered_resent = None
 
     def held_resent(self: TerminalClient, msg_id: int) -> None:
         """A reply it held, sent again (and ignored): the CP keeps it until a confirm covers it,
