@@ -406,3 +406,41 @@ async def test_a_reply_recovered_after_a_cp_restart_is_sent_again_whatever_the_h
     p.connection_lost(None)  # before it confirmed
     q = recording_terminal(cp, "T00001", 3)
     assert _replies(q) == [] and not term.replies and cp.counts.kept == 0  # sent before: its claim settles them
+
+
+@pytest.mark.parametrize("then", ["dropped", "read"])
+async def test_a_confirm_does_not_cover_an_earlier_runs_reply_still_on_its_way(tmp_path: Path, then: str) -> None:
+    """Run 1 sends 1 and dies without a bye; run 2 says hello with last_reply 0, sends 1000 and
+    gets its reply, and confirms its own 1000, which covers the earlier run's 1 (all below its
+    own ids). Before the CP reads that confirm, the active answers 1 and its reply is written to
+    run 2's connection. The CP took the confirm as covering it and forgot it; the connection
+    dropped before run 2 read it, and nothing was sent at the next hello: reply 1 was lost. The
+    confirm now says how many reply frames the terminal had read on the connection (`seen`: 1,
+    reply 1000): reply 1, written after, is kept (`dropped`: sent again, marked, at the next
+    hello), until a confirm that has seen it (`read`) lets it go."""
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active", record=True)
+    run1 = recording_terminal(cp, "T00001", 0)
+    cp.host_open(h, "T00001", "active", {})
+    run1.data_received(encode({"t": "msg", "id": 1, "data": "m1"}))
+    await _until(lambda: ("T00001", 1) in _delivered(h), "run 1's message delivered")
+    run1.connection_lost(None)  # no bye; the active still working on it
+    run2 = recording_terminal(cp, "T00001", 0)
+    cp.host_open(h, "T00001", "active", {})
+    run2.data_received(encode({"t": "msg", "id": 1000, "data": "m"}))
+    await _until(lambda: ("T00001", 1000) in _delivered(h), "run 2's message delivered")
+    cp.host_reply(h, "T00001", 1000, "r")
+    cp.host_reply(h, "T00001", 1, "r1")  # written to run 2's connection, not read yet
+    assert [m["id"] for m in _replies(run2)] == [1000, 1]
+    run2.data_received(encode({"t": "confirm", "id": 1000, "seen": 1}))  # written when it had read reply 1000 only
+    term = cp.terms["T00001"]
+    assert 1 in term.replies and term.confirmed == 0  # on its way when the confirm was written: kept
+    if then == "read":
+        run2.data_received(encode({"t": "confirm", "id": 1000, "seen": 2}))  # once it has read reply 1
+        assert not term.replies and cp.counts.kept == 0 and term.confirmed == 1000
+        return
+    run2.connection_lost(None)  # before run 2 read reply 1
+    again = recording_terminal(cp, "T00001", 0)
+    assert _replies(again) == [{"t": "reply", "id": i, "data": d, "resent": True} for i, d in ((1, "r1"), (1000, "r"))]
+    again.data_received(encode({"t": "confirm", "id": 1000, "seen": 2}))
+    assert not term.replies and cp.counts.kept == 0 and term.confirmed == 1000

@@ -164,7 +164,7 @@ async def test_the_reply_to_a_recovered_message_on_a_later_connection_to_the_res
     while not [f for f in tr.frames() if f["t"] == "confirm"]:
         assert loop.time() - t0 < 2.0, "never confirmed again"
         await asyncio.sleep(0.005)
-    assert [f["id"] for f in tr.frames() if f["t"] == "confirm"] == [b]
+    assert [(f["id"], f["seen"]) for f in tr.frames() if f["t"] == "confirm"] == [(b, 1)]  # seen: the reply frames read here
     _feed(c, {"t": "reply", "id": b, "data": c.payload(b), "resent": True})  # not recovered: the hello said it holds it
     r = _verdict(c, stats)
     assert not r.ok and r.duplicates == 1, r.failures

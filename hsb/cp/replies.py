@@ -22,13 +22,14 @@ if TYPE_CHECKING:
 class Replies:
     """Replies and confirmations; mixed into `CP` (see the module docstring)."""
 
-    def terminal_confirm(self: CP, term: Term, upto: int) -> None:
+    def terminal_confirm(self: CP, term: Term, upto: int, seen: int | None = None) -> None:
         """The terminal holds every reply up to `upto`: those are settled. Not past the highest id
         accepted from it (a terminal that claimed more, a bug, would otherwise go without the
         replies to every message it sends after), nor past one still unanswered, nor past a kept
-        reply never sent (`_confirmable`). One that does not move `confirmed` still settles the
-        replies kept below it (sent since: at a hello, say)."""
-        upto = self._confirmable(term, upto)
+        reply never sent, nor (`seen`: the reply frames it had read, counted as `reply_frames`)
+        past one written after those (`_confirmable`). One that does not move `confirmed` still
+        settles the replies kept below it (sent since: at a hello, say)."""
+        upto = self._confirmable(term, upto, seen=seen)
         if upto > term.confirmed:
             term.confirmed = upto
         if term.replies and min(term.replies) <= upto:
@@ -45,7 +46,7 @@ class Replies:
             self._backpressure(term)
 
     @staticmethod
-    def _confirmable(term: Term, upto: int, trust_terminal: bool = True) -> int:
+    def _confirmable(term: Term, upto: int, trust_terminal: bool = True, seen: int | None = None) -> int:
         """`upto` as far as a confirmation can go: not past the highest id accepted, nor up to a
         held message whose reply has not gone out: not yet answered, or answered with its discard
         ("d") on the way, the reply to go once that is durable, kept ("r") if the terminal is away
@@ -57,15 +58,18 @@ class Replies:
         also stops short of a kept reply this CP never wrote to a connection of the terminal: made
         while it was away, or recovered from the journal. It cannot hold that one, though a claim
         that covers an earlier run's ids says it does; the hello sends it, and the next confirm
-        settles it."""
+        settles it. Nor, for a confirm that says how many reply frames the terminal had read
+        (`seen`), short of one written after those: on its way when the terminal wrote the
+        confirm, which covers an earlier run's ids too; the confirm after it settles it."""
         upto = min(upto, term.last_acked)
         for held in term.held.values():  # id order: the first whose reply has not gone out bounds it
             if not held.replying or held.discarding:
                 upto = min(upto, held.id - 1)
                 break
         if trust_terminal:
+            read = term.reply_frames if seen is None else seen  # (no `seen`: every one written so far)
             for kept in term.replies.values():  # (not in id order: the active answers out of order)
-                if kept.id <= upto and not kept.sent:
+                if kept.id <= upto and (not kept.sent or kept.at > read):
                     upto = kept.id - 1
         return upto
 
@@ -142,6 +146,7 @@ class Replies:
                 term.conn.flush()  # the crash comes after the bytes left, not with them queued
             faults.point("cp.after_reply_sent")  # sent, its record not yet written
         kept = Kept(mid, data, 0, sent)
+        kept.at = term.reply_frames if sent else 0
         # lazy: the reply has gone out already; a crash before this record only means the
         # message is answered again (redelivered) and the reply resent, marked
         kept.seg = self.journal.append(["r", name, mid, data], lambda: self._settled(term, held), lazy=True)
@@ -159,9 +164,12 @@ class Replies:
         the reply was sent once, as to a terminal that does not resume)."""
         kept = term.replies.get(mid)
         if kept is None:
-            self._add_kept(term, Kept(mid, data, self.journal.append(["r", term.name, mid, data], lazy=True), sent))
+            kept = Kept(mid, data, self.journal.append(["r", term.name, mid, data], lazy=True), sent)
+            self._add_kept(term, kept)
         elif sent:
             kept.sent = True
+        if sent:
+            kept.at = term.reply_frames  # (just written)
 
     def _add_kept(self: CP, term: Term, kept: Kept) -> None:
         """`kept` among the terminal's kept replies (replacing one of the same id), its record's
@@ -197,11 +205,11 @@ class Replies:
             msg: dict[str, Any] = {"t": "reply", "id": held.id, "data": data}
             if held.recovered:  # (it may hold this reply from before the crash)
                 msg["resent"] = True
+            self._to_terminal(term, msg)
             if term.resuming and held.id > term.confirmed:
                 # it said hello with last_reply since this record went: kept until it confirms
                 # (its connection may be gone again, and a resuming terminal has no outbox)
                 self._keep_reply(term, held.id, data, sent=True)
-            self._to_terminal(term, msg)
         faults.point("cp.between_reply_and_discard")
         if self.after_switch is not None:
             self._served_after_switch(term, held)

@@ -77,7 +77,7 @@ class Held:
 class Kept:
     """A reply kept for a resuming terminal until it confirms it (docs/protocol.md §1)."""
 
-    __slots__ = ("id", "data", "seg", "sent")
+    __slots__ = ("id", "data", "seg", "sent", "at")
 
     def __init__(self, mid: int, data: Any, seg: int, sent: bool = False) -> None:
         self.id = mid
@@ -86,6 +86,9 @@ class Kept:
         # written to a connection of its terminal by this CP process (one recovered from the
         # journal was not): until it is, no claim of the terminal's lets the CP forget it
         self.sent = sent
+        # the terminal's reply frame it was last written as (Term.reply_frames then): a confirm
+        # whose `seen` does not reach it was written before the reply got there
+        self.at = 0
 
 
 class Counts:
@@ -134,6 +137,7 @@ class Term:
         "flight",
         "flight_epoch",
         "flipped",
+        "reply_frames",
     )
 
     def __init__(self, defn: TerminalSpec, counts: Counts | None = None) -> None:
@@ -178,6 +182,7 @@ class Term:
         self.flight = 0
         self.flight_epoch = 0
         self.flipped = 0  # the epoch whose grant's flip has reached it (hsb.cp.flip): not flipped twice
+        self.reply_frames = 0  # reply frames written to its connections by this CP process (a `confirm`'s `seen`)
 
     @property
     def active(self) -> Session | None:

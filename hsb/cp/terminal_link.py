@@ -45,6 +45,7 @@ class TerminalProtocol(FramedProtocol):
         # under one of those ids is a reuse, even once the first was answered and let go
         self.unacked_at_welcome: dict[int, Any] = {}
         self.sent_upto = 0  # the highest message id this connection sent
+        self.reply_base = 0  # its terminal's reply_frames at its hello: a confirm's `seen` counts from there
         # its terminal's session, kept at its hello for a grant not yet announced and not told to
         # it then: the grant's flip owes it the session's opening (hsb.cp.flip)
         self.session_untold: Session | None = None
@@ -146,7 +147,10 @@ class TerminalProtocol(FramedProtocol):
         upto = require(msg, "id", int)
         if not 0 <= upto <= ID_MAX:
             raise ProtocolError("bad_fields", f"confirm: id must be 0..{ID_MAX}")
-        self.cp.terminal_confirm(self.term, upto)
+        seen = msg.get("seen")
+        if seen is not None and (type(seen) is not int or seen < 0):
+            raise ProtocolError("bad_fields", "confirm: seen must be an int >= 0 (the reply frames read on this connection)")
+        self.cp.terminal_confirm(self.term, upto, None if seen is None else self.reply_base + seen)
 
     def on_bye(self, msg: dict[str, Any]) -> None:
         if self.term is None:

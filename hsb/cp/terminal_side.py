@@ -64,6 +64,7 @@ class TerminalSide:
         term.conn = proto
         term.leaving = False  # (what it left behind stays its logoff's: `_for_nobody`)
         proto.term = term
+        proto.reply_base = term.reply_frames
         self.connected += 1
         # last_acked: only what is durable was acknowledged; the rest the terminal sends again.
         # With an active to ask, the welcome waits (WELCOME_WAIT_S at most) for the session's
@@ -106,6 +107,8 @@ class TerminalSide:
                     continue
                 proto.send({"t": "reply", "id": kept.id, "data": kept.data, "resent": True})
                 kept.sent = True
+                term.reply_frames += 1
+                kept.at = term.reply_frames
                 self.counters["resent"] += 1
         else:
             term.resuming = False
@@ -114,11 +117,14 @@ class TerminalSide:
                 for kept in sorted(term.replies.values(), key=lambda k: k.id):
                     proto.send({"t": "reply", "id": kept.id, "data": kept.data, "resent": True})
                     kept.sent = True
+                    term.reply_frames += 1
+                    kept.at = term.reply_frames
                     self.counters["resent"] += 1
                 self._settle_unconfirmable(term)
             if term.outbox:
                 for m in term.outbox:
                     proto.send(m)
+                term.reply_frames += len(term.outbox)
                 term.outbox = None
         self._backpressure(term)
         if adopted:
@@ -530,6 +536,7 @@ class TerminalSide:
         self._lost_if_unread_gone(term)
         if term.conn is not None and not term.conn.closed:
             self._tell(term, msg)
+            term.reply_frames += 1  # (a confirm's `seen` counts them)
         elif msg["t"] == "reply" and self._logged_off(term):
             self.counters["replies_after_logoff"] += 1  # answered at the active; nobody to tell
         elif msg["t"] == "reply" and not term.resuming:  # a resuming terminal gets its kept replies again

@@ -118,6 +118,7 @@ class TerminalClient(Answers, Resume, asyncio.Protocol):
         "may_resend",
         "resent_below",
         "said_last_reply",
+        "replies_read",
         "recovered_resent",
         "floor",
         "unexpected_acks",
@@ -356,6 +357,7 @@ class TerminalClient(Answers, Resume, asyncio.Protocol):
         self.told_why = False
         self.paused = False
         self.conn_upto = 0
+        self.replies_read = 0
         self.state = HELLO
         if self.stopping:
             transport.close()
@@ -487,6 +489,7 @@ class TerminalClient(Answers, Resume, asyncio.Protocol):
                 # the CP welcomes before anything else on a connection (it may refuse instead)
                 raise ProtocolError("bad_fields", f"{str(t)[:40]} before the welcome")
             if t == "reply":
+                self.replies_read += 1  # (a confirm says how many: `seen`)
                 self._on_reply(_int(msg, "id"), msg.get("data"), bool(msg.get("resent")))
             elif t == "ack":
                 self._on_ack(_int(msg, "id"))

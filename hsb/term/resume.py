@@ -53,6 +53,7 @@ class Resume:
     resent_below: set[int] | None
     said_last_reply: int
     recovered_resent: set[int] | None
+    replies_read: int
 
     def _resume_init(self: TerminalClient) -> None:
         self.prefix = 0  # marks[0:prefix] all have a reply: the id of marks[prefix - 1] is its own last_reply
@@ -79,6 +80,7 @@ class Resume:
         # ids up to recovered_upto that a hello said it holds, sent again by the CP process now
         # serving: it sends each at most once (not again at a later hello that covers it)
         self.recovered_resent = None
+        self.replies_read = 0  # reply frames read on this connection: a confirm's `seen`
 
     def last_reply(self: TerminalClient) -> int:
         """The highest id up to which this terminal holds every reply of its own (0: none), else
@@ -176,7 +178,9 @@ class Resume:
                 self.confirm_timer.cancel()
                 self.confirm_timer = None
             self.confirmed, self.confirm_at = upto, now
-            frame = encode({"t": "confirm", "id": upto})
+            # seen: the CP takes it no further than the replies it had written by then (one on its
+            # way, an earlier run's below our ids, is not held yet though `upto` covers it)
+            frame = encode({"t": "confirm", "id": upto, "seen": self.replies_read})
             if self.cork is not None:
                 self.cork.append(frame)
             else:
