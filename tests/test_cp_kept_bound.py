@@ -444,3 +444,34 @@ async def test_a_confirm_does_not_cover_an_earlier_runs_reply_still_on_its_way(t
     assert _replies(again) == [{"t": "reply", "id": i, "data": d, "resent": True} for i, d in ((1, "r1"), (1000, "r"))]
     again.data_received(encode({"t": "confirm", "id": 1000, "seen": 2}))
     assert not term.replies and cp.counts.kept == 0 and term.confirmed == 1000
+
+
+async def test_a_reply_whose_connection_is_found_gone_as_it_is_written_counts_as_never_sent(tmp_path: Path) -> None:
+    """Run 1 sends message 1 and dies without a bye; run 2 (hello 0) sends 1000 and gets its
+    reply. Its connection is not read (its held bound) and its terminal has left: the CP finds
+    that out only as it writes the answer to run 1's message (`_lost_if_unread_gone`), so nothing
+    is written. The kept reply was marked sent all the same, and the next hello, claiming 1000
+    (every reply up to it, as the protocol lets it count an earlier run's), let the CP forget
+    reply 1, which no run ever received. It counts as never sent now: that hello gets it."""
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active", record=True)
+    run1 = recording_terminal(cp, "T00001", 0)
+    cp.host_open(h, "T00001", "active", {})
+    run1.data_received(encode({"t": "msg", "id": 1, "data": "m1"}))
+    await _until(lambda: ("T00001", 1) in _delivered(h), "run 1's message delivered")
+    run1.connection_lost(None)  # no bye; the active still working on it
+    run2 = recording_terminal(cp, "T00001", 0)
+    cp.host_open(h, "T00001", "active", {})
+    run2.data_received(encode({"t": "msg", "id": 1000, "data": "m"}))
+    await _until(lambda: ("T00001", 1000) in _delivered(h), "run 2's message delivered")
+    cp.host_reply(h, "T00001", 1000, "r")
+    assert [m["id"] for m in _replies(run2)] == [1000]
+    run2.reading_paused = True  # (its held bound: not read)
+    looks = iter([False, True])  # gone by the kernel's word at the second look: as the reply is written
+    run2.peer_gone = lambda: next(looks, True)  # type: ignore[method-assign]
+    cp.host_reply(h, "T00001", 1, "r1")
+    assert run2.closed and [m["id"] for m in _replies(run2)] == [1000]  # nothing written
+    again = recording_terminal(cp, "T00001", 1000)
+    assert [m["id"] for m in _replies(again)] == [1]  # sent, marked, whatever the hello claimed
+    again.data_received(encode({"t": "confirm", "id": 1000}))
+    assert not cp.terms["T00001"].replies

@@ -141,7 +141,7 @@ class Replies:
             msg: dict[str, Any] = {"t": "reply", "id": mid, "data": data}
             if held.recovered:
                 msg["resent"] = True
-            self._to_terminal(term, msg)
+            sent = self._to_terminal(term, msg)  # (False: found gone as it was written, `_lost_if_unread_gone`)
             if faults.armed("cp.after_reply_sent") and term.conn is not None:
                 term.conn.flush()  # the crash comes after the bytes left, not with them queued
             faults.point("cp.after_reply_sent")  # sent, its record not yet written
@@ -205,11 +205,11 @@ class Replies:
             msg: dict[str, Any] = {"t": "reply", "id": held.id, "data": data}
             if held.recovered:  # (it may hold this reply from before the crash)
                 msg["resent"] = True
-            self._to_terminal(term, msg)
+            sent = self._to_terminal(term, msg)
             if term.resuming and held.id > term.confirmed:
                 # it said hello with last_reply since this record went: kept until it confirms
                 # (its connection may be gone again, and a resuming terminal has no outbox)
-                self._keep_reply(term, held.id, data, sent=True)
+                self._keep_reply(term, held.id, data, sent=sent)
         faults.point("cp.between_reply_and_discard")
         if self.after_switch is not None:
             self._served_after_switch(term, held)

@@ -530,16 +530,19 @@ class TerminalSide:
         if conn is not None and conn.reading_paused and not conn.closed and conn.peer_gone():
             self._connection_gone(term, "reply")
 
-    def _to_terminal(self: CP, term: Term, msg: dict[str, Any]) -> None:
+    def _to_terminal(self: CP, term: Term, msg: dict[str, Any]) -> bool:
+        """Whether `msg` was written to the terminal's connection (a kept reply is `sent` only then)."""
         # not read (its held bound): a reply written into a connection its terminal left is lost
         # (a non-resuming terminal's is kept nowhere else): it goes to the outbox instead
         self._lost_if_unread_gone(term)
         if term.conn is not None and not term.conn.closed:
             self._tell(term, msg)
             term.reply_frames += 1  # (a confirm's `seen` counts them)
-        elif msg["t"] == "reply" and self._logged_off(term):
+            return True
+        if msg["t"] == "reply" and self._logged_off(term):
             self.counters["replies_after_logoff"] += 1  # answered at the active; nobody to tell
         elif msg["t"] == "reply" and not term.resuming:  # a resuming terminal gets its kept replies again
             if term.outbox is None:
                 term.outbox = deque()  # no bound of its own: one reply per message held, and those stop at the held bound
             term.outbox.append(msg)
+        return False
