@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from hsb.host.delivery import being_cancelled
 from hsb.host.open_failures import OpenFailures
+from hsb.host.session_hooks import SessionHooks
 from hsb.host.sessions import ACTIVE, CLOSED, STANDBY, TerminalState
 from hsb.terminals import name_problem
 from hsb.wire.framing import encode
@@ -30,7 +30,9 @@ log = structlog.get_logger("hsb.host")
 KEPT_WAIT_S = 2.0  # the batch read waits this long at most for the CP to name the sessions it kept
 
 
-class SessionsCtl:
+class SessionsCtl(SessionHooks):
+    OPENS_PER_TURN = 1024  # standby opens (and adoption's names) per turn of the loop: heartbeats and replies go on
+
     def __init__(self, server: HostServer) -> None:
         self.srv = server
         self.sessions = server.sessions
@@ -52,9 +54,9 @@ class SessionsCtl:
         self.refusing: dict[str, str] = {}  # the standby sessions this host refuses, told to the CP (`_close_standby`)
         self.open_failures = OpenFailures()  # the CP's open_failed answers, for the status and metrics
         self.tasks: set[asyncio.Task[None]] = set()
-        # the service's session hooks, in order per terminal (see _hook)
-        self.hooks: dict[str, deque[tuple[Callable[..., Awaitable[None]], tuple[Any, ...], asyncio.Future[None] | None]]] = {}
-        self.hooks_ready: deque[str] = deque()  # terminals with hooks and no worker on them
+        # the service's session hooks, in order per terminal (hsb.host.session_hooks, which types them)
+        self.hooks = {}
+        self.hooks_ready = deque()
         self.hook_workers = 0
         self.adopt_gen = 0  # each registration's adoption (adopt_sessions); a newer one stops the older
         self.closing = False  # close() began: no session work starts any more
@@ -77,81 +79,6 @@ class SessionsCtl:
         t = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(t)
         t.add_done_callback(self.tasks.discard)
-
-    # The service's open/close hooks run on a pool of workers, not one task each: 10,000 tasks
-    # at once (a batch read, a demotion) kept the loop busy for ~150 ms. The hooks of one
-    # terminal run one after the other in the order they were asked for (a close queued
-    # before an open never runs after it); different terminals run concurrently, up to
-    # HOOK_WORKERS at a time (hooks that wait, such as a slow logon, overlap that much).
-    HOOK_WORKERS = 256
-    HOOKS_PER_TURN = 256
-    OPENS_PER_TURN = 1024
-
-    def _hook(self, fn: Callable[..., Awaitable[None]], name: str, *args: Any, done: asyncio.Future[None] | None = None) -> None:
-        q = self.hooks.get(name)
-        if q is None:
-            q = self.hooks[name] = deque()
-            self._ready(name)
-        q.append((fn, (name, *args), done))
-
-    def _ready(self, name: str) -> None:
-        """`name` has hooks waiting and nobody on them: queue it, with a worker if one is free."""
-        self.hooks_ready.append(name)
-        if self.hook_workers < self.HOOK_WORKERS and not self.closing:  # every worker is busy with some terminal
-            self.hook_workers += 1
-            self._spawn(self._hook_worker())
-
-    async def _hook_worker(self) -> None:
-        n = 0
-        name: str | None = None
-        try:
-            while self.hooks_ready:
-                name = self.hooks_ready.popleft()
-                q = self.hooks[name]
-                while q:
-                    fn, args, done = q[0]  # stays queued while it runs: new hooks of `name` line up behind it
-                    try:
-                        await _call_hook(fn, *args)
-                    except Exception as exc:  # the application's hook failed
-                        if done is not None:
-                            if not done.done():
-                                done.set_exception(exc.with_traceback(None))
-                        else:
-                            log.error(
-                                "session_hook_failed", hook=getattr(fn, "__name__", "?"), terminal=name, error=f"{type(exc).__name__}: {exc}"[:200]
-                            )
-                    else:
-                        if done is not None and not done.done():
-                            done.set_result(None)
-                    q.popleft()
-                    n += 1
-                    if n % self.HOOKS_PER_TURN == 0:
-                        await asyncio.sleep(0)
-                del self.hooks[name]
-                name = None
-        except asyncio.CancelledError:
-            if name is not None and self.hooks.get(name):
-                self.hooks_ready.appendleft(name)  # another worker (or none, at shutdown) goes on
-            raise
-        finally:
-            self.hook_workers -= 1
-
-    async def run_hook(self, fn: Callable[..., Awaitable[None]], name: str, *args: Any) -> None:
-        """Run a hook of `name` in its turn and wait for it; its exception is raised here."""
-        if name not in self.hooks:  # nothing of this terminal queued or running: run it in this task
-            q = self.hooks[name] = deque([(fn, (name, *args), None)])  # holds the terminal's turn
-            try:
-                await _call_hook(fn, name, *args)
-            finally:
-                q.popleft()
-                if q:  # hooks of the terminal asked for meanwhile go on in a worker
-                    self._ready(name)
-                else:
-                    del self.hooks[name]
-            return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._hook(fn, name, *args, done=done)
-        await done
 
     # ------------------------------------------------------------------ from the CP
     def on_cp_frame(self, msg: dict[str, Any]) -> bool:
@@ -600,18 +527,3 @@ def _name(terminal: Any) -> str:
         raise TypeError(f"a terminal name {why}")
     shown = repr(terminal[:32]) + ("..." if len(terminal) > 32 else "")
     raise ValueError(f"terminal name {shown} ({len(terminal)} characters) {why}")
-
-
-class _HookCancelled(Exception):
-    """A session hook raised CancelledError though nobody cancelled it: its failure, as any other."""
-
-
-async def _call_hook(fn: Callable[..., Awaitable[None]], *args: Any) -> None:
-    """Run a session hook. A CancelledError of its own (it awaited something another task
-    cancelled) is its failure, or the terminal's hooks would stop there; ours (a stop) goes on up."""
-    try:
-        await fn(*args)
-    except asyncio.CancelledError:
-        if being_cancelled():
-            raise
-        raise _HookCancelled("CancelledError (raised by the hook, not a cancel of ours)") from None
