@@ -304,6 +304,33 @@ async def test_a_cp_that_refuses_every_registration_is_not_reconnected_to_in_a_t
         await until(lambda: core.standby is not None and not core.standby.closed and b.ha.registered, "host-b the standby again", timeout=20)
 
 
+async def test_a_host_the_cp_fences_neither_backs_off_nor_makes_its_link_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CP's `fenced` error (an epoch it no longer has) makes the host exit 75, and the CP
+    closes the link after it. That link was backed off as one the CP would refuse again (a
+    `cp_link_backoff` warning while the host exits) and then made again: a fenced host
+    registering anew while it closes. Now it is neither backed off nor made again."""
+    from hsb.cli import EXIT_FENCED
+    from hsb.host import cplink as cplink_mod
+    from tests.support.logrec import RecordingLog
+
+    rec = RecordingLog()
+    monkeypatch.setattr(cplink_mod, "log", rec)
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        core = cp.cp
+        assert core is not None
+        core.set_paused(True, "test")  # (host-b does not take over meanwhile)
+        link = core.active
+        assert link is not None
+        links = a.cp.connects
+        link.close_with_error("fenced", f"epoch 1 is not the current epoch {core.epoch}")
+        await until(lambda: a.ha.exit is not None and a.ha.exit.code == EXIT_FENCED, "host-a fenced")
+        await until(lambda: a.cp.task is not None and a.cp.task.done(), "host-a's CP link loop over")
+        assert a.cp.connects == links and not a.cp.up
+        assert rec.events("cp_link_backoff") == [], rec.events("cp_link_backoff")
+        assert len(rec.events("cp_link_down")) == 1  # (that link only)
+        core.set_paused(False, "test")
+
+
 async def test_a_host_started_as_the_active_rejoins_as_the_standby_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """host-b, started with --role active while host-a is the active, is refused (active_exists)
     and rejoins as the standby (hsb.host.rejoin), nothing to do, operations.md says. The CP's

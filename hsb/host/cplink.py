@@ -42,6 +42,10 @@ LINK_SETTLED_S = 2.0
 # active, it rejoins as the standby; handed_over: demoted, it registers as the standby): the next
 # link is made at once. The same one again on the next link is the same registration refused.
 ACTED_ON = frozenset({"active_exists", "handed_over"})
+# After the CP's errors this host exits on (`fenced`: 75; `active_exists` past its start: 75, or
+# at its start with --no-rejoin: 76) the link is neither backed off nor made again: the process
+# ends (HA.fail, which `exiting` reads, took the error before the link's end), and a link made
+# while it closes would register a fenced host again.
 
 log = structlog.get_logger("hsb.host")
 
@@ -67,6 +71,7 @@ class CPLink:
         on_bounds: Callable[[Any], None] = lambda _: None,
         on_problem: Callable[[str | None], None] = lambda _: None,
         memory: GenerationFile | None = None,
+        exiting: Callable[[], bool] = lambda: False,
     ) -> None:
         self.name = name
         self.addr = addr
@@ -95,6 +100,7 @@ class CPLink:
         self.cp_generation = 0
         self.generation_refusals = 0
         self.memory = memory
+        self.exiting = exiting  # the process ends (fenced, say): no new link is made
 
     def generation_status(self) -> dict[str, Any]:
         """The CP generations of this host's status (hsbctl status --json, the metrics)."""
@@ -132,7 +138,7 @@ class CPLink:
                 pass
 
     async def _run(self) -> None:
-        while not self.stopped:  # this task must never die: without it the host never reconnects
+        while not self.stopped and not self.exiting():  # this task must never die (but as the process ends): without it the host never reconnects
             try:
                 await self._run_inner()
             except asyncio.CancelledError:
@@ -168,7 +174,7 @@ class CPLink:
         # a port that answers but is no hsb link (the CP's terminal port): said once, not retried in silence
         wrong_port = RefusalLog("cp_link_wrong_port", level="warning", on_said=said, cp=self.addr)
         acted: str | None = None  # the last link ended with this error of ACTED_ON's
-        while not self.stopped:
+        while not self.stopped and not self.exiting():
             fs: FrameStream | None = None
             try:
                 fs = await FrameStream.connect(h, p, timeout=AUTH_TIMEOUT_S, max_frame=self.max_frame)
@@ -287,7 +293,7 @@ class CPLink:
                         self._went_down(why)
                 finally:
                     await fs.aclose()
-            if self.stopped:
+            if self.stopped or self.exiting():
                 return
             if time.monotonic() - up_at >= LINK_SETTLED_S:
                 bad_links.reset()

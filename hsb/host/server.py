@@ -105,6 +105,7 @@ class HostServer:
             on_bounds=self.tell_service_bounds,
             on_problem=lambda why: self.ha.post("link_problem", link="cp", why=why),
             memory=self.cp_memory,
+            exiting=lambda: self.ha.exit is not None,
         )
         self.peer = PeerLink(
             name=h.name,
