@@ -34,7 +34,7 @@ async def test_a_handover_does_not_wait_for_a_standby_session_the_standby_refuse
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, _tasks):
         core = cp.cp
         assert core is not None
-        b.sessions_ctl.sessions.table["T00003"].attrs = {"kind": "kiosk"}  # (host-a's: {"kind": "till"})
+        b.sessions_ctl.sessions.table["T00003"].attrs = {"kind": "kiosk"}  # (host-a's: the default {"protocol": "hsb1", "codepage": "utf-8"})
         terms = []
         for name in ("T00001", "T00002", "T00003"):
             t = await FakeTerminal.connect(cp.bound["terminal"], name)
