@@ -960,10 +960,12 @@ async def test_a_takeover_that_reads_long_beats_so_a_woken_waiting_cp_does_not_s
     cp2: Proc | None = None
     try:
         assert await loop.run_in_executor(None, entered.wait, 10)  # generation 1 taken, the journal being read
-        cp2 = second_cp(tmp_path / "cp2", journal, wait=False, takeover="on_wake", takeover_stale=0.3)
-        cp2.wait_event("cp_waiting")
+        # (the waits on cp2 off this loop, which is cp1's: a blocked loop beats no generation
+        # file, and cp2 would rightly take cp1 for dead)
+        cp2 = await loop.run_in_executor(None, lambda: second_cp(tmp_path / "cp2", journal, wait=False, takeover="on_wake", takeover_stale=0.3))
+        await loop.run_in_executor(None, cp2.wait_event, "cp_waiting")
         cp2.kill(signal.SIGUSR1)  # keepalived's notify: master here too
-        cp2.wait_event("cp_wake_deferred", timeout=10)
+        await loop.run_in_executor(None, lambda: cp2.wait_event("cp_wake_deferred", timeout=10))
         await asyncio.sleep(1.0)  # three times takeover_stale more, the takeover still reading: a window in which nothing may happen
         assert not cp2.events("journal_recovered") and Generations(journal).current() == 1
         release.set()
