@@ -408,16 +408,9 @@ async def test_a_reply_recovered_after_a_cp_restart_is_sent_again_whatever_the_h
     assert _replies(q) == [] and not term.replies and cp.counts.kept == 0  # sent before: its claim settles them
 
 
-@pytest.mark.parametrize("then", ["dropped", "read"])
-async def test_a_confirm_does_not_cover_an_earlier_runs_reply_still_on_its_way(tmp_path: Path, then: str) -> None:
-    """Run 1 sends 1 and dies without a bye; run 2 says hello with last_reply 0, sends 1000 and
-    gets its reply, and confirms its own 1000, which covers the earlier run's 1 (all below its
-    own ids). Before the CP reads that confirm, the active answers 1 and its reply is written to
-    run 2's connection. The CP took the confirm as covering it and forgot it; the connection
-    dropped before run 2 read it, and nothing was sent at the next hello: reply 1 was lost. The
-    confirm now says how many reply frames the terminal had read on the connection (`seen`: 1,
-    reply 1000): reply 1, written after, is kept (`dropped`: sent again, marked, at the next
-    hello), until a confirm that has seen it (`read`) lets it go."""
+async def _run2_after_an_earlier_run(tmp_path: Path) -> tuple[Any, Any, Any]:
+    """A CP core and its active (cp, h): run 1 of T00001 sent message 1 and died without a bye,
+    the active still working on it; run 2 (hello 0) sent 1000, delivered. (cp, h, run 2)."""
     cp = cp_core(tmp_path, 2)
     h = fake_host(cp, "host-a", "active", record=True)
     run1 = recording_terminal(cp, "T00001", 0)
@@ -429,6 +422,20 @@ async def test_a_confirm_does_not_cover_an_earlier_runs_reply_still_on_its_way(t
     cp.host_open(h, "T00001", "active", {})
     run2.data_received(encode({"t": "msg", "id": 1000, "data": "m"}))
     await _until(lambda: ("T00001", 1000) in _delivered(h), "run 2's message delivered")
+    return cp, h, run2
+
+
+@pytest.mark.parametrize("then", ["dropped", "read"])
+async def test_a_confirm_does_not_cover_an_earlier_runs_reply_still_on_its_way(tmp_path: Path, then: str) -> None:
+    """Run 1 sends 1 and dies without a bye; run 2 says hello with last_reply 0, sends 1000 and
+    gets its reply, and confirms its own 1000, which covers the earlier run's 1 (all below its
+    own ids). Before the CP reads that confirm, the active answers 1 and its reply is written to
+    run 2's connection. The CP took the confirm as covering it and forgot it; the connection
+    dropped before run 2 read it, and nothing was sent at the next hello: reply 1 was lost. The
+    confirm now says how many reply frames the terminal had read on the connection (`seen`: 1,
+    reply 1000): reply 1, written after, is kept (`dropped`: sent again, marked, at the next
+    hello), until a confirm that has seen it (`read`) lets it go."""
+    cp, h, run2 = await _run2_after_an_earlier_run(tmp_path)
     cp.host_reply(h, "T00001", 1000, "r")
     cp.host_reply(h, "T00001", 1, "r1")  # written to run 2's connection, not read yet
     assert [m["id"] for m in _replies(run2)] == [1000, 1]
@@ -453,17 +460,7 @@ async def test_a_reply_whose_connection_is_found_gone_as_it_is_written_counts_as
     is written. The kept reply was marked sent all the same, and the next hello, claiming 1000
     (every reply up to it, as the protocol lets it count an earlier run's), let the CP forget
     reply 1, which no run ever received. It counts as never sent now: that hello gets it."""
-    cp = cp_core(tmp_path, 2)
-    h = fake_host(cp, "host-a", "active", record=True)
-    run1 = recording_terminal(cp, "T00001", 0)
-    cp.host_open(h, "T00001", "active", {})
-    run1.data_received(encode({"t": "msg", "id": 1, "data": "m1"}))
-    await _until(lambda: ("T00001", 1) in _delivered(h), "run 1's message delivered")
-    run1.connection_lost(None)  # no bye; the active still working on it
-    run2 = recording_terminal(cp, "T00001", 0)
-    cp.host_open(h, "T00001", "active", {})
-    run2.data_received(encode({"t": "msg", "id": 1000, "data": "m"}))
-    await _until(lambda: ("T00001", 1000) in _delivered(h), "run 2's message delivered")
+    cp, h, run2 = await _run2_after_an_earlier_run(tmp_path)
     cp.host_reply(h, "T00001", 1000, "r")
     assert [m["id"] for m in _replies(run2)] == [1000]
     run2.reading_paused = True  # (its held bound: not read)
