@@ -7,10 +7,8 @@ tests/test_ctl_errors.py."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ import pytest
 
 from hsb.ctl import gather, ops_cmds
 from hsb.ctl import switchover as switchover_mod
-from tests.support.cli import closed_port, invoke, one_line_error, pair_status
+from tests.support.cli import admin_port_in_thread, closed_port, invoke, one_line_error, pair_status
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,7 +36,6 @@ def erring_admin(secret: Path, name: str, answers: tuple[str, ...]) -> Iterator[
     """An admin port named `name` that authenticates hsbctl and answers each request of `answers`
     with `cp_waiting`, as a waiting hsbcpd does (hsb.cp.admin), and any other with the link's own
     `unknown_type` error (a daemon that does not know it). (address, what it was asked)"""
-    from hsb.wire.auth import load_secret
     from hsb.wire.authlink import AuthServerProtocol
 
     asked: list[str] = []
@@ -52,19 +49,8 @@ def erring_admin(secret: Path, name: str, answers: tuple[str, ...]) -> Iterator[
             asked.append(msg["t"])
             self.send({"t": "error", "code": "cp_waiting", "msg": WAITING})
 
-    loop = asyncio.new_event_loop()
-    key = load_secret(secret)
-    srv = loop.run_until_complete(loop.create_server(lambda: Erring(secret=key, auth_timeout=5.0, idle_timeout=30.0), "127.0.0.1", 0))
-    th = threading.Thread(target=loop.run_forever, daemon=True)
-    th.start()
-    try:
-        yield f"127.0.0.1:{srv.sockets[0].getsockname()[1]}", asked
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        th.join(5)
-        srv.close()
-        loop.run_until_complete(srv.wait_closed())
-        loop.close()
+    with admin_port_in_thread(secret, Erring) as addr:
+        yield addr, asked
 
 
 def test_pause_resume_and_history_of_a_waiting_cp_say_it_answered_not_cannot_ask(secret: Path) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from hsb.ctl import gather
 from hsb.ctl import switchover as switchover_mod
 from hsb.ctl.target import Target
-from tests.support.cli import closed_port, invoke, one_line_error, pair_status
+from tests.support.cli import admin_port_in_thread, closed_port, invoke, one_line_error, pair_status
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -199,7 +198,6 @@ def test_promote_asks_the_standby_the_cp_names(secret: Path, monkeypatch: pytest
 def silent_admin(secret: Path) -> Iterator[tuple[str, list[str]]]:
     """An admin port that authenticates hsbctl, takes promote, switchover, stop, pause, history
     and status (recorded, as a daemon acts on them) and never answers: a host whose loop is slow. (address, what it took)"""
-    from hsb.wire.auth import load_secret
     from hsb.wire.authlink import AuthServerProtocol
 
     took: list[str] = []
@@ -212,19 +210,8 @@ def silent_admin(secret: Path) -> Iterator[tuple[str, list[str]]]:
         def on_request(self, msg: dict[str, Any]) -> None:
             took.append(msg["t"])
 
-    loop = asyncio.new_event_loop()
-    key = load_secret(secret)
-    srv = loop.run_until_complete(loop.create_server(lambda: Silent(secret=key, auth_timeout=5.0, idle_timeout=30.0), "127.0.0.1", 0))
-    th = threading.Thread(target=loop.run_forever, daemon=True)
-    th.start()
-    try:
-        yield f"127.0.0.1:{srv.sockets[0].getsockname()[1]}", took
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        th.join(5)
-        srv.close()
-        loop.run_until_complete(srv.wait_closed())
-        loop.close()
+    with admin_port_in_thread(secret, Silent) as addr:
+        yield addr, took
 
 
 def test_a_request_taken_and_not_answered_in_time_is_no_cannot_ask(secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:

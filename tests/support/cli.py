@@ -3,7 +3,12 @@ its tests feed it: an address where nothing listens, a pair's status."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
@@ -44,3 +49,24 @@ def pair_status(active_addr: str, standby_addr: str) -> dict[str, Any]:
         {"reachable": True, "name": "host-b", "addr": standby_addr, "role": "standby", "state": "established"},
     ]
     return {"hosts": hosts, "unknown": [], "established": True, "cp": {"reachable": True, "epoch": 3}}
+
+
+@contextlib.contextmanager
+def admin_port_in_thread(secret: Path, protocol: Callable[..., asyncio.Protocol]) -> Iterator[str]:
+    """A daemon's admin port played by `protocol` (an AuthServerProtocol with this secret) on an
+    event loop of its own in a thread, for hsbctl run in the test's thread: its address."""
+    from hsb.wire.auth import load_secret
+
+    loop = asyncio.new_event_loop()
+    key = load_secret(secret)
+    srv = loop.run_until_complete(loop.create_server(lambda: protocol(secret=key, auth_timeout=5.0, idle_timeout=30.0), "127.0.0.1", 0))
+    th = threading.Thread(target=loop.run_forever, daemon=True)
+    th.start()
+    try:
+        yield f"127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        th.join(5)
+        srv.close()
+        loop.run_until_complete(srv.wait_closed())
+        loop.close()
