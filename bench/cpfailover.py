@@ -140,6 +140,7 @@ async def lab_run(n: int, a: argparse.Namespace, rep: int, base: Path, tickle: b
         "worst_ms": op.get("worst_ms"),
         "p99_ms": op.get("p99_ms"),
         "all_served_ms": op.get("all_served_ms"),
+        "in_flight": op.get("in_flight"),  # (0: nothing in flight at the cut, no all_served_ms)
         "unanswered": op.get("unanswered"),
         # CPU seconds from the cut until the status showed every terminal back: the new CP (its
         # supervising script included), each host, the terminals' process; and that window
@@ -244,7 +245,9 @@ def render(data: dict[str, Any], a: argparse.Namespace) -> str:
             # answered): infinite, not left out of the median
             return fmt_ms(median([inf if r.get(key) is None else r[key] for r in items]), 0)
 
-        worst_all = max((inf if r.get("all_served_ms") is None else r["all_served_ms"]) for r in rs) if rs else None
+        # a run with nothing in flight at the cut has no all_served_ms to give (not infinite)
+        flying = [r for r in rs if r.get("in_flight") != 0]
+        worst_all = max((inf if r.get("all_served_ms") is None else r["all_served_ms"]) for r in flying) if flying else None
         # "every terminal served again": the last terminal's session back and the longest wait
         # of any message sent around the cut, not only of those in flight at it (often none)
         back = max(served_again_ms(r) for r in rs) if rs else None
@@ -261,7 +264,7 @@ def render(data: dict[str, Any], a: argparse.Namespace) -> str:
                 med("terminals_all_back_ms"),
                 med("cut_to_all_sessions_ms"),
                 med("worst_ms"),
-                med("all_served_ms") + (f" (max {fmt_ms(worst_all, 0)})" if rs else ""),
+                (med("all_served_ms", flying) + f" (max {fmt_ms(worst_all, 0)})") if flying else "– (none in flight)",
                 med("kill_to_all_back_ms", qs) if qs else "-",
                 ("all OK" if ok else "**FAILED**") + goal,
             ]
