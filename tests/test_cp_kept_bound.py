@@ -239,6 +239,19 @@ async def _run2_served(cp: Any, h: Any, c: Any, p: Any, stats: Any) -> None:
     assert not term.replies and cp.counts.kept == 0  # the earlier run's replies confirmed: let go
 
 
+async def _earlier_run(tmp_path: Path, ids: tuple[int, ...]) -> tuple[Any, Any]:
+    """A CP core and its active (cp, h): run 1 of T00001 sent `ids` and died without a bye, the
+    active still working on them."""
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active", record=True)
+    run1 = recording_terminal(cp, "T00001", 0)
+    cp.host_open(h, "T00001", "active", {})
+    run1.data_received(b"".join(encode({"t": "msg", "id": i, "data": f"m{i}"}) for i in ids))
+    await _until(lambda: {("T00001", i) for i in ids} <= _delivered(h), "run 1's messages delivered")
+    run1.connection_lost(None)  # no bye; the active still working on them
+    return cp, h
+
+
 def _delivered(h: Any) -> set[tuple[str, int]]:
     h.flush()
     return {(m["terminal"], m["id"]) for m in h.transport.frames() if m.get("t") == "deliver"}
@@ -254,13 +267,7 @@ async def test_a_hello_taken_short_of_an_unanswered_message_resends_nothing_it_s
     the same message and sent every kept reply again, marked resent, those the hello named
     included. Now the CP sends again only what is above the hello's last_reply; the confirm that
     follows the answer to the first message lets them all go."""
-    cp = cp_core(tmp_path, 2)
-    h = fake_host(cp, "host-a", "active", record=True)
-    run1 = recording_terminal(cp, "T00001", 0)
-    cp.host_open(h, "T00001", "active", {})
-    run1.data_received(b"".join(encode({"t": "msg", "id": i, "data": f"m{i}"}) for i in (1, 2)))
-    await _until(lambda: {("T00001", 1), ("T00001", 2)} <= _delivered(h), "run 1's messages delivered")
-    run1.connection_lost(None)  # no bye; the active still working on them
+    cp, h = await _earlier_run(tmp_path, (1, 2))
     run2 = recording_terminal(cp, "T00001", 0)
     cp.host_open(h, "T00001", "active", {})
     cp.host_reply(h, "T00001", 2, "r2")  # answered before message 1
@@ -301,13 +308,7 @@ async def test_an_earlier_runs_replies_made_while_the_next_run_was_away_reach_it
     from hsb.term.client import TerminalClient
     from hsb.term.load import LoadStats, _report
 
-    cp = cp_core(tmp_path, 2)
-    h = fake_host(cp, "host-a", "active", record=True)
-    run1 = recording_terminal(cp, "T00001", 0)
-    cp.host_open(h, "T00001", "active", {})
-    run1.data_received(b"".join(encode({"t": "msg", "id": i, "data": f"m{i}"}) for i in (1, 2, 3)))
-    await _until(lambda: {("T00001", i) for i in (1, 2, 3)} <= _delivered(h), "run 1's messages delivered")
-    run1.connection_lost(None)  # no bye; the active still working on them
+    cp, h = await _earlier_run(tmp_path, (1, 2, 3))
     stats = LoadStats(1)
     stats.counting = True
     c = TerminalClient("T00001", stats, base=1000, check_data=True, keepalive=0)
@@ -351,13 +352,7 @@ async def test_a_hello_that_claims_replies_never_sent_gets_them(tmp_path: Path, 
     took that as a confirm and forgot 1 and 2, which no run ever received. Now a hello's claim
     never lets it forget a reply it never sent: it sends them, resent, and keeps them until the
     next confirm, which lets all go."""
-    cp = cp_core(tmp_path, 2)
-    h = fake_host(cp, "host-a", "active", record=True)
-    run1 = recording_terminal(cp, "T00001", 0)
-    cp.host_open(h, "T00001", "active", {})
-    run1.data_received(b"".join(encode({"t": "msg", "id": i, "data": f"m{i}"}) for i in (1, 2, 3)))
-    await _until(lambda: {("T00001", i) for i in (1, 2, 3)} <= _delivered(h), "run 1's messages delivered")
-    run1.connection_lost(None)  # no bye; the active still working on them
+    cp, h = await _earlier_run(tmp_path, (1, 2, 3))
     run2 = recording_terminal(cp, "T00001", 0)
     cp.host_open(h, "T00001", "active", {})
     cp.host_reply(h, "T00001", 3, "r3")  # answered before 1 and 2
@@ -411,13 +406,7 @@ async def test_a_reply_recovered_after_a_cp_restart_is_sent_again_whatever_the_h
 async def _run2_after_an_earlier_run(tmp_path: Path) -> tuple[Any, Any, Any]:
     """A CP core and its active (cp, h): run 1 of T00001 sent message 1 and died without a bye,
     the active still working on it; run 2 (hello 0) sent 1000, delivered. (cp, h, run 2)."""
-    cp = cp_core(tmp_path, 2)
-    h = fake_host(cp, "host-a", "active", record=True)
-    run1 = recording_terminal(cp, "T00001", 0)
-    cp.host_open(h, "T00001", "active", {})
-    run1.data_received(encode({"t": "msg", "id": 1, "data": "m1"}))
-    await _until(lambda: ("T00001", 1) in _delivered(h), "run 1's message delivered")
-    run1.connection_lost(None)  # no bye; the active still working on it
+    cp, h = await _earlier_run(tmp_path, (1,))
     run2 = recording_terminal(cp, "T00001", 0)
     cp.host_open(h, "T00001", "active", {})
     run2.data_received(encode({"t": "msg", "id": 1000, "data": "m"}))

@@ -101,6 +101,15 @@ async def test_a_resent_reply_up_to_the_hellos_last_reply_is_a_duplicate() -> No
     assert not r.ok and r.duplicates == 1, r.failures
 
 
+async def _confirmed_again(tr: RecordingTransport) -> None:
+    """Until a `confirm` is written to `tr` (its timer: 50 ms), within 2 s."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while not [f for f in tr.frames() if f["t"] == "confirm"]:
+        assert loop.time() - t0 < 2.0, "never confirmed again"
+        await asyncio.sleep(0.005)
+
+
 async def test_a_resent_reply_up_to_the_hellos_last_reply_from_a_restarted_cp_is_ignored_and_confirmed_again() -> None:
     """A restarted CP (another `cp` in the welcome) cannot know which of the replies it recovered
     its process before wrote to the terminal: it sends them all again, marked, those the hello
@@ -121,11 +130,7 @@ async def test_a_resent_reply_up_to_the_hellos_last_reply_from_a_restarted_cp_is
     _feed(c, {"t": "reply", "id": a, "data": c.payload(a), "resent": True})
     r = _verdict(c, stats)
     assert r.ok and r.resent_ignored == 1, r.failures
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    while not [f for f in tr.frames() if f["t"] == "confirm"]:
-        assert loop.time() - t0 < 2.0, "never confirmed again"
-        await asyncio.sleep(0.005)
+    await _confirmed_again(tr)
     assert [f["id"] for f in tr.frames() if f["t"] == "confirm"] == [a]
     _feed(c, {"t": "reply", "id": a, "data": c.payload(a), "resent": True})  # once more on this connection
     r = _verdict(c, stats)
@@ -159,11 +164,7 @@ async def test_the_reply_to_a_recovered_message_on_a_later_connection_to_the_res
     _feed(c, {"t": "reply", "id": a, "data": c.payload(a), "resent": True})
     r = _verdict(c, stats)
     assert r.ok and r.resent_ignored == 1, r.failures
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    while not [f for f in tr.frames() if f["t"] == "confirm"]:
-        assert loop.time() - t0 < 2.0, "never confirmed again"
-        await asyncio.sleep(0.005)
+    await _confirmed_again(tr)
     assert [(f["id"], f["seen"]) for f in tr.frames() if f["t"] == "confirm"] == [(b, 1)]  # seen: the reply frames read here
     _feed(c, {"t": "reply", "id": b, "data": c.payload(b), "resent": True})  # not recovered: the hello said it holds it
     r = _verdict(c, stats)
