@@ -111,7 +111,9 @@ class ServiceHealth:
             self._look_in(self.stalled_after - age)
             return
         self.stalled = True
-        _, terminal, mid = self.calls[next(iter(self.calls))]  # (the oldest: calls is not empty here)
+        first = self._oldest()
+        assert first is not None  # (calls is not empty here)
+        _, terminal, mid = first
         log.error(
             "service_stalled",
             oldest_call_s=round(age, 3),

@@ -413,7 +413,7 @@ class SessionsCtl(SessionHooks):
             # the CP then closes and asks for again; it takes no `refused` from its active)
             self.srv.cp.send({"t": "close", "terminal": name, "kind": "standby"})
         if self.cp_registered and refused is not None and not self.srv.ha.granted:
-            self.srv.cp.send({"t": "close", "terminal": name, "kind": "standby", "refused": refused})
+            self._send_refusal(name, refused)
         if ts is None or not was:
             return False
         ts.state = CLOSED
@@ -486,7 +486,12 @@ class SessionsCtl(SessionHooks):
                 batch = []
         self._send_open_batch(batch)
         for name, why in self.refusing.items():  # (what it refuses, the new link's CP is told again)
-            self.srv.cp.send({"t": "close", "terminal": name, "kind": "standby", "refused": why})
+            self._send_refusal(name, why)
+
+    def _send_refusal(self, name: str, why: str) -> None:
+        """Tell the CP this standby refuses `name`'s standby session, and why (a handover waits
+        for none of those): `close` with `refused`."""
+        self.srv.cp.send({"t": "close", "terminal": name, "kind": "standby", "refused": why})
 
     def drop_active_sessions(self) -> int:
         """After a planned switchover: our active sessions now belong to the other host."""

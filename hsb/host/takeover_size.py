@@ -56,14 +56,14 @@ def geometry_look(records: int, terminals: int, record_size: int, path: str, tim
     def look() -> tuple[list[str], list[str]]:
         try:
             check_file(path, record_size, records, terminals)
-        except (FileMissing, NotRegularFile):
-            pass
         except HeaderCorrupt as exc:
             try:
                 taken = torn_header_taken(path, records, record_size)
             except OSError:
                 return [], []
             return ([], [_torn(path, records, record_size)]) if taken else ([str(exc)], [])
+        except (FileMissing, NotRegularFile):
+            pass
         except TakeoverError as exc:
             return [str(exc)], []
         except OSError:
@@ -74,11 +74,14 @@ def geometry_look(records: int, terminals: int, record_size: int, path: str, tim
     return said if done and said is not None else ([], [])
 
 
+def _torn_header(path: str) -> str:
+    return f"the header (record 0) of takeover file {path} is corrupt, most likely torn by a crash while it was rewritten"
+
+
 def _torn(path: str, records: int, record_size: int) -> str:
     return (
-        f"takeover.path: the header (record 0) of takeover file {path} is corrupt, most likely torn by a crash while it was"
-        f" rewritten: the start takes it, going by the config's records = {records} and record_size = {record_size}, and the"
-        f" pair's active rewrites it at its next batch write (`hsbctl file inspect {path}` shows it)"
+        f"takeover.path: {_torn_header(path)}: the start takes it, going by the config's records = {records} and record_size ="
+        f" {record_size}, and the pair's active rewrites it at its next batch write (`hsbctl file inspect {path}` shows it)"
     )
 
 
@@ -113,10 +116,7 @@ def _torn_fix(path: str, size: int, records: int, terminals: int, record_size: i
     record_size: set records to them (the start takes a torn header going by the config's records
     when the file holds them, hsb.takeover.fileio.torn_header_taken), or, too few, recreate it."""
     held, needed = size // record_size, needed_records(terminals, record_size)
-    torn = (
-        f"the header (record 0) of takeover file {path} is corrupt, most likely torn by a crash while it was rewritten;"
-        f" by its size it holds {held} records of {record_size} bytes"
-    )
+    torn = f"{_torn_header(path)}; by its size it holds {held} records of {record_size} bytes"
     if held >= needed:
         return (
             f"{torn}, enough: set records = {held} in the config (the start then takes the torn header, going by the config's"
@@ -131,6 +131,8 @@ def _header(path: str, timeout: float) -> Header | FileMissing | Torn | str:
     read (within `timeout`: a thread stuck on a hung mount is left behind, holding nothing the
     process needs)."""
 
+    unreadable = f"its header cannot be read: `hsbctl file inspect {path}` says why"
+
     def look() -> Header | FileMissing | Torn | str:
         try:
             return check_file(path)
@@ -140,9 +142,9 @@ def _header(path: str, timeout: float) -> Header | FileMissing | Torn | str:
             try:
                 return Torn(os.stat(path).st_size)
             except OSError:
-                return f"its header cannot be read: `hsbctl file inspect {path}` says why"
+                return unreadable
         except (TakeoverError, OSError):
-            return f"its header cannot be read: `hsbctl file inspect {path}` says why"
+            return unreadable
 
     done, header = within(timeout, look, "takeover-size-look")
     return header if done and header is not None else f"its storage did not answer within {timeout:g} s"
