@@ -513,8 +513,12 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
     unknown += [(h["name"], h.get("addr", "-"), h.get("error")) for h in hosts if not h.get("reachable")]
     # (one that authenticated and gave no answer in time: busy or stuck, and one that answered
     # with an error: said so by `unasked`)
-    late = {n: {"unanswered": True, "timeout": d.get("timeout")} for n, d in [("CP", cp), *((h["name"], h) for h in hosts)] if d.get("unanswered")}
-    late |= {n: {"error_answer": True} for n, d in [("CP", cp), *((h["name"], h) for h in hosts)] if d.get("error_answer")}
+    late: dict[str, dict[str, Any]] = {}
+    for n, d in [("CP", cp), *((h["name"], h) for h in hosts)]:
+        if d.get("unanswered"):
+            late[n] = {"unanswered": True, "timeout": d.get("timeout")}
+        elif d.get("error_answer"):
+            late[n] = {"error_answer": True}
     if not hosts:  # only the CP asked: nothing can be said of the hosts
         unknown.append(("hosts", "-", "none named (give --host twice, or hosts in the ctl config)"))
     elif len(hosts) == 1 and not twice:  # the pair's state cannot be told from one of its hosts

@@ -125,8 +125,6 @@ def promote(obj: Ctx, timeout: float) -> None:
     failed = refused_or_unasked(ans, sb[0])
     if failed is not None:
         sys.exit(failed)
-    if ans.get("msg"):
-        click.echo(ans["msg"])
     name = sb[0]["name"]
     refusals = sb[0].get("switch_refusals")  # (a refusal from before this request is not its answer)
 

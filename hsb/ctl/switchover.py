@@ -26,8 +26,8 @@ def refused_or_unasked(ans: dict[str, Any], host: dict[str, Any]) -> int | None:
     """The exit status of a request (promote, switchover) the host did not carry out, with its
     line on stderr: 3 when it could not be asked or answered with an error frame instead of an
     answer (another version's, say: nothing done; docs/operations.md §17), 1 when it refused;
-    None when it accepted, or took it and did not answer in time (said here: the caller watches
-    the pair's status for the outcome, as after an answer)."""
+    None when it accepted (its message, if any, said on stdout), or took it and did not answer in
+    time (said here: the caller watches the pair's status for the outcome, as after an answer)."""
     if ans.get("unanswered"):
         click.echo(untold(str(host.get("name")), ans, "the request", "; watching the pair's status for what it did"), err=True)
         return None
@@ -37,6 +37,8 @@ def refused_or_unasked(ans: dict[str, Any], host: dict[str, Any]) -> int | None:
     if not ans.get("ok"):
         click.echo(f"error: {ans.get('msg') or ans.get('error')}", err=True)
         return 1
+    if ans.get("msg"):
+        click.echo(ans["msg"])
     return None
 
 
@@ -82,8 +84,6 @@ async def _switchover(t: Target, yes: bool, timeout: float) -> int:
     failed = refused_or_unasked(ans, old)
     if failed is not None:
         return failed
-    if ans.get("msg"):
-        click.echo(ans["msg"])
     deadline = time.monotonic() + timeout
     switched_at: float | None = None
     last: dict[str, Any] = st

@@ -529,15 +529,15 @@ class TerminalClient(Answers, Resume, asyncio.Protocol):
             if (cp == self.cp_instance) if isinstance(cp, str) else not self.failed_since_drop:
                 self.cp_present_drops += 1
         if isinstance(cp, str):
-            if self.cp_instance is not None and cp != self.cp_instance:
-                self.other_cp_process(last_acked)  # (it resends what it recovered, below the hello's last_reply too)
             if self.cp_instance is not None:
                 if cp == self.cp_instance:
                     # the same CP process: what failed meanwhile (an overloaded CP's backlog, a
                     # connect failing for reasons of ours) was no change of it
                     self.cp_reconnects -= self.away_since_welcome
-                elif not self.away_since_welcome:
-                    self.cp_reconnects += 1  # another CP process, though its port never refused us
+                else:
+                    self.other_cp_process(last_acked)  # (it resends what it recovered, below the hello's last_reply too)
+                    if not self.away_since_welcome:
+                        self.cp_reconnects += 1  # another CP process, though its port never refused us
             self.cp_instance = cp
         self.away_since_welcome = 0
         self.away_counted = False
