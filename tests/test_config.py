@@ -377,7 +377,7 @@ def test_a_hook_timeout_that_lets_a_stop_outlast_the_unit_is_a_warning(tmp_path:
     import re
 
     from hsb.ctl.main import main
-    from hsb.host.main import UNIT_STOP_S
+    from hsb.host.hooks import UNIT_STOP_S
     from tests.support.procs import free_port, host_config
 
     unit = (Path(__file__).parent.parent / "configs" / "systemd" / "hsbd@.service").read_text()
@@ -400,6 +400,28 @@ def test_a_hook_timeout_that_lets_a_stop_outlast_the_unit_is_a_warning(tmp_path:
     assert "TimeoutStopSec=140 in a drop-in" in line and "hsbctl stop --timeout 140" in line and "hook_timeout to 10 or less" in line, line
     assert "host.hook_timeout" not in check(on_role_change="/bin/true")
     assert "host.hook_timeout" not in check(hook_timeout=50)
+
+
+@pytest.mark.timeout(60)
+def test_the_start_logs_the_hook_timeout_that_lets_a_stop_outlast_the_unit(tmp_path: Path) -> None:
+    """The same hook_timeout = 50: --check-config warned, but a start without the check (the
+    unit's) said nothing. hsbd's start logs hook_timeout_outlasts_stop with the check's line."""
+    from hsb.host.hooks import stop_time_warning
+    from tests.support.procs import create_takeover_file, free_port, host_config, start_host
+
+    create_takeover_file(tmp_path / "t.dat", 64)
+    p = host_config(
+        tmp_path, "a", cp=f"127.0.0.1:{free_port()}", peer_listen=f"127.0.0.1:{free_port()}", peer=f"127.0.0.1:{free_port()}",
+        takeover=tmp_path / "t.dat", records=64, on_role_change="/bin/true", hook_timeout=50,
+    )  # fmt: skip
+    host = start_host(tmp_path, "host-a", "standby", p)
+    try:
+        (ev,) = host.events("hook_timeout_outlasts_stop")
+    finally:
+        host.stop()
+    assert ev["level"] == "warning" and ev["hook_timeout"] == 50, ev
+    assert ev["msg"] == stop_time_warning("/bin/true", 50), ev  # (one sentence: --check-config's)
+    assert "TimeoutStopSec=140 in a drop-in" in ev["msg"], ev
 
 
 def test_addresses_and_timings_that_would_misbehave_are_config_errors(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ The command gets four arguments: the new role, the state, the epoch, the reason.
 from __future__ import annotations
 
 import asyncio
+import math
 import shlex
 
 import structlog
@@ -24,6 +25,29 @@ NOT_SERVING = "not_serving"
 # The active's states the hook is told when it no longer acts as the active (hsb.host.ha.hook_acting,
 # a fence); with a change to another role, what a command holding a virtual address must hear.
 NOT_ACTING = frozenset({NOT_SERVING, STOPPING, FENCED})
+
+# A stop of the active: its handover, then the normal stop, about 34 s at most before the role
+# hook's last runs (HostServer.hand_over), each of which may take hook_timeout
+# (docs/operations.md §2); hsbd@.service's TimeoutStopSec and hsbctl stop's default --timeout
+STOP_BEFORE_HOOKS_S = 40.0
+UNIT_STOP_S = 60.0
+
+
+def stop_time_warning(command: str, hook_timeout: float) -> str | None:
+    """The warning of a role hook whose hook_timeout lets a clean stop take longer than the
+    unit's TimeoutStopSec, after which systemd kills hsbd (a failover, not a stop), and than
+    hsbctl stop waits by default (it says the host did not stop): --check-config's line and the
+    start's `hook_timeout_outlasts_stop`, or None."""
+    need = STOP_BEFORE_HOOKS_S + 2 * hook_timeout
+    if not command or need <= UNIT_STOP_S:
+        return None
+    fix = math.ceil(need)
+    return (
+        f"host.hook_timeout = {hook_timeout:g} s: a stop may take up to {need:g} s (40 s + 2 x hook_timeout), longer than"
+        f" hsbd@.service's TimeoutStopSec={UNIT_STOP_S:g} (systemd then kills hsbd: a failover, not a stop) and hsbctl stop's"
+        f" default --timeout {UNIT_STOP_S:g}; set TimeoutStopSec={fix} in a drop-in (systemctl edit hsbd@.service) and use"
+        f" hsbctl stop --timeout {fix}, or set hook_timeout to {(UNIT_STOP_S - STOP_BEFORE_HOOKS_S) / 2:g} or less"
+    )
 
 
 class RoleHook:

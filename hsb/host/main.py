@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -14,15 +13,11 @@ from hsb import __version__, logs
 from hsb.cli import EXIT_CONFIG, die, exit_watchdog, load_or_exit, log_level_option
 from hsb.config import Partial, resolve_under
 from hsb.host.config import HostConfig, raw_size_keys, service_paths
+from hsb.host.hooks import stop_time_warning as stop_time_warning_line
 from hsb.ops.listen import ListenError, listen_problems, listen_warnings
 from hsb.wire.auth import load_secret
 
 LISTEN_KEYS = ("peer_listen", "admin_listen", "http_listen")  # of [host]
-# A stop of the active: its handover, then the normal stop, about 34 s at most before the role
-# hook's last runs (HostServer.hand_over), each of which may take hook_timeout
-# (docs/operations.md §2); hsbd@.service's TimeoutStopSec and hsbctl stop's default --timeout
-STOP_BEFORE_HOOKS_S = 40.0
-UNIT_STOP_S = 60.0
 
 
 def start_error(exc: OSError) -> str:
@@ -171,20 +166,10 @@ def takeover_missing(cfg: HostConfig) -> list[str]:
 
 
 def stop_time_warning(cfg: HostConfig) -> list[str]:
-    """--check-config's warning: a role hook whose hook_timeout lets a clean stop take longer
-    than the unit's TimeoutStopSec, after which systemd kills hsbd (a failover, not a stop), and
-    than hsbctl stop waits by default (it says the host did not stop)."""
-    h = cfg.host
-    need = STOP_BEFORE_HOOKS_S + 2 * h.hook_timeout
-    if not h.on_role_change or need <= UNIT_STOP_S:
-        return []
-    fix = math.ceil(need)
-    return [
-        f"host.hook_timeout = {h.hook_timeout:g} s: a stop may take up to {need:g} s (40 s + 2 x hook_timeout), longer than"
-        f" hsbd@.service's TimeoutStopSec={UNIT_STOP_S:g} (systemd then kills hsbd: a failover, not a stop) and hsbctl stop's"
-        f" default --timeout {UNIT_STOP_S:g}; set TimeoutStopSec={fix} in a drop-in (systemctl edit hsbd@.service) and use"
-        f" hsbctl stop --timeout {fix}, or set hook_timeout to {(UNIT_STOP_S - STOP_BEFORE_HOOKS_S) / 2:g} or less"
-    ]
+    """--check-config's warning of a hook_timeout that lets a stop outlast the unit's
+    (hsb.host.hooks.stop_time_warning; the start logs the same line)."""
+    said = stop_time_warning_line(cfg.host.on_role_change, cfg.host.hook_timeout)
+    return [] if said is None else [said]
 
 
 def takeover_writable(cfg: HostConfig) -> list[str]:

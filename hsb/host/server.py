@@ -27,7 +27,7 @@ from hsb.host.cpgen import GenerationFile, generation_path
 from hsb.host.cplink import CPLink
 from hsb.host.delivery import Delivery
 from hsb.host.ha import HA
-from hsb.host.hooks import RoleHook
+from hsb.host.hooks import RoleHook, stop_time_warning
 from hsb.host.peer import PeerLink
 from hsb.host.sessions import SessionTable
 from hsb.host.sessions_ctl import SessionsCtl
@@ -249,6 +249,9 @@ class HostServer:
         h = self.cfg.host
         if not faults.SELF_FENCING:
             log.warning("self_fencing_disabled", msg="HSB_TEST_DISABLE_SELF_FENCING=1: for tests only; this host never stops serving on its own")
+        slow_stop = stop_time_warning(h.on_role_change, h.hook_timeout)  # (--check-config's line)
+        if slow_stop is not None:
+            log.warning("hook_timeout_outlasts_stop", hook_timeout=h.hook_timeout, msg=slow_stop)
         await self.takeover.size_check()
         log.info(
             "size_check_ok",
