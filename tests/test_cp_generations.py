@@ -95,6 +95,48 @@ async def test_a_newer_cp_stops_the_old_one_and_has_all_it_acknowledged(tmp_path
     assert max(r.last_acked.get("T00001", 0), 0) >= len(acked)
 
 
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+async def test_a_cp_whose_generation_file_is_removed_under_it_stops_and_says_so_not_superseded(tmp_path: Path, how: str) -> None:
+    """The serving CP's gen-* files removed by hand, or its journal directory replaced (one with
+    a lower generation's file in its place): it stopped as it must (it cannot prove it is the
+    newest), but said "taken over by a newer CP" (cp_superseded), sending the operator after a
+    CP that is not there. It stops the same way (exit 75, nothing acknowledged after) with its own
+    event, cp_generation_file_removed, whose line says what happened and what to do."""
+    journal = tmp_path / "cp1" / "cp-journal"
+    journal.mkdir(parents=True)
+    for g in (1, 2):  # earlier CPs': this one takes generation 3
+        (journal / gen_name(g)).touch()
+    cp1 = start_cp(tmp_path / "cp1", terminals=6, host_timeout=0.5)
+    try:
+        t = await FakeTerminal.connect(cp1.info["terminal"], "T00001", hello=False)
+        t.send({"t": "hello", "terminal": "T00001", "last_reply": 0})
+        await t.wait(lambda m: m["t"] == "welcome")
+        t.send({"t": "msg", "id": 1, "data": "before"})
+        await t.wait(lambda m: m["t"] == "ack" and m["id"] == 1)
+        gen = Generations(journal).current()
+        assert gen == 3
+        if how == "removed":
+            for f in journal.glob("gen-*"):
+                f.unlink()
+        else:
+            journal.rename(journal.with_name("cp-journal.old"))
+            journal.mkdir()
+            (journal / gen_name(1)).touch()  # (an older CP's, not its own: by name, its own would pass)
+        t.send({"t": "msg", "id": 2, "data": "after"})  # its group's check finds the file gone: never acknowledged
+        assert exit_code(cp1) == 75, cp1.log.read_text()[-3000:]  # stops as superseded did (at_start: not restarted)
+        await t.wait_closed()
+        assert [m["id"] for m in t.inbox if m["t"] == "ack"] == [1]
+        assert cp1.events("cp_superseded") == []
+        (ev,) = cp1.events("cp_generation_file_removed")
+        assert ev["level"] == "error" and ev["generation"] == gen and ev["found"] == (0 if how == "removed" else 1), ev
+        assert ev["path"] == str(journal / gen_name(gen)), ev
+        msg = ev["msg"]
+        assert "\n" not in msg and f"generation file {gen_name(gen)} (generation {gen}) was removed from {journal} under it" in msg, msg
+        assert "no newer CP's file" in msg and "put the journal directory back" in msg and "never remove gen-* files" in msg, msg
+    finally:
+        cp1.stop()
+
+
 async def cp_status_at(cp: Proc) -> dict[str, Any]:
     h, p = addr(cp.info["admin"])
     return (await request(h, p, SECRET, {"t": "status"}))["data"]
@@ -406,6 +448,26 @@ def test_a_far_behind_cps_check_meeting_a_prune_still_finds_itself_superseded(tm
     with pytest.raises(Exception, match="newer|supersed"):
         gens.check(14)
     assert looked[0] == gen_name(15), looked
+
+
+def test_a_cp_whose_own_file_is_gone_is_superseded_only_if_a_newer_file_is_there(tmp_path: Path) -> None:
+    """The check tells the two apart: a far-behind CP whose own file the newest CP pruned is
+    superseded by that one (its file is among the newest kept); a CP whose own file is gone with
+    nothing above it is GenerationGone (its file was removed, not a newer CP's doing). Both stop."""
+    from hsb.cp.journal.generation import GenerationGone, Superseded
+
+    for g in range(1, 16):
+        (tmp_path / gen_name(g)).write_text("")
+    gens = Generations(tmp_path)
+    gens.prune(15)
+    assert not (tmp_path / gen_name(3)).exists() and not (tmp_path / gen_name(4)).exists()
+    with pytest.raises(Superseded) as superseded:
+        gens.check(3)
+    assert type(superseded.value) is Superseded and superseded.value.newer == 15
+    (tmp_path / gen_name(15)).unlink()  # the newest's own file removed: gen-14 is below it
+    with pytest.raises(GenerationGone) as gone:
+        gens.check(15)
+    assert gone.value.found == 14 and gone.value.newer is None and "the highest is gen-00000014" in str(gone.value)
 
 
 async def test_a_storage_error_while_waiting_is_said_as_the_journals_not_the_ports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

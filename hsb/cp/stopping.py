@@ -1,8 +1,9 @@
 """hsbcpd's stop: the graceful one at the end of `serve()` (SIGTERM, the address gone from this
 machine, a waiting CP told to stop), which takes nothing new from the connections still open,
 drains the journal and then closes it; and the one at once when a newer CP takes the journal
-over (superseded): every connection aborted, nothing more goes out, exit 75 (`at_start`: not
-restarted by itself) or 0 (`on_wake`: systemd starts it again, waiting).
+over (superseded), or this CP's own generation file is gone with none newer (GenerationGone):
+every connection aborted, nothing more goes out, exit 75 (`at_start`: not restarted by itself)
+or 0 (`on_wake`: systemd starts it again, waiting).
 
 A mixin of `hsb.cp.server.CPServer`, whose state it reads and changes; the lifecycle that ends
 here is there.

@@ -169,7 +169,7 @@ class TakingOver:
                 seg = await self._step("snapshot", journal.open, r.highest_segment + 1, snapshot, [*r.garbage, *r.paths], size=size)
             except Superseded as exc:  # a newer CP took over while this one recovered: it serves
                 journal.close()
-                log.error("cp_superseded", generation=exc.own, newer=exc.newer, at="takeover", msg=str(exc))
+                exc.say(at="takeover")
                 self._superseded(exc)
                 return
         cp.repin(seg)

@@ -186,7 +186,7 @@ class Completion:
             self.superseded = exc
             self._forget_pending()
             self._deletions.clear()
-            log.error("cp_superseded", generation=exc.own, newer=exc.newer, msg=str(exc))
+            exc.say()
             self.on_superseded(exc)
 
     def _deletions_due(self) -> None:

@@ -5,7 +5,9 @@ the highest there, with O_EXCL (atomic, also on NFS: of two CPs racing for the s
 one wins, and the other takes N+1). It reads nothing before that file is durable. The CP with
 the highest N owns the journal; one that sees `gen-(own+1)` has been superseded and stops at
 once: it checks after every group commit, before the acknowledgements of that group go out,
-and every tick while idle. So a CP alive behind a partition can never acknowledge a message
+and every tick while idle. One that finds its own file gone with none newer (removed by hand, the
+directory replaced) stops the same way, said as that (GenerationGone): it cannot prove it is the
+newest. So a CP alive behind a partition can never acknowledge a message
 the new CP did not see: the new CP made its generation durable before it read anything, and
 whatever the old CP made durable before its last successful check was there to read.
 
@@ -27,8 +29,13 @@ import re
 import socket
 import time
 from pathlib import Path
+from typing import Any
+
+import structlog
 
 from hsb.fsutil import fsync_dir
+
+log = structlog.get_logger("hsb.cp")
 
 GEN = re.compile(r"^gen-(\d{8,})$")
 SNAP = re.compile(r"^snap-(\d{8,})$")  # the generation's takeover snapshot was durable
@@ -53,7 +60,36 @@ class Superseded(Exception):
     def __init__(self, own: int, newer: int) -> None:
         super().__init__(f"the journal was taken over by a newer CP (generation {newer}; this CP has {own})")
         self.own = own
-        self.newer = newer
+        self.newer: int | None = newer  # (None: GenerationGone's, no newer one)
+
+    def say(self, **kw: Any) -> None:
+        """The stop's event (error), once, by whoever stops the CP for it."""
+        log.error("cp_superseded", generation=self.own, newer=self.newer, msg=str(self), **kw)
+
+
+class GenerationGone(Superseded):
+    """This CP's own generation file is gone and no newer one is there (removed by hand, the
+    journal directory replaced or unmounted): not a newer CP, but this one can no longer prove
+    it is the newest, so it stops all the same, as superseded (the same safety, its own words)."""
+
+    def __init__(self, own: int, found: int, path: str) -> None:
+        d, _, name = path.rpartition("/")
+        Exception.__init__(
+            self,
+            f"this CP's generation file {name} (generation {own}) was removed from {d} under it, and no newer CP's file is"
+            f" there ({'none at all' if found == 0 else f'the highest is gen-{found:08d}'}): its gen-* files were removed or the"
+            " journal directory replaced or unmounted, so it can no longer prove it is the newest CP and stopped; check with"
+            " hsbctl status that no other CP serves, put the journal directory back if it was replaced or unmounted, then"
+            " start hsbcpd again (it recovers the segment files under a generation above theirs); never remove gen-* files"
+            " under a running hsbcpd",
+        )
+        self.own = own
+        self.newer = None
+        self.found = found
+        self.path = path
+
+    def say(self, **kw: Any) -> None:
+        log.error("cp_generation_file_removed", generation=self.own, found=self.found, path=self.path, msg=str(self), **kw)
 
 
 def snap_name(n: int) -> str:
@@ -123,16 +159,23 @@ class Generations:
 
     def newer_than(self, own: int) -> int | None:
         """A generation above `own` if one exists (cheap: one or two stats), else None. A CP whose
-        own file is gone was superseded long ago (newer CPs prune old generation files)."""
+        own file is gone was superseded long ago (newer CPs prune old generation files, keeping
+        the newest): GenerationGone if no generation above it is there either."""
         p = self._paths
         if p is None or p[0] != own:
             p = self._paths = (own, str(self.dir / gen_name(own)), str(self.dir / gen_name(own + 1)))
-        if _there(p[2]) or not _there(p[1]):
+        if _there(p[2]):
             return max(self.current(), own + 1)
-        return None
+        if _there(p[1]):
+            return None
+        highest = self.current()
+        if highest > own:
+            return highest
+        raise GenerationGone(own, highest, p[1])
 
     def check(self, own: int) -> None:
-        """Raise Superseded if a newer CP owns the journal."""
+        """Raise Superseded if a newer CP owns the journal (GenerationGone: if this CP's own file
+        is gone with none newer)."""
         newer = self.newer_than(own)
         if newer is not None:
             raise Superseded(own, newer)
