@@ -3,7 +3,8 @@ active. They are taken at slightly different moments: in the middle of a failove
 switchover the CP may answer after its grant and the hosts before it, or one host before its
 lease ran out and the other after its grant. Disagreeing answers are asked again (gather), and
 if they still disagree the verdict says roles are changing, not a state none of them is in
-(docs/operations.md §7)."""
+(docs/operations.md §7). Two actives each kept by a CP of its own (a CP split brain) are no
+role change: `split_brain` tells them apart."""
 
 from __future__ import annotations
 
@@ -65,3 +66,50 @@ def two_actives(cp: dict[str, Any], actives: list[dict[str, Any]]) -> bool:
     known, active = cp_active(cp)
     newest = max(epochs)
     return known and any(h.get("name") == active and _epoch(h) < newest and _epoch(h) == _epoch(cp) for h in actives)
+
+
+def _gen(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _kept_by(h: dict[str, Any], cp: dict[str, Any], machines: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, int | None]:
+    """The serving CP machine that names `h` its active (None: not known), and the generation of
+    the CP that keeps it: that machine's, the asked CP's if it names `h`, else the highest
+    generation `h` has seen (a host never registers at a CP older than that)."""
+    m = next((m for m in machines if m.get("active") == h.get("name")), None)
+    if m is not None and _gen(m.get("generation")) is not None:
+        return m, _gen(m.get("generation"))
+    if cp_active(cp) == (True, h.get("name")) and _gen(cp.get("generation")) is not None:
+        return m, _gen(cp.get("generation"))
+    cg = h.get("cp_generation")
+    return m, _gen(cg.get("seen")) if isinstance(cg, dict) else None
+
+
+def split_brain(cp: dict[str, Any], actives: list[dict[str, Any]], machines: list[dict[str, Any]] | None) -> str | None:
+    """Two hosts that serve as the active at different epochs, each kept alive by a CP of its own
+    (a CP split brain: two CP machines both serving, docs/operations.md §18), in one line with
+    the newer one and what to do; None when the answers do not show two CPs (then different
+    epochs are a role change under way, asked again: `two_actives`). Two CPs are shown by two
+    serving CP machines naming the two hosts their actives, or by the two actives kept by CPs
+    of different generations (a host's `cp_generation.seen`: it never registers at an older CP
+    than one it saw, so an active that has not seen the newer CP's generation is not its)."""
+    if len(actives) != 2 or _epoch(actives[0]) == _epoch(actives[1]):
+        return None
+    old, new = sorted(actives, key=_epoch)
+    serving = [m for m in machines or [] if m.get("reachable") and m.get("state") == "serving" and not m.get("same_as")]
+    (m_old, g_old), (m_new, g_new) = _kept_by(old, cp, serving), _kept_by(new, cp, serving)
+    two_machines = m_old is not None and m_new is not None and m_old.get("addr") != m_new.get("addr")
+    if not two_machines and (g_old is None or g_new is None or g_old == g_new):
+        return None
+
+    def at(h: dict[str, Any], m: dict[str, Any] | None, g: int | None) -> str:
+        cp_name = f"{m.get('name') or m.get('addr')}'s active, " if m is not None else ""
+        return f"{h.get('name')} at epoch {_epoch(h)} ({cp_name}CP generation {g if g is not None else '?'})"
+
+    older_cp = f"on {m_old.get('name') or m_old.get('addr')}" if m_old is not None else f"that keeps {old.get('name')} (generation {g_old})"
+    return (
+        f"two CPs serve, each with its own active (a CP split brain): {at(old, m_old, g_old)} and {at(new, m_new, g_new)};"
+        f" {new.get('name')}'s epoch is the newer: {old.get('name')} will be fenced once its CP stops;"
+        f" stop the hsbcpd {older_cp}: 'systemctl stop hsbcpd' on its machine; then check its journal storage and the VRRP link"
+        " (docs/operations.md §18, After a split brain)"
+    )

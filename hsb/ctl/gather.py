@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from hsb.config import parse_addr
-from hsb.ctl.agree import REASK_PAUSES, claims_active, disagreement, two_actives
+from hsb.ctl.agree import REASK_PAUSES, claims_active, disagreement, split_brain, two_actives
 from hsb.wire.auth import load_secret
 from hsb.wire.client import LinkClosed, ServerNameMismatch, Unanswered, request
 from hsb.wire.framing import ProtocolError
@@ -162,6 +162,9 @@ async def serving_cp(
                 "instance": d.get("instance"),  # (per process: two CPs of one name and pid are not one)
                 "state": state,
                 "generation": d.get("generation") if d.get("generation") is not None else d.get("journal_generation"),
+                # (whom it keeps as the active, and at which epoch: two serving CPs each with its own is a split brain)
+                "active": d["active"].get("name") if isinstance(d.get("active"), dict) else None,
+                "epoch": d.get("epoch"),
                 "journal_missing": d.get("journal_missing") is True,
                 "journal_unanswered_s": d.get("journal_unanswered_s"),
                 "journal_error": d.get("journal_error"),
@@ -274,14 +277,14 @@ async def status_all(
         said = machines
         if said is None:  # one CP address: the one asked (a waiting CP of two CP machines, or one still taking over)
             said = [{"addr": cp, "reachable": True, "name": cps.get("name"), "state": cps.get("cp_state") or "waiting"}]
-        why = "no CP serves: " + ", ".join(_machine(m) for m in said)
+        why = "no CP serves: " + ", ".join(machine_state(m) for m in said)
         if machines is None and cps.get("takeover") == "on_wake" and cps.get("cp_state") == "waiting":
             why += " (it waits for keepalived to make its machine master; name both CP machines in the ctl config's cp to find the serving one)"
         cps = {"reachable": False, "addr": cp, "error": why}
     return summarize(cps, list(hs), machines)
 
 
-def _machine(m: dict[str, Any]) -> str:
+def machine_state(m: dict[str, Any]) -> str:
     """A CP machine as `no CP serves` names it: its name, address and state."""
     if not m.get("reachable"):
         return f"{m['addr']} unreachable"
@@ -525,7 +528,10 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
         unknown.append(("hosts", "-", "only one named (give --host twice, or both hosts in the ctl config)"))
     # one host named twice (even by two addresses): one daemon, judged once; the pair not known
     unknown += [("hosts", "-", why) for why in twice]
-    two = [h["name"] for h in actives] if len(actives) > 1 and two_actives(cp, actives) else []
+    # two actives at different epochs, each kept by a CP of its own: not a role change, critical
+    split = split_brain(cp, actives, machines)
+    two = [h["name"] for h in actives] if len(actives) > 1 and (split or two_actives(cp, actives)) else []
+    changing = None if split else changing
     if len(actives) > 1 and not two and not changing:  # (the CP not asked, or not saying who its active is)
         changing = "; ".join(f"{h['name']} says it is the active at epoch {h.get('epoch')}" for h in actives)
     cp_errors = superseded_cps(cp, hosts, machines)
@@ -550,6 +556,8 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
         "unknown": [{"name": n, "addr": a, "error": e} | late.get(n, {}) for n, a, e in unknown],
         # two hosts both serving with a valid lease at once: must never happen
         "two_actives": two,
+        # of those, each at its own epoch kept by its own CP (a CP split brain): the line saying it
+        "split_brain": split,
         # the answers disagree on who is the active, asked again: a role change under way (3)
         "changing": changing,
         # as monitoring plugins do: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (two actives: critical,

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from hsb.ctl.gather import ask, cp_named_twice, serving_cp, status_all, superseded_cps, unasked, unheard, untold
+from hsb.ctl.gather import ask, cp_named_twice, machine_state, serving_cp, status_all, superseded_cps, unasked, unheard, untold
 from hsb.ctl.target import Target
 from hsb.wire.auth import load_secret
 
@@ -121,13 +121,27 @@ def run_stop(t: Target, host: str | None, takeover: bool, timeout: float) -> int
 
 def _the_cp(t: Target) -> str | None:
     """The CP to ask: the serving one of two CP machines (of two that say so, the newest
-    generation's, as hsbctl status has it), else the one named."""
+    generation's, as hsbctl status has it), else the one named; None, said in one line, when
+    neither of two serves: a pause, a resume or a history is for the CP that serves (one that
+    waits answers none; one that stops would take a pause with it)."""
     if len(t.cps) > 1:
         assert t.secret_file is not None
         chosen, seen = asyncio.run(serving_cp(t.cps, load_secret(t.secret_file)))
         for e in superseded_cps({}, [], seen) + cp_named_twice(seen):
             click.echo(f"warning: {e}", err=True)
-        return chosen or t.cp
+        if chosen is None:
+            states = ", ".join(machine_state(m) if m.get("reachable") else f"{m['addr']} {unheard(m)} ({m.get('error')})" for m in seen)
+            unknown = not all(m.get("reachable") for m in seen)  # (that one may serve: hsbctl cannot tell)
+            click.echo(
+                f"error: {'no CP machine hsbctl could ask serves' if unknown else 'neither CP machine serves'}: {states}; nothing was done:"
+                + (" fix what keeps hsbctl from asking the other; if" if unknown else " if")
+                + " no machine holds the virtual address, look at keepalived on both (systemctl status keepalived);"
+                " ask again once 'hsbctl status' shows one SERVING (§18)",
+                err=True,
+            )
+        return chosen
+    if not t.cp:
+        click.echo("error: the CP's admin address is needed (cp in the ctl config, or --cp)", err=True)
     return t.cp
 
 
@@ -135,7 +149,6 @@ def run_pause(t: Target, paused: bool) -> int:
     assert t.secret_file is not None
     cp = _the_cp(t)
     if not cp:
-        click.echo("error: the CP's admin address is needed (cp in the ctl config, or --cp)", err=True)
         return 3
     ans = asyncio.run(ask(cp, load_secret(t.secret_file), {"t": "pause" if paused else "resume"}))
     if ans.get("unanswered"):
@@ -156,7 +169,6 @@ def run_history(t: Target, as_json: bool) -> int:
     assert t.secret_file is not None
     cp = _the_cp(t)
     if not cp:
-        click.echo("error: the CP's admin address is needed (cp in the ctl config, or --cp)", err=True)
         return 3
     ans = asyncio.run(ask(cp, load_secret(t.secret_file), {"t": "history"}))
     if ans.get("reachable") is False:

@@ -1,7 +1,8 @@
 """`hsbctl status [--json] [--watch]`: one view of the CP and both hosts.
 
 Exit status, as monitoring plugins have it: 0 hot standby established, 1 serving without a
-standby, 2 not serving (or the active's service failing: no message is answered), 3 unknown (a daemon could not be asked: down, a wrong address or port,
+standby, 2 not serving (or the active's service failing: no message is answered; or two actives,
+among them a CP split brain: two CPs serving, each with its own active), 3 unknown (a daemon could not be asked: down, a wrong address or port,
 a wrong secret, a timeout; or the answers, asked again, still disagree on who is the active: a
 role change under way), each unknown daemon named with its address, why and the fix.
 """
@@ -98,6 +99,8 @@ def headline(st: dict[str, Any]) -> list[str]:
     changing = (
         [f"  roles are changing (asked again, the answers still disagree; ask again in a moment): {st['changing']}"] if st.get("changing") else []
     )
+    if st.get("split_brain"):  # (critical, whatever else could not be asked: each such daemon's line follows)
+        return [f"hsb: TWO ACTIVES: {st['split_brain']}", *(f"  {u['name']} at {u['addr']}: {u['error']}" for u in st.get("unknown") or []), *why]
     if not st.get("unknown"):
         if changing:
             return ["hsb: UNKNOWN (a role change is under way)", *changing, *why]
@@ -121,7 +124,7 @@ def render(st: dict[str, Any]) -> str:
     out.extend(headline(st))
     if st["cp"].get("paused"):
         out.append("PAUSED: automatic failover is off ('hsbctl resume' turns it on; a planned switchover and promote still work)")
-    if st.get("two_actives"):
+    if st.get("two_actives") and not st.get("split_brain"):  # (that one's first line says it)
         cp_active = (st["cp"].get("active") or {}).get("name", "-")
         out.append(
             f"ERROR: two hosts serve as the active with a valid lease at once: {', '.join(st['two_actives'])} (the CP's active is {cp_active})"
