@@ -133,6 +133,48 @@ def test_an_undone_switchover_is_an_error_at_once_with_its_reason(
     assert why in err and "host-a has the role back" in err, err
 
 
+def test_a_switchover_names_the_terminals_the_standby_refused_and_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CP's switch record names the terminals a planned switchover put on the classic path
+    because the standby refused their standby session: hsbctl switchover said only "7
+    reconnected". It names the first few, the count of the others, the standby's reason for
+    the first and the fix, on a line under `switchover complete`."""
+    from hsb.ctl import switchover as switchover_mod
+
+    secret = write_secret(tmp_path)
+    calls = 0
+    why = "terminal 'T00011': this host's session attributes {'kind': 'kiosk'} differ from the active's {'kind': 'till'}"
+    refused = {"standby": "host-b", "count": 7, "terminals": [{"terminal": f"T000{n}", "reason": why.replace("11", str(n))} for n in range(11, 18)]}
+
+    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        a_, b_ = _host("host-a", "active", 3), _host("host-b", "standby", 3)
+        cp = _cp(epoch=3, active={"name": "host-a"}, standby={"name": "host-b"})
+        if calls > 1:
+            a_.update(role="standby", serving=False, epoch=4)
+            b_.update(role="active", serving=True, epoch=4)
+            rec = {"kind": "switchover", "switched": 13, "classic": 7, "all_served_ms": 1.0, "worst_pause_ms": None, "refused_standby": refused}
+            cp.update(epoch=4, active={"name": "host-b"}, standby={"name": "host-a"}, last_switchover=rec)
+        return summarize(cp, [a_, b_])
+
+    async def accepts(*a: Any, **kw: Any) -> dict[str, Any]:
+        return {"t": "result", "ok": True, "msg": "planned switchover started on host-a"}
+
+    monkeypatch.setattr(switchover_mod, "status_all", status_all)
+    monkeypatch.setattr(switchover_mod, "ask", accepts)
+    t = Target(cp="cp:1", cps=["cp:1"], hosts=["host-a:1", "host-b:1"], secret_file=str(secret))
+    assert switchover_mod.run_switchover(t, True, 10.0) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].startswith("switchover complete: 13 sessions switched, 7 reconnected;"), lines
+    assert lines[-1].startswith("  7 terminal(s) took the classic path (disconnected, they log on again) because host-b refused"), lines
+    assert ": T00011, T00012, T00013, T00014, T00015 and 2 more (T00011: terminal 'T00011': this host's session" in lines[-1], lines
+    assert "T00016" not in lines[-1] and lines[-1].endswith(
+        "make their attrs identical on both hosts and reload the one you change (docs/operations.md §5)"
+    )
+
+
 def test_a_switchover_granted_while_the_old_actives_link_was_down_is_not_undone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -27,6 +27,7 @@ async def test_a_handover_does_not_wait_for_a_standby_session_the_standby_refuse
     that wait, and its warning gives host-b's reason. `relinked`: host-b's CP link is made again
     after the refusal (a CP restart would do the same): the new link is told again."""
     from hsb.cp import host_sessions
+    from hsb.ctl.switchover import refused_line
     from tests.support.hostclient import FakeTerminal
 
     rec = RecordingLog()
@@ -59,6 +60,12 @@ async def test_a_handover_does_not_wait_for_a_standby_session_the_standby_refuse
         assert "differ from the active's" in said[0]["msg"], said
         last = core.switchovers[-1]
         assert last["switched"] == 2 and last["classic"] == 1 and not terms[0].closed and not terms[1].closed, last
+        # the switch's record names them, and hsbctl switchover says which and why (it said only "1 reconnected")
+        ref = last["refused_standby"]
+        assert ref["standby"] == "host-b" and ref["count"] == 1 and [x["terminal"] for x in ref["terminals"]] == ["T00003"], ref
+        line = refused_line(last)
+        assert line is not None and "1 terminal(s) took the classic path" in line and "host-b refused their standby session: T00003 (" in line, line
+        assert "differ from the active's" in line and "make their attrs identical on both hosts" in line, line
         for t in terms:
             await t.close()
 

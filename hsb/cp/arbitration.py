@@ -158,10 +158,19 @@ class Arbitration:
             log.info("switchover_refused", requester=sb.name, reason=ask[1], why=f"deferred request moot: {why}")
 
     def _grant(
-        self: CP, host: HostProtocol, reason: str, why: str, demote: HostProtocol | None = None, kind: str = "switchover", req: int | None = None
+        self: CP,
+        host: HostProtocol,
+        reason: str,
+        why: str,
+        demote: HostProtocol | None = None,
+        kind: str = "switchover",
+        req: int | None = None,
+        refused: dict[str, Any] | None = None,
     ) -> None:
         """Decide: the role is the requester's from now on (a new epoch, so the old active's frames
-        are refused); announced, and the sessions flipped, once the epoch is durable (`_granted`)."""
+        are refused); announced, and the sessions flipped, once the epoch is durable (`_granted`).
+        `refused`: a handover's terminals whose standby session the standby refused (the record's
+        `refused_standby`)."""
         self.settle_flip()
         self.end_handover()  # a planned switchover's wait ends with any grant
         t0 = time.monotonic()
@@ -186,7 +195,9 @@ class Arbitration:
         self.announced = False
         self.granting = host
         self.demoting = demote
-        self.journal.append(["e", epoch, host.name], lambda: self._granted(host, reason, why, demote, old, t0, loss, release_t0, epoch, kind, req))
+        self.journal.append(
+            ["e", epoch, host.name], lambda: self._granted(host, reason, why, demote, old, t0, loss, release_t0, epoch, kind, req, refused)
+        )
 
     def _granted(
         self: CP,
@@ -201,6 +212,7 @@ class Arbitration:
         epoch: int,
         kind: str,
         req: int | None = None,
+        refused: dict[str, Any] | None = None,
     ) -> None:
         if epoch != self.epoch:  # a newer epoch was raised while this one was made durable
             log.warning("grant_superseded", host=host.name, epoch=epoch, current=self.epoch)
@@ -263,6 +275,8 @@ class Arbitration:
             "silence_to_loss_ms": None if loss is None or demote is not None else round((loss[0] - loss[1]) * 1000, 3),
             "loss_to_grant_ms": None if loss is None or demote is not None else round((t0 - loss[0]) * 1000, 3),
             "release_to_grant_ms": None if release_t0 is None else round((t0 - release_t0) * 1000, 3),
+            # (a planned switchover: the terminals the standby refused a standby session, on the classic path)
+            "refused_standby": refused,
         }
         if self.after_switch is not None:  # a switch right after a switch: the older record ends
             self.after_switch.finish(None)

@@ -28,6 +28,9 @@ log = structlog.get_logger("hsb.cp")
 # still owes (terminals that logged on just before, not yet followed on the ring); the rest
 # would take the classic path, a disconnect in a switchover the operator chose.
 HANDOVER_WAIT_S = 2.0
+# the terminals whose standby session the standby refused, named at a handover (the warning, the
+# switch record): the first few, with the count of all
+REFUSED_NAMED = 8
 
 
 class _Handover:
@@ -208,14 +211,17 @@ class HostSessions:
                 timer = asyncio.get_running_loop().call_later(HANDOVER_WAIT_S, self.host_handover, host, False)
                 self._handover = _Handover(host, sb, owed, timer)
                 return
-        self._grant(sb, "planned switchover", f"released by {host.name}{self._refused_at_handover(host, sb)}", demote=host)
+        said, refused = self._refused_at_handover(host, sb)
+        self._grant(sb, "planned switchover", f"released by {host.name}{said}", demote=host, refused=refused)
 
-    def _refused_at_handover(self: CP, active: HostProtocol, sb: HostProtocol) -> str:
+    def _refused_at_handover(self: CP, active: HostProtocol, sb: HostProtocol) -> tuple[str, dict[str, Any] | None]:
         """The terminals a handover from `active` grants without the standby session that `sb`
-        refused them, said (a warning) with its reason; what the grant's `why` adds ("" if none)."""
+        refused them, said (a warning) with its reason: what the grant's `why` adds ("" if none),
+        and the switch record's `refused_standby` (the count, the first few with the standby's
+        reason each: what hsbctl switchover names; None if none)."""
         names = [n for n in sb.refused_standby if (t := self.terms.get(n)) is not None and self._needs_standby(t, active, sb)]
         if not names:
-            return ""
+            return "", None
         first = names[0]
         said = f"{len(names)} terminal(s) take the classic path: {sb.name} refused their standby session ({first}: {sb.refused_standby[first]})"
         log.warning(
@@ -223,10 +229,11 @@ class HostSessions:
             active=active.name,
             standby=sb.name,
             count=len(names),
-            terminals=names[:8],
+            terminals=names[:REFUSED_NAMED],
             msg=f"{said}: disconnected, they log on again; make their attrs identical on both hosts",
         )
-        return f"; {said}"
+        named = [{"terminal": n, "reason": sb.refused_standby[n]} for n in names[:REFUSED_NAMED]]
+        return f"; {said}", {"standby": sb.name, "count": len(names), "terminals": named}
 
     @staticmethod
     def _needs_standby(t: Term, active: HostProtocol, sb: HostProtocol) -> bool:
