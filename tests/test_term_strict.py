@@ -215,7 +215,7 @@ async def test_an_earlier_runs_resent_replies_are_confirmed_and_not_claimed_at_t
     c.connection_lost(None)
     tr = RecordingTransport("cp")
     c.connection_made(tr)  # type: ignore[arg-type]
-    assert tr.frames()[0] == {"t": "hello", "terminal": "T1", "last_reply": 0}
+    assert tr.frames()[0] == {"t": "hello", "terminal": "T1", "last_reply": 0, "first": BASE}
     _feed(c, {"t": "welcome", "terminal": c.name, "last_acked": 0})
     _feed(c, {"t": "reply", "id": BASE - 5, "data": "y", "resent": True})  # one it has: counted once
     a = c.submit()
@@ -867,19 +867,27 @@ async def test_a_message_whose_write_went_with_its_connection_is_a_first_send_af
     assert [f["id"] for f in tr.frames() if f["t"] == "msg"] == [c2]
 
 
-async def test_an_earlier_runs_reply_resent_after_a_hello_that_holds_this_runs_is_unexpected() -> None:
-    """The CP resends only replies above the hello's last_reply: once a hello said this terminal
-    holds a reply of this run, a resent reply below the run's first id is the CP's mistake (a
-    stale or another terminal's kept reply), not an earlier run's to ignore."""
+async def test_an_earlier_runs_reply_resent_after_a_hello_that_holds_this_runs_is_confirmed() -> None:
+    """A hello that says this terminal holds a reply of this run claims no earlier run's: it says
+    `first`, this run's first id, and the CP sends again at each hello every reply it keeps
+    below it (one written to a connection that dropped before this run read it, and whose ack
+    was lost with it, so the run never learned of the earlier one). Such a reply, resent below
+    the hello's last_reply, was unexpected; it is an earlier run's now, confirmed."""
     c, stats = _client()
     a = c.submit()
     _feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": c.payload(a)})
     c.connection_lost(None)
-    _connect(c, last_acked=a)
-    assert c.told_last_reply == a
+    tr = _connect(c, last_acked=a)
+    assert tr.frames()[0] == {"t": "hello", "terminal": "T1", "last_reply": a, "first": BASE}
     _feed(c, {"t": "reply", "id": BASE - 5, "data": "T2:0", "resent": True})
     r = _verdict(c, stats)
-    assert not r.ok and r.unexpected == 1 and r.earlier_run_replies == 0, r.failures
+    assert r.ok and r.unexpected == 0 and r.earlier_run_replies == 1, r.failures
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while not [f for f in tr.frames() if f["t"] == "confirm"]:  # (its confirm batched: 50 ms)
+        assert loop.time() - t0 < 5, tr.frames()
+        await asyncio.sleep(0.01)
+    assert [f for f in tr.frames() if f["t"] == "confirm"] == [{"t": "confirm", "id": a, "seen": 1}]
 
 
 def test_a_run_of_no_terminals_proves_nothing() -> None:

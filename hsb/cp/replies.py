@@ -22,14 +22,15 @@ if TYPE_CHECKING:
 class Replies:
     """Replies and confirmations; mixed into `CP` (see the module docstring)."""
 
-    def terminal_confirm(self: CP, term: Term, upto: int, seen: int | None = None) -> None:
+    def terminal_confirm(self: CP, term: Term, upto: int, seen: int | None = None, first: int = 0) -> None:
         """The terminal holds every reply up to `upto`: those are settled. Not past the highest id
         accepted from it (a terminal that claimed more, a bug, would otherwise go without the
         replies to every message it sends after), nor past one still unanswered, nor past a kept
         reply never sent, nor (`seen`: the reply frames it had read, counted as `reply_frames`)
-        past one written after those (`_confirmable`). One that does not move `confirmed` still
-        settles the replies kept below it (sent since: at a hello, say)."""
-        upto = self._confirmable(term, upto, seen=seen)
+        past one written after those, nor (`first`: a hello's) past one below the run's first id
+        (`_confirmable`). One that does not move `confirmed` still settles the replies kept below
+        it (sent since: at a hello, say)."""
+        upto = self._confirmable(term, upto, seen=seen, first=first)
         if upto > term.confirmed:
             term.confirmed = upto
         if term.replies and min(term.replies) <= upto:
@@ -46,7 +47,7 @@ class Replies:
             self._backpressure(term)
 
     @staticmethod
-    def _confirmable(term: Term, upto: int, trust_terminal: bool = True, seen: int | None = None) -> int:
+    def _confirmable(term: Term, upto: int, trust_terminal: bool = True, seen: int | None = None, first: int = 0) -> int:
         """`upto` as far as a confirmation can go: not past the highest id accepted, nor up to a
         held message whose reply has not gone out: not yet answered, or answered with its discard
         ("d") on the way, the reply to go once that is durable, kept ("r") if the terminal is away
@@ -60,7 +61,10 @@ class Replies:
         that covers an earlier run's ids says it does; the hello sends it, and the next confirm
         settles it. Nor, for a confirm that says how many reply frames the terminal had read
         (`seen`), short of one written after those: on its way when the terminal wrote the
-        confirm, which covers an earlier run's ids too; the confirm after it settles it."""
+        confirm, which covers an earlier run's ids too; the confirm after it settles it. Nor, for a
+        hello that says its run's `first` id, short of one below it: an earlier run's, which the
+        claim does not cover (it may have been written to a connection that dropped unread: the
+        hello sends it again)."""
         upto = min(upto, term.last_acked)
         for held in term.held.values():  # id order: the first whose reply has not gone out bounds it
             if not held.replying or held.discarding:
@@ -69,7 +73,7 @@ class Replies:
         if trust_terminal:
             read = term.reply_frames if seen is None else seen  # (no `seen`: every one written so far)
             for kept in term.replies.values():  # (not in id order: the active answers out of order)
-                if kept.id <= upto and (not kept.sent or kept.at > read):
+                if kept.id <= upto and (not kept.sent or kept.at > read or kept.id < first):
                     upto = kept.id - 1
         return upto
 

@@ -45,6 +45,7 @@ class TerminalProtocol(FramedProtocol):
         # under one of those ids is a reuse, even once the first was answered and let go
         self.unacked_at_welcome: dict[int, Any] = {}
         self.sent_upto = 0  # the highest message id this connection sent
+        self.first: int | None = None  # its hello's `first`: the run's first id, below which last_reply claims nothing
         self.reply_base = 0  # its terminal's reply_frames at its hello: a confirm's `seen` counts from there
         # its terminal's session, kept at its hello for a grant not yet announced and not told to
         # it then: the grant's flip owes it the session's opening (hsb.cp.flip)
@@ -90,6 +91,10 @@ class TerminalProtocol(FramedProtocol):
         last_reply = msg.get("last_reply")
         if last_reply is not None and (not isinstance(last_reply, int) or isinstance(last_reply, bool) or not 0 <= last_reply <= ID_MAX):
             raise ProtocolError("bad_hello", f"hello: last_reply must be an id 0..{ID_MAX}")
+        first = msg.get("first")
+        if first is not None and (type(first) is not int or not 0 < first <= ID_MAX):
+            raise ProtocolError("bad_hello", f"hello: first must be an id 1..{ID_MAX} (this run's first message id)")
+        self.first = first
         names = self.tls_peer_names()
         if (
             names is not None and self.tls_cert_presented()

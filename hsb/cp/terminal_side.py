@@ -97,13 +97,16 @@ class TerminalSide:
                 for m in term.outbox:
                     self._keep_reply(term, m["id"], m["data"])
                 term.outbox = None
-            self.terminal_confirm(term, last_reply)  # (no further than a reply kept and never sent)
+            below = proto.first or 0  # (an earlier run's ids: the hello's claim covers none below its `first`)
+            self.terminal_confirm(term, last_reply, first=below)  # (no further than a reply kept and never sent)
             for kept in sorted(term.replies.values(), key=lambda k: k.id):  # STSN: what it lacks, marked
-                if kept.id <= last_reply and kept.sent:
+                if kept.id <= last_reply and kept.sent and kept.id >= below:
                     # it holds it: kept only because the hello was taken short of a message still
-                    # unanswered (or a reply never sent) below it: the next confirm covers it. One
-                    # never sent goes whatever the hello said: its claim may cover an earlier run's
-                    # ids, and a recovered one may be held already (it ignores it, marked)
+                    # unanswered (or a reply never sent, or one below `first`) below it: the next
+                    # confirm covers it. One never sent goes whatever the hello said: its claim may
+                    # cover an earlier run's ids, and a recovered one may be held already (it
+                    # ignores it, marked); so does one below `first`, an earlier run's, which may
+                    # have been written to a connection that dropped before the terminal read it
                     continue
                 proto.send({"t": "reply", "id": kept.id, "data": kept.data, "resent": True})
                 kept.sent = True

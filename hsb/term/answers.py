@@ -34,8 +34,6 @@ class Answers:
     unexpected_acks: int
     unexpected: int
     earlier_run: bool
-    told_last_reply: int
-    recovered_upto: int
     resent_ignored: int
     early: int
     bad_data: int
@@ -62,9 +60,9 @@ class Answers:
         k = self.index(msg_id)
         marks = self.marks
         if k < 0:
-            if msg_id < self.floor and (not resent or not self.recovered_upto < msg_id <= self.told_last_reply):
-                # an earlier run's (hsb.term.resume); resent, only above the hello's last_reply:
-                # the CP resends nothing the terminal said it holds (but what a restarted CP recovered)
+            if msg_id < self.floor:
+                # an earlier run's (hsb.term.resume), resent or not: its hello's `first` claims
+                # none of them, and the CP sends again at each hello every one it keeps
                 self.earlier_runs_reply(msg_id)
                 return
             self.unexpected += 1  # never sent by this terminal (another's id, say): resent or not

@@ -365,6 +365,7 @@ class TerminalClient(Answers, Resume, asyncio.Protocol):
         hello: dict[str, Any] = {"t": "hello", "terminal": self.name}
         if self.resume:
             hello["last_reply"] = self.hello_last_reply()
+            hello["first"] = self.base  # (its claim covers no earlier run's id: the CP sends those again)
         transport.write(encode(hello))
 
     def data_received(self, data: bytes) -> None:

@@ -3,12 +3,13 @@
 50 ms, and before it logs off), and which replies the CP may send it again after a reconnect.
 
 Its hello says the highest id up to which it holds every reply, of its own (ids in order from its
-first) — unless an earlier run of the terminal (one that died without a `bye`) may still have
-messages to be answered: it cannot know which, and one answered while it was away is kept at the
-CP, sent to nobody, below its own ids; a hello that said it holds every reply up to one of its
-own would have the CP forget that one unsent. Such a run says `last_reply` 0 at every hello: the
-CP sends again every reply it keeps, and the terminal ignores, once each, those it held then.
-So it does after a welcome from another CP process than the last: that one sends every reply it
+first), and `first`, its first id: the claim covers no earlier run's id (one that died without a
+`bye` may still have messages to be answered, below its own ids, and the ack or reply that would
+show it that run can be lost with a dropped connection): the CP sends again at every hello each
+reply it keeps below `first`. Once it knows of an earlier run it says `last_reply` 0 all the
+same, for a CP older than `first`, which would take a claim up to one of its own ids as covering
+that run's replies: the CP then sends again every reply it keeps, and the terminal ignores, once
+each, those it held then. So it does after a welcome from another CP process than the last: that one sends every reply it
 recovered from its journal, whatever the hello said, and the reply to every message it recovered
 (answered again: the process before may not have sent it), on whichever of its connections that
 reply is made.

@@ -53,15 +53,17 @@ def fake_host(cp: Any, name: str, role: str | None = None, *, keeps: bool = Fals
     return h
 
 
-def recording_terminal(cp: Any, name: str, last_reply: int | None = 0) -> Any:
+def recording_terminal(cp: Any, name: str, last_reply: int | None = 0, first: int | None = None) -> Any:
     """A terminal connection that has said hello as `name` (`last_reply` None: one that does not
-    resume); its transport keeps what the CP writes (`p.flush(); p.transport.frames()`)."""
+    resume; `first`: its hello's, the run's first id); its transport keeps what the CP writes
+    (`p.flush(); p.transport.frames()`)."""
     from hsb.cp.terminal_link import TerminalProtocol
 
     p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
     p.connection_made(RecordingTransport(name))
     p.clear_deadline()
     p.decoder.first_done()  # (logged on without a hello frame)
+    p.first = first
     cp.terminal_hello(p, name, last_reply)
     return p
 

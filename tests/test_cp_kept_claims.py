@@ -1,0 +1,106 @@
+"""What a resuming terminal's hello may claim (docs/protocol.md §1, `hello`'s `first`): a claim
+never covers a reply to an earlier run's message, so one written to a connection that dropped
+before the terminal read it is sent again, whether or not the run knew of the earlier one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.wire.framing import encode
+from tests.support.cpcore import HeldJournal, cp_core, fake_host, recording_terminal
+from tests.test_cp_kept_bound import _connect_hsbterm, _delivered, _earlier_run, _replies, _until
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def test_a_run_that_never_learned_of_an_earlier_run_still_gets_its_reply(tmp_path: Path) -> None:
+    """Run 1 of T00001 sends message 1 and dies without a bye, its record not yet durable.
+    Run 2, hsbterm, is welcomed with last_acked 0, so it learns of the earlier run only from
+    ack 1, which comes on that connection with its own ack 1000: the connection drops with both
+    unread. Its next welcome says last_acked 1000 (its own), and it gets reply 1000 there; the
+    active then answers message 1, its reply written to that connection, which drops before run
+    2 reads it. Run 2's next hello said last_reply 1000, every reply up to it, and the CP, which
+    had written reply 1 to a connection of the terminal, forgot it: no run ever got it. Now the
+    hello says `first` 1000, claiming nothing below, and the CP sends reply 1 again."""
+    from hsb.term.client import TerminalClient
+    from hsb.term.load import LoadStats, _report
+
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active", record=True)
+    hold = HeldJournal(cp, ("a",))  # the messages' records not durable until released
+    run1 = recording_terminal(cp, "T00001", 0)
+    cp.host_open(h, "T00001", "active", {})
+    run1.data_received(encode({"t": "msg", "id": 1, "data": "m1"}))
+    run1.connection_lost(None)  # no bye: gone in an outage, say
+    stats = LoadStats(1)
+    stats.counting = True
+    c = TerminalClient("T00001", stats, base=1000, check_data=True, keepalive=0)
+    p = _connect_hsbterm(cp, c)
+    await _until(lambda: c.state == 3, "run 2 welcomed (last_acked 0)")
+    cp.host_open(h, "T00001", "active", {})
+    a = c.submit()
+    await _until(lambda: cp.terms["T00001"].last_acked == a, "run 2's message read by the CP")
+    hold.release()  # ack 1 and ack 1000 written to run 2's connection...
+    p.transport.close()  # ...which drops before run 2 reads them
+    await _until(lambda: c.state == 0 and p.closed, "the drop seen by both sides")
+    assert not c.earlier_run and {("T00001", 1), ("T00001", a)} <= _delivered(h)
+    p = _connect_hsbterm(cp, c)
+    await _until(lambda: c.state == 3, "run 2 welcomed again (last_acked 1000)")
+    cp.host_reply(h, "T00001", a, c.payload(a))
+    await _until(lambda: not c.outstanding, "run 2's reply read")
+    cp.host_reply(h, "T00001", 1, "r1")  # written to run 2's connection...
+    p.transport.close()  # ...which drops before run 2 reads it
+    await _until(lambda: c.state == 0 and p.closed, "the drop seen by both sides")
+    assert not c.earlier_run and c.earlier_run_replies == 0
+    p = _connect_hsbterm(cp, c)
+    await _until(lambda: c.state == 3, "run 2 welcomed a third time")
+    await _until(lambda: c.earlier_run_replies == 1, "reply 1 reaches run 2", within=2.0)
+    c.bye()
+    await _until(lambda: p.closed, "the logoff")
+    r = _report([c], stats, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, [])
+    assert r.ok and r.unexpected == 0 and r.duplicates == 0 and r.earlier_run_replies == 1, r.failures
+    assert not cp.terms["T00001"].replies and cp.counts.kept == 0  # confirmed: let go
+
+
+async def test_a_hello_claims_no_reply_below_its_first_id(tmp_path: Path) -> None:
+    """Run 1 sends 1 and dies without a bye; run 2 sends 1000, and the active answers both: the
+    replies are written to run 2's connection (1 after 1000) and it confirms having read reply
+    1000 only. The connection drops. Its next hello says last_reply 1000 and first 1000: the CP
+    took the claim as covering reply 1, written to a connection of the terminal, and forgot it.
+    Now a hello's claim stops short of every reply kept below its `first`: reply 1 goes again,
+    marked (1000, claimed, does not), and stays kept until a confirm covers it."""
+    cp, h = await _earlier_run(tmp_path, (1,))
+    run2 = recording_terminal(cp, "T00001", 0, first=1000)
+    cp.host_open(h, "T00001", "active", {})
+    run2.data_received(encode({"t": "msg", "id": 1000, "data": "m"}))
+    await _until(lambda: ("T00001", 1000) in _delivered(h), "run 2's message delivered")
+    cp.host_reply(h, "T00001", 1000, "r")
+    cp.host_reply(h, "T00001", 1, "r1")
+    assert [m["id"] for m in _replies(run2)] == [1000, 1]
+    run2.data_received(encode({"t": "confirm", "id": 1000, "seen": 1}))
+    run2.connection_lost(None)  # before run 2 read reply 1
+    term = cp.terms["T00001"]
+    again = recording_terminal(cp, "T00001", 1000, first=1000)
+    assert _replies(again) == [{"t": "reply", "id": 1, "data": "r1", "resent": True}]
+    assert 1 in term.replies and term.confirmed == 0  # the hello taken short of it
+    again.data_received(encode({"t": "confirm", "id": 1000, "seen": 1}))
+    assert not term.replies and cp.counts.kept == 0 and term.confirmed == 1000
+
+
+@pytest.mark.parametrize("first", [0, -1, "1", True, 2**63])
+async def test_a_hello_whose_first_is_not_an_id_is_refused(tmp_path: Path, first: Any) -> None:
+    """`first` is a message id (1 and up): anything else is `bad_hello`, as a bad last_reply is."""
+    from hsb.cp.terminal_link import TerminalProtocol
+    from tests.support.transports import RecordingTransport
+
+    cp = cp_core(tmp_path, 2)
+    p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
+    p.connection_made(RecordingTransport("T00001"))
+    p.data_received(encode({"t": "hello", "terminal": "T00001", "last_reply": 0, "first": first}))
+    p.flush()
+    errors = [m for m in p.transport.frames() if m.get("t") == "error"]
+    assert [m["code"] for m in errors] == ["bad_hello"] and "first" in errors[0]["msg"], p.transport.frames()
+    assert cp.terms["T00001"].conn is None
