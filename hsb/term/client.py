@@ -286,15 +286,17 @@ class TerminalClient(Answers, Resume, asyncio.Protocol):
                 self.sent_upto = msg_id
         return msg_id
 
-    def _write_owed(self) -> None:
+    def _write_owed(self, owed: list[int] | None = None) -> None:
         """Write, in id order, what this connection owes the CP: every message not acknowledged
         and not yet written on it (after a welcome all of them, marked `resent` if an earlier
-        connection had them), WRITE_CHUNK at a time until its transport pauses (then on resume)."""
+        connection had them; `owed`: those, when the caller has them), WRITE_CHUNK at a time
+        until its transport pauses (then on resume)."""
         tr = self.transport
         if self.state != WELCOMED or tr is None or self.bye_said or self.paused:
             return
         upto, mark = self.sent_upto, self.mark_resent  # (above upto: never sent, a first send)
-        owed = [i for i in self.unacked_ids() if i > self.conn_upto]
+        if owed is None:
+            owed = [i for i in self.unacked_ids() if i > self.conn_upto]
         for k in range(0, len(owed), WRITE_CHUNK):
             if self.paused or self.transport is not tr:
                 return
@@ -558,14 +560,17 @@ class TerminalClient(Answers, Resume, asyncio.Protocol):
             self.earlier_run = True
         if last_acked < self.acked_max:  # an ack that was not durable after all: the CP forgot it
             self.acks_forgotten += 1
-        # the CP holds everything up to last_acked: an ack lost with the old connection
+        # the CP holds everything up to last_acked: an ack lost with the old connection; the
+        # rest is owed (nothing is written on a connection before its welcome: all of it)
+        held, owed = min(last_acked, self.sent_upto), []
         for i in self.unacked_ids():
-            if i <= min(last_acked, self.sent_upto):
+            if i <= held:
                 self._on_ack(i)
-        resend = len(self.unacked_ids())
-        if resend and self.transport is not None and not self.bye_said:
-            self.listener.on_resent(self, resend)
-            self._write_owed()
+            else:
+                owed.append(i)
+        if owed and self.transport is not None and not self.bye_said:
+            self.listener.on_resent(self, len(owed))
+            self._write_owed(owed)
 
     def _msg(self, msg_id: int, again: bool) -> dict[str, Any]:
         """A `msg` frame; `again`: sent before on an earlier connection, never acknowledged."""
