@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from hsb.cp.journal.format import encode as record
 from hsb.cp.journal.recovery import recover, segment_name
 from hsb.wire.framing import encode, payload_max
 from tests.support.cpcore import cp_core, fake_host, flipped, recording_terminal
+from tests.support.procs import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -156,3 +158,81 @@ async def test_a_host_whose_place_another_took_no_longer_limits_the_terminals(tm
     b2.connection_lost(None)
     c = host(cp, "host-c", "standby", BIG)
     assert cp.standby is c and cp.max_data == payload_max(BIG)
+
+
+def _journalled_cp(tmp_path: Path, d: Path, recovered: Any = None) -> Any:
+    """A CP on a real journal in `d`, of a new generation: restored from `recovered` and its
+    takeover snapshot written (as hsb.cp.taking_over does), or a new one."""
+    from hsb.cp.core import CP
+    from hsb.cp.journal.generation import Generations
+    from hsb.cp.journal.store import Journal
+    from tests.support.cpcore import cp_config
+
+    j = Journal(d, generation=Generations(d).take(), segment_bytes=2048)
+    cp = CP(cp_config(tmp_path, 2, cp=f"max_frame = {BIG}\n"), j)
+    if recovered is None:
+        j.open(1, [], [])
+    else:
+        cp.restore(recovered)
+        cp.repin(j.open(recovered.highest_segment + 1, cp.snapshot(), [*recovered.garbage, *recovered.paths]))
+    return cp
+
+
+def _refused(cp: Any, size: int) -> bool:
+    """A terminal's message of `size` bytes is refused (message_too_large, no ack), not taken."""
+    p = recording_terminal(cp, "T00002")
+    p.data_received(encode({"t": "msg", "id": 1, "data": b"x" * size}))
+    p.flush()
+    frames = p.transport.frames()
+    refused = [f["code"] for f in frames if f["t"] == "error"] == ["message_too_large"]
+    assert refused != any(f["t"] == "ack" for f in frames), frames
+    return refused
+
+
+async def test_the_pairs_frames_survive_a_restart_through_compaction_and_the_snapshot(tmp_path: Path) -> None:
+    """The max_frame each host of the pair said is journalled ("f") and carried by every
+    checkpoint: once the segment holding the record is dropped (compaction), and again through
+    the takeover snapshot of a restarted CP, the restarted CP limits the terminals as the CP
+    before it did, before any host registers again. A journal of before the record (no "f", a
+    checkpoint without "frames") still reads back: no limit but the CP's own."""
+    from hsb.cp.journal.format import scan
+
+    d = tmp_path / "j"
+    cp = _journalled_cp(tmp_path, d)
+    try:
+        host(cp, "host-a", "active", BIG)
+        host(cp, "host-b", "standby", SMALL)
+        await cp.journal.drain()
+        assert cp.max_data == payload_max(SMALL)
+        assert recover(d, truncate=False).frames == {"host-a": BIG, "host-b": SMALL}  # the record itself
+        first = cp.journal.segments[0]
+        for i in range(1, 301):  # traffic, all settled: the segment of the record goes
+            cp.journal.append(["a", "T00001", i, "x" * 20])
+            cp.journal.append(["d", "T00001", i])
+        await cp.journal.drain()
+        cp.journal_tick()
+        assert cp.journal.segments[0] > first
+        await until(lambda: not list(d.glob(f"seg-*-{first:08d}.hsbj")), 5, what="the record's segment deleted")
+    finally:
+        cp.journal.close()
+    recs = [r for f in sorted(d.glob("seg-*.hsbj")) for r in scan(f.read_bytes())[0]]
+    assert not [r for r in recs if r[0] == "f"], "the record is still there: nothing was compacted"
+    r = recover(d)
+    assert list(r.frames.items()) == [("host-a", BIG), ("host-b", SMALL)]  # (in order: the oldest goes first)
+    with structlog.testing.capture_logs() as logs:
+        cp2 = _journalled_cp(tmp_path, d, r)  # restarted: its snapshot's checkpoint carries them
+    said = [(e["host"], e["recorded"]) for e in logs if e["event"] == "max_frame_mismatch"]
+    assert said == [("host-b", True)], logs  # the limit is said at the restart, not at a registration
+    try:
+        assert cp2.max_data == payload_max(SMALL) and _refused(cp2, TOO_BIG)
+    finally:
+        cp2.journal.close()
+    assert list(recover(d).frames.items()) == [("host-a", BIG), ("host-b", SMALL)]
+    old = tmp_path / "old"  # a journal of before: epoch and active, no frames
+    old.mkdir()
+    (old / segment_name(1)).write_bytes(record(["ck", 3, "host-a", 0, {}, {"paused": False}]) + record(["e", 4, "host-a"]))
+    r_old = recover(old)
+    assert r_old.frames == {} and r_old.epoch == 4
+    cp3 = cp_core(tmp_path, 2, cp=f"max_frame = {BIG}\n")
+    cp3.restore(r_old)
+    assert cp3.max_data == payload_max(BIG) and not _refused(cp3, TOO_BIG)

@@ -360,8 +360,10 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
     def _become_active(self, host: HostProtocol, reason: str) -> None:
         epoch = self._make_active(host)
         self.announced = False
+        # its frames count once it is registered; their record ("f") goes before the epoch's, so
+        # its `registered` waits for both
+        self._host_frame(host)
         self.journal.append(["e", epoch, host.name], lambda: self._registered_active(host, epoch, reason))
-        self._host_frame(host)  # (its frames count once it is registered)
 
     def _registered_active(self, host: HostProtocol, epoch: int, reason: str) -> None:
         if host is not self.active or host.closed or epoch != self.epoch:

@@ -37,6 +37,7 @@ class JournalSide:
         self.history.restore(r.history)
         self.recovered_at = time.monotonic()
         self.recovered_lease = r.lease
+        self.restore_frames(r.frames)  # (none from a journal of before them: learnt at the registrations)
         unknown: list[str] = []
         holding = self.holding
         held_n = kept_n = held_data = kept_data = 0
@@ -92,7 +93,14 @@ class JournalSide:
         logoff = {t.name: t.bye_upto for t in self.terms.values() if t.bye_upto and (t.held or t.replies)}
         j = self.journal
         lease, fresh = self.lease_bound()
-        extra = {"history": self.history.entries, "paused": self.paused, "first": j.first_seg, "logoff": logoff, "lease": [lease, fresh]}
+        extra = {
+            "history": self.history.entries,
+            "paused": self.paused,
+            "first": j.first_seg,
+            "logoff": logoff,
+            "lease": [lease, fresh],
+            "frames": [[n, f] for n, f in self.host_frames.items()],  # (as its "f" records, in their order)
+        }
         return ["ck", self.epoch, self.recorded_active, j.gen, acked, extra]
 
     def snapshot(self: CP) -> list[list[Any]]:

@@ -8,6 +8,11 @@ would drop that host's link at every try.
 A mixin of `hsb.cp.core.CP` (the one place that decides): the state (`host_frames`, `max_data`)
 is the CP's; this module only keeps the frame-size rules, which both the hosts' half (core) and
 the terminals' half (terminal_side) apply, in a file of their own.
+
+The pair's frames are journalled (`["f", [[host, max_frame], ...]]` whenever they change, and in
+every checkpoint: hsb.cp.journal.recovery), so that a CP restarted on its journal refuses a
+message too large for the hosts before its ack, as the CP before it did, instead of taking it
+and answering it with an error once they register again (`restore_frames`).
 """
 
 from __future__ import annotations
@@ -38,23 +43,46 @@ class PairFrames:
         or stopped) no longer does. A host holding a role, or the active the journal recorded, is
         never dropped: while three do, all three count."""
         frames = self.host_frames
+        was = list(frames.items())
         before = frames.pop(host.name, 0)
         frames[host.name] = frame = host.max_frame or before  # (latest last)
         if len(frames) > 2:
             holding = {self.recorded_active} | {h.name for h in (self.active, self.standby, self.demoting, self.granting) if h is not None}
             for name in [n for n in frames if n not in holding][: len(frames) - 2]:
                 del frames[name]
-        self.max_data = payload_max(min([self.cfg.cp.max_frame, *(f for f in frames.values() if f)]))
-        if frame and frame != before and frame != self.cfg.cp.max_frame:
+        self._pair_limit()
+        if list(frames.items()) != was:
+            # (its order too: the oldest goes first when a third host takes a place). Appended
+            # before any ack of a message it now refuses could be: that ack's record comes after
+            self.journal.append(["f", [[n, f] for n, f in frames.items()]])
+        if frame != before:  # (after a restart: said at the restore already, if it was recorded)
+            self._mismatch(host.name, frame, recorded=False)
+
+    def _mismatch(self: CP, name: str, frame: int, recorded: bool) -> None:
+        if frame and frame != self.cfg.cp.max_frame:
             log.warning(
                 "max_frame_mismatch",
-                host=host.name,
+                host=name,
                 host_max_frame=frame,
                 cp_max_frame=self.cfg.cp.max_frame,
                 max_data=self.max_data,
-                msg=f"{host.name} has max_frame {frame}, the CP {self.cfg.cp.max_frame}: terminals' messages are limited to"
-                f" {self.max_data} bytes and replies to the smaller of the two; set the same max_frame on the CP and both hosts",
+                recorded=recorded,
+                msg=f"{name} has max_frame {frame}{' (as the journal recorded it)' if recorded else ''}, the CP {self.cfg.cp.max_frame}:"
+                f" terminals' messages are limited to {self.max_data} bytes and replies to the smaller of the two;"
+                " set the same max_frame on the CP and both hosts",
             )
+
+    def _pair_limit(self: CP) -> None:
+        """What a terminal may send: what the CP's frames and the pair's hosts' can hold."""
+        self.max_data = payload_max(min([self.cfg.cp.max_frame, *(f for f in self.host_frames.values() if f)]))
+
+    def restore_frames(self: CP, frames: dict[str, int]) -> None:
+        """The pair's frames the journal recorded: the limit holds from the restart on, not only
+        once the hosts register again (a message taken meanwhile would get an error after its ack)."""
+        self.host_frames = dict(frames)
+        self._pair_limit()
+        for name, frame in frames.items():
+            self._mismatch(name, frame, recorded=True)
 
     def _too_large_for(self: CP, term: Term, held: Held, host: HostProtocol) -> bool:
         """A message taken before `host` said its smaller max_frame (it registered later, the CP

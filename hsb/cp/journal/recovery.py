@@ -5,13 +5,14 @@ Record kinds (the first element of each MessagePack array):
 
     ["ck", epoch, active, generation, {terminal: last acked id},
      {"history": [...], "paused": bool, "logoff": {terminal: id}, "lease": [host_lease, fresh_s],
-      "closed": [segment, records]}]
+      "closed": [segment, records], "frames": [[host, max_frame], ...]}]
                                    checkpoint, first in every segment ("logoff": as the "o"
                                    records of the terminals logged off holding messages then;
                                    "lease": how long a lease this CP granted may outlive its last
                                    renewal, for the wait after a restart: hsb.cp.core; "closed":
                                    how many records the segment before it ended with, so that
-                                   one whose end was lost, zeros where records were, is damage)
+                                   one whose end was lost, zeros where records were, is damage;
+                                   "frames": as the last "f" record before it)
     ["a", terminal, id, data]      a message accepted (and acknowledged once durable)
     ["r", terminal, id, data]      its reply, kept until the terminal confirms it; the message is settled
     ["d", terminal, id]            its reply, not kept (a terminal that does not resume); settled
@@ -22,6 +23,8 @@ Record kinds (the first element of each MessagePack array):
                                    normal termination, nobody holds it; the epoch unchanged)
     ["h", {...}]                   an entry of the switch history ({"epoch", "update": {...}}: an entry's pause)
     ["p", paused]                  the operator paused (or resumed) automatic failover
+    ["f", [[host, max_frame], ...]] the pair's hosts and the max_frame each said at its registration
+                                   (0: none), oldest first; it replaces the one before (hsb.cp.pair_frames)
     ["se"]                         the end of a takeover snapshot (below)
 
 (and `["g", record, ...]`, one group commit's records under one checksum, opened by
@@ -252,6 +255,8 @@ class Recovered:
     history: list[dict[str, Any]] = field(default_factory=list)
     paused: bool = False
     lease: tuple[float, float] = (0.0, 0.0)  # (host_lease, fresh_s) of the CP that wrote the newest checkpoint
+    # the pair's hosts -> the max_frame each said, oldest first ({}: a journal of before them)
+    frames: dict[str, int] = field(default_factory=dict)
     segments: list[int] = field(default_factory=list)
     last_segment: int = 0
     head_generation: int = 0  # the generation whose segments were read
@@ -342,6 +347,8 @@ def apply(r: Recovered, rec: list[Any], seg: int) -> None:
             lease = rec[5].get("lease")
             if isinstance(lease, list) and len(lease) == 2:  # (the newest checkpoint's: segments are read in order)
                 r.lease = (float(lease[0]), float(lease[1]))
+            if "frames" in rec[5]:  # (a checkpoint of before them says nothing: what was read stands)
+                r.frames = _frames(rec[5]["frames"])
         if epoch >= r.epoch:
             r.epoch, r.active = epoch, active
         r.generation = max(r.generation, generation)
@@ -361,10 +368,23 @@ def apply(r: Recovered, rec: list[Any], seg: int) -> None:
             del r.history[:-HISTORY_KEEP]
     elif kind == "p":
         r.paused = bool(rec[1])
+    elif kind == "f":
+        r.frames = _frames(rec[1])
     elif kind == "se":
         pass
     else:
         raise ValueError(f"unknown record kind {kind!r}")
+
+
+def _frames(pairs: Any) -> dict[str, int]:
+    """An "f" record's (or a checkpoint's) hosts and their max_frame, in order; ValueError if it
+    is not that (the record then does not make sense: damage)."""
+    out: dict[str, int] = {}
+    for name, frame in pairs:
+        if not isinstance(name, str) or not isinstance(frame, int) or isinstance(frame, bool) or frame < 0:
+            raise ValueError(f"a host's max_frame is not a name and a number ({str([name, frame])[:40]})")
+        out[name] = frame
+    return out
 
 
 def recover(d: Path, truncate: bool = True) -> Recovered:
