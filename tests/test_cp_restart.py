@@ -1,5 +1,6 @@
 """hsbcpd SIGKILLed under load and started again on its journal (SPEC §5.7): real hsbcpd and
-hsbd processes from the sandbox, 1,000 resuming terminals, the journal service as proof."""
+hsbd processes from the sandbox, 1,000 resuming terminals, the journal service as proof; and
+the limit the hosts' max_frame puts on a terminal's message, kept across the restart."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any
 import pytest
 
 from hsb.ctl import sandbox
+from hsb.wire.framing import payload_max
+from tests.support.hostclient import FakeTerminal
 from tests.support.procs import log_events, until
 from tests.test_failover import active_names, assert_clean, check_journals, load_with, status, wait_status
 
@@ -76,3 +79,53 @@ async def test_sigkill_of_hsbcpd_under_load_1000_resuming_terminals(sb: Any) -> 
     # the active named its 1,000 open sessions and the restarted CP kept them: no terminal logged on there again
     adopted = [e for e in log_events(cp_log) if e.get("event") == "sessions_adopted"]
     assert adopted[-1]["adopted"] == 1000 and adopted[-1]["asked"] == 0, adopted[-1]
+
+
+async def _refused(term_addr: str, name: str, size: int) -> list[dict[str, Any]]:
+    """A terminal's message of `size` bytes to the CP at `term_addr`: what came back, once the CP
+    refused it (an error) or acknowledged it."""
+    t = await FakeTerminal.connect(term_addr, name, hello=False)
+    try:
+        t.send({"t": "hello", "terminal": name})
+        await t.wait(lambda m: m["t"] == "welcome")
+        t.send({"t": "msg", "id": 1, "data": "x" * size})
+        await t.wait(lambda m: m["t"] in ("error", "ack"))
+        return list(t.inbox)
+    finally:
+        await t.close()
+
+
+async def test_a_message_too_large_for_the_hosts_is_refused_right_after_a_cp_restart(sb: Any) -> None:
+    """Hosts of a smaller max_frame than the CP's: the CP refuses a terminal's message their
+    frames cannot hold, before its ack. SIGKILLed and started again on its journal while both
+    hosts are frozen (they cannot register again), it refuses it the same way: it did not
+    forget their frames (the journal's "f" record). Before, it acknowledged the message, and
+    answered it with an error after that ack once the hosts were back."""
+    small, big = 8192, 64 * 1024
+    info = await sb(terminals=2, cp_options={"max_frame": big}, host_options={"max_frame": small})
+    d = Path(info["dir"])
+    size = payload_max(small) + 100  # within the CP's frames, not the hosts'
+    before = await _refused(info["cp"]["terminal"], "T00001", size)
+    assert [m.get("code") for m in before if m["t"] in ("error", "ack")] == ["message_too_large"], before
+    hosts = [h["pid"] for h in info["hosts"]]
+    for pid in hosts:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        old = cp_pid(info)
+        os.kill(old, signal.SIGKILL)
+        await until(lambda: not sandbox._alive(old), 10, what="hsbcpd gone")
+        sandbox.start_cp(d)
+        await until(
+            lambda: sum(e.get("event") == "cp_started" for e in log_events(d / "cp.log")) == 2,
+            30,
+            what="hsbcpd serving again (its terminal port open)",
+        )
+        after = await _refused(info["cp"]["terminal"], "T00002", size)
+        assert [m.get("code") for m in after if m["t"] in ("error", "ack")] == ["message_too_large"], after
+        assert not [m for m in after if m["t"] == "ack"], after
+        evs = log_events(d / "cp.log")
+        since = max(i for i, e in enumerate(evs) if e.get("event") == "journal_recovered")
+        assert not [e for e in evs[since:] if e.get("event") == "host_registered"], "a host registered again: not the window"
+    finally:
+        for pid in hosts:
+            os.kill(pid, signal.SIGCONT)
