@@ -30,6 +30,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from hsb import LINK_PROTOCOL, __version__  # noqa: E402
+from hsb.ctl import sandbox  # noqa: E402
 from hsb.wire import auth  # noqa: E402
 from hsb.wire.framing import Decoder, encode  # noqa: E402
 from tests.support import procs  # noqa: E402
@@ -147,15 +148,10 @@ def pct(a: float, b: float) -> str:
 # --------------------------------------------------------------------------- child processes
 
 
-def die_with_parent() -> None:
-    """preexec_fn: the child is killed when the benchmark dies, however it dies (PR_SET_PDEATHSIG)."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-    except OSError:  # pragma: no cover - not glibc
-        pass
+def die_with_parent() -> Callable[[], None]:
+    """A preexec_fn: the child is killed when the benchmark dies, however it dies (PR_SET_PDEATHSIG),
+    and at once if the benchmark died between the fork and the prctl (hsb.ctl.sandbox.dies_with)."""
+    return sandbox.dies_with(os.getpid())
 
 
 def start_hsbcpd(d: Path, **kw: Any) -> procs.Proc:
@@ -170,7 +166,7 @@ def start_hsbcpd(d: Path, **kw: Any) -> procs.Proc:
             stdout=fh,
             stderr=fh,
             stdin=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,
+            preexec_fn=die_with_parent(),
         )
     proc = procs.Proc("hsbcpd", list(map(str, p.args)), log, p)  # type: ignore[arg-type]
     try:
@@ -204,7 +200,7 @@ class Child:
             stdout=asyncio.subprocess.PIPE,
             stderr=fh,
             limit=1 << 24,
-            preexec_fn=die_with_parent,
+            preexec_fn=die_with_parent(),
         )
         return cls(proc, log, fh)
 

@@ -368,6 +368,7 @@ class Child:
             stderr=fh,
             limit=1 << 26,
             start_new_session=True,
+            preexec_fn=sandbox.dies_with(os.getpid()),  # (a killed bench's too)
         )
         return cls(proc, log, fh)
 
@@ -541,7 +542,8 @@ def run_or_render(a: Any, section: str, rerender: Callable[[dict[str, Any]], str
     `--write` put it into BENCHMARKS.md as `## section`) instead of measuring; else measure.
     `daemon_loop`: measure on the daemons' own event loop (uvloop, hsb.loop), for a bench that
     runs daemon code in-process. A SIGTERM or SIGINT while measuring stops every sandbox and
-    child the bench started (bench/_interrupt.py) and returns 128 + the signal's number."""
+    child the bench started (bench/_interrupt.py) and returns 128 + the signal's number; the
+    daemons it starts die with it if it is killed (sandbox.die_with_this_process)."""
     if a.render:
         saved = json.loads(Path(a.render).read_text())
         a.machine = saved["machine"]
@@ -553,6 +555,7 @@ def run_or_render(a: Any, section: str, rerender: Callable[[dict[str, Any]], str
         return 0
     print(a.command, flush=True)
     stop_on_signals()  # SIGTERM, SIGINT: unwind through every `finally`, which stop the sandboxes
+    sandbox.die_with_this_process()  # SIGKILL, which unwinds nothing: the daemons get it too
     try:
         byte_compile()
         from hsb import logs

@@ -111,3 +111,76 @@ print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, signal.getsignal(signa
     out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=30, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "True True", out.stdout
+
+
+# a bench as above, killed (SIGKILL: no `finally`, no handler) while its sandbox starts: the
+# state file's write that would name the daemon just spawned (`block`: the first, for hsbcpd, or
+# the second, for host-a) never returns. Each pid spawned is noted in `spawned` as it is had
+SPAWNING = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {bench!r})
+from _sandbox import run_or_render, sandbox
+
+d, ready, spawned, block = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+spawn, save, saves = sandbox._spawn, sandbox.save_state, []
+
+def noting_spawn(*args, **kw):
+    pid = spawn(*args, **kw)
+    with open(spawned, "a") as f:
+        f.write(f"{{pid}}\\n")
+    return pid
+
+def save_state(*args, **kw):
+    saves.append(1)
+    if len(saves) == block:
+        ready.touch()
+        time.sleep(600)
+    return save(*args, **kw)
+
+sandbox._spawn, sandbox.save_state = noting_spawn, save_state
+
+async def amain(a):
+    await sandbox.aup(d, terminals=2, timeout=30)
+    return 0
+
+class A:
+    render = None
+    command = "a bench killed while it spawns"
+
+sys.exit(run_or_render(A(), "unused", lambda saved: "", amain))
+"""
+
+
+@pytest.mark.parametrize("block", [1, 2], ids=["hsbcpd-unrecorded", "host-a-unrecorded"])
+def test_a_bench_killed_while_its_sandbox_starts_leaves_no_daemon(tmp_path: Path, block: int) -> None:
+    """SIGKILL runs no teardown: the daemons the bench spawned (in sessions of their own) end
+    with it all the same, the one its state file does not name yet too."""
+    prog = tmp_path / "spawning_bench.py"
+    prog.write_text(SPAWNING.format(bench=str(REPO / "bench")))
+    d, ready, spawned, log = tmp_path / "sb", tmp_path / "ready", tmp_path / "spawned", tmp_path / "bench.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with open(log, "wb") as out:
+        bench = subprocess.Popen(
+            [sys.executable, str(prog), str(d), str(ready), str(spawned), str(block)], stdout=out, stderr=out, env=env, start_new_session=True
+        )
+    pids: list[int] = []
+    try:
+        wait_for(lambda: ready.exists() or bench.poll() is not None, 40, what="the bench at its state file's write")
+        assert ready.exists(), log.read_text()[-3000:]
+        pids = [int(p) for p in spawned.read_text().split()]
+        assert len(pids) == block and all(sandbox._ours(d, p) for p in pids), (pids, log.read_text()[-3000:])
+        bench.kill()
+        bench.wait(timeout=10)
+        wait_for(
+            lambda: not [p for p in pids if sandbox._ours(d, p)],
+            10,
+            what=f"the daemons it spawned gone (left: {[p for p in pids if sandbox._ours(d, p)]})",
+        )
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait(timeout=10)
+        for pid in pids:
+            if sandbox._ours(d, pid):
+                os.kill(pid, signal.SIGKILL)

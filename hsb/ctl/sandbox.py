@@ -8,19 +8,23 @@ JSON object. `up` in the folder of an earlier sandbox starts a new one (new take
 journal and ledger); it refuses any other folder that is not empty. `down` stops what `up` (and
 `start-host`, `start-cp`) started and removes nothing; it signals only processes that are still
 this sandbox's (a recorded pid now used by another program is left alone). The daemons run as
-separate processes: hsbctl talks to them only over their admin links. What the files module
+separate processes, outliving `hsbctl sandbox up`; a bench's die with it, however it dies
+(`die_with_this_process`). hsbctl talks to them only over their admin links. What the files module
 holds is used through this one too (`sandbox.load_state`, `sandbox.write_configs`, ...).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +58,8 @@ __all__ = [  # (the files' part, hsb.ctl.sandbox_files, is used through this mod
     "client_ssl",
     "cp_process",
     "describe",
+    "die_with_this_process",
+    "dies_with",
     "down",
     "lease_for",
     "load_state",
@@ -70,9 +76,46 @@ __all__ = [  # (the files' part, hsb.ctl.sandbox_files, is used through this mod
 ]
 
 
+PR_SET_PDEATHSIG = 1
+_TIED = False  # die_with_this_process()
+
+
+def die_with_this_process() -> None:
+    """From now on each daemon this process starts gets SIGKILL when this process ends, however it
+    ends: a bench's (bench/_sandbox.py run_or_render). A bench killed by SIGKILL runs no teardown,
+    and its daemons, in sessions of their own, ran on; one spawned before the state file named it
+    was found by nothing, not even `down`. Never for `hsbctl sandbox up`, whose daemons outlive
+    it. Linux ties the signal to the thread that forks: they are started from the main thread."""
+    global _TIED
+    _TIED = True
+
+
+def dies_with(parent: int) -> Callable[[], None]:
+    """A child's preexec_fn: SIGKILL when `parent` (the thread that forks it) ends
+    (PR_SET_PDEATHSIG); if `parent` ended already, between the fork and this, it exits at once
+    (the signal would never come)."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # (looked up before the fork)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        prctl = None
+
+    def tie() -> None:
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return tie
+
+
 def _spawn(d: Path, name: str, argv: list[str]) -> int:
+    tie = None
+    if _TIED:
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError(f"{name}: a daemon that dies with this process is started from its main thread (another thread's end would kill it)")
+        tie = dies_with(os.getpid())
     log = open(d / f"{name}.log", "ab")  # noqa: SIM115 - the child's log, closed by its owner
-    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=d)
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=d, preexec_fn=tie)
     log.close()
     return p.pid
 
