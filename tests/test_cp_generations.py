@@ -96,17 +96,21 @@ async def test_a_newer_cp_stops_the_old_one_and_has_all_it_acknowledged(tmp_path
 
 
 @pytest.mark.parametrize("how", ["removed", "replaced"])
-async def test_a_cp_whose_generation_file_is_removed_under_it_stops_and_says_so_not_superseded(tmp_path: Path, how: str) -> None:
+@pytest.mark.parametrize("takeover", ["at_start", "on_wake"])
+async def test_a_cp_whose_generation_file_is_removed_under_it_stops_and_says_so_not_superseded(tmp_path: Path, how: str, takeover: str) -> None:
     """The serving CP's gen-* files removed by hand, or its journal directory replaced (one with
     a lower generation's file in its place): it stopped as it must (it cannot prove it is the
     newest), but said "taken over by a newer CP" (cp_superseded), sending the operator after a
-    CP that is not there. It stops the same way (exit 75, nothing acknowledged after) with its own
-    event, cp_generation_file_removed, whose line says what happened and what to do."""
+    CP that is not there. It stops the same way (nothing acknowledged after) with its own
+    event, cp_generation_file_removed, whose line says what happened and what to do; exit 75 in
+    both modes: with `on_wake`, a 0 had systemd start it again, and on its machine's keepalived
+    master it took the directory put in place (an older copy) straight back."""
     journal = tmp_path / "cp1" / "cp-journal"
     journal.mkdir(parents=True)
-    for g in (1, 2):  # earlier CPs': this one takes generation 3
+    for g in (1, 2):  # earlier CPs' (not beating): this one takes generation 3
         (journal / gen_name(g)).touch()
-    cp1 = start_cp(tmp_path / "cp1", terminals=6, host_timeout=0.5)
+    kw: dict[str, Any] = {"takeover": "on_wake", "takeover_stale": 0.5} if takeover == "on_wake" else {}
+    cp1 = start_cp(tmp_path / "cp1", terminals=6, host_timeout=0.5, **kw)
     try:
         t = await FakeTerminal.connect(cp1.info["terminal"], "T00001", hello=False)
         t.send({"t": "hello", "terminal": "T00001", "last_reply": 0})
@@ -123,7 +127,7 @@ async def test_a_cp_whose_generation_file_is_removed_under_it_stops_and_says_so_
             journal.mkdir()
             (journal / gen_name(1)).touch()  # (an older CP's, not its own: by name, its own would pass)
         t.send({"t": "msg", "id": 2, "data": "after"})  # its group's check finds the file gone: never acknowledged
-        assert exit_code(cp1) == 75, cp1.log.read_text()[-3000:]  # stops as superseded did (at_start: not restarted)
+        assert exit_code(cp1) == 75, cp1.log.read_text()[-3000:]  # not restarted by itself, in either mode
         await t.wait_closed()
         assert [m["id"] for m in t.inbox if m["t"] == "ack"] == [1]
         assert cp1.events("cp_superseded") == []

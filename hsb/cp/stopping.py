@@ -2,8 +2,8 @@
 machine, a waiting CP told to stop), which takes nothing new from the connections still open,
 drains the journal and then closes it; and the one at once when a newer CP takes the journal
 over (superseded), or this CP's own generation file is gone with none newer (GenerationGone):
-every connection aborted, nothing more goes out, exit 75 (`at_start`: not restarted by itself)
-or 0 (`on_wake`: systemd starts it again, waiting).
+every connection aborted, nothing more goes out, exit 75 (`at_start`, and GenerationGone in
+both modes: not restarted by itself) or 0 (`on_wake`: systemd starts it again, waiting).
 
 A mixin of `hsb.cp.server.CPServer`, whose state it reads and changes; the lifecycle that ends
 here is there.
@@ -21,7 +21,7 @@ from hsb.cp import supervise
 from hsb.cp.config import CPConfig
 from hsb.cp.core import CP
 from hsb.cp.host_link import HostProtocol
-from hsb.cp.journal.generation import Superseded
+from hsb.cp.journal.generation import GenerationGone, Superseded
 from hsb.ops.notify import notify
 
 log = structlog.get_logger("hsb.cp")
@@ -49,9 +49,13 @@ class Stopping:
     def _superseded(self, exc: Superseded) -> None:
         """A newer CP owns the journal: stop at once (nothing more is acknowledged already).
         With `on_wake` systemd starts it again, waiting (exit 0); with `at_start` it must not come
-        back by itself and take the journal back (exit 75, RestartPreventExitStatus)."""
+        back by itself and take the journal back (exit 75, RestartPreventExitStatus). Its own
+        generation file gone with none newer (GenerationGone) is 75 in both: a CP started again
+        on a directory put in its place (an older copy) would take it over at once, on its
+        machine's keepalived master, and serve without what was acknowledged since the copy."""
         self.superseded = True
-        self.exit_code = 0 if self.cfg.cp.takeover == "on_wake" else EXIT_SUPERSEDED
+        again = self.cfg.cp.takeover == "on_wake" and not isinstance(exc, GenerationGone)
+        self.exit_code = 0 if again else EXIT_SUPERSEDED
         self._abort_all()  # now, not at the stop's turn of the loop: nothing more goes out from here
         self.should_exit.set()
 
