@@ -5,6 +5,7 @@ switchover undone is said at once (§8)."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -405,3 +406,39 @@ def test_a_status_with_its_optional_figures_null_is_rendered_not_unknown() -> No
     assert lines[1].startswith("  CP -      epoch 5"), lines
     assert "noticed to grant 12.5 ms, worst pause 30.0 ms over 2 terminals in flight" in text and "silent" not in text, text
     assert "journal ok /j  0 KiB in 1 segment(s)" in text, text
+
+
+def test_history_names_the_terminals_the_standby_refused_and_an_older_entry_renders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """hsbctl history said only a switchover's why, which names the first terminal the standby
+    refused a standby session: under the entry it now says them as hsbctl switchover does, and
+    --json has the entry's refused_standby. An entry an older hsbcpd journalled (no such field)
+    is shown as before: its row, no line under it."""
+    from hsb.cp.switchrec import History
+    from hsb.ctl import ops_cmds
+    from hsb.ctl.refused import refused_line
+
+    secret = write_secret(tmp_path)
+    why = "terminal 'T00011': this host's session attributes {'kind': 'kiosk'} differ from the active's {'kind': 'till'}"
+    ref = {"standby": "host-b", "count": 7, "terminals": [{"terminal": f"T000{n}", "reason": why.replace("11", str(n))} for n in range(11, 18)]}
+    kept = History.refused(ref)  # (the entry keeps the names, and the reason of the first only: it is in every checkpoint)
+    assert kept is not None and kept["terminals"][0] == ref["terminals"][0] and kept["terminals"][1] == {"terminal": "T00012"}, kept
+    assert History.refused(None) is None
+    switch = {"kind": "switchover", "at": time.time(), "epoch": 4, "from": "host-a", "to": "host-b", "reason": "planned switchover"}
+    old = {**switch, "epoch": 3, "why": "released by host-b; 1 terminal(s) take the classic path: host-a refused their standby session (T00009: x)"}
+    new = {**switch, "why": "released by host-a; 7 terminal(s) take the classic path", "refused_standby": kept}
+
+    async def ask(*a: Any, **kw: Any) -> dict[str, Any]:
+        return {"t": "history", "data": [old, new]}
+
+    monkeypatch.setattr(ops_cmds, "ask", ask)
+    t = Target(cp="cp:1", cps=["cp:1"], hosts=["host-a:1", "host-b:1"], secret_file=str(secret))
+    assert ops_cmds.run_history(t, False) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and " switchover     3 " in lines[1] and " switchover     4 " in lines[2], lines
+    assert lines[3] == " " * 19 + str(refused_line({"refused_standby": ref})), lines  # (the same line as hsbctl switchover's, under its row)
+    assert ": T00011, T00012, T00013, T00014, T00015 and 2 more (T00011: terminal 'T00011': this host's" in lines[3], lines
+    assert ops_cmds.run_history(t, True) == 0
+    entries = json.loads(capsys.readouterr().out)
+    assert "refused_standby" not in entries[0] and entries[1]["refused_standby"] == kept, entries

@@ -5,13 +5,16 @@ hsbcpd and both hsbd in this process (tests/support/inproc.py)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hsb.service.builtin import EchoService
 from tests.support.inproc import pair_in_hot_standby, until
 from tests.support.logrec import RecordingLog
+from tests.support.procs import SECRET, write_secret
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,7 +30,7 @@ async def test_a_handover_does_not_wait_for_a_standby_session_the_standby_refuse
     that wait, and its warning gives host-b's reason. `relinked`: host-b's CP link is made again
     after the refusal (a CP restart would do the same): the new link is told again."""
     from hsb.cp import host_sessions
-    from hsb.ctl.switchover import refused_line
+    from hsb.ctl.refused import refused_line
     from tests.support.hostclient import FakeTerminal
 
     rec = RecordingLog()
@@ -66,8 +69,32 @@ async def test_a_handover_does_not_wait_for_a_standby_session_the_standby_refuse
         line = refused_line(last)
         assert line is not None and "1 terminal(s) took the classic path" in line and "host-b refused their standby session: T00003 (" in line, line
         assert "differ from the active's" in line and "make their attrs identical on both hosts" in line, line
+        await _status_and_history_name_them(tmp_path, cp, a, b, line)
         for t in terms:
             await t.close()
+
+
+async def _status_and_history_name_them(d: Path, cp: Any, a: Any, b: Any, line: str) -> None:
+    """hsbctl status, under its last switch, and hsbctl history, under the switch's entry, say
+    the line hsbctl switchover said, asked over the daemons' admin links; and --json has the field
+    (they said only "1 reconnected", and history's why the first terminal only)."""
+    from hsb.ctl.gather import ask, status_all
+    from hsb.ctl.ops_cmds import history_lines
+    from hsb.ctl.status import shown
+
+    secret = write_secret(d)
+    st = await status_all(cp.bound["admin"], [a.bound["admin"], b.bound["admin"]], str(secret))
+    text = shown(st).splitlines()
+    at = next(i for i, x in enumerate(text) if x.strip().startswith("last switchover: host-a -> host-b"))
+    assert text[at + 1] == "          " + line, text
+    said = json.loads(json.dumps(st, default=str))["cp"]["last_switchover"]["refused_standby"]
+    assert [x["terminal"] for x in said["terminals"]] == ["T00003"] and said["count"] == 1, said
+    ans = await ask(cp.bound["admin"], SECRET, {"t": "history"})
+    entry = ans["data"][-1]
+    assert entry["kind"] == "switchover" and entry["refused_standby"]["terminals"][0]["terminal"] == "T00003", entry
+    rows = history_lines(ans["data"])
+    at = next(i for i, x in enumerate(rows) if " switchover " in x and "host-a -> host-b" in x)
+    assert rows[at + 1] == "                   " + line, rows
 
 
 @pytest.mark.parametrize("late", ["ring", "frame"])

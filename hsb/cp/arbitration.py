@@ -17,7 +17,7 @@ import structlog
 from hsb import faults
 from hsb.cp.config import LEASE_MARGIN
 from hsb.cp.flip import Flip
-from hsb.cp.switchrec import AfterSwitch
+from hsb.cp.switchrec import AfterSwitch, History
 
 if TYPE_CHECKING:
     from hsb.cp.core import CP
@@ -366,6 +366,7 @@ class Arbitration:
                 "duration_ms": None if lead is None else round((t0 - lead) * 1000, 3),
                 "switched": f.switched,
                 "classic": f.classic,
+                "refused_standby": History.refused(rec["refused_standby"]),
             }
         )
         if fenced_old is not None:

@@ -186,6 +186,17 @@ class History:
             if entry.get("duration_ms") is not None:
                 self.duration.observe(kind, entry["duration_ms"] / 1000)
 
+    @staticmethod
+    def refused(ref: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A switch record's `refused_standby` as its entry keeps it: the terminals' names, the
+        standby's reason for the first only (what `hsbctl history` says; the entries are in every
+        checkpoint, and a reason may be 300 characters). An entry of an older hsbcpd has none."""
+        if not ref or not ref.get("terminals"):
+            return None
+        named = [{"terminal": x["terminal"]} for x in ref["terminals"]]
+        named[0]["reason"] = ref["terminals"][0]["reason"]
+        return {**ref, "terminals": named}
+
     def switch_done(self, rec: dict[str, Any]) -> None:
         """The pause of a switch is known: the entry of its epoch gets it (and the journal)."""
         upd = {k: rec.get(k) for k in ("worst_pause_ms", "p99_pause_ms", "all_served_ms", "in_flight_terminals")}

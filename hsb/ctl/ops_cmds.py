@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from hsb.ctl.gather import ask, cp_named_twice, machine_state, serving_cp, status_all, superseded_cps, unasked, unheard, untold
+from hsb.ctl.refused import refused_line
 from hsb.ctl.target import Target
 from hsb.wire.auth import load_secret
 
@@ -178,10 +179,17 @@ def run_history(t: Target, as_json: bool) -> int:
     if as_json:
         click.echo(json.dumps(entries, indent=2))
         return 0
+    for line in history_lines(entries):
+        click.echo(line)
+    return 0
+
+
+def history_lines(entries: list[dict[str, Any]]) -> list[str]:
+    """`hsbctl history`'s table: a row per entry, and under a switchover's the terminals the
+    standby refused a standby session (as `hsbctl switchover` says them)."""
     if not entries:
-        click.echo("no failover, switchover, promote or fence yet")
-        return 0
-    click.echo(f"{'when':<19}  {'kind':<10} {'epoch':>5}  {'what':<28} {'took':>9} {'worst pause':>12}  reason")
+        return ["no failover, switchover, promote or fence yet"]
+    out = [f"{'when':<19}  {'kind':<10} {'epoch':>5}  {'what':<28} {'took':>9} {'worst pause':>12}  reason"]
     for e in entries:
         kind = e.get("kind", "?")
         if kind in ("failover", "switchover", "promote", "undone"):
@@ -193,8 +201,11 @@ def run_history(t: Target, as_json: bool) -> int:
         took = "-" if e.get("duration_ms") is None else f"{e['duration_ms']:.0f} ms"
         wp = "-" if e.get("worst_pause_ms") is None else f"{e['worst_pause_ms']:.1f} ms"
         reason = str(e.get("reason") or "") + (f" ({e['why']})" if e.get("why") else "")
-        click.echo(f"{_when(e.get('at')):<19}  {kind:<10} {e.get('epoch', ''):>5}  {what:<28} {took:>9} {wp:>12}  {reason}")
-    return 0
+        out.append(f"{_when(e.get('at')):<19}  {kind:<10} {e.get('epoch', ''):>5}  {what:<28} {took:>9} {wp:>12}  {reason}")
+        refused = refused_line(e, " " * 21)  # (from the kind column; an entry of an older hsbcpd has none)
+        if refused:
+            out.append(refused)
+    return out
 
 
 def register(main: click.Group, obj_type: Any) -> None:

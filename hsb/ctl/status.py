@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from hsb.ctl.gather import status_all, unheard
+from hsb.ctl.refused import refused_line
 from hsb.ctl.target import Target
 
 
@@ -192,6 +193,9 @@ def render(st: dict[str, Any]) -> str:
                 + _pause(ls)
                 + f"switch {ls['switch_ms']:.1f} ms, {ls['switched']} sessions switched, {ls['classic']} reconnected ({ls['reason']})"
             )
+            named = refused_line(ls, "            ")
+            if named:
+                out.append(named)
         j = cp.get("journal") or {}
         if j:
             if j.get("durability") == "none":

@@ -18,6 +18,7 @@ import click
 
 from hsb.ctl.gather import ask, status_all, unasked, unheard, untold
 from hsb.ctl.ops_cmds import say_unknown
+from hsb.ctl.refused import refused_line
 from hsb.ctl.target import Target
 from hsb.wire.auth import load_secret
 
@@ -40,29 +41,6 @@ def refused_or_unasked(ans: dict[str, Any], host: dict[str, Any]) -> int | None:
     if ans.get("msg"):
         click.echo(ans["msg"])
     return None
-
-
-# terminals named in the line of those the standby refused a standby session (the count says all)
-NAMED = 5
-
-
-def refused_line(rec: dict[str, Any]) -> str | None:
-    """The line under `switchover complete` for the terminals the switch put on the classic path
-    because the standby refused their standby session (the CP's record, `refused_standby`): how
-    many, the first few, the standby's reason for the first, and the fix; None if none."""
-    ref = rec.get("refused_standby")
-    named = ref.get("terminals") if isinstance(ref, dict) else None
-    if not isinstance(ref, dict) or not isinstance(named, list) or not named or not all(isinstance(x, dict) for x in named):
-        return None
-    count: int = ref["count"] if isinstance(ref.get("count"), int) else len(named)
-    names = [str(x.get("terminal")) for x in named[:NAMED]]
-    more = f" and {count - len(names)} more" if count > len(names) else ""
-    sb = ref.get("standby") or "the standby"
-    return (
-        f"  {count} terminal(s) took the classic path (disconnected, they log on again) because {sb} refused their standby session:"
-        f" {', '.join(names)}{more} ({names[0]}: {named[0].get('reason')}); make their attrs identical on both hosts"
-        " and reload the one you change (docs/operations.md §5)"
-    )
 
 
 async def _switchover(t: Target, yes: bool, timeout: float) -> int:
