@@ -236,3 +236,42 @@ async def test_the_pairs_frames_survive_a_restart_through_compaction_and_the_sna
     cp3 = cp_core(tmp_path, 2, cp=f"max_frame = {BIG}\n")
     cp3.restore(r_old)
     assert cp3.max_data == payload_max(BIG) and not _refused(cp3, TOO_BIG)
+
+
+async def test_a_standbys_registered_goes_at_once_and_no_later_ack_passes_its_frames_record(tmp_path: Path, monkeypatch: Any) -> None:
+    """What docs/cp-journal.md says of a standby's `f` record: its `registered` does not wait for
+    the record (the group commit holding it is held here, as a hung mount would), the new limit
+    holds at once (a message too large for it is refused), and a message taken after the
+    registration is acknowledged only once the record is durable (on disk when its ack comes)."""
+    from hsb import faults
+    from hsb.takeover.faults import Faults
+
+    d = tmp_path / "j"
+    cp = _journalled_cp(tmp_path, d)
+    hook = Faults()
+    monkeypatch.setattr(faults, "_storage", hook)
+    try:
+        host(cp, "host-a", "active", BIG)
+        await cp.journal.drain()
+        assert recover(d, truncate=False).frames == {"host-a": BIG}
+        hook.hold()
+        b = host(cp, "host-b", "standby", SMALL)
+        await until(hook.holding.is_set, 5, what="the group commit of host-b's f record held")
+        b.flush()
+        assert [f["role"] for f in b.transport.frames() if f["t"] == "registered"] == ["standby"]  # not waiting for it
+        assert _refused(cp, TOO_BIG)  # the limit holds at once
+        p = recording_terminal(cp, "T00001")
+        p.data_received(encode({"t": "msg", "id": 1, "data": b"fits"}))
+        p.flush()
+        assert not [f for f in p.transport.frames() if f["t"] == "ack"], "acknowledged before host-b's f record was durable"
+        hook.release()
+
+        def acked() -> bool:
+            p.flush()
+            return any(f["t"] == "ack" for f in p.transport.frames())
+
+        await until(acked, 5, what="the ack once the journal writes again")
+        assert recover(d, truncate=False).frames == {"host-a": BIG, "host-b": SMALL}
+    finally:
+        hook.release()
+        cp.journal.close()

@@ -285,6 +285,8 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
                 self._drop_standby_sessions(gone)
             self.standby = host
             host.role = "standby"
+            # its "f" is not waited for: every later message's ack waits for it, and a standby
+            # registers again after a crash before it is given anything (docs/cp-journal.md)
             self._host_frame(host)
             log.info("host_registered", host=host.name, role="standby", startup_id=startup_id, epoch=self.epoch)
             h = self._handover
