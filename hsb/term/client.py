@@ -10,7 +10,9 @@ A terminal keeps a `Listener` informed of everything that happens (the load
 generator counts, the interactive terminal prints). When its connection drops
 it asks its `Connector` (hsb.term.connector) to reconnect it after a short jittered backoff; on the
 next `welcome` it re-sends, with the same ids, every message it sent that was
-not acknowledged, and keeps waiting for replies to what was.
+not acknowledged, and keeps waiting for replies to what was. The states of its
+connection, the welcome, and what that and a failed connect tell of the CP
+process are `hsb.term.logon`, a mixin of `TerminalClient`.
 
 Message ids are `base + n * stride` for the n-th message (n from 0). The base
 defaults to the wall clock in microseconds so that a terminal started again
@@ -42,6 +44,11 @@ from hsb.backoff import Backoff
 from hsb.term.answers import Answers
 from hsb.term.hopeless import cert_refused
 from hsb.term.listener import Listener
+from hsb.term.logon import CONNECTING as CONNECTING  # (importable from here, as before)
+from hsb.term.logon import DOWN as DOWN
+from hsb.term.logon import HELLO as HELLO
+from hsb.term.logon import WELCOMED as WELCOMED
+from hsb.term.logon import Logon, int_field
 from hsb.term.net import dead_peer_detection, new_id_base
 from hsb.term.resume import Resume
 from hsb.term.verdict import ACKED, SENT
@@ -52,12 +59,6 @@ if TYPE_CHECKING:
 
 CP_TYPES = frozenset({"welcome", "error", "session", "ack", "reply", "switched"})
 
-# Connection states.
-DOWN = 0  # not connected, maybe waiting for a reconnect
-CONNECTING = 1  # TCP connect in progress
-HELLO = 2  # connected, hello sent, no welcome yet
-WELCOMED = 3  # logged on: may send
-
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 0.5  # a terminal tries again at least twice a second: a restarted CP is back in ~0.3 s
 
@@ -65,7 +66,7 @@ _BYE = encode({"t": "bye"})
 WRITE_CHUNK = 64  # messages a terminal owes go out this many a write, until its transport pauses
 
 
-class TerminalClient(Answers, Resume, asyncio.Protocol):
+class TerminalClient(Logon, Answers, Resume, asyncio.Protocol):
     """State of one terminal plus the protocol of its current connection."""
 
     __slots__ = (
@@ -446,19 +447,6 @@ class TerminalClient(Answers, Resume, asyncio.Protocol):
         if self.connector is not None:
             self.connector.schedule(self, retry)
 
-    def cp_away(self, found: bool = True) -> None:
-        """The CP cannot be reached now: a connect of this terminal failed (`found`), or the
-        connector parked it, knowing the group's CP away (one failed connect anywhere: this
-        terminal found nothing itself, and counts no change of CP process for it)."""
-        self.state = DOWN
-        if self.welcomed_at is None:
-            return
-        self.failed_since_drop = True  # the CP is not there: a restart of it, not a failover
-        if found and not self.away_counted:
-            self.away_counted = True
-            self.away_since_welcome += 1
-            self.cp_reconnects += 1
-
     def connect_failed(self, exc: BaseException) -> None:
         """Called by the connector when a TCP connect attempt failed."""
         self.cp_away()
@@ -493,15 +481,15 @@ class TerminalClient(Answers, Resume, asyncio.Protocol):
                 raise ProtocolError("bad_fields", f"{str(t)[:40]} before the welcome")
             if t == "reply":
                 self.replies_read += 1  # (a confirm says how many: `seen`)
-                self._on_reply(_int(msg, "id"), msg.get("data"), bool(msg.get("resent")))
+                self._on_reply(int_field(msg, "id"), msg.get("data"), bool(msg.get("resent")))
             elif t == "ack":
-                self._on_ack(_int(msg, "id"))
+                self._on_ack(int_field(msg, "id"))
             elif t == "welcome":
                 self._on_welcome(msg)
             elif t == "session":
                 self._on_session(msg)
             elif t == "switched":
-                self.epoch = _int(msg, "epoch")
+                self.epoch = int_field(msg, "epoch")
                 self.last_switch = str(msg.get("kind", "failover"))
                 self.listener.on_switched(self, self.epoch)
             elif t == "error":
@@ -515,63 +503,6 @@ class TerminalClient(Answers, Resume, asyncio.Protocol):
         except ProtocolError as exc:
             self._protocol_error(exc)
 
-    def _on_welcome(self, msg: dict[str, Any]) -> None:
-        if self.state == WELCOMED:
-            raise ProtocolError("bad_fields", "welcome: a second one on the same connection")
-        if msg.get("terminal") != self.name:
-            # logged on as another terminal: its acks and replies would pass for this one's
-            raise ProtocolError("bad_fields", f"welcome: for terminal {str(msg.get('terminal'))[:64]!r}, not {self.name!r}")
-        last_acked = _int(msg, "last_acked")
-        cp = msg.get("cp")
-        if self.dropped:
-            self.dropped = False
-            # the same CP process welcomes it again: that CP was there all along, whatever connects
-            # failed meanwhile (one failed connect anywhere parks every terminal of the group as if
-            # the CP were away, and a connect can fail here for reasons of our own); a CP that does
-            # not say which process it is: away only if a connect of this terminal failed
-            if (cp == self.cp_instance) if isinstance(cp, str) else not self.failed_since_drop:
-                self.cp_present_drops += 1
-        if isinstance(cp, str):
-            if self.cp_instance is not None:
-                if cp == self.cp_instance:
-                    # the same CP process: what failed meanwhile (an overloaded CP's backlog, a
-                    # connect failing for reasons of ours) was no change of it
-                    self.cp_reconnects -= self.away_since_welcome
-                else:
-                    self.other_cp_process(last_acked)  # (it resends what it recovered, below the hello's last_reply too)
-                    if not self.away_since_welcome:
-                        self.cp_reconnects += 1  # another CP process, though its port never refused us
-            self.cp_instance = cp
-        self.away_since_welcome = 0
-        self.away_counted = False
-        self.state = WELCOMED
-        self.backoff.reset()
-        self.last_error = None
-        first = self.welcomed_at is None
-        if first:
-            self.welcomed_at = time.monotonic()
-        self.listener.on_welcome(self, first)
-        # an id of this run this terminal never sent (above its last, or submitted while away and
-        # not yet written, say) is an unexpected ack, as in an `ack` frame; one below the run's
-        # first id is an earlier run's
-        if last_acked >= self.floor and (self.index(last_acked) < 0 or last_acked > self.sent_upto):
-            self.unexpected_acks += 1
-        if 0 < last_acked < self.floor:  # an earlier run's messages: some may be answered yet
-            self.earlier_run = True
-        if last_acked < self.acked_max:  # an ack that was not durable after all: the CP forgot it
-            self.acks_forgotten += 1
-        # the CP holds everything up to last_acked: an ack lost with the old connection; the
-        # rest is owed (nothing is written on a connection before its welcome: all of it)
-        held, owed = min(last_acked, self.sent_upto), []
-        for i in self.unacked_ids():
-            if i <= held:
-                self._on_ack(i)
-            else:
-                owed.append(i)
-        if owed and self.transport is not None and not self.bye_said:
-            self.listener.on_resent(self, len(owed))
-            self._write_owed(owed)
-
     def _msg(self, msg_id: int, again: bool) -> dict[str, Any]:
         """A `msg` frame; `again`: sent before on an earlier connection, never acknowledged."""
         msg: dict[str, Any] = {"t": "msg", "id": msg_id, "data": self.payload(msg_id)}
@@ -583,7 +514,7 @@ class TerminalClient(Answers, Resume, asyncio.Protocol):
         state = msg.get("state")
         if state not in ("open", "closed"):
             raise ProtocolError("bad_fields", "session: state must be open or closed")
-        epoch = _int(msg, "epoch")
+        epoch = int_field(msg, "epoch")
         self.epoch = epoch
         self.session_open = state == "open"
         if state == "closed" and not self.stopping:
@@ -593,10 +524,3 @@ class TerminalClient(Answers, Resume, asyncio.Protocol):
             self.session_at = time.monotonic()
         reason = msg.get("reason")
         self.listener.on_session(self, state, epoch, None if reason is None else str(reason), first_open)
-
-
-def _int(msg: dict[str, Any], key: str) -> int:
-    v = msg.get(key)
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise ProtocolError("bad_fields", f"{msg.get('t')}: field {key!r} must be int")
-    return v
