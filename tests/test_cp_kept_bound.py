@@ -5,8 +5,6 @@ replies kept for its earlier run."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +13,10 @@ import pytest
 from hsb.wire.framing import encode
 from tests.support.cpcore import cp_core, fake_host, recording_terminal
 from tests.support.hostclient import FakeHost, FakeTerminal
+from tests.support.keptreplies import connect_hsbterm, delivered, earlier_run, replies, until
 from tests.support.procs import start_cp
-from tests.support.transports import NoFlowControl
 
 pytestmark = pytest.mark.timeout(30)
-
-
-async def _until(cond: Callable[[], bool], what: str, within: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    while not cond():
-        assert loop.time() - t0 < within, f"never: {what}"
-        await asyncio.sleep(0)
 
 
 def _acks(p: Any) -> list[int]:
@@ -55,10 +45,10 @@ async def test_a_terminal_that_sent_ahead_of_its_replies_is_served_not_closed(tm
     assert _acks(p) == list(range(1, bound + 1))  # the held bound: the rest not read yet
     for i in range(1, bound + 1):
         cp.host_reply(h, "T00001", i, f"r{i}")
-    await _until(lambda: p.parked is not None and len(p.parked) == bound or p.closed, "the second half read and held back")
+    await until(lambda: p.parked is not None and len(p.parked) == bound or p.closed, "the second half read and held back")
     assert not p.closed and _errors(p) == [], _errors(p)
     p.data_received(encode({"t": "confirm", "id": bound}))
-    await _until(lambda: len(_acks(p)) == 2 * bound, "the held-back messages taken after the confirm")
+    await until(lambda: len(_acks(p)) == 2 * bound, "the held-back messages taken after the confirm")
     assert _acks(p) == list(range(1, 2 * bound + 1)) and p.parked is None
 
 
@@ -111,53 +101,6 @@ async def test_small_frames_held_back_without_a_confirm_are_bounded_by_their_mem
     assert _acks(p) == [1, 2, 3, 4]
 
 
-class _Pipe(NoFlowControl):
-    """One direction of an in-memory connection: what is written arrives at `to` on the next
-    turn of the loop, as from a socket; a close ends both sides."""
-
-    def __init__(self, to: Any) -> None:
-        self.to = to
-        self.other: _Pipe | None = None
-        self.closing = False
-
-    def write(self, data: bytes) -> None:
-        if not self.closing:
-            asyncio.get_running_loop().call_soon(self._arrive, bytes(data))
-
-    def _arrive(self, data: bytes) -> None:
-        if not self.closing:
-            self.to.data_received(data)
-
-    def writelines(self, chunks: Any) -> None:
-        self.write(b"".join(chunks))
-
-    def close(self) -> None:
-        for side in (self, self.other):
-            if side is not None and not side.closing:
-                side.closing = True
-                asyncio.get_running_loop().call_soon(side.to.connection_lost, None)
-
-    abort = close
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 1) if name == "peername" else default
-
-
-def _connect_hsbterm(cp: Any, c: Any) -> Any:
-    """hsbterm's terminal `c` connected to the CP's terminal link in memory; the CP's side."""
-    from hsb.cp.terminal_link import TerminalProtocol
-
-    p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
-    to_cp, to_term = _Pipe(p), _Pipe(c)
-    to_cp.other, to_term.other = to_term, to_cp
-    p.connection_made(to_term)
-    c.connection_made(to_cp)
-    return p
-
-
 async def test_a_restarted_terminal_is_not_stuck_behind_the_replies_kept_for_its_earlier_run(tmp_path: Path) -> None:
     """Run 1 of a resuming terminal sends up to its held bound and dies without a bye; the
     active answers all of it meanwhile, so the replies kept for it reach the bound. Run 2, a
@@ -182,8 +125,8 @@ async def test_a_restarted_terminal_is_not_stuck_behind_the_replies_kept_for_its
     stats = LoadStats(1)
     stats.counting = True
     c = TerminalClient("T00001", stats, base=1000, window=3, check_data=True, keepalive=0)
-    p = _connect_hsbterm(cp, c)
-    await _until(lambda: c.state == 3, "run 2 welcomed")
+    p = connect_hsbterm(cp, c)
+    await until(lambda: c.state == 3, "run 2 welcomed")
     cp.host_open(h, "T00001", "active", {})
     await _run2_served(cp, h, c, p, stats)
 
@@ -203,19 +146,19 @@ async def test_an_earlier_runs_replies_made_after_the_new_run_logged_on_are_conf
     run1 = recording_terminal(cp, "T00001", 0)
     cp.host_open(h, "T00001", "active", {})
     run1.data_received(b"".join(encode({"t": "msg", "id": i, "data": f"m{i}"}) for i in range(1, 5)))
-    await _until(lambda: all(("T00001", i) in _delivered(h) for i in range(1, 5)), "run 1's messages delivered")
+    await until(lambda: all(("T00001", i) in delivered(h) for i in range(1, 5)), "run 1's messages delivered")
     run1.connection_lost(None)  # no bye; the active still working on them
     term = cp.terms["T00001"]
     assert not term.replies
     stats = LoadStats(1)
     stats.counting = True
     c = TerminalClient("T00001", stats, base=1000, window=3, check_data=True, keepalive=0)
-    p = _connect_hsbterm(cp, c)
-    await _until(lambda: c.state == 3, "run 2 welcomed")
+    p = connect_hsbterm(cp, c)
+    await until(lambda: c.state == 3, "run 2 welcomed")
     cp.host_open(h, "T00001", "active", {})
     for i in range(1, 5):  # the active answers run 1's messages now
         cp.host_reply(h, "T00001", i, f"r{i}")
-    await _until(lambda: c.earlier_run_replies + c.unexpected == 4, "run 1's replies reach run 2")
+    await until(lambda: c.earlier_run_replies + c.unexpected == 4, "run 1's replies reach run 2")
     assert c.unexpected == 0 and c.earlier_run_replies == 4
     await _run2_served(cp, h, c, p, stats)
 
@@ -227,34 +170,16 @@ async def _run2_served(cp: Any, h: Any, c: Any, p: Any, stats: Any) -> None:
 
     ids = [c.submit() for _ in range(3)]
     assert ids == [1000, 1001, 1002]
-    await _until(lambda: all(("T00001", i) in _delivered(h) for i in ids), "run 2's messages delivered to the active")
+    await until(lambda: all(("T00001", i) in delivered(h) for i in ids), "run 2's messages delivered to the active")
     for i in ids:
         cp.host_reply(h, "T00001", i, c.payload(i))
-    await _until(lambda: not c.outstanding, "run 2's messages answered")
+    await until(lambda: not c.outstanding, "run 2's messages answered")
     c.bye()
-    await _until(lambda: p.closed, "the logoff")
+    await until(lambda: p.closed, "the logoff")
     r = _report([c], stats, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, [])
     assert r.ok and r.earlier_run_replies == 4 and r.unexpected == 0, r.failures
     term = cp.terms["T00001"]
     assert not term.replies and cp.counts.kept == 0  # the earlier run's replies confirmed: let go
-
-
-async def _earlier_run(tmp_path: Path, ids: tuple[int, ...]) -> tuple[Any, Any]:
-    """A CP core and its active (cp, h): run 1 of T00001 sent `ids` and died without a bye, the
-    active still working on them."""
-    cp = cp_core(tmp_path, 2)
-    h = fake_host(cp, "host-a", "active", record=True)
-    run1 = recording_terminal(cp, "T00001", 0)
-    cp.host_open(h, "T00001", "active", {})
-    run1.data_received(b"".join(encode({"t": "msg", "id": i, "data": f"m{i}"}) for i in ids))
-    await _until(lambda: {("T00001", i) for i in ids} <= _delivered(h), "run 1's messages delivered")
-    run1.connection_lost(None)  # no bye; the active still working on them
-    return cp, h
-
-
-def _delivered(h: Any) -> set[tuple[str, int]]:
-    h.flush()
-    return {(m["terminal"], m["id"]) for m in h.transport.frames() if m.get("t") == "deliver"}
 
 
 @pytest.mark.parametrize("own", [False, True], ids=["earlier-runs-only", "with-its-own"])
@@ -267,7 +192,7 @@ async def test_a_hello_taken_short_of_an_unanswered_message_resends_nothing_it_s
     the same message and sent every kept reply again, marked resent, those the hello named
     included. Now the CP sends again only what is above the hello's last_reply; the confirm that
     follows the answer to the first message lets them all go."""
-    cp, h = await _earlier_run(tmp_path, (1, 2))
+    cp, h = await earlier_run(tmp_path, (1, 2))
     run2 = recording_terminal(cp, "T00001", 0)
     cp.host_open(h, "T00001", "active", {})
     cp.host_reply(h, "T00001", 2, "r2")  # answered before message 1
@@ -275,24 +200,19 @@ async def test_a_hello_taken_short_of_an_unanswered_message_resends_nothing_it_s
     if own:
         held = 1000
         run2.data_received(encode({"t": "msg", "id": held, "data": "m"}))
-        await _until(lambda: ("T00001", held) in _delivered(h), "run 2's message delivered")
+        await until(lambda: ("T00001", held) in delivered(h), "run 2's message delivered")
         cp.host_reply(h, "T00001", held, "r")
-    assert [m["id"] for m in _replies(run2)] == ([2, held] if own else [2])
+    assert [m["id"] for m in replies(run2)] == ([2, held] if own else [2])
     run2.data_received(encode({"t": "confirm", "id": held}))
     assert sorted(cp.terms["T00001"].replies) == ([2, held] if own else [2])  # taken short of 1
     run2.connection_lost(None)  # the connection drops
     again = recording_terminal(cp, "T00001", held)
-    assert _replies(again) == []  # it said it holds them
+    assert replies(again) == []  # it said it holds them
     cp.host_open(h, "T00001", "active", {})
     cp.host_reply(h, "T00001", 1, "r1")
-    assert _replies(again) == [{"t": "reply", "id": 1, "data": "r1"}]
+    assert replies(again) == [{"t": "reply", "id": 1, "data": "r1"}]
     again.data_received(encode({"t": "confirm", "id": held}))
     assert not cp.terms["T00001"].replies and cp.counts.kept == 0  # all confirmed: let go
-
-
-def _replies(p: Any) -> list[dict[str, Any]]:
-    p.flush()
-    return [m for m in p.transport.frames() if m.get("t") == "reply"]
 
 
 @pytest.mark.parametrize("first", ["earlier", "both", "own"])
@@ -308,34 +228,34 @@ async def test_an_earlier_runs_replies_made_while_the_next_run_was_away_reach_it
     from hsb.term.client import TerminalClient
     from hsb.term.load import LoadStats, _report
 
-    cp, h = await _earlier_run(tmp_path, (1, 2, 3))
+    cp, h = await earlier_run(tmp_path, (1, 2, 3))
     stats = LoadStats(1)
     stats.counting = True
     c = TerminalClient("T00001", stats, base=1000, check_data=True, keepalive=0)
-    p = _connect_hsbterm(cp, c)
-    await _until(lambda: c.state == 3, "run 2 welcomed")
+    p = connect_hsbterm(cp, c)
+    await until(lambda: c.state == 3, "run 2 welcomed")
     cp.host_open(h, "T00001", "active", {})
     away = [1, 2]
     if first == "own":
         away.append(3)
     else:
         cp.host_reply(h, "T00001", 3, "r3")  # answered before 1 and 2
-        await _until(lambda: c.earlier_run_replies == 1, "run 1's third reply reaches run 2")
+        await until(lambda: c.earlier_run_replies == 1, "run 1's third reply reaches run 2")
     if first != "earlier":
         a = c.submit()
-        await _until(lambda: ("T00001", a) in _delivered(h), "run 2's message delivered")
+        await until(lambda: ("T00001", a) in delivered(h), "run 2's message delivered")
         cp.host_reply(h, "T00001", a, c.payload(a))
-        await _until(lambda: not c.outstanding, "run 2's message answered")
+        await until(lambda: not c.outstanding, "run 2's message answered")
     p.transport.close()  # the connection drops
-    await _until(lambda: c.state == 0 and p.closed, "the drop seen by both sides")
+    await until(lambda: c.state == 0 and p.closed, "the drop seen by both sides")
     for i in away:  # answered while run 2 is away
         cp.host_reply(h, "T00001", i, f"r{i}")
     assert set(away) <= set(cp.terms["T00001"].replies)  # kept for it
-    p = _connect_hsbterm(cp, c)
-    await _until(lambda: c.state == 3, "run 2 welcomed again")
-    await _until(lambda: c.earlier_run_replies == 3, "the replies made while it was away reach run 2", within=2.0)
+    p = connect_hsbterm(cp, c)
+    await until(lambda: c.state == 3, "run 2 welcomed again")
+    await until(lambda: c.earlier_run_replies == 3, "the replies made while it was away reach run 2", within=2.0)
     c.bye()
-    await _until(lambda: p.closed, "the logoff")
+    await until(lambda: p.closed, "the logoff")
     r = _report([c], stats, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, [])
     assert r.unexpected == 0 and r.duplicates == 0 and r.bad_data == 0 and r.earlier_run_replies == 3, r.failures
     assert r.resent_ignored == (0 if first == "earlier" else 1)  # its own reply, kept (taken short of 1)
@@ -352,17 +272,17 @@ async def test_a_hello_that_claims_replies_never_sent_gets_them(tmp_path: Path, 
     took that as a confirm and forgot 1 and 2, which no run ever received. Now a hello's claim
     never lets it forget a reply it never sent: it sends them, resent, and keeps them until the
     next confirm, which lets all go."""
-    cp, h = await _earlier_run(tmp_path, (1, 2, 3))
+    cp, h = await earlier_run(tmp_path, (1, 2, 3))
     run2 = recording_terminal(cp, "T00001", 0)
     cp.host_open(h, "T00001", "active", {})
     cp.host_reply(h, "T00001", 3, "r3")  # answered before 1 and 2
     got = [3]
     if claim == 1000:
         run2.data_received(encode({"t": "msg", "id": 1000, "data": "m"}))
-        await _until(lambda: ("T00001", 1000) in _delivered(h), "run 2's message delivered")
+        await until(lambda: ("T00001", 1000) in delivered(h), "run 2's message delivered")
         cp.host_reply(h, "T00001", 1000, "r")
         got.append(1000)
-    assert [m["id"] for m in _replies(run2)] == got
+    assert [m["id"] for m in replies(run2)] == got
     run2.data_received(encode({"t": "confirm", "id": claim}))
     term = cp.terms["T00001"]
     assert sorted(term.replies) == got  # taken short of 1
@@ -370,7 +290,7 @@ async def test_a_hello_that_claims_replies_never_sent_gets_them(tmp_path: Path, 
     for i in (1, 2):  # answered while run 2 is away: kept, sent to nobody
         cp.host_reply(h, "T00001", i, f"r{i}")
     again = recording_terminal(cp, "T00001", claim)
-    assert _replies(again) == [{"t": "reply", "id": i, "data": f"r{i}", "resent": True} for i in (1, 2)]  # not those it had
+    assert replies(again) == [{"t": "reply", "id": i, "data": f"r{i}", "resent": True} for i in (1, 2)]  # not those it had
     assert sorted(term.replies) == [1, 2, *got]  # none forgotten: the hello taken short of 1
     again.data_received(encode({"t": "confirm", "id": claim}))  # the next confirm covers them all
     assert not term.replies and cp.counts.kept == 0 and term.confirmed == claim
@@ -396,21 +316,21 @@ async def test_a_reply_recovered_after_a_cp_restart_is_sent_again_whatever_the_h
     term = cp.terms["T00001"]
     assert sorted(term.replies) == [1, 2, 3] and term.confirmed == 0
     p = recording_terminal(cp, "T00001", 2)
-    assert [(m["id"], m.get("resent")) for m in _replies(p)] == [(1, True), (2, True), (3, True)]
+    assert [(m["id"], m.get("resent")) for m in replies(p)] == [(1, True), (2, True), (3, True)]
     assert sorted(term.replies) == [1, 2, 3] and term.confirmed == 0  # the hello taken short of 1
     p.connection_lost(None)  # before it confirmed
     q = recording_terminal(cp, "T00001", 3)
-    assert _replies(q) == [] and not term.replies and cp.counts.kept == 0  # sent before: its claim settles them
+    assert replies(q) == [] and not term.replies and cp.counts.kept == 0  # sent before: its claim settles them
 
 
 async def _run2_after_an_earlier_run(tmp_path: Path) -> tuple[Any, Any, Any]:
     """A CP core and its active (cp, h): run 1 of T00001 sent message 1 and died without a bye,
     the active still working on it; run 2 (hello 0) sent 1000, delivered. (cp, h, run 2)."""
-    cp, h = await _earlier_run(tmp_path, (1,))
+    cp, h = await earlier_run(tmp_path, (1,))
     run2 = recording_terminal(cp, "T00001", 0)
     cp.host_open(h, "T00001", "active", {})
     run2.data_received(encode({"t": "msg", "id": 1000, "data": "m"}))
-    await _until(lambda: ("T00001", 1000) in _delivered(h), "run 2's message delivered")
+    await until(lambda: ("T00001", 1000) in delivered(h), "run 2's message delivered")
     return cp, h, run2
 
 
@@ -427,7 +347,7 @@ async def test_a_confirm_does_not_cover_an_earlier_runs_reply_still_on_its_way(t
     cp, h, run2 = await _run2_after_an_earlier_run(tmp_path)
     cp.host_reply(h, "T00001", 1000, "r")
     cp.host_reply(h, "T00001", 1, "r1")  # written to run 2's connection, not read yet
-    assert [m["id"] for m in _replies(run2)] == [1000, 1]
+    assert [m["id"] for m in replies(run2)] == [1000, 1]
     run2.data_received(encode({"t": "confirm", "id": 1000, "seen": 1}))  # written when it had read reply 1000 only
     term = cp.terms["T00001"]
     assert 1 in term.replies and term.confirmed == 0  # on its way when the confirm was written: kept
@@ -437,7 +357,7 @@ async def test_a_confirm_does_not_cover_an_earlier_runs_reply_still_on_its_way(t
         return
     run2.connection_lost(None)  # before run 2 read reply 1
     again = recording_terminal(cp, "T00001", 0)
-    assert _replies(again) == [{"t": "reply", "id": i, "data": d, "resent": True} for i, d in ((1, "r1"), (1000, "r"))]
+    assert replies(again) == [{"t": "reply", "id": i, "data": d, "resent": True} for i, d in ((1, "r1"), (1000, "r"))]
     again.data_received(encode({"t": "confirm", "id": 1000, "seen": 2}))
     assert not term.replies and cp.counts.kept == 0 and term.confirmed == 1000
 
@@ -451,13 +371,13 @@ async def test_a_reply_whose_connection_is_found_gone_as_it_is_written_counts_as
     reply 1, which no run ever received. It counts as never sent now: that hello gets it."""
     cp, h, run2 = await _run2_after_an_earlier_run(tmp_path)
     cp.host_reply(h, "T00001", 1000, "r")
-    assert [m["id"] for m in _replies(run2)] == [1000]
+    assert [m["id"] for m in replies(run2)] == [1000]
     run2.reading_paused = True  # (its held bound: not read)
     looks = iter([False, True])  # gone by the kernel's word at the second look: as the reply is written
     run2.peer_gone = lambda: next(looks, True)  # type: ignore[method-assign]
     cp.host_reply(h, "T00001", 1, "r1")
-    assert run2.closed and [m["id"] for m in _replies(run2)] == [1000]  # nothing written
+    assert run2.closed and [m["id"] for m in replies(run2)] == [1000]  # nothing written
     again = recording_terminal(cp, "T00001", 1000)
-    assert [m["id"] for m in _replies(again)] == [1]  # sent, marked, whatever the hello claimed
+    assert [m["id"] for m in replies(again)] == [1]  # sent, marked, whatever the hello claimed
     again.data_received(encode({"t": "confirm", "id": 1000}))
     assert not cp.terms["T00001"].replies

@@ -11,7 +11,7 @@ import pytest
 
 from hsb.wire.framing import encode
 from tests.support.cpcore import HeldJournal, cp_core, fake_host, recording_terminal
-from tests.test_cp_kept_bound import _connect_hsbterm, _delivered, _earlier_run, _replies, _until
+from tests.support.keptreplies import connect_hsbterm, delivered, earlier_run, replies, until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -38,28 +38,28 @@ async def test_a_run_that_never_learned_of_an_earlier_run_still_gets_its_reply(t
     stats = LoadStats(1)
     stats.counting = True
     c = TerminalClient("T00001", stats, base=1000, check_data=True, keepalive=0)
-    p = _connect_hsbterm(cp, c)
-    await _until(lambda: c.state == 3, "run 2 welcomed (last_acked 0)")
+    p = connect_hsbterm(cp, c)
+    await until(lambda: c.state == 3, "run 2 welcomed (last_acked 0)")
     cp.host_open(h, "T00001", "active", {})
     a = c.submit()
-    await _until(lambda: cp.terms["T00001"].last_acked == a, "run 2's message read by the CP")
+    await until(lambda: cp.terms["T00001"].last_acked == a, "run 2's message read by the CP")
     hold.release()  # ack 1 and ack 1000 written to run 2's connection...
     p.transport.close()  # ...which drops before run 2 reads them
-    await _until(lambda: c.state == 0 and p.closed, "the drop seen by both sides")
-    assert not c.earlier_run and {("T00001", 1), ("T00001", a)} <= _delivered(h)
-    p = _connect_hsbterm(cp, c)
-    await _until(lambda: c.state == 3, "run 2 welcomed again (last_acked 1000)")
+    await until(lambda: c.state == 0 and p.closed, "the drop seen by both sides")
+    assert not c.earlier_run and {("T00001", 1), ("T00001", a)} <= delivered(h)
+    p = connect_hsbterm(cp, c)
+    await until(lambda: c.state == 3, "run 2 welcomed again (last_acked 1000)")
     cp.host_reply(h, "T00001", a, c.payload(a))
-    await _until(lambda: not c.outstanding, "run 2's reply read")
+    await until(lambda: not c.outstanding, "run 2's reply read")
     cp.host_reply(h, "T00001", 1, "r1")  # written to run 2's connection...
     p.transport.close()  # ...which drops before run 2 reads it
-    await _until(lambda: c.state == 0 and p.closed, "the drop seen by both sides")
+    await until(lambda: c.state == 0 and p.closed, "the drop seen by both sides")
     assert not c.earlier_run and c.earlier_run_replies == 0
-    p = _connect_hsbterm(cp, c)
-    await _until(lambda: c.state == 3, "run 2 welcomed a third time")
-    await _until(lambda: c.earlier_run_replies == 1, "reply 1 reaches run 2", within=2.0)
+    p = connect_hsbterm(cp, c)
+    await until(lambda: c.state == 3, "run 2 welcomed a third time")
+    await until(lambda: c.earlier_run_replies == 1, "reply 1 reaches run 2", within=2.0)
     c.bye()
-    await _until(lambda: p.closed, "the logoff")
+    await until(lambda: p.closed, "the logoff")
     r = _report([c], stats, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, [])
     assert r.ok and r.unexpected == 0 and r.duplicates == 0 and r.earlier_run_replies == 1, r.failures
     assert not cp.terms["T00001"].replies and cp.counts.kept == 0  # confirmed: let go
@@ -72,19 +72,19 @@ async def test_a_hello_claims_no_reply_below_its_first_id(tmp_path: Path) -> Non
     took the claim as covering reply 1, written to a connection of the terminal, and forgot it.
     Now a hello's claim stops short of every reply kept below its `first`: reply 1 goes again,
     marked (1000, claimed, does not), and stays kept until a confirm covers it."""
-    cp, h = await _earlier_run(tmp_path, (1,))
+    cp, h = await earlier_run(tmp_path, (1,))
     run2 = recording_terminal(cp, "T00001", 0, first=1000)
     cp.host_open(h, "T00001", "active", {})
     run2.data_received(encode({"t": "msg", "id": 1000, "data": "m"}))
-    await _until(lambda: ("T00001", 1000) in _delivered(h), "run 2's message delivered")
+    await until(lambda: ("T00001", 1000) in delivered(h), "run 2's message delivered")
     cp.host_reply(h, "T00001", 1000, "r")
     cp.host_reply(h, "T00001", 1, "r1")
-    assert [m["id"] for m in _replies(run2)] == [1000, 1]
+    assert [m["id"] for m in replies(run2)] == [1000, 1]
     run2.data_received(encode({"t": "confirm", "id": 1000, "seen": 1}))
     run2.connection_lost(None)  # before run 2 read reply 1
     term = cp.terms["T00001"]
     again = recording_terminal(cp, "T00001", 1000, first=1000)
-    assert _replies(again) == [{"t": "reply", "id": 1, "data": "r1", "resent": True}]
+    assert replies(again) == [{"t": "reply", "id": 1, "data": "r1", "resent": True}]
     assert 1 in term.replies and term.confirmed == 0  # the hello taken short of it
     again.data_received(encode({"t": "confirm", "id": 1000, "seen": 1}))
     assert not term.replies and cp.counts.kept == 0 and term.confirmed == 1000
