@@ -6,7 +6,7 @@ beside later benches). `stop_on_signals` turns the first SIGTERM or SIGINT into 
 KeyboardInterrupt (`Interrupted`) in the main thread, so the bench unwinds through every
 `finally` (each stops its sandbox: `_sandbox.sandbox_down`) and each task is cancelled;
 `stop_children` is the net under them: any child process still running is stopped.
-`_sandbox.run_or_render` does both for every bench that goes through it. SIGKILL unwinds
+`_entry.run_or_render` does both for every bench that goes through it. SIGKILL unwinds
 nothing: the daemons and load children die with the bench instead (PR_SET_PDEATHSIG, set at
 their spawn: hsb.ctl.sandbox.die_with_this_process, `Child.start`).
 """

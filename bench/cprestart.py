@@ -5,7 +5,7 @@ how long until every terminal is served again; plus the recovery of a large jour
                                         [--recovery 100000] [--json FILE] [--no-write] [--render FILE]
 
 Per size: one sandbox (hsbcpd, host-a active, host-b standby, journal service, default timing,
-`durability = "fsync"`); per repetition a load child (bench/_sandbox.py, 2,000 msg/s, resuming
+`durability = "fsync"`); per repetition a load child (bench/_load.py, 2,000 msg/s, resuming
 terminals, strict verdict in its CP-restart mode: only the CP's absence may disconnect a terminal,
 no session may close) and, once hot standby is established and
 the load steady, SIGKILL of hsbcpd and a new hsbcpd started at once on the same journal (what

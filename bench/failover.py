@@ -10,7 +10,7 @@ conventional mode (`fast_switch = false`, the classic reconnect of [0002]). In e
 active gets SIGKILL and (after the old active was restarted as standby and hot standby is
 established again) the new active gets SIGSTOP, in alternating order per repetition:
 
-1. a load child (`bench/_sandbox.py load`, its own process, the strict verdict of hsb.term)
+1. a load child (`bench/_load.py load`, its own process, the strict verdict of hsb.term)
    logs all N terminals on and sends `--rate` messages per second in total, each terminal on its
    own schedule (window 8); the run waits until every terminal has its active session and (fast
    switch) its standby session at the CP;

@@ -8,7 +8,7 @@ Everything runs on 127.0.0.1 in a sandbox (`hsb.ctl.sandbox`: hsbcpd, host-a act
 standby, real processes, echo service, default timing).
 
 1. **Standby start → hot standby established**, for N logged-on terminals (1,000 and 10,000).
-   A load child (`bench/_sandbox.py load`) logs all N terminals on and keeps a light load
+   A load child (`bench/_load.py load`) logs all N terminals on and keeps a light load
    (`--load-rate` messages/s in total) going. Then, `--reps` times: SIGKILL the standby
    (host-b), wait until the CP and the active have noticed, restart it with
    `sandbox.start_host(dir, "host-b", "standby")` and time from the restart to

@@ -8,7 +8,7 @@ A throwaway PostgreSQL server (Debian's binaries, tests/support/pg.py; a fresh d
 For each size N and repetition, three runs interleaved, each in processes of its own:
 
 - **hsb**: a sandbox (hsbcpd, host-a active, host-b standby, `service = "ledger"`, `dsn` the
-  database), N terminals from a load child (`bench/_sandbox.py load --workload ledger
+  database), N terminals from a load child (`bench/_load.py load --workload ledger
   --closed-loop --window 2`): transfers between 50 accounts as fast as the replies come, then the
   books checked (balanced, each transfer applied once, every reply the stored one);
 - **hsb, no record**: the same with `idempotency = false` (the effect alone: not exactly once;

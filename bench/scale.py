@@ -8,7 +8,7 @@ Per size N: a fresh sandbox (`hsbctl sandbox up` in-process: hsbcpd, host-a acti
 standby, real processes on 127.0.0.1, fast switch, standby-capable terminals, the CP's journal
 with `durability = "fsync"`, echo service, default timing). Its idle memory (N terminals
 configured, none connected) is read first. Then four phases, each one load run of its own: the
-load is spread over ceil(N / --per-child) load children (bench/_sandbox.py, its own process and
+load is spread over ceil(N / --per-child) load children (bench/_load.py, its own process and
 strict verdict each, a share of the terminal table and of the rate each, each connecting from a
 loopback address of its own, 127.0.0.2, .3, ..., a new one per phase: one address has ~28,000
 ephemeral ports, and no child holds more than --per-child sockets). Each phase logs all N terminals on (timed: until

@@ -4,7 +4,7 @@
                                          [--json FILE] [--no-write] [--render FILE]
 
 For each size: one sandbox (echo service, default timing); per repetition, interleaved: one load
-run (the load child of bench/_sandbox.py, its own process, strict verdict) with a planned
+run (the load child of bench/_load.py, its own process, strict verdict) with a planned
 switchover in the middle (the request `hsbctl switchover` sends, over the active's admin link, asked
 from this process: an hsbctl process would take half a second of one of the two cores at the
 moment measured), then one with a SIGKILL of the active (the old active restarted

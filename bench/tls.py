@@ -5,7 +5,7 @@ with TLS on every link (terminals' too) beside plain links, interleaved in one r
                                   [--failover-reps 3] [--json FILE] [--no-write] [--render FILE]
 
 Throughput: per size and repetition, a plain sandbox then a `--tls` one (hsbcpd with the journal,
-host-a active, host-b standby, echo service), each driven by a load child (bench/_sandbox.py load,
+host-a active, host-b standby, echo service), each driven by a load child (bench/_load.py load,
 its own process) in closed loop: every terminal keeps 8 messages outstanding for `--duration`
 seconds; replies per second, strict verdict. Failover: per repetition, plain then TLS, N
 terminals at `--rate`, SIGKILL of the active once hot standby is established and the load steady;

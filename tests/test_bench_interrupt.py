@@ -1,7 +1,7 @@
 """A bench stopped by SIGTERM or SIGINT stops its sandbox's daemons, as a normal exit does: they
 run in sessions of their own, and a bench killed by the signal's default action left them
 running (one pair ran idle for 38 minutes beside later benches). A bench-like program goes
-through the benches' entry (bench/_sandbox.py run_or_render) with a sandbox up, and is stopped."""
+through the benches' entry (bench/_entry.py run_or_render) with a sandbox up, and is stopped."""
 
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ async def test_the_load_childs_stats_take_what_run_load_gives_them() -> None:
     died with a TypeError while the suite stayed green)."""
     import inspect
 
-    import _sandbox
+    import _load
 
     from hsb.term import load
 
@@ -65,7 +65,7 @@ async def test_the_load_childs_stats_take_what_run_load_gives_them() -> None:
     call = next(line for line in src.splitlines() if "LoadStats(" in line)
     assert call.count(",") == 2, call  # (the three arguments given below, if this fails: update both)
     made: list[Any] = []
-    stats = _sandbox._stats_factory(made)(3, "127.0.0.1:1", cert="t.pem")  # (the load child's, as run_load calls it)
+    stats = _load._stats_factory(made)(3, "127.0.0.1:1", cert="t.pem")  # (the load child's, as run_load calls it)
     assert made == [stats] and stats.terminals == 3 and stats.extras()["back"] == 0
 
 

@@ -82,7 +82,7 @@ _TIED = False  # die_with_this_process()
 
 def die_with_this_process() -> None:
     """From now on each daemon this process starts gets SIGKILL when this process ends, however it
-    ends: a bench's (bench/_sandbox.py run_or_render). A bench killed by SIGKILL runs no teardown,
+    ends: a bench's (bench/_entry.py run_or_render). A bench killed by SIGKILL runs no teardown,
     and its daemons, in sessions of their own, ran on; one spawned before the state file named it
     was found by nothing, not even `down`. Never for `hsbctl sandbox up`, whose daemons outlive
     it. Linux ties the signal to the thread that forks: they are started from the main thread."""
