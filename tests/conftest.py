@@ -9,12 +9,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from hsb.ctl import sandbox
 
 # every hsbcpd a test starts checks its kept status totals against a walk over every terminal
 # at each status call, and exits (code 70) on a difference (hsb.cp.status_view.audit_counts)
 os.environ["HSB_AUDIT_COUNTS"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def _structlog_config():  # type: ignore[no-untyped-def]
+    """structlog's configuration as it was before each test: an in-process hsbctl (CliRunner)
+    sets it to warning and above, and a later test's capture_logs then saw none of the info
+    events it waits for (the order of the test files decided whether a test passed)."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture
