@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -40,7 +41,14 @@ def bench_main(
 def run_child(script: str, mode: str, n: int) -> dict[str, Any]:
     """`script --child MODE --terminals N` in a process of its own (a fresh heap each run): what it printed last, as JSON."""
     out = subprocess.run(
-        [sys.executable, script, "--child", mode, "--terminals", str(n)], check=True, capture_output=True, text=True, timeout=900
+        [sys.executable, script, "--child", mode, "--terminals", str(n)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        # killed with the bench (its thread waits here until the child ends: the signal, tied
+        # to the forking thread, cannot come early)
+        preexec_fn=sandbox.dies_with(os.getpid()),
     ).stdout
     r: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return r

@@ -81,6 +81,7 @@ async def amain(a: argparse.Namespace) -> int:
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        preexec_fn=sandbox.dies_with(os.getpid()),  # (killed with the bench, however it dies)
     )
     samples: list[dict[str, Any]] = []
     failovers: list[dict[str, Any]] = []

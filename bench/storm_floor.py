@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _sandbox import bench_main, save_results, section_head, table  # noqa: E402
 
+from hsb.ctl import sandbox  # noqa: E402
+
 COMMAND = ".venv/bin/python bench/storm_floor.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "storm_floor.json"
 SECTION = "The machine's floor for a reconnect storm (`bench/storm_floor.py`)"
@@ -77,9 +79,11 @@ def one(n: int) -> dict[str, Any]:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     r, w = os.pipe()
+    tie = sandbox.dies_with(os.getpid())
     pid = os.fork()
     if pid == 0:  # the server
         try:
+            tie()  # (it dies with the bench, however the bench dies)
 
             async def serve() -> None:
                 await asyncio.get_running_loop().create_server(_Server, sock=sock, backlog=max(4096, n))
