@@ -18,7 +18,7 @@ from hsb.cp.journal.store import boot_now
 from hsb.ctl import sandbox
 from tests.support.hostclient import FakeTerminal
 from tests.support.procs import arm_faults, log_events, until
-from tests.test_failover import wait_status
+from tests.support.sandboxed import wait_status
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -17,16 +17,9 @@ from hsb.ctl import sandbox
 from hsb.wire.framing import payload_max
 from tests.support.hostclient import FakeTerminal
 from tests.support.procs import log_events, until
-from tests.test_failover import active_names, assert_clean, check_journals, load_with, status, wait_status
+from tests.support.sandboxed import active_names, all_back, assert_clean, check_journals, load_with, status, wait_status
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def all_back(s: dict[str, Any], n: int) -> bool:
-    """Every terminal connected again with its session (the new CP keeps the active's sessions
-    before their terminals return: the session count alone says so too early)."""
-    t = (s.get("cp") or {}).get("terminals") or {}  # none while the CP is away
-    return t.get("active_sessions") == t.get("connected") == n
 
 
 def cp_pid(info: dict[str, Any]) -> int:

@@ -23,9 +23,7 @@ import pytest
 from hsb import procstat
 from hsb.ctl import sandbox
 from tests.support.procs import SECRET, Proc, addr, cp_config, log_events, python_lines, spawn, until, wait_for
-from tests.test_cp_restart import all_back
-from tests.test_ctl_status import ctl
-from tests.test_failover import active_names, assert_clean, check_journals, load_with, status, wait_status
+from tests.support.sandboxed import active_names, all_back, assert_clean, check_journals, ctl, load_with, status, wait_status
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -126,7 +124,7 @@ async def test_a_killed_cp_is_started_again_at_once_under_load(sb: Any) -> None:
     rec = [e for e in evs if e.get("event") == "journal_recovered"]
     assert len(rec) == 2 and rec[-1]["from_generation"] == rec[0]["generation"], rec  # the next worker took the journal over
     # the operator's view: hsbctl status names the master and the death; the metric counts it
-    out = ctl(info, "status")
+    out = ctl(info, "status", timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"supervised by pid {master}: restarted 1 times, last after SIGKILL of pid {seen['old']}" in out.stdout, out.stdout
     http = sandbox.load_state(d)["cp"]["http"]

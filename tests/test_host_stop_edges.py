@@ -29,10 +29,9 @@ from hsb.service.api import ServiceUnavailable
 from hsb.service.builtin import EchoService
 from hsb.wire.client import request
 from hsb.wire.framing import encode
-from tests.support.inproc import hot_standby, pair_in_hot_standby, until
+from tests.support.inproc import hot_standby, pair_in_hot_standby, refuse_handovers_finally, until
 from tests.support.logrec import RecordingLog
 from tests.support.procs import SECRET
-from tests.test_host_switchover_refused import refuse_handovers_finally
 
 pytestmark = pytest.mark.timeout(60)
 

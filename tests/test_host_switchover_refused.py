@@ -16,7 +16,7 @@ from hsb.cp.server import CPServer
 from hsb.host.server import HostServer
 from hsb.service.builtin import EchoService
 from tests.support.inproc import hot_standby as established
-from tests.support.inproc import keep_sending, pair_in_hot_standby, until
+from tests.support.inproc import keep_sending, pair_in_hot_standby, refuse_handovers_finally, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -116,22 +116,6 @@ async def test_a_sigterm_during_a_planned_switchover_waits_for_it_to_complete(tm
         assert a.ha.state == "stopping" and a.ha.stopping, a.ha.state
 
     await _run(tmp_path, body)
-
-
-def refuse_handovers_finally(core: Any) -> Any:
-    """The CP refuses every handover for a reason other than a standby missing just then (no
-    `code`: a CP of before, say); returns its real handler."""
-    real = core.host_handover
-
-    def refuse(host: Any, wait: bool = True) -> None:
-        host.released = False
-        host.send({"t": "handover_refused", "reason": "refused for the test"})
-        for term in core.terms.values():
-            if term.active is not None and term.active.host is host:
-                core._deliver_pending(term, host)
-
-    core.host_handover = refuse
-    return real
 
 
 async def test_a_stop_whose_handover_is_refused_stops_at_once_not_after_the_timeout(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ from hsb.wire.framing import Decoder, ProtocolError, encode
 from tests.support import fuzz as fz
 from tests.support.fuzz import Conn, Witness
 from tests.support.procs import SECRET, Proc, start_cp
-from tests.test_failover import status, wait_status
+from tests.support.sandboxed import status, wait_status
 
 FUZZ = settings(
     deadline=None,

@@ -28,8 +28,8 @@ from hsb.service.once import ExactlyOnce, RequestMismatch
 from hsb.term.load import background_load
 from hsb.term.workload import LedgerWorkload
 from tests.support import pg as pgsupport
-from tests.support.procs import log_events, until, wait_for
-from tests.test_failover import active_names, pid_of, wait_status
+from tests.support.procs import http_get, log_events, until, wait_for
+from tests.support.sandboxed import active_names, http_of, pid_of, wait_status
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -1001,8 +1001,6 @@ async def test_the_database_away_for_a_while_messages_wait_nothing_lost(sb: Any,
                 what="the service shown failing",
             )
             seen["status"] = next(h["service"] for h in st["hosts"] if (h.get("service") or {}).get("state") == "failing")
-            from tests.test_operations import http_get, http_of
-
             _, text = await asyncio.get_running_loop().run_in_executor(None, http_get, http_of(info, "host-a"), "/metrics")
             seen["metric"] = [ln for ln in text.splitlines() if ln.startswith("hsb_service_healthy")]
             t = time.monotonic()

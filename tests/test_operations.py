@@ -17,15 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hsb.ctl import sandbox
 from tests.support.procs import http_get, log_events, until, wait_for
-from tests.test_failover import active_names, assert_clean, check_journals, load_with, pid_of, status, wait_status
-
-
-def ctl(info: dict[str, Any], *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hsb.ctl", *info["ctl"], *args], capture_output=True, text=True, timeout=timeout)
-
-
-def http_of(info: dict[str, Any], name: str) -> str:
-    return next(h["http"] for h in info["hosts"] if h["name"] == name)
+from tests.support.sandboxed import active_names, assert_clean, check_journals, ctl, http_of, load_with, pid_of, status, wait_status
 
 
 async def active_http(info: dict[str, Any]) -> list[str]:

@@ -20,7 +20,7 @@ import pytest
 from hsb import __version__
 from hsb.ctl import sandbox
 from tests.support.procs import log_events, until
-from tests.test_failover import active_names, pid_of, status, wait_status
+from tests.support.sandboxed import active_names, pid_of, status, wait_status
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(120)

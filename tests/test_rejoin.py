@@ -18,8 +18,7 @@ import pytest
 from hsb.cli import EXIT_NOT_ACTIVE
 from hsb.ctl import sandbox
 from tests.support.procs import log_events, until
-from tests.test_failover import active_names, assert_clean, load_with, pid_of, status, wait_status
-from tests.test_operations import ctl
+from tests.support.sandboxed import active_names, assert_clean, ctl, load_with, pid_of, status, wait_status
 
 
 def _host(st: dict[str, Any], name: str) -> dict[str, Any]:

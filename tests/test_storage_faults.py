@@ -17,7 +17,7 @@ import pytest
 from hsb.ctl import sandbox
 from tests.support.hostclient import FakeTerminal
 from tests.support.procs import arm_faults, log_events, until
-from tests.test_failover import active_names, status, wait_status
+from tests.support.sandboxed import active_names, status, wait_status
 
 HOSTS = ("host-a", "host-b")
 

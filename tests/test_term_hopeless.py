@@ -23,8 +23,8 @@ from hsb.term.listener import Listener
 from hsb.term.load import run_load
 from hsb.term.report import format_table
 from hsb.wire.framing import encode
+from tests.support.fakecp import FakeCP, free_port, reap, spawn, wait_until
 from tests.support.procs import Proc, start_cp
-from tests.test_term import FakeCP, _reap, _spawn, free_port, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -263,11 +263,11 @@ async def test_load_keeps_retrying_what_a_cp_restart_looks_like() -> None:
 
 
 async def _run(*args: str, stdin: bytes | None = None, within: float = 20) -> tuple[int, str, str]:
-    proc = await _spawn(*args, stdin=stdin is not None)
+    proc = await spawn(*args, stdin=stdin is not None)
     try:
         out, err = await asyncio.wait_for(proc.communicate(stdin), within)
     finally:
-        await _reap(proc)
+        await reap(proc)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 
@@ -412,7 +412,7 @@ async def test_cli_connect_whose_own_certificate_is_refused_gives_up(
     connect failure it is: one line naming the certificate and the fix, exit 1, stdin still open."""
     cert, key, alert = refused[which]
     target = tls_cp.info["terminal"]
-    proc = await _spawn("connect", "T00001", "--cp", target, "--tls", "--ca", ca, "--cert", cert, "--key", key, stdin=True)
+    proc = await spawn("connect", "T00001", "--cp", target, "--tls", "--ca", ca, "--cert", cert, "--key", key, stdin=True)
     try:
         out = (await asyncio.wait_for(proc.stdout.read(), 5)).decode()  # type: ignore[union-attr]
         code = await asyncio.wait_for(proc.wait(), 5)
@@ -420,7 +420,7 @@ async def test_cli_connect_whose_own_certificate_is_refused_gives_up(
     finally:
         if proc.stdin is not None:
             proc.stdin.close()
-        await _reap(proc)
+        await reap(proc)
     assert code == 1 and err == "", (code, err, out)
     said = f"giving up: TLS with {target} failed: the CP refused this terminal's certificate {cert} ({alert}): "
     assert said in out and out.count("giving up:") == 1, out

@@ -14,9 +14,9 @@ import pytest
 from hsb.term.load import run_load, terminal_names
 from hsb.term.report import LoadReport, format_table
 from hsb.term.verdict import ACKED, REPLY_ONE, SENT, count_ranges, id_ranges, ids, ranges_of
+from tests.support.fakecp import FakeConn, FakeCP, free_port, reap, spawn
 from tests.support.hostclient import FakeHost
 from tests.support.procs import Proc, addr, start_cp
-from tests.test_term import FakeConn, FakeCP, _reap, _spawn, free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -173,7 +173,7 @@ async def test_closed_loop_keeps_the_window_full() -> None:
 async def test_cli_ids_out(fake: FakeCP, tmp_path: Path) -> None:
     fake.lose = lambda name, seq: name == "T00001" and seq == 1
     out_file = tmp_path / "ids.json"
-    proc = await _spawn(
+    proc = await spawn(
         "load",
         "--cp",
         f"127.0.0.1:{fake.port}",
@@ -192,7 +192,7 @@ async def test_cli_ids_out(fake: FakeCP, tmp_path: Path) -> None:
     try:
         out, err = await asyncio.wait_for(proc.communicate(), 20)
     finally:
-        await _reap(proc)
+        await reap(proc)
     assert proc.returncode == 1, err.decode()  # the lost message still fails the run
     d = json.loads(out)
     assert "ids" not in d and d["lost"] == 1
@@ -207,7 +207,7 @@ async def test_cli_ids_out(fake: FakeCP, tmp_path: Path) -> None:
 
 async def test_cli_exits_2_when_nothing_connects(tmp_path: Path) -> None:
     out_file = tmp_path / "ids.json"
-    proc = await _spawn(
+    proc = await spawn(
         "load",
         "--cp",
         f"127.0.0.1:{free_port()}",
@@ -228,7 +228,7 @@ async def test_cli_exits_2_when_nothing_connects(tmp_path: Path) -> None:
     try:
         out, err = await asyncio.wait_for(proc.communicate(), 20)
     finally:
-        await _reap(proc)
+        await reap(proc)
     assert proc.returncode == 2, (out, err)
     d = json.loads(out)
     assert d["welcomed"] == 0 and d["ok"] is False and d["exit_status"] == 2
@@ -239,32 +239,32 @@ async def test_cli_exits_2_when_nothing_connects(tmp_path: Path) -> None:
 async def test_cli_exits_2_when_every_terminal_is_refused() -> None:
     cp = FakeCP(known={"OTHER"})
     await cp.start()
-    proc = await _spawn(
+    proc = await spawn(
         "load", "--cp", f"127.0.0.1:{cp.port}", "-n", "2", "--rate", "10", "--duration", "0.1", "--settle", "0.1", "--connect-timeout", "0.5"
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), 20)
     finally:
-        await _reap(proc)
+        await reap(proc)
         await cp.stop()
     assert proc.returncode == 2, (out, err)
     assert "unknown_terminal" in out.decode() and "no terminal was ever welcomed" in out.decode()
 
 
 async def test_cli_closed_loop_and_rate_usage(fake: FakeCP) -> None:
-    proc = await _spawn("load", "--cp", f"127.0.0.1:{fake.port}", "-n", "2", "--closed-loop", "--window", "2", "--duration", "0.3", "--json")
+    proc = await spawn("load", "--cp", f"127.0.0.1:{fake.port}", "-n", "2", "--closed-loop", "--window", "2", "--duration", "0.3", "--json")
     try:
         out, err = await asyncio.wait_for(proc.communicate(), 20)
     finally:
-        await _reap(proc)
+        await reap(proc)
     assert proc.returncode == 0, err.decode()
     d = json.loads(out)
     assert d["closed_loop"] is True and d["reply_rate"] > 0 and d["replied"] == d["sent"] > 0
-    proc = await _spawn("load", "--cp", f"127.0.0.1:{fake.port}", "-n", "2", "--duration", "0.3")
+    proc = await spawn("load", "--cp", f"127.0.0.1:{fake.port}", "-n", "2", "--duration", "0.3")
     try:
         _, err = await asyncio.wait_for(proc.communicate(), 20)
     finally:
-        await _reap(proc)
+        await reap(proc)
     assert proc.returncode == 2 and b"--rate is required" in err
 
 

@@ -1,4 +1,4 @@
-"""`hsbterm connect` (hsb.term.interactive) against the fake CP of tests/test_term.py: its exit
+"""`hsbterm connect` (hsb.term.interactive) against the fake CP of tests/support/fakecp.py: its exit
 status follows the session's verdict, and input that is not valid text ends it with an error."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import TextIO
 import pytest
 
 from hsb.term.interactive import interactive
-from tests.test_term import FakeCP
+from tests.support.fakecp import FakeCP
 
 pytestmark = pytest.mark.timeout(30)
 

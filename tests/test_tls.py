@@ -35,9 +35,9 @@ from hsb.wire.client import FrameStream, LinkClosed
 from hsb.wire.framing import Decoder, encode
 from hsb.wire.tls import TLS, TLSFiles
 from tests.support.hostclient import FakeHost, FakeTerminal
-from tests.support.procs import SECRET, Proc, addr, log_events, start_cp, until
+from tests.support.procs import SECRET, Proc, addr, http_get, log_events, start_cp, until
 from tests.support.proxy import Proxy
-from tests.test_failover import active_names, pid_of
+from tests.support.sandboxed import active_names, pid_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -306,8 +306,6 @@ async def test_hsbctl_status_shows_tls_and_the_expiry(sb: Any) -> None:
     r = subprocess.run([sys.executable, "-m", "hsb.ctl", *info["ctl"], "status"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "TLS" in r.stdout and "expires" in r.stdout, r.stdout
-    from tests.test_operations import http_get
-
     _, text = await asyncio.get_running_loop().run_in_executor(None, http_get, info["cp"]["http"], "/metrics")
     days = [ln for ln in text.splitlines() if ln.startswith("hsb_tls_cert_expiry_days")]
     assert days and 800 < float(days[0].split()[-1]) <= 825, days

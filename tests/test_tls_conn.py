@@ -25,9 +25,9 @@ from hsb.wire.client import request
 from hsb.wire.conn import FramedProtocol
 from hsb.wire.framing import encode
 from hsb.wire.tls import TLS, TLSFiles
+from tests.support.certs import make_ca, make_leaf
 from tests.support.logrec import RecordingLog
 from tests.support.procs import until
-from tests.test_tls_reload import make_ca, make_leaf
 
 pytestmark = pytest.mark.timeout(30)
 

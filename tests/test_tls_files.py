@@ -10,19 +10,17 @@ import ssl
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 
 from hsb.config import ConfigError, load
 from hsb.cp.config import CPConfig
 from hsb.term.main import _ssl
 from hsb.wire.tls import TLS, TLSError, TLSFiles, check_files
-from tests.test_tls_reload import _name, make_ca, make_leaf
+from tests.support.certs import cert, make_ca, make_leaf, write
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,36 +30,6 @@ def files(d: Path, stem: str = "cp", ca: str = "ca.pem", terminal_ca: str = "") 
     if terminal_ca:
         f.terminal_ca_file = str(d / terminal_ca)
     return f
-
-
-def cert(
-    subject: str, issuer: tuple[Any, x509.Certificate] | None, *, ca: bool = False, starts_in: dt.timedelta = dt.timedelta(0)
-) -> tuple[Any, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    b = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer[1].subject if issuer else _name(subject))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1) + starts_in)
-        .not_valid_after(now + dt.timedelta(days=30) + starts_in)
-    )
-    if ca:
-        b = b.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-    else:
-        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False)
-    return key, b.sign(issuer[0] if issuer else key, hashes.SHA256())
-
-
-def write(d: Path, stem: str, pair: tuple[Any, x509.Certificate], *chain: x509.Certificate, password: bytes | None = None) -> None:
-    pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (pair[1], *chain))
-    (d / f"{stem}.pem").write_bytes(pem)
-    enc = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
-    k = d / f"{stem}.key"
-    k.write_bytes(pair[0].private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc))
-    k.chmod(0o600)
 
 
 def test_good_files_have_no_problem(tmp_path: Path) -> None:

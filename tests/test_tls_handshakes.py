@@ -19,8 +19,8 @@ import pytest
 from hsb.wire.conn import FramedProtocol
 from hsb.wire.handshakes import HANDSHAKES
 from hsb.wire.tls import TLS, TLSFiles
+from tests.support.certs import make_ca, make_leaf
 from tests.support.procs import until
-from tests.test_tls_reload import make_ca, make_leaf
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,67 +7,19 @@ with a certificate and no key); the client context of the process's links follow
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import ssl
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from hsb.wire import tls as tlsmod
 from hsb.wire.tls import TLS, TLSFiles
+from tests.support.certs import make_ca, make_leaf, name
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _pem_key(key: Any) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-
-
-def make_ca(d: Path, cn: str = "test CA") -> tuple[Any, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(_name(cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    (d / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key, cert
-
-
-def make_leaf(d: Path, ca: tuple[Any, x509.Certificate], cn: str, kind: str, stem: str) -> None:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048) if kind == "rsa" else ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(ca[1].subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=10))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False)
-        .sign(ca[0], hashes.SHA256())
-    )
-    (d / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    k = d / f"{stem}.key"
-    k.write_bytes(_pem_key(key))
-    k.chmod(0o600)
 
 
 async def presented(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> x509.Certificate:
@@ -92,11 +44,11 @@ async def test_a_reload_to_another_key_type_presents_the_new_certificate(tmp_pat
     client = TLS(TLSFiles(str(tmp_path / "ca.pem"), str(tmp_path / "client.pem"), str(tmp_path / "client.key"))).client
     listener = t.server  # what a listener was made with at start
     got = await presented(listener, client)
-    assert got.subject == _name("old-ec")
+    assert got.subject == name("old-ec")
     make_leaf(tmp_path, ca, "new-rsa", "rsa", "cp")  # the site's CA issues RSA
     assert t.reload() == []
     got = await presented(listener, client)
-    assert got.subject == _name("new-rsa"), got.subject
+    assert got.subject == name("new-rsa"), got.subject
     assert isinstance(got.public_key(), rsa.RSAPublicKey)
     assert t.names == ["new-rsa"]
 
@@ -122,7 +74,7 @@ async def test_files_that_cannot_be_used_leave_the_certificates_in_use_serving(t
         assert str(tmp_path / "cp.pem") in errors[0], errors
     assert t.client is old_client and t.names == ["cp"]
     got = await presented(listener, client)  # still a full handshake with the certificate in use
-    assert got.subject == _name("cp")
+    assert got.subject == name("cp")
 
 
 async def test_the_bytes_kept_for_a_worker_forked_again_are_the_ones_loaded(tmp_path: Path) -> None:
@@ -143,7 +95,7 @@ async def test_the_bytes_kept_for_a_worker_forked_again_are_the_ones_loaded(tmp_
     assert again.names == ["cp"] and again.files == files  # (a reload reads the files themselves)
     client = TLS(TLSFiles(str(tmp_path / "ca.pem"), str(tmp_path / "client.pem"), str(tmp_path / "client.key"))).client
     got = await presented(again.server, client)
-    assert got.subject == _name("cp")
+    assert got.subject == name("cp")
 
 
 async def test_the_processs_client_context_follows_a_reload(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hsb.wire import tlsio
-from tests.test_tls_files import cert, write
+from tests.support.certs import cert, write
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -709,9 +709,9 @@ def read_journal_tail(path: Path, skip: int) -> list[tuple[str, int]]:
 
 
 def check_delivery(lab: Lab, report: dict[str, Any], order: list[str]) -> dict[str, int]:
-    """SPEC §5.6 from outside, as tests/test_failover.py checks it: no acknowledged message
-    lost, no duplicate reply, every acknowledged id in some journal, and an id processed by
-    one host and again by the next (in `order`) marked redelivered there."""
+    """SPEC §5.6 from outside, as check_journals (tests/support/sandboxed.py) checks it: no
+    acknowledged message lost, no duplicate reply, every acknowledged id in some journal, and an
+    id processed by one host and again by the next (in `order`) marked redelivered there."""
     assert report["acked"] > 0, "the load acknowledged nothing"
     assert report["ok"], report["failures"]  # the strict verdict of hsb.term
     assert report["lost"] == 0, f"{report['lost']} acknowledged messages got no reply, e.g. {report['lost_ids'][:5]}"

@@ -1,5 +1,6 @@
 """hsbcpd and both hsbd in the test's own process and event loop (real loopback sockets, one
-real takeover file): for tests and benches that look inside the daemons' objects."""
+real takeover file): for tests and benches that look inside the daemons' objects; and the CP's
+core there made to refuse every handover (refuse_handovers_finally)."""
 
 from __future__ import annotations
 
@@ -114,3 +115,19 @@ def keep_sending(t: Any, every: float = 0.001) -> asyncio.Task[None]:
             await asyncio.sleep(every)  # (pacing the load)
 
     return asyncio.ensure_future(send())
+
+
+def refuse_handovers_finally(core: Any) -> Any:
+    """The CP refuses every handover for a reason other than a standby missing just then (no
+    `code`: a CP of before, say); returns its real handler."""
+    real = core.host_handover
+
+    def refuse(host: Any, wait: bool = True) -> None:
+        host.released = False
+        host.send({"t": "handover_refused", "reason": "refused for the test"})
+        for term in core.terms.values():
+            if term.active is not None and term.active.host is host:
+                core._deliver_pending(term, host)
+
+    core.host_handover = refuse
+    return real
