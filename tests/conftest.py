@@ -9,9 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
-from hsb.ctl import sandbox
+# the support modules' checks (assert_clean, check_journals, ...) fail with pytest's breakdown of
+# the values, as the tests' own asserts do (registered before any of them is imported)
+pytest.register_assert_rewrite("tests.support")
+
+import structlog  # noqa: E402
+
+from hsb.ctl import sandbox  # noqa: E402
 
 # every hsbcpd a test starts checks its kept status totals against a walk over every terminal
 # at each status call, and exits (code 70) on a difference (hsb.cp.status_view.audit_counts)
