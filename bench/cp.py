@@ -43,7 +43,7 @@ in the table, and the bench exits 1.
 The raw results (every run's figures) go to `bench/results/cp.json` (`--json FILE` elsewhere);
 the section "Communications processor, hsbcpd (`bench/cp.py`)" of BENCHMARKS.md is written from
 them (not with `--no-write`, nor with `--quick` unless `--write`), and `--render FILE` rebuilds it
-from such a file alone, without measuring (printed; into BENCHMARKS.md with `--write`).
+from such a file alone, without measuring.
 
 Hidden modes run the child processes: `_host`, `_echo`, `_load`, `_fleet` (bench/_cp_children.py).
 The load runs are in bench/_cp_runs.py, the switchover and its floors in bench/_cp_switch.py, the
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retries", type=int, default=3, help="How many times a disturbed load run is repeated at most.")
     a = p.parse_args(argv)
     a.command = COMMAND + (" " + " ".join(argv) if argv else "")
-    if a.quick or a.render:  # (a render writes BENCHMARKS.md only with --write, as every bench's does)
+    if a.quick:
         a.write = a.write and a.force_write
     a.duration = a.duration if a.duration is not None else (2.0 if a.quick else 5.0)
     a.reps = a.reps if a.reps is not None else (1 if a.quick else 3)

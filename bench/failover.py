@@ -1,7 +1,7 @@
 """Failover benchmark: kill the active host under load, fast switch beside conventional.
 
     .venv/bin/python bench/failover.py [--quick] [--sizes 100,1000,10000] [--reps 100=5,1000=4,10000=3]
-                                       [--rate 2000] [--json FILE] [--no-write] [--render FILE [--write]]
+                                       [--rate 2000] [--json FILE] [--no-write] [--render FILE]
 
 For each N (terminals) and each repetition, the two modes are interleaved: a fresh sandbox on
 127.0.0.1 in fast-switch mode (hsbcpd, host-a active, host-b standby, real processes, default
@@ -28,7 +28,7 @@ message the failover kept waiting. Beside it, on the wall clock from the daemons
 detection (the CP's `active_host_link_lost` / `_silent`, the standby's `switchover_requested`),
 the grant, the CP's own `switch_ms`. The verdict is strict: lost, duplicated, unexpected, wrong or
 unacknowledged replies and (fast switch) any disconnect fail the run. The raw results go to
-`bench/results/failover.json`; `--render` rebuilds the tables from such a file (into BENCHMARKS.md with `--write`).
+`bench/results/failover.json`; `--render` rebuilds the tables from such a file.
 """
 
 from __future__ import annotations
@@ -518,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", dest="force_write", action="store_true", help="update BENCHMARKS.md even with --quick")
     a = p.parse_args(argv)
     a.command = COMMAND + (" " + " ".join(argv if argv is not None else sys.argv[1:]) if (argv or sys.argv[1:]) else "")
-    if a.quick or a.render:  # (a render writes BENCHMARKS.md only with --write, as every bench's does)
+    if a.quick:
         a.write = a.write and a.force_write
         a.sizes = a.sizes or "100,1000"
         a.reps = a.reps or ",".join(f"{k}={v}" for k, v in QUICK_REPS.items())
