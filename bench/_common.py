@@ -14,7 +14,6 @@ and lean link endpoints that cost the benchmark as little as possible.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import platform
 import subprocess
@@ -29,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench import _procs  # noqa: E402
 from hsb import LINK_PROTOCOL, __version__  # noqa: E402
 from hsb.ctl import sandbox  # noqa: E402
 from hsb.wire import auth  # noqa: E402
@@ -178,65 +178,18 @@ def start_hsbcpd(d: Path, **kw: Any) -> procs.Proc:
     return proc
 
 
-class Child:
-    """A child process that speaks JSON lines on stdin/stdout (bench/cp.py's hidden modes).
+class Child(_procs.Child):
+    """A child process that speaks JSON lines on stdin/stdout (bench/cp.py's hidden modes):
+    bench/_procs.py's, in this process's session, with shorter lines, a longer read and a
+    shorter stop."""
 
-    Its stderr goes to `log`. `stop()` closes its stdin (the child exits on EOF) and kills it if
-    it is still there a moment later.
-    """
-
-    def __init__(self, proc: asyncio.subprocess.Process, log: Path, logfh: Any) -> None:
-        self.proc = proc
-        self.pid = proc.pid
-        self.log = log
-        self._logfh = logfh
-
-    @classmethod
-    async def start(cls, argv: list[str], log: Path) -> Child:
-        fh = open(log, "ab")  # noqa: SIM115 - the child's log, closed by its owner
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=fh,
-            limit=1 << 24,
-            preexec_fn=die_with_parent(),
-        )
-        return cls(proc, log, fh)
-
-    async def read(self, timeout: float = 180.0) -> dict[str, Any]:
-        """The next JSON line from the child; RuntimeError if it died first."""
-        assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        if not line:
-            await asyncio.wait_for(self.proc.wait(), 5)
-            raise RuntimeError(f"child {self.pid} exited ({self.proc.returncode}); log tail:\n{self.log.read_text()[-3000:]}")
-        return json.loads(line)
-
-    async def ask(self, msg: dict[str, Any], timeout: float = 180.0) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps(msg) + "\n").encode())
-        await self.proc.stdin.drain()
-        return await self.read(timeout)
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            try:
-                assert self.proc.stdin is not None
-                self.proc.stdin.close()  # EOF: the child exits by itself
-                await asyncio.wait_for(self.proc.wait(), 5)
-            except (TimeoutError, OSError):
-                pass
-        if self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-        self._logfh.close()
+    LIMIT = 1 << 24
+    OWN_SESSION = False
+    READ_S = 180.0
+    STOP_S = 5.0
 
 
-def emit(obj: dict[str, Any]) -> None:
-    """A child's answer to its parent: one JSON line on stdout."""
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+emit = _procs.emit  # a child's answer to its parent: one JSON line on stdout
 
 
 async def stdin_lines() -> asyncio.StreamReader:

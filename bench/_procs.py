@@ -116,7 +116,15 @@ def reap(pids: list[int]) -> None:
 
 
 class Child:
-    """A child process of this benchmark speaking JSON lines (commands on stdin, events on stdout)."""
+    """A child process of this benchmark speaking JSON lines (commands on stdin, events on
+    stdout), its stderr into `log`. `stop()` closes its stdin (the child exits on EOF) and kills
+    it if it is still there `STOP_S` later. It dies with the bench, however the bench dies. The
+    class settings are a subclass's to change (bench/_common.py's, for bench/cp.py's children)."""
+
+    LIMIT = 1 << 26  # the longest line read from it
+    OWN_SESSION = True  # in a session of its own (its whole group killed at the stop)
+    READ_S = 120.0  # how long `read` waits for a line by default
+    STOP_S = 30.0  # how long `stop` waits for it to exit by itself by default
 
     def __init__(self, proc: asyncio.subprocess.Process, log: Path, fh: Any) -> None:
         self.proc = proc
@@ -132,15 +140,16 @@ class Child:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=fh,
-            limit=1 << 26,
-            start_new_session=True,
+            limit=cls.LIMIT,
+            start_new_session=cls.OWN_SESSION,
             preexec_fn=sandbox.dies_with(os.getpid()),  # (a killed bench's too)
         )
         return cls(proc, log, fh)
 
-    async def read(self, timeout: float = 120.0) -> dict[str, Any]:
+    async def read(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next JSON line from the child; RuntimeError if it died first."""
         assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        line = await asyncio.wait_for(self.proc.stdout.readline(), self.READ_S if timeout is None else timeout)
         if not line:
             await asyncio.wait_for(self.proc.wait(), 5)
             raise RuntimeError(f"child {self.pid} exited ({self.proc.returncode}); log {self.log}:\n{self.log.read_text()[-3000:]}")
@@ -151,17 +160,25 @@ class Child:
         self.proc.stdin.write((json.dumps(msg) + "\n").encode())
         await self.proc.stdin.drain()
 
-    async def stop(self, timeout: float = 30.0) -> None:
+    async def ask(self, msg: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """`send`, then the child's answer (`read`)."""
+        await self.send(msg)
+        return await self.read(timeout)
+
+    async def stop(self, timeout: float | None = None) -> None:
         if self.proc.returncode is None:
             try:
                 assert self.proc.stdin is not None
-                self.proc.stdin.close()
-                await asyncio.wait_for(self.proc.wait(), timeout)
+                self.proc.stdin.close()  # EOF: the child exits by itself
+                await asyncio.wait_for(self.proc.wait(), self.STOP_S if timeout is None else timeout)
             except (TimeoutError, OSError):
                 pass
         if self.proc.returncode is None:
             try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                if self.OWN_SESSION:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                else:
+                    self.proc.kill()
             except ProcessLookupError:
                 pass
             await self.proc.wait()
