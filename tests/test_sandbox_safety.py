@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from hsb.ctl import sandbox, sandbox_files
-from tests.support.procs import until
+from tests.support.procs import until, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,6 +43,38 @@ def _daemons_of(d: Path) -> list[int]:
         if p.name.isdigit() and sandbox._ours(d, int(p.name)):
             out.append(int(p.name))
     return out
+
+
+def _unrecorded_cp(d: Path) -> subprocess.Popen[bytes]:
+    """A process with a sandbox CP's command line that no state file names: what an `up` killed
+    between starting hsbcpd and writing its state file leaves running."""
+    d.mkdir(exist_ok=True)
+    argv = [sys.executable, "-c", "import time; time.sleep(60)", "-m", "hsb.cp", "--config", str(d.resolve() / "cp.toml")]
+    return subprocess.Popen(argv, start_new_session=True)
+
+
+@pytest.mark.parametrize("state_file", [False, True])
+def test_down_stops_a_daemon_that_an_up_cut_short_never_recorded(tmp_path: Path, state_file: bool) -> None:
+    """`up` starts hsbcpd and then writes the state file: killed in between (SIGKILL, SIGTERM),
+    its hsbcpd ran on, holding the sandbox's ports, and `down` (which read the state file only)
+    said the folder holds no sandbox, or stopped the earlier run's pids only."""
+    d = tmp_path / "sb"
+    stray = _unrecorded_cp(d)
+    try:
+        wait_for(lambda: _daemons_of(d) == [stray.pid], 10, what="the stray to show its command line")
+        if state_file:  # an earlier up's state: its pids are gone
+            (d / sandbox.STATE).write_text(json.dumps({"cp": {"pid": 0, "pids": []}, "hosts": {"host-a": {"pid": 0}}}))
+        with pytest.raises(sandbox.SandboxError, match=rf"daemons of a sandbox in {d} are running \(pids {stray.pid}\); 'hsbctl sandbox down"):
+            sandbox.up(d, terminals=2)
+        assert sandbox.down(d, timeout=2) == [stray.pid]
+        assert stray.wait(timeout=10) == -15, "down did not stop it (SIGTERM)"
+        assert _daemons_of(d) == []
+    finally:
+        stray.kill()
+        stray.wait()
+    if not state_file:
+        with pytest.raises(sandbox.SandboxError, match="holds no sandbox"):
+            sandbox.down(d)
 
 
 def test_up_refuses_a_folder_that_is_not_a_sandbox(tmp_path: Path) -> None:

@@ -83,8 +83,8 @@ _TIED = False  # die_with_this_process()
 def die_with_this_process() -> None:
     """From now on each daemon this process starts gets SIGKILL when this process ends, however it
     ends: a bench's (bench/_entry.py run_or_render). A bench killed by SIGKILL runs no teardown,
-    and its daemons, in sessions of their own, ran on; one spawned before the state file named it
-    was found by nothing, not even `down`. Never for `hsbctl sandbox up`, whose daemons outlive
+    and its daemons, in sessions of their own, ran on (`down` finds them by their command line,
+    but nothing runs it after a bench). Never for `hsbctl sandbox up`, whose daemons outlive
     it. Linux ties the signal to the thread that forks: they are started from the main thread."""
     global _TIED
     _TIED = True
@@ -151,6 +151,18 @@ def _names_config(d: Path, cmdline: bytes) -> bool:
     pairs = list(zip(args, args[1:], strict=False))
     daemon = any(a == b"-m" and b in (b"hsb.cp", b"hsb.host") for a, b in pairs)
     return daemon and any(a == b"--config" and b.startswith(where) and b"/" not in b[len(where) :] and b.endswith(b".toml") for a, b in pairs)
+
+
+def found(d: Path) -> list[int]:
+    """The sandbox's daemons found by their command line (`_names_config`), recorded or not: one
+    started by an `up` killed before its state file named it (SIGKILL, SIGTERM) runs on, in a
+    session of its own, holding the sandbox's ports."""
+    me = os.getpid()
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit() and int(p.name) != me and _ours(d, int(p.name)):
+            out.append(int(p.name))
+    return sorted(out)
 
 
 def _stranger(d: Path, pid: int) -> bool:
@@ -350,6 +362,8 @@ async def aup(
         old = load_state(d)
         if any(_ours(d, p["pid"]) for p in [old["cp"], *old["hosts"].values()]):
             raise SandboxError(f"a sandbox is already running in {d}; 'hsbctl sandbox down --dir {d}' first")
+    if stray := found(d):  # (not in the state file: an earlier up cut short)
+        raise SandboxError(f"daemons of a sandbox in {d} are running (pids {', '.join(map(str, stray))}); 'hsbctl sandbox down --dir {d}' first")
     plan = prepare(
         d,
         terminals=terminals,
@@ -442,12 +456,18 @@ def _wait_port(addr: str, timeout: float, d: Path, pid: int = 0) -> None:
 
 
 def down(d: Path, timeout: float = 5.0) -> list[int]:
-    """Stop the sandbox's daemons (SIGTERM, SIGKILL after `timeout`); the pids signalled. Only a
-    process that is still the sandbox's (`_ours`) is signalled, each time."""
+    """Stop the sandbox's daemons (SIGTERM, SIGKILL after `timeout`); the pids signalled: those
+    its state file records and those found by their command line (`found`: an `up` killed before
+    it wrote the state file). Only a process that is still the sandbox's (`_ours`) is signalled,
+    each time."""
     d = d.resolve()
-    st = load_state(d)
-    pids = [p for proc in [st["cp"], *st["hosts"].values()] for p in proc.get("pids", [proc["pid"]]) if p]
-    live = [p for p in pids if _ours(d, p)]
+    stray = found(d)
+    if not stray or (d / STATE).exists():
+        st = load_state(d)
+        pids = [p for proc in [st["cp"], *st["hosts"].values()] for p in proc.get("pids", [proc["pid"]]) if p]
+    else:  # no state file yet: the first up in this folder was cut short
+        pids = []
+    live = [p for p in dict.fromkeys([*pids, *stray]) if _ours(d, p)]
 
     def signal_all(sig: int) -> None:
         for p in live:
