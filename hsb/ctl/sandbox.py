@@ -362,7 +362,8 @@ async def aup(
         old = load_state(d)
         if any(_ours(d, p["pid"]) for p in [old["cp"], *old["hosts"].values()]):
             raise SandboxError(f"a sandbox is already running in {d}; 'hsbctl sandbox down --dir {d}' first")
-    if stray := found(d):  # (not in the state file: an earlier up cut short)
+    # not in the state file (an earlier up cut short); one a down just killed is given its moment
+    if stray := [p for p in found(d) if _running(p, 1.0)]:
         raise SandboxError(f"daemons of a sandbox in {d} are running (pids {', '.join(map(str, stray))}); 'hsbctl sandbox down --dir {d}' first")
     plan = prepare(
         d,
