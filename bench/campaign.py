@@ -60,6 +60,8 @@ CHECKED = (
     ("lost", "acknowledged messages lost"),
     ("duplicates", "duplicate replies"),
     ("unexpected", "unexpected replies"),
+    ("unacked", "unacknowledged messages"),
+    ("bad_data", "replies with wrong data"),
     ("processed_twice_without_redelivered_mark", "processed twice without the redelivered mark"),
     ("acknowledged_not_in_any_journal", "acknowledged but in no journal"),
     ("disconnects_in_quiet_rounds", "disconnects of terminals that had a standby session"),
@@ -73,8 +75,6 @@ CHECKED = (
 # measure it, and passes nothing on it
 MEASURED = (
     ("failures", "the load's strict verdict"),
-    ("unacked", "unacknowledged messages"),
-    ("bad_data", "replies with wrong data"),
     ("epoch_violations", "the epoch records"),
     ("fallbacks", "whether each armed crash point fired"),
 )

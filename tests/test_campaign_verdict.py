@@ -113,3 +113,72 @@ def test_every_figure_the_verdict_reads_has_its_row() -> None:
     text = rendered(s)
     assert "| processed by a host though no terminal sent them | **7** |" in text
     assert "(rounds where only the CP died) | **5 / 6** |" in text
+
+
+# every count the campaign's summary must have at zero, named here (not read from CHECKED: a
+# count dropped from it must fail this, not vanish from the test with it)
+MUST_BE_ZERO = (
+    "lost",
+    "duplicates",
+    "unexpected",
+    "unacked",
+    "bad_data",
+    "processed_twice_without_redelivered_mark",
+    "acknowledged_not_in_any_journal",
+    "disconnects_in_quiet_rounds",
+    "sessions_closed_in_quiet_rounds",
+    "rounds_with_two_actives",
+    "processed_never_sent",
+    "sessions_closed_in_cp_rounds",
+    "disconnects_cp_present_in_cp_rounds",
+)
+
+
+def test_each_broken_promise_fails_the_verdict_on_its_own() -> None:
+    """One lost message, one duplicate, one unacknowledged, ... alone fails the verdict, and so do
+    the load's own failures and the epoch records: unacknowledged messages and wrong data were
+    read only through the load's failures, so a summary whose failures said nothing of them was
+    "all OK" beside a row that showed them."""
+    for key in MUST_BE_ZERO:
+        s = passing() | {key: 1}
+        bad = campaign.problems(s)
+        assert len(bad) == 1 and bad[0].startswith("1 "), (key, bad)
+        assert "**FAILED**" in verdict(rendered(s)), key
+    bad = campaign.problems(passing() | {"failures": ["lost: 1 acknowledged messages never answered"]})
+    assert bad == ["load: lost: 1 acknowledged messages never answered"]
+    bad = campaign.problems(passing() | {"epoch_violations": ["host-b served as active at epoch 7, which the CP granted to host-a"]})
+    assert len(bad) == 1 and "epoch 7" in bad[0], bad
+
+
+class FakeCampaign:
+    """bench/campaign.py's Campaign replaced: its run gives a made-up summary, or breaks an invariant."""
+
+    summary: dict[str, Any] = {}
+    broken = ""
+
+    def __init__(self, d: Path, **kw: Any) -> None:
+        self.rounds: list[Any] = []
+
+    async def run(self, rounds: int) -> dict[str, Any]:
+        if self.broken:
+            raise campaign.CampaignError(self.broken)
+        return self.summary
+
+
+async def test_the_campaigns_exit_status_and_saved_verdict_follow_the_problems(tmp_path: Path, monkeypatch: Any) -> None:
+    """amain's exit status and the saved `ok` are the verdict's: 1 and false on a summary with one
+    lost message or on a broken invariant, 0 and true only on a clean one."""
+    import json
+
+    monkeypatch.setattr(campaign, "Campaign", FakeCampaign)
+    monkeypatch.setattr(campaign.sandbox, "down", lambda d, timeout: None)
+    out = tmp_path / "c.json"
+    a = argparse.Namespace(
+        seed=1, dir=str(tmp_path), terminals=1, rate=1.0, rounds=10, out="", json=str(out), write=False, command="c", machine=MACHINE
+    )
+    clean = passing() | {"rounds_detail": [{"action": "kill_active", "ms": 5.0, "fallback": False, "notes": []}]}
+    for summary, broken, want in ((clean, "", 0), (clean | {"lost": 1}, "", 1), (clean, "seed 1:3: 2 duplicate replies", 1)):
+        monkeypatch.setattr(FakeCampaign, "summary", summary)
+        monkeypatch.setattr(FakeCampaign, "broken", broken)
+        assert await campaign.amain(a) == want, (summary.get("lost"), broken)
+        assert json.loads(out.read_text())["results"]["ok"] is (want == 0)
