@@ -351,16 +351,19 @@ class Campaign:
         r.epoch_after = s["cp"]["epoch"]
         seen = self.snaps
         await self.until_true(lambda: self.snaps > seen, 5, f"round {i}: a snapshot of the load taken now")
-        end = self.counts()
-        self.counted = end
-        for k, b, e in zip(COUNTED, before, end, strict=True):
-            setattr(r, k, e - b)
+        self.count_round(r, before, self.counts())
         r.two_actives = self.two_actives or bool(self.epoch_violations())
         r.ms = round((time.monotonic() - t0) * 1000, 1)
         if r.two_actives:
             raise CampaignError(f"seed {r.seed}: two hosts served as active: {self.epoch_violations() or 'seen in a status poll'}")
         self.judge(r)
         return r
+
+    def count_round(self, r: Round, before: tuple[int, ...], end: tuple[int, ...]) -> None:
+        """The load's counts (COUNTED) from before the fault to the round's end are the round's."""
+        self.counted = end
+        for k, b, e in zip(COUNTED, before, end, strict=True):
+            setattr(r, k, e - b)
 
     def charge_late(self, r: Round, now: tuple[int, ...], *, judge: bool) -> None:
         """What the load counted after round `r` was judged (`self.counted`) up to `now` is `r`'s:
@@ -559,15 +562,20 @@ class Campaign:
             stop.set()
             report = await load
             await churn
-        d = report.to_dict()
-        if self.rounds and self.counted is not None:  # what came after the last round was judged is its own
-            self.charge_late(self.rounds[-1], tuple(d[k] for k in COUNTED), judge=False)
         journal_problems = (
             self.check_journals(report)
             if self.workload is None
             else {"missing": 0, "unmarked_repeats": 0, "processed_more_than_once": 0, "never_sent": 0}
         )
-        summary = {
+        return self.summarize(report.to_dict(), journal_problems, report.books)
+
+    def summarize(self, d: dict[str, Any], journal_problems: dict[str, int], books: Any = None) -> dict[str, Any]:
+        """The campaign's summary from its rounds, the load's report (`d`, its to_dict) and the
+        journals' counts (`check_journals`): what the load counted after the last round was
+        judged is that round's."""
+        if self.rounds and self.counted is not None:
+            self.charge_late(self.rounds[-1], tuple(d[k] for k in COUNTED), judge=False)
+        return {
             "seed": self.seed,
             "rounds": len(self.rounds),
             "acknowledged": d["acked"],
@@ -595,9 +603,8 @@ class Campaign:
             "fallbacks": {a: n for a in ACTIONS if (n := sum(r.action == a and r.fallback for r in self.rounds))},
             "rounds_detail": [asdict(r) for r in self.rounds],
             "books_checked": self.books_checked,
-            "books": report.books,
+            "books": books,
         }
-        return summary
 
     async def check_books_now(self, books: dict[str, Any], r: Round) -> None:
         """The books in the middle of the run: balanced, nothing applied twice or not as told."""
