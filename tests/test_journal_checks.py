@@ -130,3 +130,65 @@ def test_campaign_counts_what_a_host_processed_that_no_terminal_sent(tmp_path: P
     # base) nor the churner's id 1
     write(tmp_path, "host-b", [("T1", 7, 1), ("T9", 7, 0), ("T3", 7, 0), ("T1", 2, 0), ("T00002", 1, 0), ("T00002", 1, 0)])
     assert campaign(tmp_path, 5).check_journals(SimpleNamespace(ids=ids))["never_sent"] == 3
+
+
+def test_an_id_at_the_runs_first_that_its_terminal_never_sent_is_counted(tmp_path: Path) -> None:
+    """The run's first id (`base`) is the run's, not an earlier one's: processed for a terminal
+    that never sent it, it is counted like any other."""
+    ids = {"T1": {"acked": [[6, 7]], "replied": [[6, 7]], "step": 1}}
+    write(tmp_path, "host-a", [("T1", 5, 0), ("T1", 6, 0), ("T1", 7, 0)])
+    assert campaign(tmp_path, 5).check_journals(SimpleNamespace(ids=ids))["never_sent"] == 1
+    assert campaign(tmp_path, 6).check_journals(SimpleNamespace(ids=ids))["never_sent"] == 0  # (an earlier run's)
+
+
+def test_the_end_to_end_tests_journal_check_fails_on_a_missing_or_unmarked_id(tmp_path: Path) -> None:
+    """tests/support/sandboxed.py's check_journals: an acknowledged id in no journal, and an id
+    the later host processed again unmarked (lines without their epoch: only the hosts' order
+    tells), each fail it."""
+    from tests.support.sandboxed import check_journals
+
+    info = {"journals": [str(tmp_path / "journal-host-a.log"), str(tmp_path / "journal-host-b.log")]}
+    rep = SimpleNamespace(ids={"T1": {"acked": [[5, 6]], "step": 1}})
+    write(tmp_path, "host-a", [("T1", 5, 0), ("T1", 6, 1)])
+    write(tmp_path, "host-b", [("T1", 6, 1)])
+    check_journals(info, rep, ["host-a", "host-b"])
+    write(tmp_path, "host-b", [])
+    write(tmp_path, "host-a", [("T1", 5, 0)])
+    with pytest.raises(AssertionError, match="1 acknowledged ids are in no journal"):
+        check_journals(info, rep, ["host-a", "host-b"])
+    write(tmp_path, "host-a", [("T1", 5, 0), ("T1", 6, 1)])
+    write(tmp_path, "host-b", [("T1", 6, 0)])
+    with pytest.raises(AssertionError, match="processed by host-a and again by host-b without the redelivered mark"):
+        check_journals(info, rep, ["host-a", "host-b"])
+    write(tmp_path, "host-a", [("T1", 5, 0), ("T1", 6, 0), ("T1", 6, 0)])  # the same host, twice unmarked
+    write(tmp_path, "host-b", [])
+    with pytest.raises(AssertionError, match="1 ids processed again without the redelivered mark"):
+        check_journals(info, rep, ["host-a", "host-b"])
+
+
+class Report:
+    """A load report as assert_clean reads it: ok, failures, to_dict."""
+
+    def __init__(self, ok: bool = True, **kw: int) -> None:
+        self.ok, self.failures = ok, [] if ok else ["x"]
+        self.d = {"acked": 10, "replied": 10, "sent": 10, "lost": 0, "duplicates": 0, "unexpected": 0, "unacked": 0, "bad_data": 0}
+        self.d |= {"disconnects": 0, "session_closed": 0} | kw
+
+    def to_dict(self) -> dict[str, int]:
+        return self.d
+
+
+def test_assert_clean_fails_on_each_count_and_on_the_verdict() -> None:
+    from tests.support.sandboxed import assert_clean
+
+    assert_clean(Report())
+    assert_clean(Report(disconnects=3, session_closed=1), disconnects_allowed=True)
+    with pytest.raises(AssertionError):
+        assert_clean(Report(ok=False))
+    for key in ("lost", "duplicates", "unexpected", "unacked", "bad_data", "disconnects", "session_closed"):
+        with pytest.raises(AssertionError):
+            assert_clean(Report(**{key: 1}))
+    with pytest.raises(AssertionError):
+        assert_clean(Report(acked=0, replied=0, sent=0))
+    with pytest.raises(AssertionError):
+        assert_clean(Report(replied=9))
