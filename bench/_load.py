@@ -1,5 +1,5 @@
 """The benches' load child, and starting one (start_load); fault_window_failures, what a run
-with one fault must also fail on, judges its report.
+with one fault must also fail on, and run_verdict / run_ok, a fault run's verdict, judge its report.
 
 `python bench/_load.py load --cp HOST:PORT --terminals N --rate R` runs
 `hsb.term.load.run_load` in a process of its own (so that the benchmark's loop and 10,000
@@ -50,6 +50,25 @@ def fault_window_failures(report: dict[str, Any], terminals: int) -> list[str]:
     if again > terminals:
         out.append(f"CP processes: {again} changes seen by {terminals} terminals, more than the one the fault explains")
     return out
+
+
+# a fault run's counts that must be zero whatever the load's verdict said, and what each counts
+MUST_BE_ZERO = (("lost", "acknowledged messages lost"), ("duplicates", "duplicate replies"), ("unexpected", "unexpected replies"))
+
+
+def run_verdict(report: dict[str, Any], extra: list[str]) -> dict[str, Any]:
+    """A fault run's `ok` and `failures`: the load's strict verdict, what the run fails on beside
+    it (`extra`), and the report's own counts of lost, duplicated and unexpected replies (a
+    verdict that passed beside a count that is not zero is not believed)."""
+    failures = list(report["failures"]) + extra
+    failures += [f"{report[k]} {what} (the load's verdict passed them)" for k, what in MUST_BE_ZERO if report.get(k) and report["ok"]]
+    return {"ok": bool(report["ok"]) and not failures, "failures": failures}
+
+
+def run_ok(r: dict[str, Any]) -> bool:
+    """A saved run's verdict (bench/cprestart.py's, bench/cpfailover.py's): its `ok`, and none of
+    its counts that must be zero (a results file of older code judged without them)."""
+    return bool(r["ok"]) and not any(r.get(k) for k, _ in MUST_BE_ZERO)
 
 
 def _stats_factory(made: list[Any]) -> Any:

@@ -30,7 +30,7 @@ if str(REPO) not in sys.path:
 
 from bench._entry import bench_args, bench_main, byte_compile, child_main, run_child, run_modes, run_or_render  # noqa: E402
 from bench._interrupt import exit_status, stop_on_signals  # noqa: E402
-from bench._load import fault_window_failures, start_load  # noqa: E402
+from bench._load import fault_window_failures, run_ok, run_verdict, start_load  # noqa: E402
 from bench._procs import Child, alive, emit, others_cpu, proc_cpu, reap, stdin_reader, tree_cpu, wait_dead, wait_quiet  # noqa: E402
 from bench._report import (  # noqa: E402
     BENCHMARKS,
@@ -82,7 +82,9 @@ __all__ = [
     "result_args",
     "run_child",
     "run_modes",
+    "run_ok",
     "run_or_render",
+    "run_verdict",
     "sandbox",
     "sandbox_down",
     "save_results",

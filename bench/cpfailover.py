@@ -41,7 +41,9 @@ from _sandbox import (  # noqa: E402
     machine_line,
     median,
     raw_name,
+    run_ok,
     run_or_render,
+    run_verdict,
     sandbox,
     sandbox_down,
     say,
@@ -149,8 +151,7 @@ async def lab_run(n: int, a: argparse.Namespace, rep: int, base: Path, tickle: b
         "duplicates": report["duplicates"],
         "acked": report["acked"],
         "cp_reconnects": report.get("cp_reconnects"),
-        "ok": report["ok"] and not extra_failures,
-        "failures": report["failures"] + extra_failures,
+        **run_verdict(report, extra_failures),
     }
 
 
@@ -206,7 +207,7 @@ async def amain(a: argparse.Namespace) -> int:
     print(text)
     if a.write:
         write_section(SECTION, text)
-    ok = all(r["ok"] for r in data["results"] + data["restart"])
+    ok = all(run_ok(r) for r in data["results"] + data["restart"])
     finished(base, ok, a.keep)
     return 0 if ok else 1
 
@@ -252,7 +253,7 @@ def render(data: dict[str, Any], a: argparse.Namespace) -> str:
         # of any message sent around the cut, not only of those in flight at it (often none)
         back = max(served_again_ms(r) for r in rs) if rs else None
         # the restart column beside it counts in the row's verdict too
-        ok = all(r["ok"] and r["lost"] == 0 and r["duplicates"] == 0 for r in rs) and all(q["ok"] for q in qs)
+        ok = all(run_ok(r) for r in rs) and all(run_ok(q) for q in qs)
         goal = "" if n < 10000 else (f" {'met' if ok and back is not None and back <= 2000 else '**missed**'} ({fmt_ms(back, 0)} ms)")
         rows.append(
             [

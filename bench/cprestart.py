@@ -48,7 +48,9 @@ from _sandbox import (  # noqa: E402
     median,
     proc_cpu,
     raw_name,
+    run_ok,
     run_or_render,
+    run_verdict,
     sandbox,
     sandbox_down,
     say,
@@ -177,8 +179,7 @@ async def one(d: Path, n: int, a: argparse.Namespace, rep: int, mode: str = "pla
         "duplicates": report["duplicates"],
         "unexpected": report["unexpected"],
         "acked": report["acked"],
-        "ok": report["ok"] and not extra_failures,
-        "failures": report["failures"] + extra_failures,
+        **run_verdict(report, extra_failures),
     }
 
 
@@ -306,7 +307,7 @@ def render(data: dict[str, Any], a: argparse.Namespace) -> str:
                 mm("all_served_ms"),
                 str(sum(r["lost"] for r in rs)),
                 str(sum(r["duplicates"] for r in rs)),
-                "all OK" if all(r["ok"] for r in rs) else "**FAILED**",
+                "all OK" if all(run_ok(r) for r in rs) else "**FAILED**",
             ]
         )
     out.append(
@@ -340,7 +341,7 @@ def render(data: dict[str, Any], a: argparse.Namespace) -> str:
         # while held messages still wait is not service. A run without one of these figures
         # (not every terminal back, a message never answered) is the worst run, never left out
         back = [served_again_ms(r) for r in runs]
-        failed = sum(1 for r in runs if not r["ok"])
+        failed = sum(1 for r in runs if not run_ok(r))
         met = max(back) <= 1000 and not failed
         out += [
             "",
@@ -408,7 +409,7 @@ async def amain(a: argparse.Namespace) -> int:
     print(text)
     if a.write:
         write_section(SECTION, text)
-    ok = all(r["ok"] for r in data["results"])
+    ok = all(run_ok(r) for r in data["results"])
     finished(base, ok, a.keep)
     return 0 if ok else 1
 

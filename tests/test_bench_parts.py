@@ -105,3 +105,67 @@ def test_a_second_death_of_the_cp_after_the_kill_fails_the_restart_run(tmp_path:
     # a plain hsbcpd started again by hand: its start and recovery, no master's lines
     assert judged([("journal_recovered", -8.9), ("cp_started", -8.8), ("journal_recovered", 0.3), ("cp_started", 0.4)], "plain") == []
     assert judged([("journal_recovered", 0.3), ("cp_started", 0.4), ("journal_recovered", 0.9), ("cp_started", 1.0)], "plain")
+
+
+MACHINE = {"cpu": "x", "cores": 2, "kernel": "k", "python": "3", "uvloop": "u", "loadavg": [0.0], "date": "d", "code": "c"}
+
+
+def test_a_fault_runs_verdict_fails_on_what_the_load_or_the_fault_window_says() -> None:
+    """bench/cprestart.py's and bench/cpfailover.py's runs: more changes of CP process than
+    terminals, a second restart in the CP's log, a failure beside the load's verdict, and a count
+    of lost or duplicated replies that the load's verdict passed, each fail the run."""
+    import cprestart
+    from _sandbox import fault_window_failures, run_ok, run_verdict
+
+    from hsb.demo import one_restart_failures
+
+    assert fault_window_failures({"extras": {"disconnects_before": 0}, "cp_reconnects": 11}, 10) == [
+        "CP processes: 11 changes seen by 10 terminals, more than the one the fault explains"
+    ]
+    once = [{"event": "journal_recovered"}, {"event": "cp_started"}]
+    assert one_restart_failures(once, supervised=False) == []
+    assert one_restart_failures([*once, {"event": "journal_recovered"}], supervised=False)  # a second recovery, no second start
+    assert one_restart_failures([*once, {"event": "cp_started"}], supervised=False)
+    assert one_restart_failures(once, supervised=True)  # no worker died nor was forked
+    # cprestart's run judges its fault window beside the restart in the CP's log
+    assert cprestart.run_failures({"extras": {"disconnects_before": 2}, "cp_reconnects": 10}, 10, once, 0.0, "plain") == [
+        "disconnects before the fault: 2 welcomed terminals dropped before it was made"
+    ]
+    ok = {"ok": True, "failures": [], "lost": 0, "duplicates": 0, "unexpected": 0}
+    assert run_verdict(ok, []) == {"ok": True, "failures": []}
+    assert run_verdict(ok, ["not one restart"]) == {"ok": False, "failures": ["not one restart"]}
+    assert run_verdict({**ok, "ok": False, "failures": ["lost: 1"], "lost": 1}, []) == {"ok": False, "failures": ["lost: 1"]}
+    for key in ("lost", "duplicates", "unexpected"):
+        v = run_verdict({**ok, key: 2}, [])
+        assert not v["ok"] and v["failures"][0].startswith("2 "), (key, v)
+        assert not run_ok({**ok, key: 2}) and run_ok(ok)  # (a saved run of older code: its ok alone)
+
+
+def restart_run(**kw: Any) -> dict[str, Any]:
+    """One run of bench/cprestart.py, as its results file saves it."""
+    r: dict[str, Any] = {"terminals": 10, "rep": 1, "mode": "plain", "ok": True, "failures": [], "lost": 0, "duplicates": 0, "unexpected": 0}
+    r |= {"kill_to_all_back_ms": 500.0, "worst_ms": 600.0, "all_served_ms": 550.0, "unanswered": 0}
+    return r | kw
+
+
+def test_the_restart_benches_tables_fail_a_run_that_failed() -> None:
+    """bench/cprestart.py's row said "all OK" on its runs' `ok` alone (a saved run with a lost
+    message and ok true passed), and bench/cpfailover.py's row reads the restart runs beside it."""
+    import argparse
+
+    import cpfailover
+    import cprestart
+
+    a = argparse.Namespace(command="c", machine=MACHINE, json="x.json", render=None, rate=100.0)
+
+    def row(text: str, start: str) -> str:
+        return next(ln for ln in text.splitlines() if ln.startswith(start))
+
+    assert row(cprestart.render({"results": [restart_run()]}, a), "| 10 ").endswith("| all OK |")
+    for bad in (restart_run(ok=False, failures=["x"]), restart_run(lost=1), restart_run(duplicates=1)):
+        assert "**FAILED**" in row(cprestart.render({"results": [restart_run(), bad]}, a), "| 10 "), bad
+    lab = {"terminals": 10, "rep": 1, "tickle_acks": True, "ok": True, "failures": [], "lost": 0, "duplicates": 0, "in_flight": 0}
+    lab |= {"terminals_all_back_ms": 500.0, "worst_ms": 600.0, "all_served_ms": None, "unanswered": 0}
+    assert row(cpfailover.render({"results": [lab], "restart": [restart_run()]}, a), "| 10 ").endswith("| all OK |")
+    for data in ({"results": [lab], "restart": [restart_run(ok=False)]}, {"results": [lab | {"duplicates": 1}], "restart": []}):
+        assert "**FAILED**" in row(cpfailover.render(data, a), "| 10 "), data
