@@ -1,0 +1,135 @@
+"""The ledger's books check (hsb.term.books), each breach on its own, checked against the code
+broken on purpose (a mutation audit): money made, a balance its entries do not explain, a
+transfer told ok and never applied or told refused and applied once, one applied twice that no
+terminal was told of (mid-run), a transfer entry at an id the terminal never used, a reply that
+differs from its record, and the balance_limit bound. On SQLite files, in-process."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from hsb.service import ledger, once
+from hsb.service.db import open_database
+from hsb.service.ledger import MAX_BALANCE
+from hsb.term.books import Books, _contradicted, check_books
+from hsb.term.workload import LedgerWorkload
+
+BASE = 1000
+OK = '{"ok":true}'
+pytestmark = pytest.mark.timeout(30)
+
+
+async def _books(
+    path: Path,
+    w: LedgerWorkload,
+    term: Any,
+    transfers: list[tuple[int, str, str, int]],
+    *,
+    other: Sequence[tuple[int, str, str, str | None, int]] = (),
+    moved: Sequence[tuple[str, int]] = (),
+    records: dict[int, str] | None = None,
+    final: bool = True,
+) -> list[str]:
+    """The books' failures for a database of the run's accounts at `w.initial` each, with their
+    deposits; then `transfers` (msg_id, from, to, amount) applied with their entries, `other`
+    entries (msg_id, op, account, other, amount) written as given, balances changed by `moved`
+    (account, amount) with no entry, and the idempotency records `records` (msg_id -> reply;
+    default: what the terminal was told)."""
+    db = open_database(None, str(path))
+    await db.setup(ledger.DDL)
+    await db.setup(once.DDL)
+    try:
+        async with db.transaction() as tx:
+            for acct in w.accounts:
+                await tx.execute("INSERT INTO ledger_accounts (account, balance) VALUES ($1, $2)", acct, w.initial)
+                await tx.execute(
+                    "INSERT INTO ledger_entries (terminal, msg_id, op, account, other, amount) VALUES ('T0', 0, 'deposit', $1, NULL, $2)",
+                    acct,
+                    w.initial,
+                )
+            for _, src, dst, n in transfers:
+                await tx.execute("UPDATE ledger_accounts SET balance = balance - $2 WHERE account = $1", src, n)
+                await tx.execute("UPDATE ledger_accounts SET balance = balance + $2 WHERE account = $1", dst, n)
+            for mid, op, acct, to, n in [*other, *((mid, "transfer", s, d, n) for mid, s, d, n in transfers)]:
+                await tx.execute(
+                    "INSERT INTO ledger_entries (terminal, msg_id, op, account, other, amount) VALUES ($1, $2, $3, $4, $5, $6)",
+                    term.name,
+                    mid,
+                    op,
+                    acct,
+                    to,
+                    n,
+                )
+            for acct, n in moved:
+                await tx.execute("UPDATE ledger_accounts SET balance = balance + $2 WHERE account = $1", acct, n)
+            told = {term.base + k * term.stride: text for k, text in w.replies.get(term.idx, {}).items()}
+            for mid, reply in (told if records is None else records).items():
+                await tx.execute("INSERT INTO hsb_idempotency (terminal, msg_id, reply, at) VALUES ($1, $2, $3, 0)", term.name, mid, reply)
+    finally:
+        await db.close()
+    return (await check_books({"sqlite": str(path)}, w, [term], final=final)).failures
+
+
+def _named(failures: list[str]) -> list[str]:
+    """The name each of `failures` gives (`balance` for the total's), in order."""
+    return [m.group(1) if (m := re.search(r"\((\w+)\): ", f)) else "balance" for f in failures]
+
+
+async def test_each_breach_of_the_books_fails_on_its_own(tmp_path: Path) -> None:
+    w = LedgerWorkload(accounts=4, initial=1000, tag="m")
+    term = SimpleNamespace(name="T1", idx=1, base=BASE, stride=1)
+    src, dst, amount = w.transfer(1, 0)
+    a0, a1 = w.accounts[:2]
+    w.replies = {1: {0: OK}}
+    assert await _books(tmp_path / "good.db", w, term, [(BASE, src, dst, amount)]) == []
+    # money made, with entries that explain every balance: only the total says it
+    made = await _books(tmp_path / "made.db", w, term, [(BASE, src, dst, amount)], other=[(7, "deposit", a0, None, 5)], moved=[(a0, 5)])
+    assert _named(made) == ["balance"], made
+    # a deposit and a withdrawal of the same amount, each with its entry: nothing to say
+    both = [(7, "deposit", a0, None, 5), (8, "withdraw", a0, None, 5)]
+    assert await _books(tmp_path / "both.db", w, term, [(BASE, src, dst, amount)], other=both) == []
+    # money moved between two accounts with no entry: the total holds, the replay does not
+    assert _named(await _books(tmp_path / "moved.db", w, term, [(BASE, src, dst, amount)], moved=[(a0, -5), (a1, 5)])) == ["replay_mismatch"]
+    # told ok, never applied
+    assert _named(await _books(tmp_path / "notapplied.db", w, term, [])) == ["told_ok_not_applied"]
+    # a reply that differs from the one its record holds
+    differs = await _books(tmp_path / "differs.db", w, term, [(BASE, src, dst, amount)], records={BASE: '{"ok":false,"error":"insufficient_funds"}'})
+    assert _named(differs) == ["reply_differs"], differs
+    # told it was not applied (no ledger answer: a host's error), applied once all the same
+    w.replies = {1: {0: "error: RuntimeError"}}
+    refused = await _books(tmp_path / "refused.db", w, term, [(BASE, src, dst, amount)])
+    assert _named(refused) == ["told_refused_applied"], refused
+    # applied twice, and no terminal told yet: mid-run (`final=False`) that is a breach already
+    w.replies = {}
+    twice = await _books(tmp_path / "twice.db", w, term, [(BASE, src, dst, amount)] * 2, final=False)
+    assert _named(twice) == ["applied_twice"], twice
+
+
+async def test_a_transfer_entry_at_an_id_the_terminal_never_used_is_wrong(tmp_path: Path) -> None:
+    """A terminal's ids are base + k * stride, k from 0: an entry between two of them, or below
+    its first, is no message of its, whatever it moved (mid-run, where nobody being told yet is
+    no breach, it is still one)."""
+    w = LedgerWorkload(accounts=4, initial=1000, tag="s")
+    term = SimpleNamespace(name="T1", idx=1, base=BASE, stride=2)
+    w.replies = {}
+    for name, mid, k in (("between", BASE + 1, 0), ("below", BASE - 2, -1)):
+        src, dst, amount = w.transfer(1, k)  # what message k would move (k = -1: none)
+        failures = await _books(tmp_path / f"{name}.db", w, term, [(mid, src, dst, amount)], final=False)
+        assert _named(failures) == ["wrong_transfer"], (name, failures)
+
+
+def test_balance_limit_is_contradicted_up_to_exactly_the_limit() -> None:
+    """The ledger refuses balance_limit only when the destination would pass MAX_BALANCE: with the
+    run's money plus the amount at the limit exactly, the refusal is contradicted."""
+    w = LedgerWorkload(accounts=4, initial=1000, tag="l")
+    _, _, amount = w.transfer(1, 0)
+    at = Books(total=MAX_BALANCE - amount, expected_total=MAX_BALANCE - amount)
+    assert _contradicted("balance_limit", w, 1, 0, {}, at)
+    above = Books(total=MAX_BALANCE - amount + 1, expected_total=MAX_BALANCE - amount + 1)
+    assert _contradicted("balance_limit", w, 1, 0, {}, above) == ""
