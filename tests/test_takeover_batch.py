@@ -31,9 +31,10 @@ from hsb.takeover.errors import (
     NotRegularFile,
     RecordCountMismatch,
     RecordSizeMismatch,
+    UnsupportedVersion,
 )
 from hsb.takeover.inspect import inspect_file
-from hsb.takeover.layout import KIND_BATCH, size_check
+from hsb.takeover.layout import KIND_BATCH, KIND_RING, size_check
 from hsb.takeover.records import encode_entry, encode_payload, pack_record
 
 
@@ -226,6 +227,9 @@ def test_file_checks(tmp_path: Path) -> None:
     os.truncate(path, 40 * 4096)
     with pytest.raises(FileTruncated, match="header says 50 records"):
         check_file(path)
+    os.truncate(path, 1024)  # not even its header record: truncated, not a torn header to rewrite
+    with pytest.raises(FileTruncated, match="1024 bytes, shorter than its 4096-byte header record"):
+        check_file(path)
     os.truncate(path, 100)
     with pytest.raises(FileTruncated):
         check_file(path)
@@ -388,3 +392,40 @@ def test_a_generation_burned_by_a_failed_batch_is_never_mixed_with_its_rewrite(t
     errors = inspect_file(path)["errors"]
     assert [e["record"] for e in errors] == [1] and "attempt" in errors[0]["reason"]
     assert (h.generation, h.attempt) != (w.generation, w.attempt)  # not the same batch write
+
+
+def test_a_batch_record_written_in_the_wrong_place_is_refused(tmp_path: Path) -> None:
+    """Record 1 of this very batch write (generation, attempt, checksum all good) found at record
+    2 too, a misdirected write: its entries would be applied twice and record 2's never."""
+    path = _written(tmp_path, 40)
+    with open(path, "r+b") as f:
+        f.seek(4096)
+        one = f.read(4096)
+        f.seek(2 * 4096)
+        f.write(one)
+    with pytest.raises(BatchReadError, match="record 2: says it is record 1"):
+        batch_read(path)
+
+
+def test_a_ring_record_of_this_batch_write_in_the_batch_area_is_refused(tmp_path: Path) -> None:
+    """A ring record of this generation and attempt, numbered as the batch record it lies at (a
+    misdirected ring write): not taken for batch entries."""
+    path = _written(tmp_path, 40)
+    h = check_file(path)
+    with fileio.RecordWriter(path, 4096) as io:
+        io.write(3, pack_record(KIND_RING, h.generation, 3, encode_payload([encode_entry(e) for e in entries(15, "X")]), 4096, 15, attempt=h.attempt))
+    with pytest.raises(BatchReadError, match="record 3: holds a ring record, expected batch"):
+        batch_read(path)
+
+
+def test_a_file_of_another_format_version_is_refused_as_such_not_as_a_torn_header(tmp_path: Path) -> None:
+    """A file a newer hsb made (format version 2): said so, not taken for a torn header, which
+    the active's writer would recover by writing its own header over that hsb's file."""
+    path = make(tmp_path, 10)
+    with open(path, "r+b") as f:
+        f.seek(5)  # (magic, kind, version)
+        f.write(bytes([2]))
+    with pytest.raises(UnsupportedVersion, match="format version 2; this hsb reads version 1"):
+        check_file(path)
+    with pytest.raises(UnsupportedVersion):
+        TakeoverWriter(path, terminals=15, record_size=4096, records=10)

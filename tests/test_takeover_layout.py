@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from datetime import datetime
 
 import pytest
@@ -19,10 +20,11 @@ from hsb.takeover import (
     size_check,
     startup_id,
 )
-from hsb.takeover.layout import ENTRY_SIZE, KIND_RING, RECORD_HEADER_SIZE, max_terminals
+from hsb.takeover.layout import CRC_OFFSET, ENTRY_SIZE, KIND_RING, RECORD_HEADER, RECORD_HEADER_SIZE, max_terminals
 from hsb.takeover.records import (
     BadRecord,
     Header,
+    crc_of,
     decode_header,
     decode_payload,
     encode_entry,
@@ -239,3 +241,43 @@ def test_a_startup_identifier_is_larger_than_the_last_one_even_at_the_days_last_
     last = startup_id(t)
     assert startup_id(t, after=last) > last  # (it was equal: a late BATCH WRITE COMPLETE of the earlier start could match)
     assert startup_id(datetime(2024, 6, 1, 12), after=startup_id(datetime(2024, 6, 1, 12))) == startup_id(datetime(2024, 6, 1, 12)) + 1
+
+
+def test_a_header_claiming_more_batch_entries_than_its_batch_area_holds_is_refused() -> None:
+    h = Header(4096, 100, 2, 3, 1, 2 * 15 + 1)  # B=2 records of E=15 entries hold at most 30
+    rec = parse_record(memoryview(encode_header(h)))
+    assert rec is not None
+    with pytest.raises(ValueError, match="31 batch entries, but B=2 records hold at most 30"):
+        decode_header(rec)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [(0, b"XXXX", "bad magic"), (2, 2, "format version 2"), (1, 9, "unknown record kind 9")],
+)
+def test_a_checksummed_record_of_another_kind_version_or_format_is_refused(field: int, value: object, reason: str) -> None:
+    """The checksum says the bytes are whole, not that they are ours: a record of a later format
+    version (a host of a newer hsb on the same file) or of no known kind is not read as one."""
+    buf = pack_record(KIND_RING, 1, 1, encode_payload([encode_entry(SessionEntry("T1", {}, True))]), 512, 1)
+    fields = list(RECORD_HEADER.unpack_from(buf))
+    fields[field] = value
+    RECORD_HEADER.pack_into(buf, 0, *fields)
+    struct.pack_into("<I", buf, CRC_OFFSET, crc_of(buf))  # (checksummed again: only the field is wrong)
+    with pytest.raises(BadRecord, match=reason) as ei:
+        parse_record(memoryview(buf))
+    assert not ei.value.torn
+
+
+def test_entries_of_exactly_entry_size_bytes_are_written_and_e_of_them_fill_a_record() -> None:
+    """The bound is inclusive: an entry that encodes to ENTRY_SIZE bytes is written (refused, the
+    host would drop that terminal's session change from the ring), and E of them fit one record."""
+    import msgpack
+
+    pads = [n for n in range(ENTRY_SIZE) if len(msgpack.packb(["T0000", True, {"a": "x" * n}])) == ENTRY_SIZE]
+    assert pads, "no padding makes an entry of exactly ENTRY_SIZE bytes"
+    e = entries_per_record(4096)
+    full = [SessionEntry(f"T{i:04d}", {"a": "x" * pads[0]}, True) for i in range(e)]
+    encoded = [encode_entry(x) for x in full]
+    assert {len(x) for x in encoded} == {ENTRY_SIZE}
+    rec = parse_record(memoryview(pack_record(KIND_RING, 1, 1, encode_payload(encoded), 4096, e)))
+    assert rec is not None and decode_payload(rec.payload, e) == full
