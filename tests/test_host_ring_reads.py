@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hsb.service.builtin import EchoService
-from tests.support.inproc import pair_in_hot_standby, until
+from tests.support.inproc import hot_standby, pair_in_hot_standby, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -36,3 +36,32 @@ async def test_a_standby_whose_ring_reads_keep_failing_says_so_once_and_asks_for
         assert 1 <= len(rec.events("ring_read_failed")) <= 2, len(rec.events("ring_read_failed"))
         hook.error = None
         await until(lambda: hot_standby(a, b) and b.takeover.following, "hot standby again", timeout=15)
+
+
+async def test_a_ring_record_torn_for_good_is_named_in_the_resync_and_cleared_by_the_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ring record an established standby waits at, torn for good (a crash mid ring write):
+    after a few polls it counts as damage, the standby asks for a new batch naming it, and the
+    active's batch write clears it. Else it stays torn, and the standby waiting there after the
+    resync asks again at every pass (or, never counting it as damage, waits there for ever)."""
+    from hsb.host import ha_standby as ha_standby_mod
+    from tests.support.logrec import RecordingLog
+
+    rec = RecordingLog()
+    monkeypatch.setattr(ha_standby_mod, "log", rec)
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        pos = b.takeover.store.read_position
+        reader = b.takeover.store._reader
+        assert pos is not None and reader is not None
+        gen, lay = pos[0], reader.layout
+        recno, r = lay.ring_record(pos[1]), lay.record_size
+        with open(b.cfg.takeover.path, "r+b") as f:  # a byte of a write that never completed
+            f.seek(recno * r + 100)
+            f.write(b"\x01")
+        await until(lambda: rec.events("ring_resync_needed"), "the torn record counted as damage", timeout=10)
+        ev = rec.events("ring_resync_needed")[0]
+        assert ev["status"] == "corrupt" and f"record {recno}:" in ev["detail"], ev
+        await until(lambda: hot_standby(a, b) and b.takeover.following and (b.ha.generation or 0) > gen, "hot standby on a new batch", timeout=15)
+        with open(b.cfg.takeover.path, "rb") as f:
+            f.seek(recno * r)
+            assert f.read(r) == bytes(r), f"record {recno} still damaged after the batch write"
+        assert len(rec.events("ring_resync_needed")) == 1
