@@ -347,6 +347,18 @@ def test_a_torn_header_of_a_file_larger_than_configured_is_rewritten_with_the_co
     assert check_file(path, 4096, 10).records == 10
 
 
+def test_a_torn_header_of_a_file_shorter_than_configured_is_not_rewritten(tmp_path: Path) -> None:
+    """A torn record 0 in a file shorter than the config's records (truncated, or another file):
+    the writer refuses it rather than write the config's count into its header and ring records
+    past its end (the other host then finds it truncated, or reads what is not there)."""
+    path = _written(tmp_path)
+    os.truncate(path, 8 * 4096)  # the config says 10
+    flip(path, 300)
+    with pytest.raises(HeaderCorrupt):
+        TakeoverWriter(path, terminals=45, record_size=4096, records=10)
+    assert os.path.getsize(path) == 8 * 4096
+
+
 def test_a_generation_burned_by_a_failed_batch_is_never_mixed_with_its_rewrite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch write of 10 records at generation 2 fails at the header: the burn is the failed
     writer's only, and a new writer (a restart, the other host) going by the header (generation
