@@ -113,3 +113,33 @@ async def test_a_header_still_older_past_the_rereads_fails_the_batch_read_and_is
         await until(lambda: hot_standby(a, b) and b.ha.generation == g + 1, "hot standby on the new batch", timeout=15)
         completed = [e for e in rec.entries[seen:] if e["event"] == "batch_read_complete"]
         assert completed and all(e["generation"] >= g + 1 for e in completed), completed
+
+
+async def test_a_batch_write_complete_for_an_earlier_startup_id_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The standby started again (a new startup id) and then hears BATCH WRITE COMPLETE for its
+    earlier one (sent before the active heard of the new one): not read as the answer to the new
+    one, whose id the header does not hold (taken for another pair's file, the standby exited 1)."""
+    from hsb.host import ha_standby as ha_standby_mod
+    from tests.support.logrec import RecordingLog
+
+    rec = RecordingLog()
+    monkeypatch.setattr(ha_standby_mod, "log", rec)
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        g = a.ha.generation
+        assert g is not None
+        earlier = b.ha.own_startup_id
+        monkeypatch.setattr(b.peer, "send", lambda msg: True)  # (the active hears nothing of this)
+        b.ha.set_state(WAITING, "test: starting again")
+        b.ha.maybe_standby_startup()
+        assert b.ha.own_startup_id != earlier
+        handled: list[bool] = []
+
+        async def mark() -> None:  # (events are handled in order: this one runs after the notice's)
+            handled.append(True)
+
+        b.ha.ev_test_mark = mark  # type: ignore[attr-defined]
+        b.ha.post("peer_frame", msg={"t": "batch_write_complete", "startup_id": earlier, "generation": g})
+        b.ha.post("test_mark")
+        await until(lambda: handled or b.ha.exit is not None, "the notice handled", timeout=10)
+        assert b.ha.exit is None, b.ha.exit.msg
+        assert not rec.events("batch_read_stale") and not rec.events("batch_read_failed")
