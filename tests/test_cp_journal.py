@@ -317,6 +317,17 @@ def test_recovery_applies_every_kind_and_truncates_a_torn_tail(tmp_path: Path) -
     assert r.live_by_segment() == {3: 3, 4: 1}
 
 
+def test_a_normal_termination_recovers_with_nobody_holding_the_role(tmp_path: Path) -> None:
+    """The active stopped normally: ["e", epoch, null] at the same epoch. A restarted CP holds
+    nobody as the active then; still holding host-a, it would wait for it and tell the standby
+    it did not come back (a takeover after a normal termination, which must not happen)."""
+    _segment(tmp_path, 1, [["ck", 3, None, 0, {}], ["e", 4, "host-a"], ["e", 4, None]])
+    r = recover(tmp_path)
+    assert (r.epoch, r.active) == (4, None)
+    _segment(tmp_path, 2, [["ck", 4, None, 0, {}], ["e", 3, "host-b"]])  # (never lower: a record older than the epoch read)
+    assert (recover(tmp_path).epoch, recover(tmp_path).active) == (4, None)
+
+
 # --------------------------------------------------------------------------- a real hsbcpd, killed and restarted
 
 

@@ -478,6 +478,34 @@ async def test_a_closed_segment_whose_last_records_read_as_zeros_stops_the_start
         recover(tmp_path)
 
 
+async def test_a_closed_segment_that_lost_only_its_last_record_stops_the_start(tmp_path: Path) -> None:
+    """As above, the lost end a single record (each group commit one message): one record fewer
+    than the next checkpoint's count is damage too, not a clean end (an acknowledged message gone)."""
+    from hsb.cp.journal.format import locate
+
+    gen = Generations(tmp_path).take()
+    j = Journal(tmp_path, generation=gen, segment_bytes=4096, io="thread")
+    j.open(1, [], [])
+    try:
+        mid = 0
+        while j.seg < 3:
+            mid += 1
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            j.pin(j.append(["a", "T1", mid, "x" * 100], lambda f=fut: f.set_result(None)))
+            await asyncio.wait_for(fut, 5.0)  # durable alone: a group of one record
+    finally:
+        j.close()
+    seg2 = tmp_path / segment_name(2, gen)
+    buf = bytearray(seg2.read_bytes())
+    recs, end, _ = scan(bytes(buf), str(seg2))
+    off, k = locate(bytes(buf), len(recs) - 1)
+    assert k is None and recs[-1][0] == "a", "the scenario: the segment's last record went alone"
+    buf[off:end] = bytes(end - off)
+    seg2.write_bytes(bytes(buf))
+    with pytest.raises(JournalDamaged, match=rf"{segment_name(2, gen)} at offset {off}: the segment ends after {len(recs) - 1} records"):
+        recover(tmp_path)
+
+
 @pytest.mark.parametrize("io", ["thread", pytest.param("io_uring", marks=needs_ring)])
 async def test_a_new_segment_whose_size_could_not_be_read_once_is_opened_again(tmp_path: Path, io: str, monkeypatch: Any) -> None:
     """The storage fails once (EIO) just after a new segment was opened, when its size is read:

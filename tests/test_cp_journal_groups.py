@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hsb.cp.journal.generation import Generations
+from hsb.cp.journal.recovery import recover
 from hsb.cp.journal.store import LAZY_S, Journal
 from tests.support.journal import durable, open_journal, records
 
@@ -547,3 +548,29 @@ async def test_a_segment_that_closed_settled_while_it_was_the_only_one_goes(tmp_
         assert first not in j.segments
     finally:
         j.close()
+
+
+async def test_a_segment_with_one_message_still_held_is_not_dropped_with_the_settled_one_before_it(tmp_path: Path) -> None:
+    """The oldest segment settles and goes; the one after it still holds one message (pinned
+    once): it stays, and the message is recovered (dropping it would lose an acknowledged one)."""
+    gen = Generations(tmp_path).take()
+    j = Journal(tmp_path, generation=gen, segment_bytes=2048)
+    j.checkpoint = lambda: ["ck", 1, "host-a", gen, {}, {"first": 1}]
+    j.open(1, [], [])
+    try:
+        first = j.append(["a", "T1", 1, "x"])
+        j.pin(first)
+        while j.seg == first:
+            j.append(["h", {"kind": "note", "at": 0.0, "pad": "z" * 40}])  # (pins nothing)
+        second = j.append(["a", "T1", 2, "y"])
+        j.pin(second)
+        while j.seg == second:
+            j.append(["h", {"kind": "note", "at": 0.0, "pad": "z" * 40}])
+        await durable(j, ["r", "T1", 1, "reply"])
+        j.unpin(first)  # message 1 answered: the first segment goes
+        await j.drain()
+        await durable(j, ["c", "T1", 0])  # (the deletion's group is done)
+        assert first not in j.segments and second in j.segments
+    finally:
+        j.close()
+    assert sorted(recover(tmp_path).held.get("T1", {})) == [2]

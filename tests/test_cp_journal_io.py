@@ -435,3 +435,44 @@ async def test_a_storage_error_in_the_generation_check_checks_again_and_writes_t
         assert [x for x in records(tmp_path) if x[0] == "a"] == [["a", "T1", i, v] for i, v in ((1, "x"), (2, "y"), (3, "z"))]
     finally:
         j.close()
+
+
+@needs_ring
+async def test_a_chain_whose_write_landed_but_whose_sync_failed_is_not_acknowledged_until_the_thread_syncs_it(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The chain's write went through and its sync failed (EIO): the group is not durable, so
+    its acknowledgement waits for the writer thread, which writes it again and syncs it."""
+    j = open_journal(tmp_path)
+    try:
+        await durable(j, ["a", "T1", 1, "x"])
+        ring = j._ring
+        assert ring is not None
+        real = ring.write_sync_check
+        once = [True]
+
+        def sync_eio(fd: int, data: bytes, off: int, paths: Any, done: Any) -> None:
+            if once[0]:
+                once[0] = False
+                n = os.pwrite(fd, data, off)  # the bytes reach the file, their sync fails
+                asyncio.get_running_loop().call_soon(done, [n, -errno.EIO, -errno.ECANCELED, -errno.ECANCELED])
+                return
+            real(fd, data, off, paths, done)
+
+        monkeypatch.setattr(ring, "write_sync_check", sync_eio)
+        syncs = [0]
+        real_sync = os.fdatasync
+
+        def fdatasync(fd: int) -> None:
+            real_sync(fd)
+            syncs[0] += 1
+
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+        synced_at_ack: list[int] = []
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        j.append(["a", "T1", 2, "y"], lambda: (synced_at_ack.append(syncs[0]), fut.set_result(None)))
+        await asyncio.wait_for(fut, 5.0)
+        assert not once[0] and synced_at_ack == [1], "acknowledged without a sync that succeeded"
+        assert [x for x in records(tmp_path) if x[0] == "a"] == [["a", "T1", 1, "x"], ["a", "T1", 2, "y"]]
+    finally:
+        j.close()

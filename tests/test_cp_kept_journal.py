@@ -113,3 +113,29 @@ async def test_the_reply_to_a_recovered_message_goes_whatever_the_hello_claims(t
     assert sorted(term.replies) == [1, 2, 1000]
     p.data_received(encode({"t": "confirm", "id": 1000}))
     assert not term.replies and cp.counts.kept == 0 and term.confirmed == 1000
+
+
+def test_a_takeover_snapshot_keeps_every_held_message_and_unconfirmed_reply(tmp_path: Path) -> None:
+    """A restarted CP writes what it restored as its generation's snapshot, and the older
+    generations go: read back, the snapshot gives the same held messages, kept replies and
+    confirmation point (a reply left out is lost for good once the older segments are deleted)."""
+    from hsb.cp.journal.generation import Generations
+    from hsb.cp.journal.recovery import recover
+    from hsb.cp.journal.store import Journal
+
+    cp = _restart(
+        tmp_path,
+        [["a", "T00001", i, f"m{i}"] for i in (1, 2, 3)]
+        + [["r", "T00001", 1, "r1"], ["r", "T00001", 2, "r2"], ["c", "T00001", 1], ["a", "T00002", 5, "m5"]],
+    )
+    d = tmp_path / "j"
+    before = recover(d)
+    gen = Generations(d).take()
+    j = Journal(d, generation=gen, io="thread")
+    j.open(before.highest_segment + 1, cp.snapshot(), before.garbage + before.paths)
+    j.close()
+    after = recover(d)
+    assert after.head_generation == gen and after.paths == [d / f"seg-{gen:08d}-{before.highest_segment + 1:08d}.hsbj"]
+    assert {t: sorted(v) for t, v in after.held.items()} == {"T00001": [3], "T00002": [5]}
+    assert {t: [(k.id, k.data) for k in v.values()] for t, v in after.replies.items()} == {"T00001": [(2, "r2")]}
+    assert after.confirmed == {"T00001": 1} and after.last_acked == {"T00001": 3, "T00002": 5}
