@@ -68,8 +68,6 @@ class TakeoverIO:
         self.last_error: str | None = None
         # the active's ring writes failing: (since: wall, since: monotonic, failures); None while they succeed
         self.write_failing: tuple[float, float, int] | None = None
-        self.ring_written = 0
-        self.ring_read = 0
         self.bad_record: int | None = None  # the ring record the last poll found torn or corrupt
         self.foreign_writer: str | None = None  # the last poll's new generation was another pair's (its message)
         self.mismatch_generation: int | None = None  # the header's generation, read again after a StartupIdMismatch
@@ -185,7 +183,6 @@ class TakeoverIO:
                     continue
                 backoff.reset()
                 self.last_error = None
-                self.ring_written += len(group)
                 if self.write_failing is not None:
                     _, mono, n = self.write_failing
                     self.write_failing = None
@@ -250,7 +247,6 @@ class TakeoverIO:
             self.last_error = str(exc)
             raise
         status = res.status.value if isinstance(res.status, PollStatus) else str(res.status)
-        self.ring_read += len(res.entries)
         self.last_error = None if status not in ("torn", "corrupt") else f"record {res.record}: {res.reason}"
         self.bad_record = res.record if status in ("torn", "corrupt") and res.record else None
         self.foreign_writer = res.reason if res.foreign else None

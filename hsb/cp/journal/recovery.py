@@ -242,7 +242,6 @@ def _lineage(d: Path) -> tuple[int, list[tuple[int, Path]], list[Path]]:
 class Recovered:
     epoch: int = 0
     active: str | None = None
-    generation: int = 0
     last_acked: dict[str, int] = field(default_factory=dict)
     # terminal -> id -> what the CP keeps of it, built here once (a restore at 100,000 adopts these
     # dicts rather than build a second object per message); ids in journal order (`in_id_order`)
@@ -333,7 +332,7 @@ def apply(r: Recovered, rec: list[Any], seg: int) -> None:
         if epoch >= r.epoch:
             r.epoch, r.active = epoch, active
     elif kind == "ck":
-        _, epoch, active, generation, acked = rec[:5]
+        _, epoch, active, _generation, acked = rec[:5]  # (the CP's generation is its files': Generations)
         if len(rec) > 5:
             r.history = list(rec[5].get("history", r.history))
             r.paused = bool(rec[5].get("paused", r.paused))
@@ -351,7 +350,6 @@ def apply(r: Recovered, rec: list[Any], seg: int) -> None:
                 r.frames = _frames(rec[5]["frames"])
         if epoch >= r.epoch:
             r.epoch, r.active = epoch, active
-        r.generation = max(r.generation, generation)
         la = r.last_acked
         for term, mid in acked.items():
             if mid > la.get(term, 0):
