@@ -35,12 +35,13 @@ async def _books(
     moved: Sequence[tuple[str, int]] = (),
     records: dict[int, str] | None = None,
     final: bool = True,
+    clients: Sequence[Any] | None = None,
 ) -> list[str]:
     """The books' failures for a database of the run's accounts at `w.initial` each, with their
     deposits; then `transfers` (msg_id, from, to, amount) applied with their entries, `other`
     entries (msg_id, op, account, other, amount) written as given, balances changed by `moved`
     (account, amount) with no entry, and the idempotency records `records` (msg_id -> reply;
-    default: what the terminal was told)."""
+    default: what the terminal was told); the run's terminals are `clients` (default: `term`)."""
     db = open_database(None, str(path))
     await db.setup(ledger.DDL)
     await db.setup(once.DDL)
@@ -73,7 +74,7 @@ async def _books(
                 await tx.execute("INSERT INTO hsb_idempotency (terminal, msg_id, reply, at) VALUES ($1, $2, $3, 0)", term.name, mid, reply)
     finally:
         await db.close()
-    return (await check_books({"sqlite": str(path)}, w, [term], final=final)).failures
+    return (await check_books({"sqlite": str(path)}, w, [term] if clients is None else clients, final=final)).failures
 
 
 def _named(failures: list[str]) -> list[str]:
@@ -133,3 +134,16 @@ def test_balance_limit_is_contradicted_up_to_exactly_the_limit() -> None:
     assert _contradicted("balance_limit", w, 1, 0, {}, at)
     above = Books(total=MAX_BALANCE - amount + 1, expected_total=MAX_BALANCE - amount + 1)
     assert _contradicted("balance_limit", w, 1, 0, {}, above) == ""
+
+
+async def test_a_transfer_entry_of_a_terminal_not_in_the_run_is_wrong(tmp_path: Path) -> None:
+    """A transfer on the run's accounts written for a terminal name that is none of the run's:
+    the final check said it was applied unanswered, but mid-run (`final=False`, the fault
+    campaign's check after each round) nothing flagged it."""
+    w = LedgerWorkload(accounts=4, initial=1000, tag="o")
+    ours = SimpleNamespace(name="T1", idx=1, base=BASE, stride=1)
+    stranger = SimpleNamespace(name="T9", idx=9, base=BASE, stride=1)
+    w.replies = {}
+    src, dst, amount = w.transfer(1, 0)  # exactly what T1's first message would move
+    failures = await _books(tmp_path / "o.db", w, stranger, [(BASE, src, dst, amount)], final=False, clients=[ours])
+    assert _named(failures) == ["wrong_transfer"], failures

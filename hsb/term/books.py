@@ -153,8 +153,9 @@ async def check_books(
             per_msg[(t, int(mid))] += 1
             c = by_name.get(t)
             k, rem = divmod(int(mid) - c.base, c.stride) if c is not None else (-1, 1)
-            if c is not None and (rem or k < 0 or (acct, other, int(amount)) != w.transfer(c.idx, k)):
-                b.wrong_transfer.append(f"{t}:{mid}")  # not what that terminal's message asked for (or never sent)
+            if c is None or rem or k < 0 or (acct, other, int(amount)) != w.transfer(c.idx, k):
+                # not what that terminal's message asked for, never sent, or no terminal of the run's
+                b.wrong_transfer.append(f"{t}:{mid}")
             moved[acct] -= int(amount)
             moved[other] += int(amount)
         elif op == "deposit":
