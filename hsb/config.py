@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo, model_validator
+
+from hsb.fsutil import path_problem
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -135,13 +138,31 @@ class ConfigError(Exception):
         return [f"{self.path}: {e}" for e in self.errors]
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def key_text(key: str) -> str:
+    """A key as TOML writes it: bare, or quoted with what is not printable escaped (a key given
+    as "a\\nb" must not break its error's line)."""
+    if _BARE_KEY.fullmatch(key):
+        return key
+    out = "".join(c if c.isprintable() and c not in '"\\' else _escape(c) for c in key)
+    return f'"{out}"'
+
+
+def _escape(c: str) -> str:
+    if c in '"\\':
+        return "\\" + c
+    return f"\\u{ord(c):04X}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08X}"
+
+
 def _loc(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for p in loc:
         if isinstance(p, int):
             parts.append(f"[{p}]")
         else:
-            parts.append(("." if parts else "") + str(p))
+            parts.append(("." if parts else "") + key_text(str(p)))
     return "".join(parts) or "(top level)"
 
 
@@ -300,18 +321,21 @@ def _connect_addr(v: str) -> str:
     return v
 
 
-def _no_nul(v: str) -> str:
-    if "\0" in v:  # (TOML allows the escape; every open() of it would fail with a traceback)
-        raise ValueError("contains a NUL character: give a plain file path")
+def plain_path(v: str) -> str:
+    """`v`, a path with no NUL, control character or line break (TOML allows their escapes) and
+    not too long for Linux, else a ValueError saying so (hsb.fsutil.path_problem)."""
+    why = path_problem(v)
+    if why is not None:
+        raise ValueError(f"{why}: give a plain file path")
     return v
 
 
 def _path(v: str, info: ValidationInfo) -> str:
-    return resolve_path(_no_nul(v), info)
+    return plain_path(resolve_path(v, info))  # (resolved: a relative path's length is the folder's too)
 
 
 def _opt_path(v: str, info: ValidationInfo) -> str:
-    return resolve_path(_no_nul(v), info) if v else v
+    return _path(v, info) if v else v
 
 
 # Field types shared by the daemons' schemas.

@@ -6,12 +6,33 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import unicodedata
 from pathlib import Path
 
 # Errors of the file system that last until someone acts (permissions, a read-only file system, a
 # path through a file): every try fails the same way. Others (a hung or missing mount, EIO,
 # ESTALE after an NFS server restarted) may pass
 LASTING = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG})
+
+
+NAME_MAX, PATH_MAX = 255, 4095  # bytes of a file name, of a path (Linux's; with the NUL: 4096)
+
+
+def path_problem(path: str) -> str | None:
+    """Why `path` is no plain file path, to follow it ("contains ..."), or None: a NUL character
+    (every open() of it fails with a ValueError), another control character or a line break (every
+    error line naming the file would be broken in two, or its end hidden by a carriage return), a
+    name or a path longer than Linux takes (every look at it fails with ENAMETOOLONG)."""
+    bad = next((c for c in path if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    if bad is not None:
+        return "contains a NUL character" if bad == "\0" else f"contains a control character or line break ({ascii(bad)})"
+    size = len(path.encode())
+    if size > PATH_MAX:
+        return f"is {size} bytes long, over the {PATH_MAX} a path may have"
+    longest = max(len(part.encode()) for part in path.split("/"))
+    if longest > NAME_MAX:
+        return f"has a name of {longest} bytes in it, over the {NAME_MAX} a file name may have"
+    return None
 
 
 def unwritable_above(path: Path) -> Path | None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hsb.config import parse_addr
+from hsb.fsutil import path_problem
 
 
 class TargetError(Exception):
@@ -112,8 +113,9 @@ def _path(p: Path, key: str, value: object, example: str) -> str:
     the key and a fix (`example`: the setting as it could be written)."""
     if not isinstance(value, str) or not value:
         raise TargetError(f"ctl config {p}: {key} must be a path string, e.g. {example}, not {value!r}")
-    if "\0" in value:  # (TOML allows the escape; every open() of it would fail with a traceback)
-        raise TargetError(f"ctl config {p}: {key} {value!r} contains a NUL character; give a plain file path, e.g. {example}")
+    why = path_problem(value)  # (TOML allows the escapes; every open() of a NUL would fail with a traceback)
+    if why is not None:
+        raise TargetError(f"ctl config {p}: {key} {value!r} {why}; give a plain file path, e.g. {example}")
     return str(value if Path(value).is_absolute() else p.parent / value)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from hsb.config import Addr, ConfigPath, ConnectAddr, OptAddr, Partial, Rule, Ruled, Strict, TLSLinks, listen_clashes, resolve_under, same_addr
+from hsb.fsutil import path_problem
 from hsb.host.takeover_size import size_problem
 from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, attrs_problem, raw_table_problems, table_problems
 from hsb.wire.framing import DEFAULT_MAX_FRAME, LOGIN_MAX
@@ -115,7 +116,13 @@ class HostConfig(Strict):
         host = info.data.get("host")
         if host is None:  # (its own errors are reported)
             return v
-        return service_paths(host.service, v, (info.context or {}).get("base"))
+        from hsb.service.api import path_options
+
+        out = service_paths(host.service, v, (info.context or {}).get("base"))
+        bad = [f"{k} {why}" for k in path_options(host.service) if isinstance(out.get(k), str) and (why := path_problem(out[k]))]
+        if bad:
+            raise ValueError(f"{'; '.join(bad)}: give a plain file path")
+        return out
 
     @model_validator(mode="after")
     def _terms(self) -> HostConfig:

@@ -13,6 +13,8 @@ import os
 import stat
 from pathlib import Path
 
+from hsb.fsutil import path_problem
+
 NONCE_BYTES = 32
 
 
@@ -22,8 +24,9 @@ class SecretFileError(Exception):
 
 def load_secret(path: str | os.PathLike[str]) -> bytes:
     p = Path(path)
-    if "\0" in str(p):  # (a TOML escape can put one there; stat() would raise ValueError)
-        raise SecretFileError(f"secret file {str(p)!r} contains a NUL character; give a plain file path")
+    why = path_problem(str(p))  # (a TOML escape can put a NUL there, and stat() would raise ValueError)
+    if why is not None:
+        raise SecretFileError(f"secret file {str(p)!r} {why}; give a plain file path")
     try:
         st = p.stat()
     except FileNotFoundError:

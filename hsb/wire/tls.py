@@ -31,6 +31,8 @@ import tempfile
 from dataclasses import dataclass, replace
 from typing import Any
 
+from hsb.fsutil import path_problem
+
 MIN_VERSION = ssl.TLSVersion.TLSv1_2  # what a client offers at least (a server may ask for more)
 SERVER_MIN = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}  # `[tls] min_version`
 
@@ -78,8 +80,9 @@ def load_chain(ctx: ssl.SSLContext, cert_file: str, key_file: str | None) -> Non
 
 
 def _file_problem(label: str, path: str) -> str | None:
-    if "\0" in path:  # (os.stat would raise ValueError)
-        return f"tls.{label}: {path!r} contains a NUL character; give a plain file path"
+    why = path_problem(path)  # (a NUL: os.stat would raise ValueError)
+    if why is not None:
+        return f"tls.{label}: {path!r} {why}; give a plain file path"
     try:
         st = os.stat(path)
     except FileNotFoundError:
