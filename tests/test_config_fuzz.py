@@ -278,24 +278,26 @@ def test_a_mutated_cp_config_is_accepted_or_said_key_by_key(d: Path, case: tuple
     accepted_or_config_error(case[0], CPConfig, case[1], d)
 
 
-def through_cli(d: Path, data: dict[str, Any], model: Any, checks: dict[str, Any]) -> list[str]:
+def through_cli(d: Path, data: dict[str, Any], model: Any, checks: dict[str, Any]) -> tuple[int, list[str]]:
     """hsbd's or hsbcpd's load of the data written as TOML, in process (the start's path or
-    --check-config's): config OK, or exit 78 with `config error:` lines; its stderr's lines."""
+    --check-config's): config OK, or exit 78 with `config error:` lines; (its exit, stderr's lines)."""
     p = d / "c.toml"
     p.write_text(toml(data), encoding="utf-8")
     err = io.StringIO()
+    code: Any = 0
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
             load_or_exit(p, model, **checks)
         except SystemExit as exc:
-            assert exc.code in (0, EXIT_CONFIG), exc.code
-            if exc.code == EXIT_CONFIG:
+            code = exc.code
+            assert code in (0, EXIT_CONFIG), code
+            if code == EXIT_CONFIG:
                 assert "config error:" in err.getvalue()
     lines = err.getvalue().splitlines()
     for line in lines:
         assert line.startswith(("config error: ", "config warning: ", "warning: ")), line
         one_line(line)
-    return lines
+    return code, lines
 
 
 def host_checks(check_config: bool) -> dict[str, Any]:
@@ -349,6 +351,19 @@ def test_hsbd_says_a_mutated_config_in_lines_and_exits_78(d: Path, case: tuple[d
 @example(case=case_of(CP, ("cp", "secret_file"), "s\x1b[2K"), check_config=True)
 def test_hsbcpd_says_a_mutated_config_in_lines_and_exits_78(d: Path, case: tuple[dict[str, Any], list[Any]], check_config: bool) -> None:
     through_cli(d, case[0], CPConfig, cp_checks(check_config))
+
+
+@pytest.mark.parametrize("service", ["echo", "journal"])
+@pytest.mark.parametrize("logon_ms", [math.nan, math.inf, -1, 1e300, "5", [1], True])
+@pytest.mark.parametrize("check_config", [False, True])
+def test_a_logon_ms_that_is_no_time_is_said_with_its_key(d: Path, service: str, logon_ms: Any, check_config: bool) -> None:
+    """A NaN or infinite logon_ms held every session open for ever (asyncio.sleep(nan) never
+    returns), a string or a list was said without the key (float()'s own error)."""
+    data = copy.deepcopy(HOST)
+    data["host"]["service"] = service
+    data["service_options"] = {**SERVICES.get(service, {}), "logon_ms": logon_ms}
+    code, lines = through_cli(d, data, HostConfig, host_checks(check_config))
+    assert code == EXIT_CONFIG and any("host.service:" in line and "logon_ms must be" in line for line in lines), lines
 
 
 @FUZZ

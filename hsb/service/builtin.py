@@ -17,12 +17,18 @@ from hsb.worker import Worker
 log = structlog.get_logger("hsb.service")
 
 
+LOGON_MS_MAX = 3_600_000  # an hour of simulated logon work per session open
+
+
 class EchoService:
     """Replies with the message's own data. `logon_ms` simulates logon work per session open."""
 
     def __init__(self, host: str, logon_ms: float = 0, **_: Any) -> None:
         self.host = host
-        self.logon_s = float(logon_ms) / 1000.0
+        # (a TypeError: the config's, said with the key. NaN or inf would hold every logon for ever)
+        if type(logon_ms) not in (int, float) or not 0 <= logon_ms <= LOGON_MS_MAX:
+            raise TypeError(f"logon_ms must be a number of milliseconds from 0 to {LOGON_MS_MAX}, not {logon_ms!r}")
+        self.logon_s = logon_ms / 1000.0
 
     async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
         return data
