@@ -10,6 +10,7 @@ import ipaddress
 import json
 import re
 import tomllib
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +155,12 @@ def _escape(c: str) -> str:
     if c in '"\\':
         return "\\" + c
     return f"\\u{ord(c):04X}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08X}"
+
+
+def one_line(text: str) -> str:
+    """`text` with its line breaks and control characters escaped: a line of an error that came
+    from elsewhere (a service's own exception) stays one line."""
+    return "".join(ascii(c)[1:-1] if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text)
 
 
 def _loc(loc: tuple[Any, ...]) -> str:

@@ -366,6 +366,51 @@ def test_a_logon_ms_that_is_no_time_is_said_with_its_key(d: Path, service: str, 
     assert code == EXIT_CONFIG and any("host.service:" in line and "logon_ms must be" in line for line in lines), lines
 
 
+def multiline_factory(host: str, **options: Any) -> Any:
+    """A service of one's own whose factory fails with an error of two lines."""
+    raise ValueError("first line\nsecond line")
+
+
+def test_a_service_that_fails_in_lines_and_an_option_name_with_a_line_break_are_each_one_line(d: Path) -> None:
+    """A service's own error (a factory's, Python's own naming an unknown keyword argument as it
+    came) came out as it was: a line break in it cut the line in two."""
+    data = copy.deepcopy(HOST)
+    data["host"]["service"] = "tests.test_config_fuzz:multiline_factory"
+    code, lines = through_cli(d, data, HostConfig, host_checks(False))
+    assert code == EXIT_CONFIG and any("first line\\nsecond line" in line for line in lines), lines
+    data = copy.deepcopy(HOST)
+    data["host"]["service"] = "ledger"
+    data["service_options"] = {**SERVICES["ledger"], "a\x1fb": 1}
+    code, lines = through_cli(d, data, HostConfig, host_checks(False))
+    assert code == EXIT_CONFIG and any('service_options: "a\\u001Fb": not an option name' in line for line in lines), lines
+
+
+LEDGER_BAD = [
+    ("busy_timeout", math.nan),
+    ("busy_timeout", -1),
+    ("command_timeout", math.inf),
+    ("tx_idle_timeout", "x"),
+    ("pool_size", -3),
+    ("keep_last", "x"),
+    ("keep_last", 1.5),
+    ("keep_hours", "x"),
+    ("keep_hours", math.inf),
+    ("idempotency", "no"),
+    ("dsn", 5),
+]
+
+
+@pytest.mark.parametrize("key, value", LEDGER_BAD)
+def test_a_ledger_option_of_the_wrong_kind_is_said_with_its_key(d: Path, key: str, value: Any) -> None:
+    """Taken as they came (a NaN timeout, a pool of -3, idempotency = "no", a string: true), or
+    refused with int()'s or float()'s own words, naming no key."""
+    data = copy.deepcopy(HOST)
+    data["host"]["service"] = "ledger"
+    data["service_options"] = {**SERVICES["ledger"], key: value}
+    code, lines = through_cli(d, data, HostConfig, host_checks(False))
+    assert code == EXIT_CONFIG and any("host.service:" in line and f"{key} must be" in line for line in lines), lines
+
+
 @FUZZ
 @given(case=mutated(CTL))
 @example(case=case_of(CTL, ("secret_file",), "a\nb"))

@@ -9,7 +9,21 @@ from typing import Any
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from hsb.config import Addr, ConfigPath, ConnectAddr, OptAddr, Partial, Rule, Ruled, Strict, TLSLinks, listen_clashes, resolve_under, same_addr
+from hsb.config import (
+    Addr,
+    ConfigPath,
+    ConnectAddr,
+    OptAddr,
+    Partial,
+    Rule,
+    Ruled,
+    Strict,
+    TLSLinks,
+    key_text,
+    listen_clashes,
+    resolve_under,
+    same_addr,
+)
 from hsb.fsutil import path_problem
 from hsb.host.takeover_size import size_problem
 from hsb.terminals import TerminalDef, TerminalGroup, TerminalSpec, attrs_problem, raw_table_problems, table_problems
@@ -113,6 +127,9 @@ class HostConfig(Strict):
     def _service_paths(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         """The built-in services' file options (the journal service's `journal`, the ledger's
         `sqlite`) are relative to the config file's folder, as every path in the config is."""
+        names = [key_text(k) for k in v if not k.isidentifier()]
+        if names:  # (the factory's keyword arguments: Python's error would give the key as it came, a line break too)
+            raise ValueError(f"{', '.join(names)}: not an option name (letters, digits and _); remove it or check the service's options")
         host = info.data.get("host")
         if host is None:  # (its own errors are reported)
             return v

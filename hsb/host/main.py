@@ -11,7 +11,7 @@ import click
 
 from hsb import __version__, logs
 from hsb.cli import EXIT_CONFIG, die, exit_watchdog, load_or_exit, log_level_option
-from hsb.config import Partial, resolve_under
+from hsb.config import Partial, one_line, resolve_under
 from hsb.host.config import HostConfig, raw_size_keys, service_paths
 from hsb.host.hooks import stop_time_warning as stop_time_warning_line
 from hsb.ops.listen import ListenError, listen_problems, listen_warnings
@@ -98,12 +98,12 @@ def service_look(spec: str, name: str, options: dict[str, Any], check_only: bool
     try:
         said = look_at_options(spec, name, options) if check_only else None
         if said is not None:
-            return said
+            return [one_line(e) for e in said[0]], [one_line(w) for w in said[1]]
         service = load_service(spec, name, options)
     except ServiceError as exc:
-        return [f"host.service: {exc}"], []
+        return [one_line(f"host.service: {exc}")], []
     except Exception as exc:  # the factory itself failed: a config problem as far as the operator can tell
-        return [f"host.service: {spec!r} could not be built with [service_options]: {type(exc).__name__}: {exc}"], []
+        return [one_line(f"host.service: {spec!r} could not be built with [service_options]: {type(exc).__name__}: {exc}")], []
     try:
         asyncio.run(service.close())
     except Exception:  # closing a service just built for the check is best effort

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,6 +201,53 @@ async def apply(tx: Tx, terminal: str, mid: int, r: Request) -> str:
     return dumps({"ok": True})
 
 
+# [service_options]' kinds: "text", "yes/no", "count" (an integer of at least 1), "seconds" (a
+# finite number above 0), "number" (finite, 0 or more); keep_hours' and keep_last's bounds have
+# their own lines below, "finite" and "integer" their kinds only. A wrong one was taken as it came: NaN
+# timeouts, a pool of -3, idempotency = "no" (a string: true), or refused by int()'s own words
+OPTION_KINDS = {
+    "dsn": "text",
+    "sqlite": "text",
+    "pool_size": "count",
+    "command_timeout": "seconds",
+    "tx_idle_timeout": "seconds",
+    "keep_hours": "finite",
+    "keep_last": "integer",
+    "busy_timeout": "number",
+    "idempotency": "yes/no",
+    "logon_ms": "number",
+}
+_KIND_TEXT = {
+    "text": "a string",
+    "yes/no": "true or false",
+    "count": "an integer of at least 1",
+    "seconds": "a number of seconds above 0",
+    "number": "a number, 0 or more",
+    "finite": "a number",
+    "integer": "an integer",
+}
+
+
+def option_problems(**options: Any) -> list[str]:
+    """Each option of the wrong kind (OPTION_KINDS), one line each with its key."""
+    out = []
+    for key, v in options.items():
+        kind = OPTION_KINDS[key]
+        if kind == "text":
+            ok = type(v) is str
+        elif kind == "yes/no":
+            ok = type(v) is bool
+        elif kind in ("count", "integer"):
+            ok = type(v) is int and (v >= 1 or kind == "integer")
+        elif type(v) in (int, float) and math.isfinite(v):
+            ok = v > 0 if kind == "seconds" else v >= 0 if kind == "number" else True
+        else:
+            ok = False
+        if not ok:
+            out.append(f"{key} must be {_KIND_TEXT[kind]}, not {v!r}")
+    return out
+
+
 MIN_KEEP_HOURS = 1.0  # records kept less than this could be pruned under a message still held
 
 
@@ -221,6 +269,20 @@ class LedgerService:
         logon_ms: float = 0,
     ) -> None:
         self.host = host
+        problems = option_problems(
+            dsn=dsn,
+            sqlite=sqlite,
+            pool_size=pool_size,
+            command_timeout=command_timeout,
+            tx_idle_timeout=tx_idle_timeout,
+            keep_hours=keep_hours,
+            keep_last=keep_last,
+            busy_timeout=busy_timeout,
+            idempotency=idempotency,
+            logon_ms=logon_ms,
+        )
+        if problems:  # (a TypeError: the config's error, said by the check with each key)
+            raise TypeError("; ".join(problems))
         if not dsn and not sqlite:
             raise TypeError("ledger needs [service_options] dsn = 'postgresql://…' (or sqlite = 'PATH' on one machine)")
         if not float(keep_hours) >= MIN_KEEP_HOURS:
