@@ -1,0 +1,257 @@
+"""hsbctl status's verdict and hsbctl switchover's outcome from made-up answers, in-process: each
+test here failed a mutation of hsb/ctl that every other test passed (a guard deleted, a bound
+moved, an exit status changed), so a critical state said as fine, or a switchover said done or
+failed when it was not, fails a test (docs/operations.md §0, §7, §8, §17)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.ctl import gather
+from hsb.ctl import status as status_mod
+from hsb.ctl import switchover as switchover_mod
+from hsb.ctl.agree import split_brain
+from hsb.ctl.gather import summarize
+from hsb.ctl.refused import refused_line
+from hsb.ctl.status import headline, shown
+from hsb.ctl.target import Target
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _cp(**kw: Any) -> dict[str, Any]:
+    return {"reachable": True, "name": "cp", "addr": "cp:1", "state": "serving", "epoch": 5, **kw}
+
+
+def _host(who: str, role: str, epoch: int = 5, **kw: Any) -> dict[str, Any]:
+    return {
+        "reachable": True,
+        "name": who,
+        "addr": f"{who}:1",
+        "role": role,
+        "state": "established",
+        "serving": role == "active",
+        "epoch": epoch,
+        **kw,
+    }
+
+
+def _shown_cp(**kw: Any) -> dict[str, Any]:
+    """A CP answer render can show (its terminal counts and held messages)."""
+    t = {"connected": 0, "defined": 0, "active_sessions": 0, "standby_sessions": 0}
+    return _cp(terminals=t, held_messages=0, **kw)
+
+
+def _shown_host(who: str, role: str, epoch: int = 5, **kw: Any) -> dict[str, Any]:
+    """A host answer render can show."""
+    return _host(
+        who,
+        role,
+        epoch,
+        pid=1,
+        sentence="-",
+        peer_link={"up": True},
+        cp_link="up",
+        takeover_file={"path": "/t", "records": 1, "storage": "ok"},
+        batch_records={"own": 1},
+        startup_id={"own": None, "partner": None},
+        terminals={"defined": 0, "linked": 0, "active_sessions": 0, "standby_sessions": 0},
+        **kw,
+    )
+
+
+# -- hsbctl status: the verdict ------------------------------------------------------------
+
+
+def test_a_status_render_cannot_show_is_unknown_whatever_the_summary_said() -> None:
+    """The summary's verdict is 0, but render cannot show the answers (a field missing: another
+    version's daemon): the exit status is 3 with the UNKNOWN line, not the summary's 0."""
+    st = summarize(_cp(active={"name": "host-a"}, standby={"name": "host-b"}), [_host("host-a", "active"), _host("host-b", "standby")])
+    assert st["exit_status"] == 0, st
+    text = shown(st)
+    assert st["exit_status"] == 3 and text.startswith("hsb: UNKNOWN (a daemon answered a status this hsbctl cannot read: KeyError"), text
+
+
+def test_a_cp_whose_active_link_is_closed_is_not_serving() -> None:
+    """The CP names the active with its link closed (`no_active`): nothing reaches it, though the
+    host, its lease still valid, says it serves: NOT SERVING (2), never established (0)."""
+    st = summarize(
+        _cp(state="no_active", active={"name": "host-a", "connected": False}, standby={"name": "host-b"}),
+        [_host("host-a", "active"), _host("host-b", "standby")],
+    )
+    assert not st["serving"] and not st["established"] and st["exit_status"] == 2, st
+    assert headline(st)[0] == "hsb: NOT SERVING", headline(st)
+
+
+def test_answers_still_disagreeing_are_not_established() -> None:
+    """A role change under way (3) is not hot standby ready: `established` false, which
+    switchover reads before it asks the active to hand over."""
+    st = summarize(_cp(epoch=6, active={"name": "host-a"}, standby={"name": "host-b"}), [_host("host-a", "active", 6), _host("host-b", "standby", 7)])
+    assert st["changing"] and st["exit_status"] == 3 and not st["established"], st
+
+
+def test_a_standby_that_says_its_view_is_stale_is_not_hot_standby() -> None:
+    """The standby says its view of the sessions is stale (the active's ring writes failing, seen
+    from its side): a failover now would take over that view; not established (1)."""
+    st = summarize(
+        _cp(active={"name": "host-a"}, standby={"name": "host-b"}), [_host("host-a", "active"), _host("host-b", "standby", standby_view_stale=True)]
+    )
+    assert st["serving"] and not st["established"] and st["exit_status"] == 1, st
+
+
+def test_an_answer_whose_status_has_no_state_cannot_be_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A status answer that is a map without a state (not an hsb daemon's status) is one that
+    could not be read (3), not a CP that does not serve (2) or a host in no state."""
+
+    async def ask(*a: Any, **kw: Any) -> dict[str, Any]:
+        return {"t": "status", "data": {"epoch": 5}}
+
+    monkeypatch.setattr(gather, "ask", ask)
+    secret = tmp_path / "s"
+    secret.write_text("secret\n")
+    secret.chmod(0o600)
+    st = asyncio.run(gather.status_all("cp:1", ["host-a:1", "host-b:1"], str(secret)))
+    assert st["exit_status"] == 3 and len(st["unknown"]) == 3 and all("without a status" in u["error"] for u in st["unknown"]), st
+
+
+@pytest.mark.parametrize("state", ["stopping", "fenced"])
+def test_an_old_active_stopping_or_fenced_is_not_an_active(state: str) -> None:
+    """An old active stopping or fenced, still saying it serves, is not an active: one active,
+    the new one (1: no standby yet), not a role change (3) or two actives."""
+    st = summarize(_cp(epoch=6, active={"name": "host-b"}, standby=None), [_host("host-a", "active", 5, state=state), _host("host-b", "active", 6)])
+    assert st["exit_status"] == 1 and st["serving"] and not st["changing"] and not st["two_actives"], st
+
+
+def test_the_cps_active_at_an_older_epoch_than_the_cps_is_a_role_change() -> None:
+    """The CP names host-a its active, host-a answered at epoch 5 and the CP at 6 (a grant after
+    host-a's answer), host-b says it is the active at 6: answers of different moments (3), not two
+    actives (2): the older active counts as the CP's only at the CP's own epoch."""
+    st = summarize(_cp(epoch=6, active={"name": "host-a"}), [_host("host-a", "active", 5), _host("host-b", "active", 6)])
+    assert not st["two_actives"] and st["changing"] and st["exit_status"] == 3, st
+
+
+def test_the_cps_active_saying_it_is_the_standby_is_a_role_change() -> None:
+    """The CP granted host-b (epoch 6), host-b has not heard (the standby at 5) and host-a's lease
+    ended (not serving): a role change under way (3), not NOT SERVING (2)."""
+    st = summarize(
+        _cp(epoch=6, active={"name": "host-b"}, standby=None), [_host("host-a", "active", 5, serving=False), _host("host-b", "standby", 5)]
+    )
+    assert st["exit_status"] == 3 and "the CP's active at epoch 6 is host-b, which says it is the standby at epoch 5" in st["changing"], st
+
+
+def test_one_cp_named_twice_is_no_split_brain_whatever_its_two_answers() -> None:
+    """One hsbcpd answering at two addresses (or at one address named twice) during a role change
+    names one active in one answer and the other in the next: one CP, not two (no split brain)."""
+    old, new = _host("host-a", "active", 4, cp_generation={"seen": 6}), _host("host-b", "active", 5, cp_generation={"seen": 6})
+    cp = _cp(epoch=5, generation=6, active={"name": "host-b"})
+    best = {"addr": "cp-a:1", "reachable": True, "state": "serving", "generation": 6, "active": "host-b"}
+    alias = {**best, "addr": "vip:1", "active": "host-a", "same_as": "cp-a:1"}
+    assert split_brain(cp, [old, new], [best, alias]) is None
+    assert split_brain(cp, [old, new], [best, {**best, "active": "host-a"}]) is None  # (the same address twice)
+
+
+def test_a_split_brain_names_each_cp_machines_generation() -> None:
+    """Hosts that do not say which CP generation they saw (an older hsbd): each active's CP
+    generation is its CP machine's."""
+    old, new = _host("host-a", "active", 4), _host("host-b", "active", 5)
+    cp = _cp(epoch=5, generation=7, active={"name": "host-b"})
+    machines = [
+        {"addr": "cp-a:1", "name": "cp-a", "reachable": True, "state": "serving", "generation": 6, "active": "host-a"},
+        {"addr": "cp-b:1", "name": "cp-b", "reachable": True, "state": "serving", "generation": 7, "active": "host-b"},
+    ]
+    said = split_brain(cp, [old, new], machines)
+    assert said is not None and "host-a at epoch 4 (cp-a's active, CP generation 6)" in said and "(cp-b's active, CP generation 7)" in said, said
+
+
+def test_the_refused_line_counts_every_terminal_the_cp_counted() -> None:
+    """The CP's record names the first terminals and counts them all: the line says the count."""
+    ref = {"standby": "host-b", "count": 40, "terminals": [{"terminal": f"T{n}", "reason": "attrs differ"} for n in range(5)]}
+    line = refused_line({"refused_standby": ref})
+    assert line is not None and line.startswith("  40 terminal(s) took the classic path") and "T0, T1, T2, T3, T4 and 35 more" in line, line
+
+
+# -- hsbctl switchover: its outcome ------------------------------------------------------------
+
+
+def test_an_answer_that_does_not_say_ok_is_no_acceptance(capsys: pytest.CaptureFixture[str]) -> None:
+    assert switchover_mod.refused_or_unasked({"t": "result", "msg": "what?"}, {"name": "host-a"}) == 1
+    assert "error: what?" in capsys.readouterr().err
+
+
+def _switchover(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, polls: list[dict[str, Any]], timeout: float = 10.0) -> int:
+    """hsbctl switchover, host-a taking the request, the status polls answering `polls` in turn
+    (the last again after the end): its exit status."""
+    n = 0
+
+    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
+        nonlocal n
+        n += 1
+        p = polls[min(n, len(polls)) - 1]
+        return summarize(dict(p["cp"]), [dict(h) for h in p["hosts"]])
+
+    async def accepts(*a: Any, **kw: Any) -> dict[str, Any]:
+        return {"t": "result", "ok": True, "msg": "planned switchover started on host-a"}
+
+    monkeypatch.setattr(switchover_mod, "status_all", status_all)
+    monkeypatch.setattr(switchover_mod, "ask", accepts)
+    secret = tmp_path / "s"
+    secret.write_text("secret\n")
+    secret.chmod(0o600)
+    return switchover_mod.run_switchover(Target(cp="cp:1", cps=["cp:1"], hosts=["host-a:1", "host-b:1"], secret_file=str(secret)), True, timeout)
+
+
+_READY = {
+    "cp": _cp(epoch=3, active={"name": "host-a"}, standby={"name": "host-b"}),
+    "hosts": [_host("host-a", "active", 3, switchovers_ended=0), _host("host-b", "standby", 3)],
+}
+_HANDING = {"cp": _READY["cp"], "hosts": [_host("host-a", "active", 3, state="handing_over", switchovers_ended=0), _host("host-b", "standby", 3)]}
+_SWITCHED = {
+    "cp": _cp(epoch=4, active={"name": "host-b"}, standby={"name": "host-a"}, last_switchover={"switched": 2, "classic": 0, "all_served_ms": 1.0}),
+    "hosts": [_host("host-a", "standby", 4, switchovers_ended=1), _host("host-b", "active", 4)],
+}
+
+
+def test_a_switchover_still_handing_over_is_not_said_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A poll before the grant (the epoch not moved, host-a still handing over, its count not up)
+    is not a switchover that ended without a grant: it completes (0)."""
+    assert _switchover(tmp_path, monkeypatch, [_READY, _HANDING, _HANDING, _SWITCHED]) == 0, capsys.readouterr()
+    assert "switchover complete" in capsys.readouterr().out
+
+
+def test_the_new_active_is_said_at_the_cps_new_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """host-b heard of the grant before the CP's answer (the CP still at epoch 3): not yet said
+    active; once the CP is at 4, `host-b is active at epoch 4`."""
+    early = {"cp": _READY["cp"], "hosts": [_host("host-a", "active", 3, state="handing_over", switchovers_ended=0), _host("host-b", "active", 4)]}
+    assert _switchover(tmp_path, monkeypatch, [_READY, early, _SWITCHED]) == 0
+    out = capsys.readouterr().out
+    assert "host-b is active at epoch 4;" in out and "at epoch 3" not in out, out
+
+
+def test_a_switch_without_hot_standby_again_is_not_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Switched (host-b active at epoch 4, the record known) but host-a never becomes the standby
+    within the timeout: not `switchover complete ... hot standby established again` (0), but did
+    not complete (1)."""
+    gone = {**_SWITCHED, "hosts": [{"reachable": False, "name": "host-a", "addr": "host-a:1", "error": "refused"}, _SWITCHED["hosts"][1]]}
+    assert _switchover(tmp_path, monkeypatch, [_READY, gone], timeout=0.5) == 1
+    out = capsys.readouterr()
+    assert "switchover complete" not in out.out and "did not complete within" in out.err, out
+
+
+def test_status_says_unknown_when_render_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """run_status's exit status is the shown verdict's: 3 when the answers cannot be shown."""
+
+    async def fine(*a: Any, **kw: Any) -> dict[str, Any]:
+        return summarize(_cp(active={"name": "host-a"}, standby={"name": "host-b"}), [_host("host-a", "active"), _host("host-b", "standby")])
+
+    monkeypatch.setattr(status_mod, "status_all", fine)
+    t = Target(cp="cp:1", cps=["cp:1"], hosts=["host-a:1", "host-b:1"], secret_file=str(tmp_path / "s"))
+    assert status_mod.run_status(t, False, False) == 3
+    assert capsys.readouterr().out.startswith("hsb: UNKNOWN (a daemon answered a status this hsbctl cannot read")
