@@ -17,7 +17,7 @@ from hsb.ctl import switchover as switchover_mod
 from hsb.ctl.agree import split_brain
 from hsb.ctl.gather import summarize
 from hsb.ctl.refused import refused_line
-from hsb.ctl.status import headline, shown
+from hsb.ctl.status import headline, render, shown
 from hsb.ctl.target import Target
 
 pytestmark = pytest.mark.timeout(30)
@@ -65,6 +65,23 @@ def _shown_host(who: str, role: str, epoch: int = 5, **kw: Any) -> dict[str, Any
 
 
 # -- hsbctl status: the verdict ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cp_asked", [True, False])
+def test_two_actives_at_one_epoch_are_said_by_the_first_line(cp_asked: bool) -> None:
+    """Two hosts serving as the active at one epoch exit 2, and the first line said `SERVING
+    WITHOUT A STANDBY` (a 1 in §0's table) or, the CP not asked, `UNKNOWN` (a 3), with the two
+    actives only on an ERROR line further down: the first line says TWO ACTIVES, naming both."""
+    cp = _shown_cp(active={"name": "host-b"}) if cp_asked else {"reachable": False, "addr": "cp:1", "error": "connection refused"}
+    st = summarize(cp, [_shown_host("host-a", "active"), _shown_host("host-b", "active")])
+    assert st["exit_status"] == 2 and st["two_actives"] == ["host-a", "host-b"], st
+    first = headline(st)[0]
+    assert first.startswith("hsb: TWO ACTIVES: two hosts serve as the active with a valid lease at once: host-a, host-b"), first
+    assert ("the CP's active is host-b" if cp_asked else "the CP cannot be asked") in first, first
+    text = render(st)
+    assert text.count("two hosts serve as the active") == 1, text  # (said once, by the first line)
+    if not cp_asked:
+        assert "  CP at cp:1: connection refused" in text.splitlines()[1], text
 
 
 def test_a_status_render_cannot_show_is_unknown_whatever_the_summary_said() -> None:

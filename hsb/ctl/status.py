@@ -100,8 +100,11 @@ def headline(st: dict[str, Any]) -> list[str]:
     changing = (
         [f"  roles are changing (asked again, the answers still disagree; ask again in a moment): {st['changing']}"] if st.get("changing") else []
     )
+    unknown = [f"  {u['name']} at {u['addr']}: {u['error']}" for u in st.get("unknown") or []]
     if st.get("split_brain"):  # (critical, whatever else could not be asked: each such daemon's line follows)
-        return [f"hsb: TWO ACTIVES: {st['split_brain']}", *(f"  {u['name']} at {u['addr']}: {u['error']}" for u in st.get("unknown") or []), *why]
+        return [f"hsb: TWO ACTIVES: {st['split_brain']}", *unknown, *why]
+    if st.get("two_actives"):  # (critical as well: the first line says it, not a verdict of 1 or 3)
+        return [f"hsb: TWO ACTIVES: {_two_actives(st)}", *unknown, *why]
     if not st.get("unknown"):
         if changing:
             return ["hsb: UNKNOWN (a role change is under way)", *changing, *why]
@@ -117,7 +120,18 @@ def headline(st: dict[str, Any]) -> list[str]:
         first = f"hsb: UNKNOWN ({names}); the hosts say: {', '.join(said) or 'nothing (none answered)'}"
     else:
         first = f"hsb: UNKNOWN ({names}); from the others: {verdict}"
-    return [first, *(f"  {u['name']} at {u['addr']}: {u['error']}" for u in st["unknown"]), *changing, *why]
+    return [first, *unknown, *changing, *why]
+
+
+def _two_actives(st: dict[str, Any]) -> str:
+    """Two hosts serving as the active at one epoch (or the CP's active the older one), and what to do."""
+    cp = st["cp"]
+    named = (cp.get("active") or {}).get("name") if cp.get("reachable") else None
+    whose = f"the CP's active is {named}" if named else "the CP names none" if cp.get("reachable") else "the CP cannot be asked"
+    return (
+        f"two hosts serve as the active with a valid lease at once: {', '.join(st['two_actives'])} ({whose});"
+        " stop hsbd on the one that is not the CP's active ('systemctl stop' its unit on its machine) and report it (the lease rule, docs/operations.md §5)"
+    )
 
 
 def render(st: dict[str, Any]) -> str:
@@ -125,11 +139,6 @@ def render(st: dict[str, Any]) -> str:
     out.extend(headline(st))
     if st["cp"].get("paused"):
         out.append("PAUSED: automatic failover is off ('hsbctl resume' turns it on; a planned switchover and promote still work)")
-    if st.get("two_actives") and not st.get("split_brain"):  # (that one's first line says it)
-        cp_active = (st["cp"].get("active") or {}).get("name", "-")
-        out.append(
-            f"ERROR: two hosts serve as the active with a valid lease at once: {', '.join(st['two_actives'])} (the CP's active is {cp_active})"
-        )
     out.extend(f"ERROR: {e}" for e in st.get("cp_errors") or [])
     out.extend(f"WARNING: {w}" for w in st.get("cp_warnings") or [])
     if st.get("cps"):  # two CP machines
