@@ -470,3 +470,34 @@ async def test_a_host_beats_often_until_the_cp_has_told_it_its_lease() -> None:
         assert max(b - a for a, b in zip(sent[n:], sent[n + 1 :], strict=False)) < 0.3, sent
     finally:
         task.cancel()
+
+
+async def test_a_message_handed_to_the_service_before_is_marked_redelivered_whatever_the_cp_says() -> None:
+    """The host marks a message redelivered itself when it handed that terminal's id, or a higher
+    one, to its service before (a CP that crashed before its record was durable delivers it again
+    unmarked): the same id and a lower one are marked and counted, a higher id is not, and each
+    terminal has its own ids."""
+    svc = Flaky(fail=0)
+    sent: list[dict[str, Any]] = []
+    d = Delivery(svc, lambda m: sent.append(m) or True, lambda: 1)  # type: ignore[arg-type, func-returns-value]
+    for n, (terminal, mid) in enumerate([("T1", 5), ("T1", 5), ("T1", 4), ("T2", 5), ("T1", 6)], 1):
+        d.deliver(terminal, mid, "x", False)
+        await _until(lambda: len(sent) == n, f"reply {n}")
+    assert svc.flags == [False, True, True, False, False]
+    assert d.counters["repeats_marked"] == 2 and d.counters["redelivered"] == 2
+    assert [(m["terminal"], m["id"]) for m in sent] == [("T1", 5), ("T1", 5), ("T1", 4), ("T2", 5), ("T1", 6)]
+
+
+def test_the_service_is_failing_until_every_terminal_waiting_for_it_was_answered() -> None:
+    """One terminal's message answered while another's still waits for the service (its database
+    answered once, between failures) does not say it recovered: hsb_service_healthy would go back
+    to 1 and its alert start over while messages still wait."""
+    from hsb.host.delivery import ServiceHealth
+
+    h = ServiceHealth()
+    h.failing("T1", "database down")
+    h.failing("T2", "database down")
+    h.answered("T1")
+    assert h.state == "failing" and h.error == "database down" and len(h.waiting) == 1
+    h.answered("T2")
+    assert h.state == "ok" and h.error is None and not h.waiting
