@@ -63,6 +63,7 @@ def _log(path: Path) -> list[dict[str, Any]]:
 _status = sandbox.status
 _until = sandbox.until
 _actives = sandbox.actives
+_sleep = asyncio.sleep  # (the acts' load before and after the fault: tests run the acts without it)
 
 
 def _dead(d: Path) -> list[str]:
@@ -141,7 +142,7 @@ async def scenario(d: Path, *, conventional: bool, terminals: int, rate: float, 
             await _until(d, lambda s: s["cp"]["terminals"]["standby_sessions"] == terminals, 30, "standby sessions")
         await _until(d, lambda s: _actives(s) == ["host-a"], 30, "host-a the active")  # the host about to be killed
         say(f"   hot standby established; load running at {rate:.0f} msg/s")
-        await asyncio.sleep(1.5)
+        await _sleep(1.5)
         pid = sandbox.load_state(d)["hosts"]["host-a"]["pid"]
         t_kill = time.time()
         marks.append(("SIGKILL of the active", t_kill))
@@ -153,7 +154,7 @@ async def scenario(d: Path, *, conventional: bool, terminals: int, rate: float, 
         st = await _until(d, lambda s: s["established"], 60, "hot standby again")
         t_est = time.time()
         say("   hot standby established again, roles reversed")
-        await asyncio.sleep(1.0)
+        await _sleep(1.0)
         stop.set()
         rep = await load
         report = rep.to_dict()
@@ -283,7 +284,7 @@ async def cp_restart(d: Path, *, terminals: int, rate: float, say: Any) -> dict[
         await _until(d, lambda s: s["cp"]["terminals"]["standby_sessions"] == terminals, 30, "standby sessions")
         before = _actives(await _until(d, lambda s: _actives(s) == ["host-a"], 30, "host-a the active"))
         say(f"   hot standby established; load running at {rate:.0f} msg/s")
-        await asyncio.sleep(1.5)
+        await _sleep(1.5)
         pid = sandbox.cp_process(sandbox.load_state(d))
         t_kill = time.time()
         marks.append(("SIGKILL of hsbcpd", t_kill))
@@ -297,7 +298,7 @@ async def cp_restart(d: Path, *, terminals: int, rate: float, say: Any) -> dict[
         st = await _until(d, back, 30, "every terminal served again")
         t_back = time.time()
         say("   every terminal resumed; hot standby established again")
-        await asyncio.sleep(1.0)
+        await _sleep(1.0)
         stop.set()
         rep = await load
         t_end = time.time()  # (the teardown's lines come after)
@@ -380,13 +381,13 @@ async def ledger_act(d: Path, *, terminals: int, rate: float, dsn: str | None, s
         await _until(d, lambda s: s["cp"]["terminals"]["standby_sessions"] == terminals, 30, "standby sessions")
         await _until(d, lambda s: _actives(s) == ["host-a"], 30, "host-a the active")  # the host about to be killed
         say(f"   {w.n} accounts opened and funded; transfers at {rate:.0f} msg/s")
-        await asyncio.sleep(1.5)
+        await _sleep(1.5)
         pid = sandbox.load_state(d)["hosts"]["host-a"]["pid"]
         marks.append(("SIGKILL of the active", time.time()))
         os.kill(pid, signal.SIGKILL)
         say(f"   SIGKILL host-a (pid {pid}) with transfers in flight")
         st = await _until(d, lambda s: _actives(s) == ["host-b"], 30, "host-b active")
-        await asyncio.sleep(1.5)
+        await _sleep(1.5)
         stop.set()
         rep = await load
         dead = [n for n in _dead(d) if n != "host-a"]  # (host-a was killed and stays down in this act)

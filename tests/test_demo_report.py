@@ -72,6 +72,12 @@ def test_the_cp_act_says_failed_with_its_reasons() -> None:
     assert "VERDICT: FAILED: 1 of 4 terminals were cut off and resumed" in out
 
 
+def _ledger(ok: bool) -> dict[str, Any]:
+    books = {"accounts": 50, "total": 5000, "expected_total": 5000, "transfers_ok": 9, "transfers_refused": 1, "entries": 18}
+    failures = [] if ok else ["books: transfer 7 applied twice"]
+    return {"database": "sqlite", "active_after": ["host-b"], "worst_pause_ms": 50.0, "books": books, "ok": ok, "failures": failures}
+
+
 def _run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, acts: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     async def scenario(d: Path, *, conventional: bool, **kw: Any) -> dict[str, Any]:
         got = acts["conventional" if conventional else "fast switch"]
@@ -85,17 +91,24 @@ def _run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, acts: dict[str, Any], 
             raise got
         return dict(got)
 
+    async def ledger_act(d: Path, **kw: Any) -> dict[str, Any]:
+        got = acts["ledger"]
+        if isinstance(got, BaseException):
+            raise got
+        return dict(got)
+
     monkeypatch.setattr(demo, "scenario", scenario)
     monkeypatch.setattr(demo, "cp_restart", cp_restart)
+    monkeypatch.setattr(demo, "ledger_act", ledger_act)
     args = demo.argparse.Namespace(
-        json=False, terminals=4, rate=10.0, dir=str(tmp_path), fast_only=False, no_cp_restart=False, no_ledger=True, dsn=None
+        json=False, terminals=4, rate=10.0, dir=str(tmp_path), fast_only=False, no_cp_restart=False, no_ledger=False, dsn=None
     )
     rc = asyncio.run(demo.amain(args))
     return rc, capsys.readouterr().out
 
 
 def test_every_act_passing_exits_0(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    acts = {"fast switch": _failover("fast switch", 20.0), "conventional": _failover("conventional", 200.0), "cp": _cp(True)}
+    acts = {"fast switch": _failover("fast switch", 20.0), "conventional": _failover("conventional", 200.0), "cp": _cp(True), "ledger": _ledger(True)}
     rc, out = _run(monkeypatch, tmp_path, acts, capsys)
     assert rc == 0, out
     assert "FAILED" not in out
@@ -109,8 +122,10 @@ def test_every_act_passing_exits_0(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
         {"cp": _cp(False)},
         {"conventional": TimeoutError("hot standby again not reached in 60 s")},
         {"cp": demo.sandbox.SandboxError("hsbcpd exited at start")},
+        {"ledger": _ledger(False)},
+        {"ledger": TimeoutError("host-b active not reached in 30 s")},
     ],
-    ids=["fast-switch-verdict", "conventional-verdict", "cp-verdict", "act-timed-out", "act-did-not-start"],
+    ids=["fast-switch-verdict", "conventional-verdict", "cp-verdict", "act-timed-out", "act-did-not-start", "ledger-books", "ledger-timed-out"],
 )
 def test_any_act_failing_or_not_completing_exits_1(
     broken: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -119,6 +134,7 @@ def test_any_act_failing_or_not_completing_exits_1(
         "fast switch": _failover("fast switch", 20.0),
         "conventional": _failover("conventional", 200.0),
         "cp": _cp(True),
+        "ledger": _ledger(True),
         **broken,
     }
     rc, out = _run(monkeypatch, tmp_path, acts, capsys)
