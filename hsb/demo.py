@@ -395,6 +395,8 @@ async def ledger_act(d: Path, *, terminals: int, rate: float, dsn: str | None, s
         await _stop_load(load)
         _down(d)
     checks = [f"daemons not running at the end: {', '.join(dead)}"] if dead else []
+    if not rep.books:  # (the load checks them only if given the database: else "the books balance" unchecked)
+        checks.append("the books were not checked: the load was given no ledger database to check")
     pause = rep.pause or {}
     return {
         "mode": "ledger",

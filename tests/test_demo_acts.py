@@ -262,8 +262,9 @@ def test_the_ledger_act_passes_with_host_a_left_down(monkeypatch: pytest.MonkeyP
     [
         (Rep(("books: transfer 7 applied twice",), books=BOOKS), (), "books: transfer 7 applied twice"),
         (Rep(books=BOOKS), ("host-a", "host-b"), "daemons not running at the end: host-b"),
+        (Rep(books=None), (), "the books were not checked: the load was given no ledger database to check"),
     ],
-    ids=["books", "new-active-dead"],
+    ids=["books", "new-active-dead", "books-not-checked"],
 )
 def test_the_ledger_act_fails_on_its_books_or_a_daemon_down(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, rep: Rep, dead: tuple[str, ...], said: str
