@@ -1,12 +1,13 @@
-"""hsbctl stop, history and promote from made-up answers (hsb.ctl.ops_cmds, hsb.ctl.main, in-process),
-one test for each thing a mutation audit found no test for. stop, once the host it stopped is
-gone: the documented handover ("host-a stopped; host-b is the active host", 0), a CP still naming
-the stopped host its active, a host the CP names that says it is the standby, one that says active
-without serving (1: the handover did not complete), the CP not asked (3: not known), a stop the
-host refused (1, at once), another host gone while the stopped one still answers, --no-takeover
-sent as asked, --timeout's bounds. history: each kind's row. promote: no standby seen and a host
-not asked (3), a refusal read from an older standby's last error, the standby the CP names of two.
-(Their other cases: tests/test_ctl_errors_requests.py, tests/test_ctl_status.py, tests/test_ctl_answers.py.)"""
+"""hsbctl stop, history and promote from made-up answers (hsb.ctl.ops_cmds, hsb.ctl.main,
+in-process), one test for each thing a mutation audit found no test for. stop, once the host it
+stopped is gone: the documented handover ("host-a stopped; host-b is the active host", 0), a CP
+still naming the stopped host its active, a host the CP names that says it is the standby, one
+that says active without serving (1: the handover did not complete), the CP not asked (3: not
+known), a stop the host refused (1, at once), another host gone while the stopped one still
+answers, the host named asked (without a name only an active), --no-takeover sent as asked,
+--timeout's bounds. history: each kind's row. promote: no standby seen and a host not asked (3),
+a refusal read from an older standby's last error, the standby the CP names of two. (Their other
+cases: tests/test_ctl_errors_requests.py, tests/test_ctl_status.py, tests/test_ctl_answers.py.)"""
 
 from __future__ import annotations
 
@@ -35,11 +36,13 @@ def stop(
     after: Callable[[dict[str, Any]], None],
     answer: dict[str, Any] = HANDS_OVER,
     timeout: float = 5.0,
-) -> tuple[int, str, str, list[dict[str, Any]], int]:
-    """`hsbctl stop` of host-a, the active of a pair in hot standby (pair_status), whose status
-    once the stop was asked is the pair's made over by `after`. (exit status, stdout, stderr,
-    what host-a was asked, the polls of the status)"""
-    asked: list[dict[str, Any]] = []
+    host: str | None = None,
+    before: Callable[[dict[str, Any]], None] = lambda st: None,
+) -> tuple[int, str, str, list[tuple[str, dict[str, Any]]], int]:
+    """`hsbctl stop` (of `host`; None: the active) in a pair in hot standby (pair_status, host-a
+    the active; made over by `before`), whose status once the stop was asked is the pair's made
+    over by `after`. (exit status, stdout, stderr, what was asked where, the polls of the status)"""
+    asked: list[tuple[str, dict[str, Any]]] = []
     polls = 0
 
     async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
@@ -47,19 +50,19 @@ def stop(
         polls += 1
         st = pair_status(A, B)
         st["cp"]["active"] = {"name": "host-a", "connected": True}
+        before(st)
         if asked:
             after(st)
         return st
 
     async def ask(addr: str, secret: bytes, msg: dict[str, Any], **kw: Any) -> dict[str, Any]:
-        assert addr == A, addr
-        asked.append(msg)
+        asked.append((addr, msg))
         return answer
 
     monkeypatch.setattr(ops_cmds, "status_all", status_all)
     monkeypatch.setattr(ops_cmds, "ask", ask)
     t = Target(cp="cp:1", cps=["cp:1"], hosts=[A, B], secret_file=str(secret))
-    code = ops_cmds.run_stop(t, None, True, timeout)
+    code = ops_cmds.run_stop(t, host, True, timeout)
     out, err = capsys.readouterr()
     return code, out, err, asked, polls
 
@@ -82,7 +85,7 @@ def test_a_stop_that_handed_over_says_who_serves_now(monkeypatch: pytest.MonkeyP
     code, out, err, asked, _ = stop(monkeypatch, secret, capsys, _handed_over)
     said = ["host-a hands over to the standby, then stops", "host-a stopped; host-b is the active host"]
     assert code == 0 and out.splitlines() == said, (code, out, err)
-    assert asked == [{"t": "stop", "takeover": True}], asked
+    assert asked == [(A, {"t": "stop", "takeover": True})], asked
 
 
 def _cp_still_names_host_a(st: dict[str, Any]) -> None:
@@ -148,6 +151,27 @@ def test_another_host_gone_is_not_the_stopped_one_gone(monkeypatch: pytest.Monke
     code, out, err, _, polls = stop(monkeypatch, secret, capsys, standby_gone, timeout=0.3)
     assert code == 1 and "error: host-a did not stop within 0 s; see 'hsbctl status'" in err and "stopped;" not in out, (code, out, err)
     assert polls > 1, polls
+
+
+def test_stop_asks_the_host_named_and_without_a_name_only_an_active(
+    monkeypatch: pytest.MonkeyPatch, secret: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--host host-b stops host-b, not the first host that answered; without --host, a pair with
+    no reachable active (host-a cannot be asked) has no host to stop: the standby is not it."""
+
+    def b_gone(st: dict[str, Any]) -> None:
+        st["hosts"] = st["hosts"][:1]
+        st["unknown"] = [{**GONE, "addr": B, "name": "host-b"}]
+
+    code, out, err, asked, _ = stop(monkeypatch, secret, capsys, b_gone, host="host-b")
+    assert [a for a, _ in asked] == [B] and code == 0 and "host-b stopped; host-a is the active host" in out, (asked, code, out, err)
+
+    def a_away(st: dict[str, Any]) -> None:
+        st["hosts"][0] = {"reachable": False, "name": "host-a", "addr": A, "error": "no answer within 2 s"}
+        st["unknown"] = [st["hosts"][0]]
+
+    code, out, err, asked, _ = stop(monkeypatch, secret, capsys, _gone, before=a_away)
+    assert not asked and code == 3 and "error: no reachable active host to stop; name one with --host" in err, (asked, code, out, err)
 
 
 def test_no_takeover_is_asked_as_said(monkeypatch: pytest.MonkeyPatch, secret: Path) -> None:

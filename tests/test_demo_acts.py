@@ -82,20 +82,22 @@ def act(
     logged: tuple[str, ...] = (),
     dead: tuple[str, ...] = (),
     earlier: tuple[str, ...] = (),
-) -> list[int]:
+) -> tuple[list[int], dict[str, Any]]:
     """An act's sandbox in `d`: its status at each of the act's waits from `statuses` (by what it
     waits for; checked to be what the act waits for), its load's report `rep`, the CP's log
     lines `logged` written at the kill (`earlier`: an earlier run's, in the same log), the
-    daemons `dead` at its end. The pids the act killed."""
+    daemons `dead` at its end. (The pids the act killed, what its load was started with.)"""
     d.mkdir(parents=True, exist_ok=True)
     clock = Clock()
     (d / "cp.log").write_text("".join(_line(e, clock.stamp(-1000)) for e in earlier))
     killed: list[int] = []
+    load: dict[str, Any] = {}
 
     async def aup(d: Path, **kw: Any) -> dict[str, Any]:
         return {"cp": {"terminal": "127.0.0.1:1"}, "ledger": {"sqlite": str(d / "ledger.db")}}
 
     async def background_load(cp: Any, **kw: Any) -> Any:
+        load.update(kw)
         done = asyncio.get_running_loop().create_future()
         done.set_result(rep)
         return done, asyncio.Event(), []
@@ -124,7 +126,7 @@ def act(
     monkeypatch.setattr(demo, "_sleep", no_wait)
     monkeypatch.setattr(demo, "os", SimpleNamespace(kill=kill))
     monkeypatch.setattr(demo, "time", clock)
-    return killed
+    return killed, load
 
 
 def _say(s: str) -> None:
@@ -151,9 +153,10 @@ def _failover_statuses(**rec: Any) -> dict[str, Callable[[Clock], dict[str, Any]
 def _failover(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, conventional: bool, rep: Rep, dead: tuple[str, ...] = (), **rec: Any
 ) -> dict[str, Any]:
-    killed = act(monkeypatch, tmp_path / "act", rep, _failover_statuses(**rec), FAILOVER, dead)
+    killed, load = act(monkeypatch, tmp_path / "act", rep, _failover_statuses(**rec), FAILOVER, dead)
     r = asyncio.run(demo.scenario(tmp_path / "act", conventional=conventional, terminals=T, rate=10.0, say=_say))
     assert killed == [11], killed  # (host-a's pid)
+    assert load["expect_disconnects"] is conventional, load  # (a fast switch disconnects no terminal)
     return r
 
 
@@ -207,7 +210,7 @@ def _cp_act(
     dead: tuple[str, ...] = (),
     earlier: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    killed = act(monkeypatch, tmp_path / "act", rep, _cp_statuses(after), logged, dead, earlier)
+    killed, _ = act(monkeypatch, tmp_path / "act", rep, _cp_statuses(after), logged, dead, earlier)
     r = asyncio.run(demo.cp_restart(tmp_path / "act", terminals=T, rate=10.0, say=_say))
     assert killed == [13], killed  # (the CP's worker)
     return r
@@ -246,8 +249,10 @@ BOOKS = {"accounts": 50, "total": 5000, "expected_total": 5000, "transfers_ok": 
 
 def _ledger(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, rep: Rep, dead: tuple[str, ...] = ()) -> dict[str, Any]:
     statuses = {k: v for k, v in _failover_statuses().items() if k != "hot standby again"}
-    act(monkeypatch, tmp_path / "act", rep, statuses, (), dead)
-    return asyncio.run(demo.ledger_act(tmp_path / "act", terminals=T, rate=10.0, dsn=None, say=_say))
+    _, load = act(monkeypatch, tmp_path / "act", rep, statuses, (), dead)
+    r = asyncio.run(demo.ledger_act(tmp_path / "act", terminals=T, rate=10.0, dsn=None, say=_say))
+    assert not load.get("expect_disconnects") and load["books"] == {"sqlite": str(tmp_path / "act" / "ledger.db")}, load  # (the books checked)
+    return r
 
 
 def test_the_ledger_act_passes_with_host_a_left_down(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -287,3 +292,13 @@ def test_a_demo_stopped_by_a_signal_exits_1(monkeypatch: pytest.MonkeyPatch, cap
     monkeypatch.setattr(logs, "setup", lambda *a, **kw: None)
     assert demo.main(["--fast-only"]) == 1
     assert "FAILED" in capsys.readouterr().err
+
+
+def test_the_daemons_not_running_are_the_sandboxes_dead_ones(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Each act's "daemons not running at the end" (hsb.demo._dead): its CP and each host as last started."""
+    state = {"cp": {"pid": 1}, "hosts": {"host-a": {"pid": 2}, "host-b": {"pid": 3}}}
+    monkeypatch.setattr(demo.sandbox, "load_state", lambda d: state)
+    monkeypatch.setattr(demo.sandbox, "_alive", lambda pid: pid != 2)
+    assert demo._dead(tmp_path) == ["host-a"]
+    monkeypatch.setattr(demo.sandbox, "_alive", lambda pid: pid == 2)
+    assert demo._dead(tmp_path) == ["hsbcpd", "host-b"]
