@@ -495,3 +495,34 @@ async def test_a_new_run_is_not_switched_onto_the_standby_session_of_the_run_tha
     closed = [f for f in frames if f["t"] == "session_closed"]
     assert closed and closed[0]["reason"] == "logoff", frames
     assert any(f["t"] == "session_request" for f in frames), frames
+
+
+@pytest.mark.parametrize("resuming", [True, False])
+async def test_a_message_answered_before_the_grant_is_not_handed_to_the_new_active(tmp_path: Path, resuming: bool) -> None:
+    """A message the old active answered, its record ("r" kept, "d" discard) not yet durable at the
+    grant, is still held but served: the flip does not give it to the new active, which would
+    process it a second time (the reply that counts is the one already on its way)."""
+    from tests.support.cpcore import HeldJournal, recording_terminal
+
+    cp = cp_core(tmp_path, 1, width=2)
+    a = fake_host(cp, "host-a", "active")
+    b = fake_host(cp, "host-b", "standby", batch=64 * 1024, record=True)
+    names = sorted(cp.terms)
+    t = recording_terminal(cp, names[0], 0 if resuming else None)
+    cp.host_open(a, names[0], "active", ATTRS)
+    cp.host_open(b, names[0], "standby", ATTRS)
+    j = HeldJournal(cp, ("r", "d"))
+    cp.terminal_msg(cp.terms[names[0]], 1, b"x")
+    cp.host_reply(a, names[0], 1, b"y")
+    held = cp.terms[names[0]].held[1]
+    assert held.replying and j.held, "answered, its record not yet durable"
+    switch(cp, a, b, planned=False)
+    await flipped(cp)
+    b.flush()
+    assert cp.terms[names[0]].active.host is b
+    items = [it for m in b.transport.frames() if m["t"] in ("deliver_batch", "deliver") for it in m.get("items", [m])]
+    assert items == [], "an answered message went to the new active again"
+    j.release()
+    t.flush()
+    assert [f["id"] for f in t.transport.frames() if f["t"] == "reply"] == [1], "one reply, the old active's"
+    assert not cp.terms[names[0]].held
