@@ -104,3 +104,23 @@ async def test_a_hello_whose_first_is_not_an_id_is_refused(tmp_path: Path, first
     errors = [m for m in p.transport.frames() if m.get("t") == "error"]
     assert [m["code"] for m in errors] == ["bad_hello"] and "first" in errors[0]["msg"], p.transport.frames()
     assert cp.terms["T00001"].conn is None
+
+
+async def test_a_confirm_settles_the_replies_up_to_it_and_keeps_the_next(tmp_path: Path) -> None:
+    """Replies 1, 2 and 3 kept for a resuming terminal; it confirms 1: reply 1 is let go, 2 and
+    3 stay kept (a confirm one short would keep 1 a while; one past it would drop a reply the
+    terminal may never have read), and its next hello saying last_reply 1 gets them again."""
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active", record=True)
+    t = recording_terminal(cp, "T00001", 0)
+    cp.host_open(h, "T00001", "active", {})
+    term = cp.terms["T00001"]
+    for mid in (1, 2, 3):
+        t.data_received(encode({"t": "msg", "id": mid, "data": f"m{mid}"}))
+        cp.host_reply(h, "T00001", mid, f"r{mid}")
+    assert sorted(term.replies) == [1, 2, 3] and cp.counts.kept == 3
+    t.data_received(encode({"t": "confirm", "id": 1}))
+    assert sorted(term.replies) == [2, 3] and cp.counts.kept == 2, "a confirm of 1 let go of another reply"
+    t.connection_lost(None)
+    t2 = recording_terminal(cp, "T00001", 1)
+    assert [(m["id"], m["data"]) for m in replies(t2)] == [(2, "r2"), (3, "r3")], "the replies not confirmed, sent again"
