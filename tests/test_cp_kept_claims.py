@@ -124,3 +124,23 @@ async def test_a_confirm_settles_the_replies_up_to_it_and_keeps_the_next(tmp_pat
     t.connection_lost(None)
     t2 = recording_terminal(cp, "T00001", 1)
     assert [(m["id"], m["data"]) for m in replies(t2)] == [(2, "r2"), (3, "r3")], "the replies not confirmed, sent again"
+
+
+async def test_a_hello_claim_does_not_settle_a_reply_made_while_the_terminal_was_away(tmp_path: Path) -> None:
+    """Message 1's reply is made while its terminal is away (kept, never written to it); the
+    terminal comes back saying last_reply 5 (a claim that covers an earlier run's ids, without
+    `first`): it cannot hold reply 1, which goes to it and stays kept until a confirm after it."""
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active", record=True)
+    t = recording_terminal(cp, "T00001", 0)
+    cp.host_open(h, "T00001", "active", {})
+    t.data_received(encode({"t": "msg", "id": 1, "data": "m1"}))
+    t.connection_lost(None)
+    cp.host_reply(h, "T00001", 1, "r1")
+    term = cp.terms["T00001"]
+    assert 1 in term.replies and not term.replies[1].sent
+    t2 = recording_terminal(cp, "T00001", 5)
+    assert [m["id"] for m in replies(t2)] == [1], "the reply made while it was away was not sent"
+    assert 1 in term.replies, "settled by a claim that could not cover it"
+    t2.data_received(encode({"t": "confirm", "id": 1}))
+    assert not term.replies and cp.counts.kept == 0
