@@ -144,3 +144,26 @@ async def test_a_hello_claim_does_not_settle_a_reply_made_while_the_terminal_was
     assert 1 in term.replies, "settled by a claim that could not cover it"
     t2.data_received(encode({"t": "confirm", "id": 1}))
     assert not term.replies and cp.counts.kept == 0
+
+
+async def test_a_reply_whose_discard_was_written_before_a_resuming_hello_is_kept(tmp_path: Path) -> None:
+    """Message 1 of a terminal that does not resume is answered: its reply waits for its discard
+    ("d") to be durable. Meanwhile the terminal comes back resuming: the reply goes to it once the
+    discard is durable, and is kept until confirmed, so a connection that drops before the terminal
+    read it loses nothing (the next hello gets it again)."""
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active", record=True)
+    t = recording_terminal(cp, "T00001", None)
+    cp.host_open(h, "T00001", "active", {})
+    j = HeldJournal(cp, ("d",))
+    t.data_received(encode({"t": "msg", "id": 1, "data": "m1"}))
+    cp.host_reply(h, "T00001", 1, "r1")
+    assert j.held, "the discard on its way"
+    t.connection_lost(None)
+    t2 = recording_terminal(cp, "T00001", 0)
+    j.release()
+    assert [m["id"] for m in replies(t2)] == [1]
+    assert 1 in cp.terms["T00001"].replies, "sent to a resuming terminal and kept nowhere"
+    t2.connection_lost(None)  # dropped before the terminal read it
+    t3 = recording_terminal(cp, "T00001", 0)
+    assert [m["id"] for m in replies(t3)] == [1], "the reply was lost with the connection"
