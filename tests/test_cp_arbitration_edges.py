@@ -564,3 +564,18 @@ async def test_a_refusal_ends_with_the_session_it_refused(tmp_path: Path, how: s
     await asyncio.sleep(0)
     cp.settle_flip()
     assert cp.active is b and not any(t.closed for t in terms)
+
+
+@pytest.mark.parametrize("planned", [True, False])
+async def test_only_the_standby_may_ask_for_the_role(tmp_path: Path, planned: bool) -> None:
+    """The active itself (released, a planned request; or not) asking for a switchover is
+    refused: granted, it would have raised an epoch over itself and fenced its own link."""
+    cp = cp_core(tmp_path, 1)
+    a = fake_host(cp, "host-a", "active", record=True)
+    b = standby(cp)
+    cp.host_release(a)
+    epoch = cp.epoch
+    cp.host_switchover(a, "test", planned, "switchover" if planned else "failover")
+    a.flush()
+    assert [f["reason"] for f in a.transport.frames() if f["t"] == "switch_refused"] == ["only the registered standby host may ask for a switchover"]
+    assert cp.epoch == epoch and cp.active is a and cp.standby is b and not a.fenced and not a.closed
