@@ -579,3 +579,21 @@ async def test_only_the_standby_may_ask_for_the_role(tmp_path: Path, planned: bo
     a.flush()
     assert [f["reason"] for f in a.transport.frames() if f["t"] == "switch_refused"] == ["only the registered standby host may ask for a switchover"]
     assert cp.epoch == epoch and cp.active is a and cp.standby is b and not a.fenced and not a.closed
+
+
+async def test_a_planned_request_is_refused_while_the_active_has_not_released(tmp_path: Path) -> None:
+    """The standby's planned request, the active alive on its link and not released: refused (its
+    lease may still run: granted, two hosts would serve); once the active has released, granted."""
+    cp = cp_core(tmp_path, 1)
+    a = fake_host(cp, "host-a", "active", record=True)
+    b = standby(cp, record=True)
+    epoch = cp.epoch
+    cp.host_switchover(b, "test", True, "failover")
+    b.flush()
+    assert [f["t"] for f in b.transport.frames() if f["t"].startswith("switch_")] == ["switch_refused"]
+    assert cp.epoch == epoch and cp.active is a and not a.fenced
+    cp.host_release(a)
+    cp.host_switchover(b, "test", True, "failover")
+    b.flush()
+    assert [f["t"] for f in b.transport.frames() if f["t"].startswith("switch_")] == ["switch_refused", "switch_granted"]
+    assert cp.active is b and cp.epoch == epoch + 1
