@@ -526,3 +526,25 @@ async def test_a_message_answered_before_the_grant_is_not_handed_to_the_new_acti
     t.flush()
     assert [f["id"] for f in t.transport.frames() if f["t"] == "reply"] == [1], "one reply, the old active's"
     assert not cp.terms[names[0]].held
+
+
+async def test_a_logoffs_held_message_without_a_standby_session_goes_to_the_new_active(tmp_path: Path) -> None:
+    """A terminal with no standby session sends a message while no host is active, then logs
+    off: the flip hands that message to the new active (without a session, as a logoff's), once
+    and unmarked (no host ever had it), not left held for nobody."""
+    cp = cp_core(tmp_path, 2, width=1)
+    a = fake_host(cp, "A", "active")
+    b = fake_host(cp, "B", "standby", record=True)
+    name = sorted(cp.terms)[0]
+    fake_terminal(cp, name)
+    cp.host_open(a, name, "active", ATTRS)  # (no standby session at B)
+    a.connection_lost(None)
+    term = cp.terms[name]
+    cp.terminal_msg(term, 1, b"x")
+    cp.terminal_bye(term)
+    cp.host_switchover(b, "test", False, "failover")
+    await flipped(cp)
+    b.flush()
+    dl = [(it[0], it[1], it[3]) for m in b.transport.frames() if m.get("t") == "deliver_batch" for it in m["items"]]
+    dl += [(m["terminal"], m["id"], m["redelivered"]) for m in b.transport.frames() if m.get("t") == "deliver"]
+    assert dl == [(name, 1, False)], dl
