@@ -597,3 +597,23 @@ async def test_a_planned_request_is_refused_while_the_active_has_not_released(tm
     b.flush()
     assert [f["t"] for f in b.transport.frames() if f["t"].startswith("switch_")] == ["switch_refused", "switch_granted"]
     assert cp.active is b and cp.epoch == epoch + 1
+
+
+async def test_only_the_active_may_open_an_active_session(tmp_path: Path) -> None:
+    """The standby opening an active session (a bug, or a host that missed its demotion) is
+    refused: the terminal's session and its messages stay with the active."""
+    cp = cp_core(tmp_path, 1)
+    a = fake_host(cp, "host-a", "active", record=True)
+    b = standby(cp, record=True)
+    recording_terminal(cp, "T00001")
+    cp.host_open(a, "T00001", "active", {})
+    cp.host_open(b, "T00001", "active", {})
+    b.flush()
+    assert [f["reason"] for f in b.transport.frames() if f["t"] == "open_failed"] == ["this host is not the active host"]
+    term = cp.terms["T00001"]
+    assert term.active is not None and term.active.host is a
+    cp.terminal_msg(term, 1, b"x")
+    a.flush()
+    b.flush()
+    assert [f["id"] for f in a.transport.frames() if f["t"] == "deliver"] == [1]
+    assert not [f for f in b.transport.frames() if f["t"] in ("deliver", "deliver_batch")]
