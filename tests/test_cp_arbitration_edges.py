@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.cpcore import cp_core, fake_host, recording_terminal
+from tests.support.cpcore import cp_core, fake_host, flipped, recording_terminal
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -617,3 +617,24 @@ async def test_only_the_active_may_open_an_active_session(tmp_path: Path) -> Non
     b.flush()
     assert [f["id"] for f in a.transport.frames() if f["t"] == "deliver"] == [1]
     assert not [f for f in b.transport.frames() if f["t"] in ("deliver", "deliver_batch")]
+
+
+async def test_a_released_active_opening_a_session_gets_no_new_work(tmp_path: Path) -> None:
+    """A session the released active opens (a logon hook that ended after the release) does not
+    hand it the terminal's held message: it is finishing what it has. The message goes to the
+    new active at the grant, unmarked (no host had it)."""
+    cp = cp_core(tmp_path, 1)
+    a = fake_host(cp, "host-a", "active", record=True)
+    b = standby(cp, record=True)
+    recording_terminal(cp, "T00001")
+    term = cp.terms["T00001"]
+    cp.terminal_msg(term, 1, b"x")  # held: no session yet
+    cp.host_release(a)
+    cp.host_open(a, "T00001", "active", {})
+    cp.host_open(b, "T00001", "standby", {})
+    a.flush()
+    assert not [f for f in a.transport.frames() if f["t"] in ("deliver", "deliver_batch")], "new work for a released active"
+    cp.host_handover(a, wait=False)
+    await flipped(cp)
+    b.flush()
+    assert [(f["id"], f["redelivered"]) for f in b.transport.frames() if f["t"] == "deliver"] == [(1, False)]
