@@ -331,3 +331,26 @@ async def test_the_epoch_an_old_active_granted_back_knew_is_stale_once_it_loses_
     assert cp.granting is c and a.fenced
     a._handle({"t": "close", "terminal": "T00001", "kind": "active", "epoch": known})
     assert a.closed and any(f.get("code") == "fenced" for f in frames(a))
+
+
+async def test_an_active_session_opened_before_the_grant_is_announced_gets_its_messages_after_it(tmp_path: Path) -> None:
+    """The grantee opens an active session while its epoch is being made durable (it is the
+    active at the CP, but has not heard so): the terminal's held message goes to it only once the
+    grant is announced, after `switch_granted` (a host that has not heard of its grant is still a
+    standby, and takes no delivery; a CP that crashed before the record would not know of it)."""
+    cp, a, b, terms = pair(tmp_path, 2)
+    t2 = terms[1].term
+    cp.host_close(a, t2.name, "active")  # connected, no session anywhere
+    cp.host_close(b, t2.name, "standby")
+    assert t2.active is None and t2.standby is None
+    cp.terminal_msg(t2, 1, b"x")
+    j = HeldJournal(cp)
+    a.connection_lost(None)
+    cp.host_switchover(b, "active lost", planned=False)
+    assert cp.active is b and not cp.announced and j.held
+    cp.host_open(b, "T00002", "active", {"epoch": cp.epoch})
+    assert not [f for f in frames(b) if f["t"] in ("deliver", "deliver_batch")], "delivered before the grant was announced"
+    j.release()
+    cp.settle_flip()
+    kinds = [f["t"] for f in frames(b) if f["t"] in ("switch_granted", "deliver", "deliver_batch")]
+    assert kinds == ["switch_granted", "deliver"], kinds
