@@ -638,3 +638,16 @@ async def test_a_released_active_opening_a_session_gets_no_new_work(tmp_path: Pa
     await flipped(cp)
     b.flush()
     assert [(f["id"], f["redelivered"]) for f in b.transport.frames() if f["t"] == "deliver"] == [(1, False)]
+
+
+async def test_a_handover_without_a_release_is_refused(tmp_path: Path) -> None:
+    """The active's handover before its release (it may still be handed messages and serving
+    them) is refused: granted, the standby would serve beside it."""
+    cp = cp_core(tmp_path, 1)
+    a = fake_host(cp, "host-a", "active", record=True)
+    b = standby(cp)
+    epoch = cp.epoch
+    cp.host_handover(a, wait=False)
+    a.flush()
+    assert [f["reason"] for f in a.transport.frames() if f["t"] == "handover_refused"] == ["release first"]
+    assert cp.active is a and cp.standby is b and cp.epoch == epoch and cp.granting is None
