@@ -651,3 +651,26 @@ async def test_a_handover_without_a_release_is_refused(tmp_path: Path) -> None:
     a.flush()
     assert [f["reason"] for f in a.transport.frames() if f["t"] == "handover_refused"] == ["release first"]
     assert cp.active is a and cp.standby is b and cp.epoch == epoch and cp.granting is None
+
+
+async def test_a_handover_refused_for_want_of_a_standby_hands_the_held_messages_to_the_active(tmp_path: Path) -> None:
+    """Messages that came while the active was released wait for the grant; the standby gone,
+    the handover is refused and the active serves on: those messages go to it then, in order,
+    unmarked, not left held for a switchover that will not come."""
+    cp = cp_core(tmp_path, 1)
+    a = fake_host(cp, "host-a", "active", record=True)
+    b = standby(cp)
+    recording_terminal(cp, "T00001")
+    cp.host_open(a, "T00001", "active", {})
+    cp.host_open(b, "T00001", "standby", {})
+    cp.host_release(a)
+    term = cp.terms["T00001"]
+    cp.terminal_msg(term, 1, b"x")
+    cp.terminal_msg(term, 2, b"y")
+    a.flush()
+    assert not [f for f in a.transport.frames() if f["t"] == "deliver"], "new work for a released active"
+    b.connection_lost(None)
+    cp.host_handover(a)
+    a.flush()
+    assert [f.get("code") for f in a.transport.frames() if f["t"] == "handover_refused"] == ["no_standby"]
+    assert [(f["id"], f["redelivered"]) for f in a.transport.frames() if f["t"] == "deliver"] == [(1, False), (2, False)]
