@@ -674,3 +674,19 @@ async def test_a_handover_refused_for_want_of_a_standby_hands_the_held_messages_
     a.flush()
     assert [f.get("code") for f in a.transport.frames() if f["t"] == "handover_refused"] == ["no_standby"]
     assert [(f["id"], f["redelivered"]) for f in a.transport.frames() if f["t"] == "deliver"] == [(1, False), (2, False)]
+
+
+async def test_a_standby_refusal_from_the_active_is_ignored(tmp_path: Path) -> None:
+    """A standby session's refusal from the host that is the active now (a ring entry it read
+    before its grant and applied after) is not recorded as its refusal: demoted later, its
+    handover would not wait for that terminal's standby session, which would be disconnected."""
+    cp = cp_core(tmp_path, 1)
+    a = fake_host(cp, "host-a", "active")
+    b = standby(cp)
+    recording_terminal(cp, "T00001")
+    cp.host_open(a, "T00001", "active", {})
+    cp.host_open(b, "T00001", "standby", {})
+    cp.host_close(a, "T00001", "standby", refused="attrs differ")
+    term = cp.terms["T00001"]
+    assert not a.refused_standby, "the active's stale refusal was recorded"
+    assert term.active is not None and term.active.host is a and term.standby is not None and term.standby.host is b
