@@ -690,3 +690,24 @@ async def test_a_standby_refusal_from_the_active_is_ignored(tmp_path: Path) -> N
     term = cp.terms["T00001"]
     assert not a.refused_standby, "the active's stale refusal was recorded"
     assert term.active is not None and term.active.host is a and term.standby is not None and term.standby.host is b
+
+
+async def test_a_switch_record_counts_only_the_replies_to_what_its_own_grant_kept_waiting(tmp_path: Path) -> None:
+    """A terminal still counting messages in flight from an earlier switch (epoch 2) is answered
+    after the next grant (epoch 3): that reply is not one the record of epoch 3 waits for, and
+    does not end it while its own terminal is still unserved (its all_served_ms would be too soon)."""
+    from types import SimpleNamespace
+
+    from hsb.cp.switchrec import AfterSwitch
+
+    t0 = time.monotonic()
+    done: list[dict[str, Any]] = []
+    sw = AfterSwitch(t0, {"epoch": 3}, done.append)
+    old = SimpleNamespace(flight=1, flight_epoch=2)
+    mine = SimpleNamespace(flight=1, flight_epoch=3)
+    sw.rec["in_flight_terminals"] = 1  # (the flip's count, as `_flipped` records it)
+    assert not sw.counted(1)  # `mine` in flight at this grant
+    assert not sw.reply(old, t0 - 1.0, True, t0 + 0.1)
+    assert not done and old.flight == 1, "a reply to an earlier switch's message ended this record"
+    assert sw.reply(mine, t0 - 0.5, True, t0 + 0.2)
+    assert done == [sw.rec] and sw.rec["all_served_ms"] == 200.0
