@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from hsb.wire.framing import encode
 from tests.support.cpcore import cp_core, fake_host, flipped, recording_terminal
 
 pytestmark = pytest.mark.timeout(60)
@@ -711,3 +712,21 @@ async def test_a_switch_record_counts_only_the_replies_to_what_its_own_grant_kep
     assert not done and old.flight == 1, "a reply to an earlier switch's message ended this record"
     assert sw.reply(mine, t0 - 0.5, True, t0 + 0.2)
     assert done == [sw.rec] and sw.rec["all_served_ms"] == 200.0
+
+
+async def test_an_active_session_for_a_terminal_that_said_bye_is_not_opened(tmp_path: Path) -> None:
+    """The active opens a session for a terminal that has said bye, its message still held (the
+    session request crossed the bye): refused as closed, no session opened for a run that ended;
+    its message goes as a logoff's, once."""
+    cp = cp_core(tmp_path, 1)
+    a = fake_host(cp, "host-a", "active", record=True)
+    t = recording_terminal(cp, "T00001")
+    term = cp.terms["T00001"]
+    cp.terminal_msg(term, 1, b"x")
+    t.data_received(encode({"t": "bye"}))
+    assert term.leaving and term.conn is not None
+    cp.host_open(a, "T00001", "active", {})
+    a.flush()
+    assert [f["t"] for f in a.transport.frames() if f["t"] in ("opened", "session_closed")] == ["session_closed"]
+    assert term.active is None
+    assert [f["id"] for f in a.transport.frames() if f["t"] == "deliver"] == [1]
