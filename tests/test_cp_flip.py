@@ -548,3 +548,26 @@ async def test_a_logoffs_held_message_without_a_standby_session_goes_to_the_new_
     dl = [(it[0], it[1], it[3]) for m in b.transport.frames() if m.get("t") == "deliver_batch" for it in m["items"]]
     dl += [(m["terminal"], m["id"], m["redelivered"]) for m in b.transport.frames() if m.get("t") == "deliver"]
     assert dl == [(name, 1, False)], dl
+
+
+async def test_a_message_the_active_said_it_handed_over_is_marked_at_its_first_delivery_in_a_flip(tmp_path: Path) -> None:
+    """Message 1 has gone to no host at this CP (recovered at a restart, say), but the active said
+    it handed messages up to 1 to its service (`handed`, at its adoption): the flip gives it to
+    the new active marked redelivered (it may have been processed), message 2 unmarked."""
+    cp = cp_core(tmp_path, 1, width=1)
+    a = fake_host(cp, "A", "active")
+    b = fake_host(cp, "B", "standby", record=True)
+    name = sorted(cp.terms)[0]
+    fake_terminal(cp, name)
+    cp.host_open(a, name, "active", ATTRS)
+    cp.host_open(b, name, "standby", ATTRS)
+    a.connection_lost(None)
+    term = cp.terms[name]
+    cp.terminal_msg(term, 1, b"x")
+    cp.terminal_msg(term, 2, b"y")
+    cp.note_handed({name: 1})
+    cp.host_switchover(b, "test", False, "failover")
+    await flipped(cp)
+    b.flush()
+    dl = [(m["id"], m["redelivered"]) for m in b.transport.frames() if m.get("t") == "deliver"]
+    assert dl == [(1, True), (2, False)], dl
