@@ -730,3 +730,18 @@ async def test_an_active_session_for_a_terminal_that_said_bye_is_not_opened(tmp_
     assert [f["t"] for f in a.transport.frames() if f["t"] in ("opened", "session_closed")] == ["session_closed"]
     assert term.active is None
     assert [f["id"] for f in a.transport.frames() if f["t"] == "deliver"] == [1]
+
+
+async def test_a_refusal_from_a_host_other_than_the_active_closes_no_session(tmp_path: Path) -> None:
+    """`refuse` (the active will not serve a terminal) from the standby is ignored: the
+    terminal's session at the active stays, and the terminal is told nothing."""
+    cp = cp_core(tmp_path, 1)
+    a = fake_host(cp, "host-a", "active")
+    b = standby(cp)
+    t = recording_terminal(cp, "T00001")
+    cp.host_open(a, "T00001", "active", {})
+    cp.host_refuse(b, "T00001", "not here")
+    term = cp.terms["T00001"]
+    assert term.active is not None and term.active.host is a
+    t.flush()
+    assert not [f for f in t.transport.frames() if f["t"] == "session" and f["state"] == "closed"]
