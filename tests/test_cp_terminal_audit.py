@@ -121,3 +121,45 @@ async def test_a_reply_whose_connection_is_found_gone_after_a_bye_is_counted_for
     assert [f for f in frames(q) if f["t"] == "reply"] == []
     h.connection_lost(None)
     await asyncio.sleep(0)
+
+
+def connected(cp: Any, *frames_in: dict[str, Any]) -> Any:
+    """A terminal connection that wrote `frames_in` (its hello first), read by the CP."""
+    from hsb.cp.terminal_link import TerminalProtocol
+    from tests.support.transports import RecordingTransport
+
+    p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
+    p.connection_made(RecordingTransport("T00001"))
+    p.data_received(b"".join(encode(f) for f in frames_in))
+    return p
+
+
+HELLO = {"t": "hello", "terminal": "T00001", "last_reply": 0}
+
+
+@pytest.mark.parametrize(
+    ("bad", "code"),
+    [
+        ({"t": "hello", "terminal": "T00001", "last_reply": True}, "bad_hello"),  # not an id: True would claim reply 1
+        ({"t": "hello", "terminal": "T00001", "last_reply": -1}, "bad_hello"),
+        (HELLO, "bad_hello"),  # a second hello
+        ({"t": "msg", "id": 0, "data": "x"}, "bad_fields"),  # (taken, it was acknowledged and never delivered)
+        ({"t": "confirm", "id": -1}, "bad_fields"),
+        ({"t": "confirm", "id": 1, "seen": -1}, "bad_fields"),
+    ],
+    ids=["last_reply-bool", "last_reply-negative", "hello-twice", "msg-id-0", "confirm-negative", "seen-negative"],
+)
+async def test_a_malformed_frame_is_refused_with_its_code_and_nothing_taken(tmp_path: Path, bad: dict[str, Any], code: str) -> None:
+    """Each refused with its error code and the connection closed: not taken as something else,
+    not ignored (docs/protocol.md §1)."""
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active")
+    cp.host_open(h, "T00001", "active", {})
+    first = [] if bad["t"] == "hello" and bad is not HELLO else [HELLO]
+    p = connected(cp, *first, bad)
+    got = frames(p)
+    assert [f["code"] for f in got if f["t"] == "error"] == [code] and p.closed, got
+    assert [f for f in got if f["t"] == "ack"] == [] and not cp.terms["T00001"].held
+    p.clear_deadline()
+    h.connection_lost(None)
+    await asyncio.sleep(0)
