@@ -13,6 +13,7 @@ import pytest
 
 from hsb.wire.framing import encode
 from tests.support.cpcore import cp_core, fake_host, recording_terminal
+from tests.support.keptreplies import until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -161,5 +162,34 @@ async def test_a_malformed_frame_is_refused_with_its_code_and_nothing_taken(tmp_
     assert [f["code"] for f in got if f["t"] == "error"] == [code] and p.closed, got
     assert [f for f in got if f["t"] == "ack"] == [] and not cp.terms["T00001"].held
     p.clear_deadline()
+    h.connection_lost(None)
+    await asyncio.sleep(0)
+
+
+async def test_frames_held_back_behind_unconfirmed_replies_go_before_those_read_after_the_confirm(tmp_path: Path) -> None:
+    """Kept replies at the bound: the messages read meanwhile wait (parked); the confirm that
+    frees room comes in one read with newer messages, and the waiting ones are taken first, in
+    id order: none refused as below one accepted (bad_id), none acknowledged out of order."""
+    bound = 4
+    cp = cp_core(tmp_path, 2, cp=f"held_bound = {bound}\n")
+    h = fake_host(cp, "host-a", "active")
+    p = recording_terminal(cp, "T00001", 0)
+    cp.host_open(h, "T00001", "active", {})
+    p.data_received(b"".join(encode({"t": "msg", "id": i, "data": f"m{i}"}) for i in range(1, 2 * bound + 1)))
+    for i in range(1, bound + 1):
+        cp.host_reply(h, "T00001", i, f"r{i}")
+    await until(lambda: p.parked is not None and len(p.parked) == bound or p.closed, "the second half read and held back")
+    assert [m["id"] for m in p.parked] == list(range(bound + 1, 2 * bound + 1))
+    more = range(2 * bound + 1, 2 * bound + 3)
+    p.data_received(encode({"t": "confirm", "id": bound}) + b"".join(encode({"t": "msg", "id": i, "data": f"m{i}"}) for i in more))
+    await until(lambda: cp.terms["T00001"].last_acked >= 2 * bound or p.closed, "the waiting messages taken")
+    for i in range(bound + 1, 2 * bound + 1):  # (at the held bound again: the newer ones wait for these)
+        cp.host_reply(h, "T00001", i, f"r{i}")
+    cp.terminal_confirm(cp.terms["T00001"], 2 * bound)
+    await until(lambda: cp.terms["T00001"].last_acked == 2 * bound + 2 or p.closed, "every message read")
+    got = frames(p)
+    assert [f for f in got if f["t"] == "error"] == [] and not p.closed, got
+    assert [f["id"] for f in got if f["t"] == "ack"] == list(range(1, 2 * bound + 3))
+    assert list(cp.terms["T00001"].held) == list(more)
     h.connection_lost(None)
     await asyncio.sleep(0)
