@@ -193,3 +193,28 @@ async def test_frames_held_back_behind_unconfirmed_replies_go_before_those_read_
     assert list(cp.terms["T00001"].held) == list(more)
     h.connection_lost(None)
     await asyncio.sleep(0)
+
+
+async def test_a_waiting_hello_whose_terminal_connected_again_is_dropped_unwelcomed(tmp_path: Path) -> None:
+    """In a logon storm a hello waits its turn; its terminal gives up and connects again (the
+    first connection's end unread, the kernel knows it): at its turn the first is dropped, never
+    welcomed, and the active asked for one session, not one opened for a dead connection and
+    closed as a disconnect when the newer hello's turn comes."""
+    from hsb.cp import logons
+
+    cp = cp_core(tmp_path, 2)
+    a = fake_host(cp, "host-a", "active", record=True)
+    cp.logons.inline = logons.BURST  # this turn's inline logons used up: the hellos wait
+    first = connected(cp, HELLO)
+    first.peer_gone = lambda: True  # (its terminal closed it: unread here)
+    second = connected(cp, HELLO)
+    assert first.term is None and second.term is None and len(cp.logons.queue) == 2
+    await until(lambda: not cp.logons.queue, "the queue worked off")
+    assert first.closed and cp.terms["T00001"].conn is second and not second.closed
+    assert [f["t"] for f in frames(first)] == []
+    assert [f["t"] for f in frames(second)][:1] == ["welcome"]
+    a.flush()
+    to_host = [(f["t"], f.get("terminal")) for f in a.transport.frames() if f["t"] in ("session_request", "session_closed")]
+    assert to_host == [("session_request", "T00001")], to_host
+    a.connection_lost(None)
+    await asyncio.sleep(0)
