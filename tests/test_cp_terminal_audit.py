@@ -218,3 +218,21 @@ async def test_a_waiting_hello_whose_terminal_connected_again_is_dropped_unwelco
     assert to_host == [("session_request", "T00001")], to_host
     a.connection_lost(None)
     await asyncio.sleep(0)
+
+
+async def test_a_session_the_active_names_twice_is_adopted_once(tmp_path: Path) -> None:
+    """The first naming stands: the terminal, back already, is told its session is open once,
+    and the adoption counts one session."""
+    cp = cp_core(tmp_path, 2, cp="resume_window = 5\n")
+    a = fake_host(cp, "host-a")
+    a.adopts = True
+    cp.host_register(a, "active", 1)
+    assert a.adopting
+    t = recording_terminal(cp, "T00001")  # back before its session is named
+    cp.host_adopt(a, [("T00001", {"n": 1})], last=False)
+    cp.host_adopt(a, [("T00001", {"n": 2})], last=True)
+    opened = [f for f in frames(t) if f["t"] == "session"]
+    assert [f["state"] for f in opened] == ["open"], opened
+    assert cp.terms["T00001"].active.attrs == {"n": 1} and cp.counters["adopted"] == 1
+    a.connection_lost(None)
+    await asyncio.sleep(0)
