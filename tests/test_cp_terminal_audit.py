@@ -236,3 +236,57 @@ async def test_a_session_the_active_names_twice_is_adopted_once(tmp_path: Path) 
     assert cp.terms["T00001"].active.attrs == {"n": 1} and cp.counters["adopted"] == 1
     a.connection_lost(None)
     await asyncio.sleep(0)
+
+
+async def test_a_message_held_before_its_session_is_adopted_is_delivered_at_the_adoption(tmp_path: Path) -> None:
+    """A terminal back before the active names its session sends a message (held: no session
+    yet): the naming hands it to the active at once; else it waited for the terminal's next
+    message, and for ever if none came."""
+    cp = cp_core(tmp_path, 2, cp="resume_window = 5\n")
+    a = fake_host(cp, "host-a", record=True)
+    a.adopts = True
+    cp.host_register(a, "active", 1)
+    t = recording_terminal(cp, "T00001")
+    t.data_received(encode({"t": "msg", "id": 1, "data": "m1"}))
+    assert [f["id"] for f in frames(t) if f["t"] == "ack"] == [1]
+    cp.host_adopt(a, [("T00001", {})], last=False)
+    a.flush()
+    assert [(f["terminal"], f["id"]) for f in a.transport.frames() if f["t"] == "deliver"] == [("T00001", 1)]
+    a.connection_lost(None)
+    await asyncio.sleep(0)
+
+
+async def test_the_handed_floor_never_goes_down(tmp_path: Path) -> None:
+    """An active says up to which id it handed a terminal's messages to its service, in more than
+    one frame: a lower figure after a higher one leaves the higher, and a message below it still
+    goes marked redelivered (the service may have it)."""
+    cp = cp_core(tmp_path, 2)
+    cp.note_handed({"T00001": 5})
+    cp.note_handed({"T00001": 3})
+    assert cp.terms["T00001"].handed_floor == 5
+    a = fake_host(cp, "host-a", "active", record=True)
+    t = recording_terminal(cp, "T00001")
+    cp.host_open(a, "T00001", "active", {})
+    t.data_received(encode({"t": "msg", "id": 4, "data": "m4"}))
+    a.flush()
+    assert [(f["id"], f["redelivered"]) for f in a.transport.frames() if f["t"] == "deliver"] == [(4, True)]
+    a.connection_lost(None)
+    await asyncio.sleep(0)
+
+
+async def test_an_adopted_session_whose_terminal_came_back_does_not_expire(tmp_path: Path) -> None:
+    """Sessions adopted for terminals not back are closed resume_window later if they stay
+    away; one whose terminal came back in time stays open at the active."""
+    cp = cp_core(tmp_path, 2, cp="resume_window = 0.05\n")
+    a = fake_host(cp, "host-a", record=True)
+    a.adopts = True
+    cp.host_register(a, "active", 1)
+    cp.host_adopt(a, [("T00001", {}), ("T00002", {})], last=True)
+    t = recording_terminal(cp, "T00001")  # back in time; T00002 stays away
+    await until(lambda: cp.counters["adopted_expired"] > 0, "the window's end", within=5.0)
+    a.flush()
+    closed = [f["terminal"] for f in a.transport.frames() if f["t"] == "session_closed"]
+    assert closed == ["T00002"] and cp.counters["adopted_expired"] == 1
+    assert cp.terms["T00001"].active is not None and not t.closed
+    a.connection_lost(None)
+    await asyncio.sleep(0)
