@@ -290,3 +290,52 @@ async def test_an_adopted_session_whose_terminal_came_back_does_not_expire(tmp_p
     assert cp.terms["T00001"].active is not None and not t.closed
     a.connection_lost(None)
     await asyncio.sleep(0)
+
+
+async def test_an_adopted_session_of_a_terminal_the_cp_does_not_know_is_closed_at_the_active(tmp_path: Path) -> None:
+    """The active names a session for a terminal not in the CP's table (removed by a reload,
+    say): told to close it, not left open at the active for good."""
+    cp = cp_core(tmp_path, 2, cp="resume_window = 5\n")
+    a = fake_host(cp, "host-a", record=True)
+    a.adopts = True
+    cp.host_register(a, "active", 1)
+    cp.host_adopt(a, [("T99999", {})], last=True)
+    a.flush()
+    assert [f["terminal"] for f in a.transport.frames() if f["t"] == "session_closed"] == ["T99999"]
+    a.connection_lost(None)
+    await asyncio.sleep(0)
+
+
+def test_a_tickle_list_of_unknown_origin_is_not_taken_for_this_machines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where neither the list nor this machine can say where it was written (no /proc: origin
+    ""), the list is not taken for one written here, whose connections this kernel reset
+    itself: it is tickled."""
+    import msgpack
+
+    from hsb.cp import tickle
+
+    monkeypatch.setattr(tickle, "origin", lambda: "")
+    doc = {"v": 1, "generation": 1, "origin": "", "conns": [["10.0.0.9", 7000, "10.1.0.6", 40002, "T00001"]]}
+    (tmp_path / tickle.list_name(1)).write_bytes(msgpack.packb(doc))
+    assert tickle.previous_list(tmp_path, 2) == (1, [("10.0.0.9", 7000, "10.1.0.6", 40002, "T00001")], False)
+
+
+async def test_a_tickle_list_that_failed_to_be_written_is_written_again(tmp_path: Path) -> None:
+    """A failed write (the shared storage away) leaves the list changed: the next tick writes it
+    once it can, or the next CP would tickle an older list, or none."""
+    import time
+
+    from hsb.cp import tickle
+
+    d = tmp_path / "j"
+    tl = tickle.TickleList(d, 3)  # (its directory not there yet)
+    tl.opened(object(), ("10.0.0.9", 7000), ("10.1.0.5", 40001))
+    tl.tick(time.monotonic())
+    await until(lambda: not tl.writing, "the write tried")
+    assert tl.written == 0 and tl.write_error is not None
+    d.mkdir()
+    tl.tick(time.monotonic() + 2 * tickle.WRITE_EVERY_S)
+    assert tl.writing, "the failed list not written again"
+    await until(lambda: tl.written == 1, "the list written again")
+    assert tl.write_error is None and tl.status()["listed"] == 1
+    tl.close()
