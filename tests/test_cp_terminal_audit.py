@@ -339,3 +339,25 @@ async def test_a_tickle_list_that_failed_to_be_written_is_written_again(tmp_path
     await until(lambda: tl.written == 1, "the list written again")
     assert tl.write_error is None and tl.status()["listed"] == 1
     tl.close()
+
+
+async def test_a_connections_name_is_written_to_the_tickle_list(tmp_path: Path) -> None:
+    """Its hello names the connection: the list is written again with the name, which the next
+    CP needs to tickle it again if it is not back (`not_back` passes over unnamed ones)."""
+    import time
+
+    import msgpack
+
+    from hsb.cp import tickle
+
+    tl = tickle.TickleList(tmp_path, 3)
+    key = object()
+    tl.opened(key, ("10.0.0.9", 7000), ("10.1.0.5", 40001))
+    tl.tick(time.monotonic())
+    await until(lambda: tl.written == 1, "the list written")
+    tl.named(key, "T00001")
+    tl.tick(time.monotonic() + 2 * tickle.WRITE_EVERY_S)
+    assert tl.writing, "the name not written"
+    await until(lambda: tl.written == 2, "the list written with the name")
+    assert msgpack.unpackb((tmp_path / tickle.list_name(3)).read_bytes())["conns"] == [["10.0.0.9", 7000, "10.1.0.5", 40001, "T00001"]]
+    tl.close()
