@@ -259,3 +259,52 @@ async def test_the_remembered_generation_is_a_metric_beside_the_seen_one(tmp_pat
         assert m["hsb_cp_generation_remembered"] == gen and m["hsb_cp_generation_seen"] == gen, m
         m = metrics(a)
         assert m["hsb_cp_generation_seen"] == gen and m["hsb_cp_generation_remembered"] == 0, m
+
+
+async def test_a_host_link_takes_each_higher_generation_and_refuses_only_a_lower_one(tmp_path: Path) -> None:
+    """In-process CPs at one address: generation 1, the same CP again after its link dropped (taken
+    again, not refused), a newer one (2: raised, not only the first seen), then a CP of another
+    journal at generation 1 (below 2: refused, never up)."""
+    from hsb.config import load
+    from hsb.cp.config import CPConfig
+    from hsb.cp.server import CPServer
+    from hsb.host.cplink import CPLink
+    from hsb.host.lease import Lease
+    from hsb.ports import free_port
+    from tests.support.inproc import until
+    from tests.support.procs import SECRET, cp_config
+
+    ports = {k: f"127.0.0.1:{free_port()}" for k in ("terminal_listen", "host_listen", "admin_listen")}
+
+    def cp(journal: str) -> CPServer:
+        d = tmp_path / journal
+        d.mkdir(exist_ok=True)
+        return CPServer(load(cp_config(d, terminals=2, journal=str(tmp_path / f"{journal}-j"), **ports), CPConfig), SECRET, str(d / "cp.toml"))
+
+    ups: list[int] = []
+    link = CPLink(
+        name="host-a", addr=ports["host_listen"], secret=SECRET, interval=0.1, timeout=0.5, max_frame=1 << 20,
+        on_up=lambda: ups.append(link.cp_generation), on_frame=lambda m: None, on_down=lambda why: None, lease=Lease(),
+        on_answer=lambda n: None,
+    )  # fmt: skip
+    s = cp("a")
+    try:
+        await s.startup()
+        link.start()
+        await until(lambda: ups == [1] and s.hosts, "the link up at generation 1", timeout=5)
+        for h in list(s.hosts):
+            h.abort()  # the link drops; the same CP (generation 1) is taken again
+        await until(lambda: len(ups) == 2, "the link up again at the same CP", timeout=5)
+        await s.shutdown()
+        s = cp("a")  # the journal's next generation: 2
+        await s.startup()
+        await until(lambda: len(ups) == 3, "the link up at generation 2", timeout=5)
+        assert ups == [1, 1, 2] and link.generation_refusals == 0, ups
+        await s.shutdown()
+        s = cp("b")  # another journal, at generation 1: older than one seen
+        await s.startup()
+        await until(lambda: link.generation_refusals >= 1, "the older CP refused", timeout=5)
+        assert ups == [1, 1, 2] and link.cp_generation == 2, ups
+    finally:
+        await link.close()
+        await s.shutdown()
