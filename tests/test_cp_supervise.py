@@ -890,6 +890,59 @@ def test_a_worker_that_dies_while_it_ends_for_good_is_not_forked_again() -> None
     assert "cp_worker_died_ending" in out and "cp_worker_died " not in out, out
 
 
+@pytest.mark.parametrize(
+    ("meant", "end", "master", "event"),
+    [
+        (75, "raise RuntimeError('EIO closing the journal')", 75, "cp_stop_failed"),
+        (0, "os.kill(os.getpid(), signal.SIGKILL)", 128 + signal.SIGKILL, "cp_worker_died_stopping"),
+        (0, "return 1", 1, None),
+    ],
+)
+def test_a_worker_that_fails_or_dies_while_it_stops_is_not_forked_again(tmp_path: Path, meant: int, end: str, master: int, event: str | None) -> None:
+    """A worker that had begun to end for good (`mark_final`) and then failed (a superseded one:
+    an error in its stop exited 1, which systemd started again, and it took the journal back from
+    the newer CP; now 75, as meant), or, in a clean stop, died of a signal or exited 1 (that
+    status, no other worker; one forked again says so and exits 0). Run in a process of its own."""
+    count = tmp_path / "workers"
+    out = python_lines(
+        "import os, signal, sys",
+        "from pathlib import Path",
+        "from hsb.cp import supervise",
+        f"count = Path({str(count)!r})",
+        "def work(info):",
+        "    n = len(count.read_text()) if count.exists() else 0",
+        "    count.write_text('x' * (n + 1))",
+        "    os.write(1, f'OUT worker {n}\\n'.encode())",
+        "    if n:",
+        "        return 0",
+        f"    supervise.mark_final({meant})",
+        f"    {end}",
+        "os.write(1, f'OUT master {supervise.supervise(work)}\\n'.encode())",
+    )
+    assert outs(out) == ["worker 0", f"master {master}"], out
+    assert event is None or event in out, out
+    assert "cp_worker_died " not in out and "cp_worker_failed" not in out and "cp_worker_died_ending" not in out, out
+
+
+def test_a_cp_that_fails_while_it_stops_superseded_exits_as_it_meant(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a master too: hsbcpd's run ending in an error (or die()'s exit 1) after its stop
+    began for good meaning 75 exits 75; before any such stop, the error is its own."""
+    from hsb.cp import supervise
+
+    def fail() -> int:
+        raise SystemExit(1)
+
+    monkeypatch.setattr(supervise, "MEANT", None)
+    with pytest.raises(SystemExit):
+        supervise.ending_as_meant(fail)
+    supervise.mark_final(75)
+    assert supervise.ending_as_meant(fail) == 75
+    assert supervise.ending_as_meant(lambda: 1 // 0) == 75
+    with pytest.raises(SystemExit):  # (its own exit, as meant)
+        supervise.ending_as_meant(lambda: sys.exit(75))
+    assert supervise.ending_as_meant(lambda: 75) == 75
+
+
 def test_a_wake_a_worker_took_before_it_failed_goes_to_the_next_worker(tmp_path: Path) -> None:
     """keepalived's wake (SIGUSR1) reaches a waiting worker, whose takeover then fails for a
     reason that may pass (exit 1: the journal's storage not answering, segments another CP still

@@ -316,8 +316,10 @@ def main(config_path: str, check_config: bool, supervise: bool, set_journal_asid
             die(os_error_line(server.state, cfg.cp.journal, exc), os_error_code(server.state, exc))
 
     def work(supervisor: dict[str, Any] | None) -> int:
+        from hsb.cp.supervise import ending_as_meant
+
         faults.install()  # in the worker: the master passes SIGUSR2 on
-        return loop.run(run(supervisor))
+        return ending_as_meant(lambda: loop.run(run(supervisor)))
 
     if supervise:
         from hsb.cp import supervise as sv

@@ -232,6 +232,7 @@ def _signal_name(n: int) -> str:
 
 EARLY_SIGNALS: list[int] = []  # (this process's: the worker's, after the fork)
 END_FD: int | None = None  # a worker's end of its pipe to the master (`mark_final`)
+MEANT: int | None = None  # the exit this process meant once it began to end for good (`mark_final`)
 FORKED_AGAIN = False  # this worker is not the master's first (whatever the one before ended with)
 
 
@@ -240,13 +241,42 @@ def mark_final(code: int) -> None:
     if it then dies of a signal (a crash, an OOM kill while it stops), the master forks no other
     (its listeners are shut down already, and a CP superseded must not come back and take the
     journal) and exits with `code` if it is not 0, so that systemd's RestartPreventExitStatus
-    holds. No-op outside a worker."""
+    holds. Noted in the process too (`ending_as_meant`)."""
+    global MEANT
+    MEANT = code
     if END_FD is None:
         return
     try:
         os.write(END_FD, bytes([code & 0xFF or 0xFF]))  # (0 is said as 255: a byte was written)
     except OSError:
         pass
+
+
+def ending_as_meant(run: Callable[[], int]) -> int:
+    """`run()`'s exit code; but once the CP began to end for good meaning a nonzero exit (75:
+    superseded), that exit whatever its stop then fails with (EIO closing the journal on a mount
+    in trouble, a bug): exiting 1, it was started again by systemd and took the journal back
+    from the newer CP."""
+    try:
+        return run()
+    except BaseException as exc:
+        meant = MEANT
+        if not meant or (isinstance(exc, SystemExit) and exc.code == meant):
+            raise
+        if not isinstance(exc, SystemExit):
+            traceback.print_exc()
+        _stop_failed(meant, f"{type(exc).__name__}: {exc}")
+        return meant
+
+
+def _stop_failed(meant: int, error: str, **kw: Any) -> None:
+    log.error(
+        "cp_stop_failed",
+        exit=meant,
+        error=error,
+        msg=f"the CP failed while it stopped for good (the log above says why): exiting {meant} as it meant, not to be started again",
+        **kw,
+    )
 
 
 def record_early_signals() -> None:
@@ -419,6 +449,9 @@ def supervise(work: Callable[[dict[str, Any]], int], *, restarts_max: int = REST
         if os.WIFEXITED(status):
             reap(block=True)
             code = os.waitstatus_to_exitcode(status)
+            if final and code != final:  # it failed while it ended for good: started again, it would take the journal back
+                _stop_failed(final, f"exited {code}", pid=pid)
+                return final
             if code != FAILED or final is not None or stopping:
                 return code
             # a start that failed for a reason that may pass: again, after a wait that grows
