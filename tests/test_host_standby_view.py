@@ -1,0 +1,67 @@
+"""When a standby may say it is established: only once the standby opens of the batch read it is
+in are done, never on an earlier read's or one the state moved on from, and never while it is not
+registered at the CP (it could not take over). hsbcpd and both hsbd in this process
+(tests/support/inproc.py); the standby's handlers are called as its loop would call them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hsb.host.states import BATCH_READING, ESTABLISHED
+from hsb.service.builtin import EchoService
+from tests.support.inproc import pair_in_hot_standby
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_an_earlier_batch_reads_opens_done_do_not_establish_the_one_under_way(tmp_path: Path) -> None:
+    """A batch read's standby opens end (`batch_applied`) after the next batch read began: that
+    one's opens are still out, its view incomplete; the standby stays in batch_reading."""
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        old = b.ha.batch_token
+        b.ha.batch_token += 1  # (as batch_read does: a new read under way, its opens still out)
+        b.ha.set_state(BATCH_READING, "test: a new batch read")
+        await b.ha.ev_batch_applied(token=old)
+        assert b.ha.state == BATCH_READING and not b.ha.is_established(), b.ha.state
+        assert not b.status()["established"]
+
+
+async def test_a_batch_reads_opens_done_after_the_active_restarted_do_not_establish_it(tmp_path: Path) -> None:
+    """The active restarts (ACTIVE STARTUP of another instance: every standby session closed, a
+    new startup id asked for) just as the standby opens of its last batch read end: those are the
+    old active's view, and the standby waits for the new one's batch, not established on it."""
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        token = b.ha.batch_token
+        b.ha.set_state(BATCH_READING, "test: batch read")
+        await b.ha.peer_active_startup({"t": "active_startup", "instance": "restarted", "name": "host-a"})
+        assert b.ha.state != ESTABLISHED
+        await b.ha.ev_batch_applied(token=token)
+        assert b.ha.state != ESTABLISHED and not b.ha.is_established(), b.ha.state
+        assert b.ha.established_since is None
+
+
+async def test_a_standby_not_registered_at_the_cp_is_not_established(tmp_path: Path) -> None:
+    """Following the ring but cut off from the CP (it would ask the CP for the role): status,
+    /standby and the sentence say it is not ready to take over."""
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        assert b.status()["established"]
+        await b.ha.ev_cp_down("test: host link lost")
+        assert b.ha.state == ESTABLISHED  # (its view is current: only the CP is out of reach)
+        st = b.status()
+        assert not st["established"] and not st["registered_at_cp"], st
+        assert "not registered at the CP" in b.ha.describe()
+
+
+async def test_only_the_active_s_heartbeat_says_whether_the_standby_s_view_is_stale(tmp_path: Path) -> None:
+    """The active said it cannot write the ring: the standby's view is stale until the active
+    says otherwise. A heartbeat of a peer not (or no longer) the active, which never carries
+    that word, does not clear it."""
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        b.ha.note_active_ring({"t": "hb", "role": "active", "ring_write_failing": "EIO"})
+        assert b.ha.standby_view_stale() and not b.status()["established"]
+        b.ha.note_active_ring({"t": "hb", "role": "standby", "ring_write_failing": None})
+        assert b.ha.active_ring_failing == "EIO" and not b.status()["established"]
+        b.ha.note_active_ring({"t": "hb", "role": "active", "ring_write_failing": None})
+        assert b.ha.active_ring_failing is None and b.status()["established"]
