@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hsb.host.states import BATCH_READING, ESTABLISHED
+from hsb.host.states import AWAITING_BATCH, BATCH_READING, ESTABLISHED, WAITING
 from hsb.service.builtin import EchoService
 from tests.support.inproc import pair_in_hot_standby
 
@@ -65,3 +65,38 @@ async def test_only_the_active_s_heartbeat_says_whether_the_standby_s_view_is_st
         assert b.ha.active_ring_failing == "EIO" and not b.status()["established"]
         b.ha.note_active_ring({"t": "hb", "role": "active", "ring_write_failing": None})
         assert b.ha.active_ring_failing is None and b.status()["established"]
+
+
+async def test_the_active_restarted_closes_every_standby_session_of_its_old_view(tmp_path: Path) -> None:
+    """Fig. 3: ACTIVE STARTUP of another instance: the standby sessions opened from the old
+    active's view are all closed (the new one's batch opens what it has)."""
+    from hsb.host.sessions import CLOSED, STANDBY
+    from hsb.takeover.records import SessionEntry
+
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        name = next(iter(b.sessions.table))
+        b.sessions_ctl.apply_ring([SessionEntry(name, dict(b.sessions.table[name].attrs), True)])
+        assert b.sessions.table[name].state == STANDBY
+        await b.ha.peer_active_startup({"t": "active_startup", "instance": "restarted", "name": "host-a"})
+        assert b.sessions.table[name].state == CLOSED and not b.sessions.in_state(STANDBY)
+
+
+async def test_no_standby_startup_to_a_peer_not_the_active_nor_over_a_ring_write_still_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A standby waiting for an active asks for a batch (STANDBY STARTUP) only of a peer whose
+    hello says it is the active, and not while a ring write of its own (as the active before) is
+    still out: it would land over the new batch."""
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        sid = b.ha.own_startup_id
+        hello = b.peer.peer_hello
+        assert hello is not None
+        b.ha.set_state(WAITING, "test: waiting for an active")
+        monkeypatch.setattr(b.peer, "peer_hello", {**hello, "role": "standby"})
+        b.ha.maybe_standby_startup()
+        assert b.ha.state == WAITING and b.ha.own_startup_id == sid
+        monkeypatch.setattr(b.peer, "peer_hello", hello)
+        monkeypatch.setattr(b.takeover, "ring_settled", lambda: False)
+        b.ha.maybe_standby_startup()
+        assert b.ha.state == WAITING and b.ha.own_startup_id == sid
+        monkeypatch.setattr(b.takeover, "ring_settled", lambda: True)
+        b.ha.maybe_standby_startup()  # (the test's own check: asked once both hold)
+        assert b.ha.state == AWAITING_BATCH and b.ha.own_startup_id != sid
