@@ -100,3 +100,25 @@ async def test_no_standby_startup_to_a_peer_not_the_active_nor_over_a_ring_write
         monkeypatch.setattr(b.takeover, "ring_settled", lambda: True)
         b.ha.maybe_standby_startup()  # (the test's own check: asked once both hold)
         assert b.ha.state == AWAITING_BATCH and b.ha.own_startup_id != sid
+
+
+async def test_a_header_holding_the_standby_s_own_id_read_as_another_is_a_failed_read_not_a_file_mismatch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch read that says the header holds another id, yet names this standby's own as the
+    one found (a read torn between two writes), past the re-reads: the read failed and is asked
+    for again; the hosts do not name different files, and the standby does not exit."""
+    from hsb.host.states import BATCH_RETRY
+    from hsb.takeover.errors import StartupIdMismatch
+
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        own = b.ha.own_startup_id
+
+        async def mismatch(*args: object, **kw: object) -> None:
+            raise StartupIdMismatch("startup id mismatch", expected=own, found=own)
+
+        monkeypatch.setattr(b.takeover, "batch_read", mismatch)
+        monkeypatch.setattr(b.peer, "send", lambda msg: True)  # (the active hears nothing of this)
+        b.ha.batch_announced = None
+        await b.ha.batch_read()
+        assert b.ha.exit is None and b.ha.state == BATCH_RETRY, (b.ha.state, b.ha.last_error)
