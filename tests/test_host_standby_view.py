@@ -122,3 +122,17 @@ async def test_a_header_holding_the_standby_s_own_id_read_as_another_is_a_failed
         b.ha.batch_announced = None
         await b.ha.batch_read()
         assert b.ha.exit is None and b.ha.state == BATCH_RETRY, (b.ha.state, b.ha.last_error)
+
+
+async def test_a_ring_close_entry_closes_the_standby_session(tmp_path: Path) -> None:
+    """S228: a session closed at the active (a logoff) read from the ring closes the standby's."""
+    from hsb.host.sessions import CLOSED, STANDBY
+    from hsb.takeover.records import SessionEntry
+
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        name = next(iter(b.sessions.table))
+        attrs = dict(b.sessions.table[name].attrs)
+        b.sessions_ctl.apply_ring([SessionEntry(name, attrs, True)])
+        assert b.sessions.table[name].state == STANDBY
+        b.sessions_ctl.apply_ring([SessionEntry(name, attrs, False)])
+        assert b.sessions.table[name].state == CLOSED
