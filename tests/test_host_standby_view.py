@@ -136,3 +136,17 @@ async def test_a_ring_close_entry_closes_the_standby_session(tmp_path: Path) -> 
         assert b.sessions.table[name].state == STANDBY
         b.sessions_ctl.apply_ring([SessionEntry(name, attrs, False)])
         assert b.sessions.table[name].state == CLOSED
+
+
+async def test_a_batch_read_closes_the_standby_sessions_the_active_no_longer_has(tmp_path: Path) -> None:
+    """[0077]: a batch opens a standby session for each session open on the active and closes
+    the rest: one the active closed while the ring was not followed does not stay open here."""
+    from hsb.host.sessions import CLOSED, STANDBY
+    from hsb.takeover.records import SessionEntry
+
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        name = next(iter(b.sessions.table))
+        b.sessions_ctl.apply_ring([SessionEntry(name, dict(b.sessions.table[name].attrs), True)])
+        assert b.sessions.table[name].state == STANDBY
+        await b.sessions_ctl.apply_batch([], timeout=1.0)
+        assert b.sessions.table[name].state == CLOSED
