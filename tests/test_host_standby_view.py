@@ -150,3 +150,50 @@ async def test_a_batch_read_closes_the_standby_sessions_the_active_no_longer_has
         assert b.sessions.table[name].state == STANDBY
         await b.sessions_ctl.apply_batch([], timeout=1.0)
         assert b.sessions.table[name].state == CLOSED
+
+
+async def test_a_ring_entry_read_after_the_grant_opens_no_standby_session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Made the active (granted) while the ring's last entries were still being applied: an open
+    entry read then opens no standby session (the CP would take it for a second session)."""
+    from hsb.host.sessions import CLOSED
+    from hsb.takeover.records import SessionEntry
+
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        name = next(iter(b.sessions.table))
+        sent: list[dict[str, object]] = []
+        monkeypatch.setattr(b.ha, "granted", True)
+        monkeypatch.setattr(b.cp, "send", lambda msg: sent.append(msg) or True)
+        b.sessions_ctl.apply_ring([SessionEntry(name, dict(b.sessions.table[name].attrs), True)])
+        assert b.sessions.table[name].state == CLOSED and not sent, sent
+
+
+@pytest.mark.parametrize("state", ["awaiting_batch", "batch_reading", "batch_retry"])
+async def test_a_standby_still_getting_its_batch_asks_the_cp_for_the_role_when_the_peer_link_drops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: str
+) -> None:
+    """The peer link lost (the active gone, maybe) while the standby waits for or reads a batch:
+    it asks the CP, which decides (it grants only if the active is lost there too)."""
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        sent: list[dict[str, object]] = []
+        monkeypatch.setattr(b.cp, "send", lambda msg: sent.append(msg) or True)  # (the CP is not asked for real)
+        b.ha.set_state(state, "test")
+        await b.ha.ev_peer_down("test: peer link lost")
+        assert [m["t"] for m in sent] == ["switchover"], sent
+
+
+async def test_the_active_is_established_only_by_its_standby_s_current_startup_id(tmp_path: Path) -> None:
+    """A standby_ready, or a hello saying established, naming another startup id (an earlier
+    start of the standby's, whose batch is not the one written) does not make hot standby."""
+    from hsb.host.states import SERVING
+
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        sid = a.ha.partner_startup_id
+        assert sid is not None
+        a.ha.set_state(SERVING, "test: the standby lost")
+        await a.ha.peer_standby_ready({"t": "standby_ready", "startup_id": sid - 1, "instance": b.ha.instance})
+        assert a.ha.state == SERVING
+        hello = {"t": "peer_hello", "role": "standby", "partner": a.ha.instance, "state": ESTABLISHED, "name": "host-b"}
+        await a.ha.peer_peer_hello({**hello, "startup_id": sid - 1})
+        assert a.ha.state == SERVING and not a.status()["established"]
+        await a.ha.peer_peer_hello({**hello, "startup_id": sid})  # (the test's own check)
+        assert a.ha.state == ESTABLISHED
