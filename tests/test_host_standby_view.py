@@ -197,3 +197,15 @@ async def test_the_active_is_established_only_by_its_standby_s_current_startup_i
         assert a.ha.state == SERVING and not a.status()["established"]
         await a.ha.peer_peer_hello({**hello, "startup_id": sid})  # (the test's own check)
         assert a.ha.state == ESTABLISHED
+
+
+async def test_an_established_standby_says_ready_again_when_the_peer_link_comes_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The active's hello again after a blip of the peer link, the same instance: the standby,
+    still following its ring, says standby_ready again (an active in a planned switchover's
+    handover meanwhile is established again only by it)."""
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        sent: list[dict[str, object]] = []
+        monkeypatch.setattr(b.peer, "send", lambda msg: sent.append(msg) or True)
+        await b.ha.peer_peer_hello({"t": "peer_hello", "role": "active", "instance": b.ha.partner_instance, "name": "host-a"})
+        assert b.ha.state == ESTABLISHED
+        assert [(m["t"], m["startup_id"]) for m in sent] == [("standby_ready", b.ha.own_startup_id)], sent
