@@ -209,3 +209,20 @@ async def test_an_established_standby_says_ready_again_when_the_peer_link_comes_
         await b.ha.peer_peer_hello({"t": "peer_hello", "role": "active", "instance": b.ha.partner_instance, "name": "host-a"})
         assert b.ha.state == ESTABLISHED
         assert [(m["t"], m["startup_id"]) for m in sent] == [("standby_ready", b.ha.own_startup_id)], sent
+
+
+async def test_a_ring_read_that_works_again_ends_the_count_of_failing_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ring read that fails, then one that works: the failing spell is over (else a single
+    failure much later counted from the first and asked at once for a whole new batch)."""
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        real = b.takeover.ring_poll
+
+        async def eio() -> object:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(b.takeover, "ring_poll", eio)
+        await b.ha.ring_poll()
+        assert b.ha.ring_failing is not None and b.ha.state == ESTABLISHED
+        monkeypatch.setattr(b.takeover, "ring_poll", real)
+        await b.ha.ring_poll()
+        assert b.ha.ring_failing is None and b.ha.state == ESTABLISHED
