@@ -226,3 +226,20 @@ async def test_a_ring_read_that_works_again_ends_the_count_of_failing_ones(tmp_p
         monkeypatch.setattr(b.takeover, "ring_poll", real)
         await b.ha.ring_poll()
         assert b.ha.ring_failing is None and b.ha.state == ESTABLISHED
+
+
+async def test_a_batch_read_done_ends_the_count_of_failing_ring_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ring reads failing before a batch read count for nothing after it: established on the new
+    batch, a single failed read later is not counted from the spell before it."""
+
+    async def eio() -> object:
+        raise OSError(5, "Input/output error")
+
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        with monkeypatch.context() as m:
+            m.setattr(b.takeover, "ring_poll", eio)
+            await b.ha.ring_poll()
+        assert b.ha.ring_failing is not None
+        b.ha.set_state(BATCH_READING, "test: a batch read, its opens done")
+        await b.ha.ev_batch_applied(token=b.ha.batch_token)
+        assert b.ha.state == ESTABLISHED and b.ha.ring_failing is None
