@@ -51,17 +51,24 @@ log_level_option = click.option(
 EXIT_GRACE = 5.0  # seconds the loop's teardown may take once a daemon has decided to exit
 
 
+# the nonzero exit a process meant once it began to end for good (a superseded CP's 75,
+# hsb.cp.supervise.mark_final): a watchdog armed later, by an error in that ending, exits with it
+MEANT_EXIT = 0
+
+
 def exit_watchdog(code: int, seconds: float = EXIT_GRACE) -> None:
     """Make sure the process ends with `code` soon after it decided to: a fenced host must be
     gone, not stuck in teardown (a task that outlives cancellation, an executor thread in a
     blocked syscall). If the teardown takes longer than `seconds`, every thread's stack goes
-    to stderr (to find the culprit) and the process exits at once."""
+    to stderr (to find the culprit) and the process exits at once, with MEANT_EXIT if one was
+    set (a superseded CP exiting 1 would be started again and take the journal back)."""
 
     def expire() -> None:
-        sys.stderr.write(f"exit: teardown took longer than {seconds}s; exiting with {code} now\n")
+        code_ = MEANT_EXIT or code
+        sys.stderr.write(f"exit: teardown took longer than {seconds}s; exiting with {code_} now\n")
         faulthandler.dump_traceback(all_threads=True)
         sys.stderr.flush()
-        os._exit(code)
+        os._exit(code_)
 
     t = threading.Timer(seconds, expire)
     t.daemon = True

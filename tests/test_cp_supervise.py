@@ -890,6 +890,26 @@ def test_a_worker_that_dies_while_it_ends_for_good_is_not_forked_again() -> None
     assert "cp_worker_died_ending" in out and "cp_worker_died " not in out, out
 
 
+def test_a_superseded_cp_whose_failed_stop_then_hangs_exits_75_at_the_watchdog() -> None:
+    """A superseded CP (75 meant) whose stop fails says so through die(), which arms the exit
+    watchdog with 1: a teardown that then hangs past its grace (a thread in a blocked write to a
+    mount in trouble) exited 1, which systemd starts again, to take the journal back from the
+    newer CP. The watchdog exits with the code meant. Run in a process of its own."""
+    code = "\n".join(
+        [
+            "import threading",
+            "from hsb import cli",
+            "from hsb.cp import supervise",
+            "supervise.mark_final(75)",
+            "cli.exit_watchdog(1, 0.2)  # (as die() arms it)",
+            "threading.Event().wait(30)  # a teardown that hangs",
+        ]
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 75, (r.returncode, r.stderr[-2000:])
+    assert "exiting with 75 now" in r.stderr, r.stderr[-2000:]
+
+
 @pytest.mark.parametrize(
     ("meant", "end", "master", "event"),
     [

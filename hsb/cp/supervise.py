@@ -244,6 +244,9 @@ def mark_final(code: int) -> None:
     holds. Noted in the process too (`ending_as_meant`)."""
     global MEANT
     MEANT = code
+    from hsb import cli
+
+    cli.MEANT_EXIT = code  # (a watchdog an error of the ending arms exits with it too)
     if END_FD is None:
         return
     try:
