@@ -52,7 +52,8 @@ EXIT_GRACE = 5.0  # seconds the loop's teardown may take once a daemon has decid
 
 
 # the nonzero exit a process meant once it began to end for good (a superseded CP's 75,
-# hsb.cp.supervise.mark_final): a watchdog armed later, by an error in that ending, exits with it
+# hsb.cp.supervise.mark_final): `ending_as_meant` exits with it whatever that ending then fails
+# with, and so does a watchdog armed later, by such an error
 MEANT_EXIT = 0
 
 

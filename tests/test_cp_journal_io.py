@@ -38,6 +38,25 @@ def count_thread_calls(j: Journal, monkeypatch: Any) -> list[int]:
     return calls
 
 
+def fail_ring_once(j: Journal, monkeypatch: Any, outcome: Any) -> list[bool]:
+    """The ring's next chain (write, sync, the generation checks) is not submitted: it ends with
+    `outcome(fd, data, off)`, its four results; the chains after run as before. [True] until then."""
+    ring = j._ring
+    assert ring is not None
+    real = ring.write_sync_check
+    once = [True]
+
+    def fail(fd: int, data: bytes, off: int, paths: Any, done: Any) -> None:
+        if once[0]:
+            once[0] = False
+            asyncio.get_running_loop().call_soon(done, outcome(fd, data, off))
+            return
+        real(fd, data, off, paths, done)
+
+    monkeypatch.setattr(ring, "write_sync_check", fail)
+    return once
+
+
 @needs_ring
 async def test_groups_go_through_the_ring_without_the_writer_thread(tmp_path: Path, monkeypatch: Any) -> None:
     j = open_journal(tmp_path)
@@ -344,19 +363,7 @@ async def test_a_storage_error_through_the_ring_is_redone_by_the_thread_and_keep
     j = open_journal(tmp_path)
     try:
         await durable(j, ["a", "T1", 1, "x"])
-        ring = j._ring
-        assert ring is not None
-        real = ring.write_sync_check
-        once = [True]
-
-        def eio(fd: int, data: bytes, off: int, paths: Any, done: Any) -> None:
-            if once[0]:
-                once[0] = False
-                asyncio.get_running_loop().call_soon(done, [-errno.EIO, -errno.ECANCELED, -errno.ECANCELED, -errno.ECANCELED])
-                return
-            real(fd, data, off, paths, done)
-
-        monkeypatch.setattr(ring, "write_sync_check", eio)
+        once = fail_ring_once(j, monkeypatch, lambda fd, data, off: [-errno.EIO, -errno.ECANCELED, -errno.ECANCELED, -errno.ECANCELED])
         calls = count_thread_calls(j, monkeypatch)
         await durable(j, ["a", "T1", 2, "y"])
         assert calls[0] == 1 and not once[0]
@@ -446,20 +453,8 @@ async def test_a_chain_whose_write_landed_but_whose_sync_failed_is_not_acknowled
     j = open_journal(tmp_path)
     try:
         await durable(j, ["a", "T1", 1, "x"])
-        ring = j._ring
-        assert ring is not None
-        real = ring.write_sync_check
-        once = [True]
-
-        def sync_eio(fd: int, data: bytes, off: int, paths: Any, done: Any) -> None:
-            if once[0]:
-                once[0] = False
-                n = os.pwrite(fd, data, off)  # the bytes reach the file, their sync fails
-                asyncio.get_running_loop().call_soon(done, [n, -errno.EIO, -errno.ECANCELED, -errno.ECANCELED])
-                return
-            real(fd, data, off, paths, done)
-
-        monkeypatch.setattr(ring, "write_sync_check", sync_eio)
+        # the bytes reach the file, their sync fails
+        once = fail_ring_once(j, monkeypatch, lambda fd, data, off: [os.pwrite(fd, data, off), -errno.EIO, -errno.ECANCELED, -errno.ECANCELED])
         syncs = [0]
         real_sync = os.fdatasync
 

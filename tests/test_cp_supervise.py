@@ -952,7 +952,9 @@ def test_a_cp_that_fails_while_it_stops_superseded_exits_as_it_meant(monkeypatch
     def fail() -> int:
         raise SystemExit(1)
 
-    monkeypatch.setattr(supervise, "MEANT", None)
+    from hsb import cli
+
+    monkeypatch.setattr(cli, "MEANT_EXIT", 0)  # (and back after: mark_final sets it below)
     with pytest.raises(SystemExit):
         supervise.ending_as_meant(fail)
     supervise.mark_final(75)

@@ -74,7 +74,7 @@ from typing import Any, NoReturn
 import msgpack
 import structlog
 
-from hsb import procstat
+from hsb import cli, procstat
 from hsb.backoff import doubling
 from hsb.cli import EXIT_FAILED as FAILED  # a worker's exit that may pass: started again, after a wait
 from hsb.ops.notify import Watchdog
@@ -232,7 +232,6 @@ def _signal_name(n: int) -> str:
 
 EARLY_SIGNALS: list[int] = []  # (this process's: the worker's, after the fork)
 END_FD: int | None = None  # a worker's end of its pipe to the master (`mark_final`)
-MEANT: int | None = None  # the exit this process meant once it began to end for good (`mark_final`)
 FORKED_AGAIN = False  # this worker is not the master's first (whatever the one before ended with)
 
 
@@ -241,12 +240,9 @@ def mark_final(code: int) -> None:
     if it then dies of a signal (a crash, an OOM kill while it stops), the master forks no other
     (its listeners are shut down already, and a CP superseded must not come back and take the
     journal) and exits with `code` if it is not 0, so that systemd's RestartPreventExitStatus
-    holds. Noted in the process too (`ending_as_meant`)."""
-    global MEANT
-    MEANT = code
-    from hsb import cli
-
-    cli.MEANT_EXIT = code  # (a watchdog an error of the ending arms exits with it too)
+    holds. Noted in the process too (hsb.cli.MEANT_EXIT: `ending_as_meant` and the exit watchdog
+    end with it)."""
+    cli.MEANT_EXIT = code
     if END_FD is None:
         return
     try:
@@ -263,7 +259,7 @@ def ending_as_meant(run: Callable[[], int]) -> int:
     try:
         return run()
     except BaseException as exc:
-        meant = MEANT
+        meant = cli.MEANT_EXIT
         if not meant or (isinstance(exc, SystemExit) and exc.code == meant):
             raise
         if not isinstance(exc, SystemExit):

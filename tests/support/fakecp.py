@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hsb.wire.framing import Decoder, ProtocolError, encode
+from tests.support.procs import until
 
 # --------------------------------------------------------------------------- fake CP
 
@@ -249,15 +250,12 @@ class FakeCP:
 
 
 async def wait_until(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `cond` on the loop until true or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
+    """tests.support.procs.until every 10 ms, its timeout an AssertionError (a failed test, as
+    hsbterm's tests have it)."""
+    try:
+        return await until(cond, timeout, 0.01, what)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def free_port() -> int:
