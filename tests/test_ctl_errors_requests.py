@@ -388,7 +388,7 @@ def test_a_stop_whose_announced_handover_did_not_complete_is_an_error(secret: Pa
 
     monkeypatch.setattr(ops_cmds, "status_all", status_all)
     monkeypatch.setattr(ops_cmds, "ask", ask)
-    code, out, err = invoke("--host", "127.0.0.1:1", "--host", "127.0.0.1:2", "--secret-file", str(secret), "stop", "--timeout", "5")
+    code, out, err = invoke("--host", "127.0.0.1:1", "--host", "127.0.0.1:2", "--secret-file", str(secret), "stop", "--timeout", "0.5")
     assert code == 1 and "handover did not complete" in err, (code, out, err)
     # the other host not asked (not named, its admin port out of reach) but the CP says it serves:
     # the handover did complete
@@ -412,7 +412,7 @@ def test_a_stop_whose_announced_handover_did_not_complete_is_an_error(secret: Pa
         return st
 
     monkeypatch.setattr(ops_cmds, "status_all", cp_lost_it)
-    code, out, err = invoke("--host", "127.0.0.1:1", "--secret-file", str(secret), "stop", "--timeout", "5")
+    code, out, err = invoke("--host", "127.0.0.1:1", "--secret-file", str(secret), "stop", "--timeout", "0.5")
     assert code == 1 and "handover did not complete" in err, (code, out, err)
 
 

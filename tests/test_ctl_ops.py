@@ -1,6 +1,7 @@
 """hsbctl stop, history and promote from made-up answers (hsb.ctl.ops_cmds, hsb.ctl.main,
 in-process), one test for each thing a mutation audit found no test for. stop, once the host it
-stopped is gone: the documented handover ("host-a stopped; host-b is the active host", 0), a CP
+stopped is gone: the documented handover ("host-a stopped; host-b is the active host", 0), one
+still under way when it is gone (asked again until a host serves), and until the deadline a CP
 still naming the stopped host its active, a host the CP names that says it is the standby, one
 that says active without serving (1: the handover did not complete), the CP not asked (3: not
 known), a stop the host refused (1, at once), another host gone while the stopped one still
@@ -115,9 +116,31 @@ def test_a_handover_nobody_is_seen_to_serve_after_is_not_said_done(
     naming the host that stopped (it would have said 'host-a stopped; host-a is the active
     host'), nor the CP naming a host that says it is the standby, nor a host that says active
     and does not serve (no lease) is a handover done."""
-    code, out, err, _, _ = stop(monkeypatch, secret, capsys, after)
+    code, out, err, _, polls = stop(monkeypatch, secret, capsys, after, timeout=0.5)
     assert code == 1 and "error: host-a stopped, but its handover did not complete: no host serves now" in err, (code, out, err)
     assert "is the active host" not in out, out
+    assert polls > 2, polls  # (asked again until the deadline, not judged on the first status after it was gone)
+
+
+def test_a_handover_still_under_way_once_the_host_is_gone_is_waited_for(
+    monkeypatch: pytest.MonkeyPatch, secret: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The standby says it serves a few hundred ms after the stopped host is gone: the first
+    status after it is gone shows no serving active, a later one host-b serving. hsbctl stop
+    said "its handover did not complete" (exit 1) on that first status; it asks again."""
+    seen: list[int] = []
+
+    def taking_over(st: dict[str, Any]) -> None:
+        seen.append(1)
+        if len(seen) <= 3:  # host-a gone, host-b still the standby (the CP still naming host-a)
+            _gone(st)
+        else:
+            _handed_over(st)
+
+    code, out, err, _, polls = stop(monkeypatch, secret, capsys, taking_over)
+    said = ["host-a hands over to the standby, then stops", "host-a stopped; host-b is the active host"]
+    assert code == 0 and out.splitlines() == said and err == "", (code, out, err)
+    assert polls == 5, polls  # (the status before the stop, three without a serving active, then host-b serving)
 
 
 def test_a_handover_with_the_cp_not_asked_is_not_known(monkeypatch: pytest.MonkeyPatch, secret: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -128,7 +151,7 @@ def test_a_handover_with_the_cp_not_asked_is_not_known(monkeypatch: pytest.Monke
         _gone(st)
         st["cp"] = {"reachable": False, "addr": "cp:1", "error": "connection refused: nothing listens there"}
 
-    code, out, err, _, _ = stop(monkeypatch, secret, capsys, cp_away)
+    code, out, err, _, _ = stop(monkeypatch, secret, capsys, cp_away, timeout=0.5)
     assert code == 3 and "error: host-a stopped; whether its handover completed is not known (the CP cannot be asked)" in err, (code, out, err)
 
 

@@ -86,34 +86,48 @@ async def _stop(t: Target, host: str | None, takeover: bool, timeout: float) -> 
         return 1
     click.echo(ans["msg"])
     deadline = time.monotonic() + timeout
+    stopped = False
     while time.monotonic() < deadline:
         st = await status_all(t.cp, t.hosts, t.secret_file, timeout=1.0, cp_machines=t.cps)
         # gone: nothing listens at its admin address any more (one merely slow to answer, while
         # it hands over, say, has not stopped)
-        if any(u.get("addr") == target["addr"] and _gone(str(u.get("error", ""))) for u in st.get("unknown", [])):
+        stopped = stopped or any(u.get("addr") == target["addr"] and _gone(str(u.get("error", ""))) for u in st.get("unknown", []))
+        if stopped:
             active = next((h["name"] for h in st["hosts"] if h.get("reachable") and h.get("role") == "active" and h.get("serving")), None)
-            if ans.get("hands_over") is True and active is None:  # it said it hands over: did anybody take over?
-                cp = st.get("cp") or {}
-                cp_active = (cp.get("active") or {}) if cp.get("reachable") else {}
-                by_cp = cp_active.get("name") if cp_active.get("connected", True) else None
-                not_serving = {h["name"] for h in st["hosts"] if h.get("reachable")}  # (asked, and not the serving active)
-                if by_cp is not None and by_cp != name and by_cp not in not_serving:
-                    active = by_cp  # (a host not asked here, or not named: the CP says it serves)
-                elif not cp.get("reachable"):
-                    click.echo(f"error: {name} stopped; whether its handover completed is not known (the CP {unheard(cp)})", err=True)
-                    return 3
-                else:
-                    click.echo(
-                        f"error: {name} stopped, but its handover did not complete: no host serves now"
-                        " (see its log, stop_handover_failed; start one, or 'hsbctl promote')",
-                        err=True,
-                    )
-                    return 1
-            click.echo(f"{name} stopped; " + (f"{active} is the active host" if active else "no host serves now (start one, or 'hsbctl promote')"))
-            return 0
+            if ans.get("hands_over") is not True:
+                click.echo(
+                    f"{name} stopped; " + (f"{active} is the active host" if active else "no host serves now (start one, or 'hsbctl promote')")
+                )
+                return 0
+            active = active or _named_by_cp(st, name)
+            if active is not None:
+                click.echo(f"{name} stopped; {active} is the active host")
+                return 0
+            # (the standby may still be taking over: it serves a few hundred ms after the host is gone)
         await asyncio.sleep(0.1)
-    click.echo(f"error: {name} did not stop within {timeout:.0f} s; see 'hsbctl status'", err=True)
+    if not stopped:
+        click.echo(f"error: {name} did not stop within {timeout:.0f} s; see 'hsbctl status'", err=True)
+        return 1
+    cp = st.get("cp") or {}
+    if not cp.get("reachable"):
+        click.echo(f"error: {name} stopped; whether its handover completed is not known (the CP {unheard(cp)})", err=True)
+        return 3
+    click.echo(
+        f"error: {name} stopped, but its handover did not complete: no host serves now"
+        " (see its log, stop_handover_failed; start one, or 'hsbctl promote')",
+        err=True,
+    )
     return 1
+
+
+def _named_by_cp(st: dict[str, Any], stopped: str) -> str | None:
+    """The active the CP names, its link up, unless it is the host that stopped or one asked here
+    (none asked serves when this is asked): a host not asked, or not named; else None."""
+    cp = st.get("cp") or {}
+    cp_active = (cp.get("active") or {}) if cp.get("reachable") else {}
+    by_cp = cp_active.get("name") if cp_active.get("connected", True) else None
+    asked = {h["name"] for h in st["hosts"] if h.get("reachable")}
+    return by_cp if by_cp is not None and by_cp != stopped and by_cp not in asked else None
 
 
 def run_stop(t: Target, host: str | None, takeover: bool, timeout: float) -> int:
