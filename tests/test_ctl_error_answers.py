@@ -118,3 +118,24 @@ def test_status_says_a_daemon_answered_its_status_with_an_error(secret: Path) ->
         st = json.loads(out)
         assert code == 3 and st["cp"]["error_answer"] is True and st["cps"][0]["error_answer"] is True, st
         assert any(u["name"] == "host1" and u.get("error_answer") for u in st["unknown"]), st["unknown"]
+
+
+def test_a_pause_or_resume_the_cp_refuses_is_an_error_on_stderr_exit_1(secret: Path) -> None:
+    """A CP that answers a pause or a resume with `ok: false` (today's hsbcpd never refuses one;
+    a CP of another version may): hsbctl printed its message on stdout like a success and exited
+    1. It is an error line on stderr naming the CP's refusal, exit 1, nothing on stdout."""
+    from hsb.wire.authlink import AuthServerProtocol
+
+    class Refusing(AuthServerProtocol):
+        link = "admin"
+        server_name = "cp-a"
+        dispatch = {"pause": "on_request", "resume": "on_request"}
+
+        def on_request(self, msg: dict[str, Any]) -> None:
+            self.send({"t": "result", "ok": False, "msg": f"{msg['t']} refused: a switchover is under way"})
+
+    with admin_port_in_thread(secret, Refusing) as addr:
+        for cmd in ("pause", "resume"):
+            code, out, err = ctl("--cp", addr, "--secret-file", str(secret), cmd)
+            assert (code, out) == (1, ""), (code, out, err)
+            assert err.strip() == f"error: the CP refused: {cmd} refused: a switchover is under way", err

@@ -172,8 +172,11 @@ def run_pause(t: Target, paused: bool) -> int:
     if ans.get("reachable") is False:
         click.echo(f"error: {unasked('the CP', ans)}", err=True)
         return 3
+    if not ans.get("ok"):  # (a refusal goes where every other command's does: stderr, said as an error)
+        click.echo(f"error: the CP refused: {ans.get('msg') or ans.get('error') or ans}", err=True)
+        return 1
     click.echo(ans.get("msg", ans))
-    return 0 if ans.get("ok") else 1
+    return 0
 
 
 def _when(at: float | None) -> str:
