@@ -2,7 +2,8 @@
 
 `service = "package.module:factory"` in the host config (or a built-in name: "echo",
 "journal", "ledger"). The factory is called with the host name and the `[service_options]`
-table and returns an object with:
+table (a key it has no parameter for is refused, naming the ones it takes, unless it takes
+**kwargs) and returns an object with:
 
     async handle(terminal, message_id, data, redelivered) -> reply data
     async open_session(terminal, attrs, standby) -> None   (logon work)
@@ -38,6 +39,7 @@ line, which orders one message's processings across both hosts).
 from __future__ import annotations
 
 import importlib
+import inspect
 from contextvars import ContextVar
 from typing import Any, Protocol
 
@@ -122,10 +124,34 @@ def look_at_options(spec: str, host: str, options: dict[str, Any]) -> tuple[list
 
 def _with_options(spec: str, fn: Any, host: str, options: dict[str, Any]) -> Any:
     """`fn(host, **options)`; options it does not take are the config's error, said so."""
+    unknown = unknown_options(spec, fn, options)
+    if unknown:
+        raise ServiceError(f"service {spec!r}: bad [service_options]: {unknown}")
     try:
         return fn(host, **options)
     except TypeError as exc:
         raise ServiceError(f"service {spec!r}: bad [service_options]: {exc}") from None
+
+
+def unknown_options(spec: str, fn: Any, options: dict[str, Any]) -> str:
+    """The keys of `options` that `fn(host, **options)` takes no parameter for, said with those
+    it takes ("" when all are taken, or when fn takes **kwargs or has no signature to read):
+    Python's own "got an unexpected keyword argument" names one key and none of the right ones."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return ""
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return ""
+    if params and params[0].kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        params = params[1:]  # (it takes the host's name)
+    known = [p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    unknown = [k for k in options if k not in known]
+    if not unknown:
+        return ""
+    name = BUILTIN_SPECS.get(spec.strip(), spec)
+    takes = f"takes: {', '.join(known)}" if known else "takes no options"
+    return f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} ({name} {takes})"
 
 
 def _factory(spec: str) -> Any:

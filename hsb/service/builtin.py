@@ -23,7 +23,7 @@ LOGON_MS_MAX = 3_600_000  # an hour of simulated logon work per session open
 class EchoService:
     """Replies with the message's own data. `logon_ms` simulates logon work per session open."""
 
-    def __init__(self, host: str, logon_ms: float = 0, **_: Any) -> None:
+    def __init__(self, host: str, logon_ms: float = 0) -> None:
         self.host = host
         # (a TypeError: the config's, said with the key. NaN or inf would hold every logon for ever)
         if type(logon_ms) not in (int, float) or not 0 <= logon_ms <= LOGON_MS_MAX:
@@ -56,7 +56,7 @@ class JournalService(EchoService):
 
     close_timeout = 2.0  # how long close() waits for a write still on the disk
 
-    def __init__(self, host: str, journal: str = "journal.log", logon_ms: float = 0, **kw: Any) -> None:
+    def __init__(self, host: str, journal: str = "journal.log", logon_ms: float = 0) -> None:
         super().__init__(host, logon_ms)
         self.path = Path(journal)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +70,7 @@ class JournalService(EchoService):
         self.worker = Worker("hsb-journal-service")  # the loop gives it the GIL while it writes (hsb.worker)
 
     @staticmethod
-    def check_options(host: str, journal: str = "journal.log", logon_ms: float = 0, **_: Any) -> tuple[list[str], list[str]]:
+    def check_options(host: str, journal: str = "journal.log", logon_ms: float = 0) -> tuple[list[str], list[str]]:
         """hsbd --check-config's look at the options instead of a build, which makes the file and
         its folder: (what the build would refuse, what the start will do); nothing is made."""
         EchoService(host, logon_ms)  # (its option read as the build reads it)

@@ -1,0 +1,121 @@
+"""A `[service_options]` key the service does not take is the config's error, named with the keys
+it does take: echo and journal ignored one (a typo such as `jornal`, a ledger's `dsn` left in
+after `service` changed), the ledger said it in Python's words, naming none of the right ones."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.config import load
+from hsb.host.config import HostConfig
+from hsb.host.main import service_problems
+from hsb.service.api import ServiceError, load_service
+from hsb.service.builtin import EchoService
+from hsb.service.ledger import OPTION_KINDS, LedgerService
+
+pytestmark = pytest.mark.timeout(30)
+
+LEDGER_TAKES = "dsn, sqlite, pool_size, command_timeout, tx_idle_timeout, keep_hours, keep_last, busy_timeout, idempotency, logon_ms"
+
+
+def with_files(options: dict[str, Any], d: Path) -> dict[str, Any]:
+    """`options` with its file options (journal, sqlite) under `d`."""
+    return {k: str(d / v) if k in ("journal", "sqlite") else v for k, v in options.items()}
+
+
+# (service, its options, what the refusal says after "bad [service_options]: ")
+UNKNOWN = [
+    ("echo", {"jornal": "x"}, "unknown option 'jornal' (echo takes: logon_ms)"),
+    ("echo", {"logon_ms": 0, "journal": "j.log"}, "unknown option 'journal' (echo takes: logon_ms)"),
+    ("hsb.service.builtin:EchoService", {"host": "b"}, "unknown option 'host' (echo takes: logon_ms)"),
+    ("journal", {"journal": "j.log", "dsn": "postgresql://x/y"}, "unknown option 'dsn' (journal takes: journal, logon_ms)"),
+    ("journal", {"jornal": "j.log"}, "unknown option 'jornal' (journal takes: journal, logon_ms)"),
+    ("ledger", {"sqlite": "l.db", "dns": "x", "pool": 3}, f"unknown options 'dns', 'pool' (ledger takes: {LEDGER_TAKES})"),
+]
+
+
+@pytest.mark.parametrize("spec, options, said", UNKNOWN)
+def test_an_unknown_option_is_refused_by_the_build_naming_it_and_the_known_ones(
+    tmp_path: Path, spec: str, options: dict[str, Any], said: str
+) -> None:
+    with pytest.raises(ServiceError) as exc:
+        load_service(spec, "host-a", with_files(options, tmp_path))
+    assert str(exc.value) == f"service {spec!r}: bad [service_options]: {said}"
+    assert list(tmp_path.iterdir()) == []  # refused before the build: no journal, no database made
+
+
+@pytest.mark.parametrize("check_only", [False, True])
+@pytest.mark.parametrize("spec, options, said", UNKNOWN)
+def test_an_unknown_option_is_an_error_of_hsbds_check_and_start(
+    tmp_path: Path, spec: str, options: dict[str, Any], said: str, check_only: bool
+) -> None:
+    """The start's check (check_only False) builds the service; --check-config (True) asks the
+    journal's check_options instead: both refuse it, in one line naming the key."""
+    problems = service_problems(spec, "host-a", with_files(options, tmp_path), check_only)
+    assert problems == [f"host.service: service {spec!r}: bad [service_options]: {said}"], problems
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("check_only", [False, True])
+@pytest.mark.parametrize(
+    "spec, options",
+    [("echo", {}), ("echo", {"logon_ms": 5}), ("journal", {"journal": "j.log", "logon_ms": 0}), ("ledger", {"sqlite": "l.db", "keep_last": 8})],
+)
+def test_the_options_a_service_takes_pass(tmp_path: Path, spec: str, options: dict[str, Any], check_only: bool) -> None:
+    assert service_problems(spec, "host-a", with_files(options, tmp_path), check_only) == []
+
+
+def takes_anything(host: str, **options: Any) -> EchoService:
+    """A service of one's own whose factory takes any option: each is its own business."""
+    return EchoService(host)
+
+
+def takes_colour(host: str, colour: str = "red") -> EchoService:
+    return EchoService(host)
+
+
+def takes_nothing(host: str) -> EchoService:
+    return EchoService(host)
+
+
+def test_a_service_of_ones_own_is_refused_an_option_only_when_its_factory_has_no_parameter_for_it(tmp_path: Path) -> None:
+    mod = __name__
+    assert isinstance(load_service(f"{mod}:takes_anything", "host-a", {"whatever": 1}), EchoService)
+    assert isinstance(load_service(f"{mod}:takes_colour", "host-a", {"colour": "blue"}), EchoService)
+    with pytest.raises(
+        ServiceError, match=rf"^service '{mod}:takes_colour': bad \[service_options\]: unknown option 'size' \({mod}:takes_colour takes: colour\)$"
+    ):
+        load_service(f"{mod}:takes_colour", "host-a", {"size": 3})
+    with pytest.raises(ServiceError, match=rf"bad \[service_options\]: unknown option 'size' \({mod}:takes_nothing takes no options\)$"):
+        load_service(f"{mod}:takes_nothing", "host-a", {"size": 3})
+
+
+def test_every_ledger_option_is_checked_for_its_kind() -> None:
+    """LedgerService checks each of its parameters (but the host's name) by OPTION_KINDS: one
+    added to either alone would go unchecked, or fail every build with a KeyError."""
+    params = list(inspect.signature(LedgerService).parameters)
+    assert params[0] == "host" and params[1:] == list(OPTION_KINDS)
+
+
+def test_ledger_options_of_the_wrong_kind_are_said_each_with_its_key_in_order(tmp_path: Path) -> None:
+    with pytest.raises(ServiceError) as exc:
+        load_service("ledger", "host-a", {"sqlite": str(tmp_path / "l.db"), "idempotency": "no", "pool_size": -3, "logon_ms": "5"})
+    assert str(exc.value) == (
+        "service 'ledger': bad [service_options]: pool_size must be an integer of at least 1, not -3;"
+        " idempotency must be true or false, not 'no'; logon_ms must be a number, 0 or more, not '5'"
+    )
+
+
+@pytest.mark.parametrize("service", ["echo", "journal", "ledger"])
+def test_the_sandboxs_host_configs_give_each_service_only_options_it_takes(tmp_path: Path, service: str) -> None:
+    from hsb.ctl.sandbox_files import write_configs
+
+    plan = write_configs(tmp_path / "sb", terminals=2, service=service, conventional=False)
+    for path in plan["configs"].values():
+        cfg = load(path, HostConfig)
+        assert cfg.host.service == service
+        assert service_problems(service, cfg.host.name, dict(cfg.service_options), check_only=True) == [], path
