@@ -228,7 +228,7 @@ _KIND_TEXT = {
 }
 
 
-def option_problems(**options: Any) -> list[str]:
+def option_problems(options: dict[str, Any]) -> list[str]:
     """Each option of the wrong kind (OPTION_KINDS), one line each with its key."""
     out = []
     for key, v in options.items():
@@ -268,19 +268,9 @@ class LedgerService:
         idempotency: bool = True,
         logon_ms: float = 0,
     ) -> None:
+        # every parameter but the host's name is an option (OPTION_KINDS: each of them; a test holds them equal)
+        problems = option_problems({k: v for k, v in locals().items() if k in OPTION_KINDS})
         self.host = host
-        problems = option_problems(
-            dsn=dsn,
-            sqlite=sqlite,
-            pool_size=pool_size,
-            command_timeout=command_timeout,
-            tx_idle_timeout=tx_idle_timeout,
-            keep_hours=keep_hours,
-            keep_last=keep_last,
-            busy_timeout=busy_timeout,
-            idempotency=idempotency,
-            logon_ms=logon_ms,
-        )
         if problems:  # (a TypeError: the config's error, said by the check with each key)
             raise TypeError("; ".join(problems))
         if not dsn and not sqlite:
