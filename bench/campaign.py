@@ -1,7 +1,7 @@
 """The long fault campaign: `.venv/bin/python bench/campaign.py --rounds 1000 [--seed S]`.
 
-Same rounds and invariants as tests/test_campaign.py (tests/support/campaign.py),
-run 1,000 times against one sandbox; prints every round with its seed and a
+Same rounds and invariants as tests/test_campaign.py (tests/support/campaign.py
+and campaignjudge.py), run 1,000 times against one sandbox; prints every round with its seed and a
 summary JSON; exits 1 on the first broken invariant (with the seed to replay), and
 when the load's strict verdict (hsb.term: nothing lost, duplicated, unexpected, wrong
 or unacknowledged) or any invariant failed at the end, or an armed crash point did not fire in
@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _sandbox import machine, machine_line, raw_name, run_or_render, table, write_section  # noqa: E402
 
 from hsb.ctl import sandbox  # noqa: E402
-from tests.support.campaign import ACTIONS, Campaign, CampaignError  # noqa: E402
+from tests.support.campaign import Campaign  # noqa: E402
+from tests.support.campaignjudge import ACTIONS, CampaignError  # noqa: E402
 
 COMMAND = ".venv/bin/python bench/campaign.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "campaign.json"

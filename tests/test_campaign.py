@@ -75,7 +75,7 @@ def test_a_late_disconnect_is_charged_to_the_round_it_came_after(tmp_path: Path)
     """A disconnect the load counts after a quiet round was judged (its recovery's, late) is that
     round's, and fails it; it is not forgiven by a next round that allows disconnects, nor lost
     after the last round."""
-    from tests.support.campaign import CampaignError, Round
+    from tests.support.campaignjudge import CampaignError, Round
 
     c = Campaign(tmp_path, seed=1)
     quiet = Round(0, "1:0", "kill_active")
@@ -99,7 +99,7 @@ def test_a_round_that_kills_only_the_cp_is_judged_as_a_cp_restart(tmp_path: Path
     sessions and drops only in quiet rounds: a CP restart that closed sessions, or dropped a
     terminal that the same CP process then welcomed again, passed (bench/cprestart.py and the
     demo's act three fail it). Now such a round is judged as hsb.term.report's "cp" mode does."""
-    from tests.support.campaign import CP_ONLY, CampaignError, Round
+    from tests.support.campaignjudge import CP_ONLY, CampaignError, Round
 
     c = Campaign(tmp_path, seed=1)
     assert {"kill_cp", "crash_cp_after_journal_write", "crash_cp_reply_before_durable"} <= CP_ONLY

@@ -1,4 +1,4 @@
-"""The fault campaign's judging (tests/support/campaign.py) on rounds, reports and logs made up
+"""The fault campaign's judging (tests/support/campaignjudge.py) on rounds, reports and logs made up
 here: each round's verdict, the summary's counts, the epoch records and the two-actives sample
 must fail on what they are there to catch (tests/test_campaign.py runs real rounds, in which
 every count is zero: those cannot show that a count would not stay zero)."""
@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from tests.support import campaign as support
-from tests.support.campaign import Campaign, CampaignError, Round
+from tests.support.campaign import Campaign
+from tests.support.campaignjudge import COUNTED, CampaignError, Round
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -34,7 +35,7 @@ def test_a_round_fails_on_a_duplicate_an_unexpected_reply_or_a_closed_session(tm
 def report(**kw: Any) -> dict[str, Any]:
     """The load report's to_dict, every count zero but `kw`."""
     d: dict[str, Any] = {"acked": 100, "lost": 0, "duplicates": 0, "unexpected": 0, "unacked": 0, "bad_data": 0, "failures": []}
-    d |= {k: 0 for k in support.COUNTED}
+    d |= {k: 0 for k in COUNTED}
     return d | kw
 
 

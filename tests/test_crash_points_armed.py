@@ -1,5 +1,5 @@
 """Every crash point of hsb.faults is armed somewhere that checks it fired: a campaign action
-(tests/support/campaign.py, whose verdict fails a round whose point was not reached) or a test
+(tests/support/campaignjudge.py, whose verdict fails a round whose point was not reached) or a test
 named here that looks for its `crash_point` line. A point nothing arms is a path no fault test
 ever took (cp.after_grant, cp.mid_switch, cp.mid_redelivery and cp.between_reply_and_discard
 were such)."""
@@ -11,7 +11,8 @@ import re
 from pathlib import Path
 
 from hsb import faults
-from tests.support.campaign import ACTIONS, WEIGHTS
+from tests.support.campaign import WEIGHTS
+from tests.support.campaignjudge import ACTIONS
 
 REPO = Path(__file__).resolve().parent.parent
 # points that do not fit a campaign round, and the tests that arm them and assert the crash
