@@ -1,5 +1,5 @@
 """Running hsbctl's click commands in-process (CliRunner), checking a one-line error, and what
-its tests feed it: an address where nothing listens, a pair's status."""
+its tests feed it: an address where nothing listens, a pair's status and its hosts' answers."""
 
 from __future__ import annotations
 
@@ -39,6 +39,15 @@ def closed_port() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def pair_hosts() -> list[dict[str, Any]]:
+    """The hosts' answers for a pair in hot standby (a active, b standby, at epoch 1), as
+    gather.summarize takes them."""
+    return [
+        {"reachable": True, "name": "a", "role": "active", "state": "established", "serving": True, "epoch": 1},
+        {"reachable": True, "name": "b", "role": "standby", "state": "established", "epoch": 1},
+    ]
 
 
 def pair_status(active_addr: str, standby_addr: str) -> dict[str, Any]:
