@@ -1,10 +1,12 @@
 """Shared fixtures: `sb` starts sandboxes (real processes) and always brings them down; `pg` is a
 throwaway PostgreSQL server of the module's own (skipped, saying what is missing, without one);
-`secret` a shared secret file in the test's tmp_path (hsbctl's --secret-file)."""
+`secret` a shared secret file in the test's tmp_path (hsbctl's --secret-file); `fake` a started
+fake CP (tests/support/fakecp.py) for hsbterm's tests."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ pytest.register_assert_rewrite("tests.support")
 import structlog  # noqa: E402
 
 from hsb.ctl import sandbox  # noqa: E402
+from tests.support.fakecp import FakeCP  # noqa: E402
 
 # every hsbcpd a test starts checks its kept status totals against a walk over every terminal
 # at each status call, and exits (code 70) on a difference (hsb.cp.status_view.audit_counts)
@@ -56,6 +59,14 @@ def secret(tmp_path: Path) -> Path:
     s.write_text("a shared secret\n")
     s.chmod(0o600)
     return s
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeCP]:
+    cp = FakeCP()
+    await cp.start()
+    yield cp
+    await cp.stop()
 
 
 @pytest.fixture(scope="module")

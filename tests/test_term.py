@@ -20,14 +20,6 @@ from tests.support.fakecp import FakeCP, free_port, reap, spawn, wait_until
 pytestmark = pytest.mark.timeout(30)
 
 
-@pytest.fixture
-async def fake() -> Any:
-    cp = FakeCP()
-    await cp.start()
-    yield cp
-    await cp.stop()
-
-
 # --------------------------------------------------------------------------- library (in process)
 
 

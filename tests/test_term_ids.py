@@ -78,14 +78,6 @@ def test_nothing_welcomed_is_not_green() -> None:
 # --------------------------------------------------------------------------- against a fake CP
 
 
-@pytest.fixture
-async def fake() -> Any:
-    cp = FakeCP()
-    await cp.start()
-    yield cp
-    await cp.stop()
-
-
 async def test_record_ids_match_the_cp_journal(fake: FakeCP) -> None:
     fake.lose = lambda name, seq: name == "T00002" and seq in (2, 3, 7)
     r = await run_load(("127.0.0.1", fake.port), terminals=4, rate=200, duration=0.6, settle=0.5, record_ids=True)

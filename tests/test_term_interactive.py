@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import TextIO
 
 import pytest
@@ -14,14 +14,6 @@ from hsb.term.interactive import interactive
 from tests.support.fakecp import FakeCP
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeCP]:
-    cp = FakeCP()
-    await cp.start()
-    yield cp
-    await cp.stop()
 
 
 async def _connect(fake: FakeCP, name: str, inp: TextIO) -> tuple[int, str]:
