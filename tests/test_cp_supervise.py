@@ -847,6 +847,20 @@ def outs(out: str) -> list[str]:
     return re.findall(r"OUT ([^\n]*)", out)
 
 
+def numbered_work(tmp_path: Path) -> list[str]:
+    """The lines that begin a child script's `def work(info):` with `n`, how many workers the
+    master forked before this one (each worker adds one to a file in tmp_path: a fork shares no
+    memory with the next)."""
+    count = tmp_path / "workers"
+    return [
+        "from pathlib import Path",
+        f"count = Path({str(count)!r})",
+        "def work(info):",
+        "    n = len(count.read_text()) if count.exists() else 0",
+        "    count.write_text('x' * (n + 1))",
+    ]
+
+
 def test_a_reload_noted_before_the_master_supervises_goes_to_the_first_worker_only() -> None:
     """A SIGHUP noted while hsbcpd started (before the master's own handlers) is the first
     worker's: it stayed in the master's list, and every worker forked after a crash reloaded
@@ -923,15 +937,10 @@ def test_a_worker_that_fails_or_dies_while_it_stops_is_not_forked_again(tmp_path
     an error in its stop exited 1, which systemd started again, and it took the journal back from
     the newer CP; now 75, as meant), or, in a clean stop, died of a signal or exited 1 (that
     status, no other worker; one forked again says so and exits 0). Run in a process of its own."""
-    count = tmp_path / "workers"
     out = python_lines(
         "import os, signal, sys",
-        "from pathlib import Path",
         "from hsb.cp import supervise",
-        f"count = Path({str(count)!r})",
-        "def work(info):",
-        "    n = len(count.read_text()) if count.exists() else 0",
-        "    count.write_text('x' * (n + 1))",
+        *numbered_work(tmp_path),
         "    os.write(1, f'OUT worker {n}\\n'.encode())",
         "    if n:",
         "        return 0",
@@ -973,15 +982,10 @@ def test_a_wake_a_worker_took_before_it_failed_goes_to_the_next_worker(tmp_path:
     made this machine master already. The wake goes to every worker forked again after such an
     exit, until one does not exit 1; a worker that was never woken passes none on. Run in a process
     of its own (signal dispositions)."""
-    count = tmp_path / "workers"
     out = python_lines(
         "import os, signal, sys, time",
-        "from pathlib import Path",
         "from hsb.cp import supervise",
-        f"count = Path({str(count)!r})",
-        "def work(info):",
-        "    n = len(count.read_text()) if count.exists() else 0",
-        "    count.write_text('x' * (n + 1))",
+        *numbered_work(tmp_path),
         "    os.write(1, f'OUT {n} {sorted(int(s) for s in supervise.EARLY_SIGNALS)}\\n'.encode())",
         "    if n == 1:  # keepalived wakes it (through the master), then its takeover fails",
         "        os.kill(os.getppid(), signal.SIGUSR1)",
