@@ -1,5 +1,7 @@
 """A throwaway PostgreSQL server for the tests: Debian's `postgresql` binaries, `initdb` and
 `pg_ctl` into a fresh directory, listening only on a Unix socket in that directory.
+`fresh(pg)` makes a database of its own for one test; `needs_pg` skips a test (one that
+starts its server through the sandbox rather than the `pg` fixture) when none can run here.
 
 The server refuses to run as root, so as root (CI) it runs as the `postgres` user in a
 directory that user owns. `missing()` says what is absent, for a skip reason.
@@ -15,6 +17,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+import pytest
 
 from hsb.ports import free_port
 
@@ -111,3 +115,14 @@ class PgServer:
         while self.running() and time.monotonic() < deadline:
             time.sleep(0.05)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+NO_PG = missing()
+needs_pg = pytest.mark.skipif(NO_PG is not None, reason=NO_PG or "")
+
+_dbs = iter(range(1, 10**6))
+
+
+def fresh(pg: PgServer) -> str:
+    """A new database on `pg` for one test; its DSN."""
+    return pg.createdb(f"t{os.getpid()}_{next(_dbs)}")
