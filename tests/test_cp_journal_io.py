@@ -178,7 +178,7 @@ async def test_a_newer_generation_stops_acknowledgements_through_the_ring(tmp_pa
 async def test_the_rings_check_looks_for_the_next_generation_before_its_own(tmp_path: Path, monkeypatch: Any) -> None:
     """Newer CPs prune generation files oldest first; the chain's two statx look for the next
     generation's file, then this CP's own: a check that lands in a prune never sees its own
-    there and the next one already gone (test_cp_generations has the thread's check)."""
+    there and the next one already gone (test_cp_generation_files has the thread's check)."""
     j = open_journal(tmp_path)
     try:
         ring = j._ring
