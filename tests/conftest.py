@@ -1,7 +1,8 @@
 """Shared fixtures: `sb` starts sandboxes (real processes) and always brings them down; `pg` is a
 throwaway PostgreSQL server of the module's own (skipped, saying what is missing, without one);
 `secret` a shared secret file in the test's tmp_path (hsbctl's --secret-file); `fake` a started
-fake CP (tests/support/fakecp.py) for hsbterm's tests."""
+fake CP (tests/support/fakecp.py) for hsbterm's tests; `hostile_sb`, the hostile-input tests'
+sandbox (tests/support/hostile.py, one a module), and `witness`, a real terminal on it."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import structlog  # noqa: E402
 
 from hsb.ctl import sandbox  # noqa: E402
 from tests.support.fakecp import FakeCP  # noqa: E402
+from tests.support.fuzz import Witness  # noqa: E402
+from tests.support.hostile import SB, module_sandbox  # noqa: E402
 
 # every hsbcpd a test starts checks its kept status totals against a walk over every terminal
 # at each status call, and exits (code 70) on a difference (hsb.cp.status_view.audit_counts)
@@ -67,6 +70,18 @@ async def fake() -> AsyncIterator[FakeCP]:
     await cp.start()
     yield cp
     await cp.stop()
+
+
+@pytest.fixture(scope="module")
+def hostile_sb(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    yield from module_sandbox(tmp_path_factory, "hostile")
+
+
+@pytest.fixture
+def witness(hostile_sb: SB):  # type: ignore[no-untyped-def]
+    w = Witness(hostile_sb.addr("cp.terminal"), "T00001")
+    yield w
+    w.close()
 
 
 @pytest.fixture(scope="module")
