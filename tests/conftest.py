@@ -2,12 +2,13 @@
 throwaway PostgreSQL server of the module's own (skipped, saying what is missing, without one);
 `secret` a shared secret file in the test's tmp_path (hsbctl's --secret-file); `fake` a started
 fake CP (tests/support/fakecp.py) for hsbterm's tests; `hostile_sb`, the hostile-input tests'
-sandbox (tests/support/hostile.py, one a module), and `witness`, a real terminal on it."""
+sandbox (tests/support/hostile.py, one a module), and `witness`, a real terminal on it;
+`supervised` starts `hsbcpd --supervise` (tests/support/supervised.py)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from hsb.ctl import sandbox  # noqa: E402
 from tests.support.fakecp import FakeCP  # noqa: E402
 from tests.support.fuzz import Witness  # noqa: E402
 from tests.support.hostile import SB, module_sandbox  # noqa: E402
+from tests.support.supervised import supervised_cps  # noqa: E402
 
 # every hsbcpd a test starts checks its kept status totals against a walk over every terminal
 # at each status call, and exits (code 70) on a difference (hsb.cp.status_view.audit_counts)
@@ -70,6 +72,11 @@ async def fake() -> AsyncIterator[FakeCP]:
     await cp.start()
     yield cp
     await cp.stop()
+
+
+@pytest.fixture
+def supervised(tmp_path: Path) -> Iterator[Any]:
+    yield from supervised_cps(tmp_path)
 
 
 @pytest.fixture(scope="module")
