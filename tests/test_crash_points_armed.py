@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 ARMED_IN_TESTS = {
     "cp.mid_recovery": (
         "tests/test_cp_restart.py::test_sigkill_of_hsbcpd_under_load_1000_resuming_terminals",
-        "tests/test_cp_journal.py::test_a_torn_tail_is_dropped_but_left_in_the_file_for_a_write_still_finishing",
+        "tests/test_cp_journal_damage.py::test_a_torn_tail_is_dropped_but_left_in_the_file_for_a_write_still_finishing",
     ),
 }
 

@@ -1,12 +1,16 @@
-"""A small real host-link client for driving hsbcpd from tests (docs/protocol.md §3)."""
+"""A small real host-link client for driving hsbcpd from tests (docs/protocol.md §3), a fake
+terminal, and hsbcpd's status polled."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from hsb.wire.client import FrameStream, LinkClosed, request
-from tests.support.procs import SECRET, addr
+from tests.support.procs import SECRET, Proc, addr
+
+ATTRS = {"protocol": "hsb1"}  # a session's attributes, as the tests' hosts open it
 
 
 class FakeHost:
@@ -221,6 +225,29 @@ async def until_cp_status(cp: Any, ok: Any, timeout: float = 10.0) -> dict[str, 
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"not within {timeout} s: {st}")
         await asyncio.sleep(0.05)
+
+
+async def until_journal_status(cp: Proc, pred: Any, timeout: float = 10.0, what: str = "status") -> dict[str, Any]:
+    """hsbcpd's status once `pred(status)` holds (polled), else TimeoutError with its journal's."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        st = await cp_status(cp)
+        if pred(st):
+            return st
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"{what}: {json.dumps(st.get('journal'))}")
+        await asyncio.sleep(0.05)
+
+
+async def logged_on(cp: Proc, name: str, last_reply: int | None = 0) -> FakeTerminal:
+    """Terminal `name` logged on to hsbcpd `cp`, its hello saying `last_reply` (none if None)."""
+    t = await FakeTerminal.connect(cp.info["terminal"], name, hello=False)
+    m: dict[str, Any] = {"t": "hello", "terminal": name}
+    if last_reply is not None:
+        m["last_reply"] = last_reply
+    t.send(m)
+    await t.wait(lambda m: m["t"] == "welcome")
+    return t
 
 
 async def holding_terminal(cp: Any, sent: int, acked: int, resume: bool = False) -> FakeTerminal:

@@ -1,5 +1,5 @@
-"""Helpers for the CP journal's in-process tests: opening one, what its segment files hold, and
-appending a record and waiting until it is durable."""
+"""Helpers for the CP journal's in-process tests: opening one, writing a segment file, what its
+segment files hold, and appending a record and waiting until it is durable."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from hsb.cp.journal.format import scan
+from hsb.cp.journal.format import encode, scan
 from hsb.cp.journal.generation import Generations
+from hsb.cp.journal.recovery import segment_name
 from hsb.cp.journal.store import Journal
 
 
@@ -18,6 +19,13 @@ def open_journal(d: Path, io: str = "auto", timeout: float = 2.0) -> Journal:
     j = Journal(d, generation=gen, io=io, timeout=timeout)
     j.open(1, [], [])
     return j
+
+
+def write_segment(d: Path, n: int, recs: list[list[Any]], gen: int = 0) -> Path:
+    """Segment `n` of generation `gen` in `d`, holding `recs`."""
+    p = d / segment_name(n, gen)
+    p.write_bytes(b"".join(encode(r) for r in recs))
+    return p
 
 
 def records(d: Path) -> list[Any]:
