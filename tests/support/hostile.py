@@ -107,10 +107,14 @@ def up_sandbox(d: Path, **kw: Any) -> SB:
 
 
 def module_sandbox(tmp_path_factory: pytest.TempPathFactory, name: str):  # type: ignore[no-untyped-def]
+    """One sandbox for a module's hostile tests; at its end, the secret is in none of its logs
+    (whatever the module threw at it: fuzzing, stalls, floods), besides the one test that also
+    looks at every status and HTTP answer (test_hostile_auth)."""
     d = tmp_path_factory.mktemp(name) / "sb"
     s = up_sandbox(d)
     try:
         yield s
+        s.assert_no_secret()
     finally:
         sandbox.down(d, timeout=0.5)
 
