@@ -132,7 +132,8 @@ class Decoder:
         # `held_max`: the bytes kept so, at most (-1: the first frame's bound; None: no bound of
         # its own, for a link whose peer may send on without waiting, a terminal's: what one read
         # brings, as its first frame is answered, or its reading stopped, in the read that ends it)
-        self._hold = hold and (held_max != -1 or (first_max is not None and first_max < max_frame))
+        # (a first bound as large as max_frame still holds: max_frame may be LOGIN_MAX itself)
+        self._hold = hold and (held_max != -1 or first_max is not None)
         self._held = False
         self._held_max = self._limit if held_max == -1 else held_max
 
