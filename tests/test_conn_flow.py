@@ -160,3 +160,22 @@ async def test_a_frame_sent_soon_goes_alone_in_time_or_with_the_next_frame_in_on
     p.send({"t": "open"})
     await until(lambda: t.writes == 2, within=2.0)
     assert [f["t"] for f in t.frames()] == ["welcome", "welcome", "open"]
+
+
+async def test_a_bad_frame_behind_one_that_closed_the_link_is_not_counted_against_it() -> None:
+    """A peer that said bye (the link closed) and sent junk behind it in the same read left
+    normally: no protocol error is logged or counted for the junk."""
+    from hsb.wire.conn import PROTOCOL_ERRORS
+
+    class Leaving(Echo):
+        dispatch = {"ping": "on_ping", "bye": "on_bye"}
+
+        def on_bye(self, msg: dict[str, Any]) -> None:
+            self.close()
+
+    before = PROTOCOL_ERRORS[("test", "bad_msgpack")]
+    p = Leaving()
+    t = opened(p)
+    p.data_received(encode({"t": "ping"}) + encode({"t": "bye"}) + struct.pack(">I", 1) + b"\xc1")
+    assert p.closed and p.pings == [0] and errors(p, t) == []
+    assert PROTOCOL_ERRORS[("test", "bad_msgpack")] == before
