@@ -38,6 +38,10 @@ async def test_aclose_does_not_wait_for_a_peer_that_stopped_reading() -> None:
         took = time.monotonic() - t0
         assert 0.4 < took < 5.0, took
         assert fs.writer.transport.is_closing()
+        # and the connection is dropped with its unsent megabytes, not left waiting for the peer
+        while not (fs.reader.at_eof() or fs.reader.exception() is not None):
+            assert time.monotonic() - t0 < 5.0, "the connection was left open"
+            await asyncio.sleep(0.01)
     finally:
         for w in accepted:
             w.transport.abort()
@@ -321,3 +325,30 @@ def test_a_refusals_reason_is_bounded() -> None:
     r = refusals.RefusalLog("test_refused", "fix it", on_said=said.append)
     r.seen("x" * 500_000)
     assert said and len(said[0]) < 400, len(said[0])
+
+
+async def test_the_session_table_is_every_page_the_cp_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cp_sessions asks page after page until the CP names no next offset; an answer that is not
+    a page is an error naming what came."""
+    from typing import Any
+
+    from hsb.wire import client
+
+    pages = {0: ({"T1": 1, "T2": 2}, 2), 2: ({"T3": 3}, 3), 3: ({"T4": 4}, None)}
+    asked: list[int] = []
+
+    async def request(host: str, port: int, secret: bytes, msg: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        asked.append(msg["offset"])
+        data, nxt = pages[msg["offset"]]
+        return {"t": "sessions", "data": data, **({"next": nxt} if nxt is not None else {})}
+
+    monkeypatch.setattr(client, "request", request)
+    assert await client.cp_sessions("h", 1, b"s") == {"T1": 1, "T2": 2, "T3": 3, "T4": 4}
+    assert asked == [0, 2, 3]
+
+    async def refused(host: str, port: int, secret: bytes, msg: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        return {"t": "error", "code": "standby", "msg": "ask the active"}
+
+    monkeypatch.setattr(client, "request", refused)
+    with pytest.raises(client.LinkClosed, match="answered 'error' to sessions: ask the active"):
+        await client.cp_sessions("h", 1, b"s")
