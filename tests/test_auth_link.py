@@ -186,3 +186,13 @@ def test_an_answer_is_for_one_role_and_name_not_another_split_of_the_same_bytes(
     nonce = auth.new_nonce()
     assert auth.answer(SECRET, nonce, "host", "a") != auth.answer(SECRET, nonce, "hos", "ta")
     assert auth.answer(SECRET, nonce, "server:host", "") != auth.answer(SECRET, nonce, "server:", "host")
+
+
+async def test_a_long_name_is_kept_and_logged_at_64_characters_and_each_read_is_heard() -> None:
+    p, t = opened()
+    heard = p.last_rx
+    raw = auth_frame(challenge(p, t), name="h" * 300)
+    await asyncio.sleep(0.01)
+    p.data_received(raw)
+    assert p.authed and p.name == "h" * 64 and p.last_rx > heard
+    done(p)

@@ -179,3 +179,27 @@ async def test_a_bad_frame_behind_one_that_closed_the_link_is_not_counted_agains
     p.data_received(encode({"t": "ping"}) + encode({"t": "bye"}) + struct.pack(">I", 1) + b"\xc1")
     assert p.closed and p.pings == [0] and errors(p, t) == []
     assert PROTOCOL_ERRORS[("test", "bad_msgpack")] == before
+
+
+async def test_a_missing_field_is_a_bad_fields_error_naming_the_field() -> None:
+    class Needs(Echo):
+        def on_ping(self, msg: dict[str, Any]) -> None:
+            from hsb.wire.conn import require
+
+            self.pings.append(require(msg, "n", int))
+
+    p = Needs()
+    t = opened(p)
+    p.data_received(encode({"t": "ping"}))
+    err = errors(p, t)
+    assert [e["code"] for e in err] == ["bad_fields"] and err[0]["msg"] == "ping: missing field 'n'"
+
+
+async def test_a_connection_whose_transport_is_closing_is_gone() -> None:
+    """A failed write closes the transport before connection_lost comes: the peer is taken as
+    gone then, not asked of a kernel socket that may already be gone with it."""
+    p = Echo()
+    t = opened(p)
+    assert not p.peer_gone()
+    t.closing = True  # (as a failed write leaves it)
+    assert p.peer_gone()

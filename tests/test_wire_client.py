@@ -352,3 +352,19 @@ async def test_the_session_table_is_every_page_the_cp_gives(monkeypatch: pytest.
     monkeypatch.setattr(client, "request", refused)
     with pytest.raises(client.LinkClosed, match="answered 'error' to sessions: ask the active"):
         await client.cp_sessions("h", 1, b"s")
+
+
+async def test_a_frame_sent_on_a_closed_stream_is_a_connection_error() -> None:
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.close()
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        fs = await FrameStream.connect("127.0.0.1", srv.sockets[0].getsockname()[1], ssl=None)
+        fs.close()
+        with pytest.raises(ConnectionResetError, match="link closed"):
+            fs.send({"t": "ping"})
+        await fs.aclose()
+    finally:
+        srv.close()
+        await srv.wait_closed()
