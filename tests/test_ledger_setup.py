@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hsb.service.api import ServiceUnavailable
+from hsb.service.api import RetryTransaction, ServiceUnavailable
 from hsb.service.ledger import LedgerService
 from tests.support import pg as pgsupport
 
@@ -90,5 +90,32 @@ async def test_a_setup_that_failed_is_tried_again_by_the_next_message(tmp_path: 
         )
         assert [json.loads(r) for r in replies] == [{"ok": True, "balance": 0}] * 20
         assert len(runs) == 2 and svc.ready
+    finally:
+        await svc.close()
+
+
+@pytest.mark.parametrize(
+    ("failure", "said"),
+    [
+        (RetryTransaction("deadlock detected"), "database busy while setting up"),
+        (PermissionError("the role may not create tables"), "the database role must own, or be able to create and alter"),
+        (ServiceUnavailable("database unavailable: not there yet"), "not there yet"),
+    ],
+)
+async def test_a_setup_that_fails_holds_the_message_and_says_what_to_do(tmp_path: Path, failure: Exception, said: str) -> None:
+    """Another host's transaction in the way is busy, not a role lacking rights (that fix would
+    send the operator the wrong way); a database not there is said as it is; none is an error reply."""
+    svc = LedgerService("host-b", sqlite=str(tmp_path / "books.sqlite"))
+
+    async def fails(ddl: list[str]) -> None:
+        raise failure
+
+    svc.db.setup = fails  # type: ignore[method-assign]
+    try:
+        with pytest.raises(ServiceUnavailable) as exc:
+            await svc.handle("T1", 1, '{"op":"open","account":"a"}', False)
+        assert said in str(exc.value), exc.value
+        if not isinstance(failure, RetryTransaction):
+            assert "busy" not in str(exc.value)
     finally:
         await svc.close()
