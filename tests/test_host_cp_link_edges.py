@@ -1,0 +1,131 @@
+"""The host's CP link (hsb.host.cplink) at its edges, in-process over a stand-in frame stream:
+frames read after drop() are not taken, the link's loss is said once, nothing is sent on a
+dropped link, and a frame the host cannot take is said to the CP before the link closes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from hsb.host import cplink as cplink_mod
+from hsb.host.cplink import CPLink
+from hsb.host.lease import Lease
+from hsb.wire.client import LinkClosed
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class FakeStream:
+    """A CP link's frame stream: hands out `frames`, then ends (eof); records what is sent."""
+
+    def __init__(self, frames: list[dict[str, Any]]) -> None:
+        self.frames = deque(frames)
+        self.sent: list[Any] = []
+        self.auth_ok = {"generation": 1}
+        self.aborted = False
+        self.writer = SimpleNamespace(transport=SimpleNamespace(abort=self._abort))
+
+    def _abort(self) -> None:
+        self.aborted = True
+
+    async def authenticate(self, *_: Any, **__: Any) -> str:
+        return "ok"
+
+    async def recv(self, timeout: float | None = None) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        if not self.frames:
+            raise LinkClosed("eof")
+        return self.frames.popleft()
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self.sent.append(msg)
+
+    def send_raw(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    async def drain(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    def not_hb(self) -> list[Any]:
+        return [m for m in self.sent if not (isinstance(m, dict) and m.get("t") == "hb")]
+
+
+async def _run_once(monkeypatch: pytest.MonkeyPatch, fs: FakeStream, on_frame: Any, downs: list[str], **kw: Any) -> CPLink:
+    """One link over `fs`, then the link stops (the next connect fails and stops it)."""
+    link: CPLink
+
+    connects = iter([fs])
+
+    async def connect_once(*a: Any, **k: Any) -> FakeStream:
+        for s in connects:
+            return s
+        link.stopped = True
+        raise OSError("no second link here")
+
+    monkeypatch.setattr(cplink_mod, "FrameStream", SimpleNamespace(connect=connect_once))
+    link = CPLink(
+        name="host-a", addr="127.0.0.1:1", secret=b"s" * 32, interval=0.1, timeout=5.0, max_frame=1 << 20,
+        on_up=lambda: None, on_frame=lambda m: on_frame(link, m), on_down=downs.append, lease=Lease(), **{"on_answer": lambda n: None, **kw},
+    )  # fmt: skip
+    await asyncio.wait_for(link._run(), 10)
+    return link
+
+
+async def test_frames_read_after_a_drop_are_not_taken_and_nothing_more_goes_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """drop() (the HA loop ends the link: a demotion, a stale registration): the frames already
+    read from the lost link are not handed on (a delivery among them would reach the service after
+    this host stopped serving, its reply lost), nothing more is sent on it, and its loss is said
+    once (deliveries cancelled once, one cp_link_down)."""
+    taken: list[int] = []
+    after: list[bool] = []
+
+    def on_frame(link: CPLink, m: dict[str, Any]) -> None:
+        taken.append(m["id"])
+        if m["id"] == 1:
+            link.drop("demoted")
+            after.append(link.up)
+            after.append(link.send({"t": "reply", "terminal": "T1", "id": 1, "data": "late"}))
+
+    downs: list[str] = []
+    fs = FakeStream([{"t": "deliver", "terminal": "T1", "id": n, "data": "x"} for n in (1, 2, 3)])
+    await _run_once(monkeypatch, fs, on_frame, downs)
+    assert taken == [1], "a frame read after the drop was taken"
+    assert after == [False, False] and fs.not_hb() == [] and fs.aborted
+    assert downs == ["demoted"]
+
+
+async def test_a_frame_the_host_cannot_take_is_said_to_the_cp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame whose fields the host cannot take (another version, a bug): the CP is told why in
+    an error frame (bad_fields) before the link closes, and the link's loss says it too."""
+
+    def on_frame(link: CPLink, m: dict[str, Any]) -> None:
+        raise KeyError("terminal")
+
+    downs: list[str] = []
+    fs = FakeStream([{"t": "deliver", "id": 1}])
+    await _run_once(monkeypatch, fs, on_frame, downs)
+    errors = [m for m in fs.not_hb() if isinstance(m, dict) and m.get("t") == "error"]
+    assert len(errors) == 1 and errors[0]["code"] == "bad_fields" and "'deliver' frame" in errors[0]["msg"], fs.sent
+    assert len(downs) == 1 and downs[0].startswith("protocol error from CP: bad_fields"), downs
+
+
+async def test_a_heartbeats_answer_renews_the_lease_and_passes_on_the_cps_held_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CP's answer to a heartbeat goes to the lease (its number), with the held_bound it says
+    after a reload of its (for the exactly-once records the service prunes); neither is
+    a frame for the HA loop."""
+    answers: list[int] = []
+    bounds: list[Any] = []
+    frames: list[dict[str, Any]] = []
+    fs = FakeStream([{"t": "hb", "ack": 1}, {"t": "hb", "ack": 2, "held_bound": 5000}, {"t": "hb"}])
+    await _run_once(monkeypatch, fs, lambda link, m: frames.append(m), [], on_answer=answers.append, on_bounds=bounds.append)
+    assert answers == [1, 2] and bounds == [5000] and frames == []
