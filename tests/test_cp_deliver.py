@@ -145,3 +145,44 @@ async def test_a_flip_redelivers_kept_and_unkept_items_in_order_and_marked(tmp_p
     # an item made at the flip is kept for the next one if small, never if large
     assert cp.terms["T3"].held[1].wire is not None and cp.terms["T2"].held[1].wire is None
     assert cp.counters["redelivered"] == 2
+
+
+def test_frames_hold_at_most_batch_items_however_small_the_items() -> None:
+    """3,000 items of a few bytes and a limit of a megabyte: frames of BATCH_ITEMS items at most,
+    every item once and in order."""
+    parts: list[bytes] = []
+    for mid in range(1, 3001):
+        parts += [dv.item("T1", mid, b"d"), dv.FALSE]
+    frames = dv.frames(parts, max(len(p) for p in parts), 1 << 20)
+    items = [Decoder().feed(f)[0]["items"] for f in frames]
+    assert max(len(i) for i in items) == dv.BATCH_ITEMS
+    assert [it[1] for i in items for it in i] == list(range(1, 3001))
+
+
+def test_frames_stay_within_every_declared_size_to_the_byte() -> None:
+    """Items of 19 bytes (more than 15 to a frame: a 3-byte array header) against every limit
+    from 600 to 1,400 bytes: no frame is a byte over it."""
+    w = dv.item("T1", 1, b"d" * 12)
+    assert len(w) == 19
+    for limit in range(600, 1401):
+        frames = dv.frames([w, dv.TRUE] * 200, len(w), limit)
+        assert all(len(f) <= limit for f in frames), limit
+        assert sum(len(Decoder().feed(f)[0]["items"]) for f in frames) == 200
+
+
+async def test_an_item_whose_frame_of_one_just_fits_the_declared_size_goes_batched(tmp_path: Path) -> None:
+    """A held message whose item alone, with the frame's overhead, is exactly the host's
+    deliver_batch size is delivered as a deliver_batch (its item kept for a flip); one byte less
+    and it goes as a plain deliver."""
+    w = dv.item("T1", 1, b"z" * 100)
+    for slack, kind in ((0, "deliver_batch"), (-1, "deliver")):
+        (tmp_path / kind).mkdir()
+        cp = cp_core(tmp_path / kind, 1, width=1)
+        a = fake_host(cp, "host-a", "active", batch=len(w) + 1 + dv._OVERHEAD + slack, record=True)
+        fake_terminal(cp, "T1")
+        cp.host_open(a, "T1", "active", ATTRS)
+        cp.terminal_msg(cp.terms["T1"], 1, b"z" * 100)
+        await asyncio.sleep(0)
+        a.flush()
+        assert [m["t"] for m in _sent(a)] == [kind]
+        assert (cp.terms["T1"].held[1].wire is not None) == (slack == 0)

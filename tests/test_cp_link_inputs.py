@@ -62,6 +62,26 @@ async def test_a_confirmation_does_not_go_past_a_message_still_unanswered(tmp_pa
     await asyncio.sleep(0)
 
 
+async def test_a_confirmation_past_every_id_accepted_does_not_cost_the_replies_after_it(tmp_path: Path) -> None:
+    """A terminal that confirms replies to ids it never sent (a bug of its own) still gets the
+    replies to the messages it sends after: the confirmation goes no further than the highest id
+    accepted from it, and a later reply is sent and kept, not taken for one it holds."""
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active")
+    p = recording_terminal(cp, "T00001", 0)
+    term = cp.terms["T00001"]
+    cp.terminal_msg(term, 1, "m1")
+    cp.host_reply(h, "T00001", 1, "r1")
+    cp.terminal_confirm(term, 1000)
+    assert term.confirmed == 1
+    cp.terminal_msg(term, 2, "m2")
+    cp.host_reply(h, "T00001", 2, "r2")
+    assert [(r["id"], r["data"]) for r in replies(p)] == [(1, "r1"), (2, "r2")]
+    assert 2 in term.replies, "its reply not kept until it confirms"
+    h.connection_lost(None)
+    await asyncio.sleep(0)
+
+
 def answered_out_of_order(tmp_path: Path, recovered: bool = False) -> tuple[Any, Any, Any, list[list[Any]]]:
     """A resuming terminal's messages 1 and 2, only 2 answered (its reply kept, unconfirmed); then
     its connection goes. (cp, host, its Term, what the CP journals from then on.)"""
