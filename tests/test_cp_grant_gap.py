@@ -179,6 +179,28 @@ async def test_a_terminal_that_logged_off_has_its_messages_answered(tmp_path: Pa
     assert t.transport.closing
 
 
+async def test_a_terminal_that_logged_off_is_not_given_a_session_at_the_new_active(tmp_path: Path) -> None:
+    """A terminal that said bye while its message waited has its standby session (one opened
+    after the bye too) closed at the flip, not switched to an active one: the new active is told `session_closed` and gets the
+    message to answer all the same."""
+    from hsb.wire.framing import encode
+
+    cp, a, b, terms = pair(tmp_path)
+    t = terms[0]
+    t.data_received(encode({"t": "msg", "id": 1, "data": "one"}) + encode({"t": "bye"}))
+    assert t.term.leaving and 1 in t.term.held
+    cp.host_open(b, t.term.name, "standby", {})  # the standby, behind on its ring, opens it again
+    a.connection_lost(None)
+    cp.host_switchover(b, "active lost", planned=False)
+    cp.settle_flip()
+    assert t.term.active is None and t.term.standby is None
+    closed = [f for f in frames(b) if f["t"] == "session_closed" and f["terminal"] == t.term.name]
+    assert closed, "the logged-off terminal's standby session was switched, not closed"
+    assert not [f for f in frames(t) if f["t"] == "switched"]
+    b._handle({"t": "reply", "terminal": t.term.name, "id": 1, "data": "one!", "epoch": cp.epoch})
+    assert [(f["id"], f["data"]) for f in frames(t) if f["t"] == "reply"] == [(1, "one!")]
+
+
 async def test_a_terminal_back_during_a_planned_grant_is_opened_not_switched(tmp_path: Path) -> None:
     """The active adopted a session for a terminal not yet back; a planned switchover's grant is
     being made durable when the terminal comes back. This connection was never told of that

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from hsb.cp.terminal_link import TerminalProtocol
-from tests.support.cpcore import cp_core, fake_host, recording_terminal
+from tests.support.cpcore import HeldJournal, cp_core, fake_host, recording_terminal
 from tests.support.transports import RecordingTransport
 
 pytestmark = pytest.mark.timeout(60)
@@ -78,6 +78,24 @@ async def test_a_confirmation_past_every_id_accepted_does_not_cost_the_replies_a
     cp.host_reply(h, "T00001", 2, "r2")
     assert [(r["id"], r["data"]) for r in replies(p)] == [(1, "r1"), (2, "r2")]
     assert 2 in term.replies, "its reply not kept until it confirms"
+    h.connection_lost(None)
+    await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("resuming", [True, False])
+async def test_a_reply_the_active_sends_twice_reaches_the_terminal_once(tmp_path: Path, resuming: bool) -> None:
+    """The active's second reply to a message whose first is still being recorded ("r", or "d"
+    for a terminal that does not resume) is not a second answer."""
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active")
+    p = recording_terminal(cp, "T00001", 0 if resuming else None)
+    cp.terminal_msg(cp.terms["T00001"], 1, "m1")
+    j = HeldJournal(cp, ("r", "d"))
+    cp.host_reply(h, "T00001", 1, "first")
+    cp.host_reply(h, "T00001", 1, "second")
+    j.release()
+    assert [(r["id"], r["data"]) for r in replies(p)] == [(1, "first")]
+    assert not cp.terms["T00001"].held
     h.connection_lost(None)
     await asyncio.sleep(0)
 
