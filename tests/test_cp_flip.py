@@ -571,3 +571,25 @@ async def test_a_message_the_active_said_it_handed_over_is_marked_at_its_first_d
     b.flush()
     dl = [(m["id"], m["redelivered"]) for m in b.transport.frames() if m.get("t") == "deliver"]
     assert dl == [(1, True), (2, False)], dl
+
+
+async def test_a_planned_flip_of_more_names_than_a_frame_holds_marks_only_its_last_standby_kept_frame(tmp_path: Path) -> None:
+    """A planned switchover whose pass is one slice keeping 1,100 demoted sessions names them in
+    two `standby_kept` frames (KEPT_PER_FRAME each at most), every name once, only the second
+    marked last: the demoted host takes the first for the whole list otherwise."""
+    from hsb.cp.flip import KEPT_PER_FRAME
+
+    cp = cp_core(tmp_path, 1100, width=4, cp="flip_slice = 100000\n")
+    a = fake_host(cp, "host-a", "active", keeps=True, record=True)
+    b = fake_host(cp, "host-b", "standby")
+    for name in cp.terms:
+        fake_terminal(cp, name)
+        cp.host_open(a, name, "active", ATTRS)
+        cp.host_open(b, name, "standby", ATTRS)
+    switch(cp, a, b, planned=True)
+    await flipped(cp)
+    a.flush()
+    kept = [f for f in a.transport.frames() if f["t"] == "standby_kept"]
+    assert [len(f["items"]) for f in kept] == [KEPT_PER_FRAME, 1100 - KEPT_PER_FRAME]
+    assert [f["last"] for f in kept] == [False, True]
+    assert sorted(n for f in kept for n in f["items"]) == sorted(cp.terms)
