@@ -1,7 +1,8 @@
 """The host link's checks at the CP (hsb.cp.host_link), in-process: a frame of the active at a
 stale epoch fences it and changes nothing, a host not registered is heard in nothing but its
 registration and heartbeats, a fenced host's heartbeat renews no lease, the replies of a host
-being demoted still count while another process of the host the handover demoted is refused,
+being demoted still count while another process of the host the handover demoted is refused
+(and its close of a session it held leaves the new active's alone),
 and a register frame's flags are the host's."""
 
 from __future__ import annotations
@@ -145,3 +146,16 @@ async def test_a_host_that_says_it_marks_repeats_at_its_register_gets_messages_b
     assert [f["id"] for f in frames(a) if f["t"] == "deliver"] == [1], "not handed over before its record was durable"
     assert not [f for f in frames(t) if f["t"] == "ack"]
     j.release()
+
+
+async def test_a_close_from_the_demoted_host_leaves_the_session_at_the_new_active(tmp_path: Path) -> None:
+    """The demoted active's close of a session it held (sent before it heard of the grant) does
+    not close the terminal's session at the new active (hsb.cp.host_sessions.host_close)."""
+    cp, a, b, t, j = handing_over(tmp_path)
+    j.release()
+    cp.settle_flip()
+    term = cp.terms["T00001"]
+    assert cp.active is b and term.active is not None and term.active.host is b
+    a._handle({"t": "close", "terminal": "T00001", "kind": "active", "epoch": cp.epoch - 1})
+    assert not a.closed and term.active is not None and term.active.host is b
+    assert not [f for f in frames(t) if f["t"] == "session" and f["state"] == "closed"]
