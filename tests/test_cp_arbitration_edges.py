@@ -657,7 +657,7 @@ async def test_a_handover_without_a_release_is_refused(tmp_path: Path) -> None:
 async def test_a_handover_refused_for_want_of_a_standby_hands_the_held_messages_to_the_active(tmp_path: Path) -> None:
     """Messages that came while the active was released wait for the grant; the standby gone,
     the handover is refused and the active serves on: those messages go to it then, in order,
-    unmarked, not left held for a switchover that will not come."""
+    unmarked, not left held for a switchover that will not come, and so do the ones after."""
     cp = cp_core(tmp_path, 1)
     a = fake_host(cp, "host-a", "active", record=True)
     b = standby(cp)
@@ -675,6 +675,9 @@ async def test_a_handover_refused_for_want_of_a_standby_hands_the_held_messages_
     a.flush()
     assert [f.get("code") for f in a.transport.frames() if f["t"] == "handover_refused"] == ["no_standby"]
     assert [(f["id"], f["redelivered"]) for f in a.transport.frames() if f["t"] == "deliver"] == [(1, False), (2, False)]
+    cp.terminal_msg(term, 3, b"z")  # released no more: what comes next goes to it too
+    a.flush()
+    assert [f["id"] for f in a.transport.frames() if f["t"] == "deliver"] == [1, 2, 3]
 
 
 async def test_a_standby_refusal_from_the_active_is_ignored(tmp_path: Path) -> None:
