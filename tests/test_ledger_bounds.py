@@ -74,11 +74,11 @@ async def test_the_whole_balance_moves_and_a_credit_reaches_the_limit_exactly(tm
     ],
 )
 def test_an_option_of_the_wrong_kind_is_said_with_its_key(option: str, value: Any) -> None:
-    assert [p.split(" ")[0] for p in option_problems(**{option: value})] == [option]
+    assert [p.split(" ")[0] for p in option_problems({option: value})] == [option]
 
 
 def test_options_at_their_bounds_are_taken(tmp_path: Path) -> None:
-    assert option_problems(pool_size=1, command_timeout=0.001, busy_timeout=0, logon_ms=0, keep_last=-1, idempotency=False) == []
+    assert option_problems({"pool_size": 1, "command_timeout": 0.001, "busy_timeout": 0, "logon_ms": 0, "keep_last": -1, "idempotency": False}) == []
     s = LedgerService("host-a", sqlite=str(tmp_path / "l.sqlite"), keep_hours=1, keep_last=1)
     assert s.once.keep == 3600.0 and s.once.keep_last == 1  # (hours: the idempotency records' seconds)
     with pytest.raises(TypeError, match="keep_hours must be at least 1"):
