@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from tests.test_session_hooks import _granted_on_a_link, standby_ctl
+from tests.support.sessionsctl import active_on_a_link, granted_on_a_link, standby_ctl
 
 pytestmark = pytest.mark.timeout(10)
 
 
 async def test_the_opens_and_closes_of_linked_terminals_go_to_the_ring() -> None:
     c, srv = standby_ctl(3)
-    _granted_on_a_link(srv)
+    granted_on_a_link(srv)
     ring: list[tuple[str, dict[str, Any], bool]] = []
     srv.takeover.ring_change = lambda name, attrs, is_open: ring.append((name, dict(attrs), is_open))
     await c.session_request("T00001", True, {})
@@ -50,15 +50,11 @@ async def test_a_kept_session_whose_attributes_differ_from_the_batch_is_refused(
     """Demoted at a planned switchover, the CP kept T00001's session as our standby one; the new
     active's batch then holds it with other attributes (a reload there): it is closed and refused,
     as any opening with other attributes is, not carried on a switch with the old ones."""
-    from hsb.host.sessions import ACTIVE, STANDBY
+    from hsb.host.sessions import STANDBY
     from hsb.takeover.records import SessionEntry
 
     c, srv = standby_ctl(2)
-    srv.ha.epoch = 7
-    c.cp_registered = True
-    for ts in srv.sessions.table.values():
-        ts.state = ACTIVE
-        srv.sessions.join_link(ts)
+    active_on_a_link(c, srv, 7)
     c.expect_kept()
     c.on_cp_frame({"t": "standby_kept", "epoch": 7, "items": ["T00001", "T00002"], "last": True})
     await c.apply_batch([SessionEntry("T00001", {"k": 2}, True), SessionEntry("T00002", {"k": 1}, True)], timeout=0.05)
@@ -94,7 +90,7 @@ async def test_a_session_closed_before_its_adoption_is_named_is_not_named() -> N
     from hsb.host.sessions import ACTIVE
 
     c, srv = standby_ctl(3)
-    _granted_on_a_link(srv)
+    granted_on_a_link(srv)
     c.cp_registered = True
     c.open_batch_bytes = 1 << 20
     for ts in srv.sessions.table.values():

@@ -11,10 +11,7 @@ import pytest
 
 from hsb.host.sessions_ctl import SessionsCtl
 from tests.support.procs import until
-
-
-def ctl() -> SessionsCtl:
-    return SessionsCtl(SimpleNamespace(sessions=None))  # type: ignore[arg-type]
+from tests.support.sessionsctl import active_on_a_link, ctl, granted_on_a_link, standby_ctl
 
 
 @pytest.mark.timeout(10)
@@ -113,47 +110,6 @@ async def test_ten_thousand_hooks_use_a_bounded_pool() -> None:
             break
         await asyncio.sleep(0.01)
     assert c.hook_workers == 0 and not c.hooks
-
-
-class _FakeCP:
-    """The host's CP link as SessionsCtl sees it: what it sent while up."""
-
-    def __init__(self) -> None:
-        self.sent: list[dict[str, Any]] = []
-
-    def send(self, msg: dict[str, Any]) -> bool:
-        self.sent.append(msg)
-        return True
-
-    def send_raw(self, frame: bytes) -> None:
-        from hsb.wire.framing import Decoder
-
-        self.sent.extend(Decoder().feed(frame))
-
-    async def drain(self) -> None:
-        return None
-
-
-def standby_ctl(n: int) -> tuple[SessionsCtl, Any]:
-    from hsb.host.server import HostServer
-    from hsb.host.sessions import SessionTable
-    from hsb.terminals import TerminalDef
-
-    async def hook(*_: Any) -> None:
-        return None
-
-    defs = {f"T{i:05d}": TerminalDef(name=f"T{i:05d}", attrs={"k": 1}) for i in range(1, n + 1)}
-    srv: Any = SimpleNamespace(
-        sessions=SessionTable(defs),
-        cp=_FakeCP(),
-        cfg=SimpleNamespace(host=SimpleNamespace(fast_switch=True)),
-        ha=SimpleNamespace(granted=False, lost_serving=False, lease=SimpleNamespace(reset=lambda: None), post=lambda *a, **k: None),
-        service=SimpleNamespace(open_session=hook, close_session=hook),
-        delivery=SimpleNamespace(cancel=lambda: None, handed={"T00002": 9}),  # (what it handed to its service)
-    )
-    srv.sessions_ctl = c = SessionsCtl(srv)
-    srv.cp_down = lambda why: HostServer._cp_down(srv, why)
-    return c, srv
 
 
 @pytest.mark.timeout(10)
@@ -300,11 +256,7 @@ async def test_demoted_the_host_takes_the_sessions_the_cp_kept_and_its_batch_rea
         heard.append((name, "closed"))
 
     srv.service = SimpleNamespace(open_session=opened, close_session=closed)
-    srv.ha.epoch = 7
-    c.cp_registered = True
-    for ts in srv.sessions.table.values():
-        ts.state = ACTIVE
-        srv.sessions.join_link(ts)
+    active_on_a_link(c, srv, 7)
     c.expect_kept()  # HA.link_event("demoted", keeps=True)
     c.on_cp_frame({"t": "standby_kept", "epoch": 6, "items": names, "last": True})  # an older demotion's: ignored
     assert all(ts.state == ACTIVE for ts in srv.sessions.table.values())
@@ -333,17 +285,13 @@ async def test_standby_kept_frames_after_the_batch_read_gave_up_waiting_are_clos
     later and that this host does not hold as standby sessions are closed at the CP, so the CP
     never keeps a standby session the host does not know of."""
     import hsb.host.sessions_ctl as sctl
-    from hsb.host.sessions import ACTIVE, STANDBY
+    from hsb.host.sessions import STANDBY
     from hsb.takeover.records import SessionEntry
 
     monkeypatch.setattr(sctl, "KEPT_WAIT_S", 0.05)
     c, srv = standby_ctl(4)
     names = list(srv.sessions.table)
-    srv.ha.epoch = 3
-    c.cp_registered = True
-    for ts in srv.sessions.table.values():
-        ts.state = ACTIVE
-        srv.sessions.join_link(ts)
+    active_on_a_link(c, srv, 3)
     c.expect_kept()
     c.drop_active_sessions()
     batch = asyncio.ensure_future(c.apply_batch([SessionEntry(names[0], {"k": 1}, True)], timeout=2.0))
@@ -356,15 +304,6 @@ async def test_standby_kept_frames_after_the_batch_read_gave_up_waiting_are_clos
     closes = [m["terminal"] for m in srv.cp.sent[before:] if m["t"] == "close" and m["kind"] == "standby"]
     assert closes == names[1:3]  # names[0] is a standby session here: kept as it is
     assert all(srv.sessions.table[n].state != STANDBY for n in names[1:])
-
-
-def _granted_on_a_link(srv: Any) -> None:
-    """`standby_ctl`'s host made the active (epoch 3, its lease granted, deliveries open) on a CP
-    link of its own (`srv.cp.fs`), its ring writes dropped."""
-    srv.ha.granted, srv.ha.epoch, srv.ha.name = True, 3, "host-a"
-    srv.delivery.wait_open = lambda: asyncio.sleep(0, True)
-    srv.cp.fs = object()
-    srv.takeover = SimpleNamespace(ring_change=lambda *a: None)
 
 
 def _slow_logons(srv: Any) -> tuple[asyncio.Event, list[tuple[str, str]]]:
@@ -390,7 +329,7 @@ async def test_a_logon_answered_after_its_cp_link_was_replaced_sends_nothing_on_
     session the CP there never asked for, under that link's epoch. It sends nothing."""
     c, srv = standby_ctl(2)
     gate, hooks = _slow_logons(srv)
-    _granted_on_a_link(srv)  # the link the request came on
+    granted_on_a_link(srv)  # the link the request came on
     task = asyncio.ensure_future(c.session_request("T00001", True, {}))
     await until(lambda: ("open", "T00001") in hooks)  # the service's logon under way
     srv.cp.fs, srv.ha.epoch = object(), 4  # replaced, registered again
@@ -447,7 +386,7 @@ async def test_a_session_asked_for_again_is_answered_without_a_second_logon() ->
         await gate.wait()
 
     srv.service.open_session = slow_open
-    _granted_on_a_link(srv)
+    granted_on_a_link(srv)
     first = asyncio.ensure_future(c.session_request("T00001", True, {}))
     await until(lambda: hooks == ["T00001"])
     second = asyncio.ensure_future(c.session_request("T00001", True, {}))  # while its logon runs
@@ -470,7 +409,7 @@ async def test_a_session_asked_for_again_on_a_new_link_while_its_logon_runs_is_a
     nobody, the terminal would wait for a session the CP never asks for again."""
     c, srv = standby_ctl(2)
     gate, hooks = _slow_logons(srv)
-    _granted_on_a_link(srv)
+    granted_on_a_link(srv)
     first = asyncio.ensure_future(c.session_request("T00001", True, {}))
     await until(lambda: hooks == [("open", "T00001")])
     srv.cp.fs, srv.ha.epoch = object(), 4  # the link replaced, registered again
@@ -497,7 +436,7 @@ async def test_a_logon_that_fails_after_its_link_was_replaced_is_refused_to_the_
         raise RuntimeError("the application refused the logon")
 
     srv.service.open_session = failing_open
-    _granted_on_a_link(srv)
+    granted_on_a_link(srv)
     first = asyncio.ensure_future(c.session_request("T00001", True, {}))
     other = asyncio.ensure_future(c.session_request("T00002", True, {}))
     await until(lambda: sorted(hooks) == ["T00001", "T00002"])

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from tests.support.procs import until
-from tests.test_session_hooks import ctl
+from tests.support.sessionsctl import ctl
 
 pytestmark = pytest.mark.timeout(10)
 
