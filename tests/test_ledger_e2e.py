@@ -80,6 +80,15 @@ async def _gone(pid: int, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def _restart_cp(info: dict[str, Any]) -> None:
+    """SIGKILL the sandbox's hsbcpd and start it again at once, until it serves."""
+    cp_pid = info["cp"]["pid"]
+    os.kill(cp_pid, signal.SIGKILL)
+    await _gone(cp_pid)
+    sandbox.start_cp(Path(info["dir"]))
+    await wait_status(info, lambda s: s["cp"].get("reachable") and s["serving"], what="CP back and serving")
+
+
 @needs_pg
 async def test_sigkill_of_the_active_under_transfers_postgresql(sb: Any, pg: pgsupport.PgServer) -> None:
     dsn = fresh(pg)
@@ -130,15 +139,10 @@ async def test_sigstop_of_the_active_under_transfers_postgresql(sb: Any, pg: pgs
 async def test_sigkill_of_the_cp_under_transfers_postgresql(sb: Any, pg: pgsupport.PgServer) -> None:
     dsn = fresh(pg)
     info = await sb(terminals=200, service="ledger", dsn=dsn)
-    d = Path(info["dir"])
 
     async def kill_cp() -> None:
         await asyncio.sleep(1.0)
-        cp_pid = info["cp"]["pid"]
-        os.kill(cp_pid, signal.SIGKILL)
-        await _gone(cp_pid)
-        sandbox.start_cp(d)
-        await wait_status(info, lambda s: s["cp"].get("reachable") and s["serving"], what="CP back and serving")
+        await _restart_cp(info)
 
     await ledger_load(info, kill_cp, books={"dsn": dsn}, expect_disconnects="cp")
 
@@ -189,11 +193,7 @@ async def test_sqlite_sandbox_sigkill_active_and_cp(sb: Any) -> None:
     async def both() -> None:
         await _kill_active(info)
         await asyncio.sleep(0.5)
-        cp_pid = info["cp"]["pid"]
-        os.kill(cp_pid, signal.SIGKILL)
-        await _gone(cp_pid)
-        sandbox.start_cp(d)
-        await wait_status(info, lambda s: s["cp"].get("reachable") and s["serving"], what="CP back and serving")
+        await _restart_cp(info)
 
     await ledger_load(info, both, books={"sqlite": str(d / "ledger.sqlite")}, rate=400, expect_disconnects=True)
 

@@ -18,7 +18,7 @@ from hsb.service.api import ServiceUnavailable
 from hsb.service.db import SqliteDatabase, open_database
 from hsb.service.once import ExactlyOnce, RequestMismatch
 from tests.support import pg as pgsupport
-from tests.support.pg import fresh, needs_pg
+from tests.support.pg import fresh, needs_pg, run_on
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -92,20 +92,12 @@ async def _exactly_once(db: Any) -> None:
 
 
 async def test_exactly_once_on_sqlite(tmp_path: Path) -> None:
-    db = SqliteDatabase(str(tmp_path / "once.sqlite"))
-    try:
-        await _exactly_once(db)
-    finally:
-        await db.close()
+    await run_on(SqliteDatabase(str(tmp_path / "once.sqlite")), _exactly_once)
 
 
 @needs_pg
 async def test_exactly_once_on_postgresql(pg: pgsupport.PgServer) -> None:
-    db = open_database(fresh(pg))
-    try:
-        await _exactly_once(db)
-    finally:
-        await db.close()
+    await run_on(open_database(fresh(pg)), _exactly_once)
 
 
 async def _an_old_table_is_upgraded(db: Any) -> None:
@@ -133,20 +125,12 @@ async def _an_old_table_is_upgraded(db: Any) -> None:
 
 
 async def test_an_old_idempotency_table_is_upgraded_on_sqlite(tmp_path: Path) -> None:
-    db = SqliteDatabase(str(tmp_path / "old.sqlite"))
-    try:
-        await _an_old_table_is_upgraded(db)
-    finally:
-        await db.close()
+    await run_on(SqliteDatabase(str(tmp_path / "old.sqlite")), _an_old_table_is_upgraded)
 
 
 @needs_pg
 async def test_an_old_idempotency_table_is_upgraded_on_postgresql(pg: pgsupport.PgServer) -> None:
-    db = open_database(fresh(pg))
-    try:
-        await _an_old_table_is_upgraded(db)
-    finally:
-        await db.close()
+    await run_on(open_database(fresh(pg)), _an_old_table_is_upgraded)
 
 
 async def test_a_redelivery_whose_effect_fails_on_the_first_runs_commit_gets_that_runs_reply(pg: pgsupport.PgServer) -> None:

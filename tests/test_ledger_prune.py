@@ -17,7 +17,7 @@ import pytest
 from hsb.service.db import SqliteDatabase, open_database
 from hsb.service.once import ExactlyOnce
 from tests.support import pg as pgsupport
-from tests.support.pg import fresh, needs_pg
+from tests.support.pg import fresh, needs_pg, run_on
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -52,20 +52,12 @@ async def _prunes_by_age(db: Any) -> None:
 
 
 async def test_old_records_are_pruned_on_sqlite(tmp_path: Path) -> None:
-    db = SqliteDatabase(str(tmp_path / "prune.sqlite"))
-    try:
-        await _prunes_by_age(db)
-    finally:
-        await db.close()
+    await run_on(SqliteDatabase(str(tmp_path / "prune.sqlite")), _prunes_by_age)
 
 
 @needs_pg
 async def test_old_records_are_pruned_on_postgresql(pg: pgsupport.PgServer) -> None:
-    db = open_database(fresh(pg))
-    try:
-        await _prunes_by_age(db)
-    finally:
-        await db.close()
+    await run_on(open_database(fresh(pg)), _prunes_by_age)
 
 
 async def test_a_prune_keeps_the_cps_held_bound_when_keep_last_is_below_it(tmp_path: Path) -> None:
@@ -141,20 +133,12 @@ async def _prunes_in_batches(db: Any) -> None:
 
 
 async def test_old_records_are_pruned_in_batches_on_sqlite(tmp_path: Path) -> None:
-    db = SqliteDatabase(str(tmp_path / "prune.sqlite"))
-    try:
-        await _prunes_in_batches(db)
-    finally:
-        await db.close()
+    await run_on(SqliteDatabase(str(tmp_path / "prune.sqlite")), _prunes_in_batches)
 
 
 @needs_pg
 async def test_old_records_are_pruned_in_batches_on_postgresql(pg: pgsupport.PgServer) -> None:
-    db = open_database(fresh(pg))
-    try:
-        await _prunes_in_batches(db)
-    finally:
-        await db.close()
+    await run_on(open_database(fresh(pg)), _prunes_in_batches)
 
 
 @needs_pg

@@ -16,7 +16,9 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -126,3 +128,11 @@ _dbs = iter(range(1, 10**6))
 def fresh(pg: PgServer) -> str:
     """A new database on `pg` for one test; its DSN."""
     return pg.createdb(f"t{os.getpid()}_{next(_dbs)}")
+
+
+async def run_on(db: Any, body: Callable[[Any], Awaitable[None]]) -> None:
+    """`body(db)` on a database of either kind (SQLite or PostgreSQL), closed after it."""
+    try:
+        await body(db)
+    finally:
+        await db.close()
