@@ -31,6 +31,62 @@ from tests.support.supervised import supervised_cps  # noqa: E402
 os.environ["HSB_AUDIT_COUNTS"] = "1"
 
 
+# The modules whose tests start many processes or terminals (loads of a thousand terminals, the
+# fault campaigns, the network-namespace labs). scripts/test runs the suite on two workers
+# (pytest-xdist, `--dist loadscope`): these all go to one worker, one test at a time and first,
+# so two such loads never share the machine's two cores, while the other worker takes the light
+# modules; every other module goes whole to one worker (its module-scoped fixtures, a
+# PostgreSQL server or a sandbox, start once). Their tests are marked `slow`.
+SLOW_MODULES = frozenset(
+    {
+        "tests/netns/test_cpfailover.py",
+        "tests/netns/test_lease.py",
+        "tests/netns/test_partitions.py",
+        "tests/netns/test_terminal_keepalive.py",
+        "tests/test_campaign.py",
+        "tests/test_cp_backpressure.py",
+        "tests/test_cp_restart.py",
+        "tests/test_cp_supervise.py",
+        "tests/test_failover.py",
+        "tests/test_hostile_memory.py",
+        "tests/test_ledger_e2e.py",
+        "tests/test_operations.py",
+        "tests/test_tls.py",
+        "tests/test_tls_handshakes.py",
+    }
+)
+
+
+def _module(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadscope` with SLOW_MODULES as one scope, and the scopes in the order the workers
+    collected them (the slow ones first: pytest_collection_modifyitems)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SlowOnesInTurn(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            module = _module(nodeid)
+            return "slow" if module in SLOW_MODULES else module
+
+    config.option.loadscopereorder = False
+    return SlowOnesInTurn(config, log)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _module(item.nodeid) in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+    if hasattr(config, "workerinput"):  # (an xdist worker: the order the scheduler deals in)
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # (stable)
+
+
 @pytest.fixture(autouse=True)
 def _structlog_config():  # type: ignore[no-untyped-def]
     """structlog's configuration as it was before each test: an in-process hsbctl (CliRunner)
