@@ -1,6 +1,6 @@
 """The ledger's database layer (hsb.service.db; docs/ledger.md): SQLite's transactions (one
 cancelled in its BEGIN, `run` as one call on its thread, a close that gives up on a hung
-statement) and PostgreSQL's on a real, throwaway server (tests/support/pg.py): the driver's
+statement, a failed ROLLBACK that leaves the body's error) and PostgreSQL's on a real, throwaway server (tests/support/pg.py): the driver's
 errors classified, a full pool said busy, commits durable whatever synchronous_commit the server
 has, and a closed database that makes no new pool.
 """
@@ -121,6 +121,50 @@ async def test_sqlite_run_is_the_whole_transaction_in_one_call_on_its_thread(tmp
         await waiting
         assert order == ["transaction", "run"]
         assert await db.run(keys) == [("a",), ("b",), ("e",), ("f",)]
+    finally:
+        await db.close()
+
+
+@pytest.mark.parametrize("way", ["run", "transaction"])
+async def test_sqlite_a_rollback_that_fails_too_leaves_the_bodys_error_and_is_logged(tmp_path: Path, way: str) -> None:
+    """A body that raised and whose ROLLBACK then failed (a disk gone bad under both): nothing was
+    committed, so what the body raised is what happened (as on PostgreSQL) -- the ROLLBACK's error
+    replaced it, and a bug in the body became "database unavailable", its message held and tried
+    again for ever. The failed ROLLBACK is logged, and the next transaction still rolls the open
+    one back before it begins."""
+    import sqlite3
+
+    from structlog.testing import capture_logs
+
+    db = SqliteDatabase(str(tmp_path / "rollback.sqlite"))
+    try:
+        await db.setup(["CREATE TABLE t (k TEXT PRIMARY KEY)"])
+        deny = {"on": True}
+
+        def auth(action: int, arg1: Any, *_: Any) -> int:
+            if deny["on"] and action == sqlite3.SQLITE_TRANSACTION and str(arg1).upper() == "ROLLBACK":
+                return sqlite3.SQLITE_DENY
+            return sqlite3.SQLITE_OK
+
+        await db._call(lambda c: c.set_authorizer(auth))
+
+        async def fails(tx: Any) -> None:
+            await tx.execute("INSERT INTO t VALUES ('a')")
+            raise ValueError("a bug")
+
+        with capture_logs() as logs, pytest.raises(ValueError, match="a bug"):
+            if way == "run":
+                await db.run(fails)
+            else:
+                async with db.transaction() as tx:
+                    await fails(tx)
+        assert [e["error"] for e in logs if e["event"] == "sqlite_rollback_failed"] == ["not authorized"], logs
+        deny["on"] = False
+
+        async def keys(tx: Any) -> list[tuple[Any, ...]]:
+            return await tx.fetch("SELECT k FROM t ORDER BY k")  # type: ignore[no-any-return]
+
+        assert await db.run(keys) == []  # the open transaction rolled back by the next BEGIN
     finally:
         await db.close()
 

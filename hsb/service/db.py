@@ -414,7 +414,7 @@ def _whole(c: sqlite3.Connection, body: Callable[[Any], Coroutine[Any, Any, T]])
         result = _drive(body(_DirectTx(c)))
         c.execute("COMMIT")
     except BaseException:
-        _rollback_open(c)
+        _rollback_after_error(c)
         raise
     return result
 
@@ -422,6 +422,18 @@ def _whole(c: sqlite3.Connection, body: Callable[[Any], Coroutine[Any, Any, T]])
 def _rollback_open(c: sqlite3.Connection) -> None:
     if c.in_transaction:
         c.execute("ROLLBACK")
+
+
+def _rollback_after_error(c: sqlite3.Connection) -> None:
+    """The ROLLBACK after the body (or its COMMIT) raised. If it fails too, nothing was committed,
+    so the body's error is what happened (as on PostgreSQL): the ROLLBACK's is logged, not raised
+    in its place, and the transaction it left open is rolled back by the next BEGIN."""
+    try:
+        _rollback_open(c)
+    except sqlite3.Error as exc:
+        log.warning(
+            "sqlite_rollback_failed", error=str(exc), msg="the transaction's ROLLBACK failed after its body's error; the next BEGIN rolls it back"
+        )
 
 
 def _begin(c: sqlite3.Connection) -> None:
@@ -516,7 +528,7 @@ class SqliteDatabase:
                 yield _SqliteTx(self)
                 await self._call(lambda c: c.execute("COMMIT"))
             except BaseException:  # also cancelled while BEGIN ran on the thread: it still began there
-                await asyncio.shield(self._call(_rollback_open))
+                await asyncio.shield(self._call(_rollback_after_error))
                 raise
 
     async def run(self, body: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
