@@ -31,7 +31,11 @@ def with_files(options: dict[str, Any], d: Path) -> dict[str, Any]:
 UNKNOWN = [
     ("echo", {"jornal": "x"}, "unknown option 'jornal' (echo takes: logon_ms)"),
     ("echo", {"logon_ms": 0, "journal": "j.log"}, "unknown option 'journal' (echo takes: logon_ms)"),
-    ("hsb.service.builtin:EchoService", {"host": "b"}, "unknown option 'host' (echo takes: logon_ms)"),
+    (
+        "hsb.service.builtin:EchoService",
+        {"host": "b"},
+        "option 'host' is the name of the factory's first parameter, which hsbd gives the host's name: rename the option (and the parameter it is for)",
+    ),
     ("journal", {"journal": "j.log", "dsn": "postgresql://x/y"}, "unknown option 'dsn' (journal takes: journal, logon_ms)"),
     ("journal", {"jornal": "j.log"}, "unknown option 'jornal' (journal takes: journal, logon_ms)"),
     ("ledger", {"sqlite": "l.db", "dns": "x", "pool": 3}, f"unknown options 'dns', 'pool' (ledger takes: {LEDGER_TAKES})"),
@@ -92,6 +96,19 @@ def test_a_service_of_ones_own_is_refused_an_option_only_when_its_factory_has_no
         load_service(f"{mod}:takes_colour", "host-a", {"size": 3})
     with pytest.raises(ServiceError, match=rf"bad \[service_options\]: unknown option 'size' \({mod}:takes_nothing takes no options\)$"):
         load_service(f"{mod}:takes_nothing", "host-a", {"size": 3})
+
+
+def test_an_option_named_as_the_factorys_host_parameter_is_said_so_not_in_pythons_words() -> None:
+    """hsbd passes the host's name as the factory's first argument: an option of that name gave a
+    factory taking **kwargs Python's "got multiple values for argument 'host'" (which option, and
+    what to do, unsaid)."""
+    mod = __name__
+    with pytest.raises(ServiceError) as exc:
+        load_service(f"{mod}:takes_anything", "host-a", {"host": "b", "colour": "blue"})
+    assert str(exc.value) == (
+        f"service '{mod}:takes_anything': bad [service_options]: option 'host' is the name of the factory's"
+        " first parameter, which hsbd gives the host's name: rename the option (and the parameter it is for)"
+    )
 
 
 def test_every_ledger_option_is_checked_for_its_kind() -> None:

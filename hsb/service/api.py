@@ -136,11 +136,18 @@ def _with_options(spec: str, fn: Any, host: str, options: dict[str, Any]) -> Any
 def unknown_options(spec: str, fn: Any, options: dict[str, Any]) -> str:
     """The keys of `options` that `fn(host, **options)` takes no parameter for, said with those
     it takes ("" when all are taken, or when fn takes **kwargs or has no signature to read):
-    Python's own "got an unexpected keyword argument" names one key and none of the right ones."""
+    Python's own "got an unexpected keyword argument" names one key and none of the right ones.
+    An option named as the parameter that takes the host's name is said too (Python's "got
+    multiple values for argument" named neither the option nor the fix)."""
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return ""
+    if params and params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and params[0].name in options:
+        return (
+            f"option {params[0].name!r} is the name of the factory's first parameter, which hsbd gives the"
+            " host's name: rename the option (and the parameter it is for)"
+        )
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return ""
     if params and params[0].kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
