@@ -203,6 +203,16 @@ def test_openssls_reasons_without_a_verify_message_are_named(reason: str, says: 
     assert tlsio._reason(_err(reason), tlsio.TLS_HANDSHAKE) == says
 
 
+def test_a_refusal_openssl_gives_no_reason_name_for_is_said_in_its_own_words_not_none() -> None:
+    """OpenSSL's error without a reason name (`reason` None): the words were "its certificate does
+    not chain to our CA (None)"."""
+    e = ssl.SSLError(1, "unable to get local issuer certificate")
+    e.reason = None
+    said = tlsio._reason(e, tlsio.TLS_HANDSHAKE)
+    assert said.startswith("its certificate does not chain to our CA (") and "None" not in said, said
+    assert "unable to get local issuer certificate" in said, said
+
+
 @pytest.mark.parametrize("reason", ["WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE"])
 def test_each_of_openssls_words_for_no_tls_says_plaintext_without_a_first_byte(reason: str) -> None:
     assert tlsio._not_tls(_err(reason), None)

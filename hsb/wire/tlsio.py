@@ -42,7 +42,7 @@ def _reason(exc: ssl.SSLError, first: int | None = None) -> str:
                 return f"the client refused our certificate: {what} (alert {alert})"
         return f"the client ended the handshake (alert {alert})"
     if "certificate verify failed" in r or "unable to get local issuer" in r:
-        return f"its certificate does not chain to our CA ({exc.reason})"
+        return f"its certificate does not chain to our CA ({exc.reason or exc})"
     return str(exc.reason or exc)
 
 
