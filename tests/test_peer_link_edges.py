@@ -626,7 +626,9 @@ async def test_a_silent_peer_is_declared_lost_within_the_heartbeat_timeout_and_i
             await until(lambda: a.up, "the link up")
             await until(lambda: calls.downs, "the link declared lost", timeout=3)
             m = re.fullmatch(r"no heartbeat for (\d+\.\d+)s", calls.downs[0])
-            assert m is not None and 0.5 < float(m.group(1)) < 0.9, calls.downs
+            # (checked every timeout/5 = 0.1 s: about 0.6 s; every interval, 5 s, if the two were mixed up.
+            # The bound leaves room for a loaded machine's late timers)
+            assert m is not None and 0.5 < float(m.group(1)) < 2.5, calls.downs
             assert a.inbound is None and not a.up
             await asyncio.wait_for(fs.reader.read(), 5)  # (returns at the EOF: closed by host-a)
             assert fs.reader.at_eof()
