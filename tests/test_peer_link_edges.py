@@ -287,6 +287,8 @@ async def test_an_exception_building_the_hello_leaves_no_sending_connection_and_
             await until(lambda: len(rec.events("peer_sender_error")) >= 2, "the sender failing and trying again")
             assert "no hello" in rec.events("peer_sender_error")[0]["error"]
             assert a.outbound is None and a.send({"t": "standby_ready", "startup_id": 1}) is False and a.lost_notices == 1
+            # each connection the failed hello was for is closed by host-a, as any other sending connection's end
+            assert rec.events("peer_sending_link_down"), rec.entries
 
 
 # -- sending side: refusals ---------------------------------------------------------------------

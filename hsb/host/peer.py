@@ -301,9 +301,9 @@ class PeerLink:
             _user_timeout(fs, max(4 * self.timeout, 2.0))
             self.outbound = fs
             log.debug("peer_sending_link_up", peer=self.peer_addr)
-            fs.send(self.hello())
-            self.on_up()
-            try:
+            try:  # (the hello and on_up too: one that raises still closes this connection, below)
+                fs.send(self.hello())
+                self.on_up()
                 while True:
                     fs.send({"t": "hb", **self.hello_brief()})
                     async with asyncio.timeout(self.timeout):  # not wait_for (FrameStream.connect says why)
