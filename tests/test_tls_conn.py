@@ -25,7 +25,7 @@ from hsb.wire.client import request
 from hsb.wire.conn import FramedProtocol
 from hsb.wire.framing import encode
 from hsb.wire.tls import TLS, TLSFiles
-from tests.support.certs import make_ca, make_leaf
+from tests.support.certs import client_context, make_ca, make_leaf
 from tests.support.logrec import RecordingLog
 from tests.support.procs import until
 
@@ -47,13 +47,6 @@ def cp_tls(d: Path) -> TLS:
     return TLS(TLSFiles(str(d / "ca.pem"), str(d / "cp.pem"), str(d / "cp.key")), terminals=True)
 
 
-def client_ctx(d: Path) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.load_verify_locations(str(d / "ca.pem"))
-    return ctx
-
-
 def queued(sock: Any) -> int:
     """Bytes in a socket's kernel receive queue, not read yet."""
     return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
@@ -71,7 +64,7 @@ async def test_close_drops_a_connection_whose_unread_bytes_do_not_decrypt(tmp_pa
 
     srv = await asyncio.get_running_loop().create_server(make, "127.0.0.1", 0)
     port = srv.sockets[0].getsockname()[1]
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx(tmp_path), server_hostname="")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context(tmp_path), server_hostname="")
     try:
         p = await until(lambda: conns and conns[0]._tls is not None and conns[0]._tls.done and conns[0])
         p.pause_reading()  # not read (held messages at their bound), as the CP does
@@ -158,7 +151,7 @@ async def test_a_connection_we_close_ends_with_our_close_notify(tmp_path: Path) 
     srv = await asyncio.get_running_loop().create_server(lambda: Refusing(tls=tls.terminal_server), "127.0.0.1", 0)
     port = srv.sockets[0].getsockname()[1]
     try:
-        got, end = await asyncio.wait_for(asyncio.to_thread(_read_to_end, port, client_ctx(tmp_path)), 10)
+        got, end = await asyncio.wait_for(asyncio.to_thread(_read_to_end, port, client_context(tmp_path)), 10)
         assert b"unknown_terminal" in got  # the error frame came first
         assert end == "close_notify", "our close sent no close_notify: the client read a truncated TLS stream"
     finally:

@@ -27,7 +27,7 @@ from hsb.wire import handshakes as handshakes_mod
 from hsb.wire.conn import FramedProtocol
 from hsb.wire.framing import Decoder, encode
 from hsb.wire.handshakes import HANDSHAKES
-from tests.support.certs import cert, make_ca, make_leaf, write
+from tests.support.certs import cert, client_context, make_ca, make_leaf, openssl_error, write
 from tests.support.logrec import RecordingLog
 from tests.support.procs import until
 from tests.support.transports import RecordingTransport
@@ -53,17 +53,6 @@ def server_ctx(d: Path, verify: ssl.VerifyMode = ssl.CERT_OPTIONAL) -> ssl.SSLCo
     ctx.load_cert_chain(d / "cp.pem", d / "cp.key")
     ctx.load_verify_locations(d / "ca.pem")
     ctx.verify_mode = verify
-    return ctx
-
-
-def client_ctx(d: Path, stem: str | None = None, tls12: bool = False) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.load_verify_locations(d / "ca.pem")
-    if stem is not None:
-        ctx.load_cert_chain(d / f"{stem}.pem", d / f"{stem}.key")
-    if tls12:
-        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     return ctx
 
 
@@ -120,13 +109,6 @@ class BioClient:
         return Decoder().feed(self.recv(data))
 
 
-def _err(reason: str) -> ssl.SSLError:
-    """An error as OpenSSL gives it, with no verify_message (nothing said of a certificate)."""
-    e = ssl.SSLError(1, f"[SSL: {reason}] {reason.lower().replace('_', ' ')}")
-    e.reason = reason
-    return e
-
-
 def refused(server: ssl.SSLContext, client: ssl.SSLContext) -> tuple[tlsio.TLSFailed, tlsio.ServerTLS, BioClient]:
     """A handshake that ServerTLS refuses: its exception, its state and the client."""
     s, c = tlsio.ServerTLS(server), BioClient(client)
@@ -154,17 +136,17 @@ def handshake(s: tlsio.ServerTLS, c: BioClient) -> None:
 
 
 def test_a_client_certificate_not_valid_yet_names_the_clock(pki: Path) -> None:
-    exc = refused(server_ctx(pki), client_ctx(pki, "future"))[0]
+    exc = refused(server_ctx(pki), client_context(pki, "future"))[0]
     assert exc.reason == "its certificate is not valid yet (a clock off?)"
 
 
 def test_a_client_certificate_of_another_ca_says_what_openssl_found(pki: Path) -> None:
-    exc = refused(server_ctx(pki), client_ctx(pki, "stranger"))[0]
+    exc = refused(server_ctx(pki), client_context(pki, "stranger"))[0]
     assert exc.reason == "its certificate does not chain to our CA (unable to get local issuer certificate)"
 
 
 def test_no_client_certificate_where_one_is_required_says_mutual_tls(pki: Path) -> None:
-    exc = refused(server_ctx(pki, ssl.CERT_REQUIRED), client_ctx(pki))[0]
+    exc = refused(server_ctx(pki, ssl.CERT_REQUIRED), client_context(pki))[0]
     assert exc.reason == "no client certificate (mutual TLS: the client must present one)"
 
 
@@ -181,12 +163,12 @@ def test_no_client_certificate_where_one_is_required_says_mutual_tls(pki: Path) 
     ],
 )
 def test_each_alert_refusing_our_certificate_says_what_the_client_found(reason: str, says: str) -> None:
-    assert tlsio._reason(_err(reason), tlsio.TLS_HANDSHAKE) == f"the client refused our certificate: {says} (alert {reason})"
+    assert tlsio._reason(openssl_error(reason), tlsio.TLS_HANDSHAKE) == f"the client refused our certificate: {says} (alert {reason})"
 
 
 @pytest.mark.parametrize("reason", ["TLSV1_ALERT_PROTOCOL_VERSION", "TLSV13_ALERT_MISSING_EXTENSION", "SSLV3_ALERT_HANDSHAKE_FAILURE"])
 def test_another_alert_from_the_client_says_it_ended_the_handshake(reason: str) -> None:
-    assert tlsio._reason(_err(reason), tlsio.TLS_HANDSHAKE) == f"the client ended the handshake (alert {reason})"
+    assert tlsio._reason(openssl_error(reason), tlsio.TLS_HANDSHAKE) == f"the client ended the handshake (alert {reason})"
 
 
 @pytest.mark.parametrize(
@@ -200,7 +182,7 @@ def test_another_alert_from_the_client_says_it_ended_the_handshake(reason: str) 
     ],
 )
 def test_openssls_reasons_without_a_verify_message_are_named(reason: str, says: str) -> None:
-    assert tlsio._reason(_err(reason), tlsio.TLS_HANDSHAKE) == says
+    assert tlsio._reason(openssl_error(reason), tlsio.TLS_HANDSHAKE) == says
 
 
 def test_a_refusal_openssl_gives_no_reason_name_for_is_said_in_its_own_words_not_none() -> None:
@@ -215,15 +197,15 @@ def test_a_refusal_openssl_gives_no_reason_name_for_is_said_in_its_own_words_not
 
 @pytest.mark.parametrize("reason", ["WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE"])
 def test_each_of_openssls_words_for_no_tls_says_plaintext_without_a_first_byte(reason: str) -> None:
-    assert tlsio._not_tls(_err(reason), None)
-    assert tlsio._reason(_err(reason), None) == "not TLS (a plaintext client?)"
+    assert tlsio._not_tls(openssl_error(reason), None)
+    assert tlsio._reason(openssl_error(reason), None) == "not TLS (a plaintext client?)"
 
 
 # -- ServerTLS: a broken state, the last flight ---------------------------------------------------
 
 
 def test_a_refused_handshake_sends_the_client_an_alert_and_stays_refused_for_the_same_reason(pki: Path) -> None:
-    exc, s, c = refused(server_ctx(pki), client_ctx(pki, "stranger"))
+    exc, s, c = refused(server_ctx(pki), client_context(pki, "stranger"))
     assert exc.alert  # (TLS 1.3: an encrypted record)
     with pytest.raises(ssl.SSLError) as seen:  # the client reads why
         c.recv(exc.alert)
@@ -235,7 +217,7 @@ def test_a_refused_handshake_sends_the_client_an_alert_and_stays_refused_for_the
 
 
 def test_a_record_that_does_not_decrypt_breaks_the_state_for_good_with_its_first_reason(pki: Path) -> None:
-    s, c = tlsio.ServerTLS(server_ctx(pki)), BioClient(client_ctx(pki))
+    s, c = tlsio.ServerTLS(server_ctx(pki)), BioClient(client_context(pki))
     handshake(s, c)
     with pytest.raises(tlsio.TLSFailed) as ei:
         s.feed(b"\x17\x03\x03\x00\x20" + b"\0" * 32)
@@ -251,7 +233,7 @@ def test_a_record_that_does_not_decrypt_breaks_the_state_for_good_with_its_first
 
 
 def test_nothing_can_be_sent_after_our_close_notify(pki: Path) -> None:
-    s, c = tlsio.ServerTLS(server_ctx(pki)), BioClient(client_ctx(pki))
+    s, c = tlsio.ServerTLS(server_ctx(pki)), BioClient(client_context(pki))
     handshake(s, c)
     c.recv(s.shutdown())
     assert c.ended
@@ -260,7 +242,7 @@ def test_nothing_can_be_sent_after_our_close_notify(pki: Path) -> None:
 
 
 def test_the_clients_close_notify_after_ours_is_its_end(pki: Path) -> None:
-    s, c = tlsio.ServerTLS(server_ctx(pki)), BioClient(client_ctx(pki))
+    s, c = tlsio.ServerTLS(server_ctx(pki)), BioClient(client_context(pki))
     handshake(s, c)
     c.recv(s.shutdown())
     assert not s.peer_closed
@@ -275,7 +257,7 @@ def test_a_close_before_any_handshake_sends_nothing_and_breaks_the_state(pki: Pa
 
 
 def test_a_tls_1_2_client_gets_the_servers_last_flight_and_completes(pki: Path) -> None:
-    s, c = tlsio.ServerTLS(server_ctx(pki)), BioClient(client_ctx(pki, tls12=True))
+    s, c = tlsio.ServerTLS(server_ctx(pki)), BioClient(client_context(pki, tls12=True))
     handshake(s, c)
     assert c.done and c.obj.version() == "TLSv1.2"
     assert s.feed(c.send({"t": "hello"}))[0] == encode({"t": "hello"})
@@ -391,7 +373,7 @@ async def test_the_handshake_cancels_the_tls_timer_and_opens_the_link_once(pki: 
     tr = connect(p)
     timer = p._deadline_handle
     assert timer is not None
-    await open_tls(p, tr, BioClient(client_ctx(pki)))
+    await open_tls(p, tr, BioClient(client_context(pki)))
     assert timer.cancelled()
     assert p.opened == 1
 
@@ -399,7 +381,7 @@ async def test_the_handshake_cancels_the_tls_timer_and_opens_the_link_once(pki: 
 async def test_frames_after_the_handshake_do_not_open_the_link_again(pki: Path) -> None:
     p = Echo(tls=server_ctx(pki))
     tr = connect(p)
-    c = BioClient(client_ctx(pki))
+    c = BioClient(client_context(pki))
     await open_tls(p, tr, c)
     for n in (1, 2):
         p.data_received(c.send({"t": "hello", "n": n}))
@@ -411,7 +393,7 @@ async def test_frames_after_the_handshake_do_not_open_the_link_again(pki: Path) 
 async def test_a_client_silent_after_its_handshake_meets_the_idle_timeout(pki: Path) -> None:
     p = Echo(tls=server_ctx(pki), idle_timeout=0.2)
     tr = connect(p)
-    c = BioClient(client_ctx(pki))
+    c = BioClient(client_context(pki))
     await open_tls(p, tr, c)
     await until(lambda: tr.how is not None, timeout=5, what="the idle timeout's close")
     assert [f["code"] for f in c.frames(tr.take())] == ["idle_timeout"]
@@ -442,7 +424,7 @@ async def test_a_plaintext_client_of_a_link_with_no_answer_is_dropped_without_a_
 async def test_a_refused_client_certificate_is_answered_with_an_alert_the_client_reads(pki: Path, logs: RecordingLog) -> None:
     p = Echo(tls=server_ctx(pki, ssl.CERT_REQUIRED))
     tr = connect(p)
-    c = BioClient(client_ctx(pki, "stranger"))
+    c = BioClient(client_context(pki, "stranger"))
     p.data_received(c.step())
     p.data_received(c.step(tr.take()))
     assert tr.how == "close" and p.closed_here
@@ -463,7 +445,7 @@ async def test_a_client_that_never_starts_its_handshake_is_dropped_at_the_tls_ti
 async def test_frames_ahead_of_the_clients_close_notify_are_all_answered_before_ours(pki: Path) -> None:
     p = Pausing(tls=server_ctx(pki))
     tr = connect(p)
-    c = BioClient(client_ctx(pki))
+    c = BioClient(client_context(pki))
     await open_tls(p, tr, c)
     p.data_received(c.send(*({"t": "hello", "n": n} for n in (1, 2, 3))) + c.close_notify())  # in one read
     await until(lambda: tr.how is not None, timeout=5, what="the connection closed")
@@ -483,7 +465,7 @@ async def test_a_client_gone_before_its_handshake_is_done_is_named_by_what_it_se
     p = Echo(tls=server_ctx(pki))
     connect(p)
     if began:
-        p.data_received(BioClient(client_ctx(pki)).step()[:20])  # a ClientHello begun
+        p.data_received(BioClient(client_context(pki)).step()[:20])  # a ClientHello begun
     p.connection_lost(None)
     assert refusals(logs) == [says]
 
@@ -493,7 +475,7 @@ async def test_a_handshake_queued_for_its_turns_completes_and_reading_resumes(pk
     deferred = HANDSHAKES.deferred
     p = Echo(tls=server_ctx(pki))
     tr = connect(p)
-    c = BioClient(client_ctx(pki))
+    c = BioClient(client_context(pki))
     await open_tls(p, tr, c)
     assert HANDSHAKES.deferred - deferred == 2  # (the ClientHello and the client's Finished)
     assert tr.resumed == 2  # read again at each turn
@@ -515,7 +497,7 @@ async def test_handshake_steps_are_charged_to_the_turn_and_frames_after_it_are_n
     monkeypatch.setattr(conn_tls, "HANDSHAKES", charges)
     p = Echo(tls=server_ctx(pki))
     tr = connect(p)
-    c = BioClient(client_ctx(pki))
+    c = BioClient(client_context(pki))
     await open_tls(p, tr, c)
     assert len(charges.steps) == 2 and all(s >= 0 for s in charges.steps)
     p.data_received(c.send({"t": "hello", "n": 1}))
@@ -526,7 +508,7 @@ async def test_handshake_steps_are_charged_to_the_turn_and_frames_after_it_are_n
 async def test_the_certificate_presented_and_its_names(pki: Path, stem: str | None, presented: bool, names: set[str]) -> None:
     p = Echo(tls=server_ctx(pki))
     tr = connect(p)
-    await open_tls(p, tr, BioClient(client_ctx(pki, stem)))
+    await open_tls(p, tr, BioClient(client_context(pki, stem)))
     assert p.tls_cert_presented() is presented
     assert p.tls_peer_names() == names
 

@@ -13,27 +13,21 @@ from pathlib import Path
 import pytest
 
 from hsb.wire import tlsio
-from tests.support.certs import cert, write
+from tests.support.certs import cert, openssl_error, write
 
 pytestmark = pytest.mark.timeout(10)
-
-
-def _err(reason: str) -> ssl.SSLError:
-    e = ssl.SSLError(1, f"[SSL: {reason}] {reason.lower().replace('_', ' ')}")
-    e.reason = reason  # type: ignore[misc]
-    return e
 
 
 @pytest.mark.parametrize("reason", ["RECORD_LAYER_FAILURE", "WRONG_VERSION_NUMBER", "SOMETHING_A_LATER_OPENSSL_SAYS"])
 def test_a_first_byte_that_opens_no_handshake_is_plaintext_whatever_openssl_says(reason: str) -> None:
     hello = b"\x92\xa1t\xa5hello"  # a terminal's msgpack hello, unencrypted
-    assert tlsio._not_tls(_err(reason), hello[0])
-    assert tlsio._reason(_err(reason), hello[0]) == "not TLS (a plaintext client?)"
+    assert tlsio._not_tls(openssl_error(reason), hello[0])
+    assert tlsio._reason(openssl_error(reason), hello[0]) == "not TLS (a plaintext client?)"
 
 
 def test_a_handshake_that_fails_for_another_reason_is_not_called_plaintext() -> None:
-    assert not tlsio._not_tls(_err("UNSUPPORTED_PROTOCOL"), tlsio.TLS_HANDSHAKE)
-    assert tlsio._not_tls(_err("RECORD_LAYER_FAILURE"), None)  # (no byte seen: OpenSSL's words decide)
+    assert not tlsio._not_tls(openssl_error("UNSUPPORTED_PROTOCOL"), tlsio.TLS_HANDSHAKE)
+    assert tlsio._not_tls(openssl_error("RECORD_LAYER_FAILURE"), None)  # (no byte seen: OpenSSL's words decide)
 
 
 def test_server_tls_fed_plaintext_says_plaintext() -> None:

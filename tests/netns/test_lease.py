@@ -13,7 +13,6 @@ from tests.netns import lease
 from tests.netns.harness import tc_reason
 
 pytestmark = [
-    pytest.mark.slow,
     pytest.mark.skipif(tc_reason() is not None, reason=f"netns lease: {tc_reason()}"),
 ]
 

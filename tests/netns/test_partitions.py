@@ -24,7 +24,6 @@ from tests.netns import scenarios
 from tests.netns.harness import Lab, Watch, claims_active, skip_reason
 
 pytestmark = [
-    pytest.mark.slow,
     pytest.mark.skipif(skip_reason() is not None, reason=f"netns partitions: {skip_reason()}"),
 ]
 

@@ -18,7 +18,6 @@ import pytest
 from tests.netns.harness import Daemon, Lab, skip_reason
 
 pytestmark = [
-    pytest.mark.slow,
     pytest.mark.skipif(skip_reason() is not None, reason=f"netns lab: {skip_reason()}"),
 ]
 

@@ -5,6 +5,7 @@ as the PEM files a daemon's [tls] names (make_ca, make_leaf), and any certificat
 from __future__ import annotations
 
 import datetime as dt
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,24 @@ def write(d: Path, stem: str, pair: tuple[Any, x509.Certificate], *chain: x509.C
     k = d / f"{stem}.key"
     k.write_bytes(pair[0].private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc))
     k.chmod(0o600)
+
+
+def client_context(d: Path, stem: str | None = None, tls12: bool = False) -> ssl.SSLContext:
+    """A TLS client trusting `d`/ca.pem (no host name check), with `stem`'s certificate if given,
+    at most TLS 1.2 if `tls12`."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(str(d / "ca.pem"))
+    if stem is not None:
+        ctx.load_cert_chain(d / f"{stem}.pem", d / f"{stem}.key")
+    if tls12:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def openssl_error(reason: str) -> ssl.SSLError:
+    """An error as OpenSSL gives it, `reason` its name, with no verify_message (nothing said of a
+    certificate)."""
+    e = ssl.SSLError(1, f"[SSL: {reason}] {reason.lower().replace('_', ' ')}")
+    e.reason = reason  # type: ignore[misc]
+    return e
