@@ -172,11 +172,8 @@ class Campaign(Judging):
         return await self.until(lambda s: s["established"], 40, f"round {r.round}: hot standby again")
 
     async def _wait_dead(self, name: str) -> None:
-        deadline = time.monotonic() + 10
-        while self.alive(name):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{name} did not die")
-            await asyncio.sleep(0.02)
+        if not await self._dead_within(name, 10):
+            raise TimeoutError(f"{name} did not die")
 
     # ------------------------------------------------------------------ one round
     async def round(self, i: int) -> Round:
@@ -323,15 +320,12 @@ class Campaign(Judging):
 
     async def _wait_dead_or_kill(self, name: str, timeout: float, r: Round) -> None:
         """Wait for an armed crash point to fire; if the path was never taken, kill instead."""
-        deadline = time.monotonic() + timeout
-        while self.alive(name):
-            if time.monotonic() > deadline:
-                r.fallback = True
-                r.notes.append(f"{name}: crash point not reached in {timeout:.0f}s; SIGKILL instead")
-                os.kill(self.pid(name), signal.SIGKILL)
-                await self._wait_dead(name)
-                return
-            await asyncio.sleep(0.02)
+        if await self._dead_within(name, timeout):
+            return
+        r.fallback = True
+        r.notes.append(f"{name}: crash point not reached in {timeout:.0f}s; SIGKILL instead")
+        os.kill(self.pid(name), signal.SIGKILL)
+        await self._wait_dead(name)
 
     # ------------------------------------------------------------------ churn
     async def churn(self, stop: asyncio.Event) -> None:
