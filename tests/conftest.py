@@ -20,6 +20,7 @@ pytest.register_assert_rewrite("tests.support")
 
 import structlog  # noqa: E402
 
+from hsb import ports  # noqa: E402
 from hsb.ctl import sandbox  # noqa: E402
 from tests.support.fakecp import FakeCP  # noqa: E402
 from tests.support.fuzz import Witness  # noqa: E402
@@ -55,6 +56,17 @@ SLOW_MODULES = frozenset(
         "tests/test_tls_handshakes.py",
     }
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """On an xdist worker: a slice of the port range of its own (hsb.ports, $HSB_PORT_RANGE, which
+    the daemons and sandboxes it starts inherit), so two workers never pick the same free port in
+    the moment between one picking it and its daemon binding it."""
+    worker = getattr(config, "workerinput", None)
+    if worker is None:
+        return
+    index = int(str(worker["workerid"]).removeprefix("gw"))
+    os.environ[ports.ENV] = ports.split_range(index, int(worker["workercount"]))
 
 
 def _module(nodeid: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 from hsb.config import toml_section
 from hsb.host.cpgen import generation_path
-from hsb.ports import free_port
+from hsb.ports import PortRangeError, free_port
 from hsb.takeover.fileio import create_file
 from hsb.takeover.layout import batch_records_for
 
@@ -91,9 +91,12 @@ def write_configs(
     else:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32) + "\n")
-    ports = {
-        k: f"127.0.0.1:{free_port()}" for k in ("terminal", "host", "admin", "http", "a_peer", "a_admin", "a_http", "b_peer", "b_admin", "b_http")
-    }
+    try:
+        ports = {
+            k: f"127.0.0.1:{free_port()}" for k in ("terminal", "host", "admin", "http", "a_peer", "a_admin", "a_http", "b_peer", "b_admin", "b_http")
+        }
+    except PortRangeError as exc:
+        raise SandboxError(str(exc)) from None
     group = {"prefix": prefix, "count": terminals, "width": 5}
     attrs = {"protocol": "hsb1", "codepage": "utf-8", "max_msg": 4096, "profile": "default"}
     cp = (

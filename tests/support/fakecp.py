@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 import time
 from collections import Counter
@@ -14,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hsb.ports import free_port as free_port  # re-exported: a port of this worker's range (hsb.ports)
 from hsb.wire.framing import Decoder, ProtocolError, encode
 from tests.support.procs import until
 
@@ -256,12 +256,6 @@ async def wait_until(cond: Callable[[], Any], timeout: float = 10.0, what: str =
         return await until(cond, timeout, 0.01, what)
     except TimeoutError as exc:
         raise AssertionError(str(exc)) from None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- CLI (subprocess)
