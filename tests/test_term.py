@@ -566,13 +566,16 @@ async def test_short_full_outage_is_measured_whole(fake: FakeCP) -> None:
 
 
 async def test_each_terminal_sends_on_its_own_schedule(fake: FakeCP) -> None:
-    # 100 terminals at 1,000 msg/s: messages arrive spread over time, not in bursts every 10 ms
+    """100 terminals at 1,000 msg/s, each every 100 ms at a phase of its own: their first messages
+    are spread over the first period, not sent in one burst (all in one or two 5 ms bins, were they
+    in step). Judged on the first messages, not on every arrival's spacing: a loop held up by a busy
+    machine sends what fell due in bursts too, in step or not."""
     r = await run_load(("127.0.0.1", fake.port), terminals=100, rate=1000, duration=1.0, settle=3)
     assert r.ok, r.failures
-    arr = sorted(fake.arrivals)
-    bins = {int(t * 1000) for t in arr}  # 1 ms bins holding at least one arrival
-    span = int(arr[-1] * 1000) - int(arr[0] * 1000) + 1
-    assert len(bins) >= 0.3 * span, (len(bins), span)
+    first = sorted(fake.first_arrival.values())
+    assert len(first) == 100
+    bins = {int((t - first[0]) / 0.005) for t in first}  # 5 ms bins holding a terminal's first message
+    assert len(bins) >= 8, sorted(bins)
     per_term = Counter(name for name, _ in fake.deliveries)
     assert max(per_term.values()) - min(per_term.values()) <= 2
 

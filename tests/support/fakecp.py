@@ -92,6 +92,7 @@ class FakeCP:
         self.misdeliver: Callable[[str, int], str | None] = lambda name, seq: None  # reply to another terminal
         self.withhold: Callable[[str], bool] = lambda name: False  # while paused: only these terminals wait
         self.arrivals: list[float] = []  # monotonic time of each new message
+        self.first_arrival: dict[str, float] = {}  # monotonic time of each terminal's first new message
         self.paused = False
         self.release_at_bye = False  # withheld replies go out when a terminal says bye
         self.error_at_bye: str | None = None  # a bye answered with an error frame of this code
@@ -181,6 +182,7 @@ class FakeCP:
                 return
             seq = self.seq(term, mid)
             self.arrivals.append(time.monotonic())
+            self.first_arrival.setdefault(term.name, self.arrivals[-1])
             if (term.name, -mid) not in self._dropped_ids and self.drop_in_transit(term.name, seq):
                 self._dropped_ids.add((term.name, -mid))
                 del term.seqs[mid]  # never arrived: it is numbered again when it comes
