@@ -73,7 +73,7 @@ async def test_a_shorter_timeout_takes_effect_at_once_and_none_turns_it_off() ->
     p.connection_made(CountingTransport("peer"))  # type: ignore[arg-type]
     p.set_idle_timeout(0.2)
     took = await until_closed(p, 2.0)  # not 30 s
-    assert took <= 0.6, took
+    assert took <= 1.5, took  # (a loaded machine's margin; broken, it is not closed in 2 s)
     q = Echo(idle_timeout=0.2)
     q.connection_made(CountingTransport("peer"))  # type: ignore[arg-type]
     q.set_idle_timeout(None)
@@ -90,7 +90,7 @@ async def test_a_frame_begun_and_stalled_is_closed_after_the_partial_timeout() -
     p.data_received(frame[:3])
     assert p._idle_handle is not None
     took = await until_closed(p, 2.0)
-    assert took <= 0.6, took
+    assert took <= 1.5, took  # (a loaded machine's margin; broken, it is not closed in 2 s)
     q = Echo(partial_timeout=0.2)
     q.connection_made(CountingTransport("peer"))  # type: ignore[arg-type]
     q.data_received(frame[:3])

@@ -116,7 +116,7 @@ async def test_a_clients_close_notify_is_answered_and_the_connection_closed(tmp_
             ans = await request("127.0.0.1", port, b"s" * 32, {"t": "status"}, ssl=hsbctl)
             took = time.monotonic() - t0
             assert ans["t"] == "status"
-            assert took < 0.3, f"request over TLS took {took:.3f}s: its close waited for our close_notify"
+            assert took < 0.8, f"request over TLS took {took:.3f}s: its close waited (1 s) for our close_notify"
         await until(lambda: all(c.closed for c in conns), what="the server's connections closed")
         assert not any(c.closed_here for c in conns)  # closed by the client, as its FIN would
     finally:
