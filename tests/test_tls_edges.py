@@ -232,6 +232,33 @@ def test_a_record_that_does_not_decrypt_breaks_the_state_for_good_with_its_first
     assert s.failed == first  # (not reworded by the write, the close or the read after it)
 
 
+def test_a_record_that_does_not_decrypt_is_answered_with_the_alert_openssl_wrote(pki: Path) -> None:
+    """The client learns why its connection ends (bad_record_mac), as a refused handshake's does."""
+    s, c = tlsio.ServerTLS(server_ctx(pki)), BioClient(client_context(pki))
+    handshake(s, c)
+    with pytest.raises(tlsio.TLSFailed) as ei:
+        s.feed(b"\x17\x03\x03\x00\x20" + b"\0" * 32)
+    assert ei.value.alert
+    with pytest.raises(ssl.SSLError, match="BAD_RECORD_MAC"):
+        c.recv(ei.value.alert)
+
+
+def test_what_is_sent_before_the_handshake_ends_goes_out_after_it_not_breaking_the_state(pki: Path) -> None:
+    s, c = tlsio.ServerTLS(server_ctx(pki)), BioClient(client_context(pki))
+    assert s.wrap(encode({"t": "early"})) == b""
+    assert not s.failed
+    last = s.feed(c.step(s.feed(c.step())[1]))[1]  # the client's hello; its finished
+    assert s.done and c.done
+    assert c.frames(last) == [{"t": "early"}]
+    assert c.frames(s.wrap(encode({"t": "later"}))) == [{"t": "later"}]
+
+
+def test_empty_bytes_kept_are_not_the_client_speaking(pki: Path) -> None:
+    s = tlsio.ServerTLS(server_ctx(pki))
+    s.keep(b"")
+    assert not s.started and s.first is None
+
+
 def test_nothing_can_be_sent_after_our_close_notify(pki: Path) -> None:
     s, c = tlsio.ServerTLS(server_ctx(pki)), BioClient(client_context(pki))
     handshake(s, c)
@@ -432,6 +459,28 @@ async def test_a_refused_client_certificate_is_answered_with_an_alert_the_client
         c.recv(tr.take())
     assert "ALERT" in str(seen.value.reason)
     assert refusals(logs) == ["its certificate does not chain to our CA (unable to get local issuer certificate)"]
+
+
+@pytest.mark.parametrize("behind", [0, 1 << 20])
+async def test_a_record_that_does_not_decrypt_is_answered_with_an_alert_unless_the_client_is_not_reading(
+    pki: Path, logs: RecordingLog, behind: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The alert, then the close; behind a megabyte it is not reading, the close would wait for
+    ever: dropped, as before the alert went out."""
+    p = Echo(tls=server_ctx(pki))
+    tr = connect(p)
+    c = BioClient(client_context(pki))
+    await open_tls(p, tr, c)
+    monkeypatch.setattr(tr, "get_write_buffer_size", lambda: behind)
+    p.data_received(b"\x17\x03\x03\x00\x20" + b"\0" * 32)
+    assert p.closed and p.closed_here
+    assert refusals(logs)[0].startswith("a record that is not valid TLS after the handshake")
+    if behind:
+        assert tr.how == "abort" and tr.take() == b""
+    else:
+        assert tr.how == "close"
+        with pytest.raises(ssl.SSLError, match="BAD_RECORD_MAC"):
+            c.recv(tr.take())
 
 
 async def test_a_client_that_never_starts_its_handshake_is_dropped_at_the_tls_timeout(pki: Path, logs: RecordingLog) -> None:

@@ -98,9 +98,10 @@ class ServerSideTLS:
             # a client that spoke plaintext first (a terminal without TLS) is answered in its
             # language, or it takes the close for a restart and tries again for ever
             alert = encode(said)
-        if alert and tr is not None and not self.closed:
-            # the alert first (an expired certificate, another CA): the peer's own error then says
-            # why, instead of a connection closed for no reason it can see
+        if alert and tr is not None and not self.closed and not tr.get_write_buffer_size():
+            # the alert first (an expired certificate, another CA, a record that did not decrypt):
+            # the peer's own error then says why, instead of a connection closed for no reason it
+            # can see (not behind frames it is not reading: the close would wait on them for ever)
             self.closed_here = self.closed = True
             tr.write(alert)
             tr.close()

@@ -86,7 +86,7 @@ def _not_tls(exc: ssl.SSLError, first: int | None) -> bool:
 class ServerTLS:
     """One server connection's TLS state (see the module docstring)."""
 
-    __slots__ = ("_in", "_out", "obj", "done", "started", "first", "failed", "peer_closed")
+    __slots__ = ("_in", "_out", "obj", "done", "started", "first", "failed", "peer_closed", "_early")
 
     def __init__(self, ctx: ssl.SSLContext) -> None:
         self._in = ssl.MemoryBIO()
@@ -99,10 +99,13 @@ class ServerTLS:
         # once broken, nothing more can be sent or read on it
         self.failed = ""
         self.peer_closed = False  # its close_notify came: it sends nothing more (its EOF)
+        self._early: list[bytes] = []  # plaintext sent before the handshake ended: goes out after it
 
     def keep(self, data: bytes) -> None:
         """Network bytes in, for a later `feed` (a handshake waiting for its turn)."""
-        if self.first is None and data:
+        if not data:
+            return
+        if self.first is None:
             self.first = data[0]
         self.started = True
         self._in.write(data)
@@ -117,6 +120,7 @@ class ServerTLS:
             try:
                 self.obj.do_handshake()
                 self.done = True
+                self._send_early()
             except ssl.SSLWantReadError:
                 return b"", self._out.read()
             except ssl.SSLError as exc:
@@ -135,7 +139,7 @@ class ServerTLS:
                 break
             except ssl.SSLError as exc:  # a record that does not decrypt: injected or damaged bytes
                 self.failed = f"a record that is not valid TLS after the handshake ({exc.reason or exc}): injected or damaged bytes"
-                raise TLSFailed(self.failed) from None
+                raise TLSFailed(self.failed, self._out.read()) from None
             if not chunk:  # its close_notify (Python's read says it so: no data, no SSLWantReadError)
                 self.peer_closed = True
                 break
@@ -144,8 +148,12 @@ class ServerTLS:
 
     def wrap(self, plaintext: bytes) -> bytes:
         """Plaintext out: the bytes to send; none once the TLS state has broken (`failed`: OpenSSL
-        refuses to write on it), which the caller checks and then drops the connection."""
+        refuses to write on it), which the caller checks and then drops the connection. Before the
+        handshake ends, none either: the plaintext goes out with the handshake's last bytes."""
         if self.failed:
+            return b""
+        if not self.done:  # (OpenSSL cannot write yet: it wants the client's next flight)
+            self._early.append(plaintext)
             return b""
         try:
             self.obj.write(plaintext)
@@ -153,6 +161,11 @@ class ServerTLS:
             self.failed = f"TLS cannot send on it any more ({exc.reason or exc})"
             return b""
         return self._out.read()
+
+    def _send_early(self) -> None:
+        early, self._early = self._early, []
+        for plaintext in early:
+            self.obj.write(plaintext)
 
     def shutdown(self) -> bytes:
         """Our close_notify, the bytes to send (after the peer's, which completes the close)."""
