@@ -16,29 +16,43 @@ from hsb.ctl.sandbox_files import SandboxError, prepare
 
 
 def test_without_the_variable_ports_come_from_below_the_ephemeral_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    mine = ports.port_range()  # (this worker's slice, under xdist: draws stay in it)
     monkeypatch.delenv(ports.ENV, raising=False)
-    low, high = ports.port_range()
     floor = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    assert (low, high) == (10000 if floor > 12001 else 1024, floor - 1)
+    assert ports.port_range() == ports.default_range() == (10000 if floor > 12001 else 1024, floor - 1)
+    low, high = mine
+    monkeypatch.setenv(ports.ENV, f"{low}-{high}")
     for _ in range(20):
         assert low <= ports.free_port() <= high
 
 
+def _own(width: int) -> tuple[int, int]:
+    """The first `width` ports of this worker's slice: what a test draws from binds nothing the
+    other worker could be about to bind."""
+    low, high = ports.port_range()
+    assert high - low + 1 >= width
+    return low, low + width - 1
+
+
 def test_the_variable_narrows_the_draw_and_no_port_is_given_twice(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ports.ENV, "20000-20063")
+    low, high = _own(64)
+    monkeypatch.setenv(ports.ENV, f"{low}-{high}")
+    ports._given.difference_update(range(low, high + 1))
     got = [ports.free_port() for _ in range(30)]
-    assert all(20000 <= p <= 20063 for p in got)
+    assert all(low <= p <= high for p in got)
     assert len(set(got)) == 30
 
 
 def test_a_port_something_listens_on_is_never_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    low, high = _own(16)
+    monkeypatch.setenv(ports.ENV, f"{low}-{high}")
+    ports._given.difference_update(range(low, high + 1))
     with socket.socket() as s:
         s.bind(("127.0.0.1", ports.free_port()))
         s.listen()
         taken = s.getsockname()[1]
-        monkeypatch.setenv(ports.ENV, f"{taken}-{taken + 15}")
-        ports._given.difference_update(range(taken, taken + 16))
-        assert taken not in {ports.free_port() for _ in range(15)}
+        ports._given.difference_update(range(low, high + 1))
+        assert taken not in {ports.free_port() for _ in range(10)}
 
 
 @pytest.mark.parametrize("spec", ["20000", "20000-", "a-b", "20000-20010", "900-5000", "30000-70000", "30000-20000"])

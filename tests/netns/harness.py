@@ -143,7 +143,7 @@ def new_rid() -> str:
     return f"{os.getpid():x}{random.randrange(256):02x}"
 
 
-_LAB_NS = re.compile(r"^hsb([0-9a-f]{3,10})-(sw|cp|a|b|t)$")
+_LAB_NS = re.compile(r"^hsb([0-9a-f]{3,10})-(sw|cp[12]?|a|b|t)$")  # (cp1, cp2: the two-CP lab, tests/netns/cplab.py)
 
 
 def cleanup_stale() -> list[str]:

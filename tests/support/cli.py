@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 from click.testing import CliRunner
 
 from hsb.ctl.main import main
+from hsb.ports import free_port
 
 
 def invoke(*args: str) -> tuple[int, str, str]:
@@ -35,10 +35,9 @@ def one_line_error(code: int, out: str, err: str, expected_code: int, *fragments
 
 
 def closed_port() -> str:
-    """An address where nothing listens (bound, then closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
+    """An address where nothing listens: a free port of this worker's own (hsb.ports), never
+    handed out again; one the OS gave for port 0 could be given to a listener again at once."""
+    return f"127.0.0.1:{free_port()}"
 
 
 def pair_hosts() -> list[dict[str, Any]]:
