@@ -196,4 +196,4 @@ def test_a_host_links_handshake_goes_ahead_of_the_terminals_queued_ones(tmp_path
 
     elapsed, before = uvloop.run(connect())
     assert before < QUEUED // 4, f"the host link waited for {before} of the {QUEUED} terminals' handshakes queued before it"
-    assert elapsed < 1.0, f"the host link's handshake took {elapsed * 1e3:.0f} ms"
+    assert elapsed < 1.5, f"the host link's handshake took {elapsed * 1e3:.0f} ms (behind the queue: 2 s or more)"
