@@ -63,10 +63,15 @@ def pytest_configure(config: pytest.Config) -> None:
     the daemons and sandboxes it starts inherit), so two workers never pick the same free port in
     the moment between one picking it and its daemon binding it."""
     worker = getattr(config, "workerinput", None)
-    if worker is None:
-        return
-    index = int(str(worker["workerid"]).removeprefix("gw"))
-    os.environ[ports.ENV] = ports.split_range(index, int(worker["workercount"]))
+    try:
+        if worker is None:  # (the controller, or one process: a bad $HSB_PORT_RANGE said here, once)
+            n = config.getoption("numprocesses", None)
+            ports.split_range(0, n if isinstance(n, int) and n > 0 else 1)
+            return
+        index = int(str(worker["workerid"]).removeprefix("gw"))
+        os.environ[ports.ENV] = ports.split_range(index, int(worker["workercount"]))
+    except ports.PortRangeError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _module(nodeid: str) -> str:
