@@ -35,9 +35,13 @@ def default_range() -> tuple[int, int]:
     return (10000 if top > 12000 else 1024), top
 
 
+def _spec() -> str:
+    return os.environ.get(ENV, "").strip()
+
+
 def port_range() -> tuple[int, int]:
     """The range free_port draws from: $HSB_PORT_RANGE if set, else default_range()."""
-    spec = os.environ.get(ENV, "").strip()
+    spec = _spec()
     if not spec:
         return default_range()
     low_s, sep, high_s = spec.partition("-")
@@ -78,7 +82,7 @@ def free_port(host: str = "127.0.0.1") -> int:
                 continue
             _given.add(port)
             return port
-    if os.environ.get(ENV, "").strip():  # a range of its own: the OS's pick could be another's
+    if _spec():  # a range of its own: the OS's pick could be another's
         raise PortRangeError(f"no free port found in {ENV}={low}-{top} after 200 tries: widen it, or stop what holds its ports")
     with socket.socket() as s:  # fall back to whatever the OS gives
         s.bind((host, 0))

@@ -26,27 +26,26 @@ def test_without_the_variable_ports_come_from_below_the_ephemeral_range(monkeypa
         assert low <= ports.free_port() <= high
 
 
-def _own(width: int) -> tuple[int, int]:
-    """The first `width` ports of this worker's slice: what a test draws from binds nothing the
-    other worker could be about to bind."""
+def _own(monkeypatch: pytest.MonkeyPatch, width: int) -> tuple[int, int]:
+    """Draws narrowed to the first `width` ports of this worker's slice (none handed out yet):
+    they bind nothing the other worker could be about to bind."""
     low, high = ports.port_range()
     assert high - low + 1 >= width
-    return low, low + width - 1
+    high = low + width - 1
+    monkeypatch.setenv(ports.ENV, f"{low}-{high}")
+    ports._given.difference_update(range(low, high + 1))
+    return low, high
 
 
 def test_the_variable_narrows_the_draw_and_no_port_is_given_twice(monkeypatch: pytest.MonkeyPatch) -> None:
-    low, high = _own(64)
-    monkeypatch.setenv(ports.ENV, f"{low}-{high}")
-    ports._given.difference_update(range(low, high + 1))
+    low, high = _own(monkeypatch, 64)
     got = [ports.free_port() for _ in range(30)]
     assert all(low <= p <= high for p in got)
     assert len(set(got)) == 30
 
 
 def test_a_port_something_listens_on_is_never_given(monkeypatch: pytest.MonkeyPatch) -> None:
-    low, high = _own(16)
-    monkeypatch.setenv(ports.ENV, f"{low}-{high}")
-    ports._given.difference_update(range(low, high + 1))
+    low, high = _own(monkeypatch, 16)
     with socket.socket() as s:
         s.bind(("127.0.0.1", ports.free_port()))
         s.listen()

@@ -120,7 +120,9 @@ class ServerTLS:
             try:
                 self.obj.do_handshake()
                 self.done = True
-                self._send_early()
+                for plaintext in self._early:  # (sent while the handshake ran: wrap kept it)
+                    self.obj.write(plaintext)
+                self._early.clear()
             except ssl.SSLWantReadError:
                 return b"", self._out.read()
             except ssl.SSLError as exc:
@@ -161,11 +163,6 @@ class ServerTLS:
             self.failed = f"TLS cannot send on it any more ({exc.reason or exc})"
             return b""
         return self._out.read()
-
-    def _send_early(self) -> None:
-        early, self._early = self._early, []
-        for plaintext in early:
-            self.obj.write(plaintext)
 
     def shutdown(self) -> bytes:
         """Our close_notify, the bytes to send (after the peer's, which completes the close)."""
