@@ -1,0 +1,136 @@
+"""Edges of hsb.cp.tickle that tests/test_cp_tickle.py let through: each test here failed on a
+mutant of the module (a flipped comparison, a dropped condition or statement) that the others
+passed. All in-process: the raw sockets are fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import structlog
+
+from hsb.cp import tickle
+from hsb.cp.tickle import TickleList, list_name
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def _until(pred: Any, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+def _conns(d: Path, gen: int = 3) -> list[Any]:
+    return list(msgpack.unpackb((d / list_name(gen)).read_bytes())["conns"])
+
+
+# -- the list a serving CP writes ---------------------------------------------------------------
+
+
+def test_a_lists_file_is_named_with_eight_digits_of_generation() -> None:
+    """docs/cp-journal.md names it `tickle-GGGGGGGG` (mutant: `{gen}` without the padding)."""
+    assert list_name(3) == "tickle-00000003"
+    assert list_name(123456789) == "tickle-123456789"
+
+
+async def test_a_connection_opened_alone_is_written(tmp_path: Path) -> None:
+    """A connection opened (no hello yet, nothing else changed) makes the list changed: it is
+    written at the next tick a second on (mutant: `opened` not setting `changed`)."""
+    tl = TickleList(tmp_path, 3)
+    tl.tick(100.0)
+    await _until(lambda: tl.written == 1, "the empty list written")
+    tl.opened(object(), ("10.0.0.9", 7000), ("10.1.0.5", 40001))
+    tl.tick(100.0 + tickle.WRITE_EVERY_S)
+    await _until(lambda: tl.written == 2, "the list with the new connection written")
+    assert _conns(tmp_path) == [["10.0.0.9", 7000, "10.1.0.5", 40001, ""]]
+    tl.close()
+
+
+async def test_the_list_may_be_written_again_exactly_a_second_later(tmp_path: Path) -> None:
+    """At most once a second: a second after the last write is soon enough (mutant: `<=`)."""
+    tl = TickleList(tmp_path, 3)
+    tl.tick(100.0)
+    await _until(lambda: tl.written == 1, "the empty list written")
+    tl.opened(object(), ("10.0.0.9", 7000), ("10.1.0.5", 40001))
+    tl.tick(100.0 + tickle.WRITE_EVERY_S)
+    assert tl.writing, "not written a second after the last write"
+    await _until(lambda: tl.written == 2, "the list written")
+    tl.close()
+
+
+def test_an_address_that_is_too_short_is_not_listed(tmp_path: Path) -> None:
+    """A transport whose sockname or peername is a tuple of fewer than two items is passed over,
+    not an IndexError in connection_made (mutant: the length checks dropped)."""
+    tl = TickleList(tmp_path, 3)
+    tl.opened(object(), ("10.0.0.9",), ("10.1.0.5", 40001))
+    tl.opened(object(), ("10.0.0.9", 7000), ())
+    tl.opened(object(), ("10.0.0.9", 7000), None)  # (mutant: the peer's type not checked: len(None))
+    assert tl.status()["connections"] == 0
+
+
+async def test_status_counts_connections_served_apart_from_those_listed(tmp_path: Path) -> None:
+    """`connections` is what the CP serves now, `listed` what the last list written held
+    (mutant: `connections` reporting `listed`)."""
+    tl = TickleList(tmp_path, 3)
+    tl.tick(100.0)
+    await _until(lambda: tl.written == 1, "the empty list written")
+    tl.opened(object(), ("10.0.0.9", 7000), ("10.1.0.5", 40001))
+    tl.opened(object(), ("10.0.0.9", 7000), ("10.1.0.6", 40002))
+    assert tl.status() == {"connections": 2, "listed": 0, "lists_written": 1, "error": None}
+    tl.close()
+
+
+async def test_one_write_at_a_time_and_each_writes_the_list_as_it_was_at_its_tick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a write is out, a tick starts no other (mutant: the `writing` check dropped), and a
+    connection opened meanwhile is not in the list being written: the writer has a copy, not
+    the loop's dict (mutant: `self.conns.values()` handed to the thread)."""
+    go = threading.Event()
+    calls = []
+
+    def slow_origin() -> str:  # called by the writer's thread: holds the write until `go`
+        calls.append(1)
+        assert go.wait(10)
+        return "here:1"
+
+    monkeypatch.setattr(tickle, "origin", slow_origin)
+    tl = TickleList(tmp_path, 3)
+    tl.opened(object(), ("10.0.0.9", 7000), ("10.1.0.5", 40001))
+    tl.tick(100.0)
+    await _until(lambda: calls, "the write started")
+    tl.opened(object(), ("10.0.0.9", 7000), ("10.1.0.6", 40002))
+    tl.tick(200.0)  # changed and long enough ago, but the first write is still out
+    go.set()
+    await _until(lambda: tl.written >= 1 and not tl.writing, "the first list written")
+    await asyncio.sleep(0)
+    assert len(calls) == 1 and tl.written == 1, "a second write started while one was out"
+    assert _conns(tmp_path) == [["10.0.0.9", 7000, "10.1.0.5", 40001, ""]]
+    assert tl.status()["listed"] == 1 and tl.changed
+    tl.tick(300.0)  # and the connection opened meanwhile goes in the next one
+    await _until(lambda: tl.written == 2, "the second list written")
+    assert len(_conns(tmp_path)) == 2
+    tl.close()
+
+
+async def test_a_failing_write_is_logged_once_not_at_each_retry(tmp_path: Path) -> None:
+    """`tickle_list_write_failed` at the first failure only, not at each retry (mutant: the
+    `write_error is None` test flipped, which logged the second failure and not the first)."""
+    d = tmp_path / "j"  # (not there: each write fails)
+    tl = TickleList(d, 3)
+    with structlog.testing.capture_logs() as logs:
+        tl.tick(100.0)
+        await _until(lambda: not tl.writing, "the first write tried")
+        assert [e["event"] for e in logs] == ["tickle_list_write_failed"], "the first failure not told"
+        for at in (200.0, 300.0):
+            tl.tick(at)
+            assert tl.writing
+            await _until(lambda: not tl.writing, "the write tried again")
+    assert tl.written == 0 and tl.write_error is not None
+    assert [e["event"] for e in logs] == ["tickle_list_write_failed"], "a failure told again"
+    tl.close()
