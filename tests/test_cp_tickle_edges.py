@@ -5,6 +5,10 @@ passed. All in-process: the raw sockets are fakes."""
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +19,7 @@ import pytest
 import structlog
 
 from hsb.cp import tickle
-from hsb.cp.tickle import TickleList, list_name
+from hsb.cp.tickle import TickleList, list_name, previous_list
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -134,3 +138,94 @@ async def test_a_failing_write_is_logged_once_not_at_each_retry(tmp_path: Path) 
     assert tl.written == 0 and tl.write_error is not None
     assert [e["event"] for e in logs] == ["tickle_list_write_failed"], "a failure told again"
     tl.close()
+
+
+# -- the list a CP taking over reads ------------------------------------------------------------
+
+
+def test_origin_tells_network_namespaces_of_one_kernel_apart() -> None:
+    """A list written in another network namespace of this kernel (the lab's two CP machines,
+    containers) is not this one's: its connections were not reset here (mutant: the origin
+    only the boot id)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) here")
+    here = tickle.origin()
+    assert here, "no /proc here"
+    code = "from hsb.cp.tickle import origin; print(origin())"
+    env = {**os.environ, "PYTHONPATH": str(Path(tickle.__file__).parents[2])}
+    r = subprocess.run(["unshare", "--net", sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=20)
+    if r.returncode != 0:
+        pytest.skip(f"cannot make a network namespace here: {r.stderr.strip()[-200:]}")
+    there = r.stdout.strip()
+    assert there and there != here
+    assert there.split(":")[0] == here.split(":")[0]  # the same kernel
+
+
+def test_other_files_of_the_journal_directory_are_not_taken_for_lists(tmp_path: Path) -> None:
+    """`gen-00000001` reads as a name of seven characters and digits: it is not a tickle list,
+    nor deleted as a damaged one (mutant: the `tickle-` prefix not checked)."""
+    for name in ("gen-00000001", "gen-00000002", "seg-00000001-00000001.hsbj"):
+        (tmp_path / name).write_text("host 1 2\n")
+    doc = {"v": 1, "origin": "elsewhere:1", "conns": [["10.0.0.9", 7000, "10.1.0.5", 40001, "T1"]]}
+    (tmp_path / list_name(1)).write_bytes(msgpack.packb(doc))
+    assert previous_list(tmp_path, 3) == (1, [("10.0.0.9", 7000, "10.1.0.5", 40001, "T1")], False)
+    assert sorted(os.listdir(tmp_path)) == sorted(["gen-00000001", "gen-00000002", "seg-00000001-00000001.hsbj", list_name(1)])
+
+
+def test_half_written_lists_of_this_or_a_later_generation_are_left_alone(tmp_path: Path) -> None:
+    """Only an older generation's `.tmp` is a dead writer's: this CP's own list (its TickleList
+    writes at once) and a later CP's are being written (mutants: `g < own` dropped or `<=`)."""
+    for g in (2, 3, 4):
+        (tmp_path / (list_name(g) + ".tmp")).write_bytes(b"half")
+    assert previous_list(tmp_path, 3) == (0, [], False)
+    assert sorted(os.listdir(tmp_path)) == [list_name(3) + ".tmp", list_name(4) + ".tmp"]
+
+
+def test_a_damaged_newest_list_is_deleted_and_the_one_before_it_read(tmp_path: Path) -> None:
+    """The newest older list damaged: it is deleted with a warning, and the next older one is
+    the predecessor (mutants: the damaged one kept; the search given up on it)."""
+    doc = {"v": 1, "origin": "elsewhere:1", "conns": [["10.0.0.9", 7000, "10.1.0.5", 40001, "T1"]]}
+    (tmp_path / list_name(3)).write_bytes(msgpack.packb(doc))
+    (tmp_path / list_name(4)).write_bytes(b"\x93 damaged")
+    with structlog.testing.capture_logs() as logs:
+        assert previous_list(tmp_path, 5) == (3, [("10.0.0.9", 7000, "10.1.0.5", 40001, "T1")], False)
+    assert [e["event"] for e in logs] == ["tickle_list_unreadable"]
+    assert os.listdir(tmp_path) == [list_name(3)]
+
+
+def test_an_empty_newest_list_is_the_predecessor_and_the_older_ones_are_deleted(tmp_path: Path) -> None:
+    """The CP before wrote its empty list at once, precisely so that the list of the one before
+    it is not tickled again: that empty list is the predecessor (mutant: the search going on
+    while the list found is empty, which tickled the older list's connections)."""
+    old = {"v": 1, "origin": "elsewhere:1", "conns": [["10.0.0.9", 7000, "10.1.0.5", 40001, "T1"]]}
+    (tmp_path / list_name(1)).write_bytes(msgpack.packb(old))
+    (tmp_path / list_name(2)).write_bytes(msgpack.packb({"v": 1, "origin": "elsewhere:2", "conns": []}))
+    assert previous_list(tmp_path, 3) == (2, [], False)
+    assert os.listdir(tmp_path) == [list_name(2)]
+
+
+def test_a_generation_of_eight_digits_or_more_is_read_whole(tmp_path: Path) -> None:
+    """The generation is every digit after `tickle-` (mutant: the first one skipped, which is
+    a padding zero only below 10,000,000)."""
+    for gen in (12_345_678, 123_456_789):
+        (tmp_path / list_name(gen)).write_bytes(msgpack.packb({"v": 1, "conns": [["10.0.0.9", 7000, "10.1.0.5", 1]]}))
+        assert previous_list(tmp_path, gen + 1)[0] == gen
+
+
+@pytest.mark.parametrize(
+    ("entry", "want"),
+    [
+        (["10.0.0.9", 0, "10.1.0.5", 1], None),  # no such ports
+        (["10.0.0.9", 70000, "10.1.0.5", 1], None),
+        (["10.0.0.9", 7000, "10.1.0.5", 0], None),
+        (["10.0.0.9", 65535, "10.1.0.5", 65535], ("10.0.0.9", 65535, "10.1.0.5", 65535, "")),  # the highest
+        (["10.0.0.9", 1, "10.1.0.5", 1, "T1"], ("10.0.0.9", 1, "10.1.0.5", 1, "T1")),
+        (["::ffff:1", 7000, "fd00::5", 1], ("::ffff:1", 7000, "fd00::5", 1, "")),  # IPv6, not a mapped IPv4
+        (["::ffff:10.0.0.9", 7000, "::ffff:10.1.0.5", 1], ("10.0.0.9", 7000, "10.1.0.5", 1, "")),
+    ],
+)
+def test_an_entrys_ports_and_addresses_are_checked(entry: list[Any], want: Any) -> None:
+    """Ports 1-65535 both (mutants: the CP port not checked, 65535 refused, port 0 taken);
+    `::ffff:` is a mapped IPv4 address only when an IPv4 address follows (mutant: `::ffff:1`
+    cut to `1` and the entry dropped)."""
+    assert tickle._entry(entry) == want
