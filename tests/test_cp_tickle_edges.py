@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -19,7 +21,7 @@ import pytest
 import structlog
 
 from hsb.cp import tickle
-from hsb.cp.tickle import TickleList, list_name, previous_list
+from hsb.cp.tickle import TickleList, list_name, previous_list, send_tickles, tickle_segment
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -229,3 +231,113 @@ def test_an_entrys_ports_and_addresses_are_checked(entry: list[Any], want: Any) 
     `::ffff:` is a mapped IPv4 address only when an IPv4 address follows (mutant: `::ffff:1`
     cut to `1` and the entry dropped)."""
     assert tickle._entry(entry) == want
+
+
+# -- the tickle itself ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sport", [43779, 43780, 43781, 65535])
+def test_a_checksum_whose_sum_carries_twice_is_folded_twice(sport: int) -> None:
+    """All-ones IPv6 addresses and these ports make a sum whose first fold carries again: the
+    checksum is still right (mutant: `_fold` folding once)."""
+    src = dst = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+    seg = tickle_segment(src, sport, dst, 65535)
+    pseudo = socket.inet_pton(socket.AF_INET6, src) * 2 + struct.pack("!I3xB", 20, 6)
+    data = pseudo + seg
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    assert s == 0xFFFF
+
+
+class _FakeRaw:
+    """A raw socket that records what it is asked to do."""
+
+    made: list[_FakeRaw] = []
+    bind_fails: set[str] = set()
+    send_fails: set[str] = set()
+
+    def __init__(self, family: int) -> None:
+        self.family = family
+        self.bound: Any = None
+        self.sent: list[tuple[bytes, Any]] = []
+        self.closed = False
+        _FakeRaw.made.append(self)
+
+    def bind(self, addr: Any) -> None:
+        if addr[0] in _FakeRaw.bind_fails:
+            raise OSError(99, "Cannot assign requested address")
+        self.bound = addr
+
+    def sendto(self, data: bytes, addr: Any) -> int:
+        if addr[0] in _FakeRaw.send_fails:
+            raise OSError(101, f"Network is unreachable ({addr[0]})")
+        self.sent.append((data, addr))
+        return len(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def fake_raw(monkeypatch: pytest.MonkeyPatch) -> type[_FakeRaw]:
+    _FakeRaw.made, _FakeRaw.bind_fails, _FakeRaw.send_fails = [], set(), set()
+    monkeypatch.setattr(tickle, "raw_socket", _FakeRaw)
+    return _FakeRaw
+
+
+def test_one_raw_socket_per_cp_address_bound_to_it_and_closed(fake_raw: type[_FakeRaw]) -> None:
+    """Each CP address gets one raw socket, bound to it (the tickles' source), used for all its
+    connections and closed at the end (mutants: a socket per tickle, left open; no bind; the
+    socket not kept; not closed)."""
+    conns = [
+        ("10.0.0.9", 7000, "10.1.0.5", 1, "T1"),
+        ("10.0.0.9", 7000, "10.1.0.6", 2, "T2"),
+        ("fd00::9", 7000, "fd00::1:5", 3, "T3"),
+        ("10.0.0.9", 7001, "10.1.0.7", 4, "T4"),
+    ]
+    assert send_tickles(conns) == (4, 0, None)
+    assert [(s.family, s.bound, len(s.sent), s.closed) for s in fake_raw.made] == [
+        (socket.AF_INET, ("10.0.0.9", 0), 3, True),
+        (socket.AF_INET6, ("fd00::9", 0), 1, True),
+    ]
+    assert fake_raw.made[0].sent[1] == (tickle_segment("10.0.0.9", 7000, "10.1.0.6", 2), ("10.1.0.6", 0))
+
+
+def test_a_socket_that_cannot_be_bound_is_closed_and_its_tickles_fail(fake_raw: type[_FakeRaw]) -> None:
+    """A CP address not (yet) this machine's: its socket is closed, each of its tickles fails,
+    and the first failure is the one told (mutants: not closed; the reason overwritten)."""
+    fake_raw.bind_fails = {"10.0.0.9", "10.0.0.8"}
+    conns = [
+        ("10.0.0.9", 7000, "10.1.0.5", 1, ""),
+        ("10.0.0.8", 7000, "10.1.0.6", 2, ""),
+        ("10.0.0.9", 7000, "10.1.0.7", 3, ""),
+        ("10.0.0.7", 7000, "10.1.0.8", 4, ""),
+    ]
+    sent, failed, why = send_tickles(conns)
+    assert (sent, failed) == (1, 3)
+    assert why is not None and why.startswith("raw socket from 10.0.0.9:")
+    assert len(fake_raw.made) == 3 and all(s.closed for s in fake_raw.made)
+
+
+def test_a_tickle_that_cannot_be_sent_is_counted_failed_and_the_first_reason_told(fake_raw: type[_FakeRaw]) -> None:
+    """A send refused counts as failed, and `why` is the first such failure (mutants: the
+    failure not counted; a later one overwriting it)."""
+    fake_raw.send_fails = {"10.1.0.5", "10.1.0.7"}
+    conns = [
+        ("10.0.0.9", 7000, "10.1.0.5", 1, ""),
+        ("10.0.0.9", 7000, "10.1.0.6", 2, ""),
+        ("10.0.0.9", 7000, "10.1.0.7", 3, ""),
+    ]
+    sent, failed, why = send_tickles(conns)
+    assert (sent, failed) == (1, 2)
+    assert why is not None and why.startswith("to 10.1.0.5:1:")
+
+
+def test_fewer_tickles_than_a_batch_go_out_at_once(fake_raw: type[_FakeRaw]) -> None:
+    """Pacing is by batches: a hundred tickles at 50 a second still go out without a wait
+    (mutant: a batch of one, which spaced them over two seconds)."""
+    conns = [("10.0.0.9", 7000, "10.1.0.5", 1 + k, "") for k in range(100)]
+    t0 = time.monotonic()
+    assert send_tickles(conns, per_s=50.0) == (100, 0, None)
+    assert time.monotonic() - t0 < 1.0
