@@ -4,6 +4,7 @@ transports (tests/support/termfeed.py), each test checking what it writes or how
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from hsb.term.client import TerminalClient
@@ -67,3 +68,75 @@ async def test_an_earlier_runs_reply_resent_at_the_next_hello_is_confirmed_again
     assert [f for f in tr.frames() if f["t"] == "confirm"] == [{"t": "confirm", "id": BASE - 5, "seen": 1}]
     r = verdict(c, stats)
     assert r.earlier_run_replies == 1 and r.duplicates == 0 and r.unexpected == 0, r.failures
+
+
+class _Clock:
+    """hsb.term.resume's clock, moved by hand: the 50 ms batching of confirms without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def _replied(c: TerminalClient, n: int) -> list[int]:
+    """n messages submitted, acknowledged and answered, one frame each (n reads)."""
+    ids = [c.submit() for _ in range(n)]
+    feed(c, *({"t": "ack", "id": i} for i in ids))
+    for i in ids:
+        feed(c, {"t": "reply", "id": i, "data": c.payload(i)})
+    return ids
+
+
+async def test_confirms_go_every_8_replies_or_after_50_ms(monkeypatch: Any) -> None:
+    """docs/protocol.md §1 `confirm`: hsbterm confirms every 8 replies or 50 ms. The first reply
+    is confirmed at once (none for 50 ms); the next 7 wait, the 8th after the last confirm goes
+    at once; then one more waits until 50 ms have passed since the last confirm, and goes with
+    the next reply after that. Kills: `>= 8 * stride` -> `> 8` or `>= 9`; the 50 ms -> 0.5 s;
+    `confirm_at` not moved on when a confirm goes."""
+    clock = _Clock()
+    monkeypatch.setattr("hsb.term.resume.time", clock)
+    c, _ = client(stride=3)
+    tr: Any = c.transport
+    ids = _replied(c, 1)
+    assert _confirms(tr) == ids
+    ids += _replied(c, 7)
+    assert _confirms(tr) == ids[:1]  # 7 strides since: batched
+    ids += _replied(c, 1)
+    assert _confirms(tr) == [ids[0], ids[8]]  # 8 strides: at once
+    ids += _replied(c, 1)
+    assert _confirms(tr) == [ids[0], ids[8]]
+    clock.now += 0.06
+    ids += _replied(c, 1)
+    assert _confirms(tr) == [ids[0], ids[8], ids[10]]
+
+
+async def test_a_batched_confirm_is_due_50_ms_later() -> None:
+    """A reply that does not complete a batch arms a timer: its confirm goes 50 ms later (with
+    `seen`), not later. Kills: the timer's 0.05 -> 0.5; no timer armed."""
+    c, _ = client()
+    tr: Any = c.transport
+    a = _replied(c, 1)
+    b = _replied(c, 1)
+    assert _confirms(tr) == a
+    timer = c.confirm_timer
+    assert timer is not None
+    loop = asyncio.get_running_loop()
+    assert timer.when() - loop.time() <= 0.05
+    await until(lambda: len(_confirms(tr)) == 2, timeout=5, what="the batched confirm")
+    assert [f for f in tr.frames() if f["t"] == "confirm"][1] == {"t": "confirm", "id": b[0], "seen": 2}
+    assert c.confirm_timer is None
+
+
+async def test_bye_confirms_what_it_holds_first(monkeypatch: Any) -> None:
+    """Before `bye` the terminal confirms every reply it holds, batch or not: the CP may then
+    forget them. Kills: `_confirm` ignoring `force`; bye's confirm not forced."""
+    clock = _Clock()
+    monkeypatch.setattr("hsb.term.resume.time", clock)
+    c, _ = client()
+    tr: Any = c.transport
+    ids = _replied(c, 2)
+    assert _confirms(tr) == ids[:1]
+    c.bye()
+    assert [(f["t"], f.get("id")) for f in tr.frames()][-2:] == [("confirm", ids[1]), ("bye", None)]
