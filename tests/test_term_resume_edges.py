@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 from hsb.term.client import TerminalClient
+from hsb.term.loadstats import LoadStats
 from tests.support.procs import until
 from tests.support.termfeed import BASE, client, feed, verdict
 from tests.support.transports import RecordingTransport
@@ -140,3 +141,106 @@ async def test_bye_confirms_what_it_holds_first(monkeypatch: Any) -> None:
     assert _confirms(tr) == ids[:1]
     c.bye()
     assert [(f["t"], f.get("id")) for f in tr.frames()][-2:] == [("confirm", ids[1]), ("bye", None)]
+
+
+def _msgs(tr: Any) -> list[tuple[int, bool]]:
+    return [(f["id"], bool(f.get("resent"))) for f in tr.frames() if f["t"] == "msg"]
+
+
+async def test_only_what_went_out_on_an_earlier_connection_is_resent_marked() -> None:
+    """After a welcome the terminal sends, in order, every message not acknowledged: marked
+    `resent` those an earlier connection carried (up to and including the last one written),
+    unmarked those never written (submitted while away). Kills: the mark on every message owed,
+    or on none (mark_resent ignored), or short of the last one written."""
+    c, stats = client()
+    a, b = c.submit(), c.submit()
+    c.connection_lost(None)
+    d = c.submit()  # while away: never written
+    tr = _reconnect(c, 0)
+    assert _msgs(tr) == [(a, True), (b, True), (d, False)]
+    assert stats.resent == 3
+    c2, _ = client(mark_resent=False)
+    e = c2.submit()
+    tr = _reconnect(c2, 0)
+    assert _msgs(tr) == [(e, False)]
+
+
+async def test_a_message_is_written_once_per_connection_across_a_pause_of_its_writes() -> None:
+    """Writes paused (the CP does not read) hold back new messages; when they resume, what was
+    held goes out, and nothing already written on this connection goes again (the CP would take
+    a second copy before its ack as a reuse of the id). The ack of what went out then is its own,
+    not unexpected. Kills: submit or the owed writes not moving `conn_upto`/`sent_upto` on;
+    `> conn_upto` -> `>=`."""
+    c, stats = client()
+    tr: Any = c.transport
+    a = c.submit()
+    c.pause_writing()
+    b, d = c.submit(), c.submit()
+    assert _msgs(tr) == [(a, False)]
+    c.resume_writing()
+    assert _msgs(tr) == [(a, False), (b, False), (d, False)]
+    c.pause_writing()
+    c.resume_writing()
+    assert _msgs(tr) == [(a, False), (b, False), (d, False)]
+    feed(c, *({"t": "ack", "id": i} for i in (a, b, d)))
+    feed(c, *({"t": "reply", "id": i, "data": c.payload(i)} for i in (a, b, d)))
+    r = verdict(c, stats)
+    assert r.ok and r.unexpected_acks == 0 and r.replied == 3, r.failures
+
+
+class _ClosedLoop(LoadStats):
+    """Sends the next message on each first reply, as a closed-loop load does."""
+
+    def on_reply(self, c: TerminalClient, msg_id: int, data: Any, latency: float | None, kind: str) -> None:
+        super().on_reply(c, msg_id, data, latency, kind)
+        if kind == "first":
+            c.submit()
+
+
+async def test_what_one_read_makes_goes_in_one_write_and_its_ids_count_as_sent() -> None:
+    """The frames a read of the CP's makes the terminal send (the next message of a closed loop,
+    the confirm of the reply) go out in one write, in the order they were made; the message
+    written so is sent (its ack is its own, not unexpected). Kills: the confirm written past the
+    cork; the corked message's id not counted as written (`cork_upto`)."""
+    stats = _ClosedLoop(1)
+    stats.counting = True
+    c = TerminalClient("T1", stats, base=BASE, check_data=True)
+    tr = _reconnect(c, 0)
+    a = c.submit()
+    writes = tr.writes
+    feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": c.payload(a)})
+    assert tr.writes == writes + 1
+    b = a + 1
+    assert [(f["t"], f["id"]) for f in tr.frames()[-2:]] == [("msg", b), ("confirm", a)]
+    feed(c, {"t": "ack", "id": b})
+    r = verdict(c, stats)
+    assert r.unexpected_acks == 0 and r.acked == 2, r.failures
+
+
+async def test_a_welcome_has_it_resend_only_what_it_never_saw_acknowledged() -> None:
+    """docs/protocol.md §1 `welcome`: the terminal resends every message above `last_acked` that
+    it never saw acknowledged, not one it did (a welcome below that ack is the CP's fault,
+    counted as an ack forgotten). Kills: `unacked_ids` taking acknowledged ids too."""
+    c, stats = client()
+    a, b = c.submit(), c.submit()
+    feed(c, {"t": "ack", "id": a})
+    tr = _reconnect(c, 0)
+    assert _msgs(tr) == [(b, True)]
+    assert stats.resent == 1
+    assert verdict(c, stats).acks_forgotten == 1
+
+
+async def test_what_a_welcome_owes_goes_out_when_writes_resume() -> None:
+    """A connection whose writes are paused when the welcome comes sends what the welcome has it
+    resend once they resume: all of it, though an earlier connection had written those ids.
+    Kills: a new connection keeping the last one's `conn_upto`."""
+    c, stats = client()
+    a, b = c.submit(), c.submit()
+    c.connection_lost(None)
+    tr = RecordingTransport("cp")
+    c.connection_made(tr)  # type: ignore[arg-type]
+    c.pause_writing()
+    feed(c, {"t": "welcome", "terminal": c.name, "last_acked": 0})
+    assert _msgs(tr) == []
+    c.resume_writing()
+    assert _msgs(tr) == [(a, True), (b, True)]
