@@ -217,6 +217,38 @@ async def test_what_one_read_makes_goes_in_one_write_and_its_ids_count_as_sent()
     assert r.unexpected_acks == 0 and r.acked == 2, r.failures
 
 
+class _Connector:
+    """Records the delays a terminal asks to be reconnected after."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def schedule(self, c: TerminalClient, delay: float = 0.0) -> None:
+        self.delays.append(delay)
+
+
+async def test_reconnects_back_off_and_start_again_after_a_welcome() -> None:
+    """A drop is retried after 25-75 ms (BACKOFF_MIN, jittered); each failed connect doubles the
+    wait (to the 0.5 s cap); a welcome starts it again from the least; an `unknown_terminal`
+    refusal waits the cap at once. Kills: a fixed retry delay; no reset at the welcome; no
+    slow-down on unknown_terminal."""
+    c, _ = client()
+    conn = _Connector()
+    c.connector = conn  # type: ignore[assignment]
+    c.connection_lost(None)
+    for _ in range(3):
+        c.connect_failed(ConnectionRefusedError())
+    assert conn.delays[0] < 0.075 and conn.delays[3] >= 0.2, conn.delays  # 0.05 * 2**3 * 0.5 at least
+    c.connection_made(RecordingTransport("cp"))  # type: ignore[arg-type]
+    feed(c, {"t": "welcome", "terminal": c.name, "last_acked": 0})
+    c.connection_lost(None)
+    assert conn.delays[4] < 0.075, conn.delays  # the drop, after a welcome
+    c.connection_made(RecordingTransport("cp"))  # type: ignore[arg-type]
+    feed(c, {"t": "error", "code": "unknown_terminal", "msg": "who?"})
+    c.connection_lost(None)
+    assert conn.delays[5] >= 0.25, conn.delays  # the cap, 0.5, jittered
+
+
 async def test_a_welcome_has_it_resend_only_what_it_never_saw_acknowledged() -> None:
     """docs/protocol.md §1 `welcome`: the terminal resends every message above `last_acked` that
     it never saw acknowledged, not one it did (a welcome below that ack is the CP's fault,
@@ -244,3 +276,83 @@ async def test_what_a_welcome_owes_goes_out_when_writes_resume() -> None:
     assert _msgs(tr) == []
     c.resume_writing()
     assert _msgs(tr) == [(a, True), (b, True)]
+
+
+async def test_a_failed_connect_explains_only_the_drop_it_followed() -> None:
+    """With a CP that does not name its process (no `cp`), a drop is the CP's absence only if a
+    connect failed after it: a failed connect after one drop does not excuse the next drop,
+    reconnected at once (counted as a disconnect with the CP present). Kills: a welcomed
+    connection's drop not clearing `failed_since_drop`."""
+    c, stats = client()
+    c.connection_lost(None)
+    c.connect_failed(ConnectionRefusedError())
+    c.connection_made(RecordingTransport("cp"))  # type: ignore[arg-type]
+    feed(c, {"t": "welcome", "terminal": c.name, "last_acked": 0})
+    assert c.cp_present_drops == 0
+    _reconnect(c, 0)
+    assert c.cp_present_drops == 1 and c.disconnects == 2
+
+
+class _Told(LoadStats):
+    """Records the disconnects and the `on_writable` calls the terminal tells it of."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.drops: list[bool] = []
+        self.writable = 0
+
+    def on_disconnect(self, c: TerminalClient, exc: Exception | None, retry_in: float, welcomed: bool) -> None:
+        super().on_disconnect(c, exc, retry_in, welcomed)
+        self.drops.append(welcomed)
+
+    def on_writable(self, c: TerminalClient) -> None:
+        super().on_writable(c)
+        self.writable += 1
+
+
+async def test_the_listener_hears_of_a_drop_before_the_welcome_too() -> None:
+    """A connection closed after the hello with neither a welcome nor an error is told to the
+    listener (not welcomed: the interactive terminal says so, and when it reconnects), as a
+    welcomed one's drop is. Kills: `was >= HELLO` -> `> HELLO`."""
+    told = _Told()
+    c = TerminalClient("T1", told, base=BASE)
+    c.connection_made(RecordingTransport("cp"))  # type: ignore[arg-type]
+    c.connection_lost(None)
+    _reconnect(c, 0)
+    c.connection_lost(None)
+    assert told.drops == [False, True]
+    assert c.logon_drops == 1 and c.disconnects == 1
+
+
+class _PausingTransport(RecordingTransport):
+    """Its buffer fills on the first write after `fill` is set: it pauses its protocol's writes."""
+
+    def __init__(self) -> None:
+        super().__init__("cp")
+        self.protocol: TerminalClient | None = None
+        self.fill = False
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.fill and self.protocol is not None:
+            self.fill = False
+            self.protocol.pause_writing()
+
+
+async def test_writes_that_pause_again_as_they_resume_do_not_tell_the_listener_to_send() -> None:
+    """When the transport's writes resume, what waited goes out; if that fills its buffer again
+    the listener is not told it may send (only once the writes resume for good). Kills: the
+    listener's `on_writable` called though the transport paused again."""
+    told = _Told()
+    c = TerminalClient("T1", told, base=BASE)
+    tr = _PausingTransport()
+    tr.protocol = c
+    c.connection_made(tr)  # type: ignore[arg-type]
+    feed(c, {"t": "welcome", "terminal": c.name, "last_acked": 0})
+    c.pause_writing()
+    a = c.submit()
+    tr.fill = True
+    c.resume_writing()
+    assert _msgs(tr) == [(a, False)] and c.paused and told.writable == 0
+    c.resume_writing()
+    assert _msgs(tr) == [(a, False)] and told.writable == 1
