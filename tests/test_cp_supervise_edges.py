@@ -7,12 +7,14 @@ scripts of their own (signal dispositions, fork), with a recording `log` and wat
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from hsb.cp import supervise
+from tests.support.procs import python_lines
 from tests.support.supervised import outs
 
 pytestmark = pytest.mark.timeout(120)
@@ -99,3 +101,58 @@ def test_tls_files_are_kept_for_the_next_worker_only_under_a_master(monkeypatch:
         supervise.keep_tls({"cert": b"x" * supervise.TLS_SLOT})
     assert [e["event"] for e in logs] == ["applied_tls_not_kept"]
     assert supervise.applied_tls() == {"cert": b"C", "key": b"K"}
+
+
+def test_the_waits_begin_at_their_first_values_and_double_to_their_caps() -> None:
+    """The sixth death in a window (the first past RESTARTS_MAX) waits 0.5 s, the next 1 s, up
+    to 30 s; the first failed start waits 0.1 s, the next 0.2 s, up to 5 s."""
+    assert [supervise.crash_loop_delay(k) for k in (1, 2, 3)] == [0.5, 1.0, 2.0]
+    assert supervise.crash_loop_delay(40) == 30.0
+    assert [supervise.failed_delay(k) for k in (1, 2, 3)] == [0.1, 0.2, 0.4]
+    assert supervise.failed_delay(40) == 5.0
+
+
+def test_a_workers_signal_dispositions_before_the_cps_own_handlers() -> None:
+    """A stop (TERM, INT) ends a worker that has no handlers of its own yet (SIG_DFL), SIGUSR2
+    is ignored (its default would kill it), a reload or a wake is noted, and SIGCHLD is the
+    default again, not the master's reaper. Run in a process of its own (signal dispositions)."""
+    out = python_lines(
+        "import json, signal",
+        "from hsb.cp import supervise",
+        "signal.signal(signal.SIGCHLD, lambda *a: None)  # (as the master has it)",
+        "supervise.worker_signals()",
+        "d = {s.name: signal.getsignal(s) for s in (*supervise.PASSED_ON, signal.SIGCHLD)}",
+        "print(json.dumps({k: v.name if isinstance(v, signal.Handlers) else 'noted' for k, v in d.items()}))",
+    )
+    assert json.loads(out) == {
+        "SIGTERM": "SIG_DFL",
+        "SIGINT": "SIG_DFL",
+        "SIGHUP": "noted",
+        "SIGUSR1": "noted",
+        "SIGUSR2": "SIG_IGN",
+        "SIGCHLD": "SIG_DFL",
+    }, out
+
+
+def test_a_workers_end_of_the_pipe_is_moved_to_its_highest_descriptor() -> None:
+    """The pipe's write end goes to the highest descriptor the process may have (the soft limit
+    raised to it), the low one is closed (else the master sees the end only when that one is
+    closed too), and `mark_final` writes its byte there. Run in a process of its own (limits)."""
+    out = python_lines(
+        "import json, os, resource",
+        "from hsb.cp import supervise",
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)",
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))  # (the CP raises it later)",
+        "top = min(hard if hard != resource.RLIM_INFINITY else supervise.HIGH_FD_MAX, supervise.HIGH_FD_MAX)",
+        "r, w = os.pipe()",
+        "supervise._hold_high(w)",
+        "try:",
+        "    os.fstat(w)",
+        "    low_open = True",
+        "except OSError:",
+        "    low_open = False",
+        "supervise.mark_final(75)",
+        "print(json.dumps({'at_top': supervise.END_FD == top - 1, 'soft': resource.getrlimit(resource.RLIMIT_NOFILE)[0] == top,",
+        "                  'low_open': low_open, 'said': os.read(r, 1)[0]}))",
+    )
+    assert json.loads(out) == {"at_top": True, "soft": True, "low_open": False, "said": 75}, out
