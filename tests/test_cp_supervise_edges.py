@@ -8,6 +8,7 @@ scripts of their own (signal dispositions, fork), with a recording `log` and wat
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from structlog.testing import capture_logs
 
 from hsb.cp import supervise
 from tests.support.procs import python_lines
-from tests.support.supervised import outs
+from tests.support.supervised import numbered_work, outs
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -156,3 +157,81 @@ def test_a_workers_end_of_the_pipe_is_moved_to_its_highest_descriptor() -> None:
         "                  'low_open': low_open, 'said': os.read(r, 1)[0]}))",
     )
     assert json.loads(out) == {"at_top": True, "soft": True, "low_open": False, "said": 75}, out
+
+
+def test_a_sigint_before_the_workers_handlers_is_a_stop_with_0() -> None:
+    """SIGINT to the master is a stop, as SIGTERM is: passed on to a worker still starting, it
+    ends it (SIG_DFL), and the master exits 0 without forking another (not a death restarted,
+    nor 128 + SIGINT). Run in a process of its own."""
+    out = python_lines(
+        *RECORDING,
+        "def work(info):",
+        "    os.write(1, f\"OUT worker {info['restarts']}\\n\".encode())",
+        "    if info['restarts'] == 0:",
+        "        os.kill(os.getppid(), signal.SIGINT)",
+        "        deadline = time.monotonic() + 20",
+        "        while time.monotonic() < deadline:  # (ended by the SIGINT passed on)",
+        "            time.sleep(0.01)",
+        "        return 9",
+        "    return 0",
+        "os.write(1, f'OUT master {supervise.supervise(work)}\\n'.encode())",
+    )
+    assert events(out, "worker", "master", "cp_worker_died", "cp_worker_died_stopping") == ["worker 0", "master 0"], out
+
+
+def test_a_fork_that_fails_ends_the_master_with_1() -> None:
+    """A master that cannot fork a worker (memory, the process limit) says so and exits 1, so
+    that systemd starts it again. Run in a process of its own."""
+    out = python_lines(
+        *RECORDING,
+        "import errno",
+        "def fork():",
+        "    raise OSError(errno.EAGAIN, 'Resource temporarily unavailable')",
+        "os.fork = fork",
+        "os.write(1, f'OUT master {supervise.supervise(lambda info: 0)}\\n'.encode())",
+    )
+    assert events(out, "cp_worker_fork_failed", "cp_worker_started", "master") == ["cp_worker_fork_failed {}", "master 1"], out
+
+
+def test_a_worker_that_raises_is_started_again_and_one_that_calls_sys_exit_ends_with_0(tmp_path: Path) -> None:
+    """An exception out of the worker's work is an exit 1 (its traceback on stderr): a start
+    that failed, started again; `sys.exit()` is 0, which ends the master. Run in a process of
+    its own."""
+    out = python_lines(
+        *RECORDING,
+        *numbered_work(tmp_path),
+        "    os.write(1, f'OUT worker {n}\\n'.encode())",
+        "    if n == 0:",
+        "        raise RuntimeError('a bug')",
+        "    if n == 1:",
+        "        sys.exit()",
+        "    return 7",
+        "os.write(1, f'OUT master {supervise.supervise(work)}\\n'.encode())",
+    )
+    assert events(out, "worker", "master", "cp_worker_failed") == [
+        "worker 0",
+        'cp_worker_failed {"delay_s": 0.1, "exit": 1, "failures": 1}',
+        "worker 1",
+        "master 0",
+    ], out
+
+
+def test_a_worker_that_exits_1_after_a_stop_ends_the_master_with_1(tmp_path: Path) -> None:
+    """A worker that exits 1 once the master was told to stop (its start failed as it stopped)
+    is not started again: the master ends with its 1. Run in a process of its own."""
+    out = python_lines(
+        *RECORDING,
+        *numbered_work(tmp_path),
+        "    os.write(1, f'OUT worker {n}\\n'.encode())",
+        "    if n:",
+        "        return 0",
+        "    got = []",
+        "    signal.signal(signal.SIGTERM, lambda *a: got.append(1))",
+        "    os.kill(os.getppid(), signal.SIGTERM)",
+        "    deadline = time.monotonic() + 20",
+        "    while not got and time.monotonic() < deadline:",
+        "        time.sleep(0.01)",
+        "    return 1",
+        "os.write(1, f'OUT master {supervise.supervise(work)}\\n'.encode())",
+    )
+    assert events(out, "worker", "master", "cp_worker_failed") == ["worker 0", "master 1"], out
