@@ -8,6 +8,7 @@ scripts of their own (signal dispositions, fork), with a recording `log` and wat
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -235,3 +236,121 @@ def test_a_worker_that_exits_1_after_a_stop_ends_the_master_with_1(tmp_path: Pat
         "os.write(1, f'OUT master {supervise.supervise(work)}\\n'.encode())",
     )
     assert events(out, "worker", "master", "cp_worker_failed") == ["worker 0", "master 1"], out
+
+
+def test_a_crash_loop_is_counted_against_restarts_max_within_the_window(tmp_path: Path) -> None:
+    """With restarts_max 2, the first two deaths are restarted at once, the third waits 0.5 s
+    and the fourth 1 s; each worker learns how many died before it and which one died last."""
+    out = python_lines(
+        *RECORDING,
+        *numbered_work(tmp_path),
+        "    last = info['last_death']",
+        "    os.write(1, f\"OUT worker {n} {os.getpid()} {last and (last['pid'], last['signal'])}\\n\".encode())",
+        "    if n < 4:",
+        "        os.kill(os.getpid(), signal.SIGKILL)",
+        "    return 0",
+        "os.write(1, f'OUT master {supervise.supervise(work, restarts_max=2)}\\n'.encode())",
+    )
+    got = events(out, "worker", "cp_worker_died", "cp_worker_crash_loop", "master")
+    pids = [int(o.split()[2]) for o in got if o.startswith("worker ")]
+    assert len(pids) == 5, out
+    last = [None, *(f"({p}, 'SIGKILL')" for p in pids[:-1])]
+    assert got == [
+        f"worker 0 {pids[0]} {last[0]}",
+        'cp_worker_died {"restarts": 1, "signal": "SIGKILL"}',
+        f"worker 1 {pids[1]} {last[1]}",
+        'cp_worker_died {"restarts": 2, "signal": "SIGKILL"}',
+        f"worker 2 {pids[2]} {last[2]}",
+        'cp_worker_crash_loop {"deaths": 3, "delay_s": 0.5, "restarts": 3, "signal": "SIGKILL"}',
+        f"worker 3 {pids[3]} {last[3]}",
+        'cp_worker_crash_loop {"deaths": 4, "delay_s": 1.0, "restarts": 4, "signal": "SIGKILL"}',
+        f"worker 4 {pids[4]} {last[4]}",
+        "master 0",
+    ], out
+
+
+def test_deaths_and_failures_older_than_the_window_are_forgotten(tmp_path: Path) -> None:
+    """A death counts toward a crash loop only within `window`, and a failed start's wait grows
+    only while no worker stayed up for a whole `window`: with a window of 0, three deaths with
+    restarts_max 1 are each restarted at once, and three failed starts each wait the first 0.1 s."""
+    out = python_lines(
+        *RECORDING,
+        *numbered_work(tmp_path),
+        "    if n < 3:",
+        "        os.kill(os.getpid(), signal.SIGKILL)",
+        "    return 0 if n == 6 else 1",
+        "os.write(1, f'OUT master {supervise.supervise(work, restarts_max=1, window=0.0)}\\n'.encode())",
+    )
+    assert events(out, "cp_worker_died", "cp_worker_crash_loop", "cp_worker_failed", "master") == [
+        'cp_worker_died {"restarts": 1, "signal": "SIGKILL"}',
+        'cp_worker_died {"restarts": 2, "signal": "SIGKILL"}',
+        'cp_worker_died {"restarts": 3, "signal": "SIGKILL"}',
+        *['cp_worker_failed {"delay_s": 0.1, "exit": 1, "failures": 1}'] * 3,
+        "master 0",
+    ], out
+
+
+def test_the_master_pings_the_watchdog_from_a_death_or_a_failed_start_to_the_next_fork(tmp_path: Path) -> None:
+    """No worker pings systemd's watchdog between a worker's end and the next fork: the master
+    pings at once (a whole interval for what comes next), through a wait, and again as the wait
+    ends, just before the fork. Run in a process of its own."""
+    out = python_lines(
+        *RECORDING,
+        *numbered_work(tmp_path),
+        "    os.write(1, f'OUT worker {n}\\n'.encode())",
+        "    if n < 2:",
+        "        os.kill(os.getpid(), signal.SIGKILL)",
+        "    return 0 if n == 3 else 1",
+        "os.write(1, f'OUT master {supervise.supervise(work, restarts_max=1)}\\n'.encode())",
+    )
+    got = [o for o in events(out, "worker", "tick", "cp_worker_died", "cp_worker_crash_loop", "cp_worker_failed", "master") if o != "tick False"]
+    assert [o.split(" {")[0] for o in got] == [
+        "worker 0",
+        "tick True",  # the death
+        "cp_worker_died",
+        "worker 1",
+        "tick True",  # the death
+        "cp_worker_crash_loop",
+        "tick True",  # the wait's end
+        "worker 2",
+        "tick True",  # the failed start
+        "cp_worker_failed",
+        "tick True",  # the wait's end
+        "worker 3",
+        "master 0",
+    ], out
+
+
+def test_a_stop_ends_a_wait_before_the_next_worker_at_once(tmp_path: Path) -> None:
+    """A SIGTERM that comes while the master waits before the next worker (here 20 s after a
+    failed start) ends the wait within its 0.05 s step: the master exits 0, no worker forked.
+    Run in a process of its own."""
+    out = python_lines(
+        *RECORDING,
+        "supervise.FAIL_DELAY_FIRST_S = supervise.FAIL_DELAY_MAX_S = 20.0",
+        "HOOKS['tick'] = lambda: os.kill(os.getpid(), signal.SIGTERM)  # (the first tick of the wait)",
+        *numbered_work(tmp_path),
+        "    os.write(1, f'OUT worker {n}\\n'.encode())",
+        "    return 1",
+        "began = time.monotonic()",
+        "code = supervise.supervise(work)",
+        "os.write(1, f'OUT master {code} {time.monotonic() - began < 10}\\n'.encode())",
+    )
+    assert events(out, "worker", "master") == ["worker 0", "master 0 True"], out
+
+
+def test_a_reload_sent_twice_while_no_worker_runs_is_one_reload_for_the_next(tmp_path: Path) -> None:
+    """Two SIGHUPs (and a SIGUSR1) that come while no worker runs (the wait after a failed
+    start) are owed to the next worker once each, not reloaded twice. Run in a process of its own."""
+    out = python_lines(
+        *RECORDING,
+        "def owe():",
+        "    for s in (signal.SIGHUP, signal.SIGHUP, signal.SIGUSR1):",
+        "        os.kill(os.getpid(), s)",
+        "HOOKS['cp_worker_failed'] = owe",
+        *numbered_work(tmp_path),
+        "    os.write(1, f'OUT worker {n} {sorted(int(s) for s in supervise.EARLY_SIGNALS)}\\n'.encode())",
+        "    return 1 if n == 0 else 0",
+        "os.write(1, f'OUT master {supervise.supervise(work)}\\n'.encode())",
+    )
+    assert events(out, "worker", "master") == ["worker 0 []", f"worker 1 {sorted([int(signal.SIGHUP), int(signal.SIGUSR1)])}", "master 0"], out
