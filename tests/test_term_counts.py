@@ -16,31 +16,16 @@ from hsb.term.loadstats import LoadStats
 from hsb.term.report import LoadReport
 from hsb.term.stats import LatencyHistogram
 from hsb.term.verdict import ACKED, judge
-from hsb.wire.framing import encode
+from tests.support.termfeed import BASE, connect, feed
 from tests.support.transports import RecordingTransport
 
-BASE = 1000
 pytestmark = pytest.mark.timeout(30)
-
-
-def _feed(c: TerminalClient, *msgs: dict[str, Any]) -> None:
-    c.data_received(b"".join(encode(m) for m in msgs))
-
-
-def _connect(c: TerminalClient, last_acked: int = 0, cp: str | None = None) -> RecordingTransport:
-    tr = RecordingTransport("cp")
-    c.connection_made(tr)  # type: ignore[arg-type]
-    welcome: dict[str, Any] = {"t": "welcome", "terminal": c.name, "last_acked": last_acked}
-    if cp is not None:
-        welcome["cp"] = cp
-    _feed(c, welcome)
-    return tr
 
 
 def _client(**kw: Any) -> tuple[TerminalClient, LoadStats]:
     stats = LoadStats(1)
     c = TerminalClient("T1", stats, base=BASE, check_data=True, **kw)
-    _connect(c)
+    connect(c)
     return c, stats
 
 
@@ -55,7 +40,7 @@ async def test_an_ack_for_a_message_the_terminal_never_wrote_is_unexpected() -> 
     c.pause_writing()
     m = c.submit()
     assert c.sent_upto < m
-    _feed(c, {"t": "ack", "id": m})
+    feed(c, {"t": "ack", "id": m})
     assert c.unexpected_acks == 1 and not c.marks[0] & ACKED
     r = _verdict(c, stats)
     assert not r.ok and r.unexpected_acks == 1, r.failures
@@ -65,7 +50,7 @@ async def test_an_ack_and_a_reply_for_the_runs_first_id_never_sent_are_unexpecte
     """The run's first id is this run's (only ids below it are an earlier run's): sent by no one
     yet, its ack and its reply are unexpected, not an earlier run's to excuse."""
     c, stats = _client()
-    _feed(c, {"t": "ack", "id": BASE}, {"t": "reply", "id": BASE, "data": "x"})
+    feed(c, {"t": "ack", "id": BASE}, {"t": "reply", "id": BASE, "data": "x"})
     assert not c.earlier_run and c.earlier_run_replies == 0
     r = _verdict(c, stats)
     assert not r.ok and r.unexpected_acks == 1 and r.unexpected == 1, r.failures
@@ -76,11 +61,11 @@ async def test_a_reply_the_terminal_held_sent_again_unmarked_after_a_reconnect_i
     one the terminal held at its hello, is a duplicate (in the verdict and the live count)."""
     c, stats = _client()
     a, b = c.submit(), c.submit()
-    _feed(c, {"t": "ack", "id": a}, {"t": "ack", "id": b}, {"t": "reply", "id": b, "data": c.payload(b)})
+    feed(c, {"t": "ack", "id": a}, {"t": "ack", "id": b}, {"t": "reply", "id": b, "data": c.payload(b)})
     c.connection_lost(None)
-    _connect(c, last_acked=b)
+    connect(c, last_acked=b)
     assert b in c.may_resend  # held at the hello, above its last_reply
-    _feed(c, {"t": "reply", "id": b, "data": c.payload(b)}, {"t": "reply", "id": a, "data": c.payload(a)})
+    feed(c, {"t": "reply", "id": b, "data": c.payload(b)}, {"t": "reply", "id": a, "data": c.payload(a)})
     r = _verdict(c, stats)
     assert not r.ok and r.duplicates == 1 and r.resent_ignored == 0 and stats.duplicates == 1, r.failures
 
@@ -92,18 +77,18 @@ async def test_a_reply_kept_above_the_hellos_word_by_a_restarted_cp_is_ignored_o
     the confirm may go with a connection); a second copy on one connection is a duplicate."""
     c, stats = _client()
     c.connection_lost(None)
-    _connect(c, cp="a")
-    _feed(c, {"t": "ack", "id": BASE - 5})  # an earlier run's message: its hellos claim nothing
+    connect(c, cp="a")
+    feed(c, {"t": "ack", "id": BASE - 5})  # an earlier run's message: its hellos claim nothing
     a = c.submit()
-    _feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": c.payload(a)})
+    feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": c.payload(a)})
     for n in (1, 2):
         c.connection_lost(None)
-        tr = _connect(c, last_acked=a, cp="b")  # restarted: it recovered a
+        tr = connect(c, last_acked=a, cp="b")  # restarted: it recovered a
         assert [f["last_reply"] for f in tr.frames() if f["t"] == "hello"] == [0]
-        _feed(c, {"t": "reply", "id": a, "data": c.payload(a), "resent": True})
+        feed(c, {"t": "reply", "id": a, "data": c.payload(a), "resent": True})
         r = _verdict(c, stats)
         assert r.ok and r.resent_ignored == n, (n, r.failures)
-    _feed(c, {"t": "reply", "id": a, "data": c.payload(a), "resent": True})
+    feed(c, {"t": "reply", "id": a, "data": c.payload(a), "resent": True})
     r = _verdict(c, stats)
     assert not r.ok and r.duplicates == 1, r.failures
 
@@ -114,7 +99,7 @@ async def test_the_runs_live_counts_agree_with_its_verdict() -> None:
     the hello without a welcome is no disconnect of a logged-on terminal."""
     c, stats = _client()
     a, b = c.submit(), c.submit()
-    _feed(
+    feed(
         c,
         {"t": "ack", "id": a},
         {"t": "ack", "id": a},

@@ -10,7 +10,7 @@ from typing import Any
 from hsb.term.client import TerminalClient
 from hsb.term.loadstats import LoadStats
 from tests.support.procs import until
-from tests.support.termfeed import BASE, client, feed, verdict
+from tests.support.termfeed import BASE, client, connect, feed, verdict
 from tests.support.transports import RecordingTransport
 
 
@@ -21,13 +21,7 @@ def _confirms(tr: Any) -> list[int]:
 def _reconnect(c: TerminalClient, last_acked: int, cp: str | None = None) -> RecordingTransport:
     """The connection drops; a new one says hello and is welcomed (by CP process `cp`, if named)."""
     c.connection_lost(None)
-    tr = RecordingTransport("cp")
-    c.connection_made(tr)  # type: ignore[arg-type]
-    welcome: dict[str, Any] = {"t": "welcome", "terminal": c.name, "last_acked": last_acked}
-    if cp is not None:
-        welcome["cp"] = cp
-    feed(c, welcome)
-    return tr
+    return connect(c, last_acked, cp)
 
 
 async def test_each_restarted_cp_process_may_resend_a_recovered_reply_once() -> None:

@@ -15,10 +15,14 @@ from tests.support.transports import RecordingTransport
 BASE = 1000
 
 
-def connect(c: TerminalClient, last_acked: int = 0) -> RecordingTransport:
+def connect(c: TerminalClient, last_acked: int = 0, cp: str | None = None) -> RecordingTransport:
+    """A new connection of `c`, welcomed (by CP process `cp`, if named)."""
     tr = RecordingTransport("cp")
     c.connection_made(tr)  # type: ignore[arg-type]
-    feed(c, {"t": "welcome", "terminal": c.name, "last_acked": last_acked})
+    welcome: dict[str, Any] = {"t": "welcome", "terminal": c.name, "last_acked": last_acked}
+    if cp is not None:
+        welcome["cp"] = cp
+    feed(c, welcome)
     return tr
 
 
@@ -39,5 +43,4 @@ def verdict(c: TerminalClient, stats: LoadStats, not_back: list[TerminalClient] 
 
 
 def connect_to(c: TerminalClient, cp: str) -> None:
-    c.connection_made(RecordingTransport("cp"))  # type: ignore[arg-type]
-    feed(c, {"t": "welcome", "terminal": c.name, "last_acked": 0, "cp": cp})
+    connect(c, 0, cp)
