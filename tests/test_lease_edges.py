@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from hsb import faults
 from hsb.bootclock import boot_now
 from hsb.host import ha_lease
 from hsb.host import lease as lease_mod
@@ -122,3 +123,43 @@ def test_a_reset_forgets_the_heartbeats_the_lost_link_carried() -> None:
     lease.reset()
     assert not lease.answered(n)
     assert not lease.valid(now=10.1) and lease.until == 0.0
+
+
+# ---------------------------------------------------------------------- serving and lease_lost
+
+
+async def test_with_self_fencing_disabled_a_run_out_lease_does_not_stop_serving(
+    active: HostServer, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HSB_TEST_DISABLE_SELF_FENCING=1 (tests only): the host ignores every reason to stop
+    serving, its lease's end among them. (Kills `or not faults.SELF_FENCING` dropped.)"""
+    ha = active.ha
+    clock.now = ha.lease.until + 1.0
+    assert not ha.serving and ha.lease_lost  # (self-fencing on: not serving)
+    monkeypatch.setattr(faults, "SELF_FENCING", False)
+    assert ha.serving and not ha.lease_lost
+
+
+async def test_lease_lost_only_for_the_granted_host_whose_lease_ran_out(active: HostServer, clock: Clock) -> None:
+    """LEASE LOST is said by the active whose lease ran out: not while the lease is valid, and
+    not by a host the CP no longer made active. (Kills each of lease_lost's three conditions
+    dropped or its `and` made `or`.)"""
+    ha = active.ha
+    assert ha.serving and not ha.lease_lost
+    assert "LEASE LOST" not in ha.describe()
+    clock.now = ha.lease.until + 0.5
+    assert ha.lease_lost and "LEASE LOST" in ha.describe()
+    ha.granted = False  # (its CP link lost: the CP's word on its role is gone)
+    assert not ha.lease_lost
+
+
+async def test_status_tells_the_lease_left_and_none_without_a_lease(active: HostServer, clock: Clock) -> None:
+    """lease_status: its duration, what is left in ms, and no `remaining_ms` while the host holds
+    no lease at all (its link lost). (Kills the `if self.lease.until` test, the ms scale, the
+    duration.)"""
+    ha = active.ha
+    clock.now = ha.lease.until - 1.5
+    status = ha.lease_status()
+    assert status == {"valid": True, "duration_s": 2.0, "remaining_ms": pytest.approx(1500.0, abs=0.2), "lost_ms_ago": None}
+    ha.lease.reset()
+    assert ha.lease_status()["remaining_ms"] is None and ha.lease_status()["valid"] is False
