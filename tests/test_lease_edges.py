@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from hsb import faults
 from hsb.bootclock import boot_now
@@ -151,6 +152,132 @@ async def test_lease_lost_only_for_the_granted_host_whose_lease_ran_out(active: 
     assert ha.lease_lost and "LEASE LOST" in ha.describe()
     ha.granted = False  # (its CP link lost: the CP's word on its role is gone)
     assert not ha.lease_lost
+
+
+# ---------------------------------------------------------------------- the lease timer
+
+
+async def test_the_lease_timer_is_due_when_the_lease_runs_out(active: HostServer, clock: Clock) -> None:
+    """A renewal arms the timer for what is left of the lease (+1 ms), not for a whole lease and
+    not later: the loss is said at once. (Kills the timer not re-armed at a renewal, its delay
+    being the lease's duration, and +1 ms -> +200 ms.)"""
+    ha = active.ha
+    ha.lease.duration = 10.0  # (a grant that told a longer lease)
+    n = ha.lease.beat(now=clock.now)
+    clock.now += 3.0  # the answer came 3 s after the heartbeat went
+    ha.lease_answered(n)
+    assert ha.lease.remaining() == pytest.approx(7.0)
+    assert _timer_due_in(active) == pytest.approx(7.0, abs=0.05)
+
+
+async def test_a_renewal_replaces_the_pending_lease_timer(active: HostServer, clock: Clock) -> None:
+    """One lease timer at a time: a renewal cancels the one pending, which a close could no
+    longer cancel. (Kills the cancel of the old timer skipped.)"""
+    ha = active.ha
+    first = ha._lease_timer
+    assert first is not None
+    clock.now += 0.5
+    _renew(active, clock.now)
+    assert first.cancelled() and ha._lease_timer is not first and ha._lease_timer is not None
+
+
+async def test_after_a_close_a_renewal_arms_no_lease_timer(active: HostServer, clock: Clock) -> None:
+    """The process is ending: nothing of the state machine runs on, and no lease is said lost
+    while it closes. (Kills `if self.closed: return` dropped.)"""
+    ha = active.ha
+    ha.close()
+    clock.now += 0.5
+    _renew(active, clock.now)
+    assert ha.lease.valid() and ha._lease_timer is None
+
+
+async def test_a_lease_timer_that_fires_early_waits_again_for_the_rest(active: HostServer, clock: Clock) -> None:
+    """The loop's clock is coarser than the lease's: a timer that fires with the lease still
+    valid says nothing and is armed again for what is left. (Kills the re-arm skipped and
+    `if self.lease.valid()` negated.)"""
+    ha = active.ha
+    clock.now = ha.lease.until - 0.25
+    ha._lease_check()
+    assert ha.lease.lapsed_at is None and active.state_changes == []  # type: ignore[attr-defined]
+    assert _timer_due_in(active) == pytest.approx(0.25, abs=0.05)
+
+
+async def test_the_lease_timer_says_at_once_that_the_lease_ran_out(active: HostServer, clock: Clock) -> None:
+    """The timer fires with the lease run out: the loss is noted (status, describe) and said
+    (a lease_lost warning with the wall time it expired, a state change), once; a later firing
+    leaves the time of the loss as it was. (Kills `if not self.lease_lost` negated, lapsed_at not
+    set, the state change skipped, the lapsed_at check dropped, the status's lost_ms_ago sign.)"""
+    import time
+
+    ha = active.ha
+    until = ha.lease.until
+    clock.now = until + 0.25
+    with structlog.testing.capture_logs() as logs:
+        ha._lease_check()
+    lost = [e for e in logs if e["event"] == "lease_lost"]
+    assert len(lost) == 1, logs
+    assert lost[0]["expired_at"] == pytest.approx(time.time() - 0.25, abs=0.1)
+    assert lost[0]["noticed_ms_late"] == pytest.approx(250.0, abs=1.0)
+    assert ha.lease.lapsed_at == clock.now
+    assert len(active.state_changes) == 1 and "LEASE LOST" in active.state_changes[0]  # type: ignore[attr-defined]
+    assert not active.is_serving_active()
+    clock.now += 1.0
+    with structlog.testing.capture_logs() as logs:
+        ha._lease_check()  # (a timer armed again meanwhile, the lease still run out)
+    assert [e for e in logs if e["event"] == "lease_lost"] == []
+    assert ha.lease.lapsed_at == until + 0.25 and len(active.state_changes) == 1  # type: ignore[attr-defined]
+    status = ha.lease_status()
+    assert status["valid"] is False and status["lost_ms_ago"] == pytest.approx(1000.0, abs=1.0)
+
+
+async def test_a_late_answer_that_leaves_the_lease_run_out_is_no_renewal(active: HostServer, clock: Clock) -> None:
+    """The lease ran out; the CP's answer to a heartbeat sent long ago moves the expiry on but
+    not past now: still LEASE LOST, its time of loss kept, nothing said renewed.
+    (Kills `if self.lease.valid(now)` in _lease_renewed -> `if True`.)"""
+    ha = active.ha
+    old = clock.now
+    n = ha.lease.beat(now=old + 0.5)
+    clock.now = ha.lease.until + 0.25
+    ha._lease_check()
+    lapsed_at = ha.lease.lapsed_at
+    assert lapsed_at is not None
+    clock.now += 5.0
+    with structlog.testing.capture_logs() as logs:
+        ha.lease_answered(n)  # until = old + 2.5: later than before, still past
+    assert ha.lease.until == pytest.approx(old + 2.5) and not ha.lease.valid()
+    assert [e for e in logs if e["event"] == "lease_renewed"] == []
+    assert ha.lease.lapsed_at == lapsed_at and ha.lease_lost and not ha.serving
+    assert ha.lease_status()["lost_ms_ago"] is not None
+
+
+async def test_a_renewal_after_a_loss_is_a_state_change(active: HostServer, clock: Clock) -> None:
+    """The lease ran out and is renewed: status and the service manager hear of it (a state
+    change, describe no longer saying LEASE LOST). (Kills the renewal's on_state_change skipped.)"""
+    ha = active.ha
+    clock.now = ha.lease.until + 0.25
+    ha._lease_check()
+    assert len(active.state_changes) == 1  # type: ignore[attr-defined]
+    _renew(active, clock.now)
+    assert ha.serving and ha.lease.lapsed_at is None
+    assert len(active.state_changes) == 2 and "LEASE LOST" not in active.state_changes[1]  # type: ignore[attr-defined]
+    assert ha.lease_status()["lost_ms_ago"] is None
+
+
+async def test_registered_again_after_a_lost_cp_link_the_hook_hears_it_acts_again(active: HostServer, clock: Clock) -> None:
+    """The CP link was lost (the hook was told not_serving), then the host registered again as
+    the active with no lease lost meanwhile: the role-change hook hears it acts as the active
+    again. (Kills the hook_acting of _lease_renewed skipped.)"""
+    ha = active.ha
+    fired: list[tuple[str, str, int, str]] = []
+    active.hook.fire = lambda *a: fired.append(a)  # type: ignore[method-assign]
+    ha.acting_told = True  # (the hook was told at the registration)
+    active._cp_down("test")
+    active.on_state_change()  # (the HA loop's state change for the lost link)
+    assert [f[1] for f in fired] == ["not_serving"], fired
+    ha.register_sent_at = clock.now
+    ha.link_event({"t": "registered", "role": "active", "epoch": 4, "lease": 2.0})
+    assert ha.lease.lapsed_at is None and active.is_serving_active()
+    assert [f[3] for f in fired][1:] == ["acting as the active again"], fired
 
 
 async def test_status_tells_the_lease_left_and_none_without_a_lease(active: HostServer, clock: Clock) -> None:
