@@ -19,7 +19,7 @@ from hsb.host import ha_lease
 from hsb.host import lease as lease_mod
 from hsb.host.lease import Lease
 from hsb.host.server import HostServer
-from tests.test_host_ha_decisions import _unstarted_active
+from tests.support.unstarted import unstarted_active
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -46,7 +46,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 async def active(tmp_path: Path, clock: Clock) -> AsyncIterator[HostServer]:
     """An unstarted HostServer registered as the active with a 2 s lease from the clock's now;
     its on_state_change calls are recorded in `srv.state_changes`."""
-    srv, _ = _unstarted_active(tmp_path)
+    srv, _ = unstarted_active(tmp_path)
     changes: list[str] = []
     real = srv.on_state_change
 
