@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from hsb.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -320,8 +322,6 @@ def test_the_cp_check_says_what_the_start_would_refuse_about_the_journal_directo
     (tmp_path / "s").chmod(0o600)
     (tmp_path / "afile").write_text("not a directory")
     cp = tmp_path / "cp.toml"
-    from hsb.ports import free_port
-
     # the start below exits before it listens; were it to listen, on ports of this test's own
     ports = f'terminal_listen = "127.0.0.1:{free_port()}"\nhost_listen = "127.0.0.1:{free_port()}"\n'
     cp.write_text('[cp]\nsecret_file = "s"\njournal = "afile/cp-journal"\nadmin_listen = "127.0.0.1:0"\n' + ports + '[[terminals]]\nname = "T1"\n')

@@ -7,6 +7,7 @@ each of these was broken."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -207,7 +208,6 @@ async def test_the_lease_timer_says_at_once_that_the_lease_ran_out(active: HostS
     (a lease_lost warning with the wall time it expired, a state change), once; a later firing
     leaves the time of the loss as it was. (Kills `if not self.lease_lost` negated, lapsed_at not
     set, the state change skipped, the lapsed_at check dropped, the status's lost_ms_ago sign.)"""
-    import time
 
     ha = active.ha
     until = ha.lease.until

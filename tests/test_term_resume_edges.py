@@ -233,8 +233,7 @@ async def test_reconnects_back_off_and_start_again_after_a_welcome() -> None:
     for _ in range(3):
         c.connect_failed(ConnectionRefusedError())
     assert conn.delays[0] < 0.075 and conn.delays[3] >= 0.2, conn.delays  # 0.05 * 2**3 * 0.5 at least
-    c.connection_made(RecordingTransport("cp"))  # type: ignore[arg-type]
-    feed(c, {"t": "welcome", "terminal": c.name, "last_acked": 0})
+    connect(c)
     c.connection_lost(None)
     assert conn.delays[4] < 0.075, conn.delays  # the drop, after a welcome
     c.connection_made(RecordingTransport("cp"))  # type: ignore[arg-type]
@@ -280,8 +279,7 @@ async def test_a_failed_connect_explains_only_the_drop_it_followed() -> None:
     c, stats = client()
     c.connection_lost(None)
     c.connect_failed(ConnectionRefusedError())
-    c.connection_made(RecordingTransport("cp"))  # type: ignore[arg-type]
-    feed(c, {"t": "welcome", "terminal": c.name, "last_acked": 0})
+    connect(c)
     assert c.cp_present_drops == 0
     _reconnect(c, 0)
     assert c.cp_present_drops == 1 and c.disconnects == 2
