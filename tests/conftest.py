@@ -33,9 +33,9 @@ os.environ["HSB_AUDIT_COUNTS"] = "1"
 
 
 # The modules whose tests start many processes or terminals (loads of a thousand terminals, the
-# fault campaigns, the network-namespace labs). scripts/test runs the suite on two workers
+# fault campaigns, the network-namespace labs). scripts/test runs the suite on three workers
 # (pytest-xdist, `--dist loadscope`): these all go to one worker, one test at a time and first,
-# so two such loads never share the machine's two cores, while the other worker takes the light
+# so two such loads never share the machine's two cores, while the other workers take the light
 # modules; every other module goes whole to one worker (its module-scoped fixtures, a
 # PostgreSQL server or a sandbox, start once). Their tests are marked `slow`.
 SLOW_MODULES = frozenset(

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from hsb.cp.server import CPServer
+from hsb.host import server as host_server
 from hsb.host.server import HostServer
 from hsb.service.builtin import EchoService
 from tests.support.inproc import hot_standby as established
@@ -147,14 +148,18 @@ async def test_a_stop_whose_handover_meets_the_standby_away_from_the_cp_asks_aga
     await _run(tmp_path, body)
 
 
-async def test_a_stop_whose_standby_never_comes_back_to_the_cp_stops_normally_within_its_budget(tmp_path: Path) -> None:
+async def test_a_stop_whose_standby_never_comes_back_to_the_cp_stops_normally_within_its_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(host_server, "STOP_HANDOVER_S", 4.0)  # (15 s in production)
+
     async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
         core = cp.cp
         refuse_handovers(core)  # every handover: no standby registered at the CP
         t0 = time.monotonic()
         await asyncio.wait_for(a.graceful_stop(), 40)
         took = time.monotonic() - t0
-        assert 5 < took < 30, took  # asked again for most of the handover's 15 s, then a normal stop
+        assert 3 < took < 15, took  # asked again for most of the handover's 4 s, then a normal stop
         assert b.ha.role == "standby" and core.active is None  # a normal stop: nobody was made active by it
         assert a.exit_code == 0
 
@@ -274,16 +279,17 @@ async def test_a_host_fenced_while_its_stop_waits_for_the_handover_exits_as_fenc
     await _run(tmp_path, body)
 
 
-async def test_a_normal_stop_after_a_hand_over_that_did_not_complete_does_not_hand_over_after_all(tmp_path: Path) -> None:
+async def test_a_normal_stop_after_a_hand_over_that_did_not_complete_does_not_hand_over_after_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The stop's hand-over ran out while the switchover still waited for the CP's 'released'; the
     normal stop then sends its own release: its 'released' must not resume that switchover (a
     grant racing the stop's 'stopping')."""
-    import functools
+    monkeypatch.setattr(host_server, "STOP_HANDOVER_S", 0.3)  # (15 s in production)
 
     async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
         core = cp.cp
         real, _link = await held_releasing(cp, a)  # the switchover's release goes unanswered
-        a.hand_over = functools.partial(a.hand_over, timeout=0.3)  # type: ignore[method-assign]  # (15 s)
         a.stop_mode = "takeover"
         stop = asyncio.ensure_future(a.graceful_stop())
         core.host_release = real  # type: ignore[method-assign]  # the stop's own release is answered

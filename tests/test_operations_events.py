@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass, field
+from functools import cache
 from itertools import product
 from pathlib import Path
 
@@ -102,6 +103,7 @@ class Names:
 
     def __init__(self, modules: list[Module]) -> None:
         self.modules = modules
+        self.unparsed: dict[str, str] = {}  # a module's text, unparsed once (it is slow)
         self.parent: dict[ast.AST, ast.AST] = {}
         self.module_of: dict[ast.AST, Module] = {}
         for m in modules:
@@ -109,6 +111,11 @@ class Names:
                 self.module_of[node] = m
                 for child in ast.iter_child_nodes(node):
                     self.parent[child] = node
+
+    def _unparsed(self, m: Module) -> str:
+        if m.dotted not in self.unparsed:
+            self.unparsed[m.dotted] = ast.unparse(m.tree)
+        return self.unparsed[m.dotted]
 
     def around(self, node: ast.AST, kind: type | tuple[type, ...]) -> ast.AST | None:
         while (up := self.parent.get(node)) is not None:
@@ -208,7 +215,7 @@ class Names:
         home = self.module_of[func].dotted
         sets: list[set[str] | None] = []
         for m in self.modules:
-            if m.dotted.rpartition(".")[0] != home.rpartition(".")[0] and home not in ast.unparse(m.tree):
+            if m.dotted.rpartition(".")[0] != home.rpartition(".")[0] and home not in self._unparsed(m):
                 continue
             for call in ast.walk(m.tree):
                 if not (isinstance(call, ast.Call) and callee in (getattr(call.func, "id", None), getattr(call.func, "attr", None))):
@@ -267,6 +274,7 @@ def _loggers(tree: ast.Module) -> set[str]:
     }
 
 
+@cache  # (two tests read it; following the names through hsb/ takes seconds)
 def logged_events() -> Logged:
     """Every event name a log call in hsb/ can log, with its levels. A name written out as a
     call's first argument counts whatever the call (as before the names were followed); a

@@ -64,6 +64,8 @@ HANDOVER_ANSWER_S = 5.0
 # A stop's handover that the CP refused only because no standby was registered there just then is
 # asked again this often (within the handover's 15 s).
 STOP_ASK_AGAIN_S = 0.5
+# A stop's handover, asked again as above, ends within this (then a normal stop follows).
+STOP_HANDOVER_S = 15.0
 # At the close, the service calls cancelled then (a service may finish a section it shields first)
 # are waited for this long at most from the cancel, before the service itself is closed.
 CALLS_END_S = 5.0
@@ -366,15 +368,16 @@ class HostServer:
         self.stop_mode = "takeover" if takeover else "normal"
         self.should_exit.set()
 
-    async def hand_over(self, timeout: float = 15.0, ask: bool = True) -> bool:
+    async def hand_over(self, timeout: float | None = None, ask: bool = True) -> bool:
         """A planned switchover before stopping (`ask`: asked now, else one is under way); True
         once this host is the standby. One that completes takes at most ~12 s (10 s for the replies
         in progress, 2 s for the standby's sessions at the CP), or after a resync under way up to
-        max(5 s, 3 x storage_timeout) more, cut at `timeout`, but never while the handover is at
+        max(5 s, 3 x storage_timeout) more, cut at `timeout` (STOP_HANDOVER_S), but never while the handover is at
         the CP: then its answer is waited for, up to HANDOVER_ANSWER_S from when it went.
         STOP_PEER_WAIT_S before it, 15 + 5 s, and then a normal stop's ~11 s, stay within the
         unit's TimeoutStopSec=60, after which systemd would SIGKILL."""
         ha = self.ha
+        timeout = STOP_HANDOVER_S if timeout is None else timeout
         ended = ha.switchovers_ended
         ha.stop_handing_over = True  # (the switchover ending, the normal stop follows: HA.switchover_over)
         if ask:
@@ -400,17 +403,17 @@ class HostServer:
                 return False
             await asyncio.sleep(0.02)
 
-    async def _hand_over_for_stop(self, under_way: bool, timeout: float = 15.0) -> bool:
+    async def _hand_over_for_stop(self, under_way: bool) -> bool:
         """`hand_over` for a stop, asked again (every STOP_ASK_AGAIN_S) while the CP refuses it
         only because no standby is registered there just then (its CP link blipped) and the peer
         link still shows hot standby, within the handover's `timeout` in all (so within the unit's
         TimeoutStopSec). True once this host is the standby."""
         ha = self.ha
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + STOP_HANDOVER_S
         ha.stop_asks_until = deadline - STOP_ASK_AGAIN_S
         ha.stop_may_ask_again = False
         try:
-            ok = await self.hand_over(ask=not under_way)  # (its own timeout: 15 s)
+            ok = await self.hand_over(ask=not under_way)  # (its own limit: STOP_HANDOVER_S)
             while not ok and ha.stop_may_ask_again and ha.exit is None and not ha.stopping:
                 ha.stop_may_ask_again = False
                 log.info("stop_handover_asked_again", reason=ha.last_error, msg="no standby registered at the CP just then; asked again")
