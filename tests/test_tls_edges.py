@@ -433,6 +433,7 @@ async def test_a_plaintext_client_is_answered_in_plaintext_and_its_tls_timer_can
     timer = p._deadline_handle
     assert timer is not None
     p.data_received(encode({"t": "hello", "terminal": "T00001"}) * 4)
+    await until(lambda: not p._tls_waiting, timeout=5, what="the handshake step's turn")  # (if it was queued)
     assert tr.frames() == [Asking.REFUSAL]
     assert tr.how == "close" and p.closed and p.closed_here
     assert timer.cancelled()
@@ -443,6 +444,7 @@ async def test_a_plaintext_client_of_a_link_with_no_answer_is_dropped_without_a_
     p = Echo(tls=server_ctx(pki))
     tr = connect(p)
     p.data_received(encode({"t": "hello", "terminal": "T00001"}) * 4)
+    await until(lambda: not p._tls_waiting, timeout=5, what="the handshake step's turn")  # (if it was queued)
     assert tr.data == b""
     assert tr.how == "abort" and p.closed and p.closed_here
     assert refusals(logs) == ["not TLS (a plaintext client?)"]
