@@ -176,3 +176,18 @@ def test_a_delivery_with_an_id_the_cp_could_not_have_is_refused_whole(mid: Any) 
     with pytest.raises((TypeError, ValueError)):
         c.on_cp_frame({"t": "deliver_batch", "items": [["T1", 1, "a", False], ["T1", mid, "b", False]]})
     assert handed == []
+
+
+async def test_a_drain_cancelled_as_the_replies_finish_ends_cancelled() -> None:
+    """A stop cancels the HA loop while it waits in drain(), in the same turn as the last reply
+    makes the delivery idle: the cancellation must end the wait. asyncio.wait_for on Python 3.11
+    returned the result instead, the loop went on, and a test's teardown (or a stop that awaits
+    the loop) waited for ever."""
+    d = Delivery(Recording(), lambda m: True, lambda: 1)  # type: ignore[arg-type]
+    d.idle.clear()  # (a message in progress)
+    waiter = asyncio.get_running_loop().create_task(d.drain(5.0))
+    await asyncio.sleep(0)  # (waiting in drain)
+    d.idle.set()
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter

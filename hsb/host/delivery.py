@@ -377,7 +377,8 @@ class Delivery:
     async def drain(self, timeout: float) -> bool:
         """Wait for the messages in progress to be answered; False if the timeout passed."""
         try:
-            await asyncio.wait_for(self.idle.wait(), timeout)
+            async with asyncio.timeout(timeout):  # (not wait_for: it can lose a cancellation, HA.run)
+                await self.idle.wait()
             return True
         except TimeoutError:
             return False

@@ -425,7 +425,8 @@ class SessionsCtl(SessionHooks):
         One the CP kept for us at a planned switchover (standby_kept) is open already."""
         if not self.kept_done.is_set():  # the CP names them right after the grant: this wait is rare
             try:
-                await asyncio.wait_for(self.kept_done.wait(), KEPT_WAIT_S)
+                async with asyncio.timeout(KEPT_WAIT_S):  # (not wait_for: it can lose a cancellation, HA.run)
+                    await self.kept_done.wait()
             except TimeoutError:
                 log.warning("standby_kept_incomplete", kept=len(self.kept), msg="opening every standby session again")
                 self.kept.clear()
@@ -457,7 +458,8 @@ class SessionsCtl(SessionHooks):
         await self.srv.cp.drain()
         if self.pending_standby:
             try:
-                await asyncio.wait_for(self.answered.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self.answered.wait()
             except TimeoutError:
                 log.warning("standby_opens_unanswered", count=len(self.pending_standby))
 

@@ -118,7 +118,8 @@ class TakeoverIO:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
-            await asyncio.wait_for(self.ring_idle.wait(), timeout)
+            async with asyncio.timeout(timeout):  # (not wait_for: it can lose a cancellation, HA.run)
+                await self.ring_idle.wait()
         except TimeoutError:
             return False
         # a write past its deadline may still run on the storage thread (the store no longer

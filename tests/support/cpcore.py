@@ -45,6 +45,7 @@ def fake_host(cp: Any, name: str, role: str | None = None, *, keeps: bool = Fals
     h.deliver_batch_bytes = batch
     h.clear_deadline()
     h.authed = True
+    h.set_idle_timeout(None)  # (as authenticating sets it: else the auth timeout's stays, and closes a link silent that long)
     h.decoder.first_done()  # (authenticated without an auth frame)
     h.name = name
     h.keeps_standby = keeps
