@@ -442,3 +442,35 @@ def test_history_names_the_terminals_the_standby_refused_and_an_older_entry_rend
     assert ops_cmds.run_history(t, True) == 0
     entries = json.loads(capsys.readouterr().out)
     assert "refused_standby" not in entries[0] and entries[1]["refused_standby"] == kept, entries
+
+
+@pytest.mark.parametrize(
+    ("cp_extra", "b_extra", "said"),
+    [
+        ({"journal": {"state": "stalled", "durability": "fsync"}}, {}, "the CP is not serving (state serving, journal stalled)"),
+        ({}, {"standby_view_stale": True}, "host-b's view of the sessions is stale"),
+        ({}, {"registered_at_cp": False}, "host-b is not registered at the CP"),
+        ({}, {"takeover_file": {"responding": False}}, "host-b's takeover storage does not answer"),
+    ],
+    ids=["journal-stalled", "view-stale", "not-registered", "storage-silent"],
+)
+def test_a_switchover_refused_while_both_say_established_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], cp_extra: dict[str, Any], b_extra: dict[str, Any], said: str
+) -> None:
+    """Both hosts say established, the pair is not in hot standby: the refusal said only the two
+    states ("host-a active/established, host-b standby/established") and not what was wrong."""
+    from hsb.ctl import switchover as switchover_mod
+
+    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
+        cp = _cp(epoch=3, active={"name": "host-a"}, standby={"name": "host-b"}, **cp_extra)
+        return summarize(cp, [_host("host-a", "active", 3), _host("host-b", "standby", 3, **b_extra)])
+
+    async def never(*a: Any, **kw: Any) -> dict[str, Any]:
+        raise AssertionError("asked for a switchover the status refuses")
+
+    monkeypatch.setattr(switchover_mod, "status_all", status_all)
+    monkeypatch.setattr(switchover_mod, "ask", never)
+    t = Target(cp="cp:1", cps=["cp:1"], hosts=["host-a:1", "host-b:1"], secret_file=str(write_secret(tmp_path)))
+    assert switchover_mod.run_switchover(t, True, 10.0) == 1
+    err = capsys.readouterr().err
+    assert "no established standby (host-a active/established, host-b standby/established)" in err and said in err, err

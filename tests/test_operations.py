@@ -38,6 +38,8 @@ async def test_planned_switchover_under_load_and_back(sb: Any) -> None:
     async def swap_twice() -> None:
         await wait_status(info, lambda s: s["cp"]["terminals"]["standby_sessions"] == 1000, what="standby sessions")
         for _ in range(2):
+            # (hot standby as hsbctl judges it: a loaded machine showed it not yet, though both said established)
+            await wait_status(info, lambda s: s["established"], what="hot standby")
             r = await loop.run_in_executor(None, ctl, info, "switchover", "--yes")
             results.append(r)
             assert r.returncode == 0, r.stderr
