@@ -277,11 +277,21 @@ def terminal_table_with_attrs_problem(name: str) -> dict[str, Any]:
     return data
 
 
-@pytest.mark.xfail(strict=True, reason="bug: raw_size_keys skips the size check on any table problem, the full check does not")
 def test_the_size_check_beside_an_attrs_problem_is_said_though_host_failed(tmp_path: Path) -> None:
     # the full check says the attrs problem and the records too few, in one line
     (whole,) = host_errors(tmp_path, terminal_table_with_attrs_problem("a"))
     assert "terminals[5].attrs: " in whole and "takeover.records: " in whole
-    # beside a [host] error the records too few go unsaid until host.name is fixed
+    # beside a [host] error the records too few went unsaid until host.name was fixed
     errors = host_errors(tmp_path, terminal_table_with_attrs_problem(""))
     assert errors == ["host.name: String should have at least 1 character", whole], errors
+
+
+def test_a_name_twice_beside_a_host_error_says_what_the_full_check_says(tmp_path: Path) -> None:
+    """A table with a name twice has no size to check: beside a [host] error its line is the
+    full check's, and no size line appears that the full check does not say."""
+    data = host_data(terminals=100, takeover={"records": 4}, name="a")
+    data["terminals"][6]["name"] = data["terminals"][5]["name"]
+    (whole,) = host_errors(tmp_path, data)
+    assert "defined twice" in whole and "takeover.records" not in whole
+    data["host"]["name"] = ""
+    assert host_errors(tmp_path, data) == ["host.name: String should have at least 1 character", whole]

@@ -169,11 +169,13 @@ class HostConfig(Strict):
 
 
 def raw_size_keys(part: Partial) -> tuple[list[str], tuple[int, int, int, str, float] | None]:
-    """Of a config that failed its schema: its terminal table's problems, and when it has none
-    and the takeover keys are valid, what the file's size checks take (records, terminals,
-    record_size, path resolved, storage_timeout); else None."""
+    """Of a config that failed its schema: its terminal table's problems, and when every entry
+    of the table is valid and so are the takeover keys, what the file's size checks take
+    (records, terminals, record_size, path resolved, storage_timeout); else None. A problem of
+    the table's (an entry's attrs too big, say) does not hide the size check: the full check
+    says both too."""
     defs, problems = raw_table_problems(part.data, attrs_problem)
     t = part.values("takeover")
-    if defs is None or problems or not all(k in t for k in ("records", "record_size", "path", "storage_timeout")):
+    if defs is None or not all(k in t for k in ("records", "record_size", "path", "storage_timeout")):
         return problems, None
     return problems, (t["records"], len(defs), t["record_size"], resolve_under(t["path"], part.base), t["storage_timeout"])
