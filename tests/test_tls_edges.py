@@ -381,12 +381,18 @@ def refusals(logs: RecordingLog) -> list[str]:
     return [e["reason"] for e in logs.events("tls_refused")]
 
 
+async def feed(p: FramedProtocol, data: bytes) -> None:
+    """`data` received, and its handshake step run: a step past the turn's TURN_S (a slow
+    machine's) queues the next one for a later turn (hsb.wire.handshakes)."""
+    p.data_received(data)
+    await until(lambda: not p._tls_waiting, timeout=5, what="the handshake step's turn")
+
+
 async def open_tls(p: FramedProtocol, tr: Wire, c: BioClient) -> None:
     """The client's handshake through the connection (each step in its turn, if it was queued)."""
     data = c.step()
     for _ in range(4):
-        p.data_received(data)
-        await until(lambda: not p._tls_waiting, timeout=5, what="the handshake step's turn")
+        await feed(p, data)
         assert p._tls is not None
         if p._tls.done:
             c.step(tr.take())
@@ -432,8 +438,7 @@ async def test_a_plaintext_client_is_answered_in_plaintext_and_its_tls_timer_can
     tr = connect(p)
     timer = p._deadline_handle
     assert timer is not None
-    p.data_received(encode({"t": "hello", "terminal": "T00001"}) * 4)
-    await until(lambda: not p._tls_waiting, timeout=5, what="the handshake step's turn")  # (if it was queued)
+    await feed(p, encode({"t": "hello", "terminal": "T00001"}) * 4)
     assert tr.frames() == [Asking.REFUSAL]
     assert tr.how == "close" and p.closed and p.closed_here
     assert timer.cancelled()
@@ -443,8 +448,7 @@ async def test_a_plaintext_client_is_answered_in_plaintext_and_its_tls_timer_can
 async def test_a_plaintext_client_of_a_link_with_no_answer_is_dropped_without_a_word(pki: Path, logs: RecordingLog) -> None:
     p = Echo(tls=server_ctx(pki))
     tr = connect(p)
-    p.data_received(encode({"t": "hello", "terminal": "T00001"}) * 4)
-    await until(lambda: not p._tls_waiting, timeout=5, what="the handshake step's turn")  # (if it was queued)
+    await feed(p, encode({"t": "hello", "terminal": "T00001"}) * 4)
     assert tr.data == b""
     assert tr.how == "abort" and p.closed and p.closed_here
     assert refusals(logs) == ["not TLS (a plaintext client?)"]
@@ -454,9 +458,8 @@ async def test_a_refused_client_certificate_is_answered_with_an_alert_the_client
     p = Echo(tls=server_ctx(pki, ssl.CERT_REQUIRED))
     tr = connect(p)
     c = BioClient(client_context(pki, "stranger"))
-    for data in (c.step(), None):  # (a step that takes the turn's 2 ms, a slow machine's, queues the next)
-        p.data_received(c.step(tr.take()) if data is None else data)
-        await until(lambda: not p._tls_waiting, timeout=5, what="the handshake step's turn")
+    await feed(p, c.step())
+    await feed(p, c.step(tr.take()))
     assert tr.how == "close" and p.closed_here
     with pytest.raises(ssl.SSLError) as seen:
         c.recv(tr.take())
