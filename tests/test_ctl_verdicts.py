@@ -272,3 +272,70 @@ def test_status_says_unknown_when_render_fails(tmp_path: Path, monkeypatch: pyte
     t = Target(cp="cp:1", cps=["cp:1"], hosts=["host-a:1", "host-b:1"], secret_file=str(tmp_path / "s"))
     assert status_mod.run_status(t, False, False) == 3
     assert capsys.readouterr().out.startswith("hsb: UNKNOWN (a daemon answered a status this hsbctl cannot read")
+
+
+@pytest.mark.parametrize(
+    ("b_extra", "said"),
+    [
+        ({"registered_at_cp": False}, "host-b is not registered at the CP (its CP link is down or refused): it could not take over"),
+        ({"standby_view_stale": True}, "host-b's view of the sessions is stale (the active's takeover ring unwritten or unread)"),
+        ({"takeover_file": {"responding": False}}, "host-b's takeover storage does not answer (a hung or lost mount): it follows no ring"),
+    ],
+    ids=["not-registered", "view-stale", "storage-silent"],
+)
+def test_status_says_why_a_standby_that_says_established_is_not_ready(b_extra: dict[str, Any], said: str) -> None:
+    """The standby says established but could not take over: hsbctl status said SERVING WITHOUT A
+    STANDBY and not why (only hsbctl switchover worked it out, by itself). The status's
+    `not_ready` says it, under the verdict, once."""
+    st = summarize(_cp(active={"name": "host-a"}, standby={"name": "host-b"}), [_host("host-a", "active"), _host("host-b", "standby", **b_extra)])
+    assert st["serving"] and not st["established"] and st["exit_status"] == 1, st
+    assert st["not_ready"] == [said], st["not_ready"]
+    assert headline(st) == ["hsb: SERVING WITHOUT A STANDBY", f"  {said}"]
+
+
+def test_what_the_cp_or_the_active_said_of_the_standby_is_not_said_twice() -> None:
+    """The CP names no standby and the standby says it is not registered; the active cannot write
+    its ring and the standby says its view is stale: one line for each, the CP's and the active's
+    (with their fixes), not the standby's own again."""
+    ring = {"path": "/t", "ring_write_failing": {"error": "EIO", "failing_s": 9.0}}
+    st = summarize(
+        _cp(active={"name": "host-a"}, standby=None),
+        [
+            _host("host-a", "active", standby_view_stale=True, takeover_file=ring),
+            _host("host-b", "standby", registered_at_cp=False, standby_view_stale=True),
+        ],
+    )
+    assert len(st["not_ready"]) == 2, st["not_ready"]
+    assert st["not_ready"][0].startswith("host-a cannot write its takeover ring (EIO) for 9 s"), st["not_ready"]
+    assert st["not_ready"][1].startswith("the CP has no standby registered, though host-b (established)"), st["not_ready"]
+
+
+def test_a_switchover_refused_says_the_roles_changing_and_the_standby_s_own_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both reasons at once, the roles changing and the standby's storage silent: the refusal
+    said only the status's `not_ready` (the storage) and left out that the roles were changing."""
+    st = summarize(
+        _cp(epoch=6, active={"name": "host-a"}, standby={"name": "host-b"}),
+        [_host("host-a", "active", 6), _host("host-b", "standby", 6, takeover_file={"responding": False})],
+    )
+    st["changing"] = "host-b says it is the active at epoch 7"  # (as gather says it after asking again)
+
+    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
+        return st
+
+    async def never(*a: Any, **kw: Any) -> dict[str, Any]:
+        raise AssertionError("asked for a switchover the status refuses")
+
+    monkeypatch.setattr(switchover_mod, "status_all", status_all)
+    monkeypatch.setattr(switchover_mod, "ask", never)
+    secret = tmp_path / "s"
+    secret.write_text("secret\n")
+    secret.chmod(0o600)
+    t = Target(cp="cp:1", cps=["cp:1"], hosts=["host-a:1", "host-b:1"], secret_file=str(secret))
+    assert switchover_mod.run_switchover(t, True, 10.0) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[1:] == [
+        "  the roles are changing: host-b says it is the active at epoch 7",
+        "  host-b's takeover storage does not answer (a hung or lost mount): it follows no ring",
+    ], err

@@ -296,6 +296,20 @@ def _storage_answers(h: dict[str, Any]) -> bool:
     return not isinstance(tf, dict) or tf.get("responding", True) is not False
 
 
+def _standby_unready(h: dict[str, Any], cp_said: bool, ring_said: bool) -> list[str]:
+    """Why a standby that says established could not take over now, from its own answer: cut off
+    from the CP, its view of the sessions stale, its takeover storage silent (but for what the
+    CP's answer, `cp_said`, or the active's, `ring_said`, said of it already)."""
+    out = []
+    if h.get("registered_at_cp") is False and not cp_said:
+        out.append(f"{h['name']} is not registered at the CP (its CP link is down or refused): it could not take over")
+    if h.get("standby_view_stale") and not ring_said:
+        out.append(f"{h['name']}'s view of the sessions is stale (the active's takeover ring unwritten or unread)")
+    if not _storage_answers(h):
+        out.append(f"{h['name']}'s takeover storage does not answer (a hung or lost mount): it follows no ring")
+    return out
+
+
 def _ring_unwritten(h: dict[str, Any]) -> str | None:
     """Why the standby's view of the sessions is stale (the active cannot write its takeover ring:
     a dead disk, a read-only or hung mount), with the fix; None if it is not."""
@@ -473,10 +487,12 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
     # a standby cut off from the CP (registered_at_cp false) could not take over, and one whose
     # takeover storage does not answer (a hung mount) follows no ring: its sessions go stale; so
     # do they while the active cannot write the ring (standby_view_stale, on either host)
-    stale = [why for why in (_ring_unwritten(h) for h in actives) if why]
+    ring_said = [why for why in (_ring_unwritten(h) for h in actives) if why]
+    stale = list(ring_said)
     # the CP names no standby (its answer says so: older CPs do not say): a host that says it is
     # the standby is not the CP's, and could not take over
-    if cp_ok and "standby" in cp and cp["standby"] is None and standbys:
+    cp_said = cp_ok and "standby" in cp and cp["standby"] is None and bool(standbys)
+    if cp_said:
         said = ", ".join(f"{h['name']} ({h.get('state')})" for h in standbys)
         stale.append(
             f"the CP has no standby registered, though {said} says it is the standby: it could not take over;"
@@ -486,6 +502,7 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
     # connection not yet gone, its queued bytes lingering): it could not take over either
     cp_sb = cp.get("standby") if cp_ok else None
     if isinstance(cp_sb, dict) and cp_sb.get("connected") is False and standbys:
+        cp_said = True
         stale.append(
             f"the CP's link to the standby {cp_sb.get('name') or '?'} is down (the CP closed it), though"
             f" {', '.join(h['name'] for h in standbys)} says it is the standby: it could not take over until it registers again;"
@@ -499,6 +516,8 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
         and any(h.get("state") == "established" for h in actives)
         and any(h.get("state") == "established" and h.get("registered_at_cp", True) and _storage_answers(h) for h in standbys)
     )
+    if not established:  # (and the standby's own words, but for what the CP or the active said of it already)
+        stale += [why for h in standbys if h.get("state") == "established" for why in _standby_unready(h, cp_said=cp_said, ring_said=bool(ring_said))]
     # ring lag: what the active wrote minus what the standby has read (same generation)
     for sb in standbys:
         tf = sb.get("takeover_file")

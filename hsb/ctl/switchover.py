@@ -43,13 +43,12 @@ def refused_or_unasked(ans: dict[str, Any], host: dict[str, Any]) -> int | None:
     return None
 
 
-def not_ready_else(st: dict[str, Any]) -> list[str]:
-    """Why the pair is not in hot standby though the hosts may both say established, where the
-    status's own `not_ready` says nothing (it speaks only while the CP serves): the CP not
-    serving (its state, its journal), a standby not registered at the CP, its view of the
-    sessions stale, its takeover storage silent, the roles changing."""
+def not_ready(st: dict[str, Any]) -> list[str]:
+    """Why the pair is not in hot standby though the hosts may both say established: the status's
+    own `not_ready` (every reason, while the CP serves), after what it leaves to its verdict line:
+    the roles changing, the CP not serving (its state, its journal)."""
     if not any(h.get("reachable") and h.get("role") == "standby" and h.get("state") == "established" for h in st["hosts"]):
-        return []  # (the states shown say it)
+        return st.get("not_ready") or []  # (the states shown say the rest)
     cp = st.get("cp") or {}
     out = [f"the roles are changing: {st['changing']}"] if st.get("changing") else []
     if not st.get("serving") and cp.get("reachable"):
@@ -58,17 +57,8 @@ def not_ready_else(st: dict[str, Any]) -> list[str]:
             f"the CP is not serving (state {cp.get('state')}, journal {journal.get('state', 'ok')}): it acknowledges nothing new;"
             " see 'hsbctl status' and the CP's log"
         )
-    for h in st["hosts"]:
-        if not (h.get("reachable") and h.get("role") == "standby"):
-            continue
-        tf = h.get("takeover_file")
-        if h.get("registered_at_cp") is False:
-            out.append(f"{h['name']} is not registered at the CP (its CP link is down or refused): it could not take over")
-        if h.get("standby_view_stale"):
-            out.append(f"{h['name']}'s view of the sessions is stale (the active's takeover ring unwritten or unread)")
-        if isinstance(tf, dict) and tf.get("responding") is False:
-            out.append(f"{h['name']}'s takeover storage does not answer")
-    return out or ["the status did not say why: try again in a moment, or see 'hsbctl status'"]
+    said = [*out, *(st.get("not_ready") or [])]
+    return said or ["the status did not say why: try again in a moment, or see 'hsbctl status'"]
 
 
 async def _switchover(t: Target, yes: bool, timeout: float) -> int:
@@ -92,7 +82,7 @@ async def _switchover(t: Target, yes: bool, timeout: float) -> int:
             f"error: switchover refused: no established standby ({states}); wait for hot standby or use 'hsbctl promote' after a normal stop",
             err=True,
         )
-        for why in st.get("not_ready") or not_ready_else(st):  # both say established, and why it is not ready
+        for why in not_ready(st):  # (both may say established: why it is not ready)
             click.echo(f"  {why}", err=True)
         for u in unknown:
             click.echo(f"  {u['name']} at {u['addr']}: {u['error']}", err=True)
