@@ -293,3 +293,11 @@ def test_no_split_brain_without_exactly_two_actives_at_different_epochs() -> Non
 
 def test_a_role_change_is_asked_again_at_once_then_after_pauses() -> None:
     assert agree.REASK_PAUSES[0] == 0.0 and len(agree.REASK_PAUSES) == 3 and sum(agree.REASK_PAUSES) < 1.0
+
+
+def test_a_memory_only_cps_generation_0_is_said_not_unknown() -> None:
+    """A CP without a journal (durability = "none") is at generation 0: said as such, not '?'."""
+    line = split_brain(cp_says("b", 5), split_hosts(None, None), [machine("cp-1", "a", 0), machine("cp-2", "b", 0)])
+    assert line is not None and "a at epoch 4 (cp-1's active, CP generation 0)" in line, line
+    line = split_brain(cp_says("b", 5), split_hosts(None, None), [machine("cp-1", "a"), machine("cp-2", "b")])
+    assert line is not None and "a at epoch 4 (cp-1's active, CP generation ?)" in line, line
