@@ -130,6 +130,11 @@ def test_a_secret_file_that_cannot_be_used_is_said(tmp_path: Path) -> None:
     assert len(errors) == 1 and "accessible by group or others" in errors[0], errors
 
 
+def test_a_ctl_config_not_there_says_so_and_where_one_comes_from(tmp_path: Path) -> None:
+    cfg = str(tmp_path / "nope.toml")
+    assert problems(cfg) == [f"ctl config {cfg} not found; check the path (hsbctl sandbox up prints one)"]
+
+
 def test_a_ctl_config_nested_too_deeply_is_one_line(tmp_path: Path) -> None:
     cfg = ctl(tmp_path, "x = " + "[" * 5000 + "]" * 5000 + "\n")
     errors = problems(cfg)
