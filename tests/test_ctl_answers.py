@@ -267,6 +267,17 @@ def test_answers_that_still_disagree_are_a_role_change_not_a_verdict(tmp_path: P
     assert 2 <= asked["cp:1"] <= 1 + len(gather_pauses()), asked
 
 
+def test_answers_are_asked_again_three_times_before_a_role_change_is_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hosts' answers catch up with the CP's grant only at the third asking again: the verdict
+    is the agreeing answers' (the new active serving alone, 1), not UNKNOWN from an earlier round."""
+    after = [_host("host-a", "active", 5, serving=False, state="fenced"), _host("host-b", "active", 6, state="serving")]
+    late = {"cp:1": [_GRANTED], "host-a:1": [_BEFORE[0]] * 3 + [after[0]], "host-b:1": [_BEFORE[1]] * 3 + [after[1]]}
+    asked = _rounds(monkeypatch, late)
+    st_ = _status(tmp_path)
+    assert st_["exit_status"] == 1 and not st_["changing"], st_
+    assert asked == {"cp:1": 4, "host-a:1": 4, "host-b:1": 4}, asked
+
+
 def gather_pauses() -> tuple[float, ...]:
     from hsb.ctl.agree import REASK_PAUSES
 

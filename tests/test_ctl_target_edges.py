@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from hsb.ctl import agree
 from hsb.ctl.agree import claims_active, cp_active, disagreement, split_brain, two_actives
 from hsb.ctl.refused import refused_line
 from hsb.ctl.target import Target, TargetError, load_target
@@ -294,10 +293,6 @@ def test_no_split_brain_without_exactly_two_actives_at_different_epochs() -> Non
     )
     three = [*split_hosts(), host("c", "active", 6, cp_generation={"seen": 3})]
     assert split_brain(cp_says("b", 5), three, None) is None
-
-
-def test_a_role_change_is_asked_again_at_once_then_after_pauses() -> None:
-    assert agree.REASK_PAUSES[0] == 0.0 and len(agree.REASK_PAUSES) == 3 and sum(agree.REASK_PAUSES) < 1.0
 
 
 def test_a_memory_only_cps_generation_0_is_said_not_unknown() -> None:
