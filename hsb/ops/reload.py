@@ -19,6 +19,8 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def flatten(model: BaseModel) -> dict[str, Any]:
+    """Every leaf of the config by its full dotted key (`cp.host_timeout`); a list of tables (the
+    terminals, say) is one leaf, compared whole."""
     out: dict[str, Any] = {}
 
     def walk(prefix: str, v: Any) -> None:
@@ -26,7 +28,7 @@ def flatten(model: BaseModel) -> dict[str, Any]:
             for k in type(v).model_fields:
                 walk(f"{prefix}{k}.", getattr(v, k))
         else:
-            out[prefix.rstrip(".")] = v.model_dump() if isinstance(v, BaseModel) else v
+            out[prefix.rstrip(".")] = v
 
     walk("", model)
     return out
