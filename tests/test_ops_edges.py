@@ -539,7 +539,10 @@ async def test_the_listener_answers_each_request_and_closes() -> None:
         assert got.startswith(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json") and got.endswith(b'{"role": "standby"}')
         assert (await exchange(addr, b"GET /boom HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 500 ")
         assert (await exchange(addr, b"GET /health HTTP/1.1\r\n\r\n")).endswith(b"ok\n")  # still serving
-        assert (await exchange(addr, b"POST /health HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 405 ")
+        got = await exchange(addr, b"POST /health HTTP/1.1\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 405 ") and b"\r\nAllow: GET, HEAD\r\n" in got, got  # (RFC 9110: a 405 says what is allowed)
+        got = await exchange(addr, b"HEAD /nothing HTTP/1.1\r\n\r\n")  # (a HEAD's answer has no body, whatever its status)
+        assert got.startswith(b"HTTP/1.1 404 ") and got.endswith(b"\r\n\r\n") and b"Content-Length: 49\r\n" in got, got
         assert (await exchange(addr, b"GET /nothing HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 404 ")
         assert (await exchange(addr, b"GET /health\r\n\r\n")).startswith(b"HTTP/1.1 400 ")
         assert (await exchange(addr, b"GET /health SPDY/3\r\n\r\n")).startswith(b"HTTP/1.1 400 ")

@@ -74,11 +74,12 @@ class _HTTP(asyncio.Protocol):
             return
         method, target = parts[0], parts[1].split(b"?", 1)[0]
         if method not in (b"GET", b"HEAD"):
-            self._respond(405, "text/plain", b"GET only\n")
+            self._respond(405, "text/plain", b"GET only\n", extra="Allow: GET, HEAD\r\n")
             return
         route = self.routes.get(target.decode("latin-1"))
         if route is None:
-            self._respond(404, "text/plain", b"not found; try /health /active /standby /metrics\n")
+            body = b"not found; try /health /active /standby /metrics\n"
+            self._respond(404, "text/plain", b"" if method == b"HEAD" else body, length=len(body))
             return
         try:
             status, ctype, body = route()
@@ -87,7 +88,9 @@ class _HTTP(asyncio.Protocol):
             status, ctype, body = 500, "text/plain", b"internal error\n"
         self._respond(status, ctype, b"" if method == b"HEAD" else body, length=len(body))
 
-    def _respond(self, status: int, ctype: str, body: bytes, length: int | None = None) -> None:
+    def _respond(self, status: int, ctype: str, body: bytes, length: int | None = None, extra: str = "") -> None:
+        """The status line and headers (`extra`: more, each ending in CRLF), then `body`: empty
+        for a HEAD, whose Content-Length (`length`) is still the GET's."""
         if self.done or self.tr is None:
             return
         self.done = True
@@ -95,7 +98,7 @@ class _HTTP(asyncio.Protocol):
             self.timer.cancel()
         head = (
             f"HTTP/1.1 {status} {REASONS.get(status, '')}\r\nContent-Type: {ctype}\r\n"
-            f"Content-Length: {len(body) if length is None else length}\r\nConnection: close\r\n\r\n"
+            f"Content-Length: {len(body) if length is None else length}\r\n{extra}Connection: close\r\n\r\n"
         )
         self.tr.write(head.encode() + body)
         self.tr.close()
