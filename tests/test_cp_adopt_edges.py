@@ -1,7 +1,9 @@
 """The adoption of the active's sessions (hsb.cp.adopt) at its edges, in-process: `resume_window
 = 0` turns it off (the active is not asked, every terminal is asked a session for); `adopt` frames
 of an active demoted meanwhile are not the active's sessions once the grant stands; and what it
-named while an undone grant was made durable is delivered to only after that grant, once."""
+named while an undone grant was made durable is delivered to only after that grant, once; a
+session named again after its terminal's logoff is closed as one; and an adopted session taken
+over by a new link of the active expires at that link, not silently at the old one's."""
 
 from __future__ import annotations
 
@@ -115,3 +117,25 @@ async def test_a_session_named_again_after_its_terminal_logged_off_is_closed_as_
     assert term.active is None, "adopted for a terminal that logged off"
     reasons = [f["reason"] for f in _frames(a, "session_closed") if f["terminal"] == "T00001"]
     assert reasons == ["logoff", "logoff"], reasons
+
+
+async def test_an_adopted_session_taken_over_by_a_new_link_of_the_active_expires_at_that_link(tmp_path: Path) -> None:
+    """The active's link is replaced during the window (it registers again and names the
+    session again): the old link's expiry passes it over (not its session any more), and the new
+    link's closes it at the new link, so the active does not keep it open for good."""
+    cp = cp_core(tmp_path, 2, cp="resume_window = 0.2\n")
+    a = fake_host(cp, "host-a", record=True)
+    a.adopts = True
+    cp.host_register(a, "active", 1)
+    cp.host_adopt(a, [("T00001", {})], last=True)  # its terminal not back
+    a.connection_lost(None)
+    a2 = fake_host(cp, "host-a", record=True)
+    a2.adopts = True
+    cp.host_register(a2, "active", 1)
+    await _until(lambda: cp.active is a2 and cp.announced and a2.adopting, "the new link registered")
+    cp.resume_window = 0.4  # (as a reload sets it: the new link's expiry comes after the old link's)
+    cp.host_adopt(a2, [("T00001", {})], last=True)
+    term = cp.terms["T00001"]
+    assert term.active is not None and term.active.host is a2
+    await _until(lambda: term.active is None, "the expiry at the new link")
+    assert [f["reason"] for f in _frames(a2, "session_closed") if f["terminal"] == "T00001"] == ["disconnect"]
