@@ -7,23 +7,15 @@ over by a new link of the active expires at that link, not silently at the old o
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.cpcore import HeldJournal, cp_core, fake_host, recording_terminal
+from tests.support.inproc import until
 
 pytestmark = pytest.mark.timeout(30)
-
-
-async def _until(pred: Any, what: str, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    while not pred():
-        assert loop.time() - t0 < timeout, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 def _frames(h: Any, t: str) -> list[dict[str, Any]]:
@@ -37,7 +29,7 @@ async def test_with_resume_window_0_an_active_that_can_adopt_is_not_asked_to(tmp
     a.adopts = True
     recording_terminal(cp, "T00001")  # back before the active registered
     cp.host_register(a, "active", 1)
-    await _until(lambda: cp.announced, "the registration")
+    await until(lambda: cp.announced, "the registration")
     assert not a.adopting
     assert [f["adopt"] for f in _frames(a, "registered")] == [False]
     assert [f["terminal"] for f in _frames(a, "session_request")] == ["T00001"]  # asked at once
@@ -60,7 +52,7 @@ async def test_adopt_frames_of_an_active_demoted_by_a_grant_that_stands_adopt_no
     a._handle({"t": "adopt", "epoch": a.epoch, "items": [["T00002", {}]], "last": True})
     assert cp.terms["T00002"].active is None, "a demoting host's session taken for the active's"
     held.release()
-    await _until(lambda: cp.active is b and cp.announced and cp.flipping is None, "the grant to host-b")
+    await until(lambda: cp.active is b and cp.announced and cp.flipping is None, "the grant to host-b")
     assert cp.terms["T00002"].active is None and not a.adopt_gap
     t2 = recording_terminal(cp, "T00002")
     assert [f["terminal"] for f in _frames(b, "session_request")] == ["T00002"]
@@ -88,7 +80,7 @@ async def test_a_message_of_a_terminal_named_while_a_grant_was_pending_goes_afte
     a._handle({"t": "adopt", "epoch": a.epoch, "items": [["T00001", {}]], "last": True})  # kept aside
     b.connection_lost(None)  # the grantee lost before its epoch is durable: host-a gets the role back
     held.release()
-    await _until(lambda: cp.active is a and cp.announced and cp.flipping is None, "the role back at host-a")
+    await until(lambda: cp.active is a and cp.announced and cp.flipping is None, "the role back at host-a")
     assert term.active is not None and term.active.host is a
     a.flush()
     frames = a.transport.frames()
@@ -132,10 +124,10 @@ async def test_an_adopted_session_taken_over_by_a_new_link_of_the_active_expires
     a2 = fake_host(cp, "host-a", record=True)
     a2.adopts = True
     cp.host_register(a2, "active", 1)
-    await _until(lambda: cp.active is a2 and cp.announced and a2.adopting, "the new link registered")
+    await until(lambda: cp.active is a2 and cp.announced and a2.adopting, "the new link registered")
     cp.resume_window = 0.4  # (as a reload sets it: the new link's expiry comes after the old link's)
     cp.host_adopt(a2, [("T00001", {})], last=True)
     term = cp.terms["T00001"]
     assert term.active is not None and term.active.host is a2
-    await _until(lambda: term.active is None, "the expiry at the new link")
+    await until(lambda: term.active is None, "the expiry at the new link")
     assert [f["reason"] for f in _frames(a2, "session_closed") if f["terminal"] == "T00001"] == ["disconnect"]

@@ -15,6 +15,7 @@ import pytest
 from hsb.cp import logons
 from hsb.wire.framing import encode
 from tests.support.cpcore import cp_core, fake_host
+from tests.support.inproc import until
 from tests.support.transports import RecordingTransport
 
 pytestmark = pytest.mark.timeout(30)
@@ -30,21 +31,13 @@ def _hello(cp: Any, name: str) -> Any:
     return p
 
 
-async def _until(pred: Any, what: str, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    while not pred():
-        assert loop.time() - t0 < timeout, f"timed out waiting for {what}"
-        await asyncio.sleep(0.001)
-
-
 async def _logged_on(tmp_path: Path, n: int) -> tuple[Any, Any, list[str], list[Any]]:
     """`n` terminals logged on with active sessions at a recording host-a; a new turn begun."""
     cp = cp_core(tmp_path, n)
     a = fake_host(cp, "host-a", "active", record=True)
     names = sorted(cp.terms)
     protos = [_hello(cp, name) for name in names]
-    await _until(lambda: cp.connected == n, "every logon")
+    await until(lambda: cp.connected == n, "every logon")
     for name in names:
         cp.host_open(a, name, "active", {})
     await asyncio.sleep(0)  # a new turn: the burst counts afresh
@@ -69,7 +62,7 @@ async def test_a_hello_read_in_a_later_turn_waits_behind_the_queued_ones(tmp_pat
     monkeypatch.setattr(logons.Logons, "_run", run)
     cp.logons._slice = None
     run(cp.logons)
-    await _until(lambda: cp.connected == len(names), "every logon")
+    await until(lambda: cp.connected == len(names), "every logon")
     assert all(p.term is not None for p in [*first, late])
 
 
@@ -84,7 +77,7 @@ async def test_a_terminals_only_waiting_connection_is_logged_on_though_its_peer_
     last = protos[-1]
     assert last.reading_paused and cp.logons.newest == {names[-1]: last}
     last.peer_gone = lambda: True  # (its terminal closed it: the kernel says so, unread here)
-    await _until(lambda: not cp.logons.queue, "the queue worked off")
+    await until(lambda: not cp.logons.queue, "the queue worked off")
     assert not last.closed and last.term is cp.terms[names[-1]] and cp.terms[names[-1]].conn is last
     last.flush()
     assert [f["t"] for f in last.transport.frames()][:1] == ["welcome"]
@@ -128,9 +121,9 @@ async def test_a_queued_bye_has_what_its_terminal_sent_after_it_read_in_its_turn
     last, t = protos[-1], cp.terms[names[-1]]
     last.data_received(b"".join(encode(f) for f in ({"t": "msg", "id": 1, "data": "before"}, {"t": "bye"}, {"t": "msg", "id": 2, "data": "after"})))
     assert last.bye_waiting and last.reading_paused and list(t.held) == [1]
-    await _until(lambda: not cp.logons.queue, "the bye taken")
+    await until(lambda: not cp.logons.queue, "the bye taken")
     assert t.leaving and not last.closed  # open until its message is answered
-    await _until(lambda: 2 in t.held, "the message after the bye taken")
+    await until(lambda: 2 in t.held, "the message after the bye taken")
     assert t.bye_upto == 2 and not last.reading_paused
 
 
@@ -142,7 +135,7 @@ async def test_a_queued_hellos_last_reply_is_kept_for_its_turn(tmp_path: Path) -
     names = sorted(cp.terms)
     last = names[-1]
     first = _hello(cp, last)
-    await _until(lambda: first.term is not None, "its first logon")
+    await until(lambda: first.term is not None, "its first logon")
     cp.host_open(h, last, "active", {})
     first.data_received(encode({"t": "msg", "id": 1, "data": "m"}))
     cp.host_reply(h, last, 1, "r1")
@@ -159,7 +152,7 @@ async def test_a_queued_hellos_last_reply_is_kept_for_its_turn(tmp_path: Path) -
     again.connection_made(RecordingTransport(last))
     again.data_received(encode({"t": "hello", "terminal": last, "last_reply": 1}))  # it holds reply 1
     assert again.term is None and cp.logons.queue, "not queued"
-    await _until(lambda: again.term is not None, "its logon in its turn")
+    await until(lambda: again.term is not None, "its logon in its turn")
     again.flush()
     got = again.transport.frames()
     assert [f["t"] for f in got][:1] == ["welcome"]
@@ -185,7 +178,7 @@ async def test_a_queued_logon_refused_by_a_protocol_error_tells_its_terminal_why
 
     monkeypatch.setattr(cp, "terminal_hello", hello)
     protos = [_hello(cp, n) for n in names]
-    await _until(lambda: not cp.logons.queue and protos[-1].closed, "the queue worked off")
+    await until(lambda: not cp.logons.queue and protos[-1].closed, "the queue worked off")
     errors = [f for f in protos[-1].transport.frames() if f["t"] == "error"]
     assert [(f["code"], f["msg"]) for f in errors] == [("bad_fields", "refused in its turn")]
     assert cp.connected == len(names) - 1 and cp.terms[bad].conn is None

@@ -14,18 +14,11 @@ import pytest
 
 from hsb.cp import notices
 from tests.support.cpcore import flip_pair, flipped
+from tests.support.inproc import until
 
 pytestmark = pytest.mark.timeout(30)
 
 ATTRS = {"protocol": "hsb1"}
-
-
-async def _until(pred: Any, what: str, timeout: float = 3.0) -> None:
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    while not pred():
-        assert loop.time() - t0 < timeout, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
 
 
 def _owed(cp: Any, names: list[str]) -> int:
@@ -46,7 +39,7 @@ async def test_without_a_reply_the_notices_start_defer_s_after_the_grant(tmp_pat
     cp, b, names, holder, _ = _failover_with_a_message_waiting(tmp_path)
     await flipped(cp)
     rec = cp.switchovers[-1]
-    await _until(lambda: _owed(cp, names) == 0, "the notices, with no reply from the new active")
+    await until(lambda: _owed(cp, names) == 0, "the notices, with no reply from the new active")
     assert rec["first_reply_ms"] is None and rec["notices_sent_ms"] is not None
     assert rec["notices_sent_ms"] < 1000 * (notices.DEFER_S + 1.0), rec
 
@@ -60,7 +53,7 @@ async def test_with_a_message_waiting_the_notices_wait_for_the_first_reply(tmp_p
     assert _owed(cp, names) == len(names), "the notices did not wait for the service"
     before = {n: conns[n].transport.writes for n in names}
     cp.host_reply(b, holder, 1, b"r")
-    await _until(lambda: _owed(cp, names) == 0, "the notices after the first reply")
+    await until(lambda: _owed(cp, names) == 0, "the notices after the first reply")
     assert all(conns[n].transport.writes > before[n] for n in names if n != holder)
     assert cp.switchovers[-1]["notices_sent_ms"] is not None
 
@@ -76,7 +69,7 @@ async def test_a_first_reply_during_the_flip_starts_the_notices_as_it_ends(tmp_p
     assert cp.flipping is not None
     await flipped(cp)
     assert cp.switchovers[-1]["first_reply_ms"] is not None
-    await _until(lambda: _owed(cp, names) == 0, "the notices after the flip")
+    await until(lambda: _owed(cp, names) == 0, "the notices after the flip")
 
 
 async def test_notices_written_in_slices_reach_every_terminal_and_time_the_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -90,7 +83,7 @@ async def test_notices_written_in_slices_reach_every_terminal_and_time_the_last(
     await flipped(cp)
     before = {n: conns[n].transport.writes for n in names}
     rec = cp.switchovers[-1]
-    await _until(lambda: rec.get("notices_sent_ms") is not None, "the last notice")
+    await until(lambda: rec.get("notices_sent_ms") is not None, "the last notice")
     elapsed_ms = (time.monotonic() - t0) * 1000
     assert _owed(cp, names) == 0, [n for n in names if cp.terms[n].notice is not None]
     assert all(conns[n].transport.writes == before[n] + 1 for n in names), "one notice each"
