@@ -127,6 +127,36 @@ def test_ledger_options_of_the_wrong_kind_are_said_each_with_its_key_in_order(tm
     )
 
 
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ({"dsn": "postgresql://hsb@db/hsb", "sqlite": "l.db"}, "dsn and sqlite are both set: name one database, dsn for PostgreSQL"),
+        ({"sqlite": "l.db", "pool_size": 20}, "pool_size is PostgreSQL's (dsn), without effect with sqlite: remove it"),
+        (
+            {"sqlite": "l.db", "command_timeout": 30.0, "tx_idle_timeout": 2.0},
+            "command_timeout, tx_idle_timeout are PostgreSQL's (dsn), without effect with sqlite: remove them",
+        ),
+        ({"dsn": "postgresql://hsb@db/hsb", "busy_timeout": 9.0}, "busy_timeout is SQLite's (sqlite), without effect with dsn: remove it"),
+    ],
+    ids=["both-databases", "pool-on-sqlite", "timeouts-on-sqlite", "busy-on-postgresql"],
+)
+async def test_a_ledger_option_without_effect_on_its_database_is_refused(tmp_path: Path, options: dict[str, Any], said: str) -> None:
+    """An option of the other database (pool_size with sqlite, busy_timeout with dsn), or both
+    databases named, was taken and silently without effect (with both, the DSN won): the
+    operator's setting did not hold, and nothing said so. Refused at the check, with the fix."""
+    if "sqlite" in options:
+        options = {**options, "sqlite": str(tmp_path / options["sqlite"])}
+    with pytest.raises(ServiceError) as exc:
+        load_service("ledger", "host-a", options)
+    assert str(exc.value).startswith(f"service 'ledger': bad [service_options]: {said}"), exc.value
+    # each database's own options are taken
+    for ok in (
+        {"sqlite": str(tmp_path / "ok.db"), "busy_timeout": 9.0},
+        {"dsn": "postgresql://hsb@db/hsb", "pool_size": 20, "command_timeout": 30.0, "tx_idle_timeout": 2.0},
+    ):
+        await load_service("ledger", "host-a", ok).close()
+
+
 @pytest.mark.parametrize("service", ["echo", "journal", "ledger"])
 def test_the_sandboxs_host_configs_give_each_service_only_options_it_takes(tmp_path: Path, service: str) -> None:
     from hsb.ctl.sandbox_files import write_configs

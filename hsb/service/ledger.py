@@ -248,6 +248,8 @@ def option_problems(options: dict[str, Any]) -> list[str]:
     return out
 
 
+PG_ONLY = ("pool_size", "command_timeout", "tx_idle_timeout")  # options of the PostgreSQL database only
+SQLITE_ONLY = ("busy_timeout",)  # ... and of SQLite's
 MIN_KEEP_HOURS = 1.0  # records kept less than this could be pruned under a message still held
 
 
@@ -259,22 +261,31 @@ class LedgerService:
         host: str,
         dsn: str = "",
         sqlite: str = "",
-        pool_size: int = 10,
-        command_timeout: float = 10.0,
-        tx_idle_timeout: float = 1.0,
+        pool_size: int | None = None,  # (PostgreSQL's, default 10)
+        command_timeout: float | None = None,  # (PostgreSQL's, default 10 s)
+        tx_idle_timeout: float | None = None,  # (PostgreSQL's, default 1 s)
         keep_hours: float = 168.0,
         keep_last: int = 256,
-        busy_timeout: float = 5.0,
+        busy_timeout: float | None = None,  # (SQLite's, default 5 s)
         idempotency: bool = True,
         logon_ms: float = 0,
     ) -> None:
         # every parameter but the host's name is an option (OPTION_KINDS: each of them; a test holds them equal)
-        problems = option_problems({k: v for k, v in locals().items() if k in OPTION_KINDS})
+        given = {k: v for k, v in locals().items() if k in OPTION_KINDS and v is not None}
+        problems = option_problems(given)
         self.host = host
         if problems:  # (a TypeError: the config's error, said by the check with each key)
             raise TypeError("; ".join(problems))
         if not dsn and not sqlite:
             raise TypeError("ledger needs [service_options] dsn = 'postgresql://…' (or sqlite = 'PATH' on one machine)")
+        if dsn and sqlite:  # (the DSN was taken, the file silently not)
+            raise TypeError("dsn and sqlite are both set: name one database, dsn for PostgreSQL (two machines) or sqlite for one machine")
+        other = [k for k in ((*PG_ONLY,) if sqlite else SQLITE_ONLY) if k in given]
+        if other:  # (set, and without effect on this database: a setting the operator thinks holds)
+            theirs, this = ("PostgreSQL's (dsn)", "sqlite") if sqlite else ("SQLite's (sqlite)", "dsn")
+            raise TypeError(
+                f"{', '.join(other)} {'is' if len(other) == 1 else 'are'} {theirs}, without effect with {this}: remove {'it' if len(other) == 1 else 'them'}"
+            )
         if not float(keep_hours) >= MIN_KEEP_HOURS:
             raise TypeError(
                 f"keep_hours must be at least {MIN_KEEP_HOURS:g} (hours an idempotency record is kept; it must outlive the longest"
@@ -285,9 +296,13 @@ class LedgerService:
                 f"keep_last must be at least 1, and at least the CP's held_bound (records each terminal keeps however old), not {keep_last!r}"
             )
         opts: dict[str, Any] = (
-            {"pool_size": pool_size, "command_timeout": command_timeout, "tx_idle_timeout": tx_idle_timeout}
+            {
+                "pool_size": 10 if pool_size is None else pool_size,
+                "command_timeout": 10.0 if command_timeout is None else command_timeout,
+                "tx_idle_timeout": 1.0 if tx_idle_timeout is None else tx_idle_timeout,
+            }
             if dsn
-            else {"busy_timeout": busy_timeout}
+            else {"busy_timeout": 5.0 if busy_timeout is None else busy_timeout}
         )
         self.db: Database = open_database(dsn or None, sqlite or None, **opts)
         self.once = ExactlyOnce(self.db, keep=float(keep_hours) * 3600.0, record=bool(idempotency), keep_last=int(keep_last))
