@@ -1,0 +1,126 @@
+"""Edges of hsbctl's file and operations commands (hsb.ctl.file_cmd, hsb.ctl.ops_cmds), all
+in-process, one test for each thing a mutation audit found no test for. file: a usage error
+exits 2 (a file problem 1), 0 terminals is a number of terminals, a bad record size with
+--terminals is said with its fix, an error of several lines is one line, an OS error by its
+text; the sizes said in binary units; inspect's human form: its header line's parts, --limit 0
+all, the last records of the ring, more than six entries of a record cut, attrs sorted.
+(Their other cases: tests/test_ctl_file.py, tests/test_ctl_ops.py.)"""
+
+from __future__ import annotations
+
+import errno
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.ctl import file_cmd
+from hsb.takeover import SessionEntry, TakeoverWriter, startup_id
+from hsb.takeover.errors import TakeoverError
+from hsb.takeover.inspect import inspect_file
+from tests.support.cli import invoke, one_line_error
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def file(*args: str) -> tuple[int, str, str]:
+    """`hsbctl file …`: (exit code, stdout, stderr)."""
+    return invoke("file", *args)
+
+
+def _ring_of(path: str, groups: list[int]) -> None:
+    """A takeover file for 20 terminals whose ring holds one record per group, of that many entries."""
+    code, _, err = file("create", path, "--records", "40", "--terminals", "20")
+    assert code == 0, err
+    with TakeoverWriter(path, terminals=20, host_name="host-a") as w:
+        w.batch_write(startup_id(datetime(2025, 1, 2, 3, 4, 5)), [SessionEntry("T00", {"z": 1, "a": 2}, True)])
+        for g, n in enumerate(groups):
+            w.append_group([SessionEntry(f"T{g:02d}{i}", {}, True) for i in range(n)])
+
+
+# -- hsbctl file ---------------------------------------------------------------------------------
+
+
+def test_a_usage_error_exits_2_and_a_file_problem_1(tmp_path: Path) -> None:
+    new = str(tmp_path / "tk")
+    one_line_error(*file("create", new, "--records", "ten"), 2, "--records must be a whole number of records, not 'ten'")
+    one_line_error(*file("create", new, "--records", "-1"), 2, "--records must not be negative (-1)")
+    one_line_error(*file("create", new, "--records", "3"), 1, "needs 4")
+
+
+def test_0_terminals_is_a_number_of_terminals_not_a_negative_one(tmp_path: Path) -> None:
+    path = str(tmp_path / "tk")
+    assert file("create", path, "--records", "8", "--record-size", "512", "--terminals", "0")[0] == 0
+    code, out, err = file("inspect", path, "--terminals", "0")
+    assert code == 0 and err == "" and out.startswith(f"takeover file {path}"), (code, err)
+
+
+def test_a_bad_record_size_with_terminals_is_said_with_its_fix(tmp_path: Path) -> None:
+    new = tmp_path / "tk"
+    one_line_error(
+        *file("create", str(new), "--records", "100", "--record-size", "1000", "--terminals", "10"),
+        1,
+        "multiple of 512",
+        "choose e.g. --record-size 4096",
+    )
+    assert not new.exists()
+
+
+def test_an_error_of_several_lines_is_said_in_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def torn(path: str) -> Any:
+        raise TakeoverError("the header is torn:\n    mend it with the active")
+
+    monkeypatch.setattr(file_cmd, "inspect_file", torn)
+    one_line_error(*file("inspect", str(tmp_path / "tk")), 1, "error: the header is torn: mend it with the active")
+
+
+def test_an_os_error_is_said_by_its_text_not_its_errno(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(path: str, *a: Any, **kw: Any) -> Any:
+        raise PermissionError(errno.EACCES, "Permission denied", path)
+
+    monkeypatch.setattr(file_cmd, "create_file", refused)
+    line = one_line_error(*file("create", str(tmp_path / "tk"), "--records", "40"), 1, "Permission denied; check the directory")
+    assert "Errno" not in line and line.startswith(f"error: cannot create {tmp_path / 'tk'}: Permission denied"), line
+
+
+def test_sizes_are_said_in_binary_units(tmp_path: Path) -> None:
+    path = str(tmp_path / "tk")
+    code, out, _ = file("create", path, "--records", "64", "--record-size", "512")
+    assert code == 0 and out.startswith(f"created {path}: 64 records of 512 bytes (32.0 KiB),"), out
+    assert [file_cmd._human_bytes(n) for n in (1023, 1024, 1536 * 1024, 5 * 1024**4)] == ["1023 bytes", "1.0 KiB", "1.5 MiB", "5120.0 GiB"]
+
+
+def test_the_header_line_says_the_attempt_the_writer_or_never_written(tmp_path: Path) -> None:
+    path = str(tmp_path / "tk")
+    _ring_of(path, [1])
+    r = inspect_file(path)
+    header = next(x for x in file_cmd._human(r, 20).splitlines() if x.startswith("  header"))
+    assert header.startswith(f"  header       generation 1 (attempt {r['attempt']}), written ") and header.endswith(" by host-a"), header
+    r.update(attempt=None, written_at=None, writer_host="")
+    header = next(x for x in file_cmd._human(r, 20).splitlines() if x.startswith("  header"))
+    assert header == "  header       generation 1, written never", header
+
+
+def test_inspect_lists_all_with_limit_0_else_the_rings_last_records(tmp_path: Path) -> None:
+    path = str(tmp_path / "tk")
+    _ring_of(path, [1, 2, 3, 4, 5])
+    code, out, _ = file("inspect", path, "--limit", "0")
+    assert code == 0 and "ring records (5 of 5):" in out and "batch entries (1 of 1):" in out, out
+    assert sum(1 for x in out.splitlines() if x.startswith("  seq ")) == 5
+    ring = next(x for x in out.splitlines() if x.startswith("  ring "))
+    assert ring.startswith("  ring         records ") and "..39 (" in ring, ring
+    code, out, _ = file("inspect", path, "--limit", "2")
+    seqs = [x.split()[1] for x in out.splitlines() if x.startswith("  seq ")]
+    assert "ring records (last 2 of 5):" in out and seqs == ["4", "5"], out
+
+
+def test_a_ring_record_of_more_than_six_entries_is_cut_and_attrs_are_sorted(tmp_path: Path) -> None:
+    path = str(tmp_path / "tk")
+    _ring_of(path, [6, 8])
+    code, out, _ = file("inspect", path)
+    assert code == 0
+    six, eight = (x for x in out.splitlines() if x.startswith("  seq "))
+    assert six.endswith(": T000 open, T001 open, T002 open, T003 open, T004 open, T005 open"), six
+    assert eight.endswith(": T010 open, T011 open, T012 open, T013 open, T014 open, T015 open, ... (+2)"), eight
+    assert '  T00  open    {"a": 2, "z": 1}' in out, out
