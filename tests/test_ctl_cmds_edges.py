@@ -9,17 +9,19 @@ all, the last records of the ring, more than six entries of a record cut, attrs 
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hsb.ctl import file_cmd
+from hsb.ctl import file_cmd, ops_cmds
+from hsb.ctl.target import Target
 from hsb.takeover import SessionEntry, TakeoverWriter, startup_id
 from hsb.takeover.errors import TakeoverError
 from hsb.takeover.inspect import inspect_file
-from tests.support.cli import invoke, one_line_error
+from tests.support.cli import invoke, one_line_error, pair_status
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -124,3 +126,97 @@ def test_a_ring_record_of_more_than_six_entries_is_cut_and_attrs_are_sorted(tmp_
     assert six.endswith(": T000 open, T001 open, T002 open, T003 open, T004 open, T005 open"), six
     assert eight.endswith(": T010 open, T011 open, T012 open, T013 open, T014 open, T015 open, ... (+2)"), eight
     assert '  T00  open    {"a": 2, "z": 1}' in out, out
+
+
+# -- hsbctl stop, pause, resume, history -----------------------------------------------------------
+
+A, B = "127.0.0.1:1", "127.0.0.1:2"
+GONE = "connection refused: nothing listens there (is the daemon running?)"
+STOPPING = {"t": "result", "ok": True, "msg": "stopping", "hands_over": False}
+
+
+def _stop(
+    monkeypatch: pytest.MonkeyPatch,
+    secret: Path,
+    capsys: pytest.CaptureFixture[str],
+    host: str | None = None,
+    takeover: bool = True,
+    before: Callable[[dict[str, Any]], None] = lambda st: None,
+    answer: dict[str, Any] = STOPPING,
+    after: Callable[[dict[str, Any], int], bool] = lambda st, n: True,
+) -> tuple[int, str, str, list[tuple[str, dict[str, Any]]]]:
+    """`hsbctl stop` of `host` (None: the active) in a pair in hot standby (pair_status, made
+    over by `before`) whose host asked answers `answer` and is gone at the next poll (the n-th
+    since, made over by `after`, gone unless it says False): (exit status, stdout, stderr, what
+    was asked where)."""
+    asked: list[tuple[str, dict[str, Any]]] = []
+    polls = 0
+
+    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
+        nonlocal polls
+        st = pair_status(A, B)
+        before(st)
+        if asked:
+            polls += 1
+            if after(st, polls):
+                st["hosts"] = [h for h in st["hosts"] if h["addr"] != asked[0][0]]
+                st["unknown"] = [*st["unknown"], {"addr": asked[0][0], "name": "?", "error": GONE}]
+        return st
+
+    async def ask(addr: str, secret: bytes, msg: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        asked.append((addr, msg))
+        return answer
+
+    monkeypatch.setattr(ops_cmds, "status_all", status_all)
+    monkeypatch.setattr(ops_cmds, "ask", ask)
+    code = ops_cmds.run_stop(Target(cp="cp:1", cps=["cp:1"], hosts=[A, B], secret_file=str(secret)), host, takeover, 5.0)
+    out, err = capsys.readouterr()
+    return code, out, err, asked
+
+
+def test_a_stop_of_a_host_nobody_knows_is_1_and_one_that_could_not_be_asked_3(
+    monkeypatch: pytest.MonkeyPatch, secret: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--host naming no host of the pair, every host answering: a usage mistake (1), the hosts
+    named; naming one that could not be asked: not known (3), never asked to stop."""
+    code, out, err, asked = _stop(monkeypatch, secret, capsys, host="host-c")
+    assert (code, out, asked) == (1, "", []) and err == "error: no reachable host named 'host-c' (known: host-a, host-b)\n", (code, err)
+
+    def b_away(st: dict[str, Any]) -> None:
+        st["hosts"][1] = {"reachable": False, "name": "host-b", "addr": B, "error": "no answer within 2 s"}
+        st["unknown"] = [st["hosts"][1]]
+
+    code, out, err, asked = _stop(monkeypatch, secret, capsys, host="host-b", before=b_away)
+    assert code == 3 and asked == [] and "error: no reachable host named 'host-b' (known: host-a)" in err, (code, err, asked)
+
+
+def test_a_stop_without_takeover_asks_for_none(monkeypatch: pytest.MonkeyPatch, secret: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _, asked = _stop(monkeypatch, secret, capsys, takeover=False)
+    assert code == 0 and asked == [(A, {"t": "stop", "takeover": False})], asked
+    assert out.splitlines() == ["stopping", "host-a stopped; no host serves now (start one, or 'hsbctl promote')"], out
+
+
+def test_a_stop_an_older_host_answers_with_an_error_is_that_error(
+    monkeypatch: pytest.MonkeyPatch, secret: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An answer with no ok at all (an error frame: a host too old to know stop) is no stop."""
+    code, out, err, _ = _stop(monkeypatch, secret, capsys, answer={"t": "error", "error": "unknown request 'stop'"})
+    assert (code, out, err) == (1, "", "error: unknown request 'stop'\n"), (code, out, err)
+
+
+def test_a_stopped_host_restarted_at_once_is_still_one_that_stopped(
+    monkeypatch: pytest.MonkeyPatch, secret: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """host-a hands over and is gone at the first poll, then answers again (systemd restarted
+    it, as the standby now) before host-b is seen serving: it did stop; its handover is done
+    once host-b serves, not "did not stop" at the deadline."""
+
+    def back(st: dict[str, Any], n: int) -> bool:
+        if n < 2:
+            return True
+        st["hosts"][0].update(role="standby", serving=False)
+        st["hosts"][1].update(role="active", serving=True)
+        return False
+
+    code, out, err, _ = _stop(monkeypatch, secret, capsys, answer={**STOPPING, "hands_over": True}, after=back)
+    assert code == 0 and out.splitlines() == ["stopping", "host-a stopped; host-b is the active host"], (code, out, err)
