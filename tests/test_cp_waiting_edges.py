@@ -1,0 +1,197 @@
+"""Edges of a CP waiting to take over (hsb.cp.waiting, `takeover = "on_wake"`), all in-process,
+one test for each thing a mutation audit found no test for: keepalived's state file read as
+master however it spells it, and no wake from a file that is missing, says otherwise or is not
+configured; a woken CP takes over at once from a CP whose last beat is old or that never beat,
+defers (said once) while the serving CP beats, and never takes over a beating CP for being
+woken or for waiting long; a SIGUSR1 while the address is elsewhere is spent, not kept for when
+it comes, and a keepalived master without the address is not said at every poll; a SIGUSR1 during a look
+that failed is kept for the next; an address check that cannot be made is said once a minute;
+the wildcard is held on a machine without IPv6.
+(Their other cases: tests/test_cp_waiting.py, tests/test_cp_address.py, tests/test_cp_generations.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from hsb.cp import waiting
+from tests.support.procs import SECRET, cp_config, until
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Journal:
+    """What the waiting CP sees of the address and of the serving CP's heartbeat, set by the test."""
+
+    def __init__(self) -> None:
+        self.held = True  # this machine holds the virtual address
+        self.polls = 0  # the wait's looks at the address
+        self.beat_ns = time.time_ns() - 60 * 10**9  # the serving CP's last beat (0: never); a minute ago
+        self.beating = False  # each look finds a new beat
+        self.failing = 0  # looks at the heartbeat still to fail (ESTALE)
+
+    def holds(self, addr: str, unknown: bool = True) -> bool:
+        self.polls += 1
+        return self.held
+
+    def stamp(self) -> tuple[int, int]:
+        if self.failing:
+            self.failing -= 1
+            raise OSError(errno.ESTALE, "Stale file handle")
+        return 1, time.time_ns() if self.beating else self.beat_ns
+
+
+def waiting_cp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **cp: Any) -> tuple[Any, Journal]:
+    """A CP of `takeover = "on_wake"` (not started) whose journal one other CP served (generation 1)."""
+    from hsb.config import load
+    from hsb.cp import server as srv
+    from hsb.cp.config import CPConfig
+
+    journal = tmp_path / "j"
+    journal.mkdir()
+    cp.setdefault("takeover_stale", 30.0)  # (not the stillness: a test sees the woken decision)
+    s = srv.CPServer(
+        load(cp_config(tmp_path, terminals=2, journal=str(journal), takeover="on_wake", **cp), CPConfig), SECRET, str(tmp_path / "cp.toml")
+    )
+    j = Journal()
+    monkeypatch.setattr(waiting, "holds_address", j.holds)
+    assert s.gens is not None
+    monkeypatch.setattr(s.gens, "stamp", j.stamp)
+    return s, j
+
+
+async def waits_on(s: Any, j: Journal, task: asyncio.Future[str | None], polls: int = 12) -> None:
+    """The wait looked `polls` times more and has not taken over."""
+    seen = j.polls
+    await until(lambda: j.polls >= seen + polls or task.done(), timeout=10)
+    assert not task.done(), task.result()
+
+
+async def ended(s: Any, task: asyncio.Future[str | None]) -> None:
+    s.should_exit.set()
+    assert await asyncio.wait_for(task, 5) is None
+
+
+@pytest.mark.parametrize("said", ["MASTER\n", "VI_1 master\n", "INSTANCE VI_1 MASTER"])
+async def test_a_cp_woken_by_keepalived_takes_over_at_once_from_a_cp_whose_last_beat_is_old(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, said: str
+) -> None:
+    wake = tmp_path / "keepalived.state"
+    wake.write_text(said)
+    s, _ = waiting_cp(tmp_path, monkeypatch, wake_file=str(wake))
+    reason = await asyncio.wait_for(s.wait_for_takeover(), 5)
+    assert reason is not None and reason.startswith("woken holding the address; the CP of generation 1 last beat 6"), reason
+
+
+@pytest.mark.parametrize("said", [None, "BACKUP\n", "MASTER -> BACKUP", "missing"])
+async def test_a_cp_keepalived_did_not_make_master_waits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, said: str | None) -> None:
+    """No wake_file configured, one missing, or one that says another state: not woken, so a
+    serving CP whose last beat is old is not taken over before takeover_stale of stillness."""
+    wake = tmp_path / "keepalived.state"
+    if said not in (None, "missing"):
+        wake.write_text(said)
+    s, j = waiting_cp(tmp_path, monkeypatch, **({} if said is None else {"wake_file": str(wake)}))
+    task = asyncio.ensure_future(s.wait_for_takeover())
+    try:
+        await waits_on(s, j, task)
+    finally:
+        await ended(s, task)
+
+
+async def test_a_woken_cp_takes_over_a_journal_whose_cp_never_beat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s, j = waiting_cp(tmp_path, monkeypatch)
+    j.beat_ns = 0  # (the generation file's mtime unknown: never beaten)
+    s._wake()  # SIGUSR1
+    reason = await asyncio.wait_for(s.wait_for_takeover(), 5)
+    assert reason == "woken holding the address; the CP of generation 1 last beat never", reason
+
+
+async def test_a_cp_woken_while_the_serving_one_beats_defers_said_once_and_waits_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Split brain, not a failover: the woken CP says it defers, once, and waits; waiting longer
+    than takeover_stale is no reason to take over a CP whose beat keeps moving."""
+    wake = tmp_path / "keepalived.state"
+    wake.write_text("MASTER\n")
+    s, j = waiting_cp(tmp_path, monkeypatch, wake_file=str(wake), takeover_stale=0.2)
+    j.beating = True
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.ensure_future(s.wait_for_takeover())
+        try:
+            started = time.monotonic()
+            await waits_on(s, j, task, polls=20)
+            assert time.monotonic() - started > 3 * 0.2
+        finally:
+            await ended(s, task)
+    assert [e["event"] for e in logs].count("cp_wake_deferred") == 1, logs
+
+
+async def test_a_sigusr1_while_the_address_is_elsewhere_is_spent_not_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Woken without the address: said (cp_wake_ignored), once; when the address comes later,
+    that old wake does not make this CP take over (takeover_stale of stillness still applies)."""
+    s, j = waiting_cp(tmp_path, monkeypatch)
+    j.held = False
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.ensure_future(s.wait_for_takeover())
+        try:
+            await waits_on(s, j, task, polls=2)
+            s._wake()
+            await waits_on(s, j, task, polls=5)
+            assert [e["event"] for e in logs].count("cp_wake_ignored") == 1, logs
+            j.held = True
+            await waits_on(s, j, task)
+        finally:
+            await ended(s, task)
+
+
+async def test_a_keepalived_master_without_the_address_is_not_said_at_every_poll(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wake = tmp_path / "keepalived.state"
+    wake.write_text("MASTER\n")
+    s, j = waiting_cp(tmp_path, monkeypatch, wake_file=str(wake))
+    j.held = False
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.ensure_future(s.wait_for_takeover())
+        try:
+            await waits_on(s, j, task)
+        finally:
+            await ended(s, task)
+    assert "cp_wake_ignored" not in [e["event"] for e in logs], logs
+
+
+async def test_a_sigusr1_during_a_look_that_failed_is_kept_for_the_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s, j = waiting_cp(tmp_path, monkeypatch)
+    j.failing = 1  # (ESTALE: the NFS server restarting)
+    s._wake()
+    reason = await asyncio.wait_for(s.wait_for_takeover(), 5)
+    assert reason is not None and reason.startswith("woken holding the address"), reason
+    assert j.failing == 0
+
+
+def test_an_address_check_that_cannot_be_made_is_said_once_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_socket(*_: object, **__: object) -> socket.socket:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(waiting.socket, "socket", no_socket)
+    monkeypatch.setattr(waiting, "_check_failed_at", time.monotonic() - 61.0)
+    with structlog.testing.capture_logs() as logs:
+        assert [waiting.holds_address("10.255.255.9:7000", False) for _ in range(3)] == [False] * 3
+    said = [e for e in logs if e["event"] == "address_check_failed"]
+    assert len(said) == 1 and said[0]["assumed"] == "not held", logs
+
+
+def test_the_wildcard_is_held_on_a_machine_without_ipv6(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = socket.socket
+
+    def no_ipv6(family: int = socket.AF_INET, *a: Any, **kw: Any) -> socket.socket:
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real(family, *a, **kw)
+
+    monkeypatch.setattr(waiting.socket, "socket", no_ipv6)
+    assert waiting.holds_address("[::]:7000") is True
+    assert waiting.holds_address("[fd00::10]:7000") is False
