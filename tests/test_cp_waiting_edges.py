@@ -25,6 +25,7 @@ from hsb.cp import waiting
 from tests.support.procs import SECRET, cp_config, until
 
 pytestmark = pytest.mark.timeout(30)
+REAL_HOLDS = waiting.holds_address
 
 
 class Journal:
@@ -95,7 +96,7 @@ async def test_a_cp_keepalived_did_not_make_master_waits(tmp_path: Path, monkeyp
     """No wake_file configured, one missing, or one that says another state: not woken, so a
     serving CP whose last beat is old is not taken over before takeover_stale of stillness."""
     wake = tmp_path / "keepalived.state"
-    if said not in (None, "missing"):
+    if said is not None and said != "missing":
         wake.write_text(said)
     s, j = waiting_cp(tmp_path, monkeypatch, **({} if said is None else {"wake_file": str(wake)}))
     task = asyncio.ensure_future(s.wait_for_takeover())
@@ -195,3 +196,102 @@ def test_the_wildcard_is_held_on_a_machine_without_ipv6(monkeypatch: pytest.Monk
     monkeypatch.setattr(waiting.socket, "socket", no_ipv6)
     assert waiting.holds_address("[::]:7000") is True
     assert waiting.holds_address("[fd00::10]:7000") is False
+
+
+async def test_a_journal_not_mounted_is_said_once_and_in_status_until_it_is_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shared storage not mounted (the journal directory missing): said once however many
+    looks find it missing, in status (waiting, missing, no generation, no error); once there,
+    taken over."""
+    s, j = waiting_cp(tmp_path, monkeypatch)
+    journal = Path(s.cfg.cp.journal)
+    journal.rmdir()
+    monkeypatch.setattr(s.gens, "stamp", lambda: (0, 0))
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.ensure_future(s.wait_for_takeover())
+        try:
+            await waits_on(s, j, task)
+            st = s.status()
+            assert (st["cp_state"], st["journal_missing"], st["journal_generation"], st["journal_error"]) == ("waiting", True, None, None), st
+            journal.mkdir()
+            assert await asyncio.wait_for(task, 5) == "the address is here and no CP ever served this journal"
+        finally:
+            if not task.done():
+                await ended(s, task)
+    assert [e["event"] for e in logs].count("cp_journal_missing") == 1, logs
+
+
+async def test_a_waiting_cp_that_cannot_check_the_address_does_not_take_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No socket to be had (the open-files limit): whether this machine holds the address is not
+    known, and a waiting CP waits (it would take the journal over where the address is not)."""
+
+    s, j = waiting_cp(tmp_path, monkeypatch)
+    looks = 0
+
+    def no_socket(*_: object, **__: object) -> socket.socket:
+        nonlocal looks
+        looks += 1
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(waiting, "holds_address", REAL_HOLDS)
+    monkeypatch.setattr(waiting.socket, "socket", no_socket)
+    monkeypatch.setattr(s.gens, "stamp", lambda: (0, 0))  # (no CP ever served it: taken over at once where held)
+    task = asyncio.ensure_future(s.wait_for_takeover())
+    try:
+        await until(lambda: looks >= 10 or task.done(), timeout=10)
+        assert not task.done(), task.result()
+    finally:
+        await ended(s, task)
+
+
+async def test_a_journal_unmounted_again_is_said_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s, j = waiting_cp(tmp_path, monkeypatch)
+    journal = Path(s.cfg.cp.journal)
+    journal.rmdir()
+    j.beating = True  # (mounted: another CP serves it)
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.ensure_future(s.wait_for_takeover())
+        try:
+            await waits_on(s, j, task, polls=3)
+            journal.mkdir()
+            await waits_on(s, j, task, polls=3)
+            journal.rmdir()
+            await until(lambda: [e["event"] for e in logs].count("cp_journal_missing") == 2 or task.done(), timeout=5)
+            assert not task.done()
+        finally:
+            await ended(s, task)
+
+
+async def test_a_storage_that_answers_even_with_an_error_is_not_said_unanswered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between two looks at the journal's storage (one answered, one failed with ESTALE), status
+    never says the storage hangs (journal_unanswered_s), and the error is said with its type."""
+    s, j = waiting_cp(tmp_path, monkeypatch)
+    j.held = False
+    monkeypatch.setattr(waiting, "STORAGE_POLL", 0.3)
+    monkeypatch.setattr(waiting, "STORAGE_STUCK", 0.05)
+    assert s.gens is not None
+    real = s.gens.current
+    looks, failing = 0, False
+
+    def current(names: Any = None) -> int:
+        nonlocal looks
+        looks += 1
+        if failing:
+            raise OSError(errno.ESTALE, "Stale file handle")
+        return real(names)
+
+    monkeypatch.setattr(s.gens, "current", current)
+    unanswered: list[float] = []
+
+    def sample(until_looks: int) -> bool:
+        unanswered.extend(t for t in [s.status()["journal_unanswered_s"]] if t is not None)
+        return looks >= until_looks
+
+    task = asyncio.ensure_future(s.wait_for_takeover())
+    try:
+        await until(lambda: sample(3), timeout=10)
+        failing, target = True, looks + 3
+        await until(lambda: sample(target), timeout=10)
+        assert s.status()["journal_error"] == f"OSError: {OSError(errno.ESTALE, 'Stale file handle')}"
+        assert unanswered == [], unanswered
+    finally:
+        await ended(s, task)

@@ -220,3 +220,9 @@ def test_a_stopped_host_restarted_at_once_is_still_one_that_stopped(
 
     code, out, err, _ = _stop(monkeypatch, secret, capsys, answer={**STOPPING, "hands_over": True}, after=back)
     assert code == 0 and out.splitlines() == ["stopping", "host-a stopped; host-b is the active host"], (code, out, err)
+
+
+def test_a_promote_from_no_active_says_a_dash_not_none() -> None:
+    """A promote with no active before it (the pair was down): its row says "- -> host-b"."""
+    _, row = ops_cmds.history_lines([{"kind": "promote", "at": 1_700_000_000.0, "epoch": 2, "from": None, "to": "host-b", "reason": "operator"}])
+    assert row.split()[2:] == ["promote", "2", "-", "->", "host-b", "-", "-", "operator"], row
