@@ -37,6 +37,8 @@ class Journal:
         self.beat_ns = time.time_ns() - 60 * 10**9  # the serving CP's last beat (0: never); a minute ago
         self.beating = False  # each look finds a new beat
         self.failing = 0  # looks at the heartbeat still to fail (ESTALE)
+        self.failed = False  # one failed
+        self.recovered_at: float | None = None  # the first look that answered after one failed (monotonic)
 
     def holds(self, addr: str, unknown: bool = True) -> bool:
         self.polls += 1
@@ -45,7 +47,10 @@ class Journal:
     def stamp(self) -> tuple[int, int]:
         if self.failing:
             self.failing -= 1
+            self.failed = True
             raise OSError(errno.ESTALE, "Stale file handle")
+        if self.failed and self.recovered_at is None:
+            self.recovered_at = time.monotonic()
         return 1, time.time_ns() if self.beating else self.beat_ns
 
 
@@ -293,5 +298,83 @@ async def test_a_storage_that_answers_even_with_an_error_is_not_said_unanswered(
         await until(lambda: sample(target), timeout=10)
         assert s.status()["journal_error"] == f"OSError: {OSError(errno.ESTALE, 'Stale file handle')}"
         assert unanswered == [], unanswered
+    finally:
+        await ended(s, task)
+
+
+async def test_a_sighup_while_waiting_reloads_the_certificates_and_checks_the_config_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s, j = waiting_cp(tmp_path, monkeypatch)
+    j.held = False
+    reloads: list[Any] = []
+    monkeypatch.setattr(waiting, "reload_tls", reloads.append)
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.ensure_future(s.wait_for_takeover())
+        try:
+            await waits_on(s, j, task, polls=2)
+            s._sighup()
+            await until(lambda: "config_checked" in [e["event"] for e in logs], timeout=5)
+            await waits_on(s, j, task)  # (the chores' turns go on meanwhile)
+        finally:
+            await ended(s, task)
+    assert [e["event"] for e in logs].count("config_checked") == 1 and reloads == [s.tls], (logs, reloads)
+
+
+async def test_a_heartbeat_not_looked_at_is_not_a_heartbeat_seen_still(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Looks that failed (ESTALE, for longer than takeover_stale) say nothing of the serving CP's
+    heartbeat: once the storage answers, the beat must stand still takeover_stale more before
+    this CP takes over, not at once."""
+    s, j = waiting_cp(tmp_path, monkeypatch, takeover_stale=0.6)
+    task = asyncio.ensure_future(s.wait_for_takeover())
+    try:
+        await waits_on(s, j, task, polls=2)
+        j.failing = 5  # (backing off: 0.05 + 0.1 + 0.2 + 0.4 + 0.5 s)
+        reason = await asyncio.wait_for(task, 10)
+        took_over = time.monotonic()
+    finally:
+        if not task.done():
+            await ended(s, task)
+    assert reason == "the address is here and the CP of generation 1 has not beaten for 0.6 s", reason
+    assert j.recovered_at is not None and took_over - j.recovered_at >= 0.5, (j.recovered_at, took_over)
+
+
+async def test_a_heartbeat_still_while_the_address_was_elsewhere_counts_from_its_return(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The address went away (keepalived moved it) and came back: the stillness of the serving
+    CP's heartbeat is counted from its return, not from before it went."""
+    s, j = waiting_cp(tmp_path, monkeypatch, takeover_stale=0.6)
+    task = asyncio.ensure_future(s.wait_for_takeover())
+    try:
+        await waits_on(s, j, task, polls=2)
+        j.held = False
+        await waits_on(s, j, task, polls=16)  # (0.8 s, past takeover_stale)
+        j.held, returned = True, time.monotonic()
+        reason = await asyncio.wait_for(task, 10)
+        took_over = time.monotonic()
+    finally:
+        if not task.done():
+            await ended(s, task)
+    assert reason == "the address is here and the CP of generation 1 has not beaten for 0.6 s", reason
+    assert took_over - returned >= 0.5, took_over - returned
+
+
+async def test_a_heartbeat_still_for_takeover_stale_is_taken_over_then_not_later(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s, _ = waiting_cp(tmp_path, monkeypatch, takeover_stale=1.0)
+    started = time.monotonic()
+    reason = await asyncio.wait_for(s.wait_for_takeover(), 10)
+    took = time.monotonic() - started
+    assert reason == "the address is here and the CP of generation 1 has not beaten for 1 s", reason
+    assert 1.0 <= took < 1.8, took  # (a look every 50 ms)
+
+
+async def test_a_sigusr1_makes_one_look_at_once_not_a_busy_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Woken while the serving CP beats (deferred): the wait goes on looking every 50 ms."""
+    s, j = waiting_cp(tmp_path, monkeypatch)
+    j.beating = True
+    task = asyncio.ensure_future(s.wait_for_takeover())
+    try:
+        await waits_on(s, j, task, polls=2)
+        s._wake()
+        started = time.monotonic()
+        await waits_on(s, j, task, polls=10)
+        assert time.monotonic() - started >= 0.35, time.monotonic() - started
     finally:
         await ended(s, task)
