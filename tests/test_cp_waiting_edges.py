@@ -378,3 +378,43 @@ async def test_a_sigusr1_makes_one_look_at_once_not_a_busy_wait(tmp_path: Path, 
         assert time.monotonic() - started >= 0.35, time.monotonic() - started
     finally:
         await ended(s, task)
+
+
+@pytest.mark.parametrize(("key", "errno_", "lost"), [("cp.host_listen", errno.EADDRNOTAVAIL, True), ("cp.terminal_listen", errno.EADDRINUSE, False)])
+async def test_a_takeovers_bind_failing_is_the_address_lost_only_for_its_listeners_and_eaddrnotavail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str, errno_: int, lost: bool
+) -> None:
+    """The host listener on the virtual address refused with EADDRNOTAVAIL: the address left (a
+    release, exit 0); the port taken (EADDRINUSE) is another hsbcpd's, an error (73)."""
+    from hsb.ops.listen import ListenError
+
+    s, _ = waiting_cp(tmp_path, monkeypatch, terminal_listen="192.0.2.1:7000", host_listen="192.0.2.1:7001")
+    exc = ListenError(key, "192.0.2.1:7001" if key == "cp.host_listen" else "192.0.2.1:7000", OSError(errno_, "refused"))
+    assert await s._address_lost(exc) is lost
+
+
+async def test_a_config_checked_while_waiting_says_what_needs_a_restart_and_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGHUP while waiting: a host_timeout the running host_lease does not allow waits for a
+    restart (said so, config_reload_incomplete); a terminal added applies once serving, nothing
+    said of a restart; either way, the config checked is kept for a worker forked again."""
+    from types import SimpleNamespace
+
+    from hsb.cp import supervise
+
+    s, _ = waiting_cp(tmp_path, monkeypatch, host_timeout=0.5)
+    kept: list[Any] = []
+    monkeypatch.setattr(supervise, "APPLIED", SimpleNamespace(store=kept.append))
+    path = Path(s.config_path)
+    text = path.read_text()
+    lease = (("host_timeout = 0.5", "host_timeout = 0.4\nhost_lease = 0.05"), ["cp.host_timeout", "cp.host_lease"])
+    for change, restart in [lease, (("count = 2", "count = 3"), [])]:
+        path.write_text(text.replace(*change))
+        with structlog.testing.capture_logs() as logs:
+            await s._check_config()
+        applies = next(e for e in logs if e["event"] == "config_checked")["applies_when_serving"]
+        incomplete = [e["msg"] for e in logs if e["event"] == "config_reload_incomplete"]
+        if restart:
+            assert "cp.host_timeout" not in applies and len(incomplete) == 1 and all(k in incomplete[0] for k in restart), (applies, incomplete)
+        else:
+            assert "terminal_groups" in applies and incomplete == [], (applies, incomplete)
+        assert kept[-1].cp.host_timeout == (0.4 if restart else 0.5) and kept[-1].terminal_groups[0].count == (2 if restart else 3), kept
