@@ -362,7 +362,7 @@ async def test_a_heartbeat_still_for_takeover_stale_is_taken_over_then_not_later
     reason = await asyncio.wait_for(s.wait_for_takeover(), 10)
     took = time.monotonic() - started
     assert reason == "the address is here and the CP of generation 1 has not beaten for 1 s", reason
-    assert 1.0 <= took < 1.8, took  # (a look every 50 ms)
+    assert 1.0 <= took < 2.0, took  # (a look every 50 ms; twice takeover_stale would be 2 s at least)
 
 
 async def test_a_sigusr1_makes_one_look_at_once_not_a_busy_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
