@@ -280,7 +280,7 @@ class LedgerService:
             raise TypeError("ledger needs [service_options] dsn = 'postgresql://…' (or sqlite = 'PATH' on one machine)")
         if dsn and sqlite:  # (the DSN was taken, the file silently not)
             raise TypeError("dsn and sqlite are both set: name one database, dsn for PostgreSQL (two machines) or sqlite for one machine")
-        other = [k for k in ((*PG_ONLY,) if sqlite else SQLITE_ONLY) if k in given]
+        other = [k for k in (PG_ONLY if sqlite else SQLITE_ONLY) if k in given]
         if other:  # (set, and without effect on this database: a setting the operator thinks holds)
             theirs, this = ("PostgreSQL's (dsn)", "sqlite") if sqlite else ("SQLite's (sqlite)", "dsn")
             raise TypeError(
