@@ -25,6 +25,7 @@ from hsb.cp.journal.generation import Generations
 from hsb.fsutil import LASTING
 from hsb.ops.listen import ListenError
 from hsb.ops.notify import Watchdog, notify
+from hsb.waits import event_within
 from hsb.wire.tls import TLS, reload_tls
 
 log = structlog.get_logger("hsb.cp")
@@ -149,11 +150,7 @@ class Waiting:
             if view is not None:
                 self._storage_answered()
                 self.storage, self.storage_asked = view, None
-            try:
-                async with asyncio.timeout(STORAGE_POLL):
-                    await self.should_exit.wait()
-            except TimeoutError:
-                pass
+            await event_within(self.should_exit, STORAGE_POLL)
 
     def _storage_failed(self, exc: OSError) -> None:
         """A look at the journal's storage failed: said once, and in status and /health (503)
@@ -314,11 +311,7 @@ class Waiting:
             else:
                 stamp = None
             self.woken.clear()
-            try:
-                async with asyncio.timeout(doubling(WAIT_POLL, STORAGE_POLL, failed)):  # (not wait_for: on 3.11 it can lose a cancellation)
-                    await self.woken.wait()
-            except TimeoutError:
-                pass
+            await event_within(self.woken, doubling(WAIT_POLL, STORAGE_POLL, failed))
         return None
 
     async def _address_lost(self, exc: ListenError) -> bool:

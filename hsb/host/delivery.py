@@ -38,6 +38,7 @@ import structlog
 from hsb import faults
 from hsb.backoff import Backoff
 from hsb.service.api import COLLISION_WAIT, MAX_COLLISIONS, SERVING_EPOCH, RetryTransaction, Service, ServiceUnavailable
+from hsb.waits import event_within
 from hsb.wire.framing import data_size
 
 log = structlog.get_logger("hsb.host")
@@ -376,12 +377,7 @@ class Delivery:
 
     async def drain(self, timeout: float) -> bool:
         """Wait for the messages in progress to be answered; False if the timeout passed."""
-        try:
-            async with asyncio.timeout(timeout):  # (not wait_for: it can lose a cancellation, HA.run)
-                await self.idle.wait()
-            return True
-        except TimeoutError:
-            return False
+        return await event_within(self.idle, timeout)
 
     async def calls_ended(self, timeout: float) -> bool:
         """Wait up to `timeout` for the service calls still running to end: those `cancel()`

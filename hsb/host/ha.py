@@ -51,6 +51,7 @@ from hsb.host.states import (
     WAITING,
 )
 from hsb.ops.notify import Watchdog
+from hsb.waits import event_within
 
 if TYPE_CHECKING:
     from hsb.host.server import HostServer
@@ -303,13 +304,7 @@ class HA(CPSide, LeaseSide, SwitchSide, HotStandbySide, HAView):
             # (until the next ping is due, counted from the last one: an event just before it would
             # otherwise put a whole WatchdogSec between two pings)
             timeout = self._idle_wait(None if watchdog.every is None else max(0.0, watchdog.last + watchdog.every - now))
-            try:
-                # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
-                # comes as the event is set, and this loop then never ends (a stop that hangs)
-                async with asyncio.timeout(timeout):
-                    await self.wake.wait()
-            except TimeoutError:
-                pass
+            await event_within(self.wake, timeout)  # (hsb.waits: a stop's cancellation is never lost)
             self.wake.clear()
             try:
                 sentence = await self._cycle_pinged(watchdog)

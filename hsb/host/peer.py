@@ -28,6 +28,7 @@ from hsb.backoff import Backoff
 from hsb.config import parse_addr
 from hsb.ops.listen import listening
 from hsb.ops.refusals import RefusalLog, not_hsb, refusal_hint, tls_plaintext_hint
+from hsb.waits import event_within
 from hsb.wire.authlink import AuthServerProtocol
 from hsb.wire.client import FrameStream, LinkClosed, NoChallenge
 from hsb.wire.conn import require
@@ -282,12 +283,8 @@ class PeerLink:
                 elif isinstance(exc, socket.gaierror):  # (a name not known: else retried in silence)
                     unresolved.seen(f"cannot resolve {h!r}: {exc.strerror}")
                 self.wake_connect.clear()
-                try:  # the peer connecting to us means it is up: try at once (asyncio.timeout, not
-                    # wait_for: on 3.11 wait_for can lose a cancellation, and this loop would not end)
-                    async with asyncio.timeout(backoff.next() if not refused else 5.0):
-                        await self.wake_connect.wait()
-                except TimeoutError:
-                    pass
+                # the peer connecting to us means it is up: try at once
+                await event_within(self.wake_connect, backoff.next() if not refused else 5.0)
                 continue
             backoff.reset()
             refusals.clear()

@@ -20,6 +20,7 @@ from hsb.host.open_failures import OpenFailures
 from hsb.host.session_hooks import SessionHooks
 from hsb.host.sessions import ACTIVE, CLOSED, STANDBY, TerminalState
 from hsb.terminals import name_problem
+from hsb.waits import event_within
 from hsb.wire.framing import encode
 
 if TYPE_CHECKING:
@@ -424,10 +425,7 @@ class SessionsCtl(SessionHooks):
         """Open a standby session for each session open on the active [0077]; close the rest.
         One the CP kept for us at a planned switchover (standby_kept) is open already."""
         if not self.kept_done.is_set():  # the CP names them right after the grant: this wait is rare
-            try:
-                async with asyncio.timeout(KEPT_WAIT_S):  # (not wait_for: it can lose a cancellation, HA.run)
-                    await self.kept_done.wait()
-            except TimeoutError:
+            if not await event_within(self.kept_done, KEPT_WAIT_S):
                 log.warning("standby_kept_incomplete", kept=len(self.kept), msg="opening every standby session again")
                 self.kept.clear()
                 self.kept_done.set()
@@ -456,12 +454,8 @@ class SessionsCtl(SessionHooks):
                 await asyncio.sleep(0)
         self._send_open_batch(batch)
         await self.srv.cp.drain()
-        if self.pending_standby:
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.answered.wait()
-            except TimeoutError:
-                log.warning("standby_opens_unanswered", count=len(self.pending_standby))
+        if self.pending_standby and not await event_within(self.answered, timeout):
+            log.warning("standby_opens_unanswered", count=len(self.pending_standby))
 
     def apply_ring(self, entries: list[Any]) -> None:
         """S228: an open entry (re)opens the standby session, a close entry closes it."""

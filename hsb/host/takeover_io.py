@@ -22,6 +22,7 @@ from hsb.takeover.layout import batch_records_for, entries_per_record
 from hsb.takeover.reader import PollStatus
 from hsb.takeover.records import SessionEntry, encode_entry
 from hsb.takeover.store import TakeoverStore
+from hsb.waits import event_within
 
 log = structlog.get_logger("hsb.host")
 
@@ -117,10 +118,7 @@ class TakeoverIO:
         record for "nothing new" until the ring came round again, every change in between unseen."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        try:
-            async with asyncio.timeout(timeout):  # (not wait_for: it can lose a cancellation, HA.run)
-                await self.ring_idle.wait()
-        except TimeoutError:
+        if not await event_within(self.ring_idle, timeout):
             return False
         # a write past its deadline may still run on the storage thread (the store no longer
         # waits for it, but it can still land): that one too
