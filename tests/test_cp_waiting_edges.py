@@ -12,9 +12,11 @@ the wildcard is held on a machine without IPv6.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import socket
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,18 @@ async def ended(s: Any, task: asyncio.Future[str | None]) -> None:
     assert await asyncio.wait_for(task, 5) is None
 
 
+@contextlib.asynccontextmanager
+async def takeover_wait(s: Any, may_end: bool = False) -> AsyncIterator[asyncio.Future[str | None]]:
+    """The CP's wait for a takeover, running; ended by a stop after the body (`ended`), but for
+    one the body saw end (`may_end`: a takeover it waited for)."""
+    task = asyncio.ensure_future(s.wait_for_takeover())
+    try:
+        yield task
+    finally:
+        if not (may_end and task.done()):
+            await ended(s, task)
+
+
 @pytest.mark.parametrize("said", ["MASTER\n", "VI_1 master\n", "INSTANCE VI_1 MASTER"])
 async def test_a_cp_woken_by_keepalived_takes_over_at_once_from_a_cp_whose_last_beat_is_old(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, said: str
@@ -104,11 +118,8 @@ async def test_a_cp_keepalived_did_not_make_master_waits(tmp_path: Path, monkeyp
     if said is not None and said != "missing":
         wake.write_text(said)
     s, j = waiting_cp(tmp_path, monkeypatch, **({} if said is None else {"wake_file": str(wake)}))
-    task = asyncio.ensure_future(s.wait_for_takeover())
-    try:
+    async with takeover_wait(s) as task:
         await waits_on(s, j, task)
-    finally:
-        await ended(s, task)
 
 
 async def test_a_woken_cp_takes_over_a_journal_whose_cp_never_beat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,13 +138,10 @@ async def test_a_cp_woken_while_the_serving_one_beats_defers_said_once_and_waits
     s, j = waiting_cp(tmp_path, monkeypatch, wake_file=str(wake), takeover_stale=0.2)
     j.beating = True
     with structlog.testing.capture_logs() as logs:
-        task = asyncio.ensure_future(s.wait_for_takeover())
-        try:
+        async with takeover_wait(s) as task:
             started = time.monotonic()
             await waits_on(s, j, task, polls=20)
             assert time.monotonic() - started > 3 * 0.2
-        finally:
-            await ended(s, task)
     assert [e["event"] for e in logs].count("cp_wake_deferred") == 1, logs
 
 
@@ -143,16 +151,13 @@ async def test_a_sigusr1_while_the_address_is_elsewhere_is_spent_not_kept(tmp_pa
     s, j = waiting_cp(tmp_path, monkeypatch)
     j.held = False
     with structlog.testing.capture_logs() as logs:
-        task = asyncio.ensure_future(s.wait_for_takeover())
-        try:
+        async with takeover_wait(s) as task:
             await waits_on(s, j, task, polls=2)
             s._wake()
             await waits_on(s, j, task, polls=5)
             assert [e["event"] for e in logs].count("cp_wake_ignored") == 1, logs
             j.held = True
             await waits_on(s, j, task)
-        finally:
-            await ended(s, task)
 
 
 async def test_a_keepalived_master_without_the_address_is_not_said_at_every_poll(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -161,11 +166,8 @@ async def test_a_keepalived_master_without_the_address_is_not_said_at_every_poll
     s, j = waiting_cp(tmp_path, monkeypatch, wake_file=str(wake))
     j.held = False
     with structlog.testing.capture_logs() as logs:
-        task = asyncio.ensure_future(s.wait_for_takeover())
-        try:
+        async with takeover_wait(s) as task:
             await waits_on(s, j, task)
-        finally:
-            await ended(s, task)
     assert "cp_wake_ignored" not in [e["event"] for e in logs], logs
 
 
@@ -212,16 +214,12 @@ async def test_a_journal_not_mounted_is_said_once_and_in_status_until_it_is_ther
     journal.rmdir()
     monkeypatch.setattr(s.gens, "stamp", lambda: (0, 0))
     with structlog.testing.capture_logs() as logs:
-        task = asyncio.ensure_future(s.wait_for_takeover())
-        try:
+        async with takeover_wait(s, may_end=True) as task:
             await waits_on(s, j, task)
             st = s.status()
             assert (st["cp_state"], st["journal_missing"], st["journal_generation"], st["journal_error"]) == ("waiting", True, None, None), st
             journal.mkdir()
             assert await asyncio.wait_for(task, 5) == "the address is here and no CP ever served this journal"
-        finally:
-            if not task.done():
-                await ended(s, task)
     assert [e["event"] for e in logs].count("cp_journal_missing") == 1, logs
 
 
@@ -240,12 +238,9 @@ async def test_a_waiting_cp_that_cannot_check_the_address_does_not_take_over(tmp
     monkeypatch.setattr(waiting, "holds_address", REAL_HOLDS)
     monkeypatch.setattr(waiting.socket, "socket", no_socket)
     monkeypatch.setattr(s.gens, "stamp", lambda: (0, 0))  # (no CP ever served it: taken over at once where held)
-    task = asyncio.ensure_future(s.wait_for_takeover())
-    try:
+    async with takeover_wait(s) as task:
         await until(lambda: looks >= 10 or task.done(), timeout=10)
         assert not task.done(), task.result()
-    finally:
-        await ended(s, task)
 
 
 async def test_a_journal_unmounted_again_is_said_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -254,16 +249,13 @@ async def test_a_journal_unmounted_again_is_said_again(tmp_path: Path, monkeypat
     journal.rmdir()
     j.beating = True  # (mounted: another CP serves it)
     with structlog.testing.capture_logs() as logs:
-        task = asyncio.ensure_future(s.wait_for_takeover())
-        try:
+        async with takeover_wait(s) as task:
             await waits_on(s, j, task, polls=3)
             journal.mkdir()
             await waits_on(s, j, task, polls=3)
             journal.rmdir()
             await until(lambda: [e["event"] for e in logs].count("cp_journal_missing") == 2 or task.done(), timeout=5)
             assert not task.done()
-        finally:
-            await ended(s, task)
 
 
 async def test_a_storage_that_answers_even_with_an_error_is_not_said_unanswered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -291,15 +283,12 @@ async def test_a_storage_that_answers_even_with_an_error_is_not_said_unanswered(
         unanswered.extend(t for t in [s.status()["journal_unanswered_s"]] if t is not None)
         return looks >= until_looks
 
-    task = asyncio.ensure_future(s.wait_for_takeover())
-    try:
+    async with takeover_wait(s):
         await until(lambda: sample(3), timeout=10)
         failing, target = True, looks + 3
         await until(lambda: sample(target), timeout=10)
         assert s.status()["journal_error"] == f"OSError: {OSError(errno.ESTALE, 'Stale file handle')}"
         assert unanswered == [], unanswered
-    finally:
-        await ended(s, task)
 
 
 async def test_a_sighup_while_waiting_reloads_the_certificates_and_checks_the_config_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -308,14 +297,11 @@ async def test_a_sighup_while_waiting_reloads_the_certificates_and_checks_the_co
     reloads: list[Any] = []
     monkeypatch.setattr(waiting, "reload_tls", reloads.append)
     with structlog.testing.capture_logs() as logs:
-        task = asyncio.ensure_future(s.wait_for_takeover())
-        try:
+        async with takeover_wait(s) as task:
             await waits_on(s, j, task, polls=2)
             s._sighup()
             await until(lambda: "config_checked" in [e["event"] for e in logs], timeout=5)
             await waits_on(s, j, task)  # (the chores' turns go on meanwhile)
-        finally:
-            await ended(s, task)
     assert [e["event"] for e in logs].count("config_checked") == 1 and reloads == [s.tls], (logs, reloads)
 
 
@@ -324,15 +310,11 @@ async def test_a_heartbeat_not_looked_at_is_not_a_heartbeat_seen_still(tmp_path:
     heartbeat: once the storage answers, the beat must stand still takeover_stale more before
     this CP takes over, not at once."""
     s, j = waiting_cp(tmp_path, monkeypatch, takeover_stale=0.6)
-    task = asyncio.ensure_future(s.wait_for_takeover())
-    try:
+    async with takeover_wait(s, may_end=True) as task:
         await waits_on(s, j, task, polls=2)
         j.failing = 5  # (backing off: 0.05 + 0.1 + 0.2 + 0.4 + 0.5 s)
         reason = await asyncio.wait_for(task, 10)
         took_over = time.monotonic()
-    finally:
-        if not task.done():
-            await ended(s, task)
     assert reason == "the address is here and the CP of generation 1 has not beaten for 0.6 s", reason
     assert j.recovered_at is not None and took_over - j.recovered_at >= 0.5, (j.recovered_at, took_over)
 
@@ -341,17 +323,13 @@ async def test_a_heartbeat_still_while_the_address_was_elsewhere_counts_from_its
     """The address went away (keepalived moved it) and came back: the stillness of the serving
     CP's heartbeat is counted from its return, not from before it went."""
     s, j = waiting_cp(tmp_path, monkeypatch, takeover_stale=0.6)
-    task = asyncio.ensure_future(s.wait_for_takeover())
-    try:
+    async with takeover_wait(s, may_end=True) as task:
         await waits_on(s, j, task, polls=2)
         j.held = False
         await waits_on(s, j, task, polls=16)  # (0.8 s, past takeover_stale)
         j.held, returned = True, time.monotonic()
         reason = await asyncio.wait_for(task, 10)
         took_over = time.monotonic()
-    finally:
-        if not task.done():
-            await ended(s, task)
     assert reason == "the address is here and the CP of generation 1 has not beaten for 0.6 s", reason
     assert took_over - returned >= 0.5, took_over - returned
 
@@ -369,15 +347,12 @@ async def test_a_sigusr1_makes_one_look_at_once_not_a_busy_wait(tmp_path: Path, 
     """Woken while the serving CP beats (deferred): the wait goes on looking every 50 ms."""
     s, j = waiting_cp(tmp_path, monkeypatch)
     j.beating = True
-    task = asyncio.ensure_future(s.wait_for_takeover())
-    try:
+    async with takeover_wait(s) as task:
         await waits_on(s, j, task, polls=2)
         s._wake()
         started = time.monotonic()
         await waits_on(s, j, task, polls=10)
         assert time.monotonic() - started >= 0.35, time.monotonic() - started
-    finally:
-        await ended(s, task)
 
 
 @pytest.mark.parametrize(("key", "errno_", "lost"), [("cp.host_listen", errno.EADDRNOTAVAIL, True), ("cp.terminal_listen", errno.EADDRINUSE, False)])
