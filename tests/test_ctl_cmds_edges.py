@@ -17,11 +17,10 @@ from typing import Any
 import pytest
 
 from hsb.ctl import file_cmd, ops_cmds
-from hsb.ctl.target import Target
 from hsb.takeover import SessionEntry, TakeoverWriter, startup_id
 from hsb.takeover.errors import TakeoverError
 from hsb.takeover.inspect import inspect_file
-from tests.support.cli import invoke, one_line_error, pair_status
+from tests.support.cli import PAIR_A, PAIR_B, invoke, one_line_error, stop_faked
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -130,7 +129,7 @@ def test_a_ring_record_of_more_than_six_entries_is_cut_and_attrs_are_sorted(tmp_
 
 # -- hsbctl stop, pause, resume, history -----------------------------------------------------------
 
-A, B = "127.0.0.1:1", "127.0.0.1:2"
+A, B = PAIR_A, PAIR_B
 GONE = "connection refused: nothing listens there (is the daemon running?)"
 STOPPING = {"t": "result", "ok": True, "msg": "stopping", "hands_over": False}
 
@@ -145,32 +144,17 @@ def _stop(
     answer: dict[str, Any] = STOPPING,
     after: Callable[[dict[str, Any], int], bool] = lambda st, n: True,
 ) -> tuple[int, str, str, list[tuple[str, dict[str, Any]]]]:
-    """`hsbctl stop` of `host` (None: the active) in a pair in hot standby (pair_status, made
-    over by `before`) whose host asked answers `answer` and is gone at the next poll (the n-th
-    since, made over by `after`, gone unless it says False): (exit status, stdout, stderr, what
-    was asked where)."""
-    asked: list[tuple[str, dict[str, Any]]] = []
-    polls = 0
+    """`hsbctl stop` of `host` (None: the active) in a pair in hot standby (made over by
+    `before`) whose host asked answers `answer` and is gone at the next poll (the n-th since,
+    made over by `after`, gone unless it says False): (exit status, stdout, stderr, what was
+    asked where). tests.support.cli.stop_faked runs it."""
 
-    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
-        nonlocal polls
-        st = pair_status(A, B)
-        before(st)
-        if asked:
-            polls += 1
-            if after(st, polls):
-                st["hosts"] = [h for h in st["hosts"] if h["addr"] != asked[0][0]]
-                st["unknown"] = [*st["unknown"], {"addr": asked[0][0], "name": "?", "error": GONE}]
-        return st
+    def gone(st: dict[str, Any], n: int, addr: str) -> None:
+        if after(st, n):
+            st["hosts"] = [h for h in st["hosts"] if h["addr"] != addr]
+            st["unknown"] = [*st["unknown"], {"addr": addr, "name": "?", "error": GONE}]
 
-    async def ask(addr: str, secret: bytes, msg: dict[str, Any], **kw: Any) -> dict[str, Any]:
-        asked.append((addr, msg))
-        return answer
-
-    monkeypatch.setattr(ops_cmds, "status_all", status_all)
-    monkeypatch.setattr(ops_cmds, "ask", ask)
-    code = ops_cmds.run_stop(Target(cp="cp:1", cps=["cp:1"], hosts=[A, B], secret_file=str(secret)), host, takeover, 5.0)
-    out, err = capsys.readouterr()
+    code, out, err, asked, _ = stop_faked(monkeypatch, secret, capsys, answer, gone, before, host, takeover)
     return code, out, err, asked
 
 

@@ -21,11 +21,11 @@ import pytest
 
 from hsb.ctl import ops_cmds
 from hsb.ctl.target import Target
-from tests.support.cli import invoke, pair_status
+from tests.support.cli import PAIR_A, PAIR_B, invoke, pair_status, stop_faked
 
 pytestmark = pytest.mark.timeout(30)
 
-A, B = "127.0.0.1:1", "127.0.0.1:2"
+A, B = PAIR_A, PAIR_B
 GONE = {"addr": A, "name": "host-a", "error": "connection refused: nothing listens there (is the daemon running?)"}
 HANDS_OVER = {"t": "result", "ok": True, "msg": "host-a hands over to the standby, then stops", "hands_over": True}
 
@@ -40,32 +40,15 @@ def stop(
     host: str | None = None,
     before: Callable[[dict[str, Any]], None] = lambda st: None,
 ) -> tuple[int, str, str, list[tuple[str, dict[str, Any]]], int]:
-    """`hsbctl stop` (of `host`; None: the active) in a pair in hot standby (pair_status, host-a
-    the active; made over by `before`), whose status once the stop was asked is the pair's made
-    over by `after`. (exit status, stdout, stderr, what was asked where, the polls of the status)"""
-    asked: list[tuple[str, dict[str, Any]]] = []
-    polls = 0
+    """`hsbctl stop` (of `host`; None: the active) in a pair in hot standby (the CP naming host-a
+    its active; made over by `before`), whose status once the stop was asked is the pair's made
+    over by `after` (tests.support.cli.stop_faked)."""
 
-    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
-        nonlocal polls
-        polls += 1
-        st = pair_status(A, B)
+    def made(st: dict[str, Any]) -> None:
         st["cp"]["active"] = {"name": "host-a", "connected": True}
         before(st)
-        if asked:
-            after(st)
-        return st
 
-    async def ask(addr: str, secret: bytes, msg: dict[str, Any], **kw: Any) -> dict[str, Any]:
-        asked.append((addr, msg))
-        return answer
-
-    monkeypatch.setattr(ops_cmds, "status_all", status_all)
-    monkeypatch.setattr(ops_cmds, "ask", ask)
-    t = Target(cp="cp:1", cps=["cp:1"], hosts=[A, B], secret_file=str(secret))
-    code = ops_cmds.run_stop(t, host, True, timeout)
-    out, err = capsys.readouterr()
-    return code, out, err, asked, polls
+    return stop_faked(monkeypatch, secret, capsys, answer, lambda st, n, addr: after(st), made, host, timeout=timeout)
 
 
 def _gone(st: dict[str, Any]) -> None:

@@ -1,5 +1,6 @@
 """Running hsbctl's click commands in-process (CliRunner), checking a one-line error, and what
-its tests feed it: an address where nothing listens, a pair's status and its hosts' answers."""
+its tests feed it: an address where nothing listens, a pair's status and its hosts' answers, and
+`hsbctl stop` run against made-up answers."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
+from hsb.ctl import ops_cmds
 from hsb.ctl.main import main
+from hsb.ctl.target import Target
 from hsb.ports import free_port
 
 
@@ -57,6 +61,50 @@ def pair_status(active_addr: str, standby_addr: str) -> dict[str, Any]:
         {"reachable": True, "name": "host-b", "addr": standby_addr, "role": "standby", "state": "established"},
     ]
     return {"hosts": hosts, "unknown": [], "established": True, "cp": {"reachable": True, "epoch": 3}}
+
+
+PAIR_A, PAIR_B = "127.0.0.1:1", "127.0.0.1:2"  # the pair's admin addresses in stop_faked
+Asked = list[tuple[str, dict[str, Any]]]
+
+
+def stop_faked(
+    monkeypatch: pytest.MonkeyPatch,
+    secret: Path,
+    capsys: pytest.CaptureFixture[str],
+    answer: dict[str, Any],
+    after: Callable[[dict[str, Any], int, str], None],
+    before: Callable[[dict[str, Any]], None] = lambda st: None,
+    host: str | None = None,
+    takeover: bool = True,
+    timeout: float = 5.0,
+) -> tuple[int, str, str, Asked, int]:
+    """`hsbctl stop` (ops_cmds.run_stop) of `host` (None: the active) in a pair in hot standby
+    (pair_status at PAIR_A and PAIR_B, host-a the active; made over by `before` at every poll)
+    whose host asked answers `answer`; from the stop on, each poll's status is made over by
+    `after(status, n, address asked)`, n counting those polls from 1. (exit status, stdout,
+    stderr, what was asked where, every poll of the status)"""
+    asked: Asked = []
+    polls = since = 0
+
+    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
+        nonlocal polls, since
+        polls += 1
+        st = pair_status(PAIR_A, PAIR_B)
+        before(st)
+        if asked:
+            since += 1
+            after(st, since, asked[0][0])
+        return st
+
+    async def ask(addr: str, secret: bytes, msg: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        asked.append((addr, msg))
+        return answer
+
+    monkeypatch.setattr(ops_cmds, "status_all", status_all)
+    monkeypatch.setattr(ops_cmds, "ask", ask)
+    code = ops_cmds.run_stop(Target(cp="cp:1", cps=["cp:1"], hosts=[PAIR_A, PAIR_B], secret_file=str(secret)), host, takeover, timeout)
+    out, err = capsys.readouterr()
+    return code, out, err, asked, polls
 
 
 @contextlib.contextmanager
