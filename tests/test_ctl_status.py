@@ -41,7 +41,7 @@ async def test_status_exit_codes_and_unreachable(tmp_path: Path) -> None:
             assert key in st["cp"]
         r = await loop.run_in_executor(None, ctl, info, "status")
         assert r.returncode == 0 and "ESTABLISHED" in r.stdout and "host-b" in r.stdout
-        # standby gone: UNKNOWN (exit 3) naming it, what the others say, no traceback
+        # standby gone: UNKNOWN (exit 3) naming it (as host-a knows its peer), what the others say, no traceback
         b_pid = sandbox.load_state(d)["hosts"]["host-b"]["pid"]
         os.kill(b_pid, signal.SIGKILL)
         wait_for(lambda: not sandbox._alive(b_pid), 10, what="host-b dead")
@@ -49,8 +49,8 @@ async def test_status_exit_codes_and_unreachable(tmp_path: Path) -> None:
         assert r.returncode == 3, r.stdout  # a daemon that cannot be asked: UNKNOWN
         assert (
             "SERVING WITHOUT A STANDBY" in r.stdout
-            and "host2 at 127.0.0.1:" in r.stdout
-            and "cannot be asked" in r.stdout
+            and "UNKNOWN (host-b cannot be asked)" in r.stdout
+            and "host-b at 127.0.0.1:" in r.stdout
             and "Traceback" not in r.stdout + r.stderr
         )
         # CP gone too: still UNKNOWN (exit 3)
@@ -445,3 +445,36 @@ def test_a_daemon_that_answered_late_is_said_to_have_not_answered_in_time(secret
     assert text.startswith("hsb: UNKNOWN (CP, host1 did not answer in time; host2 cannot be asked); the hosts say: nothing"), text
     assert "  CP        did not answer in time (cp:1)" in text and "  host1     did not answer in time (a:2)" in text, text
     assert "  host2     cannot be asked (b:3)" in text, text
+
+
+def test_a_host_that_cannot_be_asked_is_named_as_the_other_host_knows_its_peer(secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """host-a answers, its peer link naming host-b, and the other address of the ctl config
+    refuses: that host is host-b, not "host2" (its place in the config), in the first line, its
+    own line and the line saying why. Not so when the answer names no peer, or names itself, nor
+    when the ctl config names three hosts (which of the other two is the peer?)."""
+    from hsb.ctl import gather
+    from hsb.ctl.status import headline
+
+    peer: dict[str, Any] = {"up": False, "peer": "host-b", "heartbeat_age_ms": 900.0}
+
+    async def request(host: str, port: int, secret: bytes, msg: dict[str, Any], **_: Any) -> dict[str, Any]:
+        if port != 2:
+            raise ConnectionRefusedError
+        return {"data": {"name": "host-a", "role": "active", "state": "serving", "serving": True, "epoch": 5, "pid": 40, "peer_link": peer}}
+
+    monkeypatch.setattr(gather, "request", request)
+    st = asyncio.run(gather.status_all(None, ["a:2", "b:3"], str(secret)))
+    lines = headline(st)
+    assert lines[0].startswith("hsb: UNKNOWN (CP, host-b cannot be asked)"), lines
+    assert any(x.startswith("  host-b at b:3: connection refused") for x in lines) and "host2" not in str(lines), lines
+    assert [u["name"] for u in st["unknown"]] == ["CP", "host-b"], st["unknown"]
+    st = asyncio.run(gather.status_all(None, ["b:3", "a:2"], str(secret)))  # (its place in the config does not matter)
+    assert [h["name"] for h in st["hosts"]] == ["host-b", "host-a"], st["hosts"]
+    for said in ({**peer, "peer": None}, {**peer, "peer": "host-a"}, None):
+        peer.clear()
+        peer.update(said or {})
+        first = headline(asyncio.run(gather.status_all(None, ["a:2", "b:3"], str(secret))))[0]
+        assert first.startswith("hsb: UNKNOWN (CP, host2 cannot be asked)"), (said, first)
+    peer.update(peer="host-b")
+    st = asyncio.run(gather.status_all(None, ["a:2", "b:3", "c:4"], str(secret)))
+    assert [h["name"] for h in st["hosts"]] == ["host-a", "host2", "host3"], st["hosts"]

@@ -257,7 +257,7 @@ async def status_all(
         hs = list(results[1:] if cp else results)
         for i, h in enumerate(hs):
             if not h.get("reachable"):
-                h.setdefault("name", f"host{i + 1}")
+                h.setdefault("name", _named_by_peer(hs, h) or f"host{i + 1}")
         return (results[0] if cp else {"reachable": False, "error": "not configured"}), hs
 
     end = time.monotonic() + timeout
@@ -282,6 +282,18 @@ async def status_all(
             why += " (it waits for keepalived to make its machine master; name both CP machines in the ctl config's cp to find the serving one)"
         cps = {"reachable": False, "addr": cp, "error": why}
     return summarize(cps, list(hs), machines)
+
+
+def _named_by_peer(hosts: list[dict[str, Any]], unasked: dict[str, Any]) -> str | None:
+    """The name of a host that could not be asked, as the pair's other host knows its peer, when
+    the ctl config names two hosts and that other one answered; else None (it is named by its
+    place in the config)."""
+    if len(hosts) != 2:
+        return None
+    other = hosts[1] if hosts[0] is unasked else hosts[0]
+    link = other.get("peer_link") if other.get("reachable") else None
+    peer = link.get("peer") if isinstance(link, dict) else None
+    return peer if isinstance(peer, str) and peer and peer != other.get("name") else None
 
 
 def machine_state(m: dict[str, Any]) -> str:
