@@ -79,7 +79,7 @@ async def test_a_killed_cp_is_started_again_at_once_under_load(sb: Any) -> None:
     # the operator's view: hsbctl status names the master and the death; the metric counts it
     out = ctl(info, "status", timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert f"supervised by pid {master}: restarted 1 times, last after SIGKILL of pid {seen['old']}" in out.stdout, out.stdout
+    assert f"supervised by pid {master}: restarted 1 time, last after SIGKILL of pid {seen['old']}" in out.stdout, out.stdout
     http = sandbox.load_state(d)["cp"]["http"]
     with urllib.request.urlopen(f"http://{http}/metrics", timeout=10) as resp:
         assert re.search(r"^hsb_cp_worker_restarts_total 1\.0$", resp.read().decode(), re.M)

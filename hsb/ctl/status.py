@@ -177,7 +177,7 @@ def render(st: dict[str, Any]) -> str:
         if sup:  # hsbcpd --supervise
             died = sup.get("last_death")
             out.append(
-                f"            supervised by pid {sup['master_pid']}: restarted {sup['restarts']} times"
+                f"            supervised by pid {sup['master_pid']}: restarted {sup['restarts']} time{'' if sup['restarts'] == 1 else 's'}"
                 + (f", last after {died['signal']} of pid {died['pid']} {_age(died['at'])}" if died else "")
             )
         for limit in ("open_files", "accept_queue"):
