@@ -107,6 +107,16 @@ def test_the_lease_rules_fix_names_the_lease_that_would_do(tmp_path: Path) -> No
     assert "lower cp.host_lease below 0.4 or raise cp.host_timeout" in line
 
 
+@pytest.mark.parametrize("timeout", [0.05, 0.11])
+def test_a_host_timeout_no_lease_fits_below_is_told_to_be_raised(tmp_path: Path, timeout: float) -> None:
+    """A host_timeout the schema takes (0.05 s and up) but no lease it takes (0.01 s and up) fits
+    below with the margin: the fix said was "lower cp.host_lease below 0" (or below 0.01, which
+    the schema refuses), advice nobody can follow."""
+    (line,) = cp_errors(tmp_path, host_timeout=timeout, host_lease=0.01)
+    assert line.endswith(f"raise cp.host_timeout above 0.11 (no lease of 0.01 s or more fits below {timeout:g})"), line
+    assert "lower cp.host_lease" not in line, line
+
+
 def test_a_default_host_timeout_counts_in_the_lease_rule_when_another_key_failed(tmp_path: Path) -> None:
     # host_timeout not given: its default (0.5) is what the rule compares, though held_bound failed
     errors = cp_errors(tmp_path, host_lease=0.45, held_bound=0)

@@ -15,6 +15,7 @@ from hsb.wire.framing import DEFAULT_MAX_FRAME, LOGIN_MAX
 # run out: host_timeout must exceed host_lease by at least this much (scheduling delay between
 # a host checking its lease and acting on it, and clock rate; docs/design.md, the lease rule).
 LEASE_MARGIN = 0.1
+LEASE_MIN = 0.01  # the least host_lease the schema takes
 LISTEN_KEYS = ("terminal_listen", "host_listen", "admin_listen", "http_listen")  # [cp]'s listening addresses
 
 
@@ -37,11 +38,16 @@ def _on_wake_address(takeover: str, terminal_listen: str) -> list[str]:
 def _lease_rule(host_timeout: float, host_lease: float) -> list[str]:
     if CPSection.lease_allows(host_timeout, host_lease):
         return []
+    below = round(host_timeout - LEASE_MARGIN, 6)
+    fix = (
+        f"lower cp.host_lease below {below:g} or raise cp.host_timeout"
+        if below > LEASE_MIN
+        else f"raise cp.host_timeout above {LEASE_MIN + LEASE_MARGIN:g} (no lease of {LEASE_MIN:g} s or more fits below {host_timeout:g})"
+    )
     return [
         f"host_lease ({host_lease:g} s) + margin ({LEASE_MARGIN:g} s) must be less than host_timeout"
         f" ({host_timeout:g} s): the old active's lease must surely run out before the CP gives its"
-        f" role to another host; lower cp.host_lease below {max(host_timeout - LEASE_MARGIN, 0):g}"
-        " or raise cp.host_timeout"
+        f" role to another host; {fix}"
     ]
 
 
@@ -61,7 +67,7 @@ class CPSection(Ruled):
     # out-of-memory kill, then the same again at every restart on the journal)
     held_total_bytes: int = Field(default=1 << 30, ge=LOGIN_MAX, le=1 << 44)
     host_timeout: float = Field(default=0.5, ge=0.05, le=3600)
-    host_lease: float = Field(default=0.35, ge=0.01, le=3600)
+    host_lease: float = Field(default=0.35, ge=LEASE_MIN, le=3600)
     auth_timeout: float = Field(default=5.0, ge=0.1, le=3600)
     terminal_idle_timeout: float = Field(default=0.0, ge=0, le=86400)
     # TCP keepalive on terminal connections: a dead terminal's connection (its machine gone, its

@@ -39,7 +39,8 @@ def records_for(terminals: int, record_size: int = 4096) -> int:
 
 def lease_for(host_timeout: float) -> float:
     """The active's lease for a CP host timeout: the default 0.35 s, shorter when the timeout is,
-    always below host_timeout - the margin (hsb.cp.config.LEASE_MARGIN)."""
+    below host_timeout - the margin (hsb.cp.config.LEASE_MARGIN) from a host_timeout of 0.12 s;
+    below that no lease fits, and the CP refuses the config it is written into."""
     return round(max(0.02, min(0.35, host_timeout * 0.7 - 0.1)), 3) if host_timeout < 0.5 else 0.35
 
 
