@@ -75,7 +75,7 @@ def python_lines(*lines: str) -> str:
 
 
 def log_events(path: Path) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     try:
         text = path.read_text(errors="replace")
     except FileNotFoundError:
@@ -111,7 +111,8 @@ class Proc:
                 raise RuntimeError(f"{self.name} exited with {self.popen.returncode} before {name}; log:\n{self.log.read_text()[-3000:]}")
             return None
 
-        return wait_for(find, timeout, what=f"{self.name} event {name} {match or ''}")
+        found: dict[str, Any] = wait_for(find, timeout, what=f"{self.name} event {name} {match or ''}")
+        return found
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.popen.poll() is None:
