@@ -182,7 +182,8 @@ def test_a_rule_on_int_values_says_them_as_the_full_check_does(tmp_path: Path) -
     alone = host_errors(tmp_path, host_data(heartbeat_timeout=1, heartbeat_interval=1))
     beside = host_errors(tmp_path, host_data(heartbeat_timeout=1, heartbeat_interval=1, name=""))
     assert alone == [
-        "host: heartbeat_timeout (1.0s) must be greater than two heartbeat intervals (2.0s), or one late heartbeat looks like a dead peer"
+        "host: heartbeat_timeout (1.0s) must be greater than two heartbeat intervals (2.0s), or one late heartbeat looks like a dead peer;"
+        " raise host.heartbeat_timeout above 2.0s or lower host.heartbeat_interval below 0.5s"
     ]
     assert beside[1:] == alone
 

@@ -123,7 +123,7 @@ def test_ledger_options_of_the_wrong_kind_are_said_each_with_its_key_in_order(tm
         load_service("ledger", "host-a", {"sqlite": str(tmp_path / "l.db"), "idempotency": "no", "pool_size": -3, "logon_ms": "5"})
     assert str(exc.value) == (
         "service 'ledger': bad [service_options]: pool_size must be an integer of at least 1, not -3;"
-        " idempotency must be true or false, not 'no'; logon_ms must be a number, 0 or more, not '5'"
+        " idempotency must be true or false, not 'no'; logon_ms must be a finite number, 0 or more, not '5'"
     )
 
 

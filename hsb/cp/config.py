@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +17,7 @@ from hsb.wire.framing import DEFAULT_MAX_FRAME, LOGIN_MAX
 # a host checking its lease and acting on it, and clock rate; docs/design.md, the lease rule).
 LEASE_MARGIN = 0.1
 LEASE_MIN = 0.01  # the least host_lease the schema takes
+HOST_TIMEOUT_MAX = 3600.0  # the most host_timeout the schema takes
 LISTEN_KEYS = ("terminal_listen", "host_listen", "admin_listen", "http_listen")  # [cp]'s listening addresses
 
 
@@ -35,18 +37,37 @@ def _on_wake_address(takeover: str, terminal_listen: str) -> list[str]:
     return []
 
 
+def _secs(x: float) -> str:
+    """A number of seconds as the config would write it: short (0.35), but never rounded (a
+    :g of 1234.56789 said 1234.57)."""
+    short = f"{x:g}"
+    return short if float(short) == x else repr(x)
+
+
+def _plus(a: float, b: float) -> str:
+    """a + b as decimals, exactly (0.3 - 0.1 is 0.2, not 0.19999999999999998 nor, rounded, above it)."""
+    return format((Decimal(repr(a)) + Decimal(repr(b))).normalize(), "f")
+
+
 def _lease_rule(host_timeout: float, host_lease: float) -> list[str]:
     if CPSection.lease_allows(host_timeout, host_lease):
         return []
-    below = round(host_timeout - LEASE_MARGIN, 6)
-    fix = (
-        f"lower cp.host_lease below {below:g} or raise cp.host_timeout"
-        if below > LEASE_MIN
-        else f"raise cp.host_timeout above {LEASE_MIN + LEASE_MARGIN:g} (no lease of {LEASE_MIN:g} s or more fits below {host_timeout:g})"
-    )
+    # each fix only where the schema's bounds allow it: a lease of LEASE_MIN fits below
+    # host_timeout; host_timeout can go above host_lease + the margin (HOST_TIMEOUT_MAX)
+    below, above = _plus(host_timeout, -LEASE_MARGIN), _plus(host_lease, LEASE_MARGIN)
+    lower = CPSection.lease_allows(host_timeout, LEASE_MIN)
+    higher = CPSection.lease_allows(HOST_TIMEOUT_MAX, host_lease)
+    if lower and higher:
+        fix = f"lower cp.host_lease below {below} or raise cp.host_timeout above {above}"
+    elif lower:
+        fix = f"lower cp.host_lease below {below} (cp.host_timeout is at most {HOST_TIMEOUT_MAX:g})"
+    elif higher:
+        fix = f"raise cp.host_timeout above {above} (no lease of {LEASE_MIN:g} s or more fits below {_secs(host_timeout)})"
+    else:
+        fix = f"raise cp.host_timeout and lower cp.host_lease so that host_lease + {LEASE_MARGIN:g} < host_timeout (the defaults: 0.5 and 0.35)"
     return [
-        f"host_lease ({host_lease:g} s) + margin ({LEASE_MARGIN:g} s) must be less than host_timeout"
-        f" ({host_timeout:g} s): the old active's lease must surely run out before the CP gives its"
+        f"host_lease ({_secs(host_lease)} s) + margin ({LEASE_MARGIN:g} s) must be less than host_timeout"
+        f" ({_secs(host_timeout)} s): the old active's lease must surely run out before the CP gives its"
         f" role to another host; {fix}"
     ]
 
@@ -66,7 +87,7 @@ class CPSection(Ruled):
     # until they are answered (the per-terminal bounds alone allow 8 MiB x the terminals: an
     # out-of-memory kill, then the same again at every restart on the journal)
     held_total_bytes: int = Field(default=1 << 30, ge=LOGIN_MAX, le=1 << 44)
-    host_timeout: float = Field(default=0.5, ge=0.05, le=3600)
+    host_timeout: float = Field(default=0.5, ge=0.05, le=HOST_TIMEOUT_MAX)
     host_lease: float = Field(default=0.35, ge=LEASE_MIN, le=3600)
     auth_timeout: float = Field(default=5.0, ge=0.1, le=3600)
     terminal_idle_timeout: float = Field(default=0.0, ge=0, le=86400)

@@ -34,14 +34,16 @@ class Target:
     cps: list[str] = field(default_factory=list)
     tls: dict[str, str] | None = None  # {ca_file, cert_file, key_file}: hsbctl's own certificate
 
-    def validate(self, errors: list[str] | None = None, said: frozenset[str] = frozenset()) -> None:
-        """Every problem at once: `errors` (those found reading the ctl config, about the keys in
-        `said`, whose absence is then not said again) and those of the values themselves; raises a
-        TargetError listing them all. Sets hsbctl's TLS client only when there is no problem."""
+    def validate(self, errors: list[str] | None = None, said: frozenset[str] = frozenset(), config: str | None = None) -> None:
+        """Every problem at once: `errors` (those found reading the ctl config `config`, about the
+        keys in `said`, whose absence is then not said again) and those of the values themselves;
+        raises a TargetError listing them all. Sets hsbctl's TLS client only when there is no problem."""
         errors = list(errors or [])
         if not self.cp and not self.hosts and not said & {"cp", "hosts"}:
             errors.append(
-                "no daemons named: pass --config CTL.toml (hsbctl sandbox up prints one), set $HSB_CTL_CONFIG, write /etc/hsb/ctl.toml, or pass --cp/--host"
+                f'ctl config {config} names no daemons: set cp = "HOST:PORT" or hosts = ["HOST:PORT", ...] in it (their admin_listen), or pass --cp/--host'
+                if config  # (one was read: "pass --config" would send the operator to what they did)
+                else "no daemons named: pass --config CTL.toml (hsbctl sandbox up prints one), set $HSB_CTL_CONFIG, write /etc/hsb/ctl.toml, or pass --cp/--host"
             )
         for a in [*self.cps, *self.hosts]:
             if a or a in self.hosts:  # (an empty host is a placeholder left in the ctl config: said, not a traceback)
@@ -192,5 +194,5 @@ def load_target(config: str | None, cp: str | None, hosts: tuple[str, ...], secr
         t.hosts = list(hosts)
     if secret_file:
         t.secret_file = secret_file
-    t.validate(errors, frozenset(said))
+    t.validate(errors, frozenset(said), config)
     return t

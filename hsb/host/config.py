@@ -81,7 +81,8 @@ def _heartbeat_rule(timeout: float, interval: float) -> list[str]:
     if timeout <= 2 * interval:
         return [
             f"heartbeat_timeout ({timeout}s) must be greater than two heartbeat intervals "
-            f"({2 * interval}s), or one late heartbeat looks like a dead peer"
+            f"({2 * interval}s), or one late heartbeat looks like a dead peer; raise host.heartbeat_timeout above"
+            f" {2 * interval}s or lower host.heartbeat_interval below {timeout / 2}s"
         ]
     return []
 

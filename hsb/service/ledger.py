@@ -221,9 +221,9 @@ _KIND_TEXT = {
     "text": "a string",
     "yes/no": "true or false",
     "count": "an integer of at least 1",
-    "seconds": "a number of seconds above 0",
-    "number": "a number, 0 or more",
-    "finite": "a number",
+    "seconds": "a finite number of seconds above 0",
+    "number": "a finite number, 0 or more",
+    "finite": "a finite number",
     "integer": "an integer",
 }
 
