@@ -1,0 +1,359 @@
+"""The CP's promise to terminals against a model (hypothesis, stateful; docs/protocol.md §1,
+docs/cp-journal.md): hsbterm's real terminals (resuming) wired in memory to a CP core on a real
+journal, an active the test drives, and in any order: messages sent, answered in any order,
+connections dropped and resumed, confirms, group commits, and CP crashes recovered from the
+journal. After a final settle, hsbterm's own strict verdict is clean (nothing acknowledged lost,
+no second reply to the application, nothing unexpected), every acknowledged id reached the active,
+and every delivery of an id after its first is marked redelivered."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from tests.support.cpcore import cp_config, fake_host
+from tests.support.keptreplies import connect_hsbterm, until
+
+pytestmark = pytest.mark.timeout(300)  # (a failure's shrinking included; a clean run takes ~40 s)
+
+TERMINALS = ("T00001", "T00002", "T00003")
+MOST_SENT = 6  # messages a terminal sends at most in one example
+MOST_CRASHES = 3  # CP crashes in one example at most
+WELCOMED = 3  # hsb.term.logon.WELCOMED
+DOWN = 0
+
+
+class _Gone:
+    """Where a dead CP's side of a connection was: what arrives there is read by nobody."""
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass
+
+
+class Life:
+    """One CP process: its core on a journal of a new generation in `d`, restored from what the
+    journal holds, and its active host (registered, announced)."""
+
+    def __init__(self, d: Path, cfg: Any) -> None:
+        from hsb.cp.core import CP
+        from hsb.cp.journal.generation import Generations
+        from hsb.cp.journal.recovery import recover
+        from hsb.cp.journal.store import Journal
+
+        gen = Generations(d).take()
+        r = recover(d, truncate=False)
+        self.journal = Journal(d, generation=gen, io="thread")
+        self.cp = CP(cfg, self.journal)
+        self.cp.follows_a_cp = gen > 1
+        self.cp.restore(r)
+        seg = self.journal.open(r.highest_segment + 1, self.cp.snapshot(), [*r.garbage, *r.paths])
+        self.cp.repin(seg)
+        self.host = fake_host(self.cp, "host-a", "active", record=True)
+        self.seen = 0  # frames of the host's read so far
+
+
+class CPModel(RuleBasedStateMachine):
+    """Model: what each terminal's application sent (hsbterm's marks), every delivery the active
+    had (in order, with its mark), and the deliveries the active still owes a reply."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        # (in memory where there is a tmpfs: crashes are the model's, not the disk's; syncs are free)
+        self.dir = Path(tempfile.mkdtemp(prefix="hsb-cpmodel-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+        self.life: Life | None = None
+
+    def run(self, step: Callable[[], Awaitable[None]]) -> None:
+        self.loop.run_until_complete(asyncio.wait_for(step(), 10.0))
+
+    @initialize()
+    def start(self) -> None:
+        from hsb.term.client import TerminalClient
+        from hsb.term.load import LoadStats
+
+        self.cfg = cp_config(self.dir, len(TERMINALS))
+        self.deliveries: list[tuple[str, int, bool]] = []  # every deliver, in order, across CP lives
+        self.owed: dict[tuple[str, int], Any] = {}  # delivered to the active, not answered yet
+        self.clients: dict[str, TerminalClient] = {}
+        self.stats: dict[str, LoadStats] = {}
+        self.conns: dict[str, Any] = {}
+        self.crashes = 0
+        for name in TERMINALS:
+            stats = LoadStats(1)
+            stats.counting = True
+            self.stats[name] = stats
+            self.clients[name] = TerminalClient(name, stats, base=1000, check_data=True, keepalive=0)
+
+        async def go() -> None:
+            await self._new_life()
+            for name in TERMINALS:
+                await self._connect(name)
+
+        self.run(go)
+
+    def teardown(self) -> None:
+        try:
+            if self.life is not None:
+                self.life.journal._stopping = True
+                self.life.journal.close()
+        finally:
+            self.loop.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- the pieces ------------------------------------------------------------------------------
+    async def _new_life(self) -> None:
+        self.life = Life(self.dir, self.cfg)
+        cp = self.life.cp
+        await self._until(lambda: cp.announced, "the active registered (its epoch durable)")
+        self.owed.clear()
+        await self._pump()
+
+    async def _connect(self, name: str) -> None:
+        assert self.life is not None
+        c = self.clients[name]
+        self.conns[name] = connect_hsbterm(self.life.cp, c)
+        await self._until(lambda: c.state == WELCOMED, f"{name} welcomed")
+        await self._pump()
+
+    async def _pump(self) -> None:
+        """A few turns of the loop as the active: it opens a session for every terminal logged on
+        without one, and takes note of what it is delivered."""
+        for _ in range(5):
+            self._host_work()
+            await asyncio.sleep(0)
+        self._host_work()
+
+    async def _until(self, cond: Callable[[], bool], what: str) -> None:
+        """`until` with the active at work meanwhile (the welcome waits for the session's opening)."""
+
+        def done() -> bool:
+            self._host_work()
+            return cond()
+
+        await until(done, what, within=2.0)
+
+    def _host_work(self) -> None:
+        life = self.life
+        assert life is not None
+        cp, h = life.cp, life.host
+        for name, term in cp.terms.items():
+            if term.conn is not None and not term.conn.closed and term.active is None and not term.leaving and cp.announced:
+                cp.host_open(h, name, "active", {})
+        h.flush()
+        frames = h.transport.frames()
+        for m in frames[life.seen :]:
+            if m.get("t") == "deliver":
+                self.deliveries.append((m["terminal"], m["id"], bool(m.get("redelivered"))))
+                self.owed[(m["terminal"], m["id"])] = m["data"]
+        life.seen = len(frames)
+
+    async def _durable(self) -> None:
+        assert self.life is not None
+        j = self.life.journal
+        await until(lambda: j.pending == 0 and j._inflight is None, "the journal durable")
+        await self._pump()
+
+    # -- rules -----------------------------------------------------------------------------------
+    @rule(name=st.sampled_from(TERMINALS), n=st.integers(1, 3))
+    def send(self, name: str, n: int) -> None:
+        """The terminal's application sends `n` messages (queued while it is logged off)."""
+        c = self.clients[name]
+
+        async def go() -> None:
+            for _ in range(min(n, MOST_SENT - c.sent)):
+                c.submit()
+            await self._pump()
+
+        self.run(go)
+
+    @rule(pick=st.integers(0, 20))
+    def answer(self, pick: int) -> None:
+        """The active answers one of the messages it was delivered and owes (any of them)."""
+        if not self.owed:
+            return
+        key = sorted(self.owed)[pick % len(self.owed)]
+        data = self.owed.pop(key)
+
+        async def go() -> None:
+            assert self.life is not None
+            self.life.cp.host_reply(self.life.host, key[0], key[1], data)
+            await self._pump()
+
+        self.run(go)
+
+    @rule(name=st.sampled_from(TERMINALS))
+    def drop(self, name: str) -> None:
+        c, p = self.clients[name], self.conns.get(name)
+        if p is None or c.state == DOWN:
+            return
+
+        async def go() -> None:
+            p.transport.close()
+            await until(lambda: c.state == DOWN and p.closed, f"{name}'s drop seen by both sides")
+            await self._pump()
+
+        self.run(go)
+
+    @rule(name=st.sampled_from(TERMINALS))
+    def reconnect(self, name: str) -> None:
+        if self.clients[name].state != DOWN:
+            return
+        self.run(lambda: self._connect(name))
+
+    @rule(name=st.sampled_from(TERMINALS))
+    def confirm(self, name: str) -> None:
+        c = self.clients[name]
+
+        async def go() -> None:
+            c._confirm(force=True)
+            await self._pump()
+
+        self.run(go)
+
+    @rule()
+    def durable(self) -> None:
+        self.run(self._durable)
+
+    @rule(flushed=st.booleans(), remembers=st.booleans())
+    def crash(self, flushed: bool, remembers: bool) -> None:
+        """The CP dies between two group commits: what was appended and not written is lost; a
+        new CP recovers the journal, the active registers again and every terminal that was
+        logged on reconnects (resuming). `flushed`: what the CP had written to a terminal's
+        socket still reaches it (else it is lost with the connection); `remembers`: the active
+        still answers, on its new link, what it was given on the old one (else it forgets it)."""
+        if self.crashes >= MOST_CRASHES:
+            return
+        self.crashes += 1
+
+        async def go() -> None:
+            life = self.life
+            assert life is not None
+            j = life.journal
+            j._stopping = True  # no group commit starts from now on: what is pending is lost
+            if flushed:
+                for c in self.clients.values():
+                    if c.transport is not None:
+                        c.transport.to = _Gone()  # (the terminal's writes reach no CP)
+                for p in self.conns.values():
+                    p.flush()
+                await asyncio.sleep(0)  # one turn: what the CP wrote arrives
+            for p in self.conns.values():
+                if not p.transport.is_closing():
+                    p.transport.close()
+            await until(lambda: j._inflight is None, "the write out done")
+            j.close()
+            life.host.transport.close()
+            was = [n for n, c in self.clients.items() if c.state != DOWN]
+            await until(lambda: all(c.state == DOWN for c in self.clients.values()), "every terminal saw the drop")
+            owed = dict(self.owed)
+            await self._new_life()
+            if remembers:
+                self.owed.update(owed)
+            for name in was:
+                await self._connect(name)
+
+        self.run(go)
+
+    # -- the promise -----------------------------------------------------------------------------
+    @invariant()
+    def repeats_marked(self) -> None:
+        seen: set[tuple[str, int]] = set()
+        for name, mid, again in self.deliveries:
+            assert again or (name, mid) not in seen, f"{name} {mid} delivered again unmarked: {self.deliveries}"
+            seen.add((name, mid))
+
+    @invariant()
+    def no_duplicate_or_unexpected(self) -> None:
+        for name, c in self.clients.items():
+            assert c.unexpected == 0 and c.early == 0, f"{name}: unexpected {c.unexpected}, early {c.early}"
+            dup = [c.base + i for i, m in enumerate(c.marks) if (m >> 2) > 1]
+            assert not dup, f"{name}: replies to the application more than once: {dup}"
+
+    def settle(self) -> None:
+        """Every terminal logged on, the journal durable, and the active answers everything it
+        is delivered (again, too) with the same data, until every message is answered."""
+
+        async def go() -> None:
+            for name, c in self.clients.items():
+                if c.state == DOWN:
+                    await self._connect(name)
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            still = 0  # turns in a row with nothing owed and nothing new (stuck: fail at once)
+            while True:
+                before = (len(self.deliveries), self._replies_read())
+                await self._durable()
+                assert self.life is not None
+                held = {n: sorted(t.held) for n, t in self.life.cp.terms.items() if t.held}
+                if not self.owed and not held and not any(c.outstanding for c in self.clients.values()):
+                    break
+                still = still + 1 if not self.owed and before == (len(self.deliveries), self._replies_read()) else 0
+                assert still < 5 and loop.time() - t0 < 2.0, f"never answered: {self._unanswered()}, held at the CP {held}"
+                for (name, mid), data in sorted(self.owed.items()):
+                    self.life.cp.host_reply(self.life.host, name, mid, data)
+                self.owed.clear()
+                await self._pump()
+            for c in self.clients.values():
+                c._confirm(force=True)
+            await self._durable()
+
+        self.run(go)
+
+    def _replies_read(self) -> int:
+        return sum(c.resent_ignored + sum(m >> 2 for m in c.marks) for c in self.clients.values())
+
+    def _unanswered(self) -> dict[str, list[int]]:
+        return {n: sorted(c.outstanding) for n, c in self.clients.items() if c.outstanding}
+
+    def check_at_end(self) -> None:
+        from hsb.term.load import _report
+        from hsb.term.verdict import ACKED
+
+        self.settle()
+        self.repeats_marked()
+        event(f"crashes: {self.crashes}")
+        event(f"deliveries marked redelivered: {min(sum(d[2] for d in self.deliveries), 3)}+")
+        event(f"resent replies ignored by a terminal: {min(sum(c.resent_ignored for c in self.clients.values()), 3)}+")
+        event(f"messages sent: {min(sum(c.sent for c in self.clients.values()) // 4 * 4, 12)}+")
+        delivered = {(n, i) for n, i, _ in self.deliveries}
+        for name, c in self.clients.items():
+            if not c.sent:
+                continue  # (the verdict fails a terminal that proved nothing)
+            r = _report([c], self.stats[name], 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, [])
+            assert r.ok and r.lost == 0 and r.duplicates == 0 and r.unexpected == 0 and r.unacked == 0, (name, r.failures)
+            acked = [c.base + i for i, m in enumerate(c.marks) if m & ACKED]
+            assert all((name, i) in delivered for i in acked), (name, acked, self.deliveries)
+
+
+class _Checked(CPModel):
+    """The model, with the final settle and verdict as the last step of every example."""
+
+    def teardown(self) -> None:
+        try:
+            if self.life is not None:
+                self.check_at_end()
+        finally:
+            super().teardown()
+
+
+_Checked.TestCase.settings = settings(
+    max_examples=400,
+    stateful_step_count=30,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestCPModel = _Checked.TestCase
