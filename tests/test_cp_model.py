@@ -295,6 +295,8 @@ class CPModel(RuleBasedStateMachine):
             still = 0  # turns in a row with nothing owed and nothing new (stuck: fail at once)
             while True:
                 before = (len(self.deliveries), self._replies_read())
+                for c in self.clients.values():
+                    c._confirm(force=True)  # (now, not after hsbterm's 50 ms: a terminal at its held bound waits for it)
                 await self._durable()
                 assert self.life is not None
                 held = {n: sorted(t.held) for n, t in self.life.cp.terms.items() if t.held}
