@@ -14,34 +14,9 @@ from hsb.ctl import status as status_mod
 from hsb.ctl.gather import summarize
 from hsb.ctl.status import _age, _pause, _role_label, headline, render, shown
 from hsb.ctl.target import Target
+from tests.support.cli import shown_cp, shown_host
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def _cp(**kw: Any) -> dict[str, Any]:
-    t = {"connected": 0, "defined": 0, "active_sessions": 0, "standby_sessions": 0}
-    return {"reachable": True, "name": "cp", "addr": "cp:1", "state": "serving", "epoch": 5, "terminals": t, "held_messages": 0, **kw}
-
-
-def _host(who: str, role: str, **kw: Any) -> dict[str, Any]:
-    return {
-        "reachable": True,
-        "name": who,
-        "addr": f"{who}:1",
-        "role": role,
-        "state": "established",
-        "serving": role == "active",
-        "epoch": 5,
-        "pid": 1,
-        "sentence": "-",
-        "peer_link": {"up": True},
-        "cp_link": "up",
-        "takeover_file": {"path": "/t", "records": 1, "storage": "ok"},
-        "batch_records": {"own": 1},
-        "startup_id": {"own": None, "partner": None},
-        "terminals": {"defined": 0, "linked": 0, "active_sessions": 0, "standby_sessions": 0},
-        **kw,
-    }
 
 
 def _lines(cp: dict[str, Any], *hosts: dict[str, Any]) -> list[str]:
@@ -56,7 +31,7 @@ def test_ages_are_seconds_then_minutes_then_hours() -> None:
 
 
 def test_a_hosts_role_is_shown_in_capitals_and_an_active_fenced_says_so() -> None:
-    lines = _lines(_cp(), _host("host-a", "active"), _host("host-b", "standby"))
+    lines = _lines(shown_cp(), shown_host("host-a", "active"), shown_host("host-b", "standby"))
     assert any(x.startswith("  host-b    STANDBY ") for x in lines), lines
     assert _role_label({"role": "active", "serving": False, "state": "fenced"}) == "FENCED"
     assert _role_label({"role": "active", "serving": False, "state": "serving", "lease": {"lost_ms_ago": 0}}) == "LEASE-LOST"
@@ -73,13 +48,13 @@ def test_what_the_cp_answer_holds_is_each_shown() -> None:
     stop) with no kind, the journal off, an active that stopped normally: each has its line."""
     ls = {"kind": "promote", "planned": True, "from": None, "to": "host-b", "epoch": 6, "at": None, "in_flight_terminals": 0}
     ls |= {"switch_ms": 1.0, "switched": 0, "classic": 0, "reason": "r"}
-    cp = _cp(paused=True, open_files={"warning": "W-open"}, accept_queue={"warning": "W-accept"}, last_switchover=ls)
+    cp = shown_cp(paused=True, open_files={"warning": "W-open"}, accept_queue={"warning": "W-accept"}, last_switchover=ls)
     cp |= {
         "held_bytes": {"reached": True, "total": 3 << 20, "bound": 4 << 20},
         "journal": {"durability": "none"},
         "active_stopped_normally": "host-x",
     }
-    text = "\n".join(_lines(cp, _host("host-a", "active"), _host("host-b", "standby")))
+    text = "\n".join(_lines(cp, shown_host("host-a", "active"), shown_host("host-b", "standby")))
     assert "PAUSED: automatic failover is off" in text, text
     assert "WARNING W-open" in text and "WARNING W-accept" in text, text
     assert "WARNING held messages at the CP's bound (3.0 MiB of 4.0 MiB" in text, text
@@ -88,7 +63,9 @@ def test_what_the_cp_answer_holds_is_each_shown() -> None:
 
 
 def test_a_failing_journal_is_said_with_its_error() -> None:
-    lines = _lines(_cp(journal={"state": "failing", "dir": "/j", "error": "EIO"}), _host("host-a", "active"), _host("host-b", "standby"))
+    lines = _lines(
+        shown_cp(journal={"state": "failing", "dir": "/j", "error": "EIO"}), shown_host("host-a", "active"), shown_host("host-b", "standby")
+    )
     assert any("journal FAILING /j" in x and "ERROR EIO: acknowledgements stopped" in x for x in lines), lines
 
 
@@ -97,12 +74,14 @@ def test_what_a_hosts_answer_holds_is_each_shown() -> None:
     refused (the last one named), a file mismatch, a last error, a stalled call; the rejoined
     note only for a host that serves as the standby."""
     ring = {"ring_write": {"generation": 1, "last_seq": 5}}
-    a = _host("host-a", "active", rejoined_as_standby_of="x", takeover_file={"path": "/t", "records": 1, "storage": "ok", **ring})
+    a = shown_host("host-a", "active", rejoined_as_standby_of="x", takeover_file={"path": "/t", "records": 1, "storage": "ok", **ring})
     a["service"] = {"state": "stalled", "name": "svc", "oldest_call_terminal": "t9", "oldest_call_s": 3, "calls_in_progress": 1}
     tf = {"path": "/t", "records": 1, "storage": "ok", "ring_write": {"generation": 1, "last_seq": 3}, "ring_read": {"generation": 1, "next_seq": 6}}
     refused = [{"terminal": "t1", "kind": "k1", "reason": "r1"}, {"terminal": "t2", "kind": "k2", "reason": "r2"}]
-    b = _host("host-b", "standby", rejoined_as_standby_of="x", takeover_file=tf, open_failed={"recent": refused}, file_mismatch="FM", last_error="LE")
-    lines = _lines(_cp(), a, b)
+    b = shown_host(
+        "host-b", "standby", rejoined_as_standby_of="x", takeover_file=tf, open_failed={"recent": refused}, file_mismatch="FM", last_error="LE"
+    )
+    lines = _lines(shown_cp(), a, b)
     text = "\n".join(lines)
     assert any(x.startswith("  host-b ") and "rejoined as the standby" in x for x in lines), lines
     assert not any(x.startswith("  host-a ") and "rejoined" in x for x in lines), lines
@@ -119,7 +98,7 @@ def test_each_cp_machine_is_shown_with_what_it_said() -> None:
         {"addr": "c:1", "reachable": True, "name": "c", "state": "serving", "superseded": {"by": "d", "generation": 2}, "journal_unanswered_s": 0},
         {"addr": "d:1", "reachable": True, "name": "d", "state": "serving", "same_as": "e:1", "generation": 2},
     ]
-    text = render(summarize(_cp(), [_host("host-a", "active"), _host("host-b", "standby")], machines))
+    text = render(summarize(shown_cp(), [shown_host("host-a", "active"), shown_host("host-b", "standby")], machines))
     line = next(x for x in text.splitlines() if x.startswith("CP machines: "))
     assert line == (
         "CP machines: a:1 E1; b:1 cannot be asked (E2); c at c:1 SUPERSEDED (says it serves) JOURNAL NOT ANSWERING for 0 s: does the shared"
@@ -127,12 +106,12 @@ def test_each_cp_machine_is_shown_with_what_it_said() -> None:
     ), line
     assert "ERROR: two CPs say they serve: c at c:1" in text, text
     machines[3]["addr"] = "e2:1"
-    assert "WARNING: the ctl config's cp names d twice" in render(summarize(_cp(), [_host("host-a", "active")], machines)), machines
+    assert "WARNING: the ctl config's cp names d twice" in render(summarize(shown_cp(), [shown_host("host-a", "active")], machines)), machines
 
 
 def test_a_status_render_cannot_read_is_unknown_exit_3() -> None:
     """A CP answer without its terminal counts (KeyError in render): UNKNOWN and exit 3."""
-    st = summarize({k: v for k, v in _cp().items() if k != "terminals"}, [_host("host-a", "active"), _host("host-b", "standby")])
+    st = summarize({k: v for k, v in shown_cp().items() if k != "terminals"}, [shown_host("host-a", "active"), shown_host("host-b", "standby")])
     assert st["exit_status"] == 0
     assert shown(st).startswith("hsb: UNKNOWN (a daemon answered a status this hsbctl cannot read: KeyError") and st["exit_status"] == 3
 
@@ -148,7 +127,7 @@ def test_watch_shows_a_status_once_until_it_changes_and_again_after_a_failed_pol
         p = polls.pop(0)
         if isinstance(p, Exception):
             raise p
-        return summarize(_cp(), [_host("host-a", "active", peer_link={"up": True, "heartbeat_age_ms": p}), _host("host-b", "standby")])
+        return summarize(shown_cp(), [shown_host("host-a", "active", peer_link={"up": True, "heartbeat_age_ms": p}), shown_host("host-b", "standby")])
 
     def sleep(_: float) -> None:
         if not polls:

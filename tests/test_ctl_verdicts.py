@@ -19,49 +19,11 @@ from hsb.ctl.gather import summarize
 from hsb.ctl.refused import refused_line
 from hsb.ctl.status import headline, render, shown
 from hsb.ctl.target import Target
+from tests.support.cli import cp_answer as _cp
+from tests.support.cli import host_answer as _host
+from tests.support.cli import shown_cp, shown_host
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def _cp(**kw: Any) -> dict[str, Any]:
-    return {"reachable": True, "name": "cp", "addr": "cp:1", "state": "serving", "epoch": 5, **kw}
-
-
-def _host(who: str, role: str, epoch: int = 5, **kw: Any) -> dict[str, Any]:
-    return {
-        "reachable": True,
-        "name": who,
-        "addr": f"{who}:1",
-        "role": role,
-        "state": "established",
-        "serving": role == "active",
-        "epoch": epoch,
-        **kw,
-    }
-
-
-def _shown_cp(**kw: Any) -> dict[str, Any]:
-    """A CP answer render can show (its terminal counts and held messages)."""
-    t = {"connected": 0, "defined": 0, "active_sessions": 0, "standby_sessions": 0}
-    return _cp(terminals=t, held_messages=0, **kw)
-
-
-def _shown_host(who: str, role: str, epoch: int = 5, **kw: Any) -> dict[str, Any]:
-    """A host answer render can show."""
-    return _host(
-        who,
-        role,
-        epoch,
-        pid=1,
-        sentence="-",
-        peer_link={"up": True},
-        cp_link="up",
-        takeover_file={"path": "/t", "records": 1, "storage": "ok"},
-        batch_records={"own": 1},
-        startup_id={"own": None, "partner": None},
-        terminals={"defined": 0, "linked": 0, "active_sessions": 0, "standby_sessions": 0},
-        **kw,
-    )
 
 
 # -- hsbctl status: the verdict ------------------------------------------------------------
@@ -72,8 +34,8 @@ def test_two_actives_at_one_epoch_are_said_by_the_first_line(cp_asked: bool) -> 
     """Two hosts serving as the active at one epoch exit 2, and the first line said `SERVING
     WITHOUT A STANDBY` (a 1 in §0's table) or, the CP not asked, `UNKNOWN` (a 3), with the two
     actives only on an ERROR line further down: the first line says TWO ACTIVES, naming both."""
-    cp = _shown_cp(active={"name": "host-b"}) if cp_asked else {"reachable": False, "addr": "cp:1", "error": "connection refused"}
-    st = summarize(cp, [_shown_host("host-a", "active"), _shown_host("host-b", "active")])
+    cp = shown_cp(active={"name": "host-b"}) if cp_asked else {"reachable": False, "addr": "cp:1", "error": "connection refused"}
+    st = summarize(cp, [shown_host("host-a", "active"), shown_host("host-b", "active")])
     assert st["exit_status"] == 2 and st["two_actives"] == ["host-a", "host-b"], st
     first = headline(st)[0]
     assert first.startswith("hsb: TWO ACTIVES: two hosts serve as the active with a valid lease at once: host-a, host-b"), first
@@ -221,12 +183,12 @@ def _switchover(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, polls: list[dic
     return switchover_mod.run_switchover(Target(cp="cp:1", cps=["cp:1"], hosts=["host-a:1", "host-b:1"], secret_file=str(secret)), True, timeout)
 
 
-_READY = {
+_READY: dict[str, Any] = {
     "cp": _cp(epoch=3, active={"name": "host-a"}, standby={"name": "host-b"}),
     "hosts": [_host("host-a", "active", 3, switchovers_ended=0), _host("host-b", "standby", 3)],
 }
 _HANDING = {"cp": _READY["cp"], "hosts": [_host("host-a", "active", 3, state="handing_over", switchovers_ended=0), _host("host-b", "standby", 3)]}
-_SWITCHED = {
+_SWITCHED: dict[str, Any] = {
     "cp": _cp(epoch=4, active={"name": "host-b"}, standby={"name": "host-a"}, last_switchover={"switched": 2, "classic": 0, "all_served_ms": 1.0}),
     "hosts": [_host("host-a", "standby", 4, switchovers_ended=1), _host("host-b", "active", 4)],
 }

@@ -63,6 +63,51 @@ def pair_status(active_addr: str, standby_addr: str) -> dict[str, Any]:
     return {"hosts": hosts, "unknown": [], "established": True, "cp": {"reachable": True, "epoch": 3}}
 
 
+def cp_answer(**kw: Any) -> dict[str, Any]:
+    """A CP's status answer as gather.summarize reads it (serving at epoch 5), with `kw` on top."""
+    return {"reachable": True, "name": "cp", "addr": "cp:1", "state": "serving", "epoch": 5, **kw}
+
+
+def host_answer(who: str, role: str, epoch: int = 5, **kw: Any) -> dict[str, Any]:
+    """A host's status answer as gather.summarize reads it (`role`, established, at `epoch`), with `kw` on top."""
+    return {
+        "reachable": True,
+        "name": who,
+        "addr": f"{who}:1",
+        "role": role,
+        "state": "established",
+        "serving": role == "active",
+        "epoch": epoch,
+        **kw,
+    }
+
+
+def shown_cp(**kw: Any) -> dict[str, Any]:
+    """`cp_answer` with what hsbctl status renders of it too (its terminal counts, held messages)."""
+    t = {"connected": 0, "defined": 0, "active_sessions": 0, "standby_sessions": 0}
+    return cp_answer(terminals=t, held_messages=0, **kw)
+
+
+def shown_host(who: str, role: str, epoch: int = 5, **kw: Any) -> dict[str, Any]:
+    """`host_answer` with what hsbctl status renders of it too."""
+    return host_answer(
+        who,
+        role,
+        epoch,
+        **{
+            "pid": 1,
+            "sentence": "-",
+            "peer_link": {"up": True},
+            "cp_link": "up",
+            "takeover_file": {"path": "/t", "records": 1, "storage": "ok"},
+            "batch_records": {"own": 1},
+            "startup_id": {"own": None, "partner": None},
+            "terminals": {"defined": 0, "linked": 0, "active_sessions": 0, "standby_sessions": 0},
+            **kw,
+        },
+    )
+
+
 PAIR_A, PAIR_B = "127.0.0.1:1", "127.0.0.1:2"  # the pair's admin addresses in stop_faked
 Asked = list[tuple[str, dict[str, Any]]]
 
