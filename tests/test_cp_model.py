@@ -9,9 +9,7 @@ and every delivery of an id after its first is marked redelivered."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,15 +20,25 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from tests.support.cpcore import cp_config, fake_host
+from tests.support.cpmodel import (
+    DOWN,
+    MOST_SENT,
+    TERMINALS,
+    WELCOMED,
+    journal_cp,
+    model_dir,
+    no_duplicate_or_unexpected,
+    repeats_marked,
+    replies_read,
+    terminal_clients,
+    unanswered,
+    verdict,
+)
 from tests.support.keptreplies import connect_hsbterm, until
 
 pytestmark = pytest.mark.timeout(300)  # (a failure's shrinking included; a clean run takes ~40 s)
 
-TERMINALS = ("T00001", "T00002", "T00003")
-MOST_SENT = 6  # messages a terminal sends at most in one example
 MOST_CRASHES = 3  # CP crashes in one example at most
-WELCOMED = 3  # hsb.term.logon.WELCOMED
-DOWN = 0
 
 
 class _Gone:
@@ -48,19 +56,7 @@ class Life:
     journal holds, and its active host (registered, announced)."""
 
     def __init__(self, d: Path, cfg: Any) -> None:
-        from hsb.cp.core import CP
-        from hsb.cp.journal.generation import Generations
-        from hsb.cp.journal.recovery import recover
-        from hsb.cp.journal.store import Journal
-
-        gen = Generations(d).take()
-        r = recover(d, truncate=False)
-        self.journal = Journal(d, generation=gen, io="thread")
-        self.cp = CP(cfg, self.journal)
-        self.cp.follows_a_cp = gen > 1
-        self.cp.restore(r)
-        seg = self.journal.open(r.highest_segment + 1, self.cp.snapshot(), [*r.garbage, *r.paths])
-        self.cp.repin(seg)
+        self.journal, self.cp = journal_cp(d, cfg)
         self.host = fake_host(self.cp, "host-a", "active", record=True)
         self.seen = 0  # frames of the host's read so far
 
@@ -72,8 +68,7 @@ class CPModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        # (in memory where there is a tmpfs: crashes are the model's, not the disk's; syncs are free)
-        self.dir = Path(tempfile.mkdtemp(prefix="hsb-cpmodel-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+        self.dir = model_dir("hsb-cpmodel-")
         self.life: Life | None = None
 
     def run(self, step: Callable[[], Awaitable[None]]) -> None:
@@ -81,21 +76,12 @@ class CPModel(RuleBasedStateMachine):
 
     @initialize()
     def start(self) -> None:
-        from hsb.term.client import TerminalClient
-        from hsb.term.load import LoadStats
-
         self.cfg = cp_config(self.dir, len(TERMINALS))
         self.deliveries: list[tuple[str, int, bool]] = []  # every deliver, in order, across CP lives
         self.owed: dict[tuple[str, int], Any] = {}  # delivered to the active, not answered yet
-        self.clients: dict[str, TerminalClient] = {}
-        self.stats: dict[str, LoadStats] = {}
+        self.clients, self.stats = terminal_clients()
         self.conns: dict[str, Any] = {}
         self.crashes = 0
-        for name in TERMINALS:
-            stats = LoadStats(1)
-            stats.counting = True
-            self.stats[name] = stats
-            self.clients[name] = TerminalClient(name, stats, base=1000, check_data=True, keepalive=0)
 
         async def go() -> None:
             await self._new_life()
@@ -270,17 +256,11 @@ class CPModel(RuleBasedStateMachine):
     # -- the promise -----------------------------------------------------------------------------
     @invariant()
     def repeats_marked(self) -> None:
-        seen: set[tuple[str, int]] = set()
-        for name, mid, again in self.deliveries:
-            assert again or (name, mid) not in seen, f"{name} {mid} delivered again unmarked: {self.deliveries}"
-            seen.add((name, mid))
+        repeats_marked(self.deliveries)
 
     @invariant()
     def no_duplicate_or_unexpected(self) -> None:
-        for name, c in self.clients.items():
-            assert c.unexpected == 0 and c.early == 0, f"{name}: unexpected {c.unexpected}, early {c.early}"
-            dup = [c.base + i for i, m in enumerate(c.marks) if (m >> 2) > 1]
-            assert not dup, f"{name}: replies to the application more than once: {dup}"
+        no_duplicate_or_unexpected(self.clients)
 
     def settle(self) -> None:
         """Every terminal logged on, the journal durable, and the active answers everything it
@@ -315,29 +295,19 @@ class CPModel(RuleBasedStateMachine):
         self.run(go)
 
     def _replies_read(self) -> int:
-        return sum(c.resent_ignored + sum(m >> 2 for m in c.marks) for c in self.clients.values())
+        return replies_read(self.clients)
 
     def _unanswered(self) -> dict[str, list[int]]:
-        return {n: sorted(c.outstanding) for n, c in self.clients.items() if c.outstanding}
+        return unanswered(self.clients)
 
     def check_at_end(self) -> None:
-        from hsb.term.load import _report
-        from hsb.term.verdict import ACKED
-
         self.settle()
         self.repeats_marked()
         event(f"crashes: {self.crashes}")
         event(f"deliveries marked redelivered: {min(sum(d[2] for d in self.deliveries), 3)}+")
         event(f"resent replies ignored by a terminal: {min(sum(c.resent_ignored for c in self.clients.values()), 3)}+")
         event(f"messages sent: {min(sum(c.sent for c in self.clients.values()) // 4 * 4, 12)}+")
-        delivered = {(n, i) for n, i, _ in self.deliveries}
-        for name, c in self.clients.items():
-            if not c.sent:
-                continue  # (the verdict fails a terminal that proved nothing)
-            r = _report([c], self.stats[name], 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, [])
-            assert r.ok and r.lost == 0 and r.duplicates == 0 and r.unexpected == 0 and r.unacked == 0, (name, r.failures)
-            acked = [c.base + i for i, m in enumerate(c.marks) if m & ACKED]
-            assert all((name, i) in delivered for i in acked), (name, acked, self.deliveries)
+        verdict(self.clients, self.stats, {(n, i) for n, i, _ in self.deliveries})
 
 
 class _Checked(CPModel):

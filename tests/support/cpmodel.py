@@ -1,0 +1,96 @@
+"""The pieces the CP's model-based tests share (tests/test_cp_model.py, one active and CP
+crashes; tests/test_cp_model_flip.py, two hosts and the flip): hsbterm's resuming terminals, a
+CP core on a real journal in a directory in memory, and the promise checked at the end (hsbterm's
+strict verdict, every acknowledged id delivered, every repeat delivery marked redelivered)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+TERMINALS = ("T00001", "T00002", "T00003")
+MOST_SENT = 6  # messages a terminal sends at most in one example
+WELCOMED = 3  # hsb.term.logon.WELCOMED
+DOWN = 0
+
+
+def model_dir(prefix: str) -> Path:
+    """A directory for the CP's journal, in memory where there is a tmpfs (crashes are the
+    model's, not the disk's; syncs are free)."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+
+
+def terminal_clients() -> tuple[dict[str, Any], dict[str, Any]]:
+    """hsbterm's resuming terminals (checking the data of every reply), and their stats."""
+    from hsb.term.client import TerminalClient
+    from hsb.term.load import LoadStats
+
+    clients: dict[str, Any] = {}
+    stats: dict[str, Any] = {}
+    for name in TERMINALS:
+        s = LoadStats(1)
+        s.counting = True
+        stats[name] = s
+        clients[name] = TerminalClient(name, s, base=1000, check_data=True, keepalive=0)
+    return clients, stats
+
+
+def journal_cp(d: Path, cfg: Any) -> tuple[Any, Any]:
+    """(journal, cp): one CP process, its core on a journal of a new generation in `d`, restored
+    from what the journal holds."""
+    from hsb.cp.core import CP
+    from hsb.cp.journal.generation import Generations
+    from hsb.cp.journal.recovery import recover
+    from hsb.cp.journal.store import Journal
+
+    gen = Generations(d).take()
+    r = recover(d, truncate=False)
+    journal = Journal(d, generation=gen, io="thread")
+    cp = CP(cfg, journal)
+    cp.follows_a_cp = gen > 1
+    cp.restore(r)
+    seg = journal.open(r.highest_segment + 1, cp.snapshot(), [*r.garbage, *r.paths])
+    cp.repin(seg)
+    return journal, cp
+
+
+def repeats_marked(deliveries: Iterable[tuple[str, int, bool]]) -> None:
+    """Every delivery of an id after its first is marked redelivered."""
+    seen: set[tuple[str, int]] = set()
+    every = list(deliveries)
+    for name, mid, again in every:
+        assert again or (name, mid) not in seen, f"{name} {mid} delivered again unmarked: {every}"
+        seen.add((name, mid))
+
+
+def no_duplicate_or_unexpected(clients: dict[str, Any]) -> None:
+    for name, c in clients.items():
+        assert c.unexpected == 0 and c.early == 0, f"{name}: unexpected {c.unexpected}, early {c.early}"
+        dup = [c.base + i for i, m in enumerate(c.marks) if (m >> 2) > 1]
+        assert not dup, f"{name}: replies to the application more than once: {dup}"
+
+
+def replies_read(clients: dict[str, Any]) -> int:
+    return sum(c.resent_ignored + sum(m >> 2 for m in c.marks) for c in clients.values())
+
+
+def unanswered(clients: dict[str, Any]) -> dict[str, list[int]]:
+    return {n: sorted(c.outstanding) for n, c in clients.items() if c.outstanding}
+
+
+def verdict(clients: dict[str, Any], stats: dict[str, Any], delivered: set[tuple[str, int]]) -> None:
+    """hsbterm's strict verdict for each terminal that sent anything, and every id it had
+    acknowledged among `delivered`."""
+    from hsb.term.load import _report
+    from hsb.term.verdict import ACKED
+
+    for name, c in clients.items():
+        if not c.sent:
+            continue  # (the verdict fails a terminal that proved nothing)
+        r = _report([c], stats[name], 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, [])
+        assert r.ok and r.lost == 0 and r.duplicates == 0 and r.unexpected == 0 and r.unacked == 0, (name, r.failures)
+        acked = [c.base + i for i, m in enumerate(c.marks) if m & ACKED]
+        assert all((name, i) in delivered for i in acked), (name, acked, sorted(delivered))
