@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import initialize, invariant, rule
 
 from tests.support.cpcore import cp_config, fake_host
 from tests.support.cpmodel import (
@@ -25,6 +25,7 @@ from tests.support.cpmodel import (
     MOST_SENT,
     TERMINALS,
     WELCOMED,
+    TerminalRules,
     journal_cp,
     model_dir,
     no_duplicate_or_unexpected,
@@ -61,18 +62,14 @@ class Life:
         self.seen = 0  # frames of the host's read so far
 
 
-class CPModel(RuleBasedStateMachine):
+class CPModel(TerminalRules):
     """Model: what each terminal's application sent (hsbterm's marks), every delivery the active
     had (in order, with its mark), and the deliveries the active still owes a reply."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.loop = asyncio.new_event_loop()
         self.dir = model_dir("hsb-cpmodel-")
         self.life: Life | None = None
-
-    def run(self, step: Callable[[], Awaitable[None]]) -> None:
-        self.loop.run_until_complete(asyncio.wait_for(step(), 10.0))
 
     @initialize()
     def start(self) -> None:
@@ -176,35 +173,6 @@ class CPModel(RuleBasedStateMachine):
         async def go() -> None:
             assert self.life is not None
             self.life.cp.host_reply(self.life.host, key[0], key[1], data)
-            await self._pump()
-
-        self.run(go)
-
-    @rule(name=st.sampled_from(TERMINALS))
-    def drop(self, name: str) -> None:
-        c, p = self.clients[name], self.conns.get(name)
-        if p is None or c.state == DOWN:
-            return
-
-        async def go() -> None:
-            p.transport.close()
-            await until(lambda: c.state == DOWN and p.closed, f"{name}'s drop seen by both sides")
-            await self._pump()
-
-        self.run(go)
-
-    @rule(name=st.sampled_from(TERMINALS))
-    def reconnect(self, name: str) -> None:
-        if self.clients[name].state != DOWN:
-            return
-        self.run(lambda: self._connect(name))
-
-    @rule(name=st.sampled_from(TERMINALS))
-    def confirm(self, name: str) -> None:
-        c = self.clients[name]
-
-        async def go() -> None:
-            c._confirm(force=True)
             await self._pump()
 
         self.run(go)

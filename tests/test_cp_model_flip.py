@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import initialize, invariant, rule
 
 from tests.support.cpcore import cp_config, fake_host
 from tests.support.cpmodel import (
@@ -33,6 +33,7 @@ from tests.support.cpmodel import (
     MOST_SENT,
     TERMINALS,
     WELCOMED,
+    TerminalRules,
     journal_cp,
     model_dir,
     no_duplicate_or_unexpected,
@@ -63,20 +64,16 @@ class Delivery:
         return f"{self.link.name}@{self.epoch}:{self.name}/{self.mid}{'R' if self.again else ''}{'' if self.was_active else '!NOT-ACTIVE'}"
 
 
-class FlipModel(RuleBasedStateMachine):
+class FlipModel(TerminalRules):
     """Model: what each terminal's application sent (hsbterm's marks), every delivery a host had
     (in order, with its mark and whether that host was the active then), the deliveries the
     active owes a reply, and those owed by a host that is no longer the active (late answers)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.loop = asyncio.new_event_loop()
         self.dir = model_dir("hsb-cpflip-")
         self.cp: Any = None
         self.journal: Any = None
-
-    def run(self, step: Callable[[], Awaitable[None]]) -> None:
-        self.loop.run_until_complete(asyncio.wait_for(step(), 10.0))
 
     @initialize()
     def start(self) -> None:
@@ -285,35 +282,6 @@ class FlipModel(RuleBasedStateMachine):
         if waiting:
             now = term.held.get(d.mid)
             assert now is held and not held.replying and held.early is None, f"a late answer of {d} was taken"
-
-    @rule(name=st.sampled_from(TERMINALS))
-    def drop(self, name: str) -> None:
-        c, p = self.clients[name], self.conns.get(name)
-        if p is None or c.state == DOWN:
-            return
-
-        async def go() -> None:
-            p.transport.close()
-            await until(lambda: c.state == DOWN and p.closed, f"{name}'s drop seen by both sides")
-            await self._pump()
-
-        self.run(go)
-
-    @rule(name=st.sampled_from(TERMINALS))
-    def reconnect(self, name: str) -> None:
-        if self.clients[name].state != DOWN:
-            return
-        self.run(lambda: self._connect(name))
-
-    @rule(name=st.sampled_from(TERMINALS))
-    def confirm(self, name: str) -> None:
-        c = self.clients[name]
-
-        async def go() -> None:
-            c._confirm(force=True)
-            await self._pump()
-
-        self.run(go)
 
     @rule()
     def follow(self) -> None:

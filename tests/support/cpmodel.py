@@ -1,15 +1,22 @@
 """The pieces the CP's model-based tests share (tests/test_cp_model.py, one active and CP
 crashes; tests/test_cp_model_flip.py, two hosts and the flip): hsbterm's resuming terminals, a
 CP core on a real journal in a directory in memory, and the promise checked at the end (hsbterm's
-strict verdict, every acknowledged id delivered, every repeat delivery marked redelivered)."""
+strict verdict, every acknowledged id delivered, every repeat delivery marked redelivered), and
+the rules of a terminal's own (TerminalRules: its connection dropped, resumed, its confirm)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, rule
+
+from tests.support.keptreplies import until
 
 TERMINALS = ("T00001", "T00002", "T00003")
 MOST_SENT = 6  # messages a terminal sends at most in one example
@@ -26,7 +33,7 @@ def model_dir(prefix: str) -> Path:
 def terminal_clients() -> tuple[dict[str, Any], dict[str, Any]]:
     """hsbterm's resuming terminals (checking the data of every reply), and their stats."""
     from hsb.term.client import TerminalClient
-    from hsb.term.load import LoadStats
+    from hsb.term.loadstats import LoadStats
 
     clients: dict[str, Any] = {}
     stats: dict[str, Any] = {}
@@ -94,3 +101,54 @@ def verdict(clients: dict[str, Any], stats: dict[str, Any], delivered: set[tuple
         assert r.ok and r.lost == 0 and r.duplicates == 0 and r.unexpected == 0 and r.unacked == 0, (name, r.failures)
         acked = [c.base + i for i, m in enumerate(c.marks) if m & ACKED]
         assert all((name, i) in delivered for i in acked), (name, acked, sorted(delivered))
+
+
+class TerminalRules(RuleBasedStateMachine):
+    """A model's event loop and the rules of a terminal's own, whatever the CP's side: its
+    connection dropped (both sides see it), its resume, its confirm. A model sets `clients`
+    (hsbterm's, by name) and `conns` (the CP's side of each) and has `_connect` and `_pump`."""
+
+    clients: dict[str, Any]
+    conns: dict[str, Any]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+
+    def run(self, step: Callable[[], Awaitable[None]]) -> None:
+        self.loop.run_until_complete(asyncio.wait_for(step(), 10.0))
+
+    async def _connect(self, name: str) -> None:
+        raise NotImplementedError
+
+    async def _pump(self) -> None:
+        raise NotImplementedError
+
+    @rule(name=st.sampled_from(TERMINALS))
+    def drop(self, name: str) -> None:
+        c, p = self.clients[name], self.conns.get(name)
+        if p is None or c.state == DOWN:
+            return
+
+        async def go() -> None:
+            p.transport.close()
+            await until(lambda: c.state == DOWN and p.closed, f"{name}'s drop seen by both sides")
+            await self._pump()
+
+        self.run(go)
+
+    @rule(name=st.sampled_from(TERMINALS))
+    def reconnect(self, name: str) -> None:
+        if self.clients[name].state != DOWN:
+            return
+        self.run(lambda: self._connect(name))
+
+    @rule(name=st.sampled_from(TERMINALS))
+    def confirm(self, name: str) -> None:
+        c = self.clients[name]
+
+        async def go() -> None:
+            c._confirm(force=True)
+            await self._pump()
+
+        self.run(go)
