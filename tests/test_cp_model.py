@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, event, settings
+from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import initialize, invariant, rule
 
 from tests.support.cpcore import cp_config, fake_host
 from tests.support.cpmodel import (
     DOWN,
+    MODEL_SETTINGS,
     MOST_SENT,
     TERMINALS,
     WELCOMED,
@@ -30,9 +31,7 @@ from tests.support.cpmodel import (
     model_dir,
     no_duplicate_or_unexpected,
     repeats_marked,
-    replies_read,
     terminal_clients,
-    unanswered,
     verdict,
 )
 from tests.support.keptreplies import connect_hsbterm, until
@@ -233,40 +232,15 @@ class CPModel(TerminalRules):
     def settle(self) -> None:
         """Every terminal logged on, the journal durable, and the active answers everything it
         is delivered (again, too) with the same data, until every message is answered."""
+        life = self.life
+        assert life is not None
+        self.run(lambda: self._settle(life.cp))
 
-        async def go() -> None:
-            for name, c in self.clients.items():
-                if c.state == DOWN:
-                    await self._connect(name)
-            loop = asyncio.get_running_loop()
-            t0 = loop.time()
-            still = 0  # turns in a row with nothing owed and nothing new (stuck: fail at once)
-            while True:
-                before = (len(self.deliveries), self._replies_read())
-                for c in self.clients.values():
-                    c._confirm(force=True)  # (now, not after hsbterm's 50 ms: a terminal at its held bound waits for it)
-                await self._durable()
-                assert self.life is not None
-                held = {n: sorted(t.held) for n, t in self.life.cp.terms.items() if t.held}
-                if not self.owed and not held and not any(c.outstanding for c in self.clients.values()):
-                    break
-                still = still + 1 if not self.owed and before == (len(self.deliveries), self._replies_read()) else 0
-                assert still < 5 and loop.time() - t0 < 5.0, f"never answered: {self._unanswered()}, held at the CP {held}"
-                for (name, mid), data in sorted(self.owed.items()):
-                    self.life.cp.host_reply(self.life.host, name, mid, data)
-                self.owed.clear()
-                await self._pump()
-            for c in self.clients.values():
-                c._confirm(force=True)
-            await self._durable()
-
-        self.run(go)
-
-    def _replies_read(self) -> int:
-        return replies_read(self.clients)
-
-    def _unanswered(self) -> dict[str, list[int]]:
-        return unanswered(self.clients)
+    def _answer_owed(self) -> None:
+        assert self.life is not None
+        for (name, mid), data in sorted(self.owed.items()):
+            self.life.cp.host_reply(self.life.host, name, mid, data)
+        self.owed.clear()
 
     def check_at_end(self) -> None:
         self.settle()
@@ -289,11 +263,5 @@ class _Checked(CPModel):
             super().teardown()
 
 
-_Checked.TestCase.settings = settings(
-    max_examples=400,
-    stateful_step_count=30,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+_Checked.TestCase.settings = MODEL_SETTINGS
 TestCPModel = _Checked.TestCase

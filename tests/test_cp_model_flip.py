@@ -23,13 +23,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, event, settings
+from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import initialize, invariant, rule
 
 from tests.support.cpcore import cp_config, fake_host
 from tests.support.cpmodel import (
-    DOWN,
+    MODEL_SETTINGS,
     MOST_SENT,
     TERMINALS,
     WELCOMED,
@@ -38,9 +38,7 @@ from tests.support.cpmodel import (
     model_dir,
     no_duplicate_or_unexpected,
     repeats_marked,
-    replies_read,
     terminal_clients,
-    unanswered,
     verdict,
 )
 from tests.support.keptreplies import connect_hsbterm, until
@@ -398,31 +396,14 @@ class FlipModel(TerminalRules):
                             await self._join(host, "standby")
                 await self._until(self._serving, "a host serving as the active")
             await self._until(lambda: cp.flipping is None, "the flip done")
-            for name, c in self.clients.items():
-                if c.state == DOWN:
-                    await self._connect(name)
-            loop = asyncio.get_running_loop()
-            t0 = loop.time()
-            still = 0  # turns in a row with nothing owed and nothing new (stuck: fail at once)
-            while True:
-                before = (len(self.deliveries), replies_read(self.clients))
-                for c in self.clients.values():
-                    c._confirm(force=True)  # (now, not after hsbterm's 50 ms: a terminal at its held bound waits for it)
-                await self._durable()
-                held = {n: sorted(t.held) for n, t in cp.terms.items() if t.held}
-                if not self.owed and not held and not any(c.outstanding for c in self.clients.values()):
-                    break
-                still = still + 1 if not self.owed and before == (len(self.deliveries), replies_read(self.clients)) else 0
-                assert still < 5 and loop.time() - t0 < 5.0, f"never answered: {unanswered(self.clients)}, held at the CP {held}, owed {self.owed}"
-                for key in sorted(self.owed):
-                    d = self.owed.pop(key)
-                    self._answer(d, d.data, cp.epoch)
-                await self._pump()
-            for c in self.clients.values():
-                c._confirm(force=True)
-            await self._durable()
+            await self._settle(cp)
 
         self.run(go)
+
+    def _answer_owed(self) -> None:
+        for key in sorted(self.owed):
+            d = self.owed.pop(key)
+            self._answer(d, d.data, self.cp.epoch)
 
     async def _durable(self) -> None:
         j = self.journal
@@ -457,11 +438,5 @@ class _Checked(FlipModel):
             super().teardown()
 
 
-_Checked.TestCase.settings = settings(
-    max_examples=400,
-    stateful_step_count=30,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+_Checked.TestCase.settings = MODEL_SETTINGS
 TestCPFlipModel = _Checked.TestCase

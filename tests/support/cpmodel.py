@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
 
@@ -22,6 +23,8 @@ TERMINALS = ("T00001", "T00002", "T00003")
 MOST_SENT = 6  # messages a terminal sends at most in one example
 WELCOMED = 3  # hsb.term.logon.WELCOMED
 DOWN = 0
+# both models' runs: deterministic in CI, no per-step deadline (a crash's recovery takes a while)
+MODEL_SETTINGS = settings(max_examples=400, stateful_step_count=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
 def model_dir(prefix: str) -> Path:
@@ -118,11 +121,47 @@ class TerminalRules(RuleBasedStateMachine):
     def run(self, step: Callable[[], Awaitable[None]]) -> None:
         self.loop.run_until_complete(asyncio.wait_for(step(), 10.0))
 
+    owed: dict[Any, Any]  # what the active was delivered and owes a reply
+    deliveries: list[Any]  # every delivery, in order
+
     async def _connect(self, name: str) -> None:
         raise NotImplementedError
 
     async def _pump(self) -> None:
         raise NotImplementedError
+
+    async def _durable(self) -> None:
+        raise NotImplementedError
+
+    def _answer_owed(self) -> None:
+        """The active answers everything it owes (the same data), and owes nothing."""
+        raise NotImplementedError
+
+    async def _settle(self, cp: Any) -> None:
+        """Every terminal logged on, then turns of: every terminal confirms, the journal is made
+        durable, the active answers what it owes, until nothing is held at `cp`, owed or
+        outstanding (five turns in a row with nothing new, or 5 s: fail, naming what is left)."""
+        for name, c in self.clients.items():
+            if c.state == DOWN:
+                await self._connect(name)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        still = 0  # turns in a row with nothing owed and nothing new (stuck: fail at once)
+        while True:
+            before = (len(self.deliveries), replies_read(self.clients))
+            for c in self.clients.values():
+                c._confirm(force=True)  # (now, not after hsbterm's 50 ms: a terminal at its held bound waits for it)
+            await self._durable()
+            held = {n: sorted(t.held) for n, t in cp.terms.items() if t.held}
+            if not self.owed and not held and not any(c.outstanding for c in self.clients.values()):
+                break
+            still = still + 1 if not self.owed and before == (len(self.deliveries), replies_read(self.clients)) else 0
+            assert still < 5 and loop.time() - t0 < 5.0, f"never answered: {unanswered(self.clients)}, held at the CP {held}, owed {self.owed}"
+            self._answer_owed()
+            await self._pump()
+        for c in self.clients.values():
+            c._confirm(force=True)
+        await self._durable()
 
     @rule(name=st.sampled_from(TERMINALS))
     def drop(self, name: str) -> None:
