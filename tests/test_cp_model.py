@@ -23,7 +23,6 @@ from tests.support.cpcore import cp_config, fake_host
 from tests.support.cpmodel import (
     DOWN,
     MODEL_SETTINGS,
-    MOST_SENT,
     TERMINALS,
     WELCOMED,
     TerminalRules,
@@ -149,18 +148,6 @@ class CPModel(TerminalRules):
         await self._pump()
 
     # -- rules -----------------------------------------------------------------------------------
-    @rule(name=st.sampled_from(TERMINALS), n=st.integers(1, 3))
-    def send(self, name: str, n: int) -> None:
-        """The terminal's application sends `n` messages (queued while it is logged off)."""
-        c = self.clients[name]
-
-        async def go() -> None:
-            for _ in range(min(n, MOST_SENT - c.sent)):
-                c.submit()
-            await self._pump()
-
-        self.run(go)
-
     @rule(pick=st.integers(0, 20))
     def answer(self, pick: int) -> None:
         """The active answers one of the messages it was delivered and owes (any of them)."""

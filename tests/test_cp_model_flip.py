@@ -30,7 +30,6 @@ from hypothesis.stateful import initialize, invariant, rule
 from tests.support.cpcore import cp_config, fake_host
 from tests.support.cpmodel import (
     MODEL_SETTINGS,
-    MOST_SENT,
     TERMINALS,
     WELCOMED,
     TerminalRules,
@@ -224,18 +223,6 @@ class FlipModel(TerminalRules):
         d.link.data_received(encode({"t": "reply", "terminal": d.name, "id": d.mid, "data": data, "epoch": epoch}))
 
     # -- rules -----------------------------------------------------------------------------------
-    @rule(name=st.sampled_from(TERMINALS), n=st.integers(1, 3))
-    def send(self, name: str, n: int) -> None:
-        """The terminal's application sends `n` messages (queued while it is logged off)."""
-        c = self.clients[name]
-
-        async def go() -> None:
-            for _ in range(min(n, MOST_SENT - c.sent)):
-                c.submit()
-            await self._pump()
-
-        self.run(go)
-
     @rule(pick=st.integers(0, 20))
     def answer(self, pick: int) -> None:
         """The active answers one of the messages it was delivered and owes (any of them)."""

@@ -108,7 +108,7 @@ def verdict(clients: dict[str, Any], stats: dict[str, Any], delivered: set[tuple
 
 class TerminalRules(RuleBasedStateMachine):
     """A model's event loop and the rules of a terminal's own, whatever the CP's side: its
-    connection dropped (both sides see it), its resume, its confirm. A model sets `clients`
+    application's sends, its connection dropped (both sides see it), its resume, its confirm. A model sets `clients`
     (hsbterm's, by name) and `conns` (the CP's side of each) and has `_connect` and `_pump`."""
 
     clients: dict[str, Any]
@@ -162,6 +162,18 @@ class TerminalRules(RuleBasedStateMachine):
         for c in self.clients.values():
             c._confirm(force=True)
         await self._durable()
+
+    @rule(name=st.sampled_from(TERMINALS), n=st.integers(1, 3))
+    def send(self, name: str, n: int) -> None:
+        """The terminal's application sends `n` messages (queued while it is logged off)."""
+        c = self.clients[name]
+
+        async def go() -> None:
+            for _ in range(min(n, MOST_SENT - c.sent)):
+                c.submit()
+            await self._pump()
+
+        self.run(go)
 
     @rule(name=st.sampled_from(TERMINALS))
     def drop(self, name: str) -> None:
