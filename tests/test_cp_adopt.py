@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.cpcore import HeldJournal, cp_core, fake_host, fake_terminal, recording_terminal
+from tests.support.cpcore import HeldJournal, adopting_active, cp_core, fake_host, fake_terminal, recording_terminal
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -227,10 +227,7 @@ async def test_a_terminal_back_while_an_undone_switchover_is_made_durable_is_tol
     and T00001 comes back, resuming, while host-a's grant of the role back is made durable: its
     welcome went alone (nothing announced), its adopted session was kept, and the flip left it
     as it was: welcomed, served, and never told its session was open."""
-    cp = cp_core(tmp_path, 3, cp="resume_window = 30\n")
-    a = fake_host(cp, "host-a")
-    a.adopts = True
-    cp.host_register(a, "active", 1)
+    cp, a = adopting_active(tmp_path, record=False)
     b = fake_host(cp, "host-b", "standby")
     t2 = recording_terminal(cp, "T00002")
     cp.host_adopt(a, [("T00001", {}), ("T00002", {})], last=True)
@@ -267,10 +264,7 @@ async def test_a_message_of_a_terminal_named_while_an_undone_switchover_is_made_
     cut, names T00001's session. Message 1 went to it then, before the `switch_granted` at which
     hsbd drops what it was handed (ha_cp.link_event), and the flip, finding it delivered at its
     epoch, did not send it again: it stayed held, and message 2 was delivered alone, before it."""
-    cp = cp_core(tmp_path, 3, cp="resume_window = 30\n")
-    a = fake_host(cp, "host-a", record=True)
-    a.adopts = True
-    cp.host_register(a, "active", 1)
+    cp, a = adopting_active(tmp_path)
     b = fake_host(cp, "host-b", "standby")
     recording_terminal(cp, "T00001")
     term = cp.terms["T00001"]

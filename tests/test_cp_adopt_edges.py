@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.cpcore import HeldJournal, cp_core, fake_host, recording_terminal
+from tests.support.cpcore import HeldJournal, adopting_active, cp_core, fake_host, recording_terminal
 from tests.support.inproc import until
 
 pytestmark = pytest.mark.timeout(30)
@@ -39,10 +39,7 @@ async def test_adopt_frames_of_an_active_demoted_by_a_grant_that_stands_adopt_no
     """host-a names sessions while a planned grant to host-b is made durable: kept aside in case
     the role comes back; the grant stands, so they are nobody's: a terminal that comes back then
     is asked a session of host-b, not told of one at host-a."""
-    cp = cp_core(tmp_path, 3, cp="resume_window = 30\n")
-    a = fake_host(cp, "host-a", record=True)
-    a.adopts = True
-    cp.host_register(a, "active", 1)
+    cp, a = adopting_active(tmp_path)
     cp.host_adopt(a, [("T00001", {})], last=False)
     b = fake_host(cp, "host-b", "standby", record=True)
     held = HeldJournal(cp)
@@ -65,10 +62,7 @@ async def test_a_message_of_a_terminal_named_while_a_grant_was_pending_goes_afte
     made durable; host-b is lost and host-a gets the role back. What it named then is taken when
     the role comes back, but nothing is delivered there: hsbd drops what it is handed before
     its `switch_granted`, and the grant's flip delivers message 1 after it, once."""
-    cp = cp_core(tmp_path, 3, cp="resume_window = 30\n")
-    a = fake_host(cp, "host-a", record=True)
-    a.adopts = True
-    cp.host_register(a, "active", 1)
+    cp, a = adopting_active(tmp_path)
     b = fake_host(cp, "host-b", "standby")
     recording_terminal(cp, "T00001")
     term = cp.terms["T00001"]

@@ -54,6 +54,16 @@ def fake_host(cp: Any, name: str, role: str | None = None, *, keeps: bool = Fals
     return h
 
 
+def adopting_active(d: Path, record: bool = True) -> tuple[Any, Any]:
+    """A CP core of 3 terminals (resume_window 30 s) whose active, host-a, registered at epoch 1
+    and adopts the sessions that outlived a CP restart (hsb.cp.adopt): (cp, host-a)."""
+    cp = cp_core(d, 3, cp="resume_window = 30\n")
+    a = fake_host(cp, "host-a", record=record)
+    a.adopts = True
+    cp.host_register(a, "active", 1)
+    return cp, a
+
+
 def recording_terminal(cp: Any, name: str, last_reply: int | None = 0, first: int | None = None) -> Any:
     """A terminal connection that has said hello as `name` (`last_reply` None: one that does not
     resume; `first`: its hello's, the run's first id); its transport keeps what the CP writes
