@@ -250,6 +250,7 @@ def option_problems(options: dict[str, Any]) -> list[str]:
 
 PG_ONLY = ("pool_size", "command_timeout", "tx_idle_timeout")  # options of the PostgreSQL database only
 SQLITE_ONLY = ("busy_timeout",)  # ... and of SQLite's
+DB_DEFAULTS: dict[str, Any] = {"pool_size": 10, "command_timeout": 10.0, "tx_idle_timeout": 1.0, "busy_timeout": 5.0}  # (the options not given)
 MIN_KEEP_HOURS = 1.0  # records kept less than this could be pruned under a message still held
 
 
@@ -261,12 +262,12 @@ class LedgerService:
         host: str,
         dsn: str = "",
         sqlite: str = "",
-        pool_size: int | None = None,  # (PostgreSQL's, default 10)
-        command_timeout: float | None = None,  # (PostgreSQL's, default 10 s)
-        tx_idle_timeout: float | None = None,  # (PostgreSQL's, default 1 s)
+        pool_size: int | None = None,  # (PostgreSQL's; default in DB_DEFAULTS)
+        command_timeout: float | None = None,  # (PostgreSQL's; default in DB_DEFAULTS)
+        tx_idle_timeout: float | None = None,  # (PostgreSQL's; default in DB_DEFAULTS)
         keep_hours: float = 168.0,
         keep_last: int = 256,
-        busy_timeout: float | None = None,  # (SQLite's, default 5 s)
+        busy_timeout: float | None = None,  # (SQLite's; default in DB_DEFAULTS)
         idempotency: bool = True,
         logon_ms: float = 0,
     ) -> None:
@@ -295,15 +296,7 @@ class LedgerService:
             raise TypeError(
                 f"keep_last must be at least 1, and at least the CP's held_bound (records each terminal keeps however old), not {keep_last!r}"
             )
-        opts: dict[str, Any] = (
-            {
-                "pool_size": 10 if pool_size is None else pool_size,
-                "command_timeout": 10.0 if command_timeout is None else command_timeout,
-                "tx_idle_timeout": 1.0 if tx_idle_timeout is None else tx_idle_timeout,
-            }
-            if dsn
-            else {"busy_timeout": 5.0 if busy_timeout is None else busy_timeout}
-        )
+        opts = {k: given.get(k, DB_DEFAULTS[k]) for k in (PG_ONLY if dsn else SQLITE_ONLY)}
         self.db: Database = open_database(dsn or None, sqlite or None, **opts)
         self.once = ExactlyOnce(self.db, keep=float(keep_hours) * 3600.0, record=bool(idempotency), keep_last=int(keep_last))
         self.ready = False
