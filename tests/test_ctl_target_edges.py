@@ -301,3 +301,19 @@ def test_a_memory_only_cps_generation_0_is_said_not_unknown() -> None:
     assert line is not None and "a at epoch 4 (cp-1's active, CP generation 0)" in line, line
     line = split_brain(cp_says("b", 5), split_hosts(None, None), [machine("cp-1", "a"), machine("cp-2", "b")])
     assert line is not None and "a at epoch 4 (cp-1's active, CP generation ?)" in line, line
+
+
+def test_more_than_a_pair_of_hosts_or_two_cps_is_said_with_its_fix(tmp_path: Path, secret: Path) -> None:
+    cfg = ctl(tmp_path, f'cp = ["c:1", "c:2", "c:3"]\nhosts = ["h:1", "h:2", "h:3"]\nsecret_file = "{secret}"\n')
+    said = problems(cfg)
+    assert said == [
+        f"3 hosts named (h:1, h:2, h:3): a pair has two; name each one's admin_listen once in the ctl config {cfg}'s hosts (or --host twice)",
+        f"3 CPs named (c:1, c:2, c:3): name one CP, or the two CP machines of docs/operations.md §18, in the ctl config {cfg}'s cp (or --cp A,B)",
+    ], said
+    # by the flags alone, the same, without a config to name
+    said = problems(None, "c:1,c:2,c:3", ("h:1", "h:2", "h:3"), str(secret))
+    assert said[0].startswith("3 hosts named (h:1, h:2, h:3): a pair has two;") and said[0].endswith("admin_listen once with --host twice"), said
+    assert said[1].endswith("§18, with --cp A,B") and len(said) == 2, said
+    # two of each (and one) pass
+    t = load_target(None, "c:1,c:2", ("h:1", "h:2"), str(secret))
+    assert t.cps == ["c:1", "c:2"] and t.hosts == ["h:1", "h:2"], t

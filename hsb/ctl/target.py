@@ -45,6 +45,18 @@ class Target:
                 if config  # (one was read: "pass --config" would send the operator to what they did)
                 else "no daemons named: pass --config CTL.toml (hsbctl sandbox up prints one), set $HSB_CTL_CONFIG, write /etc/hsb/ctl.toml, or pass --cp/--host"
             )
+
+        def where(key: str, flag: str) -> str:
+            return f"in the ctl config {config}'s {key} (or {flag})" if config else f"with {flag}"
+
+        if len(self.hosts) > 2:  # (a third would be judged as if the pair had three hosts)
+            errors.append(
+                f"{len(self.hosts)} hosts named ({', '.join(self.hosts)}): a pair has two; name each one's admin_listen once {where('hosts', '--host twice')}"
+            )
+        if len(self.cps) > 2:
+            errors.append(
+                f"{len(self.cps)} CPs named ({', '.join(self.cps)}): name one CP, or the two CP machines of docs/operations.md §18, {where('cp', '--cp A,B')}"
+            )
         for a in [*self.cps, *self.hosts]:
             if a or a in self.hosts:  # (an empty host is a placeholder left in the ctl config: said, not a traceback)
                 try:
