@@ -187,8 +187,8 @@ def _replies(p: Any) -> list[int]:
 @pytest.mark.parametrize("resume", [None, 0])
 async def test_a_logoffs_reply_reaches_no_later_run_even_one_that_went_meanwhile(tmp_path: Path, resume: int | None) -> None:
     """Run 1 sends 1 and logs off (1 goes to the active without a session) and goes; run 2
-    logs on and goes without a bye; the reply to 1 comes: nobody's (counted), not kept in an
-    outbox or as a reply for run 3."""
+    logs on and goes without a bye; the reply to 1 comes: nobody's (counted), not kept as a
+    reply for run 3."""
     cp, h, t = await _one_sent(tmp_path, resume)
     cp.terminal_bye(t)
     assert t.leaving and t.bye_upto == 1 and t.held[1].delivered_epoch
@@ -197,7 +197,7 @@ async def test_a_logoffs_reply_reaches_no_later_run_even_one_that_went_meanwhile
     cp.terminal_lost(t)  # ... goes without bye
     cp.host_reply(h, "T00001", 1, "R1")
     p3 = recording_terminal(cp, "T00001", resume)
-    assert _replies(p3) == [] and not t.outbox and not t.replies
+    assert _replies(p3) == [] and not t.replies
     assert cp.counters["replies_after_logoff"] == 1
 
 
@@ -408,8 +408,8 @@ async def test_a_reply_that_finds_the_byes_unread_connection_gone_is_nobodys(tmp
 
 async def test_a_logoffs_reply_while_the_cp_closed_its_connection_is_nobodys(tmp_path: Path) -> None:
     """A non-resuming terminal sends 1 and says bye; the CP closes the connection (an idle
-    timeout) and its last bytes are still going out when reply 1 comes: nobody's, not put in
-    the outbox for the next logon."""
+    timeout) and its last bytes are still going out when reply 1 comes: nobody's, not kept
+    for the next logon."""
     cp = cp_core(tmp_path, 2)
     h = fake_host(cp, "host-a", "active")
     p1 = recording_terminal(cp, "T00001", None)
@@ -420,14 +420,14 @@ async def test_a_logoffs_reply_while_the_cp_closed_its_connection_is_nobodys(tmp
     p1.close_with_error("idle_timeout", "nothing received for 30s")  # closed, not gone yet
     cp.host_reply(h, "T00001", 1, "R1")
     p1.connection_lost(None)
-    assert t.logoff_upto == 1 and not t.outbox and cp.counters["replies_after_logoff"] == 1
+    assert t.logoff_upto == 1 and cp.counters["replies_after_logoff"] == 1
     assert _replies(recording_terminal(cp, "T00001", None)) == []
 
 
 @pytest.mark.parametrize("resume", [0, None])
 async def test_a_reply_to_a_recovered_message_made_before_its_terminal_is_back_is_kept(tmp_path: Path, resume: int | None) -> None:
     """After a restart the active answers recovered message 1 before its terminal is back.
-    The reply is kept ("r", not the memory-only outbox): a resuming terminal whose first
+    The reply is kept ("r", not in memory only): a resuming terminal whose first
     connection breaks before it reads the reply still gets it on its next hello; one that does
     not resume gets it once, marked resent, and it is settled."""
     cp = cp_core(tmp_path, 2)
@@ -435,7 +435,7 @@ async def test_a_reply_to_a_recovered_message_made_before_its_terminal_is_back_i
     t = cp.terms["T00001"]
     h = fake_host(cp, "host-a", "active")
     cp.host_reply(h, "T00001", 1, "R1")
-    assert not t.held and list(t.replies) == [1] and not t.outbox
+    assert not t.held and list(t.replies) == [1]
     p = recording_terminal(cp, "T00001", resume)
     assert _replies(p) == [1]
     if resume is None:
@@ -460,7 +460,7 @@ async def test_a_recovered_message_answered_to_a_terminal_back_without_resuming_
 
 async def test_a_reply_that_finds_its_terminal_gone_is_kept_until_a_resuming_hello_confirms_it(tmp_path: Path) -> None:
     """A non-resuming run's reply, decided while it was connected, finds it gone once its record
-    ("d") is durable: it is kept ("r", not a memory-only outbox); the terminal logs on resuming
+    ("d") is durable: it is kept ("r", not in memory only); the terminal logs on resuming
     and gets it marked resent, and that connection breaks before it reads it: its next resuming
     hello gets it again, and its confirmation settles it."""
     from tests.support.cpcore import HeldJournal
@@ -470,7 +470,7 @@ async def test_a_reply_that_finds_its_terminal_gone_is_kept_until_a_resuming_hel
     cp.host_reply(h, "T00001", 1, "R1")
     cp.terminal_lost(t)
     j.release()
-    assert list(t.replies) == [1] and not t.outbox and not t.held
+    assert list(t.replies) == [1] and not t.held
     assert _replies(recording_terminal(cp, "T00001", 0)) == [1]
     cp.terminal_lost(t)
     assert _replies(recording_terminal(cp, "T00001", 0)) == [1]
@@ -480,7 +480,7 @@ async def test_a_reply_that_finds_its_terminal_gone_is_kept_until_a_resuming_hel
 
 async def test_a_reply_that_finds_a_non_resuming_terminal_gone_is_kept_in_the_journal(tmp_path: Path) -> None:
     """The same for a terminal that does not resume: the reply it left behind while the discard
-    was written was held in memory only (the outbox), lost with the CP (an acknowledged message
+    was written was once held in memory only, lost with the CP (an acknowledged message
     never answered), and sent unmarked after the replies kept for it. It is kept with a record of
     its own ("r", written at once: a CP started again recovers it), and the terminal's next
     hello gets it marked resent, in id order with the others kept, and settles it."""
@@ -501,7 +501,7 @@ async def test_a_reply_that_finds_a_non_resuming_terminal_gone_is_kept_in_the_jo
     cp.terminal_lost(t)
     cp.host_reply(h, "T00001", 2, "R2")  # away: kept at once ("r")
     j.release()
-    assert sorted(t.replies) == [1, 2] and not t.outbox and not t.held
+    assert sorted(t.replies) == [1, 2] and not t.held
     assert (["r", "T00001", 1, "R1"], False) in records, records
     p = recording_terminal(cp, "T00001", None)
     p.flush()

@@ -1,6 +1,6 @@
 """`counters.resent` (docs/protocol.md §4: replies sent again to a terminal at its logon, marked
-`resent`) counts every such reply, in-process: those kept for it while it was away, and those
-a run that did not resume was owed in its outbox, handed to a resuming hello."""
+`resent`) counts every such reply, in-process: those kept for it while it was away, sent at a hello
+that resumes or one that does not."""
 
 from __future__ import annotations
 
@@ -41,16 +41,12 @@ async def test_a_reply_kept_while_the_terminal_was_away_is_counted_resent(tmp_pa
     await asyncio.sleep(0)
 
 
-async def test_a_reply_from_the_outbox_sent_at_a_resuming_hello_is_counted_resent(tmp_path: Path) -> None:
-    """A run that did not resume was owed a reply in its outbox (hsb.cp.terminal_side
-    `_to_terminal`, its connection gone); the terminal then says hello resuming: the reply goes
-    marked resent, and is counted so."""
+async def test_a_reply_kept_while_away_sent_at_a_hello_that_does_not_resume_is_counted_resent(tmp_path: Path) -> None:
+    """The same reply, the terminal back without resuming (no last_reply): it goes marked
+    resent, and is counted so."""
     cp, h = message_then_gone(tmp_path)
-    term = cp.terms["T00001"]
-    assert term.conn is None and not term.resuming
-    cp._to_terminal(term, {"t": "reply", "id": 1, "data": "r1"})  # owed while away: the outbox
-    assert term.outbox
-    q = recording_terminal(cp, "T00001", 0)
+    cp.host_reply(h, "T00001", 1, "r1")  # away: kept
+    q = recording_terminal(cp, "T00001", None)
     assert resent(q) == [1] and cp.counters["resent"] == 1
     h.connection_lost(None)
     await asyncio.sleep(0)

@@ -1,7 +1,7 @@
 """The CP's terminal side at its edges, in-process (from a mutation audit of hsb.cp.terminal_side,
 terminal_link, logons, adopt and tickle: each test here failed on a mutant the other tests let
-pass): a reply whose connection is found gone, or closed, as it is written is owed to the
-terminal's next logon, once, or to nobody after its bye."""
+pass): a reply whose connection is found gone, or closed, as it is written is kept ("r") for
+the terminal's next logon, once, or is nobody's after its bye."""
 
 from __future__ import annotations
 
@@ -31,29 +31,45 @@ def gone_as_the_reply_is_written(p: Any, looks_before: int) -> None:
     p.peer_gone = lambda: next(looks, True)
 
 
-async def test_a_reply_whose_connection_is_found_gone_as_it_is_written_goes_at_the_next_hello(tmp_path: Path) -> None:
-    """A terminal that does not resume: its reply, found with nowhere to go as it was written,
-    waits in its outbox, and its next hello without last_reply gets it (once)."""
+def journal_kinds(cp: Any) -> list[str]:
+    """The kinds of the records `cp` appends to its journal from now on, in order."""
+    kinds: list[str] = []
+    real = cp.journal.append
+
+    def append(payload: list[Any], done: Any = None, lazy: bool = False) -> int:
+        kinds.append(payload[0])
+        return int(real(payload, done, lazy))
+
+    cp.journal.append = append
+    return kinds
+
+
+async def test_a_reply_whose_connection_is_found_gone_as_it_is_written_is_kept_for_the_next_hello(tmp_path: Path) -> None:
+    """A terminal that does not resume: its reply, found with nowhere to go as it was written
+    (its discard durable already), is kept with a record of its own ("r", which a restart
+    reads), never in memory only, and its next hello without last_reply gets it once, marked
+    resent, and settles it."""
     cp = cp_core(tmp_path, 2)
     h = fake_host(cp, "host-a", "active")
     p = recording_terminal(cp, "T00001", None)
     cp.host_open(h, "T00001", "active", {})
     p.data_received(encode({"t": "msg", "id": 1, "data": b"m"}))
     gone_as_the_reply_is_written(p, 2)  # (`_reply`'s, `_replied`'s)
+    kinds = journal_kinds(cp)
     cp.host_reply(h, "T00001", 1, "r1")
     term = cp.terms["T00001"]
     assert term.conn is None and [f for f in frames(p) if f["t"] == "reply"] == []
+    assert kinds == ["d", "r"] and list(term.replies) == [1] and not term.held, (kinds, term.replies)
     q = recording_terminal(cp, "T00001", None)
-    assert [(f["id"], f["data"]) for f in frames(q) if f["t"] == "reply"] == [(1, "r1")]
-    assert term.outbox is None and not term.held and not term.replies
+    assert [(f["id"], f["data"], f.get("resent")) for f in frames(q) if f["t"] == "reply"] == [(1, "r1", True)]
+    assert not term.held and not term.replies and kinds[2:] == ["c"], kinds
     h.connection_lost(None)
     await asyncio.sleep(0)
 
 
 async def test_a_resuming_terminals_reply_found_gone_as_it_is_written_goes_once_marked(tmp_path: Path) -> None:
     """The same for a resuming terminal: its reply is kept (never sent), and a next hello without
-    last_reply gets it once, marked resent; not a second time unmarked from an outbox (a
-    resuming terminal has none)."""
+    last_reply gets it once, marked resent; not a second time unmarked."""
     cp = cp_core(tmp_path, 2)
     h = fake_host(cp, "host-a", "active")
     p = recording_terminal(cp, "T00001", 0)
@@ -78,29 +94,30 @@ async def test_a_reply_to_a_closed_connection_not_yet_lost_is_owed_not_written(t
     assert term.conn is p and p.closed
     n = len(p.transport.data)
     assert not cp._to_terminal(term, {"t": "reply", "id": 1, "data": "r1"})
-    assert len(p.transport.data) == n and [m["id"] for m in term.outbox or ()] == [1]
-    p.connection_lost(None)
-    q = recording_terminal(cp, "T00001", None)
-    assert [(f["id"], f["data"]) for f in frames(q) if f["t"] == "reply"] == [(1, "r1")]
+    assert len(p.transport.data) == n and term.conn is p
 
 
 async def test_a_reply_owed_to_a_run_that_logged_off_goes_to_no_later_run(tmp_path: Path) -> None:
-    """A reply owed in the outbox to a run that said bye (its message the logoff's, id 1 =
-    logoff_upto) is the logoff's: counted replies_after_logoff when its connection goes, never
-    handed to the next run under that name."""
+    """A reply to a run that said bye, its connection closed by the CP (a timer, say) and not
+    yet lost (its message the logoff's, id 1 = logoff_upto once it goes) is the logoff's:
+    counted replies_after_logoff, kept for nobody, never handed to the next run under that name."""
     cp = cp_core(tmp_path, 2)
-    p = recording_terminal(cp, "T00001", None)  # no active: message 1 stays held
+    h = fake_host(cp, "host-a", "active")
+    p = recording_terminal(cp, "T00001", None)
+    cp.host_open(h, "T00001", "active", {})
     term = cp.terms["T00001"]
     p.data_received(encode({"t": "msg", "id": 1, "data": b"m"}))
     p.data_received(encode({"t": "bye"}))
     p.close()  # (a timer, say) before its message is answered
     assert term.leaving and term.conn is p
-    assert not cp._to_terminal(term, {"t": "reply", "id": 1, "data": "r1"})
+    cp.host_reply(h, "T00001", 1, "r1")
+    assert cp.counters["replies_after_logoff"] == 1 and not term.replies and not term.held
     p.connection_lost(None)
-    assert term.logoff_upto == 1 and term.outbox is None
-    assert cp.counters["replies_after_logoff"] == 1
+    assert term.logoff_upto == 1 and not term.replies
     q = recording_terminal(cp, "T00001", None)
     assert [f for f in frames(q) if f["t"] == "reply"] == []
+    h.connection_lost(None)
+    await asyncio.sleep(0)
 
 
 async def test_a_reply_whose_connection_is_found_gone_after_a_bye_is_counted_for_nobody(tmp_path: Path) -> None:
@@ -117,7 +134,7 @@ async def test_a_reply_whose_connection_is_found_gone_after_a_bye_is_counted_for
     gone_as_the_reply_is_written(p, 2)
     cp.host_reply(h, "T00001", 1, "r1")
     assert term.conn is None and cp.counters["replies_after_logoff"] == 1
-    assert term.outbox is None and not term.replies and not term.held
+    assert not term.replies and not term.held
     q = recording_terminal(cp, "T00001", None)
     assert [f for f in frames(q) if f["t"] == "reply"] == []
     h.connection_lost(None)

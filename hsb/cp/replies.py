@@ -128,8 +128,8 @@ class Replies:
         self._lost_if_unread_gone(term)
         # its terminal away (recovered at a restart and not back yet, or disconnected since):
         # kept ("r") whichever kind it turns out to be (one that resumes is owed it until it
-        # confirms; one that does not gets it marked resent at its hello), never put in the
-        # memory-only outbox, which a crash of the CP would lose whole
+        # confirms; one that does not gets it marked resent at its hello), never held in memory
+        # only, which a crash of the CP would lose
         away = term.conn is None or term.conn.closed
         nobody = self._for_nobody(term, mid)  # (gone for good: nothing to keep it for)
         if (not term.resuming and not away) or nobody:
@@ -161,19 +161,17 @@ class Replies:
             self._served_after_switch(term, held)
         self._backpressure(term)
 
-    def _keep_reply(self: CP, term: Term, mid: int, data: Any, sent: bool = False) -> None:
+    def _keep_reply(self: CP, term: Term, mid: int, data: Any) -> None:
         """A reply already settled ("d") kept after all, until the terminal confirms it: one
-        from a non-resuming run's outbox, handed to a resuming hello, or (`sent`) one being
-        written to a terminal that said hello resuming since (its record, lazy: lost in a crash,
-        the reply was sent once, as to a terminal that does not resume)."""
+        being written to a terminal that said hello resuming since (its record, lazy: lost in a
+        crash, the reply was sent once, as to a terminal that does not resume)."""
         kept = term.replies.get(mid)
         if kept is None:
-            kept = Kept(mid, data, self.journal.append(["r", term.name, mid, data], lazy=True), sent)
+            kept = Kept(mid, data, self.journal.append(["r", term.name, mid, data], lazy=True), True)
             self._add_kept(term, kept)
-        elif sent:
+        else:
             kept.sent = True
-        if sent:
-            kept.at = term.reply_frames  # (just written)
+        kept.at = term.reply_frames  # (just written)
 
     def _add_kept(self: CP, term: Term, kept: Kept) -> None:
         """`kept` among the terminal's kept replies (replacing one of the same id), its record's
@@ -195,25 +193,25 @@ class Replies:
         self._lost_if_unread_gone(term)
         if self._for_nobody(term, held.id):  # answered at the active; nobody to tell
             self.counters["replies_after_logoff"] += 1
-        elif term.conn is None or term.conn.closed:
-            # it left while the discard was written: the reply is kept ("r", as `_reply` keeps one
-            # for a terminal away), sent marked at its next hello in id order with the others
-            # kept; an outbox in memory was lost with the CP, unmarked, and went after those
-            if held.id not in term.replies:
-                self._add_kept(term, Kept(held.id, data, self.journal.append(["r", term.name, held.id, data])))
-            if self.after_switch is not None:
-                self._served_after_switch(term, held)
-            self._settled(term, held)
-            return
         else:
             msg: dict[str, Any] = {"t": "reply", "id": held.id, "data": data}
             if held.recovered:  # (it may hold this reply from before the crash)
                 msg["resent"] = True
-            sent = self._to_terminal(term, msg)
+            away = term.conn is None or term.conn.closed
+            if away or not self._to_terminal(term, msg):
+                # it left while the discard was written, or was found gone as the reply was
+                # written: the reply is kept ("r", as `_reply` keeps one for a terminal away),
+                # sent marked at its next hello in id order with the others kept, never held in
+                # memory only (a crash of the CP would lose it)
+                if held.id not in term.replies and not self._for_nobody(term, held.id):
+                    self._add_kept(term, Kept(held.id, data, self.journal.append(["r", term.name, held.id, data])))
+                if self.after_switch is not None:
+                    self._served_after_switch(term, held)
+                self._settled(term, held)
+                return
             if term.resuming and held.id > term.confirmed:
                 # it said hello with last_reply since this record went: kept until it confirms
-                # (its connection may be gone again, and a resuming terminal has no outbox)
-                self._keep_reply(term, held.id, data, sent=sent)
+                self._keep_reply(term, held.id, data)
         faults.point("cp.between_reply_and_discard")
         if self.after_switch is not None:
             self._served_after_switch(term, held)

@@ -516,9 +516,7 @@ class CPServer(Waiting, TakingOver, Stopping):
             else:
                 t.defn = d  # standby_capable and attributes apply to the next session
         # kept while it is connected or owed anything (held messages, replies not yet confirmed)
-        removed = [
-            n for n in cp.terms if n not in new.terminal_table and (t := cp.terms[n]).conn is None and not t.held and not t.replies and not t.outbox
-        ]
+        removed = [n for n in cp.terms if n not in new.terminal_table and (t := cp.terms[n]).conn is None and not t.held and not t.replies]
         for n in removed:
             # a grant's flip still going closes a removed terminal's standby session at the new
             # active: it must flip it before the terminal is forgotten (that one alone)

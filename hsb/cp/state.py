@@ -6,7 +6,6 @@ changes it lives in `hsb.cp.core`.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from hsb.terminals import TerminalSpec
@@ -124,7 +123,6 @@ class Term:
         "handed_floor",
         "deliv_upto",
         "deliv_epoch",
-        "outbox",
         "_paused",
         "leaving",
         "bye_unannounced",
@@ -163,7 +161,6 @@ class Term:
         # (all paths deliver in id order), so early delivery needs no walk of what is held
         self.deliv_upto = 0
         self.deliv_epoch = 0
-        self.outbox: deque[dict[str, Any]] | None = None  # replies owed while disconnected
         self._paused = False
         self.leaving = False
         # its last run logged off with no session here to close (a CP restarted, its active not

@@ -17,7 +17,6 @@ message ("d") is durable; a resuming terminal's goes at once, its "r" record laz
 from __future__ import annotations
 
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -93,10 +92,6 @@ class TerminalSide:
         log.debug("terminal_connected", terminal=name, peer=proto.peer, last_reply=last_reply)
         if last_reply is not None:
             term.resuming = True
-            if term.outbox:  # owed while it did not resume, never sent: kept now ("r") until it confirms
-                for m in term.outbox:
-                    self._keep_reply(term, m["id"], m["data"])
-                term.outbox = None
             below = proto.first or 0  # (an earlier run's ids: the hello's claim covers none below its `first`)
             self.terminal_confirm(term, last_reply, first=below)  # (no further than a reply kept and never sent)
             for kept in sorted(term.replies.values(), key=lambda k: k.id):  # STSN: what it lacks, marked
@@ -115,8 +110,8 @@ class TerminalSide:
                 self.counters["resent"] += 1
         else:
             term.resuming = False
-            if term.replies:  # kept for it before (it resumed then): served as an outbox now,
-                # marked (it may hold them already); settled as far as no message still waits below
+            if term.replies:  # kept for it (owed while it was away, or from when it resumed): sent
+                # now, marked (it may hold them already); settled as far as no message still waits below
                 for kept in sorted(term.replies.values(), key=lambda k: k.id):
                     proto.send({"t": "reply", "id": kept.id, "data": kept.data, "resent": True})
                     kept.sent = True
@@ -124,11 +119,6 @@ class TerminalSide:
                     kept.at = term.reply_frames
                     self.counters["resent"] += 1
                 self._settle_unconfirmable(term)
-            if term.outbox:
-                for m in term.outbox:
-                    proto.send(m)
-                term.reply_frames += len(term.outbox)
-                term.outbox = None
         self._backpressure(term)
         if adopted:
             self.owe_if_handing_over(term)  # (not connected at the handover: its standby session is waited for now)
@@ -309,10 +299,6 @@ class TerminalSide:
         self._close_active_session(term, "logoff" if term.leaving else "disconnect")
         if term.leaving:  # what it sent before its bye is answered to nobody from now on
             term.logoff_upto = max(term.logoff_upto, term.bye_upto)
-            if term.outbox:  # (none should be the logoff's; never handed to a later run if one is)
-                kept = deque(m for m in term.outbox if m["id"] > term.logoff_upto)
-                self.counters["replies_after_logoff"] += len(term.outbox) - len(kept)
-                term.outbox = kept or None
         if term.leaving and term.replies:  # logged off and gone: it confirms nothing more
             self._settle_unconfirmable(term)
             if term.replies and min(term.replies) <= term.logoff_upto:
@@ -534,9 +520,9 @@ class TerminalSide:
             self._connection_gone(term, "reply")
 
     def _to_terminal(self: CP, term: Term, msg: dict[str, Any]) -> bool:
-        """Whether `msg` was written to the terminal's connection (a kept reply is `sent` only then)."""
+        """Whether `msg` was written to the terminal's connection (a kept reply is `sent` only
+        then); one not written is kept by the caller (`_reply`, `_replied`: an "r" record)."""
         # not read (its held bound): a reply written into a connection its terminal left is lost
-        # (a non-resuming terminal's is kept nowhere else): it goes to the outbox instead
         self._lost_if_unread_gone(term)
         if term.conn is not None and not term.conn.closed:
             self._tell(term, msg)
@@ -544,8 +530,4 @@ class TerminalSide:
             return True
         if msg["t"] == "reply" and self._logged_off(term):
             self.counters["replies_after_logoff"] += 1  # answered at the active; nobody to tell
-        elif msg["t"] == "reply" and not term.resuming:  # a resuming terminal gets its kept replies again
-            if term.outbox is None:
-                term.outbox = deque()  # no bound of its own: one reply per message held, and those stop at the held bound
-            term.outbox.append(msg)
         return False
