@@ -1,0 +1,136 @@
+"""hsb.uring's edges: a chain as long as the ring, a completion of a chain given up that must not
+answer for the next one, the buffers of a chain given up kept, a ring's descriptors closed once
+and only once, the probe agreeing with what a ring runs here, and the system-call check."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from hsb import uring
+
+WHY = uring.available()
+needs_ring = pytest.mark.skipif(WHY is not None, reason=f"this kernel does not run io_uring: {WHY}")
+
+
+def run(ring: uring.Ring, fd: int, data: bytes, off: int, paths: Sequence[bytes]) -> list[int]:
+    got: list[list[int]] = []
+    ring.write_sync_check(fd, data, off, paths, got.append)
+    assert ring.wait(5.0), "the chain did not complete"
+    assert len(got) == 1
+    return got[0]
+
+
+def fill(w: int) -> None:
+    """Fill the pipe: a write to it now waits for a reader, as on a hung mount."""
+    os.set_blocking(w, False)
+    while True:
+        try:
+            os.write(w, b"x" * 65536)
+        except BlockingIOError:
+            return
+
+
+def drain(r: int) -> None:
+    os.set_blocking(r, False)
+    while True:
+        try:
+            os.read(r, 1 << 20)
+        except BlockingIOError:
+            return
+
+
+def test_a_system_call_that_succeeds_with_0_is_no_error() -> None:
+    assert uring._check(0, "io_uring_register") == 0
+    assert uring._check(7, "io_uring_setup") == 7
+
+
+@needs_ring
+def test_a_chain_as_long_as_the_ring_runs_and_a_longer_one_is_refused(tmp_path: Path) -> None:
+    ring = uring.Ring()
+    fd = os.open(tmp_path / "seg", os.O_WRONLY | os.O_CREAT, 0o600)
+    (tmp_path / "here").touch()
+    here = os.fsencode(tmp_path / "here")
+    try:
+        paths = [here] * (ring.sq_entries - 1)  # the write and a statx in every other slot
+        assert run(ring, fd, b"abc", 0, paths) == [3, 0] + [0] * len(paths)
+        with pytest.raises(ValueError, match="chain longer than the ring"):
+            ring.write_sync_check(fd, b"d", 3, [*paths, here], lambda _: None)
+        assert not ring.busy
+        assert (tmp_path / "seg").read_bytes() == b"abc"
+    finally:
+        os.close(fd)
+        ring.close()
+
+
+@needs_ring
+def test_a_chain_given_up_keeps_its_buffers_and_its_late_completion_does_not_answer_for_the_next(tmp_path: Path) -> None:
+    ring = uring.Ring()
+    r, w = os.pipe()
+    fd = os.open(tmp_path / "seg", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fill(w)
+        data = b"y" * 3
+        late: list[list[int]] = []
+        ring.write_sync_check(w, data, 0, [], late.append)
+        assert not ring.wait(0.05) and ring.busy
+        ring.abandon()
+        assert not ring.busy
+        assert any(isinstance(k, tuple) and k[0] is data for k in uring._abandoned), "the kernel may still read the buffer given up"
+        drain(r)  # the chain given up completes now: its completion is posted, not reaped yet
+        poller = select.poll()
+        poller.register(ring.efd, select.POLLIN)
+        assert poller.poll(5000), "the chain given up never completed"
+        # the next chain, on the file: its answer is its own write's, not the late pipe write's
+        assert run(ring, fd, b"hello", 0, []) == [5, 0]
+        assert late == []
+        assert (tmp_path / "seg").read_bytes() == b"hello"
+    finally:
+        ring.close()
+        os.close(fd)
+        os.close(r)
+        os.close(w)
+
+
+@needs_ring
+def test_close_closes_both_descriptors_once_and_a_second_close_touches_no_other_file(tmp_path: Path) -> None:
+    ring = uring.Ring()
+    mine = (ring.fd, ring.efd)
+    for fd in mine:
+        os.fstat(fd)
+    ring.close()
+    for fd in mine:
+        with pytest.raises(OSError) as exc:
+            os.fstat(fd)
+        assert exc.value.errno == errno.EBADF, "a descriptor of the ring left open"
+    # the numbers are free again: files opened now may take them, and a second close leaves them be
+    opened = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o600)
+    f = fcntl.fcntl(opened, fcntl.F_DUPFD, 1000)  # (clear of the ring's numbers)
+    os.close(opened)
+    others = [os.dup2(f, fd) for fd in mine]
+    try:
+        ring.close()
+        for fd in others:
+            os.fstat(fd)  # still open
+    finally:
+        for fd in (f, *others):
+            os.close(fd)
+
+
+@needs_ring
+def test_the_probe_says_yes_where_a_ring_runs_the_journal_chain(tmp_path: Path) -> None:
+    """`available()` (its uncached body) agrees with a ring set up and run here by hand."""
+    ring = uring.Ring()
+    fd = os.open(tmp_path / "seg", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        assert run(ring, fd, b"x", 0, [os.fsencode(os.curdir), b"/nonexistent/hsb-probe"]) == [1, 0, 0, -errno.ENOENT]
+    finally:
+        os.close(fd)
+        ring.close()
+    assert uring.available.__wrapped__() is None
