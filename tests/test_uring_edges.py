@@ -123,9 +123,23 @@ def test_close_closes_both_descriptors_once_and_a_second_close_touches_no_other_
             os.close(fd)
 
 
-@needs_ring
+def kernel_runs_rings() -> bool:
+    """An x86-64 Linux from 5.6 on (IORING_OP_WRITE, IORING_OP_STATX) whose io_uring_setup works."""
+    release = tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2])
+    if os.uname().machine != "x86_64" or release < (5, 6):
+        return False
+    try:
+        os.close(uring._check(uring._syscall(uring.NR_SETUP, 1, uring.ctypes.byref(uring._Params())), "io_uring_setup"))
+    except OSError:
+        return False  # (a seccomp filter)
+    return True
+
+
 def test_the_probe_says_yes_where_a_ring_runs_the_journal_chain(tmp_path: Path) -> None:
-    """`available()` (its uncached body) agrees with a ring set up and run here by hand."""
+    """`available()` (its uncached body) agrees with a ring set up and run here by hand: not
+    skipped on what the probe says, since every other test here is."""
+    if not kernel_runs_rings():
+        pytest.skip("this kernel or CPU runs no io_uring")
     ring = uring.Ring()
     fd = os.open(tmp_path / "seg", os.O_WRONLY | os.O_CREAT, 0o600)
     try:
