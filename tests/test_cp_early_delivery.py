@@ -16,7 +16,7 @@ import pytest
 from hsb.host.delivery import Delivery
 from hsb.wire.framing import encode
 from tests.support.campaign import run_campaign
-from tests.support.cpcore import HeldJournal, cp_core, fake_host, recording_terminal
+from tests.support.cpcore import HeldJournal, cp_core, fake_host, journal_kinds, recording_terminal
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -393,14 +393,7 @@ async def test_a_reply_for_a_non_resuming_terminal_that_is_away_is_kept_in_the_j
     a = fake_host(cp, "host-a", "active", record=True)
     t = recording_terminal(cp, "T00001", last_reply=None)
     cp.host_open(a, "T00001", "active", {})
-    kinds: list[str] = []
-    real = cp.journal.append
-
-    def append(payload: list[Any], done: Any = None, lazy: bool = False) -> int:
-        kinds.append(payload[0])
-        return int(real(payload, done, lazy))
-
-    cp.journal.append = append
+    kinds = journal_kinds(cp)
     for mid in (1, 2):
         t.data_received(encode({"t": "msg", "id": mid, "data": f"m{mid}"}))
     assert to_terminal(t) == [("ack", 1), ("ack", 2)]

@@ -21,6 +21,7 @@ from hsb.cp.journal.recovery import segment_name
 from hsb.cp.journal.store import Journal
 from hsb.cp.journal.writer import JournalIOUnavailable
 from tests.support.journal import durable, open_journal, records
+from tests.support.ring import fill
 
 WHY = uring.available()
 needs_ring = pytest.mark.skipif(WHY is not None, reason=f"this kernel does not run io_uring: {WHY}")
@@ -202,12 +203,7 @@ def hang_segment(j: Journal, w: int) -> tuple[int, int]:
     write to it waits in the kernel as on a hung mount. (segment, its real descriptor)."""
     seg = j.seg
     real = j._fds[seg]
-    os.set_blocking(w, False)
-    while True:
-        try:
-            os.write(w, b"x" * 65536)
-        except BlockingIOError:
-            break
+    fill(w)
     j._fds[seg] = w
     return seg, real
 

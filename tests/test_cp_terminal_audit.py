@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from hsb.wire.framing import encode
-from tests.support.cpcore import cp_core, fake_host, recording_terminal
+from tests.support.cpcore import cp_core, fake_host, journal_kinds, recording_terminal
 from tests.support.keptreplies import until
 
 pytestmark = pytest.mark.timeout(30)
@@ -29,19 +29,6 @@ def gone_as_the_reply_is_written(p: Any, looks_before: int) -> None:
     p.pause_reading()
     looks = iter((False,) * looks_before)
     p.peer_gone = lambda: next(looks, True)
-
-
-def journal_kinds(cp: Any) -> list[str]:
-    """The kinds of the records `cp` appends to its journal from now on, in order."""
-    kinds: list[str] = []
-    real = cp.journal.append
-
-    def append(payload: list[Any], done: Any = None, lazy: bool = False) -> int:
-        kinds.append(payload[0])
-        return int(real(payload, done, lazy))
-
-    cp.journal.append = append
-    return kinds
 
 
 async def test_a_reply_whose_connection_is_found_gone_as_it_is_written_is_kept_for_the_next_hello(tmp_path: Path) -> None:

@@ -5,23 +5,15 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from hsb import uring
+from tests.support.ring import run
 
 WHY = uring.available()
 pytestmark = pytest.mark.skipif(WHY is not None, reason=f"this kernel does not run io_uring: {WHY}")
-
-
-def run(ring: uring.Ring, fd: int, data: bytes, off: int, paths: Sequence[bytes]) -> list[int]:
-    got: list[list[int]] = []
-    ring.write_sync_check(fd, data, off, paths, got.append)
-    assert ring.wait(5.0), "the chain did not complete"
-    assert len(got) == 1
-    return got[0]
 
 
 def test_a_chain_writes_at_its_offset_syncs_and_reports_each_path(tmp_path: Path) -> None:

@@ -8,33 +8,15 @@ import errno
 import fcntl
 import os
 import select
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from hsb import uring
+from tests.support.ring import fill, run
 
 WHY = uring.available()
 needs_ring = pytest.mark.skipif(WHY is not None, reason=f"this kernel does not run io_uring: {WHY}")
-
-
-def run(ring: uring.Ring, fd: int, data: bytes, off: int, paths: Sequence[bytes]) -> list[int]:
-    got: list[list[int]] = []
-    ring.write_sync_check(fd, data, off, paths, got.append)
-    assert ring.wait(5.0), "the chain did not complete"
-    assert len(got) == 1
-    return got[0]
-
-
-def fill(w: int) -> None:
-    """Fill the pipe: a write to it now waits for a reader, as on a hung mount."""
-    os.set_blocking(w, False)
-    while True:
-        try:
-            os.write(w, b"x" * 65536)
-        except BlockingIOError:
-            return
 
 
 def drain(r: int) -> None:

@@ -163,3 +163,16 @@ def agree_counts(cp: Any) -> None:
     """The totals are what a walk over the terminals counts."""
     assert cp.counts.active == sum(t.active is not None for t in cp.terms.values())
     assert cp.counts.standby == sum(t.standby is not None for t in cp.terms.values())
+
+
+def journal_kinds(cp: Any) -> list[str]:
+    """The kinds of the records `cp` appends to its journal from now on, in order."""
+    kinds: list[str] = []
+    real = cp.journal.append
+
+    def append(payload: list[Any], done: Any = None, lazy: bool = False) -> int:
+        kinds.append(payload[0])
+        return int(real(payload, done, lazy))
+
+    cp.journal.append = append
+    return kinds
