@@ -1,6 +1,8 @@
 """hsb.uring's edges: a chain as long as the ring, a completion of a chain given up that must not
 answer for the next one, the buffers of a chain given up kept, a ring's descriptors closed once
-and only once, the probe agreeing with what a ring runs here, and the system-call check."""
+and only once, the probe agreeing with what a ring runs here, the system-call check, chains in a
+row past the completion ring's size, an empty write, a short submission, and a close with a
+chain out."""
 
 from __future__ import annotations
 
@@ -130,3 +132,86 @@ def test_the_probe_says_yes_where_a_ring_runs_the_journal_chain(tmp_path: Path) 
         os.close(fd)
         ring.close()
     assert uring.available.__wrapped__() is None
+
+
+@needs_ring
+def test_chains_in_a_row_past_the_completion_ring_s_size_all_complete(tmp_path: Path) -> None:
+    """Each chain's completions are taken off the completion ring: a ring that kept them would
+    fill up after a few group commits and never answer again."""
+    ring = uring.Ring()
+    fd = os.open(tmp_path / "seg", os.O_WRONLY | os.O_CREAT, 0o600)
+    here = os.fsencode(tmp_path)
+    try:
+        for i in range(3 * len(ring.cqes)):  # three completions a chain: the ring round nine times
+            assert run(ring, fd, b"z", i, [here, b"/nonexistent/hsb"]) == [1, 0, 0, -errno.ENOENT]
+        assert (tmp_path / "seg").read_bytes() == b"z" * (3 * len(ring.cqes))
+    finally:
+        os.close(fd)
+        ring.close()
+
+
+@needs_ring
+def test_an_empty_write_is_a_write_that_completed_and_its_sync_succeeded(tmp_path: Path) -> None:
+    ring = uring.Ring()
+    fd = os.open(tmp_path / "seg", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        assert run(ring, fd, b"", 0, []) == [0, 0]
+    finally:
+        os.close(fd)
+        ring.close()
+
+
+@needs_ring
+def test_a_short_submission_raises_the_kernel_s_error_and_gives_the_chain_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """io_uring_enter taking fewer entries than the chain has (or none, with an errno): the rest
+    would go out with the next chain, so the ring is given up, its buffers kept for the kernel."""
+    real = uring._syscall
+
+    def short(*args: object) -> int:
+        if getattr(args[0], "value", None) == uring.NR_ENTER:
+            return int(real(*args)) - 1  # the kernel took them all; say it took one less
+
+        return int(real(*args))
+
+    def refused(*args: object) -> int:
+        if getattr(args[0], "value", None) == uring.NR_ENTER:
+            uring.ctypes.set_errno(errno.EBUSY)
+            return -1
+        return int(real(*args))
+
+    fd = os.open(tmp_path / "seg", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for fake, err, took in ((short, errno.EIO, "1 of 2"), (refused, errno.EBUSY, "-1 of 2")):
+            ring = uring.Ring()
+            data = os.urandom(4)
+            answers: list[list[int]] = []
+            monkeypatch.setattr(uring, "_syscall", fake)
+            try:
+                with pytest.raises(OSError, match=f"io_uring_enter took {took} entries") as exc:
+                    ring.write_sync_check(fd, data, 0, [os.fsencode(tmp_path)], answers.append)
+                assert exc.value.errno == err
+                assert not ring.busy
+                assert any(isinstance(k, tuple) and k[0] is data for k in uring._abandoned), "the kernel may still read the buffer"
+                assert ring._keep is None
+            finally:
+                monkeypatch.setattr(uring, "_syscall", real)
+                ring.close()
+            assert answers == []
+    finally:
+        os.close(fd)
+
+
+@needs_ring
+def test_closing_a_ring_with_a_chain_out_keeps_the_chain_s_buffers(tmp_path: Path) -> None:
+    ring = uring.Ring()
+    fd = os.open(tmp_path / "seg", os.O_WRONLY | os.O_CREAT, 0o600)
+    data = os.urandom(8)
+    answers: list[list[int]] = []
+    try:
+        ring.write_sync_check(fd, data, 0, [os.fsencode(tmp_path)], answers.append)
+        ring.close()  # not reaped: for all the ring knows, the kernel still reads `data`
+        assert any(isinstance(k, tuple) and k[0] is data for k in uring._abandoned), "the kernel may still read the buffer"
+        assert not ring.busy and answers == []
+    finally:
+        os.close(fd)
+        ring.close()
