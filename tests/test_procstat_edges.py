@@ -37,6 +37,7 @@ def test_a_name_with_parentheses_and_spaces_reads_right_and_a_zombie_gives_its_e
         until(lambda: procstat.state(p.pid) == "Z", "the child never became a zombie")
         z = procstat.fields(p.pid)
         assert z is not None and int(z[procstat.EXIT_CODE]) == 3 << 8
+        assert int(z[procstat.FLAGS]) & procstat.PF_EXITING, "a zombie has exited: the flag hsbcpd's master reads"
     finally:
         p.kill()
         p.wait()
@@ -51,3 +52,18 @@ def test_a_kernel_thread_has_the_kernel_thread_flag_and_this_process_not() -> No
         pytest.skip("no kernel thread visible here (a PID namespace)")
     f = procstat.fields(2)
     assert f is not None and int(f[procstat.FLAGS]) & procstat.PF_KTHREAD
+
+
+def test_a_stat_that_ends_before_the_name_does_reads_as_no_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read cut short (a process going as it is read) has no ")": no such process, not an IndexError."""
+
+    class Cut:
+        def __init__(self, path: str) -> None:
+            self.path = path
+
+        def read_text(self) -> str:
+            return "1234 (hsbcpd"
+
+    monkeypatch.setattr(procstat, "Path", Cut)
+    assert procstat.fields(1234) is None
+    assert procstat.state(1234) is None
