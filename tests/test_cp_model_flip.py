@@ -82,6 +82,8 @@ class FlipModel(TerminalRules):
         self.links: dict[str, Any] = {}  # each host's newest link
         self.seen: dict[int, int] = {}  # id(link): its frames read so far
         self.starts = 0
+        self.instances: dict[str, tuple[int, str]] = {}  # each host's process: (startup_id, instance)
+        self.registers_as: dict[str, str] = {}  # the role each host's process last registered as
         self.clients, self.stats = terminal_clients()
         self.conns: dict[str, Any] = {}
         self.counted = {"failover": 0, "switchover": 0, "late_answers": 0, "classic": 0}
@@ -107,12 +109,17 @@ class FlipModel(TerminalRules):
             shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- the pieces ------------------------------------------------------------------------------
-    async def _join(self, host: str, role: str) -> None:
+    async def _join(self, host: str, role: str, *, again: bool = False) -> None:
         """A new hsbd process of `host` (a new instance) registers as `role` on a new link, as
-        hsbd does (keeping its sessions as standby ones when demoted, reading deliver_batch)."""
+        hsbd does (keeping its sessions as standby ones when demoted, reading deliver_batch).
+        `again`: the same process registers again (a CP restarted), and may be refused."""
         from hsb.wire.framing import encode
 
-        self.starts += 1
+        if not again:
+            self.starts += 1
+            self.instances[host] = (self.starts, f"{host}-{self.starts}")
+        self.registers_as[host] = role
+        startup_id, instance = self.instances[host]
         h = fake_host(self.cp, host, record=True)
         real = h.send_raw
 
@@ -127,14 +134,14 @@ class FlipModel(TerminalRules):
         reg = {
             "t": "register",
             "role": role,
-            "startup_id": self.starts,
-            "instance": f"{host}-{self.starts}",
+            "startup_id": startup_id,
+            "instance": instance,
             "deliver_batch": BATCH,
             "keep_standby": True,
         }
         h.data_received(encode(reg))
         if role == "active":
-            await self._until(lambda: self.cp.active is h and self.cp.announced, f"{host} registered as the active")
+            await self._until(lambda: (again and h.closed) or (self.cp.active is h and self.cp.announced), f"{host} registered as the active")
         else:
             await self._until(lambda: h.closed or h.role is not None, f"{host} registered as the standby")
         await self._pump()
