@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 import pytest
-from hypothesis import event, settings
+from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import initialize, invariant, rule
 
@@ -34,7 +34,7 @@ from tests import test_cp_model_flip as flip
 from tests.support.cpmodel import DOWN, MODEL_SETTINGS, journal_cp
 from tests.support.keptreplies import until
 
-pytestmark = pytest.mark.timeout(300)  # (a failure's shrinking included; a clean run takes ~45 s)
+pytestmark = pytest.mark.timeout(300)  # (a failure's shrinking included; a clean run takes ~40 s)
 
 MOST_CRASHES = 3  # CP crashes in one example at most
 
@@ -201,12 +201,15 @@ class CrashFlipModel(flip.FlipModel):
     @rule(
         at=st.sampled_from(("released", "handed_over", "granted")),
         finish=st.booleans(),
+        follow_first=st.booleans(),
         flushed=st.booleans(),
         standby_first=st.booleans(),
     )
-    def crash_in_switchover(self, at: str, finish: bool, flushed: bool, standby_first: bool) -> None:
-        """A planned switchover (the standby sessions opened first) and the CP dies in it: after
-        the release, after the handover (its grant not durable), or right after the grant."""
+    def crash_in_switchover(self, at: str, finish: bool, follow_first: bool, flushed: bool, standby_first: bool) -> None:
+        """A planned switchover (as the flip model's: `follow_first`, the standby sessions opened
+        first and the handover's frame; else the CP's own handover, not waiting) and the CP dies
+        in it: after the release, after the handover (its grant not durable), or right after the
+        grant."""
         from hsb.wire.framing import encode
 
         cp = self.cp
@@ -217,7 +220,8 @@ class CrashFlipModel(flip.FlipModel):
         event(f"crash in a switchover: {at}")
 
         async def go() -> None:
-            self._follow()
+            if follow_first:
+                self._follow()
             a.data_received(encode({"t": "release", "epoch": cp.epoch}))
             await self._pump()
             if finish:
@@ -226,7 +230,10 @@ class CrashFlipModel(flip.FlipModel):
                     self._answer(d, d.data, cp.epoch)
                 await self._pump()
             if at != "released":
-                a.data_received(encode({"t": "handover", "epoch": cp.epoch}))
+                if follow_first:
+                    a.data_received(encode({"t": "handover", "epoch": cp.epoch}))
+                else:
+                    cp.host_handover(a, wait=False)
                 if at == "granted":
                     await self._until(lambda: cp.active is sb and self._serving(), f"{sb.name} granted the role")
             await self._crash(flushed, standby_first)
@@ -255,5 +262,5 @@ class _Checked(CrashFlipModel):
             super().teardown()
 
 
-_Checked.TestCase.settings = settings(MODEL_SETTINGS, max_examples=250)  # (under a minute: crashes cost a recovery each)
+_Checked.TestCase.settings = MODEL_SETTINGS
 TestCPCrashFlipModel = _Checked.TestCase
