@@ -34,7 +34,7 @@ from tests import test_cp_model_flip as flip
 from tests.support.cpmodel import DOWN, MODEL_SETTINGS, journal_cp
 from tests.support.keptreplies import until
 
-pytestmark = pytest.mark.timeout(300)  # (a failure's shrinking included; a clean run takes ~40 s)
+pytestmark = pytest.mark.timeout(600)  # (a failure's shrinking included, ~5 min: a broken recovery waits 5 s a step; a clean run takes ~30 s)
 
 MOST_CRASHES = 3  # CP crashes in one example at most
 
