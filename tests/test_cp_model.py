@@ -74,7 +74,7 @@ class CPModel(TerminalRules):
         self.cfg = cp_config(self.dir, len(TERMINALS))
         self.deliveries: list[tuple[str, int, bool]] = []  # every deliver, in order, across CP lives
         self.owed: dict[tuple[str, int], Any] = {}  # delivered to the active, not answered yet
-        self.clients, self.stats = terminal_clients()
+        self.clients, self.stats = self._terminals()
         self.conns: dict[str, Any] = {}
         self.crashes = 0
 
@@ -95,11 +95,15 @@ class CPModel(TerminalRules):
             shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- the pieces ------------------------------------------------------------------------------
+    def _terminals(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The model's terminals, by name, and their stats (hsbterm's, resuming)."""
+        return terminal_clients()
+
     async def _new_life(self) -> None:
+        self.owed.clear()  # (before the registration: a logoff's messages are delivered at it)
         self.life = Life(self.dir, self.cfg)
         cp = self.life.cp
         await self._until(lambda: cp.announced, "the active registered (its epoch durable)")
-        self.owed.clear()
         await self._pump()
 
     async def _connect(self, name: str) -> None:
