@@ -173,6 +173,21 @@ def test_a_restore_keeps_each_terminals_messages_in_id_order(tmp_path: Path) -> 
     assert t1.resuming and t2.resuming and t1.last_acked == 3 and cp.epoch == 3
 
 
+def test_a_discard_after_a_kept_reply_settles_it_and_one_before_does_not(tmp_path: Path) -> None:
+    """A "d" of an id whose reply is kept ("r" before it: the reply sent once to a terminal that
+    does not resume) settles that reply; a "d" before the "r" (the discard durable, the terminal
+    gone before the reply went) leaves it kept, in either segment."""
+    d = tmp_path / "j"
+    d.mkdir()
+    write_segment(d, 1, [["ck", 1, "host-a", 0, {}], ["a", "T1", 1, b"m1"], ["a", "T1", 2, b"m2"], ["a", "T1", 3, b"m3"]])
+    write_segment(
+        d, 2, [["ck", 1, "host-a", 0, {}], ["r", "T1", 1, b"r1"], ["d", "T1", 1], ["d", "T1", 2], ["r", "T1", 2, b"r2"], ["r", "T1", 3, b"r3"]]
+    )
+    write_segment(d, 3, [["ck", 1, "host-a", 0, {}], ["d", "T1", 3]])
+    r = recover(d)
+    assert sorted(r.replies.get("T1", {})) == [2] and not r.held.get("T1"), (r.replies, r.held)
+
+
 def test_a_large_group_commit_is_split_and_reads_back_in_order(tmp_path: Path) -> None:
     from hsb.cp.journal.store import _groups
 

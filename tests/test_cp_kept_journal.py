@@ -58,7 +58,7 @@ async def test_a_reply_kept_once_its_discard_is_durable_survives_a_cp_restart(tm
     """T00001 (not resuming) sends 1 and 2; its connection drops and the active answers 2 while it
     is away (kept, "r"). It reconnects (gets 2, marked) and the active answers 1: a discard ("d"),
     the reply to go once that is durable. Meanwhile the connection drops and T00001 says hello
-    again: not resuming (the kept 2, sent again, is settled) or resuming with last_reply 2 (a
+    again: not resuming (nothing kept for it: 2 went once, settled by its own "d") or resuming with last_reply 2 (a
     claim the protocol lets count an earlier run's replies; taken as a confirm). Either wrote "c"
     up to 2, past message 1, whose reply no connection had; the connection drops again, the
     discard is durable and reply 1 is kept ("r") for the next logon, after that "c". The CP dies:
@@ -74,6 +74,8 @@ async def test_a_reply_kept_once_its_discard_is_durable_survives_a_cp_restart(tm
     p.connection_lost(None)
     cp.host_reply(h, "T00001", 2, "r2")  # away: kept ("r")
     p = recording_terminal(cp, "T00001", None)
+    assert _replies(p) == [] and len(discards) == 1  # the kept 2: its "d" first, the reply once durable
+    discards.pop()()
     assert _replies(p) == [(2, "r2", True)]
     cp.host_open(h, "T00001", "active", {})
     cp.host_reply(h, "T00001", 1, "r1")  # connected, not resuming: "d", the reply once it is durable

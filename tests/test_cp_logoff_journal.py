@@ -483,7 +483,7 @@ async def test_a_reply_that_finds_a_non_resuming_terminal_gone_is_kept_in_the_jo
     was written was once held in memory only, lost with the CP (an acknowledged message
     never answered), and sent unmarked after the replies kept for it. It is kept with a record of
     its own ("r", written at once: a CP started again recovers it), and the terminal's next
-    hello gets it marked resent, in id order with the others kept, and settles it."""
+    hello settles it ("d") and then gets it marked resent, in id order with the others kept."""
     from tests.support.cpcore import HeldJournal
 
     cp, h, t = await _one_sent(tmp_path, None)
@@ -504,10 +504,13 @@ async def test_a_reply_that_finds_a_non_resuming_terminal_gone_is_kept_in_the_jo
     assert sorted(t.replies) == [1, 2] and not t.held
     assert (["r", "T00001", 1, "R1"], False) in records, records
     p = recording_terminal(cp, "T00001", None)
+    assert not t.replies and cp.counts.kept == 0  # settled: a "d" each, the reply once it is durable
+    p.flush()
+    assert len(j.held) == 2 and not [m for m in p.transport.frames() if m.get("t") == "reply"]
+    assert j.release() == 2
     p.flush()
     got = [(m["id"], m["data"], m.get("resent")) for m in p.transport.frames() if m.get("t") == "reply"]
     assert got == [(1, "R1", True), (2, "R2", True)], got
-    assert not t.replies and cp.counts.kept == 0  # sent: a terminal that does not resume confirms nothing
 
 
 async def test_frames_held_back_behind_unconfirmed_replies_are_bounded_in_bytes(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
-"""A reply kept for a terminal that does not resume, sent at its logon, is not sent again by a CP
-that restarts before the record that settles it is durable (docs/protocol.md §1: a terminal that
-does not resume never gets a reply twice)."""
+"""A reply kept for a terminal that does not resume is sent at its logon once: not again by a CP
+that restarts, nor at a later logon while a message of its below it is still unanswered
+(docs/protocol.md §1: a terminal that does not resume never gets a reply twice). Both were
+duplicates the mixed model (tests/test_cp_model_mixed.py) found."""
 
 from __future__ import annotations
 
@@ -11,12 +12,6 @@ from tests.test_cp_model_mixed import MixedModel
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a product violation found by test_cp_model_mixed: the kept reply is sent at the hello and its settling 'c' record is"
-    " lazy; a CP that dies before it is durable recovers the 'r' and sends the reply again (both marked resent), a duplicate"
-    " to a terminal that does not resume",
-)
 def test_a_kept_reply_sent_at_a_logon_is_not_sent_again_after_a_crash() -> None:
     m = MixedModel()
     try:
@@ -35,12 +30,6 @@ def test_a_kept_reply_sent_at_a_logon_is_not_sent_again_after_a_crash() -> None:
         m.teardown()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a product violation found by test_cp_model_mixed: a reply kept above a message still unanswered is sent at each"
-    " hello of a terminal that does not resume and stays kept (no confirmation may pass the unanswered one), so the next hello"
-    " sends it again, a duplicate",
-)
 def test_a_kept_reply_above_an_unanswered_one_is_sent_once() -> None:
     m = MixedModel()
     try:

@@ -34,8 +34,8 @@ def gone_as_the_reply_is_written(p: Any, looks_before: int) -> None:
 async def test_a_reply_whose_connection_is_found_gone_as_it_is_written_is_kept_for_the_next_hello(tmp_path: Path) -> None:
     """A terminal that does not resume: its reply, found with nowhere to go as it was written
     (its discard durable already), is kept with a record of its own ("r", which a restart
-    reads), never in memory only, and its next hello without last_reply gets it once, marked
-    resent, and settles it."""
+    reads), never in memory only, and its next hello without last_reply settles it ("d") and
+    gets it once, marked resent."""
     cp = cp_core(tmp_path, 2)
     h = fake_host(cp, "host-a", "active")
     p = recording_terminal(cp, "T00001", None)
@@ -49,7 +49,7 @@ async def test_a_reply_whose_connection_is_found_gone_as_it_is_written_is_kept_f
     assert kinds == ["d", "r"] and list(term.replies) == [1] and not term.held, (kinds, term.replies)
     q = recording_terminal(cp, "T00001", None)
     assert [(f["id"], f["data"], f.get("resent")) for f in frames(q) if f["t"] == "reply"] == [(1, "r1", True)]
-    assert not term.held and not term.replies and kinds[2:] == ["c"], kinds
+    assert not term.held and not term.replies and kinds[2:] == ["d"], kinds  # (settled before it went)
     h.connection_lost(None)
     await asyncio.sleep(0)
 

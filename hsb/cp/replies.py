@@ -8,6 +8,7 @@ rule it keeps is hsb.cp.terminal_side's (a reply never overtakes its message's a
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from hsb import faults
@@ -81,12 +82,47 @@ class Replies:
         if record:
             self.journal.append(["c", term.name, upto], lazy=True)  # need not wait: a lost one only resends
         for mid in [m for m in term.replies if m <= upto]:
-            kept = term.replies.pop(mid)
-            self.journal.unpin(kept.seg)
-            size = data_size(kept.data)
-            term.kept_bytes -= size
-            self.counts.kept_data -= size
-            self.counts.kept -= 1
+            self._unkeep(term, term.replies[mid])
+
+    def _unkeep(self: CP, term: Term, kept: Kept) -> None:
+        """`kept` no longer among the terminal's kept replies (no record: the caller's)."""
+        del term.replies[kept.id]
+        self.journal.unpin(kept.seg)
+        size = data_size(kept.data)
+        term.kept_bytes -= size
+        self.counts.kept_data -= size
+        self.counts.kept -= 1
+
+    def _send_kept_once(self: CP, term: Term) -> None:
+        """A terminal that does not resume, logged on: each reply kept for it goes once, in id
+        order, its "d" record first (it settles the reply: a restart keeps it no more) and the
+        reply when that is durable (`_kept_sent`), so that neither a later logon nor a restarted
+        CP sends it again, a duplicate to such a terminal. What it had from a run that resumed
+        is among them: it may hold that one already, and the mark says so."""
+        for kept in sorted(term.replies.values(), key=lambda k: k.id):
+            self._unkeep(term, kept)
+            self.journal.append(["d", term.name, kept.id], functools.partial(self._kept_sent, term, kept.id, kept.data))
+
+    def _kept_sent(self: CP, term: Term, mid: int, data: Any) -> None:
+        """A kept reply's "d" durable (`_send_kept_once`): written now, marked resent; kept again
+        if its terminal is away by now (and kept until it confirms if it resumes by now)."""
+        self._lost_if_unread_gone(term)
+        if self._for_nobody(term, mid):
+            self.counters["replies_after_logoff"] += 1
+        elif term.conn is None or term.conn.closed or not self._to_terminal(term, {"t": "reply", "id": mid, "data": data, "resent": True}):
+            self._keep_away(term, mid, data)
+        else:
+            self.counters["resent"] += 1
+            if term.resuming:
+                self._keep_reply(term, mid, data)
+        self._backpressure(term)
+
+    def _keep_away(self: CP, term: Term, mid: int, data: Any) -> None:
+        """The reply to `mid`, its terminal away: kept ("r", written at once) for its next logon,
+        unless it is nobody's or kept already; never held in memory only (a crash of the CP
+        would lose it)."""
+        if mid not in term.replies and not self._for_nobody(term, mid):
+            self._add_kept(term, Kept(mid, data, self.journal.append(["r", term.name, mid, data])))
 
     def host_reply(self: CP, host: HostProtocol, name: str, mid: int, data: Any) -> None:
         """Reply and discard in one frame (SPEC §5.5).
@@ -201,10 +237,8 @@ class Replies:
             if away or not self._to_terminal(term, msg):
                 # it left while the discard was written, or was found gone as the reply was
                 # written: the reply is kept ("r", as `_reply` keeps one for a terminal away),
-                # sent marked at its next hello in id order with the others kept, never held in
-                # memory only (a crash of the CP would lose it)
-                if held.id not in term.replies and not self._for_nobody(term, held.id):
-                    self._add_kept(term, Kept(held.id, data, self.journal.append(["r", term.name, held.id, data])))
+                # sent marked at its next hello in id order with the others kept
+                self._keep_away(term, held.id, data)
                 if self.after_switch is not None:
                     self._served_after_switch(term, held)
                 self._settled(term, held)

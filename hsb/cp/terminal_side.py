@@ -110,15 +110,9 @@ class TerminalSide:
                 self.counters["resent"] += 1
         else:
             term.resuming = False
-            if term.replies:  # kept for it (owed while it was away, or from when it resumed): sent
-                # now, marked (it may hold them already); settled as far as no message still waits below
-                for kept in sorted(term.replies.values(), key=lambda k: k.id):
-                    proto.send({"t": "reply", "id": kept.id, "data": kept.data, "resent": True})
-                    kept.sent = True
-                    term.reply_frames += 1
-                    kept.at = term.reply_frames
-                    self.counters["resent"] += 1
-                self._settle_unconfirmable(term)
+            if term.replies:  # kept for it (owed while it was away, or from when it resumed): each
+                # sent once, marked (it may hold one from when it resumed), once settled
+                self._send_kept_once(term)
         self._backpressure(term)
         if adopted:
             self.owe_if_handing_over(term)  # (not connected at the handover: its standby session is waited for now)

@@ -15,7 +15,9 @@ Record kinds (the first element of each MessagePack array):
                                    "frames": as the last "f" record before it)
     ["a", terminal, id, data]      a message accepted (and acknowledged once durable)
     ["r", terminal, id, data]      its reply, kept until the terminal confirms it; the message is settled
-    ["d", terminal, id]            its reply, not kept (a terminal that does not resume); settled
+    ["d", terminal, id]            its reply, not kept (a terminal that does not resume); settled;
+                                   after an "r" of that id: that kept reply goes to such a terminal
+                                   now, settled too
     ["c", terminal, id]            the terminal holds every reply up to id: those are settled
     ["o", terminal, id]            it logged off holding messages (id: its highest acknowledged): they
                                    are answered without it, their replies told nobody
@@ -315,6 +317,9 @@ def apply(r: Recovered, rec: list[Any], seg: int) -> None:
         h = r.held.get(rec[1])
         if h is not None:
             h.pop(rec[2], None)
+        reps = r.replies.get(rec[1])
+        if reps:
+            reps.pop(rec[2], None)
     elif kind == "c":
         _, term, upto = rec
         if upto > r.confirmed.get(term, 0):
