@@ -21,7 +21,6 @@ announced to; and a host fenced (a late answer at an old epoch) stays fenced aft
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -30,23 +29,12 @@ from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import initialize, invariant, rule
 
-from tests import test_cp_model_flip as flip
-from tests.support.cpmodel import DOWN, MODEL_SETTINGS, journal_cp
-from tests.support.keptreplies import until
+from tests.support import cpmodel_flip as flip
+from tests.support.cpmodel import journal_cp, model_test, terminals_lose_the_cp
 
 pytestmark = pytest.mark.timeout(600)  # (a failure's shrinking included, ~5 min: a broken recovery waits 5 s a step; a clean run takes ~30 s)
 
 MOST_CRASHES = 3  # CP crashes in one example at most
-
-
-class _Gone:
-    """Where a dead CP's side of a connection was: what arrives there is read by nobody."""
-
-    def data_received(self, data: bytes) -> None:
-        pass
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        pass
 
 
 class CrashFlipModel(flip.FlipModel):
@@ -133,20 +121,7 @@ class CrashFlipModel(flip.FlipModel):
         roles = {host: self._believed(h) for host, h in self.links.items() if not h.closed}
         for h in self.links.values():
             h.abort()  # (closed for the dead CP: it acts on nothing more)
-        if flushed:
-            for c in self.clients.values():
-                if c.transport is not None:
-                    c.transport.to = _Gone()  # (the terminal's writes reach no CP)
-            for p in self.conns.values():
-                p.flush()
-            await asyncio.sleep(0)  # one turn: what the CP wrote arrives
-        for p in self.conns.values():
-            if not p.transport.is_closing():
-                p.transport.close()
-        await until(lambda: j._inflight is None, "the write out done")
-        j.close()
-        was = [n for n, c in self.clients.items() if c.state != DOWN]
-        await until(lambda: all(c.state == DOWN for c in self.clients.values()), "every terminal saw the drop")
+        was = await terminals_lose_the_cp(j, self.clients, self.conns, flushed)
 
         self.rejoined = False
         self.journal, self.cp = journal_cp(self.dir, self.cfg)
@@ -220,15 +195,7 @@ class CrashFlipModel(flip.FlipModel):
         event(f"crash in a switchover: {at}")
 
         async def go() -> None:
-            if follow_first:
-                self._follow()
-            a.data_received(encode({"t": "release", "epoch": cp.epoch}))
-            await self._pump()
-            if finish:
-                for key in sorted(self.owed):
-                    d = self.owed.pop(key)
-                    self._answer(d, d.data, cp.epoch)
-                await self._pump()
+            await self._released(a, follow_first, finish)
             if at != "released":
                 if follow_first:
                     a.data_received(encode({"t": "handover", "epoch": cp.epoch}))
@@ -251,16 +218,4 @@ class CrashFlipModel(flip.FlipModel):
         self.epochs_only_rise()
 
 
-class _Checked(CrashFlipModel):
-    """The model, with the final settle and verdict as the last step of every example."""
-
-    def teardown(self) -> None:
-        try:
-            if self.cp is not None:
-                self.check_at_end()
-        finally:
-            super().teardown()
-
-
-_Checked.TestCase.settings = MODEL_SETTINGS
-TestCPCrashFlipModel = _Checked.TestCase
+TestCPCrashFlipModel = model_test(CrashFlipModel)

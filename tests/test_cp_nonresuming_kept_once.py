@@ -1,13 +1,13 @@
 """A reply kept for a terminal that does not resume is sent at its logon once: not again by a CP
 that restarts, nor at a later logon while a message of its below it is still unanswered
 (docs/protocol.md §1: a terminal that does not resume never gets a reply twice). Both were
-duplicates the mixed model (tests/test_cp_model_mixed.py) found."""
+duplicates the mixed model (tests/support/cpmodel_mixed.py) found."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.test_cp_model_mixed import MixedModel
+from tests.support.cpmodel_mixed import MixedModel
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,8 +1,10 @@
-"""The pieces the CP's model-based tests share (tests/test_cp_model.py, one active and CP
-crashes; tests/test_cp_model_flip.py, two hosts and the flip): hsbterm's resuming terminals, a
-CP core on a real journal in a directory in memory, and the promise checked at the end (hsbterm's
-strict verdict, every acknowledged id delivered, every repeat delivery marked redelivered), and
-the rules of a terminal's own (TerminalRules: its connection dropped, resumed, its confirm)."""
+"""The pieces the CP's models share (tests/support/cpmodel_crash.py, one active and CP crashes;
+cpmodel_flip.py, two hosts and the flip; cpmodel_mixed.py, terminals that do not resume and
+logoffs; tests/test_cp_model*.py run them): hsbterm's resuming terminals, a CP core on a real
+journal in a directory in memory, and the promise checked at the end (hsbterm's strict verdict,
+every acknowledged id delivered, every repeat delivery marked redelivered), the rules of a
+terminal's own (TerminalRules: its connection dropped, resumed, its confirm), and a model's
+TestCase with those checks as every example's last step (`model_test`)."""
 
 from __future__ import annotations
 
@@ -127,8 +129,25 @@ class TerminalRules(RuleBasedStateMachine):
     async def _connect(self, name: str) -> None:
         raise NotImplementedError
 
-    async def _pump(self) -> None:
+    def _host_work(self) -> None:
+        """The hosts' part of a turn (the model's)."""
         raise NotImplementedError
+
+    async def _pump(self) -> None:
+        """A few turns of the loop, the hosts at work (`_host_work`) in each."""
+        for _ in range(5):
+            self._host_work()
+            await asyncio.sleep(0)
+        self._host_work()
+
+    async def _until(self, cond: Callable[[], bool], what: str) -> None:
+        """`until` with the hosts at work meanwhile (the welcome waits for the session's opening)."""
+
+        def done() -> bool:
+            self._host_work()
+            return bool(cond())
+
+        await until(done, what, within=5.0)  # (in memory: milliseconds; the bound is for a loaded CI machine)
 
     async def _durable(self) -> None:
         raise NotImplementedError
@@ -208,3 +227,51 @@ class TerminalRules(RuleBasedStateMachine):
             await self._pump()
 
         self.run(go)
+
+
+class Gone:
+    """Where a dead CP's side of a connection was: what arrives there is read by nobody."""
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass
+
+
+async def terminals_lose_the_cp(journal: Any, clients: dict[str, Any], conns: dict[str, Any], flushed: bool) -> list[str]:
+    """A CP dies under its terminals (`journal._stopping` set already): what it wrote reaches them
+    (`flushed`: their own writes reach no CP) or is lost, their connections close, the journal's
+    write out completes and it closes. The terminals that were logged on, once each saw the drop."""
+    if flushed:
+        for c in clients.values():
+            if c.transport is not None:
+                c.transport.to = Gone()  # (the terminal's writes reach no CP)
+        for p in conns.values():
+            p.flush()
+        await asyncio.sleep(0)  # one turn: what the CP wrote arrives
+    for p in conns.values():
+        if not p.transport.is_closing():
+            p.transport.close()
+    await until(lambda: journal._inflight is None, "the write out done")
+    journal.close()
+    was = [n for n, c in clients.items() if c.state != DOWN]
+    await until(lambda: all(c.state == DOWN for c in clients.values()), "every terminal saw the drop")
+    return was
+
+
+def model_test(model: Any) -> Any:
+    """`model`'s TestCase at MODEL_SETTINGS, with the final settle and checks (`check_at_end`) as
+    the last step of every example that started (`started()`)."""
+
+    class Checked(model):  # type: ignore[misc,valid-type]
+        def teardown(self) -> None:
+            try:
+                if self.started():
+                    self.check_at_end()
+            finally:
+                super().teardown()
+
+    Checked.__name__ = Checked.__qualname__ = f"{model.__name__}Checked"
+    Checked.TestCase.settings = MODEL_SETTINGS
+    return Checked.TestCase

@@ -1,0 +1,246 @@
+"""The CP's promise to a mix of terminals against a model (hypothesis, stateful; docs/protocol.md
+§1, `hello`, `bye`, `reply`): cpmodel_crash.py's model (one active, CP crashes recovered from
+the journal) with T00002 and T00003 terminals that do not resume (hsbterm's, resume off: a hello without
+last_reply), and logoffs: a terminal says `bye` and a new run of it (resuming or not) logs on
+later under its name.
+
+Checked: no terminal, run or kind, ever gets a reply twice or one it did not send the message
+for; the resuming ones get hsbterm's strict verdict; a reply the CP decided while a terminal that
+does not resume was away (its connection gone before the active answered, or before the
+discard was durable) whose "r" record was durable reaches it at its next logon, marked resent,
+across CP crashes too; no reply of a run that logged off reaches a later run under its name (once
+the bye's record is durable, or with no crash since it was read). Counted, not failed (the
+promise allows them): a reply to a terminal that does not resume lost in flight at a drop or a
+crash, a logoff whose record a crash lost (its replies then an earlier run's, sent to the next)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import event
+from hypothesis import strategies as st
+from hypothesis.stateful import invariant, rule
+
+from hsb.term.client import TerminalClient
+from tests.support.cpmodel import DOWN, TERMINALS, WELCOMED, verdict
+from tests.support.cpmodel_crash import CPModel
+from tests.support.keptreplies import until
+
+NOT_RESUMING = frozenset({"T00002", "T00003"})  # the first run's kind; a later run picks its own
+RUN_STRIDE = 100  # a later run's ids start this far above its predecessor's first
+
+
+class LoggedClient(TerminalClient):
+    """hsbterm's terminal, noting every reply it reads: (id, marked resent, its welcomes so far)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.log: list[tuple[int, bool, int]] = []
+        self.welcomes = 0
+
+    def _on_welcome(self, msg: dict[str, Any]) -> None:
+        self.welcomes += 1
+        super()._on_welcome(msg)
+
+    def _on_reply(self, msg_id: int, data: Any, resent: bool = False) -> None:
+        self.log.append((msg_id, resent, self.welcomes))
+        super()._on_reply(msg_id, data, resent)
+
+
+def new_client(name: str, base: int, resume: bool) -> tuple[Any, Any]:
+    from hsb.term.loadstats import LoadStats
+
+    s = LoadStats(1)
+    s.counting = True
+    return LoggedClient(name, s, base=base, check_data=True, keepalive=0, resume=resume), s
+
+
+class MixedModel(CPModel):
+    """CPModel's, with: the runs that logged off (`retired`); per terminal that does not resume,
+    the messages the active answered while it was away in this CP life (`away`), and the replies
+    it must get at its next logon (`must_get`: client, id, its welcomes when that was known)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.retired: list[tuple[str, Any]] = []
+        self.away: dict[str, set[int]] = {n: set() for n in TERMINALS}
+        self.must_get: list[tuple[Any, int, int]] = []
+        self.bye_unsettled: set[str] = set()  # a bye read whose "o" record is not known durable
+        self.bye_lost: set[str] = set()  # ... and a crash came first: its run's replies may go to the next
+        self.logoffs = 0
+        self.after_logoff = 0  # replies_after_logoff over the CP's lives
+        self.dropping: str | None = None
+
+    def _terminals(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        clients: dict[str, Any] = {}
+        stats: dict[str, Any] = {}
+        for name in TERMINALS:
+            clients[name], stats[name] = new_client(name, 1000, name not in NOT_RESUMING)
+        return clients, stats
+
+    # -- the pieces ------------------------------------------------------------------------------
+    async def _new_life(self) -> None:
+        if self.life is not None:  # a crash: what was not durable is gone
+            self.after_logoff += self.life.cp.counters["replies_after_logoff"]
+            for s in self.away.values():
+                s.clear()
+            self.bye_lost |= self.bye_unsettled
+            self.bye_unsettled.clear()
+        await super()._new_life()
+        cp = self.life.cp if self.life is not None else None
+        assert cp is not None
+        real = cp.host_reply
+
+        def host_reply(host: Any, name: str, mid: int, data: Any) -> None:
+            self._noting(cp, name, mid)
+            real(host, name, mid, data)
+
+        cp.host_reply = host_reply
+
+    def _noting(self, cp: Any, name: str, mid: int) -> None:
+        """The active answers `mid`: noted for a terminal that does not resume and is away (or
+        is dropped in this very turn) if this reply is the one the CP makes (it holds the message,
+        not answered yet)."""
+        c = self.clients[name]
+        held = cp.terms[name].held.get(mid)
+        if c.resume or c.index(mid) < 0 or held is None or held.replying or held.early is not None:
+            return
+        if c.state == DOWN or self.dropping == name:
+            self.away[name].add(mid)
+
+    async def _connect(self, name: str) -> None:
+        p = self.conns.get(name)
+        if p is not None and not p.transport.is_closing():  # its run that logged off still connected: it closes now
+            p.transport.close()
+            await until(lambda: p.closed, f"{name}'s old run's connection closed")
+        self.away[name].clear()  # (back before its durable point: nothing known of those)
+        await super()._connect(name)
+
+    async def _durable(self) -> None:
+        await super()._durable()
+        self.bye_unsettled.clear()
+        for name, mids in self.away.items():
+            c = self.clients[name]
+            if c.state == DOWN:  # away from the answer to now, the discard and "r" durable
+                self.must_get.extend((c, mid, c.welcomes) for mid in sorted(mids))
+                mids.clear()
+
+    def _awaited(self, c: Any) -> Any:
+        if c.resume or self.life is None:
+            return c.outstanding
+        from hsb.term.verdict import ACKED
+
+        term = self.life.cp.terms[c.name]
+        # acknowledged, settled at the CP and no reply kept: lost in flight (the promise allows it)
+        return [i for i in c.outstanding if not c.marks[c.index(i)] & ACKED or i in term.held or i in term.replies or (c.name, i) in self.owed]
+
+    # -- rules -----------------------------------------------------------------------------------
+    @rule(pick=st.integers(0, 20), then_durable=st.booleans())
+    def answer_then_drop(self, pick: int, then_durable: bool) -> None:
+        """The active answers a message of a connected terminal, and in the same turn its
+        connection drops (before the discard can be durable); `then_durable`: the journal is
+        made durable next, the terminal still away."""
+        keys = sorted(k for k in self.owed if self.clients[k[0]].state == WELCOMED and self.clients[k[0]].index(k[1]) >= 0)
+        if not keys:
+            return
+        key = keys[pick % len(keys)]
+        data = self.owed.pop(key)
+        name = key[0]
+        c, p = self.clients[name], self.conns[name]
+
+        async def go() -> None:
+            assert self.life is not None
+            self.dropping = name
+            try:
+                self.life.cp.host_reply(self.life.host, name, key[1], data)
+            finally:
+                self.dropping = None
+            p.transport.close()
+            await until(lambda: c.state == DOWN and p.closed, f"{name}'s drop seen by both sides")
+            await self._pump()
+            if then_durable:
+                await self._durable()
+
+        self.run(go)
+
+    @rule(name=st.sampled_from(TERMINALS), resume=st.booleans())
+    def logoff(self, name: str, resume: bool) -> None:
+        """The terminal says bye (what it sent before is still answered: to this connection
+        while it is open, to nobody after); a new run of it (resuming or not, its ids above)
+        logs on later."""
+        c = self.clients[name]
+        if c.state != WELCOMED or not c.logged_on:
+            return
+        assert self.life is not None
+        cp = self.life.cp
+        term = cp.terms[name]
+
+        async def go() -> None:
+            c.bye()
+            await self._until(lambda: term.leaving or term.conn is None, f"{name}'s bye read")
+            await self._pump()
+
+        self.run(go)
+        if term.held or term.replies:
+            self.bye_unsettled.add(name)
+        self.logoffs += 1
+        self.retired.append((name, c))
+        self.clients[name], self.stats[name] = new_client(name, c.base + RUN_STRIDE, resume)
+        self.away[name].clear()
+
+    # -- the promise -----------------------------------------------------------------------------
+    def _all_clients(self) -> dict[str, Any]:
+        every = {f"{n} run {i}": c for i, (n, c) in enumerate(self.retired)}
+        every.update(self.clients)
+        return every
+
+    @invariant()
+    def no_duplicate_or_unexpected(self) -> None:
+        every = self._all_clients()
+        for name, c in every.items():
+            assert c.unexpected == 0 and c.early == 0, f"{name}: unexpected {c.unexpected}, early {c.early}"
+            dup = [c.base + i for i, m in enumerate(c.marks) if (m >> 2) > 1]
+            assert not dup, f"{name}: replies to the application more than once: {dup}; {c.log}"
+
+    @invariant()
+    def kept_delivered_so_far(self) -> None:
+        self.kept_delivered(final=False)
+
+    def kept_delivered(self, final: bool) -> None:
+        """Each reply the CP kept for a terminal that does not resume, decided while it was away
+        and durable, came at its next logon, marked resent (`final`: that logon was had)."""
+        for c, mid, w in self.must_get:
+            got = [(r, w2) for i, r, w2 in c.log if i == mid]
+            if not got and not final and c.welcomes <= w:
+                continue  # (not logged on since)
+            assert got and got[0] == (True, w + 1), f"{c.name} {mid}: kept for its next logon (welcome {w + 1}), had {got}; log {c.log}"
+
+    def check_at_end(self) -> None:
+        self.settle()
+        assert self.life is not None
+        self.after_logoff += self.life.cp.counters["replies_after_logoff"]
+        self.repeats_marked()
+        self.no_duplicate_or_unexpected()
+        self.kept_delivered(final=True)
+        delivered = {(n, i) for n, i, _ in self.deliveries}
+        resuming = {n: c for n, c in self.clients.items() if c.resume}
+        verdict(resuming, self.stats, delivered)
+        from hsb.term.load import _report
+
+        lost = 0
+        for name, c in self.clients.items():
+            if c.resume or not c.sent:
+                continue
+            r = _report([c], self.stats[name], 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, [])
+            assert r.duplicates == 0 and r.unexpected == 0 and r.unacked == 0, (name, r.failures)
+            lost += r.lost
+        for name in TERMINALS:
+            if name not in self.bye_lost:  # every bye of it known: no run got an earlier one's reply
+                runs = [c for n, c in self.retired if n == name] + [self.clients[name]]
+                assert all(c.earlier_run_replies == 0 for c in runs), f"{name}: a logged-off run's reply went to a later run: {[c.log for c in runs]}"
+        event(f"crashes: {self.crashes}")
+        event(f"logoffs: {min(self.logoffs, 2)}+")
+        event(f"replies after a logoff: {min(self.after_logoff, 2)}+")
+        event(f"kept for a terminal that does not resume, checked: {min(len(self.must_get), 2)}+")
+        event(f"replies lost in flight to a terminal that does not resume: {min(lost, 2)}+")
+        event(f"logoffs lost with a crash: {min(len(self.bye_lost), 1)}")
