@@ -21,7 +21,7 @@ from hsb.cp.journal.recovery import segment_name
 from hsb.cp.journal.store import Journal
 from hsb.cp.journal.writer import JournalIOUnavailable
 from tests.support.journal import durable, open_journal, records
-from tests.support.ring import fill
+from tests.support.uringchain import fill
 
 WHY = uring.available()
 needs_ring = pytest.mark.skipif(WHY is not None, reason=f"this kernel does not run io_uring: {WHY}")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hsb import uring
-from tests.support.ring import run
+from tests.support.uringchain import run
 
 WHY = uring.available()
 pytestmark = pytest.mark.skipif(WHY is not None, reason=f"this kernel does not run io_uring: {WHY}")

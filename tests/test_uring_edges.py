@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hsb import uring
-from tests.support.ring import fill, run
+from tests.support.uringchain import fill, run
 
 WHY = uring.available()
 needs_ring = pytest.mark.skipif(WHY is not None, reason=f"this kernel does not run io_uring: {WHY}")
