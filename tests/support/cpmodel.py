@@ -1,6 +1,7 @@
 """The pieces the CP's models share (tests/support/cpmodel_crash.py, one active and CP crashes;
 cpmodel_flip.py, two hosts and the flip; cpmodel_mixed.py, terminals that do not resume and
-logoffs; tests/test_cp_model*.py run them): hsbterm's resuming terminals, a CP core on a real
+logoffs; cpmodel_flipmixed.py, those over the flip; tests/test_cp_model*.py run them): hsbterm's
+resuming terminals and the mixed models' (LoggedClient, NOT_RESUMING, with their verdict), a CP core on a real
 journal in a directory in memory, and the promise checked at the end (hsbterm's strict verdict,
 every acknowledged id delivered, every repeat delivery marked redelivered), the rules of a
 terminal's own (TerminalRules: its connection dropped, resumed, its confirm), and a model's
@@ -19,6 +20,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
 
+from hsb.term.client import TerminalClient
 from tests.support.keptreplies import until
 
 TERMINALS = ("T00001", "T00002", "T00003")
@@ -27,6 +29,9 @@ WELCOMED = 3  # hsb.term.logon.WELCOMED
 DOWN = 0
 # both models' runs: deterministic in CI, no per-step deadline (a crash's recovery takes a while)
 MODEL_SETTINGS = settings(max_examples=400, stateful_step_count=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+
+
+NOT_RESUMING = frozenset({"T00002", "T00003"})  # the mixed models' terminals that do not resume (a first run's)
 
 
 def model_dir(prefix: str) -> Path:
@@ -48,6 +53,72 @@ def terminal_clients() -> tuple[dict[str, Any], dict[str, Any]]:
         stats[name] = s
         clients[name] = TerminalClient(name, s, base=1000, check_data=True, keepalive=0)
     return clients, stats
+
+
+class LoggedClient(TerminalClient):
+    """hsbterm's terminal, noting every reply it reads: (id, marked resent, its welcomes so far),
+    and the welcomes at which its connections dropped."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.log: list[tuple[int, bool, int]] = []
+        self.welcomes = 0
+        self.drops: list[int] = []
+
+    def _on_welcome(self, msg: dict[str, Any]) -> None:
+        self.welcomes += 1
+        super()._on_welcome(msg)
+
+    def _on_reply(self, msg_id: int, data: Any, resent: bool = False) -> None:
+        self.log.append((msg_id, resent, self.welcomes))
+        super()._on_reply(msg_id, data, resent)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state != DOWN:
+            self.drops.append(self.welcomes)
+        super().connection_lost(exc)
+
+
+def new_client(name: str, base: int, resume: bool) -> tuple[Any, Any]:
+    from hsb.term.loadstats import LoadStats
+
+    s = LoadStats(1)
+    s.counting = True
+    return LoggedClient(name, s, base=base, check_data=True, keepalive=0, resume=resume), s
+
+
+def mixed_terminals() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The mixed models' terminals (LoggedClient): those in NOT_RESUMING do not resume."""
+    clients: dict[str, Any] = {}
+    stats: dict[str, Any] = {}
+    for name in TERMINALS:
+        clients[name], stats[name] = new_client(name, 1000, name not in NOT_RESUMING)
+    return clients, stats
+
+
+def awaited_not_resuming(c: Any, term: Any, owed: Any) -> list[int]:
+    """The ids whose reply a terminal `c` that does not resume still awaits at a settle (`term`:
+    the CP's, `owed`: the active's by (name, id)): acknowledged, settled at the CP and no reply
+    kept is a reply lost in flight (the promise allows it)."""
+    from hsb.term.verdict import ACKED
+
+    return [i for i in c.outstanding if not c.marks[c.index(i)] & ACKED or i in term.held or i in term.replies or (c.name, i) in owed]
+
+
+def mixed_verdict(clients: dict[str, Any], stats: dict[str, Any], delivered: set[tuple[str, int]]) -> int:
+    """`verdict` for the resuming terminals; for the others no duplicate, nothing unexpected,
+    nothing unacknowledged: the replies they lost in flight (the promise allows it), counted."""
+    from hsb.term.load import _report
+
+    verdict({n: c for n, c in clients.items() if c.resume}, stats, delivered)
+    lost = 0
+    for name, c in clients.items():
+        if c.resume or not c.sent:
+            continue
+        r = _report([c], stats[name], 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, [])
+        assert r.duplicates == 0 and r.unexpected == 0 and r.unacked == 0, (name, r.failures)
+        lost += r.lost
+    return lost
 
 
 def journal_cp(d: Path, cfg: Any) -> tuple[Any, Any]:

@@ -96,12 +96,13 @@ class FlipModel(TerminalRules):
         self.starts = 0
         self.instances: dict[str, tuple[int, str]] = {}  # each host's process: (startup_id, instance)
         self.registers_as: dict[str, str] = {}  # the role each host's process last registered as
-        self.clients, self.stats = terminal_clients()
+        self.clients, self.stats = self._terminals()
         self.conns: dict[str, Any] = {}
         self.counted = {"failover": 0, "switchover": 0, "late_answers": 0, "classic": 0}
 
         async def go() -> None:
             self.journal, self.cp = journal_cp(self.dir, self.cfg)
+            self._watch()
             await self._join("host-a", "active")
             await self._join("host-b", "standby")
             for name in TERMINALS:
@@ -121,6 +122,17 @@ class FlipModel(TerminalRules):
             shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- the pieces ------------------------------------------------------------------------------
+    def _terminals(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The model's terminals, by name, and their stats (hsbterm's, resuming)."""
+        return terminal_clients()
+
+    def _watch(self) -> None:
+        """What a model notes of the new CP (`self.cp`) before any host registers: nothing."""
+
+    def _verdict(self, delivered: set[tuple[str, int]]) -> None:
+        """The terminals' verdict at the end (hsbterm's strict one, `delivered`: every id a host had)."""
+        verdict(self.clients, self.stats, delivered)
+
     async def _join(self, host: str, role: str, *, again: bool = False) -> None:
         """A new hsbd process of `host` (a new instance) registers as `role` on a new link, as
         hsbd does (keeping its sessions as standby ones when demoted, reading deliver_batch).
@@ -409,4 +421,4 @@ class FlipModel(TerminalRules):
         event(f"terminals on the classic path: {min(sum(r['classic'] for r in cp.switchovers), 2)}+")
         event(f"deliveries marked redelivered: {min(sum(d.again for d in self.deliveries), 3)}+")
         event(f"messages sent: {min(sum(c.sent for c in self.clients.values()) // 4 * 4, 12)}+")
-        verdict(self.clients, self.stats, {(d.name, d.mid) for d in self.deliveries})
+        self._verdict({(d.name, d.mid) for d in self.deliveries})

@@ -21,38 +21,11 @@ from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, rule
 
-from hsb.term.client import TerminalClient
-from tests.support.cpmodel import DOWN, TERMINALS, WELCOMED, verdict
+from tests.support.cpmodel import DOWN, TERMINALS, WELCOMED, awaited_not_resuming, mixed_terminals, mixed_verdict, new_client
 from tests.support.cpmodel_crash import CPModel
 from tests.support.keptreplies import until
 
-NOT_RESUMING = frozenset({"T00002", "T00003"})  # the first run's kind; a later run picks its own
 RUN_STRIDE = 100  # a later run's ids start this far above its predecessor's first
-
-
-class LoggedClient(TerminalClient):
-    """hsbterm's terminal, noting every reply it reads: (id, marked resent, its welcomes so far)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.log: list[tuple[int, bool, int]] = []
-        self.welcomes = 0
-
-    def _on_welcome(self, msg: dict[str, Any]) -> None:
-        self.welcomes += 1
-        super()._on_welcome(msg)
-
-    def _on_reply(self, msg_id: int, data: Any, resent: bool = False) -> None:
-        self.log.append((msg_id, resent, self.welcomes))
-        super()._on_reply(msg_id, data, resent)
-
-
-def new_client(name: str, base: int, resume: bool) -> tuple[Any, Any]:
-    from hsb.term.loadstats import LoadStats
-
-    s = LoadStats(1)
-    s.counting = True
-    return LoggedClient(name, s, base=base, check_data=True, keepalive=0, resume=resume), s
 
 
 class MixedModel(CPModel):
@@ -72,11 +45,7 @@ class MixedModel(CPModel):
         self.dropping: str | None = None
 
     def _terminals(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        clients: dict[str, Any] = {}
-        stats: dict[str, Any] = {}
-        for name in TERMINALS:
-            clients[name], stats[name] = new_client(name, 1000, name not in NOT_RESUMING)
-        return clients, stats
+        return mixed_terminals()
 
     # -- the pieces ------------------------------------------------------------------------------
     async def _new_life(self) -> None:
@@ -128,11 +97,7 @@ class MixedModel(CPModel):
     def _awaited(self, c: Any) -> Any:
         if c.resume or self.life is None:
             return c.outstanding
-        from hsb.term.verdict import ACKED
-
-        term = self.life.cp.terms[c.name]
-        # acknowledged, settled at the CP and no reply kept: lost in flight (the promise allows it)
-        return [i for i in c.outstanding if not c.marks[c.index(i)] & ACKED or i in term.held or i in term.replies or (c.name, i) in self.owed]
+        return awaited_not_resuming(c, self.life.cp.terms[c.name], self.owed)
 
     # -- rules -----------------------------------------------------------------------------------
     @rule(pick=st.integers(0, 20), then_durable=st.booleans())
@@ -222,18 +187,7 @@ class MixedModel(CPModel):
         self.repeats_marked()
         self.no_duplicate_or_unexpected()
         self.kept_delivered(final=True)
-        delivered = {(n, i) for n, i, _ in self.deliveries}
-        resuming = {n: c for n, c in self.clients.items() if c.resume}
-        verdict(resuming, self.stats, delivered)
-        from hsb.term.load import _report
-
-        lost = 0
-        for name, c in self.clients.items():
-            if c.resume or not c.sent:
-                continue
-            r = _report([c], self.stats[name], 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, [])
-            assert r.duplicates == 0 and r.unexpected == 0 and r.unacked == 0, (name, r.failures)
-            lost += r.lost
+        lost = mixed_verdict(self.clients, self.stats, {(n, i) for n, i, _ in self.deliveries})
         for name in TERMINALS:
             if name not in self.bye_lost:  # every bye of it known: no run got an earlier one's reply
                 runs = [c for n, c in self.retired if n == name] + [self.clients[name]]

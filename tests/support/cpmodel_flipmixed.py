@@ -1,0 +1,179 @@
+"""The flip with terminals that do not resume, against a model (hypothesis, stateful; docs/protocol.md
+§1, docs/design.md §5.6, §5.7): cpmodel_flip.py's model (two hosts, the active lost and the
+standby flipped to, planned switchovers, late answers) with T00002 and T00003 not resuming
+(hsbterm's, resume off: a hello without last_reply), as in cpmodel_mixed.py.
+
+Beyond the flip model's promise (no duplicate, nothing unexpected, deliveries only to the
+announced unreleased active, every delivery of an id after its first marked redelivered): the
+resuming terminal gets hsbterm's strict verdict, the others its verdict less the replies lost in
+flight at a dropped connection (counted, the promise allows them), and read each reply once,
+marked resent or not (hsbterm would ignore a second resent one); a reply the active decided
+while a terminal that does not resume was away (both sides saw its drop, or the CP had closed
+it) reaches it at a later logon, marked resent, the first time it comes (or it was lost in flight
+at a drop since); the CP closes a terminal's connection only on the classic path: at a grant,
+the terminal had a session at the host that lost the role and no standby session at the one
+granted it (docs/design.md §5.6, 4.; so a terminal with a standby session is not disconnected by
+a failover or a switchover), and each of those is closed by the end of the flip."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import event
+from hypothesis import strategies as st
+from hypothesis.stateful import invariant, rule
+
+from tests.support.cpmodel import DOWN, WELCOMED, awaited_not_resuming, mixed_terminals, mixed_verdict
+from tests.support.cpmodel_flip import FlipModel
+from tests.support.keptreplies import until
+
+
+class FlipMixedModel(FlipModel):
+    """FlipModel's, with: the replies a terminal that does not resume must get at a later logon
+    (`must_get`: client, id, its welcomes when the active answered), the connections a grant may
+    close (`classic`: by terminal, the CP's side), and those the CP did close (`closed_by_cp`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.must_get: list[tuple[Any, int, int, bool]] = []  # (and whether it comes marked resent)
+        self.classic: dict[str, Any] = {}
+        self.closed_by_cp: list[tuple[str, Any]] = []
+        self.classic_closed = 0
+
+    def _terminals(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return mixed_terminals()
+
+    def _watch(self) -> None:
+        cp = self.cp
+        reply, granted = cp.host_reply, cp._granted
+
+        def host_reply(host: Any, name: str, mid: int, data: Any) -> None:
+            self._noting(host, name, mid)
+            reply(host, name, mid, data)
+
+        def _granted(host: Any, *args: Any, **kwargs: Any) -> Any:
+            self._granting(host)
+            return granted(host, *args, **kwargs)
+
+        cp.host_reply, cp._granted = host_reply, _granted
+
+    def _noting(self, host: Any, name: str, mid: int) -> None:
+        """The active answers `mid`: noted if this reply is the one the CP makes (it holds the
+        message, not answered yet) and its terminal does not resume and is away."""
+        cp, c = self.cp, self.clients[name]
+        held = cp.terms[name].held.get(mid)
+        if c.resume or c.index(mid) < 0 or held is None or held.replying or held.early is not None or host is not cp.active:
+            return
+        p = self.conns.get(name)
+        if c.state == DOWN or (p is not None and p.transport.is_closing()):
+            self.must_get.append((c, mid, c.welcomes, True))
+
+    def _granting(self, host: Any) -> None:
+        """A grant to `host`: the connections it may close (the classic path), with those of a
+        flip still going on (which it completes first)."""
+        cp = self.cp
+        if cp.flipping is None:
+            self.classic = {}
+        for name, term in cp.terms.items():
+            a, sb = term.active, term.standby
+            if term.conn is not None and not term.conn.closed and a is not None and a.host is not host and (sb is None or sb.host is not host):
+                self.classic[name] = term.conn
+
+    async def _connect(self, name: str) -> None:
+        await super()._connect(name)
+        p = self.conns[name]
+        close = p.close
+
+        def closed_by_the_cp() -> None:
+            if not p.transport.is_closing():
+                self.closed_by_cp.append((name, p))
+            close()
+
+        p.close = closed_by_the_cp
+
+    def _awaited(self, c: Any) -> Any:
+        if c.resume:
+            return c.outstanding
+        return awaited_not_resuming(c, self.cp.terms[c.name], self.owed)
+
+    # -- rules -----------------------------------------------------------------------------------
+    @rule(pick=st.integers(0, 20), drop_first=st.booleans(), back=st.booleans())
+    def answer_around_drop(self, pick: int, drop_first: bool, back: bool) -> None:
+        """The active answers a message of a connected terminal that does not resume, its
+        connection dropped (both sides see it) just before (`drop_first`), or in the same turn
+        (before the discard can be durable: the reply then goes at a later logon, marked or not,
+        as that logon may come before the discard is durable); `back`: it logs on again at once."""
+        self._host_work()
+        keys = sorted(k for k in self.owed if not self.clients[k[0]].resume and self.clients[k[0]].state == WELCOMED)
+        if not keys:
+            return
+        key = keys[pick % len(keys)]
+        d = self.owed.pop(key)
+        c, p = self.clients[key[0]], self.conns[key[0]]
+
+        async def go() -> None:
+            if drop_first:
+                p.transport.close()
+                await until(lambda: c.state == DOWN and p.closed, f"{c.name}'s drop seen by both sides")
+            elif self.cp.terms[c.name].held.get(key[1]) is not None:
+                self.must_get.append((c, key[1], c.welcomes, False))
+            self._answer(d, d.data, self.cp.epoch)
+            if not drop_first:
+                p.transport.close()
+                await until(lambda: c.state == DOWN and p.closed, f"{c.name}'s drop seen by both sides")
+            await self._pump()
+            if back:
+                await self._connect(c.name)
+
+        self.run(go)
+
+    # -- the promise -----------------------------------------------------------------------------
+    @invariant()
+    def closed_on_the_classic_path_only(self) -> None:
+        for name, p in self.closed_by_cp:
+            assert self.classic.get(name) is p, (
+                f"{name}'s connection closed by the CP, not on the classic path of a grant (a standby session, or no grant)"
+            )
+        self.classic_closed += len(self.closed_by_cp)
+        self.closed_by_cp.clear()
+        if self.cp is not None and self.cp.flipping is None:
+            left = [n for n, p in self.classic.items() if not p.transport.is_closing()]
+            assert not left, f"the flip is done and {left} on the classic path still connected"
+            self.classic = {}
+
+    @invariant()
+    def each_reply_once(self) -> None:
+        """A terminal that does not resume reads each reply once, marked resent or not (hsbterm
+        ignores a resent one for an id it has: its marks do not show that duplicate)."""
+        for name, c in self.clients.items():
+            ids = [i for i, _, _ in c.log]
+            assert c.resume or len(ids) == len(set(ids)), f"{name} read a reply twice: {c.log}"
+
+    @invariant()
+    def kept_delivered_so_far(self) -> None:
+        self.kept_delivered(final=False)
+
+    def kept_delivered(self, final: bool) -> int:
+        """Each reply decided while its terminal (not resuming) was away came at a later logon,
+        marked resent, the first time it came; `final`: it came, or was lost in flight at a drop
+        since its next logon (their number)."""
+        lost = 0
+        for c, mid, w, marked in self.must_get:
+            got = [(r, w2) for i, r, w2 in c.log if i == mid]
+            if got:
+                assert (got[0][0] or not marked) and got[0][1] > w, (
+                    f"{c.name} {mid}: kept for a logon after welcome {w}, marked resent; had {got}; log {c.log}"
+                )
+            elif final:
+                assert any(d > w for d in c.drops), f"{c.name} {mid}: decided while it was away (welcome {w}), never came, no drop since; log {c.log}"
+                lost += 1
+        return lost
+
+    def _verdict(self, delivered: set[tuple[str, int]]) -> None:
+        lost = mixed_verdict(self.clients, self.stats, delivered)
+        kept_lost = self.kept_delivered(final=True)
+        self.closed_on_the_classic_path_only()
+        event(f"replies lost in flight to a terminal that does not resume: {min(lost, 2)}+")
+        event(f"kept for a terminal that does not resume, checked: {min(len(self.must_get), 2)}+")
+        event(f"... of those lost in flight at a later drop: {min(kept_lost, 1)}+")
+        event(f"closed on the classic path: {min(self.classic_closed, 2)}+")
