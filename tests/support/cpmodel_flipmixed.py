@@ -127,6 +127,16 @@ class FlipMixedModel(FlipModel):
 
         self.run(go)
 
+    @rule()
+    def durable(self) -> None:
+        """The journal made durable (and turns of the loop): each reply a terminal must get at a
+        later logon it has had by now, if it is logged on again (or was lost in flight at a drop
+        since): its "d" record durable, it is written."""
+        self.run(self._durable)
+        for c, mid, w, _ in self.must_get:
+            if c.state == WELCOMED and c.welcomes > w and not any(i == mid for i, _, _ in c.log):
+                assert any(d > w for d in c.drops), f"{c.name} {mid}: logged on again since welcome {w}, durable, and not sent; log {c.log}"
+
     # -- the promise -----------------------------------------------------------------------------
     @invariant()
     def closed_on_the_classic_path_only(self) -> None:
