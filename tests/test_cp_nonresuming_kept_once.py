@@ -17,7 +17,9 @@ def test_a_kept_reply_sent_at_a_logon_is_not_sent_again_after_a_crash() -> None:
     try:
         m.start()
         m.send("T00003", 1)  # id 1000
+        m.durable()  # (its record durable: delivered to the active, whatever the machine's speed)
         m.drop("T00003")
+        assert sorted(m.owed) == [("T00003", 1000)]
         m.answer(0)  # made while it is away: kept ("r")
         m.durable()  # the "r" durable
         m.reconnect("T00003")  # its logon: 1000 sent, marked resent
@@ -35,6 +37,7 @@ def test_a_kept_reply_above_an_unanswered_one_is_sent_once() -> None:
     try:
         m.start()
         m.send("T00003", 2)  # ids 1000, 1001
+        m.durable()
         m.drop("T00003")
         assert sorted(m.owed) == [("T00003", 1000), ("T00003", 1001)]
         m.answer(1)  # 1001, made while it is away: kept; 1000 not answered yet
