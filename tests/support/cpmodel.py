@@ -156,6 +156,14 @@ def no_duplicate_or_unexpected(clients: dict[str, Any]) -> None:
         assert not dup, f"{name}: replies to the application more than once: {dup}"
 
 
+def each_reply_once(clients: dict[str, Any]) -> None:
+    """Each terminal that does not resume (LoggedClient) reads each reply once, marked resent or
+    not (hsbterm ignores a resent one for an id it has: its marks do not show that duplicate)."""
+    for name, c in clients.items():
+        ids = [i for i, _, _ in c.log]
+        assert c.resume or len(ids) == len(set(ids)), f"{name} read a reply twice: {c.log}"
+
+
 def replies_read(clients: dict[str, Any]) -> int:
     return sum(c.resent_ignored + sum(m >> 2 for m in c.marks) for c in clients.values())
 

@@ -23,7 +23,7 @@ from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, rule
 
-from tests.support.cpmodel import DOWN, WELCOMED, awaited_not_resuming, mixed_terminals, mixed_verdict
+from tests.support.cpmodel import DOWN, WELCOMED, awaited_not_resuming, each_reply_once, mixed_terminals, mixed_verdict
 from tests.support.cpmodel_flip import FlipModel
 from tests.support.keptreplies import until
 
@@ -153,11 +153,7 @@ class FlipMixedModel(FlipModel):
 
     @invariant()
     def each_reply_once(self) -> None:
-        """A terminal that does not resume reads each reply once, marked resent or not (hsbterm
-        ignores a resent one for an id it has: its marks do not show that duplicate)."""
-        for name, c in self.clients.items():
-            ids = [i for i, _, _ in c.log]
-            assert c.resume or len(ids) == len(set(ids)), f"{name} read a reply twice: {c.log}"
+        each_reply_once(self.clients)
 
     @invariant()
     def kept_delivered_so_far(self) -> None:
@@ -181,6 +177,7 @@ class FlipMixedModel(FlipModel):
 
     def _verdict(self, delivered: set[tuple[str, int]]) -> None:
         lost = mixed_verdict(self.clients, self.stats, delivered)
+        each_reply_once(self.clients)  # (the final settle's replies too)
         kept_lost = self.kept_delivered(final=True)
         self.closed_on_the_classic_path_only()
         event(f"replies lost in flight to a terminal that does not resume: {min(lost, 2)}+")

@@ -5,7 +5,8 @@ last_reply), and logoffs: a terminal says `bye` and a new run of it (resuming or
 later under its name.
 
 Checked: no terminal, run or kind, ever gets a reply twice or one it did not send the message
-for; the resuming ones get hsbterm's strict verdict; a reply the CP decided while a terminal that
+for, and one that does not resume reads each reply once, marked resent or not (hsbterm would
+ignore a second resent one); the resuming ones get hsbterm's strict verdict; a reply the CP decided while a terminal that
 does not resume was away (its connection gone before the active answered, or before the
 discard was durable) whose "r" record was durable reaches it at its next logon, marked resent,
 across CP crashes too; no reply of a run that logged off reaches a later run under its name (once
@@ -21,7 +22,7 @@ from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, rule
 
-from tests.support.cpmodel import DOWN, TERMINALS, WELCOMED, awaited_not_resuming, mixed_terminals, mixed_verdict, new_client
+from tests.support.cpmodel import DOWN, TERMINALS, WELCOMED, awaited_not_resuming, each_reply_once, mixed_terminals, mixed_verdict, new_client
 from tests.support.cpmodel_crash import CPModel
 from tests.support.keptreplies import until
 
@@ -168,6 +169,10 @@ class MixedModel(CPModel):
             assert not dup, f"{name}: replies to the application more than once: {dup}; {c.log}"
 
     @invariant()
+    def each_reply_once(self) -> None:
+        each_reply_once(self._all_clients())
+
+    @invariant()
     def kept_delivered_so_far(self) -> None:
         self.kept_delivered(final=False)
 
@@ -186,6 +191,7 @@ class MixedModel(CPModel):
         self.after_logoff += self.life.cp.counters["replies_after_logoff"]
         self.repeats_marked()
         self.no_duplicate_or_unexpected()
+        self.each_reply_once()
         self.kept_delivered(final=True)
         lost = mixed_verdict(self.clients, self.stats, {(n, i) for n, i, _ in self.deliveries})
         for name in TERMINALS:
