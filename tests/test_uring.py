@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hsb import uring
-from tests.support.uringchain import run
+from tests.support.uringchain import ring_on_segment, run
 
 WHY = uring.available()
 pytestmark = pytest.mark.skipif(WHY is not None, reason=f"this kernel does not run io_uring: {WHY}")
@@ -85,33 +85,23 @@ def test_one_chain_at_a_time(tmp_path: Path) -> None:
 def test_each_chain_checks_the_paths_it_is_given(tmp_path: Path) -> None:
     """The paths' addresses are kept from one chain to the next (the journal's two never change):
     a chain given other paths stats those, not the last ones."""
-    ring = uring.Ring()
-    fd = os.open(tmp_path / "seg", os.O_WRONLY | os.O_CREAT, 0o600)
-    (tmp_path / "here").touch()
-    here, gone = os.fsencode(tmp_path / "here"), os.fsencode(tmp_path / "gone")
-    try:
+    with ring_on_segment(tmp_path) as (ring, fd):
+        (tmp_path / "here").touch()
+        here, gone = os.fsencode(tmp_path / "here"), os.fsencode(tmp_path / "gone")
         assert run(ring, fd, b"a", 0, (here, gone)) == [1, 0, 0, -errno.ENOENT]
         assert run(ring, fd, b"b", 1, (gone, here)) == [1, 0, -errno.ENOENT, 0]
         assert run(ring, fd, b"c", 2, (gone,)) == [1, 0, -errno.ENOENT]
         assert run(ring, fd, b"d", 3, (here, here)) == [1, 0, 0, 0]
         assert (tmp_path / "seg").read_bytes() == b"abcd"
-    finally:
-        os.close(fd)
-        ring.close()
 
 
 def test_the_write_is_durable_by_its_own_flag(tmp_path: Path) -> None:
     """The chain has no fdatasync of its own: the write carries RWF_DSYNC (it completes once its
     data is on the disk). Nothing a test here can observe would show a write left in the page
     cache, so the entry the kernel was given is checked."""
-    ring = uring.Ring()
-    fd = os.open(tmp_path / "seg", os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
+    with ring_on_segment(tmp_path) as (ring, fd):
         assert run(ring, fd, b"abc", 0, (os.fsencode(tmp_path),)) == [3, 0, 0]
         write = ring.sqes[0]  # a new ring's first chain starts at slot 0
         assert (write.opcode, write.op_flags, write.len) == (uring.OP_WRITE, uring.RWF_DSYNC, 3)
         assert write.flags & uring.SQE_ASYNC  # never tried inside io_uring_enter: the sync would run on the caller's thread
         assert len([e for e in ring.sqes[:2] if e.opcode == uring.OP_WRITE]) == 1  # one entry for the write and its sync
-    finally:
-        os.close(fd)
-        ring.close()

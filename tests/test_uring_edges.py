@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hsb import uring
-from tests.support.uringchain import fill, run
+from tests.support.uringchain import fill, ring_on_segment, run
 
 WHY = uring.available()
 needs_ring = pytest.mark.skipif(WHY is not None, reason=f"this kernel does not run io_uring: {WHY}")
@@ -37,20 +37,15 @@ def test_a_system_call_that_succeeds_with_0_is_no_error() -> None:
 
 @needs_ring
 def test_a_chain_as_long_as_the_ring_runs_and_a_longer_one_is_refused(tmp_path: Path) -> None:
-    ring = uring.Ring()
-    fd = os.open(tmp_path / "seg", os.O_WRONLY | os.O_CREAT, 0o600)
-    (tmp_path / "here").touch()
-    here = os.fsencode(tmp_path / "here")
-    try:
+    with ring_on_segment(tmp_path) as (ring, fd):
+        (tmp_path / "here").touch()
+        here = os.fsencode(tmp_path / "here")
         paths = [here] * (ring.sq_entries - 1)  # the write and a statx in every other slot
         assert run(ring, fd, b"abc", 0, paths) == [3, 0] + [0] * len(paths)
         with pytest.raises(ValueError, match="chain longer than the ring"):
             ring.write_sync_check(fd, b"d", 3, [*paths, here], lambda _: None)
         assert not ring.busy
         assert (tmp_path / "seg").read_bytes() == b"abc"
-    finally:
-        os.close(fd)
-        ring.close()
 
 
 @needs_ring
@@ -124,13 +119,8 @@ def test_the_probe_says_yes_where_a_ring_runs_the_journal_chain(tmp_path: Path) 
     skipped on what the probe says, since every other test here is."""
     if not kernel_runs_rings():
         pytest.skip("this kernel or CPU runs no io_uring")
-    ring = uring.Ring()
-    fd = os.open(tmp_path / "seg", os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
+    with ring_on_segment(tmp_path) as (ring, fd):
         assert run(ring, fd, b"x", 0, [os.fsencode(os.curdir), b"/nonexistent/hsb-probe"]) == [1, 0, 0, -errno.ENOENT]
-    finally:
-        os.close(fd)
-        ring.close()
     assert uring.available.__wrapped__() is None
 
 
@@ -138,27 +128,17 @@ def test_the_probe_says_yes_where_a_ring_runs_the_journal_chain(tmp_path: Path) 
 def test_chains_in_a_row_past_the_completion_ring_s_size_all_complete(tmp_path: Path) -> None:
     """Each chain's completions are taken off the completion ring: a ring that kept them would
     fill up after a few group commits and never answer again."""
-    ring = uring.Ring()
-    fd = os.open(tmp_path / "seg", os.O_WRONLY | os.O_CREAT, 0o600)
-    here = os.fsencode(tmp_path)
-    try:
+    with ring_on_segment(tmp_path) as (ring, fd):
+        here = os.fsencode(tmp_path)
         for i in range(3 * len(ring.cqes)):  # three completions a chain: the ring round nine times
             assert run(ring, fd, b"z", i, [here, b"/nonexistent/hsb"]) == [1, 0, 0, -errno.ENOENT]
         assert (tmp_path / "seg").read_bytes() == b"z" * (3 * len(ring.cqes))
-    finally:
-        os.close(fd)
-        ring.close()
 
 
 @needs_ring
 def test_an_empty_write_is_a_write_that_completed_and_its_sync_succeeded(tmp_path: Path) -> None:
-    ring = uring.Ring()
-    fd = os.open(tmp_path / "seg", os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
+    with ring_on_segment(tmp_path) as (ring, fd):
         assert run(ring, fd, b"", 0, []) == [0, 0]
-    finally:
-        os.close(fd)
-        ring.close()
 
 
 @needs_ring
@@ -203,15 +183,10 @@ def test_a_short_submission_raises_the_kernel_s_error_and_gives_the_chain_up(tmp
 
 @needs_ring
 def test_closing_a_ring_with_a_chain_out_keeps_the_chain_s_buffers(tmp_path: Path) -> None:
-    ring = uring.Ring()
-    fd = os.open(tmp_path / "seg", os.O_WRONLY | os.O_CREAT, 0o600)
-    data = os.urandom(8)
-    answers: list[list[int]] = []
-    try:
+    with ring_on_segment(tmp_path) as (ring, fd):
+        data = os.urandom(8)
+        answers: list[list[int]] = []
         ring.write_sync_check(fd, data, 0, [os.fsencode(tmp_path)], answers.append)
         ring.close()  # not reaped: for all the ring knows, the kernel still reads `data`
         assert any(isinstance(k, tuple) and k[0] is data for k in uring._abandoned), "the kernel may still read the buffer"
         assert not ring.busy and answers == []
-    finally:
-        os.close(fd)
-        ring.close()
