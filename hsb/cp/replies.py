@@ -106,16 +106,27 @@ class Replies:
     def _kept_sent(self: CP, term: Term, mid: int, data: Any) -> None:
         """A kept reply's "d" durable (`_send_kept_once`): written now, marked resent; kept again
         if its terminal is away by now (and kept until it confirms if it resumes by now)."""
-        self._lost_if_unread_gone(term)
-        if self._for_nobody(term, mid):
-            self.counters["replies_after_logoff"] += 1
-        elif term.conn is None or term.conn.closed or not self._to_terminal(term, {"t": "reply", "id": mid, "data": data, "resent": True}):
-            self._keep_away(term, mid, data)
-        else:
+        if self._written_or_kept(term, mid, data, resent=True):
             self.counters["resent"] += 1
             if term.resuming:
                 self._keep_reply(term, mid, data)
         self._backpressure(term)
+
+    def _written_or_kept(self: CP, term: Term, mid: int, data: Any, resent: bool) -> bool | None:
+        """The reply to `mid`, settled ("d" durable): written to its terminal (True); kept for its
+        next logon, its terminal away or found gone as it was written (False, `_keep_away`); or
+        nobody's, the terminal logged off (None, counted)."""
+        self._lost_if_unread_gone(term)
+        if self._for_nobody(term, mid):
+            self.counters["replies_after_logoff"] += 1
+            return None
+        msg: dict[str, Any] = {"t": "reply", "id": mid, "data": data}
+        if resent:
+            msg["resent"] = True
+        if term.conn is None or term.conn.closed or not self._to_terminal(term, msg):
+            self._keep_away(term, mid, data)
+            return False
+        return True
 
     def _keep_away(self: CP, term: Term, mid: int, data: Any) -> None:
         """The reply to `mid`, its terminal away: kept ("r", written at once) for its next logon,
@@ -226,26 +237,19 @@ class Replies:
     def _replied(self: CP, term: Term, held: Held, data: Any) -> None:
         """A non-resuming terminal's message is durably discarded: its reply goes out now."""
         self.counters["replies"] += 1
-        self._lost_if_unread_gone(term)
-        if self._for_nobody(term, held.id):  # answered at the active; nobody to tell
-            self.counters["replies_after_logoff"] += 1
-        else:
-            msg: dict[str, Any] = {"t": "reply", "id": held.id, "data": data}
-            if held.recovered:  # (it may hold this reply from before the crash)
-                msg["resent"] = True
-            away = term.conn is None or term.conn.closed
-            if away or not self._to_terminal(term, msg):
-                # it left while the discard was written, or was found gone as the reply was
-                # written: the reply is kept ("r", as `_reply` keeps one for a terminal away),
-                # sent marked at its next hello in id order with the others kept
-                self._keep_away(term, held.id, data)
-                if self.after_switch is not None:
-                    self._served_after_switch(term, held)
-                self._settled(term, held)
-                return
-            if term.resuming and held.id > term.confirmed:
-                # it said hello with last_reply since this record went: kept until it confirms
-                self._keep_reply(term, held.id, data)
+        # (recovered: it may hold this reply from before the crash)
+        sent = self._written_or_kept(term, held.id, data, resent=held.recovered)
+        if sent is False:
+            # it left while the discard was written, or was found gone as the reply was written:
+            # kept ("r", as `_reply` keeps one for a terminal away), sent marked at its next
+            # hello in id order with the others kept
+            if self.after_switch is not None:
+                self._served_after_switch(term, held)
+            self._settled(term, held)
+            return
+        if sent and term.resuming and held.id > term.confirmed:
+            # it said hello with last_reply since this record went: kept until it confirms
+            self._keep_reply(term, held.id, data)
         faults.point("cp.between_reply_and_discard")
         if self.after_switch is not None:
             self._served_after_switch(term, held)
