@@ -85,6 +85,11 @@ class MixedModel(CPModel):
             await until(lambda: p.closed, f"{name}'s old run's connection closed")
         self.away[name].clear()  # (back before its durable point: nothing known of those)
         await super()._connect(name)
+        c = self.clients[name]
+        # its kept replies go once their "d" records are durable: the logon is had when they came
+        # (the journal's thread may take longer for that than the turns of the loop above)
+        kept = [mid for c2, mid, w in self.must_get if c2 is c and c.welcomes == w + 1]
+        await self._until(lambda: all(any(i == mid for i, _, _ in c.log) for mid in kept), f"{name}'s kept replies {kept} at its logon")
 
     async def _durable(self) -> None:
         await super()._durable()
