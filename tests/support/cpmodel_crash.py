@@ -14,6 +14,7 @@ from typing import Any
 
 from hypothesis import event
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 from hypothesis.stateful import initialize, invariant, rule
 
 from tests.support.cpcore import cp_config, fake_host
@@ -143,13 +144,15 @@ class CPModel(TerminalRules):
     def durable(self) -> None:
         self.run(self._durable)
 
-    @rule(flushed=st.booleans(), remembers=st.booleans())
-    def crash(self, flushed: bool, remembers: bool) -> None:
+    @rule(flushed=st.booleans(), remembers=st.booleans(), mid_group=st.booleans())
+    def crash(self, flushed: bool, remembers: bool, mid_group: bool = False) -> None:
         """The CP dies between two group commits: what was appended and not written is lost; a
         new CP recovers the journal, the active registers again and every terminal that was
         logged on reconnects (resuming). `flushed`: what the CP had written to a terminal's
         socket still reaches it (else it is lost with the connection); `remembers`: the active
-        still answers, on its new link, what it was given on the old one (else it forgets it)."""
+        still answers, on its new link, what it was given on the old one (else it forgets it);
+        `mid_group`: it dies inside a group commit (what is pending goes to the writer first): the
+        group lands durable, and what waited on it (acks, replies settled) never goes out."""
         if self.crashes >= MOST_CRASHES:
             return
         self.crashes += 1
@@ -158,6 +161,10 @@ class CPModel(TerminalRules):
             life = self.life
             assert life is not None
             j = life.journal
+            if mid_group and j.pending and j._inflight is None:
+                j._flush()  # (a lazy record's group starts now, not LAZY_S later)
+            if currently_in_test_context():  # (not when a test drives the model's steps itself)
+                event(f"crash: inside a group commit {j._inflight is not None}")
             j._stopping = True  # no group commit starts from now on: what is pending is lost
             was = await terminals_lose_the_cp(j, self.clients, self.conns, flushed)
             life.host.transport.close()
