@@ -1,8 +1,8 @@
 """The CP's promise to terminals against a model (hypothesis, stateful; docs/protocol.md §1,
 docs/cp-journal.md): hsbterm's real terminals (resuming) wired in memory to a CP core on a real
 journal, an active the test drives, and in any order: messages sent, answered in any order,
-connections dropped and resumed, confirms, group commits, and CP crashes recovered from the
-journal. After a final settle, hsbterm's own strict verdict is clean (nothing acknowledged lost,
+connections dropped and resumed, confirms, group commits, and CP crashes (between two group
+commits or inside one) recovered from the journal. After a final settle, hsbterm's own strict verdict is clean (nothing acknowledged lost,
 no second reply to the application, nothing unexpected), every acknowledged id reached the active,
 and every delivery of an id after its first is marked redelivered."""
 
