@@ -59,7 +59,7 @@ class CPModel(TerminalRules):
 
     @initialize()
     def start(self) -> None:
-        self.cfg = cp_config(self.dir, len(TERMINALS))
+        self.cfg = self._config()
         self.deliveries: list[tuple[str, int, bool]] = []  # every deliver, in order, across CP lives
         self.owed: dict[tuple[str, int], Any] = {}  # delivered to the active, not answered yet
         self.clients, self.stats = self._terminals()
@@ -83,6 +83,10 @@ class CPModel(TerminalRules):
             shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- the pieces ------------------------------------------------------------------------------
+    def _config(self) -> Any:
+        """The CP's config (a model's own adds [cp] lines)."""
+        return cp_config(self.dir, len(TERMINALS))
+
     def _terminals(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The model's terminals, by name, and their stats (hsbterm's, resuming)."""
         return terminal_clients()
