@@ -33,7 +33,7 @@ from hypothesis.stateful import invariant, rule
 
 from hsb.wire.framing import Decoder
 from tests.support.cpcore import cp_config, fake_host
-from tests.support.cpmodel import TERMINALS, WELCOMED, journal_cp, no_duplicate_or_unexpected, terminal_clients, terminals_lose_the_cp, verdict
+from tests.support.cpmodel import TERMINALS, WELCOMED, journal_cp, no_duplicate_or_unexpected, terminal_clients, verdict
 from tests.support.cpmodel_crash import MOST_CRASHES, CPModel, Life
 from tests.support.keptreplies import connect_hsbterm
 
@@ -193,14 +193,9 @@ class AdoptModel(CPModel):
         async def go() -> None:
             life = self.life
             assert life is not None
-            j = life.journal
-            if mid_group and j.pending and j._inflight is None:
-                j._flush()
-            j._stopping = True
-            self.stalled = False  # (the next CP's disk)
             self.early_lost += sum(h.delivered_epoch != 0 and m > t.durable_acked for t in life.cp.terms.values() for m, h in t.held.items())
-            was = await terminals_lose_the_cp(j, self.clients, self.conns, flushed)
-            life.host.transport.close()
+            was = await self._die(flushed, mid_group)  # (a stalled disk: no group in flight to die in)
+            self.stalled = False  # (the next CP's disk)
             if restarted:
                 self.mem = HostMemory()
                 self.restarts += 1

@@ -162,16 +162,7 @@ class CPModel(TerminalRules):
         self.crashes += 1
 
         async def go() -> None:
-            life = self.life
-            assert life is not None
-            j = life.journal
-            if mid_group and j.pending and j._inflight is None:
-                j._flush()  # (a lazy record's group starts now, not LAZY_S later)
-            if currently_in_test_context():  # (not when a test drives the model's steps itself)
-                event(f"crash: inside a group commit {j._inflight is not None}")
-            j._stopping = True  # no group commit starts from now on: what is pending is lost
-            was = await terminals_lose_the_cp(j, self.clients, self.conns, flushed)
-            life.host.transport.close()
+            was = await self._die(flushed, mid_group)
             owed = dict(self.owed)
             await self._new_life()
             if remembers:
@@ -180,6 +171,21 @@ class CPModel(TerminalRules):
                 await self._connect(name)
 
         self.run(go)
+
+    async def _die(self, flushed: bool, mid_group: bool) -> list[str]:
+        """The CP process dies (`crash`'s `flushed` and `mid_group`): its terminals and its active
+        lose it. The terminals that were logged on."""
+        life = self.life
+        assert life is not None
+        j = life.journal
+        if mid_group and j.pending and j._inflight is None:
+            j._flush()  # (a lazy record's group starts now, not LAZY_S later)
+        if currently_in_test_context():  # (not when a test drives the model's steps itself)
+            event(f"crash: inside a group commit {j._inflight is not None}")
+        j._stopping = True  # no group commit starts from now on: what is pending is lost
+        was = await terminals_lose_the_cp(j, self.clients, self.conns, flushed)
+        life.host.transport.close()
+        return was
 
     # -- the promise -----------------------------------------------------------------------------
     @invariant()
