@@ -106,10 +106,15 @@ class CrashFlipModel(flip.FlipModel):
                         break
         h._out.clear()
 
-    async def _crash(self, flushed: bool, standby_first: bool) -> None:
-        """The CP dies (called with nothing appended since made durable): a new one recovers
-        the journal; every live host registers again, every terminal that was logged on too."""
+    async def _crash(self, flushed: bool, standby_first: bool, mid_group: bool = False) -> None:
+        """The CP dies (called with nothing appended since made durable but a grant's record): a
+        new one recovers the journal; every live host registers again, every terminal that was
+        logged on too. `mid_group`: inside the group commit of what is pending (a grant's
+        record lands durable, and its announcement never goes out)."""
         j = self.journal
+        if mid_group and j.pending and j._inflight is None:
+            j._flush()
+            event(f"crash inside a group commit: {j._inflight is not None}")
         j._stopping = True  # no group commit starts from now on: what is pending is lost (before any await)
         self.crashes += 1
         event(f"crash {'flipping' if self.cp.flipping is not None else 'granting' if self.cp.granting is not None else 'settled'}")
@@ -154,11 +159,12 @@ class CrashFlipModel(flip.FlipModel):
 
         self.run(lambda: self._crash(flushed, standby_first))
 
-    @rule(flushed=st.booleans(), standby_first=st.booleans())
-    def crash_in_failover(self, flushed: bool, standby_first: bool) -> None:
+    @rule(flushed=st.booleans(), standby_first=st.booleans(), mid_group=st.booleans())
+    def crash_in_failover(self, flushed: bool, standby_first: bool, mid_group: bool) -> None:
         """The active lost, the standby told and asking for the role: the CP dies before the
-        grant's epoch is durable. After recovery the lost active is not back, and the standby
-        takes the role once the CP's wait for it runs out."""
+        grant's epoch is durable (`mid_group`: as it becomes durable, unannounced). After
+        recovery the lost active is not back, and the standby takes the role (once the CP's wait
+        for it runs out)."""
         cp = self.cp
         h, sb = cp.active, cp.standby
         if not self._may_crash() or not self._serving() or sb is None or not sb.usable:
@@ -169,7 +175,7 @@ class CrashFlipModel(flip.FlipModel):
             h.connection_lost(None)
             self._host_work()  # (the standby reads `active_lost` and asks: the grant's record appended)
             self.counted["failover"] += 1
-            await self._crash(flushed, standby_first)
+            await self._crash(flushed, standby_first, mid_group)
 
         self.run(go)
 
@@ -179,8 +185,9 @@ class CrashFlipModel(flip.FlipModel):
         follow_first=st.booleans(),
         flushed=st.booleans(),
         standby_first=st.booleans(),
+        mid_group=st.booleans(),
     )
-    def crash_in_switchover(self, at: str, finish: bool, follow_first: bool, flushed: bool, standby_first: bool) -> None:
+    def crash_in_switchover(self, at: str, finish: bool, follow_first: bool, flushed: bool, standby_first: bool, mid_group: bool) -> None:
         """A planned switchover (as the flip model's: `follow_first`, the standby sessions opened
         first and the handover's frame; else the CP's own handover, not waiting) and the CP dies
         in it: after the release, after the handover (its grant not durable), or right after the
@@ -203,7 +210,7 @@ class CrashFlipModel(flip.FlipModel):
                     cp.host_handover(a, wait=False)
                 if at == "granted":
                     await self._until(lambda: cp.active is sb and self._serving(), f"{sb.name} granted the role")
-            await self._crash(flushed, standby_first)
+            await self._crash(flushed, standby_first, mid_group)
 
         self.run(go)
 
