@@ -104,7 +104,12 @@ class FlipMixedModel(FlipModel):
         (before the discard can be durable: the reply then goes at a later logon, marked or not,
         as that logon may come before the discard is durable); `back`: it logs on again at once."""
         self._host_work()
-        keys = sorted(k for k in self.owed if not self.clients[k[0]].resume and self.clients[k[0]].state == WELCOMED)
+        a = self.cp.active  # (a host lost or demoted answers nothing the CP takes: `late_answer`)
+        keys = sorted(
+            k
+            for k, d in self.owed.items()
+            if not self.clients[k[0]].resume and self.clients[k[0]].state == WELCOMED and a is not None and d.link is a and a.usable
+        )
         if not keys:
             return
         key = keys[pick % len(keys)]
