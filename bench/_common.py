@@ -71,7 +71,40 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "uvloop": uv,
+        # the accept queue's cap in this network namespace: below the terminal count, a storm of
+        # reconnects overflows it and those terminals wait a second for TCP's SYN retry
+        "somaxconn": somaxconn(),
     }
+
+
+def somaxconn() -> int:
+    """net.core.somaxconn of this network namespace (-1: unknown)."""
+    try:
+        return int(Path("/proc/sys/net/core/somaxconn").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+TCP_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPSynRetrans")
+
+
+def tcp_counters(text: str | None = None) -> dict[str, int]:
+    """This network namespace's accept-queue overflows and SYN retransmissions so far (the
+    `TcpExt` lines of /proc/net/netstat, as `nstat` shows them); {} if unreadable. `text`: the
+    file as read elsewhere (another namespace's, through `ip netns exec`)."""
+    try:
+        lines = (text if text is not None else Path("/proc/net/netstat").read_text()).splitlines()
+    except OSError:
+        return {}
+    for head, vals in zip(lines[::2], lines[1::2], strict=False):
+        if head.startswith("TcpExt:") and vals.startswith("TcpExt:"):
+            row = dict(zip(head.split()[1:], vals.split()[1:], strict=False))
+            return {k: int(row[k]) for k in TCP_COUNTERS if k in row}
+    return {}
+
+
+def counters_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in after if k in before}
 
 
 def machine_line(m: dict[str, Any]) -> str:

@@ -49,6 +49,7 @@ def machine_line(m: dict[str, Any]) -> str:
     return (
         f"{m['cores']} cores ({m['cpu']}), Linux {m['kernel']}, Python {m['python']}, uvloop {m['uvloop']}; "
         f"load average at start {m['loadavg'][0]:.2f}; code {m.get('code', '?')}; {m['date']}"
+        + (f"; net.core.somaxconn {m['somaxconn']:,}" if m.get("somaxconn", -1) >= 0 else "")
     )
 
 

@@ -53,7 +53,7 @@ from _sandbox import (  # noqa: E402
     write_section,
 )
 
-from bench._common import finished, scratch  # noqa: E402
+from bench._common import counters_delta, finished, scratch, tcp_counters  # noqa: E402
 from hsb.demo import one_restart_failures  # noqa: E402
 
 COMMAND = "sudo .venv/bin/python bench/cpfailover.py"
@@ -77,6 +77,7 @@ def back(cp: dict[str, Any], n: int) -> bool:
 
 async def lab_run(n: int, a: argparse.Namespace, rep: int, base: Path, tickle: bool = True) -> dict[str, Any]:
     from tests.netns.cplab import CPS, CPPairLab
+    from tests.netns.harness import run
     from tests.support.procs import log_events
 
     with CPPairLab(base / f"lab-{n}-{rep}-{'tickle' if tickle else 'no-tickle'}", terminals=n, tickle_acks=tickle) as lab:
@@ -90,6 +91,7 @@ async def lab_run(n: int, a: argparse.Namespace, rep: int, base: Path, tickle: b
         await asyncio.sleep(a.steady)
         groups = {"new_cp": lab.daemons[other].pid, "host_a": lab.daemons["a"].pid, "host_b": lab.daemons["b"].pid, "terminals": load.dm.pid}
         cpu0 = {k: tree_cpu(v) for k, v in groups.items()}
+        tcp0 = tcp_counters(lab.tcp_netstat(other))
         t_cut = lab.cut(first, "vrrp1" if first == "cp1" else "vrrp2")
         load.mark("cp_machine_cut", t_cut)
         await lab.wait(
@@ -101,6 +103,8 @@ async def lab_run(n: int, a: argparse.Namespace, rep: int, base: Path, tickle: b
         t_all_sessions = time.time()
         cpu = {k: round(tree_cpu(v) - cpu0[k], 3) for k, v in groups.items()}
         cpu["window"] = round(t_all_sessions - t_cut, 3)
+        tcp = counters_delta(tcp0, tcp_counters(lab.tcp_netstat(other)))
+        somax = int(run(["ip", "netns", "exec", lab.ns(other), "cat", "/proc/sys/net/core/somaxconn"]).stdout.split()[0])
         await asyncio.sleep(a.after)
         report = await load.finish(timeout=240)
         master = [t for t in _notify_times(lab.dir / f"notify-{other}.log", "MASTER") if t >= t_cut]
@@ -147,6 +151,10 @@ async def lab_run(n: int, a: argparse.Namespace, rep: int, base: Path, tickle: b
         # CPU seconds from the cut until the status showed every terminal back: the new CP (its
         # supervising script included), each host, the terminals' process; and that window
         "cpu_s": cpu,
+        # the new CP machine's accept-queue overflows and SYN retransmissions from the cut until
+        # every terminal was back (its net.core.somaxconn: configs/sysctl/90-hsbcpd.conf)
+        "tcp": tcp,
+        "somaxconn": somax,
         "lost": report["lost"],
         "duplicates": report["duplicates"],
         "acked": report["acked"],
@@ -299,6 +307,15 @@ def render(data: dict[str, Any], a: argparse.Namespace) -> str:
         " The goal is judged on the longest of all served, the worst pause and every terminal back, worst run (in brackets):"
         " the messages in flight at the very moment of the cut are few, the ones sent just after it wait longest.",
     ]
+    tcp_rows = [r for r in data["results"] if r.get("tcp")]
+    if tcp_rows:
+        out[-1] += (
+            " The new CP machine's accept-queue overflows from the cut to every terminal back, by run: "
+            + ", ".join(f"{r['tcp'].get('ListenOverflows', 0):,}" for r in tcp_rows)
+            + " (SYN retransmissions "
+            + ", ".join(f"{r['tcp'].get('TCPSynRetrans', 0):,}" for r in tcp_rows)
+            + f"; its net.core.somaxconn {tcp_rows[0].get('somaxconn', '?'):,}, configs/sysctl/90-hsbcpd.conf)."
+        )
     return "\n".join(out)
 
 

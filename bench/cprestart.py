@@ -62,7 +62,7 @@ from _sandbox import (  # noqa: E402
     write_section,
 )
 
-from bench._common import finished, scratch  # noqa: E402
+from bench._common import counters_delta, finished, scratch, tcp_counters  # noqa: E402
 from hsb.demo import one_restart_failures  # noqa: E402
 
 COMMAND = ".venv/bin/python bench/cprestart.py"
@@ -107,6 +107,7 @@ async def one(d: Path, n: int, a: argparse.Namespace, rep: int, mode: str = "pla
         await load.send({"cmd": "arm"})
         assert (await load.read(timeout=30))["ev"] == "armed"
         pid = sandbox.cp_process(sandbox.load_state(d))  # supervised: the master's worker
+        tcp0 = tcp_counters()
         t_kill = time.time()
         os.kill(pid, signal.SIGKILL)
         await load.send({"cmd": "mark", "label": "SIGKILL hsbcpd", "t": t_kill})
@@ -126,6 +127,7 @@ async def one(d: Path, n: int, a: argparse.Namespace, rep: int, mode: str = "pla
             cpu0["hsbcpd"] = 0.0  # a new process: all of its CPU is this restart's
         cpu = None
         back = None
+        tcp: dict[str, int] = {}
         try:
             while (ev := await load.read(timeout=60))["ev"] != "recovered":
                 pass
@@ -133,6 +135,7 @@ async def one(d: Path, n: int, a: argparse.Namespace, rep: int, mode: str = "pla
             cpu1 = cpu_seconds(pids)
             cpu = {k: round(cpu1[k] - cpu0[k], 3) for k in cpu1}
             cpu["window"] = round(back - t_spawn, 3)
+            tcp = counters_delta(tcp0, tcp_counters())
         except TimeoutError:
             say("   (not every terminal was back within 60 s)")
         await asyncio.sleep(a.after)
@@ -175,6 +178,9 @@ async def one(d: Path, n: int, a: argparse.Namespace, rep: int, mode: str = "pla
         # CPU seconds from the new hsbcpd's start to every terminal back: each process, and the
         # machine ("busy": every core's non-idle time; "cores": what the machine has)
         "cpu_s": cpu,
+        # this namespace's accept-queue overflows and SYN retransmissions from the kill to every
+        # terminal back (bench/_common.tcp_counters): each overflow is a terminal a second late
+        "tcp": tcp,
         "lost": report["lost"],
         "duplicates": report["duplicates"],
         "unexpected": report["unexpected"],
@@ -289,8 +295,9 @@ def render(data: dict[str, Any], a: argparse.Namespace) -> str:
 
         def mm(k: str) -> str:
             # a run without the figure never got there (a terminal not back within the wait, a
-            # message never answered): infinite, not left out of the median or the worst
-            v = [r[k] if r.get(k) is not None else float("inf") for r in rs if k in r]
+            # message never answered): infinite, not left out of the median or the worst. A run
+            # with nothing in flight at the kill has no "all served" to give: left out, not infinite
+            v = [r[k] if r.get(k) is not None else float("inf") for r in rs if k in r and not (k == "all_served_ms" and r.get("in_flight") == 0)]
             return f"{fmt_ms(median(v), 1)} ({fmt_ms(max(v), 1)})" if v else "–"
 
         body.append(
@@ -362,8 +369,16 @@ def render(data: dict[str, Any], a: argparse.Namespace) -> str:
             f"Where the time goes at {big:,} terminals, {MODES[mode]} (CPU seconds from the new process's spawn to every terminal back, median"
             f" of {len(cpu_rows)} runs): hsbcpd {med['hsbcpd']:.2f}, the active {med['active']:.2f}, the standby"
             f" {med['standby']:.2f}, the terminals' process {med['load']:.2f}; the machine's two cores were busy"
-            f" {med['busy']:.2f} s of {2 * wall:.2f} s ({med['busy'] / (2 * wall) * 100:.0f} %): the logon storm is CPU-bound.",
+            f" {med['busy']:.2f} s of {2 * wall:.2f} s ({med['busy'] / (2 * wall) * 100:.0f} %).",
         ]
+        tcp_rows = [r for r in cpu_rows if r.get("tcp")]
+        if tcp_rows:
+            over = ", ".join(f"{r['tcp'].get('ListenOverflows', 0):,}" for r in tcp_rows)
+            syn = ", ".join(f"{r['tcp'].get('TCPSynRetrans', 0):,}" for r in tcp_rows)
+            out[-1] += (
+                f" Accept-queue overflows from the kill to every terminal back, by run: {over} (SYN retransmissions {syn}); each"
+                " overflow is a terminal whose SYN TCP retries a second later (net.core.somaxconn, configs/sysctl/)."
+            )
     rb = data.get("recovery")
     if rb:
         out += [

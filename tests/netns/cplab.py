@@ -14,7 +14,8 @@ Both hsbcpd read and write one journal directory (namespaces share the filesyste
 in for the NFS export), both with `takeover = "on_wake"`: keepalived's notify script sends
 SIGUSR1 when its machine becomes master (or leaves it), `vrrp_track_process` takes a machine
 whose hsbcpd is gone out of the election at once, and `track_interface eth0` one whose data leg
-is down. Terminals and hosts use the virtual address.
+is down. Terminals and hosts use the virtual address. Each CP namespace gets the kernel settings
+the operations guide sets on a CP machine (configs/sysctl/90-hsbcpd.conf: the accept queue).
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ from typing import Any
 from hsb.ctl.gather import status_all
 from hsb.ctl.sandbox import lease_for
 from hsb.wire.client import request
-from tests.netns.harness import PORT, Daemon, Lab, NetnsError, _section, ip, run, skip_reason
+from tests.netns.harness import PORT, REPO, Daemon, Lab, NetnsError, _section, ip, run, skip_reason
 
 CPS = ("cp1", "cp2")
 DATA = {"vip": 1, "a": 2, "b": 3, "t": 4, "cp1": 11, "cp2": 12}
 MGMT = {"a": 2, "b": 3, "cp1": 11, "cp2": 12}
 VRRP = {"cp1": 1, "cp2": 2}
+SYSCTL_CONF = REPO / "configs" / "sysctl" / "90-hsbcpd.conf"  # what the guide has set on a CP machine
 
 
 KEEPALIVED = shutil.which("keepalived") or next((p for p in ("/usr/sbin/keepalived", "/sbin/keepalived") if os.access(p, os.X_OK)), None)
@@ -112,6 +114,8 @@ class CPPairLab(Lab):
             ip("netns", "add", self.ns(node))
             self.namespaces.append(self.ns(node))
             ip("-n", self.ns(node), "link", "set", "lo", "up")
+        for node in CPS:
+            self._tune_cp_machine(node)
         for br in ("br-data", "br-peer", "br-mgmt", "br-vrrp"):
             ip("-n", sw, "link", "add", br, "type", "bridge")
             ip("-n", sw, "link", "set", br, "up")
@@ -142,6 +146,21 @@ class CPPairLab(Lab):
             self._probe(node, target)
         for node in MGMT:
             self._probe(None, self.mgmt(node))
+
+    def _tune_cp_machine(self, node: str) -> None:
+        """A CP machine's kernel settings as the operations guide has them set
+        (configs/sysctl/90-hsbcpd.conf: room in the accept queue for every terminal at once);
+        they are per network namespace, and a new one starts at the kernel's defaults."""
+        for line in SYSCTL_CONF.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if line.lstrip().startswith("#") or not sep:
+                continue
+            proc = "/proc/sys/" + key.strip().replace(".", "/")
+            run(["ip", "netns", "exec", self.ns(node), "sh", "-c", f"echo {value.strip()} > {proc}"])
+
+    def tcp_netstat(self, node: str) -> str:
+        """/proc/net/netstat as seen in `node`'s namespace (its TCP counters)."""
+        return run(["ip", "netns", "exec", self.ns(node), "cat", "/proc/net/netstat"]).stdout
 
     # ------------------------------------------------------------------ configs
     def _cp_host_addr(self) -> str:
