@@ -353,7 +353,7 @@ def test_hsbcpd_says_a_mutated_config_in_lines_and_exits_78(d: Path, case: tuple
     through_cli(d, case[0], CPConfig, cp_checks(check_config))
 
 
-@pytest.mark.parametrize("service", ["echo", "journal"])
+@pytest.mark.parametrize("service", ["echo", "journal", "ledger"])
 @pytest.mark.parametrize("logon_ms", [math.nan, math.inf, -1, 1e300, "5", [1], True])
 @pytest.mark.parametrize("check_config", [False, True])
 def test_a_logon_ms_that_is_no_time_is_said_with_its_key(d: Path, service: str, logon_ms: Any, check_config: bool) -> None:

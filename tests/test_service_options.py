@@ -166,3 +166,26 @@ def test_the_sandboxs_host_configs_give_each_service_only_options_it_takes(tmp_p
         cfg = load(path, HostConfig)
         assert cfg.host.service == service
         assert service_problems(service, cfg.host.name, dict(cfg.service_options), check_only=True) == [], path
+
+
+@pytest.mark.parametrize("spec", ["echo", "journal", "ledger"])
+async def test_every_built_in_service_does_its_logon_work(tmp_path: Path, spec: str) -> None:
+    """`logon_ms` is each built-in service's simulated logon work per session open (the sandbox
+    gives it to all three): the ledger accepted it and did nothing, an option that looked as if
+    it held."""
+    import asyncio
+
+    options = with_files({"echo": {}, "journal": {"journal": "j.log"}, "ledger": {"sqlite": "l.db"}}[spec], tmp_path)
+    svc = load_service(spec, "host-a", {**options, "logon_ms": 300})
+    try:
+        opening = asyncio.ensure_future(svc.open_session("T00001", {}, False))
+        done, _ = await asyncio.wait([opening], timeout=0.1)  # (a sleep of 300 ms cannot be over before 0.1 s)
+        assert not done, f"{spec}: the session opened without its logon work"
+        await asyncio.wait_for(opening, 10)
+    finally:
+        await svc.close()
+    quick = load_service(spec, "host-a", {**options, "logon_ms": 0})
+    try:
+        await asyncio.wait_for(quick.open_session("T00001", {}, False), 10)
+    finally:
+        await quick.close()
