@@ -406,6 +406,11 @@ async def amain(a: argparse.Namespace) -> int:
     base = scratch("hsb-bench-cprestart-")
     for n in a.sizes:
         d = base / f"n{n}"
+        cap = a.machine.get("somaxconn", -1)
+        if 0 <= cap < n:  # (the CP says it too, accept_queue_too_small: these figures then hold TCP's SYN retries)
+            say(
+                f"   net.core.somaxconn is {cap:,}, below {n:,} terminals: reconnects past the accept queue wait a second for TCP (configs/sysctl/90-hsbcpd.conf)"
+            )
         await sandbox.aup(d, terminals=n, service="journal", timeout=180)
         try:
             for rep, mode in [(rep, m) for rep in range(1, a.reps + 1) for m in a.modes]:
