@@ -182,3 +182,26 @@ async def test_a_queued_logon_refused_by_a_protocol_error_tells_its_terminal_why
     errors = [f for f in protos[-1].transport.frames() if f["t"] == "error"]
     assert [(f["code"], f["msg"]) for f in errors] == [("bad_fields", "refused in its turn")]
     assert cp.connected == len(names) - 1 and cp.terms[bad].conn is None
+
+
+async def test_a_waiting_hello_superseded_by_a_reconnect_is_dropped_without_a_session(tmp_path: Path) -> None:
+    """A terminal whose queued connection it gave up on (its peer gone, unread here) connected
+    again behind it: at its turn the old connection is dropped, not logged on. The active is
+    asked for one session only, and no connection is counted gone (mutant: the superseded
+    hello logged on, then taken over by the reconnect: a second session_request and a
+    `connections_gone`)."""
+    cp = cp_core(tmp_path, logons.BURST + 5)
+    a = fake_host(cp, "host-a", "active", record=True)
+    names = sorted(cp.terms)
+    again = names[logons.BURST + 1]
+    protos = [_hello(cp, n) for n in names]
+    first = protos[names.index(again)]
+    assert first in [q[0] for q in cp.logons.queue]
+    first.peer_gone = lambda: True  # (its terminal closed it: the kernel says so, unread here)
+    second = _hello(cp, again)  # queued behind the rest
+    await until(lambda: not cp.logons.queue and cp.connected == len(names), "the queue worked off")
+    assert first.closed and not second.closed and cp.terms[again].conn is second
+    asked = [f for f in a.transport.frames() if f["t"] == "session_request" and f["terminal"] == again]
+    assert len(asked) == 1, asked
+    assert cp.counters["connections_gone"] == 0
+    assert not first.transport.frames()  # never welcomed

@@ -341,3 +341,20 @@ def test_fewer_tickles_than_a_batch_go_out_at_once(fake_raw: type[_FakeRaw]) -> 
     t0 = time.monotonic()
     assert send_tickles(conns, per_s=50.0) == (100, 0, None)
     assert time.monotonic() - t0 < 1.0
+
+
+async def test_a_connection_named_alone_is_written_with_its_name(tmp_path: Path) -> None:
+    """A hello on a listed connection (nothing else changed) makes the list changed: the next
+    list names the terminal, so the next CP can resend to it if it is not back (mutant: `named`
+    not setting `changed`)."""
+    tl = TickleList(tmp_path, 3)
+    key = object()
+    tl.opened(key, ("10.0.0.9", 7000), ("10.1.0.5", 40001))
+    tl.tick(100.0)
+    await _until(lambda: tl.written == 1, "the list with the unnamed connection written")
+    assert _conns(tmp_path) == [["10.0.0.9", 7000, "10.1.0.5", 40001, ""]]
+    tl.named(key, "T00001")
+    tl.tick(100.0 + tickle.WRITE_EVERY_S)
+    await _until(lambda: tl.written == 2, "the list with the name written")
+    assert _conns(tmp_path) == [["10.0.0.9", 7000, "10.1.0.5", 40001, "T00001"]]
+    tl.close()
