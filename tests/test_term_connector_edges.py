@@ -182,4 +182,4 @@ async def test_parked_terminals_no_longer_down_cost_the_probe_no_interval() -> N
         await until(lambda: id(parked[-1]) in fake.calls, 10, "the last parked terminal probed")
         took = loop.time() - t0
         assert conn.probes == 1 and fake.calls[id(parked[-1])] == 1
-    assert took < 20 * PROBE_S, took  # one interval (with a loaded loop's lateness), not 58
+    assert took < 30 * PROBE_S, took  # one interval (with a loaded loop's lateness), not 58
