@@ -1,5 +1,5 @@
-"""CP crashes, the flip and terminals that do not resume together, against a model (hypothesis,
-stateful): tests/support/cpmodel_crashflipmixed.py says what it drives and checks."""
+"""CP crashes, the flip, terminals that do not resume and logoffs together, against a model
+(hypothesis, stateful): tests/support/cpmodel_crashflipmixed.py says what it drives and checks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The CP's flip with terminals that do not resume, against a model (hypothesis, stateful):
+"""The CP's flip with terminals that do not resume and logoffs, against a model (hypothesis, stateful):
 tests/support/cpmodel_flipmixed.py says what it drives and checks."""
 
 from __future__ import annotations

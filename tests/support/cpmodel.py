@@ -1,6 +1,6 @@
 """The pieces the CP's models share (tests/support/cpmodel_crash.py, one active and CP crashes;
 cpmodel_flip.py, two hosts and the flip; cpmodel_mixed.py, terminals that do not resume and
-logoffs; cpmodel_flipmixed.py, those over the flip; cpmodel_crashflip.py, crashes in the flip;
+logoffs (cpmodel_logoff.py); cpmodel_flipmixed.py, those over the flip; cpmodel_crashflip.py, crashes in the flip;
 cpmodel_crashflipmixed.py, all of them; tests/test_cp_model*.py run them): hsbterm's
 resuming terminals and the mixed models' (LoggedClient, NOT_RESUMING, with their verdict), a CP core on a real
 journal in a directory in memory, and the promise checked at the end (hsbterm's strict verdict,

@@ -1,13 +1,15 @@
 """CP crashes, the flip and terminals that do not resume, all together, against a model
 (hypothesis, stateful): cpmodel_crashflip.py's model (two hosts, the flip, switchovers, late
 answers, CP crashes anywhere in them, recovered from the journal) with cpmodel_flipmixed.py's
-terminals (T00002 and T00003 do not resume) and its rule answering around a drop. No logoffs:
-the flip-mixed model has none.
+terminals (T00002 and T00003 do not resume), its rule answering around a drop, and its logoffs
+(tests/support/cpmodel_logoff.py).
 
 Checked: both models' promises (strict verdict for the resuming terminal, no duplicate or
 unexpected reply, each reply read once, deliveries only to the announced active and repeats
 marked, grants at rising epochs across CP lives, connections closed by the CP on the classic path
-only). Where they differ, the weaker, documented promise of cpmodel_mixed.py holds: a reply
+only, no session of a run that logged off left at a host, no reply of it to a later run).
+Where they differ, the weaker, documented promise of cpmodel_mixed.py holds: a logoff whose
+record a crash lost is counted, not failed (its replies may go to the next run); a reply
 decided while a terminal that does not resume was away reaches it at a later logon, marked
 resent, only if it was known durable (a `durable` step since) before a crash; one that was not
 is dropped from that check (counted), and a reply lost in flight at a drop or a crash is counted,
@@ -42,6 +44,7 @@ class CrashFlipMixedModel(CrashFlipModel, FlipMixedModel):
         self.kept_lost += len(self.must_get) - len(keep)
         self.must_get[:] = keep
         self.kept_durable = len(keep)
+        self._crashed(self.cp)
         await super()._crash(flushed, standby_first, mid_group)
 
     def check_at_end(self) -> None:

@@ -1,7 +1,12 @@
-"""The flip with terminals that do not resume, against a model (hypothesis, stateful; docs/protocol.md
-§1, docs/design.md §5.6, §5.7): cpmodel_flip.py's model (two hosts, the active lost and the
-standby flipped to, planned switchovers, late answers) with T00002 and T00003 not resuming
-(hsbterm's, resume off: a hello without last_reply), as in cpmodel_mixed.py.
+"""The flip with terminals that do not resume and logoffs, against a model (hypothesis, stateful;
+docs/protocol.md §1, docs/design.md §5.6, §5.7): cpmodel_flip.py's model (two hosts, the active
+lost and the standby flipped to, planned switchovers, late answers) with T00002 and T00003 not
+resuming (hsbterm's, resume off: a hello without last_reply), and logoffs, as in cpmodel_mixed.py
+(tests/support/cpmodel_logoff.py): a terminal says `bye` (at any point of the flip: the active
+lost, in the middle of the flip, between a planned switchover's release and its handover) and a
+new run of it, resuming or not, logs on later or at once. The hosts' sessions are followed by
+the frames the CP sends them (opened, refused, closed; demoted, those the flip keeps): the
+standby, reading the ring, closes the standby sessions of a run that logged off.
 
 Beyond the flip model's promise (no duplicate, nothing unexpected, deliveries only to the
 announced unreleased active, every delivery of an id after its first marked redelivered): the
@@ -13,7 +18,12 @@ it) reaches it at a later logon, marked resent, the first time it comes (or it w
 at a drop since); the CP closes a terminal's connection only on the classic path: at a grant,
 the terminal had a session at the host that lost the role and no standby session at the one
 granted it (docs/design.md §5.6, 4.; so a terminal with a standby session is not disconnected by
-a failover or a switchover), and each of those is closed by the end of the flip."""
+a failover or a switchover), and each of those is closed by the end of the flip. Logoffs:
+cpmodel_logoff.py's promise (no reply of a run that logged off reaches a later run; once its
+logoff is done none of its messages is delivered again); a host is never told a session is
+opened for a terminal while it still holds one of a run that logged off (the CP closes that
+run's sessions at whichever host holds them, the flip's new active too), and at the end each
+terminal's session at the active is its current run's."""
 
 from __future__ import annotations
 
@@ -23,13 +33,14 @@ from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, rule
 
-from tests.support.cpmodel import DOWN, WELCOMED, awaited_not_resuming, each_reply_once, mixed_terminals, mixed_verdict
+from tests.support.cpmodel import DOWN, TERMINALS, WELCOMED, awaited_not_resuming, each_reply_once, mixed_terminals, mixed_verdict
 from tests.support.cpmodel_flip import FlipModel
+from tests.support.cpmodel_logoff import Logoffs
 from tests.support.keptreplies import until
 
 
-class FlipMixedModel(FlipModel):
-    """FlipModel's, with: the replies a terminal that does not resume must get at a later logon
+class FlipMixedModel(Logoffs, FlipModel):
+    """FlipModel's, with logoffs (`Logoffs`), the sessions each host holds by run (`sessions`), and: the replies a terminal that does not resume must get at a later logon
     (`must_get`: client, id, its welcomes when the active answered), the connections a grant may
     close (`classic`: by terminal, the CP's side), and those the CP did close (`closed_by_cp`)."""
 
@@ -39,6 +50,9 @@ class FlipMixedModel(FlipModel):
         self.classic: dict[str, Any] = {}
         self.closed_by_cp: list[tuple[str, Any]] = []
         self.classic_closed = 0
+        self.sessions: dict[Any, dict[str, Any]] = {}  # by link (a new one may reuse a dead one's id()): the run of each session there
+        self.demoted: dict[Any, tuple[set[str], set[str]]] = {}  # by link: its sessions at its demotion, those kept
+        self.old_sessions = 0  # standby sessions of a run that logged off closed by their host (the ring)
 
     def _terminals(self) -> tuple[dict[str, Any], dict[str, Any]]:
         return mixed_terminals()
@@ -56,6 +70,54 @@ class FlipMixedModel(FlipModel):
             return granted(host, *args, **kwargs)
 
         cp.host_reply, cp._granted = host_reply, _granted
+
+    def _the_cp(self) -> Any:
+        return self.cp
+
+    def _sent(self, h: Any, data: bytes) -> None:
+        """And the sessions the host holds, by the run they are for: one opened (a session of a
+        run that logged off there, never closed: a failure), one refused or closed gone; demoted,
+        it keeps those the flip names (`standby_kept`) of the ones it had then."""
+        from hsb.wire.framing import Decoder
+
+        super()._sent(h, data)
+        held = self.sessions.setdefault(h, {})
+        for m in Decoder().feed(data):
+            t = m.get("t")
+            if t in ("open_failed", "session_closed"):
+                held.pop(m["terminal"], None)
+            elif t == "demoted":
+                self.demoted[h] = (set(held), set())
+                if not m.get("keeps"):
+                    held.clear()
+            elif t == "standby_kept" and h in self.demoted:
+                had, kept = self.demoted[h]
+                kept.update(m["items"])
+                if m.get("last"):
+                    del self.demoted[h]
+                    for name in had - kept:
+                        held.pop(name, None)
+            elif t in ("opened", "opened_batch"):
+                for name in m["terminals"] if t == "opened_batch" else [m["terminal"]]:
+                    old = held.get(name)
+                    assert old is None or old is self.clients[name], (
+                        f"{h.name} opened a session of {name}, still holding one of a run that logged off"
+                    )
+                    held[name] = self.clients[name]
+
+    def _follow(self) -> None:
+        """The standby reads the ring: it closes the standby sessions of runs that logged off,
+        and opens those it lacks."""
+        cp = self.cp
+        sb = cp.standby
+        if sb is not None and sb.usable:
+            sb.flush()
+            for name, run in list(self.sessions.get(sb, {}).items()):
+                if run is not self.clients[name]:
+                    del self.sessions[sb][name]
+                    cp.host_close(sb, name, "standby")
+                    self.old_sessions += 1
+        super()._follow()
 
     def _noting(self, host: Any, name: str, mid: int) -> None:
         """The active answers `mid`: noted if this reply is the one the CP makes (it holds the
@@ -81,11 +143,11 @@ class FlipMixedModel(FlipModel):
 
     async def _connect(self, name: str) -> None:
         await super()._connect(name)
-        p = self.conns[name]
+        p, c = self.conns[name], self.clients[name]
         close = p.close
 
         def closed_by_the_cp() -> None:
-            if not p.transport.is_closing():
+            if not p.transport.is_closing() and not c.bye_said:  # (after its bye: the CP's to close)
                 self.closed_by_cp.append((name, p))
             close()
 
@@ -108,7 +170,12 @@ class FlipMixedModel(FlipModel):
         keys = sorted(
             k
             for k, d in self.owed.items()
-            if not self.clients[k[0]].resume and self.clients[k[0]].state == WELCOMED and a is not None and d.link is a and a.usable
+            if not self.clients[k[0]].resume
+            and self.clients[k[0]].state == WELCOMED
+            and self.clients[k[0]].index(k[1]) >= 0
+            and a is not None
+            and d.link is a
+            and a.usable
         )
         if not keys:
             return
@@ -131,6 +198,31 @@ class FlipMixedModel(FlipModel):
                 await self._connect(c.name)
 
         self.run(go)
+
+    @rule(name=st.sampled_from(TERMINALS), resume=st.booleans(), finish=st.booleans(), follow_first=st.booleans())
+    def logoff_in_switchover(self, name: str, resume: bool, finish: bool, follow_first: bool) -> None:
+        """A planned switchover (as `switchover`) with the terminal's bye read between the
+        active's release and its handover; a new run of it logs on later."""
+        from hsb.wire.framing import encode
+
+        cp = self.cp
+        a, sb = cp.active, cp.standby
+        if not self._may_bye(name) or not self._serving() or sb is None or not sb.usable:
+            return
+        self.counted["switchover"] += 1
+
+        async def go() -> None:
+            await self._released(a, follow_first, finish)
+            await self._say_bye(name)
+            if follow_first:
+                a.data_received(encode({"t": "handover", "epoch": cp.epoch}))
+            else:
+                cp.host_handover(a, wait=False)
+            await self._until(lambda: cp.active is sb and self._serving(), f"{sb.name} granted the role")
+            await self._pump()
+
+        self.run(go)
+        self._retire(name, resume)
 
     @rule()
     def durable(self) -> None:
@@ -168,10 +260,6 @@ class FlipMixedModel(FlipModel):
             self.classic = {}
 
     @invariant()
-    def each_reply_once(self) -> None:
-        each_reply_once(self.clients)
-
-    @invariant()
     def kept_delivered_so_far(self) -> None:
         self.kept_delivered(final=False)
 
@@ -193,10 +281,15 @@ class FlipMixedModel(FlipModel):
 
     def _verdict(self, delivered: set[tuple[str, int]]) -> None:
         lost = mixed_verdict(self.clients, self.stats, delivered)
-        each_reply_once(self.clients)  # (the final settle's replies too)
+        each_reply_once(self._all_clients())  # (the final settle's replies too)
+        self.check_logoffs()
+        cp = self.cp
+        own = {n: self.sessions.get(cp.active, {}).get(n) is c for n, c in self.clients.items()}
+        assert all(own.values()), f"a terminal's session at the active {cp.active.name} not its own run's: {own}"
         kept_lost = self.kept_delivered(final=True)
         self.closed_on_the_classic_path_only()
         event(f"replies lost in flight to a terminal that does not resume: {min(lost, 2)}+")
         event(f"kept for a terminal that does not resume, checked: {min(len(self.must_get), 2)}+")
         event(f"... of those lost in flight at a later drop: {min(kept_lost, 1)}+")
         event(f"closed on the classic path: {min(self.classic_closed, 2)}+")
+        event(f"standby sessions of a logged-off run closed by their host: {min(self.old_sessions, 1)}+")

@@ -1,8 +1,8 @@
 """The CP's promise to a mix of terminals against a model (hypothesis, stateful; docs/protocol.md
 §1, `hello`, `bye`, `reply`): cpmodel_crash.py's model (one active, CP crashes recovered from
 the journal) with T00002 and T00003 terminals that do not resume (hsbterm's, resume off: a hello without
-last_reply), and logoffs: a terminal says `bye` and a new run of it (resuming or not) logs on
-later under its name.
+last_reply), and logoffs (tests/support/cpmodel_logoff.py): a terminal says `bye` and a new run
+of it (resuming or not) logs on later under its name.
 
 Checked: no terminal, run or kind, ever gets a reply twice or one it did not send the message
 for, and one that does not resume reads each reply once, marked resent or not (hsbterm would
@@ -10,7 +10,8 @@ ignore a second resent one); the resuming ones get hsbterm's strict verdict; a r
 does not resume was away (its connection gone before the active answered, or before the
 discard was durable) whose "r" record was durable reaches it at its next logon, marked resent,
 across CP crashes too; no reply of a run that logged off reaches a later run under its name (once
-the bye's record is durable, or with no crash since it was read). Counted, not failed (the
+the bye's record is durable, or with no crash since it was read), and once its logoff is done (its
+connection closed, none of its messages held) none of its messages is delivered again. Counted, not failed (the
 promise allows them): a reply to a terminal that does not resume lost in flight at a drop or a
 crash, a logoff whose record a crash lost (its replies then an earlier run's, sent to the next)."""
 
@@ -22,27 +23,21 @@ from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, rule
 
-from tests.support.cpmodel import DOWN, TERMINALS, WELCOMED, awaited_not_resuming, each_reply_once, mixed_terminals, mixed_verdict, new_client
+from tests.support.cpmodel import DOWN, TERMINALS, WELCOMED, awaited_not_resuming, mixed_terminals, mixed_verdict
 from tests.support.cpmodel_crash import CPModel
+from tests.support.cpmodel_logoff import Logoffs
 from tests.support.keptreplies import until
 
-RUN_STRIDE = 100  # a later run's ids start this far above its predecessor's first
 
-
-class MixedModel(CPModel):
-    """CPModel's, with: the runs that logged off (`retired`); per terminal that does not resume,
+class MixedModel(Logoffs, CPModel):
+    """CPModel's, with logoffs (`Logoffs`: the runs that logged off); per terminal that does not resume,
     the messages the active answered while it was away in this CP life (`away`), and the replies
     it must get at its next logon (`must_get`: client, id, its welcomes when that was known)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.retired: list[tuple[str, Any]] = []
         self.away: dict[str, set[int]] = {n: set() for n in TERMINALS}
         self.must_get: list[tuple[Any, int, int]] = []
-        self.bye_unsettled: set[str] = set()  # a bye read whose "o" record is not known durable
-        self.bye_lost: set[str] = set()  # ... and a crash came first: its run's replies may go to the next
-        self.logoffs = 0
-        self.after_logoff = 0  # replies_after_logoff over the CP's lives
         self.dropping: str | None = None
 
     def _terminals(self) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -51,11 +46,9 @@ class MixedModel(CPModel):
     # -- the pieces ------------------------------------------------------------------------------
     async def _new_life(self) -> None:
         if self.life is not None:  # a crash: what was not durable is gone
-            self.after_logoff += self.life.cp.counters["replies_after_logoff"]
+            self._crashed(self.life.cp)
             for s in self.away.values():
                 s.clear()
-            self.bye_lost |= self.bye_unsettled
-            self.bye_unsettled.clear()
         await super()._new_life()
         cp = self.life.cp if self.life is not None else None
         assert cp is not None
@@ -78,11 +71,10 @@ class MixedModel(CPModel):
         if c.state == DOWN or self.dropping == name:
             self.away[name].add(mid)
 
+    def _the_cp(self) -> Any:
+        return None if self.life is None else self.life.cp
+
     async def _connect(self, name: str) -> None:
-        p = self.conns.get(name)
-        if p is not None and not p.transport.is_closing():  # its run that logged off still connected: it closes now
-            p.transport.close()
-            await until(lambda: p.closed, f"{name}'s old run's connection closed")
         self.away[name].clear()  # (back before its durable point: nothing known of those)
         await super()._connect(name)
         c = self.clients[name]
@@ -93,7 +85,6 @@ class MixedModel(CPModel):
 
     async def _durable(self) -> None:
         await super()._durable()
-        self.bye_unsettled.clear()
         for name, mids in self.away.items():
             c = self.clients[name]
             if c.state == DOWN:  # away from the answer to now, the discard and "r" durable
@@ -134,49 +125,10 @@ class MixedModel(CPModel):
 
         self.run(go)
 
-    @rule(name=st.sampled_from(TERMINALS), resume=st.booleans())
-    def logoff(self, name: str, resume: bool) -> None:
-        """The terminal says bye (what it sent before is still answered: to this connection
-        while it is open, to nobody after); a new run of it (resuming or not, its ids above)
-        logs on later."""
-        c = self.clients[name]
-        if c.state != WELCOMED or not c.logged_on:
-            return
-        assert self.life is not None
-        cp = self.life.cp
-        term = cp.terms[name]
-
-        async def go() -> None:
-            c.bye()
-            await self._until(lambda: term.leaving or term.conn is None, f"{name}'s bye read")
-            await self._pump()
-
-        self.run(go)
-        if term.held or term.replies:
-            self.bye_unsettled.add(name)
-        self.logoffs += 1
-        self.retired.append((name, c))
-        self.clients[name], self.stats[name] = new_client(name, c.base + RUN_STRIDE, resume)
+    def _retiring(self, name: str, c: Any) -> None:
         self.away[name].clear()
 
     # -- the promise -----------------------------------------------------------------------------
-    def _all_clients(self) -> dict[str, Any]:
-        every = {f"{n} run {i}": c for i, (n, c) in enumerate(self.retired)}
-        every.update(self.clients)
-        return every
-
-    @invariant()
-    def no_duplicate_or_unexpected(self) -> None:
-        every = self._all_clients()
-        for name, c in every.items():
-            assert c.unexpected == 0 and c.early == 0, f"{name}: unexpected {c.unexpected}, early {c.early}"
-            dup = [c.base + i for i, m in enumerate(c.marks) if (m >> 2) > 1]
-            assert not dup, f"{name}: replies to the application more than once: {dup}; {c.log}"
-
-    @invariant()
-    def each_reply_once(self) -> None:
-        each_reply_once(self._all_clients())
-
     @invariant()
     def kept_delivered_so_far(self) -> None:
         self.kept_delivered(final=False)
@@ -192,20 +144,12 @@ class MixedModel(CPModel):
 
     def check_at_end(self) -> None:
         self.settle()
-        assert self.life is not None
-        self.after_logoff += self.life.cp.counters["replies_after_logoff"]
+        self.check_logoffs()
         self.repeats_marked()
         self.no_duplicate_or_unexpected()
         self.each_reply_once()
         self.kept_delivered(final=True)
         lost = mixed_verdict(self.clients, self.stats, {(n, i) for n, i, _ in self.deliveries})
-        for name in TERMINALS:
-            if name not in self.bye_lost:  # every bye of it known: no run got an earlier one's reply
-                runs = [c for n, c in self.retired if n == name] + [self.clients[name]]
-                assert all(c.earlier_run_replies == 0 for c in runs), f"{name}: a logged-off run's reply went to a later run: {[c.log for c in runs]}"
         event(f"crashes: {self.crashes}")
-        event(f"logoffs: {min(self.logoffs, 2)}+")
-        event(f"replies after a logoff: {min(self.after_logoff, 2)}+")
         event(f"kept for a terminal that does not resume, checked: {min(len(self.must_get), 2)}+")
         event(f"replies lost in flight to a terminal that does not resume: {min(lost, 2)}+")
-        event(f"logoffs lost with a crash: {min(len(self.bye_lost), 1)}")
