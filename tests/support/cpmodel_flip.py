@@ -18,6 +18,7 @@ every terminal has a session at the active."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hypothesis import event
@@ -344,16 +345,23 @@ class FlipModel(TerminalRules):
         every standby session first and the handover (its frame, waiting for none) grants at
         once; else the handover does not wait (the CP's own API, as tests/support/cpcore.switch),
         and a terminal without a standby session takes the classic path."""
+        self._switchover(finish, follow_first)
+
+    def _switchover(self, finish: bool, follow_first: bool, released: Callable[[], Awaitable[None]] | None = None) -> bool:
+        """`switchover`'s steps, `released` run between the release and the handover; False: no
+        switchover can be made now (nothing done)."""
         from hsb.wire.framing import encode
 
         cp = self.cp
         a, sb = cp.active, cp.standby
         if not self._serving() or sb is None or not sb.usable:
-            return
+            return False
         self.counted["switchover"] += 1
 
         async def go() -> None:
             await self._released(a, follow_first, finish)
+            if released is not None:
+                await released()
             if follow_first:
                 a.data_received(encode({"t": "handover", "epoch": cp.epoch}))
             else:
@@ -362,6 +370,7 @@ class FlipModel(TerminalRules):
             await self._pump()
 
         self.run(go)
+        return True
 
     # -- the promise -----------------------------------------------------------------------------
     @invariant()

@@ -203,26 +203,8 @@ class FlipMixedModel(Logoffs, FlipModel):
     def logoff_in_switchover(self, name: str, resume: bool, finish: bool, follow_first: bool) -> None:
         """A planned switchover (as `switchover`) with the terminal's bye read between the
         active's release and its handover; a new run of it logs on later."""
-        from hsb.wire.framing import encode
-
-        cp = self.cp
-        a, sb = cp.active, cp.standby
-        if not self._may_bye(name) or not self._serving() or sb is None or not sb.usable:
-            return
-        self.counted["switchover"] += 1
-
-        async def go() -> None:
-            await self._released(a, follow_first, finish)
-            await self._say_bye(name)
-            if follow_first:
-                a.data_received(encode({"t": "handover", "epoch": cp.epoch}))
-            else:
-                cp.host_handover(a, wait=False)
-            await self._until(lambda: cp.active is sb and self._serving(), f"{sb.name} granted the role")
-            await self._pump()
-
-        self.run(go)
-        self._retire(name, resume)
+        if self._may_bye(name) and self._switchover(finish, follow_first, lambda: self._say_bye(name)):
+            self._retire(name, resume)
 
     @rule()
     def durable(self) -> None:
