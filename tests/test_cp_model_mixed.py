@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.support.cpmodel import model_test
+from tests.support.cpmodel import checked, model_test
 from tests.support.cpmodel_mixed import MixedModel
 
 pytestmark = pytest.mark.timeout(600)  # (a failure's shrinking included; a clean run takes ~26 s)
@@ -23,13 +23,7 @@ def test_a_bye_and_a_confirmation_lost_with_a_crash_are_allowed() -> None:
     resent, to the next run, as the promise allows (a logoff whose record a crash lost). The
     model took the bye as settled because the CP held nothing for it in memory; it counts it now."""
 
-    class Replay(MixedModel):
-        def teardown(self) -> None:
-            try:
-                if self.started():
-                    self.check_at_end()
-            finally:
-                super().teardown()
+    Replay = checked(MixedModel)
 
     @settings(max_examples=1, database=None, deadline=None)
     @given(st.just(0))

@@ -340,9 +340,9 @@ async def terminals_lose_the_cp(journal: Any, clients: dict[str, Any], conns: di
     return was
 
 
-def model_test(model: Any) -> Any:
-    """`model`'s TestCase at MODEL_SETTINGS, with the final settle and checks (`check_at_end`) as
-    the last step of every example that started (`started()`)."""
+def checked(model: Any) -> Any:
+    """`model` with the final settle and checks (`check_at_end`) as the last step of every
+    example that started (`started()`)."""
 
     class Checked(model):  # type: ignore[misc,valid-type]
         def teardown(self) -> None:
@@ -353,5 +353,11 @@ def model_test(model: Any) -> Any:
                 super().teardown()
 
     Checked.__name__ = Checked.__qualname__ = f"{model.__name__}Checked"
-    Checked.TestCase.settings = MODEL_SETTINGS
-    return Checked.TestCase
+    return Checked
+
+
+def model_test(model: Any) -> Any:
+    """`checked(model)`'s TestCase at MODEL_SETTINGS."""
+    case = checked(model).TestCase
+    case.settings = MODEL_SETTINGS
+    return case
