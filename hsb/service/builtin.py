@@ -20,15 +20,21 @@ log = structlog.get_logger("hsb.service")
 LOGON_MS_MAX = 3_600_000  # an hour of simulated logon work per session open
 
 
+def logon_seconds(logon_ms: Any) -> float:
+    """The `logon_ms` option of a built-in service (simulated logon work per session open) in
+    seconds; a TypeError (the config's, said with the key) if it is no such time: NaN, inf or
+    1e300 would hold every logon for ever."""
+    if type(logon_ms) not in (int, float) or not 0 <= logon_ms <= LOGON_MS_MAX:
+        raise TypeError(f"logon_ms must be a number of milliseconds from 0 to {LOGON_MS_MAX}, not {logon_ms!r}")
+    return float(logon_ms) / 1000.0
+
+
 class EchoService:
     """Replies with the message's own data. `logon_ms` simulates logon work per session open."""
 
     def __init__(self, host: str, logon_ms: float = 0) -> None:
         self.host = host
-        # (a TypeError: the config's, said with the key. NaN or inf would hold every logon for ever)
-        if type(logon_ms) not in (int, float) or not 0 <= logon_ms <= LOGON_MS_MAX:
-            raise TypeError(f"logon_ms must be a number of milliseconds from 0 to {LOGON_MS_MAX}, not {logon_ms!r}")
-        self.logon_s = logon_ms / 1000.0
+        self.logon_s = logon_seconds(logon_ms)
 
     async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
         return data

@@ -32,7 +32,7 @@ from typing import Any
 import structlog
 
 from hsb.service.api import ServiceUnavailable
-from hsb.service.builtin import LOGON_MS_MAX
+from hsb.service.builtin import logon_seconds
 from hsb.service.db import DEPLOYMENT_STATES, Database, RetryTransaction, Tx, open_database
 from hsb.service.once import ExactlyOnce, RequestMismatch
 
@@ -293,9 +293,7 @@ class LedgerService:
                 f"keep_hours must be at least {MIN_KEEP_HOURS:g} (hours an idempotency record is kept; it must outlive the longest"
                 f" time a message can wait at the CP, else a redelivery applies the effect again), not {keep_hours!r}"
             )
-        if not float(logon_ms) <= LOGON_MS_MAX:  # (1e300 would hold every session open for ever, as NaN would)
-            raise TypeError(f"logon_ms must be a number of milliseconds from 0 to {LOGON_MS_MAX}, not {logon_ms!r}")
-        self.logon_s = float(logon_ms) / 1000.0  # simulated logon work per session open, as echo's
+        self.logon_s = logon_seconds(logon_ms)  # simulated logon work per session open, as echo's
         if not int(keep_last) >= 1:
             raise TypeError(
                 f"keep_last must be at least 1, and at least the CP's held_bound (records each terminal keeps however old), not {keep_last!r}"
