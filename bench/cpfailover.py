@@ -77,7 +77,6 @@ def back(cp: dict[str, Any], n: int) -> bool:
 
 async def lab_run(n: int, a: argparse.Namespace, rep: int, base: Path, tickle: bool = True) -> dict[str, Any]:
     from tests.netns.cplab import CPS, CPPairLab
-    from tests.netns.harness import run
     from tests.support.procs import log_events
 
     with CPPairLab(base / f"lab-{n}-{rep}-{'tickle' if tickle else 'no-tickle'}", terminals=n, tickle_acks=tickle) as lab:
@@ -91,7 +90,7 @@ async def lab_run(n: int, a: argparse.Namespace, rep: int, base: Path, tickle: b
         await asyncio.sleep(a.steady)
         groups = {"new_cp": lab.daemons[other].pid, "host_a": lab.daemons["a"].pid, "host_b": lab.daemons["b"].pid, "terminals": load.dm.pid}
         cpu0 = {k: tree_cpu(v) for k, v in groups.items()}
-        tcp0 = tcp_counters(lab.tcp_netstat(other))
+        tcp0 = tcp_counters(lab.read_in(other, "/proc/net/netstat"))
         t_cut = lab.cut(first, "vrrp1" if first == "cp1" else "vrrp2")
         load.mark("cp_machine_cut", t_cut)
         await lab.wait(
@@ -103,8 +102,8 @@ async def lab_run(n: int, a: argparse.Namespace, rep: int, base: Path, tickle: b
         t_all_sessions = time.time()
         cpu = {k: round(tree_cpu(v) - cpu0[k], 3) for k, v in groups.items()}
         cpu["window"] = round(t_all_sessions - t_cut, 3)
-        tcp = counters_delta(tcp0, tcp_counters(lab.tcp_netstat(other)))
-        somax = int(run(["ip", "netns", "exec", lab.ns(other), "cat", "/proc/sys/net/core/somaxconn"]).stdout.split()[0])
+        tcp = counters_delta(tcp0, tcp_counters(lab.read_in(other, "/proc/net/netstat")))
+        somax = int(lab.read_in(other, "/proc/sys/net/core/somaxconn").split()[0])
         await asyncio.sleep(a.after)
         report = await load.finish(timeout=240)
         master = [t for t in _notify_times(lab.dir / f"notify-{other}.log", "MASTER") if t >= t_cut]

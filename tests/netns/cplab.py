@@ -157,13 +157,13 @@ class CPPairLab(Lab):
                 continue
             proc = "/proc/sys/" + key.strip().replace(".", "/")
             run(["ip", "netns", "exec", self.ns(node), "sh", "-c", f"echo {value.strip()} > {proc}"])
-            now = run(["ip", "netns", "exec", self.ns(node), "cat", proc]).stdout.strip()
+            now = self.read_in(node, proc).strip()
             if now != value.strip():  # (a lab quietly at the defaults would measure another machine)
                 raise NetnsError(f"{key.strip()} is {now} in {self.ns(node)}, not {value.strip()} as {SYSCTL_CONF.name} sets it")
 
-    def tcp_netstat(self, node: str) -> str:
-        """/proc/net/netstat as seen in `node`'s namespace (its TCP counters)."""
-        return run(["ip", "netns", "exec", self.ns(node), "cat", "/proc/net/netstat"]).stdout
+    def read_in(self, node: str, path: str) -> str:
+        """A file as read in `node`'s network namespace (/proc/net/netstat, /proc/sys/net/…: its own)."""
+        return run(["ip", "netns", "exec", self.ns(node), "cat", path]).stdout
 
     # ------------------------------------------------------------------ configs
     def _cp_host_addr(self) -> str:
