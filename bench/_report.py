@@ -126,12 +126,28 @@ def result_args(ap: Any, results: Path) -> None:
 def save_results(a: Any, section: str, res: Any, text: str) -> None:
     """Write a run's raw results (with the machine and the command) to --json, print its report,
     and put it into BENCHMARKS.md as `## section` unless --no-write."""
-    path = Path(a.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"machine": a.machine, "command": a.command, "results": res}, indent=1) + "\n")
+    write_json(a, {"machine": a.machine, "command": a.command, "results": res})
     print(text)
     if a.write:
         write_section(section, text)
+
+
+def write_json(a: Any, saved: Any) -> None:
+    """A run's raw results to --json (its folder made if need be)."""
+    path = Path(a.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(saved, indent=1) + "\n")
+
+
+def report(a: Any, section: str, text: str) -> None:
+    """A measuring run's end: print its report and where its raw results are (--json), and put
+    the report into BENCHMARKS.md as `## section` unless --no-write."""
+    print()
+    print(text)
+    say(f"raw results: {a.json}")
+    if a.write:
+        write_section(section, text)
+        say("written to BENCHMARKS.md")
 
 
 def raw_name(a: Any, default: Path) -> str:

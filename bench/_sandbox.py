@@ -41,11 +41,13 @@ from bench._report import (  # noqa: E402
     median,
     pctl,
     raw_name,
+    report,
     result_args,
     save_results,
     say,
     section_head,
     table,
+    write_json,
     write_section,
 )
 from hsb.ctl import sandbox  # noqa: E402
@@ -79,6 +81,7 @@ __all__ = [
     "proc_cpu",
     "raw_name",
     "reap",
+    "report",
     "result_args",
     "run_child",
     "run_modes",
@@ -100,6 +103,7 @@ __all__ = [
     "until",
     "wait_dead",
     "wait_quiet",
+    "write_json",
     "write_section",
 ]
 

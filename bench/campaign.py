@@ -28,7 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _sandbox import machine, machine_line, raw_name, run_or_render, table, write_section  # noqa: E402
+from _sandbox import machine, machine_line, raw_name, report, result_args, run_or_render, table, write_json  # noqa: E402
 
 from hsb.ctl import sandbox  # noqa: E402
 from tests.support.campaign import Campaign  # noqa: E402
@@ -243,17 +243,10 @@ async def amain(a: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in res.items() if k not in ("notes",)}, indent=2))
         if a.out:
             Path(a.out).write_text(json.dumps(summary, indent=2))
-    path = Path(a.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
     saved = {"machine": a.machine, "command": a.command, "settings": settings, "results": res}
-    path.write_text(json.dumps(saved, indent=1) + "\n")
+    write_json(a, saved)
     text = render(saved, a)
-    print()
-    print(text)
-    print(f"raw results: {a.json}", file=sys.stderr)
-    if a.write:
-        write_section(SECTION, text)
-        print("written to BENCHMARKS.md", file=sys.stderr)
+    report(a, SECTION, text)
     return 0 if res["ok"] else 1
 
 
@@ -265,10 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=300.0)
     ap.add_argument("--dir", default="")
     ap.add_argument("--out", default="", help="also write the full summary JSON (every round's detail) here")
-    ap.add_argument("--json", default=str(RESULTS), help="write the raw results to this file (default: %(default)s)")
-    ap.add_argument("--render", metavar="JSON", help="do not measure: render the results saved with --json")
-    ap.add_argument("--no-write", dest="write", action="store_false", help="do not update BENCHMARKS.md")
-    ap.add_argument("--write", dest="write", action="store_true", help="update BENCHMARKS.md (the default)")
+    result_args(ap, RESULTS)
     argv = sys.argv[1:] if argv is None else argv
     a = ap.parse_args(argv)
     a.command = COMMAND + (" " + " ".join(argv) if argv else "")

@@ -41,6 +41,7 @@ from _sandbox import (  # noqa: E402
     machine_line,
     median,
     raw_name,
+    result_args,
     run_ok,
     run_or_render,
     run_verdict,
@@ -331,9 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         "--term-keepalive", type=int, default=1, help="the terminals' TCP keepalive idle seconds (hsbterm's default 1; 0: none, as many devices)"
     )
     p.add_argument("--tickle", choices=["on", "off", "both"], default="on", help="[cp] tickle_acks; both: off and on alternated in each repetition")
-    p.add_argument("--json", default=str(RESULTS))
-    p.add_argument("--render", metavar="JSON")
-    p.add_argument("--no-write", dest="write", action="store_false")
+    result_args(p, RESULTS)
     p.add_argument("--keep", action="store_true", help="keep the working directory (logs, journals) even when every run passed")
     a = p.parse_args(argv)
     a.command = COMMAND + (" " + " ".join(argv) if argv else "")

@@ -48,6 +48,7 @@ from _sandbox import (  # noqa: E402
     median,
     proc_cpu,
     raw_name,
+    result_args,
     run_ok,
     run_or_render,
     run_verdict,
@@ -447,9 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steady", type=float, default=2.0)
     p.add_argument("--after", type=float, default=2.0)
     p.add_argument("--recovery", type=int, default=100_000, help="also time recovering a journal of this many outstanding messages (0: no)")
-    p.add_argument("--json", default=str(RESULTS))
-    p.add_argument("--render", metavar="JSON")
-    p.add_argument("--no-write", dest="write", action="store_false")
+    result_args(p, RESULTS)
     p.add_argument("--keep", action="store_true", help="keep the working directory (logs, journals) even when every run passed")
     a = p.parse_args(argv)
     a.command = COMMAND + (" " + " ".join(argv if argv is not None else sys.argv[1:]) if (argv or sys.argv[1:]) else "")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _sandbox import machine, machine_line, raw_name, run_or_render, table, write_section  # noqa: E402
+from _sandbox import machine, machine_line, raw_name, report, result_args, run_or_render, table, write_json  # noqa: E402
 
 from hsb import gcpolicy, logs  # noqa: E402
 from hsb.config import load  # noqa: E402
@@ -197,16 +196,9 @@ async def amain(a: argparse.Namespace) -> int:
     tracemalloc.start(1)
     res = await measure(a.rounds, a.terminals)
     saved = {"machine": a.machine, "command": a.command, "results": res}
-    path = Path(a.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(saved, indent=1) + "\n")
+    write_json(a, saved)
     text = render(saved, a)
-    print()
-    print(text)
-    print(f"raw results: {a.json}", file=sys.stderr)
-    if a.write:
-        write_section(SECTION, text)
-        print("written to BENCHMARKS.md", file=sys.stderr)
+    report(a, SECTION, text)
     return 0
 
 
@@ -214,10 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench/hostmem.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=110)
     ap.add_argument("--terminals", type=int, default=100)
-    ap.add_argument("--json", default=str(RESULTS), help="write the raw results to this file (default: %(default)s)")
-    ap.add_argument("--render", metavar="JSON", help="do not measure: render the results saved with --json")
-    ap.add_argument("--no-write", dest="write", action="store_false", help="do not update BENCHMARKS.md")
-    ap.add_argument("--write", dest="write", action="store_true", help="update BENCHMARKS.md (the default)")
+    result_args(ap, RESULTS)
     argv = sys.argv[1:] if argv is None else argv
     a = ap.parse_args(argv)
     a.command = COMMAND + (" " + " ".join(argv) if argv else "")

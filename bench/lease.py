@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _sandbox import fmt_ms, machine, machine_line, median, pctl, raw_name, run_or_render, say, table, write_section  # noqa: E402
+from _sandbox import fmt_ms, machine, machine_line, median, pctl, raw_name, result_args, run_or_render, say, table, write_section  # noqa: E402
 
 COMMAND = "sudo .venv/bin/python bench/lease.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "lease.json"
@@ -147,9 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench/lease.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=50, help="asymmetric cuts (lead 150 and 400 ms alternating)")
     p.add_argument("--sigstop", type=int, default=10, help="SIGSTOP rounds, woken just after the grant")
-    p.add_argument("--json", default=str(RESULTS))
-    p.add_argument("--render", metavar="JSON")
-    p.add_argument("--no-write", dest="write", action="store_false")
+    result_args(p, RESULTS)
     a = p.parse_args(argv)
     a.command = COMMAND + (" " + " ".join(argv if argv is not None else sys.argv[1:]) if (argv or sys.argv[1:]) else "")
     a.machine = machine()

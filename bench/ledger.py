@@ -45,6 +45,7 @@ from _sandbox import (  # noqa: E402
     median,
     proc_cpu,
     raw_name,
+    result_args,
     run_or_render,
     sandbox,
     sandbox_down,
@@ -421,9 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--failover-terminals", type=int, default=1000)
     p.add_argument("--failover-rate", type=float, default=500.0)
     p.add_argument("--failover-reps", type=int, default=None)
-    p.add_argument("--json", default=str(RESULTS))
-    p.add_argument("--render", metavar="JSON")
-    p.add_argument("--no-write", dest="write", action="store_false")
+    result_args(p, RESULTS)
     p.add_argument("--keep", action="store_true", help="keep the working directory (logs, journals) even when every run passed")
     a = p.parse_args(argv)
     a.command = COMMAND + (" " + " ".join(argv) if argv else "")

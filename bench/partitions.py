@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from _sandbox import machine, machine_line, raw_name, run_or_render, write_section  # noqa: E402
+from _sandbox import machine, machine_line, raw_name, report, result_args, run_or_render, write_json  # noqa: E402
 
 from tests.netns import scenarios  # noqa: E402
 from tests.netns.harness import skip_reason  # noqa: E402
@@ -144,12 +144,8 @@ def render(saved: dict[str, Any], a: argparse.Namespace) -> str:
 
 
 def save(a: argparse.Namespace, results: dict[str, list[dict[str, Any]]], failures: dict[str, list[str]]) -> None:
-    path = Path(a.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
     settings = {"rounds": a.rounds, "terminals": a.terminals, "rate": a.rate, "hold": a.hold, "scenarios": a.scenario or list(scenarios.SCENARIOS)}
-    path.write_text(
-        json.dumps({"machine": a.machine, "command": a.command, "settings": settings, "results": results, "failures": failures}, indent=1)
-    )
+    write_json(a, {"machine": a.machine, "command": a.command, "settings": settings, "results": results, "failures": failures})
 
 
 async def amain(a: argparse.Namespace) -> int:
@@ -188,12 +184,7 @@ async def amain(a: argparse.Namespace) -> int:
     )
     save(a, results, failures)
     text = render(json.loads(Path(a.json).read_text()), a)
-    print()
-    print(text)
-    print(f"raw results: {a.json}", file=sys.stderr)
-    if a.write:
-        write_section(SECTION, text)
-        print("written to BENCHMARKS.md", file=sys.stderr)
+    report(a, SECTION, text)
     return 1 if failures else 0
 
 
@@ -207,10 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hold", type=float, default=scenarios.HOLD, help="seconds a cut is held once its effect is seen")
     p.add_argument("--scenario", action="append", choices=list(scenarios.SCENARIOS), help="only these (repeatable)")
     p.add_argument("--dir", help="keep every round's configs and logs here (default: a new temporary directory)")
-    p.add_argument("--json", default=str(RESULTS), help="write every round's figures to this file (default: %(default)s)")
-    p.add_argument("--render", metavar="JSON", help="do not measure: render the results saved with --json")
-    p.add_argument("--no-write", dest="write", action="store_false", help="do not update BENCHMARKS.md")
-    p.add_argument("--write", dest="write", action="store_true", help="update BENCHMARKS.md (the default)")
+    result_args(p, RESULTS)
     p.add_argument("-v", "--verbose", action="store_true")
     argv = sys.argv[1:] if argv is None else argv
     a = p.parse_args(argv)

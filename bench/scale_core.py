@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _sandbox import fmt_ms, machine, machine_line, median, raw_name, run_or_render, table, write_section  # noqa: E402
+from _sandbox import fmt_ms, machine, machine_line, median, raw_name, result_args, run_or_render, table, write_section  # noqa: E402
 
 from hsb.wire.framing import DEFAULT_MAX_FRAME, encode  # noqa: E402
 from tests.support.cpcore import cp_config, fake_host, fake_terminal  # noqa: E402
@@ -343,9 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench/scale_core.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="10000,30000,100000,300000")
     p.add_argument("--reps", type=int, default=5, help="flips measured per size, each on a fresh setup (median reported)")
-    p.add_argument("--json", default=str(RESULTS))
-    p.add_argument("--render", metavar="JSON")
-    p.add_argument("--no-write", dest="write", action="store_false")
+    result_args(p, RESULTS)
     a = p.parse_args(argv)
     a.command = COMMAND + (" " + " ".join(argv) if argv else "")
     a.sizes = [int(x) for x in a.sizes.split(",") if x]

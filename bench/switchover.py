@@ -39,6 +39,7 @@ from _sandbox import (  # noqa: E402
     machine_line,
     median,
     proc_cpu,
+    result_args,
     run_or_render,
     sandbox,
     sandbox_down,
@@ -255,9 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steady", type=float, default=2.0, help="seconds of load before the operation")
     p.add_argument("--after", type=float, default=2.0, help="seconds of load after it")
     p.add_argument("--term-keepalive", type=int, default=None, help="the terminals' TCP keepalive idle seconds (default: hsbterm's; 0: none)")
-    p.add_argument("--json", default=str(RESULTS))
-    p.add_argument("--render", metavar="JSON", help="do not measure: render saved results")
-    p.add_argument("--no-write", dest="write", action="store_false", help="do not update BENCHMARKS.md")
+    result_args(p, RESULTS)
     a = p.parse_args(argv)
     a.command = COMMAND + (" " + " ".join(argv if argv is not None else sys.argv[1:]) if (argv or sys.argv[1:]) else "")
     a.sizes = [int(x) for x in a.sizes.split(",") if x]

@@ -34,6 +34,7 @@ from _sandbox import (  # noqa: E402
     machine,
     machine_line,
     median,
+    result_args,
     run_or_render,
     sandbox,
     sandbox_down,
@@ -190,9 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--failover-reps", type=int, default=3)
     p.add_argument("--rate", type=float, default=2000.0)
     p.add_argument("--steady", type=float, default=2.0)
-    p.add_argument("--json", default=str(RESULTS))
-    p.add_argument("--render", metavar="JSON")
-    p.add_argument("--no-write", dest="write", action="store_false")
+    result_args(p, RESULTS)
     a = p.parse_args(argv)
     a.command = COMMAND + (" " + " ".join(argv) if argv else "")
     a.sizes = [int(x) for x in a.sizes.split(",") if x]
