@@ -117,7 +117,10 @@ async def test_a_worker_forked_again_answers_status_and_health_while_it_recovers
     while (st := await status()) is None:
         assert time.monotonic() < deadline, "no status answered while the worker forked again recovers"
     assert st["cp_state"] == "taking_over" and st["supervisor"]["restarts"] == 1, st
-    code, body = await asyncio.to_thread(http_get, c["http_listen"], "/health")
+    # /health: bound after the admin link, and it may wait for the dead worker's port (`_bind`)
+    while (got := await asyncio.to_thread(http_get, c["http_listen"], "/health"))[0] == 0:
+        assert time.monotonic() < deadline, "/health not answered while the worker forked again recovers"
+    code, body = got
     assert code == 200 and json.loads(body)["cp_state"] == "taking_over", (code, body)
     r = await asyncio.to_thread(
         subprocess.run,
