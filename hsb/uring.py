@@ -149,6 +149,9 @@ class Ring:
             )
         except BaseException:
             self._unmap()
+            efd = self.__dict__.get("efd")
+            if efd is not None:  # made before the registration failed
+                os.close(efd)
             os.close(self.fd)
             raise
         self.closed = False
