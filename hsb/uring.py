@@ -139,6 +139,7 @@ class Ring:
         p = _Params()
         self.fd = _check(_syscall(ctypes.c_long(NR_SETUP), ctypes.c_long(entries), ctypes.byref(p)), "io_uring_setup")
         self._maps: list[mmap.mmap] = []
+        self.efd = -1
         try:
             self._map(p)
             self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -149,9 +150,8 @@ class Ring:
             )
         except BaseException:
             self._unmap()
-            efd = self.__dict__.get("efd")
-            if efd is not None:  # made before the registration failed
-                os.close(efd)
+            if self.efd >= 0:  # made before the registration failed
+                os.close(self.efd)
             os.close(self.fd)
             raise
         self.closed = False

@@ -97,13 +97,17 @@ async def test_a_call_out_is_nudged_every_loop_turn_for_its_first_spin_s() -> No
     turns thousands of times in 30 ms), not on a timer (at most 30 times at 1 ms)."""
     w = Worker("test-worker", spin_s=0.5)
     gate, started, job = gated()
+    turns = Turns(w)
     try:
         fut = go_out(w, "call", job)
-        await loop_runs_for(0.03)
-        assert w.nudges >= 100, w.nudges
+        await until(started.is_set, 5, interval=0.001, what="the call running")
+        n0, t0 = w.nudges, turns.n
+        await until(lambda: turns.n - t0 >= 300, 5, interval=0.001, what="300 loop turns")  # (turns, not time: a loaded machine turns fewer)
+        assert w.nudges - n0 >= 100, (w.nudges - n0, turns.n - t0)
         gate.set()
         await asyncio.wait_for(fut, 5)
     finally:
+        turns.on = False
         gate.set()
         w.shutdown(wait=True, timeout=5)
 
@@ -146,7 +150,7 @@ async def test_a_call_out_for_long_is_nudged_ever_more_slowly_down_to_every_50_m
         assert 10 <= w.nudges <= 90, w.nudges
         await until(lambda: loop.time() - t0 >= 0.8, 5, interval=0.001, what="the call out for 0.8 s")
         stamps = []
-        for _ in range(4):
+        for _ in range(7):  # the shortest of six gaps: a loaded machine only makes a gap longer
             n = w.nudges
             await until(lambda n=n: w.nudges > n, 2, interval=0.001, what="the next nudge")
             stamps.append(loop.time())
@@ -282,11 +286,14 @@ def test_the_boot_clock_counts_seconds_since_the_boot() -> None:
     up = float(Path("/proc/uptime").read_text().split()[0])
     b1 = boot_now()
     assert b0 - 0.05 <= up <= b1 + 0.05, (b0, up, b1)
-    m0, b0 = time.monotonic(), boot_now()
-    while time.monotonic() < m0 + 0.01:  # a span of the monotonic clock, measured by it
-        pass
-    m1, b1 = time.monotonic(), boot_now()
-    assert abs((b1 - b0) - (m1 - m0)) < 0.005, (b1 - b0, m1 - m0)
+    spans = []
+    for _ in range(5):  # the best of five: a preemption between two reads widens one span alone
+        m0, b0 = time.monotonic(), boot_now()
+        while time.monotonic() < m0 + 0.01:  # a span of the monotonic clock, measured by it
+            pass
+        m1, b1 = time.monotonic(), boot_now()
+        spans.append((abs((b1 - b0) - (m1 - m0)), b1 - b0, m1 - m0))
+    assert min(spans)[0] < 0.005, spans
 
 
 def test_the_boot_clock_is_clock_boottime_not_the_monotonic_clock() -> None:
