@@ -1,8 +1,8 @@
 """CP crashes, the flip and terminals that do not resume, all together, against a model
 (hypothesis, stateful): cpmodel_crashflip.py's model (two hosts, the flip, switchovers, late
 answers, CP crashes anywhere in them, recovered from the journal) with cpmodel_flipmixed.py's
-terminals (T00002 and T00003 do not resume), its rule answering around a drop, and its logoffs
-(tests/support/cpmodel_logoff.py).
+terminals (T00002 and T00003 do not resume), its rules answering around a drop and losing a
+reply in flight, and its logoffs (tests/support/cpmodel_logoff.py).
 
 Checked: both models' promises (strict verdict for the resuming terminal, no duplicate or
 unexpected reply, each reply read once, deliveries only to the announced active and repeats
