@@ -146,6 +146,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def loop_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of `pid`'s first thread (an asyncio daemon's event loop) so far;
+    NaN once it is gone. The rest of the process's (cpu_seconds) is its other threads': for
+    hsbcpd, the kernel's io_uring workers that run the journal's durable writes, and its own."""
+    try:
+        stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+    except OSError:
+        return float("nan")
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
 def machine_cpu() -> tuple[float, float]:
     """(busy, steal) CPU seconds of the whole machine so far, all cores (/proc/stat; busy excludes steal)."""
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench._common import BenchHost, EchoProtocol, Fleet, cpu_sample, emit, stdin_lines  # noqa: E402
+from bench._common import BenchHost, EchoProtocol, Fleet, cpu_sample, emit, loop_cpu_seconds, stdin_lines  # noqa: E402
 from hsb import gcpolicy  # noqa: E402
 from hsb import loop as hsb_loop  # noqa: E402
 from hsb.term.load import run_load, terminal_names  # noqa: E402
@@ -74,19 +74,22 @@ async def load_main(a: argparse.Namespace) -> None:
     waiter = asyncio.ensure_future(sending.wait())
     await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()
-    cpu = {}
+    cpu: dict[str, float] = {}
+    loop_cpu: dict[str, float] = {}  # hsbcpd's event loop's thread alone
+    loops = {k: pid for k, pid in watch.items() if k == "hsbcpd"}
     if sending.is_set() and not task.done():
-        c0, t0 = cpu_sample(watch), time.monotonic()
+        c0, t0, l0 = cpu_sample(watch), time.monotonic(), {k: loop_cpu_seconds(p) for k, p in loops.items()}
         await asyncio.sleep(a.duration)
-        c1, t1 = cpu_sample(watch), time.monotonic()
+        c1, t1, l1 = cpu_sample(watch), time.monotonic(), {k: loop_cpu_seconds(p) for k, p in loops.items()}
         span = t1 - t0
         cpu = {k: round((c1[k] - c0[k]) / span, 3) for k in watch}
+        loop_cpu = {k: round((l1[k] - l0[k]) / span, 3) for k in loops}
         # Everything else the machine did meanwhile (other sessions' tests, the kernel's share of
         # loopback I/O not charged to our processes), and the hypervisor's steal.
         cpu["other"] = round((c1["_busy"] - c0["_busy"]) / span - sum(cpu.values()), 3)
         cpu["steal"] = round((c1["_steal"] - c0["_steal"]) / span, 3)
     r = await task
-    emit({"report": r.to_dict(), "cpu": cpu})
+    emit({"report": r.to_dict(), "cpu": cpu, "loop_cpu": loop_cpu})
 
 
 async def fleet_main(a: argparse.Namespace) -> None:

@@ -126,6 +126,7 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
             if fs:
                 L.append("")
                 L.append(disk_line(fs))
+            L.extend(loop_lines(dur))
             L.append("")
         if disturbed:
             L.append(
@@ -211,3 +212,21 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
             L.append(f"| {label} | {mem[f'{k}_kib'] / 1024:.1f} MiB | {per:.2f} KiB | {ok} |")
         L.append("")
     return "\n".join(L)
+
+
+def loop_lines(dur: list[dict[str, Any]]) -> list[str]:
+    """hsbcpd's CPU per message, durable beside memory-only, and its event loop's thread's share
+    (runs from before the bench measured it: nothing)."""
+    out = []
+    for t in dur:
+        c, m = t["cp"], t["memory_only"]
+        cl, ml = c.get("loop_us_per_msg", {}).get("hsbcpd"), m.get("loop_us_per_msg", {}).get("hsbcpd")
+        if cl is None or ml is None:
+            continue
+        cu, mu = c["us_per_msg"].get("hsbcpd", float("nan")), m["us_per_msg"].get("hsbcpd", float("nan"))
+        out.append(
+            f"hsbcpd's CPU per message at {t['terminals']:,} terminal{'s' if t['terminals'] != 1 else ''}, window {t['window']}, durable / memory-only: {cu:.1f} / {mu:.1f} µs,"
+            f" of which its event loop's thread {cl:.1f} / {ml:.1f} µs (the rest: the kernel's io_uring workers writing the"
+            " journal's groups durably, and hsbcpd's other threads)."
+        )
+    return ["", *out] if out else []

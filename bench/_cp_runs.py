@@ -75,6 +75,7 @@ async def load_run(
             "replied": r["replied"],
             "duration_s": r["duration_s"],
             "cpu": out["cpu"],
+            "loop_cpu": out.get("loop_cpu", {}),
             "lost": r["lost"],
             "duplicates": r["duplicates"],
             "unexpected": r["unexpected"],
@@ -179,6 +180,8 @@ def summarize(rs: list[dict[str, Any]]) -> dict[str, Any]:
     cpu_keys = [k for k in (rs[0]["cpu"] if rs else {}) if k not in ("other", "steal")]
     for r in rs:  # CPU microseconds each process spent per round trip (robust to a busy machine)
         r["us_per_msg"] = {k: round(r["cpu"][k] / r["rate"] * 1e6, 2) for k in cpu_keys if r["rate"]}
+        r["loop_us_per_msg"] = {k: round(v / r["rate"] * 1e6, 2) for k, v in r.get("loop_cpu", {}).items() if r["rate"]}
+    loop_keys = sorted({k for r in rs for k in r["loop_us_per_msg"]})
     return {
         "rate": round(median([r["rate"] for r in rs]), 1),
         "p50": round(median([r["p50"] for r in rs if r["p50"] is not None]), 3),  # None: a failed run with no reply
@@ -187,6 +190,8 @@ def summarize(rs: list[dict[str, Any]]) -> dict[str, Any]:
         "ack_p99": round(median([r["ack_p99"] for r in rs if r.get("ack_p99") is not None]), 3),
         "cpu": {k: round(median([r["cpu"].get(k, float("nan")) for r in rs]), 2) for k in [*cpu_keys, "other", "steal"]},
         "us_per_msg": {k: round(median([r["us_per_msg"].get(k, float("nan")) for r in rs]), 2) for k in cpu_keys},
+        # hsbcpd's event loop's thread alone (the rest of its CPU: io_uring's kernel workers, its other threads)
+        "loop_us_per_msg": {k: round(median([r["loop_us_per_msg"].get(k, float("nan")) for r in rs]), 2) for k in loop_keys},
         "failed": sum(1 for r in rs if not r.get("ok", True)),
         "runs": rs,
     }

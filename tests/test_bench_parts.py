@@ -205,3 +205,32 @@ def test_the_tcp_counters_are_read_from_netstat() -> None:
         "TCPSynRetrans": 0,
     }
     assert set(tcp_counters()) <= {"ListenOverflows", "ListenDrops", "TCPSynRetrans"}  # this machine's, readable
+
+
+def test_the_cps_event_loop_thread_is_measured_apart() -> None:
+    """bench/cp.py splits hsbcpd's CPU per message into its event loop's thread and the rest (the
+    kernel's io_uring workers that write the journal's groups run as threads of hsbcpd): the
+    loop's thread is read on its own from /proc, and the report gives both, durable beside
+    memory-only; runs saved before the split have none to give."""
+    import os
+
+    from bench._common import cpu_seconds, loop_cpu_seconds
+    from bench._cp_render import loop_lines
+    from bench._cp_runs import summarize
+
+    x = 0
+    for i in range(300_000):  # some CPU of this thread
+        x += i
+    assert 0 < loop_cpu_seconds(os.getpid()) <= cpu_seconds(os.getpid())
+    assert loop_cpu_seconds(2**22 + 1) != loop_cpu_seconds(2**22 + 1)  # (NaN: no such process)
+
+    def run(rate: float, total: float, loop: float) -> dict[str, Any]:
+        return {"rate": rate, "p50": 1.0, "p99": 2.0, "cpu": {"hsbcpd": total, "load": 0.1}, "loop_cpu": {"hsbcpd": loop}}
+
+    cp, mem = summarize([run(10_000, 0.5, 0.4), run(10_000, 0.7, 0.6)]), summarize([run(20_000, 0.6, 0.6)])
+    assert cp["us_per_msg"]["hsbcpd"] == 60.0 and cp["loop_us_per_msg"] == {"hsbcpd": 50.0}
+    assert mem["loop_us_per_msg"] == {"hsbcpd": 30.0}
+    line = loop_lines([{"terminals": 1, "window": 8, "cp": cp, "memory_only": mem}])[-1]
+    assert "durable / memory-only: 60.0 / 30.0 µs" in line and "event loop's thread 50.0 / 30.0 µs" in line, line
+    old = {"terminals": 1, "window": 8, "cp": {**cp, "loop_us_per_msg": {}}, "memory_only": mem}
+    assert loop_lines([old]) == []
