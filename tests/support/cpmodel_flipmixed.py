@@ -23,10 +23,11 @@ cpmodel_logoff.py's promise (no reply of a run that logged off reaches a later r
 logoff is done none of its messages is delivered again); a host is never told a session is
 opened for a terminal while it still holds one of a run that logged off (the CP closes that
 run's sessions at whichever host holds them, the flip's new active too), and at the end each
-terminal's session at the active is its current run's. A reply lost in flight (`reply_lost_in_flight`:
-the CP wrote it to the connection of a terminal that does not resume, its discard durable, and the
-connection dropped before it arrived; in a flip, or with one next, too) never comes again, to that
-run or a later one, no host is handed its message again, and it is counted lost at the end."""
+terminal's session at the active is its current run's. A reply lost in flight
+(`reply_lost_in_flight`, tests/support/cpmodel_lostreply.py: the CP wrote it to the connection of
+a terminal that does not resume, its discard durable, and the connection dropped before it
+arrived; in a flip, or with one next, too) never comes again, to that run or a later one, no host
+is handed its message again, and it is counted lost at the end."""
 
 from __future__ import annotations
 
@@ -36,13 +37,14 @@ from hypothesis import event
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, rule
 
-from tests.support.cpmodel import DOWN, MOST_SENT, TERMINALS, WELCOMED, awaited_not_resuming, each_reply_once, mixed_terminals, mixed_verdict
+from tests.support.cpmodel import DOWN, TERMINALS, WELCOMED, awaited_not_resuming, each_reply_once, mixed_terminals, mixed_verdict
 from tests.support.cpmodel_flip import FlipModel
 from tests.support.cpmodel_logoff import Logoffs
+from tests.support.cpmodel_lostreply import LostInFlight
 from tests.support.keptreplies import until
 
 
-class FlipMixedModel(Logoffs, FlipModel):
+class FlipMixedModel(LostInFlight, Logoffs, FlipModel):
     """FlipModel's, with logoffs (`Logoffs`), the sessions each host holds by run (`sessions`), and: the replies a terminal that does not resume must get at a later logon
     (`must_get`: client, id, its welcomes when the active answered), the connections a grant may
     close (`classic`: by terminal, the CP's side), and those the CP did close (`closed_by_cp`)."""
@@ -56,8 +58,8 @@ class FlipMixedModel(Logoffs, FlipModel):
         self.sessions: dict[Any, dict[str, Any]] = {}  # by link (a new one may reuse a dead one's id()): the run of each session there
         self.demoted: dict[Any, tuple[set[str], set[str]]] = {}  # by link: its sessions at its demotion, those kept
         self.old_sessions = 0  # standby sessions of a run that logged off closed by their host (the ring)
-        self.cut: list[tuple[Any, int, int]] = []  # replies lost in flight (`reply_lost_in_flight`): client, id, deliveries then
-        self.cut_in_flip = 0  # ... of those in a flip, or with one next
+        self.cut_in_flip = 0  # replies lost in flight (`reply_lost_in_flight`) in a flip, or with one next
+        self.in_flip = False  # (a flip under way as the active answered the one being cut)
 
     def _terminals(self) -> tuple[dict[str, Any], dict[str, Any]]:
         return mixed_terminals()
@@ -204,94 +206,31 @@ class FlipMixedModel(Logoffs, FlipModel):
 
         self.run(go)
 
+    def _answerable(self, d: Any) -> bool:
+        a = self.cp.active  # (a host lost or demoted answers nothing the CP takes: `late_answer`)
+        return a is not None and d.link is a and a.usable
+
+    def _answer_one(self, key: tuple[str, int], d: Any) -> None:
+        self._answer(d, d.data, self.cp.epoch)
+
+    def _cut_coming(self) -> None:
+        self.in_flip = self.cp.flipping is not None or self.cp.granting is not None
+
     @rule(pick=st.integers(0, 20), back=st.booleans(), then=st.sampled_from(("nothing", "failover", "switchover", "switchover_followed")))
     def reply_lost_in_flight(self, pick: int, back: bool, then: str) -> None:
-        """A terminal that does not resume (it sends a message first if the active owes it none)
-        loses a reply in flight: the active answers, the discard is durable, the CP writes the
-        reply to its connection, and the connection drops before the reply arrives (both sides
-        see it). The promise allows the loss; the discard settled the message, so the reply never
-        comes again, to this run or any, and no host is handed the message again. `then`: the
+        """A terminal that does not resume loses a reply in flight (`LostInFlight`); `then`: the
         active lost (the flip) or a planned switchover (its standby sessions opened first, or not)
         at once; `back`: the terminal logs on again after that."""
-        self._host_work()
-        cp = self.cp
-        names = [n for n, c in self.clients.items() if not c.resume and c.state == WELCOMED]
-        if not names:
-            return
 
-        def keys() -> list[tuple[str, int]]:
-            a = cp.active  # (a host lost or demoted answers nothing the CP takes: `late_answer`)
-            out = []
-            for k, d in self.owed.items():
-                held = cp.terms[k[0]].held.get(k[1])
-                if (
-                    k[0] in names
-                    and self.clients[k[0]].index(k[1]) >= 0
-                    and a is not None
-                    and d.link is a
-                    and a.usable
-                    and held is not None
-                    and not held.replying
-                    and held.early is None
-                ):
-                    out.append(k)
-            return sorted(out)
+        def flip() -> None:
+            flips = self.counted["failover"] + self.counted["switchover"]
+            if then == "failover":
+                self.lose("active")
+            elif then != "nothing":
+                self._switchover(False, then == "switchover_followed")
+            self.cut_in_flip += self.in_flip or self.counted["failover"] + self.counted["switchover"] > flips
 
-        if not keys():
-            c = self.clients[names[pick % len(names)]]
-            if c.sent >= MOST_SENT:
-                return
-
-            async def send() -> None:
-                c.submit()
-                await self._until(lambda: bool(keys()) or c.state == DOWN or not self._serving(), f"{c.name}'s message delivered")
-                await self._pump()
-
-            self.run(send)
-            if not keys():
-                return
-        key = keys()[pick % len(keys())]
-        d = self.owed.pop(key)
-        name, mid = key
-        c, p = self.clients[name], self.conns[name]
-        term = cp.terms[name]
-        held = term.held[mid]
-        fired: list[bool] = []
-        in_flip = cp.flipping is not None or cp.granting is not None
-        real = p.send
-
-        def send_then_drop(msg: dict[str, Any]) -> None:
-            real(msg)
-            if msg.get("t") == "reply" and msg.get("id") == mid and not fired:
-                fired.append(True)
-                p.transport.close()  # (the reply written, not arrived: the connection drops)
-
-        async def go() -> None:
-            p.send = send_then_drop
-            try:
-                self._answer(d, d.data, cp.epoch)
-                if not held.replying and held.early is None:
-                    self.owed[key] = d  # (not taken: still owed)
-                    return
-                await self._until(lambda: bool(fired) or p.closed or c.state == DOWN, f"{name} {mid}: the reply written")
-                await until(lambda: c.state == DOWN and p.closed, f"{name}'s drop seen by both sides")
-            finally:
-                del p.send
-            if fired:
-                self.cut.append((c, mid, len(self.deliveries)))
-            await self._pump()
-
-        self.run(go)
-        if not fired:
-            return
-        flips = self.counted["failover"] + self.counted["switchover"]
-        if then == "failover":
-            self.lose("active")
-        elif then != "nothing":
-            self._switchover(False, then == "switchover_followed")
-        self.cut_in_flip += in_flip or self.counted["failover"] + self.counted["switchover"] > flips
-        if back and c is self.clients[name] and c.state == DOWN:
-            self.run(lambda: self._connect(name))
+        self._lose_reply_in_flight(pick, back, flip)
 
     @rule(name=st.sampled_from(TERMINALS), resume=st.booleans(), finish=st.booleans(), follow_first=st.booleans())
     def logoff_in_switchover(self, name: str, resume: bool, finish: bool, follow_first: bool) -> None:
@@ -336,14 +275,6 @@ class FlipMixedModel(Logoffs, FlipModel):
             self.classic = {}
 
     @invariant()
-    def lost_in_flight_not_again(self) -> None:
-        """A reply lost in flight (`reply_lost_in_flight`) never came since, and no host was handed its message again."""
-        for c, mid, n in self.cut:
-            assert not any(i == mid for i, _, _ in c.log), f"{c.name} {mid}: lost in flight, its discard durable, and sent again; log {c.log}"
-            again = [d for d in self.deliveries[n:] if (d.name, d.mid) == (c.name, mid)]
-            assert not again, f"{c.name} {mid}: lost in flight, its discard durable, and delivered again: {again}"
-
-    @invariant()
     def kept_delivered_so_far(self) -> None:
         self.kept_delivered(final=False)
 
@@ -372,12 +303,7 @@ class FlipMixedModel(Logoffs, FlipModel):
         assert all(own.values()), f"a terminal's session at the active {cp.active.name} not its own run's: {own}"
         kept_lost = self.kept_delivered(final=True)
         self.closed_on_the_classic_path_only()
-        self.lost_in_flight_not_again()
-        cut = [(c, mid) for c, mid, _ in self.cut if c is self.clients[c.name]]
-        assert all(mid in c.outstanding for c, mid in cut), f"a reply lost in flight not awaited at the end: {cut}"
-        assert lost >= len(cut), f"replies lost in flight {cut}, counted lost {lost}"
-        event(f"replies lost in flight to a terminal that does not resume: {min(lost, 2)}+")
-        event(f"... of those the model's own (a drop with the reply written): {min(len(self.cut), 2)}+")
+        self.lost_in_flight_at_end(lost)
         event(f"... of those in a flip or with one next: {min(self.cut_in_flip, 1)}+")
         event(f"kept for a terminal that does not resume, checked: {min(len(self.must_get), 2)}+")
         event(f"... of those lost in flight at a later drop: {min(kept_lost, 1)}+")

@@ -11,7 +11,11 @@ does not resume was away (its connection gone before the active answered, or bef
 discard was durable) whose "r" record was durable reaches it at its next logon, marked resent,
 across CP crashes too; no reply of a run that logged off reaches a later run under its name (once
 the bye's record is durable, or with no crash since it was read), and once its logoff is done (its
-connection closed, none of its messages held) none of its messages is delivered again. Counted, not failed (the
+connection closed, none of its messages held) none of its messages is delivered again; a reply
+lost in flight (`reply_lost_in_flight`, tests/support/cpmodel_lostreply.py: the CP wrote it to the
+connection of a terminal that does not resume, its discard durable, and the connection dropped
+before it arrived) never comes again, to that run or a later one, across CP crashes too, no host
+is handed its message again, and it is counted lost at the end. Counted, not failed (the
 promise allows them): a reply to a terminal that does not resume lost in flight at a drop or a
 crash, a logoff whose record a crash lost (its replies then an earlier run's, sent to the next)."""
 
@@ -26,11 +30,13 @@ from hypothesis.stateful import invariant, rule
 from tests.support.cpmodel import DOWN, TERMINALS, WELCOMED, awaited_not_resuming, mixed_terminals, mixed_verdict
 from tests.support.cpmodel_crash import CPModel
 from tests.support.cpmodel_logoff import Logoffs
+from tests.support.cpmodel_lostreply import LostInFlight
 from tests.support.keptreplies import until
 
 
-class MixedModel(Logoffs, CPModel):
-    """CPModel's, with logoffs (`Logoffs`: the runs that logged off); per terminal that does not resume,
+class MixedModel(LostInFlight, Logoffs, CPModel):
+    """CPModel's, with logoffs (`Logoffs`: the runs that logged off) and replies lost in flight
+    (`LostInFlight`); per terminal that does not resume,
     the messages the active answered while it was away in this CP life (`away`), and the replies
     it must get at its next logon (`must_get`: client, id, its welcomes when that was known)."""
 
@@ -91,6 +97,13 @@ class MixedModel(Logoffs, CPModel):
                 self.must_get.extend((c, mid, c.welcomes) for mid in sorted(mids))
                 mids.clear()
 
+    def _serving(self) -> bool:
+        return self.life is not None and self.life.cp.announced
+
+    def _answer_one(self, key: tuple[str, int], d: Any) -> None:
+        assert self.life is not None
+        self.life.cp.host_reply(self.life.host, key[0], key[1], d)
+
     def _awaited(self, c: Any) -> Any:
         if c.resume or self.life is None:
             return c.outstanding
@@ -150,6 +163,6 @@ class MixedModel(Logoffs, CPModel):
         self.each_reply_once()
         self.kept_delivered(final=True)
         lost = mixed_verdict(self.clients, self.stats, {(n, i) for n, i, _ in self.deliveries})
+        self.lost_in_flight_at_end(lost)
         event(f"crashes: {self.crashes}")
         event(f"kept for a terminal that does not resume, checked: {min(len(self.must_get), 2)}+")
-        event(f"replies lost in flight to a terminal that does not resume: {min(lost, 2)}+")
