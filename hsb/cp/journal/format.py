@@ -13,10 +13,10 @@ A flush of several group records writes and syncs each before the next (hsb.cp.j
 so that a crash leaves at most the last one torn: never a torn one with a whole one after it.
 
 `scan()` reads a segment's bytes back, group records opened into their records. A record that
-does not check out (bad magic, a length past the end, a checksum mismatch, a payload that does
-not decode) is either the **torn tail** of a write the crash interrupted, which is dropped, or
-**damage**, which stops the start: it is torn only if no valid record follows it anywhere in the
-file. A segment's file is allocated whole when it is created (hsb.fsutil.preallocate): zeros
+does not check out (bad magic, a length past the end, a checksum mismatch) is either the **torn
+tail** of a write the crash interrupted, which is dropped, or **damage**, which stops the start:
+it is torn only if no valid record follows it anywhere in the file. A record whose checksum holds
+but whose payload does not decode is damage wherever it is: a torn write cannot pass its checksum. A segment's file is allocated whole when it is created (hsb.fsutil.preallocate): zeros
 from a record's end to the end of the file are room not written yet, the segment's clean end.
 """
 
