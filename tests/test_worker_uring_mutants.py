@@ -21,19 +21,9 @@ import pytest
 
 from hsb.worker import Worker, within
 from tests.support.procs import until
+from tests.test_worker import gated
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def gated() -> tuple[threading.Event, threading.Event, Any]:
-    """A job that says it started, then waits for the gate (at most 5 s)."""
-    gate, started = threading.Event(), threading.Event()
-
-    def job() -> bool:
-        started.set()
-        return gate.wait(5)
-
-    return gate, started, job
 
 
 async def loop_runs_for(seconds: float) -> None:
