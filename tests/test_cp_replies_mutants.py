@@ -317,3 +317,31 @@ async def test_a_terminal_that_logged_off_is_closed_only_once_every_message_is_a
     cp.host_reply(h, "T00001", 2, "r2")
     assert _replies(p) == [(1, "r1", False), (2, "r2", False)]
     assert p.closed
+
+
+@pytest.mark.parametrize("resuming", [False, True], ids=["not-resuming", "resuming"])
+async def test_a_reply_made_while_a_new_run_is_away_survives_the_answer_to_a_logoffs_message(tmp_path: Path, resuming: bool) -> None:
+    """Run 1 of T00001 sends 1 and logs off (bye) before it is answered: its reply is nobody's.
+    Run 2 logs on, sends 2 and leaves without a bye; reply 2 is made while it is away (kept,
+    never sent). Then the active answers 1, to nobody: that settles nothing of run 2's (no "c"
+    covers 2), and its next hello gets reply 2, marked resent. (Not resuming, the answer to 1
+    settled reply 2 as if the terminal had had it, and run 2 never got it, not even after a CP
+    restart: a lost reply.)"""
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active")
+    p = recording_terminal(cp, "T00001", 0 if resuming else None)
+    cp.host_open(h, "T00001", "active", {})
+    _msgs(p, 1)
+    p.data_received(encode({"t": "bye"}))
+    p.connection_lost(None)
+    p = recording_terminal(cp, "T00001", 0 if resuming else None)
+    cp.host_open(h, "T00001", "active", {})
+    _msgs(p, 2)
+    assert _acks(p) == [2]
+    p.connection_lost(None)  # no bye
+    rec = _Records(cp)
+    cp.host_reply(h, "T00001", 2, "r2")
+    cp.host_reply(h, "T00001", 1, "r1")
+    assert not [c for c in rec.kinds("c") if c[2] >= 2], rec.kinds("c")
+    p = recording_terminal(cp, "T00001", 0 if resuming else None)
+    assert _replies(p) == [(2, "r2", True)]

@@ -41,8 +41,13 @@ class Replies:
     def _settle_unconfirmable(self: CP, term: Term) -> None:
         """A terminal that no longer resumes will confirm nothing: the replies kept for it from
         when it did are settled once sent, as far as no message of its still waits below them
-        (the rest when that one is answered, `_replied`)."""
+        (the rest when that one is answered, `_replied`). Not one never sent: made while it was
+        away (a later run's, say, when the answer to a logoff's message comes), it goes at its
+        next logon (`_send_kept_once`), which settles it."""
         upto = self._confirmable(term, max(term.replies), trust_terminal=False)
+        for kept in term.replies.values():  # (not in id order: the active answers out of order)
+            if kept.id <= upto and not kept.sent:
+                upto = kept.id - 1
         if upto and min(term.replies) <= upto:
             self._drop_replies(term, upto)
             self._backpressure(term)
