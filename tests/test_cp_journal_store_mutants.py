@@ -22,6 +22,7 @@ from hsb.cp.journal.recovery import segment_name
 from hsb.cp.journal.store import Journal
 from tests.support.journal import durable, records
 from tests.support.procs import until
+from tests.test_cp_journal_io import count_thread_calls
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -254,19 +255,6 @@ async def test_a_segment_with_records_pending_is_not_idle(tmp_path: Path, monkey
 # --- store.py: flushing -------------------------------------------------------------------------
 
 
-def _count_calls(j: Journal, monkeypatch: Any) -> list[int]:
-    """How many groups went to the writer thread."""
-    calls = [0]
-    real = j._exec.call
-
-    def call(fn: Any, done: Any) -> None:
-        calls[0] += 1
-        real(fn, done)
-
-    monkeypatch.setattr(j._exec, "call", call)
-    return calls
-
-
 async def test_a_lazy_record_appended_while_an_urgent_group_is_out_waits_for_company(tmp_path: Path, monkeypatch: Any) -> None:
     """A lazy record appended while a message's group is being written does not start a group of
     its own the moment that group is back: it waits (for the next urgent record, or LAZY_S, here a
@@ -284,7 +272,7 @@ async def test_a_lazy_record_appended_while_an_urgent_group_is_out_waits_for_com
         return real(batch)
 
     monkeypatch.setattr(j, "_write", held)
-    calls = _count_calls(j, monkeypatch)
+    calls = count_thread_calls(j, monkeypatch)
     try:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()

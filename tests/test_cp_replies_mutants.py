@@ -12,6 +12,7 @@ import pytest
 
 from hsb.wire.framing import encode
 from tests.support.cpcore import cp_core, fake_host, recording_terminal
+from tests.test_cp_kept_journal import _restart
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -247,19 +248,6 @@ async def test_a_reply_that_brings_the_kept_replies_to_the_bound_holds_the_next_
     rec.release(["r", "T00001", 2, "r2"])
     p.data_received(encode({"t": "confirm", "id": 2, "seen": 2}))
     assert _acks(p) == [1, 2, 3]
-
-
-def _restart(tmp_path: Path, records: list[list[Any]]) -> Any:
-    """A CP started on a journal of `records` (the CP before it died with them durable)."""
-    from hsb.cp.journal.format import encode as record
-    from hsb.cp.journal.recovery import recover, segment_name
-
-    d = tmp_path / "j"
-    d.mkdir()
-    (d / segment_name(1, 0)).write_bytes(b"".join(record(r) for r in [["ck", 1, "host-a", 0, {}], *records]))
-    cp = cp_core(tmp_path, 2)
-    cp.restore(recover(d))
-    return cp
 
 
 async def test_a_confirmed_reply_is_not_sent_again_by_a_restarted_cp(tmp_path: Path) -> None:
