@@ -101,14 +101,25 @@ async def test_probes_are_one_every_probe_s(monkeypatch: pytest.MonkeyPatch) -> 
     long)."""
     terms = [FakeTerminal(30.0) for _ in range(40)]
     loop = asyncio.get_running_loop()
+    stamps: list[float] = []  # when each probe began, by the loop's clock (not when the test saw it)
+    real = connector.Connector._probe_one
+
+    def probe_one(self: Any, c: Any) -> Any:
+        stamps.append(loop.time())
+        return real(self, c)
+
+    monkeypatch.setattr(connector.Connector, "_probe_one", probe_one)
     async with connecting(lambda t, n: "refuse", terms, concurrency=8) as (conn, fake):
         await until(lambda: conn.down, 10, "the group down")
         t0 = loop.time()
         await until(lambda: conn.probes >= 5, 10, "five probes")
         took = loop.time() - t0
-    # five probes: five intervals at least (with eight failed connects at once as well), and
-    # not many more than that either (a loaded machine's loop may be late, ten times is not)
-    assert 5 * PROBE_S * 0.9 <= took < 40 * PROBE_S, took
+    # one interval at least between two probes (with eight failed connects at once as well),
+    # and not many more than five intervals for five (a loaded machine's loop may be late, ten
+    # times is not)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:5], strict=False)]
+    assert len(gaps) == 4 and min(gaps) >= PROBE_S * 0.9, gaps
+    assert took < 40 * PROBE_S, took
 
 
 async def test_a_connect_begun_before_the_group_went_down_that_gets_through_brings_it_up(monkeypatch: pytest.MonkeyPatch) -> None:
