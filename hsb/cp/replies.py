@@ -43,17 +43,14 @@ class Replies:
         when it did are settled once sent, as far as no message of its still waits below them
         (the rest when that one is answered, `_replied`). Not one never sent: made while it was
         away (a later run's, say, when the answer to a logoff's message comes), it goes at its
-        next logon (`_send_kept_once`), which settles it."""
-        upto = self._confirmable(term, max(term.replies), trust_terminal=False)
-        for kept in term.replies.values():  # (not in id order: the active answers out of order)
-            if kept.id <= upto and not kept.sent:
-                upto = kept.id - 1
+        next logon (`_send_kept_once`), which settles it (`_confirmable`)."""
+        upto = self._confirmable(term, max(term.replies))
         if upto and min(term.replies) <= upto:
             self._drop_replies(term, upto)
             self._backpressure(term)
 
     @staticmethod
-    def _confirmable(term: Term, upto: int, trust_terminal: bool = True, seen: int | None = None, first: int = 0) -> int:
+    def _confirmable(term: Term, upto: int, seen: int | None = None, first: int = 0) -> int:
         """`upto` as far as a confirmation can go: not past the highest id accepted, nor up to a
         held message whose reply has not gone out: not yet answered, or answered with its discard
         ("d") on the way, the reply to go once that is durable, kept ("r") if the terminal is away
@@ -61,11 +58,11 @@ class Replies:
         its "a" (one carried forward) or that "r" at a recovery that reads it after the "c", and
         its reply would never be sent. A message recovered from the journal is one of them: this
         CP never sent its reply, and the process before it may not have (the reply goes marked
-        resent, and a terminal that holds it ignores it). The terminal's word (`trust_terminal`)
-        also stops short of a kept reply this CP never wrote to a connection of the terminal: made
-        while it was away, or recovered from the journal. It cannot hold that one, though a claim
-        that covers an earlier run's ids says it does; the hello sends it, and the next confirm
-        settles it. Nor, for a confirm that says how many reply frames the terminal had read
+        resent, and a terminal that holds it ignores it). Nor up to a kept reply this CP never
+        wrote to a connection of the terminal: made while it was away, or recovered from the
+        journal. The terminal cannot hold that one, though a claim that covers an earlier run's
+        ids says it does, and one that will confirm nothing (`_settle_unconfirmable`) has not had
+        it either; its next logon sends it, and that settles it. Nor, for a confirm that says how many reply frames the terminal had read
         (`seen`), short of one written after those: on its way when the terminal wrote the
         confirm, which covers an earlier run's ids too; the confirm after it settles it. Nor, for a
         hello that says its run's `first` id, short of one below it: an earlier run's, which the
@@ -76,11 +73,10 @@ class Replies:
             if not held.replying or held.discarding:
                 upto = min(upto, held.id - 1)
                 break
-        if trust_terminal:
-            read = term.reply_frames if seen is None else seen  # (no `seen`: every one written so far)
-            for kept in term.replies.values():  # (not in id order: the active answers out of order)
-                if kept.id <= upto and (not kept.sent or kept.at > read or kept.id < first):
-                    upto = kept.id - 1
+        read = term.reply_frames if seen is None else seen  # (no `seen`: every one written so far)
+        for kept in term.replies.values():  # (not in id order: the active answers out of order)
+            if kept.id <= upto and (not kept.sent or kept.at > read or kept.id < first):
+                upto = kept.id - 1
         return upto
 
     def _drop_replies(self: CP, term: Term, upto: int, record: bool = True) -> None:
