@@ -139,11 +139,16 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds `pid` has used so far (/proc/PID/stat)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
+def _stat_cpu(path: str) -> float:
+    """User + system CPU seconds of a /proc stat file (a process's or one thread's)."""
+    stat = Path(path).read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds `pid` has used so far (/proc/PID/stat)."""
+    return _stat_cpu(f"/proc/{pid}/stat")
 
 
 def loop_cpu_seconds(pid: int) -> float:
@@ -151,11 +156,9 @@ def loop_cpu_seconds(pid: int) -> float:
     NaN once it is gone. The rest of the process's (cpu_seconds) is its other threads': for
     hsbcpd, the kernel's io_uring workers that run the journal's durable writes, and its own."""
     try:
-        stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+        return _stat_cpu(f"/proc/{pid}/task/{pid}/stat")
     except OSError:
         return float("nan")
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
 def machine_cpu() -> tuple[float, float]:

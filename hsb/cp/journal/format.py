@@ -16,7 +16,8 @@ so that a crash leaves at most the last one torn: never a torn one with a whole 
 does not check out (bad magic, a length past the end, a checksum mismatch) is either the **torn
 tail** of a write the crash interrupted, which is dropped, or **damage**, which stops the start:
 it is torn only if no valid record follows it anywhere in the file. A record whose checksum holds
-but whose payload does not decode is damage wherever it is: a torn write cannot pass its checksum. A segment's file is allocated whole when it is created (hsb.fsutil.preallocate): zeros
+but whose payload does not decode is damage wherever it is: a torn write cannot pass its
+checksum. A segment's file is allocated whole when it is created (hsb.fsutil.preallocate): zeros
 from a record's end to the end of the file are room not written yet, the segment's clean end.
 """
 
