@@ -14,6 +14,17 @@ from hsb.wire.framing import encode
 from tests.support.cpcore import cp_core, fake_host, recording_terminal
 from tests.test_cp_kept_journal import _restart
 
+
+def _logged_on(tmp_path: Path, last_reply: int | None, first: int | None = None) -> tuple[Any, Any, Any]:
+    """A CP with host-a active and T00001 logged on with a session there (`last_reply` None: a
+    terminal that does not resume; `first`: its hello's)."""
+    cp = cp_core(tmp_path, 2)
+    h = fake_host(cp, "host-a", "active")
+    p = recording_terminal(cp, "T00001", last_reply, first=first)
+    cp.host_open(h, "T00001", "active", {})
+    return cp, h, p
+
+
 pytestmark = pytest.mark.timeout(30)
 
 
@@ -65,10 +76,7 @@ async def test_a_confirm_does_not_pass_a_message_whose_discard_is_on_its_way(tmp
     confirms 2: the confirmation stops short of message 1, whose reply has not gone out, so
     when reply 1 goes it is kept too, and a hello after the connection dropped unread gets it
     again (marked), with 2, which that confirm did not settle either."""
-    cp = cp_core(tmp_path, 2)
-    h = fake_host(cp, "host-a", "active")
-    p = recording_terminal(cp, "T00001", None)
-    cp.host_open(h, "T00001", "active", {})
+    cp, h, p = _logged_on(tmp_path, None)
     rec = _Records(cp, hold=("d",))
     _msgs(p, 1, 2)
     cp.host_reply(h, "T00001", 1, "r1")
@@ -136,10 +144,7 @@ async def test_a_settled_reply_and_message_let_their_journal_segments_go(tmp_pat
     deleted while it is live) is let go once the message is settled and the reply confirmed."""
     from collections import Counter
 
-    cp = cp_core(tmp_path, 2)
-    h = fake_host(cp, "host-a", "active")
-    p = recording_terminal(cp, "T00001", 0, first=1)
-    cp.host_open(h, "T00001", "active", {})
+    cp, h, p = _logged_on(tmp_path, 0, first=1)
     live: Counter[int] = Counter()
     cp.journal.pin = lambda seg: live.update([seg])
     cp.journal.unpin = lambda seg: live.subtract([seg])
@@ -182,10 +187,7 @@ async def test_a_kept_reply_sent_once_to_a_terminal_that_resumes_by_then_is_kept
     durable. Before it is, the connection drops and T00001 says hello resuming: the reply,
     written marked resent when the "d" is durable, is kept now until the terminal confirms it,
     so a hello after that connection dropped unread gets it again."""
-    cp = cp_core(tmp_path, 2)
-    h = fake_host(cp, "host-a", "active")
-    p = recording_terminal(cp, "T00001", None)
-    cp.host_open(h, "T00001", "active", {})
+    cp, h, p = _logged_on(tmp_path, None)
     rec = _Records(cp, hold=("d",))
     _msgs(p, 1)
     p.connection_lost(None)
@@ -211,10 +213,7 @@ async def test_a_confirm_does_not_cover_a_reply_written_after_the_frames_it_had_
     when it had read 2 reply frames, crossed reply 1: it covers ids up to 3, an earlier run's
     too, but not reply 1, still on its way; the connection drops before it is read, and the
     next hello gets it (marked), and the replies the confirm could not settle above it."""
-    cp = cp_core(tmp_path, 2)
-    h = fake_host(cp, "host-a", "active")
-    p = recording_terminal(cp, "T00001", 0)
-    cp.host_open(h, "T00001", "active", {})
+    cp, h, p = _logged_on(tmp_path, 0)
     _msgs(p, 1, 2)
     p.connection_lost(None)  # no bye
     cp.host_reply(h, "T00001", 2, "r2")
@@ -254,10 +253,7 @@ async def test_a_confirmed_reply_is_not_sent_again_by_a_restarted_cp(tmp_path: P
     """A resuming terminal confirms replies 1 and 2 of its 3; the CP dies with its records
     durable. The next one recovers only reply 3 as kept: a hello that claims nothing gets 3
     again (marked), not the confirmed ones."""
-    cp = cp_core(tmp_path, 2)
-    h = fake_host(cp, "host-a", "active")
-    p = recording_terminal(cp, "T00001", 0, first=1)
-    cp.host_open(h, "T00001", "active", {})
+    cp, h, p = _logged_on(tmp_path, 0, first=1)
     rec = _Records(cp)
     _msgs(p, 1, 2, 3)
     for mid in (1, 2, 3):
@@ -273,10 +269,7 @@ async def test_a_reply_kept_when_its_discard_is_durable_is_not_covered_by_a_conf
     connection drops and it says hello resuming; the discard durable, reply 1 is written and
     kept. A confirm of 1 written when the terminal had read no reply frame on this connection
     crossed it: reply 1 stays kept, and a hello after the connection dropped gets it again."""
-    cp = cp_core(tmp_path, 2)
-    h = fake_host(cp, "host-a", "active")
-    p = recording_terminal(cp, "T00001", None)
-    cp.host_open(h, "T00001", "active", {})
+    cp, h, p = _logged_on(tmp_path, None)
     rec = _Records(cp, hold=("d",))
     _msgs(p, 1)
     cp.host_reply(h, "T00001", 1, "r1")
@@ -294,10 +287,7 @@ async def test_a_reply_kept_when_its_discard_is_durable_is_not_covered_by_a_conf
 async def test_a_terminal_that_logged_off_is_closed_only_once_every_message_is_answered(tmp_path: Path) -> None:
     """T00001 sends 1 and 2 and says bye: the CP answers both on that connection, and closes it
     after the last reply, not after the first."""
-    cp = cp_core(tmp_path, 2)
-    h = fake_host(cp, "host-a", "active")
-    p = recording_terminal(cp, "T00001", None)
-    cp.host_open(h, "T00001", "active", {})
+    cp, h, p = _logged_on(tmp_path, None)
     _msgs(p, 1, 2)
     p.data_received(encode({"t": "bye"}))
     cp.host_reply(h, "T00001", 1, "r1")
@@ -315,10 +305,7 @@ async def test_a_reply_made_while_a_new_run_is_away_survives_the_answer_to_a_log
     covers 2), and its next hello gets reply 2, marked resent. (Not resuming, the answer to 1
     settled reply 2 as if the terminal had had it, and run 2 never got it, not even after a CP
     restart: a lost reply.)"""
-    cp = cp_core(tmp_path, 2)
-    h = fake_host(cp, "host-a", "active")
-    p = recording_terminal(cp, "T00001", 0 if resuming else None)
-    cp.host_open(h, "T00001", "active", {})
+    cp, h, p = _logged_on(tmp_path, 0 if resuming else None)
     _msgs(p, 1)
     p.data_received(encode({"t": "bye"}))
     p.connection_lost(None)

@@ -95,14 +95,8 @@ def test_a_record_to_clear_is_written_only_past_the_batch_area_and_inside_the_fi
     assert batch_read(path, expected_startup_id=8).entries == state
 
 
-def test_a_ring_group_owed_after_a_failure_is_synced_before_the_next_groups_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The records of a failed group are written again and synced on their own before the
-    next group's records, which get a sync of their own; then nothing more is owed, even after
-    an empty group."""
-    path = make(tmp_path, 40)
-    w, r = setup_pair(path)
-    ch = Changes()
-    failed = ch.take(E)
+def fail_next_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The takeover file's next sync fails with EIO (the storage's error); those after it work."""
     real_sync = fileio.sync
     fails = {"n": 1}
 
@@ -113,6 +107,17 @@ def test_a_ring_group_owed_after_a_failure_is_synced_before_the_next_groups_reco
         real_sync(fd)
 
     monkeypatch.setattr(fileio, "sync", sync_once_failing)
+
+
+def test_a_ring_group_owed_after_a_failure_is_synced_before_the_next_groups_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The records of a failed group are written again and synced on their own before the
+    next group's records, which get a sync of their own; then nothing more is owed, even after
+    an empty group."""
+    path = make(tmp_path, 40)
+    w, r = setup_pair(path)
+    ch = Changes()
+    failed = ch.take(E)
+    fail_next_sync(monkeypatch)
     with pytest.raises(OSError):
         w.append_group(failed)
     assert w.owed_records == 1
@@ -154,16 +159,7 @@ def test_every_batch_write_draws_a_new_attempt(tmp_path: Path, monkeypatch: pyte
     path = make(tmp_path, 40)
     with TakeoverWriter(path, terminals=6) as w:
         attempts = [w.batch_write(1, []).attempt, w.batch_write(2, []).attempt]
-        real_sync = fileio.sync
-        fails = {"n": 1}
-
-        def sync_once_failing(fd: int) -> None:
-            if fails["n"]:
-                fails["n"] -= 1
-                raise OSError(errno.EIO, "Input/output error")
-            real_sync(fd)
-
-        monkeypatch.setattr(fileio, "sync", sync_once_failing)
+        fail_next_sync(monkeypatch)
         with pytest.raises(OSError):
             w.batch_write(3, Changes().take(2))
         failed_try = w.attempt
@@ -338,16 +334,7 @@ async def test_a_ring_write_owing_a_failed_group_gets_the_time_for_its_records_t
     store = TakeoverStore(path, terminals=6, record_size=R, host_name="a", timeout=0.05, faults=faults)
     try:
         await store.batch_write(1, [])
-        real_sync = fileio.sync
-        fails = {"n": 1}
-
-        def sync_once_failing(fd: int) -> None:
-            if fails["n"]:
-                fails["n"] -= 1
-                raise OSError(errno.EIO, "Input/output error")
-            real_sync(fd)
-
-        monkeypatch.setattr(fileio, "sync", sync_once_failing)
+        fail_next_sync(monkeypatch)
         with pytest.raises(OSError):
             await store.append(Changes().take(10 * E))  # 10 records, owed
         monkeypatch.setattr(store_mod, "bulk_seconds", lambda n: n / R * 0.2)  # 0.2 s a record
