@@ -15,7 +15,10 @@ for the loop to go idle. While a call is out, the loop therefore gives the GIL a
 NUDGE_SPIN_S, then once every NUDGE_EVERY_S, slowing to NUDGE_SLOWEST_S for a call out long (a
 hung mount), so that such a call does not keep the loop spinning. A worker whose calls come back
 to back (the SQLite ledger's transactions) is made with `spin_s=0`: spinning through every call
-cost its host more CPU per transaction than it gained (bench/sqlite_ledger.py).
+cost its host more CPU per transaction than it gained (bench/sqlite_ledger.py). A call whose answer
+nobody waits for in a hurry goes out with `spin=False` (the standby's ring reads, twenty a second
+at rest: their spin was a quarter of an idle standby's CPU): no spin for it, the timer only,
+unless a call that wants the spin is out beside it.
 """
 
 from __future__ import annotations
@@ -44,21 +47,22 @@ class Worker:
         self._thread.start()
         self._out = 0  # calls from the event loop not answered yet (touched on the loop only)
         self._since = 0.0  # when the oldest of them went out (loop time)
+        self._spin = True  # one of them wants the spin (`spin=True`)
         self._nudge_handle: asyncio.Handle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.nudges = 0
         self._closed = False
         self._stopped: asyncio.Future[None] | None = None  # stop()'s last call answered
 
-    def submit(self, fn: Callable[[], T]) -> cf.Future[T]:
-        """Run `fn` on the thread; its outcome in a concurrent future."""
+    def submit(self, fn: Callable[[], T], spin: bool = True) -> cf.Future[T]:
+        """Run `fn` on the thread; its outcome in a concurrent future. `spin`: see the module docstring."""
         fut: cf.Future[T] = cf.Future()
         self._q.put((fn, fut))
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return fut  # from a thread without a loop: nothing to give the GIL away
-        self._went_out(loop)
+        self._went_out(loop, spin)
         fut.add_done_callback(lambda _: self._answer_soon(loop))
         return fut
 
@@ -68,11 +72,13 @@ class Worker:
         except RuntimeError:  # the loop closed meanwhile
             pass
 
-    def _went_out(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _went_out(self, loop: asyncio.AbstractEventLoop, spin: bool = True) -> None:
         if loop is not self._loop:  # one loop at a time (a test's next loop): what was out on the old one is gone
             self._loop, self._out, self._nudge_handle = loop, 0, None
         if self._out == 0:
-            self._since = loop.time()
+            self._since, self._spin = loop.time(), spin
+        else:
+            self._spin = self._spin or spin  # (still counted from the oldest call out)
         self._out += 1
         if self._nudge_handle is None:
             self._nudge_handle = loop.call_soon(self._nudge, loop)
@@ -90,7 +96,7 @@ class Worker:
         time.sleep(0)  # the GIL given up and taken back: the thread waiting for it gets it now
         self.nudges += 1
         age = loop.time() - self._since
-        if age < self.spin_s:
+        if age < self.spin_s and self._spin:
             self._nudge_handle = loop.call_soon(self._nudge, loop)
         else:  # once a millisecond, and slower for a call hung on dead storage (a tenth of its age)
             self._nudge_handle = loop.call_later(min(NUDGE_SLOWEST_S, max(NUDGE_EVERY_S, age / 10)), self._nudge, loop)

@@ -350,3 +350,33 @@ async def test_a_large_ring_group_on_slow_storage_gets_a_deadline_of_its_size(tm
         assert store.write_position is not None and store.write_position[0] == 1
     finally:
         await store.close()
+
+
+async def test_ring_reads_go_to_the_file_thread_without_the_spin(path: str) -> None:
+    """The standby's ring reads (twenty a second at rest) do not make its idle loop spin for the
+    GIL (hsb.worker `spin=False`); the active's writes do (they are on its acknowledgement path)."""
+    active = TakeoverStore(path, terminals=300, host_name="host-a", records=200)
+    standby = TakeoverStore(path, terminals=40, host_name="host-b")
+    spins: dict[str, list[bool]] = {"a": [], "b": []}
+    for key, store in (("a", active), ("b", standby)):
+        submit = store._pool.submit
+
+        def spy(fn: Any, spin: bool = True, _submit: Any = submit, _key: str = key) -> Any:
+            spins[_key].append(spin)
+            return _submit(fn, spin)
+
+        store._pool.submit = spy  # type: ignore[method-assign]
+    try:
+        await active.check()
+        await standby.check()
+        await active.batch_write(777, [SessionEntry("T1", {}, True)])
+        await standby.batch_read(expected_startup_id=777)
+        spins["a"].clear(), spins["b"].clear()
+        assert (await standby.poll()).status is PollStatus.NOTHING_NEW
+        assert await active.append([SessionEntry("T2", {}, True)]) == (1, 1)
+        assert (await standby.poll()).status is PollStatus.NEW
+        assert spins["b"] == [False, False], spins
+        assert spins["a"] and all(spins["a"]), spins
+    finally:
+        await active.close()
+        await standby.close()

@@ -2,7 +2,8 @@
 worker's GIL nudges (that a call out gets them, how often, that they stop once it answers or the
 worker shuts down, one chain of them for a call sent from the last one's answer, on a loop after a closed one), calls raising a BaseException, a shutdown from the
 worker's own thread, a submit after a shutdown, within()'s wait; the ring's eventfd read empty after
-a reap; the boot clock's unit and source (its offset in a time namespace)."""
+a reap; the boot clock's unit and source (its offset in a time namespace). And, added since, a
+call's own choice of the spin (`spin=False`: the timer only, unless a hurried call is out beside it)."""
 
 from __future__ import annotations
 
@@ -436,4 +437,53 @@ async def test_a_call_sent_from_the_answer_of_one_out_for_long_is_nudged_at_the_
         turns.on = False
         gate.set()
         gate2.set()
+        w.shutdown(wait=True, timeout=5)
+
+
+async def test_a_call_out_without_spin_is_nudged_on_the_timer_only() -> None:
+    """A call sent with `spin=False` (the standby's ring reads) gets the GIL nudges on the 1 ms
+    timer even in its first `spin_s`: at most one a millisecond of the loop's time, not one every
+    turn (which kept an idle standby's loop spinning)."""
+    loop = asyncio.get_running_loop()
+    w = Worker("test-worker", spin_s=0.5)
+    gate, started, job = gated()
+    turns = Turns(w)
+    try:
+        fut = asyncio.wrap_future(w.submit(job, spin=False))
+        await until(started.is_set, 5, interval=0.001, what="the call running")
+        n0, t0, s0 = w.nudges, turns.n, loop.time()
+        await until(lambda: turns.n - t0 >= 300, 5, interval=0.001, what="300 loop turns")
+        ms = (loop.time() - s0) * 1000
+        assert w.nudges - n0 <= ms + 2, (w.nudges - n0, ms, turns.n - t0)  # one a ms at most, however many turns
+        assert not fut.done()
+        n1 = w.nudges
+        await loop_runs_for(0.02)
+        assert w.nudges > n1, "a call out without spin is still nudged, on the timer"
+        gate.set()
+        assert await asyncio.wait_for(fut, 5) is True
+    finally:
+        turns.on = False
+        gate.set()
+        w.shutdown(wait=True, timeout=5)
+
+
+async def test_a_call_that_wants_the_spin_spins_beside_one_that_does_not() -> None:
+    """A call without spin out, then one that wants it behind it: the loop spins again (every
+    turn) for the rest of the first call's `spin_s`: a hurried caller is not slowed by a lazy one."""
+    w = Worker("test-worker", spin_s=0.5)
+    gate, started, job = gated()
+    turns = Turns(w)
+    try:
+        lazy = asyncio.wrap_future(w.submit(job, spin=False))
+        await until(started.is_set, 5, interval=0.001, what="the call running")
+        hurried = asyncio.wrap_future(w.submit(lambda: 2))
+        n0, t0 = w.nudges, turns.n
+        await until(lambda: turns.n - t0 >= 300, 5, interval=0.001, what="300 loop turns")
+        assert w.nudges - n0 >= 100, (w.nudges - n0, turns.n - t0)
+        gate.set()
+        assert await asyncio.wait_for(lazy, 5) is True
+        assert await asyncio.wait_for(hurried, 5) == 2
+    finally:
+        turns.on = False
+        gate.set()
         w.shutdown(wait=True, timeout=5)

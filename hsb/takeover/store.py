@@ -90,7 +90,13 @@ class TakeoverStore:
     # -- plumbing ----------------------------------------------------------
 
     async def _run(
-        self, op: str, fn: Callable[..., T], *args: Any, timeout: float | None = None, left_running: Callable[[], None] | None = None
+        self,
+        op: str,
+        fn: Callable[..., T],
+        *args: Any,
+        timeout: float | None = None,
+        left_running: Callable[[], None] | None = None,
+        spin: bool = True,
     ) -> T:
         self._stuck = [(name, f) for name, f in self._stuck if not f.done()]
         limit = self.timeout if timeout is None else timeout
@@ -103,7 +109,7 @@ class TakeoverStore:
                 faults.before(op)
             return fn(*args)
 
-        fut = self._pool.submit(call)
+        fut = self._pool.submit(call, spin)
         afut = asyncio.wrap_future(fut)
         afut.add_done_callback(consume)  # a late failure after a timeout is not "never retrieved"
         try:
@@ -303,7 +309,9 @@ class TakeoverStore:
             # a ring read left running past its deadline finished later: it moved the cursor past
             # what it read, and its result went to nobody. Never guess: only a new batch read goes on.
             return PollResult(PollStatus.LAPPED, reason="a ring read that missed its deadline went on after it: what it read was never applied")
-        return await self._run("ring read", lambda: self._require_reader().poll(), left_running=self._lose_poll)
+        # spin=False: nothing waits on a ring read in a hurry (the standby's loop is idle, and the
+        # GIL is free to the file's thread while it waits in its poll)
+        return await self._run("ring read", lambda: self._require_reader().poll(), left_running=self._lose_poll, spin=False)
 
     def _lose_poll(self) -> None:
         self._poll_lost = True
