@@ -44,7 +44,7 @@ def child(kind: str, busy_us: float, calls: int, nudge: bool, d: str) -> dict[st
 
     sys.setswitchinterval(SWITCH_INTERVAL)
     if not nudge:
-        wmod.Worker._went_out = lambda self, loop: None  # type: ignore[method-assign]
+        wmod.Worker._went_out = lambda self, loop, spin=True: None  # type: ignore[method-assign]
         wmod.Worker._answered = lambda self: None  # type: ignore[method-assign]
     fd = os.open(Path(d) / "f", os.O_WRONLY | os.O_CREAT, 0o600)
 
