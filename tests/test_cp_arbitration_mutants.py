@@ -111,3 +111,134 @@ async def test_a_release_lets_only_a_planned_request_through(tmp_path: Path) -> 
     [refusal] = _said(b, "switch_refused")
     assert "it is alive on its host link" in refusal["reason"]
     assert cp.active is a and not a.fenced and not _said(b, "switch_granted")
+
+
+def _restarted(tmp_path: Path) -> Any:
+    """A CP restarted on a journal naming host-a the active at epoch 3 (not registered again)."""
+    from hsb.cp.journal.recovery import Recovered, apply
+
+    cp = cp_core(tmp_path, 2)
+    r = Recovered()
+    apply(r, ["ck", 3, "host-a", 1, {}, {}], 1)
+    cp.restore(r)
+    return cp
+
+
+async def test_a_request_right_after_a_tick_that_saw_the_cp_stalled_is_judged_again(tmp_path: Path) -> None:
+    """tick() just found this process stalled (its own last tick long ago) and left the hosts'
+    silence to be judged after a read. A standby's request met in that same pass, the active
+    looking silent only because its heartbeats are unread, is deferred, not granted: the last
+    tick is recent now, only the skipped judgement says the CP stalled."""
+    import time
+
+    cp = cp_core(tmp_path, 2)
+    a = fake_host(cp, "host-a", "active")
+    b = fake_host(cp, "host-b", "standby", record=True)
+    now = time.monotonic()
+    a.last_rx = now - 2 * cp.host_timeout  # (its heartbeats wait unread)
+    cp._last_tick = now - 2 * cp.host_timeout  # the loop did not run for that long
+    cp.tick()
+    assert cp._tick_skipped and cp.active is a
+    try:
+        cp.host_switchover(b, "peer lost", False, "failover")
+        assert cp.active is a and not a.fenced and cp.epoch == 1 and cp.deferred_grant is not None
+        assert not _said(b, "switch_granted") and not _said(b, "switch_refused")
+    finally:
+        cp.cancel_deferred_grant()
+
+
+async def test_the_recorded_active_itself_asking_after_a_restart_does_not_wait_for_its_own_lease(tmp_path: Path) -> None:
+    """After a CP restart the role waits for the recorded active's lease only when another host
+    asks: host-a, the recorded active, back as the standby and asking for the role (its own
+    lease is no rival), is granted at once."""
+    cp = _restarted(tmp_path)
+    a = fake_host(cp, "host-a", "standby", record=True)
+    assert cp.standby is a and cp.restart_lease_left(a) == 0.0
+    try:
+        cp.host_switchover(a, "operator", False, "promote")
+        assert cp.active is a and cp.deferred_grant is None and cp.epoch == 4
+    finally:
+        cp.cancel_deferred_grant()
+
+
+async def test_a_deferred_request_is_not_run_for_another_standby(tmp_path: Path) -> None:
+    """host-b's request, deferred by the restart's wait, comes due after host-b was lost and
+    host-c registered as the standby: host-c never asked (it may not be ready to serve), so
+    nobody is granted the role."""
+    import time
+
+    cp = _restarted(tmp_path)
+    b = fake_host(cp, "host-b", "standby")
+    cp.host_switchover(b, "active lost", False, "failover")
+    assert cp.deferred_grant is not None
+    b.connection_lost(None)
+    c = fake_host(cp, "host-c", "standby", record=True)
+    assert cp.standby is c
+    cp.recovered_at = time.monotonic() - cp.restart_lease_s - 1  # the wait is over
+    cp.deferred_grant.cancel()
+    cp._deferred_switchover()  # (what the timer runs)
+    assert cp.active is None and cp.epoch == 3 and not _said(c, "switch_granted")
+
+
+async def test_a_deferred_standby_granted_the_role_is_not_told_its_request_is_moot(tmp_path: Path) -> None:
+    """host-b's request, deferred by the restart's wait, is asked again once the wait is over and
+    granted: the deferred one is moot, but host-b, now the active, is not sent a refusal for it
+    (only a standby that is not the new holder is)."""
+    import time
+
+    cp = _restarted(tmp_path)
+    b = fake_host(cp, "host-b", "standby", record=True)
+    cp.host_switchover(b, "active lost", False, "failover")
+    assert cp.deferred_grant is not None
+    cp.recovered_at = time.monotonic() - cp.restart_lease_s - 1  # the wait is over
+    cp.host_switchover(b, "active lost", False, "failover")
+    assert cp.active is b and cp.deferred_grant is None and cp.deferred_ask is None
+    assert not _said(b, "switch_refused")
+
+
+async def test_a_superseded_grant_leaves_the_newer_pending_grant_its_grantee(tmp_path: Path) -> None:
+    """host-a's link closed, host-b was granted the role and lost before that epoch was durable;
+    host-c, the next standby, asked and was granted a newer epoch. host-b's grant, durable
+    first, is superseded: host-c is still the host the pending grant names, and a standby
+    session it opens meanwhile (it reads the ring until it hears of its grant) is taken."""
+    from tests.support.cpcore import HeldJournal
+
+    cp = cp_core(tmp_path, 2)
+    a = fake_host(cp, "host-a", "active")
+    b = fake_host(cp, "host-b", "standby")
+    held = HeldJournal(cp)
+    a.connection_lost(None)
+    cp.host_switchover(b, "active lost", False, "failover")
+    assert cp.granting is b
+    b.connection_lost(None)  # lost before its grant took effect
+    c = fake_host(cp, "host-c", "standby", record=True)
+    cp.host_switchover(c, "active lost", False, "failover")
+    assert cp.granting is c and cp.epoch == 3
+    held.release_one()  # host-b's epoch durable: superseded
+    assert cp.granting is c
+    cp.host_open(c, "T00001", "standby", {})
+    assert _said(c, "opened") and not _said(c, "open_failed")
+    assert cp.terms["T00001"].standby is not None and cp.terms["T00001"].standby.host is c
+
+
+async def test_an_active_demoted_by_a_planned_switchover_is_given_work_when_it_takes_the_role_back(tmp_path: Path) -> None:
+    """host-a released the role for a planned switchover and became the standby; host-b, the new
+    active, is lost and host-a takes the role back by a failover: its release was of the role
+    before, so a terminal's message is delivered to it (a releasing active gets no new work)."""
+    from tests.support.cpcore import recording_terminal
+
+    cp = cp_core(tmp_path, 2)
+    a = fake_host(cp, "host-a", "active", record=True)
+    b = fake_host(cp, "host-b", "standby")
+    cp.host_release(a)
+    cp.host_handover(a, wait=False)
+    cp.settle_flip()
+    assert cp.active is b and cp.standby is a
+    b.connection_lost(None)
+    cp.host_switchover(a, "active lost", False, "failover")
+    cp.settle_flip()
+    assert cp.active is a and cp.announced
+    recording_terminal(cp, "T00001")
+    cp.host_open(a, "T00001", "active", {})
+    cp.terminal_msg(cp.terms["T00001"], 1, b"one")
+    assert [f["id"] for f in _said(a, "deliver")] == [1]
