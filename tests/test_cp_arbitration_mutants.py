@@ -242,3 +242,19 @@ async def test_an_active_demoted_by_a_planned_switchover_is_given_work_when_it_t
     cp.host_open(a, "T00001", "active", {})
     cp.terminal_msg(cp.terms["T00001"], 1, b"one")
     assert [f["id"] for f in _said(a, "deliver")] == [1]
+
+
+async def test_a_grant_names_the_request_it_answers(tmp_path: Path) -> None:
+    """The standby's request carries its number (`req`); the grant echoes it, so that the new
+    active's lease runs from when it sent that request (hsb.host.ha_cp), not from when the grant
+    came. A request without one gets a grant without one."""
+    for req in (7, None):
+        d = tmp_path / str(req)
+        d.mkdir()
+        cp = cp_core(d, 2)
+        a = fake_host(cp, "host-a", "active")
+        b = fake_host(cp, "host-b", "standby", record=True)
+        cp.host_release(a)
+        cp.host_switchover(b, "planned", True, "failover", req=req)
+        [grant] = _said(b, "switch_granted")
+        assert cp.active is b and grant.get("req") == req, grant
