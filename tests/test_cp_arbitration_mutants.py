@@ -258,3 +258,25 @@ async def test_a_grant_names_the_request_it_answers(tmp_path: Path) -> None:
         cp.host_switchover(b, "planned", True, "failover", req=req)
         [grant] = _said(b, "switch_granted")
         assert cp.active is b and grant.get("req") == req, grant
+
+
+async def test_a_standby_that_registered_while_a_grant_was_pending_hears_the_grantee_was_lost(tmp_path: Path) -> None:
+    """host-a lost, host-b granted the role and lost before that epoch was durable; host-c
+    registered as the standby meanwhile, without asking (it heard of no loss: a grant was on its
+    way). When host-b's epoch is durable nobody serves, and host-c is told the active (host-b)
+    was lost, so that it takes over."""
+    from tests.support.cpcore import HeldJournal
+
+    cp = cp_core(tmp_path, 2)
+    a = fake_host(cp, "host-a", "active")
+    b = fake_host(cp, "host-b", "standby")
+    held = HeldJournal(cp)
+    a.connection_lost(None)
+    cp.host_switchover(b, "active lost", False, "failover")
+    assert cp.granting is b
+    b.connection_lost(None)
+    c = fake_host(cp, "host-c", "standby", record=True)
+    before = [m["host"] for m in _said(c, "active_lost")]
+    held.release()  # host-b's epoch durable: its grantee is gone
+    after = [m["host"] for m in _said(c, "active_lost")]
+    assert after[len(before) :] == ["host-b"], (before, after)
