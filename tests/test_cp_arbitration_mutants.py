@@ -280,3 +280,21 @@ async def test_a_standby_that_registered_while_a_grant_was_pending_hears_the_gra
     held.release()  # host-b's epoch durable: its grantee is gone
     after = [m["host"] for m in _said(c, "active_lost")]
     assert after[len(before) :] == ["host-b"], (before, after)
+
+
+async def test_a_failover_from_a_silent_active_still_connected_records_its_fence(tmp_path: Path) -> None:
+    """The active, connected but silent past host_timeout, loses the role to the standby's
+    failover: it is told it is fenced, and the switch history has the failover and then a
+    "fence" entry naming it, at the new epoch (what `hsbctl history` shows)."""
+    import time
+
+    cp = cp_core(tmp_path, 2)
+    a = fake_host(cp, "host-a", "active", record=True)
+    b = fake_host(cp, "host-b", "standby", record=True)
+    a.last_rx = time.monotonic() - 2 * cp.host_timeout
+    cp.host_switchover(b, "active silent", False, "failover")
+    cp.settle_flip()
+    [grant] = _said(b, "switch_granted")
+    assert cp.active is b and a.fenced and _said(a, "fenced")
+    kinds = [(e["kind"], e.get("host"), e["epoch"]) for e in cp.history.entries]
+    assert kinds == [("failover", None, grant["epoch"]), ("fence", "host-a", grant["epoch"])], cp.history.entries
