@@ -298,3 +298,22 @@ async def test_a_failover_from_a_silent_active_still_connected_records_its_fence
     assert cp.active is b and a.fenced and _said(a, "fenced")
     kinds = [(e["kind"], e.get("host"), e["epoch"]) for e in cp.history.entries]
     assert kinds == [("failover", None, grant["epoch"]), ("fence", "host-a", grant["epoch"])], cp.history.entries
+
+
+async def test_the_role_taken_after_the_actives_normal_stop_is_a_promote(tmp_path: Path) -> None:
+    """The active stopped normally (SPEC §5.3, no switch) and its lease has run out: the
+    standby's request is granted, and recorded as a promote after a normal stop, not as a failover
+    (nothing failed; `hsbctl history` and the failover counters say so)."""
+    import time
+
+    cp = cp_core(tmp_path, 2)
+    a = fake_host(cp, "host-a", "active")
+    b = fake_host(cp, "host-b", "standby", record=True)
+    cp.host_stopping(a)
+    cp.stopped_at = time.monotonic() - 10 * cp.host_timeout  # (its lease long over)
+    assert cp.stop_lease_left() <= 0
+    cp.host_switchover(b, "operator", False, "failover")
+    cp.settle_flip()
+    assert cp.active is b and _said(b, "switch_granted")
+    [entry] = cp.history.entries
+    assert (entry["kind"], entry["why"]) == ("promote", "promote after normal stop"), entry
