@@ -317,3 +317,20 @@ async def test_the_role_taken_after_the_actives_normal_stop_is_a_promote(tmp_pat
     assert cp.active is b and _said(b, "switch_granted")
     [entry] = cp.history.entries
     assert (entry["kind"], entry["why"]) == ("promote", "promote after normal stop"), entry
+
+
+async def test_a_failover_after_a_release_is_timed_from_the_loss_not_the_release(tmp_path: Path) -> None:
+    """The active released the role for a planned switchover and then its link closed: the
+    standby's failover is no planned switchover, and its record has no release-to-grant time (the
+    release was of a switchover that never came) but the loss's."""
+    cp = cp_core(tmp_path, 2)
+    a = fake_host(cp, "host-a", "active")
+    b = fake_host(cp, "host-b", "standby", record=True)
+    cp.host_release(a)
+    a.connection_lost(None)
+    cp.host_switchover(b, "active lost", False, "failover")
+    cp.settle_flip()
+    assert cp.active is b and _said(b, "switch_granted")
+    rec = cp.switchovers[-1]
+    assert rec["planned"] is False and rec["release_to_grant_ms"] is None, rec
+    assert rec["loss_to_grant_ms"] is not None, rec
