@@ -334,3 +334,28 @@ async def test_a_failover_after_a_release_is_timed_from_the_loss_not_the_release
     rec = cp.switchovers[-1]
     assert rec["planned"] is False and rec["release_to_grant_ms"] is None, rec
     assert rec["loss_to_grant_ms"] is not None, rec
+
+
+async def test_a_request_asked_again_during_the_restart_wait_is_deferred_once(tmp_path: Path) -> None:
+    """The standby asks again (once a second, as hsbd does) while the restart's wait runs: the
+    latest request is the one taken when the wait is over, under the one timer and the one
+    `switchover_deferred` line of the first, not a timer and a line per request."""
+    import structlog.testing
+
+    from hsb.cp.journal.recovery import Recovered, apply
+
+    cp = cp_core(tmp_path, 2)
+    r = Recovered()
+    apply(r, ["ck", 3, "host-a", 1, {}, {}], 1)
+    cp.restore(r)
+    b = fake_host(cp, "host-b", "standby", record=True)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            cp.host_switchover(b, "active lost", False, "failover", req=1)
+            timer = cp.deferred_grant
+            cp.host_switchover(b, "active lost", False, "failover", req=2)
+        assert timer is not None and cp.deferred_grant is timer
+        assert [e["event"] for e in logs].count("switchover_deferred") == 1, logs
+        assert cp.deferred_ask is not None and cp.deferred_ask[-1] == 2
+    finally:
+        cp.cancel_deferred_grant()
