@@ -188,34 +188,46 @@ async def test_a_wake_up_while_messages_still_may_not_go_hands_nothing_over() ->
     assert [c[0] for c in svc.calls] == [1]
 
 
+class _Lingers:
+    """A service whose first call ignores its cancel (it waits for `gates[0]` regardless) and whose
+    k-th call after it waits for `gates[k - 1]` when there is one; it records the calls, and every
+    two of one terminal that ran at once (`overlap`)."""
+
+    def __init__(self, *gates: asyncio.Event) -> None:
+        self.gates = gates
+        self.running: list[int] = []
+        self.overlap: list[list[int]] = []
+        self.calls: list[int] = []
+
+    async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
+        self.calls.append(message_id)
+        if self.running:
+            self.overlap.append([*self.running, message_id])
+        self.running.append(message_id)
+        try:
+            n = len(self.calls)
+            if n == 1:
+                try:
+                    await asyncio.sleep(10)
+                except asyncio.CancelledError:
+                    await self.gates[0].wait()  # goes on regardless
+            elif n <= len(self.gates):
+                await self.gates[n - 1].wait()
+            return "ok"
+        finally:
+            self.running.remove(message_id)
+
+
 async def test_a_terminals_worker_waits_for_the_oldest_call_that_ignored_two_cancels() -> None:
     """A call that ignored its cancel still runs when the CP link is lost a second time, its
     terminal's next worker (waiting for it) cancelled too: the third worker must still wait for
     that first call, not for the second worker (which ended at once), or two calls of one
     terminal run at once, out of order."""
     gate = asyncio.Event()
-    running: list[int] = []
-    overlap: list[list[int]] = []
-    calls: list[int] = []
-
-    class Lingers:
-        async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
-            calls.append(message_id)
-            if running:
-                overlap.append([*running, message_id])
-            running.append(message_id)
-            try:
-                if len(calls) == 1:
-                    try:
-                        await asyncio.sleep(10)
-                    except asyncio.CancelledError:
-                        await gate.wait()  # goes on regardless
-                return "ok"
-            finally:
-                running.remove(message_id)
-
+    svc = _Lingers(gate)
+    calls = svc.calls
     sent: list[dict[str, Any]] = []
-    d = _delivery(Lingers(), sent)
+    d = _delivery(svc, sent)
     d.deliver("T1", 5, "x", False)
     await _until(lambda: calls, "the first call")
     d.cancel()  # the CP link lost
@@ -230,7 +242,7 @@ async def test_a_terminals_worker_waits_for_the_oldest_call_that_ignored_two_can
     assert calls == [5], "a call of T1 began while the cancelled one still ran"
     gate.set()
     await _until(lambda: len(sent) == 2, "the replies to 5 and 6")
-    assert calls == [5, 5, 6] and overlap == [] and [m["id"] for m in sent] == [5, 6]
+    assert calls == [5, 5, 6] and svc.overlap == [] and [m["id"] for m in sent] == [5, 6]
 
 
 async def test_a_cancelled_worker_that_ends_late_leaves_the_next_worker_in_place() -> None:
@@ -238,30 +250,10 @@ async def test_a_cancelled_worker_that_ends_late_leaves_the_next_worker_in_place
     must not take the next worker's place in `workers`, or the terminal's next delivery would
     start a third worker beside the running one."""
     first_gate, second_gate = asyncio.Event(), asyncio.Event()
-    running: list[int] = []
-    overlap: list[list[int]] = []
-    calls: list[int] = []
-
-    class Lingers:
-        async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
-            calls.append(message_id)
-            if running:
-                overlap.append([*running, message_id])
-            running.append(message_id)
-            try:
-                if len(calls) == 1:
-                    try:
-                        await asyncio.sleep(10)
-                    except asyncio.CancelledError:
-                        await first_gate.wait()
-                elif len(calls) == 2:
-                    await second_gate.wait()
-                return "ok"
-            finally:
-                running.remove(message_id)
-
+    svc = _Lingers(first_gate, second_gate)
+    calls = svc.calls
     sent: list[dict[str, Any]] = []
-    d = _delivery(Lingers(), sent)
+    d = _delivery(svc, sent)
     d.deliver("T1", 5, "x", False)
     await _until(lambda: calls, "the first call")
     first = d.workers["T1"]
@@ -274,10 +266,10 @@ async def test_a_cancelled_worker_that_ends_late_leaves_the_next_worker_in_place
     assert d.workers.get("T1") is second
     d.deliver("T1", 6, "y", False)
     await _turns()
-    assert calls == [5, 5] and overlap == []
+    assert calls == [5, 5] and svc.overlap == []
     second_gate.set()
     await _until(lambda: len(sent) == 2, "the replies to 5 and 6")
-    assert calls == [5, 5, 6] and overlap == [] and [m["id"] for m in sent] == [5, 6]
+    assert calls == [5, 5, 6] and svc.overlap == [] and [m["id"] for m in sent] == [5, 6]
 
 
 async def test_after_a_worker_failed_the_terminals_waiting_messages_go_first() -> None:
