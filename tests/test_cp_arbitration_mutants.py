@@ -196,11 +196,9 @@ async def test_a_deferred_standby_granted_the_role_is_not_told_its_request_is_mo
     assert not _said(b, "switch_refused")
 
 
-async def test_a_superseded_grant_leaves_the_newer_pending_grant_its_grantee(tmp_path: Path) -> None:
-    """host-a's link closed, host-b was granted the role and lost before that epoch was durable;
-    host-c, the next standby, asked and was granted a newer epoch. host-b's grant, durable
-    first, is superseded: host-c is still the host the pending grant names, and a standby
-    session it opens meanwhile (it reads the ring until it hears of its grant) is taken."""
+def _granted_after_a_loss(tmp_path: Path) -> tuple[Any, Any, Any]:
+    """host-a, the active, lost; host-b, the standby, granted the role, that epoch's record held
+    (not durable yet): (cp, the held journal, host-b)."""
     from tests.support.cpcore import HeldJournal
 
     cp = cp_core(tmp_path, 2)
@@ -210,6 +208,15 @@ async def test_a_superseded_grant_leaves_the_newer_pending_grant_its_grantee(tmp
     a.connection_lost(None)
     cp.host_switchover(b, "active lost", False, "failover")
     assert cp.granting is b
+    return cp, held, b
+
+
+async def test_a_superseded_grant_leaves_the_newer_pending_grant_its_grantee(tmp_path: Path) -> None:
+    """host-a's link closed, host-b was granted the role and lost before that epoch was durable;
+    host-c, the next standby, asked and was granted a newer epoch. host-b's grant, durable
+    first, is superseded: host-c is still the host the pending grant names, and a standby
+    session it opens meanwhile (it reads the ring until it hears of its grant) is taken."""
+    cp, held, b = _granted_after_a_loss(tmp_path)
     b.connection_lost(None)  # lost before its grant took effect
     c = fake_host(cp, "host-c", "standby", record=True)
     cp.host_switchover(c, "active lost", False, "failover")
@@ -265,15 +272,7 @@ async def test_a_standby_that_registered_while_a_grant_was_pending_hears_the_gra
     registered as the standby meanwhile, without asking (it heard of no loss: a grant was on its
     way). When host-b's epoch is durable nobody serves, and host-c is told the active (host-b)
     was lost, so that it takes over."""
-    from tests.support.cpcore import HeldJournal
-
-    cp = cp_core(tmp_path, 2)
-    a = fake_host(cp, "host-a", "active")
-    b = fake_host(cp, "host-b", "standby")
-    held = HeldJournal(cp)
-    a.connection_lost(None)
-    cp.host_switchover(b, "active lost", False, "failover")
-    assert cp.granting is b
+    cp, held, b = _granted_after_a_loss(tmp_path)
     b.connection_lost(None)
     c = fake_host(cp, "host-c", "standby", record=True)
     before = [m["host"] for m in _said(c, "active_lost")]
