@@ -118,6 +118,19 @@ async def test_a_batch_write_complete_for_an_earlier_startup_id_is_not_read(tmp_
         close(srv)
 
 
+def _counted_batch_reads(srv: Any) -> list[int | None]:
+    """The standby's batch reads answer at once (generation 3, no entries): the startup id each
+    expected, in order."""
+    reads: list[int | None] = []
+
+    async def read(expected: int | None, peer: str | None = None) -> tuple[int, int, list[Any]]:
+        reads.append(expected)
+        return 3, 0, []
+
+    srv.takeover.batch_read = read
+    return reads
+
+
 async def test_an_established_standby_reads_a_batch_written_for_it(tmp_path: Path) -> None:
     """BATCH WRITE COMPLETE for this standby's own id while it is established (a batch the active
     wrote again for it) is read: the standby's view is replaced by the new batch."""
@@ -125,13 +138,7 @@ async def test_an_established_standby_reads_a_batch_written_for_it(tmp_path: Pat
 
     srv, _ = standby_host(tmp_path)
     ha = srv.ha
-    reads: list[int | None] = []
-
-    async def read(expected: int | None, peer: str | None = None) -> tuple[int, int, list[Any]]:
-        reads.append(expected)
-        return 3, 0, []
-
-    srv.takeover.batch_read = read  # type: ignore[method-assign]
+    reads = _counted_batch_reads(srv)
     try:
         ha.own_startup_id = 5
         ha.set_state(ESTABLISHED, "test")
@@ -325,13 +332,7 @@ async def test_a_reread_of_an_earlier_batch_read_is_not_done(tmp_path: Path) -> 
 
     srv, _ = standby_host(tmp_path)
     ha = srv.ha
-    reads: list[int | None] = []
-
-    async def read(expected: int | None, peer: str | None = None) -> tuple[int, int, list[Any]]:
-        reads.append(expected)
-        return 3, 0, []
-
-    srv.takeover.batch_read = read  # type: ignore[method-assign]
+    reads = _counted_batch_reads(srv)
     try:
         ha.own_startup_id = 5
         ha.batch_token = 4
