@@ -20,6 +20,7 @@ import pytest
 from hsb.cp.config import CPSection
 from hsb.wire.framing import encode
 from tests.support.cpcore import HeldJournal, cp_core, fake_host, flipped, journal_kinds, recording_terminal, switch
+from tests.test_cp_replies_mutants import _logged_on
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -50,10 +51,7 @@ async def test_a_confirm_that_had_not_read_a_resent_reply_does_not_forget_it(tmp
     (last_reply 0) gets reply 1 again, marked, on the new connection. A confirm of id 1 written
     when the terminal had read no reply frame on this connection (`seen` 0: reply 1 crossed it on
     the wire) forgets nothing: the connection drops again, and the next hello gets reply 1 once more."""
-    cp = cp_core(tmp_path, 2)
-    h = fake_host(cp, "host-a", "active")
-    p = recording_terminal(cp, "T00001", 0)
-    cp.host_open(h, "T00001", "active", {})
+    cp, h, p = _logged_on(tmp_path, 0)
     p.data_received(encode({"t": "msg", "id": 1, "data": "m1"}))
     cp.host_reply(h, "T00001", 1, "r1")
     assert replies(p) == [(1, "r1", False)]
@@ -249,10 +247,7 @@ async def test_a_bye_with_only_kept_replies_writes_its_logoff_record(tmp_path: P
     """A resuming terminal holds reply 1 unconfirmed (kept) and nothing unanswered when it says
     bye: its logoff is still recorded ("o"), so that a CP restarted on the journal keeps that
     reply for nobody, not for the terminal's next run."""
-    cp = cp_core(tmp_path, 2)
-    h = fake_host(cp, "host-a", "active")
-    p = recording_terminal(cp, "T00001", 0)
-    cp.host_open(h, "T00001", "active", {})
+    cp, h, p = _logged_on(tmp_path, 0)
     p.data_received(encode({"t": "msg", "id": 1, "data": "m1"}))
     cp.host_reply(h, "T00001", 1, "r1")
     assert 1 in cp.terms["T00001"].replies and not cp.terms["T00001"].held
