@@ -20,7 +20,7 @@ import structlog.testing
 from hsb.cp.journal.format import encode as record
 from hsb.cp.journal.recovery import recover, segment_name
 from hsb.wire.framing import encode, payload_max
-from tests.support.cpcore import cp_core, fake_host, flipped, recording_terminal
+from tests.support.cpcore import cp_core, fake_host, flipped, journalled_cp, recording_terminal
 from tests.support.procs import until
 
 pytestmark = pytest.mark.timeout(60)
@@ -161,21 +161,8 @@ async def test_a_host_whose_place_another_took_no_longer_limits_the_terminals(tm
 
 
 def _journalled_cp(tmp_path: Path, d: Path, recovered: Any = None) -> Any:
-    """A CP on a real journal in `d`, of a new generation: restored from `recovered` and its
-    takeover snapshot written (as hsb.cp.taking_over does), or a new one."""
-    from hsb.cp.core import CP
-    from hsb.cp.journal.generation import Generations
-    from hsb.cp.journal.store import Journal
-    from tests.support.cpcore import cp_config
-
-    j = Journal(d, generation=Generations(d).take(), segment_bytes=2048)
-    cp = CP(cp_config(tmp_path, 2, cp=f"max_frame = {BIG}\n"), j)
-    if recovered is None:
-        j.open(1, [], [])
-    else:
-        cp.restore(recovered)
-        cp.repin(j.open(recovered.highest_segment + 1, cp.snapshot(), [*recovered.garbage, *recovered.paths]))
-    return cp
+    """A CP of 2 terminals and max_frame BIG on a real journal in `d` (tests.support.cpcore.journalled_cp)."""
+    return journalled_cp(tmp_path, d, 2, recovered, cp=f"max_frame = {BIG}\n")
 
 
 def _refused(cp: Any, size: int) -> bool:

@@ -14,7 +14,7 @@ import structlog.testing
 
 from hsb.cp.journal.recovery import Recovered, apply, recover
 from hsb.wire.framing import encode
-from tests.support.cpcore import HeldJournal, cp_config, cp_core, fake_host, recording_terminal
+from tests.support.cpcore import HeldJournal, cp_core, fake_host, journalled_cp, recording_terminal
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -28,21 +28,9 @@ def _recovered(*recs: list[Any], seg: int = 1) -> Recovered:
     return r
 
 
-def _journalled_cp(tmp_path: Path, d: Path, recovered: Recovered | None = None, segment_bytes: int = 2048) -> Any:
-    """A CP of 3 terminals on a real journal in `d`, of a new generation: restored from
-    `recovered` and its takeover snapshot written (as hsb.cp.taking_over does), or a new one."""
-    from hsb.cp.core import CP
-    from hsb.cp.journal.generation import Generations
-    from hsb.cp.journal.store import Journal
-
-    j = Journal(d, generation=Generations(d).take(), segment_bytes=segment_bytes)
-    cp = CP(cp_config(tmp_path, 3), j)
-    if recovered is None:
-        j.open(1, [], [])
-    else:
-        cp.restore(recovered)
-        cp.repin(j.open(recovered.highest_segment + 1, cp.snapshot(), [*recovered.garbage, *recovered.paths]))
-    return cp
+def _journalled_cp(tmp_path: Path, d: Path, recovered: Recovered | None = None) -> Any:
+    """A CP of 3 terminals on a real journal in `d` (tests.support.cpcore.journalled_cp)."""
+    return journalled_cp(tmp_path, d, 3, recovered)
 
 
 # --- restore ------------------------------------------------------------------------------------

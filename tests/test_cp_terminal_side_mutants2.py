@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,19 +17,9 @@ from hsb.cp import logons
 from hsb.wire.framing import encode
 from tests.support.cpcore import cp_core, fake_host, recording_terminal
 from tests.support.inproc import until
-from tests.support.transports import RecordingTransport
+from tests.test_cp_logon_edges import _hello  # (resuming: its replies kept until confirmed)
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def _hello(cp: Any, name: str) -> Any:
-    """A connection whose hello as `name` (resuming: its replies kept until confirmed) was read."""
-    from hsb.cp.terminal_link import TerminalProtocol
-
-    p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
-    p.connection_made(RecordingTransport(name))
-    p.data_received(encode({"t": "hello", "terminal": name, "last_reply": 0}))
-    return p
 
 
 async def test_a_bye_waiting_in_a_logoff_storm_is_not_read_past_by_the_terminals_bounds(tmp_path: Path) -> None:

@@ -91,6 +91,24 @@ def fake_terminal(cp: Any, name: str, *, timeout: float = 5.0) -> Any:
     return p
 
 
+def journalled_cp(tmp_path: Path, d: Path, terminals: int, recovered: Any = None, cp: str = "") -> Any:
+    """A CP of `terminals` terminals (`cp`: lines for its [cp] table) on a real journal in `d`, of
+    a new generation: restored from `recovered` and its takeover snapshot written (as
+    hsb.cp.taking_over does), or a new one."""
+    from hsb.cp.core import CP
+    from hsb.cp.journal.generation import Generations
+    from hsb.cp.journal.store import Journal
+
+    j = Journal(d, generation=Generations(d).take(), segment_bytes=2048)
+    core = CP(cp_config(tmp_path, terminals, cp=cp), j)
+    if recovered is None:
+        j.open(1, [], [])
+    else:
+        core.restore(recovered)
+        core.repin(j.open(recovered.highest_segment + 1, core.snapshot(), [*recovered.garbage, *recovered.paths]))
+    return core
+
+
 class HeldJournal:
     """Holds the callbacks of chosen record kinds until `release()` (their group commit)."""
 
