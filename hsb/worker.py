@@ -17,8 +17,8 @@ hung mount), so that such a call does not keep the loop spinning. A worker whose
 to back (the SQLite ledger's transactions) is made with `spin_s=0`: spinning through every call
 cost its host more CPU per transaction than it gained (bench/sqlite_ledger.py). A call whose answer
 nobody waits for in a hurry goes out with `spin=False` (the standby's ring reads, twenty a second
-at rest: their spin was a quarter of an idle standby's CPU): no spin for it, the timer only,
-unless a call that wants the spin is out beside it.
+at rest: without their spin an idle standby wakes 28 % less often, BENCHMARKS.md session 57): no
+spin for it, the timer only, unless a call that wants the spin is out beside it.
 """
 
 from __future__ import annotations

@@ -309,8 +309,8 @@ class TakeoverStore:
             # a ring read left running past its deadline finished later: it moved the cursor past
             # what it read, and its result went to nobody. Never guess: only a new batch read goes on.
             return PollResult(PollStatus.LAPPED, reason="a ring read that missed its deadline went on after it: what it read was never applied")
-        # spin=False: nothing waits on a ring read in a hurry (the standby's loop is idle, and the
-        # GIL is free to the file's thread while it waits in its poll)
+        # spin=False: nothing waits on a ring read in a hurry, and the standby's loop, idle then,
+        # leaves the GIL to the file's thread without being made to spin
         return await self._run("ring read", lambda: self._require_reader().poll(), left_running=self._lose_poll, spin=False)
 
     def _lose_poll(self) -> None:
