@@ -31,9 +31,10 @@ def _hello(cp: Any, name: str) -> Any:
     return p
 
 
-async def _logged_on(tmp_path: Path, n: int) -> tuple[Any, Any, list[str], list[Any]]:
-    """`n` terminals logged on with active sessions at a recording host-a; a new turn begun."""
-    cp = cp_core(tmp_path, n)
+async def _logged_on(tmp_path: Path, n: int, cp: str = "") -> tuple[Any, Any, list[str], list[Any]]:
+    """`n` terminals logged on with active sessions at a recording host-a (`cp`: lines for the
+    CP's [cp] table); a new turn begun."""
+    cp = cp_core(tmp_path, n, cp=cp)
     a = fake_host(cp, "host-a", "active", record=True)
     names = sorted(cp.terms)
     protos = [_hello(cp, name) for name in names]

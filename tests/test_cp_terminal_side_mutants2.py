@@ -17,7 +17,7 @@ from hsb.cp import logons
 from hsb.wire.framing import encode
 from tests.support.cpcore import cp_core, fake_host, recording_terminal
 from tests.support.inproc import until
-from tests.test_cp_logon_edges import _hello  # (resuming: its replies kept until confirmed)
+from tests.test_cp_logon_edges import _logged_on  # (resuming: its replies kept until confirmed)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -30,13 +30,7 @@ async def test_a_bye_waiting_in_a_logoff_storm_is_not_read_past_by_the_terminals
     connection before the bye's turn (message 3 would be taken ahead of the bye). In its turn the
     bye is a logoff, once."""
     n = logons.BURST + 1
-    cp = cp_core(tmp_path, n, cp="held_bound = 2\n")
-    a = fake_host(cp, "host-a", "active", record=True)
-    names = sorted(cp.terms)
-    protos = [_hello(cp, name) for name in names]
-    await until(lambda: cp.connected == n, "every logon")
-    for name in names:
-        cp.host_open(a, name, "active", {})
+    cp, a, names, protos = await _logged_on(tmp_path, n, cp="held_bound = 2\n")
     last, name = protos[-1], names[-1]
     t = cp.terms[name]
     last.data_received(encode({"t": "msg", "id": 1, "data": "m1"}))
