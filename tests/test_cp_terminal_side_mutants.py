@@ -100,16 +100,23 @@ async def test_a_repeat_of_an_acknowledged_id_on_the_same_connection_is_acknowle
     assert delivered(h) == [(1, "x")]
 
 
-async def test_a_switch_notice_owed_goes_before_the_next_frame_to_the_terminal(tmp_path: Path) -> None:
-    """The active lost and the standby granted: the terminal is owed `switched` (paced, after the
-    new active's first reply). The first frame the CP writes to it meanwhile, the ack of its next
-    message, goes after that notice, never before it (SPEC §5.4)."""
+def _with_standby_session(tmp_path: Path) -> tuple[Any, Any, Any, Any]:
+    """host-a active, host-b standby (recording), T00001 resuming with its session at each:
+    (cp, host-a, host-b, T00001's connection)."""
     cp = cp_core(tmp_path, 2)
     a = fake_host(cp, "host-a", "active")
     b = fake_host(cp, "host-b", "standby", record=True)
     p = recording_terminal(cp, "T00001", 0)
     cp.host_open(a, "T00001", "active", {})
     cp.host_open(b, "T00001", "standby", {})
+    return cp, a, b, p
+
+
+async def test_a_switch_notice_owed_goes_before_the_next_frame_to_the_terminal(tmp_path: Path) -> None:
+    """The active lost and the standby granted: the terminal is owed `switched` (paced, after the
+    new active's first reply). The first frame the CP writes to it meanwhile, the ack of its next
+    message, goes after that notice, never before it (SPEC §5.4)."""
+    cp, a, b, p = _with_standby_session(tmp_path)
     switch(cp, a, b, planned=False)
     await flipped(cp)
     assert [f["t"] for f in frames(p) if f["t"] in ("switched", "ack")] == []
@@ -227,12 +234,7 @@ async def test_a_standby_session_of_a_terminal_that_said_bye_is_closed_as_a_logo
     """T00001 says bye with message 1 unanswered (its connection stays for the answer), and the
     active is lost before it answers: the standby granted the role closes T00001's session there
     as `logoff`, not `disconnect`, and does not switch it over."""
-    cp = cp_core(tmp_path, 2)
-    a = fake_host(cp, "host-a", "active")
-    b = fake_host(cp, "host-b", "standby", record=True)
-    p = recording_terminal(cp, "T00001", 0)
-    cp.host_open(a, "T00001", "active", {})
-    cp.host_open(b, "T00001", "standby", {})
+    cp, a, b, p = _with_standby_session(tmp_path)
     p.data_received(encode({"t": "msg", "id": 1, "data": "m1"}))
     p.data_received(encode({"t": "bye"}))
     assert not p.closed
