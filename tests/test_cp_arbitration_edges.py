@@ -748,3 +748,25 @@ async def test_a_refusal_from_a_host_other_than_the_active_closes_no_session(tmp
     assert term.active is not None and term.active.host is a
     t.flush()
     assert not [f for f in t.transport.frames() if f["t"] == "session" and f["state"] == "closed"]
+
+
+async def test_a_standbys_planned_request_before_the_handover_fences_the_released_active(tmp_path: Path) -> None:
+    """The standby's own `switchover` with `planned` while the active is released but has not
+    handed over (hsbd never sends one; the wire allows it): the released active may still be
+    answering what it had, so it is fenced and its link closed, not demoted into the standby
+    with calls under way; what it had goes to the new active marked redelivered."""
+    cp = cp_core(tmp_path, 1)
+    a = fake_host(cp, "host-a", "active", record=True)
+    b = standby(cp, record=True)
+    recording_terminal(cp, "T00001")
+    cp.host_open(a, "T00001", "active", {})
+    cp.host_open(b, "T00001", "standby", {})
+    cp.terminal_msg(cp.terms["T00001"], 1, b"x")  # delivered to host-a, not answered
+    cp.host_release(a)
+    cp.host_switchover(b, "planned", True, "failover")
+    await flipped(cp)
+    a.flush()
+    b.flush()
+    assert [f["t"] for f in a.transport.frames() if f["t"] in ("fenced", "demoted")] == ["fenced"]
+    assert a.closed and cp.active is b and cp.standby is not a
+    assert [(f["id"], f["redelivered"]) for f in b.transport.frames() if f["t"] == "deliver"] == [(1, True)]
