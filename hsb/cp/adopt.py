@@ -10,9 +10,12 @@ trip to the active per terminal less.
 
 While the frames come (until the one marked `last`) no session is asked for: a terminal that
 logs on meanwhile waits for its session with the others, and those the active did not name are
-asked for at the end, as every connected terminal was before. A session adopted for a terminal
-that does not come back within `[cp] resume_window` seconds is closed at the active then, as
-at a disconnect.
+asked for at the end, as every connected terminal was before. (A grant that cuts the adoption
+short asks, as every grant does, for the connected terminals still without a session; if that
+grant is undone and the role comes back, the active names some of them on: it answers a request
+for a session it holds with that session's `open`, as it is, without a second logon.) A session
+adopted for a terminal that does not come back within `[cp] resume_window` seconds is closed at
+the active then, as at a disconnect.
 
 A mixin of `hsb.cp.core.CP` (the one place that decides), like `TerminalSide`.
 """
