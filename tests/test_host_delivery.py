@@ -377,10 +377,14 @@ async def test_the_host_stops_serving_before_it_closes_a_dead_cp_link(tmp_path: 
             raise KeyError("boom")
 
         link.on_up = broken
-        order.clear()  # (connects to the dead CP meanwhile are refused: nothing to close)
+        order.clear()
         cp = restart_cp(cp)  # the same ports
         await _until(lambda: "on_down" in order, "on_down after an unexpected error")
-        assert order[:3] == ["up", "on_down", "aclose"], order
+        # (a connect while the CP starts may be taken by its listener and fail before the login:
+        # that stream is closed, an "aclose" before the "up", and nothing else)
+        first_up = order.index("up")
+        assert set(order[:first_up]) <= {"aclose"}, order
+        assert order[first_up : first_up + 3] == ["up", "on_down", "aclose"], order
 
         # on_down itself raising (a bug there): the socket is closed and the link made again
         def down_broken(why: str) -> None:
