@@ -321,8 +321,10 @@ class FramedProtocol(ServerSideTLS, asyncio.Protocol):
 
     def send_soon(self, msg: dict[str, Any], within: float) -> None:
         """Queue a frame that goes out with the next frame to this peer, or alone `within` seconds
-        from now if none comes: one write instead of two when an answer is about to follow (the
-        CP's welcome, then the session's opening, in a logon storm of thousands)."""
+        after the first frame queued since the last write if none comes (a later, shorter
+        `within` does not hurry it: the one caller passes one constant): one write instead of two
+        when an answer is about to follow (the CP's welcome, then the session's opening, in a
+        logon storm of thousands)."""
         if self.transport is None or self.closed:
             return
         self._out.append(encode(msg))
@@ -366,7 +368,6 @@ class FramedProtocol(ServerSideTLS, asyncio.Protocol):
     def protocol_error(self, exc: ProtocolError) -> None:
         log.warning("protocol_error", link=self.link, peer=self.peer, code=exc.code, msg=exc.msg)
         PROTOCOL_ERRORS[(self.link, exc.code)] += 1
-        self.on_protocol_error(exc)
         self.close_with_error(exc.code, exc.msg)
 
     def close_with_error(self, code: str, msg: str, **fields: Any) -> None:
@@ -556,9 +557,6 @@ class FramedProtocol(ServerSideTLS, asyncio.Protocol):
         pass
 
     def on_lost(self, exc: Exception | None) -> None:
-        pass
-
-    def on_protocol_error(self, exc: ProtocolError) -> None:
         pass
 
 
