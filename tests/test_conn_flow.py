@@ -26,8 +26,9 @@ class Echo(FramedProtocol):
             self.send({"t": "pong", "n": msg.get("n", 0)})
 
 
-def opened(p: FramedProtocol) -> RecordingTransport:
-    t = RecordingTransport("peer")
+def opened(p: FramedProtocol, t: RecordingTransport | None = None) -> RecordingTransport:
+    """`p`'s connection made on `t` (a new recording transport if none)."""
+    t = t or RecordingTransport("peer")
     p.connection_made(t)  # type: ignore[arg-type]
     return t
 

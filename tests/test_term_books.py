@@ -6,7 +6,6 @@ differs from its record, and the balance_limit bound. On SQLite files, in-proces
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from hsb.service import ledger, once
 from hsb.service.db import open_database
 from hsb.service.ledger import MAX_BALANCE
 from hsb.term.books import Books, _contradicted, check_books
 from hsb.term.workload import LedgerWorkload
+from tests.support.booksdb import Entry, fill, named
 
 BASE = 1000
 OK = '{"ok":true}'
@@ -42,44 +41,19 @@ async def _books(
     entries (msg_id, op, account, other, amount) written as given, balances changed by `moved`
     (account, amount) with no entry, and the idempotency records `records` (msg_id -> reply;
     default: what the terminal was told); the run's terminals are `clients` (default: `term`)."""
+    told = {term.base + k * term.stride: text for k, text in w.replies.get(term.idx, {}).items()}
+    entries: list[Entry] = [(term.name, mid, op, acct, to, n) for mid, op, acct, to, n in other]
+    entries += [(term.name, mid, "transfer", src, dst, n) for mid, src, dst, n in transfers]
+    balances: dict[str, int] = {}
+    for acct, n in moved:
+        balances[acct] = balances.get(acct, 0) + n
     db = open_database(None, str(path))
-    await db.setup(ledger.DDL)
-    await db.setup(once.DDL)
     try:
-        async with db.transaction() as tx:
-            for acct in w.accounts:
-                await tx.execute("INSERT INTO ledger_accounts (account, balance) VALUES ($1, $2)", acct, w.initial)
-                await tx.execute(
-                    "INSERT INTO ledger_entries (terminal, msg_id, op, account, other, amount) VALUES ('T0', 0, 'deposit', $1, NULL, $2)",
-                    acct,
-                    w.initial,
-                )
-            for _, src, dst, n in transfers:
-                await tx.execute("UPDATE ledger_accounts SET balance = balance - $2 WHERE account = $1", src, n)
-                await tx.execute("UPDATE ledger_accounts SET balance = balance + $2 WHERE account = $1", dst, n)
-            for mid, op, acct, to, n in [*other, *((mid, "transfer", s, d, n) for mid, s, d, n in transfers)]:
-                await tx.execute(
-                    "INSERT INTO ledger_entries (terminal, msg_id, op, account, other, amount) VALUES ($1, $2, $3, $4, $5, $6)",
-                    term.name,
-                    mid,
-                    op,
-                    acct,
-                    to,
-                    n,
-                )
-            for acct, n in moved:
-                await tx.execute("UPDATE ledger_accounts SET balance = balance + $2 WHERE account = $1", acct, n)
-            told = {term.base + k * term.stride: text for k, text in w.replies.get(term.idx, {}).items()}
-            for mid, reply in (told if records is None else records).items():
-                await tx.execute("INSERT INTO hsb_idempotency (terminal, msg_id, reply, at) VALUES ($1, $2, $3, 0)", term.name, mid, reply)
+        recs = [(term.name, mid, reply) for mid, reply in (told if records is None else records).items()]
+        await fill(db, w, entries, balances=balances, records=recs)
     finally:
         await db.close()
     return (await check_books({"sqlite": str(path)}, w, [term] if clients is None else clients, final=final)).failures
-
-
-def _named(failures: list[str]) -> list[str]:
-    """The name each of `failures` gives (`balance` for the total's), in order."""
-    return [m.group(1) if (m := re.search(r"\((\w+)\): ", f)) else "balance" for f in failures]
 
 
 async def test_each_breach_of_the_books_fails_on_its_own(tmp_path: Path) -> None:
@@ -91,25 +65,25 @@ async def test_each_breach_of_the_books_fails_on_its_own(tmp_path: Path) -> None
     assert await _books(tmp_path / "good.db", w, term, [(BASE, src, dst, amount)]) == []
     # money made, with entries that explain every balance: only the total says it
     made = await _books(tmp_path / "made.db", w, term, [(BASE, src, dst, amount)], other=[(7, "deposit", a0, None, 5)], moved=[(a0, 5)])
-    assert _named(made) == ["balance"], made
+    assert named(made) == ["balance"], made
     # a deposit and a withdrawal of the same amount, each with its entry: nothing to say
     both = [(7, "deposit", a0, None, 5), (8, "withdraw", a0, None, 5)]
     assert await _books(tmp_path / "both.db", w, term, [(BASE, src, dst, amount)], other=both) == []
     # money moved between two accounts with no entry: the total holds, the replay does not
-    assert _named(await _books(tmp_path / "moved.db", w, term, [(BASE, src, dst, amount)], moved=[(a0, -5), (a1, 5)])) == ["replay_mismatch"]
+    assert named(await _books(tmp_path / "moved.db", w, term, [(BASE, src, dst, amount)], moved=[(a0, -5), (a1, 5)])) == ["replay_mismatch"]
     # told ok, never applied
-    assert _named(await _books(tmp_path / "notapplied.db", w, term, [])) == ["told_ok_not_applied"]
+    assert named(await _books(tmp_path / "notapplied.db", w, term, [])) == ["told_ok_not_applied"]
     # a reply that differs from the one its record holds
     differs = await _books(tmp_path / "differs.db", w, term, [(BASE, src, dst, amount)], records={BASE: '{"ok":false,"error":"insufficient_funds"}'})
-    assert _named(differs) == ["reply_differs"], differs
+    assert named(differs) == ["reply_differs"], differs
     # told it was not applied (no ledger answer: a host's error), applied once all the same
     w.replies = {1: {0: "error: RuntimeError"}}
     refused = await _books(tmp_path / "refused.db", w, term, [(BASE, src, dst, amount)])
-    assert _named(refused) == ["told_refused_applied"], refused
+    assert named(refused) == ["told_refused_applied"], refused
     # applied twice, and no terminal told yet: mid-run (`final=False`) that is a breach already
     w.replies = {}
     twice = await _books(tmp_path / "twice.db", w, term, [(BASE, src, dst, amount)] * 2, final=False)
-    assert _named(twice) == ["applied_twice"], twice
+    assert named(twice) == ["applied_twice"], twice
 
 
 async def test_a_transfer_entry_at_an_id_the_terminal_never_used_is_wrong(tmp_path: Path) -> None:
@@ -122,7 +96,7 @@ async def test_a_transfer_entry_at_an_id_the_terminal_never_used_is_wrong(tmp_pa
     for name, mid, k in (("between", BASE + 1, 0), ("below", BASE - 2, -1)):
         src, dst, amount = w.transfer(1, k)  # what message k would move (k = -1: none)
         failures = await _books(tmp_path / f"{name}.db", w, term, [(mid, src, dst, amount)], final=False)
-        assert _named(failures) == ["wrong_transfer"], (name, failures)
+        assert named(failures) == ["wrong_transfer"], (name, failures)
 
 
 def test_balance_limit_is_contradicted_up_to_exactly_the_limit() -> None:
@@ -146,4 +120,4 @@ async def test_a_transfer_entry_of_a_terminal_not_in_the_run_is_wrong(tmp_path: 
     w.replies = {}
     src, dst, amount = w.transfer(1, 0)  # exactly what T1's first message would move
     failures = await _books(tmp_path / "o.db", w, stranger, [(BASE, src, dst, amount)], final=False, clients=[ours])
-    assert _named(failures) == ["wrong_transfer"], failures
+    assert named(failures) == ["wrong_transfer"], failures

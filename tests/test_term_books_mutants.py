@@ -7,7 +7,6 @@ for every statement. In-process, on SQLite files but for the last."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,75 +15,26 @@ from typing import Any
 
 import pytest
 
-from hsb.service import ledger, once
 from hsb.service.db import open_database
 from hsb.term import books as booksmod
 from hsb.term.books import Books, check_books
 from hsb.term.workload import LedgerWorkload
 from tests.support import pg as pgsupport
+from tests.support.booksdb import Entry, fill, named
 from tests.support.pg import fresh
 
 BASE = 1000
 OK = '{"ok":true}'
 pytestmark = pytest.mark.timeout(30)
 
-Entry = tuple[str, int, str, str, "str | None", int]  # terminal, msg_id, op, account, other, amount
-
-
-async def _fill(
-    db: Any,
-    w: LedgerWorkload,
-    entries: Sequence[Entry] = (),
-    *,
-    balances: dict[str, int] | None = None,
-    records: Sequence[tuple[str, int, str]] = (),
-) -> None:
-    """The run's accounts at `w.initial` each with their deposits (T0, id 0), then `entries`
-    written as given with each transfer's effect on the balances, the balances changed further
-    by `balances` (account -> amount, no entry), and the idempotency `records`."""
-    await db.setup(ledger.DDL)
-    await db.setup(once.DDL)
-    async with db.transaction() as tx:
-        if db.kind == "postgresql":  # the entries' order, as the ledger's setup adds it
-            await tx.execute(ledger._ADD_SEQ)
-        for acct in w.accounts:
-            await tx.execute("INSERT INTO ledger_accounts (account, balance) VALUES ($1, $2)", acct, w.initial)
-            await tx.execute(
-                "INSERT INTO ledger_entries (terminal, msg_id, op, account, other, amount) VALUES ('T0', 0, 'deposit', $1, NULL, $2)",
-                acct,
-                w.initial,
-            )
-        for t, mid, op, acct, other, n in entries:
-            await tx.execute(
-                "INSERT INTO ledger_entries (terminal, msg_id, op, account, other, amount) VALUES ($1, $2, $3, $4, $5, $6)",
-                t,
-                mid,
-                op,
-                acct,
-                other,
-                n,
-            )
-            if op == "transfer":
-                await tx.execute("UPDATE ledger_accounts SET balance = balance - $2 WHERE account = $1", acct, n)
-                await tx.execute("UPDATE ledger_accounts SET balance = balance + $2 WHERE account = $1", other, n)
-        for acct, n in (balances or {}).items():
-            await tx.execute("UPDATE ledger_accounts SET balance = balance + $2 WHERE account = $1", acct, n)
-        for t, mid, reply in records:
-            await tx.execute("INSERT INTO hsb_idempotency (terminal, msg_id, reply, at) VALUES ($1, $2, $3, 0)", t, mid, reply)
-
 
 async def _check(path: Path, w: LedgerWorkload, clients: Sequence[Any], entries: Sequence[Entry] = (), **kw: Any) -> Books:
     db = open_database(None, str(path))
     try:
-        await _fill(db, w, entries, **kw)
+        await fill(db, w, entries, **kw)
     finally:
         await db.close()
     return await check_books({"sqlite": str(path)}, w, clients)
-
-
-def _named(failures: list[str]) -> list[str]:
-    """The name each of `failures` gives (`balance` for the total's), in order."""
-    return [m.group(1) if (m := re.search(r"\((\w+)\): ", f)) else "balance" for f in failures]
 
 
 def _t1() -> SimpleNamespace:
@@ -103,7 +53,7 @@ async def test_an_answer_without_its_idempotency_record_fails(tmp_path: Path) ->
     w = LedgerWorkload(accounts=4, initial=1000, tag="m")
     w.replies = {1: {0: OK}}
     b = await _check(tmp_path / "b.db", w, [_t1()], [_transfer(w)])
-    assert _named(b.failures) == ["record_missing"], b.failures
+    assert named(b.failures) == ["record_missing"], b.failures
 
 
 async def test_a_balance_above_what_its_entries_explain_fails(tmp_path: Path) -> None:
@@ -113,7 +63,7 @@ async def test_a_balance_above_what_its_entries_explain_fails(tmp_path: Path) ->
     w.replies = {1: {0: OK}}
     withdrawn: Entry = ("T0", 7, "withdraw", w.accounts[0], None, 5)
     b = await _check(tmp_path / "b.db", w, [_t1()], [_transfer(w), withdrawn], records=[("T1", BASE, OK)])
-    assert _named(b.failures) == ["replay_mismatch"], b.failures
+    assert named(b.failures) == ["replay_mismatch"], b.failures
 
 
 async def test_the_setup_terminals_answers_are_not_transfers(tmp_path: Path) -> None:
@@ -134,7 +84,7 @@ async def test_a_reply_whose_ok_is_not_true_tells_nothing_was_applied(tmp_path: 
     w = LedgerWorkload(accounts=4, initial=1000, tag="o")
     w.replies = {1: {0: '{"ok":1}'}}
     b = await _check(tmp_path / "b.db", w, [_t1()], [_transfer(w)], records=[("T1", BASE, '{"ok":1}')])
-    assert "told_refused_applied" in _named(b.failures) and b.transfers_ok == 0, b.failures
+    assert "told_refused_applied" in named(b.failures) and b.transfers_ok == 0, b.failures
 
 
 async def test_an_id_reused_refusal_is_left_to_the_same_answer_check(tmp_path: Path) -> None:
@@ -143,7 +93,7 @@ async def test_an_id_reused_refusal_is_left_to_the_same_answer_check(tmp_path: P
     w = LedgerWorkload(accounts=4, initial=1000, tag="i")
     w.replies = {1: {0: '{"ok":false,"error":"id_reused","msg":"another request"}'}}
     b = await _check(tmp_path / "b.db", w, [_t1()], records=[("T1", BASE, '{"ok":false,"error":"insufficient_funds"}')])
-    assert _named(b.failures) == ["reply_differs"], b.failures
+    assert named(b.failures) == ["reply_differs"], b.failures
 
 
 @pytest.mark.parametrize("reply", ["[1]", "5", '"ok"', "null"])
@@ -174,7 +124,7 @@ async def test_a_reply_that_comes_while_the_database_is_read_is_not_judged(tmp_p
     path = tmp_path / "b.db"
     db = open_database(None, str(path))
     try:
-        await _fill(db, w, [_transfer(w)], records=[("T1", BASE, OK)])
+        await fill(db, w, [_transfer(w)], records=[("T1", BASE, OK)])
     finally:
         await db.close()
     real = open_database  # (the one hsb.term.books opens with)
@@ -221,7 +171,7 @@ async def test_the_check_reads_one_snapshot_on_postgresql(pg: pgsupport.PgServer
     w.replies = {1: {0: OK}}
     db = open_database(dsn, None)
     try:
-        await _fill(db, w, [_transfer(w)], records=[("T1", BASE, OK)])
+        await fill(db, w, [_transfer(w)], records=[("T1", BASE, OK)])
     finally:
         await db.close()
     real_fetch = dbmod._PgTx.fetch

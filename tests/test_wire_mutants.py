@@ -15,12 +15,13 @@ import pytest
 
 from hsb import LINK_PROTOCOL
 from hsb.wire import auth
-from hsb.wire.conn import CONNECTIONS_DROPPED, FRAMES_PER_TURN, FramedProtocol, peer_gone, require
+from hsb.wire.conn import CONNECTIONS_DROPPED, FRAMES_PER_TURN, peer_gone, require
 from hsb.wire.framing import DEFAULT_MAX_FRAME, FLUSH_AT, FRAME_TOO_LARGE, Decoder, ProtocolError, encode, payload_max
 from hsb.wire.handshakes import TURN_S, Handshakes
 from tests.support.transports import RecordingTransport
 from tests.test_auth_link import SECRET, Link, auth_frame, challenge, refusal, sent
 from tests.test_auth_link import opened as auth_opened
+from tests.test_conn_flow import Echo, errors, opened
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -109,29 +110,6 @@ def test_hold_without_a_first_bound_holds_nothing() -> None:
 
 
 # -- hsb.wire.conn.FramedProtocol ---------------------------------------------------------------
-
-
-class Echo(FramedProtocol):
-    link = "test"
-    dispatch = {"ping": "on_ping"}
-
-    def __init__(self, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.pings: list[int] = []
-
-    def on_ping(self, msg: dict[str, Any]) -> None:
-        self.pings.append(msg.get("n", 0))
-
-
-def opened(p: FramedProtocol, t: RecordingTransport | None = None) -> RecordingTransport:
-    t = t or RecordingTransport("peer")
-    p.connection_made(t)  # type: ignore[arg-type]
-    return t
-
-
-def errors(p: FramedProtocol, t: RecordingTransport) -> list[dict[str, Any]]:
-    p.flush()
-    return [f for f in t.frames() if f.get("t") == "error"]
 
 
 async def test_every_frame_ahead_of_a_bad_one_is_handled_past_a_turns_share() -> None:
