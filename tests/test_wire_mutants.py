@@ -21,7 +21,7 @@ from hsb.wire.handshakes import TURN_S, Handshakes
 from tests.support.transports import RecordingTransport
 from tests.test_auth_link import SECRET, Link, auth_frame, challenge, refusal, sent
 from tests.test_auth_link import opened as auth_opened
-from tests.test_conn_flow import Echo, errors, opened
+from tests.test_conn_flow import Echo, errors, opened, until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -227,14 +227,6 @@ async def test_a_deadline_set_again_replaces_the_one_before() -> None:
     p.set_deadline(60)
     assert first is not None and first.cancelled() and p._deadline_handle is not first
     p.clear_deadline()
-
-
-async def until(cond: Any, within: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    while not cond():
-        assert loop.time() - t0 < within, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 async def test_a_peer_that_reads_nothing_times_out_even_while_its_reading_is_paused_here() -> None:
