@@ -5,6 +5,7 @@ body fails gives the database's write lock back at once (the other host is not l
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,7 @@ class _FakePool:
         (E.ConnectionDoesNotExistError("connection was closed in the middle of operation"), ServiceUnavailable),
         (E.UniqueViolationError("duplicate key"), E.UniqueViolationError),
         (ValueError("the body's bug"), ValueError),
+        (asyncio.CancelledError(), asyncio.CancelledError),  # (a cancelled call stays cancelled, not "unknown")
     ],
 )
 async def test_a_body_that_raised_is_sorted_as_itself_when_its_rollback_fails_too(own: BaseException, kind: type[BaseException]) -> None:

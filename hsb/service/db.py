@@ -248,10 +248,11 @@ class PostgresDatabase:
         except (RetryTransaction, ServiceUnavailable):
             raise
         except Exception as exc:
-            if isinstance(own, Exception) and exc is not own:
-                # the body raised and its ROLLBACK (or handing the connection back) failed too:
-                # nothing was committed, so what the body raised is what happened (a statement
-                # still running on the connection, the body's bug, fails that ROLLBACK as well)
+            if own is not None and exc is not own:
+                # the body raised (or was cancelled) and its ROLLBACK (or handing the connection
+                # back) failed too: nothing was committed, so what the body raised is what
+                # happened (a statement still running on the connection, the body's bug, fails
+                # that ROLLBACK as well; a cancelled call stays cancelled)
                 if isinstance(own, (RetryTransaction, ServiceUnavailable)):
                     raise own from None
                 kind = classify_pg(own, conn_open=own_open)
