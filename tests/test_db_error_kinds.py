@@ -14,6 +14,7 @@ import pytest
 
 from hsb.service.api import RetryTransaction, ServiceUnavailable
 from hsb.service.db import SqliteDatabase
+from tests.support.pgfakes import FakePool
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -51,6 +52,19 @@ def test_each_postgresql_error_gets_its_kind(exc: BaseException, kind: type[Base
         assert got is None, got
     else:
         assert isinstance(got, kind), got
+
+
+def assert_another_may_write_at_once(path: Path) -> None:
+    """Another connection to the SQLite file (the other host's) takes the write lock at once and
+    finds none of the rolled-back row `mine` in table `t`."""
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # SQLITE_BUSY at once if the lock were still held
+        other.execute("INSERT INTO t VALUES ('other')")
+        other.execute("COMMIT")
+        assert other.execute("SELECT k FROM t").fetchall() == [("other",)]
+    finally:
+        other.close()
 
 
 @pytest.mark.parametrize(
@@ -106,14 +120,7 @@ async def test_a_sqlite_body_that_fails_gives_the_write_lock_back_at_once(tmp_pa
             else:
                 async with db.transaction() as tx:
                     await fails(tx)
-        other = sqlite3.connect(path, isolation_level=None, timeout=0)
-        try:
-            other.execute("BEGIN IMMEDIATE")  # SQLITE_BUSY at once if the lock were still held
-            other.execute("INSERT INTO t VALUES ('other')")
-            other.execute("COMMIT")
-            assert other.execute("SELECT k FROM t").fetchall() == [("other",)]
-        finally:
-            other.close()
+        assert_another_may_write_at_once(path)
     finally:
         await db.close()
 
@@ -159,44 +166,6 @@ async def test_a_closed_sqlite_database_refuses_statements_as_unavailable(tmp_pa
         await db.run(body)
 
 
-class _FakeEnd:
-    """conn.transaction(): its end (COMMIT, or ROLLBACK after the body raised) fails with `fails`."""
-
-    def __init__(self, fails: BaseException | None) -> None:
-        self.fails = fails
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: Any) -> None:
-        if self.fails is not None:
-            raise self.fails
-
-
-class _FakePool:
-    def __init__(self, fails: BaseException | None) -> None:
-        self.fails = fails
-
-    def acquire(self, timeout: float) -> Any:
-        pool = self
-
-        class Conn:
-            def is_closed(self) -> bool:
-                return False
-
-            def transaction(self) -> _FakeEnd:
-                return _FakeEnd(pool.fails)
-
-        class Acquired:
-            async def __aenter__(self) -> Conn:
-                return Conn()
-
-            async def __aexit__(self, *exc: Any) -> None:
-                return None
-
-        return Acquired()
-
-
 @pytest.mark.parametrize(
     ("own", "kind"),
     [
@@ -213,7 +182,7 @@ async def test_a_body_that_raised_is_sorted_as_itself_when_its_rollback_fails_to
     from hsb.service.db import PostgresDatabase
 
     db = PostgresDatabase("postgresql://unused")
-    db._pool = _FakePool(E.InterfaceError("cannot perform operation: connection is closed"))
+    db._pool = FakePool(E.InterfaceError("cannot perform operation: connection is closed"))
     with pytest.raises(kind):
         async with db.transaction():
             raise own
@@ -232,7 +201,7 @@ async def test_a_commit_that_fails_on_our_side_is_unknown_and_one_the_server_ref
     from hsb.service.db import PostgresDatabase
 
     db = PostgresDatabase("postgresql://unused")
-    db._pool = _FakePool(fails)
+    db._pool = FakePool(fails)
     with pytest.raises(kind) as exc:
         async with db.transaction():
             pass

@@ -213,10 +213,9 @@ async def test_the_first_exit_code_asked_for_is_the_one_kept(active: HostServer)
 
 
 # ---------------------------------------------------------------------- frames in link order
-async def test_a_demotion_takes_effect_before_the_frames_behind_it(active: HostServer) -> None:
-    """The CP's `demoted` ends the active role at once, in link order: its epoch is taken and a
-    delivery read right behind it is not handed to the service (the new active gets it)."""
-    calls: list[Any] = []
+def _recorded_calls(active: HostServer) -> list[tuple[str, int]]:
+    """The (terminal, id) of each message `active` hands its service from now on (echoed)."""
+    calls: list[tuple[str, int]] = []
 
     class Rec:
         async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
@@ -224,6 +223,13 @@ async def test_a_demotion_takes_effect_before_the_frames_behind_it(active: HostS
             return data
 
     active.delivery.service = Rec()  # type: ignore[assignment]
+    return calls
+
+
+async def test_a_demotion_takes_effect_before_the_frames_behind_it(active: HostServer) -> None:
+    """The CP's `demoted` ends the active role at once, in link order: its epoch is taken and a
+    delivery read right behind it is not handed to the service (the new active gets it)."""
+    calls = _recorded_calls(active)
     active._cp_frame({"t": "demoted", "epoch": 4, "active": "host-b"})
     assert active.ha.epoch == 4 and not active.ha.granted
     active._cp_frame({"t": "deliver", "terminal": "T00001", "id": 1, "data": "x"})
@@ -237,14 +243,7 @@ async def test_an_error_that_ends_the_role_takes_effect_at_once(active: HostServ
     """The CP's error `fenced`, `active_exists` or `handed_over` ends the active role as it is
     read (before the HA loop turns): not granted any more, and a delivery right behind it is not
     handed to the service."""
-    calls: list[Any] = []
-
-    class Rec:
-        async def handle(self, terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
-            calls.append((terminal, message_id))
-            return data
-
-    active.delivery.service = Rec()  # type: ignore[assignment]
+    calls = _recorded_calls(active)
     active._cp_frame({"t": "error", "code": code, "msg": "test", "epoch": 4, "active": "host-b"})
     assert not active.ha.granted
     active._cp_frame({"t": "deliver", "terminal": "T00001", "id": 1, "data": "x"})

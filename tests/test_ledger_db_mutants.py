@@ -21,6 +21,8 @@ import pytest
 from hsb.service.db import SqliteDatabase
 from tests.support import pg as pgsupport
 from tests.support.pg import fresh, needs_pg
+from tests.support.pgfakes import FakePool
+from tests.test_db_error_kinds import assert_another_may_write_at_once
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -100,54 +102,6 @@ async def test_a_postgresql_statement_counts_the_rows_it_changed(pg: pgsupport.P
         await db.close()
 
 
-class _End:
-    """conn.transaction(): its end (COMMIT, or ROLLBACK after the body raised) fails with `fails`."""
-
-    def __init__(self, fails: BaseException | None) -> None:
-        self.fails = fails
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: Any) -> None:
-        if self.fails is not None:
-            raise self.fails
-
-
-class _Pool:
-    """A pool of `size` connections, `idle` of them free; its transactions end with `fails`."""
-
-    def __init__(self, fails: BaseException | None = None, size: int = 1, idle: int = 0, acquire_fails: BaseException | None = None) -> None:
-        self.fails, self.size, self.idle, self.acquire_fails = fails, size, idle, acquire_fails
-
-    def get_size(self) -> int:
-        return self.size
-
-    def get_idle_size(self) -> int:
-        return self.idle
-
-    def acquire(self, timeout: float) -> Any:
-        pool = self
-        if self.acquire_fails is not None:
-            raise self.acquire_fails
-
-        class Conn:
-            def is_closed(self) -> bool:
-                return False
-
-            def transaction(self) -> _End:
-                return _End(pool.fails)
-
-        class Acquired:
-            async def __aenter__(self) -> Conn:
-                return Conn()
-
-            async def __aexit__(self, *exc: Any) -> None:
-                return None
-
-        return Acquired()
-
-
 async def test_a_statement_timing_out_with_the_pool_full_is_not_said_to_be_the_pool() -> None:
     """A TimeoutError from the body's own statement, every pool connection in use meanwhile:
     the connection was had, so "all pool connections in use" (raise pool_size) is the wrong
@@ -156,7 +110,7 @@ async def test_a_statement_timing_out_with_the_pool_full_is_not_said_to_be_the_p
     from hsb.service.db import PostgresDatabase
 
     db = PostgresDatabase("postgresql://unused", pool_size=1)
-    db._pool = _Pool()
+    db._pool = FakePool()
     with pytest.raises(ServiceUnavailable) as exc:
         async with db.transaction():
             raise TimeoutError("the statement timed out")
@@ -171,12 +125,12 @@ async def test_a_connect_that_times_out_with_a_connection_idle_is_not_said_to_be
     from hsb.service.db import PostgresDatabase
 
     db = PostgresDatabase("postgresql://unused", pool_size=1)
-    db._pool = _Pool(idle=1, acquire_fails=TimeoutError())
+    db._pool = FakePool(idle=1, acquire_fails=TimeoutError())
     with pytest.raises(ServiceUnavailable) as exc:
         async with db.transaction():
             pass
     assert "pool connections in use" not in str(exc.value) and "unreachable" in str(exc.value), exc.value
-    db._pool = _Pool(idle=0, acquire_fails=TimeoutError())  # every one in use: busy, as said
+    db._pool = FakePool(idle=0, acquire_fails=TimeoutError())  # every one in use: busy, as said
     with pytest.raises(ServiceUnavailable, match="all 1 pool connections in use"):
         async with db.transaction():
             pass
@@ -283,14 +237,7 @@ async def test_a_sqlite_transaction_cancelled_in_its_body_gives_the_write_lock_b
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        other = sqlite3.connect(path, isolation_level=None, timeout=0)
-        try:
-            other.execute("BEGIN IMMEDIATE")  # SQLITE_BUSY at once if the lock were still held
-            other.execute("INSERT INTO t VALUES ('other')")
-            other.execute("COMMIT")
-            assert other.execute("SELECT k FROM t").fetchall() == [("other",)]
-        finally:
-            other.close()
+        assert_another_may_write_at_once(path)
     finally:
         await db.close()
 
