@@ -77,3 +77,17 @@ async def until(cond: Any, what: str, timeout: float = 10.0) -> None:
 
 def standby_startup(sid: int) -> dict[str, Any]:
     return {"t": "standby_startup", "startup_id": sid, "name": "host-b"}
+
+
+def hooked(srv: HostServer) -> list[tuple[Any, ...]]:
+    """The role-change hook's runs (role, state, epoch, reason), recorded instead of run."""
+    fired: list[tuple[Any, ...]] = []
+    srv.hook.fire = lambda *a: fired.append(a)  # type: ignore[method-assign]
+    return fired
+
+
+def calls(obj: Any, name: str) -> list[tuple[Any, ...]]:
+    """`obj.name` replaced by a recorder of its calls (args, then kwargs as a sorted tuple)."""
+    got: list[tuple[Any, ...]] = []
+    setattr(obj, name, lambda *a, **k: got.append((*a, *sorted(k.items()))))
+    return got
