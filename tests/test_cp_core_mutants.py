@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.cpcore import cp_core, fake_host
+from tests.support.cpcore import cp_core, fake_host, pair_with_sessions
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -202,14 +202,7 @@ async def test_the_old_active_of_a_planned_switchover_takes_the_role_again_once_
 
 def _pair_with_sessions(tmp_path: Path) -> tuple[Any, Any, Any, Any]:
     """host-a active, host-b standby (both recording), T00001 connected with a session at each."""
-    from tests.support.cpcore import recording_terminal
-
-    cp = cp_core(tmp_path, 2)
-    a = fake_host(cp, "host-a", "active", record=True)
-    b = fake_host(cp, "host-b", "standby", record=True)
-    p = recording_terminal(cp, "T00001")
-    cp.host_open(a, "T00001", "active", {})
-    cp.host_open(b, "T00001", "standby", {})
+    cp, a, b, p = pair_with_sessions(tmp_path)
     t = cp.terms["T00001"]
     assert t.active is not None and t.standby is not None
     return cp, a, b, p

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.cpcore import HeldJournal, cp_core, fake_host, recording_terminal
+from tests.support.cpcore import HeldJournal, cp_core, fake_host, pair_with_sessions, recording_terminal
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -29,12 +29,7 @@ def replies(t: Any) -> list[tuple[int, Any]]:
 
 def served(tmp_path: Path) -> tuple[Any, Any, Any, Any]:
     """host-a active, host-b standby, T00001 with both sessions and message 1 delivered to host-a."""
-    cp = cp_core(tmp_path, 2)
-    a = fake_host(cp, "host-a", "active", record=True)
-    b = fake_host(cp, "host-b", "standby", record=True)
-    t = recording_terminal(cp, "T00001")
-    cp.host_open(a, "T00001", "active", {})
-    cp.host_open(b, "T00001", "standby", {})
+    cp, a, b, t = pair_with_sessions(tmp_path)
     cp.terminal_msg(cp.terms["T00001"], 1, b"one")
     assert cp.terms["T00001"].held[1].delivered_epoch == cp.epoch
     return cp, a, b, t

@@ -79,6 +79,18 @@ def recording_terminal(cp: Any, name: str, last_reply: int | None = 0, first: in
     return p
 
 
+def pair_with_sessions(d: Path, terminals: int = 2) -> tuple[Any, Any, Any, Any]:
+    """A CP core whose host-a is active and host-b the standby (both recording), T00001 connected
+    (recording) with a session at each: (cp, host-a, host-b, T00001's connection)."""
+    cp = cp_core(d, terminals)
+    a = fake_host(cp, "host-a", "active", record=True)
+    b = fake_host(cp, "host-b", "standby", record=True)
+    p = recording_terminal(cp, "T00001")
+    cp.host_open(a, "T00001", "active", {})
+    cp.host_open(b, "T00001", "standby", {})
+    return cp, a, b, p
+
+
 def fake_terminal(cp: Any, name: str, *, timeout: float = 5.0) -> Any:
     """A terminal connection that has said hello as `name` (resuming, nothing received yet)."""
     from hsb.cp.terminal_link import TerminalProtocol
