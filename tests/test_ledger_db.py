@@ -8,7 +8,9 @@ has, and a closed database that makes no new pool.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +25,25 @@ from tests.support.procs import until
 pytestmark = pytest.mark.timeout(120)
 
 
+def hangs_on_disk(on_thread: threading.Event, disk: threading.Event) -> Callable[[Any], Awaitable[int]]:
+    """A transaction body that creates table t, sets `on_thread`, then holds the database's
+    thread until `disk` is set (at most 30 s): as an fsync that does not return."""
+
+    async def hangs(tx: Any) -> int:
+        await tx.execute("CREATE TABLE IF NOT EXISTS t (k INTEGER)")
+        on_thread.set()
+        disk.wait(30)
+        return 1
+
+    return hangs
+
+
 async def test_sqlite_a_transaction_cancelled_in_its_begin_leaves_nothing_open(tmp_path: Path) -> None:
     """A message's work is cancelled when the active loses its CP link; if that lands while the
     BEGIN runs on the database's thread (waiting for the write lock), the transaction must not
     stay open: every later one failed ("cannot start a transaction within a transaction") and the
     database's write lock stayed held, the other host and the books locked out."""
     import sqlite3
-    import threading
 
     path = tmp_path / "cancel.sqlite"
     db = SqliteDatabase(str(path))
@@ -68,7 +82,6 @@ async def test_sqlite_run_is_the_whole_transaction_in_one_call_on_its_thread(tmp
     """`SqliteDatabase.run`: BEGIN, the body's statements and COMMIT in one call on the database's
     thread (not one hop per statement); a body that raises, or awaits anything but its
     statements, is rolled back and says why; and it waits for a `transaction()` still open."""
-    import threading
 
     db = SqliteDatabase(str(tmp_path / "run.sqlite"))
     try:
@@ -174,7 +187,6 @@ async def test_sqlite_close_gives_up_on_a_statement_that_does_not_return(tmp_pat
     busy_timeout bounds only lock waits). close() queued its close behind it with no bound, so
     hsbd's stop hung (PostgreSQL's gives up after 5 s, the journal service's after 2 s). It gives
     up after close_timeout, and says so; the statement is left to end on its thread."""
-    import threading
 
     from hsb.service import db as dbmod
     from tests.support.logrec import RecordingLog
@@ -186,13 +198,7 @@ async def test_sqlite_close_gives_up_on_a_statement_that_does_not_return(tmp_pat
     disk = threading.Event()
     on_thread = threading.Event()
 
-    async def hangs(tx: Any) -> int:
-        await tx.execute("CREATE TABLE IF NOT EXISTS t (k INTEGER)")
-        on_thread.set()
-        disk.wait(30)  # (on the database's thread: as an fsync that does not return)
-        return 1
-
-    hung = asyncio.ensure_future(db.run(hangs))
+    hung = asyncio.ensure_future(db.run(hangs_on_disk(on_thread, disk)))
     try:
         await until(lambda: on_thread.is_set(), 5, what="the statement running")
         t0 = time.monotonic()

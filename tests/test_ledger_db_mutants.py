@@ -23,6 +23,7 @@ from tests.support import pg as pgsupport
 from tests.support.pg import fresh, needs_pg
 from tests.support.pgfakes import FakePool
 from tests.test_db_error_kinds import assert_another_may_write_at_once
+from tests.test_ledger_db import hangs_on_disk
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -174,13 +175,7 @@ async def test_a_sqlite_statement_queued_when_the_database_closes_is_unavailable
     db.close_timeout = 0.2
     disk, on_thread = threading.Event(), threading.Event()
 
-    async def hangs(tx: Any) -> int:
-        await tx.execute("CREATE TABLE IF NOT EXISTS t (k INTEGER)")
-        on_thread.set()
-        disk.wait(30)  # (on the database's thread: as an fsync that does not return)
-        return 1
-
-    hung = asyncio.ensure_future(db.run(hangs))
+    hung = asyncio.ensure_future(db.run(hangs_on_disk(on_thread, disk)))
     try:
         deadline = time.monotonic() + 5
         while not on_thread.is_set():
