@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -142,6 +143,38 @@ async def test_a_bug_in_one_cycle_leaves_the_loop_running(tmp_path: Path) -> Non
         ha.post("link_problem", link="cp", why="refused")
         await until(lambda: ha.last_error == "host link to the CP not made: refused", "the next event taken")
         assert not loop.done()
+    finally:
+        ha.exit = Exit(0, "test over")
+        ha.wake.set()
+        await asyncio.wait_for(loop, 10)
+        close(srv)
+
+
+async def test_one_wake_is_one_cycle_not_a_loop_that_never_yields(tmp_path: Path) -> None:
+    """A wake is used up by the cycle it starts: the loop then waits for the next one (or its
+    idle timer) instead of passing again at once. A wake left set would make every pass return
+    without yielding, the daemon's whole event loop spinning: here the stand-in cycle ends the
+    loop after 50 passes, so that shows as a count, not as a hung test."""
+    srv, _ = active_host(tmp_path)
+    ha = srv.ha
+    passes = 0
+
+    async def cycle(watchdog: Any) -> str:
+        nonlocal passes
+        passes += 1
+        if passes >= 50:
+            ha.exit = Exit(0, "spinning")
+        return "test"
+
+    ha._cycle_pinged = cycle  # type: ignore[method-assign]
+    ha._idle_wait = lambda timeout: 30.0  # type: ignore[method-assign]
+    loop = asyncio.create_task(ha.run())
+    try:
+        ha.wake.set()
+        await until(lambda: passes >= 1, "the wake's cycle")
+        for _ in range(20):  # turns of the loop in which a spinning run would pass again
+            await asyncio.sleep(0)
+        assert passes == 1 and not loop.done(), passes
     finally:
         ha.exit = Exit(0, "test over")
         ha.wake.set()
