@@ -45,6 +45,7 @@ async def test_a_resume_tells_the_standby_again_of_an_active_gone_silent_while_p
     request is refused. At the resume the standby hears of that loss again, as "silent", and
     may now take over."""
     cp = cp_core(tmp_path, 2)
+    cp.host_timeout = 30.0  # (a loaded machine's delay between a test's steps is no silence)
     a = fake_host(cp, "host-a", "active")
     b = fake_host(cp, "host-b", "standby", record=True)
     cp.set_paused(True, "test")
@@ -133,6 +134,7 @@ async def test_a_normal_stop_closes_the_actives_sessions_and_says_stopped_once_d
     from tests.support.cpcore import HeldJournal, recording_terminal
 
     cp = cp_core(tmp_path, 2)
+    cp.host_timeout = 30.0  # (a loaded machine's delay between a test's steps is no silence)
     a = fake_host(cp, "host-a", "active", record=True)
     b = fake_host(cp, "host-b", "standby", record=True)
     p = recording_terminal(cp, "T00001")
@@ -203,6 +205,7 @@ async def test_the_old_active_of_a_planned_switchover_takes_the_role_again_once_
 def _pair_with_sessions(tmp_path: Path) -> tuple[Any, Any, Any, Any]:
     """host-a active, host-b standby (both recording), T00001 connected with a session at each."""
     cp, a, b, p = pair_with_sessions(tmp_path)
+    cp.host_timeout = 30.0  # (a loaded machine's delay between a test's steps is no silence)
     t = cp.terms["T00001"]
     assert t.active is not None and t.standby is not None
     return cp, a, b, p
@@ -442,6 +445,7 @@ async def test_a_silent_actives_loss_counts_from_when_it_was_first_noticed(tmp_p
     heard) and tells the standby; later ticks of the same silence keep that note (the grant's
     duration counts from it) and tell the standby nothing more."""
     cp = cp_core(tmp_path, 2)
+    cp.host_timeout = 30.0  # (a loaded machine's delay between a test's steps is no silence)
     a = fake_host(cp, "host-a", "active")
     b = fake_host(cp, "host-b", "standby", record=True)
     cp.tick()
