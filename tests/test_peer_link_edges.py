@@ -455,14 +455,17 @@ async def test_a_peer_that_half_closes_the_sending_connection_is_connected_to_ag
             assert len(f.by_conn[0]) <= 3, f"{len(f.by_conn[0])} frames sent after the EOF"  # (its hello, a heartbeat or two)
 
 
-async def test_the_sending_connections_user_timeout_is_four_heartbeat_timeouts() -> None:
+@pytest.mark.parametrize(("timeout", "user_timeout_ms"), [(1.0, 4000), (0.1, 2000)])
+async def test_the_sending_connections_user_timeout_is_four_heartbeat_timeouts_and_at_least_2_s(timeout: float, user_timeout_ms: int) -> None:
+    """The TCP user timeout is four heartbeat timeouts, and 2 s at least: with a heartbeat
+    timeout of 0.1 s, four would be 0.4 s (a short stall of the network drops no connection)."""
     async with fake(["ok"]) as f:
-        a = link("host-a", addr(), f.addr, timeout=1.0)
+        a = link("host-a", addr(), f.addr, timeout=timeout)
         async with started(a):
             await until(lambda: a.outbound is not None, "host-a's sending connection up")
             assert a.outbound is not None
             sock = a.outbound.writer.get_extra_info("socket")
-            assert struct.unpack("I", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 4))[0] == 4000
+            assert struct.unpack("I", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 4))[0] == user_timeout_ms
 
 
 # -- receiving side -----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The peer link (hsb.host.peer) and the rejoin at the start (hsb.host.rejoin), as a mutation audit
 of both found them still untested: the receiving side's authentication time for a long heartbeat
-timeout, the 5 s wait after a refusal, the floor of the sending connection's TCP user timeout, the
-heartbeat timeout itself; and which refusals at the start rejoin, and the active's name read from
+timeout, the 5 s wait after a refusal, the heartbeat timeout itself (the floor of the sending
+connection's TCP user timeout is tests/test_peer_link_edges.py's); and which refusals at the start rejoin, and the active's name read from
 an empty `active` field. Real loopback sockets in-process, the helpers of
 tests/test_peer_link_edges.py; the wait after a refusal is read from a stand-in for
 `event_within`, the heartbeat timeout on a stand-in clock, not timed; the rejoin on a stand-in HA
@@ -10,8 +10,6 @@ tests/test_peer_link_edges.py; the wait after a refusal is read from a stand-in 
 from __future__ import annotations
 
 import asyncio
-import socket
-import struct
 from types import SimpleNamespace
 from typing import Any
 
@@ -58,18 +56,6 @@ async def test_a_refused_connection_waits_5_s_before_the_next_attempt(monkeypatc
         async with started(a):
             await until(lambda: waits, "the sender waiting after the refusal")
             assert waits == [5.0]
-
-
-async def test_the_sending_connections_user_timeout_is_at_least_2_s() -> None:
-    """With a heartbeat timeout of 0.1 s, four of them would be 0.4 s: the TCP user timeout is
-    2 s at least (a short stall of the network drops no connection)."""
-    async with fake(["ok"]) as f:
-        a = link("host-a", addr(), f.addr, timeout=0.1)
-        async with started(a):
-            await until(lambda: a.outbound is not None, "host-a's sending connection up")
-            assert a.outbound is not None
-            sock = a.outbound.writer.get_extra_info("socket")
-            assert struct.unpack("I", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 4))[0] == 2000
 
 
 async def test_the_peer_is_lost_once_silent_for_just_over_the_heartbeat_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
