@@ -63,11 +63,11 @@ class Replies:
         journal. The terminal cannot hold that one, though a claim that covers an earlier run's
         ids says it does, and one that will confirm nothing (`_settle_unconfirmable`) has not had
         it either; its next logon sends it, and that settles it. Nor, for a confirm that says how
-        many reply frames the terminal had read (`seen`), short of one written after those: on its way when the terminal wrote the
-        confirm, which covers an earlier run's ids too; the confirm after it settles it. Nor, for a
-        hello that says its run's `first` id, short of one below it: an earlier run's, which the
-        claim does not cover (it may have been written to a connection that dropped unread: the
-        hello sends it again)."""
+        many reply frames the terminal had read (`seen`), short of one written after those: on its
+        way when the terminal wrote the confirm, which covers an earlier run's ids too; the confirm
+        after it settles it. Nor, for a hello that says its run's `first` id, short of one below it:
+        an earlier run's, which the claim does not cover (it may have been written to a connection
+        that dropped unread: the hello sends it again)."""
         upto = min(upto, term.last_acked)
         for held in term.held.values():  # id order: the first whose reply has not gone out bounds it
             if not held.replying or held.discarding:
