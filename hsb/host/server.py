@@ -131,6 +131,7 @@ class HostServer:
         self.exit_code: int | None = None
         self.exit_msg = ""
         self.handover_unanswered = False  # a stop's handover went to the CP and got no answer
+        self.handover_timed_out = False  # a stop's handover ran out of time (neither granted nor refused)
         self.should_exit = asyncio.Event()
         self.admin_server: asyncio.base_events.Server | None = None
         self.bound: dict[str, str] = {}
@@ -400,6 +401,7 @@ class HostServer:
                 if answer_by is not None:
                     log.warning("stop_handover_unanswered", at_most_s=HANDOVER_ANSWER_S, msg="the CP did not answer the handover")
                     self.handover_unanswered = True  # (the CP may grant it still)
+                self.handover_timed_out = True
                 return False
             await asyncio.sleep(0.02)
 
@@ -461,6 +463,7 @@ class HostServer:
         ha = self.ha
         if ha.role == "active":
             await self.registered_again()
+        as_lost = False  # the stop ends as a lost link to the CP: the standby takes over
         if ha.role == "active" and self.stop_mode == "takeover":
             # a planned switchover under way (hsbctl switchover) is waited for, not cut short by
             # a normal stop that would leave nobody active
@@ -479,7 +482,19 @@ class HostServer:
                     return self._stopped_after_handover()
                 if ha.exit is not None:  # fenced (or failed) meanwhile: it exits with that code, and tells nobody
                     return
-                log.warning("stop_handover_failed", msg="the planned switchover did not complete; stopping normally (nobody takes over)")
+                # Out of time with hot standby still established (the CP slow to release or to
+                # answer): a normal stop would end the service though nobody asked for that (§5.3:
+                # only `--no-takeover`, or no established standby). The stop ends as a lost link
+                # instead, as a crash would: the CP, the arbiter, fails over to the standby (or
+                # grants the handover it holds). Refused (the CP has no standby): the normal stop.
+                as_lost = self.handover_timed_out and ha.role == "active" and ha.established_since is not None
+                log.warning(
+                    "stop_handover_failed",
+                    then="failover" if as_lost else "normal stop",
+                    msg="the planned switchover did not complete in time; the stop ends as a lost link to the CP, which fails over to the standby"
+                    if as_lost
+                    else "the planned switchover did not complete; stopping normally (nobody takes over)",
+                )
             else:
                 log.info("stop_without_takeover", reason=why)
         elif ha.role == "active" and ha.handover_sent:
@@ -501,12 +516,20 @@ class HostServer:
         # it held): the stop's release, stopping and the handover would race at the CP.
         ha.abandon_switchover()
         notify(STOPPING=1, STATUS="stopping")
-        ha.set_state("stopping", "normal termination" if self.stop_mode == "normal" else "stop: normal termination (no established standby)")
-        if ha.role == "active" and not ha.registered:
+        if self.stop_mode == "normal":
+            why = "normal termination"
+        elif as_lost:
+            why = "stop: the handover out of time, a lost link to the CP (the standby takes over)"
+        else:
+            why = "stop: normal termination (no established standby)"
+        ha.set_state("stopping", why)
+        if ha.role == "active" and (as_lost or not ha.registered):
             # its link to the CP is down, or came back and the registration is not answered: a
             # release or stopping now would carry the epoch before (stale: fenced). The CP takes
-            # the end of the link for a loss, and the standby takes over
-            log.warning("stop_not_registered", msg="not registered at the CP: the stop is a lost link to it, and the standby takes over")
+            # the end of the link for a loss, and the standby takes over (so too after a handover
+            # out of time, above: what is in progress here the CP gives the new active, marked)
+            if not as_lost:
+                log.warning("stop_not_registered", msg="not registered at the CP: the stop is a lost link to it, and the standby takes over")
             self.delivery.cancel()
         elif ha.role == "active":
             # the CP first stops delivering (as at a planned switchover's release), so that the
