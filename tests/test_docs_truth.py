@@ -59,8 +59,8 @@ def _families(collector: Any) -> list[Any]:
 
 
 @cache
-def exported_families() -> dict[str, str]:
-    """Every metric family the daemons can export ({name: type}), from running their collectors
+def families_by_daemon() -> dict[str, dict[str, str]]:
+    """Every metric family each daemon can export ({name: type}), from running their collectors
     on statuses that take every branch (TLS on, --supervise, a serving CP with a fsync journal,
     its held bytes and switch history)."""
     import tempfile
@@ -96,12 +96,17 @@ def exported_families() -> dict[str, str]:
         journal={"durability": "fsync", "state": "ok", "size_bytes": 0, "segments": 1, "stalls": 0},
     )
     journal = SimpleNamespace(sync_counts=[0] * len(SYNC_BUCKETS), sync_sum=0.0)
-    fams = [
-        *_families(HostCollector(lambda: host)),
-        *_families(CPCollector(lambda: cp_st, lambda: journal, lambda: cp.history)),
-        *_families(ProcessMetrics()),
-    ]
-    return {f.name: f.type for f in fams}
+    return {
+        "hsbd": {f.name: f.type for f in [*_families(HostCollector(lambda: host)), *_families(ProcessMetrics())]},
+        "hsbcpd": {
+            f.name: f.type for f in [*_families(CPCollector(lambda: cp_st, lambda: journal, lambda: cp.history)), *_families(ProcessMetrics())]
+        },
+    }
+
+
+def exported_families() -> dict[str, str]:
+    by = families_by_daemon()
+    return {**by["hsbd"], **by["hsbcpd"]}
 
 
 def exposed_names() -> dict[str, str]:
@@ -139,6 +144,28 @@ def undocumented_metrics(text: str) -> list[str]:
     return sorted(f for f in exported_families() if f.startswith("hsb_") and f not in said and f not in UNDOCUMENTED_METRICS)
 
 
+def metric_table_problems(text: str) -> list[str]:
+    """The rows of operations.md's metrics table (`| metric | hsbd | hsbcpd | meaning |`) whose
+    ✓ marks are not the daemons that export the metrics of the row."""
+    problems = []
+    for n, line in enumerate(text.splitlines(), 1):
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if len(cells) != 4 or not cells[0].startswith("`hsb_"):
+            continue
+        said = {d for d, c in zip(("hsbd", "hsbcpd"), cells[1:3], strict=True) if c.startswith("✓")}
+        for tok in METRIC_TOKEN.findall(cells[0]):
+            fam = exposed_names().get(tok)
+            by = {d for d, fams in families_by_daemon().items() if fam in fams}
+            if fam is not None and by != said:
+                problems.append(f"{n}: {tok}: marked for {sorted(said)}, exported by {sorted(by)}")
+    return problems
+
+
+def test_the_metrics_table_marks_the_daemons_that_export_each() -> None:
+    assert len([ln for ln in OPERATIONS.read_text(encoding="utf-8").splitlines() if ln.startswith("| `hsb_")]) >= 50
+    assert metric_table_problems(OPERATIONS.read_text(encoding="utf-8")) == []
+
+
 def test_the_metrics_are_found() -> None:
     """Every family hsb/ops/metrics.py names comes out of the collectors here: a new one behind
     a branch these statuses do not take would otherwise be checked by nothing."""
@@ -157,6 +184,8 @@ def test_every_metric_mentioned_is_exported(doc: Path) -> None:
 
 def test_every_exported_metric_is_in_the_operations_guide() -> None:
     assert undocumented_metrics(OPERATIONS.read_text(encoding="utf-8")) == []
+    said = {t for d in DOCS for t in METRIC_TOKEN.findall(d.read_text(encoding="utf-8"))}
+    assert set(NOT_METRICS) <= said, "NOT_METRICS names a word no document has now: remove it"
     assert set(UNDOCUMENTED_METRICS) <= set(exported_families()), "UNDOCUMENTED_METRICS names a metric no longer exported"
 
 
@@ -534,3 +563,8 @@ def test_a_reference_row_unlike_the_schema_is_found() -> None:
     ]
     text = broken("README.md", "| `host.peer` | required |", '| `host.peer` | `""` |')
     assert [p.split(": ", 1)[1] for p in config_reference_problems(text)] == ["host.peer: default shown '', the schema's None"]
+
+
+def test_a_metric_marked_for_the_wrong_daemon_is_found() -> None:
+    text = broken("docs/operations.md", "| `hsb_paused` | | ✓ |", "| `hsb_paused` | ✓ | ✓ |")
+    assert [p.split(": ", 1)[1] for p in metric_table_problems(text)] == ["hsb_paused: marked for ['hsbcpd', 'hsbd'], exported by ['hsbcpd']"]
