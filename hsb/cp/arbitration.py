@@ -284,7 +284,11 @@ class Arbitration:
         self.after_switch = AfterSwitch(t0, rec, self.history.switch_done)
         lead = loss[1] if loss is not None and demote is None else release_t0  # silence (or release) -> grant
         self.refuse_too_large(host)  # (nothing to do unless its max_frame is below the CP's)
-        # (an undone switchover's terminals are told of a switchover: their sessions stay where they were)
+        # (an undone switchover's terminals are told of a switchover: their sessions stay where they were.
+        # A guard: the flip tells `switched` only to a terminal whose standby session is at the
+        # host granted, and the active given its role back holds none (no hsbd opens one while it
+        # hands over; the CP takes one only from the standby or the host being granted). Were one
+        # opened meanwhile, its terminal gets a kind it knows, not "undone": tests/test_cp_reach.py)
         flip_kind = "switchover" if kind == "undone" else kind
         self.flipping = Flip(self, host, flip_kind, t0, self.flip_slice, lambda f: self._flipped(f, rec, t0, lead, fenced_old), keep)
         self.flipping.start()

@@ -41,9 +41,9 @@ class Replies:
     def _settle_unconfirmable(self: CP, term: Term) -> None:
         """A terminal that no longer resumes will confirm nothing: the replies kept for it from
         when it did are settled once sent, as far as no message of its still waits below them
-        (the rest when that one is answered, `_replied`). Not one never sent: made while it was
-        away (a later run's, say, when the answer to a logoff's message comes), it goes at its
-        next logon (`_send_kept_once`), which settles it (`_confirmable`)."""
+        (`terminal_lost` forgets the rest of a terminal that logged off). Not one never sent:
+        made while it was away (a later run's, say, when the answer to a logoff's message comes),
+        it goes at its next logon (`_send_kept_once`), which settles it (`_confirmable`)."""
         upto = self._confirmable(term, max(term.replies))
         if upto and min(term.replies) <= upto:
             self._drop_replies(term, upto)
@@ -255,7 +255,12 @@ class Replies:
         if self.after_switch is not None:
             self._served_after_switch(term, held)
         self._settled(term, held)
-        if term.replies and (not term.resuming or self._logged_off(term)):  # kept from when it resumed: those below are settled now
+        if term.replies and (not term.resuming or self._logged_off(term)):
+            # A guard, reached (tests/test_cp_reach.py) but settling nothing today: a terminal that
+            # does not resume holds only replies never sent (its hello unkept every one,
+            # `_send_kept_once`; only `_keep_away` keeps one after, with its connection gone), which
+            # `_confirmable` never passes; one logged off and gone holds none (`terminal_lost` drops
+            # every reply up to its bye, which covers every id it sent)
             self._settle_unconfirmable(term)
         faults.point("cp.after_reply_sent")
 
