@@ -71,20 +71,9 @@ def families_by_daemon() -> dict[str, dict[str, str]]:
     from hsb.cp.journal.completion import SYNC_BUCKETS
     from hsb.ops.metrics import CPCollector, HostCollector, ProcessMetrics
     from tests.support.procs import cp_config
+    from tests.test_prometheus import _host_status
 
-    host: dict[str, Any] = {
-        "role": "active",
-        "state": "established",
-        "established": True,
-        "serving": True,
-        "lease": {"valid": True},
-        "epoch": 3,
-        "peer_link": {"up": True, "heartbeat_age_ms": 12.0},
-        "takeover_file": {"storage": "ok"},
-        "terminals": {"defined": 2, "linked": 2, "active_sessions": 2, "standby_sessions": 0},
-        "delivery": {"processed": 10, "redelivered": 0},
-        "tls": {"enabled": True, "days_left": 30},
-    }
+    host = _host_status(tls={"enabled": True, "days_left": 30})
     with tempfile.TemporaryDirectory() as d:
         cp = CP(load(cp_config(Path(d), terminals=2, durability="none"), CPConfig), None)
         cp_st = cp.status()

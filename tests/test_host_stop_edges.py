@@ -29,7 +29,7 @@ from hsb.service.api import ServiceUnavailable
 from hsb.service.builtin import EchoService
 from hsb.wire.client import request
 from hsb.wire.framing import encode
-from tests.support.inproc import hot_standby, pair_in_hot_standby, refuse_handovers_finally, until
+from tests.support.inproc import hot_standby, pair_in_hot_standby, refuse_handovers_finally, short_hand_over, until
 from tests.support.logrec import RecordingLog
 from tests.support.procs import SECRET
 
@@ -321,16 +321,6 @@ def slow_batch_writes(a: HostServer, write: str) -> list[float]:
 
     a.takeover.batch_write = slow  # type: ignore[method-assign]
     return began
-
-
-def short_hand_over(a: HostServer, monkeypatch: pytest.MonkeyPatch, timeout: float) -> None:
-    """The stop's limit on its handover (15 s) cut to `timeout`."""
-    real = a.hand_over
-
-    async def short(ask: bool = True) -> bool:
-        return await real(timeout=timeout, ask=ask)
-
-    monkeypatch.setattr(a, "hand_over", short)
 
 
 @pytest.mark.parametrize("write", ["succeeds", "fails"])

@@ -19,22 +19,12 @@ import pytest
 from hsb.host import server as server_mod
 from hsb.service.builtin import EchoService
 from tests.support.hostclient import FakeTerminal
-from tests.support.inproc import pair_in_hot_standby, until
+from tests.support.inproc import pair_in_hot_standby, short_hand_over, until
 from tests.support.logrec import RecordingLog
 
 pytestmark = pytest.mark.timeout(60)
 
 HOST_TIMEOUT = 0.5  # the CP's, in pair_in_hot_standby
-
-
-def short_hand_over(a: Any, monkeypatch: pytest.MonkeyPatch, timeout: float) -> None:
-    """The stop's limit on its handover (15 s) cut to `timeout`."""
-    real = a.hand_over
-
-    async def short(ask: bool = True) -> bool:
-        return await real(timeout=timeout, ask=ask)
-
-    monkeypatch.setattr(a, "hand_over", short)
 
 
 @pytest.mark.parametrize("slow", ["release", "handover"])

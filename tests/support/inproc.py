@@ -131,3 +131,13 @@ def refuse_handovers_finally(core: Any) -> Any:
 
     core.host_handover = refuse
     return real
+
+
+def short_hand_over(a: HostServer, monkeypatch: Any, timeout: float) -> None:
+    """The stop's limit on its handover (15 s, HostServer.hand_over) cut to `timeout`."""
+    real = a.hand_over
+
+    async def short(ask: bool = True) -> bool:
+        return await real(timeout=timeout, ask=ask)
+
+    monkeypatch.setattr(a, "hand_over", short)
