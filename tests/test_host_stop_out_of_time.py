@@ -51,6 +51,8 @@ async def test_a_stop_out_of_time_with_hot_standby_fails_over(tmp_path: Path, mo
         assert failed["then"] == "failover", failed
         assert not rec.events("stop_not_registered"), rec.entries
         assert a.exit_code == 0
+        # what the role-change hook says of a stop that leaves the role to a failover
+        assert a.ha.state == "stopping" and "ran out of time" in a.ha._not_acting_why(), a.ha._not_acting_why()
         # what serve() does after graceful_stop(): the HA loop ends and the links close
         tasks[1].cancel()
         await asyncio.gather(tasks[1], return_exceptions=True)

@@ -153,6 +153,7 @@ class HA(CPSide, LeaseSide, SwitchSide, HotStandbySide, HAView):
         self.stop_asks_until: float | None = None  # ... unless the CP had no standby registered: asked again until then
         self.stop_may_ask_again = False  # (set when it ended so: HostServer._hand_over_for_stop asks again)
         self.standby_out_of_sight: float | None = None  # active: established standby lost with the peer link (when)
+        self.stopping_why = "normal termination"  # the stop's reason, for the role-change hook
         self.batch_token = 0  # each batch read's; an older one's end is ignored
         self.batch_announced: tuple[int, float, int] | None = None  # standby: BATCH WRITE COMPLETE's generation, re-read until (monotonic), re-reads
         self.batch_apply: asyncio.Task[None] | None = None
@@ -215,6 +216,8 @@ class HA(CPSide, LeaseSide, SwitchSide, HotStandbySide, HAView):
             self.standby_out_of_sight = None
         if state != BATCH_WRITING:
             self.resyncing = False
+        if state == STOPPING:
+            self.stopping_why = reason
         self.state = state
         self.state_since = time.time()
         self.state_since_mono = time.monotonic()
@@ -287,7 +290,7 @@ class HA(CPSide, LeaseSide, SwitchSide, HotStandbySide, HAView):
 
     def _not_acting_why(self) -> str:
         if self.state == STOPPING:
-            return "normal termination"
+            return self.stopping_why
         if self.state == HANDING_OVER:
             return "handing over to the standby (planned switchover)"
         if not self.granted:

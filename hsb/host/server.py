@@ -491,7 +491,8 @@ class HostServer:
                 log.warning(
                     "stop_handover_failed",
                     then="failover" if as_lost else "normal stop",
-                    msg="the planned switchover did not complete in time; the stop ends as a lost link to the CP, which fails over to the standby"
+                    msg="the planned switchover did not complete in time; the stop ends as a lost link to the CP, which fails over to"
+                    " the standby (unless failover is paused there: hsbctl resume, or hsbctl promote)"
                     if as_lost
                     else "the planned switchover did not complete; stopping normally (nobody takes over)",
                 )
@@ -519,7 +520,7 @@ class HostServer:
         if self.stop_mode == "normal":
             why = "normal termination"
         elif as_lost:
-            why = "stop: the handover out of time, a lost link to the CP (the standby takes over)"
+            why = "stop: its handover ran out of time; a lost link to the CP, which fails over to the standby"
         else:
             why = "stop: normal termination (no established standby)"
         ha.set_state("stopping", why)
