@@ -53,6 +53,8 @@ ACTION_LABELS = {
     "crash_cp_after_grant": "active SIGKILLed, CP crashed right after granting the standby",
     "crash_cp_mid_switch": "active SIGKILLed, CP crashed while switching the sessions",
     "crash_cp_mid_redelivery": "active crashed before a reply, CP crashed while handing its messages to the new active",
+    "stop_active": "SIGTERM active (it hands over)",
+    "stop_active_journal_stalled": "SIGTERM active, CP journal storage held: the handover runs out of time, a failover",
 }
 
 

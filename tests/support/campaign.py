@@ -53,6 +53,8 @@ WEIGHTS = {
     "crash_cp_after_grant": 1,
     "crash_cp_mid_switch": 1,
     "crash_cp_mid_redelivery": 1,
+    "stop_active": 2,
+    "stop_active_journal_stalled": 1,  # (its stop waits out the handover's 15 s)
 }
 CP_SEGMENT_KIB = 64  # small journal segments, so that compaction (and its crash point) happens in a campaign
 
@@ -232,6 +234,9 @@ class Campaign(Judging):
                 await self._wait_dead(active)
             (self.d / "crash-cp").write_text("")
             sandbox.start_cp(self.d, self.env("cp"))  # at once, as systemd's Restart=always does
+        elif action in ("stop_active", "stop_active_journal_stalled"):
+            r.victim = active
+            await self.stop_active(active, action == "stop_active_journal_stalled", rng, r)
         elif action == "kill_standby":
             r.victim = standby
             os.kill(self.state()["hosts"][standby]["pid"], signal.SIGKILL)
@@ -276,6 +281,35 @@ class Campaign(Judging):
             raise CampaignError(f"seed {r.seed}: two hosts served as active: {self.epoch_violations() or 'seen in a status poll'}")
         self.judge(r)
         return r
+
+    async def stop_active(self, active: str, stalled: bool, rng: random.Random, r: Round) -> None:
+        """SIGTERM to the active under load (`stalled`: with the CP's journal storage held from
+        before it until the host has gone): it must end within the stop's limits with exit 0 (no
+        `host_exit`), having handed over (`stopped_after_handover`) or, stalled, having ended as
+        a lost link (`stop_handover_failed` with `then: failover`); never the normal termination."""
+        from tests.support.procs import log_events
+
+        pid = self.pid(active)
+        log = self.d / f"{active}.log"
+        seen = len(log_events(log))
+        if stalled:
+            await arm_faults(self.d / "crash-cp", self.pid("cp"), "storage hold")
+        try:
+            await asyncio.sleep(rng.uniform(0, 0.3))
+            os.kill(pid, signal.SIGTERM)
+            if not await self._dead_within(active, 40):  # (the stop's handover: 15 s, and 5 s for its answer)
+                raise CampaignError(f"seed {r.seed}: {active} did not end within 40 s of its SIGTERM")
+        finally:
+            if stalled:
+                await arm_faults(self.d / "crash-cp", self.pid("cp"), "storage clear")
+        events = log_events(log)[seen:]
+        names = [e.get("event") for e in events]
+        failed = [e.get("then") for e in events if e.get("event") == "stop_handover_failed"]
+        ended = ("stop_handover_failed" in names and failed == ["failover"]) if stalled else "stopped_after_handover" in names
+        if "host_exit" in names or not ended:
+            last = [n for n in names if n and ("stop" in n or "exit" in n or "handover" in n)]
+            raise CampaignError(f"seed {r.seed}: {active}'s stop ({'CP stalled' if stalled else 'clean'}) ended otherwise: {last}")
+        r.notes.append("stop: ended as a lost link, failed over" if stalled else "stop: handed over")
 
     async def until_load_terminals_have_standby(self, i: int, timeout: float = 30.0) -> None:
         from hsb.config import parse_addr

@@ -61,6 +61,11 @@ ACTIONS: dict[str, tuple[str | None, bool]] = {
     # but the terminal's own mark (`resent`) tells the next active that it may have processed
     # the message (docs/cp-journal.md, "Early delivery")
     "crash_cp_reply_before_durable_then_active": ("cp.reply_before_durable", False),
+    # a clean stop of the active (SIGTERM: systemctl stop, an upgrade): it hands over (SPEC §5.3);
+    # with the CP's journal storage held meanwhile its handover runs out of time and the stop
+    # ends as a lost link, failed over once the storage answers: a pause either way
+    "stop_active": (None, True),
+    "stop_active_journal_stalled": (None, True),
 }
 # quiet rounds in which both hosts die (the new active crashes too): the terminals keep their
 # connections, but with no host left their sessions close, and open again with the next one
