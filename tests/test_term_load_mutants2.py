@@ -1,0 +1,241 @@
+"""hsbterm's load generator (hsb.term.load) at the points a second mutation audit of the module
+found no test for: the send schedule's grid (an owed send is owed from when it was due, and a loop
+that was held up skips what fell due meanwhile instead of sending it in a burst), a run whose
+send schedule failed (its verdict says so), a terminal refused for good while another was
+welcomed (the run still runs), the reply rate (replies of the sending phase only), a stop set
+during the settle time (it ends the settle), and what the report takes from each terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import pytest
+
+from hsb.term import load
+from hsb.term.load import background_load, run_load
+from hsb.term.loadstats import LoadStats
+from tests.support.fakecp import FakeCP, wait_until
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class _Sender:
+    """A terminal as `_schedule` sees it: it sends (recording when) or, with `can_send` False, owes."""
+
+    def __init__(self, can_send: bool = True) -> None:
+        self.can_send = can_send
+        self.welcomed_at = 1.0
+        self.sends: list[float] = []
+
+    def submit(self) -> None:
+        self.sends.append(time.monotonic())
+
+
+class _Owed:
+    def __init__(self) -> None:
+        self.dues: list[tuple[float, float]] = []  # (due, when the schedule said so)
+
+    def defer(self, c: Any, due: float) -> None:
+        self.dues.append((due, time.monotonic()))
+
+
+async def test_a_send_owed_is_owed_from_when_it_was_due_on_the_terminals_grid() -> None:
+    """A terminal that cannot send at its turn owes the send from the moment it was due (its
+    latency counts from then), not from when the schedule happened to look: the dues it owes lie
+    on its own grid, one period apart (1 terminal at 50 msg/s: every 20 ms)."""
+    owed, c = _Owed(), _Sender(can_send=False)
+    sched = asyncio.ensure_future(load._schedule([c], 50.0, owed, random.Random(3)))  # type: ignore[list-item, arg-type]
+    try:
+        await wait_until(lambda: len(owed.dues) >= 12, what="a dozen turns owed")
+    finally:
+        sched.cancel()
+    steps = [b[0] - a[0] for a, b in zip(owed.dues, owed.dues[1:], strict=False)]
+    on_grid = sum(1 for s in steps if abs(s - 0.02) < 1e-9)
+    # (a loop held up more than LATE_TICKS ticks on a loaded machine may skip once or twice)
+    assert on_grid >= len(steps) - 3, steps
+    assert all(due <= seen for due, seen in owed.dues), owed.dues
+
+
+async def test_a_schedule_held_up_skips_what_fell_due_meanwhile_instead_of_a_burst() -> None:
+    """The event loop held up for 0.3 s (a terminal sending every 10 ms): what fell due meanwhile
+    is skipped, not sent all at once when the loop runs again (a burst of 30 sends the CP would
+    see as the terminal's, and a latency its user never had)."""
+    c = _Sender()
+    sched = asyncio.ensure_future(load._schedule([c], 100.0, LoadStats(1), random.Random(5)))  # type: ignore[list-item]
+    try:
+        await wait_until(lambda: len(c.sends) >= 3, what="the terminal sending")
+        time.sleep(0.3)  # the loop held up (what this test is about, not a synchronisation)
+        held_until = time.monotonic()
+        await wait_until(lambda: c.sends[-1] > held_until + 0.05, what="sends after the hold-up")
+    finally:
+        sched.cancel()
+    burst = [t for t in c.sends if held_until <= t < held_until + 0.005]
+    assert len(burst) <= 2, f"{len(burst)} sends at once after the hold-up"
+
+
+async def test_a_send_schedule_that_failed_fails_the_run_and_says_why(fake: FakeCP, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The send schedule stopped on an error: the report names it (`sender_failed`) and its
+    verdict fails, though nothing was lost (nothing was sent after it)."""
+
+    async def broken(*args: Any) -> None:
+        raise RuntimeError("the schedule broke")
+
+    monkeypatch.setattr(load, "_schedule", broken)
+    r = await asyncio.wait_for(run_load(("127.0.0.1", fake.port), terminals=1, rate=20, duration=0.2, settle=1), 20)
+    assert r.sender_failed == "RuntimeError: the schedule broke", r.sender_failed
+    assert not r.ok and any("sender stopped" in f for f in r.failures), r.failures
+
+
+async def test_a_terminal_refused_for_good_while_another_was_welcomed_does_not_end_the_run(fake: FakeCP, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CP refused T00001 for good (a TLS refusal) before anyone was welcomed, and T00002 was
+    welcomed as the connect wait ended: somebody logged on, so the run runs (only a run nobody
+    could log on to gives up)."""
+    handle = fake.handle
+
+    def refuse_one(conn: Any, m: dict[str, Any]) -> None:
+        if conn.term is None and m.get("terminal") == "T00001":
+            conn.send({"t": "error", "code": "tls_required", "msg": "TLS required"})
+            conn.tr.close()
+            return
+        if conn.term is None and not stats[0].gave_up.is_set():
+            return  # (T00002's hello waits for the refusal: say nothing, it is sent again below)
+        handle(conn, m)
+
+    stats: list[LoadStats] = []
+
+    class Stats(LoadStats):
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            super().__init__(*a, **kw)
+            stats.append(self)
+
+    real_wait = load._wait
+
+    async def wait(event: asyncio.Event, timeout: float, stop: Any, also: Any = None) -> None:
+        await real_wait(event, timeout, stop, also)
+        if also is not None:  # (the connect wait) ... and T00002 welcomed in the same turn
+            for conn in list(fake.conns):
+                if conn.term is None:
+                    handle(conn, {"t": "hello", "terminal": "T00002"})
+            await wait_until(lambda: stats[0].welcomed == 1, what="T00002 welcomed")
+
+    monkeypatch.setattr(fake, "handle", refuse_one)
+    monkeypatch.setattr(load, "LoadStats", Stats)
+    monkeypatch.setattr(load, "_wait", wait)
+    r = await asyncio.wait_for(run_load(("127.0.0.1", fake.port), terminals=2, rate=20, duration=0.3, settle=2, wait_session=False), 20)
+    assert stats[0].gave_up.is_set()
+    assert r.gave_up is None and r.welcomed == 1 and r.sent > 0, (r.gave_up, r.welcomed, r.sent)
+
+
+async def test_the_reply_rate_counts_only_the_replies_of_the_sending_phase() -> None:
+    """Every reply comes 1 s after its message, after a sending phase of 0.3 s: the settle time
+    brings them all (nothing lost), but the reply rate, a capacity, counts none of them."""
+    cp = FakeCP(reply_delay=1.0)
+    await cp.start()
+    try:
+        r = await asyncio.wait_for(run_load(("127.0.0.1", cp.port), terminals=1, rate=20, duration=0.3, settle=5), 20)
+    finally:
+        await cp.stop()
+    assert r.sent > 0 and r.replied == r.sent and r.lost == 0, r
+    assert r.reply_rate == 0.0, r.reply_rate
+
+
+async def test_a_stop_set_during_the_settle_time_ends_it(fake: FakeCP) -> None:
+    """No reply ever comes (every message acknowledged only); the caller ends the sending, then
+    sets `stop` again during the settle time of 20 s: the run ends then, its messages lost."""
+    fake.lose = lambda name, seq: True
+    phases: list[str] = []
+    task, stop = await background_load(
+        ("127.0.0.1", fake.port), terminals=1, rate=20, settle=20, progress=lambda s: phases.append(s["phase"]), progress_interval=0.02
+    )
+    await wait_until(lambda: fake.deliveries, what="a message delivered")
+    stop.set()
+    await wait_until(lambda: phases and phases[-1] == "settle", what="the settle time")
+    t = time.monotonic()
+    stop.set()
+    r = await asyncio.wait_for(task, 20)
+    assert time.monotonic() - t < 5, "the settle time went on after the stop"
+    assert r.sent > 0 and r.lost == r.sent, r
+
+
+async def test_sends_owed_from_the_sending_go_out_only_in_the_first_part_of_the_settle(fake: FakeCP) -> None:
+    """A terminal whose window (1) stays full through its 0.3 s of sending owes its later turns;
+    they may go out in the settle time only while their answers could still come within it (up to
+    max(1 s, a quarter of it) before its end). Its one reply comes 1.4 s into a settle of 2 s: too
+    late to send what it owed (owed, not sent: no message, nothing lost)."""
+    fake.pause()
+    phases: list[str] = []
+    task = asyncio.ensure_future(
+        run_load(
+            ("127.0.0.1", fake.port),
+            terminals=1,
+            rate=20,
+            duration=0.3,
+            settle=2,
+            window=1,
+            progress=lambda s: phases.append(s["phase"]),
+            progress_interval=0.02,
+        )
+    )
+    try:
+        await wait_until(lambda: "settle" in phases, what="the settle time")
+        t = time.monotonic()
+        await wait_until(lambda: time.monotonic() > t + 1.4, what="1.4 s into the settle time")  # (the scenario's timing)
+        fake.resume()
+        r = await asyncio.wait_for(task, 20)
+    finally:
+        task.cancel()
+    assert r.sent == 1 and r.replied == 1 and r.owed_unsent >= 3, (r.sent, r.replied, r.owed_unsent)
+
+
+async def test_the_settle_time_waits_for_the_answer_to_the_last_owed_send() -> None:
+    """Replies take 0.5 s and the window is 1: the 0.3 s of sending send one message and owe the
+    later turns, which go out one by one in the settle time as each answer makes room. The settle
+    time waits for the answer to the last of them too (more than the quiet moment before the
+    logoff), so nothing is lost or late, and nothing owed is left unsent."""
+    cp = FakeCP(reply_delay=0.5)
+    await cp.start()
+    try:
+        r = await asyncio.wait_for(run_load(("127.0.0.1", cp.port), terminals=1, rate=10, duration=0.3, settle=10, window=1), 25)
+    finally:
+        await cp.stop()
+    assert r.sent >= 2 and r.replied == r.sent, (r.sent, r.replied)
+    assert (r.lost, r.late_at_logoff, r.owed_unsent) == (0, 0, 0), (r.lost, r.late_at_logoff, r.owed_unsent)
+    assert r.ok, r.failures
+
+
+async def test_a_terminal_not_logged_on_again_by_the_end_fails_the_run(fake: FakeCP, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both terminals dropped (a CP restart, disconnects expected) and backing off for 60 s: the
+    settle time (1 s) ends without them, so the run reports them not back and fails."""
+    monkeypatch.setattr(load.TerminalClient, "_next_backoff", lambda self: 60.0)
+    task, stop = await background_load(("127.0.0.1", fake.port), terminals=2, rate=20, settle=1, expect_disconnects=True)
+    try:
+        assert fake.drop_all() == 2
+        await wait_until(lambda: not fake.conns, what="both connections gone")
+    finally:
+        stop.set()
+    r = await asyncio.wait_for(task, 20)
+    assert r.not_back == 2 and sorted(r.not_back_names) == ["T00001", "T00002"], (r.not_back, r.not_back_names)
+    assert not r.ok and any("not back" in f for f in r.failures), r.failures
+
+
+async def test_the_settle_time_waits_for_the_answers_to_what_a_terminal_back_late_sent(fake: FakeCP, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The terminal dropped during its sending, everything answered so far, and back 1 s later
+    (its backoff), in the settle time: it sends the turns it owed then, and their answers (0.6 s,
+    more than the quiet moment before the logoff) are waited for: none is lost or late."""
+    monkeypatch.setattr(load.TerminalClient, "_next_backoff", lambda self: 1.0)
+    task, stop = await background_load(("127.0.0.1", fake.port), terminals=1, rate=20, settle=10, expect_disconnects=True)
+    try:
+        await wait_until(lambda: sum(fake.deliveries.values()) >= 2, what="messages answered")
+        fake.reply_delay = 0.6
+        assert fake.drop_all() == 1
+        t = time.monotonic()
+        await wait_until(lambda: time.monotonic() > t + 0.3, what="turns owed while away")  # (the scenario's timing)
+    finally:
+        stop.set()
+    r = await asyncio.wait_for(task, 25)
+    assert r.disconnects == 1 and r.not_back == 0 and r.owed_unsent == 0, (r.disconnects, r.not_back, r.owed_unsent)
+    assert (r.lost, r.late_at_logoff) == (0, 0), (r.lost, r.late_at_logoff, r.lost_ids)
+    assert r.ok, r.failures
