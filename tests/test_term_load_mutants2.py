@@ -17,7 +17,7 @@ import pytest
 from hsb.term import load
 from hsb.term.load import background_load, run_load
 from hsb.term.loadstats import LoadStats
-from tests.support.fakecp import FakeCP, wait_until
+from tests.support.fakecp import FakeCP, free_port, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -239,3 +239,76 @@ async def test_the_settle_time_waits_for_the_answers_to_what_a_terminal_back_lat
     assert r.disconnects == 1 and r.not_back == 0 and r.owed_unsent == 0, (r.disconnects, r.not_back, r.owed_unsent)
     assert (r.lost, r.late_at_logoff) == (0, 0), (r.lost, r.late_at_logoff, r.lost_ids)
     assert r.ok, r.failures
+
+
+async def test_an_operation_counts_the_messages_never_answered_as_a_pause_that_never_ended(fake: FakeCP) -> None:
+    """No reply ever comes: the messages in flight at an operation (and sent just after it) enter
+    its pause unanswered when the settle time ends, so it has no worst wait (a pause that never
+    ended), not an operation with nothing in flight."""
+    fake.lose = lambda name, seq: True
+    marks: list[tuple[str, float]] = []
+    task, stop = await background_load(("127.0.0.1", fake.port), terminals=1, rate=20, settle=0.5, marks=marks)
+    try:
+        await wait_until(lambda: fake.deliveries, what="a message delivered")
+        marks.append(("op", time.time()))
+        await wait_until(lambda: sum(fake.deliveries.values()) >= 3, what="more messages delivered")
+    finally:
+        stop.set()
+    r = await asyncio.wait_for(task, 20)
+    (op,) = r.operations
+    assert op["unanswered"] >= 2 and op["worst_ms"] is None, op
+
+
+async def test_terminals_welcomed_and_never_given_a_session_fail_a_run_that_waited_for_sessions() -> None:
+    """The run waits for every session (the default) and the CP gives none: after the connect
+    timeout it sends anyway, and the verdict fails: the terminals were never served."""
+    cp = FakeCP(open_session=False)
+    await cp.start()
+    try:
+        r = await asyncio.wait_for(run_load(("127.0.0.1", cp.port), terminals=2, rate=20, duration=0.3, settle=1, connect_timeout=0.5), 20)
+    finally:
+        await cp.stop()
+    assert r.sessions_expected and r.welcomed == 2 and r.sessions_opened == 0 and r.sent > 0, r
+    assert not r.ok and any("no session" in f for f in r.failures), r.failures
+
+
+async def test_a_run_that_reached_no_cp_names_the_last_connect_error() -> None:
+    """Nothing listens at the CP's address: no terminal is welcomed in the connect time, and the
+    report names the last connect error: why nothing was reached (`never_welcomed`)."""
+    r = await asyncio.wait_for(run_load(("127.0.0.1", free_port()), terminals=1, rate=20, duration=0.2, settle=0.5, connect_timeout=1.0), 20)
+    assert r.welcomed == 0 and r.connect_failures > 0, r
+    assert r.connect_error is not None and "ConnectionRefused" in r.connect_error, r.connect_error
+    assert not r.ok and r.connect_error in r.never_welcomed, r.never_welcomed
+
+
+async def _dropped_once(fake: FakeCP, restart: bool, **kw: Any) -> Any:
+    """A run of two terminals dropped once mid-run; `restart`: another CP process welcomes them again."""
+    fake.cp_id = "cp-1"
+    task, stop = await background_load(("127.0.0.1", fake.port), terminals=2, rate=20, settle=3, **kw)
+    try:
+        await wait_until(lambda: sum(fake.deliveries.values()) >= 2, what="messages answered")
+        if restart:
+            fake.cp_id = "cp-2"
+        assert fake.drop_all() == 2
+        await wait_until(lambda: all(len(t.hellos) >= 2 and t.conn is not None for t in fake.terms.values()), what="both back")
+    finally:
+        stop.set()
+    return await asyncio.wait_for(task, 20)
+
+
+async def test_a_drop_with_the_cp_present_of_classic_terminals_is_no_failure_of_a_cp_restart_run(fake: FakeCP) -> None:
+    """A CP-restart run (expect_disconnects="cp") whose terminals are all `classic` (no standby
+    session: a drop is theirs by design): dropped and welcomed again by the same CP process, they
+    are not counted as drops with the CP present, and the run passes."""
+    r = await _dropped_once(fake, restart=False, expect_disconnects="cp", classic=("T00001", "T00002"))
+    assert r.disconnects == 2 and r.disconnects_cp_present == 0 and r.classic == 2, (r.disconnects, r.disconnects_cp_present)
+    assert r.ok, r.failures
+
+
+@pytest.mark.parametrize("restart", [False, True])
+async def test_cp_reconnects_count_changes_of_cp_process_not_disconnects(fake: FakeCP, restart: bool) -> None:
+    """Two terminals dropped once each: with another CP process welcoming them again (a CP
+    restart) that is 2 CP reconnects; welcomed again by the same process, none (the drops are
+    disconnects only)."""
+    r = await _dropped_once(fake, restart=restart, expect_disconnects=True)
+    assert r.disconnects == 2 and r.cp_reconnects == (2 if restart else 0), (r.disconnects, r.cp_reconnects)
