@@ -17,6 +17,7 @@ import pytest
 from hsb.term import load
 from hsb.term.load import background_load, run_load
 from hsb.term.loadstats import LoadStats
+from hsb.term.report import format_table
 from tests.support.fakecp import FakeCP, free_port, wait_until
 
 pytestmark = pytest.mark.timeout(30)
@@ -312,3 +313,71 @@ async def test_cp_reconnects_count_changes_of_cp_process_not_disconnects(fake: F
     disconnects only)."""
     r = await _dropped_once(fake, restart=restart, expect_disconnects=True)
     assert r.disconnects == 2 and r.cp_reconnects == (2 if restart else 0), (r.disconnects, r.cp_reconnects)
+
+
+async def test_the_report_says_how_the_run_was_made(fake: FakeCP) -> None:
+    """The report keeps the run's own settings (the replies' data not checked, the window, an
+    operation's window, not resuming) and its table says so: a run whose data was not checked
+    does not read as one that checked it."""
+    r = await asyncio.wait_for(
+        run_load(("127.0.0.1", fake.port), terminals=1, rate=20, duration=0.2, settle=1, check_data=False, window=3, after_s=0.5, resume=False), 20
+    )
+    assert (r.check_data, r.window, r.after_s, r.resume) == (False, 3, 0.5, False), r
+    table = format_table(r)
+    assert "not checked (--no-check-data)" in table and "(not resuming)" in table, table
+
+
+class _Workload:
+    """A workload as the load sees it: `setup_count` setup messages from the first terminal, then
+    any message; every reply right."""
+
+    name = "fake"
+
+    def __init__(self, setup_count: int) -> None:
+        self.setup_count = setup_count
+
+    def payload(self, idx: int, k: int) -> str:
+        return f"{idx}:{k}"
+
+    def check(self, idx: int, k: int, data: Any) -> bool:
+        return True
+
+    def same_reply(self, idx: int, k: int, data: Any) -> bool:
+        return True
+
+
+async def test_the_workloads_setup_waits_for_its_last_answer(fake: FakeCP) -> None:
+    """The setup (3 messages from the first terminal) must all be answered before the load: the
+    third never is, so there is no run (SetupNotAnswered), not a run on half-made accounts."""
+    fake.lose = lambda name, seq: name == "T00001" and seq == 2
+    run = run_load(("127.0.0.1", fake.port), terminals=2, rate=20, duration=0.2, settle=1, connect_timeout=1.0, workload=_Workload(3))
+    with pytest.raises(load.SetupNotAnswered):
+        await asyncio.wait_for(run, 20)
+
+
+class _Books:
+    failures = ["transfer 7 applied twice"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"transfers": 7}
+
+
+@pytest.mark.parametrize("breach", [True, False])
+async def test_the_books_breached_or_not_checked_fail_the_run(fake: FakeCP, monkeypatch: pytest.MonkeyPatch, breach: bool) -> None:
+    """With `books`, the database is checked after the run: a breach it finds fails the run, and so
+    does a check that could not run (said plainly), though every reply came."""
+    import hsb.term.books
+
+    async def check(*args: Any, **kw: Any) -> _Books:
+        if breach:
+            return _Books()
+        raise OSError("no such database")
+
+    monkeypatch.setattr(hsb.term.books, "check_books", check)
+    r = await asyncio.wait_for(
+        run_load(("127.0.0.1", fake.port), terminals=1, rate=20, duration=0.2, settle=1, workload=_Workload(1), books={"sqlite": "nowhere"}), 20
+    )
+    assert r.sent > 0 and r.lost == 0 and r.workload == "fake", r
+    want = "books: transfer 7 applied twice" if breach else "books: the books could not be checked: OSError: no such database"
+    assert not r.ok and want in r.failures, r.failures
+    assert r.books == ({"transfers": 7} if breach else {"error": "OSError: no such database"}), r.books
