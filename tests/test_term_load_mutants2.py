@@ -381,3 +381,66 @@ async def test_the_books_breached_or_not_checked_fail_the_run(fake: FakeCP, monk
     want = "books: transfer 7 applied twice" if breach else "books: the books could not be checked: OSError: no such database"
     assert not r.ok and want in r.failures, r.failures
     assert r.books == ({"transfers": 7} if breach else {"error": "OSError: no such database"}), r.books
+
+
+async def test_a_load_that_never_started_sending_is_ended_not_left_running() -> None:
+    """`background_load` whose terminals never all get their session within `sending_within`:
+    it raises, and the run it started is ended (its terminals logged off), not left connected
+    until its own connect timeout (a minute) with nobody to await it."""
+    cp = FakeCP(open_session=False)
+    await cp.start()
+    try:
+        with pytest.raises(TimeoutError):
+            await background_load(("127.0.0.1", cp.port), terminals=2, rate=20, sending_within=0.5)
+        assert len(cp.terms) == 2, cp.terms
+        await wait_until(lambda: not cp.conns, 5, what="the terminals logged off")
+    finally:
+        await cp.stop()
+
+
+@pytest.mark.parametrize("resume", [True, False])
+async def test_the_run_tells_its_terminals_whether_to_resume(fake: FakeCP, resume: bool) -> None:
+    """`resume` reaches each terminal: a resuming one's hello says where its run's ids start
+    (`first`) and what it holds (`last_reply`); one told not to resume says neither."""
+    r = await asyncio.wait_for(run_load(("127.0.0.1", fake.port), terminals=2, rate=20, duration=0.2, settle=1, resume=resume), 20)
+    assert r.ok, r.failures
+    hellos = [h for t in fake.terms.values() for h in t.hellos]
+    assert len(hellos) == 2 and all(("first" in h and "last_reply" in h) == resume for h in hellos), hellos
+
+
+@pytest.mark.parametrize("mark_resent", [True, False])
+async def test_the_run_tells_its_terminals_whether_to_mark_what_they_send_again(
+    fake: FakeCP, monkeypatch: pytest.MonkeyPatch, mark_resent: bool
+) -> None:
+    """A message lost with its connection (never acknowledged) is sent again after the reconnect,
+    marked `resent` unless the run says not to mark it."""
+    monkeypatch.setattr(load.TerminalClient, "_next_backoff", lambda self: 0.05)
+    fake.drop_in_transit = lambda name, seq: seq == 1
+    frames: list[dict[str, Any]] = []
+    handle = fake.handle
+
+    def record(conn: Any, m: dict[str, Any]) -> None:
+        if m.get("t") == "msg":
+            frames.append(m)
+        handle(conn, m)
+
+    monkeypatch.setattr(fake, "handle", record)
+    task, stop = await background_load(("127.0.0.1", fake.port), terminals=1, rate=20, settle=3, expect_disconnects=True, mark_resent=mark_resent)
+    try:
+        await wait_until(lambda: len(fake.terms["T00001"].hellos) >= 2 and sum(fake.deliveries.values()) >= 3, what="the reconnect")
+    finally:
+        stop.set()
+    r = await asyncio.wait_for(task, 20)
+    assert r.disconnects == 1 and r.lost == 0 and r.ok, r.failures
+    again = [m for m in frames if m["id"] == frames[1]["id"]]
+    assert len(again) == 2 and [bool(m.get("resent")) for m in again] == [False, mark_resent], again
+
+
+async def test_a_reply_to_another_terminals_first_message_is_unexpected_not_an_earlier_runs(fake: FakeCP) -> None:
+    """The reply to T00001's first message (the run's lowest id) delivered to T00002: an
+    unexpected reply for T00002 (the run's ids start at T00001's), not a reply left from an
+    earlier run of T00002 that it would let pass."""
+    fake.misdeliver = lambda name, seq: "T00002" if name == "T00001" and seq == 0 else None
+    r = await asyncio.wait_for(run_load(("127.0.0.1", fake.port), terminals=2, rate=20, duration=0.3, settle=1), 20)
+    assert r.unexpected == 1 and r.earlier_run_replies == 0, (r.unexpected, r.earlier_run_replies)
+    assert not r.ok
