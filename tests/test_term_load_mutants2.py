@@ -444,3 +444,43 @@ async def test_a_reply_to_another_terminals_first_message_is_unexpected_not_an_e
     r = await asyncio.wait_for(run_load(("127.0.0.1", fake.port), terminals=2, rate=20, duration=0.3, settle=1), 20)
     assert r.unexpected == 1 and r.earlier_run_replies == 0, (r.unexpected, r.earlier_run_replies)
     assert not r.ok
+
+
+async def test_each_message_carries_the_padding_the_run_asked_for(fake: FakeCP, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`payload_size` pads every message's data with that many bytes (a load of bigger messages),
+    and the replies, the same data, still check."""
+    sizes: list[int] = []
+    handle = fake.handle
+
+    def record(conn: Any, m: dict[str, Any]) -> None:
+        if m.get("t") == "msg":
+            sizes.append(len(str(m["data"])))
+        handle(conn, m)
+
+    monkeypatch.setattr(fake, "handle", record)
+    r = await asyncio.wait_for(run_load(("127.0.0.1", fake.port), terminals=1, rate=20, duration=0.2, settle=1, payload_size=300), 20)
+    assert r.ok and r.sent > 0 and r.bad_data == 0, r.failures
+    assert sizes and min(sizes) >= 300, sizes
+
+
+async def test_replies_with_other_data_pass_when_the_run_checks_no_data(fake: FakeCP) -> None:
+    """`check_data=False` reaches each terminal: a service answering with other data (here every
+    reply) is no bad data then."""
+    fake.corrupt = lambda name, seq: True
+    r = await asyncio.wait_for(run_load(("127.0.0.1", fake.port), terminals=2, rate=20, duration=0.3, settle=1, check_data=False), 20)
+    assert r.sent > 0 and r.replied == r.sent and r.bad_data == 0 and r.ok, r.failures
+
+
+async def test_the_run_uses_the_id_base_it_is_given_and_ends_with_a_done_snapshot(fake: FakeCP) -> None:
+    """`id_base` is where the run's ids start (terminal i's first id is id_base + i), and the
+    last progress snapshot, after the logoff, says `done` with the run's final counts."""
+    snaps: list[dict[str, Any]] = []
+    r = await asyncio.wait_for(
+        run_load(
+            ("127.0.0.1", fake.port), terminals=2, rate=20, duration=0.3, settle=1, id_base=7_000_000, progress=snaps.append, progress_interval=5
+        ),
+        20,
+    )
+    assert r.ok and r.sent > 0, r.failures
+    assert sorted(t.hellos[0]["first"] for t in fake.terms.values()) == [7_000_000, 7_000_001]
+    assert snaps and snaps[-1]["phase"] == "done" and snaps[-1]["replied"] == r.replied, snaps
