@@ -484,3 +484,27 @@ async def test_the_run_uses_the_id_base_it_is_given_and_ends_with_a_done_snapsho
     assert r.ok and r.sent > 0, r.failures
     assert sorted(t.hellos[0]["first"] for t in fake.terms.values()) == [7_000_000, 7_000_001]
     assert snaps and snaps[-1]["phase"] == "done" and snaps[-1]["replied"] == r.replied, snaps
+
+
+async def test_the_terminals_connect_from_the_source_address_given(fake: FakeCP, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`source` is the address the terminals connect from (a second loopback address here)."""
+    peers: list[str] = []
+    handle = fake.handle
+
+    def record(conn: Any, m: dict[str, Any]) -> None:
+        if m.get("t") == "hello":
+            peers.append(conn.tr.get_extra_info("peername")[0])
+        handle(conn, m)
+
+    monkeypatch.setattr(fake, "handle", record)
+    r = await asyncio.wait_for(run_load(("127.0.0.1", fake.port), terminals=2, rate=20, duration=0.2, settle=1, source="127.0.0.2"), 20)
+    assert r.ok, r.failures
+    assert peers == ["127.0.0.2", "127.0.0.2"], peers
+
+
+async def test_a_message_never_answered_is_lost_not_late_at_the_logoff(fake: FakeCP) -> None:
+    """A message acknowledged and never answered, not even at the logoff: lost, but not counted
+    among those answered only at the logoff (`late_at_logoff`, which says the CP held them)."""
+    fake.lose = lambda name, seq: seq == 1
+    r = await asyncio.wait_for(run_load(("127.0.0.1", fake.port), terminals=1, rate=20, duration=0.3, settle=0.5), 20)
+    assert (r.lost, r.unacked, r.late_at_logoff) == (1, 0, 0), (r.lost, r.unacked, r.late_at_logoff)
