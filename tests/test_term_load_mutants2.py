@@ -1,9 +1,15 @@
 """hsbterm's load generator (hsb.term.load) at the points a second mutation audit of the module
-found no test for: the send schedule's grid (an owed send is owed from when it was due, and a loop
-that was held up skips what fell due meanwhile instead of sending it in a burst), a run whose
-send schedule failed (its verdict says so), a terminal refused for good while another was
-welcomed (the run still runs), the reply rate (replies of the sending phase only), a stop set
-during the settle time (it ends the settle), and what the report takes from each terminal."""
+found no test for (tests/test_term_load_mutants.py has the first's). The send schedule: an owed
+send is owed from when it was due, and a loop held up skips what fell due meanwhile instead of
+sending it in a burst. The run: a failed schedule fails its verdict, a refusal for good with a
+terminal welcomed does not end it, a stop in the settle time ends the settle, sends owed from the
+sending go out only in the settle's first part, the settle waits for the answers to what a
+terminal back late (or its last owed send) sent, a terminal not back fails it. The report: the
+reply rate counts the sending phase only, an operation's unanswered messages, sessions never
+given, the last connect error, classic terminals' drops with the CP present, CP reconnects apart
+from disconnects, a message never answered is lost and not late, the run's own settings, the
+workload's setup and the books. What reaches each terminal: resume, mark_resent, check_data,
+the id base and floor, the padding and the source address."""
 
 from __future__ import annotations
 
