@@ -371,7 +371,9 @@ async def test_reply_with_the_wrong_data_fails(fake: FakeCP) -> None:
     r = await run_load(("127.0.0.1", fake.port), terminals=3, rate=90, duration=0.5, settle=2)
     assert r.bad_data == 1 and r.lost == r.duplicates == r.unexpected == 0
     assert not r.ok and any(f.startswith("bad data: 1 ") for f in r.failures), r.failures
-    # a service that answers something else: the data check is off on request
+    # a service that answers something else: the data check is off on request (every reply of
+    # T00002's corrupted now: its message numbers go on from the run before)
+    fake.corrupt = lambda name, seq: name == "T00002"
     r = await run_load(("127.0.0.1", fake.port), terminals=3, rate=90, duration=0.3, settle=2, check_data=False)
     assert r.bad_data == 0 and r.ok, r.failures
 
