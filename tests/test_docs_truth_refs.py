@@ -217,17 +217,25 @@ def broken(name: str, old: str, new: str) -> str:
     return text.replace(old, new)
 
 
+def line_of(text: str, snippet: str) -> int:
+    """The number of the one line of `text` holding `snippet` (the broken line of a real doc)."""
+    [n] = [i for i, line in enumerate(text.splitlines(), 1) if snippet in line]
+    return n
+
+
 def test_a_reference_to_a_missing_section_or_name_is_found() -> None:
     text = broken(
         "README.md",
         "[docs/operations.md §18](docs/operations.md#18-two-cp-machines)). A",
         "[docs/operations.md §81](docs/operations.md#18-two-cp-machines)). A",
     )
-    assert reference_problems("README.md", text) == ["152: docs/operations.md has no section §81"]
+    assert reference_problems("README.md", text) == [f"{line_of(text, '§81')}: docs/operations.md has no section §81"]
     text = broken(
         "docs/tls.md", 'during a CA change (operations.md §19, "Changing the CA")', 'during a CA change (operations.md §19, "Changing the CAs")'
     )
-    assert reference_problems("docs/tls.md", text) == ["110: docs/operations.md §19 has no part named 'Changing the CAs'"]
+    assert reference_problems("docs/tls.md", text) == [
+        f"{line_of(text, 'Changing the CAs')}: docs/operations.md §19 has no part named 'Changing the CAs'"
+    ]
     assert reference_problems("docs/design.md", "see design.md §5.9") == ["1: docs/design.md has no section §5.9"]
 
 
