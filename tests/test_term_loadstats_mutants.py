@@ -455,3 +455,18 @@ def test_a_terminal_back_at_the_operation_itself_is_back() -> None:
     b = BackTimes(1)
     b.add(0, 10.0)
     assert b.after(10.0) == {"all_back_ms": 0.0, "not_back": 0}
+
+
+async def test_an_answer_the_logoff_brings_opens_no_stretch_of_the_gap() -> None:
+    """After the settle's end (the run's gap finished, `settled`) the answer to a message still
+    outstanding comes with the logoff: late, judged so, and no stretch of the service's. It
+    closed one from the settle's end to it, which could be reported as the run's longest gap."""
+    c, stats = client()
+    a = c.submit()
+    feed(c, {"t": "ack", "id": a})
+    stats.gap.finish(time.monotonic())
+    stats.settled([c])
+    top, longest = list(stats.gap.top), stats.gap.longest.seconds
+    feed(c, {"t": "reply", "id": a, "data": c.payload(a)})
+    assert stats.replied == 1  # (counted: the report judges it late, not lost)
+    assert stats.gap.top == top and stats.gap.longest.seconds == longest, stats.gap.top

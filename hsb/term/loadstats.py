@@ -133,9 +133,10 @@ class LoadStats(Listener):
                 self.latency.add(latency)
                 self.timeline.add(now - latency, now, c.idx)
             gap = self.gap
-            gap.replied(now)
-            if gap.outstanding == 0:
-                self.drained.set()
+            if self.counting:  # (an answer the logoff brings opens no stretch of the service gap either)
+                gap.replied(now)
+                if gap.outstanding == 0:
+                    self.drained.set()
         elif kind == "duplicate":
             self.duplicates += 1
         else:
@@ -145,8 +146,8 @@ class LoadStats(Listener):
         """The settle's end: every message still without a reply, and every send owed and never
         made, enters the timeline unanswered, from when it was due (a send that waited, waited
         for its answer too). The run stops counting then: an answer the logoff brings is late,
-        not added to the timeline a second time, nor its latency to the histograms (`on_reply`,
-        `on_ack`): it waited for the logoff, not for the service."""
+        not added to the timeline a second time, nor its latency to the histograms, nor a stretch
+        to the service gap (`on_reply`, `on_ack`): it waited for the logoff, not for the service."""
         for c in clients:
             for mid, t_sent in c.outstanding.items():
                 self.timeline.unanswered(t_sent - c.waited.get(mid, 0.0), c.idx)
