@@ -80,7 +80,13 @@ async def lab_run(n: int, a: argparse.Namespace, rep: int, base: Path, tickle: b
     from tests.netns.cplab import CPS, CPPairLab
     from tests.support.procs import log_events
 
-    with CPPairLab(base / f"lab-{n}-{rep}-{'tickle' if tickle else 'no-tickle'}", terminals=n, tickle_acks=tickle) as lab:
+    with CPPairLab(
+        base / f"lab-{n}-{rep}-{'tickle' if tickle else 'no-tickle'}",
+        terminals=n,
+        tickle_acks=tickle,
+        advert_int=a.advert_int,
+        takeover_stale=a.takeover_stale,
+    ) as lab:
         await lab.start(timeout=180)
         first = await lab.serving_cp()
         assert first is not None
@@ -183,7 +189,15 @@ async def amain(a: argparse.Namespace) -> int:
         say(f"bench/cpfailover.py: {why}")
         return 2
     base = scratch("hsb-bench-cpfailover-")
-    data: dict[str, Any] = {"machine": a.machine, "command": a.command, "rate": a.rate, "results": [], "restart": []}
+    data: dict[str, Any] = {
+        "machine": a.machine,
+        "command": a.command,
+        "rate": a.rate,
+        "advert_int": a.advert_int,
+        "takeover_stale": a.takeover_stale,
+        "results": [],
+        "restart": [],
+    }
 
     def save() -> None:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
@@ -238,8 +252,8 @@ def render(data: dict[str, Any], a: argparse.Namespace) -> str:
         f"Raw results: `bench/results/{raw_name(a, RESULTS)}` (`--render` rebuilds this section).",
         "",
         f"Machine: {machine_line(a.machine)}. Each run a fresh lab of network namespaces: two CP machines, each with"
-        ' keepalived 2.2.7 (VRRPv3, advert_int 0.1 s, nopreempt) and hsbcpd (`takeover = "on_wake"`, takeover_stale'
-        f" 0.3 s, one journal directory), host A and B, the terminals resuming, {data.get('rate', '?')} msg/s to the journal"
+        f' keepalived 2.2.7 (VRRPv3, advert_int {data.get("advert_int", 0.1):g} s, nopreempt) and hsbcpd (`takeover = "on_wake"`, takeover_stale'
+        f" {data.get('takeover_stale', 0.3):g} s, one journal directory), host A and B, the terminals resuming, {data.get('rate', '?')} msg/s to the journal"
         " service. Every link of the CP machine holding the address cut at once; times from the cut.",
         "",
     ]
@@ -332,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         "--term-keepalive", type=int, default=1, help="the terminals' TCP keepalive idle seconds (hsbterm's default 1; 0: none, as many devices)"
     )
     p.add_argument("--tickle", choices=["on", "off", "both"], default="on", help="[cp] tickle_acks; both: off and on alternated in each repetition")
+    p.add_argument("--advert-int", type=float, default=0.1, help="keepalived's advert_int in the lab (configs/keepalived/: 0.1 s)")
+    p.add_argument("--takeover-stale", type=float, default=0.3, help="[cp] takeover_stale of both CPs in the lab (the default: 0.3 s)")
     result_args(p, RESULTS)
     p.add_argument("--keep", action="store_true", help="keep the working directory (logs, journals) even when every run passed")
     a = p.parse_args(argv)
