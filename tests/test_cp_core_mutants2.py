@@ -208,14 +208,20 @@ async def test_the_tick_ends_an_expired_switch_record_and_sweeps_unread_connecti
     assert cp.after_switch is None and len(swept) == 1
 
 
+def _silent_once(cp: Any, a: Any, b: Any) -> Any:
+    """The standby heard (far ahead), the active silent past the timeout, one tick: the loss the
+    CP noticed (told to the standby)."""
+    b.last_rx = time.monotonic() + 3600
+    a.last_rx = time.monotonic() - 2 * cp.host_timeout
+    _tick_now(cp)
+    return cp.loss
+
+
 async def test_a_silent_active_heard_again_is_told_anew_at_its_next_silence(tmp_path: Path) -> None:
     """The active goes silent (told to the standby), is heard again (the loss is over), then goes
     silent again: the standby is told again, and the second loss counts from its own noticing."""
     cp, a, b, p = _pair(tmp_path)
-    b.last_rx = time.monotonic() + 3600
-    a.last_rx = time.monotonic() - 2 * cp.host_timeout
-    _tick_now(cp)
-    first = cp.loss
+    first = _silent_once(cp, a, b)
     a.last_rx = time.monotonic()
     _tick_now(cp)
     assert cp.loss is None
@@ -229,10 +235,7 @@ async def test_a_frame_heard_on_a_link_the_cp_closed_does_not_end_the_loss(tmp_p
     link (a protocol error): the loss stays as first noticed and the standby is not told again
     when the silence outlasts the timeout once more."""
     cp, a, b, p = _pair(tmp_path)
-    b.last_rx = time.monotonic() + 3600
-    a.last_rx = time.monotonic() - 2 * cp.host_timeout
-    _tick_now(cp)
-    first = cp.loss
+    first = _silent_once(cp, a, b)
     a.last_rx = time.monotonic()
     a.closed_here = True
     a.connection_lost(None)

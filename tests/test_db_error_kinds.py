@@ -1,6 +1,6 @@
 """hsb.service.db's sorting of what goes wrong, in process: every PostgreSQL state and driver
 error the module names gets its kind (retry, unavailable, or the application's error reply),
-SQLite's extended result codes count by their primary code, and a SQLite transaction whose
+SQLite's extended result codes count by their primary code (SQLITE_LOCKED as busy), and a SQLite transaction whose
 body fails gives the database's write lock back at once (the other host is not locked out)."""
 
 from __future__ import annotations
@@ -76,13 +76,18 @@ def assert_another_may_write_at_once(path: Path) -> None:
         (sqlite3.SQLITE_FULL, True),
         (sqlite3.SQLITE_NOTADB, True),
         (getattr(sqlite3, "SQLITE_BUSY_SNAPSHOT", 517), True),
+        # SQLITE_LOCKED (a lock inside the same process, or its extended codes) is the lock as
+        # SQLITE_BUSY is: the message waits, "database busy", not an error reply
+        (sqlite3.SQLITE_LOCKED, "database busy"),
+        (getattr(sqlite3, "SQLITE_LOCKED_SHAREDCACHE", 262), "database busy"),
         (getattr(sqlite3, "SQLITE_CONSTRAINT_CHECK", 275), False),
         (sqlite3.SQLITE_ERROR, False),
     ],
 )
-async def test_sqlite_errors_are_sorted_by_their_primary_result_code(tmp_path: Path, code: int, unavailable: bool) -> None:
+async def test_sqlite_errors_are_sorted_by_their_primary_result_code(tmp_path: Path, code: int, unavailable: bool | str) -> None:
     """What SQLite raises carries an extended code (IOERR_WRITE, READONLY_DBMOVED, ...): its low
-    byte is the kind; a disk failing on write is the database's, not an error reply."""
+    byte is the kind; a disk failing on write is the database's, not an error reply (`unavailable`:
+    ServiceUnavailable, with this text if one is given)."""
     db = SqliteDatabase(str(tmp_path / "x.sqlite"))
     exc = sqlite3.OperationalError("from sqlite")
     exc.sqlite_errorcode = code
@@ -92,7 +97,7 @@ async def test_sqlite_errors_are_sorted_by_their_primary_result_code(tmp_path: P
 
     try:
         if unavailable:
-            with pytest.raises(ServiceUnavailable):
+            with pytest.raises(ServiceUnavailable, match=unavailable if isinstance(unavailable, str) else None):
                 await db._call(fails)
         else:
             with pytest.raises(sqlite3.OperationalError):

@@ -9,7 +9,9 @@ tests/test_host_ha_cycle_cp_mutants.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -131,23 +133,31 @@ async def test_a_normal_stop_of_the_active_tells_the_hook_stopping(tmp_path: Pat
         close(srv)
 
 
-async def test_a_bug_in_one_cycle_leaves_the_loop_running(tmp_path: Path) -> None:
-    """An exception out of one cycle (a bug in a procedure) is logged and said in the status's
-    last error; the loop goes on and takes the next events (the daemon is not left headless)."""
-    srv, _ = active_host(tmp_path)
+@contextlib.asynccontextmanager
+async def running(srv: Any) -> AsyncIterator[asyncio.Task[Any]]:
+    """HA.run as a task for the body; then ended (an exit and a wake) and the host closed."""
     ha = srv.ha
     loop = asyncio.create_task(ha.run())
     try:
-        ha.post("no_such_event")  # (no handler: AttributeError in the cycle)
-        await until(lambda: (ha.last_error or "").startswith("internal error"), "the bug said")
-        ha.post("link_problem", link="cp", why="refused")
-        await until(lambda: ha.last_error == "host link to the CP not made: refused", "the next event taken")
-        assert not loop.done()
+        yield loop
     finally:
         ha.exit = Exit(0, "test over")
         ha.wake.set()
         await asyncio.wait_for(loop, 10)
         close(srv)
+
+
+async def test_a_bug_in_one_cycle_leaves_the_loop_running(tmp_path: Path) -> None:
+    """An exception out of one cycle (a bug in a procedure) is logged and said in the status's
+    last error; the loop goes on and takes the next events (the daemon is not left headless)."""
+    srv, _ = active_host(tmp_path)
+    ha = srv.ha
+    async with running(srv) as loop:
+        ha.post("no_such_event")  # (no handler: AttributeError in the cycle)
+        await until(lambda: (ha.last_error or "").startswith("internal error"), "the bug said")
+        ha.post("link_problem", link="cp", why="refused")
+        await until(lambda: ha.last_error == "host link to the CP not made: refused", "the next event taken")
+        assert not loop.done()
 
 
 async def test_one_wake_is_one_cycle_not_a_loop_that_never_yields(tmp_path: Path) -> None:
@@ -168,18 +178,12 @@ async def test_one_wake_is_one_cycle_not_a_loop_that_never_yields(tmp_path: Path
 
     ha._cycle_pinged = cycle  # type: ignore[method-assign]
     ha._idle_wait = lambda timeout: 30.0  # type: ignore[method-assign]
-    loop = asyncio.create_task(ha.run())
-    try:
+    async with running(srv) as loop:
         ha.wake.set()
         await until(lambda: passes >= 1, "the wake's cycle")
         for _ in range(20):  # turns of the loop in which a spinning run would pass again
             await asyncio.sleep(0)
         assert passes == 1 and not loop.done(), passes
-    finally:
-        ha.exit = Exit(0, "test over")
-        ha.wake.set()
-        await asyncio.wait_for(loop, 10)
-        close(srv)
 
 
 # ---------------------------------------------------------------- run_cycle

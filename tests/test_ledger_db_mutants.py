@@ -1,7 +1,7 @@
 """Tests from a mutation audit of hsb/service/db.py (the services' database layer, docs/ledger.md):
 each pins a behaviour that a single-point change of the module broke while every other test
 still passed. SQLite: the write lock held from a transaction's BEGIN and given back at once when
-its message is cancelled, SQLITE_LOCKED said busy, a statement queued when the database closes
+its message is cancelled (SQLITE_LOCKED said busy: tests/test_db_error_kinds.py), a statement queued when the database closes
 held as unavailable, a `run` body that awaits something else closed on the spot. Both: the count
 of rows a statement changed (0 for none, the command tag's last word). PostgreSQL: a connection
 that cannot say whether it is closed taken as closed, "all pool connections in use" said only
@@ -189,26 +189,6 @@ async def test_a_sqlite_statement_queued_when_the_database_closes_is_unavailable
     finally:
         disk.set()
     assert await asyncio.wait_for(hung, 10) == 1
-
-
-@pytest.mark.parametrize("code", [sqlite3.SQLITE_LOCKED, getattr(sqlite3, "SQLITE_LOCKED_SHAREDCACHE", 262)])
-async def test_a_sqlite_table_locked_is_busy_not_the_applications_error(tmp_path: Path, code: int) -> None:
-    """SQLITE_LOCKED (a lock inside the same process, or its extended codes) is the lock as
-    SQLITE_BUSY is: the message waits, "database busy", not an error reply."""
-    from hsb.service.api import ServiceUnavailable
-
-    db = SqliteDatabase(str(tmp_path / "x.sqlite"))
-    exc = sqlite3.OperationalError("database table is locked")
-    exc.sqlite_errorcode = code
-
-    def fails(c: sqlite3.Connection) -> None:
-        raise exc
-
-    try:
-        with pytest.raises(ServiceUnavailable, match="database busy"):
-            await db._call(fails)
-    finally:
-        await db.close()
 
 
 async def test_a_sqlite_transaction_cancelled_in_its_body_gives_the_write_lock_back_at_once(tmp_path: Path) -> None:

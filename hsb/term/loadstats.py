@@ -132,10 +132,9 @@ class LoadStats(Listener):
             if latency is not None and self.counting:
                 self.latency.add(latency)
                 self.timeline.add(now - latency, now, c.idx)
-            gap = self.gap
             if self.counting:  # (an answer the logoff brings opens no stretch of the service gap either)
-                gap.replied(now)
-                if gap.outstanding == 0:
+                self.gap.replied(now)
+                if self.gap.outstanding == 0:
                     self.drained.set()
         elif kind == "duplicate":
             self.duplicates += 1

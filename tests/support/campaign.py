@@ -31,7 +31,7 @@ from hsb.term.workload import LedgerWorkload
 from tests.support.campaignjudge import ACTIONS, CP_FAILOVER_POINTS, HOSTS, CampaignError, Judging, Round
 from tests.support.campaignload import start_load
 from tests.support.massterm import Fleet
-from tests.support.procs import arm_faults, signal_faults
+from tests.support.procs import arm_faults, log_events, signal_faults
 
 # how often a round draws each action (when Campaign is not given `actions`)
 WEIGHTS = {
@@ -287,8 +287,6 @@ class Campaign(Judging):
         before it until the host has gone): it must end within the stop's limits with exit 0 (no
         `host_exit`), having handed over (`stopped_after_handover`) or, stalled, having ended as
         a lost link (`stop_handover_failed` with `then: failover`); never the normal termination."""
-        from tests.support.procs import log_events
-
         pid = self.pid(active)
         log = self.d / f"{active}.log"
         seen = len(log_events(log))
@@ -305,7 +303,7 @@ class Campaign(Judging):
         events = log_events(log)[seen:]
         names = [e.get("event") for e in events]
         failed = [e.get("then") for e in events if e.get("event") == "stop_handover_failed"]
-        ended = ("stop_handover_failed" in names and failed == ["failover"]) if stalled else "stopped_after_handover" in names
+        ended = failed == ["failover"] if stalled else "stopped_after_handover" in names
         if "host_exit" in names or not ended:
             last = [n for n in names if n and ("stop" in n or "exit" in n or "handover" in n)]
             raise CampaignError(f"seed {r.seed}: {active}'s stop ({'CP stalled' if stalled else 'clean'}) ended otherwise: {last}")
