@@ -341,14 +341,21 @@ async def cp_restart(d: Path, *, terminals: int, rate: float, say: Any) -> dict[
     }
 
 
+def _many(n: Any, one: str, more: str | None = None) -> str:
+    """`n` of a thing, its noun agreeing: 1 held message, 2 held messages (a count the log did not give: `?`)."""
+    return f"{n} {one if n == 1 else more or one + 's'}" if isinstance(n, int) else f"? {more or one + 's'}"
+
+
 def render_cp(r: dict[str, Any]) -> str:
     rec = r["recovered"]
+    held = _many(rec.get("held"), "held message")
+    replies = _many(rec.get("replies_kept"), "unconfirmed reply", "unconfirmed replies")
+    acked = _many(rec.get("terminals"), "terminal's acknowledged id", "terminals' acknowledged ids")
     out = [
         "",
         "Act three: the CP itself SIGKILLed under load, forked again at once by its master (hsbcpd --supervise)",
         f"  listening again {r['listening_ms']} ms after the kill",
-        f"  journal recovered in {rec.get('ms')} ms: {rec.get('held')} held messages, {rec.get('replies_kept')} unconfirmed replies,"
-        f" {rec.get('terminals')} terminals' acknowledged ids, epoch {rec.get('epoch')}, active {rec.get('active')}",
+        f"  journal recovered in {rec.get('ms')} ms: {held}, {replies}, {acked}, epoch {rec.get('epoch')}, active {rec.get('active')}",
         f"  terminals resumed: {r['resumed']:,} of {r['terminals']:,} (reconnected and resumed: nothing resent twice)",
         f"  active afterwards: {', '.join(r['active_after'])}"
         + (" (the same host, no operator action)" if r["active_after"] == r["active_before"] else f" (before: {', '.join(r['active_before'])})"),

@@ -72,6 +72,16 @@ def test_the_cp_act_says_failed_with_its_reasons() -> None:
     assert "VERDICT: FAILED: 1 of 4 terminals were cut off and resumed" in out
 
 
+def test_the_cp_acts_recovery_line_counts_in_words() -> None:
+    """One held message is "1 held message", as the demo says it to a person."""
+    one = _cp(True)
+    one["recovered"] = {**one["recovered"], "held": 1, "replies_kept": 1, "terminals": 1}
+    out = demo.render_cp(one)
+    assert "1 held message, 1 unconfirmed reply, 1 terminal's acknowledged id," in out, out
+    out = demo.render_cp(_cp(True))
+    assert "0 held messages, 0 unconfirmed replies, 4 terminals' acknowledged ids," in out, out
+
+
 def _ledger(ok: bool) -> dict[str, Any]:
     books = {"accounts": 50, "total": 5000, "expected_total": 5000, "transfers_ok": 9, "transfers_refused": 1, "entries": 18}
     failures = [] if ok else ["books: transfer 7 applied twice"]
