@@ -219,7 +219,14 @@ def render(st: dict[str, Any]) -> str:
                     + (f"  ERROR {j.get('error')}: acknowledgements stopped until it can be written" if state != "ok" else "")
                 )
         if cp.get("active_stopped_normally"):
-            out.append(f"            active {cp['active_stopped_normally']} stopped normally; 'hsbctl promote' moves the service to the standby")
+            stopped = cp["active_stopped_normally"]
+            # (no standby registered at the CP: there is none to promote, and promote would say only that)
+            then = (
+                "'hsbctl promote' moves the service to the standby"
+                if cp.get("standby")
+                else f"no standby is registered at the CP to promote: start {stopped} again, or start the other host and 'hsbctl promote' it"
+            )
+            out.append(f"            active {stopped} stopped normally; {then}")
     for h in st["hosts"]:
         if not h.get("reachable"):
             out.append(f"  {h.get('name', 'host'):<9} {unheard(h)} ({h.get('addr', '-')})")
