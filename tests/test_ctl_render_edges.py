@@ -147,3 +147,19 @@ def test_a_role_change_is_said_even_when_a_daemon_cannot_be_asked() -> None:
     lines = headline(st)
     assert lines[0].startswith("hsb: UNKNOWN (host-c cannot be asked); from the others"), lines
     assert any(x.startswith("  roles are changing") and x.endswith("host-a says X") for x in lines), lines
+
+
+def test_a_normal_stop_with_no_standby_registered_does_not_send_the_operator_to_promote() -> None:
+    """After a normal stop the CP's line names the way on: promote while the CP has a standby; with
+    none registered (both hosts down) promote can only fail, so the line says to start a host."""
+    hosts = (shown_host("host-a", "standby", state="active_stopped"), shown_host("host-b", "active", serving=False, state="stopping"))
+    with_standby = "\n".join(
+        _lines(shown_cp(active_stopped_normally="host-b", standby={"name": "host-a", "role": "standby", "connected": True}), *hosts)
+    )
+    assert "active host-b stopped normally; 'hsbctl promote' moves the service to the standby" in with_standby, with_standby
+    alone = "\n".join(_lines(shown_cp(active_stopped_normally="host-b", standby=None), *hosts))
+    assert "'hsbctl promote' moves the service" not in alone, alone
+    assert (
+        "active host-b stopped normally; no standby is registered at the CP to promote:"
+        " start host-b again, or start the other host and 'hsbctl promote' it"
+    ) in alone, alone
