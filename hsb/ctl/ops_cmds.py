@@ -95,9 +95,7 @@ async def _stop(t: Target, host: str | None, takeover: bool, timeout: float) -> 
         if stopped:
             active = next((h["name"] for h in st["hosts"] if h.get("reachable") and h.get("role") == "active" and h.get("serving")), None)
             if ans.get("hands_over") is not True:
-                click.echo(
-                    f"{name} stopped; " + (f"{active} is the active host" if active else "no host serves now (start one, or 'hsbctl promote')")
-                )
+                click.echo(f"{name} stopped; " + (f"{active} is the active host" if active else f"no host serves now ({_way_on(st)})"))
                 return 0
             active = active or _named_by_cp(st, name)
             if active is not None:
@@ -118,6 +116,15 @@ async def _stop(t: Target, host: str | None, takeover: bool, timeout: float) -> 
         err=True,
     )
     return 1
+
+
+def _way_on(st: dict[str, Any]) -> str:
+    """What to do when a stop left no host serving: promote only while there is a standby to
+    promote (one that answers as the standby, or the CP's); else promote can only fail."""
+    cp = st.get("cp") or {}
+    if cp.get("standby") or any(h.get("reachable") and h.get("role") == "standby" for h in st["hosts"]):
+        return "start one, or 'hsbctl promote'"
+    return "start one: there is no standby to promote"
 
 
 def _named_by_cp(st: dict[str, Any], stopped: str) -> str | None:
