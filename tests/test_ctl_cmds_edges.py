@@ -180,6 +180,28 @@ def test_a_stop_without_takeover_asks_for_none(monkeypatch: pytest.MonkeyPatch, 
     assert out.splitlines() == ["stopping", "host-a stopped; no host serves now (start one, or 'hsbctl promote')"], out
 
 
+def test_a_stop_that_leaves_no_standby_does_not_send_the_operator_to_promote(
+    monkeypatch: pytest.MonkeyPatch, secret: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The standby already down and the CP naming none: promote could only fail, so the line
+    says to start a host; the CP naming a standby no host answered for still offers promote."""
+
+    def b_down(st: dict[str, Any]) -> None:
+        st["hosts"][1] = {"reachable": False, "name": "host-b", "addr": B, "error": GONE}
+        st["unknown"] = [st["hosts"][1]]
+        st["cp"]["standby"] = None
+
+    code, out, _, _ = _stop(monkeypatch, secret, capsys, takeover=False, before=b_down)
+    assert code == 0 and out.splitlines() == ["stopping", "host-a stopped; no host serves now (start one: there is no standby to promote)"], out
+
+    def cp_names_b(st: dict[str, Any]) -> None:
+        b_down(st)
+        st["cp"]["standby"] = {"name": "host-b", "role": "standby", "connected": True}
+
+    code, out, _, _ = _stop(monkeypatch, secret, capsys, takeover=False, before=cp_names_b)
+    assert code == 0 and out.splitlines()[-1] == "host-a stopped; no host serves now (start one, or 'hsbctl promote')", out
+
+
 def test_a_stop_an_older_host_answers_with_an_error_is_that_error(
     monkeypatch: pytest.MonkeyPatch, secret: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
