@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 import tomllib
 import unicodedata
@@ -190,8 +191,38 @@ def format_validation(exc: ValidationError) -> list[str]:
             msg = err["msg"]
             if msg.startswith("Value error, "):
                 msg = msg[len("Value error, ") :]
+            if kind in _TYPE_KINDS and "input" in err:  # (what was written, and the fix for a number or boolean in quotes)
+                msg += _given(kind, err["input"])
             out.append(f"{_loc(loc)}: {msg}")
     return out
+
+
+_TYPE_KINDS = ("int_type", "float_type", "bool_type")
+
+
+def _given(kind: str, value: Any) -> str:
+    """What a key of the wrong kind holds, for its error: `, not the string '256': write it
+    without the quotes` (values are not read from strings); `, not 2.5`; `, not a table`."""
+    if isinstance(value, str):
+        said = f", not the string {one_line(repr(value[:40]))}"
+        return said + (": write it without the quotes" if _reads_as(kind, value.strip()) else "")
+    if isinstance(value, bool):
+        return f", not {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f", not {value!r}"
+    if isinstance(value, dict):
+        return ", not a table"
+    return ", not an array" if isinstance(value, list) else f", not a {type(value).__name__}"
+
+
+def _reads_as(kind: str, text: str) -> bool:
+    """`text` without its quotes is a value of the kind the key wants (a finite number)."""
+    if kind == "bool_type":
+        return text in ("true", "false")
+    try:
+        return math.isfinite(int(text) if kind == "int_type" else float(text))
+    except ValueError:
+        return False
 
 
 def load(path: str | Path, model: type[M], *, overrides: dict[str, Any] | None = None) -> M:
