@@ -80,6 +80,26 @@ def test_cp_lower_bounds_are_exact(tmp_path: Path, key: str, low: float, below: 
     assert len(errors) == 1 and errors[0].startswith(f"cp.{key}: Input should be greater than or equal to"), errors
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "said"),
+    [
+        ("held_bound", "256", "cp.held_bound: Input should be a valid integer, not the string '256': write it without the quotes"),
+        ("host_timeout", "0.5", "cp.host_timeout: Input should be a valid number, not the string '0.5': write it without the quotes"),
+        ("tickle_acks", "true", "cp.tickle_acks: Input should be a valid boolean, not the string 'true': write it without the quotes"),
+        ("held_bound", "abc", "cp.held_bound: Input should be a valid integer, not the string 'abc'"),
+        ("host_timeout", "inf", "cp.host_timeout: Input should be a valid number, not the string 'inf'"),
+        ("held_bound", 2.5, "cp.held_bound: Input should be a valid integer, not 2.5"),
+        ("held_bound", True, "cp.held_bound: Input should be a valid integer, not true"),
+        ("held_bound", [1], "cp.held_bound: Input should be a valid integer, not an array"),
+        ("held_bound", {"a": 1}, "cp.held_bound: Input should be a valid integer, not a table"),
+    ],
+)
+def test_a_value_of_the_wrong_kind_is_named_with_the_fix(tmp_path: Path, key: str, value: Any, said: str) -> None:
+    """A number or boolean written in quotes (values are not read from strings) is named with what
+    was written and the fix; any other wrong kind with what it is."""
+    assert cp_errors(tmp_path, **{key: value}) == [said]
+
+
 def test_a_cp_name_with_a_space_inside_is_refused(tmp_path: Path) -> None:
     errors = cp_errors(tmp_path, name="cp a")
     assert errors == ["cp.name: 'cp a' has a space: a CP's name is one word (hosts and certificates name it)"]
