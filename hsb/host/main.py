@@ -157,7 +157,7 @@ def takeover_missing(cfg: HostConfig) -> list[str]:
     from hsb.takeover.fileio import stat_regular
 
     try:
-        stat_regular(cfg.takeover.path)
+        stat_regular(cfg.takeover.path, cfg.takeover.records, cfg.takeover.record_size)
     except FileMissing as exc:
         return [f"takeover.path: {exc} before this host starts"]
     except Exception:  # noqa: BLE001 - (anything else: the errors above said it)

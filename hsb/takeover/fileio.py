@@ -189,16 +189,19 @@ class RecordWriter:
         self.close()
 
 
-def stat_regular(path: str) -> os.stat_result:
-    """The file's stat; FileMissing or NotRegularFile, each naming the fix, if it is not one."""
-    return _stat_regular(path)
+def stat_regular(path: str, records: int | None = None, record_size: int | None = None) -> os.stat_result:
+    """The file's stat; FileMissing or NotRegularFile, each naming the fix, if it is not one (the
+    command that creates a missing file with the config's `records` and `record_size`, if known)."""
+    return _stat_regular(path, records, record_size)
 
 
-def _stat_regular(path: str) -> os.stat_result:
+def _stat_regular(path: str, records: int | None = None, record_size: int | None = None) -> os.stat_result:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise FileMissing(f"takeover file {path} does not exist; create it with `hsbctl file create {path} --records N`") from None
+        size = f" --record-size {record_size}" if record_size is not None else ""
+        create = f"hsbctl file create {path} --records {records if records is not None else 'N'}{size}"
+        raise FileMissing(f"takeover file {path} does not exist; create it with `{create}`") from None
     except NotADirectoryError:
         raise FileMissing(f"takeover file {path} does not exist (a parent is not a directory); check the path") from None
     if not stat.S_ISREG(st.st_mode):
@@ -215,7 +218,7 @@ def check_file(path: str, record_size: int | None = None, records: int | None = 
     host's) fits them (hsb.takeover.layout.geometry_mismatch).
     """
     path = os.fspath(path)
-    st = _stat_regular(path)
+    st = _stat_regular(path, records, record_size)
     recreate = _recreate(path, st.st_size, record_size, records)
     # not a takeover file at all (the wrong path?): no hint to recreate it, which would destroy
     # whatever file this is; only an empty file has nothing to lose
