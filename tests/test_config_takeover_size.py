@@ -230,3 +230,19 @@ def test_the_check_passes_a_torn_header_the_start_takes_with_a_warning(tmp_path:
     create_file(str(path), 403, 4096, force=True)
     r = subprocess.run([sys.executable, "-m", "hsb.host", "--config", str(cfg), "--check-config"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "config OK" in r.stdout and "config warning" not in r.stderr, r.stderr
+
+
+def test_no_file_yet_is_said_with_the_create_command_at_the_configs_geometry(tmp_path: Path) -> None:
+    """A config that passes the size check and names no file yet: --check-config's warning and
+    the start's error give the command with the config's records and record size, not `--records
+    N` (a count the config does not say fails every batch write after it)."""
+    from hsb.host.main import takeover_missing
+    from hsb.takeover import check_file
+    from hsb.takeover.errors import FileMissing
+
+    cfg = load(config(tmp_path, 403, ""), HostConfig)
+    fix = f"create it with `hsbctl file create {tmp_path / 'big.dat'} --records 403 --record-size 4096`"
+    assert takeover_missing(cfg) == [f"takeover.path: takeover file {tmp_path / 'big.dat'} does not exist; {fix} before this host starts"]
+    with pytest.raises(FileMissing) as ei:
+        check_file(str(tmp_path / "big.dat"), 4096, 403)  # (the start's check: TakeoverStore.check)
+    assert str(ei.value).endswith(fix) and "--records N" not in str(ei.value), ei.value
