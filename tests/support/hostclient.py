@@ -13,7 +13,49 @@ from tests.support.procs import SECRET, Proc, addr
 ATTRS = {"protocol": "hsb1"}  # a session's attributes, as the tests' hosts open it
 
 
-class FakeHost:
+class _Inbox:
+    """Every frame a link read, in `inbox`, and waits for the ones a test wants."""
+
+    name: str
+    inbox: list[dict[str, Any]]
+    closed: bool
+    _new: asyncio.Event
+
+    async def wait(self, pred: Any, timeout: float = 10.0, start: int = 0) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        seen = start
+        while True:
+            for m in self.inbox[seen:]:
+                if pred(m):
+                    return m
+            seen = len(self.inbox)
+            if self.closed:
+                raise LinkClosed(f"{self.name}: link closed; inbox tail {self.inbox[-3:]}")
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise TimeoutError(f"{self.name}: no matching frame; inbox tail {self.inbox[-5:]}")
+            self._new.clear()
+            try:
+                await asyncio.wait_for(self._new.wait(), left)
+            except TimeoutError:
+                pass
+
+    async def wait_count(self, pred: Any, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            got = [m for m in self.inbox if pred(m)]
+            if len(got) >= n:
+                return got
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{self.name}: {len(got)}/{n} frames; tail {self.inbox[-5:]}")
+            self._new.clear()
+            try:
+                await asyncio.wait_for(self._new.wait(), 0.2)
+            except TimeoutError:
+                pass
+
+
+class FakeHost(_Inbox):
     """One host link. `inbox` collects every frame; helpers wait for specific ones."""
 
     def __init__(self, fs: FrameStream, name: str) -> None:
@@ -100,39 +142,6 @@ class FakeHost:
             self.epoch = m["epoch"]
         return m
 
-    async def wait(self, pred: Any, timeout: float = 10.0, start: int = 0) -> dict[str, Any]:
-        deadline = asyncio.get_running_loop().time() + timeout
-        seen = start
-        while True:
-            for m in self.inbox[seen:]:
-                if pred(m):
-                    return m
-            seen = len(self.inbox)
-            if self.closed:
-                raise LinkClosed(f"{self.name}: link closed; inbox tail {self.inbox[-3:]}")
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                raise TimeoutError(f"{self.name}: no matching frame; inbox tail {self.inbox[-5:]}")
-            self._new.clear()
-            try:
-                await asyncio.wait_for(self._new.wait(), left)
-            except TimeoutError:
-                pass
-
-    async def wait_count(self, pred: Any, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            got = [m for m in self.inbox if pred(m)]
-            if len(got) >= n:
-                return got
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"{self.name}: {len(got)}/{n} frames; tail {self.inbox[-5:]}")
-            self._new.clear()
-            try:
-                await asyncio.wait_for(self._new.wait(), 0.2)
-            except TimeoutError:
-                pass
-
     async def close(self, drain: bool = False) -> None:
         """Close the link. `drain`: send nothing more and end only the sending side, then keep
         reading until the CP closes its side, so that the inbox holds every frame the CP wrote
@@ -154,7 +163,7 @@ class FakeHost:
 _LIVE: set[FakeTerminal] = set()  # a client nobody holds must not be collected (that would log it off)
 
 
-class FakeTerminal:
+class FakeTerminal(_Inbox):
     """A minimal terminal-link client (the full simulator is hsb.term)."""
 
     def __init__(self, fs: FrameStream, name: str) -> None:
@@ -189,9 +198,6 @@ class FakeTerminal:
 
     def send(self, m: dict[str, Any]) -> None:
         self.fs.send(m)
-
-    wait = FakeHost.wait
-    wait_count = FakeHost.wait_count
 
     async def wait_closed(self, timeout: float = 10.0) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
