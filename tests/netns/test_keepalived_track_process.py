@@ -25,12 +25,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from hsb.ports import free_port
 from tests.netns.cplab import KEEPALIVED, keepalived_reason
 from tests.netns.harness import cleanup_stale, ip, new_rid
-from tests.support.procs import arm_faults, cp_config, free_port, wait_for
+from tests.support.procs import arm_faults, cp_config, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "configs" / "keepalived" / "keepalived.conf"
@@ -213,7 +215,7 @@ def test_the_shipped_checks_follow_a_real_hsbcpd(tmp_path: Path) -> None:
     journal = tmp_path / "journal"
     journal.mkdir()
     # fixed addresses: the CP started again below answers where the health script asks
-    where = {k: f"127.0.0.1:{free_port()}" for k in ("terminal_listen", "host_listen", "admin_listen", "http_listen")}
+    where: dict[str, Any] = {k: f"127.0.0.1:{free_port()}" for k in ("terminal_listen", "host_listen", "admin_listen", "http_listen")}
     cp_config(tmp_path, terminals=2, journal=str(journal), **where)
     m = Machine(tmp_path, where["http_listen"])
     procs: list[subprocess.Popen[bytes]] = []
