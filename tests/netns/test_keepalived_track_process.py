@@ -189,17 +189,35 @@ def kill_all(p: subprocess.Popen[bytes]) -> None:
     p.wait(10)
 
 
-def hsbcpd_processes(p: subprocess.Popen[bytes]) -> list[int]:
-    """The processes of its session that the kernel calls `hsbcpd` (what keepalived counts)."""
-    out = []
+def named_hsbcpd() -> dict[int, int]:
+    """Every process of this machine that the kernel calls `hsbcpd` (what keepalived counts,
+    whoever started it), with its session."""
+    out = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if os.getsid(int(entry.name)) == p.pid and (entry / "comm").read_text().strip() == "hsbcpd":
-                    out.append(int(entry.name))
+                if (entry / "comm").read_text().strip() == "hsbcpd":
+                    out[int(entry.name)] = os.getsid(int(entry.name))
             except (OSError, ProcessLookupError):
                 pass
     return out
+
+
+def hsbcpd_processes(p: subprocess.Popen[bytes]) -> list[int]:
+    """The processes of its session that the kernel calls `hsbcpd`."""
+    return [pid for pid, sid in named_hsbcpd().items() if sid == p.pid]
+
+
+def others(procs: list[subprocess.Popen[bytes]]) -> list[int]:
+    """hsbcpd processes not of this test's (an operator's, another checkout's): keepalived counts
+    them too, so while one runs, this machine keeps its quorum whatever becomes of the test's."""
+    ours = {p.pid for p in procs}
+    return sorted(pid for pid, sid in named_hsbcpd().items() if sid not in ours)
+
+
+def skip_if_others(procs: list[subprocess.Popen[bytes]]) -> None:
+    if found := others(procs):
+        pytest.skip(f"another process named hsbcpd runs on this machine (pid {found[0]}): keepalived's process tracking counts it too")
 
 
 def worker(p: subprocess.Popen[bytes]) -> int:
@@ -220,6 +238,7 @@ def test_the_shipped_checks_follow_a_real_hsbcpd(tmp_path: Path) -> None:
     m = Machine(tmp_path, where["http_listen"])
     procs: list[subprocess.Popen[bytes]] = []
     try:
+        skip_if_others(procs)
         cp = start_hsbcpd(tmp_path, tmp_path / "cp.log")
         procs.append(cp)
         # the master and its worker, both named after the console script
@@ -245,10 +264,14 @@ def test_the_shipped_checks_follow_a_real_hsbcpd(tmp_path: Path) -> None:
         # every hsbcpd gone (not only the worker: its master would fork it again at once)
         t0 = time.monotonic()
         kill_all(cp)
+        try:
+            wait_for(lambda: "Quorum lost for tracked process hsbcpd" in m.log(), 10, what="keepalived to see no hsbcpd left")
+        except TimeoutError:
+            skip_if_others(procs)  # (one started meanwhile, elsewhere: it keeps the quorum)
+            raise
         wait_for(lambda: m.state() == "FAULT", 10, what="keepalived to leave the election (FAULT) with no hsbcpd")
         took = time.monotonic() - t0
         wait_for(lambda: not m.holds_vip(), 10, what="the virtual address removed")
-        assert "Quorum lost for tracked process hsbcpd" in m.log(), m.log()[-3000:]
 
         # a CP waiting to take over counts as running: this machine stands for election again
         cp_config(tmp_path, terminals=2, journal=str(journal), takeover="on_wake", wake_file=str(tmp_path / "cp.state"), **where)
