@@ -22,7 +22,7 @@ from hsb.backoff import Backoff
 from hsb.config import parse_addr
 from hsb.host.cpgen import GenerationFile
 from hsb.host.lease import Lease
-from hsb.ops.refusals import RefusalLog, not_hsb, refusal_hint, tls_plaintext_hint
+from hsb.ops.refusals import RefusalLog, not_hsb, refusal_hint, tls_refused_hint
 from hsb.wire.client import FrameStream, LinkClosed
 from hsb.wire.framing import ProtocolError, encode
 
@@ -197,7 +197,7 @@ class CPLink:
                     # (its alert: expired, unknown CA), or it is no TLS server
                     refused = True
                     why = getattr(exc, "verify_message", None) or exc.reason or str(exc)
-                    tls_refusals.seen(f"tls: {why}", tls_plaintext_hint(exc, f"the CP at {self.addr}"))
+                    tls_refusals.seen(f"tls: {why}", tls_refused_hint(exc, f"the CP at {self.addr}"))
                 elif isinstance(exc, socket.gaierror):  # (a name not known: else retried in silence)
                     unresolved.seen(f"cannot resolve {h!r}: {exc.strerror}")
                 await asyncio.sleep(backoff.next() if not refused else 5.0)

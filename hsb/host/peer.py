@@ -27,7 +27,7 @@ import structlog
 from hsb.backoff import Backoff
 from hsb.config import parse_addr
 from hsb.ops.listen import listening
-from hsb.ops.refusals import RefusalLog, not_hsb, refusal_hint, tls_plaintext_hint
+from hsb.ops.refusals import RefusalLog, not_hsb, refusal_hint, tls_refused_hint
 from hsb.waits import event_within
 from hsb.wire.authlink import AuthServerProtocol
 from hsb.wire.client import FrameStream, LinkClosed, NoChallenge
@@ -278,7 +278,7 @@ class PeerLink:
                     # alert), or it is no TLS server
                     refused = True
                     tls_refusals.seen(
-                        f"tls: {getattr(exc, 'verify_message', None) or exc.reason or exc}", tls_plaintext_hint(exc, f"the peer at {self.peer_addr}")
+                        f"tls: {getattr(exc, 'verify_message', None) or exc.reason or exc}", tls_refused_hint(exc, f"the peer at {self.peer_addr}")
                     )
                 elif isinstance(exc, socket.gaierror):  # (a name not known: else retried in silence)
                     unresolved.seen(f"cannot resolve {h!r}: {exc.strerror}")

@@ -79,6 +79,28 @@ def tls_plaintext_hint(exc: BaseException, where: str) -> str | None:
     return None
 
 
+_ALERT_RECEIVED = re.compile(r"^(?:SSLV3|TLSV1|TLSV13)_ALERT_[A-Z0-9_]+$")  # (OpenSSL's name for an alert the peer sent)
+
+
+def tls_refused_hint(exc: BaseException, where: str) -> str | None:
+    """The fix for a TLS handshake of this host's that failed, when the reason says more than the
+    log's own hint (which is about the other side's certificate): a daemon that speaks plaintext
+    (`tls_plaintext_hint`), or one that sent an alert about a certificate
+    (SSLV3_ALERT_CERTIFICATE_EXPIRED, TLSV1_ALERT_UNKNOWN_CA): it refused **this** host's own
+    certificate, the one to look at."""
+    plain = tls_plaintext_hint(exc, where)
+    if plain is not None:
+        return plain
+    alert = str(getattr(exc, "reason", None) or "")
+    if not _ALERT_RECEIVED.match(alert) or not ("CERTIFICATE" in alert or alert.endswith("_UNKNOWN_CA")):
+        return None  # (another alert, a protocol version say: no certificate's fault)
+    return (
+        f"tried again every 5 s; {where} refused this host's own certificate ({alert}): check this host's"
+        " tls.cert_file (its expiry, 'hsbctl status'; its CA must be in the other daemon's ca_file), renew it and"
+        " send SIGHUP; the other daemon's tls_refused says why"
+    )
+
+
 def refusal_hint(error: Mapping[str, Any], key: str, link: str, target: str) -> str:
     """The fix for an error frame that refused this daemon's `link` ("host", "peer") at the
     address set as `key` (`host.cp`), which should be `target` ("the CP's host_listen")."""
