@@ -24,6 +24,13 @@ LOGIN_MAX = 4096  # bytes: the first frame of a connection (hello, auth) at most
 # (1 terminal, 64 in flight: 40-46 % -> 57-60 % of direct in bench/cp.py).
 FLUSH_AT = 32
 _LEN = struct.Struct(">I")
+# a TLS client's first bytes (a handshake record, version 3.x) where a plaintext port wants a
+# frame: their length reads as ~369 MB. Said as what it is, the fix with it
+TLS_RECORD_HANDSHAKE, TLS_MAJOR = 0x16, 0x03
+TLS_CLIENT_HELLO = (
+    ": these are the bytes of a TLS handshake (a ClientHello): the client speaks TLS and this port does not;"
+    " give this daemon the client's [tls] section (terminals: [tls] terminals = true), or connect without TLS"
+)
 
 # Error codes, one per case of SPEC §6.1 (sent back in {"t": "error", "code": ...}).
 EMPTY_FRAME = "empty_frame"
@@ -202,6 +209,8 @@ class Decoder:
                     raise ProtocolError(EMPTY_FRAME, "frame of length 0")
                 if length > self._limit:
                     first = " for a first frame (hello or auth)" if self._limit < self.max_frame else ""
+                    if first and buf[pos] == TLS_RECORD_HANDSHAKE and buf[pos + 1] == TLS_MAJOR:
+                        first += TLS_CLIENT_HELLO  # (its record header read as a length: 0x1603...)
                     raise ProtocolError(FRAME_TOO_LARGE, f"frame of {length} bytes exceeds the maximum of {self._limit}{first}")
                 if n - pos - 4 < length:
                     break
