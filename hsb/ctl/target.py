@@ -78,8 +78,8 @@ class Target:
 
             try:
                 client = TLS(TLSFiles(**self.tls)).client
-            except TLSError as exc:
-                errors.append(str(exc))
+            except TLSError as exc:  # (hsbctl reads its files at every command: no SIGHUP to send)
+                errors.append(str(exc).replace(" and send SIGHUP", ", and put it in place"))
         if errors:
             raise TargetError(errors)
         if client is not None:
