@@ -7,13 +7,18 @@
   logs `protocol_error` saying these are the bytes of a TLS handshake, not only a frame of
   369,295,618 bytes;
 - `tls_refused_hint` on its own: an alert about a certificate names this host's certificate;
-  other alerts and our own verify failures get no such hint.
+  other alerts and our own verify failures get no such hint;
+- hsbctl with an expired certificate of its own is told to make a new one, not to "send
+  SIGHUP" (the daemons' fix: hsbctl reads its files at every command).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,7 +27,7 @@ import pytest
 from hsb.ctl.tls_cmd import make_ca_and_certs
 from hsb.ops.refusals import tls_refused_hint
 from hsb.wire.framing import FRAME_TOO_LARGE, LOGIN_MAX, Decoder, ProtocolError
-from tests.support.procs import addr, free_port, log_events, start_cp, until
+from tests.support.procs import addr, free_port, log_events, start_cp, until, write_secret
 from tests.test_tls import _host_a, cp_tls
 
 pytestmark = pytest.mark.timeout(90)
@@ -106,3 +111,44 @@ async def test_a_plaintext_cp_says_a_tls_terminal_speaks_tls(tmp_path: Path) -> 
         assert got.get("code") == FRAME_TOO_LARGE and "TLS handshake" in str(got.get("msg")), got
     finally:
         cp.stop()
+
+
+def test_hsbctl_with_an_expired_certificate_is_not_told_to_send_sighup(tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    d = tmp_path / "tls"
+    make_ca_and_certs(d, ["hsbctl"])
+    ca = x509.load_pem_x509_certificate((d / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((d / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hsbctl")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=30))
+        .not_valid_after(now - dt.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("hsbctl")]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (d / "hsbctl.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (d / "hsbctl.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (d / "hsbctl.key").chmod(0o600)
+    write_secret(tmp_path)
+    ctl = tmp_path / "ctl.toml"
+    ctl.write_text(
+        f'cp = "127.0.0.1:{free_port()}"\nhosts = ["127.0.0.1:{free_port()}"]\nsecret_file = "secret"\n'
+        f'tls = {{ ca_file = "{d / "ca.pem"}", cert_file = "{d / "hsbctl.pem"}", key_file = "{d / "hsbctl.key"}" }}\n'
+    )
+    r = subprocess.run([sys.executable, "-m", "hsb.ctl", "-c", str(ctl), "status"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3, r.stdout + r.stderr
+    line = r.stderr.strip()
+    assert line.startswith("error: tls.cert_file:") and "days ago" in line and "make a new one" in line, line
+    assert "SIGHUP" not in line and "Traceback" not in r.stdout + r.stderr, line
