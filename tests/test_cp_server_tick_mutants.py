@@ -258,7 +258,9 @@ async def test_a_reload_adds_changes_and_removes_only_idle_terminals(tmp_path: P
     with structlog.testing.capture_logs() as logs:
         await s.reload()
     [said] = [e for e in logs if e["event"] == "config_reloaded"]
-    assert (said["terminals_added"], said["terminals_removed"]) == (1, 1), said
+    assert (said["terminals_added"], said["terminals_removed"], said["terminals_kept"]) == (1, 1, 3), said
+    [named] = [e for e in logs if e["event"] == "terminals_kept_after_removal"]
+    assert (named["terminals"], named["count"]) == (sorted(busy), 3), named
     assert set(cp.terms) == {names[0], "X1", *busy}, sorted(cp.terms)
     assert cp.terms[names[0]].defn.attrs == {"kind": "new"}
     assert calls == [("settle", names[4], True), ("close", names[4], True)], calls

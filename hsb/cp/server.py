@@ -527,7 +527,18 @@ class CPServer(Waiting, TakingOver, Stopping):
         # what runs now: the next reload compares with it (else these were "applied" every time)
         self.cfg.terminals, self.cfg.terminal_groups, self.cfg._defs = new.terminals, new.terminal_groups, new.terminal_table
         await self.keep_applied()  # before it is said: a worker forked again from then on finds it
-        reload.report(applied, restart, terminals_added=added, terminals_removed=len(removed))
+        # removed from the table but kept (connected, holding messages, owed replies): named, or
+        # the operator cannot tell they are still served until a later reload drops them
+        kept = sorted(n for n in cp.terms if n not in new.terminal_table)
+        reload.report(applied, restart, terminals_added=added, terminals_removed=len(removed), terminals_kept=len(kept))
+        if kept:
+            log.info(
+                "terminals_kept_after_removal",
+                terminals=kept[:20],
+                count=len(kept),
+                msg="not in the table any more, but connected, holding messages or owed replies: still served; a reload once they are"
+                " disconnected and owed nothing drops them",
+            )
 
     async def keep_applied(self, cfg: CPConfig | None = None) -> None:
         """Under a master (--supervise): leave the config this worker runs on (or `cfg`, one it
