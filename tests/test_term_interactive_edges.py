@@ -46,6 +46,33 @@ def test_a_message_sent_before_the_logon_is_said_to_be_queued() -> None:
     assert out.getvalue().splitlines() == ["sent id=7 (queued until logged on)", "sent id=8"]
 
 
+def test_messages_never_written_before_are_not_said_to_be_resent() -> None:
+    """After a welcome, what goes out again is said as resent; what was typed before the logon
+    (never on a connection) is said as sent now, queued until logged on."""
+    p, out = _printer()
+    c: Any = SimpleNamespace()
+    p.on_resent(c, 2, 2)
+    p.on_resent(c, 3, 0)
+    p.on_resent(c, 3, 1)
+    assert out.getvalue().splitlines() == [
+        "sent 2 message(s) queued until logged on",
+        "resent 3 unacknowledged message(s)",
+        "resent 2 unacknowledged message(s); sent 1 message(s) queued until logged on",
+    ]
+
+
+async def test_lines_typed_before_the_logon_go_as_first_sends(fake: FakeCP) -> None:
+    """Input there before the welcome: its lines are sent once logged on, and not said to be
+    resent (they were never on a connection)."""
+    out = io.StringIO()
+    status = await asyncio.wait_for(interactive("T00063", "127.0.0.1", fake.port, linger=5, inp=io.StringIO("one\ntwo\n"), out=out), 20)
+    said = out.getvalue()
+    assert status == 0, said
+    queued = said.count(" (queued until logged on)")
+    assert queued >= 1 and "resent" not in said, said
+    assert f"sent {queued} message(s) queued until logged on" in said, said
+
+
 def test_an_already_connected_refusal_met_on_a_reconnect_is_no_broken_promise() -> None:
     """`already_connected` is a race a reconnect meets and retries past (RECONNECT_RACES): it does
     not fail the session, while another error frame does."""

@@ -105,8 +105,11 @@ class Printer(Listener):
         self.drained.clear()
         self.say(f"sent id={msg_id}" + ("" if c.state == WELCOMED else " (queued until logged on)"))
 
-    def on_resent(self, c: TerminalClient, count: int) -> None:
-        self.say(f"resent {count} unacknowledged message(s)")
+    def on_resent(self, c: TerminalClient, count: int, first: int = 0) -> None:
+        # (those never written before go now for the first time: typed before the logon)
+        said = [f"resent {count - first} unacknowledged message(s)"] if count > first else []
+        said += [f"sent {first} message(s) queued until logged on"] if first else []
+        self.say("; ".join(said))
 
     def on_welcome(self, c: TerminalClient, first: bool) -> None:
         self.say(f"welcome {c.name}" + ("" if first else " (logged on again)"))

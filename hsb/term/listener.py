@@ -17,8 +17,9 @@ class Listener:
     def on_sent(self, c: TerminalClient, msg_id: int, now: float) -> None:
         """A new message (not a resend) was recorded as outstanding."""
 
-    def on_resent(self, c: TerminalClient, count: int) -> None:
-        """`count` unacknowledged messages were sent again after a welcome."""
+    def on_resent(self, c: TerminalClient, count: int, first: int = 0) -> None:
+        """`count` unacknowledged messages were sent again after a welcome; `first` of them had
+        never been written to a connection (submitted before the logon, or while away)."""
 
     def on_writable(self, c: TerminalClient) -> None:
         """Its connection takes writes again (the CP reads again): it can send."""

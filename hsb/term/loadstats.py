@@ -75,7 +75,7 @@ class LoadStats(Listener):
         self.sent += 1
         self.gap.sent(now)
 
-    def on_resent(self, c: TerminalClient, count: int) -> None:
+    def on_resent(self, c: TerminalClient, count: int, first: int = 0) -> None:
         self.resent += count
 
     def owing(self) -> bool:

@@ -103,7 +103,7 @@ class Logon:
             else:
                 owed.append(i)
         if owed and self.transport is not None and not self.bye_said:
-            self.listener.on_resent(self, len(owed))
+            self.listener.on_resent(self, len(owed), sum(1 for i in owed if i > self.sent_upto))
             self._write_owed(owed)
 
     def cp_away(self: TerminalClient, found: bool = True) -> None:
