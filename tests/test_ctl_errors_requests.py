@@ -295,7 +295,7 @@ def test_promote_is_not_refused_by_a_refusal_from_before_it(secret: Path, monkey
         nonlocal calls
         calls += 1
         st = pair_status("127.0.0.1:1", "127.0.0.1:2")
-        st["hosts"][1].update(switch_refusals=1, last_error="switchover refused by the CP: active host host-a: alive")
+        st["hosts"][1].update(switch_refusals=1, last_error="takeover refused by the CP: active host host-a: alive")
         if calls > 2:
             st["hosts"][1].update(role="active", epoch=5)
         return st

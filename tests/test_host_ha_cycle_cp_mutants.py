@@ -324,6 +324,9 @@ async def test_a_refused_takeover_lets_the_next_request_go_at_once(tmp_path: Pat
         srv.ha.switch_requested_at = 1.0
         await srv.ha.ev_cp_frame({"t": "switch_refused", "reason": "no"})
         assert srv.ha.switch_requested_at is None
+        # (a request for the active role: a promote, or a takeover after a loss, not a switchover;
+        # hsbctl promote reads the reason after "refused by the CP: ")
+        assert srv.ha.last_error == "takeover refused by the CP: no", srv.ha.last_error
     finally:
         close(srv)
 

@@ -220,7 +220,8 @@ class CPSide:
             self.switch_requested_at = None
             self.switch_refusals += 1
             log.warning("switchover_refused", reason=msg.get("reason"))
-            self.last_error = f"switchover refused by the CP: {msg.get('reason')}"
+            # (its request for the active role: a promote, or a takeover after the active's loss)
+            self.last_error = f"takeover refused by the CP: {msg.get('reason')}"
 
     def _announce_active(self: HA) -> None:
         """The CP granted the active role this process started in, at its registration: the
