@@ -8,7 +8,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from tests.support.transports import CountingTransport, RecordingTransport
+from tests.support.transports import CountingTransport, RecordingTransport, stand_in
 
 
 def cp_core(d: Path, terminals: int, **kw: Any) -> Any:
@@ -41,7 +41,7 @@ def fake_host(cp: Any, name: str, role: str | None = None, *, keeps: bool = Fals
     from hsb.cp.host_link import HostProtocol
 
     h = HostProtocol(cp, secret=b"s" * 32, auth_timeout=timeout, idle_timeout=None)
-    h.connection_made(RecordingTransport(name) if record else CountingTransport(name))
+    h.connection_made(stand_in(RecordingTransport(name) if record else CountingTransport(name)))
     h.deliver_batch_bytes = batch
     h.clear_deadline()
     h.authed = True
@@ -71,7 +71,7 @@ def recording_terminal(cp: Any, name: str, last_reply: int | None = 0, first: in
     from hsb.cp.terminal_link import TerminalProtocol
 
     p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
-    p.connection_made(RecordingTransport(name))
+    p.connection_made(stand_in(RecordingTransport(name)))
     p.clear_deadline()
     p.decoder.first_done()  # (logged on without a hello frame)
     p.first = first
@@ -96,7 +96,7 @@ def fake_terminal(cp: Any, name: str, *, timeout: float = 5.0) -> Any:
     from hsb.cp.terminal_link import TerminalProtocol
 
     p = TerminalProtocol(cp, hello_timeout=timeout, idle_after_hello=None)
-    p.connection_made(CountingTransport(name))
+    p.connection_made(stand_in(CountingTransport(name)))
     p.clear_deadline()
     p.decoder.first_done()  # (logged on without a hello frame)
     cp.terminal_hello(p, name, 0)

@@ -12,7 +12,7 @@ from typing import Any
 
 from hsb.wire.framing import encode
 from tests.support.cpcore import cp_core, fake_host, recording_terminal
-from tests.support.transports import NoFlowControl
+from tests.support.transports import NoFlowControl, stand_in
 
 
 async def until(cond: Callable[[], bool], what: str, within: float = 5.0) -> None:
@@ -66,7 +66,7 @@ def connect_hsbterm(cp: Any, c: Any) -> Any:
     p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
     to_cp, to_term = Pipe(p), Pipe(c)
     to_cp.other, to_term.other = to_term, to_cp
-    p.connection_made(to_term)
+    p.connection_made(stand_in(to_term))
     c.connection_made(to_cp)
     return p
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Any, cast
 
 
 class NoFlowControl:
@@ -66,3 +67,15 @@ class RecordingTransport(CountingTransport):
         from hsb.wire.framing import Decoder
 
         return Decoder().feed(bytes(self.data))
+
+
+def stand_in(t: NoFlowControl) -> asyncio.Transport:
+    """`t` where a protocol takes an asyncio.Transport: a stand-in has the methods the protocols
+    use (as uvloop's transports do), not the class."""
+    return cast(asyncio.Transport, t)
+
+
+def recorded(t: object) -> RecordingTransport:
+    """A protocol's transport (typed as the real one, or None) as the RecordingTransport it was given."""
+    assert isinstance(t, RecordingTransport), f"not a RecordingTransport: {t!r}"
+    return t
