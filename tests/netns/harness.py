@@ -50,7 +50,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self, cast
 
 from hsb.config import toml_section, toml_value
 from hsb.ctl.gather import status_all
@@ -256,7 +256,7 @@ class Lab:
         return self.dir / f"journal-{HOST_NAMES[node]}.log"
 
     # ------------------------------------------------------------------ lifecycle
-    def __enter__(self) -> Lab:
+    def __enter__(self) -> Self:
         try:
             self.up()
         except BaseException:
@@ -688,7 +688,7 @@ class Load:
         code = await asyncio.wait_for(loop.run_in_executor(None, self.dm.proc.wait), timeout)
         if code != 0 or not self.out.exists():
             raise NetnsError(f"the load generator exited {code}; log ends:\n{self.dm.tail()}")
-        return json.loads(self.out.read_text())
+        return cast(dict[str, Any], json.loads(self.out.read_text()))
 
 
 # ---------------------------------------------------------------------- the checks

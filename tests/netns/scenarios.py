@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tests.netns.harness import Lab, Watch, check_connections, check_delivery, claims_active, read_journal, read_journal_tail
 
@@ -39,7 +39,7 @@ def _active(st: dict[str, Any]) -> str | None:
 
 def _host(st: dict[str, Any], node: str) -> dict[str, Any]:
     """Host A's or B's status (status_all keeps the order of `lab.host_admins`)."""
-    return st["hosts"][0 if node == "a" else 1]
+    return cast(dict[str, Any], st["hosts"][0 if node == "a" else 1])
 
 
 def _lines(path: Path) -> int:

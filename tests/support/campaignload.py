@@ -46,13 +46,13 @@ async def start_load(cp: str, **kw: Any) -> asyncio.Future[LoadReport]:
         made.append(s)
         return s
 
-    saved = term_load.LoadStats
-    term_load.LoadStats = factory  # type: ignore[assignment, misc]
+    saved = term_load.LoadStats  # type: ignore[attr-defined]  # (imported there: patched where run_load looks it up)
+    term_load.LoadStats = factory  # type: ignore[attr-defined, assignment]
     try:
         task = asyncio.ensure_future(term_load.run_load(cp, **kw))
         await asyncio.sleep(0)  # its first step, up to its first await
     finally:
-        term_load.LoadStats = saved  # type: ignore[misc]
+        term_load.LoadStats = saved  # type: ignore[attr-defined]
     if not made:
         if task.done():
             task.result()  # (its own error, if it stopped on one)

@@ -19,7 +19,7 @@ def name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _pem_key(key: Any) -> bytes:
+def _pem_key(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
@@ -108,5 +108,5 @@ def openssl_error(reason: str) -> ssl.SSLError:
     """An error as OpenSSL gives it, `reason` its name, with no verify_message (nothing said of a
     certificate)."""
     e = ssl.SSLError(1, f"[SSL: {reason}] {reason.lower().replace('_', ' ')}")
-    e.reason = reason  # type: ignore[misc]
+    e.reason = reason
     return e

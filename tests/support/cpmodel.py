@@ -344,7 +344,7 @@ def checked(model: Any) -> Any:
     """`model` with the final settle and checks (`check_at_end`) as the last step of every
     example that started (`started()`)."""
 
-    class Checked(model):  # type: ignore[misc,valid-type]
+    class Checked(model):  # type: ignore[misc]
         def teardown(self) -> None:
             try:
                 if self.started():

@@ -11,7 +11,7 @@ import socket
 import struct
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 from hypothesis import strategies as st
@@ -207,7 +207,7 @@ def frame(body: bytes) -> bytes:
 
 
 def packb(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    return cast(bytes, msgpack.packb(obj, use_bin_type=True))
 
 
 INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
@@ -236,7 +236,7 @@ def _str_raw(b: bytes) -> bytes:
 
 
 @st.composite
-def hostile_bodies(draw: Any, types: Iterable[str]) -> bytes:
+def hostile_bodies(draw: st.DrawFn, types: Iterable[str]) -> bytes:
     """One frame body: deep nesting, invalid UTF-8, huge declared lengths, huge ints, odd types."""
     t = draw(st.sampled_from(sorted(types)))
     kind = draw(

@@ -22,8 +22,8 @@ class Sent:
     def __init__(self, srv: HostServer) -> None:
         self.peer: list[dict[str, Any]] = []
         self.cp: list[dict[str, Any]] = []
-        srv.peer.send = lambda m: self.peer.append(m) or True  # type: ignore[method-assign, func-returns-value]
-        srv.cp.send = lambda m: self.cp.append(m) or True  # type: ignore[method-assign, func-returns-value]
+        srv.peer.send = lambda msg: self.peer.append(msg) or True  # type: ignore[method-assign, func-returns-value]
+        srv.cp.send = lambda msg: self.cp.append(msg) or True  # type: ignore[method-assign, func-returns-value]
 
     def peer_kinds(self) -> list[str]:
         return [m["t"] for m in self.peer]

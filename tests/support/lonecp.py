@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hsb.wire.client import cp_sessions, request
 from tests.support.hostclient import FakeHost, FakeTerminal
@@ -38,7 +38,7 @@ async def logon(cp: Proc, name: str) -> FakeTerminal:
     return t
 
 
-async def fail_over(a: FakeHost, b: FakeHost) -> dict:
+async def fail_over(a: FakeHost, b: FakeHost) -> dict[str, Any]:
     """The active's host link closes; the standby asks and is granted. Returns the grant."""
     await a.close()
     await b.wait(lambda m: m["t"] == "active_lost")
@@ -49,12 +49,12 @@ async def fail_over(a: FakeHost, b: FakeHost) -> dict:
     return g
 
 
-async def status(cp: Proc) -> dict:
+async def status(cp: Proc) -> dict[str, Any]:
     h, p = addr(cp.info["admin"])
-    return (await request(h, p, SECRET, {"t": "status"}))["data"]
+    return cast(dict[str, Any], (await request(h, p, SECRET, {"t": "status"}))["data"])
 
 
-async def wait_status(cp: Proc, cond: Any, timeout: float = 10.0) -> dict:
+async def wait_status(cp: Proc, cond: Any, timeout: float = 10.0) -> dict[str, Any]:
     deadline = asyncio.get_running_loop().time() + timeout
     while not cond(st := await status(cp)):
         assert asyncio.get_running_loop().time() < deadline, f"status never matched: {st}"
@@ -62,6 +62,6 @@ async def wait_status(cp: Proc, cond: Any, timeout: float = 10.0) -> dict:
     return st
 
 
-async def sessions(cp: Proc) -> dict:
+async def sessions(cp: Proc) -> dict[str, Any]:
     h, p = addr(cp.info["admin"])
     return await cp_sessions(h, p, SECRET)

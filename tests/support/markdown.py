@@ -37,7 +37,8 @@ def split_markdown(text: str) -> tuple[list[Block], list[tuple[int, str]]]:
     blocks: list[Block] = []
     prose: list[tuple[int, str]] = []
     fence: str | None = None
-    lang, start, body = "", 0, []
+    lang, start = "", 0
+    body: list[str] = []
     for n, line in enumerate(text.splitlines(), 1):
         m = re.match(r"^\s*(```+|~~~+)\s*([\w+-]*)", line)
         if fence is None and m:

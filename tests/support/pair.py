@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hsb.wire.client import cp_sessions, request
 from tests.support.procs import SECRET, Proc, addr, create_takeover_file, free_port, host_config, start_cp, start_host
@@ -31,7 +31,7 @@ class Pair:
     async def status(self, name: str, timeout: float = 3.0) -> dict[str, Any]:
         p = self.hosts[name]
         h, port = addr(p.info["admin"])
-        return (await request(h, port, SECRET, {"t": "status"}, timeout=timeout))["data"]
+        return cast(dict[str, Any], (await request(h, port, SECRET, {"t": "status"}, timeout=timeout))["data"])
 
     async def admin(self, name: str, msg: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
         p = self.hosts[name]
@@ -40,7 +40,7 @@ class Pair:
 
     async def cp_status(self) -> dict[str, Any]:
         h, port = addr(self.cp.info["admin"])
-        return (await request(h, port, SECRET, {"t": "status"}))["data"]
+        return cast(dict[str, Any], (await request(h, port, SECRET, {"t": "status"}))["data"])
 
     async def cp_sessions(self) -> dict[str, Any]:
         h, port = addr(self.cp.info["admin"])

@@ -16,7 +16,7 @@ from typing import Any
 SECRET = b"test-secret-0123456789abcdef"
 
 
-from hsb.ports import free_port  # noqa: E402  (re-exported for tests)
+from hsb.ports import free_port as free_port  # noqa: E402  (re-exported for tests)
 
 
 def write_secret(d: Path, secret: bytes = SECRET) -> Path:

@@ -10,13 +10,13 @@ import asyncio
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hsb.ctl import sandbox
 from hsb.ctl.gather import status_all
 from hsb.term.load import background_load
 from hsb.term.verdict import ids
-from tests.support.hostjournal import read_host_journal, unmarked_repeats
+from tests.support.hostjournal import Journals, read_host_journal, unmarked_repeats
 
 
 def pid_of(info: dict[str, Any], name: str) -> int:
@@ -46,9 +46,9 @@ def active_names(st: dict[str, Any]) -> list[str]:
     return [h["name"] for h in st["hosts"] if h.get("reachable") and h.get("role") == "active"]
 
 
-def journals(info: dict[str, Any]) -> dict[str, dict[tuple[str, int], list[int]]]:
-    """{host: {(terminal, id): [redelivered mark of each line, in the file's order]}} from the journal files."""
-    out: dict[str, dict[tuple[str, int], list[int]]] = {}
+def journals(info: dict[str, Any]) -> Journals:
+    """{host: {(terminal, id): [each line's redelivered mark and epoch, in the file's order]}} from the journal files."""
+    out: Journals = {}
     for path in info["journals"]:
         p = Path(path)
         host = p.stem.removeprefix("journal-")
@@ -129,7 +129,7 @@ def ctl(info: dict[str, Any], *args: str, timeout: float = 90) -> subprocess.Com
 
 
 def http_of(info: dict[str, Any], name: str) -> str:
-    return next(h["http"] for h in info["hosts"] if h["name"] == name)
+    return cast(str, next(h["http"] for h in info["hosts"] if h["name"] == name))
 
 
 def all_back(s: dict[str, Any], n: int) -> bool:

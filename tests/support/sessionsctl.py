@@ -37,12 +37,12 @@ class FakeCP:
 def standby_ctl(n: int) -> tuple[SessionsCtl, Any]:
     from hsb.host.server import HostServer
     from hsb.host.sessions import SessionTable
-    from hsb.terminals import TerminalDef
+    from hsb.terminals import TerminalDef, TerminalSpec
 
     async def hook(*_: Any) -> None:
         return None
 
-    defs = {f"T{i:05d}": TerminalDef(name=f"T{i:05d}", attrs={"k": 1}) for i in range(1, n + 1)}
+    defs: dict[str, TerminalSpec] = {f"T{i:05d}": TerminalDef(name=f"T{i:05d}", attrs={"k": 1}) for i in range(1, n + 1)}
     srv: Any = SimpleNamespace(
         sessions=SessionTable(defs),
         cp=FakeCP(),

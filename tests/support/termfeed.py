@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from hsb.term.client import TerminalClient
-from hsb.term.load import LoadStats, _report
+from hsb.term.load import _report
+from hsb.term.loadstats import LoadStats
 from hsb.term.report import LoadReport
 from hsb.wire.framing import encode
 from tests.support.transports import RecordingTransport

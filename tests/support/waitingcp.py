@@ -32,7 +32,7 @@ def held_recovery(monkeypatch: pytest.MonkeyPatch, most: float) -> tuple[Any, An
     from hsb.cp import taking_over
 
     entered, release = threading.Event(), threading.Event()
-    real = taking_over.recover
+    real = taking_over.recover  # type: ignore[attr-defined]  # (imported there: patched where the takeover looks it up)
 
     def slow_recover(d: Path, truncate: bool = True) -> Any:
         entered.set()
