@@ -17,7 +17,7 @@ from hsb.cp import status_view
 from hsb.cp.admin import CPAdminProtocol
 from hsb.wire.conn import PROTOCOL_ERRORS
 from tests.support.cpcore import cp_core, fake_host, fake_terminal
-from tests.support.transports import RecordingTransport
+from tests.support.transports import RecordingTransport, stand_in
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -26,7 +26,7 @@ def admin(cp: Any) -> Any:
     """An authenticated admin link of a server whose CP is `cp` (None: waiting to take over)."""
     srv = SimpleNamespace(cfg=SimpleNamespace(cp=SimpleNamespace(name="cp-x")), cp=cp, status=lambda: {"said": "status"})
     p = CPAdminProtocol(srv, secret=b"s" * 32, auth_timeout=5.0, idle_timeout=None)  # type: ignore[arg-type]
-    p.connection_made(RecordingTransport("127.0.0.1:9"))
+    p.connection_made(stand_in(RecordingTransport("127.0.0.1:9")))
     p.clear_deadline()
     p.authed, p.name = True, "hsbctl"
     p.decoder.first_done()

@@ -110,7 +110,7 @@ async def test_a_restarted_terminal_is_not_stuck_behind_the_replies_kept_for_its
     never fills what is held back). Now hsbterm confirms the earlier run's replies it got: its
     messages are taken and answered, and its verdict is clean."""
     from hsb.term.client import TerminalClient
-    from hsb.term.load import LoadStats
+    from hsb.term.loadstats import LoadStats
 
     cp = cp_core(tmp_path, 2, cp="held_bound = 4\n")
     h = fake_host(cp, "host-a", "active", record=True)
@@ -139,7 +139,7 @@ async def test_an_earlier_runs_replies_made_after_the_new_run_logged_on_are_conf
     them, so the CP kept them, at its bound: run 2's messages were never taken. Now they are an
     earlier run's, resent or not: not judged, confirmed, and run 2 is served."""
     from hsb.term.client import TerminalClient
-    from hsb.term.load import LoadStats
+    from hsb.term.loadstats import LoadStats
 
     cp = cp_core(tmp_path, 2, cp="held_bound = 4\n")
     h = fake_host(cp, "host-a", "active", record=True)
@@ -226,7 +226,8 @@ async def test_an_earlier_runs_replies_made_while_the_next_run_was_away_reach_it
     run's messages are still to be answered): the CP sends every reply it kept, and run 2 gets
     all three, ignoring (once) its own it had."""
     from hsb.term.client import TerminalClient
-    from hsb.term.load import LoadStats, _report
+    from hsb.term.load import _report
+    from hsb.term.loadstats import LoadStats
 
     cp, h = await earlier_run(tmp_path, (1, 2, 3))
     stats = LoadStats(1)
@@ -374,7 +375,7 @@ async def test_a_reply_whose_connection_is_found_gone_as_it_is_written_counts_as
     assert [m["id"] for m in replies(run2)] == [1000]
     run2.reading_paused = True  # (its held bound: not read)
     looks = iter([False, True])  # gone by the kernel's word at the second look: as the reply is written
-    run2.peer_gone = lambda: next(looks, True)  # type: ignore[method-assign]
+    run2.peer_gone = lambda: next(looks, True)
     cp.host_reply(h, "T00001", 1, "r1")
     assert run2.closed and [m["id"] for m in replies(run2)] == [1000]  # nothing written
     again = recording_terminal(cp, "T00001", 1000)

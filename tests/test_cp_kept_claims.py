@@ -26,7 +26,8 @@ async def test_a_run_that_never_learned_of_an_earlier_run_still_gets_its_reply(t
     had written reply 1 to a connection of the terminal, forgot it: no run ever got it. Now the
     hello says `first` 1000, claiming nothing below, and the CP sends reply 1 again."""
     from hsb.term.client import TerminalClient
-    from hsb.term.load import LoadStats, _report
+    from hsb.term.load import _report
+    from hsb.term.loadstats import LoadStats
 
     cp = cp_core(tmp_path, 2)
     h = fake_host(cp, "host-a", "active", record=True)
@@ -94,15 +95,15 @@ async def test_a_hello_claims_no_reply_below_its_first_id(tmp_path: Path) -> Non
 async def test_a_hello_whose_first_is_not_an_id_is_refused(tmp_path: Path, first: Any) -> None:
     """`first` is a message id (1 and up): anything else is `bad_hello`, as a bad last_reply is."""
     from hsb.cp.terminal_link import TerminalProtocol
-    from tests.support.transports import RecordingTransport
+    from tests.support.transports import RecordingTransport, recorded, stand_in
 
     cp = cp_core(tmp_path, 2)
     p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
-    p.connection_made(RecordingTransport("T00001"))
+    p.connection_made(stand_in(RecordingTransport("T00001")))
     p.data_received(encode({"t": "hello", "terminal": "T00001", "last_reply": 0, "first": first}))
     p.flush()
-    errors = [m for m in p.transport.frames() if m.get("t") == "error"]
-    assert [m["code"] for m in errors] == ["bad_hello"] and "first" in errors[0]["msg"], p.transport.frames()
+    errors = [m for m in recorded(p.transport).frames() if m.get("t") == "error"]
+    assert [m["code"] for m in errors] == ["bad_hello"] and "first" in errors[0]["msg"], recorded(p.transport).frames()
     assert cp.terms["T00001"].conn is None
 
 

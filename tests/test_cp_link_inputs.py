@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from hsb.cp.terminal_link import TerminalProtocol
 from tests.support.cpcore import HeldJournal, cp_core, fake_host, recording_terminal
-from tests.support.transports import RecordingTransport
+from tests.support.transports import RecordingTransport, recorded, stand_in
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -150,7 +150,7 @@ async def test_a_message_too_large_to_deliver_is_refused_not_acknowledged(tmp_pa
     cp = cp_core(tmp_path, 2, cp="max_frame = 4096\n")
     h = fake_host(cp, "host-a", "active", record=True)
     p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None, max_frame=4096)
-    p.connection_made(RecordingTransport("T00001"))
+    p.connection_made(stand_in(RecordingTransport("T00001")))
     p.clear_deadline()
     p.data_received(encode({"t": "hello", "terminal": "T00001", "last_reply": 0}))
     term = cp.terms["T00001"]
@@ -182,7 +182,7 @@ def _deep(frame: dict[str, Any], key: str, depth: int = 1000) -> bytes:
     body = msgpack.packb(frame)
     assert body[0] & 0xF0 == 0x80 and len(frame) < 15
     body = bytes([body[0] + 1]) + body[1:] + msgpack.packb(key) + b"\x91" * depth + b"\x90"
-    return struct.pack(">I", len(body)) + body
+    return cast(bytes, struct.pack(">I", len(body)) + body)
 
 
 async def test_a_field_nested_too_deep_to_print_is_a_protocol_error_of_that_link_alone(tmp_path: Path) -> None:
@@ -199,11 +199,11 @@ async def test_a_field_nested_too_deep_to_print_is_a_protocol_error_of_that_link
     err = [f for f in h.transport.frames() if f["t"] == "error"]
     assert err and err[0]["code"] == "bad_fields" and "RecursionError" in err[0]["msg"] and h.closed, err
     u = HostProtocol(cp, secret=b"s" * 32, auth_timeout=5.0, idle_timeout=None)
-    u.connection_made(RecordingTransport("x"))
+    u.connection_made(stand_in(RecordingTransport("x")))
     mac = auth.answer(b"s" * 32, u._nonce, "host", "host-b")  # right, from a daemon of another version
     u.data_received(_deep({"t": "auth", "name": "host-b", "link": "host", "mac": mac}, "version"))
     u.flush()
-    err = [f for f in u.transport.frames() if f["t"] == "error"]
+    err = [f for f in recorded(u.transport).frames() if f["t"] == "error"]
     assert err and err[0]["code"] == "auth_failed" and u.closed and not u.authed, err
     u.clear_deadline()
     await asyncio.sleep(0)
@@ -255,14 +255,14 @@ async def test_a_connection_not_yet_logged_on_cannot_make_the_cp_buffer_a_large_
 
     cp = cp_core(tmp_path, 2)
     p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
-    p.connection_made(RecordingTransport("x"))
+    p.connection_made(stand_in(RecordingTransport("x")))
     p.data_received(struct.pack(">I", LOGIN_MAX + 1))
     p.flush()
-    err = [f for f in p.transport.frames() if f["t"] == "error"]
+    err = [f for f in recorded(p.transport).frames() if f["t"] == "error"]
     assert err and err[0]["code"] == "frame_too_large" and "first frame" in err[0]["msg"] and p.closed, err
     p.clear_deadline()
     q = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
-    q.connection_made(RecordingTransport("T00002"))
+    q.connection_made(stand_in(RecordingTransport("T00002")))
     q.data_received(encode({"t": "hello", "terminal": "T00002", "last_reply": 0}) + encode({"t": "msg", "id": 1, "data": b"x" * (8 * LOGIN_MAX)}))
     assert not q.closed and list(cp.terms["T00002"].held) == [1]
     q.clear_deadline()
@@ -326,11 +326,11 @@ async def test_a_host_with_a_smaller_max_frame_limits_what_terminals_may_send(tm
     h.max_frame = small  # (as its register said: on_register)
     cp.host_register(h, "active", 1)
     h.flush()
-    registered = [f for f in h.transport.frames() if f["t"] == "registered"]
+    registered = [f for f in recorded(h.transport).frames() if f["t"] == "registered"]
     assert registered and registered[0]["max_frame"] == big  # the host caps its replies with it
     assert [e for e in rec.events("max_frame_mismatch") if e["host_max_frame"] == small]
     p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None, max_frame=big)
-    p.connection_made(RecordingTransport("T00001"))
+    p.connection_made(stand_in(RecordingTransport("T00001")))
     p.clear_deadline()
     p.data_received(encode({"t": "hello", "terminal": "T00001", "last_reply": 0}))
     term = cp.terms["T00001"]
@@ -338,13 +338,13 @@ async def test_a_host_with_a_smaller_max_frame_limits_what_terminals_may_send(tm
     p.data_received(encode({"t": "msg", "id": 1, "data": b"x" * limit}))
     p.data_received(encode({"t": "msg", "id": 2, "data": b"x" * (limit + 1)}))
     p.flush()
-    err = [f for f in p.transport.frames() if f["t"] == "error"]
+    err = [f for f in recorded(p.transport).frames() if f["t"] == "error"]
     assert err and err[0]["code"] == "message_too_large" and str(limit) in err[0]["msg"]
-    assert list(term.held) == [1] and [f["id"] for f in p.transport.frames() if f["t"] == "ack"] == [1]
-    h.transport.data.clear()
+    assert list(term.held) == [1] and [f["id"] for f in recorded(p.transport).frames() if f["t"] == "ack"] == [1]
+    recorded(h.transport).data.clear()
     cp._deliver(term, term.held[1], h)  # the one taken fits the host's smaller frames
     h.flush()
-    assert any(f["t"] in ("deliver", "deliver_batch") for f in Decoder(small).feed(bytes(h.transport.data)))
+    assert any(f["t"] in ("deliver", "deliver_batch") for f in Decoder(small).feed(bytes(recorded(h.transport).data)))
     h.connection_lost(None)
     await asyncio.sleep(0)
 
@@ -362,7 +362,7 @@ async def test_a_message_held_before_a_smaller_host_said_its_max_frame_is_answer
     if path == "flip":
         a = fake_host(cp, "host-a", "active", record=True)  # the CP's own max_frame: it takes anything
     p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None, max_frame=big)
-    p.connection_made(RecordingTransport("T00001"))
+    p.connection_made(stand_in(RecordingTransport("T00001")))
     p.clear_deadline()
     p.data_received(encode({"t": "hello", "terminal": "T00001"}))  # (a terminal that does not resume)
     term = cp.terms["T00001"]
@@ -371,7 +371,7 @@ async def test_a_message_held_before_a_smaller_host_said_its_max_frame_is_answer
     too_big = "é" * (payload_max(small) // 2 + 1)  # more bytes than characters: its UTF-8 size counts
     p.data_received(encode({"t": "msg", "id": 1, "data": too_big}))
     p.data_received(encode({"t": "msg", "id": 2, "data": "fits"}))
-    assert list(term.held) == [1, 2], (p.closed, p.transport.frames())
+    assert list(term.held) == [1, 2], (p.closed, recorded(p.transport).frames())
     if path == "registered_later":
         h = fake_host(cp, "host-a", None, record=True)
         h.max_frame = small
@@ -392,7 +392,7 @@ async def test_a_message_held_before_a_smaller_host_said_its_max_frame_is_answer
         h = b
     await asyncio.sleep(0.05)  # (the discard's journal callback: memory-only, at once)
     p.flush()
-    replies = [f for f in p.transport.frames() if f["t"] == "reply"]
+    replies = [f for f in recorded(p.transport).frames() if f["t"] == "reply"]
     assert [r["id"] for r in replies] == [1] and "too large" in replies[0]["data"], replies
     h.flush()
     sent = Decoder(small).feed(bytes(h.transport.data))  # what the host got fits its frames
@@ -439,7 +439,7 @@ async def test_an_unauthenticated_peer_gets_its_auth_frame_decoded_and_nothing_m
     n = 250_000
     junk = b"\x82" + msgpack.packb("t") + msgpack.packb("hb") + msgpack.packb("x") + b"\xdd" + struct.pack(">I", n) + b"\x80" * n
     u = HostProtocol(cp, secret=b"s" * 32, auth_timeout=5.0, idle_timeout=None)
-    u.connection_made(RecordingTransport("x"))
+    u.connection_made(stand_in(RecordingTransport("x")))
     bad = encode({"t": "auth", "name": "host-b", "link": "host", "mac": b"\0" * 32})
     tracemalloc.start()
     try:
@@ -448,15 +448,15 @@ async def test_an_unauthenticated_peer_gets_its_auth_frame_decoded_and_nothing_m
     finally:
         tracemalloc.stop()
     u.flush()
-    err = [f for f in u.transport.frames() if f["t"] == "error"]
+    err = [f for f in recorded(u.transport).frames() if f["t"] == "error"]
     assert err and err[0]["code"] == "auth_failed" and u.closed and not u.authed, err
     assert peak < 4 * len(junk), f"{peak} bytes allocated before the auth was refused"
     u.clear_deadline()
     # a right auth with a frame behind it in the same write: that frame is taken once it is accepted
     v = HostProtocol(cp, secret=b"s" * 32, auth_timeout=5.0, idle_timeout=None)
-    v.connection_made(RecordingTransport("y"))
+    v.connection_made(stand_in(RecordingTransport("y")))
     seen: list[dict[str, Any]] = []
-    v.on_hb = seen.append  # type: ignore[method-assign]
+    v.on_hb = seen.append  # type: ignore[method-assign, assignment]
     mac = auth.answer(b"s" * 32, v._nonce, "host", "host-b")
     from hsb import LINK_PROTOCOL
 
@@ -468,14 +468,14 @@ async def test_an_unauthenticated_peer_gets_its_auth_frame_decoded_and_nothing_m
     # ... and frames behind it ahead of a malformed one: taken, then the link closed for the bad one
     # (they were dropped with the connection: one more reason a host had to send them again)
     w = HostProtocol(cp, secret=b"s" * 32, auth_timeout=5.0, idle_timeout=None)
-    w.connection_made(RecordingTransport("z"))
+    w.connection_made(stand_in(RecordingTransport("z")))
     seen_w: list[dict[str, Any]] = []
-    w.on_hb = seen_w.append  # type: ignore[method-assign]
+    w.on_hb = seen_w.append  # type: ignore[method-assign, assignment]
     mac = auth.answer(b"s" * 32, w._nonce, "host", "host-b")
     malformed = struct.pack(">I", 1) + b"\xc1"  # msgpack's one byte that is never valid
     w.data_received(encode({"t": "auth", "name": "host-b", "link": "host", "mac": mac, "proto": LINK_PROTOCOL}) + encode({"t": "hb"}) * 2 + malformed)
     w.flush()
-    err = [f for f in w.transport.frames() if f["t"] == "error"]
+    err = [f for f in recorded(w.transport).frames() if f["t"] == "error"]
     assert w.authed and w.closed and [m["t"] for m in seen_w] == ["hb", "hb"] and err, (w.closed, seen_w, err)
     w.clear_deadline()
     w.connection_lost(None)
@@ -493,9 +493,9 @@ async def test_a_terminal_certificate_that_names_nobody_is_no_terminals(tmp_path
     p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
     p.tls_peer_names = lambda: set(names)  # type: ignore[method-assign]  # (TLS: the certificate's names)
     p.tls_cert_presented = lambda: presented  # type: ignore[method-assign]
-    p.connection_made(RecordingTransport("T00001"))
+    p.connection_made(stand_in(RecordingTransport("T00001")))
     p.clear_deadline()
     p.data_received(encode({"t": "hello", "terminal": "T00001", "last_reply": 0}))
     p.flush()
-    errors = [f["code"] for f in p.transport.frames() if f["t"] == "error"]
+    errors = [f["code"] for f in recorded(p.transport).frames() if f["t"] == "error"]
     assert (errors == ["tls_name_mismatch"]) is refused and (cp.terms["T00001"].conn is p) is not refused, errors

@@ -16,7 +16,7 @@ from hsb.cp import logons
 from hsb.wire.framing import encode
 from tests.support.cpcore import cp_core, fake_host
 from tests.support.inproc import until
-from tests.support.transports import RecordingTransport
+from tests.support.transports import RecordingTransport, recorded, stand_in
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -26,7 +26,7 @@ def _hello(cp: Any, name: str) -> Any:
     from hsb.cp.terminal_link import TerminalProtocol
 
     p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
-    p.connection_made(RecordingTransport(name))
+    p.connection_made(stand_in(RecordingTransport(name)))
     p.data_received(encode({"t": "hello", "terminal": name, "last_reply": 0}))
     return p
 
@@ -34,15 +34,15 @@ def _hello(cp: Any, name: str) -> Any:
 async def _logged_on(tmp_path: Path, n: int, cp: str = "") -> tuple[Any, Any, list[str], list[Any]]:
     """`n` terminals logged on with active sessions at a recording host-a (`cp`: lines for the
     CP's [cp] table); a new turn begun."""
-    cp = cp_core(tmp_path, n, cp=cp)
-    a = fake_host(cp, "host-a", "active", record=True)
-    names = sorted(cp.terms)
-    protos = [_hello(cp, name) for name in names]
-    await until(lambda: cp.connected == n, "every logon")
+    core = cp_core(tmp_path, n, cp=cp)
+    a = fake_host(core, "host-a", "active", record=True)
+    names = sorted(core.terms)
+    protos = [_hello(core, name) for name in names]
+    await until(lambda: core.connected == n, "every logon")
     for name in names:
-        cp.host_open(a, name, "active", {})
+        core.host_open(a, name, "active", {})
     await asyncio.sleep(0)  # a new turn: the burst counts afresh
-    return cp, a, names, protos
+    return core, a, names, protos
 
 
 async def test_a_hello_read_in_a_later_turn_waits_behind_the_queued_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -150,12 +150,12 @@ async def test_a_queued_hellos_last_reply_is_kept_for_its_turn(tmp_path: Path) -
     from hsb.cp.terminal_link import TerminalProtocol
 
     again = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
-    again.connection_made(RecordingTransport(last))
+    again.connection_made(stand_in(RecordingTransport(last)))
     again.data_received(encode({"t": "hello", "terminal": last, "last_reply": 1}))  # it holds reply 1
     assert again.term is None and cp.logons.queue, "not queued"
     await until(lambda: again.term is not None, "its logon in its turn")
     again.flush()
-    got = again.transport.frames()
+    got = recorded(again.transport).frames()
     assert [f["t"] for f in got][:1] == ["welcome"]
     assert [f for f in got if f["t"] == "reply"] == [], "a reply it confirmed in its hello was sent again"
     assert cp.terms[last].resuming and not cp.terms[last].replies

@@ -15,7 +15,7 @@ import pytest
 from hsb.cp import logons
 from hsb.wire.framing import encode
 from tests.support.cpcore import cp_core, fake_host
-from tests.support.transports import RecordingTransport
+from tests.support.transports import RecordingTransport, stand_in
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -26,7 +26,7 @@ def _connect(cp: Any, name: str) -> Any:
     from hsb.cp.terminal_link import TerminalProtocol
 
     p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
-    p.connection_made(RecordingTransport(name))
+    p.connection_made(stand_in(RecordingTransport(name)))
     return p
 
 
@@ -101,7 +101,7 @@ def _queue_up(cp: Any, names: list[str], hello_timeout: float = 5.0) -> list[Any
     protos = []
     for n in names:
         p = TerminalProtocol(cp, hello_timeout=hello_timeout, idle_after_hello=None)
-        p.connection_made(RecordingTransport(n))
+        p.connection_made(stand_in(RecordingTransport(n)))
         p.data_received(encode({"t": "hello", "terminal": n, "last_reply": 0}))
         protos.append(p)
     return protos

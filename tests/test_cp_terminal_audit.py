@@ -131,10 +131,10 @@ async def test_a_reply_whose_connection_is_found_gone_after_a_bye_is_counted_for
 def connected(cp: Any, *frames_in: dict[str, Any]) -> Any:
     """A terminal connection that wrote `frames_in` (its hello first), read by the CP."""
     from hsb.cp.terminal_link import TerminalProtocol
-    from tests.support.transports import RecordingTransport
+    from tests.support.transports import RecordingTransport, stand_in
 
     p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
-    p.connection_made(RecordingTransport("T00001"))
+    p.connection_made(stand_in(RecordingTransport("T00001")))
     p.data_received(b"".join(encode(f) for f in frames_in))
     return p
 

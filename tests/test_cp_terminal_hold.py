@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -19,7 +19,7 @@ from hsb.cp import logons
 from hsb.cp.terminal_link import TerminalProtocol
 from hsb.wire.framing import Decoder, encode
 from tests.support.cpcore import cp_core, fake_host, recording_terminal
-from tests.support.transports import RecordingTransport
+from tests.support.transports import RecordingTransport, recorded, stand_in
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -79,14 +79,14 @@ async def test_only_the_hello_is_decoded_before_it_is_taken_then_the_rest_in_ord
     seen = counting_decodes(monkeypatch)
     at = decoded_at_hello(cp, seen)
     p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
-    p.connection_made(RecordingTransport("T00001"))
+    p.connection_made(stand_in(RecordingTransport("T00001")))
     p.data_received(hello_and_messages("T00001"))
     assert at == [["hello"]], "frames behind the hello were decoded before it was taken"
     await until(lambda: len(acks(p)) == N, "every message acknowledged")
     assert acks(p) == list(range(1, N + 1)) and list(cp.terms["T00001"].held) == list(range(1, N + 1))
     assert [m["t"] for m in seen] == ["hello"] + ["msg"] * N  # each decoded once
     p.flush()
-    assert p.transport.frames()[0]["t"] == "welcome" and not p.closed
+    assert recorded(p.transport).frames()[0]["t"] == "welcome" and not p.closed
     p.connection_lost(None)
     await asyncio.sleep(0)
 
@@ -98,16 +98,19 @@ async def test_a_refused_hello_has_nothing_behind_it_decoded(tmp_path: Path, mon
         recording_terminal(cp, "T00001")
     seen = counting_decodes(monkeypatch)
     p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
-    p.connection_made(RecordingTransport("x"))
-    first = {
-        "unknown": {"t": "hello", "terminal": "T99999"},
-        "already_connected": {"t": "hello", "terminal": "T00001"},
-        "bad_hello": {"t": "hello", "terminal": ""},
-        "not_hello": {"t": "confirm", "id": 0},
-    }[hello]
+    p.connection_made(stand_in(RecordingTransport("x")))
+    first = cast(
+        dict[str, Any],
+        {
+            "unknown": {"t": "hello", "terminal": "T99999"},
+            "already_connected": {"t": "hello", "terminal": "T00001"},
+            "bad_hello": {"t": "hello", "terminal": ""},
+            "not_hello": {"t": "confirm", "id": 0},
+        }[hello],
+    )
     p.data_received(encode(first) + hello_and_messages("T00001")[len(encode({"t": "hello", "terminal": "T00001", "last_reply": 0})) :])
     p.flush()
-    err = [f for f in p.transport.frames() if f["t"] == "error"]
+    err = [f for f in recorded(p.transport).frames() if f["t"] == "error"]
     code = {"unknown": "unknown_terminal", "not_hello": "bad_hello"}.get(hello, hello)
     assert p.closed and err and err[0]["code"] == code, err
     assert [m["t"] for m in seen] == [first["t"]], "frames behind a refused hello were decoded"
@@ -123,7 +126,7 @@ async def test_a_hello_that_waits_its_turn_has_its_frames_decoded_and_taken_in_i
     seen = counting_decodes(monkeypatch)
     cp.logons.inline = logons.BURST  # this turn's inline logons all used: the hello is queued
     p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
-    p.connection_made(RecordingTransport("T00001"))
+    p.connection_made(stand_in(RecordingTransport("T00001")))
     p.data_received(hello_and_messages("T00001"))
     assert p.term is None and p.reading_paused and cp.logons.deferred == 1
     assert [m["t"] for m in seen] == ["hello"]
@@ -139,10 +142,10 @@ async def test_a_bad_frame_behind_a_taken_hello_is_refused_after_the_frames_befo
 
     cp = cp_core(tmp_path, 2)
     p = TerminalProtocol(cp, hello_timeout=5.0, idle_after_hello=None)
-    p.connection_made(RecordingTransport("T00001"))
+    p.connection_made(stand_in(RecordingTransport("T00001")))
     p.data_received(hello_and_messages("T00001", 3) + struct.pack(">I", 0))
     p.flush()
-    frames = p.transport.frames()
+    frames = recorded(p.transport).frames()
     assert [f["t"] for f in frames] == ["welcome", "ack", "ack", "ack", "error"] and frames[-1]["code"] == "empty_frame", frames
     assert p.closed and list(cp.terms["T00001"].held) == [1, 2, 3]
     p.clear_deadline()

@@ -26,7 +26,7 @@ from hsb.cp.tickle import TickleList
 from hsb.wire.framing import encode, payload_max
 from tests.support.cpcore import cp_core, fake_host, journal_kinds, recording_terminal
 from tests.support.keptreplies import until
-from tests.support.transports import RecordingTransport
+from tests.support.transports import RecordingTransport, stand_in
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -169,7 +169,7 @@ async def test_a_frame_begun_and_stalled_after_the_hello_still_closes_the_link(t
     only while it waits (a silence that is ours), and its logon gives the partial frame's back."""
     core = cp_core(tmp_path, 2)
     p = TerminalProtocol(core, hello_timeout=0.05, idle_after_hello=None)
-    p.connection_made(RecordingTransport("T00001"))
+    p.connection_made(stand_in(RecordingTransport("T00001")))
     p.data_received(encode({"t": "hello", "terminal": "T00001", "last_reply": 0}))
     assert core.terms["T00001"].conn is p and not p.closed
     p.data_received(msgs(1)[:5])  # a frame begun, the rest never sent
@@ -232,7 +232,7 @@ async def test_the_tickle_list_follows_each_connection_from_its_open_through_its
     core = cp_core(tmp_path, 2)
     core.tickles = TickleList(tmp_path, 1)
     p = TerminalProtocol(core, hello_timeout=5.0, idle_after_hello=None)
-    p.connection_made(_Bound("T00001"))
+    p.connection_made(stand_in(_Bound("T00001")))
     assert [msgpack.unpackb(c) for c in core.tickles.conns.values()] == [["127.0.0.1", 7000, "127.0.0.1", 1, ""]]
     p.data_received(encode({"t": "hello", "terminal": "T00001", "last_reply": 0}))
     assert [msgpack.unpackb(c)[4] for c in core.tickles.conns.values()] == ["T00001"]
@@ -246,7 +246,7 @@ async def test_a_hello_must_come_within_the_hello_timeout_however_slowly_its_byt
     logged on."""
     core = cp_core(tmp_path, 2)
     p = TerminalProtocol(core, hello_timeout=0.1, idle_after_hello=None)
-    p.connection_made(RecordingTransport("T00001"))
+    p.connection_made(stand_in(RecordingTransport("T00001")))
     hello = encode({"t": "hello", "terminal": "T00001", "last_reply": 0})
     for i in range(len(hello)):
         if p.closed:
