@@ -32,7 +32,7 @@ def test_a_check_that_cannot_be_made_is_what_the_caller_says(monkeypatch: pytest
     def no_socket(*_: object, **__: object) -> socket.socket:
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(waiting.socket, "socket", no_socket)
+    monkeypatch.setattr(socket, "socket", no_socket)
     assert waiting.holds_address("10.255.255.9:7000") is True  # the serving CP serves on
     assert waiting.holds_address("10.255.255.9:7000", unknown=False) is False  # a waiting one waits
 

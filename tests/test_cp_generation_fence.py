@@ -41,7 +41,7 @@ async def test_a_takeover_makes_its_generation_durable_before_it_reads_the_journ
     the NFS server) between them must not leave a CP reading a journal under a generation that an
     older CP, still running, cannot see."""
     seen: list[tuple[str, str]] = []
-    real_fsync, real_dir, real_recover = os.fsync, genmod.fsync_dir, taking_over.recover
+    real_fsync, real_dir, real_recover = os.fsync, genmod.fsync_dir, taking_over.recover  # type: ignore[attr-defined]  # (imported there: patched there below)
 
     def fsync(fd: int) -> None:
         seen.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}")).name))

@@ -18,7 +18,7 @@ import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -143,7 +143,7 @@ async def test_a_cp_whose_generation_file_is_removed_under_it_stops_and_says_so_
 
 async def cp_status_at(cp: Proc) -> dict[str, Any]:
     h, p = addr(cp.info["admin"])
-    return (await request(h, p, SECRET, {"t": "status"}))["data"]
+    return cast(dict[str, Any], (await request(h, p, SECRET, {"t": "status"}))["data"])
 
 
 async def test_a_waiting_cp_takes_over_when_the_serving_one_stops_beating_not_before(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import os
 import shutil
 from collections.abc import Callable
@@ -276,7 +277,7 @@ async def test_urgent_appends_to_a_failing_disk_wait_for_the_backoff(tmp_path: P
         t0 = loop.time()
         tried = tries[0]
         for i in range(1, 101):
-            j.append(["a", "T1", i, "x"], lambda i=i: acked.append(i))
+            j.append(["a", "T1", i, "x"], functools.partial(acked.append, i))
             await asyncio.sleep(0.0001)
         while j.state != "failing":  # (the first try's error back from the writer)
             assert loop.time() - t0 < 10, f"the journal {j.state}, not failing, with its storage failing"
@@ -494,7 +495,7 @@ async def test_a_closed_segment_that_lost_only_its_last_record_stops_the_start(t
         while j.seg < 3:
             mid += 1
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            j.pin(j.append(["a", "T1", mid, "x" * 100], lambda f=fut: f.set_result(None)))
+            j.pin(j.append(["a", "T1", mid, "x" * 100], functools.partial(fut.set_result, None)))
             await asyncio.wait_for(fut, 5.0)  # durable alone: a group of one record
     finally:
         j.close()

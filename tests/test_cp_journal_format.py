@@ -236,7 +236,12 @@ def test_damage_after_a_generations_snapshot_stops_the_start(tmp_path: Path) -> 
     gens.take()
     write_segment(tmp_path, 1, [["ck", 1, "host-a", 1, {}, {"first": 1}], ["a", "T1", 1, b"old"], ["se"]], gen=1)
     gen = gens.take()
-    recs = [["ck", 2, "host-a", gen, {}, {"first": 5}], ["a", "T1", 1, b"old"], ["se"], *(["a", "T1", i, b"x" * 20] for i in range(2, 6))]
+    recs: list[list[Any]] = [
+        ["ck", 2, "host-a", gen, {}, {"first": 5}],
+        ["a", "T1", 1, b"old"],
+        ["se"],
+        *(["a", "T1", i, b"x" * 20] for i in range(2, 6)),
+    ]
     p = write_segment(tmp_path, 5, recs, gen=gen)
     _recovery_stops_at(tmp_path, p, sum(len(encode(r)) for r in recs[:4]))  # the traffic's second record
 

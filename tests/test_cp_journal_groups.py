@@ -5,13 +5,15 @@ writes what is still pending."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from pathlib import Path
 from typing import Any
 
+from hsb.cp.journal.completion import LAZY_S
 from hsb.cp.journal.generation import Generations
 from hsb.cp.journal.recovery import recover
-from hsb.cp.journal.store import LAZY_S, Journal
+from hsb.cp.journal.store import Journal
 from tests.support.journal import durable, open_journal, records
 
 
@@ -195,7 +197,7 @@ async def test_settled_segments_behind_a_mostly_live_old_one_go_once_it_is_carri
         # what the CP's tick does with them (hsb.cp.journal_side.journal_tick)
         for i, seg in away:
             if seg in segs:
-                new = j.append(["a", "T00002", i, "x" * 20], lambda old=seg: j.unpin(old))
+                new = j.append(["a", "T00002", i, "x" * 20], functools.partial(j.unpin, seg))
                 j.pin(new)
         await j.drain()
         assert len(j.segments) <= 6, f"settled segments kept behind the carried ones: {list(j.segments)}"
@@ -285,7 +287,7 @@ async def test_a_new_segment_whose_name_failed_to_sync_is_synced_before_anything
     gen = Generations(tmp_path).take()
     j = Journal(tmp_path, generation=gen)
     j.open(1, [], [])
-    real = writer.fsync_dir
+    real = writer.fsync_dir  # type: ignore[attr-defined]  # (imported there: patched there below)
     synced: list[str] = []
 
     def flaky(path: Any) -> None:

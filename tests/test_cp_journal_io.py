@@ -461,7 +461,12 @@ async def test_a_chain_whose_write_landed_but_whose_sync_failed_is_not_acknowled
         monkeypatch.setattr(os, "fdatasync", fdatasync)
         synced_at_ack: list[int] = []
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        j.append(["a", "T1", 2, "y"], lambda: (synced_at_ack.append(syncs[0]), fut.set_result(None)))
+
+        def acked() -> None:
+            synced_at_ack.append(syncs[0])
+            fut.set_result(None)
+
+        j.append(["a", "T1", 2, "y"], acked)
         await asyncio.wait_for(fut, 5.0)
         assert not once[0] and synced_at_ack == [1], "acknowledged without a sync that succeeded"
         assert [x for x in records(tmp_path) if x[0] == "a"] == [["a", "T1", 1, "x"], ["a", "T1", 2, "y"]]

@@ -358,7 +358,7 @@ async def test_each_segment_deletion_is_made_durable_before_the_next_one(tmp_pat
 
     j = _journal(tmp_path, segment_bytes=2048, io="thread")
     events: list[str] = []
-    real_unlink, real_sync = os.unlink, writer.fsync_dir
+    real_unlink, real_sync = os.unlink, writer.fsync_dir  # type: ignore[attr-defined]  # (imported there: patched there below)
 
     def unlink(path: Any, *a: Any, **kw: Any) -> None:
         if str(path).endswith(".hsbj"):
@@ -431,7 +431,7 @@ async def test_a_new_segments_name_is_synced_before_anything_in_it_is_acknowledg
 
     j = _journal(tmp_path, segment_bytes=2048)
     events: list[str] = []
-    real_sync = writer.fsync_dir
+    real_sync = writer.fsync_dir  # type: ignore[attr-defined]  # (imported there: patched there below)
 
     def fsync_dir(path: Any) -> None:
         events.append("sync" if _segment(tmp_path, 2, j.gen).exists() else "sync before")
@@ -493,7 +493,7 @@ async def test_a_segment_whose_creation_failed_is_opened_once_when_written_again
 
     monkeypatch.setattr(completion, "RETRY_S", (0.01,))
     j = _journal(tmp_path, segment_bytes=2048, io="thread")
-    real = writer.preallocate
+    real = writer.preallocate  # type: ignore[attr-defined]  # (imported there: patched there below)
     fail = [True]
 
     def preallocate(fd: int, size: int) -> bool:
@@ -605,7 +605,7 @@ async def test_a_segment_whose_name_failed_to_sync_gets_nothing_acknowledged_thr
 
     monkeypatch.setattr(completion, "RETRY_S", (0.01,))
     j = _journal(tmp_path, segment_bytes=2 * store.IDLE_ROTATE_BYTES)
-    real = writer.fsync_dir
+    real = writer.fsync_dir  # type: ignore[attr-defined]  # (imported there: patched there below)
     events: list[str] = []
 
     def flaky(path: Any) -> None:

@@ -103,9 +103,9 @@ def test_a_reload_or_wake_sent_while_the_worker_starts_is_acted_on_not_lost(tmp_
         for s, h in before.items():
             signal.signal(s, h)
     assert early == [signal.SIGHUP, signal.SIGUSR1]
-    s = srv.CPServer(load(cp_config(tmp_path, terminals=2, durability="none"), CPConfig), b"s" * 32, str(tmp_path / "cp.toml"))
-    s.take_early_signals()
-    assert s.reload_requested and s.wake_requested and early == []
+    server = srv.CPServer(load(cp_config(tmp_path, terminals=2, durability="none"), CPConfig), b"s" * 32, str(tmp_path / "cp.toml"))
+    server.take_early_signals()
+    assert server.reload_requested and server.wake_requested and early == []
 
 
 async def test_a_worker_forked_again_runs_on_the_config_as_reloaded(supervised: Any, tmp_path: Path) -> None:
@@ -181,10 +181,12 @@ def test_a_worker_killed_while_it_leaves_its_config_leaves_the_one_before(tmp_pa
     ac.store(first)
     second = load(cp_config(tmp_path, terminals=7, durability="none"), CPConfig)
     ac.store(second)
-    assert len(ac.load(CPConfig).terminal_table) == 7
+    got = ac.load(CPConfig)
+    assert got is not None and len(got.terminal_table) == 7
     # the newer slot (the second's) torn, as by a worker killed while writing it: the first is read
     ac.mem[AppliedConfig.SLOT + AppliedConfig.HEAD.size + 5] ^= 0xFF
-    assert len(ac.load(CPConfig).terminal_table) == 5
+    got = ac.load(CPConfig)
+    assert got is not None and len(got.terminal_table) == 5
 
 
 async def test_a_config_a_waiting_worker_checked_is_kept_for_the_next_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

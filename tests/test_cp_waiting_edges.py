@@ -18,7 +18,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import structlog
@@ -184,7 +184,7 @@ def test_an_address_check_that_cannot_be_made_is_said_once_a_minute(monkeypatch:
     def no_socket(*_: object, **__: object) -> socket.socket:
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(waiting.socket, "socket", no_socket)
+    monkeypatch.setattr(socket, "socket", no_socket)
     monkeypatch.setattr(waiting, "_check_failed_at", time.monotonic() - 61.0)
     with structlog.testing.capture_logs() as logs:
         assert [waiting.holds_address("10.255.255.9:7000", False) for _ in range(3)] == [False] * 3
@@ -200,7 +200,7 @@ def test_the_wildcard_is_held_on_a_machine_without_ipv6(monkeypatch: pytest.Monk
             raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
         return real(family, *a, **kw)
 
-    monkeypatch.setattr(waiting.socket, "socket", no_ipv6)
+    monkeypatch.setattr(socket, "socket", no_ipv6)
     assert waiting.holds_address("[::]:7000") is True
     assert waiting.holds_address("[fd00::10]:7000") is False
 
@@ -236,7 +236,7 @@ async def test_a_waiting_cp_that_cannot_check_the_address_does_not_take_over(tmp
         raise OSError(errno.EMFILE, "Too many open files")
 
     monkeypatch.setattr(waiting, "holds_address", REAL_HOLDS)
-    monkeypatch.setattr(waiting.socket, "socket", no_socket)
+    monkeypatch.setattr(socket, "socket", no_socket)
     monkeypatch.setattr(s.gens, "stamp", lambda: (0, 0))  # (no CP ever served it: taken over at once where held)
     async with takeover_wait(s) as task:
         await until(lambda: looks >= 10 or task.done(), timeout=10)
@@ -274,7 +274,7 @@ async def test_a_storage_that_answers_even_with_an_error_is_not_said_unanswered(
         looks += 1
         if failing:
             raise OSError(errno.ESTALE, "Stale file handle")
-        return real(names)
+        return cast(int, real(names))
 
     monkeypatch.setattr(s.gens, "current", current)
     unanswered: list[float] = []
