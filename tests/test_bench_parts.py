@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -90,7 +90,7 @@ def test_a_second_death_of_the_cp_after_the_kill_fails_the_restart_run(tmp_path:
         log = tmp_path / f"cp-{len(list(tmp_path.iterdir()))}.log"
         log.write_text("".join(line(e, at) for e, at in events))
         report = {"extras": {"disconnects_before": 0}, "cp_reconnects": 10}  # each of the 10 terminals saw one new CP
-        return cprestart.run_failures(report, 10, LogTail(log).read(), t_kill, mode)
+        return cast(list[str], cprestart.run_failures(report, 10, LogTail(log).read(), t_kill, mode))
 
     before = [("cp_worker_started", -9.0), ("journal_recovered", -8.9), ("cp_started", -8.8)]  # the first worker's start
     once = [("cp_worker_died", 0.01), ("cp_worker_started", 0.02), ("journal_recovered", 0.05), ("cp_started", 0.06)]
@@ -184,7 +184,7 @@ def test_a_restart_run_with_nothing_in_flight_has_no_all_served_figure() -> None
 
     def served(runs: list[dict[str, Any]]) -> str:
         text = cprestart.render({"results": runs}, a)
-        return next(ln for ln in text.splitlines() if ln.startswith("| 10 ")).split(" | ")[9]
+        return cast(str, next(ln for ln in text.splitlines() if ln.startswith("| 10 ")).split(" | ")[9])
 
     quiet = restart_run(all_served_ms=None, in_flight=0)
     assert served([restart_run(in_flight=3), quiet]) == "550.0 (550.0)"

@@ -129,6 +129,6 @@ async def test_the_campaigns_load_counts_drops_with_the_cp_present() -> None:
     assert snaps and snaps[-1]["disconnects_cp_present"] == 0
     s = CountingStats(2, "x")
     a, b = (type("C", (), {"cp_present_drops": n})() for n in (1, 2))
-    s.on_welcome(a, True)  # type: ignore[arg-type]
-    s.on_welcome(b, True)  # type: ignore[arg-type]
+    s.on_welcome(a, True)
+    s.on_welcome(b, True)
     assert s.snapshot("send", 0.0)["disconnects_cp_present"] == 3

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
@@ -27,7 +27,7 @@ def passing() -> dict[str, Any]:
 
 def rendered(s: dict[str, Any]) -> str:
     a = argparse.Namespace(command="c", machine=MACHINE, json=str(campaign.RESULTS), render=None)
-    return campaign.render({"machine": MACHINE, "settings": {"rounds": s["rounds"]}, "results": s}, a)
+    return cast(str, campaign.render({"machine": MACHINE, "settings": {"rounds": s["rounds"]}, "results": s}, a))
 
 
 def verdict(text: str) -> str:

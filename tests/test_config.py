@@ -389,7 +389,7 @@ def test_a_hook_timeout_that_lets_a_stop_outlast_the_unit_is_a_warning(tmp_path:
     (opt,) = [o for o in main.commands["stop"].params if o.name == "timeout"]
     assert opt.default == UNIT_STOP_S, opt.default
 
-    def check(**host: object) -> str:
+    def check(**host: Any) -> str:
         p = host_config(
             tmp_path, "a", cp="127.0.0.1:7000", peer_listen=f"127.0.0.1:{free_port()}", peer="127.0.0.1:7102",
             takeover=tmp_path / "t.dat", records=64, **host,

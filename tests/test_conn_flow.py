@@ -123,7 +123,7 @@ async def test_a_peer_that_does_not_read_our_writes_is_not_read_until_it_does() 
     assert [f["t"] for f in t.frames()] == ["pong"]
     h = Echo()
     th = Reading("host")
-    h.connection_made(th)  # type: ignore[arg-type]
+    h.connection_made(th)
     h.pause_writing()
     h.data_received(encode({"t": "ping", "n": 1}))
     assert th.reading and h.pings == [1]

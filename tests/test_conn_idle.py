@@ -92,7 +92,7 @@ async def test_a_frame_begun_and_stalled_is_closed_after_the_partial_timeout() -
     took = await until_closed(p, 2.0)
     assert took <= 1.5, took  # (a loaded machine's margin; broken, it is not closed in 2 s)
     q = Echo(partial_timeout=0.2)
-    q.connection_made(CountingTransport("peer"))  # type: ignore[arg-type]
+    q.connection_made(CountingTransport("peer"))
     q.data_received(frame[:3])
     q.data_received(frame[3:])  # the frame completed: no timer while nothing is buffered
     assert q._idle_handle is None and q.pings == 1

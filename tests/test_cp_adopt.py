@@ -174,7 +174,7 @@ async def test_adopted_sessions_of_terminals_that_stayed_away_expire_a_slice_a_t
         turns.append(start)
         real(cp, host, todo, start, closed)
 
-    cp._adopted_expire = expire  # type: ignore[method-assign]
+    cp._adopted_expire = expire
     cp.host_adopt(a, [(n, {}) for n in names], last=True)  # none of them connected
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 5

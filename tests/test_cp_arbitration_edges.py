@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -361,7 +361,12 @@ async def test_the_old_active_whose_link_breaks_while_the_grant_is_made_durable_
     a.instance = "ia"
     writes: list[Any] = []
     append = cp.journal.append
-    cp.journal.append = lambda payload, done=None, **kw: writes.append((payload, done)) or 0  # held: not durable yet
+
+    def held(payload: Any, done: Any = None, **kw: Any) -> int:  # held: not durable yet
+        writes.append((payload, done))
+        return 0
+
+    cp.journal.append = held
     cp.host_open(b, "T00003", "standby", {})  # the last owed session: granted, its epoch being written
     assert cp.granting is b and cp.demoting is a and [p[0] for p, _ in writes] == ["e"]
     a.connection_lost(None)
@@ -702,6 +707,7 @@ async def test_a_switch_record_counts_only_the_replies_to_what_its_own_grant_kep
     does not end it while its own terminal is still unserved (its all_served_ms would be too soon)."""
     from types import SimpleNamespace
 
+    from hsb.cp.state import Term
     from hsb.cp.switchrec import AfterSwitch
 
     t0 = time.monotonic()
@@ -711,9 +717,9 @@ async def test_a_switch_record_counts_only_the_replies_to_what_its_own_grant_kep
     mine = SimpleNamespace(flight=1, flight_epoch=3)
     sw.rec["in_flight_terminals"] = 1  # (the flip's count, as `_flipped` records it)
     assert not sw.counted(1)  # `mine` in flight at this grant
-    assert not sw.reply(old, t0 - 1.0, True, t0 + 0.1)
+    assert not sw.reply(cast(Term, old), t0 - 1.0, True, t0 + 0.1)
     assert not done and old.flight == 1, "a reply to an earlier switch's message ended this record"
-    assert sw.reply(mine, t0 - 0.5, True, t0 + 0.2)
+    assert sw.reply(cast(Term, mine), t0 - 0.5, True, t0 + 0.2)
     assert done == [sw.rec] and sw.rec["all_served_ms"] == 200.0
 
 

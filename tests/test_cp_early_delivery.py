@@ -323,14 +323,14 @@ async def test_the_host_names_what_it_handed_to_its_service_before_its_sessions(
 
     from hsb.host.sessions import ACTIVE, SessionTable
     from hsb.host.sessions_ctl import SessionsCtl
-    from hsb.terminals import TerminalDef
+    from hsb.terminals import TerminalDef, TerminalSpec
 
     sent: list[dict[str, Any]] = []
 
     async def drain() -> None:
         return None
 
-    defs = {f"T{i:05d}": TerminalDef(name=f"T{i:05d}", attrs={}) for i in range(1, 4)}
+    defs: dict[str, TerminalSpec] = {f"T{i:05d}": TerminalDef(name=f"T{i:05d}", attrs={}) for i in range(1, 4)}
     handed = {f"T{i:05d}": i for i in range(1, 601)}  # (terminals gone since: named all the same)
     srv: Any = SimpleNamespace(
         sessions=SessionTable(defs),

@@ -289,7 +289,13 @@ async def test_a_terminal_whose_flip_raises_is_passed_over_and_the_flip_goes_on(
     kept: list[dict[str, Any]] = []
     if planned:
         real_send = a.send
-        a.send = lambda m: (kept.append(m) if m.get("t") == "standby_kept" else None, real_send(m))[1]
+
+        def send(m: dict[str, Any]) -> Any:
+            if m.get("t") == "standby_kept":
+                kept.append(m)
+            return real_send(m)
+
+        a.send = send
     with structlog.testing.capture_logs() as logs:
         switch(cp, a, b, planned)
         if case == "settled_at_once":

@@ -262,7 +262,7 @@ async def test_a_standby_registering_during_a_planned_grant_is_refused_then_take
     d = fake_host(cp, "host-b", record=True)
     d.instance = "b3"
     cp.host_register(d, "standby", 1)
-    assert cp.standby is d and not d.closed
+    assert cp.standby is d and not d.closed  # type: ignore[attr-defined]  # (mypy keeps cp.standby narrowed to None across host_register)
     cp.host_open(d, "T00001", "standby", {})
     assert not any(f["t"] == "open_failed" for f in frames(d)), frames(d)
 

@@ -155,7 +155,7 @@ async def test_a_host_whose_place_another_took_no_longer_limits_the_terminals(tm
     assert cp.standby is None and cp.max_data == payload_max(SMALL)  # away, not gone: it may come back
     b2 = host(cp, "host-b", "standby", SMALL)  # back: still the pair's
     assert cp.standby is b2 and cp.max_data == payload_max(SMALL)
-    b2.connection_lost(None)
+    b2.connection_lost(None)  # type: ignore[attr-defined]  # (mypy keeps cp.standby narrowed to None across host())
     c = host(cp, "host-c", "standby", BIG)
     assert cp.standby is c and cp.max_data == payload_max(BIG)
 

@@ -130,6 +130,7 @@ async def test_after_a_restart_a_switchover_waits_for_the_old_lease(tmp_path: Pa
         assert time.monotonic() < deadline, "never granted"
         await asyncio.sleep(0.02)
     assert time.monotonic() - t0 >= cp.restart_lease_s - 0.01
+    assert b is not None  # (mypy: b narrowed to cp.active's type by the loop's end)
     b.flush()
     assert [f["t"] for f in b.transport.frames() if f.get("t", "").startswith("switch")] == ["switch_granted"]
     assert cp.history.entries[-1]["kind"] == "promote", cp.history.entries[-1]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -324,6 +324,7 @@ async def test_a_reply_counts_against_this_switchs_flight_only() -> None:
     terminal whose count is an earlier switch's (or spent) serves nobody in this record."""
     from types import SimpleNamespace
 
+    from hsb.cp.state import Term
     from hsb.cp.switchrec import AfterSwitch
 
     done: list[dict[str, Any]] = []
@@ -332,8 +333,8 @@ async def test_a_reply_counts_against_this_switchs_flight_only() -> None:
     assert not sw.counted(1)
     earlier = SimpleNamespace(flight=1, flight_epoch=2)
     spent = SimpleNamespace(flight=0, flight_epoch=3)
-    assert not sw.reply(earlier, 999.0, True, 1000.1)
-    assert not sw.reply(spent, 999.0, True, 1000.2)
+    assert not sw.reply(cast(Term, earlier), 999.0, True, 1000.1)
+    assert not sw.reply(cast(Term, spent), 999.0, True, 1000.2)
     assert (earlier.flight, spent.flight, sw.left) == (1, 0, 1) and not done
 
 

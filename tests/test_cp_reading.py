@@ -9,6 +9,7 @@ import signal
 import socket
 import struct
 from collections import deque
+from typing import Any
 
 import pytest
 
@@ -16,11 +17,12 @@ from hsb.cp.admin import CPAdminProtocol
 from hsb.cp.host_link import HostProtocol
 from hsb.cp.terminal_link import TerminalProtocol
 from hsb.host.admin import HostAdminProtocol
+from hsb.wire.conn import FramedProtocol
 from hsb.wire.framing import encode
 from tests.support.cpcore import cp_core, fake_host, recording_terminal
 from tests.support.hostclient import FakeHost, FakeTerminal, cp_status, holding_terminal, logged_off_holding, until_cp_status
 from tests.support.procs import log_events, restart_cp, start_cp
-from tests.support.transports import CountingTransport
+from tests.support.transports import CountingTransport, stand_in
 
 ATTRS = {"protocol": "hsb1", "codepage": "utf-8"}
 TIMEOUT_S = 1.0  # the CP's timeout under test (auth_timeout bounds a frame begun and stalled)
@@ -28,7 +30,7 @@ TIMEOUT_S = 1.0  # the CP's timeout under test (auth_timeout bounds a frame begu
 
 @pytest.mark.parametrize("idle", ["partial_frame", "terminal_idle_timeout"])
 async def test_a_terminal_the_cp_stopped_reading_is_not_closed_as_idle(tmp_path, idle: str) -> None:  # type: ignore[no-untyped-def]
-    extra = {"terminal_idle_timeout": TIMEOUT_S} if idle == "terminal_idle_timeout" else {}
+    extra: dict[str, Any] = {"terminal_idle_timeout": TIMEOUT_S} if idle == "terminal_idle_timeout" else {}
     cp = start_cp(tmp_path / "cp", terminals=2, held_bound=4, auth_timeout=TIMEOUT_S, **extra)
     try:
         t = await FakeTerminal.connect(cp.info["terminal"], "T00001")
@@ -78,14 +80,14 @@ class _ReadingTransport(CountingTransport):
     ("cls", "reads_on"),
     [(CPAdminProtocol, False), (HostAdminProtocol, False), (TerminalProtocol, False), (HostProtocol, True)],
 )
-def test_a_peer_that_does_not_read_is_not_read_except_on_the_links_that_must_flow(cls: type, reads_on: bool) -> None:
+def test_a_peer_that_does_not_read_is_not_read_except_on_the_links_that_must_flow(cls: type[FramedProtocol], reads_on: bool) -> None:
     """An admin client pipelining requests without reading the answers would grow the daemon's
     write buffer without bound: at the write high-water mark it is not read either, until it
     reads. The CP's host link reads on (its heartbeats and replies must flow while the CP writes
     a burst of deliveries)."""
     p = cls.__new__(cls)  # the write back-pressure hooks only: no daemon behind them
     t = _ReadingTransport()
-    p.transport, p.closed, p.reading_paused, p._yielding, p._backlog = t, False, False, False, deque()
+    p.transport, p.closed, p.reading_paused, p._yielding, p._backlog = stand_in(t), False, False, False, deque()
     p.pause_writing()
     assert t.reading is reads_on
     p.resume_writing()
@@ -258,7 +260,12 @@ async def test_the_cps_own_bound_is_said_once_per_crossing_not_per_message(tmp_p
     term = cp.terms["T00001"]
     crossings = []
     real = cp._total_bound
-    cp._total_bound = lambda over: (crossings.append(over), real(over))  # type: ignore[method-assign]
+
+    def counted(over: bool) -> None:
+        crossings.append(over)
+        real(over)
+
+    cp._total_bound = counted
     t.data_received(encode({"t": "msg", "id": 1, "data": "x" * 9500}))
     for i in range(2, 40):  # one answered, the next taken: 9,500 to 10,000 bytes and back, again and again
         t.data_received(encode({"t": "msg", "id": i, "data": "x" * 500}))
@@ -331,7 +338,7 @@ async def test_a_terminal_whose_unread_connection_went_can_log_on_again_at_once(
         cp.stop()
 
 
-async def _at_bound_with_an_active(cp, frames: list[dict]) -> tuple[FakeHost, FakeTerminal]:  # type: ignore[no-untyped-def]
+async def _at_bound_with_an_active(cp, frames: list[dict[str, Any]]) -> tuple[FakeHost, FakeTerminal]:  # type: ignore[no-untyped-def]
     """A non-resuming terminal with its session at an active that answers nothing: `frames` sent
     in one write, the first four messages held (the bound) and the CP no longer reading it."""
     a = await FakeHost.connect(cp.info["host"], "host-a", "active")

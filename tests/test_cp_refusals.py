@@ -10,6 +10,7 @@ import asyncio
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -137,7 +138,7 @@ def test_hostile_frames_close_only_that_connection(cp: Proc, junk: bytes, port: 
     asyncio.run(run())
 
 
-_state: dict = {}
+_state: dict[str, Any] = {}
 
 
 async def test_the_same_active_on_a_new_link_replaces_its_old_one_another_is_refused(cp: Proc) -> None:

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def _sum16(data: bytes) -> int:
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return s
@@ -178,9 +178,9 @@ def test_without_a_raw_socket_every_tickle_fails_and_they_are_paced(monkeypatch:
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
     monkeypatch.setattr(tickle, "raw_socket", refuse)
-    sent, failed, why = send_tickles([("10.0.0.9", 7000, "10.1.0.5", 1), ("10.0.0.9", 7000, "10.1.0.6", 2)])
+    sent, failed, why = send_tickles([("10.0.0.9", 7000, "10.1.0.5", 1, "T00001"), ("10.0.0.9", 7000, "10.1.0.6", 2, "T00002")])
     assert (sent, failed) == (0, 2) and why is not None and "raw socket from 10.0.0.9" in why and "not permitted" in why
     n = 3 * tickle.TICKLE_BATCH
     t0 = time.monotonic()
-    assert send_tickles([("10.0.0.9", 7000, "10.1.0.5", 1)] * n, per_s=n / 0.3)[1] == n
+    assert send_tickles([("10.0.0.9", 7000, "10.1.0.5", 1, "T00001")] * n, per_s=n / 0.3)[1] == n
     assert time.monotonic() - t0 >= 0.2  # 2 of 3 batches waited for their turn: no burst

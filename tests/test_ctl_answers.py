@@ -71,9 +71,18 @@ def test_any_failure_of_status_is_one_unknown_line(tmp_path: Path, monkeypatch: 
     assert '"exit_status": 3' in capsys.readouterr().out
 
 
-_NESTED = ("ring_read", "ring_write", "generation", "last_seq", "next_seq", "ring_pending_records", "responding", "ring_write_failing")
+_NESTED: tuple[str, ...] = (
+    "ring_read",
+    "ring_write",
+    "generation",
+    "last_seq",
+    "next_seq",
+    "ring_pending_records",
+    "responding",
+    "ring_write_failing",
+)
 _NESTED += ("error", "failing_s", "pending", "path", "durability", "state", "seen", "name", "connected", "remaining_ms", "valid", "by")
-_HOST_KEYS = ("reachable", "name", "addr", "pid", "role", "state", "serving", "epoch", "registered_at_cp", "standby_view_stale")
+_HOST_KEYS: tuple[str, ...] = ("reachable", "name", "addr", "pid", "role", "state", "serving", "epoch", "registered_at_cp", "standby_view_stale")
 _HOST_KEYS += ("takeover_file", "cp_generation", "lease", "error", "switchovers_ended")
 _CP_KEYS = ("reachable", "name", "addr", "state", "epoch", "generation", "journal", "active", "standby", "error", "paused")
 _TYPICAL = st.sampled_from(["active", "standby", "established", "serving", "fenced", "host-a", "host-b", "cp:1", True, False, 1, 5, 0.5])
@@ -432,7 +441,11 @@ def test_history_names_the_terminals_the_standby_refused_and_an_older_entry_rend
 
     secret = write_secret(tmp_path)
     why = "terminal 'T00011': this host's session attributes {'kind': 'kiosk'} differ from the active's {'kind': 'till'}"
-    ref = {"standby": "host-b", "count": 7, "terminals": [{"terminal": f"T000{n}", "reason": why.replace("11", str(n))} for n in range(11, 18)]}
+    ref: dict[str, Any] = {
+        "standby": "host-b",
+        "count": 7,
+        "terminals": [{"terminal": f"T000{n}", "reason": why.replace("11", str(n))} for n in range(11, 18)],
+    }
     kept = History.refused(ref)  # (the entry keeps the names, and the reason of the first only: it is in every checkpoint)
     assert kept is not None and kept["terminals"][0] == ref["terminals"][0] and kept["terminals"][1] == {"terminal": "T00012"}, kept
     assert History.refused(None) is None

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -378,13 +378,14 @@ def test_a_switch_whose_record_ended_with_terminals_not_served_is_shown_not_unkn
     "another version?") about a healthy pair until the next switch."""
     from types import SimpleNamespace
 
+    from hsb.cp.state import Term
     from hsb.cp.switchrec import DEADLINE_S, AfterSwitch
     from hsb.ctl.status import _pause
 
     rec: dict[str, Any] = {"epoch": 4}
     after = AfterSwitch(0.0, rec)
     term = SimpleNamespace(flight_epoch=4, flight=1)
-    after.reply(term, -0.5, True, 0.2)  # ... one of the two terminals in flight is served
+    after.reply(cast(Term, term), -0.5, True, 0.2)  # ... one of the two terminals in flight is served
     after.counted(2)
     assert after.expired(DEADLINE_S + 1)
     assert rec["all_served_ms"] is None and rec["worst_pause_ms"] is not None and rec["not_served"] == 1
@@ -399,7 +400,7 @@ def test_with_the_cp_unreachable_the_first_line_says_what_the_hosts_say_not_a_ve
     from hsb.ctl.status import headline
 
     a = {"reachable": True, "name": "host-a", "role": "active", "state": "established"}
-    st = {
+    st: dict[str, Any] = {
         "established": False,
         "serving": False,
         "hosts": [a, {"reachable": False, "name": "host-b", "addr": "10.0.0.2:7003"}],
