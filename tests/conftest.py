@@ -8,9 +8,9 @@ sandbox (tests/support/hostile.py, one a module), and `witness`, a real terminal
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -26,6 +26,9 @@ from tests.support.fakecp import FakeCP  # noqa: E402
 from tests.support.fuzz import Witness  # noqa: E402
 from tests.support.hostile import SB, module_sandbox  # noqa: E402
 from tests.support.supervised import supervised_cps  # noqa: E402
+
+if TYPE_CHECKING:
+    from tests.support.pg import PgServer
 
 # every hsbcpd a test starts checks its kept status totals against a walk over every terminal
 # at each status call, and exits (code 70) on a difference (hsb.cp.status_view.audit_counts)
@@ -105,7 +108,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
-def _structlog_config():  # type: ignore[no-untyped-def]
+def _structlog_config() -> Iterator[None]:
     """structlog's configuration as it was before each test: an in-process hsbctl (CliRunner)
     sets it to warning and above, and a later test's capture_logs then saw none of the info
     events it waits for (the order of the test files decided whether a test passed)."""
@@ -115,7 +118,7 @@ def _structlog_config():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def sb(tmp_path: Path):  # type: ignore[no-untyped-def]
+def sb(tmp_path: Path) -> Iterator[Callable[..., Awaitable[dict[str, Any]]]]:
     dirs: list[Path] = []
 
     async def make(**kw: Any) -> dict[str, Any]:
@@ -153,19 +156,19 @@ def supervised(tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def hostile_sb(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def hostile_sb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SB]:
     yield from module_sandbox(tmp_path_factory, "hostile")
 
 
 @pytest.fixture
-def witness(hostile_sb: SB):  # type: ignore[no-untyped-def]
+def witness(hostile_sb: SB) -> Iterator[Witness]:
     w = Witness(hostile_sb.addr("cp.terminal"), "T00001")
     yield w
     w.close()
 
 
 @pytest.fixture(scope="module")
-def pg():  # type: ignore[no-untyped-def]
+def pg() -> Iterator[PgServer]:
     from tests.support import pg as pgsupport
 
     why = pgsupport.missing()

@@ -110,7 +110,7 @@ async def test_backpressure_at_held_bound_drops_nothing(cp: Proc) -> None:
     assert not t.closed, "the terminal was disconnected"
 
 
-async def test_ten_thousand_terminals_get_sessions_and_replies(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_ten_thousand_terminals_get_sessions_and_replies(tmp_path: Path) -> None:
     from tests.support.massterm import run_terminals
 
     cp = start_cp(tmp_path / "cp", terminals=10_000, held_bound=16)
@@ -129,7 +129,7 @@ async def test_ten_thousand_terminals_get_sessions_and_replies(tmp_path) -> None
         cp.stop()
 
 
-async def test_a_closed_terminal_that_reads_nothing_does_not_linger(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_closed_terminal_that_reads_nothing_does_not_linger(tmp_path: Path) -> None:
     """The CP closes a terminal's connection (here: the classic path at a failover) while
     megabytes of replies are still queued to it and the terminal reads nothing. A close
     waits for those bytes to go out; after CLOSE_LINGER_S the connection is dropped

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.timeout(90)
 
 
 @pytest.fixture
-def cp(tmp_path: Path):  # type: ignore[no-untyped-def]
+def cp(tmp_path: Path) -> Iterator[Proc]:
     proc = start_cp(tmp_path / "cp", terminals=6, host_timeout=0.5)
     yield proc
     proc.stop()

@@ -9,6 +9,7 @@ import signal
 import socket
 import struct
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from hsb.wire.conn import FramedProtocol
 from hsb.wire.framing import encode
 from tests.support.cpcore import cp_core, fake_host, recording_terminal
 from tests.support.hostclient import FakeHost, FakeTerminal, cp_status, holding_terminal, logged_off_holding, until_cp_status
-from tests.support.procs import log_events, restart_cp, start_cp
+from tests.support.procs import Proc, log_events, restart_cp, start_cp
 from tests.support.transports import CountingTransport, stand_in
 
 ATTRS = {"protocol": "hsb1", "codepage": "utf-8"}
@@ -29,7 +30,7 @@ TIMEOUT_S = 1.0  # the CP's timeout under test (auth_timeout bounds a frame begu
 
 
 @pytest.mark.parametrize("idle", ["partial_frame", "terminal_idle_timeout"])
-async def test_a_terminal_the_cp_stopped_reading_is_not_closed_as_idle(tmp_path, idle: str) -> None:  # type: ignore[no-untyped-def]
+async def test_a_terminal_the_cp_stopped_reading_is_not_closed_as_idle(tmp_path: Path, idle: str) -> None:
     extra: dict[str, Any] = {"terminal_idle_timeout": TIMEOUT_S} if idle == "terminal_idle_timeout" else {}
     cp = start_cp(tmp_path / "cp", terminals=2, held_bound=4, auth_timeout=TIMEOUT_S, **extra)
     try:
@@ -94,7 +95,7 @@ def test_a_peer_that_does_not_read_is_not_read_except_on_the_links_that_must_flo
     assert t.reading
 
 
-async def test_held_bytes_bound_a_terminal_before_the_count_does_and_nothing_drops(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_held_bytes_bound_a_terminal_before_the_count_does_and_nothing_drops(tmp_path: Path) -> None:
     """256 messages of a megabyte each would be 256 MiB held per terminal: `held_bytes` bounds
     the data too (here 16 KiB: the fourth 5,000-byte message reaches it), and nothing is dropped."""
     cp = start_cp(tmp_path / "cp", terminals=2, held_bound=256, held_bytes=16384)
@@ -128,7 +129,7 @@ async def test_held_bytes_bound_a_terminal_before_the_count_does_and_nothing_dro
         cp.stop()
 
 
-async def test_the_cps_own_bound_on_held_data_stops_reading_terminals_holding_messages_and_drops_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_the_cps_own_bound_on_held_data_stops_reading_terminals_holding_messages_and_drops_nothing(tmp_path: Path) -> None:
     """Each terminal's bounds allow 8 MiB here; the CP's own (`held_total_bytes`, 16 KiB) is
     reached by two terminals together: past it, a terminal holding messages is not read until
     the active answers them (the first terminal after its fourth message, the second after its
@@ -178,7 +179,7 @@ async def test_the_cps_own_bound_on_held_data_stops_reading_terminals_holding_me
         cp.stop()
 
 
-async def test_past_the_cps_own_bound_a_terminal_without_a_session_at_the_active_is_still_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_past_the_cps_own_bound_a_terminal_without_a_session_at_the_active_is_still_read(tmp_path: Path) -> None:
     """Its held message goes to the active only with its logoff (or its next hello): were it not
     read, its bye would never be, and it could never log on again. A terminal whose messages wait
     for the active is not read; raised by a reload, the bound lets it go within a tick."""
@@ -209,7 +210,7 @@ async def test_past_the_cps_own_bound_a_terminal_without_a_session_at_the_active
     assert not cp.total_over and not T2.paused and not t2.reading_paused and not cp.slowed
 
 
-async def test_a_cp_restarted_on_a_journal_holding_more_than_its_own_bound_says_so_at_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_cp_restarted_on_a_journal_holding_more_than_its_own_bound_says_so_at_once(tmp_path: Path) -> None:
     """No active: the messages are held (acknowledged, journalled) past the bound; the CP killed and
     started again on its journal is over its bound from the start (status, log), not only once a
     terminal sends again."""
@@ -229,7 +230,7 @@ async def test_a_cp_restarted_on_a_journal_holding_more_than_its_own_bound_says_
         cp.stop()
 
 
-async def test_kept_replies_do_not_hold_the_cps_own_bound(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_kept_replies_do_not_hold_the_cps_own_bound(tmp_path: Path) -> None:
     """Kept replies shrink only as their terminals confirm them, never by reading others less: a
     terminal that went away keeping replies must not put every other one on one message at a time."""
     cp = cp_core(tmp_path, 3, cp="held_total_bytes = 4096\n")
@@ -249,7 +250,7 @@ async def test_kept_replies_do_not_hold_the_cps_own_bound(tmp_path) -> None:  # 
     assert len(cp.terms["T00002"].held) == 2 and not t2.reading_paused
 
 
-async def test_the_cps_own_bound_is_said_once_per_crossing_not_per_message(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_the_cps_own_bound_is_said_once_per_crossing_not_per_message(tmp_path: Path) -> None:
     """From `held_total_bytes` until the data is below 90 % of it: a load near the bound does not
     log a warning and an info line per message."""
     cp = cp_core(tmp_path, 2, cp="held_total_bytes = 10000\n")
@@ -275,7 +276,7 @@ async def test_the_cps_own_bound_is_said_once_per_crossing_not_per_message(tmp_p
     assert crossings == [True, False] and not term.paused and not t.reading_paused
 
 
-async def test_the_bytes_held_and_kept_go_back_to_zero_when_everything_is_settled(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_the_bytes_held_and_kept_go_back_to_zero_when_everything_is_settled(tmp_path: Path) -> None:
     """The byte counts follow the messages and the kept replies exactly (a count that drifted up
     would stop reading a terminal for ever)."""
     cp = cp_core(tmp_path, 2)
@@ -300,7 +301,7 @@ async def test_the_bytes_held_and_kept_go_back_to_zero_when_everything_is_settle
 
 
 @pytest.mark.parametrize("how", ["reset", "close"])
-async def test_a_terminal_whose_unread_connection_went_can_log_on_again_at_once(tmp_path, how: str) -> None:  # type: ignore[no-untyped-def]
+async def test_a_terminal_whose_unread_connection_went_can_log_on_again_at_once(tmp_path: Path, how: str) -> None:
     """At its bound of held messages (no active: they wait) the CP stops reading a terminal, so
     its reset or close is not seen by reading. Its reconnect asks the kernel about the old
     connection: gone, it is dropped and the new one logs on at once (it was refused as already
@@ -338,7 +339,7 @@ async def test_a_terminal_whose_unread_connection_went_can_log_on_again_at_once(
         cp.stop()
 
 
-async def _at_bound_with_an_active(cp, frames: list[dict[str, Any]]) -> tuple[FakeHost, FakeTerminal]:  # type: ignore[no-untyped-def]
+async def _at_bound_with_an_active(cp: Proc, frames: list[dict[str, Any]]) -> tuple[FakeHost, FakeTerminal]:
     """A non-resuming terminal with its session at an active that answers nothing: `frames` sent
     in one write, the first four messages held (the bound) and the CP no longer reading it."""
     a = await FakeHost.connect(cp.info["host"], "host-a", "active")
@@ -352,7 +353,7 @@ async def _at_bound_with_an_active(cp, frames: list[dict[str, Any]]) -> tuple[Fa
     return a, t
 
 
-async def test_replies_for_a_terminal_that_left_its_unread_connection_wait_for_its_return(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_replies_for_a_terminal_that_left_its_unread_connection_wait_for_its_return(tmp_path: Path) -> None:
     """A terminal that does not resume, at its bound, leaves: the replies the active then gives
     are not written into the connection it left (and lost there: nothing else keeps them) but
     kept for its next logon, once each (found at the reply, or by the CP's sweep of the
@@ -375,7 +376,7 @@ async def test_replies_for_a_terminal_that_left_its_unread_connection_wait_for_i
         cp.stop()
 
 
-async def test_an_unread_connection_its_terminal_left_is_found_gone_by_the_cps_sweep(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_an_unread_connection_its_terminal_left_is_found_gone_by_the_cps_sweep(tmp_path: Path) -> None:
     """No active: the terminal's messages wait at its bound and the CP does not read it, so its
     close is not seen by reading; the CP asks the kernel about such connections once a second,
     and the terminal is no longer counted connected."""
@@ -395,7 +396,7 @@ async def test_an_unread_connection_its_terminal_left_is_found_gone_by_the_cps_s
 
 
 @pytest.mark.parametrize("where", ["read", "unread"])
-async def test_a_bye_behind_the_bound_is_a_logoff_when_its_connection_goes(tmp_path, where: str) -> None:  # type: ignore[no-untyped-def]
+async def test_a_bye_behind_the_bound_is_a_logoff_when_its_connection_goes(tmp_path: Path, where: str) -> None:
     """Messages and a bye: the bye is read but waits behind the held bound (one write), or the
     CP no longer reads it (a write of its own, after the bound: in the kernel's receive queue,
     which keeps it after the terminal's close). The terminal goes: its session closes at the
@@ -416,7 +417,7 @@ async def test_a_bye_behind_the_bound_is_a_logoff_when_its_connection_goes(tmp_p
 
 
 @pytest.mark.parametrize("resume", [False, True])
-async def test_a_terminal_that_logged_off_and_went_while_no_active_served_has_its_messages_answered(tmp_path, resume: bool) -> None:  # type: ignore[no-untyped-def]
+async def test_a_terminal_that_logged_off_and_went_while_no_active_served_has_its_messages_answered(tmp_path: Path, resume: bool) -> None:
     """No active: three messages held; the terminal says bye and goes. When an active comes,
     they go to it (a terminal that logged off does not come back for them); their replies have
     nobody to go to: dropped and counted, not kept for whoever logs on under that name next."""
@@ -438,7 +439,7 @@ async def test_a_terminal_that_logged_off_and_went_while_no_active_served_has_it
         cp.stop()
 
 
-async def test_a_terminal_at_its_bound_whose_session_was_refused_logs_off_by_its_bye_and_close(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_terminal_at_its_bound_whose_session_was_refused_logs_off_by_its_bye_and_close(tmp_path: Path) -> None:
     """The active refuses the terminal's session: its held messages go to the active only with
     its logoff, and at its bound the CP does not read it. Its bye then waits in the kernel's
     receive queue; once the terminal closes, the CP finds the connection gone, reads the bye
@@ -469,7 +470,7 @@ async def test_a_terminal_at_its_bound_whose_session_was_refused_logs_off_by_its
         cp.stop()
 
 
-async def test_a_bye_read_behind_the_bound_is_a_logoff_when_the_connection_is_lost_before_any_sweep(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_bye_read_behind_the_bound_is_a_logoff_when_the_connection_is_lost_before_any_sweep(tmp_path: Path) -> None:
     """Messages up to the bound, one more and a bye, read in one go: the bye waits, decoded, behind
     the bound. The connection is then lost (a write into it failed, say) before the once-a-second
     sweep finds it gone: still a logoff, so its held messages go to an active with the logoff
@@ -488,7 +489,7 @@ async def test_a_bye_read_behind_the_bound_is_a_logoff_when_the_connection_is_lo
     assert len(term.held) == 4  # nothing acknowledged dropped: they go to the active with the logoff
 
 
-async def test_a_reload_raising_a_terminals_own_bound_reads_it_again(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_reload_raising_a_terminals_own_bound_reads_it_again(tmp_path: Path) -> None:
     """A terminal held at its own held_bound (its session refused: its messages wait for its
     logoff) was read again only once one of them settled, which nothing did: raising held_bound
     by a reload let go only the terminals held at the CP's own bound."""
@@ -506,7 +507,7 @@ async def test_a_reload_raising_a_terminals_own_bound_reads_it_again(tmp_path) -
     assert term.leaving, "its bye was not read"
 
 
-async def test_a_bye_parked_behind_unconfirmed_replies_is_a_logoff_when_the_cp_closes_the_connection(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_bye_parked_behind_unconfirmed_replies_is_a_logoff_when_the_cp_closes_the_connection(tmp_path: Path) -> None:
     """A resuming terminal at the kept-replies bound: what it sends is parked until it confirms,
     its bye too. The CP closes the connection (an idle timer, say) and the terminal says hello
     again before that connection's connection_lost: the bye was lost (the close looked for one
@@ -529,7 +530,7 @@ async def test_a_bye_parked_behind_unconfirmed_replies_is_a_logoff_when_the_cp_c
     assert term.logoff_upto == 2, "its bye was not taken as a logoff"
 
 
-async def test_a_bye_unread_behind_the_bound_is_a_logoff_when_a_failover_closes_the_terminal(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_bye_unread_behind_the_bound_is_a_logoff_when_a_failover_closes_the_terminal(tmp_path: Path) -> None:
     """A terminal with no standby session, at its bound (the CP reads it no more), says bye and
     waits for the CP to close; the active dies and the grant takes the classic path, closing the
     connection. Its bye, unread in the kernel, was thrown away with it: not a logoff, and its

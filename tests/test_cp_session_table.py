@@ -97,7 +97,7 @@ async def test_standby_opens_in_a_batch_answered_in_one_frame(cp: Proc) -> None:
     assert not a.closed
 
 
-async def test_the_active_names_its_open_sessions_and_the_cp_keeps_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_the_active_names_its_open_sessions_and_the_cp_keeps_them(tmp_path: Path) -> None:
     """A registering active that can name its open sessions (after a CP restart they never
     closed) is asked to: a terminal it named is served by its welcome and the session's opening
     at once, with no session_request; the others are asked for only after the last `adopt`

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,7 @@ def up_sandbox(d: Path, **kw: Any) -> SB:
         raise
 
 
-def module_sandbox(tmp_path_factory: pytest.TempPathFactory, name: str):  # type: ignore[no-untyped-def]
+def module_sandbox(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[SB]:
     """One sandbox for a module's hostile tests; at its end, the secret is in none of its logs
     (whatever the module threw at it: fuzzing, stalls, floods), besides the one test that also
     looks at every status and HTTP answer (test_hostile_auth)."""
