@@ -49,6 +49,7 @@ async def test_a_handover_does_not_wait_for_a_standby_session_the_standby_refuse
         await until(lambda: core.standby is not None and "T00003" in core.standby.refused_standby, "the CP told of the refusal")
         if relinked:
             old = core.standby
+            assert old is not None
             old.abort()
             await until(lambda: core.standby not in (None, old) and b.ha.state == "established", "host-b registered again")
             await until(lambda: all(core.terms[n].standby is not None for n in ("T00001", "T00002")), "the standby sessions again")

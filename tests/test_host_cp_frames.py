@@ -42,7 +42,12 @@ async def test_a_frame_the_host_cannot_take_is_a_link_loss_not_a_silent_reconnec
         core.set_paused(True, "test")  # host-a comes back as the active: nobody takes over meanwhile
         downs: list[str] = []
         real_down = a.cp.on_down
-        a.cp.on_down = lambda why: (downs.append(why), real_down(why))[1]
+
+        def on_down(why: str) -> None:
+            downs.append(why)
+            real_down(why)
+
+        a.cp.on_down = on_down
         link = core.active
         assert link is not None and link.name == "host-a"
         link.send(frame)
@@ -67,11 +72,21 @@ async def test_a_host_whose_ha_loop_was_held_up_registers_once_on_the_live_link(
             n = b.cp.connects
             link = next(h for h in cp.hosts if h.name == "host-b" and not h.closed)
             link.abort()
-            await until(lambda n=n: b.cp.connects > n and b.cp.up, "host-b's link made again")
+
+            def relinked(n: int = n) -> bool:
+                return b.cp.connects > n and b.cp.up
+
+            await until(relinked, "host-b's link made again")
         assert [k for k, _ in b.ha.events].count("cp_up") == 2
         registers: list[dict[str, Any]] = []
         real_send = b.cp.send
-        b.cp.send = lambda msg: (registers.append(msg) if msg.get("t") == "register" else None, real_send(msg))[1]
+
+        def send(msg: dict[str, Any]) -> bool:
+            if msg.get("t") == "register":
+                registers.append(msg)
+            return real_send(msg)
+
+        b.cp.send = send  # type: ignore[method-assign]  # (the registrations noted on the way)
         tasks.append(asyncio.ensure_future(b.ha.run()))
         await until(lambda: core.standby is not None and core.standby.name == "host-b" and b.ha.registered, "host-b registered again")
         await until(lambda: established(a, b), "hot standby again")
@@ -96,14 +111,14 @@ async def test_an_active_registered_again_at_a_cp_that_keeps_no_sessions_closes_
         for t in (gone, stays):
             await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
         sessions = a.sessions_ctl.sessions
-        assert sessions.get("T00001").state == ACTIVE and sessions.get("T00002").state == ACTIVE
+        assert sessions.table["T00001"].state == ACTIVE and sessions.table["T00002"].state == ACTIVE
         link = core.active
         assert link is not None
         link.abort()
         await gone.close()
         await until(lambda: core.active is not None and core.active is not link and core.active.usable and a.ha.registered, "host-a registered again")
-        await until(lambda: sessions.get("T00002").state == ACTIVE and core.terms["T00002"].active is not None, "T00002 opened again")
-        await until(lambda: sessions.get("T00001").state != ACTIVE, "T00001 closed at the host")
+        await until(lambda: sessions.table["T00002"].state == ACTIVE and core.terms["T00002"].active is not None, "T00002 opened again")
+        await until(lambda: sessions.table["T00001"].state != ACTIVE, "T00001 closed at the host")
         core.set_paused(False, "test")
         await stays.close()
 
@@ -165,10 +180,10 @@ async def test_a_service_that_changes_the_attrs_it_is_given_changes_no_session(t
         assert core is not None
         t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")
         await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")
-        await until(lambda: b.sessions_ctl.sessions.get("T00001").state == STANDBY, "host-b's standby session for T00001")
+        await until(lambda: b.sessions_ctl.sessions.table["T00001"].state == STANDBY, "host-b's standby session for T00001")
         await until(lambda: core.terms["T00001"].standby is not None, "the CP's standby session for T00001")
-        assert "seen_by" not in a.sessions_ctl.sessions.get("T00001").attrs
-        assert "seen_by" not in b.sessions_ctl.sessions.get("T00001").attrs
+        assert "seen_by" not in a.sessions_ctl.sessions.table["T00001"].attrs
+        assert "seen_by" not in b.sessions_ctl.sessions.table["T00001"].attrs
         await t.close()
 
 
@@ -396,14 +411,19 @@ async def test_a_delivery_for_a_name_or_id_the_cp_could_not_have_is_a_protocol_e
         handled: list[Any] = []
         real_handle = a.service.handle
 
-        async def handle(terminal: str, mid: int, data: Any, redelivered: bool) -> Any:
-            handled.append((terminal, mid))
-            return await real_handle(terminal, mid, data, redelivered)
+        async def handle(terminal: str, message_id: int, data: Any, redelivered: bool) -> Any:
+            handled.append((terminal, message_id))
+            return await real_handle(terminal, message_id, data, redelivered)
 
         a.service.handle = handle  # type: ignore[method-assign]
         downs: list[str] = []
         real_down = a.cp.on_down
-        a.cp.on_down = lambda why: (downs.append(why), real_down(why))[1]
+
+        def on_down(why: str) -> None:
+            downs.append(why)
+            real_down(why)
+
+        a.cp.on_down = on_down
         link = core.active
         assert link is not None and link.name == "host-a" and a.ha.granted
         link.send(frame)
@@ -502,7 +522,12 @@ async def test_standby_kept_names_the_cp_could_not_have_are_a_protocol_error_and
         b.service.open_session = open_session  # type: ignore[method-assign]
         downs: list[str] = []
         real_down = b.cp.on_down
-        b.cp.on_down = lambda why: (downs.append(why), real_down(why))[1]
+
+        def on_down(why: str) -> None:
+            downs.append(why)
+            real_down(why)
+
+        b.cp.on_down = on_down
         link = core.standby
         assert link is not None and link.name == "host-b" and not b.ha.granted
         b.sessions_ctl.expect_kept()  # as at a demotion: this host waits for the CP's standby_kept
@@ -510,7 +535,7 @@ async def test_standby_kept_names_the_cp_could_not_have_are_a_protocol_error_and
         await until(lambda: bool(downs), "the host's link-loss handling")
         assert "bad_fields" in downs[0] and "standby_kept" in downs[0] and said in downs[0], downs
         assert len(downs[0]) < 600, downs[0]  # (the name shown cut short)
-        assert opened == [] and b.sessions.get("T00001").state != STANDBY, opened
+        assert opened == [] and b.sessions.table["T00001"].state != STANDBY, opened
         assert all(type(k) is str and len(k) <= 48 for k in b.sessions_ctl.kept), b.sessions_ctl.kept
         await until(lambda: core.standby is not None and core.standby is not link and b.ha.registered, "host-b registered again")
         await until(lambda: established(a, b), "hot standby again")

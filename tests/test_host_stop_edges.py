@@ -53,6 +53,7 @@ async def test_a_normal_stop_the_cp_never_took_note_of_is_taken_over(tmp_path: P
     monkeypatch.setattr(ha_switch_mod, "log", rec)
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         core = cp.cp
+        assert core is not None
         core.host_stopping = lambda host: None  # type: ignore[method-assign]
         a.request_stop(takeover=False)
         await asyncio.wait_for(a.graceful_stop(), 15)
@@ -74,6 +75,7 @@ async def test_a_normal_stop_the_cp_took_note_of_is_not_taken_over(tmp_path: Pat
         await until(lambda: b.ha.state == "active_stopped", "host-b sees the normal stop")
         await asyncio.sleep(HOST_TIMEOUT * 3)  # an observation window: a takeover would come within it
         assert b.ha.role == "standby" and b.ha.state == "active_stopped"
+        assert cp.cp is not None
         assert cp.cp.active is None and cp.cp.active_stopped_normally == "host-a"
         ev = rec.events("active_stopped_not_taking_over")
         assert ev and ev[0]["host"] == "host-a" and ev[0]["cp_confirmed"] is True, rec.entries
@@ -96,12 +98,14 @@ async def test_a_stop_hands_over_although_a_resync_came_just_before(tmp_path: Pa
         await asyncio.wait_for(a.graceful_stop(), 25)
         assert rec.events("stopped_after_handover"), rec.entries
         assert b.ha.role == "active" and a.ha.role == "standby"
+        assert cp.cp is not None
         assert cp.cp.active is not None and cp.cp.active.name == "host-b"
 
 
 async def test_a_resync_asked_while_releasing_waits_for_the_handover(tmp_path: Path) -> None:
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         core = cp.cp
+        assert core is not None
         real = core.host_release
         core.host_release = lambda host: None  # type: ignore[method-assign]
         a.ha.post("switchover")
@@ -335,6 +339,7 @@ async def test_a_resync_held_by_a_stops_handover_is_dropped_when_the_cp_refuses_
     monkeypatch.setattr(ha_standby_mod, "log", rec)  # (the batch procedures log there)
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         core = cp.cp
+        assert core is not None
         real_release = core.host_release
         core.host_release = lambda host: None  # type: ignore[method-assign]
         refuse_handovers_finally(core)  # (for good: the normal stop follows at once)
@@ -386,6 +391,7 @@ async def test_a_stop_waits_for_the_cps_answer_to_a_handover_it_sent(tmp_path: P
     monkeypatch.setattr(server_mod, "log", rec)
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         core = cp.cp
+        assert core is not None
         answer_handovers_late(core, 1.0)
         short_hand_over(a, monkeypatch, 0.5)
         a.request_stop(takeover=True)
@@ -404,6 +410,7 @@ async def test_a_host_demoted_during_its_normal_stop_stops_as_the_standby(tmp_pa
     monkeypatch.setattr(server_mod, "HANDOVER_ANSWER_S", 0.0)  # the stop does not wait for the answer
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         core = cp.cp
+        assert core is not None
         answer_handovers_late(core, 0.6)
         real = a.hand_over
 
@@ -520,6 +527,7 @@ async def test_the_old_active_whose_link_took_the_demoted_frame_with_it_becomes_
     monkeypatch.setattr(ha_mod, "log", rec)
     monkeypatch.setattr(ha_cp_mod, "log", rec)  # (the CP link's events log there)
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        assert cp.cp is not None
         link = cp.cp.active
         assert link is not None and link.name == "host-a"
         real = link.send
@@ -581,7 +589,8 @@ async def test_a_stop_whose_handover_went_unanswered_hands_nothing_more_to_its_s
     monkeypatch.setattr(server_mod, "HANDOVER_ANSWER_S", 0.3)
     async with pair_in_hot_standby(tmp_path, Recording) as (cp, a, b, tasks):
         core = cp.cp
-        core.host_handover = lambda host, wait=True: None  # never answered (nor granted) in time
+        assert core is not None
+        core.host_handover = lambda host, wait=True: None  # type: ignore[method-assign]  # never answered (nor granted) in time
         short_hand_over(a, monkeypatch, 0.3)
         a.request_stop(takeover=True)
         stop = asyncio.ensure_future(a.graceful_stop())
@@ -614,7 +623,7 @@ async def test_nothing_reaches_the_service_after_the_stop_is_announced(tmp_path:
         assert core is not None
         real_release = core.host_release
         loop = asyncio.get_running_loop()
-        core.host_release = lambda host: loop.call_later(2.5, real_release, host)  # type: ignore[method-assign]
+        core.host_release = lambda host: loop.call_later(2.5, real_release, host)  # type: ignore[method-assign,assignment]
         stopping_at: list[float] = []
         real_send = a.cp.send
 
@@ -636,6 +645,7 @@ async def test_nothing_reaches_the_service_after_the_stop_is_announced(tmp_path:
             late = [mid for at, mid in handled if at > stopping_at[0]]
             assert late == [], f"handed to the service after stopping: {late}"
             # a reply refused after `stopping` closed the link: the CP took the stop for a loss
+            assert cp.cp is not None
             assert cp.cp.active_stopped_normally == "host-a" and b.ha.role == "standby"
         finally:
             sending.cancel()
@@ -669,14 +679,20 @@ async def test_a_normal_stop_during_a_handover_hands_nothing_to_the_service_unti
     monkeypatch.setattr(server_mod, "log", rec)
     async with pair_in_hot_standby(tmp_path, Slow) as (cp, a, b, tasks):
         core = cp.cp
+        assert core is not None
         held: list[Any] = []
         real_handover = core.host_handover
-        core.host_handover = lambda host, wait=True: held.append((host, wait))  # the answer held back
+        core.host_handover = lambda host, wait=True: held.append((host, wait))  # type: ignore[method-assign]  # the answer held back
         real_drain = a.delivery.drain
         monkeypatch.setattr(a.delivery, "drain", lambda timeout: real_drain(min(timeout, 0.3)))  # (10 s for a switchover's)
         answered: list[float] = []
         real_answered = a.ha.lease_answered
-        monkeypatch.setattr(a.ha, "lease_answered", lambda n: (answered.append(time.monotonic()), real_answered(n))[1])
+
+        def lease_answered(n: int) -> None:
+            answered.append(time.monotonic())
+            real_answered(n)
+
+        monkeypatch.setattr(a.ha, "lease_answered", lease_answered)
         t = await FakeTerminal.connect(cp.bound["terminal"], "T00001")
         try:
             await t.wait(lambda m: m["t"] == "session" and m["state"] == "open")

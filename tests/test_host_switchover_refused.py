@@ -26,6 +26,7 @@ async def held_releasing(cp: CPServer, a: HostServer) -> tuple[Any, Any]:
     """A planned switchover asked of host-a, held in "releasing" (the CP's "released" never
     comes); returns the CP's real release handler (to restore) and host-a's host link."""
     core = cp.cp
+    assert core is not None
     real = core.host_release
     core.host_release = lambda host: None  # type: ignore[method-assign]
     a.ha.post("switchover")
@@ -71,6 +72,7 @@ async def _run(tmp_path: Path, body: Any) -> None:
 async def test_a_refused_handover_leaves_the_active_established(tmp_path: Path) -> None:
     async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
         core = cp.cp
+        assert core is not None
         real = refuse_handovers(core)
         ended = a.ha.status()["switchovers_ended"]
         a.ha.post("switchover")
@@ -87,6 +89,7 @@ async def test_a_refused_handover_leaves_the_active_established(tmp_path: Path) 
 async def test_a_switchover_whose_cp_link_drops_while_releasing_is_abandoned_not_stuck(tmp_path: Path) -> None:
     async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
         core = cp.cp
+        assert core is not None
         core.set_paused(True, "test")  # the standby must not take over at the link's loss
         real, link = await held_releasing(cp, a)
         core.host_release = real  # type: ignore[method-assign]
@@ -104,6 +107,7 @@ async def test_a_switchover_whose_cp_link_drops_while_releasing_is_abandoned_not
 async def test_a_sigterm_during_a_planned_switchover_waits_for_it_to_complete(tmp_path: Path) -> None:
     async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
         core = cp.cp
+        assert core is not None
         real, link = await held_releasing(cp, a)
         stop = asyncio.ensure_future(a.graceful_stop())  # what SIGTERM runs
         await until(lambda: a.ha.state == "releasing" and not stop.done(), "the stop waiting")
@@ -122,6 +126,7 @@ async def test_a_sigterm_during_a_planned_switchover_waits_for_it_to_complete(tm
 async def test_a_stop_whose_handover_is_refused_stops_at_once_not_after_the_timeout(tmp_path: Path) -> None:
     async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
         core = cp.cp
+        assert core is not None
         refuse_handovers_finally(core)
         t0 = time.monotonic()
         await asyncio.wait_for(a.graceful_stop(), 10)  # the handover's wait is 15 s
@@ -139,6 +144,7 @@ async def test_a_stop_whose_handover_meets_the_standby_away_from_the_cp_asks_aga
 
     async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
         core = cp.cp
+        assert core is not None
         real = refuse_handovers(core, times=1)
         await asyncio.wait_for(a.graceful_stop(), 30)
         assert core.host_handover == real, "the first handover was never refused"
@@ -155,6 +161,7 @@ async def test_a_stop_whose_standby_never_comes_back_to_the_cp_stops_normally_wi
 
     async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
         core = cp.cp
+        assert core is not None
         refuse_handovers(core)  # every handover: no standby registered at the CP
         t0 = time.monotonic()
         await asyncio.wait_for(a.graceful_stop(), 40)
@@ -241,6 +248,7 @@ async def test_a_normal_stop_under_load_finishes_its_replies_and_takes_no_more(t
             assert time.monotonic() - t0 < 3.0, "the replies in progress did not finish at once"
             assert a.delivery.in_flight == 0 and PROTOCOL_ERRORS[("host", "not_active")] == errors0
             core = cp.cp
+            assert core is not None
             assert core is not None and core.active is None and core.active_stopped_normally == "host-a"
             sender.cancel()
             # the messages sent just before the cancel are acknowledged (held at the CP): no gap
@@ -267,6 +275,7 @@ async def test_a_host_fenced_while_its_stop_waits_for_the_handover_exits_as_fenc
 
     async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
         core = cp.cp
+        assert core is not None
         real, link = await held_releasing(cp, a)
         a.stop_mode = "takeover"
         stop = asyncio.ensure_future(a.graceful_stop())
@@ -289,6 +298,7 @@ async def test_a_normal_stop_after_a_hand_over_that_did_not_complete_does_not_ha
 
     async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
         core = cp.cp
+        assert core is not None
         real, _link = await held_releasing(cp, a)  # the switchover's release goes unanswered
         # and the standby went out of sight meanwhile (what HA.ev_peer_down does while releasing):
         # with hot standby still established the stop would end as a lost link instead
@@ -312,9 +322,15 @@ async def test_a_switchover_request_lost_with_the_cp_link_is_asked_again_on_the_
 
     async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
         core = cp.cp
+        assert core is not None
         real_send = b.cp.send
         dropped: list[dict[str, Any]] = []
-        b.cp.send = lambda m: dropped.append(m) or True  # type: ignore[method-assign]
+
+        def drop(msg: dict[str, Any]) -> bool:
+            dropped.append(msg)
+            return True
+
+        b.cp.send = drop  # type: ignore[method-assign]  # (a fake link: nothing reaches the CP)
         t0 = time.monotonic()
         await b.ha.request_switchover("test: a loss told on a link about to drop")
         b.cp.send = real_send  # type: ignore[method-assign]
@@ -363,10 +379,10 @@ async def _retrying_on_a(cp: CPServer, a: HostServer, frame: str) -> tuple[Any, 
     real_send = a.cp.send
     sent: list[float] = []
 
-    def send(m: dict[str, Any]) -> bool:
-        if m.get("t") == frame:
+    def send(msg: dict[str, Any]) -> bool:
+        if msg.get("t") == frame:
             sent.append(time.monotonic())
-        return real_send(m)
+        return real_send(msg)
 
     a.cp.send = send  # type: ignore[method-assign]
     return t, sent
@@ -385,7 +401,7 @@ async def test_a_stop_whose_drain_gave_up_hands_nothing_more_to_the_service(tmp_
         _t, stopping_sent = await _retrying_on_a(cp, a, "stopping")
         real_stopping = core.host_stopping
         # the CP's confirmation takes a while (its journal write): time for the retries to come
-        core.host_stopping = lambda host: asyncio.get_running_loop().call_later(1.5, real_stopping, host)  # type: ignore[method-assign,assignment,func-returns-value]
+        core.host_stopping = lambda host: asyncio.get_running_loop().call_later(1.5, real_stopping, host)  # type: ignore[method-assign,assignment]
         a.stop_mode = "normal"
         await asyncio.wait_for(a.graceful_stop(), 20)
         assert stopping_sent, "the stop never told the CP"
@@ -408,11 +424,11 @@ async def test_nothing_new_reaches_the_service_while_it_hands_over_and_all_goes_
         real_handover = refuse_handovers(core, times=1)
         refusing = core.host_handover
         # the CP answers the handover after a while: time for the retries to come
-        core.host_handover = lambda host, wait=True: asyncio.get_running_loop().call_later(1.5, refusing, host, wait)  # type: ignore[method-assign,assignment,func-returns-value]
+        core.host_handover = lambda host, wait=True: asyncio.get_running_loop().call_later(1.5, refusing, host, wait)  # type: ignore[method-assign,assignment]
         a.ha.post("switchover")
         await until(lambda: handover_sent, "the handover sent")
         await until(lambda: a.ha.state in ("established", "serving") and a.ha.role == "active", "the handover refused", timeout=10)
-        core.host_handover = real_handover
+        core.host_handover = real_handover  # type: ignore[method-assign]  # (the real handler back)
         refused_at = time.monotonic()
         late = [c for c in calls if c[0] == "host-a" and handover_sent[0] <= c[1] < refused_at - 0.05]
         assert late == [], f"host-a's service was handed the message {len(late)} times while it handed over"
@@ -442,6 +458,7 @@ async def test_a_switchover_the_cp_undoes_ends_it_at_the_old_active(tmp_path: Pa
 
     async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
         core = cp.cp
+        assert core is not None
         lose_the_next_grantee(core)
         ended, counted = a.ha.status()["switchovers_ended"], dict(a.ha.counters)
         cp_counted = dict(core.counters)
@@ -541,7 +558,12 @@ async def test_a_grant_extends_the_lease_from_the_request_it_names(tmp_path: Pat
     which a grant of another request could stretch past what the CP allows."""
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, _tasks):
         sent: list[dict[str, Any]] = []
-        b.cp.send = lambda m: (sent.append(m), True)[1]  # type: ignore[method-assign]  # (nothing reaches the CP)
+
+        def keep(msg: dict[str, Any]) -> bool:
+            sent.append(msg)
+            return True
+
+        b.cp.send = keep  # type: ignore[method-assign]  # (nothing reaches the CP)
         await b.ha.request_switchover("test: first")
         b.ha.switch_requested_at = time.monotonic() - 2.0  # a second later, asked again
         await b.ha.request_switchover("test: second")

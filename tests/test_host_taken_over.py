@@ -25,6 +25,7 @@ pytestmark = pytest.mark.timeout(60)
 async def test_an_active_reset_at_the_cp_alone_stops_when_the_peer_says_its_epoch(tmp_path: Path) -> None:
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         core = cp.cp
+        assert core is not None
         assert core is not None and core.active is not None and a.ha.serving
         link = core.active
         assert link.transport is not None
@@ -87,7 +88,12 @@ async def test_an_active_that_hears_a_higher_epoch_hands_nothing_more_to_its_ser
         core.paused = True  # (the link it drops is no failover: the standby is not made active)
         sent: list[dict[str, Any]] = []
         real_send = a.cp.send
-        a.cp.send = lambda msg: (sent.append(msg), real_send(msg))[1]  # type: ignore[method-assign]
+
+        def send(msg: dict[str, Any]) -> bool:
+            sent.append(msg)
+            return real_send(msg)
+
+        a.cp.send = send  # type: ignore[method-assign]  # (what host-a sends noted on the way)
         a.delivery.deliver("T00002", 1, "x", False)
         a.delivery.deliver("T00002", 2, "y", False)
         await until(lambda: started == [1], "1 in the service, 2 queued behind it")
@@ -112,8 +118,8 @@ def test_a_peer_without_an_epoch_or_with_a_lower_one_is_only_counted(tmp_path: P
         ha.last_error = None
         ha.lease = type("L", (), {"valid": lambda self: True, "remaining": lambda self: 0.2})()
         ha.fenced = lambda why: calls.append(why)  # type: ignore[method-assign]
-        ha.srv = type("S", (), {"cp": type("C", (), {"drop": lambda self, why: calls.append(why)})()})()  # type: ignore[assignment]
-        msg = {"t": "active_startup", "name": "host-b", "instance": "x"}
+        ha.srv = type("S", (), {"cp": type("C", (), {"drop": lambda self, why: calls.append(why)})()})()
+        msg: dict[str, Any] = {"t": "active_startup", "name": "host-b", "instance": "x"}
         if peer_epoch is not None:
             msg["epoch"] = peer_epoch
         ha.peer_claims_active(msg)
