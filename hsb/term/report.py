@@ -57,6 +57,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hsb.term.hopeless import closed_after_hello, no_connect
+from hsb.term.verdict import IdRanges
 
 RECONNECT_RACES = frozenset({"already_connected"})  # refusals a reconnect can meet and retry past
 
@@ -174,7 +175,7 @@ class LoadReport:
     per_terminal_disconnects: dict[str, int] = field(default_factory=dict)  # only terminals with > 0
     # With run_load(record_ids=True): {terminal: {"acked": [[first, last], ...], "replied": [...]}}.
     # Left out of to_dict() unless asked for (it grows with the run).
-    ids: dict[str, dict[str, list[list[int]]]] | None = None
+    ids: dict[str, IdRanges] | None = None
     # ledger workload: the books check (hsb.term.books) and what it found wrong
     books: dict[str, Any] | None = None
     books_failures: list[str] = field(default_factory=list)

@@ -28,7 +28,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
 
 # Layout of one byte of a terminal's marks array (index = id - id base).
 SENT = 0x01
@@ -150,7 +150,15 @@ def ranges_of(mask: bytes, base: int = 0, step: int = 1) -> list[list[int]]:
     return [[base + m.start() * step, base + (m.end() - 1) * step] for m in _RUN.finditer(mask)]
 
 
-def id_ranges(marks: bytes | bytearray, *, base: int = 0, step: int = 1) -> dict[str, Any]:
+class IdRanges(TypedDict):
+    """A terminal's acknowledged and answered ids as inclusive ranges, `step` apart (`id_ranges`)."""
+
+    acked: list[list[int]]
+    replied: list[list[int]]
+    step: int
+
+
+def id_ranges(marks: bytes | bytearray, *, base: int = 0, step: int = 1) -> IdRanges:
     """The ids a terminal had acknowledged and answered, as merged inclusive ranges.
 
     `{"acked": [[first, last], ...], "replied": [[first, last], ...], "step": S}`, in id order;
