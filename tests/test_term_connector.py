@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from hsb.term.client import DOWN
+from hsb.term.client import DOWN, TerminalClient
 from hsb.term.connector import MAX_PROBES, Connector
 
 
@@ -34,7 +34,7 @@ class FakeTerminal(asyncio.Protocol):
         self.failures += 1
         self.cp_away()
         assert self.connector is not None
-        self.connector.schedule(self, self.backoff)
+        self.connector.schedule(as_client(self), self.backoff)
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -45,6 +45,11 @@ class FakeTerminal(asyncio.Protocol):
 
     def abandoned(self) -> None:
         pass  # (its transport is no real one: nothing closed it under it)
+
+
+def as_client(t: FakeTerminal) -> TerminalClient:
+    """The fake where the connector takes a terminal (it uses only what the fake has)."""
+    return cast(TerminalClient, t)
 
 
 async def until(pred: Any, timeout: float, what: str) -> None:
@@ -70,8 +75,8 @@ async def test_the_group_probes_while_the_cp_is_away_and_all_connect_when_it_ans
     server = None
     try:
         for t in terms:
-            conn.attach(t)
-            conn.schedule(t)
+            conn.attach(as_client(t))
+            conn.schedule(as_client(t))
         await until(lambda: conn.down and sum(t.failures for t in terms) >= 1, 10, "the group down")
         await until(lambda: conn.probes >= 5, 10, "five probes")
         tried = sum(t.failures for t in terms)
@@ -120,9 +125,9 @@ async def test_a_connect_whose_timeout_falls_due_as_it_connects_is_not_a_failure
         raise TimeoutError  # ... and the deadline fell due in the same turn
 
     loop_create = loop.create_connection
-    loop.create_connection = connect_then_time_out  # type: ignore[method-assign,assignment]
+    loop.create_connection = connect_then_time_out  # type: ignore[method-assign]
     try:
-        exc = await conn._connect(t)  # type: ignore[arg-type]
+        exc = await conn._connect(as_client(t))
     finally:
         loop.create_connection = loop_create  # type: ignore[method-assign]
     assert exc is None and not conn.down and t.failures == 0 and t.away == 0
@@ -132,8 +137,7 @@ async def test_a_connect_cut_by_its_timeout_after_connecting_is_no_drop_of_the_c
     """The same with hsbterm's terminal: the cancelled connect closes the connection after its
     hello went out, and that close is this side's, not a drop by the CP (it failed a strict run
     as `dropped while logging on`, and made the next welcome count a drop with the CP there)."""
-    from hsb.term.client import TerminalClient
-    from hsb.term.load import LoadStats
+    from hsb.term.loadstats import LoadStats
     from tests.support.transports import RecordingTransport
 
     conn = Connector("127.0.0.1", 1, concurrency=1)
@@ -147,7 +151,7 @@ async def test_a_connect_cut_by_its_timeout_after_connecting_is_no_drop_of_the_c
         raise TimeoutError
 
     loop_create = loop.create_connection
-    loop.create_connection = connect_then_time_out  # type: ignore[method-assign,assignment]
+    loop.create_connection = connect_then_time_out  # type: ignore[method-assign]
     try:
         assert await conn._connect(c) is None
     finally:

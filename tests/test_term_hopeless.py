@@ -138,7 +138,7 @@ class EndsAt(io.StringIO):
         super().__init__(text)
         self.ended = threading.Event()
 
-    def readline(self, size: int | None = -1) -> str:
+    def readline(self, size: int | None = -1) -> str:  # type: ignore[override]  # (text, as typeshed's own TextIOBase overrides it)
         line = super().readline(-1 if size is None else size)
         if not line:
             self.ended.set()

@@ -59,9 +59,9 @@ def test_id_ranges_from_marks() -> None:
 
 
 def test_report_ids_left_out_of_to_dict_unless_asked() -> None:
-    r = LoadReport(terminals=1, welcomed=1, ids={"T1": {"acked": [[1, 2]], "replied": [[1, 2]]}})
+    r = LoadReport(terminals=1, welcomed=1, ids={"T1": {"acked": [[1, 2]], "replied": [[1, 2]], "step": 1}})
     assert "ids" not in r.to_dict()
-    assert r.to_dict(include_ids=True)["ids"] == {"T1": {"acked": [[1, 2]], "replied": [[1, 2]]}}
+    assert r.to_dict(include_ids=True)["ids"] == {"T1": {"acked": [[1, 2]], "replied": [[1, 2]], "step": 1}}
     assert r.ids is not None  # to_dict does not consume it
 
 

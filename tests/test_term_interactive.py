@@ -108,7 +108,8 @@ async def test_connect_and_load_say_a_broken_promise_in_the_same_words() -> None
     two lines, the acks in other words)."""
     from hsb.term.client import TerminalClient
     from hsb.term.interactive import session_failures
-    from hsb.term.load import LoadStats, _report
+    from hsb.term.load import _report
+    from hsb.term.loadstats import LoadStats
     from hsb.wire.framing import encode
     from tests.support.transports import RecordingTransport
 

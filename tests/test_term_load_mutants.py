@@ -43,7 +43,7 @@ def test_not_back_is_a_terminal_once_welcomed_and_not_served_now() -> None:
 
 
 class _Client(SimpleNamespace):
-    __hash__ = object.__hash__  # (a key of the settled marks, as a TerminalClient is)
+    __hash__ = object.__hash__  # type: ignore[assignment]  # (a key of the settled marks, as a TerminalClient is; SimpleNamespace's is None)
 
 
 def _client(name: str, marks: bytes, *, early: int = 0, unexpected: int = 0) -> Any:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from hsb.term import load
+from hsb.term.client import TerminalClient
 from hsb.term.load import background_load, run_load
 from hsb.term.loadstats import LoadStats
 from hsb.term.report import format_table
@@ -216,7 +217,7 @@ async def test_the_settle_time_waits_for_the_answer_to_the_last_owed_send() -> N
 async def test_a_terminal_not_logged_on_again_by_the_end_fails_the_run(fake: FakeCP, monkeypatch: pytest.MonkeyPatch) -> None:
     """Both terminals dropped (a CP restart, disconnects expected) and backing off for 60 s: the
     settle time (1 s) ends without them, so the run reports them not back and fails."""
-    monkeypatch.setattr(load.TerminalClient, "_next_backoff", lambda self: 60.0)
+    monkeypatch.setattr(TerminalClient, "_next_backoff", lambda self: 60.0)
     task, stop = await background_load(("127.0.0.1", fake.port), terminals=2, rate=20, settle=1, expect_disconnects=True)
     try:
         assert fake.drop_all() == 2
@@ -232,7 +233,7 @@ async def test_the_settle_time_waits_for_the_answers_to_what_a_terminal_back_lat
     """The terminal dropped during its sending, everything answered so far, and back 1 s later
     (its backoff), in the settle time: it sends the turns it owed then, and their answers (0.6 s,
     more than the quiet moment before the logoff) are waited for: none is lost or late."""
-    monkeypatch.setattr(load.TerminalClient, "_next_backoff", lambda self: 1.0)
+    monkeypatch.setattr(TerminalClient, "_next_backoff", lambda self: 1.0)
     task, stop = await background_load(("127.0.0.1", fake.port), terminals=1, rate=20, settle=10, expect_disconnects=True)
     try:
         await wait_until(lambda: sum(fake.deliveries.values()) >= 2, what="messages answered")
@@ -420,7 +421,7 @@ async def test_the_run_tells_its_terminals_whether_to_mark_what_they_send_again(
 ) -> None:
     """A message lost with its connection (never acknowledged) is sent again after the reconnect,
     marked `resent` unless the run says not to mark it."""
-    monkeypatch.setattr(load.TerminalClient, "_next_backoff", lambda self: 0.05)
+    monkeypatch.setattr(TerminalClient, "_next_backoff", lambda self: 0.05)
     fake.drop_in_transit = lambda name, seq: seq == 1
     frames: list[dict[str, Any]] = []
     handle = fake.handle

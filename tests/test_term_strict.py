@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from hsb.term.client import TerminalClient
-from hsb.term.load import LoadStats
+from hsb.term.loadstats import LoadStats
 from tests.support.termfeed import BASE, client, connect, connect_to, feed, verdict
 from tests.support.transports import RecordingTransport
 
@@ -185,7 +185,7 @@ async def test_an_earlier_runs_resent_replies_are_confirmed_and_not_claimed_at_t
     assert all(f["id"] <= BASE - 5 for f in tr.frames() if f["t"] == "confirm")
     c.connection_lost(None)
     tr = RecordingTransport("cp")
-    c.connection_made(tr)  # type: ignore[arg-type]
+    c.connection_made(tr)
     assert tr.frames()[0] == {"t": "hello", "terminal": "T1", "last_reply": 0, "first": BASE}
     feed(c, {"t": "welcome", "terminal": c.name, "last_acked": 0})
     feed(c, {"t": "reply", "id": BASE - 5, "data": "y", "resent": True})  # one it has: counted once

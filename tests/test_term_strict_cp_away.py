@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from hsb.term.client import TerminalClient
-from hsb.term.load import LoadStats, _report
+from hsb.term.load import _report
+from hsb.term.loadstats import LoadStats
 from tests.support.termfeed import BASE, client, connect, connect_to, feed
 from tests.support.transports import RecordingTransport
 
@@ -300,7 +301,7 @@ def test_a_cp_that_does_not_read_stops_the_terminals_writes_until_it_reads_again
     assert c.can_send and not stats.deferred
     c.connection_lost(None)  # none of it acknowledged: all of it goes again after the welcome
     tr = _FlowTransport(c, high=4096)
-    c.connection_made(tr)  # type: ignore[arg-type]
+    c.connection_made(tr)
     feed(c, {"t": "welcome", "terminal": c.name, "last_acked": ids[9]})  # the first ten acknowledged
     assert tr.paused and len(tr.msgs()) < 91, len(tr.msgs())
     c.submit()  # while paused: waits behind the resend

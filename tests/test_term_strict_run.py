@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from hsb.term.client import TerminalClient
-from hsb.term.load import LoadStats, _not_back
+from hsb.term.load import _not_back
+from hsb.term.loadstats import LoadStats
 from hsb.term.report import LoadReport
 from tests.support.termfeed import BASE, client, connect, feed, verdict
 from tests.support.transports import RecordingTransport
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def test_a_refusal_fails_the_run_even_where_disconnects_are_expected() -> None:
-    done = {"sent": 1, "acked": 1, "replied": 1}
+    done: dict[str, Any] = {"sent": 1, "acked": 1, "replied": 1}
     race = LoadReport(terminals=1, welcomed=1, expect_disconnects=True, errors={"already_connected": 3}, **done)
     assert race.ok, race.failures  # a reconnect that beat the CP's notice of the old connection: retried
     for code in ("bad_frame", "unknown_terminal", "bad_hello"):
