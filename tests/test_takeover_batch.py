@@ -324,7 +324,7 @@ def test_create_file_goes_on_after_short_writes(tmp_path: Path, monkeypatch: pyt
     def short(fd: int, data: Any, off: int) -> int:
         return real(fd, bytes(data[:1000]), off)
 
-    monkeypatch.setattr(fileio.os, "pwrite", short)
+    monkeypatch.setattr(os, "pwrite", short)
     path = make(tmp_path, 10)
     monkeypatch.undo()
     assert check_file(path).records == 10 and os.path.getsize(path) == 10 * 4096

@@ -86,7 +86,7 @@ async def test_a_failed_group_is_kept_under_the_changes_made_while_it_was_writte
 
     monkeypatch.setattr(tio_mod, "Backoff", Backoff)
     try:
-        tio.store.append = append  # type: ignore[method-assign]
+        tio.store.append = append  # type: ignore[method-assign,assignment]  # (its result is not used)
         tio.start_ring_writer()
         tio.ring_change("T1", {"n": 1}, True)
         tio.ring_change("T2", {"n": 1}, True)
@@ -108,7 +108,7 @@ async def test_the_ring_writer_starts_a_new_task_if_its_last_one_ended_and_close
     async def append(group: list[SessionEntry]) -> None:
         written.extend(e.terminal for e in group)
 
-    tio.store.append = append  # type: ignore[method-assign]
+    tio.store.append = append  # type: ignore[method-assign,assignment]  # (its result is not used)
     tio.start_ring_writer()
     first = tio.flusher
     assert first is not None
@@ -132,7 +132,7 @@ async def test_a_good_batch_write_clears_the_error_and_returns_its_generation(tm
     async def batch_write(*_: Any) -> Any:
         return SimpleNamespace(generation=7)
 
-    tio.store.batch_write = batch_write  # type: ignore[method-assign]
+    tio.store.batch_write = batch_write  # type: ignore[method-assign,assignment]  # (a fake: only the generation is read of its result)
     tio.last_error = "EIO"
     assert await tio.batch_write(1, []) == 7 and tio.last_error is None
 
@@ -149,7 +149,7 @@ async def test_a_batch_read_of_another_standbys_file_says_the_startup_id_and_gen
     async def read_header() -> Any:
         return SimpleNamespace(startup_id=9, generation=4)
 
-    tio.store.batch_read = batch_read  # type: ignore[method-assign]
+    tio.store.batch_read = batch_read  # type: ignore[method-assign,assignment]  # (a fake of its own shape: it raises)
     tio.store.read_header = read_header  # type: ignore[method-assign]
     with pytest.raises(StartupIdMismatch) as err:
         await tio.batch_read(5)
@@ -166,7 +166,7 @@ async def test_a_batch_read_of_another_standbys_file_says_the_startup_id_and_gen
     async def good(*_: Any) -> Any:
         return SimpleNamespace(header=SimpleNamespace(generation=6, batch_records=1), entries=[SessionEntry("T1", {}, True)])
 
-    tio.store.batch_read = good  # type: ignore[method-assign]
+    tio.store.batch_read = good
     tio.last_error = "EIO"
     assert await tio.batch_read(5) == (6, 1, [SessionEntry("T1", {}, True)]) and tio.last_error is None
 
@@ -238,7 +238,7 @@ async def test_a_group_that_fails_after_a_new_batch_or_a_stop_is_neither_kept_no
         await go.wait()
         raise OSError("EIO")
 
-    tio.store.append = append  # type: ignore[method-assign]
+    tio.store.append = append  # type: ignore[method-assign,assignment]  # (its result is not used)
     tio.write_failing = (1.0, 1.0, 3)
     tio.start_ring_writer()
     assert tio.write_failing is None

@@ -34,7 +34,12 @@ def test_group_commit_packs_records_and_syncs_once(tmp_path: Path, monkeypatch: 
     path = make(tmp_path, 400, 4096)
     syncs: list[int] = []
     real = fileio.sync
-    monkeypatch.setattr(fileio, "sync", lambda fd: (syncs.append(fd), real(fd)))
+
+    def sync(fd: int) -> None:
+        syncs.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(fileio, "sync", sync)
     w, r = setup_pair(path, terminals=15)
     assert len(syncs) == 2  # batch write: batch records, then header
     syncs.clear()

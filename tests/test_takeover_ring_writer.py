@@ -34,7 +34,7 @@ async def test_a_ring_group_holds_each_terminals_last_entry_only(tmp_path: Path)
     async def append(group: Any) -> None:
         groups.append(list(group))
 
-    tio.store.append = append  # type: ignore[method-assign]
+    tio.store.append = append  # type: ignore[method-assign,assignment]  # (its result is not used)
     tio.buffer_ring_changes()  # as during a batch write: changes wait
     for i in range(1000):
         tio.ring_change(f"T{i % 10}", {"n": i}, i % 2 == 0)
@@ -66,7 +66,7 @@ async def test_an_entry_that_cannot_be_encoded_does_not_stop_the_ring(tmp_path: 
         encode_entries(group)  # what the writer does first: a ValueError changes nothing
         written.extend(e.terminal for e in group)
 
-    tio.store.append = append  # type: ignore[method-assign]
+    tio.store.append = append  # type: ignore[method-assign,assignment]  # (its result is not used)
     tio.start_ring_writer()
     try:
         tio.ring_change("T1", {"n": 1}, True)
@@ -129,13 +129,13 @@ async def test_a_stale_group_that_failed_is_not_queued_again_after_a_batch(tmp_p
             raise StaleGroup("a ring group of generation 1 after the batch write of generation 2: not written")
         written.extend((e.terminal, e.open) for e in group)
 
-    tio.store.append = append  # type: ignore[method-assign]
+    tio.store.append = append  # type: ignore[method-assign,assignment]  # (its result is not used)
     tio.start_ring_writer()
     import hsb.host.takeover_io as tio_mod
     from tests.support.logrec import RecordingLog
 
     logs = RecordingLog()
-    real_log, tio_mod.log = tio_mod.log, logs  # type: ignore[assignment]
+    real_log, tio_mod.log = tio_mod.log, logs
     try:
         tio.ring_change("T1", {}, True)
         deadline = asyncio.get_running_loop().time() + 10
@@ -213,7 +213,7 @@ async def test_a_ring_error_does_not_outlive_the_ring_writer_or_the_polls(tmp_pa
     async def failing(group: Any) -> None:
         raise OSError(5, "Input/output error")
 
-    tio.store.append = failing  # type: ignore[method-assign]
+    tio.store.append = failing  # type: ignore[method-assign,assignment]  # (its result is not used)
     tio.start_ring_writer()
     try:
         tio.ring_change("T1", {}, True)
@@ -248,7 +248,7 @@ async def test_a_demoted_active_waits_for_its_ring_write_still_on_its_way(tmp_pa
         entered.set()
         await release.wait()
 
-    tio.store.append = slow  # type: ignore[method-assign]
+    tio.store.append = slow  # type: ignore[method-assign,assignment]  # (its result is not used)
     tio.start_ring_writer()
     try:
         tio.ring_change("T1", {}, True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -312,7 +313,7 @@ async def test_a_batch_read_hung_on_its_storage_leaves_garbage_collection_on(pat
     active = TakeoverStore(path, terminals=300, host_name="host-a", records=200)
     standby = TakeoverStore(path, terminals=300, host_name="host-b", timeout=0.3)
     release = threading.Event()
-    real = fileio.os.preadv
+    real = os.preadv
 
     def preadv(fd: int, bufs: Any, offset: int) -> int:
         if offset > 0 and threading.current_thread() is not threading.main_thread():
@@ -322,7 +323,7 @@ async def test_a_batch_read_hung_on_its_storage_leaves_garbage_collection_on(pat
     try:
         await active.batch_write(777, [SessionEntry(f"T{i}", {"p": i}, True) for i in range(50)])
         assert gc.isenabled()
-        monkeypatch.setattr(fileio.os, "preadv", preadv)
+        monkeypatch.setattr(os, "preadv", preadv)
         with pytest.raises(StorageNotResponding):
             await standby.batch_read(expected_startup_id=777)
         assert gc.isenabled(), "collections off while the read hangs"
@@ -371,7 +372,8 @@ async def test_ring_reads_go_to_the_file_thread_without_the_spin(path: str) -> N
         await standby.check()
         await active.batch_write(777, [SessionEntry("T1", {}, True)])
         await standby.batch_read(expected_startup_id=777)
-        spins["a"].clear(), spins["b"].clear()
+        spins["a"].clear()
+        spins["b"].clear()
         assert (await standby.poll()).status is PollStatus.NOTHING_NEW
         assert await active.append([SessionEntry("T2", {}, True)]) == (1, 1)
         assert (await standby.poll()).status is PollStatus.NEW
