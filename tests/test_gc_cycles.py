@@ -92,6 +92,7 @@ async def scenario(tmp_path: Path) -> CPServer:
             await t.close()
         await b.close()
         deadline = asyncio.get_running_loop().time() + 10
+        assert srv.cp is not None
         while (srv.cp.connected or srv.cp.active is not None and not srv.cp.active.closed) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
         assert srv.cp.connected == 0
@@ -108,6 +109,7 @@ async def test_serving_switching_and_closing_leave_no_cp_cycles(tmp_path: Path) 
         srv = await scenario(tmp_path)
         await lost_everywhere()  # the transports' connection_lost callbacks, which break the links
         leaked = [o for o in garbage() if cp_side(o)]
+    assert srv.cp is not None
     assert srv.cp.counters["redelivered"] == 5 and srv.cp.counters["failovers"] == 1
     kinds = sorted({type(o).__qualname__ for o in leaked})
     assert not leaked, f"cyclic garbage from the CP: {kinds}"

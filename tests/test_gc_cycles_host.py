@@ -119,10 +119,12 @@ async def scenario(tmp_path: Path, cp: CPServer, hosts: dict[str, HostServer], t
     # (the grant serves at once, from the link; the HA loop takes the role on its next cycle,
     # which a loaded machine may run after the replies went)
     await until(lambda: a.ha.role == "active", "host-a's HA loop on the grant")
-    assert cp.cp.counters["redelivered"] == 4
+    core = cp.cp
+    assert core is not None
+    assert core.counters["redelivered"] == 4
     for t in terms[:3] + terms[6:]:
         await t.close()
-    await until(lambda: a.sessions.counts()["active_sessions"] == 0 and cp.cp.connected == 0, "logoffs on host-a")
+    await until(lambda: a.sessions.counts()["active_sessions"] == 0 and core.connected == 0, "logoffs on host-a")
 
 
 @pytest.mark.timeout(60)
@@ -139,6 +141,7 @@ async def test_serving_switching_and_failing_over_leave_no_host_cycles(tmp_path:
             leaked = sorted({k for k in map(host_side, garbage()) if k})
     finally:
         await stop_pair(cp, hosts, tasks, keep=("dead",))
+    assert cp.cp is not None
     assert cp.cp.counters["switchovers"] == 1 and cp.cp.counters["failovers"] == 1
     assert not leaked, f"cyclic garbage from hsbd: {leaked}"
 

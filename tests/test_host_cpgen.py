@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -274,7 +275,7 @@ async def test_a_host_link_takes_each_higher_generation_and_refuses_only_a_lower
     from tests.support.inproc import until
     from tests.support.procs import SECRET, cp_config
 
-    ports = {k: f"127.0.0.1:{free_port()}" for k in ("terminal_listen", "host_listen", "admin_listen")}
+    ports: dict[str, Any] = {k: f"127.0.0.1:{free_port()}" for k in ("terminal_listen", "host_listen", "admin_listen")}
 
     def cp(journal: str) -> CPServer:
         d = tmp_path / journal

@@ -180,7 +180,7 @@ async def test_a_transaction_the_service_must_run_again_is_handed_over_again_not
 async def test_a_transaction_that_keeps_colliding_holds_its_message_as_the_service_failing() -> None:
     """Bounded: past MAX_COLLISIONS in a row the message is held as for ServiceUnavailable (the
     service shown failing, backoff), never answered with an error, and answered once it goes."""
-    from hsb.host.delivery import MAX_COLLISIONS
+    from hsb.service.api import MAX_COLLISIONS
 
     sent: list[dict[str, Any]] = []
     svc = Collides(fail=MAX_COLLISIONS + 1)

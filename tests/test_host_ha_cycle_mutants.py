@@ -177,7 +177,7 @@ async def test_one_wake_is_one_cycle_not_a_loop_that_never_yields(tmp_path: Path
         return "test"
 
     ha._cycle_pinged = cycle  # type: ignore[method-assign]
-    ha._idle_wait = lambda timeout: 30.0  # type: ignore[method-assign]
+    ha._idle_wait = lambda ping_due: 30.0  # type: ignore[method-assign]
     async with running(srv) as loop:
         ha.wake.set()
         await until(lambda: passes >= 1, "the wake's cycle")

@@ -176,7 +176,7 @@ async def test_a_session_change_made_while_the_link_is_walked_goes_to_the_ring_a
         tio.ring_change("T9", {"user": "late"}, True)  # a logon while the link is walked
         return []
 
-    srv.sessions.link_entries = walked  # type: ignore[method-assign]
+    srv.sessions.link_entries = walked  # type: ignore[method-assign,assignment]  # (called without an argument)
     try:
         await srv.ha.peer_standby_startup(standby_startup(5))
         assert srv.ha.state == BATCH_WRITING
@@ -196,7 +196,7 @@ async def test_a_stop_begun_while_the_batch_is_written_sends_no_batch_write_comp
         srv.ha.stopping = True  # (SIGTERM while the link is walked)
         return []
 
-    srv.sessions.link_entries = walked  # type: ignore[method-assign]
+    srv.sessions.link_entries = walked  # type: ignore[method-assign,assignment]  # (called without an argument)
     try:
         await srv.ha.peer_standby_startup(standby_startup(5))
         assert srv.ha.generation is not None  # (the batch itself was written)
@@ -355,7 +355,7 @@ async def test_a_grant_stops_the_standby_opens_of_a_batch_read_still_under_way(t
     try:
         ha.set_state(ESTABLISHED, "test")
         await ha.request_switchover("active lost (test)")
-        ha.batch_apply = opens  # type: ignore[assignment]
+        ha.batch_apply = opens
         await ha.on_switch_granted(7)
         await asyncio.gather(opens, return_exceptions=True)
         assert opens.cancelled() and ha.role == "active" and ha.epoch == 7
@@ -436,7 +436,7 @@ async def test_a_release_not_sent_leaves_no_release_pending(tmp_path: Path) -> N
     (of a normal stop) must not finish that switchover's replies and hand over."""
     srv, sent = active_host(tmp_path, ESTABLISHED)
     ha = srv.ha
-    srv.cp.send = lambda m: False  # type: ignore[method-assign]
+    srv.cp.send = lambda msg: False  # type: ignore[method-assign]
     try:
         ha.start_release()
         assert not ha.release_pending and ha.state == ESTABLISHED

@@ -213,7 +213,7 @@ async def test_an_active_starting_again_stops_the_standby_opens_of_the_old_ones_
     opens = asyncio.ensure_future(asyncio.sleep(60))  # (the batch read's standby opens, still waited for)
     try:
         ha.partner_instance = "old"
-        ha.batch_apply = opens  # type: ignore[assignment]
+        ha.batch_apply = opens
         await ha.peer_active_startup({"t": "active_startup", "instance": "new", "name": "host-a"})
         await asyncio.gather(opens, return_exceptions=True)
         assert opens.cancelled() and ha.batch_apply is None
@@ -270,7 +270,7 @@ async def test_a_ring_record_torn_for_torn_retries_polls_in_a_row_is_damage(tmp_
     from hsb.host.ha_standby import TORN_RETRIES
     from hsb.host.states import AWAITING_BATCH
 
-    torn = ("torn", [], "record 3")
+    torn: tuple[str, list[Any], str] = ("torn", [], "record 3")
     polls: list[Any] = [torn] * (TORN_RETRIES - 1) + [("nothing", [], "")] + [torn] * TORN_RETRIES
     srv, sent = _following(tmp_path, polls)
     ha = srv.ha
@@ -372,7 +372,7 @@ async def test_the_changes_a_ring_poll_finds_are_applied_and_the_ring_read_again
     entry = SessionEntry("T1", {"user": "u"}, True)
     srv, _ = _following(tmp_path, [("new", [entry], "")])
     applied: list[list[Any]] = []
-    srv.sessions_ctl.apply_ring = applied.append  # type: ignore[method-assign]
+    srv.sessions_ctl.apply_ring = applied.append  # type: ignore[method-assign,assignment]  # (a recorder of the entries)
     try:
         await srv.ha.ring_poll()
         assert applied == [[entry]] and srv.ha.next_poll == 0.0 and srv.ha.state == ESTABLISHED

@@ -19,13 +19,13 @@ def _promote(**state: Any) -> tuple[list[dict[str, Any]], list[str]]:
     ha = HA.__new__(HA)  # the fields the check reads: no daemon behind them
     posted: list[str] = []
     ha.name, ha.role, ha.stopping, ha.registered = "host-b", "standby", False, True
-    ha.post = posted.append  # type: ignore[method-assign]
+    ha.post = posted.append  # type: ignore[method-assign,assignment]  # (a recorder of the intents)
     for k, v in state.items():
         setattr(ha, k, v)
     p = HostAdminProtocol.__new__(HostAdminProtocol)
     sent: list[dict[str, Any]] = []
     p.srv = SimpleNamespace(ha=ha)  # type: ignore[assignment]
-    p.send = sent.append  # type: ignore[method-assign]
+    p.send = sent.append  # type: ignore[method-assign,assignment]  # (a recorder of the answers)
     p.on_promote({"t": "promote"})
     return sent, posted
 

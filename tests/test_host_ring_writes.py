@@ -133,16 +133,18 @@ async def test_a_stop_hands_over_to_a_standby_whose_view_is_stale_an_admin_switc
     rec = RecordingLog()
     monkeypatch.setattr(server_mod, "log", rec)
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        core = cp.cp
+        assert core is not None
         t0 = await FakeTerminal.connect(cp.bound["terminal"], "T00002")  # before: in the standby's view
         await t0.wait(lambda m: m["t"] == "session" and m["state"] == "open")
-        await until(lambda: cp.cp.terms["T00002"].standby is not None, "T00002's standby session at the CP", timeout=10)
+        await until(lambda: core.terms["T00002"].standby is not None, "T00002's standby session at the CP", timeout=10)
         hook = Faults(ops=frozenset({"ring write"}))
         a.takeover.store.faults = hook
         hook.eio()
         t1 = await FakeTerminal.connect(cp.bound["terminal"], "T00001")  # a session change for the ring
         await t1.wait(lambda m: m["t"] == "session" and m["state"] == "open")
         await until(lambda: a.ha.ring_unwritten, "the standby's view stale", timeout=10)
-        assert a.ha.state == "established" and cp.cp.terms["T00001"].standby is None
+        assert a.ha.state == "established" and core.terms["T00001"].standby is None
         r = await request(*addr(a.bound["admin"]), SECRET, {"t": "switchover"}, timeout=2)
         assert r["ok"] is False and "standby's view of the sessions is stale" in r["msg"] and "check the takeover storage" in r["msg"], r
         assert a.ha.role == "active" and a.ha.state == "established" and b.ha.role == "standby"
@@ -154,7 +156,7 @@ async def test_a_stop_hands_over_to_a_standby_whose_view_is_stale_an_admin_switc
         assert rec.events("stop_hands_over_stale_view") and rec.events("stop_hands_over"), rec.entries
         assert not rec.events("stop_without_takeover") and not rec.events("stop_handover_failed"), rec.entries
         assert a.ha.role == "standby" and a.exit_code == 0
-        await until(lambda: b.ha.role == "active" and cp.cp.active is not None and cp.cp.active.name == "host-b", "host-b active", timeout=10)
+        await until(lambda: b.ha.role == "active" and core.active is not None and core.active.name == "host-b", "host-b active", timeout=10)
         await t0.wait(lambda m: m["t"] == "switched")  # its session kept, on host-b
         assert not t0.closed
         await t1.wait_closed()  # no standby session: the classic way

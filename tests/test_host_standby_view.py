@@ -5,6 +5,7 @@ registered at the CP (it could not take over). hsbcpd and both hsbd in this proc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,16 @@ from hsb.service.builtin import EchoService
 from tests.support.inproc import pair_in_hot_standby
 
 pytestmark = pytest.mark.timeout(60)
+
+
+def noted(sent: list[dict[str, object]]) -> Callable[[dict[str, object]], bool]:
+    """A link's send that notes each frame in `sent` (nothing goes out) and says it went."""
+
+    def send(msg: dict[str, object]) -> bool:
+        sent.append(msg)
+        return True
+
+    return send
 
 
 async def test_an_earlier_batch_reads_opens_done_do_not_establish_the_one_under_way(tmp_path: Path) -> None:
@@ -162,7 +173,7 @@ async def test_a_ring_entry_read_after_the_grant_opens_no_standby_session(tmp_pa
         name = next(iter(b.sessions.table))
         sent: list[dict[str, object]] = []
         monkeypatch.setattr(b.ha, "granted", True)
-        monkeypatch.setattr(b.cp, "send", lambda msg: sent.append(msg) or True)
+        monkeypatch.setattr(b.cp, "send", noted(sent))
         b.sessions_ctl.apply_ring([SessionEntry(name, dict(b.sessions.table[name].attrs), True)])
         assert b.sessions.table[name].state == CLOSED and not sent, sent
 
@@ -175,7 +186,7 @@ async def test_a_standby_still_getting_its_batch_asks_the_cp_for_the_role_when_t
     it asks the CP, which decides (it grants only if the active is lost there too)."""
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         sent: list[dict[str, object]] = []
-        monkeypatch.setattr(b.cp, "send", lambda msg: sent.append(msg) or True)  # (the CP is not asked for real)
+        monkeypatch.setattr(b.cp, "send", noted(sent))  # (the CP is not asked for real)
         b.ha.set_state(state, "test")
         await b.ha.ev_peer_down("test: peer link lost")
         assert [m["t"] for m in sent] == ["switchover"], sent
@@ -205,7 +216,7 @@ async def test_an_established_standby_says_ready_again_when_the_peer_link_comes_
     handover meanwhile is established again only by it)."""
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         sent: list[dict[str, object]] = []
-        monkeypatch.setattr(b.peer, "send", lambda msg: sent.append(msg) or True)
+        monkeypatch.setattr(b.peer, "send", noted(sent))
         await b.ha.peer_peer_hello({"t": "peer_hello", "role": "active", "instance": b.ha.partner_instance, "name": "host-a"})
         assert b.ha.state == ESTABLISHED
         assert [(m["t"], m["startup_id"]) for m in sent] == [("standby_ready", b.ha.own_startup_id)], sent

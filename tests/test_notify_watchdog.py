@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from hsb.host.ha import ESTABLISHED, HA
+from hsb.host.ha import HA
+from hsb.host.states import ESTABLISHED
 from hsb.ops.notify import watchdog_every
 
 pytestmark = pytest.mark.timeout(10)
