@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -85,7 +86,7 @@ async def test_each_collision_waits_a_random_while_that_grows(tmp_path: Path, mo
         bounds.append((a, b))
         return 0.0
 
-    monkeypatch.setattr(once_mod.random, "uniform", uniform)
+    monkeypatch.setattr(random, "uniform", uniform)
     db = SqliteDatabase(str(tmp_path / "c.sqlite"))
     try:
         once = ExactlyOnce(db)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import pytest
 
 from hsb.service.api import ServiceUnavailable
 from hsb.service.db import SqliteDatabase
+from hsb.worker import Done
 from tests.support import pg as pgsupport
 from tests.support.pg import fresh, needs_pg
 from tests.support.procs import until
@@ -25,7 +26,7 @@ from tests.support.procs import until
 pytestmark = pytest.mark.timeout(120)
 
 
-def hangs_on_disk(on_thread: threading.Event, disk: threading.Event) -> Callable[[Any], Awaitable[int]]:
+def hangs_on_disk(on_thread: threading.Event, disk: threading.Event) -> Callable[[Any], Coroutine[Any, Any, int]]:
     """A transaction body that creates table t, sets `on_thread`, then holds the database's
     thread until `disk` is set (at most 30 s): as an fsync that does not return."""
 
@@ -88,7 +89,12 @@ async def test_sqlite_run_is_the_whole_transaction_in_one_call_on_its_thread(tmp
         await db.setup(["CREATE TABLE t (k TEXT PRIMARY KEY)"])
         calls: list[int] = []
         real_call = db._exec.call
-        db._exec.call = lambda fn, done: (calls.append(1), real_call(fn, done))[1]  # type: ignore[method-assign]
+
+        def call(fn: Callable[[], Any], done: Done) -> None:
+            calls.append(1)
+            real_call(fn, done)
+
+        db._exec.call = call  # type: ignore[method-assign]  # (the calls counted)
         threads: list[int] = []
 
         async def two(tx: Any) -> int:

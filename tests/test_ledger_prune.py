@@ -43,7 +43,7 @@ async def _prunes_by_age(db: Any) -> None:
     async with db.transaction() as tx:  # T1's first two and T2's one from two hours ago
         await tx.execute("UPDATE hsb_idempotency SET at = at - 7200 WHERE msg_id <= 2")
     await once.run("T1", 4, False, nothing)  # the next message applied starts a prune
-    assert once.pruning is not first
+    assert once.pruning is not None and once.pruning is not first
     await asyncio.wait_for(once.pruning, 10)
     async with db.transaction() as tx:
         assert await tx.fetch("SELECT terminal, msg_id FROM hsb_idempotency ORDER BY terminal, msg_id") == [("T1", 3), ("T1", 4), ("T2", 1)]

@@ -53,7 +53,8 @@ async def test_the_operations_and_their_refusals_on_sqlite(tmp_path: Path) -> No
 
     async def call(req: dict[str, Any] | str) -> dict[str, Any]:
         data = req if isinstance(req, str) else json.dumps(req)
-        return json.loads(await s.handle("T1", next(ask), data, False))
+        answer: dict[str, Any] = json.loads(await s.handle("T1", next(ask), data, False))
+        return answer
 
     try:
         assert await call({"op": "open", "account": "a"}) == {"ok": True, "balance": 0}
@@ -272,7 +273,8 @@ async def test_opposite_transfers_at_once_neither_deadlock_nor_lose_money(pg: pg
 
         async def transfer(i: int, r: str) -> str:
             async with turns:
-                return await s.handle(f"T{i}", 1, r, False)
+                answer: str = await s.handle(f"T{i}", 1, r, False)
+                return answer
 
         replies = await asyncio.gather(*(transfer(i, r) for i, r in enumerate(reqs)))
         assert all(json.loads(r) == {"ok": True} for r in replies)
