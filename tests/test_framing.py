@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import msgpack
 import pytest
@@ -127,7 +128,7 @@ def test_arbitrary_bytes_yield_messages_or_the_typed_error(data: bytes, cuts: li
     ),
     cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=6),
 )
-def test_valid_streams_split_anywhere_decode_exactly(msgs: list[dict], cuts: list[int]) -> None:
+def test_valid_streams_split_anywhere_decode_exactly(msgs: list[dict[str, Any]], cuts: list[int]) -> None:
     stream = b"".join(encode(m) for m in msgs)
     points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
     d = Decoder(known_types={"msg", "hello"})

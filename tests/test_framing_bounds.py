@@ -15,7 +15,7 @@ from hsb.wire.framing import FRAME_TOO_LARGE, LOGIN_MAX, Decoder, ProtocolError
 def frame_of(size: int, t: str = "msg") -> bytes:
     """A valid frame whose body is exactly `size` bytes (a map {"t": t, "d": b"..."})."""
     for n in range(size, size - 40, -1):  # the bin header grows with the data's length
-        body = msgpack.packb({"t": t, "d": b"x" * n}, use_bin_type=True)
+        body: bytes = msgpack.packb({"t": t, "d": b"x" * n}, use_bin_type=True)
         if len(body) == size:
             return struct.pack(">I", size) + body
     raise AssertionError(f"no frame of {size} bytes")

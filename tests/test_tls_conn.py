@@ -70,7 +70,7 @@ async def test_close_drops_a_connection_whose_unread_bytes_do_not_decrypt(tmp_pa
         p.pause_reading()  # not read (held messages at their bound), as the CP does
         with socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno())) as raw:
             raw.send(b"\x17\x03\x03\x00\x20" + b"\0" * 32)  # a record that does not decrypt, written into the stream
-        server_sock = p.transport.get_extra_info("socket")  # type: ignore[union-attr]
+        server_sock = p.transport.get_extra_info("socket")
         await until(lambda: queued(server_sock) >= 37, what="the bad record in the server's receive queue")
         assert not p.unread_has("bye")  # (the terminal link asks this before it closes)
         p.close_with_error("idle_timeout", "nothing received")  # raised SSLEOFError, the connection left open

@@ -189,7 +189,7 @@ def test_a_refusal_openssl_gives_no_reason_name_for_is_said_in_its_own_words_not
     """OpenSSL's error without a reason name (`reason` None): the words were "its certificate does
     not chain to our CA (None)"."""
     e = ssl.SSLError(1, "unable to get local issuer certificate")
-    e.reason = None
+    e.reason = None  # type: ignore[assignment]  # (typeshed says str; OpenSSL leaves it None)
     said = tlsio._reason(e, tlsio.TLS_HANDSHAKE)
     assert said.startswith("its certificate does not chain to our CA (") and "None" not in said, said
     assert "unable to get local issuer certificate" in said, said

@@ -152,7 +152,7 @@ def test_a_folder_that_cannot_be_used_is_a_one_line_error(tmp_path: Path, monkey
             raise PermissionError(13, "Permission denied")
         return real(*a, **kw)
 
-    monkeypatch.setattr(tls_cmd.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
     one_line_error(*init(d, "--names", "cp", "--force"), 1, f"cannot write {d / 'cp.pem'}: Permission denied", "or use a new --dir")
     assert contents(d) == before  # neither half of the pair replaced, no temporary file left
 

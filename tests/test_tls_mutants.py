@@ -262,7 +262,7 @@ def test_a_certificates_names_are_its_common_name_and_its_dns_names(tmp_path: Pa
 def test_a_refusal_with_no_reason_name_and_unknown_words_is_said_in_those_words() -> None:
     """OpenSSL's error without a reason name that no table knows: its own words, not "None"."""
     e = ssl.SSLError(1, "something new went wrong")
-    e.reason = None  # type: ignore[misc]
+    e.reason = None  # type: ignore[assignment]  # (typeshed says str; OpenSSL leaves it None)
     said = tlsio._reason(e, tlsio.TLS_HANDSHAKE)
     assert "something new went wrong" in said and "None" not in said, said
 
@@ -270,7 +270,7 @@ def test_a_refusal_with_no_reason_name_and_unknown_words_is_said_in_those_words(
 def test_without_a_first_byte_only_openssls_words_say_not_tls() -> None:
     """No first byte known is not a first byte that opens no handshake."""
     e = ssl.SSLError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
-    e.reason = "CERTIFICATE_VERIFY_FAILED"  # type: ignore[misc]
+    e.reason = "CERTIFICATE_VERIFY_FAILED"
     assert not tlsio._not_tls(e, None)
     assert tlsio._not_tls(e, ord("{"))
 

@@ -166,7 +166,7 @@ async def test_no_session_made_before_a_reload_is_resumed_after_it(tmp_path: Pat
         w.write(b"hi")
         await w.drain()
 
-    def connect(session: Any = None) -> tuple[Any, bool]:
+    def connect(session: Any = None) -> tuple[ssl.SSLSession | None, bool | None]:
         """A blocking client (on a thread): its session once the greeting came, and whether it resumed."""
         with socketmod.create_connection(("127.0.0.1", port), timeout=10) as raw, client.wrap_socket(raw, session=session) as s:
             assert s.recv(2) == b"hi"  # (TLS 1.3: the server's tickets, if any, came before this)
@@ -186,7 +186,7 @@ async def test_no_session_made_before_a_reload_is_resumed_after_it(tmp_path: Pat
         await srv.wait_closed()
 
 
-def _handshake(port: int, client_ctx: ssl.SSLContext, session: Any = None) -> tuple[Any, bool]:
+def _handshake(port: int, client_ctx: ssl.SSLContext, session: Any = None) -> tuple[ssl.SSLSession | None, bool | None]:
     """A blocking client's handshake (only it can offer a saved session): its session, reused?"""
     import socket
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -197,7 +198,7 @@ async def _authenticate_against(answer: object, ok_server: str = "cp", proto: in
     async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         w.write(encode({"t": "challenge", "nonce": auth.new_nonce(), "server": "cp", "proto": LINK_PROTOCOL if proto is None else proto}))
         dec = Decoder()
-        frames: list[dict] = []
+        frames: list[dict[str, Any]] = []
         while not frames:
             data = await r.read(65536)
             if not data:
@@ -321,16 +322,15 @@ def test_a_refusals_reason_is_bounded() -> None:
     put in status, at most a few hundred characters long."""
     from hsb.ops import refusals
 
-    said: list[str] = []
+    said: list[str | None] = []
     r = refusals.RefusalLog("test_refused", "fix it", on_said=said.append)
     r.seen("x" * 500_000)
-    assert said and len(said[0]) < 400, len(said[0])
+    assert said and said[0] is not None and len(said[0]) < 400, len(said[0] or "")
 
 
 async def test_the_session_table_is_every_page_the_cp_gives(monkeypatch: pytest.MonkeyPatch) -> None:
     """cp_sessions asks page after page until the CP names no next offset; an answer that is not
     a page is an error naming what came."""
-    from typing import Any
 
     from hsb.wire import client
 
