@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from hsb import demo
+from hsb.ctl import sandbox
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -115,10 +116,10 @@ def act(
     async def no_wait(s: float) -> None:
         pass
 
-    monkeypatch.setattr(demo.sandbox, "aup", aup)
-    monkeypatch.setattr(demo.sandbox, "load_state", lambda d: {"hosts": {"host-a": {"pid": 11}}, "cp": {"pid": 12}})
-    monkeypatch.setattr(demo.sandbox, "cp_process", lambda st: 13)
-    monkeypatch.setattr(demo.sandbox, "start_host", lambda *a, **kw: None)
+    monkeypatch.setattr(sandbox, "aup", aup)
+    monkeypatch.setattr(sandbox, "load_state", lambda d: {"hosts": {"host-a": {"pid": 11}}, "cp": {"pid": 12}})
+    monkeypatch.setattr(sandbox, "cp_process", lambda st: 13)
+    monkeypatch.setattr(sandbox, "start_host", lambda *a, **kw: None)
     monkeypatch.setattr(demo, "_background_load", background_load)
     monkeypatch.setattr(demo, "_until", until)
     monkeypatch.setattr(demo, "_dead", lambda d: list(dead))
@@ -162,7 +163,7 @@ def _failover(
 
 @pytest.mark.parametrize("conventional", [False, True], ids=["fast-switch", "conventional"])
 def test_a_failover_act_with_nothing_wrong_passes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, conventional: bool) -> None:
-    counts = {"switched": 0, "classic": T} if conventional else {}
+    counts: dict[str, Any] = {"switched": 0, "classic": T} if conventional else {}
     r = _failover(monkeypatch, tmp_path, conventional, Rep(cut_off=T if conventional else 0), **counts)
     assert r["ok"] and r["failures"] == [], r
     assert r["timeline_ms"]["killed"] == 0.0 and r["timeline_ms"]["switch_granted"] is not None, r["timeline_ms"]
@@ -297,8 +298,8 @@ def test_a_demo_stopped_by_a_signal_exits_1(monkeypatch: pytest.MonkeyPatch, cap
 def test_the_daemons_not_running_are_the_sandboxes_dead_ones(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Each act's "daemons not running at the end" (hsb.demo._dead): its CP and each host as last started."""
     state = {"cp": {"pid": 1}, "hosts": {"host-a": {"pid": 2}, "host-b": {"pid": 3}}}
-    monkeypatch.setattr(demo.sandbox, "load_state", lambda d: state)
-    monkeypatch.setattr(demo.sandbox, "_alive", lambda pid: pid != 2)
+    monkeypatch.setattr(sandbox, "load_state", lambda d: state)
+    monkeypatch.setattr(sandbox, "_alive", lambda pid: pid != 2)
     assert demo._dead(tmp_path) == ["host-a"]
-    monkeypatch.setattr(demo.sandbox, "_alive", lambda pid: pid == 2)
+    monkeypatch.setattr(sandbox, "_alive", lambda pid: pid == 2)
     assert demo._dead(tmp_path) == ["hsbcpd", "host-b"]

@@ -5,6 +5,7 @@ are replaced by their results, so that the report's own logic is checked on its 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from hsb import demo
+from hsb.ctl import sandbox
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -110,9 +112,7 @@ def _run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, acts: dict[str, Any], 
     monkeypatch.setattr(demo, "scenario", scenario)
     monkeypatch.setattr(demo, "cp_restart", cp_restart)
     monkeypatch.setattr(demo, "ledger_act", ledger_act)
-    args = demo.argparse.Namespace(
-        json=False, terminals=4, rate=10.0, dir=str(tmp_path), fast_only=False, no_cp_restart=False, no_ledger=False, dsn=None
-    )
+    args = argparse.Namespace(json=False, terminals=4, rate=10.0, dir=str(tmp_path), fast_only=False, no_cp_restart=False, no_ledger=False, dsn=None)
     rc = asyncio.run(demo.amain(args))
     return rc, capsys.readouterr().out
 
@@ -131,7 +131,7 @@ def test_every_act_passing_exits_0(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
         {"conventional": _failover("conventional", 200.0, ["lost: 2"])},
         {"cp": _cp(False)},
         {"conventional": TimeoutError("hot standby again not reached in 60 s")},
-        {"cp": demo.sandbox.SandboxError("hsbcpd exited at start")},
+        {"cp": sandbox.SandboxError("hsbcpd exited at start")},
         {"ledger": _ledger(False)},
         {"ledger": TimeoutError("host-b active not reached in 30 s")},
     ],
@@ -166,7 +166,7 @@ def test_the_cp_act_judges_its_load_as_a_cp_restart(monkeypatch: pytest.MonkeyPa
         seen.update(kw)
         raise RuntimeError("stop here")
 
-    monkeypatch.setattr(demo.sandbox, "aup", aup)
+    monkeypatch.setattr(sandbox, "aup", aup)
     monkeypatch.setattr(demo, "_background_load", background_load)
     monkeypatch.setattr(demo, "_down", lambda d: None)
     with pytest.raises(RuntimeError, match="stop here"):
@@ -196,13 +196,11 @@ async def test_an_act_that_does_not_complete_stops_its_load(monkeypatch: pytest.
     async def until(d: Path, pred: Any, timeout: float, what: str) -> Any:
         raise TimeoutError(f"{what} not reached in {timeout:g} s")
 
-    monkeypatch.setattr(demo.sandbox, "aup", aup)
+    monkeypatch.setattr(sandbox, "aup", aup)
     monkeypatch.setattr(demo, "_background_load", background_load)
     monkeypatch.setattr(demo, "_until", until)
     monkeypatch.setattr(demo, "_down", lambda d: None)
-    args = demo.argparse.Namespace(
-        json=True, terminals=4, rate=10.0, dir=str(tmp_path), fast_only=False, no_cp_restart=False, no_ledger=False, dsn=None
-    )
+    args = argparse.Namespace(json=True, terminals=4, rate=10.0, dir=str(tmp_path), fast_only=False, no_cp_restart=False, no_ledger=False, dsn=None)
     assert await demo.amain(args) == 1  # (every act did not complete)
     assert len(loads) == 4 and pending_at_start == [0, 0, 0, 0]
     assert all(t.done() for t in loads)  # (checked in the loop: asyncio.run cancels what is left only as it ends)

@@ -354,7 +354,7 @@ def test_every_example_config_is_checked(tmp_path: Path) -> None:
     from hsb.ctl.target import load_target
     from tests.test_config import test_example_configs_check_ok
 
-    (mark,) = [m for m in test_example_configs_check_ok.pytestmark if m.name == "parametrize"]
+    (mark,) = [m for m in test_example_configs_check_ok.pytestmark if m.name == "parametrize"]  # type: ignore[attr-defined]  # (pytest.mark's)
     checked = {cfg for _, cfg in mark.args[1]}
     configs = {p.relative_to(ROOT / "configs").as_posix() for p in (ROOT / "configs").rglob("*.toml")}
     assert configs - checked == {"ctl.toml"} and checked <= configs

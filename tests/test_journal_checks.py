@@ -187,7 +187,8 @@ def test_assert_clean_fails_on_each_count_and_on_the_verdict() -> None:
         assert_clean(Report(ok=False))
     for key in ("lost", "duplicates", "unexpected", "unacked", "bad_data", "disconnects", "session_closed"):
         with pytest.raises(AssertionError):
-            assert_clean(Report(**{key: 1}))
+            bad: dict[str, Any] = {key: 1}
+            assert_clean(Report(**bad))
     with pytest.raises(AssertionError):
         assert_clean(Report(acked=0, replied=0, sent=0))
     with pytest.raises(AssertionError):

@@ -194,7 +194,9 @@ class Names:
             if isinstance(t, ast.Compare) and len(t.ops) == 1 and ast.unparse(t.left) == name:
                 lit = t.comparators[0]
                 if isinstance(lit, ast.Constant) and isinstance(lit.value, str):
-                    if (isinstance(t.ops[0], ast.Eq) and node in up.orelse) or (isinstance(t.ops[0], ast.NotEq) and node in up.body):  # type: ignore[union-attr]
+                    if isinstance(up, ast.If) and (
+                        (isinstance(t.ops[0], ast.Eq) and node in up.orelse) or (isinstance(t.ops[0], ast.NotEq) and node in up.body)
+                    ):
                         out.add(lit.value)
             node = up
         return out

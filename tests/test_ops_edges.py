@@ -288,7 +288,7 @@ def rec(monkeypatch: pytest.MonkeyPatch) -> RecordingLog:
 
 def test_a_refusal_is_logged_once_a_minute_with_its_count(rec: RecordingLog, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [1000.0]
-    monkeypatch.setattr(refusals.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     said: list[str | None] = []
     r = refusals.RefusalLog("x_refused", "fix it", on_said=said.append, link="cp")
     r.seen("bad secret")
@@ -438,8 +438,8 @@ def test_raise_nofile_lifts_the_soft_limit_to_the_hard_one(lowered_soft_nofile: 
 def test_raise_nofile_says_an_unlimited_limit_as_minus_one(monkeypatch: pytest.MonkeyPatch) -> None:
     inf = resource.RLIM_INFINITY
     now = [1024, inf]
-    monkeypatch.setattr(limits.resource, "getrlimit", lambda _: tuple(now))
-    monkeypatch.setattr(limits.resource, "setrlimit", lambda _, limit: now.__setitem__(slice(None), list(limit)))
+    monkeypatch.setattr(resource, "getrlimit", lambda _: tuple(now))
+    monkeypatch.setattr(resource, "setrlimit", lambda _, limit: now.__setitem__(slice(None), list(limit)))
     assert limits.raise_nofile() == (-1, -1) and now == [inf, inf]
 
 

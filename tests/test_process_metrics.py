@@ -39,7 +39,7 @@ def test_many_open_files_are_counted_off_the_scraping_thread(monkeypatch: pytest
         listed_on.append(threading.current_thread().name)
         return real(path)
 
-    monkeypatch.setattr(metrics.os, "scandir", scandir)
+    monkeypatch.setattr(os, "scandir", scandir)
     p = metrics.ProcessMetrics()
     p._count()
     before = p._fds

@@ -6,6 +6,7 @@ chain out."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -108,7 +109,7 @@ def kernel_runs_rings() -> bool:
     if os.uname().machine != "x86_64" or release < (5, 6):
         return False
     try:
-        os.close(uring._check(uring._syscall(uring.NR_SETUP, 1, uring.ctypes.byref(uring._Params())), "io_uring_setup"))
+        os.close(uring._check(uring._syscall(uring.NR_SETUP, 1, ctypes.byref(uring._Params())), "io_uring_setup"))
     except OSError:
         return False  # (a seccomp filter)
     return True
@@ -155,7 +156,7 @@ def test_a_short_submission_raises_the_kernel_s_error_and_gives_the_chain_up(tmp
 
     def refused(*args: object) -> int:
         if getattr(args[0], "value", None) == uring.NR_ENTER:
-            uring.ctypes.set_errno(errno.EBUSY)
+            ctypes.set_errno(errno.EBUSY)
             return -1
         return int(real(*args))
 

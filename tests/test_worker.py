@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from typing import Any
 
@@ -32,7 +33,7 @@ async def test_call_runs_in_order_off_the_loop_and_answers_on_it() -> None:
 
     try:
         for i in range(4):
-            w.call(lambda i=i: job(i), answer)
+            w.call(functools.partial(job, i), answer)
         await asyncio.wait_for(done, 5)
     finally:
         w.shutdown(wait=True)
@@ -121,9 +122,13 @@ def test_calls_come_back_while_the_loop_is_busy() -> None:
         worst = 0
         try:
             for _ in range(40):
-                f = loop.create_future()
+                f: asyncio.Future[BaseException | None] = loop.create_future()
                 t0 = turns
-                w.call(int, lambda r, e, f=f: f.set_result(e))
+
+                def settle(r: Any, e: BaseException | None, f: asyncio.Future[BaseException | None] = f) -> None:
+                    f.set_result(e)
+
+                w.call(int, settle)
                 assert await asyncio.wait_for(f, 20) is None
                 worst = max(worst, turns - t0)
         finally:

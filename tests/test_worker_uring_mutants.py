@@ -256,7 +256,11 @@ def test_within_waits_for_a_look_that_takes_a_while() -> None:
         started.set()
         return "late" if gate.wait(5) else "never"
 
-    opener = threading.Thread(target=lambda: started.wait(5) and gate.set(), daemon=True)
+    def open_gate() -> None:
+        if started.wait(5):
+            gate.set()
+
+    opener = threading.Thread(target=open_gate, daemon=True)
     opener.start()
     try:
         assert within(5, look, "test-within") == (True, "late")
@@ -325,6 +329,7 @@ def test_a_reaped_chain_leaves_the_eventfd_read_empty(tmp_path: Path) -> None:
 def test_a_ring_whose_eventfd_registration_fails_leaves_no_descriptor_open(monkeypatch: pytest.MonkeyPatch) -> None:
     """io_uring_register refused (a seccomp filter, a full descriptor table): Ring() raises the
     kernel's error, and neither the ring's descriptor nor its eventfd is left open."""
+    import ctypes
     import errno
 
     from hsb import uring
@@ -335,7 +340,7 @@ def test_a_ring_whose_eventfd_registration_fails_leaves_no_descriptor_open(monke
 
     def refused(*args: object) -> int:
         if getattr(args[0], "value", None) == uring.NR_REGISTER:
-            uring.ctypes.set_errno(errno.EINVAL)
+            ctypes.set_errno(errno.EINVAL)
             return -1
         return int(real(*args))
 
