@@ -73,8 +73,8 @@ async def test_sigstop_active_takes_over_after_timeout_and_old_one_is_fenced(sb:
 
 
 async def test_only_the_peer_link_fails(tmp_path: Path) -> None:
+    from hsb.ports import free_port
     from tests.support.pair import make_pair
-    from tests.support.procs import free_port
     from tests.support.proxy import Proxy
 
     # host-a -> proxy_a -> host-b's peer port; host-b -> proxy_b -> host-a's peer port

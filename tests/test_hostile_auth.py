@@ -158,7 +158,7 @@ def test_daemons_refuse_a_secret_file_readable_by_others(tmp_path: Path, mode: i
         assert secret.read_bytes().strip() not in (r.stderr + r.stdout).encode()
 
 
-FOREIGN = [
+FOREIGN: list[dict[str, Any]] = [
     {"t": "register", "role": "active", "startup_id": 1},
     {"t": "open", "terminal": "T00001", "kind": "active", "attrs": {}, "epoch": 1},
     {"t": "reply", "terminal": "T00001", "id": 1, "data": b"forged", "epoch": 1},
@@ -185,7 +185,8 @@ def _cp_sessions(sb: SB) -> dict[str, Any]:
         c.send({"t": "sessions"})
         m = c.recv(3)
         assert m is not None and m["t"] == "sessions", m
-        return m["data"]
+        data: dict[str, Any] = m["data"]
+        return data
     finally:
         c.close()
 

@@ -167,7 +167,7 @@ def test_fuzz_cp_host_link_as_registered_host(
     assert "Traceback" not in lone_cp.log.read_text(errors="replace")
 
 
-WRONG_PEER = {  # one frame per peer type, one field of the wrong type
+WRONG_PEER: dict[str, dict[str, Any]] = {  # one frame per peer type, one field of the wrong type
     "peer_hello": {"t": "peer_hello", "name": 1, "role": ["active"], "state": None, "instance": 5},
     "hb": {"t": "hb", "role": 1, "ring_next": "x"},
     "active_startup": {"t": "active_startup", "name": 5, "instance": {"a": 1}},

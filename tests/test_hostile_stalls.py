@@ -48,10 +48,10 @@ async def _stall(address: str, prelude: bytes, *, dribble: bool = False, every: 
                 await w.drain()
                 t0 = time.monotonic()  # the idle timer restarts with the last byte
         while True:
-            b = await asyncio.wait_for(r.read(65536), 15)
-            if not b:
+            chunk = await asyncio.wait_for(r.read(65536), 15)
+            if not chunk:
                 return time.monotonic() - t0, got
-            got += b
+            got += chunk
     except ConnectionResetError:
         return time.monotonic() - t0, got
     finally:
@@ -116,6 +116,7 @@ def test_terminal_stalled_mid_frame_after_hello_is_dropped(tmp_path: Path) -> No
         try:
             c.send({"t": "hello", "terminal": "T00001"})
             w = c.recv(3)
+            assert w is not None, "no welcome"
             assert {k: w[k] for k in ("t", "terminal", "last_acked")} == {"t": "welcome", "terminal": "T00001", "last_acked": 0}
             c.send_raw(fz.LEN.pack(fz.MAX_FRAME) + b"\x83\xa1t\xa3msg" + bytes(4096))
             t0 = time.monotonic()

@@ -245,7 +245,7 @@ async def test_a_held_bound_raised_by_a_reload_reaches_the_hosts_ledgers(sb: Any
     cp_toml.write_text(cp_toml.read_text().replace("held_bound = 256", "held_bound = 512"))
     os.kill(st["cp"]["pid"], signal.SIGHUP)
     for host in ("host-a", "host-b"):
-        wait_for(lambda host=host: said(host), 10, what=f"{host}'s ledger told of the new bound")  # type: ignore[misc]
+        wait_for(lambda host=host: said(host), 10, what=f"{host}'s ledger told of the new bound")
         e = said(host)[0]
         assert e["keep_last"] == 300 and e["held_bound"] == 512, e
     await asyncio.sleep(0.5)  # an observation window: a heartbeat's answer telling it again would show in it

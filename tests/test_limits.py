@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from hsb.ops.limits import BACKLOG_MIN, SPARE, accept_queue_fits, listen_backlog, somaxconn, storm_timing, terminals_fit
 
@@ -45,7 +46,7 @@ def test_a_large_cp_with_the_default_host_timeout_is_told_to_raise_it() -> None:
 def test_check_config_names_the_host_timeout_of_a_large_cp(tmp_path: Path) -> None:
     from tests.support.procs import cp_config
 
-    def check(**cp: object) -> str:
+    def check(**cp: Any) -> str:
         r = subprocess.run(
             [sys.executable, "-m", "hsb.cp", "--config", str(cp_config(tmp_path, terminals=19_000, **cp)), "--check-config"],
             capture_output=True,
@@ -53,7 +54,7 @@ def test_check_config_names_the_host_timeout_of_a_large_cp(tmp_path: Path) -> No
             timeout=30,
         )
         assert r.returncode == 0, r.stderr
-        return r.stderr
+        return str(r.stderr)
 
     assert "config warning: 19000 terminals with cp.host_timeout 0.5 s" in check()
     assert "host_timeout" not in check(host_timeout=2.0, host_lease=0.35)

@@ -30,7 +30,7 @@ async def logon(pair: Pair, name: str) -> FakeTerminal:
     return t
 
 
-async def converged(pair: Pair, timeout: float = 15.0) -> dict:
+async def converged(pair: Pair, timeout: float = 15.0) -> dict[str, Any]:
     """Wait until the CP's standby sessions equal its standby-capable active sessions, attrs included."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:

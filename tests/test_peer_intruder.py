@@ -18,11 +18,12 @@ import hsb.host.ha as ha_mod
 import hsb.host.peer as peer_mod
 import hsb.ops.refusals as refusals_mod
 from hsb.host.peer import PeerLink
+from hsb.ports import free_port
 from hsb.service.builtin import EchoService
 from hsb.wire.client import FrameStream
 from tests.support.inproc import hot_standby, pair_in_hot_standby, until
 from tests.support.logrec import RecordingLog
-from tests.support.procs import SECRET, free_port
+from tests.support.procs import SECRET
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -24,11 +24,12 @@ import hsb.ops.refusals as refusals_mod
 from hsb import LINK_PROTOCOL, __version__
 from hsb.backoff import Backoff
 from hsb.host.peer import PeerLink
+from hsb.ports import free_port
 from hsb.wire import auth
 from hsb.wire.client import FrameStream
 from tests.support.inproc import until
 from tests.support.logrec import RecordingLog
-from tests.support.procs import SECRET, free_port
+from tests.support.procs import SECRET
 from tests.support.transports import RecordingTransport
 
 pytestmark = pytest.mark.timeout(30)

@@ -13,8 +13,8 @@ import struct
 import pytest
 
 from hsb.host.peer import PeerLink
+from hsb.ports import free_port
 from tests.support.inproc import until
-from tests.support.procs import free_port
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -314,7 +314,7 @@ async def test_hsbctl_status_shows_tls_and_the_expiry(sb: Any) -> None:
 async def test_a_host_that_does_not_trust_the_cps_certificate_says_so(tmp_path: Path) -> None:
     """The host's side of a refused handshake: one cp_link_refused line naming TLS and the cause,
     not a silent 'CP link down'."""
-    from tests.support.procs import free_port
+    from hsb.ports import free_port
 
     good, other = tmp_path / "tls", tmp_path / "other-ca"
     make_ca_and_certs(good, ["cp", "host-a"])
@@ -396,7 +396,8 @@ async def test_a_host_that_does_not_trust_the_peers_certificate_says_so(tmp_path
 
 def _host_a(tmp_path: Path, cp: Proc, tls_dir: Path, peer: str) -> Proc:
     """host-a, active, on `cp` with the CA and certificate of `tls_dir`, its peer at `peer`."""
-    from tests.support.procs import create_takeover_file, free_port, host_config, start_host
+    from hsb.ports import free_port
+    from tests.support.procs import create_takeover_file, host_config, start_host
 
     d = tmp_path / "a"
     d.mkdir()

@@ -31,11 +31,13 @@ from hsb.host import cplink
 from hsb.host.config import HostConfig
 from hsb.host.server import HostServer
 from hsb.ops import refusals
+from hsb.ports import free_port
 from hsb.service.api import load_service
 from hsb.takeover.fileio import create_file
+from hsb.wire.client import FrameStream
 from tests.support.inproc import until
 from tests.support.logrec import RecordingLog
-from tests.support.procs import SECRET, cp_config, free_port, host_config, write_secret
+from tests.support.procs import SECRET, cp_config, host_config, write_secret
 
 NOT_HERE = "10.255.255.9"  # an address this machine does not have (tests/test_cp_address.py)
 
@@ -127,13 +129,13 @@ async def test_a_host_at_the_cps_terminal_port_warns_once_and_says_it_in_its_sta
     monkeypatch.setattr(refusals, "log", rec)
     monkeypatch.setattr(cplink, "AUTH_TIMEOUT_S", 0.3, raising=False)  # (the tries come faster; the same path)
     tries: list[int] = []
-    real = cplink.FrameStream.connect
+    real = FrameStream.connect
 
     async def counted(host: str, port: int, **kw: Any) -> Any:
         tries.append(port)
         return await real(host, port, **kw)
 
-    monkeypatch.setattr(cplink.FrameStream, "connect", counted)
+    monkeypatch.setattr(FrameStream, "connect", counted)
     async with cp_and_host(tmp_path, cp=lambda s: s.bound["terminal"]) as (srv, h):
         terminal = int(srv.bound["terminal"].rpartition(":")[2])
         await until(lambda: tries.count(terminal) >= 4, "four tries at the terminal port")
@@ -195,7 +197,7 @@ def test_hsbcpd_that_cannot_listen_names_the_key_and_the_fix_for_the_errno(tmp_p
         # daemon itself may hold it)
         # the start's exit: 73 for what lasts (not restarted by the unit), 1 for a name that may
         # resolve at the next start
-        cases = [
+        cases: list[tuple[str, Any, str, int | None, int]] = [
             ("terminal_listen", f"{NOT_HERE}:0", "is not an address of this machine", 0, 73),
             ("terminal_listen", "nohost.invalid:0", "does not resolve", 78, 1),
             ("host_listen", f"127.0.0.1:{port}", f"port {port} is taken by another process", None, 73),
