@@ -54,7 +54,7 @@ def machine() -> dict[str, Any]:
     try:
         import uvloop
 
-        uv = uvloop.__version__
+        uv = str(getattr(uvloop, "__version__", "?"))
     except Exception:  # pragma: no cover
         uv = "?"
     mem_kib = 0

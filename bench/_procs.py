@@ -52,7 +52,7 @@ def proc_cpu(pids: list[int]) -> float:
 
 
 def _ancestry(pid: int) -> list[int]:
-    chain = []
+    chain: list[int] = []
     while pid > 1 and len(chain) < 64:
         chain.append(pid)
         try:
@@ -153,7 +153,8 @@ class Child:
         if not line:
             await asyncio.wait_for(self.proc.wait(), 5)
             raise RuntimeError(f"child {self.pid} exited ({self.proc.returncode}); log {self.log}:\n{self.log.read_text()[-3000:]}")
-        return json.loads(line)
+        got: dict[str, Any] = json.loads(line)
+        return got
 
     async def send(self, msg: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
