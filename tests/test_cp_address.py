@@ -2,14 +2,16 @@
 CP with `takeover = "on_wake"` asks every 0.1 s: an IPv6 address that starts with a letter or a
 colon is an address, not a name (it was taken for a name, so always "held"); a check that
 cannot be made (no socket: the open-files limit) keeps the serving CP serving and the waiting
-one waiting, and never stops the process. The address leaving during a takeover, before the CP
-listens, is a release (exit 0), not an address that is not this machine's (73)."""
+one waiting, and never stops the process. The address leaving as the CP is to take over is a
+release (exit 0), not an address that is not this machine's (73); a CP that cannot listen takes
+no generation (it binds first)."""
 
 from __future__ import annotations
 
 import errno
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,14 +67,14 @@ def test_on_wake_refuses_a_machine_where_every_bind_succeeds(tmp_path: Path) -> 
 
 
 async def test_the_address_moved_away_during_a_takeover_is_a_release_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A waiting CP (takeover = "on_wake") checks that it holds the virtual address, recovers the
-    journal (seconds, for a large one) and only then binds it. keepalived moving the address away
-    in between (a flap, a split brain ending) failed the bind with EADDRNOTAVAIL: exit 73, which
-    the unit and the notify script do not restart, so the machine was out of the pair until
-    someone acted, with a line telling the operator to write 0.0.0.0 there (which on_wake
-    refuses). It is the address leaving, as `cp_released`: said so, exit 0 (systemd starts a
-    waiting hsbcpd). A listen address that is not this machine's while the virtual address is
-    still here stays 73, as does any on a CP that takes over at its start."""
+    """A waiting CP (takeover = "on_wake") checks that it holds the virtual address, then binds
+    it, before it takes a generation and recovers the journal. keepalived moving the address away
+    in between (a flap, a split brain ending) fails the bind with EADDRNOTAVAIL: once exit 73,
+    which the unit and the notify script do not restart, so the machine was out of the pair until
+    someone acted. It is the address leaving, as `cp_released`: said so, exit 0 (systemd starts a
+    waiting hsbcpd), and no generation taken (nothing fenced). A listen address that is not this
+    machine's while the virtual address is still here stays 73, as does any on a CP that takes
+    over at its start."""
     import asyncio
     import errno
 
@@ -97,10 +99,10 @@ async def test_the_address_moved_away_during_a_takeover_is_a_release_not_an_erro
         code = await asyncio.wait_for(s.serve(), 20)
     assert code == 0
     assert [e["event"] for e in logs if e["event"] in ("journal_recovered", "cp_address_lost_at_takeover", "cp_stopped")] == [
-        "journal_recovered",
         "cp_address_lost_at_takeover",
         "cp_stopped",
     ], logs
+    assert not list(journal.glob("gen-*")), sorted(p.name for p in journal.iterdir())  # (bound before the generation)
     lost = next(e for e in logs if e["event"] == "cp_address_lost_at_takeover")
     assert lost["address"] == moving and lost["key"] == "cp.terminal_listen", lost
     assert not [e for e in logs if e["event"] == "cp_started"]
@@ -122,3 +124,44 @@ async def test_the_address_moved_away_during_a_takeover_is_a_release_not_an_erro
         await asyncio.wait_for(s.serve(), 20)
     assert exc.value.errno == errno.EADDRNOTAVAIL and os_error_code(s.state, exc.value) == 73
     await s.shutdown()
+
+
+@pytest.mark.parametrize("key", ["terminal_listen", "host_listen"])
+@pytest.mark.parametrize("takeover", ["at_start", "on_wake"])
+async def test_a_cp_that_cannot_listen_takes_no_generation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str, takeover: str) -> None:
+    """A port another process holds on this machine: the CP binds its terminal and host
+    listeners before it takes the journal's generation, so it fails its start (73) without
+    having fenced the CP that serves (a generation taken, then a bind refused, left nobody
+    serving: the old CP superseded, the new one out with 73, which the unit does not restart)."""
+    import asyncio
+
+    from hsb.config import load
+    from hsb.cp import server as srv
+    from hsb.cp.config import CPConfig
+    from hsb.cp.main import os_error_code
+    from hsb.ops.listen import ListenError
+    from tests.support.procs import SECRET, cp_config
+
+    journal = tmp_path / "j"
+    journal.mkdir()
+    taken = socket.create_server(("127.0.0.1", 0))  # another process's listener, say
+    try:
+        held = f"127.0.0.1:{taken.getsockname()[1]}"
+        extra: dict[str, Any] = {key: held}
+        if takeover == "on_wake":
+            extra["wake_file"] = str(tmp_path / "cp.state")
+        (tmp_path / "cp.state").write_text("MASTER\n")
+        cfg = load(cp_config(tmp_path, terminals=2, journal=str(journal), takeover=takeover, **extra), CPConfig)
+        monkeypatch.setattr(waiting, "holds_address", lambda *a: True)
+        s = srv.CPServer(cfg, SECRET, str(tmp_path / "cp.toml"))
+        try:
+            with pytest.raises(ListenError) as exc:
+                await asyncio.wait_for(s.serve(), 20)
+            assert exc.value.errno == errno.EADDRINUSE and exc.value.key == f"cp.{key}", exc.value
+            assert os_error_code(s.state, exc.value) == 73
+            assert s.cp is None and not list(journal.glob("gen-*")), sorted(p.name for p in journal.iterdir())
+        finally:
+            await s.shutdown()
+        assert not s.bound_ahead  # (the one bound before the refused one: closed)
+    finally:
+        taken.close()

@@ -1,4 +1,5 @@
-"""hsbcpd's lifecycle: startup (admin, then the journal taken over and the listeners), tick
+"""hsbcpd's lifecycle: startup (admin, the terminal and host listeners bound, then the journal
+taken over and served on), tick
 (host-link silence, heartbeats, the journal's generation); its stops are hsb.cp.stopping's.
 
 Two ways to start (`[cp] takeover`): "at_start" takes the journal over at once; "on_wake"
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import os
 import signal
@@ -71,21 +73,29 @@ def master_listeners(cfg: CPConfig) -> dict[str, socket.socket]:
         addr = getattr(c, f"{key}_listen")
         if not addr:  # (http_listen: off)
             continue
-        h, p = parse_addr(addr)
         try:
-            family = socket.AF_INET6 if ipaddress.ip_address(h).version == 6 else socket.AF_INET
-        except ValueError:  # a name (each of its addresses): the worker binds it itself, as without a master
-            continue
-        try:
-            s = socket.create_server((h, p), family=family, backlog=backlog)  # (SO_REUSEADDR, as the worker's own)
+            s = listen_socket(addr, backlog, c.terminal_keepalive if key == "terminal" else 0)
         except OSError as exc:
             for made in out.values():
                 made.close()
             raise ListenError(f"cp.{key}_listen", addr, exc) from exc
-        if key == "terminal" and c.terminal_keepalive:  # inherited by every terminal connection
-            tcp_keepalive(s, c.terminal_keepalive)
-        out[key] = s
+        if s is not None:  # (None: a name, each of its addresses: the worker binds it itself, as without a master)
+            out[key] = s
     return out
+
+
+def listen_socket(addr: str, backlog: int, keepalive: float = 0) -> socket.socket | None:
+    """A listening socket on `addr` (an IP literal and port; None for a host name), SO_REUSEADDR
+    as the worker's own; `keepalive`: TCP keepalive inherited by every connection it accepts."""
+    h, p = parse_addr(addr)
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(h).version == 6 else socket.AF_INET
+    except ValueError:
+        return None
+    s = socket.create_server((h, p), family=family, backlog=backlog)
+    if keepalive:  # (a dead terminal's connection would refuse its return forever)
+        tcp_keepalive(s, keepalive)
+    return s
 
 
 class CPServer(Waiting, TakingOver, Stopping):
@@ -116,6 +126,9 @@ class CPServer(Waiting, TakingOver, Stopping):
         self.servers: list[asyncio.base_events.Server] = []
         self.hosts: set[HostProtocol] = set()
         self.bound: dict[str, str] = {}
+        # the terminal and host listeners bound before the journal is taken over (`bind_ahead`),
+        # each served on once the CP listens (`_listen`)
+        self.bound_ahead: dict[str, socket.socket] = {}
         self._tickling: asyncio.Future[None] | None = None
         self._takeover_beats: asyncio.Task[None] | None = None  # its generation's heartbeat until the tick loop beats
         # TLS (hsb.wire.tls): mutual on the host and admin listeners, optional on the terminals'
@@ -177,6 +190,9 @@ class CPServer(Waiting, TakingOver, Stopping):
         held = supervise.LISTENERS.get(key)
         if held is not None:
             return await on_held(held.dup())
+        ahead = self.bound_ahead.pop(key, None)
+        if ahead is not None:  # (`bind_ahead`: this server's own)
+            return await on_held(ahead)
         # an error names the config key and the fix for its kind (hsb.ops.listen)
         return await listening(f"cp.{key}_listen", getattr(self.cfg.cp, f"{key}_listen"), lambda: self._bind(on_addr))
 
@@ -198,6 +214,33 @@ class CPServer(Waiting, TakingOver, Stopping):
                 elif now >= deadline:
                     raise
                 await asyncio.sleep(BIND_RETRY_S)
+
+    async def bind_ahead(self) -> None:
+        """The terminal and host listeners bound before the journal's generation is taken: a CP
+        that cannot listen there (a port another process holds, an address no longer this
+        machine's) must never fence one that can, as a CP that cannot run its journal's ring
+        never does (hsb.cp.taking_over). Not accepted on until the CP serves: meanwhile the kernel
+        queues the connections, as on a master's listeners (--supervise, which holds them already)."""
+        c = self.cfg.cp
+        self.state = "starting"  # (an error now is the ports')
+        for key, backlog in (("terminal", listen_backlog(len(self.cfg.terminal_table))), ("host", 16)):
+            if key in supervise.LISTENERS or key in self.bound_ahead:
+                continue
+            addr = getattr(c, f"{key}_listen")
+            keepalive = c.terminal_keepalive if key == "terminal" else 0
+
+            async def bind(addr: str = addr, backlog: int = backlog, keepalive: float = keepalive) -> socket.socket | None:
+                return listen_socket(addr, backlog, keepalive)
+
+            s = await listening(f"cp.{key}_listen", addr, functools.partial(self._bind, bind))
+            if s is not None:
+                self.bound_ahead[key] = s
+
+    def close_bound_ahead(self) -> None:
+        """Those not served on (a takeover that failed, a stop before it listened) closed."""
+        for s in self.bound_ahead.values():
+            s.close()
+        self.bound_ahead.clear()
 
     async def start_admin(self) -> None:
         """The admin link and /health first: they answer while waiting too."""
@@ -328,6 +371,7 @@ class CPServer(Waiting, TakingOver, Stopping):
         if not self.servers:
             await self.start_admin()
         if self.cp is None and not self.superseded:  # (a CP forked again by its master has taken the journal over already)
+            await self.bind_ahead()
             self.state = "taking_over"
             await self.take_over(reason)
         if self.superseded:  # superseded while taking over: nothing to serve
@@ -444,7 +488,7 @@ class CPServer(Waiting, TakingOver, Stopping):
                 address=exc.addr,
                 key=exc.key,
                 error=str(exc.cause),
-                msg="the address left this machine (keepalived) while the CP took over, before it listened: not serving; systemd starts a waiting hsbcpd",
+                msg="the address left this machine (keepalived) as the CP was to take over (its bind refused, no generation taken): not serving; systemd starts a waiting hsbcpd",
             )
             await self.shutdown()  # (as cp_released: exit 0, restarted by the unit, waiting)
             return 0

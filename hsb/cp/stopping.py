@@ -46,6 +46,8 @@ class Stopping:
 
         def _end_takeover_beats(self) -> None: ...
 
+        def close_bound_ahead(self) -> None: ...  # (hsb.cp.server.CPServer's)
+
     def _superseded(self, exc: Superseded) -> None:
         """A newer CP owns the journal: stop at once (nothing more is acknowledged already).
         With `on_wake` systemd starts it again, waiting (exit 0); with `at_start` it must not come
@@ -85,6 +87,7 @@ class Stopping:
             self._tickling.cancel()
         for srv in self.servers:
             srv.close()
+        self.close_bound_ahead()
         # Under a master (--supervise) these listening sockets are also the master's: closed
         # here, they would go on completing connections nobody accepts, reset only when the
         # master exits. Shut down, they refuse at once, as without a master (the master exits
