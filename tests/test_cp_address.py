@@ -126,13 +126,14 @@ async def test_the_address_moved_away_during_a_takeover_is_a_release_not_an_erro
     await s.shutdown()
 
 
-@pytest.mark.parametrize("key", ["terminal_listen", "host_listen"])
+@pytest.mark.parametrize("key", ["terminal_listen", "host_listen", "host_listen by name"])
 @pytest.mark.parametrize("takeover", ["at_start", "on_wake"])
 async def test_a_cp_that_cannot_listen_takes_no_generation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str, takeover: str) -> None:
     """A port another process holds on this machine: the CP binds its terminal and host
-    listeners before it takes the journal's generation, so it fails its start (73) without
-    having fenced the CP that serves (a generation taken, then a bind refused, left nobody
-    serving: the old CP superseded, the new one out with 73, which the unit does not restart)."""
+    listeners before it takes the journal's generation (an address given as a name too), so it
+    fails its start (73) without having fenced the CP that serves (a generation taken, then a
+    bind refused, left nobody serving: the old CP superseded, the new one out with 73, which the
+    unit does not restart), and leaves nothing bound."""
     import asyncio
 
     from hsb.config import load
@@ -146,8 +147,10 @@ async def test_a_cp_that_cannot_listen_takes_no_generation(tmp_path: Path, monke
     journal.mkdir()
     taken = socket.create_server(("127.0.0.1", 0))  # another process's listener, say
     try:
-        held = f"127.0.0.1:{taken.getsockname()[1]}"
-        extra: dict[str, Any] = {key: held}
+        port = taken.getsockname()[1]
+        name = key.endswith("by name")
+        key = key.split()[0]
+        extra: dict[str, Any] = {key: f"{'localhost' if name else '127.0.0.1'}:{port}"}
         if takeover == "on_wake":
             extra["wake_file"] = str(tmp_path / "cp.state")
         (tmp_path / "cp.state").write_text("MASTER\n")
@@ -160,8 +163,39 @@ async def test_a_cp_that_cannot_listen_takes_no_generation(tmp_path: Path, monke
             assert exc.value.errno == errno.EADDRINUSE and exc.value.key == f"cp.{key}", exc.value
             assert os_error_code(s.state, exc.value) == 73
             assert s.cp is None and not list(journal.glob("gen-*")), sorted(p.name for p in journal.iterdir())
+            assert not s.ahead  # (the terminal one bound before a refused host one: closed already)
         finally:
             await s.shutdown()
-        assert not s.bound_ahead  # (the one bound before the refused one: closed)
     finally:
         taken.close()
+
+
+async def test_the_address_gone_once_the_journal_is_read_is_not_served_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """takeover = "on_wake": the virtual address was here at the wait and at the bind, and
+    keepalived moved it while the journal was read (seconds, for a large one). The CP does not
+    serve on it (no cp_started, no READY): the address leaving, exit 0, the generation it took
+    said in cp_address_lost_at_takeover."""
+    import asyncio
+
+    import structlog
+
+    from hsb.config import load
+    from hsb.cp import server as srv
+    from hsb.cp.config import CPConfig
+    from tests.support.procs import SECRET, cp_config
+
+    journal = tmp_path / "j"
+    journal.mkdir()
+    (tmp_path / "cp.state").write_text("MASTER\n")
+    cfg = load(cp_config(tmp_path, terminals=2, journal=str(journal), takeover="on_wake", wake_file=str(tmp_path / "cp.state")), CPConfig)
+    monkeypatch.setattr(waiting, "holds_address", lambda *a: True)  # (the wait's look)
+    monkeypatch.setattr(srv, "holds_address", lambda *a: False)  # (the look once the journal is read)
+    s = srv.CPServer(cfg, SECRET, str(tmp_path / "cp.toml"))
+    with structlog.testing.capture_logs() as logs:
+        code = await asyncio.wait_for(s.serve(), 20)
+    assert code == 0
+    said = [e["event"] for e in logs if e["event"] in ("journal_recovered", "cp_address_lost_at_takeover", "cp_started", "cp_stopped")]
+    assert said == ["journal_recovered", "cp_address_lost_at_takeover", "cp_stopped"], said
+    lost = next(e for e in logs if e["event"] == "cp_address_lost_at_takeover")
+    assert lost["generation"] == 1 and lost["key"] == "cp.terminal_listen", lost
+    assert not s.ahead and not s.servers[1:], s.servers  # (only the admin listener was served on)

@@ -340,7 +340,7 @@ def main(config_path: str, check_config: bool, supervise: bool, set_journal_asid
 # CP exits EXIT_CANNOT_START (73), which the unit does not restart (RestartPreventExitStatus),
 # rather than 1, which it restarts (at once, for ever: StartLimitIntervalSec=0). A listener: a
 # port another process holds, an address that is not this machine's (with on_wake, the virtual
-# address leaving during the takeover is no such thing: hsb.cp.server, exit 0), a port below
+# address leaving as the CP takes over is no such thing: hsb.cp.server, exit 0), a port below
 # 1024, an address family it lacks (a name that does not resolve may resolve at the next start). The
 # journal: permissions, a read-only file system, a path through a file (a hung or missing mount,
 # EIO, ESTALE and the like may come back: 1).

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import functools
 import ipaddress
 import os
 import signal
@@ -73,29 +72,21 @@ def master_listeners(cfg: CPConfig) -> dict[str, socket.socket]:
         addr = getattr(c, f"{key}_listen")
         if not addr:  # (http_listen: off)
             continue
+        h, p = parse_addr(addr)
         try:
-            s = listen_socket(addr, backlog, c.terminal_keepalive if key == "terminal" else 0)
+            family = socket.AF_INET6 if ipaddress.ip_address(h).version == 6 else socket.AF_INET
+        except ValueError:  # a name (each of its addresses): the worker binds it itself, as without a master
+            continue
+        try:
+            s = socket.create_server((h, p), family=family, backlog=backlog)  # (SO_REUSEADDR, as the worker's own)
         except OSError as exc:
             for made in out.values():
                 made.close()
             raise ListenError(f"cp.{key}_listen", addr, exc) from exc
-        if s is not None:  # (None: a name, each of its addresses: the worker binds it itself, as without a master)
-            out[key] = s
+        if key == "terminal" and c.terminal_keepalive:  # inherited by every terminal connection
+            tcp_keepalive(s, c.terminal_keepalive)
+        out[key] = s
     return out
-
-
-def listen_socket(addr: str, backlog: int, keepalive: float = 0) -> socket.socket | None:
-    """A listening socket on `addr` (an IP literal and port; None for a host name), SO_REUSEADDR
-    as the worker's own; `keepalive`: TCP keepalive inherited by every connection it accepts."""
-    h, p = parse_addr(addr)
-    try:
-        family = socket.AF_INET6 if ipaddress.ip_address(h).version == 6 else socket.AF_INET
-    except ValueError:
-        return None
-    s = socket.create_server((h, p), family=family, backlog=backlog)
-    if keepalive:  # (a dead terminal's connection would refuse its return forever)
-        tcp_keepalive(s, keepalive)
-    return s
 
 
 class CPServer(Waiting, TakingOver, Stopping):
@@ -127,8 +118,8 @@ class CPServer(Waiting, TakingOver, Stopping):
         self.hosts: set[HostProtocol] = set()
         self.bound: dict[str, str] = {}
         # the terminal and host listeners bound before the journal is taken over (`bind_ahead`),
-        # each served on once the CP listens (`_listen`)
-        self.bound_ahead: dict[str, socket.socket] = {}
+        # served on once the CP serves (`start_serving`)
+        self.ahead: dict[str, asyncio.base_events.Server] = {}
         self._tickling: asyncio.Future[None] | None = None
         self._takeover_beats: asyncio.Task[None] | None = None  # its generation's heartbeat until the tick loop beats
         # TLS (hsb.wire.tls): mutual on the host and admin listeners, optional on the terminals'
@@ -190,9 +181,6 @@ class CPServer(Waiting, TakingOver, Stopping):
         held = supervise.LISTENERS.get(key)
         if held is not None:
             return await on_held(held.dup())
-        ahead = self.bound_ahead.pop(key, None)
-        if ahead is not None:  # (`bind_ahead`: this server's own)
-            return await on_held(ahead)
         # an error names the config key and the fix for its kind (hsb.ops.listen)
         return await listening(f"cp.{key}_listen", getattr(self.cfg.cp, f"{key}_listen"), lambda: self._bind(on_addr))
 
@@ -218,29 +206,74 @@ class CPServer(Waiting, TakingOver, Stopping):
     async def bind_ahead(self) -> None:
         """The terminal and host listeners bound before the journal's generation is taken: a CP
         that cannot listen there (a port another process holds, an address no longer this
-        machine's) must never fence one that can, as a CP that cannot run its journal's ring
-        never does (hsb.cp.taking_over). Not accepted on until the CP serves: meanwhile the kernel
-        queues the connections, as on a master's listeners (--supervise, which holds them already)."""
-        c = self.cfg.cp
+        machine's, a name that does not resolve) must never fence one that can, as a CP that
+        cannot run its journal's ring never does (hsb.cp.taking_over). Bound, not yet served on
+        (`start_serving`): their protocols find the CP when connections are taken."""
         self.state = "starting"  # (an error now is the ports')
-        for key, backlog in (("terminal", listen_backlog(len(self.cfg.terminal_table))), ("host", 16)):
-            if key in supervise.LISTENERS or key in self.bound_ahead:
-                continue
-            addr = getattr(c, f"{key}_listen")
-            keepalive = c.terminal_keepalive if key == "terminal" else 0
+        for key in ("terminal", "host"):
+            if key not in self.ahead:
+                self.ahead[key] = await self._server(key)
 
-            async def bind(addr: str = addr, backlog: int = backlog, keepalive: float = keepalive) -> socket.socket | None:
-                return listen_socket(addr, backlog, keepalive)
-
-            s = await listening(f"cp.{key}_listen", addr, functools.partial(self._bind, bind))
-            if s is not None:
-                self.bound_ahead[key] = s
+    async def _still_here(self) -> None:
+        """`takeover = "on_wake"`: the virtual address, bound before the takeover, still this
+        machine's once the journal is read (seconds, for a large one): if keepalived moved it
+        meanwhile (a flap, a split brain ending), the CP does not serve on it (`serve`:
+        `cp_address_lost_at_takeover`, exit 0), as when its bind is refused."""
+        c = self.cfg.cp
+        if c.takeover != "on_wake" or self.cp is None:
+            return
+        if not await asyncio.get_running_loop().run_in_executor(None, holds_address, c.terminal_listen, True):
+            gone = OSError(errno.EADDRNOTAVAIL, "the address left this machine while the CP took the journal over")
+            raise ListenError("cp.terminal_listen", c.terminal_listen, gone)
 
     def close_bound_ahead(self) -> None:
-        """Those not served on (a takeover that failed, a stop before it listened) closed."""
-        for s in self.bound_ahead.values():
-            s.close()
-        self.bound_ahead.clear()
+        """Those not served on (a takeover that failed or was superseded, a stop before it served) closed."""
+        for srv in self.ahead.values():
+            srv.close()
+        self.ahead.clear()
+
+    async def _server(self, key: str) -> asyncio.base_events.Server:
+        """The terminal or host listener, bound and not yet served on; its protocols made for the
+        CP there is when each connection is taken (`start_serving` starts taking them)."""
+        c = self.cfg.cp
+        loop = asyncio.get_running_loop()
+        factory = self._terminal_protocol if key == "terminal" else self._host_protocol
+        backlog = listen_backlog(len(self.cfg.terminal_table)) if key == "terminal" else 16
+        h, p = parse_addr(getattr(c, f"{key}_listen"))
+        return await self._listen(
+            key,
+            lambda sock: loop.create_server(factory, sock=sock, backlog=backlog, start_serving=False),
+            lambda: loop.create_server(factory, h, p, backlog=backlog, reuse_address=True, start_serving=False),
+        )
+
+    def _terminal_protocol(self) -> TerminalProtocol:
+        c = self.cfg.cp
+        assert self.cp is not None
+        t = self.tls
+        return TerminalProtocol(
+            self.cp,
+            hello_timeout=c.auth_timeout,
+            idle_after_hello=c.terminal_idle_timeout or None,
+            max_frame=c.max_frame,
+            tls=t.terminal_server if t is not None and t.terminals else None,
+            tls_timeout=c.auth_timeout,
+        )
+
+    def _host_protocol(self) -> HostProtocol:
+        c = self.cfg.cp
+        assert self.cp is not None
+        t = self.tls
+        h = HostProtocol(
+            self.cp,
+            secret=self.secret,
+            auth_timeout=c.auth_timeout,
+            idle_timeout=None,
+            max_frame=c.max_frame,
+            tls=t.server if t is not None else None,
+            tls_timeout=c.auth_timeout,
+        )
+        self.hosts.add(h)
+        return h
 
     async def start_admin(self) -> None:
         """The admin link and /health first: they answer while waiting too."""
@@ -312,42 +345,8 @@ class CPServer(Waiting, TakingOver, Stopping):
         c = self.cfg.cp
         cp = self.cp
         assert cp is not None
-        loop = asyncio.get_running_loop()
-
-        t = self.tls
-        host_tls = t.server if t is not None else None
-        term_tls = t.terminal_server if t is not None and t.terminals else None
-
-        def terminal() -> TerminalProtocol:
-            return TerminalProtocol(
-                cp,
-                hello_timeout=c.auth_timeout,
-                idle_after_hello=c.terminal_idle_timeout or None,
-                max_frame=c.max_frame,
-                tls=term_tls,
-                tls_timeout=c.auth_timeout,
-            )
-
-        def host() -> HostProtocol:
-            h = HostProtocol(
-                cp,
-                secret=self.secret,
-                auth_timeout=c.auth_timeout,
-                idle_timeout=None,
-                max_frame=c.max_frame,
-                tls=host_tls,
-                tls_timeout=c.auth_timeout,
-            )
-            self.hosts.add(h)
-            return h
-
-        for key, factory, backlog in (("terminal", terminal, listen_backlog(len(self.cfg.terminal_table))), ("host", host, 16)):
-            h, p = parse_addr(getattr(c, f"{key}_listen"))
-            srv = await self._listen(
-                key,
-                lambda sock: loop.create_server(factory, sock=sock, backlog=backlog, start_serving=False),  # noqa: B023 - awaited at once
-                lambda: loop.create_server(factory, h, p, backlog=backlog, reuse_address=True, start_serving=False),  # noqa: B023
-            )
+        for key in ("terminal", "host"):
+            srv = self.ahead.pop(key, None) or await self._server(key)  # (bound ahead, or now: a worker forked again)
             if key == "terminal" and c.terminal_keepalive:  # inherited by every terminal connection
                 for s in srv.sockets:  # a dead terminal's connection would refuse its return forever
                     tcp_keepalive(s, c.terminal_keepalive)
@@ -366,16 +365,22 @@ class CPServer(Waiting, TakingOver, Stopping):
         notify(READY=1, STATUS=f"serving {len(cp.terms)} terminals, epoch {cp.epoch}")
 
     async def startup(self, reason: str = "started") -> None:
-        """The admin link, the journal taken over, the listeners: what `serve()` does before its
-        tick loop when it need not wait (in-process users, tests)."""
+        """The admin link, the terminal and host listeners bound, the journal taken over, the
+        listeners served on: what `serve()` does before its tick loop when it need not wait
+        (in-process users, tests)."""
         if not self.servers:
             await self.start_admin()
         if self.cp is None and not self.superseded:  # (a CP forked again by its master has taken the journal over already)
-            await self.bind_ahead()
-            self.state = "taking_over"
-            await self.take_over(reason)
+            try:
+                await self.bind_ahead()
+                self.state = "taking_over"
+                await self.take_over(reason)
+            except BaseException:  # (what the takeover raises ends the start: nothing left bound)
+                self.close_bound_ahead()
+                raise
         if self.superseded:  # superseded while taking over: nothing to serve
             return
+        await self._still_here()
         if self.reload_requested and self.cp is not None:
             # a SIGHUP while it waited was only checked then: applied now, before the listeners
             # open (terminals added meanwhile would be refused, and their sessions the active
@@ -488,7 +493,8 @@ class CPServer(Waiting, TakingOver, Stopping):
                 address=exc.addr,
                 key=exc.key,
                 error=str(exc.cause),
-                msg="the address left this machine (keepalived) as the CP was to take over (its bind refused, no generation taken): not serving; systemd starts a waiting hsbcpd",
+                generation=self.took_over.get("generation"),  # (None: it left before one was taken)
+                msg="the address left this machine (keepalived) as the CP took over, before it served: not serving; systemd starts a waiting hsbcpd",
             )
             await self.shutdown()  # (as cp_released: exit 0, restarted by the unit, waiting)
             return 0

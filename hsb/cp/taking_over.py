@@ -1,4 +1,5 @@
-"""Taking the CP journal over (hsbcpd's startup step between the admin link and the listeners):
+"""Taking the CP journal over (hsbcpd's startup step after the admin link and the listeners'
+bind, before it serves on them):
 the journal's next generation made durable before anything is read (SPEC §5.8), recovery, the
 snapshot that starts the new generation, and the tickle ACKs that make the terminals of the CP
 taken over from reconnect at once.

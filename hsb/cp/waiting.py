@@ -315,9 +315,10 @@ class Waiting:
         return None
 
     async def _address_lost(self, exc: ListenError) -> bool:
-        """A takeover's bind refused with EADDRNOTAVAIL while `takeover = "on_wake"`: the virtual
-        address the wait saw here has moved away since (keepalived; the journal's recovery in
-        between can take seconds), not a config naming another machine's address (exit 73).
+        """A takeover's bind refused with EADDRNOTAVAIL while `takeover = "on_wake"`, or the
+        address gone once the journal was read (`CPServer._still_here`): the virtual address the
+        wait saw here has moved away since (keepalived), not a config naming another machine's
+        address (exit 73).
         Either the failed address is the terminal one the wait checked, or that one is gone too."""
         c = self.cfg.cp
         if c.takeover != "on_wake" or exc.errno != errno.EADDRNOTAVAIL or exc.key not in ("cp.terminal_listen", "cp.host_listen"):
