@@ -205,6 +205,9 @@ class _Stopper:
             def _end_takeover_beats(self) -> None:
                 pass
 
+            def close_bound_ahead(self) -> None:
+                pass
+
         self.calls: list[tuple[str, Any]] = []
         cp, a, b, t = served(tmp_path)
         self.a, self.b, self.t = a, b, t
