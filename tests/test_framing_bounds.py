@@ -1,10 +1,12 @@
 """The framing's bounds at their edges (hsb.wire.framing.Decoder): a frame of exactly the
 maximum is taken and one byte more is refused, the first frame's own bound holds for the first
-frame only, and the bytes held behind a first frame may reach their bound but not pass it."""
+frame only, the bytes held behind a first frame may reach their bound but not pass it, and HTTP
+met where a frame is wanted is said as HTTP (by the decoder, and by hsbterm and hsbcpd for real)."""
 
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -114,3 +116,48 @@ def test_a_decoder_that_refused_a_frame_finds_no_bye_after_it() -> None:
     with pytest.raises(ProtocolError):
         d.feed(struct.pack(">I", 0))
     assert not d.has_type(encode({"t": "bye"}), "bye")
+
+
+def test_http_where_a_frame_is_wanted_is_named_as_http() -> None:
+    """An HTTP response read as a frame (a client pointed at a daemon's http_listen) and an HTTP
+    request (curl at a terminal, host or admin port) are said as what they are, with the fix;
+    their first four letters read as a length of about a gigabyte said nothing of the kind."""
+    for data, said in ((b"HTTP/1.0 404 Not Found\r\n\r\n", "HTTP response"), (b"GET /health HTTP/1.0\r\n\r\n", "HTTP request")):
+        for first in (None, LOGIN_MAX):
+            with pytest.raises(ProtocolError) as exc:
+                Decoder(first_max=first).feed(data)
+            assert exc.value.code == FRAME_TOO_LARGE and said in exc.value.msg and "http_listen" in exc.value.msg, exc.value.msg
+    # a frame too large that is not HTTP is not taken for it
+    with pytest.raises(ProtocolError) as plain:
+        Decoder().feed(struct.pack(">I", 0x7FFFFFFF) + b"x" * 8)
+    assert "HTTP" not in plain.value.msg, plain.value.msg
+
+
+def test_hsbterm_at_a_cps_http_port_and_curl_at_its_terminal_port_are_told_http(tmp_path: Path) -> None:
+    """Real processes: hsbterm connect given the CP's http_listen, and an HTTP request at its
+    terminal_listen: each side's line names HTTP and the port to use."""
+    import socket
+    import subprocess
+    import sys
+
+    from hsb.ports import free_port
+    from tests.support.procs import start_cp, wait_for
+
+    http = f"127.0.0.1:{free_port()}"
+    cp = start_cp(tmp_path, terminals=2, http_listen=http)
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "hsb.term", "connect", "T00001", "--cp", http],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode != 0 and "bytes of an HTTP response" in r.stdout + r.stderr, (r.returncode, r.stdout, r.stderr)
+        h, p = cp.info["terminal"].rsplit(":", 1)
+        with socket.create_connection((h, int(p))) as s:
+            s.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+            said = wait_for(lambda: cp.events("protocol_error"), 10, what="the CP's protocol_error")
+        assert "bytes of an HTTP request" in said[-1]["msg"] and "http_listen" in said[-1]["msg"], said
+    finally:
+        cp.stop()

@@ -31,6 +31,21 @@ TLS_CLIENT_HELLO = (
     ": these are the bytes of a TLS handshake (a ClientHello): the client speaks TLS and this port does not;"
     " give this daemon the client's [tls] section (terminals: [tls] terminals = true), or connect without TLS"
 )
+# HTTP where a frame is wanted (its first four letters read as a length of about a gigabyte):
+# a daemon's http_listen given as its terminal, host or admin port, or the other way round
+HTTP_RESPONSE = (
+    ": these are the bytes of an HTTP response: the other end is an HTTP port (a daemon's http_listen: /health, /metrics), not this link's"
+)
+HTTP_REQUEST = ": these are the bytes of an HTTP request: this port speaks hsb's frames; /health and /metrics are on the daemon's http_listen"
+_HTTP_REQUESTS = (b"GET ", b"HEAD", b"POST", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC")
+
+
+def _looks_like(head: bytes) -> str:
+    """What the four bytes read as a too-large length are, when they say it (else "")."""
+    if head == b"HTTP":
+        return HTTP_RESPONSE
+    return HTTP_REQUEST if head in _HTTP_REQUESTS else ""
+
 
 # Error codes, one per case of SPEC §6.1 (sent back in {"t": "error", "code": ...}).
 EMPTY_FRAME = "empty_frame"
@@ -211,6 +226,8 @@ class Decoder:
                     first = " for a first frame (hello or auth)" if self._limit < self.max_frame else ""
                     if first and buf[pos] == TLS_RECORD_HANDSHAKE and buf[pos + 1] == TLS_MAJOR:
                         first += TLS_CLIENT_HELLO  # (its record header read as a length: 0x1603...)
+                    else:
+                        first += _looks_like(bytes(buf[pos : pos + 4]))
                     raise ProtocolError(FRAME_TOO_LARGE, f"frame of {length} bytes exceeds the maximum of {self._limit}{first}")
                 if n - pos - 4 < length:
                     break
