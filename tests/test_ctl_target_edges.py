@@ -52,7 +52,7 @@ def test_relative_paths_are_resolved_against_the_ctl_configs_folder(tmp_path: Pa
     seen: dict[str, Any] = {}
 
     class FakeTLS:
-        def __init__(self, files: Any) -> None:
+        def __init__(self, files: Any, reloads: bool = True) -> None:
             seen["files"] = files
             self.client = "client-context"
 
@@ -70,7 +70,7 @@ def test_the_tls_client_is_not_set_when_any_other_problem_is_said(tmp_path: Path
     set_to: list[Any] = []
 
     class FakeTLS:
-        def __init__(self, files: Any) -> None:
+        def __init__(self, files: Any, reloads: bool = True) -> None:
             self.client = "client-context"
 
     monkeypatch.setattr("hsb.wire.tls.TLS", FakeTLS)

@@ -77,9 +77,9 @@ class Target:
             from hsb.wire.tls import TLS, TLSError, TLSFiles
 
             try:
-                client = TLS(TLSFiles(**self.tls)).client
-            except TLSError as exc:  # (hsbctl reads its files at every command: no SIGHUP to send)
-                errors.append(str(exc).replace(" and send SIGHUP", ", and put it in place"))
+                client = TLS(TLSFiles(**self.tls), reloads=False).client  # (read at every command: no SIGHUP to send)
+            except TLSError as exc:
+                errors.append(str(exc))
         if errors:
             raise TargetError(errors)
         if client is not None:

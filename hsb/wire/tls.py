@@ -98,10 +98,11 @@ def _file_problem(label: str, path: str) -> str | None:
     return None
 
 
-def check_files(f: TLSFiles) -> list[str]:
+def check_files(f: TLSFiles, reloads: bool = True) -> list[str]:
     """Every problem with these files, each with its fix (the config check and the start), at
     once: each check runs when the files it reads can be read, whatever the others found; the
-    line of a file that cannot be read names the checks that wait for it."""
+    line of a file that cannot be read names the checks that wait for it. `reloads`: a daemon's
+    files, loaded again on SIGHUP (else hsbctl's, read at every command)."""
     errors, readable = [], set()
     for label, path in f.named():
         problem = _file_problem(label, path)
@@ -125,7 +126,8 @@ def check_files(f: TLSFiles) -> list[str]:
     if "cert_file" in readable:
         left = expires_in(f.cert_file)
         if left is not None and left.total_seconds() <= 0:
-            errors.append(f"tls.cert_file: {f.cert_file} expired {-left.days} days ago; make a new one (hsbctl tls init, or your CA) and send SIGHUP")
+            then = "and send SIGHUP" if reloads else "and put it in place"
+            errors.append(f"tls.cert_file: {f.cert_file} expired {-left.days} days ago; make a new one (hsbctl tls init, or your CA) {then}")
         errors += _chain_problems(f, "ca_file" in readable)
     return errors
 
@@ -264,11 +266,12 @@ class TLS:
     and `terminal_server` are the listeners' (kept: they hand each handshake the current ones),
     `client` is the current client context."""
 
-    def __init__(self, files: TLSFiles, terminals: bool = False, pem: dict[str, bytes] | None = None) -> None:
+    def __init__(self, files: TLSFiles, terminals: bool = False, pem: dict[str, bytes] | None = None, reloads: bool = True) -> None:
         """Loaded from a private copy of the files (`pem`: of these bytes instead: what a worker
         before this one loaded, hsb.cp.supervise.keep_tls), so that what is kept for a worker
-        forked again is what was loaded. Raises TLSError naming what is wrong with the files."""
-        errors, loaded = _load(files, pem)
+        forked again is what was loaded. Raises TLSError naming what is wrong with the files
+        (`reloads`: check_files')."""
+        errors, loaded = _load(files, pem, reloads)
         if loaded is None:
             raise TLSError("; ".join(errors))
         self.files = files  # what a reload reads
@@ -320,7 +323,7 @@ class TLS:
 Loaded = tuple[ssl.SSLContext, ssl.SSLContext, ssl.SSLContext, "dt.datetime | None", set[str], dict[str, bytes]]
 
 
-def _load(f: TLSFiles, pem: dict[str, bytes] | None) -> tuple[list[str], Loaded | None]:
+def _load(f: TLSFiles, pem: dict[str, bytes] | None, reloads: bool = True) -> tuple[list[str], Loaded | None]:
     """Contexts loaded from a private copy of `f`'s files (or of `pem`, their bytes as loaded
     before), each file read once, so that the bytes kept are the ones loaded: (problems, None),
     or ([], (server, terminal server, client, not_after, names, the bytes))."""
@@ -350,7 +353,7 @@ def _load(f: TLSFiles, pem: dict[str, bytes] | None) -> tuple[list[str], Loaded 
             bad = [f"tls.{key}" for key, path in f.named() if "\0" in path]
             return [f"tls: {', '.join(bad) or 'a path'} contains a NUL character; give plain file paths"], None
         names = {dst: src for src, dst, _ in pairs}
-        errors = check_files(copy)
+        errors = check_files(copy, reloads)
         if errors:
             out = []
             for e in errors:

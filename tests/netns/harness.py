@@ -173,6 +173,16 @@ def cleanup_stale() -> list[str]:
     return gone
 
 
+def free_mgmt_net() -> int:
+    """A 10.214.N.0/24 not used in the root namespace: a lab's management net (the root
+    namespace's side of it is this machine's too)."""
+    used = ip("-4", "route", "show", "table", "all").stdout + ip("-4", "addr").stdout
+    free = [n for n in range(1, 255) if f"10.214.{n}." not in used]
+    if not free:
+        raise NetnsError("no free 10.214.N.0/24 for the management net")
+    return random.choice(free)
+
+
 _toml = toml_value
 _section = toml_section
 
@@ -274,11 +284,7 @@ class Lab:
         self._write_configs()
 
     def _pick_net(self) -> int:
-        used = ip("-4", "route", "show", "table", "all").stdout + ip("-4", "addr").stdout
-        free = [n for n in range(1, 255) if f"10.214.{n}." not in used]
-        if not free:
-            raise NetnsError("no free 10.214.N.0/24 for the management net")
-        return random.choice(free)
+        return free_mgmt_net()
 
     def _build_network(self) -> None:
         cleanup_stale()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import re
 import shutil
 import signal
@@ -31,7 +30,7 @@ import pytest
 
 from hsb.ports import free_port
 from tests.netns.cplab import KEEPALIVED, keepalived_reason
-from tests.netns.harness import cleanup_stale, ip, new_rid
+from tests.netns.harness import cleanup_stale, free_mgmt_net, ip, new_rid
 from tests.support.procs import arm_faults, cp_config, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,14 +54,6 @@ def shipped_stanza(head: str) -> str:
     return m.group(0)
 
 
-def free_net() -> int:
-    """A 10.214.N.0/24 not used in the root namespace (the labs' management nets are such)."""
-    used = ip("-4", "route", "show", "table", "all").stdout + ip("-4", "addr").stdout
-    free = [n for n in range(1, 255) if f"10.214.{n}." not in used]
-    assert free, "no free 10.214.N.0/24"
-    return random.choice(free)
-
-
 class Machine:
     """keepalived in the root namespace on a veth into a namespace of this test's own."""
 
@@ -72,7 +63,7 @@ class Machine:
         self.rid = new_rid()
         self.ns = f"hsb{self.rid}-t"
         self.link = f"hsb{self.rid}m"
-        self.net = free_net()
+        self.net = free_mgmt_net()
         self.vip = f"10.214.{self.net}.10"
         self.keepalived: subprocess.Popen[bytes] | None = None
         self.notify_log = d / "notify.log"
