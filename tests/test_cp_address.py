@@ -180,6 +180,7 @@ async def test_the_address_gone_once_the_journal_is_read_is_not_served_on(tmp_pa
     import structlog
 
     from hsb.config import load
+    from hsb.cp import listeners
     from hsb.cp import server as srv
     from hsb.cp.config import CPConfig
     from tests.support.procs import SECRET, cp_config
@@ -189,7 +190,7 @@ async def test_the_address_gone_once_the_journal_is_read_is_not_served_on(tmp_pa
     (tmp_path / "cp.state").write_text("MASTER\n")
     cfg = load(cp_config(tmp_path, terminals=2, journal=str(journal), takeover="on_wake", wake_file=str(tmp_path / "cp.state")), CPConfig)
     monkeypatch.setattr(waiting, "holds_address", lambda *a: True)  # (the wait's look)
-    monkeypatch.setattr(srv, "holds_address", lambda *a: False)  # (the look once the journal is read)
+    monkeypatch.setattr(listeners, "holds_address", lambda *a: False)  # (the look once the journal is read)
     s = srv.CPServer(cfg, SECRET, str(tmp_path / "cp.toml"))
     with structlog.testing.capture_logs() as logs:
         code = await asyncio.wait_for(s.serve(), 20)

@@ -22,8 +22,8 @@ import pytest
 
 from hsb.bootclock import boot_now
 from hsb.config import load
+from hsb.cp import listeners, supervise
 from hsb.cp import server as srv
-from hsb.cp import supervise
 from hsb.cp.config import CPConfig
 from hsb.ops.limits import listen_backlog
 from hsb.ops.listen import ListenError
@@ -44,7 +44,7 @@ def _keepalive(s: socket.socket) -> int:
 def test_a_masters_terminal_listener_has_keepalive_and_the_host_listener_not(tmp_path: Path) -> None:
     """`hsbcpd --supervise`'s master sets TCP keepalive on the terminal listener (every terminal
     connection inherits it: a dead terminal's half-open connection is found), not on the others."""
-    made = srv.master_listeners(_cfg(tmp_path, terminal_keepalive=7))
+    made = listeners.master_listeners(_cfg(tmp_path, terminal_keepalive=7))
     try:
         assert set(made) == {"terminal", "host", "admin"}, made
         assert _keepalive(made["terminal"]) == 1
@@ -63,7 +63,7 @@ def test_a_master_that_cannot_make_one_listener_leaves_none_of_the_others_open(t
         port = taken.getsockname()[1]
         cfg = _cfg(tmp_path, admin_listen=f"127.0.0.1:{port}")
         with pytest.raises(ListenError) as err:
-            srv.master_listeners(cfg)
+            listeners.master_listeners(cfg)
         assert err.value.key == "cp.admin_listen", err.value
         for key in ("terminal", "host"):
             h, p = getattr(cfg.cp, f"{key}_listen").rsplit(":", 1)

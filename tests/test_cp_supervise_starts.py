@@ -144,6 +144,7 @@ async def test_a_cp_forked_again_waits_for_its_ports(tmp_path: Path, monkeypatch
     import errno
 
     from hsb.config import load
+    from hsb.cp import listeners
     from hsb.cp import server as srv
     from hsb.cp.config import CPConfig
 
@@ -164,7 +165,7 @@ async def test_a_cp_forked_again_waits_for_its_ports(tmp_path: Path, monkeypatch
     with pytest.raises(OSError):
         await s._bind(busy_twice)
     assert len(tries) == 1
-    monkeypatch.setattr(srv, "BIND_WAIT_S", 0.05)
+    monkeypatch.setattr(listeners, "BIND_WAIT_S", 0.05)
     s.supervisor = {"master_pid": 1, "restarts": 2, "last_death": None}
 
     async def always_busy() -> str:

@@ -323,7 +323,7 @@ def main(config_path: str, check_config: bool, supervise: bool, set_journal_asid
 
     if supervise:
         from hsb.cp import supervise as sv
-        from hsb.cp.server import master_listeners
+        from hsb.cp.listeners import master_listeners
         from hsb.cp.supervise import supervise as master
 
         if start_cfg.cp.takeover == "at_start":  # (a waiting CP listens only once it takes over)

@@ -46,7 +46,7 @@ class Stopping:
 
         def _end_takeover_beats(self) -> None: ...
 
-        def close_bound_ahead(self) -> None: ...  # (hsb.cp.server.CPServer's)
+        def close_bound_ahead(self) -> None: ...  # (hsb.cp.listeners.Listeners')
 
     def _superseded(self, exc: Superseded) -> None:
         """A newer CP owns the journal: stop at once (nothing more is acknowledged already).

@@ -175,7 +175,7 @@ def applied_tls() -> dict[str, bytes] | None:
 
 APPLIED: AppliedConfig | None = None  # made by the master (`supervise`), inherited by its workers
 APPLIED_TLS: Applied | None = None  # the same for the TLS files' bytes (keep_tls)
-# The terminal, host, admin and http listeners, when the master holds them (hsb.cp.server.master_listeners):
+# The terminal, host, admin and http listeners, when the master holds them (hsb.cp.listeners.master_listeners):
 # made once, inherited by every worker, open across a worker's death.
 LISTENERS: dict[str, Any] = {}
 

@@ -316,7 +316,7 @@ class Waiting:
 
     async def _address_lost(self, exc: ListenError) -> bool:
         """A takeover's bind refused with EADDRNOTAVAIL while `takeover = "on_wake"`, or the
-        address gone once the journal was read (`CPServer._still_here`): the virtual address the
+        address gone once the journal was read (`hsb.cp.listeners.Listeners._still_here`): the virtual address the
         wait saw here has moved away since (keepalived), not a config naming another machine's
         address (exit 73).
         Either the failed address is the terminal one the wait checked, or that one is gone too."""
