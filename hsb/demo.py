@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from hsb.ctl import sandbox
+from hsb.plural import many
 from hsb.term.load import background_load
 
 
@@ -341,16 +342,11 @@ async def cp_restart(d: Path, *, terminals: int, rate: float, say: Any) -> dict[
     }
 
 
-def _many(n: Any, one: str, more: str | None = None) -> str:
-    """`n` of a thing, its noun agreeing: 1 held message, 2 held messages (a count the log did not give: `?`)."""
-    return f"{n} {one if n == 1 else more or one + 's'}" if isinstance(n, int) else f"? {more or one + 's'}"
-
-
 def render_cp(r: dict[str, Any]) -> str:
     rec = r["recovered"]
-    held = _many(rec.get("held"), "held message")
-    replies = _many(rec.get("replies_kept"), "unconfirmed reply", "unconfirmed replies")
-    acked = _many(rec.get("terminals"), "terminal's acknowledged id", "terminals' acknowledged ids")
+    held = many(rec.get("held"), "held message")
+    replies = many(rec.get("replies_kept"), "unconfirmed reply", "unconfirmed replies")
+    acked = many(rec.get("terminals"), "terminal's acknowledged id", "terminals' acknowledged ids")
     out = [
         "",
         "Act three: the CP itself SIGKILLed under load, forked again at once by its master (hsbcpd --supervise)",

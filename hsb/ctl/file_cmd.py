@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import click
 
 from hsb import logs
+from hsb.plural import many
 from hsb.takeover.errors import CreateInterrupted, TakeoverError, TakeoverFileTooSmall
 from hsb.takeover.fileio import check_file, create_file
 from hsb.takeover.inspect import inspect_file
@@ -156,12 +157,12 @@ def _human(r: dict[str, Any], limit: int) -> str:
     if r["batch_records"]:
         lines.append(
             f"  batch area   records 1..{r['batch_records']} (B={r['batch_records']}): "
-            f"{len(batch)} entries, {n_open} open, {len(batch) - n_open} closed"
+            f"{many(len(batch), 'entry', 'entries')}, {n_open} open, {len(batch) - n_open} closed"
         )
     else:
         lines.append("  batch area   none yet (B=0: no batch takeover has been written)")
     if ring["count"]:
-        span = f"seq {ring['first_seq']}..{ring['last_seq']} in {ring['count']} records, {ring['entries']} entries"
+        span = f"seq {ring['first_seq']}..{ring['last_seq']} in {many(ring['count'], 'record')}, {many(ring['entries'], 'entry', 'entries')}"
     else:
         span = "empty in this generation"
     lines.append(

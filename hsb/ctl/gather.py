@@ -22,6 +22,7 @@ from typing import Any
 
 from hsb.config import parse_addr
 from hsb.ctl.agree import REASK_PAUSES, claims_active, disagreement, split_brain, two_actives
+from hsb.plural import many
 from hsb.wire.auth import load_secret
 from hsb.wire.client import LinkClosed, ServerNameMismatch, Unanswered, request
 from hsb.wire.framing import ProtocolError
@@ -335,7 +336,7 @@ def _ring_unwritten(h: dict[str, Any]) -> str | None:
         f"{h['name']} cannot write its takeover ring"
         + (f" ({fail['error']})" if fail.get("error") else "")
         + (f" for {fail['failing_s']:.0f} s" if isinstance(fail.get("failing_s"), (int, float)) else "")
-        + (f", {fail['pending']} session change(s) not written" if fail.get("pending") is not None else "")
+        + (f", {many(fail['pending'], 'session change')} not written" if fail.get("pending") is not None else "")
         + ": the standby's view of the sessions is stale and a failover now would take over that view;"
         + f" check the takeover storage on {h['name']}"
         + (f" ({path}: the mount, its permissions, the NFS server)" if path else "")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hsb.plural import many
+
 # terminals named in the line (the count says all)
 NAMED = 5
 
@@ -28,7 +30,7 @@ def refused_line(rec: dict[str, Any], indent: str = "  ") -> str | None:
     more = f" and {count - len(names)} more" if count > len(names) else ""
     sb = ref.get("standby") or "the standby"
     return (
-        f"{indent}{count} terminal(s) took the classic path (disconnected, they log on again) because {sb} refused their standby session:"
+        f"{indent}{many(count, 'terminal')} took the classic path (disconnected, they log on again) because {sb} refused their standby session:"
         f" {', '.join(names)}{more} ({names[0]}: {named[0].get('reason')}); make their attrs identical on both hosts"
         " and reload the one you change (docs/operations.md §5)"
     )

@@ -20,6 +20,7 @@ import click
 from hsb.ctl.gather import status_all, unheard
 from hsb.ctl.refused import refused_line
 from hsb.ctl.target import Target
+from hsb.plural import many
 
 
 def _age(ts: float | None) -> str:
@@ -63,7 +64,7 @@ def _pause(ls: dict[str, Any]) -> str:
             f"worst pause {ls['worst_pause_ms']:.1f} ms"
             + (f" (p99 {ls['p99_pause_ms']:.1f})" if ls.get("p99_pause_ms") is not None else "")
             + " over"
-            f" {ls.get('in_flight_terminals', 0)} terminals in flight, {served}, "
+            f" {many(ls.get('in_flight_terminals', 0), 'terminal')} in flight, {served}, "
         )
     if ls.get("in_flight_terminals") == 0:
         return "nothing in flight (no pause to measure), "
@@ -200,7 +201,7 @@ def render(st: dict[str, Any]) -> str:
                 + (f"silent {ls['silence_to_loss_ms']:.0f} ms before the CP noticed, " if ls.get("silence_to_loss_ms") is not None else "")
                 + (f"noticed to grant {ls['loss_to_grant_ms']:.1f} ms, " if ls.get("loss_to_grant_ms") is not None else "")
                 + _pause(ls)
-                + f"switch {ls['switch_ms']:.1f} ms, {ls['switched']} sessions switched, {ls['classic']} reconnected ({ls['reason']})"
+                + f"switch {ls['switch_ms']:.1f} ms, {many(ls['switched'], 'session')} switched, {ls['classic']} reconnected ({ls['reason']})"
             )
             named = refused_line(ls, "            ")
             if named:
@@ -214,7 +215,7 @@ def render(st: dict[str, Any]) -> str:
                 state = j.get("state", "?")
                 out.append(
                     f"            journal {'ok' if state == 'ok' else state.upper()} {j.get('dir')}  {(j.get('size_bytes') or 0) / 1024:.0f} KiB in"
-                    f" {j.get('segments')} segment(s), {j.get('outstanding', 0)} outstanding, {sync}"
+                    f" {many(j.get('segments'), 'segment')}, {j.get('outstanding', 0)} outstanding, {sync}"
                     + (f" ({j['io']})" if j.get("io") else "")
                     + (f"  ERROR {j.get('error')}: acknowledgements stopped until it can be written" if state != "ok" else "")
                 )
@@ -257,8 +258,8 @@ def render(st: dict[str, Any]) -> str:
         fail = tf.get("ring_write_failing")
         if isinstance(fail, dict):  # (shown at once; hot standby is not ready once it lasts: the verdict's line)
             out.append(
-                f"            RING WRITES FAILING since {_age(fail.get('since'))} ({fail.get('failures')} tries): {fail.get('error')};"
-                f" {fail.get('pending')} session change(s) not written, retried until the storage answers"
+                f"            RING WRITES FAILING since {_age(fail.get('since'))} ({many(fail.get('failures'), 'try', 'tries')}): {fail.get('error')};"
+                f" {many(fail.get('pending'), 'session change')} not written, retried until the storage answers"
             )
         out.append(f"            startup id own {sid['own'] or '-'} partner {sid['partner'] or '-'}")
         if (h.get("tls") or {}).get("enabled"):
@@ -270,13 +271,13 @@ def render(st: dict[str, Any]) -> str:
         sv = h.get("service") or {}
         if sv.get("state") == "failing":
             out.append(
-                f"            SERVICE FAILING ({sv.get('name')}): {sv.get('error')}; {sv.get('waiting_terminals')} terminal(s) wait,"
-                f" their messages held at the CP and retried ({sv.get('retries')} retries so far)"
+                f"            SERVICE FAILING ({sv.get('name')}): {sv.get('error')}; {many(sv.get('waiting_terminals'), 'terminal')} {'waits' if sv.get('waiting_terminals') == 1 else 'wait'},"
+                f" their messages held at the CP and retried ({many(sv.get('retries'), 'retry', 'retries')} so far)"
             )
         elif sv.get("state") == "stalled":
             out.append(
                 f"            SERVICE STALLED ({sv.get('name')}): a call for {sv.get('oldest_call_terminal')} has not returned for"
-                f" {sv.get('oldest_call_s') or 0:.0f} s ({sv.get('calls_in_progress')} call(s) in progress); that terminal's later messages"
+                f" {sv.get('oldest_call_s') or 0:.0f} s ({many(sv.get('calls_in_progress'), 'call')} in progress); that terminal's later messages"
                 " wait behind it, held at the CP, the others are served: what does the service wait on (a hung disk, its database)?"
             )
         refused = (h.get("open_failed") or {}).get("recent") or []

@@ -20,6 +20,7 @@ from hsb.ctl.gather import ask, status_all, unasked, unheard, untold
 from hsb.ctl.ops_cmds import say_unknown
 from hsb.ctl.refused import refused_line
 from hsb.ctl.target import Target
+from hsb.plural import many
 from hsb.wire.auth import load_secret
 
 
@@ -59,6 +60,21 @@ def not_ready(st: dict[str, Any]) -> list[str]:
         )
     said = [*out, *(st.get("not_ready") or [])]
     return said or ["the status did not say why: try again in a moment, or see 'hsbctl status'"]
+
+
+def complete_line(rec: dict[str, Any]) -> str:
+    """What a switchover that completed says, from the CP's record of it (its last_switchover)."""
+    worst = rec.get("worst_pause_ms")
+    return (
+        f"switchover complete: {many(rec.get('switched'), 'session')} switched, {rec.get('classic')} reconnected; "
+        + (
+            f"worst pause {worst:.1f} ms (p99 {rec.get('p99_pause_ms'):.1f} ms) over"
+            f" {many(rec.get('in_flight_terminals'), 'terminal')} with messages in flight"
+            if worst is not None
+            else "no pause to measure (nothing was in flight)"
+        )
+        + "; hot standby established again"
+    )
 
 
 async def _switchover(t: Target, yes: bool, timeout: float) -> int:
@@ -142,17 +158,7 @@ async def _switchover(t: Target, yes: bool, timeout: float) -> int:
         rec = (last["cp"].get("last_switchover") or {}) if switched_at else {}
         known = rec.get("all_served_ms") is not None or (switched_at and time.monotonic() - switched_at > 3)
         if switched_at and last["established"] and roles.get(old["name"]) == "standby" and known:
-            worst = rec.get("worst_pause_ms")
-            click.echo(
-                f"switchover complete: {rec.get('switched')} sessions switched, {rec.get('classic')} reconnected; "
-                + (
-                    f"worst pause {worst:.1f} ms (p99 {rec.get('p99_pause_ms'):.1f} ms) over"
-                    f" {rec.get('in_flight_terminals')} terminals with messages in flight"
-                    if worst is not None
-                    else "no pause to measure (nothing was in flight)"
-                )
-                + "; hot standby established again"
-            )
+            click.echo(complete_line(rec))
             refused = refused_line(rec)
             if refused:
                 click.echo(refused)

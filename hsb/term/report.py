@@ -56,6 +56,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from hsb.plural import many, were
 from hsb.term.hopeless import closed_after_hello, no_connect
 from hsb.term.verdict import IdRanges
 
@@ -77,20 +78,20 @@ def error_counts(errors: dict[str, int]) -> str:
 
 
 def duplicates_failure(n: int, ids: list[str]) -> str:
-    return f"duplicates: {n} replies beyond the first{eg(ids)}"
+    return f"duplicates: {many(n, 'reply', 'replies')} beyond the first{eg(ids)}"
 
 
 def unexpected_failure(n: int, early: int) -> str:
     """`n` replies to ids never sent or not yet acknowledged, `early` of them before their ack."""
-    return f"unexpected: {n} replies to ids never sent or not yet acknowledged ({early} before their ack)"
+    return f"unexpected: {many(n, 'reply', 'replies')} to ids never sent or not yet acknowledged ({early} before their ack)"
 
 
 def unexpected_acks_failure(n: int) -> str:
-    return f"unexpected acks: {n} acknowledgements of ids the terminal never sent"
+    return f"unexpected acks: {many(n, 'acknowledgement')} of ids the terminal never sent"
 
 
 def acks_forgotten_failure(n: int) -> str:
-    return f"acks forgotten: {n} welcomes said a last_acked below an id the CP had acknowledged (an ack that was not durable)"
+    return f"acks forgotten: {many(n, 'welcome')} said a last_acked below an id the CP had acknowledged (an ack that was not durable)"
 
 
 def cp_errors_failure(errors: dict[str, int]) -> str:
@@ -98,7 +99,7 @@ def cp_errors_failure(errors: dict[str, int]) -> str:
 
 
 def protocol_errors_failure(n: int) -> str:
-    return f"protocol errors: {n} frames from the CP broke the protocol"
+    return f"protocol errors: {many(n, 'frame')} from the CP broke the protocol"
 
 
 def iso(ts: float | None) -> str | None:
@@ -198,7 +199,7 @@ class LoadReport:
         if self.errors:
             return f"the CP refused the terminals ({error_counts(self.errors)})"
         if self.protocol_errors:
-            return f"what answers broke the terminal link ({self.protocol_errors} protocol errors): is --cp the CP's terminal_listen address?"
+            return f"what answers broke the terminal link ({many(self.protocol_errors, 'protocol error')}): is --cp the CP's terminal_listen address?"
         if self.logon_drops:
             return closed_after_hello(self.logon_drops)
         if self.connect_failures:
@@ -214,7 +215,7 @@ class LoadReport:
         if self.sender_failed:
             out.append(f"the load's sender stopped on an error ({self.sender_failed}): the run sent nothing after it")
         if self.lost:
-            out.append(f"lost: {self.lost} acknowledged messages never answered{eg(self.lost_ids)}")
+            out.append(f"lost: {many(self.lost, 'acknowledged message')} never answered{eg(self.lost_ids)}")
         if self.duplicates:
             out.append(duplicates_failure(self.duplicates, self.duplicate_ids))
         if self.unexpected:
@@ -222,14 +223,16 @@ class LoadReport:
         if self.bad_data:
             if self.workload == "echo":
                 out.append(
-                    f"bad data: {self.bad_data} replies whose data is not what was sent{eg(self.bad_data_ids)}"
+                    f"bad data: {many(self.bad_data, 'reply', 'replies')} whose data is not what was sent{eg(self.bad_data_ids)}"
                     " (for a service that answers otherwise, turn the check off: --no-check-data)"
                 )
             else:
-                out.append(f"bad data: {self.bad_data} replies whose data is not an answer its request can get{eg(self.bad_data_ids)}")
+                out.append(
+                    f"bad data: {many(self.bad_data, 'reply', 'replies')} whose data is not an answer its request can get{eg(self.bad_data_ids)}"
+                )
         if self.unacked:
             out.append(
-                f"unacknowledged: {self.unacked} messages sent and never acknowledged by the end of"
+                f"unacknowledged: {many(self.unacked, 'message')} sent and never acknowledged by the end of"
                 f" the {self.settle_s:.1f} s settle time{eg(self.unacked_ids)}"
             )
         if self.unexpected_acks:
@@ -237,16 +240,18 @@ class LoadReport:
         if self.acks_forgotten:
             out.append(acks_forgotten_failure(self.acks_forgotten))
         if self.welcomed < self.terminals:
-            out.append(f"not logged on: {self.terminals - self.welcomed} of {self.terminals} terminals were never welcomed")
+            out.append(
+                f"not logged on: {self.terminals - self.welcomed} of {many(self.terminals, 'terminal')} {were(self.terminals - self.welcomed)} never welcomed"
+            )
         if self.sessions_expected and self.sessions_opened < self.welcomed and self.sent:
             # (one that sent nothing, at a low rate, failed no other check: it was not served at all)
             out.append(
-                f"no session: {self.welcomed - self.sessions_opened} of the {self.welcomed} terminals welcomed were never given"
+                f"no session: {self.welcomed - self.sessions_opened} of the {many(self.welcomed, 'terminal')} welcomed {were(self.welcomed - self.sessions_opened)} never given"
                 " a session (no active serves them: the hosts' terminal tables lack them, or the active refused them)"
             )
         if self.not_back:
             out.append(
-                f"not back: {self.not_back} terminals were not logged on again, or not given their session again, by the end of the run{eg(self.not_back_names)}"
+                f"not back: {many(self.not_back, 'terminal')} {were(self.not_back)} not logged on again, or not given their session again, by the end of the run{eg(self.not_back_names)}"
             )
         cp_mode = self.expect_disconnects == "cp"
         if not self.expect_disconnects and self.disconnects_standby_capable:
@@ -256,13 +261,13 @@ class LoadReport:
             )
         if not self.expect_disconnects and self.logon_drops:
             out.append(
-                f"dropped while logging on: {self.logon_drops} connections were closed after their hello with neither a"
+                f"dropped while logging on: {many(self.logon_drops, 'connection')} {were(self.logon_drops)} closed after their hello with neither a"
                 " welcome nor an error (pass --expect-disconnects for a CP restart)"
             )
         if cp_mode:
             out.extend(cp_restart_failures(self.disconnects_cp_present, self.session_closed_standby_capable))
         elif not self.expect_disconnects and self.session_closed_standby_capable:
-            out.append(f"session closed: {self.session_closed_standby_capable} session closures of standby-capable terminals")
+            out.append(f"session closed: {many(self.session_closed_standby_capable, 'session closure')} of standby-capable terminals")
         # a refusal is a failure even where disconnects are expected; only a reconnect that came
         # before the CP noticed the old connection's loss (already_connected, retried) is not
         errors = self.errors if not self.expect_disconnects else {k: v for k, v in self.errors.items() if k not in RECONNECT_RACES}
@@ -324,7 +329,7 @@ def cp_restart_failures(disconnects_cp_present: int, session_closed: int) -> lis
         )
     if session_closed:
         out.append(
-            f"session closed: {session_closed} session closures of standby-capable terminals"
+            f"session closed: {many(session_closed, 'session closure')} of standby-capable terminals"
             " (a CP restart or takeover may drop a connection, not close a session on one)"
         )
     return out
