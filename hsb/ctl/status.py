@@ -20,7 +20,7 @@ import click
 from hsb.ctl.gather import status_all, unheard
 from hsb.ctl.refused import refused_line
 from hsb.ctl.target import Target
-from hsb.plural import many
+from hsb.plural import many, span
 
 
 def _age(ts: float | None) -> str:
@@ -75,11 +75,11 @@ def _tls_line(t: dict[str, Any], links: str) -> str:
     days = t.get("days_left")
     when = (t.get("not_after") or "?")[:10]
     warn = "  RENEW SOON" if days is not None and days < 14 else ""
-    return (
-        f"TLS on ({links}); certificate {', '.join(t.get('names') or [])} expires {when} ({days:.0f} days){warn}"
-        if days is not None
-        else f"TLS on ({links})"
-    )
+    if days is None:
+        return f"TLS on ({links})"
+    # (days left, as hsb.plural.span says a time: rounded down, in hours under a day; or gone)
+    left = span(days * 86400) if days > 0 else f"expired {span(-days * 86400)} ago"
+    return f"TLS on ({links}); certificate {', '.join(t.get('names') or [])} expires {when} ({left}){warn}"
 
 
 def headline(st: dict[str, Any]) -> list[str]:

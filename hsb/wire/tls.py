@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from hsb.fsutil import path_problem
+from hsb.plural import span
 
 MIN_VERSION = ssl.TLSVersion.TLSv1_2  # what a client offers at least (a server may ask for more)
 SERVER_MIN = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}  # `[tls] min_version`
@@ -127,7 +128,9 @@ def check_files(f: TLSFiles, reloads: bool = True) -> list[str]:
         left = expires_in(f.cert_file)
         if left is not None and left.total_seconds() <= 0:
             then = "and send SIGHUP" if reloads else "and put it in place"
-            errors.append(f"tls.cert_file: {f.cert_file} expired {-left.days} days ago; make a new one (hsbctl tls init, or your CA) {then}")
+            errors.append(
+                f"tls.cert_file: {f.cert_file} expired {span(-left.total_seconds())} ago; make a new one (hsbctl tls init, or your CA) {then}"
+            )
         errors += _chain_problems(f, "ca_file" in readable)
     return errors
 
