@@ -178,7 +178,7 @@ def test_a_switchover_names_the_terminals_the_standby_refused_and_why(
     assert switchover_mod.run_switchover(t, True, 10.0) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[-2].startswith("switchover complete: 13 sessions switched, 7 reconnected;"), lines
-    assert lines[-1].startswith("  7 terminal(s) took the classic path (disconnected, they log on again) because host-b refused"), lines
+    assert lines[-1].startswith("  7 terminals took the classic path (disconnected, they log on again) because host-b refused"), lines
     assert ": T00011, T00012, T00013, T00014, T00015 and 2 more (T00011: terminal 'T00011': this host's session" in lines[-1], lines
     assert "T00016" not in lines[-1] and lines[-1].endswith(
         "make their attrs identical on both hosts and reload the one you change (docs/operations.md §5)"
@@ -425,7 +425,7 @@ def test_a_status_with_its_optional_figures_null_is_rendered_not_unknown() -> No
     lines = text.splitlines()
     assert lines[1].startswith("  CP -      epoch 5"), lines
     assert "noticed to grant 12.5 ms, worst pause 30.0 ms over 2 terminals in flight" in text and "silent" not in text, text
-    assert "journal ok /j  0 KiB in 1 segment(s)" in text, text
+    assert "journal ok /j  0 KiB in 1 segment," in text, text
 
 
 def test_history_names_the_terminals_the_standby_refused_and_an_older_entry_renders(

@@ -164,10 +164,10 @@ def refused(n: int, **over: Any) -> dict[str, Any]:
 def test_the_refused_line_names_all_when_few_and_the_first_ones_reason() -> None:
     line = refused_line(refused(5))
     assert line == (
-        "  5 terminal(s) took the classic path (disconnected, they log on again) because host-b refused their standby session:"
+        "  5 terminals took the classic path (disconnected, they log on again) because host-b refused their standby session:"
         " T0, T1, T2, T3, T4 (T0: why 0); make their attrs identical on both hosts and reload the one you change (docs/operations.md §5)"
     ), line
-    assert str(refused_line(refused(2), indent="")).startswith("2 terminal(s)")
+    assert str(refused_line(refused(2), indent="")).startswith("2 terminals took")
 
 
 def test_the_refused_line_counts_the_cps_count_beyond_those_it_names() -> None:
@@ -175,7 +175,7 @@ def test_the_refused_line_counts_the_cps_count_beyond_those_it_names() -> None:
     assert "T0, T1, T2 and 7 more (T0: why 0)" in str(refused_line(rec)), refused_line(rec)
     no_count = refused(3)
     del no_count["refused_standby"]["count"]
-    assert str(refused_line(no_count)).startswith("  3 terminal(s) took"), refused_line(no_count)
+    assert str(refused_line(no_count)).startswith("  3 terminals took"), refused_line(no_count)
     no_standby = refused(1)
     del no_standby["refused_standby"]["standby"]
     assert "because the standby refused" in str(refused_line(no_standby))

@@ -150,7 +150,7 @@ def test_the_refused_line_counts_every_terminal_the_cp_counted() -> None:
     """The CP's record names the first terminals and counts them all: the line says the count."""
     ref = {"standby": "host-b", "count": 40, "terminals": [{"terminal": f"T{n}", "reason": "attrs differ"} for n in range(5)]}
     line = refused_line({"refused_standby": ref})
-    assert line is not None and line.startswith("  40 terminal(s) took the classic path") and "T0, T1, T2, T3, T4 and 35 more" in line, line
+    assert line is not None and line.startswith("  40 terminals took the classic path") and "T0, T1, T2, T3, T4 and 35 more" in line, line
 
 
 # -- hsbctl switchover: its outcome ------------------------------------------------------------

@@ -25,8 +25,8 @@ async def _connect(fake: FakeCP, name: str, inp: TextIO) -> tuple[int, str]:
 @pytest.mark.parametrize(
     ("knob", "said"),
     [
-        ("duplicate", "duplicates: 1 replies beyond the first"),
-        ("reply_before_ack", "unexpected: 1 replies to ids never sent or not yet acknowledged (1 before their ack)"),
+        ("duplicate", "duplicates: 1 reply beyond the first"),
+        ("reply_before_ack", "unexpected: 1 reply to ids never sent or not yet acknowledged (1 before their ack)"),
     ],
 )
 async def test_connect_exits_nonzero_when_the_cp_breaks_a_promise(fake: FakeCP, knob: str, said: str) -> None:

@@ -32,7 +32,7 @@ async def test_a_ledger_reply_that_is_not_utf8_json_is_bad_data_not_an_error(dat
     feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": data}, {"t": "ack", "id": b}, {"t": "reply", "id": b, "data": '{"ok":true}'})
     r = verdict(c, stats)
     assert not r.ok and r.bad_data == 1 and r.replied == 2 and not c.outstanding, r.failures
-    assert r.failures == [f"bad data: 1 replies whose data is not an answer its request can get (e.g. T1:{a})"], r.failures
+    assert r.failures == [f"bad data: 1 reply whose data is not an answer its request can get (e.g. T1:{a})"], r.failures
     assert w.replies[1][0] != '{"ok":true}'  # kept (the books count it answered), equal to no stored reply
 
 

@@ -40,7 +40,7 @@ async def test_a_terminal_that_does_not_come_back_fails_the_run() -> None:
     assert gone == [c]
     r = verdict(c, stats, gone)
     assert not r.ok and r.not_back == 1 and r.not_back_names == ["T1"], r.failures
-    assert any(f.startswith("not back: 1 terminals") for f in r.failures)
+    assert any(f.startswith("not back: 1 terminal was") for f in r.failures)
     connect(c, last_acked=a)
     assert _not_back([c]) == []
 
@@ -55,7 +55,7 @@ async def test_a_terminal_logged_on_without_its_session_again_is_not_back() -> N
     gone = _not_back([c])
     assert gone == [c]
     r = verdict(c, stats, gone)
-    assert not r.ok and r.not_back == 1 and any(f.startswith("not back: 1 terminals") for f in r.failures), r.failures
+    assert not r.ok and r.not_back == 1 and any(f.startswith("not back: 1 terminal was") for f in r.failures), r.failures
     feed(c, {"t": "session", "state": "open", "epoch": 2})
     assert _not_back([c]) == []
     c.connection_lost(None)

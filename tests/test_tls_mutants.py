@@ -112,7 +112,7 @@ def test_a_certificate_expired_an_hour_ago_is_refused(tmp_path: Path) -> None:
     ca = make_ca(tmp_path)
     write(tmp_path, "cp", cert("cp", ca, starts_in=-dt.timedelta(days=30, hours=1)))
     errors = check_files(files(tmp_path))
-    assert len(errors) == 1 and errors[0].startswith(f"tls.cert_file: {tmp_path / 'cp.pem'} expired 1 days ago"), errors
+    assert len(errors) == 1 and errors[0].startswith(f"tls.cert_file: {tmp_path / 'cp.pem'} expired 1 hour ago;"), errors
 
 
 def test_a_leaf_not_valid_yet_ahead_of_its_intermediate_is_refused(tmp_path: Path) -> None:
