@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -80,7 +81,9 @@ class Database(Protocol):
 
 
 def open_database(dsn: str | None = None, sqlite: str | None = None, **opts: Any) -> Database:
-    """PostgreSQL for a `postgresql://…` DSN (or libpq keywords), else SQLite at `sqlite`."""
+    """PostgreSQL for a `postgresql://…` DSN (the URL form only: asyncpg does not read libpq's
+    `host=… port=…` keywords; a DSN it cannot use raises ValueError, naming the fix), else
+    SQLite at `sqlite`."""
     if dsn:
         return PostgresDatabase(dsn, **opts)
     if sqlite:
@@ -89,6 +92,34 @@ def open_database(dsn: str | None = None, sqlite: str | None = None, **opts: Any
 
 
 # --------------------------------------------------------------------------- PostgreSQL
+
+DSN_FORM = "postgresql://USER:PASSWORD@HOST:PORT/DATABASE (a Unix socket: postgresql://USER@/DATABASE?host=/DIR&port=PORT)"
+
+
+def dsn_problem(dsn: str) -> str:
+    """Why asyncpg cannot use `dsn`, said with the fix ("" when it can), read as asyncpg reads it
+    when it connects: a DSN it refuses there (libpq's keyword form, another scheme, a bad port or
+    `sslmode`) passed the config check and then held every message for ever as "database
+    unreachable". Nothing is connected to (a password file or client certificate it names is read).
+    The DSN itself is not quoted: it may hold a password."""
+    if not isinstance(dsn, str) or not dsn.strip():
+        return f"dsn must name a PostgreSQL database: {DSN_FORM}"
+    if "://" not in dsn and "=" in dsn:
+        return f"dsn is in libpq's keyword form, which asyncpg does not read: write it as a URL, {DSN_FORM}"
+    try:
+        from asyncpg import connect_utils
+
+        parse = connect_utils._parse_connect_dsn_and_args
+        addrs, _ = parse(dsn=dsn, **dict.fromkeys((p for p in inspect.signature(parse).parameters if p != "dsn"), None))
+    except (ImportError, AttributeError, TypeError):
+        return ""  # (another asyncpg, its parser not this one: the connect says it, as before)
+    except Exception as exc:  # noqa: BLE001 - asyncpg's own words for what it refuses (ClientConfigurationError, ValueError)
+        return f"dsn is not one asyncpg can use ({type(exc).__name__}: {exc}): {DSN_FORM}"
+    for addr in addrs:
+        if isinstance(addr, tuple) and not 1 <= int(addr[1]) <= 65535:
+            return f"dsn: port {addr[1]} is not a port (1..65535): {DSN_FORM}"
+    return ""
+
 
 # SQLSTATE classes that mean "the database is not there for us now", not "the request is bad"
 _UNAVAILABLE_PREFIXES = ("08", "53", "57P", "58")
@@ -188,6 +219,9 @@ class PostgresDatabase:
         connect_timeout: float = 5.0,
         tx_idle_timeout: float = 1.0,
     ) -> None:
+        problem = dsn_problem(dsn)
+        if problem:
+            raise ValueError(problem)
         self.dsn = dsn
         # the server ends a transaction of ours left idle this long: a host stopped (SIGSTOP, a
         # hung VM) in the middle of one must not hold its row locks against the new active
@@ -266,6 +300,16 @@ class PostgresDatabase:
                 kind = ServiceUnavailable(
                     f"database busy: all {self.pool_size} pool connections in use for {self.connect_timeout:g} s"
                     " (the database is slow, or raise [service_options] pool_size)"
+                )
+            if kind is None and not entered:
+                # connecting or BEGIN failed, before the body ran: nothing of the request's was
+                # sent, so it is never the request's error (an error reply would discard a valid
+                # message). A server setting it refuses at connect (42704) came from the DSN:
+                # asyncpg sends a query parameter it does not know itself as one
+                kind = ServiceUnavailable(
+                    f"database: no transaction could begin ({type(exc).__name__}: {exc}): not the request's; check the database"
+                    " and [service_options] dsn (asyncpg sends a query parameter it does not know, such as libpq's"
+                    " connect_timeout, to the server as a setting: remove it)"
                 )
             if kind is None and entered and exc is not own and getattr(exc, "sqlstate", None) is None:
                 # not the body's error, and not one the server answered with (it has a SQLSTATE: a

@@ -299,7 +299,10 @@ class LedgerService:
                 f"keep_last must be at least 1, and at least the CP's held_bound (records each terminal keeps however old), not {keep_last!r}"
             )
         opts = {k: given.get(k, DB_DEFAULTS[k]) for k in (PG_ONLY if dsn else SQLITE_ONLY)}
-        self.db: Database = open_database(dsn or None, sqlite or None, **opts)
+        try:
+            self.db: Database = open_database(dsn or None, sqlite or None, **opts)
+        except ValueError as exc:  # (a DSN asyncpg cannot use: the config's error, said by the check)
+            raise TypeError(str(exc)) from None
         self.once = ExactlyOnce(self.db, keep=float(keep_hours) * 3600.0, record=bool(idempotency), keep_last=int(keep_last))
         self.ready = False
         # the one setup running, shared by every message that comes meanwhile: after a failover

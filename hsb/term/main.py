@@ -258,6 +258,11 @@ def load(
 
         kw["workload"] = LedgerWorkload(accounts=accounts)
         if books_dsn or books_sqlite:
+            from hsb.service.db import dsn_problem
+
+            problem = dsn_problem(books_dsn) if books_dsn else ""
+            if problem:  # (said now, not after the whole run as "the books could not be checked")
+                raise click.BadParameter(problem, param_hint="--books-dsn")
             kw["books"] = {"dsn": books_dsn, "sqlite": books_sqlite}
     elif books_dsn or books_sqlite:
         raise click.UsageError("--books-dsn/--books-sqlite check a ledger run: add --workload ledger")
