@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from contextvars import ContextVar
 from typing import Any, Protocol
 
@@ -172,7 +173,13 @@ def _factory(spec: str) -> Any:
         try:
             mod = importlib.import_module(mod_name)
         except ImportError as exc:
-            raise ServiceError(f"service {spec!r}: cannot import {mod_name}: {exc}") from None
+            fix = ""
+            if isinstance(exc, ModuleNotFoundError):  # (where to put it: hsbd's own Python, not the shell's)
+                fix = (
+                    f": hsbd imports it with {sys.executable}: install the package into that environment, or put the folder"
+                    " that holds it on hsbd's PYTHONPATH (docs/ledger.md, 'Your own service')"
+                )
+            raise ServiceError(f"service {spec!r}: cannot import {mod_name}: {exc}{fix}") from None
         factory = getattr(mod, attr, None)
         if factory is None:
             raise ServiceError(f"service {spec!r}: {mod_name} has no {attr!r}")

@@ -129,6 +129,8 @@ def parse(data: Any) -> Request:
         if src == dst:
             raise BadRequest("'from' and 'to' are the same account")
         return Request(op, src, dst, _amount(obj))
+    if op is None:  # (not "unknown op None": the key is missing)
+        raise BadRequest("'op' is missing: one of open, deposit, withdraw, transfer, balance")
     shown = repr(op)
     if len(shown) > 60:  # (echoed back: a huge op must not make the refusal too large to send)
         shown = shown[:57] + "..."
