@@ -511,7 +511,9 @@ async def test_a_standby_session_the_standby_refuses_during_the_handover_wait_is
     assert len(said) == 1 and sorted(said[0]["terminals"]) == ["T00002", "T00003"][1 - held :], rec.entries
     assert said[0]["count"] == 1 + held and "the classic path" in said[0]["msg"], said
     assert said[0]["msg"].count("differ") == 1 and "make their attrs identical on both hosts" in said[0]["msg"], said
-    assert "take the classic path" in cp.switchovers[-1]["why"] and "differ" in cp.switchovers[-1]["why"], cp.switchovers[-1]
+    told = "2 terminals take the classic path: host-b refused their" if held else "1 terminal takes the classic path: host-b refused its"
+    assert told in cp.switchovers[-1]["why"] and told in said[0]["msg"], (said, cp.switchovers[-1])
+    assert "differ" in cp.switchovers[-1]["why"], cp.switchovers[-1]
     assert b.refused_standby == {}, "an active's link keeps its refusals as the standby (a later demotion finds them stale)"
 
 

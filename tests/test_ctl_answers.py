@@ -450,8 +450,8 @@ def test_history_names_the_terminals_the_standby_refused_and_an_older_entry_rend
     assert kept is not None and kept["terminals"][0] == ref["terminals"][0] and kept["terminals"][1] == {"terminal": "T00012"}, kept
     assert History.refused(None) is None
     switch = {"kind": "switchover", "at": time.time(), "epoch": 4, "from": "host-a", "to": "host-b", "reason": "planned switchover"}
-    old = {**switch, "epoch": 3, "why": "released by host-b; 1 terminal(s) take the classic path: host-a refused their standby session (T00009: x)"}
-    new = {**switch, "why": "released by host-a; 7 terminal(s) take the classic path", "refused_standby": kept}
+    old = {**switch, "epoch": 3, "why": "released by host-b; 1 terminal takes the classic path: host-a refused its standby session (T00009: x)"}
+    new = {**switch, "why": "released by host-a; 7 terminals take the classic path", "refused_standby": kept}
 
     async def ask(*a: Any, **kw: Any) -> dict[str, Any]:
         return {"t": "history", "data": [old, new]}

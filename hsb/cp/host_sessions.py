@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hsb.cp.state import Session
+from hsb.plural import many
 
 if TYPE_CHECKING:
     from hsb.cp.core import CP
@@ -223,7 +224,11 @@ class HostSessions:
         if not names:
             return "", None
         first = names[0]
-        said = f"{len(names)} terminal(s) take the classic path: {sb.name} refused their standby session ({first}: {sb.refused_standby[first]})"
+        one = len(names) == 1
+        said = (
+            f"{many(len(names), 'terminal')} {'takes' if one else 'take'} the classic path: {sb.name} refused"
+            f" {'its' if one else 'their'} standby session ({first}: {sb.refused_standby[first]})"
+        )
         log.warning(
             "handover_without_refused_standby_sessions",
             active=active.name,
