@@ -663,7 +663,7 @@ async def test_connect_exits_nonzero_when_a_message_is_never_answered(fake: Fake
     fake.lose = lambda name, seq: True  # acknowledged, never answered
     out = io.StringIO()
     status = await asyncio.wait_for(interactive("T00043", "127.0.0.1", fake.port, linger=0.3, inp=io.StringIO("balance?\n"), out=out), 20)
-    assert status == 1 and "1 message(s) still without a reply" in out.getvalue(), out.getvalue()
+    assert status == 1 and "1 message still without a reply" in out.getvalue(), out.getvalue()
     fake.lose = lambda name, seq: False
     out = io.StringIO()
     assert await asyncio.wait_for(interactive("T00044", "127.0.0.1", fake.port, linger=5, inp=io.StringIO("balance?\n"), out=out), 20) == 0

@@ -55,9 +55,9 @@ def test_messages_never_written_before_are_not_said_to_be_resent() -> None:
     p.on_resent(c, 3, 0)
     p.on_resent(c, 3, 1)
     assert out.getvalue().splitlines() == [
-        "sent 2 message(s) queued until logged on",
-        "resent 3 unacknowledged message(s)",
-        "resent 2 unacknowledged message(s); sent 1 message(s) queued until logged on",
+        "sent 2 messages queued until logged on",
+        "resent 3 unacknowledged messages",
+        "resent 2 unacknowledged messages; sent 1 message queued until logged on",
     ]
 
 
@@ -70,7 +70,7 @@ async def test_lines_typed_before_the_logon_go_as_first_sends(fake: FakeCP) -> N
     assert status == 0, said
     queued = said.count(" (queued until logged on)")
     assert queued >= 1 and "resent" not in said, said
-    assert f"sent {queued} message(s) queued until logged on" in said, said
+    assert f"sent {queued} message{'' if queued == 1 else 's'} queued until logged on" in said, said
 
 
 def test_an_already_connected_refusal_met_on_a_reconnect_is_no_broken_promise() -> None:

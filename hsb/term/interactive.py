@@ -37,6 +37,7 @@ import sys
 import threading
 from typing import Any, NamedTuple, TextIO
 
+from hsb.plural import many
 from hsb.term.client import WELCOMED, TerminalClient
 from hsb.term.connector import Connector
 from hsb.term.hopeless import PORT_REFUSALS, REFUSALS, Hopeless, check_cp, closed_after_hello, no_connect, refusal_fix, tls_failure
@@ -107,8 +108,8 @@ class Printer(Listener):
 
     def on_resent(self, c: TerminalClient, count: int, first: int = 0) -> None:
         # (those never written before go now for the first time: typed before the logon)
-        said = [f"resent {count - first} unacknowledged message(s)"] if count > first else []
-        said += [f"sent {first} message(s) queued until logged on"] if first else []
+        said = [f"resent {many(count - first, 'unacknowledged message')}"] if count > first else []
+        said += [f"sent {many(first, 'message')} queued until logged on"] if first else []
         self.say("; ".join(said))
 
     def on_welcome(self, c: TerminalClient, first: bool) -> None:
@@ -288,7 +289,7 @@ async def interactive(
             if status == 0:  # (an invalid input line keeps its 1)
                 status = NOT_LOGGED_ON
         elif client.outstanding:  # a script feeding it must see that something was not answered
-            printer.say(f"{len(client.outstanding)} message(s) still without a reply")
+            printer.say(f"{many(len(client.outstanding), 'message')} still without a reply")
             status = 1
     finally:
         fatal_wait.cancel()
