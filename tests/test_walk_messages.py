@@ -32,3 +32,44 @@ def test_a_ledger_request_without_op_says_it_is_missing(data: str) -> None:
 def test_an_unknown_op_is_still_named() -> None:
     with pytest.raises(BadRequest, match="unknown op 'fly': one of open"):
         parse('{"op":"fly"}')
+
+
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        ('{"op":"open","account":"bob","account":"dup"}', "'account' is given twice: give each field once"),
+        ('{"op":"transfer","from":"a","to":"b","amount":5,"amount":500}', "'amount' is given twice: give each field once"),
+    ],
+)
+def test_a_ledger_field_given_twice_is_refused_not_read_as_its_last_value(data: str, said: str) -> None:
+    """Which of two accounts (or amounts) a money request means is not guessed: json's default
+    takes the last, and `{"op":"open","account":"bob","account":"dup"}` opened 'dup'."""
+    with pytest.raises(BadRequest) as exc:
+        parse(data)
+    assert str(exc.value) == said
+
+
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        ('{"op":"deposit","account":"a","amount":5,"acount":"b"}', "'acount' is not a field of 'deposit': it takes account, amount"),
+        ('{"op":"transfer","from":"a","to":"b","amount":5,"account":"c"}', "'account' is not a field of 'transfer': it takes amount, from, to"),
+        ('{"op":"balance","account":"a","amount":1}', "'amount' is not a field of 'balance': it takes account"),
+    ],
+)
+def test_a_ledger_field_the_request_does_not_take_is_refused_not_ignored(data: str, said: str) -> None:
+    with pytest.raises(BadRequest) as exc:
+        parse(data)
+    assert str(exc.value) == said
+
+
+def test_every_documented_request_still_parses() -> None:
+    """The requests of SPEC §8 (and docs/ledger.md's table), each with exactly its fields."""
+    for data in (
+        '{"op":"open","account":"alice"}',
+        '{"op":"deposit","account":"alice","amount":100}',
+        '{"op":"withdraw","account":"alice","amount":30}',
+        '{"op":"transfer","from":"alice","to":"bob","amount":5}',
+        '{"op":"balance","account":"alice"}',
+    ):
+        assert parse(data).op in data

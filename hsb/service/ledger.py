@@ -40,6 +40,14 @@ log = structlog.get_logger("hsb.service")
 
 MAX_ACCOUNT = 64
 MAX_AMOUNT = 10**12
+# the fields each request takes (SPEC §8), and no others
+FIELDS: dict[str, frozenset[str]] = {
+    "open": frozenset({"op", "account"}),
+    "balance": frozenset({"op", "account"}),
+    "deposit": frozenset({"op", "account", "amount"}),
+    "withdraw": frozenset({"op", "account", "amount"}),
+    "transfer": frozenset({"op", "from", "to", "amount"}),
+}
 # a balance is a 64-bit integer in both databases: SQLite would turn one past it into a float
 # (money made and lost silently), PostgreSQL would fail the statement; refused well before
 MAX_BALANCE = 2**62
@@ -112,7 +120,9 @@ def parse(data: Any) -> Request:
     if not isinstance(data, str):
         raise BadRequest("data must be a JSON object as text")
     try:
-        obj = json.loads(data)
+        obj = json.loads(data, object_pairs_hook=_no_repeats)
+    except BadRequest:
+        raise
     except ValueError as exc:
         raise BadRequest(f"not JSON: {exc}") from None
     except RecursionError:
@@ -120,6 +130,12 @@ def parse(data: Any) -> Request:
     if not isinstance(obj, dict):
         raise BadRequest('a JSON object is expected, like {"op":"balance","account":"alice"}')
     op = obj.get("op")
+    takes = FIELDS.get(op) if isinstance(op, str) else None
+    if takes is not None and not obj.keys() <= takes:
+        # (a money request says exactly what it means: a field it does not take, a typo beside the
+        # right name or another op's, is refused, never silently ignored)
+        extra = sorted(k for k in obj if k not in takes)[0]
+        raise BadRequest(f"{_shown(extra)} is not a field of {op!r}: it takes {', '.join(sorted(takes - {'op'}))}")
     if op in ("open", "balance"):
         return Request(op, _account(obj, "account"))
     if op in ("deposit", "withdraw"):
@@ -131,10 +147,24 @@ def parse(data: Any) -> Request:
         return Request(op, src, dst, _amount(obj))
     if op is None:  # (not "unknown op None": the key is missing)
         raise BadRequest("'op' is missing: one of open, deposit, withdraw, transfer, balance")
-    shown = repr(op)
-    if len(shown) > 60:  # (echoed back: a huge op must not make the refusal too large to send)
-        shown = shown[:57] + "..."
-    raise BadRequest(f"unknown op {shown}: one of open, deposit, withdraw, transfer, balance")
+    raise BadRequest(f"unknown op {_shown(op)}: one of open, deposit, withdraw, transfer, balance")
+
+
+def _shown(v: Any) -> str:
+    """`v` as echoed in a refusal (a huge one cut: it must not make the refusal too large to send)."""
+    shown = repr(v)
+    return shown[:57] + "..." if len(shown) > 60 else shown
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are each given once: `{"account":"a","account":"b"}` is refused,
+    not read as its last value (which of two accounts a money request means is not a guess)."""
+    obj: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in obj:
+            raise BadRequest(f"{_shown(k)} is given twice: give each field once")
+        obj[k] = v
+    return obj
 
 
 async def apply(tx: Tx, terminal: str, mid: int, r: Request) -> str:
