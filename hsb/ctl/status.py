@@ -10,6 +10,7 @@ role change under way), each unknown daemon named with its address, why and the 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import sys
 import time
@@ -71,14 +72,27 @@ def _pause(ls: dict[str, Any]) -> str:
     return "worst pause not measured yet, "
 
 
+def _seconds_left(not_after: Any) -> float | None:
+    """Seconds until `not_after` (a status's ISO time with its zone), None if it is not one."""
+    try:
+        na = dt.datetime.fromisoformat(not_after)
+    except (TypeError, ValueError):
+        return None
+    return None if na.tzinfo is None else (na - dt.datetime.now(dt.UTC)).total_seconds()
+
+
 def _tls_line(t: dict[str, Any], links: str) -> str:
     days = t.get("days_left")
     when = (t.get("not_after") or "?")[:10]
     warn = "  RENEW SOON" if days is not None and days < 14 else ""
     if days is None:
         return f"TLS on ({links})"
-    # (days left, as hsb.plural.span says a time: rounded down, in hours under a day; or gone)
-    left = span(days * 86400) if days > 0 else f"expired {span(-days * 86400)} ago"
+    # (the time left, as hsb.plural.span says it: rounded down, in hours under a day; or gone.
+    # From the certificate's own not_after: days_left is rounded to 0.1 day, so an hour before
+    # its expiry it says 0.0, which is neither "expired" nor a number of hours)
+    secs = _seconds_left(t.get("not_after"))
+    secs = days * 86400 if secs is None else secs
+    left = span(secs) if secs > 0 else f"expired {span(-secs)} ago"
     return f"TLS on ({links}); certificate {', '.join(t.get('names') or [])} expires {when} ({left}){warn}"
 
 
