@@ -131,3 +131,19 @@ def test_inspect_says_one_entry_and_one_record(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["file", "inspect", path])
     assert res.exit_code == 0, res.stderr
     assert ": 1 entry, 1 open, 0 closed" in res.stdout and "seq 1..1 in 1 record, 1 entry;" in res.stdout, res.stdout
+
+
+def test_a_certificate_an_hour_from_its_expiry_is_not_said_to_have_expired(tmp_path: Path) -> None:
+    """The daemon's status rounds `days_left` to 0.1 day: a certificate valid for another hour
+    says 0.0 there, and one that expired an hour ago -0.0. hsbctl status's line reads the time
+    left from `not_after` (the certificate's own), so neither is "expired less than a minute ago"."""
+    from hsb.wire.tls import TLS
+
+    write(tmp_path, "cp", cert("cp", make_ca(tmp_path), starts_in=-dt.timedelta(days=30) + dt.timedelta(hours=1, minutes=5)))
+    st = TLS(TLSFiles(str(tmp_path / "ca.pem"), str(tmp_path / "cp.pem"), str(tmp_path / "cp.key"))).status()
+    assert st["days_left"] == 0.0, st  # (what the daemon says: 0.1 day is 2.4 hours)
+    line = _tls_line(st, "links")
+    assert line.endswith("(1 hour)  RENEW SOON") and "expired" not in line, line
+    gone = (datetime.now(dt.UTC) - dt.timedelta(hours=1, minutes=5)).isoformat()
+    line = _tls_line({"days_left": -0.0, "not_after": gone, "names": ["cp"]}, "links")
+    assert line.endswith("(expired 1 hour ago)  RENEW SOON"), line
