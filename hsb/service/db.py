@@ -40,6 +40,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
 
@@ -96,25 +97,50 @@ def open_database(dsn: str | None = None, sqlite: str | None = None, **opts: Any
 DSN_FORM = "postgresql://USER:PASSWORD@HOST:PORT/DATABASE (a Unix socket: postgresql://USER@/DATABASE?host=/DIR&port=PORT)"
 
 
+# the DSN's parameters that name files (or make asyncpg look for its default root certificate):
+# read by hsbd's own user when it connects, not by whoever runs the check, so left out of it
+_FILE_PARAMS = ("sslrootcert", "sslcert", "sslkey", "sslcrl", "sslpassword", "passfile")
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
 def dsn_problem(dsn: str) -> str:
     """Why asyncpg cannot use `dsn`, said with the fix ("" when it can), read as asyncpg reads it
     when it connects: a DSN it refuses there (libpq's keyword form, another scheme, a bad port or
     `sslmode`) passed the config check and then held every message for ever as "database
-    unreachable". Nothing is connected to (a password file or client certificate it names is read).
-    The DSN itself is not quoted: it may hold a password."""
+    unreachable". Nothing is connected to and no file it names is read (`_FILE_PARAMS`: those
+    are the hsbd user's, whose files the operator running the check may not see). The DSN itself
+    is not quoted: it may hold a password. Only what asyncpg's parser refuses as configuration
+    is a problem: a parser that is not the one this was written against (asyncpg's private
+    `_parse_connect_dsn_and_args`, which must take a plain DSN) checks nothing."""
     if not isinstance(dsn, str) or not dsn.strip():
         return f"dsn must name a PostgreSQL database: {DSN_FORM}"
     if "://" not in dsn and "=" in dsn:
         return f"dsn is in libpq's keyword form, which asyncpg does not read: write it as a URL, {DSN_FORM}"
     try:
+        parts = urlsplit(dsn)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:
+        query, parts = [], None
+    mode = next((v for k, v in reversed(query) if k == "sslmode"), None)
+    if mode is not None and mode not in _SSLMODES:
+        return f"dsn: sslmode {mode[:20]!r} is not one of {', '.join(_SSLMODES)}: {DSN_FORM}"
+    if parts is not None and query:
+        kept = [(k, "require" if k == "sslmode" and v in ("verify-ca", "verify-full") else v) for k, v in query if k not in _FILE_PARAMS]
+        dsn = urlunsplit(parts._replace(query=urlencode(kept)))
+    try:
         from asyncpg import connect_utils
 
         parse = connect_utils._parse_connect_dsn_and_args
-        addrs, _ = parse(dsn=dsn, **dict.fromkeys((p for p in inspect.signature(parse).parameters if p != "dsn"), None))
-    except (ImportError, AttributeError, TypeError):
-        return ""  # (another asyncpg, its parser not this one: the connect says it, as before)
-    except Exception as exc:  # noqa: BLE001 - asyncpg's own words for what it refuses (ClientConfigurationError, ValueError)
+        kw = dict.fromkeys((p for p in inspect.signature(parse).parameters if p != "dsn"), None)
+        parse(dsn="postgresql://hsb@localhost:5432/hsb", **kw)  # (a parser that refuses this one checks nothing)
+    except Exception:  # noqa: BLE001 - another asyncpg, its parser not this one: the connect says it, as before
+        return ""
+    try:
+        addrs, _ = parse(dsn=dsn, **kw)
+    except ValueError as exc:  # (asyncpg's ClientConfigurationError is one: its own words for what it refuses)
         return f"dsn is not one asyncpg can use ({type(exc).__name__}: {exc}): {DSN_FORM}"
+    except Exception:  # noqa: BLE001 - not a refusal of the configuration: the connect says it
+        return ""
     for addr in addrs:
         if isinstance(addr, tuple) and not 1 <= int(addr[1]) <= 65535:
             return f"dsn: port {addr[1]} is not a port (1..65535): {DSN_FORM}"
