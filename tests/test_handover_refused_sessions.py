@@ -68,8 +68,12 @@ async def test_a_handover_does_not_wait_for_a_standby_session_the_standby_refuse
         ref = last["refused_standby"]
         assert ref["standby"] == "host-b" and ref["count"] == 1 and [x["terminal"] for x in ref["terminals"]] == ["T00003"], ref
         line = refused_line(last)
-        assert line is not None and "1 terminal took the classic path" in line and "host-b refused their standby session: T00003 (" in line, line
-        assert "differ from the active's" in line and "make their attrs identical on both hosts" in line, line
+        assert (
+            line is not None
+            and "1 terminal took the classic path" in line
+            and "(disconnected, it logs on again) because host-b refused its standby session: T00003 (" in line
+        ), line
+        assert "differ from the active's" in line and "make its attrs identical on both hosts" in line, line
         await _status_and_history_name_them(tmp_path, cp, a, b, line)
         for t in terms:
             await t.close()

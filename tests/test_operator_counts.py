@@ -69,7 +69,7 @@ def test_status_says_one_try_one_change_one_terminal_one_retry_one_call() -> Non
     b["service"] = {"state": "stalled", "name": "svc", "oldest_call_terminal": "t9", "oldest_call_s": 3, "calls_in_progress": 1}
     text = render(summarize(shown_cp(), [a, b]))
     assert "(1 try): EIO; 1 session change not written" in text, text
-    assert "E; 1 terminal waits, their messages held at the CP and retried (1 retry so far)" in text, text
+    assert "E; 1 terminal waits, its messages held at the CP and retried (1 retry so far)" in text, text
     assert "(1 call in progress)" in text, text
     unwritten = _ring_unwritten({"name": "host-a", "role": "active", "standby_view_stale": True, "takeover_file": tf})
     assert unwritten is not None and ", 1 session change not written:" in unwritten, unwritten
@@ -77,7 +77,9 @@ def test_status_says_one_try_one_change_one_terminal_one_retry_one_call() -> Non
 
 def test_one_refused_terminal_is_one_terminal() -> None:
     rec = {"refused_standby": {"standby": "host-b", "count": 1, "terminals": [{"terminal": "T1", "reason": "why"}]}}
-    assert str(refused_line(rec)).startswith("  1 terminal took the classic path"), refused_line(rec)
+    line = str(refused_line(rec))
+    assert line.startswith("  1 terminal took the classic path (disconnected, it logs on again) because host-b refused its standby session: T1"), line
+    assert "make its attrs identical" in line, line
 
 
 def test_a_certificates_days_left_are_rounded_down_and_hours_under_a_day() -> None:
@@ -106,7 +108,7 @@ def test_the_verdict_says_one_of_a_thing_in_the_singular() -> None:
     assert "bad data: 1 reply whose data" in text and "unacknowledged: 1 message sent and never" in text, text
     assert "not logged on: 1 of 3 terminals was never welcomed" in text, text
     assert "no session: 1 of the 2 terminals welcomed was never given" in text, text
-    assert "not back: 1 terminal was not logged on again" in text and "1 connection was closed after their hello" in text, text
+    assert "not back: 1 terminal was not logged on again" in text and "1 connection was closed after its hello" in text, text
     assert duplicates_failure(1, []) == "duplicates: 1 reply beyond the first"
     assert protocol_errors_failure(1) == "protocol errors: 1 frame from the CP broke the protocol"
     assert cp_restart_failures(0, 1)[0].startswith("session closed: 1 session closure of standby-capable terminals")

@@ -235,7 +235,7 @@ class HostSessions:
             standby=sb.name,
             count=len(names),
             terminals=names[:REFUSED_NAMED],
-            msg=f"{said}: disconnected, they log on again; make their attrs identical on both hosts",
+            msg=f"{said}: disconnected, {'it logs' if one else 'they log'} on again; make {'its' if one else 'their'} attrs identical on both hosts",
         )
         named = [{"terminal": n, "reason": sb.refused_standby[n]} for n in names[:REFUSED_NAMED]]
         return f"; {said}", {"standby": sb.name, "count": len(names), "terminals": named}

@@ -29,8 +29,10 @@ def refused_line(rec: dict[str, Any], indent: str = "  ") -> str | None:
     names = [str(x.get("terminal")) for x in named[:NAMED]]
     more = f" and {count - len(names)} more" if count > len(names) else ""
     sb = ref.get("standby") or "the standby"
+    one = count == 1
     return (
-        f"{indent}{many(count, 'terminal')} took the classic path (disconnected, they log on again) because {sb} refused their standby session:"
-        f" {', '.join(names)}{more} ({names[0]}: {named[0].get('reason')}); make their attrs identical on both hosts"
+        f"{indent}{many(count, 'terminal')} took the classic path (disconnected, {'it logs' if one else 'they log'} on again) because {sb} refused"
+        f" {'its' if one else 'their'} standby session: {', '.join(names)}{more} ({names[0]}: {named[0].get('reason')});"
+        f" make {'its' if one else 'their'} attrs identical on both hosts"
         " and reload the one you change (docs/operations.md §5)"
     )

@@ -286,7 +286,7 @@ def render(st: dict[str, Any]) -> str:
         if sv.get("state") == "failing":
             out.append(
                 f"            SERVICE FAILING ({sv.get('name')}): {sv.get('error')}; {many(sv.get('waiting_terminals'), 'terminal')} {'waits' if sv.get('waiting_terminals') == 1 else 'wait'},"
-                f" their messages held at the CP and retried ({many(sv.get('retries'), 'retry', 'retries')} so far)"
+                f" {'its' if sv.get('waiting_terminals') == 1 else 'their'} messages held at the CP and retried ({many(sv.get('retries'), 'retry', 'retries')} so far)"
             )
         elif sv.get("state") == "stalled":
             out.append(

@@ -261,7 +261,7 @@ class LoadReport:
             )
         if not self.expect_disconnects and self.logon_drops:
             out.append(
-                f"dropped while logging on: {many(self.logon_drops, 'connection')} {were(self.logon_drops)} closed after their hello with neither a"
+                f"dropped while logging on: {many(self.logon_drops, 'connection')} {were(self.logon_drops)} closed after {'its' if self.logon_drops == 1 else 'their'} hello with neither a"
                 " welcome nor an error (pass --expect-disconnects for a CP restart)"
             )
         if cp_mode:
