@@ -146,6 +146,19 @@ async def test_a_connection_refused_before_the_body_ran_holds_the_message() -> N
             ran = True
     assert not ran
     assert "no transaction could begin" in str(exc.value) and "[service_options] dsn" in str(exc.value)
+    assert "connect_timeout, to the server as a setting: remove it" in str(exc.value)
+
+
+async def test_a_connection_refused_otherwise_holds_the_message_without_the_dsn_parameter_hint() -> None:
+    """Failing for another reason before the body (the driver's own ValueError, as its pool may
+    raise): held all the same, and not said to be a query parameter of the DSN."""
+    db = PostgresDatabase("postgresql://unused")
+    db._pool = FakePool(acquire_fails=ValueError("a setting the driver refuses"))
+    with pytest.raises(ServiceUnavailable) as exc:
+        async with db.transaction():
+            pass
+    assert "no transaction could begin" in str(exc.value) and "a setting the driver refuses" in str(exc.value), exc.value
+    assert "connect_timeout" not in str(exc.value), exc.value
 
 
 async def test_a_dsn_query_parameter_the_server_refuses_holds_messages_not_error_replies(pg: PgServer) -> None:

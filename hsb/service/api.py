@@ -174,7 +174,11 @@ def _factory(spec: str) -> Any:
             mod = importlib.import_module(mod_name)
         except ImportError as exc:
             fix = ""
-            if isinstance(exc, ModuleNotFoundError):  # (where to put it: hsbd's own Python, not the shell's)
+            missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+            if missing is not None and not (mod_name == missing or mod_name.startswith(missing + ".")):
+                # the service's module was found; something it imports was not
+                fix = f": {mod_name} itself imports {missing}, which {sys.executable} cannot find: install it into that environment"
+            elif missing is not None:  # (where to put it: hsbd's own Python, not the shell's)
                 fix = (
                     f": hsbd imports it with {sys.executable}: install the package into that environment, or put the folder"
                     " that holds it on hsbd's PYTHONPATH (docs/ledger.md, 'Your own service')"

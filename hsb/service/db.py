@@ -332,11 +332,12 @@ class PostgresDatabase:
                 # sent, so it is never the request's error (an error reply would discard a valid
                 # message). A server setting it refuses at connect (42704) came from the DSN:
                 # asyncpg sends a query parameter it does not know itself as one
-                kind = ServiceUnavailable(
-                    f"database: no transaction could begin ({type(exc).__name__}: {exc}): not the request's; check the database"
-                    " and [service_options] dsn (asyncpg sends a query parameter it does not know, such as libpq's"
-                    " connect_timeout, to the server as a setting: remove it)"
-                )
+                why = "check the database and [service_options] dsn"
+                if getattr(exc, "sqlstate", None) == "42704":  # (a setting the server does not know: the DSN's)
+                    why += (
+                        " (asyncpg sends a query parameter it does not know, such as libpq's connect_timeout, to the server as a setting: remove it)"
+                    )
+                kind = ServiceUnavailable(f"database: no transaction could begin ({type(exc).__name__}: {exc}): not the request's; {why}")
             if kind is None and entered and exc is not own and getattr(exc, "sqlstate", None) is None:
                 # not the body's error, and not one the server answered with (it has a SQLSTATE: a
                 # deferred constraint at COMMIT, rolled back, a known outcome): the COMMIT, the ROLLBACK

@@ -145,8 +145,10 @@ def parse(data: Any) -> Request:
         if src == dst:
             raise BadRequest("'from' and 'to' are the same account")
         return Request(op, src, dst, _amount(obj))
-    if op is None:  # (not "unknown op None": the key is missing)
+    if "op" not in obj:  # (not "unknown op None": the key is missing)
         raise BadRequest("'op' is missing: one of open, deposit, withdraw, transfer, balance")
+    if op is None:
+        raise BadRequest("'op' is null: one of open, deposit, withdraw, transfer, balance")
     raise BadRequest(f"unknown op {_shown(op)}: one of open, deposit, withdraw, transfer, balance")
 
 
