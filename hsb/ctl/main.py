@@ -181,10 +181,57 @@ def _sandbox_call(fn: Any, *args: Any, **kw: Any) -> Any:
         sys.exit(1)
 
 
+class ServiceSpec(click.ParamType):  # type: ignore[type-arg, unused-ignore]  # (generic from click 8.5)
+    """A service for the sandbox: a built-in one's name, or one's own as MODULE:FACTORY."""
+
+    name = "echo|journal|ledger|MODULE:FACTORY"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from hsb.ctl.sandbox_files import BUILTIN_SERVICES
+
+        mod, _, attr = str(value).partition(":")
+        if value in BUILTIN_SERVICES or (mod and attr.isidentifier() and all(p.isidentifier() for p in mod.split("."))):
+            return str(value)
+        self.fail(f"{value!r} is not echo, journal, ledger or a service of your own as MODULE:FACTORY (e.g. myapp.service:Orders)", param, ctx)
+
+
+def service_options(given: tuple[str, ...]) -> dict[str, Any]:
+    """--service-option KEY=VALUE entries as [service_options]: VALUE read as TOML (3, 1.5, true,
+    "text"), anything else taken as text (a DSN, a path)."""
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for item in given:
+        key, eq, raw = item.partition("=")
+        key = key.strip()
+        if not eq or not key.isidentifier():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE (e.g. dsn=postgresql://hsb@/hsb)", param_hint="--service-option")
+        if key in out:
+            raise click.BadParameter(f"{key!r} is given twice: give each option once", param_hint="--service-option")
+        try:
+            out[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = raw
+    return out
+
+
 @sandbox.command("up")
 @click.option("--dir", "dir_", required=True, type=click.Path(file_okay=False), help="Folder for configs, secret, takeover file and logs.")
 @click.option("--terminals", default=200, show_default=True, type=click.IntRange(1, 1_000_000))
-@click.option("--service", type=click.Choice(["echo", "journal", "ledger"]), default="echo", show_default=True)
+@click.option(
+    "--service",
+    type=ServiceSpec(),
+    default="echo",
+    show_default=True,
+    help="echo, journal, ledger, or a service of your own as MODULE:FACTORY (importable by this Python: docs/ledger.md).",
+)
+@click.option(
+    "--service-option",
+    "service_option",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help='One [service_options] entry for both hosts (VALUE as TOML: 3, true, "text"; else taken as text). Repeatable.',
+)
 @click.option("--dsn", default=None, metavar="DSN", help="ledger: a PostgreSQL database both hosts use (default: SQLite in --dir).")
 @click.option("--tls", is_flag=True, help="TLS on every link, terminals' too: a CA and certificates in D/tls (hsbctl tls init).")
 @click.option("--conventional", is_flag=True, help="fast_switch = false: no standby sessions (the classic hot standby).")
@@ -194,13 +241,26 @@ def _sandbox_call(fn: Any, *args: Any, **kw: Any) -> Any:
 @click.option("--timeout", default=60.0, show_default=True, type=SECONDS, help="Seconds to wait for hot standby.")
 @click.option("--supervise", is_flag=True, help="hsbcpd under its master process (hsbcpd --supervise): a CP that dies is started again at once.")
 def sandbox_up(
-    dir_: str, terminals: int, service: str, dsn: str | None, tls: bool, conventional: bool, logon_ms: float, timeout: float, supervise: bool
+    dir_: str,
+    terminals: int,
+    service: str,
+    service_option: tuple[str, ...],
+    dsn: str | None,
+    tls: bool,
+    conventional: bool,
+    logon_ms: float,
+    timeout: float,
+    supervise: bool,
 ) -> None:
     """Start the sandbox and wait for hot standby; print one JSON object."""
     from hsb.ctl.sandbox import up
+    from hsb.ctl.sandbox_files import BUILTIN_SERVICES
 
     if dsn and service != "ledger":
-        raise click.UsageError("--dsn is for --service ledger")
+        raise click.UsageError("--dsn is for --service ledger (a service of your own: --service-option dsn=...)")
+    if logon_ms and service not in BUILTIN_SERVICES:
+        raise click.UsageError("--logon-ms is an option of the built-in services (yours: --service-option logon_ms=... if it takes one)")
+    options = service_options(service_option)
     info = _sandbox_call(
         up,
         Path(dir_),
@@ -212,6 +272,7 @@ def sandbox_up(
         dsn=dsn,
         tls=tls,
         supervise=supervise,
+        service_options=options or None,
     )
     click.echo(json.dumps(info))
 

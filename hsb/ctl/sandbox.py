@@ -31,6 +31,7 @@ from typing import Any
 from hsb import procstat
 from hsb.ctl.gather import ask, status_all
 from hsb.ctl.sandbox_files import (
+    BUILTIN_SERVICES,
     HOSTS,
     STATE,
     SandboxError,
@@ -358,6 +359,11 @@ async def aup(
     hsbcpd under its master process (`hsbcpd --supervise`), restarted at once if it dies."""
     d = d.resolve()
     check_folder(d)
+    if service not in BUILTIN_SERVICES:  # (one's own: said now, not as a host that never started)
+        from hsb.service.api import service_problem
+
+        if problem := service_problem(service, "host-a", service_options or {}):
+            raise SandboxError(problem)
     if (d / STATE).exists():
         old = load_state(d)
         if any(_ours(d, p["pid"]) for p in [old["cp"], *old["hosts"].values()]):

@@ -22,6 +22,8 @@ from hsb.ports import PortRangeError, free_port
 from hsb.takeover.fileio import create_file
 from hsb.takeover.layout import batch_records_for
 
+BUILTIN_SERVICES = ("echo", "journal", "ledger")  # besides them: a service of one's own, "pkg.mod:Factory"
+
 STATE = "sandbox.json"
 MARK = ".hsb-sandbox"  # written first by `up`: a folder with it is a sandbox's, even if a start failed
 HOSTS = ("host-a", "host-b")
@@ -127,7 +129,8 @@ def write_configs(
     records = records_for(terminals)
     cfgs = {}
     for name, me, other in (("host-a", "a", "b"), ("host-b", "b", "a")):
-        opts: dict[str, Any] = {"logon_ms": logon_ms}
+        # (a service of one's own takes only the options given for it: --service-option)
+        opts: dict[str, Any] = {"logon_ms": logon_ms} if service in BUILTIN_SERVICES else {}
         if service == "journal":
             opts["journal"] = str(d / f"journal-{name}.log")
         if service == "ledger":  # PostgreSQL if given, else SQLite in this folder (one machine)

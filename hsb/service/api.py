@@ -123,6 +123,23 @@ def look_at_options(spec: str, host: str, options: dict[str, Any]) -> tuple[list
     return None if look is None else _with_options(spec, look, host, options)
 
 
+def service_problem(spec: str, host: str, options: dict[str, Any]) -> str:
+    """What would stop hsbd building the service `spec` with `options`, found without building
+    it ("" if nothing): its module not importable, its factory missing, an option it does not
+    take (or its own `check_options` refusing one). For a tool that writes configs (hsbctl
+    sandbox up) to say it before any daemon starts."""
+    try:
+        fn = _factory(spec)
+        look: Any = getattr(fn, "check_options", None)
+        if look is not None:
+            refused, _ = _with_options(spec, look, host, options)
+            return f"service {spec!r}: bad [service_options]: {'; '.join(refused)}" if refused else ""
+        unknown = unknown_options(spec, fn, options)
+    except ServiceError as exc:
+        return str(exc)
+    return f"service {spec!r}: bad [service_options]: {unknown}" if unknown else ""
+
+
 def _with_options(spec: str, fn: Any, host: str, options: dict[str, Any]) -> Any:
     """`fn(host, **options)`; options it does not take are the config's error, said so."""
     unknown = unknown_options(spec, fn, options)
