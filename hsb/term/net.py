@@ -35,20 +35,34 @@ KEEPALIVE_INTERVAL_S = 1
 KEEPALIVE_COUNT = 3
 
 
+# the TCP options of it this platform has (Linux: all three), each with its value (None: `idle`)
+_KEEP_OPTS = tuple(
+    (getattr(socket, name), value)
+    for name, value in (("TCP_KEEPIDLE", None), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S), ("TCP_KEEPCNT", KEEPALIVE_COUNT))
+    if hasattr(socket, name)
+)
+
+
 def dead_peer_detection(sock: Any, idle: int = KEEPALIVE_IDLE_S) -> None:
     """TCP keepalive on a terminal's connection, probing after `idle` s (Linux; elsewhere the default)."""
     if sock is None:
         return
     opts = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
-    for name, value in (
-        ("TCP_KEEPIDLE", idle),
-        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
-        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
-    ):
-        if hasattr(socket, name):
-            opts.append((socket.IPPROTO_TCP, getattr(socket, name), value))
-    for level, opt, value in opts:
-        try:
-            sock.setsockopt(level, opt, value)
-        except OSError:  # pragma: no cover - a platform without it
-            pass
+    opts += [(socket.IPPROTO_TCP, opt, idle if value is None else value) for opt, value in _KEEP_OPTS]
+    # one socket object on the connection's descriptor for all of them: uvloop's transport socket
+    # (a PseudoSocket) makes and detaches a socket.socket for each setsockopt, three of four
+    # for nothing at every reconnect of a storm (~1 µs of 4 a connect)
+    try:
+        one = socket.socket(sock.family, sock.type, sock.proto, sock.fileno())
+    except (OSError, AttributeError, TypeError, ValueError):  # pragma: no cover - not a socket of this platform's kind
+        one = None
+    target = one if one is not None else sock
+    try:
+        for level, opt, value in opts:
+            try:
+                target.setsockopt(level, opt, value)
+            except OSError:  # pragma: no cover - a platform without it
+                pass
+    finally:
+        if one is not None:
+            one.detach()  # (the descriptor stays the connection's: not closed with this object)
