@@ -14,6 +14,10 @@ stdin (JSON lines):  {"cmd": "arm"} just before an operation (from here on, term
 back are counted); {"cmd": "mark", "label": L, "t": WALL} right after it, with the wall-clock
 time the operation was carried out (the child's clock if "t" is left out); {"cmd": "stop"} to
 end sending (then it settles, logs the terminals off and reports). EOF also stops it.
+
+HSB_LOAD_CPROFILE=FILE in its environment (a profiling aid): cProfile of the child from the first
+mark to every terminal back, written to FILE (each call counted: slow, but it says how many of
+each a reconnect makes).
 """
 
 from __future__ import annotations
@@ -122,6 +126,7 @@ def _load_stats_class() -> type:
             self.last_back = now
             if not self.recovered_sent and len(self.back) >= self.terminals:
                 self.recovered_sent = True
+                _profile_stop()
                 emit({"ev": "recovered", "t": now + self.offset})
 
         def on_switched(self, c: Any, epoch: int) -> None:
@@ -161,6 +166,28 @@ def _load_stats_class() -> type:
     return FailoverStats
 
 
+_PROFILER: list[Any] = []
+
+
+def _profile_start() -> None:
+    """HSB_LOAD_CPROFILE=FILE (a profiling aid): cProfile from the mark to every terminal back."""
+    import os
+
+    if os.environ.get("HSB_LOAD_CPROFILE") and not _PROFILER:
+        import cProfile
+
+        _PROFILER.append(cProfile.Profile())
+        _PROFILER[0].enable()
+
+
+def _profile_stop() -> None:
+    import os
+
+    if _PROFILER:
+        _PROFILER[0].disable()
+        _PROFILER[0].dump_stats(os.environ["HSB_LOAD_CPROFILE"])
+
+
 async def _load_child(a: Any) -> None:
     import hsb.term.load as L
     from hsb import gcpolicy
@@ -191,6 +218,7 @@ async def _load_child(a: Any) -> None:
                 if made[0].mark_at is None:
                     made[0].arm()
                 marks.append((str(m.get("label", "operation")), t))
+                _profile_start()
                 emit({"ev": "marked", "t": t})
             elif m.get("cmd") == "stop":
                 stop.set()

@@ -3,6 +3,7 @@ how long until every terminal is served again; plus the recovery of a large jour
 
     .venv/bin/python bench/cprestart.py [--sizes 1000,10000] [--reps 3] [--rate 2000]
                                         [--recovery 100000] [--json FILE] [--no-write] [--render FILE]
+                                        [--profile DIR [--profile-tool py-spy|perf]]
 
 Per size: one sandbox (hsbcpd, host-a active, host-b standby, journal service, default timing,
 `durability = "fsync"`); per repetition a load child (bench/_load.py, 2,000 msg/s, resuming
@@ -123,9 +124,10 @@ async def one(d: Path, n: int, a: argparse.Namespace, rep: int, mode: str = "pla
             )
         st = sandbox.load_state(d)
         pids = {"hsbcpd": new_pid, "active": st["hosts"]["host-a"]["pid"], "standby": st["hosts"]["host-b"]["pid"], "load": load.pid}
+        spies = start_spies(a.profile, a.profile_tool, {k: pids[k] for k in ("hsbcpd", "load", "active")}, rep) if a.profile else []
         cpu0 = cpu_seconds(pids)
         if mode == "supervise":
-            cpu0["hsbcpd"] = 0.0  # a new process: all of its CPU is this restart's
+            cpu0["hsbcpd"] = cpu0["hsbcpd_sys"] = 0.0  # a new process: all of its CPU is this restart's
         cpu = None
         back = None
         tcp: dict[str, int] = {}
@@ -134,11 +136,14 @@ async def one(d: Path, n: int, a: argparse.Namespace, rep: int, mode: str = "pla
                 pass
             back = ev["t"]
             cpu1 = cpu_seconds(pids)
+            await stop_spies(spies)
             cpu = {k: round(cpu1[k] - cpu0[k], 3) for k in cpu1}
             cpu["window"] = round(back - t_spawn, 3)
             tcp = counters_delta(tcp0, tcp_counters())
         except TimeoutError:
             say("   (not every terminal was back within 60 s)")
+        finally:
+            await stop_spies(spies)
         await asyncio.sleep(a.after)
         await load.send({"cmd": "stop"})
         while (ev := await load.read(timeout=120))["ev"] != "report":
@@ -200,6 +205,39 @@ def run_failures(report: dict[str, Any], n: int, cp: list[dict[str, Any]], t_kil
     return fault_window_failures(report, n) + one_restart_failures(after, supervised=mode == "supervise")
 
 
+def start_spies(where: str, tool: str, pids: dict[str, int], rep: int) -> list[Any]:
+    """--profile: py-spy (the venv's; `tool` "perf": perf record, native symbols and the
+    kernel's part) on each of `pids` from now until every terminal is back: py-spy's raw folded
+    stacks to `where`/<name>-<rep>.txt, perf's data to <name>-<rep>.perf, written on SIGINT."""
+    import subprocess
+
+    spy = Path(sys.executable).parent / "py-spy"
+    Path(where).mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, pid in pids.items():
+        argv = [str(spy), "record", "--nonblocking", "-r", "200", "-f", "raw", "-p", str(pid), "-o", str(Path(where) / f"{name}-{rep}.txt")]
+        if tool == "perf":
+            argv = ["perf", "record", "-q", "-F", "1000", "-p", str(pid), "-o", str(Path(where) / f"{name}-{rep}.perf")]
+        out.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return out
+
+
+async def stop_spies(spies: list[Any]) -> None:
+    """Stop the --profile recorders (SIGINT: each writes its file) and wait for them."""
+    for p in spies:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in spies:
+        for _ in range(1000):
+            if p.poll() is not None:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            p.kill()
+            p.wait()
+    spies.clear()
+
+
 def master_line(e: dict[str, Any]) -> bool:
     """A line of hsbcpd's master (`--supervise`), not of a worker."""
     ev = str(e.get("event", ""))
@@ -207,8 +245,15 @@ def master_line(e: dict[str, Any]) -> bool:
 
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    """CPU time (user + system, s) of each process so far, and of the whole machine ("busy")."""
+    """CPU time (user + system, s) of each process so far, its system time (<name>_sys), and the
+    whole machine's ("busy")."""
     out = {k: proc_cpu([pid]) for k, pid in pids.items()}
+    for k, pid in pids.items():  # the kernel's part of each (system time)
+        try:
+            raw = Path(f"/proc/{pid}/stat").read_bytes()
+            out[f"{k}_sys"] = int(raw[raw.rindex(b")") + 2 :].split()[12]) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            out[f"{k}_sys"] = 0.0
     cpu = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
     out["busy"] = (sum(cpu) - cpu[3] - cpu[4]) / os.sysconf("SC_CLK_TCK")  # not idle, not iowait
     return out
@@ -449,6 +494,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--after", type=float, default=2.0)
     p.add_argument("--recovery", type=int, default=100_000, help="also time recovering a journal of this many outstanding messages (0: no)")
     result_args(p, RESULTS)
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="profile the new hsbcpd, the load child and the active from the new hsbcpd's start to every terminal back, into DIR"
+        " (py-spy: raw folded stacks, 200 Hz, non-blocking)",
+    )
+    p.add_argument(
+        "--profile-tool", choices=["py-spy", "perf"], default="py-spy", help="--profile's recorder (perf: native symbols and the kernel's part)"
+    )
     p.add_argument("--keep", action="store_true", help="keep the working directory (logs, journals) even when every run passed")
     a = p.parse_args(argv)
     a.command = COMMAND + (" " + " ".join(argv if argv is not None else sys.argv[1:]) if (argv or sys.argv[1:]) else "")
