@@ -316,6 +316,9 @@ async def test_the_role_taken_after_the_actives_normal_stop_is_a_promote(tmp_pat
     assert cp.active is b and _said(b, "switch_granted")
     [entry] = cp.history.entries
     assert (entry["kind"], entry["why"]) == ("promote", "promote after normal stop"), entry
+    # the host that had stopped normally is named: `from` is nobody (no active at the grant)
+    assert (entry["from"], entry["stopped"]) == (None, "host-a"), entry
+    assert (cp.switchovers[-1]["from"], cp.switchovers[-1]["stopped"]) == (None, "host-a"), cp.switchovers[-1]
 
 
 async def test_a_failover_after_a_release_is_timed_from_the_loss_not_the_release(tmp_path: Path) -> None:

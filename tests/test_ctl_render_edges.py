@@ -62,6 +62,20 @@ def test_what_the_cp_answer_holds_is_each_shown() -> None:
     assert "journal OFF (durability none)" in text and "active host-x stopped normally" in text, text
 
 
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        ({"kind": "promote", "stopped": "host-a"}, "last promote: (none: host-a had stopped normally) -> host-b"),
+        ({"kind": "failover"}, "last failover: (none) -> host-b"),
+    ],
+)
+def test_a_switch_from_nobody_names_who_had_stopped_or_says_none(extra: dict[str, Any], said: str) -> None:
+    ls: dict[str, Any] = {"planned": False, "from": None, "to": "host-b", "epoch": 6, "at": None, "in_flight_terminals": 0}
+    ls |= {"switch_ms": 1.0, "switched": 0, "classic": 0, "reason": "r"} | extra
+    text = "\n".join(_lines(shown_cp(last_switchover=ls), shown_host("host-a", "standby"), shown_host("host-b", "active")))
+    assert said in text, text
+
+
 def test_a_failing_journal_is_said_with_its_error() -> None:
     lines = _lines(
         shown_cp(journal={"state": "failing", "dir": "/j", "error": "EIO"}), shown_host("host-a", "active"), shown_host("host-b", "standby")

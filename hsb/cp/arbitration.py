@@ -178,6 +178,7 @@ class Arbitration:
         release_t0 = self.release_t0 if demote is not None else None
         self.release_t0 = None
         old = self.active
+        stopped = self.active_stopped_normally if old is None else None  # (the role's last holder: status names it)
         role_before = host.role
         epoch = self._make_active(host)
         if self.standby is host:
@@ -196,7 +197,7 @@ class Arbitration:
         self.granting = host
         self.demoting = demote
         self.journal.append(
-            ["e", epoch, host.name], lambda: self._granted(host, reason, why, demote, old, t0, loss, release_t0, epoch, kind, req, refused)
+            ["e", epoch, host.name], lambda: self._granted(host, reason, why, demote, old, t0, loss, release_t0, epoch, kind, req, refused, stopped)
         )
 
     def _granted(
@@ -213,6 +214,7 @@ class Arbitration:
         kind: str,
         req: int | None = None,
         refused: dict[str, Any] | None = None,
+        stopped: str | None = None,
     ) -> None:
         if epoch != self.epoch:  # a newer epoch was raised while this one was made durable
             log.warning("grant_superseded", host=host.name, epoch=epoch, current=self.epoch)
@@ -265,6 +267,7 @@ class Arbitration:
             "kind": kind,
             "epoch": self.epoch,
             "from": old.name if old else None,
+            "stopped": stopped,  # (from nobody: the active that had stopped normally, if one had)
             "to": host.name,
             "reason": reason,
             "why": why,
@@ -364,6 +367,7 @@ class Arbitration:
                 "at": rec["at"],
                 "epoch": f.epoch,
                 "from": rec["from"],
+                "stopped": rec["stopped"],
                 "to": rec["to"],
                 "reason": rec["reason"],
                 "why": rec["why"],

@@ -209,7 +209,13 @@ def render(st: dict[str, Any]) -> str:
         ls = cp.get("last_switchover")
         if ls:
             kind = ls.get("kind") or ("switchover" if ls.get("planned") else "failover")
-            frm = ls["from"] or "(none: after a normal stop)"
+            frm = ls["from"] or (
+                f"(none: {ls['stopped']} had stopped normally)"
+                if ls.get("stopped")
+                else "(none: after a normal stop)"
+                if kind == "promote"
+                else "(none)"
+            )
             out.append(
                 f"            last {kind}: {frm} -> {ls['to']} at epoch {ls['epoch']}, {_age(ls['at'])}, "
                 + (f"silent {ls['silence_to_loss_ms']:.0f} ms before the CP noticed, " if ls.get("silence_to_loss_ms") is not None else "")
