@@ -232,3 +232,9 @@ def test_a_promote_from_no_active_says_a_dash_not_none() -> None:
     """A promote with no active before it (the pair was down): its row says "- -> host-b"."""
     _, row = ops_cmds.history_lines([{"kind": "promote", "at": 1_700_000_000.0, "epoch": 2, "from": None, "to": "host-b", "reason": "operator"}])
     assert row.split()[2:] == ["promote", "2", "-", "->", "host-b", "-", "-", "operator"], row
+
+
+def test_a_promote_after_a_normal_stop_names_the_host_that_had_stopped() -> None:
+    e = {"kind": "promote", "at": 1_700_000_000.0, "epoch": 3, "from": None, "stopped": "host-a", "to": "host-b", "reason": "operator"}
+    _, row = ops_cmds.history_lines([e])
+    assert row.split()[2:7] == ["promote", "3", "(host-a", "stopped)", "->"], row

@@ -217,7 +217,8 @@ def history_lines(entries: list[dict[str, Any]]) -> list[str]:
     for e in entries:
         kind = e.get("kind", "?")
         if kind in ("failover", "switchover", "promote", "undone"):
-            what = f"{e.get('from') or '-'} -> {e.get('to')}"
+            frm = e.get("from") or (f"({e['stopped']} stopped)" if e.get("stopped") else "-")  # (nobody: the one that had stopped normally)
+            what = f"{frm} -> {e.get('to')}"
         elif kind == "fence":
             what = f"{e.get('host')} fenced"
         else:
