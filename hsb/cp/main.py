@@ -83,7 +83,14 @@ def machine_problems(c: Mapping[str, Any]) -> list[str]:
         d = Path(c["journal"])
         there = unwritable_above(d)
         if there is not None:
-            what = "cannot be written" if there == d else f"cannot be made ({there} is not a directory this user may write)"
+            # a file (or a device, a pipe) at the journal's own path is no directory to chmod: say so
+            what = (
+                ("is a file, not a directory" if d.is_file() else "is not a directory")
+                if there == d and not d.is_dir()
+                else "cannot be written"
+                if there == d
+                else f"cannot be made ({there} is not a directory this user may write)"
+            )
             out.append(
                 f"cp.journal: {d} {what}: point journal at a directory the CP's user may write"
                 " (under the shipped systemd unit: in /var/lib/hsb, its ReadWritePaths)"
