@@ -250,6 +250,7 @@ async def interactive(
     reader.start()
     status = 0
     told = False  # the giving-up line was said
+    unanswered: set[int] | None = None  # logged on: the ids still unanswered when the linger ended
     fatal_wait = asyncio.ensure_future(printer.fatal.wait())
     try:
         while True:
@@ -288,9 +289,8 @@ async def interactive(
             printer.say(f"error: never logged on: {_not_logged_on(printer, client, waited)}")
             if status == 0:  # (an invalid input line keeps its 1)
                 status = NOT_LOGGED_ON
-        elif client.outstanding:  # a script feeding it must see that something was not answered
-            printer.say(f"{many(len(client.outstanding), 'message')} still without a reply")
-            status = 1
+        else:  # judged after the bye (below): the CP hands what it held over with the logoff
+            unanswered = set(client.outstanding)
     finally:
         fatal_wait.cancel()
         await connector.close()
@@ -305,6 +305,17 @@ async def interactive(
             client.close()
     if printer.fatal.is_set() and not told:  # refused while it logged off
         printer.say(_giving_up(printer))
+        status = 1
+    # a script feeding it must see that something was not answered within the linger: still
+    # without a reply at the CP's close, or answered only after the bye (a message held with no
+    # session, handed to the active with the logoff, as hsbterm load counts it: late). Said once
+    # the CP closed, so that the line does not say "without a reply" above the reply it printed
+    if unanswered is not None and (unanswered or client.outstanding):
+        late = len(unanswered - set(client.outstanding))
+        if late:
+            printer.say(f"{many(late, 'message')} answered only after the bye, not within the linger ({linger:g} s)")
+        if client.outstanding:
+            printer.say(f"{many(len(client.outstanding), 'message')} still without a reply")
         status = 1
     # judged after the bye: what the CP sent up to its close is in
     broken = session_failures(client, printer.errors)
