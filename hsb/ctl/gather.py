@@ -497,6 +497,16 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
     journal: dict[str, Any] = cp["journal"] if isinstance(cp.get("journal"), dict) else {}
     journal_ok = journal.get("durability") == "none" or journal.get("state", "ok") == "ok"
     serving = cp_ok and cp.get("state") == "serving" and journal_ok and bool(actives)
+    # the CP hears its active, which hsbctl could not ask (a ctl config's wrong address, a firewall,
+    # its admin loop busy): "NOT SERVING" from the others would deny what the CP says
+    cp_act = cp.get("active") if cp_ok and cp.get("state") == "serving" and journal_ok and not actives else None
+    unasked_active = (
+        {"name": cp_act.get("name"), "heard_ms_ago": cp_act.get("heard_ms_ago")}
+        if isinstance(cp_act, dict)
+        and cp_act.get("connected") is True
+        and not any(h.get("reachable") and h.get("name") == cp_act.get("name") for h in hosts)
+        else None
+    )
     # a standby cut off from the CP (registered_at_cp false) could not take over, and one whose
     # takeover storage does not answer (a hung mount) follows no ring: its sessions go stale; so
     # do they while the active cannot write the ring (standby_view_stale, on either host)
@@ -578,6 +588,8 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
     out = {
         "established": established,
         "serving": serving,
+        # the CP's active, its host link up, which could not be asked (then no verdict says NOT SERVING)
+        "cp_active_unasked": unasked_active,
         # why hot standby is not ready though both hosts say established, each with its fix
         "not_ready": stale if serving else [],
         # the active's service answers no message (exit 2), each with its fix

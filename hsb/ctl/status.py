@@ -134,8 +134,19 @@ def headline(st: dict[str, Any]) -> list[str]:
         said = [f"{h['name']} {_role_label(h)} ({h.get('state', '?')})" for h in st.get("hosts", []) if h.get("reachable")]
         first = f"hsb: UNKNOWN ({names}); the hosts say: {', '.join(said) or 'nothing (none answered)'}"
     else:
-        first = f"hsb: UNKNOWN ({names}); from the others: {verdict}"
+        first = f"hsb: UNKNOWN ({names}); from the others: {_unasked_active(st) or verdict}"
     return [first, *unknown, *changing, *why]
+
+
+def _unasked_active(st: dict[str, Any]) -> str | None:
+    """What the others say when the host the CP hears as its active could not be asked: not NOT
+    SERVING (the CP says its host link is up), but that whether it serves is not known."""
+    a = st.get("cp_active_unasked")
+    if not isinstance(a, dict) or st.get("serving"):
+        return None
+    ms = a.get("heard_ms_ago")
+    heard = f", heard {ms:.0f} ms ago" if isinstance(ms, (int, float)) and not isinstance(ms, bool) else ""
+    return f"the CP's active is {a.get('name') or '?'} (its host link up{heard}), not asked: whether it serves is not known"
 
 
 def _two_actives(st: dict[str, Any]) -> str:
