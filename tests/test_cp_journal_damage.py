@@ -74,8 +74,10 @@ async def test_a_damaged_journal_set_aside_starts_empty_above_every_generation_t
     assert f"generation {seen + 1}" in r.stdout and r.stdout.count("\n") == 1, r.stdout
     kept = [q for q in tmp_path.joinpath("cp").iterdir() if q.name.startswith("cp-journal.damaged-")]
     assert len(kept) == 1 and (kept[0] / p.name).exists()  # kept for inspection, whole
-    assert all(name.startswith("gen-") for name in os.listdir(j)), os.listdir(j)
-    assert sorted(os.listdir(j)) == sorted(n for n in os.listdir(kept[0]) if n.startswith("gen-"))
+    # its generation files and its identity (the same journal's lineage, to the hosts)
+    assert all(name.startswith("gen-") or name == "journal-id" for name in os.listdir(j)), os.listdir(j)
+    assert sorted(os.listdir(j)) == sorted(n for n in os.listdir(kept[0]) if n.startswith("gen-") or n == "journal-id")
+    assert (j / "journal-id").read_bytes() == (kept[0] / "journal-id").read_bytes()
     cp = restart_cp(cp)  # starts, empty, above every generation a host saw
     try:
         st = await cp_status(cp)
@@ -94,7 +96,7 @@ async def test_a_damaged_journal_set_aside_starts_empty_above_every_generation_t
         for q in (j, *j.iterdir()):
             os.chown(q, 65534, 65534)
     to, _, _ = set_aside(j, watch=0.1, force=True)
-    assert to.exists() and all(name.startswith("gen-") for name in os.listdir(j))
+    assert to.exists() and all(name.startswith("gen-") or name == "journal-id" for name in os.listdir(j))
     if os.geteuid() == 0:
         assert {(os.stat(q).st_uid, os.stat(q).st_gid) for q in (j, *j.iterdir())} == {(65534, 65534)}
 

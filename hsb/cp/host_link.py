@@ -73,7 +73,11 @@ class HostProtocol(AuthServerProtocol):
         return self.authed and not self.closed and not self.fenced
 
     def auth_ok_extra(self) -> dict[str, Any]:
-        return {"generation": self.cp.journal.gen}  # hosts refuse a CP older than one they saw
+        # hosts refuse a CP older than one they saw, and one on another journal than theirs
+        ok: dict[str, Any] = {"generation": self.cp.journal.gen}
+        if self.cp.journal.journal_id is not None:  # (none: memory-only)
+            ok["journal"] = self.cp.journal.journal_id
+        return ok
 
     def _handle(self, msg: dict[str, Any]) -> None:
         if self.authed and msg["t"] not in ("register", "hb") and self.role is None:

@@ -151,6 +151,7 @@ class TakingOver:
     async def _take_over_with(self, reason: str, c: Any, d: Path, t0: float, io: IOReady) -> None:
         assert self.gens is not None
         gen = await self._step("generation", self.gens.take)  # durable before anything is read (SPEC §5.8)
+        journal_id = await self._step("journal id", self.gens.identity, gen)  # made if none: what the hosts follow
         # beaten from now on: a CP waiting on the other machine (a split brain: it holds the
         # address too) takes a generation file that stands still for takeover_stale for a dead
         # CP's, and a takeover that reads much would be superseded in the middle, for ever in turn
@@ -161,6 +162,7 @@ class TakingOver:
             size = await self._step("journal size", _journal_bytes, d)
             r = await self._step("recovery", functools.partial(recover, d, truncate=False), size=size)
             journal = Journal(d, timeout=c.journal_timeout, segment_bytes=c.journal_segment_kib * 1024, generation=gen, io=c.journal_io, io_ready=io)
+            journal.journal_id = journal_id
             cp = CP(self.cfg, journal)
             cp.follows_a_cp = gen > 1  # (take() creates the generation above any before: 1 on a new journal)
             cp.restore(r)

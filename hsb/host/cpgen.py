@@ -8,6 +8,11 @@ the start. The file is `<host name>.cp-generation` in the takeover file's folder
 there already (the unit's ReadWritePaths), and one file per host keeps the two hosts of a pair
 that share the folder on NFS apart. Missing: generation 0 (a host's first start). Damaged or
 not readable: the start stops, naming the file and the fix, rather than trust any CP.
+
+The same file keeps the identity of the CP journal this host follows (`cp_journal`, hsb.cp.journal.generation:
+generations of two journals are unrelated counters, so a host refuses a CP on another journal
+whatever its generation). A file without it (an older hsbd's, or no CP has said one yet) reads
+as none: the next CP that says one is taken, and its id saved before this host registers.
 """
 
 from __future__ import annotations
@@ -50,11 +55,17 @@ def generation_path(takeover_path: str | os.PathLike[str], host: str) -> Path:
 def read_generation(path: Path, host: str) -> int:
     """The generation in `path`; 0 if there is none. GenerationFileError for a file that is there
     but cannot be taken; the storage's own error (EIO, ESTALE) raised as it is."""
+    return read_kept(path, host)[0]
+
+
+def read_kept(path: Path, host: str) -> tuple[int, str | None]:
+    """(the generation, the CP journal's id or None) in `path`; (0, None) if there is none; else as
+    read_generation."""
     try:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_BYTES + 1)
     except FileNotFoundError:
-        return 0
+        return 0, None
     except PermissionError:
         raise GenerationFileError(
             f"cannot read the CP generation file {path}: permission denied; give it to hsbd's user (chown) and start again"
@@ -67,8 +78,8 @@ def read_generation(path: Path, host: str) -> int:
     return gen
 
 
-def _generation(raw: bytes, host: str) -> int | str:
-    """The generation the file's bytes hold for `host`, or why they hold none."""
+def _generation(raw: bytes, host: str) -> tuple[int, str | None] | str:
+    """(The generation, the journal's id) the file's bytes hold for `host`, or why they hold none."""
     if len(raw) > MAX_BYTES:
         return f"over {MAX_BYTES} bytes"
     try:
@@ -82,12 +93,19 @@ def _generation(raw: bytes, host: str) -> int | str:
         return f"cp_generation is {str(gen)[:20]!r}, not a generation"
     if doc.get("host") != host:
         return f"written for host {str(doc.get('host'))[:64]!r}, not {host!r}"
-    return gen
+    journal = doc.get("cp_journal")
+    if journal is not None and not (isinstance(journal, str) and 0 < len(journal) <= 64):
+        return f"cp_journal is {str(journal)[:20]!r}, not a journal id"
+    return gen, journal
 
 
-def write_generation(path: Path, host: str, generation: int) -> None:
-    """`generation` durable in `path` (hsb.fsutil.replace_durably): whole, or the one before."""
-    replace_durably(path, (json.dumps({"host": host, "cp_generation": generation}) + "\n").encode())
+def write_generation(path: Path, host: str, generation: int, journal: str | None = None) -> None:
+    """`generation` (and the journal's id, if known) durable in `path` (hsb.fsutil.replace_durably):
+    whole, or the one before."""
+    doc: dict[str, Any] = {"host": host, "cp_generation": generation}
+    if journal is not None:
+        doc["cp_journal"] = journal
+    replace_durably(path, (json.dumps(doc) + "\n").encode())
 
 
 class GenerationFile:
@@ -99,6 +117,7 @@ class GenerationFile:
         self.host = host
         self.timeout = timeout  # ([takeover] storage_timeout: the file is on the same storage)
         self.saved = 0  # what a restart would start from: read at the start, then each one written
+        self.saved_journal: str | None = None  # (and the CP journal's id: None, none known)
         self.error: str | None = None  # why the last write failed; None once one succeeded
         self._worker: Worker | None = None
         self._busy = False  # a read or write out on the thread (one past its deadline: hung)
@@ -127,16 +146,16 @@ class GenerationFile:
     async def load(self) -> int:
         """At the start: the generation kept (0 if none). GenerationFileError, or OSError (the
         storage's error, a read past the deadline), naming the file."""
-        self.saved = await self._run("read", lambda: read_generation(self.path, self.host))
-        log.info("cp_generation_loaded", path=str(self.path), generation=self.saved)
+        self.saved, self.saved_journal = await self._run("read", lambda: read_kept(self.path, self.host))
+        log.info("cp_generation_loaded", path=str(self.path), generation=self.saved, journal=self.saved_journal)
         return self.saved
 
-    async def save(self, generation: int) -> bool:
+    async def save(self, generation: int, journal: str | None = None) -> bool:
         """`generation` durable before this host registers with the CP that showed it. A failure is
         said (and in the status) and tried again at the next link to a CP; the host registers all
         the same (hsb.host.cplink)."""
         try:
-            await self._run("write", lambda: write_generation(self.path, self.host, generation))
+            await self._run("write", lambda: write_generation(self.path, self.host, generation, journal))
         except Exception as exc:  # (a bug too: said, and the host registers all the same)
             self.error = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
             log.error(
@@ -149,8 +168,8 @@ class GenerationFile:
                 " and that hsbd's user may write there; tried again at the next link to the CP",
             )
             return False
-        self.saved, self.error = generation, None
-        log.info("cp_generation_saved", path=str(self.path), generation=generation)
+        self.saved, self.saved_journal, self.error = generation, journal, None
+        log.info("cp_generation_saved", path=str(self.path), generation=generation, journal=journal)
         return True
 
     def status(self) -> dict[str, Any]:

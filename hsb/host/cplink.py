@@ -50,6 +50,21 @@ ACTED_ON = frozenset({"active_exists", "handed_over"})
 log = structlog.get_logger("hsb.host")
 
 
+def journal_fix(kept: object | None) -> str:
+    """The fix for a CP on another journal; `kept`: this host's file (HOST.cp-generation), if any."""
+    return (
+        "two CPs on different journals: the journal must be one directory both CP machines share (§18); if it was replaced on"
+        f" purpose, stop each hsbd, remove its HOST.cp-generation beside the takeover file{f' (this one: {kept})' if kept else ''},"
+        " and start it again"
+    )
+
+
+def journal_of(auth_ok: dict[str, Any]) -> str | None:
+    """The CP journal's id the CP said at the auth (None: it said none, memory-only or an older hsbcpd)."""
+    j = auth_ok.get("journal")
+    return j if isinstance(j, str) and 0 < len(j) <= 64 else None
+
+
 LEASE_UNKNOWN_BEAT_S = 0.05  # the beat while no registration has told the lease yet
 
 
@@ -98,13 +113,23 @@ class CPLink:
         # superseded by another CP machine and is refused; kept across restarts in `memory`
         # (hsb.host.cpgen), which the start reads it from
         self.cp_generation = 0
-        self.generation_refusals = 0
+        self.generation_refusals = 0  # (a CP on another journal counted too)
+        # the identity of the CP journal this host follows (hsb.cp.journal.generation): a CP on
+        # another one is refused whatever its generation (generations of two journals are
+        # unrelated); the first said is taken, kept in `memory` with the generation. None: none yet
+        self.cp_journal: str | None = None
+        self.journal_refusals = 0
         self.memory = memory
         self.exiting = exiting  # the process ends (fenced, say): no new link is made
 
     def generation_status(self) -> dict[str, Any]:
         """The CP generations of this host's status (hsbctl status --json, the metrics)."""
-        st: dict[str, Any] = {"seen": self.cp_generation, "refusals": self.generation_refusals}
+        st: dict[str, Any] = {
+            "seen": self.cp_generation,
+            "refusals": self.generation_refusals,
+            "journal": self.cp_journal,
+            "journal_refusals": self.journal_refusals,
+        }
         if self.memory is not None:
             st.update(self.memory.status())
         return st
@@ -165,6 +190,7 @@ class CPLink:
         gen_refusals = RefusalLog(
             "cp_generation_refused", "tried again; the serving CP holds the address soon (keepalived)", on_said=said, cp=self.addr
         )
+        journal_refusals = RefusalLog("cp_journal_refused", on_said=said, cp=self.addr)
         unresolved = RefusalLog(
             "cp_address_unresolved",
             "tried again; check host.cp in this host's config (a name the resolver knows, or an IP)",
@@ -213,14 +239,30 @@ class CPLink:
                 await fs.aclose()
                 await asyncio.sleep(backoff.next())
                 continue
+            journal = journal_of(fs.auth_ok)
+            if journal is not None and self.cp_journal is not None and journal != self.cp_journal:
+                self.generation_refusals += 1
+                self.journal_refusals += 1
+                journal_refusals.seen(
+                    f"the CP at {self.addr} serves journal {journal} (generation {gen}), not journal {self.cp_journal} which this"
+                    f" host has followed; not registering with it",
+                    journal_fix(self.memory.path if self.memory is not None else None),
+                )
+                await fs.aclose()
+                await asyncio.sleep(backoff.next())
+                continue
+            if journal is not None and self.cp_journal is None:
+                log.info("cp_journal_taken", cp=self.addr, journal=journal, generation=gen)
+                self.cp_journal = journal
             if isinstance(gen, int) and gen > self.cp_generation:
                 if self.cp_generation:
                     log.info("cp_generation_raised", cp=self.addr, generation=gen, was=self.cp_generation)
                 self.cp_generation = gen
-            if self.memory is not None and self.cp_generation > self.memory.saved:
-                # durable before this host registers with it: restarted, it refuses an older CP too
+            if self.memory is not None and (self.cp_generation > self.memory.saved or self.cp_journal != self.memory.saved_journal):
+                # durable before this host registers with it: restarted, it refuses an older CP,
+                # and one on another journal, too
                 try:
-                    await self.memory.save(self.cp_generation)
+                    await self.memory.save(self.cp_generation, self.cp_journal)
                 except BaseException:
                     fs.close()
                     raise
@@ -228,6 +270,7 @@ class CPLink:
             refusals.clear()
             tls_refusals.clear()
             gen_refusals.clear()
+            journal_refusals.clear()
             unresolved.clear()
             wrong_port.clear()
             self.fs = fs

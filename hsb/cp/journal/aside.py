@@ -4,8 +4,10 @@ A journal that recovery refuses as damaged stops every start of hsbcpd (exit 65)
 moves it aside, keeps it for inspection, and starts empty. Started on an empty directory, a CP
 would take generation 1, and every hsbd that saw a higher one refuses it as an older CP (SPEC
 §5.8) until it is restarted. So the directory goes to a sibling one, whole, and a new one gets
-copies of its generation files: the next CP takes the generation above the highest one, as after
-any restart. A journal that recovers whole is refused unless forced: what it holds is owed.
+copies of its generation files and its identity (`journal-id`): the next CP takes the generation
+above the highest one, as after any restart, on the same journal as far as the hosts can tell (it
+continues its lineage: they would refuse a CP on another journal). A journal that recovers whole
+is refused unless forced: what it holds is owed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from pathlib import Path
 
 from hsb.cp.journal.format import JournalDamaged
-from hsb.cp.journal.generation import GEN, Generations, _durable_file, gen_name
+from hsb.cp.journal.generation import GEN, JOURNAL_ID, Generations, _durable_file, gen_name, read_journal_id
 from hsb.cp.journal.recovery import recover
 from hsb.fsutil import fsync_dir
 
@@ -48,7 +50,7 @@ def set_aside(d: Path, watch: float = WATCH_S, force: bool = False) -> tuple[Pat
                 f"a CP is serving {d} (its generation file {path.name} changed within {watch:g} s): stop every hsbcpd"
                 " that uses this journal (on both CP machines) and try again"
             )
-    if not [n for n in names if not GEN.match(n)]:
+    if not [n for n in names if not GEN.match(n) and n != JOURNAL_ID]:
         raise AsideRefused(f"{d} holds no records (only its generation files): start hsbcpd on it as it is")
     if not force:
         try:
@@ -83,6 +85,13 @@ def set_aside(d: Path, watch: float = WATCH_S, force: bool = False) -> tuple[Pat
         if GEN.match(n):
             _durable_file(new / n, (d / n).read_bytes(), os.O_EXCL)
             _same_owner(new / n, st)
+    try:
+        journal_id = read_journal_id(d)
+    except JournalDamaged:
+        journal_id = None  # (not kept: the next CP makes a new one, which the hosts refuse, saying so)
+    if journal_id is not None:
+        _durable_file(new / JOURNAL_ID, f"{journal_id}\n".encode(), os.O_EXCL)
+        _same_owner(new / JOURNAL_ID, st)
     _same_owner(new, st)
     os.chmod(new, stat.S_IMODE(st.st_mode))
     fsync_dir(new)

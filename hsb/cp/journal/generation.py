@@ -20,6 +20,15 @@ Once a CP's takeover snapshot is durable (before it deletes anything of older ge
 creates `snap-N`: from then on, a first segment of generation N that does not hold the
 snapshot whole is damage (JournalDamaged at recovery), never "a CP that died creating the
 generation", which recovery skips: skipping it would start empty, the older generations gone.
+
+Generations of two journals are unrelated counters: a CP started on another directory (a second
+CP machine with a local one instead of the shared one) may well have a generation as high. So
+the journal has an identity too, `journal-id` (a random id), made the first time a CP takes it
+over (after its `gen-N` file is durable, before it reads anything; a journal of an older hsbcpd
+gets one at its next takeover) and never changed: the CP says it to the hosts beside its
+generation, and a host refuses a CP whose journal is not the one it followed (hsb.host.cplink).
+It is made whole under another name and linked into place (atomic, fails if the name exists,
+also on NFS): of two CPs racing, the loser reads the winner's, never a half-written file.
 """
 
 from __future__ import annotations
@@ -28,11 +37,13 @@ import os
 import re
 import socket
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from hsb.cp.journal.format import JournalDamaged
 from hsb.fsutil import fsync_dir
 
 log = structlog.get_logger("hsb.cp")
@@ -41,6 +52,8 @@ GEN = re.compile(r"^gen-(\d{8,})$")
 SNAP = re.compile(r"^snap-(\d{8,})$")  # the generation's takeover snapshot was durable
 SEG_GEN = re.compile(r"^seg-(\d{8,})-\d{8,}\.hsbj$")  # a segment's generation, in its name
 KEEP = 8  # older generation files are removed, the newest few kept for the record
+JOURNAL_ID = "journal-id"  # the journal's identity (one line: a uuid4's hex), never changed once made
+ID = re.compile(r"^[0-9A-Za-z._-]{1,64}$")  # what an id may be (made: 32 hex digits)
 
 
 def _there(path: str) -> bool:
@@ -112,6 +125,20 @@ def gen_name(n: int) -> str:
     return f"gen-{n:08d}"
 
 
+def read_journal_id(d: Path) -> str | None:
+    """The id in journal directory `d`'s `journal-id`; None if it has none (a journal of an older
+    hsbcpd); JournalDamaged for a file that holds no id (the storage's own errors raised as they are)."""
+    path = d / JOURNAL_ID
+    try:
+        raw = path.read_bytes()[:200]
+    except FileNotFoundError:
+        return None
+    text = raw.decode("ascii", "replace").strip()
+    if not ID.match(text):
+        raise JournalDamaged(str(path), 0, f"{JOURNAL_ID} holds {text[:40]!r}, not a journal id (a uuid's hex)")
+    return text
+
+
 class Generations:
     def __init__(self, d: Path) -> None:
         self.dir = d
@@ -140,6 +167,27 @@ class Generations:
         while not self._create(n, f"{socket.gethostname()} pid {os.getpid()} at {time.time():.3f}\n".encode()):
             n += 1  # another CP took this one at the same moment: the next is ours
         return n
+
+    def identity(self, own: int) -> str:
+        """The journal's id, made now if it has none (by the CP of generation `own`, whose
+        `gen-N` is durable): written whole and durable under a name of its own generation, then
+        linked to `journal-id` (fails if that exists: another CP made it first, and its id is
+        the one), the directory made durable."""
+        found = read_journal_id(self.dir)
+        if found is not None:
+            return found
+        tmp = self.dir / f"{JOURNAL_ID}.{gen_name(own)}"
+        _durable_file(tmp, f"{uuid.uuid4().hex}\n".encode(), os.O_TRUNC)  # (a name only this generation uses)
+        try:
+            os.link(tmp, self.dir / JOURNAL_ID)
+        except FileExistsError:
+            pass  # another CP's is there: read below
+        finally:
+            os.unlink(tmp)
+            fsync_dir(self.dir)
+        made = read_journal_id(self.dir)
+        assert made is not None  # (linked, by this CP or another)
+        return made
 
     def _create(self, n: int, content: bytes) -> bool:
         """Create gen-`n` with `content`, durably (its name too); False if it exists already."""

@@ -117,6 +117,7 @@ class Journal(Completion, GroupWriter, Vouching):  # (Completion first: its `_wr
         self._ring_failed = False  # the last group through the ring failed: the next goes through the thread
         self._gen_paths: tuple[bytes, bytes] = (b"", b"")
         self.gen = generation  # this CP's generation: its segments carry it, a newer one stops it
+        self.journal_id: str | None = None  # the journal's identity (generation.JOURNAL_ID), said to the hosts
         self.gens = Generations(d)
         self.first_seg = 0  # this generation's first segment (the takeover snapshot)
         self.superseded: Superseded | None = None
