@@ -5,7 +5,8 @@ Real hsbcpd processes on one journal directory: a CP that takes the journal over
 generation first; the one it superseded stops at once (exit 75) and none of what it
 acknowledged is missing at the new one; a CP waiting to take over (`takeover = "on_wake"`)
 takes over when woken, or when the serving CP's heartbeat stops, and not while it beats (nor
-while a long takeover beats); hosts refuse a CP with an older generation than one they saw.
+while a long takeover beats); hosts refuse a CP with an older generation than one they saw,
+and one on another journal (its id, test_cp_journal_identity in process) whatever its generation.
 The generation files in process: tests/test_cp_generation_files.py; a waiting CP in process:
 tests/test_cp_waiting.py; the takeover's steps: tests/test_cp_takeover_steps.py.
 """
@@ -349,3 +350,57 @@ async def test_a_takeover_that_reads_long_beats_so_a_woken_waiting_cp_does_not_s
         if cp2 is not None:
             cp2.stop()
         await s.shutdown()
+
+
+async def test_a_host_refuses_a_cp_on_another_journal_even_at_a_higher_generation(tmp_path: Path) -> None:
+    """Generations of two journals are unrelated counters: a second CP machine misconfigured with
+    a local journal directory, its generation as high as the shared one's or above, was taken by
+    the hosts (the epoch went back, what the real journal held never delivered). Its journal id
+    differs from the one the host followed: refused (not registered), also by the host started
+    again (the id kept in its file); the CP on the host's journal back: taken."""
+    from hsb.cp.journal.generation import read_journal_id
+    from hsb.host.cpgen import read_kept
+    from tests.support.pair import make_pair
+
+    pair = make_pair(tmp_path)
+    try:
+        pair.start("host-a", "active")
+        st = await pair.wait_state("host-a", "serving")
+        j1 = read_journal_id(tmp_path / "cp" / "cp-journal")
+        assert j1 is not None and st["cp_generation"]["journal"] == j1 and st["cp_generation"]["seen"] == 1, st["cp_generation"]
+        kept = Path(st["cp_generation"]["file"])
+        assert read_kept(kept, "host-a") == (1, j1)
+        # another hsbcpd on the same ports, on another journal taken over a few times before
+        j2 = tmp_path / "cp" / "local-journal"
+        j2.mkdir()
+        for g in (1, 2, 3):
+            (j2 / gen_name(g)).touch()
+        cfg = tmp_path / "cp" / "cp.toml"
+        other = cfg.with_name("cp-local.toml")
+        other.write_text(cfg.read_text().replace("[cp]\n", f'[cp]\njournal = "{j2}"\n', 1))
+        pair.cp.stop()
+        pair.cp = _run_cp(tmp_path / "cp", other, None)
+        assert pair.cp.wait_event("journal_recovered")["generation"] == 4  # above the host's 1
+        j2id = read_journal_id(j2)
+        assert j2id is not None and j2id != j1
+        host = pair.hosts["host-a"]
+        ev = host.wait_event("cp_journal_refused", timeout=15)
+        assert f"serves journal {j2id}" in ev["reason"] and f"not journal {j1}" in ev["reason"], ev
+        assert "two CPs on different journals" in ev["msg"] and str(kept) in ev["msg"], ev
+        st = await pair.status("host-a")
+        assert st["cp_generation"]["journal_refusals"] >= 1 and st["cp_generation"]["seen"] == 1 and not st["registered_at_cp"], st
+        assert (await pair.cp_status())["active"] is None  # the host never registered with it
+        assert read_kept(kept, "host-a") == (1, j1)
+        # the host started again: the journal it followed read from its file, the CP still refused
+        host.stop()
+        host = pair.start("host-a", "active")
+        assert host.wait_event("cp_generation_loaded")["journal"] == j1
+        host.wait_event("cp_journal_refused", timeout=15)
+        assert (await pair.cp_status())["active"] is None
+        # the CP on the host's journal back: taken (its generation above, the same journal)
+        pair.cp.stop()
+        pair.cp = _run_cp(tmp_path / "cp", cfg, None)
+        st = await pair.wait_state("host-a", "serving")
+        assert st["cp_generation"]["journal"] == j1 and st["cp_generation"]["seen"] == 2 and st["registered_at_cp"], st["cp_generation"]
+    finally:
+        pair.stop()

@@ -1,0 +1,245 @@
+"""The CP journal's identity (hsb.cp.journal.generation `journal-id`; docs/cp-journal.md): made once,
+at the first takeover, stable across takeovers, a racing CP reads the winner's, kept by
+--set-journal-aside and not taken for damage or garbage; said to the hosts beside the generation
+(none by a memory-only CP). The host's side: its CP generation file keeps it (`cp_journal`), and
+its CP link takes the first one said and refuses a CP on another journal whatever its generation.
+The real-process test (a second CP on another journal refused) is in test_cp_generations."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections import deque
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from hsb.config import load
+from hsb.cp.config import CPConfig
+from hsb.cp.journal import generation as genmod
+from hsb.cp.journal.aside import AsideRefused, set_aside
+from hsb.cp.journal.generation import JOURNAL_ID, Generations, gen_name, read_journal_id
+from hsb.cp.journal.recovery import recover
+from hsb.cp.server import CPServer
+from hsb.host import cplink as cplink_mod
+from hsb.host.cpgen import GenerationFile, GenerationFileError, read_generation, read_kept, write_generation
+from hsb.host.cplink import CPLink
+from hsb.host.lease import Lease
+from hsb.ops import refusals
+from hsb.wire.client import FrameStream, LinkClosed
+from tests.support.logrec import RecordingLog
+from tests.support.procs import SECRET, cp_config
+
+pytestmark = pytest.mark.timeout(30)
+
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+
+
+def test_the_id_is_made_once_and_kept_across_takeovers_and_an_older_journal_gets_one(tmp_path: Path) -> None:
+    d = tmp_path / "j"
+    g = Generations(d)
+    first = g.identity(g.take())
+    assert HEX32.match(first) and (d / JOURNAL_ID).read_text() == f"{first}\n"
+    for _ in range(3):  # later takeovers: the same id
+        assert g.identity(g.take()) == first
+    assert sorted(os.listdir(d)) == sorted([JOURNAL_ID, *(gen_name(n) for n in range(1, 5))])  # nothing of the making left
+    (d / JOURNAL_ID).unlink()  # a journal of an older hsbcpd: none, until its next takeover
+    assert read_journal_id(d) is None
+    made = g.identity(g.take())
+    assert HEX32.match(made) and made != first and read_journal_id(d) == made
+
+
+def test_a_cp_losing_the_race_to_make_it_takes_the_winners(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two CPs taking a journal that has none: the one whose id lands second takes the first's,
+    and the file is never overwritten (each says the same id to the hosts)."""
+    d = tmp_path / "j"
+    g = Generations(d)
+    own = g.take()
+    real = genmod._durable_file
+
+    def durable(path: Path, content: bytes, flags: int = 0) -> None:
+        real(path, content, flags)
+        if path.name.startswith(f"{JOURNAL_ID}."):  # meanwhile the other CP's is linked into place
+            (d / JOURNAL_ID).write_text("f" * 32 + "\n")
+
+    monkeypatch.setattr(genmod, "_durable_file", durable)
+    assert g.identity(own) == "f" * 32
+    assert (d / JOURNAL_ID).read_text() == "f" * 32 + "\n" and sorted(os.listdir(d)) == sorted([JOURNAL_ID, gen_name(own)])
+
+
+def test_set_aside_keeps_the_id_with_the_generations_and_counts_it_no_record(tmp_path: Path) -> None:
+    d = tmp_path / "j"
+    g = Generations(d)
+    ident = g.identity(g.take())
+    with pytest.raises(AsideRefused, match="holds no records"):  # its generation files and its id only
+        set_aside(d, watch=0.0)
+    (d / "seg-00000001-00000001.hsbj").write_bytes(b"\xff" * 64)  # (forced: not recovered)
+    to, _, newest = set_aside(d, watch=0.0, force=True)
+    assert newest == 1 and sorted(os.listdir(d)) == sorted([JOURNAL_ID, gen_name(1)])
+    assert read_journal_id(d) == ident == read_journal_id(to)
+    assert g.identity(g.take()) == ident  # the next CP: the same journal's lineage
+
+
+def server(tmp_path: Path, **kw: Any) -> CPServer:
+    return CPServer(load(cp_config(tmp_path, terminals=2, **kw), CPConfig), SECRET, str(tmp_path / "cp.toml"))
+
+
+async def said_to_a_host(s: CPServer) -> dict[str, Any]:
+    """The auth answer a host gets from CP `s`."""
+    host, port = s.cfg.cp.host_listen.rsplit(":", 1)
+    fs = await FrameStream.connect(host, int(port), timeout=5)
+    try:
+        await fs.authenticate(SECRET, "host", "host-a", timeout=5)
+        return dict(fs.auth_ok)
+    finally:
+        await fs.aclose()
+
+
+async def test_a_cp_says_its_journals_id_which_recovery_and_compaction_keep(tmp_path: Path) -> None:
+    """Two takeovers of one journal (the second recovers the first's, snapshots, deletes the
+    older generation's segments and prunes): the same id, said beside the generation, the file
+    neither damage nor garbage."""
+    ids = []
+    for gen in (1, 2):
+        s = server(tmp_path)
+        try:
+            await s.startup()
+            assert s.cp is not None
+            ok = await said_to_a_host(s)
+            assert ok["generation"] == gen and HEX32.match(ok["journal"]), ok
+            ids.append(ok["journal"])
+        finally:
+            await s.shutdown()
+    j = Path(s.cfg.cp.journal)
+    assert ids[0] == ids[1] == read_journal_id(j)
+    assert recover(j, truncate=False).head_generation == 2
+
+
+async def test_a_memory_only_cp_says_no_journal(tmp_path: Path) -> None:
+    s = server(tmp_path, durability="none")
+    try:
+        await s.startup()
+        ok = await said_to_a_host(s)
+        assert ok["generation"] == 0 and "journal" not in ok, ok
+    finally:
+        await s.shutdown()
+
+
+def test_the_hosts_file_keeps_the_journal_and_one_without_reads_as_none(tmp_path: Path) -> None:
+    path = tmp_path / "host-a.cp-generation"
+    write_generation(path, "host-a", 7, "a" * 32)
+    assert read_kept(path, "host-a") == (7, "a" * 32) and read_generation(path, "host-a") == 7
+    path.write_text('{"host": "host-a", "cp_generation": 5}\n')  # an older hsbd's
+    assert read_kept(path, "host-a") == (5, None)
+    write_generation(path, "host-a", 6)
+    assert read_kept(path, "host-a") == (6, None)
+    for bad in ('"cp_journal": 7', '"cp_journal": ""', f'"cp_journal": "{"x" * 65}"'):
+        path.write_text(f'{{"host": "host-a", "cp_generation": 5, {bad}}}\n')
+        with pytest.raises(GenerationFileError, match="not a journal id"):
+            read_kept(path, "host-a")
+
+
+class CPAnswer:
+    """A CP link's stream whose auth answer is `ok`: the link is up until told to end (eof)."""
+
+    def __init__(self, ok: dict[str, Any]) -> None:
+        self.auth_ok = ok
+        self.end = asyncio.Event()
+        self.writer = SimpleNamespace(transport=SimpleNamespace(abort=self.end.set))
+
+    async def authenticate(self, *_: Any, **__: Any) -> str:
+        return "ok"
+
+    async def recv(self, timeout: float | None = None) -> dict[str, Any]:
+        await self.end.wait()
+        raise LinkClosed("eof")
+
+    def send(self, msg: Any) -> None:
+        pass
+
+    async def drain(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.end.set()
+
+    async def aclose(self) -> None:
+        self.end.set()
+
+
+async def until(cond: Any, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not cond():
+        assert loop.time() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+async def test_a_host_takes_the_first_journal_and_refuses_a_cp_on_another_whatever_its_generation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CPs answering in turn at the host's CP address: journal A at generation 1 (taken, saved
+    before the link is up), journal B at generation 5 (refused, never up, said), a CP that says
+    no journal at 6 (an older hsbcpd, memory-only: judged by generation, up), A again at 7 (up).
+    A new link (a restarted host) reading the file refuses B too."""
+    rec = RecordingLog()
+    monkeypatch.setattr(refusals, "log", rec)  # (the refusal is said through hsb.ops.refusals)
+    a, b = "a" * 32, "b" * 32
+    answers: deque[CPAnswer] = deque()
+    ups: list[tuple[int, str | None]] = []
+
+    async def connect(*_: Any, **__: Any) -> CPAnswer:
+        while not answers:
+            await asyncio.sleep(0.01)
+        return answers.popleft()
+
+    monkeypatch.setattr(cplink_mod, "FrameStream", SimpleNamespace(connect=connect))
+    mem = GenerationFile(tmp_path / "host-a.cp-generation", "host-a", timeout=5.0)
+
+    def link_of() -> CPLink:
+        link = CPLink(
+            name="host-a", addr="127.0.0.1:1", secret=SECRET, interval=0.1, timeout=5.0, max_frame=1 << 20,
+            on_up=lambda: ups.append((link.cp_generation, read_kept(mem.path, "host-a")[1])), on_frame=lambda m: None,
+            on_down=lambda why: None, lease=Lease(), on_answer=lambda n: None, memory=mem,
+        )  # fmt: skip
+        return link
+
+    link = link_of()
+    link.start()
+    try:
+        first = CPAnswer({"generation": 1, "journal": a})
+        answers.append(first)
+        await until(lambda: ups == [(1, a)], "journal A taken, saved before the link is up")
+        assert link.generation_status()["journal"] == a and read_kept(mem.path, "host-a") == (1, a)
+        first.end.set()
+        answers.append(CPAnswer({"generation": 5, "journal": b}))
+        await until(lambda: link.journal_refusals >= 1, "journal B refused")
+        assert ups == [(1, a)] and link.cp_generation == 1 and link.generation_refusals >= 1
+        assert read_kept(mem.path, "host-a") == (1, a)
+        (ev,) = rec.events("cp_journal_refused")[:1]
+        assert ev["level"] == "error" and f"serves journal {b}" in ev["reason"] and f"not journal {a}" in ev["reason"], ev
+        assert "two CPs on different journals" in ev["msg"] and str(mem.path) in ev["msg"] and "\n" not in ev["msg"], ev
+        none = CPAnswer({"generation": 6})
+        answers.append(none)
+        await until(lambda: len(ups) == 2, "a CP saying no journal, judged by its generation")
+        assert ups[1] == (6, a) and link.generation_status()["journal"] == a
+        none.end.set()
+        answers.append(CPAnswer({"generation": 7, "journal": a}))
+        await until(lambda: len(ups) == 3, "journal A again")
+    finally:
+        await link.close()
+    # a restarted host: the journal read from its file
+    assert await mem.load() == 7 and mem.saved_journal == a
+    again = link_of()
+    again.cp_generation, again.cp_journal = mem.saved, mem.saved_journal
+    again.start()
+    try:
+        answers.append(CPAnswer({"generation": 9, "journal": b}))
+        await until(lambda: again.journal_refusals >= 1, "journal B refused after a restart")
+        assert len(ups) == 3
+    finally:
+        await again.close()
+        mem.close()
