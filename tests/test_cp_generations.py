@@ -14,6 +14,7 @@ tests/test_cp_waiting.py; the takeover's steps: tests/test_cp_takeover_steps.py.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import subprocess
 import time
@@ -257,24 +258,37 @@ async def test_a_host_refuses_a_cp_older_than_one_it_saw(tmp_path: Path) -> None
     from tests.support.pair import make_pair
 
     pair = make_pair(tmp_path)
+    journal = tmp_path / "cp" / "cp-journal"
     try:
+        pair.cp.stop()
+        shutil.copytree(journal, tmp_path / "cp-journal-then")  # the journal as it was at generation 1
         for _ in range(2):  # the CP restarted twice: generation 3
             pair.cp = restart_cp(pair.cp)
         pair.start("host-a", "active")
         st = await pair.wait_state("host-a", "serving")
         assert st["cp_generation"]["seen"] == 3
-        # a CP on another (older) journal appears at the same address: refused
+        # a CP left behind on the same journal (its state at generation 1: it takes 2) answers at
+        # the same address: a superseded CP, refused by generation
         pair.cp.stop()
-        journal = tmp_path / "cp" / "cp-journal"
         journal.rename(tmp_path / "cp-journal-newer")
+        (tmp_path / "cp-journal-then").rename(journal)
         pair.cp = restart_cp(pair.cp)
-        assert pair.cp.wait_event("journal_recovered")["generation"] == 1
+        assert pair.cp.wait_event("journal_recovered")["generation"] == 2
         host = pair.hosts["host-a"]
         ev = host.wait_event("cp_generation_refused", timeout=15)
-        assert "generation 1, below 3" in ev["reason"], ev
+        assert "generation 2, below 3" in ev["reason"] and "a superseded CP" in ev["reason"], ev
         st = await pair.status("host-a")
-        assert st["cp_generation"]["refusals"] >= 1 and not st["registered_at_cp"]
+        assert st["cp_generation"]["refusals"] >= 1 and st["cp_generation"]["journal_refusals"] == 0 and not st["registered_at_cp"], st
         assert (await pair.cp_status())["active"] is None  # the host never registered with it
+        # a CP on another, new journal (generation 1, lower too): said as another journal, not as a
+        # superseded CP (it never was on this one)
+        pair.cp.stop()
+        journal.rename(tmp_path / "cp-journal-older")
+        pair.cp = restart_cp(pair.cp)
+        assert pair.cp.wait_event("journal_recovered")["generation"] == 1
+        ev = host.wait_event("cp_journal_refused", timeout=15)
+        assert "(generation 1), not journal" in ev["reason"] and "different journals" in ev["msg"], ev
+        assert (await pair.cp_status())["active"] is None
     finally:
         pair.stop()
 
@@ -287,25 +301,31 @@ async def test_a_restarted_host_still_refuses_a_cp_older_than_one_it_saw(tmp_pat
     from tests.support.pair import make_pair
 
     pair = make_pair(tmp_path)
+    journal = tmp_path / "cp" / "cp-journal"
     try:
-        pair.cp = restart_cp(pair.cp)  # generation 2
+        pair.cp.stop()
+        shutil.copytree(journal, tmp_path / "cp-journal-then")  # the journal as it was at generation 1
+        for _ in range(2):  # generation 3
+            pair.cp = restart_cp(pair.cp)
         pair.start("host-a", "active")
         st = await pair.wait_state("host-a", "serving")
-        assert st["cp_generation"]["seen"] == 2 and st["cp_generation"]["remembered"] == 2, st["cp_generation"]
+        assert st["cp_generation"]["seen"] == 3 and st["cp_generation"]["remembered"] == 3, st["cp_generation"]
         kept = Path(st["cp_generation"]["file"])
         assert kept == tmp_path / "host-a.cp-generation" and kept.exists()
         pair.hosts["host-a"].stop()  # a crash (SIGKILL): nothing written at the end
-        # while it is down, a CP on another (older) journal answers at the same address
+        # while it is down, a CP left behind on the same journal (at generation 1: it takes 2)
+        # answers at the same address
         pair.cp.stop()
-        (tmp_path / "cp" / "cp-journal").rename(tmp_path / "cp-journal-newer")
+        journal.rename(tmp_path / "cp-journal-newer")
+        (tmp_path / "cp-journal-then").rename(journal)
         pair.cp = restart_cp(pair.cp)
-        assert pair.cp.wait_event("journal_recovered")["generation"] == 1
+        assert pair.cp.wait_event("journal_recovered")["generation"] == 2
         host = pair.start("host-a", "active")  # a new process
-        assert host.wait_event("cp_generation_loaded")["generation"] == 2
+        assert host.wait_event("cp_generation_loaded")["generation"] == 3
         ev = host.wait_event("cp_generation_refused", timeout=10)
-        assert "generation 1, below 2" in ev["reason"], ev
+        assert "generation 2, below 3" in ev["reason"], ev
         st = await pair.status("host-a")
-        assert st["cp_generation"]["refusals"] >= 1 and st["cp_generation"]["seen"] == 2 and not st["registered_at_cp"], st
+        assert st["cp_generation"]["refusals"] >= 1 and st["cp_generation"]["seen"] == 3 and not st["registered_at_cp"], st
         assert (await pair.cp_status())["active"] is None  # the restarted host never registered with it
     finally:
         pair.stop()
