@@ -390,6 +390,7 @@ async def test_a_host_refuses_a_cp_on_another_journal_even_at_a_higher_generatio
         assert j1 is not None and st["cp_generation"]["journal"] == j1 and st["cp_generation"]["seen"] == 1, st["cp_generation"]
         kept = Path(st["cp_generation"]["file"])
         assert read_kept(kept, "host-a") == (1, j1)
+        assert (await pair.cp_status())["journal"]["id"] == j1  # (the CP says it: hsbctl status compares)
         # another hsbcpd on the same ports, on another journal taken over a few times before
         j2 = tmp_path / "cp" / "local-journal"
         j2.mkdir()

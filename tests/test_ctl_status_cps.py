@@ -179,3 +179,23 @@ def test_a_cp_older_than_the_hosts_have_seen_is_said_superseded() -> None:
     pair[0]["cp_generation"] = {"seen": 7, "refusals": 2}
     st = summarize(dict(cp), pair)
     assert st["exit_status"] == 1 and "has generation 6, below the 7 a has seen" in st["cp_errors"][0], st["cp_errors"]
+
+
+def test_a_cp_on_another_journal_than_the_hosts_follow_is_said_so_whatever_its_generation() -> None:
+    """The CP asked serves journal B; a host follows journal A (its cp_generation.journal): two CPs
+    on different journals, said as that (not as a superseded CP, though its generation is lower
+    too), with the directory to check; the same journal: nothing said."""
+    from hsb.ctl.gather import summarize
+
+    journal = {"dir": "/var/lib/hsb/cp-journal", "durability": "fsync", "state": "ok", "id": "b" * 32}
+    cp = {"reachable": True, "name": "cp-a", "addr": "vip:1", "state": "serving", "epoch": 1, "generation": 6, "journal": journal}
+    pair = pair_hosts()
+    pair[0]["cp_generation"] = {"seen": 6, "refusals": 0, "journal": "b" * 32}
+    st = summarize(dict(cp), [dict(h) for h in pair])
+    assert not st["cp_errors"], st["cp_errors"]
+    pair[0]["cp_generation"] = {"seen": 7, "refusals": 2, "journal": "a" * 32}
+    st = summarize(dict(cp), pair)
+    assert st["exit_status"] == 1 and len(st["cp_errors"]) == 1, st["cp_errors"]
+    said = st["cp_errors"][0]
+    assert f"serves journal {'b' * 32}, not journal {'a' * 32} a follows: two CPs on different journals" in said, said
+    assert "/var/lib/hsb/cp-journal: is it the directory both CP machines share?" in said and "below" not in said, said

@@ -440,6 +440,18 @@ def superseded_cps(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: li
         for m in machines or []
         if isinstance(m.get("superseded"), dict)
     ]
+    journal: dict[str, Any] = cp["journal"] if isinstance(cp.get("journal"), dict) else {}
+    jid = journal.get("id") if cp.get("reachable") else None
+    if isinstance(jid, str) and not out:
+        for h in hosts:  # another journal first: its generation is no measure (as the hosts judge it)
+            cg = h.get("cp_generation")
+            followed = cg.get("journal") if h.get("reachable") and isinstance(cg, dict) else None
+            if isinstance(followed, str) and followed != jid:
+                out.append(
+                    f"the CP {cp.get('name')} at {cp.get('addr', '-')} serves journal {jid}, not journal {followed} {h.get('name')} follows:"
+                    f" two CPs on different journals ({journal.get('dir')}: is it the directory both CP machines share?); §18"
+                )
+                break
     gen = cp.get("generation")
     if cp.get("reachable") and isinstance(gen, int) and not isinstance(gen, bool) and not out:
         for h in hosts:

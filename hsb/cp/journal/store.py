@@ -428,6 +428,7 @@ class Journal(Completion, GroupWriter, Vouching):  # (Completion first: its `_wr
             "durability": "fsync",
             "io": self.io_used,
             "generation": self.gen,
+            "id": self.journal_id,  # (the journal's identity: the hosts follow one; hsb.cp.journal.generation)
             "state": self.state,
             "error": self.error,
             "segments": len(self.segments),
