@@ -98,7 +98,9 @@ async def lab_run(n: int, a: argparse.Namespace, rep: int, base: Path, tickle: b
         groups = {"new_cp": lab.daemons[other].pid, "host_a": lab.daemons["a"].pid, "host_b": lab.daemons["b"].pid, "terminals": load.dm.pid}
         cpu0 = {k: tree_cpu(v) for k, v in groups.items()}
         tcp0 = tcp_counters(lab.read_in(other, "/proc/net/netstat"))
-        t_cut = lab.cut(first, "vrrp1" if first == "cp1" else "vrrp2")
+        # the VRRP leg first: a lost machine resigns nothing, and cut after the data leg (tracked:
+        # FAULT) its keepalived could send its resignation (priority 0) in the moment between
+        t_cut = lab.cut("vrrp1" if first == "cp1" else "vrrp2", first)
         load.mark("cp_machine_cut", t_cut)
         await lab.wait(
             lambda s: s["cp"].get("name") == other and back(s["cp"], n),

@@ -101,7 +101,7 @@ async def test_the_cp_machine_holding_the_address_cut_off_under_load(tmp_path: P
         first, other, load = await _started(lab, rate=800)
         async with CPWatch(lab) as watch:
             await asyncio.sleep(1.0)  # traffic in flight
-            t_cut = lab.cut(first, _leg(first))  # every link of the machine but the management net
+            t_cut = lab.cut(_leg(first), first)  # every link of the machine but the management net
             load.mark("cp_machine_cut", t_cut)
             st = await lab.wait(
                 lambda s: s["cp"].get("name") == other and all_back(s["cp"], lab.terminals),
@@ -212,7 +212,7 @@ async def test_silent_terminals_of_a_cut_off_cp_machine_come_back_by_tickle_acks
         await lab.wait(lambda s: s["cp"]["terminals"]["standby_sessions"] == lab.terminals, 60, "every standby session")
         # the list is written at most once a second: a terminal connected since is not in it yet
         await lab.wait(lambda s: s["cp"].get("tickle_list", {}).get("listed") == lab.terminals, 10, "every connection in the tickle list")
-        t_cut = lab.cut(first, _leg(first))
+        t_cut = lab.cut(_leg(first), first)
         load.mark("cp_machine_cut", t_cut)
         # without the tickles more than half of them would still hang on after this
         await lab.wait(lambda s: s["cp"].get("name") == other and all_back(s["cp"], lab.terminals), 15, f"{other} serving every terminal")
