@@ -382,3 +382,34 @@ async def test_ring_reads_go_to_the_file_thread_without_the_spin(path: str) -> N
     finally:
         await active.close()
         await standby.close()
+
+
+@pytest.mark.parametrize(
+    ("err", "fix"),
+    [
+        (errno.EPERM, "it is immutable or append-only (lsattr {p}): chattr -i -a {p} as root"),
+        (errno.EROFS, "its file system is mounted read-only: mount it read-write"),
+        (errno.EACCES, "give the daemon's user read and write access (chown USER {p}; chmod 600 {p})"),
+    ],
+)
+def test_a_takeover_file_that_cannot_be_written_is_given_the_fix_of_its_errno(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int, fix: str
+) -> None:
+    """open's EPERM on a file is an attribute (chattr +i), not its owner or mode (EACCES): chown
+    and chmod would not help; a read-only mount is a mount's matter."""
+    from hsb.takeover.errors import NotWritable
+    from hsb.takeover.store import writable
+
+    p = tmp_path / "takeover.dat"
+    p.write_bytes(b"x")
+
+    def refused(path: str, flags: int, *a: Any) -> int:
+        raise OSError(err, os.strerror(err), path)
+
+    monkeypatch.setattr("hsb.takeover.store.os.open", refused)
+    with pytest.raises(NotWritable) as exc:
+        writable(str(p))
+    text = str(exc.value)
+    assert text.startswith(f"takeover file {p} cannot be opened for writing by this host ({os.strerror(err)})"), text
+    assert text.endswith(fix.format(p=p)) or fix.format(p=p) + " (a daemon run as root" in text, text
+    assert ("chown" in text) == (err == errno.EACCES), text
