@@ -16,9 +16,14 @@ def many(n: Any, one: str, more: str | None = None) -> str:
     return f"{n} {one if n == 1 else more or one + 's'}"
 
 
+def agree(n: Any, one: str, more: str) -> str:
+    """The word agreeing with a count `n` (a verb, a pronoun): `one` for 1, else `more`."""
+    return one if n == 1 else more
+
+
 def were(n: Any) -> str:
     """The verb agreeing with a count: 1 was, 2 were."""
-    return "was" if n == 1 else "were"
+    return agree(n, "was", "were")
 
 
 def span(seconds: float) -> str:

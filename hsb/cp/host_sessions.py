@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hsb.cp.state import Session
-from hsb.plural import many
+from hsb.plural import agree, many
 
 if TYPE_CHECKING:
     from hsb.cp.core import CP
@@ -224,10 +224,10 @@ class HostSessions:
         if not names:
             return "", None
         first = names[0]
-        one = len(names) == 1
+        n = len(names)
         said = (
-            f"{many(len(names), 'terminal')} {'takes' if one else 'take'} the classic path: {sb.name} refused"
-            f" {'its' if one else 'their'} standby session ({first}: {sb.refused_standby[first]})"
+            f"{many(n, 'terminal')} {agree(n, 'takes', 'take')} the classic path: {sb.name} refused"
+            f" {agree(n, 'its', 'their')} standby session ({first}: {sb.refused_standby[first]})"
         )
         log.warning(
             "handover_without_refused_standby_sessions",
@@ -235,7 +235,7 @@ class HostSessions:
             standby=sb.name,
             count=len(names),
             terminals=names[:REFUSED_NAMED],
-            msg=f"{said}: disconnected, {'it logs' if one else 'they log'} on again; make {'its' if one else 'their'} attrs identical on both hosts",
+            msg=f"{said}: disconnected, {agree(n, 'it logs', 'they log')} on again; make {agree(n, 'its', 'their')} attrs identical on both hosts",
         )
         named = [{"terminal": n, "reason": sb.refused_standby[n]} for n in names[:REFUSED_NAMED]]
         return f"; {said}", {"standby": sb.name, "count": len(names), "terminals": named}

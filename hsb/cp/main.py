@@ -84,13 +84,12 @@ def machine_problems(c: Mapping[str, Any]) -> list[str]:
         there = unwritable_above(d)
         if there is not None:
             # a file (or a device, a pipe) at the journal's own path is no directory to chmod: say so
-            what = (
-                ("is a file, not a directory" if d.is_file() else "is not a directory")
-                if there == d and not d.is_dir()
-                else "cannot be written"
-                if there == d
-                else f"cannot be made ({there} is not a directory this user may write)"
-            )
+            if there != d:
+                what = f"cannot be made ({there} is not a directory this user may write)"
+            elif d.is_dir():
+                what = "cannot be written"
+            else:
+                what = "is a file, not a directory" if d.is_file() else "is not a directory"
             out.append(
                 f"cp.journal: {d} {what}: point journal at a directory the CP's user may write"
                 " (under the shipped systemd unit: in /var/lib/hsb, its ReadWritePaths)"

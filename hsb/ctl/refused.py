@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hsb.plural import many
+from hsb.plural import agree, many
 
 # terminals named in the line (the count says all)
 NAMED = 5
@@ -29,10 +29,9 @@ def refused_line(rec: dict[str, Any], indent: str = "  ") -> str | None:
     names = [str(x.get("terminal")) for x in named[:NAMED]]
     more = f" and {count - len(names)} more" if count > len(names) else ""
     sb = ref.get("standby") or "the standby"
-    one = count == 1
     return (
-        f"{indent}{many(count, 'terminal')} took the classic path (disconnected, {'it logs' if one else 'they log'} on again) because {sb} refused"
-        f" {'its' if one else 'their'} standby session: {', '.join(names)}{more} ({names[0]}: {named[0].get('reason')});"
-        f" make {'its' if one else 'their'} attrs identical on both hosts"
+        f"{indent}{many(count, 'terminal')} took the classic path (disconnected, {agree(count, 'it logs', 'they log')} on again) because {sb} refused"
+        f" {agree(count, 'its', 'their')} standby session: {', '.join(names)}{more} ({names[0]}: {named[0].get('reason')});"
+        f" make {agree(count, 'its', 'their')} attrs identical on both hosts"
         " and reload the one you change (docs/operations.md §5)"
     )

@@ -19,10 +19,11 @@ from typing import Any
 from hsb.config import toml_section
 from hsb.host.cpgen import generation_path
 from hsb.ports import PortRangeError, free_port
+from hsb.service.api import BUILTIN_NAMES
 from hsb.takeover.fileio import create_file
 from hsb.takeover.layout import batch_records_for
 
-BUILTIN_SERVICES = ("echo", "journal", "ledger")  # besides them: a service of one's own, "pkg.mod:Factory"
+BUILTIN_SERVICES = BUILTIN_NAMES  # besides them: a service of one's own, "pkg.mod:Factory"
 
 STATE = "sandbox.json"
 MARK = ".hsb-sandbox"  # written first by `up`: a folder with it is a sandbox's, even if a start failed

@@ -21,7 +21,7 @@ import click
 from hsb.ctl.gather import status_all, unheard
 from hsb.ctl.refused import refused_line
 from hsb.ctl.target import Target
-from hsb.plural import many, span
+from hsb.plural import agree, many, span
 
 
 def _age(ts: float | None) -> str:
@@ -138,6 +138,13 @@ def headline(st: dict[str, Any]) -> list[str]:
     return [first, *unknown, *changing, *why]
 
 
+def _from_nobody(ls: dict[str, Any], kind: str) -> str:
+    """Where a switch with no active before it came from: the host that had stopped normally."""
+    if ls.get("stopped"):
+        return f"(none: {ls['stopped']} had stopped normally)"
+    return "(none: after a normal stop)" if kind == "promote" else "(none)"
+
+
 def _unasked_active(st: dict[str, Any]) -> str | None:
     """What the others say when the host the CP hears as its active could not be asked: not NOT
     SERVING (the CP says its host link is up), but that whether it serves is not known."""
@@ -220,13 +227,7 @@ def render(st: dict[str, Any]) -> str:
         ls = cp.get("last_switchover")
         if ls:
             kind = ls.get("kind") or ("switchover" if ls.get("planned") else "failover")
-            frm = ls["from"] or (
-                f"(none: {ls['stopped']} had stopped normally)"
-                if ls.get("stopped")
-                else "(none: after a normal stop)"
-                if kind == "promote"
-                else "(none)"
-            )
+            frm = ls["from"] or _from_nobody(ls, kind)
             out.append(
                 f"            last {kind}: {frm} -> {ls['to']} at epoch {ls['epoch']}, {_age(ls['at'])}, "
                 + (f"silent {ls['silence_to_loss_ms']:.0f} ms before the CP noticed, " if ls.get("silence_to_loss_ms") is not None else "")
@@ -302,8 +303,8 @@ def render(st: dict[str, Any]) -> str:
         sv = h.get("service") or {}
         if sv.get("state") == "failing":
             out.append(
-                f"            SERVICE FAILING ({sv.get('name')}): {sv.get('error')}; {many(sv.get('waiting_terminals'), 'terminal')} {'waits' if sv.get('waiting_terminals') == 1 else 'wait'},"
-                f" {'its' if sv.get('waiting_terminals') == 1 else 'their'} messages held at the CP and retried ({many(sv.get('retries'), 'retry', 'retries')} so far)"
+                f"            SERVICE FAILING ({sv.get('name')}): {sv.get('error')}; {many(sv.get('waiting_terminals'), 'terminal')} {agree(sv.get('waiting_terminals'), 'waits', 'wait')},"
+                f" {agree(sv.get('waiting_terminals'), 'its', 'their')} messages held at the CP and retried ({many(sv.get('retries'), 'retry', 'retries')} so far)"
             )
         elif sv.get("state") == "stalled":
             out.append(

@@ -97,6 +97,9 @@ BUILTIN_SPECS = {
 }
 
 
+BUILTIN_NAMES = tuple(BUILTIN_SPECS.values())  # ("echo", "journal", "ledger")
+
+
 def path_options(spec: str) -> dict[str, str]:
     """The options of service `spec` that name a file, with their defaults (none: a service of one's own)."""
     return PATH_OPTIONS.get(BUILTIN_SPECS.get(spec.strip(), spec), {})

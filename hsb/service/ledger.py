@@ -40,6 +40,7 @@ log = structlog.get_logger("hsb.service")
 
 MAX_ACCOUNT = 64
 MAX_AMOUNT = 10**12
+ONE_OF_OPS = "one of open, deposit, withdraw, transfer, balance"  # (what a refusal of its op says)
 # the fields each request takes (SPEC §8), and no others
 FIELDS: dict[str, frozenset[str]] = {
     "open": frozenset({"op", "account"}),
@@ -146,10 +147,10 @@ def parse(data: Any) -> Request:
             raise BadRequest("'from' and 'to' are the same account")
         return Request(op, src, dst, _amount(obj))
     if "op" not in obj:  # (not "unknown op None": the key is missing)
-        raise BadRequest("'op' is missing: one of open, deposit, withdraw, transfer, balance")
+        raise BadRequest(f"'op' is missing: {ONE_OF_OPS}")
     if op is None:
-        raise BadRequest("'op' is null: one of open, deposit, withdraw, transfer, balance")
-    raise BadRequest(f"unknown op {_shown(op)}: one of open, deposit, withdraw, transfer, balance")
+        raise BadRequest(f"'op' is null: {ONE_OF_OPS}")
+    raise BadRequest(f"unknown op {_shown(op)}: {ONE_OF_OPS}")
 
 
 def _shown(v: Any) -> str:

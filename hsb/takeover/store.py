@@ -339,15 +339,15 @@ def writable(path: str) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
-        fix = (
-            # (open's EPERM on a file is its attributes, not its owner or mode: those are EACCES)
-            f"it is immutable or append-only (lsattr {path}): chattr -i -a {path} as root"
-            if exc.errno == errno.EPERM
-            else "its file system is mounted read-only: mount it read-write"
-            if exc.errno == errno.EROFS
-            else f"give the daemon's user read and write access (chown USER {path}; chmod 600 {path})"
-            " (a daemon run as root needs no_root_squash on the NFS export)"
-        )
+        if exc.errno == errno.EPERM:  # (open's EPERM on a file is its attributes, not its owner or mode: those are EACCES)
+            fix = f"it is immutable or append-only (lsattr {path}): chattr -i -a {path} as root"
+        elif exc.errno == errno.EROFS:
+            fix = "its file system is mounted read-only: mount it read-write"
+        else:
+            fix = (
+                f"give the daemon's user read and write access (chown USER {path}; chmod 600 {path})"
+                " (a daemon run as root needs no_root_squash on the NFS export)"
+            )
         raise NotWritable(
             f"takeover file {path} cannot be opened for writing by this host ({exc.strerror}); either host writes it once it is the active: {fix}"
         ) from None

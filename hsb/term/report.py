@@ -56,7 +56,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from hsb.plural import many, were
+from hsb.plural import agree, many, were
 from hsb.term.hopeless import closed_after_hello, no_connect
 from hsb.term.verdict import IdRanges
 
@@ -261,7 +261,7 @@ class LoadReport:
             )
         if not self.expect_disconnects and self.logon_drops:
             out.append(
-                f"dropped while logging on: {many(self.logon_drops, 'connection')} {were(self.logon_drops)} closed after {'its' if self.logon_drops == 1 else 'their'} hello with neither a"
+                f"dropped while logging on: {many(self.logon_drops, 'connection')} {were(self.logon_drops)} closed after {agree(self.logon_drops, 'its', 'their')} hello with neither a"
                 " welcome nor an error (pass --expect-disconnects for a CP restart)"
             )
         if cp_mode:

@@ -177,16 +177,17 @@ class Generations:
         if found is not None:
             return found
         tmp = self.dir / f"{JOURNAL_ID}.{gen_name(own)}"
-        _durable_file(tmp, f"{uuid.uuid4().hex}\n".encode(), os.O_TRUNC)  # (a name only this generation uses)
+        made = uuid.uuid4().hex
+        _durable_file(tmp, f"{made}\n".encode(), os.O_TRUNC)  # (a name only this generation uses)
         try:
             os.link(tmp, self.dir / JOURNAL_ID)
-        except FileExistsError:
-            pass  # another CP's is there: read below
+        except FileExistsError:  # another CP's is there: its id is the one
+            found = read_journal_id(self.dir)
+            assert found is not None
+            made = found
         finally:
             os.unlink(tmp)
             fsync_dir(self.dir)
-        made = read_journal_id(self.dir)
-        assert made is not None  # (linked, by this CP or another)
         return made
 
     def _create(self, n: int, content: bytes) -> bool:
