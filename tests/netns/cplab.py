@@ -15,7 +15,8 @@ in for the NFS export), both with `takeover = "on_wake"`: keepalived's notify sc
 SIGUSR1 when its machine becomes master (or leaves it), `vrrp_track_process` takes a machine
 whose hsbcpd is gone out of the election at once, and `track_interface eth0` one whose data leg
 is down. Terminals and hosts use the virtual address. Each CP namespace gets the kernel settings
-the operations guide sets on a CP machine (configs/sysctl/90-hsbcpd.conf: the accept queue).
+the operations guide sets on a CP machine (configs/sysctl/90-hsbcpd.conf: the accept queue),
+and the switch forwards without netfilter, as in `Lab` (`tests.netns.harness.plain_switch`).
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ class CPPairLab(Lab):
 
     # ------------------------------------------------------------------ the network
     def _build_network(self) -> None:
-        from tests.netns.harness import cleanup_stale, new_rid
+        from tests.netns.harness import cleanup_stale, new_rid, plain_switch
 
         cleanup_stale()
         for _ in range(20):
@@ -116,6 +117,7 @@ class CPPairLab(Lab):
             ip("-n", self.ns(node), "link", "set", "lo", "up")
         for node in CPS:
             self._tune_cp_machine(node)
+        plain_switch(sw)
         for br in ("br-data", "br-peer", "br-mgmt", "br-vrrp"):
             ip("-n", sw, "link", "add", br, "type", "bridge")
             ip("-n", sw, "link", "set", br, "up")

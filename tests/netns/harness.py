@@ -16,7 +16,11 @@ free in the root namespace):
 Each namespace has `eth0` (data), and host A and B `peer0`; the CP and the hosts
 `mgmt0`. The switch side of a leg is called `d-<node>`, `p-<node>` or `m-<node>`.
 The bridges live in their own namespace, so the root namespace's firewall
-(br_netfilter, a FORWARD policy of DROP) never sees their traffic; the root
+(br_netfilter, a FORWARD policy of DROP) never sees their traffic, and that namespace's
+bridge-nf-call-* are 0 (`plain_switch`): with br_netfilter loaded a new namespace's
+bridges would hand every frame to its (empty) iptables hooks and route it, work no real
+switch does, on the cores the daemons share (a CP machine's loss at 10,000 terminals:
+every terminal back 143 ms sooner, median of 11 pairs, BENCHMARKS.md "Session 62"); the root
 namespace gets one veth (`hsbRm`) into br-mgmt, so the test process can ask every
 daemon for its status over the admin link even while its data or peer leg is cut.
 The data and peer subnets exist only inside this lab's namespaces.
@@ -82,6 +86,21 @@ def run(argv: list[str], *, check: bool = True, timeout: float = 15.0) -> subpro
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return run(["ip", *args], check=check)
+
+
+BRIDGE_NF = ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables")
+
+
+def plain_switch(ns: str) -> None:
+    """The switch namespace's bridges forward frames as a switch does: not through netfilter.
+    With br_netfilter loaded (Docker loads it) a new namespace's bridges hand every frame to
+    iptables' hooks and route it (per-netns sysctls, 1 by default): per-packet work no real
+    switch does, paid on the two cores the lab's daemons share."""
+    for name in BRIDGE_NF:
+        proc = f"/proc/sys/net/bridge/{name}"
+        now = run(["ip", "netns", "exec", ns, "sh", "-c", f"[ ! -e {proc} ] || {{ echo 0 > {proc}; cat {proc}; }}"]).stdout.strip()
+        if now not in ("", "0"):  # (a lab whose switch filters would measure work no deployment does)
+            raise NetnsError(f"{name} is {now} in {ns}, not 0")
 
 
 _skip: list[str | None] = []
@@ -298,6 +317,7 @@ class Lab:
             ip("netns", "add", self.ns(node))
             self.namespaces.append(self.ns(node))
             ip("-n", self.ns(node), "link", "set", "lo", "up")
+        plain_switch(sw)
         for br in ("br-data", "br-peer", "br-mgmt"):
             ip("-n", sw, "link", "add", br, "type", "bridge")
             ip("-n", sw, "link", "set", br, "up")
