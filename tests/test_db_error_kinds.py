@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from hsb.service.api import RetryTransaction, ServiceUnavailable
 from hsb.service.db import SqliteDatabase
@@ -138,6 +139,22 @@ async def test_sqlite_commits_are_on_disk_before_the_reply(tmp_path: Path) -> No
         assert await db._call(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0]) == "wal"
     finally:
         await db.close()
+
+
+async def test_a_sqlite_file_made_anew_is_logged_with_its_path(tmp_path: Path) -> None:
+    """No file at the path: a new, empty ledger is made, and said (a typo in one host's path
+    would otherwise give that host a ledger of its own without a word); an existing file is not."""
+    path = tmp_path / "sub" / "x.sqlite"
+    for made in (True, False):
+        db = SqliteDatabase(str(path))
+        try:
+            with structlog.testing.capture_logs() as logs:
+                await db._call(lambda c: c.execute("SELECT 1").fetchone())
+        finally:
+            await db.close()
+        said = [e for e in logs if e["event"] == "sqlite_database_created"]
+        assert [e["path"] for e in said] == ([str(path)] if made else [])
+        assert path.exists()
 
 
 async def test_a_sqlite_file_whose_folder_cannot_be_made_is_unavailable(tmp_path: Path) -> None:

@@ -554,6 +554,12 @@ class SqliteDatabase:
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
+            if not self.path.exists():  # (a typo in one host's path would give it a ledger of its own)
+                log.warning(
+                    "sqlite_database_created",
+                    path=str(self.path),
+                    msg="no database file there: a new, empty one is made; both hosts must name the same file (service_options sqlite)",
+                )
             self.path.parent.mkdir(parents=True, exist_ok=True)
             c = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout)
             c.execute("PRAGMA journal_mode=WAL")
