@@ -67,6 +67,10 @@ class TakeoverIO:
         self.flusher: asyncio.Task[None] | None = None
         self.following = False
         self.last_error: str | None = None
+        # the last batch write's or batch read's failure by the storage (EIO, EPERM, ENOSPC): kept
+        # until one succeeds, across the ring writer's stop before each new try, so the storage is
+        # shown failing (hsb_takeover_storage_ok 0) while the batches fail, not "ok" between tries
+        self.batch_error: str | None = None
         # the active's ring writes failing: (since: wall, since: monotonic, failures); None while they succeed
         self.write_failing: tuple[float, float, int] | None = None
         self.bad_record: int | None = None  # the ring record the last poll found torn or corrupt
@@ -79,8 +83,12 @@ class TakeoverIO:
 
     # ------------------------------------------------------------------ active
     async def batch_write(self, partner_startup_id: int, entries: list[SessionEntry], clear: int | None = None, peer: str | None = None) -> int:
-        hdr = await self.store.batch_write(partner_startup_id, entries, clear, peer)
-        self.last_error = None
+        try:
+            hdr = await self.store.batch_write(partner_startup_id, entries, clear, peer)
+        except OSError as exc:
+            self.batch_error = f"batch write failed: {exc}"
+            raise
+        self.last_error = self.batch_error = None
         return int(hdr.generation)
 
     def buffer_ring_changes(self) -> None:
@@ -217,6 +225,9 @@ class TakeoverIO:
     async def batch_read(self, expected: int | None, peer: str | None = None) -> tuple[int, int, list[SessionEntry]]:
         try:
             snap = await self.store.batch_read(expected, peer)
+        except OSError as exc:
+            self.batch_error = f"batch read failed: {exc}"
+            raise
         except StartupIdMismatch as exc:
             self.mismatch_generation = None
             try:
@@ -225,7 +236,7 @@ class TakeoverIO:
             except Exception:
                 exc.found = None
             raise
-        self.last_error = None
+        self.last_error = self.batch_error = None
         return int(snap.header.generation), int(snap.header.batch_records), list(snap.entries)
 
     def follow(self) -> None:
@@ -278,8 +289,8 @@ class TakeoverIO:
             },
             "responding": self.store.responding,
             "storage": "ok"
-            if self.store.responding and not self.last_error
-            else ("takeover storage not responding" if not self.store.responding else self.last_error),
+            if self.store.responding and not self.last_error and not self.batch_error
+            else ("takeover storage not responding" if not self.store.responding else self.last_error or self.batch_error),
         }
 
     async def close(self) -> None:

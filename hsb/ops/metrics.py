@@ -113,7 +113,11 @@ class HostCollector:
         yield _g("hsb_peer_heartbeat_age_seconds", "Seconds since the last frame from the peer.", None if age is None else age / 1000)
         yield _g("hsb_ring_lag_records", "Ring records written by the active and not yet read by the standby.", st.get("ring_lag"))
         tf = st["takeover_file"]
-        yield _g("hsb_takeover_storage_ok", "1 while takeover-file I/O answers in time.", 1 if tf["storage"] == "ok" else 0)
+        yield _g(
+            "hsb_takeover_storage_ok",
+            "1 while takeover-file I/O answers in time and succeeds (0: not responding, or a ring write or batch write or read failing).",
+            1 if tf["storage"] == "ok" else 0,
+        )
         fail = tf.get("ring_write_failing") or {}
         yield _g(
             "hsb_ring_write_failing_seconds",
