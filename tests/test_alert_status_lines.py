@@ -1,0 +1,72 @@
+"""The alert rules' descriptions (configs/prometheus/hsb-rules.yml) quote `hsbctl status` as it
+reads in the situations that fire them, checked against hsbctl's own verdict (hsb.ctl.gather.
+summarize, hsb.ctl.status.headline). Found by the on-call walk-through on a sandbox:
+HsbNobodyServes promised `exit 2, NOT SERVING`, but after a normal stop of the active (or a
+crash with failover paused) the stopped host cannot be asked and hsbctl says `UNKNOWN (host-a
+cannot be asked); from the others: NOT SERVING`, exit 3; HsbJournalStalled named only the
+journal's word, while the first line says NOT SERVING (exit 2), whose §0 row meant "no active
+host" and pointed at promote."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsb.ctl.gather import summarize
+from hsb.ctl.status import headline
+
+pytestmark = pytest.mark.timeout(30)
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "configs" / "prometheus" / "hsb-rules.yml"
+OPERATIONS_MD = ROOT / "docs" / "operations.md"
+
+
+def description(alert: str) -> str:
+    """An alert's description, its folded lines joined with single spaces."""
+    text = RULES.read_text()
+    m = re.search(rf"- alert: {alert}\n(.*?)(?=\n\s*- alert: |\Z)", text, re.DOTALL)
+    assert m, alert
+    d = re.search(r"description: >-\n(.*)", m.group(1), re.DOTALL)
+    assert d, alert
+    return " ".join(d.group(1).split())
+
+
+def _host(name: str, role: str, **kw: Any) -> dict[str, Any]:
+    return {"reachable": True, "addr": f"{name}:1", "name": name, "pid": 7, "role": role, "epoch": 5, **kw}
+
+
+def _cp(**kw: Any) -> dict[str, Any]:
+    return {"reachable": True, "addr": "cp:1", "name": "cp", "state": "serving", "epoch": 5, **kw}
+
+
+def test_nobody_serves_quotes_the_status_of_a_stopped_active_that_cannot_be_asked() -> None:
+    """After `hsbctl stop --no-takeover` (the case the description says to promote): the CP has
+    no active, the stopped host refuses connections, the standby waits."""
+    stopped = {"reachable": False, "addr": "host-a:1", "name": "host-a", "error": "connection refused"}
+    standby = _host("host-b", "standby", state="active_stopped", serving=False, established=False)
+    st = summarize(_cp(active=None, standby={"name": "host-b"}), [stopped, standby])
+    first = headline(st)[0]
+    assert st["exit_status"] == 3 and first == "hsb: UNKNOWN (host-a cannot be asked); from the others: NOT SERVING", (st, first)
+    text = description("HsbNobodyServes")
+    assert first.removeprefix("hsb: ") in text and "(exit 3)" in text, text
+    # and what it says when every daemon answers
+    all_asked = summarize(_cp(active=None, standby={"name": "host-b"}), [_host("host-a", "standby", serving=False), standby])
+    assert all_asked["exit_status"] == 2 and headline(all_asked)[0] == "hsb: NOT SERVING"
+    assert "NOT SERVING (exit 2)" in text, text
+
+
+def test_journal_stalled_quotes_the_verdict_and_section_0_says_what_it_means() -> None:
+    """The CP's journal failing: every daemon answers, the active serves with a valid lease, and
+    hsbctl's verdict is NOT SERVING (exit 2): nothing new is acknowledged."""
+    active = _host("host-a", "active", state="established", serving=True, established=True, lease={"valid": True})
+    standby = _host("host-b", "standby", state="established", serving=False, established=True)
+    journal = {"state": "failing", "durability": "fsync", "error": "OSError: [Errno 28] No space left on device"}
+    st = summarize(_cp(active={"name": "host-a"}, standby={"name": "host-b"}, journal=journal), [active, standby])
+    assert st["exit_status"] == 2 and headline(st)[0] == "hsb: NOT SERVING", st
+    assert "NOT SERVING, exit 2, with journal STALLED or FAILING" in description("HsbJournalStalled")
+    row = next(ln for ln in OPERATIONS_MD.read_text().splitlines() if ln.startswith("| 2 | `hsb: NOT SERVING` |"))
+    assert "journal STALLED" in row and "never promote" in row, row
