@@ -70,3 +70,19 @@ def test_journal_stalled_quotes_the_verdict_and_section_0_says_what_it_means() -
     assert "NOT SERVING, exit 2, with journal STALLED or FAILING" in description("HsbJournalStalled")
     row = next(ln for ln in OPERATIONS_MD.read_text().splitlines() if ln.startswith("| 2 | `hsb: NOT SERVING` |"))
     assert "journal STALLED" in row and "never promote" in row, row
+
+
+def test_takeover_storage_alert_names_every_event_that_makes_the_storage_fail() -> None:
+    """hsb_takeover_storage_ok goes 0 after each of these log events (a batch write's or read's
+    failure too, since the walk-through); the description names them all, each is logged by hsbd
+    and has its row in operations.md §12, and it does not promise a failover that a standby
+    never established cannot give."""
+    events = ("takeover_storage_not_responding", "ring_write_failed", "batch_write_failed", "batch_read_failed")
+    text = description("HsbTakeoverStorageStalled")
+    code = "\n".join(p.read_text() for p in (ROOT / "hsb").rglob("*.py"))
+    ops = OPERATIONS_MD.read_text()
+    for event in events:
+        assert event in text, (event, text)
+        assert f'"{event}"' in code, event
+        assert f"`{event}`" in ops, event
+    assert "a failover still works" not in text and "HsbNoStandby" in text, text
