@@ -57,6 +57,8 @@ def test_nobody_serves_quotes_the_status_of_a_stopped_active_that_cannot_be_aske
     all_asked = summarize(_cp(active=None, standby={"name": "host-b"}), [_host("host-a", "standby", serving=False), standby])
     assert all_asked["exit_status"] == 2 and headline(all_asked)[0] == "hsb: NOT SERVING"
     assert "NOT SERVING (exit 2)" in text, text
+    # no CP serving also leaves every host not serving (seen with one CP down, and two both waiting)
+    assert "HsbCPUnreachable" in text and "HsbNoCPServes" in text, text
 
 
 def test_journal_stalled_quotes_the_verdict_and_section_0_says_what_it_means() -> None:
