@@ -438,7 +438,9 @@ class HA(CPSide, LeaseSide, SwitchSide, HotStandbySide, HAView):
         """The peer says it is the active while this host's role is too. Two actives only while
         this one still holds the role at the CP with a valid lease (the alert's metric); one whose
         CP link is gone (its lease lapsed or not renewed) was taken over from: a failover, said so.
-        A peer granted a higher epoch than this host's may have been granted after it: the CP
+        A peer claiming an older epoch than this host's is that epoch's active not yet told it
+        was fenced (peer_claims_older_epoch, not counted). A peer granted a higher epoch than
+        this host's may have been granted after it: the CP
         took the role from this host though its lease still runs here (its link reset on the CP's
         side alone, which the CP takes for the host's close). This host then drops its CP link,
         which stops it serving at once, and registers again: the CP decides, and refuses it if
@@ -459,6 +461,21 @@ class HA(CPSide, LeaseSide, SwitchSide, HotStandbySide, HAView):
             )
             self.last_error = f"{why}: the CP link dropped, the CP asked again who is active"
             self.srv.cp.drop(why)
+            return
+        if self.granted and self.lease.valid() and isinstance(peer_epoch, int) and peer_epoch < self.epoch:
+            # an older epoch's active not yet told it was fenced (frozen, or cut off from the CP,
+            # and back: operations.md §13's freeze test does it): the CP granted this host after that
+            # epoch's active went silent for host_timeout, longer than its lease. Counted, it fired
+            # HsbTwoActivesClaimed ("treat it as a bug") at every such failover. Had the peer's
+            # lease still run (its CP link reset at the CP alone), the peer says so itself:
+            # taken_over_while_serving
+            log.warning(
+                "peer_claims_older_epoch",
+                peer=msg.get("name"),
+                epoch=self.epoch,
+                peer_epoch=peer_epoch,
+                msg="the peer was taken over from and has not yet heard it was fenced",
+            )
             return
         if self.granted and self.lease.valid():
             self.last_error = f"the peer {msg.get('name')} also claims to be active"
