@@ -107,10 +107,11 @@ async def test_an_active_that_hears_a_higher_epoch_hands_nothing_more_to_its_ser
         assert [m for m in sent if m["t"] == "reply"] == [], sent
 
 
-def test_a_peer_without_an_epoch_or_with_a_lower_one_is_only_counted(tmp_path: Path) -> None:
-    """A peer of an older version (no epoch) or one whose epoch is not above this host's (a stale
-    claim) does not stop the active: the claim is counted, as before."""
-    for peer_epoch in (None, 3, 2):
+def test_a_peer_without_an_epoch_or_with_the_same_one_is_only_counted(tmp_path: Path) -> None:
+    """A peer of an older version (no epoch) or one claiming this host's own epoch does not stop
+    the active: the claim is counted, as before. One claiming an older epoch is not counted
+    (tests/test_two_actives_claimed_stale.py)."""
+    for peer_epoch in (None, 3):
         ha = HA.__new__(HA)
         calls: list[str] = []
         ha.granted, ha.epoch, ha.state = True, 3, "established"
