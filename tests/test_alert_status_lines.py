@@ -88,3 +88,12 @@ def test_takeover_storage_alert_names_every_event_that_makes_the_storage_fail() 
         assert f'"{event}"' in code, event
         assert f"`{event}`" in ops, event
     assert "a failover still works" not in text and "HsbNoStandby" in text, text
+
+
+def test_daemon_restarting_counts_restarts_not_starts() -> None:
+    """changes(process_start_time_seconds[15m]) is the number of new start times: restarts. The
+    walk-through's CP killed and started again 3 times was "started 3 times" (it started 4)."""
+    text = RULES.read_text()
+    m = re.search(r"- alert: HsbDaemonRestarting\n.*?summary: \"([^\"]+)\"", text, re.DOTALL)
+    assert m and "changes(process_start_time_seconds" in text
+    assert "started again {{ $value }} times" in m.group(1), m.group(1)
