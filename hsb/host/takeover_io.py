@@ -220,6 +220,9 @@ class TakeoverIO:
     def become_writer(self) -> None:
         self.stop_following()
         self.mode = OFF
+        # a failed batch read of this host's standby days says nothing of its writes: the next
+        # batch write, once a standby is there, says how the storage is (it may be long in coming)
+        self.batch_error = None
 
     # ------------------------------------------------------------------ standby
     async def batch_read(self, expected: int | None, peer: str | None = None) -> tuple[int, int, list[SessionEntry]]:
