@@ -88,3 +88,19 @@ async def test_a_refusal_that_is_not_the_storages_does_not_say_it_fails(tmp_path
     with pytest.raises(ForeignWriter):
         await tio.batch_write(1, [])
     assert tio.status()["storage"] == "ok"
+
+
+async def test_a_standbys_failed_batch_read_is_forgotten_when_it_takes_over(tmp_path: Path) -> None:
+    """Taken over, the host writes: its failed batch read no longer says how the storage is, and
+    with no standby yet no batch write comes to clear it (the alert would fire on and on)."""
+    tio = _tio(tmp_path)
+
+    async def batch_read(*_: Any) -> Any:
+        raise OSError(errno.EIO, "Input/output error")
+
+    tio.store.batch_read = batch_read
+    with pytest.raises(OSError):
+        await tio.batch_read(5)
+    assert tio.status()["storage"] != "ok"
+    tio.become_writer()
+    assert tio.status()["storage"] == "ok" and _storage_ok_metric(tio) == 1
