@@ -242,6 +242,13 @@ class SwitchSide:
             log.warning("switchover_refused", reason=why)
             self.switchover_over()
             return
+        if not self.stop_handing_over:  # (a stop hands over all the same: its other way ends the service)
+            unwritable = await self.srv.takeover.unwritable(self.name)
+            if unwritable is not None:
+                # the new active writes it from its first batch write: handed over, the pair would
+                # be left without hot standby, every batch write failing (batch_write_failed)
+                self.switchover_ended("switchover_refused", f"planned switchover refused: {unwritable}", unwritable)
+                return
         if self.state == BATCH_WRITING:
             # the standby asked for a new batch: hand over once it is ready again (or end the
             # switchover if it is not within the standby's own wait for a batch)

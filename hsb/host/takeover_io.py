@@ -17,7 +17,7 @@ import structlog
 from hsb import faults
 from hsb.backoff import Backoff
 from hsb.host.config import TakeoverSection
-from hsb.takeover.errors import StaleGroup, StartupIdMismatch
+from hsb.takeover.errors import NotWritable, StaleGroup, StartupIdMismatch, StorageNotResponding
 from hsb.takeover.layout import batch_records_for, entries_per_record
 from hsb.takeover.reader import PollStatus
 from hsb.takeover.records import SessionEntry, encode_entry
@@ -90,6 +90,21 @@ class TakeoverIO:
             raise
         self.last_error = self.batch_error = None
         return int(hdr.generation)
+
+    async def unwritable(self, who: str) -> str | None:
+        """Why the takeover file cannot be written now (None: it can be). A planned switchover asks
+        it first: an idle pair writes nothing, so a file made immutable, read-only or unreachable
+        since the last write still looks established, and the new active's batch writes would
+        all fail, leaving the pair without hot standby (docs/operations.md §8)."""
+        try:
+            await self.store.check_writable(who)
+        except NotWritable as exc:
+            return str(exc)
+        except StorageNotResponding as exc:
+            return f"{exc} on {who} (takeover file {self.cfg.path}): check the takeover storage (dmesg, findmnt, the NFS server)"
+        except OSError as exc:
+            return f"takeover file {self.cfg.path} cannot be opened for writing by {who} ({exc}): check the takeover storage"
+        return None
 
     def buffer_ring_changes(self) -> None:
         self.mode = BUFFERING

@@ -196,6 +196,11 @@ class TakeoverStore:
     async def read_header(self) -> Header:
         return await self._run("header read", read_header, self.path, self.record_size)
 
+    async def check_writable(self, who: str) -> None:
+        """`writable` now, under the storage's deadline: NotWritable, StorageNotResponding (a
+        hung mount), or another OSError of the open."""
+        await self._run("writable check", writable, self.path, who)
+
     # -- active --------------------------------------------------------------
 
     def bulk_timeout(self, share: float) -> float:
@@ -327,11 +332,12 @@ class TakeoverStore:
         return None if self._reader is None else self._reader.position
 
 
-def writable(path: str) -> None:
+def writable(path: str, who: str = "this host") -> None:
     """NotWritable unless this process can open `path` for writing. Both roles check it at
     start: a standby writes the file from its first batch write as the active, so a file made
     by root, a read-only mount or root_squash showed only then, after a failover, as an
-    EACCES at every batch write (the pair never hot again)."""
+    EACCES at every batch write (the pair never hot again). The active checks it again before
+    a planned switchover (TakeoverStore.check_writable). `who`: the host the message names."""
     try:
         fd = os.open(path, os.O_RDWR)
     except (FileNotFoundError, IsADirectoryError):
@@ -349,6 +355,6 @@ def writable(path: str) -> None:
                 " (a daemon run as root needs no_root_squash on the NFS export)"
             )
         raise NotWritable(
-            f"takeover file {path} cannot be opened for writing by this host ({exc.strerror}); either host writes it once it is the active: {fix}"
+            f"takeover file {path} cannot be opened for writing by {who} ({exc.strerror}); either host writes it once it is the active: {fix}"
         ) from None
     os.close(fd)
