@@ -164,8 +164,21 @@ async def _switchover(t: Target, yes: bool, timeout: float) -> int:
                 click.echo(refused)
             return 0
         await asyncio.sleep(0.1)
-    click.echo(f"error: switchover did not complete within {timeout:.0f}s; see 'hsbctl status' (CP epoch {last['cp'].get('epoch')})", err=True)
+    swapped = swapped_but(last, new["name"]) if switched_at else ""
+    click.echo(
+        f"error: switchover did not complete within {timeout:.0f}s{swapped}; see 'hsbctl status' (CP epoch {last['cp'].get('epoch')})", err=True
+    )
     return 1
+
+
+def swapped_but(st: dict[str, Any], new: str) -> str:
+    """What a switchover that swapped the roles and did not get hot standby back says after its
+    "did not complete": that the roles did swap, the hosts' states and their last errors (the new
+    active's batch writes failing: `batch write failed: [Errno 1] Operation not permitted: …`)."""
+    hosts = [h for h in st["hosts"] if h.get("reachable")]
+    states = ", ".join(f"{h['name']} {h.get('role')}/{h.get('state')}" for h in hosts)
+    errors = "".join(f"; {h['name']}: {h['last_error']}" for h in hosts if h.get("last_error"))
+    return f": the roles swapped ({new} is the active) but hot standby did not come back ({states}{errors})"
 
 
 def run_switchover(t: Target, yes: bool, timeout: float) -> int:
