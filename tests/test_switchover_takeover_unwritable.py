@@ -8,7 +8,9 @@ now checks the file first (under the storage's deadline) and refuses: hsbctl say
 naming the file, the host and the fix, and the pair serves on as before.
 
 Real processes (`hsbctl sandbox`, `hsbctl switchover`) for the immutable file; the hung mount
-in this process (tests/support/inproc.py), its open held by the storage fault hook."""
+in this process (tests/support/inproc.py), its open held by the storage fault hook. And when the
+roles did swap and hot standby does not come back (the new active's batch writes failing),
+hsbctl's timeout line says the roles swapped and why (the daemons' answers faked)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,3 +86,57 @@ async def test_a_switchover_while_the_takeover_storage_hangs_is_refused_naming_i
         assert a.ha.role == "active" and b.ha.role == "standby" and cp.cp is not None and cp.cp.epoch == 1
         await until(lambda: a.takeover.store.responding and hot_standby(a, b), "hot standby as before")
         assert [h.ha.role for h in (a, b)] == ["active", "standby"]
+
+
+def test_a_switchover_whose_new_active_cannot_write_its_batch_says_the_roles_swapped_and_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Handed over, and then the new active's batch writes fail (its own access to the file, or
+    the storage failing after the check): hsbctl waits its --timeout for hot standby and said
+    only "did not complete", as if the roles had not swapped; now it says they did, and why hot
+    standby is not back (the hosts' states and last errors)."""
+    from hsb.ctl import switchover as switchover_mod
+    from hsb.ctl.gather import summarize
+    from hsb.ctl.target import Target
+    from tests.support.procs import write_secret
+
+    secret = write_secret(tmp_path)
+    calls = 0
+    failed = "batch write failed: [Errno 1] Operation not permitted: '/srv/hsb/takeover.dat'"
+
+    def host(who: str, role: str, epoch: int, state: str, **kw: Any) -> dict[str, Any]:
+        return {
+            "reachable": True,
+            "name": who,
+            "addr": f"{who}:1",
+            "pid": 1,
+            "role": role,
+            "state": state,
+            "serving": role == "active",
+            "epoch": epoch,
+            **kw,
+        }
+
+    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        cp = {"reachable": True, "name": "cp", "addr": "cp:1", "role": "cp", "state": "serving", "epoch": 1}
+        if calls == 1:
+            hosts = [host("host-a", "active", 1, "established", switchovers_ended=0), host("host-b", "standby", 1, "established")]
+            cp.update(active={"name": "host-a"}, standby={"name": "host-b"})
+        else:
+            hosts = [host("host-a", "standby", 2, "awaiting_batch", switchovers_ended=0), host("host-b", "active", 2, "serving", last_error=failed)]
+            cp.update(epoch=2, active={"name": "host-b"}, standby={"name": "host-a"})
+        return summarize(cp, hosts)
+
+    async def accepts(*a: Any, **kw: Any) -> dict[str, Any]:
+        return {"t": "result", "ok": True, "msg": "planned switchover from host-a started"}
+
+    monkeypatch.setattr(switchover_mod, "status_all", status_all)
+    monkeypatch.setattr(switchover_mod, "ask", accepts)
+    t = Target(cp="cp:1", cps=["cp:1"], hosts=["host-a:1", "host-b:1"], secret_file=str(secret))
+    assert switchover_mod.run_switchover(t, True, 1.0) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: switchover did not complete within 1s: the roles swapped (host-b is the active)"), err
+    assert f"host-b: {failed}" in err[0] and "host-a standby/awaiting_batch" in err[0], err
