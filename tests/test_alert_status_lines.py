@@ -79,7 +79,7 @@ def test_takeover_storage_alert_names_every_event_that_makes_the_storage_fail() 
     failure too, since the walk-through); the description names them all, each is logged by hsbd
     and has its row in operations.md §12, and it does not promise a failover that a standby
     never established cannot give."""
-    events = ("takeover_storage_not_responding", "ring_write_failed", "batch_write_failed", "batch_read_failed")
+    events = ("takeover_storage_not_responding", "ring_write_failed", "batch_write_failed", "batch_read_failed", "takeover_file_not_writable")
     text = description("HsbTakeoverStorageStalled")
     code = "\n".join(p.read_text() for p in (ROOT / "hsb").rglob("*.py"))
     ops = OPERATIONS_MD.read_text()

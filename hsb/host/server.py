@@ -256,6 +256,7 @@ class HostServer:
         if slow_stop is not None:
             log.warning("hook_timeout_outlasts_stop", hook_timeout=h.hook_timeout, msg=slow_stop)
         await self.takeover.size_check()
+        self.takeover.watch_writable(h.name)
         log.info(
             "size_check_ok",
             path=self.cfg.takeover.path,

@@ -27,6 +27,7 @@ from hsb.waits import event_within
 log = structlog.get_logger("hsb.host")
 
 OFF, BUFFERING, WRITING = "off", "buffering", "writing"
+WRITABLE_EVERY_S = 10.0  # how often each host asks whether it could write the file now (one open)
 
 
 def latest_per_terminal(entries: list[SessionEntry]) -> list[SessionEntry]:
@@ -71,6 +72,11 @@ class TakeoverIO:
         # until one succeeds, across the ring writer's stop before each new try, so the storage is
         # shown failing (hsb_takeover_storage_ok 0) while the batches fail, not "ok" between tries
         self.batch_error: str | None = None
+        # why the last periodic check could not open the file for writing (None: it could): an
+        # idle pair writes nothing, so a file made immutable or read-only since (an ext4
+        # remounted read-only after an error, an export changed) looked fine until a failover
+        self.unwritable_error: str | None = None
+        self.watcher: asyncio.Task[None] | None = None
         # the active's ring writes failing: (since: wall, since: monotonic, failures); None while they succeed
         self.write_failing: tuple[float, float, int] | None = None
         self.bad_record: int | None = None  # the ring record the last poll found torn or corrupt
@@ -88,7 +94,7 @@ class TakeoverIO:
         except OSError as exc:
             self.batch_error = f"batch write failed: {exc}"
             raise
-        self.last_error = self.batch_error = None
+        self.last_error = self.batch_error = self.unwritable_error = None
         return int(hdr.generation)
 
     async def unwritable(self, who: str) -> str | None:
@@ -105,6 +111,25 @@ class TakeoverIO:
         except OSError as exc:
             return f"takeover file {self.cfg.path} cannot be opened for writing by {who} ({exc}): check the takeover storage"
         return None
+
+    def watch_writable(self, who: str) -> None:
+        """Ask every WRITABLE_EVERY_S whether the file can be opened for writing (each host: the
+        standby writes it from its first batch write as the active); said in the status's
+        storage, so in hsb_takeover_storage_ok and its alert, until it can again."""
+        if self.watcher is None or self.watcher.done():
+            self.watcher = asyncio.get_running_loop().create_task(self._watch_writable(who))
+
+    async def _watch_writable(self, who: str) -> None:
+        while True:
+            await asyncio.sleep(WRITABLE_EVERY_S)
+            if not self.store.responding:  # (a hung mount is said already; no second stuck open)
+                continue
+            why = await self.unwritable(who)
+            if why is not None and self.unwritable_error is None:
+                log.error("takeover_file_not_writable", path=self.cfg.path, error=why)
+            elif why is None and self.unwritable_error is not None:
+                log.info("takeover_file_writable_again", path=self.cfg.path)
+            self.unwritable_error = why
 
     def buffer_ring_changes(self) -> None:
         self.mode = BUFFERING
@@ -307,11 +332,13 @@ class TakeoverIO:
             },
             "responding": self.store.responding,
             "storage": "ok"
-            if self.store.responding and not self.last_error and not self.batch_error
-            else ("takeover storage not responding" if not self.store.responding else self.last_error or self.batch_error),
+            if self.store.responding and not self.last_error and not self.batch_error and not self.unwritable_error
+            else ("takeover storage not responding" if not self.store.responding else self.last_error or self.batch_error or self.unwritable_error),
         }
 
     async def close(self) -> None:
         if self.flusher is not None:
             self.flusher.cancel()
+        if self.watcher is not None:
+            self.watcher.cancel()
         await self.store.close()
