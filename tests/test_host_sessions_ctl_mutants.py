@@ -25,23 +25,9 @@ from typing import Any
 import pytest
 
 from tests.support.procs import until
-from tests.support.sessionsctl import active_on_a_link, granted_on_a_link, standby_ctl
+from tests.support.sessionsctl import active_on_a_link, granted_on_a_link, recording_service, standby_ctl
 
 pytestmark = pytest.mark.timeout(10)
-
-
-def _recording_service(srv: Any) -> list[tuple[str, str]]:
-    """The service's session hooks, noted in order: ("open" or "close", terminal)."""
-    hooks: list[tuple[str, str]] = []
-
-    async def open_session(name: str, *_: Any) -> None:
-        hooks.append(("open", name))
-
-    async def close_session(name: str) -> None:
-        hooks.append(("close", name))
-
-    srv.service.open_session, srv.service.close_session = open_session, close_session
-    return hooks
 
 
 def _gated_drain(srv: Any) -> asyncio.Event:
@@ -96,7 +82,7 @@ async def test_an_open_failed_for_a_standby_open_closes_no_session_it_no_longer_
     from hsb.takeover.records import SessionEntry
 
     c, srv = standby_ctl(2)
-    hooks = _recording_service(srv)
+    hooks = recording_service(srv)
     c.cp_registered = True
     assert c._open_standby("T00001", {"k": 1}) and c._open_standby("T00002", {"k": 1})
     c.apply_ring([SessionEntry("T00001", {"k": 1}, False)])
@@ -244,7 +230,7 @@ async def test_a_conventional_standby_asks_the_cp_for_no_standby_session_and_ref
     from hsb.takeover.records import SessionEntry
 
     c, srv = standby_ctl(2)
-    hooks = _recording_service(srv)
+    hooks = recording_service(srv)
     srv.cfg.host.fast_switch = False
     c.cp_registered = True
     c.apply_ring([SessionEntry("T00001", {"k": 1}, True), SessionEntry("T00002", {"k": 2}, True)])
@@ -313,7 +299,7 @@ async def test_no_session_work_starts_once_the_host_has_closed_it() -> None:
     """hsbd ends (SessionsCtl.close): a `session_request` frame or an adoption asked for after
     that starts no task (it would run the service's logon on a closing service)."""
     c, srv = standby_ctl(2)
-    hooks = _recording_service(srv)
+    hooks = recording_service(srv)
     granted_on_a_link(srv)
     await c.close()
     c.on_cp_frame({"t": "session_request", "terminal": "T00001", "standby_capable": True})
@@ -325,7 +311,7 @@ async def test_a_session_request_to_a_host_not_granted_runs_no_logon() -> None:
     """The CP asks for T00001's session while this host's lease has lapsed (not granted): no
     logon runs at the service (then undone) and nothing is answered."""
     c, srv = standby_ctl(2)
-    hooks = _recording_service(srv)
+    hooks = recording_service(srv)
     granted_on_a_link(srv)
     srv.ha.granted = False
     await asyncio.wait_for(c.session_request("T00001", True, {}), 2.0)
@@ -349,7 +335,7 @@ async def test_the_active_sessions_dropped_after_a_switchover_are_closed_at_the_
     from hsb.host.sessions import ACTIVE, CLOSED
 
     c, srv = standby_ctl(3)
-    hooks = _recording_service(srv)
+    hooks = recording_service(srv)
     for name in ("T00001", "T00003"):
         srv.sessions.table[name].state = ACTIVE
     assert c.drop_active_sessions() == 2

@@ -11,7 +11,7 @@ import pytest
 
 from hsb.host.sessions_ctl import SessionsCtl
 from tests.support.procs import until
-from tests.support.sessionsctl import active_on_a_link, ctl, granted_on_a_link, standby_ctl
+from tests.support.sessionsctl import active_on_a_link, ctl, granted_on_a_link, recording_service, standby_ctl
 
 
 @pytest.mark.timeout(10)
@@ -510,15 +510,7 @@ async def test_the_services_standby_logons_and_logoffs_stay_paired() -> None:
     open_session again with no close between (two logons for one session); one the CP refused
     (open_failed) was closed without the service hearing it (a logon left for good)."""
     c, srv = standby_ctl(2)
-    hooks: list[tuple[str, str]] = []
-
-    async def open_session(name: str, *_: Any) -> None:
-        hooks.append(("open", name))
-
-    async def close_session(name: str) -> None:
-        hooks.append(("close", name))
-
-    srv.service.open_session, srv.service.close_session = open_session, close_session
+    hooks = recording_service(srv)
     c.cp_registered = True
     assert c._open_standby("T00001", {"k": 1})
     assert c._open_standby("T00001", {"k": 1})  # again: still the one logon

@@ -187,10 +187,10 @@ class ServiceSpec(click.ParamType):  # type: ignore[type-arg, unused-ignore]  # 
     name = "echo|journal|ledger|MODULE:FACTORY"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        from hsb.ctl.sandbox_files import BUILTIN_SERVICES
+        from hsb.service.api import BUILTIN_NAMES
 
         mod, _, attr = str(value).partition(":")
-        if value in BUILTIN_SERVICES or (mod and attr.isidentifier() and all(p.isidentifier() for p in mod.split("."))):
+        if value in BUILTIN_NAMES or (mod and attr.isidentifier() and all(p.isidentifier() for p in mod.split("."))):
             return str(value)
         self.fail(f"{value!r} is not echo, journal, ledger or a service of your own as MODULE:FACTORY (e.g. myapp.service:Orders)", param, ctx)
 
@@ -254,11 +254,11 @@ def sandbox_up(
 ) -> None:
     """Start the sandbox and wait for hot standby; print one JSON object."""
     from hsb.ctl.sandbox import up
-    from hsb.ctl.sandbox_files import BUILTIN_SERVICES
+    from hsb.service.api import BUILTIN_NAMES
 
     if dsn and service != "ledger":
         raise click.UsageError("--dsn is for --service ledger (a service of your own: --service-option dsn=...)")
-    if logon_ms and service not in BUILTIN_SERVICES:
+    if logon_ms and service not in BUILTIN_NAMES:
         raise click.UsageError("--logon-ms is an option of the built-in services (yours: --service-option logon_ms=... if it takes one)")
     options = service_options(service_option)
     info = _sandbox_call(

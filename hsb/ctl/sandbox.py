@@ -31,7 +31,6 @@ from typing import Any
 from hsb import procstat
 from hsb.ctl.gather import ask, status_all
 from hsb.ctl.sandbox_files import (
-    BUILTIN_SERVICES,
     HOSTS,
     STATE,
     SandboxError,
@@ -47,6 +46,7 @@ from hsb.ctl.sandbox_files import (
     save_state,
     write_configs,
 )
+from hsb.service.api import BUILTIN_NAMES, service_problem
 from hsb.wire.auth import load_secret
 
 __all__ = [  # (the files' part, hsb.ctl.sandbox_files, is used through this module too)
@@ -359,9 +359,7 @@ async def aup(
     hsbcpd under its master process (`hsbcpd --supervise`), restarted at once if it dies."""
     d = d.resolve()
     check_folder(d)
-    if service not in BUILTIN_SERVICES:  # (one's own: said now, not as a host that never started)
-        from hsb.service.api import service_problem
-
+    if service not in BUILTIN_NAMES:  # (one's own: said now, not as a host that never started)
         if problem := service_problem(service, "host-a", service_options or {}):
             raise SandboxError(problem)
     if (d / STATE).exists():

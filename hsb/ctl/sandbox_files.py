@@ -23,8 +23,6 @@ from hsb.service.api import BUILTIN_NAMES
 from hsb.takeover.fileio import create_file
 from hsb.takeover.layout import batch_records_for
 
-BUILTIN_SERVICES = BUILTIN_NAMES  # besides them: a service of one's own, "pkg.mod:Factory"
-
 STATE = "sandbox.json"
 MARK = ".hsb-sandbox"  # written first by `up`: a folder with it is a sandbox's, even if a start failed
 HOSTS = ("host-a", "host-b")
@@ -131,7 +129,7 @@ def write_configs(
     cfgs = {}
     for name, me, other in (("host-a", "a", "b"), ("host-b", "b", "a")):
         # (a service of one's own takes only the options given for it: --service-option)
-        opts: dict[str, Any] = {"logon_ms": logon_ms} if service in BUILTIN_SERVICES else {}
+        opts: dict[str, Any] = {"logon_ms": logon_ms} if service in BUILTIN_NAMES else {}
         if service == "journal":
             opts["journal"] = str(d / f"journal-{name}.log")
         if service == "ledger":  # PostgreSQL if given, else SQLite in this folder (one machine)

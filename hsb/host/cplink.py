@@ -232,24 +232,26 @@ class CPLink:
             # another journal first: its generation is no measure of this one's (a lower one would be
             # said as a superseded CP, of a CP that was never on this journal)
             journal = journal_of(fs.auth_ok)
+            refusal: tuple[RefusalLog, str, str | None] | None = None
             if journal is not None and self.cp_journal is not None and journal != self.cp_journal:
-                self.generation_refusals += 1
                 self.journal_refusals += 1
-                journal_refusals.seen(
+                refusal = (
+                    journal_refusals,
                     f"the CP at {self.addr} serves journal {journal} (generation {gen}), not journal {self.cp_journal} which this"
                     f" host has followed; not registering with it",
                     journal_fix(self.memory.path if self.memory is not None else None),
                 )
-                await fs.aclose()
-                await asyncio.sleep(backoff.next())
-                continue
-            if isinstance(gen, int) and gen < self.cp_generation:
-                self.generation_refusals += 1
-                gen_refusals.seen(
+            elif isinstance(gen, int) and gen < self.cp_generation:
+                refusal = (
+                    gen_refusals,
                     f"the CP at {self.addr} has journal generation {gen}, below {self.cp_generation} seen before"
                     f"{f' (kept in {self.memory.path})' if self.memory is not None else ''}:"
-                    " a superseded CP (two CP machines, another one serves); not registering with it"
+                    " a superseded CP (two CP machines, another one serves); not registering with it",
+                    None,
                 )
+            if refusal is not None:
+                self.generation_refusals += 1  # (a CP on another journal counted too)
+                refusal[0].seen(refusal[1], refusal[2])
                 await fs.aclose()
                 await asyncio.sleep(backoff.next())
                 continue

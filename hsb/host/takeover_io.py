@@ -331,9 +331,9 @@ class TakeoverIO:
                 "pending": len(self.pending),
             },
             "responding": self.store.responding,
-            "storage": "ok"
-            if self.store.responding and not self.last_error and not self.batch_error and not self.unwritable_error
-            else ("takeover storage not responding" if not self.store.responding else self.last_error or self.batch_error or self.unwritable_error),
+            "storage": (self.last_error or self.batch_error or self.unwritable_error or "ok")
+            if self.store.responding
+            else "takeover storage not responding",
         }
 
     async def close(self) -> None:

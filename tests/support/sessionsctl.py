@@ -75,3 +75,17 @@ def active_on_a_link(c: SessionsCtl, srv: Any, epoch: int) -> None:
     for ts in srv.sessions.table.values():
         ts.state = ACTIVE
         srv.sessions.join_link(ts)
+
+
+def recording_service(srv: Any) -> list[tuple[str, str]]:
+    """The service's session hooks, noted in order: ("open" or "close", terminal)."""
+    hooks: list[tuple[str, str]] = []
+
+    async def open_session(name: str, *_: Any) -> None:
+        hooks.append(("open", name))
+
+    async def close_session(name: str) -> None:
+        hooks.append(("close", name))
+
+    srv.service.open_session, srv.service.close_session = open_session, close_session
+    return hooks
