@@ -194,7 +194,7 @@ async def test_sqlite_close_gives_up_on_a_statement_that_does_not_return(tmp_pat
     hsbd's stop hung (PostgreSQL's gives up after 5 s, the journal service's after 2 s). It gives
     up after close_timeout, and says so; the statement is left to end on its thread."""
 
-    from hsb.service import db as dbmod
+    from hsb.service import db_sqlite as dbmod
     from tests.support.logrec import RecordingLog
 
     rec = RecordingLog()
