@@ -319,6 +319,17 @@ def render(st: dict[str, Any]) -> str:
                 f"            SESSIONS REFUSED by the CP, not open here: {', '.join(r['terminal'] for r in refused)};"
                 f" last {last['terminal']} ({last['kind']}) {_age(last.get('at'))}: {last['reason']}"
             )
+        refusing = h.get("standby_refusing") or {}
+        if refusing.get("count"):  # (an hsbd of before says nothing of them)
+            first = refusing["terminals"][0]
+            more = refusing["count"] - len(refusing["terminals"])
+            out.append(
+                f"            STANDBY SESSIONS REFUSED here: {', '.join(r['terminal'] for r in refusing['terminals'])}"
+                + (f" and {more} more" if more > 0 else "")
+                + f" ({first['reason']}); a switchover or failover disconnects {agree(refusing['count'], 'it', 'them')} (the classic path, nothing lost):"
+                " make the attrs identical on both hosts and reload the one you change; a session opened before an attrs change keeps"
+                " the attrs of before until its terminal logs on again (docs/operations.md §5)"
+            )
         if h.get("file_mismatch"):
             out.append(f"            ERROR {h['file_mismatch']}")
         if h.get("last_error"):

@@ -134,6 +134,7 @@ class HAView:
             "takeover_file": self.srv.takeover.status(),
             "terminals": self.srv.sessions.counts(),
             "open_failed": self.srv.sessions_ctl.open_failures.status(),  # session opens the CP refused
+            "standby_refusing": self.srv.sessions_ctl.refusing_status(),  # standby sessions this host refuses
             "file_mismatch": self.file_mismatch,
             "active_stopped_by": self.active_stopped_by,
             "last_takeover": self.takeover,

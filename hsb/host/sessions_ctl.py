@@ -140,6 +140,12 @@ class SessionsCtl(SessionHooks):
             return True
         return False
 
+    def refusing_status(self) -> dict[str, Any]:
+        """The standby sessions this host refuses now (their attributes here differ from the
+        active's, or the terminal is not defined here): how many, and the first few with why. Each
+        takes the classic path at the next switchover or failover (disconnected, it logs on again)."""
+        return {"count": len(self.refusing), "terminals": [{"terminal": n, "reason": r[:200]} for n, r in list(self.refusing.items())[:8]]}
+
     def expect_kept(self) -> None:
         """Demoted at a planned switchover by a CP that keeps our active sessions as standby ones."""
         self.kept.clear()
