@@ -46,7 +46,13 @@ def plan(path: str | Path | None, model: type[M], current: M, reloadable: tuple[
     try:
         new = load(path, model)
     except ConfigError as exc:
-        log.error("config_reload_failed", errors=exc.errors)
+        log.error(
+            "config_reload_failed",
+            path=str(path),
+            errors=exc.errors,
+            msg=f"{path} not reloaded, the running config stays: {'; '.join(exc.errors)}; fix the file"
+            " (--check-config with the daemon's --config says every error), then reload again",
+        )
         return None
     keys = changed_keys(current, new)
     return new, [k for k in keys if k in reloadable], [k for k in keys if k not in reloadable]
