@@ -328,7 +328,7 @@ def render(st: dict[str, Any]) -> str:
                 + (f" and {more} more" if more > 0 else "")
                 + f" ({first['reason']}); a switchover or failover disconnects {agree(refusing['count'], 'it', 'them')} (the classic path, nothing lost):"
                 " make the attrs identical on both hosts and reload the one you change; a session opened before an attrs change keeps"
-                " the attrs of before until its terminal logs on again (docs/operations.md §5)"
+                " the attrs of before until its terminal logs on again (docs/operations.md §15)"
             )
         if h.get("file_mismatch"):
             out.append(f"            ERROR {h['file_mismatch']}")
