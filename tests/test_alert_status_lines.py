@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from hsb.ctl.gather import summarize
 from hsb.ctl.status import headline
+from hsb.ctl.verdict import summarize
 
 pytestmark = pytest.mark.timeout(30)
 

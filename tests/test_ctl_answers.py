@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hsb.ctl import status as status_mod
-from hsb.ctl.gather import summarize
 from hsb.ctl.target import Target
+from hsb.ctl.verdict import summarize
 from tests.support.procs import write_secret
 
 pytestmark = pytest.mark.timeout(120)

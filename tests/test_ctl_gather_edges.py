@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from hsb.ctl import gather
-from hsb.ctl.gather import newest_serving, serving_cp, summarize
+from hsb.ctl.gather import newest_serving, serving_cp
+from hsb.ctl.verdict import summarize
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from hsb.ctl import status as status_mod
-from hsb.ctl.gather import summarize
 from hsb.ctl.status import _age, _pause, _role_label, headline, render, shown
 from hsb.ctl.target import Target
+from hsb.ctl.verdict import summarize
 from tests.support.cli import shown_cp, shown_host
 
 pytestmark = pytest.mark.timeout(30)

@@ -139,7 +139,7 @@ def test_a_restart_waits_out_a_process_that_is_still_exiting() -> None:
 def test_a_standby_cut_off_from_the_cp_is_not_hot_standby() -> None:
     """It follows the ring (state established) but is not registered at the CP: it could not ask
     for the active role, so hsbctl says serving without a standby (exit 1), not established."""
-    from hsb.ctl.gather import summarize
+    from hsb.ctl.verdict import summarize
 
     cp = {"reachable": True, "role": "cp", "state": "serving", "epoch": 1}
 
@@ -157,7 +157,7 @@ def test_a_standby_cut_off_from_the_cp_is_not_hot_standby() -> None:
 def test_a_standby_whose_takeover_storage_does_not_answer_is_not_hot_standby() -> None:
     """Its mount hangs: every ring read fails, its state stays established, its sessions go
     stale. hsbctl said hot standby ready (exit 0); it says serving without a standby (1)."""
-    from hsb.ctl.gather import summarize
+    from hsb.ctl.verdict import summarize
 
     cp = {"reachable": True, "role": "cp", "state": "serving", "epoch": 1}
     pair = pair_hosts()
@@ -172,7 +172,7 @@ def test_the_verdict_says_what_it_cannot_know_and_what_is_critical() -> None:
     """Exit statuses as a monitoring plugin reads them: hosts never asked make the verdict unknown
     (3), not "not serving"; two actives at once are critical (2), not a warning; a CP whose journal
     cannot be written acknowledges nothing, so nothing new is served (2), not "established"."""
-    from hsb.ctl.gather import summarize
+    from hsb.ctl.verdict import summarize
 
     cp = {"reachable": True, "role": "cp", "state": "serving", "epoch": 1, "journal": {"durability": "fsync", "state": "ok"}}
     assert summarize(dict(cp), pair_hosts())["exit_status"] == 0
@@ -204,8 +204,8 @@ def test_one_host_named_by_two_addresses_is_one_host_and_said(role: str) -> None
     were judged as two hosts. As the standby: no active among them, `NOT SERVING` (2), while the CP
     serves with host-b; as the active: `SERVING WITHOUT A STANDBY` (1). One daemon, judged once:
     the pair is not known (3), and a line says host-a is named twice and how to fix the config."""
-    from hsb.ctl.gather import summarize
     from hsb.ctl.status import headline
+    from hsb.ctl.verdict import summarize
 
     cp = {"reachable": True, "role": "cp", "state": "serving", "epoch": 1, "journal": {"durability": "fsync", "state": "ok"}}
     cp.update(active={"name": "host-b" if role == "standby" else "host-a"}, standby={"name": "host-a" if role == "standby" else "host-b"})
@@ -238,8 +238,8 @@ def test_the_actives_service_failing_is_critical_and_the_first_line_says_so() ->
     """The ledger's database down: the active's service fails and every message waits at the CP.
     hsbctl said `ESTABLISHED (hot standby ready)`, exit 0 (nothing to do), the SERVICE FAILING
     line further down. It is critical (2) and the first line names it; a standby's does not count."""
-    from hsb.ctl.gather import summarize
     from hsb.ctl.status import headline
+    from hsb.ctl.verdict import summarize
 
     cp = {"reachable": True, "role": "cp", "state": "serving", "epoch": 1, "journal": {"durability": "fsync", "state": "ok"}}
     down = {"state": "failing", "name": "ledger", "error": "database unavailable: ConnectionRefusedError", "waiting_terminals": 3, "retries": 9}
@@ -261,8 +261,8 @@ def test_a_stalled_call_of_the_actives_service_is_a_warning_that_says_the_others
     behind it, the other terminals are served. hsbctl said `SERVICE FAILING on the active: no
     message is answered`, exit 2, which is false. It is a warning (1) of its own, naming the call's
     age and terminal; it does not hide a worse verdict, and a standby's stall does not count."""
-    from hsb.ctl.gather import summarize
     from hsb.ctl.status import headline
+    from hsb.ctl.verdict import summarize
 
     cp = {"reachable": True, "role": "cp", "state": "serving", "epoch": 1, "journal": {"durability": "fsync", "state": "ok"}}
     stalled = {"state": "stalled", "name": "ledger", "oldest_call_s": 42.4, "oldest_call_terminal": "T1", "calls_in_progress": 1}
@@ -296,11 +296,11 @@ def test_status_of_a_shape_hsbctl_cannot_read_is_unknown_not_a_traceback(monkeyp
     (exit 1, which a monitor reads as a warning); an unreadable secret file is an error naming it."""
     from click.testing import CliRunner
 
-    from hsb.ctl import gather, status
+    from hsb.ctl import gather, status, verdict
     from hsb.ctl.main import main as cli
 
     async def half(*a: Any, **kw: Any) -> dict[str, Any]:
-        return gather.summarize({"reachable": True, "state": "serving", "journal": {"state": "ok"}}, pair_hosts())
+        return verdict.summarize({"reachable": True, "state": "serving", "journal": {"state": "ok"}}, pair_hosts())
 
     monkeypatch.setattr(status, "status_all", half)
     r = CliRunner().invoke(cli, ["--cp", "127.0.0.1:1", "--host", "127.0.0.1:2", "--host", "127.0.0.1:3", "--secret-file", str(secret), "status"])

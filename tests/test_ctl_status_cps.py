@@ -21,7 +21,8 @@ def test_one_cp_named_by_two_addresses_is_not_two_cps() -> None:
     the same hsbcpd at the same generation, and one was marked superseded: `ERROR … superseded by
     cp-a … stop the older one`, advice to stop the CP that serves. It is the same CP: no error,
     the verdict stands, and a warning says the ctl config names it twice."""
-    from hsb.ctl.gather import newest_serving, summarize
+    from hsb.ctl.gather import newest_serving
+    from hsb.ctl.verdict import summarize
 
     seen = [
         {"addr": "10.0.0.100:7002", "reachable": True, "name": "cp-a", "pid": 77, "instance": "c77", "state": "serving", "generation": 6},
@@ -170,7 +171,7 @@ def test_of_two_cps_that_say_they_serve_the_newest_generation_is_believed(secret
 def test_a_cp_older_than_the_hosts_have_seen_is_said_superseded() -> None:
     """One CP address in the ctl config, and the CP there has a generation below one the hosts
     have seen: a superseded CP still answering there (or one on a new journal directory)."""
-    from hsb.ctl.gather import summarize
+    from hsb.ctl.verdict import summarize
 
     cp = {"reachable": True, "name": "cp-a", "addr": "vip:1", "state": "serving", "epoch": 1, "generation": 6}
     pair = pair_hosts()
@@ -185,7 +186,7 @@ def test_a_cp_on_another_journal_than_the_hosts_follow_is_said_so_whatever_its_g
     """The CP asked serves journal B; a host follows journal A (its cp_generation.journal): two CPs
     on different journals, said as that (not as a superseded CP, though its generation is lower
     too), with the directory to check; the same journal: nothing said."""
-    from hsb.ctl.gather import summarize
+    from hsb.ctl.verdict import summarize
 
     journal = {"dir": "/var/lib/hsb/cp-journal", "durability": "fsync", "state": "ok", "id": "b" * 32}
     cp = {"reachable": True, "name": "cp-a", "addr": "vip:1", "state": "serving", "epoch": 1, "generation": 6, "journal": journal}

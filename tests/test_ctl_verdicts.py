@@ -15,10 +15,10 @@ from hsb.ctl import gather
 from hsb.ctl import status as status_mod
 from hsb.ctl import switchover as switchover_mod
 from hsb.ctl.agree import split_brain
-from hsb.ctl.gather import summarize
 from hsb.ctl.refused import refused_line
 from hsb.ctl.status import headline, render, shown
 from hsb.ctl.target import Target
+from hsb.ctl.verdict import summarize
 from tests.support.cli import cp_answer as _cp
 from tests.support.cli import host_answer as _host
 from tests.support.cli import shown_cp, shown_host

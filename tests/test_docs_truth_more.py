@@ -289,7 +289,7 @@ def test_the_statuses_are_found() -> None:
     code = statuses_of_code()
     assert {"1", "2", "65", "73", "75", "76", "78"} <= set(code["daemons"])
     assert "hsb/cp/stopping.py" in code["daemons"]["75"] and "hsb/cp/status_view.py" in code["daemons"]["70"]
-    assert {"0", "1", "3", "128 + N"} <= set(code["hsbctl"]) and "hsb/ctl/gather.py" in code["hsbctl"]["3"]
+    assert {"0", "1", "3", "128 + N"} <= set(code["hsbctl"]) and "hsb/ctl/verdict.py" in code["hsbctl"]["3"]
 
 
 def test_every_exit_status_in_the_table_is_the_codes_and_back() -> None:

@@ -443,8 +443,8 @@ async def test_an_active_session_the_cp_refuses_is_shown_counted_and_cleared_onc
     counts them by kind, and hsbctl status shows them in one line."""
     import json
 
-    from hsb.ctl.gather import summarize
     from hsb.ctl.status import render
+    from hsb.ctl.verdict import summarize
     from hsb.ops.metrics import HostCollector
     from tests.support.hostclient import FakeTerminal
 

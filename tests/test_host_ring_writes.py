@@ -18,8 +18,8 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def verdict(cp: Any, *hosts: Any) -> dict[str, Any]:
-    """What hsbctl status makes of the daemons' status answers (hsb.ctl.gather.summarize)."""
-    from hsb.ctl.gather import summarize
+    """What hsbctl status makes of the daemons' status answers (hsb.ctl.verdict.summarize)."""
+    from hsb.ctl.verdict import summarize
 
     return summarize({**cp.status(), "reachable": True}, [{**h.status(), "reachable": True} for h in hosts])
 

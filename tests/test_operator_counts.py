@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from hsb.ctl.gather import _ring_unwritten, summarize
 from hsb.ctl.main import main
 from hsb.ctl.refused import refused_line
 from hsb.ctl.status import _pause, _tls_line, render
 from hsb.ctl.switchover import complete_line
+from hsb.ctl.verdict import _ring_unwritten, summarize
 from hsb.demo import render_cp
 from hsb.plural import many, span, were
 from hsb.takeover import SessionEntry, TakeoverWriter, startup_id

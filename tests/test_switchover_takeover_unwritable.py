@@ -96,8 +96,8 @@ def test_a_switchover_whose_new_active_cannot_write_its_batch_says_the_roles_swa
     only "did not complete", as if the roles had not swapped; now it says they did, and why hot
     standby is not back (the hosts' states and last errors)."""
     from hsb.ctl import switchover as switchover_mod
-    from hsb.ctl.gather import summarize
     from hsb.ctl.target import Target
+    from hsb.ctl.verdict import summarize
     from tests.support.procs import write_secret
 
     secret = write_secret(tmp_path)

@@ -12,9 +12,10 @@ from typing import Any
 
 import click
 
-from hsb.ctl.gather import ask, cp_named_twice, machine_state, serving_cp, status_all, superseded_cps, unasked, unheard, untold
+from hsb.ctl.gather import ask, machine_state, serving_cp, status_all, unasked, unheard, untold
 from hsb.ctl.refused import refused_line
 from hsb.ctl.target import Target
+from hsb.ctl.verdict import cp_named_twice, superseded_cps
 from hsb.wire.auth import load_secret
 
 

@@ -46,7 +46,7 @@ def closed_port() -> str:
 
 def pair_hosts() -> list[dict[str, Any]]:
     """The hosts' answers for a pair in hot standby (a active, b standby, at epoch 1), as
-    gather.summarize takes them."""
+    verdict.summarize takes them."""
     return [
         {"reachable": True, "name": "a", "role": "active", "state": "established", "serving": True, "epoch": 1},
         {"reachable": True, "name": "b", "role": "standby", "state": "established", "epoch": 1},
@@ -64,12 +64,12 @@ def pair_status(active_addr: str, standby_addr: str) -> dict[str, Any]:
 
 
 def cp_answer(**kw: Any) -> dict[str, Any]:
-    """A CP's status answer as gather.summarize reads it (serving at epoch 5), with `kw` on top."""
+    """A CP's status answer as verdict.summarize reads it (serving at epoch 5), with `kw` on top."""
     return {"reachable": True, "name": "cp", "addr": "cp:1", "state": "serving", "epoch": 5, **kw}
 
 
 def host_answer(who: str, role: str, epoch: int = 5, **kw: Any) -> dict[str, Any]:
-    """A host's status answer as gather.summarize reads it (`role`, established, at `epoch`), with `kw` on top."""
+    """A host's status answer as verdict.summarize reads it (`role`, established, at `epoch`), with `kw` on top."""
     return {
         "reachable": True,
         "name": who,
