@@ -481,6 +481,18 @@ class HA(CPSide, LeaseSide, SwitchSide, HotStandbySide, HAView):
             self.last_error = f"the peer {msg.get('name')} also claims to be active"
             self.counters["two_actives_claimed"] += 1
             log.error("two_actives_claimed", peer=msg.get("name"))
+        elif self.state == STARTING and self.epoch == 0:
+            # started as the active (hsbd@active restarted after a handover or a failover) and not
+            # registered yet (no epoch of the CP's): it never held the role, so nobody took it
+            # over from this host. The CP decides: it refuses this host the role, and this host
+            # rejoins as the standby (hsb.host.rejoin). Nothing for an operator to do, and no
+            # last error to show
+            log.info(
+                "peer_is_active_at_start",
+                peer=msg.get("name"),
+                msg=f"the peer {msg.get('name')} is the active; this host, started as the active, is not registered at the CP yet:"
+                " the CP decides (refused, it rejoins as the standby)",
+            )
         else:
             self.last_error = f"the peer {msg.get('name')} is the active now; this host holds no lease (its CP link is down)"
             log.warning("peer_took_over", peer=msg.get("name"), msg=self.last_error)
