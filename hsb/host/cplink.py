@@ -336,8 +336,13 @@ class CPLink:
                 try:
                     if down and not self.stopped and self.dropping is None:  # (else said by `drop()` already)
                         # before the close, which may wait a second: this host stops serving at
-                        # once (deliveries cancelled, the lease dropped), as the protocol promises
-                        self._went_down(why)
+                        # once (deliveries cancelled, the lease dropped), as the protocol promises.
+                        # A link the CP ended after an error this host acts on by registering
+                        # otherwise (ACTED_ON, the first time: a restarted hsbd@active rejoining
+                        # as the standby) was not lost: said as info, with the CP's word. What the
+                        # host does about the error (rejoin, or exit) the HA loop says itself
+                        answered = ended if ended is not None and code in ACTED_ON and code != acted and not bad else None
+                        self._went_down(why, answered)
                 finally:
                     await fs.aclose()
             if self.stopped or self.exiting():
@@ -381,9 +386,13 @@ class CPLink:
         self._went_down(why)
         fs.writer.transport.abort()
 
-    def _went_down(self, why: str) -> None:
-        """The link's loss said, and this host stops serving (`on_down`)."""
-        log.warning("cp_link_down", cp=self.addr, reason=why)
+    def _went_down(self, why: str, answered: str | None = None) -> None:
+        """The link's loss said, and this host stops serving (`on_down`). `answered`: the CP
+        ended the link after an error this host acts on (ACTED_ON): no loss, said as info."""
+        if answered is not None:
+            log.info("cp_link_down", cp=self.addr, reason=answered)
+        else:
+            log.warning("cp_link_down", cp=self.addr, reason=why)
         try:
             self.on_down(why)
         except Exception:  # a bug: said; the link is made again all the same
