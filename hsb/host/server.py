@@ -523,6 +523,9 @@ class HostServer:
             why = "normal termination"
         elif as_lost:
             why = "stop: its handover ran out of time; a lost link to the CP, which fails over to the standby"
+        elif ha.role != "active":
+            # the standby's stop (a restart, an upgrade): nothing to hand over, the active serves on
+            why = "stop: the standby stops; the active serves on without a standby"
         else:
             why = "stop: normal termination (no established standby)"
         ha.set_state("stopping", why)
