@@ -341,7 +341,14 @@ class HA(CPSide, LeaseSide, SwitchSide, HotStandbySide, HAView):
         return self.describe()
 
     def hot_standby_lost(self, reason: str) -> None:
-        log.warning("hot_standby_lost", peer=self.srv.peer.peer_name, reason=reason)
+        """Said as a warning, but as info when the standby said it stops (its last heartbeat on the
+        peer link, hsb.host.peer.PeerLink.said_stopping) and the link then ended: a planned stop
+        of the standby (a restart, an upgrade), which the operator made."""
+        peer = self.srv.peer
+        if not peer.up and peer.said_stopping:
+            log.info("hot_standby_lost", peer=peer.peer_name, reason=f"{reason}: the standby said it is stopping")
+        else:
+            log.warning("hot_standby_lost", peer=peer.peer_name, reason=reason)
 
     def fail(self, code: int, msg: str, event: str) -> None:
         log.error(event, msg=msg)
@@ -379,7 +386,9 @@ class HA(CPSide, LeaseSide, SwitchSide, HotStandbySide, HAView):
             if self.state in (ESTABLISHED, BATCH_WRITING):
                 was = self.state == ESTABLISHED or self.resyncing
                 self.set_state(SERVING, f"peer link down ({why}); the ring is still written for the standby")
-                if was:  # the standby itself may be established still (a blip): a stop waits for it briefly
+                # the standby itself may be established still (a blip): a stop waits for it
+                # briefly; not for one that said it stops (PeerLink.said_stopping)
+                if was and not self.srv.peer.said_stopping:
                     self.standby_out_of_sight = time.monotonic()
             elif self.state in (RELEASING, HANDING_OVER):
                 if self.established_since is not None:

@@ -26,6 +26,7 @@ import structlog
 
 from hsb.backoff import Backoff
 from hsb.config import parse_addr
+from hsb.host.states import STOPPING
 from hsb.ops.listen import listening
 from hsb.ops.refusals import RefusalLog, not_hsb, refusal_hint, tls_refused_hint
 from hsb.waits import event_within
@@ -174,6 +175,7 @@ class PeerLink:
         self.lost_notices = 0
         self.wake_connect = asyncio.Event()
         self.closed = False
+        self.said_stopping = False  # the link's last end came after the peer's heartbeat said `stopping`
         self.accepted: set[PeerInbound] = set()  # inbound connections, authenticated or not yet
         self.strangers = RefusalLog(
             "peer_host_refused", "only that connection was closed; refused again at each attempt (logged once a minute)", listen=listen
@@ -373,6 +375,7 @@ class PeerLink:
             self.peer_hello = {**self.peer_hello, **{k: msg[k] for k in ("role", "state", "instance") if k in msg}}
         if not self.up and msg["t"] in ("peer_hello", "hb"):
             self.up = True
+            self.said_stopping = False
             log.info("peer_link_up", peer=self.peer_name)
             self.on_up()
         self.on_frame(msg)
@@ -383,9 +386,19 @@ class PeerLink:
             self._down("eof")
 
     def _down(self, why: str) -> None:
+        """The receiving connection's loss. A warning, but where this host knows it is no fault:
+        it stops itself (it closed the link), or the peer closed it after its last heartbeat said
+        `stopping` (its planned stop, or its stop after a handover: `said_stopping`, which the HA
+        loop reads too). An end without that word, or a silence, is a warning as ever."""
         if self.up:
             self.up = False
-            log.warning("peer_link_down", peer=self.peer_name, reason=why)
+            self.said_stopping = why == "eof" and self.peer_hello is not None and self.peer_hello.get("state") == STOPPING
+            if self.closed:
+                log.info("peer_link_down", peer=self.peer_name, reason=f"{why}: this host is stopping")
+            elif self.said_stopping:
+                log.info("peer_link_down", peer=self.peer_name, reason=f"{why}: {self.peer_name} said it is stopping")
+            else:
+                log.warning("peer_link_down", peer=self.peer_name, reason=why)
             self.on_down(why)
 
     async def _monitor(self) -> None:
@@ -402,6 +415,9 @@ class PeerLink:
 
     async def close(self) -> None:
         self.closed = True
+        # a last heartbeat, with this host's state as the close finds it (`stopping` at a stop):
+        # the peer then takes the end of the link that follows for this host's stop, not a fault
+        self.send({"t": "hb", **self.hello_brief()})
         if self.server is not None:
             self.server.close()
         for t in self.tasks:
