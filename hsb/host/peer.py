@@ -417,7 +417,11 @@ class PeerLink:
         self.closed = True
         # a last heartbeat, with this host's state as the close finds it (`stopping` at a stop):
         # the peer then takes the end of the link that follows for this host's stop, not a fault
-        self.send({"t": "hb", **self.hello_brief()})
+        if self.outbound is not None:
+            try:
+                self.send({"t": "hb", **self.hello_brief()})
+            except Exception:  # noqa: BLE001,S110 - a hello that cannot be built (a bug, said by the sender): the close goes on
+                pass
         if self.server is not None:
             self.server.close()
         for t in self.tasks:
