@@ -166,9 +166,10 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
         self.journal.append(["p", paused], None if answer is None else lambda: answer(text))
         if again:
             return
-        log.warning(
-            "paused" if paused else "resumed", by=by, msg="no automatic failover until 'hsbctl resume'" if paused else "automatic failover on again"
-        )
+        if paused:  # a warning while it lasts: automatic failover is off (the HsbPaused alert says so too)
+            log.warning("paused", by=by, msg="no automatic failover until 'hsbctl resume'")
+        else:  # the end of the pause: things are as they should be again, nothing to look at
+            log.info("resumed", by=by, msg="automatic failover on again")
         self.history.add({"kind": "pause" if paused else "resume", "at": time.time(), "epoch": self.epoch, "reason": f"operator ({by})"})
         a = self.active
         if not paused and a is not None and (a.closed or self.loss is not None):
