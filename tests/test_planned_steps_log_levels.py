@@ -14,7 +14,8 @@ unplanned link loss) must stay. In process, the log recorded (tests/support/logr
   heartbeat said `stopping` is none either (nor the active's `hot_standby_lost`, and a stop of
   the active does not wait for that standby as for a blip); an end without that word, or a
   silence, is a warning; a host's close sends that last heartbeat;
-- a standby's stop says it is the standby's, not "normal termination (no established standby)".
+- a standby's stop says it is the standby's, not "normal termination (no established standby)";
+- and the CP's: `hsbctl resume` is info, the pause it ends a warning.
 """
 
 from __future__ import annotations
@@ -222,3 +223,19 @@ async def test_a_standbys_stop_says_it_is_the_standbys(tmp_path: Path, monkeypat
     finally:
         srv.ha.close()
         srv.delivery.cancel()
+
+
+async def test_a_pause_is_a_warning_and_its_resume_is_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hsbctl pause` turns automatic failover off: a warning while it lasts. `hsbctl resume` puts
+    things as they should be: info, with who asked and what it means."""
+    from hsb.cp import core as cp_core_mod
+    from tests.support.cpcore import cp_core
+
+    rec = RecordingLog()
+    monkeypatch.setattr(cp_core_mod, "log", rec)
+    cp = cp_core(tmp_path, 2)
+    cp.set_paused(True, "hsbctl")
+    cp.set_paused(False, "hsbctl")
+    said = [(e["event"], e["level"], e["by"]) for e in rec.entries if e["event"] in ("paused", "resumed")]
+    assert said == [("paused", "warning", "hsbctl"), ("resumed", "info", "hsbctl")], rec.entries
+    assert rec.events("resumed")[0]["msg"] == "automatic failover on again"
