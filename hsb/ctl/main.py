@@ -283,7 +283,7 @@ def sandbox_down(dir_: str) -> None:
     """Stop every process the sandbox started (removes nothing)."""
     from hsb.ctl.sandbox import down
 
-    stopped = _sandbox_call(down, Path(dir_))
+    stopped = _sandbox_call(down, Path(dir_), ordered=True)  # the standby, the active, then the CP
     click.echo(json.dumps({"stopped": stopped}))
 
 

@@ -460,13 +460,37 @@ def _wait_port(addr: str, timeout: float, d: Path, pid: int = 0) -> None:
             time.sleep(0.05)
 
 
-def down(d: Path, timeout: float = 5.0) -> list[int]:
+def _stop_order(d: Path, st: dict[str, Any]) -> list[list[int]]:
+    """The sandbox's pids in the order `down(ordered=True)` stops them: the hosts that are not
+    the active (asked over their admin links; one that does not answer is taken for a standby),
+    the active, the CP."""
+    try:
+        roles = {h.get("name"): h.get("role") for h in asyncio.run(status(d, timeout=1.0))["hosts"] if h.get("reachable")}
+    except Exception:  # noqa: BLE001 - (the daemons' status unreadable: stopped in the plain order, all at once)
+        return []
+
+    def pids(proc: dict[str, Any]) -> list[int]:
+        return [p for p in proc.get("pids", [proc["pid"]]) if p]
+
+    hosts = st["hosts"]
+    return [
+        [p for n, h in hosts.items() if roles.get(n) != "active" for p in pids(h)],
+        [p for n, h in hosts.items() if roles.get(n) == "active" for p in pids(h)],
+        pids(st["cp"]),
+    ]
+
+
+def down(d: Path, timeout: float = 5.0, ordered: bool = False) -> list[int]:
     """Stop the sandbox's daemons (SIGTERM, SIGKILL after `timeout`); the pids signalled: those
     its state file records and those found by their command line (`found`: an `up` killed before
     it wrote the state file). Only a process that is still the sandbox's (`_ours`) is signalled,
-    each time."""
+    each time. `ordered` (hsbctl sandbox down): in the order an operator stops a pair, each gone
+    before the next is told: the standby, then the active (with no standby, it has nothing to
+    hand over), then the CP. All at once, the active would begin a handover to a standby that is
+    itself stopping while the CP goes, and log that as failures."""
     d = d.resolve()
     stray = found(d)
+    st: dict[str, Any] | None = None
     if not stray or (d / STATE).exists():
         st = load_state(d)
         pids = [p for proc in [st["cp"], *st["hosts"].values()] for p in proc.get("pids", [proc["pid"]]) if p]
@@ -474,16 +498,21 @@ def down(d: Path, timeout: float = 5.0) -> list[int]:
         pids = []
     live = [p for p in dict.fromkeys([*pids, *stray]) if _ours(d, p)]
 
-    def signal_all(sig: int) -> None:
-        for p in live:
+    def signal_all(sig: int, which: list[int] | None = None) -> None:
+        for p in live if which is None else which:
             if _ours(d, p):
                 try:
                     os.kill(p, sig)
                 except (ProcessLookupError, PermissionError):  # gone, or not ours after all
                     pass
 
-    signal_all(signal.SIGTERM)
     deadline = time.monotonic() + timeout
+    for group in _stop_order(d, st) if ordered and st is not None else []:
+        group = [p for p in group if p in live]
+        signal_all(signal.SIGTERM, group)
+        while any(_ours(d, p) for p in group) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    signal_all(signal.SIGTERM)
     while any(_ours(d, p) for p in live) and time.monotonic() < deadline:
         time.sleep(0.05)
     signal_all(signal.SIGKILL)
