@@ -261,12 +261,15 @@ class Waiting:
         stamp: tuple[int, int] | None = None
         still_since = time.monotonic()
         told = False
+        woken_since: float | None = None  # this machine master (keepalived) since, while waiting
         failed = 0  # looks at the storage that failed in a row: each waits longer before the next
         while not self.should_exit.is_set():
+            due: float | None = None  # woken, the heartbeat not yet stale: when it will be
             polled, held = await self._unless_stopping(holds_address, c.terminal_listen, False)
             if not polled:
                 break
             woken, asked = self._master_here(), self.wake_requested
+            woken_since = (woken_since or time.monotonic()) if woken else None
             if woken and not held and asked:
                 log.info("cp_wake_ignored", address=c.terminal_listen, msg="woken, but this machine does not hold the address")
             self.wake_requested = False
@@ -300,7 +303,15 @@ class Waiting:
                     return f"woken holding the address; the CP of generation {gen} last beat {beat}"
                 if time.monotonic() - still_since >= c.takeover_stale:
                     return f"the address is here and the CP of generation {gen} has not beaten for {c.takeover_stale:g} s"
-                if woken and not told:
+                if woken and age is not None:  # looked at again when it is due, not a poll later
+                    due = max(0.001, c.takeover_stale - age)
+                # a beat younger than takeover_stale just after keepalived's wake (its state file)
+                # is the last one of a CP that just went (keepalived is quicker than the staleness,
+                # or the phases of the adverts and the beats so fall); one still that young
+                # takeover_stale after the wake is of a CP that beats on: said once. A SIGUSR1
+                # without a state file wakes for this one look: said at once
+                one_look = asked and not c.wake_file
+                if woken and not told and (one_look or (woken_since is not None and time.monotonic() - woken_since >= c.takeover_stale)):
                     told = True
                     log.warning(
                         "cp_wake_deferred",
@@ -311,7 +322,7 @@ class Waiting:
             else:
                 stamp = None
             self.woken.clear()
-            await event_within(self.woken, doubling(WAIT_POLL, STORAGE_POLL, failed))
+            await event_within(self.woken, min(doubling(WAIT_POLL, STORAGE_POLL, failed), due or WAIT_POLL))
         return None
 
     async def _address_lost(self, exc: ListenError) -> bool:
