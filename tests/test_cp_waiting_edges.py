@@ -145,6 +145,27 @@ async def test_a_cp_woken_while_the_serving_one_beats_defers_said_once_and_waits
     assert [e["event"] for e in logs].count("cp_wake_deferred") == 1, logs
 
 
+async def test_a_cp_woken_just_after_the_last_beat_takes_over_when_it_is_stale_without_deferring(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """keepalived's wake (its state file) can come before the lost CP's last beat is
+    takeover_stale old (its adverts and beats are of different phases; keepalived's priority
+    near 255 makes its skew time ~0): that is a failover, not a split brain. The woken CP looks
+    again when the beat is due to be stale, not a poll later, and says nothing of deferring."""
+    monkeypatch.setattr(waiting, "WAIT_POLL", 2.0)  # (a poll later would be 2 s)
+    wake = tmp_path / "keepalived.state"
+    wake.write_text("MASTER\n")
+    s, j = waiting_cp(tmp_path, monkeypatch, wake_file=str(wake), takeover_stale=0.3)
+    j.beat_ns = time.time_ns() - 150 * 10**6  # the last beat 0.15 s ago: stale in 0.15 s
+    with structlog.testing.capture_logs() as logs:
+        started = time.monotonic()
+        reason = await asyncio.wait_for(s.wait_for_takeover(), 5)
+        took = time.monotonic() - started
+    assert reason is not None and reason.startswith("woken holding the address; the CP of generation 1 last beat 0.3"), reason
+    assert 0.1 <= took < 1.0, took
+    assert "cp_wake_deferred" not in [e["event"] for e in logs], logs
+
+
 async def test_a_sigusr1_while_the_address_is_elsewhere_is_spent_not_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Woken without the address: said (cp_wake_ignored), once; when the address comes later,
     that old wake does not make this CP take over (takeover_stale of stillness still applies)."""
