@@ -86,6 +86,7 @@ async def lab_run(n: int, a: argparse.Namespace, rep: int, base: Path, tickle: b
         tickle_acks=tickle,
         advert_int=a.advert_int,
         takeover_stale=a.takeover_stale,
+        priority=a.priority,
     ) as lab:
         await lab.start(timeout=180)
         first = await lab.serving_cp()
@@ -197,6 +198,7 @@ async def amain(a: argparse.Namespace) -> int:
         "rate": a.rate,
         "advert_int": a.advert_int,
         "takeover_stale": a.takeover_stale,
+        "priority": a.priority,
         "results": [],
         "restart": [],
     }
@@ -349,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--tickle", choices=["on", "off", "both"], default="on", help="[cp] tickle_acks; both: off and on alternated in each repetition")
     p.add_argument("--advert-int", type=float, default=0.1, help="keepalived's advert_int in the lab (configs/keepalived/: 0.1 s)")
+    p.add_argument("--priority", type=int, default=100, help="keepalived's priority on both CP machines in the lab (configs/keepalived/: 100)")
     p.add_argument("--takeover-stale", type=float, default=0.3, help="[cp] takeover_stale of both CPs in the lab (the default: 0.3 s)")
     result_args(p, RESULTS)
     p.add_argument("--keep", action="store_true", help="keep the working directory (logs, journals) even when every run passed")

@@ -60,6 +60,7 @@ class CPPairLab(Lab):
 
     takeover_stale: float = 0.3
     advert_int: float = 0.1
+    priority: int = 100  # both machines' (nopreempt: equal priorities, the election by address)
     tickle_acks: bool = True  # [cp] tickle_acks (hsb.cp.tickle)
 
     # ------------------------------------------------------------------ addresses
@@ -235,7 +236,7 @@ vrrp_instance hsb_cp {{
         {self.vrrp(other)}
     }}
     virtual_router_id 51
-    priority 100
+    priority {self.priority}
     advert_int {self.advert_int}
     track_interface {{
         eth0
