@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from hsb.config import parse_addr
+from hsb.ops.limits import fd_room
 
 log = structlog.get_logger("hsb.ops")
 
@@ -53,6 +54,12 @@ class _HTTP(asyncio.Protocol):
 
     def connection_made(self, tr: asyncio.BaseTransport) -> None:
         self.tr = tr  # type: ignore[assignment]
+        sock = tr.get_extra_info("socket")
+        pn = tr.get_extra_info("peername")
+        if sock is not None and not fd_room(sock.fileno(), "http", f"{pn[0]}:{pn[1]}" if isinstance(pn, tuple) else "?"):
+            self.done = True
+            tr.close()  # nothing written: its descriptor, one of the daemon's last few, is freed at once
+            return
         self.timer = asyncio.get_running_loop().call_later(TIMEOUT, self._timeout)
 
     def _timeout(self) -> None:

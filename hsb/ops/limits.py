@@ -6,6 +6,11 @@ not fit."""
 from __future__ import annotations
 
 import resource
+import time
+
+import structlog
+
+log = structlog.get_logger("hsb.ops")
 
 SPARE = 256  # descriptors besides the terminals: hosts, admin, journal, logs, the loop's own
 
@@ -86,3 +91,58 @@ def storm_timing(terminals: int, host_timeout: float) -> str | None:
         f" above {STORM_TERMINALS:,} terminals set heartbeat_timeout = {STORM_HOST_TIMEOUT_S:g} on both hosts and"
         f" cp.host_timeout = {STORM_HOST_TIMEOUT_S:g} here (docs/operations.md)"
     )
+
+
+# Descriptors a daemon keeps free for itself: its journal's segments and directory, the links
+# it makes (a host's to the CP and its peer), its logs. A client that opens connections and
+# leaves them idle (each held until its hello, auth or HTTP request times out) could otherwise
+# take every descriptor under the limit: the CP's journal could not be written and every
+# acknowledgement stopped, for the terminals already logged on too.
+FD_RESERVE = 64
+REFUSED_LOG_S = 10.0  # one line at most this often while connections are refused, with the count
+
+
+class _Refusals:
+    """Connections refused for want of descriptors, and when that was last said."""
+
+    count = 0  # since the last line
+    total = 0
+    said_at = -REFUSED_LOG_S
+
+
+REFUSALS = _Refusals()
+
+
+def nofile_soft() -> int:
+    """The soft open-files limit (-1: unlimited), read each time (prlimit may change it)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return -1 if soft == resource.RLIM_INFINITY else soft
+
+
+def fd_room(fd: int, link: str, peer: str, soft: int | None = None) -> bool:
+    """Whether a connection just accepted as descriptor `fd` may stay: False (said in one line
+    at most every REFUSED_LOG_S, with the count) when it leaves fewer than FD_RESERVE free.
+    Descriptors are handed out lowest first, so `fd` is the lowest one that was free: every one
+    below it is taken, and at most limit - fd remain."""
+    soft = nofile_soft() if soft is None else soft
+    if soft < 0 or fd < soft - FD_RESERVE:
+        return True
+    REFUSALS.count += 1
+    REFUSALS.total += 1
+    now = time.monotonic()
+    if now - REFUSALS.said_at >= REFUSED_LOG_S:
+        REFUSALS.said_at = now
+        log.warning(
+            "connection_refused",
+            link=link,
+            peer=peer,
+            refused=REFUSALS.count,
+            reason=(
+                f"{fd + 1} of the {soft} open files allowed are in use: new connections are closed at once"
+                f" ({REFUSALS.count} since the last such line), the last {FD_RESERVE} kept for the journal and"
+                " the links in place; a client holding many connections open (ss -tn state established"
+                " names it), or too low a limit (systemd: LimitNOFILE; a shell: ulimit -n)"
+            ),
+        )
+        REFUSALS.count = 0
+    return False

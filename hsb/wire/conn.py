@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import structlog
 
+from hsb.ops.limits import fd_room
 from hsb.wire.conn_tls import ServerSideTLS
 from hsb.wire.framing import DEFAULT_MAX_FRAME, FLUSH_AT, LOGIN_MAX, Decoder, ProtocolError, encode
 from hsb.wire.handshakes import HANDSHAKES
@@ -155,6 +156,10 @@ class FramedProtocol(ServerSideTLS, asyncio.Protocol):
         self.peername = pn = transport.get_extra_info("peername")  # asked once: a system call on uvloop
         if isinstance(pn, tuple) and len(pn) >= 2:
             self.peer = f"{pn[0]}:{pn[1]}"
+        sock = transport.get_extra_info("socket")
+        if sock is not None and not fd_room(sock.fileno(), self.link, self.peer):
+            self.abort()  # its descriptor is the daemon's last few: neither a frame nor on_open
+            return
         if self._tls is not None:  # the link begins once the handshake is done
             self._deadline_handle = self._loop.call_later(self._tls_timeout, self._tls_refused, f"no TLS handshake within {self._tls_timeout:g} s")
             return
