@@ -1,0 +1,69 @@
+"""The open-files reserve (hsb.ops.limits.fd_room) in a real hsbcpd: idle connections opened on its
+terminal port until it has no descriptor to give them leave its journal writing, so a terminal
+logged on before them is still acknowledged (each new journal segment is a file opened), and the
+CP says in one line that it refuses connections. Before the reserve the journal failed (EMFILE,
+journal_failing) and every acknowledgement stopped until the idle connections timed out. The
+in-process cases: tests/test_fd_reserve.py.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+from pathlib import Path
+
+import pytest
+
+from hsb.ops.limits import FD_RESERVE
+from tests.support import fuzz as fz
+from tests.support.fuzz import Conn
+from tests.support.procs import start_cp, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+MESSAGES = 30
+DATA = b"d" * 2048  # 30 of them: about 60 KiB, four journal segments of 16 KiB
+
+
+def fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_idle_connections_up_to_the_limit_leave_the_journal_writing(tmp_path: Path) -> None:
+    # (auth_timeout: the idle connections are not dropped for want of a hello meanwhile)
+    cp = start_cp(tmp_path / "cp", terminals=2, auth_timeout=60, held_bound=64, journal="journal", durability="fsync", journal_segment_kib=16)
+    pid = cp.popen.pid
+    idle: list[socket.socket] = []
+    t = None
+    try:
+        t = Conn(cp.info["terminal"])
+        t.send({"t": "hello", "terminal": "T00001"})
+        assert t.wait_for(lambda m: m.get("t") == "welcome", 5.0), t.frames
+        soft = fds(pid) + FD_RESERVE + 40
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        for _ in range(FD_RESERVE + 80):  # more than the CP has descriptors left for
+            idle.append(socket.create_connection(fz.addr(cp.info["terminal"]), timeout=5.0))
+        # taken up to the reserve (and the rest refused), or, without one, up to the limit itself
+        wait_for(lambda: cp.events("connection_refused") or fds(pid) >= soft - 1, 15.0, what="the CP's descriptors taken")
+        for i in range(1, MESSAGES + 1):
+            t.send({"t": "msg", "id": i, "data": DATA})
+        acked: set[int] = set()
+
+        def all_acked() -> bool:
+            m = t.recv(0.2) if t is not None else None
+            if m is not None and m.get("t") == "ack":
+                acked.add(m["id"])
+            return len(acked) == MESSAGES
+
+        wait_for(all_acked, 20.0, interval=0.0, what=f"acks of all {MESSAGES} messages (got {len(acked)})")
+        assert not cp.events("journal_failing"), cp.events("journal_failing")
+        [first, *_] = cp.events("connection_refused")
+        assert first["link"] == "terminal" and f"of the {soft} open files" in first["reason"]
+        assert cp.popen.poll() is None
+    finally:
+        for s in idle:
+            s.close()
+        if t is not None:
+            t.close()
+        cp.stop()
