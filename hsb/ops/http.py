@@ -70,11 +70,13 @@ class _HTTP(asyncio.Protocol):
             return
         self.buf += data
         end = self.buf.find(b"\r\n\r\n")
+        if end < 0:  # lines ended by a bare LF, as RFC 9112 lets a recipient take them
+            end = self.buf.find(b"\n\n")
         if end < 0 or end > MAX_REQUEST:
             if len(self.buf) > MAX_REQUEST:
                 self._respond(431, "text/plain", b"request too large\n")
             return
-        line = bytes(self.buf[: self.buf.find(b"\r\n")])
+        line = bytes(self.buf[: self.buf.find(b"\n")])  # (a CR before it: whitespace to split())
         parts = line.split()
         if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
             self._respond(400, "text/plain", b"bad request line\n")
@@ -94,6 +96,13 @@ class _HTTP(asyncio.Protocol):
             log.error("http_route_failed", path=target.decode("latin-1"), error=repr(exc))
             status, ctype, body = 500, "text/plain", b"internal error\n"
         self._respond(status, ctype, b"" if method == b"HEAD" else body, length=len(body))
+
+    def eof_received(self) -> bool | None:
+        """The client ended its side before its request did (no empty line after the headers):
+        said, not a silent close."""
+        if not self.done:
+            self._respond(400, "text/plain", b"incomplete request: the connection ended before the empty line that ends the headers\n")
+        return None
 
     def _respond(self, status: int, ctype: str, body: bytes, length: int | None = None, extra: str = "") -> None:
         """The status line and headers (`extra`: more, each ending in CRLF), then `body`: empty
