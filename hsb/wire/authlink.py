@@ -82,10 +82,11 @@ class AuthServerProtocol(FramedProtocol):
             self.auth_failed("auth_failed", "wrong answer to the challenge (secret differs?)", cause="secret")
             return
         theirs = msg.get("proto", 1)
-        if theirs != LINK_PROTOCOL:
+        if theirs != LINK_PROTOCOL or type(theirs) is not int:  # (5.0, True: not a daemon's)
+            shown = theirs if type(theirs) is int else repr(theirs)[:40]  # a proto of "5" is not protocol 5
             self.auth_failed(
                 "version_mismatch",
-                f"{name[:64]} speaks link protocol {theirs} (hsb {str(msg.get('version', 'older than 0.4'))[:20]}), {self.server_name}"
+                f"{name[:64]} speaks link protocol {shown} (hsb {str(msg.get('version', 'older than 0.4'))[:20]}), {self.server_name}"
                 f" speaks {LINK_PROTOCOL} (hsb {__version__}): install the same hsb version everywhere",
             )
             return
