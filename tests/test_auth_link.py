@@ -83,6 +83,8 @@ async def test_the_right_answer_is_taken_and_the_server_proves_itself_to_the_cli
         (lambda n: auth_frame(n, proto=LINK_PROTOCOL + 1), "version_mismatch", "install the same hsb version"),
         (lambda n: encode({"t": "auth", "name": "host-a", "link": "host", "mac": "text"}), "auth_failed", "'mac' must be bytes"),
         (lambda n: auth_frame(n, proto={}), "version_mismatch", "install the same hsb version"),
+        (lambda n: auth_frame(n, proto=str(LINK_PROTOCOL)), "version_mismatch", f"speaks link protocol '{LINK_PROTOCOL}' (hsb"),
+        (lambda n: auth_frame(n, proto=float(LINK_PROTOCOL)), "version_mismatch", f"speaks link protocol {float(LINK_PROTOCOL)} (hsb"),
     ],
 )
 async def test_a_wrong_auth_is_refused_with_its_own_one_line_error(frame: Any, code: str, says: str) -> None:
