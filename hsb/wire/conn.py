@@ -158,6 +158,7 @@ class FramedProtocol(ServerSideTLS, asyncio.Protocol):
             self.peer = f"{pn[0]}:{pn[1]}"
         sock = transport.get_extra_info("socket")
         if sock is not None and not fd_room(sock.fileno(), self.link, self.peer):
+            PROTOCOL_ERRORS[(self.link, "connection_refused")] += 1
             self.abort()  # its descriptor is the daemon's last few: neither a frame nor on_open
             return
         if self._tls is not None:  # the link begins once the handshake is done
