@@ -19,6 +19,7 @@ import pytest
 
 from hsb.ops import http, limits
 from hsb.ops.limits import FD_RESERVE, fd_room
+from hsb.wire.conn import PROTOCOL_ERRORS
 from tests.support.logrec import RecordingLog
 from tests.support.transports import RecordingTransport
 from tests.test_auth_link import Link
@@ -71,6 +72,7 @@ class SockTransport(RecordingTransport):
 @pytest.mark.parametrize("fd, kept", [(1000 - FD_RESERVE - 1, True), (1000 - FD_RESERVE, False), (999, False)])
 def test_framed_link_accepted_in_the_reserve_is_closed_unanswered(rec: RecordingLog, monkeypatch: pytest.MonkeyPatch, fd: int, kept: bool) -> None:
     monkeypatch.setattr(limits, "nofile_soft", lambda: 1000)
+    before = PROTOCOL_ERRORS[("host", "connection_refused")]
 
     async def main() -> tuple[Link, SockTransport]:
         p = Link(auth_timeout=5.0)
@@ -83,7 +85,9 @@ def test_framed_link_accepted_in_the_reserve_is_closed_unanswered(rec: Recording
     if kept:
         assert not t.closing and not p.closed and [f["t"] for f in t.frames()] == ["challenge"]
         assert not rec.entries
+        assert PROTOCOL_ERRORS[("host", "connection_refused")] == before
     else:
+        assert PROTOCOL_ERRORS[("host", "connection_refused")] == before + 1  # (hsb_protocol_errors_total)
         assert t.closing and p.closed and not t.data, "a connection in the reserve must be closed before anything is sent"
         assert [e["link"] for e in rec.events("connection_refused")] == ["host"]
         p.connection_lost(None)  # (what the loop does next) on a link that never opened: nothing breaks
@@ -111,6 +115,7 @@ async def _get(port: int) -> bytes:
 def test_http_listener_refuses_in_the_reserve_and_serves_again_after(rec: RecordingLog, monkeypatch: pytest.MonkeyPatch) -> None:
     soft = {"v": -1}
     monkeypatch.setattr(limits, "nofile_soft", lambda: soft["v"])
+    before = PROTOCOL_ERRORS[("http", "connection_refused")]
 
     async def main() -> tuple[bytes, bytes]:
         srv, addr = await http.start_http("127.0.0.1:0", {"/health": lambda: (200, "text/plain", b"ok\n")})
@@ -129,6 +134,7 @@ def test_http_listener_refuses_in_the_reserve_and_serves_again_after(rec: Record
     refused, served = asyncio.run(main())
     assert refused == b"", f"a connection in the reserve was answered: {refused[:80]!r}"
     assert served.startswith(b"HTTP/1.1 200 ") and served.endswith(b"ok\n")
+    assert PROTOCOL_ERRORS[("http", "connection_refused")] == before + 1
     [line] = rec.events("connection_refused")
     assert line["link"] == "http" and line["peer"].startswith("127.0.0.1:")
 
