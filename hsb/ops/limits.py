@@ -113,6 +113,12 @@ class _Refusals:
 REFUSALS = _Refusals()
 
 
+def reserve(soft: int) -> int:
+    """The descriptors kept under a limit of `soft`: FD_RESERVE, but never more than a quarter
+    of the limit (a limit of 64 or less must still let connections in)."""
+    return min(FD_RESERVE, soft // 4)
+
+
 def nofile_soft() -> int:
     """The soft open-files limit (-1: unlimited), read each time (prlimit may change it)."""
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -121,11 +127,11 @@ def nofile_soft() -> int:
 
 def fd_room(fd: int, link: str, peer: str, soft: int | None = None) -> bool:
     """Whether a connection just accepted as descriptor `fd` may stay: False (said in one line
-    at most every REFUSED_LOG_S, with the count) when it leaves fewer than FD_RESERVE free.
+    at most every REFUSED_LOG_S, with the count) when it leaves fewer than `reserve(soft)` free.
     Descriptors are handed out lowest first, so `fd` is the lowest one that was free: every one
     below it is taken, and at most limit - fd remain."""
     soft = nofile_soft() if soft is None else soft
-    if soft < 0 or fd < soft - FD_RESERVE:
+    if soft < 0 or fd < soft - reserve(soft):
         return True
     REFUSALS.count += 1
     REFUSALS.total += 1
@@ -139,7 +145,7 @@ def fd_room(fd: int, link: str, peer: str, soft: int | None = None) -> bool:
             refused=REFUSALS.count,
             reason=(
                 f"{fd + 1} of the {soft} open files allowed are in use: new connections are closed at once"
-                f" ({REFUSALS.count} since the last such line), the last {FD_RESERVE} kept for the journal and"
+                f" ({REFUSALS.count} since the last such line), the last {reserve(soft)} kept for the journal and"
                 " the links in place; a client holding many connections open (ss -tn state established"
                 " names it), or too low a limit (systemd: LimitNOFILE; a shell: ulimit -n)"
             ),
