@@ -52,6 +52,14 @@ def test_room_below_the_reserve_and_none_in_it(rec: RecordingLog) -> None:
     assert [e["refused"] for e in rec.events("connection_refused")] == [1, 2]
 
 
+def test_the_reserve_is_at_most_a_quarter_of_the_limit(rec: RecordingLog) -> None:
+    assert [limits.reserve(s) for s in (100_000, 256, 255, 100, 8, 3)] == [FD_RESERVE, 64, 63, 25, 2, 0]
+    assert fd_room(74, "terminal", "p", soft=100) and not fd_room(75, "terminal", "p", soft=100)
+    assert fd_room(2, "terminal", "p", soft=3)  # (a limit of 3 keeps nothing back)
+    [line] = rec.events("connection_refused")
+    assert "76 of the 100 open files" in line["reason"] and "the last 25 kept" in line["reason"]
+
+
 class FakeSock:
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -121,8 +129,9 @@ def test_http_listener_refuses_in_the_reserve_and_serves_again_after(rec: Record
         srv, addr = await http.start_http("127.0.0.1:0", {"/health": lambda: (200, "text/plain", b"ok\n")})
         port = int(addr.rsplit(":", 1)[1])
         try:
-            # the client's socket and the one accepted for it: the lowest free descriptors
-            soft["v"] = lowest_free_fd() + FD_RESERVE
+            # the client's socket and the one accepted for it: the lowest free descriptors, the
+            # second of them in the reserve (a quarter of so small a limit)
+            soft["v"] = lowest_free_fd() + 2
             refused = await _get(port)
             soft["v"] = -1
             served = await _get(port)
