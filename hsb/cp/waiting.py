@@ -261,7 +261,7 @@ class Waiting:
         stamp: tuple[int, int] | None = None
         still_since = time.monotonic()
         told = False
-        woken_since: float | None = None  # this machine master (keepalived) since, while waiting
+        woke_stamp: Any = None  # the heartbeat when first woken holding the address: a beat after it is a split brain
         failed = 0  # looks at the storage that failed in a row: each waits longer before the next
         while not self.should_exit.is_set():
             due: float | None = None  # woken, the heartbeat not yet stale: when it will be
@@ -269,7 +269,8 @@ class Waiting:
             if not polled:
                 break
             woken, asked = self._master_here(), self.wake_requested
-            woken_since = (woken_since or time.monotonic()) if woken else None
+            if not held:
+                woke_stamp = None
             if woken and not held and asked:
                 log.info("cp_wake_ignored", address=c.terminal_listen, msg="woken, but this machine does not hold the address")
             self.wake_requested = False
@@ -305,13 +306,11 @@ class Waiting:
                     return f"the address is here and the CP of generation {gen} has not beaten for {c.takeover_stale:g} s"
                 if woken and age is not None:  # looked at again when it is due, not a poll later
                     due = max(0.001, c.takeover_stale - age)
-                # a beat younger than takeover_stale just after keepalived's wake (its state file)
-                # is the last one of a CP that just went (keepalived is quicker than the staleness,
-                # or the phases of the adverts and the beats so fall); one still that young
-                # takeover_stale after the wake is of a CP that beats on: said once. A SIGUSR1
-                # without a state file wakes for this one look: said at once
-                one_look = asked and not c.wake_file
-                if woken and not told and (one_look or (woken_since is not None and time.monotonic() - woken_since >= c.takeover_stale)):
+                if woken and woke_stamp is None:
+                    # (a failover: the CP before stopped a moment ago, its last beat younger than
+                    # takeover_stale; deferred, said only if it beats again)
+                    woke_stamp = now_stamp
+                elif woke_stamp is not None and not told and now_stamp != woke_stamp:
                     told = True
                     log.warning(
                         "cp_wake_deferred",
