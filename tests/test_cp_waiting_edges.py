@@ -2,7 +2,7 @@
 one test for each thing a mutation audit found no test for: keepalived's state file read as
 master however it spells it, and no wake from a file that is missing, says otherwise or is not
 configured; a woken CP takes over at once from a CP whose last beat is old or that never beat,
-defers (said once) while the serving CP beats, and never takes over a beating CP for being
+defers (said once) while the serving CP beats, and says nothing of it when that CP stopped just before the wake, and never takes over a beating CP for being
 woken or for waiting long; a SIGUSR1 while the address is elsewhere is spent, not kept for when
 it comes, and a keepalived master without the address is not said at every poll; a SIGUSR1 during a look
 that failed is kept for the next; an address check that cannot be made is said once a minute;
@@ -163,6 +163,24 @@ async def test_a_cp_woken_just_after_the_last_beat_takes_over_when_it_is_stale_w
         took = time.monotonic() - started
     assert reason is not None and reason.startswith("woken holding the address; the CP of generation 1 last beat 0.3"), reason
     assert 0.1 <= took < 1.0, took
+    assert "cp_wake_deferred" not in [e["event"] for e in logs], logs
+
+
+async def test_a_cp_woken_just_after_the_serving_one_stopped_takes_over_without_a_split_brain_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ordinary failover: keepalived makes this machine master a moment after the serving CP
+    stopped (released, killed), its last beat younger than takeover_stale. The CP waits for the
+    beat to age and takes over; it says no cp_wake_deferred ("split brain?"), which is for a CP
+    that beats again after the wake."""
+    wake = tmp_path / "keepalived.state"
+    wake.write_text("MASTER\n")
+    s, j = waiting_cp(tmp_path, monkeypatch, wake_file=str(wake), takeover_stale=0.5)
+    j.beat_ns = time.time_ns()  # the last beat, just now; no more
+    with structlog.testing.capture_logs() as logs:
+        reason = await asyncio.wait_for(s.wait_for_takeover(), 5)
+    beat = reason.removeprefix("woken holding the address; the CP of generation 1 last beat ") if reason else ""
+    assert beat.endswith(" s ago") and float(beat.removesuffix(" s ago")) >= 0.5, reason
     assert "cp_wake_deferred" not in [e["event"] for e in logs], logs
 
 
