@@ -105,6 +105,8 @@ def unheard(ans: dict[str, Any]) -> str:
     authenticated: busy or stuck) is not one hsbctl could not ask (`unasked` says the rest)."""
     if ans.get("error_answer"):
         return "answered with an error"
+    if ans.get("not_serving"):  # asked and answered: waiting (no machine holds the address), or taking over
+        return "does not serve"
     return "did not answer in time" if ans.get("unanswered") else "cannot be asked"
 
 
@@ -257,7 +259,7 @@ async def status_all(
         why = "no CP serves: " + ", ".join(machine_state(m) for m in said)
         if machines is None and cps.get("takeover") == "on_wake" and cps.get("cp_state") == "waiting":
             why += " (it waits for keepalived to make its machine master; name both CP machines in the ctl config's cp to find the serving one)"
-        cps = {"reachable": False, "addr": cp, "error": why}
+        cps = {"reachable": False, "addr": cp, "error": why, "not_serving": True}  # (it answered: not "cannot be asked")
     return summarize(cps, list(hs), machines)
 
 

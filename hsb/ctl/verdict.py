@@ -311,6 +311,8 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
             late[n] = {"unanswered": True, "timeout": d.get("timeout")}
         elif d.get("error_answer"):
             late[n] = {"error_answer": True}
+        elif d.get("not_serving"):
+            late[n] = {"not_serving": True}
     if not hosts:  # only the CP asked: nothing can be said of the hosts
         unknown.append(("hosts", "-", "none named (give --host twice, or hosts in the ctl config)"))
     elif len(hosts) == 1 and not twice:  # the pair's state cannot be told from one of its hosts
