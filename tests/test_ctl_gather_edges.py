@@ -1,6 +1,7 @@
 """hsb.ctl.gather's edges, in-process from made-up answers: each test here failed a mutation of
 gather.py that every other test passed (a mutation audit): which CP machine serves, which
-answers are kept when asked again, and what the verdict counts."""
+answers are kept when asked again, what the verdict counts, and a CP that answered waiting said
+not to serve rather than not to be asked."""
 
 from __future__ import annotations
 
@@ -106,6 +107,28 @@ def test_with_both_cp_machines_waiting_no_cp_serves_names_both(secret: Path, mon
     st = asyncio.run(gather.status_all("cp-a:1", ["host-a:1", "host-b:1"], str(secret), cp_machines=["cp-a:1", "cp-b:1"]))
     why = st["unknown"][0]["error"]
     assert why == "no CP serves: cp-a at cp-a:1 waiting, cp-b at cp-b:1 waiting", st["unknown"]
+
+
+def test_with_both_cp_machines_waiting_the_cp_is_said_not_to_serve_not_to_be_unreachable(secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both CP machines answered, waiting (no machine holds the address): the first line and the
+    CP's line say the CP does not serve; "cannot be asked" is for a daemon that did not answer
+    (down, a wrong address or secret), which sent the operator to look at running hsbcpd."""
+    from hsb.ctl.status import headline
+
+    waits = {"state": "waiting", "cp_state": "waiting", "takeover": "on_wake"}
+    _fake(
+        monkeypatch,
+        {
+            "cp-a:1": [{"name": "cp-a", **waits}],
+            "cp-b:1": [{"name": "cp-b", **waits}],
+            "host-a:1": [_host("host-a", "active")],
+            "host-b:1": [_host("host-b", "standby")],
+        },
+    )
+    st = asyncio.run(gather.status_all("cp-a:1", ["host-a:1", "host-b:1"], str(secret), cp_machines=["cp-a:1", "cp-b:1"]))
+    lines = headline(st)
+    assert st["exit_status"] == 3 and lines[0].startswith("hsb: UNKNOWN (CP does not serve); the hosts say: host-a"), lines
+    assert gather.unheard(st["cp"]) == "does not serve" and not any("cannot be asked" in line for line in lines), (st["cp"], lines)  # (the CP line)
 
 
 def test_a_pid_that_is_a_boolean_cannot_be_read() -> None:
