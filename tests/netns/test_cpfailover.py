@@ -189,6 +189,9 @@ async def test_hsbcpd_killed_on_the_master_the_address_moves(tmp_path: Path) -> 
                 f"{other} serving every terminal",
             )
             assert lab.holds_vip(other)
+            # a failover, not a split brain: woken before the killed CP's last beat was
+            # takeover_stale old, the other CP waited for it without a cp_wake_deferred warning
+            assert not lab.cp_events(other, "cp_wake_deferred"), lab.cp_events(other, "cp_wake_deferred")
             took = watch.first_serving(other, t_kill)
             await asyncio.sleep(1.0)
             report = await load.finish(timeout=120)
