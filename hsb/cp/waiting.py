@@ -321,7 +321,8 @@ class Waiting:
             else:
                 stamp = None
             self.woken.clear()
-            await event_within(self.woken, min(doubling(WAIT_POLL, STORAGE_POLL, failed), due or WAIT_POLL))
+            wait = doubling(WAIT_POLL, STORAGE_POLL, failed)  # (a failed look's backoff)
+            await event_within(self.woken, wait if due is None else min(wait, due))
         return None
 
     async def _address_lost(self, exc: ListenError) -> bool:
