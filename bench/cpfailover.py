@@ -256,7 +256,7 @@ def render(data: dict[str, Any], a: argparse.Namespace) -> str:
         f"Raw results: `bench/results/{raw_name(a, RESULTS)}` (`--render` rebuilds this section).",
         "",
         f"Machine: {machine_line(a.machine)}. Each run a fresh lab of network namespaces: two CP machines, each with"
-        f' keepalived 2.2.7 (VRRPv3, advert_int {data.get("advert_int", 0.1):g} s, nopreempt) and hsbcpd (`takeover = "on_wake"`, takeover_stale'
+        f' keepalived 2.2.7 (VRRPv3, advert_int {data.get("advert_int", 0.1):g} s, priority {data.get("priority", 100)}, nopreempt) and hsbcpd (`takeover = "on_wake"`, takeover_stale'
         f" {data.get('takeover_stale', 0.3):g} s, one journal directory), host A and B, the terminals resuming, {data.get('rate', '?')} msg/s to the journal"
         " service. Every link of the CP machine holding the address cut at once; times from the cut.",
         "",
@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--tickle", choices=["on", "off", "both"], default="on", help="[cp] tickle_acks; both: off and on alternated in each repetition")
     p.add_argument("--advert-int", type=float, default=0.1, help="keepalived's advert_int in the lab (configs/keepalived/: 0.1 s)")
-    p.add_argument("--priority", type=int, default=100, help="keepalived's priority on both CP machines in the lab (configs/keepalived/: 100)")
+    p.add_argument("--priority", type=int, default=254, help="keepalived's priority on both CP machines in the lab (configs/keepalived/: 254)")
     p.add_argument("--takeover-stale", type=float, default=0.3, help="[cp] takeover_stale of both CPs in the lab (the default: 0.3 s)")
     result_args(p, RESULTS)
     p.add_argument("--keep", action="store_true", help="keep the working directory (logs, journals) even when every run passed")

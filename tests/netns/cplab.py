@@ -60,7 +60,7 @@ class CPPairLab(Lab):
 
     takeover_stale: float = 0.3
     advert_int: float = 0.1
-    priority: int = 100  # both machines' (nopreempt: equal priorities, the election by address)
+    priority: int = 254  # both machines', as configs/keepalived/ (nopreempt: the election by address; 254: no skew time)
     tickle_acks: bool = True  # [cp] tickle_acks (hsb.cp.tickle)
 
     # ------------------------------------------------------------------ addresses
