@@ -123,7 +123,7 @@ async def test_a_stop_hands_over_to_a_standby_whose_view_is_stale_an_admin_switc
     before, is switched; T00001, logged on after, is disconnected."""
     import asyncio
 
-    from hsb.host import server as server_mod
+    from hsb.host import stopping as stopping_mod
     from hsb.takeover.faults import Faults
     from hsb.wire.client import request
     from tests.support.hostclient import FakeTerminal
@@ -131,7 +131,7 @@ async def test_a_stop_hands_over_to_a_standby_whose_view_is_stale_an_admin_switc
     from tests.support.procs import SECRET, addr
 
     rec = RecordingLog()
-    monkeypatch.setattr(server_mod, "log", rec)
+    monkeypatch.setattr(stopping_mod, "log", rec)
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         core = cp.cp
         assert core is not None

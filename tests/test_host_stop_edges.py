@@ -23,6 +23,7 @@ from hsb.host import ha_cp as ha_cp_mod
 from hsb.host import ha_standby as ha_standby_mod
 from hsb.host import ha_switch as ha_switch_mod
 from hsb.host import server as server_mod
+from hsb.host import stopping as stopping_mod
 from hsb.host.delivery import Delivery
 from hsb.host.server import HostServer
 from hsb.service.api import ServiceUnavailable
@@ -85,6 +86,7 @@ async def test_a_normal_stop_the_cp_took_note_of_is_not_taken_over(tmp_path: Pat
 async def test_a_stop_hands_over_although_a_resync_came_just_before(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rec = RecordingLog()
     monkeypatch.setattr(server_mod, "log", rec)
+    monkeypatch.setattr(stopping_mod, "log", rec)
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         real = a.takeover.batch_write
 
@@ -123,6 +125,7 @@ async def test_a_resync_asked_while_releasing_waits_for_the_handover(tmp_path: P
 async def test_a_stop_just_after_a_peer_link_blip_hands_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rec = RecordingLog()
     monkeypatch.setattr(server_mod, "log", rec)
+    monkeypatch.setattr(stopping_mod, "log", rec)
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         # host-b's hello on its new connection is held back a moment: the blip lasts that long
         held: list[dict[str, Any]] = []
@@ -389,6 +392,7 @@ async def test_a_stop_waits_for_the_cps_answer_to_a_handover_it_sent(tmp_path: P
     for the answer and ends as the standby."""
     rec = RecordingLog()
     monkeypatch.setattr(server_mod, "log", rec)
+    monkeypatch.setattr(stopping_mod, "log", rec)
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         core = cp.cp
         assert core is not None
@@ -407,7 +411,8 @@ async def test_a_host_demoted_during_its_normal_stop_stops_as_the_standby(tmp_pa
     the new active), nor tell the CP or the peer of a normal stop (which the CP would not answer)."""
     rec = RecordingLog()
     monkeypatch.setattr(server_mod, "log", rec)
-    monkeypatch.setattr(server_mod, "HANDOVER_ANSWER_S", 0.0)  # the stop does not wait for the answer
+    monkeypatch.setattr(stopping_mod, "log", rec)
+    monkeypatch.setattr(stopping_mod, "HANDOVER_ANSWER_S", 0.0)  # the stop does not wait for the answer
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         core = cp.cp
         assert core is not None
@@ -449,6 +454,7 @@ async def test_a_stop_long_after_the_standby_went_does_not_wait_for_it(tmp_path:
     it (no stop_waits_for_standby), and hsbctl stop says so."""
     rec = RecordingLog()
     monkeypatch.setattr(server_mod, "log", rec)
+    monkeypatch.setattr(stopping_mod, "log", rec)
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         b.request_stop(takeover=True)
         await asyncio.wait_for(b.graceful_stop(), 15)
@@ -587,7 +593,8 @@ async def test_a_stop_whose_handover_went_unanswered_hands_nothing_more_to_its_s
 
     rec = RecordingLog()
     monkeypatch.setattr(server_mod, "log", rec)
-    monkeypatch.setattr(server_mod, "HANDOVER_ANSWER_S", 0.3)
+    monkeypatch.setattr(stopping_mod, "log", rec)
+    monkeypatch.setattr(stopping_mod, "HANDOVER_ANSWER_S", 0.3)
     async with pair_in_hot_standby(tmp_path, Recording) as (cp, a, b, tasks):
         core = cp.cp
         assert core is not None
@@ -678,6 +685,7 @@ async def test_a_normal_stop_during_a_handover_hands_nothing_to_the_service_unti
 
     rec = RecordingLog()
     monkeypatch.setattr(server_mod, "log", rec)
+    monkeypatch.setattr(stopping_mod, "log", rec)
     async with pair_in_hot_standby(tmp_path, Slow) as (cp, a, b, tasks):
         core = cp.cp
         assert core is not None

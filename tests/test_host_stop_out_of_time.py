@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from hsb.host import server as server_mod
+from hsb.host import stopping as stopping_mod
 from hsb.service.builtin import EchoService
 from tests.support.hostclient import FakeTerminal
 from tests.support.inproc import pair_in_hot_standby, short_hand_over, until
@@ -34,7 +35,8 @@ async def test_a_stop_out_of_time_with_hot_standby_fails_over(tmp_path: Path, mo
     open and is served by host-b: no `session closed`, its message answered once."""
     rec = RecordingLog()
     monkeypatch.setattr(server_mod, "log", rec)
-    monkeypatch.setattr(server_mod, "HANDOVER_ANSWER_S", 0.3)
+    monkeypatch.setattr(stopping_mod, "log", rec)
+    monkeypatch.setattr(stopping_mod, "HANDOVER_ANSWER_S", 0.3)
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         core = cp.cp
         assert core is not None
@@ -72,7 +74,8 @@ async def test_a_stop_whose_handover_is_refused_still_stops_normally(tmp_path: P
     stop follows (nobody to fail over to), as before."""
     rec = RecordingLog()
     monkeypatch.setattr(server_mod, "log", rec)
-    monkeypatch.setattr(server_mod, "STOP_HANDOVER_S", 0.6)
+    monkeypatch.setattr(stopping_mod, "log", rec)
+    monkeypatch.setattr(stopping_mod, "STOP_HANDOVER_S", 0.6)
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         core = cp.cp
         assert core is not None

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from hsb.cp.server import CPServer
-from hsb.host import server as host_server
+from hsb.host import stopping as stopping_mod
 from hsb.host.server import HostServer
 from hsb.service.builtin import EchoService
 from tests.support.inproc import hot_standby as established
@@ -157,7 +157,7 @@ async def test_a_stop_whose_handover_meets_the_standby_away_from_the_cp_asks_aga
 async def test_a_stop_whose_standby_never_comes_back_to_the_cp_stops_normally_within_its_budget(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(host_server, "STOP_HANDOVER_S", 4.0)  # (15 s in production)
+    monkeypatch.setattr(stopping_mod, "STOP_HANDOVER_S", 4.0)  # (15 s in production)
 
     async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
         core = cp.cp
@@ -294,7 +294,7 @@ async def test_a_normal_stop_after_a_hand_over_that_did_not_complete_does_not_ha
     """The stop's hand-over ran out while the switchover still waited for the CP's 'released'; the
     normal stop then sends its own release: its 'released' must not resume that switchover (a
     grant racing the stop's 'stopping')."""
-    monkeypatch.setattr(host_server, "STOP_HANDOVER_S", 0.3)  # (15 s in production)
+    monkeypatch.setattr(stopping_mod, "STOP_HANDOVER_S", 0.3)  # (15 s in production)
 
     async def body(cp: CPServer, a: HostServer, b: HostServer) -> None:
         core = cp.cp
