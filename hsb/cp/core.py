@@ -272,10 +272,12 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
                 self._drop_standby_sessions(old)
                 old.abort()
             if self.standby is not None and not self.standby.closed and self.standby is not host:
+                log.warning("registration_refused", host=host.name, role=role, standby=self.standby.name, epoch=self.epoch, reason="standby exists")
                 host.close_with_error("standby_exists", f"{self.standby.name} is already the standby host")
                 return
             d = self.demoting
             if d is not None and not d.closed and d is not host:
+                log.info("registration_refused", host=host.name, role=role, demoting=d.name, epoch=self.epoch, reason="becoming the standby")
                 host.close_with_error("standby_exists", f"{d.name} is becoming the standby (a planned switchover); try again")
                 return
             if self.active is host:
