@@ -91,6 +91,22 @@ async def test_a_host_that_names_no_instance_is_not_taken_for_the_same_process_a
     assert a2.closed and b2.closed and cp.epoch == 1
 
 
+async def test_a_second_standby_refused_is_said_at_the_cp(tmp_path: Path) -> None:
+    """A host registering as the standby while another is (another pair's host with the same
+    secret, a host started twice) is refused with standby_exists, and the CP's log says so (it
+    said nothing: the refused host's log was the only trace)."""
+    from structlog.testing import capture_logs
+
+    cp = cp_core(tmp_path, 2)
+    fake_host(cp, "host-a", "active")
+    fake_host(cp, "host-b", "standby")
+    with capture_logs() as logs:
+        c = fake_host(cp, "host-c", "standby", record=True)
+    assert [m["code"] for m in _said(c, "error")] == ["standby_exists"]
+    said = [e for e in logs if e["event"] == "registration_refused"]
+    assert [(e["host"], e["standby"], e["reason"], e["log_level"]) for e in said] == [("host-c", "host-b", "standby exists", "warning")], logs
+
+
 async def test_the_wait_after_a_restart_covers_every_lease_that_may_still_run(tmp_path: Path) -> None:
     """After a restart the recorded active has restart_lease_s to come back: at least
     RECORDED_ACTIVE_WAIT_S, at least this CP's fresh_s + host_timeout, and at least the lease
