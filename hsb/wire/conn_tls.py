@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from hsb.wire.framing import encode
 from hsb.wire.handshakes import HANDSHAKES
 from hsb.wire.tls import names_der as tls_names_der
+from hsb.wire.tls import own_expired as tls_own_expired
 from hsb.wire.tlsio import ServerTLS, TLSFailed
 
 if TYPE_CHECKING:
@@ -118,11 +119,16 @@ class ServerSideTLS:
         """Lost before its handshake was done: logged as a refusal, saying what it likely was."""
         assert self._tls is not None
         self.clear_deadline()
-        why = (
-            "the client gave up during the TLS handshake (it does not trust our certificate: another CA?)"
-            if self._tls.started
-            else "closed before a TLS handshake (a plaintext client waiting for the server to speak first?)"
-        )
+        expired = tls_own_expired(self._tls.obj.context) if self._tls.started else ""
+        if expired:  # (the SNI callback handed it the current context: the certificate it was shown)
+            why = (
+                f"the client gave up during the TLS handshake: our certificate expired {expired} ago"
+                " (renew it and send SIGHUP: docs/operations.md §19)"
+            )
+        elif self._tls.started:
+            why = "the client gave up during the TLS handshake (it does not trust our certificate: another CA?)"
+        else:
+            why = "closed before a TLS handshake (a plaintext client waiting for the server to speak first?)"
         self._log_tls_refused(why)
 
     def tls_cert_presented(self) -> bool:

@@ -28,6 +28,7 @@ import shutil
 import ssl
 import stat
 import tempfile
+import weakref
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -233,6 +234,20 @@ def not_after(cert_file: str) -> dt.datetime | None:
         return None
 
 
+# the expiry of the certificate each server context presents (weak: a context reloaded away goes)
+_SERVING_NOT_AFTER: weakref.WeakKeyDictionary[ssl.SSLContext, dt.datetime | None] = weakref.WeakKeyDictionary()
+
+
+def own_expired(ctx: ssl.SSLContext) -> str:
+    """If the certificate a server context presents has expired, how long ago (as `span` says
+    it), else "": a client that then gives up during the handshake most likely refused it so."""
+    na = _SERVING_NOT_AFTER.get(ctx)
+    if na is None:
+        return ""
+    past = (dt.datetime.now(dt.UTC) - na).total_seconds()
+    return span(past) if past > 0 else ""
+
+
 def expires_in(cert_file: str) -> dt.timedelta | None:
     na = not_after(cert_file)
     return None if na is None else na - dt.datetime.now(dt.UTC)
@@ -368,7 +383,10 @@ def _load(f: TLSFiles, pem: dict[str, bytes] | None, reloads: bool = True) -> tu
             server, terminal_server, client = _contexts(copy)
         except (ssl.SSLError, OSError, ValueError, TLSError) as exc:
             return [f"tls: the files could not be loaded ({exc})"], None
-        return [], (server, terminal_server, client, not_after(copy.cert_file), file_names(copy.cert_file), got)
+        na = not_after(copy.cert_file)
+        for ctx in (server, terminal_server):  # (what a refused handshake says of our own certificate)
+            _SERVING_NOT_AFTER[ctx] = na
+        return [], (server, terminal_server, client, na, file_names(copy.cert_file), got)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
