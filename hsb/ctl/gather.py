@@ -27,6 +27,16 @@ from hsb.wire.auth import load_secret
 from hsb.wire.client import LinkClosed, ServerNameMismatch, Unanswered, request
 from hsb.wire.framing import ProtocolError
 
+# OpenSSL's verify codes for the daemon's certificate as hsbctl checked it: what is wrong, and the fix
+_DAEMON_CERT = {
+    10: "the daemon's certificate has expired (by this machine's clock): renew it (hsbctl tls init --force, or your CA)"
+    " and send the daemon SIGHUP (docs/operations.md §19)",
+    9: "the daemon's certificate is not valid yet by this machine's clock: check the clocks, or give it a new certificate",
+    7: "the daemon's certificate is not of a CA in the ctl config's ca_file (another CA of the same name?)",
+    19: "the daemon's certificate is not of a CA in the ctl config's ca_file (its tls.ca_file and the ctl config's differ)",
+    20: "the daemon's certificate is not of a CA in the ctl config's ca_file (its tls.ca_file and the ctl config's differ)",
+}
+
 
 def why_not(exc: BaseException, timeout: float) -> str:
     """Why a daemon could not be asked, in one line with the likely fix (never a traceback)."""
@@ -54,6 +64,9 @@ def why_not(exc: BaseException, timeout: float) -> str:
         return f"it closed the connection ({exc}); is this its admin_listen address?"
     if isinstance(exc, ProtocolError):
         return f"it does not speak hsb's admin link ({exc.code}): a wrong port?"
+    if isinstance(exc, ssl_module.SSLCertVerificationError) and exc.verify_code in _DAEMON_CERT:
+        # (hsbctl's own check of the daemon's certificate failed: which side is wrong is known)
+        return f"TLS handshake failed ({exc.verify_message}): {_DAEMON_CERT[exc.verify_code]}"
     if isinstance(exc, ssl_module.SSLError):
         return (
             f"TLS handshake failed ({getattr(exc, 'verify_message', None) or getattr(exc, 'reason', None) or exc}): the daemon has no [tls], or its certificate is not from the"
