@@ -334,14 +334,14 @@ async def test_a_sighup_while_waiting_reloads_the_certificates_and_checks_the_co
     s, j = waiting_cp(tmp_path, monkeypatch)
     j.held = False
     reloads: list[Any] = []
-    monkeypatch.setattr(waiting, "reload_tls", reloads.append)
+    monkeypatch.setattr(waiting, "reload_tls", lambda t, name: reloads.append((t, name)))
     with structlog.testing.capture_logs() as logs:
         async with takeover_wait(s) as task:
             await waits_on(s, j, task, polls=2)
             s._sighup()
             await until(lambda: "config_checked" in [e["event"] for e in logs], timeout=5)
             await waits_on(s, j, task)  # (the chores' turns go on meanwhile)
-    assert [e["event"] for e in logs].count("config_checked") == 1 and reloads == [s.tls], (logs, reloads)
+    assert [e["event"] for e in logs].count("config_checked") == 1 and reloads == [(s.tls, s.cfg.cp.name)], (logs, reloads)
 
 
 async def test_a_heartbeat_not_looked_at_is_not_a_heartbeat_seen_still(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

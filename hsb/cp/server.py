@@ -48,7 +48,7 @@ from hsb.ops.metrics import CPCollector, registry_for
 from hsb.ops.metrics import render as render_metrics
 from hsb.ops.notify import Watchdog, notify
 from hsb.wire.framing import encode
-from hsb.wire.tls import TLS, reload_tls, set_default_client
+from hsb.wire.tls import TLS, log_misnamed, reload_tls, set_default_client
 
 log = structlog.get_logger("hsb.cp")
 _HB = encode({"t": "hb"})
@@ -95,6 +95,7 @@ class CPServer(Listeners, Waiting, TakingOver, Stopping):
             self.tls = TLS(cfg.tls.files(), terminals=cfg.tls.terminals, pem=tls_pem)
         if self.tls is not None:
             supervise.keep_tls(self.tls.pem)
+            log_misnamed(self.tls, cfg.cp.name)
         set_default_client(self.tls.client if self.tls is not None else None)
         durable = cfg.cp.durability != "none"
         self.gens = Generations(Path(cfg.cp.journal)) if durable else None
@@ -381,7 +382,7 @@ class CPServer(Listeners, Waiting, TakingOver, Stopping):
         from hsb.cp.state import Term
         from hsb.ops import reload
 
-        if reload_tls(self.tls) and self.tls is not None:
+        if reload_tls(self.tls, self.cfg.cp.name) and self.tls is not None:
             supervise.keep_tls(self.tls.pem)
         # read and checked on a thread (0.6 s for 19,000 terminals listed one by one): the loop
         # answers heartbeats meanwhile; applied here, on the loop

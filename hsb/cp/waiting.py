@@ -244,7 +244,7 @@ class Waiting:
             watchdog.tick(time.monotonic())
             if self.sighups != seen and (check is None or check.done()):  # (one under way: the next turn after it)
                 seen = self.sighups
-                reload_tls(self.tls)
+                reload_tls(self.tls, self.cfg.cp.name)
                 check = asyncio.get_running_loop().create_task(self._check_config_logged())
             await asyncio.sleep(WAIT_POLL)
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 async def apply(srv: HostServer) -> None:
     """Apply what can change while running; name what needs a restart. The file is read and
     checked on a thread (the loop serves meanwhile), and applied on the loop."""
-    reload_tls(srv.tls)
+    reload_tls(srv.tls, srv.cfg.host.name)
     planned = await asyncio.get_running_loop().run_in_executor(None, reload.plan, srv.config_path, HostConfig, srv.cfg, srv.RELOADABLE)
     if planned is None:
         return

@@ -39,7 +39,7 @@ from hsb.service import once
 from hsb.service.api import Service
 from hsb.takeover.pair import pair_tag
 from hsb.wire.framing import payload_max
-from hsb.wire.tls import TLS, set_default_client
+from hsb.wire.tls import TLS, log_misnamed, set_default_client
 
 log = structlog.get_logger("hsb.host")
 
@@ -66,6 +66,7 @@ class HostServer(Stopping):
         # TLS (hsb.wire.tls): this host's certificate on its CP and peer links (as a client) and
         # on its peer and admin listeners
         self.tls = TLS(cfg.tls.files()) if cfg.tls is not None else None
+        log_misnamed(self.tls, h.name)
         set_default_client(self.tls.client if self.tls is not None else None)
         # the highest CP generation seen, kept across restarts beside the takeover file (hsb.host.cpgen)
         self.cp_memory = GenerationFile(generation_path(cfg.takeover.path, h.name), h.name, cfg.takeover.storage_timeout)

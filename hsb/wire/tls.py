@@ -433,9 +433,11 @@ def peer_names(transport: Any) -> set[str] | None:
     return names_der(der)
 
 
-def reload_tls(t: TLS | None) -> bool:
+def reload_tls(t: TLS | None, name: str | None = None) -> bool:
     """SIGHUP: the certificate files again (logged either way); established links stay. True if
-    the new ones are in use."""
+    the new ones are in use. `name`: the daemon's (`[cp] name`, `[host] name`): new files that
+    do not name it are taken, as at start, but `tls_reloaded` is then a warning that says so
+    (the other daemons will refuse it at their next handshake), as `--check-config` does."""
     if t is None:
         return False
     import structlog
@@ -450,14 +452,42 @@ def reload_tls(t: TLS | None) -> bool:
         return False
     else:
         st = t.status()
-        log.info(
-            "tls_reloaded",
-            cert=st["cert_file"],
-            names=st["names"],
-            not_after=st["not_after"],
-            msg="new connections use these; established ones are kept",
-        )
+        said: dict[str, Any] = {
+            "cert": st["cert_file"],
+            "names": st["names"],
+            "not_after": st["not_after"],
+            "msg": "new connections use these; established ones are kept",
+        }
+        wrong = misnamed(t, name)
+        if wrong:
+            said["warning"] = wrong
+            log.warning("tls_reloaded", **said)
+        else:
+            log.info("tls_reloaded", **said)
         return True
+
+
+def misnamed(t: TLS, name: str | None) -> str:
+    """What is wrong if the certificate `t` has loaded does not name the daemon (`name`, its
+    `[cp] name` or `[host] name`), with the fix; "" if it does. The other daemons check it
+    against that name at every handshake (docs/tls.md §2): such a certificate is not refused at
+    the start or a reload (as `--check-config` only warns), but the daemon logs this."""
+    if name is None or name in t.names:
+        return ""
+    return (
+        f"{t.files.cert_file} names {', '.join(t.names) or 'nobody'}, not this daemon's name {name!r}:"
+        f" the other daemons will refuse it at the handshake; use a certificate that names {name!r}"
+        f" (hsbctl tls init --dir DIR --names {name},...) and send SIGHUP"
+    )
+
+
+def log_misnamed(t: TLS | None, name: str) -> None:
+    """At the start: `tls_certificate_misnamed` if the certificate does not name the daemon."""
+    wrong = None if t is None else misnamed(t, name)
+    if wrong:
+        import structlog
+
+        structlog.get_logger("hsb.tls").warning("tls_certificate_misnamed", cert=t.files.cert_file if t else None, warning=wrong)
 
 
 _default_client: ssl.SSLContext | None = None
