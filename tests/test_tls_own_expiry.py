@@ -4,6 +4,8 @@ expires"), and what each side then says:
 - the daemon, whose client (hsbd, hsbctl) gives up during the handshake without a word, logs
   `tls_refused` saying that **its own** certificate expired and how long ago, with the fix: it
   knows its certificate's expiry, and "another CA?" sent the operator to the wrong file;
+- a certificate that does not name the daemon (another's pair copied in at a renewal) is
+  logged at the start and as a warning at the reload that loads it (only --check-config said);
 - hsbctl, which refused the daemon's certificate itself and so knows why, says which side is
   wrong and the fix (expired: renew and SIGHUP; another CA: the ca_files), instead of a list of
   three possible causes.
@@ -16,10 +18,11 @@ import ssl
 from pathlib import Path
 
 import pytest
+import structlog
 
 from hsb.ctl.gather import why_not
 from hsb.ctl.tls_cmd import make_ca_and_certs
-from hsb.wire.tls import TLS, TLSFiles, own_expired
+from hsb.wire.tls import TLS, TLSFiles, log_misnamed, own_expired, reload_tls
 from tests.support.certs import cert, client_context, write
 from tests.support.logrec import RecordingLog
 from tests.support.procs import until
@@ -112,3 +115,26 @@ async def test_hsbctl_says_the_daemons_certificate_is_not_valid_yet(tmp_path: Pa
     srv.load_cert_chain(tmp_path / "cp.pem", tmp_path / "cp.key")
     said = hsbctl_error(srv, client_context(tmp_path))
     assert "the daemon's certificate is not valid yet" in said and "clock" in said, said
+
+
+def test_a_reload_of_a_certificate_that_does_not_name_the_daemon_is_a_warning_with_the_fix(tmp_path: Path) -> None:
+    d = tmp_path / "tls"
+    make_ca_and_certs(d, ["host-a", "host-b"])
+    files = TLSFiles(str(d / "ca.pem"), str(d / "host-b.pem"), str(d / "host-b.key"))
+    t = TLS(files)
+    with structlog.testing.capture_logs() as good:
+        assert reload_tls(t, "host-b") is True
+    assert [(e["event"], e["log_level"]) for e in good] == [("tls_reloaded", "info")] and "warning" not in good[0], good
+    # host-a's pair copied over host-b's (the operator's slip at a renewal): taken, and said
+    for suffix in (".pem", ".key"):
+        (d / f"host-b{suffix}").write_bytes((d / f"host-a{suffix}").read_bytes())
+    with structlog.testing.capture_logs() as slip:
+        assert reload_tls(t, "host-b") is True
+    [e] = slip
+    assert (e["event"], e["log_level"], e["names"]) == ("tls_reloaded", "warning", ["host-a"]), e
+    assert "names host-a, not this daemon's name 'host-b'" in e["warning"] and "--names host-b" in e["warning"], e
+    with structlog.testing.capture_logs() as start:
+        log_misnamed(TLS(files), "host-b")
+        log_misnamed(TLS(files), "host-a")
+        log_misnamed(None, "host-b")
+    assert [x["event"] for x in start] == ["tls_certificate_misnamed"] and "'host-b'" in start[0]["warning"], start
