@@ -16,10 +16,12 @@ holds is used through this one too (`sandbox.load_state`, `sandbox.write_configs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -445,11 +447,19 @@ def actives(s: dict[str, Any]) -> list[str]:
 
 
 def _wait_port(addr: str, timeout: float, d: Path, pid: int = 0) -> None:
+    """Until hsbcpd listens at `addr` (its host_listen). A sandbox with TLS makes the TLS
+    handshake there with hsbctl's certificate before it closes: a TCP connect alone was a
+    plaintext client at a TLS port, logged as `tls_refused` and counted at every start."""
     h, _, p = addr.rpartition(":")
     deadline = time.monotonic() + timeout
+    ctx = client_ssl(d)
     while True:
         try:
-            with socket.create_connection((h, int(p)), 0.5):
+            with socket.create_connection((h, int(p)), 0.5) as sock:
+                if ctx is not None:
+                    sock.settimeout(max(0.5, deadline - time.monotonic()))
+                    with contextlib.suppress(ssl.SSLError), ctx.wrap_socket(sock):
+                        pass  # (handshake done: closed; a refused one is the hosts' to say)
                 return
         except OSError:
             if pid and not _alive(pid):
