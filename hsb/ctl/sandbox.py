@@ -285,7 +285,7 @@ def _exited(d: Path, name: str, pid: int) -> SandboxError | None:
 
 async def wait_started(d: Path, name: str, pid: int, timeout: float = 30.0) -> dict[str, Any]:
     """After `start_host`/`start_cp`: wait until the daemon answers its admin port in its role (a
-    host past `starting`: registered at the CP), and return its status. A daemon that exits first
+    host past `starting` and registered at the CP), and return its status. A daemon that exits first
     (a host refused as active: 76; a bad config: 78) or is fenced meanwhile is a SandboxError
     naming its exit code and its log, so that `hsbctl sandbox start-host` does not say it started."""
     st = load_state(d)
@@ -305,7 +305,9 @@ async def wait_started(d: Path, name: str, pid: int, timeout: float = 30.0) -> d
                 raise SandboxError(
                     f"{name} (pid {pid}) started but is fenced ({data.get('last_error') or 'another host is active'}); start it as standby"
                 )
-            if name == "hsbcpd" or state != "starting":
+            # (a host past `starting` need not be registered: a standby follows its peer with its
+            # CP link refused, say the CP's certificate expired; README: it waits until registered)
+            if name == "hsbcpd" or (state != "starting" and data.get("registered_at_cp", True) is not False):
                 return data
         if time.monotonic() > deadline:
             why = (data or {}).get("last_error") or last.get("error") or (data or {}).get("state")
