@@ -2,7 +2,10 @@
 connect: the bare connect was a plaintext client at a TLS port, so every TLS sandbox began with
 a `tls_refused` warning ("closed before a TLS handshake") in cp.log and
 `hsb_protocol_errors_total{code="tls_refused",link="host"}` at 1, which an operator walking
-through docs/tls.md took for a problem. Without TLS it stays a TCP connect."""
+through docs/tls.md took for a problem. Without TLS it stays a TCP connect.
+
+And `hsbctl sandbox start-host` waits until the host is registered at the CP, as the README
+says, not only past `starting`: a host whose CP link TLS refuses is not started."""
 
 from __future__ import annotations
 
@@ -10,11 +13,14 @@ import socket
 import ssl
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hsb.ctl import sandbox
+from hsb.ctl.sandbox_files import SandboxError
 from hsb.ctl.tls_cmd import make_ca_and_certs
+from tests.test_ctl_sandbox_edges import _state
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -69,3 +75,25 @@ def test_the_wait_for_a_plaintext_host_port_sends_nothing(tmp_path: Path) -> Non
     sandbox._wait_port(srv.addr, 10.0, tmp_path)  # (no tls/ folder: a sandbox without --tls)
     srv.done()
     assert srv.first == b""
+
+
+async def test_start_host_waits_until_the_host_is_registered_at_the_cp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A standby restarted while the CP's certificate has expired follows its peer
+    (`waiting_for_active`) with its CP link refused: `start-host` said it started. It waits until
+    the host is registered at the CP (README), and says why not when it never is."""
+    _state(tmp_path)
+    cut_off = {"state": "waiting_for_active", "registered_at_cp": False, "last_error": "host link to the CP not made: tls: certificate has expired"}
+    answers = [cut_off, cut_off, {"state": "standby", "registered_at_cp": True}]
+    asked: list[str] = []
+
+    async def ask(addr: str, secret: bytes, msg: dict[str, Any], timeout: float, ssl: Any = None) -> dict[str, Any]:
+        asked.append(addr)
+        return {"data": answers[min(len(asked), len(answers)) - 1]}
+
+    monkeypatch.setattr(sandbox, "ask", ask)
+    monkeypatch.setattr(sandbox, "_exited", lambda d, name, pid: None)
+    assert (await sandbox.wait_started(tmp_path, "host-b", 1, timeout=10))["state"] == "standby"
+    assert len(asked) == 3
+    answers[:] = [cut_off]
+    with pytest.raises(SandboxError, match=r"did not start within 0s \(host link to the CP not made: tls: certificate has expired\)"):
+        await sandbox.wait_started(tmp_path, "host-b", 1, timeout=0.3)
