@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import structlog
 
-from hsb.ops.limits import fd_room
+from hsb.ops.limits import fd_room, fd_watch
 from hsb.wire.conn_tls import ServerSideTLS
 from hsb.wire.framing import DEFAULT_MAX_FRAME, FLUSH_AT, LOGIN_MAX, Decoder, ProtocolError, encode
 from hsb.wire.handshakes import HANDSHAKES
@@ -93,6 +93,7 @@ class FramedProtocol(ServerSideTLS, asyncio.Protocol):
     """Base class: subclasses set `link` and fill `dispatch` with {type: method name}."""
 
     link: ClassVar[str] = "link"
+    open_now: ClassVar[int] = 0  # this process's framed connections open now (hsb.ops.limits.fd_watch)
     dispatch: ClassVar[dict[str, str]] = {}
     # every frame one map of plain values (hsb.wire.framing.Decoder's `flat`): a terminal's
     flat_frames: ClassVar[bool] = False
@@ -149,6 +150,7 @@ class FramedProtocol(ServerSideTLS, asyncio.Protocol):
         self.frozen = False  # freeze(): read nothing more, whatever back-pressure says
         self._backlog: collections.deque[dict[str, Any]] = collections.deque()
         self._loop = asyncio.get_event_loop()
+        self._counted = False  # counted in open_now (connection_made), until connection_lost
 
     # -- asyncio.Protocol -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -156,11 +158,14 @@ class FramedProtocol(ServerSideTLS, asyncio.Protocol):
         self.peername = pn = transport.get_extra_info("peername")  # asked once: a system call on uvloop
         if isinstance(pn, tuple) and len(pn) >= 2:
             self.peer = f"{pn[0]}:{pn[1]}"
-        sock = transport.get_extra_info("socket")
-        if sock is not None and not fd_room(sock.fileno(), self.link, self.peer):
-            PROTOCOL_ERRORS[(self.link, "connection_refused")] += 1
-            self.abort()  # its descriptor is the daemon's last few: neither a frame nor on_open
-            return
+        FramedProtocol.open_now += 1
+        self._counted = True
+        if fd_watch(FramedProtocol.open_now):  # (near the limit only: the check has a cost)
+            sock = transport.get_extra_info("socket")
+            if sock is not None and not fd_room(sock.fileno(), self.link, self.peer):
+                PROTOCOL_ERRORS[(self.link, "connection_refused")] += 1
+                self.abort()  # its descriptor is the daemon's last few: neither a frame nor on_open
+                return
         if self._tls is not None:  # the link begins once the handshake is done
             self._deadline_handle = self._loop.call_later(self._tls_timeout, self._tls_refused, f"no TLS handshake within {self._tls_timeout:g} s")
             return
@@ -256,6 +261,9 @@ class FramedProtocol(ServerSideTLS, asyncio.Protocol):
             self.transport.resume_reading()  # type: ignore[union-attr]  # (_may_read: it is there)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            FramedProtocol.open_now -= 1
         if self._tls is not None and not self._tls.done and not self.closed:
             self._tls_gave_up()
         self.closed = True
