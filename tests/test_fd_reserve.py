@@ -19,7 +19,8 @@ import pytest
 
 from hsb.ops import http, limits
 from hsb.ops.limits import FD_RESERVE, fd_room
-from hsb.wire.conn import PROTOCOL_ERRORS, FramedProtocol
+from hsb.wire import conn
+from hsb.wire.conn import PROTOCOL_ERRORS
 from tests.support.logrec import RecordingLog
 from tests.support.transports import RecordingTransport
 from tests.test_auth_link import Link
@@ -80,7 +81,7 @@ class SockTransport(RecordingTransport):
 @pytest.mark.parametrize("fd, kept", [(1000 - FD_RESERVE - 1, True), (1000 - FD_RESERVE, False), (999, False)])
 def test_framed_link_accepted_in_the_reserve_is_closed_unanswered(rec: RecordingLog, monkeypatch: pytest.MonkeyPatch, fd: int, kept: bool) -> None:
     monkeypatch.setattr(limits, "nofile_soft", lambda: 1000)
-    monkeypatch.setattr(FramedProtocol, "open_now", 499)  # (this one makes half the limit: its descriptor is checked)
+    monkeypatch.setattr(conn.OPEN, "n", 499)  # (this one makes half the limit: its descriptor is checked)
     before = PROTOCOL_ERRORS[("host", "connection_refused")]
 
     async def main() -> tuple[Link, SockTransport]:
@@ -107,7 +108,7 @@ def test_a_connection_below_half_the_limit_is_not_asked_its_descriptor(monkeypat
     out of reach and the socket is not asked of the transport: that cost the CP ~8 % more CPU in a
     reconnect storm of 10,000 terminals. A connection's close takes it off the count."""
     monkeypatch.setattr(limits, "nofile_soft", lambda: 1000)
-    monkeypatch.setattr(FramedProtocol, "open_now", 0)
+    monkeypatch.setattr(conn.OPEN, "n", 0)
     asked: list[str] = []
 
     class Counting(SockTransport):
@@ -118,17 +119,17 @@ def test_a_connection_below_half_the_limit_is_not_asked_its_descriptor(monkeypat
     async def main() -> tuple[Link, Link]:
         p, q = Link(auth_timeout=5.0), Link(auth_timeout=5.0)
         p.connection_made(Counting(999))  # type: ignore[arg-type]
-        assert FramedProtocol.open_now == 1
+        assert conn.OPEN.n == 1
         p.connection_lost(None)
         p.connection_lost(None)  # (counted off once)
-        assert FramedProtocol.open_now == 0
-        monkeypatch.setattr(FramedProtocol, "open_now", 499)
+        assert conn.OPEN.n == 0
+        monkeypatch.setattr(conn.OPEN, "n", 499)
         q.connection_made(Counting(999))  # type: ignore[arg-type]
         return p, q
 
     p, q = asyncio.run(main())
     assert asked.count("socket") == 1, asked  # only q's, at half the limit
-    assert q.closed and FramedProtocol.open_now == 500
+    assert q.closed and conn.OPEN.n == 500
 
 
 def lowest_free_fd() -> int:
