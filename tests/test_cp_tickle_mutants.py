@@ -12,9 +12,7 @@ positive, so nothing sleeps).
 
 from __future__ import annotations
 
-import asyncio
 import errno
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +21,9 @@ import pytest
 
 from hsb.cp import tickle
 from hsb.cp.tickle import TickleList, list_name, previous_list
+from tests.support.hafakes import until
 
 pytestmark = pytest.mark.timeout(30)
-
-
-async def _until(pred: Any, what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.01)
 
 
 def _list(d: Path, gen: int, peer: str) -> None:
@@ -52,12 +44,12 @@ async def test_closing_the_list_ends_its_writers_thread(tmp_path: Path) -> None:
     the worker not shut down)."""
     tl = TickleList(tmp_path, 3)
     tl.tick(100.0)
-    await _until(lambda: tl.written == 1, "the empty list written")
+    await until(lambda: tl.written == 1, "the empty list written")
     assert tl._worker is not None
     thread = tl._worker._thread
     assert thread.is_alive()
     tl.close()
-    await _until(lambda: not thread.is_alive(), "the writer's thread still runs after close()")
+    await until(lambda: not thread.is_alive(), "the writer's thread still runs after close()")
 
 
 def test_a_list_that_cannot_be_read_now_is_left_not_deleted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

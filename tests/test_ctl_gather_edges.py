@@ -91,9 +91,8 @@ def test_a_host_that_stops_answering_when_asked_again_keeps_its_first_answer(sec
     assert st["exit_status"] == 3 and st["changing"] and not st["unknown"], st
 
 
-def test_with_both_cp_machines_waiting_no_cp_serves_names_both(secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Both CP machines wait: the line names both (not only the one asked for the status), and
-    gives no hint to name both CP machines in the ctl config (it does)."""
+def _both_cp_machines_waiting(secret: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """hsbctl's status of a pair whose two CP machines both answer waiting (no machine holds the address)."""
     waits = {"state": "waiting", "cp_state": "waiting", "takeover": "on_wake"}
     _fake(
         monkeypatch,
@@ -104,7 +103,13 @@ def test_with_both_cp_machines_waiting_no_cp_serves_names_both(secret: Path, mon
             "host-b:1": [_host("host-b", "standby")],
         },
     )
-    st = asyncio.run(gather.status_all("cp-a:1", ["host-a:1", "host-b:1"], str(secret), cp_machines=["cp-a:1", "cp-b:1"]))
+    return asyncio.run(gather.status_all("cp-a:1", ["host-a:1", "host-b:1"], str(secret), cp_machines=["cp-a:1", "cp-b:1"]))
+
+
+def test_with_both_cp_machines_waiting_no_cp_serves_names_both(secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both CP machines wait: the line names both (not only the one asked for the status), and
+    gives no hint to name both CP machines in the ctl config (it does)."""
+    st = _both_cp_machines_waiting(secret, monkeypatch)
     why = st["unknown"][0]["error"]
     assert why == "no CP serves: cp-a at cp-a:1 waiting, cp-b at cp-b:1 waiting", st["unknown"]
 
@@ -115,17 +120,7 @@ def test_with_both_cp_machines_waiting_the_cp_is_said_not_to_serve_not_to_be_unr
     (down, a wrong address or secret), which sent the operator to look at running hsbcpd."""
     from hsb.ctl.status import headline
 
-    waits = {"state": "waiting", "cp_state": "waiting", "takeover": "on_wake"}
-    _fake(
-        monkeypatch,
-        {
-            "cp-a:1": [{"name": "cp-a", **waits}],
-            "cp-b:1": [{"name": "cp-b", **waits}],
-            "host-a:1": [_host("host-a", "active")],
-            "host-b:1": [_host("host-b", "standby")],
-        },
-    )
-    st = asyncio.run(gather.status_all("cp-a:1", ["host-a:1", "host-b:1"], str(secret), cp_machines=["cp-a:1", "cp-b:1"]))
+    st = _both_cp_machines_waiting(secret, monkeypatch)
     lines = headline(st)
     assert st["exit_status"] == 3 and lines[0].startswith("hsb: UNKNOWN (CP does not serve); the hosts say: host-a"), lines
     assert gather.unheard(st["cp"]) == "does not serve" and not any("cannot be asked" in line for line in lines), (st["cp"], lines)  # (the CP line)

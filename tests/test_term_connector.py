@@ -12,6 +12,7 @@ import pytest
 
 from hsb.term.client import DOWN, TerminalClient
 from hsb.term.connector import MAX_PROBES, Connector
+from tests.support.connecting import create_connection_as, one_terminal
 
 
 class FakeTerminal(asyncio.Protocol):
@@ -117,19 +118,14 @@ async def test_a_connect_whose_timeout_falls_due_as_it_connects_is_not_a_failure
     conn = Connector("127.0.0.1", 1, concurrency=1)
     t = FakeTerminal(0.01)
     conn.attach(t)  # type: ignore[arg-type]
-    loop = asyncio.get_running_loop()
 
     async def connect_then_time_out(*a: Any, **kw: Any) -> Any:
         assert t.state == CONNECTING
         t.connection_made(object())  # the CP answered ...
         raise TimeoutError  # ... and the deadline fell due in the same turn
 
-    loop_create = loop.create_connection
-    loop.create_connection = connect_then_time_out  # type: ignore[method-assign]
-    try:
+    with create_connection_as(connect_then_time_out):
         exc = await conn._connect(as_client(t))
-    finally:
-        loop.create_connection = loop_create  # type: ignore[method-assign]
     assert exc is None and not conn.down and t.failures == 0 and t.away == 0
 
 
@@ -137,25 +133,15 @@ async def test_a_connect_cut_by_its_timeout_after_connecting_is_no_drop_of_the_c
     """The same with hsbterm's terminal: the cancelled connect closes the connection after its
     hello went out, and that close is this side's, not a drop by the CP (it failed a strict run
     as `dropped while logging on`, and made the next welcome count a drop with the CP there)."""
-    from hsb.term.loadstats import LoadStats
-    from tests.support.transports import RecordingTransport
 
-    conn = Connector("127.0.0.1", 1, concurrency=1)
-    c = TerminalClient("T1", LoadStats(1))
-    conn.attach(c)
-    tr = RecordingTransport("cp")
-    loop = asyncio.get_running_loop()
+    conn, c, tr = one_terminal()
 
     async def connect_then_time_out(*a: Any, **kw: Any) -> Any:
         c.connection_made(tr)  # type: ignore[arg-type]
         raise TimeoutError
 
-    loop_create = loop.create_connection
-    loop.create_connection = connect_then_time_out  # type: ignore[method-assign]
-    try:
+    with create_connection_as(connect_then_time_out):
         assert await conn._connect(c) is None
-    finally:
-        loop.create_connection = loop_create  # type: ignore[method-assign]
     c.connection_lost(None)  # (asyncio closes the transport of a cancelled connect)
     assert c.logon_drops == 0 and not c.dropped and c.cp_reconnects == 0
     await conn.close()

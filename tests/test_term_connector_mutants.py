@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from hsb.term.connector import PROBE_S
+from tests.support.connecting import create_connection_as, one_terminal
 from tests.test_term_connector import FakeTerminal, until
 from tests.test_term_connector_edges import CONNECTED, connecting
 
@@ -82,28 +83,16 @@ async def test_a_connect_cut_by_its_timeout_whose_transport_is_already_closing_i
     close the connection (its transport closing: connection_lost comes later, from the
     transport): when it comes, that close is this side's, no drop while logging on (a strict
     run would fail on it, and the next welcome count a drop with the CP there)."""
-    from hsb.term.client import TerminalClient
-    from hsb.term.connector import Connector
-    from hsb.term.loadstats import LoadStats
-    from tests.support.transports import RecordingTransport
 
-    conn = Connector("127.0.0.1", 1, concurrency=1)
-    c = TerminalClient("T1", LoadStats(1))
-    conn.attach(c)
-    tr = RecordingTransport("cp")
-    loop = asyncio.get_running_loop()
+    conn, c, tr = one_terminal()
 
     async def connect_then_time_out(*a: Any, **kw: Any) -> Any:
         c.connection_made(tr)  # type: ignore[arg-type]
         tr.close()  # (the cancelled connect closes it; connection_lost to come)
         raise TimeoutError
 
-    real = loop.create_connection
-    loop.create_connection = connect_then_time_out  # type: ignore[method-assign]
-    try:
+    with create_connection_as(connect_then_time_out):
         assert await conn._connect(c) is None
-    finally:
-        loop.create_connection = real  # type: ignore[method-assign]
     c.connection_lost(None)  # (the transport's, once closed)
     assert c.logon_drops == 0 and not c.dropped and c.cp_reconnects == 0
     await conn.close()
@@ -113,30 +102,20 @@ async def test_a_connection_made_just_before_the_connector_closes_is_not_kept() 
     """The connector closes (hsbterm stopping) while a connect is at its end: the connection was
     made, the connect is cancelled (uvloop then closes that connection and says nothing): the
     terminal is told it is lost, and keeps no transport of it."""
-    from hsb.term.client import DOWN, HELLO, TerminalClient
-    from hsb.term.connector import Connector
-    from hsb.term.loadstats import LoadStats
-    from tests.support.transports import RecordingTransport
+    from hsb.term.client import DOWN, HELLO
 
-    conn = Connector("127.0.0.1", 1, concurrency=1)
-    c = TerminalClient("T1", LoadStats(1))
-    conn.attach(c)
-    tr = RecordingTransport("cp")
+    conn, c, tr = one_terminal()
     loop = asyncio.get_running_loop()
 
     async def connect_then_hang(*a: Any, **kw: Any) -> Any:
         c.connection_made(tr)  # type: ignore[arg-type]
         await loop.create_future()  # (cancelled by close())
 
-    real = loop.create_connection
-    loop.create_connection = connect_then_hang  # type: ignore[method-assign]
-    try:
+    with create_connection_as(connect_then_hang):
         conn.start()
         conn.schedule(c)
         await until(lambda: c.state == HELLO, 10, "connected, the connect not returned")
         await conn.close()
-    finally:
-        loop.create_connection = real  # type: ignore[method-assign]
     assert c.state == DOWN and c.transport is None and c.logon_drops == 0
 
 
@@ -145,27 +124,16 @@ async def test_a_connect_cut_by_its_timeout_that_uvloop_closed_silently_is_lost_
     connection_lost (uvloop's way; its transport says it is not closing): the terminal takes it
     as lost now, this side's close (no drop while logging on), and is scheduled to connect
     again, not left connected to nothing."""
-    from hsb.term.client import DOWN, TerminalClient
-    from hsb.term.connector import Connector
-    from hsb.term.loadstats import LoadStats
-    from tests.support.transports import RecordingTransport
+    from hsb.term.client import DOWN
 
-    conn = Connector("127.0.0.1", 1, concurrency=1)
-    c = TerminalClient("T1", LoadStats(1))
-    conn.attach(c)
-    tr = RecordingTransport("cp")
-    loop = asyncio.get_running_loop()
+    conn, c, tr = one_terminal()
 
     async def connect_then_time_out(*a: Any, **kw: Any) -> Any:
         c.connection_made(tr)  # type: ignore[arg-type]
         raise TimeoutError
 
-    real = loop.create_connection
-    loop.create_connection = connect_then_time_out  # type: ignore[method-assign]
-    try:
+    with create_connection_as(connect_then_time_out):
         assert await conn._connect(c) is None
-    finally:
-        loop.create_connection = real  # type: ignore[method-assign]
     assert c.state == DOWN and c.transport is None and c.logon_drops == 0
     assert list(conn._timers.values()) == [c]  # (its backoff, then connected again)
     await conn.close()
