@@ -290,7 +290,7 @@ async def test_a_reload_that_loaded_new_certificates_leaves_them_for_the_next_wo
     monkeypatch.setattr(supervise, "keep_tls", kept.append)
     s.tls = SimpleNamespace(pem={"cert": b"pem"})
     changed = [True]
-    monkeypatch.setattr(srv, "reload_tls", lambda tls: changed[0])
+    monkeypatch.setattr(srv, "reload_tls", lambda tls, name: changed[0])
     await s.reload()
     changed[0] = False
     await s.reload()

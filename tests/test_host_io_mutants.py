@@ -83,7 +83,7 @@ async def test_a_reload_moves_both_links_heartbeats_and_every_storage_deadline_a
 
     srv, p = _host(tmp_path)
     tls_reloads: list[Any] = []
-    monkeypatch.setattr(host_reload, "reload_tls", tls_reloads.append)
+    monkeypatch.setattr(host_reload, "reload_tls", lambda t, name: tls_reloads.append(t))
     p.write_text(
         p.read_text()
         .replace("[host]\n", "[host]\nheartbeat_interval = 0.3\nheartbeat_timeout = 1.7\nring_poll_interval = 0.2\n", 1)
