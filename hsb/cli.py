@@ -152,21 +152,15 @@ def _partial_problems(part: Partial, checks: Callable[[Partial], list[str]] | No
 def _tls_name_warning(cfg: BaseModel, cert_file: str) -> list[str]:
     """The daemon's certificate should name the daemon: the other side of every link checks the
     certificate against the name this daemon gives (docs/tls.md), and refuses it otherwise."""
-    from hsb.wire.tls import file_names
+    from hsb.wire.tls import file_names, name_problem
 
     sec = _daemon_section(cfg)
-    name = None if sec is None else str(sec.name)
     try:
         names = file_names(cert_file)
     except (OSError, ValueError):
         return []  # unreadable: check_files said so
-    if name is None or name in names:
-        return []
-    return [
-        f"tls.cert_file: {cert_file} names {', '.join(sorted(names)) or 'nobody'}, not this daemon's name {name!r}:"
-        f" the other daemons will refuse it at the handshake; use a certificate that names {name!r}"
-        f" (hsbctl tls init --dir DIR --names {name},...)"
-    ]
+    wrong = name_problem(cert_file, names, None if sec is None else str(sec.name))
+    return [f"tls.cert_file: {wrong}"] if wrong else []
 
 
 def _daemon_section(cfg: BaseModel) -> Any:

@@ -481,15 +481,17 @@ def _stop_order(d: Path, st: dict[str, Any]) -> list[list[int]]:
     except Exception:  # noqa: BLE001 - (the daemons' status unreadable: stopped in the plain order, all at once)
         return []
 
-    def pids(proc: dict[str, Any]) -> list[int]:
-        return [p for p in proc.get("pids", [proc["pid"]]) if p]
-
     hosts = st["hosts"]
     return [
-        [p for n, h in hosts.items() if roles.get(n) != "active" for p in pids(h)],
-        [p for n, h in hosts.items() if roles.get(n) == "active" for p in pids(h)],
-        pids(st["cp"]),
+        [p for n, h in hosts.items() if roles.get(n) != "active" for p in _pids(h)],
+        [p for n, h in hosts.items() if roles.get(n) == "active" for p in _pids(h)],
+        _pids(st["cp"]),
     ]
+
+
+def _pids(proc: dict[str, Any]) -> list[int]:
+    """A daemon's pids in the state file (its master and worker under --supervise)."""
+    return [p for p in proc.get("pids", [proc["pid"]]) if p]
 
 
 def down(d: Path, timeout: float = 5.0, ordered: bool = False) -> list[int]:
@@ -505,7 +507,7 @@ def down(d: Path, timeout: float = 5.0, ordered: bool = False) -> list[int]:
     st: dict[str, Any] | None = None
     if not stray or (d / STATE).exists():
         st = load_state(d)
-        pids = [p for proc in [st["cp"], *st["hosts"].values()] for p in proc.get("pids", [proc["pid"]]) if p]
+        pids = [p for proc in [st["cp"], *st["hosts"].values()] for p in _pids(proc)]
     else:  # no state file yet: the first up in this folder was cut short
         pids = []
     live = [p for p in dict.fromkeys([*pids, *stray]) if _ours(d, p)]

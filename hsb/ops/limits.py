@@ -106,7 +106,6 @@ class _Refusals:
     """Connections refused for want of descriptors, and when that was last said."""
 
     count = 0  # since the last line
-    total = 0
     said_at = -REFUSED_LOG_S
 
 
@@ -144,7 +143,6 @@ def fd_room(fd: int, link: str, peer: str, soft: int | None = None) -> bool:
     if soft < 0 or fd < soft - reserve(soft):
         return True
     REFUSALS.count += 1
-    REFUSALS.total += 1
     now = time.monotonic()
     if now - REFUSALS.said_at >= REFUSED_LOG_S:
         REFUSALS.said_at = now

@@ -467,27 +467,34 @@ def reload_tls(t: TLS | None, name: str | None = None) -> bool:
         return True
 
 
-def misnamed(t: TLS, name: str | None) -> str:
-    """What is wrong if the certificate `t` has loaded does not name the daemon (`name`, its
-    `[cp] name` or `[host] name`), with the fix; "" if it does. The other daemons check it
-    against that name at every handshake (docs/tls.md §2): such a certificate is not refused at
-    the start or a reload (as `--check-config` only warns), but the daemon logs this."""
-    if name is None or name in t.names:
+def name_problem(cert_file: str, names: Any, name: str | None) -> str:
+    """What is wrong if the certificate `cert_file` (naming `names`) does not name the daemon
+    (`name`, its `[cp] name` or `[host] name`), with the fix; "" if it does. The other daemons
+    check it against that name at every handshake (docs/tls.md §2). `--check-config` warns with
+    it (hsb.cli), the start and a reload log it (`misnamed`)."""
+    if name is None or name in names:
         return ""
     return (
-        f"{t.files.cert_file} names {', '.join(t.names) or 'nobody'}, not this daemon's name {name!r}:"
+        f"{cert_file} names {', '.join(sorted(names)) or 'nobody'}, not this daemon's name {name!r}:"
         f" the other daemons will refuse it at the handshake; use a certificate that names {name!r}"
-        f" (hsbctl tls init --dir DIR --names {name},...) and send SIGHUP"
+        f" (hsbctl tls init --dir DIR --names {name},...)"
     )
+
+
+def misnamed(t: TLS, name: str | None) -> str:
+    """`name_problem` of the certificate `t` has loaded: not refused at the start or a reload (as
+    `--check-config` only warns), but logged, with SIGHUP after the fix."""
+    wrong = name_problem(t.files.cert_file, t.names, name)
+    return f"{wrong} and send SIGHUP" if wrong else ""
 
 
 def log_misnamed(t: TLS | None, name: str) -> None:
     """At the start: `tls_certificate_misnamed` if the certificate does not name the daemon."""
-    wrong = None if t is None else misnamed(t, name)
-    if wrong:
+    wrong = "" if t is None else misnamed(t, name)
+    if t is not None and wrong:
         import structlog
 
-        structlog.get_logger("hsb.tls").warning("tls_certificate_misnamed", cert=t.files.cert_file if t else None, warning=wrong)
+        structlog.get_logger("hsb.tls").warning("tls_certificate_misnamed", cert=t.files.cert_file, warning=wrong)
 
 
 _default_client: ssl.SSLContext | None = None
