@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import os
+import pwd
 import re
 import tomllib
 import unicodedata
@@ -234,6 +236,8 @@ def load(path: str | Path, model: type[M], *, overrides: dict[str, Any] | None =
         raise ConfigError(str(p), ["file not found; pass an existing file with --config"]) from None
     except IsADirectoryError:
         raise ConfigError(str(p), ["is a directory, not a config file; pass the TOML file with --config"]) from None
+    except PermissionError as exc:
+        raise ConfigError(str(p), [_unreadable(p, exc)]) from None
     except OSError as exc:
         raise ConfigError(str(p), [f"cannot read: {exc.strerror}"]) from None
     try:
@@ -247,6 +251,19 @@ def load(path: str | Path, model: type[M], *, overrides: dict[str, Any] | None =
     if overrides:
         data.update(overrides)
     return validate(data, model, str(p), base=p.parent)
+
+
+def _unreadable(p: Path, exc: OSError) -> str:
+    """A config this process may not read (a file, or a folder on its way, of mode 600 or 750
+    owned by root): who reads it, and the fix. The shipped units run the daemons as `hsb`."""
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # (a uid with no name: a container's)
+        user = f"uid {os.geteuid()}"
+    return (
+        f"cannot read: {exc.strerror} (this process runs as user {user}); let that user read the file and its folders,"
+        f" e.g. 'chgrp hsb {p} && chmod 640 {p}' for the hsb user of the shipped units (docs/operations.md §2)"
+    )
 
 
 def validate(data: dict[str, Any], model: type[M], source: str = "<config>", base: Path | None = None) -> M:

@@ -173,7 +173,8 @@ def _set_journal_aside(config_path: str, force: bool) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", required=True, type=click.Path(), help="CP TOML config.")
+# (readable=False: a config this user may not read is a config error, 78 with the fix, hsb.config.load; not usage, 2)
+@click.option("--config", "config_path", required=True, type=click.Path(readable=False), help="CP TOML config.")
 @click.option("--check-config", is_flag=True, help="Check the config as the start would (schema, secret, timings), print every error, exit 0 or 78.")
 @click.option(
     "--supervise",

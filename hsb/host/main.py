@@ -239,7 +239,8 @@ def listen_addresses(cfg: HostConfig) -> list[str]:
     is_flag=True,
     help="Started with --role active while another host is the active: exit 76 (start_refused) instead of rejoining as the standby.",
 )
-@click.option("--config", "config_path", required=True, type=click.Path(), help="Host TOML config.")
+# (readable=False: a config this user may not read is a config error, 78 with the fix, hsb.config.load; not usage, 2)
+@click.option("--config", "config_path", required=True, type=click.Path(readable=False), help="Host TOML config.")
 @click.option(
     "--check-config",
     is_flag=True,
