@@ -35,7 +35,7 @@ def terminals_fit(terminals: int, soft: int) -> str | None:
     return (
         f"{terminals} terminals need about {terminals + SPARE} open files, the limit is {soft}: terminals beyond"
         f" about {max(soft - SPARE, 0)} will be refused; raise it (systemd: LimitNOFILE={max(2 * terminals, 65536)} in"
-        " hsbcpd.service; a shell: ulimit -n), or split the terminals over several CPs (docs/operations.md)"
+        " hsbcpd.service; a shell: ulimit -n), or split the terminals over several CPs (docs/operations.md §20)"
     )
 
 
@@ -89,7 +89,7 @@ def storm_timing(terminals: int, host_timeout: float) -> str | None:
         f" of hsbcpd's loop that reads them can last 0.4-0.6 s on a small machine (19,000 on 2 cores), and the hosts,"
         f" hearing nothing meanwhile, drop their CP link past their heartbeat_timeout (default 0.5 s) and register again;"
         f" above {STORM_TERMINALS:,} terminals set heartbeat_timeout = {STORM_HOST_TIMEOUT_S:g} on both hosts and"
-        f" cp.host_timeout = {STORM_HOST_TIMEOUT_S:g} here (docs/operations.md)"
+        f" cp.host_timeout = {STORM_HOST_TIMEOUT_S:g} here (docs/operations.md §20, a connection storm)"
     )
 
 
