@@ -33,6 +33,7 @@ def test_a_small_accept_queue_is_named_with_the_fix() -> None:
     assert w is not None and "net.core.somaxconn is 4096" in w and "10000 terminals" in w
     assert "sysctl -w net.core.somaxconn=16384" in w  # the next power of two above 10,000 + spare
     assert terminals_fit(10_000, 1024) is not None and terminals_fit(100, 1024) is None
+    assert str(terminals_fit(10_000, 1024)).endswith("split the terminals over several CPs (docs/operations.md §20)")
 
 
 def test_a_large_cp_with_the_default_host_timeout_is_told_to_raise_it() -> None:
@@ -41,6 +42,7 @@ def test_a_large_cp_with_the_default_host_timeout_is_told_to_raise_it() -> None:
     w = storm_timing(19_000, 0.5)
     assert w is not None and "19000 terminals with cp.host_timeout 0.5 s" in w
     assert "heartbeat_timeout = 2 on both hosts and cp.host_timeout = 2" in w  # the fix, named
+    assert w.endswith("(docs/operations.md §20, a connection storm)")  # where the reason and the measurements are
 
 
 def test_check_config_names_the_host_timeout_of_a_large_cp(tmp_path: Path) -> None:
