@@ -381,7 +381,7 @@ def create_file(path: str, records: int, record_size: int, *, force: bool = Fals
     fd = -1
     try:
         with _signals_raise(path, tmp):  # (a SIGTERM meanwhile: the temporary file is removed, not left behind)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)  # (terminal names and attributes: not for every user)
             head = memoryview(encode_header(header))
             done = 0
             while done < len(head):  # (a short write goes on where it stopped)
