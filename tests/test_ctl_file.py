@@ -62,6 +62,19 @@ def test_create_then_inspect_empty(tmp_path: Path) -> None:
     assert rep["ring"]["count"] == 0 and rep["ring"]["first_seq"] is None and rep["batch"] == [] and rep["errors"] == []
 
 
+def test_create_makes_a_file_others_may_not_read(tmp_path: Path) -> None:
+    """The takeover file holds every terminal's name and attributes: made 640 (the daemons'
+    user reads and writes it, its group reads it), never world-readable, whatever the umask."""
+    path = str(tmp_path / "tk")
+    old = os.umask(0)
+    try:
+        code, _, err = run("create", path, "--records", "64", "--record-size", "512")
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert os.stat(path).st_mode & 0o777 == 0o640
+
+
 def test_inspect_json(populated: str) -> None:
     code, out, err = run("inspect", populated, "--json")
     assert code == 0, err
