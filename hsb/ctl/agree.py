@@ -54,6 +54,22 @@ def disagreement(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> str | None:
     return "; ".join(said) or None
 
 
+def follows_another_journal(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> bool:
+    """Whether a host follows another journal than the CP asked serves (its journal directory
+    replaced, or two CPs on different journals): the hosts refuse to register with it, so their
+    epochs ahead of its own are no role change under way but that refusal (superseded_cps says it)."""
+    journal = cp.get("journal")
+    jid = journal.get("id") if cp.get("reachable") and isinstance(journal, dict) else None
+    if not isinstance(jid, str):
+        return False
+    for h in hosts:
+        cg = h.get("cp_generation")
+        followed = cg.get("journal") if h.get("reachable") and isinstance(cg, dict) else None
+        if isinstance(followed, str) and followed != jid:
+            return True
+    return False
+
+
 def two_actives(cp: dict[str, Any], actives: list[dict[str, Any]]) -> bool:
     """Several hosts that say they serve as the active are two actives (the lease rule broken)
     only when the answers cannot be of different moments: at the same epoch (one grant makes one

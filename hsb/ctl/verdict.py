@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hsb.ctl.agree import claims_active, disagreement, split_brain, two_actives
+from hsb.ctl.agree import claims_active, disagreement, follows_another_journal, split_brain, two_actives
 from hsb.plural import many
 
 
@@ -183,8 +183,11 @@ def superseded_cps(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: li
             followed = cg.get("journal") if h.get("reachable") and isinstance(cg, dict) else None
             if isinstance(followed, str) and followed != jid:
                 out.append(
-                    f"the CP {cp.get('name')} at {cp.get('addr', '-')} serves journal {jid}, not journal {followed} {h.get('name')} follows:"
-                    f" two CPs on different journals ({journal.get('dir')}: is it the directory both CP machines share?); §18"
+                    f"the CP {cp.get('name')} at {cp.get('addr', '-')} serves journal {jid}, not journal {followed} {h.get('name')} follows,"
+                    " so the hosts do not register with it: its journal directory was replaced (a new disk, an empty directory:"
+                    " what the old journal held is lost; then stop each hsbd, remove its HOST.cp-generation beside its takeover file"
+                    f" and start it again, §11), or two CPs on different journals ({journal.get('dir')}: is it the directory both"
+                    " CP machines share? §18)"
                 )
                 break
     gen = cp.get("generation")
@@ -237,7 +240,8 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
     actives = [h for h in hosts if claims_active(h)]
     # the CP's answer and the hosts' still disagreeing on who is the active (gather asked again):
     # roles are changing, and no verdict is given from answers of different moments
-    changing = disagreement(cp, hosts)
+    # (but not hosts ahead of a CP whose journal they refuse: no answer of theirs will ever agree)
+    changing = None if follows_another_journal(cp, hosts) else disagreement(cp, hosts)
     standbys = [h for h in hosts if h.get("reachable") and h.get("role") == "standby"]
     cp_ok = bool(cp.get("reachable"))
     # a CP whose journal cannot be written acknowledges nothing: terminals wait, nothing new is served
