@@ -198,5 +198,6 @@ def test_a_cp_on_another_journal_than_the_hosts_follow_is_said_so_whatever_its_g
     st = summarize(dict(cp), pair)
     assert st["exit_status"] == 1 and len(st["cp_errors"]) == 1, st["cp_errors"]
     said = st["cp_errors"][0]
-    assert f"serves journal {'b' * 32}, not journal {'a' * 32} a follows: two CPs on different journals" in said, said
+    assert f"serves journal {'b' * 32}, not journal {'a' * 32} a follows, so the hosts do not register with it" in said, said
+    assert "its journal directory was replaced" in said and "or two CPs on different journals" in said, said
     assert "/var/lib/hsb/cp-journal: is it the directory both CP machines share?" in said and "below" not in said, said

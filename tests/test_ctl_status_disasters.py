@@ -1,0 +1,59 @@
+"""`hsbctl status` after a site's bad day (the disaster-recovery walk-through, docs/operations.md
+§0, §11, §12): the answers the daemons gave, as verdict.summarize and the headline take them, and
+the line that must name the problem and its fix. The CP's journal directory replaced (a new disk:
+hsbcpd started on an empty directory, a new journal id) with the hosts still running: they refuse
+it, and their epochs ahead of the CP's are that refusal, not a role change under way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from hsb.ctl.status import headline
+from hsb.ctl.verdict import summarize
+from tests.support.cli import cp_answer, host_answer
+
+pytestmark = pytest.mark.timeout(30)
+
+_OLD, _NEW = "4ce051efff344a78bdee6cfcbb872efe", "9b69d8826e4f4a81a408454290d9170e"
+
+
+def _journal_replaced() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """What the sandbox's daemons answered (the walk-through's step 4): hsbcpd started on an empty
+    journal directory (generation 1, epoch 0, a new journal id, terminals' messages held), both
+    hosts at epoch 6 following the old journal, neither registered with it, the active not serving."""
+    journal = {"dir": "/var/lib/hsb/cp-journal", "durability": "fsync", "state": "ok", "id": _NEW}
+    cp = cp_answer(epoch=0, generation=1, journal=journal, active=None, standby=None)
+    followed = {"seen": 2, "refusals": 3, "journal": _OLD}
+    a = host_answer("host-a", "standby", epoch=6, registered_at_cp=False, cp_generation=dict(followed))
+    b = host_answer("host-b", "active", epoch=6, serving=False, registered_at_cp=False, cp_generation=dict(followed))
+    return cp, [a, b]
+
+
+def test_a_replaced_cp_journal_is_not_a_role_change_and_its_line_names_the_fix() -> None:
+    """It said `hsb: UNKNOWN (a role change is under way)` (3), `ask again in a moment`, which no
+    asking again ever changes: the hosts will never register with that CP. It is NOT SERVING (2),
+    and the ERROR line under it says the journal directory was replaced, what is lost, and what to
+    do (each hsbd stopped, its HOST.cp-generation removed, started again)."""
+    cp, hosts = _journal_replaced()
+    st = summarize(cp, hosts)
+    assert not st["changing"], st["changing"]
+    assert st["exit_status"] == 2 and not st["serving"], st
+    first = headline(st)[0]
+    assert first == "hsb: NOT SERVING", first
+    (err,) = st["cp_errors"]
+    assert f"serves journal {_NEW}, not journal {_OLD} host-a follows, so the hosts do not register with it" in err, err
+    assert "its journal directory was replaced" in err and "what the old journal held is lost" in err, err
+    assert "remove its HOST.cp-generation beside its takeover file and start it again, §11" in err, err
+
+
+def test_hosts_ahead_of_a_cp_on_their_own_journal_are_still_a_role_change() -> None:
+    """The same answers but the hosts following the CP's own journal: hosts at a newer epoch than
+    the CP's answer are a grant it had not made when it answered (asked again: a role change)."""
+    cp, hosts = _journal_replaced()
+    for h in hosts:
+        h["cp_generation"] |= {"journal": _NEW, "seen": 1}
+    st = summarize(cp, hosts)
+    assert st["changing"] and st["exit_status"] == 3 and not st["cp_errors"], st
+    assert headline(st)[0] == "hsb: UNKNOWN (a role change is under way)"
