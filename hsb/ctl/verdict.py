@@ -225,6 +225,26 @@ def _one_each(hosts: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[s
     return kept, twice
 
 
+_AUTH_FAILED = "authentication failed: the secret differs from the daemon's"
+
+
+def _odd_secret(error: Any, cp: dict[str, Any], hosts: list[dict[str, Any]]) -> Any:
+    """Why a daemon refused hsbctl's secret, with the side to fix: when another daemon of the pair
+    accepted the same secret, the odd one is that daemon's secret_file (a machine restored from
+    an old backup, a config copied from another pair), not the ctl config's."""
+    if not (isinstance(error, str) and error.startswith(_AUTH_FAILED)):
+        return error
+    took = [str(d.get("name")) if d is not cp else "the CP" for d in (cp, *hosts) if d.get("reachable")]
+    if not took:
+        return error
+    who = " and ".join(took) if len(took) < 3 else f"{', '.join(took[:-1])} and {took[-1]}"
+    return (
+        f"authentication failed: its secret differs from the one {who} accept{'s' if len(took) == 1 else ''}"
+        " (the ctl config's): check that daemon's secret_file on its machine (restored from an old backup? copied from another pair?);"
+        " the secret file's sha256sum must be the same on all three machines (docs/operations.md §4)"
+    )
+
+
 def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The verdict of one status. `machines`: what each of two CP machines said (serving_cp).
     A daemon whose answer has a field of a type this hsbctl does not know cannot be read: it
@@ -307,6 +327,7 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
                     sb["ring_lag"] = max(0, last - (nxt - 1)) + (owed if isinstance(owed, int) else 0)
     unknown = [] if cp_ok else [("CP", cp.get("addr", "-"), cp.get("error"))]
     unknown += [(h["name"], h.get("addr", "-"), h.get("error")) for h in hosts if not h.get("reachable")]
+    unknown = [(n, a, _odd_secret(e, cp, hosts)) for n, a, e in unknown]
     # (one that authenticated and gave no answer in time: busy or stuck, and one that answered
     # with an error: said so by `unasked`)
     late: dict[str, dict[str, Any]] = {}
