@@ -57,3 +57,27 @@ def test_hosts_ahead_of_a_cp_on_their_own_journal_are_still_a_role_change() -> N
     st = summarize(cp, hosts)
     assert st["changing"] and st["exit_status"] == 3 and not st["cp_errors"], st
     assert headline(st)[0] == "hsb: UNKNOWN (a role change is under way)"
+
+
+_REFUSED = "authentication failed: the secret differs from the daemon's (check secret_file in the ctl config)"
+
+
+def test_a_host_restored_with_another_secret_is_named_the_odd_one() -> None:
+    """A host's machine restored from an old backup, its secret_file another secret: it refuses
+    hsbctl, which said `check secret_file in the ctl config`, though the CP and the other host
+    accept that very secret. The line names that daemon's secret_file as the one to check."""
+    a = {"reachable": False, "name": "host-a", "addr": "host-a:1", "error": _REFUSED}
+    st = summarize(cp_answer(), [a, host_answer("host-b", "active")])
+    (u,) = st["unknown"]
+    assert u["name"] == "host-a" and "the ctl config" in u["error"], u
+    assert u["error"].startswith("authentication failed: its secret differs from the one the CP and host-b accept (the ctl config's)"), u
+    assert "check that daemon's secret_file on its machine (restored from an old backup?" in u["error"], u
+    assert st["exit_status"] == 3, st
+
+
+def test_a_secret_no_daemon_accepts_is_still_the_ctl_configs_to_check() -> None:
+    """Refused by every daemon: the ctl config's secret is the odd one, as before."""
+    cp = {"reachable": False, "name": "CP", "addr": "cp:1", "error": _REFUSED}
+    hosts = [{"reachable": False, "name": f"host{i}", "addr": f"h{i}:1", "error": _REFUSED} for i in (1, 2)]
+    st = summarize(cp, hosts)
+    assert [u["error"] for u in st["unknown"]] == [_REFUSED] * 3, st["unknown"]
