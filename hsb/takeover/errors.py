@@ -19,6 +19,11 @@ class FileMissing(TakeoverFileError):
     pass
 
 
+class FileGone(FileMissing, FileNotFoundError):
+    """The file a running active writes was removed from its path (deleted, or its storage
+    unmounted): an OSError too, so that the host's status shows its storage failing."""
+
+
 class NotRegularFile(TakeoverFileError):
     pass
 

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import structlog
 
 from hsb import faults
-from hsb.takeover.errors import ForeignWriter, HeaderCorrupt, NoBatchWritten, StaleGroup
+from hsb.takeover.errors import FileGone, ForeignWriter, HeaderCorrupt, NoBatchWritten, StaleGroup
 from hsb.takeover.fileio import RecordWriter, check_file, scan_generation, torn_header_taken
 from hsb.takeover.layout import (
     ENTRY_SIZE,
@@ -127,6 +127,12 @@ class TakeoverWriter:
             now = os.stat(self.path)
             mine = os.fstat(self._io.fd)
             same = (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
+        except FileNotFoundError:
+            raise FileGone(
+                f"takeover file {self.path} is gone (deleted, or the storage it is on not mounted: findmnt): no standby can follow"
+                f" until it is there; create it again with `hsbctl file create {self.path} --records {self.records} --record-size"
+                f" {self.record_size}` (no daemon stopped: the active writes it at the standby's next request)"
+            ) from None
         except OSError as exc:
             if exc.errno not in (errno.ESTALE, errno.EBADF):
                 raise
