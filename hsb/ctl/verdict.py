@@ -78,6 +78,15 @@ def _ring_unwritten(h: dict[str, Any]) -> str | None:
     )
 
 
+def _batch_unwritten(h: dict[str, Any]) -> str | None:
+    """Why an active serves without a standby when its batch writes fail (the takeover file gone,
+    truncated, another pair's), as its last error says it with the fix; None if they do not."""
+    err = h.get("last_error")
+    if h.get("state") != "serving" or not isinstance(err, str) or not err.startswith("batch write failed"):
+        return None
+    return f"{h['name']} serves without a standby: {err}"
+
+
 def service_down(h: dict[str, Any]) -> str | None:
     """Why the active's service answers no message (it reports itself unavailable: its database
     down), with the fix; None if it answers. Every message then waits at the CP: nothing is served."""
@@ -312,6 +321,9 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
     )
     if not established:  # (and the standby's own words, but for what the CP or the active said of it already)
         stale += [why for h in standbys if h.get("state") == "established" for why in _standby_unready(h, cp_said=cp_said, ring_said=bool(ring_said))]
+        # the active's batch writes fail (its takeover file gone, truncated, another pair's): its
+        # error names the fix, under the verdict rather than only on its own line further down
+        stale += [why for why in (_batch_unwritten(h) for h in actives) if why]
     # ring lag: what the active wrote minus what the standby has read (same generation)
     for sb in standbys:
         tf = sb.get("takeover_file")
