@@ -81,3 +81,19 @@ def test_a_secret_no_daemon_accepts_is_still_the_ctl_configs_to_check() -> None:
     hosts = [{"reachable": False, "name": f"host{i}", "addr": f"h{i}:1", "error": _REFUSED} for i in (1, 2)]
     st = summarize(cp, hosts)
     assert [u["error"] for u in st["unknown"]] == [_REFUSED] * 3, st["unknown"]
+
+
+def test_an_active_whose_batch_writes_fail_says_why_under_the_verdict() -> None:
+    """The takeover file deleted under a running pair: `hsb: SERVING WITHOUT A STANDBY` and no
+    line under it (the fix only as host-b's `last error` further down, while §0 says to start
+    the other host, which runs). The active's error, with its fix, is the line under the verdict."""
+    gone = "batch write failed: takeover file /var/lib/hsb/takeover.dat is gone (deleted, …); create it again with `hsbctl file create …`"
+    a = host_answer("host-a", "standby", state="awaiting_batch")
+    b = host_answer("host-b", "active", state="serving", last_error=gone)
+    st = summarize(cp_answer(), [a, b])
+    assert st["serving"] and not st["established"] and st["exit_status"] == 1, st
+    lines = headline(st)
+    assert lines == ["hsb: SERVING WITHOUT A STANDBY", f"  host-b serves without a standby: {gone}"], lines
+    # an active serving without a standby for another reason (the standby not started): no such line
+    b["last_error"] = "peer link not made: connection refused"
+    assert headline(summarize(cp_answer(), [a, b])) == ["hsb: SERVING WITHOUT A STANDBY"]
