@@ -110,7 +110,7 @@ def headline(st: dict[str, Any]) -> list[str]:
             f"SERVICE STALLED on the active: a call has not returned{age}"
             f" (terminal {first.get('terminal') or '?'}'s later messages wait; others are served) (the pair: {verdict})"
         )
-    why = [f"  {line}" for line in [*failing, *(x["why"] for x in stalls), *(st.get("not_ready") or [])]]
+    why = [f"  {line}" for line in [*(st.get("journal_down") or []), *failing, *(x["why"] for x in stalls), *(st.get("not_ready") or [])]]
     # (answers that disagree on who is the active, asked again: no verdict from them)
     changing = (
         [f"  roles are changing (asked again, the answers still disagree; ask again in a moment): {st['changing']}"] if st.get("changing") else []

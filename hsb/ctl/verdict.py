@@ -87,6 +87,21 @@ def _batch_unwritten(h: dict[str, Any]) -> str | None:
     return f"{h['name']} serves without a standby: {err}"
 
 
+def journal_down(cp: dict[str, Any]) -> str | None:
+    """Why the CP acknowledges nothing: its journal cannot be written (a full disk, EIO: failing;
+    a hung mount: stalled), with the fix; None if it can (or the CP keeps none)."""
+    j = cp.get("journal")
+    if not cp.get("reachable") or not isinstance(j, dict) or j.get("durability") == "none" or j.get("state", "ok") == "ok":
+        return None
+    state = str(j.get("state"))
+    how = " a write has not completed in time: a hung mount?" if state == "stalled" else ""
+    return (
+        f"the CP's journal {j.get('dir')} is {state.upper()} ({j.get('error')}{';' if how else ''}{how}): it acknowledges nothing new"
+        " and terminals wait (nothing acknowledged is lost); fix its storage (free space, the mount, dmesg) and it goes on by"
+        " itself; never promote or restart for it (docs/operations.md §11)"
+    )
+
+
 def service_down(h: dict[str, Any]) -> str | None:
     """Why the active's service answers no message (it reports itself unavailable: its database
     down), with the fix; None if it answers. Every message then waits at the CP: nothing is served."""
@@ -378,6 +393,8 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
         "cp_active_unasked": unasked_active,
         # why hot standby is not ready though both hosts say established, each with its fix
         "not_ready": stale if serving else [],
+        # the CP's journal cannot be written (exit 2: it acknowledges nothing), with its fix
+        "journal_down": [why for why in [journal_down(cp)] if why],
         # the active's service answers no message (exit 2), each with its fix
         "service_failing": service_failing,
         # a call of the active's service has not returned: its terminal waits (at least 1)
