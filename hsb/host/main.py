@@ -137,9 +137,15 @@ def takeover_geometry(cfg: HostConfig) -> tuple[list[str], list[str]]:
     start gives (read-only, within storage_timeout). And a warning for a torn header the start
     takes (hsb.host.takeover_size.geometry_look)."""
     from hsb.host.takeover_size import geometry_look
+    from hsb.takeover.pair import pair_tag
+    from hsb.wire.auth import SecretFileError, load_secret
 
     t = cfg.takeover
-    return geometry_look(t.records, len(cfg.terminal_table), t.record_size, t.path, t.storage_timeout)
+    try:  # (a secret file that cannot be read: its own error says it)
+        tag: int | None = pair_tag(load_secret(str(cfg.host.secret_file)))
+    except SecretFileError:
+        tag = None
+    return geometry_look(t.records, len(cfg.terminal_table), t.record_size, t.path, t.storage_timeout, tag)
 
 
 def _partial_geometry(part: Partial) -> list[str]:

@@ -41,7 +41,7 @@ def size_problem(records: int, terminals: int, record_size: int, path: str, time
     return []
 
 
-def geometry_look(records: int, terminals: int, record_size: int, path: str, timeout: float) -> tuple[list[str], list[str]]:
+def geometry_look(records: int, terminals: int, record_size: int, path: str, timeout: float, tag: int | None = None) -> tuple[list[str], list[str]]:
     """--check-config: ([the start's one line], []) if the file at `path` fails the start's file
     checks (hsb.takeover.fileio.check_file with the config's geometry, run read-only within
     `timeout`): another geometry than the config's, a bad magic, another format version, a file
@@ -49,13 +49,14 @@ def geometry_look(records: int, terminals: int, record_size: int, path: str, tim
     header the start takes as torn (torn_header_taken): it says so only in its log. Nothing for
     no file (a warning: `takeover_missing`), one not a regular file (the writable check says it),
     one that cannot be read now (the start says it), or a config whose records are too few
-    (`size_problem` says it, with the fix for the file there)."""
+    (`size_problem` says it, with the fix for the file there). With `tag` (this host's pair tag,
+    from its secret): a warning for a file whose last batch another secret's pair wrote."""
     if records < needed_records(terminals, record_size):
         return [], []
 
     def look() -> tuple[list[str], list[str]]:
         try:
-            check_file(path, record_size, records, terminals)
+            h = check_file(path, record_size, records, terminals)
         except HeaderCorrupt as exc:
             try:
                 taken = torn_header_taken(path, records, record_size)
@@ -68,10 +69,22 @@ def geometry_look(records: int, terminals: int, record_size: int, path: str, tim
             return [str(exc)], []
         except OSError:
             pass
+        else:
+            if tag is not None and h.generation and h.pair_tag and h.pair_tag != tag:
+                return [], [_other_secret(path, h.writer_host, h.generation)]
         return [], []
 
     done, said = within(timeout, look, "takeover-file-look")
     return said if done and said is not None else ([], [])
+
+
+def _other_secret(path: str, writer: str | None, generation: int) -> str:
+    return (
+        f"takeover.path: takeover file {path} was last written by {writer or '?'} (generation {generation}) with another pair tag than"
+        " this host's secret gives: this host's secret_file is not the one its pair runs with (a config restored from an old backup,"
+        " or copied from another pair?), and the CP and the other host would refuse it; compare the secret file's sha256sum on"
+        " the three machines (docs/operations.md §4)"
+    )
 
 
 def _torn_header(path: str) -> str:
