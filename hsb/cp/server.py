@@ -47,6 +47,7 @@ from hsb.ops.listen import ListenError
 from hsb.ops.metrics import CPCollector, registry_for
 from hsb.ops.metrics import render as render_metrics
 from hsb.ops.notify import Watchdog, notify
+from hsb.ops.wrapper import killing_wrapper
 from hsb.wire.framing import encode
 from hsb.wire.tls import TLS, log_misnamed, reload_tls, set_default_client
 
@@ -154,6 +155,9 @@ class CPServer(Listeners, Waiting, TakingOver, Stopping):
         self.accept_queue = {"backlog": backlog if cap < 0 else min(backlog, cap), "somaxconn": cap, "warning": accept_queue_fits(n, cap)}
         if self.accept_queue["warning"]:
             log.warning("accept_queue_too_small", somaxconn=cap, terminals=n, msg=self.accept_queue["warning"])
+        wrapper = killing_wrapper("hsbcpd")
+        if wrapper is not None:
+            log.warning("started_under_su", msg=wrapper)
         storm = storm_timing(n, c.host_timeout)
         if storm is not None:
             log.warning("host_timeout_short_for_storms", host_timeout=c.host_timeout, terminals=n, msg=storm)

@@ -35,6 +35,7 @@ from hsb.ops.listen import listening
 from hsb.ops.metrics import HostCollector, registry_for
 from hsb.ops.metrics import render as render_metrics
 from hsb.ops.notify import notify
+from hsb.ops.wrapper import killing_wrapper
 from hsb.service import once
 from hsb.service.api import Service
 from hsb.takeover.pair import pair_tag
@@ -230,6 +231,9 @@ class HostServer(Stopping):
         h = self.cfg.host
         if not faults.SELF_FENCING:
             log.warning("self_fencing_disabled", msg="HSB_TEST_DISABLE_SELF_FENCING=1: for tests only; this host never stops serving on its own")
+        wrapper = killing_wrapper("hsbd")
+        if wrapper is not None:
+            log.warning("started_under_su", msg=wrapper)
         slow_stop = stop_time_warning(h.on_role_change, h.hook_timeout)  # (--check-config's line)
         if slow_stop is not None:
             log.warning("hook_timeout_outlasts_stop", hook_timeout=h.hook_timeout, msg=slow_stop)
