@@ -75,6 +75,12 @@ class Logon:
                     self.other_cp_process(last_acked)  # (it resends what it recovered, below the hello's last_reply too)
                     if not self.away_since_welcome:
                         self.cp_reconnects += 1  # another CP process, though its port never refused us
+            elif self.welcomed_at is not None:
+                # welcomed before by a CP that named no process (an hsbcpd of before 0.5, the
+                # build an upgrade replaced): this one is another process, and resends what it
+                # recovered from that one's journal, below the hello's last_reply too (not
+                # counted in cp_reconnects: an older CP's restarts were not either)
+                self.other_cp_process(last_acked)
             self.cp_instance = cp
         self.away_since_welcome = 0
         self.away_counted = False
