@@ -348,3 +348,19 @@ async def test_writes_that_pause_again_as_they_resume_do_not_tell_the_listener_t
     assert _msgs(tr) == [(a, False)] and c.paused and told.writable == 0
     c.resume_writing()
     assert _msgs(tr) == [(a, False)] and told.writable == 1
+
+
+async def test_a_named_cp_process_after_an_unnamed_one_may_resend_a_recovered_reply() -> None:
+    """An upgrade from an hsbcpd whose welcome names no process (before 0.5: no `cp`) to one
+    that does, on the same journal: the new process sends again each reply it recovered, those
+    the hello said the terminal holds too, marked resent. That is another CP process: each is
+    ignored once, not a duplicate (seen in the upgrade walk-through from 0fc472b: 200 false
+    duplicates). Kills: a welcome naming a process after an unnamed one taken for the same."""
+    c, stats = client()  # welcomed by a CP that names no process
+    a = c.submit()
+    feed(c, {"t": "ack", "id": a}, {"t": "reply", "id": a, "data": c.payload(a)})
+    tr = _reconnect(c, a, cp="new")
+    assert tr.frames()[0]["last_reply"] == a
+    feed(c, {"t": "reply", "id": a, "data": c.payload(a), "resent": True})
+    r = verdict(c, stats)
+    assert r.ok and r.resent_ignored == 1 and r.duplicates == 0, r.failures
