@@ -11,8 +11,9 @@ another one.
 
 The audit (session 64): 42 hand-made mutants of fileio.py; 14 were killed by the takeover tests
 (test_takeover_*.py, test_ctl_file.py, test_ctl_errors.py, test_config_takeover_size.py,
-test_sandbox_safety.py); 23 are killed here; 5 are equivalent or no behaviour: the fault hook
-called on an empty read (it corrupts no record of none), a header record that parses as never
+test_sandbox_safety.py), none of the 28 left by nine more (test_rejoin, test_takeover_pair,
+test_host_stale_header, ...); 23 are killed here; 5 are equivalent or no behaviour: the fault hook
+called on an empty read (it has no record to corrupt), a header record that parses as never
 written after its magic was read (the same bytes), the header's two record sizes compared (the
 bytes check_file reads are the payload's own field), the scan's `>` for `>=` (the record it
 names is any that holds the highest generation), and create_file's zeros written a record at a
