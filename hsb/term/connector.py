@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ssl
 from collections import deque
 from typing import Any
 
@@ -99,7 +100,12 @@ class Connector:
                     await loop.create_connection(functools.partial(_same, c), self.host, self.port, local_addr=self.local_addr)
                 else:
                     await loop.create_connection(
-                        functools.partial(_same, c), self.host, self.port, ssl=self.ssl, server_hostname="", local_addr=self.local_addr
+                        functools.partial(_same, c),
+                        self.host,
+                        self.port,
+                        ssl=self.ssl,
+                        server_hostname=getattr(self.ssl, "server_name", ""),
+                        local_addr=self.local_addr,
                     )
         except asyncio.CancelledError:
             if c.state != CONNECTING:
@@ -217,14 +223,21 @@ def _same(c: TerminalClient) -> TerminalClient:
     return c
 
 
-def tls_context(ca: str, cert: str | None = None, key: str | None = None) -> Any:
-    """A terminal's TLS context: the CP's certificate must chain to `ca`; with `cert` and `key`
-    the terminal presents its own (the CP then checks it names the terminal)."""
-    import ssl
+class TerminalTLS(ssl.SSLContext):
+    """A terminal's client context, with the name the CP's certificate must give ('' for none)."""
 
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    server_name = ""
+
+
+def tls_context(ca: str, cert: str | None = None, key: str | None = None, cp_name: str | None = None) -> Any:
+    """A terminal's TLS context: the CP's certificate must chain to `ca`, and with `cp_name` also
+    name it (the CP's `[cp] name`: a certificate of the same CA for another daemon, a host's,
+    is refused); with `cert` and `key` the terminal presents its own (the CP then checks it
+    names the terminal)."""
+    ctx = TerminalTLS(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.server_name = cp_name or ""
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.check_hostname = False  # the CA is the cluster's own (docs/tls.md)
+    ctx.check_hostname = bool(cp_name)  # (without a name: the chain only, the CA is the cluster's own, docs/tls.md)
     ctx.load_verify_locations(ca)
     if cert:
         from hsb.wire.tls import load_chain

@@ -34,14 +34,20 @@ def tls_options(f: Any) -> Any:
     f = click.option(
         "--cert", "tls_cert", type=click.Path(dir_okay=False, exists=True), help="This terminal's certificate (optional; must name the terminal)."
     )(f)
+    f = click.option(
+        "--cp-name",
+        "tls_cp_name",
+        metavar="NAME",
+        help="With --tls: the CP's certificate must also name NAME, the CP's [cp] name (the sandbox's: cp); without it, any certificate of --ca is taken.",
+    )(f)
     f = click.option("--ca", "tls_ca", type=click.Path(dir_okay=False, exists=True), help="With --tls: the CA the CP's certificate chains to.")(f)
     return click.option("--tls", is_flag=True, help="Connect with TLS (the CP's terminal listener has [tls] terminals = true).")(f)
 
 
-def _ssl(tls: bool, ca: str | None, cert: str | None, key: str | None) -> Any:
+def _ssl(tls: bool, ca: str | None, cert: str | None, key: str | None, cp_name: str | None = None) -> Any:
     if not tls:
-        if ca or cert or key:
-            raise click.UsageError("--ca, --cert and --key go with --tls")
+        if ca or cert or key or cp_name:
+            raise click.UsageError("--ca, --cert, --key and --cp-name go with --tls")
         return None
     if not ca:
         raise click.UsageError("--tls needs --ca FILE (the CA the CP's certificate chains to)")
@@ -53,7 +59,7 @@ def _ssl(tls: bool, ca: str | None, cert: str | None, key: str | None) -> Any:
     from hsb.wire.tls import TLSError
 
     try:
-        return tls_context(ca, cert, key)
+        return tls_context(ca, cert, key, cp_name)
     except TLSError as exc:
         raise click.BadParameter(str(exc).removeprefix("tls.key_file: "), param_hint="--key") from None
     except (ssl.SSLError, OSError) as exc:
@@ -81,10 +87,18 @@ def main() -> None:
 )
 @tls_options
 def connect(
-    name: str, cp: tuple[str, int], id_base: int | None, linger: float, tls: bool, tls_ca: str | None, tls_cert: str | None, tls_key: str | None
+    name: str,
+    cp: tuple[str, int],
+    id_base: int | None,
+    linger: float,
+    tls: bool,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_cp_name: str | None,
 ) -> None:
     """Interactive terminal NAME: each stdin line is a message; events are printed. Ctrl-D logs off."""
-    ssl = _ssl(tls, tls_ca, tls_cert, tls_key)
+    ssl = _ssl(tls, tls_ca, tls_cert, tls_key, tls_cp_name)
     try:
         status = hsb_loop.run(interactive(name, cp[0], cp[1], id_base=id_base, linger=linger, ssl=ssl, cert=tls_cert))
     except KeyboardInterrupt:
@@ -227,6 +241,7 @@ def load(
     tls_ca: str | None,
     tls_cert: str | None,
     tls_key: str | None,
+    tls_cp_name: str | None,
     expect_cp_restart: bool,
     **kw: Any,
 ) -> None:
@@ -251,7 +266,7 @@ def load(
         if kw["expect_disconnects"]:
             raise click.UsageError("--expect-disconnects and --expect-cp-restart: give one (every disconnect, or only the CP's)")
         kw["expect_disconnects"] = "cp"
-    kw["ssl"] = _ssl(tls, tls_ca, tls_cert, tls_key)
+    kw["ssl"] = _ssl(tls, tls_ca, tls_cert, tls_key, tls_cp_name)
     kw["tls_cert"] = tls_cert
     if workload == "ledger":
         from hsb.term.workload import LedgerWorkload
