@@ -220,6 +220,33 @@ async def test_load_with_tls_gives_up_on_a_plain_port(ca: str) -> None:
     assert not cp.terms  # (no hello reached it)
 
 
+async def test_load_with_cp_name_is_served_by_the_cp_and_gives_up_on_a_certificate_of_another_daemon(tls_cp: Proc, ca: str) -> None:
+    """--cp-name: the CP's certificate must name it. Its own name: logged on as without it (no
+    host here: nothing is answered). Another daemon's name (a host of the same CA answering at
+    that address, as the check sees it): the run gives up at once saying the certificate does
+    not name it, not 'give --ca the CA'."""
+    host, port = tls_cp.info["terminal"].rsplit(":", 1)
+    ok = await asyncio.wait_for(
+        run_load((host, int(port)), terminals=2, rate=20, duration=0.3, settle=0.2, connect_timeout=1, ssl=tls_context(ca, cp_name="cp")), 30
+    )
+    assert ok.connected and ok.gave_up is None, ok.to_dict()  # (welcomed; no session: no host)
+    r = await asyncio.wait_for(
+        run_load((host, int(port)), terminals=2, rate=20, duration=1, connect_timeout=60, ssl=tls_context(ca, cp_name="host-a")), 20
+    )
+    assert r.exit_status == 2 and r.gave_up is not None, r.to_dict()
+    assert "the CP's certificate does not name the CP of --cp-name (Hostname mismatch" in r.gave_up, r.gave_up
+    assert "give --cp-name the CP's [cp] name" in r.gave_up, r.gave_up
+
+
+def test_cp_name_goes_with_tls() -> None:
+    import click
+
+    from hsb.term.main import _ssl
+
+    with pytest.raises(click.UsageError, match="--cp-name go with --tls"):
+        _ssl(False, None, None, None, "cp")
+
+
 async def test_load_keeps_retrying_what_a_cp_restart_looks_like() -> None:
     """Refused connects, then connections reset or closed after their hello: a CP restarting.
     None of it gives up: the run connects once the CP is back, and is OK."""
