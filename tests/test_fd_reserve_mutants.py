@@ -26,6 +26,7 @@ from hsb.ops import limits
 from hsb.ops.limits import fd_room, fd_watch, reserve
 from hsb.wire import conn
 from hsb.wire.conn import PROTOCOL_ERRORS
+from tests import test_fd_reserve
 from tests.support.logrec import RecordingLog
 from tests.support.transports import RecordingTransport
 from tests.test_auth_link import Link
@@ -34,14 +35,7 @@ from tests.test_fd_reserve import SockTransport
 pytestmark = pytest.mark.timeout(20)
 
 
-@pytest.fixture
-def rec(monkeypatch: pytest.MonkeyPatch) -> RecordingLog:
-    """limits' log recorded, and its count of refusals fresh (nothing said yet)."""
-    r = RecordingLog()
-    monkeypatch.setattr(limits, "log", r)
-    monkeypatch.setattr(limits.REFUSALS, "count", 0)
-    monkeypatch.setattr(limits.REFUSALS, "said_at", -limits.REFUSED_LOG_S)
-    return r
+rec = test_fd_reserve.rec  # (its fixture: limits' log recorded, the refusals' count fresh)
 
 
 class Clock:
