@@ -262,6 +262,14 @@ def _odd_secret(error: Any, cp: dict[str, Any], hosts: list[dict[str, Any]]) -> 
     if not took:
         return error
     who = " and ".join(took) if len(took) < 3 else f"{', '.join(took[:-1])} and {took[-1]}"
+    refused = [d for d in (cp, *hosts) if not d.get("reachable") and isinstance(d.get("error"), str) and d["error"].startswith(_AUTH_FAILED)]
+    if len(refused) >= len(took):  # (as many refuse it as accept it: no majority names the odd side)
+        return (
+            f"authentication failed: its secret differs from the one {who} accept{'s' if len(took) == 1 else ''}"
+            f" (the ctl config's), which {many(len(refused), 'daemon')} refuse{'s' if len(refused) == 1 else ''}: either side may be"
+            " the odd one (a machine restored from an old backup? a config copied from another pair?); the secret file's sha256sum"
+            " must be the same on all three machines and for the ctl config (docs/operations.md §4)"
+        )
     return (
         f"authentication failed: its secret differs from the one {who} accept{'s' if len(took) == 1 else ''}"
         " (the ctl config's): check that daemon's secret_file on its machine (restored from an old backup? copied from another pair?);"
