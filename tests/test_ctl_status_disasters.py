@@ -116,3 +116,16 @@ def test_a_cp_journal_that_cannot_be_written_is_said_under_the_verdict_with_its_
     journal["state"] = "ok"
     st = summarize(cp_answer(journal=journal), [host_answer("host-a", "active"), host_answer("host-b", "standby")])
     assert st["exit_status"] == 0 and st["journal_down"] == [] and headline(st) == ["hsb: ESTABLISHED (hot standby ready)"], st
+
+
+def test_a_secret_only_the_cp_accepts_names_no_host_the_odd_one() -> None:
+    """The CP's machine restored from an old backup, hsbctl run there with its secret: the CP
+    accepts it and both hosts refuse it. The hosts are not the odd ones, so no line tells to
+    check that host's secret_file: either side may be, and the sha256sums are to compare."""
+    hosts = [{"reachable": False, "name": f"host-{x}", "addr": f"host-{x}:1", "error": _REFUSED} for x in "ab"]
+    st = summarize(cp_answer(), hosts)
+    assert [u["name"] for u in st["unknown"]] == ["host-a", "host-b"], st["unknown"]
+    for u in st["unknown"]:
+        assert "check that daemon's secret_file" not in u["error"], u
+        assert u["error"].startswith("authentication failed: its secret differs from the one the CP accepts (the ctl config's)"), u
+        assert "which 2 daemons refuse: either side may be the odd one" in u["error"] and "sha256sum" in u["error"], u
