@@ -54,20 +54,26 @@ def disagreement(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> str | None:
     return "; ".join(said) or None
 
 
-def follows_another_journal(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> bool:
-    """Whether a host follows another journal than the CP asked serves (its journal directory
-    replaced, or two CPs on different journals): the hosts refuse to register with it, so their
-    epochs ahead of its own are no role change under way but that refusal (superseded_cps says it)."""
+def another_journal(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> tuple[str, dict[str, Any], str] | None:
+    """(the CP's journal id, the first host that follows another journal, that journal's id), or
+    None: a host follows another journal than the CP asked serves (its journal directory replaced,
+    or two CPs on different journals), and the hosts refuse to register with it."""
     journal = cp.get("journal")
     jid = journal.get("id") if cp.get("reachable") and isinstance(journal, dict) else None
     if not isinstance(jid, str):
-        return False
+        return None
     for h in hosts:
         cg = h.get("cp_generation")
         followed = cg.get("journal") if h.get("reachable") and isinstance(cg, dict) else None
         if isinstance(followed, str) and followed != jid:
-            return True
-    return False
+            return jid, h, followed
+    return None
+
+
+def follows_another_journal(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> bool:
+    """Whether a host follows another journal than the CP's (another_journal): the hosts' epochs
+    ahead of its own are then no role change under way but that refusal (superseded_cps says it)."""
+    return another_journal(cp, hosts) is not None
 
 
 def two_actives(cp: dict[str, Any], actives: list[dict[str, Any]]) -> bool:

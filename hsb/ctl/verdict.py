@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hsb.ctl.agree import claims_active, disagreement, follows_another_journal, split_brain, two_actives
+from hsb.ctl.agree import another_journal, claims_active, disagreement, follows_another_journal, split_brain, two_actives
 from hsb.plural import many
 
 
@@ -199,21 +199,16 @@ def superseded_cps(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: li
         for m in machines or []
         if isinstance(m.get("superseded"), dict)
     ]
-    journal: dict[str, Any] = cp["journal"] if isinstance(cp.get("journal"), dict) else {}
-    jid = journal.get("id") if cp.get("reachable") else None
-    if isinstance(jid, str) and not out:
-        for h in hosts:  # another journal first: its generation is no measure (as the hosts judge it)
-            cg = h.get("cp_generation")
-            followed = cg.get("journal") if h.get("reachable") and isinstance(cg, dict) else None
-            if isinstance(followed, str) and followed != jid:
-                out.append(
-                    f"the CP {cp.get('name')} at {cp.get('addr', '-')} serves journal {jid}, not journal {followed} {h.get('name')} follows,"
-                    " so the hosts do not register with it: its journal directory was replaced (a new disk, an empty directory:"
-                    " what the old journal held is lost; then stop each hsbd, remove its HOST.cp-generation beside its takeover file"
-                    f" and start it again, §11), or two CPs on different journals ({journal.get('dir')}: is it the directory both"
-                    " CP machines share? §18)"
-                )
-                break
+    other = None if out else another_journal(cp, hosts)  # another journal first: its generation is no measure (as the hosts judge it)
+    if other is not None:
+        jid, h, followed = other
+        out.append(
+            f"the CP {cp.get('name')} at {cp.get('addr', '-')} serves journal {jid}, not journal {followed} {h.get('name')} follows,"
+            " so the hosts do not register with it: its journal directory was replaced (a new disk, an empty directory:"
+            " what the old journal held is lost; then stop each hsbd, remove its HOST.cp-generation beside its takeover file"
+            f" and start it again, §11), or two CPs on different journals ({cp['journal'].get('dir')}: is it the directory both"
+            " CP machines share? §18)"
+        )
     gen = cp.get("generation")
     if cp.get("reachable") and isinstance(gen, int) and not isinstance(gen, bool) and not out:
         for h in hosts:
