@@ -33,7 +33,7 @@ def test_a_deleted_takeover_file_is_said_with_the_command_that_makes_it_again(tm
         assert isinstance(exc.value, OSError) and isinstance(exc.value, FileMissing)
         said = str(exc.value)
         assert said.startswith(f"takeover file {path} is gone (deleted, or the storage it is on not mounted: findmnt)"), said
-        assert f"create it again with `hsbctl file create {path} --records 64 --record-size 4096`" in said, said
+        assert f"create it again with `hsbctl file create {path} --records 64 --record-size 4096`, as the daemons' user (sudo -u hsb" in said, said
         assert "no daemon stopped" in said and "Errno" not in said, said
         # made again as the line says: the next batch write takes the new file
         create_file(path, 64, 4096, host="nfs-admin")

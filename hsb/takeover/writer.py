@@ -131,7 +131,8 @@ class TakeoverWriter:
             raise FileGone(
                 f"takeover file {self.path} is gone (deleted, or the storage it is on not mounted: findmnt): no standby can follow"
                 f" until it is there; create it again with `hsbctl file create {self.path} --records {self.records} --record-size"
-                f" {self.record_size}` (no daemon stopped: the active writes it at the standby's next request)"
+                f" {self.record_size}`, as the daemons' user (sudo -u hsb: one root makes, hsbd cannot open), no daemon stopped:"
+                " the active writes it at the standby's next request"
             ) from None
         except OSError as exc:
             if exc.errno not in (errno.ESTALE, errno.EBADF):
