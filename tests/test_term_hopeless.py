@@ -236,6 +236,11 @@ async def test_load_with_cp_name_is_served_by_the_cp_and_gives_up_on_a_certifica
     assert r.exit_status == 2 and r.gave_up is not None, r.to_dict()
     assert "the CP's certificate does not name the CP of --cp-name (Hostname mismatch" in r.gave_up, r.gave_up
     assert "give --cp-name the CP's [cp] name" in r.gave_up, r.gave_up
+    # an address given for the name (the certificate names cp, not its address): the same words
+    r = await asyncio.wait_for(
+        run_load((host, int(port)), terminals=2, rate=20, duration=1, connect_timeout=60, ssl=tls_context(ca, cp_name="127.0.0.1")), 20
+    )
+    assert r.gave_up is not None and "does not name the CP of --cp-name (IP address mismatch" in r.gave_up, r.to_dict()
 
 
 def test_cp_name_goes_with_tls() -> None:

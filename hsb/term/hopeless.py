@@ -38,7 +38,8 @@ STRIKES = 3  # a port's faults (protocol errors, TLS failures) before a group gi
 PORT_REFUSALS = frozenset({"tls_required"})
 # a CP's refusals that the same terminal, trying again, always meets again
 REFUSALS = frozenset({"unknown_terminal", "bad_hello", "tls_name_mismatch"}) | PORT_REFUSALS
-HOSTNAME_MISMATCH = 62  # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH: not the --cp-name the certificate names
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH: not the --cp-name it names
+NAME_MISMATCH = frozenset({62, 64})
 # the TLS alerts of a CP that refuses the certificate the terminal presented (--cert)
 CERT_REFUSED = frozenset(
     {
@@ -77,7 +78,7 @@ def tls_failure(exc: BaseException, cert: str | None = None) -> str | None:
     `cert` is the terminal's --cert, named when the CP refused it."""
     if not isinstance(exc, ssl.SSLError) or isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)):
         return None
-    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code == HOSTNAME_MISMATCH:
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code in NAME_MISMATCH:
         return (
             f"the CP's certificate does not name the CP of --cp-name ({exc.verify_message}): give --cp-name the CP's [cp] name,"
             " or check --cp (another daemon of the cluster answered there: a host's certificate, docs/tls.md)"
