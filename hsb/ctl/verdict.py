@@ -94,7 +94,7 @@ def journal_down(cp: dict[str, Any]) -> str | None:
     if not cp.get("reachable") or not isinstance(j, dict) or j.get("durability") == "none" or j.get("state", "ok") == "ok":
         return None
     state = str(j.get("state"))
-    how = " a write has not completed in time: a hung mount?" if state == "stalled" else ""
+    how = " a hung mount?" if state == "stalled" else ""  # (its error says how long a write has waited)
     return (
         f"the CP's journal {j.get('dir')} is {state.upper()} ({j.get('error')}{';' if how else ''}{how}): it acknowledges nothing new"
         " and terminals wait (nothing acknowledged is lost); fix its storage (free space, the mount, dmesg) and it goes on by"
