@@ -15,8 +15,7 @@ from typing import Any
 import structlog
 
 from hsb.config import parse_addr
-from hsb.ops.limits import fd_room
-from hsb.wire.conn import PROTOCOL_ERRORS
+from hsb.wire.conn import out_of_descriptors
 
 log = structlog.get_logger("hsb.ops")
 
@@ -55,11 +54,9 @@ class _HTTP(asyncio.Protocol):
 
     def connection_made(self, tr: asyncio.BaseTransport) -> None:
         self.tr = tr  # type: ignore[assignment]
-        sock = tr.get_extra_info("socket")
         pn = tr.get_extra_info("peername")
-        if sock is not None and not fd_room(sock.fileno(), "http", f"{pn[0]}:{pn[1]}" if isinstance(pn, tuple) else "?"):
+        if out_of_descriptors(tr, "http", f"{pn[0]}:{pn[1]}" if isinstance(pn, tuple) else "?"):
             self.done = True
-            PROTOCOL_ERRORS[("http", "connection_refused")] += 1
             tr.close()  # nothing written: its descriptor, one of the daemon's last few, is freed at once
             return
         self.timer = asyncio.get_running_loop().call_later(TIMEOUT, self._timeout)

@@ -86,6 +86,17 @@ def peer_gone(sock: Any) -> bool:
 
 # what a handler raises on a field missing, of the wrong type or shape (nested ~1,000 deep: str()
 # of it recurses too far): that connection's protocol error, never a traceback
+def out_of_descriptors(transport: asyncio.BaseTransport, link: str, peer: str) -> bool:
+    """Whether a connection just accepted holds one of the daemon's last descriptors
+    (hsb.ops.limits.fd_room, which says it): then counted as refused, for its caller to close
+    unanswered. The framed links and the HTTP listener alike."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or fd_room(sock.fileno(), link, peer):
+        return False
+    PROTOCOL_ERRORS[(link, "connection_refused")] += 1
+    return True
+
+
 FIELD_ERRORS = (KeyError, TypeError, ValueError, IndexError, OverflowError, RecursionError)
 
 
@@ -174,12 +185,9 @@ class FramedProtocol(ServerSideTLS, asyncio.Protocol):
             self.peer = f"{pn[0]}:{pn[1]}"
         OPEN.n += 1
         self._counted = True
-        if fd_watch(OPEN.n):  # (near the limit only: the check has a cost)
-            sock = transport.get_extra_info("socket")
-            if sock is not None and not fd_room(sock.fileno(), self.link, self.peer):
-                PROTOCOL_ERRORS[(self.link, "connection_refused")] += 1
-                self.abort()  # its descriptor is the daemon's last few: neither a frame nor on_open
-                return
+        if fd_watch(OPEN.n) and out_of_descriptors(transport, self.link, self.peer):  # (near the limit only: a cost)
+            self.abort()  # its descriptor is the daemon's last few: neither a frame nor on_open
+            return
         if self._tls is not None:  # the link begins once the handshake is done
             self._deadline_handle = self._loop.call_later(self._tls_timeout, self._tls_refused, f"no TLS handshake within {self._tls_timeout:g} s")
             return
