@@ -12,7 +12,7 @@ import pytest
 
 from hsb.term.client import DOWN, TerminalClient
 from hsb.term.connector import MAX_PROBES, Connector
-from tests.support.connecting import create_connection_as, one_terminal
+from tests.support.connecting import connect_timing_out, create_connection_as, one_terminal
 
 
 class FakeTerminal(asyncio.Protocol):
@@ -135,13 +135,7 @@ async def test_a_connect_cut_by_its_timeout_after_connecting_is_no_drop_of_the_c
     as `dropped while logging on`, and made the next welcome count a drop with the CP there)."""
 
     conn, c, tr = one_terminal()
-
-    async def connect_then_time_out(*a: Any, **kw: Any) -> Any:
-        c.connection_made(tr)  # type: ignore[arg-type]
-        raise TimeoutError
-
-    with create_connection_as(connect_then_time_out):
-        assert await conn._connect(c) is None
+    assert await connect_timing_out(conn, c, tr) is None
     c.connection_lost(None)  # (asyncio closes the transport of a cancelled connect)
     assert c.logon_drops == 0 and not c.dropped and c.cp_reconnects == 0
     await conn.close()

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from hsb.term.connector import PROBE_S
-from tests.support.connecting import create_connection_as, one_terminal
+from tests.support.connecting import connect_timing_out, create_connection_as, one_terminal
 from tests.test_term_connector import FakeTerminal, until
 from tests.test_term_connector_edges import CONNECTED, connecting
 
@@ -85,14 +85,7 @@ async def test_a_connect_cut_by_its_timeout_whose_transport_is_already_closing_i
     run would fail on it, and the next welcome count a drop with the CP there)."""
 
     conn, c, tr = one_terminal()
-
-    async def connect_then_time_out(*a: Any, **kw: Any) -> Any:
-        c.connection_made(tr)  # type: ignore[arg-type]
-        tr.close()  # (the cancelled connect closes it; connection_lost to come)
-        raise TimeoutError
-
-    with create_connection_as(connect_then_time_out):
-        assert await conn._connect(c) is None
+    assert await connect_timing_out(conn, c, tr, close=True) is None  # (connection_lost to come)
     c.connection_lost(None)  # (the transport's, once closed)
     assert c.logon_drops == 0 and not c.dropped and c.cp_reconnects == 0
     await conn.close()
@@ -127,13 +120,7 @@ async def test_a_connect_cut_by_its_timeout_that_uvloop_closed_silently_is_lost_
     from hsb.term.client import DOWN
 
     conn, c, tr = one_terminal()
-
-    async def connect_then_time_out(*a: Any, **kw: Any) -> Any:
-        c.connection_made(tr)  # type: ignore[arg-type]
-        raise TimeoutError
-
-    with create_connection_as(connect_then_time_out):
-        assert await conn._connect(c) is None
+    assert await connect_timing_out(conn, c, tr) is None
     assert c.state == DOWN and c.transport is None and c.logon_drops == 0
     assert list(conn._timers.values()) == [c]  # (its backoff, then connected again)
     await conn.close()

@@ -23,6 +23,21 @@ def one_terminal() -> tuple[Connector, TerminalClient, RecordingTransport]:
     return conn, c, RecordingTransport("cp")
 
 
+async def connect_timing_out(conn: Connector, c: TerminalClient, tr: RecordingTransport, *, close: bool = False) -> BaseException | None:
+    """`conn`'s connect of `c` as it is when its deadline falls due just as it connects: the
+    terminal is handed `tr` (closed too with `close`, as a cancelled connect closes it), then
+    the connect raises TimeoutError; what `_connect` returns."""
+
+    async def connect_then_time_out(*a: Any, **kw: Any) -> Any:
+        c.connection_made(tr)  # type: ignore[arg-type]
+        if close:
+            tr.close()
+        raise TimeoutError
+
+    with create_connection_as(connect_then_time_out):
+        return await conn._connect(c)
+
+
 @contextlib.contextmanager
 def create_connection_as(fake: Callable[..., Coroutine[Any, Any, Any]]) -> Iterator[None]:
     """The running loop's create_connection is `fake` within the block."""
