@@ -27,7 +27,7 @@ import pytest
 from hsb.cp.journal.generation import Generations, gen_name
 from hsb.cp.journal.recovery import recover
 from hsb.wire.client import request
-from tests.support.hostclient import FakeTerminal
+from tests.support.hostclient import FakeTerminal, host_came
 from tests.support.procs import SECRET, Proc, _run_cp, addr, cp_config, free_port, http_get, log_events, restart_cp, start_cp
 from tests.support.waitingcp import held_recovery
 
@@ -53,6 +53,7 @@ async def test_a_newer_cp_stops_the_old_one_and_has_all_it_acknowledged(tmp_path
     cp1 = start_cp(tmp_path / "cp1", terminals=6, host_timeout=0.5)
     journal = tmp_path / "cp1" / "cp-journal"
     try:
+        await host_came(cp1)  # (else nothing is acknowledged: hsb.cp.first_host)
         t = await FakeTerminal.connect(cp1.info["terminal"], "T00001", hello=False)
         t.send({"t": "hello", "terminal": "T00001", "last_reply": 0})
         await t.wait(lambda m: m["t"] == "welcome")
@@ -114,6 +115,7 @@ async def test_a_cp_whose_generation_file_is_removed_under_it_stops_and_says_so_
     kw: dict[str, Any] = {"takeover": "on_wake", "takeover_stale": 0.5} if takeover == "on_wake" else {}
     cp1 = start_cp(tmp_path / "cp1", terminals=6, host_timeout=0.5, **kw)
     try:
+        await host_came(cp1)
         t = await FakeTerminal.connect(cp1.info["terminal"], "T00001", hello=False)
         t.send({"t": "hello", "terminal": "T00001", "last_reply": 0})
         await t.wait(lambda m: m["t"] == "welcome")

@@ -21,7 +21,7 @@ from hsb.host.admin import HostAdminProtocol
 from hsb.wire.conn import FramedProtocol
 from hsb.wire.framing import encode
 from tests.support.cpcore import cp_core, fake_host, recording_terminal
-from tests.support.hostclient import FakeHost, FakeTerminal, cp_status, holding_terminal, logged_off_holding, until_cp_status
+from tests.support.hostclient import FakeHost, FakeTerminal, cp_status, holding_terminal, host_came, logged_off_holding, until_cp_status
 from tests.support.procs import Proc, log_events, restart_cp, start_cp
 from tests.support.transports import CountingTransport, stand_in
 
@@ -34,6 +34,7 @@ async def test_a_terminal_the_cp_stopped_reading_is_not_closed_as_idle(tmp_path:
     extra: dict[str, Any] = {"terminal_idle_timeout": TIMEOUT_S} if idle == "terminal_idle_timeout" else {}
     cp = start_cp(tmp_path / "cp", terminals=2, held_bound=4, auth_timeout=TIMEOUT_S, **extra)
     try:
+        await host_came(cp)  # (else nothing is acknowledged: hsb.cp.first_host)
         t = await FakeTerminal.connect(cp.info["terminal"], "T00001")
         await t.wait(lambda m: m["t"] == "welcome")
         # no active host: the four messages are held at the bound, and the CP stops reading
@@ -216,6 +217,7 @@ async def test_a_cp_restarted_on_a_journal_holding_more_than_its_own_bound_says_
     terminal sends again."""
     cp = start_cp(tmp_path / "cp", terminals=2, held_total_bytes=8192)
     try:
+        await host_came(cp)
         t = await FakeTerminal.connect(cp.info["terminal"], "T00001")
         await t.wait(lambda m: m["t"] == "welcome")
         for i in range(1, 4):

@@ -83,6 +83,14 @@ def test_a_failing_journal_is_said_with_its_error() -> None:
     assert any("journal FAILING /j" in x and "ERROR EIO: acknowledgements stopped" in x for x in lines), lines
 
 
+def test_acknowledgements_waiting_for_a_host_are_said_with_their_count_and_age() -> None:
+    waiting = {"messages": 20, "since": time.time() - 12}
+    lines = _lines(shown_cp(journal={"state": "ok", "dir": "/j", "acks_waiting_for_host": waiting}))
+    [line] = [x for x in lines if "ACKNOWLEDGEMENTS WAIT" in x]
+    assert "(20 messages, the first 12s ago)" in line and "journal and generation it follows" in line, line
+    assert not [x for x in _lines(shown_cp(journal={"state": "ok", "dir": "/j", "acks_waiting_for_host": None})) if "WAIT" in x]
+
+
 def test_what_a_hosts_answer_holds_is_each_shown() -> None:
     """A standby's ring read (not its own ring write) with a lag of 0, the terminals the CP
     refused (the last one named), a file mismatch, a last error, a stalled call; the rejoined

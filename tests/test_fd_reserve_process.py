@@ -8,6 +8,7 @@ in-process cases: tests/test_fd_reserve.py.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import resource
 import socket
@@ -18,6 +19,7 @@ import pytest
 from hsb.ops.limits import FD_RESERVE
 from tests.support import fuzz as fz
 from tests.support.fuzz import Conn
+from tests.support.hostclient import host_came
 from tests.support.procs import start_cp, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -37,6 +39,7 @@ def test_idle_connections_up_to_the_limit_leave_the_journal_writing(tmp_path: Pa
     idle: list[socket.socket] = []
     t = None
     try:
+        asyncio.run(host_came(cp))  # (else nothing is acknowledged: hsb.cp.first_host)
         t = Conn(cp.info["terminal"])
         t.send({"t": "hello", "terminal": "T00001"})
         assert t.wait_for(lambda m: m.get("t") == "welcome", 5.0), t.frames

@@ -8,7 +8,7 @@ stop, a lost link, the tick); the terminals' half, the sessions hosts open and
 close with the planned switchover, the arbitration of the active role, the
 journal's half, the pair's frame sizes and the status answers are mixins in
 files of their own (terminal_side, host_sessions, arbitration, journal_side,
-pair_frames, status_view).
+pair_frames, first_host, status_view).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import structlog
 from hsb.cp.adopt import Adoption
 from hsb.cp.arbitration import Arbitration
 from hsb.cp.config import LEASE_MARGIN, CPConfig
+from hsb.cp.first_host import FirstHost
 from hsb.cp.flip import Flip
 from hsb.cp.host_sessions import HostSessions, _Handover
 from hsb.cp.journal import Journal, NullJournal
@@ -49,7 +50,7 @@ RECORDED_ACTIVE_WAIT_S = 3.0  # after a restart, the active of before has this l
 EPOCH_HOSTS_KEPT = 64  # the actives of this many recent epochs are named in error replies (older: by epoch)
 
 
-class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption, JournalSide, StatusView):
+class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption, JournalSide, FirstHost, StatusView):
     def __init__(self, cfg: CPConfig, journal: Journal | None = None) -> None:
         self.cfg = cfg
         self.name = cfg.cp.name
@@ -100,6 +101,7 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
         # durable (delivered early only to a host that marks repeats). None: memory only.
         self.journal: Journal = journal if journal is not None else NullJournal()
         self.journal.checkpoint = self._checkpoint
+        self.init_first_host()  # a durable journal's acks wait until a host accepts it (hsb.cp.first_host)
         self.recorded_active: str | None = None  # who holds the active role (journalled with the epoch)
         # the recent epochs' actives, and the one recorded when this CP restored its journal: who
         # may have processed a message answered with an error later (`_too_large_for`)
@@ -180,6 +182,7 @@ class CP(TerminalSide, PairFrames, Replies, HostSessions, Arbitration, Adoption,
 
     # ------------------------------------------------------------------ hosts
     def host_register(self, host: HostProtocol, role: str, startup_id: int) -> None:
+        self.host_accepts_journal(host)  # (it checked this CP's journal and generation first: the acks that waited go)
         self.settle_flip()
         if role == "active":
             cur = self.active

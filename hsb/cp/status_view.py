@@ -75,7 +75,7 @@ class StatusView:
                 "disconnects_queued": self.logons.deferred_losses,
             },
             "paused": self.paused,
-            "journal": {**self.journal.status(), "outstanding": held + kept},
+            "journal": {**self.journal.status(), "outstanding": held + kept, "acks_waiting_for_host": self.acks_waiting_status()},
             "replies_by_host": dict(self.replies_by_host),
             "protocol_errors": [{"link": k[0], "code": k[1], "count": v} for k, v in sorted(PROTOCOL_ERRORS.items())],
             "uptime_s": round(time.time() - self.started, 1),

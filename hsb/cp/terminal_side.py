@@ -222,7 +222,10 @@ class TerminalSide:
 
     def _accepted(self: CP, term: Term, held: Held) -> None:
         """The message's record is durable: acknowledge it, and hand it to the active (or act on
-        the reply that came for it meanwhile)."""
+        the reply that came for it meanwhile). Not before a host has accepted this CP's journal
+        (hsb.cp.first_host): until then it waits, as if its record were not durable yet."""
+        if self.ack_waits_for_a_host(term, held):
+            return
         if held.id > term.durable_acked:
             term.durable_acked = held.id
         self.counters["acks"] += 1

@@ -251,6 +251,13 @@ def render(st: dict[str, Any]) -> str:
                     + (f" ({j['io']})" if j.get("io") else "")
                     + (f"  ERROR {j.get('error')}: acknowledgements stopped until it can be written" if state != "ok" else "")
                 )
+                waiting = j.get("acks_waiting_for_host")
+                if isinstance(waiting, dict):
+                    out.append(
+                        f"            ACKNOWLEDGEMENTS WAIT for a host to register with this CP ({many(waiting.get('messages'), 'message')}"
+                        f"{', the first ' + _age(waiting['since']) if waiting.get('since') else ''}): a host registers only with the CP"
+                        " whose journal and generation it follows"
+                    )
         if cp.get("active_stopped_normally"):
             stopped = cp["active_stopped_normally"]
             # (no standby registered at the CP: there is none to promote, and promote would say only that)

@@ -256,9 +256,24 @@ async def logged_on(cp: Proc, name: str, last_reply: int | None = 0) -> FakeTerm
     return t
 
 
+async def host_came(cp: Any) -> None:
+    """A host registers with hsbcpd `cp` (a `tests.support.procs.Proc`) as the standby, and
+    goes: a CP on a durable journal acknowledges nothing before a host has registered with it
+    since it started (hsb.cp.first_host), and it has no host (nor an active) afterwards."""
+    h = await FakeHost.connect(cp.info["host"], "host-b", heartbeat=None)
+    try:
+        m = await h.register("standby")
+        assert m["t"] == "registered", m
+    finally:
+        await h.close()
+    await until_cp_status(cp, lambda st: st["standby"] is None and st["journal"].get("acks_waiting_for_host") is None)
+
+
 async def holding_terminal(cp: Any, sent: int, acked: int, resume: bool = False) -> FakeTerminal:
     """Terminal T00001 logged on to a CP without an active (`resume`: its hello says last_reply
-    0), `sent` messages sent ("m1", …), `acked` of them acknowledged."""
+    0), `sent` messages sent ("m1", …), `acked` of them acknowledged (a host came and went
+    first: `host_came`)."""
+    await host_came(cp)
     t = await FakeTerminal.connect(cp.info["terminal"], "T00001", hello=not resume)
     if resume:
         t.send({"t": "hello", "terminal": "T00001", "last_reply": 0})

@@ -1,0 +1,73 @@
+"""A CP on a durable journal acknowledges nothing before a host has registered with it
+(hsb.cp.first_host), in process: the records are written, the acks wait (as behind a slow group
+commit: a reconnect's welcome does not count them), and a host's registration sends them all,
+in order; a memory-only CP acknowledges as before. A CP on a stale copy of its journal, which
+every host refuses, in real processes: tests/test_cp_stale_copy.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from tests.support.cpcore import cp_config, cp_core, fake_host, recording_terminal
+from tests.support.cpmodel import journal_cp
+from tests.support.keptreplies import until
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def frames(p: Any) -> list[dict[str, Any]]:
+    p.flush()
+    return list(p.transport.frames())
+
+
+def acks(p: Any) -> list[int]:
+    return [m["id"] for m in frames(p) if m["t"] == "ack"]
+
+
+async def test_acks_wait_for_the_first_host_and_then_go_in_order(tmp_path: Path) -> None:
+    journal, cp = journal_cp(tmp_path, cp_config(tmp_path, 2))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            p = recording_terminal(cp, "T00001")
+            for i in (1, 2, 3):
+                cp.terminal_msg(cp.terms["T00001"], i, f"m{i}")
+            await until(lambda: journal.pending == 0 and journal._inflight is None and journal.records_written >= 3, "the records durable")
+            assert acks(p) == [] and cp.counters["acks"] == 0
+            term = cp.terms["T00001"]
+            assert term.durable_acked == 0 and term.last_acked == 3
+            assert cp.status()["journal"]["acks_waiting_for_host"]["messages"] == 3
+            # the terminal reconnects meanwhile: its welcome counts none of them acknowledged
+            p.connection_lost(None)
+            p2 = recording_terminal(cp, "T00001")
+            [welcome] = [m for m in frames(p2) if m["t"] == "welcome"]
+            assert welcome["last_acked"] == 0, welcome
+            for i in (1, 2, 3):  # sent again: taken as the same messages, not acknowledged yet
+                cp.terminal_msg(cp.terms["T00001"], i, f"m{i}", resent=True)
+            assert acks(p2) == [] and not [m for m in frames(p2) if m["t"] == "error"]
+            # a host registers (the standby): every waiting ack goes, in order, once
+            fake_host(cp, "host-b", "standby")
+            assert acks(p2) == [1, 2, 3]
+            assert term.durable_acked == 3 and cp.counters["acks"] == 3
+            assert cp.status()["journal"]["acks_waiting_for_host"] is None
+            # and from now on at once, as before
+            cp.terminal_msg(term, 4, "m4")
+            await until(lambda: 4 in acks(p2), "the ack of a message after the host came")
+        waits = [e for e in logs if e["event"] == "acks_wait_for_a_host"]
+        assert len(waits) == 1 and waits[0]["terminal"] == "T00001" and waits[0]["log_level"] == "warning", waits
+        [released] = [e for e in logs if e["event"] == "journal_accepted_by_host"]
+        assert released["host"] == "host-b" and released["acks_released"] == 3, released
+    finally:
+        journal._stopping = True
+        journal.close()
+
+
+async def test_a_memory_only_cp_acknowledges_without_a_host(tmp_path: Path) -> None:
+    cp = cp_core(tmp_path, 2)
+    p = recording_terminal(cp, "T00001")
+    cp.terminal_msg(cp.terms["T00001"], 1, "m1")
+    await until(lambda: acks(p) == [1], "the ack")
+    assert cp.status()["journal"]["acks_waiting_for_host"] is None
