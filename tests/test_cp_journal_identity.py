@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 from collections import deque
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +26,7 @@ from hsb.cp.journal.generation import JOURNAL_ID, Generations, gen_name, read_jo
 from hsb.cp.journal.recovery import recover
 from hsb.cp.server import CPServer
 from hsb.host import cplink as cplink_mod
-from hsb.host.cpgen import GenerationFile, GenerationFileError, read_generation, read_kept, write_generation
+from hsb.host.cpgen import GenerationFile, GenerationFileError, read_generation, read_kept, read_memory, write_generation
 from hsb.host.cplink import CPLink
 from hsb.host.lease import Lease
 from hsb.ops import refusals
@@ -242,4 +243,108 @@ async def test_a_host_takes_the_first_journal_and_refuses_a_cp_on_another_whatev
         assert len(ups) == 3
     finally:
         await again.close()
+        mem.close()
+
+
+async def test_each_takeover_has_an_id_of_its_own_in_its_generation_file_said_to_the_hosts(tmp_path: Path) -> None:
+    """A CP on a copy of the journal can take the same generation number as the real one, each in
+    its own directory: the takeover's own id (random, in its gen-N file) tells them apart."""
+    d = tmp_path / "j"
+    g1 = Generations(d)
+    assert g1.take() == 1 and g1.takeover is not None and re.fullmatch(r"[0-9a-f]{16}", g1.takeover)
+    copy = tmp_path / "copy"
+    g2 = Generations(d)
+    assert g2.take() == 2
+    shutil.copytree(d, copy)
+    assert g2.takeover != g1.takeover and f"takeover {g2.takeover}" in (d / gen_name(2)).read_text()
+    (copy / gen_name(2)).unlink()  # (a copy made before the second takeover)
+    g3 = Generations(copy)
+    assert g3.take() == 2 and g3.takeover not in (None, g2.takeover)  # the same number, another takeover
+    (tmp_path / "cp").mkdir()
+    s = server(tmp_path / "cp")
+    try:
+        await s.startup()
+        ok = await said_to_a_host(s)
+        assert ok["generation"] == 1 and ok["takeover"] == s.gens.takeover and s.gens.takeover is not None, ok  # type: ignore[union-attr]
+        st = s.cp.status()["journal"]  # type: ignore[union-attr]
+        assert st["takeover"] == s.gens.takeover  # type: ignore[union-attr]
+    finally:
+        await s.shutdown()
+
+
+def test_the_hosts_file_keeps_the_takeover_and_one_without_reads_as_none(tmp_path: Path) -> None:
+    path = tmp_path / "host-a.cp-generation"
+    write_generation(path, "host-a", 7, "a" * 32, "t" * 16)
+    assert read_memory(path, "host-a") == (7, "a" * 32, "t" * 16) and read_kept(path, "host-a") == (7, "a" * 32)
+    write_generation(path, "host-a", 7, "a" * 32)  # (an older hsbcpd's generation: none said)
+    assert read_memory(path, "host-a") == (7, "a" * 32, None)
+    for bad in ('"cp_takeover": 7', '"cp_takeover": ""', f'"cp_takeover": "{"x" * 65}"'):
+        path.write_text(f'{{"host": "host-a", "cp_generation": 5, {bad}}}\n')
+        with pytest.raises(GenerationFileError, match="not a takeover id"):
+            read_memory(path, "host-a")
+
+
+async def test_a_host_refuses_the_generation_it_has_seen_from_another_takeover(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPs in turn at the host's CP address, journal A: generation 3 of takeover X (taken, saved);
+    generation 3 of takeover Y (a CP on a copy of the journal: refused, said, never up); X again
+    (up); generation 4 of Z (up, Z saved); a CP saying no takeover at 4 (an older hsbcpd: up). A
+    restarted host reading its file refuses generation 4 of another takeover too."""
+    rec = RecordingLog()
+    monkeypatch.setattr(refusals, "log", rec)
+    a = "a" * 32
+    answers: deque[CPAnswer] = deque()
+    ups: list[tuple[int, str | None]] = []
+
+    async def connect(*_: Any, **__: Any) -> CPAnswer:
+        while not answers:
+            await asyncio.sleep(0.01)
+        return answers.popleft()
+
+    monkeypatch.setattr(cplink_mod, "FrameStream", SimpleNamespace(connect=connect))
+    mem = GenerationFile(tmp_path / "host-a.cp-generation", "host-a", timeout=5.0)
+
+    def link_of() -> CPLink:
+        link = CPLink(
+            name="host-a", addr="127.0.0.1:1", secret=SECRET, interval=0.1, timeout=5.0, max_frame=1 << 20,
+            on_up=lambda: ups.append((link.cp_generation, read_memory(mem.path, "host-a")[2])), on_frame=lambda m: None,
+            on_down=lambda why: None, lease=Lease(), on_answer=lambda n: None, memory=mem,
+        )  # fmt: skip
+        return link
+
+    x, y, z = "1" * 16, "2" * 16, "3" * 16
+    link = link_of()
+    link.start()
+    try:
+        first = CPAnswer({"generation": 3, "journal": a, "takeover": x})
+        answers.append(first)
+        await until(lambda: ups == [(3, x)], "generation 3 of takeover X taken, saved before the link is up")
+        first.end.set()
+        answers.append(CPAnswer({"generation": 3, "journal": a, "takeover": y}))
+        await until(lambda: link.generation_refusals >= 1, "generation 3 of takeover Y refused")
+        assert ups == [(3, x)] and link.generation_status()["takeover"] == x and read_memory(mem.path, "host-a")[2] == x
+        (ev,) = rec.events("cp_journal_copy_refused")[:1]
+        assert ev["level"] == "error" and f"generation 3 of takeover {y}" in ev["reason"] and f"takeover {x}" in ev["reason"], ev
+        assert "a CP on a copy of the journal" in ev["reason"] and "stop that hsbcpd" in ev["msg"], ev
+        again = CPAnswer({"generation": 3, "journal": a, "takeover": x})
+        answers.append(again)
+        await until(lambda: len(ups) == 2, "takeover X again")
+        again.end.set()
+        newer = CPAnswer({"generation": 4, "journal": a, "takeover": z})
+        answers.append(newer)
+        await until(lambda: ups[-1] == (4, z), "generation 4 of takeover Z taken")
+        newer.end.set()
+        answers.append(CPAnswer({"generation": 4, "journal": a}))
+        await until(lambda: len(ups) == 4, "a CP that says no takeover, judged by its generation")
+    finally:
+        await link.close()
+    assert await mem.load() == 4 and mem.saved_takeover == z
+    restarted = link_of()
+    restarted.cp_generation, restarted.cp_journal, restarted.cp_takeover = mem.saved, mem.saved_journal, mem.saved_takeover
+    restarted.start()
+    try:
+        answers.append(CPAnswer({"generation": 4, "journal": a, "takeover": y}))
+        await until(lambda: restarted.generation_refusals >= 1, "generation 4 of another takeover refused after a restart")
+        assert len(ups) == 4
+    finally:
+        await restarted.close()
         mem.close()

@@ -7,6 +7,11 @@ terminals and acknowledge their messages all the same, into a journal no CP serv
 would read: lost once the real CP was back (153 of them in a walk-through). Now the messages'
 records are written but their acknowledgements wait for a host to register, which none does;
 the real CP back, the terminal sends them again and each is acknowledged and answered once.
+
+Restarted once only, the real CP has generation 2, and the copy's CP takes generation 2 too, in
+its own directory: the host took it (the same number) and the messages were lost the same way.
+Each takeover now has an id of its own (hsb.cp.journal.generation), and the host refuses
+generation 2 of another takeover than the one it saw (`cp_journal_copy_refused`).
 """
 
 from __future__ import annotations
@@ -27,25 +32,28 @@ pytestmark = pytest.mark.timeout(120)
 N = 20
 
 
-async def test_a_cp_on_a_stale_copy_of_the_journal_acknowledges_nothing_and_the_real_one_answers_all(tmp_path: Path) -> None:
+@pytest.mark.parametrize("restarts", [2, 1])
+async def test_a_cp_on_a_stale_copy_of_the_journal_acknowledges_nothing_and_the_real_one_answers_all(tmp_path: Path, restarts: int) -> None:
+    real = 1 + restarts  # the real CP's generation; the copy's CP takes 2
     pair = make_pair(tmp_path)
     journal = tmp_path / "cp" / "cp-journal"
     t: FakeTerminal | None = None
     try:
         pair.cp.stop()
         shutil.copytree(journal, tmp_path / "cp-journal-then")  # the journal as it was at generation 1
-        for _ in range(2):  # the CP restarted twice: generation 3
+        for _ in range(restarts):
             pair.cp = restart_cp(pair.cp)
         pair.start("host-a", "active")
         st = await pair.wait_state("host-a", "serving")
-        assert st["cp_generation"]["seen"] == 3
+        assert st["cp_generation"]["seen"] == real
         # the stale copy started at the serving CP's address
         pair.cp.stop()
         journal.rename(tmp_path / "cp-journal-real")
         (tmp_path / "cp-journal-then").rename(journal)
         pair.cp = restart_cp(pair.cp)
         assert pair.cp.wait_event("journal_recovered")["generation"] == 2
-        pair.hosts["host-a"].wait_event("cp_generation_refused", timeout=15)
+        ev = pair.hosts["host-a"].wait_event("cp_generation_refused" if real > 2 else "cp_journal_copy_refused", timeout=15)
+        assert (f"generation 2, below {real}" if real > 2 else "a CP on a copy of the journal") in ev["reason"], ev
         t = await FakeTerminal.connect(pair.cp.info["terminal"], "T00001", hello=False)
         t.send({"t": "hello", "terminal": "T00001", "last_reply": 0})
         await t.wait(lambda m: m["t"] == "welcome")
@@ -69,7 +77,7 @@ async def test_a_cp_on_a_stale_copy_of_the_journal_acknowledges_nothing_and_the_
         journal.rename(tmp_path / "cp-journal-stale")
         (tmp_path / "cp-journal-real").rename(journal)
         pair.cp = restart_cp(pair.cp)
-        assert pair.cp.wait_event("journal_recovered")["generation"] == 4
+        assert pair.cp.wait_event("journal_recovered")["generation"] == real + 1
         await pair.wait_state("host-a", "serving")
         t = await FakeTerminal.connect(pair.cp.info["terminal"], "T00001", hello=False)
         t.send({"t": "hello", "terminal": "T00001", "last_reply": 0})

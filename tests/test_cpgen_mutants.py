@@ -71,7 +71,7 @@ async def test_the_storages_own_timeout_is_said_as_its_error_not_as_a_deadline(t
     the storage's words, not as a write that did not return within storage_timeout. (Kills the
     `if not deadline.expired(): raise` dropped.)"""
 
-    def timed_out(path: Path, host: str, generation: int, journal: str | None = None) -> None:
+    def timed_out(path: Path, host: str, generation: int, journal: str | None = None, takeover: str | None = None) -> None:
         raise TimeoutError(errno.ETIMEDOUT, "Connection timed out", str(path))
 
     monkeypatch.setattr(cpgen, "write_generation", timed_out)
@@ -136,9 +136,9 @@ async def test_the_file_is_written_only_when_a_cp_raised_the_generation(tmp_path
     writes: list[int] = []
     real = cpgen.write_generation
 
-    def write(path: Path, host: str, generation: int, journal: str | None = None) -> None:
+    def write(path: Path, host: str, generation: int, journal: str | None = None, takeover: str | None = None) -> None:
         writes.append(generation)
-        real(path, host, generation, journal)
+        real(path, host, generation, journal, takeover)
 
     monkeypatch.setattr(cpgen, "write_generation", write)
     addr, make = _cp_maker(tmp_path)
@@ -176,10 +176,10 @@ async def test_a_stop_during_the_generations_write_closes_the_new_link(tmp_path:
     release = threading.Event()
     real = cpgen.write_generation
 
-    def hung(path: Path, host: str, generation: int, journal: str | None = None) -> None:
+    def hung(path: Path, host: str, generation: int, journal: str | None = None, takeover: str | None = None) -> None:
         began.set()
         release.wait(20)
-        real(path, host, generation, journal)
+        real(path, host, generation, journal, takeover)
 
     monkeypatch.setattr(cpgen, "write_generation", hung)
     closed: list[int] = []

@@ -182,6 +182,27 @@ def test_a_cp_older_than_the_hosts_have_seen_is_said_superseded() -> None:
     assert st["exit_status"] == 1 and "has generation 6, below the 7 a has seen" in st["cp_errors"][0], st["cp_errors"]
 
 
+def test_a_cp_on_a_copy_of_the_journal_at_the_generation_the_hosts_have_seen_is_said_so() -> None:
+    """The CP asked has the generation a host has seen, but of another takeover (its journal's
+    `takeover`, the host's cp_generation.takeover): a CP on a copy of the journal, which the hosts
+    refuse, said as that with what to do; the same takeover, or one not said: nothing."""
+    from hsb.ctl.verdict import summarize
+
+    journal = {"dir": "/var/lib/hsb/cp-journal", "durability": "fsync", "state": "ok", "id": "b" * 32, "takeover": "c0c0c0c0c0c0c0c0"}
+    cp = {"reachable": True, "name": "cp-a", "addr": "vip:1", "state": "serving", "epoch": 1, "generation": 6, "journal": journal}
+    for took in ("c0c0c0c0c0c0c0c0", None):
+        pair = pair_hosts()
+        pair[0]["cp_generation"] = {"seen": 6, "refusals": 0, "journal": "b" * 32, "takeover": took}
+        assert not summarize(dict(cp), pair)["cp_errors"]
+    pair = pair_hosts()
+    pair[0]["cp_generation"] = {"seen": 6, "refusals": 3, "journal": "b" * 32, "takeover": "a1a1a1a1a1a1a1a1"}
+    st = summarize(dict(cp), pair)
+    assert st["exit_status"] == 1 and len(st["cp_errors"]) == 1, st["cp_errors"]
+    said = st["cp_errors"][0]
+    assert "generation 6 of takeover c0c0c0c0c0c0c0c0, but a has seen generation 6 of takeover a1a1a1a1a1a1a1a1" in said, said
+    assert "a CP on a copy of the journal" in said and "the journal directory the serving CP had" in said, said
+
+
 def test_a_cp_on_another_journal_than_the_hosts_follow_is_said_so_whatever_its_generation() -> None:
     """The CP asked serves journal B; a host follows journal A (its cp_generation.journal): two CPs
     on different journals, said as that (not as a superseded CP, though its generation is lower

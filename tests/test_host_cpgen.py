@@ -93,9 +93,9 @@ async def test_a_write_that_hangs_is_given_up_at_its_deadline_and_not_queued_beh
     release = threading.Event()
     real = cpgen.write_generation
 
-    def hung(path: Path, host: str, generation: int, journal: str | None = None) -> None:
+    def hung(path: Path, host: str, generation: int, journal: str | None = None, takeover: str | None = None) -> None:
         release.wait(10)
-        real(path, host, generation, journal)
+        real(path, host, generation, journal, takeover)
 
     monkeypatch.setattr(cpgen, "write_generation", hung)
     mem = GenerationFile(tmp_path / "host-a.cp-generation", "host-a", timeout=0.2)
@@ -132,8 +132,8 @@ async def test_the_generation_is_durable_before_the_link_is_up_for_registering(t
     order: list[str] = []
     real = cpgen.write_generation
 
-    def write(path: Path, host: str, generation: int, journal: str | None = None) -> None:
-        real(path, host, generation, journal)
+    def write(path: Path, host: str, generation: int, journal: str | None = None, takeover: str | None = None) -> None:
+        real(path, host, generation, journal, takeover)
         order.append(f"written {generation}")
 
     monkeypatch.setattr(cpgen, "write_generation", write)
@@ -243,10 +243,10 @@ async def test_the_remembered_generation_is_a_metric_beside_the_seen_one(tmp_pat
 
     real = cpgen.write_generation
 
-    def write(path: Path, host: str, generation: int, journal: str | None = None) -> None:
+    def write(path: Path, host: str, generation: int, journal: str | None = None, takeover: str | None = None) -> None:
         if host == "host-a":  # (host-a's storage refuses the write; host-b's takes it)
             raise OSError(5, "Input/output error", str(path))
-        real(path, host, generation, journal)
+        real(path, host, generation, journal, takeover)
 
     monkeypatch.setattr(cpgen, "write_generation", write)
 

@@ -77,6 +77,8 @@ class HostProtocol(AuthServerProtocol):
         ok: dict[str, Any] = {"generation": self.cp.journal.gen}
         if self.cp.journal.journal_id is not None:  # (none: memory-only)
             ok["journal"] = self.cp.journal.journal_id
+        if self.cp.journal.takeover is not None:  # and which takeover made the generation: a copy's is another
+            ok["takeover"] = self.cp.journal.takeover
         return ok
 
     def _handle(self, msg: dict[str, Any]) -> None:

@@ -163,6 +163,7 @@ class TakingOver:
             r = await self._step("recovery", functools.partial(recover, d, truncate=False), size=size)
             journal = Journal(d, timeout=c.journal_timeout, segment_bytes=c.journal_segment_kib * 1024, generation=gen, io=c.journal_io, io_ready=io)
             journal.journal_id = journal_id
+            journal.takeover = self.gens.takeover
             cp = CP(self.cfg, journal)
             cp.follows_a_cp = gen > 1  # (take() creates the generation above any before: 1 on a new journal)
             cp.restore(r)

@@ -220,6 +220,15 @@ def superseded_cps(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: li
                     " a superseded CP (stop it; the serving one took the journal over), or one started on a new journal directory (§11, §18)"
                 )
                 break
+            took = (cp.get("journal") or {}).get("takeover") if isinstance(cp.get("journal"), dict) else None
+            other = cg.get("takeover") if isinstance(cg, dict) else None
+            if seen == gen and isinstance(took, str) and isinstance(other, str) and took != other:
+                out.append(
+                    f"the CP {cp.get('name')} at {cp.get('addr', '-')} has generation {gen} of takeover {took}, but {h.get('name')} has seen"
+                    f" generation {gen} of takeover {other}: a CP on a copy of the journal (a backup restored, its directory copied aside),"
+                    " which the hosts refuse; stop it and start the CP on the journal directory the serving CP had (§11)"
+                )
+                break
     return out
 
 

@@ -13,6 +13,8 @@ The same file keeps the identity of the CP journal this host follows (`cp_journa
 generations of two journals are unrelated counters, so a host refuses a CP on another journal
 whatever its generation). A file without it (an older hsbd's, or no CP has said one yet) reads
 as none: the next CP that says one is taken, and its id saved before this host registers.
+So does the id of the takeover that made that generation (`cp_takeover`): a CP on a copy of the
+journal that took the same number in its own directory is another takeover, refused.
 """
 
 from __future__ import annotations
@@ -61,11 +63,17 @@ def read_generation(path: Path, host: str) -> int:
 def read_kept(path: Path, host: str) -> tuple[int, str | None]:
     """(the generation, the CP journal's id or None) in `path`; (0, None) if there is none; else as
     read_generation."""
+    return read_memory(path, host)[:2]
+
+
+def read_memory(path: Path, host: str) -> tuple[int, str | None, str | None]:
+    """(the generation, the CP journal's id, the takeover's id; None: none kept) in `path`;
+    (0, None, None) if there is none; else as read_generation."""
     try:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_BYTES + 1)
     except FileNotFoundError:
-        return 0, None
+        return 0, None, None
     except PermissionError:
         raise GenerationFileError(
             f"cannot read the CP generation file {path}: permission denied; give it to hsbd's user (chown) and start again"
@@ -78,8 +86,9 @@ def read_kept(path: Path, host: str) -> tuple[int, str | None]:
     return gen
 
 
-def _generation(raw: bytes, host: str) -> tuple[int, str | None] | str:
-    """(The generation, the journal's id) the file's bytes hold for `host`, or why they hold none."""
+def _generation(raw: bytes, host: str) -> tuple[int, str | None, str | None] | str:
+    """(The generation, the journal's id, the takeover's id) the file's bytes hold for `host`, or
+    why they hold none."""
     if len(raw) > MAX_BYTES:
         return f"over {MAX_BYTES} bytes"
     try:
@@ -96,15 +105,20 @@ def _generation(raw: bytes, host: str) -> tuple[int, str | None] | str:
     journal = doc.get("cp_journal")
     if journal is not None and not (isinstance(journal, str) and 0 < len(journal) <= 64):
         return f"cp_journal is {str(journal)[:20]!r}, not a journal id"
-    return gen, journal
+    takeover = doc.get("cp_takeover")
+    if takeover is not None and not (isinstance(takeover, str) and 0 < len(takeover) <= 64):
+        return f"cp_takeover is {str(takeover)[:20]!r}, not a takeover id"
+    return gen, journal, takeover
 
 
-def write_generation(path: Path, host: str, generation: int, journal: str | None = None) -> None:
-    """`generation` (and the journal's id, if known) durable in `path` (hsb.fsutil.replace_durably):
-    whole, or the one before."""
+def write_generation(path: Path, host: str, generation: int, journal: str | None = None, takeover: str | None = None) -> None:
+    """`generation` (and the journal's id, the takeover's, if known) durable in `path`
+    (hsb.fsutil.replace_durably): whole, or the one before."""
     doc: dict[str, Any] = {"host": host, "cp_generation": generation}
     if journal is not None:
         doc["cp_journal"] = journal
+    if takeover is not None:
+        doc["cp_takeover"] = takeover
     replace_durably(path, (json.dumps(doc) + "\n").encode())
 
 
@@ -118,6 +132,7 @@ class GenerationFile:
         self.timeout = timeout  # ([takeover] storage_timeout: the file is on the same storage)
         self.saved = 0  # what a restart would start from: read at the start, then each one written
         self.saved_journal: str | None = None  # (and the CP journal's id: None, none known)
+        self.saved_takeover: str | None = None  # (and the takeover's that made the generation)
         self.error: str | None = None  # why the last write failed; None once one succeeded
         self._worker: Worker | None = None
         self._busy = False  # a read or write out on the thread (one past its deadline: hung)
@@ -146,16 +161,16 @@ class GenerationFile:
     async def load(self) -> int:
         """At the start: the generation kept (0 if none). GenerationFileError, or OSError (the
         storage's error, a read past the deadline), naming the file."""
-        self.saved, self.saved_journal = await self._run("read", lambda: read_kept(self.path, self.host))
-        log.info("cp_generation_loaded", path=str(self.path), generation=self.saved, journal=self.saved_journal)
+        self.saved, self.saved_journal, self.saved_takeover = await self._run("read", lambda: read_memory(self.path, self.host))
+        log.info("cp_generation_loaded", path=str(self.path), generation=self.saved, journal=self.saved_journal, takeover=self.saved_takeover)
         return self.saved
 
-    async def save(self, generation: int, journal: str | None = None) -> bool:
+    async def save(self, generation: int, journal: str | None = None, takeover: str | None = None) -> bool:
         """`generation` durable before this host registers with the CP that showed it. A failure is
         said (and in the status) and tried again at the next link to a CP; the host registers all
         the same (hsb.host.cplink)."""
         try:
-            await self._run("write", lambda: write_generation(self.path, self.host, generation, journal))
+            await self._run("write", lambda: write_generation(self.path, self.host, generation, journal, takeover))
         except Exception as exc:  # (a bug too: said, and the host registers all the same)
             self.error = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
             log.error(
@@ -168,8 +183,8 @@ class GenerationFile:
                 " and that hsbd's user may write there; tried again at the next link to the CP",
             )
             return False
-        self.saved, self.saved_journal, self.error = generation, journal, None
-        log.info("cp_generation_saved", path=str(self.path), generation=generation, journal=journal)
+        self.saved, self.saved_journal, self.saved_takeover, self.error = generation, journal, takeover, None
+        log.info("cp_generation_saved", path=str(self.path), generation=generation, journal=journal, takeover=takeover)
         return True
 
     def status(self) -> dict[str, Any]:

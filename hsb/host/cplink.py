@@ -119,6 +119,10 @@ class CPLink:
         # unrelated); the first said is taken, kept in `memory` with the generation. None: none yet
         self.cp_journal: str | None = None
         self.journal_refusals = 0
+        # the takeover that made that generation (its random id, hsb.cp.journal.generation): a CP
+        # saying the same generation of another takeover is on a copy of the journal (a backup
+        # restored, a directory copied aside) and is refused. None: not said (an older hsbcpd)
+        self.cp_takeover: str | None = None
         self.memory = memory
         self.exiting = exiting  # the process ends (fenced, say): no new link is made
 
@@ -129,6 +133,7 @@ class CPLink:
             "refusals": self.generation_refusals,
             "journal": self.cp_journal,
             "journal_refusals": self.journal_refusals,
+            "takeover": self.cp_takeover,
         }
         if self.memory is not None:
             st.update(self.memory.status())
@@ -191,6 +196,7 @@ class CPLink:
             "cp_generation_refused", "tried again; the serving CP holds the address soon (keepalived)", on_said=said, cp=self.addr
         )
         journal_refusals = RefusalLog("cp_journal_refused", on_said=said, cp=self.addr)
+        copy_refusals = RefusalLog("cp_journal_copy_refused", on_said=said, cp=self.addr)
         unresolved = RefusalLog(
             "cp_address_unresolved",
             "tried again; check host.cp in this host's config (a name the resolver knows, or an IP)",
@@ -229,6 +235,8 @@ class CPLink:
                 await asyncio.sleep(backoff.next() if not refused else 5.0)
                 continue
             gen = fs.auth_ok.get("generation")
+            took = fs.auth_ok.get("takeover")
+            took = took[:64] if isinstance(took, str) and took else None
             # another journal first: its generation is no measure of this one's (a lower one would be
             # said as a superseded CP, of a CP that was never on this journal)
             journal = journal_of(fs.auth_ok)
@@ -249,6 +257,15 @@ class CPLink:
                     " a superseded CP (two CP machines, another one serves); not registering with it",
                     None,
                 )
+            elif gen == self.cp_generation and took is not None and self.cp_takeover is not None and took != self.cp_takeover:
+                refusal = (
+                    copy_refusals,
+                    f"the CP at {self.addr} has journal generation {gen} of takeover {took}, but this host has seen generation {gen}"
+                    f" of takeover {self.cp_takeover}: a CP on a copy of the journal (a backup restored, its directory copied aside)"
+                    "; not registering with it",
+                    "stop that hsbcpd and start the CP on the journal directory the serving CP had"
+                    " (what the copy's CP wrote after the copy is in no other journal; docs/operations.md §11)",
+                )
             if refusal is not None:
                 self.generation_refusals += 1  # (a CP on another journal counted too)
                 refusal[0].seen(refusal[1], refusal[2])
@@ -262,11 +279,18 @@ class CPLink:
                 if self.cp_generation:
                     log.info("cp_generation_raised", cp=self.addr, generation=gen, was=self.cp_generation)
                 self.cp_generation = gen
-            if self.memory is not None and (self.cp_generation > self.memory.saved or self.cp_journal != self.memory.saved_journal):
+                self.cp_takeover = took
+            elif gen == self.cp_generation and self.cp_takeover is None:
+                self.cp_takeover = took  # (the first said of this generation: a file of an older hsbd keeps none)
+            if self.memory is not None and (
+                self.cp_generation > self.memory.saved
+                or self.cp_journal != self.memory.saved_journal
+                or self.cp_takeover != self.memory.saved_takeover
+            ):
                 # durable before this host registers with it: restarted, it refuses an older CP,
                 # and one on another journal, too
                 try:
-                    await self.memory.save(self.cp_generation, self.cp_journal)
+                    await self.memory.save(self.cp_generation, self.cp_journal, self.cp_takeover)
                 except BaseException:
                     fs.close()
                     raise
@@ -275,6 +299,7 @@ class CPLink:
             tls_refusals.clear()
             gen_refusals.clear()
             journal_refusals.clear()
+            copy_refusals.clear()
             unresolved.clear()
             wrong_port.clear()
             self.fs = fs

@@ -249,6 +249,7 @@ class HostServer(Stopping):
         # the highest CP generation seen before this start: a CP below it is refused
         self.cp.cp_generation = await self.cp_memory.load()
         self.cp.cp_journal = self.cp_memory.saved_journal  # (and the journal it followed: a CP on another is refused)
+        self.cp.cp_takeover = self.cp_memory.saved_takeover  # (and which takeover made that generation: a copy's is refused)
         raise_nofile()
         loop = asyncio.get_running_loop()
         ah, ap = parse_addr(h.admin_listen)

@@ -29,6 +29,12 @@ gets one at its next takeover) and never changed: the CP says it to the hosts be
 generation, and a host refuses a CP whose journal is not the one it followed (hsb.host.cplink).
 It is made whole under another name and linked into place (atomic, fails if the name exists,
 also on NFS): of two CPs racing, the loser reads the winner's, never a half-written file.
+
+Neither tells a CP on a *copy* of the journal (a backup restored, the directory copied aside)
+from the real one when both took the same number, each in its own directory. So each takeover
+also has a random id of its own, written in its `gen-N` file and said to the hosts beside the
+generation (`takeover`): a host that has seen generation N of one takeover refuses generation
+N of another (hsb.host.cplink).
 """
 
 from __future__ import annotations
@@ -142,6 +148,10 @@ def read_journal_id(d: Path) -> str | None:
 class Generations:
     def __init__(self, d: Path) -> None:
         self.dir = d
+        # the takeover that made this CP's generation (random, in its gen-N file): said to the hosts
+        # beside the generation, so that a CP on a copy of the journal that took the same number in
+        # its own directory is told apart from the CP that holds it (hsb.host.cplink)
+        self.takeover: str | None = None
         self._paths: tuple[int, str, str] | None = None  # (own, own's file, the next one's): checked every group commit
 
     def current(self, names: list[str] | None = None) -> int:
@@ -164,8 +174,10 @@ class Generations:
         n = max(current, max((int(m.group(1)) for name in names if (m := SEG_GEN.match(name))), default=0)) + 1
         if current and n > current + 1:
             self._create(current + 1, b"")  # a CP of `current` still running looks for this one: fenced
-        while not self._create(n, f"{socket.gethostname()} pid {os.getpid()} at {time.time():.3f}\n".encode()):
+        token = uuid.uuid4().hex[:16]
+        while not self._create(n, f"{socket.gethostname()} pid {os.getpid()} at {time.time():.3f} takeover {token}\n".encode()):
             n += 1  # another CP took this one at the same moment: the next is ours
+        self.takeover = token
         return n
 
     def identity(self, own: int) -> str:

@@ -21,6 +21,7 @@ class NullJournal(Journal):
     def __init__(self) -> None:  # noqa: D107 - no files
         self.gen = 0  # no generation: nothing on disk to fence
         self.journal_id = None  # nor an identity: the hosts judge it by its generation
+        self.takeover: str | None = None  # (nor a takeover's id)
         self.fresh_s = 0.0  # (no check to wait for: no other CP can take it over)
         self.first_seg = 0
         self.seg = 1

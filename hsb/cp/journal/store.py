@@ -118,6 +118,7 @@ class Journal(Completion, GroupWriter, Vouching):  # (Completion first: its `_wr
         self._gen_paths: tuple[bytes, bytes] = (b"", b"")
         self.gen = generation  # this CP's generation: its segments carry it, a newer one stops it
         self.journal_id: str | None = None  # the journal's identity (generation.JOURNAL_ID), said to the hosts
+        self.takeover: str | None = None  # and the id of the takeover that made its generation (Generations.takeover)
         self.gens = Generations(d)
         self.first_seg = 0  # this generation's first segment (the takeover snapshot)
         self.superseded: Superseded | None = None
@@ -429,6 +430,7 @@ class Journal(Completion, GroupWriter, Vouching):  # (Completion first: its `_wr
             "io": self.io_used,
             "generation": self.gen,
             "id": self.journal_id,  # (the journal's identity: the hosts follow one; hsb.cp.journal.generation)
+            "takeover": self.takeover,  # (the id of the takeover that made its generation)
             "state": self.state,
             "error": self.error,
             "segments": len(self.segments),
