@@ -71,3 +71,62 @@ async def test_a_memory_only_cp_acknowledges_without_a_host(tmp_path: Path) -> N
     cp.terminal_msg(cp.terms["T00001"], 1, "m1")
     await until(lambda: acks(p) == [1], "the ack")
     assert cp.status()["journal"]["acks_waiting_for_host"] is None
+
+
+async def test_a_cp_restarted_before_any_host_came_counts_none_of_the_waiting_acks_sent(tmp_path: Path) -> None:
+    """Its journal says whose acks waited (a checkpoint's `acks_waiting`, and the "f" written at
+    the first host's registration): a CP restarted on it (hsbcpd again on a stale copy of the
+    journal, the next worker of --supervise) welcomes the terminal with none of those messages
+    acknowledged and re-acknowledges none of them sent again, twice restarted as once, until a
+    host registers; one restarted after that counts them all acknowledged. (It welcomed with
+    last_acked 3 and acknowledged the repeats at once: a stale copy's CP, restarted, told its
+    terminals that messages no serving CP would read were acknowledged.)"""
+    d = tmp_path / "j"
+    d.mkdir()
+    cfg = cp_config(tmp_path, 2)
+
+    def durable(journal: Any) -> bool:
+        return journal.pending == 0 and journal._inflight is None
+
+    async def run(check: Any) -> None:
+        journal, cp = journal_cp(d, cfg)
+        try:
+            await check(journal, cp)
+            await until(lambda: durable(journal), "the journal written")
+        finally:
+            journal._stopping = True
+            journal.close()
+
+    async def first(journal: Any, cp: Any) -> None:
+        p = recording_terminal(cp, "T00001")
+        for i in (1, 2, 3):
+            cp.terminal_msg(cp.terms["T00001"], i, f"m{i}")
+        await until(lambda: durable(journal) and journal.records_written >= 3, "the records durable")
+        assert acks(p) == []
+
+    async def restarted_before_a_host(journal: Any, cp: Any) -> None:
+        p = recording_terminal(cp, "T00001")
+        [welcome] = [m for m in frames(p) if m["t"] == "welcome"]
+        assert welcome["last_acked"] == 0, welcome
+        for i in (1, 2, 3):  # sent again: the same messages, still not acknowledged
+            cp.terminal_msg(cp.terms["T00001"], i, f"m{i}", resent=True)
+        assert acks(p) == [] and not [m for m in frames(p) if m["t"] == "error"]
+        assert cp.status()["journal"]["acks_waiting_for_host"]["messages"] == 3
+
+    async def a_host_comes(journal: Any, cp: Any) -> None:
+        await restarted_before_a_host(journal, cp)
+        p = cp.terms["T00001"].conn
+        fake_host(cp, "host-b", "standby")
+        assert acks(p) == [1, 2, 3] and cp.status()["journal"]["acks_waiting_for_host"] is None
+
+    async def after_a_host(journal: Any, cp: Any) -> None:
+        p = recording_terminal(cp, "T00001")
+        [welcome] = [m for m in frames(p) if m["t"] == "welcome"]
+        assert welcome["last_acked"] == 3, welcome
+        assert cp.status()["journal"]["acks_waiting_for_host"] == {"messages": 0, "since": None}
+
+    await run(first)
+    await run(restarted_before_a_host)
+    await run(restarted_before_a_host)  # (its takeover snapshot's checkpoint says it again)
+    await run(a_host_comes)
+    await run(after_a_host)

@@ -65,6 +65,10 @@ class FirstHost:
         if self.journal_accepted:
             return
         self.journal_accepted = True
+        # said in the journal (an "f" record, as it is: hsb.cp.journal.recovery): a CP restarted
+        # on it counts the acks that waited before it as sent, those after its checkpoint's
+        # `acks_waiting` and before it as never sent
+        self.journal.append(["f", [[n, f] for n, f in self.host_frames.items()]])
         waiting, self.acks_waiting = self.acks_waiting, []
         since, self.acks_waiting_since = self.acks_waiting_since, None
         log.info(

@@ -50,6 +50,10 @@ class JournalSide:
                 unknown.append(name)
                 term = self.terms[name] = Term(TerminalDef(name=name, standby_capable=False), self.counts)
             term.last_acked = term.durable_acked = r.last_acked.get(name, 0)
+            if r.acks_waiting is not None and name in r.acks_waiting and not self.journal_accepted:
+                # the CP before acknowledged nothing above this (no host had registered with it:
+                # hsb.cp.first_host), nor does this one before a host registers with it
+                term.durable_acked = min(term.last_acked, r.acks_waiting[name])
             term.confirmed = r.confirmed.get(name, 0)
             # the journal's objects themselves (hsb.cp.journal.recovery builds them), in id order
             held = r.held.get(name)
@@ -59,6 +63,9 @@ class JournalSide:
                 held_data += term.held_bytes
                 held_n += len(held)
                 holding[term] = None
+                for h in term.held.values():
+                    if h.id > term.durable_acked:
+                        self.ack_waits_for_a_host(term, h)
             kept = r.replies.get(name)
             term.logoff_upto = term.bye_upto = r.logoff.get(name, 0)  # (every connection went with the crash)
             if r.leaving(name):  # logged off holding messages: answered without it (replies go nowhere)
@@ -101,6 +108,8 @@ class JournalSide:
             "lease": [lease, fresh],
             "frames": [[n, f] for n, f in self.host_frames.items()],  # (as its "f" records, in their order)
         }
+        if not self.journal_accepted:  # (no host registered yet: whose acks wait, from which id; hsb.cp.first_host)
+            extra["acks_waiting"] = {t.name: t.durable_acked for t in self.terms.values() if t.last_acked > t.durable_acked}
         return ["ck", self.epoch, self.recorded_active, j.gen, acked, extra]
 
     def snapshot(self: CP) -> list[list[Any]]:

@@ -5,14 +5,18 @@ Record kinds (the first element of each MessagePack array):
 
     ["ck", epoch, active, generation, {terminal: last acked id},
      {"history": [...], "paused": bool, "logoff": {terminal: id}, "lease": [host_lease, fresh_s],
-      "closed": [segment, records], "frames": [[host, max_frame], ...]}]
+      "closed": [segment, records], "frames": [[host, max_frame], ...],
+      "acks_waiting": {terminal: id}}]
                                    checkpoint, first in every segment ("logoff": as the "o"
                                    records of the terminals logged off holding messages then;
                                    "lease": how long a lease this CP granted may outlive its last
                                    renewal, for the wait after a restart: hsb.cp.core; "closed":
                                    how many records the segment before it ended with, so that
                                    one whose end was lost, zeros where records were, is damage;
-                                   "frames": as the last "f" record before it)
+                                   "frames": as the last "f" record before it; "acks_waiting":
+                                   written only while no host has registered with the CP since
+                                   it took the journal over (hsb.cp.first_host), each terminal
+                                   whose acks wait with the highest id it was acknowledged)
     ["a", terminal, id, data]      a message accepted (and acknowledged once durable)
     ["r", terminal, id, data]      its reply, kept until the terminal confirms it; the message is settled
     ["d", terminal, id]            its reply, not kept (a terminal that does not resume); settled;
@@ -26,14 +30,22 @@ Record kinds (the first element of each MessagePack array):
     ["h", {...}]                   an entry of the switch history ({"epoch", "update": {...}}: an entry's pause)
     ["p", paused]                  the operator paused (or resumed) automatic failover
     ["f", [[host, max_frame], ...]] the pair's hosts and the max_frame each said at its registration
-                                   (0: none), oldest first; it replaces the one before (hsb.cp.pair_frames)
+                                   (0: none), oldest first; it replaces the one before (hsb.cp.pair_frames);
+                                   written too when the first host registers with a CP (its acks
+                                   no longer wait: every "a" before it was acknowledged)
     ["se"]                         the end of a takeover snapshot (below)
 
 (and `["g", record, ...]`, one group commit's records under one checksum, opened by
 hsb.cp.journal.format.scan before they get here)
 
 Applying is idempotent and independent of where a record sits, so a record carried forward into
-a newer segment (compaction) replays to the same state.
+a newer segment (compaction) replays to the same state. One exception: which messages were
+acknowledged. A CP acknowledges nothing before a host has registered with it (hsb.cp.first_host):
+while a checkpoint says `acks_waiting` and no "f" follows it, an "a" of a terminal that had no ack
+waiting at that checkpoint makes it wait from the id acknowledged before it
+(`Recovered.acks_waiting`): a CP restarted on that journal does not count those acknowledged
+either (a CP on a stale copy of the journal, restarted, would else tell its terminals that
+messages no serving CP will read were acknowledged).
 
 Generations (hsb.cp.journal.generation): segment files are `seg-GGGGGGGG-NNNNNNNN.hsbj`, G the
 generation of the CP that wrote them (`seg-NNNNNNNN.hsbj`, from before generations, count as
@@ -258,6 +270,10 @@ class Recovered:
     lease: tuple[float, float] = (0.0, 0.0)  # (host_lease, fresh_s) of the CP that wrote the newest checkpoint
     # the pair's hosts -> the max_frame each said, oldest first ({}: a journal of before them)
     frames: dict[str, int] = field(default_factory=dict)
+    # no host had registered with the CP that wrote the newest records (hsb.cp.first_host):
+    # terminal -> the highest id acknowledged to it (its messages above that never were); None:
+    # a host had (or a journal of before it), every message recorded was acknowledged
+    acks_waiting: dict[str, int] | None = None
     segments: list[int] = field(default_factory=list)
     last_segment: int = 0
     head_generation: int = 0  # the generation whose segments were read
@@ -304,6 +320,8 @@ def apply(r: Recovered, rec: list[Any], seg: int) -> None:
         _, term, mid, data = rec
         if mid > r.confirmed.get(term, 0) and mid not in r.replies.get(term, ()):
             r.held.setdefault(term, {})[mid] = recovered_held(mid, data, r.at, seg)
+        if r.acks_waiting is not None and term not in r.acks_waiting:
+            r.acks_waiting[term] = r.last_acked.get(term, 0)  # (acknowledged up to here; this one waits)
         if mid > r.last_acked.get(term, 0):
             r.last_acked[term] = mid
     elif kind == "r":
@@ -353,6 +371,9 @@ def apply(r: Recovered, rec: list[Any], seg: int) -> None:
                 r.lease = (float(lease[0]), float(lease[1]))
             if "frames" in rec[5]:  # (a checkpoint of before them says nothing: what was read stands)
                 r.frames = _frames(rec[5]["frames"])
+        # (a checkpoint says the whole state: acks waiting, or none)
+        waiting = rec[5].get("acks_waiting") if len(rec) > 5 else None
+        r.acks_waiting = {str(t): int(i) for t, i in waiting.items()} if isinstance(waiting, dict) else None
         if epoch >= r.epoch:
             r.epoch, r.active = epoch, active
         la = r.last_acked
@@ -373,6 +394,7 @@ def apply(r: Recovered, rec: list[Any], seg: int) -> None:
         r.paused = bool(rec[1])
     elif kind == "f":
         r.frames = _frames(rec[1])
+        r.acks_waiting = None  # (a host registered: every ack that waited went)
     elif kind == "se":
         pass
     else:
@@ -451,6 +473,9 @@ def _recover(d: Path, truncate: bool) -> Recovered:
                         held_ = h[mid] = Held(mid, data, at, n)  # recovered_held() inline
                         held_.delivered_epoch = -1
                         held_.recovered = True
+                    waiting = r.acks_waiting  # (None but before a CP's first host: hsb.cp.first_host)
+                    if waiting is not None and term not in waiting:
+                        waiting[term] = last_acked.get(term, 0)
                     if mid > last_acked.get(term, 0):
                         last_acked[term] = mid
                 elif kind == "r":
