@@ -48,9 +48,10 @@ async def test_acks_wait_for_the_first_host_and_then_go_in_order(tmp_path: Path)
             for i in (1, 2, 3):  # sent again: taken as the same messages, not acknowledged yet
                 cp.terminal_msg(cp.terms["T00001"], i, f"m{i}", resent=True)
             assert acks(p2) == [] and not [m for m in frames(p2) if m["t"] == "error"]
-            # a host registers (the standby): every waiting ack goes, in order, once
+            # a host registers (the standby): every waiting ack goes, in order, once, as soon as
+            # the journal says so durably
             fake_host(cp, "host-b", "standby")
-            assert acks(p2) == [1, 2, 3]
+            await until(lambda: acks(p2) == [1, 2, 3], "the acks that waited")
             assert term.durable_acked == 3 and cp.counters["acks"] == 3
             assert cp.status()["journal"]["acks_waiting_for_host"] is None
             # and from now on at once, as before
@@ -117,7 +118,8 @@ async def test_a_cp_restarted_before_any_host_came_counts_none_of_the_waiting_ac
         await restarted_before_a_host(journal, cp)
         p = cp.terms["T00001"].conn
         fake_host(cp, "host-b", "standby")
-        assert acks(p) == [1, 2, 3] and cp.status()["journal"]["acks_waiting_for_host"] is None
+        await until(lambda: acks(p) == [1, 2, 3], "the acks that waited")
+        assert cp.status()["journal"]["acks_waiting_for_host"] is None
 
     async def after_a_host(journal: Any, cp: Any) -> None:
         p = recording_terminal(cp, "T00001")
@@ -130,3 +132,48 @@ async def test_a_cp_restarted_before_any_host_came_counts_none_of_the_waiting_ac
     await run(restarted_before_a_host)  # (its takeover snapshot's checkpoint says it again)
     await run(a_host_comes)
     await run(after_a_host)
+
+
+async def test_the_acks_that_waited_go_only_once_the_first_hosts_registration_is_durable(tmp_path: Path) -> None:
+    """The first host's registration is written ("f") before the acks that waited go: a CP that
+    dies before that record is durable (here: its group commits held, then closed) sent none of
+    them, and the next CP on the journal still counts them waiting, a checkpoint written meanwhile
+    included. (Released at once, the terminal held acks of ids the next CP welcomed it below:
+    hsbterm's "acks forgotten".)"""
+    d = tmp_path / "j"
+    d.mkdir()
+    cfg = cp_config(tmp_path, 2)
+    journal, cp = journal_cp(d, cfg)
+    try:
+        p = recording_terminal(cp, "T00001")
+        for i in (1, 2, 3):
+            cp.terminal_msg(cp.terms["T00001"], i, f"m{i}")
+        await until(lambda: journal.pending == 0 and journal._inflight is None and journal.records_written >= 3, "the records durable")
+        journal.hold()  # (no group commit starts: the registration's record stays in memory)
+        fake_host(cp, "host-b", "standby")
+        journal.append(cp._checkpoint())  # (a checkpoint after it, as a new segment's would be)
+        assert acks(p) == [] and cp.status()["journal"]["acks_waiting_for_host"]["messages"] == 3
+    finally:
+        journal._stopping = True
+        journal.close()
+    journal, cp = journal_cp(d, cfg)
+    try:
+        p = recording_terminal(cp, "T00001")
+        [welcome] = [m for m in frames(p) if m["t"] == "welcome"]
+        assert welcome["last_acked"] == 0, welcome
+        assert cp.status()["journal"]["acks_waiting_for_host"]["messages"] == 3
+        fake_host(cp, "host-b", "standby")
+        journal.append(cp._checkpoint())  # (written after the "f": read after it, it waits no more)
+        await until(lambda: acks(p) == [1, 2, 3], "the acks that waited, the registration durable")
+        await until(lambda: journal.pending == 0 and journal._inflight is None, "the journal written")
+    finally:
+        journal._stopping = True
+        journal.close()
+    journal, cp = journal_cp(d, cfg)
+    try:
+        p = recording_terminal(cp, "T00001")
+        [welcome] = [m for m in frames(p) if m["t"] == "welcome"]
+        assert welcome["last_acked"] == 3, welcome
+    finally:
+        journal._stopping = True
+        journal.close()

@@ -34,12 +34,14 @@ log = structlog.get_logger("hsb.cp")
 class FirstHost:
     """The acknowledgements a CP holds until a host accepts its journal; mixed into `CP`."""
 
-    journal_accepted: bool  # a host registered since this CP took its journal over (or memory only)
+    journal_accepted: bool  # a host registered since this CP took its journal over, said durably (or memory only)
+    journal_accepting: bool  # a host registered: the journal's record of it ("f") is being made durable
     acks_waiting: list[tuple[Term, Held]]  # durable, not yet acknowledged, in the order they became durable
     acks_waiting_since: float | None  # (time.time() of the first one)
 
     def init_first_host(self: CP) -> None:
         self.journal_accepted = not self.journal.durable
+        self.journal_accepting = False
         self.acks_waiting = []
         self.acks_waiting_since = None
 
@@ -61,19 +63,24 @@ class FirstHost:
 
     def host_accepts_journal(self: CP, host: HostProtocol) -> None:
         """`host` registers: it checked this CP's journal and generation and took them. The
-        acknowledgements that waited go now (before the registration acts on anything)."""
-        if self.journal_accepted:
+        acknowledgements that waited go once the journal says so durably: an "f" record (the
+        pair's frames, as they are: hsb.cp.journal.recovery), which a CP restarted on this journal
+        reads as "every ack that waited before it went". Released before that record is durable,
+        a crash would leave the terminals acknowledged ids the next CP counts as never sent."""
+        if self.journal_accepted or self.journal_accepting:
             return
+        self.journal_accepting = True
+        name = host.name
+        self.journal.append(["f", [[n, f] for n, f in self.host_frames.items()]], lambda: self._release_acks(name))
+
+    def _release_acks(self: CP, host: str) -> None:
+        """The first host's registration is durable: every acknowledgement that waited goes, in order."""
         self.journal_accepted = True
-        # said in the journal (an "f" record, as it is: hsb.cp.journal.recovery): a CP restarted
-        # on it counts the acks that waited before it as sent, those after its checkpoint's
-        # `acks_waiting` and before it as never sent
-        self.journal.append(["f", [[n, f] for n, f in self.host_frames.items()]])
         waiting, self.acks_waiting = self.acks_waiting, []
         since, self.acks_waiting_since = self.acks_waiting_since, None
         log.info(
             "journal_accepted_by_host",
-            host=host.name,
+            host=host,
             generation=self.journal.gen,
             acks_released=len(waiting),
             waited_ms=None if since is None else round((time.time() - since) * 1000, 1),

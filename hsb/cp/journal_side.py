@@ -108,7 +108,9 @@ class JournalSide:
             "lease": [lease, fresh],
             "frames": [[n, f] for n, f in self.host_frames.items()],  # (as its "f" records, in their order)
         }
-        if not self.journal_accepted:  # (no host registered yet: whose acks wait, from which id; hsb.cp.first_host)
+        # (no host registered yet: whose acks wait, from which id; hsb.cp.first_host. Not once the
+        # first one's "f" is appended: this checkpoint comes after it, so it is read only with it)
+        if not self.journal_accepted and not self.journal_accepting:
             extra["acks_waiting"] = {t.name: t.durable_acked for t in self.terms.values() if t.last_acked > t.durable_acked}
         return ["ck", self.epoch, self.recorded_active, j.gen, acked, extra]
 
