@@ -7,13 +7,16 @@ hosts have already seen passed, and every host refuses it (hsb.host.cplink). Wha
 acknowledged meanwhile would be in no journal the serving CP reads: lost once terminals go back
 to the real one. So a CP with a durable journal sends no `ack` until a host has registered
 with it since it took the journal over: a host registers only after it checked the CP's journal
-and generation against those it followed (and made the generation durable on its side). Until
-then each message's record is written as usual and its acknowledgement waits here, as it would
-behind a slow group commit; the terminal keeps the message and sends it again if it reconnects.
-Once a host registers, every waiting acknowledgement goes at once, in order. A memory-only CP
-(`durability = "none"`) has no journal to be stale: it acknowledges as before.
+id, generation and takeover id against those it keeps (hsb.host.cplink). Until then each
+message's record is written as usual and its acknowledgement waits here, as it would behind a
+slow group commit; the terminal keeps the message and sends it again if it reconnects. The first
+registration is written to the journal (an "f" record), and once that is durable every waiting
+acknowledgement goes, in order. A CP restarted on the journal before that counts the waiting
+ones as never acknowledged (the checkpoints' `acks_waiting`, hsb.cp.journal.recovery), and its
+acknowledgements wait for a host in turn. A memory-only CP (`durability = "none"`) has no journal
+to be stale: it acknowledges as before.
 
-A mixin of `CP`: the waiting list is cleared only by `host_accepts_journal`.
+A mixin of `CP`: the waiting list is emptied only by `_release_acks`.
 """
 
 from __future__ import annotations
