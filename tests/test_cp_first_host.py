@@ -6,6 +6,8 @@ every host refuses, in real processes: tests/test_cp_stale_copy.py."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,24 @@ def frames(p: Any) -> list[dict[str, Any]]:
 
 def acks(p: Any) -> list[int]:
     return [m["id"] for m in frames(p) if m["t"] == "ack"]
+
+
+@contextlib.contextmanager
+def cp_life(d: Path, cfg: Any) -> Iterator[tuple[Any, Any]]:
+    """(journal, cp): one CP process on the journal in `d` (hsbcpd's takeover), its journal closed after."""
+    journal, cp = journal_cp(d, cfg)
+    try:
+        yield journal, cp
+    finally:
+        journal._stopping = True
+        journal.close()
+
+
+def welcomed(cp: Any) -> tuple[Any, int]:
+    """T00001 logged on to `cp`, resuming: (its connection, its welcome's last_acked)."""
+    p = recording_terminal(cp, "T00001")
+    [welcome] = [m for m in frames(p) if m["t"] == "welcome"]
+    return p, welcome["last_acked"]
 
 
 async def test_acks_wait_for_the_first_host_and_then_go_in_order(tmp_path: Path) -> None:
@@ -143,8 +163,7 @@ async def test_the_acks_that_waited_go_only_once_the_first_hosts_registration_is
     d = tmp_path / "j"
     d.mkdir()
     cfg = cp_config(tmp_path, 2)
-    journal, cp = journal_cp(d, cfg)
-    try:
+    with cp_life(d, cfg) as (journal, cp):
         p = recording_terminal(cp, "T00001")
         for i in (1, 2, 3):
             cp.terminal_msg(cp.terms["T00001"], i, f"m{i}")
@@ -153,27 +172,13 @@ async def test_the_acks_that_waited_go_only_once_the_first_hosts_registration_is
         fake_host(cp, "host-b", "standby")
         journal.append(cp._checkpoint())  # (a checkpoint after it, as a new segment's would be)
         assert acks(p) == [] and cp.status()["journal"]["acks_waiting_for_host"]["messages"] == 3
-    finally:
-        journal._stopping = True
-        journal.close()
-    journal, cp = journal_cp(d, cfg)
-    try:
-        p = recording_terminal(cp, "T00001")
-        [welcome] = [m for m in frames(p) if m["t"] == "welcome"]
-        assert welcome["last_acked"] == 0, welcome
+    with cp_life(d, cfg) as (journal, cp):
+        p, last_acked = welcomed(cp)
+        assert last_acked == 0
         assert cp.status()["journal"]["acks_waiting_for_host"]["messages"] == 3
         fake_host(cp, "host-b", "standby")
         journal.append(cp._checkpoint())  # (written after the "f": read after it, it waits no more)
         await until(lambda: acks(p) == [1, 2, 3], "the acks that waited, the registration durable")
         await until(lambda: journal.pending == 0 and journal._inflight is None, "the journal written")
-    finally:
-        journal._stopping = True
-        journal.close()
-    journal, cp = journal_cp(d, cfg)
-    try:
-        p = recording_terminal(cp, "T00001")
-        [welcome] = [m for m in frames(p) if m["t"] == "welcome"]
-        assert welcome["last_acked"] == 3, welcome
-    finally:
-        journal._stopping = True
-        journal.close()
+    with cp_life(d, cfg) as (journal, cp):
+        assert welcomed(cp)[1] == 3

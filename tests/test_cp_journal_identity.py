@@ -171,6 +171,35 @@ class CPAnswer:
         self.end.set()
 
 
+class LinkRig:
+    """A host's CP link (made by `link()`, as many as asked) whose CP answers the test queues in
+    `answers`, its generation file `mem`, and `ups`: (the link's generation, what `kept` reads of
+    the file) each time a link comes up; refusals said into `rec`."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kept: Any) -> None:
+        self.rec = RecordingLog()
+        monkeypatch.setattr(refusals, "log", self.rec)  # (a refusal is said through hsb.ops.refusals)
+        self.answers: deque[CPAnswer] = deque()
+        self.ups: list[tuple[int, str | None]] = []
+        self.kept = kept
+
+        async def connect(*_: Any, **__: Any) -> CPAnswer:
+            while not self.answers:
+                await asyncio.sleep(0.01)
+            return self.answers.popleft()
+
+        monkeypatch.setattr(cplink_mod, "FrameStream", SimpleNamespace(connect=connect))
+        self.mem = GenerationFile(tmp_path / "host-a.cp-generation", "host-a", timeout=5.0)
+
+    def link(self) -> CPLink:
+        link = CPLink(
+            name="host-a", addr="127.0.0.1:1", secret=SECRET, interval=0.1, timeout=5.0, max_frame=1 << 20,
+            on_up=lambda: self.ups.append((link.cp_generation, self.kept(self.mem.path))), on_frame=lambda m: None,
+            on_down=lambda why: None, lease=Lease(), on_answer=lambda n: None, memory=self.mem,
+        )  # fmt: skip
+        return link
+
+
 async def until(cond: Any, what: str) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
@@ -186,27 +215,9 @@ async def test_a_host_takes_the_first_journal_and_refuses_a_cp_on_another_whatev
     before the link is up), journal B at generation 5 (refused, never up, said), a CP that says
     no journal at 6 (an older hsbcpd, memory-only: judged by generation, up), A again at 7 (up).
     A new link (a restarted host) reading the file refuses B too."""
-    rec = RecordingLog()
-    monkeypatch.setattr(refusals, "log", rec)  # (the refusal is said through hsb.ops.refusals)
+    rig = LinkRig(tmp_path, monkeypatch, lambda path: read_kept(path, "host-a")[1])
+    rec, answers, ups, mem, link_of = rig.rec, rig.answers, rig.ups, rig.mem, rig.link
     a, b = "a" * 32, "b" * 32
-    answers: deque[CPAnswer] = deque()
-    ups: list[tuple[int, str | None]] = []
-
-    async def connect(*_: Any, **__: Any) -> CPAnswer:
-        while not answers:
-            await asyncio.sleep(0.01)
-        return answers.popleft()
-
-    monkeypatch.setattr(cplink_mod, "FrameStream", SimpleNamespace(connect=connect))
-    mem = GenerationFile(tmp_path / "host-a.cp-generation", "host-a", timeout=5.0)
-
-    def link_of() -> CPLink:
-        link = CPLink(
-            name="host-a", addr="127.0.0.1:1", secret=SECRET, interval=0.1, timeout=5.0, max_frame=1 << 20,
-            on_up=lambda: ups.append((link.cp_generation, read_kept(mem.path, "host-a")[1])), on_frame=lambda m: None,
-            on_down=lambda why: None, lease=Lease(), on_answer=lambda n: None, memory=mem,
-        )  # fmt: skip
-        return link
 
     link = link_of()
     link.start()
@@ -289,27 +300,9 @@ async def test_a_host_refuses_the_generation_it_has_seen_from_another_takeover(t
     generation 3 of takeover Y (a CP on a copy of the journal: refused, said, never up); X again
     (up); generation 4 of Z (up, Z saved); a CP saying no takeover at 4 (an older hsbcpd: up). A
     restarted host reading its file refuses generation 4 of another takeover too."""
-    rec = RecordingLog()
-    monkeypatch.setattr(refusals, "log", rec)
+    rig = LinkRig(tmp_path, monkeypatch, lambda path: read_memory(path, "host-a")[2])
+    rec, answers, ups, mem, link_of = rig.rec, rig.answers, rig.ups, rig.mem, rig.link
     a = "a" * 32
-    answers: deque[CPAnswer] = deque()
-    ups: list[tuple[int, str | None]] = []
-
-    async def connect(*_: Any, **__: Any) -> CPAnswer:
-        while not answers:
-            await asyncio.sleep(0.01)
-        return answers.popleft()
-
-    monkeypatch.setattr(cplink_mod, "FrameStream", SimpleNamespace(connect=connect))
-    mem = GenerationFile(tmp_path / "host-a.cp-generation", "host-a", timeout=5.0)
-
-    def link_of() -> CPLink:
-        link = CPLink(
-            name="host-a", addr="127.0.0.1:1", secret=SECRET, interval=0.1, timeout=5.0, max_frame=1 << 20,
-            on_up=lambda: ups.append((link.cp_generation, read_memory(mem.path, "host-a")[2])), on_frame=lambda m: None,
-            on_down=lambda why: None, lease=Lease(), on_answer=lambda n: None, memory=mem,
-        )  # fmt: skip
-        return link
 
     x, y, z = "1" * 16, "2" * 16, "3" * 16
     link = link_of()
