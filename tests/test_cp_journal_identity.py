@@ -317,7 +317,7 @@ async def test_a_host_refuses_the_generation_it_has_seen_from_another_takeover(t
         assert ups == [(3, x)] and link.generation_status()["takeover"] == x and read_memory(mem.path, "host-a")[2] == x
         (ev,) = rec.events("cp_journal_copy_refused")[:1]
         assert ev["level"] == "error" and f"generation 3 of takeover {y}" in ev["reason"] and f"takeover {x}" in ev["reason"], ev
-        assert "a CP on a copy of the journal" in ev["reason"] and "stop that hsbcpd" in ev["msg"], ev
+        assert "a CP on a copy of the journal" in ev["reason"] and "stop the CP whose journal directory is the copy" in ev["msg"], ev
         again = CPAnswer({"generation": 3, "journal": a, "takeover": x})
         answers.append(again)
         await until(lambda: len(ups) == 2, "takeover X again")

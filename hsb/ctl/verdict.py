@@ -225,8 +225,9 @@ def superseded_cps(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: li
             if seen == gen and isinstance(took, str) and isinstance(other, str) and took != other:
                 out.append(
                     f"the CP {cp.get('name')} at {cp.get('addr', '-')} has generation {gen} of takeover {took}, but {h.get('name')} has seen"
-                    f" generation {gen} of takeover {other}: a CP on a copy of the journal (a backup restored, its directory copied aside),"
-                    " which the hosts refuse; stop it and start the CP on the journal directory the serving CP had (§11)"
+                    f" generation {gen} of takeover {other}: two CPs took generation {gen}, each in its own directory, one of them a CP"
+                    " on a copy of the journal (a backup restored, its directory copied aside), and the hosts refuse this one; stop"
+                    " the CP whose directory is the copy, and start the CP on the journal directory the serving CP had (§11)"
                 )
                 break
     return out

@@ -261,10 +261,11 @@ class CPLink:
                 refusal = (
                     copy_refusals,
                     f"the CP at {self.addr} has journal generation {gen} of takeover {took}, but this host has seen generation {gen}"
-                    f" of takeover {self.cp_takeover}: a CP on a copy of the journal (a backup restored, its directory copied aside)"
-                    "; not registering with it",
-                    "stop that hsbcpd and start the CP on the journal directory the serving CP had"
-                    " (what the copy's CP wrote after the copy is in no other journal; docs/operations.md §11)",
+                    f" of takeover {self.cp_takeover}: two CPs took generation {gen} of this journal, each in its own directory, one of"
+                    " them a CP on a copy of the journal (a backup restored, its directory copied aside); not registering with it",
+                    "stop the CP whose journal directory is the copy, and start the CP on the directory the serving CP had"
+                    " (what the copy's CP wrote is in no other journal); if this host met the copy's CP first, restart"
+                    " the real one (a new generation) once the copy's is stopped (docs/operations.md §11)",
                 )
             if refusal is not None:
                 self.generation_refusals += 1  # (a CP on another journal counted too)
