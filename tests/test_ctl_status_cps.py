@@ -222,3 +222,30 @@ def test_a_cp_on_another_journal_than_the_hosts_follow_is_said_so_whatever_its_g
     assert f"serves journal {'b' * 32}, not journal {'a' * 32} a follows, so the hosts do not register with it" in said, said
     assert "its journal directory was replaced" in said and "or two CPs on different journals" in said, said
     assert "/var/lib/hsb/cp-journal: is it the directory both CP machines share?" in said and "below" not in said, said
+
+
+def test_the_hosts_ahead_of_a_cp_on_a_copy_of_the_journal_are_no_role_change() -> None:
+    """A CP on a copy of the journal took the generation the hosts have seen, of another takeover:
+    they refuse it for good (`cp_journal_copy_refused`), so their epochs, ahead of the copy's
+    journal, never agree with its own: NOT SERVING (2) with the line that says so, as for a CP on
+    another journal, not `UNKNOWN (a role change is under way)` (3) after asking again (gather asks
+    again on the same test, `hosts_refuse`). It was taken for a role change: the hosts' answers
+    never agree with a CP they refuse."""
+    from hsb.ctl.verdict import summarize
+
+    journal = {"dir": "/var/lib/hsb/cp-journal", "durability": "fsync", "state": "ok", "id": "b" * 32, "takeover": "c0c0c0c0c0c0c0c0"}
+    cp = {"reachable": True, "name": "cp-a", "addr": "vip:1", "state": "serving", "epoch": 0, "generation": 2, "journal": journal}
+    cp |= {"active": None, "standby": None}
+    seen = {"seen": 2, "refusals": 3, "journal": "b" * 32, "takeover": "a1a1a1a1a1a1a1a1"}
+    hosts: list[dict[str, Any]] = [
+        {"reachable": True, "name": "a", "role": "active", "state": "serving", "serving": False, "epoch": 1, "cp_generation": dict(seen)},
+        {"reachable": True, "name": "b", "role": "standby", "state": "waiting_for_active", "epoch": 1, "cp_generation": dict(seen)},
+    ]
+    st = summarize(dict(cp), [dict(h) for h in hosts])
+    assert st["changing"] is None and st["exit_status"] == 2 and not st["serving"], st
+    assert len(st["cp_errors"]) == 1 and "a CP on a copy of the journal" in st["cp_errors"][0], st["cp_errors"]
+    # the same takeover (the CP the hosts follow, behind them on a grant): a role change, asked again
+    for h in hosts:
+        h["cp_generation"]["takeover"] = "c0c0c0c0c0c0c0c0"
+    st = summarize(dict(cp), [dict(h) for h in hosts])
+    assert st["changing"] and st["exit_status"] == 3 and not st["cp_errors"], st

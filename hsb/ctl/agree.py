@@ -71,9 +71,32 @@ def another_journal(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> tuple[st
 
 
 def follows_another_journal(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> bool:
-    """Whether a host follows another journal than the CP's (another_journal): the hosts' epochs
-    ahead of its own are then no role change under way but that refusal (superseded_cps says it)."""
+    """Whether a host follows another journal than the CP's (another_journal)."""
     return another_journal(cp, hosts) is not None
+
+
+def another_takeover(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> bool:
+    """Whether a host has seen the CP's generation of another takeover (its journal's `takeover`,
+    the host's `cp_generation.takeover`): a CP on a copy of the journal, refused by the hosts
+    (`cp_journal_copy_refused`)."""
+    journal = cp.get("journal")
+    took = journal.get("takeover") if cp.get("reachable") and isinstance(journal, dict) else None
+    gen = cp.get("generation")
+    if not isinstance(took, str) or not isinstance(gen, int) or isinstance(gen, bool):
+        return False
+    for h in hosts:
+        cg = h.get("cp_generation")
+        if h.get("reachable") and isinstance(cg, dict) and cg.get("seen") == gen and isinstance(cg.get("takeover"), str) and cg["takeover"] != took:
+            return True
+    return False
+
+
+def hosts_refuse(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> bool:
+    """Whether the hosts refuse the CP asked for good: it is on another journal than a host
+    follows, or took the generation a host has seen in a copy of the journal. The hosts' epochs
+    ahead of its own are then no role change under way but that refusal (superseded_cps says it),
+    and asking again changes nothing."""
+    return follows_another_journal(cp, hosts) or another_takeover(cp, hosts)
 
 
 def two_actives(cp: dict[str, Any], actives: list[dict[str, Any]]) -> bool:

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from hsb.config import parse_addr
-from hsb.ctl.agree import REASK_PAUSES, disagreement, follows_another_journal
+from hsb.ctl.agree import REASK_PAUSES, disagreement, hosts_refuse
 from hsb.ctl.verdict import same_daemon, summarize
 from hsb.wire.auth import load_secret
 from hsb.wire.client import LinkClosed, ServerNameMismatch, Unanswered, request
@@ -258,7 +258,7 @@ async def status_all(
     # all three asked again, a few times within the timeout; summarize judges what is left
     for pause in REASK_PAUSES:
         left = end - time.monotonic() - pause
-        if not cp or not cps.get("reachable") or disagreement(cps, hs) is None or follows_another_journal(cps, hs) or left < 0.05:
+        if not cp or not cps.get("reachable") or disagreement(cps, hs) is None or hosts_refuse(cps, hs) or left < 0.05:
             break
         await asyncio.sleep(pause)
         cps2, hs2 = await ask_all(left)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hsb.ctl.agree import another_journal, claims_active, disagreement, follows_another_journal, split_brain, two_actives
+from hsb.ctl.agree import another_journal, claims_active, disagreement, hosts_refuse, split_brain, two_actives
 from hsb.plural import many
 
 
@@ -297,8 +297,9 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
     actives = [h for h in hosts if claims_active(h)]
     # the CP's answer and the hosts' still disagreeing on who is the active (gather asked again):
     # roles are changing, and no verdict is given from answers of different moments
-    # (but not hosts ahead of a CP whose journal they refuse: no answer of theirs will ever agree)
-    changing = None if follows_another_journal(cp, hosts) else disagreement(cp, hosts)
+    # (but not hosts ahead of a CP they refuse for good, on another journal or on a copy of theirs
+    # at the generation they have seen: no answer of theirs will ever agree)
+    changing = None if hosts_refuse(cp, hosts) else disagreement(cp, hosts)
     standbys = [h for h in hosts if h.get("reachable") and h.get("role") == "standby"]
     cp_ok = bool(cp.get("reachable"))
     # a CP whose journal cannot be written acknowledges nothing: terminals wait, nothing new is served
