@@ -252,7 +252,7 @@ def render(st: dict[str, Any]) -> str:
                     + (f"  ERROR {j.get('error')}: acknowledgements stopped until it can be written" if state != "ok" else "")
                 )
                 waiting = j.get("acks_waiting_for_host")
-                if isinstance(waiting, dict):
+                if isinstance(waiting, dict) and waiting.get("messages"):  # (none yet: nothing withheld, nothing to say)
                     out.append(
                         f"            ACKNOWLEDGEMENTS WAIT for a host to register with this CP ({many(waiting.get('messages'), 'message')}"
                         f"{', the first ' + _age(waiting['since']) if waiting.get('since') else ''}): a host registers only with the CP"
