@@ -75,20 +75,23 @@ def follows_another_journal(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> 
     return another_journal(cp, hosts) is not None
 
 
-def another_takeover(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> bool:
-    """Whether a host has seen the CP's generation of another takeover (its journal's `takeover`,
-    the host's `cp_generation.takeover`): a CP on a copy of the journal, refused by the hosts
-    (`cp_journal_copy_refused`)."""
+def takeovers_apart(cp: dict[str, Any], h: dict[str, Any]) -> tuple[str, str] | None:
+    """(the CP's takeover id, host `h`'s) when `h` has seen the CP's generation of another
+    takeover (its journal's `takeover`, the host's `cp_generation.takeover`): a CP on a copy of
+    the journal, refused by the hosts (`cp_journal_copy_refused`); else None."""
     journal = cp.get("journal")
     took = journal.get("takeover") if cp.get("reachable") and isinstance(journal, dict) else None
     gen = cp.get("generation")
-    if not isinstance(took, str) or not isinstance(gen, int) or isinstance(gen, bool):
-        return False
-    for h in hosts:
-        cg = h.get("cp_generation")
-        if h.get("reachable") and isinstance(cg, dict) and cg.get("seen") == gen and isinstance(cg.get("takeover"), str) and cg["takeover"] != took:
-            return True
-    return False
+    cg = h.get("cp_generation")
+    other = cg.get("takeover") if h.get("reachable") and isinstance(cg, dict) and cg.get("seen") == gen else None
+    if not isinstance(took, str) or not isinstance(gen, int) or isinstance(gen, bool) or not isinstance(other, str) or other == took:
+        return None
+    return took, other
+
+
+def another_takeover(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> bool:
+    """Whether a host has seen the CP's generation of another takeover (`takeovers_apart`)."""
+    return any(takeovers_apart(cp, h) is not None for h in hosts)
 
 
 def hosts_refuse(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> bool:

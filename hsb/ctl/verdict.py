@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hsb.ctl.agree import another_journal, claims_active, disagreement, hosts_refuse, split_brain, two_actives
+from hsb.ctl.agree import another_journal, claims_active, disagreement, hosts_refuse, split_brain, takeovers_apart, two_actives
 from hsb.plural import many
 
 
@@ -220,12 +220,12 @@ def superseded_cps(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: li
                     " a superseded CP (stop it; the serving one took the journal over), or one started on a new journal directory (§11, §18)"
                 )
                 break
-            took = (cp.get("journal") or {}).get("takeover") if isinstance(cp.get("journal"), dict) else None
-            other = cg.get("takeover") if isinstance(cg, dict) else None
-            if seen == gen and isinstance(took, str) and isinstance(other, str) and took != other:
+            apart = takeovers_apart(cp, h)
+            if apart is not None:
+                took, theirs = apart
                 out.append(
                     f"the CP {cp.get('name')} at {cp.get('addr', '-')} has generation {gen} of takeover {took}, but {h.get('name')} has seen"
-                    f" generation {gen} of takeover {other}: two CPs took generation {gen}, each in its own directory, one of them a CP"
+                    f" generation {gen} of takeover {theirs}: two CPs took generation {gen}, each in its own directory, one of them a CP"
                     " on a copy of the journal (a backup restored, its directory copied aside), and the hosts refuse this one; stop"
                     " the CP whose directory is the copy, and start the CP on the journal directory the serving CP had (§11)"
                 )
