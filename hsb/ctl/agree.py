@@ -70,11 +70,6 @@ def another_journal(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> tuple[st
     return None
 
 
-def follows_another_journal(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> bool:
-    """Whether a host follows another journal than the CP's (another_journal)."""
-    return another_journal(cp, hosts) is not None
-
-
 def takeovers_apart(cp: dict[str, Any], h: dict[str, Any]) -> tuple[str, str] | None:
     """(the CP's takeover id, host `h`'s) when `h` has seen the CP's generation of another
     takeover (its journal's `takeover`, the host's `cp_generation.takeover`): a CP on a copy of
@@ -89,17 +84,12 @@ def takeovers_apart(cp: dict[str, Any], h: dict[str, Any]) -> tuple[str, str] | 
     return took, other
 
 
-def another_takeover(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> bool:
-    """Whether a host has seen the CP's generation of another takeover (`takeovers_apart`)."""
-    return any(takeovers_apart(cp, h) is not None for h in hosts)
-
-
 def hosts_refuse(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> bool:
     """Whether the hosts refuse the CP asked for good: it is on another journal than a host
     follows, or took the generation a host has seen in a copy of the journal. The hosts' epochs
     ahead of its own are then no role change under way but that refusal (superseded_cps says it),
     and asking again changes nothing."""
-    return follows_another_journal(cp, hosts) or another_takeover(cp, hosts)
+    return another_journal(cp, hosts) is not None or any(takeovers_apart(cp, h) is not None for h in hosts)
 
 
 def two_actives(cp: dict[str, Any], actives: list[dict[str, Any]]) -> bool:
