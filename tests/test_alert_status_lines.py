@@ -2,8 +2,9 @@
 reads in the situations that fire them, checked against hsbctl's own verdict (hsb.ctl.gather.
 summarize, hsb.ctl.status.headline). Found by the on-call walk-through on a sandbox:
 HsbNobodyServes promised `exit 2, NOT SERVING`, but after a normal stop of the active (or a
-crash with failover paused) the stopped host cannot be asked and hsbctl says `UNKNOWN (host-a
-cannot be asked); from the others: NOT SERVING`, exit 3; HsbJournalStalled named only the
+crash with failover paused) the stopped host cannot be asked and hsbctl said `UNKNOWN (host-a
+cannot be asked); from the others: NOT SERVING`, exit 3 (it now says NOT SERVING, exit 2, with
+the stopped host counted as down: the CP holds no role for it); HsbJournalStalled named only the
 journal's word, while the first line says NOT SERVING (exit 2), whose §0 row meant "no active
 host" and pointed at promote."""
 
@@ -50,9 +51,11 @@ def test_nobody_serves_quotes_the_status_of_a_stopped_active_that_cannot_be_aske
     standby = _host("host-b", "standby", state="active_stopped", serving=False, established=False)
     st = summarize(_cp(active=None, standby={"name": "host-b"}), [stopped, standby])
     first = headline(st)[0]
-    assert st["exit_status"] == 3 and first == "hsb: UNKNOWN (host-a cannot be asked); from the others: NOT SERVING", (st, first)
+    down = headline(st)[1]
+    assert st["exit_status"] == 2 and first == "hsb: NOT SERVING", (st, first)
     text = description("HsbNobodyServes")
-    assert first.removeprefix("hsb: ") in text and "(exit 3)" in text, text
+    assert down.startswith("  host-a at host-a:1: connection refused;") and down.endswith(": counted as down"), down
+    assert "NOT SERVING (exit 2)" in text and down.split("; ")[-1] + '"' in text and "(exit 3)" not in text, text
     # and what it says when every daemon answers
     all_asked = summarize(_cp(active=None, standby={"name": "host-b"}), [_host("host-a", "standby", serving=False), standby])
     assert all_asked["exit_status"] == 2 and headline(all_asked)[0] == "hsb: NOT SERVING"

@@ -278,6 +278,24 @@ def test_promote_with_no_standby_seen_and_a_host_not_asked_is_unknown(monkeypatc
     ], err
 
 
+def test_promote_with_the_standby_down_says_so_and_exits_1(monkeypatch: pytest.MonkeyPatch, secret: Path) -> None:
+    """The standby could not be asked and the CP holds no role for it (status counts it as down):
+    there is none to promote, known (1), with the host's line saying why."""
+
+    def status(asked: bool) -> dict[str, Any]:
+        st = pair_status(A, B)
+        st["hosts"][1] = {"reachable": False, "name": "host-b", "addr": B, "error": "connection refused: nothing listens there"}
+        st["absent"] = [st["hosts"][1]]
+        return st
+
+    code, out, err, asked = _promote(monkeypatch, secret, status)
+    assert code == 1 and not asked, (code, out, err)
+    assert err.splitlines() == [
+        f"host-b at {B}: connection refused: nothing listens there; it holds no role at the CP: down",
+        "error: no reachable standby host to promote",
+    ], err
+
+
 def test_promote_refused_by_a_standby_that_counts_no_refusals_is_said_at_once(monkeypatch: pytest.MonkeyPatch, secret: Path) -> None:
     """A standby of an older hsbd has no switch_refusals count: the CP's refusal is read from its
     last error (it waited out --timeout and said "did not become active")."""

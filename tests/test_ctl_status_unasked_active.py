@@ -3,8 +3,9 @@ address for it wrong, a firewall between the operator and its admin port, its ad
 the first line said `hsb: UNKNOWN (host-a cannot be asked); from the others: NOT SERVING` of a pair
 in hot standby, serving every terminal, the CP hearing its active. It now says what the others
 report, the CP's active with its host link up, and that whether it serves is not known (exit 3
-still). A host that stopped normally, whose CP then has no active, is still `NOT SERVING` from the
-others (docs/operations.md §0, §9). Real processes: a sandbox, hsbctl run as the operator runs it."""
+still). A host that stopped normally, whose CP then has no active and names only the standby
+that answered, holds no role at the CP: it is counted as down, and the verdict is `NOT SERVING`
+(exit 2, docs/operations.md §0, §9). Real processes: a sandbox, hsbctl run as the operator runs it."""
 
 from __future__ import annotations
 
@@ -53,4 +54,8 @@ async def test_an_active_the_cp_hears_but_hsbctl_cannot_ask_is_not_said_not_serv
     assert stop.returncode == 0, stop.stdout + stop.stderr
     r = status_with(info, [admin["host-a"], admin["host-b"]])
     first = r.stdout.splitlines()[0]
-    assert r.returncode == 3 and first == "hsb: UNKNOWN (host-a cannot be asked); from the others: NOT SERVING", r.stdout
+    assert r.returncode == 2 and first == "hsb: NOT SERVING", r.stdout
+    down = r.stdout.splitlines()[1]
+    assert down.startswith(f"  host-a at {admin['host-a']}: connection refused") and down.endswith(
+        "; it holds no role at the CP, so it serves nothing: counted as down"
+    ), r.stdout

@@ -34,6 +34,21 @@ def cp_active(cp: dict[str, Any]) -> tuple[bool, Any]:
     return True, a.get("name") if isinstance(a, dict) else None
 
 
+def roles_all_answered(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[dict[str, Any]] | None) -> bool:
+    """Whether every host holding a role that hsbctl can see answered it: the CP was asked and
+    names as its active and standby only hosts that answered, and every CP machine named was
+    asked and names as its active only such a host. Then a host that could not be asked holds
+    no role at any of them, and serves nothing: a host serves only through a CP that made it its
+    active (the lease rule), so it is down (stopped, crashed, cut off), not unknown."""
+    if not cp.get("reachable") or cp.get("state") not in ("serving", "no_active") or "active" not in cp or "standby" not in cp:
+        return False
+    answered = {h.get("name") for h in hosts if h.get("reachable")}
+    for held in (cp.get("active"), cp.get("standby")):
+        if held is not None and (not isinstance(held, dict) or held.get("name") not in answered):
+            return False
+    return all(m.get("reachable") and (m.get("active") is None or m.get("active") in answered) for m in machines or [])
+
+
 def disagreement(cp: dict[str, Any], hosts: list[dict[str, Any]]) -> str | None:
     """Where the CP's answer and the hosts' disagree on who is the active, in a line; None when
     they agree (or there is nothing to compare: the CP not asked, or not saying)."""

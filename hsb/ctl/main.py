@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from hsb.ctl.file_cmd import file_group
-from hsb.ctl.ops_cmds import SECONDS, Bounded, say_unknown
+from hsb.ctl.ops_cmds import SECONDS, Bounded, say_down, say_unknown
 from hsb.ctl.ops_cmds import register as register_ops
 from hsb.ctl.target import Target, TargetError, load_target
 from hsb.ctl.tls_cmd import tls_group
@@ -119,6 +119,7 @@ def promote(obj: Ctx, timeout: float) -> None:
     sb.sort(key=lambda h: (named is not None and h.get("name") != named, h.get("registered_at_cp", True) is not True))
     if not sb:
         code = say_unknown(st.get("unknown") or []) or 1
+        say_down(st.get("absent") or [])
         click.echo("error: no reachable standby host to promote", err=True)
         sys.exit(code)
     ans = asyncio.run(ask(sb[0]["addr"], load_secret(t.secret_file), {"t": "promote"}))  # type: ignore[arg-type]

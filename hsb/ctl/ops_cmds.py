@@ -50,6 +50,13 @@ def say_unknown(unknown: list[dict[str, Any]]) -> int | None:
     return 3 if unknown else None
 
 
+def say_down(absent: list[dict[str, Any]]) -> None:
+    """One line per host that could not be asked and holds no role at the CP (down: status
+    counts it so), before an error that no host could do what was asked."""
+    for u in absent:
+        click.echo(f"{u['name']} at {u['addr']}: {u['error']}; it holds no role at the CP: down", err=True)
+
+
 def _gone(why: str) -> bool:
     """Why a daemon could not be asked says it is gone: nothing listens there any more (a host
     merely slow to answer, or one its machine cannot be reached at, is not known to have stopped)."""
@@ -64,6 +71,7 @@ async def _stop(t: Target, host: str | None, takeover: bool, timeout: float) -> 
         target = next((h for h in hosts if h.get("name") == host), None)
         if target is None:
             code = say_unknown(st.get("unknown") or [])
+            say_down(st.get("absent") or [])
             click.echo(f"error: no reachable host named {host!r} (known: {', '.join(h['name'] for h in hosts) or 'none'})", err=True)
             return code or 1
     else:
@@ -72,6 +80,7 @@ async def _stop(t: Target, host: str | None, takeover: bool, timeout: float) -> 
         target = actives[0] if actives else None
         if target is None:
             code = say_unknown(st.get("unknown") or [])
+            say_down(st.get("absent") or [])
             click.echo("error: no reachable active host to stop; name one with --host", err=True)
             return code or 1
     name = target["name"]
@@ -92,7 +101,9 @@ async def _stop(t: Target, host: str | None, takeover: bool, timeout: float) -> 
         st = await status_all(t.cp, t.hosts, t.secret_file, timeout=1.0, cp_machines=t.cps)
         # gone: nothing listens at its admin address any more (one merely slow to answer, while
         # it hands over, say, has not stopped)
-        stopped = stopped or any(u.get("addr") == target["addr"] and _gone(str(u.get("error", ""))) for u in st.get("unknown", []))
+        stopped = stopped or any(
+            u.get("addr") == target["addr"] and _gone(str(u.get("error", ""))) for u in [*st.get("unknown", []), *st.get("absent", [])]
+        )
         if stopped:
             active = next((h["name"] for h in st["hosts"] if h.get("reachable") and h.get("role") == "active" and h.get("serving")), None)
             if ans.get("hands_over") is not True:

@@ -116,6 +116,12 @@ def headline(st: dict[str, Any]) -> list[str]:
         [f"  roles are changing (asked again, the answers still disagree; ask again in a moment): {st['changing']}"] if st.get("changing") else []
     )
     unknown = [f"  {u['name']} at {u['addr']}: {u['error']}" for u in st.get("unknown") or []]
+    # (a host not asked that holds no role at the CP: down, said under the verdict it leaves standing)
+    down = [
+        f"  {u['name']} at {u['addr']}: {u['error']}; it holds no role at the CP, so it serves nothing: counted as down"
+        for u in st.get("absent") or []
+    ]
+    why = [*down, *why]
     if st.get("split_brain"):  # (critical, whatever else could not be asked: each such daemon's line follows)
         return [f"hsb: TWO ACTIVES: {st['split_brain']}", *unknown, *why]
     if st.get("two_actives"):  # (critical as well: the first line says it, not a verdict of 1 or 3)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hsb.ctl.agree import another_journal, claims_active, disagreement, hosts_refuse, split_brain, takeovers_apart, two_actives
+from hsb.ctl.agree import another_journal, claims_active, disagreement, hosts_refuse, roles_all_answered, split_brain, takeovers_apart, two_actives
 from hsb.plural import many
 
 
@@ -367,8 +367,12 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
                     owed = atf.get("ring_pending_records") if isinstance(atf, dict) else None
                     sb["ring_lag"] = max(0, last - (nxt - 1)) + (owed if isinstance(owed, int) else 0)
     unknown = [] if cp_ok else [("CP", cp.get("addr", "-"), cp.get("error"))]
-    unknown += [(h["name"], h.get("addr", "-"), h.get("error")) for h in hosts if not h.get("reachable")]
-    unknown = [(n, a, _odd_secret(e, cp, hosts)) for n, a, e in unknown]
+    unasked = [(h["name"], h.get("addr", "-"), _odd_secret(h.get("error"), cp, hosts)) for h in hosts if not h.get("reachable")]
+    # hosts not asked that hold no role at the CP (nor at any CP machine named): they serve
+    # nothing, so they count as down, and the verdict stands (a stopped standby: SERVING WITHOUT A
+    # STANDBY, 1; both hosts down: NOT SERVING, 2), not UNKNOWN
+    absent = unasked if len(hosts) == 2 and not twice and roles_all_answered(cp, hosts, machines) else []
+    unknown = [(n, a, _odd_secret(e, cp, hosts)) for n, a, e in unknown] + ([] if absent else unasked)
     # (one that authenticated and gave no answer in time: busy or stuck, and one that answered
     # with an error: said so by `unasked`)
     late: dict[str, dict[str, Any]] = {}
@@ -415,6 +419,8 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
         "service_stalled": stalls,
         # daemons that could not be asked: the verdict is then unknown (exit 3)
         "unknown": [{"name": n, "addr": a, "error": e} | late.get(n, {}) for n, a, e in unknown],
+        # hosts that could not be asked but hold no role at the CP: down, the verdict stands
+        "absent": [{"name": n, "addr": a, "error": e} | late.get(n, {}) for n, a, e in absent],
         # two hosts both serving with a valid lease at once: must never happen
         "two_actives": two,
         # of those, each at its own epoch kept by its own CP (a CP split brain): the line saying it

@@ -180,8 +180,9 @@ async def _a_loses(lab: Lab, watch: Watch, out: dict[str, Any], hold: float, lin
     b = _host(st, "b")
     assert _active(st) == "host-b" and b["role"] == "active" and b["state"] == "serving", (b.get("role"), b.get("state"))
     assert not _host(st, "a").get("reachable"), "host-a still answers after it exited"
-    # host-a exited: it cannot be asked, so the verdict is UNKNOWN (3) naming it; the rest serves
-    assert st["serving"] and st["exit_status"] == 3 and len(st["unknown"]) == 1, st.get("unknown")
+    # host-a exited: it cannot be asked, and holds no role at the CP, so it counts as down and
+    # the verdict stands: serving without a standby (1)
+    assert st["serving"] and st["exit_status"] == 1 and not st["unknown"] and len(st["absent"]) == 1, (st.get("unknown"), st.get("absent"))
     return ["host-a", "host-b"]
 
 
