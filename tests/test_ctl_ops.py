@@ -327,3 +327,22 @@ def test_promote_asks_the_standby_the_cp_names_of_two_that_say_standby(monkeypat
 
     code, out, err, asked = _promote(monkeypatch, secret, status)
     assert asked == [B] and code == 0 and "host-b is the active host now (epoch 5)" in out, (asked, code, out, err)
+
+
+def test_switchover_refused_names_a_standby_that_is_down(monkeypatch: pytest.MonkeyPatch, secret: Path) -> None:
+    """The standby is down (status counts it as down: `absent`): the refusal says why, with its
+    address and error, as it did when such a host was `unknown`."""
+    st = pair_status(A, B)
+    st["hosts"][1] = {"reachable": False, "name": "host-b", "addr": B, "error": "connection refused: nothing listens there"}
+    st["absent"] = [st["hosts"][1]]
+    st["established"] = False
+    st["cp"]["standby"] = None
+
+    async def status_all(*a: Any, **kw: Any) -> dict[str, Any]:
+        return st
+
+    from hsb.ctl import switchover
+
+    monkeypatch.setattr(switchover, "status_all", status_all)
+    code, out, err = invoke("--host", A, "--host", B, "--secret-file", str(secret), "switchover", "--yes")
+    assert code == 1 and f"  host-b at {B}: connection refused: nothing listens there" in err.splitlines(), (code, out, err)

@@ -103,3 +103,26 @@ def test_every_cp_machine_must_be_asked_and_keep_no_host_not_asked(other: dict[s
     serving = _machine("cp1:1", state="serving", active="host-a")
     st = summarize(shown_cp(active={"name": "host-a"}, standby=None), [shown_host("host-a", "active"), _gone("host-b")], [serving, other])
     assert bool(st["absent"]) is vouched and (st["exit_status"] == 3) is not vouched, (other, st["exit_status"], st["unknown"])
+
+
+@pytest.mark.parametrize(
+    "cp, host_a, why",
+    [
+        # one of two CP machines (takeover on_wake), the other not in the ctl config: it may keep host-b
+        (shown_cp(active={"name": "host-a"}, standby=None, takeover="on_wake", generation=6), {}, "on_wake alone"),
+        # host-a has seen a newer CP generation than this CP's: a newer CP serves somewhere
+        (shown_cp(active=None, standby=None, state="no_active", generation=6), {"cp_generation": {"seen": 7}}, "superseded"),
+        # host-a follows another journal: the hosts refuse this CP, another one serves them
+        (
+            shown_cp(active=None, standby=None, state="no_active", generation=6, journal={"id": "J2", "dir": "/j"}),
+            {"cp_generation": {"seen": 4, "journal": "J1"}},
+            "another journal",
+        ),
+    ],
+)
+def test_answers_that_show_another_cp_leave_the_host_not_asked_unknown(cp: dict[str, Any], host_a: dict[str, Any], why: str) -> None:
+    """Found by review: these said SERVING WITHOUT A STANDBY (1) or NOT SERVING (2) with host-b
+    'counted as down', though the host not asked may be the other CP's active (a CP split brain)."""
+    a = shown_host("host-a", "active", **host_a) if not host_a else shown_host("host-a", "standby", serving=False, **host_a)
+    st = summarize(cp, [a, _gone("host-b")])
+    assert st["exit_status"] == 3 and [u["name"] for u in st["unknown"]] == ["host-b"] and not st["absent"], (why, st["exit_status"], st["absent"])

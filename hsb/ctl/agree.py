@@ -37,10 +37,13 @@ def cp_active(cp: dict[str, Any]) -> tuple[bool, Any]:
 def roles_all_answered(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[dict[str, Any]] | None) -> bool:
     """Whether every host holding a role that hsbctl can see answered it: the CP was asked and
     names as its active and standby only hosts that answered, and every CP machine named was
-    asked and names as its active only such a host. Then a host that could not be asked holds
+    asked and names as its active only such a host (a CP that says it is one of two machines,
+    `takeover = "on_wake"`, vouches for nothing alone). Then a host that could not be asked holds
     no role at any of them, and serves nothing: a host serves only through a CP that made it its
     active (the lease rule), so it is down (stopped, crashed, cut off), not unknown."""
     if not cp.get("reachable") or cp.get("state") not in ("serving", "no_active") or "active" not in cp or "standby" not in cp:
+        return False
+    if not machines and cp.get("takeover") == "on_wake":  # (one of two CP machines, the other not named: it may keep one)
         return False
     answered = {h.get("name") for h in hosts if h.get("reachable")}
     for held in (cp.get("active"), cp.get("standby")):

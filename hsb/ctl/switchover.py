@@ -100,7 +100,7 @@ async def _switchover(t: Target, yes: bool, timeout: float) -> int:
         )
         for why in not_ready(st):  # (both may say established: why it is not ready)
             click.echo(f"  {why}", err=True)
-        for u in unknown:
+        for u in [*unknown, *(st.get("absent") or [])]:
             click.echo(f"  {u['name']} at {u['addr']}: {u['error']}", err=True)
         return 1
     old = actives[0]

@@ -370,8 +370,11 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
     unasked = [(h["name"], h.get("addr", "-"), _odd_secret(h.get("error"), cp, hosts)) for h in hosts if not h.get("reachable")]
     # hosts not asked that hold no role at the CP (nor at any CP machine named): they serve
     # nothing, so they count as down, and the verdict stands (a stopped standby: SERVING WITHOUT A
-    # STANDBY, 1; both hosts down: NOT SERVING, 2), not UNKNOWN
-    absent = unasked if len(hosts) == 2 and not twice and roles_all_answered(cp, hosts, machines) else []
+    # STANDBY, 1; both hosts down: NOT SERVING, 2), not UNKNOWN. Not when the answers show another
+    # CP (the hosts refuse this one, or it is superseded: its ERROR line): the host not asked may be its
+    cp_errors = superseded_cps(cp, hosts, machines)
+    vouched = len(hosts) == 2 and not twice and roles_all_answered(cp, hosts, machines) and not cp_errors
+    absent = unasked if vouched else []
     unknown = [(n, a, _odd_secret(e, cp, hosts)) for n, a, e in unknown] + ([] if absent else unasked)
     # (one that authenticated and gave no answer in time: busy or stuck, and one that answered
     # with an error: said so by `unasked`)
@@ -395,7 +398,6 @@ def summarize(cp: dict[str, Any], hosts: list[dict[str, Any]], machines: list[di
     changing = None if split else changing
     if len(actives) > 1 and not two and not changing:  # (the CP not asked, or not saying who its active is)
         changing = "; ".join(f"{h['name']} says it is the active at epoch {h.get('epoch')}" for h in actives)
-    cp_errors = superseded_cps(cp, hosts, machines)
     # the active's service answers nothing: every message waits at the CP, so nothing is served
     # whatever the pair's state: critical, as the CP's journal failing
     service_failing = [why for why in (service_down(h) for h in actives) if why]
