@@ -415,6 +415,8 @@ def test_a_ledger_option_of_the_wrong_kind_is_said_with_its_key(d: Path, key: st
 @given(case=mutated(CTL))
 @example(case=case_of(CTL, ("secret_file",), "a\nb"))
 @example(case=case_of(CTL, ("hosts", 0), "a\nb:1"))
+@example(case=case_of(CTL, ("cp",), ["\x00", "\x00", "\x00"]))  # (three CPs named, each a control character)
+@example(case=case_of(CTL, ("hosts",), ["a\nb:1", "c:2", "d:3"]))
 def test_a_mutated_ctl_config_is_accepted_or_said_in_lines(d: Path, case: tuple[dict[str, Any], list[Any]]) -> None:
     p = d / "ctl.toml"
     p.write_text(toml(case[0]), encoding="utf-8")

@@ -17,6 +17,12 @@ from hsb.config import parse_addr
 from hsb.fsutil import path_problem
 
 
+def _shown(addr: str) -> str:
+    """An address as the ctl config gave it, quoted when it holds what a line must not (a
+    control character: the error stays one line)."""
+    return addr if addr.isprintable() else repr(addr)
+
+
 class TargetError(Exception):
     """The ctl config or the flags cannot be used: `errors` lists every problem, one line each, each
     with its fix (hsbctl prints each as an `error:` line)."""
@@ -51,11 +57,11 @@ class Target:
 
         if len(self.hosts) > 2:  # (a third would be judged as if the pair had three hosts)
             errors.append(
-                f"{len(self.hosts)} hosts named ({', '.join(self.hosts)}): a pair has two; name each one's admin_listen once {where('hosts', '--host twice')}"
+                f"{len(self.hosts)} hosts named ({', '.join(map(_shown, self.hosts))}): a pair has two; name each one's admin_listen once {where('hosts', '--host twice')}"
             )
         if len(self.cps) > 2:
             errors.append(
-                f"{len(self.cps)} CPs named ({', '.join(self.cps)}): name one CP, or the two CP machines of docs/operations.md §18, {where('cp', '--cp A,B')}"
+                f"{len(self.cps)} CPs named ({', '.join(map(_shown, self.cps))}): name one CP, or the two CP machines of docs/operations.md §18, {where('cp', '--cp A,B')}"
             )
         for a in [*self.cps, *self.hosts]:
             if a or a in self.hosts:  # (an empty host is a placeholder left in the ctl config: said, not a traceback)
