@@ -43,6 +43,7 @@ def test_room_below_the_reserve_and_none_in_it(rec: RecordingLog) -> None:
     assert fd_room(10**6, "terminal", "p", soft=-1)  # unlimited
     assert not rec.entries
     assert not fd_room(1000 - FD_RESERVE, "terminal", "1.2.3.4:5", soft=1000)
+    assert fd_room(1000 - FD_RESERVE, "host", "p", soft=1000) and fd_room(1000 - FD_RESERVE // 4 - 1, "admin", "p", soft=1000)
     assert not fd_room(999, "http", "1.2.3.4:6", soft=1000)
     [line] = rec.events("connection_refused")  # the second refusal, within REFUSED_LOG_S, said with the next line
     assert line["level"] == "warning" and line["link"] == "terminal" and line["refused"] == 1
@@ -55,6 +56,9 @@ def test_room_below_the_reserve_and_none_in_it(rec: RecordingLog) -> None:
 
 def test_the_reserve_is_at_most_a_quarter_of_the_limit(rec: RecordingLog) -> None:
     assert [limits.reserve(s) for s in (100_000, 256, 255, 100, 8, 3)] == [FD_RESERVE, 64, 63, 25, 2, 0]
+    # the pair's own links (hosts, peer, hsbctl, health and metrics) a quarter of it: terminals
+    # up to the limit leave them room (found by the capacity walk-through)
+    assert [limits.reserve(256, link) for link in ("terminal", "host", "peer", "admin", "http", "other")] == [64, 16, 16, 16, 16, 64]
     assert fd_room(74, "terminal", "p", soft=100) and not fd_room(75, "terminal", "p", soft=100)
     assert fd_room(2, "terminal", "p", soft=3)  # (a limit of 3 keeps nothing back)
     [line] = rec.events("connection_refused")
@@ -78,7 +82,8 @@ class SockTransport(RecordingTransport):
         return self.sock if name == "socket" else super().get_extra_info(name, default)
 
 
-@pytest.mark.parametrize("fd, kept", [(1000 - FD_RESERVE - 1, True), (1000 - FD_RESERVE, False), (999, False)])
+# (a host link: one of the pair's own links, which need leave only a quarter of the reserve free)
+@pytest.mark.parametrize("fd, kept", [(1000 - FD_RESERVE, True), (1000 - FD_RESERVE // 4 - 1, True), (1000 - FD_RESERVE // 4, False), (999, False)])
 def test_framed_link_accepted_in_the_reserve_is_closed_unanswered(rec: RecordingLog, monkeypatch: pytest.MonkeyPatch, fd: int, kept: bool) -> None:
     monkeypatch.setattr(limits, "nofile_soft", lambda: 1000)
     monkeypatch.setattr(conn.OPEN, "n", 499)  # (this one makes half the limit: its descriptor is checked)

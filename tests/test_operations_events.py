@@ -47,7 +47,6 @@ AT_RUN_TIME: dict[tuple[str, str, str], set[str]] = {
 
 # described in the guide's prose, in the section named, not in a table
 IN_PROSE = {
-    "accept_queue_too_small": "§20",
     "config_reread_failed": "§11",
     "config_reread_incomplete": "§11",
     "cp_worker_crash_loop": "§11",
@@ -60,7 +59,6 @@ IN_PROSE = {
     "journal_not_drained": "§11",
     "journal_storage_error": "§18",
     "lease_lost": "§5, and in the cp_loop_stalled row",
-    "open_files_too_few": "§20",
     "peer_took_over": "in the two_actives_claimed row",
     "role_hook_failed": "§9",
     "role_hook_timeout": "§9",

@@ -160,3 +160,22 @@ async def test_an_operation_counts_the_disconnects_that_came_before_it(fake: Fak
     r = await asyncio.wait_for(task, 20)
     assert r.disconnects == 2, r.disconnects
     assert [(op["label"], op["disconnects_before"]) for op in r.operations] == [("before", 0), ("after", 2)]
+
+
+def test_a_load_under_too_low_an_open_files_limit_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the capacity walk-through: `hsbterm load -n 2000` under a hard limit of 256 said
+    only that 1,759 terminals were never welcomed, nothing of the limit it could not raise."""
+    import resource
+
+    from hsb.term import load as load_mod
+
+    limit = [256, 256]
+    monkeypatch.setattr(resource, "getrlimit", lambda _: tuple(limit))
+    monkeypatch.setattr(resource, "setrlimit", lambda _, new: limit.__setitem__(slice(None), list(new)))
+    why = load_mod._raise_nofile(2000 + 256)
+    assert why is not None and why.startswith("this process may open 256 files, and 2000 terminals need about 2256"), why
+    assert "beyond about 240 will fail to connect" in why and "--start" in why, why  # (241 did: its own 15 or so)
+    limit[:] = [256, 4096]
+    assert load_mod._raise_nofile(2256) is None and limit == [2256, 4096]  # (raised as far as needed: nothing to say)
+    limit[:] = [256, resource.RLIM_INFINITY]
+    assert load_mod._raise_nofile(10**6) is None

@@ -15,7 +15,7 @@ from hsb.cli import EXIT_CANNOT_START, EXIT_CONFIG, EXIT_DATA, EXIT_FAILED, die,
 from hsb.config import Partial, resolve_under
 from hsb.cp.config import LISTEN_KEYS, CPConfig, CPSection
 from hsb.fsutil import LASTING, unwritable_above
-from hsb.ops.limits import storm_timing
+from hsb.ops.limits import check_warnings, storm_timing
 from hsb.ops.listen import ListenError, listen_problems, listen_warnings
 from hsb.wire.auth import load_secret
 from hsb.worker import within
@@ -36,7 +36,7 @@ def config_warnings(cfg: CPConfig) -> list[str]:
     storm = storm_timing(len(cfg.terminal_table), cfg.cp.host_timeout)
     if storm is not None:
         out.append(storm)
-    return out
+    return out + check_warnings(len(cfg.terminal_table))
 
 
 def start_problems(cfg: CPConfig) -> list[str]:

@@ -13,6 +13,7 @@ import structlog
 log = structlog.get_logger("hsb.ops")
 
 SPARE = 256  # descriptors besides the terminals: hosts, admin, journal, logs, the loop's own
+OWN = 32  # of those, what a CP holds before any terminal connects (measured 21-26)
 
 
 def raise_nofile() -> tuple[int, int]:
@@ -32,10 +33,12 @@ def terminals_fit(terminals: int, soft: int) -> str | None:
     """None if `terminals` connections fit under the limit, else what to do about it."""
     if soft < 0 or terminals + SPARE <= soft:
         return None
+    room = max(soft - reserve(soft) - OWN, 0)  # (about as many as get in)
+    fate = f"terminals beyond about {room} will be refused" if terminals > room else f"only about {room - terminals} to spare"
     return (
-        f"{terminals} terminals need about {terminals + SPARE} open files, the limit is {soft}: terminals beyond"
-        f" about {max(soft - SPARE, 0)} will be refused; raise it (systemd: LimitNOFILE={max(2 * terminals, 65536)} in"
-        " hsbcpd.service; a shell: ulimit -n), or split the terminals over several CPs (docs/operations.md §20)"
+        f"{terminals} terminals need about {terminals + SPARE} open files, the limit is {soft}: {fate};"
+        f" raise it (systemd: LimitNOFILE={max(2 * terminals, 65536)} in hsbcpd.service; a shell: ulimit -n),"
+        " or split the terminals over several CPs (docs/operations.md §20)"
     )
 
 
@@ -71,6 +74,20 @@ def accept_queue_fits(terminals: int, cap: int) -> str | None:
         f" restart or takeover) the accept queue overflows and those beyond it wait a second or more for TCP to"
         f" retry; raise it (sysctl -w net.core.somaxconn={want}, and a file in /etc/sysctl.d/)"
     )
+
+
+def check_warnings(terminals: int) -> list[str]:
+    """What a start with `terminals` would warn of this machine (open_files_too_few,
+    accept_queue_too_small), said beforehand by --check-config: the open-files limit the start
+    raises its own to (this process's hard one; under systemd the unit's LimitNOFILE instead)
+    and net.core.somaxconn."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    fit = terminals_fit(terminals, -1 if hard == resource.RLIM_INFINITY else hard)
+    queue = accept_queue_fits(terminals, somaxconn())
+    return [
+        *([f"{fit} (this shell's hard limit; the service has its unit's LimitNOFILE)"] if fit else []),
+        *([queue] if queue else []),
+    ]
 
 
 STORM_TERMINALS = 10_000  # above this many terminals per CP, storms want a longer host_timeout
@@ -112,10 +129,19 @@ class _Refusals:
 REFUSALS = _Refusals()
 
 
-def reserve(soft: int) -> int:
-    """The descriptors kept under a limit of `soft`: FD_RESERVE, but never more than a quarter
-    of the limit (a limit of 64 or less must still let connections in)."""
-    return min(FD_RESERVE, soft // 4)
+# the links that run the pair, a few at a time: the hosts' and the peer link, hsbctl's (admin),
+# the health check's and the metrics' (http). Terminals, by the thousand, must leave the whole
+# reserve free; these only a quarter of it, so terminals beyond the limit can never keep the
+# hosts from registering, hsbctl from asking or keepalived's health check from being answered
+CONTROL_LINKS = frozenset({"host", "peer", "admin", "http"})
+
+
+def reserve(soft: int, link: str = "terminal") -> int:
+    """The descriptors kept free under a limit of `soft` when `link` connects: FD_RESERVE, but
+    never more than a quarter of the limit (a limit of 64 or less must still let connections
+    in); a quarter of that for the pair's own links (CONTROL_LINKS)."""
+    kept = min(FD_RESERVE, soft // 4)
+    return kept // 4 if link in CONTROL_LINKS else kept
 
 
 def nofile_soft() -> int:
@@ -136,11 +162,11 @@ def fd_watch(open_now: int, soft: int | None = None) -> bool:
 
 def fd_room(fd: int, link: str, peer: str, soft: int | None = None) -> bool:
     """Whether a connection just accepted as descriptor `fd` may stay: False (said in one line
-    at most every REFUSED_LOG_S, with the count) when it leaves fewer than `reserve(soft)` free.
+    at most every REFUSED_LOG_S, with the count) when it leaves fewer than `reserve(soft, link)` free.
     Descriptors are handed out lowest first, so `fd` is the lowest one that was free: every one
     below it is taken, and at most limit - fd remain."""
     soft = nofile_soft() if soft is None else soft
-    if soft < 0 or fd < soft - reserve(soft):
+    if soft < 0 or fd < soft - reserve(soft, link):
         return True
     REFUSALS.count += 1
     now = time.monotonic()
@@ -153,8 +179,9 @@ def fd_room(fd: int, link: str, peer: str, soft: int | None = None) -> bool:
             refused=REFUSALS.count,
             reason=(
                 f"{fd + 1} of the {soft} open files allowed are in use: new connections are closed at once"
-                f" ({REFUSALS.count} since the last such line), the last {reserve(soft)} kept for the journal and"
-                " the links in place; a client holding many connections open (ss -tn state established"
+                f" ({REFUSALS.count} since the last such line), the last {reserve(soft, link)} kept for"
+                + (" the journal" if link in CONTROL_LINKS else " the hosts', hsbctl's and the health check's links and the journal")
+                + "; a client holding many connections open (ss -tn state established"
                 " names it), or too low a limit (systemd: LimitNOFILE; a shell: ulimit -n)"
             ),
         )

@@ -31,6 +31,7 @@ import asyncio
 import heapq
 import random
 import resource
+import sys
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
@@ -67,15 +68,23 @@ def _not_back(clients: Sequence[TerminalClient]) -> list[TerminalClient]:
     ]
 
 
-def _raise_nofile(need: int) -> None:
-    """Raise the open-files soft limit towards `need` (as far as the hard limit allows)."""
+def _raise_nofile(need: int) -> str | None:
+    """Raise the open-files soft limit towards `need` (as far as the hard limit allows); what to
+    do when that is not enough (None: it is)."""
     try:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft != resource.RLIM_INFINITY and soft < need:
-            new = need if hard == resource.RLIM_INFINITY else min(need, hard)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = need if hard == resource.RLIM_INFINITY else min(need, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     except (ValueError, OSError):  # pragma: no cover - platform dependent
-        pass
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return None
+    return (
+        f"this process may open {soft} files, and {need - 256} terminals need about {need}: those beyond about {max(soft - 16, 0)}"
+        " will fail to connect; raise the hard limit (ulimit -Hn, or prlimit) or split the terminals over several"
+        " hsbterm processes (--start, --terminals)"
+    )
 
 
 async def _wait(event: asyncio.Event, timeout: float, stop: asyncio.Event | None, also: asyncio.Event | None = None) -> None:
@@ -229,7 +238,9 @@ async def run_load(
         raise ValueError("closed_loop needs window >= 1 (the messages each terminal keeps outstanding)")
     host, port = parse_hostport(cp) if isinstance(cp, str) else cp
     names = list(names) if names is not None else terminal_names(terminals, prefix, start, width)
-    _raise_nofile(len(names) + 256)
+    short = _raise_nofile(len(names) + 256)
+    if short is not None:
+        print(f"hsbterm: warning: {short}", file=sys.stderr, flush=True)
     base = new_id_base() if id_base is None else id_base
     pad = "x" * max(0, payload_size)
     stats = LoadStats(len(names), f"[{host}]:{port}" if ":" in host else f"{host}:{port}", cert=tls_cert)
