@@ -129,3 +129,52 @@ async def test_a_heartbeats_answer_renews_the_lease_and_passes_on_the_cps_held_b
     fs = FakeStream([{"t": "hb", "ack": 1}, {"t": "hb", "ack": 2, "held_bound": 5000}, {"t": "hb"}])
     await _run_once(monkeypatch, fs, lambda link, m: frames.append(m), [], on_answer=answers.append, on_bounds=bounds.append)
     assert answers == [1, 2] and bounds == [5000] and frames == []
+
+
+async def test_a_cp_away_for_long_is_said_and_its_return_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the capacity walk-through: a host whose tries to reach the CP failed in silence
+    (nothing listening, a connection closed before its challenge: a CP out of open files) logged
+    the link's loss once and then nothing for as long as the CP was away. Past
+    UNREACHABLE_AFTER_S it says so (cp_unreachable, and in its status's last error), at most once
+    every UNREACHABLE_EVERY_S, and says when the CP is reached again."""
+    from tests.support.logrec import RecordingLog
+
+    rec = RecordingLog()
+    monkeypatch.setattr(cplink_mod, "log", rec)
+    monkeypatch.setattr(cplink_mod, "UNREACHABLE_AFTER_S", 0.3)
+    monkeypatch.setattr(cplink_mod, "UNREACHABLE_EVERY_S", 3600.0)
+    link: CPLink
+    tries = 0
+    fs = FakeStream([])
+    problems: list[str | None] = []
+
+    reached_at: list[int] = []
+
+    async def connect(*a: Any, **k: Any) -> FakeStream:
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            raise ConnectionRefusedError(111, "Connection refused")
+        if reached_at:
+            link.stopped = True
+            raise OSError("stop here")
+        if not rec.events("cp_unreachable") or tries < 8:  # (past UNREACHABLE_AFTER_S: said; then a few more)
+            raise LinkClosed("eof")  # (closed before its challenge)
+        reached_at.append(tries)
+        return fs  # reached: the link comes up, then ends (eof)
+
+    monkeypatch.setattr(cplink_mod, "FrameStream", SimpleNamespace(connect=connect))
+    monkeypatch.setattr(cplink_mod, "CP_RETRY_CAP", 0.06)
+    link = CPLink(
+        name="host-a", addr="127.0.0.1:1", secret=b"s" * 32, interval=0.1, timeout=5.0, max_frame=1 << 20,
+        on_up=lambda: None, on_frame=lambda m: None, on_down=lambda why: None, lease=Lease(), on_answer=lambda n: None,
+        on_problem=problems.append,
+    )  # fmt: skip
+    await asyncio.wait_for(link._run(), 10)
+    [said] = rec.events("cp_unreachable")  # (once: not again within UNREACHABLE_EVERY_S)
+    assert said["level"] == "warning" and said["cp"] == "127.0.0.1:1" and said["tries"] >= 2, said
+    assert said["reason"].startswith("the connection was closed before the CP's challenge"), said
+    assert "systemctl status hsbcpd" in said["msg"], said
+    [back] = rec.events("cp_reachable_again")
+    assert back["tries"] == reached_at[0] - 1 and back["after_s"] >= 0.3, (back, reached_at)
+    assert problems[0] is not None and problems[0].startswith("the CP at 127.0.0.1:1 not reached for ") and problems[1] is None, problems

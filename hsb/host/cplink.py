@@ -42,6 +42,55 @@ LINK_SETTLED_S = 2.0
 # active, it rejoins as the standby; handed_over: demoted, it registers as the standby): the next
 # link is made at once. The same one again on the next link is the same registration refused.
 ACTED_ON = frozenset({"active_exists", "handed_over"})
+# a CP not reached for this long is said (cp_unreachable), then once every UNREACHABLE_EVERY_S:
+# its link's loss is said once (cp_link_down), and tries that fail in silence (nothing listens, a
+# connection closed before its challenge, no answer) left the log quiet for as long as it was
+# away; a CP restart takes about a second, and says nothing
+UNREACHABLE_AFTER_S = 10.0
+UNREACHABLE_EVERY_S = 60.0
+
+
+class Unreachable:
+    """Since when the CP has not been reached, said once that is UNREACHABLE_AFTER_S."""
+
+    def __init__(self, addr: str, on_said: Callable[[str | None], None]) -> None:
+        self.addr = addr
+        self.on_said = on_said
+        self.since: float | None = None  # the first try that failed since the link was last up
+        self.said_at: float | None = None
+        self.tries = 0
+
+    def failed(self, why: str) -> None:
+        now = time.monotonic()
+        self.since = now if self.since is None else self.since
+        self.tries += 1
+        if now - self.since < UNREACHABLE_AFTER_S or (self.said_at is not None and now - self.said_at < UNREACHABLE_EVERY_S):
+            return
+        self.said_at = now
+        line = f"the CP at {self.addr} not reached for {now - self.since:.0f} s ({self.tries} tries): {why}"
+        fix = "tried again four times a second; is hsbcpd running there (systemctl status hsbcpd), and host.cp its host_listen?"
+        log.warning("cp_unreachable", cp=self.addr, for_s=round(now - self.since, 1), tries=self.tries, reason=why, msg=fix)
+        self.on_said(f"{line} ({fix})")
+
+    def reached(self) -> None:
+        if self.said_at is not None and self.since is not None:
+            log.info("cp_reachable_again", cp=self.addr, after_s=round(time.monotonic() - self.since, 1), tries=self.tries)
+            self.on_said(None)
+        self.since = self.said_at = None
+        self.tries = 0
+
+
+def _silent_failure(exc: BaseException) -> str:
+    """Why a try to reach the CP failed, in the words of cp_unreachable."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused: nothing listens there"
+    if isinstance(exc, LinkClosed):
+        return "the connection was closed before the CP's challenge (its log says why: connection_refused when it is out of open files)"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {AUTH_TIMEOUT_S:g} s (the machine down or cut off, a firewall)"
+    return str(exc) or type(exc).__name__
+
+
 # After the CP's errors this host exits on (`fenced`: 75; `active_exists` past its start: 75, or
 # at its start with --no-rejoin: 76) the link is neither backed off nor made again: the process
 # ends (HA.fail, which `exiting` reads, took the error before the link's end), and a link made
@@ -205,6 +254,7 @@ class CPLink:
         )
         # a port that answers but is no hsb link (the CP's terminal port): said once, not retried in silence
         wrong_port = RefusalLog("cp_link_wrong_port", level="warning", on_said=said, cp=self.addr)
+        away = Unreachable(self.addr, said)
         acted: str | None = None  # the last link ended with this error of ACTED_ON's
         while not self.stopped and not self.exiting():
             fs: FrameStream | None = None
@@ -232,8 +282,11 @@ class CPLink:
                     tls_refusals.seen(f"tls: {why}", tls_refused_hint(exc, f"the CP at {self.addr}"))
                 elif isinstance(exc, socket.gaierror):  # (a name not known: else retried in silence)
                     unresolved.seen(f"cannot resolve {h!r}: {exc.strerror}")
+                else:
+                    away.failed(_silent_failure(exc))
                 await asyncio.sleep(backoff.next() if not refused else 5.0)
                 continue
+            away.reached()  # (reached: whether it is then taken is said by the refusals below)
             gen = fs.auth_ok.get("generation")
             took = fs.auth_ok.get("takeover")
             took = took[:64] if isinstance(took, str) and took else None
