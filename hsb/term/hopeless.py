@@ -136,7 +136,8 @@ def closed_after_hello(drops: int, target: str = "") -> str:
     where = f" ({target})" if target else ""
     return (
         f"every connection was closed after its hello with no answer ({drops}): a CP whose terminal"
-        f" listener has TLS needs --tls --ca (docs/tls.md); else is --cp the CP's terminal_listen address{where}?"
+        f" listener has TLS needs --tls --ca (docs/tls.md); a CP out of open files closes them too (its log says"
+        f" connection_refused); else is --cp the CP's terminal_listen address{where}?"
     )
 
 

@@ -262,7 +262,8 @@ class LoadReport:
         if not self.expect_disconnects and self.logon_drops:
             out.append(
                 f"dropped while logging on: {many(self.logon_drops, 'connection')} {were(self.logon_drops)} closed after {agree(self.logon_drops, 'its', 'their')} hello with neither a"
-                " welcome nor an error (pass --expect-disconnects for a CP restart)"
+                " welcome nor an error (pass --expect-disconnects for a CP restart; a CP out of open files closes them too:"
+                " its log says connection_refused)"
             )
         if cp_mode:
             out.extend(cp_restart_failures(self.disconnects_cp_present, self.session_closed_standby_capable))
