@@ -177,4 +177,70 @@ async def test_a_cp_away_for_long_is_said_and_its_return_too(monkeypatch: pytest
     assert "systemctl status hsbcpd" in said["msg"], said
     [back] = rec.events("cp_reachable_again")
     assert back["tries"] == reached_at[0] - 1 and back["after_s"] >= 0.3, (back, reached_at)
-    assert problems[0] is not None and problems[0].startswith("the CP at 127.0.0.1:1 not reached for ") and problems[1] is None, problems
+    # (said as the status's last error; a registration clears it, a refusal says its own)
+    assert len(problems) == 1 and problems[0] is not None and problems[0].startswith("the CP at 127.0.0.1:1 not reached for "), problems
+
+
+async def test_a_cp_that_answered_is_not_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by review: the time away ran on across tries the CP answered (refused, for a reason
+    of its own said by its own line), so a CP that refused for an hour and then stopped was said
+    `not reached for 3605 s` at its first silent try; and under TLS a connection the CP closed at
+    once (a reset, not an EOF) was said with no cause."""
+    import ssl
+
+    from hsb.wire.client import LinkClosed as Closed
+    from tests.support.logrec import RecordingLog
+
+    rec = RecordingLog()
+    monkeypatch.setattr(cplink_mod, "log", rec)
+    away = cplink_mod.Unreachable("127.0.0.1:1", lambda _: None)
+    clock = [1000.0]
+    monkeypatch.setattr("hsb.host.cplink.time.monotonic", lambda: clock[0])
+    away.failed("connection refused: nothing listens there")
+    clock[0] += 3600
+    away.answered()  # (an hour of auth_failed, say: the CP answered each)
+    clock[0] += 1
+    away.failed("connection refused: nothing listens there")
+    assert not rec.events("cp_unreachable") and away.tries == 1 and away.since == clock[0]
+    clock[0] += cplink_mod.UNREACHABLE_AFTER_S
+    away.failed("connection refused: nothing listens there")
+    [said] = rec.events("cp_unreachable")
+    assert said["for_s"] == cplink_mod.UNREACHABLE_AFTER_S and said["tries"] == 2, said
+    for exc in (ConnectionResetError(104, "Connection reset by peer"), ssl.SSLEOFError(), Closed("eof")):
+        assert cplink_mod._silent_failure(exc).startswith("the connection was closed before the CP's challenge"), exc
+
+
+async def test_tries_the_cp_refused_end_the_time_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The link's own loop: a CP that refuses (an error frame: auth_failed) answered, so the
+    silent tries after it count from then, not from the first one before it (review)."""
+    from tests.support.logrec import RecordingLog
+
+    from hsb.ops import refusals
+
+    rec = RecordingLog()
+    monkeypatch.setattr(cplink_mod, "log", rec)
+    monkeypatch.setattr(refusals, "log", rec)
+    monkeypatch.setattr(cplink_mod, "UNREACHABLE_AFTER_S", 0.3)
+    monkeypatch.setattr(cplink_mod, "REFUSED_RETRY_S", 0.15)
+    monkeypatch.setattr(cplink_mod, "CP_RETRY_CAP", 0.06)
+    link: CPLink
+    tries = 0
+
+    async def connect(*a: Any, **k: Any) -> FakeStream:
+        nonlocal tries
+        tries += 1
+        if tries <= 2 or 6 <= tries <= 7:
+            raise ConnectionRefusedError(111, "Connection refused")
+        if tries <= 5:  # (0.45 s of refusals: past UNREACHABLE_AFTER_S since the first try)
+            raise LinkClosed("refused", error={"code": "auth_failed", "msg": "the secret differs"})
+        link.stopped = True
+        raise OSError("stop here")
+
+    monkeypatch.setattr(cplink_mod, "FrameStream", SimpleNamespace(connect=connect))
+    link = CPLink(
+        name="host-a", addr="127.0.0.1:1", secret=b"s" * 32, interval=0.1, timeout=5.0, max_frame=1 << 20,
+        on_up=lambda: None, on_frame=lambda m: None, on_down=lambda why: None, lease=Lease(), on_answer=lambda n: None,
+    )  # fmt: skip
+    await asyncio.wait_for(link._run(), 10)
+    assert tries == 8 and rec.events("cp_link_refused"), (tries, rec.entries)
+    assert not rec.events("cp_unreachable"), rec.events("cp_unreachable")

@@ -35,7 +35,7 @@ def test_the_open_files_limit_is_raised_towards_the_need_never_lowered(
     calls: list[tuple[int, int]] = []
     monkeypatch.setattr(resource, "getrlimit", lambda what: (soft, hard))
     monkeypatch.setattr(resource, "setrlimit", lambda what, limits: calls.append(limits))
-    load._raise_nofile(need)
+    load._raise_nofile(need - 256)  # (terminals, and 256 to spare)
     assert calls == ([want] if want is not None else [])
 
 
@@ -172,10 +172,13 @@ def test_a_load_under_too_low_an_open_files_limit_says_so(monkeypatch: pytest.Mo
     limit = [256, 256]
     monkeypatch.setattr(resource, "getrlimit", lambda _: tuple(limit))
     monkeypatch.setattr(resource, "setrlimit", lambda _, new: limit.__setitem__(slice(None), list(new)))
-    why = load_mod._raise_nofile(2000 + 256)
+    why = load_mod._raise_nofile(2000)
     assert why is not None and why.startswith("this process may open 256 files, and 2000 terminals need about 2256"), why
     assert "beyond about 240 will fail to connect" in why and "--start" in why, why  # (241 did: its own 15 or so)
     limit[:] = [256, 4096]
-    assert load_mod._raise_nofile(2256) is None and limit == [2256, 4096]  # (raised as far as needed: nothing to say)
+    assert load_mod._raise_nofile(2000) is None and limit == [2256, 4096]  # (raised as far as needed: nothing to say)
+    limit[:] = [1024, 1024]
+    assert load_mod._raise_nofile(800) is None  # (they fit, with less than the room it asks for: nothing fails)
+    assert load_mod._raise_nofile(1009) is not None
     limit[:] = [256, resource.RLIM_INFINITY]
     assert load_mod._raise_nofile(10**6) is None

@@ -42,7 +42,7 @@ from hsb.cp.taking_over import TAKEOVER_STEP_MIN_S, TakingOver
 from hsb.cp.waiting import Waiting, holds_address
 from hsb.fsutil import BULK_RATE as BULK_RATE  # (what a takeover step moving the journal is given: bulk_seconds)
 from hsb.ops.http import json_route, start_http
-from hsb.ops.limits import accept_queue_fits, listen_backlog, raise_nofile, somaxconn, storm_timing, terminals_fit
+from hsb.ops.limits import accept_queue_fits, listen_backlog, raise_nofile, serves_terminals, somaxconn, storm_timing, terminals_fit
 from hsb.ops.listen import ListenError
 from hsb.ops.metrics import CPCollector, registry_for
 from hsb.ops.metrics import render as render_metrics
@@ -147,6 +147,7 @@ class CPServer(Listeners, Waiting, TakingOver, Stopping):
         c = self.cfg.cp
         n = len(self.cfg.terminal_table)
         soft, hard = raise_nofile()
+        serves_terminals()  # (the pair's own links get in past the terminals' share: hsb.ops.limits)
         self.open_files = {"soft": soft, "hard": hard, "warning": terminals_fit(n, soft)}
         if self.open_files["warning"]:
             log.warning("open_files_too_few", limit=soft, terminals=n, msg=self.open_files["warning"])

@@ -47,6 +47,7 @@ ACTED_ON = frozenset({"active_exists", "handed_over"})
 # connection closed before its challenge, no answer) left the log quiet for as long as it was
 # away; a CP restart takes about a second, and says nothing
 UNREACHABLE_AFTER_S = 10.0
+REFUSED_RETRY_S = 5.0  # a CP that refused this host (its secret, version, certificate): tried again this often
 UNREACHABLE_EVERY_S = 60.0
 
 
@@ -68,14 +69,16 @@ class Unreachable:
             return
         self.said_at = now
         line = f"the CP at {self.addr} not reached for {now - self.since:.0f} s ({self.tries} tries): {why}"
-        fix = "tried again four times a second; is hsbcpd running there (systemctl status hsbcpd), and host.cp its host_listen?"
+        fix = "tried again every 0.25 s or so; is hsbcpd running there (systemctl status hsbcpd), and host.cp its host_listen?"
         log.warning("cp_unreachable", cp=self.addr, for_s=round(now - self.since, 1), tries=self.tries, reason=why, msg=fix)
         self.on_said(f"{line} ({fix})")
 
-    def reached(self) -> None:
+    def answered(self) -> None:
+        """The CP answered (registered, or refused for a reason of its own, said by its own
+        line): not away. The status's last error is left to the registration (which clears it)
+        or to that refusal's line."""
         if self.said_at is not None and self.since is not None:
             log.info("cp_reachable_again", cp=self.addr, after_s=round(time.monotonic() - self.since, 1), tries=self.tries)
-            self.on_said(None)
         self.since = self.said_at = None
         self.tries = 0
 
@@ -84,7 +87,7 @@ def _silent_failure(exc: BaseException) -> str:
     """Why a try to reach the CP failed, in the words of cp_unreachable."""
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused: nothing listens there"
-    if isinstance(exc, LinkClosed):
+    if isinstance(exc, (LinkClosed, ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError)):  # (under TLS: a reset, an EOF)
         return "the connection was closed before the CP's challenge (its log says why: connection_refused when it is out of open files)"
     if isinstance(exc, TimeoutError):
         return f"no answer within {AUTH_TIMEOUT_S:g} s (the machine down or cut off, a firewall)"
@@ -272,21 +275,23 @@ class CPLink:
                     wrong_port.seen(*foreign)
                     refused = refused or isinstance(exc, ProtocolError)
                 elif refused:  # a wrong secret or version, another link's port: said once (then once a minute), tried slowly
+                    away.answered()
                     err = exc.error  # type: ignore[union-attr]
                     refusals.seen(f"{err.get('code')}: {err.get('msg')}", refusal_hint(err, "host.cp", "host", "the CP's host_listen"))
                 elif isinstance(exc, ssl.SSLError) and not isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
                     # we refused the CP's certificate (expired, another CA), it refused ours
                     # (its alert: expired, unknown CA), or it is no TLS server
                     refused = True
+                    away.answered()  # (a TLS peer answered: said by its own line)
                     why = getattr(exc, "verify_message", None) or exc.reason or str(exc)
                     tls_refusals.seen(f"tls: {why}", tls_refused_hint(exc, f"the CP at {self.addr}"))
                 elif isinstance(exc, socket.gaierror):  # (a name not known: else retried in silence)
                     unresolved.seen(f"cannot resolve {h!r}: {exc.strerror}")
                 else:
                     away.failed(_silent_failure(exc))
-                await asyncio.sleep(backoff.next() if not refused else 5.0)
+                await asyncio.sleep(backoff.next() if not refused else REFUSED_RETRY_S)
                 continue
-            away.reached()  # (reached: whether it is then taken is said by the refusals below)
+            away.answered()  # (reached: whether it is then taken is said by the refusals below)
             gen = fs.auth_ok.get("generation")
             took = fs.auth_ok.get("takeover")
             took = took[:64] if isinstance(took, str) and took else None

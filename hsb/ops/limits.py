@@ -129,19 +129,33 @@ class _Refusals:
 REFUSALS = _Refusals()
 
 
-# the links that run the pair, a few at a time: the hosts' and the peer link, hsbctl's (admin),
-# the health check's and the metrics' (http). Terminals, by the thousand, must leave the whole
-# reserve free; these only a quarter of it, so terminals beyond the limit can never keep the
-# hosts from registering, hsbctl from asking or keepalived's health check from being answered
+# In a daemon that serves terminals (hsbcpd), the links that run the pair, a few at a time: the
+# hosts', hsbctl's (admin), the health check's and the metrics' (http). Terminals, by the
+# thousand, must leave the whole reserve free; these only half of it, so terminals beyond the
+# limit can never keep the hosts from registering, hsbctl from asking or keepalived's health
+# check from being answered. In hsbd (no terminal links) every link leaves the whole reserve:
+# a takeover still opens its service's database pool, the role hook's pipes and its links
 CONTROL_LINKS = frozenset({"host", "peer", "admin", "http"})
+
+
+class _Tiers:
+    on = False  # set by hsbcpd at its start (serves_terminals)
+
+
+TIERS = _Tiers()
+
+
+def serves_terminals() -> None:
+    """This process serves terminals: the pair's own links may use half of the reserve."""
+    TIERS.on = True
 
 
 def reserve(soft: int, link: str = "terminal") -> int:
     """The descriptors kept free under a limit of `soft` when `link` connects: FD_RESERVE, but
     never more than a quarter of the limit (a limit of 64 or less must still let connections
-    in); a quarter of that for the pair's own links (CONTROL_LINKS)."""
+    in); half of that for the pair's own links (CONTROL_LINKS) in a process serving terminals."""
     kept = min(FD_RESERVE, soft // 4)
-    return kept // 4 if link in CONTROL_LINKS else kept
+    return kept // 2 if TIERS.on and link in CONTROL_LINKS else kept
 
 
 def nofile_soft() -> int:
@@ -180,7 +194,13 @@ def fd_room(fd: int, link: str, peer: str, soft: int | None = None) -> bool:
             reason=(
                 f"{fd + 1} of the {soft} open files allowed are in use: new connections are closed at once"
                 f" ({REFUSALS.count} since the last such line), the last {reserve(soft, link)} kept for"
-                + (" the journal" if link in CONTROL_LINKS else " the hosts', hsbctl's and the health check's links and the journal")
+                + (
+                    " the journal"
+                    if TIERS.on and link in CONTROL_LINKS
+                    else " the hosts', hsbctl's and the health check's links and the journal"
+                    if TIERS.on
+                    else " the journal and the links this daemon makes"
+                )
                 + "; a client holding many connections open (ss -tn state established"
                 " names it), or too low a limit (systemd: LimitNOFILE; a shell: ulimit -n)"
             ),

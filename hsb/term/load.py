@@ -68,9 +68,10 @@ def _not_back(clients: Sequence[TerminalClient]) -> list[TerminalClient]:
     ]
 
 
-def _raise_nofile(need: int) -> str | None:
-    """Raise the open-files soft limit towards `need` (as far as the hard limit allows); what to
-    do when that is not enough (None: it is)."""
+def _raise_nofile(terminals: int) -> str | None:
+    """Raise the open-files soft limit towards what `terminals` connections want, with room to
+    spare (as far as the hard limit allows); what to do when some will fail (None: none)."""
+    need = terminals + 256
     try:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft != resource.RLIM_INFINITY and soft < need:
@@ -78,10 +79,11 @@ def _raise_nofile(need: int) -> str | None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     except (ValueError, OSError):  # pragma: no cover - platform dependent
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if soft == resource.RLIM_INFINITY or soft >= need:
+    room = soft - 16  # (this process's own: about 15)
+    if soft == resource.RLIM_INFINITY or terminals <= room:
         return None
     return (
-        f"this process may open {soft} files, and {need - 256} terminals need about {need}: those beyond about {max(soft - 16, 0)}"
+        f"this process may open {soft} files, and {terminals} terminals need about {need}: those beyond about {max(room, 0)}"
         " will fail to connect; raise the hard limit (ulimit -Hn, or prlimit) or split the terminals over several"
         " hsbterm processes (--start, --terminals)"
     )
@@ -238,7 +240,7 @@ async def run_load(
         raise ValueError("closed_loop needs window >= 1 (the messages each terminal keeps outstanding)")
     host, port = parse_hostport(cp) if isinstance(cp, str) else cp
     names = list(names) if names is not None else terminal_names(terminals, prefix, start, width)
-    short = _raise_nofile(len(names) + 256)
+    short = _raise_nofile(len(names))
     if short is not None:
         print(f"hsbterm: warning: {short}", file=sys.stderr, flush=True)
     base = new_id_base() if id_base is None else id_base
