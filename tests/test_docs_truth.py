@@ -85,12 +85,19 @@ def families_by_daemon() -> dict[str, dict[str, str]]:
         journal={"durability": "fsync", "state": "ok", "size_bytes": 0, "segments": 1, "stalls": 0},
     )
     journal = SimpleNamespace(sync_counts=[0] * len(SYNC_BUCKETS), sync_sum=0.0)
-    return {
-        "hsbd": {f.name: f.type for f in [*_families(HostCollector(lambda: host)), *_families(ProcessMetrics())]},
-        "hsbcpd": {
-            f.name: f.type for f in [*_families(CPCollector(lambda: cp_st, lambda: journal, lambda: cp.history)), *_families(ProcessMetrics())]
-        },
-    }
+    from hsb.ops import runmark
+
+    was, runmark.MARK.unclean = runmark.MARK.unclean, False  # (a mark file read: hsb_unclean_start said)
+    try:
+        by_daemon = {
+            "hsbd": {f.name: f.type for f in [*_families(HostCollector(lambda: host)), *_families(ProcessMetrics())]},
+            "hsbcpd": {
+                f.name: f.type for f in [*_families(CPCollector(lambda: cp_st, lambda: journal, lambda: cp.history)), *_families(ProcessMetrics())]
+            },
+        }
+    finally:
+        runmark.MARK.unclean = was
+    return by_daemon
 
 
 def exported_families() -> dict[str, str]:

@@ -213,9 +213,8 @@ async def test_a_cp_that_answered_is_not_away(monkeypatch: pytest.MonkeyPatch) -
 async def test_tries_the_cp_refused_end_the_time_away(monkeypatch: pytest.MonkeyPatch) -> None:
     """The link's own loop: a CP that refuses (an error frame: auth_failed) answered, so the
     silent tries after it count from then, not from the first one before it (review)."""
-    from tests.support.logrec import RecordingLog
-
     from hsb.ops import refusals
+    from tests.support.logrec import RecordingLog
 
     rec = RecordingLog()
     monkeypatch.setattr(cplink_mod, "log", rec)

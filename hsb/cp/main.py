@@ -6,6 +6,7 @@ import errno
 import socket
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import click
@@ -15,6 +16,7 @@ from hsb.cli import EXIT_CANNOT_START, EXIT_CONFIG, EXIT_DATA, EXIT_FAILED, die,
 from hsb.config import Partial, resolve_under
 from hsb.cp.config import LISTEN_KEYS, CPConfig, CPSection
 from hsb.fsutil import LASTING, unwritable_above
+from hsb.ops import runmark
 from hsb.ops.limits import check_warnings, storm_timing
 from hsb.ops.listen import ListenError, listen_problems, listen_warnings
 from hsb.wire.auth import load_secret
@@ -37,6 +39,16 @@ def config_warnings(cfg: CPConfig) -> list[str]:
     if storm is not None:
         out.append(storm)
     return out + check_warnings(len(cfg.terminal_table))
+
+
+def cp_run_mark(cfg: CPConfig) -> Path | None:
+    """Where this CP says whether it stopped cleanly (hsb.ops.runmark): beside its journal
+    directory, named for this machine (two CP machines share the journal's storage); none
+    without a journal."""
+    if cfg.cp.durability == "none":
+        return None
+    d = Path(cfg.cp.journal)
+    return d.with_name(f"{d.name}.{socket.gethostname()}.run")
 
 
 def start_problems(cfg: CPConfig) -> list[str]:
@@ -307,8 +319,11 @@ def main(config_path: str, check_config: bool, supervise: bool, set_journal_asid
         except TLSError as exc:
             die(f"TLS: {exc}", EXIT_CONFIG)
         server.supervisor = supervisor
+        runmark.started(cp_run_mark(cfg))
         try:
             code = await server.serve()
+            if code == 0:
+                runmark.stopped()
             exit_watchdog(code)
             return code
         except JournalUnsettled as exc:  # another CP still deleting segments: a start again may succeed

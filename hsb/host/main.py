@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -14,6 +15,7 @@ from hsb.cli import EXIT_CONFIG, die, exit_watchdog, load_or_exit, log_level_opt
 from hsb.config import Partial, one_line, resolve_under
 from hsb.host.config import HostConfig, raw_size_keys, service_paths
 from hsb.host.hooks import stop_time_warning as stop_time_warning_line
+from hsb.ops import runmark
 from hsb.ops.listen import ListenError, listen_problems, listen_warnings
 from hsb.wire.auth import load_secret
 
@@ -298,6 +300,8 @@ def main(role: str | None, no_rejoin: bool, config_path: str, check_config: bool
             server = HostServer(cfg, role, secret, service, config_path, rejoin=not no_rejoin)
         except TLSError as exc:  # (checked at the start; they may have changed since)
             die(f"TLS: {exc}", EXIT_CONFIG)
+        # (beside the takeover file, named for this host, as its HOST.cp-generation: hsb.ops.runmark)
+        runmark.started(Path(cfg.takeover.path).parent / f"{cfg.host.name}.run")
         try:
             code = await server.serve()
         except (NotWritable, NotRegularFile) as exc:  # a restart cannot fix it: said, and exit 78, as the config check says it
@@ -320,6 +324,8 @@ def main(role: str | None, no_rejoin: bool, config_path: str, check_config: bool
             die(start_error(exc))
         if code:
             click.echo(f"error: {server.exit_msg}", err=True)
+        else:
+            runmark.stopped()
         exit_watchdog(code)
         return code
 

@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric, StateSetMetricFamily
 
+from hsb.ops import runmark
 from hsb.wire.conn import CONNECTIONS_DROPPED, PROTOCOL_ERRORS
 from hsb.wire.framing import BAD_FIELDS, ERROR_CODES
 
@@ -413,6 +414,12 @@ class ProcessMetrics:
         except (OSError, IndexError, ValueError):
             pass
         yield GaugeMetricFamily("process_open_fds", "Number of open file descriptors.", value=float(self._open_fds()))
+        if runmark.MARK.unclean is not None:  # (not known: no mark, so no gauge; HsbDaemonRestarting counts it unclean)
+            yield _g(
+                "hsb_unclean_start",
+                "1 when this process started after its previous one died (a crash, a kill, an exit with an error); 0 after a clean stop.",
+                1 if runmark.MARK.unclean else 0,
+            )
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         yield GaugeMetricFamily("process_max_fds", "Maximum number of open file descriptors.", value=float(soft))
 
