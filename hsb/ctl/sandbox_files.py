@@ -274,6 +274,8 @@ def prepare(d: Path, *, tls: bool, service: str, dsn: str | None, **configs: Any
     shutil.rmtree(d / "cp-journal", ignore_errors=True)  # a new sandbox: the CP starts empty
     for name in HOSTS:  # ... at generation 1, which hosts that kept an earlier sandbox's higher one would refuse
         generation_path(plan["takeover"], name).unlink(missing_ok=True)
+    for mark in d.glob("*.run"):  # new daemons: none follows an earlier one (hsb.ops.runmark)
+        mark.unlink(missing_ok=True)
     return plan
 
 
