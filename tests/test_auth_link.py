@@ -198,3 +198,22 @@ async def test_a_long_name_is_kept_and_logged_at_64_characters_and_each_read_is_
     p.data_received(raw)
     assert p.authed and p.name == "h" * 64 and p.last_rx > heard
     done(p)
+
+
+@pytest.mark.parametrize("link, level", [("host", "info"), ("admin", "debug")])
+async def test_an_admin_link_taken_is_logged_at_debug_only(monkeypatch: pytest.MonkeyPatch, link: str, level: str) -> None:
+    """Found by the soak walk-through: with `hsbctl status` asked every 5 s by monitoring, every
+    line a quiet pair's daemons logged was `link_authenticated` of an admin link (about 2.8 MB a
+    day per daemon). The pair's own links (host, peer) stay info: their coming and going matters."""
+    from hsb.wire import authlink
+    from tests.support.logrec import RecordingLog
+
+    rec = RecordingLog()
+    monkeypatch.setattr(authlink, "log", rec)
+    monkeypatch.setattr(Link, "link", link)
+    p, t = opened()
+    p.data_received(auth_frame(challenge(p, t), link=link))
+    assert p.authed
+    [said] = rec.events("link_authenticated")
+    assert said["level"] == level and said["link"] == link, said
+    done(p)

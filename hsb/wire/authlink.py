@@ -112,7 +112,9 @@ class AuthServerProtocol(FramedProtocol):
         if isinstance(theirs_nonce, bytes) and len(theirs_nonce) == auth.NONCE_BYTES:  # the client checks us too
             proof["mac"] = auth.answer(self._secret, theirs_nonce, auth.server_role(link), self.server_name)
         self.send({"t": "auth_ok", "server": self.server_name, **proof, **self.auth_ok_extra()})
-        log.info("link_authenticated", link=self.link, peer=self.peer, name=self.name)
+        # (hsbctl's admin links: debug, as monitoring may ask every few seconds, each daemon
+        # then logged ~2.8 MB a day of nothing else in a quiet pair; a refusal is a warning)
+        (log.debug if self.link == "admin" else log.info)("link_authenticated", link=self.link, peer=self.peer, name=self.name)
         self.authenticated()
         self.release_held()  # what came behind the auth frame (a client waits for auth_ok, so normally nothing)
 
