@@ -260,40 +260,29 @@ def _promote(monkeypatch: pytest.MonkeyPatch, secret: Path, status: Callable[[bo
     return code, out, err, asked
 
 
-def test_promote_with_no_standby_seen_and_a_host_not_asked_is_unknown(monkeypatch: pytest.MonkeyPatch, secret: Path) -> None:
-    """The standby could not be asked: whether there is one to promote is not known (3, with the
-    host's line), not the pair's refusal (1)."""
-
-    def status(asked: bool) -> dict[str, Any]:
-        st = pair_status(A, B)
-        st["hosts"][1] = {"reachable": False, "name": "host-b", "addr": B, "error": "connection refused: nothing listens there"}
-        st["unknown"] = [st["hosts"][1]]
-        return st
-
-    code, out, err, asked = _promote(monkeypatch, secret, status)
-    assert code == 3 and not asked, (code, out, err)
-    assert err.splitlines() == [
-        f"error: cannot ask host-b at {B}: connection refused: nothing listens there",
-        "error: no reachable standby host to promote",
-    ], err
+def _b_gone(st: dict[str, Any], key: str) -> dict[str, Any]:
+    """`st` with host-b not asked (connection refused), listed under `key`: `unknown` (the CP
+    may hold a role for it) or `absent` (it holds none: down)."""
+    st["hosts"][1] = {"reachable": False, "name": "host-b", "addr": B, "error": "connection refused: nothing listens there"}
+    st[key] = [st["hosts"][1]]
+    return st
 
 
-def test_promote_with_the_standby_down_says_so_and_exits_1(monkeypatch: pytest.MonkeyPatch, secret: Path) -> None:
-    """The standby could not be asked and the CP holds no role for it (status counts it as down):
-    there is none to promote, known (1), with the host's line saying why."""
-
-    def status(asked: bool) -> dict[str, Any]:
-        st = pair_status(A, B)
-        st["hosts"][1] = {"reachable": False, "name": "host-b", "addr": B, "error": "connection refused: nothing listens there"}
-        st["absent"] = [st["hosts"][1]]
-        return st
-
-    code, out, err, asked = _promote(monkeypatch, secret, status)
-    assert code == 1 and not asked, (code, out, err)
-    assert err.splitlines() == [
-        f"host-b at {B}: connection refused: nothing listens there; it holds no role at the CP: down",
-        "error: no reachable standby host to promote",
-    ], err
+@pytest.mark.parametrize(
+    "key, code, said",
+    [
+        # not asked: whether there is one to promote is not known (3, with the host's line), not the pair's refusal (1)
+        ("unknown", 3, f"error: cannot ask host-b at {B}: connection refused: nothing listens there"),
+        # not asked and the CP holds no role for it (status counts it as down): none to promote, known (1)
+        ("absent", 1, f"host-b at {B}: connection refused: nothing listens there; it holds no role at the CP: down"),
+    ],
+)
+def test_promote_with_the_standby_not_asked(monkeypatch: pytest.MonkeyPatch, secret: Path, key: str, code: int, said: str) -> None:
+    """The standby could not be asked: the exit status and the host's line say whether it is
+    known to be down."""
+    got, out, err, asked = _promote(monkeypatch, secret, lambda asked: _b_gone(pair_status(A, B), key))
+    assert got == code and not asked, (got, out, err)
+    assert err.splitlines() == [said, "error: no reachable standby host to promote"], err
 
 
 def test_promote_refused_by_a_standby_that_counts_no_refusals_is_said_at_once(monkeypatch: pytest.MonkeyPatch, secret: Path) -> None:
@@ -332,9 +321,7 @@ def test_promote_asks_the_standby_the_cp_names_of_two_that_say_standby(monkeypat
 def test_switchover_refused_names_a_standby_that_is_down(monkeypatch: pytest.MonkeyPatch, secret: Path) -> None:
     """The standby is down (status counts it as down: `absent`): the refusal says why, with its
     address and error, as it did when such a host was `unknown`."""
-    st = pair_status(A, B)
-    st["hosts"][1] = {"reachable": False, "name": "host-b", "addr": B, "error": "connection refused: nothing listens there"}
-    st["absent"] = [st["hosts"][1]]
+    st = _b_gone(pair_status(A, B), "absent")
     st["established"] = False
     st["cp"]["standby"] = None
 
