@@ -35,6 +35,7 @@ def rec(monkeypatch: pytest.MonkeyPatch) -> RecordingLog:
     monkeypatch.setattr(limits, "log", r)
     monkeypatch.setattr(limits.REFUSALS, "count", 0)
     monkeypatch.setattr(limits.REFUSALS, "said_at", -limits.REFUSED_LOG_S)
+    monkeypatch.setattr(limits.REFUSALS, "links", {})
     monkeypatch.setattr(limits.TIERS, "on", False)  # (as in hsbd; a CPServer made in this process turns it on)
     return r
 
@@ -49,9 +50,13 @@ def test_room_below_the_reserve_and_none_in_it(rec: RecordingLog) -> None:
     assert line["level"] == "warning" and line["link"] == "terminal" and line["refused"] == 1
     assert f"{1000 - FD_RESERVE + 1} of the 1000 open files" in line["reason"] and "LimitNOFILE" in line["reason"]
     assert limits.REFUSALS.count == 1
+    assert not fd_room(999, "http", "1.2.3.4:7", soft=1000)
     limits.REFUSALS.said_at -= limits.REFUSED_LOG_S  # time has passed
     assert not fd_room(999, "admin", "p", soft=1000)
-    assert [e["refused"] for e in rec.events("connection_refused")] == [1, 2]
+    assert [e["refused"] for e in rec.events("connection_refused")] == [1, 3]
+    # the line names every link refused since the one before, not only the one refused now
+    assert [e["links"] for e in rec.events("connection_refused")] == [{"terminal": 1}, {"http": 2, "admin": 1}]
+    assert "(3 since the last such line: http 2, admin 1)" in rec.events("connection_refused")[1]["reason"]
 
 
 def test_the_reserve_is_at_most_a_quarter_of_the_limit(rec: RecordingLog) -> None:

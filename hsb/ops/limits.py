@@ -125,6 +125,9 @@ class _Refusals:
     count = 0  # since the last line
     said_at = -REFUSED_LOG_S
 
+    def __init__(self) -> None:
+        self.links: dict[str, int] = {}  # since the last line, by link: the line names every one
+
 
 REFUSALS = _Refusals()
 
@@ -183,6 +186,7 @@ def fd_room(fd: int, link: str, peer: str, soft: int | None = None) -> bool:
     if soft < 0 or fd < soft - reserve(soft, link):
         return True
     REFUSALS.count += 1
+    REFUSALS.links[link] = REFUSALS.links.get(link, 0) + 1
     now = time.monotonic()
     if now - REFUSALS.said_at >= REFUSED_LOG_S:
         REFUSALS.said_at = now
@@ -191,9 +195,10 @@ def fd_room(fd: int, link: str, peer: str, soft: int | None = None) -> bool:
             link=link,
             peer=peer,
             refused=REFUSALS.count,
+            links=dict(REFUSALS.links),
             reason=(
                 f"{fd + 1} of the {soft} open files allowed are in use: new connections are closed at once"
-                f" ({REFUSALS.count} since the last such line), the last {reserve(soft, link)} kept for"
+                f" ({REFUSALS.count} since the last such line: {', '.join(f'{k} {v}' for k, v in REFUSALS.links.items())}), the last {reserve(soft, link)} kept for"
                 + (
                     " the journal"
                     if TIERS.on and link in CONTROL_LINKS
@@ -206,4 +211,5 @@ def fd_room(fd: int, link: str, peer: str, soft: int | None = None) -> bool:
             ),
         )
         REFUSALS.count = 0
+        REFUSALS.links.clear()
     return False
