@@ -200,17 +200,31 @@ async def test_a_long_name_is_kept_and_logged_at_64_characters_and_each_read_is_
     done(p)
 
 
-@pytest.mark.parametrize("link, level", [("host", "info"), ("admin", "debug")])
-async def test_an_admin_link_taken_is_logged_at_debug_only(monkeypatch: pytest.MonkeyPatch, link: str, level: str) -> None:
+@pytest.mark.parametrize(
+    "cls, level",
+    [
+        ("hsb.cp.host_link:HostProtocol", "info"),
+        ("hsb.host.peer:PeerInbound", "info"),
+        ("hsb.cp.admin:CPAdminProtocol", "debug"),
+        ("hsb.host.admin:HostAdminProtocol", "debug"),
+    ],
+)
+async def test_an_admin_link_taken_is_logged_at_debug_only(monkeypatch: pytest.MonkeyPatch, cls: str, level: str) -> None:
     """Found by the soak walk-through: with `hsbctl status` asked every 5 s by monitoring, every
     line a quiet pair's daemons logged was `link_authenticated` of an admin link (about 2.8 MB a
     day per daemon). The pair's own links (host, peer) stay info: their coming and going matters."""
+    import importlib
+
     from hsb.wire import authlink
     from tests.support.logrec import RecordingLog
 
+    module, name = cls.split(":")
+    real = getattr(importlib.import_module(module), name)
+    link = real.link
     rec = RecordingLog()
     monkeypatch.setattr(authlink, "log", rec)
     monkeypatch.setattr(Link, "link", link)
+    monkeypatch.setattr(Link, "authenticated_level", real.authenticated_level)  # (the real link's level, said by the shared code)
     p, t = opened()
     p.data_received(auth_frame(challenge(p, t), link=link))
     assert p.authed
