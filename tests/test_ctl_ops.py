@@ -274,7 +274,7 @@ def _b_gone(st: dict[str, Any], key: str) -> dict[str, Any]:
         # not asked: whether there is one to promote is not known (3, with the host's line), not the pair's refusal (1)
         ("unknown", 3, f"error: cannot ask host-b at {B}: connection refused: nothing listens there"),
         # not asked and the CP holds no role for it (status counts it as down): none to promote, known (1)
-        ("absent", 1, f"host-b at {B}: connection refused: nothing listens there; it holds no role at the CP: down"),
+        ("absent", 1, f"host-b at {B}: connection refused: nothing listens there; it holds no role at the CP, so it serves nothing: counted as down"),
     ],
 )
 def test_promote_with_the_standby_not_asked(monkeypatch: pytest.MonkeyPatch, secret: Path, key: str, code: int, said: str) -> None:

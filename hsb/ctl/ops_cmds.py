@@ -14,6 +14,7 @@ import click
 
 from hsb.ctl.gather import ask, machine_state, serving_cp, status_all, unasked, unheard, untold
 from hsb.ctl.refused import refused_line
+from hsb.ctl.status import down_line
 from hsb.ctl.target import Target
 from hsb.ctl.verdict import cp_named_twice, superseded_cps
 from hsb.wire.auth import load_secret
@@ -54,7 +55,7 @@ def say_down(absent: list[dict[str, Any]]) -> None:
     """One line per host that could not be asked and holds no role at the CP (down: status
     counts it so), before an error that no host could do what was asked."""
     for u in absent:
-        click.echo(f"{u['name']} at {u['addr']}: {u['error']}; it holds no role at the CP: down", err=True)
+        click.echo(down_line(u), err=True)
 
 
 def _gone(why: str) -> bool:

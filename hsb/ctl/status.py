@@ -24,6 +24,12 @@ from hsb.ctl.target import Target
 from hsb.plural import agree, many, span
 
 
+def down_line(u: dict[str, Any]) -> str:
+    """A host that could not be asked and holds no role at the CP (gather's `absent`): down. Said
+    under status's verdict, and by promote and stop before they refuse."""
+    return f"{u['name']} at {u['addr']}: {u['error']}; it holds no role at the CP, so it serves nothing: counted as down"
+
+
 def _age(ts: float | None) -> str:
     if not ts:
         return "-"
@@ -117,10 +123,7 @@ def headline(st: dict[str, Any]) -> list[str]:
     )
     unknown = [f"  {u['name']} at {u['addr']}: {u['error']}" for u in st.get("unknown") or []]
     # (a host not asked that holds no role at the CP: down, said under the verdict it leaves standing)
-    down = [
-        f"  {u['name']} at {u['addr']}: {u['error']}; it holds no role at the CP, so it serves nothing: counted as down"
-        for u in st.get("absent") or []
-    ]
+    down = [f"  {down_line(u)}" for u in st.get("absent") or []]
     why = [*down, *why]
     if st.get("split_brain"):  # (critical, whatever else could not be asked: each such daemon's line follows)
         return [f"hsb: TWO ACTIVES: {st['split_brain']}", *unknown, *why]
