@@ -354,7 +354,9 @@ def test_a_record_that_makes_no_sense_is_reported_at_its_file_and_offset(tmp_pat
     p.write_bytes(ck + ok + encode(["zz", 1]) + bad_group)
     with pytest.raises(JournalDamaged) as exc:
         recover(tmp_path)
-    assert exc.value.path == str(p) and exc.value.offset == len(ck) + len(ok) and "unknown record kind" in str(exc.value), str(exc.value)
+    # (a kind this hsbcpd does not know, its checksum whole: a newer writer's, said so;
+    # tests/test_cp_journal_newer.py)
+    assert exc.value.path == str(p) and exc.value.offset == len(ck) + len(ok) and "a record of kind 'zz'" in str(exc.value), str(exc.value)
 
 
 async def test_a_segment_is_allocated_whole_and_its_zeros_end_its_records(tmp_path: Path) -> None:

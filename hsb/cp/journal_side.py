@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from hsb.cp.journal.format import JOURNAL_FORMAT
 from hsb.cp.journal.recovery import in_id_order
 from hsb.cp.state import Held, Kept, Term
 from hsb.terminals import TerminalDef
@@ -101,6 +102,7 @@ class JournalSide:
         j = self.journal
         lease, fresh = self.lease_bound()
         extra = {
+            "format": JOURNAL_FORMAT,  # (a later hsbcpd that changes what a record means raises it)
             "history": self.history.entries,
             "paused": self.paused,
             "first": j.first_seg,

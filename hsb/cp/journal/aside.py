@@ -7,7 +7,8 @@ would take generation 1, and every hsbd that saw a higher one refuses it as an o
 copies of its generation files and its identity (`journal-id`): the next CP takes the generation
 above the highest one, as after any restart, on the same journal as far as the hosts can tell (it
 continues its lineage: they would refuse a CP on another journal). A journal that recovers whole
-is refused unless forced: what it holds is owed.
+is refused unless forced: what it holds is owed. So is one a newer hsbcpd wrote (JournalNewer):
+its records are whole, only unknown to this one.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import stat
 import time
 from pathlib import Path
 
-from hsb.cp.journal.format import JournalDamaged
+from hsb.cp.journal.format import JournalDamaged, JournalNewer
 from hsb.cp.journal.generation import GEN, JOURNAL_ID, Generations, _durable_file, gen_name, read_journal_id
 from hsb.cp.journal.recovery import recover
 from hsb.fsutil import fsync_dir
@@ -55,6 +56,13 @@ def set_aside(d: Path, watch: float = WATCH_S, force: bool = False) -> tuple[Pat
     if not force:
         try:
             r = recover(d, truncate=False)
+        except JournalNewer as exc:  # (not damage: whole records this hsbcpd cannot read, all owed)
+            raise AsideRefused(
+                f"{d} is not damaged: a newer hsbcpd wrote it ({exc.why}, at offset {exc.offset} of {Path(exc.path).name});"
+                " set aside, what it holds is lost: the messages acknowledged and not yet answered, the replies kept, and the ids"
+                " acknowledged to each terminal. Start the newer hsbcpd on it, and go back to this one only once the journal is"
+                " settled (docs/operations.md §11, Upgrading); --force sets it aside anyway"
+            ) from None
         except JournalDamaged:
             pass
         except Exception as exc:  # noqa: BLE001 - (another CP's deletions under way, the storage's error): said

@@ -49,6 +49,32 @@ class JournalDamaged(Exception):
         self.why = why
 
 
+# The record kinds and fields this hsbcpd writes and reads. Each checkpoint says it ("format"), so
+# that a later hsbcpd that changes what a record means raises it, and this one refuses its journal
+# as a newer one's (JournalNewer) rather than misread it. A new record kind needs no new level:
+# one this hsbcpd does not know is refused the same way.
+JOURNAL_FORMAT = 1
+
+
+class JournalNewer(JournalDamaged):
+    """Records of a newer hsbcpd: whole (their checksums hold) but of a kind, or a format level,
+    this one does not know. Not damage, and never set aside as damage: what they hold is owed.
+    Stops the start all the same (a JournalDamaged to every caller)."""
+
+    def __init__(self, path: str, offset: int, why: str) -> None:
+        from hsb import __version__
+
+        Exception.__init__(
+            self,
+            f"CP journal written by a newer hsbcpd: {path} at offset {offset}: {why}, which this hsbcpd (hsb {__version__})"
+            " does not know; it cannot read the journal, and stops rather than skip what it holds: start the newer hsbcpd again"
+            " (to go back to this version, the newer one must settle the journal first: docs/operations.md §11, Upgrading)",
+        )
+        self.path = path
+        self.offset = offset
+        self.why = why
+
+
 LENGTH = struct.Struct(">I")
 GROUP = "g"  # the kind of a group record: its other elements are records
 GROUP_MAX = 4096  # records in one group record at most (a takeover snapshot is split) ...

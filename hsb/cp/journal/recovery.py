@@ -79,7 +79,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hsb.cp.journal.format import JournalDamaged, locate, scan
+from hsb.cp.journal.format import JOURNAL_FORMAT, JournalDamaged, JournalNewer, locate, scan
 from hsb.cp.journal.generation import Generations, snap_name
 from hsb.cp.state import Held, Kept
 from hsb.cp.switchrec import KINDS
@@ -314,6 +314,11 @@ def recovered_held(mid: int, data: Any, t: float, seg: int) -> Held:
     return held
 
 
+class NotKnown(ValueError):
+    """A record whose checksum holds but whose kind, or checkpoint's format level, this hsbcpd
+    does not know: written by a newer one (JournalNewer), not damage."""
+
+
 def apply(r: Recovered, rec: list[Any], seg: int) -> None:
     kind = rec[0]
     if kind == "a":
@@ -356,6 +361,9 @@ def apply(r: Recovered, rec: list[Any], seg: int) -> None:
             r.epoch, r.active = epoch, active
     elif kind == "ck":
         _, epoch, active, _generation, acked = rec[:5]  # (the CP's generation is its files': Generations)
+        level = rec[5].get("format", JOURNAL_FORMAT) if len(rec) > 5 else JOURNAL_FORMAT  # (none: of before the level)
+        if isinstance(level, int) and level > JOURNAL_FORMAT:
+            raise NotKnown(f"a checkpoint of journal format {level} (this hsbcpd reads up to {JOURNAL_FORMAT})")
         if len(rec) > 5:
             r.history = list(rec[5].get("history", r.history))
             r.paused = bool(rec[5].get("paused", r.paused))
@@ -397,6 +405,8 @@ def apply(r: Recovered, rec: list[Any], seg: int) -> None:
         r.acks_waiting = None  # (a host registered: every ack that waited went)
     elif kind == "se":
         pass
+    elif isinstance(kind, str):
+        raise NotKnown(f"a record of kind {kind!r}")
     else:
         raise ValueError(f"unknown record kind {kind!r}")
 
@@ -501,6 +511,8 @@ def _recover(d: Path, truncate: bool) -> Recovered:
             except (ValueError, TypeError, IndexError, AttributeError) as exc:
                 off, k = locate(buf, next(j for j, x in enumerate(recs) if x is rec))
                 where = "" if k is None else f" (record {k + 1} of the group record there)"
+                if isinstance(exc, NotKnown):
+                    raise JournalNewer(str(path), off, f"{exc}{where}") from None
                 raise JournalDamaged(str(path), off, f"a record does not make sense{where} ({exc}): {str(rec)[:80]}") from None
         r.records += len(recs)
         r.paths.append(path)
