@@ -22,7 +22,14 @@ from tests.support.inproc import pair_in_hot_standby, until
 pytestmark = pytest.mark.timeout(60)
 
 
-async def test_an_active_reset_at_the_cp_alone_stops_when_the_peer_says_its_epoch(tmp_path: Path) -> None:
+async def test_an_active_reset_at_the_cp_alone_is_granted_away_only_once_its_lease_ran_out(tmp_path: Path) -> None:
+    """Found by the slow-links walk-through: a reset of the CP's end of the active's link alone
+    (a middlebox that lost its state) was taken for the host's close and the standby granted at
+    once, while host-a, alive and never told, served on its lease: both hosts answered /active
+    for 143 ms. Now, with the standby's peer link from host-a still up, the CP waits out the lease
+    host-a may hold before it grants; host-a then stops on the new active's word."""
+    from hsb.host.lease import clock as lease_clock
+
     async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
         core = cp.cp
         assert core is not None
@@ -30,21 +37,70 @@ async def test_an_active_reset_at_the_cp_alone_stops_when_the_peer_says_its_epoc
         link = core.active
         assert link.transport is not None
         epoch_a = a.ha.epoch
+        lease_left: list[float] = []  # host-a's lease left at the grant (on its own clock)
+        real_grant = core._grant
+
+        def grant(*args: Any, **kw: Any) -> None:
+            lease_left.append(a.ha.lease.until - lease_clock())
+            real_grant(*args, **kw)
+
+        core._grant = grant  # type: ignore[method-assign]
         # nothing more is read from host-a at the CP (its heartbeats go unanswered there), and the
         # CP's end of the link meets a reset that host-a's end never sees
         link.transport.pause_reading()
+        reset_at = time.monotonic()
         link.connection_lost(ConnectionResetError(104, "Connection reset by peer"))
         try:
             await until(lambda: b.ha.serving, "host-b granted and serving")
-            granted_at = time.monotonic()
             assert b.ha.epoch > epoch_a
-            await until(lambda: a.ha.state == "fenced", "host-a stopped serving", timeout=5)
-            stopped_after = time.monotonic() - granted_at
+            assert len(lease_left) == 1 and lease_left[0] <= 0, (lease_left, time.monotonic() - reset_at)  # never two actives
+            await until(lambda: a.ha.state == "fenced", "host-a stopped", timeout=5)
             assert not a.is_serving_active()
-            # it stopped on the peer's word, well before its lease would have run out by itself
-            assert stopped_after < a.ha.lease.duration / 2, stopped_after
             assert a.ha.counters["two_actives_claimed"] == 0
             assert a.ha.exit is not None and "active" in a.ha.exit.msg, a.ha.exit  # the CP's refusal: another host is active
+        finally:
+            link.transport.abort()
+
+
+@pytest.mark.parametrize("first", ["peer link", "host link"])
+async def test_an_active_whose_links_both_closed_is_granted_away_at_once(tmp_path: Path, first: str) -> None:
+    """The active's process gone (its kernel closes both its links): the standby's request says
+    its peer link from it closed too, and the CP grants at once, without waiting out a lease that
+    nobody holds any more: the crash failover stays as fast as before. Whichever end the standby
+    hears of first: a request already deferred (the CP's word came first) is sent again once the
+    peer link closes."""
+    async with pair_in_hot_standby(tmp_path, EchoService) as (cp, a, b, tasks):
+        core = cp.cp
+        assert core is not None and core.active is not None and a.ha.serving
+        real_grant = core._grant
+        granted_at: list[float] = []
+
+        def grant(*args: Any, **kw: Any) -> None:
+            granted_at.append(time.monotonic())
+            real_grant(*args, **kw)
+
+        core._grant = grant  # type: ignore[method-assign]
+        link = core.active
+        inbound = b.peer.inbound
+        assert link.transport is not None and inbound is not None and inbound.transport is not None
+        link.transport.pause_reading()
+        inbound.transport.pause_reading()
+
+        def close_peer() -> None:  # (at the standby, by host-a's end)
+            inbound.connection_lost(ConnectionResetError(104, "Connection reset by peer"))
+
+        try:
+            if first == "peer link":
+                t0 = time.monotonic()
+                close_peer()
+                link.connection_lost(ConnectionResetError(104, "Connection reset by peer"))
+            else:
+                link.connection_lost(ConnectionResetError(104, "Connection reset by peer"))
+                await until(lambda: core.deferred_grant is not None, "the standby's request deferred: its peer link still up")
+                t0 = time.monotonic()
+                close_peer()
+            await until(lambda: b.ha.serving, "host-b granted and serving")
+            assert granted_at and granted_at[0] - t0 < core.host_lease / 3, granted_at[0] - t0
         finally:
             link.transport.abort()
 

@@ -55,7 +55,11 @@ class Arbitration:
     _last_tick: float | None
     _tick_skipped: bool
 
-    def host_switchover(self: CP, host: HostProtocol, reason: str, planned: bool, kind: str = "failover", req: int | None = None) -> None:
+    def host_switchover(
+        self: CP, host: HostProtocol, reason: str, planned: bool, kind: str = "failover", req: int | None = None, peer_closed: bool = False
+    ) -> None:
+        """The standby asks for the active role. `peer_closed`: its peer link from the active was
+        closed by the other end within the last second (that host's process gone, most likely)."""
         # (no settle_flip: a refusal or a deferral changes no session, and a grant settles in `_grant`)
         if host is not self.standby:
             host.send({"t": "switch_refused", "reason": "only the registered standby host may ask for a switchover"})
@@ -82,12 +86,30 @@ class Arbitration:
                 self.deferred_grant = asyncio.get_running_loop().call_later(left, self._deferred_switchover)
             return
         # The old active's lease (cp.host_lease, renewed only by heartbeats this CP answered)
-        # has surely run out once it has been silent for host_timeout; a link its host closed
-        # (its process died or dropped the link) means it stopped serving.
+        # has surely run out once it has been silent for host_timeout. A link closed by the other
+        # end is its host's close (it stops serving first) or its process's death, or a reset by
+        # something in between (a firewall that lost its state) that the host, alive, never saw:
+        # its lease then runs on. So granted at once only when the standby's peer link from it
+        # was closed too (two links closed at once: its process is gone), else once the lease it
+        # may still hold has surely run out: never two actives, whatever resets the link
+        # (found by the slow-links walk-through: both hosts answered /active for 143 ms)
         if a is None:
             why = "promote after normal stop" if self.active_stopped_normally else "no active host"
         elif a.closed and not a.closed_here:
-            why = "active host link closed"
+            left = a.last_rx + self.host_lease + LEASE_MARGIN - time.monotonic()
+            if not peer_closed and left > 0:
+                self.deferred_ask = (host.name, reason, planned, kind, req)
+                if self.deferred_grant is None:
+                    log.info(
+                        "switchover_deferred",
+                        requester=host.name,
+                        recorded_active=a.name,
+                        wait_ms=round(left * 1000, 1),
+                        why="the active's host link was closed or reset, its peer link to the standby not: waiting out the lease it may still hold",
+                    )
+                    self.deferred_grant = asyncio.get_running_loop().call_later(left, self._deferred_switchover)
+                return
+            why = "active host link closed" + ("; its peer link closed too" if peer_closed else f", its lease run out ({self.host_lease:g} s)")
         elif (silent := time.monotonic() - a.last_rx) > self.host_timeout:
             if self.stalled():
                 # this process did not run for a while: the active's heartbeats of that time may be

@@ -242,6 +242,7 @@ class HostProtocol(AuthServerProtocol):
             bool(msg.get("planned", False)),
             kind if kind in ("failover", "promote") else "failover",
             req=req if isinstance(req, int) and not isinstance(req, bool) else None,
+            peer_closed=msg.get("peer_closed") is True,  # (an older hsbd says nothing: its lease is waited out)
         )
 
     def on_error(self, msg: dict[str, Any]) -> None:
@@ -250,9 +251,9 @@ class HostProtocol(AuthServerProtocol):
         self.close()
 
     def on_lost(self, exc: Exception | None) -> None:
-        # (an error, a reset, may be a middlebox's that the host never saw: the grant is at once
-        # all the same, and the new active's ACTIVE STARTUP on the peer link stops the old one,
-        # docs/design.md §6; said here for the log)
+        # (an error, a reset, may be a middlebox's that the host never saw: the grant waits out
+        # its lease unless the standby's peer link from it closed too, hsb.cp.arbitration; said
+        # here for the log)
         if self.authed:
             log.info("host_link_closed", host=self.name, role=self.role, peer=self.peer, error=None if exc is None else type(exc).__name__)
             self.cp.host_lost(self)

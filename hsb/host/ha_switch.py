@@ -41,6 +41,7 @@ class SwitchSide:
     last_error: str | None
     takeover: dict[str, Any] | None
     switch_requested_at: float | None
+    switch_peer_closed: bool  # (the last request said the peer link closed by its end)
     takeover_t0: float  # when the takeover recorded in `takeover` was asked for (monotonic)
     switch_sent: dict[int, float]
     switch_req_n: int
@@ -100,8 +101,16 @@ class SwitchSide:
         if not self.registered:
             self.last_error = f"cannot ask for a switchover ({reason}): not registered at the CP"
             return
-        if self.switch_requested_at is not None and time.monotonic() - self.switch_requested_at < 1.0:
+        # the peer link from the active closed by its end too: the CP grants without waiting out
+        # that host's lease (hsb.cp.arbitration); a request already out without it is sent again
+        peer_closed = kind == "failover" and not planned and self.srv.peer.closed_by_peer()
+        if (
+            self.switch_requested_at is not None
+            and time.monotonic() - self.switch_requested_at < 1.0
+            and not (peer_closed and not self.switch_peer_closed)
+        ):
             return
+        self.switch_peer_closed = peer_closed
         self.switch_requested_at = time.monotonic()
         self.takeover = {"reason": reason, "requested_at": time.time(), "established": self.state == ESTABLISHED, "planned": planned}
         self.takeover_t0 = time.monotonic()  # (the duration: a step of the wall clock moves nothing)
@@ -110,7 +119,10 @@ class SwitchSide:
         self.switch_sent[self.switch_req_n] = lease_clock()  # (the grant names the request it answers)
         while len(self.switch_sent) > SWITCH_SENT_KEPT:  # (one a second at most: the oldest long refused)
             del self.switch_sent[min(self.switch_sent)]
-        self.srv.cp.send({"t": "switchover", "reason": reason, "planned": planned, "kind": kind, "req": self.switch_req_n})
+        ask: dict[str, Any] = {"t": "switchover", "reason": reason, "planned": planned, "kind": kind, "req": self.switch_req_n}
+        if peer_closed:
+            ask["peer_closed"] = True
+        self.srv.cp.send(ask)
 
     async def ev_reload(self: HA) -> None:
         self.srv.start_reload()

@@ -176,6 +176,10 @@ class PeerLink:
         self.wake_connect = asyncio.Event()
         self.closed = False
         self.said_stopping = False  # the link's last end came after the peer's heartbeat said `stopping`
+        # when the peer's end closed the receiving connection (EOF, a reset: its process gone,
+        # most likely), not a silence nor this host's own close: told to the CP with a request for
+        # the active role (`closed_by_peer`), which then need not wait out the old active's lease
+        self.closed_by_peer_at: float | None = None
         self.accepted: set[PeerInbound] = set()  # inbound connections, authenticated or not yet
         self.strangers = RefusalLog(
             "peer_host_refused", "only that connection was closed; refused again at each attempt (logged once a minute)", listen=listen
@@ -383,7 +387,15 @@ class PeerLink:
     def _inbound_lost(self, proto: PeerInbound) -> None:
         if proto is self.inbound:
             self.inbound = None
+            if not proto.closed_here:
+                self.closed_by_peer_at = time.monotonic()
             self._down("eof")
+
+    def closed_by_peer(self, within: float = 1.0) -> bool:
+        """Whether the link is down because the peer's end closed it, less than `within` seconds
+        ago (an older close says nothing of now)."""
+        t = self.closed_by_peer_at
+        return not self.up and t is not None and time.monotonic() - t < within
 
     def _down(self, why: str) -> None:
         """The receiving connection's loss. A warning, but where this host knows it is no fault:
